@@ -1,0 +1,608 @@
+"""Tests for tierstore.arrowio: Arrow shards as frames, and tensors as Arrow tables."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tierstore import arrowio
+from tierstore.arrowio import (
+    frames_to_table,
+    is_tensor_schema,
+    table_to_frames,
+    table_to_tensor,
+    tensor_to_frames,
+    tensor_to_table,
+    validate_arrow_frames,
+)
+from tierstore.errors import (
+    InvalidArgument,
+    MalformedArrow,
+    OversizeFrame,
+    UnsupportedData,
+    WrongShardKind,
+)
+
+KIB = 1024
+
+
+def detached(frames: list[pa.Buffer]) -> list[pa.Buffer]:
+    """Each frame copied into its own allocation, as frames arrive from storage."""
+    return [pa.py_buffer(bytearray(frame.to_pybytes())) for frame in frames]
+
+
+def roundtrip(table: pa.Table, limit: int = 4 * KIB * KIB) -> pa.Table:
+    frames = detached(table_to_frames(table, limit))
+    assert all(frame.size <= limit for frame in frames)
+    assert validate_arrow_frames(frames).equals(table.schema, check_metadata=True)
+    back = frames_to_table(frames)
+    assert back.schema.equals(table.schema, check_metadata=True)
+    assert back.equals(table, check_metadata=True)
+    return back
+
+
+def stream_of(frames: list[pa.Buffer]) -> pa.Table:
+    return pa.ipc.open_stream(b"".join(frame.to_pybytes() for frame in frames)).read_all()
+
+
+def within(buffer: pa.Buffer, frame: pa.Buffer) -> bool:
+    return bool(
+        frame.address <= buffer.address
+        and buffer.address + buffer.size <= (frame.address + frame.size)
+    )
+
+
+# ---------------------------------------------------------------- tables
+
+TABLES: dict[str, pa.Table] = {
+    "nulls": pa.table(
+        {
+            "i": pa.array([1, None, 3], pa.int32()),
+            "f": [None, 2.5, None],
+            "n": pa.nulls(3),
+            "b": [True, None, False],
+        }
+    ),
+    "strings": pa.table({"s": ["a", None, "ccc"], "bin": [b"x", b"", None]}),
+    "large_strings": pa.table(
+        {
+            "s": pa.array(["x" * 1000, None, ""], pa.large_string()),
+            "b": pa.array([b"1", b"22", None], pa.large_binary()),
+        }
+    ),
+    "string_view": pa.table(
+        {"v": pa.array(["short", "a much longer string value", None], pa.string_view())}
+    ),
+    "nested_lists": pa.table(
+        {
+            "l": [[[1, 2], []], None, [[3], None, [4, 5, 6]]],
+            "ll": pa.array([[1], [], None], pa.large_list(pa.int64())),
+            "fsl": pa.array([[1, 2], [3, 4], None], pa.list_(pa.int16(), 2)),
+        }
+    ),
+    "structs": pa.table(
+        {
+            "st": [
+                {"a": 1, "b": {"c": "x", "d": [1.0]}},
+                None,
+                {"a": None, "b": {"c": None, "d": []}},
+            ]
+        }
+    ),
+    "dictionary": pa.table(
+        {
+            "d": pa.array(["red", "green", None, "red"]).dictionary_encode(),
+            "n": pa.array([1, 2, 3, 4]).dictionary_encode(),
+        }
+    ),
+    "nested_dictionary": pa.table(
+        {
+            "s": pa.array(
+                [{"k": "a"}, {"k": "b"}],
+                pa.struct([("k", pa.dictionary(pa.int8(), pa.string()))]),
+            )
+        }
+    ),
+    "map_and_union": pa.table(
+        {
+            "m": pa.array([[("a", 1)], [], None], pa.map_(pa.string(), pa.int64())),
+            "u": pa.UnionArray.from_dense(
+                pa.array([0, 1, 0], pa.int8()),
+                pa.array([0, 0, 1], pa.int32()),
+                [pa.array([1, 2]), pa.array(["x"])],
+            ),
+        }
+    ),
+    "temporal_decimal": pa.table(
+        {
+            "ts": pa.array([datetime.datetime(2024, 1, 1), None], pa.timestamp("us", "UTC")),
+            "d": pa.array([datetime.date(2020, 2, 29), None]),
+            "dec": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(10, 2)),
+        }
+    ),
+    "tensor_extension": pa.table(
+        {"t": pa.FixedShapeTensorArray.from_numpy_ndarray(np.arange(12.0).reshape(3, 2, 2))}
+    ),
+    "zero_rows": pa.table({"a": pa.array([], pa.int64()), "s": pa.array([], pa.string())}),
+    "zero_rows_dictionary": pa.table({"d": pa.array([], pa.string()).dictionary_encode()}),
+    "zero_columns": pa.table({"x": [1, 2, 3]}).select([]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_table_roundtrip_exact(name: str) -> None:
+    table = TABLES[name].replace_schema_metadata({"owner": "tests", "name": name})
+    roundtrip(table)
+
+
+def test_zero_row_table_is_schema_frame_only() -> None:
+    frames = table_to_frames(TABLES["zero_rows"], 4 * KIB)
+    assert len(frames) == 1
+    assert pa.ipc.read_message(frames[0]).type == "schema"
+
+
+def test_record_batch_input() -> None:
+    batch = pa.record_batch({"a": [1, 2, 3]}, metadata={"k": "v"})
+    back = frames_to_table(table_to_frames(batch, 4 * KIB))
+    assert back.equals(pa.Table.from_batches([batch]), check_metadata=True)
+
+
+def test_chunks_with_different_dictionaries_roundtrip() -> None:
+    chunked = pa.chunked_array(
+        [pa.array(["a", "b"]).dictionary_encode(), pa.array(["c", "c"]).dictionary_encode()]
+    )
+    table = pa.table({"d": chunked})
+    frames = table_to_frames(table, 4 * KIB)
+    kinds = [pa.ipc.read_message(frame).type for frame in frames]
+    assert kinds == ["schema", "dictionary", "record batch", "dictionary", "record batch"]
+    roundtrip(table)
+
+
+def big_table(rows: int = 50_000) -> pa.Table:
+    rng = np.random.default_rng(7)
+    return pa.table(
+        {
+            "i": np.arange(rows),
+            "f": rng.random(rows),
+            "s": pa.array([f"row-{i}" * (i % 5) for i in range(rows)]),
+            "l": pa.array([list(range(i % 7)) for i in range(rows)]),
+            "d": pa.array([f"c{i % 13}" for i in range(rows)]).dictionary_encode(),
+        },
+        metadata={"dataset": "big"},
+    )
+
+
+@pytest.mark.parametrize("with_dictionary", [False, True])
+def test_multi_frame_table(with_dictionary: bool) -> None:
+    table = big_table()
+    if not with_dictionary:
+        table = table.drop_columns(["d"])
+    limit = 64 * KIB
+    frames = table_to_frames(table, limit)
+    assert len(frames) > 10
+    assert all(frame.size <= limit for frame in frames)
+    # most frames are well filled: the split estimate is not wildly pessimistic
+    assert sum(frame.size for frame in frames[1:]) / (len(frames) - 1) > limit / 2
+    assert stream_of(frames).equals(table, check_metadata=True)
+    roundtrip(table, limit)
+
+
+def test_sliced_table_writes_only_the_slice() -> None:
+    table = big_table().drop_columns(["d"])
+    part = table.slice(20_000, 100)
+    frames = table_to_frames(part, 64 * KIB)
+    assert sum(frame.size for frame in frames) < 10 * KIB
+    roundtrip(part, 64 * KIB)
+
+
+def test_columns_selection() -> None:
+    table = big_table(1000)
+    back = frames_to_table(table_to_frames(table, 16 * KIB), columns=["s", "i"])
+    assert back.column_names == ["s", "i"]
+    assert back.equals(table.select(["s", "i"]), check_metadata=True)
+    with pytest.raises(InvalidArgument, match="nope"):
+        frames_to_table(table_to_frames(table, 16 * KIB), columns=["i", "nope"])
+
+
+def test_frames_to_table_is_zero_copy() -> None:
+    table = pa.table({"i": np.arange(1000), "s": [str(i) for i in range(1000)]})
+    frames = detached(table_to_frames(table, 4 * KIB))
+    back = frames_to_table(frames)
+    assert back.column("i").num_chunks == len(frames) - 1
+    for index, frame in enumerate(frames[1:]):
+        for column in ("i", "s"):
+            for buffer in back.column(column).chunk(index).buffers():
+                if buffer is not None:
+                    assert within(buffer, frame)
+
+
+def test_frames_accept_bytes_and_memoryview() -> None:
+    table = pa.table({"i": np.arange(100)})
+    frames = table_to_frames(table, 4 * KIB)
+    views = [memoryview(frame.to_pybytes()) for frame in frames]
+    assert frames_to_table(views).equals(table)
+    assert validate_arrow_frames([bytes(view) for view in views]).equals(table.schema)
+
+
+# ---------------------------------------------------------------- oversize and bad arguments
+
+
+def test_single_huge_row_is_oversize() -> None:
+    table = pa.table({"s": ["small", "x" * 100 * KIB, "small"]})
+    with pytest.raises(OversizeFrame, match="single row"):
+        table_to_frames(table, 64 * KIB)
+
+
+def test_oversize_schema() -> None:
+    table = pa.table({"a": [1]}, metadata={"blob": "x" * 10 * KIB})
+    with pytest.raises(OversizeFrame, match=r"schema message is \d+ bytes"):
+        table_to_frames(table, 4 * KIB)
+
+
+def test_oversize_dictionary() -> None:
+    table = pa.table({"d": pa.array([f"{i:0>100}" for i in range(200)]).dictionary_encode()})
+    with pytest.raises(OversizeFrame, match="dictionary"):
+        table_to_frames(table, 8 * KIB)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5])
+def test_bad_max_frame_bytes(limit: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        table_to_frames(pa.table({"a": [1]}), limit)
+
+
+def test_not_a_table() -> None:
+    with pytest.raises(UnsupportedData):
+        table_to_frames({"a": [1]}, 4 * KIB)
+
+
+# ---------------------------------------------------------------- malformed frames
+
+
+def good_frames() -> list[pa.Buffer]:
+    return table_to_frames(
+        pa.table({"i": np.arange(300), "s": [str(i) for i in range(300)]}), 1 * KIB
+    )
+
+
+def test_validate_good_frames() -> None:
+    frames = good_frames()
+    assert len(frames) > 3
+    assert validate_arrow_frames(frames).names == ["i", "s"]
+    with pytest.raises(OversizeFrame):
+        validate_arrow_frames(frames, max_frame_bytes=100)
+
+
+def malformed_cases() -> dict[str, list[Any]]:
+    frames = good_frames()
+    other = table_to_frames(pa.table({"x": ["a", "b"], "y": [1.5, 2.5], "z": [1, 2]}), 4 * KIB)
+    compressed = pa.BufferOutputStream()
+    with pa.ipc.new_stream(
+        compressed,
+        pa.schema([("i", pa.int64()), ("s", pa.string())]),
+        options=pa.ipc.IpcWriteOptions(compression="zstd"),
+    ) as writer:
+        writer.write_batch(pa.record_batch({"i": np.arange(300), "s": ["a"] * 300}))
+    eos = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+    return {
+        "no frames": [],
+        "random bytes": [os.urandom(200)],
+        "random batch": [frames[0], os.urandom(500)],
+        "empty frame": [frames[0], b""],
+        "truncated batch": [frames[0], frames[1].to_pybytes()[:-16]],
+        "truncated schema": [frames[0].to_pybytes()[:-8], frames[1]],
+        "batch first": [frames[1], frames[0]],
+        "only batches": frames[1:],
+        "two messages": [frames[0], frames[1].to_pybytes() + frames[2].to_pybytes()],
+        "schema plus batch": [frames[0].to_pybytes() + frames[1].to_pybytes()],
+        "second schema": [frames[0], frames[1], frames[0]],
+        "trailing bytes": [frames[0], frames[1].to_pybytes() + b"\0" * 8],
+        "end of stream": [frames[0], eos, frames[1]],
+        "other schema": [frames[0], other[1]],
+        "compressed": [frames[0], arrowio._split_messages(compressed.getvalue())[1]],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(malformed_cases()))
+def test_validate_rejects(case: str) -> None:
+    frames = malformed_cases()[case]
+    with pytest.raises(MalformedArrow, match=r"frame|no frames"):
+        validate_arrow_frames(frames)
+
+
+def test_validate_names_the_frame() -> None:
+    frames = good_frames()
+    bad = [*frames[:3], frames[3].to_pybytes()[:-16], *frames[4:]]
+    with pytest.raises(MalformedArrow, match="frame 3"):
+        validate_arrow_frames(bad)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "random bytes",
+        "truncated batch",
+        "batch first",
+        "no frames",
+        "end of stream",
+        "other schema",
+    ],
+)
+def test_frames_to_table_rejects(case: str) -> None:
+    with pytest.raises(MalformedArrow):
+        frames_to_table(malformed_cases()[case])
+
+
+# ---------------------------------------------------------------- tensors
+
+NUMPY_DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+]  # fmt: skip
+SHAPES = [(), (1,), (7,), (3, 4), (2, 3, 4), (0, 5), (5, 0), (0,), (4, 1, 1, 2)]
+
+
+def sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    array = raw.view(dtype).reshape(shape) if dtype != "bool" else (raw % 2 == 1).reshape(shape)
+    return array
+
+
+def assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    assert isinstance(b, np.ndarray)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()  # bitwise: NaN payloads and -0.0 included
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+def test_numpy_tensor_roundtrip(dtype: str, shape: tuple[int, ...]) -> None:
+    array = sample(dtype, shape)
+    frames = detached(tensor_to_frames(array, 64 * KIB))
+    schema = validate_arrow_frames(frames)
+    assert is_tensor_schema(schema)
+    assert_same(array, table_to_tensor(frames_to_table(frames)))
+
+
+def test_tensor_layouts() -> None:
+    table = tensor_to_table(np.zeros((10, 3, 4), np.float32))
+    assert table.schema.metadata[b"tierstore.tensor.layout"] == b"rows"
+    assert table.num_rows == 10 and table.column("tensor").type.shape == [3, 4]
+    wide = tensor_to_table(np.zeros((2, 1000), np.float64), max_frame_bytes=16 * KIB)
+    assert wide.schema.metadata[b"tierstore.tensor.layout"] == b"flat"
+    assert wide.num_rows == 2000 and wide.column("tensor").type.shape == [1]
+    complex_rows = tensor_to_table(np.zeros((4, 3), np.complex64))
+    assert complex_rows.column("tensor").type.shape == [3, 2]
+    assert not tensor_to_table(np.zeros(3)).schema.field("tensor").nullable
+
+
+def test_large_multi_frame_tensor() -> None:
+    array = np.random.default_rng(1).standard_normal((400, 64, 32)).astype(np.float32)
+    frames = tensor_to_frames(array, 256 * KIB)
+    assert len(frames) > 10 and all(frame.size <= 256 * KIB for frame in frames)
+    table = frames_to_table(detached(frames))
+    assert table.column("tensor").num_chunks == len(frames) - 1
+    assert_same(array, table_to_tensor(table))
+    flat = np.arange(300_000, dtype=np.int64)  # 1-d: flat layout, still many frames
+    frames = tensor_to_frames(flat, 64 * KIB)
+    assert len(frames) > 30
+    assert_same(flat, table_to_tensor(frames_to_table(frames)))
+
+
+def test_tensor_zero_copy_both_ways() -> None:
+    array = np.arange(1000, dtype=np.float32).reshape(100, 10)
+    table = tensor_to_table(array)
+    values = table.column("tensor").chunk(0).storage.flatten()
+    assert values.buffers()[1].address == array.ctypes.data
+    frames = detached(tensor_to_frames(array))
+    assert len(frames) == 2
+    back = table_to_tensor(frames_to_table(frames))
+    assert within(pa.foreign_buffer(back.ctypes.data, back.nbytes), frames[1])
+    assert not back.flags.writeable
+
+
+def test_non_contiguous_and_byte_swapped() -> None:
+    base = np.arange(60, dtype=np.int32).reshape(3, 4, 5)
+    for array in (base.transpose(2, 0, 1), base[:, ::2, 1:], base.astype(">i4"), base.T[::-1]):
+        back = table_to_tensor(frames_to_table(tensor_to_frames(array)))
+        assert np.array_equal(back, array) and back.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(["a", "b"]),
+        np.array([b"a"]),
+        np.array([object()]),
+        np.array(["2020-01-01"], "datetime64[D]"),
+        np.zeros(2, np.longdouble) if np.dtype(np.longdouble).itemsize > 8 else np.array(["x"]),
+        np.zeros(2, [("a", "i4")]),
+        [1, 2, 3],
+    ],
+    ids=["str", "bytes", "object", "datetime", "longdouble", "record", "list"],
+)
+def test_unsupported_tensors(array: Any) -> None:
+    with pytest.raises(UnsupportedData):
+        tensor_to_table(array)
+
+
+def test_table_to_tensor_needs_tensor_metadata() -> None:
+    with pytest.raises(WrongShardKind):
+        table_to_tensor(pa.table({"tensor": [1, 2]}))
+    assert not is_tensor_schema(pa.schema([("tensor", pa.int64())]))
+
+
+def test_table_to_tensor_rejects_inconsistent_metadata() -> None:
+    table = tensor_to_table(np.zeros((2, 3), np.float32))
+    metadata = dict(table.schema.metadata)
+    for key, value in [
+        (b"tierstore.tensor.shape", b"[2, 4]"),
+        (b"tierstore.tensor.shape", b"not json"),
+        (b"tierstore.tensor.dtype", b"float64"),
+        (b"tierstore.tensor.dtype", b"object"),
+    ]:
+        bad = table.replace_schema_metadata({**metadata, key: value})
+        with pytest.raises(MalformedArrow):
+            table_to_tensor(bad)
+
+
+# ---------------------------------------------------------------- torch
+
+
+def test_torch_roundtrip_all_dtypes() -> None:
+    torch = pytest.importorskip("torch")
+    dtypes = [
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ]
+    for dtype in dtypes:
+        for shape in [(), (5,), (3, 4, 2), (0, 3)]:
+            bits = torch.randint(0, 256, (*shape, dtype.itemsize), dtype=torch.uint8)
+            tensor = bits.view(dtype).reshape(shape) if shape != () else bits.view(dtype)[0]
+            if dtype == torch.bool:
+                tensor = tensor.to(torch.uint8).bitwise_and(1).to(torch.bool)
+            frames = detached(tensor_to_frames(tensor, 16 * KIB))
+            back = table_to_tensor(frames_to_table(frames))
+            assert isinstance(back, torch.Tensor), dtype
+            assert back.dtype == dtype and back.shape == tensor.shape
+            assert torch.equal(
+                back.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+            )
+
+
+def test_torch_bfloat16_values_and_zero_copy() -> None:
+    torch = pytest.importorskip("torch")
+    tensor = torch.linspace(-3, 3, 120).reshape(10, 12).to(torch.bfloat16)
+    frames = detached(tensor_to_frames(tensor))
+    back = table_to_tensor(frames_to_table(frames))
+    assert back.dtype == torch.bfloat16 and torch.equal(back, tensor)
+    assert within(pa.foreign_buffer(back.data_ptr(), back.nbytes), frames[1])
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_torch_views_and_grad() -> None:
+    torch = pytest.importorskip("torch")
+    base = torch.randn(4, 6, requires_grad=True)
+    for tensor in (base, base.t(), base[:, ::2]):
+        back = table_to_tensor(frames_to_table(tensor_to_frames(tensor)))
+        assert torch.equal(back, tensor.detach())
+    conj = torch.randn(3, dtype=torch.complex64).conj()
+    assert torch.equal(table_to_tensor(tensor_to_table(conj)), conj.resolve_conj())
+    with pytest.raises(UnsupportedData):
+        tensor_to_table(torch.zeros(2, dtype=torch.complex32))
+
+
+def test_torch_metadata_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(arrowio, "_import_torch", lambda: None)
+    back = table_to_tensor(tensor_to_table(torch.arange(6).reshape(2, 3)))
+    assert isinstance(back, np.ndarray) and back.tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(UnsupportedData, match="bfloat16"):
+        table_to_tensor(tensor_to_table(torch.zeros(2, dtype=torch.bfloat16)))
+
+
+# ---------------------------------------------------------------- properties
+
+CELLS = {
+    pa.int64(): st.integers(-(2**63), 2**63 - 1),
+    pa.float64(): st.floats(allow_nan=False),
+    pa.string(): st.text(max_size=30),
+    pa.binary(): st.binary(max_size=30),
+    pa.bool_(): st.booleans(),
+}
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> pa.Table:
+    rows = draw(st.integers(0, 300))
+    columns = {}
+    for index in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["scalar", "list", "struct", "dictionary"]))
+        arrow_type = draw(st.sampled_from(list(CELLS)))
+        cell = st.none() | CELLS[arrow_type]
+        if kind == "list":
+            cell = st.none() | st.lists(cell, max_size=4)
+            arrow_type = pa.list_(arrow_type)
+        elif kind == "struct":
+            cell = st.none() | st.fixed_dictionaries({"v": cell})
+            arrow_type = pa.struct([("v", arrow_type)])
+        values = draw(st.lists(cell, min_size=rows, max_size=rows))
+        array = pa.array(values, arrow_type)
+        if kind == "dictionary" and arrow_type != pa.bool_():
+            array = array.dictionary_encode()
+        columns[f"c{index}"] = array
+    table = pa.table(
+        columns,
+        metadata=draw(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)),
+    )
+    split = draw(st.integers(0, rows))  # two chunks, one of them maybe empty
+    return pa.concat_tables([table.slice(0, split), table.slice(split)])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table=tables(), limit=st.sampled_from([2 * KIB, 8 * KIB, 64 * KIB]))
+def test_property_table_roundtrip(table: pa.Table, limit: int) -> None:
+    try:
+        frames = table_to_frames(table, limit)
+    except OversizeFrame:
+        return  # a wide row or a big dictionary under a 2 KiB limit
+    assert all(frame.size <= limit for frame in frames)
+    assert validate_arrow_frames(detached(frames)).equals(table.schema, check_metadata=True)
+    assert frames_to_table(detached(frames)).equals(table, check_metadata=True)
+    assert stream_of(frames).equals(table, check_metadata=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    array=hnp.arrays(
+        dtype=st.sampled_from([np.dtype(name) for name in NUMPY_DTYPES]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
+    ),
+    limit=st.sampled_from([1 * KIB, 4 * KIB, 64 * KIB]),
+)
+def test_property_tensor_roundtrip(array: np.ndarray, limit: int) -> None:
+    frames = tensor_to_frames(array, limit)
+    assert all(frame.size <= limit for frame in frames)
+    assert_same(array, table_to_tensor(frames_to_table(detached(frames))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_property_corrupted_frames_fail_cleanly(data: st.DataObject) -> None:
+    frames = [frame.to_pybytes() for frame in good_frames()[:4]]
+    index = data.draw(st.integers(0, len(frames) - 1))
+    frame = bytearray(frames[index])
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(frame) - 1))
+        frame[position] = data.draw(st.integers(0, 255))
+    frames[index] = bytes(frame)
+    try:
+        validate_arrow_frames(frames)
+    except MalformedArrow:
+        return
+    frames_to_table(frames)  # whatever validates must decode

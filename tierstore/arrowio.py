@@ -1,0 +1,510 @@
+"""Arrow side of the shard format: tables and tensors to frames and back.
+
+An Arrow shard is a sequence of frames, each at most ``max_frame_bytes``:
+
+- frame 0 is the encapsulated IPC *schema* message (schema metadata included);
+- every later frame is exactly one encapsulated IPC message: a *record batch*, or a
+  *dictionary batch* placed before the first record batch that uses it (only schemas with
+  dictionary-encoded fields have those).
+
+So the concatenation of all frames is a valid IPC stream without the end-of-stream marker,
+and every record batch decodes *in place*: its buffers point into its frame (no compression,
+native byte order, 8-byte aligned buffers — the pyarrow defaults).
+
+Tensors are stored as a table with one non-nullable column named ``tensor`` of the canonical
+``arrow.fixed_shape_tensor`` extension type. The true shape, dtype and framework live in the
+schema metadata under ``tierstore.tensor.*`` keys. Row layout (key ``tierstore.tensor.layout``):
+
+- ``rows``: one row per index of the first axis (row shape ``shape[1:]``), used when the array
+  has at least two axes and one row takes at most a quarter of a frame, so a row never has to
+  be split and every frame holds several rows;
+- ``flat``: otherwise (0-d, 1-d, zero-size or very wide rows), the elements in C order, one
+  element per row (row shape ``(1,)``). This costs nothing extra: a fixed-size list has no
+  offsets, so the values buffer is the raw element bytes either way.
+
+Storage value types: ``bool`` is stored as ``uint8`` (0/1); ``complex64``/``complex128`` as
+``float32``/``float64`` pairs (a trailing row axis of 2: real, imaginary); torch ``bfloat16``
+as its ``uint16`` bits and the torch ``float8`` types as their ``uint8`` bits.
+
+Every function here is pure (no I/O, no shared state) and therefore thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from tierstore.errors import (
+    InvalidArgument,
+    MalformedArrow,
+    OversizeFrame,
+    UnsupportedData,
+    WrongShardKind,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "TENSOR_COLUMN",
+    "frames_to_table",
+    "is_tensor_schema",
+    "table_to_frames",
+    "table_to_tensor",
+    "tensor_to_frames",
+    "tensor_to_table",
+    "validate_arrow_frames",
+]
+
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+TENSOR_COLUMN = "tensor"
+
+BufferLike: TypeAlias = pa.Buffer | bytes | bytearray | memoryview
+
+_KEY_SHAPE = b"tierstore.tensor.shape"
+_KEY_DTYPE = b"tierstore.tensor.dtype"
+_KEY_FRAMEWORK = b"tierstore.tensor.framework"
+_KEY_LAYOUT = b"tierstore.tensor.layout"
+
+# logical dtype name -> (numpy storage dtype, storage elements per logical element)
+_STORAGE: dict[str, tuple[np.dtype[Any], int]] = {
+    name: (np.dtype(name), 1)
+    for name in (
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64",
+    )
+}  # fmt: skip
+_STORAGE["bool"] = (np.dtype(np.uint8), 1)
+_STORAGE["complex64"] = (np.dtype(np.float32), 2)
+_STORAGE["complex128"] = (np.dtype(np.float64), 2)
+# torch dtypes numpy lacks, kept as their raw bits
+_TORCH_BITS = {"bfloat16": "uint16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8"}
+_STORAGE.update({name: (np.dtype(bits), 1) for name, bits in _TORCH_BITS.items()})
+
+# Errors pyarrow raises on bytes that are not what they claim to be.
+_ARROW_ERRORS = (pa.ArrowException, EOFError, OSError, UnicodeDecodeError)
+
+
+def _as_buffer(data: BufferLike) -> pa.Buffer:
+    return data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+
+
+def _all_fields(fields: Iterable[pa.Field]) -> Iterator[pa.Field]:
+    """Every field, depth first, through nested, dictionary and extension types."""
+    for field in fields:
+        yield field
+        dtype = field.type
+        if isinstance(dtype, pa.BaseExtensionType):
+            dtype = dtype.storage_type
+        if pa.types.is_dictionary(dtype):
+            dtype = dtype.value_type
+        yield from _all_fields(dtype.field(i) for i in range(dtype.num_fields))
+
+
+def _fit_batch(batch: pa.RecordBatch, limit: int) -> Iterator[tuple[pa.RecordBatch, pa.Buffer]]:
+    """Yield (piece, its record-batch message) covering ``batch`` in order, each message ≤ limit."""
+    message = batch.serialize()
+    if message.size <= limit:
+        yield batch, message
+        return
+    if batch.num_rows == 1:
+        raise OversizeFrame(
+            f"a single row serializes to a {message.size}-byte record batch, "
+            f"over max_frame_bytes={limit}"
+        )
+    # Estimate from the measured size, aim 10% low, and verify each piece recursively.
+    rows = max(1, min(batch.num_rows - 1, int(batch.num_rows * limit / message.size * 0.9)))
+    for start in range(0, batch.num_rows, rows):
+        yield from _fit_batch(batch.slice(start, rows), limit)
+
+
+def _message_overhead(schema: pa.Schema) -> int:
+    """Bytes of a record-batch message beyond its rows (an estimate; pieces are measured)."""
+    # A fresh empty batch, not an empty *slice*: slices of length 0 serialize whole buffers.
+    try:
+        arrays = [pa.nulls(0, field.type) for field in schema]
+        return int(pa.RecordBatch.from_arrays(arrays, schema=schema).serialize().size)
+    except pa.ArrowException:
+        return 0
+
+
+def _rows_per_piece(batch: pa.RecordBatch, limit: int, overhead: int) -> int:
+    per_row = batch.nbytes / batch.num_rows
+    if per_row == 0:
+        return int(batch.num_rows)
+    return max(1, int((limit - overhead) * 0.9 / per_row))
+
+
+def _split_messages(stream: pa.Buffer) -> list[pa.Buffer]:
+    """Cut a writer's IPC stream into zero-copy slices, one message each (EOS dropped)."""
+    reader = pa.BufferReader(stream)
+    messages = []
+    start = 0
+    while start < stream.size:
+        try:
+            pa.ipc.read_message(reader)
+        except EOFError:
+            break
+        messages.append(stream.slice(start, reader.tell() - start))
+        start = reader.tell()
+    return messages
+
+
+def table_to_frames(
+    data: pa.Table | pa.RecordBatch, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> list[pa.Buffer]:
+    """Frame a table (or record batch): the schema message, then one message per frame.
+
+    Record batches are split by rows until each serialized message fits in ``max_frame_bytes``
+    (estimated first, then measured). Zero-row batches are dropped, so a zero-row table yields
+    the schema frame alone; ``frames_to_table`` returns it with its schema and metadata intact.
+    Record-batch frames are the serialized bytes themselves (no further copy); with dictionary
+    fields the frames are slices of one written stream.
+
+    Raises:
+        InvalidArgument: ``max_frame_bytes`` is not a positive int.
+        UnsupportedData: ``data`` is neither a ``pa.Table`` nor a ``pa.RecordBatch``.
+        OversizeFrame: the schema message, a single row, or a dictionary message is larger
+            than ``max_frame_bytes`` (the message says which, and the sizes).
+    """
+    if not isinstance(max_frame_bytes, int) or max_frame_bytes <= 0:
+        raise InvalidArgument(f"max_frame_bytes must be a positive int, got {max_frame_bytes!r}")
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if not isinstance(data, pa.Table):
+        raise UnsupportedData(f"expected a pyarrow Table or RecordBatch, got {type(data)!r}")
+    schema_frame = data.schema.serialize()
+    if schema_frame.size > max_frame_bytes:
+        raise OversizeFrame(
+            f"the schema message is {schema_frame.size} bytes, over "
+            f"max_frame_bytes={max_frame_bytes}"
+        )
+    overhead = _message_overhead(data.schema)
+    pieces: list[tuple[pa.RecordBatch, pa.Buffer]] = []
+    for batch in data.to_batches():
+        if batch.num_rows == 0:
+            continue
+        rows = _rows_per_piece(batch, max_frame_bytes, overhead)
+        for start in range(0, batch.num_rows, rows):
+            pieces.extend(_fit_batch(batch.slice(start, rows), max_frame_bytes))
+    if not any(pa.types.is_dictionary(field.type) for field in _all_fields(data.schema)):
+        return [schema_frame, *(message for _, message in pieces)]
+    # Dictionary batches exist only inside a stream writer's state: write the pieces through
+    # one writer (it emits a dictionary message when a piece's dictionary changes) and cut.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        for piece, _ in pieces:
+            writer.write_batch(piece)
+    frames = _split_messages(sink.getvalue())
+    for index, frame in enumerate(frames):
+        if frame.size > max_frame_bytes:
+            kind = pa.ipc.read_message(frame).type
+            raise OversizeFrame(
+                f"frame {index} ({kind} message) is {frame.size} bytes, over "
+                f"max_frame_bytes={max_frame_bytes}"
+            )
+    return frames
+
+
+class _FrameStream:
+    """A read-only file over frames for ``pa.PythonFile``.
+
+    Reads return zero-copy slices of the frames and never cross a frame boundary, so a
+    message that does not fit its frame reads short and fails instead of borrowing bytes from
+    the next frame. The decoded buffers keep the frames alive (they hold references).
+    """
+
+    def __init__(self, frames: Sequence[pa.Buffer]) -> None:
+        self.frames = frames
+        self.index = 0  # frame being read; names the culprit in errors
+        self.offset = 0
+        self.closed = False
+
+    def read_buffer(self, nbytes: int = -1) -> pa.Buffer:
+        while self.index < len(self.frames) and self.offset >= self.frames[self.index].size:
+            self.index += 1
+            self.offset = 0
+        if self.index >= len(self.frames):
+            return pa.py_buffer(b"")
+        frame = self.frames[self.index]
+        out = frame.slice(self.offset) if nbytes < 0 else frame.slice(self.offset, nbytes)
+        self.offset += out.size
+        return out
+
+    read = read_buffer
+
+    def at_end(self) -> bool:
+        return self.index >= len(self.frames) or (
+            self.index == len(self.frames) - 1 and self.offset >= self.frames[-1].size
+        )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _read_stream(frames: Sequence[pa.Buffer]) -> tuple[pa.Schema, list[tuple[int, pa.RecordBatch]]]:
+    """Decode frames as one IPC stream; return the schema and (frame index, batch) pairs."""
+    if not frames:
+        raise MalformedArrow("no frames: an Arrow shard has at least its schema frame")
+    stream = _FrameStream(frames)
+    batches = []
+    try:
+        reader = pa.ipc.open_stream(pa.PythonFile(stream, mode="r"))
+        for field in _all_fields(reader.schema):  # strings are decoded lazily: bad UTF-8
+            _ = field.name, getattr(field.type, "tz", None)  # must fail here, not later
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            batch.validate()  # cheap (no data scan); keeps a foreign batch from reading wild
+            batches.append((stream.index, batch))
+    except _ARROW_ERRORS as exc:
+        raise MalformedArrow(f"frame {stream.index}: not a valid Arrow IPC message: {exc}") from exc
+    if not stream.at_end():
+        raise MalformedArrow(f"frame {stream.index}: the stream ended before the last frame")
+    return reader.schema, batches
+
+
+def frames_to_table(frames: Sequence[BufferLike], columns: Sequence[str] | None = None) -> pa.Table:
+    """Rebuild the table from an Arrow shard's frames without copying.
+
+    The returned table's buffers point into ``frames`` (keep in mind that mutating or freeing
+    the memory behind them — e.g. a closed LMDB read transaction — invalidates the table).
+    Frames are trusted to have passed ``validate_arrow_frames`` once; they are decoded but
+    not fully validated again. ``columns`` selects (and orders) columns by name.
+
+    Raises:
+        InvalidArgument: a name in ``columns`` is not in the schema.
+        MalformedArrow: the frames do not decode as an Arrow shard.
+    """
+    schema, batches = _read_stream([_as_buffer(frame) for frame in frames])
+    table = pa.Table.from_batches([batch for _, batch in batches], schema=schema)
+    if columns is None:
+        return table
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown:
+        raise InvalidArgument(f"unknown columns {unknown}; the shard has {schema.names}")
+    return table.select(list(columns))
+
+
+def _message_type(index: int, frame: pa.Buffer) -> str:
+    reader = pa.BufferReader(frame)
+    try:
+        message = pa.ipc.read_message(reader)
+    except _ARROW_ERRORS as exc:
+        raise MalformedArrow(f"frame {index}: not an Arrow IPC message: {exc}") from exc
+    if reader.tell() != frame.size:
+        raise MalformedArrow(
+            f"frame {index}: {frame.size - reader.tell()} bytes follow its {message.type} "
+            "message; a frame holds exactly one message"
+        )
+    return str(message.type)
+
+
+def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
+    low, high = frame.address, frame.address + frame.size
+    for column in batch.columns:
+        for buffer in column.buffers():  # dictionary values are not among these
+            if (
+                buffer is not None
+                and buffer.size
+                and not (low <= buffer.address and buffer.address + buffer.size <= high)
+            ):
+                raise MalformedArrow(
+                    f"frame {index}: record batch does not decode in place "
+                    "(compressed body or foreign byte order?)"
+                )
+
+
+def validate_arrow_frames(
+    frames: Sequence[BufferLike], max_frame_bytes: int | None = None
+) -> pa.Schema:
+    """Check that frames arriving pre-framed form a valid Arrow shard; return its schema.
+
+    Checks: frame 0 is exactly one schema message; every later frame is exactly one record
+    batch (or dictionary batch) message with no trailing bytes; everything decodes against
+    that schema; every record batch passes ``RecordBatch.validate(full=True)`` and decodes in
+    place (uncompressed, native byte order). Caveat: a batch written for another schema with
+    the same physical layout (say int64 vs float64) cannot be told apart and passes.
+
+    Raises:
+        MalformedArrow: anything else; the message names the frame and what was wrong.
+        OversizeFrame: ``max_frame_bytes`` is given and a frame is larger.
+    """
+    buffers = [_as_buffer(frame) for frame in frames]
+    if not buffers:
+        raise MalformedArrow("no frames: an Arrow shard has at least its schema frame")
+    for index, frame in enumerate(buffers):
+        if max_frame_bytes is not None and frame.size > max_frame_bytes:
+            raise OversizeFrame(
+                f"frame {index} is {frame.size} bytes, over max_frame_bytes={max_frame_bytes}"
+            )
+        kind = _message_type(index, frame)
+        expected = ("schema",) if index == 0 else ("record batch", "dictionary")
+        if kind not in expected:
+            where = "frame 0 must hold the schema" if index == 0 else "only batches may follow"
+            raise MalformedArrow(f"frame {index} holds a {kind} message; {where}")
+    schema, batches = _read_stream(buffers)
+    for index, batch in batches:
+        try:
+            batch.validate(full=True)
+        except _ARROW_ERRORS as exc:
+            raise MalformedArrow(f"frame {index}: invalid record batch: {exc}") from exc
+        _check_in_place(index, batch, buffers[index])
+    return schema
+
+
+def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise UnsupportedData(f"expected a numpy ndarray or torch tensor, got {type(tensor)!r}")
+    name = str(tensor.dtype).removeprefix("torch.")
+    try:
+        tensor = tensor.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        if name in _TORCH_BITS:
+            tensor = tensor.view(getattr(torch, _TORCH_BITS[name]))
+        return name, tensor.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise UnsupportedData(f"torch tensor of dtype {tensor.dtype} is not supported") from exc
+
+
+def tensor_to_table(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> pa.Table:
+    """Wrap a numpy ndarray or torch tensor as a one-column ``fixed_shape_tensor`` table.
+
+    Zero-copy for C-contiguous native-endian numpy arrays of a directly mapped dtype (the table
+    then references the array's memory); a non-contiguous array, a non-CPU or conjugated torch
+    tensor, or a foreign byte order is copied once. ``max_frame_bytes`` only picks the row
+    layout (see the module docstring); torch is imported only for torch tensors.
+
+    Raises:
+        UnsupportedData: not an ndarray or tensor, or a dtype outside the supported set
+            (object, strings, datetimes, long double, torch complex32 or quantized, ...).
+    """
+    if type(array).__module__.split(".")[0] == "torch":
+        framework = "torch"
+        name, values = _torch_to_numpy(array)
+    elif isinstance(array, np.ndarray):
+        framework, name, values = "numpy", array.dtype.name, array
+        if name not in _STORAGE or name in _TORCH_BITS or array.dtype.kind not in "biufc":
+            raise UnsupportedData(f"numpy dtype {array.dtype} is not supported")
+        if not values.dtype.isnative:
+            values = values.astype(values.dtype.newbyteorder("="))
+    else:
+        raise UnsupportedData(f"expected a numpy ndarray or torch tensor, got {type(array)!r}")
+    shape = tuple(int(n) for n in values.shape)
+    storage_dtype, width = _STORAGE[name]
+    flat = np.ravel(values, order="C").view(storage_dtype)  # a view when already C-contiguous
+    row_elements = math.prod(shape[1:]) * width
+    if len(shape) >= 2 and 0 < row_elements * storage_dtype.itemsize <= max_frame_bytes // 4:
+        layout, row_shape = "rows", shape[1:] + ((width,) if width > 1 else ())
+    else:
+        layout, row_shape = "flat", (width,)
+    tensor_type = pa.fixed_shape_tensor(pa.from_numpy_dtype(storage_dtype), row_shape)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat), math.prod(row_shape))
+    metadata = {
+        _KEY_SHAPE: json.dumps(shape),
+        _KEY_DTYPE: name,
+        _KEY_FRAMEWORK: framework,
+        _KEY_LAYOUT: layout,
+    }
+    schema = pa.schema([pa.field(TENSOR_COLUMN, tensor_type, nullable=False)], metadata=metadata)
+    return pa.Table.from_arrays(
+        [pa.ExtensionArray.from_storage(tensor_type, storage)], schema=schema
+    )
+
+
+def tensor_to_frames(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[pa.Buffer]:
+    """``table_to_frames(tensor_to_table(array, max_frame_bytes), max_frame_bytes)``.
+
+    Raises what those two raise (UnsupportedData, OversizeFrame, InvalidArgument).
+    """
+    return table_to_frames(tensor_to_table(array, max_frame_bytes), max_frame_bytes)
+
+
+def is_tensor_schema(schema: pa.Schema) -> bool:
+    """True if ``schema`` carries tierstore tensor metadata and a ``tensor`` column."""
+    metadata = schema.metadata or {}
+    return _KEY_SHAPE in metadata and TENSOR_COLUMN in schema.names
+
+
+def _tensor_metadata(table: pa.Table) -> tuple[tuple[int, ...], str, str]:
+    if not is_tensor_schema(table.schema):
+        raise WrongShardKind("the table holds no tierstore tensor (no tierstore.tensor.* metadata)")
+    metadata = table.schema.metadata
+    try:
+        shape = tuple(json.loads(metadata[_KEY_SHAPE]))
+        name = metadata[_KEY_DTYPE].decode()
+        framework = metadata.get(_KEY_FRAMEWORK, b"numpy").decode()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MalformedArrow(f"unreadable tierstore.tensor metadata: {exc}") from exc
+    if not all(isinstance(n, int) and n >= 0 for n in shape) or name not in _STORAGE:
+        raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
+    return shape, name, framework
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+        import torch.utils.dlpack
+    except ImportError:
+        return None
+    return torch
+
+
+def table_to_tensor(table: pa.Table) -> Any:
+    """Exact inverse of ``tensor_to_table``: same shape, dtype, values and framework.
+
+    Returns a ``torch.Tensor`` when the metadata says torch and torch imports, else a numpy
+    ndarray. Zero-copy when the column has one chunk (a one-frame shard) and the dtype maps
+    directly (not bool); the result then aliases the table's memory, which may be read-only
+    (numpy arrays are flagged so; torch cannot flag it: do not write into such a tensor).
+
+    Raises:
+        WrongShardKind: the table has no tierstore tensor metadata.
+        MalformedArrow: the metadata and the column disagree (type, size, nulls).
+        UnsupportedData: a torch-only dtype (bfloat16, float8) and torch is not importable.
+    """
+    shape, name, framework = _tensor_metadata(table)
+    storage_dtype, width = _STORAGE[name]
+    column = table.column(TENSOR_COLUMN)
+    if not isinstance(column.type, pa.FixedShapeTensorType) or column.type.value_type != (
+        pa.from_numpy_dtype(storage_dtype)
+    ):
+        raise MalformedArrow(f"tensor column of type {column.type} does not hold {name}")
+    if column.null_count:
+        raise MalformedArrow("tensor column has null rows")
+    chunks = [chunk.storage.flatten() for chunk in column.chunks]
+    if len(chunks) == 1:
+        values = chunks[0]
+    else:  # the one copy a multi-frame tensor costs
+        values = pa.concat_arrays(chunks) if chunks else pa.array(np.empty(0, storage_dtype))
+    if values.null_count or len(values) != math.prod(shape) * width:
+        raise MalformedArrow(f"tensor column has {len(values)} values for shape {shape} {name}")
+    flat = values.to_numpy(zero_copy_only=True)
+    if name == "bool":
+        flat = flat != 0
+    elif width > 1:
+        flat = flat.view(np.dtype(name))
+    result = flat.reshape(shape)
+    torch = _import_torch() if framework == "torch" else None
+    if torch is not None:
+        try:
+            tensor = torch.utils.dlpack.from_dlpack(result)
+        except BufferError:  # numpy < 2.1 cannot export read-only arrays
+            tensor = torch.from_numpy(result.copy())
+        return tensor.view(getattr(torch, name)) if name in _TORCH_BITS else tensor
+    if name in _TORCH_BITS:
+        raise UnsupportedData(f"a {name} tensor needs torch, which is not importable")
+    return result

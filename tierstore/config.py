@@ -1,0 +1,141 @@
+"""Engine settings: one typed object, loaded in one place (file → environment → overrides).
+
+Nothing else in the package reads ``os.environ``; the service and the CLI load
+settings here and pass them down.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tierstore.errors import InvalidArgument
+
+__all__ = ["ArchiveSettings", "EngineSettings", "load_settings"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """Where the archive tier lives (any S3-compatible endpoint)."""
+
+    endpoint_url: str = ""
+    bucket: str = "tierstore"
+    prefix: str = ""
+    access_key_id: str = "tierstore"
+    secret_access_key: str = "tierstore"
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Settings of one storage engine (one node, one LMDB environment)."""
+
+    data_dir: Path = Path("./tierstore-data")
+    #: bytes of stored frames the hot tier may hold before eviction starts.
+    hot_capacity_bytes: int = 64 * GiB
+    #: eviction starts above high_watermark x capacity and stops at low_watermark x capacity.
+    high_watermark: float = 0.90
+    low_watermark: float = 0.75
+    #: LMDB map size; 0 means 1.5 x hot capacity + 256 MiB (room for catalog and free pages).
+    map_size_bytes: int = 0
+    max_frame_bytes: int = 4 * MiB
+    #: un-archived bytes above which write-back puts fail with BacklogFull.
+    backlog_cap_bytes: int = 16 * GiB
+    #: archive: parallel ranged GETs per cold read, and mover upload threads.
+    cold_read_parallelism: int = 16
+    mover_threads: int = 2
+    #: retry back-off of the mover for a failing archive (seconds, doubled per attempt).
+    mover_retry_initial_s: float = 0.2
+    mover_retry_max_s: float = 30.0
+    #: access statistics are flushed to the catalog at most this often.
+    access_flush_interval_s: float = 1.0
+    #: hot reads hand out zero-copy views for at most this many concurrent leases;
+    #: beyond that a read gets a private copy rather than pinning more LMDB pages.
+    max_read_leases: int = 64
+    #: a lease older than this is reported (stats, log) as a slow reader.
+    read_lease_warn_s: float = 30.0
+    master_key_file: Path | None = None
+    master_key_b64: str | None = field(default=None, repr=False)
+    archive: ArchiveSettings = ArchiveSettings()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low_watermark < self.high_watermark <= 1:
+            raise InvalidArgument("watermarks must satisfy 0 < low < high <= 1")
+        if self.max_frame_bytes < 4096:
+            raise InvalidArgument("max_frame_bytes must be at least 4096")
+        if self.hot_capacity_bytes < self.max_frame_bytes:
+            raise InvalidArgument("hot_capacity_bytes must hold at least one frame")
+
+    @property
+    def effective_map_size(self) -> int:
+        """The LMDB map size in bytes."""
+        if self.map_size_bytes:
+            return self.map_size_bytes
+        return int(self.hot_capacity_bytes * 1.5) + 256 * MiB
+
+
+_ENV_PREFIX = "TIERSTORE_"
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> EngineSettings:
+    """Build settings from a TOML file, then ``TIERSTORE_*`` variables, then ``overrides``.
+
+    TOML keys and variable names match the field names (``TIERSTORE_HOT_CAPACITY_BYTES``;
+    archive fields as ``[archive]`` table or ``TIERSTORE_ARCHIVE_ENDPOINT_URL``).
+    Raises :class:`InvalidArgument` for unknown keys or badly typed values.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    archive: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"cannot read settings file {path}: {exc}") from exc
+        archive.update(document.pop("archive", {}))
+        values.update(document)
+    engine_fields = {f.name: f for f in fields(EngineSettings) if f.name != "archive"}
+    archive_fields = {f.name: f for f in fields(ArchiveSettings)}
+    for name, raw in environ.items():
+        if not name.startswith(_ENV_PREFIX):
+            continue
+        key = name[len(_ENV_PREFIX) :].lower()
+        if key.startswith("archive_") and key[len("archive_") :] in archive_fields:
+            archive[key[len("archive_") :]] = raw
+        elif key in engine_fields:
+            values[key] = raw
+    values.update({k: v for k, v in overrides.items() if k != "archive"})
+    try:
+        typed = {k: _coerce(engine_fields[k].type, v) for k, v in values.items()}
+        archive_settings = replace(ArchiveSettings(), **archive)
+    except KeyError as exc:
+        raise InvalidArgument(f"unknown setting {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"bad setting: {exc}") from exc
+    if "archive" in overrides:
+        archive_settings = overrides["archive"]
+    return EngineSettings(archive=archive_settings, **typed)
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    text = str(kind)
+    if not isinstance(value, str):
+        return Path(value) if "Path" in text and value is not None else value
+    if text.startswith("int"):
+        return int(value)
+    if text.startswith("float"):
+        return float(value)
+    if "Path" in text:
+        return Path(value)
+    return value

@@ -1,0 +1,221 @@
+"""Envelope encryption: master keys wrap per-generation data keys; frames are AES-256-GCM.
+
+* A **master key** (32 bytes) is named by a key id and held by a :class:`MasterKeyProvider`
+  (here :class:`LocalKeyring`, loaded from a key file or an environment variable; a KMS can
+  implement the same protocol later).
+* A **data key** is random per shard generation. It is wrapped by the current master key and
+  stored in the catalog and in the shard's archive manifest — never inside frame bytes — so
+  rotating the master key rewrites only those small records.
+* Each frame is one AES-256-GCM message. Nonce = 8-byte random per-generation prefix + 4-byte
+  big-endian frame index; the associated data binds dataset, shard, generation, frame index and
+  a last-frame flag, so frames cannot be swapped, reordered, moved or truncated unnoticed.
+
+``AESGCM.decrypt_into`` leaves unauthenticated plaintext in the destination when the tag
+fails; :meth:`FrameCipher.decrypt_into` zeroes it before raising.
+
+Thread safety: every class here is immutable after construction and safe to share.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tierstore.errors import IntegrityError, InvalidArgument, UnknownKeyId
+from tierstore.types import WrappedKey
+
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_PREFIX_BYTES",
+    "TAG_BYTES",
+    "FrameCipher",
+    "LocalKeyring",
+    "MasterKeyProvider",
+    "new_data_key",
+    "new_nonce_prefix",
+    "zero",
+]
+
+KEY_BYTES = 32
+TAG_BYTES = 16
+NONCE_PREFIX_BYTES = 8
+_WRAP_NONCE_BYTES = 12
+_WRAP_CONTEXT = b"tierstore/data-key/v1\x00"
+
+
+def zero(buffer: memoryview) -> None:
+    """Overwrite a writable buffer with zero bytes."""
+    flat = buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
+    flat[:] = bytes(len(flat))
+
+
+def new_data_key() -> bytes:
+    """Return a fresh random 256-bit data key."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def new_nonce_prefix() -> bytes:
+    """Return a fresh random per-generation nonce prefix."""
+    return os.urandom(NONCE_PREFIX_BYTES)
+
+
+class MasterKeyProvider(Protocol):
+    """Wraps and unwraps data keys. A KMS client can implement this protocol."""
+
+    @property
+    def current_key_id(self) -> str:
+        """The key id new data keys are wrapped with."""
+        ...
+
+    def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
+        """Wrap ``data_key`` with the current master key, bound to ``context``."""
+        ...
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        """Return the data key.
+
+        Raises :class:`UnknownKeyId` if the master key is not held, and
+        :class:`IntegrityError` if the blob or context does not authenticate
+        (a wrong master key under the same id, or a tampered record).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalKeyring:
+    """Master keys held in process memory, loaded from a key file or an environment variable.
+
+    Key file (JSON, mode 0600 recommended)::
+
+        {"current": "k2", "keys": {"k1": "<base64 32 bytes>", "k2": "<base64 32 bytes>"}}
+    """
+
+    keys: Mapping[str, bytes]
+    current: str
+
+    def __post_init__(self) -> None:
+        if self.current not in self.keys:
+            raise InvalidArgument(f"current master key id {self.current!r} is not in the keyring")
+        for key_id, key in self.keys.items():
+            if len(key) != KEY_BYTES:
+                raise InvalidArgument(
+                    f"master key {key_id!r} is {len(key)} bytes; it must be {KEY_BYTES}"
+                )
+
+    @property
+    def current_key_id(self) -> str:
+        return self.current
+
+    @classmethod
+    def from_base64(cls, text: str, key_id: str | None = None) -> LocalKeyring:
+        """One key from base64 text (as kept in an environment variable).
+
+        Without ``key_id`` the id is derived from the key's fingerprint, so the
+        same key always gets the same id.
+        """
+        key = _decode_key(text, "master key")
+        if key_id is None:
+            key_id = "fp-" + hashlib.sha256(b"tierstore/key-id\x00" + key).hexdigest()[:16]
+        return cls(keys={key_id: key}, current=key_id)
+
+    @classmethod
+    def from_file(cls, path: Path) -> LocalKeyring:
+        """Load a key file (format in the class docstring)."""
+        try:
+            document = json.loads(path.read_text())
+            keys = {str(k): _decode_key(v, f"key {k!r}") for k, v in document["keys"].items()}
+            return cls(keys=keys, current=str(document["current"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
+
+    @staticmethod
+    def generate_file(path: Path, key_id: str = "k1") -> LocalKeyring:
+        """Create a new key file with one random key (mode 0600) and return its keyring."""
+        key = AESGCM.generate_key(bit_length=256)
+        document = {"current": key_id, "keys": {key_id: base64.b64encode(key).decode()}}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+        return LocalKeyring(keys={key_id: key}, current=key_id)
+
+    def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
+        nonce = os.urandom(_WRAP_NONCE_BYTES)
+        sealed = AESGCM(self.keys[self.current]).encrypt(
+            nonce, data_key, _WRAP_CONTEXT + self.current.encode() + b"\x00" + context
+        )
+        return WrappedKey(key_id=self.current, blob=nonce + sealed)
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        master = self.keys.get(wrapped.key_id)
+        if master is None:
+            raise UnknownKeyId(
+                f"data key is wrapped by master key {wrapped.key_id!r}, which this keyring "
+                f"does not hold (it holds {sorted(self.keys)})"
+            )
+        nonce, sealed = wrapped.blob[:_WRAP_NONCE_BYTES], wrapped.blob[_WRAP_NONCE_BYTES:]
+        try:
+            return AESGCM(master).decrypt(
+                nonce, sealed, _WRAP_CONTEXT + wrapped.key_id.encode() + b"\x00" + context
+            )
+        except InvalidTag as exc:
+            raise IntegrityError(
+                f"data key did not unwrap with master key {wrapped.key_id!r}: "
+                "wrong master key or tampered key record"
+            ) from exc
+
+
+def _decode_key(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except binascii.Error as exc:
+        raise InvalidArgument(f"{what} is not valid base64") from exc
+
+
+class FrameCipher:
+    """AES-256-GCM for the frames of one shard generation."""
+
+    __slots__ = ("_aead", "_nonce_prefix")
+
+    def __init__(self, data_key: bytes, nonce_prefix: bytes) -> None:
+        if len(nonce_prefix) != NONCE_PREFIX_BYTES:
+            raise InvalidArgument(f"nonce prefix must be {NONCE_PREFIX_BYTES} bytes")
+        self._aead = AESGCM(data_key)
+        self._nonce_prefix = nonce_prefix
+
+    def _nonce(self, index: int) -> bytes:
+        return self._nonce_prefix + struct.pack(">I", index)
+
+    def encrypt(self, index: int, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        """Return ciphertext + 16-byte tag for frame ``index``."""
+        return self._aead.encrypt(self._nonce(index), plaintext, aad)
+
+    def decrypt_into(
+        self, index: int, sealed: bytes | memoryview, aad: bytes, out: memoryview
+    ) -> None:
+        """Decrypt frame ``index`` into ``out`` (exactly ``len(sealed) - 16`` bytes).
+
+        On a failed tag ``out`` is zeroed and :class:`IntegrityError` raised.
+        """
+        if out.format != "B":
+            out = out.cast("B")  # pyarrow exports 'b'; cryptography takes unsigned bytes
+        try:
+            self._aead.decrypt_into(self._nonce(index), sealed, aad, out)
+        except InvalidTag as exc:
+            zero(out)
+            raise IntegrityError(f"frame {index} failed its authentication tag") from exc
+        except ValueError as exc:
+            zero(out)
+            raise IntegrityError(f"frame {index} is truncated or mis-sized: {exc}") from exc

@@ -1,0 +1,165 @@
+"""The catalog: datasets, shard records, upload journal, counters and access statistics.
+
+All of it lives in named sub-databases of the hot tier's LMDB environment, next to
+the frames, so that a put commits frames + record + journal entry in one
+transaction. Every method takes the caller's transaction; the catalog never
+begins one itself, so callers decide what commits together.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from tierstore.engine.records import (
+    JournalOp,
+    ShardRecord,
+    catalog_key,
+    decode_dataset,
+    encode_dataset,
+)
+from tierstore.tiers.lmdb import LmdbEnvironment
+from tierstore.types import DatasetSettings
+
+__all__ = ["DB_NAMES", "Catalog"]
+
+FRAMES_DB = "frames"
+DB_NAMES = (FRAMES_DB, "datasets", "shards", "journal", "access", "meta")
+_U64 = struct.Struct(">Q")
+_ACCESS = struct.Struct("<Qd")  # count, last access time
+
+
+class Catalog:
+    """Typed access to the catalog sub-databases. Stateless beyond its environment."""
+
+    def __init__(self, environment: LmdbEnvironment) -> None:
+        self._env = environment
+
+    def _db(self, name: str) -> Any:
+        return self._env.db(name)
+
+    # Datasets.
+
+    def get_dataset(self, txn: Any, name: str) -> DatasetSettings | None:
+        raw = txn.get(name.encode(), db=self._db("datasets"))
+        return None if raw is None else decode_dataset(raw)
+
+    def put_dataset(self, txn: Any, name: str, settings: DatasetSettings) -> None:
+        txn.put(name.encode(), encode_dataset(settings), db=self._db("datasets"))
+
+    def delete_dataset(self, txn: Any, name: str) -> None:
+        txn.delete(name.encode(), db=self._db("datasets"))
+
+    def list_datasets(self, txn: Any) -> list[tuple[str, DatasetSettings]]:
+        cursor = txn.cursor(db=self._db("datasets"))
+        return [(bytes(k).decode(), decode_dataset(v)) for k, v in cursor]
+
+    # Shard records.
+
+    def get_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord | None:
+        raw = txn.get(catalog_key(dataset, name), db=self._db("shards"))
+        if raw is None:
+            return None
+        record = ShardRecord.decode(raw)
+        # Long names share a truncated key prefix with a hash; the record holds the full name.
+        return record if record.name == name else None
+
+    def put_shard(self, txn: Any, record: ShardRecord) -> None:
+        txn.put(catalog_key(record.dataset, record.name), record.encode(), db=self._db("shards"))
+
+    def delete_shard(self, txn: Any, dataset: str, name: str) -> None:
+        key = catalog_key(dataset, name)
+        txn.delete(key, db=self._db("shards"))
+        txn.delete(key, db=self._db("access"))
+
+    def iter_shards(
+        self, txn: Any, dataset: str | None = None, prefix: str = "", start_after: str | None = None
+    ) -> Iterator[ShardRecord]:
+        """Records in key order (by dataset, then name), optionally of one dataset and prefix."""
+        cursor = txn.cursor(db=self._db("shards"))
+        if dataset is None:
+            positioned = cursor.first()
+            head = b""
+        else:
+            head = dataset.encode() + b"\x00"
+            start = catalog_key(dataset, prefix) if prefix else head
+            if start_after is not None:
+                start = max(start, catalog_key(dataset, start_after))
+            positioned = cursor.set_range(start)
+        raw_prefix = prefix.encode()
+        while positioned:
+            if not bytes(cursor.key()).startswith(head):
+                return
+            record = ShardRecord.decode(cursor.value())
+            raw_name = record.name.encode()
+            if raw_prefix and not raw_name.startswith(raw_prefix):
+                if raw_name[: len(raw_prefix)] > raw_prefix:
+                    return  # sorted by name: nothing further can match
+            elif start_after is None or raw_name > start_after.encode():
+                yield record
+            positioned = cursor.next()
+
+    # Counters.
+
+    def counter(self, txn: Any, name: str) -> int:
+        raw = txn.get(name.encode(), db=self._db("meta"))
+        return 0 if raw is None else int(_U64.unpack(bytes(raw))[0])
+
+    def set_counter(self, txn: Any, name: str, value: int) -> None:
+        txn.put(name.encode(), _U64.pack(max(0, value)), db=self._db("meta"))
+
+    def add_counter(self, txn: Any, name: str, delta: int) -> int:
+        value = max(0, self.counter(txn, name) + delta)
+        self.set_counter(txn, name, value)
+        return value
+
+    # Upload journal.
+
+    def append_journal(self, txn: Any, op: JournalOp) -> int:
+        """Append ``op``; returns its sequence number (increasing, never reused)."""
+        seq = self.counter(txn, "journal_seq") + 1
+        self.set_counter(txn, "journal_seq", seq)
+        txn.put(_U64.pack(seq), op.encode(), db=self._db("journal"))
+        if op.op == "upload":
+            self.add_counter(txn, "backlog_bytes", op.nbytes)
+        return seq
+
+    def journal_entries(self, txn: Any, limit: int = 256) -> list[tuple[int, JournalOp]]:
+        """The oldest ``limit`` pending operations, in order."""
+        entries: list[tuple[int, JournalOp]] = []
+        for raw_seq, raw_op in txn.cursor(db=self._db("journal")):
+            entries.append((_U64.unpack(bytes(raw_seq))[0], JournalOp.decode(raw_op)))
+            if len(entries) == limit:
+                break
+        return entries
+
+    def journal_entry(self, txn: Any, seq: int) -> JournalOp | None:
+        raw = txn.get(_U64.pack(seq), db=self._db("journal"))
+        return None if raw is None else JournalOp.decode(raw)
+
+    def remove_journal(self, txn: Any, seq: int) -> None:
+        """Remove a finished operation (and release its backlog bytes)."""
+        op = self.journal_entry(txn, seq)
+        if op is None:
+            return
+        txn.delete(_U64.pack(seq), db=self._db("journal"))
+        if op.op == "upload":
+            self.add_counter(txn, "backlog_bytes", -op.nbytes)
+
+    def journal_length(self, txn: Any) -> int:
+        return int(txn.stat(self._db("journal"))["entries"])
+
+    # Access statistics.
+
+    def get_access(self, txn: Any, dataset: str, name: str) -> tuple[int, float]:
+        raw = txn.get(catalog_key(dataset, name), db=self._db("access"))
+        return (0, 0.0) if raw is None else _ACCESS.unpack(bytes(raw))
+
+    def add_access(self, txn: Any, dataset: str, name: str, count: int, last: float) -> None:
+        old_count, old_last = self.get_access(txn, dataset, name)
+        txn.put(
+            catalog_key(dataset, name),
+            _ACCESS.pack(old_count + count, max(old_last, last)),
+            db=self._db("access"),
+        )

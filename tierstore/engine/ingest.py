@@ -1,0 +1,90 @@
+"""Turning what a caller puts into payload frames (pure: no I/O).
+
+Accepted values: bytes-like objects (raw shards, cut into fixed-size frames
+without copying), Arrow tables and record batches, numpy arrays and torch
+tensors (stored as Arrow ``fixed_shape_tensor``), and pre-framed Arrow messages
+as they arrive from the network (validated here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from tierstore import arrowio
+from tierstore.errors import OversizeFrame, UnsupportedData
+from tierstore.types import ShardKind
+
+__all__ = ["FramedValue", "frame_prepared", "frame_value"]
+
+
+@dataclass(frozen=True, slots=True)
+class FramedValue:
+    """A value cut into payload frames, each at most the frame limit."""
+
+    kind: ShardKind
+    frames: tuple[memoryview, ...]
+
+
+def _byte_view(value: Any) -> memoryview:
+    """A flat unsigned-byte view (pyarrow exports signed 'b', which some consumers refuse)."""
+    view = memoryview(value)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _raw_frames(data: memoryview, max_frame_bytes: int) -> tuple[memoryview, ...]:
+    flat = _byte_view(data)
+    return tuple(flat[i : i + max_frame_bytes] for i in range(0, len(flat), max_frame_bytes))
+
+
+def _is_tensor(value: Any) -> bool:
+    module = type(value).__module__
+    return module.startswith("numpy") or module.startswith("torch")
+
+
+def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
+    """Cut ``value`` into frames; the kind follows from its type.
+
+    Raises :class:`UnsupportedData` for other types and :class:`OversizeFrame`
+    for Arrow data with a row (or schema) larger than a frame.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        view = memoryview(value)
+        if not view.c_contiguous:
+            raise UnsupportedData("raw buffers must be C-contiguous")
+        return FramedValue(ShardKind.RAW, _raw_frames(view, max_frame_bytes))
+    if isinstance(value, pa.Buffer):
+        return FramedValue(ShardKind.RAW, _raw_frames(memoryview(value), max_frame_bytes))
+    if isinstance(value, pa.Table | pa.RecordBatch):
+        frames = arrowio.table_to_frames(value, max_frame_bytes)
+        return FramedValue(ShardKind.ARROW, tuple(_byte_view(f) for f in frames))
+    if _is_tensor(value):
+        frames = arrowio.tensor_to_frames(value, max_frame_bytes)
+        return FramedValue(ShardKind.TENSOR, tuple(_byte_view(f) for f in frames))
+    raise UnsupportedData(
+        f"cannot store a {type(value).__name__}: use bytes-like data, a pyarrow Table or "
+        "RecordBatch, a numpy array or a torch tensor"
+    )
+
+
+def frame_prepared(
+    kind: ShardKind, frames: Sequence[bytes | memoryview], max_frame_bytes: int
+) -> FramedValue:
+    """Accept frames cut by a client: check sizes and, for Arrow kinds, every message.
+
+    Raises :class:`OversizeFrame` and :class:`tierstore.errors.MalformedArrow`.
+    """
+    views = tuple(_byte_view(frame) for frame in frames)
+    for index, view in enumerate(views):
+        if view.nbytes > max_frame_bytes:
+            raise OversizeFrame(
+                f"frame {index} is {view.nbytes} bytes; the limit is {max_frame_bytes}"
+            )
+    if kind is not ShardKind.RAW:
+        schema = arrowio.validate_arrow_frames([pa.py_buffer(v) for v in views], max_frame_bytes)
+        if kind is ShardKind.TENSOR and not arrowio.is_tensor_schema(schema):
+            raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
+    return FramedValue(kind, views)

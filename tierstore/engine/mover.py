@@ -1,0 +1,352 @@
+"""The mover: drains the upload journal to the archive, promotes and evicts.
+
+One background thread works the journal in sequence order: ``upload`` copies a
+generation's stored frames to ``<dataset>/<generation>.frames`` and then writes
+its manifest (the manifest is the commit marker), and only then removes the
+journal entry and marks the record archived — so a crash at any point leaves the
+entry in place and the upload is simply redone on restart. While the archive
+fails, the thread backs off exponentially and keeps every entry: nothing
+acknowledged is dropped.
+
+A second thread promotes shards read from the archive into the hot tier, and
+eviction (down to the low watermark, only shards the archive holds, never
+pinned ones) runs whenever the hot tier passes its high watermark.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tierstore.config import EngineSettings
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.records import (
+    JournalOp,
+    ShardRecord,
+    archive_dataset_key,
+    archive_frames_key,
+    archive_manifest_key,
+    encode_dataset,
+    frame_key,
+)
+from tierstore.errors import TierstoreError
+from tierstore.policy.base import EvictionCandidate, EvictionPolicy
+from tierstore.tiers.base import Tier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+
+__all__ = ["Mover"]
+
+log = logging.getLogger(__name__)
+
+#: Verifies one stored frame of a record (raises IntegrityError).
+FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
+_Promotion = tuple[ShardRecord, list[memoryview] | None]
+_STOP = None
+
+
+class Mover:
+    """Background archive uploads, promotions and evictions of one store."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        archive: Tier,
+        access: AccessRecorder,
+        policy: EvictionPolicy,
+        overhead: Callable[[ShardRecord], int],
+        verify: FrameVerifier,
+    ) -> None:
+        self._settings = settings
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        self._archive = archive
+        self._access = access
+        self._policy = policy
+        self._overhead = overhead
+        self._verify = verify
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._journal_lock = threading.Lock()  # one journal entry is worked at a time
+        self._evict_lock = threading.Lock()
+        self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
+        self._promoting: set[tuple[str, int]] = set()
+        self._threads: list[threading.Thread] = []
+        self._retry_delay = settings.mover_retry_initial_s
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        """Start the background threads (resumes any journal left by a crash)."""
+        for target, name in ((self._run_journal, "journal"), (self._run_promotions, "promote")):
+            thread = threading.Thread(target=target, name=f"tierstore-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the threads; pending journal entries stay for the next start."""
+        self._stop.set()
+        self._wake.set()
+        try:
+            self._promotions.put_nowait(_STOP)
+        except queue.Full:
+            pass  # the thread sees the stop flag after its current item
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        """Tell the journal thread that there is new work."""
+        self._wake.set()
+
+    # The journal.
+
+    def _run_journal(self) -> None:
+        last_flush = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self._settings.access_flush_interval_s)
+            self._wake.clear()
+            try:
+                progressed = self.drain_once()
+            except Exception as exc:
+                log.exception("journal pass failed")
+                self.last_error = str(exc)
+                progressed = False
+            if not progressed and self.pending() and not self._stop.is_set():
+                self._stop.wait(self._retry_delay)
+                self._retry_delay = min(self._retry_delay * 2, self._settings.mover_retry_max_s)
+            if time.monotonic() - last_flush >= self._settings.access_flush_interval_s:
+                self.flush_access()
+                last_flush = time.monotonic()
+            self.evict_if_needed()
+
+    def pending(self) -> int:
+        """Journal entries not yet done."""
+        with self._env.read() as txn:
+            return self._catalog.journal_length(txn)
+
+    def drain_once(self) -> bool:
+        """Work the journal in order until it is empty or an entry fails.
+
+        Returns True when every entry was done. Raises nothing: a failing entry is
+        kept (and retried later with back-off).
+        """
+        while not self._stop.is_set():
+            with self._env.read() as txn:
+                entries = self._catalog.journal_entries(txn, limit=64)
+            if not entries:
+                return True
+            for seq, _ in entries:
+                if not self.run_entry(seq):
+                    return False
+        return False
+
+    def run_entry(self, seq: int) -> bool:
+        """Do journal entry ``seq`` now (used by write-through puts too).
+
+        Returns True when the entry is done (or was already done by someone else),
+        False when the archive failed and the entry stays for a retry.
+        """
+        with self._journal_lock:
+            with self._env.read() as txn:
+                op = self._catalog.journal_entry(txn, seq)
+            if op is None:
+                return True
+            try:
+                self._apply(op)
+            except TierstoreError as exc:
+                self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
+                log.warning("archive operation failed, will retry: %s", self.last_error)
+                return False
+            with self._env.write() as txn:
+                if op.op == "upload":
+                    record = self._catalog.get_shard(txn, op.dataset, op.name)
+                    if record is not None and record.generation == op.generation:
+                        self._catalog.put_shard(txn, record.with_state(archived=True))
+                self._catalog.remove_journal(txn, seq)
+            self._retry_delay = self._settings.mover_retry_initial_s
+            self.last_error = None
+            return True
+
+    def _apply(self, op: JournalOp) -> None:
+        if op.op == "upload":
+            with self._env.read() as txn:
+                record = self._catalog.get_shard(txn, op.dataset, op.name)
+            if record is None or record.generation != op.generation:
+                return  # superseded or deleted; a later delete entry cleans the archive
+            self._archive.put(
+                archive_frames_key(op.dataset, op.generation), self._stored_frames(record)
+            )
+            self._archive.put(
+                archive_manifest_key(op.dataset, op.generation), record.encode(manifest=True)
+            )
+        elif op.op == "manifest":
+            with self._env.read() as txn:
+                record = self._catalog.get_shard(txn, op.dataset, op.name)
+            if record is not None and record.generation == op.generation and record.archived:
+                self._archive.put(
+                    archive_manifest_key(op.dataset, op.generation), record.encode(manifest=True)
+                )
+        elif op.op == "delete":
+            self._archive.delete(archive_manifest_key(op.dataset, op.generation))
+            self._archive.delete(archive_frames_key(op.dataset, op.generation))
+        elif op.op == "dataset":
+            with self._env.read() as txn:
+                settings = self._catalog.get_dataset(txn, op.dataset)
+            if settings is None:
+                self._archive.delete(archive_dataset_key(op.dataset))
+            else:
+                self._archive.put(archive_dataset_key(op.dataset), encode_dataset(settings))
+        else:
+            raise TierstoreError(f"unknown journal operation {op.op!r}")
+
+    def _stored_frames(self, record: ShardRecord) -> Iterator[bytes]:
+        # One short read transaction per frame: an upload never pins LMDB pages for
+        # its whole duration. A generation's frames never change, so this is safe.
+        for index in range(len(record.frame_sizes)):
+            with self._env.read() as txn:
+                view = self._frames.view_in(txn, frame_key(record.generation, index))
+                if view is None:
+                    raise TierstoreError(
+                        f"hot frame {index} of {record.dataset}/{record.name} is missing"
+                    )
+                yield bytes(view)
+
+    # Access statistics.
+
+    def flush_access(self) -> None:
+        """Write pending access counts to the catalog in one transaction."""
+        pending = self._access.drain()
+        if not pending:
+            return
+        with self._env.write() as txn:
+            for (dataset, name), (count, last) in pending.items():
+                if self._catalog.get_shard(txn, dataset, name) is not None:
+                    self._catalog.add_access(txn, dataset, name, count, last)
+
+    # Promotion.
+
+    def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
+        """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.
+
+        Best effort: a full queue or a duplicate request is dropped (the next read
+        asks again).
+        """
+        key = (record.dataset, record.generation)
+        if key in self._promoting:
+            return
+        try:
+            self._promotions.put_nowait((record, stored))
+            self._promoting.add(key)
+        except queue.Full:
+            pass
+
+    def _run_promotions(self) -> None:
+        while not self._stop.is_set():
+            item = self._promotions.get()
+            if item is None:
+                return
+            record, stored = item
+            try:
+                self.promote_now(record, stored)
+            except Exception:
+                log.exception("promotion of %s/%s failed", record.dataset, record.name)
+            finally:
+                self._promoting.discard((record.dataset, record.generation))
+
+    def promote_now(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
+        """Copy a generation's stored frames into the hot tier (fetching them if needed)."""
+        if stored is None:
+            blob = self._archive.get(archive_frames_key(record.dataset, record.generation))
+            if blob is None:
+                return
+            stored = []
+            position = 0
+            for size in record.stored_sizes(self._overhead(record)):
+                stored.append(blob[position : position + size])
+                position += size
+        for index, frame in enumerate(stored):
+            self._verify(record, index, frame)
+        total = sum(len(frame) for frame in stored)
+        self.make_room(total)
+        with self._env.write() as txn:
+            current = self._catalog.get_shard(txn, record.dataset, record.name)
+            if current is None or current.generation != record.generation or current.hot:
+                return
+            for index, frame in enumerate(stored):
+                self._frames.put_in(txn, frame_key(record.generation, index), frame)
+            self._catalog.put_shard(txn, current.with_state(hot=True))
+            self._catalog.add_counter(txn, "hot_bytes", total)
+
+    # Eviction.
+
+    def evict_if_needed(self) -> int:
+        """Evict down to the low watermark if the hot tier is above the high one."""
+        capacity = self._settings.hot_capacity_bytes
+        with self._env.read() as txn:
+            hot = self._catalog.counter(txn, "hot_bytes")
+        if hot <= capacity * self._settings.high_watermark:
+            return 0
+        return self.evict(hot - int(capacity * self._settings.low_watermark))
+
+    def make_room(self, incoming: int) -> None:
+        """Before writing ``incoming`` hot bytes: evict if they would pass the high watermark."""
+        capacity = self._settings.hot_capacity_bytes
+        with self._env.read() as txn:
+            hot = self._catalog.counter(txn, "hot_bytes")
+        if hot + incoming > capacity * self._settings.high_watermark:
+            self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
+
+    def evict(self, bytes_to_free: int) -> int:
+        """Evict archived, unpinned hot shards chosen by the policy; returns bytes freed."""
+        with self._evict_lock:
+            with self._env.read() as txn:
+                candidates = []
+                for record in self._catalog.iter_shards(txn):
+                    if not record.hot or not record.archived or record.pinned:
+                        continue
+                    count, last = self._catalog.get_access(txn, record.dataset, record.name)
+                    extra_count, extra_last = self._access.pending(record.dataset, record.name)
+                    candidates.append(
+                        EvictionCandidate(
+                            dataset=record.dataset,
+                            name=record.name,
+                            generation=record.generation,
+                            stored_bytes=sum(record.stored_sizes(self._overhead(record))),
+                            access_count=count + extra_count,
+                            last_access=max(last, extra_last, record.created_at),
+                        )
+                    )
+            victims = self._policy.choose_victims(candidates, bytes_to_free)
+            freed = 0
+            with self._env.write() as txn:
+                for victim in victims:
+                    freed += self._evict_in(txn, victim.dataset, victim.name, victim.generation)
+            return freed
+
+    def evict_shard(self, dataset: str, name: str) -> int:
+        """Evict one shard if the archive holds it; returns bytes freed (0 if not evictable)."""
+        with self._evict_lock, self._env.write() as txn:
+            record = self._catalog.get_shard(txn, dataset, name)
+            if record is None:
+                return 0
+            return self._evict_in(txn, dataset, name, record.generation)
+
+    def _evict_in(self, txn: Any, dataset: str, name: str, generation: int) -> int:
+        record = self._catalog.get_shard(txn, dataset, name)
+        if record is None or record.generation != generation:
+            return 0
+        if not record.hot or not record.archived or record.pinned:
+            return 0
+        for index in range(len(record.frame_sizes)):
+            self._frames.delete_in(txn, frame_key(generation, index))
+        self._catalog.put_shard(txn, record.with_state(hot=False))
+        freed = sum(record.stored_sizes(self._overhead(record)))
+        self._catalog.add_counter(txn, "hot_bytes", -freed)
+        return freed

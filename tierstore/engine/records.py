@@ -1,0 +1,217 @@
+"""Catalog records and their encodings (pure: no I/O).
+
+A :class:`ShardRecord` is what the catalog holds per shard; the same fields,
+minus local state, form the shard generation's archive manifest, so the catalog
+can be rebuilt from the archive alone. Journal operations are
+:class:`JournalOp` values. Encodings are JSON with a format version, so records
+stay readable by later releases.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tierstore.errors import IntegrityError
+from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind, WrappedKey
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Envelope",
+    "JournalOp",
+    "ShardRecord",
+    "archive_dataset_key",
+    "archive_frames_key",
+    "archive_manifest_key",
+    "catalog_key",
+    "decode_dataset",
+    "encode_dataset",
+    "frame_key",
+]
+
+FORMAT_VERSION = 1
+_MAX_PLAIN_NAME_BYTES = 440
+
+
+def catalog_key(dataset: str, shard: str) -> bytes:
+    """The LMDB key of a shard's record: ``dataset \\0 name``, sorted by name.
+
+    LMDB keys hold at most 511 bytes; a longer name keeps its first 400 bytes (so
+    prefix listing still works) followed by ``0xff`` (never in UTF-8) and a hash.
+    """
+    raw = shard.encode()
+    if len(raw) > _MAX_PLAIN_NAME_BYTES:
+        raw = raw[:400] + b"\xff" + hashlib.sha256(raw).digest()[:16]
+    return dataset.encode() + b"\x00" + raw
+
+
+def frame_key(generation: int, index: int) -> str:
+    """Hot-tier key of one frame; a generation's frames sort together and in order."""
+    return f"{generation:016x}/{index:08x}"
+
+
+def archive_frames_key(dataset: str, generation: int) -> str:
+    """Archive object holding a generation's stored frames back to back."""
+    return f"{dataset}/{generation:016x}.frames"
+
+
+def archive_manifest_key(dataset: str, generation: int) -> str:
+    """Archive object describing a generation; written after its frames (a commit marker)."""
+    return f"{dataset}/{generation:016x}.manifest"
+
+
+def archive_dataset_key(dataset: str) -> str:
+    """Archive object holding a dataset's settings."""
+    return f"{dataset}/_dataset.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Encryption of one generation: its wrapped data key and nonce prefix."""
+
+    wrapped: WrappedKey
+    nonce_prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    """One shard generation as the catalog and the archive manifest know it."""
+
+    dataset: str
+    name: str
+    generation: int
+    kind: ShardKind
+    frame_sizes: tuple[int, ...]
+    created_at: float
+    envelope: Envelope | None
+    hot: bool = True
+    archived: bool = False
+    pinned: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(self.frame_sizes)
+
+    def stored_sizes(self, overhead: int) -> tuple[int, ...]:
+        """Stored size of every frame, given the sealing overhead."""
+        return tuple(size + overhead for size in self.frame_sizes)
+
+    def with_state(self, **changes: Any) -> ShardRecord:
+        return replace(self, **changes)
+
+    def to_info(self, access_count: int = 0, last_access: float = 0.0) -> ShardInfo:
+        return ShardInfo(
+            dataset=self.dataset,
+            name=self.name,
+            generation=self.generation,
+            kind=self.kind,
+            frame_sizes=self.frame_sizes,
+            created_at=self.created_at,
+            encrypted=self.envelope is not None,
+            hot=self.hot,
+            archived=self.archived,
+            access_count=access_count,
+            last_access=last_access,
+        )
+
+    def encode(self, *, manifest: bool = False) -> bytes:
+        """JSON bytes; ``manifest=True`` leaves out node-local state (hot, pinned)."""
+        document: dict[str, Any] = {
+            "v": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "name": self.name,
+            "generation": self.generation,
+            "kind": self.kind.value,
+            "frame_sizes": list(self.frame_sizes),
+            "created_at": self.created_at,
+            "envelope": None
+            if self.envelope is None
+            else {
+                "key_id": self.envelope.wrapped.key_id,
+                "wrapped": base64.b64encode(self.envelope.wrapped.blob).decode(),
+                "nonce_prefix": base64.b64encode(self.envelope.nonce_prefix).decode(),
+            },
+        }
+        if not manifest:
+            document.update(hot=self.hot, archived=self.archived, pinned=self.pinned)
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> ShardRecord:
+        """Inverse of :meth:`encode`; a manifest decodes as archived and not hot."""
+        try:
+            document = json.loads(bytes(raw))
+            envelope = document["envelope"]
+            return cls(
+                dataset=document["dataset"],
+                name=document["name"],
+                generation=int(document["generation"]),
+                kind=ShardKind(document["kind"]),
+                frame_sizes=tuple(int(size) for size in document["frame_sizes"]),
+                created_at=float(document["created_at"]),
+                envelope=None
+                if envelope is None
+                else Envelope(
+                    wrapped=WrappedKey(
+                        key_id=envelope["key_id"], blob=base64.b64decode(envelope["wrapped"])
+                    ),
+                    nonce_prefix=base64.b64decode(envelope["nonce_prefix"]),
+                ),
+                hot=bool(document.get("hot", False)),
+                archived=bool(document.get("archived", True)),
+                pinned=bool(document.get("pinned", False)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"unreadable shard record: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JournalOp:
+    """One pending archive operation of the upload journal.
+
+    ``upload``: copy generation ``generation`` of ``name`` to the archive.
+    ``delete``: remove a generation's archive objects (superseded or deleted shard).
+    ``manifest``: rewrite a generation's manifest (after key rotation).
+    ``dataset``: write (or, with ``name == "-"``, remove) a dataset's settings object.
+    """
+
+    op: str
+    dataset: str
+    name: str = ""
+    generation: int = 0
+    nbytes: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            [self.op, self.dataset, self.name, self.generation, self.nbytes], separators=(",", ":")
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> JournalOp:
+        op, dataset, name, generation, nbytes = json.loads(bytes(raw))
+        return cls(op=op, dataset=dataset, name=name, generation=generation, nbytes=nbytes)
+
+
+def encode_dataset(settings: DatasetSettings) -> bytes:
+    """JSON bytes of a dataset's settings."""
+    return json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "encrypted": settings.encrypted,
+            "durability": settings.durability.value,
+            "hot_quota_bytes": settings.hot_quota_bytes,
+        }
+    ).encode()
+
+
+def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
+    """Inverse of :func:`encode_dataset`."""
+    document = json.loads(bytes(raw))
+    return DatasetSettings(
+        encrypted=bool(document["encrypted"]),
+        durability=Durability(document["durability"]),
+        hot_quota_bytes=int(document.get("hot_quota_bytes", 0)),
+    )

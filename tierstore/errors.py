@@ -1,0 +1,174 @@
+"""The one exception tree of tierstore.
+
+Every error the package raises on purpose derives from :class:`TierstoreError`.
+Backend errors (lmdb, botocore, cryptography, pyarrow) are translated where they
+enter the package (``raise Mapped(...) from exc``), so callers never have to know
+which library sits underneath. Each class names the gRPC status code it maps to,
+so the service and the client can share one table later.
+
+::
+
+    TierstoreError
+    ├── InvalidArgument              INVALID_ARGUMENT
+    │   ├── InvalidName                  dataset or shard name breaks the naming rules
+    │   ├── InvalidRange                 byte or frame range outside the shard
+    │   ├── OversizeFrame                a frame (or one Arrow row) over the frame limit
+    │   ├── MalformedArrow               bytes that are not the Arrow data they claim to be
+    │   └── UnsupportedData              a value the shard format cannot store
+    ├── NotFound                     NOT_FOUND
+    │   ├── DatasetNotFound
+    │   └── ShardNotFound
+    ├── AlreadyExists                ALREADY_EXISTS
+    ├── FailedPrecondition           FAILED_PRECONDITION
+    │   ├── UnknownKeyId                 a wrapped key names a master key we do not hold
+    │   ├── EncryptionUnavailable        encrypted dataset, but no master key configured
+    │   ├── WrongShardKind               e.g. read_table() on a raw-bytes shard
+    │   └── StoreClosed
+    ├── ResourceExhausted            RESOURCE_EXHAUSTED
+    │   ├── BacklogFull                  un-archived bytes passed the configured cap
+    │   └── HotTierFull                  the LMDB map is full (disk full)
+    ├── DataLoss                     DATA_LOSS
+    │   └── IntegrityError               checksum or AEAD tag mismatch, truncation, reorder
+    └── Unavailable                  UNAVAILABLE
+        └── ArchiveUnavailable           the archive did not answer (or answered 5xx) after retries
+
+A ``DataLoss`` is raised only after any destination buffer has been zeroed: no
+unauthenticated or unverified byte ever reaches the caller.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "ArchiveUnavailable",
+    "BacklogFull",
+    "DataLoss",
+    "DatasetNotFound",
+    "EncryptionUnavailable",
+    "FailedPrecondition",
+    "HotTierFull",
+    "IntegrityError",
+    "InvalidArgument",
+    "InvalidName",
+    "InvalidRange",
+    "MalformedArrow",
+    "NotFound",
+    "OversizeFrame",
+    "ResourceExhausted",
+    "ShardNotFound",
+    "StoreClosed",
+    "TierstoreError",
+    "Unavailable",
+    "UnknownKeyId",
+    "UnsupportedData",
+    "WrongShardKind",
+]
+
+
+class TierstoreError(Exception):
+    """Root of every error tierstore raises on purpose."""
+
+    #: gRPC status code name this error maps to (see the tree above).
+    status_code: str = "INTERNAL"
+
+
+class InvalidArgument(TierstoreError):
+    """The caller passed something that can never succeed as given."""
+
+    status_code = "INVALID_ARGUMENT"
+
+
+class InvalidName(InvalidArgument):
+    """A dataset or shard name breaks the naming rules."""
+
+
+class InvalidRange(InvalidArgument):
+    """A byte or frame range lies outside the shard."""
+
+
+class OversizeFrame(InvalidArgument):
+    """A frame, or a single Arrow row or schema, exceeds the frame size limit."""
+
+
+class MalformedArrow(InvalidArgument):
+    """Bytes that claim to be Arrow IPC messages do not parse as such."""
+
+
+class UnsupportedData(InvalidArgument):
+    """A value of a type (or dtype) that the shard format cannot store."""
+
+
+class NotFound(TierstoreError):
+    """Something named does not exist."""
+
+    status_code = "NOT_FOUND"
+
+
+class DatasetNotFound(NotFound):
+    """No dataset of that name."""
+
+
+class ShardNotFound(NotFound):
+    """No shard of that name in the dataset."""
+
+
+class AlreadyExists(TierstoreError):
+    """Creating something that already exists."""
+
+    status_code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(TierstoreError):
+    """The request is valid but the system is not in a state to serve it."""
+
+    status_code = "FAILED_PRECONDITION"
+
+
+class UnknownKeyId(FailedPrecondition):
+    """A wrapped data key names a master key id that the keyring does not hold."""
+
+
+class EncryptionUnavailable(FailedPrecondition):
+    """An encrypted dataset was used but no master key is configured."""
+
+
+class WrongShardKind(FailedPrecondition):
+    """The shard holds another kind of data than the call asks for."""
+
+
+class StoreClosed(FailedPrecondition):
+    """The store was closed."""
+
+
+class ResourceExhausted(TierstoreError):
+    """A configured limit or the disk is full; retry later."""
+
+    status_code = "RESOURCE_EXHAUSTED"
+
+
+class BacklogFull(ResourceExhausted):
+    """Un-archived bytes passed the configured cap; writes wait for the mover."""
+
+
+class HotTierFull(ResourceExhausted):
+    """The hot tier (LMDB map) has no room for the write."""
+
+
+class DataLoss(TierstoreError):
+    """Stored bytes failed verification; nothing unverified was returned."""
+
+    status_code = "DATA_LOSS"
+
+
+class IntegrityError(DataLoss):
+    """A frame's checksum or AEAD tag did not verify, or frames are missing or out of order."""
+
+
+class Unavailable(TierstoreError):
+    """A dependency did not answer; the call may succeed if retried."""
+
+    status_code = "UNAVAILABLE"
+
+
+class ArchiveUnavailable(Unavailable):
+    """The archive tier was unreachable or kept failing (5xx) through all retries."""

@@ -1,0 +1,56 @@
+"""Naming rules for datasets and shards (pure functions, no I/O).
+
+* Dataset: ``[a-z0-9][a-z0-9._-]{0,62}``.
+* Shard: a path-like key of 1 to 1024 UTF-8 bytes, printable (no control
+  characters), no leading ``/``, no empty, ``.`` or ``..`` segment.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from tierstore.errors import InvalidName
+
+__all__ = ["MAX_SHARD_NAME_BYTES", "validate_dataset_name", "validate_shard_name"]
+
+MAX_SHARD_NAME_BYTES = 1024
+_DATASET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def validate_dataset_name(name: object) -> str:
+    """Return ``name`` if it is a valid dataset name, else raise :class:`InvalidName`."""
+    if not isinstance(name, str):
+        raise InvalidName(f"dataset name must be a string, not {type(name).__name__}")
+    if not _DATASET_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid dataset name {name[:80]!r}: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_shard_name(name: object) -> str:
+    """Return ``name`` if it is a valid shard name, else raise :class:`InvalidName`."""
+    if not isinstance(name, str):
+        raise InvalidName(f"shard name must be a string, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("shard name is empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidName("shard name is not valid UTF-8 (lone surrogate)") from exc
+    if size > MAX_SHARD_NAME_BYTES:
+        raise InvalidName(f"shard name is {size} bytes; the limit is {MAX_SHARD_NAME_BYTES}")
+    if name.startswith("/"):
+        raise InvalidName(f"shard name {name[:80]!r} starts with '/'")
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            raise InvalidName(
+                f"shard name {name[:80]!r} contains a control or unprintable character "
+                f"(U+{ord(char):04X})"
+            )
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidName(f"shard name {name[:80]!r} has an empty, '.' or '..' path segment")
+    return name

@@ -1,0 +1,235 @@
+"""The LMDB hot tier.
+
+:class:`LmdbEnvironment` owns one LMDB environment on local disk and its named
+sub-databases; the engine keeps frames, catalog and upload journal in the same
+environment so that one write transaction commits all three. :class:`LmdbTier`
+is the ``Tier`` view of one sub-database.
+
+Settings follow the known pitfalls: ``writemap=False`` (a full disk is an error,
+not SIGBUS), default sync flags (a commit is fsynced before it returns), one
+fixed ``map_size`` that is never changed while transactions are open, and
+``reader_check()`` at open to clear reader slots of dead processes.
+
+Fork safety: an environment is never used across ``fork()``. The handle is
+bound to the process id that opened it; a child process reopens the
+environment on first use and never touches (or closes) the parent's handle.
+Read transactions must be short: a long-lived one keeps LMDB from reusing pages.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from tierstore.errors import HotTierFull, InvalidArgument, StoreClosed, Unavailable
+from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range
+
+__all__ = ["MAX_KEY_BYTES", "LmdbEnvironment", "LmdbTier"]
+
+MAX_KEY_BYTES = 511
+
+
+class LmdbEnvironment:
+    """One LMDB environment, reopened lazily per process. Thread-safe."""
+
+    def __init__(
+        self, path: Path, map_size: int, db_names: Iterable[str], readonly: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.map_size = map_size
+        # Every sub-database is opened right after the environment, outside any
+        # transaction: opening one inside a write transaction would deadlock.
+        self._db_names = tuple(db_names)
+        self._readonly = readonly
+        self._lock = threading.Lock()
+        self._env: Any = None
+        self._pid = -1
+        self._dbs: dict[str, Any] = {}
+        self._closed = False
+
+    @property
+    def env(self) -> Any:
+        """The ``lmdb.Environment`` of this process (opened on first use)."""
+        if self._closed:
+            raise StoreClosed(f"LMDB environment {self.path} is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._open()
+        return self._env
+
+    def _open(self) -> None:
+        # A handle inherited through fork() is dropped, never closed: closing it
+        # in the child could release state the parent still uses.
+        self._dbs = {}
+        if not self._readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            env = lmdb.open(
+                str(self.path),
+                map_size=self.map_size,
+                max_dbs=len(self._db_names) + 1,
+                writemap=False,
+                readonly=self._readonly,
+                max_readers=512,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise Unavailable(f"cannot open LMDB environment at {self.path}: {exc}") from exc
+        env.reader_check()
+        self._dbs = {
+            name: env.open_db(name.encode(), create=not self._readonly) for name in self._db_names
+        }
+        self._env = env
+        self._pid = os.getpid()
+
+    def db(self, name: str) -> Any:
+        """Handle of a sub-database named at construction."""
+        self.env  # noqa: B018 - opens the environment (and its databases) in this process
+        try:
+            return self._dbs[name]
+        except KeyError:
+            raise InvalidArgument(f"no sub-database {name!r} in {self.path}") from None
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        """A write transaction, committed (and fsynced) on normal exit, aborted on error.
+
+        ``lmdb.MapFullError`` becomes :class:`HotTierFull`; other LMDB errors become
+        :class:`Unavailable`.
+        """
+        env = self.env
+        try:
+            with env.begin(write=True) as txn:
+                yield txn
+        except lmdb.MapFullError as exc:
+            raise HotTierFull(
+                f"hot tier at {self.path} is full (map size {self.map_size} bytes)"
+            ) from exc
+        except lmdb.Error as exc:
+            raise Unavailable(f"hot tier write failed: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        """A short read transaction (zero-copy buffers, valid until it ends)."""
+        env = self.env
+        with env.begin(buffers=True) as txn:
+            yield txn
+
+    def begin_read(self) -> Any:
+        """A read transaction the caller must ``abort()``; see :class:`ReadLease` users."""
+        return self.env.begin(buffers=True)
+
+    def file_size(self) -> int:
+        """Size of the data file on disk, in bytes."""
+        return (self.path / "data.mdb").stat().st_size
+
+    def close(self) -> None:
+        """Close the environment (only this process's own handle). Idempotent."""
+        with self._lock:
+            if self._env is not None and self._pid == os.getpid():
+                self._env.close()
+            self._env = None
+            self._closed = True
+
+
+def _encode_key(key: str) -> bytes:
+    raw = key.encode("utf-8")
+    if not raw or len(raw) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"LMDB keys must be 1 to {MAX_KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+class LmdbTier:
+    """A ``Tier`` over one named sub-database of an :class:`LmdbEnvironment`."""
+
+    def __init__(
+        self, environment: LmdbEnvironment, name: str, owns_environment: bool = False
+    ) -> None:
+        self.environment = environment
+        self.name = name
+        self._owns = owns_environment
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, map_size: int, name: str = "objects") -> LmdbTier:
+        """A tier over a fresh environment at ``path`` that the tier owns and closes."""
+        return cls(LmdbEnvironment(path, map_size, [name]), name, owns_environment=True)
+
+    def _db(self) -> Any:
+        if self._closed:
+            raise StoreClosed(f"LMDB tier {self.name!r} is closed")
+        return self.environment.db(self.name)
+
+    # Transaction-level access, for callers that join several writes in one commit.
+
+    def put_in(self, txn: Any, key: str, value: BytesLike) -> None:
+        """Put within the caller's write transaction."""
+        txn.put(_encode_key(key), value, db=self._db())
+
+    def delete_in(self, txn: Any, key: str) -> None:
+        """Delete within the caller's write transaction (missing key: no-op)."""
+        txn.delete(_encode_key(key), db=self._db())
+
+    def view_in(self, txn: Any, key: str) -> memoryview | None:
+        """Zero-copy view of a value, valid only until ``txn`` ends."""
+        value: memoryview | None = txn.get(_encode_key(key), db=self._db())
+        return value
+
+    # The Tier protocol.
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        with self.environment.read() as txn:
+            value = self.view_in(txn, key)
+            if value is None:
+                return None
+            start, stop = resolve_range(len(value), byte_range)
+            return memoryview(bytes(value[start:stop]))
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        data = value if isinstance(value, bytes | bytearray | memoryview) else b"".join(value)
+        with self.environment.write() as txn:
+            self.put_in(txn, key, data)
+
+    def delete(self, key: str) -> None:
+        with self.environment.write() as txn:
+            self.delete_in(txn, key)
+
+    def stat(self, key: str) -> ObjectStat | None:
+        with self.environment.read() as txn:
+            value = self.view_in(txn, key)
+            return None if value is None else ObjectStat(key=key, size=len(value))
+
+    def list(self, prefix: str = "", start_after: str | None = None, limit: int = 1000) -> ListPage:
+        if limit < 1:
+            raise InvalidArgument(f"list limit must be at least 1, got {limit}")
+        raw_prefix = prefix.encode()
+        keys: list[str] = []
+        with self.environment.read() as txn:
+            cursor = txn.cursor(db=self._db())
+            start = raw_prefix
+            if start_after is not None and start_after.encode() >= start:
+                start = start_after.encode()
+            positioned = cursor.set_range(start)
+            while positioned:
+                raw = bytes(cursor.key())
+                if not raw.startswith(raw_prefix):
+                    break
+                if start_after is None or raw > start_after.encode():
+                    keys.append(raw.decode())
+                    if len(keys) == limit:
+                        more = cursor.next() and bytes(cursor.key()).startswith(raw_prefix)
+                        return ListPage(tuple(keys), keys[-1] if more else None)
+                positioned = cursor.next()
+        return ListPage(tuple(keys), None)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._owns:
+            self.environment.close()
