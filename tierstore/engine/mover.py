@@ -15,6 +15,7 @@ pinned ones) runs whenever the hot tier passes its high watermark.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -94,10 +95,9 @@ class Mover:
         """Stop the threads; pending journal entries stay for the next start."""
         self._stop.set()
         self._wake.set()
-        try:
+        # If the queue is full the thread sees the stop flag after its current item.
+        with contextlib.suppress(queue.Full):
             self._promotions.put_nowait(_STOP)
-        except queue.Full:
-            pass  # the thread sees the stop flag after its current item
         for thread in self._threads:
             thread.join(timeout)
 

@@ -14,6 +14,8 @@ Fork safety: do not use a store across ``fork()``; open one per process.
 
 from __future__ import annotations
 
+import builtins
+import gc
 import logging
 import threading
 import time
@@ -32,6 +34,7 @@ from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.ingest import FramedValue, frame_prepared, frame_value
 from tierstore.engine.mover import Mover
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
+from tierstore.engine.rebuild import scan_archive
 from tierstore.engine.records import (
     Envelope,
     JournalOp,
@@ -135,6 +138,15 @@ class Store:
         self._closed = True
         self.mover.stop()
         self._fetch_pool.shutdown(wait=True)
+        if self._leases.live:
+            gc.collect()  # leases end when their buffers are collected
+        if self._leases.live:
+            # Zero-copy buffers still point into the map: unmapping it would turn
+            # them into dangling pointers. Leave it mapped until the process exits.
+            log.warning(
+                "store closed with %d live read leases; LMDB map left open", self._leases.live
+            )
+            return
         self._env.close()
 
     def _check_open(self) -> None:
@@ -259,7 +271,8 @@ class Store:
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self.settings.backlog_cap_bytes and backlog > 0:
                 raise BacklogFull(
-                    f"{backlog} bytes wait for the archive (cap {self.settings.backlog_cap_bytes}); "
+                    f"{backlog} bytes wait for the archive "
+                    f"(cap {self.settings.backlog_cap_bytes}); "
                     "retry when the mover has caught up"
                 )
             previous = self._catalog.get_shard(txn, dataset, shard)
@@ -333,7 +346,7 @@ class Store:
 
     def list(
         self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
-    ) -> tuple[list[ShardInfo], str | None]:
+    ) -> tuple[builtins.list[ShardInfo], str | None]:
         """Up to ``limit`` shards whose names start with ``prefix``, after ``start_after``.
 
         Returns the page and the ``start_after`` of the next page (``None`` at the end).
@@ -343,7 +356,7 @@ class Store:
         limit = max(1, limit)
         with self._env.read() as txn:
             self._dataset_in(txn, dataset)
-            page: list[ShardInfo] = []
+            page: builtins.list[ShardInfo] = []
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
                 if len(page) == limit:
                     return page, page[-1].name
@@ -360,7 +373,7 @@ class Store:
         byte_range: tuple[int, int] | None = None,
         frame_range: tuple[int, int] | None = None,
     ) -> ShardData:
-        """Read a whole shard, a byte range ``(offset, length)`` or a frame range ``(first, count)``.
+        """Read a shard: whole, a byte range ``(offset, length)`` or frames ``(first, count)``.
 
         Raises InvalidName, DatasetNotFound, ShardNotFound, InvalidRange,
         IntegrityError (a frame failed verification; nothing unverified is
@@ -389,7 +402,7 @@ class Store:
         return ShardData(record.to_info(), first, frames, source)
 
     def _read_hot(
-        self, txn: Any, record: ShardRecord, slices: list[FrameSlice], sealer: FrameSealer
+        self, txn: Any, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
     ) -> tuple[pa.Buffer, ...]:
         """Verified hot frames. Takes ownership of ``txn`` (leases it or aborts it)."""
         lease = None if sealer.cipher is not None else self._leases.try_open(txn)
@@ -422,7 +435,7 @@ class Store:
         return out.slice(piece.start, piece.stop - piece.start)
 
     def _read_cold(
-        self, record: ShardRecord, slices: list[FrameSlice], sealer: FrameSealer
+        self, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
     ) -> tuple[pa.Buffer, ...]:
         if not record.archived:
             raise IntegrityError(
@@ -542,6 +555,34 @@ class Store:
                 rewrapped += 1
         self.mover.wake()
         return rewrapped
+
+    def rebuild_from_archive(self) -> int:
+        """Fill an empty catalog from the archive alone; returns the shards recovered.
+
+        Every dataset and the newest generation of every shard come back as
+        archived and not hot (reads fetch and promote them). Raises
+        FailedPrecondition if the catalog is not empty, ArchiveUnavailable if the
+        archive cannot be listed.
+        """
+        self._check_open()
+        with self._env.read() as txn:
+            if self._catalog.list_datasets(txn):
+                raise FailedPrecondition("the catalog is not empty; rebuild only into a new store")
+        contents = scan_archive(self._archive)
+        for key in contents.unreadable:
+            log.warning("archive object %s did not decode; skipped", key)
+        with self._env.write() as txn:
+            for name, settings in contents.datasets.items():
+                self._catalog.put_dataset(txn, name, settings)
+            for record in contents.shards.values():
+                if record.dataset in contents.datasets:
+                    self._catalog.put_shard(txn, record)
+            newest = max((r.generation for r in contents.shards.values()), default=0)
+            if self._catalog.counter(txn, "next_generation") <= newest:
+                self._catalog.set_counter(txn, "next_generation", newest + 1)
+        with self._generation_lock:
+            self._next_generation = max(self._next_generation, newest + 1)
+        return sum(1 for r in contents.shards.values() if r.dataset in contents.datasets)
 
     def stats(self) -> StoreStats:
         """Counters of the hot tier, the journal and the read leases."""

@@ -1,0 +1,46 @@
+"""Building a :class:`Store` from :class:`EngineSettings`: its archive tier and its keyring."""
+
+from __future__ import annotations
+
+from tierstore.config import EngineSettings
+from tierstore.crypto import LocalKeyring, MasterKeyProvider
+from tierstore.engine.store import Store
+from tierstore.errors import InvalidArgument
+from tierstore.tiers.base import Tier
+
+__all__ = ["keyring_from_settings", "open_store"]
+
+
+def keyring_from_settings(settings: EngineSettings) -> MasterKeyProvider | None:
+    """The master keys named by the settings (key file, else base64 key), or ``None``."""
+    if settings.master_key_file is not None:
+        return LocalKeyring.from_file(settings.master_key_file)
+    if settings.master_key_b64:
+        return LocalKeyring.from_base64(settings.master_key_b64)
+    return None
+
+
+def open_store(settings: EngineSettings, archive: Tier | None = None) -> Store:
+    """Open the store of ``settings``; the archive is S3 at ``settings.archive`` unless given.
+
+    Raises InvalidArgument when no archive endpoint is configured.
+    """
+    if archive is None:
+        from tierstore.tiers.s3 import S3Settings, S3Tier  # boto3 is heavy: import on use
+
+        config = settings.archive
+        if not config.endpoint_url:
+            raise InvalidArgument("no archive endpoint configured (archive.endpoint_url)")
+        tier = S3Tier(
+            S3Settings(
+                endpoint_url=config.endpoint_url,
+                bucket=config.bucket,
+                prefix=config.prefix,
+                access_key_id=config.access_key_id,
+                secret_access_key=config.secret_access_key,
+                region=config.region,
+            )
+        )
+        tier.ensure_bucket()
+        archive = tier
+    return Store(settings, archive, keyring_from_settings(settings))

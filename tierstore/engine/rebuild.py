@@ -1,0 +1,83 @@
+"""Reading the catalog back out of the archive alone.
+
+The archive holds, per dataset, ``_dataset.json`` (its settings) and, per shard
+generation, ``<generation>.frames`` plus ``<generation>.manifest`` (written last,
+so a manifest means the frames are complete). :func:`scan_archive` turns a
+listing of those objects into dataset settings and the newest generation of
+every shard; :meth:`tierstore.engine.store.Store.rebuild_from_archive` writes
+them into an empty catalog.
+
+A generation whose deletion had not reached the archive before the catalog was
+lost comes back; that is the one thing a rebuild cannot know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tierstore.engine.records import ShardRecord, decode_dataset
+from tierstore.errors import IntegrityError
+from tierstore.tiers.base import Tier
+from tierstore.types import DatasetSettings
+
+__all__ = ["ArchiveContents", "scan_archive"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveContents:
+    """What the archive holds: datasets, newest shard generations, and unreadable keys."""
+
+    datasets: dict[str, DatasetSettings]
+    shards: dict[tuple[str, str], ShardRecord]
+    superseded: list[ShardRecord]
+    unreadable: list[str]
+
+
+def _all_keys(archive: Tier) -> list[str]:
+    keys: list[str] = []
+    start_after: str | None = None
+    while True:
+        page = archive.list("", start_after=start_after, limit=1000)
+        keys.extend(page.keys)
+        if page.next_start_after is None:
+            return keys
+        start_after = page.next_start_after
+
+
+def scan_archive(archive: Tier) -> ArchiveContents:
+    """List and decode every dataset object and manifest in ``archive``.
+
+    Raises ArchiveUnavailable if the archive cannot be listed or read. Objects
+    that do not decode are reported in ``unreadable``, not raised.
+    """
+    datasets: dict[str, DatasetSettings] = {}
+    newest: dict[tuple[str, str], ShardRecord] = {}
+    superseded: list[ShardRecord] = []
+    unreadable: list[str] = []
+    for key in _all_keys(archive):
+        if key.endswith("/_dataset.json"):
+            raw = archive.get(key)
+            if raw is None:
+                continue
+            try:
+                datasets[key.rsplit("/", 1)[0]] = decode_dataset(raw)
+            except (ValueError, KeyError, TypeError):
+                unreadable.append(key)
+        elif key.endswith(".manifest"):
+            raw = archive.get(key)
+            if raw is None:
+                continue
+            try:
+                record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
+            except IntegrityError:
+                unreadable.append(key)
+                continue
+            slot = (record.dataset, record.name)
+            previous = newest.get(slot)
+            if previous is None or previous.generation < record.generation:
+                newest[slot] = record
+                if previous is not None:
+                    superseded.append(previous)
+            else:
+                superseded.append(record)
+    return ArchiveContents(datasets, newest, superseded, unreadable)
