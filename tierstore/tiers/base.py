@@ -33,7 +33,7 @@ class ObjectStat:
 
 @dataclass(frozen=True, slots=True)
 class ListPage:
-    """One page of a listing, keys in ascending order.
+    """One page of a listing, keys in the store's listing order (ascending for LMDB and memory).
 
     ``next_start_after`` is the key to pass as ``start_after`` for the next
     page, or ``None`` when the listing is complete.

@@ -1,0 +1,1 @@
+"""tierstore test suite (a package, so shared suites import as ``tests.tiers.conformance``)."""

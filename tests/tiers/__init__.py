@@ -1,0 +1,1 @@
+"""Tests of tierstore.tiers: one conformance suite bound to every tier."""

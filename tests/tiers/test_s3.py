@@ -1,0 +1,420 @@
+"""S3Tier: the conformance suite against a real SeaweedFS, plus failure handling.
+
+Failure tests use a tiny scripted HTTP server on 127.0.0.1 (for 5xx, 403, odd
+ranges) and a bound-but-not-listening port (connection refused), so they check
+what the tier does when the archive misbehaves without waiting on timeouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pickle
+import socket
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from tests.conftest import raw_s3_client
+from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
+from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
+from tierstore.tiers.base import Tier
+from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
+from tierstore.tiers.seaweedfs import SeaweedServer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def raw_client(settings: S3Settings) -> S3Client:
+    """A plain boto3 client for the backdoors, one per store (clients are slow to make)."""
+    return _store_client(dataclasses.replace(settings, bucket="any", prefix=""))
+
+
+@functools.cache
+def _store_client(settings: S3Settings) -> S3Client:
+    return raw_s3_client(settings)
+
+
+class TestS3Tier(TierConformance):
+    # SeaweedFS's StartAfter=K also skips every key under "K/" when K is both an
+    # object and a directory, so pagination across such keys loses keys there.
+    key_may_also_be_a_directory = False
+
+    @pytest.fixture
+    def tier(self, s3_settings: S3Settings) -> Iterator[S3Tier]:
+        tier = S3Tier(s3_settings)
+        yield tier
+        tier.close()
+
+    def backdoor_put(self, tier: Tier, key: str, value: bytes) -> None:
+        assert isinstance(tier, S3Tier)
+        s = tier.settings
+        raw_client(s).put_object(Bucket=s.bucket, Key=s.prefix + key, Body=value)
+
+    def backdoor_get(self, tier: Tier, key: str) -> bytes | None:
+        assert isinstance(tier, S3Tier)
+        s = tier.settings
+        try:
+            response = raw_client(s).get_object(Bucket=s.bucket, Key=s.prefix + key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "NoSuchKey":
+                return None
+            raise
+        return bytes(response["Body"].read())
+
+    # What only the S3 tier does.
+
+    def test_keys_live_under_the_prefix(self, tier: S3Tier) -> None:
+        tier.put("ds/a", b"1")
+        s = tier.settings
+        listed = raw_client(s).list_objects_v2(Bucket=s.bucket, Prefix=s.prefix)
+        assert [item["Key"] for item in listed["Contents"]] == [s.prefix + "ds/a"]
+        assert tier.list().keys == ("ds/a",)
+
+    def test_prefixes_isolate_tiers(self, tier: S3Tier) -> None:
+        other = S3Tier(dataclasses.replace(tier.settings, prefix=tier.settings.prefix + "other/"))
+        try:
+            tier.put("k", b"outer")
+            other.put("k", b"inner")
+            assert bytes(tier.get("k") or b"") == b"outer"
+            assert bytes(other.get("k") or b"") == b"inner"
+            assert other.list().keys == ("k",)
+            assert tier.list().keys == ("k", "other/k")
+        finally:
+            other.close()
+
+    def test_large_values_use_multipart_and_small_ones_do_not(self, tier: S3Tier) -> None:
+        s = tier.settings
+        client = raw_client(s)
+        tier.put("big", pattern(LARGE_SIZE))
+        tier.put("small-chunks", chunked(pattern(3 * MiB), [100_000]))
+        tier.put("small", pattern(MiB))
+        parts = -(-LARGE_SIZE // s.multipart_part_size)
+
+        def etag(key: str) -> str:
+            return str(client.head_object(Bucket=s.bucket, Key=s.prefix + key)["ETag"])
+
+        assert etag("big").strip('"').endswith(f"-{parts}")
+        assert "-" not in etag("small-chunks")
+        assert "-" not in etag("small")
+
+    def test_failed_multipart_upload_is_aborted(self, tier: S3Tier) -> None:
+        def failing_source() -> Iterator[bytes]:
+            yield pattern(10 * MiB, seed=1)
+            yield pattern(10 * MiB, seed=2)  # past the threshold: parts are being sent
+            raise RuntimeError("source broke")
+
+        with pytest.raises(RuntimeError, match="source broke"):
+            tier.put("partial", failing_source())
+        s = tier.settings
+        uploads = raw_client(s).list_multipart_uploads(Bucket=s.bucket, Prefix=s.prefix)
+        assert uploads.get("Uploads", []) == []
+        assert tier.get("partial") is None
+
+    @pytest.mark.parametrize("key", ["", "ds/", "ds//a", "ds/./a", "ds/../a", "/ds"])
+    def test_rejects_keys_that_name_directories(self, tier: S3Tier, key: str) -> None:
+        tier.put("ds/a", b"1")
+        for operation in (tier.get, tier.stat, tier.delete, lambda k: tier.put(k, b"x")):
+            with pytest.raises(InvalidArgument):
+                operation(key)
+        assert tier.list().keys == ("ds/a",)
+
+    def test_get_many_returns_ranges_in_order(self, tier: S3Tier) -> None:
+        data = pattern(3 * MiB + 5, seed=7)
+        tier.put("frames", data)
+        ranges = [(i * 100_000, 100_000) for i in range(31, -1, -1)] + [(len(data) - 3, 10), (0, 0)]
+        for workers in (1, 4, 64):
+            views = tier.get_many("frames", ranges, max_workers=workers)
+            assert views is not None
+            assert [bytes(v) for v in views] == [data[o : o + n] for o, n in ranges]
+        assert tier.get_many("frames", []) == []
+
+    def test_get_many_missing_and_invalid(self, tier: S3Tier) -> None:
+        assert tier.get_many("absent", [(0, 10), (10, 10)]) is None
+        tier.put("frames", b"0123456789")
+        with pytest.raises(InvalidRange):
+            tier.get_many("frames", [(0, 5), (20, 5), (5, 5)])
+        with pytest.raises(InvalidRange):
+            tier.get_many("frames", [(0, 5), (-1, 5)])
+        with pytest.raises(InvalidArgument):
+            tier.get_many("frames", [(0, 5)], max_workers=0)
+
+    def test_missing_bucket_is_unavailable_on_get(self, seaweedfs: SeaweedServer) -> None:
+        tier = S3Tier(seaweedfs.s3_settings(f"nob-{uuid.uuid4().hex[:12]}"))
+        try:
+            with pytest.raises(ArchiveUnavailable, match="does not exist"):
+                tier.get("k")
+        finally:
+            tier.close()
+
+    def test_ensure_bucket_creates_it_once(self, seaweedfs: SeaweedServer) -> None:
+        bucket = f"ensure-{uuid.uuid4().hex[:12]}"
+        tier = S3Tier(seaweedfs.s3_settings(bucket, prefix="p/"))
+        client = raw_client(tier.settings)
+        try:
+            with pytest.raises(ClientError):
+                client.head_bucket(Bucket=bucket)
+            tier.ensure_bucket()
+            client.head_bucket(Bucket=bucket)  # raises if it is still missing
+            tier.ensure_bucket()  # idempotent
+            tier.put("k", b"v")
+            assert bytes(tier.get("k") or b"") == b"v"
+            tier.delete("k")
+        finally:
+            tier.close()
+
+    def test_forked_children_use_their_own_client(self, tier: S3Tier) -> None:
+        data = pattern(200_000, seed=8)
+        tier.put("shared", data)
+        assert bytes(tier.get("shared") or b"") == data  # the parent's client is live
+        parent_client = tier._client()
+        children = []
+        for child in range(6):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                status = 1
+                try:
+                    ok = tier._client() is not parent_client
+                    ok = ok and bytes(tier.get("shared") or b"") == data
+                    tier.put(f"child-{child}", pattern(1000, seed=child))
+                    status = 0 if ok else 2
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stderr.flush()
+                    os._exit(status)
+            children.append(pid)
+        # The parent keeps reading while the children do.
+        for _ in range(5):
+            assert bytes(tier.get("shared") or b"") == data
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        assert tier._client() is parent_client
+        for child in range(6):
+            assert bytes(tier.get(f"child-{child}") or b"") == pattern(1000, seed=child)
+
+    def test_pickles_as_settings_only(self, tier: S3Tier) -> None:
+        tier.put("k", b"v")
+        copy = pickle.loads(pickle.dumps(tier))
+        try:
+            assert copy.settings == tier.settings
+            assert bytes(copy.get("k") or b"") == b"v"
+        finally:
+            copy.close()
+        tier.close()
+        closed_copy = pickle.loads(pickle.dumps(tier))
+        with pytest.raises(StoreClosed):
+            closed_copy.get("k")
+
+    def test_settings_validate_and_hide_the_secret(self, tier: S3Tier) -> None:
+        s = tier.settings
+        assert s.secret_access_key not in repr(s)
+        for bad in ({"bucket": "ab"}, {"max_attempts": 0}, {"multipart_part_size": MiB}):
+            with pytest.raises(InvalidArgument):
+                dataclasses.replace(s, **bad)
+
+
+# A scripted S3 stand-in, for answers a healthy SeaweedFS never gives.
+
+Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
+
+
+def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+    body = f"<Error><Code>{code}</Code><Message>scripted</Message></Error>".encode()
+    return status, {"Content-Type": "application/xml"}, body
+
+
+class ScriptedServer:
+    """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``."""
+
+    def __init__(self, script: Script) -> None:
+        self.requests = 0
+        self.methods: list[str] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with outer._lock:
+                    outer.requests += 1
+                    outer.methods.append(self.command)
+                    number = outer.requests
+                status, headers, body = script(number, self)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def fast_settings(endpoint_url: str, max_attempts: int) -> S3Settings:
+    return S3Settings(
+        endpoint_url=endpoint_url,
+        bucket="scripted",
+        access_key_id="key",
+        secret_access_key="secret",
+        max_attempts=max_attempts,
+        connect_timeout_s=2.0,
+        read_timeout_s=5.0,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Script], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(script: Script) -> ScriptedServer:
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+OPERATIONS: dict[str, Callable[[S3Tier], object]] = {
+    "get": lambda tier: tier.get("k"),
+    "get-range": lambda tier: tier.get("k", (0, 10)),
+    "get-empty-range": lambda tier: tier.get("k", (0, 0)),
+    "stat": lambda tier: tier.stat("k"),
+    "put": lambda tier: tier.put("k", b"v"),
+    "delete": lambda tier: tier.delete("k"),
+    "list": lambda tier: tier.list(),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize("status", [500, 503])
+def test_5xx_is_retried_then_unavailable_never_missing(
+    scripted: Callable[[Script], ScriptedServer], operation: str, status: int
+) -> None:
+    code = "SlowDown" if status == 503 else "InternalError"
+    server = scripted(lambda n, request: s3_error(status, code))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="after 3 attempts") as caught:
+            OPERATIONS[operation](tier)
+    finally:
+        tier.close()
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert server.requests == 3
+
+
+def test_transient_errors_then_success(scripted: Callable[[Script], ScriptedServer]) -> None:
+    def script(number: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if number <= 2:
+            return s3_error(503, "SlowDown")
+        return 200, {"Content-Type": "application/octet-stream"}, b"hello"
+
+    server = scripted(script)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert bytes(tier.get("k") or b"") == b"hello"
+    finally:
+        tier.close()
+    assert server.requests == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [(404, "NoSuchKey", None), (403, "AccessDenied", ArchiveUnavailable)],
+)
+def test_client_errors_are_not_retried(
+    scripted: Callable[[Script], ScriptedServer],
+    status: int,
+    code: str,
+    expected: type[Exception] | None,
+) -> None:
+    server = scripted(lambda n, request: s3_error(status, code))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=5))
+    try:
+        if expected is None:
+            assert tier.get("k") is None
+            assert tier.stat("k") is None
+            assert server.requests == 2
+        else:
+            with pytest.raises(expected):
+                tier.get("k")
+            assert server.requests == 1
+    finally:
+        tier.close()
+
+
+def test_unreachable_archive_is_unavailable_never_missing() -> None:
+    # A bound socket that never listens: connections are refused, and no other
+    # process can take the port while the test runs.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        tier = S3Tier(fast_settings(f"http://127.0.0.1:{port}", max_attempts=2))
+        try:
+            for operation in OPERATIONS.values():
+                with pytest.raises(ArchiveUnavailable, match="after 2 attempts") as caught:
+                    operation(tier)
+                assert isinstance(caught.value.__cause__, EndpointConnectionError)
+        finally:
+            tier.close()
+
+
+def test_range_ignored_by_the_server_is_cut_locally(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    server = scripted(lambda n, request: (200, {}, b"0123456789"))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=1))
+    try:
+        assert bytes(tier.get("k", (2, 3)) or b"") == b"234"
+        assert bytes(tier.get("k", (8, 10)) or b"") == b"89"
+        with pytest.raises(InvalidRange):
+            tier.get("k", (10, 1))
+    finally:
+        tier.close()
+
+
+def test_wrong_partial_answer_is_refused(scripted: Callable[[Script], ScriptedServer]) -> None:
+    # A 206 for another range than the one asked must never be handed out as data.
+    server = scripted(lambda n, request: (206, {"Content-Range": "bytes 0-2/10"}, b"012"))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=1))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="Content-Range"):
+            tier.get("k", (5, 3))
+    finally:
+        tier.close()

