@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from tierstore import arrowio
 from tierstore.errors import OversizeFrame, UnsupportedData
+from tierstore.tiers.base import byte_view
 from tierstore.types import ShardKind
 
 __all__ = ["FramedValue", "frame_prepared", "frame_value"]
@@ -30,9 +31,10 @@ class FramedValue:
 
 
 def _byte_view(value: Any) -> memoryview:
-    """A flat unsigned-byte view (pyarrow exports signed 'b', which some consumers refuse)."""
-    view = memoryview(value)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    view = byte_view(value)
+    if view is None:
+        raise UnsupportedData(f"a {type(value).__name__} does not export the buffer protocol")
+    return view
 
 
 def _raw_frames(data: memoryview, max_frame_bytes: int) -> tuple[memoryview, ...]:
@@ -75,10 +77,20 @@ def frame_prepared(
 ) -> FramedValue:
     """Accept frames cut by a client: check sizes and, for Arrow kinds, every message.
 
-    Raises :class:`OversizeFrame` and :class:`tierstore.errors.MalformedArrow`.
+    Raises :class:`OversizeFrame`, :class:`tierstore.errors.MalformedArrow`, and
+    :class:`UnsupportedData` for an unknown kind or frames that are not contiguous buffers.
     """
-    views = tuple(_byte_view(frame) for frame in frames)
+    try:
+        kind = ShardKind(kind)
+    except ValueError:
+        raise UnsupportedData(f"unknown shard kind {kind!r:.80}") from None
+    try:
+        views = tuple(_byte_view(frame) for frame in frames)
+    except (TypeError, BufferError) as exc:
+        raise UnsupportedData(f"frames must be a sequence of bytes-like objects: {exc}") from None
     for index, view in enumerate(views):
+        if not view.c_contiguous:
+            raise UnsupportedData(f"frame {index} is not a C-contiguous buffer")
         if view.nbytes > max_frame_bytes:
             raise OversizeFrame(
                 f"frame {index} is {view.nbytes} bytes; the limit is {max_frame_bytes}"

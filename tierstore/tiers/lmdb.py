@@ -28,7 +28,7 @@ from typing import Any
 import lmdb
 
 from tierstore.errors import HotTierFull, InvalidArgument, StoreClosed, Unavailable
-from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range
+from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 
 __all__ = ["MAX_KEY_BYTES", "LmdbEnvironment", "LmdbTier"]
 
@@ -193,7 +193,8 @@ class LmdbTier:
             return memoryview(bytes(value[start:stop]))
 
     def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
-        data = value if isinstance(value, bytes | bytearray | memoryview) else b"".join(value)
+        chunks = list(value_chunks(value))
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         with self.environment.write() as txn:
             self.put_in(txn, key, data)
 

@@ -14,38 +14,16 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable
-from typing import cast
 
 from tierstore.errors import InvalidArgument, StoreClosed
-from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range
+from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 
 __all__ = ["MemoryTier"]
 
 
 def _join_value(value: BytesLike | Iterable[BytesLike]) -> bytes:
-    """Copy one buffer, or the buffers of an iterable written back to back, into ``bytes``.
-
-    Anything that exports the buffer protocol counts as one buffer (so a numpy
-    array is one value, not an iterable of elements). Raises :class:`TypeError`
-    for an item that is not a buffer (e.g. a ``str``).
-    """
-    try:
-        view = memoryview(value)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    else:
-        return view.tobytes()
-    parts: list[bytes] = []
-    # Not one buffer, so (by the signature) an iterable of buffers.
-    for item in cast("Iterable[BytesLike]", value):
-        try:
-            parts.append(memoryview(item).tobytes())
-        except TypeError:
-            raise TypeError(
-                "a tier value must be a buffer or an iterable of buffers, "
-                f"got a {type(item)!r} item"
-            ) from None
-    return b"".join(parts)
+    """Copy one buffer, or the buffers of an iterable written back to back, into ``bytes``."""
+    return b"".join(value_chunks(value))
 
 
 class MemoryTier:

@@ -49,7 +49,14 @@ from tenacity import (
 )
 
 from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
-from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range
+from tierstore.tiers.base import (
+    BytesLike,
+    ListPage,
+    ObjectStat,
+    byte_view,
+    resolve_range,
+    value_chunks,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -160,34 +167,6 @@ def _is_transient(exc: BaseException) -> bool:
 
         return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError)
     return isinstance(exc, ConnectionError | TimeoutError)
-
-
-def _byte_view(value: object) -> memoryview | None:
-    """A flat unsigned-byte view of ``value`` if it exports the buffer protocol, else ``None``."""
-    try:
-        view = memoryview(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-    if view.format == "B" and view.ndim == 1:
-        return view
-    return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
-
-
-def _chunks(value: BytesLike | Iterable[BytesLike]) -> Iterator[memoryview]:
-    """The value as byte views: itself if it is one buffer, else each item of the iterable."""
-    single = _byte_view(value)
-    if single is not None:
-        yield single
-        return
-    # Not one buffer, so (by the signature) an iterable of buffers.
-    for item in cast("Iterable[BytesLike]", value):
-        view = _byte_view(item)
-        if view is None:
-            raise TypeError(
-                "a tier value must be a buffer or an iterable of buffers, "
-                f"got a {type(item)!r} item"
-            )
-        yield view
 
 
 def _fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
@@ -486,12 +465,12 @@ class S3Tier:
         client = self._client()
         s = self.settings
         full_key = self._key(key)
-        single = _byte_view(value)
+        single = byte_view(value)
         if single is not None and single.nbytes < s.multipart_threshold:
             data = value if isinstance(value, bytes) else single.tobytes()
             self._put_small(client, full_key, data)
             return
-        parts = _fixed_parts(_chunks(value), s.multipart_part_size)
+        parts = _fixed_parts(value_chunks(value), s.multipart_part_size)
         head: list[bytes] = []
         size = 0
         for part in parts:
