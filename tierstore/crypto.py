@@ -168,7 +168,7 @@ class LocalKeyring:
             return AESGCM(master).decrypt(
                 nonce, sealed, _WRAP_CONTEXT + wrapped.key_id.encode() + b"\x00" + context
             )
-        except InvalidTag as exc:
+        except (InvalidTag, ValueError) as exc:  # ValueError: a blob cut short of its nonce
             raise IntegrityError(
                 f"data key did not unwrap with master key {wrapped.key_id!r}: "
                 "wrong master key or tampered key record"

@@ -13,17 +13,17 @@ import os
 import pickle
 import socket
 import sys
-import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import raw_s3_client
+from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
 from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
 from tierstore.tiers.base import Tier
@@ -224,78 +224,7 @@ class TestS3Tier(TierConformance):
                 dataclasses.replace(s, **bad)
 
 
-# A scripted S3 stand-in, for answers a healthy SeaweedFS never gives.
-
-Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
-
-
-def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
-    body = f"<Error><Code>{code}</Code><Message>scripted</Message></Error>".encode()
-    return status, {"Content-Type": "application/xml"}, body
-
-
-class ScriptedServer:
-    """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``."""
-
-    def __init__(self, script: Script) -> None:
-        self.requests = 0
-        self.methods: list[str] = []
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                with outer._lock:
-                    outer.requests += 1
-                    outer.methods.append(self.command)
-                    number = outer.requests
-                status, headers, body = script(number, self)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-
-def fast_settings(endpoint_url: str, max_attempts: int) -> S3Settings:
-    return S3Settings(
-        endpoint_url=endpoint_url,
-        bucket="scripted",
-        access_key_id="key",
-        secret_access_key="secret",
-        max_attempts=max_attempts,
-        connect_timeout_s=2.0,
-        read_timeout_s=5.0,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-    )
+# Scripted S3 stand-ins (tests/s3_stubs.py), for answers a healthy SeaweedFS never gives.
 
 
 @pytest.fixture

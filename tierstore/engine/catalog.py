@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tierstore.engine.records import (
+    KEPT_NAME_BYTES,
     JournalOp,
     ShardRecord,
     catalog_key,
@@ -76,29 +77,49 @@ class Catalog:
     def iter_shards(
         self, txn: Any, dataset: str | None = None, prefix: str = "", start_after: str | None = None
     ) -> Iterator[ShardRecord]:
-        """Records in key order (by dataset, then name), optionally of one dataset and prefix."""
+        """Records by dataset, then name (byte order), optionally of one dataset and prefix."""
         cursor = txn.cursor(db=self._db("shards"))
         if dataset is None:
             positioned = cursor.first()
             head = b""
         else:
+            # Seek by at most the kept part of a name: keys of long names end in a hash.
             head = dataset.encode() + b"\x00"
-            start = catalog_key(dataset, prefix) if prefix else head
+            start = head + prefix.encode()[:KEPT_NAME_BYTES]
             if start_after is not None:
-                start = max(start, catalog_key(dataset, start_after))
+                start = max(start, head + start_after.encode()[:KEPT_NAME_BYTES])
             positioned = cursor.set_range(start)
         raw_prefix = prefix.encode()
-        while positioned:
-            if not bytes(cursor.key()).startswith(head):
-                return
-            record = ShardRecord.decode(cursor.value())
+        for record in self._in_name_order(cursor, positioned, head):
             raw_name = record.name.encode()
             if raw_prefix and not raw_name.startswith(raw_prefix):
                 if raw_name[: len(raw_prefix)] > raw_prefix:
                     return  # sorted by name: nothing further can match
             elif start_after is None or raw_name > start_after.encode():
                 yield record
+
+    @staticmethod
+    def _in_name_order(cursor: Any, positioned: bool, head: bytes) -> Iterator[ShardRecord]:
+        """Records from the cursor on, while keys start with ``head``, sorted by name.
+
+        Key order is name order except among names longer than the kept part that
+        share it (their keys end in a hash): such a run is contiguous, and sorted here.
+        """
+        run: list[ShardRecord] = []
+        run_head = ("", b"")
+        while positioned and bytes(cursor.key()).startswith(head):
+            record = ShardRecord.decode(cursor.value())
+            raw_name = record.name.encode()
+            if run and (record.dataset, raw_name[:KEPT_NAME_BYTES]) != run_head:
+                yield from sorted(run, key=lambda r: r.name.encode())
+                run = []
+            if len(raw_name) > KEPT_NAME_BYTES:
+                run_head = (record.dataset, raw_name[:KEPT_NAME_BYTES])
+                run.append(record)
+            else:
+                yield record
             positioned = cursor.next()
+        yield from sorted(run, key=lambda r: r.name.encode())
 
     # Counters.
 

@@ -15,6 +15,7 @@ pinned ones) runs whenever the hot tier passes its high watermark.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -35,7 +36,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
-from tierstore.errors import TierstoreError
+from tierstore.errors import IntegrityError, TierstoreError
 from tierstore.policy.base import EvictionCandidate, EvictionPolicy
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -83,6 +84,8 @@ class Mover:
         self._threads: list[threading.Thread] = []
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
+        #: Uploads given up because the local copy failed verification (newest last).
+        self.data_loss: collections.deque[str] = collections.deque(maxlen=100)
 
     def start(self) -> None:
         """Start the background threads (resumes any journal left by a crash)."""
@@ -100,6 +103,10 @@ class Mover:
             self._promotions.put_nowait(_STOP)
         for thread in self._threads:
             thread.join(timeout)
+        try:
+            self.flush_access()  # a clean stop keeps every access counted so far
+        except TierstoreError as exc:  # e.g. a full hot tier: counts are only statistics
+            log.warning("access counts not flushed at stop: %s", exc)
 
     def wake(self) -> None:
         """Tell the journal thread that there is new work."""
@@ -118,13 +125,18 @@ class Mover:
                 log.exception("journal pass failed")
                 self.last_error = str(exc)
                 progressed = False
-            if not progressed and self.pending() and not self._stop.is_set():
-                self._stop.wait(self._retry_delay)
-                self._retry_delay = min(self._retry_delay * 2, self._settings.mover_retry_max_s)
-            if time.monotonic() - last_flush >= self._settings.access_flush_interval_s:
-                self.flush_access()
-                last_flush = time.monotonic()
-            self.evict_if_needed()
+            # Nothing may end this thread but stop(): it is the only one draining the journal.
+            try:
+                if not progressed and self.pending() and not self._stop.is_set():
+                    self._stop.wait(self._retry_delay)
+                    self._retry_delay = min(self._retry_delay * 2, self._settings.mover_retry_max_s)
+                if time.monotonic() - last_flush >= self._settings.access_flush_interval_s:
+                    last_flush = time.monotonic()
+                    self.flush_access()
+                self.evict_if_needed()
+            except Exception as exc:  # e.g. HotTierFull while flushing access counts
+                log.exception("mover housekeeping failed")
+                self.last_error = str(exc)
 
     def pending(self) -> int:
         """Journal entries not yet done."""
@@ -160,6 +172,14 @@ class Mover:
                 return True
             try:
                 self._apply(op)
+            except IntegrityError as exc:
+                # The only copy is damaged: retrying cannot help, and holding the entry
+                # would stall every later upload. Reads of it raise DataLoss.
+                log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
+                self.data_loss.append(f"{op.dataset}/{op.name}@{op.generation}: {exc}")
+                with self._env.write() as txn:
+                    self._catalog.remove_journal(txn, seq)
+                return True
             except TierstoreError as exc:
                 self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
                 log.warning("archive operation failed, will retry: %s", self.last_error)
@@ -207,28 +227,35 @@ class Mover:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
 
     def _stored_frames(self, record: ShardRecord) -> Iterator[bytes]:
-        # One short read transaction per frame: an upload never pins LMDB pages for
-        # its whole duration. A generation's frames never change, so this is safe.
+        # One short read transaction per frame, ended before the frame is handed on:
+        # an upload never pins LMDB pages while the archive is slow. A generation's
+        # frames never change, so reading them in separate transactions is safe.
         for index in range(len(record.frame_sizes)):
             with self._env.read() as txn:
                 view = self._frames.view_in(txn, frame_key(record.generation, index))
-                if view is None:
-                    raise TierstoreError(
-                        f"hot frame {index} of {record.dataset}/{record.name} is missing"
-                    )
-                yield bytes(view)
+                frame = None if view is None else bytes(view)
+            if frame is None:
+                raise IntegrityError(
+                    f"hot frame {index} of {record.dataset}/{record.name} is missing"
+                )
+            # A frame damaged on local disk must not become the archive's copy too.
+            self._verify(record, index, memoryview(frame))
+            yield frame
 
     # Access statistics.
 
     def flush_access(self) -> None:
         """Write pending access counts to the catalog in one transaction."""
-        pending = self._access.drain()
-        if not pending:
-            return
-        with self._env.write() as txn:
-            for (dataset, name), (count, last) in pending.items():
-                if self._catalog.get_shard(txn, dataset, name) is not None:
-                    self._catalog.add_access(txn, dataset, name, count, last)
+        with self._access.flush_lock:
+            pending = self._access.drain()
+            if not pending:
+                return
+            with self._env.write() as txn:
+                for (dataset, name, generation), (count, last) in pending.items():
+                    record = self._catalog.get_shard(txn, dataset, name)
+                    # Counts of a deleted or overwritten generation die with it.
+                    if record is not None and record.generation == generation:
+                        self._catalog.add_access(txn, dataset, name, count, last)
 
     # Promotion.
 
@@ -306,13 +333,15 @@ class Mover:
     def evict(self, bytes_to_free: int) -> int:
         """Evict archived, unpinned hot shards chosen by the policy; returns bytes freed."""
         with self._evict_lock:
-            with self._env.read() as txn:
+            with self._access.flush_lock, self._env.read() as txn:
                 candidates = []
                 for record in self._catalog.iter_shards(txn):
                     if not record.hot or not record.archived or record.pinned:
                         continue
                     count, last = self._catalog.get_access(txn, record.dataset, record.name)
-                    extra_count, extra_last = self._access.pending(record.dataset, record.name)
+                    extra_count, extra_last = self._access.pending(
+                        record.dataset, record.name, record.generation
+                    )
                     candidates.append(
                         EvictionCandidate(
                             dataset=record.dataset,

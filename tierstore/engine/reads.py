@@ -21,12 +21,13 @@ Encrypted reads never lease: each frame is decrypted once into its own
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -60,17 +61,19 @@ def plan_reads(
         raise InvalidRange("give a byte range or a frame range, not both")
     count = len(frame_sizes)
     if frame_range is not None:
-        first, wanted = frame_range
+        first, wanted = _int_pair("frame range", frame_range)
         if first < 0 or wanted < 0 or first > count:
             raise InvalidRange(f"frame range ({first}, {wanted}) is outside 0..{count}")
         return [FrameSlice(i, 0, frame_sizes[i]) for i in range(first, min(count, first + wanted))]
     total = sum(frame_sizes)
-    offset, length = (0, total) if byte_range is None else byte_range
+    offset, length = (0, total) if byte_range is None else _int_pair("byte range", byte_range)
     if offset < 0 or length < 0:
         raise InvalidRange(f"byte range ({offset}, {length}) has a negative offset or length")
     if offset > total:
         raise InvalidRange(f"byte offset {offset} is past the end of a {total}-byte shard")
     stop = min(total, offset + length)
+    if stop == offset:
+        return []  # an empty read touches no frame
     slices: list[FrameSlice] = []
     position = 0
     for index, size in enumerate(frame_sizes):
@@ -84,6 +87,15 @@ def plan_reads(
             )
         )
     return slices
+
+
+def _int_pair(what: str, pair: object) -> tuple[int, int]:
+    """``pair`` as two integers, or :class:`InvalidRange`."""
+    try:
+        first, second = cast("tuple[Any, Any]", pair)
+        return operator.index(first), operator.index(second)
+    except (TypeError, ValueError):
+        raise InvalidRange(f"a {what} is a pair of integers, not {pair!r:.80}") from None
 
 
 class ReadLease:

@@ -20,6 +20,7 @@ from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind, W
 
 __all__ = [
     "FORMAT_VERSION",
+    "KEPT_NAME_BYTES",
     "Envelope",
     "JournalOp",
     "ShardRecord",
@@ -34,6 +35,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _MAX_PLAIN_NAME_BYTES = 440
+#: Bytes of a long name that its catalog key keeps (before 0xff and a hash).
+KEPT_NAME_BYTES = 400
 
 
 def catalog_key(dataset: str, shard: str) -> bytes:
@@ -44,7 +47,7 @@ def catalog_key(dataset: str, shard: str) -> bytes:
     """
     raw = shard.encode()
     if len(raw) > _MAX_PLAIN_NAME_BYTES:
-        raw = raw[:400] + b"\xff" + hashlib.sha256(raw).digest()[:16]
+        raw = raw[:KEPT_NAME_BYTES] + b"\xff" + hashlib.sha256(raw).digest()[:16]
     return dataset.encode() + b"\x00" + raw
 
 

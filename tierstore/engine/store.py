@@ -28,7 +28,13 @@ import pyarrow as pa
 
 from tierstore import arrowio
 from tierstore.config import EngineSettings
-from tierstore.crypto import FrameCipher, MasterKeyProvider, new_data_key, new_nonce_prefix
+from tierstore.crypto import (
+    TAG_BYTES,
+    FrameCipher,
+    MasterKeyProvider,
+    new_data_key,
+    new_nonce_prefix,
+)
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.ingest import FramedValue, frame_prepared, frame_value
@@ -46,15 +52,19 @@ from tierstore.errors import (
     AlreadyExists,
     ArchiveUnavailable,
     BacklogFull,
+    DataLoss,
     DatasetNotFound,
     EncryptionUnavailable,
     FailedPrecondition,
     IntegrityError,
+    InvalidArgument,
+    InvalidRange,
     ShardNotFound,
     StoreClosed,
+    Unavailable,
     WrongShardKind,
 )
-from tierstore.frames import FrameSealer, shard_context
+from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.policy.base import EvictionPolicy
 from tierstore.policy.lru import LruPolicy
@@ -65,6 +75,15 @@ from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind
 __all__ = ["Store", "StoreStats"]
 
 log = logging.getLogger(__name__)
+
+#: Reads retried when the shard is overwritten or deleted during a cold read.
+_READ_ATTEMPTS = 4
+
+
+def _overhead(record: ShardRecord) -> int:
+    """Stored bytes per frame beyond the payload. Needs no key: deleting, evicting and
+    sizing a shard must work when its data key cannot be unwrapped."""
+    return TAG_BYTES if record.envelope is not None else CHECKSUM_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +98,8 @@ class StoreStats:
     live_read_leases: int
     slow_read_leases: int
     mover_error: str | None
+    #: shards the mover could not archive because their hot copy failed verification.
+    data_loss: tuple[str, ...] = ()
 
 
 class Store:
@@ -119,7 +140,7 @@ class Store:
             archive,
             self._access,
             policy or LruPolicy(),
-            overhead=lambda record: self._sealer(record).overhead,
+            overhead=_overhead,
             verify=self._verify_stored,
         )
         if start_mover:
@@ -303,7 +324,7 @@ class Store:
             for index in range(len(record.frame_sizes)):
                 self._frames.delete_in(txn, frame_key(record.generation, index))
             self._catalog.add_counter(
-                txn, "hot_bytes", -sum(record.stored_sizes(self._sealer(record).overhead))
+                txn, "hot_bytes", -sum(record.stored_sizes(_overhead(record)))
             )
         self._catalog.delete_shard(txn, record.dataset, record.name)
         self._catalog.append_journal(
@@ -321,7 +342,6 @@ class Store:
             if record is None:
                 raise ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
             self._delete_in(txn, record)
-        self._access.forget(dataset, shard)
         self.mover.wake()
 
     # Metadata.
@@ -331,10 +351,11 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        with self._env.read() as txn:
+        # Under the flush lock: a flush in progress has counts in neither place.
+        with self._access.flush_lock, self._env.read() as txn:
             record = self._record_in(txn, dataset, shard)
             count, last = self._catalog.get_access(txn, dataset, shard)
-        extra_count, extra_last = self._access.pending(dataset, shard)
+            extra_count, extra_last = self._access.pending(dataset, shard, record.generation)
         return record.to_info(count + extra_count, max(last, extra_last))
 
     def _record_in(self, txn: Any, dataset: str, shard: str) -> ShardRecord:
@@ -382,22 +403,35 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        txn = self._env.begin_read()
-        try:
-            record = self._record_in(txn, dataset, shard)
-            slices = plan_reads(record.frame_sizes, byte_range, frame_range)
-            sealer = self._sealer(record)
+        for _ in range(_READ_ATTEMPTS):
+            txn = self._env.begin_read()
+            try:
+                record = self._record_in(txn, dataset, shard)
+                slices = plan_reads(record.frame_sizes, byte_range, frame_range)
+                sealer = self._sealer(record)
+                if record.hot:
+                    frames = self._read_hot(txn, record, slices, sealer)
+                    txn = None  # owned by a lease now, or already ended
+                    source = "hot"
+            finally:
+                if txn is not None:
+                    txn.abort()
             if record.hot:
-                frames = self._read_hot(txn, record, slices, sealer)
-                txn = None  # owned by a lease now, or already ended
-                source = "hot"
-        finally:
-            if txn is not None:
-                txn.abort()
-        if not record.hot:
-            frames = self._read_cold(record, slices, sealer)
+                break
+            try:
+                frames = self._read_cold(record, slices, sealer)
+            except IntegrityError:
+                # A cold read runs outside any snapshot: if the shard was overwritten or
+                # deleted meanwhile, the mover may have removed this generation's archive
+                # object. That is no data loss: read whatever the catalog holds now.
+                if not self._superseded(record):
+                    raise
+                continue
             source = "archive"
-        self._access.record(dataset, shard)
+            break
+        else:
+            raise Unavailable(f"{dataset}/{shard} kept changing during the read; retry")
+        self._access.record(dataset, shard, record.generation)
         first = slices[0].index if slices else 0
         return ShardData(record.to_info(), first, frames, source)
 
@@ -448,7 +482,12 @@ class Store:
         key = archive_frames_key(record.dataset, record.generation)
 
         def fetch(piece: FrameSlice) -> memoryview:
-            blob = self._archive.get(key, (offsets[piece.index], stored_sizes[piece.index]))
+            try:
+                blob = self._archive.get(key, (offsets[piece.index], stored_sizes[piece.index]))
+            except InvalidRange as exc:  # the frame starts past the end of the object
+                raise IntegrityError(
+                    f"archive object {key} is truncated before frame {piece.index}"
+                ) from exc
             if blob is None:
                 raise IntegrityError(f"archive object {key} is missing")
             if len(blob) != stored_sizes[piece.index]:
@@ -471,6 +510,12 @@ class Store:
         self.mover.promote(record, blobs if whole else None)
         return frames
 
+    def _superseded(self, record: ShardRecord) -> bool:
+        """Whether the catalog no longer holds ``record``'s generation of its shard."""
+        with self._env.read() as txn:
+            current = self._catalog.get_shard(txn, record.dataset, record.name)
+        return current is None or current.generation != record.generation
+
     def get_into(
         self,
         dataset: str,
@@ -481,17 +526,29 @@ class Store:
     ) -> int:
         """Read into ``out`` (at least as large as the read); returns the bytes written.
 
-        On a DataLoss error the whole of ``out`` is zeroed before raising.
+        On a DataLoss error the whole of ``out`` is zeroed before raising. Raises as
+        :meth:`get`, and InvalidArgument when ``out`` is read-only, not contiguous or
+        too small (then nothing is written).
         """
         try:
+            target = memoryview(out).cast("B")
+        except TypeError as exc:
+            raise InvalidArgument(f"out must be a C-contiguous buffer: {exc}") from exc
+        if target.readonly:
+            raise InvalidArgument("out is a read-only buffer")
+        try:
             data = self.get(dataset, shard, byte_range=byte_range)
-        except IntegrityError:
-            memoryview(out).cast("B")[:] = bytes(memoryview(out).nbytes)
+        except DataLoss:
+            target[:] = bytes(target.nbytes)
             raise
-        target = memoryview(out).cast("B")
+        if data.nbytes > target.nbytes:
+            raise InvalidArgument(
+                f"the read is {data.nbytes} bytes but out holds only {target.nbytes}"
+            )
         position = 0
         for frame in data.frames:
-            target[position : position + frame.size] = memoryview(frame)
+            # pyarrow exports some buffers as signed bytes ('b'): copy them as unsigned.
+            target[position : position + frame.size] = memoryview(frame).cast("B")
             position += frame.size
         return position
 
@@ -514,8 +571,15 @@ class Store:
     # Placement and administration.
 
     def evict(self, dataset: str, shard: str) -> int:
-        """Drop a shard from the hot tier if the archive holds it; returns bytes freed."""
+        """Drop a shard from the hot tier if the archive holds it; returns bytes freed.
+
+        Raises InvalidName, DatasetNotFound, ShardNotFound.
+        """
         self._check_open()
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        with self._env.read() as txn:
+            self._record_in(txn, dataset, shard)
         return self.mover.evict_shard(dataset, shard)
 
     def drain(self, timeout: float = 60.0) -> bool:
@@ -600,6 +664,7 @@ class Store:
             live_read_leases=self._leases.live,
             slow_read_leases=self._leases.older_than(self.settings.read_lease_warn_s),
             mover_error=self.mover.last_error,
+            data_loss=tuple(self.mover.data_loss),
         )
 
     # Sealing.

@@ -1,0 +1,96 @@
+"""Backdoors into a store's hot tier and catalog, bypassing the API under test.
+
+Tamper tests change stored bytes here and then check that the public API
+notices. Everything goes through the store's own LMDB environment (one
+environment per process: opening a second handle on the same files in this
+process is not allowed by LMDB), in short transactions of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from tierstore.engine.records import ShardRecord, archive_frames_key, frame_key
+from tierstore.engine.store import Store
+
+__all__ = [
+    "catalog_hot_bytes",
+    "data_file",
+    "delete_hot_frame",
+    "flip",
+    "frames_object_key",
+    "hot_frames",
+    "put_hot_frame",
+    "raw_frame_address",
+    "record_of",
+]
+
+
+def record_of(store: Store, dataset: str, shard: str) -> ShardRecord:
+    """The catalog record of a shard (fails the test if there is none)."""
+    with store._env.read() as txn:
+        record = store._catalog.get_shard(txn, dataset, shard)
+    assert record is not None, f"no catalog record for {dataset}/{shard}"
+    return record
+
+
+def hot_frames(store: Store, dataset: str, shard: str) -> list[bytes | None]:
+    """The stored bytes of every frame of a shard's generation in LMDB (None where absent)."""
+    record = record_of(store, dataset, shard)
+    with store._env.read() as txn:
+        frames = []
+        for index in range(len(record.frame_sizes)):
+            view = store._frames.view_in(txn, frame_key(record.generation, index))
+            frames.append(None if view is None else bytes(view))
+    return frames
+
+
+def put_hot_frame(store: Store, generation: int, index: int, stored: bytes) -> None:
+    """Overwrite (or create) one stored frame in LMDB, catalog untouched."""
+    with store._env.write() as txn:
+        store._frames.put_in(txn, frame_key(generation, index), stored)
+
+
+def raw_frame_address(store: Store, dataset: str, shard: str, index: int) -> int:
+    """Where frame ``index`` of a shard lies in the LMDB map, read in a transaction of our own."""
+    record = record_of(store, dataset, shard)
+    with store._env.read() as txn:
+        view = store._frames.view_in(txn, frame_key(record.generation, index))
+        assert view is not None, f"frame {index} of {dataset}/{shard} is not in the hot tier"
+        return int(pa.py_buffer(view).address)
+
+
+def delete_hot_frame(store: Store, generation: int, index: int) -> None:
+    """Remove one stored frame from LMDB, catalog untouched."""
+    with store._env.write() as txn:
+        store._frames.delete_in(txn, frame_key(generation, index))
+
+
+def catalog_hot_bytes(store: Store) -> tuple[int, int]:
+    """``(hot_bytes counter, stored bytes of every hot record)`` read in one snapshot."""
+    with store._env.read() as txn:
+        counter = store._catalog.counter(txn, "hot_bytes")
+        total = 0
+        for record in store._catalog.iter_shards(txn):
+            if record.hot:
+                total += sum(record.stored_sizes(store._sealer(record).overhead))
+    return counter, total
+
+
+def frames_object_key(store: Store, dataset: str, shard: str) -> str:
+    """The archive key of a shard generation's frames object."""
+    return archive_frames_key(dataset, record_of(store, dataset, shard).generation)
+
+
+def data_file(store: Store) -> Path:
+    """The LMDB data file of the store's hot tier."""
+    return store._env.path / "data.mdb"
+
+
+def flip(data: bytes, position: int) -> bytes:
+    """``data`` with every bit of one byte inverted."""
+    changed = bytearray(data)
+    changed[position] ^= 0xFF
+    return bytes(changed)

@@ -1,0 +1,78 @@
+"""A ``Tier`` wrapper (by composition) whose failures and timing a test controls.
+
+* ``failing = True``: every call raises :class:`ArchiveUnavailable`, as an
+  archive that is down does after its retries; set it back and the archive is
+  "back up", with everything it held before.
+* ``hold_reads(key)``: a ``get`` of ``key`` waits at a gate until released, so a
+  test can change the store while a cold read is in flight (``whole_only``: only
+  a ``get`` of the whole object waits, as a promotion's does; ranged reads pass).
+* ``gets``: every ``(key, byte_range)`` asked for, to check what a read fetched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, Tier
+
+__all__ = ["FaultyTier"]
+
+
+class FaultyTier:
+    """Delegates to ``inner`` unless told to fail or wait. Thread-safe."""
+
+    def __init__(self, inner: Tier) -> None:
+        self.inner = inner
+        self.failing = False
+        self.gets: list[tuple[str, tuple[int, int] | None]] = []
+        self._lock = threading.Lock()
+        self._held_key: str | None = None
+        self._whole_only = False
+        self.read_waiting = threading.Event()
+        self._release = threading.Event()
+
+    def _check(self, what: str) -> None:
+        if self.failing:
+            raise ArchiveUnavailable(f"{what}: the archive is down (test switch)")
+
+    def hold_reads(self, key: str, whole_only: bool = False) -> None:
+        """Make every ``get`` of ``key`` wait until :meth:`release_reads`."""
+        self._release.clear()
+        self.read_waiting.clear()
+        self._whole_only = whole_only
+        self._held_key = key
+
+    def release_reads(self) -> None:
+        self._held_key = None
+        self._release.set()
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        with self._lock:
+            self.gets.append((key, byte_range))
+        if key == self._held_key and not (self._whole_only and byte_range is not None):
+            self.read_waiting.set()
+            if not self._release.wait(timeout=30):
+                raise AssertionError("a held archive read was never released")
+        self._check(f"GET {key}")
+        return self.inner.get(key, byte_range)
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        self._check(f"PUT {key}")
+        self.inner.put(key, value)
+
+    def delete(self, key: str) -> None:
+        self._check(f"DELETE {key}")
+        self.inner.delete(key)
+
+    def stat(self, key: str) -> ObjectStat | None:
+        self._check(f"HEAD {key}")
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "", start_after: str | None = None, limit: int = 1000) -> ListPage:
+        self._check(f"LIST {prefix}")
+        return self.inner.list(prefix, start_after, limit)
+
+    def close(self) -> None:
+        self.inner.close()

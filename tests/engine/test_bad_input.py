@@ -1,0 +1,274 @@
+"""Bad input: each gets a specific InvalidArgument, and the store keeps working, data intact.
+
+After every bad call the ``known`` shards still read back, the store still
+accepts a write, the listing holds exactly the known shards and the hot-bytes
+counter still matches the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes
+from tests.engine.stores import FRAME, payload
+from tierstore import arrowio
+from tierstore.engine.store import Store
+from tierstore.errors import (
+    ArchiveUnavailable,
+    DataLoss,
+    DatasetNotFound,
+    HotTierFull,
+    IntegrityError,
+    InvalidArgument,
+    InvalidName,
+    InvalidRange,
+    MalformedArrow,
+    OversizeFrame,
+    ResourceExhausted,
+    ShardNotFound,
+    TierstoreError,
+    Unavailable,
+    UnsupportedData,
+)
+from tierstore.types import ShardKind
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"byte_range": (-1, 5)},
+        {"byte_range": (0, -5)},
+        {"byte_range": (5 * FRAME + 1, 1)},
+        {"frame_range": (-1, 1)},
+        {"frame_range": (6, 1)},
+        {"byte_range": (0, 1), "frame_range": (0, 1)},
+        {"byte_range": (0.5, 1)},
+        {"byte_range": (0,)},
+        {"frame_range": "0:1"},
+    ],
+    ids=repr,
+)
+def test_bad_ranges_raise_invalid_range(store: Store, arguments: dict[str, Any]) -> None:
+    data = payload(5 * FRAME)
+    store.put("plain", "r", data)
+    with pytest.raises(InvalidRange):
+        store.get("plain", "r", **arguments)
+    assert store.get("plain", "r").to_bytes() == data
+
+
+def test_get_into_checks_its_destination(store: Store) -> None:
+    data = payload(3 * FRAME)
+    store.put("enc", "x", data)
+    out = bytearray(len(data) + 10)
+    assert store.get_into("enc", "x", memoryview(out)) == len(data)
+    assert out[: len(data)] == data
+    matrix = np.zeros((3, FRAME), dtype=np.uint8)
+    assert store.get_into("enc", "x", memoryview(matrix)) == len(data)
+    assert matrix.tobytes() == data
+
+    small = bytearray(b"\x11" * (len(data) - 1))
+    with pytest.raises(InvalidArgument, match="holds only"):
+        store.get_into("enc", "x", memoryview(small))
+    assert small == b"\x11" * (len(data) - 1)  # nothing written
+    with pytest.raises(InvalidArgument, match="read-only"):
+        store.get_into("enc", "x", memoryview(bytes(len(data))))
+    strided = np.zeros(2 * len(data), dtype=np.uint8)[::2]
+    with pytest.raises(InvalidArgument, match="contiguous"):
+        store.get_into("enc", "x", memoryview(strided))
+
+
+# Bad input: a specific error, and the store keeps working with its data intact.
+
+
+@pytest.fixture
+def known(store: Store) -> dict[tuple[str, str], bytes]:
+    """Shards that every bad-input test checks afterwards."""
+    contents = {("plain", "k/1"): payload(3 * FRAME, 1), ("enc", "k/2"): payload(FRAME + 9, 2)}
+    for (dataset, name), data in contents.items():
+        store.put(dataset, name, data)
+    return contents
+
+
+def assert_intact(store: Store, known: dict[tuple[str, str], bytes]) -> None:
+    for (dataset, name), data in known.items():
+        assert store.get(dataset, name).to_bytes() == data
+    store.put("plain", "after", b"still accepting writes")
+    assert store.get("plain", "after").to_bytes() == b"still accepting writes"
+    store.delete("plain", "after")
+    names = {(i.name) for i in store.list("plain")[0]} | {i.name for i in store.list("enc")[0]}
+    assert names == {name for _, name in known}
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
+BAD_SHARD_NAMES: list[object] = [
+    "",
+    "..",
+    "a/../b",
+    "/abs",
+    "a//b",
+    "a/",
+    "nul\x00",
+    "line\nfeed",
+    "esc\x1b",
+    "bidi\u202e",
+    "lone\ud800",
+    "x" * 1025,
+    "é" * 513,
+    None,
+    b"bytes",
+    42,
+    ("a",),
+]
+BAD_DATASET_NAMES: list[object] = ["", "Upper", ".dot", "a/b", "x" * 64, "sp ace", None, b"p", 7]
+
+
+def shard_operations(store: Store) -> dict[str, Callable[[str, Any], object]]:
+    return {
+        "put": lambda ds, name: store.put(ds, name, b"x"),
+        "put_frames": lambda ds, name: store.put_frames(ds, name, ShardKind.RAW, [b"x"]),
+        "get": lambda ds, name: store.get(ds, name),
+        "get_into": lambda ds, name: store.get_into(ds, name, memoryview(bytearray(8))),
+        "stat": lambda ds, name: store.stat(ds, name),
+        "delete": lambda ds, name: store.delete(ds, name),
+        "evict": lambda ds, name: store.evict(ds, name),
+        "read_table": lambda ds, name: store.read_table(ds, name),
+    }
+
+
+@pytest.mark.parametrize("name", BAD_SHARD_NAMES, ids=repr)
+def test_bad_shard_names(store: Store, known: dict[tuple[str, str], bytes], name: object) -> None:
+    for operation, call in shard_operations(store).items():
+        with pytest.raises(InvalidName):
+            call("plain", name)
+            pytest.fail(f"{operation} accepted {name!r}")
+    assert_intact(store, known)
+
+
+@pytest.mark.parametrize("name", BAD_DATASET_NAMES, ids=repr)
+def test_bad_dataset_names(store: Store, known: dict[tuple[str, str], bytes], name: Any) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: store.create_dataset(name),
+        lambda: store.get_dataset(name),
+        lambda: store.delete_dataset(name, force=True),
+        lambda: store.list(name),
+    ]
+    calls += [lambda call=call: call(name, "ok-name") for call in shard_operations(store).values()]
+    for call in calls:
+        with pytest.raises(InvalidName):
+            call()
+    assert_intact(store, known)
+
+
+def test_unknown_dataset(store: Store, known: dict[tuple[str, str], bytes]) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: store.get_dataset("nope"),
+        lambda: store.delete_dataset("nope"),
+        lambda: store.list("nope"),
+    ]
+    calls += [lambda call=call: call("nope", "k/1") for call in shard_operations(store).values()]
+    for call in calls:
+        with pytest.raises(DatasetNotFound):
+            call()
+    assert_intact(store, known)
+
+
+def test_unknown_shard(store: Store, known: dict[tuple[str, str], bytes]) -> None:
+    for operation, call in shard_operations(store).items():
+        if operation.startswith("put"):
+            continue
+        with pytest.raises(ShardNotFound):
+            call("plain", "k/2")  # exists in enc, not in plain
+    assert_intact(store, known)
+
+
+def test_oversize_frames(store: Store, known: dict[tuple[str, str], bytes]) -> None:
+    with pytest.raises(OversizeFrame):
+        store.put_frames("plain", "big", ShardKind.RAW, [b"x" * (FRAME + 1)])
+    with pytest.raises(OversizeFrame, match="frame 2"):
+        store.put_frames("enc", "big", ShardKind.RAW, [b"x", b"y" * FRAME, b"z" * (FRAME + 1)])
+    table = pa.table({"x": list(range(5000))})
+    big_frames = arrowio.table_to_frames(table, 16 * FRAME)
+    with pytest.raises(OversizeFrame):
+        store.put_frames("plain", "big", ShardKind.ARROW, big_frames)
+    one_wide_row = pa.table({"blob": [b"w" * (2 * FRAME)]})
+    with pytest.raises(OversizeFrame):
+        store.put("plain", "big", one_wide_row)
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "big")
+    assert_intact(store, known)
+
+
+def test_malformed_arrow(store: Store, known: dict[tuple[str, str], bytes]) -> None:
+    frames = arrowio.table_to_frames(pa.table({"x": list(range(100))}), FRAME)
+    schema_only = bytes(memoryview(frames[0]))
+    for bad in (
+        [b"garbage"],
+        [b"\xff" * 64],
+        [schema_only, b"not a record batch"],
+        [bytes(memoryview(frames[1]))],  # a batch without its schema
+        [schema_only, bytes(memoryview(frames[1]))[:-8]],  # a batch cut short
+        [],
+    ):
+        with pytest.raises(MalformedArrow):
+            store.put_frames("plain", "bad-arrow", ShardKind.ARROW, bad)
+    with pytest.raises(UnsupportedData):  # a plain table declared as a tensor
+        store.put_frames("plain", "bad-arrow", ShardKind.TENSOR, frames)
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "bad-arrow")
+    assert_intact(store, known)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "text",
+        42,
+        None,
+        {"a": 1},
+        [b"a", b"b"],
+        np.array(["a", None], dtype=object),
+        memoryview(bytes(100))[::2],
+    ],
+    ids=["str", "int", "None", "dict", "list", "object-array", "strided"],
+)
+def test_unsupported_values(
+    store: Store, known: dict[tuple[str, str], bytes], value: object
+) -> None:
+    with pytest.raises(UnsupportedData):
+        store.put("plain", "odd", value)
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "odd")
+    assert_intact(store, known)
+
+
+@pytest.mark.parametrize(
+    ("kind", "frames"),
+    [
+        (ShardKind.RAW, ["text"]),
+        (ShardKind.RAW, None),
+        (ShardKind.RAW, [memoryview(bytes(100))[::2]]),
+        ("pickle", [b"x"]),
+        (7, [b"x"]),
+    ],
+    ids=["str-frame", "None", "strided-frame", "unknown-kind", "int-kind"],
+)
+def test_unsupported_frames(
+    store: Store, known: dict[tuple[str, str], bytes], kind: Any, frames: Any
+) -> None:
+    with pytest.raises(UnsupportedData):
+        store.put_frames("plain", "odd", kind, frames)
+    assert_intact(store, known)
+
+
+def test_every_bad_input_error_is_an_invalid_argument() -> None:
+    for error in (InvalidName, InvalidRange, OversizeFrame, MalformedArrow, UnsupportedData):
+        assert issubclass(error, InvalidArgument)
+        assert error.status_code == "INVALID_ARGUMENT"
+    assert issubclass(HotTierFull, ResourceExhausted) and issubclass(IntegrityError, DataLoss)
+    assert issubclass(ArchiveUnavailable, Unavailable) and issubclass(Unavailable, TierstoreError)

@@ -1,0 +1,114 @@
+"""When the archive or the disk fails: specific errors, nothing acknowledged lost.
+
+The failing archives are real S3Tier clients pointed at 127.0.0.1: a port that
+refuses connections, and a stub server that answers every request with HTTP 500.
+The full disk is an LMDB map of 512 KiB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes
+from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
+from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
+from tierstore.errors import ArchiveUnavailable, HotTierFull, ShardNotFound
+from tierstore.tiers.memory import MemoryTier
+from tierstore.tiers.s3 import S3Tier
+from tierstore.types import DatasetSettings
+
+# The archive fails.
+
+
+@contextmanager
+def failing_archive(kind: str) -> Iterator[S3Tier]:
+    """An S3Tier whose endpoint refuses connections or answers every request with HTTP 500."""
+    if kind == "refused":
+        with unreachable_endpoint() as url:
+            tier = S3Tier(fast_settings(url, max_attempts=2))
+            yield tier
+            tier.close()
+        return
+    server = ScriptedServer(lambda n, request: s3_error(500, "InternalError"))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=2))
+    try:
+        yield tier
+    finally:
+        tier.close()
+        server.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "http-500"])
+def test_archive_down_is_unavailable_never_missing_and_loses_nothing(
+    open_store: StoreFactory, archive: MemoryTier, kind: str
+) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    cold = payload(3 * FRAME, 1)
+    store.put("enc", "cold", cold)
+    assert store.drain(10)
+    store.evict("enc", "cold")
+    with failing_archive(kind) as down:
+        store = open_store.reopen(store, down, KEYRING)
+        for name, data in (("wt", b"through" * 1000), ("wt-enc", b"secret" * 999)):
+            with pytest.raises(ArchiveUnavailable, match="committed locally"):
+                store.put(name, "w", data)
+            info = store.stat(name, "w")
+            assert info.hot and not info.archived
+            read = store.get(name, "w")
+            assert read.to_bytes() == data and read.source == "hot"
+        with pytest.raises(ArchiveUnavailable):
+            store.get("enc", "cold")
+        with pytest.raises(ArchiveUnavailable):
+            store.get("enc", "cold", byte_range=(FRAME, 10))
+        store.put("plain", "back", b"write-back is acknowledged locally")
+        wait_until(lambda: store.stats().mover_error is not None, "the mover to see the outage")
+        assert not store.drain(0.2)
+        assert store.stats().journal_entries >= 3
+        store.close()
+    store = open_store.reopen(store, archive, KEYRING)
+    assert store.drain(10)
+    for dataset, name in (("wt", "w"), ("wt-enc", "w"), ("plain", "back"), ("enc", "cold")):
+        info = store.stat(dataset, name)
+        assert info.archived
+        expected = store.get(dataset, name).to_bytes()
+        if info.hot:
+            store.evict(dataset, name)
+        assert store.get(dataset, name).to_bytes() == expected
+    assert store.get("enc", "cold").to_bytes() == cold
+    assert store.stats().mover_error is None
+
+
+def test_hot_tier_full(open_store: StoreFactory, archive: MemoryTier) -> None:
+    store = open_store(archive, datasets={"plain": DatasetSettings()}, map_size_bytes=512 << 10)
+    contents: dict[str, bytes] = {}
+    for index in range(200):
+        data = payload(4 * FRAME - 100, index)
+        try:
+            store.put("plain", f"s{index}", data)
+        except HotTierFull:
+            break
+        contents[f"s{index}"] = data
+    else:
+        pytest.fail("a 512 KiB hot tier never filled up")
+    assert len(contents) >= 4
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", f"s{len(contents)}")  # the failed put left nothing behind
+    for name, data in contents.items():
+        assert store.get("plain", name).to_bytes() == data
+    assert store.drain(10)
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual == sum(len(d) + 8 * -(-len(d) // FRAME) for d in contents.values())
+    deleted = sorted(contents)[::2]
+    for name in deleted:
+        store.delete("plain", name)
+        del contents[name]
+    assert store.drain(10)
+    for index in range(len(deleted) // 2):
+        data = payload(4 * FRAME - 100, 1000 + index)
+        store.put("plain", f"again{index}", data)
+        contents[f"again{index}"] = data
+    for name, data in contents.items():
+        assert store.get("plain", name).to_bytes() == data

@@ -1,0 +1,125 @@
+"""Master keys: an unknown key id, no keyring at all, and key rotation.
+
+A wrong master key under the right key id is a tamper case (DataLoss): see
+test_tamper.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes, hot_frames, record_of
+from tests.engine.stores import DATASETS, FRAME, KEY_1, KEY_2, KEYRING, StoreFactory, payload
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.records import ShardRecord
+from tierstore.errors import EncryptionUnavailable, UnknownKeyId
+from tierstore.tiers.memory import MemoryTier
+
+
+def archive_keys(archive: MemoryTier) -> set[str]:
+    return set(archive.list(limit=100_000).keys)
+
+
+def test_unknown_key_id_and_missing_keyring(open_store: StoreFactory, archive: MemoryTier) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    data = payload(FRAME + 1)
+    store.put("enc", "secret", data)
+    store.put("plain", "open", b"plain")
+    store = open_store.reopen(store, archive, LocalKeyring(keys={"k9": KEY_2}, current="k9"))
+    with pytest.raises(UnknownKeyId, match="'k1'"):
+        store.get("enc", "secret")
+    out = bytearray(b"\xaa" * 8)
+    with pytest.raises(UnknownKeyId):
+        store.get_into("enc", "secret", memoryview(out))
+    assert out == b"\xaa" * 8  # nothing was read, so nothing was written
+    with pytest.raises(UnknownKeyId):
+        store.rotate_master_key()
+    store = open_store.reopen(store, archive, None)
+    with pytest.raises(EncryptionUnavailable):
+        store.get("enc", "secret")
+    with pytest.raises(EncryptionUnavailable):
+        store.put("enc", "new", b"x")
+    with pytest.raises(EncryptionUnavailable):
+        store.rotate_master_key()
+    assert store.get("plain", "open").to_bytes() == b"plain"
+    store = open_store.reopen(store, archive, KEYRING)
+    assert store.get("enc", "secret").to_bytes() == data
+
+
+@pytest.mark.parametrize("keyring", ["none", "unknown-id", "wrong-key"])
+def test_shards_whose_key_does_not_unwrap_can_still_be_managed(
+    open_store: StoreFactory, archive: MemoryTier, keyring: str
+) -> None:
+    # Deleting, evicting or overwriting a shard needs no data key: a lost master key
+    # must not make encrypted shards impossible to remove.
+    store = open_store(archive, datasets=DATASETS)
+    for name in ("deleted", "evicted", "overwritten"):
+        store.put("enc", name, payload(2 * FRAME, 1))
+    assert store.drain(10)
+    rings = {
+        "none": None,
+        "unknown-id": LocalKeyring(keys={"k9": KEY_2}, current="k9"),
+        "wrong-key": LocalKeyring(keys={"k1": KEY_2}, current="k1"),
+    }
+    store = open_store.reopen(store, archive, rings[keyring])
+    store.delete("enc", "deleted")
+    assert store.evict("enc", "evicted") == 2 * (FRAME + 16)
+    if keyring != "none":
+        store.put("enc", "overwritten", b"new")
+        assert store.get("enc", "overwritten").to_bytes() == b"new"
+    else:
+        store.delete("enc", "overwritten")
+    assert store.drain(10)
+    remaining = ["evicted"] if keyring == "none" else ["evicted", "overwritten"]
+    assert [info.name for info in store.list("enc")[0]] == remaining
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
+def test_key_rotation_rewraps_keys_and_never_frames(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    contents = {
+        ("enc", "a"): payload(3 * FRAME, 1),
+        ("enc", "b/c"): payload(10, 2),
+        ("wt-enc", "d"): payload(2 * FRAME + 1, 3),
+        ("plain", "e"): payload(FRAME, 4),
+    }
+    for (dataset, name), data in contents.items():
+        store.put(dataset, name, data)
+    store.put("enc", "evicted", payload(FRAME * 2, 5))
+    contents[("enc", "evicted")] = payload(FRAME * 2, 5)
+    assert store.drain(10)
+    store.evict("enc", "evicted")
+    frames_before = {key: hot_frames(store, *key) for key in contents}
+    objects_before = {key: bytes(archive.get(key) or b"") for key in archive_keys(archive)}
+
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store.reopen(store, archive, both)
+    assert store.rotate_master_key() == 4  # the encrypted generations
+    assert store.rotate_master_key() == 0  # nothing left under k1
+    assert store.drain(10)
+    assert {key: hot_frames(store, *key) for key in contents} == frames_before
+    for key, before in objects_before.items():
+        after = bytes(archive.get(key) or b"")
+        if key.endswith(".manifest") and '"key_id":"k1"' in before.decode():
+            assert after != before
+            manifest = ShardRecord.decode(after)
+            assert manifest.envelope is not None and manifest.envelope.wrapped.key_id == "k2"
+        else:
+            assert after == before, f"{key} changed in a rotation"
+
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store = open_store.reopen(store, archive, only_new)
+    for (dataset, name), data in contents.items():
+        assert store.get(dataset, name).to_bytes() == data
+        store.evict(dataset, name)
+        assert store.get(dataset, name).to_bytes() == data
+    envelope = record_of(store, "enc", "a").envelope
+    assert envelope is not None and envelope.wrapped.key_id == "k2"
+    # The manifests alone (a catalog rebuilt from the archive) open with the new key only.
+    rebuilt = open_store(archive, only_new)
+    assert rebuilt.rebuild_from_archive() == len(contents)
+    for (dataset, name), data in contents.items():
+        assert rebuilt.get(dataset, name).to_bytes() == data

@@ -1,0 +1,299 @@
+"""The mover through the store: upload journal, back-pressure, eviction, promotion, access counts.
+
+The archive is a MemoryTier, wrapped in a FaultyTier where a test needs the
+archive to go down and come back, or needs to see what a read fetched.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes, flip, hot_frames, put_hot_frame, record_of
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.records import archive_frames_key, archive_manifest_key
+from tierstore.engine.store import Store
+from tierstore.errors import BacklogFull, IntegrityError, ResourceExhausted
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
+
+PLAIN = {"plain": DatasetSettings(), "enc": DatasetSettings(encrypted=True)}
+
+
+def archived_bytes(archive: MemoryTier, store: Store, dataset: str, name: str) -> bytes | None:
+    """The frames object the archive holds for a shard's current generation."""
+    record = record_of(store, dataset, name)
+    value = archive.get(archive_frames_key(dataset, record.generation))
+    return None if value is None else bytes(value)
+
+
+# The journal and back-pressure.
+
+
+def test_backlog_full_then_drained_without_losing_anything(open_store: StoreFactory) -> None:
+    inner = MemoryTier()
+    archive = FaultyTier(inner)
+    archive.failing = True
+    size = 2 * FRAME + 1000  # stored: 3 frames
+    stored = size + 3 * 16
+    store = open_store(archive, datasets=PLAIN, backlog_cap_bytes=3 * stored)
+    accepted: dict[tuple[str, str], bytes] = {}
+    with pytest.raises(BacklogFull) as caught:
+        for index in range(20):
+            dataset = "enc" if index % 2 else "plain"
+            data = payload(size, index)
+            store.put(dataset, f"s{index}", data)
+            accepted[(dataset, f"s{index}")] = data
+    assert isinstance(caught.value, ResourceExhausted)
+    assert len(accepted) == 3
+    refused = f"s{len(accepted)}"
+    assert not store.list("plain", prefix=refused)[0] and not store.list("enc", prefix=refused)[0]
+    assert 0 < store.stats().backlog_bytes <= 3 * stored
+    for (dataset, name), data in accepted.items():
+        assert store.get(dataset, name).to_bytes() == data  # served from the hot tier
+        assert store.evict(dataset, name) == 0  # the only copy is never evicted
+        assert not store.stat(dataset, name).archived
+    with pytest.raises(BacklogFull):
+        store.put("plain", "more", payload(size))
+    assert not store.drain(0.3)
+
+    archive.failing = False  # the archive is back
+    assert store.drain(10)
+    stats = store.stats()
+    assert stats.journal_entries == 0 and stats.backlog_bytes == 0
+    for (dataset, name), data in accepted.items():
+        assert store.stat(dataset, name).archived
+        assert archive_manifest_key(dataset, record_of(store, dataset, name).generation) in set(
+            inner.list(limit=10_000).keys
+        )
+        assert store.evict(dataset, name) > 0
+        read = store.get(dataset, name)
+        assert read.source == "archive" and read.to_bytes() == data
+    store.put("plain", "more", b"accepted again")
+
+
+def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:
+    inner = MemoryTier()
+    archive = FaultyTier(inner)
+    archive.failing = True
+    store = open_store(archive, datasets=PLAIN)
+    contents = {("plain", "a"): payload(3 * FRAME, 1), ("enc", "b"): payload(FRAME + 5, 2)}
+    for (dataset, name), data in contents.items():
+        store.put(dataset, name, data)
+    store.put("plain", "short-lived", b"deleted before it reached the archive")
+    store.delete("plain", "short-lived")
+    pending = store.stats().journal_entries
+    assert pending >= 5  # two datasets, three uploads, a delete
+    store.close()
+
+    archive.failing = False
+    store = open_store(archive, data_dir=store.settings.data_dir)
+    assert store.drain(10)
+    assert store.stats().backlog_bytes == 0
+    keys = set(inner.list(limit=10_000).keys)
+    assert {"plain/_dataset.json", "enc/_dataset.json"} <= keys
+    assert len([k for k in keys if k.endswith(".frames")]) == 2  # not the deleted shard
+    for (dataset, name), data in contents.items():
+        assert store.stat(dataset, name).archived
+        stored = archived_bytes(inner, store, dataset, name)
+        assert stored is not None and len(stored) > len(data)
+        store.evict(dataset, name)
+        assert store.get(dataset, name).to_bytes() == data
+
+
+# Cold reads and promotion.
+
+
+def test_cold_reads_fetch_only_the_frames_they_need(open_store: StoreFactory) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    data = payload(6 * FRAME, 3)
+    info = store.put("enc", "s", data)
+    assert store.drain(10)
+    store.evict("enc", "s")
+    key = archive_frames_key("enc", info.generation)
+    stored_frame = FRAME + 16
+    archive.hold_reads(key, whole_only=True)  # the promotion waits until the test is done
+    archive.gets.clear()
+    assert (
+        store.get("enc", "s", byte_range=(2 * FRAME + 10, 100)).to_bytes()
+        == (data[2 * FRAME + 10 : 2 * FRAME + 110])
+    )
+    reads = [entry for entry in archive.gets if entry[1] is not None]
+    assert reads[0] == (key, (2 * stored_frame, stored_frame))  # one ranged GET, one frame
+    archive.gets.clear()
+    assert store.get("enc", "s", frame_range=(4, 2)).to_bytes() == data[4 * FRAME :]
+    ranged = sorted(entry[1] for entry in archive.gets if entry[1] is not None)
+    assert ranged == [(4 * stored_frame, stored_frame), (5 * stored_frame, stored_frame)]
+    assert not store.stat("enc", "s").hot
+    # The partial reads queued a promotion that fetches the whole object once.
+    assert archive.read_waiting.wait(10), "no promotion was queued"
+    archive.release_reads()
+    wait_until(lambda: store.stat("enc", "s").hot, "promotion after a partial cold read")
+    assert [entry for entry in archive.gets if entry[1] is None] == [(key, None)]
+    archive.gets.clear()
+    read = store.get("enc", "s")
+    assert read.source == "hot" and read.to_bytes() == data
+    assert archive.gets == []
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
+def test_a_whole_cold_read_promotes_with_the_bytes_in_hand(open_store: StoreFactory) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    data = payload(4 * FRAME + 1, 4)
+    store.put("plain", "s", data)
+    assert store.drain(10)
+    freed = store.evict("plain", "s")
+    assert freed == len(data) + 5 * 8
+    assert store.evict("plain", "s") == 0  # already cold
+    archive.gets.clear()
+    read = store.get("plain", "s")
+    assert read.source == "archive" and read.to_bytes() == data
+    wait_until(lambda: store.stat("plain", "s").hot, "promotion after a whole cold read")
+    assert all(entry[1] is not None for entry in archive.gets)  # no whole-object GET
+    assert store.get("plain", "s").source == "hot"
+
+
+def test_a_bad_archive_object_is_never_promoted(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    store = open_store(archive, datasets=PLAIN)
+    store.put("enc", "s", payload(3 * FRAME, 5))
+    assert store.drain(10)
+    store.evict("enc", "s")
+    record = record_of(store, "enc", "s")
+    key = archive_frames_key("enc", record.generation)
+    blob = bytearray(archive.get(key) or b"")
+    blob[-1] ^= 0xFF  # in the last frame
+    archive.put(key, bytes(blob))
+    assert store.get("enc", "s", frame_range=(0, 2)).nbytes == 2 * FRAME  # good frames read
+    with pytest.raises(IntegrityError):
+        store.mover.promote_now(record, None)  # what the queued promotion does
+    assert not store.stat("enc", "s").hot
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
+# Eviction.
+
+
+def test_eviction_is_lru_among_archived_shards_only(open_store: StoreFactory) -> None:
+    stored = FRAME + 8  # one plaintext frame
+    store = open_store(
+        datasets={"plain": DatasetSettings()},
+        start_mover=False,  # archive exactly when the test says so
+        hot_capacity_bytes=10 * stored,
+        high_watermark=0.9,  # 9 shards
+        low_watermark=0.75,  # 7.5 shards
+    )
+    for name in "abcdef":
+        store.put("plain", name, payload(FRAME, ord(name)))
+    assert store.mover.drain_once()  # a..f are archived
+    for name in "gh":
+        store.put("plain", name, payload(FRAME, ord(name)))  # never archived
+    for name in "facebd":  # least recently read first: f, a, c, e, b, d
+        store.get("plain", name)
+    store.put("plain", "i", payload(FRAME, ord("i")))  # 9 shards: at the high watermark
+    assert all(store.stat("plain", n).hot for n in "abcdefghi")
+    store.put("plain", "j", payload(FRAME, ord("j")))  # 10 would pass it: free 2.5 shards
+    hot = {n for n in "abcdefghij" if store.stat("plain", n).hot}
+    assert hot == set("bdeghij"), "f, a and c were read longest ago"
+    assert catalog_hot_bytes(store) == (7 * stored, 7 * stored)
+    for name in "abcdefghij":
+        assert store.get("plain", name).to_bytes() == payload(FRAME, ord(name))
+
+    # Only un-archived shards are left to evict: the hot tier goes over capacity
+    # rather than drop the only copy.
+    for name in "bdeghij":
+        store.get("plain", name)
+    for name in "klmn":
+        store.put("plain", name, payload(FRAME, ord(name)))
+    assert all(store.stat("plain", n).hot for n in "ghijklmn")
+
+
+def test_background_eviction_keeps_the_hot_tier_under_its_watermark(
+    open_store: StoreFactory,
+) -> None:
+    stored = 2 * FRAME + 2 * 16
+    capacity = 8 * stored
+    store = open_store(
+        datasets={"enc": DatasetSettings(encrypted=True)}, hot_capacity_bytes=capacity
+    )
+    contents = {f"s{i:02d}": payload(2 * FRAME, i) for i in range(30)}
+    for name, data in contents.items():
+        store.put("enc", name, data)
+    assert store.drain(10)
+    wait_until(lambda: store.stats().hot_bytes <= capacity * 0.9, "eviction down to the watermark")
+    infos = store.list("enc")[0]
+    assert all(info.archived for info in infos)
+    assert sum(1 for info in infos if not info.hot) >= 20
+    for name, data in contents.items():
+        assert store.get("enc", name).to_bytes() == data
+
+
+# Access statistics.
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_reads_are_counted(store: Store, dataset: str) -> None:
+    store.put(dataset, "s", payload(2 * FRAME, 1))
+    assert store.stat(dataset, "s").access_count == 0
+    assert store.stat(dataset, "s").last_access == 0.0
+    last = 0.0
+    for count in range(1, 6):
+        read = store.get(dataset, "s", byte_range=(count, 10))
+        assert read.nbytes == 10
+        info = store.stat(dataset, "s")
+        assert info.access_count == count
+        assert info.last_access >= last > 0 or count == 1
+        last = info.last_access
+    store.mover.flush_access()
+    assert store.stat(dataset, "s").access_count == 5  # moved to the catalog, not lost
+    store.get(dataset, "s")
+    assert store.stat(dataset, "s").access_count == 6
+    assert store.drain(10)
+    store.evict(dataset, "s")
+    store.get(dataset, "s")  # a cold read counts too
+    assert store.stat(dataset, "s").access_count == 7
+    store.put(dataset, "s", b"new generation")
+    assert store.stat(dataset, "s").access_count == 0  # counts belong to a generation
+    store.mover.flush_access()
+    assert store.stat(dataset, "s").access_count == 0
+
+
+def test_counts_survive_a_restart(open_store: StoreFactory) -> None:
+    store = open_store(datasets=DATASETS, access_flush_interval_s=3600)
+    store.put("plain", "s", b"x")
+    for _ in range(4):
+        store.get("plain", "s")
+    store.close()
+    store = open_store(data_dir=store.settings.data_dir)
+    assert store.stat("plain", "s").access_count == 4
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_frame_damaged_before_upload_is_never_archived(
+    open_store: StoreFactory, dataset: str
+) -> None:
+    inner = MemoryTier()
+    archive = FaultyTier(inner)
+    archive.failing = True  # hold uploads back while the frame is damaged
+    store = open_store(archive, datasets=PLAIN)
+    store.put(dataset, "damaged", payload(2 * FRAME + 10, 1))
+    store.put(dataset, "healthy", payload(FRAME, 2))
+    record = record_of(store, dataset, "damaged")
+    original = hot_frames(store, dataset, "damaged")[1]
+    assert original is not None
+    put_hot_frame(store, record.generation, 1, flip(original, 5))
+    archive.failing = False
+    assert store.drain(10)  # the damaged entry does not stall the journal
+    assert inner.get(archive_frames_key(dataset, record.generation)) is None
+    assert inner.get(archive_manifest_key(dataset, record.generation)) is None
+    assert not store.stat(dataset, "damaged").archived
+    assert [event.split(":")[0] for event in store.stats().data_loss] == [
+        f"{dataset}/damaged@{record.generation}"
+    ]
+    assert store.stat(dataset, "healthy").archived
+    with pytest.raises(IntegrityError):
+        store.get(dataset, "damaged")

@@ -1,0 +1,591 @@
+"""The Store façade: datasets, writes, reads, ranges, listing, zero copy, concurrency, restart.
+
+Most tests use a MemoryTier archive (the ``store`` fixture holds the datasets
+plain, enc, wt and wt-enc); the last one writes through to the real SeaweedFS.
+Bad input, master keys, archive and disk failures, the mover and tampering have
+test modules of their own.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.conftest import raw_s3_client
+from tests.engine.backdoor import catalog_hot_bytes, data_file, hot_frames, raw_frame_address
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
+from tierstore import arrowio
+from tierstore.engine.records import (
+    archive_dataset_key,
+    archive_frames_key,
+    archive_manifest_key,
+)
+from tierstore.engine.store import Store
+from tierstore.errors import (
+    AlreadyExists,
+    DatasetNotFound,
+    EncryptionUnavailable,
+    FailedPrecondition,
+    ShardNotFound,
+    StoreClosed,
+    TierstoreError,
+    WrongShardKind,
+)
+from tierstore.tiers.memory import MemoryTier
+from tierstore.tiers.s3 import S3Tier
+from tierstore.types import DatasetSettings, Durability, ShardKind
+
+ALL_DATASETS = list(DATASETS)
+SIZES = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 5 * FRAME + 123]
+
+
+def overhead(dataset: str) -> int:
+    return 16 if DATASETS[dataset].encrypted else 8
+
+
+def archive_keys(archive: MemoryTier) -> set[str]:
+    return set(archive.list(limit=100_000).keys)
+
+
+# Datasets.
+
+
+def test_datasets_are_created_listed_and_deleted(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    store = open_store(archive)
+    settings = DatasetSettings(encrypted=True, durability=Durability.WRITE_THROUGH)
+    store.create_dataset("b-set", settings)
+    store.create_dataset("a-set")
+    assert store.get_dataset("b-set") == settings
+    assert store.get_dataset("a-set") == DatasetSettings()
+    assert [name for name, _ in store.list_datasets()] == ["a-set", "b-set"]
+    with pytest.raises(AlreadyExists):
+        store.create_dataset("a-set", settings)
+    assert store.get_dataset("a-set") == DatasetSettings()  # unchanged by the failed create
+    assert store.drain(10)
+    assert {archive_dataset_key("a-set"), archive_dataset_key("b-set")} <= archive_keys(archive)
+
+    store.put("a-set", "x", b"data")
+    with pytest.raises(FailedPrecondition, match="1 shards"):
+        store.delete_dataset("a-set")
+    assert store.get("a-set", "x").to_bytes() == b"data"
+    store.delete_dataset("a-set", force=True)
+    with pytest.raises(DatasetNotFound):
+        store.get_dataset("a-set")
+    with pytest.raises(DatasetNotFound):
+        store.delete_dataset("a-set")
+    assert [name for name, _ in store.list_datasets()] == ["b-set"]
+    assert store.drain(10)
+    assert not any(key.startswith("a-set/") for key in archive_keys(archive))
+    assert catalog_hot_bytes(store) == (0, 0)
+
+
+def test_encrypted_dataset_needs_a_master_key(open_store: StoreFactory) -> None:
+    store = open_store(keyring=None)
+    with pytest.raises(EncryptionUnavailable):
+        store.create_dataset("enc", DatasetSettings(encrypted=True))
+    with pytest.raises(DatasetNotFound):
+        store.get_dataset("enc")
+    store.create_dataset("plain")
+    store.put("plain", "x", b"still works")
+    assert store.get("plain", "x").to_bytes() == b"still works"
+
+
+# Writes and whole reads.
+
+
+@pytest.mark.parametrize("dataset", ALL_DATASETS)
+@pytest.mark.parametrize("size", SIZES)
+def test_bytes_roundtrip(store: Store, dataset: str, size: int) -> None:
+    data = payload(size, seed=size)
+    info = store.put(dataset, "dir/blob.bin", data)
+    assert info.kind is ShardKind.RAW and info.size == size
+    assert all(0 < s <= FRAME for s in info.frame_sizes)
+    assert info.frame_count == -(-size // FRAME)
+    assert info.encrypted == DATASETS[dataset].encrypted
+    assert info.hot
+    assert info.archived == (DATASETS[dataset].durability is Durability.WRITE_THROUGH)
+    read = store.get(dataset, "dir/blob.bin")
+    assert read.to_bytes() == data
+    assert read.source == "hot" and read.first_frame == 0 and read.nbytes == size
+    assert read.info.generation == info.generation
+    assert store.stat(dataset, "dir/blob.bin").frame_sizes == info.frame_sizes
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [bytes, bytearray, memoryview, pa.py_buffer, lambda b: np.frombuffer(b, np.uint8)],
+    ids=["bytes", "bytearray", "memoryview", "pa.Buffer", "numpy"],
+)
+def test_bytes_like_inputs(store: Store, wrap: Callable[[bytes], Any]) -> None:
+    data = payload(2 * FRAME + 5)
+    info = store.put("plain", "x", wrap(data))
+    expected_kind = ShardKind.TENSOR if isinstance(wrap(b""), np.ndarray) else ShardKind.RAW
+    assert info.kind is expected_kind
+    if expected_kind is ShardKind.RAW:
+        assert store.get("plain", "x").to_bytes() == data
+    else:
+        assert store.read_tensor("plain", "x").tobytes() == data
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_arrow_tables_and_tensors(store: Store, dataset: str) -> None:
+    table = pa.table(
+        {"id": pa.array(range(3000), pa.int64()), "label": [f"row {i}" for i in range(3000)]}
+    )
+    info = store.put(dataset, "table", table)
+    assert info.kind is ShardKind.ARROW and info.frame_count > 2  # a schema and many batches
+    assert store.read_table(dataset, "table").equals(table)
+    assert store.read_table(dataset, "table", columns=["label"]).equals(table.select(["label"]))
+    batch = table.to_batches()[0].slice(0, 10)
+    store.put(dataset, "batch", batch)
+    assert store.read_table(dataset, "batch").equals(pa.Table.from_batches([batch]))
+
+    array = np.arange(3 * 50 * 40, dtype=np.float32).reshape(3, 50, 40)
+    assert store.put(dataset, "tensor", array).kind is ShardKind.TENSOR
+    back = store.read_tensor(dataset, "tensor")
+    assert back.dtype == array.dtype and np.array_equal(back, array)
+
+    with pytest.raises(WrongShardKind):
+        store.read_tensor(dataset, "table")
+    store.put(dataset, "raw", b"raw bytes")
+    with pytest.raises(WrongShardKind):
+        store.read_table(dataset, "raw")
+
+
+def test_torch_tensor_roundtrip(store: Store) -> None:
+    torch = pytest.importorskip("torch")
+    tensor = torch.arange(600, dtype=torch.int16).reshape(20, 30)
+    store.put("enc", "t", tensor)
+    back = store.read_tensor("enc", "t")
+    assert isinstance(back, torch.Tensor) and torch.equal(back, tensor)
+
+
+def test_put_frames_keeps_the_client_framing(store: Store) -> None:
+    frames = [b"a" * 10, b"b" * FRAME, b"", b"c" * 7]
+    info = store.put_frames("enc", "pre-framed", ShardKind.RAW, frames)
+    assert info.frame_sizes == (10, FRAME, 0, 7)
+    assert store.get("enc", "pre-framed").to_bytes() == b"".join(frames)
+    assert store.get("enc", "pre-framed", frame_range=(1, 1)).to_bytes() == b"b" * FRAME
+
+    table = pa.table({"x": list(range(2000))})
+    arrow_frames = arrowio.table_to_frames(table, FRAME)
+    info = store.put_frames("plain", "arrow", ShardKind.ARROW, arrow_frames)
+    assert info.kind is ShardKind.ARROW
+    assert store.read_table("plain", "arrow").equals(table)
+
+
+# Ranges.
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+@pytest.mark.parametrize("cold", [False, True], ids=["hot", "cold"])
+def test_byte_and_frame_ranges(store: Store, dataset: str, cold: bool) -> None:
+    data = payload(5 * FRAME + 100, seed=3)
+    store.put(dataset, "r", data)
+    if cold:
+        assert store.drain(10)
+        assert store.evict(dataset, "r") > 0
+    cases = [(0, 1), (FRAME - 1, 2), (FRAME, FRAME), (100, 3 * FRAME), (len(data) - 5, 100)]
+    for offset, length in cases:
+        read = store.get(dataset, "r", byte_range=(offset, length))
+        assert read.to_bytes() == data[offset : offset + length]
+        assert read.first_frame == offset // FRAME
+    assert store.get(dataset, "r", byte_range=(len(data), 10)).to_bytes() == b""
+    assert store.get(dataset, "r", byte_range=(7, 0)).nbytes == 0
+    read = store.get(dataset, "r", frame_range=(2, 2))
+    assert read.to_bytes() == data[2 * FRAME : 4 * FRAME] and read.first_frame == 2
+    assert store.get(dataset, "r", frame_range=(5, 9)).to_bytes() == data[5 * FRAME :]
+    assert store.get(dataset, "r", frame_range=(6, 1)).to_bytes() == b""
+    out = bytearray(b"\xee" * 20)
+    assert store.get_into(dataset, "r", memoryview(out), byte_range=(FRAME - 5, 10)) == 10
+    assert out == data[FRAME - 5 : FRAME + 5] + b"\xee" * 10
+
+
+# Overwrite, delete, list.
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_overwrite_makes_a_new_generation_and_drops_the_old(
+    store: Store, archive: MemoryTier, dataset: str
+) -> None:
+    first = store.put(dataset, "s", payload(3 * FRAME, seed=1))
+    assert store.drain(10)
+    assert archive_frames_key(dataset, first.generation) in archive_keys(archive)
+    second = store.put(dataset, "s", payload(FRAME, seed=2))
+    assert second.generation > first.generation
+    assert store.get(dataset, "s").to_bytes() == payload(FRAME, seed=2)
+    assert store.stat(dataset, "s").generation == second.generation
+    assert store.drain(10)
+    keys = archive_keys(archive)
+    assert archive_frames_key(dataset, first.generation) not in keys
+    assert archive_manifest_key(dataset, first.generation) not in keys
+    assert archive_frames_key(dataset, second.generation) in keys
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual == FRAME + overhead(dataset)
+    assert [info.name for info in store.list(dataset)[0]] == ["s"]
+
+
+@pytest.mark.parametrize("evicted", [False, True])
+def test_delete_removes_every_tier(store: Store, archive: MemoryTier, evicted: bool) -> None:
+    store.put("plain", "keep", b"k")
+    info = store.put("plain", "gone", payload(2 * FRAME))
+    assert store.drain(10)
+    if evicted:
+        assert store.evict("plain", "gone") > 0
+    store.delete("plain", "gone")
+    for operation in (store.get, store.stat, store.delete, store.evict):
+        with pytest.raises(ShardNotFound):
+            operation("plain", "gone")
+    assert store.drain(10)
+    keys = archive_keys(archive)
+    assert archive_frames_key("plain", info.generation) not in keys
+    assert archive_manifest_key("plain", info.generation) not in keys
+    assert store.get("plain", "keep").to_bytes() == b"k"
+    assert catalog_hot_bytes(store) == (9, 9)
+    assert store.stats().backlog_bytes == 0
+
+
+def test_list_pages_prefixes_and_start_after(store: Store) -> None:
+    names = ["a", "a/b", "a/c", "b", "b/a", "c.d", "c/d", "z"]
+    for name in names:
+        store.put("plain", name, name.encode())
+    page, after = store.list("plain")
+    assert [i.name for i in page] == sorted(names) and after is None
+    assert [i.name for i in store.list("plain", prefix="a/")[0]] == ["a/b", "a/c"]
+    assert [i.name for i in store.list("plain", prefix="c")[0]] == ["c.d", "c/d"]
+    assert store.list("plain", prefix="q")[0] == []
+    assert [i.name for i in store.list("plain", start_after="b")[0]] == ["b/a", "c.d", "c/d", "z"]
+    seen: list[str] = []
+    after = None
+    while True:
+        page, after = store.list("plain", start_after=after, limit=3)
+        assert len(page) <= 3
+        seen.extend(i.name for i in page)
+        if after is None:
+            break
+    assert seen == sorted(names)
+    assert store.list("enc")[0] == []
+
+
+def test_long_names_list_in_order_and_page_completely(store: Store) -> None:
+    # Catalog keys keep 400 bytes of a long name and add a hash: listing must still be
+    # by name, and paging and prefixes must find every shard.
+    stem = "d/" + "n" * 450
+    names = [stem + f"/{i:02d}" for i in range(12)] + [stem[:405] + "z", stem[:400], "x" * 1024]
+    names += ["é" * 300 + f"{i}" for i in range(3)]
+    for index, name in enumerate(names):
+        store.put("enc", name, index.to_bytes(2, "big"))
+    for index, name in enumerate(names):
+        assert store.get("enc", name).to_bytes() == index.to_bytes(2, "big")
+        assert store.stat("enc", name).name == name
+    assert [i.name for i in store.list("enc")[0]] == sorted(names, key=str.encode)
+    for limit in (1, 4, 5):
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            page, after = store.list("enc", start_after=after, limit=limit)
+            seen.extend(i.name for i in page)
+            if after is None:
+                break
+        assert seen == sorted(names, key=str.encode), f"limit {limit}"
+    tail = [i.name for i in store.list("enc", prefix=stem + "/1")[0]]
+    assert tail == [stem + f"/{i:02d}" for i in (10, 11)]
+    assert len(store.list("enc", prefix=stem[:401])[0]) == 13
+    store.delete("enc", names[3])
+    assert names[3] not in [i.name for i in store.list("enc")[0]]
+
+
+# Zero copy and read leases.
+
+
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (from /proc/self/maps)."""
+    ranges = []
+    target = str(path.resolve())
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, stop = (int(part, 16) for part in fields[0].split("-"))
+            ranges.append((start, stop))
+    return ranges
+
+
+def inside(address: int, size: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start <= address and address + size <= stop for start, stop in ranges)
+
+
+def test_plaintext_hot_reads_are_zero_copy(store: Store) -> None:
+    data = payload(3 * FRAME, 9)
+    assert store.put("plain", "z", data).frame_count == 3
+    first = store.get("plain", "z")
+    second = store.get("plain", "z", byte_range=(FRAME + 10, 20))
+    assert first.source == "hot"
+    raw_address = raw_frame_address(store, "plain", "z", 1)
+    assert first.frames[1].address == raw_address  # the frame payload in place
+    assert second.frames[0].address == raw_address + 10
+    ranges = mapped_ranges(data_file(store))
+    assert ranges, "the LMDB data file is not mapped"
+    assert all(inside(f.address, f.size, ranges) for f in first.frames)
+    assert first.to_bytes() == data
+    assert store.stats().live_read_leases == 2
+
+    secret = store.put("enc", "z", data)
+    assert secret.encrypted
+    decrypted = store.get("enc", "z")
+    assert decrypted.source == "hot" and decrypted.to_bytes() == data
+    assert not any(inside(f.address, f.size, ranges) for f in decrypted.frames)
+    assert all(f.address % 64 == 0 for f in decrypted.frames)
+    assert store.stats().live_read_leases == 2  # decrypted reads hold no lease
+    del first, second
+    gc.collect()
+    assert store.stats().live_read_leases == 0
+
+
+def test_lease_pool_is_bounded(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"plain": DatasetSettings()}, max_read_leases=2)
+    data = payload(2 * FRAME, 4)
+    store.put("plain", "l", data)
+    ranges = mapped_ranges(data_file(store))
+    held = [store.get("plain", "l") for _ in range(2)]
+    assert all(inside(r.frames[0].address, 1, ranges) for r in held)
+    assert store.stats().live_read_leases == 2
+    third = store.get("plain", "l")
+    assert third.source == "hot" and third.to_bytes() == data
+    assert not inside(third.frames[0].address, 1, ranges)  # a private copy
+    assert store.stats().live_read_leases == 2
+    held.pop()
+    gc.collect()
+    assert store.stats().live_read_leases == 1
+    assert inside(store.get("plain", "l").frames[0].address, 1, ranges)
+
+    del held, third
+    gc.collect()
+    peak = 0
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    placed = {"in-map": 0, "copied": 0}
+
+    def reader() -> None:
+        try:
+            for _ in range(200):
+                kept = [store.get("plain", "l") for _ in range(3)]
+                assert store.stats().live_read_leases <= 2
+                assert all(k.to_bytes() == data for k in kept)
+                for k in kept:
+                    placed["in-map" if inside(k.frames[0].address, 1, ranges) else "copied"] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, store.stats().live_read_leases)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    for thread in readers:
+        thread.join()
+    stop.set()
+    watcher.join()
+    assert not errors
+    assert peak <= 2
+    assert placed["in-map"] > 0 and placed["copied"] > 0
+
+
+def test_a_buffer_held_past_close_stays_readable(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"plain": DatasetSettings()})
+    data = payload(FRAME + 1, 8)
+    store.put("plain", "held", data)
+    held = store.get("plain", "held")
+    store.close()
+    assert held.to_bytes() == data  # the map is left in place while a lease lives
+    with pytest.raises(StoreClosed):
+        store.get("plain", "held")
+
+
+# Concurrency: whole generations only.
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_readers_see_whole_old_or_whole_new_generations(store: Store, dataset: str) -> None:
+    size = 5 * FRAME + 7
+    store.put(dataset, "g", bytes([0]) * size)
+    done = threading.Event()
+    errors: list[str] = []
+    reads = 0
+
+    def check(data: bytes, expected_size: int) -> None:
+        if len(data) != expected_size or len(set(data)) != 1:
+            errors.append(f"mixed or short read: {len(data)} bytes, values {sorted(set(data))}")
+
+    def reader() -> None:
+        nonlocal reads
+        while not done.is_set():
+            check(store.get(dataset, "g").to_bytes(), size)
+            check(store.get(dataset, "g", byte_range=(FRAME - 3, 2 * FRAME)).to_bytes(), 2 * FRAME)
+            reads += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for value in range(1, 40):
+            store.put(dataset, "g", bytes([value]) * size)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
+    assert reads > 0
+    assert store.get(dataset, "g").to_bytes() == bytes([39]) * size
+
+
+@pytest.mark.parametrize("change", ["overwrite", "delete"])
+def test_cold_read_racing_an_overwrite_is_not_data_loss(
+    open_store: StoreFactory, change: str
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"enc": DatasetSettings(encrypted=True)})
+    old, new = payload(3 * FRAME, 1), payload(2 * FRAME, 2)
+    info = store.put("enc", "s", old)
+    assert store.drain(10)
+    store.evict("enc", "s")
+    archive.hold_reads(archive_frames_key("enc", info.generation))
+    result: dict[str, object] = {}
+
+    def read() -> None:
+        try:
+            result["data"] = store.get("enc", "s").to_bytes()
+        except TierstoreError as exc:
+            result["error"] = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert archive.read_waiting.wait(10), "the cold read never reached the archive"
+        if change == "overwrite":
+            store.put("enc", "s", new)
+        else:
+            store.delete("enc", "s")
+        assert store.drain(10)  # the old generation's objects are gone now
+        assert archive.inner.get(archive_frames_key("enc", info.generation)) is None
+    finally:
+        archive.release_reads()
+        reader.join()
+    if change == "overwrite":
+        assert result.get("data") == new, result
+    else:
+        assert isinstance(result.get("error"), ShardNotFound), result
+
+
+# Restart and recovery.
+
+
+def test_restart_keeps_everything(open_store: StoreFactory, archive: MemoryTier) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    contents = {
+        (dataset, f"{dataset}/s"): payload(2 * FRAME + 3, i) for i, dataset in enumerate(DATASETS)
+    }
+    generations = {}
+    for (dataset, name), data in contents.items():
+        generations[(dataset, name)] = store.put(dataset, name, data).generation
+    assert store.drain(10)
+    store.evict("enc", "enc/s")
+    for _ in range(3):
+        store.get("plain", "plain/s")
+    store = open_store.reopen(store, archive, KEYRING)
+    assert dict(store.list_datasets()) == DATASETS
+    assert not store.stat("enc", "enc/s").hot
+    for (dataset, name), data in contents.items():
+        info = store.stat(dataset, name)
+        assert info.generation == generations[(dataset, name)] and info.archived
+        assert store.get(dataset, name).to_bytes() == data
+    assert store.stat("plain", "plain/s").access_count == 4  # three before, one just now
+    newer = store.put("plain", "plain/s", b"new")
+    assert newer.generation > max(generations.values())
+
+
+def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: MemoryTier) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    contents = {
+        ("plain", "a"): payload(3 * FRAME, 1),
+        ("enc", "b/c"): payload(FRAME, 2),
+        ("wt-enc", "d"): payload(10, 3),
+    }
+    for (dataset, name), data in contents.items():
+        store.put(dataset, name, data)
+    store.put("plain", "deleted", b"x")
+    store.delete("plain", "deleted")
+    assert store.drain(10)
+    fresh = open_store(archive)  # a new, empty hot tier over the same archive
+    assert fresh.rebuild_from_archive() == len(contents)
+    assert dict(fresh.list_datasets()) == DATASETS
+    for (dataset, name), data in contents.items():
+        assert not fresh.stat(dataset, name).hot
+        read = fresh.get(dataset, name)
+        assert read.source == "archive" and read.to_bytes() == data
+    with pytest.raises(ShardNotFound):
+        fresh.stat("plain", "deleted")
+    with pytest.raises(FailedPrecondition):
+        fresh.rebuild_from_archive()
+
+
+def test_closed_store_refuses_calls(store: Store) -> None:
+    store.put("plain", "x", b"x")
+    store.close()
+    store.close()  # twice is fine
+    calls: list[Callable[[], object]] = [
+        lambda: store.put("plain", "y", b"y"),
+        lambda: store.get("plain", "x"),
+        lambda: store.stat("plain", "x"),
+        lambda: store.list("plain"),
+        lambda: store.delete("plain", "x"),
+        lambda: store.evict("plain", "x"),
+        lambda: store.create_dataset("new"),
+        lambda: store.stats(),
+        lambda: store.rotate_master_key(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreClosed):
+            call()
+
+
+# The real archive: SeaweedFS.
+
+
+def test_encrypted_write_through_to_seaweedfs(open_store: StoreFactory, s3_archive: S3Tier) -> None:
+    store = open_store(s3_archive, datasets={"wt-enc": DATASETS["wt-enc"]})
+    data = payload(6 * FRAME + 11, 21)
+    info = store.put("wt-enc", "blob", data)
+    assert info.archived  # acknowledged after the archive holds it
+    s = s3_archive.settings
+    client = raw_s3_client(s)
+    listed = client.list_objects_v2(Bucket=s.bucket, Prefix=s.prefix)
+    keys = {item["Key"][len(s.prefix) :] for item in listed.get("Contents", [])}
+    assert {
+        archive_frames_key("wt-enc", info.generation),
+        archive_manifest_key("wt-enc", info.generation),
+    } <= keys
+    obj = client.get_object(
+        Bucket=s.bucket, Key=s.prefix + archive_frames_key("wt-enc", info.generation)
+    )
+    stored = obj["Body"].read()
+    assert stored == b"".join(f or b"" for f in hot_frames(store, "wt-enc", "blob"))
+    store.evict("wt-enc", "blob")
+    read = store.get("wt-enc", "blob", byte_range=(2 * FRAME - 1, FRAME + 2))
+    assert read.source == "archive" and read.to_bytes() == data[2 * FRAME - 1 : 3 * FRAME + 1]
+    assert store.get("wt-enc", "blob").to_bytes() == data
+    wait_until(lambda: store.stat("wt-enc", "blob").hot, "promotion after a cold read")
+    assert store.get("wt-enc", "blob").source == "hot"

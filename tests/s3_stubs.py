@@ -1,0 +1,102 @@
+"""Misbehaving S3 endpoints on 127.0.0.1, shared by the tier and the engine tests.
+
+* :class:`ScriptedServer`: a tiny HTTP server that answers every request from a
+  script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives).
+* :func:`unreachable_endpoint`: a bound socket that never listens, so every
+  connection is refused at once and no other process can take the port.
+* :func:`fast_settings`: :class:`S3Settings` with short timeouts and back-off,
+  so failure tests finish quickly.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tierstore.tiers.s3 import S3Settings
+
+__all__ = ["Script", "ScriptedServer", "fast_settings", "s3_error", "unreachable_endpoint"]
+
+Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
+
+
+def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+    """An S3-style XML error answer."""
+    body = f"<Error><Code>{code}</Code><Message>scripted</Message></Error>".encode()
+    return status, {"Content-Type": "application/xml"}, body
+
+
+class ScriptedServer:
+    """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``."""
+
+    def __init__(self, script: Script) -> None:
+        self.requests = 0
+        self.methods: list[str] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                with outer._lock:
+                    outer.requests += 1
+                    outer.methods.append(self.command)
+                    number = outer.requests
+                status, headers, body = script(number, self)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def unreachable_endpoint() -> Iterator[str]:
+    """An ``http://127.0.0.1:<port>`` URL where connections are refused while the block runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, never listening: connect() is refused
+        yield f"http://127.0.0.1:{holder.getsockname()[1]}"
+
+
+def fast_settings(endpoint_url: str, max_attempts: int, bucket: str = "scripted") -> S3Settings:
+    """Settings that give up quickly: short timeouts, back-off of a few milliseconds."""
+    return S3Settings(
+        endpoint_url=endpoint_url,
+        bucket=bucket,
+        access_key_id="key",
+        secret_access_key="secret",
+        max_attempts=max_attempts,
+        connect_timeout_s=2.0,
+        read_timeout_s=5.0,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
