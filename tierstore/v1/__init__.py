@@ -1,0 +1,1 @@
+"""Generated modules of the tierstore.v1 gRPC API (proto/generate.py)."""
