@@ -187,13 +187,15 @@ def _decode_key(text: object, what: str) -> bytes:
 class FrameCipher:
     """AES-256-GCM for the frames of one shard generation."""
 
-    __slots__ = ("_aead", "_nonce_prefix")
+    __slots__ = ("_aead", "_nonce_prefix", "key")
 
     def __init__(self, data_key: bytes, nonce_prefix: bytes) -> None:
         if len(nonce_prefix) != NONCE_PREFIX_BYTES:
             raise InvalidArgument(f"nonce prefix must be {NONCE_PREFIX_BYTES} bytes")
         self._aead = AESGCM(data_key)
         self._nonce_prefix = nonce_prefix
+        #: the data key, for handing to an authorized reader (never logged: no repr shows it)
+        self.key = data_key
 
     def _nonce(self, index: int) -> bytes:
         return self._nonce_prefix + struct.pack(">I", index)

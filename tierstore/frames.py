@@ -58,13 +58,16 @@ class FrameSealer:
         last = 1 if index == self.frame_count - 1 else 0
         return _AAD_VERSION + self.context + struct.pack(">IB", index, last)
 
-    def seal(self, index: int, payload: bytes | memoryview) -> bytes:
+    def seal(self, index: int, payload: bytes | memoryview) -> bytes | bytearray:
         """Return the stored bytes of frame ``index``."""
         self._check_index(index)
         if self.cipher is not None:
             return self.cipher.encrypt(index, payload, self._aad(index))
         digest = xxhash.xxh3_64_intdigest(payload, seed=self._seed(index))
-        return bytes(payload) + struct.pack("<Q", digest)
+        stored = bytearray(len(payload) + CHECKSUM_BYTES)  # one allocation, one copy
+        stored[: len(payload)] = payload
+        struct.pack_into("<Q", stored, len(payload), digest)
+        return stored
 
     def open(self, index: int, stored: memoryview) -> memoryview:
         """Verify a plaintext frame and return its payload as a view into ``stored`` (no copy).

@@ -75,7 +75,7 @@ def catalog_hot_bytes(store: Store) -> tuple[int, int]:
         total = 0
         for record in store._catalog.iter_shards(txn):
             if record.hot:
-                total += sum(record.stored_sizes(store._sealer(record).overhead))
+                total += sum(record.stored_sizes(store._sealers.sealer(record).overhead))
     return counter, total
 
 

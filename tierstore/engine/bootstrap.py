@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
+from tierstore.engine.allocator import tune_allocator
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument
 from tierstore.tiers.base import Tier
@@ -23,6 +24,7 @@ def keyring_from_settings(settings: EngineSettings) -> MasterKeyProvider | None:
 def open_store(settings: EngineSettings, archive: Tier | None = None) -> Store:
     """Open the store of ``settings``; the archive is S3 at ``settings.archive`` unless given.
 
+    Also tunes the process's allocator for multi-MiB frames (:mod:`.allocator`).
     Raises InvalidArgument when no archive endpoint is configured.
     """
     if archive is None:
@@ -43,4 +45,5 @@ def open_store(settings: EngineSettings, archive: Tier | None = None) -> Store:
         )
         tier.ensure_bucket()
         archive = tier
+    tune_allocator(settings.max_frame_bytes)
     return Store(settings, archive, keyring_from_settings(settings))

@@ -20,6 +20,7 @@ from tierstore.engine.records import (
     decode_dataset,
     encode_dataset,
 )
+from tierstore.errors import DatasetNotFound, ShardNotFound
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import DatasetSettings
 
@@ -52,6 +53,13 @@ class Catalog:
     def delete_dataset(self, txn: Any, name: str) -> None:
         txn.delete(name.encode(), db=self._db("datasets"))
 
+    def require_dataset(self, txn: Any, name: str) -> DatasetSettings:
+        """A dataset's settings. Raises DatasetNotFound."""
+        settings = self.get_dataset(txn, name)
+        if settings is None:
+            raise DatasetNotFound(f"no dataset {name!r}")
+        return settings
+
     def list_datasets(self, txn: Any) -> list[tuple[str, DatasetSettings]]:
         cursor = txn.cursor(db=self._db("datasets"))
         return [(bytes(k).decode(), decode_dataset(v)) for k, v in cursor]
@@ -65,6 +73,19 @@ class Catalog:
         record = ShardRecord.decode(raw)
         # Long names share a truncated key prefix with a hash; the record holds the full name.
         return record if record.name == name else None
+
+    def require_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord:
+        """A shard's record. Raises DatasetNotFound, ShardNotFound."""
+        self.require_dataset(txn, dataset)
+        record = self.get_shard(txn, dataset, name)
+        if record is None:
+            raise ShardNotFound(f"no shard {name!r} in dataset {dataset!r}")
+        return record
+
+    def holds(self, txn: Any, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation is still the shard's current one."""
+        current = self.get_shard(txn, record.dataset, record.name)
+        return current is not None and current.generation == record.generation
 
     def put_shard(self, txn: Any, record: ShardRecord) -> None:
         txn.put(catalog_key(record.dataset, record.name), record.encode(), db=self._db("shards"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tierstore import arrowio
+from tierstore import arrowio, tensors
 from tierstore.errors import OversizeFrame, UnsupportedData
 from tierstore.tiers.base import byte_view
 from tierstore.types import ShardKind
@@ -64,7 +64,7 @@ def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
         frames = arrowio.table_to_frames(value, max_frame_bytes)
         return FramedValue(ShardKind.ARROW, tuple(_byte_view(f) for f in frames))
     if _is_tensor(value):
-        frames = arrowio.tensor_to_frames(value, max_frame_bytes)
+        frames = tensors.tensor_to_frames(value, max_frame_bytes)
         return FramedValue(ShardKind.TENSOR, tuple(_byte_view(f) for f in frames))
     raise UnsupportedData(
         f"cannot store a {type(value).__name__}: use bytes-like data, a pyarrow Table or "
@@ -97,6 +97,6 @@ def frame_prepared(
             )
     if kind is not ShardKind.RAW:
         schema = arrowio.validate_arrow_frames([pa.py_buffer(v) for v in views], max_frame_bytes)
-        if kind is ShardKind.TENSOR and not arrowio.is_tensor_schema(schema):
+        if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(schema):
             raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
     return FramedValue(kind, views)

@@ -81,6 +81,7 @@ class Mover:
         self._evict_lock = threading.Lock()
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
         self._promoting: set[tuple[str, int]] = set()
+        self._promoting_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
@@ -262,17 +263,22 @@ class Mover:
     def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
         """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.
 
+        ``stored`` frames must already be verified (the cold read that fetched them
+        did); frames fetched here are verified before they enter the hot tier.
         Best effort: a full queue or a duplicate request is dropped (the next read
         asks again).
         """
         key = (record.dataset, record.generation)
-        if key in self._promoting:
-            return
+        with self._promoting_lock:
+            if key in self._promoting:
+                return
+            # Marked before it is queued: the promotion thread may finish it at once.
+            self._promoting.add(key)
         try:
             self._promotions.put_nowait((record, stored))
-            self._promoting.add(key)
         except queue.Full:
-            pass
+            with self._promoting_lock:
+                self._promoting.discard(key)
 
     def _run_promotions(self) -> None:
         while not self._stop.is_set():
@@ -285,10 +291,15 @@ class Mover:
             except Exception:
                 log.exception("promotion of %s/%s failed", record.dataset, record.name)
             finally:
-                self._promoting.discard((record.dataset, record.generation))
+                with self._promoting_lock:
+                    self._promoting.discard((record.dataset, record.generation))
 
     def promote_now(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
-        """Copy a generation's stored frames into the hot tier (fetching them if needed)."""
+        """Copy a generation's stored frames into the hot tier (fetching them if needed).
+
+        Frames passed in ``stored`` were verified by the caller; frames fetched here
+        are verified before they are written.
+        """
         if stored is None:
             blob = self._archive.get(archive_frames_key(record.dataset, record.generation))
             if blob is None:
@@ -298,8 +309,8 @@ class Mover:
             for size in record.stored_sizes(self._overhead(record)):
                 stored.append(blob[position : position + size])
                 position += size
-        for index, frame in enumerate(stored):
-            self._verify(record, index, frame)
+            for index, frame in enumerate(stored):
+                self._verify(record, index, frame)
         total = sum(len(frame) for frame in stored)
         self.make_room(total)
         with self._env.write() as txn:

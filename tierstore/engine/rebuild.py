@@ -4,8 +4,8 @@ The archive holds, per dataset, ``_dataset.json`` (its settings) and, per shard
 generation, ``<generation>.frames`` plus ``<generation>.manifest`` (written last,
 so a manifest means the frames are complete). :func:`scan_archive` turns a
 listing of those objects into dataset settings and the newest generation of
-every shard; :meth:`tierstore.engine.store.Store.rebuild_from_archive` writes
-them into an empty catalog.
+every shard; :func:`restore_catalog` writes them into an empty catalog (for
+:meth:`tierstore.engine.store.Store.rebuild_from_archive`).
 
 A generation whose deletion had not reached the archive before the catalog was
 lost comes back; that is the one thing a rebuild cannot know.
@@ -14,13 +14,15 @@ lost comes back; that is the one thing a rebuild cannot know.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import ShardRecord, decode_dataset
 from tierstore.errors import IntegrityError
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
-__all__ = ["ArchiveContents", "scan_archive"]
+__all__ = ["ArchiveContents", "restore_catalog", "scan_archive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +83,21 @@ def scan_archive(archive: Tier) -> ArchiveContents:
             else:
                 superseded.append(record)
     return ArchiveContents(datasets, newest, superseded, unreadable)
+
+
+def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tuple[int, int]:
+    """Write scanned ``contents`` into the catalog in the caller's write transaction.
+
+    Shards of datasets the archive holds no settings for are left out. Raises the
+    ``next_generation`` counter past every restored generation. Returns the shards
+    restored and the newest generation (0 when there is none).
+    """
+    for name, settings in contents.datasets.items():
+        catalog.put_dataset(txn, name, settings)
+    for record in contents.shards.values():
+        if record.dataset in contents.datasets:
+            catalog.put_shard(txn, record)
+    newest = max((r.generation for r in contents.shards.values()), default=0)
+    if catalog.counter(txn, "next_generation") <= newest:
+        catalog.set_counter(txn, "next_generation", newest + 1)
+    return sum(1 for r in contents.shards.values() if r.dataset in contents.datasets), newest

@@ -102,6 +102,13 @@ class ShardRecord:
         """Stored size of every frame, given the sealing overhead."""
         return tuple(size + overhead for size in self.frame_sizes)
 
+    def stored_offsets(self, overhead: int) -> tuple[int, ...]:
+        """Where each stored frame starts in the archive object, plus the object's size."""
+        offsets = [0]
+        for size in self.stored_sizes(overhead):
+            offsets.append(offsets[-1] + size)
+        return tuple(offsets)
+
     def with_state(self, **changes: Any) -> ShardRecord:
         return replace(self, **changes)
 

@@ -1,12 +1,11 @@
-"""The storage engine: datasets and shards over an LMDB hot tier and an archive tier.
+"""The storage engine's façade: datasets and shards over an LMDB hot tier and an archive tier.
 
-Write path: validate → cut into frames → seal (checksum or AES-GCM) → one LMDB
-transaction holding frames + catalog record + upload-journal entry, fsynced on
-commit → acknowledge (``write-back``), or upload first and then acknowledge
-(``write-through``). Read path: catalog → hot hit served from the LMDB map
-(zero-copy for plaintext, see :mod:`tierstore.engine.reads`) or, on a miss,
-parallel ranged GETs of just the needed frames from the archive, verified,
-returned, and queued for promotion. Every read records an access.
+:class:`Store` validates names, checks that it is open and owns the parts: writes
+(validate → cut into frames → :mod:`tierstore.engine.writepath`: seal, commit,
+acknowledge by durability), reads (:mod:`tierstore.engine.readpath`: hot hit or
+ranged GETs from the archive), sealing and data keys
+(:mod:`tierstore.engine.sealing`), and the mover. It also answers metadata and
+administration requests (stat, list, evict, key rotation, rebuild, stats).
 
 Thread safety: a :class:`Store` is safe to share between threads of one process.
 Fork safety: do not use a store across ``fork()``; open one per process.
@@ -15,56 +14,40 @@ Fork safety: do not use a store across ``fork()``; open one per process.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import gc
 import logging
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from tierstore import arrowio
+from tierstore import arrowio, tensors
 from tierstore.config import EngineSettings
-from tierstore.crypto import (
-    TAG_BYTES,
-    FrameCipher,
-    MasterKeyProvider,
-    new_data_key,
-    new_nonce_prefix,
-)
+from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
-from tierstore.engine.ingest import FramedValue, frame_prepared, frame_value
+from tierstore.engine.ingest import frame_prepared, frame_value
 from tierstore.engine.mover import Mover
-from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
-from tierstore.engine.rebuild import scan_archive
-from tierstore.engine.records import (
-    Envelope,
-    JournalOp,
-    ShardRecord,
-    archive_frames_key,
-    frame_key,
-)
+from tierstore.engine.placement import DatasetUsage, Placement
+from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
+from tierstore.engine.reads import ShardData
+from tierstore.engine.rebuild import restore_catalog, scan_archive
+from tierstore.engine.records import JournalOp
+from tierstore.engine.sealedpath import SealedRead, SealedReader
+from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
-    ArchiveUnavailable,
-    BacklogFull,
     DataLoss,
-    DatasetNotFound,
     EncryptionUnavailable,
     FailedPrecondition,
-    IntegrityError,
     InvalidArgument,
-    InvalidRange,
-    ShardNotFound,
     StoreClosed,
-    Unavailable,
     WrongShardKind,
 )
-from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.policy.base import EvictionPolicy
 from tierstore.policy.lru import LruPolicy
@@ -75,15 +58,6 @@ from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind
 __all__ = ["Store", "StoreStats"]
 
 log = logging.getLogger(__name__)
-
-#: Reads retried when the shard is overwritten or deleted during a cold read.
-_READ_ATTEMPTS = 4
-
-
-def _overhead(record: ShardRecord) -> int:
-    """Stored bytes per frame beyond the payload. Needs no key: deleting, evicting and
-    sizing a shard must work when its data key cannot be unwrapped."""
-    return TAG_BYTES if record.envelope is not None else CHECKSUM_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +97,7 @@ class Store:
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
         self._access = AccessRecorder()
-        self._leases = LeasePool(settings.max_read_leases)
-        self._fetch_pool = ThreadPoolExecutor(
-            max_workers=settings.cold_read_parallelism, thread_name_prefix="tierstore-fetch"
-        )
-        self._generation_lock = threading.Lock()
-        with self._env.read() as txn:
-            stored_next = self._catalog.counter(txn, "next_generation")
-        self._next_generation = max(stored_next, time.time_ns() // 1000)
+        self._sealers = ShardSealers(keyring)
         self._closed = False
         self.mover = Mover(
             settings,
@@ -140,8 +107,34 @@ class Store:
             archive,
             self._access,
             policy or LruPolicy(),
-            overhead=_overhead,
-            verify=self._verify_stored,
+            overhead=stored_overhead,
+            verify=self._sealers.verify_stored,
+        )
+        self._writer = ShardWriter(
+            settings, self._env, self._catalog, self._frames, self._sealers, self.mover
+        )
+        self._reader = ShardReader(
+            self._env,
+            self._catalog,
+            self._frames,
+            archive,
+            self._sealers,
+            self._access,
+            self.mover,
+            max_read_leases=settings.max_read_leases,
+            cold_read_parallelism=settings.cold_read_parallelism,
+        )
+        self._placement = Placement(self._env, self._catalog, self.mover)
+        self._sealed = SealedReader(
+            self._env,
+            self._catalog,
+            self._frames,
+            archive,
+            self._sealers,
+            self._access,
+            self.mover,
+            self._placement,
+            self._reader.fetch_pool,
         )
         if start_mover:
             self.mover.start()
@@ -158,14 +151,15 @@ class Store:
             return
         self._closed = True
         self.mover.stop()
-        self._fetch_pool.shutdown(wait=True)
-        if self._leases.live:
+        self._reader.close()
+        if self._reader.leases.live:
             gc.collect()  # leases end when their buffers are collected
-        if self._leases.live:
+        if self._reader.leases.live:
             # Zero-copy buffers still point into the map: unmapping it would turn
             # them into dangling pointers. Leave it mapped until the process exits.
             log.warning(
-                "store closed with %d live read leases; LMDB map left open", self._leases.live
+                "store closed with %d live read leases; LMDB map left open",
+                self._reader.leases.live,
             )
             return
         self._env.close()
@@ -197,13 +191,7 @@ class Store:
         self._check_open()
         validate_dataset_name(name)
         with self._env.read() as txn:
-            return self._dataset_in(txn, name)
-
-    def _dataset_in(self, txn: Any, name: str) -> DatasetSettings:
-        settings = self._catalog.get_dataset(txn, name)
-        if settings is None:
-            raise DatasetNotFound(f"no dataset {name!r}")
-        return settings
+            return self._catalog.require_dataset(txn, name)
 
     def list_datasets(self) -> list[tuple[str, DatasetSettings]]:
         """All datasets, sorted by name."""
@@ -211,19 +199,45 @@ class Store:
         with self._env.read() as txn:
             return self._catalog.list_datasets(txn)
 
+    def update_dataset(
+        self,
+        name: str,
+        durability: Durability | None = None,
+        hot_quota_bytes: int | None = None,
+    ) -> DatasetSettings:
+        """Change the settings that may change after creation; returns the new settings.
+
+        Encryption is fixed at creation (existing shards could not follow). Raises
+        InvalidName, DatasetNotFound, InvalidArgument.
+        """
+        self._check_open()
+        validate_dataset_name(name)
+        if hot_quota_bytes is not None and hot_quota_bytes < 0:
+            raise InvalidArgument("hot_quota_bytes must not be negative")
+        with self._env.write() as txn:
+            settings = self._catalog.require_dataset(txn, name)
+            if durability is not None:
+                settings = dataclasses.replace(settings, durability=durability)
+            if hot_quota_bytes is not None:
+                settings = dataclasses.replace(settings, hot_quota_bytes=hot_quota_bytes)
+            self._catalog.put_dataset(txn, name, settings)
+            self._catalog.append_journal(txn, JournalOp("dataset", name))
+        self.mover.wake()
+        return settings
+
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
         """Delete a dataset; with shards in it only when ``force`` (they are deleted too)."""
         self._check_open()
         validate_dataset_name(name)
         with self._env.write() as txn:
-            self._dataset_in(txn, name)
+            self._catalog.require_dataset(txn, name)
             records = list(self._catalog.iter_shards(txn, name))
             if records and not force:
                 raise FailedPrecondition(
                     f"dataset {name!r} holds {len(records)} shards; delete them or use force"
                 )
             for record in records:
-                self._delete_in(txn, record)
+                self._writer.delete_in(txn, record)
             self._catalog.delete_dataset(txn, name)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
         self.mover.wake()
@@ -242,7 +256,8 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        return self._commit(dataset, shard, frame_value(value, self.settings.max_frame_bytes))
+        framed = frame_value(value, self.settings.max_frame_bytes)
+        return self._writer.commit(dataset, shard, framed)
 
     def put_frames(
         self, dataset: str, shard: str, kind: ShardKind, frames: Sequence[bytes | memoryview]
@@ -254,82 +269,8 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        return self._commit(
-            dataset, shard, frame_prepared(kind, frames, self.settings.max_frame_bytes)
-        )
-
-    def _new_generation(self) -> int:
-        with self._generation_lock:
-            generation = self._next_generation
-            self._next_generation += 1
-            return generation
-
-    def _commit(self, dataset: str, shard: str, framed: FramedValue) -> ShardInfo:
-        settings = self.get_dataset(dataset)
-        generation = self._new_generation()
-        envelope = None
-        if settings.encrypted:
-            if self._keyring is None:
-                raise EncryptionUnavailable(f"dataset {dataset!r} is encrypted; no master key")
-            data_key = new_data_key()
-            context = shard_context(dataset, shard, generation)
-            envelope = Envelope(self._keyring.wrap(data_key, context), new_nonce_prefix())
-        record = ShardRecord(
-            dataset=dataset,
-            name=shard,
-            generation=generation,
-            kind=framed.kind,
-            frame_sizes=tuple(frame.nbytes for frame in framed.frames),
-            created_at=time.time(),
-            envelope=envelope,
-        )
-        sealer = self._sealer(record, data_key if envelope is not None else None)
-        stored = [sealer.seal(index, frame) for index, frame in enumerate(framed.frames)]
-        stored_total = sum(len(frame) for frame in stored)
-        self.mover.make_room(stored_total)
-        with self._env.write() as txn:
-            self._dataset_in(txn, dataset)  # deleted meanwhile?
-            backlog = self._catalog.counter(txn, "backlog_bytes")
-            if backlog + stored_total > self.settings.backlog_cap_bytes and backlog > 0:
-                raise BacklogFull(
-                    f"{backlog} bytes wait for the archive "
-                    f"(cap {self.settings.backlog_cap_bytes}); "
-                    "retry when the mover has caught up"
-                )
-            previous = self._catalog.get_shard(txn, dataset, shard)
-            if previous is not None:
-                self._delete_in(txn, previous)
-            for index, frame in enumerate(stored):
-                self._frames.put_in(txn, frame_key(generation, index), frame)
-            self._catalog.put_shard(txn, record)
-            self._catalog.add_counter(txn, "hot_bytes", stored_total)
-            seq = self._catalog.append_journal(
-                txn, JournalOp("upload", dataset, shard, generation, stored_total)
-            )
-            if self._catalog.counter(txn, "next_generation") <= generation:
-                self._catalog.set_counter(txn, "next_generation", generation + 1)
-        if settings.durability is Durability.WRITE_THROUGH:
-            if not self.mover.run_entry(seq):
-                raise ArchiveUnavailable(
-                    f"{dataset}/{shard} is committed locally but the archive did not take it "
-                    f"({self.mover.last_error}); the mover keeps retrying"
-                )
-            record = record.with_state(archived=True)
-        else:
-            self.mover.wake()
-        return record.to_info()
-
-    def _delete_in(self, txn: Any, record: ShardRecord) -> None:
-        if record.hot:
-            for index in range(len(record.frame_sizes)):
-                self._frames.delete_in(txn, frame_key(record.generation, index))
-            self._catalog.add_counter(
-                txn, "hot_bytes", -sum(record.stored_sizes(_overhead(record)))
-            )
-        self._catalog.delete_shard(txn, record.dataset, record.name)
-        self._catalog.append_journal(
-            txn, JournalOp("delete", record.dataset, record.name, record.generation)
-        )
+        framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
+        return self._writer.commit(dataset, shard, framed)
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""
@@ -337,11 +278,8 @@ class Store:
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         with self._env.write() as txn:
-            self._dataset_in(txn, dataset)
-            record = self._catalog.get_shard(txn, dataset, shard)
-            if record is None:
-                raise ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
-            self._delete_in(txn, record)
+            record = self._catalog.require_shard(txn, dataset, shard)
+            self._writer.delete_in(txn, record)
         self.mover.wake()
 
     # Metadata.
@@ -353,17 +291,10 @@ class Store:
         validate_shard_name(shard)
         # Under the flush lock: a flush in progress has counts in neither place.
         with self._access.flush_lock, self._env.read() as txn:
-            record = self._record_in(txn, dataset, shard)
+            record = self._catalog.require_shard(txn, dataset, shard)
             count, last = self._catalog.get_access(txn, dataset, shard)
             extra_count, extra_last = self._access.pending(dataset, shard, record.generation)
         return record.to_info(count + extra_count, max(last, extra_last))
-
-    def _record_in(self, txn: Any, dataset: str, shard: str) -> ShardRecord:
-        self._dataset_in(txn, dataset)
-        record = self._catalog.get_shard(txn, dataset, shard)
-        if record is None:
-            raise ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
-        return record
 
     def list(
         self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
@@ -376,7 +307,7 @@ class Store:
         validate_dataset_name(dataset)
         limit = max(1, limit)
         with self._env.read() as txn:
-            self._dataset_in(txn, dataset)
+            self._catalog.require_dataset(txn, dataset)
             page: builtins.list[ShardInfo] = []
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
                 if len(page) == limit:
@@ -403,118 +334,28 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        for _ in range(_READ_ATTEMPTS):
-            txn = self._env.begin_read()
-            try:
-                record = self._record_in(txn, dataset, shard)
-                slices = plan_reads(record.frame_sizes, byte_range, frame_range)
-                sealer = self._sealer(record)
-                if record.hot:
-                    frames = self._read_hot(txn, record, slices, sealer)
-                    txn = None  # owned by a lease now, or already ended
-                    source = "hot"
-            finally:
-                if txn is not None:
-                    txn.abort()
-            if record.hot:
-                break
-            try:
-                frames = self._read_cold(record, slices, sealer)
-            except IntegrityError:
-                # A cold read runs outside any snapshot: if the shard was overwritten or
-                # deleted meanwhile, the mover may have removed this generation's archive
-                # object. That is no data loss: read whatever the catalog holds now.
-                if not self._superseded(record):
-                    raise
-                continue
-            source = "archive"
-            break
-        else:
-            raise Unavailable(f"{dataset}/{shard} kept changing during the read; retry")
-        self._access.record(dataset, shard, record.generation)
-        first = slices[0].index if slices else 0
-        return ShardData(record.to_info(), first, frames, source)
+        data = self._reader.read(dataset, shard, byte_range, frame_range)
+        self._placement.count_read(dataset, data.source == "hot")
+        return data
 
-    def _read_hot(
-        self, txn: Any, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
-    ) -> tuple[pa.Buffer, ...]:
-        """Verified hot frames. Takes ownership of ``txn`` (leases it or aborts it)."""
-        lease = None if sealer.cipher is not None else self._leases.try_open(txn)
-        try:
-            out: list[pa.Buffer] = []
-            for piece in slices:
-                view = self._frames.view_in(txn, frame_key(record.generation, piece.index))
-                if view is None:
-                    raise IntegrityError(
-                        f"hot frame {piece.index} of {record.dataset}/{record.name} is missing"
-                    )
-                out.append(self._open_frame(sealer, piece, view, lease))
-            return tuple(out)
-        finally:
-            if lease is None:
-                txn.abort()
+    def open_sealed(
+        self,
+        dataset: str,
+        shard: str,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        frame_range: tuple[int, int] | None = None,
+    ) -> SealedRead:
+        """Open a read whose frames come as stored, for a reader that verifies (and
+        decrypts) them itself — the service's path (:mod:`tierstore.engine.sealedpath`).
 
-    def _open_frame(
-        self, sealer: FrameSealer, piece: FrameSlice, stored: memoryview, lease: Any
-    ) -> pa.Buffer:
-        if sealer.cipher is None:
-            payload = sealer.open(piece.index, stored)[piece.start : piece.stop]
-            if lease is not None:
-                return lease.keep(payload)
-            return pa.py_buffer(bytes(payload))
-        out = pa.allocate_buffer(len(stored) - sealer.overhead)  # 64-byte aligned
-        sealer.open_into(piece.index, stored, memoryview(out))
-        if piece.start == 0 and piece.stop == out.size:
-            return out
-        return out.slice(piece.start, piece.stop - piece.start)
-
-    def _read_cold(
-        self, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
-    ) -> tuple[pa.Buffer, ...]:
-        if not record.archived:
-            raise IntegrityError(
-                f"{record.dataset}/{record.name} is neither in the hot tier nor archived"
-            )
-        stored_sizes = record.stored_sizes(sealer.overhead)
-        offsets = [0]
-        for size in stored_sizes:
-            offsets.append(offsets[-1] + size)
-        key = archive_frames_key(record.dataset, record.generation)
-
-        def fetch(piece: FrameSlice) -> memoryview:
-            try:
-                blob = self._archive.get(key, (offsets[piece.index], stored_sizes[piece.index]))
-            except InvalidRange as exc:  # the frame starts past the end of the object
-                raise IntegrityError(
-                    f"archive object {key} is truncated before frame {piece.index}"
-                ) from exc
-            if blob is None:
-                raise IntegrityError(f"archive object {key} is missing")
-            if len(blob) != stored_sizes[piece.index]:
-                raise IntegrityError(
-                    f"archive object {key} is truncated at frame {piece.index} "
-                    f"({len(blob)} of {stored_sizes[piece.index]} bytes)"
-                )
-            return blob
-
-        blobs = list(self._fetch_pool.map(fetch, slices))
-        frames = tuple(
-            self._open_frame(sealer, piece, blob, None)
-            if sealer.cipher is not None
-            else pa.py_buffer(sealer.open(piece.index, blob)[piece.start : piece.stop])
-            for piece, blob in zip(slices, blobs, strict=True)
-        )
-        whole = len(slices) == len(record.frame_sizes) and all(
-            p.start == 0 and p.stop == record.frame_sizes[p.index] for p in slices
-        )
-        self.mover.promote(record, blobs if whole else None)
-        return frames
-
-    def _superseded(self, record: ShardRecord) -> bool:
-        """Whether the catalog no longer holds ``record``'s generation of its shard."""
-        with self._env.read() as txn:
-            current = self._catalog.get_shard(txn, record.dataset, record.name)
-        return current is None or current.generation != record.generation
+        The result carries the data key of an encrypted shard: hand it only to callers
+        allowed to read the shard. Raises as :meth:`get`.
+        """
+        self._check_open()
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        return self._sealed.open(dataset, shard, byte_range, frame_range)
 
     def get_into(
         self,
@@ -530,27 +371,13 @@ class Store:
         :meth:`get`, and InvalidArgument when ``out`` is read-only, not contiguous or
         too small (then nothing is written).
         """
-        try:
-            target = memoryview(out).cast("B")
-        except TypeError as exc:
-            raise InvalidArgument(f"out must be a C-contiguous buffer: {exc}") from exc
-        if target.readonly:
-            raise InvalidArgument("out is a read-only buffer")
+        target = writable_view(out)
         try:
             data = self.get(dataset, shard, byte_range=byte_range)
         except DataLoss:
             target[:] = bytes(target.nbytes)
             raise
-        if data.nbytes > target.nbytes:
-            raise InvalidArgument(
-                f"the read is {data.nbytes} bytes but out holds only {target.nbytes}"
-            )
-        position = 0
-        for frame in data.frames:
-            # pyarrow exports some buffers as signed bytes ('b'): copy them as unsigned.
-            target[position : position + frame.size] = memoryview(frame).cast("B")
-            position += frame.size
-        return position
+        return copy_frames_into(data, target)
 
     def read_table(
         self, dataset: str, shard: str, columns: Sequence[str] | None = None
@@ -564,9 +391,9 @@ class Store:
     def read_tensor(self, dataset: str, shard: str) -> Any:
         """A tensor shard as a numpy array (or torch tensor if it was stored from torch)."""
         table = self.read_table(dataset, shard)
-        if not arrowio.is_tensor_schema(table.schema):
+        if not tensors.is_tensor_schema(table.schema):
             raise WrongShardKind(f"{dataset}/{shard} holds a table, not a tensor")
-        return arrowio.table_to_tensor(table)
+        return tensors.table_to_tensor(table)
 
     # Placement and administration.
 
@@ -579,8 +406,44 @@ class Store:
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         with self._env.read() as txn:
-            self._record_in(txn, dataset, shard)
+            self._catalog.require_shard(txn, dataset, shard)
         return self.mover.evict_shard(dataset, shard)
+
+    def pin(self, dataset: str, shard: str) -> int:
+        """Keep a shard in the hot tier (eviction skips it); a cold one is promoted.
+
+        Returns the bytes queued for promotion. Raises InvalidName, DatasetNotFound,
+        ShardNotFound.
+        """
+        self._check_shard_call(dataset, shard)
+        return self._placement.set_pinned(dataset, shard, True)
+
+    def unpin(self, dataset: str, shard: str) -> None:
+        """Let the policy evict a shard again. Raises as :meth:`pin`."""
+        self._check_shard_call(dataset, shard)
+        self._placement.set_pinned(dataset, shard, False)
+
+    def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
+        """Queue promotion of the named shards that are cold; returns how many were queued.
+
+        Unknown shard names are skipped. Raises InvalidName, DatasetNotFound.
+        """
+        self._check_open()
+        validate_dataset_name(dataset)
+        for shard in shards:
+            validate_shard_name(shard)
+        return self._placement.prefetch(dataset, shards)
+
+    def dataset_usage(self, dataset: str) -> DatasetUsage:
+        """Shards and bytes per tier, and hits and misses since start. Raises DatasetNotFound."""
+        self._check_open()
+        validate_dataset_name(dataset)
+        return self._placement.usage(dataset)
+
+    def _check_shard_call(self, dataset: str, shard: str) -> None:
+        self._check_open()
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
 
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait (polling) until the upload journal is empty; False on timeout."""
@@ -592,27 +455,31 @@ class Store:
             time.sleep(0.02)
         return self.mover.pending() == 0
 
-    def rotate_master_key(self) -> int:
-        """Rewrap every data key not under the keyring's current master key.
+    @property
+    def master_key_id(self) -> str:
+        """The id of the master key new data keys are wrapped with ("" without a keyring)."""
+        return "" if self._keyring is None else self._keyring.current_key_id
 
-        Frames are never rewritten: only catalog records and archive manifests.
+    def rotate_master_key(self, keyring: MasterKeyProvider | None = None) -> int:
+        """Rewrap every data key not under the current master key.
+
+        With ``keyring`` (holding the old keys and a new current one), switch to it
+        first. Frames are never rewritten: only catalog records and archive manifests.
         Returns how many generations were rewrapped.
         """
         self._check_open()
+        if keyring is not None:
+            self._keyring = keyring
+            self._sealers.use_keyring(keyring)
         if self._keyring is None:
             raise EncryptionUnavailable("no master key is configured")
-        current = self._keyring.current_key_id
         rewrapped = 0
         with self._env.write() as txn:
             for record in list(self._catalog.iter_shards(txn)):
-                if record.envelope is None or record.envelope.wrapped.key_id == current:
+                updated = self._sealers.rewrapped(record)
+                if updated is None:
                     continue
-                context = shard_context(record.dataset, record.name, record.generation)
-                data_key = self._keyring.unwrap(record.envelope.wrapped, context)
-                envelope = Envelope(
-                    self._keyring.wrap(data_key, context), record.envelope.nonce_prefix
-                )
-                self._catalog.put_shard(txn, record.with_state(envelope=envelope))
+                self._catalog.put_shard(txn, updated)
                 self._catalog.append_journal(
                     txn, JournalOp("manifest", record.dataset, record.name, record.generation)
                 )
@@ -636,17 +503,9 @@ class Store:
         for key in contents.unreadable:
             log.warning("archive object %s did not decode; skipped", key)
         with self._env.write() as txn:
-            for name, settings in contents.datasets.items():
-                self._catalog.put_dataset(txn, name, settings)
-            for record in contents.shards.values():
-                if record.dataset in contents.datasets:
-                    self._catalog.put_shard(txn, record)
-            newest = max((r.generation for r in contents.shards.values()), default=0)
-            if self._catalog.counter(txn, "next_generation") <= newest:
-                self._catalog.set_counter(txn, "next_generation", newest + 1)
-        with self._generation_lock:
-            self._next_generation = max(self._next_generation, newest + 1)
-        return sum(1 for r in contents.shards.values() if r.dataset in contents.datasets)
+            recovered, newest = restore_catalog(txn, self._catalog, contents)
+        self._writer.skip_generations_through(newest)
+        return recovered
 
     def stats(self) -> StoreStats:
         """Counters of the hot tier, the journal and the read leases."""
@@ -661,30 +520,8 @@ class Store:
             backlog_bytes=backlog,
             journal_entries=journal,
             lmdb_file_bytes=self._env.file_size(),
-            live_read_leases=self._leases.live,
-            slow_read_leases=self._leases.older_than(self.settings.read_lease_warn_s),
+            live_read_leases=self._reader.leases.live,
+            slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
             mover_error=self.mover.last_error,
             data_loss=tuple(self.mover.data_loss),
         )
-
-    # Sealing.
-
-    def _sealer(self, record: ShardRecord, data_key: bytes | None = None) -> FrameSealer:
-        context = shard_context(record.dataset, record.name, record.generation)
-        if record.envelope is None:
-            return FrameSealer(context, len(record.frame_sizes))
-        if data_key is None:
-            if self._keyring is None:
-                raise EncryptionUnavailable(
-                    f"{record.dataset}/{record.name} is encrypted but no master key is configured"
-                )
-            data_key = self._keyring.unwrap(record.envelope.wrapped, context)
-        cipher = FrameCipher(data_key, record.envelope.nonce_prefix)
-        return FrameSealer(context, len(record.frame_sizes), cipher)
-
-    def _verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
-        sealer = self._sealer(record)
-        if sealer.cipher is None:
-            sealer.open(index, stored)
-        else:
-            sealer.open_into(index, stored, memoryview(bytearray(len(stored) - sealer.overhead)))

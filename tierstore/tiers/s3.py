@@ -8,10 +8,12 @@ Contract highlights (beyond :class:`tierstore.tiers.base.Tier`):
   spent they raise :class:`ArchiveUnavailable` chained to the last error. Any
   other error answer (403, a missing bucket on GET, ...) raises
   :class:`ArchiveUnavailable` at once. A 5xx is never reported as missing.
+  The policy lives in :mod:`tierstore.tiers.s3_retry`.
 * **Ranges** follow :func:`resolve_range` exactly; the store's 416 answer is
   turned into the same result with one HEAD.
 * **Large writes** stream as multipart uploads of ``multipart_part_size`` parts
-  (aborted on any failure), so an iterable of buffers is never joined in memory.
+  (aborted on any failure), so an iterable of buffers is never joined in memory
+  (:mod:`tierstore.tiers.s3_parts`).
 * **Fork and thread safety.** boto3 clients are thread-safe but must not cross
   ``fork()`` (a child sharing the parent's pooled connections can read the
   other's bytes). The client and the thread pool are therefore created lazily
@@ -29,24 +31,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-import boto3
-import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from botocore.exceptions import ClientError
 
 from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
 from tierstore.tiers.base import (
@@ -57,81 +48,20 @@ from tierstore.tiers.base import (
     resolve_range,
     value_chunks,
 )
+from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, new_client
+from tierstore.tiers.s3_parts import fixed_parts, put_multipart
+from tierstore.tiers.s3_retry import call_with_retries, error_code, http_status, is_missing_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 __all__ = ["MiB", "S3Settings", "S3Tier"]
 
-MiB: Final = 1024 * 1024
-_MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
-_MAX_PARTS: Final = 10_000
 _MAX_LIST_KEYS: Final = 1000
-_RETRYABLE_CODES: Final = frozenset(
-    {
-        "SlowDown",
-        "InternalError",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequests",
-    }
-)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class S3Settings:
-    """Where the archive lives and how hard to try. Validated on construction.
-
-    Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters,
-    ``max_attempts < 1``, a part size under 5 MiB, or non-positive sizes and
-    timeouts.
-    """
-
-    endpoint_url: str
-    bucket: str
-    prefix: str = ""
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    region: str = "us-east-1"
-    max_attempts: int = 5
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
-    max_pool_connections: int = 32
-    multipart_threshold: int = 16 * MiB
-    multipart_part_size: int = 8 * MiB
-    #: First retry backoff; it doubles per attempt (plus up to this much jitter).
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not 3 <= len(self.bucket) <= 63:
-            raise InvalidArgument(f"bucket name must be 3-63 characters, got {self.bucket!r}")
-        if self.max_attempts < 1:
-            raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.multipart_part_size < _MIN_PART_SIZE:
-            raise InvalidArgument(f"multipart_part_size must be at least {_MIN_PART_SIZE} bytes")
-        positive = {
-            "connect_timeout_s": self.connect_timeout_s,
-            "read_timeout_s": self.read_timeout_s,
-            "max_pool_connections": self.max_pool_connections,
-            "multipart_threshold": self.multipart_threshold,
-            "backoff_max_s": self.backoff_max_s,
-        }
-        for name, number in positive.items():
-            if number <= 0:
-                raise InvalidArgument(f"{name} must be positive, got {number}")
-        if self.backoff_initial_s < 0:
-            raise InvalidArgument(
-                f"backoff_initial_s must not be negative, got {self.backoff_initial_s}"
-            )
 
 
 class _Unsatisfiable:
@@ -139,77 +69,6 @@ class _Unsatisfiable:
 
 
 _UNSATISFIABLE: Final = _Unsatisfiable()
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _is_missing_key(exc: ClientError) -> bool:
-    """A 404 about the key. (A HEAD carries no body, so a missing bucket looks the same.)"""
-    return _status(exc) == 404 and _code(exc) != "NoSuchBucket"
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """True for failures that may pass on retry: the network, timeouts, 5xx, throttling."""
-    if isinstance(exc, ClientError):
-        status = _status(exc)
-        return status >= 500 or status in (408, 429) or _code(exc) in _RETRYABLE_CODES
-    if isinstance(exc, BotoCoreError):
-        # HTTPClientError covers read timeouts, dropped connections and broken
-        # bodies; ConnectionError covers refused connections and connect timeouts.
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError, IncompleteReadError
-
-        return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError)
-    return isinstance(exc, ConnectionError | TimeoutError)
-
-
-def _fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be shorter).
-
-    Holds at most one part in memory besides the chunk being cut. Never yields
-    an empty part.
-    """
-    pending = bytearray()
-    for chunk in chunks:
-        position = 0
-        if pending:
-            position = min(size - len(pending), len(chunk))
-            pending += chunk[:position]
-            if len(pending) < size:
-                continue
-            yield bytes(pending)
-            pending.clear()
-        while len(chunk) - position >= size:
-            yield chunk[position : position + size].tobytes()
-            position += size
-        pending += chunk[position:]
-    if pending:
-        yield bytes(pending)
-
-
-class _ProcessState:
-    """The boto3 client and thread pool of one process; never used after ``fork()``."""
-
-    __slots__ = ("client", "executor", "lock", "pid")
-
-    def __init__(self, pid: int, client: S3Client) -> None:
-        self.pid = pid
-        self.client = client
-        # Created with the state, so a child never inherits it in a locked state.
-        self.lock = threading.Lock()
-        self.executor: ThreadPoolExecutor | None = None
-
-    def pool(self, workers: int) -> ThreadPoolExecutor:
-        with self.lock:
-            if self.executor is None:
-                self.executor = ThreadPoolExecutor(workers, thread_name_prefix="s3tier")
-            return self.executor
 
 
 class S3Tier:
@@ -222,7 +81,7 @@ class S3Tier:
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self._closed = False
-        self._process: _ProcessState | None = None
+        self._process: ProcessState | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only settings travel: a client or pool must never cross processes.
@@ -239,7 +98,7 @@ class S3Tier:
 
     # Plumbing.
 
-    def _state(self) -> _ProcessState:
+    def _state(self) -> ProcessState:
         if self._closed:
             raise StoreClosed(f"{self!r} is closed")
         state = self._process
@@ -247,32 +106,12 @@ class S3Tier:
             # Two threads racing here may both build a client; one is kept and
             # the other dropped, which is harmless. No lock: a lock held by
             # another thread at fork() time would stay held in the child.
-            state = _ProcessState(os.getpid(), self._new_client())
+            state = ProcessState(os.getpid(), new_client(self.settings))
             self._process = state
         return state
 
     def _client(self) -> S3Client:
         return self._state().client
-
-    def _new_client(self) -> S3Client:
-        s = self.settings
-        config = botocore.config.Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # total_max_attempts=1: botocore never retries; _call does (with
-            # "max_attempts": 1 botocore would still retry once).
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=s.connect_timeout_s,
-            read_timeout=s.read_timeout_s,
-            max_pool_connections=s.max_pool_connections,
-        )
-        session = boto3.session.Session(
-            aws_access_key_id=s.access_key_id,
-            aws_secret_access_key=s.secret_access_key,
-            region_name=s.region,
-        )
-        return session.client("s3", endpoint_url=s.endpoint_url, config=config)
 
     def _key(self, key: str) -> str:
         """The object key for ``key``; refuses keys a filer-backed store would alias.
@@ -286,37 +125,8 @@ class S3Tier:
         return self.settings.prefix + key
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with retries; translate what escapes into the tierstore error tree."""
-        s = self.settings
-        retrying = Retrying(
-            stop=stop_after_attempt(s.max_attempts),
-            # Exponential backoff plus jitter, so that many clients do not retry in step.
-            wait=wait_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s)
-            + wait_random(0, s.backoff_initial_s),
-            retry=retry_if_exception(_is_transient),
-            reraise=True,
-        )
-        try:
-            return retrying(fn)
-        except ClientError as exc:
-            code, status = _code(exc), _status(exc)
-            if code == "KeyTooLongError":
-                raise InvalidArgument(f"{what}: key too long for the archive") from exc
-            if code == "NoSuchBucket":
-                raise ArchiveUnavailable(
-                    f"{what}: bucket {s.bucket!r} does not exist at {s.endpoint_url}"
-                ) from exc
-            tries = f" after {s.max_attempts} attempts" if _is_transient(exc) else ""
-            raise ArchiveUnavailable(
-                f"{what}: archive {s.endpoint_url} answered {status} {code}{tries}"
-            ) from exc
-        except ParamValidationError as exc:
-            raise InvalidArgument(f"{what}: {exc}") from exc
-        except (BotoCoreError, ConnectionError, TimeoutError) as exc:
-            raise ArchiveUnavailable(
-                f"{what}: archive {s.endpoint_url} unreachable "
-                f"after {s.max_attempts} attempts: {exc}"
-            ) from exc
+        """Run ``fn`` with retries; translate what escapes (see :mod:`.s3_retry`)."""
+        return call_with_retries(self.settings, what, fn)
 
     # The Tier protocol.
 
@@ -371,9 +181,9 @@ class S3Tier:
                 request = f"bytes={offset}-{offset + length - 1}"
                 response = client.get_object(Bucket=bucket, Key=full_key, Range=request)
         except ClientError as exc:
-            if _is_missing_key(exc):
+            if is_missing_key(exc):
                 return None
-            if _status(exc) == 416 or _code(exc) == "InvalidRange":
+            if http_status(exc) == 416 or error_code(exc) == "InvalidRange":
                 return _UNSATISFIABLE
             raise
         body = response["Body"].read()
@@ -470,7 +280,7 @@ class S3Tier:
             data = value if isinstance(value, bytes) else single.tobytes()
             self._put_small(client, full_key, data)
             return
-        parts = _fixed_parts(value_chunks(value), s.multipart_part_size)
+        parts = fixed_parts(value_chunks(value), s.multipart_part_size)
         head: list[bytes] = []
         size = 0
         for part in parts:
@@ -481,60 +291,12 @@ class S3Tier:
         else:
             self._put_small(client, full_key, b"".join(head))
             return
-        self._put_multipart(client, full_key, chain(head, parts))
+        put_multipart(client, self.settings, full_key, chain(head, parts))
 
     def _put_small(self, client: S3Client, full_key: str, data: bytes) -> None:
         bucket = self.settings.bucket
         put = partial(client.put_object, Bucket=bucket, Key=full_key, Body=data)
         self._call(f"PUT {bucket}/{full_key}", put)
-
-    def _put_multipart(self, client: S3Client, full_key: str, parts: Iterable[bytes]) -> None:
-        bucket = self.settings.bucket
-        what = f"multipart PUT {bucket}/{full_key}"
-        create = partial(client.create_multipart_upload, Bucket=bucket, Key=full_key)
-        created = self._call(what, create)
-        upload_id = created["UploadId"]
-        try:
-            done: list[CompletedPartTypeDef] = []
-            for number, part in enumerate(parts, start=1):
-                if number > _MAX_PARTS:
-                    raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
-                answer = self._call(
-                    f"{what} part {number}",
-                    partial(
-                        client.upload_part,
-                        Bucket=bucket,
-                        Key=full_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=part,
-                    ),
-                )
-                done.append({"ETag": answer["ETag"], "PartNumber": number})
-            self._call(
-                f"{what} complete",
-                partial(
-                    client.complete_multipart_upload,
-                    Bucket=bucket,
-                    Key=full_key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": done},
-                ),
-            )
-        except BaseException as exc:
-            try:
-                self._call(
-                    f"{what} abort",
-                    partial(
-                        client.abort_multipart_upload,
-                        Bucket=bucket,
-                        Key=full_key,
-                        UploadId=upload_id,
-                    ),
-                )
-            except ArchiveUnavailable as abort_exc:
-                exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
-            raise
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error. Raises :class:`ArchiveUnavailable`."""
@@ -545,7 +307,7 @@ class S3Tier:
             try:
                 client.delete_object(Bucket=bucket, Key=full_key)
             except ClientError as exc:
-                if not _is_missing_key(exc):  # some stores answer 404 instead of 204
+                if not is_missing_key(exc):  # some stores answer 404 instead of 204
                     raise
 
         self._call(f"DELETE {bucket}/{full_key}", delete_once)
@@ -563,7 +325,7 @@ class S3Tier:
             try:
                 response = client.head_object(Bucket=bucket, Key=full_key)
             except ClientError as exc:
-                if _is_missing_key(exc):
+                if is_missing_key(exc):
                     return None
                 raise
             return ObjectStat(key=key, size=int(response["ContentLength"]))
@@ -611,7 +373,7 @@ class S3Tier:
             try:
                 client.head_bucket(Bucket=s.bucket)
             except ClientError as exc:
-                if _status(exc) == 404:
+                if http_status(exc) == 404:
                     return False
                 raise
             return True
@@ -628,7 +390,7 @@ class S3Tier:
                         },
                     )
             except ClientError as exc:
-                if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
         if not self._call(f"HEAD bucket {s.bucket}", exists):

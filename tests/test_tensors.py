@@ -1,0 +1,218 @@
+"""Tests for tierstore.tensors: numpy arrays and torch tensors as Arrow shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tests.buffers import KIB, detached, within
+from tierstore import tensors
+from tierstore.arrowio import frames_to_table, validate_arrow_frames
+from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
+from tierstore.tensors import is_tensor_schema, table_to_tensor, tensor_to_frames, tensor_to_table
+
+# ---------------------------------------------------------------- tensors
+
+NUMPY_DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+]  # fmt: skip
+SHAPES = [(), (1,), (7,), (3, 4), (2, 3, 4), (0, 5), (5, 0), (0,), (4, 1, 1, 2)]
+
+
+def sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    array = raw.view(dtype).reshape(shape) if dtype != "bool" else (raw % 2 == 1).reshape(shape)
+    return array
+
+
+def assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    assert isinstance(b, np.ndarray)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()  # bitwise: NaN payloads and -0.0 included
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+def test_numpy_tensor_roundtrip(dtype: str, shape: tuple[int, ...]) -> None:
+    array = sample(dtype, shape)
+    frames = detached(tensor_to_frames(array, 64 * KIB))
+    schema = validate_arrow_frames(frames)
+    assert is_tensor_schema(schema)
+    assert_same(array, table_to_tensor(frames_to_table(frames)))
+
+
+def test_tensor_layouts() -> None:
+    table = tensor_to_table(np.zeros((10, 3, 4), np.float32))
+    assert table.schema.metadata[b"tierstore.tensor.layout"] == b"rows"
+    assert table.num_rows == 10 and table.column("tensor").type.shape == [3, 4]
+    wide = tensor_to_table(np.zeros((2, 1000), np.float64), max_frame_bytes=16 * KIB)
+    assert wide.schema.metadata[b"tierstore.tensor.layout"] == b"flat"
+    assert wide.num_rows == 2000 and wide.column("tensor").type.shape == [1]
+    complex_rows = tensor_to_table(np.zeros((4, 3), np.complex64))
+    assert complex_rows.column("tensor").type.shape == [3, 2]
+    assert not tensor_to_table(np.zeros(3)).schema.field("tensor").nullable
+
+
+def test_large_multi_frame_tensor() -> None:
+    array = np.random.default_rng(1).standard_normal((400, 64, 32)).astype(np.float32)
+    frames = tensor_to_frames(array, 256 * KIB)
+    assert len(frames) > 10 and all(frame.size <= 256 * KIB for frame in frames)
+    table = frames_to_table(detached(frames))
+    assert table.column("tensor").num_chunks == len(frames) - 1
+    assert_same(array, table_to_tensor(table))
+    flat = np.arange(300_000, dtype=np.int64)  # 1-d: flat layout, still many frames
+    frames = tensor_to_frames(flat, 64 * KIB)
+    assert len(frames) > 30
+    assert_same(flat, table_to_tensor(frames_to_table(frames)))
+
+
+def test_tensor_zero_copy_both_ways() -> None:
+    array = np.arange(1000, dtype=np.float32).reshape(100, 10)
+    table = tensor_to_table(array)
+    values = table.column("tensor").chunk(0).storage.flatten()
+    assert values.buffers()[1].address == array.ctypes.data
+    frames = detached(tensor_to_frames(array))
+    assert len(frames) == 2
+    back = table_to_tensor(frames_to_table(frames))
+    assert within(pa.foreign_buffer(back.ctypes.data, back.nbytes), frames[1])
+    assert not back.flags.writeable
+
+
+def test_non_contiguous_and_byte_swapped() -> None:
+    base = np.arange(60, dtype=np.int32).reshape(3, 4, 5)
+    for array in (base.transpose(2, 0, 1), base[:, ::2, 1:], base.astype(">i4"), base.T[::-1]):
+        back = table_to_tensor(frames_to_table(tensor_to_frames(array)))
+        assert np.array_equal(back, array) and back.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(["a", "b"]),
+        np.array([b"a"]),
+        np.array([object()]),
+        np.array(["2020-01-01"], "datetime64[D]"),
+        np.zeros(2, np.longdouble) if np.dtype(np.longdouble).itemsize > 8 else np.array(["x"]),
+        np.zeros(2, [("a", "i4")]),
+        [1, 2, 3],
+    ],
+    ids=["str", "bytes", "object", "datetime", "longdouble", "record", "list"],
+)
+def test_unsupported_tensors(array: Any) -> None:
+    with pytest.raises(UnsupportedData):
+        tensor_to_table(array)
+
+
+def test_table_to_tensor_needs_tensor_metadata() -> None:
+    with pytest.raises(WrongShardKind):
+        table_to_tensor(pa.table({"tensor": [1, 2]}))
+    assert not is_tensor_schema(pa.schema([("tensor", pa.int64())]))
+
+
+def test_table_to_tensor_rejects_inconsistent_metadata() -> None:
+    table = tensor_to_table(np.zeros((2, 3), np.float32))
+    metadata = dict(table.schema.metadata)
+    for key, value in [
+        (b"tierstore.tensor.shape", b"[2, 4]"),
+        (b"tierstore.tensor.shape", b"not json"),
+        (b"tierstore.tensor.dtype", b"float64"),
+        (b"tierstore.tensor.dtype", b"object"),
+    ]:
+        bad = table.replace_schema_metadata({**metadata, key: value})
+        with pytest.raises(MalformedArrow):
+            table_to_tensor(bad)
+
+
+# ---------------------------------------------------------------- torch
+
+
+def test_torch_roundtrip_all_dtypes() -> None:
+    torch = pytest.importorskip("torch")
+    dtypes = [
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ]
+    for dtype in dtypes:
+        for shape in [(), (5,), (3, 4, 2), (0, 3)]:
+            bits = torch.randint(0, 256, (*shape, dtype.itemsize), dtype=torch.uint8)
+            tensor = bits.view(dtype).reshape(shape) if shape != () else bits.view(dtype)[0]
+            if dtype == torch.bool:
+                tensor = tensor.to(torch.uint8).bitwise_and(1).to(torch.bool)
+            frames = detached(tensor_to_frames(tensor, 16 * KIB))
+            back = table_to_tensor(frames_to_table(frames))
+            assert isinstance(back, torch.Tensor), dtype
+            assert back.dtype == dtype and back.shape == tensor.shape
+            assert torch.equal(
+                back.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+            )
+
+
+def test_torch_bfloat16_values_and_zero_copy() -> None:
+    torch = pytest.importorskip("torch")
+    tensor = torch.linspace(-3, 3, 120).reshape(10, 12).to(torch.bfloat16)
+    frames = detached(tensor_to_frames(tensor))
+    back = table_to_tensor(frames_to_table(frames))
+    assert back.dtype == torch.bfloat16 and torch.equal(back, tensor)
+    assert within(pa.foreign_buffer(back.data_ptr(), back.nbytes), frames[1])
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_torch_views_and_grad() -> None:
+    torch = pytest.importorskip("torch")
+    base = torch.randn(4, 6, requires_grad=True)
+    for tensor in (base, base.t(), base[:, ::2]):
+        back = table_to_tensor(frames_to_table(tensor_to_frames(tensor)))
+        assert torch.equal(back, tensor.detach())
+    conj = torch.randn(3, dtype=torch.complex64).conj()
+    assert torch.equal(table_to_tensor(tensor_to_table(conj)), conj.resolve_conj())
+    with pytest.raises(UnsupportedData):
+        tensor_to_table(torch.zeros(2, dtype=torch.complex32))
+
+
+def test_torch_metadata_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(tensors, "_import_torch", lambda: None)
+    back = table_to_tensor(tensor_to_table(torch.arange(6).reshape(2, 3)))
+    assert isinstance(back, np.ndarray) and back.tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(UnsupportedData, match="bfloat16"):
+        table_to_tensor(tensor_to_table(torch.zeros(2, dtype=torch.bfloat16)))
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    array=hnp.arrays(
+        dtype=st.sampled_from([np.dtype(name) for name in NUMPY_DTYPES]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
+    ),
+    limit=st.sampled_from([1 * KIB, 4 * KIB, 64 * KIB]),
+)
+def test_property_tensor_roundtrip(array: np.ndarray, limit: int) -> None:
+    frames = tensor_to_frames(array, limit)
+    assert all(frame.size <= limit for frame in frames)
+    assert_same(array, table_to_tensor(frames_to_table(detached(frames))))

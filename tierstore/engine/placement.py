@@ -1,0 +1,103 @@
+"""Operator steering of placement: pins, prefetches, and per-dataset usage with hit ratios.
+
+Pinned shards stay in the hot tier: eviction never picks them, and pinning a
+cold shard queues its promotion. Prefetching queues promotions of the named
+shards. Hit and miss counts are kept in memory per dataset (since the process
+started) by the read paths through :meth:`Placement.count_read`.
+
+Thread safety: a :class:`Placement` is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.mover import Mover
+from tierstore.engine.sealing import stored_overhead
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["DatasetUsage", "Placement"]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetUsage:
+    """One dataset's footprint and read outcomes (hits and misses since start)."""
+
+    shards: int
+    bytes: int
+    hot_shards: int
+    hot_bytes: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_ratio(self) -> float:
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else 0.0
+
+
+class Placement:
+    """Pins, prefetches and usage figures over one store's catalog."""
+
+    def __init__(self, environment: LmdbEnvironment, catalog: Catalog, mover: Mover) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._mover = mover
+        self._lock = threading.Lock()
+        self._reads: dict[str, list[int]] = {}
+
+    def count_read(self, dataset: str, hit: bool) -> None:
+        """Count one read of ``dataset`` served from the hot tier (hit) or the archive."""
+        with self._lock:
+            counts = self._reads.setdefault(dataset, [0, 0])
+            counts[0 if hit else 1] += 1
+
+    def set_pinned(self, dataset: str, shard: str, pinned: bool) -> int:
+        """Pin or unpin a shard; returns the bytes queued for promotion (pinning a cold one).
+
+        Raises DatasetNotFound, ShardNotFound.
+        """
+        with self._env.write() as txn:
+            record = self._catalog.require_shard(txn, dataset, shard)
+            if record.pinned != pinned:
+                self._catalog.put_shard(txn, record.with_state(pinned=pinned))
+        if pinned and not record.hot:
+            self._mover.promote(record.with_state(pinned=True), None)
+            return sum(record.stored_sizes(stored_overhead(record)))
+        return 0
+
+    def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
+        """Queue promotion of every named shard that is not hot; returns how many were queued.
+
+        Unknown names are skipped (a prefetch is a hint). Raises DatasetNotFound.
+        """
+        queued = 0
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, dataset)
+            records = [self._catalog.get_shard(txn, dataset, name) for name in shards]
+        for record in records:
+            if record is not None and not record.hot and record.archived:
+                self._mover.promote(record, None)
+                queued += 1
+        return queued
+
+    def usage(self, dataset: str) -> DatasetUsage:
+        """Shards and bytes of ``dataset`` in total and in the hot tier, with read counts.
+
+        Raises DatasetNotFound. Walks the dataset's records: O(shards).
+        """
+        shards = size = hot_shards = hot_bytes = 0
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, dataset)
+            for record in self._catalog.iter_shards(txn, dataset):
+                shards += 1
+                size += record.size
+                if record.hot:
+                    hot_shards += 1
+                    hot_bytes += sum(record.stored_sizes(stored_overhead(record)))
+        with self._lock:
+            hits, misses = self._reads.get(dataset, (0, 0))
+        return DatasetUsage(shards, size, hot_shards, hot_bytes, hits, misses)

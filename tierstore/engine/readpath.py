@@ -1,0 +1,234 @@
+"""The read path: a shard's frames, from the hot tier or, on a miss, from the archive.
+
+catalog → hot hit served from the LMDB map (zero-copy for plaintext under a read
+lease, see :mod:`tierstore.engine.reads`) or, on a miss, parallel ranged GETs of
+just the needed frames from the archive, verified, returned, and queued for
+promotion. Every read records an access. Nothing unverified is ever returned.
+
+A cold read runs outside any LMDB snapshot, so the shard may be overwritten or
+deleted while its frames are fetched; the read then starts over from the
+catalog (a few times, then :class:`Unavailable`).
+
+Thread safety: a :class:`ShardReader` is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.mover import Mover
+from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
+from tierstore.engine.records import ShardRecord, archive_frames_key, frame_key
+from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.errors import IntegrityError, InvalidArgument, InvalidRange, Unavailable
+from tierstore.frames import FrameSealer
+from tierstore.tiers.base import Tier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+
+__all__ = ["ArchivedFrames", "ShardReader", "copy_frames_into", "writable_view"]
+
+#: Reads retried when the shard is overwritten or deleted during a cold read.
+_READ_ATTEMPTS = 4
+
+
+class ShardReader:
+    """Reads verified frames of shards for a store; owns its read leases and fetch pool."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        archive: Tier,
+        sealers: ShardSealers,
+        access: AccessRecorder,
+        mover: Mover,
+        *,
+        max_read_leases: int,
+        cold_read_parallelism: int,
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        self._archive = archive
+        self._sealers = sealers
+        self._access = access
+        self._mover = mover
+        self.leases = LeasePool(max_read_leases)
+        #: parallel ranged GETs of cold frames, shared with the store's sealed reads.
+        self.fetch_pool = ThreadPoolExecutor(
+            max_workers=cold_read_parallelism, thread_name_prefix="tierstore-fetch"
+        )
+
+    def close(self) -> None:
+        """Wait for cold reads in flight and stop the fetch pool. Leases may outlive it."""
+        self.fetch_pool.shutdown(wait=True)
+
+    def read(
+        self,
+        dataset: str,
+        shard: str,
+        byte_range: tuple[int, int] | None,
+        frame_range: tuple[int, int] | None,
+    ) -> ShardData:
+        """Read a shard (names already validated): whole, a byte range or a frame range.
+
+        Raises DatasetNotFound, ShardNotFound, InvalidRange, IntegrityError,
+        ArchiveUnavailable, UnknownKeyId, EncryptionUnavailable, and Unavailable
+        when the shard kept changing during the read.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            txn = self._env.begin_read()
+            try:
+                record = self._catalog.require_shard(txn, dataset, shard)
+                slices = plan_reads(record.frame_sizes, byte_range, frame_range)
+                sealer = self._sealers.sealer(record)
+                if record.hot:
+                    frames = self._read_hot(txn, record, slices, sealer)
+                    txn = None  # owned by a lease now, or already ended
+                    source = "hot"
+            finally:
+                if txn is not None:
+                    txn.abort()
+            if record.hot:
+                break
+            try:
+                frames = self._read_cold(record, slices, sealer)
+            except IntegrityError:
+                # A cold read runs outside any snapshot: if the shard was overwritten or
+                # deleted meanwhile, the mover may have removed this generation's archive
+                # object. That is no data loss: read whatever the catalog holds now.
+                if not self._superseded(record):
+                    raise
+                continue
+            source = "archive"
+            break
+        else:
+            raise Unavailable(f"{dataset}/{shard} kept changing during the read; retry")
+        self._access.record(dataset, shard, record.generation)
+        first = slices[0].index if slices else 0
+        return ShardData(record.to_info(), first, frames, source)
+
+    def _read_hot(
+        self, txn: Any, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
+    ) -> tuple[pa.Buffer, ...]:
+        """Verified hot frames. Takes ownership of ``txn`` (leases it or aborts it)."""
+        lease = None if sealer.cipher is not None else self.leases.try_open(txn)
+        try:
+            out: list[pa.Buffer] = []
+            for piece in slices:
+                view = self._frames.view_in(txn, frame_key(record.generation, piece.index))
+                if view is None:
+                    raise IntegrityError(
+                        f"hot frame {piece.index} of {record.dataset}/{record.name} is missing"
+                    )
+                out.append(self._open_frame(sealer, piece, view, lease))
+            return tuple(out)
+        finally:
+            if lease is None:
+                txn.abort()
+
+    def _open_frame(
+        self, sealer: FrameSealer, piece: FrameSlice, stored: memoryview, lease: Any
+    ) -> pa.Buffer:
+        if sealer.cipher is None:
+            payload = sealer.open(piece.index, stored)[piece.start : piece.stop]
+            if lease is not None:
+                return lease.keep(payload)
+            return pa.py_buffer(bytes(payload))
+        out = pa.allocate_buffer(len(stored) - sealer.overhead)  # 64-byte aligned
+        sealer.open_into(piece.index, stored, memoryview(out))
+        if piece.start == 0 and piece.stop == out.size:
+            return out
+        return out.slice(piece.start, piece.stop - piece.start)
+
+    def _read_cold(
+        self, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
+    ) -> tuple[pa.Buffer, ...]:
+        if not record.archived:
+            raise IntegrityError(
+                f"{record.dataset}/{record.name} is neither in the hot tier nor archived"
+            )
+        fetcher = ArchivedFrames(self._archive, record)
+        blobs = list(self.fetch_pool.map(lambda piece: fetcher.fetch(piece.index), slices))
+        frames = tuple(
+            self._open_frame(sealer, piece, blob, None)
+            if sealer.cipher is not None
+            else pa.py_buffer(sealer.open(piece.index, blob)[piece.start : piece.stop])
+            for piece, blob in zip(slices, blobs, strict=True)
+        )
+        whole = len(slices) == len(record.frame_sizes) and all(
+            p.start == 0 and p.stop == record.frame_sizes[p.index] for p in slices
+        )
+        self._mover.promote(record, blobs if whole else None)
+        return frames
+
+    def _superseded(self, record: ShardRecord) -> bool:
+        """Whether the catalog no longer holds ``record``'s generation of its shard."""
+        with self._env.read() as txn:
+            return not self._catalog.holds(txn, record)
+
+
+class ArchivedFrames:
+    """Ranged GETs of single stored frames of one generation's archive object."""
+
+    def __init__(self, archive: Tier, record: ShardRecord) -> None:
+        overhead = stored_overhead(record)
+        self._archive = archive
+        self._sizes = record.stored_sizes(overhead)
+        self._offsets = record.stored_offsets(overhead)
+        self.key = archive_frames_key(record.dataset, record.generation)
+
+    def fetch(self, index: int) -> memoryview:
+        """Stored frame ``index``, exactly its stored size.
+
+        Raises IntegrityError when the object is missing or too short,
+        ArchiveUnavailable when the archive fails. Thread-safe.
+        """
+        size = self._sizes[index]
+        try:
+            blob = self._archive.get(self.key, (self._offsets[index], size))
+        except InvalidRange as exc:  # the frame starts past the end of the object
+            raise IntegrityError(
+                f"archive object {self.key} is truncated before frame {index}"
+            ) from exc
+        if blob is None:
+            raise IntegrityError(f"archive object {self.key} is missing")
+        if len(blob) != size:
+            raise IntegrityError(
+                f"archive object {self.key} is truncated at frame {index} "
+                f"({len(blob)} of {size} bytes)"
+            )
+        return blob
+
+
+def writable_view(out: memoryview) -> memoryview:
+    """``out`` as a writable, C-contiguous byte view. Raises InvalidArgument otherwise."""
+    try:
+        target = memoryview(out).cast("B")
+    except TypeError as exc:
+        raise InvalidArgument(f"out must be a C-contiguous buffer: {exc}") from exc
+    if target.readonly:
+        raise InvalidArgument("out is a read-only buffer")
+    return target
+
+
+def copy_frames_into(data: ShardData, target: memoryview) -> int:
+    """Copy ``data``'s frames back to back into ``target``; returns the bytes written.
+
+    Raises InvalidArgument, writing nothing, when ``target`` is too small.
+    """
+    if data.nbytes > target.nbytes:
+        raise InvalidArgument(f"the read is {data.nbytes} bytes but out holds only {target.nbytes}")
+    position = 0
+    for frame in data.frames:
+        # pyarrow exports some buffers as signed bytes ('b'): copy them as unsigned.
+        target[position : position + frame.size] = memoryview(frame).cast("B")
+        position += frame.size
+    return position

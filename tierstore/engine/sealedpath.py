@@ -1,0 +1,173 @@
+"""Reads that hand out frames as stored, for a reader that verifies and decrypts them itself.
+
+The service streams shards this way: the server sends each stored frame (payload
+and checksum, or ciphertext and tag) and, in the header, what the client needs to
+open them — the generation's identity and, for an encrypted shard, its data key
+(only to callers the server authorized to read it). Readers decrypt, so the
+shared server spends no CPU on it and the one copy lands where the data is used;
+the client verifies every frame, so nothing the server or the wire damaged is
+ever returned.
+
+Frames are read lazily, one per short LMDB transaction, as the consumer asks for
+them: a slow consumer holds one frame and no LMDB pages. A frame evicted while a
+stream is under way is fetched from the archive instead. Cold frames are fetched
+with a bounded read-ahead of parallel ranged GETs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.mover import Mover
+from tierstore.engine.placement import Placement
+from tierstore.engine.readpath import ArchivedFrames
+from tierstore.engine.reads import FrameSlice, plan_reads
+from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.engine.sealing import ShardSealers
+from tierstore.errors import IntegrityError, Unavailable
+from tierstore.tiers.base import Tier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.types import ShardInfo
+
+__all__ = ["SealedRead", "SealedReader"]
+
+#: Cold frames fetched ahead of the consumer.
+_READ_AHEAD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRead:
+    """An opened read: what the reader needs to open the frames, and the frames themselves."""
+
+    info: ShardInfo
+    context: bytes
+    frame_count: int
+    data_key: bytes | None
+    nonce_prefix: bytes | None
+    slices: tuple[FrameSlice, ...]
+    _reader: SealedReader = field(repr=False)
+    _record: ShardRecord = field(repr=False)
+
+    @property
+    def first_frame(self) -> int:
+        return self.slices[0].index if self.slices else 0
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        """``(index, stored bytes)`` of each selected frame, in order, read as consumed.
+
+        Raises IntegrityError when a frame is gone from both tiers, Unavailable when the
+        shard was overwritten or deleted during the stream, ArchiveUnavailable.
+        """
+        return self._reader.stream(self._record, self.slices)
+
+
+class SealedReader:
+    """Opens sealed reads for a store."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        archive: Tier,
+        sealers: ShardSealers,
+        access: AccessRecorder,
+        mover: Mover,
+        placement: Placement,
+        fetch_pool: ThreadPoolExecutor,
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        self._archive = archive
+        self._sealers = sealers
+        self._access = access
+        self._mover = mover
+        self._placement = placement
+        self._pool = fetch_pool
+
+    def open(
+        self,
+        dataset: str,
+        shard: str,
+        byte_range: tuple[int, int] | None,
+        frame_range: tuple[int, int] | None,
+    ) -> SealedRead:
+        """Plan a read (names already validated). Raises DatasetNotFound, ShardNotFound,
+        InvalidRange, UnknownKeyId, IntegrityError (the data key does not unwrap)."""
+        with self._env.read() as txn:
+            record = self._catalog.require_shard(txn, dataset, shard)
+        slices = tuple(plan_reads(record.frame_sizes, byte_range, frame_range))
+        sealer = self._sealers.sealer(record)
+        self._access.record(dataset, shard, record.generation)
+        self._placement.count_read(dataset, record.hot)
+        if not record.hot:
+            self._mover.promote(record, None)  # fetched whole and verified in the background
+        return SealedRead(
+            info=record.to_info(),
+            context=sealer.context,
+            frame_count=sealer.frame_count,
+            data_key=None if sealer.cipher is None else sealer.cipher.key,
+            nonce_prefix=None if record.envelope is None else record.envelope.nonce_prefix,
+            slices=slices,
+            _reader=self,
+            _record=record,
+        )
+
+    def stream(
+        self, record: ShardRecord, slices: tuple[FrameSlice, ...]
+    ) -> Iterator[tuple[int, bytes]]:
+        """The stored bytes of ``slices``' frames, hot where present, else from the archive."""
+        archived = ArchivedFrames(self._archive, record)
+
+        def fetch(index: int) -> bytes:
+            try:
+                return bytes(archived.fetch(index))
+            except IntegrityError:
+                self._check_current(record)  # a superseded generation is no data loss
+                raise
+
+        ahead: deque[tuple[int, Future[bytes] | None]] = deque()
+        pending = iter(slices)
+        while True:
+            while len(ahead) < _READ_AHEAD:
+                piece = next(pending, None)
+                if piece is None:
+                    break
+                hot = self._hot_frame(record, piece.index)
+                if hot is not None:
+                    ahead.append((piece.index, _done(hot)))
+                elif record.archived:
+                    ahead.append((piece.index, self._pool.submit(fetch, piece.index)))
+                else:
+                    self._check_current(record)
+                    raise IntegrityError(
+                        f"frame {piece.index} of {record.dataset}/{record.name} is in no tier"
+                    )
+            if not ahead:
+                return
+            index, future = ahead.popleft()
+            assert future is not None
+            yield index, future.result()
+
+    def _hot_frame(self, record: ShardRecord, index: int) -> bytes | None:
+        with self._env.read() as txn:
+            view = self._frames.view_in(txn, frame_key(record.generation, index))
+            return None if view is None else bytes(view)
+
+    def _check_current(self, record: ShardRecord) -> None:
+        with self._env.read() as txn:
+            current = self._catalog.holds(txn, record)
+        if not current:
+            raise Unavailable(f"{record.dataset}/{record.name} changed during the read; retry")
+
+
+def _done(value: bytes) -> Future[bytes]:
+    future: Future[bytes] = Future()
+    future.set_result(value)
+    return future

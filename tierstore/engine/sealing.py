@@ -1,0 +1,97 @@
+"""Sealers for shard generations: the :class:`FrameSealer` a record needs, and its data key.
+
+A plaintext generation is sealed with per-frame checksums; an encrypted one with
+AES-256-GCM under a data key of its own, created with the generation and kept
+wrapped by the master keyring in the record's :class:`Envelope`. This module
+turns a record (and, for encrypted ones, the keyring) into the sealer that
+writes, opens and verifies its stored frames, and creates and rewraps data keys.
+
+Thread safety: :class:`ShardSealers` holds nothing but the keyring; it is safe to
+share between threads as long as the keyring is.
+"""
+
+from __future__ import annotations
+
+from tierstore.crypto import (
+    TAG_BYTES,
+    FrameCipher,
+    MasterKeyProvider,
+    new_data_key,
+    new_nonce_prefix,
+)
+from tierstore.engine.records import Envelope, ShardRecord
+from tierstore.errors import EncryptionUnavailable
+from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
+
+__all__ = ["ShardSealers", "stored_overhead"]
+
+
+def stored_overhead(record: ShardRecord) -> int:
+    """Stored bytes per frame beyond the payload. Needs no key: deleting, evicting and
+    sizing a shard must work when its data key cannot be unwrapped."""
+    return TAG_BYTES if record.envelope is not None else CHECKSUM_BYTES
+
+
+class ShardSealers:
+    """Builds the sealer of each shard generation from its record and the keyring."""
+
+    def __init__(self, keyring: MasterKeyProvider | None) -> None:
+        self._keyring = keyring
+
+    def use_keyring(self, keyring: MasterKeyProvider) -> None:
+        """Switch to another keyring (one holding the old keys too, during rotation)."""
+        self._keyring = keyring
+
+    def new_envelope(self, dataset: str, shard: str, generation: int) -> tuple[Envelope, bytes]:
+        """A fresh data key for a new encrypted generation, and its wrapped envelope.
+
+        Raises EncryptionUnavailable when no master key is configured.
+        """
+        if self._keyring is None:
+            raise EncryptionUnavailable(f"dataset {dataset!r} is encrypted; no master key")
+        data_key = new_data_key()
+        context = shard_context(dataset, shard, generation)
+        return Envelope(self._keyring.wrap(data_key, context), new_nonce_prefix()), data_key
+
+    def sealer(self, record: ShardRecord, data_key: bytes | None = None) -> FrameSealer:
+        """The sealer of ``record``'s generation; ``data_key`` skips unwrapping its envelope.
+
+        Raises EncryptionUnavailable (encrypted, no master key configured) and what
+        the keyring raises when the data key does not unwrap.
+        """
+        context = shard_context(record.dataset, record.name, record.generation)
+        if record.envelope is None:
+            return FrameSealer(context, len(record.frame_sizes))
+        if data_key is None:
+            if self._keyring is None:
+                raise EncryptionUnavailable(
+                    f"{record.dataset}/{record.name} is encrypted but no master key is configured"
+                )
+            data_key = self._keyring.unwrap(record.envelope.wrapped, context)
+        cipher = FrameCipher(data_key, record.envelope.nonce_prefix)
+        return FrameSealer(context, len(record.frame_sizes), cipher)
+
+    def rewrapped(self, record: ShardRecord) -> ShardRecord | None:
+        """``record`` with its data key rewrapped under the keyring's current master key.
+
+        ``None`` when ``record`` is plaintext or already wrapped under that key. The
+        frames are untouched: only the envelope changes. Raises EncryptionUnavailable
+        (no master key configured) and what the keyring raises on a key it cannot unwrap.
+        """
+        if self._keyring is None:
+            raise EncryptionUnavailable("no master key is configured")
+        envelope = record.envelope
+        if envelope is None or envelope.wrapped.key_id == self._keyring.current_key_id:
+            return None
+        context = shard_context(record.dataset, record.name, record.generation)
+        data_key = self._keyring.unwrap(envelope.wrapped, context)
+        wrapped = self._keyring.wrap(data_key, context)
+        return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
+
+    def verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
+        """Check stored frame ``index`` of ``record`` (raises IntegrityError if it fails)."""
+        sealer = self.sealer(record)
+        if sealer.cipher is None:
+            sealer.open(index, stored)
+        else:
+            sealer.open_into(index, stored, memoryview(bytearray(len(stored) - sealer.overhead)))

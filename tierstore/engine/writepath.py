@@ -1,0 +1,140 @@
+"""The write path: framed payloads become a committed shard generation, and back out.
+
+seal (checksum or AES-GCM, see :mod:`tierstore.engine.sealing`) → one LMDB
+transaction holding frames + catalog record + upload-journal entry, fsynced on
+commit → acknowledge (``write-back``), or upload first and then acknowledge
+(``write-through``). A new generation replaces the previous one in that same
+transaction; deleting a generation drops its hot frames and catalog record and
+journals the deletion for the archive.
+
+Thread safety: a :class:`ShardWriter` is safe to share between threads.
+Generations are handed out under a lock; each commit is one write transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from tierstore.config import EngineSettings
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.ingest import FramedValue
+from tierstore.engine.mover import Mover
+from tierstore.engine.records import JournalOp, ShardRecord, frame_key
+from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.errors import ArchiveUnavailable, BacklogFull
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.types import Durability, ShardInfo
+
+__all__ = ["ShardWriter"]
+
+
+class ShardWriter:
+    """Commits and deletes shard generations for a store."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        sealers: ShardSealers,
+        mover: Mover,
+    ) -> None:
+        self._settings = settings
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        self._sealers = sealers
+        self._mover = mover
+        self._generation_lock = threading.Lock()
+        with self._env.read() as txn:
+            stored_next = self._catalog.counter(txn, "next_generation")
+        self._next_generation = max(stored_next, time.time_ns() // 1000)
+
+    def _new_generation(self) -> int:
+        with self._generation_lock:
+            generation = self._next_generation
+            self._next_generation += 1
+            return generation
+
+    def skip_generations_through(self, newest: int) -> None:
+        """Never hand out ``newest`` or an older generation (after a rebuild)."""
+        with self._generation_lock:
+            self._next_generation = max(self._next_generation, newest + 1)
+
+    def commit(self, dataset: str, shard: str, framed: FramedValue) -> ShardInfo:
+        """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
+
+        Returns once the dataset's durability is met. Raises DatasetNotFound,
+        EncryptionUnavailable, BacklogFull, HotTierFull, ArchiveUnavailable
+        (write-through only: the shard is then committed locally and the mover keeps
+        trying).
+        """
+        with self._env.read() as txn:
+            settings = self._catalog.require_dataset(txn, dataset)
+        generation = self._new_generation()
+        envelope, data_key = None, None
+        if settings.encrypted:
+            envelope, data_key = self._sealers.new_envelope(dataset, shard, generation)
+        record = ShardRecord(
+            dataset=dataset,
+            name=shard,
+            generation=generation,
+            kind=framed.kind,
+            frame_sizes=tuple(frame.nbytes for frame in framed.frames),
+            created_at=time.time(),
+            envelope=envelope,
+        )
+        sealer = self._sealers.sealer(record, data_key)
+        stored = [sealer.seal(index, frame) for index, frame in enumerate(framed.frames)]
+        stored_total = sum(len(frame) for frame in stored)
+        self._mover.make_room(stored_total)
+        with self._env.write() as txn:
+            self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
+            backlog = self._catalog.counter(txn, "backlog_bytes")
+            if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
+                raise BacklogFull(
+                    f"{backlog} bytes wait for the archive "
+                    f"(cap {self._settings.backlog_cap_bytes}); "
+                    "retry when the mover has caught up"
+                )
+            previous = self._catalog.get_shard(txn, dataset, shard)
+            if previous is not None:
+                self.delete_in(txn, previous)
+            for index, frame in enumerate(stored):
+                self._frames.put_in(txn, frame_key(generation, index), frame)
+            self._catalog.put_shard(txn, record)
+            self._catalog.add_counter(txn, "hot_bytes", stored_total)
+            seq = self._catalog.append_journal(
+                txn, JournalOp("upload", dataset, shard, generation, stored_total)
+            )
+            if self._catalog.counter(txn, "next_generation") <= generation:
+                self._catalog.set_counter(txn, "next_generation", generation + 1)
+        if settings.durability is Durability.WRITE_THROUGH:
+            if not self._mover.run_entry(seq):
+                raise ArchiveUnavailable(
+                    f"{dataset}/{shard} is committed locally but the archive did not take it "
+                    f"({self._mover.last_error}); the mover keeps retrying"
+                )
+            record = record.with_state(archived=True)
+        else:
+            self._mover.wake()
+        return record.to_info()
+
+    def delete_in(self, txn: Any, record: ShardRecord) -> None:
+        """Delete ``record``'s generation in the caller's write transaction.
+
+        Needs no data key, so shards whose key cannot be unwrapped can still go.
+        """
+        if record.hot:
+            for index in range(len(record.frame_sizes)):
+                self._frames.delete_in(txn, frame_key(record.generation, index))
+            self._catalog.add_counter(
+                txn, "hot_bytes", -sum(record.stored_sizes(stored_overhead(record)))
+            )
+        self._catalog.delete_shard(txn, record.dataset, record.name)
+        self._catalog.append_journal(
+            txn, JournalOp("delete", record.dataset, record.name, record.generation)
+        )

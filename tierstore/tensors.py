@@ -1,0 +1,208 @@
+"""Tensors as Arrow shards: numpy arrays and torch tensors to tables and frames, and back.
+
+Tensors are stored as a table with one non-nullable column named ``tensor`` of the canonical
+``arrow.fixed_shape_tensor`` extension type. The true shape, dtype and framework live in the
+schema metadata under ``tierstore.tensor.*`` keys. Row layout (key ``tierstore.tensor.layout``):
+
+- ``rows``: one row per index of the first axis (row shape ``shape[1:]``), used when the array
+  has at least two axes and one row takes at most a quarter of a frame, so a row never has to
+  be split and every frame holds several rows;
+- ``flat``: otherwise (0-d, 1-d, zero-size or very wide rows), the elements in C order, one
+  element per row (row shape ``(1,)``). This costs nothing extra: a fixed-size list has no
+  offsets, so the values buffer is the raw element bytes either way.
+
+Storage value types: ``bool`` is stored as ``uint8`` (0/1); ``complex64``/``complex128`` as
+``float32``/``float64`` pairs (a trailing row axis of 2: real, imaginary); torch ``bfloat16``
+as its ``uint16`` bits and the torch ``float8`` types as their ``uint8`` bits.
+
+Framing the resulting tables is :mod:`tierstore.arrowio`'s job. Every function here is pure
+(no I/O, no shared state) and therefore thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from tierstore.arrowio import DEFAULT_MAX_FRAME_BYTES, table_to_frames
+from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
+
+__all__ = [
+    "TENSOR_COLUMN",
+    "is_tensor_schema",
+    "table_to_tensor",
+    "tensor_to_frames",
+    "tensor_to_table",
+]
+
+TENSOR_COLUMN = "tensor"
+
+_KEY_SHAPE = b"tierstore.tensor.shape"
+_KEY_DTYPE = b"tierstore.tensor.dtype"
+_KEY_FRAMEWORK = b"tierstore.tensor.framework"
+_KEY_LAYOUT = b"tierstore.tensor.layout"
+
+# logical dtype name -> (numpy storage dtype, storage elements per logical element)
+_STORAGE: dict[str, tuple[np.dtype[Any], int]] = {
+    name: (np.dtype(name), 1)
+    for name in (
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64",
+    )
+}  # fmt: skip
+_STORAGE["bool"] = (np.dtype(np.uint8), 1)
+_STORAGE["complex64"] = (np.dtype(np.float32), 2)
+_STORAGE["complex128"] = (np.dtype(np.float64), 2)
+# torch dtypes numpy lacks, kept as their raw bits
+_TORCH_BITS = {"bfloat16": "uint16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8"}
+_STORAGE.update({name: (np.dtype(bits), 1) for name, bits in _TORCH_BITS.items()})
+
+
+def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise UnsupportedData(f"expected a numpy ndarray or torch tensor, got {type(tensor)!r}")
+    name = str(tensor.dtype).removeprefix("torch.")
+    try:
+        tensor = tensor.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        if name in _TORCH_BITS:
+            tensor = tensor.view(getattr(torch, _TORCH_BITS[name]))
+        return name, tensor.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise UnsupportedData(f"torch tensor of dtype {tensor.dtype} is not supported") from exc
+
+
+def tensor_to_table(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> pa.Table:
+    """Wrap a numpy ndarray or torch tensor as a one-column ``fixed_shape_tensor`` table.
+
+    Zero-copy for C-contiguous native-endian numpy arrays of a directly mapped dtype (the table
+    then references the array's memory); a non-contiguous array, a non-CPU or conjugated torch
+    tensor, or a foreign byte order is copied once. ``max_frame_bytes`` only picks the row
+    layout (see the module docstring); torch is imported only for torch tensors.
+
+    Raises:
+        UnsupportedData: not an ndarray or tensor, or a dtype outside the supported set
+            (object, strings, datetimes, long double, torch complex32 or quantized, ...).
+    """
+    if type(array).__module__.split(".")[0] == "torch":
+        framework = "torch"
+        name, values = _torch_to_numpy(array)
+    elif isinstance(array, np.ndarray):
+        framework, name, values = "numpy", array.dtype.name, array
+        if name not in _STORAGE or name in _TORCH_BITS or array.dtype.kind not in "biufc":
+            raise UnsupportedData(f"numpy dtype {array.dtype} is not supported")
+        if not values.dtype.isnative:
+            values = values.astype(values.dtype.newbyteorder("="))
+    else:
+        raise UnsupportedData(f"expected a numpy ndarray or torch tensor, got {type(array)!r}")
+    shape = tuple(int(n) for n in values.shape)
+    storage_dtype, width = _STORAGE[name]
+    flat = np.ravel(values, order="C").view(storage_dtype)  # a view when already C-contiguous
+    row_elements = math.prod(shape[1:]) * width
+    if len(shape) >= 2 and 0 < row_elements * storage_dtype.itemsize <= max_frame_bytes // 4:
+        layout, row_shape = "rows", shape[1:] + ((width,) if width > 1 else ())
+    else:
+        layout, row_shape = "flat", (width,)
+    tensor_type = pa.fixed_shape_tensor(pa.from_numpy_dtype(storage_dtype), row_shape)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat), math.prod(row_shape))
+    metadata = {
+        _KEY_SHAPE: json.dumps(shape),
+        _KEY_DTYPE: name,
+        _KEY_FRAMEWORK: framework,
+        _KEY_LAYOUT: layout,
+    }
+    schema = pa.schema([pa.field(TENSOR_COLUMN, tensor_type, nullable=False)], metadata=metadata)
+    return pa.Table.from_arrays(
+        [pa.ExtensionArray.from_storage(tensor_type, storage)], schema=schema
+    )
+
+
+def tensor_to_frames(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[pa.Buffer]:
+    """``table_to_frames(tensor_to_table(array, max_frame_bytes), max_frame_bytes)``.
+
+    Raises what those two raise (UnsupportedData, OversizeFrame, InvalidArgument).
+    """
+    return table_to_frames(tensor_to_table(array, max_frame_bytes), max_frame_bytes)
+
+
+def is_tensor_schema(schema: pa.Schema) -> bool:
+    """True if ``schema`` carries tierstore tensor metadata and a ``tensor`` column."""
+    metadata = schema.metadata or {}
+    return _KEY_SHAPE in metadata and TENSOR_COLUMN in schema.names
+
+
+def _tensor_metadata(table: pa.Table) -> tuple[tuple[int, ...], str, str]:
+    if not is_tensor_schema(table.schema):
+        raise WrongShardKind("the table holds no tierstore tensor (no tierstore.tensor.* metadata)")
+    metadata = table.schema.metadata
+    try:
+        shape = tuple(json.loads(metadata[_KEY_SHAPE]))
+        name = metadata[_KEY_DTYPE].decode()
+        framework = metadata.get(_KEY_FRAMEWORK, b"numpy").decode()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MalformedArrow(f"unreadable tierstore.tensor metadata: {exc}") from exc
+    if not all(isinstance(n, int) and n >= 0 for n in shape) or name not in _STORAGE:
+        raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
+    return shape, name, framework
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+        import torch.utils.dlpack
+    except ImportError:
+        return None
+    return torch
+
+
+def table_to_tensor(table: pa.Table) -> Any:
+    """Exact inverse of ``tensor_to_table``: same shape, dtype, values and framework.
+
+    Returns a ``torch.Tensor`` when the metadata says torch and torch imports, else a numpy
+    ndarray. Zero-copy when the column has one chunk (a one-frame shard) and the dtype maps
+    directly (not bool); the result then aliases the table's memory, which may be read-only
+    (numpy arrays are flagged so; torch cannot flag it: do not write into such a tensor).
+
+    Raises:
+        WrongShardKind: the table has no tierstore tensor metadata.
+        MalformedArrow: the metadata and the column disagree (type, size, nulls).
+        UnsupportedData: a torch-only dtype (bfloat16, float8) and torch is not importable.
+    """
+    shape, name, framework = _tensor_metadata(table)
+    storage_dtype, width = _STORAGE[name]
+    column = table.column(TENSOR_COLUMN)
+    if not isinstance(column.type, pa.FixedShapeTensorType) or column.type.value_type != (
+        pa.from_numpy_dtype(storage_dtype)
+    ):
+        raise MalformedArrow(f"tensor column of type {column.type} does not hold {name}")
+    if column.null_count:
+        raise MalformedArrow("tensor column has null rows")
+    chunks = [chunk.storage.flatten() for chunk in column.chunks]
+    if len(chunks) == 1:
+        values = chunks[0]
+    else:  # the one copy a multi-frame tensor costs
+        values = pa.concat_arrays(chunks) if chunks else pa.array(np.empty(0, storage_dtype))
+    if values.null_count or len(values) != math.prod(shape) * width:
+        raise MalformedArrow(f"tensor column has {len(values)} values for shape {shape} {name}")
+    flat = values.to_numpy(zero_copy_only=True)
+    if name == "bool":
+        flat = flat != 0
+    elif width > 1:
+        flat = flat.view(np.dtype(name))
+    result = flat.reshape(shape)
+    torch = _import_torch() if framework == "torch" else None
+    if torch is not None:
+        try:
+            tensor = torch.utils.dlpack.from_dlpack(result)
+        except BufferError:  # numpy < 2.1 cannot export read-only arrays
+            tensor = torch.from_numpy(result.copy())
+        return tensor.view(getattr(torch, name)) if name in _TORCH_BITS else tensor
+    if name in _TORCH_BITS:
+        raise UnsupportedData(f"a {name} tensor needs torch, which is not importable")
+    return result

@@ -1,0 +1,119 @@
+"""Reaching the S3 archive: its settings, and one boto3 client and pool per process.
+
+:class:`S3Settings` says where the archive lives and how hard to try (validated
+on construction). :func:`new_client` builds the boto3 client those settings
+describe: path-style addressing, checksums only where required, botocore's own
+retries off (:mod:`tierstore.tiers.s3_retry` is the one retry loop), timeouts and
+connection pool size from the settings. boto3 clients are thread-safe but must not
+cross ``fork()``, so a :class:`ProcessState` belongs to one process id.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import boto3
+import botocore.config
+
+from tierstore.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["MiB", "ProcessState", "S3Settings", "new_client"]
+
+MiB: Final = 1024 * 1024
+_MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S3Settings:
+    """Where the archive lives and how hard to try. Validated on construction.
+
+    Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters,
+    ``max_attempts < 1``, a part size under 5 MiB, or non-positive sizes and
+    timeouts.
+    """
+
+    endpoint_url: str
+    bucket: str
+    prefix: str = ""
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    region: str = "us-east-1"
+    max_attempts: int = 5
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_pool_connections: int = 32
+    multipart_threshold: int = 16 * MiB
+    multipart_part_size: int = 8 * MiB
+    #: First retry backoff; it doubles per attempt (plus up to this much jitter).
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 3 <= len(self.bucket) <= 63:
+            raise InvalidArgument(f"bucket name must be 3-63 characters, got {self.bucket!r}")
+        if self.max_attempts < 1:
+            raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.multipart_part_size < _MIN_PART_SIZE:
+            raise InvalidArgument(f"multipart_part_size must be at least {_MIN_PART_SIZE} bytes")
+        positive = {
+            "connect_timeout_s": self.connect_timeout_s,
+            "read_timeout_s": self.read_timeout_s,
+            "max_pool_connections": self.max_pool_connections,
+            "multipart_threshold": self.multipart_threshold,
+            "backoff_max_s": self.backoff_max_s,
+        }
+        for name, number in positive.items():
+            if number <= 0:
+                raise InvalidArgument(f"{name} must be positive, got {number}")
+        if self.backoff_initial_s < 0:
+            raise InvalidArgument(
+                f"backoff_initial_s must not be negative, got {self.backoff_initial_s}"
+            )
+
+
+class ProcessState:
+    """The boto3 client and thread pool of one process; never used after ``fork()``."""
+
+    __slots__ = ("client", "executor", "lock", "pid")
+
+    def __init__(self, pid: int, client: S3Client) -> None:
+        self.pid = pid
+        self.client = client
+        # Created with the state, so a child never inherits it in a locked state.
+        self.lock = threading.Lock()
+        self.executor: ThreadPoolExecutor | None = None
+
+    def pool(self, workers: int) -> ThreadPoolExecutor:
+        """The process's thread pool, created on first use with ``workers`` threads."""
+        with self.lock:
+            if self.executor is None:
+                self.executor = ThreadPoolExecutor(workers, thread_name_prefix="s3tier")
+            return self.executor
+
+
+def new_client(settings: S3Settings) -> S3Client:
+    """A new boto3 S3 client for ``settings``; use it in the creating process only."""
+    s = settings
+    config = botocore.config.Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # total_max_attempts=1: botocore never retries; s3_retry does (with
+        # "max_attempts": 1 botocore would still retry once).
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=s.connect_timeout_s,
+        read_timeout=s.read_timeout_s,
+        max_pool_connections=s.max_pool_connections,
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=s.access_key_id,
+        aws_secret_access_key=s.secret_access_key,
+        region_name=s.region,
+    )
+    return session.client("s3", endpoint_url=s.endpoint_url, config=config)

@@ -1,0 +1,108 @@
+"""Multipart uploads: a stream of buffers re-cut into fixed-size parts and sent as one upload.
+
+Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
+least 5 MiB; an upload has at most 10,000 parts). The stream is never joined in
+memory: at most one part is held besides the chunk being cut. An upload that
+fails at any point is aborted, so no orphaned parts are left to cost storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+from tierstore.errors import ArchiveUnavailable, InvalidArgument
+from tierstore.tiers.s3_connection import S3Settings
+from tierstore.tiers.s3_retry import call_with_retries
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+__all__ = ["fixed_parts", "put_multipart"]
+
+_MAX_PARTS: Final = 10_000
+
+
+def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
+    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be shorter).
+
+    Holds at most one part in memory besides the chunk being cut. Never yields
+    an empty part.
+    """
+    pending = bytearray()
+    for chunk in chunks:
+        position = 0
+        if pending:
+            position = min(size - len(pending), len(chunk))
+            pending += chunk[:position]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending.clear()
+        while len(chunk) - position >= size:
+            yield chunk[position : position + size].tobytes()
+            position += size
+        pending += chunk[position:]
+    if pending:
+        yield bytes(pending)
+
+
+def put_multipart(
+    client: S3Client, settings: S3Settings, full_key: str, parts: Iterable[bytes]
+) -> None:
+    """Upload ``parts``, in order, as one multipart upload of ``full_key``.
+
+    Aborts the upload on any failure, then re-raises it. Raises ArchiveUnavailable,
+    and InvalidArgument past 10,000 parts. Thread-safe.
+    """
+    bucket = settings.bucket
+    what = f"multipart PUT {bucket}/{full_key}"
+    create = partial(client.create_multipart_upload, Bucket=bucket, Key=full_key)
+    created = call_with_retries(settings, what, create)
+    upload_id = created["UploadId"]
+    try:
+        done: list[CompletedPartTypeDef] = []
+        for number, part in enumerate(parts, start=1):
+            if number > _MAX_PARTS:
+                raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
+            answer = call_with_retries(
+                settings,
+                f"{what} part {number}",
+                partial(
+                    client.upload_part,
+                    Bucket=bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=part,
+                ),
+            )
+            done.append({"ETag": answer["ETag"], "PartNumber": number})
+        call_with_retries(
+            settings,
+            f"{what} complete",
+            partial(
+                client.complete_multipart_upload,
+                Bucket=bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": done},
+            ),
+        )
+    except BaseException as exc:
+        try:
+            call_with_retries(
+                settings,
+                f"{what} abort",
+                partial(
+                    client.abort_multipart_upload,
+                    Bucket=bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                ),
+            )
+        except ArchiveUnavailable as abort_exc:
+            exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
+        raise

@@ -1,0 +1,115 @@
+"""How S3 failures are classified and retried, and how they become tierstore errors.
+
+* **Missing**: only a 404 about the key; a missing bucket never reads as missing.
+* **Transient**: connection errors, timeouts, 5xx, 408/429 and throttling codes.
+  They are retried with exponential backoff and jitter (``tenacity``) up to the
+  settings' ``max_attempts``, then raised as :class:`ArchiveUnavailable`.
+* **Anything else** is raised at once: :class:`InvalidArgument` for a key that is
+  too long or bad request parameters, :class:`ArchiveUnavailable` for every other
+  answer (403, a missing bucket, ...), chained to the original error.
+
+botocore's own retries are switched off in the tier's client: this is the one
+retry loop, so attempts are counted in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from tierstore.errors import ArchiveUnavailable, InvalidArgument
+from tierstore.tiers.s3_connection import S3Settings
+
+__all__ = ["call_with_retries", "error_code", "http_status", "is_missing_key", "is_transient"]
+
+RETRYABLE_CODES: Final = frozenset(
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+    }
+)
+
+T = TypeVar("T")
+
+
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of an error answer (0 when there is none)."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of an error answer (empty when there is none)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing_key(exc: ClientError) -> bool:
+    """A 404 about the key. (A HEAD carries no body, so a missing bucket looks the same.)"""
+    return http_status(exc) == 404 and error_code(exc) != "NoSuchBucket"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may pass on retry: the network, timeouts, 5xx, throttling."""
+    if isinstance(exc, ClientError):
+        status = http_status(exc)
+        return status >= 500 or status in (408, 429) or error_code(exc) in RETRYABLE_CODES
+    if isinstance(exc, BotoCoreError):
+        # HTTPClientError covers read timeouts, dropped connections and broken
+        # bodies; ConnectionError covers refused connections and connect timeouts.
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+        return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError)
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def call_with_retries(settings: S3Settings, what: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` with retries; translate what escapes into the tierstore error tree.
+
+    ``what`` names the request in error messages. Raises ArchiveUnavailable (chained
+    to the last error) and InvalidArgument (key too long, bad parameters).
+    Thread-safe.
+    """
+    s = settings
+    retrying = Retrying(
+        stop=stop_after_attempt(s.max_attempts),
+        # Exponential backoff plus jitter, so that many clients do not retry in step.
+        wait=wait_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s)
+        + wait_random(0, s.backoff_initial_s),
+        retry=retry_if_exception(is_transient),
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except ClientError as exc:
+        code, status = error_code(exc), http_status(exc)
+        if code == "KeyTooLongError":
+            raise InvalidArgument(f"{what}: key too long for the archive") from exc
+        if code == "NoSuchBucket":
+            raise ArchiveUnavailable(
+                f"{what}: bucket {s.bucket!r} does not exist at {s.endpoint_url}"
+            ) from exc
+        tries = f" after {s.max_attempts} attempts" if is_transient(exc) else ""
+        raise ArchiveUnavailable(
+            f"{what}: archive {s.endpoint_url} answered {status} {code}{tries}"
+        ) from exc
+    except ParamValidationError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from exc
+    except (BotoCoreError, ConnectionError, TimeoutError) as exc:
+        raise ArchiveUnavailable(
+            f"{what}: archive {s.endpoint_url} unreachable after {s.max_attempts} attempts: {exc}"
+        ) from exc
