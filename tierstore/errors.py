@@ -19,6 +19,8 @@ so the service and the client can share one table later.
     │   ├── DatasetNotFound
     │   └── ShardNotFound
     ├── AlreadyExists                ALREADY_EXISTS
+    ├── Unauthenticated              UNAUTHENTICATED     missing, bad, expired or revoked credential
+    ├── PermissionDenied             PERMISSION_DENIED   authenticated, but no role allows the call
     ├── FailedPrecondition           FAILED_PRECONDITION
     │   ├── UnknownKeyId                 a wrapped key names a master key we do not hold
     │   ├── EncryptionUnavailable        encrypted dataset, but no master key configured
@@ -54,10 +56,12 @@ __all__ = [
     "MalformedArrow",
     "NotFound",
     "OversizeFrame",
+    "PermissionDenied",
     "ResourceExhausted",
     "ShardNotFound",
     "StoreClosed",
     "TierstoreError",
+    "Unauthenticated",
     "Unavailable",
     "UnknownKeyId",
     "UnsupportedData",
@@ -116,6 +120,29 @@ class AlreadyExists(TierstoreError):
     """Creating something that already exists."""
 
     status_code = "ALREADY_EXISTS"
+
+
+class Unauthenticated(TierstoreError):
+    """The caller's credentials are missing or not valid.
+
+    The message is deliberately the same for every cause, so a caller learns nothing about
+    which tokens exist; ``reason`` (e.g. ``"malformed"``, ``"expired"``) says which check
+    failed, for the server's audit log only — never send it to the caller.
+    """
+
+    status_code = "UNAUTHENTICATED"
+
+    def __init__(
+        self, message: str = "invalid or missing credentials", *, reason: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(TierstoreError):
+    """The caller is authenticated, but no role it holds allows the call."""
+
+    status_code = "PERMISSION_DENIED"
 
 
 class FailedPrecondition(TierstoreError):

@@ -6,8 +6,11 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ALL_DATASETS",
     "DatasetSettings",
     "Durability",
+    "Grant",
+    "Role",
     "ShardInfo",
     "ShardKind",
     "WrappedKey",
@@ -77,3 +80,35 @@ class ShardInfo:
     def frame_count(self) -> int:
         """Number of frames."""
         return len(self.frame_sizes)
+
+
+#: The dataset of a :class:`Grant` that applies to every dataset, present and future.
+ALL_DATASETS = "*"
+
+
+class Role(enum.StrEnum):
+    """What a principal may do with a dataset; each role implies the ones below it."""
+
+    READER = "reader"  # get, stat, list
+    WRITER = "writer"  # and put, delete, pin, unpin, prefetch, evict
+    ADMIN = "admin"  # and create, update, delete the dataset; on "*": tokens and keys
+
+    @property
+    def rank(self) -> int:
+        """1 for reader, 2 for writer, 3 for admin (the proto's enum numbers)."""
+        return _ROLE_RANK[self]
+
+    def implies(self, other: Role) -> bool:
+        """Whether holding this role grants everything ``other`` grants."""
+        return self.rank >= other.rank
+
+
+_ROLE_RANK = {Role.READER: 1, Role.WRITER: 2, Role.ADMIN: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A role on one dataset, or on every dataset when ``dataset`` is :data:`ALL_DATASETS`."""
+
+    dataset: str
+    role: Role

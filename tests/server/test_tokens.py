@@ -1,0 +1,257 @@
+"""Issuing, checking and revoking bearer tokens (tierstore/server/tokens.py)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
+from tierstore.server.tokens import AuthFailure, TokenStore
+from tierstore.types import ALL_DATASETS, Grant, Role
+
+READ_DS = [Grant("ds", Role.READER)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> TokenStore:
+    return TokenStore(tmp_path / "tokens.json", clock=clock)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def refused(store: TokenStore, token: object) -> str:
+    with pytest.raises(Unauthenticated) as caught:
+        store.authenticate(token)  # type: ignore[arg-type]
+    assert str(caught.value) == "invalid or missing credentials"  # one message for every case
+    return caught.value.reason
+
+
+def test_create_and_authenticate(store: TokenStore) -> None:
+    info, token = store.create("alice", READ_DS)
+    assert token.startswith(f"ts_{info.token_id}_")
+    principal = store.authenticate(token)
+    assert principal.name == "alice"
+    assert principal.grants == (Grant("ds", Role.READER),)
+    assert principal.via == "token"
+    assert principal.token_id == info.token_id
+    assert store.list() == [info]
+
+
+def test_tokens_are_unique(store: TokenStore) -> None:
+    tokens = {store.create("alice", READ_DS)[1] for _ in range(20)}
+    assert len(tokens) == 20
+
+
+def test_file_is_private_and_never_holds_the_token(store: TokenStore) -> None:
+    _, token = store.create("alice", READ_DS)
+    text = store.path.read_text()
+    assert mode(store.path) == 0o600
+    assert token not in text
+    assert token[len("ts_") + 13 :] not in text  # the secret part alone
+    assert not [p for p in store.path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tokens_survive_a_restart(tmp_path: Path, store: TokenStore, clock: Clock) -> None:
+    info, token = store.create("alice", READ_DS, ttl_s=60)
+    reopened = TokenStore(store.path, clock=clock)
+    assert reopened.list() == [info]
+    assert reopened.authenticate(token).name == "alice"
+
+
+def test_wrong_secret(store: TokenStore) -> None:
+    _, token = store.create("alice", READ_DS)
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert refused(store, flipped) == AuthFailure.MISMATCH
+
+
+def test_unknown_id(store: TokenStore) -> None:
+    _, token = store.create("alice", READ_DS)
+    other = "ts_" + "0" * 12 + token[15:]
+    assert refused(store, other) == AuthFailure.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "ts_",
+        "Bearer x",
+        "ts_0123456789ab_short",
+        "ts_0123456789AB_" + "a" * 43,
+        "ts_0123456789ab_" + "a" * 44,
+        "ts_0123456789ab_" + "a" * 42 + "=",
+        "x" * 10_000,
+        None,
+        b"ts_",
+    ],
+)
+def test_malformed(store: TokenStore, token: object) -> None:
+    store.create("alice", READ_DS)
+    assert refused(store, token) == AuthFailure.MALFORMED
+
+
+def test_malformed_variants_of_a_real_token(store: TokenStore) -> None:
+    _, token = store.create("alice", READ_DS)
+    for variant in (token + "\n", " " + token, token.upper(), token[:-1]):
+        assert refused(store, variant) in (AuthFailure.MALFORMED, AuthFailure.UNKNOWN)
+
+
+def test_revoke(store: TokenStore, clock: Clock) -> None:
+    info, token = store.create("alice", READ_DS)
+    kept, other = store.create("bob", READ_DS)
+    revoked = store.revoke(info.token_id)
+    assert revoked.revoked
+    assert refused(store, token) == AuthFailure.REVOKED
+    assert store.authenticate(other).name == "bob"
+    assert store.revoke(info.token_id) == revoked  # again: no-op
+    assert TokenStore(store.path, clock=clock).list() == [revoked, kept]
+    assert refused(TokenStore(store.path, clock=clock), token) == AuthFailure.REVOKED
+    with pytest.raises(NotFound):
+        store.revoke("nope")
+
+
+def test_expiry(store: TokenStore, clock: Clock) -> None:
+    info, token = store.create("alice", READ_DS, ttl_s=10)
+    forever, token_forever = store.create("bob", READ_DS)
+    assert info.expires_at == clock.now + 10
+    assert forever.expires_at == 0
+    clock.now += 9.9
+    store.authenticate(token)
+    clock.now += 0.1
+    assert refused(store, token) == AuthFailure.EXPIRED
+    clock.now += 10**9
+    store.authenticate(token_forever)
+
+
+@pytest.mark.parametrize(
+    ("principal", "grants", "ttl_s"),
+    [
+        ("", READ_DS, 0),
+        ("a b", READ_DS, 0),
+        ("alice", [Grant("Bad Name", Role.READER)], 0),
+        ("alice", [("ds", "reader")], 0),
+        ("alice", READ_DS, -1),
+        ("alice", READ_DS, float("inf")),
+        ("alice", READ_DS, float("nan")),
+    ],
+)
+def test_bad_requests(store: TokenStore, principal: str, grants: list[Grant], ttl_s: float) -> None:
+    with pytest.raises(InvalidArgument):
+        store.create(principal, grants, ttl_s)
+    assert store.list() == []
+
+
+def test_grants_are_deduplicated(store: TokenStore) -> None:
+    info, _ = store.create("alice", [*READ_DS, *READ_DS, Grant(ALL_DATASETS, Role.WRITER)])
+    assert info.grants == (Grant(ALL_DATASETS, Role.WRITER), Grant("ds", Role.READER))
+
+
+def test_concurrent_creates(store: TokenStore, clock: Clock) -> None:
+    issued: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(10):
+            _, token = store.create("alice", READ_DS)
+            with lock:
+                issued.append(token)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(issued)) == 80
+    reopened = TokenStore(store.path, clock=clock)
+    assert len(reopened.list()) == 80
+    for token in issued:
+        reopened.authenticate(token)
+
+
+def test_admin_token_on_first_start_only(tmp_path: Path, store: TokenStore, clock: Clock) -> None:
+    token_file = tmp_path / "admin.token"
+    token = store.ensure_admin_token(token_file)
+    assert token is not None
+    assert token_file.read_text() == token + "\n"
+    assert mode(token_file) == 0o600
+    admin = store.authenticate(token)
+    assert admin.name == "admin"
+    assert admin.grants == (Grant(ALL_DATASETS, Role.ADMIN),)
+    # Later starts: nothing new, even after the operator deleted the file.
+    token_file.unlink()
+    restarted = TokenStore(store.path, clock=clock)
+    assert restarted.ensure_admin_token(token_file) is None
+    assert not token_file.exists()
+    assert len(restarted.list()) == 1
+
+
+def test_admin_token_reissued_when_every_admin_token_is_revoked(
+    tmp_path: Path, store: TokenStore
+) -> None:
+    first = store.ensure_admin_token(tmp_path / "admin.token")
+    assert first is not None
+    store.revoke(store.list()[0].token_id)
+    second = store.ensure_admin_token(tmp_path / "admin.token")
+    assert second is not None and second != first
+    assert (tmp_path / "admin.token").read_text() == second + "\n"
+
+
+def test_nothing_shows_a_token(store: TokenStore, tmp_path: Path) -> None:
+    info, token = store.create("alice", READ_DS)
+    admin = store.ensure_admin_token(tmp_path / "admin.token")
+    assert admin is not None
+    with pytest.raises(Unauthenticated) as caught:
+        store.authenticate(token[:-1] + "#")
+    shown = " ".join(
+        [
+            repr(store),
+            repr(info),
+            repr(store.list()),
+            repr(store.authenticate(token)),
+            repr(caught.value),
+            str(caught.value),
+        ]
+    )
+    for secret in (token, token[16:], admin, admin[16:]):
+        assert secret not in shown
+    record = next(iter(store._records.values()))
+    assert "sha256" not in repr(record) and record.digest not in repr(record)
+
+
+def test_corrupt_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    for content in (
+        "{",
+        "[]",
+        json.dumps({"format": "other", "tokens": []}),
+        json.dumps({"format": "tierstore-tokens/v1", "tokens": [{"token_id": "x"}]}),
+    ):
+        path.write_text(content)
+        with pytest.raises(DataLoss):
+            TokenStore(path)
+
+
+def test_loose_file_mode_is_tightened(store: TokenStore, clock: Clock) -> None:
+    store.create("alice", READ_DS)
+    store.path.chmod(0o644)
+    TokenStore(store.path, clock=clock)
+    assert mode(store.path) == 0o600

@@ -1,0 +1,1 @@
+"""The gRPC server: services, interceptors, TLS material, tokens and authorization."""

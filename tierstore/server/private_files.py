@@ -1,0 +1,71 @@
+"""Owner-only files written atomically: the home of every secret the server keeps on disk.
+
+TLS keys, the token store and the bootstrap admin token are written here. A write goes
+to a temporary file in the same directory (created with mode 0600 from the start, so the
+secret is never readable by others, whatever the umask), is fsynced, renamed over the
+target and the directory fsynced: a reader or a crash sees the whole old file or the
+whole new one, never a torn mix.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+__all__ = ["DIR_MODE", "FILE_MODE", "ensure_private_dir", "restrict_mode", "write_private_file"]
+
+#: Mode of every secret file: read and write for the owner only.
+FILE_MODE = 0o600
+#: Mode of a directory that holds only secrets.
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) and set its mode to 0700.
+
+    Raises :class:`OSError` if it cannot be created or is not a directory.
+    """
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:
+    """Take away any permission bit of an existing file beyond ``mode``."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        os.chmod(path, current & mode)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically; the file has mode 0600.
+
+    The parent directory must exist. Raises :class:`OSError` on failure, in which case
+    ``path`` is unchanged and no temporary file is left behind. Thread-safe (each call
+    uses its own temporary file), but concurrent writers of one path race: the last
+    rename wins.
+    """
+    # mkstemp creates the file with mode 0600 regardless of umask.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,294 @@
+"""Bearer tokens: issued once, stored only as hashes, checked in constant time.
+
+A token reads ``ts_<token_id>_<secret>``: ``token_id`` is 12 hex digits, public (listed,
+logged, used to revoke); ``secret`` is 32 random bytes, URL-safe base64 without padding.
+The store keeps the SHA-256 of the whole token string and never the token: with 256 bits
+of randomness in every token, a fast hash is as good as a slow one, and no salt is needed.
+
+The store is one JSON file (mode 0600, rewritten atomically on every change) owned by one
+server process. :meth:`TokenStore.authenticate` fails with one generic
+:class:`~tierstore.errors.Unauthenticated` message whatever went wrong; the exception's
+``reason`` (an :class:`AuthFailure`) tells the audit log which check failed.
+
+Tokens must never reach a log: nothing here puts one into a ``repr`` or an error message.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import enum
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
+from tierstore.naming import validate_dataset_name
+from tierstore.server.authz import Principal, check_principal_name
+from tierstore.server.private_files import restrict_mode, write_private_file
+from tierstore.types import ALL_DATASETS, Grant, Role
+
+__all__ = ["ADMIN_PRINCIPAL", "TOKEN_PREFIX", "AuthFailure", "TokenInfo", "TokenStore"]
+
+TOKEN_PREFIX = "ts_"
+#: The principal of the token ``tierstore serve`` creates on first start.
+ADMIN_PRINCIPAL = "admin"
+
+_ID_BYTES = 6
+_SECRET_BYTES = 32
+_TOKEN_RE = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_FORMAT = "tierstore-tokens/v1"
+# Compared against when the token id is unknown, so that path costs what a known one does.
+_DUMMY_DIGEST = hashlib.sha256(b"tierstore: no such token").hexdigest()
+
+
+class AuthFailure(enum.StrEnum):
+    """Why a token was refused (the ``reason`` of :class:`Unauthenticated`; audit only)."""
+
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    MISMATCH = "mismatch"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What may be shown about a token: everything but the token."""
+
+    token_id: str
+    principal: str
+    grants: tuple[Grant, ...]
+    created_at: float
+    #: seconds since the epoch; 0: never expires.
+    expires_at: float
+    revoked: bool = False
+
+    def expired(self, now: float) -> bool:
+        """Whether the token has expired at time ``now``."""
+        return self.expires_at != 0 and now >= self.expires_at
+
+    def live(self, now: float) -> bool:
+        """Whether the token would authenticate at time ``now``."""
+        return not self.revoked and not self.expired(now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    info: TokenInfo
+    #: hex SHA-256 of the token string.
+    digest: str = dataclasses.field(repr=False)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def _check_grants(grants: Iterable[Grant]) -> tuple[Grant, ...]:
+    checked: set[Grant] = set()
+    for grant in grants:
+        if not isinstance(grant, Grant) or not isinstance(grant.role, Role):
+            raise InvalidArgument(f"a grant must be a Grant with a Role, not {grant!r}")
+        if grant.dataset != ALL_DATASETS:
+            validate_dataset_name(grant.dataset)
+        checked.add(grant)
+    return tuple(sorted(checked, key=lambda g: (g.dataset, g.role.rank)))
+
+
+class TokenStore:
+    """Issues, revokes and checks bearer tokens, persisted in one JSON file.
+
+    Thread-safe: changes are serialized by a lock and written to disk before they take
+    effect in memory; :meth:`authenticate` reads an immutable snapshot without locking.
+    One process owns the file: changes made by another process are not seen.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        """Load the store from ``path`` (an absent file is an empty store).
+
+        Raises :class:`~tierstore.errors.DataLoss` if the file is not a token store, and
+        :class:`OSError` if it cannot be read.
+        """
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Replaced, never mutated: readers may hold an old snapshot safely.
+        self._records: Mapping[str, _Record] = self._load()
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self._path)!r}, tokens={len(self._records)})"
+
+    @property
+    def path(self) -> Path:
+        """The store's file."""
+        return self._path
+
+    def create(
+        self, principal: str, grants: Iterable[Grant], ttl_s: float = 0
+    ) -> tuple[TokenInfo, str]:
+        """Issue a token for ``principal`` with ``grants``, valid ``ttl_s`` seconds (0: ever).
+
+        Returns the token's info and the token itself — the only time the token exists
+        outside the caller's hands. Raises :class:`~tierstore.errors.InvalidArgument` for a
+        bad principal name, grant or TTL, :class:`OSError` if the store cannot be written.
+        """
+        with self._lock:
+            info, token = self._new(principal, grants, ttl_s)
+            self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
+        return info, token
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke a token for good; revoking a revoked token again is a no-op.
+
+        Returns the token's updated info. Raises :class:`~tierstore.errors.NotFound` for
+        an unknown id, :class:`OSError` if the store cannot be written.
+        """
+        with self._lock:
+            record = self._records.get(token_id)
+            if record is None:
+                raise NotFound(f"no token {token_id[:40]!r}")
+            if record.info.revoked:
+                return record.info
+            revoked = dataclasses.replace(
+                record, info=dataclasses.replace(record.info, revoked=True)
+            )
+            self._commit({**self._records, token_id: revoked})
+            return revoked.info
+
+    def list(self) -> builtins.list[TokenInfo]:
+        """Every token ever issued (revoked and expired ones too), in the order issued."""
+        # Records keep insertion order (in memory and in the file); the stable sort only
+        # matters if the clock went backwards.
+        return sorted(
+            (record.info for record in self._records.values()), key=lambda i: i.created_at
+        )
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a token stands for, if the token is valid now.
+
+        Raises :class:`~tierstore.errors.Unauthenticated` with the same message for a
+        malformed, unknown, wrong, revoked or expired token; its ``reason`` says which.
+        The secret is compared in constant time.
+        """
+        match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+        if match is None:
+            raise Unauthenticated(reason=AuthFailure.MALFORMED)
+        record = self._records.get(match.group(1))
+        expected = _DUMMY_DIGEST if record is None else record.digest
+        matches = hmac.compare_digest(_digest(token), expected)
+        if record is None:
+            raise Unauthenticated(reason=AuthFailure.UNKNOWN)
+        if not matches:
+            raise Unauthenticated(reason=AuthFailure.MISMATCH)
+        info = record.info
+        if info.revoked:
+            raise Unauthenticated(reason=AuthFailure.REVOKED)
+        if info.expired(self._clock()):
+            raise Unauthenticated(reason=AuthFailure.EXPIRED)
+        return Principal(info.principal, info.grants, via="token", token_id=info.token_id)
+
+    def ensure_admin_token(self, token_file: Path) -> str | None:
+        """On first start, issue an admin token and write it to ``token_file`` (mode 0600).
+
+        Issues a token for principal ``"admin"`` with the admin role on ``"*"`` unless the
+        store already holds a live (unrevoked, unexpired) token with that grant; returns it,
+        or ``None`` when one existed. Restarting after every admin token was revoked or
+        expired thus issues a fresh one: whoever can read the data directory is admin anyway.
+        The file is written before the store, so a crash in between leaves no admin token
+        that nobody knows. Raises :class:`OSError` if either file cannot be written.
+        """
+        admin = Grant(ALL_DATASETS, Role.ADMIN)
+        with self._lock:
+            now = self._clock()
+            for record in self._records.values():
+                if record.info.live(now) and admin in record.info.grants:
+                    return None
+            info, token = self._new(ADMIN_PRINCIPAL, [admin], 0)
+            write_private_file(token_file, (token + "\n").encode("ascii"))
+            self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
+            return token
+
+    def _new(self, principal: str, grants: Iterable[Grant], ttl_s: float) -> tuple[TokenInfo, str]:
+        # Called with the lock held (the id must be unique among the records).
+        check_principal_name(principal)
+        checked = _check_grants(grants)
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
+            raise InvalidArgument("ttl_s must be a number")
+        if not math.isfinite(ttl_s) or ttl_s < 0:
+            raise InvalidArgument(f"ttl_s must be finite and at least 0, not {ttl_s}")
+        now = self._clock()
+        token_id = secrets.token_hex(_ID_BYTES)
+        while token_id in self._records:  # 48 bits: a clash is rare, but would be fatal
+            token_id = secrets.token_hex(_ID_BYTES)
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        token = f"{TOKEN_PREFIX}{token_id}_{secret}"
+        info = TokenInfo(
+            token_id=token_id,
+            principal=principal,
+            grants=checked,
+            created_at=now,
+            expires_at=now + ttl_s if ttl_s > 0 else 0.0,
+        )
+        return info, token
+
+    def _commit(self, records: dict[str, _Record]) -> None:
+        # Called with the lock held. Disk first: a failed write changes nothing.
+        document = {
+            "format": _FORMAT,
+            "tokens": [_record_to_json(record) for record in records.values()],
+        }
+        write_private_file(self._path, json.dumps(document, indent=1).encode("utf-8"))
+        self._records = records
+
+    def _load(self) -> dict[str, _Record]:
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        restrict_mode(self._path)
+        try:
+            document = json.loads(raw)
+            if document.get("format") != _FORMAT:
+                raise ValueError(f"format is {document.get('format')!r}, not {_FORMAT!r}")
+            records = [_record_from_json(item) for item in document["tokens"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataLoss(f"token store {self._path} is corrupt: {exc}") from exc
+        return {record.info.token_id: record for record in records}
+
+
+def _record_to_json(record: _Record) -> dict[str, Any]:
+    info = record.info
+    return {
+        "token_id": info.token_id,
+        "principal": info.principal,
+        "grants": [{"dataset": g.dataset, "role": g.role.value} for g in info.grants],
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked": info.revoked,
+        "sha256": record.digest,
+    }
+
+
+def _record_from_json(item: Mapping[str, Any]) -> _Record:
+    digest = item["sha256"]
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("a token hash is not 64 hex digits")
+    grants = tuple(Grant(str(g["dataset"]), Role(g["role"])) for g in item["grants"])
+    info = TokenInfo(
+        token_id=str(item["token_id"]),
+        principal=str(item["principal"]),
+        grants=grants,
+        created_at=float(item["created_at"]),
+        expires_at=float(item["expires_at"]),
+        revoked=bool(item["revoked"]),
+    )
+    return _Record(info, digest)
