@@ -29,7 +29,6 @@ from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
-from tierstore.engine.ingest import frame_prepared, frame_value
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
@@ -48,6 +47,7 @@ from tierstore.errors import (
     StoreClosed,
     WrongShardKind,
 )
+from tierstore.framing import frame_prepared, frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.policy.base import EvictionPolicy
 from tierstore.policy.lru import LruPolicy

@@ -19,11 +19,11 @@ from typing import Any
 
 from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.ingest import FramedValue
 from tierstore.engine.mover import Mover
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealing import ShardSealers, stored_overhead
 from tierstore.errors import ArchiveUnavailable, BacklogFull
+from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import Durability, ShardInfo
 

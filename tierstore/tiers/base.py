@@ -11,10 +11,11 @@ backend lazily when they find themselves in a new process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from tierstore.buffers import BytesLike, byte_view, value_chunks
 from tierstore.errors import InvalidRange
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "value_chunks",
 ]
 
-#: Anything with the buffer protocol that a tier accepts as a value.
-BytesLike = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,39 +103,3 @@ def resolve_range(total: int, byte_range: tuple[int, int] | None) -> tuple[int, 
     if offset > total or (offset == total and total > 0 and length > 0):
         raise InvalidRange(f"range offset {offset} is past the end of a {total}-byte value")
     return offset, min(total, offset + length)
-
-
-def byte_view(value: object) -> memoryview | None:
-    """A flat unsigned-byte view of ``value`` if it exports the buffer protocol, else ``None``.
-
-    pyarrow exports signed ``'b'`` and numpy many formats; consumers such as
-    ``cryptography`` take only ``'B'``. A non-contiguous buffer is copied.
-    """
-    try:
-        view = memoryview(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-    if view.format == "B" and view.ndim == 1:
-        return view
-    return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
-
-
-def value_chunks(value: BytesLike | Iterable[BytesLike]) -> Iterator[memoryview]:
-    """A tier value as byte views: itself if it is one buffer, else each item of the iterable.
-
-    Anything with the buffer protocol counts as one buffer (a numpy array is one
-    value, not an iterable of elements). Raises :class:`TypeError` for an item
-    that is not a buffer.
-    """
-    single = byte_view(value)
-    if single is not None:
-        yield single
-        return
-    for item in cast("Iterable[BytesLike]", value):
-        view = byte_view(item)
-        if view is None:
-            raise TypeError(
-                "a tier value must be a buffer or an iterable of buffers, "
-                f"got a {type(item)!r} item"
-            )
-        yield view

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
+from tierstore.buffers import byte_view
 from tierstore.errors import OversizeFrame, UnsupportedData
-from tierstore.tiers.base import byte_view
 from tierstore.types import ShardKind
 
 __all__ = ["FramedValue", "frame_prepared", "frame_value"]
