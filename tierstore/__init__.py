@@ -9,6 +9,27 @@ imported by the modules that need them, when they are first used.
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+import os
+from typing import TYPE_CHECKING, Any
+
+# DataLoader workers fork. gRPC channels opened in a forked child fail now and then
+# unless fork support is on before grpc is first imported (DESIGN.md, section 5);
+# every tierstore module is imported after this package, so set it here.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
+
+if TYPE_CHECKING:
+    from tierstore.client.client import Client, connect
+
+__all__ = ["Client", "__version__", "connect"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import tierstore` stays light; grpc loads on first use of the client.
+    if name in ("Client", "connect"):
+        from tierstore.client import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'tierstore' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"

@@ -149,6 +149,30 @@ class LocalKeyring:
             json.dump(document, handle)
         return LocalKeyring(keys={key_id: key}, current=key_id)
 
+    def rotated_file(self, path: Path) -> LocalKeyring:
+        """Add a fresh random key to the key file at ``path``, make it current, and
+        return the new keyring (old keys kept, so existing data keys still unwrap).
+
+        The file is replaced atomically (mode 0600).
+        """
+        number = len(self.keys) + 1
+        while f"k{number}" in self.keys:
+            number += 1
+        key_id = f"k{number}"
+        keys = {**self.keys, key_id: AESGCM.generate_key(bit_length=256)}
+        document = {
+            "current": key_id,
+            "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
+        }
+        temporary = path.with_name(path.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return LocalKeyring(keys=keys, current=key_id)
+
     def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
         nonce = os.urandom(_WRAP_NONCE_BYTES)
         sealed = AESGCM(self.keys[self.current]).encrypt(

@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class ObjectStat:
     """What a tier knows about one stored value."""

@@ -1,0 +1,1 @@
+"""The ``tierstore`` admin command line (built on the client library only, plus ``serve``)."""

@@ -1,0 +1,420 @@
+"""The ``tierstore`` command: ``serve`` a node, and administer one through the client.
+
+Every command but ``serve`` talks to a server through :mod:`tierstore.client`;
+connection options default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
+``TIERSTORE_CA``. Errors print one line on stderr and exit non-zero (2 for a
+caller's mistake, 3 for not found, 4 for permission problems, 5 for
+unavailable, 6 for data loss, 1 otherwise); ``--json`` prints results for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from tierstore import errors
+from tierstore.types import Grant, Role
+
+app = typer.Typer(help="tierstore: tiered storage for ML shards.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Create, list and delete datasets.", no_args_is_help=True)
+token_app = typer.Typer(help="Issue, list and revoke access tokens.", no_args_is_help=True)
+keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(token_app, name="token")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+out = Console()
+
+_EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
+    (errors.InvalidArgument, 2),
+    (errors.NotFound, 3),
+    (errors.AlreadyExists, 2),
+    (errors.Unauthenticated, 4),
+    (errors.PermissionDenied, 4),
+    (errors.Unavailable, 5),
+    (errors.DataLoss, 6),
+]
+
+
+class _State:
+    address: str | None = None
+    token: str | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    json: bool = False
+
+
+state = _State()
+
+
+@app.callback()
+def _options(
+    address: Annotated[str | None, typer.Option(help="HOST:PORT [TIERSTORE_ADDRESS]")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token [TIERSTORE_TOKEN]")] = None,
+    ca: Annotated[Path | None, typer.Option(help="server CA PEM file [TIERSTORE_CA]")] = None,
+    insecure: Annotated[bool, typer.Option(help="plaintext (loopback servers only)")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    state.address, state.token, state.ca = address, token, ca
+    state.insecure, state.json = insecure, json_output
+
+
+def _client() -> Any:
+    from tierstore.client.client import connect
+
+    return connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, str):
+        return value.value
+    return value
+
+
+def _emit(value: Any, table: Table | str | None = None) -> None:
+    if state.json:
+        sys.stdout.write(json.dumps(_jsonable(value), indent=None, default=str) + "\n")
+    elif table is not None:
+        out.print(table)
+
+
+def _fail(exc: errors.TierstoreError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+    code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)
+    return typer.Exit(code)
+
+
+def _run(action: Any) -> Any:
+    try:
+        return action()
+    except errors.TierstoreError as exc:
+        raise _fail(exc) from None
+
+
+def _shard_table(shards: list[Any]) -> Table:
+    table = Table("name", "size", "frames", "kind", "hot", "archived", "encrypted", "reads")
+    for s in shards:
+        table.add_row(
+            s.name,
+            f"{s.size:,}",
+            str(s.frame_count),
+            s.kind.value,
+            _yes(s.hot),
+            _yes(s.archived),
+            _yes(s.encrypted),
+            str(s.access_count),
+        )
+    return table
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+# serve
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option(help="where the node keeps everything")] = Path(
+        "./tierstore-data"
+    ),
+    listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
+    health_listen: Annotated[str, typer.Option(help="plaintext health port")] = "127.0.0.1:7444",
+    insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
+    require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
+    hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
+    s3_endpoint: Annotated[str, typer.Option(help="external S3 archive URL")] = "",
+    bucket: Annotated[str, typer.Option(help="archive bucket")] = "tierstore",
+    prefix: Annotated[str, typer.Option(help="archive key prefix")] = "",
+    s3_access_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_ACCESS_KEY")] = "",
+    s3_secret_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_SECRET_KEY")] = "",
+    master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
+    config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
+    hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
+) -> None:
+    """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
+    from tierstore.cli.serve import ServeOptions
+    from tierstore.cli.serve import serve as run
+
+    options = ServeOptions(
+        data_dir=data_dir,
+        listen=listen,
+        health_listen=health_listen,
+        insecure=insecure,
+        require_client_cert=require_client_cert,
+        hostnames=tuple(hostname or ()),
+        s3_endpoint=s3_endpoint,
+        bucket=bucket,
+        prefix=prefix,
+        s3_access_key=s3_access_key,
+        s3_secret_key=s3_secret_key,
+        master_key_file=master_key_file,
+        config_file=config,
+        hot_capacity_bytes=hot_capacity,
+    )
+    raise typer.Exit(_run(lambda: run(options, sys.stdout)))
+
+
+# datasets
+
+
+@dataset_app.command("create")
+def dataset_create(
+    name: str,
+    encrypted: Annotated[bool, typer.Option(help="encrypt at rest")] = False,
+    durability: Annotated[str, typer.Option(help="write-back | write-through")] = "write-back",
+) -> None:
+    """Create a dataset."""
+    settings = _run(
+        lambda: _client().create_dataset(name, encrypted=encrypted, durability=durability)
+    )
+    _emit({"name": name, **_jsonable(settings)}, f"created dataset {name}")
+
+
+@dataset_app.command("ls")
+def dataset_ls() -> None:
+    """List the datasets you may see."""
+    datasets = _run(lambda: _client().list_datasets())
+    table = Table("name", "encrypted", "durability")
+    for name, settings in datasets:
+        table.add_row(name, _yes(settings.encrypted), settings.durability.value)
+    _emit([{"name": n, **_jsonable(s)} for n, s in datasets], table)
+
+
+@dataset_app.command("rm")
+def dataset_rm(
+    name: str, force: Annotated[bool, typer.Option(help="also delete its shards")] = False
+) -> None:
+    """Delete a dataset."""
+    _run(lambda: _client().delete_dataset(name, force=force))
+    _emit({"deleted": name}, f"deleted dataset {name}")
+
+
+# shards
+
+
+@app.command()
+def put(
+    dataset: str,
+    paths: Annotated[list[Path], typer.Argument(help="files or directories")],
+    prefix: Annotated[str, typer.Option(help="shard name prefix")] = "",
+) -> None:
+    """Upload files (directories recursively) as shards named by their relative paths."""
+    client = _client()
+    files: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            files += [
+                (f, prefix + f.relative_to(path).as_posix())
+                for f in sorted(path.rglob("*"))
+                if f.is_file()
+            ]
+        elif path.is_file():
+            files.append((path, prefix + path.name))
+        else:
+            raise _fail(errors.InvalidArgument(f"{path} is not a file or directory"))
+    total = sum(f.stat().st_size for f, _ in files)
+    uploaded = []
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        disable=state.json,
+    ) as progress:
+        task = progress.add_task("uploading", total=total)
+        for file, name in files:
+            info = _run(lambda file=file, name=name: client.put(dataset, name, file))
+            uploaded.append(info)
+            progress.advance(task, file.stat().st_size)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    _emit(
+        {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
+        f"uploaded {len(uploaded)} shards, {total:,} bytes, {total / elapsed / 1e6:.1f} MB/s",
+    )
+
+
+@app.command()
+def get(
+    dataset: str,
+    shard: str,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+    ] = None,
+    offset: int = 0,
+    length: int | None = None,
+) -> None:
+    """Download a shard (or a byte range of it)."""
+    data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
+    if output is None:
+        sys.stdout.buffer.write(memoryview(data))
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(memoryview(data))
+        if state.json:
+            _emit({"shard": shard, "bytes": data.size, "output": str(output)})
+
+
+@app.command("ls")
+def ls(dataset: str, prefix: Annotated[str, typer.Argument()] = "") -> None:
+    """List a dataset's shards."""
+    shards = _run(lambda: _client().list(dataset, prefix))
+    _emit(shards, _shard_table(shards))
+
+
+@app.command()
+def stat(dataset: str, shard: str) -> None:
+    """Show what the server knows of a shard."""
+    info = _run(lambda: _client().stat(dataset, shard))
+    _emit(info, _shard_table([info]))
+
+
+@app.command()
+def rm(dataset: str, shards: list[str]) -> None:
+    """Delete shards."""
+    client = _client()
+    for shard in shards:
+        _run(lambda shard=shard: client.delete(dataset, shard))
+    _emit({"deleted": shards}, f"deleted {len(shards)} shards")
+
+
+@app.command()
+def pin(dataset: str, shards: list[str]) -> None:
+    """Keep shards in the hot tier."""
+    client = _client()
+    queued = sum(_run(lambda s=s: client.pin(dataset, s)) for s in shards)
+    _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {len(shards)} shards")
+
+
+@app.command()
+def unpin(dataset: str, shards: list[str]) -> None:
+    """Let the policy evict shards again."""
+    client = _client()
+    for shard in shards:
+        _run(lambda shard=shard: client.unpin(dataset, shard))
+    _emit({"unpinned": shards}, f"unpinned {len(shards)} shards")
+
+
+@app.command()
+def prefetch(dataset: str, shards: list[str]) -> None:
+    """Promote shards to the hot tier ahead of use."""
+    queued = _run(lambda: _client().prefetch(dataset, shards))
+    _emit({"queued": queued}, f"queued {queued} shards")
+
+
+@app.command()
+def evict(dataset: str, shards: list[str]) -> None:
+    """Drop shards from the hot tier (only ones the archive holds)."""
+    client = _client()
+    freed = sum(_run(lambda s=s: client.evict(dataset, s)) for s in shards)
+    _emit({"freed_bytes": freed}, f"freed {freed:,} bytes")
+
+
+@app.command()
+def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
+    """Hot-tier usage and per-dataset shards, bytes and hit ratio."""
+    figures = _run(lambda: _client().stats(dataset))
+    table = Table(
+        "dataset", "shards", "bytes", "hot shards", "hot bytes", "hits", "misses", "hit ratio"
+    )
+    for name, d in figures["datasets"].items():
+        table.add_row(
+            name,
+            str(d["shards"]),
+            f"{d['bytes']:,}",
+            str(d["hot_shards"]),
+            f"{d['hot_bytes']:,}",
+            str(d["hits"]),
+            str(d["misses"]),
+            f"{d['hit_ratio']:.1%}",
+        )
+    table.caption = (
+        f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
+        f"{figures['backlog_bytes']:,} bytes waiting for the archive"
+    )
+    _emit(dict(figures), table)
+
+
+# tokens and keys
+
+
+@token_app.command("create")
+def token_create(
+    principal: str,
+    grant: Annotated[
+        list[str], typer.Option(help="DATASET=ROLE (role: reader, writer, admin; DATASET may be *)")
+    ],
+    ttl: Annotated[float, typer.Option(help="seconds until it expires (0: never)")] = 0,
+) -> None:
+    """Issue a token; it is printed once."""
+    grants = []
+    for item in grant:
+        dataset, _, role = item.partition("=")
+        try:
+            grants.append(Grant(dataset, Role(role)))
+        except ValueError:
+            raise _fail(
+                errors.InvalidArgument(f"grant {item!r} is not DATASET=reader|writer|admin")
+            ) from None
+    token_id, token = _run(lambda: _client().create_token(principal, grants, ttl_s=ttl))
+    _emit({"token_id": token_id, "token": token}, f"token {token_id} for {principal}:\n{token}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token for good."""
+    _run(lambda: _client().revoke_token(token_id))
+    _emit({"revoked": token_id}, f"revoked {token_id}")
+
+
+@token_app.command("ls")
+def token_ls() -> None:
+    """List tokens (never the tokens themselves)."""
+    tokens = _run(lambda: _client().list_tokens())
+    table = Table("id", "principal", "grants", "expires", "revoked")
+    for t in tokens:
+        grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"])
+        expires = (
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["expires_at"]))
+            if t["expires_at"]
+            else "never"
+        )
+        table.add_row(t["token_id"], t["principal"], grants, expires, _yes(t["revoked"]))
+    _emit(tokens, table)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Make a new master key current and rewrap every data key (frames are not rewritten)."""
+    rewrapped, key_id = _run(lambda: _client().rotate_keys())
+    _emit(
+        {"rewrapped": rewrapped, "key_id": key_id},
+        f"master key {key_id}; {rewrapped} data keys rewrapped",
+    )
+
+
+def main() -> None:
+    """Entry point of the ``tierstore`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

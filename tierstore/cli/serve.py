@@ -1,0 +1,159 @@
+"""``tierstore serve``: one node — engine, archive, security material, gRPC server.
+
+Everything lives under the data directory::
+
+    <data-dir>/hot/           the LMDB hot tier (frames, catalog, journal)
+    <data-dir>/archive/       the embedded SeaweedFS archive (unless an external S3 is given)
+    <data-dir>/tls/           local CA and server certificate (ca.pem for clients)
+    <data-dir>/admin.token    the first admin token (mode 0600)
+    <data-dir>/tokens.json    token hashes and grants (mode 0600)
+    <data-dir>/master.keys    master keys for encryption at rest (mode 0600)
+    <data-dir>/spool/         incoming puts until their stream completes
+
+The master key file is created on first start so that encrypted datasets work
+out of the box; keep a copy apart from the data (it is the only way to read
+encrypted shards), or point ``--master-key-file`` at one you manage.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tierstore.config import ArchiveSettings, load_settings
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.bootstrap import open_store
+from tierstore.server.app import ServerSettings, create_server
+from tierstore.server.private_files import ensure_private_dir
+from tierstore.server.tls import ensure_tls_material
+from tierstore.server.tokens import TokenStore
+
+__all__ = ["ServeOptions", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What ``tierstore serve`` was asked for."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    health_listen: str = "127.0.0.1:7444"
+    insecure: bool = False
+    require_client_cert: bool = False
+    hostnames: tuple[str, ...] = ()
+    s3_endpoint: str = ""
+    bucket: str = "tierstore"
+    prefix: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    master_key_file: Path | None = None
+    config_file: Path | None = None
+    hot_capacity_bytes: int | None = None
+    grace_s: float = 20.0
+
+
+def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
+    """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
+    data_dir = options.data_dir.resolve()
+    ensure_private_dir(data_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with ExitStack() as cleanup:
+        archive = _archive_settings(options, data_dir, cleanup)
+        key_file = options.master_key_file or data_dir / "master.keys"
+        keyring = (
+            LocalKeyring.from_file(key_file)
+            if key_file.exists()
+            else LocalKeyring.generate_file(key_file)
+        )
+        overrides: dict[str, Any] = {"data_dir": data_dir, "master_key_file": key_file}
+        if options.hot_capacity_bytes:
+            overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
+        settings = load_settings(options.config_file, archive=archive, **overrides)
+        store = open_store(settings)
+        tokens = TokenStore(data_dir / "tokens.json")
+        admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
+        tls = None
+        if not options.insecure:
+            tls = ensure_tls_material(data_dir, options.hostnames)
+        state = {"keyring": keyring}
+
+        def rotate_keys() -> int:
+            state["keyring"] = state["keyring"].rotated_file(key_file)
+            return store.rotate_master_key(state["keyring"])
+
+        server, port = create_server(
+            ServerSettings(
+                listen=options.listen,
+                health_listen=options.health_listen,
+                insecure=options.insecure,
+                require_client_cert=options.require_client_cert,
+                tls=tls,
+                spool_dir=data_dir / "spool",
+            ),
+            store,
+            tokens,
+            rotate_keys,
+        )
+        server.start()
+        host = options.listen.rsplit(":", 1)[0]
+        _print_banner(out, f"{host}:{port}", server.health_port, data_dir, admin_token, tls is None)
+        if ready is not None:
+            ready.set()
+        stop.wait()
+        out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
+        out.flush()
+        server.stop(options.grace_s)
+    out.write("tierstore: stopped\n")
+    out.flush()
+    return 0
+
+
+def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack) -> ArchiveSettings:
+    if options.s3_endpoint:
+        return ArchiveSettings(
+            endpoint_url=options.s3_endpoint,
+            bucket=options.bucket,
+            prefix=options.prefix,
+            access_key_id=options.s3_access_key,
+            secret_access_key=options.s3_secret_key,
+        )
+    from tierstore.tiers.seaweedfs import SeaweedServer  # only for the embedded archive
+
+    embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
+    s3 = embedded.s3_settings(options.bucket, options.prefix)
+    return ArchiveSettings(
+        endpoint_url=s3.endpoint_url,
+        bucket=s3.bucket,
+        prefix=s3.prefix,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+    )
+
+
+def _print_banner(
+    out: TextIO, address: str, health_port: int, data_dir: Path, token: str | None, insecure: bool
+) -> None:
+    token_file = data_dir / "admin.token"
+    lines = [
+        f"tierstore: serving on {address}"
+        + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
+        f"tierstore: health checks (plaintext) on port {health_port}" if health_port else "",
+        "tierstore: connect with:",
+        f"  export TIERSTORE_ADDRESS={address}",
+        "" if insecure else f"  export TIERSTORE_CA={data_dir / 'tls' / 'ca.pem'}",
+        f"  export TIERSTORE_TOKEN=$(cat {token_file})",
+        "  tierstore dataset ls",
+        "tierstore: a new admin token was written to " + str(token_file) if token else "",
+        "tierstore: ready",
+    ]
+    out.write("\n".join(line for line in lines if line) + "\n")
+    out.flush()

@@ -1,0 +1,530 @@
+"""The Python client of the tierstore service.
+
+``tierstore.connect(address, token=..., ca=...)`` returns a :class:`Client`. Every
+call carries the bearer token and a deadline; calls that are safe to repeat are
+retried with back-off when the server is UNAVAILABLE. Errors come back as the
+same :mod:`tierstore.errors` class the server raised. A client is safe to share
+between threads, and keeps working in processes forked from the one that made
+it (each process opens its own channel on first use).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import mmap
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn, TypeVar
+
+import grpc
+import pyarrow as pa
+
+from tierstore import arrowio, tensors
+from tierstore.client.channel import ChannelSettings, ProcessChannel
+from tierstore.client.receive import ShardStream, open_stream
+from tierstore.errors import InvalidArgument, Unavailable, WrongShardKind
+from tierstore.framing import frame_value
+from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.types import DatasetSettings, Durability, Grant, ShardInfo
+from tierstore.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    placement_pb2,
+    placement_pb2_grpc,
+    shards_pb2,
+    shards_pb2_grpc,
+)
+from tierstore.wire.convert import (
+    dataset_settings_from_pb,
+    dataset_settings_to_pb,
+    durability_to_pb,
+    shard_info_from_pb,
+    shard_kind_to_pb,
+)
+from tierstore.wire.grants import grant_from_pb, grant_to_pb
+from tierstore.wire.status import ERROR_HEADER, error_for_status
+
+__all__ = ["Client", "TierStats", "connect"]
+
+T = TypeVar("T")
+
+#: Frames sent per put: the server's frame limit (frames are cut client-side to fit).
+DEFAULT_FRAME_BYTES = 4 * 1024 * 1024
+_RETRIES = 4
+
+
+class TierStats(dict[str, Any]):
+    """Tier statistics as a plain mapping (hot bytes, capacity, backlog, per dataset)."""
+
+
+def _raise_mapped(error: grpc.RpcError) -> NoReturn:
+    """Raise the tierstore error a failed call stands for (the class the server named)."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
+    details = call.details() if hasattr(call, "details") else str(error)
+    name = None
+    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == ERROR_HEADER:
+            name = value if isinstance(value, str) else value.decode()
+    raise error_for_status(code, details or "", name) from None
+
+
+class Client:
+    """One connection (lazily opened, per process) to a tierstore server."""
+
+    def __init__(
+        self,
+        settings: ChannelSettings,
+        *,
+        timeout_s: float = 30.0,
+        stream_timeout_s: float = 3600.0,
+        frame_bytes: int = DEFAULT_FRAME_BYTES,
+    ) -> None:
+        self._channel = ProcessChannel(settings)
+        self.timeout_s = timeout_s
+        self.stream_timeout_s = stream_timeout_s
+        self.frame_bytes = frame_bytes
+
+    def __repr__(self) -> str:
+        return f"Client({self._channel.settings.address!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this process's channel (the client reopens one if used again)."""
+        self._channel.close()
+
+    # Plumbing.
+
+    def _stub(self, factory: Callable[[grpc.Channel], T]) -> T:
+        return factory(self._channel.get())
+
+    def _call(self, fn: Callable[..., T], request: Any, *, idempotent: bool) -> T:
+        delay = 0.1
+        for attempt in range(_RETRIES):
+            try:
+                return fn(request, timeout=self.timeout_s, metadata=self._channel.metadata)
+            except grpc.RpcError as error:
+                code = getattr(error, "code", lambda: None)()
+                retry = idempotent and code == grpc.StatusCode.UNAVAILABLE
+                if not retry or attempt == _RETRIES - 1:
+                    _raise_mapped(error)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+    # Datasets.
+
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        encrypted: bool = False,
+        durability: str = "write-back",
+        hot_quota_bytes: int = 0,
+    ) -> DatasetSettings:
+        """Create a dataset.
+
+        ``encrypted``: encrypt its shards at rest in both tiers (fixed at creation).
+        ``durability``: ``"write-back"`` (acknowledged after the local commit) or
+        ``"write-through"`` (after the archive holds it too). ``hot_quota_bytes``: 0
+        for none. Raises InvalidName, AlreadyExists, PermissionDenied.
+        """
+        validate_dataset_name(name)
+        settings = DatasetSettings(encrypted, _durability(durability), hot_quota_bytes)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.CreateDataset,
+            datasets_pb2.CreateDatasetRequest(name=name, settings=dataset_settings_to_pb(settings)),
+            idempotent=False,
+        )
+        return dataset_settings_from_pb(reply.settings)
+
+    def get_dataset(self, name: str) -> DatasetSettings:
+        """A dataset's settings. Raises DatasetNotFound (also for datasets you may not see)."""
+        validate_dataset_name(name)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.GetDataset, datasets_pb2.GetDatasetRequest(name=name), idempotent=True
+        )
+        return dataset_settings_from_pb(reply.settings)
+
+    def list_datasets(self) -> builtins.list[tuple[str, DatasetSettings]]:
+        """The datasets you hold a role on, sorted by name."""
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(stub.ListDatasets, datasets_pb2.ListDatasetsRequest(), idempotent=True)
+        return [(d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets]
+
+    def update_dataset(
+        self, name: str, *, durability: str | None = None, hot_quota_bytes: int | None = None
+    ) -> DatasetSettings:
+        """Change a dataset's durability or hot quota (admin on the dataset)."""
+        validate_dataset_name(name)
+        request = datasets_pb2.UpdateDatasetRequest(name=name)
+        if durability is not None:
+            request.durability = durability_to_pb(_durability(durability))
+        if hot_quota_bytes is not None:
+            request.hot_quota_bytes = hot_quota_bytes
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(stub.UpdateDataset, request, idempotent=True)
+        return dataset_settings_from_pb(reply.settings)
+
+    def delete_dataset(self, name: str, *, force: bool = False) -> None:
+        """Delete a dataset; ``force`` also deletes its shards (admin on the dataset)."""
+        validate_dataset_name(name)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        self._call(
+            stub.DeleteDataset,
+            datasets_pb2.DeleteDatasetRequest(name=name, force=force),
+            idempotent=False,
+        )
+
+    # Shards.
+
+    def put(self, dataset: str, shard: str, data: Any) -> ShardInfo:
+        """Store ``data`` as the new generation of ``dataset/shard``; returns its info.
+
+        ``data``: bytes or any buffer, a file path (``str``/``Path``, read through a
+        memory map) or binary file object, a numpy array, a pyarrow Table or
+        RecordBatch, or a torch tensor. Raises InvalidName, UnsupportedData,
+        OversizeFrame, PermissionDenied, ResourceExhausted, ArchiveUnavailable.
+        """
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        with _as_value(data) as value:
+            framed = frame_value(value, self.frame_bytes)
+
+            def messages() -> Iterator[shards_pb2.PutShardRequest]:
+                yield shards_pb2.PutShardRequest(
+                    header=shards_pb2.PutShardHeader(
+                        dataset=dataset,
+                        shard=shard,
+                        kind=shard_kind_to_pb(framed.kind),
+                        frame_count=len(framed.frames),
+                    )
+                )
+                for frame in framed.frames:
+                    yield shards_pb2.PutShardRequest(frame=bytes(frame))
+
+            stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+            try:
+                reply = stub.PutShard(
+                    messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
+                )
+            except grpc.RpcError as error:
+                _raise_mapped(error)
+        return shard_info_from_pb(reply)
+
+    def _open(self, request: shards_pb2.GetShardRequest) -> ShardStream:
+        stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        delay = 0.1
+        for attempt in range(_RETRIES):
+            responses = stub.GetShard(
+                request, timeout=self.stream_timeout_s, metadata=self._channel.metadata
+            )
+            try:
+                return open_stream(_mapped(responses))
+            except Unavailable:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise Unavailable("unreachable")  # pragma: no cover
+
+    def get(
+        self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
+    ) -> pa.Buffer:
+        """Bytes ``[offset, offset + length)`` of a shard (to the end when ``length`` is None).
+
+        Frames are verified (and decrypted) here, straight into the returned
+        64-byte-aligned buffer. Raises ShardNotFound, DatasetNotFound, InvalidRange,
+        PermissionDenied, DataLoss (nothing unverified is returned), Unavailable.
+        """
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument("offset and length must not be negative")
+        byte_range = common_pb2.ByteRange(offset=offset)
+        if length is not None:
+            byte_range.length = length
+        stream = self._open(
+            shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
+        )
+        out = pa.allocate_buffer(stream.length)
+        stream.into(memoryview(out).cast("B"))
+        return out
+
+    def read_table(
+        self, dataset: str, shard: str, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """An Arrow shard as a table; its columns point into the received frames (no copy).
+
+        ``columns`` selects (and orders) columns by name. Raises WrongShardKind for a raw
+        shard, and as :meth:`get`.
+        """
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        stream = self._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
+        if stream.info.kind.value == "raw":
+            for _ in stream.messages:  # drain the stream so the call ends cleanly
+                pass
+            raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
+        return arrowio.frames_to_table(stream.frames(), columns)
+
+    def read_tensor(self, dataset: str, shard: str) -> Any:
+        """A tensor shard as a numpy array (a torch tensor if it was stored from torch)."""
+        return tensors.table_to_tensor(self.read_table(dataset, shard))
+
+    def stat(self, dataset: str, shard: str) -> ShardInfo:
+        """What the server knows of a shard (size, frames, tiers, access counts)."""
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        reply = self._call(
+            stub.StatShard,
+            shards_pb2.StatShardRequest(dataset=dataset, shard=shard),
+            idempotent=True,
+        )
+        return shard_info_from_pb(reply)
+
+    def list(
+        self, dataset: str, prefix: str = "", *, limit: int | None = None
+    ) -> builtins.list[ShardInfo]:
+        """Shards of ``dataset`` whose names start with ``prefix``, in name order (all of
+        them, fetched page by page, unless ``limit`` caps the count)."""
+        validate_dataset_name(dataset)
+        stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        shards: builtins.list[ShardInfo] = []
+        start_after = ""
+        while limit is None or len(shards) < limit:
+            reply = self._call(
+                stub.ListShards,
+                shards_pb2.ListShardsRequest(
+                    dataset=dataset,
+                    prefix=prefix,
+                    start_after=start_after,
+                    limit=min(1000, limit - len(shards)) if limit is not None else 1000,
+                ),
+                idempotent=True,
+            )
+            shards.extend(shard_info_from_pb(s) for s in reply.shards)
+            if not reply.next_start_after:
+                break
+            start_after = reply.next_start_after
+        return shards
+
+    def delete(self, dataset: str, shard: str) -> None:
+        """Delete a shard from every tier. Raises ShardNotFound."""
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        self._call(
+            stub.DeleteShard,
+            shards_pb2.DeleteShardRequest(dataset=dataset, shard=shard),
+            idempotent=False,
+        )
+
+    # Placement.
+
+    def _placement(self, method: str, dataset: str, shard: str) -> int:
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            getattr(stub, method),
+            placement_pb2.ShardRef(dataset=dataset, shard=shard),
+            idempotent=True,
+        )
+        return int(reply.bytes)
+
+    def pin(self, dataset: str, shard: str) -> int:
+        """Keep a shard hot (a cold one is promoted); returns bytes queued for promotion."""
+        return self._placement("Pin", dataset, shard)
+
+    def unpin(self, dataset: str, shard: str) -> None:
+        """Let the placement policy evict a shard again."""
+        self._placement("Unpin", dataset, shard)
+
+    def evict(self, dataset: str, shard: str) -> int:
+        """Drop a shard from the hot tier if the archive holds it; returns bytes freed."""
+        return self._placement("Evict", dataset, shard)
+
+    def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
+        """Queue promotion of the named shards that are cold; returns how many were queued."""
+        validate_dataset_name(dataset)
+        for shard in shards:
+            validate_shard_name(shard)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.Prefetch,
+            placement_pb2.PrefetchRequest(dataset=dataset, shards=list(shards)),
+            idempotent=True,
+        )
+        return int(reply.queued)
+
+    def stats(self, dataset: str = "") -> TierStats:
+        """Hot-tier usage, archive backlog, and per dataset: shards, bytes, hits, misses."""
+        if dataset:
+            validate_dataset_name(dataset)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.GetTierStats, placement_pb2.GetTierStatsRequest(dataset=dataset), idempotent=True
+        )
+        return TierStats(
+            hot_bytes=reply.hot_bytes,
+            hot_capacity_bytes=reply.hot_capacity_bytes,
+            backlog_bytes=reply.backlog_bytes,
+            journal_entries=reply.journal_entries,
+            datasets={
+                d.dataset: {
+                    "shards": d.shards,
+                    "bytes": d.bytes,
+                    "hot_shards": d.hot_shards,
+                    "hot_bytes": d.hot_bytes,
+                    "hits": d.hits,
+                    "misses": d.misses,
+                    "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else 0.0,
+                }
+                for d in reply.datasets
+            },
+        )
+
+    # Administration.
+
+    def create_token(
+        self, principal: str, grants: Sequence[Grant], *, ttl_s: float = 0
+    ) -> tuple[str, str]:
+        """Issue a token (admin on "*"); returns ``(token_id, token)`` — the token is shown once."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(
+            stub.CreateToken,
+            admin_pb2.CreateTokenRequest(
+                principal=principal, grants=[grant_to_pb(g) for g in grants], ttl_s=ttl_s
+            ),
+            idempotent=False,
+        )
+        return reply.token_id, reply.token
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token for good (admin on "*")."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        self._call(
+            stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id), idempotent=True
+        )
+
+    def list_tokens(self) -> builtins.list[dict[str, Any]]:
+        """Every token's id, principal, grants, times and state (never the token)."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(stub.ListTokens, admin_pb2.ListTokensRequest(), idempotent=True)
+        return [
+            {
+                "token_id": t.token_id,
+                "principal": t.principal,
+                "grants": [grant_from_pb(g) for g in t.grants],
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "revoked": t.revoked,
+            }
+            for t in reply.tokens
+        ]
+
+    def rotate_keys(self) -> tuple[int, str]:
+        """Rotate the master key (admin on "*"); returns ``(rewrapped, new key id)``."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(stub.RotateKeys, admin_pb2.RotateKeysRequest(), idempotent=False)
+        return int(reply.rewrapped), reply.key_id
+
+
+def _durability(value: str | Durability) -> Durability:
+    try:
+        return Durability(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"durability must be 'write-back' or 'write-through', not {value!r}"
+        ) from None
+
+
+def _mapped(responses: Any) -> Iterator[Any]:
+    try:
+        yield from responses
+    except grpc.RpcError as error:
+        _raise_mapped(error)
+
+
+class _as_value:
+    """Context manager: a file path or file object as a buffer (mapped, not read), or ``data``."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+        self._map: mmap.mmap | None = None
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> Any:
+        data = self._data
+        if isinstance(data, str | os.PathLike):
+            try:
+                self._file = open(Path(data), "rb")
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read {data}: {exc}") from exc
+            data = self._file
+        if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
+            try:
+                size = os.fstat(data.fileno()).st_size
+                if size == 0:
+                    return b""
+                self._map = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_READ)
+                return memoryview(self._map)
+            except (OSError, AttributeError, ValueError):
+                return data.read()
+        return data
+
+    def __exit__(self, *exc: object) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # views still referenced: freed with them
+                self._map.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def connect(
+    address: str | None = None,
+    *,
+    token: str | None = None,
+    ca: str | Path | None = None,
+    client_cert: str | Path | None = None,
+    client_key: str | Path | None = None,
+    insecure: bool = False,
+    timeout_s: float = 30.0,
+    environ: dict[str, str] | None = None,
+) -> Client:
+    """A client for the server at ``address`` (``HOST:PORT``).
+
+    Unset arguments come from ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
+    ``TIERSTORE_CA`` (a PEM file: the server's CA, ``<data-dir>/tls/ca.pem``).
+    ``client_cert``/``client_key``: PEM files for mutual TLS. ``insecure``: plaintext,
+    allowed only to loopback addresses. Nothing connects until the first call.
+    """
+    env = os.environ if environ is None else environ
+    address = address or env.get("TIERSTORE_ADDRESS", "")
+    token = token or env.get("TIERSTORE_TOKEN") or None
+    ca_value = ca or env.get("TIERSTORE_CA") or None
+    settings = ChannelSettings(
+        address=address,
+        token=token,
+        ca=Path(ca_value) if ca_value else None,
+        client_cert=Path(client_cert) if client_cert else None,
+        client_key=Path(client_key) if client_key else None,
+        insecure=insecure,
+    )
+    return Client(settings, timeout_s=timeout_s)

@@ -1,0 +1,77 @@
+"""AdminService: tokens and master-key rotation (admin on every dataset required)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from tierstore.engine.store import Store
+from tierstore.server.authz import authorize
+from tierstore.server.rpc import caller, handler
+from tierstore.server.tokens import TokenInfo, TokenStore
+from tierstore.v1 import admin_pb2, admin_pb2_grpc
+from tierstore.wire.grants import grant_from_pb, grant_to_pb
+
+__all__ = ["AdminServicer"]
+
+_SERVICE = "/tierstore.v1.AdminService/"
+
+
+def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
+    return admin_pb2.TokenInfo(
+        token_id=info.token_id,
+        principal=info.principal,
+        grants=[grant_to_pb(g) for g in info.grants],
+        created_at=info.created_at,
+        expires_at=info.expires_at,
+        revoked=info.revoked,
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Token management and key rotation."""
+
+    def __init__(
+        self, store: Store, tokens: TokenStore, rotate_keys: Callable[[], int] | None = None
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        # Rotation needs a new master key from wherever keys live (the key file, a KMS):
+        # the process that owns them supplies it. Without one, rewrap to the current key.
+        self._rotate = rotate_keys or store.rotate_master_key
+
+    def _check(self, method: str) -> None:
+        authorize(caller(), _SERVICE + method, None)
+
+    @handler
+    def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateTokenResponse:
+        self._check("CreateToken")
+        grants = [grant_from_pb(g) for g in request.grants]
+        info, token = self._tokens.create(request.principal, grants, request.ttl_s)
+        return admin_pb2.CreateTokenResponse(token_id=info.token_id, token=token)
+
+    @handler
+    def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeTokenResponse:
+        self._check("RevokeToken")
+        self._tokens.revoke(request.token_id)
+        return admin_pb2.RevokeTokenResponse()
+
+    @handler
+    def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListTokensResponse:
+        self._check("ListTokens")
+        return admin_pb2.ListTokensResponse(tokens=[_token_info(i) for i in self._tokens.list()])
+
+    @handler
+    def RotateKeys(
+        self, request: admin_pb2.RotateKeysRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RotateKeysResponse:
+        self._check("RotateKeys")
+        rewrapped = self._rotate()
+        return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=self._store.master_key_id)

@@ -1,0 +1,212 @@
+"""Assembling the gRPC server: services, security, health, reflection, graceful stop.
+
+``create_server(settings, store, tokens) -> (server, port)``. The API listens
+with TLS (mutual TLS when ``require_client_cert``), or in plaintext only when
+``insecure`` is set and the address is loopback. The standard health service
+answers on the API port and, for probes that speak neither TLS nor tokens, on
+its own plaintext port that serves nothing else. ``grpc.so_reuseport`` is off
+and every bound port is checked, so two servers never share a port silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tierstore.engine.store import Store
+from tierstore.errors import InvalidArgument, Unavailable
+from tierstore.server.admin import AdminServicer
+from tierstore.server.auth import AuthInterceptor
+from tierstore.server.datasets import DatasetServicer
+from tierstore.server.placement import PlacementServicer
+from tierstore.server.shards import ShardServicer
+from tierstore.server.tls import TlsMaterial
+from tierstore.server.tokens import TokenStore
+from tierstore.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    placement_pb2,
+    placement_pb2_grpc,
+    shards_pb2,
+    shards_pb2_grpc,
+)
+
+__all__ = ["ServerSettings", "TierstoreServer", "create_server"]
+
+log = logging.getLogger(__name__)
+
+#: Largest message accepted or sent: one frame (at most 64 MiB by configuration) plus its
+#: envelope. Frames are the unit of transfer, so no message is bigger.
+MAX_MESSAGE_BYTES = 80 * 1024 * 1024
+SERVICE_NAMES = (
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    shards_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name,
+    placement_pb2.DESCRIPTOR.services_by_name["PlacementService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How the service listens and protects itself."""
+
+    listen: str = "127.0.0.1:7443"
+    #: plaintext health-only port for probes; "" disables it.
+    health_listen: str = "127.0.0.1:7444"
+    insecure: bool = False
+    require_client_cert: bool = False
+    tls: TlsMaterial | None = field(default=None, repr=False)
+    max_workers: int = 32
+    max_concurrent_rpcs: int = 256
+    spool_dir: Path = Path("./spool")
+
+    def __post_init__(self) -> None:
+        if self.insecure and not _is_loopback(self.listen):
+            raise InvalidArgument("plaintext (--insecure) serving is allowed only on loopback")
+        if not self.insecure and self.tls is None:
+            raise InvalidArgument("TLS material is required unless insecure is set")
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise Unavailable(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise Unavailable(f"cannot listen on {address}: address in use or not allowed")
+    return port
+
+
+class TierstoreServer:
+    """The running service: API server, health (two ports), and a graceful stop."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        tokens: TokenStore,
+        rotate_keys: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=ThreadPoolExecutor(max_workers=2),
+        )
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+            interceptors=[AuthInterceptor(tokens)],
+            options=_options(),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
+            (datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store)),
+            (
+                shards_pb2_grpc.add_ShardServiceServicer_to_server,
+                ShardServicer(store, settings.spool_dir),
+            ),
+            (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
+            (
+                admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                AdminServicer(store, tokens, rotate_keys),
+            ),
+        ]
+        for register, servicer in registrations:
+            register(servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        credentials = None
+        if not settings.insecure:
+            assert settings.tls is not None  # checked by ServerSettings
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls.server_key_pem, settings.tls.server_cert_pem)],
+                root_certificates=settings.tls.ca_pem,
+                require_client_auth=settings.require_client_cert,
+            )
+        self.port = _bind(self._server, settings.listen, credentials)
+        self._health_server: grpc.Server | None = None
+        self.health_port = 0
+        if settings.health_listen:
+            self._health_server = grpc.server(
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                options=_options(),
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = _bind(self._health_server, settings.health_listen, None)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start serving and mark every service SERVING."""
+        self._server.start()
+        if self._health_server is not None:
+            self._health_server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Graceful stop: health turns NOT_SERVING at once, in-flight calls get ``grace_s``
+        to finish, then the store closes. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()
+        if self._health_server is not None:
+            self._health_server.stop(1).wait()
+        self.store.close()
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        self._server.wait_for_termination()
+
+
+def create_server(
+    settings: ServerSettings,
+    store: Store,
+    tokens: TokenStore,
+    rotate_keys: Callable[[], int] | None = None,
+) -> tuple[TierstoreServer, int]:
+    """Build (not start) the server; returns it and the bound API port.
+
+    ``rotate_keys`` makes a new master key current and rewraps data keys (returns
+    how many); the default only rewraps to the current key.
+    """
+    server = TierstoreServer(settings, store, tokens, rotate_keys)
+    return server, server.port

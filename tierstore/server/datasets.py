@@ -1,0 +1,86 @@
+"""DatasetService: thin handlers that check the caller, call the engine, and pack results."""
+
+from __future__ import annotations
+
+import grpc
+
+from tierstore.engine.store import Store
+from tierstore.naming import validate_dataset_name
+from tierstore.server.authz import authorize, visible
+from tierstore.server.rpc import caller, handler
+from tierstore.types import DatasetSettings
+from tierstore.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
+from tierstore.wire.convert import (
+    dataset_settings_from_pb,
+    dataset_settings_to_pb,
+    durability_from_pb,
+)
+
+__all__ = ["DatasetServicer"]
+
+_SERVICE = "/tierstore.v1.DatasetService/"
+
+
+def _dataset(name: str, settings: DatasetSettings) -> common_pb2.Dataset:
+    return common_pb2.Dataset(name=name, settings=dataset_settings_to_pb(settings))
+
+
+class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
+    """Create, read, list, update and delete datasets."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _check(self, method: str, name: str) -> str:
+        validate_dataset_name(name)
+        authorize(caller(), _SERVICE + method, name)
+        return name
+
+    @handler
+    def CreateDataset(
+        self, request: datasets_pb2.CreateDatasetRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Dataset:
+        name = self._check("CreateDataset", request.name)
+        settings = dataset_settings_from_pb(request.settings)
+        self._store.create_dataset(name, settings)
+        return _dataset(name, settings)
+
+    @handler
+    def GetDataset(
+        self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Dataset:
+        name = self._check("GetDataset", request.name)
+        return _dataset(name, self._store.get_dataset(name))
+
+    @handler
+    def ListDatasets(
+        self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.ListDatasetsResponse:
+        principal = caller()
+        authorize(principal, _SERVICE + "ListDatasets", None)
+        return datasets_pb2.ListDatasetsResponse(
+            datasets=[
+                _dataset(name, settings)
+                for name, settings in self._store.list_datasets()
+                if visible(principal, name)
+            ]
+        )
+
+    @handler
+    def UpdateDataset(
+        self, request: datasets_pb2.UpdateDatasetRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Dataset:
+        name = self._check("UpdateDataset", request.name)
+        durability = (
+            durability_from_pb(request.durability) if request.HasField("durability") else None
+        )
+        quota = request.hot_quota_bytes if request.HasField("hot_quota_bytes") else None
+        return _dataset(name, self._store.update_dataset(name, durability, quota))
+
+    @handler
+    def DeleteDataset(
+        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DeleteDatasetResponse:
+        name = self._check("DeleteDataset", request.name)
+        self._store.delete_dataset(name, force=request.force)
+        return datasets_pb2.DeleteDatasetResponse()

@@ -1,0 +1,145 @@
+"""ShardService: streamed puts and gets of frames, stat, list and delete.
+
+Puts arrive as a header and then one message per frame; the frames are spooled
+(memory, then an unlinked file) until the stream ends, and only a complete
+stream is committed, so an interrupted put leaves no shard and no space behind.
+Gets send a header (shard info and how to verify or decrypt) and then the
+stored frames one message at a time, each read in its own short transaction:
+gRPC's flow control pulls the next frame only when the last one is sent, so a
+slow reader holds one frame of server memory and no LMDB pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from tierstore.engine.store import Store
+from tierstore.errors import InvalidArgument, OversizeFrame
+from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.server.authz import authorize
+from tierstore.server.rpc import caller, handler, stream_handler
+from tierstore.server.spool import FrameSpool
+from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
+from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
+
+__all__ = ["ShardServicer"]
+
+_SERVICE = "/tierstore.v1.ShardService/"
+_DEFAULT_LIST_LIMIT = 1000
+_MAX_LIST_LIMIT = 10_000
+
+
+class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
+    """The shard RPCs over one store."""
+
+    def __init__(self, store: Store, spool_dir: Path, max_shard_frames: int = 1 << 20) -> None:
+        self._store = store
+        self._spool_dir = spool_dir
+        self._max_frames = max_shard_frames
+
+    def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
+        validate_dataset_name(dataset)
+        if shard is not None:
+            validate_shard_name(shard)
+        authorize(caller(), _SERVICE + method, dataset)
+
+    @handler
+    def PutShard(
+        self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
+    ) -> common_pb2.ShardInfo:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidArgument("a put stream starts with its header")
+        header = first.header
+        self._check("PutShard", header.dataset, header.shard)
+        kind = shard_kind_from_pb(header.kind)
+        if header.frame_count > self._max_frames:
+            raise InvalidArgument(
+                f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
+            )
+        limit = self._store.settings.max_frame_bytes
+        with FrameSpool(self._spool_dir) as spool:
+            for message in request_iterator:
+                if message.WhichOneof("item") != "frame":
+                    raise InvalidArgument(f"message {spool.count + 1} of the put is not a frame")
+                if len(message.frame) > limit:
+                    raise OversizeFrame(
+                        f"frame {spool.count} is {len(message.frame)} bytes; the limit is {limit}"
+                    )
+                if spool.count == header.frame_count:
+                    raise InvalidArgument(f"the header announced {header.frame_count} frames")
+                spool.append(message.frame)
+            if spool.count != header.frame_count:
+                raise InvalidArgument(
+                    f"the stream ended after {spool.count} of {header.frame_count} frames"
+                )
+            info = self._store.put_frames(header.dataset, header.shard, kind, spool.views())
+        return shard_info_to_pb(info)
+
+    @stream_handler
+    def GetShard(
+        self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
+    ) -> Iterator[shards_pb2.GetShardResponse]:
+        self._check("GetShard", request.dataset, request.shard)
+        which = request.WhichOneof("range")
+        byte_range = frame_range = None
+        if which == "byte_range":
+            length = request.byte_range.length if request.byte_range.HasField("length") else None
+            byte_range = (request.byte_range.offset, length if length is not None else 1 << 62)
+        elif which == "frame_range":
+            frame_range = (request.frame_range.first, request.frame_range.count)
+        sealed = self._store.open_sealed(
+            request.dataset, request.shard, byte_range=byte_range, frame_range=frame_range
+        )
+        yield shards_pb2.GetShardResponse(
+            header=shards_pb2.GetShardHeader(
+                info=shard_info_to_pb(sealed.info),
+                seal=shards_pb2.Seal(
+                    context=sealed.context,
+                    frame_count=sealed.frame_count,
+                    data_key=sealed.data_key or b"",
+                    nonce_prefix=sealed.nonce_prefix or b"",
+                ),
+                first_frame=sealed.first_frame,
+                frame_count=len(sealed.slices),
+                skip=sealed.slices[0].start if sealed.slices else 0,
+                length=sum(piece.stop - piece.start for piece in sealed.slices),
+            )
+        )
+        for index, stored in sealed.frames():
+            if not context.is_active():
+                return  # the client went away: stop reading
+            yield shards_pb2.GetShardResponse(
+                frame=shards_pb2.StoredFrame(index=index, data=stored)
+            )
+
+    @handler
+    def StatShard(
+        self, request: shards_pb2.StatShardRequest, context: grpc.ServicerContext
+    ) -> common_pb2.ShardInfo:
+        self._check("StatShard", request.dataset, request.shard)
+        return shard_info_to_pb(self._store.stat(request.dataset, request.shard))
+
+    @handler
+    def ListShards(
+        self, request: shards_pb2.ListShardsRequest, context: grpc.ServicerContext
+    ) -> shards_pb2.ListShardsResponse:
+        self._check("ListShards", request.dataset)
+        limit = min(request.limit or _DEFAULT_LIST_LIMIT, _MAX_LIST_LIMIT)
+        page, next_start = self._store.list(
+            request.dataset, request.prefix, request.start_after or None, limit
+        )
+        return shards_pb2.ListShardsResponse(
+            shards=[shard_info_to_pb(info) for info in page], next_start_after=next_start or ""
+        )
+
+    @handler
+    def DeleteShard(
+        self, request: shards_pb2.DeleteShardRequest, context: grpc.ServicerContext
+    ) -> shards_pb2.DeleteShardResponse:
+        self._check("DeleteShard", request.dataset, request.shard)
+        self._store.delete(request.dataset, request.shard)
+        return shards_pb2.DeleteShardResponse()
