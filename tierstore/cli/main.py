@@ -137,6 +137,9 @@ def serve(
     ),
     listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
     health_listen: Annotated[str, typer.Option(help="plaintext health port")] = "127.0.0.1:7444",
+    metrics_listen: Annotated[str, typer.Option(help="Prometheus /metrics ('' = off)")] = (
+        "127.0.0.1:7445"
+    ),
     insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
     require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
@@ -148,15 +151,19 @@ def serve(
     master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
     config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
     hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
+    from tierstore.cli.logs import configure_logging
     from tierstore.cli.serve import ServeOptions
     from tierstore.cli.serve import serve as run
 
+    configure_logging(log_level)
     options = ServeOptions(
         data_dir=data_dir,
         listen=listen,
         health_listen=health_listen,
+        metrics_listen=metrics_listen,
         insecure=insecure,
         require_client_cert=require_client_cert,
         hostnames=tuple(hostname or ()),

@@ -28,7 +28,8 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
-from tierstore.server.app import ServerSettings, create_server
+from tierstore.server.app import ServerSettings, TierstoreServer, create_server
+from tierstore.server.metrics import ServerMetrics
 from tierstore.server.private_files import ensure_private_dir
 from tierstore.server.tls import ensure_tls_material
 from tierstore.server.tokens import TokenStore
@@ -45,6 +46,7 @@ class ServeOptions:
     data_dir: Path
     listen: str = "127.0.0.1:7443"
     health_listen: str = "127.0.0.1:7444"
+    metrics_listen: str = "127.0.0.1:7445"
     insecure: bool = False
     require_client_cert: bool = False
     hostnames: tuple[str, ...] = ()
@@ -78,7 +80,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         if options.hot_capacity_bytes:
             overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
         settings = load_settings(options.config_file, archive=archive, **overrides)
-        store = open_store(settings)
+        metrics = ServerMetrics()
+        store = open_store(settings, observe_archive=metrics.observe_archive)
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None
@@ -98,14 +101,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 require_client_cert=options.require_client_cert,
                 tls=tls,
                 spool_dir=data_dir / "spool",
+                metrics_listen=options.metrics_listen,
             ),
             store,
             tokens,
             rotate_keys,
+            metrics,
         )
         server.start()
         host = options.listen.rsplit(":", 1)[0]
-        _print_banner(out, f"{host}:{port}", server.health_port, data_dir, admin_token, tls is None)
+        _print_banner(out, f"{host}:{port}", server, data_dir, admin_token, tls is None)
         if ready is not None:
             ready.set()
         stop.wait()
@@ -140,13 +145,23 @@ def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack)
 
 
 def _print_banner(
-    out: TextIO, address: str, health_port: int, data_dir: Path, token: str | None, insecure: bool
+    out: TextIO,
+    address: str,
+    server: TierstoreServer,
+    data_dir: Path,
+    token: str | None,
+    insecure: bool,
 ) -> None:
     token_file = data_dir / "admin.token"
     lines = [
         f"tierstore: serving on {address}"
         + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
-        f"tierstore: health checks (plaintext) on port {health_port}" if health_port else "",
+        f"tierstore: health checks (plaintext) on port {server.health_port}"
+        if server.health_port
+        else "",
+        f"tierstore: metrics on http://127.0.0.1:{server.metrics_port}/metrics"
+        if server.metrics_port
+        else "",
         "tierstore: connect with:",
         f"  export TIERSTORE_ADDRESS={address}",
         "" if insecure else f"  export TIERSTORE_CA={data_dir / 'tls' / 'ca.pem'}",

@@ -8,6 +8,7 @@ from tierstore.engine.allocator import tune_allocator
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument
 from tierstore.tiers.base import Tier
+from tierstore.tiers.timed import Observer, TimedTier
 
 __all__ = ["keyring_from_settings", "open_store"]
 
@@ -21,10 +22,14 @@ def keyring_from_settings(settings: EngineSettings) -> MasterKeyProvider | None:
     return None
 
 
-def open_store(settings: EngineSettings, archive: Tier | None = None) -> Store:
+def open_store(
+    settings: EngineSettings, archive: Tier | None = None, observe_archive: Observer | None = None
+) -> Store:
     """Open the store of ``settings``; the archive is S3 at ``settings.archive`` unless given.
 
-    Also tunes the process's allocator for multi-MiB frames (:mod:`.allocator`).
+    ``observe_archive`` is called with (operation, seconds, failed) after every archive
+    request (for metrics). Also tunes the process's allocator for multi-MiB frames
+    (:mod:`.allocator`).
     Raises InvalidArgument when no archive endpoint is configured.
     """
     if archive is None:
@@ -45,5 +50,7 @@ def open_store(settings: EngineSettings, archive: Tier | None = None) -> Store:
         )
         tier.ensure_bucket()
         archive = tier
+    if observe_archive is not None:
+        archive = TimedTier(archive, observe_archive)
     tune_allocator(settings.max_frame_bytes)
     return Store(settings, archive, keyring_from_settings(settings))

@@ -85,6 +85,9 @@ class Mover:
         self._threads: list[threading.Thread] = []
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
+        #: shards promoted into and evicted from the hot tier since start (for metrics).
+        self.promotions = 0
+        self.evictions = 0
         #: Uploads given up because the local copy failed verification (newest last).
         self.data_loss: collections.deque[str] = collections.deque(maxlen=100)
 
@@ -321,6 +324,7 @@ class Mover:
                 self._frames.put_in(txn, frame_key(record.generation, index), frame)
             self._catalog.put_shard(txn, current.with_state(hot=True))
             self._catalog.add_counter(txn, "hot_bytes", total)
+        self.promotions += 1
 
     # Eviction.
 
@@ -389,4 +393,5 @@ class Mover:
         self._catalog.put_shard(txn, record.with_state(hot=False))
         freed = sum(record.stored_sizes(self._overhead(record)))
         self._catalog.add_counter(txn, "hot_bytes", -freed)
+        self.evictions += 1
         return freed

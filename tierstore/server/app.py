@@ -28,6 +28,7 @@ from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.server.admin import AdminServicer
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
+from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
 from tierstore.server.shards import ShardServicer
 from tierstore.server.tls import TlsMaterial
@@ -71,6 +72,8 @@ class ServerSettings:
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
     spool_dir: Path = Path("./spool")
+    #: Prometheus ``/metrics`` over plain HTTP; "" disables it.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if self.insecure and not _is_loopback(self.listen):
@@ -121,16 +124,19 @@ class TierstoreServer:
         store: Store,
         tokens: TokenStore,
         rotate_keys: Callable[[], int] | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.watch_store(store)
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=ThreadPoolExecutor(max_workers=2),
         )
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-            interceptors=[AuthInterceptor(tokens)],
+            interceptors=[AuthInterceptor(tokens, self.metrics.observe_call)],
             options=_options(),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -138,7 +144,7 @@ class TierstoreServer:
             (datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store)),
             (
                 shards_pb2_grpc.add_ShardServiceServicer_to_server,
-                ShardServicer(store, settings.spool_dir),
+                ShardServicer(store, settings.spool_dir, served=self.metrics.observe_served),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
             (
@@ -170,6 +176,9 @@ class TierstoreServer:
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             self.health_port = _bind(self._health_server, settings.health_listen, None)
+        self.metrics_port = (
+            self.metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
+        )
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -202,11 +211,12 @@ def create_server(
     store: Store,
     tokens: TokenStore,
     rotate_keys: Callable[[], int] | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> tuple[TierstoreServer, int]:
     """Build (not start) the server; returns it and the bound API port.
 
     ``rotate_keys`` makes a new master key current and rewraps data keys (returns
     how many); the default only rewraps to the current key.
     """
-    server = TierstoreServer(settings, store, tokens, rotate_keys)
+    server = TierstoreServer(settings, store, tokens, rotate_keys, metrics)
     return server, server.port

@@ -47,8 +47,12 @@ def _peer_service(context: grpc.ServicerContext) -> str:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates every non-public call and audits it."""
 
-    def __init__(self, tokens: TokenStore) -> None:
+    def __init__(
+        self, tokens: TokenStore, observe: Callable[[str, str, float], None] | None = None
+    ) -> None:
         self._tokens = tokens
+        #: called with (method, status code name, seconds) after every authenticated call
+        self._observe = observe or (lambda method, code, seconds: None)
 
     def intercept_service(
         self,
@@ -59,7 +63,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or is_public(method):
             return handler
-        return _wrap(handler, self._authenticate, method)
+        return _wrap(handler, self._authenticate, method, self._observe)
 
     def _authenticate(self, context: grpc.ServicerContext) -> Principal:
         return self._tokens.authenticate(_bearer(context))
@@ -69,6 +73,7 @@ def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     authenticate: Callable[[grpc.ServicerContext], Principal],
     method: str,
+    observe: Callable[[str, str, float], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     def begin(context: grpc.ServicerContext) -> tuple[Principal, Any]:
         try:
@@ -98,6 +103,7 @@ def _wrap(
             outcome,
             (time.monotonic() - started) * 1000,
         )
+        observe(method, outcome, time.monotonic() - started)
 
     def outcome_of(exc: BaseException | None, context: grpc.ServicerContext) -> str:
         if exc is None:

@@ -11,7 +11,7 @@ slow reader holds one frame of server memory and no LMDB pages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -35,10 +35,18 @@ _MAX_LIST_LIMIT = 10_000
 class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     """The shard RPCs over one store."""
 
-    def __init__(self, store: Store, spool_dir: Path, max_shard_frames: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        store: Store,
+        spool_dir: Path,
+        max_shard_frames: int = 1 << 20,
+        served: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._store = store
         self._spool_dir = spool_dir
         self._max_frames = max_shard_frames
+        #: called with (tier, bytes) for every frame sent
+        self._served = served or (lambda tier, nbytes: None)
 
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
         validate_dataset_name(dataset)
@@ -109,9 +117,11 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 length=sum(piece.stop - piece.start for piece in sealed.slices),
             )
         )
+        tier = "hot" if sealed.info.hot else "archive"
         for index, stored in sealed.frames():
             if not context.is_active():
                 return  # the client went away: stop reading
+            self._served(tier, len(stored))
             yield shards_pb2.GetShardResponse(
                 frame=shards_pb2.StoredFrame(index=index, data=stored)
             )

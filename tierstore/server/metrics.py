@@ -1,0 +1,119 @@
+"""Prometheus metrics of a node, served on their own port (``/metrics``).
+
+Request counts and latency by method and status code come from the
+authentication interceptor (which sees every call's outcome); bytes served by
+tier from the GetShard handler; archive request latency from a timing wrapper
+around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
+misses per dataset, promotions, evictions — are read from the store at scrape
+time, so the read path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tierstore.engine.store import Store
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ServerMetrics:
+    """The node's metrics registry; its ``observe_*`` methods are safe from any thread."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "tierstore_requests",
+            "RPCs by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "tierstore_request_seconds",
+            "RPC latency by method",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._served = Counter(
+            "tierstore_served_bytes",
+            "shard bytes sent to readers, by tier",
+            ["tier"],
+            registry=self.registry,
+        )
+        self._archive = Histogram(
+            "tierstore_archive_request_seconds",
+            "archive (S3) request latency",
+            ["operation", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_call(self, method: str, code: str, seconds: float) -> None:
+        self._requests.labels(method, code).inc()
+        self._latency.labels(method).observe(seconds)
+
+    def observe_served(self, tier: str, nbytes: int) -> None:
+        self._served.labels(tier).inc(nbytes)
+
+    def observe_archive(self, operation: str, seconds: float, failed: bool) -> None:
+        self._archive.labels(operation, "error" if failed else "ok").observe(seconds)
+
+    def watch_store(self, store: Store) -> None:
+        """Report the store's gauges and counters at every scrape."""
+        self.registry.register(_StoreCollector(store))
+
+    def serve(self, address: str) -> int:
+        """Serve ``/metrics`` over plain HTTP at ``HOST:PORT``; returns the bound port."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        return int(server.server_address[1])
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._store.stats()
+        yield GaugeMetricFamily(
+            "tierstore_hot_bytes", "stored bytes in the hot tier", stats.hot_bytes
+        )
+        yield GaugeMetricFamily(
+            "tierstore_hot_capacity_bytes", "configured hot-tier capacity", stats.hot_capacity_bytes
+        )
+        yield GaugeMetricFamily(
+            "tierstore_hot_file_bytes", "size of the LMDB data file", stats.lmdb_file_bytes
+        )
+        yield GaugeMetricFamily(
+            "tierstore_archive_backlog_bytes", "bytes waiting for the archive", stats.backlog_bytes
+        )
+        yield GaugeMetricFamily(
+            "tierstore_journal_entries", "archive operations pending", stats.journal_entries
+        )
+        yield CounterMetricFamily(
+            "tierstore_promotions",
+            "shards promoted into the hot tier",
+            self._store.mover.promotions,
+        )
+        yield CounterMetricFamily(
+            "tierstore_evictions", "shards evicted from the hot tier", self._store.mover.evictions
+        )
+        hits = CounterMetricFamily(
+            "tierstore_hits", "reads served from the hot tier", labels=["dataset"]
+        )
+        misses = CounterMetricFamily(
+            "tierstore_misses", "reads served from the archive", labels=["dataset"]
+        )
+        for name, _ in self._store.list_datasets():
+            usage = self._store.dataset_usage(name)
+            hits.add_metric([name], usage.hits)
+            misses.add_metric([name], usage.misses)
+        yield hits
+        yield misses
