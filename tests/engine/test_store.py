@@ -19,7 +19,14 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import raw_s3_client
-from tests.engine.backdoor import catalog_hot_bytes, data_file, hot_frames, raw_frame_address
+from tests.engine.backdoor import (
+    catalog_hot_bytes,
+    data_file,
+    flip,
+    hot_frames,
+    put_hot_frame,
+    raw_frame_address,
+)
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tierstore import arrowio
@@ -34,6 +41,7 @@ from tierstore.errors import (
     DatasetNotFound,
     EncryptionUnavailable,
     FailedPrecondition,
+    IntegrityError,
     ShardNotFound,
     StoreClosed,
     TierstoreError,
@@ -348,6 +356,40 @@ def test_plaintext_hot_reads_are_zero_copy(store: Store) -> None:
     del first, second
     gc.collect()
     assert store.stats().live_read_leases == 0
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("cold", [False, True])
+def test_iter_frames_yields_verified_frames_lazily(
+    store: Store, dataset: str, cold: bool
+) -> None:
+    data = payload(3 * FRAME + 5, 4)
+    store.put(dataset, "it", data)
+    if cold:
+        assert store.drain(10) and store.evict(dataset, "it") > 0
+    frames = list(store.iter_frames(dataset, "it"))
+    assert b"".join(memoryview(f) for f in frames) == data
+    middle = list(store.iter_frames(dataset, "it", frame_range=(1, 2)))
+    assert b"".join(memoryview(f) for f in middle) == data[FRAME : 3 * FRAME]
+    if dataset == "plain" and not cold:
+        assert frames[1].address == raw_frame_address(store, dataset, "it", 1)  # in place
+    del frames, middle
+    gc.collect()
+    assert store.stats().live_read_leases == 0
+
+
+def test_iter_frames_stops_at_a_damaged_frame(store: Store) -> None:
+    data = payload(3 * FRAME, 6)
+    store.put("plain", "bad", data)
+    generation = store.stat("plain", "bad").generation
+    stored = hot_frames(store, "plain", "bad")[2]
+    assert stored is not None
+    put_hot_frame(store, generation, 2, flip(stored, 3))
+    frames = store.iter_frames("plain", "bad")
+    assert bytes(memoryview(next(frames))) == data[:FRAME]  # verified frames come first
+    assert bytes(memoryview(next(frames))) == data[FRAME : 2 * FRAME]
+    with pytest.raises(IntegrityError):
+        next(frames)  # the damaged one is never handed out
 
 
 def test_lease_pool_is_bounded(open_store: StoreFactory) -> None:
