@@ -347,3 +347,22 @@ def test_wrong_partial_answer_is_refused(scripted: Callable[[Script], ScriptedSe
             tier.get("k", (5, 3))
     finally:
         tier.close()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "signed"),
+    [
+        ("http://127.0.0.1:8333", False),
+        ("http://localhost:8333", False),
+        ("https://s3.example.com", False),
+        ("http://s3.example.com", True),
+        ("http://10.1.2.3:9000", True),
+    ],
+)
+def test_upload_bodies_are_signed_only_off_machine_without_tls(endpoint: str, signed: bool) -> None:
+    from tierstore.tiers.s3_connection import new_client
+
+    client = new_client(
+        S3Settings(endpoint_url=endpoint, bucket="bucket", access_key_id="a", secret_access_key="b")
+    )
+    assert client.meta.config.s3["payload_signing_enabled"] is signed
