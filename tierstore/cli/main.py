@@ -10,6 +10,7 @@ unavailable, 6 for data loss, 1 otherwise); ``--json`` prints results for script
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, is_dataclass
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from tierstore import errors
-from tierstore.types import Grant, Role
+from tierstore.types import Grant, Role, ShardInfo
 
 app = typer.Typer(help="tierstore: tiered storage for ML shards.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Create, list and delete datasets.", no_args_is_help=True)
@@ -76,6 +77,8 @@ def _client() -> Any:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, ShardInfo):  # its size is a property, which asdict() leaves out
+        return {**_jsonable(asdict(value)), "size": value.size, "frame_count": value.frame_count}
     if is_dataclass(value) and not isinstance(value, type):
         return _jsonable(asdict(value))
     if isinstance(value, dict):
@@ -95,7 +98,13 @@ def _emit(value: Any, table: Table | str | None = None) -> None:
 
 
 def _fail(exc: errors.TierstoreError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+    # soft_wrap: one line whatever the terminal width, so scripts can read it.
+    err.print(
+        f"[red]error:[/red] {type(exc).__name__}: {exc}",
+        markup=True,
+        highlight=False,
+        soft_wrap=True,
+    )
     code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)
     return typer.Exit(code)
 
@@ -420,6 +429,9 @@ def keys_rotate() -> None:
 
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
+    # gRPC's C core logs failed TLS handshakes and the like at INFO on stderr, around
+    # the one-line error the command prints; keep only its errors (before grpc loads).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     app()
 
 

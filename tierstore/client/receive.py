@@ -89,7 +89,9 @@ class ShardStream:
         out: list[pa.Buffer] = []
         for index, stored in self._stored_frames():
             buffer = pa.allocate_buffer(len(stored) - self.sealer.overhead)
-            self.sealer.open_into(index, memoryview(stored), memoryview(buffer))
+            # A pyarrow buffer's memoryview has format "b"; slice assignment from the
+            # verified payload (format "B") needs matching formats.
+            self.sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))
             out.append(buffer)
         return out
 

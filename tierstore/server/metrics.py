@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tierstore.engine.store import Store
+from tierstore.errors import Unavailable
 
 __all__ = ["ServerMetrics"]
 
@@ -72,7 +73,10 @@ class ServerMetrics:
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` over plain HTTP at ``HOST:PORT``; returns the bound port."""
         host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
+            raise Unavailable(f"cannot listen on {address}: {exc}") from exc
         return int(server.server_address[1])
 
 

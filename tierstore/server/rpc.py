@@ -44,6 +44,11 @@ def caller() -> Any:
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, grpc.RpcError):
+        # grpc's own request iterator raises this when the client cancelled or went
+        # away mid-stream: there is no one to answer, and grpc recognizes the error it
+        # raised when the handler re-raises it. Not a bug, so not logged as one.
+        return
     if isinstance(exc, TierstoreError):
         context.set_trailing_metadata(((ERROR_HEADER, type(exc).__name__),))
         context.abort(status_for_error(exc), str(exc) or type(exc).__name__)
@@ -60,7 +65,7 @@ def handler(fn: Callable[..., R]) -> Callable[..., R]:
             return fn(self, request, context)
         except Exception as exc:
             _abort(context, exc)
-            raise  # unreachable: abort raises
+            raise  # reached only for grpc's own RpcError; abort raises otherwise
 
     return wrapped
 

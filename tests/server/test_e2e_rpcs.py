@@ -1,0 +1,321 @@
+"""Every RPC of the service, end to end: the real server, a real SeaweedFS, the client library.
+
+Requests the client library cannot express (frame ranges, small list pages, health and
+reflection) go through raw grpc stubs on the same TLS channel, with the admin token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tierstore import errors
+from tierstore.client.client import Client
+from tierstore.client.receive import open_stream
+from tierstore.types import DatasetSettings, Durability, Grant, Role, ShardKind
+from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
+
+from .conftest import ServerProcess, poll, unique
+
+SERVICES = (
+    "tierstore.v1.DatasetService",
+    "tierstore.v1.ShardService",
+    "tierstore.v1.PlacementService",
+    "tierstore.v1.AdminService",
+)
+FRAME = 64 * 1024
+
+
+@pytest.fixture
+def small_frames(server: ServerProcess) -> Iterator[Client]:
+    """A client that cuts puts into 64 KiB frames, so small shards have many frames."""
+    with server.connect() as client:
+        client.frame_bytes = FRAME
+        yield client
+
+
+def test_datasets_create_get_list_update_delete(admin: Client) -> None:
+    plain, secret = unique(), unique()
+    assert admin.create_dataset(plain) == DatasetSettings(False, Durability.WRITE_BACK, 0)
+    created = admin.create_dataset(
+        secret, encrypted=True, durability="write-through", hot_quota_bytes=1 << 30
+    )
+    assert created == DatasetSettings(True, Durability.WRITE_THROUGH, 1 << 30)
+    assert admin.get_dataset(secret) == created
+    listed = dict(admin.list_datasets())
+    assert listed[plain] == DatasetSettings()
+    assert listed[secret] == created
+    names = [name for name, _ in admin.list_datasets()]
+    assert names == sorted(names)
+
+    updated = admin.update_dataset(plain, durability="write-through", hot_quota_bytes=4096)
+    assert updated == DatasetSettings(False, Durability.WRITE_THROUGH, 4096)
+    assert admin.get_dataset(plain) == updated
+    assert admin.update_dataset(plain, hot_quota_bytes=0).durability is Durability.WRITE_THROUGH
+
+    with pytest.raises(errors.AlreadyExists):
+        admin.create_dataset(plain)
+    admin.put(plain, "x", b"payload")
+    with pytest.raises(errors.FailedPrecondition):
+        admin.delete_dataset(plain)  # not empty
+    admin.delete_dataset(plain, force=True)
+    admin.delete_dataset(secret)
+    for name in (plain, secret):
+        with pytest.raises(errors.DatasetNotFound):
+            admin.get_dataset(name)
+        assert name not in dict(admin.list_datasets())
+    with pytest.raises(errors.DatasetNotFound):
+        admin.delete_dataset(plain)
+
+
+def test_put_and_get_whole_and_byte_ranges(small_frames: Client, any_dataset: str) -> None:
+    data = os.urandom(5 * FRAME + 123)
+    info = small_frames.put(any_dataset, "blob", data)
+    assert info.size == len(data)
+    assert info.kind is ShardKind.RAW
+    assert info.frame_sizes == (FRAME,) * 5 + (123,)
+    assert small_frames.get(any_dataset, "blob").to_pybytes() == data
+    for offset, length in [
+        (0, 10),
+        (100, 1000),  # inside one frame
+        (FRAME - 7, 20),  # across a frame boundary
+        (FRAME, FRAME),  # exactly one frame
+        (3, 4 * FRAME),  # across several frames
+        (5 * FRAME, 123),  # the short last frame
+        (len(data) - 1, 1),
+        (17, 0),
+    ]:
+        got = small_frames.get(any_dataset, "blob", offset=offset, length=length)
+        assert got.to_pybytes() == data[offset : offset + length], (offset, length)
+    assert (
+        small_frames.get(any_dataset, "blob", offset=2 * FRAME + 5).to_pybytes()
+        == data[2 * FRAME + 5 :]
+    )
+    # A range running past the end is cut there; one starting past the end is refused.
+    assert (
+        small_frames.get(any_dataset, "blob", offset=len(data) - 1, length=9).to_pybytes()
+        == (data[-1:])
+    )
+    assert small_frames.get(any_dataset, "blob", offset=len(data)).size == 0
+    with pytest.raises(errors.InvalidRange):
+        small_frames.get(any_dataset, "blob", offset=len(data) + 1)
+    with pytest.raises(errors.ShardNotFound):
+        small_frames.get(any_dataset, "missing")
+
+    # A new generation replaces the old one whole.
+    again = small_frames.put(any_dataset, "blob", b"short")
+    assert again.generation > info.generation
+    assert small_frames.get(any_dataset, "blob").to_pybytes() == b"short"
+
+
+def test_get_frame_ranges(server: ServerProcess, small_frames: Client, any_dataset: str) -> None:
+    data = os.urandom(4 * FRAME + 10)
+    small_frames.put(any_dataset, "frames", data)
+    stub = shards_pb2_grpc.ShardServiceStub(server.channel())
+
+    def frames(first: int, count: int) -> bytes:
+        responses = stub.GetShard(
+            shards_pb2.GetShardRequest(
+                dataset=any_dataset,
+                shard="frames",
+                frame_range=common_pb2.FrameRange(first=first, count=count),
+            ),
+            metadata=server.metadata,
+            timeout=30,
+        )
+        stream = open_stream(iter(responses))  # verifies (and decrypts) every frame
+        if stream.frame_count:
+            assert (stream.first_frame, stream.frame_count) == (first, min(count, 5 - first))
+        return b"".join(buffer.to_pybytes() for buffer in stream.frames())
+
+    assert frames(0, 5) == data
+    assert frames(1, 2) == data[FRAME : 3 * FRAME]
+    assert frames(3, 9) == data[3 * FRAME :]  # cut at the end
+    assert frames(4, 1) == data[4 * FRAME :]
+    assert frames(5, 1) == b""  # an empty range at the end
+    with pytest.raises(grpc.RpcError) as caught:
+        frames(6, 1)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stat_list_with_pagination_and_delete(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    names = [f"p/{i:02d}" for i in range(7)] + ["q/0"]
+    for i, name in enumerate(names):
+        admin.put(dataset, name, bytes([i]) * (i + 1))
+    info = admin.stat(dataset, "p/03")
+    assert (info.dataset, info.name, info.size, info.kind) == (dataset, "p/03", 4, ShardKind.RAW)
+    assert info.hot and not info.encrypted and info.created_at > 0
+
+    assert [s.name for s in admin.list(dataset)] == names
+    assert [s.name for s in admin.list(dataset, "p/")] == names[:7]
+    assert [s.name for s in admin.list(dataset, "q/")] == ["q/0"]
+    assert admin.list(dataset, "zzz") == []
+    assert [s.name for s in admin.list(dataset, limit=2)] == names[:2]
+
+    # Pages as the server cuts them: 3 + 3 + 2, the last without a next token.
+    stub = shards_pb2_grpc.ShardServiceStub(server.channel())
+    pages, start_after = [], ""
+    while True:
+        reply = stub.ListShards(
+            shards_pb2.ListShardsRequest(dataset=dataset, start_after=start_after, limit=3),
+            metadata=server.metadata,
+            timeout=10,
+        )
+        pages.append([s.name for s in reply.shards])
+        start_after = reply.next_start_after
+        if not start_after:
+            break
+    assert pages == [names[0:3], names[3:6], names[6:8]]
+
+    admin.delete(dataset, "p/03")
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(dataset, "p/03")
+    with pytest.raises(errors.ShardNotFound):
+        admin.delete(dataset, "p/03")
+    assert "p/03" not in [s.name for s in admin.list(dataset)]
+    with pytest.raises(errors.DatasetNotFound):
+        admin.list(unique())
+
+
+def test_placement_pin_unpin_evict_prefetch_and_stats(admin: Client) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through")  # archived when acknowledged
+    data = os.urandom(300_000)
+    assert admin.put(dataset, "a", data).archived
+    admin.put(dataset, "b", b"b" * 1000)
+    before = admin.stats(dataset)
+    usage = before["datasets"][dataset]
+    assert (usage["shards"], usage["bytes"], usage["hot_shards"]) == (2, 301_000, 2)
+    assert before["hot_bytes"] >= usage["hot_bytes"] > 301_000 - 1
+    assert before["hot_capacity_bytes"] > 0
+
+    assert admin.pin(dataset, "a") == 0  # already hot: nothing to promote
+    assert admin.evict(dataset, "a") == 0  # pinned shards stay
+    assert admin.stat(dataset, "a").hot
+    admin.unpin(dataset, "a")
+    freed = admin.evict(dataset, "a")
+    assert freed >= len(data)
+    assert not admin.stat(dataset, "a").hot
+    assert admin.stats(dataset)["datasets"][dataset]["hot_shards"] == 1
+
+    # Prefetch brings it back without a read.
+    assert admin.prefetch(dataset, ["a", "b", "no-such-shard"]) == 1
+    poll(lambda: admin.stat(dataset, "a").hot, 20, "the prefetch to promote the shard")
+
+    # Pinning a cold shard queues its promotion.
+    admin.unpin(dataset, "a")
+    assert admin.evict(dataset, "a") == freed
+    assert admin.pin(dataset, "a") == freed
+    poll(lambda: admin.stat(dataset, "a").hot, 20, "the pin to promote the shard")
+    assert admin.evict(dataset, "a") == 0
+    admin.unpin(dataset, "a")
+
+    # A cold read is a miss, a hot read a hit.
+    assert admin.evict(dataset, "a") == freed
+    hits0 = admin.stats(dataset)["datasets"][dataset]
+    assert admin.get(dataset, "a").to_pybytes() == data
+    assert admin.get(dataset, "b").to_pybytes() == b"b" * 1000
+    counts = admin.stats(dataset)["datasets"][dataset]
+    assert counts["misses"] == hits0["misses"] + 1
+    assert counts["hits"] == hits0["hits"] + 1
+    assert 0 < counts["hit_ratio"] < 1
+    # The cold read queued a promotion: let it land, so no later test sees it happen.
+    poll(lambda: admin.stat(dataset, "a").hot, 20, "the cold read to promote the shard")
+    every = admin.stats()
+    assert dataset in every["datasets"]
+    assert set(every) >= {"hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries"}
+    for call in (admin.pin, admin.unpin, admin.evict):
+        with pytest.raises(errors.ShardNotFound):
+            call(dataset, "no-such-shard")
+    with pytest.raises(errors.DatasetNotFound):
+        admin.prefetch(unique(), ["a"])
+    with pytest.raises(errors.DatasetNotFound):
+        admin.stats(unique())
+
+
+def test_admin_tokens(server: ServerProcess, admin: Client, dataset: str) -> None:
+    admin.put(dataset, "s", b"secret bytes")
+    token_id, token = admin.create_token("alice", [Grant(dataset, Role.READER)])
+    assert token.startswith(f"ts_{token_id}_")
+    listed = {t["token_id"]: t for t in admin.list_tokens()}
+    assert listed[token_id]["principal"] == "alice"
+    assert listed[token_id]["grants"] == [Grant(dataset, Role.READER)]
+    assert listed[token_id]["expires_at"] == 0 and not listed[token_id]["revoked"]
+    assert all(token not in repr(t) for t in listed.values())  # never the token itself
+
+    with server.connect(token=token) as alice:
+        assert alice.get(dataset, "s").to_pybytes() == b"secret bytes"
+        assert [name for name, _ in alice.list_datasets()] == [dataset]
+        with pytest.raises(errors.PermissionDenied):
+            alice.put(dataset, "s", b"overwrite")
+        with pytest.raises(errors.PermissionDenied):
+            alice.list_tokens()
+        admin.revoke_token(token_id)
+        with pytest.raises(errors.Unauthenticated):
+            alice.get(dataset, "s")
+    assert {t["token_id"]: t for t in admin.list_tokens()}[token_id]["revoked"]
+    admin.revoke_token(token_id)  # again: a no-op
+    with pytest.raises(errors.NotFound):
+        admin.revoke_token("000000000000")
+
+
+def test_rotate_keys_rewraps_and_keeps_data_readable(admin: Client) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=True)
+    blobs = {f"s{i}": os.urandom(1000 + i) for i in range(3)}
+    for name, blob in blobs.items():
+        admin.put(dataset, name, blob)
+    rewrapped, key_id = admin.rotate_keys()
+    assert rewrapped >= len(blobs)
+    assert key_id
+    again, next_id = admin.rotate_keys()
+    assert next_id != key_id
+    assert again >= len(blobs)
+    for name, blob in blobs.items():
+        assert admin.get(dataset, name).to_pybytes() == blob
+
+
+def test_health_on_both_ports(server: ServerProcess) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for service in ("", *SERVICES):
+        assert server.health(service) == serving  # plaintext port, no credentials
+    with pytest.raises(grpc.RpcError) as caught:
+        server.health("no.such.Service")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # The API port answers health over TLS without a token.
+    stub = health_pb2_grpc.HealthStub(server.channel())
+    for service in ("", *SERVICES):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == serving
+
+    # The plaintext port serves health and nothing else.
+    with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as plain:
+        listing = plain.unary_unary("/tierstore.v1.DatasetService/ListDatasets")
+        with pytest.raises(grpc.RpcError) as caught:
+            listing(b"", metadata=server.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_lists_services(server: ServerProcess) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel())
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = list(stub.ServerReflectionInfo(iter([request]), metadata=server.metadata, timeout=5))
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert names >= {*SERVICES, "grpc.health.v1.Health"}
+    assert any("reflection" in name for name in names)
+
+    described = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICES[1])
+    reply = next(stub.ServerReflectionInfo(iter([described]), metadata=server.metadata, timeout=5))
+    assert reply.file_descriptor_response.file_descriptor_proto
+
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.ServerReflectionInfo(iter([request]), timeout=5))  # no token
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

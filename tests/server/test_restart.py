@@ -1,0 +1,108 @@
+"""What ``tierstore serve`` keeps in its data directory, across a restart and a tampered disk.
+
+First start: the admin token, the CA and the other secrets exist with mode 0600. A
+restart reuses them (the same token and CA work; no new admin token is issued). A
+byte flipped in a hot-tier frame while the server is stopped (through the ``lmdb``
+package, sub-database ``frames``) makes the client raise DataLoss, plaintext or
+encrypted, and every other shard still reads back intact.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from tierstore import errors
+from tierstore.config import EngineSettings
+from tierstore.engine.records import frame_key
+
+from .conftest import ServerProcess
+
+SECRETS = (
+    "admin.token",
+    "tokens.json",
+    "master.keys",
+    "tls/ca.pem",
+    "tls/ca.key",
+    "tls/server.key",
+)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def flip_hot_frame(data_dir: Path, generation: int, index: int, position: int) -> None:
+    """Invert one byte of a stored frame in the stopped server's LMDB hot tier."""
+    # The map size the server uses (default settings), so the environment is left as it was.
+    map_size = EngineSettings().effective_map_size
+    env = lmdb.open(str(data_dir / "hot"), max_dbs=16, map_size=map_size, lock=True)
+    try:
+        frames = env.open_db(b"frames", create=False)
+        key = frame_key(generation, index).encode()
+        with env.begin(write=True, db=frames) as txn:
+            stored = bytearray(txn.get(key))
+            stored[position] ^= 0xFF
+            txn.put(key, bytes(stored))
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(120)
+def test_restart_reuses_secrets_and_tampering_is_data_loss(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir)
+    assert "a new admin token was written" in first.output()
+    assert mode(data_dir) == 0o700
+    for name in SECRETS:
+        assert mode(data_dir / name) == 0o600, name
+    token, ca = first.token, first.ca_path.read_bytes()
+
+    client = first.connect()
+    blobs = {"victim": os.urandom(5 * 1024 * 1024), "intact": os.urandom(1000)}
+    array = np.arange(10_000, dtype=np.float32)
+    generations = {}
+    for encrypted in (False, True):
+        dataset = "secret" if encrypted else "plain"
+        client.create_dataset(dataset, encrypted=encrypted, durability="write-through")
+        for name, blob in blobs.items():
+            info = client.put(dataset, name, blob)
+            generations[dataset, name] = info.generation
+        generations[dataset, "tensor"] = client.put(dataset, "tensor", array).generation
+    client.close()
+    assert first.stop() == 0
+
+    for dataset in ("plain", "secret"):
+        flip_hot_frame(data_dir, generations[dataset, "victim"], 0, 1234)
+        # frame 0 of an Arrow shard is its schema; frame 1 holds the values
+        flip_hot_frame(data_dir, generations[dataset, "tensor"], 1, 100)
+
+    second = spawn_server(data_dir)
+    assert "a new admin token was written" not in second.output()
+    assert second.token == token
+    assert second.ca_path.read_bytes() == ca
+    for name in SECRETS:
+        assert mode(data_dir / name) == 0o600, name
+
+    with second.connect(token=token) as again:
+        for dataset in ("plain", "secret"):
+            assert again.stat(dataset, "victim").hot  # read from the tampered hot copy
+            with pytest.raises(errors.DataLoss):
+                again.get(dataset, "victim")
+            with pytest.raises(errors.DataLoss):
+                again.get(dataset, "victim", offset=1000, length=10)
+            with pytest.raises(errors.DataLoss):
+                again.read_tensor(dataset, "tensor")
+            assert again.get(dataset, "intact").to_pybytes() == blobs["intact"]
+            # Bytes of the undamaged second frame are still served.
+            tail = again.get(dataset, "victim", offset=4 * 1024 * 1024)
+            assert tail.to_pybytes() == blobs["victim"][4 * 1024 * 1024 :]
+    assert second.stop() == 0
