@@ -32,6 +32,7 @@ from tierstore.engine.sealing import ShardSealers
 from tierstore.errors import IntegrityError, Unavailable
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.tiers.pages import release_pages
 from tierstore.types import ShardInfo
 
 __all__ = ["SealedRead", "SealedReader"]
@@ -132,6 +133,8 @@ class SealedReader:
                 self._check_current(record)  # a superseded generation is no data loss
                 raise
 
+        # Read-ahead is for the archive only: a hot frame is read when the consumer
+        # asks for it, so a slow consumer holds one frame, not a window of them.
         ahead: deque[tuple[int, Future[bytes] | None]] = deque()
         pending = iter(slices)
         while True:
@@ -139,26 +142,37 @@ class SealedReader:
                 piece = next(pending, None)
                 if piece is None:
                     break
-                hot = self._hot_frame(record, piece.index)
-                if hot is not None:
-                    ahead.append((piece.index, _done(hot)))
-                elif record.archived:
-                    ahead.append((piece.index, self._pool.submit(fetch, piece.index)))
-                else:
-                    self._check_current(record)
-                    raise IntegrityError(
-                        f"frame {piece.index} of {record.dataset}/{record.name} is in no tier"
-                    )
+                cold = not record.hot
+                ahead.append((piece.index, self._pool.submit(fetch, piece.index) if cold else None))
+                if not cold:
+                    break  # stop at a hot frame: nothing is read ahead of it
             if not ahead:
                 return
             index, future = ahead.popleft()
-            assert future is not None
-            yield index, future.result()
+            if future is not None:
+                yield index, future.result()
+                continue
+            hot = self._hot_frame(record, index)
+            if hot is None:  # evicted since the stream began
+                if not record.archived:
+                    self._check_current(record)
+                    raise IntegrityError(
+                        f"frame {index} of {record.dataset}/{record.name} is in no tier"
+                    )
+                hot = fetch(index)
+            yield index, hot
 
     def _hot_frame(self, record: ShardRecord, index: int) -> bytes | None:
         with self._env.read() as txn:
             view = self._frames.view_in(txn, frame_key(record.generation, index))
-            return None if view is None else bytes(view)
+            if view is None:
+                return None
+            frame = bytes(view)
+            # The copy is what the stream sends: let the kernel drop the mapped pages
+            # from this process (they stay in the page cache), so streaming a large
+            # hot shard does not grow the server's resident memory by the shard's size.
+            release_pages(view)
+            return frame
 
     def _check_current(self, record: ShardRecord) -> None:
         with self._env.read() as txn:

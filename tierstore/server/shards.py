@@ -73,13 +73,14 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             for message in request_iterator:
                 if message.WhichOneof("item") != "frame":
                     raise InvalidArgument(f"message {spool.count + 1} of the put is not a frame")
-                if len(message.frame) > limit:
+                frame = message.frame  # each access copies the bytes: read it once
+                if len(frame) > limit:
                     raise OversizeFrame(
-                        f"frame {spool.count} is {len(message.frame)} bytes; the limit is {limit}"
+                        f"frame {spool.count} is {len(frame)} bytes; the limit is {limit}"
                     )
                 if spool.count == header.frame_count:
                     raise InvalidArgument(f"the header announced {header.frame_count} frames")
-                spool.append(message.frame)
+                spool.append(frame)
             if spool.count != header.frame_count:
                 raise InvalidArgument(
                     f"the stream ended after {spool.count} of {header.frame_count} frames"
@@ -122,9 +123,11 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             if not context.is_active():
                 return  # the client went away: stop reading
             self._served(tier, len(stored))
-            yield shards_pb2.GetShardResponse(
-                frame=shards_pb2.StoredFrame(index=index, data=stored)
-            )
+            # Built in place: the constructor form copies the 4 MiB frame twice more.
+            response = shards_pb2.GetShardResponse()
+            response.frame.index = index
+            response.frame.data = stored
+            yield response
 
     @handler
     def StatShard(
