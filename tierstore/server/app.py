@@ -28,6 +28,7 @@ from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.server.admin import AdminServicer
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
+from tierstore.server.decoding import DecodeInterceptor
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
 from tierstore.server.shards import ShardServicer
@@ -136,7 +137,8 @@ class TierstoreServer:
         )
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-            interceptors=[AuthInterceptor(tokens, self.metrics.observe_call)],
+            # Authenticate first, then decode: see tierstore.server.decoding.
+            interceptors=[AuthInterceptor(tokens, self.metrics.observe_call), DecodeInterceptor()],
             options=_options(),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -172,6 +174,7 @@ class TierstoreServer:
         if settings.health_listen:
             self._health_server = grpc.server(
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                interceptors=[DecodeInterceptor()],
                 options=_options(),
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)

@@ -1,0 +1,110 @@
+"""Decoding requests inside the call, so undecodable bytes are the caller's mistake.
+
+grpcio decodes a request before the handler runs and answers INTERNAL ("Exception
+deserializing request!") when the bytes are no valid message — a server error for
+what is a caller's mistake. :class:`DecodeInterceptor` takes decoding over: the
+handler receives the raw bytes, decodes them in the call and answers
+INVALID_ARGUMENT (with the ``tierstore-error`` trailer) when they do not parse.
+Messages of a request stream are decoded one by one as the handler consumes them.
+
+Placed after the authentication interceptor, so a caller without credentials learns
+nothing about how its bytes parse. Stateless and thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from tierstore.errors import InvalidArgument
+from tierstore.wire.status import ERROR_HEADER
+
+__all__ = ["DecodeInterceptor"]
+
+_TRAILER = ((ERROR_HEADER, InvalidArgument.__name__),)
+
+
+def _refuse(context: grpc.ServicerContext, exc: Exception) -> InvalidArgument:
+    # The code and trailer are set here as well, so a handler that does not map tierstore
+    # errors (health, reflection) still answers INVALID_ARGUMENT when the error escapes it.
+    message = f"the request is not a valid message: {str(exc) or type(exc).__name__}"[:300]
+    context.set_trailing_metadata(_TRAILER)
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details(message)
+    return InvalidArgument(message)
+
+
+def _decode(decode: Callable[[bytes], Any], data: bytes, context: grpc.ServicerContext) -> Any:
+    try:
+        return decode(data)
+    except Exception as exc:  # DecodeError, and anything else a parser throws at garbage
+        error = _refuse(context, exc)
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+
+def _decoded_stream(
+    decode: Callable[[bytes], Any], messages: Iterator[bytes], context: grpc.ServicerContext
+) -> Iterator[Any]:
+    for data in messages:
+        try:
+            message = decode(data)
+        except Exception as exc:
+            # Raised, not aborted: the handler's error mapping turns it into the answer.
+            raise _refuse(context, exc) from exc
+        yield message
+
+
+class DecodeInterceptor(grpc.ServerInterceptor):
+    """Moves request decoding into the call: undecodable requests get INVALID_ARGUMENT."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _decoding(handler, handler.request_deserializer)
+
+
+def _decoding(
+    handler: grpc.RpcMethodHandler[Any, Any], decode: Callable[[bytes], Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    serializer = handler.response_serializer
+    if handler.unary_unary:
+        unary_unary = handler.unary_unary
+
+        def call_unary_unary(data: bytes, context: grpc.ServicerContext) -> Any:
+            return unary_unary(_decode(decode, data, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(call_unary_unary, response_serializer=serializer)
+    if handler.unary_stream:
+        unary_stream = handler.unary_stream
+
+        def call_unary_stream(data: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+            yield from unary_stream(_decode(decode, data, context), context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            call_unary_stream, response_serializer=serializer
+        )
+    if handler.stream_unary:
+        stream_unary = handler.stream_unary
+
+        def call_stream_unary(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return stream_unary(_decoded_stream(decode, messages, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            call_stream_unary, response_serializer=serializer
+        )
+    stream_stream = handler.stream_stream
+    assert stream_stream is not None  # a handler has exactly one behavior
+
+    def call_stream_stream(
+        messages: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        yield from stream_stream(_decoded_stream(decode, messages, context), context)
+
+    return grpc.stream_stream_rpc_method_handler(call_stream_stream, response_serializer=serializer)
