@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -147,6 +148,8 @@ UINT64 = [0, 1, 2, 7, FRAME - 1, FRAME, FRAME + 1, 1 << 31, (1 << 32) - 1, 1 << 
 UINT64 += [(1 << 63) - 1, (1 << 64) - 1]
 UINT32 = [0, 1, 2, 3, 7, 100, (1 << 31) - 1, 1 << 31, (1 << 32) - 1]
 DOUBLES = [0.0, -0.0, 1.0, -1.0, 60.0, 1e-300, 5e-324, 1e308, -1e308, math.inf, -math.inf, math.nan]
+#: Ids of throwaway tokens the fuzzer may revoke (filled in before the cases are made).
+REVOCABLE: list[str] = []
 UNKNOWN_ENUMS = [-(1 << 31), -1, 4, 5, 99, (1 << 31) - 1]
 
 
@@ -164,6 +167,8 @@ def _string_for(field: FieldDescriptor, rng: random.Random) -> str:
     if name == "principal":
         return rng.choice(PRINCIPALS)
     if name == "token_id":
+        if REVOCABLE and rng.random() < 0.5:
+            return rng.choice(REVOCABLE)
         return rng.choice(["", "0" * 12, "f" * 12, "zz", "0" * 13, "../tokens"])
     return rng.choice(ABSURD_STRINGS)
 
@@ -512,6 +517,7 @@ def test_fuzz_every_rpc(fuzz_server: RunningServer) -> None:
         ("fuzz-ro", Role.READER),
     )
     admin_token = server.token("admin", ("*", Role.ADMIN))
+    REVOCABLE[:] = [server.tokens.create(f"svc:victim-{n}", [])[0].token_id for n in range(40)]
     cases = make_cases(data_token, admin_token)
     assert {case.method for case in cases} == set(RPCS)
     assert min(Counter(case.method for case in cases).values()) >= 2000
@@ -545,11 +551,9 @@ def test_fuzz_every_rpc(fuzz_server: RunningServer) -> None:
     assert not unexpected, f"{len(unexpected)} unexpected answers:\n{summary}"
     # The fuzzing reached past validation: some calls of most RPCs succeeded.
     succeeded = {method for (method, code) in by_method if code == "OK"}
-    assert len(succeeded) >= 15, sorted(succeeded)
+    assert len(succeeded) >= 17, sorted(set(RPCS) - succeeded)
     assert len(outcomes) == len(cases)
     print(f"\n{len(outcomes)} fuzzed calls in {elapsed:.1f} s; codes: {dict(codes)}")
-    for key, n in sorted(by_method.items()):
-        print(key, n)
 
     # Afterwards: the server still serves, and the canaries read back byte for byte.
     probe(channel, admin_token, canaries)
@@ -632,3 +636,27 @@ def test_fuzz_health_and_reflection(fuzz_server: RunningServer) -> None:
     assert health_pb2.HealthCheckResponse.FromString(reply).status == (
         health_pb2.HealthCheckResponse.SERVING
     )
+
+
+def test_the_server_stops_after_undecodable_request_streams(tmp_path: Path) -> None:
+    """Undecodable messages inside request streams leave nothing behind that blocks a
+    graceful stop (before requests were decoded in the call, a reflection stream of
+    garbage could make ``stop()`` wait forever)."""
+    with serving(tmp_path, datasets={"fuzz": DatasetSettings()}) as server:
+        token = server.token("svc:fuzz", ("fuzz", Role.ADMIN))
+        channel = server.channel()
+        md = (("authorization", f"Bearer {token}"),)
+        for index in range(20):
+            garbage = [b"A", random_bytes(random.Random(index)), b"A"]
+            with pytest.raises(grpc.RpcError) as caught:
+                for _ in channel.stream_stream(REFLECTION)(iter(garbage), timeout=10, metadata=md):
+                    pass
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.stream_unary(PUT)(iter(garbage), timeout=10, metadata=md)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        stopped = threading.Event()
+        threading.Thread(
+            target=lambda: (server.server.stop(grace_s=1.0), stopped.set()), daemon=True
+        ).start()
+        assert stopped.wait(30), "the server did not stop within 30 s"

@@ -175,6 +175,24 @@ def test_every_rpc_refuses_a_call_without_a_token(node: Node, method: str) -> No
     assert_intact(node)
 
 
+@pytest.mark.parametrize("method", sorted(RPCS))
+def test_garbage_without_a_token_learns_nothing_about_parsing(node: Node, method: str) -> None:
+    """Authentication comes before decoding: bytes that are no message still get
+    UNAUTHENTICATED, so an anonymous caller cannot probe the server's parser."""
+    garbage: Any = [b"\xff\xff\xff", b"A"] if RPCS[method].client_streaming else b"\xff\xff\xff"
+    received: list[Any] = []
+    with pytest.raises(grpc.RpcError) as caught:
+        invoke(node.channel, method, garbage, None, raw=True, received=received, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert received == []
+    # With a token, the same bytes are the caller's mistake, never a server error.
+    with pytest.raises(grpc.RpcError) as caught:
+        invoke(node.channel, method, garbage, node.tokens["admin"], raw=True, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert error_name(caught.value) == "InvalidArgument"
+    assert_intact(node)
+
+
 def _malformed(node: Node) -> dict[str, tuple[tuple[str, str], ...]]:
     good = node.tokens["admin"]
     return {
@@ -395,10 +413,18 @@ def test_only_admins_create_datasets(node: Node, who: str, name: str) -> None:
         node.tokens[who],
         grpc.StatusCode.PERMISSION_DENIED,
     )
+    assert error_name(error) == "PermissionDenied"
     # The same answer whether the name exists or not: creation probes nothing.
-    assert name not in error.details() or "may not call" in error.details()  # type: ignore[attr-defined]
+    unused = expect_refused(
+        node.channel,
+        method,
+        datasets_pb2.CreateDatasetRequest(name="never-made"),
+        node.tokens[who],
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert error.details().replace(name, "never-made") == unused.details()  # type: ignore[attr-defined]
     listed = {n for n, _ in node.running.store.list_datasets()}
-    assert listed.isdisjoint({"alpha-2", GHOST, "gamma"})
+    assert listed.isdisjoint({"alpha-2", GHOST, "gamma", "never-made"})
     assert_intact(node)
 
 
@@ -703,7 +729,9 @@ def test_the_audit_log_records_denials_and_never_a_token(
     )
     for token in secrets_seen:
         assert token not in everything
-        assert token.rsplit("_", 1)[1] not in everything  # not even the secret part
+        secret = token[len("ts_0123456789ab_") :]  # the secret may itself hold "_"
+        assert len(secret) == 43
+        assert secret not in everything  # not even the secret part
     assert "garbage-token-value" not in everything
     audit = [r.getMessage() for r in caplog.records if r.name == "tierstore.audit"]
     denied = [line for line in audit if line.startswith("denied ") and f"method={GET}" in line]

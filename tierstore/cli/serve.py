@@ -63,6 +63,9 @@ class ServeOptions:
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
+    if options.insecure:
+        # Refuse before anything is started or written (ServerSettings checks it again).
+        ServerSettings(listen=options.listen, insecure=True)
     data_dir = options.data_dir.resolve()
     ensure_private_dir(data_dir)
     stop = threading.Event()
