@@ -20,6 +20,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 import grpc
 
 from tierstore.errors import InvalidArgument
+from tierstore.loopback import is_loopback_address
 
 __all__ = ["ChannelSettings", "ProcessChannel"]
 
@@ -42,8 +43,7 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         if not self.address or ":" not in self.address:
             raise InvalidArgument(f"address must be HOST:PORT, got {self.address!r}")
-        host = self.address.rsplit(":", 1)[0]
-        if self.insecure and host not in ("127.0.0.1", "localhost", "[::1]"):
+        if self.insecure and not is_loopback_address(self.address):
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
 
 

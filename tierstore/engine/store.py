@@ -253,9 +253,7 @@ class Store:
         BacklogFull, HotTierFull, ArchiveUnavailable (write-through only: the shard
         is then committed locally and the mover keeps trying).
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         framed = frame_value(value, self.settings.max_frame_bytes)
         return self._writer.commit(dataset, shard, framed)
 
@@ -266,17 +264,13 @@ class Store:
 
         Raises as :meth:`put`, and MalformedArrow.
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
         return self._writer.commit(dataset, shard, framed)
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
             self._writer.delete_in(txn, record)
@@ -286,9 +280,7 @@ class Store:
 
     def stat(self, dataset: str, shard: str) -> ShardInfo:
         """What the catalog knows of a shard. Raises InvalidName, DatasetNotFound, ShardNotFound."""
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         # Under the flush lock: a flush in progress has counts in neither place.
         with self._access.flush_lock, self._env.read() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
@@ -331,9 +323,7 @@ class Store:
         IntegrityError (a frame failed verification; nothing unverified is
         returned), ArchiveUnavailable, UnknownKeyId, EncryptionUnavailable.
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         data = self._reader.read(dataset, shard, byte_range, frame_range)
         self._placement.count_read(dataset, data.source == "hot")
         return data
@@ -347,9 +337,7 @@ class Store:
         every byte finds it still in the CPU cache — the fastest way to stream a hot
         shard in-process. Raises as :meth:`get`.
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
             hot = self._catalog.require_shard(txn, dataset, shard).hot
         self._placement.count_read(dataset, hot)
@@ -369,9 +357,7 @@ class Store:
         The result carries the data key of an encrypted shard: hand it only to callers
         allowed to read the shard. Raises as :meth:`get`.
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         return self._sealed.open(dataset, shard, byte_range, frame_range)
 
     def get_into(
@@ -419,9 +405,7 @@ class Store:
 
         Raises InvalidName, DatasetNotFound, ShardNotFound.
         """
-        self._check_open()
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
+        self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
             self._catalog.require_shard(txn, dataset, shard)
         return self.mover.evict_shard(dataset, shard)
@@ -458,6 +442,7 @@ class Store:
         return self._placement.usage(dataset)
 
     def _check_shard_call(self, dataset: str, shard: str) -> None:
+        """The checks every call naming one shard starts with: open store, valid names."""
         self._check_open()
         validate_dataset_name(dataset)
         validate_shard_name(shard)

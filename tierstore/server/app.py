@@ -10,7 +10,6 @@ and every bound port is checked, so two servers never share a port silently.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, Unavailable
+from tierstore.loopback import is_loopback_address
 from tierstore.server.admin import AdminServicer
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
@@ -77,20 +77,10 @@ class ServerSettings:
     metrics_listen: str = ""
 
     def __post_init__(self) -> None:
-        if self.insecure and not _is_loopback(self.listen):
+        if self.insecure and not is_loopback_address(self.listen):
             raise InvalidArgument("plaintext (--insecure) serving is allowed only on loopback")
         if not self.insecure and self.tls is None:
             raise InvalidArgument("TLS material is required unless insecure is set")
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _options() -> list[tuple[str, int]]:

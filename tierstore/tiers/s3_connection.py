@@ -10,7 +10,6 @@ cross ``fork()``, so a :class:`ProcessState` belongs to one process id.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import boto3
 import botocore.config
 
 from tierstore.errors import InvalidArgument
+from tierstore.loopback import is_loopback_host
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -104,13 +104,7 @@ def _trusted(endpoint_url: str) -> bool:
     parsed = urllib.parse.urlsplit(endpoint_url)
     if parsed.scheme == "https":
         return True
-    host = parsed.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(parsed.hostname or "")
 
 
 def new_client(settings: S3Settings) -> S3Client:
