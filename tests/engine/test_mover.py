@@ -297,3 +297,29 @@ def test_a_frame_damaged_before_upload_is_never_archived(
     assert store.stat(dataset, "healthy").archived
     with pytest.raises(IntegrityError):
         store.get(dataset, "damaged")
+
+
+def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreFactory) -> None:
+    inner = MemoryTier()
+    stores: list[Store] = []
+
+    class OverwriteDuringUpload(FaultyTier):
+        """Overwrites the shard after the mover began uploading it, before it reads frames."""
+
+        overwritten = False
+
+        def put(self, key: str, value: object) -> None:  # type: ignore[override]
+            if key.endswith(".frames") and not self.overwritten:
+                self.overwritten = True
+                stores[0].put("plain", "raced", payload(2 * FRAME, 8))
+            super().put(key, value)  # type: ignore[arg-type]
+
+    archive = OverwriteDuringUpload(inner)
+    store = open_store(archive, datasets=PLAIN)
+    stores.append(store)
+    store.put("plain", "raced", payload(3 * FRAME, 7))
+    assert store.drain(10)
+    assert archive.overwritten
+    assert store.stats().data_loss == ()
+    assert store.get("plain", "raced").to_bytes() == payload(2 * FRAME, 8)
+    assert store.stat("plain", "raced").archived

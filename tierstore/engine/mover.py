@@ -177,12 +177,18 @@ class Mover:
             try:
                 self._apply(op)
             except IntegrityError as exc:
+                with self._env.write() as txn:
+                    current = self._catalog.get_shard(txn, op.dataset, op.name)
+                    superseded = current is None or current.generation != op.generation
+                    self._catalog.remove_journal(txn, seq)
+                if superseded:
+                    # Overwritten or deleted while it was being uploaded: its frames went
+                    # with it, and the later entries of the journal clean up the archive.
+                    return True
                 # The only copy is damaged: retrying cannot help, and holding the entry
                 # would stall every later upload. Reads of it raise DataLoss.
                 log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
                 self.data_loss.append(f"{op.dataset}/{op.name}@{op.generation}: {exc}")
-                with self._env.write() as txn:
-                    self._catalog.remove_journal(txn, seq)
                 return True
             except TierstoreError as exc:
                 self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
