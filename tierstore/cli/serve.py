@@ -116,7 +116,10 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         _print_banner(out, f"{host}:{port}", server, data_dir, admin_token, tls is None)
         if ready is not None:
             ready.set()
-        stop.wait()
+        # Wait in short slices: the kernel may deliver SIGTERM to one of gRPC's threads,
+        # and then Python runs the handler only when the main thread next wakes up.
+        while not stop.wait(0.1):
+            pass
         out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
         out.flush()
         server.stop(options.grace_s)
