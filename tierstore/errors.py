@@ -14,10 +14,14 @@ so the service and the client can share one table later.
     │   ├── InvalidRange                 byte or frame range outside the shard
     │   ├── OversizeFrame                a frame (or one Arrow row) over the frame limit
     │   ├── MalformedArrow               bytes that are not the Arrow data they claim to be
-    │   └── UnsupportedData              a value the shard format cannot store
+    │   ├── UnsupportedData              a value the shard format cannot store
+    │   ├── UnknownPolicy                a placement-policy name no policy answers to
+    │   ├── InvalidPlan                  an access plan that names unknown shards, or is too long
+    │   └── MalformedTrace               an access-trace file that does not parse
     ├── NotFound                     NOT_FOUND
     │   ├── DatasetNotFound
-    │   └── ShardNotFound
+    │   ├── ShardNotFound
+    │   └── PlanNotFound                 no live access plan of that job id (closed or expired)
     ├── AlreadyExists                ALREADY_EXISTS
     ├── Unauthenticated              UNAUTHENTICATED     missing, bad, expired or revoked credential
     ├── PermissionDenied             PERMISSION_DENIED   authenticated, but no role allows the call
@@ -52,11 +56,14 @@ __all__ = [
     "IntegrityError",
     "InvalidArgument",
     "InvalidName",
+    "InvalidPlan",
     "InvalidRange",
     "MalformedArrow",
+    "MalformedTrace",
     "NotFound",
     "OversizeFrame",
     "PermissionDenied",
+    "PlanNotFound",
     "ResourceExhausted",
     "ShardNotFound",
     "StoreClosed",
@@ -64,6 +71,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownKeyId",
+    "UnknownPolicy",
     "UnsupportedData",
     "WrongShardKind",
 ]
@@ -102,6 +110,18 @@ class UnsupportedData(InvalidArgument):
     """A value of a type (or dtype) that the shard format cannot store."""
 
 
+class UnknownPolicy(InvalidArgument):
+    """A placement-policy name that no policy answers to."""
+
+
+class InvalidPlan(InvalidArgument):
+    """An access plan that names unknown shards, is longer than allowed, or is malformed."""
+
+
+class MalformedTrace(InvalidArgument):
+    """An access-trace file that is truncated or does not parse."""
+
+
 class NotFound(TierstoreError):
     """Something named does not exist."""
 
@@ -114,6 +134,10 @@ class DatasetNotFound(NotFound):
 
 class ShardNotFound(NotFound):
     """No shard of that name in the dataset."""
+
+
+class PlanNotFound(NotFound):
+    """No live access plan with that job id (it was closed, or it expired)."""
 
 
 class AlreadyExists(TierstoreError):

@@ -1,0 +1,135 @@
+"""Access plans: the order in which a reader will read a dataset's shards.
+
+A loader declares its plan compactly — a :class:`SamplerPlan` (sampler kind, seed,
+epoch, rank, world size, number of epochs) — and the server regenerates the very
+same order from it, or it sends an explicit list of shard names. Both sides call
+:func:`rank_order` on the same sorted shard list, so the order is defined once, here.
+
+Orders are stable across platforms and library versions: the shuffle sorts by a
+SplitMix64 hash of (seed, epoch, index) computed with numpy integer arithmetic, not
+by a library's random stream (whose output may change between versions).
+
+The global order of an epoch is independent of rank and worker counts; a rank takes
+every ``world_size``-th entry of it starting at ``rank`` (so ranks interleave and the
+union over ranks is the global order, each entry exactly once).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tierstore.errors import InvalidArgument
+
+__all__ = [
+    "MAX_PLAN_EPOCHS",
+    "SamplerKind",
+    "SamplerPlan",
+    "epoch_order",
+    "plan_indices",
+    "rank_order",
+]
+
+#: the most epochs one plan may declare (a longer job declares again).
+MAX_PLAN_EPOCHS = 64
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+class SamplerKind(enum.StrEnum):
+    """How a sampler orders one epoch."""
+
+    #: every shard once, in name order.
+    SEQUENTIAL = "sequential"
+    #: every shard once, in a seeded permutation.
+    SHUFFLE = "shuffle"
+    #: ``samples_per_epoch`` draws with replacement.
+    REPLACEMENT = "replacement"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerPlan:
+    """A reader's plan, from which the order is regenerated.
+
+    ``samples_per_epoch`` is only for :attr:`SamplerKind.REPLACEMENT` (0 = as many
+    draws as there are shards). Raises InvalidArgument from :meth:`validate`.
+    """
+
+    kind: SamplerKind
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    epochs: int = 1
+    samples_per_epoch: int = 0
+
+    def validate(self) -> None:
+        """Raise InvalidArgument if the fields do not describe a plan."""
+        if self.world_size < 1:
+            raise InvalidArgument(f"world_size must be at least 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise InvalidArgument(
+                f"rank must be in [0, world_size={self.world_size}), got {self.rank}"
+            )
+        if not 1 <= self.epochs <= MAX_PLAN_EPOCHS:
+            raise InvalidArgument(f"epochs must be in [1, {MAX_PLAN_EPOCHS}], got {self.epochs}")
+        if self.epoch < 0 or self.seed < 0:
+            raise InvalidArgument("seed and epoch must not be negative")
+        if self.samples_per_epoch < 0:
+            raise InvalidArgument("samples_per_epoch must not be negative")
+        if self.samples_per_epoch and self.kind is not SamplerKind.REPLACEMENT:
+            raise InvalidArgument("samples_per_epoch applies only to the replacement sampler")
+
+
+def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser, elementwise (wrapping uint64 arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _stream(seed: int, epoch: int, count: int) -> npt.NDArray[np.uint64]:
+    """``count`` pseudo-random uint64 values determined by (seed, epoch) alone."""
+    base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    base = _splitmix64(np.array([base ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        return _splitmix64(np.arange(count, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base)
+
+
+def epoch_order(
+    count: int, kind: SamplerKind, seed: int, epoch: int, samples: int = 0
+) -> npt.NDArray[np.int64]:
+    """The global order of one epoch over ``count`` shards, as indices into them."""
+    if kind is SamplerKind.SEQUENTIAL:
+        return np.arange(count, dtype=np.int64)
+    if kind is SamplerKind.SHUFFLE:
+        return np.argsort(_stream(seed, epoch, count), kind="stable").astype(np.int64)
+    draws = samples or count
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    return (_stream(seed, epoch, draws) % np.uint64(count)).astype(np.int64)
+
+
+def plan_indices(plan: SamplerPlan, count: int) -> npt.NDArray[np.int64]:
+    """The indices (into the sorted shard list of ``count`` shards) that ``plan``'s
+    rank reads, over all its epochs in order. Raises InvalidArgument."""
+    plan.validate()
+    parts = [
+        epoch_order(count, plan.kind, plan.seed, plan.epoch + offset, plan.samples_per_epoch)[
+            plan.rank :: plan.world_size
+        ]
+        for offset in range(plan.epochs)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def rank_order(plan: SamplerPlan, shards: Sequence[str]) -> list[str]:
+    """The shard names ``plan``'s rank reads, in order. ``shards`` must be sorted by
+    name (the catalog's order). Raises InvalidArgument."""
+    return [shards[int(index)] for index in plan_indices(plan, len(shards))]

@@ -1,0 +1,1 @@
+"""The trace simulator: replays access traces against placement policies."""
