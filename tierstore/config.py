@@ -56,6 +56,19 @@ class EngineSettings:
     mover_retry_max_s: float = 30.0
     #: access statistics are flushed to the catalog at most this often.
     access_flush_interval_s: float = 1.0
+    #: half-life of a shard's decayed read frequency (each read counts 1, halved per half-life).
+    access_half_life_s: float = 3600.0
+    #: reads and plan events kept in memory for trace export and sizing (0: no trace).
+    trace_capacity: int = 1_000_000
+    #: placement: the archive bandwidth the prefetcher may plan with, and how far ahead
+    #: (seconds of that bandwidth) it fetches; prefetches in flight at once at most.
+    archive_bandwidth_bytes_per_s: float = 200 * MiB
+    prefetch_horizon_s: float = 10.0
+    prefetch_depth: int = 8
+    #: the prefetcher asks the policies at least this often (and whenever a plan changes).
+    prefetch_interval_s: float = 1.0
+    #: threads copying shards from the archive into the hot tier.
+    promotion_threads: int = 4
     #: hot reads hand out zero-copy views for at most this many concurrent leases;
     #: beyond that a read gets a private copy rather than pinning more LMDB pages.
     max_read_leases: int = 64
@@ -72,6 +85,19 @@ class EngineSettings:
             raise InvalidArgument("max_frame_bytes must be at least 4096")
         if self.hot_capacity_bytes < self.max_frame_bytes:
             raise InvalidArgument("hot_capacity_bytes must hold at least one frame")
+        positive = {
+            "access_half_life_s": self.access_half_life_s,
+            "archive_bandwidth_bytes_per_s": self.archive_bandwidth_bytes_per_s,
+            "prefetch_interval_s": self.prefetch_interval_s,
+            "promotion_threads": self.promotion_threads,
+        }
+        for name, value in positive.items():
+            if not value > 0 or value == float("inf"):
+                raise InvalidArgument(f"{name} must be a positive finite number, got {value}")
+        if self.trace_capacity < 0 or self.prefetch_depth < 0 or not self.prefetch_horizon_s >= 0:
+            raise InvalidArgument(
+                "trace_capacity, prefetch_depth and prefetch_horizon_s must not be negative"
+            )
 
     @property
     def effective_map_size(self) -> int:

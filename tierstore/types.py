@@ -7,14 +7,26 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "ALL_DATASETS",
+    "DEFAULT_POLICY_NAME",
     "DatasetSettings",
     "Durability",
     "Grant",
     "Role",
     "ShardInfo",
     "ShardKind",
+    "SizingPoint",
+    "TraceEvent",
+    "TracedClose",
+    "TracedPlan",
+    "TracedPosition",
+    "TracedRead",
     "WrappedKey",
 ]
+
+#: The placement policy a dataset gets unless it names one. The same name as
+#: ``tierstore.policy.registry.DEFAULT_POLICY`` (this module imports nothing of the
+#: package; a test checks that the two agree).
+DEFAULT_POLICY_NAME = "clairvoyant"
 
 
 class Durability(enum.StrEnum):
@@ -42,6 +54,8 @@ class DatasetSettings:
     durability: Durability = Durability.WRITE_BACK
     #: bytes this dataset may hold in the hot tier (0: no per-dataset quota).
     hot_quota_bytes: int = 0
+    #: the placement policy of its shards (changeable at run time).
+    policy: str = DEFAULT_POLICY_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +83,13 @@ class ShardInfo:
     #: access count and last access time (seconds since the epoch; 0 if never read).
     access_count: int = 0
     last_access: float = 0.0
+    #: reads with exponential decay (each read counts 1, halved every half-life),
+    #: as of the moment the info was made.
+    access_frequency: float = 0.0
+    #: pinned in the hot tier (a pin whose TTL has run out no longer counts).
+    pinned: bool = False
+    #: when a TTL pin runs out (seconds since the epoch); 0 for a pin without TTL.
+    pinned_until: float = 0.0
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -112,3 +133,59 @@ class Grant:
 
     dataset: str
     role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class SizingPoint:
+    """One point of a sizing curve: the estimated miss ratio of a hot tier of
+    ``capacity_bytes`` over the recently traced reads."""
+
+    capacity_bytes: int
+    miss_ratio: float
+
+
+# Access-trace events as a node records them (times are seconds since the epoch).
+
+
+@dataclass(frozen=True, slots=True)
+class TracedRead:
+    """A read of ``dataset/shard`` (``size`` stored bytes), from the hot tier if ``hit``."""
+
+    t: float
+    dataset: str
+    shard: str
+    size: int
+    hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TracedPlan:
+    """``job`` declared it will read these shards of ``dataset`` in this order."""
+
+    t: float
+    job: str
+    dataset: str
+    shards: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TracedPosition:
+    """``job`` has read the first ``position`` entries of its plan over ``dataset``."""
+
+    t: float
+    job: str
+    dataset: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class TracedClose:
+    """``job``'s plan over ``dataset`` ended (closed, expired, or its dataset deleted)."""
+
+    t: float
+    job: str
+    dataset: str
+
+
+TraceEvent = TracedRead | TracedPlan | TracedPosition | TracedClose

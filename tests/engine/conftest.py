@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.engine.recording import RecordingPolicy
 from tests.engine.stores import DATASETS, StoreFactory
+from tierstore.engine import policies
 from tierstore.engine.store import Store
+from tierstore.policy.base import Policy
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Settings, S3Tier
 
@@ -39,3 +43,17 @@ def s3_archive(s3_settings: S3Settings) -> Iterator[S3Tier]:
     tier = S3Tier(s3_settings)
     yield tier
     tier.close()
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Policies named ``recording`` (admits misses) and ``refusing`` (admits none) are
+    :class:`RecordingPolicy` objects (see ``tests.engine.recording.policy_of``)."""
+    real = policies.make_policy
+
+    def make(name: str, **options: Any) -> Policy:
+        if name in ("recording", "refusing"):
+            return RecordingPolicy(admits=name == "recording")
+        return real(name, **options)
+
+    monkeypatch.setattr(policies, "make_policy", make)

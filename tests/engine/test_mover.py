@@ -181,7 +181,7 @@ def test_a_bad_archive_object_is_never_promoted(open_store: StoreFactory) -> Non
 def test_eviction_is_lru_among_archived_shards_only(open_store: StoreFactory) -> None:
     stored = FRAME + 8  # one plaintext frame
     store = open_store(
-        datasets={"plain": DatasetSettings()},
+        datasets={"plain": DatasetSettings(policy="lru")},
         start_mover=False,  # archive exactly when the test says so
         hot_capacity_bytes=10 * stored,
         high_watermark=0.9,  # 9 shards

@@ -157,14 +157,15 @@ def serving(
     health: bool = True,
     datasets: dict[str, DatasetSettings] | None = None,
     max_workers: int = 16,
+    **engine: Any,
 ) -> Iterator[RunningServer]:
     """Start a server under ``root`` (TLS from a fresh local CA unless ``insecure``).
 
-    The store has 4 KiB frames, a master key, a MemoryTier archive and ``datasets``.
-    Everything is stopped and closed on exit.
+    The store has 4 KiB frames, a master key, a MemoryTier archive and ``datasets``;
+    ``engine`` overrides other engine settings. Everything is stopped and closed on exit.
     """
     data_dir = root / "node"
-    store = Store(engine_settings(data_dir), MemoryTier(), KEYRING)
+    store = Store(engine_settings(data_dir, **engine), MemoryTier(), KEYRING)
     try:
         for name, settings in (datasets or {}).items():
             store.create_dataset(name, settings)

@@ -64,6 +64,9 @@ UNARY = [
     PLACEMENT + "Prefetch",
     PLACEMENT + "Evict",
     PLACEMENT + "GetTierStats",
+    PLACEMENT + "DeclarePlan",
+    PLACEMENT + "ReportPosition",
+    PLACEMENT + "ClosePlan",
     ADMIN + "CreateToken",
     ADMIN + "RevokeToken",
     ADMIN + "ListTokens",
@@ -96,6 +99,12 @@ class Raw:
             timeout=CALL_TIMEOUT_S,
         )
 
+    def stream(self, method: str, request: Any) -> Any:
+        call = self.channel.unary_stream(method)
+        return call(
+            request.SerializeToString(), metadata=self.server.metadata, timeout=CALL_TIMEOUT_S
+        )
+
     def get(self, request: shards_pb2.GetShardRequest) -> Any:
         call = self.channel.unary_stream(SHARDS + "GetShard")
         return call(
@@ -124,6 +133,12 @@ def header(dataset: str, shard: str, frames: int, kind: int = common_pb2.SHARD_K
 
 def frame(data: bytes) -> Any:
     return shards_pb2.PutShardRequest(frame=data)
+
+
+def plan_request(dataset: str, shards: list[str], **fields: Any) -> Any:
+    return placement_pb2.DeclarePlanRequest(
+        dataset=dataset, explicit=placement_pb2.ShardList(shards=shards), **fields
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +173,15 @@ def test_invalid_names(raw: Raw, server: ServerProcess, admin: Client, dataset: 
             (SHARDS + "StatShard", shards_pb2.StatShardRequest(dataset=bad, shard="ok")),
             (SHARDS + "ListShards", shards_pb2.ListShardsRequest(dataset=bad)),
             (PLACEMENT + "Prefetch", placement_pb2.PrefetchRequest(dataset=bad, shards=["ok"])),
+            (PLACEMENT + "DeclarePlan", plan_request(bad, ["ok"])),
+            (ADMIN + "ExportTrace", admin_pb2.ExportTraceRequest(dataset=bad or "-x")),
         ]
     for bad in BAD_SHARDS:
         cases += [
             (SHARDS + "StatShard", shards_pb2.StatShardRequest(dataset=dataset, shard=bad)),
             (SHARDS + "DeleteShard", shards_pb2.DeleteShardRequest(dataset=dataset, shard=bad)),
-            (PLACEMENT + "Pin", placement_pb2.ShardRef(dataset=dataset, shard=bad)),
+            (PLACEMENT + "Pin", placement_pb2.PinRequest(dataset=dataset, shard=bad)),
+            (PLACEMENT + "DeclarePlan", plan_request(dataset, ["ok", bad])),
             (PLACEMENT + "Evict", placement_pb2.ShardRef(dataset=dataset, shard=bad)),
             (
                 PLACEMENT + "Prefetch",
@@ -171,7 +189,8 @@ def test_invalid_names(raw: Raw, server: ServerProcess, admin: Client, dataset: 
             ),
         ]
     for method, request in cases:
-        code, name = refused(raw.unary, method, request)
+        call = raw.stream if method == ADMIN + "ExportTrace" else raw.unary
+        code, name = refused(call, method, request)
         assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidName"), (method, request)
     for bad in BAD_SHARDS:
         code, name = refused(raw.get, shards_pb2.GetShardRequest(dataset=dataset, shard=bad))
@@ -245,6 +264,91 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
     for method, request, expected in cases:
         code, _ = refused(raw.unary, method, request)
         assert code == expected, (method, request)
+    plan_cases: list[tuple[str, Any, str]] = [
+        (
+            DATASETS + "UpdateDataset",
+            datasets_pb2.UpdateDatasetRequest(name=dataset, policy="x"),
+            "UnknownPolicy",
+        ),
+        (
+            DATASETS + "UpdateDataset",
+            datasets_pb2.UpdateDatasetRequest(name=dataset, policy="belady"),
+            "InvalidArgument",
+        ),
+        (
+            DATASETS + "CreateDataset",
+            datasets_pb2.CreateDatasetRequest(
+                name=unique(), settings=common_pb2.DatasetSettings(policy="x")
+            ),
+            "UnknownPolicy",
+        ),
+        (
+            PLACEMENT + "Pin",
+            placement_pb2.PinRequest(dataset=dataset, shard="s", ttl_s=-1),
+            "InvalidArgument",
+        ),
+        (
+            PLACEMENT + "Pin",
+            placement_pb2.PinRequest(dataset=dataset, shard="s", ttl_s=float("nan")),
+            "InvalidArgument",
+        ),
+        (
+            PLACEMENT + "DeclarePlan",
+            placement_pb2.DeclarePlanRequest(dataset=dataset),
+            "InvalidPlan",
+        ),
+        (PLACEMENT + "DeclarePlan", plan_request(dataset, ["s", "nope"]), "InvalidPlan"),
+        (PLACEMENT + "DeclarePlan", plan_request(dataset, ["s"] * 65), "InvalidPlan"),
+        (PLACEMENT + "DeclarePlan", plan_request(dataset, ["s"], prefix="s"), "InvalidPlan"),
+        (
+            PLACEMENT + "DeclarePlan",
+            plan_request(dataset, ["s"], ttl_s=float("inf")),
+            "InvalidArgument",
+        ),
+        (PLACEMENT + "DeclarePlan", plan_request(dataset, ["s"], job="\n"), "InvalidArgument"),
+        (PLACEMENT + "DeclarePlan", plan_request(unique(), ["s"]), "DatasetNotFound"),
+        (
+            PLACEMENT + "DeclarePlan",
+            placement_pb2.DeclarePlanRequest(dataset=dataset, sampler=placement_pb2.SamplerSpec()),
+            "InvalidArgument",  # an unspecified sampler kind
+        ),
+        (
+            PLACEMENT + "DeclarePlan",
+            placement_pb2.DeclarePlanRequest(
+                dataset=dataset,
+                sampler=placement_pb2.SamplerSpec(kind=3, samples_per_epoch=(1 << 64) - 1),
+            ),
+            "InvalidPlan",
+        ),
+        (
+            PLACEMENT + "DeclarePlan",
+            placement_pb2.DeclarePlanRequest(
+                dataset=dataset, sampler=placement_pb2.SamplerSpec(kind=2, rank=5, world_size=5)
+            ),
+            "InvalidArgument",
+        ),
+        (
+            PLACEMENT + "ReportPosition",
+            placement_pb2.ReportPositionRequest(job="nope"),
+            "PlanNotFound",
+        ),
+        (
+            PLACEMENT + "ReportPosition",
+            placement_pb2.ReportPositionRequest(job=""),
+            "InvalidArgument",
+        ),
+        (PLACEMENT + "ClosePlan", placement_pb2.ClosePlanRequest(job="nope"), "PlanNotFound"),
+    ]
+    for method, request, name in plan_cases:
+        code, got = refused(raw.unary, method, request)
+        assert got == name, (method, request, got)
+    job = placement_pb2.DeclarePlanResponse.FromString(
+        raw.unary(PLACEMENT + "DeclarePlan", plan_request(dataset, ["s", "s"], job="j"))
+    ).job
+    for position in (3, (1 << 64) - 1):
+        request = placement_pb2.ReportPositionRequest(job=job, position=position)
+        assert refused(raw.unary, PLACEMENT + "ReportPosition", request)[1] == "InvalidArgument"
+    raw.unary(PLACEMENT + "ClosePlan", placement_pb2.ClosePlanRequest(job=job))
     for request in [
         shards_pb2.GetShardRequest(
             dataset=dataset, shard="s", byte_range=common_pb2.ByteRange(offset=(1 << 64) - 1)
@@ -508,14 +612,15 @@ def test_random_bytes_never_internal(raw: Raw, server: ServerProcess, admin: Cli
                 code: Any = error.code()  # type: ignore[attr-defined]
                 assert code in CALLER_MISTAKES, (method, payload, code, error)
     for payload in payloads:
-        try:
-            list(
-                raw.channel.unary_stream(SHARDS + "GetShard")(
-                    payload, metadata=server.metadata, timeout=CALL_TIMEOUT_S
+        for method in (SHARDS + "GetShard", ADMIN + "ExportTrace"):
+            try:
+                list(
+                    raw.channel.unary_stream(method)(
+                        payload, metadata=server.metadata, timeout=CALL_TIMEOUT_S
+                    )
                 )
-            )
-        except grpc.RpcError as error:
-            assert error.code() in CALLER_MISTAKES, (payload, error)  # type: ignore[attr-defined]
+            except grpc.RpcError as error:
+                assert error.code() in CALLER_MISTAKES, (method, payload, error)  # type: ignore[attr-defined]
         try:
             raw.put([payload, payload])
         except grpc.RpcError as error:

@@ -23,7 +23,11 @@ from typer.testing import CliRunner
 
 from tierstore.cli.main import app
 from tierstore.client.client import Client
+from tierstore.policy.registry import DEFAULT_POLICY
+from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read
+from tierstore.sim.tracefile import load_trace
 from tierstore.tiers.seaweedfs import SeaweedServer
+from tierstore.types import Grant, Role
 
 from .conftest import ServerProcess, clean_env, free_port, poll, tierstore_command, unique
 
@@ -95,6 +99,7 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
         "encrypted": False,
         "durability": "write-back",
         "hot_quota_bytes": 0,
+        "policy": DEFAULT_POLICY,
     }
     assert created[1]["encrypted"] is True and created[1]["durability"] == "write-through"
     listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
@@ -203,6 +208,80 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     table = run(env, "stats", dataset, json_output=False)
     assert table.returncode == 0 and b"hit" in table.stdout and b"ratio" in table.stdout
     assert b"waiting for the archive" in table.stdout
+
+
+def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) -> None:
+    dataset = unique()
+    created = ok(
+        env, "dataset", "create", dataset, "--policy", "lru", "--durability", "write-through"
+    )
+    assert created["policy"] == "lru"
+    admin.put(dataset, "a", b"a" * 1000)
+    admin.get(dataset, "a")
+    shown = ok(env, "policy", "show", dataset)
+    assert shown == {"dataset": dataset, "policy": "lru", "hits": 1, "misses": 0, "hit_ratio": 1.0}
+    assert ok(env, "policy", "set", dataset, "s3fifo") == {"dataset": dataset, "policy": "s3fifo"}
+    assert ok(env, "policy", "show", dataset)["policy"] == "s3fifo"
+    assert {d["name"]: d for d in ok(env, "dataset", "ls")}[dataset]["policy"] == "s3fifo"
+    refused = run(env, "policy", "set", dataset, "no-such-policy")
+    assert refused.returncode == 2 and b"UnknownPolicy" in refused.stderr
+    table = run(env, "policy", "show", dataset, json_output=False)
+    assert table.returncode == 0 and b"s3fifo" in table.stdout
+
+    assert ok(env, "pin", dataset, "a", "--ttl", "3600") == {"pinned": ["a"], "bytes_queued": 0}
+    info = admin.stat(dataset, "a")
+    assert info.pinned and info.pinned_until > info.created_at + 3000
+    assert ok(env, "evict", dataset, "a") == {"freed_bytes": 0}
+    assert run(env, "pin", dataset, "a", "--ttl", "-1").returncode == 2
+
+
+def test_trace_export_and_the_sizing_curve(
+    env: dict[str, str], server: ServerProcess, admin: Client, tmp_path: Path
+) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through", policy="lru")
+    for name in ("a", "b"):
+        admin.put(dataset, name, name.encode() * 4000)
+    for _ in range(3):
+        admin.get(dataset, "a")
+        admin.get(dataset, "b")
+    job = admin.declare_plan(dataset, shards=["b", "a"])
+    admin.report_position(job, 1)
+    admin.close_plan(job)
+
+    for name in ("trace.jsonl", "trace.jsonl.gz"):
+        output = tmp_path / name
+        done = ok(env, "trace", "export", "--output", str(output), "--dataset", dataset)
+        assert done == {
+            "output": str(output),
+            "events": 9,
+            "read": 6,
+            "plan": 1,
+            "position": 1,
+            "close": 1,
+        }
+        trace = load_trace(output)
+        kinds = [type(event) for event in trace.events]
+        assert kinds == [Read] * 6 + [PlanDeclared, PositionReported, PlanClosed]
+        assert sorted(trace.sizes) == [4008, 4008]
+        assert not list(tmp_path.glob("*.part"))
+    whole = ok(env, "trace", "export", "-o", str(tmp_path / "all.jsonl"))
+    assert whole["read"] >= 6
+
+    # Only a server admin may export; a refused export leaves no file behind.
+    _, token = admin.create_token("ds-owner", [Grant(dataset, Role.ADMIN)])
+    refused = run(
+        server.cli_env(TIERSTORE_TOKEN=token), "trace", "export", "-o", str(tmp_path / "x")
+    )
+    assert refused.returncode == 4 and b"PermissionDenied" in refused.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+    figures = ok(env, "stats", dataset)
+    assert figures["traced_reads"] == 6
+    assert [p["miss_ratio"] for p in figures["sizing"]] == [pytest.approx(2 / 6)] * 6
+    table = run(env, "stats", dataset, json_output=False)
+    assert table.returncode == 0
+    assert b"miss ratio" in table.stdout and b"sizing curve" in table.stdout
 
 
 def test_token_create_ls_revoke_and_keys_rotate(

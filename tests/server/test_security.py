@@ -55,6 +55,8 @@ SHARDS = {"alpha": ("a.bin", 3 * FRAME + 5), "beta": ("b.bin", 2 * FRAME), "vaul
 GHOST = "ghost"
 #: A principal no refused call may ever create a token for.
 MALLORY = "mallory"
+#: The job id of the access plans the requests name.
+JOB = "epoch-0"
 
 
 def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -> Any:
@@ -80,17 +82,23 @@ def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -
         "StatShard": shards_pb2.StatShardRequest(dataset=dataset, shard=shard),
         "ListShards": shards_pb2.ListShardsRequest(dataset=dataset),
         "DeleteShard": shards_pb2.DeleteShardRequest(dataset=dataset, shard=shard),
-        "Pin": ref,
+        "Pin": placement_pb2.PinRequest(dataset=dataset, shard=shard, ttl_s=60),
         "Unpin": ref,
         "Evict": ref,
         "Prefetch": placement_pb2.PrefetchRequest(dataset=dataset, shards=[shard]),
-        "GetTierStats": placement_pb2.GetTierStatsRequest(dataset=dataset),
+        "GetTierStats": placement_pb2.GetTierStatsRequest(dataset=dataset, sizing=True),
+        "DeclarePlan": placement_pb2.DeclarePlanRequest(
+            dataset=dataset, explicit=placement_pb2.ShardList(shards=[shard]), job=JOB
+        ),
+        "ReportPosition": placement_pb2.ReportPositionRequest(job=JOB, position=1),
+        "ClosePlan": placement_pb2.ClosePlanRequest(job=JOB),
         "CreateToken": admin_pb2.CreateTokenRequest(
             principal=MALLORY, grants=[admin_pb2.Grant(dataset="*", role=admin_pb2.ROLE_ADMIN)]
         ),
         "RevokeToken": admin_pb2.RevokeTokenRequest(token_id="0" * 12),
         "ListTokens": admin_pb2.ListTokensRequest(),
         "RotateKeys": admin_pb2.RotateKeysRequest(),
+        "ExportTrace": admin_pb2.ExportTraceRequest(),
     }
     return requests[name]
 
@@ -368,6 +376,7 @@ NAMED = [
     PLACEMENT + "Evict",
     PLACEMENT + "Prefetch",
     PLACEMENT + "GetTierStats",
+    PLACEMENT + "DeclarePlan",
 ]
 
 
@@ -428,7 +437,10 @@ def test_only_admins_create_datasets(node: Node, who: str, name: str) -> None:
     assert_intact(node)
 
 
-ADMIN_RPCS = [ADMIN + name for name in ("CreateToken", "RevokeToken", "ListTokens", "RotateKeys")]
+ADMIN_RPCS = [
+    ADMIN + name
+    for name in ("CreateToken", "RevokeToken", "ListTokens", "RotateKeys", "ExportTrace")
+]
 
 
 @pytest.mark.parametrize("who", ["reader_a", "writer_a", "owner_a", "reader_vault", "nobody"])
@@ -468,9 +480,16 @@ def test_list_datasets_shows_only_visible_datasets(
 @pytest.mark.parametrize("who", ["reader_a", "writer_a", "reader_vault", "nobody"])
 def test_tier_stats_do_not_leak_other_datasets(node: Node, who: str) -> None:
     method = PLACEMENT + "GetTierStats"
-    (reply,) = invoke(node.channel, method, placement_pb2.GetTierStatsRequest(), node.tokens[who])
+    store = node.running.store
+    store.get("beta", "b.bin")  # a read no one but beta's readers may learn of
+    request = placement_pb2.GetTierStatsRequest(sizing=True)
+    (reply,) = invoke(node.channel, method, request, node.tokens[who])
     visible = {"reader_a": {"alpha"}, "writer_a": {"alpha"}, "reader_vault": {"vault"}}
     assert {d.dataset for d in reply.datasets} == visible.get(who, set())
+    # The sizing curve is made of the visible datasets' reads alone.
+    reads = [e for e in store.trace_events() if getattr(e, "dataset", "") in visible.get(who, ())]
+    assert reply.traced_reads == sum(1 for e in reads if type(e).__name__ == "TracedRead")
+    assert len(reply.sizing) == 6
     for other in set(DATASETS) - visible.get(who, set()):
         expect_refused(
             node.channel,
@@ -478,6 +497,58 @@ def test_tier_stats_do_not_leak_other_datasets(node: Node, who: str) -> None:
             placement_pb2.GetTierStatsRequest(dataset=other),
             node.tokens[who],
             grpc.StatusCode.NOT_FOUND,
+        )
+
+
+def test_access_plans_belong_to_the_principal_that_declared_them(node: Node) -> None:
+    declare, report, close = (
+        PLACEMENT + name for name in ("DeclarePlan", "ReportPosition", "ClosePlan")
+    )
+    reader = node.tokens["reader_a"]
+    (declared,) = invoke(node.channel, declare, request_for(declare), reader)
+    assert (declared.job, declared.length) == (JOB, 1)
+    invoke(node.channel, report, request_for(report), reader)
+    # Nobody else knows that job: not another principal with more rights, not an admin.
+    for who in ("writer_a", "owner_a", "admin", "reader_vault"):
+        for method in (report, close):
+            error = expect_refused(
+                node.channel,
+                method,
+                request_for(method),
+                node.tokens[who],
+                grpc.StatusCode.NOT_FOUND,
+            )
+            assert error_name(error) == "PlanNotFound"
+    # The same job id is another plan for another principal.
+    (theirs,) = invoke(node.channel, declare, request_for(declare), node.tokens["owner_a"])
+    invoke(node.channel, close, request_for(close), node.tokens["owner_a"])
+    assert theirs.job == JOB
+    invoke(node.channel, report, request_for(report), reader)  # the reader's plan lives on
+    invoke(node.channel, close, request_for(close), reader)
+    expect_refused(node.channel, close, request_for(close), reader, grpc.StatusCode.NOT_FOUND)
+    # A reader declares plans only where it reads (elsewhere the dataset "does not exist").
+    error = expect_refused(
+        node.channel,
+        declare,
+        request_for(declare, "alpha"),
+        node.tokens["reader_vault"],
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert error_name(error) == "DatasetNotFound"
+    assert_intact(node)
+
+
+def test_only_a_server_admin_exports_the_trace(node: Node) -> None:
+    method = ADMIN + "ExportTrace"
+    node.running.store.get("vault", "v.bin")
+    batches = invoke(node.channel, method, request_for(method), node.tokens["admin"])
+    reads = {(e.read.dataset, e.read.shard) for b in batches for e in b.events if e.read.shard}
+    assert ("vault", "v.bin") in reads
+    # Dataset owners and readers are refused (the trace names every dataset's shards).
+    for who in ("owner_a", "reader_vault"):
+        request = admin_pb2.ExportTraceRequest(dataset="alpha" if who == "owner_a" else "vault")
+        expect_refused(
+            node.channel, method, request, node.tokens[who], grpc.StatusCode.PERMISSION_DENIED
         )
 
 

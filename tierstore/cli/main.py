@@ -9,16 +9,18 @@ unavailable, 6 for data loss, 1 otherwise); ``--json`` prints results for script
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -29,9 +31,13 @@ app = typer.Typer(help="tierstore: tiered storage for ML shards.", no_args_is_he
 dataset_app = typer.Typer(help="Create, list and delete datasets.", no_args_is_help=True)
 token_app = typer.Typer(help="Issue, list and revoke access tokens.", no_args_is_help=True)
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
+policy_app = typer.Typer(help="A dataset's placement policy.", no_args_is_help=True)
+trace_app = typer.Typer(help="The node's access trace.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(token_app, name="token")
 app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
+app.add_typer(trace_app, name="trace")
 
 err = Console(stderr=True)
 out = Console()
@@ -90,7 +96,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _emit(value: Any, table: Table | str | None = None) -> None:
+def _emit(value: Any, table: RenderableType | None = None) -> None:
     if state.json:
         sys.stdout.write(json.dumps(_jsonable(value), indent=None, default=str) + "\n")
     elif table is not None:
@@ -196,11 +202,15 @@ def dataset_create(
     name: str,
     encrypted: Annotated[bool, typer.Option(help="encrypt at rest")] = False,
     durability: Annotated[str, typer.Option(help="write-back | write-through")] = "write-back",
+    policy: Annotated[
+        str | None, typer.Option(help="placement policy (default: the server's)")
+    ] = None,
 ) -> None:
     """Create a dataset."""
-    settings = _run(
-        lambda: _client().create_dataset(name, encrypted=encrypted, durability=durability)
-    )
+    options: dict[str, Any] = {"encrypted": encrypted, "durability": durability}
+    if policy is not None:
+        options["policy"] = policy
+    settings = _run(lambda: _client().create_dataset(name, **options))
     _emit({"name": name, **_jsonable(settings)}, f"created dataset {name}")
 
 
@@ -208,10 +218,38 @@ def dataset_create(
 def dataset_ls() -> None:
     """List the datasets you may see."""
     datasets = _run(lambda: _client().list_datasets())
-    table = Table("name", "encrypted", "durability")
+    table = Table("name", "encrypted", "durability", "policy")
     for name, settings in datasets:
-        table.add_row(name, _yes(settings.encrypted), settings.durability.value)
+        table.add_row(name, _yes(settings.encrypted), settings.durability.value, settings.policy)
     _emit([{"name": n, **_jsonable(s)} for n, s in datasets], table)
+
+
+# placement policies
+
+
+@policy_app.command("set")
+def policy_set(dataset: str, name: str) -> None:
+    """Switch a dataset to another placement policy, at once (admin on the dataset)."""
+    settings = _run(lambda: _client().set_policy(dataset, name))
+    _emit({"dataset": dataset, "policy": settings.policy}, f"{dataset}: policy {settings.policy}")
+
+
+@policy_app.command("show")
+def policy_show(dataset: str) -> None:
+    """Show a dataset's placement policy and its hit ratio since the server started."""
+    figures = _run(lambda: _client().stats(dataset))["datasets"][dataset]
+    shown = {
+        "dataset": dataset,
+        "policy": figures["policy"],
+        "hits": figures["hits"],
+        "misses": figures["misses"],
+        "hit_ratio": figures["hit_ratio"],
+    }
+    _emit(
+        shown,
+        f"{dataset}: policy {figures['policy']}, hit ratio {figures['hit_ratio']:.1%} "
+        f"({figures['hits']} hits, {figures['misses']} misses)",
+    )
 
 
 @dataset_app.command("rm")
@@ -313,10 +351,16 @@ def rm(dataset: str, shards: list[str]) -> None:
 
 
 @app.command()
-def pin(dataset: str, shards: list[str]) -> None:
-    """Keep shards in the hot tier."""
+def pin(
+    dataset: str,
+    shards: list[str],
+    ttl: Annotated[
+        float | None, typer.Option(help="seconds until the pin runs out (default: never)")
+    ] = None,
+) -> None:
+    """Keep shards in the hot tier, whatever the placement policy says."""
     client = _client()
-    queued = sum(_run(lambda s=s: client.pin(dataset, s)) for s in shards)
+    queued = sum(_run(lambda s=s: client.pin(dataset, s, ttl_s=ttl)) for s in shards)
     _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {len(shards)} shards")
 
 
@@ -346,14 +390,24 @@ def evict(dataset: str, shards: list[str]) -> None:
 
 @app.command()
 def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
-    """Hot-tier usage and per-dataset shards, bytes and hit ratio."""
-    figures = _run(lambda: _client().stats(dataset))
+    """Hot-tier usage; per dataset shards, bytes, policy and live hit ratio; and the
+    sizing curve: the miss ratio recent reads would have had at other hot-tier sizes."""
+    figures = _run(lambda: _client().stats(dataset, sizing=True))
     table = Table(
-        "dataset", "shards", "bytes", "hot shards", "hot bytes", "hits", "misses", "hit ratio"
+        "dataset",
+        "policy",
+        "shards",
+        "bytes",
+        "hot shards",
+        "hot bytes",
+        "hits",
+        "misses",
+        "hit ratio",
     )
     for name, d in figures["datasets"].items():
         table.add_row(
             name,
+            d["policy"],
             str(d["shards"]),
             f"{d['bytes']:,}",
             str(d["hot_shards"]),
@@ -366,7 +420,62 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
         f"{figures['backlog_bytes']:,} bytes waiting for the archive"
     )
-    _emit(dict(figures), table)
+    capacity = figures["hot_capacity_bytes"]
+    sizing = Table("hot-tier size", "of capacity", "miss ratio (LRU)")
+    for point in figures["sizing"]:
+        share = point["capacity_bytes"] / capacity if capacity else 0.0
+        sizing.add_row(f"{point['capacity_bytes']:,}", f"{share:g}x", f"{point['miss_ratio']:.1%}")
+    sizing.caption = f"sizing curve over the last {figures['traced_reads']:,} traced reads"
+    _emit(dict(figures), Group(table, sizing))
+
+
+# traces
+
+
+@trace_app.command("export")
+def trace_export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="trace file (.gz: gzipped)")],
+    dataset: Annotated[str | None, typer.Option(help="only this dataset's events")] = None,
+) -> None:
+    """Save the node's recent reads and plan events as a trace file for the simulator
+    (admin on every dataset)."""
+    from tierstore.sim.tracefile import TraceWriter
+    from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
+
+    counts: Counter[str] = Counter()
+    partial = output.with_name(output.name + ".part")
+
+    def write(stream: TextIO) -> None:
+        writer = TraceWriter(stream)
+        for event in _client().export_trace(dataset):
+            if isinstance(event, TracedRead):
+                writer.read(event.t, event.dataset, event.shard, event.size)
+            elif isinstance(event, TracedPlan):
+                writer.plan(event.t, event.job, event.dataset, event.shards, event.sizes)
+            elif isinstance(event, TracedPosition):
+                writer.position(event.t, event.job, event.position)
+            elif isinstance(event, TracedClose):
+                writer.close(event.t, event.job)
+            counts[type(event).__name__.removeprefix("Traced").lower()] += 1
+
+    def export() -> None:
+        if output.suffix == ".gz":
+            with gzip.open(partial, "wt") as stream:
+                write(stream)
+        else:
+            with partial.open("w") as stream:
+                write(stream)
+        partial.replace(output)  # only a complete trace gets the name asked for
+
+    try:
+        _run(export)
+    finally:
+        partial.unlink(missing_ok=True)
+    total = sum(counts.values())
+    _emit(
+        {"output": str(output), "events": total, **counts},
+        f"wrote {total:,} events ({counts['read']:,} reads) to {output}",
+    )
 
 
 # tokens and keys
@@ -425,6 +534,16 @@ def keys_rotate() -> None:
         {"rewrapped": rewrapped, "key_id": key_id},
         f"master key {key_id}; {rewrapped} data keys rewrapped",
     )
+
+
+def _register_simulate() -> None:
+    # Imported here, not at the top: simulate.py imports this module for its helpers.
+    from tierstore.cli.simulate import simulate
+
+    app.command("simulate")(simulate)
+
+
+_register_simulate()
 
 
 def main() -> None:

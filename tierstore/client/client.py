@@ -15,6 +15,7 @@ import contextlib
 import mmap
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
@@ -25,10 +26,18 @@ import pyarrow as pa
 from tierstore import arrowio, tensors
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.receive import ShardStream, open_stream
-from tierstore.errors import InvalidArgument, Unavailable, WrongShardKind
+from tierstore.errors import InvalidArgument, InvalidPlan, Unavailable, WrongShardKind
 from tierstore.framing import frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.types import DatasetSettings, Durability, Grant, ShardInfo
+from tierstore.plans import SamplerPlan
+from tierstore.types import (
+    DEFAULT_POLICY_NAME,
+    DatasetSettings,
+    Durability,
+    Grant,
+    ShardInfo,
+    TraceEvent,
+)
 from tierstore.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -48,7 +57,9 @@ from tierstore.wire.convert import (
     shard_kind_to_pb,
 )
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
+from tierstore.wire.plans import sampler_to_pb
 from tierstore.wire.status import ERROR_HEADER, error_for_status
+from tierstore.wire.trace import sizing_from_pb, trace_events_from_pb
 
 __all__ = ["Client", "TierStats", "connect"]
 
@@ -60,7 +71,10 @@ _RETRIES = 4
 
 
 class TierStats(dict[str, Any]):
-    """Tier statistics as a plain mapping (hot bytes, capacity, backlog, per dataset)."""
+    """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
+    ``backlog_bytes``, ``journal_entries``, ``datasets`` (per dataset: shards, bytes,
+    hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and, when asked for,
+    ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
 
 
 def _raise_mapped(error: grpc.RpcError) -> NoReturn:
@@ -133,16 +147,19 @@ class Client:
         encrypted: bool = False,
         durability: str = "write-back",
         hot_quota_bytes: int = 0,
+        policy: str = DEFAULT_POLICY_NAME,
     ) -> DatasetSettings:
         """Create a dataset.
 
         ``encrypted``: encrypt its shards at rest in both tiers (fixed at creation).
         ``durability``: ``"write-back"`` (acknowledged after the local commit) or
         ``"write-through"`` (after the archive holds it too). ``hot_quota_bytes``: 0
-        for none. Raises InvalidName, AlreadyExists, PermissionDenied.
+        for none. ``policy``: the placement policy of its shards (see
+        :meth:`set_policy`). Raises InvalidName, AlreadyExists, PermissionDenied,
+        UnknownPolicy.
         """
         validate_dataset_name(name)
-        settings = DatasetSettings(encrypted, _durability(durability), hot_quota_bytes)
+        settings = DatasetSettings(encrypted, _durability(durability), hot_quota_bytes, policy)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.CreateDataset,
@@ -167,18 +184,33 @@ class Client:
         return [(d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets]
 
     def update_dataset(
-        self, name: str, *, durability: str | None = None, hot_quota_bytes: int | None = None
+        self,
+        name: str,
+        *,
+        durability: str | None = None,
+        hot_quota_bytes: int | None = None,
+        policy: str | None = None,
     ) -> DatasetSettings:
-        """Change a dataset's durability or hot quota (admin on the dataset)."""
+        """Change a dataset's durability, hot quota or placement policy (admin on the
+        dataset). Raises DatasetNotFound, UnknownPolicy, PermissionDenied."""
         validate_dataset_name(name)
         request = datasets_pb2.UpdateDatasetRequest(name=name)
         if durability is not None:
             request.durability = durability_to_pb(_durability(durability))
         if hot_quota_bytes is not None:
             request.hot_quota_bytes = hot_quota_bytes
+        if policy is not None:
+            request.policy = policy
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(stub.UpdateDataset, request, idempotent=True)
         return dataset_settings_from_pb(reply.settings)
+
+    def set_policy(self, dataset: str, name: str) -> DatasetSettings:
+        """Switch ``dataset`` to the placement policy ``name`` (``lru``, ``s3fifo``,
+        ``epoch-pin``, ``clairvoyant``, ...) at once; returns the new settings. The new
+        policy starts from the dataset's hot shards and live plans. Admin on the
+        dataset. Raises UnknownPolicy, DatasetNotFound, PermissionDenied."""
+        return self.update_dataset(dataset, policy=name)
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
         """Delete a dataset; ``force`` also deletes its shards (admin on the dataset)."""
@@ -348,9 +380,22 @@ class Client:
         )
         return int(reply.bytes)
 
-    def pin(self, dataset: str, shard: str) -> int:
-        """Keep a shard hot (a cold one is promoted); returns bytes queued for promotion."""
-        return self._placement("Pin", dataset, shard)
+    def pin(self, dataset: str, shard: str, *, ttl_s: float | None = None) -> int:
+        """Keep a shard hot whatever the placement policy says (a cold one is promoted),
+        for ``ttl_s`` seconds or, without one, until :meth:`unpin`; pinning again
+        replaces the TTL. Returns bytes queued for promotion. Raises InvalidArgument
+        (``ttl_s`` not a positive number), ShardNotFound, PermissionDenied."""
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        if ttl_s is not None and not 0 < ttl_s < float("inf"):
+            raise InvalidArgument(f"a pin's ttl_s must be a positive number, got {ttl_s!r}")
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.Pin,
+            placement_pb2.PinRequest(dataset=dataset, shard=shard, ttl_s=ttl_s or 0.0),
+            idempotent=True,
+        )
+        return int(reply.bytes)
 
     def unpin(self, dataset: str, shard: str) -> None:
         """Let the placement policy evict a shard again."""
@@ -373,15 +418,29 @@ class Client:
         )
         return int(reply.queued)
 
-    def stats(self, dataset: str = "") -> TierStats:
-        """Hot-tier usage, archive backlog, and per dataset: shards, bytes, hits, misses."""
+    def stats(self, dataset: str = "", *, sizing: bool = False) -> TierStats:
+        """Hot-tier usage, archive backlog, and per dataset: shards, bytes, hits, misses,
+        hit ratio (since the server started) and policy. With ``sizing``, also the
+        sizing curve: the miss ratio the server's recently traced reads (of the datasets
+        shown) would have had with a hot tier of 1/8 to 4 times its capacity (costs the
+        server a pass over its trace: up to a second or two)."""
         if dataset:
             validate_dataset_name(dataset)
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
-            stub.GetTierStats, placement_pb2.GetTierStatsRequest(dataset=dataset), idempotent=True
+            stub.GetTierStats,
+            placement_pb2.GetTierStatsRequest(dataset=dataset, sizing=sizing),
+            idempotent=True,
         )
+        extra: dict[str, Any] = {}
+        if sizing:
+            extra["sizing"] = [
+                {"capacity_bytes": p.capacity_bytes, "miss_ratio": p.miss_ratio}
+                for p in sizing_from_pb(reply.sizing)
+            ]
+            extra["traced_reads"] = reply.traced_reads
         return TierStats(
+            **extra,
             hot_bytes=reply.hot_bytes,
             hot_capacity_bytes=reply.hot_capacity_bytes,
             backlog_bytes=reply.backlog_bytes,
@@ -395,10 +454,77 @@ class Client:
                     "hits": d.hits,
                     "misses": d.misses,
                     "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else 0.0,
+                    "policy": d.policy,
                 }
                 for d in reply.datasets
             },
         )
+
+    # Access plans.
+
+    def declare_plan(
+        self,
+        dataset: str,
+        *,
+        sampler: SamplerPlan | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        job: str | None = None,
+        ttl_s: float = 300.0,
+    ) -> str:
+        """Tell the server the order in which this reader will read ``dataset``, so its
+        placement policy can fetch shards just ahead of need; returns the job id.
+
+        Exactly one of ``sampler`` (a :class:`~tierstore.plans.SamplerPlan`: the server
+        regenerates the very order :func:`~tierstore.plans.rank_order` gives over the
+        dataset's shard names under ``prefix``, sorted) and ``shards`` (names in
+        reading order). ``job``: your id for the plan (declaring it again replaces the
+        plan; other callers' ids never clash with yours); a random one if None.
+        ``ttl_s``: the plan ends this long after the last :meth:`report_position`.
+        Needs the reader role. Raises InvalidPlan (unknown shard, too long, not exactly
+        one of sampler and shards), InvalidArgument, DatasetNotFound.
+        """
+        validate_dataset_name(dataset)
+        if not 0 < ttl_s < float("inf"):
+            raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        request = placement_pb2.DeclarePlanRequest(
+            dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=ttl_s
+        )
+        if (sampler is None) == (shards is None):
+            raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
+        if sampler is not None:
+            request.sampler.CopyFrom(sampler_to_pb(sampler))
+        else:
+            assert shards is not None
+            if isinstance(shards, str):
+                raise InvalidPlan("shards must be a sequence of shard names, not one string")
+            request.explicit.SetInParent()
+            try:
+                request.explicit.shards.extend(shards)
+            except (TypeError, ValueError) as exc:  # not strings (the server checks names)
+                raise InvalidPlan(f"shards must be shard names: {exc}") from None
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        # Idempotent: the job id is chosen here, and declaring it again replaces the plan.
+        reply = self._call(stub.DeclarePlan, request, idempotent=True)
+        return str(reply.job)
+
+    def report_position(self, job: str, position: int) -> None:
+        """``job`` has read the first ``position`` entries of its plan; keeps the plan
+        alive. Raises PlanNotFound (unknown, closed or expired), InvalidArgument
+        (``position`` negative or past the plan's end)."""
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**64:
+            raise InvalidArgument(f"position must be a whole number >= 0, got {position!r}")
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        self._call(
+            stub.ReportPosition,
+            placement_pb2.ReportPositionRequest(job=job, position=position),
+            idempotent=True,
+        )
+
+    def close_plan(self, job: str) -> None:
+        """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired)."""
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
 
     # Administration.
 
@@ -444,6 +570,21 @@ class Client:
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(stub.RotateKeys, admin_pb2.RotateKeysRequest(), idempotent=False)
         return int(reply.rewrapped), reply.key_id
+
+    def export_trace(self, dataset: str | None = None) -> Iterator[TraceEvent]:
+        """The server's recent reads and plan events (of ``dataset``, or all), oldest
+        first, as :class:`~tierstore.types.TracedRead` / ``TracedPlan`` /
+        ``TracedPosition`` / ``TracedClose`` (admin on "*"). Streamed: consume it to the
+        end, or close it. Raises PermissionDenied, InvalidName."""
+        if dataset is not None:
+            validate_dataset_name(dataset)
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        responses = stub.ExportTrace(
+            admin_pb2.ExportTraceRequest(dataset=dataset or ""),
+            timeout=self.stream_timeout_s,
+            metadata=self._channel.metadata,
+        )
+        return trace_events_from_pb(_mapped(responses))
 
 
 def _durability(value: str | Durability) -> Durability:

@@ -14,6 +14,7 @@ from typing import Any
 
 from tierstore.engine.records import (
     KEPT_NAME_BYTES,
+    AccessStats,
     JournalOp,
     ShardRecord,
     catalog_key,
@@ -29,7 +30,6 @@ __all__ = ["DB_NAMES", "Catalog"]
 FRAMES_DB = "frames"
 DB_NAMES = (FRAMES_DB, "datasets", "shards", "journal", "access", "meta")
 _U64 = struct.Struct(">Q")
-_ACCESS = struct.Struct("<Qd")  # count, last access time
 
 
 class Catalog:
@@ -119,6 +119,17 @@ class Catalog:
             elif start_after is None or raw_name > start_after.encode():
                 yield record
 
+    def count_shards(self, txn: Any, dataset: str) -> int:
+        """How many shards ``dataset`` holds (walks its keys; decodes no record)."""
+        cursor = txn.cursor(db=self._db("shards"))
+        head = dataset.encode() + b"\x00"
+        count = 0
+        positioned = cursor.set_range(head)
+        while positioned and bytes(cursor.key()).startswith(head):
+            count += 1
+            positioned = cursor.next()
+        return count
+
     @staticmethod
     def _in_name_order(cursor: Any, positioned: bool, head: bytes) -> Iterator[ShardRecord]:
         """Records from the cursor on, while keys start with ``head``, sorted by name.
@@ -194,14 +205,14 @@ class Catalog:
 
     # Access statistics.
 
-    def get_access(self, txn: Any, dataset: str, name: str) -> tuple[int, float]:
+    def get_access(self, txn: Any, dataset: str, name: str) -> AccessStats:
+        """A shard's flushed access statistics (24 bytes in the ``access`` database)."""
         raw = txn.get(catalog_key(dataset, name), db=self._db("access"))
-        return (0, 0.0) if raw is None else _ACCESS.unpack(bytes(raw))
+        return AccessStats() if raw is None else AccessStats.unpack(bytes(raw))
 
-    def add_access(self, txn: Any, dataset: str, name: str, count: int, last: float) -> None:
-        old_count, old_last = self.get_access(txn, dataset, name)
-        txn.put(
-            catalog_key(dataset, name),
-            _ACCESS.pack(old_count + count, max(old_last, last)),
-            db=self._db("access"),
-        )
+    def add_access(
+        self, txn: Any, dataset: str, name: str, reads: AccessStats, half_life_s: float
+    ) -> None:
+        """Merge ``reads`` into a shard's flushed statistics."""
+        merged = self.get_access(txn, dataset, name).merged(reads, half_life_s)
+        txn.put(catalog_key(dataset, name), merged.pack(), db=self._db("access"))

@@ -8,9 +8,15 @@ entry in place and the upload is simply redone on restart. While the archive
 fails, the thread backs off exponentially and keeps every entry: nothing
 acknowledged is dropped.
 
-A second thread promotes shards read from the archive into the hot tier, and
-eviction (down to the low watermark, only shards the archive holds, never
-pinned ones) runs whenever the hot tier passes its high watermark.
+Promotion threads (``promotion_threads``) copy shards from the archive into the
+hot tier: shards read from the archive that the policy admitted, pinned ones, and
+those the prefetcher (:mod:`tierstore.engine.prefetch`) or an operator asked for.
+Eviction runs whenever the hot tier passes its high watermark, down to the low
+one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
+among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
+
+Every change of the hot set is told to the policies inside the write transaction
+that makes it (lock order: LMDB write transaction → policy driver lock).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.records import (
     JournalOp,
     ShardRecord,
@@ -37,7 +44,7 @@ from tierstore.engine.records import (
     frame_key,
 )
 from tierstore.errors import IntegrityError, TierstoreError
-from tierstore.policy.base import EvictionCandidate, EvictionPolicy
+from tierstore.policy.base import Key
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -62,7 +69,7 @@ class Mover:
         frames: LmdbTier,
         archive: Tier,
         access: AccessRecorder,
-        policy: EvictionPolicy,
+        policies: PolicyDriver,
         overhead: Callable[[ShardRecord], int],
         verify: FrameVerifier,
     ) -> None:
@@ -72,7 +79,7 @@ class Mover:
         self._frames = frames
         self._archive = archive
         self._access = access
-        self._policy = policy
+        self._policies = policies
         self._overhead = overhead
         self._verify = verify
         self._wake = threading.Event()
@@ -80,8 +87,11 @@ class Mover:
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
         self._evict_lock = threading.Lock()
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
-        self._promoting: set[tuple[str, int]] = set()
+        # Promotions queued or running: (dataset, generation) -> stored bytes.
+        self._promoting: dict[tuple[str, int], int] = {}
         self._promoting_lock = threading.Lock()
+        #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
+        self.after_promotion: Callable[[], None] = lambda: None
         self._threads: list[threading.Thread] = []
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
@@ -93,7 +103,9 @@ class Mover:
 
     def start(self) -> None:
         """Start the background threads (resumes any journal left by a crash)."""
-        for target, name in ((self._run_journal, "journal"), (self._run_promotions, "promote")):
+        workers = [(self._run_journal, "journal")]
+        workers += [(self._run_promotions, "promote")] * self._settings.promotion_threads
+        for target, name in workers:
             thread = threading.Thread(target=target, name=f"tierstore-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -102,9 +114,11 @@ class Mover:
         """Stop the threads; pending journal entries stay for the next start."""
         self._stop.set()
         self._wake.set()
-        # If the queue is full the thread sees the stop flag after its current item.
-        with contextlib.suppress(queue.Full):
-            self._promotions.put_nowait(_STOP)
+        # One stop mark per promotion thread; if the queue is full, the threads see the
+        # stop flag after their current item (and wait for items with a timeout).
+        for _ in range(self._settings.promotion_threads):
+            with contextlib.suppress(queue.Full):
+                self._promotions.put_nowait(_STOP)
         for thread in self._threads:
             thread.join(timeout)
         try:
@@ -255,17 +269,18 @@ class Mover:
     # Access statistics.
 
     def flush_access(self) -> None:
-        """Write pending access counts to the catalog in one transaction."""
+        """Merge pending access statistics into the catalog in one transaction."""
         with self._access.flush_lock:
             pending = self._access.drain()
             if not pending:
                 return
+            half_life = self._access.half_life_s
             with self._env.write() as txn:
-                for (dataset, name, generation), (count, last) in pending.items():
+                for (dataset, name, generation), reads in pending.items():
                     record = self._catalog.get_shard(txn, dataset, name)
-                    # Counts of a deleted or overwritten generation die with it.
+                    # Statistics of a deleted or overwritten generation die with it.
                     if record is not None and record.generation == generation:
-                        self._catalog.add_access(txn, dataset, name, count, last)
+                        self._catalog.add_access(txn, dataset, name, reads, half_life)
 
     # Promotion.
 
@@ -281,17 +296,30 @@ class Mover:
         with self._promoting_lock:
             if key in self._promoting:
                 return
-            # Marked before it is queued: the promotion thread may finish it at once.
-            self._promoting.add(key)
+            # Marked before it is queued: a promotion thread may finish it at once.
+            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
         try:
             self._promotions.put_nowait((record, stored))
         except queue.Full:
             with self._promoting_lock:
-                self._promoting.discard(key)
+                self._promoting.pop(key, None)
+
+    def in_flight(self) -> tuple[int, int]:
+        """Promotions queued or running, and their stored bytes."""
+        with self._promoting_lock:
+            return len(self._promoting), sum(self._promoting.values())
+
+    def is_promoting(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation is queued or being promoted."""
+        with self._promoting_lock:
+            return (record.dataset, record.generation) in self._promoting
 
     def _run_promotions(self) -> None:
         while not self._stop.is_set():
-            item = self._promotions.get()
+            try:
+                item = self._promotions.get(timeout=1.0)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             record, stored = item
@@ -301,7 +329,8 @@ class Mover:
                 log.exception("promotion of %s/%s failed", record.dataset, record.name)
             finally:
                 with self._promoting_lock:
-                    self._promoting.discard((record.dataset, record.generation))
+                    self._promoting.pop((record.dataset, record.generation), None)
+                self.after_promotion()
 
     def promote_now(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
         """Copy a generation's stored frames into the hot tier (fetching them if needed).
@@ -330,6 +359,7 @@ class Mover:
                 self._frames.put_in(txn, frame_key(record.generation, index), frame)
             self._catalog.put_shard(txn, current.with_state(hot=True))
             self._catalog.add_counter(txn, "hot_bytes", total)
+            self._policies.inserted((record.dataset, record.name), total)
         self.promotions += 1
 
     # Eviction.
@@ -352,52 +382,48 @@ class Mover:
             self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
 
     def evict(self, bytes_to_free: int) -> int:
-        """Evict archived, unpinned hot shards chosen by the policy; returns bytes freed."""
+        """Evict hot shards the policies choose (archived, no pin holding); returns bytes
+        freed. A key the policies hold hot that the catalog does not (it can drift after
+        a failed commit) is forgotten on the way."""
         with self._evict_lock:
-            with self._access.flush_lock, self._env.read() as txn:
-                candidates = []
-                for record in self._catalog.iter_shards(txn):
-                    if not record.hot or not record.archived or record.pinned:
-                        continue
-                    count, last = self._catalog.get_access(txn, record.dataset, record.name)
-                    extra_count, extra_last = self._access.pending(
-                        record.dataset, record.name, record.generation
-                    )
-                    candidates.append(
-                        EvictionCandidate(
-                            dataset=record.dataset,
-                            name=record.name,
-                            generation=record.generation,
-                            stored_bytes=sum(record.stored_sizes(self._overhead(record))),
-                            access_count=count + extra_count,
-                            last_access=max(last, extra_last, record.created_at),
-                        )
-                    )
-            victims = self._policy.choose_victims(candidates, bytes_to_free)
+            now = time.time()
+            stale: list[Key] = []
+            with self._env.read() as txn:
+
+                def evictable(key: Key) -> bool:
+                    dataset, name = shard_of(key)
+                    record = self._catalog.get_shard(txn, dataset, name)
+                    if record is None or not record.hot:
+                        stale.append(key)
+                        return False
+                    return record.evictable(now)
+
+                victims = self._policies.victims(bytes_to_free, evictable)
             freed = 0
             with self._env.write() as txn:
-                for victim in victims:
-                    freed += self._evict_in(txn, victim.dataset, victim.name, victim.generation)
+                for key in victims:
+                    freed += self._evict_in(txn, *shard_of(key), now)
+                for key in stale:
+                    record = self._catalog.get_shard(txn, *shard_of(key))
+                    if record is None or not record.hot:
+                        self._policies.removed(key)
             return freed
 
     def evict_shard(self, dataset: str, name: str) -> int:
-        """Evict one shard if the archive holds it; returns bytes freed (0 if not evictable)."""
+        """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
+        (0 if it is not evictable)."""
         with self._evict_lock, self._env.write() as txn:
-            record = self._catalog.get_shard(txn, dataset, name)
-            if record is None:
-                return 0
-            return self._evict_in(txn, dataset, name, record.generation)
+            return self._evict_in(txn, dataset, name, time.time())
 
-    def _evict_in(self, txn: Any, dataset: str, name: str, generation: int) -> int:
+    def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int:
         record = self._catalog.get_shard(txn, dataset, name)
-        if record is None or record.generation != generation:
-            return 0
-        if not record.hot or not record.archived or record.pinned:
+        if record is None or not record.evictable(now):
             return 0
         for index in range(len(record.frame_sizes)):
-            self._frames.delete_in(txn, frame_key(generation, index))
+            self._frames.delete_in(txn, frame_key(record.generation, index))
         self._catalog.put_shard(txn, record.with_state(hot=False))
         freed = sum(record.stored_sizes(self._overhead(record)))
         self._catalog.add_counter(txn, "hot_bytes", -freed)
+        self._policies.removed((dataset, name))
         self.evictions += 1
         return freed

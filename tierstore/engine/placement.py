@@ -1,22 +1,28 @@
 """Operator steering of placement: pins, prefetches, and per-dataset usage with hit ratios.
 
-Pinned shards stay in the hot tier: eviction never picks them, and pinning a
-cold shard queues its promotion. Prefetching queues promotions of the named
-shards. Hit and miss counts are kept in memory per dataset (since the process
-started) by the read paths through :meth:`Placement.count_read`.
+Pinned shards stay in the hot tier whatever the placement policy says: eviction
+never picks them, a read of a cold one promotes it without asking the policy, and
+pinning a cold shard queues its promotion. A pin with a TTL runs out by itself
+(the shard is then the policy's again); pinning again replaces the TTL.
+Prefetching queues promotions of the named shards. Hit and miss counts are kept
+in memory per dataset (since the process started); every read path counts through
+:meth:`Placement.count_read`.
 
 Thread safety: a :class:`Placement` is safe to share between threads.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.sealing import stored_overhead
+from tierstore.errors import InvalidArgument
 from tierstore.tiers.lmdb import LmdbEnvironment
 
 __all__ = ["DatasetUsage", "Placement"]
@@ -55,17 +61,27 @@ class Placement:
             counts = self._reads.setdefault(dataset, [0, 0])
             counts[0 if hit else 1] += 1
 
-    def set_pinned(self, dataset: str, shard: str, pinned: bool) -> int:
-        """Pin or unpin a shard; returns the bytes queued for promotion (pinning a cold one).
+    def set_pinned(self, dataset: str, shard: str, pinned: bool, ttl_s: float | None = None) -> int:
+        """Pin (for ``ttl_s`` seconds, or until unpinned) or unpin a shard; returns the
+        bytes queued for promotion (pinning a cold one).
 
-        Raises DatasetNotFound, ShardNotFound.
+        Raises DatasetNotFound, ShardNotFound, InvalidArgument for a ``ttl_s`` that is
+        not a positive finite number.
         """
+        if ttl_s is not None and (
+            isinstance(ttl_s, bool)
+            or not isinstance(ttl_s, int | float)
+            or not 0 < ttl_s < math.inf
+        ):
+            raise InvalidArgument(f"a pin's ttl_s must be a positive number, got {ttl_s!r}")
+        until = time.time() + ttl_s if pinned and ttl_s is not None else 0.0
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
-            if record.pinned != pinned:
-                self._catalog.put_shard(txn, record.with_state(pinned=pinned))
+            updated = record.with_state(pinned=pinned, pinned_until=until)
+            if updated != record:
+                self._catalog.put_shard(txn, updated)
         if pinned and not record.hot:
-            self._mover.promote(record.with_state(pinned=True), None)
+            self._mover.promote(updated, None)
             return sum(record.stored_sizes(stored_overhead(record)))
         return 0
 

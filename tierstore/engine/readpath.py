@@ -3,7 +3,8 @@
 catalog → hot hit served from the LMDB map (zero-copy for plaintext under a read
 lease, see :mod:`tierstore.engine.reads`) or, on a miss, parallel ranged GETs of
 just the needed frames from the archive, verified, returned, and queued for
-promotion. Every read records an access. Nothing unverified is ever returned.
+promotion if the placement policy admits the shard. Every read is recorded
+(:mod:`tierstore.engine.readlog`). Nothing unverified is ever returned.
 
 A cold read runs outside any LMDB snapshot, so the shard may be overwritten or
 deleted while its frames are fetched; the read then starts over from the
@@ -14,15 +15,16 @@ Thread safety: a :class:`ShardReader` is safe to share between threads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 
-from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
+from tierstore.engine.readlog import ReadLog
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
 from tierstore.engine.records import ShardRecord, archive_frames_key, frame_key
 from tierstore.engine.sealing import ShardSealers, stored_overhead
@@ -47,7 +49,7 @@ class ShardReader:
         frames: LmdbTier,
         archive: Tier,
         sealers: ShardSealers,
-        access: AccessRecorder,
+        reads: ReadLog,
         mover: Mover,
         *,
         max_read_leases: int,
@@ -58,7 +60,7 @@ class ShardReader:
         self._frames = frames
         self._archive = archive
         self._sealers = sealers
-        self._access = access
+        self._reads = reads
         self._mover = mover
         self.leases = LeasePool(max_read_leases)
         #: parallel ranged GETs of cold frames, shared with the store's sealed reads.
@@ -83,6 +85,7 @@ class ShardReader:
         ArchiveUnavailable, UnknownKeyId, EncryptionUnavailable, and Unavailable
         when the shard kept changing during the read.
         """
+        whole: list[memoryview] | None = None  # a cold read's stored frames, if all read
         for _ in range(_READ_ATTEMPTS):
             txn = self._env.begin_read()
             try:
@@ -99,7 +102,7 @@ class ShardReader:
             if record.hot:
                 break
             try:
-                frames = self._read_cold(record, slices, sealer)
+                frames, whole = self._read_cold(record, slices, sealer)
             except IntegrityError:
                 # A cold read runs outside any snapshot: if the shard was overwritten or
                 # deleted meanwhile, the mover may have removed this generation's archive
@@ -111,9 +114,10 @@ class ShardReader:
             break
         else:
             raise Unavailable(f"{dataset}/{shard} kept changing during the read; retry")
-        self._access.record(dataset, shard, record.generation)
+        if self._reads.observe(record, record.hot) and not record.hot:
+            self._mover.promote(record, whole)
         first = slices[0].index if slices else 0
-        return ShardData(record.to_info(), first, frames, source)
+        return ShardData(record.to_info(time.time()), first, frames, source)
 
     def iter_frames(
         self, dataset: str, shard: str, frame_range: tuple[int, int] | None
@@ -139,7 +143,7 @@ class ShardReader:
             txn.abort()
             yield from self.read(dataset, shard, None, frame_range).frames
             return
-        self._access.record(dataset, shard, record.generation)
+        self._reads.observe(record, True)
         for piece in slices:
             view = self._frames.view_in(lease.txn, frame_key(record.generation, piece.index))
             if view is None:
@@ -183,7 +187,9 @@ class ShardReader:
 
     def _read_cold(
         self, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
-    ) -> tuple[pa.Buffer, ...]:
+    ) -> tuple[tuple[pa.Buffer, ...], list[memoryview] | None]:
+        """Verified frames from the archive, and every stored frame when the read
+        covered the whole shard (a promotion then needs no second fetch)."""
         if not record.archived:
             raise IntegrityError(
                 f"{record.dataset}/{record.name} is neither in the hot tier nor archived"
@@ -199,8 +205,7 @@ class ShardReader:
         whole = len(slices) == len(record.frame_sizes) and all(
             p.start == 0 and p.stop == record.frame_sizes[p.index] for p in slices
         )
-        self._mover.promote(record, blobs if whole else None)
-        return frames
+        return frames, blobs if whole else None
 
     def _superseded(self, record: ShardRecord) -> bool:
         """Whether the catalog no longer holds ``record``'s generation of its shard."""

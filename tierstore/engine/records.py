@@ -12,15 +12,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
+import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tierstore.errors import IntegrityError
-from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind, WrappedKey
+from tierstore.types import (
+    DEFAULT_POLICY_NAME,
+    DatasetSettings,
+    Durability,
+    ShardInfo,
+    ShardKind,
+    WrappedKey,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "KEPT_NAME_BYTES",
+    "AccessStats",
     "Envelope",
     "JournalOp",
     "ShardRecord",
@@ -93,10 +103,20 @@ class ShardRecord:
     hot: bool = True
     archived: bool = False
     pinned: bool = False
+    #: a TTL pin holds until then (seconds since the epoch); 0: until unpinned.
+    pinned_until: float = 0.0
 
     @property
     def size(self) -> int:
         return sum(self.frame_sizes)
+
+    def pin_holds(self, now: float) -> bool:
+        """Whether the shard is pinned at ``now`` (a TTL pin runs out by itself)."""
+        return self.pinned and (self.pinned_until == 0.0 or now < self.pinned_until)
+
+    def evictable(self, now: float) -> bool:
+        """Whether eviction may drop it at ``now``: hot, archived, and not pinned."""
+        return self.hot and self.archived and not self.pin_holds(now)
 
     def stored_sizes(self, overhead: int) -> tuple[int, ...]:
         """Stored size of every frame, given the sealing overhead."""
@@ -112,7 +132,11 @@ class ShardRecord:
     def with_state(self, **changes: Any) -> ShardRecord:
         return replace(self, **changes)
 
-    def to_info(self, access_count: int = 0, last_access: float = 0.0) -> ShardInfo:
+    def to_info(self, now: float, access: AccessStats | None = None) -> ShardInfo:
+        """The public view at ``now`` (whether a TTL pin still holds), with ``access``
+        statistics if known (their frequency valued as the caller wants it shown)."""
+        access = access or AccessStats()
+        pinned = self.pin_holds(now)
         return ShardInfo(
             dataset=self.dataset,
             name=self.name,
@@ -123,8 +147,11 @@ class ShardRecord:
             encrypted=self.envelope is not None,
             hot=self.hot,
             archived=self.archived,
-            access_count=access_count,
-            last_access=last_access,
+            access_count=access.count,
+            last_access=access.last,
+            access_frequency=access.frequency,
+            pinned=pinned,
+            pinned_until=self.pinned_until if pinned else 0.0,
         )
 
     def encode(self, *, manifest: bool = False) -> bytes:
@@ -146,7 +173,12 @@ class ShardRecord:
             },
         }
         if not manifest:
-            document.update(hot=self.hot, archived=self.archived, pinned=self.pinned)
+            document.update(
+                hot=self.hot,
+                archived=self.archived,
+                pinned=self.pinned,
+                pinned_until=self.pinned_until,
+            )
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
@@ -173,6 +205,7 @@ class ShardRecord:
                 hot=bool(document.get("hot", False)),
                 archived=bool(document.get("archived", True)),
                 pinned=bool(document.get("pinned", False)),
+                pinned_until=float(document.get("pinned_until", 0.0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
@@ -213,6 +246,7 @@ def encode_dataset(settings: DatasetSettings) -> bytes:
             "encrypted": settings.encrypted,
             "durability": settings.durability.value,
             "hot_quota_bytes": settings.hot_quota_bytes,
+            "policy": settings.policy,
         }
     ).encode()
 
@@ -224,4 +258,64 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
         encrypted=bool(document["encrypted"]),
         durability=Durability(document["durability"]),
         hot_quota_bytes=int(document.get("hot_quota_bytes", 0)),
+        policy=str(document.get("policy", DEFAULT_POLICY_NAME)),
     )
+
+
+_ACCESS = struct.Struct("<Qdd")  # count, last access, decayed frequency as of last access
+_ACCESS_V0 = struct.Struct("<Qd")  # before decayed frequencies: count, last access
+
+
+@dataclass(frozen=True, slots=True)
+class AccessStats:
+    """A shard generation's reads: how many, the last one, and a decayed frequency.
+
+    ``frequency`` counts each read as 1, halved every half-life, valued at ``last``
+    (so it never needs rewriting while no read happens). Packed in 24 bytes.
+    """
+
+    count: int = 0
+    last: float = 0.0
+    frequency: float = 0.0
+
+    def frequency_at(self, now: float, half_life_s: float) -> float:
+        """The decayed frequency valued at ``now`` (never more than at ``last``)."""
+        return self.frequency * _decay(now - self.last, half_life_s)
+
+    def with_read(self, now: float, half_life_s: float) -> AccessStats:
+        """These statistics plus one read at ``now``. O(1)."""
+        return AccessStats(
+            self.count + 1,
+            max(self.last, now),
+            self.frequency_at(max(self.last, now), half_life_s) + 1.0,
+        )
+
+    def merged(self, other: AccessStats, half_life_s: float) -> AccessStats:
+        """Both sets of reads together (each frequency valued at the later ``last``)."""
+        last = max(self.last, other.last)
+        return AccessStats(
+            self.count + other.count,
+            last,
+            self.frequency_at(last, half_life_s) + other.frequency_at(last, half_life_s),
+        )
+
+    def valued_at(self, now: float, half_life_s: float) -> AccessStats:
+        """The same reads with ``frequency`` valued at ``now`` (for display)."""
+        return replace(self, frequency=self.frequency_at(max(now, self.last), half_life_s))
+
+    def pack(self) -> bytes:
+        return _ACCESS.pack(self.count, self.last, self.frequency)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> AccessStats:
+        """Inverse of :meth:`pack`; also reads the older 16-byte form (no frequency)."""
+        if len(raw) == _ACCESS_V0.size:
+            count, last = _ACCESS_V0.unpack(raw)
+            return cls(count, last, 0.0)
+        count, last, frequency = _ACCESS.unpack(raw)
+        return cls(count, last, frequency)
+
+
+def _decay(elapsed: float, half_life_s: float) -> float:
+    """The factor a frequency shrinks by over ``elapsed`` seconds (1 for none or less)."""
+    return math.exp2(-elapsed / half_life_s) if elapsed > 0 else 1.0

@@ -16,15 +16,15 @@ with a bounded read-ahead of parallel ranged GETs.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
-from tierstore.engine.placement import Placement
+from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ArchivedFrames
 from tierstore.engine.reads import FrameSlice, plan_reads
 from tierstore.engine.records import ShardRecord, frame_key
@@ -77,9 +77,8 @@ class SealedReader:
         frames: LmdbTier,
         archive: Tier,
         sealers: ShardSealers,
-        access: AccessRecorder,
+        reads: ReadLog,
         mover: Mover,
-        placement: Placement,
         fetch_pool: ThreadPoolExecutor,
     ) -> None:
         self._env = environment
@@ -87,9 +86,8 @@ class SealedReader:
         self._frames = frames
         self._archive = archive
         self._sealers = sealers
-        self._access = access
+        self._reads = reads
         self._mover = mover
-        self._placement = placement
         self._pool = fetch_pool
 
     def open(
@@ -105,12 +103,10 @@ class SealedReader:
             record = self._catalog.require_shard(txn, dataset, shard)
         slices = tuple(plan_reads(record.frame_sizes, byte_range, frame_range))
         sealer = self._sealers.sealer(record)
-        self._access.record(dataset, shard, record.generation)
-        self._placement.count_read(dataset, record.hot)
-        if not record.hot:
+        if self._reads.observe(record, record.hot) and not record.hot:
             self._mover.promote(record, None)  # fetched whole and verified in the background
         return SealedRead(
-            info=record.to_info(),
+            info=record.to_info(time.time()),
             context=sealer.context,
             frame_count=sealer.frame_count,
             data_key=None if sealer.cipher is None else sealer.cipher.key,

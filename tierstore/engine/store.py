@@ -4,8 +4,12 @@
 (validate → cut into frames → :mod:`tierstore.engine.writepath`: seal, commit,
 acknowledge by durability), reads (:mod:`tierstore.engine.readpath`: hot hit or
 ranged GETs from the archive), sealing and data keys
-(:mod:`tierstore.engine.sealing`), and the mover. It also answers metadata and
-administration requests (stat, list, evict, key rotation, rebuild, stats).
+(:mod:`tierstore.engine.sealing`), the mover, and placement: one policy per
+dataset (:mod:`tierstore.engine.policies`), access plans
+(:mod:`tierstore.engine.planbook`), the prefetch loop
+(:mod:`tierstore.engine.prefetch`) and the access trace
+(:mod:`tierstore.engine.trace`). It also answers metadata and administration
+requests (stat, list, evict, key rotation, rebuild, stats).
 
 Thread safety: a :class:`Store` is safe to share between threads of one process.
 Fork safety: do not use a store across ``fork()``; open one per process.
@@ -18,7 +22,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +35,17 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
+from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, PlanBook, PlanInfo
+from tierstore.engine.policies import PolicyDriver, hot_shards
+from tierstore.engine.prefetch import Prefetcher
+from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
 from tierstore.engine.rebuild import restore_catalog, scan_archive
 from tierstore.engine.records import JournalOp
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
@@ -49,11 +58,17 @@ from tierstore.errors import (
 )
 from tierstore.framing import frame_prepared, frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.policy.base import EvictionPolicy
-from tierstore.policy.lru import LruPolicy
+from tierstore.plans import SamplerPlan
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
-from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind
+from tierstore.types import (
+    DatasetSettings,
+    Durability,
+    ShardInfo,
+    ShardKind,
+    SizingPoint,
+    TraceEvent,
+)
 
 __all__ = ["Store", "StoreStats"]
 
@@ -85,7 +100,6 @@ class Store:
         archive: Tier,
         keyring: MasterKeyProvider | None = None,
         *,
-        policy: EvictionPolicy | None = None,
         start_mover: bool = True,
     ) -> None:
         self.settings = settings
@@ -96,8 +110,10 @@ class Store:
         )
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
-        self._access = AccessRecorder()
+        self._access = AccessRecorder(settings.access_half_life_s)
         self._sealers = ShardSealers(keyring)
+        self._policies = PolicyDriver()
+        self._trace = TraceRing(settings.trace_capacity)
         self._closed = False
         self.mover = Mover(
             settings,
@@ -106,12 +122,28 @@ class Store:
             self._frames,
             archive,
             self._access,
-            policy or LruPolicy(),
+            self._policies,
             overhead=stored_overhead,
             verify=self._sealers.verify_stored,
         )
         self._writer = ShardWriter(
-            settings, self._env, self._catalog, self._frames, self._sealers, self.mover
+            settings,
+            self._env,
+            self._catalog,
+            self._frames,
+            self._sealers,
+            self.mover,
+            self._policies,
+        )
+        self._placement = Placement(self._env, self._catalog, self.mover)
+        reads = ReadLog(
+            settings,
+            self._env,
+            self._catalog,
+            self._access,
+            self._policies,
+            self._trace,
+            self._placement.count_read,
         )
         self._reader = ShardReader(
             self._env,
@@ -119,25 +151,39 @@ class Store:
             self._frames,
             archive,
             self._sealers,
-            self._access,
+            reads,
             self.mover,
             max_read_leases=settings.max_read_leases,
             cold_read_parallelism=settings.cold_read_parallelism,
         )
-        self._placement = Placement(self._env, self._catalog, self.mover)
         self._sealed = SealedReader(
             self._env,
             self._catalog,
             self._frames,
             archive,
             self._sealers,
-            self._access,
+            reads,
             self.mover,
-            self._placement,
             self._reader.fetch_pool,
         )
+        self._plans = PlanBook(self._env, self._catalog, self._policies, self._trace)
+        #: the prefetch loop (started with the mover).
+        self.prefetcher = Prefetcher(
+            settings, self._env, self._catalog, self._policies, self._plans, self.mover
+        )
+        self.mover.after_promotion = self.prefetcher.wake
+        self._open_policies()
         if start_mover:
             self.mover.start()
+            self.prefetcher.start()
+
+    def _open_policies(self) -> None:
+        """Give every dataset its policy, told of the dataset's hot shards (oldest first)."""
+        with self._env.read() as txn:
+            datasets = self._catalog.list_datasets(txn)
+            hot = hot_shards(txn, self._catalog, self._access)
+        for name, dataset_settings in datasets:
+            self._policies.open_dataset(name, dataset_settings.policy, hot.get(name, ()))
 
     def __enter__(self) -> Store:
         return self
@@ -150,6 +196,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        self.prefetcher.stop()
         self.mover.stop()
         self._reader.close()
         if self._reader.leases.live:
@@ -171,10 +218,12 @@ class Store:
     # Datasets.
 
     def create_dataset(self, name: str, settings: DatasetSettings | None = None) -> None:
-        """Create a dataset. Raises InvalidName, AlreadyExists, EncryptionUnavailable."""
+        """Create a dataset. Raises InvalidName, AlreadyExists, EncryptionUnavailable,
+        UnknownPolicy (``settings.policy`` names no placement policy)."""
         self._check_open()
         validate_dataset_name(name)
         settings = settings or DatasetSettings()
+        self._policies.check(settings.policy)  # UnknownPolicy before anything is written
         if settings.encrypted and self._keyring is None:
             raise EncryptionUnavailable(
                 f"dataset {name!r} asks for encryption but no master key is configured"
@@ -184,6 +233,7 @@ class Store:
                 raise AlreadyExists(f"dataset {name!r} already exists")
             self._catalog.put_dataset(txn, name, settings)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
+            self._policies.open_dataset(name, settings.policy)
         self.mover.wake()
 
     def get_dataset(self, name: str) -> DatasetSettings:
@@ -204,24 +254,38 @@ class Store:
         name: str,
         durability: Durability | None = None,
         hot_quota_bytes: int | None = None,
+        policy: str | None = None,
     ) -> DatasetSettings:
         """Change the settings that may change after creation; returns the new settings.
 
-        Encryption is fixed at creation (existing shards could not follow). Raises
-        InvalidName, DatasetNotFound, InvalidArgument.
+        A new ``policy`` takes over at once: a fresh policy object, told of the
+        dataset's hot shards (oldest read first) and of its live plans. Encryption is
+        fixed at creation (existing shards could not follow). Raises InvalidName,
+        DatasetNotFound, InvalidArgument, UnknownPolicy.
         """
         self._check_open()
         validate_dataset_name(name)
         if hot_quota_bytes is not None and hot_quota_bytes < 0:
             raise InvalidArgument("hot_quota_bytes must not be negative")
-        with self._env.write() as txn:
+        if policy is not None:
+            self._policies.check(policy)  # UnknownPolicy before anything is written
+        with self._access.flush_lock, self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, name)
             if durability is not None:
                 settings = dataclasses.replace(settings, durability=durability)
             if hot_quota_bytes is not None:
                 settings = dataclasses.replace(settings, hot_quota_bytes=hot_quota_bytes)
+            if policy is not None:
+                settings = dataclasses.replace(settings, policy=policy)
+                # In the transaction: no shard turns hot or cold between the scan and
+                # the new policy (every hot-set change takes the write transaction).
+                hot = hot_shards(txn, self._catalog, self._access, name).get(name, [])
+                self._policies.set_policy(name, policy, hot)
             self._catalog.put_dataset(txn, name, settings)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
+        if policy is not None:
+            self._plans.redeclare(name)
+            self.prefetcher.wake()
         self.mover.wake()
         return settings
 
@@ -240,6 +304,8 @@ class Store:
                 self._writer.delete_in(txn, record)
             self._catalog.delete_dataset(txn, name)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
+            self._policies.drop_dataset(name)
+        self._plans.close_dataset(name)
         self.mover.wake()
 
     # Writes.
@@ -281,12 +347,15 @@ class Store:
     def stat(self, dataset: str, shard: str) -> ShardInfo:
         """What the catalog knows of a shard. Raises InvalidName, DatasetNotFound, ShardNotFound."""
         self._check_shard_call(dataset, shard)
-        # Under the flush lock: a flush in progress has counts in neither place.
+        now = time.time()
+        half_life = self.settings.access_half_life_s
+        # Under the flush lock: a flush in progress has reads in neither place.
         with self._access.flush_lock, self._env.read() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
-            count, last = self._catalog.get_access(txn, dataset, shard)
-            extra_count, extra_last = self._access.pending(dataset, shard, record.generation)
-        return record.to_info(count + extra_count, max(last, extra_last))
+            flushed = self._catalog.get_access(txn, dataset, shard)
+            pending = self._access.pending(dataset, shard, record.generation)
+        reads = flushed.merged(pending, half_life).valued_at(now, half_life)
+        return record.to_info(now, reads)
 
     def list(
         self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
@@ -298,13 +367,14 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         limit = max(1, limit)
+        now = time.time()
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             page: builtins.list[ShardInfo] = []
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
                 if len(page) == limit:
                     return page, page[-1].name
-                page.append(record.to_info())
+                page.append(record.to_info(now))
         return page, None
 
     # Reads.
@@ -324,9 +394,7 @@ class Store:
         returned), ArchiveUnavailable, UnknownKeyId, EncryptionUnavailable.
         """
         self._check_shard_call(dataset, shard)
-        data = self._reader.read(dataset, shard, byte_range, frame_range)
-        self._placement.count_read(dataset, data.source == "hot")
-        return data
+        return self._reader.read(dataset, shard, byte_range, frame_range)
 
     def iter_frames(
         self, dataset: str, shard: str, *, frame_range: tuple[int, int] | None = None
@@ -338,9 +406,6 @@ class Store:
         shard in-process. Raises as :meth:`get`.
         """
         self._check_shard_call(dataset, shard)
-        with self._env.read() as txn:
-            hot = self._catalog.require_shard(txn, dataset, shard).hot
-        self._placement.count_read(dataset, hot)
         return self._reader.iter_frames(dataset, shard, frame_range)
 
     def open_sealed(
@@ -410,14 +475,15 @@ class Store:
             self._catalog.require_shard(txn, dataset, shard)
         return self.mover.evict_shard(dataset, shard)
 
-    def pin(self, dataset: str, shard: str) -> int:
-        """Keep a shard in the hot tier (eviction skips it); a cold one is promoted.
+    def pin(self, dataset: str, shard: str, ttl_s: float | None = None) -> int:
+        """Keep a shard in the hot tier whatever its policy says (eviction skips it; a
+        cold one is promoted), for ``ttl_s`` seconds or until unpinned.
 
         Returns the bytes queued for promotion. Raises InvalidName, DatasetNotFound,
-        ShardNotFound.
+        ShardNotFound, InvalidArgument (``ttl_s`` not a positive number).
         """
         self._check_shard_call(dataset, shard)
-        return self._placement.set_pinned(dataset, shard, True)
+        return self._placement.set_pinned(dataset, shard, True, ttl_s)
 
     def unpin(self, dataset: str, shard: str) -> None:
         """Let the policy evict a shard again. Raises as :meth:`pin`."""
@@ -440,6 +506,77 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         return self._placement.usage(dataset)
+
+    # Access plans and the access trace.
+
+    def declare_plan(
+        self,
+        dataset: str,
+        *,
+        sampler: SamplerPlan | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        job: str | None = None,
+        ttl_s: float = DEFAULT_PLAN_TTL_S,
+    ) -> str:
+        """Declare the order in which ``job`` will read ``dataset``; returns the job id
+        (a new one when ``job`` is None; declaring a job again replaces its plan).
+
+        Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
+        over the dataset's shard names under ``prefix``, in catalog order) and
+        ``shards`` (explicit names). The plan steers the dataset's policy (prefetch,
+        eviction); it lives ``ttl_s`` seconds past the last :meth:`report_position`.
+        Raises InvalidName, DatasetNotFound, InvalidPlan (unknown shard, too long, not
+        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl).
+        """
+        self._check_open()
+        validate_dataset_name(dataset)
+        job = self._plans.declare(
+            dataset, sampler=sampler, shards=shards, prefix=prefix, job=job, ttl_s=ttl_s
+        )
+        self.prefetcher.wake()
+        return job
+
+    def report_position(self, job: str, position: int) -> None:
+        """``job`` has read the first ``position`` entries of its plan (keeps it alive).
+
+        Raises PlanNotFound (unknown, closed or expired job), InvalidArgument
+        (``position`` negative or past the plan's end).
+        """
+        self._check_open()
+        self._plans.report(job, position)
+        self.prefetcher.wake()
+
+    def close_plan(self, job: str) -> None:
+        """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired job)."""
+        self._check_open()
+        self._plans.close(job)
+
+    def plan_info(self, job: str) -> PlanInfo:
+        """``job``'s live plan: its dataset, length and position. Raises PlanNotFound."""
+        self._check_open()
+        return self._plans.info(job)
+
+    def trace_events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
+        """The traced reads and plan events (of ``dataset``, or all), oldest first: the
+        last ``trace_capacity`` of them, as they are at the call. Raises InvalidName."""
+        self._check_open()
+        if dataset is not None:
+            validate_dataset_name(dataset)
+        return self._trace.events(dataset)
+
+    def sizing_curve(
+        self, datasets: Collection[str] | None = None
+    ) -> tuple[builtins.list[SizingPoint], int]:
+        """The LRU miss ratio the traced reads (of ``datasets``, or all) would have had at
+        1/8 to 4 times the hot tier's capacity, and how many reads that is."""
+        self._check_open()
+        return self._trace.sizing_curve(self.settings.hot_capacity_bytes, datasets)
+
+    def policy_name(self, dataset: str) -> str:
+        """The placement policy in force for ``dataset`` (its setting, unless that policy
+        is not available in this release: then the default)."""
+        return self._policies.policy_name(dataset)
 
     def _check_shard_call(self, dataset: str, shard: str) -> None:
         """The checks every call naming one shard starts with: open store, valid names."""
@@ -506,6 +643,8 @@ class Store:
             log.warning("archive object %s did not decode; skipped", key)
         with self._env.write() as txn:
             recovered, newest = restore_catalog(txn, self._catalog, contents)
+            for name, dataset_settings in contents.datasets.items():
+                self._policies.open_dataset(name, dataset_settings.policy)
         self._writer.skip_generations_through(newest)
         return recovered
 

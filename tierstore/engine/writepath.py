@@ -5,7 +5,8 @@ transaction holding frames + catalog record + upload-journal entry, fsynced on
 commit → acknowledge (``write-back``), or upload first and then acknowledge
 (``write-through``). A new generation replaces the previous one in that same
 transaction; deleting a generation drops its hot frames and catalog record and
-journals the deletion for the archive.
+journals the deletion for the archive. The placement policies hear of both inside
+the same transaction (an overwrite is a removal, then an insertion).
 
 Thread safety: a :class:`ShardWriter` is safe to share between threads.
 Generations are handed out under a lock; each commit is one write transaction.
@@ -20,6 +21,7 @@ from typing import Any
 from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
+from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealing import ShardSealers, stored_overhead
 from tierstore.errors import ArchiveUnavailable, BacklogFull
@@ -41,8 +43,10 @@ class ShardWriter:
         frames: LmdbTier,
         sealers: ShardSealers,
         mover: Mover,
+        policies: PolicyDriver,
     ) -> None:
         self._settings = settings
+        self._policies = policies
         self._env = environment
         self._catalog = catalog
         self._frames = frames
@@ -102,7 +106,7 @@ class ShardWriter:
                 )
             previous = self._catalog.get_shard(txn, dataset, shard)
             if previous is not None:
-                self.delete_in(txn, previous)
+                self.delete_in(txn, previous, tell_policy=False)
             for index, frame in enumerate(stored):
                 self._frames.put_in(txn, frame_key(generation, index), frame)
             self._catalog.put_shard(txn, record)
@@ -112,6 +116,10 @@ class ShardWriter:
             )
             if self._catalog.counter(txn, "next_generation") <= generation:
                 self._catalog.set_counter(txn, "next_generation", generation + 1)
+            # Last in the transaction: nothing but the commit can fail after it.
+            if previous is not None:
+                self._policies.removed((dataset, shard))
+            self._policies.inserted((dataset, shard), stored_total)
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry(seq):
                 raise ArchiveUnavailable(
@@ -121,10 +129,11 @@ class ShardWriter:
             record = record.with_state(archived=True)
         else:
             self._mover.wake()
-        return record.to_info()
+        return record.to_info(record.created_at)
 
-    def delete_in(self, txn: Any, record: ShardRecord) -> None:
-        """Delete ``record``'s generation in the caller's write transaction.
+    def delete_in(self, txn: Any, record: ShardRecord, *, tell_policy: bool = True) -> None:
+        """Delete ``record``'s generation in the caller's write transaction (and tell
+        the policy, unless the caller does so itself).
 
         Needs no data key, so shards whose key cannot be unwrapped can still go.
         """
@@ -138,3 +147,5 @@ class ShardWriter:
         self._catalog.append_journal(
             txn, JournalOp("delete", record.dataset, record.name, record.generation)
         )
+        if tell_policy:
+            self._policies.removed((record.dataset, record.name))

@@ -33,13 +33,11 @@ Thread safety: a policy is not thread-safe; its driver serialises calls.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 __all__ = [
-    "EvictionCandidate",
-    "EvictionPolicy",
     "Key",
     "Policy",
     "PrefetchBudget",
@@ -129,29 +127,3 @@ class Policy(ABC):
     def metadata_bytes_per_shard(cls) -> int:
         """Bytes of per-shard numeric state this policy keeps (the budget is 64)."""
         return 0
-
-
-# --- Legacy seam: the engine's mover uses these until it drives Policy objects. ---
-
-
-@dataclass(frozen=True, slots=True)
-class EvictionCandidate:
-    """A hot shard the engine may evict (the archive already holds it; not pinned)."""
-
-    dataset: str
-    name: str
-    generation: int
-    stored_bytes: int
-    access_count: int
-    last_access: float
-
-
-class EvictionPolicy(Protocol):
-    """Chooses eviction victims."""
-
-    def choose_victims(
-        self, candidates: Iterable[EvictionCandidate], bytes_to_free: int
-    ) -> list[EvictionCandidate]:
-        """Victims, in eviction order, whose stored bytes add up to at least ``bytes_to_free``
-        (or all candidates if they do not)."""
-        ...

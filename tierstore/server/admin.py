@@ -1,17 +1,19 @@
-"""AdminService: tokens and master-key rotation (admin on every dataset required)."""
+"""AdminService: tokens, master-key rotation and trace export (admin on every dataset)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from tierstore.engine.store import Store
+from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize
-from tierstore.server.rpc import caller, handler
+from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.tokens import TokenInfo, TokenStore
 from tierstore.v1 import admin_pb2, admin_pb2_grpc
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
+from tierstore.wire.trace import trace_events_to_pb
 
 __all__ = ["AdminServicer"]
 
@@ -75,3 +77,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._check("RotateKeys")
         rewrapped = self._rotate()
         return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=self._store.master_key_id)
+
+    @stream_handler
+    def ExportTrace(
+        self, request: admin_pb2.ExportTraceRequest, context: grpc.ServicerContext
+    ) -> Iterator[admin_pb2.ExportTraceResponse]:
+        self._check("ExportTrace")
+        if request.dataset:
+            validate_dataset_name(request.dataset)
+        for batch in trace_events_to_pb(self._store.trace_events(request.dataset or None)):
+            if not context.is_active():
+                return  # the client went away
+            yield batch

@@ -141,10 +141,17 @@ _RULES: dict[str, Rule] = {
     "/tierstore.v1.PlacementService/Prefetch": _WRITE,
     "/tierstore.v1.PlacementService/Evict": _WRITE,
     "/tierstore.v1.PlacementService/GetTierStats": Rule(Scope.DATASET_OR_VISIBLE, Role.READER),
+    # A plan only steers placement for what the caller may read anyway. Reporting and
+    # closing name the plan's dataset (the server looks it up; plans are per principal).
+    "/tierstore.v1.PlacementService/DeclarePlan": _READ,
+    "/tierstore.v1.PlacementService/ReportPosition": _READ,
+    "/tierstore.v1.PlacementService/ClosePlan": _READ,
     "/tierstore.v1.AdminService/CreateToken": _SERVER_ADMIN,
     "/tierstore.v1.AdminService/RevokeToken": _SERVER_ADMIN,
     "/tierstore.v1.AdminService/ListTokens": _SERVER_ADMIN,
     "/tierstore.v1.AdminService/RotateKeys": _SERVER_ADMIN,
+    # Traces name every dataset's shards and every job: server admins only.
+    "/tierstore.v1.AdminService/ExportTrace": _SERVER_ADMIN,
     "/grpc.health.v1.Health/Check": _PUBLIC,
     "/grpc.health.v1.Health/Watch": _PUBLIC,
     "/grpc.health.v1.Health/List": _PUBLIC,

@@ -75,7 +75,8 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             durability_from_pb(request.durability) if request.HasField("durability") else None
         )
         quota = request.hot_quota_bytes if request.HasField("hot_quota_bytes") else None
-        return _dataset(name, self._store.update_dataset(name, durability, quota))
+        policy = request.policy if request.HasField("policy") else None
+        return _dataset(name, self._store.update_dataset(name, durability, quota, policy))
 
     @handler
     def DeleteDataset(

@@ -1,20 +1,41 @@
-"""PlacementService: pin, unpin, prefetch, evict, and tier statistics."""
+"""PlacementService: pins, prefetches, evictions, access plans and tier statistics.
+
+Access plans belong to the principal that declared them: the engine knows a plan
+by ``<principal>/<job>``, so two callers may use the same job id without meeting,
+and one caller can never report on, or close, another's plan (it is unknown to
+it: PlanNotFound). Reporting and closing also need the reader role on the plan's
+dataset; a caller without any role there hears PlanNotFound too.
+"""
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 
+from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, MAX_PLAN_ENTRIES
 from tierstore.engine.store import Store
-from tierstore.errors import InvalidArgument
+from tierstore.errors import DatasetNotFound, InvalidArgument, InvalidPlan, PlanNotFound
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.server.authz import authorize, visible
+from tierstore.server.authz import Principal, authorize, visible
 from tierstore.server.rpc import caller, handler
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
+from tierstore.wire.plans import sampler_from_pb
+from tierstore.wire.trace import sizing_to_pb
 
 __all__ = ["PlacementServicer"]
 
 _SERVICE = "/tierstore.v1.PlacementService/"
 _MAX_PREFETCH = 100_000
+#: characters of a caller's job id (the engine's id adds the principal's name).
+MAX_CALLER_JOB_CHARS = 256
+
+
+def _scoped(principal: Principal, job: str) -> str:
+    """The engine's id of ``principal``'s ``job`` (validated here)."""
+    if not 0 < len(job) <= MAX_CALLER_JOB_CHARS or not job.isprintable():
+        raise InvalidArgument(f"a job id is 1-{MAX_CALLER_JOB_CHARS} printable characters")
+    return f"{principal.name}/{job}"
 
 
 class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
@@ -30,11 +51,14 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
 
     @handler
     def Pin(
-        self, request: placement_pb2.ShardRef, context: grpc.ServicerContext
+        self, request: placement_pb2.PinRequest, context: grpc.ServicerContext
     ) -> placement_pb2.PlacementResponse:
-        self._check_shard("Pin", request)
+        validate_dataset_name(request.dataset)
+        validate_shard_name(request.shard)
+        authorize(caller(), _SERVICE + "Pin", request.dataset)
+        ttl_s = request.ttl_s if request.ttl_s != 0 else None
         return placement_pb2.PlacementResponse(
-            bytes=self._store.pin(request.dataset, request.shard)
+            bytes=self._store.pin(request.dataset, request.shard, ttl_s)
         )
 
     @handler
@@ -80,7 +104,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             if request.dataset
             else [name for name, _ in self._store.list_datasets() if visible(principal, name)]
         )
-        return placement_pb2.TierStats(
+        reply = placement_pb2.TierStats(
             hot_bytes=stats.hot_bytes,
             hot_capacity_bytes=stats.hot_capacity_bytes,
             backlog_bytes=stats.backlog_bytes,
@@ -94,8 +118,72 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     hot_bytes=usage.hot_bytes,
                     hits=usage.hits,
                     misses=usage.misses,
+                    policy=self._store.policy_name(name),
                 )
                 for name in names
                 for usage in (self._store.dataset_usage(name),)
             ],
         )
+        if request.sizing:
+            # Over the listed datasets only: a caller learns nothing of others' reads.
+            points, reads = self._store.sizing_curve(set(names))
+            reply.sizing.extend(sizing_to_pb(points))
+            reply.traced_reads = reads
+        return reply
+
+    # Access plans.
+
+    @handler
+    def DeclarePlan(
+        self, request: placement_pb2.DeclarePlanRequest, context: grpc.ServicerContext
+    ) -> placement_pb2.DeclarePlanResponse:
+        principal = caller()
+        validate_dataset_name(request.dataset)
+        authorize(principal, _SERVICE + "DeclarePlan", request.dataset)
+        job = request.job or uuid.uuid4().hex
+        scoped = _scoped(principal, job)
+        which = request.WhichOneof("plan")
+        sampler = sampler_from_pb(request.sampler) if which == "sampler" else None
+        shards = None
+        if which == "explicit":
+            if len(request.explicit.shards) > MAX_PLAN_ENTRIES:
+                raise InvalidPlan(f"a plan has at most {MAX_PLAN_ENTRIES:,} entries")
+            shards = list(request.explicit.shards)
+        self._store.declare_plan(
+            request.dataset,
+            sampler=sampler,
+            shards=shards,
+            prefix=request.prefix,
+            job=scoped,
+            ttl_s=request.ttl_s or DEFAULT_PLAN_TTL_S,
+        )
+        info = self._store.plan_info(scoped)
+        return placement_pb2.DeclarePlanResponse(job=job, length=info.length)
+
+    def _own_plan(self, method: str, job: str) -> str:
+        """The engine's id of the caller's ``job``, once the caller may touch it."""
+        principal = caller()
+        scoped = _scoped(principal, job)
+        try:
+            dataset = self._store.plan_info(scoped).dataset
+            authorize(principal, _SERVICE + method, dataset)
+        except (PlanNotFound, DatasetNotFound):
+            # One answer for unknown, closed, expired and hidden: the caller's own words.
+            raise PlanNotFound(f"no live access plan for job {job[:200]!r}") from None
+        return scoped
+
+    @handler
+    def ReportPosition(
+        self, request: placement_pb2.ReportPositionRequest, context: grpc.ServicerContext
+    ) -> placement_pb2.ReportPositionResponse:
+        scoped = self._own_plan("ReportPosition", request.job)
+        self._store.report_position(scoped, request.position)
+        return placement_pb2.ReportPositionResponse()
+
+    @handler
+    def ClosePlan(
+        self, request: placement_pb2.ClosePlanRequest, context: grpc.ServicerContext
+    ) -> placement_pb2.ClosePlanResponse:
+        scoped = self._own_plan("ClosePlan", request.job)
+        self._store.close_plan(scoped)
+        return placement_pb2.ClosePlanResponse()

@@ -91,3 +91,73 @@ class RotateKeysResponse(_message.Message):
     rewrapped: int
     key_id: str
     def __init__(self, rewrapped: _Optional[int] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class ExportTraceRequest(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+
+class TracedRead(_message.Message):
+    __slots__ = ("dataset", "shard", "size", "hit")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    HIT_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shard: str
+    size: int
+    hit: bool
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., size: _Optional[int] = ..., hit: _Optional[bool] = ...) -> None: ...
+
+class TracedPlan(_message.Message):
+    __slots__ = ("job", "dataset", "shards", "sizes", "continued")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    CONTINUED_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    dataset: str
+    shards: _containers.RepeatedScalarFieldContainer[str]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    continued: bool
+    def __init__(self, job: _Optional[str] = ..., dataset: _Optional[str] = ..., shards: _Optional[_Iterable[str]] = ..., sizes: _Optional[_Iterable[int]] = ..., continued: _Optional[bool] = ...) -> None: ...
+
+class TracedPosition(_message.Message):
+    __slots__ = ("job", "dataset", "position")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    dataset: str
+    position: int
+    def __init__(self, job: _Optional[str] = ..., dataset: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class TracedClose(_message.Message):
+    __slots__ = ("job", "dataset")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    dataset: str
+    def __init__(self, job: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+
+class TraceEvent(_message.Message):
+    __slots__ = ("t", "read", "plan", "position", "close")
+    T_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    t: float
+    read: TracedRead
+    plan: TracedPlan
+    position: TracedPosition
+    close: TracedClose
+    def __init__(self, t: _Optional[float] = ..., read: _Optional[_Union[TracedRead, _Mapping]] = ..., plan: _Optional[_Union[TracedPlan, _Mapping]] = ..., position: _Optional[_Union[TracedPosition, _Mapping]] = ..., close: _Optional[_Union[TracedClose, _Mapping]] = ...) -> None: ...
+
+class ExportTraceResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TraceEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TraceEvent, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
                 _registered_method=True)
+        self.ExportTrace = channel.unary_stream(
+                '/tierstore.v1.AdminService/ExportTrace',
+                request_serializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -83,6 +88,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTrace(self, request, context):
+        """The node's recent reads and plan events, oldest first, in batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +117,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RotateKeys,
                     request_deserializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.SerializeToString,
+            ),
+            'ExportTrace': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTrace,
+                    request_deserializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +232,33 @@ class AdminService:
             '/tierstore.v1.AdminService/RotateKeys',
             tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
             tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tierstore.v1.AdminService/ExportTrace',
+            tierstore_dot_v1_dot_admin__pb2.ExportTraceRequest.SerializeToString,
+            tierstore_dot_v1_dot_admin__pb2.ExportTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

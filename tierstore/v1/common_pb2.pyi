@@ -28,14 +28,16 @@ SHARD_KIND_ARROW: ShardKind
 SHARD_KIND_TENSOR: ShardKind
 
 class DatasetSettings(_message.Message):
-    __slots__ = ("encrypted", "durability", "hot_quota_bytes")
+    __slots__ = ("encrypted", "durability", "hot_quota_bytes", "policy")
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     HOT_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     encrypted: bool
     durability: Durability
     hot_quota_bytes: int
-    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ...) -> None: ...
+    policy: str
+    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("name", "settings")
@@ -46,7 +48,7 @@ class Dataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[DatasetSettings, _Mapping]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("dataset", "name", "generation", "kind", "frame_sizes", "size", "created_at", "encrypted", "hot", "archived", "access_count", "last_access")
+    __slots__ = ("dataset", "name", "generation", "kind", "frame_sizes", "size", "created_at", "encrypted", "hot", "archived", "access_count", "last_access", "access_frequency", "pinned", "pinned_until")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,9 @@ class ShardInfo(_message.Message):
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     ACCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     name: str
     generation: int
@@ -71,7 +76,10 @@ class ShardInfo(_message.Message):
     archived: bool
     access_count: int
     last_access: float
-    def __init__(self, dataset: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[ShardKind, str]] = ..., frame_sizes: _Optional[_Iterable[int]] = ..., size: _Optional[int] = ..., created_at: _Optional[float] = ..., encrypted: _Optional[bool] = ..., hot: _Optional[bool] = ..., archived: _Optional[bool] = ..., access_count: _Optional[int] = ..., last_access: _Optional[float] = ...) -> None: ...
+    access_frequency: float
+    pinned: bool
+    pinned_until: float
+    def __init__(self, dataset: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[ShardKind, str]] = ..., frame_sizes: _Optional[_Iterable[int]] = ..., size: _Optional[int] = ..., created_at: _Optional[float] = ..., encrypted: _Optional[bool] = ..., hot: _Optional[bool] = ..., archived: _Optional[bool] = ..., access_count: _Optional[int] = ..., last_access: _Optional[float] = ..., access_frequency: _Optional[float] = ..., pinned: _Optional[bool] = ..., pinned_until: _Optional[float] = ...) -> None: ...
 
 class ByteRange(_message.Message):
     __slots__ = ("offset", "length")

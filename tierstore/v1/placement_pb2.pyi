@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SamplerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLER_KIND_UNSPECIFIED: _ClassVar[SamplerKind]
+    SAMPLER_KIND_SEQUENTIAL: _ClassVar[SamplerKind]
+    SAMPLER_KIND_SHUFFLE: _ClassVar[SamplerKind]
+    SAMPLER_KIND_REPLACEMENT: _ClassVar[SamplerKind]
+SAMPLER_KIND_UNSPECIFIED: SamplerKind
+SAMPLER_KIND_SEQUENTIAL: SamplerKind
+SAMPLER_KIND_SHUFFLE: SamplerKind
+SAMPLER_KIND_REPLACEMENT: SamplerKind
 
 class ShardRef(_message.Message):
     __slots__ = ("dataset", "shard")
@@ -13,6 +25,16 @@ class ShardRef(_message.Message):
     dataset: str
     shard: str
     def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ...) -> None: ...
+
+class PinRequest(_message.Message):
+    __slots__ = ("dataset", "shard", "ttl_s")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shard: str
+    ttl_s: float
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class PlacementResponse(_message.Message):
     __slots__ = ("bytes",)
@@ -35,13 +57,15 @@ class PrefetchResponse(_message.Message):
     def __init__(self, queued: _Optional[int] = ...) -> None: ...
 
 class GetTierStatsRequest(_message.Message):
-    __slots__ = ("dataset",)
+    __slots__ = ("dataset", "sizing")
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    SIZING_FIELD_NUMBER: _ClassVar[int]
     dataset: str
-    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+    sizing: bool
+    def __init__(self, dataset: _Optional[str] = ..., sizing: _Optional[bool] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses")
+    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +73,7 @@ class DatasetStats(_message.Message):
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shards: int
     bytes: int
@@ -56,18 +81,101 @@ class DatasetStats(_message.Message):
     hot_bytes: int
     hits: int
     misses: int
-    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ...) -> None: ...
+    policy: str
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class SizingPoint(_message.Message):
+    __slots__ = ("capacity_bytes", "miss_ratio")
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MISS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    capacity_bytes: int
+    miss_ratio: float
+    def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
+    SIZING_FIELD_NUMBER: _ClassVar[int]
+    TRACED_READS_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
     journal_entries: int
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetStats]
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ...) -> None: ...
+    sizing: _containers.RepeatedCompositeFieldContainer[SizingPoint]
+    traced_reads: int
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ...) -> None: ...
+
+class SamplerSpec(_message.Message):
+    __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    kind: SamplerKind
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    epochs: int
+    samples_per_epoch: int
+    def __init__(self, kind: _Optional[_Union[SamplerKind, str]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., samples_per_epoch: _Optional[int] = ...) -> None: ...
+
+class ShardList(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shards: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeclarePlanRequest(_message.Message):
+    __slots__ = ("dataset", "sampler", "explicit", "prefix", "job", "ttl_s")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    EXPLICIT_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    sampler: SamplerSpec
+    explicit: ShardList
+    prefix: str
+    job: str
+    ttl_s: float
+    def __init__(self, dataset: _Optional[str] = ..., sampler: _Optional[_Union[SamplerSpec, _Mapping]] = ..., explicit: _Optional[_Union[ShardList, _Mapping]] = ..., prefix: _Optional[str] = ..., job: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class DeclarePlanResponse(_message.Message):
+    __slots__ = ("job", "length")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    length: int
+    def __init__(self, job: _Optional[str] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ReportPositionRequest(_message.Message):
+    __slots__ = ("job", "position")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    position: int
+    def __init__(self, job: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class ReportPositionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClosePlanRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class ClosePlanResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

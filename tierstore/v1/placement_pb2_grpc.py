@@ -36,7 +36,7 @@ class PlacementServiceStub:
         """
         self.Pin = channel.unary_unary(
                 '/tierstore.v1.PlacementService/Pin',
-                request_serializer=tierstore_dot_v1_dot_placement__pb2.ShardRef.SerializeToString,
+                request_serializer=tierstore_dot_v1_dot_placement__pb2.PinRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_placement__pb2.PlacementResponse.FromString,
                 _registered_method=True)
         self.Unpin = channel.unary_unary(
@@ -58,6 +58,21 @@ class PlacementServiceStub:
                 '/tierstore.v1.PlacementService/GetTierStats',
                 request_serializer=tierstore_dot_v1_dot_placement__pb2.GetTierStatsRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_placement__pb2.TierStats.FromString,
+                _registered_method=True)
+        self.DeclarePlan = channel.unary_unary(
+                '/tierstore.v1.PlacementService/DeclarePlan',
+                request_serializer=tierstore_dot_v1_dot_placement__pb2.DeclarePlanRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_placement__pb2.DeclarePlanResponse.FromString,
+                _registered_method=True)
+        self.ReportPosition = channel.unary_unary(
+                '/tierstore.v1.PlacementService/ReportPosition',
+                request_serializer=tierstore_dot_v1_dot_placement__pb2.ReportPositionRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_placement__pb2.ReportPositionResponse.FromString,
+                _registered_method=True)
+        self.ClosePlan = channel.unary_unary(
+                '/tierstore.v1.PlacementService/ClosePlan',
+                request_serializer=tierstore_dot_v1_dot_placement__pb2.ClosePlanRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_placement__pb2.ClosePlanResponse.FromString,
                 _registered_method=True)
 
 
@@ -94,12 +109,31 @@ class PlacementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclarePlan(self, request, context):
+        """A reader's access plan: the order it will read a dataset's shards in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPosition(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClosePlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlacementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Pin': grpc.unary_unary_rpc_method_handler(
                     servicer.Pin,
-                    request_deserializer=tierstore_dot_v1_dot_placement__pb2.ShardRef.FromString,
+                    request_deserializer=tierstore_dot_v1_dot_placement__pb2.PinRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_placement__pb2.PlacementResponse.SerializeToString,
             ),
             'Unpin': grpc.unary_unary_rpc_method_handler(
@@ -121,6 +155,21 @@ def add_PlacementServiceServicer_to_server(servicer, server):
                     servicer.GetTierStats,
                     request_deserializer=tierstore_dot_v1_dot_placement__pb2.GetTierStatsRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_placement__pb2.TierStats.SerializeToString,
+            ),
+            'DeclarePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclarePlan,
+                    request_deserializer=tierstore_dot_v1_dot_placement__pb2.DeclarePlanRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_placement__pb2.DeclarePlanResponse.SerializeToString,
+            ),
+            'ReportPosition': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPosition,
+                    request_deserializer=tierstore_dot_v1_dot_placement__pb2.ReportPositionRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_placement__pb2.ReportPositionResponse.SerializeToString,
+            ),
+            'ClosePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClosePlan,
+                    request_deserializer=tierstore_dot_v1_dot_placement__pb2.ClosePlanRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_placement__pb2.ClosePlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,7 +197,7 @@ class PlacementService:
             request,
             target,
             '/tierstore.v1.PlacementService/Pin',
-            tierstore_dot_v1_dot_placement__pb2.ShardRef.SerializeToString,
+            tierstore_dot_v1_dot_placement__pb2.PinRequest.SerializeToString,
             tierstore_dot_v1_dot_placement__pb2.PlacementResponse.FromString,
             options,
             channel_credentials,
@@ -258,6 +307,87 @@ class PlacementService:
             '/tierstore.v1.PlacementService/GetTierStats',
             tierstore_dot_v1_dot_placement__pb2.GetTierStatsRequest.SerializeToString,
             tierstore_dot_v1_dot_placement__pb2.TierStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclarePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.PlacementService/DeclarePlan',
+            tierstore_dot_v1_dot_placement__pb2.DeclarePlanRequest.SerializeToString,
+            tierstore_dot_v1_dot_placement__pb2.DeclarePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPosition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.PlacementService/ReportPosition',
+            tierstore_dot_v1_dot_placement__pb2.ReportPositionRequest.SerializeToString,
+            tierstore_dot_v1_dot_placement__pb2.ReportPositionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClosePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.PlacementService/ClosePlan',
+            tierstore_dot_v1_dot_placement__pb2.ClosePlanRequest.SerializeToString,
+            tierstore_dot_v1_dot_placement__pb2.ClosePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

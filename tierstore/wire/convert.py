@@ -8,7 +8,7 @@ raise :class:`InvalidArgument`, never INTERNAL.
 from __future__ import annotations
 
 from tierstore.errors import InvalidArgument
-from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind
+from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings, Durability, ShardInfo, ShardKind
 from tierstore.v1 import common_pb2 as pb
 
 __all__ = [
@@ -64,10 +64,13 @@ def shard_kind_to_pb(value: ShardKind) -> pb.ShardKind:
 
 
 def dataset_settings_from_pb(message: pb.DatasetSettings) -> DatasetSettings:
+    """An empty policy name means the default policy. (Whether a name is a known
+    policy is for the engine to say: UnknownPolicy.)"""
     return DatasetSettings(
         encrypted=message.encrypted,
         durability=durability_from_pb(message.durability),
         hot_quota_bytes=message.hot_quota_bytes,
+        policy=message.policy or DEFAULT_POLICY_NAME,
     )
 
 
@@ -76,6 +79,7 @@ def dataset_settings_to_pb(settings: DatasetSettings) -> pb.DatasetSettings:
         encrypted=settings.encrypted,
         durability=durability_to_pb(settings.durability),
         hot_quota_bytes=settings.hot_quota_bytes,
+        policy=settings.policy,
     )
 
 
@@ -93,6 +97,9 @@ def shard_info_to_pb(info: ShardInfo) -> pb.ShardInfo:
         archived=info.archived,
         access_count=info.access_count,
         last_access=info.last_access,
+        access_frequency=info.access_frequency,
+        pinned=info.pinned,
+        pinned_until=info.pinned_until,
     )
 
 
@@ -109,4 +116,7 @@ def shard_info_from_pb(message: pb.ShardInfo) -> ShardInfo:
         archived=message.archived,
         access_count=message.access_count,
         last_access=message.last_access,
+        access_frequency=message.access_frequency,
+        pinned=message.pinned,
+        pinned_until=message.pinned_until,
     )

@@ -1,0 +1,1 @@
+"""Tests of tierstore.cli."""

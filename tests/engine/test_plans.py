@@ -1,0 +1,249 @@
+"""Access plans in the engine (tierstore/engine/planbook.py through the Store).
+
+A plan reaches the dataset's policy as ``(dataset, name)`` keys with stored sizes; a
+:class:`RecordingPolicy` shows what arrived. Bad input gets a specific error and
+changes nothing; plans expire without reports; off-plan reads are served as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.engine.recording import policy_of
+from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.planbook import MAX_PLAN_ENTRIES
+from tierstore.engine.store import Store
+from tierstore.errors import (
+    DatasetNotFound,
+    InvalidArgument,
+    InvalidName,
+    InvalidPlan,
+    PlanNotFound,
+)
+from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
+from tierstore.types import DatasetSettings, TracedClose, TracedPlan
+
+pytestmark = pytest.mark.usefixtures("recording")
+
+STORED = FRAME + 8
+NAMES = ["a/0", "a/1", "a/2", "b/0", "b/1", "c"]
+
+
+@pytest.fixture
+def planned(open_store: StoreFactory) -> Store:
+    """A store with dataset ``d`` (recording policy) holding the shards :data:`NAMES`."""
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    for name in reversed(NAMES):
+        store.put("d", name, payload(FRAME, len(name)))
+    return store
+
+
+def declared(store: Store) -> list[tuple[Any, ...]]:
+    """What the policy of ``d`` was given: ``(job, keys, sizes)`` per declaration."""
+    return policy_of(store, "d").names("declare_plan")
+
+
+def test_a_sampler_plan_is_regenerated_over_the_sorted_shard_names(planned: Store) -> None:
+    sampler = SamplerPlan(SamplerKind.SHUFFLE, seed=7, rank=1, world_size=2, epochs=3)
+    job = planned.declare_plan("d", sampler=sampler)
+    expected = rank_order(sampler, sorted(NAMES))
+    ((got_job, keys, sizes),) = declared(planned)
+    assert got_job == job
+    assert keys == tuple(("d", name) for name in expected)
+    assert sizes == (STORED,) * len(expected)
+    info = planned.plan_info(job)
+    assert (info.dataset, info.length, info.position) == ("d", len(expected), 0)
+
+    under_a = planned.declare_plan("d", sampler=SamplerPlan(SamplerKind.SEQUENTIAL), prefix="a/")
+    assert declared(planned)[-1][1] == (("d", "a/0"), ("d", "a/1"), ("d", "a/2"))
+    assert under_a != job
+
+
+def test_an_explicit_plan_keeps_its_order_and_repeats(planned: Store) -> None:
+    order = ["c", "a/0", "c", "b/1"]
+    job = planned.declare_plan("d", shards=order, job="my-job", ttl_s=60)
+    assert job == "my-job"
+    assert declared(planned) == [("my-job", tuple(("d", n) for n in order), (STORED,) * 4)]
+    planned.report_position(job, 2)
+    planned.report_position(job, 4)  # the end is a position too
+    planned.report_position(job, 1)  # a reader may go back (a restarted epoch)
+    assert policy_of(planned, "d").names("report_position") == [(job, 2), (job, 4), (job, 1)]
+    planned.close_plan(job)
+    assert policy_of(planned, "d").names("close_plan") == [(job,)]
+    with pytest.raises(PlanNotFound):
+        planned.report_position(job, 1)
+    with pytest.raises(PlanNotFound):
+        planned.close_plan(job)
+
+
+def test_declaring_a_job_again_replaces_its_plan(open_store: StoreFactory) -> None:
+    store = open_store(
+        datasets={
+            "d": DatasetSettings(policy="recording"),
+            "e": DatasetSettings(policy="recording"),
+        }
+    )
+    store.put("d", "x", b"x")
+    store.put("e", "y", b"y")
+    store.declare_plan("d", shards=["x"], job="j")
+    store.report_position("j", 1)
+    store.declare_plan("d", shards=["x", "x"], job="j")
+    assert store.plan_info("j").position == 0 and store.plan_info("j").length == 2
+    store.declare_plan("e", shards=["y"], job="j")  # moves to another dataset
+    assert policy_of(store, "d").names("close_plan") == [("j",)]
+    assert store.plan_info("j").dataset == "e"
+
+
+# Bad input: a specific error, and nothing declared.
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"dataset": "nope", "shards": ["c"]}, DatasetNotFound, "nope"),
+        ({"dataset": "Bad Name", "shards": ["c"]}, InvalidName, "Bad Name"),
+        ({"shards": ["c", "zzz", "a/0"]}, InvalidPlan, "zzz"),
+        ({"shards": ["c", "/abs"]}, InvalidName, "/abs"),
+        ({"shards": ["c"] * (MAX_PLAN_EPOCHS * len(NAMES) + 1)}, InvalidPlan, "at most"),
+        ({"shards": "c"}, InvalidPlan, "not one string"),
+        ({}, InvalidPlan, "exactly one"),
+        (
+            {"shards": ["c"], "sampler": SamplerPlan(SamplerKind.SEQUENTIAL)},
+            InvalidPlan,
+            "exactly one",
+        ),
+        ({"shards": ["c"], "prefix": "a/"}, InvalidPlan, "prefix"),
+        (
+            {
+                "sampler": SamplerPlan(
+                    SamplerKind.REPLACEMENT, samples_per_epoch=MAX_PLAN_EPOCHS * len(NAMES) + 1
+                )
+            },
+            InvalidPlan,
+            "at most",
+        ),
+        (
+            {"sampler": SamplerPlan(SamplerKind.REPLACEMENT, samples_per_epoch=(1 << 64) - 1)},
+            InvalidPlan,
+            "at most",
+        ),
+        (
+            {"sampler": SamplerPlan(SamplerKind.SHUFFLE, epochs=MAX_PLAN_EPOCHS + 1)},
+            InvalidArgument,
+            "epochs",
+        ),
+        (
+            {"sampler": SamplerPlan(SamplerKind.SHUFFLE, rank=2, world_size=2)},
+            InvalidArgument,
+            "rank",
+        ),
+        ({"shards": ["c"], "ttl_s": 0}, InvalidArgument, "ttl_s"),
+        ({"shards": ["c"], "ttl_s": -1.0}, InvalidArgument, "ttl_s"),
+        ({"shards": ["c"], "ttl_s": float("nan")}, InvalidArgument, "ttl_s"),
+        ({"shards": ["c"], "ttl_s": float("inf")}, InvalidArgument, "ttl_s"),
+        ({"shards": ["c"], "job": ""}, InvalidArgument, "job id"),
+        ({"shards": ["c"], "job": "a\nb"}, InvalidArgument, "job id"),
+        ({"shards": ["c"], "job": "j" * 513}, InvalidArgument, "job id"),
+    ],
+    ids=lambda value: repr(value)[:60] if not isinstance(value, type) else value.__name__,
+)
+def test_bad_plans_are_refused(
+    planned: Store, arguments: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    arguments = {"dataset": "d", **arguments}
+    with pytest.raises(error, match=match):
+        planned.declare_plan(**arguments)
+    assert declared(planned) == []
+    assert not [e for e in planned.trace_events() if isinstance(e, TracedPlan)]
+
+
+def test_the_longest_plans_allowed_are_accepted(planned: Store) -> None:
+    longest = MAX_PLAN_EPOCHS * len(NAMES)
+    planned.declare_plan("d", shards=["c"] * longest)
+    sampler = SamplerPlan(SamplerKind.REPLACEMENT, samples_per_epoch=longest)
+    job = planned.declare_plan("d", sampler=sampler)
+    assert planned.plan_info(job).length == longest
+    assert MAX_PLAN_ENTRIES == 10_000_000
+
+
+@pytest.mark.parametrize("position", [-1, 7, 1 << 40, 1.5, True, "3"], ids=repr)
+def test_bad_positions_are_refused(planned: Store, position: Any) -> None:
+    job = planned.declare_plan("d", shards=["c"] * 6)
+    with pytest.raises(InvalidArgument):
+        planned.report_position(job, position)
+    assert planned.plan_info(job).position == 0
+
+
+@pytest.mark.parametrize("job", ["never-declared", "", "x" * 10_000, 5, None], ids=repr)
+def test_unknown_jobs_are_not_found(planned: Store, job: Any) -> None:
+    for call in (
+        lambda: planned.report_position(job, 0),
+        lambda: planned.close_plan(job),
+        lambda: planned.plan_info(job),
+    ):
+        with pytest.raises(PlanNotFound):
+            call()
+
+
+# Expiry.
+
+
+def test_a_plan_expires_without_reports(planned: Store) -> None:
+    job = planned.declare_plan("d", shards=["c", "b/0"], ttl_s=0.5)
+    kept = planned.declare_plan("d", shards=["c"], ttl_s=300)
+    planned.report_position(job, 1)  # a report keeps it alive for another ttl_s
+
+    def expired() -> bool:
+        try:
+            planned.plan_info(job)
+        except PlanNotFound:
+            return True
+        return False
+
+    wait_until(expired, "the plan to expire")
+    with pytest.raises(PlanNotFound):
+        planned.report_position(job, 2)
+    assert (job,) in policy_of(planned, "d").names("close_plan")
+    assert planned.plan_info(kept).length == 1
+    closes = [e.job for e in planned.trace_events("d") if isinstance(e, TracedClose)]
+    assert closes == [job]
+
+
+def test_the_prefetch_loop_ends_expired_plans(planned: Store) -> None:
+    job = planned.declare_plan("d", shards=["c"], ttl_s=0.05)
+    policy = policy_of(planned, "d")
+    wait_until(lambda: (job,) in policy.names("close_plan"), "the loop to end the plan")
+    assert len(planned._plans) == 0
+
+
+def test_deleting_a_dataset_ends_its_plans(planned: Store) -> None:
+    job = planned.declare_plan("d", shards=["c"])
+    planned.delete_dataset("d", force=True)
+    with pytest.raises(PlanNotFound):
+        planned.plan_info(job)
+
+
+# Reading off the plan.
+
+
+def test_a_job_reading_off_its_plan_is_served_and_stalls_nothing(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    names = [f"s{i}" for i in range(8)]
+    contents = {name: payload(2 * FRAME, index) for index, name in enumerate(names)}
+    for name, data in contents.items():
+        store.put("d", name, data)
+    assert store.drain(10)
+    for name in names:
+        store.evict("d", name)
+    job = store.declare_plan("d", shards=names[:4])
+    for position, name in enumerate(reversed(names)):  # another order, other shards
+        assert store.get("d", name).to_bytes() == contents[name]
+        if position < 4:
+            store.report_position(job, position)
+    store.close_plan(job)
+    assert store.drain(10)
+    assert store.stats().mover_error is None
+    for name, data in contents.items():
+        assert store.get("d", name).to_bytes() == data

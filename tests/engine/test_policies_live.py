@@ -1,0 +1,330 @@
+"""The engine drives placement policies (tierstore/engine/policies.py and its callers).
+
+A :class:`RecordingPolicy` (LRU plus a log) shows what the engine tells a policy and
+in what order; the real policies show that the engine's rules — pins, archived-only
+eviction — hold whatever the policy. Stores run without their background threads
+where a test must decide when uploads and evictions happen.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.recording import policy_of
+from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.store import Store
+from tierstore.errors import UnknownPolicy
+from tierstore.policy.base import PrefetchBudget
+from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings
+
+pytestmark = pytest.mark.usefixtures("recording")
+
+STORED = FRAME + 8  # one plaintext frame and its checksum
+
+
+def fill(store: Store, dataset: str, names: list[str], archive: bool = True) -> None:
+    """Put one-frame shards called ``names`` and archive them."""
+    for name in names:
+        store.put(dataset, name, payload(FRAME, len(name)))
+    if archive:
+        assert store.mover.drain_once()
+
+
+def hot(store: Store, dataset: str) -> set[str]:
+    return {info.name for info in store.list(dataset)[0] if info.hot}
+
+
+def test_the_default_policy_names_agree() -> None:
+    assert DEFAULT_POLICY_NAME == DEFAULT_POLICY
+    assert DatasetSettings().policy == DEFAULT_POLICY
+
+
+# What the driver tells a policy.
+
+
+def test_writes_reads_and_deletes_reach_the_policy_in_order(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    policy = policy_of(store, "d")
+    fill(store, "d", ["a", "b"])
+    store.get("d", "a")
+    store.put("d", "b", b"a new generation")  # an overwrite: removed, then inserted
+    store.delete("d", "a")
+    assert store.drain(10)
+    store.evict("d", "b")
+    store.get("d", "b")  # a miss: record_access(hit=False), then admit; then promoted
+    wait_until(lambda: store.stat("d", "b").hot, "the admitted shard to turn hot")
+    assert policy.calls == [
+        ("inserted", ("d", "a")),
+        ("inserted", ("d", "b")),
+        ("record_access", ("d", "a"), True),
+        ("removed", ("d", "b")),
+        ("inserted", ("d", "b")),
+        ("removed", ("d", "a")),
+        ("removed", ("d", "b")),
+        ("record_access", ("d", "b"), False),
+        ("admit", ("d", "b")),
+        ("inserted", ("d", "b")),
+    ]
+
+
+def test_every_read_path_tells_the_policy(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    policy = policy_of(store, "d")
+    store.put("d", "s", payload(3 * FRAME))
+    store.get("d", "s", byte_range=(5, 10))
+    b"".join(bytes(frame) for frame in store.iter_frames("d", "s"))
+    sealed = store.open_sealed("d", "s", frame_range=(1, 1))
+    assert [index for index, _ in sealed.frames()] == [1]
+    assert policy.names("record_access") == [(("d", "s"), True)] * 3
+    assert store.dataset_usage("d").hits == 3
+
+
+def test_open_inserts_hot_shards_oldest_read_first(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="recording")})
+    fill(store, "d", ["a", "b", "c", "d"])  # created in this order
+    store.get("d", "c")
+    store.get("d", "a")
+    store.evict("d", "d")  # cold: not the policy's to know at the next start
+    store = open_store.reopen(store, archive)
+    inserted = policy_of(store, "d").names("inserted")
+    assert inserted == [(("d", "b"),), (("d", "c"),), (("d", "a"),)]
+
+
+# Admission.
+
+
+@pytest.mark.parametrize("path", ["get", "sealed"])
+def test_a_refused_shard_is_served_from_the_archive_and_stays_cold(
+    open_store: StoreFactory, path: str
+) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="refusing")})
+    data = payload(3 * FRAME, 7)
+    store.put("d", "s", data)
+    assert store.drain(10)
+    store.evict("d", "s")
+    for _ in range(3):
+        if path == "get":
+            read = store.get("d", "s")
+            assert read.source == "archive" and read.to_bytes() == data
+        else:
+            sealed = store.open_sealed("d", "s")
+            assert not sealed.info.hot and len(list(sealed.frames())) == 3
+        # Promotions are queued by the read itself: none was.
+        assert store.mover.in_flight() == (0, 0)
+    assert store.mover.promotions == 0
+    assert not store.stat("d", "s").hot
+    assert policy_of(store, "d").names("admit") == [(("d", "s"),)] * 3
+    assert store.dataset_usage("d").misses == 3
+
+
+def test_an_admitted_shard_is_promoted(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(2 * FRAME))
+    assert store.drain(10)
+    store.evict("d", "s")
+    assert store.get("d", "s").source == "archive"
+    wait_until(lambda: store.stat("d", "s").hot, "the admitted shard to turn hot")
+
+
+def test_a_pin_overrides_a_refusing_policy(open_store: StoreFactory) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="refusing")})
+    fill(store, "d", ["s"])
+    store.evict("d", "s")
+    archive.failing = True  # the promotion that pinning queues fails
+    store.pin("d", "s")
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    assert store.stat("d", "s").pinned and not store.stat("d", "s").hot
+    archive.failing = False
+    assert store.get("d", "s").source == "archive"  # refused by the policy...
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")  # ...pinned
+
+
+# Eviction.
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_pinned_shards_are_never_evicted_under_any_policy(
+    open_store: StoreFactory, name: str
+) -> None:
+    try:
+        make_policy(name)
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    store = open_store(
+        datasets={"d": DatasetSettings(policy=name)},
+        start_mover=False,
+        hot_capacity_bytes=10 * STORED,
+    )
+    fill(store, "d", [f"p{i}" for i in range(3)])
+    for index in range(3):
+        store.pin("d", f"p{index}", ttl_s=3600 if index == 2 else None)
+    for round_ in range(6):  # churn: every put may evict, every read changes the order
+        fill(store, "d", [f"r{round_}-{i}" for i in range(4)])
+        for shard in ("p0", "p1", "p2", f"r{round_}-0"):
+            store.get("d", shard)
+        store.mover.evict_if_needed()
+        assert {"p0", "p1", "p2"} <= hot(store, "d"), (name, round_)
+    assert store.mover.evictions > 0
+    # Asked to free everything, the policy gives up every evictable shard and no pinned one.
+    store.mover.evict(100 * STORED)
+    assert hot(store, "d") == {"p0", "p1", "p2"}
+    assert catalog_hot_bytes(store) == (3 * STORED, 3 * STORED)
+
+
+@pytest.mark.parametrize("name", ["lru", DEFAULT_POLICY])
+def test_a_pin_whose_ttl_ran_out_is_evictable_again(open_store: StoreFactory, name: str) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy=name)}, start_mover=False)
+    fill(store, "d", ["short", "long"])
+    store.pin("d", "short", ttl_s=0.05)
+    store.pin("d", "long", ttl_s=3600)
+    info = store.stat("d", "short")
+    assert info.pinned and info.pinned_until > info.created_at
+    assert store.evict("d", "short") == 0
+    wait_until(lambda: not store.stat("d", "short").pinned, "the short pin to run out")
+    store.mover.evict(100 * STORED)
+    assert hot(store, "d") == {"long"}
+    store.pin("d", "long")  # pinning again replaces the TTL: no expiry now
+    assert store.stat("d", "long").pinned_until == 0.0
+
+
+def test_bytes_to_free_are_split_by_hot_bytes(open_store: StoreFactory) -> None:
+    store = open_store(
+        datasets={"big": DatasetSettings(policy="lru"), "small": DatasetSettings(policy="lru")},
+        start_mover=False,
+    )
+    fill(store, "big", [f"b{i}" for i in range(6)], archive=False)
+    fill(store, "small", ["s0", "s1"])
+    assert store.mover.evict(4 * STORED) == 4 * STORED
+    assert len(hot(store, "big")) == 3  # 6 of the 8 hot shards: 3 of the 4 to free
+    assert hot(store, "small") == {"s1"}  # the least recently used of the two went
+
+    # A dataset that cannot free its share leaves it to the others.
+    fill(store, "big", [f"c{i}" for i in range(5)])  # big: 8 hot shards
+    store.pin("small", "s1")
+    store.put("small", "s2", payload(FRAME))  # not archived yet: not evictable either
+    assert store.mover.evict(6 * STORED) == 6 * STORED  # big 4.8 (5), small 1.2 (0), big 1
+    assert hot(store, "small") == {"s1", "s2"}
+    assert len(hot(store, "big")) == 2
+
+
+# Changing the policy at run time.
+
+
+def test_the_policy_changes_at_run_time(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="lru")})
+    fill(store, "d", ["a", "b", "c"])
+    store.get("d", "a")
+    store.evict("d", "c")
+    job = store.declare_plan("d", shards=["c", "b", "a"])
+    store.report_position(job, 1)
+
+    settings = store.update_dataset("d", policy="recording")
+    assert settings.policy == "recording" == store.get_dataset("d").policy
+    policy = policy_of(store, "d")
+    # Seeded with the hot shards, oldest read first, and handed the live plan.
+    assert policy.calls == [
+        ("inserted", ("d", "b")),
+        ("inserted", ("d", "a")),
+        ("declare_plan", job, (("d", "c"), ("d", "b"), ("d", "a")), (STORED,) * 3),
+        ("report_position", job, 1),
+    ]
+    store.get("d", "b")
+    assert policy.calls[-1] == ("record_access", ("d", "b"), True)
+
+    with pytest.raises(UnknownPolicy, match="no-such-policy"):
+        store.update_dataset("d", policy="no-such-policy")
+    assert store.get_dataset("d").policy == "recording"
+    with pytest.raises(UnknownPolicy):
+        store.create_dataset("e", DatasetSettings(policy="no-such-policy"))
+    assert [name for name, _ in store.list_datasets()] == ["d"]
+
+    store = open_store.reopen(store, archive)  # the setting is kept
+    assert store.get_dataset("d").policy == "recording"
+    assert policy_of(store, "d").names("inserted") == [(("d", "a"),), (("d", "b"),)]  # b read
+
+
+def test_a_policy_no_release_knows_falls_back_to_the_default(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", b"x")
+    store.close()
+    monkeypatch.setattr("tierstore.engine.policies.make_policy", make_policy)  # unpatched
+    store = open_store(data_dir=store.settings.data_dir)
+    assert store.get_dataset("d").policy == "recording"  # the setting is left as it is
+    assert store.policy_name("d") in (DEFAULT_POLICY, "lru")
+    assert store.get("d", "s").to_bytes() == b"x"
+
+
+# Prefetch.
+
+
+def test_the_prefetcher_promotes_what_the_policy_asks_within_the_budget(
+    open_store: StoreFactory,
+) -> None:
+    store = open_store(
+        datasets={"d": DatasetSettings(policy="recording")},
+        start_mover=False,  # the test runs the prefetch passes itself
+        prefetch_depth=3,
+        archive_bandwidth_bytes_per_s=10 * STORED,
+        prefetch_horizon_s=1.0,
+    )
+    names = [f"s{i}" for i in range(6)]
+    fill(store, "d", names, archive=False)
+    assert store.mover.drain_once()
+    for name in names:
+        store.evict("d", name)
+    policy = policy_of(store, "d")
+    job = store.declare_plan("d", shards=names)
+    assert store.prefetcher.run_once() == 3  # the I/O depth
+    assert policy.prefetches[-1] == (
+        PrefetchBudget(requests=3, bytes=10 * STORED),
+        (("d", "s0"), ("d", "s1"), ("d", "s2")),
+    )
+    assert store.mover.in_flight() == (3, 3 * STORED)
+    assert store.prefetcher.budget() == PrefetchBudget(requests=0, bytes=7 * STORED)
+    assert store.prefetcher.run_once() == 0  # no free slot: the policy is not even asked
+    store.mover.start()  # the promotion threads take the queued prefetches
+    wait_until(lambda: hot(store, "d") == {"s0", "s1", "s2"}, "the prefetches to land")
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "the promotions to end")
+    store.report_position(job, 4)
+    assert store.prefetcher.run_once() == 2  # s3 is behind the reader now
+    assert policy.prefetches[-1][1] == (("d", "s4"), ("d", "s5"))
+    wait_until(lambda: {"s4", "s5"} <= hot(store, "d"), "the next prefetches")
+    assert "s3" not in hot(store, "d")
+    assert store.prefetcher.queued == 5
+
+
+def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: StoreFactory) -> None:
+    try:
+        make_policy("clairvoyant")
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    store = open_store(
+        datasets={"d": DatasetSettings(policy="clairvoyant")}, hot_capacity_bytes=64 * STORED
+    )
+    names = [f"s{i:02d}" for i in range(16)]
+    for name in names:
+        store.put("d", name, payload(FRAME, len(name)))
+    assert store.drain(10)
+    for name in names:
+        store.evict("d", name)
+    order = names[::-1]
+    job = store.declare_plan("d", shards=order)
+    wait_until(
+        lambda: {order[0], order[1], order[2]} <= hot(store, "d"),
+        "the first planned shards to be prefetched",
+    )
+    for position, name in enumerate(order):
+        store.report_position(job, position)
+        wait_until(lambda name=name: store.stat("d", name).hot, f"{name} prefetched")
+        assert store.get("d", name).source == "hot"
+    store.close_plan(job)
+    assert store.dataset_usage("d").misses == 0

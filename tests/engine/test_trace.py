@@ -1,0 +1,174 @@
+"""The access trace and the access statistics (tierstore/engine/trace.py, access.py).
+
+The ring keeps the last N reads and plan events in order, with times that never go
+back; the sizing curve made from it matches an exact LRU simulation of the same
+reads; per-shard statistics (count, last read, decayed frequency) survive a restart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.engine.stores import FRAME, StoreFactory, payload
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.records import AccessStats
+from tierstore.engine.trace import SIZING_FACTORS, TraceRing
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import (
+    DatasetSettings,
+    TracedClose,
+    TracedPlan,
+    TracedPosition,
+    TracedRead,
+)
+
+STORED = FRAME + 8
+LRU = {"d": DatasetSettings(policy="lru"), "e": DatasetSettings(policy="lru")}
+
+
+def test_reads_and_plan_events_are_traced_in_order(open_store: StoreFactory) -> None:
+    store = open_store(datasets=LRU)
+    store.put("d", "a", payload(FRAME))
+    store.put("e", "b", payload(2 * FRAME))
+    assert store.drain(10)
+    store.evict("e", "b")
+    store.get("d", "a")
+    store.get("e", "b", byte_range=(0, 10))  # a miss (a partial read counts as one)
+    job = store.declare_plan("d", shards=["a", "a"], job="j")
+    store.report_position(job, 1)
+    store.close_plan(job)
+    events = list(store.trace_events())
+    assert [type(e) for e in events] == [
+        TracedRead,
+        TracedRead,
+        TracedPlan,
+        TracedPosition,
+        TracedClose,
+    ]
+    first, second, plan, position, close = events
+    assert (first.dataset, first.shard, first.size, first.hit) == ("d", "a", STORED, True)  # type: ignore[union-attr]
+    assert (second.dataset, second.shard, second.hit) == ("e", "b", False)  # type: ignore[union-attr]
+    assert second.size == 2 * STORED  # type: ignore[union-attr]
+    assert plan == TracedPlan(plan.t, "j", "d", ("a", "a"), (STORED, STORED))
+    assert position == TracedPosition(position.t, "j", "d", 1)
+    assert close == TracedClose(close.t, "j", "d")
+    times = [event.t for event in events]
+    assert times == sorted(times) and times[0] > 0
+    assert [type(e) for e in store.trace_events("e")] == [TracedRead]
+    assert len(list(store.trace_events("nope"))) == 0
+
+
+def test_the_ring_keeps_the_last_events(open_store: StoreFactory) -> None:
+    store = open_store(datasets=LRU, trace_capacity=5)
+    store.put("d", "a", b"x")
+    job = store.declare_plan("d", shards=["a"], job="j")
+    for _ in range(3):
+        store.get("d", "a")
+    store.report_position(job, 1)
+    store.get("d", "a")
+    kinds = [type(e).__name__ for e in store.trace_events()]
+    assert kinds == ["TracedRead", "TracedRead", "TracedRead", "TracedPosition", "TracedRead"]
+    assert len(store._trace) == 5
+
+
+def test_no_trace_when_its_capacity_is_zero(open_store: StoreFactory) -> None:
+    store = open_store(datasets=LRU, trace_capacity=0)
+    store.put("d", "a", b"x")
+    store.get("d", "a")
+    store.declare_plan("d", shards=["a"])
+    assert list(store.trace_events()) == []
+    assert store.sizing_curve()[1] == 0
+
+
+def test_interned_names_are_compacted_without_losing_any() -> None:
+    ring = TraceRing(4)
+    for index in range(100):  # 100 distinct names through a ring of 4: compacts often
+        ring.read("d", f"s{index}", index, index % 2 == 0)
+    events = list(ring.events())
+    assert [(e.shard, e.size, e.hit) for e in events] == [  # type: ignore[union-attr]
+        (f"s{index}", index, index % 2 == 0) for index in range(96, 100)
+    ]
+    assert len(ring._names) <= 2 * 4 + 1024
+
+
+def test_the_sizing_curve_is_the_lru_miss_ratio_of_the_traced_reads(
+    open_store: StoreFactory,
+) -> None:
+    capacity = 8 * STORED
+    store = open_store(datasets=LRU, hot_capacity_bytes=capacity)
+    names = [f"s{i}" for i in range(4)]  # 4 shards: fit in 1/2 of the capacity
+    for name in names:
+        store.put("d", name, payload(FRAME))
+    for _ in range(5):  # a cyclic scan: LRU hits all of it, or nothing
+        for name in names:
+            store.get("d", name)
+    points, reads = store.sizing_curve()
+    assert reads == 20
+    assert [p.capacity_bytes for p in points] == [int(capacity * f) for f in SIZING_FACTORS]
+    ratios = {p.capacity_bytes / capacity: p.miss_ratio for p in points}
+    assert ratios[0.125] == ratios[0.25] == 1.0  # 1 and 2 shards: a scan of 4 always misses
+    for factor in (0.5, 1.0, 2.0, 4.0):
+        assert ratios[factor] == pytest.approx(4 / 20)  # only the first pass misses
+    only_e, none = store.sizing_curve({"e"})
+    assert none == 0 and all(p.miss_ratio == 1.0 for p in only_e)
+
+
+# Access statistics.
+
+
+def test_access_statistics_survive_a_restart(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    half_life = 3600.0
+    store = open_store(
+        archive, datasets=LRU, access_flush_interval_s=3600, access_half_life_s=half_life
+    )
+    store.put("d", "s", b"x")
+    store.put("d", "never", b"y")
+    for _ in range(3):
+        store.get("d", "s")
+    store.mover.flush_access()  # some flushed, some pending at close
+    store.get("d", "s", byte_range=(0, 1))
+    before = store.stat("d", "s")
+    assert before.access_count == 4
+    assert 3.99 < before.access_frequency <= 4.0
+    store = open_store.reopen(store, archive)
+    after = store.stat("d", "s")
+    assert after.access_count == 4
+    assert after.last_access == before.last_access
+    assert after.access_frequency <= before.access_frequency
+    assert after.access_frequency == pytest.approx(before.access_frequency, rel=1e-3)
+    untouched = store.stat("d", "never")
+    assert (untouched.access_count, untouched.last_access, untouched.access_frequency) == (
+        0,
+        0.0,
+        0.0,
+    )
+
+
+def test_decayed_frequency_halves_every_half_life() -> None:
+    reads = AccessStats()
+    for t in (0.0, 10.0, 10.0):
+        reads = reads.with_read(t, half_life_s=10.0)
+    assert (reads.count, reads.last) == (3, 10.0)
+    assert reads.frequency == pytest.approx(0.5 + 2)
+    assert reads.frequency_at(30.0, 10.0) == pytest.approx(2.5 / 4)
+    assert reads.frequency_at(5.0, 10.0) == reads.frequency  # never more than at the last read
+    # Merging flushed and pending reads is the same as counting them in one go.
+    early = AccessStats().with_read(0.0, 10.0)
+    late = AccessStats().with_read(10.0, 10.0).with_read(10.0, 10.0)
+    for merged in (early.merged(late, 10.0), late.merged(early, 10.0)):
+        assert (merged.count, merged.last) == (reads.count, reads.last)
+        assert merged.frequency == pytest.approx(reads.frequency)
+    recorder = AccessRecorder(half_life_s=10.0)  # the read path's inlined arithmetic
+    for t in (0.0, 10.0, 10.0):
+        recorder.record("d", "s", 1, t)
+    pending = recorder.pending("d", "s", 1)
+    assert (pending.count, pending.last) == (3, 10.0)
+    assert pending.frequency == pytest.approx(reads.frequency)
+    assert recorder.drain() == {("d", "s", 1): pending} and recorder.drain() == {}
+    packed = reads.pack()
+    assert len(packed) == 24 <= 64 and AccessStats.unpack(packed) == reads
+    assert AccessStats.unpack(packed[:8] + packed[8:16]) == AccessStats(3, 10.0, 0.0)
+    assert math.isclose(AccessStats().frequency_at(100.0, 1.0), 0.0)

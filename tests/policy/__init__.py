@@ -1,0 +1,1 @@
+"""Tests of tierstore.policy: the contract every policy keeps, each policy, the kernels."""

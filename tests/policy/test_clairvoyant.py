@@ -1,0 +1,162 @@
+"""The clairvoyant policy: plans, estimated next uses, bypass, prefetch, expiry, and
+graceful degradation when jobs do not do what they declared."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.policy.conformance import HotModel, PolicyConformance
+from tierstore.errors import InvalidPlan
+from tierstore.policy.base import Policy, PrefetchBudget
+from tierstore.policy.clairvoyant import ClairvoyantPolicy
+from tierstore.policy.s3fifo import S3FifoPolicy
+
+
+class TestClairvoyantConformance(PolicyConformance):
+    def make(self) -> Policy:
+        return ClairvoyantPolicy()
+
+
+def always(_: object) -> bool:
+    return True
+
+
+def declare(policy: ClairvoyantPolicy, job: str, keys: list[int], now: float = 0.0) -> None:
+    policy.declare_plan(job, keys, [1] * len(keys), now)
+
+
+def test_evicts_the_farthest_next_use() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [5, 3, 1, 4, 2])
+    for key in range(1, 6):
+        policy.inserted(key, 1, 0.0)
+    assert policy.victims(2, 0.0, always) == [2, 4]
+
+
+def test_unplanned_shards_go_first() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2])
+    for key in (1, 2, 8, 9):
+        policy.inserted(key, 1, 0.0)
+    assert set(policy.victims(2, 0.0, always)) == {8, 9}
+
+
+def test_bypasses_a_shard_needed_later_than_its_victim() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 9, 3])
+    model = HotModel(policy, 2)
+    model.read(1, 1)
+    model.read(2, 1)
+    policy.report_position("job", 2, 2.0)
+    model.read(9, 1)  # 9's next use: never; residents 1, 2: never either -> bypass
+    assert 9 not in model.hot
+
+
+def test_admits_a_shard_needed_sooner_than_its_victim() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 3, 3, 1, 2])
+    model = HotModel(policy, 2)
+    for key in (1, 2, 3):
+        model.read(key, 1)
+    # 3 is next needed at position 3, before 1 (4) and 2 (5): 2 makes room.
+    assert set(model.hot) == {1, 3}
+
+
+def test_positions_advance_with_reads_between_reports() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 1, 2])
+    model = HotModel(policy, 10)
+    model.read(1, 1)
+    model.read(2, 1)  # no report: the reads themselves move the position to 2
+    model.insert(7, 1)
+    # 7 is unplanned (first out); then 2 (next at 3) before 1 (next at 2).
+    assert policy.victims(3, model.now, always) == [7, 2, 1]
+
+
+def test_faster_job_needs_its_shards_sooner() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "slow", [10] * 10 + [1])
+    declare(policy, "fast", [20] * 30 + [2])
+    for t in (1.0, 2.0):
+        policy.report_position("slow", int(t), t)  # 1 entry per second
+        policy.report_position("fast", int(8 * t), t)  # 8 entries per second
+    policy.inserted(1, 1, 2.0)
+    policy.inserted(2, 1, 2.0)
+    # slow, at 2: 1 is 8 entries away at 1/s = 8 s; fast, at 16: 2 is 14 away at 8/s.
+    assert policy.victims(1, 2.0, always) == [1]
+
+
+def test_prefetch_returns_cold_planned_shards_by_urgency_within_budget() -> None:
+    policy = ClairvoyantPolicy()
+    policy.declare_plan("a", [1, 2, 3, 4], [10, 10, 10, 10], 0.0)
+    policy.declare_plan("b", [5, 6], [50, 10], 0.0)
+    hot = {2}
+    wanted = policy.prefetch(0.0, PrefetchBudget(requests=3, bytes=40), hot.__contains__)
+    # due: 1 and 5 now, 3 and 6 one entry later; 5 does not fit in the bytes left.
+    assert wanted == [1, 6, 3]
+    assert policy.prefetch(0.0, PrefetchBudget(requests=0, bytes=40), hot.__contains__) == []
+
+
+def test_prefetch_stops_at_shards_due_after_the_farthest_resident() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 3, 4, 5, 6])
+    policy.inserted(2, 1, 0.0)
+    policy.inserted(4, 1, 0.0)
+    wanted = policy.prefetch(0.0, PrefetchBudget(10, 10), lambda key: key in (2, 4))
+    assert wanted == [1, 3]  # 5 and 6 are due after 4, the farthest resident
+
+
+def test_plans_expire_without_reports() -> None:
+    policy = ClairvoyantPolicy(plan_ttl_s=10.0)
+    declare(policy, "job", [1, 2, 3])
+    for key in (1, 2, 3, 9):
+        policy.inserted(key, 1, 0.0)
+    policy.report_position("job", 0, 5.0)
+    assert policy.victims(1, 14.0, always) == [9]  # still live at 14 s
+    # At 16 s nothing was reported for 11 s: no shard is planned; the fallback's order.
+    assert set(policy.victims(4, 16.0, always)) == {1, 2, 3, 9}
+    policy.report_position("job", 1, 17.0)  # too late: ignored, no error
+
+
+def test_a_job_reading_other_things_never_stalls_or_raises() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", list(range(100)))
+    model = HotModel(policy, 10)
+    for key in range(1000, 1200):  # nothing of the plan
+        model.read(key, 1)
+    policy.report_position("job", 500, model.now)  # beyond the plan: clamped
+    policy.report_position("job", -3, model.now)  # backwards: ignored
+    for key in range(100):
+        model.read(key, 1)
+    assert model.used <= 10
+
+
+def test_plan_keys_outside_any_read_are_harmless() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [("other", "x"), ("other", "y")])  # type: ignore[list-item]
+    model = HotModel(policy, 3)
+    for key in range(10):
+        model.read(key, 1)
+    policy.close_plan("job")
+    assert len(model.hot) == 3
+
+
+def test_redeclaring_replaces_the_plan() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2])
+    policy.inserted(1, 1, 0.0)
+    policy.inserted(2, 1, 0.0)
+    declare(policy, "job", [2])
+    assert policy.victims(1, 0.0, always) == [1]
+
+
+def test_plan_keys_and_sizes_must_match() -> None:
+    with pytest.raises(InvalidPlan):
+        ClairvoyantPolicy().declare_plan("job", [1, 2], [1], 0.0)
+
+
+def test_without_plans_it_behaves_as_its_s3fifo_fallback() -> None:
+    clairvoyant = HotModel(ClairvoyantPolicy(), 10)
+    s3fifo = HotModel(S3FifoPolicy(), 10)
+    keys = [(k * 7919) % 37 for k in range(400)]
+    assert [clairvoyant.read(k, 1) for k in keys] == [s3fifo.read(k, 1) for k in keys]

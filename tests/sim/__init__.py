@@ -1,0 +1,1 @@
+"""Tests of tierstore.sim: trace files, sizing curves, sweeps and reports."""

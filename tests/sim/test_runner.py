@@ -1,0 +1,145 @@
+"""The policy sweep (tierstore.sim.runner) on small hand-made traces, checked against
+direct replays with tierstore.sim.simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from statistics import fmean
+
+import pytest
+
+from tierstore.errors import InvalidArgument, UnknownPolicy
+from tierstore.policy.registry import make_policy
+from tierstore.sim.events import Read, Trace
+from tierstore.sim.report import ratio
+from tierstore.sim.runner import sweep, sweep_policies
+from tierstore.sim.simulator import SimResult, simulate
+
+SIZES = (10, 20, 30, 40)  # 100 bytes in all
+
+
+def trace(keys: list[int], name: str = "tiny") -> Trace:
+    return Trace(name, SIZES, [Read(float(t), k) for t, k in enumerate(keys)])
+
+
+# A loop over three shards plus a one-off: LRU thrashes where Belady keeps two.
+LOOP = trace([0, 1, 2] * 10 + [3, 0, 1])
+OTHER = trace([0, 0, 1, 3, 2, 1, 0, 3, 3, 2, 1, 0], name="other")
+
+
+def replay(t: Trace, policy: str, fraction: float) -> SimResult:
+    future = [r.key for r in t.reads()] if policy == "belady" else None
+    return simulate(t, make_policy(policy, future=future), int(fraction * t.dataset_bytes))
+
+
+def test_rows_match_direct_replays_and_carry_both_references() -> None:
+    rows = sweep([LOOP], ["s3fifo"], [0.4, 1.0])
+    assert [(r.capacity_fraction, r.policy) for r in rows] == [
+        (0.4, "s3fifo"),
+        (0.4, "lru"),
+        (0.4, "belady"),
+        (1.0, "s3fifo"),
+        (1.0, "lru"),
+        (1.0, "belady"),
+    ]
+    for r in rows:
+        direct = replay(LOOP, r.policy, r.capacity_fraction)
+        lru = replay(LOOP, "lru", r.capacity_fraction)
+        belady = replay(LOOP, "belady", r.capacity_fraction)
+        assert r.workload == "tiny"
+        assert r.seeds == 1
+        assert r.capacity_bytes == direct.capacity_bytes
+        assert (r.hit_ratio, r.byte_hit_ratio, r.miss_ratio) == (
+            direct.hit_ratio,
+            direct.byte_hit_ratio,
+            direct.miss_ratio,
+        )
+        # ratio() (tested with the report) settles the zero denominators.
+        assert r.miss_ratio_vs_belady == ratio(direct.miss_ratio, belady.miss_ratio)
+        assert r.miss_ratio_vs_lru == ratio(direct.miss_ratio, lru.miss_ratio)
+        assert r.hit_ratio_vs_lru == ratio(direct.hit_ratio, lru.hit_ratio)
+    at_40 = {r.policy: r for r in rows if r.capacity_fraction == 0.4}
+    assert at_40["lru"].hit_ratio == 0.0  # the loop of 60 bytes never fits in 40
+    assert at_40["belady"].miss_ratio < at_40["lru"].miss_ratio
+    assert at_40["lru"].hit_ratio_vs_lru == 1.0  # 0 / 0: as good as itself
+    assert at_40["belady"].hit_ratio_vs_lru is None  # x / 0: no finite ratio
+    assert at_40["belady"].miss_ratio_vs_belady == 1.0
+
+
+def test_with_a_factory_rows_are_means_over_the_seeds() -> None:
+    made: list[int] = []
+
+    def factory(seed: int) -> Trace:
+        made.append(seed)
+        return [LOOP, OTHER][seed % 2]
+
+    rows = sweep(factory, ["lru"], [0.5], [4, 5], workload="mixed")
+    assert made == [4, 5]
+    assert [r.policy for r in rows] == ["lru", "belady"]
+    for r in rows:
+        runs = [replay(t, r.policy, 0.5) for t in (LOOP, OTHER)]
+        assert r.workload == "mixed"
+        assert r.seeds == 2
+        assert r.miss_ratio == pytest.approx(fmean(x.miss_ratio for x in runs))
+        assert r.hit_ratio == pytest.approx(fmean(x.hit_ratio for x in runs))
+    lru, belady = rows
+    assert lru.miss_ratio_vs_belady == pytest.approx(lru.miss_ratio / belady.miss_ratio)
+
+
+def test_progress_counts_every_replay() -> None:
+    seen: list[tuple[int, int]] = []
+    sweep([LOOP, OTHER], ["lru", "s3fifo"], [0.5, 1.0], progress=lambda *a: seen.append(a))
+    total = 2 * 2 * 3  # traces x capacities x (s3fifo, lru, belady)
+    assert seen == [(done, total) for done in range(1, total + 1)]
+
+
+def test_policies_keep_their_order_once_each_then_the_references() -> None:
+    assert sweep_policies(["s3fifo", "lru", "s3fifo"]) == ["s3fifo", "lru", "belady"]
+    assert sweep_policies(["belady"]) == ["belady", "lru"]
+
+
+def never_called(seed: int) -> Trace:
+    raise AssertionError("the sweep built a trace before checking its arguments")
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.01, float("nan")])
+def test_a_capacity_outside_zero_to_one_is_refused_before_any_trace(fraction: float) -> None:
+    with pytest.raises(InvalidArgument, match=r"not a fraction of the dataset in \(0, 1\]"):
+        sweep(never_called, ["lru"], [0.5, fraction])
+
+
+def test_an_unknown_policy_is_refused_before_any_trace() -> None:
+    with pytest.raises(UnknownPolicy, match=r"'nope'.*valid names: lru"):
+        sweep(never_called, ["lru", "nope"], [0.5])
+
+
+def test_a_capacity_smaller_than_the_largest_shard_is_refused() -> None:
+    # 30% of 100 bytes is 30, and shard 3 has 40.
+    with pytest.raises(InvalidArgument, match="30 bytes, smaller than its largest shard"):
+        sweep([LOOP], ["lru"], [0.3])
+
+
+def test_capacities_are_checked_on_every_trace_before_the_first_replay() -> None:
+    # Half of LOOP's 100 bytes holds its shards; half of this one's 150 does not.
+    lopsided = Trace("lopsided", (10, 20, 30, 90), [Read(0.0, 3)])
+    replays: list[tuple[int, int]] = []
+    with pytest.raises(InvalidArgument, match=r"lopsided .* smaller than its largest shard"):
+        sweep([LOOP, lopsided], ["lru"], [0.5], progress=lambda *a: replays.append(a))
+    assert replays == []
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: sweep([LOOP], [], [0.5]), "no policies"),
+        (lambda: sweep([LOOP], ["lru"], []), "no capacities"),
+        (lambda: sweep([], ["lru"], [0.5]), "no traces"),
+        (lambda: sweep(never_called, ["lru"], [0.5], []), "no seeds"),
+        (lambda: sweep([LOOP], ["lru"], [0.5], [1, 2]), "seeds go with a trace factory"),
+    ],
+)
+def test_empty_or_mismatched_arguments_are_refused(
+    call: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        call()

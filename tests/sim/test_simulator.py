@@ -1,0 +1,219 @@
+"""The simulator drives policies exactly as the contract says, counts what it should,
+refuses impossible capacities, and models prefetch timing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from tierstore.errors import InvalidArgument, UnknownPolicy
+from tierstore.policy.base import Key, PrefetchBudget
+from tierstore.policy.lru import LruPolicy
+from tierstore.policy.registry import make_policy
+from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read, Trace
+from tierstore.sim.simulator import PrefetchModel, SimResult, simulate, simulate_offline
+
+
+class Recording(LruPolicy):
+    """LRU that logs every call the driver makes."""
+
+    name = "lru"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[object, ...]] = []
+
+    def record_access(self, key: Key, size: int, now: float, hit: bool) -> None:
+        self.calls.append(("access", key, hit))
+        super().record_access(key, size, now, hit)
+
+    def admit(self, key: Key, size: int, now: float, free_bytes: int) -> bool:
+        self.calls.append(("admit", key, free_bytes))
+        return True
+
+    def victims(
+        self, bytes_to_free: int, now: float, evictable: Callable[[Key], bool]
+    ) -> list[Key]:
+        self.calls.append(("victims", bytes_to_free))
+        return super().victims(bytes_to_free, now, evictable)
+
+    def inserted(self, key: Key, size: int, now: float) -> None:
+        self.calls.append(("inserted", key))
+        super().inserted(key, size, now)
+
+    def removed(self, key: Key) -> None:
+        self.calls.append(("removed", key))
+        super().removed(key)
+
+    def declare_plan(self, job: str, keys: Sequence[Key], sizes: Sequence[int], now: float) -> None:
+        self.calls.append(("declare", job, tuple(keys), tuple(sizes)))
+
+    def report_position(self, job: str, position: int, now: float) -> None:
+        self.calls.append(("report", job, position))
+
+    def close_plan(self, job: str) -> None:
+        self.calls.append(("close", job))
+
+
+def reads(keys: list[int], sizes: tuple[int, ...] = (10, 10, 10, 10)) -> Trace:
+    return Trace("t", sizes, [Read(float(t), key) for t, key in enumerate(keys)])
+
+
+def test_drives_the_policy_in_contract_order() -> None:
+    policy = Recording()
+    trace = Trace(
+        "t",
+        (10, 10, 10),
+        [
+            PlanDeclared(0.0, "job", (0, 1)),
+            Read(1.0, 0, "job"),
+            Read(2.0, 1, "job"),
+            PositionReported(2.0, "job", 2),
+            Read(3.0, 2),
+            Read(4.0, 2),
+            PlanClosed(5.0, "job"),
+        ],
+    )
+    result = simulate(trace, policy, 20)
+    assert policy.calls == [
+        ("declare", "job", (0, 1), (10, 10)),
+        ("access", 0, False),
+        ("admit", 0, 20),
+        ("inserted", 0),
+        ("access", 1, False),
+        ("admit", 1, 10),
+        ("inserted", 1),
+        ("report", "job", 2),
+        ("access", 2, False),
+        ("admit", 2, 0),
+        ("victims", 10),
+        ("removed", 0),
+        ("inserted", 2),
+        ("access", 2, True),
+        ("close", "job"),
+    ]
+    assert result == SimResult("lru", 20, reads=4, hits=1, read_bytes=40, hit_bytes=10)
+
+
+def test_ratios_and_warmup() -> None:
+    result = simulate(reads([0, 1, 0, 1, 2, 0]), LruPolicy(), 20, warmup_reads=2)
+    assert (result.reads, result.hits) == (4, 2)
+    assert result.hit_ratio == 0.5 == result.miss_ratio
+    assert result.byte_hit_ratio == 0.5
+    empty = simulate(reads([]), LruPolicy(), 20)
+    assert empty.hit_ratio == 0.0 == empty.byte_hit_ratio
+
+
+def test_capacity_smaller_than_the_largest_shard_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="largest shard"):
+        simulate(reads([0], sizes=(10, 50)), LruPolicy(), 49)
+    with pytest.raises(InvalidArgument, match="warmup"):
+        simulate(reads([0]), LruPolicy(), 10, warmup_reads=-1)
+
+
+def test_plans_naming_shards_never_read_and_reads_off_the_plan() -> None:
+    events = [
+        PlanDeclared(0.0, "job", (3, 2, 3, 2)),  # never read: the job reads 0 and 1
+        *(Read(1.0 + t, key, "job") for t, key in enumerate([0, 1] * 10)),
+        PositionReported(30.0, "job", 2),
+    ]
+    for name in ("clairvoyant", "epoch-pin", "s3fifo"):
+        result = simulate(Trace("t", (10, 10, 10, 10), events), make_policy(name), 20)
+        assert result.reads == 20
+
+
+def test_plans_naming_shards_outside_the_trace_are_a_malformed_trace() -> None:
+    trace = Trace("t", (10, 10), [PlanDeclared(0.0, "job", (0, 5)), Read(1.0, 0)])
+    with pytest.raises(InvalidArgument, match="does not have"):
+        simulate(trace, make_policy("clairvoyant"), 20)
+
+
+def test_victims_that_are_not_hot_are_a_broken_policy() -> None:
+    class Liar(LruPolicy):
+        def victims(self, b: int, now: float, e: Callable[[Key], bool]) -> list[Key]:
+            return [3]
+
+    with pytest.raises(RuntimeError, match="not hot"):
+        simulate(reads([0, 1, 2]), Liar(), 20)
+
+
+def test_only_as_many_victims_as_needed_are_evicted() -> None:
+    class Generous(LruPolicy):
+        def victims(self, b: int, now: float, e: Callable[[Key], bool]) -> list[Key]:
+            return super().victims(10**9, now, e)  # every hot key
+
+    result = simulate(reads([0, 1, 2, 1]), Generous(), 20)
+    assert result.hits == 1  # 1 survived: only 0 had to go
+
+
+def test_offline_helper() -> None:
+    loop = reads([0, 1, 2] * 5)
+    assert simulate_offline(loop, 20).hits == 8  # keeps 0 and 1 (and 2 once)
+    assert simulate_offline(loop, 20, policy="belady-size").policy == "belady-size"
+    with pytest.raises(UnknownPolicy):
+        simulate_offline(loop, 20, policy="nope")
+    with pytest.raises(InvalidArgument):
+        simulate_offline(loop, 20, policy="lru")  # a live policy takes no future
+
+
+def test_deterministic() -> None:
+    trace = reads([(k * 7) % 4 for k in range(50)])
+    assert simulate(trace, make_policy("s3fifo"), 20) == simulate(trace, make_policy("s3fifo"), 20)
+
+
+class Prefetching(LruPolicy):
+    """Asks for the keys of a fixed list, in order, as the budget allows."""
+
+    def __init__(self, wanted: list[int]) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.budgets: list[PrefetchBudget] = []
+
+    def prefetch(
+        self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
+    ) -> list[Key]:
+        self.budgets.append(budget)
+        return [key for key in self.wanted if not is_hot(key)][: budget.requests]
+
+
+def test_completed_prefetches_are_hits_and_late_ones_stall() -> None:
+    # 100 bytes/s per channel: a 10-byte shard takes 0.1 s.
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=1, horizon_s=1.0)
+    trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.5, 1), Read(0.55, 2)])
+    result = simulate(trace, Prefetching([1, 2]), 30, prefetch=model)
+    # 1 is fetched from 0.0 to 0.1: a hit at 0.5. 2 starts at 0.5 (one channel),
+    # lands at 0.6: the read at 0.55 waits 0.05 s and is no hit.
+    assert result.hits == 1
+    assert result.prefetches == 2
+    assert result.stall_s == pytest.approx(0.05)
+
+
+def test_prefetch_budget_counts_what_is_in_flight() -> None:
+    model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=2, horizon_s=1.0)
+    policy = Prefetching([1, 2, 3])
+    simulate(Trace("t", (10, 10, 10, 10), [Read(0.0, 0)]), policy, 40, prefetch=model)
+    assert policy.budgets[0] == PrefetchBudget(requests=2, bytes=20)
+    # After starting 1 and 2 (1 s each), nothing is left to offer.
+    assert len(policy.budgets) == 1
+
+
+def test_prefetch_model_validation() -> None:
+    with pytest.raises(InvalidArgument):
+        PrefetchModel(0.0, 1, 1.0)
+    with pytest.raises(InvalidArgument):
+        PrefetchModel(1.0, 0, 1.0)
+
+
+def test_clairvoyant_prefetch_turns_planned_misses_into_hits() -> None:
+    keys = tuple(range(20))
+    events: list[PlanDeclared | Read | PositionReported] = [PlanDeclared(0.0, "job", keys)]
+    for position, key in enumerate(keys):
+        events.append(Read(1.0 + position, key, "job"))
+        events.append(PositionReported(1.0 + position, "job", position + 1))
+    trace = Trace("planned", (10,) * 20, events)
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=2.0)
+    with_prefetch = simulate(trace, make_policy("clairvoyant"), 50, prefetch=model)
+    without = simulate(trace, make_policy("clairvoyant"), 50)
+    assert without.hits == 0
+    assert with_prefetch.hits >= 18

@@ -1,0 +1,272 @@
+"""Trace files (tierstore.sim.tracefile): the format, round trips, and every refusal."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tierstore.errors import InvalidArgument, MalformedTrace
+from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
+from tierstore.sim.tracefile import TraceWriter, dump_trace, load_trace
+
+HEADER = '{"format": "tierstore-trace", "version": 1}'
+READ = '{"t": 1.0, "op": "read", "dataset": "d", "shard": "a", "size": 10, "job": ""}'
+
+
+def write_lines(path: Path, *lines: str, newline_at_end: bool = True) -> Path:
+    path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""), encoding="utf-8")
+    return path
+
+
+def test_the_writer_writes_the_documented_format_line_for_line() -> None:
+    stream = io.StringIO()
+    writer = TraceWriter(stream)
+    writer.read(1.5, "d", "s", 123)
+    writer.plan(1.6, "j1", "d", ["a", "b"], [10, 20])
+    writer.position(1.7, "j1", 10)
+    writer.close(1.8, "j1")
+    assert stream.getvalue().splitlines() == [
+        HEADER,
+        '{"t": 1.5, "op": "read", "dataset": "d", "shard": "s", "size": 123, "job": ""}',
+        '{"t": 1.6, "op": "plan", "job": "j1", "dataset": "d", "shards": ["a", "b"], '
+        '"sizes": [10, 20]}',
+        '{"t": 1.7, "op": "position", "job": "j1", "position": 10}',
+        '{"t": 1.8, "op": "close", "job": "j1"}',
+    ]
+
+
+def test_load_numbers_shards_by_first_appearance_and_keeps_the_latest_size(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    with path.open("w") as stream:
+        writer = TraceWriter(stream)
+        writer.read(0.0, "d", "x", 5, job="j0")
+        writer.plan(1.0, "j1", "d", ["y", "x", "z"], [7, 6, 8])
+        writer.read(1.0, "e", "x", 9)  # another dataset: another shard
+        writer.position(2.0, "j1", 1)
+        writer.read(3.0, "d", "y", 70)  # overwritten since the plan
+        writer.close(4.0, "j1")
+    trace = load_trace(path)
+    assert trace.name == "t.jsonl"
+    assert trace.sizes == (6, 70, 8, 9)
+    assert list(trace.events) == [
+        Read(0.0, 0, "j0"),
+        PlanDeclared(1.0, "j1", (1, 0, 2)),
+        Read(1.0, 3, ""),
+        PositionReported(2.0, "j1", 1),
+        Read(3.0, 1, ""),
+        PlanClosed(4.0, "j1"),
+    ]
+
+
+def test_a_read_may_leave_out_its_job_and_carry_unknown_fields(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "t.jsonl",
+        '{"format": "tierstore-trace", "version": 1, "recorder": "node-1"}',
+        '{"t": 2, "op": "read", "dataset": "d", "shard": "a", "size": 10, "hit": true}',
+    )
+    assert list(load_trace(path).events) == [Read(2, 0, "")]
+
+
+def test_gzip_files_are_read_transparently(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as stream:
+        writer = TraceWriter(stream)
+        writer.read(0.0, "d", "a", 1)
+        writer.read(1.0, "d", "b", 2)
+    trace = load_trace(path)
+    assert trace.sizes == (1, 2)
+    assert list(trace.events) == [Read(0.0, 0), Read(1.0, 1)]
+
+
+def test_dump_then_load_keeps_every_event_of_a_workload_trace(tmp_path: Path) -> None:
+    # Keys appear in 0, 1, 2 order, so the loaded ids are the original ones.
+    original = Trace(
+        "hand-made",
+        (10, 20, 30),
+        [
+            PlanDeclared(0.0, "j", (0, 1, 2, 1)),
+            Read(0.5, 0, "j"),
+            Read(1.0, 1, "j"),
+            PositionReported(1.0, "j", 2),
+            Read(1.5, 2, "j"),
+            Read(2.0, 1, "j"),
+            PlanClosed(2.0, "j"),
+            Read(3.0, 0),
+        ],
+    )
+    path = tmp_path / "w.jsonl"
+    with path.open("w") as stream:
+        dump_trace(original, stream, dataset="w")
+    loaded = load_trace(path)
+    assert loaded.sizes == original.sizes
+    assert list(loaded.events) == list(original.events)
+
+
+times = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> tuple[tuple[int, ...], list[Event]]:
+    sizes = tuple(draw(st.lists(st.integers(0, 2**40), min_size=1, max_size=8)))
+    key = st.integers(0, len(sizes) - 1)
+    job = st.sampled_from(["", "a", "b"])
+    event = st.one_of(
+        st.builds(Read, times, key, job),
+        st.builds(PlanDeclared, times, job, st.lists(key, max_size=5).map(tuple)),
+        st.builds(PositionReported, times, job, st.integers(0, 1000)),
+        st.builds(PlanClosed, times, job),
+    )
+    events = draw(st.lists(event, min_size=1, max_size=30))
+    return sizes, sorted(events, key=lambda e: e.t)
+
+
+@given(traces())
+def test_any_trace_survives_dump_and_load_up_to_renaming(
+    drawn: tuple[tuple[int, ...], list[Event]],
+) -> None:
+    sizes, events = drawn
+    stream = io.StringIO()
+    dump_trace(Trace("t", sizes, events), stream)
+    # Shards are renumbered by first appearance: map the originals the same way.
+    order: dict[int, int] = {}
+    for event in events:
+        for key in (event.key,) if isinstance(event, Read) else getattr(event, "keys", ()):
+            order.setdefault(key, len(order))
+    expected = [
+        Read(e.t, order[e.key], e.job)
+        if isinstance(e, Read)
+        else PlanDeclared(e.t, e.job, tuple(order[k] for k in e.keys))
+        if isinstance(e, PlanDeclared)
+        else e
+        for e in events
+    ]
+    loaded = _load_text(stream.getvalue())
+    assert list(loaded.events) == expected
+    assert loaded.sizes == tuple(sizes[k] for k in sorted(order, key=order.__getitem__))
+
+
+def _load_text(text: str) -> Trace:
+    # hypothesis runs many examples per test; a tmp_path fixture would be shared by all.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.jsonl"
+        path.write_text(text, encoding="utf-8")
+        return load_trace(path)
+
+
+MALFORMED = {
+    "missing header": ((READ,), "line 1: expected the header"),
+    "wrong format": (('{"format": "other", "version": 1}', READ), "line 1: expected the header"),
+    "header not an object": (("[1, 2]", READ), "line 1: expected the header"),
+    "wrong version": (('{"format": "tierstore-trace", "version": 2}', READ), "line 1: unsupported"),
+    "bad JSON": ((HEADER, READ, "{not json}", READ), "line 3: not valid JSON"),
+    "NaN time": ((HEADER, READ.replace("1.0", "NaN")), "line 2: not valid JSON"),
+    "not an object": ((HEADER, "[1]"), "line 2: expected a JSON object"),
+    "unknown op": ((HEADER, READ.replace('"read"', '"write"')), "line 2: unknown op 'write'"),
+    "missing op": ((HEADER, '{"t": 1}'), "line 2: unknown op None"),
+    "missing field": (
+        (HEADER, '{"t": 1, "op": "read", "dataset": "d", "size": 1}'),
+        "line 2: read record is missing shard",
+    ),
+    "missing time": ((HEADER, '{"op": "close", "job": "j"}'), "line 2: close record is missing t"),
+    "negative size": ((HEADER, READ.replace('"size": 10', '"size": -1')), "line 2: size must not"),
+    "fractional size": ((HEADER, READ.replace('"size": 10', '"size": 1.5')), "line 2: size must"),
+    "boolean size": ((HEADER, READ.replace('"size": 10', '"size": true')), "line 2: size must"),
+    "string time": ((HEADER, READ.replace("1.0", '"1.0"')), "line 2: t must be a finite number"),
+    "numeric shard": ((HEADER, READ.replace('"a"', "7")), "line 2: shard must be a string"),
+    "time going back": ((HEADER, READ, READ.replace("1.0", "0.5")), "line 3: t=0.5 is before"),
+    "plan length mismatch": (
+        (
+            HEADER,
+            '{"t": 1, "op": "plan", "job": "j", "dataset": "d", "shards": ["a"], "sizes": [1, 2]}',
+        ),
+        "line 2: plan has 1 shards but 2 sizes",
+    ),
+    "plan negative size": (
+        (
+            HEADER,
+            '{"t": 1, "op": "plan", "job": "j", "dataset": "d", "shards": ["a"], "sizes": [-3]}',
+        ),
+        "line 2: sizes entry must not be negative",
+    ),
+    "negative position": (
+        (HEADER, '{"t": 1, "op": "position", "job": "j", "position": -1}'),
+        "line 2: position must not be negative",
+    ),
+    "header only": ((HEADER,), "line 2: no events after the header"),
+    "header and blank lines only": ((HEADER, "", "  "), "line 4: no events after the header"),
+}
+
+
+@pytest.mark.parametrize("lines, message", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_files_are_refused_naming_the_line(
+    tmp_path: Path, lines: tuple[str, ...], message: str
+) -> None:
+    path = write_lines(tmp_path / "bad.jsonl", *lines)
+    with pytest.raises(MalformedTrace, match=message):
+        load_trace(path)
+
+
+def test_a_last_line_cut_short_is_reported_as_truncated(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "cut.jsonl", HEADER, READ, READ[:30], newline_at_end=False)
+    with pytest.raises(MalformedTrace, match="line 3: truncated last line"):
+        load_trace(path)
+
+
+def test_an_empty_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    with pytest.raises(MalformedTrace, match="line 1: empty file"):
+        load_trace(path)
+
+
+def test_bytes_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(HEADER.encode() + b"\n" + READ.replace('"a"', '"\xe9"').encode("latin-1"))
+    with pytest.raises(MalformedTrace, match="not UTF-8"):
+        load_trace(path)
+
+
+def test_a_gzip_stream_cut_short_is_refused(tmp_path: Path) -> None:
+    body = "\n".join([HEADER, *[READ.replace("1.0", f"{i}.0") for i in range(1, 500)]]) + "\n"
+    packed = gzip.compress(body.encode())
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(MalformedTrace, match="corrupt gzip stream"):
+        load_trace(path)
+
+
+def test_a_missing_file_is_an_invalid_argument_not_a_malformed_trace(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="cannot read trace") as caught:
+        load_trace(tmp_path / "nope.jsonl")
+    assert not isinstance(caught.value, MalformedTrace)
+
+
+@pytest.mark.parametrize(
+    "bad_call, message",
+    [
+        (lambda w: w.read(1.0, "d", "s", -1), "size must not be negative"),
+        (lambda w: w.plan(1.0, "j", "d", ["a", "b"], [1]), "2 shards but 1 sizes"),
+        (lambda w: w.position(1.0, "j", -2), "position must not be negative"),
+        (lambda w: w.read(float("nan"), "d", "s", 1), "t must be a finite number"),
+        (lambda w: w.close(0.5, "j"), "t=0.5 is before t=1.0"),
+    ],
+)
+def test_the_writer_refuses_what_the_loader_would_and_writes_nothing(
+    bad_call: Callable[[TraceWriter], None], message: str
+) -> None:
+    stream = io.StringIO()
+    writer = TraceWriter(stream)
+    writer.read(1.0, "d", "s", 1)
+    before = stream.getvalue()
+    with pytest.raises(InvalidArgument, match=message):
+        bad_call(writer)
+    assert stream.getvalue() == before

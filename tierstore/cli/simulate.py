@@ -1,0 +1,163 @@
+"""``tierstore simulate``: replay a trace against placement policies and compare them.
+
+The trace is a recorded file (``--trace``, see :mod:`tierstore.sim.tracefile`) or a
+built-in workload (``--workload``, one trace per seed). Every policy asked for runs
+at every capacity, and so do LRU and Belady, so each row says how far the policy
+is from the baseline and from the offline optimum. Output: a table (default), JSON
+rows (``--json``, nothing else on stdout), and optionally a miss-ratio plot.
+
+Bad input (no or both trace sources, an unknown policy or workload, a capacity
+outside (0, 1] or smaller than a shard, a malformed trace file) prints one line on
+stderr and exits with code 2, through the same error mapping as every other
+``tierstore`` command. Replays run without prefetching (Belady cannot prefetch),
+so policies are compared on eviction and admission alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+from rich.progress import Progress as ProgressBar
+
+from tierstore.errors import InvalidArgument
+from tierstore.policy.registry import POLICY_NAMES
+from tierstore.sim.report import SweepRow, rows_json, rows_table, write_png
+from tierstore.sim.runner import Progress, sweep
+from tierstore.sim.tracefile import load_trace
+
+__all__ = ["SimulateRequest", "run_request", "simulate"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulateRequest:
+    """The command's options, parsed but not yet checked against the registries."""
+
+    trace: Path | None
+    workload: str | None
+    policies: tuple[str, ...]
+    capacities: tuple[float, ...]
+    seed: int
+    seeds: int
+    full: bool
+
+
+def simulate(
+    trace: Annotated[
+        Path | None, typer.Option(help="a recorded trace file (JSON Lines, may be gzip)")
+    ] = None,
+    workload: Annotated[str | None, typer.Option(help="a built-in workload by name")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help=f"policies to compare, comma-separated [{','.join(POLICY_NAMES)}]"),
+    ] = None,
+    capacity: Annotated[
+        str, typer.Option(help="hot-tier sizes as fractions of the dataset bytes, in (0, 1]")
+    ] = "0.01,0.1,0.5",
+    seed: Annotated[int, typer.Option(help="the first workload seed")] = 0,
+    seeds: Annotated[
+        int, typer.Option(help="workload seeds to average over (a trace file is one run)")
+    ] = 3,
+    full: Annotated[bool, typer.Option(help="the workload at full size")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON rows only")] = False,
+    png: Annotated[Path | None, typer.Option(help="also plot the miss ratios to this PNG")] = None,
+) -> None:
+    """Compare placement policies on a trace, with LRU and Belady (optimal) for reference."""
+    # Imported here, not at the top: main imports this module to register the command.
+    from tierstore.cli import main as cli
+
+    def run() -> list[SweepRow]:
+        request = SimulateRequest(
+            trace=trace,
+            workload=workload,
+            policies=_names(policy, "--policy") if policy is not None else (),
+            capacities=tuple(_fraction(text) for text in _names(capacity, "--capacity")),
+            seed=seed,
+            seeds=seeds,
+            full=full,
+        )
+        # On stderr, on terminals only, and gone when done: stdout holds only the
+        # table or the JSON, and a script's stderr only errors.
+        with ProgressBar(
+            TextColumn("replaying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=cli.err,
+            transient=True,
+            disable=not cli.err.is_terminal,
+        ) as bar:
+            task = bar.add_task("replaying", total=None)
+            return run_request(
+                request, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+
+    rows: list[SweepRow] = cli._run(run)
+    if png is not None:
+        cli._run(lambda: write_png(rows, png))
+    # --json here or before the command (``tierstore --json simulate``) alike.
+    if json_output or cli.state.json:
+        sys.stdout.write(json.dumps(rows_json(rows)) + "\n")
+    else:
+        cli.out.print(rows_table(rows))
+        if png is not None:
+            cli.out.print(f"miss-ratio curve written to {png}")
+
+
+def run_request(request: SimulateRequest, progress: Progress | None = None) -> list[SweepRow]:
+    """The sweep a request asks for; every argument is checked before any replay.
+
+    Raises InvalidArgument for no or both trace sources, an unknown workload, fewer
+    than one seed, or what :func:`tierstore.sim.runner.sweep` refuses (capacities;
+    UnknownPolicy for policies); MalformedTrace for a trace file that does not parse.
+    """
+    policies = request.policies or POLICY_NAMES
+    if request.trace is not None and request.workload is not None:
+        raise InvalidArgument("give one of --trace FILE and --workload NAME, not both")
+    if request.trace is not None:
+        path = request.trace
+        # A file is one trace whatever the seed. The sweep calls this only after it
+        # has checked policies and capacities, so a typo fails before a long load.
+        return sweep(
+            lambda _seed: load_trace(path),
+            policies,
+            request.capacities,
+            [request.seed],
+            workload=path.name,
+            progress=progress,
+        )
+    name = request.workload
+    if name is None:
+        raise InvalidArgument("give one of --trace FILE and --workload NAME")
+    # Imported here: generating workloads pulls numpy, which other commands never need.
+    from tierstore.sim import workloads
+
+    if request.seeds < 1:
+        raise InvalidArgument(f"--seeds must be at least 1, got {request.seeds}")
+    full = request.full
+    return sweep(
+        lambda s: workloads.generate(name, seed=s, full=full),
+        policies,
+        request.capacities,
+        range(request.seed, request.seed + request.seeds),
+        workload=name,
+        progress=progress,
+    )
+
+
+def _names(text: str, option: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise InvalidArgument(f"{option} needs at least one value, got {text!r}")
+    return names
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgument(f"--capacity {text!r} is not a number") from None

@@ -1,0 +1,314 @@
+"""Live access plans: which job will read which shards of a dataset, in what order.
+
+A loader declares its plan — a sampler spec (:class:`~tierstore.plans.SamplerPlan`,
+regenerated here with :func:`~tierstore.plans.rank_order` over the dataset's
+shard names in catalog order, optionally only those under a prefix) or an
+explicit list of shard names — and then reports how far it has read. The plan
+goes to the dataset's placement policy (keys ``(dataset, name)``, stored sizes),
+which may prefetch just ahead of the reader and evict what is needed furthest in
+the future.
+
+Rules: a plan is at most :data:`~tierstore.plans.MAX_PLAN_EPOCHS` times as long
+as the shards it draws from (the dataset's, or the prefix's for a sampler plan)
+and never over :data:`MAX_PLAN_ENTRIES`; an explicit plan names only existing
+shards. A plan expires ``ttl_s`` seconds after its declaration or its last
+position report; an expired or closed job is unknown (:class:`PlanNotFound`).
+Declaring a job again replaces its plan. Reads are not tied to plans: a job that
+reads shards off its plan is served like any reader, and its plan only steers
+placement.
+
+Thread safety: a :class:`PlanBook` is safe to share. Lock order: the plan book's
+lock → the policy driver's lock → the trace ring's lock; no LMDB transaction is
+begun while the plan book's lock is held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.policies import MAX_PLAN_TTL_S, PolicyDriver
+from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.trace import TraceRing
+from tierstore.errors import InvalidArgument, InvalidPlan, PlanNotFound
+from tierstore.naming import validate_shard_name
+from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
+from tierstore.tiers.lmdb import LmdbEnvironment
+from tierstore.types import TracedClose, TracedPlan, TracedPosition
+
+__all__ = [
+    "DEFAULT_PLAN_TTL_S",
+    "MAX_PLAN_ENTRIES",
+    "MAX_PLAN_TTL_S",
+    "PlanBook",
+    "PlanInfo",
+    "PlanKeys",
+]
+
+#: the most entries one plan may have, whatever the dataset's size.
+MAX_PLAN_ENTRIES = 10_000_000
+DEFAULT_PLAN_TTL_S = 300.0
+MAX_JOB_CHARS = 512
+
+
+class PlanKeys(Sequence[tuple[str, str]]):
+    """A plan's shard names as policy keys ``(dataset, name)``, made on access (a plan
+    of millions of entries does not become millions of tuples unless a policy asks)."""
+
+    __slots__ = ("_dataset", "_names")
+
+    def __init__(self, dataset: str, names: Sequence[str]) -> None:
+        self._dataset = dataset
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        dataset = self._dataset
+        return ((dataset, name) for name in self._names)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [(self._dataset, name) for name in self._names[index]]
+        return (self._dataset, self._names[index])
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInfo:
+    """A live plan as its owner may see it."""
+
+    job: str
+    dataset: str
+    length: int
+    position: int
+
+
+@dataclass
+class _Plan:
+    dataset: str
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    ttl_s: float
+    deadline: float  # on the monotonic clock
+    position: int = 0
+
+
+class PlanBook:
+    """The live plans of one store, and their expiry."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        policies: PolicyDriver,
+        trace: TraceRing,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._policies = policies
+        self._trace = trace
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._plans: dict[str, _Plan] = {}
+
+    def __len__(self) -> int:
+        """Plans declared and not closed (some may have expired unnoticed)."""
+        with self._lock:
+            return len(self._plans)
+
+    def declare(
+        self,
+        dataset: str,
+        *,
+        sampler: SamplerPlan | None,
+        shards: Sequence[str] | None,
+        prefix: str,
+        job: str | None,
+        ttl_s: float,
+    ) -> str:
+        """Declare (or replace) ``job``'s plan over ``dataset`` (a valid name); returns
+        the job id (a new random one when ``job`` is None).
+
+        Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
+        ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
+        InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
+        job id or ``ttl_s``.
+        """
+        if isinstance(ttl_s, bool) or not (
+            isinstance(ttl_s, int | float) and 0 < ttl_s <= MAX_PLAN_TTL_S
+        ):
+            raise InvalidArgument(f"ttl_s must be in (0, {MAX_PLAN_TTL_S:.0f}] seconds")
+        job = _check_job(job) if job is not None else uuid.uuid4().hex
+        if (sampler is None) == (shards is None):
+            raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
+        if sampler is not None:
+            names, sizes = self._sampled(dataset, sampler, prefix)
+        else:
+            assert shards is not None
+            if prefix:
+                raise InvalidPlan("a prefix applies to sampler plans only")
+            names, sizes = self._listed(dataset, shards)
+        plan = _Plan(dataset, names, sizes, float(ttl_s), self._clock() + ttl_s)
+        with self._lock:
+            previous = self._plans.pop(job, None)
+            if previous is not None and previous.dataset != dataset:
+                self._policies.close_plan(previous.dataset, job)
+            self._plans[job] = plan
+            self._policies.declare_plan(dataset, job, PlanKeys(dataset, names), sizes)
+            # (The trace ring stamps every event with its own clock: t=0 here.)
+            self._trace.plan_event(TracedPlan(0.0, job, dataset, names, sizes))
+        return job
+
+    def report(self, job: str, position: int) -> None:
+        """``job`` has read the first ``position`` entries of its plan; keeps it alive.
+
+        Raises PlanNotFound (unknown, closed or expired job), InvalidArgument for a
+        position outside ``[0, len(plan)]``.
+        """
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise InvalidArgument(f"position must be a whole number >= 0, got {position!r}")
+        with self._lock:
+            plan = self._live(job)
+            if position > len(plan.names):
+                raise InvalidArgument(
+                    f"position {position} is past the end of job {job!r}'s plan "
+                    f"({len(plan.names)} entries)"
+                )
+            plan.position = position
+            plan.deadline = self._clock() + plan.ttl_s
+            self._policies.report_position(plan.dataset, job, position)
+            self._trace.plan_event(TracedPosition(0.0, job, plan.dataset, position))
+
+    def close(self, job: str) -> None:
+        """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired job)."""
+        with self._lock:
+            self._live(job)
+            self._end(job)
+
+    def info(self, job: str) -> PlanInfo:
+        """``job``'s live plan. Raises PlanNotFound (unknown, closed or expired job)."""
+        with self._lock:
+            plan = self._live(job)
+            return PlanInfo(job, plan.dataset, len(plan.names), plan.position)
+
+    def expire(self) -> int:
+        """End every plan past its deadline; returns how many."""
+        now = self._clock()
+        with self._lock:
+            expired = [job for job, plan in self._plans.items() if plan.deadline <= now]
+            for job in expired:
+                self._end(job)
+        return len(expired)
+
+    def close_dataset(self, dataset: str) -> None:
+        """End every plan over ``dataset`` (it was deleted)."""
+        with self._lock:
+            for job in [job for job, plan in self._plans.items() if plan.dataset == dataset]:
+                self._end(job)
+
+    def redeclare(self, dataset: str) -> None:
+        """Hand ``dataset``'s live plans, and positions, to its policy again (after the
+        policy was replaced)."""
+        with self._lock:
+            for job, plan in self._plans.items():
+                if plan.dataset == dataset:
+                    keys = PlanKeys(dataset, plan.names)
+                    self._policies.declare_plan(dataset, job, keys, plan.sizes)
+                    self._policies.report_position(dataset, job, plan.position)
+
+    # Internals.
+
+    def _live(self, job: str) -> _Plan:
+        """``job``'s plan (lock held); ends it and raises PlanNotFound if expired."""
+        if not isinstance(job, str):
+            raise PlanNotFound("no live access plan for that job")
+        plan = self._plans.get(job)
+        if plan is None:
+            raise PlanNotFound(f"no live access plan for job {job[:200]!r}")
+        if plan.deadline <= self._clock():
+            self._end(job)
+            raise PlanNotFound(
+                f"job {job[:200]!r}'s access plan expired ({plan.ttl_s:g} s without a report)"
+            )
+        return plan
+
+    def _end(self, job: str) -> None:
+        plan = self._plans.pop(job)
+        self._policies.close_plan(plan.dataset, job)
+        self._trace.plan_event(TracedClose(0.0, job, plan.dataset))
+
+    def _sampled(
+        self, dataset: str, sampler: SamplerPlan, prefix: str
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        sampler.validate()
+        if not isinstance(prefix, str):
+            raise InvalidPlan("the prefix must be a string")
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, dataset)
+            sizes_by_name = {
+                record.name: sum(record.stored_sizes(stored_overhead(record)))
+                for record in self._catalog.iter_shards(txn, dataset, prefix)
+            }
+        names = list(sizes_by_name)  # catalog order: the sorted order rank_order wants
+        count = len(names)
+        draws = count
+        if sampler.kind is SamplerKind.REPLACEMENT and count:
+            draws = sampler.samples_per_epoch or count
+        per_epoch = max(0, -(-(draws - sampler.rank) // sampler.world_size))  # ceil, no len()
+        length = sampler.epochs * per_epoch
+        _check_length(length, count, f"{count} shards under prefix {prefix!r}")
+        order = tuple(rank_order(sampler, names))
+        return order, tuple(sizes_by_name[name] for name in order)
+
+    def _listed(
+        self, dataset: str, shards: Sequence[str]
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        if isinstance(shards, str):
+            raise InvalidPlan("shards must be a sequence of shard names, not one string")
+        if len(shards) > MAX_PLAN_ENTRIES:
+            raise InvalidPlan(f"a plan has at most {MAX_PLAN_ENTRIES:,} entries")
+        names = tuple(shards)
+        unique = dict.fromkeys(names)
+        for name in unique:
+            validate_shard_name(name)
+        sizes_by_name: dict[str, int] = {}
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, dataset)
+            count = self._catalog.count_shards(txn, dataset)
+            _check_length(len(names), count, f"dataset {dataset!r}'s {count} shards")
+            for name in unique:
+                record = self._catalog.get_shard(txn, dataset, name)
+                if record is None:
+                    raise InvalidPlan(
+                        f"the plan names {name[:200]!r}, which is no shard of {dataset!r}"
+                    )
+                sizes_by_name[name] = sum(record.stored_sizes(stored_overhead(record)))
+        return names, tuple(sizes_by_name[name] for name in names)
+
+
+def _check_job(job: object) -> str:
+    if not isinstance(job, str) or not 0 < len(job) <= MAX_JOB_CHARS or not job.isprintable():
+        raise InvalidArgument(f"a job id is 1-{MAX_JOB_CHARS} printable characters")
+    return job
+
+
+def _check_length(length: int, shards: int, what: str) -> None:
+    limit = min(MAX_PLAN_ENTRIES, MAX_PLAN_EPOCHS * shards)
+    if length > limit:
+        raise InvalidPlan(
+            f"the plan has {length:,} entries; at most {limit:,} are allowed "
+            f"({MAX_PLAN_EPOCHS} epochs of {what}, and never over {MAX_PLAN_ENTRIES:,})"
+        )

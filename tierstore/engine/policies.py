@@ -1,0 +1,353 @@
+"""The engine's side of the placement-policy contract: one policy object per dataset.
+
+:class:`PolicyDriver` owns a :class:`~tierstore.policy.base.Policy` for every
+dataset (the one its settings name, changeable at run time) and tells it what
+happens, in the order :mod:`tierstore.policy.base` asks for:
+
+* a read: ``record_access(hit)``, then on a miss ``admit`` — a refused shard is
+  served from the archive and not promoted;
+* a shard that turns hot (written, promoted, prefetched, found hot at start):
+  ``inserted``; one that leaves the hot tier (evicted, deleted, overwritten):
+  ``removed``;
+* eviction: ``victims`` with an ``evictable`` predicate (archived, not pinned —
+  the engine's rules override any policy), then ``removed`` per shard evicted;
+* prefetch: ``prefetch`` within a :class:`~tierstore.policy.base.PrefetchBudget`;
+* access plans: ``declare_plan`` / ``report_position`` / ``close_plan``.
+
+Keys are ``(dataset, shard name)``; sizes are stored bytes (what the hot tier
+holds). ``now`` is the wall clock made monotonic (it never goes back, even when
+the system clock does).
+
+**Eviction across datasets.** The hot tier is shared, so bytes to free are split
+among the datasets in proportion to the bytes each holds hot (rounded up): a
+dataset holding 60 % of the hot bytes frees 60 % of them, chosen by its own
+policy. Whatever a dataset cannot free (everything else of it is pinned or not
+archived yet) is asked of the others, largest first.
+
+Thread safety and lock order: every policy call runs under the driver's one lock
+(policies are not thread-safe). Calls that change the hot set are made *inside*
+the LMDB write transaction that changes it, as its last steps, so they reach the
+policies in commit order; so the order is **LMDB write transaction → driver
+lock**, and the driver lock is never held while a write transaction is begun.
+The ``evictable``, ``is_hot`` and ``size_of`` callbacks run under the driver
+lock and must not call back into the driver.
+
+Invariant, and its one gap: the policies hold hot exactly the shards the catalog
+does. A transaction that fails after telling the policies (at its commit, or at a
+later shard of a transaction that changes several, e.g. on a full disk) breaks
+it; eviction then forgets any key the policies hold hot and the catalog does
+not, and the next start seeds the policies afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.sealing import stored_overhead
+from tierstore.errors import InvalidArgument, UnknownPolicy
+from tierstore.policy.base import Key, Policy, PrefetchBudget
+from tierstore.policy.registry import DEFAULT_POLICY, make_policy
+
+__all__ = ["MAX_PLAN_TTL_S", "HotShard", "PolicyDriver", "hot_shards", "shard_of"]
+
+#: the longest a plan may live without a position report. The engine ends plans
+#: itself (:mod:`tierstore.engine.planbook`), so a policy that keeps a plan TTL of its
+#: own (``plan_ttl_s``) is given this one and never drops a plan the engine keeps.
+MAX_PLAN_TTL_S = 7 * 86400.0
+
+log = logging.getLogger(__name__)
+
+#: A hot shard as the driver seeds a policy with it: key, stored bytes, and the time
+#: that orders it (its last read, or its creation if never read).
+HotShard = tuple[Key, int, float]
+
+
+class PolicyDriver:
+    """One placement policy per dataset, driven in the contract's order. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._policies: dict[str, Policy] = {}
+        self._sizes: dict[Key, int] = {}  # hot keys the policies were told of, and sizes
+        self._hot_bytes: dict[str, int] = {}  # per dataset: the sum of its _sizes
+        self._clock = 0.0
+        self._rotation = 0
+
+    # Datasets and their policies.
+
+    @staticmethod
+    def check(name: str) -> None:
+        """Raise UnknownPolicy (no policy of that name) or InvalidArgument (an offline-only
+        policy) unless a live policy is called ``name``."""
+        _build(name)
+
+    def open_dataset(self, dataset: str, name: str, hot: Iterable[HotShard] = ()) -> str:
+        """Give ``dataset`` a new policy called ``name`` that knows its ``hot`` shards
+        (inserted in the order given: oldest first). Returns the name of the policy in
+        force — ``name``, or the default (then ``lru``) when no policy of that name is
+        available, as for a setting written by another release."""
+        policy = _make_available(name)
+        with self._lock:
+            self._seed(dataset, policy, hot)
+        return policy.name
+
+    def set_policy(self, dataset: str, name: str, hot: Iterable[HotShard]) -> None:
+        """Replace ``dataset``'s policy with a new ``name`` policy seeded with its ``hot``
+        shards (oldest first). Plans are not carried over: the caller declares them again.
+        Call inside the write transaction that stores the setting. Raises UnknownPolicy.
+        """
+        policy = _build(name)
+        with self._lock:
+            self._seed(dataset, policy, hot)
+
+    def drop_dataset(self, dataset: str) -> None:
+        """Forget ``dataset`` and its policy (after its shards were removed)."""
+        with self._lock:
+            self._policies.pop(dataset, None)
+            self._hot_bytes.pop(dataset, None)
+            for key in [k for k in self._sizes if _dataset_of(k) == dataset]:
+                del self._sizes[key]
+
+    def policy_name(self, dataset: str) -> str:
+        """The name of the policy in force for ``dataset`` (the default if it has none)."""
+        with self._lock:
+            policy = self._policies.get(dataset)
+            return policy.name if policy is not None else DEFAULT_POLICY
+
+    def hot_bytes(self, dataset: str) -> int:
+        """Stored bytes of ``dataset`` the policies hold as hot."""
+        with self._lock:
+            return self._hot_bytes.get(dataset, 0)
+
+    def now(self) -> float:
+        """The driver's clock: wall-clock seconds that never go back."""
+        with self._lock:
+            return self._tick()
+
+    # The hot set (call inside the write transaction that changes it).
+
+    def inserted(self, key: Key, size: int) -> None:
+        """``key`` turned hot holding ``size`` stored bytes (or changed size)."""
+        with self._lock:
+            self._insert(key, size, self._tick())
+
+    def removed(self, key: Key) -> None:
+        """``key`` left the hot tier. Nothing happens for a key the driver holds cold."""
+        with self._lock:
+            self._remove(key)
+
+    def holds_hot(self, key: Key) -> bool:
+        """Whether the policies were told ``key`` is hot."""
+        with self._lock:
+            return key in self._sizes
+
+    # Reads.
+
+    def read(self, key: Key, size: int, hit: bool, free_bytes: int) -> bool:
+        """One read of ``key``; on a miss, whether the policy admits it to the hot tier.
+
+        ``free_bytes``: room left below the high watermark. Returns True for a hit.
+        """
+        with self._lock:
+            now = self._tick()
+            policy = self._policy(_dataset_of(key))
+            policy.record_access(key, size, now, hit)
+            return hit or policy.admit(key, size, now, free_bytes)
+
+    # Eviction.
+
+    def victims(self, bytes_to_free: int, evictable: Callable[[Key], bool]) -> list[Key]:
+        """Hot keys to evict, freeing at least ``bytes_to_free`` if enough are evictable,
+        split across datasets by their hot bytes (see the module docstring). The keys
+        stay hot for the policies until :meth:`removed` is called for each."""
+        if bytes_to_free <= 0:
+            return []
+        with self._lock:
+            now = self._tick()
+            total = sum(self._hot_bytes.values())
+            if total <= 0:
+                return []
+            chosen: list[Key] = []
+            taken: set[Key] = set()
+
+            def allowed(key: Key) -> bool:
+                return key not in taken and evictable(key)
+
+            def take(policy: Policy, wanted: int) -> int:
+                freed = 0
+                for key in policy.victims(wanted, now, allowed):
+                    if key not in taken:
+                        taken.add(key)
+                        chosen.append(key)
+                        freed += self._sizes.get(key, 0)
+                return freed
+
+            largest_first = sorted(self._hot_bytes.items(), key=lambda item: -item[1])
+            freed = 0
+            for dataset, hot in largest_first:
+                share = math.ceil(bytes_to_free * hot / total)
+                if hot > 0 and dataset in self._policies:
+                    freed += take(self._policies[dataset], share)
+            for dataset, hot in largest_first:
+                if freed >= bytes_to_free:
+                    break
+                if hot > 0 and dataset in self._policies:
+                    freed += take(self._policies[dataset], bytes_to_free - freed)
+            return chosen
+
+    # Prefetch.
+
+    def prefetch(
+        self,
+        budget: PrefetchBudget,
+        is_hot: Callable[[Key], bool],
+        size_of: Callable[[Key], int],
+    ) -> list[Key]:
+        """Cold keys to fetch next within ``budget``, asking each dataset's policy in turn
+        (starting one further each call, so no dataset always goes first) with what the
+        earlier ones left. ``size_of`` gives a key's stored size."""
+        with self._lock:
+            now = self._tick()
+            datasets = sorted(self._policies)
+            if not datasets:
+                return []
+            self._rotation = (self._rotation + 1) % len(datasets)
+            order = datasets[self._rotation :] + datasets[: self._rotation]
+            requests, room = budget.requests, budget.bytes
+            wanted: list[Key] = []
+            seen: set[Key] = set()
+            for dataset in order:
+                if requests <= 0 or room <= 0:
+                    break
+                offered = self._policies[dataset].prefetch(
+                    now, PrefetchBudget(requests, room), is_hot
+                )
+                for key in offered[:requests]:
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    wanted.append(key)
+                    requests -= 1
+                    room -= size_of(key)
+            return wanted
+
+    # Access plans.
+
+    def declare_plan(
+        self, dataset: str, job: str, keys: Sequence[Key], sizes: Sequence[int]
+    ) -> None:
+        """``job`` will read ``keys`` of ``dataset`` in order (replacing its earlier plan)."""
+        with self._lock:
+            self._policy(dataset).declare_plan(job, keys, sizes, self._tick())
+
+    def report_position(self, dataset: str, job: str, position: int) -> None:
+        """``job`` has read the first ``position`` entries of its plan."""
+        with self._lock:
+            self._policy(dataset).report_position(job, position, self._tick())
+
+    def close_plan(self, dataset: str, job: str) -> None:
+        """``job``'s plan over ``dataset`` is over."""
+        with self._lock:
+            policy = self._policies.get(dataset)
+            if policy is not None:
+                policy.close_plan(job)
+
+    # Internals (called with the lock held).
+
+    def _tick(self) -> float:
+        self._clock = max(self._clock, time.time())
+        return self._clock
+
+    def _policy(self, dataset: str) -> Policy:
+        policy = self._policies.get(dataset)
+        if policy is None:  # a dataset not opened here (e.g. restored by a rebuild)
+            policy = self._policies[dataset] = _make_available(DEFAULT_POLICY)
+        return policy
+
+    def _seed(self, dataset: str, policy: Policy, hot: Iterable[HotShard]) -> None:
+        for key in [k for k in self._sizes if _dataset_of(k) == dataset]:
+            del self._sizes[key]
+        self._policies[dataset] = policy
+        self._hot_bytes[dataset] = 0
+        for key, size, when in hot:
+            # Seeded in their own order, and never ahead of the driver's clock.
+            self._clock = max(self._clock, when)
+            self._insert(key, size, self._clock)
+
+    def _insert(self, key: Key, size: int, now: float) -> None:
+        dataset = _dataset_of(key)
+        self._policy(dataset).inserted(key, size, now)
+        previous = self._sizes.get(key, 0)
+        self._sizes[key] = size
+        self._hot_bytes[dataset] = self._hot_bytes.get(dataset, 0) + size - previous
+
+    def _remove(self, key: Key) -> None:
+        dataset = _dataset_of(key)
+        policy = self._policies.get(dataset)
+        if policy is not None:
+            policy.removed(key)
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self._hot_bytes[dataset] = self._hot_bytes.get(dataset, 0) - size
+
+
+def shard_of(key: Key) -> tuple[str, str]:
+    """The ``(dataset, name)`` an engine key stands for (policies see opaque keys)."""
+    return cast(tuple[str, str], key)
+
+
+def _dataset_of(key: Key) -> str:
+    return shard_of(key)[0]
+
+
+def _build(name: str) -> Policy:
+    """A new live ``name`` policy. Raises UnknownPolicy, InvalidArgument (offline)."""
+    try:
+        return make_policy(name, plan_ttl_s=MAX_PLAN_TTL_S)
+    except UnknownPolicy:
+        raise
+    except InvalidArgument:  # a policy without a plan TTL of its own
+        return make_policy(name)
+
+
+def _make_available(name: str) -> Policy:
+    """A ``name`` policy, else the default, else LRU (the baseline always exists)."""
+    for candidate in dict.fromkeys((name, DEFAULT_POLICY, "lru")):
+        try:
+            policy = _build(candidate)
+        except InvalidArgument:
+            continue
+        if candidate != name:
+            log.warning("placement policy %r is not available; using %r", name, candidate)
+        return policy
+    raise UnknownPolicy("no placement policy is available")  # pragma: no cover - lru exists
+
+
+def hot_shards(
+    txn: Any, catalog: Catalog, access: AccessRecorder, dataset: str | None = None
+) -> dict[str, list[HotShard]]:
+    """The hot shards (of ``dataset``, or all) by dataset, each list oldest first: by
+    last read, or by creation for a shard never read (writing a shard uses it too).
+
+    Reads the catalog in ``txn`` and the pending statistics; hold
+    ``access.flush_lock`` around it to see every read exactly once.
+    """
+    found: dict[str, list[HotShard]] = {}
+    for record in catalog.iter_shards(txn, dataset):
+        if not record.hot:
+            continue
+        reads = catalog.get_access(txn, record.dataset, record.name)
+        pending = access.pending(record.dataset, record.name, record.generation)
+        size = sum(record.stored_sizes(stored_overhead(record)))
+        when = max(reads.last, pending.last, record.created_at)
+        found.setdefault(record.dataset, []).append(((record.dataset, record.name), size, when))
+    for shards in found.values():
+        shards.sort(key=lambda shard: shard[2])
+    return found

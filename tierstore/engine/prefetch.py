@@ -1,0 +1,134 @@
+"""The prefetch loop: asks the placement policies what to fetch ahead of readers.
+
+A thread of its own wakes when a plan is declared or a position reported, when a
+promotion finishes, and at least every ``prefetch_interval_s``. Each pass ends
+expired plans, then offers the policies a budget and queues a promotion of every
+cold shard they name (a prefetch bypasses admission: the policy itself asked).
+
+The budget: ``requests`` = ``prefetch_depth`` minus the promotions queued or
+running (the free I/O depth); ``bytes`` = what the archive can deliver within the
+look-ahead horizon (``archive_bandwidth_bytes_per_s`` times ``prefetch_horizon_s``)
+minus the bytes already on their way — the whole horizon when nothing is, which
+is when a policy may name one shard larger than it.
+
+Thread safety: :meth:`Prefetcher.run_once` may run from any thread; the loop is
+one thread (:meth:`start` / :meth:`stop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from tierstore.config import EngineSettings
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.mover import Mover
+from tierstore.engine.planbook import PlanBook
+from tierstore.engine.policies import PolicyDriver, shard_of
+from tierstore.engine.records import ShardRecord
+from tierstore.engine.sealing import stored_overhead
+from tierstore.policy.base import Key, PrefetchBudget
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["Prefetcher"]
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """Queues the promotions the policies ask for, within the archive's budget."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        policies: PolicyDriver,
+        plans: PlanBook,
+        mover: Mover,
+    ) -> None:
+        self._settings = settings
+        self._env = environment
+        self._catalog = catalog
+        self._policies = policies
+        self._plans = plans
+        self._mover = mover
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: promotions this prefetcher queued since start.
+        self.queued = 0
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        self._thread = threading.Thread(target=self._run, name="tierstore-prefetch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop thread (promotions already queued are the mover's)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Ask for a pass soon (a plan or the hot set changed)."""
+        self._wake.set()
+
+    def budget(self) -> PrefetchBudget:
+        """What may be fetched now (see the module docstring)."""
+        settings = self._settings
+        count, in_flight = self._mover.in_flight()
+        horizon = int(settings.archive_bandwidth_bytes_per_s * settings.prefetch_horizon_s)
+        return PrefetchBudget(
+            requests=max(0, settings.prefetch_depth - count),
+            bytes=horizon if count == 0 else max(0, horizon - in_flight),
+        )
+
+    def run_once(self) -> int:
+        """One pass: end expired plans, ask the policies, queue promotions. Returns how
+        many promotions were queued."""
+        self._plans.expire()
+        budget = self.budget()
+        if budget.requests <= 0 or budget.bytes <= 0:
+            return 0
+        records: dict[Key, ShardRecord] = {}
+        with self._env.read() as txn:
+
+            def is_hot(key: Key) -> bool:
+                # "Hot" to a policy means: nothing to fetch. A shard that is gone, not
+                # archived (so hot anyway) or already on its way counts as hot.
+                record = self._catalog.get_shard(txn, *shard_of(key))
+                if record is None or record.hot or not record.archived:
+                    return True
+                if self._mover.is_promoting(record):
+                    return True
+                records[key] = record
+                return False
+
+            def size_of(key: Key) -> int:
+                record = records.get(key)
+                if record is None and not is_hot(key):
+                    record = records[key]
+                return 0 if record is None else sum(record.stored_sizes(stored_overhead(record)))
+
+            wanted = self._policies.prefetch(budget, is_hot, size_of)
+        queued = 0
+        for key in wanted:
+            record = records.get(key)
+            if record is not None:
+                self._mover.promote(record, None)
+                queued += 1
+        self.queued += queued
+        return queued
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._settings.prefetch_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except Exception:  # nothing may end this thread but stop()
+                log.exception("prefetch pass failed")

@@ -1,0 +1,73 @@
+"""What every read leaves behind, in one place: statistics, counts, trace, policy.
+
+Each read of a shard, by any path (a whole or ranged :meth:`Store.get`, a frame
+stream, the service's sealed reads), is told to :meth:`ReadLog.observe` once,
+after the catalog said whether the shard is hot. It then
+
+* counts the read in the shard's access statistics (flushed in batches, see
+  :mod:`tierstore.engine.access`);
+* counts a hit or a miss for the dataset's hit ratio;
+* appends a read event to the trace ring (:mod:`tierstore.engine.trace`);
+* tells the dataset's policy (``record_access``) and, on a miss, asks it whether
+  the shard is worth promoting (``admit``). A pinned shard is promoted whatever
+  the policy says: pins override policy.
+
+Costs per read: three short locks and a dict update or two, plus one LMDB read of
+the hot-bytes counter on a miss (which already costs an archive round trip).
+
+Thread safety: a :class:`ReadLog` is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tierstore.config import EngineSettings
+from tierstore.engine.access import AccessRecorder
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.policies import PolicyDriver
+from tierstore.engine.records import ShardRecord
+from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.trace import TraceRing
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["ReadLog"]
+
+
+class ReadLog:
+    """Records reads for statistics, hit ratios, the trace and the placement policies."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        access: AccessRecorder,
+        policies: PolicyDriver,
+        trace: TraceRing,
+        count_read: Callable[[str, bool], None],
+    ) -> None:
+        self._room = int(settings.hot_capacity_bytes * settings.high_watermark)
+        self._env = environment
+        self._catalog = catalog
+        self._access = access
+        self._policies = policies
+        self._trace = trace
+        self._count_read = count_read
+
+    def observe(self, record: ShardRecord, hit: bool) -> bool:
+        """Record one read of ``record``'s generation, served hot (``hit``) or from the
+        archive. Returns whether the shard should be promoted: always True for a hit;
+        for a miss, the policy's admission decision, or True while a pin holds it."""
+        now = time.time()
+        size = sum(record.stored_sizes(stored_overhead(record)))
+        self._access.record(record.dataset, record.name, record.generation, now)
+        self._count_read(record.dataset, hit)
+        self._trace.read(record.dataset, record.name, size, hit)
+        free = 0
+        if not hit:
+            with self._env.read() as txn:
+                free = self._room - self._catalog.counter(txn, "hot_bytes")
+        admitted = self._policies.read((record.dataset, record.name), size, hit, free)
+        return admitted or record.pin_holds(now)

@@ -1,0 +1,211 @@
+"""The access trace: the last N reads and plan events of a node, kept in memory.
+
+Every read (dataset, shard, stored size, hit or miss) and every plan event
+(declared, position reported, closed or expired) goes into one ring of
+``trace_capacity`` events, stamped with the wall clock as it enters (never
+earlier than the event before it, so a trace's times never go back, even when the
+system clock does); the oldest drop out. The ring feeds two things: trace
+export (``tierstore trace export``, replayed by the simulator) and the sizing
+curve in the tier statistics (the LRU miss ratio the recent reads would have had
+at other hot-tier sizes, :func:`tierstore.sim.sizing.miss_ratio_curve`).
+
+Reads are stored column-wise in preallocated arrays (8 + 8 + 8 + 1 bytes a slot,
+25 MB for a million events) with (dataset, shard) names interned to small ids, so
+recording one costs a lock, a dict look-up and four array stores: no allocation
+on the read path. The rarer plan events are kept as objects beside the arrays.
+
+Thread safety: a :class:`TraceRing` is safe to share; every method takes its lock
+briefly (a snapshot copies the arrays under it and builds events outside it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from array import array
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+from tierstore.sim.sizing import miss_ratio_curve
+from tierstore.types import (
+    SizingPoint,
+    TracedClose,
+    TracedPlan,
+    TracedPosition,
+    TracedRead,
+    TraceEvent,
+)
+
+__all__ = ["SIZING_FACTORS", "TraceRing"]
+
+#: the hot-tier sizes of a sizing curve, as multiples of the current capacity.
+SIZING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: sampled accesses a sizing curve aims for (the rate is 1 for shorter traces).
+_SIZING_SAMPLES = 50_000
+_MIN_SAMPLE_RATE = 0.001
+
+_EMPTY, _MISS, _HIT, _OTHER = 0, 1, 2, 3
+_Name = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The ring's contents at one moment, oldest first from ``start``."""
+
+    start: int
+    count: int
+    capacity: int
+    times: array[float]
+    refs: array[int]
+    sizes: array[int]
+    kinds: bytearray
+    names: list[_Name]
+    others: dict[int, TraceEvent]
+
+    def slots(self) -> Iterator[tuple[int, int]]:
+        """``(sequence number, slot)`` of every event, oldest first."""
+        for seq in range(self.start, self.start + self.count):
+            yield seq, seq % self.capacity
+
+
+class TraceRing:
+    """The last ``capacity`` trace events (none at all for a capacity of 0)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._times = array("d", bytes(8 * capacity))
+        self._refs = array("q", bytes(8 * capacity))  # name id (reads) or unused
+        self._sizes = array("q", bytes(8 * capacity))
+        self._kinds = bytearray(capacity)
+        self._written = 0  # events ever recorded; the next one goes to written % capacity
+        self._last_t = 0.0
+        self._name_ids: dict[_Name, int] = {}
+        self._names: list[_Name] = []
+        # Plan events by sequence number; an entry goes when its slot is overwritten.
+        self._others: dict[int, TraceEvent] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return min(self._written, self.capacity)
+
+    def read(self, dataset: str, shard: str, size: int, hit: bool) -> None:
+        """Record a read, now. O(1), no allocation for a name seen before."""
+        if not self.capacity:
+            return
+        name = (dataset, shard)
+        with self._lock:
+            ident = self._name_ids.get(name)
+            if ident is None:
+                ident = self._intern(name)
+            slot = self._claim()
+            self._times[slot] = self._now()
+            self._refs[slot] = ident
+            self._sizes[slot] = size
+            self._kinds[slot] = _HIT if hit else _MISS
+
+    def plan_event(self, event: TracedPlan | TracedPosition | TracedClose) -> None:
+        """Record a plan event, now (its ``t`` is replaced by the ring's clock)."""
+        if not self.capacity:
+            return
+        with self._lock:
+            seq = self._written
+            slot = self._claim()
+            self._times[slot] = now = self._now()
+            self._kinds[slot] = _OTHER
+            self._others[seq] = dataclasses.replace(event, t=now)
+
+    def events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
+        """The events in the ring now, oldest first (of ``dataset`` only, if given).
+
+        The ring is copied at the call (about 25 bytes an event); events recorded
+        later are not included.
+        """
+        snapshot = self._snapshot()
+        for seq, slot in snapshot.slots():
+            kind = snapshot.kinds[slot]
+            if kind == _OTHER:
+                event = snapshot.others[seq]
+                if dataset is None or event.dataset == dataset:
+                    yield event
+                continue
+            name = snapshot.names[snapshot.refs[slot]]
+            if dataset is None or name[0] == dataset:
+                yield TracedRead(
+                    snapshot.times[slot], name[0], name[1], snapshot.sizes[slot], kind == _HIT
+                )
+
+    def sizing_curve(
+        self, capacity_bytes: int, datasets: Collection[str] | None = None
+    ) -> tuple[list[SizingPoint], int]:
+        """The LRU miss ratio the traced reads (of ``datasets``, default all) would have
+        had with hot tiers of :data:`SIZING_FACTORS` times ``capacity_bytes``, and how many
+        reads that is. Keys are sampled (SHARDS) above 50,000 reads."""
+        snapshot = self._snapshot()
+        accesses: list[tuple[_Name, int]] = []
+        for _, slot in snapshot.slots():
+            if snapshot.kinds[slot] in (_HIT, _MISS):
+                name = snapshot.names[snapshot.refs[slot]]
+                if datasets is None or name[0] in datasets:
+                    accesses.append((name, snapshot.sizes[slot]))
+        capacities = [int(capacity_bytes * factor) for factor in SIZING_FACTORS]
+        rate = min(1.0, max(_MIN_SAMPLE_RATE, _SIZING_SAMPLES / max(1, len(accesses))))
+        ratios = miss_ratio_curve(accesses, capacities, sample_rate=rate)
+        points = [SizingPoint(c, r) for c, r in zip(capacities, ratios, strict=True)]
+        return points, len(accesses)
+
+    # Internals (called with the lock held).
+
+    def _now(self) -> float:
+        self._last_t = max(self._last_t, time.time())
+        return self._last_t
+
+    def _claim(self) -> int:
+        """The slot of the next event; forgets the plan event it overwrites."""
+        seq = self._written
+        slot = seq % self.capacity
+        if self._kinds[slot] == _OTHER:
+            del self._others[seq - self.capacity]
+        self._written = seq + 1
+        return slot
+
+    def _intern(self, name: _Name) -> int:
+        if len(self._names) >= 2 * self.capacity + 1024:
+            self._compact_names()
+        ident = len(self._names)
+        self._names.append(name)
+        self._name_ids[name] = ident
+        return ident
+
+    def _compact_names(self) -> None:
+        # Names of reads that left the ring pile up; keep only those still referenced.
+        # Runs after at least `capacity` new names, so it costs O(1) per name amortised.
+        live: dict[_Name, int] = {}
+        names: list[_Name] = []
+        for slot, kind in enumerate(self._kinds):
+            if kind in (_HIT, _MISS):
+                name = self._names[self._refs[slot]]
+                ident = live.get(name)
+                if ident is None:
+                    ident = live[name] = len(names)
+                    names.append(name)
+                self._refs[slot] = ident
+        self._name_ids, self._names = live, names
+
+    def _snapshot(self) -> _Snapshot:
+        with self._lock:
+            count = min(self._written, self.capacity)
+            # Until the ring first fills, only its first `count` slots are in use.
+            used = self.capacity if self._written >= self.capacity else count
+            return _Snapshot(
+                start=self._written - count,
+                count=count,
+                capacity=self.capacity,
+                times=self._times[:used],
+                refs=self._refs[:used],
+                sizes=self._sizes[:used],
+                kinds=self._kinds[:used],
+                names=list(self._names),
+                others=dict(self._others),
+            )

@@ -1,0 +1,316 @@
+"""The clairvoyant policy: Belady's rule, driven by the access plans jobs declare.
+
+Jobs declare plans (:meth:`declare_plan`) and report positions. For a shard, the
+policy estimates its next use as ``min over jobs of (next entry of the shard in the
+job's plan at or after the job's position - position) / job's rate`` seconds, rates
+being smoothed from reports (:mod:`tierstore.policy.plan_index`; lookups are binary
+searches in per-job CSR arrays, in the ``next_use_times`` kernel). Between reports a
+job's position also advances when a read is its next plan entry.
+
+* **eviction** — resident shards no live plan will read ("unplanned") go first, in
+  the order of the S3-FIFO fallback, which manages exactly those shards (and sees
+  every read of unplanned shards, so undeclared traffic is cached as ``s3fifo``
+  would cache it). Then the planned resident with the farthest next use among
+  ``sample_size`` sampled ones and the ``pool_size`` runners-up of the previous
+  decision (sampling keeps a decision O((sample + pool) x jobs x log epochs) with a
+  million shards; the error is small, see docs/policies.md).
+* **admission** — when the tier is full, a planned shard is refused if its next use
+  is later than its would-be victim's (Belady's bypass); an unplanned one is put to
+  the fallback while unplanned shards are resident, and refused otherwise (it would
+  displace a shard a job said it needs).
+* **prefetch** — cold planned shards in order of earliest next use, within the
+  budget, and only those due before the farthest resident (else fetching one would
+  evict a shard needed sooner).
+
+Plans expire when no report arrives for ``plan_ttl_s`` of the driver's time. Reads
+that follow no plan, plans naming shards never read, reports out of range: all are
+absorbed (the policy never raises for them); only a plan whose keys and sizes
+differ in length raises InvalidPlan.
+
+Per-shard numeric state: slot table 17 + plan references 4 + resident flag 1 +
+member index 4 + member array 4 = 30 bytes, plus the fallback's 30 for a shard it
+tracks: at most 60. Per plan entry 9 bytes, per job and shard 4
+(:mod:`~tierstore.policy.plan_index`).
+
+Not thread-safe (the driver serialises calls); deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from tierstore.errors import InvalidPlan
+from tierstore.policy.base import Key, Policy, PrefetchBudget
+from tierstore.policy.plan_index import PlanBook
+from tierstore.policy.s3fifo import S3FifoPolicy
+from tierstore.policy.slots import NIL, SLOT_TABLE_BYTES, SlotTable
+
+__all__ = ["ClairvoyantPolicy"]
+
+
+def _always(_: Key) -> bool:
+    return True
+
+
+#: plan entries looked at per job and prefetch call (bounds the call's cost).
+_PREFETCH_SCAN = 256
+
+
+class ClairvoyantPolicy(Policy):
+    """Farthest-estimated-next-use eviction and bypass from declared plans."""
+
+    name = "clairvoyant"
+
+    def __init__(
+        self,
+        *,
+        plan_ttl_s: float = 300.0,
+        sample_size: int = 24,
+        pool_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        self._ttl = plan_ttl_s
+        self._sample_size = sample_size
+        self._pool_size = pool_size
+        self._pool: list[int] = []  # runners-up of the last decision
+        self._random = np.zeros(0)  # uniform draws in [0, 1), used in order
+        self._random_at = 0
+        self._rng = np.random.default_rng(seed)
+        self._fallback = S3FifoPolicy()
+        self._slots = SlotTable(queues=0)
+        self._slots.add_array("refs", np.int32)  # live plans that will still read it
+        self._slots.add_array("resident", np.uint8)
+        self._slots.add_array("member", np.int32, NIL)  # index in _members, if planned
+        self._members = np.zeros(64, dtype=np.int32)  # planned resident slots, dense
+        self._count = 0
+        self._plans = PlanBook(self._on_done)
+        self._now = 0.0
+        self._expiry_check_at = 0.0
+        self._chosen: int = NIL  # admit()'s would-be victim, for victims() right after
+
+    # --- plans --------------------------------------------------------------------
+
+    def declare_plan(self, job: str, keys: Sequence[Key], sizes: Sequence[int], now: float) -> None:
+        if len(keys) != len(sizes):
+            raise InvalidPlan(f"plan of {job!r}: {len(keys)} keys but {len(sizes)} sizes")
+        if len(keys) >= 1 << 32:  # positions are uint32 in the plan index
+            raise InvalidPlan(f"plan of {job!r} has {len(keys)} entries; the limit is 2**32")
+        self._tick(now)
+        # Close the old plan before mapping keys, so no slot is released under us.
+        self._plans.close(job)
+        slots = self._slots
+        add = slots.add
+        plan = np.fromiter((add(key) for key in keys), dtype=np.int32, count=len(keys))
+        # A resident shard's size is the one it was inserted with; others take the plan's.
+        cold = slots.array("resident")[plan] == 0
+        slots.array("size")[plan[cold]] = np.asarray(sizes, dtype=np.int64)[cold]
+        declared = self._plans.declare(job, plan, now)
+        distinct = plan[declared.last]
+        refs = slots.array("refs")
+        refs[distinct] += 1
+        resident = slots.array("resident")
+        for slot in distinct[(refs[distinct] == 1) & (resident[distinct] == 1)].tolist():
+            # Unplanned until now: take it from the fallback.
+            self._fallback.removed(slots.key(slot))
+            self._add_member(slot)
+
+    def report_position(self, job: str, position: int, now: float) -> None:
+        self._tick(now)
+        self._plans.report(job, position, now)
+
+    def close_plan(self, job: str) -> None:
+        self._plans.close(job)
+
+    def _on_done(self, done: npt.NDArray[np.int32]) -> None:
+        """A job will no longer read the (distinct) slots ``done``."""
+        slots = self._slots
+        refs = slots.array("refs")
+        refs[done] -= 1
+        for slot in done[refs[done] == 0].tolist():
+            if slots.view("member")[slot] != NIL:
+                self._remove_member(slot)
+                self._fallback.inserted(slots.key(slot), slots.size[slot], self._now)
+            elif not slots.view("resident")[slot]:
+                slots.release(slot)
+
+    def _tick(self, now: float) -> None:
+        self._now = now
+        if now >= self._expiry_check_at:
+            self._plans.expire(now, self._ttl)
+            self._expiry_check_at = now + min(1.0, self._ttl / 10)
+
+    # --- reads and residency ---------------------------------------------------------
+
+    def record_access(self, key: Key, size: int, now: float, hit: bool) -> None:
+        self._tick(now)
+        self._chosen = NIL
+        slot = self._slots.slot(key)
+        if slot != NIL:
+            self._plans.observe(slot)
+        if slot == NIL or self._slots.view("refs")[slot] == 0:
+            self._fallback.record_access(key, size, now, hit)
+
+    def admit(self, key: Key, size: int, now: float, free_bytes: int) -> bool:
+        if size <= free_bytes:
+            return True
+        slot = self._slots.slot(key)
+        if slot == NIL or self._slots.view("refs")[slot] == 0:
+            if self._fallback.resident_bytes:
+                return self._fallback.admit(key, size, now, free_bytes)
+            return False
+        if self._fallback.resident_bytes or not self._count:
+            return True  # the victims will be unplanned shards
+        victim, victim_due, due = self._farthest(_always, set(), also=slot)
+        self._chosen = victim
+        return due < victim_due
+
+    def inserted(self, key: Key, size: int, now: float) -> None:
+        self._chosen = NIL
+        slots = self._slots
+        slot = slots.add(key)
+        slots.size[slot] = size
+        if slots.view("resident")[slot] and slots.view("member")[slot] != NIL:
+            return
+        if slots.view("refs")[slot] > 0:
+            slots.view("resident")[slot] = 1
+            self._add_member(slot)
+        else:
+            slots.view("resident")[slot] = 1
+            self._fallback.inserted(key, size, now)
+
+    def removed(self, key: Key) -> None:
+        self._chosen = NIL
+        slots = self._slots
+        slot = slots.slot(key)
+        if slot == NIL or not slots.view("resident")[slot]:
+            return
+        if slots.view("member")[slot] != NIL:
+            self._remove_member(slot)
+        else:
+            self._fallback.removed(key)
+        slots.view("resident")[slot] = 0
+        if slots.view("refs")[slot] == 0:
+            slots.release(slot)
+
+    def victims(
+        self, bytes_to_free: int, now: float, evictable: Callable[[Key], bool]
+    ) -> list[Key]:
+        self._tick(now)
+        chosen = self._fallback.victims(bytes_to_free, now, evictable)
+        slots = self._slots
+        freed = sum(slots.size[slots.slot(key)] for key in chosen)
+        taken: set[int] = set()
+        if self._chosen != NIL and freed < bytes_to_free:
+            key = slots.key(self._chosen)
+            if slots.view("member")[self._chosen] != NIL and evictable(key):
+                taken.add(self._chosen)
+                chosen.append(key)
+                freed += slots.size[self._chosen]
+        self._chosen = NIL
+        while freed < bytes_to_free and len(taken) < self._count:
+            slot, _, _ = self._farthest(evictable, taken)
+            if slot == NIL:
+                break
+            taken.add(slot)
+            chosen.append(slots.key(slot))
+            freed += slots.size[slot]
+        return chosen
+
+    def prefetch(
+        self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
+    ) -> list[Key]:
+        self._tick(now)
+        if budget.requests <= 0 or budget.bytes <= 0 or not len(self._plans):
+            return []
+        horizon = np.inf
+        if not self._fallback.resident_bytes and self._count:
+            horizon = self._farthest(_always, set())[1]
+        slots = self._slots
+        wanted: dict[int, float] = {}
+        for job in self._plans:
+            rate = self._plans.rate(job)
+            found = 0
+            for index in range(job.position, min(len(job), job.position + _PREFETCH_SCAN)):
+                due = (index - job.position) / rate
+                if due >= horizon or found >= budget.requests:
+                    break
+                slot = job.slot_view[index]
+                if slot in wanted or slots.view("resident")[slot] or is_hot(slots.key(slot)):
+                    continue
+                wanted[slot] = due
+                found += 1
+        picked: list[Key] = []
+        spent = 0
+        for slot in sorted(wanted, key=wanted.__getitem__):
+            if len(picked) == budget.requests:
+                break
+            if spent + slots.size[slot] <= budget.bytes:
+                picked.append(slots.key(slot))
+                spent += slots.size[slot]
+        return picked
+
+    @classmethod
+    def metadata_bytes_per_shard(cls) -> int:
+        own = SLOT_TABLE_BYTES + 4 + 1 + 4 + 4
+        return own + S3FifoPolicy.metadata_bytes_per_shard()
+
+    # --- the planned residents --------------------------------------------------------
+
+    def _farthest(
+        self, evictable: Callable[[Key], bool], taken: set[int], also: int = NIL
+    ) -> tuple[int, float, float]:
+        """A planned resident with the farthest next use among the pool and a fresh
+        sample, as (slot, its due time, the due time of slot ``also`` looked up in the
+        same kernel call); (NIL, -inf, inf) if none is evictable. The runners-up stay
+        in the pool for the next decision (Redis's eviction pool): a good candidate
+        found once is not lost, so a small sample per decision does as well as a big
+        one. Tries a few samples, then all planned residents."""
+        count = self._count
+        member = self._slots.view("member")
+        for attempt in range(4):
+            if attempt < 3 and count > self._sample_size:
+                pool = np.array([s for s in self._pool if member[s] != NIL], dtype=np.int64)
+                picks = np.concatenate((pool, self._members[self._sample(count)]))
+            else:
+                picks = self._members[:count].astype(np.int64)
+            extra = np.array([also] if also != NIL else [], dtype=np.int64)
+            candidates = np.concatenate((picks, extra))
+            due = self._plans.next_use(candidates)
+            also_due = float(due[-1]) if also != NIL else np.inf
+            order = np.argsort(-due[: len(picks)], kind="stable")
+            ranked = picks[order].tolist()
+            for rank, slot in enumerate(ranked):
+                if slot not in taken and evictable(self._slots.key(slot)):
+                    runners_up = dict.fromkeys(s for s in ranked if s != slot)
+                    self._pool = list(runners_up)[: self._pool_size]
+                    return slot, float(due[order[rank]]), also_due
+            if count <= self._sample_size:
+                break
+        return NIL, -np.inf, np.inf
+
+    def _sample(self, count: int) -> npt.NDArray[np.int64]:
+        """``sample_size`` random indices below ``count`` (drawn in bulk: one
+        generator call per call is a large share of a decision's cost)."""
+        if self._random_at + self._sample_size > len(self._random):
+            self._random, self._random_at = self._rng.random(8192), 0
+        start, self._random_at = self._random_at, self._random_at + self._sample_size
+        return (self._random[start : self._random_at] * count).astype(np.int64)
+
+    def _add_member(self, slot: int) -> None:
+        if self._count == len(self._members):
+            self._members = np.resize(self._members, 2 * self._count)
+        self._members[self._count] = slot
+        self._slots.view("member")[slot] = self._count
+        self._count += 1
+
+    def _remove_member(self, slot: int) -> None:
+        member = self._slots.view("member")
+        index, last = member[slot], self._count - 1
+        moved = int(self._members[last])
+        self._members[index] = moved
+        member[moved] = index
+        member[slot] = NIL
+        self._count = last

@@ -1,0 +1,284 @@
+"""The trace simulator: replays a trace against one policy and one hot-tier size.
+
+It is the policies' second driver (the engine's policy driver is the first) and follows the
+contract in :mod:`tierstore.policy.base` to the letter:
+
+* a read: ``record_access``; on a miss ``admit``; if admitted and the tier lacks
+  room, ``victims`` for the missing bytes, then ``removed`` for each victim it
+  evicts (in order, only as many as are needed), then ``inserted``;
+* plan events: ``declare_plan`` / ``report_position`` / ``close_plan``;
+* with a :class:`PrefetchModel`: ``prefetch`` after every event, ``removed`` for the
+  room each prefetch needs, ``inserted`` when the fetch completes.
+
+Every hot shard is evictable (the simulator models neither pins nor an archive
+backlog). Time is the trace's: a stall is recorded, it does not delay later events
+(an open-loop replay).
+
+Pure and deterministic: the same trace, policy and capacity give the same result.
+Calls share nothing, so replays may run in parallel threads — each with its own
+policy object (policies are not thread-safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tierstore.errors import InvalidArgument
+from tierstore.policy.base import Key, Policy, PrefetchBudget
+from tierstore.policy.registry import make_policy
+from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read, Trace
+
+__all__ = ["PrefetchModel", "SimResult", "simulate", "simulate_offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What one replay measured (reads after the warm-up only).
+
+    ``stall_s``: seconds reads spent waiting for prefetches still in flight (such a
+    read is not a hit). ``prefetches``: fetches the policy started.
+    """
+
+    policy: str
+    capacity_bytes: int
+    reads: int
+    hits: int
+    read_bytes: int
+    hit_bytes: int
+    stall_s: float = 0.0
+    prefetches: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.reads if self.reads else 0.0
+
+    @property
+    def byte_hit_ratio(self) -> float:
+        return self.hit_bytes / self.read_bytes if self.read_bytes else 0.0
+
+    @property
+    def miss_ratio(self) -> float:
+        return 1.0 - self.hit_ratio
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchModel:
+    """A time model for prefetching: ``io_depth`` channels to the archive, each moving
+    ``bandwidth_bytes_per_s``; a fetch of ``size`` bytes takes ``size / bandwidth``
+    on one channel. The policy is offered, after every event, the free channels and
+    ``bandwidth x io_depth x horizon_s`` bytes minus those in flight."""
+
+    bandwidth_bytes_per_s: float
+    io_depth: int
+    horizon_s: float
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_bytes_per_s <= 0 or self.io_depth < 1 or self.horizon_s <= 0:
+            raise InvalidArgument(
+                "a PrefetchModel needs bandwidth_bytes_per_s > 0, io_depth >= 1, horizon_s > 0"
+            )
+
+
+def _always(_: Key) -> bool:
+    return True
+
+
+def _shard(policy: Policy, key: Key, count: int) -> int:
+    """``key`` as a shard id of the trace; RuntimeError if the policy made it up."""
+    if not isinstance(key, int) or not 0 <= key < count:
+        raise RuntimeError(f"{policy.name} returned {key!r}, which is no shard of the trace")
+    return key
+
+
+class _Tier:
+    """The simulated hot tier: which shards are hot, and the bytes they take."""
+
+    def __init__(self, policy: Policy, sizes: tuple[int, ...], capacity: int) -> None:
+        self.policy = policy
+        self.sizes = sizes
+        self.capacity = capacity
+        self.hot = bytearray(len(sizes))
+        self.used = 0
+
+    def make_room(self, size: int, now: float) -> bool:
+        """Evict the policy's victims until ``size`` bytes are free; False if it can't."""
+        missing = size - (self.capacity - self.used)
+        if missing <= 0:
+            return True
+        for key in self.policy.victims(missing, now, _always):
+            victim = _shard(self.policy, key, len(self.hot))
+            if not self.hot[victim]:
+                raise RuntimeError(f"{self.policy.name}: victim {victim} is not hot")
+            self.hot[victim] = 0
+            self.used -= self.sizes[victim]
+            self.policy.removed(victim)
+            if self.capacity - self.used >= size:
+                return True
+        return self.capacity - self.used >= size
+
+    def insert(self, key: int, now: float, *, reserved: bool = False) -> None:
+        """``key`` becomes hot; ``reserved``: its bytes were counted when it was fetched."""
+        self.hot[key] = 1
+        if not reserved:
+            self.used += self.sizes[key]
+        self.policy.inserted(key, self.sizes[key], now)
+
+
+class _Prefetcher:
+    """Prefetches in flight under a :class:`PrefetchModel`; their bytes are reserved
+    in the tier from the start of the fetch."""
+
+    def __init__(self, model: PrefetchModel, tier: _Tier) -> None:
+        self.model = model
+        self.tier = tier
+        self.done_at: dict[int, float] = {}
+        self.in_flight_bytes = 0
+        self.started = 0
+
+    def is_hot(self, key: Key) -> bool:
+        # In flight counts as hot: the policy must not ask for it twice.
+        shard = _shard(self.tier.policy, key, len(self.tier.hot))
+        return shard in self.done_at or bool(self.tier.hot[shard])
+
+    def complete(self, now: float) -> None:
+        """Every fetch done by ``now`` becomes hot."""
+        for key, done in sorted(self.done_at.items(), key=lambda item: item[1]):
+            if done <= now:
+                self._land(key, done)
+
+    def wait(self, key: int, now: float) -> float:
+        """A read of ``key`` while it is in flight: land it; the seconds waited."""
+        done = self.done_at[key]
+        self._land(key, max(done, now))
+        return max(0.0, done - now)
+
+    def _land(self, key: int, now: float) -> None:
+        del self.done_at[key]
+        self.in_flight_bytes -= self.tier.sizes[key]
+        self.tier.insert(key, now, reserved=True)
+
+    def start(self, now: float) -> None:
+        """Offer the policy the free channels and bytes; start what it asks for."""
+        model, tier = self.model, self.tier
+        requests = model.io_depth - len(self.done_at)
+        room = int(model.bandwidth_bytes_per_s * model.io_depth * model.horizon_s)
+        budget = PrefetchBudget(requests=requests, bytes=room - self.in_flight_bytes)
+        if requests <= 0 or budget.bytes <= 0:
+            return
+        spent = 0
+        for wanted in tier.policy.prefetch(now, budget, self.is_hot)[:requests]:
+            key = _shard(tier.policy, wanted, len(tier.hot))
+            size = tier.sizes[key]
+            lone = not self.done_at and spent == 0
+            if self.is_hot(key) or (spent + size > budget.bytes and not lone):
+                continue
+            if not tier.make_room(size, now):
+                continue
+            tier.used += size
+            spent += size
+            self.in_flight_bytes += size
+            self.done_at[key] = now + size / model.bandwidth_bytes_per_s
+            self.started += 1
+
+
+def simulate(
+    trace: Trace,
+    policy: Policy,
+    capacity_bytes: int,
+    *,
+    warmup_reads: int = 0,
+    prefetch: PrefetchModel | None = None,
+) -> SimResult:
+    """Replay ``trace`` against ``policy`` on a hot tier of ``capacity_bytes``.
+
+    The first ``warmup_reads`` reads drive the policy but are not counted. Raises
+    InvalidArgument if the capacity is smaller than the largest shard (no policy
+    could ever hold it), ``warmup_reads`` is negative, or a plan names a shard id the
+    trace does not have (a malformed trace); RuntimeError if the policy breaks its
+    contract (a victim that is not hot).
+    """
+    largest = max(trace.sizes, default=0)
+    if capacity_bytes < largest:
+        raise InvalidArgument(
+            f"capacity_bytes={capacity_bytes} is smaller than the largest shard of "
+            f"{trace.name!r} ({largest} bytes); the hot tier could never hold it"
+        )
+    if warmup_reads < 0:
+        raise InvalidArgument(f"warmup_reads must not be negative, got {warmup_reads}")
+    for event in trace.events:
+        if isinstance(event, PlanDeclared) and any(
+            not 0 <= key < len(trace.sizes) for key in event.keys
+        ):
+            raise InvalidArgument(
+                f"{trace.name!r}: the plan of {event.job!r} names shards the trace does not have"
+            )
+    tier = _Tier(policy, trace.sizes, capacity_bytes)
+    fetcher = _Prefetcher(prefetch, tier) if prefetch is not None else None
+    sizes, hot = trace.sizes, tier.hot
+    # Bound methods in locals: this loop runs once per event of traces of millions.
+    record, admit, make_room, insert = (
+        policy.record_access,
+        policy.admit,
+        tier.make_room,
+        tier.insert,
+    )
+    seen = reads = hits = read_bytes = hit_bytes = 0
+    stall = 0.0
+    for event in trace.events:
+        now = event.t
+        if fetcher is not None:
+            fetcher.complete(now)
+        if type(event) is Read:
+            key = event.key
+            size = sizes[key]
+            if fetcher is not None and key in fetcher.done_at:
+                # A prefetch still in flight: the read waits for it, and is no hit.
+                stall += fetcher.wait(key, now)
+                hit = False
+                record(key, size, now, True)
+            else:
+                hit = bool(hot[key])
+                record(key, size, now, hit)
+                if (
+                    not hit
+                    and admit(key, size, now, capacity_bytes - tier.used)
+                    and make_room(size, now)
+                ):
+                    insert(key, now)
+            seen += 1
+            if seen > warmup_reads:
+                reads += 1
+                read_bytes += size
+                if hit:
+                    hits += 1
+                    hit_bytes += size
+        elif isinstance(event, PositionReported):
+            policy.report_position(event.job, event.position, now)
+        elif isinstance(event, PlanDeclared):
+            policy.declare_plan(event.job, event.keys, [sizes[k] for k in event.keys], now)
+        elif isinstance(event, PlanClosed):
+            policy.close_plan(event.job)
+        if fetcher is not None:
+            fetcher.start(now)
+    return SimResult(
+        policy=policy.name,
+        capacity_bytes=capacity_bytes,
+        reads=reads,
+        hits=hits,
+        read_bytes=read_bytes,
+        hit_bytes=hit_bytes,
+        stall_s=stall,
+        prefetches=fetcher.started if fetcher is not None else 0,
+    )
+
+
+def simulate_offline(
+    trace: Trace, capacity_bytes: int, *, policy: str = "belady", warmup_reads: int = 0
+) -> SimResult:
+    """Replay ``trace`` against an offline policy (``belady`` or ``belady-size``),
+    giving it the trace's reads as its future. Raises as :func:`simulate` does, and
+    UnknownPolicy / InvalidArgument for a name that is not an offline policy."""
+    future = [read.key for read in trace.reads()]
+    return simulate(
+        trace, make_policy(policy, future=future), capacity_bytes, warmup_reads=warmup_reads
+    )

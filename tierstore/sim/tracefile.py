@@ -1,0 +1,291 @@
+"""Access-trace files: JSON Lines that a live node records and the simulator replays.
+
+The format, one JSON object a line, the first line a header::
+
+    {"format": "tierstore-trace", "version": 1}
+    {"t": 1.5, "op": "read", "dataset": "d", "shard": "s", "size": 123, "job": ""}
+    {"t": 1.6, "op": "plan", "job": "j1", "dataset": "d", "shards": ["a", "b"], "sizes": [10, 20]}
+    {"t": 1.7, "op": "position", "job": "j1", "position": 10}
+    {"t": 1.8, "op": "close", "job": "j1"}
+
+``t`` is seconds on a clock that never goes back; a read's ``job`` may be left out
+(it means ""); unknown extra fields are ignored so later writers can add some. A
+file may be gzip-compressed (recognised by its magic bytes, whatever its name).
+
+:func:`load_trace` names shards by dense ints in order of first appearance, as
+:class:`~tierstore.sim.events.Trace` wants; a shard's size is the latest one seen.
+Shards that no event names are not in a file, so :func:`dump_trace` followed by
+:func:`load_trace` keeps every event but drops never-named shards from the sizes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tierstore.errors import InvalidArgument, MalformedTrace
+from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
+
+__all__ = ["FORMAT", "VERSION", "TraceWriter", "dump_trace", "load_trace"]
+
+FORMAT = "tierstore-trace"
+VERSION = 1
+
+_HEADER = {"format": FORMAT, "version": VERSION}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+#: the fields each op must carry, besides ``t`` and ``op``.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "read": ("dataset", "shard", "size"),
+    "plan": ("job", "dataset", "shards", "sizes"),
+    "position": ("job", "position"),
+    "close": ("job",),
+}
+
+
+class _Invalid(Exception):
+    """One record is wrong; the caller adds where (line number) and the public type."""
+
+
+def _check_record(record: Any) -> None:
+    """Raise _Invalid unless ``record`` is a well-formed event record (time order aside).
+
+    The one validator both sides use, so a TraceWriter never writes what load_trace
+    would refuse.
+    """
+    if not isinstance(record, dict):
+        raise _Invalid(f"expected a JSON object, got {type(record).__name__}")
+    op = record.get("op")
+    if op not in _REQUIRED:
+        raise _Invalid(f"unknown op {op!r} (expected one of {', '.join(_REQUIRED)})")
+    missing = [f for f in ("t", *_REQUIRED[op]) if f not in record]
+    if missing:
+        raise _Invalid(f"{op} record is missing {', '.join(missing)}")
+    t = record["t"]
+    # bool is an int subclass; "t": true is a bug in the writer, not a time.
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        raise _Invalid(f"t must be a finite number, got {t!r}")
+    for name in ("dataset", "shard", "job"):
+        if name in record and not isinstance(record[name], str):
+            raise _Invalid(f"{name} must be a string, got {record[name]!r}")
+    if op == "read":
+        _check_size("size", record["size"])
+    elif op == "plan":
+        shards, sizes = record["shards"], record["sizes"]
+        if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
+            raise _Invalid("shards must be a list of strings")
+        if not isinstance(sizes, list):
+            raise _Invalid("sizes must be a list of sizes")
+        if len(shards) != len(sizes):
+            raise _Invalid(f"plan has {len(shards)} shards but {len(sizes)} sizes")
+        for size in sizes:
+            _check_size("sizes entry", size)
+    elif op == "position":
+        _check_size("position", record["position"])
+
+
+def _check_size(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"{name} must be an integer, got {value!r}")
+    if value < 0:
+        raise _Invalid(f"{name} must not be negative, got {value}")
+
+
+class TraceWriter:
+    """Writes a trace to a text stream: the header at once, then one line an event.
+
+    Every method raises InvalidArgument (and writes nothing) for an event that
+    :func:`load_trace` would refuse: a bad size, a plan whose shards and sizes differ
+    in length, or a time before the previous event's. The stream is not closed.
+    Not thread-safe: serialise calls.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._last_t = -math.inf
+        stream.write(json.dumps(_HEADER) + "\n")
+
+    def read(self, t: float, dataset: str, shard: str, size: int, job: str = "") -> None:
+        """Record a read of ``size`` bytes of ``dataset``/``shard`` by ``job``."""
+        self._write(
+            {"t": t, "op": "read", "dataset": dataset, "shard": shard, "size": size, "job": job}
+        )
+
+    def plan(
+        self, t: float, job: str, dataset: str, shards: Sequence[str], sizes: Sequence[int]
+    ) -> None:
+        """Record that ``job`` will read ``shards`` of ``dataset`` in this order."""
+        self._write(
+            {
+                "t": t,
+                "op": "plan",
+                "job": job,
+                "dataset": dataset,
+                "shards": list(shards),
+                "sizes": list(sizes),
+            }
+        )
+
+    def position(self, t: float, job: str, position: int) -> None:
+        """Record that ``job`` has read the first ``position`` entries of its plan."""
+        self._write({"t": t, "op": "position", "job": job, "position": position})
+
+    def close(self, t: float, job: str) -> None:
+        """Record that ``job`` is done with its plan (the stream stays open)."""
+        self._write({"t": t, "op": "close", "job": job})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        try:
+            _check_record(record)
+        except _Invalid as exc:
+            raise InvalidArgument(f"trace event not written: {exc}") from None
+        if record["t"] < self._last_t:
+            raise InvalidArgument(
+                f"trace event not written: t={record['t']} is before t={self._last_t}"
+            )
+        self._last_t = record["t"]
+        self._stream.write(json.dumps(record) + "\n")
+
+
+def dump_trace(trace: Trace, stream: TextIO, dataset: str = "sim") -> None:
+    """Write ``trace`` in the file format; shard ``k`` is named ``str(k)`` in ``dataset``.
+
+    Raises InvalidArgument if the trace holds an event the format cannot carry
+    (e.g. times going back). The stream is not closed.
+    """
+    writer = TraceWriter(stream)
+    sizes = trace.sizes
+    for event in trace.events:
+        if isinstance(event, Read):
+            writer.read(event.t, dataset, str(event.key), sizes[event.key], event.job)
+        elif isinstance(event, PlanDeclared):
+            writer.plan(
+                event.t,
+                event.job,
+                dataset,
+                [str(k) for k in event.keys],
+                [sizes[k] for k in event.keys],
+            )
+        elif isinstance(event, PositionReported):
+            writer.position(event.t, event.job, event.position)
+        else:
+            writer.close(event.t, event.job)
+
+
+def load_trace(path: Path) -> Trace:
+    """Read a trace file (plain or gzip) into a :class:`Trace` named after the file.
+
+    Raises MalformedTrace, naming the line and what is wrong with it, for a missing
+    or wrong header, a line that is not JSON (or a last line cut short), an unknown
+    op, missing or mistyped fields, a negative size, a time before the previous
+    event's, a plan whose shards and sizes differ in length, a file with no events,
+    or a gzip stream that is cut short or corrupt. Raises InvalidArgument if the
+    file cannot be opened or read.
+    """
+    keys: dict[tuple[str, str], int] = {}
+    sizes: list[int] = []
+
+    def key_of(dataset: str, shard: str, size: int) -> int:
+        key = keys.setdefault((dataset, shard), len(keys))
+        if key == len(sizes):
+            sizes.append(size)
+        else:
+            sizes[key] = size  # the latest size wins: a shard may be overwritten
+        return key
+
+    events: list[Event] = []
+    last_t = -math.inf
+    for lineno, record in _records(path):
+        t = record["t"]
+        if t < last_t:
+            raise MalformedTrace(f"{path}: line {lineno}: t={t} is before t={last_t}")
+        last_t = t
+        op = record["op"]
+        if op == "read":
+            key = key_of(record["dataset"], record["shard"], record["size"])
+            events.append(Read(t, key, record.get("job", "")))
+        elif op == "plan":
+            ds = record["dataset"]
+            plan = zip(record["shards"], record["sizes"], strict=True)
+            events.append(PlanDeclared(t, record["job"], tuple(key_of(ds, s, n) for s, n in plan)))
+        elif op == "position":
+            events.append(PositionReported(t, record["job"], record["position"]))
+        else:
+            events.append(PlanClosed(t, record["job"]))
+    return Trace(path.name, tuple(sizes), events)
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, checked record) for each event line; raises MalformedTrace.
+
+    Also the one place that translates I/O and decoding errors (see load_trace).
+    """
+    lineno = 0
+    try:
+        events = 0
+        with _open_text(path) as lines:
+            for lineno, line in enumerate(lines, start=1):
+                record = _parse(path, lineno, line)
+                if lineno == 1:
+                    _check_header(path, record, line)
+                elif record is not None:
+                    try:
+                        _check_record(record)
+                    except _Invalid as exc:
+                        raise MalformedTrace(f"{path}: line {lineno}: {exc}") from None
+                    events += 1
+                    yield lineno, record
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise MalformedTrace(f"{path}: line {lineno + 1}: corrupt gzip stream ({exc})") from None
+    except UnicodeDecodeError:
+        raise MalformedTrace(f"{path}: line {lineno + 1}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    if lineno == 0:
+        raise MalformedTrace(f"{path}: line 1: empty file (expected the header)")
+    if events == 0:
+        raise MalformedTrace(f"{path}: line {lineno + 1}: no events after the header")
+
+
+def _open_text(path: Path) -> TextIO:
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    return path.open("rt", encoding="utf-8", newline="\n")
+
+
+def _check_header(path: Path, record: Any, line: str) -> None:
+    # Extra header fields are allowed (a recorder may say who it is); the version is not.
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise MalformedTrace(
+            f"{path}: line 1: expected the header {json.dumps(_HEADER)}, got {line.strip()[:80]!r}"
+        )
+    if record.get("version") != VERSION or isinstance(record.get("version"), bool):
+        raise MalformedTrace(
+            f"{path}: line 1: unsupported trace version {record.get('version')!r} "
+            f"(this reader knows version {VERSION})"
+        )
+
+
+def _parse(path: Path, lineno: int, line: str) -> Any:
+    """The JSON value of one line (None for a blank line); raises MalformedTrace."""
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, _Invalid) as exc:
+        # A writer ends every line with "\n": a last line without one was cut short.
+        if not line.endswith("\n"):
+            raise MalformedTrace(f"{path}: line {lineno}: truncated last line") from None
+        raise MalformedTrace(f"{path}: line {lineno}: not valid JSON ({exc})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN and Infinity, which are not JSON and not times.
+    raise _Invalid(f"{name} is not valid JSON")
