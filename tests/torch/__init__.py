@@ -1,0 +1,1 @@
+"""Tests of tierstore.torch (the DataLoader plugin)."""

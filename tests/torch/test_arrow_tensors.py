@@ -1,0 +1,111 @@
+"""Arrow columns to tensors (tierstore.torch.arrow_tensors): zero copies where promised —
+the tensor's data pointer is the Arrow buffer's address — one copy elsewhere, and clear
+errors for what has no tensor form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tierstore.arrowio import frames_to_table, table_to_frames
+from tierstore.errors import InvalidArgument, UnsupportedData
+from tierstore.torch.arrow_tensors import batch_to_tensors, check_schema, column_to_tensor
+
+NUMERIC = [
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+]  # fmt: skip
+
+
+def data_address(array: pa.Array) -> int:
+    """Where element 0 of a primitive array lives."""
+    return int(array.buffers()[1].address + array.offset * array.type.byte_width)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_primitive_columns_are_views_of_the_arrow_buffer(dtype: str) -> None:
+    values = np.arange(10).astype(dtype)
+    array = pa.array(values).slice(3, 5)  # an offset, too
+    tensor = column_to_tensor("c", array)
+    assert tensor.data_ptr() == data_address(array)
+    assert tensor.dtype == getattr(torch, dtype)
+    assert tensor.numpy().tolist() == values[3:8].tolist()
+
+
+def test_a_decoded_frame_is_not_copied() -> None:
+    """The path shards take: frames → table (in place) → tensors (in place)."""
+    table = pa.table({"x": np.arange(1000, dtype=np.float32)})
+    frames = table_to_frames(table, 1 << 20)
+    decoded = frames_to_table(frames)
+    tensor = column_to_tensor("x", decoded.column("x").chunks[0])
+    frame = frames[1]
+    assert frame.address <= tensor.data_ptr() < frame.address + frame.size
+
+
+def test_fixed_shape_tensor_columns_are_views_reshaped() -> None:
+    values = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    array = pa.FixedShapeTensorArray.from_numpy_ndarray(values).slice(1, 2)
+    tensor = column_to_tensor("t", array)
+    assert tensor.shape == (2, 2, 3)
+    assert tensor.data_ptr() == data_address(array.storage.flatten())
+    assert np.array_equal(tensor.numpy(), values[1:3])
+
+
+def test_permuted_tensor_columns_follow_the_arrow_spec() -> None:
+    # Physical shape (2, 3, 4), permutation [2, 0, 1]: logical rows are (4, 2, 3).
+    physical = np.arange(2 * 2 * 3 * 4, dtype=np.int32).reshape(2, 2, 3, 4)
+    dtype = pa.fixed_shape_tensor(pa.int32(), [2, 3, 4], permutation=[2, 0, 1])
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(physical.ravel()), 24)
+    tensor = column_to_tensor("t", pa.ExtensionArray.from_storage(dtype, storage))
+    assert tensor.shape == (2, 4, 2, 3)
+    assert np.array_equal(tensor.numpy(), physical.transpose(0, 3, 1, 2))
+    assert tensor.data_ptr() == data_address(storage.flatten())  # still a view
+
+
+def test_fixed_size_lists_are_views() -> None:
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.int16)), 4)
+    tensor = column_to_tensor("l", storage)
+    assert tensor.shape == (3, 4) and tensor.data_ptr() == data_address(storage.flatten())
+
+
+def test_booleans_are_unpacked_into_a_copy() -> None:
+    tensor = column_to_tensor("b", pa.array([True, False, True]))
+    assert tensor.dtype == torch.bool and tensor.tolist() == [True, False, True]
+
+
+def test_empty_columns_are_empty_tensors() -> None:
+    assert column_to_tensor("e", pa.array([], pa.float64())).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [pa.array([1, None, 3]), pa.array([1.5, None]), pa.array([True, None])],
+    ids=["int", "float", "bool"],
+)
+def test_nulls_are_refused(array: pa.Array) -> None:
+    with pytest.raises(UnsupportedData, match="column 'c' has 1 null"):
+        column_to_tensor("c", array)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [pa.timestamp("s"), pa.list_(pa.int32()), pa.struct([("a", pa.int8())]), pa.decimal128(5, 2)],
+)
+def test_types_with_no_tensor_form_are_named(dtype: pa.DataType) -> None:
+    schema = pa.schema([pa.field("odd", dtype)])
+    with pytest.raises(UnsupportedData, match=r"column 'odd' of type .* cannot become a tensor"):
+        check_schema(schema, "list")
+
+
+def test_strings_are_lists_only_when_asked() -> None:
+    batch = pa.record_batch({"s": ["a", "b"], "n": [1, 2]})
+    with pytest.raises(UnsupportedData, match="strings='list'"):
+        check_schema(batch.schema, "error")
+    with pytest.raises(UnsupportedData, match="no tensor form"):
+        batch_to_tensors(batch)
+    out = batch_to_tensors(batch, "list")
+    assert out["s"] == ["a", "b"] and out["n"].tolist() == [1, 2]
+    with pytest.raises(InvalidArgument):
+        check_schema(batch.schema, "sometimes")  # type: ignore[arg-type]

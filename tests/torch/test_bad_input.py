@@ -1,0 +1,164 @@
+"""Bad input and failures through the real server: each a specific, clear error (or, for a
+restart, no error and no sample lost or repeated)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from torch.utils.data import DataLoader
+
+from tests.server.conftest import ServerProcess, poll
+from tests.server.test_restart import flip_hot_frame
+from tierstore import errors
+from tierstore.client.client import Client
+from tierstore.torch import IterableDataset, MapDataset
+
+from .conftest import Samples, sample_table, write_samples
+from .test_dataloader import ids_of
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def fresh_dataset(client: Client, shards: dict[str, Any]) -> str:
+    name = f"torch-bad-{uuid.uuid4().hex[:10]}"
+    client.create_dataset(name)
+    for shard, value in shards.items():
+        client.put(name, shard, value)
+    return name
+
+
+def test_unknown_dataset_shard_and_columns(samples: Samples) -> None:
+    with pytest.raises(errors.DatasetNotFound):
+        IterableDataset("no-such-dataset", **samples.connection)
+    with pytest.raises(errors.ShardNotFound, match="'part-999'"):
+        IterableDataset(samples.dataset, shards=["part-000", "part-999"], **samples.connection)
+    with pytest.raises(errors.InvalidArgument, match=r"unknown column\(s\) \['nope'\]"):
+        MapDataset(samples.dataset, columns=["id", "nope"], **samples.connection)
+
+
+def test_raw_shards_and_empty_datasets(admin: Client, samples: Samples) -> None:
+    raw = fresh_dataset(admin, {"blob": b"\x01" * 100, "table": sample_table(0, 3)})
+    with pytest.raises(errors.WrongShardKind, match=r"\['blob'\] hold raw bytes"):
+        IterableDataset(raw, **samples.connection)
+    assert len(MapDataset(raw, shards=["table"], **samples.connection)) == 3
+    empty = fresh_dataset(admin, {})
+    with pytest.raises(errors.InvalidArgument, match="has no shards at all"):
+        IterableDataset(empty, **samples.connection)
+
+
+def test_schema_drift_stops_the_loader_with_both_shards_named(
+    admin: Client, samples: Samples
+) -> None:
+    drifted = sample_table(1, 5).set_column(0, "id", pa.array(np.arange(5, dtype=np.int32)))
+    name = fresh_dataset(admin, {"a": sample_table(0, 5), "b": drifted})
+    dataset = IterableDataset(name, shuffle=False, **samples.connection)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    with pytest.raises(errors.InvalidArgument, match="column 'id' is int32 in shard 'b'"):
+        list(loader)
+    with pytest.raises(errors.InvalidArgument, match="schema drift"):
+        MapDataset(name, **samples.connection)  # found while counting rows
+
+
+def test_more_workers_than_shards(admin: Client, samples: Samples) -> None:
+    name = fresh_dataset(admin, {"a": sample_table(0, 7), "b": sample_table(1, 4)})
+    dataset = IterableDataset(name, **samples.connection)
+    loader = DataLoader(dataset, batch_size=3, num_workers=3, multiprocessing_context="fork")
+    # The idle worker yields nothing (and warns, in its own process); nothing hangs.
+    assert sorted(ids_of(loader)) == [*range(7), *range(1000, 1004)]
+
+
+def test_a_server_restart_mid_epoch_neither_repeats_nor_drops_samples(
+    spawn_server: Callable[..., ServerProcess],
+    restart_in_place: Callable[[ServerProcess], None],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through the service: the client's local path (when it has one) reads the hot tier in
+    # place and would not notice the server going away.
+    monkeypatch.setenv("TIERSTORE_LOCAL_READS", "0")
+    running = spawn_server()
+    with running.connect() as client:
+        samples = write_samples(running, client)
+
+    def make(**kwargs: Any) -> IterableDataset:
+        return IterableDataset(
+            samples.dataset, seed=6, read_ahead=0, **samples.connection, **kwargs
+        )
+
+    def into_second_shard(dataset: IterableDataset) -> tuple[Any, list[Any]]:
+        iterator, head = iter(dataset), []
+        while not (dataset.state_dict()["shard"] >= 1 and dataset.state_dict()["row"] > 0):
+            head.append(next(iterator))
+        return iterator, head
+
+    reference = ids_of(make())
+
+    # 1. The loader retries in place while the server is away, then carries on.
+    iterator, head = into_second_shard(make())
+    assert running.stop() == 0
+    with (
+        ThreadPoolExecutor(1) as pool,
+        caplog.at_level(logging.WARNING, "tierstore.torch.source"),
+    ):
+        rest = pool.submit(lambda: list(iterator))
+        poll(
+            lambda: rest.done() or any("unavailable" in r.getMessage() for r in caplog.records),
+            60,
+            "the loader to retry a read",
+        )
+        assert not rest.done(), f"the loader stopped instead of retrying: {rest.exception()!r}"
+        restart_in_place(running)
+        tail = rest.result(timeout=120)
+    assert ids_of(head + tail) == reference
+
+    # 2. Out of retries: the error propagates, and a resume from the state loses nothing.
+    dataset = make(retry_s=0.5)
+    iterator, head = into_second_shard(dataset)
+    assert running.stop() == 0
+    more = []
+    with pytest.raises(errors.Unavailable) as caught:
+        for sample in iterator:
+            more.append(sample)
+    assert any("while reading shard" in note for note in caught.value.__notes__)
+    state = dataset.state_dict()
+    restart_in_place(running)
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert ids_of(head + more) + ids_of(resumed) == reference
+
+
+@pytest.mark.parametrize("local_reads", ["0", "1"], ids=["service", "local-if-any"])
+def test_a_tampered_frame_is_data_loss_never_tensors(
+    spawn_server: Callable[..., ServerProcess],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    local_reads: str,
+) -> None:
+    monkeypatch.setenv("TIERSTORE_LOCAL_READS", local_reads)
+    data_dir = tmp_path / "tampered"
+    running = spawn_server(data_dir)
+    with running.connect() as client:
+        samples = write_samples(running, client, rows=(30, 30))
+        generation = client.stat(samples.dataset, "part-001").generation
+    assert running.stop() == 0
+    flip_hot_frame(data_dir, generation, 1, 40)  # frame 1: the shard's first record batch
+    running.start()
+    connection = {**samples.connection, "address": running.address}
+    dataset = IterableDataset(samples.dataset, shuffle=False, **connection)
+    iterator = iter(dataset)
+    assert ids_of([next(iterator) for _ in range(30)]) == list(range(30))  # the intact shard
+    with pytest.raises(errors.DataLoss) as caught:
+        next(iterator)
+    assert any("part-001" in note for note in caught.value.__notes__)
+    loader = DataLoader(dataset, batch_size=8, num_workers=2, multiprocessing_context="fork")
+    with pytest.raises(errors.DataLoss, match="part-001"):
+        list(loader)
+    with pytest.raises(errors.DataLoss):
+        MapDataset(samples.dataset, **connection)

@@ -1,0 +1,102 @@
+"""The fork gate (tierstore.torch.fork_gate): fork() waits for reads in flight, new reads
+wait for the fork, the child starts open, and a stalled read holds a fork only so long."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import pytest
+
+from tierstore.torch.fork_gate import GATE, ForkGate
+
+
+def wait_for(check: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_hold_waits_for_calls_in_flight_and_keeps_new_ones_out() -> None:
+    gate = ForkGate()
+    inside, leave, events = threading.Event(), threading.Event(), []
+
+    def reader() -> None:
+        with gate.call():
+            inside.set()
+            leave.wait(10)
+            events.append("read done")
+
+    def late_reader() -> None:
+        with gate.call():
+            events.append("late read")
+
+    first = threading.Thread(target=reader)
+    first.start()
+    inside.wait(10)
+    # Let the reader finish only once the holder is waiting for it.
+    helper = threading.Thread(target=lambda: (wait_for(lambda: gate._holding), leave.set()))
+    helper.start()
+    gate.hold(10)
+    events.append("held")
+    late = threading.Thread(target=late_reader)
+    late.start()
+    late.join(0.2)
+    assert late.is_alive()  # a new call waits while the gate is held
+    gate.release()
+    late.join(10)
+    first.join(10)
+    helper.join(10)
+    assert events == ["read done", "held", "late read"]
+
+
+def test_a_stalled_call_holds_a_fork_only_max_wait() -> None:
+    gate = ForkGate()
+    inside, leave = threading.Event(), threading.Event()
+
+    def stalled() -> None:
+        with gate.call():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=stalled)
+    thread.start()
+    inside.wait(10)
+    started = time.monotonic()
+    gate.hold(max_wait_s=0.2)
+    assert time.monotonic() - started < 5
+    gate.release()
+    leave.set()
+    thread.join(10)
+
+
+def _enter_in_child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    with GATE.call():
+        queue.put("entered")
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_while_a_call_waits_starts_with_an_open_gate() -> None:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with GATE.call():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    inside.wait(10)
+    # The fork waits for the reader; release it from another thread shortly after.
+    threading.Timer(0.3, leave.set).start()
+    child = context.Process(target=_enter_in_child, args=(queue,))
+    child.start()
+    assert leave.is_set()  # the fork went ahead only once the read had finished
+    assert queue.get(timeout=30) == "entered"
+    child.join(30)
+    thread.join(10)
+    assert child.exitcode == 0

@@ -1,0 +1,364 @@
+"""IterableDataset over an in-memory service (tests/torch/memory.py): iteration, batching,
+resume, epochs, access plans and bad input, without a server. The DataLoader tests against
+the real server are in test_dataloader.py."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from tierstore.errors import (
+    DatasetNotFound,
+    InvalidArgument,
+    ShardNotFound,
+    Unavailable,
+    UnsupportedData,
+    WrongShardKind,
+)
+from tierstore.torch import IterableDataset
+from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
+
+from .memory import MemoryService, MemorySource, sample_table
+
+ROWS = {"a/0": 5, "a/1": 0, "a/2": 7, "b/0": 3, "b/1": 6}
+
+
+def service(rows: dict[str, int] = ROWS) -> MemoryService:
+    return MemoryService(
+        "ds", {name: sample_table(i, n) for i, (name, n) in enumerate(rows.items())}
+    )
+
+
+def make(svc: MemoryService | None = None, **kwargs: Any) -> IterableDataset:
+    return IterableDataset("ds", source=MemorySource(svc or service()), **kwargs)
+
+
+def ids(items: list[dict[str, Any]]) -> list[int]:
+    return [int(i) for item in items for i in torch.atleast_1d(item["id"]).tolist()]
+
+
+def expected_ids(svc: MemoryService, ds: IterableDataset, slot: Slot, epoch: int = 0) -> list[int]:
+    shards = worker_shards(ds.shards.names, ds.shuffle, ds.seed, epoch, slot)
+    rows = {
+        info.name: info.frame_count and svc.read_table("ds", info.name).num_rows
+        for info in svc.list("ds")
+    }
+    walk = worker_samples(shards, rows, ds.shuffle, ds.seed, Position(epoch))
+    base = {name: i for i, name in enumerate(ROWS)}
+    return [base[shard] * 1_000_000 + row for shard, row, _ in walk]
+
+
+@pytest.fixture
+def in_slot() -> Iterator[Any]:
+    """in_slot(Slot(...)): iterate as that rank and worker."""
+    with mock.patch("tierstore.torch.iterable.current_slot", return_value=Slot()) as patched:
+        yield lambda slot: setattr(patched, "return_value", slot)
+
+
+def test_samples_are_tensors_in_the_epoch_order() -> None:
+    svc = service()
+    ds = make(svc, seed=3)
+    got = list(ds)
+    assert ids(got) == expected_ids(svc, ds, Slot())
+    first = got[0]
+    assert set(first) == {"id", "x"}
+    assert first["id"].dtype == torch.int64 and first["id"].shape == ()
+    assert first["x"].dtype == torch.float32 and first["x"].shape == (3,)
+    assert torch.equal(first["x"], first["id"].float().expand(3))
+
+
+def test_columns_select_and_order() -> None:
+    sample = next(iter(make(columns=["x"])))
+    assert list(sample) == ["x"]
+    with pytest.raises(InvalidArgument, match=r"unknown column\(s\) \['nope'\].*\['id', 'x'\]"):
+        make(columns=["x", "nope"])
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_span_shards_and_hold_every_row_once(drop_last: bool) -> None:
+    svc = service()
+    ds = make(svc, batch_size=4, shuffle=False, drop_last=drop_last)
+    batches = list(ds)
+    total = sum(ROWS.values())  # 21: five full batches and one of 1
+    assert [len(b["id"]) for b in batches] == [4] * 5 + ([] if drop_last else [1])
+    assert ids(batches) == expected_ids(svc, ds, Slot())[: 20 if drop_last else total]
+    assert batches[0]["x"].shape == (4, 3)
+
+
+def test_unshuffled_batches_inside_one_record_batch_are_views() -> None:
+    svc = MemoryService("ds", {"s": sample_table(0, 64)}, frame_bytes=1 << 20)
+    first = next(iter(make(svc, batch_size=8, shuffle=False)))
+    second = make(svc, batch_size=8, shuffle=False)
+    again = next(iter(second))
+    assert torch.equal(first["id"], again["id"])
+    # A view into the shard's buffer: its storage is the whole column, not 8 rows.
+    assert first["id"].untyped_storage().nbytes() == 64 * 8
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch_size=st.one_of(st.none(), st.integers(1, 6)),
+    read_ahead=st.integers(0, 2),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 1000),
+    epoch=st.integers(0, 5),
+    world=st.integers(1, 3),
+    workers=st.integers(1, 3),
+    data=st.data(),
+)
+def test_resume_from_any_state_yields_exactly_the_rest(
+    batch_size: int | None,
+    read_ahead: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    world: int,
+    workers: int,
+    data: st.DataObject,
+) -> None:
+    slot = data.draw(
+        st.sampled_from([Slot(r, world, w, workers) for r in range(world) for w in range(workers)])
+    )
+    svc = service()
+    options = {"batch_size": batch_size, "read_ahead": read_ahead, "shuffle": shuffle, "seed": seed}
+    with (
+        mock.patch("tierstore.torch.iterable.current_slot", return_value=slot),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # more slots than shards, on purpose
+        whole = make(svc, **options)
+        whole.set_epoch(epoch)
+        everything = list(whole)
+        first = make(svc, **options)
+        first.set_epoch(epoch)
+        iterator = iter(first)
+        cut = data.draw(st.integers(0, len(everything)))
+        head = [next(iterator) for _ in range(cut)]
+        state = first.state_dict()
+        assert state == iterator.state_dict()
+        resumed = make(svc, **options)
+        resumed.load_state_dict(pickle.loads(pickle.dumps(state)))
+        tail = list(resumed)
+    assert ids(head) + ids(tail) == ids(everything)
+    assert sorted(ids(everything)) == sorted(expected_ids(svc, whole, slot, epoch))
+
+
+def test_a_state_of_another_layout_is_refused(in_slot: Any) -> None:
+    ds = make()
+    iterator = iter(ds)
+    next(iterator)
+    state = ds.state_dict()
+    other = make()
+    in_slot(Slot(0, 1, 1, 2))
+    other.load_state_dict(state)
+    with pytest.raises(InvalidArgument, match=r"worker 0 of 1.*worker 1 of 2.*num_workers"):
+        iter(other)
+    with pytest.raises(InvalidArgument, match="shuffle/seed differ"):
+        in_slot(Slot())
+        reseeded = make(seed=5)
+        reseeded.load_state_dict(state)
+        iter(reseeded)
+    with pytest.raises(InvalidArgument, match=r"not a tierstore.torch"):
+        ds.load_state_dict({"epoch": 1})
+
+
+def test_an_epoch_start_state_fits_any_layout(in_slot: Any) -> None:
+    state = make().state_dict()
+    in_slot(Slot(0, 1, 1, 2))
+    other = make()
+    other.load_state_dict(state)
+    assert list(other)  # worker 1 of 2 reads its share
+
+
+def test_epochs_change_the_order_and_repeat_with_the_same_epoch() -> None:
+    ds = make(seed=1)
+    first = ids(list(ds))
+    ds.set_epoch(1)
+    second = ids(list(ds))
+    assert sorted(first) == sorted(second) and first != second
+    ds.set_epoch(0)
+    with pytest.warns(UserWarning, match="epoch 0 is read again"):
+        assert ids(list(ds)) == first
+
+
+def test_fewer_shards_than_slots_warns_and_idle_slots_yield_nothing(in_slot: Any) -> None:
+    svc = service({"only": 4})
+    in_slot(Slot(0, 2, 1, 2))
+    with pytest.warns(UserWarning, match=r"1 shard\(s\) for 2 rank\(s\) x 2 worker\(s\) = 4"):
+        got = list(make(svc))
+    in_slot(Slot(0, 2, 0, 2))
+    with pytest.warns(UserWarning):
+        assert len(list(make(svc))) == 4
+    assert got == []
+
+
+# Access plans.
+
+
+def test_a_prefix_declares_the_sampler_and_reports_shards_as_finished(in_slot: Any) -> None:
+    svc = service()
+    in_slot(Slot(1, 2, 0, 1))
+    ds = make(svc, prefix="a/", seed=9)
+    ds.set_epoch(2)
+    list(ds)
+    (kind, declared), *rest = svc.calls
+    assert kind == "declare" and declared["prefix"] == "a/" and declared["shards"] is None
+    plan = declared["sampler"]
+    assert (plan.seed, plan.epoch, plan.rank, plan.world_size) == (9, 2, 1, 2)
+    mine = worker_shards(ds.shards.names, True, 9, 2, Slot(1, 2))
+    assert rest == [("report", ("job-1", i + 1)) for i in range(len(mine))] + [("close", "job-1")]
+
+
+def test_named_shards_declare_the_workers_list_and_resume_reports_its_start() -> None:
+    svc = service()
+    ds = make(svc, shards=["b/1", "a/0", "a/2"], shuffle=False, batch_size=100)
+    iterator = iter(ds)
+    state = ds.state_dict()
+    assert ids([next(iterator)]) == list(range(5)) + [2_000_000 + i for i in range(7)] + [
+        4_000_000 + i for i in range(6)
+    ]
+    assert svc.calls[0] == (
+        "declare",
+        {"sampler": None, "shards": ["a/0", "a/2", "b/1"], "prefix": "", "ttl_s": 300.0},
+    )
+    svc.calls.clear()
+    resumed = make(svc, shards=["b/1", "a/0", "a/2"], shuffle=False, batch_size=3)
+    resumed.load_state_dict({**state, "shard": 1})
+    list(resumed)
+    assert [kind for kind, _ in svc.calls] == ["declare", "report", "report", "report", "close"]
+    assert svc.calls[1] == ("report", ("job-1", 1))
+
+
+def test_a_failing_or_missing_plan_api_is_logged_once_and_reading_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Refusing(MemoryService):
+        def declare_plan(self, dataset: str, **kwargs: Any) -> str:
+            raise Unavailable("plans are down")
+
+    class Old(MemoryService):
+        declare_plan = None  # type: ignore[assignment]  # a client from before plans
+
+    for cls in (Refusing, Old):
+        svc = cls("ds", {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())})
+        with caplog.at_level(logging.WARNING, "tierstore.torch.access_plan"):
+            for _ in range(2):
+                assert len(ids(list(make(svc, shuffle=False)))) == sum(ROWS.values())
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "Unavailable: plans are down" in m]) <= 1
+    assert len([m for m in messages if "no declare_plan()" in m]) <= 1
+    assert any("access plan" in m for m in messages)
+
+
+def test_declare_plan_false_sends_nothing() -> None:
+    svc = service()
+    list(make(svc, declare_plan=False))
+    assert svc.calls == []
+
+
+# Bad input.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"seed": -1}, "seed must be"),
+        ({"read_ahead": -1}, "read_ahead must be"),
+        ({"strings": "maybe"}, "strings must be"),
+        ({"shards": ["a/0"], "prefix": "a"}, "not both"),
+        ({"shards": "a/0"}, "list of shard names"),
+        ({"shards": []}, "empty"),
+        ({"shards": ["a/0", "a/0"]}, "more than once"),
+        ({"columns": []}, "columns= is empty"),
+        ({"prefix": "zzz"}, "no shards with prefix 'zzz'"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        make(**kwargs)
+
+
+def test_unknown_dataset_shard_and_raw_shards() -> None:
+    svc = service()
+    with pytest.raises(DatasetNotFound):
+        IterableDataset("other", source=MemorySource(svc))
+    with pytest.raises(ShardNotFound, match="'a/9'"):
+        make(svc, shards=["a/0", "a/9"])
+    raw = MemoryService("ds", {"a": sample_table(0, 2), "blob": b"\x00" * 10})
+    with pytest.raises(WrongShardKind, match=r"\['blob'\] hold raw bytes"):
+        make(raw)
+    assert len(list(make(raw, shards=["a"]))) == 2
+
+
+def test_schema_drift_names_both_shards() -> None:
+    drifted = pa.table({"id": np.arange(3, dtype=np.int32), "x": sample_table(1, 3)["x"]})
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": drifted})
+    with pytest.raises(
+        InvalidArgument, match="column 'id' is int32 in shard 'b' but int64 in shard 'a'"
+    ) as caught:
+        list(make(svc, shuffle=False))
+    assert any("worker 0 of 1" in note for note in caught.value.__notes__)
+    missing = MemoryService(
+        "ds", {"a": sample_table(0, 2), "b": pa.table({"x": sample_table(1, 3)["x"]})}
+    )
+    with pytest.raises(InvalidArgument, match=r"shard 'b' has no column\(s\) \['id'\]"):
+        list(make(missing, shuffle=False))
+    # Only the selected columns have to agree.
+    assert len(list(make(svc, shuffle=False, columns=["x"]))) == 5
+
+
+def test_strings_are_refused_unless_asked_for_as_lists() -> None:
+    table = pa.table({"id": np.arange(4), "name": ["a", "b", "c", "d"]})
+    svc = MemoryService("ds", {"s": table})
+    with pytest.raises(UnsupportedData, match=r"column 'name' holds string.*strings='list'"):
+        make(svc)
+    batches = list(make(svc, strings="list", shuffle=False, batch_size=3))
+    assert [b["name"] for b in batches] == [["a", "b", "c"], ["d"]]
+    assert next(iter(make(svc, strings="list", shuffle=False)))["name"] == "a"
+
+
+def test_nulls_are_an_error_when_their_shard_is_read() -> None:
+    svc = MemoryService("ds", {"s": pa.table({"v": pa.array([1.0, None, 3.0])})})
+    with pytest.raises(UnsupportedData, match="column 'v' has 1 null") as caught:
+        list(make(svc))
+    assert "tierstore.torch: in shard ds/s" in caught.value.__notes__
+
+
+# Pinned memory: a CPU-only torch skips pinning, so this runs where CUDA is.
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("in_worker_batches", [True, False], ids=["dataset-batches", "collated"])
+def test_batches_are_pinned_and_reach_the_gpu(workers: int, in_worker_batches: bool) -> None:
+    svc = service()
+    dataset = make(svc, seed=3, batch_size=4 if in_worker_batches else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=None if in_worker_batches else 4,
+        num_workers=workers,
+        pin_memory=True,
+        multiprocessing_context="fork" if workers else None,
+    )
+    batches = list(loader)
+    assert sorted(ids(batches)) == sorted(ids(list(make(svc, shuffle=False))))
+    for batch in batches:
+        for name in ("id", "x"):
+            assert batch[name].is_pinned(), name
+            on_gpu = batch[name].to("cuda", non_blocking=True)
+            torch.cuda.synchronize()
+            assert torch.equal(on_gpu.cpu(), batch[name])

@@ -1,0 +1,21 @@
+"""PyTorch datasets over tierstore: Arrow shards to tensors, for DataLoaders.
+
+- :class:`IterableDataset` streams a dataset's shards, partitioned by rank and then by
+  DataLoader worker, shuffled deterministically in (seed, epoch), read ahead, and
+  resumable mid-epoch (``state_dict()`` / ``load_state_dict()``, also per worker through
+  ``torchdata.stateful_dataloader.StatefulDataLoader``).
+- :class:`MapDataset` gives random access to sample ``i`` (for any sampler, e.g.
+  ``DistributedSampler``).
+
+Both yield ``dict[str, torch.Tensor]`` — views of the received Arrow buffers wherever the
+layout allows (see :mod:`tierstore.torch.arrow_tensors`) — and take their connection from
+``TIERSTORE_ADDRESS`` / ``TIERSTORE_TOKEN`` / ``TIERSTORE_CA`` unless given. Needs the
+``torch`` extra (``pip install tierstore[torch]``). docs/torch.md is the user guide.
+"""
+
+from __future__ import annotations
+
+from tierstore.torch.iterable import IterableDataset
+from tierstore.torch.mapstyle import MapDataset
+
+__all__ = ["IterableDataset", "MapDataset"]

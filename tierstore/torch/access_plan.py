@@ -1,0 +1,115 @@
+"""Telling the service what a worker is about to read: its epoch order as an access plan.
+
+The clairvoyant placement policy prefetches just ahead of a declared plan and evicts what
+it needs furthest in the future (DESIGN.md 3.3). Each worker declares its own order at the
+start of its epoch — compactly as a :class:`~tierstore.plans.SamplerPlan` when it reads a
+prefix (or all) of the dataset, since the server regenerates the same order from it, or as
+the explicit shard list when the user named the shards — reports how many shards it has
+finished as it goes, and closes the plan at the end.
+
+The plan is advisory: it must never break reading. A client without the plan calls yet
+(AttributeError), a server that does not know the plan or the dataset (NotFound), one that
+is unavailable, or any other refusal is logged once per process and the plan is dropped
+for the rest of the epoch; reading carries on. An abandoned plan expires after ``ttl_s``.
+
+Not thread-safe: one reporter belongs to the thread that iterates the worker's epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tierstore.errors import TierstoreError
+from tierstore.plans import SamplerPlan
+
+__all__ = ["PlanReporter"]
+
+_log = logging.getLogger(__name__)
+
+#: error kinds already logged in this process (one line each, not one per worker epoch)
+_logged: set[str] = set()
+
+
+class PlanReporter:
+    """One worker epoch's access plan on the service, or nothing when that fails."""
+
+    def __init__(self, client: Any, dataset: str, *, ttl_s: float = 300.0) -> None:
+        self._client = client
+        self._dataset = dataset
+        self._ttl_s = ttl_s
+        self._job: str | None = None
+        self._reported = -1
+
+    @property
+    def job(self) -> str | None:
+        """The plan's job id while a plan is open, else None."""
+        return self._job
+
+    def declare(
+        self,
+        *,
+        sampler: SamplerPlan | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        position: int = 0,
+    ) -> None:
+        """Declare the order (``sampler`` over ``prefix``'s shards, or the explicit
+        ``shards``); ``position`` shards of it are already done (a resumed epoch)."""
+        self._job = None
+        job = self._call(
+            "declare_plan",
+            self._dataset,
+            sampler=sampler,
+            shards=list(shards) if shards is not None else None,
+            prefix=prefix,
+            ttl_s=self._ttl_s,
+        )
+        self._job = job if isinstance(job, str) and job else None
+        if position:
+            self.report(position)
+
+    def report(self, position: int) -> None:
+        """``position`` shards of the declared order are finished (sent when it moved)."""
+        if self._job is None or position <= self._reported:
+            return
+        self._reported = position
+        self._call("report_position", self._job, position)
+
+    def close(self) -> None:
+        """Close the plan (idempotent; a failure is logged once and ignored)."""
+        if self._job is not None:
+            self._call("close_plan", self._job)
+        self._job = None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.method(*args, **kwargs)``, or None — and the plan dropped — on failure."""
+        function = getattr(self._client, method, None)
+        if function is None:
+            _warn_once(
+                f"missing {method}",
+                f"this tierstore client has no {method}(); the access plan is not sent "
+                "(reading is unaffected)",
+            )
+            self._job = None
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # advisory: nothing here may stop the reads
+            _warn_once(
+                f"{method} {type(exc).__name__}",
+                f"{method} failed ({type(exc).__name__}: {exc}); the access plan is dropped "
+                "for this epoch (reading is unaffected)",
+                # A foreign exception may be a bug worth its stack; ours say what they mean.
+                exc_info=not isinstance(exc, TierstoreError),
+            )
+            self._job = None
+            return None
+
+
+def _warn_once(key: str, message: str, *, exc_info: bool = False) -> None:
+    """Log ``message`` unless this process already logged one under ``key``."""
+    if key not in _logged:
+        _logged.add(key)
+        _log.warning(message, exc_info=exc_info)

@@ -1,0 +1,185 @@
+"""Arrow columns to torch tensors, without copying wherever Arrow's layout allows it.
+
+What each column type becomes (one tensor per record batch; row ``i`` is ``tensor[i]``):
+
+=====================================  ===============================  =================
+Arrow type                             tensor                           copy?
+=====================================  ===============================  =================
+int8..int64, uint8..uint64,            1-d, same dtype                  no (a view)
+float16/32/64
+``fixed_shape_tensor`` of those        ``(rows, *logical shape)``       no (a view;
+                                       (permuted as the type says)      strided if
+                                                                        permuted)
+``fixed_size_list`` of those           ``(rows, list_size)``            no (a view)
+bool                                   1-d ``torch.bool``               yes (Arrow packs
+                                                                        bits)
+string, binary (and large/view)        a Python list (``strings="list"``) yes
+anything else, or any null             UnsupportedData                  —
+=====================================  ===============================  =================
+
+Zero-copy tensors are made through DLPack from the Arrow arrays themselves, so each one
+keeps its Arrow buffer alive and its ``data_ptr()`` is the buffer's address (plus the
+array's offset). They alias the shard's memory: **do not write into them** (clone first);
+a map-style dataset's cache would hand the change to the next reader of that row.
+
+Nulls are refused rather than filled: a tensor cannot say "missing", and a silent 0 or NaN
+would be a wrong value. Strings are refused unless ``strings="list"`` asks for them as
+lists, so a numeric pipeline never receives a column it cannot stack.
+
+Every function here is pure and thread-safe; torch is imported when this module is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+import pyarrow as pa
+import torch
+import torch.utils.dlpack
+
+from tierstore.errors import InvalidArgument, UnsupportedData
+
+__all__ = [
+    "Column",
+    "Strings",
+    "batch_to_tensors",
+    "check_schema",
+    "column_to_tensor",
+]
+
+#: How string and binary columns are handled: refused (``"error"``) or returned as lists.
+Strings: TypeAlias = Literal["error", "list"]
+#: One converted column of one record batch.
+Column: TypeAlias = "torch.Tensor | list[Any]"
+
+_NUMERIC: dict[pa.DataType, torch.dtype] = {
+    pa.int8(): torch.int8,
+    pa.int16(): torch.int16,
+    pa.int32(): torch.int32,
+    pa.int64(): torch.int64,
+    pa.uint8(): torch.uint8,
+    pa.uint16(): torch.uint16,
+    pa.uint32(): torch.uint32,
+    pa.uint64(): torch.uint64,
+    pa.float16(): torch.float16,
+    pa.float32(): torch.float32,
+    pa.float64(): torch.float64,
+}
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_binary(dtype)
+        or pa.types.is_large_binary(dtype)
+        or pa.types.is_string_view(dtype)
+        or pa.types.is_binary_view(dtype)
+    )
+
+
+def _element_type(dtype: pa.DataType) -> pa.DataType | None:
+    """The numeric element type of a tensor or fixed-size-list column, else None."""
+    if isinstance(dtype, pa.FixedShapeTensorType):
+        return dtype.value_type
+    if pa.types.is_fixed_size_list(dtype):
+        return dtype.value_type
+    return None
+
+
+def check_schema(schema: pa.Schema, strings: Strings) -> None:
+    """Check that every column of ``schema`` converts to tensors (or lists).
+
+    Raises:
+        InvalidArgument: ``strings`` is neither ``"error"`` nor ``"list"``.
+        UnsupportedData: a column of another type, named with its type and what to do.
+    """
+    if strings not in ("error", "list"):
+        raise InvalidArgument(f"strings must be 'error' or 'list', not {strings!r}")
+    for field in schema:
+        dtype = field.type
+        element = _element_type(dtype)
+        if dtype in _NUMERIC or pa.types.is_boolean(dtype) or element in _NUMERIC:
+            continue
+        if _is_string(dtype):
+            if strings == "list":
+                continue
+            raise UnsupportedData(
+                f"column {field.name!r} holds {dtype}, which has no tensor form: pass "
+                "strings='list' to get such columns as lists, or leave it out with columns="
+            )
+        raise UnsupportedData(
+            f"column {field.name!r} of type {dtype} cannot become a tensor: tierstore.torch "
+            "reads fixed-width numeric, bool, fixed_shape_tensor and fixed_size_list columns "
+            "(and strings with strings='list'); leave it out with columns="
+        )
+
+
+def _refuse_nulls(name: str, array: pa.Array) -> None:
+    if array.null_count:
+        raise UnsupportedData(
+            f"column {name!r} has {array.null_count} null value(s): tensors cannot hold "
+            "nulls; fill them before writing the shard, or leave the column out with columns="
+        )
+
+
+def _flat_tensor(name: str, values: pa.Array) -> torch.Tensor:
+    """A 1-d tensor over a primitive array without nulls: a view of its buffer."""
+    _refuse_nulls(name, values)
+    dtype = _NUMERIC[values.type]
+    if len(values) == 0:  # an empty array may have no data buffer to point into
+        return torch.empty(0, dtype=dtype)
+    # DLPack honours the array's offset and keeps the Arrow array alive with the tensor.
+    tensor: torch.Tensor = torch.utils.dlpack.from_dlpack(values)
+    return tensor
+
+
+def _tensor_column(name: str, array: pa.ExtensionArray) -> torch.Tensor:
+    dtype = array.type
+    _refuse_nulls(name, array.storage)
+    # The type's shape is the physical one (each row's storage in C order); logical axis i
+    # is physical axis permutation[i] (numpy's transpose), as the Arrow spec defines it.
+    shape = [int(n) for n in dtype.shape]
+    permutation = [int(p) for p in dtype.permutation or range(len(shape))]
+    tensor = _flat_tensor(name, array.storage.flatten()).reshape(len(array), *shape)
+    if permutation != sorted(permutation):
+        tensor = tensor.permute(0, *[1 + p for p in permutation])  # a strided view, no copy
+    return tensor
+
+
+def column_to_tensor(name: str, array: pa.Array) -> torch.Tensor:
+    """One Arrow array (one record batch's column) as a tensor, per the module's table.
+
+    Raises UnsupportedData for nulls and for types with no tensor form (strings included).
+    """
+    dtype = array.type
+    if dtype in _NUMERIC:
+        return _flat_tensor(name, array)
+    if isinstance(dtype, pa.FixedShapeTensorType):
+        return _tensor_column(name, array)
+    if pa.types.is_fixed_size_list(dtype) and dtype.value_type in _NUMERIC:
+        _refuse_nulls(name, array)
+        flat = _flat_tensor(name, array.flatten())
+        return flat.reshape(len(array), dtype.list_size)
+    if pa.types.is_boolean(dtype):
+        _refuse_nulls(name, array)
+        # Arrow packs booleans into bits; torch.bool is a byte each: the one copy.
+        return torch.from_numpy(array.to_numpy(zero_copy_only=False))
+    check_schema(pa.schema([pa.field(name, dtype)]), "error")  # raises the column's error
+    raise AssertionError(f"unreachable: {dtype}")  # pragma: no cover
+
+
+def batch_to_tensors(batch: pa.RecordBatch, strings: Strings = "error") -> dict[str, Column]:
+    """Every column of ``batch`` by name: a tensor (a view of the batch where possible), or
+    for string and binary columns with ``strings="list"`` a list of ``str``/``bytes``.
+
+    Raises UnsupportedData as :func:`column_to_tensor` and :func:`check_schema`.
+    """
+    out: dict[str, Column] = {}
+    for name, array in zip(batch.schema.names, batch.columns, strict=True):
+        if _is_string(array.type) and strings == "list":
+            _refuse_nulls(name, array)
+            out[name] = array.to_pylist()
+        else:
+            out[name] = column_to_tensor(name, array)
+    return out

@@ -1,0 +1,160 @@
+"""Samples and batches out of a shard's converted record batches.
+
+A shard arrives as an Arrow table of one or more record batches (one per frame);
+:class:`ShardRows` keeps each record batch's columns as tensors (views of the frames, see
+:mod:`tierstore.torch.arrow_tensors`) and finds row ``i`` without concatenating them.
+
+- :meth:`ShardRows.row` is one sample: views of the shard's memory, no copy.
+- :func:`assemble` builds one batch from rows of one or more shards: a view when the rows
+  are one contiguous run of one record batch and the batch stays in this process, else
+  one gather into a fresh tensor — allocated in shared memory when ``shared`` (a
+  DataLoader worker), because a worker's batch is moved to shared memory to reach the main
+  process anyway, and a view would drag its whole record batch along.
+
+Thread safety: a ShardRows is read-only after construction; share it freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import torch
+
+from tierstore.torch.arrow_tensors import Column, Strings, batch_to_tensors
+
+__all__ = ["Part", "ShardRows", "assemble"]
+
+Sample = dict[str, Any]
+
+
+class ShardRows:
+    """A shard's rows as tensors, one group of columns per record batch.
+
+    Raises UnsupportedData (from the conversion) for a column with nulls or no tensor form.
+    """
+
+    def __init__(self, table: pa.Table, strings: Strings = "error") -> None:
+        self.names: list[str] = list(table.schema.names)
+        self.groups: list[dict[str, Column]] = [
+            batch_to_tensors(batch, strings) for batch in table.to_batches() if batch.num_rows
+        ]
+        sizes = [_length(group, self.names) for group in self.groups]
+        #: first row of each record batch, and the total at the end
+        self.starts: npt.NDArray[np.int64] = np.concatenate(
+            [[0], np.cumsum(sizes, dtype=np.int64)]
+        ).astype(np.int64)
+        self.rows = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def locate(
+        self, rows: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(record batch, row within it) of each of ``rows``."""
+        groups = np.searchsorted(self.starts, rows, side="right") - 1
+        return groups, rows - self.starts[groups]
+
+    def row(self, index: int) -> Sample:
+        """Row ``index`` as a sample: tensor views (no copy) and list items."""
+        if not 0 <= index < self.rows:
+            raise IndexError(f"row {index} of a {self.rows}-row shard")
+        group = int(np.searchsorted(self.starts, index, side="right")) - 1
+        local = index - int(self.starts[group])
+        return {name: column[local] for name, column in self.groups[group].items()}
+
+
+def _length(group: Mapping[str, Column], names: Sequence[str]) -> int:
+    return len(group[names[0]]) if names else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Rows ``rows`` (in this order) of ``shard``: one shard's share of a batch."""
+
+    shard: ShardRows
+    rows: npt.NDArray[np.int64]
+
+
+def _contiguous(part: Part) -> tuple[int, int, int] | None:
+    """(record batch, first row, stop) when the part is one ascending run inside one
+    record batch (what an unshuffled read produces), else None."""
+    rows = part.rows
+    if len(rows) == 0 or int(rows[-1]) - int(rows[0]) != len(rows) - 1:
+        return None
+    if len(rows) > 1 and not bool(np.all(np.diff(rows) == 1)):
+        return None
+    groups, local = part.shard.locate(rows[[0, -1]])
+    if groups[0] != groups[1]:
+        return None
+    return int(groups[0]), int(local[0]), int(local[1]) + 1
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    # Like torch's default_collate in a worker: allocate straight in shared memory, so the
+    # batch crosses to the main process without another copy.
+    numel = int(np.prod(shape, dtype=np.int64))
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)  # type: ignore[no-untyped-call]
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def _gather(name: str, parts: Sequence[Part], shared: bool) -> torch.Tensor:
+    first = parts[0].shard.groups[0][name]
+    assert isinstance(first, torch.Tensor)
+    total = sum(len(part.rows) for part in parts)
+    out = _empty((total, *first.shape[1:]), first.dtype, shared)
+    at = 0
+    for part in parts:
+        groups, local = part.shard.locate(part.rows)
+        target = out[at : at + len(part.rows)]
+        for group in np.unique(groups).tolist():
+            source = part.shard.groups[group][name]
+            assert isinstance(source, torch.Tensor)
+            mask = groups == group
+            index = torch.from_numpy(local[mask])
+            if bool(mask.all()):  # one record batch: gather straight into place
+                torch.index_select(source, 0, index, out=target)
+            else:
+                target.index_copy_(0, torch.from_numpy(np.flatnonzero(mask)), source[index])
+        at += len(part.rows)
+    return out
+
+
+def _pick(name: str, parts: Sequence[Part]) -> list[Any]:
+    picked: list[Any] = []
+    for part in parts:
+        groups, local = part.shard.locate(part.rows)
+        for group, row in zip(groups.tolist(), local.tolist(), strict=True):
+            picked.append(part.shard.groups[group][name][row])
+    return picked
+
+
+def assemble(parts: Sequence[Part], *, shared: bool = False) -> Sample:
+    """One batch of the given rows, in order: a ``dict`` of tensors (``batch[0]`` is the
+    first row) and lists for list columns.
+
+    A single contiguous run of one record batch is returned as views when not ``shared``;
+    anything else is gathered once into new tensors (in shared memory when ``shared``).
+    ``parts`` must be non-empty, share one schema, and hold at least one row in all.
+    """
+    parts = [part for part in parts if len(part.rows)]
+    names = parts[0].shard.names
+    run = _contiguous(parts[0]) if len(parts) == 1 and not shared else None
+    out: Sample = {}
+    for name in names:
+        if run is not None:
+            group, start, stop = run
+            out[name] = parts[0].shard.groups[group][name][start:stop]
+            continue
+        if isinstance(parts[0].shard.groups[0][name], list):
+            out[name] = _pick(name, parts)
+        else:
+            out[name] = _gather(name, parts, shared)
+    return out

@@ -1,0 +1,196 @@
+"""Which shards a dataset object reads, with what columns: resolved once, checked early.
+
+:func:`resolve` runs when a dataset object is made, in the main process, so every worker
+(and a resumed run) partitions the same fixed list, and bad input fails there with a
+clear error instead of inside a worker: an unknown dataset or shard, raw (non-Arrow)
+shards, no shards at all, unknown column names, columns with no tensor form. The schema
+of the first shard (read from its schema frame alone: one small ranged read) is the
+reference; :func:`conform` holds every shard read later to it, so schema drift between
+shards is an error naming both shards, never a silently different tensor.
+
+Resolution costs one ListShards page per 1,000 shards and one small read. A dataset that
+gains shards later is not re-listed: make a new dataset object to read them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import xxhash
+
+from tierstore.client.client import Client
+from tierstore.errors import (
+    InvalidArgument,
+    MalformedArrow,
+    ShardNotFound,
+    TierstoreError,
+    WrongShardKind,
+)
+from tierstore.torch.arrow_tensors import Strings, check_schema
+from tierstore.torch.batches import ShardRows
+from tierstore.torch.source import ShardSource
+from tierstore.types import ShardInfo, ShardKind
+
+__all__ = ["ShardSet", "conform", "read_shard", "resolve"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSet:
+    """The shards a dataset object reads (sorted by name) and the columns it yields."""
+
+    dataset: str
+    names: tuple[str, ...]
+    #: the prefix they were listed by ("" for all), or None when the user named them
+    prefix: str | None
+    #: the yielded columns (in order) and their types, from shard ``reference``
+    schema: pa.Schema
+    reference: str
+    strings: Strings
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the shard list, kept in resume states to catch a changed one."""
+        return xxhash.xxh64_hexdigest("\0".join(self.names).encode())
+
+
+def _listed(
+    client: Client, dataset: str, shards: Sequence[str] | None, prefix: str
+) -> tuple[list[ShardInfo], str | None]:
+    if shards is None:
+        infos = client.list(dataset, prefix)
+        if not infos:
+            where = f"with prefix {prefix!r}" if prefix else "at all"
+            raise InvalidArgument(f"dataset {dataset!r} has no shards {where}: nothing to read")
+        return infos, prefix
+    if prefix:
+        raise InvalidArgument("give shards= or prefix=, not both")
+    if isinstance(shards, str | bytes) or not all(isinstance(name, str) for name in shards):
+        raise InvalidArgument("shards= must be a list of shard names")
+    if not shards:
+        raise InvalidArgument("shards= is empty: nothing to read")
+    if len(set(shards)) != len(shards):
+        raise InvalidArgument("shards= names a shard more than once")
+    # One listing under the names' common prefix finds them all (and usually little else).
+    wanted = set(shards)
+    infos = [
+        info
+        # A character prefix on purpose: ListShards filters names by string prefix.
+        for info in client.list(dataset, os.path.commonprefix(list(shards)))  # noqa: RUF071
+        if info.name in wanted
+    ]
+    missing = sorted(wanted - {info.name for info in infos})
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ShardNotFound(f"dataset {dataset!r} has no shard {shown}{more}")
+    return infos, None
+
+
+def _reference_schema(client: Client, info: ShardInfo) -> pa.Schema:
+    """The schema of an Arrow shard, from its first frame (the IPC schema message) alone."""
+    frame = client.get(info.dataset, info.name, offset=0, length=info.frame_sizes[0])
+    try:
+        return pa.ipc.read_schema(frame)
+    except (pa.ArrowException, EOFError, OSError) as exc:
+        raise MalformedArrow(
+            f"{info.dataset}/{info.name}: its first frame is not an Arrow schema: {exc}"
+        ) from exc
+
+
+def _select(schema: pa.Schema, columns: Sequence[str] | None, reference: str) -> pa.Schema:
+    if columns is None:
+        return schema
+    if isinstance(columns, str | bytes) or not all(isinstance(name, str) for name in columns):
+        raise InvalidArgument("columns= must be a list of column names")
+    if not columns:
+        raise InvalidArgument("columns= is empty: name at least one column")
+    if len(set(columns)) != len(columns):
+        raise InvalidArgument("columns= names a column more than once")
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown column(s) {unknown}: shard {reference!r} has columns {schema.names}"
+        )
+    return pa.schema([schema.field(name) for name in columns])
+
+
+def resolve(
+    client: Client,
+    dataset: str,
+    *,
+    shards: Sequence[str] | None = None,
+    prefix: str = "",
+    columns: Sequence[str] | None = None,
+    strings: Strings = "error",
+) -> ShardSet:
+    """List and check what to read: ``shards`` by name, else every shard whose name starts
+    with ``prefix`` (all when empty).
+
+    Raises:
+        DatasetNotFound: no such dataset (or no role on it).
+        ShardNotFound: a name in ``shards`` is not in the dataset.
+        WrongShardKind: a shard holds raw bytes, not Arrow data.
+        InvalidArgument: no shards to read, both ``shards`` and ``prefix``, malformed or
+            unknown ``columns``.
+        UnsupportedData: a selected column has no tensor form (see ``arrow_tensors``).
+        MalformedArrow: the first shard's schema frame does not parse.
+    """
+    infos, listed_by = _listed(client, dataset, shards, prefix)
+    raw = [info.name for info in infos if info.kind is ShardKind.RAW]
+    if raw:
+        raise WrongShardKind(
+            f"dataset {dataset!r}: shard(s) {raw[:5]} hold raw bytes, not Arrow data; "
+            "tierstore.torch reads Arrow shards (choose others with shards= or prefix=)"
+        )
+    infos.sort(key=lambda info: info.name)
+    first = infos[0]
+    schema = _select(_reference_schema(client, first), columns, first.name)
+    check_schema(schema, strings)
+    return ShardSet(
+        dataset=dataset,
+        names=tuple(info.name for info in infos),
+        prefix=listed_by,
+        schema=schema,
+        reference=first.name,
+        strings=strings,
+    )
+
+
+def conform(shard_set: ShardSet, shard: str, table: pa.Table) -> pa.Table:
+    """``table`` (shard ``shard``) cut to the selected columns, after checking that they
+    have the reference types. Raises InvalidArgument for schema drift, naming both shards."""
+    expected = shard_set.schema
+    missing = [name for name in expected.names if name not in table.schema.names]
+    if missing:
+        raise InvalidArgument(
+            f"schema drift in {shard_set.dataset!r}: shard {shard!r} has no column(s) "
+            f"{missing}, which shard {shard_set.reference!r} has"
+        )
+    for field in expected:
+        found = table.schema.field(field.name).type
+        if not found.equals(field.type):
+            raise InvalidArgument(
+                f"schema drift in {shard_set.dataset!r}: column {field.name!r} is {found} in "
+                f"shard {shard!r} but {field.type} in shard {shard_set.reference!r}"
+            )
+    return table.select(expected.names)
+
+
+def read_shard(
+    source: ShardSource, shard_set: ShardSet, shard: str, stop: threading.Event | None = None
+) -> ShardRows:
+    """Read ``shard`` from ``source``, hold it to the reference schema and convert it.
+
+    Raises what :meth:`ShardSource.read`, :func:`conform` and :class:`ShardRows` raise,
+    with a note naming the shard. Thread-safe (read-ahead threads call it).
+    """
+    table = source.read(shard_set.dataset, shard, stop)
+    try:
+        return ShardRows(conform(shard_set, shard, table), shard_set.strings)
+    except TierstoreError as exc:
+        exc.add_note(f"tierstore.torch: in shard {shard_set.dataset}/{shard}")
+        raise

@@ -1,0 +1,286 @@
+"""Batches from host memory to a CUDA device, each copy overlapped with reading the next batch.
+
+:class:`DeviceFeeder` wraps any iterable of batches (a DataLoader, a generator of tensors read
+from tierstore) and yields the same batches with every CPU tensor moved to the device:
+
+* Each CPU tensor goes through a **pinned staging buffer** (one host copy, then a DMA): the GPU
+  can only copy asynchronously from page-locked memory, and pinning each batch afresh costs
+  more than the copy. Buffers are kept per (position in the batch, shape, dtype) in a ring of
+  ``prefetch + 2``, so a steady stream of same-shaped batches allocates them once. A tensor that
+  is already pinned and contiguous is copied from where it is, with no staging (so, as with any
+  ``non_blocking`` copy, it must not be written until the consumer's work on the batch is done).
+* Copies run on the feeder's own **CUDA stream** with ``non_blocking=True``. While up to
+  ``prefetch`` batches are being copied, the host is already reading the next one from the
+  source, so storage reads, host copies and DMA overlap.
+* The consumer's stream (the **current** stream when a batch is handed over) waits on an event
+  recorded after the batch's copies, so kernels the consumer queues never see a half-copied
+  tensor; the host does not block. The device tensors are recorded on the consumer's stream so
+  the caching allocator does not hand their memory to a later copy while the consumer still
+  uses them.
+
+**Buffer lifetime.** A staging buffer is rewritten by the host only after the event of the copy
+that last read it has completed; an in-flight batch keeps the host tensors its copies read
+alive until it is handed over, and when iteration ends (exhausted, ``break`` or error) the
+feeder waits for its outstanding copies. Device memory held ahead of the consumer: about
+``prefetch + 1`` batches.
+
+With device ``"cpu"`` the feeder passes batches through untouched.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any, Final, Generic, TypeVar
+
+import torch
+
+from tierstore.errors import FailedPrecondition, InvalidArgument
+
+__all__ = ["DeviceFeeder"]
+
+B = TypeVar("B")
+
+_STAGING_SLACK: Final = 2  # ring size is prefetch + this (see _StagingRing)
+# torch leaves torch.cuda.Stream and Event untyped; the three calls carry an ignore for that.
+
+_Path = tuple[Hashable, ...]
+_Key = tuple[_Path, torch.Size, torch.dtype]
+
+
+class DeviceFeeder(Generic[B]):
+    """Yields the batches of ``batches`` with their CPU tensors on ``device``.
+
+    A batch is a tensor, or a ``Mapping``, ``list`` or ``tuple`` (named tuples included) of
+    batches; other leaves (strings, numbers, ``None``) pass through as they are. Mappings come
+    back as ``dict`` in the same key order. Tensors already on ``device`` pass through; the
+    source may be iterated afresh each epoch (each ``iter()`` calls ``iter(batches)``).
+
+    ``prefetch`` (at least 0): how many batches are read and have their copies started ahead of
+    the one the consumer holds.
+
+    Raises on construction:
+        FailedPrecondition: ``device`` is a CUDA device but torch sees no CUDA device.
+        InvalidArgument: ``device`` does not parse, is neither ``cpu`` nor ``cuda``, or names a
+            CUDA index that does not exist; ``prefetch`` is negative.
+    Raises while iterating: :class:`InvalidArgument` for a tensor on a device other than the
+    CPU or ``device``; whatever the source raises, unchanged.
+
+    Not thread-safe: iterate one feeder from one thread at a time. It holds a CUDA stream: make
+    it in the process that owns the GPU, around the DataLoader, never inside its workers.
+    """
+
+    def __init__(self, batches: Iterable[B], device: str | torch.device, *, prefetch: int = 2):
+        if prefetch < 0:
+            raise InvalidArgument(f"prefetch must be at least 0, got {prefetch}")
+        self._batches = batches
+        self._prefetch = prefetch
+        self._device = _resolve_device(device)
+        self._rings: dict[_Key, _StagingRing] = {}
+        self._stream: torch.cuda.Stream | None = None
+        if self._device.type == "cuda":
+            self._stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the batches go (a CUDA device always has its index)."""
+        return self._device
+
+    @property
+    def staging_buffers(self) -> int:
+        """How many pinned staging buffers the feeder holds (for tests and benchmarks)."""
+        return sum(len(ring) for ring in self._rings.values())
+
+    @property
+    def staging_bytes(self) -> int:
+        """The pinned host memory the staging buffers hold, in bytes."""
+        return sum(ring.nbytes for ring in self._rings.values())
+
+    def __len__(self) -> int:
+        """The source's length; ``TypeError`` when the source has none."""
+        return len(self._batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[B]:
+        if self._stream is None:
+            return iter(self._batches)
+        return self._feed(self._stream)
+
+    def _feed(self, stream: torch.cuda.Stream) -> Iterator[B]:
+        source = iter(self._batches)
+        in_flight: collections.deque[_InFlight] = collections.deque()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) <= self._prefetch:
+                    try:
+                        batch = next(source)
+                    except StopIteration:
+                        exhausted = True
+                    else:
+                        in_flight.append(self._launch(batch, stream))
+                if not in_flight:
+                    return
+                ready = in_flight.popleft()
+                # Taken at each hand-over: the consumer may switch streams between batches.
+                consumer = torch.cuda.current_stream(self._device)
+                consumer.wait_event(ready.done)
+                for tensor in ready.device_tensors:
+                    tensor.record_stream(consumer)
+                yield ready.batch
+        finally:
+            # Dropped in-flight batches release host tensors their copies may still read.
+            stream.synchronize()
+
+    def _launch(self, batch: Any, stream: torch.cuda.Stream) -> _InFlight:
+        """Stage ``batch`` and queue its copies on ``stream``; returns before they finish."""
+        device_tensors: list[torch.Tensor] = []
+        host_tensors: list[torch.Tensor] = []
+        used: list[_Staging] = []
+
+        def move(path: _Path, tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.device == self._device:
+                return tensor
+            if tensor.device.type != "cpu":
+                raise InvalidArgument(f"tensor at {path!r} is on {tensor.device}, not the CPU")
+            if tensor.is_pinned() and tensor.is_contiguous():
+                source = tensor
+            else:
+                staging = self._ring(path, tensor).claim()
+                staging.buffer.copy_(tensor)  # the host copy: reads the tensor's pages here
+                used.append(staging)
+                source = staging.buffer
+            host_tensors.append(source)
+            moved = source.to(self._device, non_blocking=True)
+            device_tensors.append(moved)
+            return moved
+
+        # no_grad and the stream apply to this call only, never across a yield to the consumer.
+        with torch.no_grad(), torch.cuda.stream(stream):
+            moved_batch = _map_tensors(batch, move)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(stream)
+        for staging in used:
+            staging.last_copy = done
+        return _InFlight(moved_batch, done, device_tensors, host_tensors)
+
+    def _ring(self, path: _Path, tensor: torch.Tensor) -> _StagingRing:
+        key = (path, tensor.shape, tensor.dtype)
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = _StagingRing(
+                tensor.shape, tensor.dtype, self._prefetch + _STAGING_SLACK
+            )
+        return ring
+
+
+class _InFlight:
+    """A batch whose copies are queued: what the consumer gets and what must outlive the copies."""
+
+    __slots__ = ("batch", "device_tensors", "done", "host_tensors")
+
+    def __init__(
+        self,
+        batch: Any,
+        done: torch.cuda.Event,
+        device_tensors: list[torch.Tensor],
+        host_tensors: list[torch.Tensor],
+    ) -> None:
+        self.batch = batch
+        self.done = done
+        self.device_tensors = device_tensors
+        # Keeps pinned sources alive until the batch is handed over (staging buffers are also
+        # kept by their ring); by then the consumer's stream is ordered after the copies.
+        self.host_tensors = host_tensors
+
+
+class _Staging:
+    """One pinned host buffer and the event of the last copy that reads it."""
+
+    __slots__ = ("buffer", "last_copy")
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        self.buffer = buffer
+        self.last_copy: torch.cuda.Event | None = None
+
+
+class _StagingRing:
+    """Pinned buffers of one shape and dtype, handed out oldest first.
+
+    The size bound is ``prefetch + 2``: the batches in flight (``prefetch + 1``, the one just
+    handed over included) plus the one being staged, so a host that keeps ahead of the DMA
+    never waits here, and one that gets further ahead waits for the oldest copy.
+    """
+
+    def __init__(self, shape: torch.Size, dtype: torch.dtype, size: int) -> None:
+        self._shape = shape
+        self._dtype = dtype
+        self._size = size
+        self._buffers: collections.deque[_Staging] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.buffer.nbytes for s in self._buffers)
+
+    def claim(self) -> _Staging:
+        """A buffer no queued copy still reads; blocks on the oldest copy if all are busy."""
+        oldest = self._buffers[0] if self._buffers else None
+        idle = oldest is not None and (
+            oldest.last_copy is None or oldest.last_copy.query()  # type: ignore[no-untyped-call]
+        )
+        if oldest is None or (not idle and len(self._buffers) < self._size):
+            staging = _Staging(torch.empty(self._shape, dtype=self._dtype, pin_memory=True))
+        else:
+            self._buffers.popleft()
+            staging = oldest
+            if staging.last_copy is not None:
+                # The invariant that keeps data fresh: never rewrite a buffer a DMA still reads.
+                staging.last_copy.synchronize()
+        staging.last_copy = None
+        self._buffers.append(staging)
+        return staging
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgument(f"not a torch device: {device!r}") from exc
+    if resolved.type == "cpu":
+        return torch.device("cpu")
+    if resolved.type != "cuda":
+        raise InvalidArgument(f"DeviceFeeder moves batches to cpu or cuda, not {resolved.type}")
+    if not torch.cuda.is_available():
+        raise FailedPrecondition(
+            f"DeviceFeeder was asked for device {str(resolved)!r}, but torch {torch.__version__} "
+            f"sees no CUDA device (torch.cuda.is_available() is False; built for CUDA "
+            f"{torch.version.cuda}); pass device='cpu' to keep batches in host memory"
+        )
+    index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+    if not 0 <= index < torch.cuda.device_count():
+        raise InvalidArgument(
+            f"no CUDA device {index}: torch sees {torch.cuda.device_count()} device(s)"
+        )
+    return torch.device("cuda", index)
+
+
+def _map_tensors(
+    batch: Any, move: Callable[[_Path, torch.Tensor], torch.Tensor], path: _Path = ()
+) -> Any:
+    """``batch`` with every tensor leaf replaced by ``move(path, tensor)``, in leaf order.
+
+    Pure apart from what ``move`` does. Mappings become dicts; lists, tuples and named tuples
+    keep their type; other leaves are returned as they are.
+    """
+    if isinstance(batch, torch.Tensor):
+        return move(path, batch)
+    if isinstance(batch, Mapping):
+        return {key: _map_tensors(value, move, (*path, key)) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        items = [_map_tensors(value, move, (*path, i)) for i, value in enumerate(batch)]
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+            return type(batch)(*items)
+        return type(batch)(items)
+    return batch

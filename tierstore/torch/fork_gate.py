@@ -1,0 +1,92 @@
+"""Holding ``fork()`` until no read of ours is inside a gRPC call.
+
+gRPC's fork support prepares the library for ``fork()`` only when no other thread is
+inside a gRPC call at that moment; otherwise it logs "Other threads are currently calling
+into gRPC, skipping fork() handlers" and the child inherits gRPC state in the middle of an
+operation — and its first channel can hang (seen here: a DataLoader forking its workers
+while the main process's read-ahead threads were streaming shards hung 1 time in ~10).
+
+(The child hangs in gRPC's own after-fork handler, cancelling the calls it inherited.)
+
+So every shard read runs inside :data:`GATE`, and a ``before`` fork handler waits until
+the reads in flight have finished (new ones wait until the fork is done), at most
+``MAX_WAIT_S`` — a read stalled longer than that does not hold a fork forever; the fork
+then goes ahead as it would have without the gate. The child starts with an open gate:
+the threads that held it do not exist there.
+
+Order matters: gRPC's own ``before`` handler pauses its polling threads, after which our
+reads in flight could never finish. ``before`` handlers run in the reverse order of
+registration and gRPC registers its handlers when its first channel is made, so this
+module makes (and closes) a channel first, and registers its handlers after gRPC's: ours
+run first, while gRPC still moves the bytes.
+
+Fork-safe by construction; thread-safe. Re-entrant use from one thread is not allowed
+(a thread that forks while inside the gate would wait for itself until ``MAX_WAIT_S``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+__all__ = ["GATE", "MAX_WAIT_S", "ForkGate"]
+
+#: The longest a fork waits for reads in flight, in seconds.
+MAX_WAIT_S = 30.0
+
+
+class ForkGate:
+    """Counts calls in flight; :meth:`hold` waits for them to end and keeps new ones out."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._holding = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """Run the body as a call in flight (waits while a fork is being prepared)."""
+        with self._condition:
+            while self._holding:
+                self._condition.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._inside -= 1
+                self._condition.notify_all()
+
+    def hold(self, max_wait_s: float = MAX_WAIT_S) -> None:
+        """Wait (up to ``max_wait_s``) until no call is in flight, then keep new calls out
+        until :meth:`release`. The condition's lock stays held until then."""
+        self._condition.acquire()
+        self._holding = True
+        deadline = time.monotonic() + max_wait_s
+        while self._inside and (left := deadline - time.monotonic()) > 0:
+            self._condition.wait(left)
+
+    def release(self) -> None:
+        """Let calls in again (the parent, after the fork)."""
+        self._holding = False
+        self._condition.notify_all()
+        self._condition.release()
+
+    def reset(self) -> None:
+        """A fresh, open gate (the child, after the fork: the callers are gone)."""
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._holding = False
+
+
+#: The gate every shard read of this package passes through.
+GATE = ForkGate()
+
+# gRPC's fork handlers first (a channel's creation registers them; it connects nowhere).
+grpc.insecure_channel("127.0.0.1:1").close()
+os.register_at_fork(before=GATE.hold, after_in_parent=GATE.release, after_in_child=GATE.reset)

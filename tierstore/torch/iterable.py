@@ -1,0 +1,322 @@
+"""The streaming dataset: a dataset's shards, partitioned by rank and worker, as tensors.
+
+Each worker of each rank reads its own slice of the epoch's shard order (see
+:mod:`tierstore.torch.order`), fetches the next ``read_ahead`` shards in the background,
+converts record batches to tensors without copying where Arrow allows it, and yields
+samples or in-worker batches. It declares its order to the service as an access plan
+(:mod:`tierstore.torch.access_plan`) so the hot tier can prepare for it.
+
+Process model: the object is made in the main process — that is where the shard list is
+resolved and bad input is refused — and reaches DataLoader workers by fork, spawn or
+forkserver. Its pickled state holds no client, thread or open stream (the shard source
+reconnects per process), and the rank/worker slot is resolved when iteration starts, in
+the process that iterates.
+
+Resume: ``state_dict()`` is the iterating worker's :class:`~tierstore.torch.order.ResumeState`
+— the samples it has yielded, exactly, whatever the batch size — and ``load_state_dict()``
+makes the next ``iter()`` continue from it. ``torchdata``'s ``StatefulDataLoader`` keeps one
+such state per worker; a plain ``DataLoader`` has no per-worker state, so with it resume
+only with ``num_workers=0``, from ``dataset.state_dict()`` (docs/torch.md).
+
+Thread safety: a dataset object and its iterators belong to one thread of one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.utils.data
+
+from tierstore.errors import InvalidArgument
+from tierstore.torch.access_plan import PlanReporter
+from tierstore.torch.arrow_tensors import Strings
+from tierstore.torch.batches import Part, ShardRows, assemble
+from tierstore.torch.catalog import ShardSet, read_shard, resolve
+from tierstore.torch.order import (
+    Layout,
+    Position,
+    ResumeState,
+    Slot,
+    position_after,
+    sampler_plan,
+    shard_rows,
+    shards_from,
+    worker_shards,
+)
+from tierstore.torch.readahead import read_ahead
+from tierstore.torch.source import ShardSource, service_source
+from tierstore.torch.topology import current_slot, warn_if_idle
+
+__all__ = ["IterableDataset"]
+
+Sample = dict[str, Any]
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InvalidArgument(f"{name} must be an int >= {low}, got {value!r}")
+    if high is not None and value >= high:
+        raise InvalidArgument(f"{name} must be below {high}, got {value}")
+    return value
+
+
+class IterableDataset(torch.utils.data.IterableDataset[Sample]):
+    """Streams ``dataset``'s Arrow shards as ``dict[str, torch.Tensor]`` samples or batches.
+
+    Connection: ``address``, ``token`` and ``ca`` default to ``TIERSTORE_ADDRESS``,
+    ``TIERSTORE_TOKEN`` and ``TIERSTORE_CA`` (through :func:`tierstore.connect`).
+    What to read: ``shards`` (names) or every shard whose name starts with ``prefix`` (all by
+    default); ``columns`` selects and orders columns; ``strings="list"`` passes string
+    columns through as lists (else they are refused). Order: ``shuffle``, ``seed``, and the
+    epoch from :meth:`set_epoch`. ``batch_size``: yield batches of that many rows, built in
+    the worker, spanning shard boundaries (the last one short unless ``drop_last``); None
+    yields single samples. ``read_ahead``: shards fetched ahead per worker.
+    ``declare_plan``: send each worker's order to the service as an access plan.
+    ``retry_s``: how long a shard read retries while the service is unavailable.
+    ``source``: where shards are read from (default: the service, over gRPC).
+
+    Raises (here, at construction): DatasetNotFound, ShardNotFound, WrongShardKind (raw
+    shards), InvalidArgument (no shards, bad arguments or columns), UnsupportedData
+    (columns with no tensor form), Unauthenticated, PermissionDenied, Unavailable.
+    While iterating: DataLoss (a frame failed verification: nothing unverified is ever
+    turned into a tensor), InvalidArgument (schema drift), UnsupportedData (nulls),
+    Unavailable (after ``retry_s``) — each with a note naming the shard and the worker.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        columns: Sequence[str] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        read_ahead: int = 2,
+        declare_plan: bool = True,
+        strings: Strings = "error",
+        retry_s: float = 60.0,
+        plan_ttl_s: float = 300.0,
+        source: ShardSource | None = None,
+    ) -> None:
+        super().__init__()
+        self.seed = _check_int("seed", seed, 0, 1 << 63)
+        self.batch_size = None if batch_size is None else _check_int("batch_size", batch_size, 1)
+        self.read_ahead = _check_int("read_ahead", read_ahead, 0)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.declare_plan = bool(declare_plan)
+        self.plan_ttl_s = plan_ttl_s
+        self._source = source or service_source(address, token, ca, retry_s)
+        #: the shards and columns read, fixed now for every worker and resume
+        self.shards: ShardSet = resolve(
+            self._source.client(),
+            dataset,
+            shards=shards,
+            prefix=prefix,
+            columns=columns,
+            strings=strings,
+        )
+        self._epoch = 0
+        self._resume: ResumeState | None = None
+        self._live: _Epoch | None = None
+        self._completed: set[int] = set()  # epochs finished in this process (for a warning)
+
+    def __repr__(self) -> str:
+        return (
+            f"IterableDataset({self.shards.dataset!r}, {len(self.shards.names)} shards, "
+            f"shuffle={self.shuffle}, seed={self.seed}, epoch={self._epoch})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_live"] = None  # an iterator (with its threads and streams) never travels
+        state["_completed"] = set()
+        return state
+
+    def layout(self, slot: Slot | None) -> Layout:
+        """What positions of this dataset are relative to, in ``slot``."""
+        return Layout(len(self.shards.names), self.shards.digest, self.shuffle, self.seed, slot)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
+        process; a pending resume state of another epoch is discarded)."""
+        self._epoch = _check_int("epoch", epoch, 0)
+        if self._resume is not None and self._resume.position.epoch != epoch:
+            self._resume = None
+        if self._live is not None and self._live.position.epoch != epoch:
+            self._live = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's position: the current iterator's, else the pending resume state,
+        else the start of the current epoch. A plain dict (see
+        :class:`~tierstore.torch.order.ResumeState`)."""
+        live = self._live
+        if live is not None and live.pid == os.getpid():
+            return live.state_dict()
+        if self._resume is not None:
+            return self._resume.to_dict()
+        return ResumeState(Position(self._epoch), self.layout(None)).to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Make the next ``iter()`` continue from ``state`` (its epoch included).
+
+        Raises InvalidArgument for a malformed state; one that does not fit the iterating
+        worker's layout raises InvalidArgument when iteration starts.
+        """
+        parsed = ResumeState.from_dict(state)
+        self._resume = parsed
+        self._epoch = parsed.position.epoch
+        self._live = None
+
+    def __iter__(self) -> _Epoch:
+        start, self._resume = self._resume, None
+        epoch = self._epoch if start is None else start.position.epoch
+        if start is None and self.shuffle and epoch in self._completed:
+            warnings.warn(
+                f"epoch {epoch} is read again in the same order: call set_epoch() before each "
+                "epoch (with persistent_workers=True, set_epoch() in the main process does "
+                "not reach the workers)",
+                UserWarning,
+                stacklevel=2,
+            )
+        live = _Epoch(self, epoch, start)
+        self._live = live
+        return live
+
+    # Called by the epoch iterators.
+
+    def _fetch(self, shard: str, stop: threading.Event) -> ShardRows:
+        """Read, check and convert one shard (in a read-ahead thread)."""
+        return read_shard(self._source, self.shards, shard, stop)
+
+    def _plan_reporter(self) -> PlanReporter | None:
+        if not self.declare_plan:
+            return None
+        return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
+
+
+class _Epoch:
+    """One worker's iteration over one epoch; ``state_dict()`` is where it stands."""
+
+    def __init__(self, owner: IterableDataset, epoch: int, start: ResumeState | None) -> None:
+        self.pid = os.getpid()
+        self._owner = owner
+        self._slot = current_slot()
+        self._layout = owner.layout(self._slot)
+        self._shared = torch.utils.data.get_worker_info() is not None
+        warn_if_idle(len(owner.shards.names), self._slot)
+        self._steps: Generator[Sample, None, None] | None = None
+        self._reset(start.position if start is not None else Position(epoch), start)
+
+    def _reset(self, position: Position, state: ResumeState | None) -> None:
+        owner = self._owner
+        self._shards = worker_shards(
+            owner.shards.names, owner.shuffle, owner.seed, position.epoch, self._slot
+        )
+        if state is not None:
+            state.check(self._layout, len(self._shards))
+        self.position = position
+        if self._steps is not None:
+            self._steps.close()  # stops its read-ahead and closes its plan
+            self._steps = None
+
+    def __iter__(self) -> _Epoch:
+        return self
+
+    def __next__(self) -> Sample:
+        if self._steps is None:
+            self._steps = self._walk()
+        return next(self._steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last sample yielded (see :class:`ResumeState`)."""
+        return ResumeState(self.position, self._layout).to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (it must fit this worker's layout: InvalidArgument)."""
+        parsed = ResumeState.from_dict(state)
+        self._reset(parsed.position, parsed)
+
+    def _context(self) -> str:
+        slot = self._slot
+        return (
+            f"tierstore.torch: dataset {self._owner.shards.dataset!r}, epoch "
+            f"{self.position.epoch}, rank {slot.rank} of {slot.world}, worker {slot.worker} "
+            f"of {slot.workers}, at shard {self.position.shard} of its {len(self._shards)}"
+        )
+
+    def _walk(self) -> Generator[Sample, None, None]:
+        owner, start = self._owner, self.position
+        plan = owner._plan_reporter() if self._shards else None
+        if plan is not None:
+            if owner.shards.prefix is None:
+                plan.declare(shards=self._shards, position=start.shard)
+            else:
+                plan.declare(
+                    sampler=sampler_plan(owner.shuffle, owner.seed, start.epoch, self._slot),
+                    prefix=owner.shards.prefix,
+                    position=start.shard,
+                )
+        todo = [name for _, name in shards_from(self._shards, start)]
+        # The plan is closed when the epoch ends or fails. An iterator abandoned mid-epoch
+        # (GeneratorExit, often from the garbage collector) leaves it to expire after its
+        # TTL: no RPC runs inside a finalizer.
+        try:
+            with contextlib.closing(read_ahead(owner._fetch, todo, owner.read_ahead)) as fetched:
+                yield from self._samples(start, fetched, plan)
+        except Exception as exc:
+            exc.add_note(self._context())
+            if plan is not None:
+                plan.close()
+            raise
+        if plan is not None:
+            plan.close()
+        owner._completed.add(start.epoch)
+
+    def _samples(
+        self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
+    ) -> Iterator[Sample]:
+        owner = self._owner
+        size, epoch = owner.batch_size, start.epoch
+        parts: list[Part] = []
+        held = 0  # rows in `parts`, not yet yielded
+        for (index, name), rows in zip(shards_from(self._shards, start), fetched, strict=False):
+            order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
+            done = len(rows) - len(order)
+            if size is None:
+                for offset, row in enumerate(order.tolist(), start=1):
+                    self.position = position_after(epoch, index, done + offset, len(rows))
+                    yield rows.row(row)
+            else:
+                at = 0
+                while at < len(order):
+                    take = order[at : at + size - held]
+                    parts.append(Part(rows, take))
+                    held += len(take)
+                    at += len(take)
+                    if held == size:
+                        # The position moves only when rows are yielded: rows held for a
+                        # batch that spans shards are read again after a resume.
+                        self.position = position_after(epoch, index, done + at, len(rows))
+                        batch = assemble(parts, shared=self._shared)
+                        parts, held = [], 0
+                        yield batch
+            if plan is not None:
+                plan.report(index + 1)
+        end = Position(epoch, len(self._shards), 0)
+        if held and not owner.drop_last:
+            self.position = end
+            yield assemble(parts, shared=self._shared)
+        self.position = end

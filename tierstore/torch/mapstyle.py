@@ -1,0 +1,188 @@
+"""The map-style dataset: random access to sample ``i`` of a dataset's shards.
+
+Sample indices run over the shards in name order: index ``i`` is row ``i - start[s]`` of
+the shard ``s`` with ``start[s] <= i < start[s + 1]``, where ``start`` accumulates the
+shards' row counts. So any sampler works — ``DistributedSampler`` included — and the
+sampler alone decides order, sharding and epochs.
+
+Row counts: the catalog does not record them, so by default they are counted when the
+object is made, by reading every shard once (in a few threads, in the main process); pass
+``rows=`` (e.g. a previous object's :attr:`MapDataset.rows`) to skip that pass. Each
+process keeps its most recently used shards converted in a small LRU cache
+(``cache_shards``): a read is a whole shard, so samplers that visit a shard's rows close
+together are the fast case, and a uniform random sampler over many shards reads a shard
+per sample.
+
+Process model and thread safety: as the iterable dataset, the object pickles without its
+client or cache and reconnects per process; ``__getitem__`` is thread-safe (the cache is
+locked; a shard missed by two threads at once is read twice, never torn).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.torch.arrow_tensors import Strings
+from tierstore.torch.batches import ShardRows
+from tierstore.torch.catalog import ShardSet, conform, read_shard, resolve
+from tierstore.torch.source import ShardSource, service_source
+
+__all__ = ["MapDataset"]
+
+Sample = dict[str, Any]
+
+
+class MapDataset(torch.utils.data.Dataset[Sample]):
+    """``dataset``'s rows as ``dict[str, torch.Tensor]`` samples, by global index.
+
+    ``address``/``token``/``ca``, ``shards``/``prefix``, ``columns``, ``strings``,
+    ``retry_s`` and ``source`` as for :class:`~tierstore.torch.IterableDataset`.
+    ``rows``: row count of every shard, to skip counting them (must name exactly the
+    shards read). ``cache_shards``: converted shards kept per process. ``count_threads``:
+    parallel reads while counting rows.
+
+    Raises (at construction) what :class:`~tierstore.torch.IterableDataset` raises, plus
+    InvalidArgument for a ``rows`` that does not match the shards and for schema drift
+    found while counting. ``__getitem__`` raises IndexError outside ``[-len, len)``,
+    FailedPrecondition when a shard no longer has the rows it was counted with, and
+    DataLoss / UnsupportedData / Unavailable as the iterable dataset does.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        columns: Sequence[str] | None = None,
+        strings: Strings = "error",
+        rows: Mapping[str, int] | None = None,
+        cache_shards: int = 2,
+        count_threads: int = 4,
+        retry_s: float = 60.0,
+        source: ShardSource | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(cache_shards, int) or cache_shards < 1:
+            raise InvalidArgument(f"cache_shards must be an int >= 1, got {cache_shards!r}")
+        self.cache_shards = cache_shards
+        self._source = source or service_source(address, token, ca, retry_s)
+        #: the shards and columns read
+        self.shards: ShardSet = resolve(
+            self._source.client(),
+            dataset,
+            shards=shards,
+            prefix=prefix,
+            columns=columns,
+            strings=strings,
+        )
+        #: row count of each shard, in name order
+        self.rows: dict[str, int] = (
+            self._count(max(1, count_threads)) if rows is None else self._given(rows)
+        )
+        counts = [self.rows[name] for name in self.shards.names]
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        self._reset_cache()
+
+    def _reset_cache(self) -> None:
+        # Per process: a cache or lock inherited through fork may be mid-update by a thread
+        # that does not exist in the child.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, ShardRows] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_lock", "_cache", "_pid"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+    def __repr__(self) -> str:
+        shards = len(self.shards.names)
+        return f"MapDataset({self.shards.dataset!r}, {shards} shards, {len(self)} rows)"
+
+    def _given(self, rows: Mapping[str, int]) -> dict[str, int]:
+        names = set(self.shards.names)
+        if set(rows) != names:
+            missing, extra = sorted(names - set(rows)), sorted(set(rows) - names)
+            raise InvalidArgument(
+                f"rows= must give the row count of exactly the shards read: missing "
+                f"{missing[:5]}, not read {extra[:5]}"
+            )
+        if not all(isinstance(n, int) and n >= 0 for n in rows.values()):
+            raise InvalidArgument("rows= counts must be ints >= 0")
+        return {name: int(rows[name]) for name in self.shards.names}
+
+    def _count(self, threads: int) -> dict[str, int]:
+        def count(name: str) -> int:
+            table = self._source.read(self.shards.dataset, name)
+            return int(conform(self.shards, name, table).num_rows)
+
+        # The pool is gone before this returns: no thread outlives construction (workers
+        # may fork from this process later).
+        with ThreadPoolExecutor(threads, thread_name_prefix="tierstore-count-rows") as pool:
+            counts = list(pool.map(count, self.shards.names))
+        return dict(zip(self.shards.names, counts, strict=True))
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """``(shard, row)`` of sample ``index`` (negative counts from the end).
+
+        Raises IndexError outside ``[-len, len)`` and TypeError for a non-integer.
+        """
+        index = operator.index(index)
+        total = len(self)
+        if index < 0:
+            index += total
+        if not 0 <= index < total:
+            raise IndexError(f"sample {index} of a {total}-sample dataset")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.shards.names[shard], index - int(self._starts[shard])
+
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``: views of its shard's tensors (do not write into them)."""
+        shard, row = self.locate(index)
+        return self._shard(shard).row(row)
+
+    def _shard(self, name: str) -> ShardRows:
+        if self._pid != os.getpid():
+            self._reset_cache()
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None:
+                self._cache.move_to_end(name)
+                return cached
+        # Read outside the lock: other threads keep hitting the cache meanwhile.
+        rows = read_shard(self._source, self.shards, name)
+        if len(rows) != self.rows[name]:
+            raise FailedPrecondition(
+                f"shard {self.shards.dataset}/{name} has {len(rows)} rows, but "
+                f"{self.rows[name]} when this dataset was made: it was rewritten; make a new "
+                "MapDataset"
+            )
+        with self._lock:
+            self._cache[name] = rows
+            self._cache.move_to_end(name)
+            while len(self._cache) > self.cache_shards:
+                self._cache.popitem(last=False)
+        return rows

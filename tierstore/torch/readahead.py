@@ -1,0 +1,63 @@
+"""Reading the next few shards while the current one is consumed.
+
+:func:`read_ahead` fetches the shards of a list in order with ``depth`` fetches running
+ahead of the consumer, in a small thread pool of the process that iterates (a DataLoader
+worker has its own). Memory: the shard being consumed plus up to ``depth`` fetched ones.
+
+Fork safety: the pool is created on the first ``next()``, in the iterating process, and
+is touched only by that process. A generator inherited through ``fork()`` is never
+iterated in the child (datasets start a new one there); should the child garbage-collect
+it, the clean-up sees the foreign pid and leaves the pool alone — its locks may be held
+by parent threads that do not exist in the child, and touching them could hang.
+
+Not thread-safe: one consumer per generator (the pool's threads only run fetches).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = ["read_ahead"]
+
+T = TypeVar("T")
+
+
+def read_ahead(
+    fetch: Callable[[str, threading.Event], T], names: Sequence[str], depth: int
+) -> Generator[T, None, None]:
+    """``fetch(name, stop)`` for each of ``names``, in order, up to ``depth`` ahead.
+
+    ``depth`` 0 fetches inline, without threads. ``stop`` is set when the consumer stops
+    early (the generator is closed or collected), so fetches can give up their retries.
+    A fetch's exception is raised when its result is due, not before: shards fetched
+    ahead of a failure are still yielded first.
+    """
+    stop = threading.Event()
+    if depth <= 0:
+        for name in names:
+            yield fetch(name, stop)
+        return
+    owner = os.getpid()
+    pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="tierstore-read-ahead")
+    upcoming = iter(names)
+    pending: deque[Future[T]] = deque()
+
+    try:
+        while True:
+            # The shard due next plus `depth` more: while the consumer holds shard i, shards
+            # i+1 .. i+depth are being fetched.
+            for name in itertools.islice(upcoming, depth + 1 - len(pending)):
+                pending.append(pool.submit(fetch, name, stop))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        if os.getpid() == owner:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)

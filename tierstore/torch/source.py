@@ -1,0 +1,136 @@
+"""Where a worker gets a shard's record batches: the one small :class:`ShardSource` contract.
+
+:class:`GrpcShardSource` reads through the service (``Client.read_table``); a local
+zero-copy LMDB source can sit beside it later without the datasets changing. A source is
+made in the main process and travels to DataLoader workers by fork or pickle, so it holds
+only *how* to connect (a picklable factory) and opens its client lazily in each process.
+
+Every read passes through the fork gate (:mod:`tierstore.torch.fork_gate`), so a
+DataLoader forking its workers never forks in the middle of one of our gRPC streams.
+
+Reads are retried while the service is unavailable (a restarting server, a dropped
+stream): a shard is returned whole or not at all, so a retry can neither repeat nor skip a
+sample. Everything else — NotFound, DataLoss (a frame that failed verification),
+PermissionDenied — propagates at once, with the shard named in a note.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+import tenacity
+
+from tierstore.client.client import Client, connect
+from tierstore.errors import Unavailable
+from tierstore.torch.fork_gate import GATE
+
+__all__ = ["GrpcShardSource", "ShardSource", "service_source"]
+
+_log = logging.getLogger(__name__)
+
+
+class ShardSource(Protocol):
+    """Reads whole Arrow shards. Implementations are thread-safe, survive ``fork()`` and
+    pickling (reopening what they hold per process), and raise tierstore errors only."""
+
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
+        """The shard as a table (its columns may point into received frames).
+
+        ``stop``: set by the caller to abandon retries early (raises Unavailable then).
+        Raises ShardNotFound, DatasetNotFound, WrongShardKind (raw bytes), DataLoss,
+        PermissionDenied, Unavailable (after retrying for the source's retry budget).
+        """
+        ...  # pragma: no cover - a protocol
+
+    def client(self) -> Client:
+        """This process's client, for catalog calls (list, plans)."""
+        ...  # pragma: no cover - a protocol
+
+
+class GrpcShardSource:
+    """Reads shards through the tierstore service with this process's own client.
+
+    ``connect`` makes a client (``functools.partial(tierstore.connect, ...)``: it must
+    pickle for spawned workers). ``retry_s``: how long one shard read keeps retrying while
+    the service is unavailable. Thread-safe; fork- and pickle-safe (the client is made
+    again in each process and never pickled).
+    """
+
+    def __init__(self, connect: Callable[[], Client], retry_s: float = 60.0) -> None:
+        self._connect = connect
+        self.retry_s = retry_s
+        self._client: Client | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"connect": self._connect, "retry_s": self.retry_s}  # never the client
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["connect"], state["retry_s"])  # type: ignore[misc]
+
+    def client(self) -> Client:
+        """This process's client, made on first use here. (A client inherited through fork
+        would work too — it opens a channel per process — but making one per process keeps
+        the rule simple: a worker uses nothing of its parent's.)"""
+        if self._pid != os.getpid():
+            # No lock (one inherited through fork could be held forever): two threads racing
+            # here both make a client and one is dropped, which costs nothing (clients
+            # connect lazily). The client is stored before the pid that marks it valid.
+            self._client = self._connect()
+            self._pid = os.getpid()
+        assert self._client is not None
+        return self._client
+
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
+        """See :meth:`ShardSource.read`."""
+        client = self.client()
+        stopping = stop or threading.Event()
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            _log.warning(
+                "reading %s/%s: the service is unavailable (%s); retry %d",
+                dataset,
+                shard,
+                error,
+                state.attempt_number,
+            )
+
+        def wait(seconds: float) -> None:
+            stopping.wait(seconds)  # returns at once when the consumer stops
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(Unavailable),
+            stop=tenacity.stop_after_delay(self.retry_s) | tenacity.stop_when_event_set(stopping),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            sleep=wait,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            table: pa.Table = retrying(_gated_read, client, dataset, shard)
+        except Exception as exc:
+            exc.add_note(f"tierstore.torch: while reading shard {dataset}/{shard}")
+            raise
+        return table
+
+
+def _gated_read(client: Client, dataset: str, shard: str) -> pa.Table:
+    # Inside the fork gate: a fork() waits for this stream to end (see fork_gate).
+    with GATE.call():
+        return client.read_table(dataset, shard)
+
+
+def service_source(
+    address: str | None, token: str | None, ca: str | Path | None, retry_s: float
+) -> GrpcShardSource:
+    """The default source: the service at ``address`` with ``token`` and ``ca`` (each from
+    ``TIERSTORE_*`` when None, read by :func:`tierstore.connect` in each process)."""
+    return GrpcShardSource(functools.partial(connect, address, token=token, ca=ca), retry_s)

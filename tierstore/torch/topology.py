@@ -1,0 +1,75 @@
+"""Which slot of the epoch this process reads: its rank, and its DataLoader worker.
+
+The rank and world size come from ``torch.distributed`` when a process group is
+initialized, else from the ``RANK`` and ``WORLD_SIZE`` environment variables that
+``torchrun`` sets (read here and nowhere else), else rank 0 of 1. The worker comes from
+``torch.utils.data.get_worker_info()`` (worker 0 of 1 outside DataLoader workers).
+
+They are resolved when iteration starts, in the process that iterates, so a dataset made
+before ``init_process_group`` or before the DataLoader forks its workers still partitions
+correctly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+
+import torch.distributed
+import torch.utils.data
+
+from tierstore.errors import InvalidArgument
+from tierstore.torch.order import Slot
+
+__all__ = ["current_slot", "distributed_rank", "warn_if_idle"]
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+
+
+def distributed_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process.
+
+    Raises InvalidArgument when ``RANK``/``WORLD_SIZE`` are not integers or the rank is
+    outside ``[0, WORLD_SIZE)``.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    env = os.environ if environ is None else environ
+    world = _env_int(env, "WORLD_SIZE", 1)
+    rank = _env_int(env, "RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise InvalidArgument(f"RANK={rank} and WORLD_SIZE={world} do not name a rank")
+    return rank, world
+
+
+def current_slot(environ: Mapping[str, str] | None = None) -> Slot:
+    """This process's slot: its rank, and its worker if it is a DataLoader worker."""
+    rank, world = distributed_rank(environ)
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return Slot(rank, world)
+    return Slot(rank, world, info.id, info.num_workers)
+
+
+def warn_if_idle(shards: int, slot: Slot) -> None:
+    """Warn when there are fewer shards than slots: the surplus slots read nothing.
+
+    Every slot warns (each worker is its own process), with the same message.
+    """
+    if shards < slot.count:
+        warnings.warn(
+            f"{shards} shard(s) for {slot.world} rank(s) x {slot.workers} worker(s) = "
+            f"{slot.count} readers: {slot.count - shards} of them get no shard and yield "
+            "nothing. Use fewer workers, or write the dataset as more, smaller shards.",
+            UserWarning,
+            stacklevel=3,
+        )
