@@ -8,6 +8,8 @@ where a test must decide when uploads and evictions happen.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
@@ -328,3 +330,34 @@ def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: Stor
         assert store.get("d", name).source == "hot"
     store.close_plan(job)
     assert store.dataset_usage("d").misses == 0
+
+
+class _CountingArchive(MemoryTier):
+    """A memory archive that counts reads of each key (whole or ranged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        self.reads[key] += 1
+        return super().get(key, byte_range)
+
+
+def test_a_whole_shard_service_read_of_an_admitted_miss_reads_the_archive_once(
+    open_store: StoreFactory,
+) -> None:
+    archive = _CountingArchive()
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="recording")})
+    data = payload(3 * FRAME, 11)
+    store.put("d", "s", data)
+    assert store.drain(10)
+    store.evict("d", "s")
+    archive.reads.clear()
+    sealed = store.open_sealed("d", "s")  # a miss: the policy admits it, promotion queued
+    frames = [stored for _, stored in sealed.frames()]
+    assert len(frames) == 3
+    # The stream waited for the promotion and read the frames hot: one archive read.
+    assert sum(archive.reads.values()) == 1
+    assert store.stat("d", "s").hot
+    assert store.get("d", "s").to_bytes() == data

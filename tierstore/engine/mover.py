@@ -89,7 +89,8 @@ class Mover:
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
-        self._promoting_lock = threading.Lock()
+        #: guards ``_promoting``; notified whenever a promotion leaves it.
+        self._promoting_lock = threading.Condition()
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
         self.after_promotion: Callable[[], None] = lambda: None
         self._threads: list[threading.Thread] = []
@@ -303,6 +304,7 @@ class Mover:
         except queue.Full:
             with self._promoting_lock:
                 self._promoting.pop(key, None)
+                self._promoting_lock.notify_all()
 
     def in_flight(self) -> tuple[int, int]:
         """Promotions queued or running, and their stored bytes."""
@@ -313,6 +315,17 @@ class Mover:
         """Whether ``record``'s generation is queued or being promoted."""
         with self._promoting_lock:
             return (record.dataset, record.generation) in self._promoting
+
+    def wait_promoted(self, record: ShardRecord, timeout: float) -> bool:
+        """Wait until ``record``'s generation is neither queued nor being promoted (at
+        once if it is not); False if it still is after ``timeout`` seconds.
+
+        Whether it is hot afterwards is the catalog's to say (a promotion may fail or
+        find the generation superseded).
+        """
+        key = (record.dataset, record.generation)
+        with self._promoting_lock:
+            return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
     def _run_promotions(self) -> None:
         while not self._stop.is_set():
@@ -330,6 +343,7 @@ class Mover:
             finally:
                 with self._promoting_lock:
                     self._promoting.pop((record.dataset, record.generation), None)
+                    self._promoting_lock.notify_all()
                 self.after_promotion()
 
     def promote_now(self, record: ShardRecord, stored: list[memoryview] | None) -> None:

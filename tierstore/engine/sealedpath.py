@@ -39,6 +39,9 @@ __all__ = ["SealedRead", "SealedReader"]
 
 #: Cold frames fetched ahead of the consumer.
 _READ_AHEAD = 8
+#: How long a whole-shard read of a shard being promoted waits for the promotion
+#: before it reads the archive itself (a second fetch, but a bounded first byte).
+_PROMOTION_WAIT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,14 @@ class SealedReader:
     def stream(
         self, record: ShardRecord, slices: tuple[FrameSlice, ...]
     ) -> Iterator[tuple[int, bytes]]:
-        """The stored bytes of ``slices``' frames, hot where present, else from the archive."""
+        """The stored bytes of ``slices``' frames, hot where present, else from the archive.
+
+        A whole-shard read of a shard being promoted (the promotion this read's miss
+        queued, or a prefetch in flight) waits for the promotion and then reads hot:
+        the archive is read once, not twice. Ranged reads do not wait.
+        """
+        if not record.hot and len(slices) == len(record.frame_sizes):
+            record = self._after_promotion(record)
         archived = ArchivedFrames(self._archive, record)
 
         def fetch(index: int) -> bytes:
@@ -157,6 +167,20 @@ class SealedReader:
                     )
                 hot = fetch(index)
             yield index, hot
+
+    def _after_promotion(self, record: ShardRecord) -> ShardRecord:
+        """``record`` as the catalog has it once any promotion of it is over (hot if the
+        promotion succeeded); ``record`` itself if it is still promoting after
+        ``_PROMOTION_WAIT_S`` or was superseded."""
+        if not self._mover.is_promoting(record):
+            return record
+        if not self._mover.wait_promoted(record, _PROMOTION_WAIT_S):
+            return record
+        with self._env.read() as txn:
+            current = self._catalog.get_shard(txn, record.dataset, record.name)
+        if current is None or current.generation != record.generation:
+            return record
+        return current
 
     def _hot_frame(self, record: ShardRecord, index: int) -> bytes | None:
         with self._env.read() as txn:
