@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per case")
     parser.add_argument("--dir", type=Path, default=None, help="where the Arrow file goes")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--no-engine", action="store_true", help="skip the tierstore cases")
     args = parser.parse_args(argv)
     if args.batch_bytes < ROW_BYTES or args.batch_bytes % ROW_BYTES:
         parser.error(f"--batch-bytes must be a positive multiple of {ROW_BYTES}")
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
         results = run_cases(reader, device, batches, args, nbytes)
         results["verified_batches"] = verify(reader, args.prefetch)
+        if not args.no_engine:
+            results["cases"].update(engine_cases(reader, device, nbytes, args, Path(tmp)))
     ceiling = results["cases"]["ceiling"]["best_gb_s"]
     print(f"\n{'case':<22} {'best GB/s':>10} {'median GB/s':>12} {'best / ceiling':>15}")
     for name, case in results["cases"].items():
@@ -257,6 +260,95 @@ def run_cases(
         print(f"  {name}: best {cases[name]['best_gb_s']:.2f} GB/s", flush=True)
     cases["feeder"]["staging_bytes"] = feeder.staging_bytes
     return {"cases": cases}
+
+
+def engine_cases(
+    reader: pa.ipc.RecordBatchFileReader,
+    device: torch.device,
+    nbytes: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, dict[str, Any]]:
+    """The same batches stored as tierstore shards (one batch a shard, one frame a batch)
+    in an in-process engine, read from its LMDB hot tier and fed to the GPU.
+
+    This is the local path's mechanics — frames read in place from the LMDB map, each
+    frame's integrity trailer verified, Arrow arrays and tensors pointing into the map
+    (plaintext) or one ``decrypt_into`` per frame (encrypted) — without the gRPC grant
+    calls around it (the archive is an in-memory tier: this machine runs no S3 server).
+    """
+    from tierstore.config import EngineSettings
+    from tierstore.crypto import LocalKeyring
+    from tierstore.engine.store import Store
+    from tierstore.tiers.memory import MemoryTier
+    from tierstore.types import DatasetSettings
+
+    frame = max(4 * MiB, args.batch_bytes + 2 * MiB)
+    settings = EngineSettings(
+        data_dir=workdir / "engine",
+        hot_capacity_bytes=4 * nbytes + 4 * frame,
+        max_frame_bytes=frame,
+        backlog_cap_bytes=8 * nbytes,
+    )
+    keyring = LocalKeyring.generate_file(workdir / "master.keys")
+    cases: dict[str, dict[str, Any]] = {}
+    with Store(settings, MemoryTier(), keyring) as store:
+        for dataset, encrypted in (("plain", False), ("enc", True)):
+            store.create_dataset(dataset, DatasetSettings(encrypted=encrypted))
+            started = time.perf_counter()
+            for i in range(reader.num_record_batches):
+                store.put(dataset, f"b{i:05d}", pa.Table.from_batches([reader.get_batch(i)]))
+            print(f"  stored {dataset}: {time.perf_counter() - started:.1f} s", flush=True)
+
+            def batches(name: str = dataset) -> Iterator[Batch]:
+                for i in range(reader.num_record_batches):
+                    table = store.read_table(name, f"b{i:05d}")
+                    yield from _table_batches(table)
+
+            feeder = DeviceFeeder(_Again(batches), device, prefetch=args.prefetch)
+
+            def feed(feeder: DeviceFeeder[Batch] = feeder) -> None:
+                for _batch in feeder:
+                    pass
+
+            def host_read(batches: Callable[[], Iterator[Batch]] = batches) -> None:
+                for batch in batches():
+                    batch["x"].view(-1)[-1].item()  # the read alone (verified, decrypted)
+
+            label = "engine plaintext" if not encrypted else "engine encrypted"
+            for name, run, cuda in (
+                (f"feeder, {label}", feed, True),
+                (f"{label} read only", host_read, False),
+            ):
+                cases[name] = measure(run, nbytes, args.repeats, cuda)
+                print(f"  {name}: best {cases[name]['best_gb_s']:.2f} GB/s", flush=True)
+            marks = [
+                int(b["y"][0]) for b in DeviceFeeder(batches(), device, prefetch=args.prefetch)
+            ]
+            if marks != list(range(reader.num_record_batches)):
+                print(f"FAILED: engine {dataset} batches arrived wrong: {marks[:8]}...")
+                raise SystemExit(1)
+    return cases
+
+
+def _table_batches(table: pa.Table) -> Iterator[Batch]:
+    for batch in table.to_batches():
+        x = batch.column(0)
+        flat = torch.utils.dlpack.from_dlpack(x.storage.flatten())
+        yield {
+            "x": flat.view(len(x), *ROW_SHAPE),
+            "y": torch.utils.dlpack.from_dlpack(batch.column(1)),
+        }
+
+
+class _Again:
+    """``make()`` afresh on each ``iter()`` (one epoch each)."""
+
+    def __init__(self, make: Callable[[], Iterator[Batch]]) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._make()
 
 
 class _Reiterable:

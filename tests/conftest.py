@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -15,6 +16,12 @@ from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+# The DataLoader plugin's tests need its optional extra (``pip install -e '.[torch]'``):
+# without torch and torchdata they are not collected (CI installs both).
+collect_ignore = (
+    [] if importlib.util.find_spec("torch") and importlib.util.find_spec("torchdata") else ["torch"]
+)
 
 #: The bucket every S3 test shares; each test gets its own prefix inside it.
 SESSION_BUCKET = "tierstore-tests"
