@@ -157,12 +157,15 @@ def serving(
     health: bool = True,
     datasets: dict[str, DatasetSettings] | None = None,
     max_workers: int = 16,
+    local_reads: bool = True,
+    local_grant_ttl_s: float = 60.0,
     **engine: Any,
 ) -> Iterator[RunningServer]:
     """Start a server under ``root`` (TLS from a fresh local CA unless ``insecure``).
 
     The store has 4 KiB frames, a master key, a MemoryTier archive and ``datasets``;
-    ``engine`` overrides other engine settings. Everything is stopped and closed on exit.
+    ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
+    are the server's local-read settings. Everything is stopped and closed on exit.
     """
     data_dir = root / "node"
     store = Store(engine_settings(data_dir, **engine), MemoryTier(), KEYRING)
@@ -181,6 +184,8 @@ def serving(
                 tls=tls,
                 max_workers=max_workers,
                 spool_dir=data_dir / "spool",
+                local_reads=local_reads,
+                local_grant_ttl_s=local_grant_ttl_s,
             ),
             store,
             tokens,

@@ -196,6 +196,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
         "the prefetched shards to turn hot",
     )
     admin.get(dataset, "a")
+    admin.report_local_reads()  # read in place: its count reaches the server in batches
 
     one, every = all_of(env, [("stats", dataset), ("stats",)])
     assert set(one["datasets"]) == {dataset}
@@ -218,6 +219,7 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     assert created["policy"] == "lru"
     admin.put(dataset, "a", b"a" * 1000)
     admin.get(dataset, "a")
+    admin.report_local_reads()  # read in place: its count reaches the server in batches
     shown = ok(env, "policy", "show", dataset)
     assert shown == {"dataset": dataset, "policy": "lru", "hits": 1, "misses": 0, "hit_ratio": 1.0}
     assert ok(env, "policy", "set", dataset, "s3fifo") == {"dataset": dataset, "policy": "s3fifo"}

@@ -44,7 +44,7 @@ from tierstore.types import DatasetSettings, Durability, Role
 from tierstore.v1 import common_pb2, shards_pb2
 
 SEED = 20240611
-#: Requests per RPC (every one of the 23 tierstore RPCs).
+#: Requests per RPC (every one of the 26 tierstore RPCs).
 PER_RPC = 2000
 WORKERS = 4
 #: A health check and a canary read run after every this many requests.

@@ -82,6 +82,11 @@ def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -
         "StatShard": shards_pb2.StatShardRequest(dataset=dataset, shard=shard),
         "ListShards": shards_pb2.ListShardsRequest(dataset=dataset),
         "DeleteShard": shards_pb2.DeleteShardRequest(dataset=dataset, shard=shard),
+        "OpenLocal": shards_pb2.OpenLocalRequest(dataset=dataset),
+        "GrantDataKey": shards_pb2.GrantDataKeyRequest(dataset=dataset, shard=shard, generation=1),
+        "ReportLocalReads": shards_pb2.ReportLocalReadsRequest(
+            dataset=dataset, reads=[shards_pb2.LocalReadCount(shard=shard, generation=1, count=1)]
+        ),
         "Pin": placement_pb2.PinRequest(dataset=dataset, shard=shard, ttl_s=60),
         "Unpin": ref,
         "Evict": ref,
@@ -368,6 +373,9 @@ NAMED = [
     SHARD + "StatShard",
     SHARD + "ListShards",
     SHARD + "DeleteShard",
+    SHARD + "OpenLocal",
+    SHARD + "GrantDataKey",
+    SHARD + "ReportLocalReads",
     DATASET + "GetDataset",
     DATASET + "UpdateDataset",
     DATASET + "DeleteDataset",

@@ -166,6 +166,12 @@ def serve(
     master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
     config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
     hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
+    local_reads: Annotated[
+        bool, typer.Option(help="let readers on this host read the hot tier in place")
+    ] = True,
+    local_grant_ttl: Annotated[
+        float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
+    ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
@@ -190,6 +196,8 @@ def serve(
         master_key_file=master_key_file,
         config_file=config,
         hot_capacity_bytes=hot_capacity,
+        local_reads=local_reads,
+        local_grant_ttl_s=local_grant_ttl,
     )
     raise typer.Exit(_run(lambda: run(options, sys.stdout)))
 

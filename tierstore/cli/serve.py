@@ -59,6 +59,9 @@ class ServeOptions:
     config_file: Path | None = None
     hot_capacity_bytes: int | None = None
     grace_s: float = 20.0
+    #: readers on this host may read the hot tier in place (docs/local-reads.md).
+    local_reads: bool = True
+    local_grant_ttl_s: float = 60.0
 
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
@@ -105,6 +108,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 tls=tls,
                 spool_dir=data_dir / "spool",
                 metrics_listen=options.metrics_listen,
+                local_reads=options.local_reads,
+                local_grant_ttl_s=options.local_grant_ttl_s,
             ),
             store,
             tokens,

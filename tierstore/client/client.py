@@ -6,6 +6,12 @@ retried with back-off when the server is UNAVAILABLE. Errors come back as the
 same :mod:`tierstore.errors` class the server raised. A client is safe to share
 between threads, and keeps working in processes forked from the one that made
 it (each process opens its own channel on first use).
+
+Reads (:meth:`Client.get`, :meth:`Client.read_table`, :meth:`Client.read_tensor`)
+take the *local path* when the server runs on this host and grants it: frames are
+read in place from the hot tier's LMDB map (:mod:`tierstore.client.local`,
+docs/local-reads.md), and anything else — a cold shard, a refusal, any failure —
+goes through the service. :attr:`Client.read_counts` tells which path served them.
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ import grpc
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
+from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
+from tierstore.client.local import (
+    LocalReadOptions,
+    LocalReads,
+    LocalShard,
+    ReadCounter,
+    ReadCounts,
+)
+from tierstore.client.localrpc import GrpcLocalReadRpc
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.errors import InvalidArgument, InvalidPlan, Unavailable, WrongShardKind
 from tierstore.framing import frame_value
@@ -36,6 +51,7 @@ from tierstore.types import (
     Durability,
     Grant,
     ShardInfo,
+    ShardKind,
     TraceEvent,
 )
 from tierstore.v1 import (
@@ -61,7 +77,7 @@ from tierstore.wire.plans import sampler_to_pb
 from tierstore.wire.status import ERROR_HEADER, error_for_status
 from tierstore.wire.trace import sizing_from_pb, trace_events_from_pb
 
-__all__ = ["Client", "TierStats", "connect"]
+__all__ = ["Client", "LocalReadOptions", "ReadCounts", "TierStats", "connect"]
 
 T = TypeVar("T")
 
@@ -91,7 +107,11 @@ def _raise_mapped(error: grpc.RpcError) -> NoReturn:
 
 
 class Client:
-    """One connection (lazily opened, per process) to a tierstore server."""
+    """One connection (lazily opened, per process) to a tierstore server.
+
+    ``local``: how to read locally when the server is on this host (default: on; see
+    :class:`~tierstore.client.local.LocalReadOptions`).
+    """
 
     def __init__(
         self,
@@ -100,14 +120,35 @@ class Client:
         timeout_s: float = 30.0,
         stream_timeout_s: float = 3600.0,
         frame_bytes: int = DEFAULT_FRAME_BYTES,
+        local: LocalReadOptions | None = None,
     ) -> None:
         self._channel = ProcessChannel(settings)
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
         self.frame_bytes = frame_bytes
+        self._local_options = local or LocalReadOptions()
+        self._counts = ReadCounter()
+        self._local: LocalReads | None = None
+        if self._local_options.enabled:
+            rpc = GrpcLocalReadRpc(lambda: self._stub(shards_pb2_grpc.ShardServiceStub), self._call)
+            self._local = LocalReads(rpc, self._local_options, self._counts)
 
     def __repr__(self) -> str:
         return f"Client({self._channel.settings.address!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never the channel, the local-read state or its thread: remade where unpickled.
+        return {
+            "settings": self._channel.settings,
+            "timeout_s": self.timeout_s,
+            "stream_timeout_s": self.stream_timeout_s,
+            "frame_bytes": self.frame_bytes,
+            "local": self._local_options,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        settings = state.pop("settings")
+        self.__init__(settings, **state)  # type: ignore[misc]
 
     def __enter__(self) -> Client:
         return self
@@ -116,19 +157,46 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close this process's channel (the client reopens one if used again)."""
+        """Report pending local reads, zero data keys, and close this process's channel
+        (the client reopens one if used again)."""
+        if self._local is not None:
+            self._local.close()
         self._channel.close()
+
+    @property
+    def read_counts(self) -> ReadCounts:
+        """How many reads were served locally (in place) and through the service."""
+        return self._counts.snapshot()
+
+    def report_local_reads(self) -> None:
+        """Send the server the local reads counted but not reported yet (normally sent
+        in the background every second or so). :meth:`stat`, :meth:`stats`, the access
+        plan calls and :meth:`export_trace` do this first, so a client sees its own
+        reads counted, and the server hears them in order with its plan events."""
+        if self._local is not None:
+            self._local.flush()
 
     # Plumbing.
 
     def _stub(self, factory: Callable[[grpc.Channel], T]) -> T:
         return factory(self._channel.get())
 
-    def _call(self, fn: Callable[..., T], request: Any, *, idempotent: bool) -> T:
+    def _call(
+        self,
+        fn: Callable[..., T],
+        request: Any,
+        *,
+        idempotent: bool,
+        timeout_s: float | None = None,
+    ) -> T:
         delay = 0.1
         for attempt in range(_RETRIES):
             try:
-                return fn(request, timeout=self.timeout_s, metadata=self._channel.metadata)
+                return fn(
+                    request,
+                    timeout=timeout_s or self.timeout_s,
+                    metadata=self._channel.metadata,
+                )
             except grpc.RpcError as error:
                 code = getattr(error, "code", lambda: None)()
                 retry = idempotent and code == grpc.StatusCode.UNAVAILABLE
@@ -280,48 +348,68 @@ class Client:
         """Bytes ``[offset, offset + length)`` of a shard (to the end when ``length`` is None).
 
         Frames are verified (and decrypted) here, straight into the returned
-        64-byte-aligned buffer. Raises ShardNotFound, DatasetNotFound, InvalidRange,
-        PermissionDenied, DataLoss (nothing unverified is returned), Unavailable.
+        64-byte-aligned buffer (pinned when torch and CUDA are in use and the read is
+        local; docs/local-reads.md). Raises ShardNotFound,
+        DatasetNotFound, InvalidRange, PermissionDenied, DataLoss (nothing unverified is
+        returned), Unavailable.
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must not be negative")
+        if self._local is not None:
+            local = self._local.read_range(dataset, shard, offset, length)
+            if local is not None:
+                return local.buffers[0]
+        self._counts.bump("grpc")
         byte_range = common_pb2.ByteRange(offset=offset)
         if length is not None:
             byte_range.length = length
         stream = self._open(
             shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
         )
-        out = pa.allocate_buffer(stream.length)
+        out = self._frame_allocator()(stream.length)
         stream.into(memoryview(out).cast("B"))
         return out
 
     def read_table(
         self, dataset: str, shard: str, columns: Sequence[str] | None = None
     ) -> pa.Table:
-        """An Arrow shard as a table; its columns point into the received frames (no copy).
+        """An Arrow shard as a table; its columns point into the received frames (no copy)
+        — read locally from a plaintext shard, into the hot tier's map (its snapshot stays
+        open while any of the table's buffers lives; docs/local-reads.md).
 
         ``columns`` selects (and orders) columns by name. Raises WrongShardKind for a raw
         shard, and as :meth:`get`.
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
+        local = self._local.read_frames(dataset, shard) if self._local is not None else None
+        if local is not None:
+            return _table_of(local, dataset, shard, columns)
+        self._counts.bump("grpc")
         stream = self._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
         if stream.info.kind.value == "raw":
             for _ in stream.messages:  # drain the stream so the call ends cleanly
                 pass
             raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-        return arrowio.frames_to_table(stream.frames(), columns)
+        return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
+
+    def _frame_allocator(self) -> FrameAllocator:
+        """Where received frames land: the local path's allocator (aligned, pinned with
+        CUDA) when local reads are on, else aligned buffers."""
+        return self._local.allocator() if self._local is not None else aligned_buffer
 
     def read_tensor(self, dataset: str, shard: str) -> Any:
         """A tensor shard as a numpy array (a torch tensor if it was stored from torch)."""
         return tensors.table_to_tensor(self.read_table(dataset, shard))
 
     def stat(self, dataset: str, shard: str) -> ShardInfo:
-        """What the server knows of a shard (size, frames, tiers, access counts)."""
+        """What the server knows of a shard (size, frames, tiers, access counts — this
+        client's local reads included)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
+        self.report_local_reads()
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         reply = self._call(
             stub.StatShard,
@@ -426,6 +514,7 @@ class Client:
         server a pass over its trace: up to a second or two)."""
         if dataset:
             validate_dataset_name(dataset)
+        self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
             stub.GetTierStats,
@@ -487,6 +576,7 @@ class Client:
         validate_dataset_name(dataset)
         if not 0 < ttl_s < float("inf"):
             raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
             dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=ttl_s
         )
@@ -514,6 +604,7 @@ class Client:
         (``position`` negative or past the plan's end)."""
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**64:
             raise InvalidArgument(f"position must be a whole number >= 0, got {position!r}")
+        self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(
             stub.ReportPosition,
@@ -523,6 +614,7 @@ class Client:
 
     def close_plan(self, job: str) -> None:
         """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired)."""
+        self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
 
@@ -578,6 +670,7 @@ class Client:
         end, or close it. Raises PermissionDenied, InvalidName."""
         if dataset is not None:
             validate_dataset_name(dataset)
+        self.report_local_reads()
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         responses = stub.ExportTrace(
             admin_pb2.ExportTraceRequest(dataset=dataset or ""),
@@ -585,6 +678,14 @@ class Client:
             metadata=self._channel.metadata,
         )
         return trace_events_from_pb(_mapped(responses))
+
+
+def _table_of(
+    local: LocalShard, dataset: str, shard: str, columns: Sequence[str] | None
+) -> pa.Table:
+    if local.kind is ShardKind.RAW:
+        raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
+    return arrowio.frames_to_table(local.buffers, columns)
 
 
 def _durability(value: str | Durability) -> Durability:
@@ -648,15 +749,22 @@ def connect(
     insecure: bool = False,
     timeout_s: float = 30.0,
     environ: dict[str, str] | None = None,
+    local_reads: bool | None = None,
 ) -> Client:
     """A client for the server at ``address`` (``HOST:PORT``).
 
     Unset arguments come from ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
     ``TIERSTORE_CA`` (a PEM file: the server's CA, ``<data-dir>/tls/ca.pem``).
     ``client_cert``/``client_key``: PEM files for mutual TLS. ``insecure``: plaintext,
-    allowed only to loopback addresses. Nothing connects until the first call.
+    allowed only to loopback addresses. ``local_reads``: read hot shards in place when
+    the server is on this host (docs/local-reads.md); unset, on unless
+    ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
+    the first call. Raises InvalidArgument for a bad address or
+    ``TIERSTORE_LOCAL_READS`` value.
     """
     env = os.environ if environ is None else environ
+    if local_reads is None:
+        local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
     address = address or env.get("TIERSTORE_ADDRESS", "")
     token = token or env.get("TIERSTORE_TOKEN") or None
     ca_value = ca or env.get("TIERSTORE_CA") or None
@@ -668,4 +776,16 @@ def connect(
         client_key=Path(client_key) if client_key else None,
         insecure=insecure,
     )
-    return Client(settings, timeout_s=timeout_s)
+    return Client(settings, timeout_s=timeout_s, local=LocalReadOptions(enabled=local_reads))
+
+
+def _flag(text: str, name: str, default: bool) -> bool:
+    """An on/off environment setting (empty: ``default``). Raises InvalidArgument."""
+    value = text.strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"{name} must be 0 or 1 (or false/true, no/yes, off/on), not {text!r}")

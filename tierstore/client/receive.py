@@ -5,16 +5,19 @@ encrypted shard, its data key) and then the stored frames. Every frame is
 verified here — checksum or AEAD tag bound to dataset, shard, generation,
 index and last-frame flag — so nothing the server, the disk or the wire
 damaged is ever returned. Encrypted frames are decrypted straight into the
-destination buffer: one copy, and a failed tag zeroes it.
+destination buffer: one copy, and a failed tag zeroes it. The local read path
+(:mod:`tierstore.client.local`) opens frames it reads from the hot tier with the
+same two functions, :func:`open_frames_into` and :func:`open_frames`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.crypto import FrameCipher, zero
 from tierstore.errors import IntegrityError
 from tierstore.frames import FrameSealer
@@ -22,7 +25,7 @@ from tierstore.types import ShardInfo
 from tierstore.v1 import shards_pb2
 from tierstore.wire.convert import shard_info_from_pb
 
-__all__ = ["ShardStream", "open_stream"]
+__all__ = ["ShardStream", "open_frames", "open_frames_into", "open_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,42 +61,69 @@ class ShardStream:
 
         On IntegrityError all of ``out`` is zeroed first.
         """
-        try:
-            return self._into(out)
-        except IntegrityError:
-            zero(out)
-            raise
+        return open_frames_into(self.sealer, self._stored_frames(), self.skip, self.length, out)
 
-    def _into(self, out: memoryview) -> int:
-        position = 0
-        remaining_skip = self.skip
-        for index, stored in self._stored_frames():
-            payload_size = len(stored) - self.sealer.overhead
+    def frames(self, allocate: FrameAllocator = aligned_buffer) -> list[pa.Buffer]:
+        """Every received frame's payload in its own buffer from ``allocate`` (whole frames)."""
+        return open_frames(self.sealer, self._stored_frames(), allocate)
+
+
+def open_frames_into(
+    sealer: FrameSealer,
+    stored_frames: Iterable[tuple[int, bytes | memoryview]],
+    skip: int,
+    length: int,
+    out: memoryview,
+) -> int:
+    """Verify (and decrypt) ``(index, stored)`` frames into ``out``: ``length`` bytes
+    starting ``skip`` bytes into the first frame's payload; returns ``length``.
+
+    A whole frame is opened straight into place (one copy, or the one decryption);
+    a partial first or last frame goes through a frame-sized scratch buffer. On
+    IntegrityError all of ``out`` is zeroed first. Shared by the gRPC stream and the
+    local read path.
+    """
+    position = 0
+    remaining_skip = skip
+    try:
+        for index, stored in stored_frames:
+            payload_size = len(stored) - sealer.overhead
             start = remaining_skip
-            stop = min(payload_size, start + self.length - position)
+            stop = min(payload_size, start + length - position)
             remaining_skip = 0
             if start == 0 and stop == payload_size:
                 # The whole frame is wanted: open it straight into place (one copy).
-                self.sealer.open_into(index, memoryview(stored), out[position : position + stop])
+                sealer.open_into(index, memoryview(stored), out[position : position + stop])
             else:
                 whole = bytearray(max(payload_size, 0))
-                self.sealer.open_into(index, memoryview(stored), memoryview(whole))
+                sealer.open_into(index, memoryview(stored), memoryview(whole))
                 out[position : position + stop - start] = whole[start:stop]
             position += stop - start
-        if position != self.length:
-            raise IntegrityError(f"received {position} of {self.length} bytes")
-        return position
+        if position != length:
+            raise IntegrityError(f"received {position} of {length} bytes")
+    except IntegrityError:
+        zero(out)
+        raise
+    return position
 
-    def frames(self) -> list[pa.Buffer]:
-        """Every received frame's payload in its own 64-byte-aligned buffer (whole frames)."""
-        out: list[pa.Buffer] = []
-        for index, stored in self._stored_frames():
-            buffer = pa.allocate_buffer(len(stored) - self.sealer.overhead)
-            # A pyarrow buffer's memoryview has format "b"; slice assignment from the
-            # verified payload (format "B") needs matching formats.
-            self.sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))
-            out.append(buffer)
-        return out
+
+def open_frames(
+    sealer: FrameSealer,
+    stored_frames: Iterable[tuple[int, bytes | memoryview]],
+    allocate: FrameAllocator,
+) -> list[pa.Buffer]:
+    """Each ``(index, stored)`` frame's payload in its own buffer from ``allocate``:
+    exactly one allocation and one ``open_into`` (for ciphertext: one ``decrypt_into``)
+    per frame. A frame that fails verification leaves its buffer zeroed and raises
+    IntegrityError. Shared by the gRPC stream and the local read path."""
+    out: list[pa.Buffer] = []
+    for index, stored in stored_frames:
+        buffer = allocate(len(stored) - sealer.overhead)
+        # A pyarrow buffer's memoryview has format "b"; slice assignment from the
+        # verified payload (format "B") needs matching formats.
+        sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))
+        out.append(buffer)
+    return out
 
 
 def open_stream(messages: Iterator[shards_pb2.GetShardResponse]) -> ShardStream:

@@ -25,11 +25,27 @@ from tierstore.errors import DatasetNotFound, ShardNotFound
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import DatasetSettings
 
-__all__ = ["DB_NAMES", "Catalog"]
+__all__ = ["DB_NAMES", "FRAMES_DB", "SHARDS_DB", "Catalog", "lookup_shard"]
 
 FRAMES_DB = "frames"
-DB_NAMES = (FRAMES_DB, "datasets", "shards", "journal", "access", "meta")
+SHARDS_DB = "shards"
+DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", "meta")
 _U64 = struct.Struct(">Q")
+
+
+def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardRecord | None:
+    """The record of ``dataset/name`` in the ``shards`` sub-database, or ``None``.
+
+    Read-only, and shared with the client's local read path (which opens the hot
+    tier read-only in its own process), so both sides decode records alike.
+    Raises IntegrityError for an undecodable record.
+    """
+    raw = txn.get(catalog_key(dataset, name), db=shards_db)
+    if raw is None:
+        return None
+    record = ShardRecord.decode(raw)
+    # Long names share a truncated key prefix with a hash; the record holds the full name.
+    return record if record.name == name else None
 
 
 class Catalog:
@@ -67,12 +83,7 @@ class Catalog:
     # Shard records.
 
     def get_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord | None:
-        raw = txn.get(catalog_key(dataset, name), db=self._db("shards"))
-        if raw is None:
-            return None
-        record = ShardRecord.decode(raw)
-        # Long names share a truncated key prefix with a hash; the record holds the full name.
-        return record if record.name == name else None
+        return lookup_shard(txn, self._db(SHARDS_DB), dataset, name)
 
     def require_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord:
         """A shard's record. Raises DatasetNotFound, ShardNotFound."""
@@ -88,18 +99,18 @@ class Catalog:
         return current is not None and current.generation == record.generation
 
     def put_shard(self, txn: Any, record: ShardRecord) -> None:
-        txn.put(catalog_key(record.dataset, record.name), record.encode(), db=self._db("shards"))
+        txn.put(catalog_key(record.dataset, record.name), record.encode(), db=self._db(SHARDS_DB))
 
     def delete_shard(self, txn: Any, dataset: str, name: str) -> None:
         key = catalog_key(dataset, name)
-        txn.delete(key, db=self._db("shards"))
+        txn.delete(key, db=self._db(SHARDS_DB))
         txn.delete(key, db=self._db("access"))
 
     def iter_shards(
         self, txn: Any, dataset: str | None = None, prefix: str = "", start_after: str | None = None
     ) -> Iterator[ShardRecord]:
         """Records by dataset, then name (byte order), optionally of one dataset and prefix."""
-        cursor = txn.cursor(db=self._db("shards"))
+        cursor = txn.cursor(db=self._db(SHARDS_DB))
         if dataset is None:
             positioned = cursor.first()
             head = b""
@@ -121,7 +132,7 @@ class Catalog:
 
     def count_shards(self, txn: Any, dataset: str) -> int:
         """How many shards ``dataset`` holds (walks its keys; decodes no record)."""
-        cursor = txn.cursor(db=self._db("shards"))
+        cursor = txn.cursor(db=self._db(SHARDS_DB))
         head = dataset.encode() + b"\x00"
         count = 0
         positioned = cursor.set_range(head)

@@ -17,11 +17,19 @@ needs the bytes for long should call :meth:`ShardData.detach`.
 
 Encrypted reads never lease: each frame is decrypted once into its own
 64-byte-aligned buffer and the transaction ends at once.
+
+Fork safety: a lease ends its transaction only in the process that opened it. A
+forked child inherits the parent's leases as plain memory; aborting one there would
+release the *parent's* slot in LMDB's shared reader table (and let the writer reuse
+pages the parent still reads), so in a child a lease just lets go of its objects
+(py-lmdb itself never ends an inherited transaction when it is collected). The
+client's local read path shares these leases (:mod:`tierstore.client.hotmap`).
 """
 
 from __future__ import annotations
 
 import operator
+import os
 import threading
 import time
 import weakref
@@ -111,7 +119,7 @@ class ReadLease:
         self.txn = txn
         self.opened_at = time.monotonic()
         self._views: list[memoryview] = []
-        weakref.finalize(self, pool._release, txn)
+        weakref.finalize(self, pool._release, txn, os.getpid())
 
     def keep(self, view: memoryview) -> pa.Buffer:
         """A ``pyarrow.Buffer`` over ``view`` that keeps this lease alive."""
@@ -139,7 +147,11 @@ class LeasePool:
         self._live.add(lease)
         return lease
 
-    def _release(self, txn: Any) -> None:
+    def _release(self, txn: Any, owner_pid: int) -> None:
+        if os.getpid() != owner_pid:
+            # A forked child: the transaction and this pool are the parent's (see the
+            # module docstring); its lock may even be held by a thread gone with the fork.
+            return
         try:
             txn.abort()
         except Exception:

@@ -9,7 +9,9 @@ dataset (:mod:`tierstore.engine.policies`), access plans
 (:mod:`tierstore.engine.planbook`), the prefetch loop
 (:mod:`tierstore.engine.prefetch`) and the access trace
 (:mod:`tierstore.engine.trace`). It also answers metadata and administration
-requests (stat, list, evict, key rotation, rebuild, stats).
+requests (stat, list, evict, key rotation, rebuild, stats), and supports readers
+that read the hot tier in place (:attr:`Store.local_reads`,
+:mod:`tierstore.engine.localreads`).
 
 Thread safety: a :class:`Store` is safe to share between threads of one process.
 Fork safety: do not use a store across ``fork()``; open one per process.
@@ -33,6 +35,7 @@ from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
+from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
 from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, PlanBook, PlanInfo
@@ -166,6 +169,8 @@ class Store:
             self.mover,
             self._reader.fetch_pool,
         )
+        #: grant material and read recording for readers that map the hot tier themselves.
+        self.local_reads = LocalReadSupport(self._env, self._catalog, self._sealers, reads)
         self._plans = PlanBook(self._env, self._catalog, self._policies, self._trace)
         #: the prefetch loop (started with the mover).
         self.prefetcher = Prefetcher(

@@ -29,6 +29,7 @@ from tierstore.server.admin import AdminServicer
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
+from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
 from tierstore.server.shards import ShardServicer
@@ -75,6 +76,10 @@ class ServerSettings:
     spool_dir: Path = Path("./spool")
     #: Prometheus ``/metrics`` over plain HTTP; "" disables it.
     metrics_listen: str = ""
+    #: let readers on this host map the hot tier and read in place (docs/local-reads.md).
+    local_reads: bool = True
+    #: how long a local-read grant holds; a revoked token stops local reads within it.
+    local_grant_ttl_s: float = DEFAULT_GRANT_TTL_S
 
     def __post_init__(self) -> None:
         if self.insecure and not is_loopback_address(self.listen):
@@ -136,7 +141,16 @@ class TierstoreServer:
             (datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store)),
             (
                 shards_pb2_grpc.add_ShardServiceServicer_to_server,
-                ShardServicer(store, settings.spool_dir, served=self.metrics.observe_served),
+                ShardServicer(
+                    store,
+                    settings.spool_dir,
+                    served=self.metrics.observe_served,
+                    local=LocalReadService(
+                        store,
+                        enabled=settings.local_reads,
+                        grant_ttl_s=settings.local_grant_ttl_s,
+                    ),
+                ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
             (

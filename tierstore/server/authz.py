@@ -72,6 +72,9 @@ class Principal:
     via: Literal["token", "certificate"]
     #: the (public) id of the token that authenticated it, for audit logs; "" for certificates.
     token_id: str = ""
+    #: when the credential runs out (seconds since the epoch); 0: never. Grants that
+    #: outlive the call (local reads) end no later than this.
+    expires_at: float = 0.0
 
     def role_on(self, dataset: str) -> Role | None:
         """The strongest role held on ``dataset`` (a ``"*"`` grant counts), or ``None``.
@@ -134,6 +137,11 @@ _RULES: dict[str, Rule] = {
     "/tierstore.v1.ShardService/StatShard": _READ,
     "/tierstore.v1.ShardService/ListShards": _READ,
     "/tierstore.v1.ShardService/DeleteShard": _WRITE,
+    # Local reads hand out only what GetShard would (the place of the hot tier, a data
+    # key of a shard the caller may read) and count reads the caller made.
+    "/tierstore.v1.ShardService/OpenLocal": _READ,
+    "/tierstore.v1.ShardService/GrantDataKey": _READ,
+    "/tierstore.v1.ShardService/ReportLocalReads": _READ,
     # Placement changes spend the shared hot tier (and can push other tenants' shards out),
     # so they are writes even though they change no bytes.
     "/tierstore.v1.PlacementService/Pin": _WRITE,

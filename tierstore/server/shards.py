@@ -6,7 +6,9 @@ stream is committed, so an interrupted put leaves no shard and no space behind.
 Gets send a header (shard info and how to verify or decrypt) and then the
 stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
-slow reader holds one frame of server memory and no LMDB pages.
+slow reader holds one frame of server memory and no LMDB pages. The local-read
+RPCs (grant, data key, read reports) unpack here and are answered by
+:mod:`tierstore.server.localreads`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import authorize
+from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import FrameSpool
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
+from tierstore.wire.local import grant_to_pb, read_counts_from_pb
 
 __all__ = ["ShardServicer"]
 
@@ -41,12 +45,14 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         spool_dir: Path,
         max_shard_frames: int = 1 << 20,
         served: Callable[[str, int], None] | None = None,
+        local: LocalReadService | None = None,
     ) -> None:
         self._store = store
         self._spool_dir = spool_dir
         self._max_frames = max_shard_frames
         #: called with (tier, bytes) for every frame sent
         self._served = served or (lambda tier, nbytes: None)
+        self._local = local or LocalReadService(store)
 
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
         validate_dataset_name(dataset)
@@ -156,3 +162,29 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self._check("DeleteShard", request.dataset, request.shard)
         self._store.delete(request.dataset, request.shard)
         return shards_pb2.DeleteShardResponse()
+
+    # Local reads (tierstore.server.localreads).
+
+    @handler
+    def OpenLocal(
+        self, request: shards_pb2.OpenLocalRequest, context: grpc.ServicerContext
+    ) -> shards_pb2.LocalGrant:
+        self._check("OpenLocal", request.dataset)
+        grant = self._local.open_local(caller(), context.peer(), request.dataset)
+        return grant_to_pb(grant)
+
+    @handler
+    def GrantDataKey(
+        self, request: shards_pb2.GrantDataKeyRequest, context: grpc.ServicerContext
+    ) -> shards_pb2.DataKeyGrant:
+        self._check("GrantDataKey", request.dataset, request.shard)
+        key = self._local.data_key(request.dataset, request.shard, request.generation)
+        return shards_pb2.DataKeyGrant(data_key=key.key, nonce_prefix=key.nonce_prefix)
+
+    @handler
+    def ReportLocalReads(
+        self, request: shards_pb2.ReportLocalReadsRequest, context: grpc.ServicerContext
+    ) -> shards_pb2.ReportLocalReadsResponse:
+        self._check("ReportLocalReads", request.dataset)
+        recorded = self._local.record(request.dataset, read_counts_from_pb(request))
+        return shards_pb2.ReportLocalReadsResponse(recorded=recorded)

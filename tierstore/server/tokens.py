@@ -194,7 +194,13 @@ class TokenStore:
             raise Unauthenticated(reason=AuthFailure.REVOKED)
         if info.expired(self._clock()):
             raise Unauthenticated(reason=AuthFailure.EXPIRED)
-        return Principal(info.principal, info.grants, via="token", token_id=info.token_id)
+        return Principal(
+            info.principal,
+            info.grants,
+            via="token",
+            token_id=info.token_id,
+            expires_at=info.expires_at,
+        )
 
     def ensure_admin_token(self, token_file: Path) -> str | None:
         """On first start, issue an admin token and write it to ``token_file`` (mode 0600).

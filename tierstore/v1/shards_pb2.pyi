@@ -122,3 +122,79 @@ class DeleteShardRequest(_message.Message):
 class DeleteShardResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class OpenLocalRequest(_message.Message):
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
+
+class HostIdentity(_message.Message):
+    __slots__ = ("boot_id", "pid_namespace", "hostname")
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    boot_id: str
+    pid_namespace: str
+    hostname: str
+    def __init__(self, boot_id: _Optional[str] = ..., pid_namespace: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class LocalGrant(_message.Message):
+    __slots__ = ("path", "map_size", "data_device", "data_inode", "host", "server_pid", "ttl_s")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MAP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DATA_INODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    map_size: int
+    data_device: int
+    data_inode: int
+    host: HostIdentity
+    server_pid: int
+    ttl_s: float
+    def __init__(self, path: _Optional[str] = ..., map_size: _Optional[int] = ..., data_device: _Optional[int] = ..., data_inode: _Optional[int] = ..., host: _Optional[_Union[HostIdentity, _Mapping]] = ..., server_pid: _Optional[int] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class GrantDataKeyRequest(_message.Message):
+    __slots__ = ("dataset", "shard", "generation")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shard: str
+    generation: int
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class DataKeyGrant(_message.Message):
+    __slots__ = ("data_key", "nonce_prefix")
+    DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    data_key: bytes
+    nonce_prefix: bytes
+    def __init__(self, data_key: _Optional[bytes] = ..., nonce_prefix: _Optional[bytes] = ...) -> None: ...
+
+class LocalReadCount(_message.Message):
+    __slots__ = ("shard", "generation", "count")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    generation: int
+    count: int
+    def __init__(self, shard: _Optional[str] = ..., generation: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ReportLocalReadsRequest(_message.Message):
+    __slots__ = ("dataset", "reads")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    reads: _containers.RepeatedCompositeFieldContainer[LocalReadCount]
+    def __init__(self, dataset: _Optional[str] = ..., reads: _Optional[_Iterable[_Union[LocalReadCount, _Mapping]]] = ...) -> None: ...
+
+class ReportLocalReadsResponse(_message.Message):
+    __slots__ = ("recorded",)
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    def __init__(self, recorded: _Optional[int] = ...) -> None: ...

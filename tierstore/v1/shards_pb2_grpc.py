@@ -60,6 +60,21 @@ class ShardServiceStub:
                 request_serializer=tierstore_dot_v1_dot_shards__pb2.DeleteShardRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_shards__pb2.DeleteShardResponse.FromString,
                 _registered_method=True)
+        self.OpenLocal = channel.unary_unary(
+                '/tierstore.v1.ShardService/OpenLocal',
+                request_serializer=tierstore_dot_v1_dot_shards__pb2.OpenLocalRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_shards__pb2.LocalGrant.FromString,
+                _registered_method=True)
+        self.GrantDataKey = channel.unary_unary(
+                '/tierstore.v1.ShardService/GrantDataKey',
+                request_serializer=tierstore_dot_v1_dot_shards__pb2.GrantDataKeyRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_shards__pb2.DataKeyGrant.FromString,
+                _registered_method=True)
+        self.ReportLocalReads = channel.unary_unary(
+                '/tierstore.v1.ShardService/ReportLocalReads',
+                request_serializer=tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -97,6 +112,30 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenLocal(self, request, context):
+        """Local reads (docs/local-reads.md): a reader on the server's own host reads hot
+        frames in place from the LMDB environment. Each needs the reader role.
+        Where the hot tier lies, for a caller on this host (FAILED_PRECONDITION otherwise,
+        or when the server has local reads turned off); ask again after ttl_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantDataKey(self, request, context):
+        """The data key of one encrypted shard generation (the current one only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportLocalReads(self, request, context):
+        """Reads served locally, for the access statistics and the placement policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +163,21 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.DeleteShard,
                     request_deserializer=tierstore_dot_v1_dot_shards__pb2.DeleteShardRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_shards__pb2.DeleteShardResponse.SerializeToString,
+            ),
+            'OpenLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenLocal,
+                    request_deserializer=tierstore_dot_v1_dot_shards__pb2.OpenLocalRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_shards__pb2.LocalGrant.SerializeToString,
+            ),
+            'GrantDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantDataKey,
+                    request_deserializer=tierstore_dot_v1_dot_shards__pb2.GrantDataKeyRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_shards__pb2.DataKeyGrant.SerializeToString,
+            ),
+            'ReportLocalReads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLocalReads,
+                    request_deserializer=tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +315,87 @@ class ShardService:
             '/tierstore.v1.ShardService/DeleteShard',
             tierstore_dot_v1_dot_shards__pb2.DeleteShardRequest.SerializeToString,
             tierstore_dot_v1_dot_shards__pb2.DeleteShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.ShardService/OpenLocal',
+            tierstore_dot_v1_dot_shards__pb2.OpenLocalRequest.SerializeToString,
+            tierstore_dot_v1_dot_shards__pb2.LocalGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.ShardService/GrantDataKey',
+            tierstore_dot_v1_dot_shards__pb2.GrantDataKeyRequest.SerializeToString,
+            tierstore_dot_v1_dot_shards__pb2.DataKeyGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportLocalReads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.ShardService/ReportLocalReads',
+            tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsRequest.SerializeToString,
+            tierstore_dot_v1_dot_shards__pb2.ReportLocalReadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

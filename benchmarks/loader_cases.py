@@ -1,0 +1,634 @@
+"""The loader benchmark's pieces: the shards, the plain PyTorch datasets, one timed epoch,
+and the live node (SeaweedFS, a throttling proxy, ``tierstore serve``) they read from.
+
+The same Arrow shards exist three ways (:meth:`Testbed.load`):
+
+* **local Arrow IPC files** in the work directory — the ceiling's input;
+* **objects** in a SeaweedFS bucket (the same file bytes) — the boto3 baseline's input;
+* **shards** of the tierstore dataset ``loader`` (``Client.put`` of the same table).
+
+A shard is ``rows_per_shard`` rows of ``image``, a ``fixed_shape_tensor`` of uint8
+``(3, 128, 128)`` (48 KiB a row), and ``label``, an int64 that is the row's global index
+(so an epoch can check that it saw every row exactly once). Record batches hold
+``rows_per_batch`` rows (just under 4 MiB), so each is one tierstore frame and every
+column converts to a tensor without a copy on every path.
+
+The plain datasets (:class:`FileDataset`, :class:`Boto3Dataset`) do what a careful user
+would write without tierstore, and cost what the plugin costs where it counts: the same
+epoch order rules (seeded shard permutation, ``order[worker::workers]``, a seeded row
+permutation per shard), batches that span shards, and each batch gathered once, straight
+into shared memory, as ``default_collate`` does in a worker (:func:`_gather`).
+
+Everything listens on ``127.0.0.1``. :meth:`Testbed.close` stops every child (SeaweedFS
+gets SIGKILL when it ignores SIGTERM) and removes the work directory, also after a
+failure part-way through a start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.utils.data
+from engine_cases import check_not_tmpfs
+from service_processes import ServerProcess
+
+from tierstore.client.client import Client, connect
+from tierstore.testing.throttle import ThrottleSettings, ThrottlingProxy
+from tierstore.tiers.seaweedfs import SeaweedServer
+
+__all__ = [
+    "DATASET",
+    "Boto3Dataset",
+    "DataSpec",
+    "Epoch",
+    "FileDataset",
+    "ReadPaths",
+    "Testbed",
+    "run_epoch",
+]
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+DATASET = "loader"
+ARCHIVE_BUCKET = "loader-bench-archive"
+OBJECT_BUCKET = "loader-bench-objects"
+IMAGE_SHAPE = (3, 128, 128)
+START_TIMEOUT_S = 180.0
+SETTLE_TIMEOUT_S = 600.0
+POLL_S = 0.1
+
+Batch = dict[str, torch.Tensor]
+
+
+# The shards.
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """How many shards of how many rows; every figure derives from these."""
+
+    shards: int
+    rows_per_shard: int = 640
+    rows_per_batch: int = 80  # one record batch: 80 x 48 KiB = 3.75 MiB, one 4 MiB frame
+
+    @classmethod
+    def for_bytes(cls, total_bytes: int) -> DataSpec:
+        """The fewest whole shards holding at least ``total_bytes`` of payload."""
+        spec = cls(1)
+        return cls(max(1, -(-total_bytes // spec.shard_bytes)))
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(IMAGE_SHAPE)) + 8
+
+    @property
+    def shard_bytes(self) -> int:
+        return self.rows_per_shard * self.row_bytes
+
+    @property
+    def rows(self) -> int:
+        return self.shards * self.rows_per_shard
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.rows * self.row_bytes
+
+    @property
+    def names(self) -> list[str]:
+        return [f"shard-{i:05d}" for i in range(self.shards)]
+
+    @property
+    def label_sum(self) -> int:
+        return self.rows * (self.rows - 1) // 2
+
+
+def shard_table(spec: DataSpec, index: int) -> pa.Table:
+    """Shard ``index``: random image bytes (seeded by the index), labels = global row ids."""
+    rng = np.random.default_rng(index)
+    first = index * spec.rows_per_shard
+    batches = []
+    for start in range(0, spec.rows_per_shard, spec.rows_per_batch):
+        rows = min(spec.rows_per_batch, spec.rows_per_shard - start)
+        image = np.frombuffer(rng.bytes(rows * int(np.prod(IMAGE_SHAPE))), np.uint8)
+        labels = np.arange(first + start, first + start + rows, dtype=np.int64)
+        batches.append(
+            pa.record_batch(
+                {
+                    "image": pa.FixedShapeTensorArray.from_numpy_ndarray(
+                        image.reshape(rows, *IMAGE_SHAPE)
+                    ),
+                    "label": pa.array(labels),
+                }
+            )
+        )
+    return pa.Table.from_batches(batches)
+
+
+def ipc_file_bytes(table: pa.Table) -> pa.Buffer:
+    """The table as an Arrow IPC file, record batches as they are (no compression)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches():
+            writer.write_batch(batch)
+    return sink.getvalue()
+
+
+# The plain datasets.
+
+
+def _shard_order(count: int, seed: int, epoch: int) -> list[int]:
+    return np.random.default_rng((seed, epoch)).permutation(count).tolist()
+
+
+def _row_order(rows: int, seed: int, epoch: int, shard: int) -> np.ndarray:
+    return np.random.default_rng((seed, epoch, shard, 1)).permutation(rows).astype(np.int64)
+
+
+class _ShardViews:
+    """A shard's columns as tensors, one pair per record batch, views of its memory."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        with warnings.catch_warnings():
+            # Read-only memory (a mapped file, a received body): never written here.
+            warnings.simplefilter("ignore", UserWarning)
+            for batch in table.to_batches():
+                image = batch.column("image").storage.flatten()
+                label = batch.column("label")
+                self.images.append(
+                    torch.from_numpy(image.to_numpy(zero_copy_only=True)).view(
+                        len(batch), *IMAGE_SHAPE
+                    )
+                )
+                self.labels.append(torch.from_numpy(label.to_numpy(zero_copy_only=True)))
+        self.starts = np.cumsum([0] + [len(x) for x in self.labels], dtype=np.int64)
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        groups = np.searchsorted(self.starts, rows, side="right") - 1
+        return groups, rows - self.starts[groups]
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    # As default_collate does in a worker: the batch is allocated in shared memory, so it
+    # reaches the main process without another copy.
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)  # type: ignore[no-untyped-call]
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def _gather(parts: list[tuple[_ShardViews, np.ndarray]]) -> Batch:
+    """One copy of each row, straight into shared memory. Within a batch the rows are
+    grouped by record batch (a batch is a set of random rows; SGD does not see the order),
+    so each group is one ``index_select`` into place."""
+    total = sum(len(rows) for _, rows in parts)
+    image = _shared_empty((total, *IMAGE_SHAPE), torch.uint8)
+    label = _shared_empty((total,), torch.int64)
+    at = 0
+    for views, rows in parts:
+        groups, local = views.locate(rows)
+        order = np.argsort(groups, kind="stable")
+        groups, local = groups[order], local[order]
+        cuts = [0, *(np.flatnonzero(np.diff(groups)) + 1).tolist(), len(groups)]
+        for start, stop in itertools.pairwise(cuts):
+            group, index = int(groups[start]), torch.from_numpy(local[start:stop])
+            torch.index_select(views.images[group], 0, index, out=image[at + start : at + stop])
+            torch.index_select(views.labels[group], 0, index, out=label[at + start : at + stop])
+        at += len(rows)
+    return {"image": image, "label": label}
+
+
+class _PlainDataset(torch.utils.data.IterableDataset[Batch]):
+    """Shards in a seeded order, ``order[worker::workers]`` per DataLoader worker, rows
+    in a seeded order per shard, batches of ``batch_size`` rows spanning shards."""
+
+    def __init__(self, names: list[str], batch_size: int, seed: int = 0) -> None:
+        self.names = names
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def open_shard(self, name: str) -> pa.Table:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        order = _shard_order(len(self.names), self.seed, self.epoch)[worker::workers]
+        parts: list[tuple[_ShardViews, np.ndarray]] = []
+        held = 0
+        for shard in order:
+            views = _ShardViews(self.open_shard(self.names[shard]))
+            rows = _row_order(int(views.starts[-1]), self.seed, self.epoch, shard)
+            at = 0
+            while at < len(rows):
+                take = rows[at : at + self.batch_size - held]
+                parts.append((views, take))
+                held += len(take)
+                at += len(take)
+                if held == self.batch_size:
+                    yield _gather(parts)
+                    parts, held = [], 0
+        if held:
+            yield _gather(parts)
+
+
+class FileDataset(_PlainDataset):
+    """The ceiling: each shard's local Arrow IPC file, memory-mapped, read in place."""
+
+    def __init__(self, directory: Path, names: list[str], batch_size: int, seed: int = 0):
+        super().__init__(names, batch_size, seed)
+        self.directory = directory
+
+    def open_shard(self, name: str) -> pa.Table:
+        return pa.ipc.open_file(pa.memory_map(str(self.directory / f"{name}.arrow"))).read_all()
+
+
+class Boto3Dataset(_PlainDataset):
+    """The baseline: ``get_object`` of each shard's IPC file from S3, decoded in place
+    (the table points into the received body). One boto3 client per process."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        credentials: tuple[str, str],
+        names: list[str],
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(names, batch_size, seed)
+        self.endpoint_url = endpoint_url
+        self.credentials = credentials
+        self._client: Any = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_pid": -1}
+
+    def open_shard(self, name: str) -> pa.Table:
+        if self._pid != os.getpid():
+            self._client, self._pid = s3_client(self.endpoint_url, self.credentials), os.getpid()
+        body = self._client.get_object(Bucket=OBJECT_BUCKET, Key=f"{name}.arrow")["Body"].read()
+        return pa.ipc.open_file(pa.py_buffer(body)).read_all()
+
+
+def s3_client(endpoint_url: str, credentials: tuple[str, str]) -> Any:
+    """A boto3 S3 client (path style; checksums only when required, as the archive uses)."""
+    return boto3.session.Session(
+        aws_access_key_id=credentials[0],
+        aws_secret_access_key=credentials[1],
+        region_name="us-east-1",
+    ).client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
+    )
+
+
+# Which path served the tierstore plugin's reads (counted in the workers).
+
+
+class ReadPaths:
+    """A :class:`tierstore.torch.source.ShardSource` that passes reads to ``inner`` and
+    records, per DataLoader worker, its client's ``read_counts`` in shared memory.
+
+    Works with fork-started workers only (the shared array is inherited, not pickled).
+    """
+
+    FIELDS = ("local", "grpc", "fallbacks", "copies")
+
+    def __init__(self, inner: Any, max_workers: int = 16) -> None:
+        self._inner = inner
+        self._counts = multiprocessing.get_context("fork").Array("q", max_workers * 4)
+
+    def client(self) -> Client:
+        client: Client = self._inner.client()
+        return client
+
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
+        table: pa.Table = self._inner.read(dataset, shard, stop)
+        info = torch.utils.data.get_worker_info()
+        slot = 0 if info is None else info.id
+        counts = self._inner.client().read_counts
+        for i, name in enumerate(self.FIELDS):
+            self._counts[slot * 4 + i] = getattr(counts, name)
+        return table
+
+    def take(self) -> dict[str, int]:
+        """The workers' counts since the last take (workers restart every epoch)."""
+        values = list(self._counts)
+        self._counts[:] = [0] * len(values)
+        return {name: sum(values[i::4]) for i, name in enumerate(self.FIELDS)}
+
+
+# One epoch.
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """One DataLoader epoch, timed in the consuming loop (``iter()`` to the last batch)."""
+
+    case: str
+    samples: int
+    payload_bytes: int
+    batches: int
+    wall_s: float
+    first_batch_s: float
+    #: the simulated accelerator's busy time (0 without one).
+    compute_s: float = 0.0
+    paths: dict[str, int] | None = None
+    hits: int | None = None
+    misses: int | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_s
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.payload_bytes / self.wall_s / 1e9
+
+    @property
+    def utilisation(self) -> float:
+        return self.compute_s / self.wall_s
+
+    @property
+    def steady_utilisation(self) -> float:
+        """Utilisation after the first batch arrived (without the workers' start)."""
+        return self.compute_s / (self.wall_s - self.first_batch_s)
+
+    @property
+    def read_s_per_batch(self) -> float:
+        return self.wall_s / self.batches
+
+
+def run_epoch(
+    case: str, loader: torch.utils.data.DataLoader[Any], spec: DataSpec, compute_s: float = 0.0
+) -> Epoch:
+    """Consume one epoch of ``loader``; after each batch the simulated accelerator sleeps
+    ``compute_s`` (a sleep, not a busy loop: an accelerator's kernels leave the host's
+    cores to the loader). Raises RuntimeError unless every row arrived exactly once
+    (count and sum of the labels)."""
+    samples = nbytes = batches = label_sum = 0
+    first = busy = 0.0
+    began = time.perf_counter()
+    for batch in loader:
+        if not batches:
+            first = time.perf_counter() - began
+        labels = batch["label"]
+        samples += len(labels)
+        label_sum += int(labels.sum())
+        nbytes += batch["image"].nbytes + labels.nbytes
+        batches += 1
+        del batch, labels
+        if compute_s:
+            start = time.perf_counter()
+            time.sleep(compute_s)
+            busy += time.perf_counter() - start
+    wall = time.perf_counter() - began
+    if samples != spec.rows or label_sum != spec.label_sum:
+        raise RuntimeError(
+            f"{case}: {samples} samples (label sum {label_sum}), expected {spec.rows} "
+            f"({spec.label_sum}): rows lost or repeated"
+        )
+    return Epoch(case, samples, nbytes, batches, wall, first, busy)
+
+
+# The throttling proxy, in a child process (its event loop must not share our GIL).
+
+
+def _proxy_main(upstream_port: int, settings: ThrottleSettings, pipe: Connection) -> None:
+    with ThrottlingProxy("127.0.0.1", upstream_port, settings) as proxy:
+        pipe.send(proxy.port)
+        with contextlib.suppress(EOFError):
+            pipe.recv()  # until the parent says stop, or dies
+
+
+class ProxyProcess:
+    """A :class:`ThrottlingProxy` served by a spawned child process."""
+
+    def __init__(self, upstream_port: int, settings: ThrottleSettings) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(
+            target=_proxy_main, args=(upstream_port, settings, child), daemon=True
+        )
+        self._process.start()
+        child.close()
+        try:
+            if not self._pipe.poll(START_TIMEOUT_S):
+                raise EOFError
+            self.port = int(self._pipe.recv())
+        except EOFError:
+            self.close()
+            raise RuntimeError("the throttling proxy did not start") from None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Ask the child to stop, then SIGTERM, then SIGKILL. Idempotent."""
+        if self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._pipe.send("stop")
+            self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._pipe.close()
+
+
+# The node.
+
+
+class Testbed:
+    """SeaweedFS, a throttling proxy in front of its S3 port, ``tierstore serve`` (as
+    shipped: TLS, tokens, local reads granted), an admin client, and the shards.
+
+    The server is restarted on the same data directory to change its archive endpoint
+    (SeaweedFS directly, or through the proxy) or its hot capacity.
+    """
+
+    def __init__(self, spec: DataSpec, throttle: ThrottleSettings, parent: Path | None = None):
+        self.spec = spec
+        self.workdir = Path(tempfile.mkdtemp(prefix="tierstore-loader-bench-", dir=parent))
+        self.files = self.workdir / "files"
+        self.fstype = ""
+        self._seaweed: SeaweedServer | None = None
+        self._proxy: ProxyProcess | None = None
+        self._server: ServerProcess | None = None
+        self._client: Client | None = None
+        self._s3: Any = None
+        self.throttled = False
+        self.hot_capacity = 0
+        try:
+            self.fstype = check_not_tmpfs(self.workdir)
+            self._seaweed = SeaweedServer(self.workdir / "weed").start()
+            self.archive = self._seaweed.s3_settings(ARCHIVE_BUCKET)
+            self.credentials = (self.archive.access_key_id, self.archive.secret_access_key)
+            self._proxy = ProxyProcess(self._seaweed.s3_port, throttle)
+            self._s3 = s3_client(self.archive.endpoint_url, self.credentials)
+        except BaseException:
+            self.close()
+            raise
+
+    def endpoint(self, throttled: bool) -> str:
+        """The archive's S3 endpoint: SeaweedFS itself, or the throttling proxy."""
+        assert self._proxy is not None
+        return self._proxy.endpoint_url if throttled else self.archive.endpoint_url
+
+    def start_server(self, *, throttled: bool, hot_capacity: int) -> None:
+        """(Re)start ``tierstore serve`` on the node's data directory."""
+        self.stop_server()
+        archive = dataclasses.replace(self.archive, endpoint_url=self.endpoint(throttled))
+        self._server = ServerProcess(
+            self.workdir / "node", archive, hot_capacity, self.workdir / "serve.log"
+        ).start()
+        self.throttled, self.hot_capacity = throttled, hot_capacity
+
+    def stop_server(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """``address``, ``token`` and ``ca`` of the running server, for ``connect``."""
+        assert self._server is not None, "the server is not running"
+        return {
+            "address": self._server.address,
+            "token": self._server.token,
+            "ca": str(self._server.ca_path),
+        }
+
+    @property
+    def client(self) -> Client:
+        """The admin's client. It never reads in place, so this process holds no LMDB
+        snapshot when the DataLoader forks its workers (they would fall back to gRPC)."""
+        if self._client is None:
+            self._client = connect(**self.connect_kwargs(), local_reads=False)
+        return self._client
+
+    def load(self, log: Callable[[str], None]) -> None:
+        """Write every shard as a local IPC file, an S3 object and a tierstore shard; wait
+        until the server's archive holds them all."""
+        self.files.mkdir()
+        self._s3.create_bucket(Bucket=OBJECT_BUCKET)
+        client = self.client
+        client.create_dataset(DATASET)
+        began = time.perf_counter()
+        for index, name in enumerate(self.spec.names):
+            table = shard_table(self.spec, index)
+            data = ipc_file_bytes(table)
+            (self.files / f"{name}.arrow").write_bytes(memoryview(data))
+            self._s3.put_object(Bucket=OBJECT_BUCKET, Key=f"{name}.arrow", Body=data.to_pybytes())
+            client.put(DATASET, name, table)
+            if index % 16 == 15:
+                log(f"  loaded {index + 1}/{self.spec.shards} shards")
+        self.drain()
+        seconds = time.perf_counter() - began
+        log(f"  loaded and archived {self.spec.shards} shards in {seconds:.0f} s")
+        for name in self.spec.names:
+            info = client.stat(DATASET, name)
+            if not info.archived:
+                raise RuntimeError(f"{DATASET}/{name} is not archived: {info}")
+
+    def drain(self) -> None:
+        """Wait (polling) until the server's mover has archived everything."""
+        self._poll(
+            lambda: (s := self.client.stats())["backlog_bytes"] == 0 and s["journal_entries"] == 0,
+            "the mover to drain",
+        )
+
+    def dataset_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.client.stats(DATASET)["datasets"][DATASET]
+        return stats
+
+    def settle(self) -> None:
+        """Wait until the hot tier stops changing (promotions and prefetches done): its
+        dataset's hot bytes equal over 2 s."""
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            hot = self.dataset_stats()["hot_bytes"]
+            if hot != last:
+                last, stable_since = hot, time.monotonic()
+            elif time.monotonic() - stable_since >= 2.0:
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError("the hot tier did not settle")
+
+    def wait_all_hot(self) -> None:
+        self._poll(
+            lambda: self.dataset_stats()["hot_shards"] == self.spec.shards,
+            "every shard to be hot again",
+        )
+
+    def evict_all(self) -> None:
+        """Drop every shard from the hot tier (each is archived), after the tier settled."""
+        self.settle()
+        for name in self.spec.names:
+            self.client.evict(DATASET, name)
+        hot = self.dataset_stats()["hot_shards"]
+        if hot:
+            raise RuntimeError(f"{hot} shards still hot after evicting all")
+
+    def _poll(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def close(self) -> None:
+        """Stop everything and remove the work directory. Idempotent."""
+        self.stop_server()
+        if self._s3 is not None:
+            self._s3.close()
+            self._s3 = None
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
+        if self._seaweed is not None:
+            self._seaweed.stop()
+            self._seaweed = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

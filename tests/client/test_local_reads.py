@@ -1,0 +1,495 @@
+"""The local read path, end to end (tierstore/client/local.py and its helpers).
+
+A real ``tierstore serve`` process on this host grants its hot tier; the client maps it
+read-only in this process. Each test checks *which* path served a read
+(``Client.read_counts``) as well as what it returned:
+
+* plaintext reads are zero-copy: the Arrow buffers, the numpy array and the torch
+  tensor all point into this process's mapping of the server's ``data.mdb``;
+* encrypted reads allocate exactly one buffer and call ``decrypt_into`` exactly once
+  per frame, and the table's buffers lie in those allocations;
+* a damaged frame is DataLoss (a zeroed buffer, never wrong bytes); a cold shard goes
+  through the service and is promoted; local reads turned off (client, environment,
+  server) go through the service; no role, no grant; a revoked token stops local
+  reads within the grant lifetime; reported reads reach the server's hit counts and
+  access statistics; forked children read in place with their own environment.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.server.conftest import ServerProcess, poll, unique
+from tests.server.servers import error_name
+from tierstore import errors
+from tierstore.client.channel import ChannelSettings
+from tierstore.client.client import Client
+from tierstore.client.hotmap import HotMap
+from tierstore.client.local import LocalReadOptions, ReadCounts
+from tierstore.crypto import FrameCipher
+from tierstore.types import Grant, Role
+from tierstore.v1 import shards_pb2, shards_pb2_grpc
+
+#: Frames of puts in these tests: small, so shards of a few hundred KiB have many.
+FRAME = 64 * 1024
+
+
+def mapped_ranges(data_file: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``data_file`` (from /proc/self/maps)."""
+    target = os.path.realpath(data_file)
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] == target:
+            start, stop = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((start, stop))
+    return ranges
+
+
+def inside(ranges: list[tuple[int, int]], address: int, size: int) -> bool:
+    return any(start <= address and address + size <= stop for start, stop in ranges)
+
+
+def table_buffers(table: pa.Table) -> Iterator[pa.Buffer]:
+    for column in table.columns:
+        for chunk in column.chunks:
+            yield from (buffer for buffer in chunk.buffers() if buffer is not None)
+
+
+def data_file(server: ServerProcess) -> Path:
+    return server.data_dir / "hot" / "data.mdb"
+
+
+def reader_client(server: ServerProcess, token: str | None = None, **options: Any) -> Client:
+    """A fresh client (its own read counts) with ``options`` for its local path."""
+    settings = ChannelSettings(
+        address=server.address, token=token or server.token, ca=server.ca_path
+    )
+    client = Client(settings, local=LocalReadOptions(**options))
+    client.frame_bytes = FRAME
+    return client
+
+
+def counted(client: Client, before: ReadCounts) -> tuple[int, int]:
+    """(local, grpc) reads since ``before``."""
+    now = client.read_counts
+    return now.local - before.local, now.grpc - before.grpc
+
+
+# What a local read returns, and where it points.
+
+
+def test_plaintext_reads_point_into_the_servers_map(server: ServerProcess, dataset: str) -> None:
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(50_000, dtype=np.int64)),
+            "name": pa.array([f"row-{i}" for i in range(50_000)]),
+        }
+    )
+    image = np.arange(128 * 96, dtype=np.float32).reshape(128, 96)
+    blob = os.urandom(5 * FRAME + 123)
+    with reader_client(server) as client:
+        client.put(dataset, "table", table)
+        client.put(dataset, "image", image)
+        client.put(dataset, "blob", blob)
+        before = client.read_counts
+
+        got = client.read_table(dataset, "table")
+        array = client.read_tensor(dataset, "image")
+        piece = client.get(dataset, "blob", offset=FRAME + 10, length=1000)
+        whole = client.get(dataset, "blob")
+
+        assert counted(client, before) == (4, 0)
+        assert got.equals(table)
+        np.testing.assert_array_equal(array, image)
+        assert piece.to_pybytes() == blob[FRAME + 10 : FRAME + 1010]
+        assert whole.to_pybytes() == blob
+        ranges = mapped_ranges(data_file(server))
+        assert ranges, "the hot tier is not mapped in this process"
+        buffers = list(table_buffers(got))
+        assert len(buffers) >= 4
+        for buffer in buffers:
+            assert inside(ranges, buffer.address, buffer.size), "a table buffer was copied"
+        address = array.__array_interface__["data"][0]
+        assert inside(ranges, address, array.nbytes), "the tensor was copied"
+        # get() promises one contiguous 64-byte-aligned buffer: the one copy it costs.
+        for buffer in (piece, whole):
+            assert buffer.address % 64 == 0 and not inside(ranges, buffer.address, buffer.size)
+        # A frame small enough to share a B-tree page is copied to an address Arrow
+        # may use; every frame the tests above read in place was 8-byte aligned too.
+        tiny = pa.table({"x": pa.array([1, 2, 3], pa.int64())})
+        client.put(dataset, "tiny", tiny)
+        small = client.read_table(dataset, "tiny")
+        assert small.equals(tiny)
+        assert all(buffer.address % 8 == 0 for buffer in [*table_buffers(small), *buffers])
+        torch = pytest.importorskip("torch")
+        with pytest.warns(UserWarning, match="not writable"):  # read-only memory: do not write
+            tensor = torch.from_numpy(array)
+        assert inside(ranges, tensor.data_ptr(), tensor.nbytes), "torch copied the tensor"
+        assert torch.equal(tensor, torch.from_numpy(image))
+
+
+def test_encrypted_reads_decrypt_each_frame_once_into_its_own_buffer(
+    server: ServerProcess, admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=True)
+    table = pa.table({"x": pa.array(np.arange(100_000, dtype=np.int64))})  # 800 KB
+    blob = os.urandom(3 * FRAME + 7)
+    allocations: list[tuple[int, int]] = []
+    decrypted: list[int] = []
+
+    def allocate(size: int) -> pa.Buffer:
+        buffer = pa.allocate_buffer(size)
+        allocations.append((buffer.address, size))
+        return buffer
+
+    real_decrypt_into = FrameCipher.decrypt_into
+
+    def decrypt_into(self: FrameCipher, index: int, *args: Any) -> None:
+        decrypted.append(index)
+        real_decrypt_into(self, index, *args)
+
+    monkeypatch.setattr(FrameCipher, "decrypt_into", decrypt_into)
+    with reader_client(server, allocate=allocate) as client:
+        client.put(dataset, "table", table)
+        client.put(dataset, "blob", blob)
+        frames = len(client.stat(dataset, "table").frame_sizes)
+        assert frames >= 8
+        before = client.read_counts
+        allocations.clear()
+        got = client.read_table(dataset, "table")
+        assert counted(client, before) == (1, 0)
+        assert got.equals(table)
+        assert len(allocations) == frames, "not one buffer per frame"
+        assert decrypted == list(range(frames)), "not one decrypt_into per frame"
+        for buffer in table_buffers(got):
+            assert any(
+                a <= buffer.address and buffer.address + buffer.size <= a + n
+                for a, n in allocations
+            ), "the table does not use the decrypted frames"
+        assert all(address % 64 == 0 for address, _ in allocations)
+        # A byte range decrypts its whole frames straight into the one result buffer.
+        allocations.clear()
+        decrypted.clear()
+        assert client.get(dataset, "blob").to_pybytes() == blob
+        assert len(allocations) == 1 and decrypted == [0, 1, 2, 3]
+        assert counted(client, before) == (2, 0)
+
+
+# Damage, cold shards, and turning it off.
+
+
+def short_grants(spawn_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server of the test's own (its file is damaged on purpose), granting local reads
+    for one second at a time."""
+    return spawn_server(None, "--local-grant-ttl", "1")
+
+
+def flip_byte_of(path: Path, pattern: bytes, at: int) -> None:
+    """Flip one byte ``at`` bytes past the one place ``pattern`` occurs in ``path``."""
+    data = path.read_bytes()
+    where = data.find(pattern)
+    assert where >= 0 and data.find(pattern, where + 1) < 0, "the pattern is not unique"
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([data[where + at] ^ 0x55]), where + at)
+    finally:
+        os.close(fd)
+
+
+def test_a_damaged_frame_is_data_loss_never_other_bytes(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    server = short_grants(spawn_server)
+    admin = server.connect(local_reads=False)
+    plain, secret = unique(), unique()
+    admin.create_dataset(plain, durability="write-through")
+    admin.create_dataset(secret, encrypted=True, durability="write-through")
+    blob = os.urandom(3 * FRAME)
+    allocations: list[pa.Buffer] = []
+
+    def allocate(size: int) -> pa.Buffer:
+        allocations.append(pa.allocate_buffer(size))
+        return allocations[-1]
+
+    with reader_client(server, allocate=allocate) as client:
+        client.put(plain, "blob", blob)
+        sealed = os.urandom(FRAME)
+        info = client.put(secret, "blob", sealed)
+        assert client.get(plain, "blob").to_pybytes() == blob  # in place, intact
+        before = client.read_counts
+        assert before.local == 1
+        flip_byte_of(data_file(server), blob[FRAME : FRAME + 64], 100)
+        with pytest.raises(errors.DataLoss):
+            client.get(plain, "blob")
+        with pytest.raises(errors.DataLoss):
+            client.get(plain, "blob", offset=FRAME + 50, length=100)
+        assert info.encrypted and sealed[:64] not in data_file(server).read_bytes()
+        with pytest.raises(errors.DataLoss):
+            _damage_and_read_encrypted(server, client, secret, allocations)
+        assert client.read_counts.grpc == before.grpc, "the local path itself found the damage"
+    admin.close()
+
+
+def _damage_and_read_encrypted(
+    server: ServerProcess, client: Client, dataset: str, allocations: list[pa.Buffer]
+) -> None:
+    allocations.clear()
+    good = client.get(dataset, "blob")  # fetches and caches the key; one buffer
+    assert len(allocations) == 1
+    # Find the stored ciphertext: LMDB holds it once; locate it through a gRPC read.
+    stub = shards_pb2_grpc.ShardServiceStub(server.channel())
+    stored = [
+        m.frame.data
+        for m in stub.GetShard(
+            shards_pb2.GetShardRequest(dataset=dataset, shard="blob"),
+            metadata=server.metadata,
+            timeout=30,
+        )
+        if m.WhichOneof("item") == "frame"
+    ]
+    flip_byte_of(data_file(server), stored[0][:64], 200)
+    allocations.clear()
+    del good
+    try:
+        client.get(dataset, "blob")
+    finally:
+        assert len(allocations) == 1
+        assert not any(memoryview(allocations[0]).cast("B")), "the failed buffer was not zeroed"
+
+
+def test_a_cold_shard_goes_through_the_service_and_is_promoted(
+    server: ServerProcess, admin: Client
+) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through", policy="lru")
+    blob = os.urandom(2 * FRAME)
+    with reader_client(server) as client:
+        client.put(dataset, "cold", blob)
+        assert admin.evict(dataset, "cold") > 0
+        before = client.read_counts
+        assert client.get(dataset, "cold").to_pybytes() == blob
+        assert counted(client, before) == (0, 1)
+        assert client.read_counts.fallbacks == before.fallbacks + 1
+        poll(lambda: admin.stat(dataset, "cold").hot, 20, "the miss to promote the shard")
+        assert client.get(dataset, "cold").to_pybytes() == blob
+        assert counted(client, before) == (1, 1)
+
+
+def test_local_reads_turned_off_go_through_the_service(
+    server: ServerProcess, dataset: str, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    blob = os.urandom(1000)
+    off = [
+        server.connect(local_reads=False),
+        server.connect(environ={"TIERSTORE_LOCAL_READS": "0"}),
+    ]
+    off[0].put(dataset, "b", blob)
+    for client in off:
+        with client:
+            assert client.get(dataset, "b").to_pybytes() == blob
+            assert client.read_counts == ReadCounts(grpc=1)
+    with pytest.raises(errors.InvalidArgument):
+        server.connect(environ={"TIERSTORE_LOCAL_READS": "maybe"})
+    # A server with local reads off refuses the grant: the client reads through it.
+    closed = spawn_server(None, "--no-local-reads")
+    with closed.connect() as client:
+        client.create_dataset("d")
+        client.put("d", "b", blob)
+        assert client.get("d", "b").to_pybytes() == blob
+        assert client.get("d", "b").to_pybytes() == blob
+        assert client.read_counts == ReadCounts(grpc=2, fallbacks=2)
+        with pytest.raises(grpc.RpcError) as refused:
+            shards_pb2_grpc.ShardServiceStub(closed.channel()).OpenLocal(
+                shards_pb2.OpenLocalRequest(dataset="d"), metadata=closed.metadata, timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert "turned off" in refused.value.details()  # type: ignore[attr-defined]
+
+
+# Authorization: grants, revocation.
+
+
+def test_no_role_no_grant(server: ServerProcess, admin: Client, dataset: str) -> None:
+    """A caller without a role on the dataset hears what it hears for a missing one."""
+    admin.put(dataset, "b", b"secret")
+    _, token = admin.create_token("other-team", [Grant(unique(), Role.READER)])
+    stub = shards_pb2_grpc.ShardServiceStub(server.channel())
+    answers = []
+    for name, metadata in (
+        (dataset, (("authorization", f"Bearer {token}"),)),
+        (unique(), server.metadata),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.OpenLocal(shards_pb2.OpenLocalRequest(dataset=name), metadata=metadata, timeout=10)
+        answers.append((refused.value.code(), error_name(refused.value)))  # type: ignore[attr-defined]
+    assert answers == [(grpc.StatusCode.NOT_FOUND, "DatasetNotFound")] * 2
+    with reader_client(server, token) as client:
+        with pytest.raises(errors.DatasetNotFound):
+            client.get(dataset, "b")
+        assert client.read_counts == ReadCounts(grpc=1, fallbacks=1)
+
+
+def test_a_revoked_token_stops_local_reads_within_the_grant_lifetime(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    server = short_grants(spawn_server)
+    admin = server.connect(local_reads=False)
+    dataset = unique()
+    admin.create_dataset(dataset)
+    admin.put(dataset, "b", b"x" * 5000)
+    token_id, token = admin.create_token("revoked-reader", [Grant(dataset, Role.READER)])
+    with reader_client(server, token) as client:
+        assert client.get(dataset, "b").to_pybytes() == b"x" * 5000
+        assert client.read_counts.local == 1
+        admin.revoke_token(token_id)
+        revoked_at = time.monotonic()
+        last_success = revoked_at
+
+        def refused() -> bool:
+            nonlocal last_success
+            started = time.monotonic()
+            try:
+                client.get(dataset, "b")
+            except errors.Unauthenticated:
+                return True
+            last_success = started
+            return False
+
+        poll(refused, 15, "the revoked token to stop local reads")
+        # The grant was asked for before the revocation and holds one second from then:
+        # no read that started later than that was served.
+        assert last_success - revoked_at <= 1.0, "local reads outlived the grant"
+        counts = client.read_counts
+        assert counts.grpc >= 1 and counts.local >= 1
+    admin.close()
+
+
+# Reads reach the policy.
+
+
+def test_local_reads_reach_the_servers_hit_counts_and_access_statistics(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    admin.put(dataset, "s", b"s" * 3000)
+    hits = admin.stats(dataset)["datasets"][dataset]["hits"]
+    accesses = admin.stat(dataset, "s").access_count
+    _, token = admin.create_token("local-reader", [Grant(dataset, Role.READER)])
+    with reader_client(server, token) as client:
+        for _ in range(5):
+            client.get(dataset, "s")
+        assert client.read_counts.local == 5
+        # Reported in the background, without the reader doing anything more.
+        poll(
+            lambda: admin.stats(dataset)["datasets"][dataset]["hits"] == hits + 5,
+            15,
+            "the local reads to reach the hit counts",
+        )
+        assert admin.stat(dataset, "s").access_count == accesses + 5
+        # A client's own statistics include its own local reads at once.
+        client.get(dataset, "s")
+        assert client.stat(dataset, "s").access_count == accesses + 6
+
+
+# Fork safety.
+
+
+def _child_reads(client: Client, dataset: str, expected: dict[str, bytes], in_place: bool) -> int:
+    """What a forked child does: read every shard, check it; 0 when all went as expected."""
+    try:
+        before = client.read_counts
+        for name, data in expected.items():
+            if client.get(dataset, name).to_pybytes() != data:
+                return 3
+        local, remote = counted(client, before)
+        if in_place and (local, remote) != (len(expected), 0):
+            return 4
+        if not in_place and (local, remote) != (0, len(expected)):
+            return 5
+        return 0
+    except BaseException:
+        return 6
+
+
+def _fork_children(count: int, work: Callable[[], int]) -> list[int]:
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 7
+            try:
+                code = work()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+
+
+@pytest.mark.timeout(120)
+def test_forked_children_read_in_place_with_their_own_environment(
+    server: ServerProcess, dataset: str
+) -> None:
+    expected = {f"s{i}": os.urandom(FRAME // 2 + i) for i in range(4)}
+    with reader_client(server) as client:
+        for name, data in expected.items():
+            client.put(dataset, name, data)
+        table = pa.table({"x": pa.array(np.arange(20_000, dtype=np.int64))})
+        client.put(dataset, "table", table)
+        first = client.read_table(dataset, "table")  # in place: the parent holds a snapshot
+        assert client.read_counts.local == 1
+        hot = hot_map_of(client, dataset)
+        assert hot.leases.live >= 1
+        # With a snapshot alive at the fork the children cannot map the hot tier: they
+        # read through the service, and the parent's snapshot is left alone.
+        codes = _fork_children(4, lambda: _child_reads(client, dataset, expected, False))
+        assert codes == [0] * 4
+        assert first.equals(table)
+        assert str(os.getpid()) in hot._env.readers()
+        del first
+        gc.collect()
+        assert hot.leases.live == 0
+        # Without one, every child opens its own environment and reads in place.
+        for _ in range(3):
+            codes = _fork_children(4, lambda: _child_reads(client, dataset, expected, True))
+            assert codes == [0] * 4
+            assert client.get(dataset, "s1").to_pybytes() == expected["s1"]  # the parent too
+        assert client.read_counts.local >= 2
+
+        # A child that dies holding a snapshot leaves its reader slot behind; whoever
+        # opens the map next frees it (here the parent, which closed its map for the
+        # fork), so dead workers' slots never pile up.
+        def die_holding_a_snapshot() -> int:
+            held = client.read_table(dataset, "table")
+            os._exit(0 if client.read_counts.local and held.equals(table) else 8)
+
+        assert _fork_children(1, die_holding_a_snapshot) == [0]
+        assert client.read_table(dataset, "table").equals(table)
+        readers = [line.split() for line in hot._env.readers().splitlines()[1:]]
+        assert all(_alive(int(fields[0])) for fields in readers if fields), readers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def hot_map_of(client: Client, dataset: str) -> HotMap:
+    """The map this process reads ``dataset`` through (a backdoor for the test)."""
+    assert client._local is not None
+    route = client._local._routes[dataset]
+    assert route.hot is not None
+    return route.hot

@@ -1,0 +1,123 @@
+"""Reporting local reads to the server in batches (tierstore/client/reports.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from tests.server.conftest import poll
+from tierstore.client import reports
+from tierstore.client.reports import ReadReporter
+from tierstore.engine.localreads import LocalReadCount
+from tierstore.errors import Unavailable
+from tierstore.wire.local import MAX_REPORT_ENTRIES, MAX_REPORTED_READS
+
+
+class Server:
+    """Records what it was sent; fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[LocalReadCount]]] = []
+        self.failing = False
+        self.lock = threading.Lock()
+
+    def __call__(self, dataset: str, counts: list[LocalReadCount]) -> None:
+        if self.failing:
+            raise Unavailable("the server is away")
+        with self.lock:
+            self.sent.append((dataset, counts))
+
+    def totals(self) -> dict[tuple[str, str, int], int]:
+        out: dict[tuple[str, str, int], int] = {}
+        with self.lock:
+            for dataset, counts in self.sent:
+                for c in counts:
+                    key = (dataset, c.shard, c.generation)
+                    out[key] = out.get(key, 0) + c.count
+        return out
+
+
+def test_reads_are_sent_after_every_n_reads_without_a_flush() -> None:
+    server = Server()
+    reporter = ReadReporter(server, every_reads=3, interval_s=3600)
+    for _ in range(2):
+        reporter.add("d", "s", 1)
+    reporter.add("d", "t", 2)
+    poll(lambda: server.totals() == {("d", "s", 1): 2, ("d", "t", 2): 1}, 10, "the batch")
+    assert len(server.sent) == 1
+    reporter.close()
+
+
+def test_reads_are_sent_every_interval() -> None:
+    server = Server()
+    reporter = ReadReporter(server, every_reads=1000, interval_s=0.05)
+    reporter.add("d", "s", 1)
+    poll(lambda: server.totals() == {("d", "s", 1): 1}, 10, "the interval's report")
+    reporter.close()
+
+
+def test_flush_and_close_send_everything_at_once() -> None:
+    server = Server()
+    reporter = ReadReporter(server, every_reads=1000, interval_s=3600)
+    reporter.add("a", "s", 1)
+    reporter.add("b", "s", 1)
+    reporter.flush()
+    assert server.totals() == {("a", "s", 1): 1, ("b", "s", 1): 1}
+    reporter.add("a", "s", 1)
+    reporter.close()
+    assert server.totals()[("a", "s", 1)] == 2
+    reporter.close()  # idempotent
+    reporter.add("a", "s", 1)  # and usable again (a new thread)
+    reporter.flush()
+    assert server.totals()[("a", "s", 1)] == 3
+    reporter.close()
+
+
+def test_a_failed_report_is_dropped_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    server = Server()
+    reporter = ReadReporter(server, every_reads=1000, interval_s=3600)
+    server.failing = True
+    with caplog.at_level("INFO", logger="tierstore.client.reports"):
+        for _ in range(3):
+            reporter.add("d", "s", 1)
+            reporter.flush()
+    assert server.sent == []
+    assert sum("could not report" in r.message for r in caplog.records) == 1
+    server.failing = False
+    reporter.add("d", "s", 1)
+    reporter.flush()
+    assert server.totals() == {("d", "s", 1): 1}  # the failed ones are gone, not resent
+    reporter.close()
+
+
+def test_batches_fit_what_the_server_accepts() -> None:
+    reads = [LocalReadCount(f"s{i}", 1, 1) for i in range(MAX_REPORT_ENTRIES + 5)]
+    reads.append(LocalReadCount("big", 1, 2 * MAX_REPORTED_READS + 3))
+    batches = list(reports._batches(reads))
+    for batch in batches:
+        assert len(batch) <= MAX_REPORT_ENTRIES
+        assert sum(c.count for c in batch) <= MAX_REPORTED_READS
+        assert all(c.count > 0 for c in batch)
+    total = sum(c.count for batch in batches for c in batch)
+    assert total == MAX_REPORT_ENTRIES + 5 + 2 * MAX_REPORTED_READS + 3
+
+
+def test_a_forked_child_starts_with_nothing_to_report() -> None:
+    server = Server()
+    reporter = ReadReporter(server, every_reads=1000, interval_s=3600)
+    reporter.add("d", "parent", 1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            reporter.add("d", "child", 1)
+            reporter.flush()
+            code = 0 if server.totals() == {("d", "child", 1): 1} else 2
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    reporter.flush()
+    assert server.totals() == {("d", "parent", 1): 1}  # the parent's read, once
+    reporter.close()

@@ -1,0 +1,255 @@
+"""The server's hot tier, mapped read-only in a local reader's own process.
+
+One :class:`HotMap` per hot-tier file per process (:func:`hot_map`), shared by every
+client of the process: py-lmdb refuses to open an environment twice in a process,
+and LMDB's fcntl locks belong to the (process, file) pair. It opens the environment
+with ``readonly=True, lock=True``: the lock file's reader table registers each read
+transaction of this process, so the server's writer never reuses pages that one of
+our snapshots still shows. That needs read access to ``data.mdb`` and *write* access
+to ``lock.mdb`` (docs/local-reads.md), and a reader in the server's pid namespace
+(LMDB tells live readers by pid).
+
+Snapshot lifetime: a read runs in one :class:`HotSession` (one read transaction).
+A plaintext read may hand the transaction to a :class:`~tierstore.engine.reads.ReadLease`
+— the engine's own, shared — whose Arrow buffers point into the map; the
+transaction ends when the last of them is garbage-collected. A live snapshot keeps
+the server from reusing the pages it shows, so the file grows while it lives: at
+most ``max_snapshots`` leases per process, and reads past that copy instead.
+
+Fork safety. A forked child must never use or end the parent's environment or
+transactions: they are registered under the parent's pid in the shared reader
+table, and ending one in the child would release the parent's slot. So before a
+fork, local reads in flight are waited for (at most ``_FORK_WAIT_S``) and, when no
+snapshot is alive, the environment is closed: the child then opens its own, under
+its own pid, and the parent reopens on its next read. When snapshots are alive the
+environment stays open for them; a child cannot open another one (py-lmdb refuses
+a second open of a file that is open in the process), so there every session
+raises :class:`Unavailable` and the reader goes through the service.
+
+Thread safety: everything here is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lmdb
+
+from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shard
+from tierstore.engine.reads import LeasePool, ReadLease
+from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.errors import Unavailable
+from tierstore.wire.local import LocalGrant
+
+__all__ = ["HotMap", "HotSession", "hot_map"]
+
+#: The server's reader-table size (tierstore.tiers.lmdb), passed so that a reader that
+#: opens the environment while the server is down does not shrink the table.
+_MAX_READERS = 512
+#: The longest a fork waits for local reads in flight.
+_FORK_WAIT_S = 10.0
+
+
+class HotSession:
+    """One read transaction, open for the length of one read. Not thread-safe."""
+
+    __slots__ = ("_frames", "_leases", "_shards", "leased", "txn")
+
+    def __init__(self, txn: Any, frames: Any, shards: Any, leases: LeasePool) -> None:
+        self.txn = txn
+        self._frames = frames
+        self._shards = shards
+        self._leases = leases
+        #: whether a lease owns the transaction now (the session then does not end it).
+        self.leased = False
+
+    def record(self, dataset: str, shard: str) -> ShardRecord | None:
+        """The shard's catalog record in this snapshot. Raises IntegrityError."""
+        return lookup_shard(self.txn, self._shards, dataset, shard)
+
+    def frame(self, generation: int, index: int) -> memoryview | None:
+        """A stored frame as a view into the map, valid while the transaction lives."""
+        view: memoryview | None = self.txn.get(
+            frame_key(generation, index).encode(), db=self._frames
+        )
+        return view
+
+    def lease(self) -> ReadLease | None:
+        """Hand the transaction to a lease (buffers made with it keep the snapshot open),
+        or ``None`` when the process holds ``max_snapshots`` already: then copy."""
+        lease = self._leases.try_open(self.txn)
+        if lease is not None:
+            self.leased = True
+        return lease
+
+
+class HotMap:
+    """One hot-tier file, opened read-only by this process on first use."""
+
+    def __init__(self, grant: LocalGrant, max_snapshots: int) -> None:
+        self.path = grant.path
+        self.map_size = grant.map_size
+        self.identity = (grant.device, grant.inode)
+        self.max_snapshots = max_snapshots
+        self.leases = LeasePool(max_snapshots)
+        self._open_lock = threading.Lock()
+        self._gate = threading.Condition()
+        self._inside = 0
+        self._holding = False
+        self._env: Any = None
+        self._dbs: tuple[Any, Any] = (None, None)
+        #: why this process may not open the environment (a child that inherited it open).
+        self._blocked: str | None = None
+        #: an environment inherited through fork: kept, never used, never closed.
+        self._inherited: Any = None
+
+    @contextmanager
+    def session(self) -> Iterator[HotSession]:
+        """A read transaction for one read; ended on exit unless a lease took it.
+
+        Raises Unavailable when the environment cannot be opened here (missing or other
+        file, no permission, a child that inherited open snapshots) or LMDB refuses a
+        transaction (reader table full).
+        """
+        with self._gate:
+            while self._holding:  # a fork is being prepared
+                self._gate.wait()
+            self._inside += 1
+        try:
+            env, frames, shards = self._opened()
+            try:
+                txn = env.begin(buffers=True)
+            except lmdb.Error as exc:
+                raise Unavailable(f"no read transaction on the hot tier: {exc}") from exc
+            session = HotSession(txn, frames, shards, self.leases)
+            try:
+                yield session
+            finally:
+                if not session.leased:
+                    txn.abort()
+        finally:
+            with self._gate:
+                self._inside -= 1
+                self._gate.notify_all()
+
+    def _opened(self) -> tuple[Any, Any, Any]:
+        with self._open_lock:
+            if self._env is None:
+                self._open()
+            return self._env, *self._dbs
+
+    def _open(self) -> None:
+        if self._blocked is not None:
+            raise Unavailable(self._blocked)
+        data = self.path / "data.mdb"
+        try:
+            stat = data.stat()
+        except OSError as exc:
+            raise Unavailable(f"cannot see the hot tier's data file: {exc}") from exc
+        if (stat.st_dev, stat.st_ino) != self.identity:
+            raise Unavailable(f"{data} here is not the server's file (another mount namespace?)")
+        try:
+            env = lmdb.open(
+                str(self.path),
+                map_size=self.map_size,
+                readonly=True,
+                lock=True,  # registers our snapshots in the reader table: needs lock.mdb writable
+                max_dbs=len(DB_NAMES) + 1,
+                max_readers=_MAX_READERS,
+                create=False,
+            )
+        except lmdb.Error as exc:
+            raise Unavailable(f"cannot open the hot tier at {self.path} read-only: {exc}") from exc
+        try:
+            dbs = (
+                env.open_db(FRAMES_DB.encode(), create=False),
+                env.open_db(SHARDS_DB.encode(), create=False),
+            )
+        except lmdb.Error as exc:
+            env.close()
+            raise Unavailable(f"the hot tier at {self.path} has no catalog: {exc}") from exc
+        # Free the slots of reader processes that died holding them (DataLoader workers
+        # of earlier epochs exit without ending their transactions): each worker that
+        # opens the map clears its dead predecessors', so they never pile up.
+        with contextlib.suppress(lmdb.Error):  # housekeeping: the read does not need it
+            env.reader_check()
+        self._env, self._dbs = env, dbs
+
+    # Fork handling (see the module docstring); called by the handlers below.
+
+    def _before_fork(self) -> None:
+        self._gate.acquire()  # held until after the fork
+        self._holding = True
+        deadline = time.monotonic() + _FORK_WAIT_S
+        while self._inside and (left := deadline - time.monotonic()) > 0:
+            self._gate.wait(left)
+        if not self._inside and not self.leases.live and self._env is not None:
+            env, self._env, self._dbs = self._env, None, (None, None)
+            env.close()  # reopened on the next read
+
+    def _after_fork_in_parent(self) -> None:
+        self._holding = False
+        self._gate.notify_all()
+        self._gate.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._gate = threading.Condition()
+        self._open_lock = threading.Lock()
+        self._inside = 0
+        self._holding = False
+        self.leases = LeasePool(self.max_snapshots)  # the inherited one counts the parent's
+        if self._env is not None:
+            self._inherited, self._env, self._dbs = self._env, None, (None, None)
+            self._blocked = (
+                "the parent process held zero-copy buffers from the hot tier when it "
+                "forked, so this process cannot map the hot tier; it reads through the service"
+            )
+
+
+_registry_lock = threading.Lock()
+_MAPS: dict[tuple[int, int], HotMap] = {}
+
+
+def hot_map(grant: LocalGrant, max_snapshots: int) -> HotMap:
+    """This process's map of the file ``grant`` names (made on first use; never closed:
+    an open read-only environment costs two descriptors and address space only, and
+    closing one under live buffers would leave them dangling). The first caller's
+    ``max_snapshots`` holds for the process. Thread-safe."""
+    key = (grant.device, grant.inode)
+    with _registry_lock:
+        found = _MAPS.get(key)
+        if found is None:
+            found = _MAPS[key] = HotMap(grant, max_snapshots)
+        return found
+
+
+def _before_fork() -> None:
+    _registry_lock.acquire()
+    for hot in _MAPS.values():
+        hot._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for hot in _MAPS.values():
+        hot._after_fork_in_parent()
+    _registry_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for hot in _MAPS.values():
+        hot._after_fork_in_child()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

@@ -1,0 +1,389 @@
+"""The local read path: reading the hot tier in place when the server is on this host.
+
+When a reader runs on the serving node, the server grants (after authorization) the
+hot tier's location, and the client reads frames straight out of the LMDB map in its
+own process (docs/local-reads.md): zero copies for plaintext, exactly one
+``decrypt_into`` per frame for ciphertext. A read:
+
+1. takes the dataset's grant (``OpenLocal``, kept for its lifetime; a refusal is
+   remembered for a while) — only if the server shares this host's boot and pid
+   namespace and is another process — and this process's
+   :class:`~tierstore.client.hotmap.HotMap`;
+2. looks the shard up in one read transaction; a shard that is not hot returns
+   ``None``, and so does any failure: the caller then reads through the service,
+   which promotes a cold shard and counts the miss;
+3. plaintext: verifies each frame's xxh3 trailer and hands the payload out in place
+   (Arrow buffers over the map, holding the snapshot open until the last of them is
+   collected; past ``max_snapshots`` open snapshots it copies, and so it does for a
+   small frame that LMDB stored at an address Arrow may not use); encrypted: takes the
+   generation's data key (``GrantDataKey``, cached) and decrypts each frame exactly
+   once into its own buffer from the allocator (64-byte aligned; pinned with CUDA);
+4. counts the read for the server (:mod:`tierstore.client.reports`).
+
+:class:`DataLoss` is the one error that propagates: nothing unverified is returned
+(a failed tag leaves its buffer zeroed), and the service would read the same
+damaged bytes.
+
+Thread safety: a :class:`LocalReads` is safe to share between threads. Fork safety:
+it may be inherited by forked children, which read with their own environment
+(see :mod:`tierstore.client.hotmap`) and report their own reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import pyarrow as pa
+
+from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_allocator
+from tierstore.client.forklocks import ForkSafeLock
+from tierstore.client.hotmap import HotMap, HotSession, hot_map
+from tierstore.client.keycache import DataKeys
+from tierstore.client.receive import open_frames, open_frames_into
+from tierstore.client.reports import ReadReporter
+from tierstore.engine.localreads import DataKey, LocalReadCount
+from tierstore.engine.reads import plan_reads
+from tierstore.engine.records import ShardRecord
+from tierstore.errors import (
+    DataLoss,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    TierstoreError,
+)
+from tierstore.frames import FrameSealer, shard_context
+from tierstore.types import ShardKind
+from tierstore.wire.local import LocalGrant, this_host
+
+__all__ = [
+    "LocalReadOptions",
+    "LocalReadRpc",
+    "LocalReads",
+    "LocalShard",
+    "ReadCounter",
+    "ReadCounts",
+]
+
+log = logging.getLogger(__name__)
+
+#: After the server refused local reads (off, or not this host), ask again this late.
+_REFUSED_RETRY_S = 60.0
+#: After OpenLocal failed otherwise (no access, no such dataset, unreachable): the
+#: service answers the read itself, and says why.
+_FAILED_RETRY_S = 1.0
+#: A byte range without a length reaches to the end (as the server reads it).
+_TO_THE_END = 1 << 62
+#: Arrow's required buffer alignment: frames handed out in place must start on it.
+_ARROW_ALIGNMENT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReadOptions:
+    """How a client reads locally (``tierstore.connect(local_reads=...)`` turns it on or off)."""
+
+    enabled: bool = True
+    #: zero-copy snapshots this process keeps open at once (shared by its clients; the
+    #: first client's value holds); plaintext reads past it copy.
+    max_snapshots: int = 16
+    #: reads are reported to the server every this many reads or seconds.
+    report_every_reads: int = 256
+    report_interval_s: float = 1.0
+    #: data keys kept per process (one per encrypted shard generation read).
+    max_keys: int = 4096
+    #: where decrypted frames land; None: 64-byte aligned, pinned per ``pin_memory``.
+    allocate: FrameAllocator | None = None
+    #: pin decrypted frames for CUDA: None pins when torch is already imported and
+    #: CUDA is available; True imports torch to try; False never.
+    pin_memory: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
+            raise InvalidArgument(
+                "max_snapshots must be >= 0, report_every_reads and max_keys >= 1"
+            )
+        if not 0 < self.report_interval_s < float("inf"):
+            raise InvalidArgument(
+                f"report_interval_s must be positive, not {self.report_interval_s}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCounts:
+    """Which path served this client's reads (``Client.read_counts``), since it was made."""
+
+    #: reads served in place from the hot tier.
+    local: int = 0
+    #: reads served through the service.
+    grpc: int = 0
+    #: local attempts that went through the service instead (cold shard, refused, failed).
+    fallbacks: int = 0
+    #: local plaintext reads that copied because ``max_snapshots`` snapshots were open.
+    copies: int = 0
+
+
+class ReadCounter:
+    """Mutable :class:`ReadCounts`. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = ForkSafeLock()
+        self._counts = ReadCounts()
+
+    def bump(self, name: str) -> None:
+        with self._lock:
+            self._counts = replace(self._counts, **{name: getattr(self._counts, name) + 1})
+
+    def snapshot(self) -> ReadCounts:
+        return self._counts
+
+
+class LocalReadRpc(Protocol):
+    """The three calls the local path makes (the client's channel, token and deadlines)."""
+
+    def open_local(self, dataset: str) -> LocalGrant:
+        """``OpenLocal``. Raises the tierstore error the server answered."""
+        ...  # pragma: no cover - a protocol
+
+    def grant_data_key(self, dataset: str, shard: str, generation: int) -> DataKey:
+        """``GrantDataKey``. Raises the tierstore error the server answered."""
+        ...  # pragma: no cover - a protocol
+
+    def report(self, dataset: str, counts: list[LocalReadCount]) -> None:
+        """``ReportLocalReads``. Raises the tierstore error the server answered."""
+        ...  # pragma: no cover - a protocol
+
+
+@dataclass(frozen=True, slots=True)
+class LocalShard:
+    """What a local read returns: the shard's kind and its payload buffers."""
+
+    kind: ShardKind
+    #: one buffer per frame (whole-shard reads) or one buffer (ranges).
+    buffers: tuple[pa.Buffer, ...]
+    #: whether the buffers point into the LMDB map (and hold a snapshot open).
+    zero_copy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A dataset's grant as this client holds it: a map to read, or None (refused)."""
+
+    hot: HotMap | None
+    until: float  # time.monotonic()
+
+
+_Build = Callable[[HotSession, ShardRecord, FrameSealer], LocalShard]
+
+
+class LocalReads:
+    """Reads hot shards in place for one client (see the module docstring)."""
+
+    def __init__(
+        self, rpc: LocalReadRpc, options: LocalReadOptions, counts: ReadCounter | None = None
+    ) -> None:
+        self._rpc = rpc
+        self.options = options
+        self.counts = counts or ReadCounter()
+        self.reporter = ReadReporter(
+            rpc.report, every_reads=options.report_every_reads, interval_s=options.report_interval_s
+        )
+        self._keys = DataKeys(options.max_keys)
+        self._lock = ForkSafeLock()
+        self._routes: dict[str, _Route] = {}
+        self._allocate = options.allocate
+        self._logged: set[str] = set()
+
+    # What the client calls.
+
+    def read_frames(self, dataset: str, shard: str) -> LocalShard | None:
+        """The whole shard, one buffer per frame; ``None``: read it through the service.
+
+        Raises DataLoss (a frame failed verification) and nothing else.
+        """
+        return self._read(dataset, shard, self._frames)
+
+    def read_range(
+        self, dataset: str, shard: str, offset: int, length: int | None
+    ) -> LocalShard | None:
+        """Bytes ``[offset, offset + length)`` in one 64-byte-aligned buffer from the
+        allocator (one copy, or one decryption per frame); ``None``: read them through
+        the service. Raises DataLoss."""
+
+        def build(session: HotSession, record: ShardRecord, sealer: FrameSealer) -> LocalShard:
+            return self._range(session, record, sealer, offset, length)
+
+        return self._read(dataset, shard, build)
+
+    def flush(self) -> None:
+        """Report the reads counted so far to the server, now."""
+        self.reporter.flush()
+
+    def close(self) -> None:
+        """Report what is pending, forget grants and zero the data keys (reads may go on:
+        they ask again)."""
+        self.reporter.close()
+        self._keys.clear()
+        with self._lock:
+            self._routes.clear()
+
+    # One read.
+
+    def _read(self, dataset: str, shard: str, build: _Build) -> LocalShard | None:
+        hot = self._route(dataset)
+        result = None
+        if hot is not None:
+            try:
+                result = self._read_hot(hot, dataset, shard, build)
+            except DataLoss:
+                raise
+            except Exception as exc:  # any failure: the service reads it instead
+                self._note(
+                    type(exc).__name__,
+                    f"a local read failed ({type(exc).__name__}: {exc}); reading through the "
+                    "service instead",
+                )
+        self.counts.bump("fallbacks" if result is None else "local")
+        return result
+
+    def _read_hot(self, hot: HotMap, dataset: str, shard: str, build: _Build) -> LocalShard | None:
+        for _ in range(2):  # a data key is fetched between two snapshots; once is enough
+            with hot.session() as session:
+                record = session.record(dataset, shard)
+                if record is None or not record.hot:
+                    return None  # the service says it is missing, or reads and promotes it
+                sealer = self._sealer(record)
+                if sealer is not None:
+                    result = build(session, record, sealer)
+                    self.reporter.add(dataset, shard, record.generation)
+                    return result
+                wanted = record.generation
+            # Outside the snapshot: a key grant is a round trip to the server.
+            key = self._rpc.grant_data_key(dataset, shard, wanted)
+            self._keys.put(dataset, shard, wanted, key.key, key.nonce_prefix)
+        return None
+
+    def _sealer(self, record: ShardRecord) -> FrameSealer | None:
+        """The record's sealer; ``None`` while an encrypted generation's key is missing."""
+        context = shard_context(record.dataset, record.name, record.generation)
+        if record.envelope is None:
+            return FrameSealer(context, len(record.frame_sizes))
+        cipher = self._keys.get(record.dataset, record.name, record.generation)
+        return None if cipher is None else FrameSealer(context, len(record.frame_sizes), cipher)
+
+    def _frames(self, session: HotSession, record: ShardRecord, sealer: FrameSealer) -> LocalShard:
+        stored = _stored(session, record, range(len(record.frame_sizes)))
+        if sealer.cipher is not None:
+            return LocalShard(
+                record.kind, tuple(open_frames(sealer, stored, self.allocator())), False
+            )
+        lease = session.lease()
+        if lease is None:
+            self.counts.bump("copies")
+        buffers = []
+        in_place = False
+        for index, view in stored:
+            payload = sealer.open(index, view)  # verified, still in place
+            if lease is not None and pa.py_buffer(payload).address % _ARROW_ALIGNMENT == 0:
+                buffers.append(lease.keep(payload))
+                in_place = True
+            else:
+                # A small frame (up to ~2 KiB) sits inside a B-tree page at any even
+                # address, and Arrow wants 8-byte-aligned buffers: it is copied. Larger
+                # frames have pages of their own and start 16 bytes in: never copied.
+                buffers.append(_copy(payload))
+        return LocalShard(record.kind, tuple(buffers), in_place)
+
+    def _range(
+        self,
+        session: HotSession,
+        record: ShardRecord,
+        sealer: FrameSealer,
+        offset: int,
+        length: int | None,
+    ) -> LocalShard:
+        # A range is one contiguous, 64-byte-aligned buffer (Client.get's promise), so it
+        # costs one copy even from a plaintext frame (a frame in the map starts 16 bytes
+        # into its page): verified and copied, or decrypted, straight into place.
+        slices = plan_reads(record.frame_sizes, (offset, _TO_THE_END if length is None else length))
+        total = sum(piece.stop - piece.start for piece in slices)
+        out = self.allocator()(total)
+        stored = _stored(session, record, [piece.index for piece in slices])
+        skip = slices[0].start if slices else 0
+        open_frames_into(sealer, stored, skip, total, memoryview(out).cast("B"))
+        return LocalShard(record.kind, (out,), False)
+
+    def allocator(self) -> FrameAllocator:
+        """Where decrypted frames land (decided on first use in this client)."""
+        if self._allocate is None:
+            self._allocate = frame_allocator(self.options.pin_memory)
+        return self._allocate
+
+    # Grants.
+
+    def _route(self, dataset: str) -> HotMap | None:
+        now = time.monotonic()
+        with self._lock:
+            route = self._routes.get(dataset)
+        if route is not None and now < route.until:
+            return route.hot
+        hot, until = self._renew(dataset, now)
+        with self._lock:
+            self._routes[dataset] = _Route(hot, until)
+        if hot is None:
+            self._keys.drop_dataset(dataset)  # no grant, no keys
+        return hot
+
+    def _renew(self, dataset: str, now: float) -> tuple[HotMap | None, float]:
+        try:
+            grant = self._rpc.open_local(dataset)
+        except FailedPrecondition as exc:  # turned off there, or not this host
+            self._note("refused", f"the server does not grant local reads ({exc})")
+            return None, now + _REFUSED_RETRY_S
+        except TierstoreError:  # no access, no such dataset, unreachable: the service says
+            return None, now + _FAILED_RETRY_S
+        why = _unusable(grant)
+        if why is not None:
+            self._note(why, why)
+            return None, now + grant.ttl_s
+        return hot_map(grant, self.options.max_snapshots), now + grant.ttl_s
+
+    def _note(self, key: str, message: str) -> None:
+        """Log why a read went through the service, once per kind of reason."""
+        if key not in self._logged:
+            self._logged.add(key)
+            log.info("tierstore local reads: %s", message)
+
+
+def _unusable(grant: LocalGrant) -> str | None:
+    """Why this process cannot map the granted hot tier, or ``None``."""
+    if grant.server_pid == os.getpid():
+        return "the server runs in this process, which has the hot tier open already"
+    here = this_host()
+    if not here.same_as(grant.host):
+        return (
+            f"the server runs on another host or pid namespace ({grant.host.hostname}, "
+            f"{grant.host.pid_namespace}; here {here.hostname}, {here.pid_namespace or '?'})"
+        )
+    return None
+
+
+def _stored(
+    session: HotSession, record: ShardRecord, indexes: Iterable[int]
+) -> Iterator[tuple[int, memoryview]]:
+    """``(index, stored frame)`` in place. Raises IntegrityError for a missing frame: in
+    one snapshot, a hot record's frames are all there."""
+    for index in indexes:
+        view = session.frame(record.generation, index)
+        if view is None:
+            raise IntegrityError(f"hot frame {index} of {record.dataset}/{record.name} is missing")
+        yield index, view
+
+
+def _copy(payload: memoryview) -> pa.Buffer:
+    out = aligned_buffer(len(payload))
+    memoryview(out).cast("B")[:] = payload
+    return out

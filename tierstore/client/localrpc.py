@@ -1,0 +1,48 @@
+"""The local read path's three calls, made over a client's channel (token, deadline,
+retries and error mapping as every other call of the client)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tierstore.engine.localreads import DataKey, LocalReadCount
+from tierstore.v1 import shards_pb2, shards_pb2_grpc
+from tierstore.wire.local import LocalGrant, grant_from_pb, read_counts_to_pb
+
+__all__ = ["GrpcLocalReadRpc"]
+
+#: ``call(method, request, idempotent=..., timeout_s=None)``: the client's call plumbing.
+Call = Callable[..., Any]
+_REPORT_TIMEOUT_S = 5.0
+
+
+class GrpcLocalReadRpc:
+    """:class:`~tierstore.client.local.LocalReadRpc` over gRPC. Thread-safe."""
+
+    def __init__(self, stub: Callable[[], shards_pb2_grpc.ShardServiceStub], call: Call) -> None:
+        self._stub = stub
+        self._call = call
+
+    def open_local(self, dataset: str) -> LocalGrant:
+        reply = self._call(
+            self._stub().OpenLocal, shards_pb2.OpenLocalRequest(dataset=dataset), idempotent=True
+        )
+        return grant_from_pb(reply)
+
+    def grant_data_key(self, dataset: str, shard: str, generation: int) -> DataKey:
+        request = shards_pb2.GrantDataKeyRequest(
+            dataset=dataset, shard=shard, generation=generation
+        )
+        reply = self._call(self._stub().GrantDataKey, request, idempotent=True)
+        return DataKey(reply.data_key, reply.nonce_prefix)
+
+    def report(self, dataset: str, counts: list[LocalReadCount]) -> None:
+        # Not idempotent: a retried report that had arrived would count reads twice. A
+        # short deadline: a report is best effort, and close() waits for the last one.
+        self._call(
+            self._stub().ReportLocalReads,
+            read_counts_to_pb(dataset, counts),
+            idempotent=False,
+            timeout_s=_REPORT_TIMEOUT_S,
+        )

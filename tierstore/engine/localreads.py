@@ -1,0 +1,147 @@
+"""The engine's part in local reads: readers that read the hot tier in place.
+
+A reader on the server's own host may map the hot tier's LMDB environment
+read-only in its own process (docs/local-reads.md); the service grants that
+after authorization. What the engine provides for it:
+
+* :meth:`LocalReadSupport.location` — where the environment lies, for the grant;
+* :meth:`LocalReadSupport.data_key` — the data key of an encrypted shard generation,
+  *without* recording a read (the reader reports its reads on its own);
+* :meth:`LocalReadSupport.record` — reads a reader served itself, recorded as hot
+  reads through the same :class:`~tierstore.engine.readlog.ReadLog` as every other
+  read (statistics, hit counts, trace, placement policy);
+* :meth:`LocalReadSupport.clear_stale_readers` — frees LMDB reader-table slots left
+  by reader processes that died: LMDB tells live readers by pid and reclaims their
+  slots only when asked, and a stale slot pins an old snapshot (the file grows).
+
+:class:`LocalReadCount` is shared with the client (it builds the reports).
+
+Thread safety: a :class:`LocalReadSupport` is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.readlog import ReadLog
+from tierstore.engine.sealing import ShardSealers
+from tierstore.errors import FailedPrecondition
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["DataKey", "HotLocation", "LocalReadCount", "LocalReadSupport"]
+
+#: Reader-table checks happen at most this often (each walks the table and asks the
+#: kernel about every reader's pid lock).
+_READER_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HotLocation:
+    """Where the hot tier's LMDB environment is, and which data file it is."""
+
+    path: Path
+    map_size: int
+    #: ``st_dev`` and ``st_ino`` of ``data.mdb``: a reader checks it opened this very file.
+    device: int
+    inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """The data key and nonce prefix of one encrypted shard generation."""
+
+    key: bytes = field(repr=False)
+    nonce_prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReadCount:
+    """``count`` reads of generation ``generation`` of ``shard`` served in place."""
+
+    shard: str
+    generation: int
+    count: int
+
+
+class LocalReadSupport:
+    """Grant material and read recording for local readers of one store."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        sealers: ShardSealers,
+        reads: ReadLog,
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._sealers = sealers
+        self._reads = reads
+        self._check_lock = threading.Lock()
+        self._checked_at = float("-inf")
+
+    def location(self) -> HotLocation:
+        """The environment's directory (absolute), map size and data file identity."""
+        path = self._env.path.resolve()
+        stat = (path / "data.mdb").stat()
+        return HotLocation(path, self._env.map_size, stat.st_dev, stat.st_ino)
+
+    def data_key(self, dataset: str, shard: str, generation: int) -> DataKey:
+        """The data key of ``generation`` of ``dataset/shard`` (names already validated).
+
+        Only the current generation's key is handed out: a superseded generation's
+        record (and so its wrapped key) is gone from the catalog, and the reader then
+        reads through the service. Hand the key only to callers allowed to read the
+        dataset. Raises DatasetNotFound, ShardNotFound, FailedPrecondition (not the
+        current generation, or a plaintext shard), UnknownKeyId, IntegrityError,
+        EncryptionUnavailable.
+        """
+        with self._env.read() as txn:
+            record = self._catalog.require_shard(txn, dataset, shard)
+        if record.generation != generation:
+            raise FailedPrecondition(
+                f"generation {generation} of {dataset}/{shard} is no longer current"
+            )
+        if record.envelope is None:
+            raise FailedPrecondition(f"{dataset}/{shard} is not encrypted: it has no data key")
+        cipher = self._sealers.sealer(record).cipher
+        assert cipher is not None  # the record has an envelope
+        return DataKey(cipher.key, record.envelope.nonce_prefix)
+
+    def record(self, dataset: str, reads: Iterable[LocalReadCount]) -> int:
+        """Record reads a local reader served from the hot tier; returns how many counted.
+
+        Reads of a generation that is no longer current, or of a shard no longer hot
+        when the report arrives, are dropped: statistics belong to one generation, and
+        a placement policy hears hits only of shards it holds. Costs one read
+        transaction and O(reads) in-memory work. Raises DatasetNotFound.
+        """
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, dataset)
+            found = [(self._catalog.get_shard(txn, dataset, read.shard), read) for read in reads]
+        recorded = 0
+        for record, read in found:
+            if record is None or record.generation != read.generation or not record.hot:
+                continue
+            for _ in range(read.count):
+                self._reads.observe(record, True)
+            recorded += read.count
+        return recorded
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots of dead processes (at most every few seconds; cheap otherwise).
+
+        Returns how many slots were freed now.
+        """
+        now = time.monotonic()
+        with self._check_lock:
+            if now - self._checked_at < _READER_CHECK_INTERVAL_S:
+                return 0
+            self._checked_at = now
+        cleared: int = self._env.env.reader_check()
+        return cleared

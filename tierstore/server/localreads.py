@@ -1,0 +1,119 @@
+"""Local reads, server side: who may map the hot tier, and what they are told.
+
+A reader on this host may read hot frames in place from the LMDB environment
+(docs/local-reads.md). After the rule table allowed the call (reader role on the
+dataset), :meth:`LocalReadService.open_local` grants the environment's location for
+``grant_ttl_s`` seconds — never past the caller's token expiry — and refuses with
+:class:`FailedPrecondition` when local reads are turned off here, when the caller
+did not come over loopback or a unix socket, or when this server cannot tell its
+host identity. The grant is a convenience, not the security boundary for plaintext
+data: whoever may open the file reads it. What it bounds is a well-behaved client
+(a revoked token stops its local reads within one lifetime) — and encrypted data,
+whose keys come one generation at a time from :meth:`LocalReadService.data_key`,
+each after authorization.
+
+Reads served in place reach the engine through :meth:`LocalReadService.record`, so
+statistics, hit counts and placement policies see them like any other read.
+
+Thread safety: safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import time
+
+from tierstore.engine.localreads import DataKey, LocalReadCount
+from tierstore.engine.store import Store
+from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.server.authz import Principal
+from tierstore.wire.local import HostIdentity, LocalGrant, this_host
+
+__all__ = ["DEFAULT_GRANT_TTL_S", "LocalReadService", "peer_is_local"]
+
+log = logging.getLogger(__name__)
+
+#: How long a local-read grant holds before the client asks again.
+DEFAULT_GRANT_TTL_S = 60.0
+
+
+def peer_is_local(peer: str) -> bool:
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    ``unix:/run/ts.sock``) is this host: a loopback address or a unix socket."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return True
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    return address.is_loopback
+
+
+class LocalReadService:
+    """Grants, data keys and read reports for the local readers of one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        enabled: bool = True,
+        grant_ttl_s: float = DEFAULT_GRANT_TTL_S,
+        host: HostIdentity | None = None,
+    ) -> None:
+        if not (math.isfinite(grant_ttl_s) and 0 < grant_ttl_s <= 86400):
+            raise InvalidArgument(f"grant_ttl_s must be in (0, 86400], not {grant_ttl_s}")
+        self._store = store
+        self.enabled = enabled
+        self.grant_ttl_s = grant_ttl_s
+        self._host = host or this_host()
+
+    def open_local(self, principal: Principal, peer: str, dataset: str) -> LocalGrant:
+        """The grant for ``principal`` (already authorized) to read ``dataset`` in place.
+
+        Raises DatasetNotFound, and FailedPrecondition when local reads are off here,
+        the peer is not on this host, or this host's identity is unknown.
+        """
+        self._store.get_dataset(dataset)  # a missing dataset answers as missing
+        if not self.enabled:
+            raise FailedPrecondition("local reads are turned off on this server")
+        if not peer_is_local(peer):
+            raise FailedPrecondition("local reads are only for callers on the server's host")
+        if not self._host.known:
+            raise FailedPrecondition("this server cannot tell its host identity (no /proc)")
+        ttl_s = self.grant_ttl_s
+        if principal.expires_at:
+            # Never past the credential: an expired token ends local reads with it.
+            ttl_s = min(ttl_s, max(principal.expires_at - time.time(), 0.001))
+        cleared = self._store.local_reads.clear_stale_readers()
+        if cleared:
+            log.info("freed %d LMDB reader slots of dead local readers", cleared)
+        location = self._store.local_reads.location()
+        return LocalGrant(
+            path=location.path,
+            map_size=location.map_size,
+            device=location.device,
+            inode=location.inode,
+            host=self._host,
+            server_pid=os.getpid(),
+            ttl_s=ttl_s,
+        )
+
+    def data_key(self, dataset: str, shard: str, generation: int) -> DataKey:
+        """See :meth:`tierstore.engine.localreads.LocalReadSupport.data_key`; also
+        FailedPrecondition when local reads are off here (GetShard still hands keys out)."""
+        if not self.enabled:
+            raise FailedPrecondition("local reads are turned off on this server")
+        return self._store.local_reads.data_key(dataset, shard, generation)
+
+    def record(self, dataset: str, reads: list[LocalReadCount]) -> int:
+        """See :meth:`tierstore.engine.localreads.LocalReadSupport.record`."""
+        return self._store.local_reads.record(dataset, reads)
