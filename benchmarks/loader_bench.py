@@ -289,8 +289,8 @@ def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
     for row in rows.values():
         cells = []
         for base in (CEILING, BOTO3_PROXY, BOTO3):
-            r = ratio(row.case, base)
-            cells.append(f"{r[0]:.2f} ({r[1]:.2f})" if r and row.case != base else "—")
+            pair = ratio(row.case, base)
+            cells.append(f"{pair[0]:.2f} ({pair[1]:.2f})" if pair and row.case != base else "—")
         util = ""
         if row.utilisation is not None:
             util = f"{row.utilisation:.3f} ({row.steady_utilisation:.3f})"

@@ -155,7 +155,8 @@ def ipc_file_bytes(table: pa.Table) -> pa.Buffer:
 
 
 def _shard_order(count: int, seed: int, epoch: int) -> list[int]:
-    return np.random.default_rng((seed, epoch)).permutation(count).tolist()
+    order: list[int] = np.random.default_rng((seed, epoch)).permutation(count).tolist()
+    return order
 
 
 def _row_order(rows: int, seed: int, epoch: int, shard: int) -> np.ndarray:
@@ -342,7 +343,7 @@ class ReadPaths:
 
     def take(self) -> dict[str, int]:
         """The workers' counts since the last take (workers restart every epoch)."""
-        values = list(self._counts)
+        values = [int(v) for v in self._counts[:]]
         self._counts[:] = [0] * len(values)
         return {name: sum(values[i::4]) for i, name in enumerate(self.FIELDS)}
 
