@@ -129,7 +129,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             contents[dataset] = payload(size, seed=len(dataset))
             running.store.put(dataset, shard, contents[dataset])
         tokens = {
-            "admin": running.token("admin", ("*", Role.ADMIN)),
+            "admin": _admin_token_with_a_letter_in_its_id(running),
             "reader_a": running.token("reader-a", ("alpha", Role.READER)),
             "writer_a": running.token("writer-a", ("alpha", Role.WRITER)),
             "owner_a": running.token("owner-a", ("alpha", Role.ADMIN)),
@@ -137,6 +137,15 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             "nobody": running.token("nobody", (GHOST, Role.ADMIN)),
         }
         yield Node(running, tokens, contents, running.channel())
+
+
+def _admin_token_with_a_letter_in_its_id(running: RunningServer) -> str:
+    """An admin token whose (hex) id has a letter in it, so that upper-casing the id
+    really changes it (an all-digit id, about 1 in 300, would make that case moot)."""
+    while True:
+        token = running.token("admin", ("*", Role.ADMIN))
+        if any(char.isalpha() for char in token[3:15]):
+            return token
 
 
 def expect_refused(
