@@ -110,20 +110,23 @@ def _gather(name: str, parts: Sequence[Part], shared: bool) -> torch.Tensor:
     assert isinstance(first, torch.Tensor)
     total = sum(len(part.rows) for part in parts)
     out = _empty((total, *first.shape[1:]), first.dtype, shared)
-    at = 0
+    if len(parts) == 1:
+        groups, local = parts[0].shard.locate(parts[0].rows)
+        if bool((groups == groups[0]).all()):  # one record batch: gather straight into place
+            source = parts[0].shard.groups[int(groups[0])][name]
+            assert isinstance(source, torch.Tensor)
+            torch.index_select(source, 0, torch.from_numpy(local), out=out)
+            return out
+    # Rows from several record batches: copy each row once, in order, straight into the
+    # batch. (index_copy_ of an index_select temporary copies every row twice and, for
+    # small-dtype rows, runs an order of magnitude slower on CPU.)
+    rows: list[torch.Tensor] = []
     for part in parts:
         groups, local = part.shard.locate(part.rows)
-        target = out[at : at + len(part.rows)]
-        for group in np.unique(groups).tolist():
-            source = part.shard.groups[group][name]
-            assert isinstance(source, torch.Tensor)
-            mask = groups == group
-            index = torch.from_numpy(local[mask])
-            if bool(mask.all()):  # one record batch: gather straight into place
-                torch.index_select(source, 0, index, out=target)
-            else:
-                target.index_copy_(0, torch.from_numpy(np.flatnonzero(mask)), source[index])
-        at += len(part.rows)
+        columns = part.shard.groups
+        for group, row in zip(groups.tolist(), local.tolist(), strict=True):
+            rows.append(columns[group][name][row])
+    torch.stack(rows, out=out)
     return out
 
 
