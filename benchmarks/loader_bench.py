@@ -59,9 +59,9 @@ from loader_cases import (
     GiB,
     MiB,
     ReadPaths,
-    Testbed,
     run_epoch,
 )
+from loader_testbed import Testbed
 from torch.utils.data import DataLoader
 
 from tierstore.client.client import connect

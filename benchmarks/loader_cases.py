@@ -1,7 +1,7 @@
-"""The loader benchmark's pieces: the shards, the plain PyTorch datasets, one timed epoch,
-and the live node (SeaweedFS, a throttling proxy, ``tierstore serve``) they read from.
+"""The loader benchmark's pieces: the shards, the plain PyTorch datasets, the plugin's read
+counter, and one timed epoch. The live node they read from is in :mod:`loader_testbed`.
 
-The same Arrow shards exist three ways (:meth:`Testbed.load`):
+The same Arrow shards exist three ways (:meth:`loader_testbed.Testbed.load`):
 
 * **local Arrow IPC files** in the work directory — the ceiling's input;
 * **objects** in a SeaweedFS bucket (the same file bytes) — the boto3 baseline's input;
@@ -18,27 +18,18 @@ would write without tierstore, and cost what the plugin costs where it counts: t
 epoch order rules (seeded shard permutation, ``order[worker::workers]``, a seeded row
 permutation per shard), batches that span shards, and each batch gathered once, straight
 into shared memory, as ``default_collate`` does in a worker (:func:`_gather`).
-
-Everything listens on ``127.0.0.1``. :meth:`Testbed.close` stops every child (SeaweedFS
-gets SIGKILL when it ignores SIGTERM) and removes the work directory, also after a
-failure part-way through a start.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import multiprocessing
 import os
-import shutil
-import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +39,27 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.utils.data
-from engine_cases import check_not_tmpfs
-from service_processes import ServerProcess
 
-from tierstore.client.client import Client, connect
-from tierstore.testing.throttle import ThrottleSettings, ThrottlingProxy
-from tierstore.tiers.seaweedfs import SeaweedServer
+from tierstore.client.client import Client
 
 __all__ = [
     "DATASET",
+    "OBJECT_BUCKET",
     "Boto3Dataset",
     "DataSpec",
     "Epoch",
     "FileDataset",
     "ReadPaths",
-    "Testbed",
+    "ipc_file_bytes",
     "run_epoch",
+    "s3_client",
+    "shard_table",
 ]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DATASET = "loader"
-ARCHIVE_BUCKET = "loader-bench-archive"
 OBJECT_BUCKET = "loader-bench-objects"
 IMAGE_SHAPE = (3, 128, 128)
-START_TIMEOUT_S = 180.0
-SETTLE_TIMEOUT_S = 600.0
-POLL_S = 0.1
 
 Batch = dict[str, torch.Tensor]
 
@@ -419,217 +405,3 @@ def run_epoch(
             f"({spec.label_sum}): rows lost or repeated"
         )
     return Epoch(case, samples, nbytes, batches, wall, first, busy)
-
-
-# The throttling proxy, in a child process (its event loop must not share our GIL).
-
-
-def _proxy_main(upstream_port: int, settings: ThrottleSettings, pipe: Connection) -> None:
-    with ThrottlingProxy("127.0.0.1", upstream_port, settings) as proxy:
-        pipe.send(proxy.port)
-        with contextlib.suppress(EOFError):
-            pipe.recv()  # until the parent says stop, or dies
-
-
-class ProxyProcess:
-    """A :class:`ThrottlingProxy` served by a spawned child process."""
-
-    def __init__(self, upstream_port: int, settings: ThrottleSettings) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(
-            target=_proxy_main, args=(upstream_port, settings, child), daemon=True
-        )
-        self._process.start()
-        child.close()
-        try:
-            if not self._pipe.poll(START_TIMEOUT_S):
-                raise EOFError
-            self.port = int(self._pipe.recv())
-        except EOFError:
-            self.close()
-            raise RuntimeError("the throttling proxy did not start") from None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        """Ask the child to stop, then SIGTERM, then SIGKILL. Idempotent."""
-        if self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._pipe.send("stop")
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._pipe.close()
-
-
-# The node.
-
-
-class Testbed:
-    """SeaweedFS, a throttling proxy in front of its S3 port, ``tierstore serve`` (as
-    shipped: TLS, tokens, local reads granted), an admin client, and the shards.
-
-    The server is restarted on the same data directory to change its archive endpoint
-    (SeaweedFS directly, or through the proxy) or its hot capacity.
-    """
-
-    def __init__(self, spec: DataSpec, throttle: ThrottleSettings, parent: Path | None = None):
-        self.spec = spec
-        self.workdir = Path(tempfile.mkdtemp(prefix="tierstore-loader-bench-", dir=parent))
-        self.files = self.workdir / "files"
-        self.fstype = ""
-        self._seaweed: SeaweedServer | None = None
-        self._proxy: ProxyProcess | None = None
-        self._server: ServerProcess | None = None
-        self._client: Client | None = None
-        self._s3: Any = None
-        self.throttled = False
-        self.hot_capacity = 0
-        try:
-            self.fstype = check_not_tmpfs(self.workdir)
-            self._seaweed = SeaweedServer(self.workdir / "weed").start()
-            self.archive = self._seaweed.s3_settings(ARCHIVE_BUCKET)
-            self.credentials = (self.archive.access_key_id, self.archive.secret_access_key)
-            self._proxy = ProxyProcess(self._seaweed.s3_port, throttle)
-            self._s3 = s3_client(self.archive.endpoint_url, self.credentials)
-        except BaseException:
-            self.close()
-            raise
-
-    def endpoint(self, throttled: bool) -> str:
-        """The archive's S3 endpoint: SeaweedFS itself, or the throttling proxy."""
-        assert self._proxy is not None
-        return self._proxy.endpoint_url if throttled else self.archive.endpoint_url
-
-    def start_server(self, *, throttled: bool, hot_capacity: int) -> None:
-        """(Re)start ``tierstore serve`` on the node's data directory."""
-        self.stop_server()
-        archive = dataclasses.replace(self.archive, endpoint_url=self.endpoint(throttled))
-        self._server = ServerProcess(
-            self.workdir / "node", archive, hot_capacity, self.workdir / "serve.log"
-        ).start()
-        self.throttled, self.hot_capacity = throttled, hot_capacity
-
-    def stop_server(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def connect_kwargs(self) -> dict[str, Any]:
-        """``address``, ``token`` and ``ca`` of the running server, for ``connect``."""
-        assert self._server is not None, "the server is not running"
-        return {
-            "address": self._server.address,
-            "token": self._server.token,
-            "ca": str(self._server.ca_path),
-        }
-
-    @property
-    def client(self) -> Client:
-        """The admin's client. It never reads in place, so this process holds no LMDB
-        snapshot when the DataLoader forks its workers (they would fall back to gRPC)."""
-        if self._client is None:
-            self._client = connect(**self.connect_kwargs(), local_reads=False)
-        return self._client
-
-    def load(self, log: Callable[[str], None]) -> None:
-        """Write every shard as a local IPC file, an S3 object and a tierstore shard; wait
-        until the server's archive holds them all."""
-        self.files.mkdir()
-        self._s3.create_bucket(Bucket=OBJECT_BUCKET)
-        client = self.client
-        client.create_dataset(DATASET)
-        began = time.perf_counter()
-        for index, name in enumerate(self.spec.names):
-            table = shard_table(self.spec, index)
-            data = ipc_file_bytes(table)
-            (self.files / f"{name}.arrow").write_bytes(memoryview(data))
-            self._s3.put_object(Bucket=OBJECT_BUCKET, Key=f"{name}.arrow", Body=data.to_pybytes())
-            client.put(DATASET, name, table)
-            if index % 16 == 15:
-                log(f"  loaded {index + 1}/{self.spec.shards} shards")
-        self.drain()
-        seconds = time.perf_counter() - began
-        log(f"  loaded and archived {self.spec.shards} shards in {seconds:.0f} s")
-        for name in self.spec.names:
-            info = client.stat(DATASET, name)
-            if not info.archived:
-                raise RuntimeError(f"{DATASET}/{name} is not archived: {info}")
-
-    def drain(self) -> None:
-        """Wait (polling) until the server's mover has archived everything."""
-        self._poll(
-            lambda: (s := self.client.stats())["backlog_bytes"] == 0 and s["journal_entries"] == 0,
-            "the mover to drain",
-        )
-
-    def dataset_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self.client.stats(DATASET)["datasets"][DATASET]
-        return stats
-
-    def settle(self) -> None:
-        """Wait until the hot tier stops changing (promotions and prefetches done): its
-        dataset's hot bytes equal over 2 s."""
-        last, stable_since = -1, time.monotonic()
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            hot = self.dataset_stats()["hot_bytes"]
-            if hot != last:
-                last, stable_since = hot, time.monotonic()
-            elif time.monotonic() - stable_since >= 2.0:
-                return
-            time.sleep(POLL_S)
-        raise RuntimeError("the hot tier did not settle")
-
-    def wait_all_hot(self) -> None:
-        self._poll(
-            lambda: self.dataset_stats()["hot_shards"] == self.spec.shards,
-            "every shard to be hot again",
-        )
-
-    def evict_all(self) -> None:
-        """Drop every shard from the hot tier (each is archived), after the tier settled."""
-        self.settle()
-        for name in self.spec.names:
-            self.client.evict(DATASET, name)
-        hot = self.dataset_stats()["hot_shards"]
-        if hot:
-            raise RuntimeError(f"{hot} shards still hot after evicting all")
-
-    def _poll(self, done: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if done():
-                return
-            time.sleep(POLL_S)
-        raise RuntimeError(f"timed out waiting for {what}")
-
-    def close(self) -> None:
-        """Stop everything and remove the work directory. Idempotent."""
-        self.stop_server()
-        if self._s3 is not None:
-            self._s3.close()
-            self._s3 = None
-        if self._proxy is not None:
-            self._proxy.close()
-            self._proxy = None
-        if self._seaweed is not None:
-            self._seaweed.stop()
-            self._seaweed = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Testbed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -20,9 +20,7 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
     generator = _load_generator()
     fresh = {path.name: path.read_bytes() for path in generator.generate(tmp_path)}  # type: ignore[attr-defined]
     committed_dir = REPO / "tierstore" / "v1"
-    committed = {
-        path.name: path.read_bytes() for path in committed_dir.iterdir() if path.is_file()
-    }
+    committed = {path.name: path.read_bytes() for path in committed_dir.iterdir() if path.is_file()}
     assert sorted(fresh) == sorted(committed), "run: python proto/generate.py"
     stale = [name for name, data in fresh.items() if committed[name] != data]
     assert not stale, f"stale generated modules {stale}; run: python proto/generate.py"

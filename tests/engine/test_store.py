@@ -360,9 +360,7 @@ def test_plaintext_hot_reads_are_zero_copy(store: Store) -> None:
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("cold", [False, True])
-def test_iter_frames_yields_verified_frames_lazily(
-    store: Store, dataset: str, cold: bool
-) -> None:
+def test_iter_frames_yields_verified_frames_lazily(store: Store, dataset: str, cold: bool) -> None:
     data = payload(3 * FRAME + 5, 4)
     store.put(dataset, "it", data)
     if cold:

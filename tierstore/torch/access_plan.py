@@ -18,15 +18,19 @@ Not thread-safe: one reporter belongs to the thread that iterates the worker's e
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from tierstore.errors import TierstoreError
 from tierstore.plans import SamplerPlan
 
-__all__ = ["PlanReporter"]
+__all__ = ["REPORT_INTERVAL_S", "PlanReporter"]
 
 _log = logging.getLogger(__name__)
+
+#: the least time between two position reports of one worker.
+REPORT_INTERVAL_S = 0.25
 
 #: error kinds already logged in this process (one line each, not one per worker epoch)
 _logged: set[str] = set()
@@ -35,12 +39,21 @@ _logged: set[str] = set()
 class PlanReporter:
     """One worker epoch's access plan on the service, or nothing when that fails."""
 
-    def __init__(self, client: Any, dataset: str, *, ttl_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        dataset: str,
+        *,
+        ttl_s: float = 300.0,
+        report_interval_s: float = REPORT_INTERVAL_S,
+    ) -> None:
         self._client = client
         self._dataset = dataset
         self._ttl_s = ttl_s
+        self._interval_s = report_interval_s
         self._job: str | None = None
         self._reported = -1
+        self._reported_at = float("-inf")
 
     @property
     def job(self) -> str | None:
@@ -71,10 +84,19 @@ class PlanReporter:
             self.report(position)
 
     def report(self, position: int) -> None:
-        """``position`` shards of the declared order are finished (sent when it moved)."""
+        """``position`` shards of the declared order are finished: sent when it moved and
+        at least ``report_interval_s`` passed since the last report.
+
+        The call blocks the thread that builds batches, so reports are paced by time, not
+        sent per shard: the policy estimates the job's rate from them, and a few reports a
+        second are plenty for that.
+        """
         if self._job is None or position <= self._reported:
             return
-        self._reported = position
+        now = time.monotonic()
+        if now - self._reported_at < self._interval_s:
+            return
+        self._reported, self._reported_at = position, now
         self._call("report_position", self._job, position)
 
     def close(self) -> None:
