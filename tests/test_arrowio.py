@@ -380,3 +380,36 @@ def test_property_corrupted_frames_fail_cleanly(data: st.DataObject) -> None:
     except MalformedArrow:
         return
     frames_to_table(frames)  # whatever validates must decode
+
+
+def _buffer_addresses(table: pa.Table) -> list[int]:
+    return [
+        buffer.address
+        for column in table.columns
+        for chunk in column.chunks
+        for buffer in chunk.buffers()
+        if buffer is not None
+    ]
+
+
+def test_a_misaligned_frame_is_copied_to_an_aligned_buffer_and_an_aligned_one_is_not() -> None:
+    table = pa.table({"x": pa.array(np.arange(10, dtype=np.int64)), "y": [1.5] * 10})
+    frames = [bytes(frame) for frame in table_to_frames(table, 4096)]
+    # Each frame at an odd address (as LMDB may store a small value inside a page).
+    shifted = []
+    for frame in frames:
+        holder = bytearray(len(frame) + 1)
+        holder[1:] = frame
+        shifted.append(memoryview(holder)[1:])
+    assert all(pa.py_buffer(view).address % 2 == 1 for view in shifted)
+    rebuilt = frames_to_table(shifted)
+    assert rebuilt.equals(table)
+    assert all(address % 8 == 0 for address in _buffer_addresses(rebuilt))
+    # Aligned frames are used in place: the table's buffers lie inside them.
+    aligned = [pa.py_buffer(frame) for frame in frames]
+    in_place = frames_to_table(aligned)
+    spans = [(frame.address, frame.address + frame.size) for frame in aligned]
+    assert all(
+        any(low <= address < high for low, high in spans)
+        for address in _buffer_addresses(in_place)
+    )

@@ -45,8 +45,22 @@ BufferLike: TypeAlias = pa.Buffer | bytes | bytearray | memoryview
 _ARROW_ERRORS = (pa.ArrowException, EOFError, OSError, UnicodeDecodeError)
 
 
+#: Arrow's required buffer alignment.
+_ARROW_ALIGNMENT = 8
+
+
 def _as_buffer(data: BufferLike) -> pa.Buffer:
-    return data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    """``data`` as an Arrow buffer, in place when it is 8-byte aligned, else a copy.
+
+    LMDB keeps a small value (up to about 2 KiB) inside a B-tree page at any even address;
+    Arrow arrays over a misaligned buffer break its alignment contract (and numpy and
+    torch views of them), so such frames are copied (a fresh ``bytes`` object is 16-byte
+    aligned). Frames with pages of their own start aligned and are never copied.
+    """
+    buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    if buffer.address % _ARROW_ALIGNMENT:
+        return pa.py_buffer(buffer.to_pybytes())
+    return buffer
 
 
 def _all_fields(fields: Iterable[pa.Field]) -> Iterator[pa.Field]:
