@@ -20,9 +20,10 @@ read, one DataLoader epoch per case, all with the same ``--batch-size`` (in-work
   server's archive on loopback, and behind the proxy;
 * **2x the hot tier** — the server restarted with a hot tier of half the dataset's stored
   size, archive behind the proxy, every shard evicted; epochs 1 and 2;
-* **simulated accelerator** — the warm cases again with a fixed compute time per batch in
-  the consuming loop, 1.2x the ceiling's best read time per batch;
-  utilisation = compute time / wall time.
+* **simulated accelerator** — the warm cases again, each batch handed to an asynchronous
+  simulated accelerator (a thread with a launch queue of 2, as a GPU runs queued work
+  beside the host) that spends 1.2x the ceiling's best read time per batch on it;
+  utilisation = compute time / wall time (until the last batch is computed).
 
 Warm cases (and the accelerator cases) run ``--repeats`` rounds, interleaved case by case;
 figures are the best epoch with the median in brackets; ratios are best/best (median/

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import queue
 import threading
 import time
 import warnings
@@ -375,15 +376,53 @@ class Epoch:
         return self.wall_s / self.batches
 
 
+class SimulatedAccelerator:
+    """An accelerator that spends ``compute_s`` on each batch, asynchronously.
+
+    Like a GPU, it runs beside the host: the consuming loop hands it a batch
+    (:meth:`submit`) and goes on to fetch the next one, and it works through at most
+    ``queue_depth`` queued batches in order (a bounded launch queue: :meth:`submit`
+    blocks while it is full). Its work is a sleep, not a busy loop, because an
+    accelerator's kernels leave the host's cores to the loader. A batch stays alive until
+    its compute is over, as a device's inputs do.
+    """
+
+    def __init__(self, compute_s: float, queue_depth: int = 2) -> None:
+        self.compute_s = compute_s
+        self.busy_s = 0.0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+        self._thread = threading.Thread(target=self._run, name="accelerator", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Any) -> None:
+        self._queue.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every submitted batch is computed, then stop."""
+        self._queue.put(_DONE)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not _DONE:
+            start = time.perf_counter()
+            time.sleep(self.compute_s)
+            self.busy_s += time.perf_counter() - start
+            del batch
+
+
+_DONE = object()
+
+
 def run_epoch(
     case: str, loader: torch.utils.data.DataLoader[Any], spec: DataSpec, compute_s: float = 0.0
 ) -> Epoch:
-    """Consume one epoch of ``loader``; after each batch the simulated accelerator sleeps
-    ``compute_s`` (a sleep, not a busy loop: an accelerator's kernels leave the host's
-    cores to the loader). Raises RuntimeError unless every row arrived exactly once
-    (count and sum of the labels)."""
+    """Consume one epoch of ``loader``, handing each batch to a
+    :class:`SimulatedAccelerator` that spends ``compute_s`` on it (none when 0); the
+    epoch ends when the last batch is computed. Raises RuntimeError unless every row
+    arrived exactly once (count and sum of the labels)."""
     samples = nbytes = batches = label_sum = 0
-    first = busy = 0.0
+    first = 0.0
+    accelerator = SimulatedAccelerator(compute_s) if compute_s else None
     began = time.perf_counter()
     for batch in loader:
         if not batches:
@@ -393,11 +432,12 @@ def run_epoch(
         label_sum += int(labels.sum())
         nbytes += batch["image"].nbytes + labels.nbytes
         batches += 1
+        if accelerator is not None:
+            accelerator.submit(batch)
         del batch, labels
-        if compute_s:
-            start = time.perf_counter()
-            time.sleep(compute_s)
-            busy += time.perf_counter() - start
+    if accelerator is not None:
+        accelerator.finish()
+    busy = accelerator.busy_s if accelerator is not None else 0.0
     wall = time.perf_counter() - began
     if samples != spec.rows or label_sum != spec.label_sum:
         raise RuntimeError(
