@@ -174,11 +174,10 @@ class ClairvoyantPolicy(Policy):
         slots.size[slot] = size
         if slots.view("resident")[slot] and slots.view("member")[slot] != NIL:
             return
+        slots.view("resident")[slot] = 1
         if slots.view("refs")[slot] > 0:
-            slots.view("resident")[slot] = 1
             self._add_member(slot)
         else:
-            slots.view("resident")[slot] = 1
             self._fallback.inserted(key, size, now)
 
     def removed(self, key: Key) -> None:

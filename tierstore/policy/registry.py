@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "OFFLINE_POLICY_NAMES",
     "POLICY_NAMES",
+    "check_policy_name",
     "make_policy",
 ]
 
@@ -56,6 +57,13 @@ def _load(name: str, path: str) -> type[Policy]:
     return cls
 
 
+def check_policy_name(name: str) -> None:
+    """Raise UnknownPolicy (listing the valid names) if no policy answers to ``name``."""
+    if name not in _LIVE and name not in _OFFLINE:
+        valid = ", ".join((*POLICY_NAMES, *OFFLINE_POLICY_NAMES))
+        raise UnknownPolicy(f"no placement policy is called {name!r}; valid names: {valid}")
+
+
 def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: Any) -> Policy:
     """A new policy called ``name``, built with ``options`` (its constructor's keyword
     arguments).
@@ -64,6 +72,7 @@ def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: An
     InvalidArgument when an offline policy is asked for without ``future``, or a
     live one with it, or for options the policy does not take.
     """
+    check_policy_name(name)
     if name in _OFFLINE:
         if future is None:
             raise InvalidArgument(
@@ -71,12 +80,9 @@ def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: An
                 "in order), which only a trace simulator knows"
             )
         return _build(name, _OFFLINE[name], future=future, **options)
-    if name in _LIVE:
-        if future is not None:
-            raise InvalidArgument(f"{name} is a live policy; it takes no future=")
-        return _build(name, _LIVE[name], **options)
-    valid = ", ".join((*POLICY_NAMES, *OFFLINE_POLICY_NAMES))
-    raise UnknownPolicy(f"no placement policy is called {name!r}; valid names: {valid}")
+    if future is not None:
+        raise InvalidArgument(f"{name} is a live policy; it takes no future=")
+    return _build(name, _LIVE[name], **options)
 
 
 def _build(name: str, path: str, **options: Any) -> Policy:

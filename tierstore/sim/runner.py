@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
-from tierstore.errors import InvalidArgument, UnknownPolicy
-from tierstore.policy.registry import OFFLINE_POLICY_NAMES, POLICY_NAMES, make_policy
+from tierstore.errors import InvalidArgument
+from tierstore.policy.registry import OFFLINE_POLICY_NAMES, check_policy_name, make_policy
 from tierstore.sim.events import Trace
 from tierstore.sim.report import SweepRow, ratio
 from tierstore.sim.simulator import SimResult, simulate
@@ -42,12 +42,8 @@ def sweep_policies(policies: Sequence[str]) -> list[str]:
 
     Raises UnknownPolicy (listing the valid names) for a name no policy answers to.
     """
-    known = (*POLICY_NAMES, *OFFLINE_POLICY_NAMES)
     for name in policies:
-        if name not in known:
-            raise UnknownPolicy(
-                f"no placement policy is called {name!r}; valid names: {', '.join(known)}"
-            )
+        check_policy_name(name)
     return list(dict.fromkeys([*policies, BASELINE, OPTIMUM]))
 
 
