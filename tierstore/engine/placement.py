@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
-from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.sealing import stored_size
 from tierstore.errors import InvalidArgument
 from tierstore.tiers.lmdb import LmdbEnvironment
 
@@ -82,7 +82,7 @@ class Placement:
                 self._catalog.put_shard(txn, updated)
         if pinned and not record.hot:
             self._mover.promote(updated, None)
-            return sum(record.stored_sizes(stored_overhead(record)))
+            return stored_size(record)
         return 0
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
@@ -113,7 +113,7 @@ class Placement:
                 size += record.size
                 if record.hot:
                     hot_shards += 1
-                    hot_bytes += sum(record.stored_sizes(stored_overhead(record)))
+                    hot_bytes += stored_size(record)
         with self._lock:
             hits, misses = self._reads.get(dataset, (0, 0))
         return DatasetUsage(shards, size, hot_shards, hot_bytes, hits, misses)

@@ -33,7 +33,7 @@ from typing import Any, overload
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import MAX_PLAN_TTL_S, PolicyDriver
-from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
 from tierstore.errors import InvalidArgument, InvalidPlan, PlanNotFound
 from tierstore.naming import validate_shard_name
@@ -259,7 +259,7 @@ class PlanBook:
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             sizes_by_name = {
-                record.name: sum(record.stored_sizes(stored_overhead(record)))
+                record.name: stored_size(record)
                 for record in self._catalog.iter_shards(txn, dataset, prefix)
             }
         names = list(sizes_by_name)  # catalog order: the sorted order rank_order wants
@@ -295,7 +295,7 @@ class PlanBook:
                     raise InvalidPlan(
                         f"the plan names {name[:200]!r}, which is no shard of {dataset!r}"
                     )
-                sizes_by_name[name] = sum(record.stored_sizes(stored_overhead(record)))
+                sizes_by_name[name] = stored_size(record)
         return names, tuple(sizes_by_name[name] for name in names)
 
 

@@ -50,7 +50,7 @@ from typing import Any, cast
 
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.sealing import stored_size
 from tierstore.errors import InvalidArgument, UnknownPolicy
 from tierstore.policy.base import Key, Policy, PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, make_policy
@@ -121,16 +121,6 @@ class PolicyDriver:
             policy = self._policies.get(dataset)
             return policy.name if policy is not None else DEFAULT_POLICY
 
-    def hot_bytes(self, dataset: str) -> int:
-        """Stored bytes of ``dataset`` the policies hold as hot."""
-        with self._lock:
-            return self._hot_bytes.get(dataset, 0)
-
-    def now(self) -> float:
-        """The driver's clock: wall-clock seconds that never go back."""
-        with self._lock:
-            return self._tick()
-
     # The hot set (call inside the write transaction that changes it).
 
     def inserted(self, key: Key, size: int) -> None:
@@ -142,11 +132,6 @@ class PolicyDriver:
         """``key`` left the hot tier. Nothing happens for a key the driver holds cold."""
         with self._lock:
             self._remove(key)
-
-    def holds_hot(self, key: Key) -> bool:
-        """Whether the policies were told ``key`` is hot."""
-        with self._lock:
-            return key in self._sizes
 
     # Reads.
 
@@ -345,7 +330,7 @@ def hot_shards(
             continue
         reads = catalog.get_access(txn, record.dataset, record.name)
         pending = access.pending(record.dataset, record.name, record.generation)
-        size = sum(record.stored_sizes(stored_overhead(record)))
+        size = stored_size(record)
         when = max(reads.last, pending.last, record.created_at)
         found.setdefault(record.dataset, []).append(((record.dataset, record.name), size, when))
     for shards in found.values():

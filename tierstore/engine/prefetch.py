@@ -26,7 +26,7 @@ from tierstore.engine.mover import Mover
 from tierstore.engine.planbook import PlanBook
 from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.records import ShardRecord
-from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.sealing import stored_size
 from tierstore.policy.base import Key, PrefetchBudget
 from tierstore.tiers.lmdb import LmdbEnvironment
 
@@ -110,7 +110,7 @@ class Prefetcher:
                 record = records.get(key)
                 if record is None and not is_hot(key):
                     record = records[key]
-                return 0 if record is None else sum(record.stored_sizes(stored_overhead(record)))
+                return 0 if record is None else stored_size(record)
 
             wanted = self._policies.prefetch(budget, is_hot, size_of)
         queued = 0

@@ -28,7 +28,7 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord
-from tierstore.engine.sealing import stored_overhead
+from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
 from tierstore.tiers.lmdb import LmdbEnvironment
 
@@ -61,7 +61,7 @@ class ReadLog:
         archive. Returns whether the shard should be promoted: always True for a hit;
         for a miss, the policy's admission decision, or True while a pin holds it."""
         now = time.time()
-        size = sum(record.stored_sizes(stored_overhead(record)))
+        size = stored_size(record)
         self._access.record(record.dataset, record.name, record.generation, now)
         self._count_read(record.dataset, hit)
         self._trace.read(record.dataset, record.name, size, hit)

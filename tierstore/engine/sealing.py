@@ -23,13 +23,18 @@ from tierstore.engine.records import Envelope, ShardRecord
 from tierstore.errors import EncryptionUnavailable
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 
-__all__ = ["ShardSealers", "stored_overhead"]
+__all__ = ["ShardSealers", "stored_overhead", "stored_size"]
 
 
 def stored_overhead(record: ShardRecord) -> int:
     """Stored bytes per frame beyond the payload. Needs no key: deleting, evicting and
     sizing a shard must work when its data key cannot be unwrapped."""
     return TAG_BYTES if record.envelope is not None else CHECKSUM_BYTES
+
+
+def stored_size(record: ShardRecord) -> int:
+    """Stored bytes of ``record``'s generation: every frame with its sealing overhead."""
+    return sum(record.stored_sizes(stored_overhead(record)))
 
 
 class ShardSealers:

@@ -23,7 +23,7 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
-from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.engine.sealing import ShardSealers, stored_size
 from tierstore.errors import ArchiveUnavailable, BacklogFull
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -140,9 +140,7 @@ class ShardWriter:
         if record.hot:
             for index in range(len(record.frame_sizes)):
                 self._frames.delete_in(txn, frame_key(record.generation, index))
-            self._catalog.add_counter(
-                txn, "hot_bytes", -sum(record.stored_sizes(stored_overhead(record)))
-            )
+            self._catalog.add_counter(txn, "hot_bytes", -stored_size(record))
         self._catalog.delete_shard(txn, record.dataset, record.name)
         self._catalog.append_journal(
             txn, JournalOp("delete", record.dataset, record.name, record.generation)
