@@ -44,7 +44,9 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def _check_shard(self, method: str, request: placement_pb2.ShardRef) -> None:
+    def _check_shard(
+        self, method: str, request: placement_pb2.ShardRef | placement_pb2.PinRequest
+    ) -> None:
         validate_dataset_name(request.dataset)
         validate_shard_name(request.shard)
         authorize(caller(), _SERVICE + method, request.dataset)
@@ -53,9 +55,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     def Pin(
         self, request: placement_pb2.PinRequest, context: grpc.ServicerContext
     ) -> placement_pb2.PlacementResponse:
-        validate_dataset_name(request.dataset)
-        validate_shard_name(request.shard)
-        authorize(caller(), _SERVICE + "Pin", request.dataset)
+        self._check_shard("Pin", request)
         ttl_s = request.ttl_s if request.ttl_s != 0 else None
         return placement_pb2.PlacementResponse(
             bytes=self._store.pin(request.dataset, request.shard, ttl_s)
