@@ -1,4 +1,5 @@
-"""A lock that a forked child gets back unlocked.
+"""Fork-safety primitives: a lock a forked child gets back unlocked, and a gate that
+holds ``fork()`` until the calls in flight have ended.
 
 ``fork()`` copies a process with one thread; a ``threading.Lock`` that another thread
 held at that moment stays held in the child for ever, and the child's first use of it
@@ -8,17 +9,20 @@ each with a fresh one. The data such a lock guards is changed in single
 dictionary or integer operations, which the GIL keeps whole, so a child finds it
 consistent.
 
-Thread safety: a :class:`ForkSafeLock` is a lock. Use it as a context manager.
+Thread safety: a :class:`ForkSafeLock` is a lock; a :class:`ForkGate` is thread-safe.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
-__all__ = ["ForkSafeLock"]
+__all__ = ["ForkGate", "ForkSafeLock"]
 
 
 class ForkSafeLock:
@@ -51,3 +55,57 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ForkGate:
+    """Counts calls in flight; :meth:`hold` (a ``before`` fork handler) waits for them to
+    end and keeps new ones out until :meth:`release` (parent) or :meth:`reset` (child).
+
+    Re-entrant use from one thread is not allowed (a thread that forks while inside the
+    gate would wait for itself until the hold's deadline).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._holding = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """Run the body as a call in flight (waits while a fork is being prepared)."""
+        with self._condition:
+            while self._holding:
+                self._condition.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._inside -= 1
+                self._condition.notify_all()
+
+    @property
+    def idle(self) -> bool:
+        """No call is in flight (meaningful while held)."""
+        return self._inside == 0
+
+    def hold(self, max_wait_s: float) -> None:
+        """Wait (up to ``max_wait_s``) until no call is in flight, then keep new calls out
+        until :meth:`release`. The condition's lock stays held until then."""
+        self._condition.acquire()
+        self._holding = True
+        deadline = time.monotonic() + max_wait_s
+        while self._inside and (left := deadline - time.monotonic()) > 0:
+            self._condition.wait(left)
+
+    def release(self) -> None:
+        """Let calls in again (the parent, after the fork)."""
+        self._holding = False
+        self._condition.notify_all()
+        self._condition.release()
+
+    def reset(self) -> None:
+        """A fresh, open gate (the child, after the fork: the callers are gone)."""
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._holding = False

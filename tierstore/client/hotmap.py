@@ -34,13 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import lmdb
 
+from tierstore.client.forklocks import ForkGate
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shard
 from tierstore.engine.reads import LeasePool, ReadLease
 from tierstore.engine.records import ShardRecord, frame_key
@@ -99,9 +99,7 @@ class HotMap:
         self.max_snapshots = max_snapshots
         self.leases = LeasePool(max_snapshots)
         self._open_lock = threading.Lock()
-        self._gate = threading.Condition()
-        self._inside = 0
-        self._holding = False
+        self._gate = ForkGate()
         self._env: Any = None
         self._dbs: tuple[Any, Any] = (None, None)
         #: why this process may not open the environment (a child that inherited it open).
@@ -117,11 +115,7 @@ class HotMap:
         file, no permission, a child that inherited open snapshots) or LMDB refuses a
         transaction (reader table full).
         """
-        with self._gate:
-            while self._holding:  # a fork is being prepared
-                self._gate.wait()
-            self._inside += 1
-        try:
+        with self._gate.call():  # waits while a fork is being prepared
             env, frames, shards = self._opened()
             try:
                 txn = env.begin(buffers=True)
@@ -133,10 +127,6 @@ class HotMap:
             finally:
                 if not session.leased:
                     txn.abort()
-        finally:
-            with self._gate:
-                self._inside -= 1
-                self._gate.notify_all()
 
     def _opened(self) -> tuple[Any, Any, Any]:
         with self._open_lock:
@@ -184,25 +174,17 @@ class HotMap:
     # Fork handling (see the module docstring); called by the handlers below.
 
     def _before_fork(self) -> None:
-        self._gate.acquire()  # held until after the fork
-        self._holding = True
-        deadline = time.monotonic() + _FORK_WAIT_S
-        while self._inside and (left := deadline - time.monotonic()) > 0:
-            self._gate.wait(left)
-        if not self._inside and not self.leases.live and self._env is not None:
+        self._gate.hold(_FORK_WAIT_S)  # held until after the fork
+        if self._gate.idle and not self.leases.live and self._env is not None:
             env, self._env, self._dbs = self._env, None, (None, None)
             env.close()  # reopened on the next read
 
     def _after_fork_in_parent(self) -> None:
-        self._holding = False
-        self._gate.notify_all()
         self._gate.release()
 
     def _after_fork_in_child(self) -> None:
-        self._gate = threading.Condition()
+        self._gate.reset()
         self._open_lock = threading.Lock()
-        self._inside = 0
-        self._holding = False
         self.leases = LeasePool(self.max_snapshots)  # the inherited one counts the parent's
         if self._env is not None:
             self._inherited, self._env, self._dbs = self._env, None, (None, None)

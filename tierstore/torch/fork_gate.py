@@ -27,12 +27,11 @@ Fork-safe by construction; thread-safe. Re-entrant use from one thread is not al
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 
 import grpc
+
+from tierstore.client.forklocks import ForkGate
 
 __all__ = ["GATE", "MAX_WAIT_S", "ForkGate"]
 
@@ -40,53 +39,11 @@ __all__ = ["GATE", "MAX_WAIT_S", "ForkGate"]
 MAX_WAIT_S = 30.0
 
 
-class ForkGate:
-    """Counts calls in flight; :meth:`hold` waits for them to end and keeps new ones out."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._inside = 0
-        self._holding = False
-
-    @contextmanager
-    def call(self) -> Iterator[None]:
-        """Run the body as a call in flight (waits while a fork is being prepared)."""
-        with self._condition:
-            while self._holding:
-                self._condition.wait()
-            self._inside += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._inside -= 1
-                self._condition.notify_all()
-
-    def hold(self, max_wait_s: float = MAX_WAIT_S) -> None:
-        """Wait (up to ``max_wait_s``) until no call is in flight, then keep new calls out
-        until :meth:`release`. The condition's lock stays held until then."""
-        self._condition.acquire()
-        self._holding = True
-        deadline = time.monotonic() + max_wait_s
-        while self._inside and (left := deadline - time.monotonic()) > 0:
-            self._condition.wait(left)
-
-    def release(self) -> None:
-        """Let calls in again (the parent, after the fork)."""
-        self._holding = False
-        self._condition.notify_all()
-        self._condition.release()
-
-    def reset(self) -> None:
-        """A fresh, open gate (the child, after the fork: the callers are gone)."""
-        self._condition = threading.Condition()
-        self._inside = 0
-        self._holding = False
-
-
 #: The gate every shard read of this package passes through.
 GATE = ForkGate()
 
 # gRPC's fork handlers first (a channel's creation registers them; it connects nowhere).
 grpc.insecure_channel("127.0.0.1:1").close()
-os.register_at_fork(before=GATE.hold, after_in_parent=GATE.release, after_in_child=GATE.reset)
+os.register_at_fork(
+    before=partial(GATE.hold, MAX_WAIT_S), after_in_parent=GATE.release, after_in_child=GATE.reset
+)
