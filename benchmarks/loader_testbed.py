@@ -10,14 +10,11 @@ failure part-way through a start.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import multiprocessing
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -33,63 +30,14 @@ from loader_cases import (
 from service_processes import ServerProcess
 
 from tierstore.client.client import Client, connect
-from tierstore.testing.throttle import ThrottleSettings, ThrottlingProxy
+from tierstore.testing.throttle import ProxyProcess, ThrottleSettings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-__all__ = ["ProxyProcess", "Testbed"]
+__all__ = ["Testbed"]
 
 ARCHIVE_BUCKET = "loader-bench-archive"
-START_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 600.0
 POLL_S = 0.1
-
-
-# The throttling proxy, in a child process (its event loop must not share our GIL).
-
-
-def _proxy_main(upstream_port: int, settings: ThrottleSettings, pipe: Connection) -> None:
-    with ThrottlingProxy("127.0.0.1", upstream_port, settings) as proxy:
-        pipe.send(proxy.port)
-        with contextlib.suppress(EOFError):
-            pipe.recv()  # until the parent says stop, or dies
-
-
-class ProxyProcess:
-    """A :class:`ThrottlingProxy` served by a spawned child process."""
-
-    def __init__(self, upstream_port: int, settings: ThrottleSettings) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(
-            target=_proxy_main, args=(upstream_port, settings, child), daemon=True
-        )
-        self._process.start()
-        child.close()
-        try:
-            if not self._pipe.poll(START_TIMEOUT_S):
-                raise EOFError
-            self.port = int(self._pipe.recv())
-        except EOFError:
-            self.close()
-            raise RuntimeError("the throttling proxy did not start") from None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        """Ask the child to stop, then SIGTERM, then SIGKILL. Idempotent."""
-        if self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._pipe.send("stop")
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._pipe.close()
 
 
 # The node.

@@ -28,9 +28,7 @@ a-priori run), and :func:`predict` (``simulate`` with the node's capacity and a
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,7 +40,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,7 +52,7 @@ from tierstore.policy.registry import make_policy
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
 from tierstore.sim.simulator import PrefetchModel, SimResult, simulate
 from tierstore.sim.tracefile import TraceWriter
-from tierstore.testing.throttle import ThrottleSettings, ThrottlingProxy
+from tierstore.testing.throttle import ProxyProcess, ThrottleSettings
 from tierstore.tiers.seaweedfs import SeaweedServer
 from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead, TraceEvent
 
@@ -132,53 +129,6 @@ def stored_bytes(payload_bytes: int, frame_bytes: int) -> int:
     """Stored size of a plaintext raw shard: each frame carries an xxh3 trailer."""
     frames = max(1, -(-payload_bytes // frame_bytes))
     return payload_bytes + frames * CHECKSUM_BYTES
-
-
-# The throttling proxy, in a child process.
-
-
-def _proxy_main(upstream_port: int, settings: ThrottleSettings, pipe: Connection) -> None:
-    with ThrottlingProxy("127.0.0.1", upstream_port, settings) as proxy:
-        pipe.send(proxy.port)
-        pipe.recv()  # until the parent says stop (or dies: EOFError)
-
-
-class ProxyProcess:
-    """A :class:`ThrottlingProxy` served by a spawned child process."""
-
-    def __init__(self, upstream_port: int, settings: ThrottleSettings) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(
-            target=_proxy_main, args=(upstream_port, settings, child), daemon=True
-        )
-        self._process.start()
-        child.close()
-        try:
-            if not self._pipe.poll(START_TIMEOUT_S):
-                raise EOFError
-            self.port = int(self._pipe.recv())
-        except EOFError:  # no answer in time, or the child died first
-            self.close()
-            raise RuntimeError("the throttling proxy did not start") from None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        """Stop the child: ask, then SIGTERM, then SIGKILL. Idempotent."""
-        if self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._pipe.send("stop")
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._pipe.close()
 
 
 # tierstore serve, with a settings file.

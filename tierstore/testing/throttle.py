@@ -27,18 +27,21 @@ upstream connection cannot be opened is disconnected at once. The proxy listens 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import multiprocessing
 import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_host
 
-__all__ = ["ThrottleSettings", "ThrottlingProxy"]
+__all__ = ["ProxyProcess", "ThrottleSettings", "ThrottlingProxy"]
 
 _LISTEN_HOST: Final = "127.0.0.1"
 _CHUNK: Final = 64 * 1024
@@ -287,3 +290,53 @@ class ThrottlingProxy:
             await sink.drain()
         if sink.can_write_eof():
             sink.write_eof()
+
+
+# The proxy in a spawned child process, so its event loop does not share the caller's GIL.
+
+PROXY_START_TIMEOUT_S: Final = 180.0
+
+
+def _proxy_main(upstream_port: int, settings: ThrottleSettings, pipe: Connection) -> None:
+    with ThrottlingProxy("127.0.0.1", upstream_port, settings) as proxy:
+        pipe.send(proxy.port)
+        with contextlib.suppress(EOFError):
+            pipe.recv()  # until the parent says stop, or dies
+
+
+class ProxyProcess:
+    """A :class:`ThrottlingProxy` served by a spawned child process."""
+
+    def __init__(self, upstream_port: int, settings: ThrottleSettings) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(
+            target=_proxy_main, args=(upstream_port, settings, child), daemon=True
+        )
+        self._process.start()
+        child.close()
+        try:
+            if not self._pipe.poll(PROXY_START_TIMEOUT_S):
+                raise EOFError
+            self.port = int(self._pipe.recv())
+        except EOFError:  # no answer in time, or the child died first
+            self.close()
+            raise RuntimeError("the throttling proxy did not start") from None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Stop the child: ask, then SIGTERM, then SIGKILL. Idempotent."""
+        if self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._pipe.send("stop")
+            self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._pipe.close()
