@@ -410,6 +410,5 @@ def test_a_misaligned_frame_is_copied_to_an_aligned_buffer_and_an_aligned_one_is
     in_place = frames_to_table(aligned)
     spans = [(frame.address, frame.address + frame.size) for frame in aligned]
     assert all(
-        any(low <= address < high for low, high in spans)
-        for address in _buffer_addresses(in_place)
+        any(low <= address < high for low, high in spans) for address in _buffer_addresses(in_place)
     )
