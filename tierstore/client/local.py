@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -44,7 +44,7 @@ from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_al
 from tierstore.client.forklocks import ForkSafeLock
 from tierstore.client.hotmap import HotMap, HotSession, hot_map
 from tierstore.client.keycache import DataKeys
-from tierstore.client.receive import open_frames, open_frames_into
+from tierstore.client.receive import open_all_frames, open_pieces_into
 from tierstore.client.reports import ReadReporter
 from tierstore.engine.localreads import DataKey, LocalReadCount
 from tierstore.engine.reads import plan_reads
@@ -58,6 +58,7 @@ from tierstore.errors import (
 )
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.types import ShardKind
+from tierstore.verifyahead import collect
 from tierstore.wire.local import LocalGrant, this_host
 
 __all__ = [
@@ -275,27 +276,28 @@ class LocalReads:
         return None if cipher is None else FrameSealer(context, len(record.frame_sizes), cipher)
 
     def _frames(self, session: HotSession, record: ShardRecord, sealer: FrameSealer) -> LocalShard:
-        stored = _stored(session, record, range(len(record.frame_sizes)))
+        indexes = range(len(record.frame_sizes))
+        lookup = _frame_lookup(session, record, indexes)
         if sealer.cipher is not None:
-            return LocalShard(
-                record.kind, tuple(open_frames(sealer, stored, self.allocator())), False
-            )
+            buffers = open_all_frames(sealer, indexes, lookup, self.allocator())
+            return LocalShard(record.kind, tuple(buffers), False)
         lease = session.lease()
         if lease is None:
             self.counts.bump("copies")
-        buffers = []
+        # Verified on two threads at once, still in place.
+        payloads = collect(len(indexes), lookup, sealer.open)
         in_place = False
-        for index, view in stored:
-            payload = sealer.open(index, view)  # verified, still in place
+        out = []
+        for payload in payloads:
             if lease is not None and pa.py_buffer(payload).address % _ARROW_ALIGNMENT == 0:
-                buffers.append(lease.keep(payload))
+                out.append(lease.keep(payload))
                 in_place = True
             else:
                 # A small frame (up to ~2 KiB) sits inside a B-tree page at any even
                 # address, and Arrow wants 8-byte-aligned buffers: it is copied. Larger
                 # frames have pages of their own and start 16 bytes in: never copied.
-                buffers.append(_copy(payload))
-        return LocalShard(record.kind, tuple(buffers), in_place)
+                out.append(_copy(payload))
+        return LocalShard(record.kind, tuple(out), in_place)
 
     def _range(
         self,
@@ -311,9 +313,9 @@ class LocalReads:
         slices = plan_reads(record.frame_sizes, (offset, _TO_THE_END if length is None else length))
         total = sum(piece.stop - piece.start for piece in slices)
         out = self.allocator()(total)
-        stored = _stored(session, record, [piece.index for piece in slices])
-        skip = slices[0].start if slices else 0
-        open_frames_into(sealer, stored, skip, total, memoryview(out).cast("B"))
+        pieces = [(piece.index, piece.start, piece.stop) for piece in slices]
+        lookup = _frame_lookup(session, record, [piece.index for piece in slices])
+        open_pieces_into(sealer, pieces, lookup, memoryview(out).cast("B"))
         return LocalShard(record.kind, (out,), False)
 
     def allocator(self) -> FrameAllocator:
@@ -371,16 +373,21 @@ def _unusable(grant: LocalGrant) -> str | None:
     return None
 
 
-def _stored(
-    session: HotSession, record: ShardRecord, indexes: Iterable[int]
-) -> Iterator[tuple[int, memoryview]]:
-    """``(index, stored frame)`` in place. Raises IntegrityError for a missing frame: in
-    one snapshot, a hot record's frames are all there."""
-    for index in indexes:
-        view = session.frame(record.generation, index)
+def _frame_lookup(
+    session: HotSession, record: ShardRecord, indexes: Sequence[int]
+) -> Callable[[int], memoryview]:
+    """``lookup(k)``: frame ``indexes[k]`` as stored, in place. Raises IntegrityError for
+    a missing frame: in one snapshot, a hot record's frames are all there."""
+
+    def lookup(k: int) -> memoryview:
+        view = session.frame(record.generation, indexes[k])
         if view is None:
-            raise IntegrityError(f"hot frame {index} of {record.dataset}/{record.name} is missing")
-        yield index, view
+            raise IntegrityError(
+                f"hot frame {indexes[k]} of {record.dataset}/{record.name} is missing"
+            )
+        return view
+
+    return lookup
 
 
 def _copy(payload: memoryview) -> pa.Buffer:

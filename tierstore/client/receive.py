@@ -6,13 +6,15 @@ verified here — checksum or AEAD tag bound to dataset, shard, generation,
 index and last-frame flag — so nothing the server, the disk or the wire
 damaged is ever returned. Encrypted frames are decrypted straight into the
 destination buffer: one copy, and a failed tag zeroes it. The local read path
-(:mod:`tierstore.client.local`) opens frames it reads from the hot tier with the
-same two functions, :func:`open_frames_into` and :func:`open_frames`.
+(:mod:`tierstore.client.local`) opens the frames it reads from the hot tier with
+:func:`open_pieces_into` and :func:`open_all_frames`, which know every frame up
+front and so open them on two threads at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -23,9 +25,21 @@ from tierstore.errors import IntegrityError
 from tierstore.frames import FrameSealer
 from tierstore.types import ShardInfo
 from tierstore.v1 import shards_pb2
+from tierstore.verifyahead import collect
 from tierstore.wire.convert import shard_info_from_pb
 
-__all__ = ["ShardStream", "open_frames", "open_frames_into", "open_stream"]
+__all__ = [
+    "FramePiece",
+    "ShardStream",
+    "open_all_frames",
+    "open_frames",
+    "open_frames_into",
+    "open_pieces_into",
+    "open_stream",
+]
+
+#: ``(frame index, start, stop)``: the payload bytes ``[start, stop)`` of one frame.
+FramePiece = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +105,9 @@ def open_frames_into(
             start = remaining_skip
             stop = min(payload_size, start + length - position)
             remaining_skip = 0
-            if start == 0 and stop == payload_size:
-                # The whole frame is wanted: open it straight into place (one copy).
-                sealer.open_into(index, memoryview(stored), out[position : position + stop])
-            else:
-                whole = bytearray(max(payload_size, 0))
-                sealer.open_into(index, memoryview(stored), memoryview(whole))
-                out[position : position + stop - start] = whole[start:stop]
+            _open_piece_into(
+                sealer, index, stored, start, stop, out[position : position + stop - start]
+            )
             position += stop - start
         if position != length:
             raise IntegrityError(f"received {position} of {length} bytes")
@@ -105,6 +115,59 @@ def open_frames_into(
         zero(out)
         raise
     return position
+
+
+def open_pieces_into(
+    sealer: FrameSealer,
+    pieces: Sequence[FramePiece],
+    lookup: Callable[[int], bytes | memoryview],
+    out: memoryview,
+) -> int:
+    """Verify (and decrypt) ``pieces`` — ``(frame index, start, stop)`` of each frame's
+    payload — into ``out``, back to back; returns the bytes written.
+
+    ``lookup(k)`` gives the stored bytes of the ``k``-th piece's frame (called on this
+    thread only). The frames are opened on this thread and the process's helper at
+    once (:mod:`tierstore.verifyahead`): every frame's place in ``out`` is known up
+    front. On IntegrityError all of ``out`` is zeroed (after the helper has stopped)
+    first. The local read path's whole-range read.
+    """
+    positions = list(itertools.accumulate((stop - start for _, start, stop in pieces), initial=0))
+    if positions[-1] > len(out):
+        raise ValueError(f"{positions[-1]} bytes do not fit a {len(out)}-byte buffer")
+
+    def open_one(k: int, stored: memoryview) -> bool:
+        index, start, stop = pieces[k]
+        if not 0 <= start <= stop <= len(stored) - sealer.overhead:
+            raise IntegrityError(f"frame {index} is shorter than the catalog says")
+        _open_piece_into(sealer, index, stored, start, stop, out[positions[k] : positions[k + 1]])
+        return True
+
+    try:
+        collect(len(pieces), lambda k: memoryview(lookup(k)), open_one)
+    except IntegrityError:
+        zero(out)
+        raise
+    return positions[-1]
+
+
+def _open_piece_into(
+    sealer: FrameSealer,
+    index: int,
+    stored: bytes | memoryview,
+    start: int,
+    stop: int,
+    out: memoryview,
+) -> None:
+    """Open frame ``index`` and write payload bytes ``[start, stop)`` into ``out``."""
+    payload_size = len(stored) - sealer.overhead
+    if start == 0 and stop == payload_size:
+        # The whole frame is wanted: open it straight into place (one copy).
+        sealer.open_into(index, memoryview(stored), out)
+    else:
+        whole = bytearray(max(payload_size, 0))
+        sealer.open_into(index, memoryview(stored), memoryview(whole))
+        out[:] = whole[start:stop]
 
 
 def open_frames(
@@ -115,15 +178,34 @@ def open_frames(
     """Each ``(index, stored)`` frame's payload in its own buffer from ``allocate``:
     exactly one allocation and one ``open_into`` (for ciphertext: one ``decrypt_into``)
     per frame. A frame that fails verification leaves its buffer zeroed and raises
-    IntegrityError. Shared by the gRPC stream and the local read path."""
-    out: list[pa.Buffer] = []
-    for index, stored in stored_frames:
-        buffer = allocate(len(stored) - sealer.overhead)
-        # A pyarrow buffer's memoryview has format "b"; slice assignment from the
-        # verified payload (format "B") needs matching formats.
-        sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))
-        out.append(buffer)
-    return out
+    IntegrityError. The gRPC stream's frames, in the order they arrive."""
+    return [_open_frame(sealer, index, stored, allocate) for index, stored in stored_frames]
+
+
+def open_all_frames(
+    sealer: FrameSealer,
+    indexes: Sequence[int],
+    lookup: Callable[[int], bytes | memoryview],
+    allocate: FrameAllocator,
+) -> list[pa.Buffer]:
+    """As :func:`open_frames` for frames ``indexes``, whose stored bytes ``lookup(k)``
+    gives (called on this thread only), opened on this thread and the process's
+    helper at once (:mod:`tierstore.verifyahead`). The local read path's frames."""
+    return collect(
+        len(indexes),
+        lambda k: memoryview(lookup(k)),
+        lambda k, stored: _open_frame(sealer, indexes[k], stored, allocate),
+    )
+
+
+def _open_frame(
+    sealer: FrameSealer, index: int, stored: bytes | memoryview, allocate: FrameAllocator
+) -> pa.Buffer:
+    buffer = allocate(len(stored) - sealer.overhead)
+    # A pyarrow buffer's memoryview has format "b"; slice assignment from the
+    # verified payload (format "B") needs matching formats.
+    sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))
+    return buffer
 
 
 def open_stream(messages: Iterator[shards_pb2.GetShardResponse]) -> ShardStream:

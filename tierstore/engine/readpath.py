@@ -16,7 +16,7 @@ Thread safety: a :class:`ShardReader` is safe to share between threads.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +32,7 @@ from tierstore.errors import IntegrityError, InvalidArgument, InvalidRange, Unav
 from tierstore.frames import FrameSealer
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.verifyahead import VerifyAhead
 
 __all__ = ["ArchivedFrames", "ShardReader", "copy_frames_into", "writable_view"]
 
@@ -67,10 +68,15 @@ class ShardReader:
         self.fetch_pool = ThreadPoolExecutor(
             max_workers=cold_read_parallelism, thread_name_prefix="tierstore-fetch"
         )
+        #: checks the next frames of streaming hot reads (:meth:`iter_frames`) ahead of
+        #: their consumers; one thread, since a reader that finds it busy verifies itself.
+        self.verify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-verify")
 
     def close(self) -> None:
-        """Wait for cold reads in flight and stop the fetch pool. Leases may outlive it."""
+        """Wait for cold reads in flight and stop the fetch and verify pools. Leases may
+        outlive it."""
         self.fetch_pool.shutdown(wait=True)
+        self.verify_pool.shutdown(wait=True, cancel_futures=True)
 
     def read(
         self,
@@ -122,13 +128,14 @@ class ShardReader:
     def iter_frames(
         self, dataset: str, shard: str, frame_range: tuple[int, int] | None
     ) -> Iterator[pa.Buffer]:
-        """Verified frames one at a time, each checked just before it is handed out.
+        """Verified frames one at a time; none is handed out before it is verified.
 
-        For a plaintext hot shard a frame is verified and then consumed while it is
-        still in the CPU cache, which is what a reader touching every byte wants;
-        the frames are zero-copy views under one read lease (held while the iterator
-        or any frame is alive). Encrypted and cold shards are read as by :meth:`read`.
-        Raises as :meth:`read`.
+        For a plaintext hot shard the next frames are verified on a helper thread
+        while the consumer reads the current one (:mod:`tierstore.verifyahead`),
+        and the frames are zero-copy views under one read lease (held while the
+        iterator or any frame is alive). Encrypted and cold shards are read as by
+        :meth:`read`. Raises as :meth:`read`; a frame failing its check raises
+        IntegrityError when the consumer reaches it.
         """
         txn = self._env.begin_read()
         try:
@@ -144,29 +151,51 @@ class ShardReader:
             yield from self.read(dataset, shard, None, frame_range).frames
             return
         self._reads.observe(record, True)
-        for piece in slices:
-            view = self._frames.view_in(lease.txn, frame_key(record.generation, piece.index))
+
+        def verify(k: int, stored: memoryview) -> memoryview:
+            piece = slices[k]
+            return sealer.open(piece.index, stored)[piece.start : piece.stop]
+
+        lookup = self._frame_lookup(lease.txn, record, slices)
+        for payload in VerifyAhead[memoryview](len(slices)).frames(
+            self.verify_pool, lookup, verify
+        ):
+            yield lease.keep(payload)
+
+    def _frame_lookup(
+        self, txn: Any, record: ShardRecord, slices: Sequence[FrameSlice]
+    ) -> Callable[[int], memoryview]:
+        """``lookup(k)``: the stored bytes of the ``k``-th slice's hot frame, in ``txn``."""
+
+        def lookup(k: int) -> memoryview:
+            index = slices[k].index
+            view = self._frames.view_in(txn, frame_key(record.generation, index))
             if view is None:
                 raise IntegrityError(
-                    f"hot frame {piece.index} of {record.dataset}/{record.name} is missing"
+                    f"hot frame {index} of {record.dataset}/{record.name} is missing"
                 )
-            yield self._open_frame(sealer, piece, view, lease)
+            return view
+
+        return lookup
 
     def _read_hot(
         self, txn: Any, record: ShardRecord, slices: Sequence[FrameSlice], sealer: FrameSealer
     ) -> tuple[pa.Buffer, ...]:
-        """Verified hot frames. Takes ownership of ``txn`` (leases it or aborts it)."""
+        """Verified (decrypted) hot frames, checked on two threads (see
+        :mod:`tierstore.verifyahead`). Takes ownership of ``txn`` (leases it or
+        aborts it)."""
         lease = None if sealer.cipher is not None else self.leases.try_open(txn)
         try:
-            out: list[pa.Buffer] = []
-            for piece in slices:
-                view = self._frames.view_in(txn, frame_key(record.generation, piece.index))
-                if view is None:
-                    raise IntegrityError(
-                        f"hot frame {piece.index} of {record.dataset}/{record.name} is missing"
-                    )
-                out.append(self._open_frame(sealer, piece, view, lease))
-            return tuple(out)
+            lookup = self._frame_lookup(txn, record, slices)
+            ahead = VerifyAhead[pa.Buffer](len(slices))
+            return tuple(
+                ahead.frames(
+                    self.verify_pool,
+                    lookup,
+                    lambda k, stored: self._open_frame(sealer, slices[k], stored, lease),
+                    collect=True,
+                )
+            )
         finally:
             if lease is None:
                 txn.abort()

@@ -406,9 +406,9 @@ class Store:
     ) -> Iterator[pa.Buffer]:
         """A shard's verified frames one at a time (zero-copy for plaintext hot shards).
 
-        Each frame is verified just before it is yielded, so a consumer that reads
-        every byte finds it still in the CPU cache — the fastest way to stream a hot
-        shard in-process. Raises as :meth:`get`.
+        No frame is yielded before it is verified; for plaintext hot shards the next
+        frames are verified on a helper thread while the consumer reads the current
+        one — the fastest way to stream a hot shard in-process. Raises as :meth:`get`.
         """
         self._check_shard_call(dataset, shard)
         return self._reader.iter_frames(dataset, shard, frame_range)

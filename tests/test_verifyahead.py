@@ -1,0 +1,137 @@
+"""VerifyAhead: frames checked on a helper thread, never handed out unverified."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tierstore.errors import IntegrityError
+from tierstore.verifyahead import VerifyAhead
+
+FRAMES = [bytes([i]) * (1000 + i) for i in range(12)]
+
+
+class Recorder:
+    """lookup/verify callables over FRAMES that record which thread did what."""
+
+    def __init__(self, bad: int | None = None) -> None:
+        self.bad = bad
+        self.looked_up: list[int] = []
+        self.verified: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def lookup(self, k: int) -> memoryview:
+        assert threading.current_thread() is threading.main_thread(), (
+            "lookups stay with the consumer"
+        )
+        self.looked_up.append(k)
+        return memoryview(FRAMES[k])
+
+    def verify(self, k: int, stored: memoryview) -> memoryview:
+        with self.lock:
+            assert k not in self.verified, f"frame {k} verified twice"
+            self.verified[k] = threading.current_thread().name
+        if k == self.bad:
+            raise IntegrityError(f"frame {k} failed its checksum")
+        return stored[1:]
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as executor:
+        yield executor
+
+
+def test_every_frame_is_verified_once_and_handed_out_in_order(pool: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    out = [
+        bytes(p) for p in VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, recorder.verify)
+    ]
+    assert out == [f[1:] for f in FRAMES]
+    assert sorted(recorder.verified) == list(range(len(FRAMES)))
+    assert recorder.looked_up == list(range(len(FRAMES)))
+
+
+def test_a_failed_frame_raises_when_reached_and_nothing_after_it_is_verified(
+    pool: ThreadPoolExecutor,
+) -> None:
+    recorder = Recorder(bad=5)
+    frames = VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, recorder.verify)
+    for k in range(5):
+        assert bytes(next(frames)) == FRAMES[k][1:]
+    with pytest.raises(IntegrityError, match="frame 5"):
+        next(frames)
+    assert max(recorder.verified) == 5
+
+
+def test_a_busy_pool_leaves_the_consumer_to_verify_every_frame(pool: ThreadPoolExecutor) -> None:
+    release = threading.Event()
+    blocker = pool.submit(release.wait, 30)  # the only helper thread is taken
+    try:
+        recorder = Recorder()
+        out = list(VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, recorder.verify))
+        assert len(out) == len(FRAMES)
+        assert set(recorder.verified.values()) == {threading.main_thread().name}
+    finally:
+        release.set()
+        blocker.result(timeout=30)
+
+
+def test_a_shut_down_pool_is_no_error(pool: ThreadPoolExecutor) -> None:
+    pool.shutdown()
+    recorder = Recorder()
+    out = list(VerifyAhead(3).frames(pool, recorder.lookup, recorder.verify))
+    assert [bytes(p) for p in out] == [f[1:] for f in FRAMES[:3]]
+
+
+def test_closing_early_stops_the_helper_and_drops_the_views(pool: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    ahead = VerifyAhead(len(FRAMES))
+    frames = ahead.frames(pool, recorder.lookup, recorder.verify)
+    next(frames)
+    frames.close()
+    assert ahead._helper_done.is_set() or not recorder.verified.keys() - {0}
+    assert ahead._stored == [] and ahead._results == []
+    assert len(recorder.looked_up) <= 1 + 2  # the frame taken and the look-ahead
+    verified_at_close = dict(recorder.verified)
+    assert pool.submit(lambda: None).result(timeout=30) is None  # the helper has ended
+    assert recorder.verified == verified_at_close
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_tiny_reads_need_no_helper(pool: ThreadPoolExecutor, count: int) -> None:
+    recorder = Recorder()
+    out = list(VerifyAhead(count).frames(pool, recorder.lookup, recorder.verify))
+    assert len(out) == count
+    assert set(recorder.verified.values()) <= {threading.main_thread().name}
+
+
+def test_collecting_shares_the_checks_between_both_threads() -> None:
+    # A slow check, so that the helper is surely busy while the consumer waits.
+    gate = threading.Barrier(2, timeout=30)
+    recorder = Recorder()
+
+    def verify(k: int, stored: memoryview) -> memoryview:
+        if k < 2:
+            gate.wait()  # frames 0 and 1 are checked at the same time, one per thread
+        return recorder.verify(k, stored)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+        out = list(VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, verify, collect=True))
+    assert [bytes(p) for p in out] == [f[1:] for f in FRAMES]
+    assert sorted(recorder.verified) == list(range(len(FRAMES)))
+    assert {recorder.verified[0], recorder.verified[1]} == {
+        threading.main_thread().name,
+        next(n for n in recorder.verified.values() if n.startswith("helper")),
+    }
+
+
+def test_collecting_stops_at_a_failed_frame(pool: ThreadPoolExecutor) -> None:
+    recorder = Recorder(bad=3)
+    frames = VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, recorder.verify, collect=True)
+    assert [bytes(next(frames)) for _ in range(3)] == [f[1:] for f in FRAMES[:3]]
+    with pytest.raises(IntegrityError, match="frame 3"):
+        next(frames)
