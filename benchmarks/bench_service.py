@@ -35,7 +35,9 @@ from service_cases import (
 
 FACTORIES: dict[str, Callable[[ServiceBench], Case]] = {
     "hot-get": HotGet,
+    "hot-get-local": lambda bench: HotGet(bench, path="local"),
     "archive-get": ArchiveGet,
+    "archive-get-grpc": lambda bench: ArchiveGet(bench, path="grpc"),
     "encrypted-hot-get": EncryptedHotGet,
     "bare-tls-cost": BareTlsCost,
     "put": ServicePut,

@@ -99,6 +99,7 @@ class ServiceBench:
         self.server: ServerProcess | None = None
         self.bare: BareProcess | None = None
         self._client: Client | None = None
+        self._grpc_client: Client | None = None
         self._bare_clients: dict[bool, BareClient] = {}
         self._s3: Any = None
         try:
@@ -167,9 +168,10 @@ class ServiceBench:
         return self.server
 
     def stop_server(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for client in (self._client, self._grpc_client):
+            if client is not None:
+                client.close()
+        self._client = self._grpc_client = None
         if self.server is not None:
             self.server.stop()
 
@@ -182,6 +184,27 @@ class ServiceBench:
                 self.server.address, token=self.server.token, ca=self.server.ca_path
             )
         return self._client
+
+    @property
+    def grpc_client(self) -> Client:
+        """A client of the running server with the local read path off: every read
+        streams through GetShard over TLS."""
+        if self._grpc_client is None:
+            assert self.server is not None, "the server is not running"
+            self._grpc_client = connect(
+                self.server.address,
+                token=self.server.token,
+                ca=self.server.ca_path,
+                local_reads=False,
+            )
+        return self._grpc_client
+
+    def reader(self, path: str) -> Client:
+        """The client whose reads take ``path``: ``"local"`` (the default client: in
+        place from the hot tier when the server is on this host) or ``"grpc"``."""
+        if path not in READ_PATHS:
+            raise ValueError(f"read path must be one of {READ_PATHS}, not {path!r}")
+        return self.client if path == "local" else self.grpc_client
 
     def connect_args(self) -> tuple[str, str, str]:
         """``(address, token, ca path)`` of the running server, for clients in other processes."""
@@ -246,12 +269,20 @@ class ServiceBench:
         self.close()
 
 
-def _get_all(bench: ServiceBench, dataset: str) -> None:
-    client = bench.client
+def _get_all(bench: ServiceBench, dataset: str, path: str) -> None:
+    client = bench.reader(path)
+    before = client.read_counts
     for name in bench.names:
         data = client.get(dataset, name)
         assert data.size == SHARD_BYTES
         del data
+    after = client.read_counts
+    served = after.local - before.local if path == "local" else after.grpc - before.grpc
+    if served != len(bench.names):
+        raise RuntimeError(
+            f"{served} of {len(bench.names)} gets of {dataset} took the {path} path "
+            f"(counts before {before}, after {after})"
+        )
 
 
 def _hot_misses(bench: ServiceBench, dataset: str) -> int:
@@ -261,17 +292,25 @@ def _hot_misses(bench: ServiceBench, dataset: str) -> int:
 
 # Read cases.
 
+#: the client's two read paths; every read case says which one it times.
+READ_PATHS = ("local", "grpc")
+
 
 @dataclass
 class HotGet:
     """Hot ``Client.get`` of every plaintext shard (TLS, token; verified into one buffer).
+
+    ``path="grpc"`` (the transport comparison): every get streams through GetShard.
+    ``path="local"``: the default client, which reads in place from the hot tier
+    because the server runs on this host (a diagnostic here: no transport at all).
 
     Ceiling: the bare grpcio server streaming the same bytes from memory over TLS,
     received into one buffer per shard, one shard after the other as the client does.
     """
 
     bench: ServiceBench
-    name: str = "hot get (client, TLS) vs bare grpcio (TLS)"
+    path: str = "grpc"
+    name: str = ""
     target: float = 0.8
     note: str = (
         "64 MiB shards one at a time, 4 MiB frames, TLS on both sides; the client also "
@@ -283,12 +322,19 @@ class HotGet:
     def __post_init__(self) -> None:
         self.nbytes = self.bench.total_bytes
         self._misses = _hot_misses(self.bench, "plain")
+        if self.path == "local":
+            self.target = 0.0
+        self.name = self.name or (
+            "hot get (client, gRPC path, TLS) vs bare grpcio (TLS)"
+            if self.path == "grpc"
+            else "hot get (client, local path) vs bare grpcio (TLS) (diagnostic)"
+        )
 
     def setup_engine(self) -> None:
         pass
 
     def engine(self) -> None:
-        _get_all(self.bench, "plain")
+        _get_all(self.bench, "plain", self.path)
 
     def setup_ceiling(self) -> None:
         pass
@@ -314,27 +360,30 @@ class EncryptedHotGet:
     """
 
     bench: ServiceBench
-    name: str = "hot get: encrypted / plaintext dataset"
+    #: both sides read through this path ("local" or "grpc").
+    path: str = "local"
+    name: str = ""
     target: float = 0.8
-    note: str = "AES-256-GCM decrypt_into on the client vs xxh3 verify + copy; same TLS channel"
+    note: str = "AES-256-GCM decrypt_into on the client vs xxh3 verify + copy; same client"
     nbytes: int = 0
     _misses: int = 0
 
     def __post_init__(self) -> None:
         self.nbytes = self.bench.total_bytes
         self._misses = _hot_misses(self.bench, "enc")
+        self.name = self.name or f"hot get: encrypted / plaintext dataset ({self.path} path)"
 
     def setup_engine(self) -> None:
         pass
 
     def engine(self) -> None:
-        _get_all(self.bench, "enc")
+        _get_all(self.bench, "enc", self.path)
 
     def setup_ceiling(self) -> None:
         pass
 
     def ceiling(self) -> None:
-        _get_all(self.bench, "plain")
+        _get_all(self.bench, "plain", self.path)
 
     def finish(self) -> None:
         misses = _hot_misses(self.bench, "enc")
@@ -354,7 +403,10 @@ class ArchiveGet:
     """
 
     bench: ServiceBench
-    name: str = "hot get (client) vs boto3 GETs from SeaweedFS"
+    #: "local": the default client (in place from the hot tier, the server being on
+    #: this host); "grpc": the local path off, every get streamed over TLS.
+    path: str = "local"
+    name: str = ""
     target: float = 2.0
     note: str = ""
     nbytes: int = 0
@@ -362,6 +414,7 @@ class ArchiveGet:
 
     def __post_init__(self) -> None:
         self.nbytes = self.bench.total_bytes
+        self.name = self.name or f"hot get (client, {self.path} path) vs boto3 GETs from SeaweedFS"
         width = self.bench.archive_parallelism
         self.note = (
             f"ceiling: {width} parallel ranged GETs (one per 4 MiB stored frame) per 64 MiB "
@@ -381,7 +434,7 @@ class ArchiveGet:
         pass
 
     def engine(self) -> None:
-        _get_all(self.bench, "plain")
+        _get_all(self.bench, "plain", self.path)
 
     def setup_ceiling(self) -> None:
         pass

@@ -56,7 +56,16 @@ from service_cases import (
 )
 
 CaseFactory = Callable[[ServiceBench], Case]
-CASES: tuple[CaseFactory, ...] = (HotGet, ArchiveGet, EncryptedHotGet, BareTlsCost, ServicePut)
+CASES: tuple[CaseFactory, ...] = (
+    HotGet,
+    lambda bench: HotGet(bench, path="local"),
+    ArchiveGet,
+    lambda bench: ArchiveGet(bench, path="grpc"),
+    EncryptedHotGet,
+    lambda bench: EncryptedHotGet(bench, path="grpc"),
+    BareTlsCost,
+    ServicePut,
+)
 WHAT_IF_GET = "hot get vs bare grpcio (TLS), server patched (what-if)"
 
 
