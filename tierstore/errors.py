@@ -64,6 +64,7 @@ __all__ = [
     "OversizeFrame",
     "PermissionDenied",
     "PlanNotFound",
+    "QuotaExceeded",
     "ResourceExhausted",
     "ShardNotFound",
     "StoreClosed",
@@ -203,6 +204,12 @@ class BacklogFull(ResourceExhausted):
 
 class HotTierFull(ResourceExhausted):
     """The hot tier (LMDB map) has no room for the write."""
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A dataset's hot bytes would pass its hot-tier quota and not enough of its own
+    archived, unpinned shards could be evicted; retry once the mover has archived more
+    of them, or raise the quota."""
 
 
 class DataLoss(TierstoreError):

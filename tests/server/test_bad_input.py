@@ -389,6 +389,20 @@ def test_oversize_frame(raw: Raw, server: ServerProcess, admin: Client, dataset:
     still_serving(server, admin)
 
 
+def test_put_past_the_datasets_hot_quota(server: ServerProcess, admin: Client) -> None:
+    capped = unique()
+    admin.create_dataset(capped, hot_quota_bytes=64 * 1024)
+    with pytest.raises(errors.QuotaExceeded, match="quota") as caught:
+        admin.put(capped, "huge", os.urandom(64 * 1024 + 1))
+    assert isinstance(caught.value, errors.ResourceExhausted)  # RESOURCE_EXHAUSTED on the wire
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(capped, "huge")
+    admin.put(capped, "fits", b"x" * 1000)
+    assert admin.get(capped, "fits").to_pybytes() == b"x" * 1000
+    admin.delete_dataset(capped, force=True)
+    still_serving(server, admin)
+
+
 def test_frame_count_differs_from_header(
     raw: Raw, server: ServerProcess, admin: Client, dataset: str
 ) -> None:

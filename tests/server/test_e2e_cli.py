@@ -115,6 +115,22 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
     assert not {plain, secret} & names
 
 
+def test_dataset_hot_quota_create_and_update(env: dict[str, str], admin: Client) -> None:
+    capped = unique()
+    created = ok(env, "dataset", "create", capped, "--hot-quota", "1000000")
+    assert created["hot_quota_bytes"] == 1_000_000
+    updated = ok(env, "dataset", "update", capped, "--hot-quota", "2000000")
+    assert updated["hot_quota_bytes"] == 2_000_000 and updated["durability"] == "write-back"
+    assert admin.get_dataset(capped).hot_quota_bytes == 2_000_000
+    durable = ok(env, "dataset", "update", capped, "--durability", "write-through")
+    assert durable["durability"] == "write-through" and durable["hot_quota_bytes"] == 2_000_000
+    refused = run(env, "dataset", "update", capped, "--hot-quota", "-1")
+    assert refused.returncode != 0  # refused by the CLI before any call
+    listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
+    assert listed[capped]["hot_quota_bytes"] == 2_000_000
+    ok(env, "dataset", "rm", capped)
+
+
 def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -> None:
     one, two = tmp_path / "one.bin", tmp_path / "two.txt"
     one.write_bytes(os.urandom(5 * 1024 * 1024 + 3))  # two frames

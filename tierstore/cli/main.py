@@ -204,6 +204,11 @@ def serve(
 
 # datasets
 
+_HOT_QUOTA_HELP = (
+    "most bytes of the dataset in the hot tier (0: no quota); room is made by evicting "
+    "its own archived shards"
+)
+
 
 @dataset_app.command("create")
 def dataset_create(
@@ -213,22 +218,44 @@ def dataset_create(
     policy: Annotated[
         str | None, typer.Option(help="placement policy (default: the server's)")
     ] = None,
+    hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP, min=0)] = 0,
 ) -> None:
     """Create a dataset."""
-    options: dict[str, Any] = {"encrypted": encrypted, "durability": durability}
+    options: dict[str, Any] = {
+        "encrypted": encrypted,
+        "durability": durability,
+        "hot_quota_bytes": hot_quota,
+    }
     if policy is not None:
         options["policy"] = policy
     settings = _run(lambda: _client().create_dataset(name, **options))
     _emit({"name": name, **_jsonable(settings)}, f"created dataset {name}")
 
 
+@dataset_app.command("update")
+def dataset_update(
+    name: str,
+    durability: Annotated[str | None, typer.Option(help="write-back | write-through")] = None,
+    hot_quota: Annotated[int | None, typer.Option(help=_HOT_QUOTA_HELP, min=0)] = None,
+) -> None:
+    """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
+    quota evicts the dataset's archived, unpinned shards down to it."""
+    settings = _run(
+        lambda: _client().update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
+    )
+    _emit({"name": name, **_jsonable(settings)}, f"updated dataset {name}")
+
+
 @dataset_app.command("ls")
 def dataset_ls() -> None:
     """List the datasets you may see."""
     datasets = _run(lambda: _client().list_datasets())
-    table = Table("name", "encrypted", "durability", "policy")
+    table = Table("name", "encrypted", "durability", "hot quota", "policy")
     for name, settings in datasets:
-        table.add_row(name, _yes(settings.encrypted), settings.durability.value, settings.policy)
+        quota = f"{settings.hot_quota_bytes:,}" if settings.hot_quota_bytes else "none"
+        table.add_row(
+            name, _yes(settings.encrypted), settings.durability.value, quota, settings.policy
+        )
     _emit([{"name": n, **_jsonable(s)} for n, s in datasets], table)
 
 

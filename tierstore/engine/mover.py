@@ -352,6 +352,11 @@ class Mover:
         Frames passed in ``stored`` were verified by the caller; frames fetched here
         are verified before they are written.
         """
+        total = sum(record.stored_sizes(self._overhead(record)))
+        quota = self._quota(record.dataset)
+        self.make_room_in_quota(record.dataset, quota, total)
+        if not self.fits_quota(record.dataset, quota, total):
+            return  # no room in the dataset's quota: it is read from the archive meanwhile
         if stored is None:
             blob = self._archive.get(archive_frames_key(record.dataset, record.generation))
             if blob is None:
@@ -363,12 +368,13 @@ class Mover:
                 position += size
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
-        total = sum(len(frame) for frame in stored)
         self.make_room(total)
         with self._env.write() as txn:
             current = self._catalog.get_shard(txn, record.dataset, record.name)
             if current is None or current.generation != record.generation or current.hot:
                 return
+            if not self.fits_quota(record.dataset, quota, total):
+                return  # another write took the room meanwhile
             for index, frame in enumerate(stored):
                 self._frames.put_in(txn, frame_key(record.generation, index), frame)
             self._catalog.put_shard(txn, current.with_state(hot=True))
@@ -376,16 +382,48 @@ class Mover:
             self._policies.inserted((record.dataset, record.name), total)
         self.promotions += 1
 
+    def _quota(self, dataset: str) -> int:
+        """``dataset``'s hot-tier quota in bytes (0: none, or the dataset is gone)."""
+        with self._env.read() as txn:
+            settings = self._catalog.get_dataset(txn, dataset)
+        return 0 if settings is None else settings.hot_quota_bytes
+
     # Eviction.
 
     def evict_if_needed(self) -> int:
-        """Evict down to the low watermark if the hot tier is above the high one."""
+        """Evict down to the low watermark if the hot tier is above the high one, and
+        each dataset down to its hot-tier quota if it is above it."""
         capacity = self._settings.hot_capacity_bytes
         with self._env.read() as txn:
             hot = self._catalog.counter(txn, "hot_bytes")
-        if hot <= capacity * self._settings.high_watermark:
+            quotas = [
+                (name, settings.hot_quota_bytes)
+                for name, settings in self._catalog.list_datasets(txn)
+                if settings.hot_quota_bytes > 0
+            ]
+        # Quotas first: what they free counts towards the watermark too.
+        freed = sum(self.make_room_in_quota(name, quota, 0) for name, quota in quotas)
+        if hot - freed <= capacity * self._settings.high_watermark:
+            return freed
+        return freed + self.evict(hot - freed - int(capacity * self._settings.low_watermark))
+
+    def make_room_in_quota(self, dataset: str, quota: int, incoming: int) -> int:
+        """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
+        (archived, unpinned, as its policy chooses) if it would pass its ``quota``
+        (0: none). Returns bytes freed. Best effort: the writer checks the quota again
+        in its write transaction."""
+        if quota <= 0:
             return 0
-        return self.evict(hot - int(capacity * self._settings.low_watermark))
+        over = self._policies.hot_bytes(dataset) + incoming - quota
+        return self.evict(over, dataset=dataset) if over > 0 else 0
+
+    def fits_quota(self, dataset: str, quota: int, incoming: int, leaving: int = 0) -> bool:
+        """Whether ``dataset`` may hold ``incoming`` more hot bytes while ``leaving`` of
+        its own go (an overwritten generation) under ``quota`` (0: none). Exact when
+        called inside the write transaction that adds them."""
+        if quota <= 0:
+            return True
+        return self._policies.hot_bytes(dataset) - leaving + incoming <= quota
 
     def make_room(self, incoming: int) -> None:
         """Before writing ``incoming`` hot bytes: evict if they would pass the high watermark."""
@@ -395,10 +433,11 @@ class Mover:
         if hot + incoming > capacity * self._settings.high_watermark:
             self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
 
-    def evict(self, bytes_to_free: int) -> int:
-        """Evict hot shards the policies choose (archived, no pin holding); returns bytes
-        freed. A key the policies hold hot that the catalog does not (it can drift after
-        a failed commit) is forgotten on the way."""
+    def evict(self, bytes_to_free: int, dataset: str | None = None) -> int:
+        """Evict hot shards the policies choose (archived, no pin holding) — of
+        ``dataset`` only, if given; returns bytes freed. A key the policies hold hot
+        that the catalog does not (it can drift after a failed commit) is forgotten on
+        the way."""
         with self._evict_lock:
             now = time.time()
             stale: list[Key] = []
@@ -412,7 +451,10 @@ class Mover:
                         return False
                     return record.evictable(now)
 
-                victims = self._policies.victims(bytes_to_free, evictable)
+                if dataset is None:
+                    victims = self._policies.victims(bytes_to_free, evictable)
+                else:
+                    victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
             freed = 0
             with self._env.write() as txn:
                 for key in victims:

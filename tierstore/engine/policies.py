@@ -148,6 +148,25 @@ class PolicyDriver:
 
     # Eviction.
 
+    def hot_bytes(self, dataset: str) -> int:
+        """Stored bytes of ``dataset``'s hot shards, as the policies were told of them
+        (exact inside a write transaction: every hot-set change tells the driver in one)."""
+        with self._lock:
+            return self._hot_bytes.get(dataset, 0)
+
+    def dataset_victims(
+        self, dataset: str, bytes_to_free: int, evictable: Callable[[Key], bool]
+    ) -> list[Key]:
+        """Hot keys of ``dataset`` alone to evict, as its policy chooses them (for its
+        quota). The keys stay hot for the policies until :meth:`removed` is called."""
+        if bytes_to_free <= 0:
+            return []
+        with self._lock:
+            policy = self._policies.get(dataset)
+            if policy is None:
+                return []
+            return list(policy.victims(bytes_to_free, self._tick(), evictable))
+
     def victims(self, bytes_to_free: int, evictable: Callable[[Key], bool]) -> list[Key]:
         """Hot keys to evict, freeing at least ``bytes_to_free`` if enough are evictable,
         split across datasets by their hot bytes (see the module docstring). The keys

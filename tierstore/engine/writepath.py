@@ -24,7 +24,7 @@ from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealing import ShardSealers, stored_size
-from tierstore.errors import ArchiveUnavailable, BacklogFull
+from tierstore.errors import ArchiveUnavailable, BacklogFull, QuotaExceeded
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import Durability, ShardInfo
@@ -72,7 +72,7 @@ class ShardWriter:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
         Returns once the dataset's durability is met. Raises DatasetNotFound,
-        EncryptionUnavailable, BacklogFull, HotTierFull, ArchiveUnavailable
+        EncryptionUnavailable, BacklogFull, QuotaExceeded, HotTierFull, ArchiveUnavailable
         (write-through only: the shard is then committed locally and the mover keeps
         trying).
         """
@@ -94,9 +94,15 @@ class ShardWriter:
         sealer = self._sealers.sealer(record, data_key)
         stored = [sealer.seal(index, frame) for index, frame in enumerate(framed.frames)]
         stored_total = sum(len(frame) for frame in stored)
+        if stored_total > settings.hot_quota_bytes > 0:
+            raise QuotaExceeded(
+                f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
+                f"the dataset's whole quota of {settings.hot_quota_bytes} bytes"
+            )
+        self._mover.make_room_in_quota(dataset, settings.hot_quota_bytes, stored_total)
         self._mover.make_room(stored_total)
         with self._env.write() as txn:
-            self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
+            settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
                 raise BacklogFull(
@@ -105,6 +111,15 @@ class ShardWriter:
                     "retry when the mover has caught up"
                 )
             previous = self._catalog.get_shard(txn, dataset, shard)
+            leaving = stored_size(previous) if previous is not None and previous.hot else 0
+            quota = settings.hot_quota_bytes
+            if not self._mover.fits_quota(dataset, quota, stored_total, leaving):
+                raise QuotaExceeded(
+                    f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
+                    f"it is archived and unpinned to make room for {dataset}/{shard} "
+                    f"({stored_total} bytes); retry when the mover has archived more, or "
+                    "raise the quota"
+                )
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)
             for index, frame in enumerate(stored):

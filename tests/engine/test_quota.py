@@ -1,0 +1,122 @@
+"""Per-dataset hot-tier quotas: a dataset's hot bytes never pass its quota.
+
+Room is made by evicting the dataset's own archived, unpinned shards (as its policy
+chooses); a write that cannot get room fails with QuotaExceeded and changes
+nothing; a promotion that cannot get room is skipped (the shard is read from the
+archive). Other datasets are never evicted for a quota.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.store import Store
+from tierstore.errors import QuotaExceeded, ResourceExhausted
+from tierstore.frames import CHECKSUM_BYTES
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
+
+SIZE = 2 * FRAME  # two frames per shard
+STORED = SIZE + 2 * CHECKSUM_BYTES
+QUOTA = 3 * STORED  # room for exactly three shards
+
+
+def dataset_hot_bytes(store: Store, dataset: str) -> int:
+    return sum(STORED for info in store.list(dataset, limit=1000)[0] if info.hot)
+
+
+def quota_store(open_store: StoreFactory, archive: MemoryTier | FaultyTier) -> Store:
+    return open_store(
+        archive,
+        datasets={
+            "capped": DatasetSettings(policy="lru", hot_quota_bytes=QUOTA),
+            "other": DatasetSettings(policy="lru"),
+        },
+    )
+
+
+def test_a_put_past_the_quota_evicts_the_datasets_own_archived_shards(
+    open_store: StoreFactory,
+) -> None:
+    store = quota_store(open_store, MemoryTier())
+    store.put("other", "o", payload(SIZE, 99))
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    store.get("capped", "s0")  # s1 is now the least recently used
+    store.put("capped", "s3", payload(SIZE, 3))
+    assert not store.stat("capped", "s1").hot  # the policy's victim
+    assert all(store.stat("capped", name).hot for name in ("s0", "s2", "s3"))
+    assert store.stat("other", "o").hot  # never evicted for another dataset's quota
+    assert dataset_hot_bytes(store, "capped") <= QUOTA
+    for index in range(4):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True  # nothing gets archived, so nothing may be evicted
+    store = quota_store(open_store, archive)
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    with pytest.raises(QuotaExceeded, match="quota") as caught:
+        store.put("capped", "s3", payload(SIZE, 3))
+    assert isinstance(caught.value, ResourceExhausted)
+    assert not store.list("capped", prefix="s3")[0]
+    assert all(store.stat("capped", f"s{i}").hot for i in range(3))
+    store.put("other", "o", payload(SIZE, 9))  # other datasets are not held back
+    archive.failing = False
+    assert store.drain(10)
+    store.put("capped", "s3", payload(SIZE, 3))  # archived shards can now make room
+    assert dataset_hot_bytes(store, "capped") <= QUOTA
+    for index in range(4):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_overwriting_a_shard_counts_only_the_difference(open_store: StoreFactory) -> None:
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    store = quota_store(open_store, archive)
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    store.put("capped", "s1", payload(SIZE, 7))  # same size: the old generation leaves
+    assert store.get("capped", "s1").to_bytes() == payload(SIZE, 7)
+
+
+def test_a_shard_larger_than_the_whole_quota_is_refused_at_once(
+    open_store: StoreFactory,
+) -> None:
+    store = quota_store(open_store, MemoryTier())
+    with pytest.raises(QuotaExceeded, match="whole quota"):
+        store.put("capped", "huge", payload(QUOTA + 1))
+    assert not store.list("capped")[0]
+
+
+def test_promotions_stay_within_the_quota(open_store: StoreFactory) -> None:
+    store = quota_store(open_store, MemoryTier())
+    for index in range(5):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    assert dataset_hot_bytes(store, "capped") <= QUOTA
+    for index in range(5):
+        store.evict("capped", f"s{index}")
+    for index in range(5):  # every cold read is admitted (lru) and promoted
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+        wait_until(lambda: store.mover.in_flight()[0] == 0, "promotions to finish")
+        assert dataset_hot_bytes(store, "capped") <= QUOTA
+    assert dataset_hot_bytes(store, "capped") == QUOTA  # full, never over
+
+
+def test_lowering_the_quota_evicts_down_to_it(open_store: StoreFactory) -> None:
+    store = quota_store(open_store, MemoryTier())
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    store.update_dataset("capped", hot_quota_bytes=STORED)
+    wait_until(lambda: dataset_hot_bytes(store, "capped") <= STORED, "eviction to the new quota")
+    for index in range(3):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
