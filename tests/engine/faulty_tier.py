@@ -27,9 +27,11 @@ class FaultyTier:
         self.inner = inner
         self.failing = False
         self.gets: list[tuple[str, tuple[int, int] | None]] = []
+        #: every get as ``(key, range, thread name)``, never cleared (``gets`` is, by tests).
+        self.get_log: list[tuple[str, tuple[int, int] | None, str]] = []
         self._lock = threading.Lock()
         self._held_key: str | None = None
-        self._whole_only = False
+        self._thread_prefix = ""
         self.read_waiting = threading.Event()
         self._release = threading.Event()
 
@@ -37,12 +39,19 @@ class FaultyTier:
         if self.failing:
             raise ArchiveUnavailable(f"{what}: the archive is down (test switch)")
 
-    def hold_reads(self, key: str, whole_only: bool = False) -> None:
-        """Make every ``get`` of ``key`` wait until :meth:`release_reads`."""
+    def hold_reads(self, key: str, threads_named: str = "") -> None:
+        """Make every ``get`` of ``key`` wait until :meth:`release_reads` — only those made
+        on threads whose name starts with ``threads_named``, if given."""
         self._release.clear()
         self.read_waiting.clear()
-        self._whole_only = whole_only
+        self._thread_prefix = threads_named
         self._held_key = key
+
+    def gets_by(self, thread_prefix: str) -> list[tuple[str, tuple[int, int] | None]]:
+        """Every get (since the tier was made) on threads named ``thread_prefix``…"""
+        with self._lock:
+            log = list(self.get_log)
+        return [(key, span) for key, span, thread in log if thread.startswith(thread_prefix)]
 
     def release_reads(self) -> None:
         self._held_key = None
@@ -51,7 +60,9 @@ class FaultyTier:
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
         with self._lock:
             self.gets.append((key, byte_range))
-        if key == self._held_key and not (self._whole_only and byte_range is not None):
+            self.get_log.append((key, byte_range, threading.current_thread().name))
+        held = key == self._held_key
+        if held and threading.current_thread().name.startswith(self._thread_prefix):
             self.read_waiting.set()
             if not self._release.wait(timeout=30):
                 raise AssertionError("a held archive read was never released")

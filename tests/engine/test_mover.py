@@ -113,24 +113,33 @@ def test_cold_reads_fetch_only_the_frames_they_need(open_store: StoreFactory) ->
     store.evict("enc", "s")
     key = archive_frames_key("enc", info.generation)
     stored_frame = FRAME + 16
-    archive.hold_reads(key, whole_only=True)  # the promotion waits until the test is done
-    archive.gets.clear()
+    # The promotion's own fetches wait until the test is done with its reads.
+    archive.hold_reads(key, threads_named="tierstore-promote-fetch")
+
+    def reader_gets(since: int) -> list[tuple[int, int] | None]:
+        """The ranges the reads (not the promotion) got since log entry ``since``."""
+        log = archive.get_log[since:]
+        return sorted(span for _, span, thread in log if not thread.startswith("tierstore-promote"))
+
+    mark = len(archive.get_log)
     assert (
         store.get("enc", "s", byte_range=(2 * FRAME + 10, 100)).to_bytes()
         == (data[2 * FRAME + 10 : 2 * FRAME + 110])
     )
-    reads = [entry for entry in archive.gets if entry[1] is not None]
-    assert reads[0] == (key, (2 * stored_frame, stored_frame))  # one ranged GET, one frame
-    archive.gets.clear()
+    assert reader_gets(mark) == [(2 * stored_frame, stored_frame)]  # one ranged GET, one frame
+    mark = len(archive.get_log)
     assert store.get("enc", "s", frame_range=(4, 2)).to_bytes() == data[4 * FRAME :]
-    ranged = sorted(entry[1] for entry in archive.gets if entry[1] is not None)
-    assert ranged == [(4 * stored_frame, stored_frame), (5 * stored_frame, stored_frame)]
+    assert reader_gets(mark) == [(4 * stored_frame, stored_frame), (5 * stored_frame, stored_frame)]
     assert not store.stat("enc", "s").hot
-    # The partial reads queued a promotion that fetches the whole object once.
+    # The partial reads queued one promotion, which fetches every frame once, in
+    # parallel ranged GETs.
     assert archive.read_waiting.wait(10), "no promotion was queued"
     archive.release_reads()
     wait_until(lambda: store.stat("enc", "s").hot, "promotion after a partial cold read")
-    assert [entry for entry in archive.gets if entry[1] is None] == [(key, None)]
+    promotion_gets = archive.gets_by("tierstore-promote-fetch")
+    assert sorted(promotion_gets, key=lambda get: get[1] or (-1, 0)) == [
+        (key, (index * stored_frame, stored_frame)) for index in range(6)
+    ]
     archive.gets.clear()
     read = store.get("enc", "s")
     assert read.source == "hot" and read.to_bytes() == data

@@ -333,14 +333,14 @@ def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: Stor
 
 
 class _CountingArchive(MemoryTier):
-    """A memory archive that counts reads of each key (whole or ranged)."""
+    """A memory archive that counts reads of each key and range (``None``: whole)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.reads: Counter[str] = Counter()
+        self.reads: Counter[tuple[str, tuple[int, int] | None]] = Counter()
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
-        self.reads[key] += 1
+        self.reads[(key, byte_range)] += 1
         return super().get(key, byte_range)
 
 
@@ -357,7 +357,9 @@ def test_a_whole_shard_service_read_of_an_admitted_miss_reads_the_archive_once(
     sealed = store.open_sealed("d", "s")  # a miss: the policy admits it, promotion queued
     frames = [stored for _, stored in sealed.frames()]
     assert len(frames) == 3
-    # The stream waited for the promotion and read the frames hot: one archive read.
-    assert sum(archive.reads.values()) == 1
+    # The stream waited for the promotion and read the frames hot: the archive was
+    # read once, each frame by one ranged GET.
+    assert len(archive.reads) == 3 and set(archive.reads.values()) == {1}
+    assert all(span is not None for _, span in archive.reads)
     assert store.stat("d", "s").hot
     assert store.get("d", "s").to_bytes() == data

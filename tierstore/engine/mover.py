@@ -9,7 +9,8 @@ fails, the thread backs off exponentially and keeps every entry: nothing
 acknowledged is dropped.
 
 Promotion threads (``promotion_threads``) copy shards from the archive into the
-hot tier: shards read from the archive that the policy admitted, pinned ones, and
+hot tier (fetching a shard's frames with parallel ranged GETs when no read fetched
+them already): shards read from the archive that the policy admitted, pinned ones, and
 those the prefetcher (:mod:`tierstore.engine.prefetch`) or an operator asked for.
 Eviction runs whenever the hot tier passes its high watermark, down to the low
 one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
@@ -28,10 +29,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
+from tierstore.engine.archived import fetch_all
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.records import (
@@ -87,6 +90,11 @@ class Mover:
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
         self._evict_lock = threading.Lock()
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
+        #: ranged GETs of the frames of shards promoted from the archive (apart from the
+        #: readers' pool, so a queue of prefetches never delays a reader's frames).
+        self._fetch_pool = ThreadPoolExecutor(
+            settings.cold_read_parallelism, thread_name_prefix="tierstore-promote-fetch"
+        )
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
         #: guards ``_promoting``; notified whenever a promotion leaves it.
@@ -122,6 +130,7 @@ class Mover:
                 self._promotions.put_nowait(_STOP)
         for thread in self._threads:
             thread.join(timeout)
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.flush_access()  # a clean stop keeps every access counted so far
         except TierstoreError as exc:  # e.g. a full hot tier: counts are only statistics
@@ -358,14 +367,14 @@ class Mover:
         if not self.fits_quota(record.dataset, quota, total):
             return  # no room in the dataset's quota: it is read from the archive meanwhile
         if stored is None:
-            blob = self._archive.get(archive_frames_key(record.dataset, record.generation))
-            if blob is None:
-                return
-            stored = []
-            position = 0
-            for size in record.stored_sizes(self._overhead(record)):
-                stored.append(blob[position : position + size])
-                position += size
+            try:
+                stored = fetch_all(self._archive, record, self._fetch_pool)
+            except IntegrityError:
+                with self._env.read() as txn:
+                    current = self._catalog.get_shard(txn, record.dataset, record.name)
+                if current is None or current.generation != record.generation:
+                    return  # superseded meanwhile: its archive object may be gone already
+                raise
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
         self.make_room(total)

@@ -22,19 +22,20 @@ from typing import Any
 
 import pyarrow as pa
 
+from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
-from tierstore.engine.records import ShardRecord, archive_frames_key, frame_key
-from tierstore.engine.sealing import ShardSealers, stored_overhead
-from tierstore.errors import IntegrityError, InvalidArgument, InvalidRange, Unavailable
+from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.engine.sealing import ShardSealers
+from tierstore.errors import IntegrityError, InvalidArgument, Unavailable
 from tierstore.frames import FrameSealer
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.verifyahead import VerifyAhead
 
-__all__ = ["ArchivedFrames", "ShardReader", "copy_frames_into", "writable_view"]
+__all__ = ["ShardReader", "copy_frames_into", "writable_view"]
 
 #: Reads retried when the shard is overwritten or deleted during a cold read.
 _READ_ATTEMPTS = 4
@@ -240,39 +241,6 @@ class ShardReader:
         """Whether the catalog no longer holds ``record``'s generation of its shard."""
         with self._env.read() as txn:
             return not self._catalog.holds(txn, record)
-
-
-class ArchivedFrames:
-    """Ranged GETs of single stored frames of one generation's archive object."""
-
-    def __init__(self, archive: Tier, record: ShardRecord) -> None:
-        overhead = stored_overhead(record)
-        self._archive = archive
-        self._sizes = record.stored_sizes(overhead)
-        self._offsets = record.stored_offsets(overhead)
-        self.key = archive_frames_key(record.dataset, record.generation)
-
-    def fetch(self, index: int) -> memoryview:
-        """Stored frame ``index``, exactly its stored size.
-
-        Raises IntegrityError when the object is missing or too short,
-        ArchiveUnavailable when the archive fails. Thread-safe.
-        """
-        size = self._sizes[index]
-        try:
-            blob = self._archive.get(self.key, (self._offsets[index], size))
-        except InvalidRange as exc:  # the frame starts past the end of the object
-            raise IntegrityError(
-                f"archive object {self.key} is truncated before frame {index}"
-            ) from exc
-        if blob is None:
-            raise IntegrityError(f"archive object {self.key} is missing")
-        if len(blob) != size:
-            raise IntegrityError(
-                f"archive object {self.key} is truncated at frame {index} "
-                f"({len(blob)} of {size} bytes)"
-            )
-        return blob
 
 
 def writable_view(out: memoryview) -> memoryview:

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.readlog import ReadLog
-from tierstore.engine.readpath import ArchivedFrames
 from tierstore.engine.reads import FrameSlice, plan_reads
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.engine.sealing import ShardSealers

@@ -1,0 +1,59 @@
+"""Ranged GETs of the stored frames of one shard generation's archive object.
+
+The archive holds a generation's stored frames back to back in one object
+(:func:`tierstore.engine.records.archive_frames_key`); the catalog record gives every
+frame's stored size, so any frame can be fetched alone. Cold reads fetch the frames
+they need this way, in parallel; promotions fetch every frame of a shard the same way
+(:func:`fetch_all`), so that one slow connection does not hold a whole shard up.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from tierstore.engine.records import ShardRecord, archive_frames_key
+from tierstore.engine.sealing import stored_overhead
+from tierstore.errors import IntegrityError, InvalidRange
+from tierstore.tiers.base import Tier
+
+__all__ = ["ArchivedFrames", "fetch_all"]
+
+
+class ArchivedFrames:
+    """Ranged GETs of single stored frames of one generation's archive object."""
+
+    def __init__(self, archive: Tier, record: ShardRecord) -> None:
+        overhead = stored_overhead(record)
+        self._archive = archive
+        self._sizes = record.stored_sizes(overhead)
+        self._offsets = record.stored_offsets(overhead)
+        self.key = archive_frames_key(record.dataset, record.generation)
+
+    def fetch(self, index: int) -> memoryview:
+        """Stored frame ``index``, exactly its stored size.
+
+        Raises IntegrityError when the object is missing or too short,
+        ArchiveUnavailable when the archive fails. Thread-safe.
+        """
+        size = self._sizes[index]
+        try:
+            blob = self._archive.get(self.key, (self._offsets[index], size))
+        except InvalidRange as exc:  # the frame starts past the end of the object
+            raise IntegrityError(
+                f"archive object {self.key} is truncated before frame {index}"
+            ) from exc
+        if blob is None:
+            raise IntegrityError(f"archive object {self.key} is missing")
+        if len(blob) != size:
+            raise IntegrityError(
+                f"archive object {self.key} is truncated at frame {index} "
+                f"({len(blob)} of {size} bytes)"
+            )
+        return blob
+
+
+def fetch_all(archive: Tier, record: ShardRecord, pool: Executor) -> list[memoryview]:
+    """Every stored frame of ``record``'s archive object, fetched by parallel ranged GETs
+    on ``pool``, unverified. Raises as :meth:`ArchivedFrames.fetch`."""
+    fetcher = ArchivedFrames(archive, record)
+    return list(pool.map(fetcher.fetch, range(len(record.frame_sizes))))
