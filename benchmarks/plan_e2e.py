@@ -15,10 +15,11 @@ for ``lru`` (same dataset, same plan declared, same order) it reports:
   the run itself: the exported trace (the plan, the reads and position reports at the
   times the server saw them, the stored sizes; with ``--local-reads``, the reader's own
   record, because local hits reach the server's trace in batches), the same policy, a hot
-  tier of C, and ``PrefetchModel(b / depth, depth, horizon)``: the engine's prefetch
-  budget (``depth`` requests, ``b x horizon`` bytes) on ``depth`` channels that together
-  move ``b``. For reference also with ``b`` per channel (a lone fetch's time on the live
-  link), and the a-priori prediction: the plan read exactly every ``1/r`` s;
+  tier of C, and ``PrefetchModel(b, depth, horizon, shared_link=True)``: the engine's
+  prefetch budget (``depth`` requests, ``b x horizon`` bytes) on one link of ``b`` that
+  the fetches take in turn, as the proxy's token bucket does. For reference also with
+  ``depth`` channels of ``b / depth`` and of ``b`` each, and the a-priori prediction: the
+  plan read exactly every ``1/r`` s;
 * **stall fraction** — the loader's compute per shard is fixed at ``1/r`` minus a hot
   read; a read's stall is its wall time beyond the median hot read (measured before each
   run, on promoted shards), at least 0; the fraction is the stalls' sum over the wall time
@@ -97,6 +98,7 @@ class PolicyRun:
     hits: int
     hit_ratio: float
     predicted: float
+    predicted_split: float
     predicted_unshared: float
     predicted_schedule: float
     diff: float
@@ -211,7 +213,8 @@ def run_policy(
         hits_per_read = [e.hit for e in traced]
         trace = live_trace(window)
     replay = predict(trace, policy, bed.node, warmup)
-    unshared = predict(trace, policy, bed.node, warmup, shared=False)
+    split = predict(trace, policy, bed.node, warmup, link="split")
+    unshared = predict(trace, policy, bed.node, warmup, link="per-fetch")
     ahead = predict(schedule_trace(order, shard_bytes, args.rate, hot_s), policy, bed.node, warmup)
 
     kept, hit = samples[warmup:], hits_per_read[warmup:]
@@ -223,6 +226,7 @@ def run_policy(
         hits=hits,
         hit_ratio=hits / len(kept),
         predicted=replay.hit_ratio,
+        predicted_split=split.hit_ratio,
         predicted_unshared=unshared.hit_ratio,
         predicted_schedule=ahead.hit_ratio,
         diff=hits / len(kept) - replay.hit_ratio,
@@ -266,15 +270,17 @@ def report(runs: list[PolicyRun], setup: dict[str, Any]) -> str:
         f"{setup['warmup_epochs']} not counted; local reads "
         f"{'on' if setup['local_reads'] else 'off'}",
         "",
-        "| policy | reads | hit ratio | predicted (replay) | diff | predicted, b per fetch "
+        "| policy | reads | hit ratio | predicted (replay, shared link) | diff "
+        "| predicted, b / depth per fetch | predicted, b per fetch "
         "| predicted (schedule) | stall fraction | stall s (on misses) | wall s | hot read ms "
         "| promotions | archive GETs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
         lines.append(
             f"| {run.policy} | {run.reads} | {run.hit_ratio:.3f} | {run.predicted:.3f} "
-            f"| {run.diff:+.3f} | {run.predicted_unshared:.3f} | {run.predicted_schedule:.3f} "
+            f"| {run.diff:+.3f} | {run.predicted_split:.3f} | {run.predicted_unshared:.3f} "
+            f"| {run.predicted_schedule:.3f} "
             f"| {run.stall_fraction:.3f} | {run.stall_s:.2f} ({run.stall_on_misses_s:.2f}) "
             f"| {run.wall_s:.1f} | {1e3 * run.hot_read_s:.1f} "
             f"| {run.counters['promotions']:.0f} | {run.counters['archive_gets']:.0f} |"

@@ -262,20 +262,30 @@ def schedule_trace(order: list[str], size: int, rate: float, hot_s: float) -> Tr
     return reader_trace(order, size, 0.0, reads)
 
 
+#: how the live archive link is mapped onto the simulator's PrefetchModel.
+LINK_MODELS = ("shared", "split", "per-fetch")
+
+
 def predict(
-    trace: Trace, policy: str, node: NodeSettings, warmup: int, *, shared: bool = True
+    trace: Trace, policy: str, node: NodeSettings, warmup: int, *, link: str = "shared"
 ) -> SimResult:
-    """The simulator's hit ratio for ``trace`` on this node. ``shared``: the ``depth``
-    channels split ``b`` (each fetch takes ``depth x size / b``, however many run: the
-    simulator's channels do not share); else each channel moves ``b`` (a lone fetch's
-    time, as on the live link, but up to ``depth x b`` together). Both offer the
-    engine's budget: ``depth`` requests, ``b x horizon`` bytes."""
+    """The simulator's hit ratio for ``trace`` on this node, the archive link modelled as
+    ``link``: ``"shared"`` (the primary: one link of ``b`` that the fetches in flight
+    take in turn, as the proxy's one token bucket does), ``"split"`` (``depth`` channels
+    of ``b / depth``: every fetch takes ``depth x size / b`` however few run) or
+    ``"per-fetch"`` (``depth`` channels of ``b``: a lone fetch's time on the live link,
+    but up to ``depth x b`` together). All offer the engine's budget: ``depth``
+    requests, ``b x horizon`` bytes."""
     depth = node.prefetch_depth
-    model = PrefetchModel(
-        bandwidth_bytes_per_s=node.archive_bytes_per_s / (depth if shared else 1),
-        io_depth=depth,
-        horizon_s=node.prefetch_horizon_s / (1 if shared else depth),
-    )
+    b, horizon = node.archive_bytes_per_s, node.prefetch_horizon_s
+    if link == "shared":
+        model = PrefetchModel(b, depth, horizon, shared_link=True)
+    elif link == "split":
+        model = PrefetchModel(b / depth, depth, horizon)
+    elif link == "per-fetch":
+        model = PrefetchModel(b, depth, horizon / depth)
+    else:
+        raise ValueError(f"link must be one of {LINK_MODELS}, not {link!r}")
     return simulate(
         trace, _policy(policy), node.capacity_bytes, warmup_reads=warmup, prefetch=model
     )

@@ -198,6 +198,23 @@ def test_prefetch_budget_counts_what_is_in_flight() -> None:
     assert len(policy.budgets) == 1
 
 
+def test_a_shared_link_serves_fetches_in_turn_and_a_lone_fetch_gets_all_of_it() -> None:
+    # One link of 100 bytes/s, up to 2 fetches in flight, 10-byte shards.
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0, shared_link=True)
+    policy = Prefetching([1, 2, 3])
+    trace = Trace("t", (10, 10, 10, 10), [Read(0.0, 0), Read(0.15, 1), Read(0.19, 2)])
+    result = simulate(trace, policy, 40, prefetch=model)
+    # The budget is the link's: 100 bytes/s x 1 s, not x 2 channels.
+    assert policy.budgets[0] == PrefetchBudget(requests=2, bytes=100)
+    # 1 lands at 0.1 and 2 at 0.2 (not both at 0.1 as on two channels, nor both at 0.2
+    # as on two channels of 50): the read of 1 at 0.15 hits, the read of 2 at 0.19
+    # waits 0.01 s.
+    assert result.hits == 1
+    assert result.stall_s == pytest.approx(0.01)
+    channels = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0)
+    assert simulate(trace, Prefetching([1, 2, 3]), 40, prefetch=channels).hits == 2
+
+
 def test_prefetch_model_validation() -> None:
     with pytest.raises(InvalidArgument):
         PrefetchModel(0.0, 1, 1.0)

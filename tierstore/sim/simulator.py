@@ -63,14 +63,26 @@ class SimResult:
 
 @dataclass(frozen=True, slots=True)
 class PrefetchModel:
-    """A time model for prefetching: ``io_depth`` channels to the archive, each moving
-    ``bandwidth_bytes_per_s``; a fetch of ``size`` bytes takes ``size / bandwidth``
-    on one channel. The policy is offered, after every event, the free channels and
-    ``bandwidth x io_depth x horizon_s`` bytes minus those in flight."""
+    """A time model for prefetching: at most ``io_depth`` fetches in flight.
+
+    Channels (``shared_link=False``): each fetch has a channel of its own moving
+    ``bandwidth_bytes_per_s``, so a fetch of ``size`` bytes takes ``size / bandwidth``
+    however many run; the policy is offered ``bandwidth x io_depth x horizon_s`` bytes.
+
+    One shared link (``shared_link=True``): the archive link moves
+    ``bandwidth_bytes_per_s`` in all, serving the fetches in the order they start (a
+    lone fetch gets the whole link; ``k`` at once finish as they would sharing it, the
+    first ones a little earlier than under a fair split); the policy is offered
+    ``bandwidth x horizon_s`` bytes — the engine's own budget against a bandwidth-capped
+    archive.
+
+    Either way the policy is offered, after every event, the free requests and the bytes
+    above minus those in flight."""
 
     bandwidth_bytes_per_s: float
     io_depth: int
     horizon_s: float
+    shared_link: bool = False
 
     def __post_init__(self) -> None:
         if self.bandwidth_bytes_per_s <= 0 or self.io_depth < 1 or self.horizon_s <= 0:
@@ -134,6 +146,7 @@ class _Prefetcher:
         self.done_at: dict[int, float] = {}
         self.in_flight_bytes = 0
         self.started = 0
+        self.link_free_at = 0.0  # shared link: when the fetches started so far are done
 
     def is_hot(self, key: Key) -> bool:
         # In flight counts as hot: the policy must not ask for it twice.
@@ -161,7 +174,8 @@ class _Prefetcher:
         """Offer the policy the free channels and bytes; start what it asks for."""
         model, tier = self.model, self.tier
         requests = model.io_depth - len(self.done_at)
-        room = int(model.bandwidth_bytes_per_s * model.io_depth * model.horizon_s)
+        channels = 1 if model.shared_link else model.io_depth
+        room = int(model.bandwidth_bytes_per_s * channels * model.horizon_s)
         budget = PrefetchBudget(requests=requests, bytes=room - self.in_flight_bytes)
         if requests <= 0 or budget.bytes <= 0:
             return
@@ -177,7 +191,11 @@ class _Prefetcher:
             tier.used += size
             spent += size
             self.in_flight_bytes += size
-            self.done_at[key] = now + size / model.bandwidth_bytes_per_s
+            if model.shared_link:
+                self.link_free_at = max(self.link_free_at, now) + size / model.bandwidth_bytes_per_s
+                self.done_at[key] = self.link_free_at
+            else:
+                self.done_at[key] = now + size / model.bandwidth_bytes_per_s
             self.started += 1
 
 
