@@ -52,7 +52,7 @@ from tierstore.policy.registry import make_policy
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
 from tierstore.sim.simulator import PrefetchModel, SimResult, simulate
 from tierstore.sim.tracefile import TraceWriter
-from tierstore.testing.throttle import ProxyProcess, ThrottleSettings
+from tierstore.testing.throttle import ProxyProcess, ThrottleSettings, bucket_burst_bytes
 from tierstore.tiers.seaweedfs import SeaweedServer
 from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead, TraceEvent
 
@@ -271,7 +271,8 @@ def predict(
 ) -> SimResult:
     """The simulator's hit ratio for ``trace`` on this node, the archive link modelled as
     ``link``: ``"shared"`` (the primary: one link of ``b`` that the fetches in flight
-    take in turn, as the proxy's one token bucket does), ``"split"`` (``depth`` channels
+    take in turn, with the proxy's bucket burst after idle spells, as the proxy's one
+    token bucket does), ``"split"`` (``depth`` channels
     of ``b / depth``: every fetch takes ``depth x size / b`` however few run) or
     ``"per-fetch"`` (``depth`` channels of ``b``: a lone fetch's time on the live link,
     but up to ``depth x b`` together). All offer the engine's budget: ``depth``
@@ -279,7 +280,8 @@ def predict(
     depth = node.prefetch_depth
     b, horizon = node.archive_bytes_per_s, node.prefetch_horizon_s
     if link == "shared":
-        model = PrefetchModel(b, depth, horizon, shared_link=True)
+        burst = bucket_burst_bytes(b)  # the proxy's bucket, refilled while the link idles
+        model = PrefetchModel(b, depth, horizon, shared_link=True, burst_bytes=burst)
     elif link == "split":
         model = PrefetchModel(b / depth, depth, horizon)
     elif link == "per-fetch":

@@ -215,11 +215,36 @@ def test_a_shared_link_serves_fetches_in_turn_and_a_lone_fetch_gets_all_of_it() 
     assert simulate(trace, Prefetching([1, 2, 3]), 40, prefetch=channels).hits == 2
 
 
+def test_a_shared_link_stays_busy_with_a_fetch_a_read_waited_for() -> None:
+    # One request at a time on a link of 10 bytes/s: 1 is fetched from 0 to 1 s. The
+    # read of 1 at 0.1 waits for it (it lands for that read), but the link is busy with
+    # it until 1.0: no second fetch may queue behind it meanwhile, so the read of 2 at
+    # 0.2 is a plain miss, not a wait of 1.8 s for a fetch queued on a busy link.
+    model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=1, horizon_s=10.0, shared_link=True)
+    trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.1, 1), Read(0.2, 2)])
+    result = simulate(trace, Prefetching([1, 2]), 30, prefetch=model)
+    assert result.stall_s == pytest.approx(0.9)
+    assert result.prefetches == 1
+
+
+def test_a_shared_link_passes_its_burst_after_idling() -> None:
+    # 100 bytes/s with a 5-byte burst: the link idles from 0 to 1 s, so the 10-byte
+    # fetch of 1 started at 1.0 needs only 5 bytes' time and lands at 1.05.
+    model = PrefetchModel(100.0, 1, 1.0, shared_link=True, burst_bytes=5)
+    trace = Trace("t", (10, 10), [Read(1.0, 0), Read(1.06, 1)])
+    result = simulate(trace, Prefetching([1]), 20, prefetch=model)
+    assert result.hits == 1 and result.stall_s == 0.0
+    no_burst = PrefetchModel(100.0, 1, 1.0, shared_link=True)
+    assert simulate(trace, Prefetching([1]), 20, prefetch=no_burst).hits == 0
+
+
 def test_prefetch_model_validation() -> None:
     with pytest.raises(InvalidArgument):
         PrefetchModel(0.0, 1, 1.0)
     with pytest.raises(InvalidArgument):
         PrefetchModel(1.0, 0, 1.0)
+    with pytest.raises(InvalidArgument):
+        PrefetchModel(1.0, 1, 1.0, shared_link=True, burst_bytes=-1)
 
 
 def test_clairvoyant_prefetch_turns_planned_misses_into_hits() -> None:

@@ -83,11 +83,20 @@ class PrefetchModel:
     io_depth: int
     horizon_s: float
     shared_link: bool = False
+    #: shared link only: the link is a token bucket that holds up to this many bytes
+    #: while it idles (a fetch starting after an idle spell gets them at once).
+    burst_bytes: int = 0
 
     def __post_init__(self) -> None:
-        if self.bandwidth_bytes_per_s <= 0 or self.io_depth < 1 or self.horizon_s <= 0:
+        if (
+            self.bandwidth_bytes_per_s <= 0
+            or self.io_depth < 1
+            or self.horizon_s <= 0
+            or self.burst_bytes < 0
+        ):
             raise InvalidArgument(
-                "a PrefetchModel needs bandwidth_bytes_per_s > 0, io_depth >= 1, horizon_s > 0"
+                "a PrefetchModel needs bandwidth_bytes_per_s > 0, io_depth >= 1, "
+                "horizon_s > 0 and burst_bytes >= 0"
             )
 
 
@@ -147,6 +156,10 @@ class _Prefetcher:
         self.in_flight_bytes = 0
         self.started = 0
         self.link_free_at = 0.0  # shared link: when the fetches started so far are done
+        # Shared link: when each started fetch leaves the link. A read that waits for a
+        # fetch lands it at once (trace times do not move), but the link stays busy
+        # with it until it is done, so it counts against the requests until then.
+        self.on_link: list[float] = []
 
     def is_hot(self, key: Key) -> bool:
         # In flight counts as hot: the policy must not ask for it twice.
@@ -173,7 +186,11 @@ class _Prefetcher:
     def start(self, now: float) -> None:
         """Offer the policy the free channels and bytes; start what it asks for."""
         model, tier = self.model, self.tier
-        requests = model.io_depth - len(self.done_at)
+        if model.shared_link:
+            self.on_link = [done for done in self.on_link if done > now]
+            requests = model.io_depth - len(self.on_link)
+        else:
+            requests = model.io_depth - len(self.done_at)
         channels = 1 if model.shared_link else model.io_depth
         room = int(model.bandwidth_bytes_per_s * channels * model.horizon_s)
         budget = PrefetchBudget(requests=requests, bytes=room - self.in_flight_bytes)
@@ -192,8 +209,13 @@ class _Prefetcher:
             spent += size
             self.in_flight_bytes += size
             if model.shared_link:
-                self.link_free_at = max(self.link_free_at, now) + size / model.bandwidth_bytes_per_s
+                rate = model.bandwidth_bytes_per_s
+                # The bucket is empty when the link frees up, and refills while it idles.
+                saved = min(model.burst_bytes, max(0.0, now - self.link_free_at) * rate)
+                start = max(self.link_free_at, now)
+                self.link_free_at = start + max(0.0, size - saved) / rate
                 self.done_at[key] = self.link_free_at
+                self.on_link.append(self.link_free_at)
             else:
                 self.done_at[key] = now + size / model.bandwidth_bytes_per_s
             self.started += 1

@@ -41,7 +41,7 @@ from typing import Any, Final, Self, TypeVar
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_host
 
-__all__ = ["ProxyProcess", "ThrottleSettings", "ThrottlingProxy"]
+__all__ = ["ProxyProcess", "ThrottleSettings", "ThrottlingProxy", "bucket_burst_bytes"]
 
 _LISTEN_HOST: Final = "127.0.0.1"
 _CHUNK: Final = 64 * 1024
@@ -76,6 +76,12 @@ class ThrottleSettings:
                 raise InvalidArgument(f"{name} must be a positive finite number or None")
 
 
+def bucket_burst_bytes(bytes_per_s: float) -> int:
+    """How many bytes one of the proxy's token buckets of ``bytes_per_s`` lets through
+    at once after idling (what a model of the link should count as its burst)."""
+    return int(max(float(_MIN_BURST_BYTES), bytes_per_s * _BURST_S))
+
+
 class _TokenBucket:
     """A bytes-per-second limit that takers pay before they send.
 
@@ -87,7 +93,7 @@ class _TokenBucket:
 
     def __init__(self, bytes_per_s: float) -> None:
         self._rate = bytes_per_s
-        self._capacity = max(float(_MIN_BURST_BYTES), bytes_per_s * _BURST_S)
+        self._capacity = float(bucket_burst_bytes(bytes_per_s))
         self._tokens = self._capacity
         self._stamp = time.monotonic()
 
