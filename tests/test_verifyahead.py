@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tierstore.errors import IntegrityError
-from tierstore.verifyahead import VerifyAhead
+from tierstore.verifyahead import HELPER_IDLE_S, VerifyAhead
 
 FRAMES = [bytes([i]) * (1000 + i) for i in range(12)]
 
@@ -135,3 +135,19 @@ def test_collecting_stops_at_a_failed_frame(pool: ThreadPoolExecutor) -> None:
     assert [bytes(next(frames)) for _ in range(3)] == [f[1:] for f in FRAMES[:3]]
     with pytest.raises(IntegrityError, match="frame 3"):
         next(frames)
+
+
+def test_a_paused_reader_does_not_hold_the_helper_and_can_resume() -> None:
+    recorder = Recorder()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="helper")
+    frames = VerifyAhead(len(FRAMES)).frames(pool, recorder.lookup, recorder.verify)
+    assert bytes(next(frames)) == FRAMES[0][1:]
+    # The reader pauses with the iterator half read. The helper checks what it was
+    # handed, waits a moment for more, and leaves: the pool can shut down.
+    shutdown = threading.Thread(target=pool.shutdown, kwargs={"wait": True})
+    shutdown.start()
+    shutdown.join(timeout=10 * HELPER_IDLE_S + 5)
+    assert not shutdown.is_alive(), "the helper held the pool while the reader paused"
+    rest = [bytes(p) for p in frames]  # the reader comes back: it checks the rest itself
+    assert rest == [f[1:] for f in FRAMES[1:]]
+    assert sorted(recorder.verified) == list(range(len(FRAMES)))

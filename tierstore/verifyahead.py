@@ -39,6 +39,10 @@ __all__ = ["VerifyAhead", "collect", "process_helper_pool"]
 #: what a check hands out: a payload view, or a buffer decrypted into.
 T = TypeVar("T")
 
+#: how long the helper waits for the consumer to hand it the next frame before it
+#: leaves the rest of the read to the consumer.
+HELPER_IDLE_S = 0.1
+
 #: how many frames the consumer keeps handed to the helper beyond the one it needs
 #: (measured: 1 and 2 alike; 4 or all at once slower, the frames leave the cache
 #: before the consumer reads them).
@@ -172,9 +176,15 @@ class VerifyAhead(Generic[T]):
                         j = self._claim()
                         if j is not None:
                             break
-                        self._helper_waits = True  # for the consumer to feed the next frame
-                        self._cond.wait()
+                        # Wait for the consumer to feed the next frame, but not for a
+                        # consumer that has paused (a half-read iterator): the helper
+                        # would hold up the pool, and a store's close, for ever. A
+                        # consumer that comes back verifies the rest itself.
+                        self._helper_waits = True
+                        fed = self._cond.wait(HELPER_IDLE_S)
                         self._helper_waits = False
+                        if not fed:
+                            return
                 self._check(j, verify)
         finally:
             self._helper_done.set()
