@@ -49,7 +49,7 @@ HELPER_IDLE_S = 0.1
 LOOKAHEAD_FRAMES = 2
 
 
-_process_pool: tuple[int, ThreadPoolExecutor] | None = None
+_process_pool: ThreadPoolExecutor | None = None
 _process_pool_lock = threading.Lock()
 
 
@@ -69,10 +69,9 @@ def process_helper_pool() -> ThreadPoolExecutor:
     (clients). A forked child gets a fresh pool: the parent's thread is not there."""
     global _process_pool
     with _process_pool_lock:
-        if _process_pool is None or _process_pool[0] != os.getpid():  # pid: belt and braces
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-verify")
-            _process_pool = (os.getpid(), pool)
-        return _process_pool[1]
+        if _process_pool is None:
+            _process_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-verify")
+        return _process_pool
 
 
 class VerifyAhead(Generic[T]):

@@ -120,7 +120,7 @@ def open_frames_into(
 def open_pieces_into(
     sealer: FrameSealer,
     pieces: Sequence[FramePiece],
-    lookup: Callable[[int], bytes | memoryview],
+    lookup: Callable[[int], memoryview],
     out: memoryview,
 ) -> int:
     """Verify (and decrypt) ``pieces`` — ``(frame index, start, stop)`` of each frame's
@@ -144,7 +144,7 @@ def open_pieces_into(
         return True
 
     try:
-        collect(len(pieces), lambda k: memoryview(lookup(k)), open_one)
+        collect(len(pieces), lookup, open_one)
     except IntegrityError:
         zero(out)
         raise
@@ -185,16 +185,14 @@ def open_frames(
 def open_all_frames(
     sealer: FrameSealer,
     indexes: Sequence[int],
-    lookup: Callable[[int], bytes | memoryview],
+    lookup: Callable[[int], memoryview],
     allocate: FrameAllocator,
 ) -> list[pa.Buffer]:
     """As :func:`open_frames` for frames ``indexes``, whose stored bytes ``lookup(k)``
     gives (called on this thread only), opened on this thread and the process's
     helper at once (:mod:`tierstore.verifyahead`). The local read path's frames."""
     return collect(
-        len(indexes),
-        lambda k: memoryview(lookup(k)),
-        lambda k, stored: _open_frame(sealer, indexes[k], stored, allocate),
+        len(indexes), lookup, lambda k, stored: _open_frame(sealer, indexes[k], stored, allocate)
     )
 
 
