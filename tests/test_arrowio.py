@@ -412,3 +412,24 @@ def test_a_misaligned_frame_is_copied_to_an_aligned_buffer_and_an_aligned_one_is
     assert all(
         any(low <= address < high for low, high in spans) for address in _buffer_addresses(in_place)
     )
+
+
+# ---------------------------------------------------------------- fixed-size list values
+
+
+@given(
+    values=st.integers(0, 40),
+    list_size=st.integers(1, 5),
+    child_offset=st.integers(0, 5),
+    data=st.data(),
+)
+def test_fixed_list_values_equal_flatten_on_any_slice(
+    values: int, list_size: int, child_offset: int, data: st.DataObject
+) -> None:
+    child = pa.array(np.arange(values + child_offset, dtype=np.int32)).slice(child_offset)
+    rows = len(child) // list_size
+    array = pa.FixedSizeListArray.from_arrays(child.slice(0, rows * list_size), list_size)
+    start = data.draw(st.integers(0, rows))
+    length = data.draw(st.integers(0, rows - start))
+    sliced = array.slice(start, length)
+    assert arrowio.fixed_list_values(sliced).to_pylist() == sliced.flatten().to_pylist()

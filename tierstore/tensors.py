@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from tierstore.arrowio import DEFAULT_MAX_FRAME_BYTES, table_to_frames
+from tierstore.arrowio import DEFAULT_MAX_FRAME_BYTES, fixed_list_values, table_to_frames
 from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
 
 __all__ = [
@@ -183,7 +183,7 @@ def table_to_tensor(table: pa.Table) -> Any:
         raise MalformedArrow(f"tensor column of type {column.type} does not hold {name}")
     if column.null_count:
         raise MalformedArrow("tensor column has null rows")
-    chunks = [chunk.storage.flatten() for chunk in column.chunks]
+    chunks = [fixed_list_values(chunk.storage) for chunk in column.chunks]
     if len(chunks) == 1:
         values = chunks[0]
     else:  # the one copy a multi-frame tensor costs

@@ -4,6 +4,9 @@ errors for what has no tensor form."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -109,3 +112,27 @@ def test_strings_are_lists_only_when_asked() -> None:
     assert out["s"] == ["a", "b"] and out["n"].tolist() == [1, 2]
     with pytest.raises(InvalidArgument):
         check_schema(batch.schema, "sometimes")  # type: ignore[arg-type]
+
+
+def test_conversions_leave_pyarrow_compute_unimported() -> None:
+    # Its first import costs 0.03 to 0.2 s, which a DataLoader worker forked each epoch
+    # would pay before its first batch.
+    program = (
+        "import sys, numpy as np, pyarrow as pa\n"
+        "from tierstore.tensors import table_to_tensor, tensor_to_table\n"
+        "from tierstore.torch.arrow_tensors import batch_to_tensors\n"
+        "table = tensor_to_table(np.arange(24.0).reshape(2, 3, 4))\n"
+        "assert table_to_tensor(table).shape == (2, 3, 4)\n"
+        "kind = pa.fixed_shape_tensor(pa.uint8(), (2, 2))\n"
+        "lists = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.uint8)), 4)\n"
+        "images = pa.ExtensionArray.from_storage(kind, lists)\n"
+        "batch = pa.record_batch([images, lists], names=['image', 'list']).slice(1)\n"
+        "out = batch_to_tensors(batch)\n"
+        "assert out['image'].shape == (2, 2, 2) and int(out['image'][0, 0, 0]) == 4\n"
+        "assert out['list'].shape == (2, 4) and int(out['list'][1, 3]) == 11\n"
+        "print('pyarrow.compute' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "False"

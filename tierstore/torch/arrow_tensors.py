@@ -37,6 +37,7 @@ import pyarrow as pa
 import torch
 import torch.utils.dlpack
 
+from tierstore.arrowio import fixed_list_values
 from tierstore.errors import InvalidArgument, UnsupportedData
 
 __all__ = [
@@ -141,7 +142,7 @@ def _tensor_column(name: str, array: pa.ExtensionArray) -> torch.Tensor:
     # is physical axis permutation[i] (numpy's transpose), as the Arrow spec defines it.
     shape = [int(n) for n in dtype.shape]
     permutation = [int(p) for p in dtype.permutation or range(len(shape))]
-    tensor = _flat_tensor(name, array.storage.flatten()).reshape(len(array), *shape)
+    tensor = _flat_tensor(name, fixed_list_values(array.storage)).reshape(len(array), *shape)
     if permutation != sorted(permutation):
         tensor = tensor.permute(0, *[1 + p for p in permutation])  # a strided view, no copy
     return tensor
@@ -159,7 +160,7 @@ def column_to_tensor(name: str, array: pa.Array) -> torch.Tensor:
         return _tensor_column(name, array)
     if pa.types.is_fixed_size_list(dtype) and dtype.value_type in _NUMERIC:
         _refuse_nulls(name, array)
-        flat = _flat_tensor(name, array.flatten())
+        flat = _flat_tensor(name, fixed_list_values(array))
         return flat.reshape(len(array), dtype.list_size)
     if pa.types.is_boolean(dtype):
         _refuse_nulls(name, array)
