@@ -23,7 +23,10 @@ read, one DataLoader epoch per case, all with the same ``--batch-size`` (in-work
 * **simulated accelerator** — the warm cases again, each batch handed to an asynchronous
   simulated accelerator (a thread with a launch queue of 2, as a GPU runs queued work
   beside the host) that spends 1.2x the ceiling's best read time per batch on it;
-  utilisation = compute time / wall time (until the last batch is computed).
+  utilisation = compute time / wall time (until the last batch is computed);
+* **GPU** (phase ``gpu``, on a machine with CUDA) — the same, with a real GPU as the
+  accelerator: batches go to the device through ``tierstore.torch.DeviceFeeder`` and each
+  gets a kernel that spins for the same compute time, timed with CUDA events.
 
 Warm cases (and the accelerator cases) run ``--repeats`` rounds, interleaved case by case;
 figures are the best epoch with the median in brackets; ratios are best/best (median/
@@ -80,7 +83,8 @@ COLD_PROXY = "tierstore cold, archive behind the proxy"
 HALF_1 = "hot tier = dataset/2, proxy: epoch 1"
 HALF_2 = "hot tier = dataset/2, proxy: epoch 2"
 ACCEL = " + accelerator"
-PHASES = ("warm", "accel", "cold", "half")
+GPU = " + GPU (DeviceFeeder)"
+PHASES = ("warm", "accel", "cold", "half", "gpu")
 
 T_LOCAL_VS_CEILING = 0.8
 T_WARM_VS_BOTO3 = 5.0
@@ -110,7 +114,9 @@ class Cases:
             multiprocessing_context="fork",
         )
 
-    def plain(self, case: str, epoch: int, compute_s: float = 0.0) -> Epoch:
+    def plain(
+        self, case: str, epoch: int, compute_s: float = 0.0, device: str | None = None
+    ) -> Epoch:
         names, size = self.spec.names, self.args.batch_size
         dataset: FileDataset | Boto3Dataset
         if case == CEILING:
@@ -119,9 +125,18 @@ class Cases:
             endpoint = self.bed.endpoint(throttled=case == BOTO3_PROXY)
             dataset = Boto3Dataset(endpoint, self.bed.credentials, names, size, self.args.seed)
         dataset.set_epoch(epoch)
-        return self._record(run_epoch(case, self._loader(dataset), self.spec, compute_s))
+        loader = self._loader(dataset)
+        return self._record(run_epoch(case, loader, self.spec, compute_s, device=device))
 
-    def tierstore(self, case: str, epoch: int, *, local: bool, compute_s: float = 0.0) -> Epoch:
+    def tierstore(
+        self,
+        case: str,
+        epoch: int,
+        *,
+        local: bool,
+        compute_s: float = 0.0,
+        device: str | None = None,
+    ) -> Epoch:
         make_client = functools.partial(connect, **self.bed.connect_kwargs(), local_reads=local)
         source = ReadPaths(GrpcShardSource(make_client))
         dataset = IterableDataset(
@@ -129,7 +144,7 @@ class Cases:
         )
         dataset.set_epoch(epoch)
         before = self.bed.dataset_stats()
-        result = run_epoch(case, self._loader(dataset), self.spec, compute_s)
+        result = run_epoch(case, self._loader(dataset), self.spec, compute_s, device=device)
         after = self.bed.dataset_stats()
         return self._record(
             dataclasses.replace(
@@ -174,31 +189,39 @@ def run(args: argparse.Namespace, bed: Testbed) -> Cases:
     stored = bed.dataset_stats()["bytes"]
     epoch = 0
 
-    def warm_round(names: list[str], compute_s: float = 0.0) -> None:
+    def warm_round(names: list[str], compute_s: float = 0.0, device: str | None = None) -> None:
         nonlocal epoch
+        suffix = (GPU if device else ACCEL) if compute_s else ""
         for case in names:
             if case in (CEILING, BOTO3, BOTO3_PROXY):
-                cases.plain(case + (ACCEL if compute_s else ""), epoch, compute_s)
+                cases.plain(case + suffix, epoch, compute_s, device)
             else:
-                label = case + (ACCEL if compute_s else "")
-                cases.tierstore(label, epoch, local=case == LOCAL, compute_s=compute_s)
+                local = case == LOCAL
+                cases.tierstore(
+                    case + suffix, epoch, local=local, compute_s=compute_s, device=device
+                )
         epoch += 1
 
-    if phases & {"warm", "accel"}:
+    if phases & {"warm", "accel", "gpu"}:
         log(f"warm epochs ({args.repeats} rounds, server archive on loopback) ...")
         for _ in range(args.repeats):
             warm_round(
                 [CEILING, LOCAL, GRPC, BOTO3, BOTO3_PROXY] if "warm" in phases else [CEILING]
             )
-    if "accel" in phases:
+    if phases & {"accel", "gpu"}:
         per_batch = min(e.read_s_per_batch for e in cases.of(CEILING))
         args.compute_s = COMPUTE_FACTOR * per_batch
         log(
-            f"simulated accelerator: {args.compute_s * 1e3:.2f} ms per batch "
+            f"accelerator: {args.compute_s * 1e3:.2f} ms per batch "
             f"(= {COMPUTE_FACTOR} x the ceiling's best {per_batch * 1e3:.2f} ms read per batch)"
         )
+    if "accel" in phases:
         for _ in range(args.repeats):
             warm_round([CEILING, LOCAL, GRPC], args.compute_s)
+    if "gpu" in phases:
+        log("GPU epochs: DeviceFeeder to cuda, a spin kernel per batch ...")
+        for _ in range(args.repeats):
+            warm_round([CEILING, LOCAL, GRPC], args.compute_s, device="cuda")
     if "cold" in phases:
         log(f"cold epochs ({args.cold_repeats} rounds, archive on loopback) ...")
         for _ in range(args.cold_repeats):
@@ -273,7 +296,7 @@ def _row(cases: Cases, case: str) -> Row | None:
 
 def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
     names = [CEILING, LOCAL, GRPC, BOTO3, BOTO3_PROXY, COLD, COLD_PROXY, HALF_1, HALF_2]
-    names += [n + ACCEL for n in (CEILING, LOCAL, GRPC)]
+    names += [n + suffix for suffix in (ACCEL, GPU) for n in (CEILING, LOCAL, GRPC)]
     rows = {n: r for n in names if (r := _row(cases, n)) is not None}
 
     def ratio(case: str, base: str) -> tuple[float, float] | None:
@@ -346,6 +369,16 @@ def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
             max(steady),
             statistics.median(steady),
         )
+    for case, short in ((LOCAL + GPU, "local path"), (CEILING + GPU, "ceiling")):
+        if gpu := cases.of(case):
+            for label, values in (
+                ("GPU utilisation", [e.utilisation for e in gpu]),
+                ("GPU utilisation after the first batch", [e.steady_utilisation for e in gpu]),
+            ):
+                info[f"{label}, {short}"] = (
+                    max(values),
+                    statistics.median(values),
+                )
     for name, value in info.items():
         if value is not None:
             log(f"{name:<58} {value[0]:7.2f} ({value[1]:.2f})       —  info")
@@ -382,7 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--ttfb-ms", type=float, default=20.0, help="proxy: time to first byte")
     parser.add_argument("--mb-per-s", type=float, default=100.0, help="proxy: MB/s per connection")
-    parser.add_argument("--phases", default=",".join(PHASES), help="subset of " + ",".join(PHASES))
+    default_phases = PHASES if torch.cuda.is_available() else PHASES[:-1]
+    parser.add_argument(
+        "--phases",
+        default=",".join(default_phases),
+        help="subset of " + ",".join(PHASES) + " (gpu: default where CUDA is available)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the work directory")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -391,6 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases {sorted(unknown)}")
+    if "gpu" in args.phases.split(",") and not torch.cuda.is_available():
+        parser.error("the gpu phase needs a CUDA device, and torch sees none")
     args.compute_s = 0.0
     return args
 

@@ -22,6 +22,7 @@ into shared memory, as ``default_collate`` does in a worker (:func:`_gather`).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ import pyarrow as pa
 import torch
 import torch.utils.data
 
+from tierstore.arrowio import fixed_list_values
 from tierstore.client.client import Client
+from tierstore.torch.feed import DeviceFeeder
 
 __all__ = [
     "DATASET",
     "OBJECT_BUCKET",
     "Boto3Dataset",
+    "CudaAccelerator",
     "DataSpec",
     "Epoch",
     "FileDataset",
@@ -160,7 +164,8 @@ class _ShardViews:
             # Read-only memory (a mapped file, a received body): never written here.
             warnings.simplefilter("ignore", UserWarning)
             for batch in table.to_batches():
-                image = batch.column("image").storage.flatten()
+                # (flatten() would import pyarrow.compute in every freshly forked worker)
+                image = fixed_list_values(batch.column("image").storage)
                 label = batch.column("label")
                 self.images.append(
                     torch.from_numpy(image.to_numpy(zero_copy_only=True)).view(
@@ -413,35 +418,113 @@ class SimulatedAccelerator:
 _DONE = object()
 
 
+class CudaAccelerator:
+    """A real GPU as the accelerator: each batch (already on the device, from a
+    :class:`~tierstore.torch.feed.DeviceFeeder`) gets a kernel that keeps the GPU busy for
+    ``compute_s`` (``torch.cuda._sleep``, a spin calibrated once), queued on the current
+    stream, so it starts only after the batch's copy has landed.
+
+    Like :class:`SimulatedAccelerator`, it has a launch queue: :meth:`submit` blocks while
+    more than ``queue_depth`` batches wait behind the one running. Its busy time is
+    measured on the device (CUDA events around each kernel), not assumed.
+    """
+
+    def __init__(self, compute_s: float, queue_depth: int = 2) -> None:
+        self.compute_s = compute_s
+        self.busy_s = 0.0
+        self._depth = queue_depth
+        self._cycles = _spin_cycles(compute_s)
+        self._launched: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+
+    def submit(self, batch: Any) -> None:
+        while len(self._launched) > self._depth:
+            self._retire()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(self._cycles)
+        end.record()
+        self._launched.append((start, end, batch))
+
+    def finish(self) -> None:
+        """Wait until every submitted batch is computed."""
+        while self._launched:
+            self._retire()
+
+    def _retire(self) -> None:
+        start, end, _batch = self._launched.popleft()
+        end.synchronize()
+        self.busy_s += start.elapsed_time(end) / 1e3
+
+
+def _spin_cycles(seconds: float) -> int:
+    """GPU clock cycles that ``torch.cuda._sleep`` spins for ``seconds`` (measured here)."""
+    probe = 20_000_000
+    torch.cuda._sleep(probe)  # warm-up: clocks up, module loaded
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(probe)
+    end.record()
+    end.synchronize()
+    per_s = probe / (start.elapsed_time(end) / 1e3)
+    return max(1, int(seconds * per_s))
+
+
+class _Tally:
+    """Counts rows, bytes and label sums of host batches as they pass."""
+
+    def __init__(self) -> None:
+        self.samples = self.nbytes = self.batches = self.label_sum = 0
+
+    def count(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            labels = batch["label"]
+            self.samples += len(labels)
+            self.label_sum += int(labels.sum())
+            self.nbytes += batch["image"].nbytes + labels.nbytes
+            self.batches += 1
+            yield batch
+
+
 def run_epoch(
-    case: str, loader: torch.utils.data.DataLoader[Any], spec: DataSpec, compute_s: float = 0.0
+    case: str,
+    loader: torch.utils.data.DataLoader[Any],
+    spec: DataSpec,
+    compute_s: float = 0.0,
+    *,
+    device: str | None = None,
 ) -> Epoch:
-    """Consume one epoch of ``loader``, handing each batch to a
-    :class:`SimulatedAccelerator` that spends ``compute_s`` on it (none when 0); the
-    epoch ends when the last batch is computed. Raises RuntimeError unless every row
-    arrived exactly once (count and sum of the labels)."""
-    samples = nbytes = batches = label_sum = 0
-    first = 0.0
-    accelerator = SimulatedAccelerator(compute_s) if compute_s else None
+    """Consume one epoch of ``loader``, handing each batch to an accelerator that spends
+    ``compute_s`` on it (none when 0): a :class:`SimulatedAccelerator`, or with ``device``
+    (``"cuda"``) a :class:`CudaAccelerator`, the batches moved there by a
+    :class:`~tierstore.torch.feed.DeviceFeeder`. The epoch ends when the last batch is
+    computed. Raises RuntimeError unless every row arrived exactly once (count and sum of
+    the labels, taken on the host)."""
+    tally = _Tally()
+    accelerator: SimulatedAccelerator | CudaAccelerator | None = None
+    if compute_s:
+        accelerator = CudaAccelerator(compute_s) if device else SimulatedAccelerator(compute_s)
+    first = None
     began = time.perf_counter()
-    for batch in loader:
-        if not batches:
+    batches: Iterable[Batch] = tally.count(loader)
+    if device:
+        batches = DeviceFeeder(batches, device)
+    for batch in batches:
+        if first is None:
             first = time.perf_counter() - began
-        labels = batch["label"]
-        samples += len(labels)
-        label_sum += int(labels.sum())
-        nbytes += batch["image"].nbytes + labels.nbytes
-        batches += 1
         if accelerator is not None:
             accelerator.submit(batch)
-        del batch, labels
+        del batch
     if accelerator is not None:
         accelerator.finish()
+    elif device:
+        torch.cuda.synchronize()
     busy = accelerator.busy_s if accelerator is not None else 0.0
     wall = time.perf_counter() - began
-    if samples != spec.rows or label_sum != spec.label_sum:
+    if tally.samples != spec.rows or tally.label_sum != spec.label_sum:
         raise RuntimeError(
-            f"{case}: {samples} samples (label sum {label_sum}), expected {spec.rows} "
-            f"({spec.label_sum}): rows lost or repeated"
+            f"{case}: {tally.samples} samples (label sum {tally.label_sum}), expected "
+            f"{spec.rows} ({spec.label_sum}): rows lost or repeated"
         )
-    return Epoch(case, samples, nbytes, batches, wall, first, busy)
+    return Epoch(case, tally.samples, tally.nbytes, tally.batches, wall, first or 0.0, busy)
