@@ -126,6 +126,22 @@ def test_spawned_workers_with_in_worker_batches(samples: Samples) -> None:
 
 
 @READ_PATHS
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.usefixtures("local_reads")
+def test_batches_from_threads_in_the_process_or_in_workers(samples: Samples, workers: int) -> None:
+    dataset = IterableDataset(
+        samples.dataset, seed=5, batch_size=8, batch_threads=3, **samples.connection
+    )
+    context = "fork" if workers else None
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, multiprocessing_context=context
+    )
+    batches = list(loader)
+    check_values(rows_of(batches), samples)
+    assert batch_ids(batches) == loader_order(samples, workers, 8, seed=5)
+
+
+@READ_PATHS
 def test_a_parent_that_read_before_forking(
     samples: Samples, capfd: pytest.CaptureFixture[str], local_reads: str
 ) -> None:

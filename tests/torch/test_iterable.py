@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from tierstore.errors import (
     WrongShardKind,
 )
 from tierstore.torch import IterableDataset
+from tierstore.torch import iterable as iterable_module
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
 from .memory import MemoryService, MemorySource, sample_table
@@ -111,6 +113,7 @@ def test_unshuffled_batches_inside_one_record_batch_are_views() -> None:
 @given(
     batch_size=st.one_of(st.none(), st.integers(1, 6)),
     read_ahead=st.integers(0, 2),
+    batch_threads=st.integers(0, 3),
     shuffle=st.booleans(),
     seed=st.integers(0, 1000),
     epoch=st.integers(0, 5),
@@ -121,6 +124,7 @@ def test_unshuffled_batches_inside_one_record_batch_are_views() -> None:
 def test_resume_from_any_state_yields_exactly_the_rest(
     batch_size: int | None,
     read_ahead: int,
+    batch_threads: int,
     shuffle: bool,
     seed: int,
     epoch: int,
@@ -133,6 +137,8 @@ def test_resume_from_any_state_yields_exactly_the_rest(
     )
     svc = service()
     options = {"batch_size": batch_size, "read_ahead": read_ahead, "shuffle": shuffle, "seed": seed}
+    if batch_size is not None:
+        options["batch_threads"] = batch_threads
     with (
         mock.patch("tierstore.torch.iterable.current_slot", return_value=slot),
         warnings.catch_warnings(),
@@ -271,6 +277,44 @@ def test_declare_plan_false_sends_nothing() -> None:
     assert svc.calls == []
 
 
+# Batches from threads.
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_batches_from_threads_are_the_same_batches_in_the_same_order(
+    threads: int, seed: int
+) -> None:
+    svc = service()
+    inline = list(make(svc, batch_size=4, seed=seed))
+    names: set[str] = set()
+    real = iterable_module.assemble
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        names.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    with mock.patch.object(iterable_module, "assemble", recording):
+        threaded = list(make(svc, batch_size=4, seed=seed, batch_threads=threads))
+    assert len(threaded) == len(inline)
+    for ours, theirs in zip(threaded, inline, strict=True):
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            assert torch.equal(ours[name], theirs[name]), name
+    assert names and all(name.startswith("tierstore-batches") for name in names)
+
+
+def test_batches_before_a_bad_shard_come_out_first_with_threads() -> None:
+    bad = sample_table(1, 2).set_column(0, "id", pa.array([1_000_000, None], pa.int64()))
+    svc = MemoryService("ds", {"a": sample_table(0, 8), "b": bad})
+    iterator = iter(make(svc, batch_size=4, shuffle=False, batch_threads=2))
+    assert [ids([next(iterator)]), ids([next(iterator)])] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(UnsupportedData, match="column 'id' has 1 null") as caught:
+        next(iterator)
+    assert "tierstore.torch: in shard ds/b" in caught.value.__notes__
+    assert iterator.state_dict()["shard"] == 1  # resume starts at the bad shard
+
+
 # Bad input.
 
 
@@ -280,6 +324,8 @@ def test_declare_plan_false_sends_nothing() -> None:
         ({"batch_size": 0}, "batch_size must be an int >= 1"),
         ({"seed": -1}, "seed must be"),
         ({"read_ahead": -1}, "read_ahead must be"),
+        ({"batch_size": 2, "batch_threads": -1}, "batch_threads must be"),
+        ({"batch_threads": 2}, "batch_threads assembles batches: it needs a batch_size"),
         ({"strings": "maybe"}, "strings must be"),
         ({"shards": ["a/0"], "prefix": "a"}, "not both"),
         ({"shards": "a/0"}, "list of shard names"),
@@ -340,7 +386,17 @@ def test_nulls_are_an_error_when_their_shard_is_read() -> None:
     assert "tierstore.torch: in shard ds/s" in caught.value.__notes__
 
 
-# Pinned memory: a CPU-only torch skips pinning, so this runs where CUDA is.
+# Pinned memory: a CPU-only torch skips pinning, so these run where CUDA is.
+
+
+def check_pinned_copies(batches: list[dict[str, Any]]) -> None:
+    """Every tensor is page-locked and reaches the GPU intact by a non-blocking copy."""
+    for batch in batches:
+        for name in ("id", "x"):
+            assert batch[name].is_pinned(), name
+            on_gpu = batch[name].to("cuda", non_blocking=True)
+            torch.cuda.synchronize()
+            assert torch.equal(on_gpu.cpu(), batch[name])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -359,9 +415,14 @@ def test_batches_are_pinned_and_reach_the_gpu(workers: int, in_worker_batches: b
     )
     batches = list(loader)
     assert sorted(ids(batches)) == sorted(ids(list(make(svc, shuffle=False))))
-    for batch in batches:
-        for name in ("id", "x"):
-            assert batch[name].is_pinned(), name
-            on_gpu = batch[name].to("cuda", non_blocking=True)
-            torch.cuda.synchronize()
-            assert torch.equal(on_gpu.cpu(), batch[name])
+    check_pinned_copies(batches)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("threads", [0, 2])
+def test_pin_memory_assembles_batches_in_page_locked_memory(threads: int) -> None:
+    svc = service()
+    plain = list(make(svc, seed=3, batch_size=4))
+    pinned = list(make(svc, seed=3, batch_size=4, batch_threads=threads, pin_memory=True))
+    assert ids(pinned) == ids(plain)
+    check_pinned_copies(pinned)

@@ -73,6 +73,18 @@ def test_a_failed_fetch_raises_when_its_turn_comes() -> None:
         next(generator)
 
 
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_failing_source_raises_after_what_came_before(depth: int) -> None:
+    def names() -> object:
+        yield from ("a", "b")
+        raise ValueError("no more names")
+
+    generator = read_ahead(Recorder(), names(), depth)  # type: ignore[arg-type]
+    assert [next(generator), next(generator)] == ["A", "B"]
+    with pytest.raises(ValueError, match="no more names"):
+        next(generator)
+
+
 _INHERITED = None
 
 

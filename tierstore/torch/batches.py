@@ -9,7 +9,8 @@ A shard arrives as an Arrow table of one or more record batches (one per frame);
   are one contiguous run of one record batch and the batch stays in this process, else
   one gather into a fresh tensor — allocated in shared memory when ``shared`` (a
   DataLoader worker), because a worker's batch is moved to shared memory to reach the main
-  process anyway, and a view would drag its whole record batch along.
+  process anyway, and a view would drag its whole record batch along; in page-locked
+  memory when ``pinned`` (torch's caching host allocator reuses its blocks).
 
 Thread safety: a ShardRows is read-only after construction; share it freely.
 """
@@ -95,7 +96,9 @@ def _contiguous(part: Part) -> tuple[int, int, int] | None:
     return int(groups[0]), int(local[0]), int(local[1]) + 1
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool, pinned: bool) -> torch.Tensor:
+    if pinned:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
     if not shared:
         return torch.empty(shape, dtype=dtype)
     # Like torch's default_collate in a worker: allocate straight in shared memory, so the
@@ -105,11 +108,11 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
-def _gather(name: str, parts: Sequence[Part], shared: bool) -> torch.Tensor:
+def _gather(name: str, parts: Sequence[Part], shared: bool, pinned: bool) -> torch.Tensor:
     first = parts[0].shard.groups[0][name]
     assert isinstance(first, torch.Tensor)
     total = sum(len(part.rows) for part in parts)
-    out = _empty((total, *first.shape[1:]), first.dtype, shared)
+    out = _empty((total, *first.shape[1:]), first.dtype, shared, pinned)
     if len(parts) == 1:
         groups, local = parts[0].shard.locate(parts[0].rows)
         if bool((groups == groups[0]).all()):  # one record batch: gather straight into place
@@ -139,17 +142,18 @@ def _pick(name: str, parts: Sequence[Part]) -> list[Any]:
     return picked
 
 
-def assemble(parts: Sequence[Part], *, shared: bool = False) -> Sample:
+def assemble(parts: Sequence[Part], *, shared: bool = False, pinned: bool = False) -> Sample:
     """One batch of the given rows, in order: a ``dict`` of tensors (``batch[0]`` is the
     first row) and lists for list columns.
 
-    A single contiguous run of one record batch is returned as views when not ``shared``;
-    anything else is gathered once into new tensors (in shared memory when ``shared``).
+    A single contiguous run of one record batch is returned as views when neither
+    ``shared`` nor ``pinned``; anything else is gathered once into new tensors (in shared
+    memory when ``shared``, page-locked when ``pinned``: that needs CUDA).
     ``parts`` must be non-empty, share one schema, and hold at least one row in all.
     """
     parts = [part for part in parts if len(part.rows)]
     names = parts[0].shard.names
-    run = _contiguous(parts[0]) if len(parts) == 1 and not shared else None
+    run = _contiguous(parts[0]) if len(parts) == 1 and not (shared or pinned) else None
     out: Sample = {}
     for name in names:
         if run is not None:
@@ -159,5 +163,5 @@ def assemble(parts: Sequence[Part], *, shared: bool = False) -> Sample:
         if isinstance(parts[0].shard.groups[0][name], list):
             out[name] = _pick(name, parts)
         else:
-            out[name] = _gather(name, parts, shared)
+            out[name] = _gather(name, parts, shared, pinned)
     return out

@@ -3,8 +3,9 @@
 Each worker of each rank reads its own slice of the epoch's shard order (see
 :mod:`tierstore.torch.order`), fetches the next ``read_ahead`` shards in the background,
 converts record batches to tensors without copying where Arrow allows it, and yields
-samples or in-worker batches. It declares its order to the service as an access plan
-(:mod:`tierstore.torch.access_plan`) so the hot tier can prepare for it.
+samples or in-worker batches (assembled ahead on ``batch_threads`` threads when asked).
+It declares its order to the service as an access plan (:mod:`tierstore.torch.access_plan`)
+so the hot tier can prepare for it.
 
 Process model: the object is made in the main process — that is where the shard list is
 resolved and bad input is refused — and reaches DataLoader workers by fork, spawn or
@@ -31,6 +32,8 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch.utils.data
 
 from tierstore.errors import InvalidArgument
@@ -77,6 +80,12 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     epoch from :meth:`set_epoch`. ``batch_size``: yield batches of that many rows, built in
     the worker, spanning shard boundaries (the last one short unless ``drop_last``); None
     yields single samples. ``read_ahead``: shards fetched ahead per worker.
+    ``batch_threads``: batches assembled ahead by this many threads of the iterating
+    process (0: each on the iterating thread when it is due); with ``num_workers=0`` this
+    replaces worker processes (docs/torch.md, "Batches from threads"). ``pin_memory``:
+    batches assembled outside DataLoader workers go straight into page-locked memory, ready
+    for a non-blocking copy to the GPU (where CUDA is available; in workers, use the
+    DataLoader's ``pin_memory``).
     ``declare_plan``: send each worker's order to the service as an access plan.
     ``retry_s``: how long a shard read retries while the service is unavailable.
     ``source``: where shards are read from (default: the service, over gRPC).
@@ -104,6 +113,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         batch_size: int | None = None,
         drop_last: bool = False,
         read_ahead: int = 2,
+        batch_threads: int = 0,
+        pin_memory: bool = False,
         declare_plan: bool = True,
         strings: Strings = "error",
         retry_s: float = 60.0,
@@ -114,6 +125,10 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.seed = _check_int("seed", seed, 0, 1 << 63)
         self.batch_size = None if batch_size is None else _check_int("batch_size", batch_size, 1)
         self.read_ahead = _check_int("read_ahead", read_ahead, 0)
+        self.batch_threads = _check_int("batch_threads", batch_threads, 0)
+        if self.batch_threads and self.batch_size is None:
+            raise InvalidArgument("batch_threads assembles batches: it needs a batch_size")
+        self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.declare_plan = bool(declare_plan)
@@ -216,6 +231,7 @@ class _Epoch:
         self._slot = current_slot()
         self._layout = owner.layout(self._slot)
         self._shared = torch.utils.data.get_worker_info() is not None
+        self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
         self._steps: Generator[Sample, None, None] | None = None
         self._reset(start.position if start is not None else Position(epoch), start)
@@ -288,35 +304,60 @@ class _Epoch:
     def _samples(
         self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
     ) -> Iterator[Sample]:
-        owner = self._owner
-        size, epoch = owner.batch_size, start.epoch
-        parts: list[Part] = []
-        held = 0  # rows in `parts`, not yet yielded
-        for (index, name), rows in zip(shards_from(self._shards, start), fetched, strict=False):
-            order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
-            done = len(rows) - len(order)
-            if size is None:
+        epoch = start.epoch
+        if self._owner.batch_size is None:
+            for index, rows, order, done in self._shard_orders(start, fetched, plan):
                 for offset, row in enumerate(order.tolist(), start=1):
                     self.position = position_after(epoch, index, done + offset, len(rows))
                     yield rows.row(row)
-            else:
-                at = 0
-                while at < len(order):
-                    take = order[at : at + size - held]
-                    parts.append(Part(rows, take))
-                    held += len(take)
-                    at += len(take)
-                    if held == size:
-                        # The position moves only when rows are yielded: rows held for a
-                        # batch that spans shards are read again after a resume.
-                        self.position = position_after(epoch, index, done + at, len(rows))
-                        batch = assemble(parts, shared=self._shared)
-                        parts, held = [], 0
-                        yield batch
+        else:
+            jobs = self._batch_jobs(start, fetched, plan)
+            threads = self._owner.batch_threads
+            made = read_ahead(self._assemble, jobs, threads, thread_name="tierstore-batches")
+            with contextlib.closing(made):
+                # The position moves only when a batch is yielded: rows held for a batch
+                # (or in batches assembled ahead) are read again after a resume.
+                for position, batch in made:
+                    self.position = position
+                    yield batch
+        self.position = Position(epoch, len(self._shards), 0)
+
+    def _shard_orders(
+        self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
+    ) -> Iterator[tuple[int, ShardRows, npt.NDArray[np.int64], int]]:
+        """``(index, rows, order, done)`` per shard still to read: its rows, the row order
+        still to read and how many rows came before; the plan hears of each shard read."""
+        owner = self._owner
+        for (index, name), rows in zip(shards_from(self._shards, start), fetched, strict=False):
+            order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
+            yield index, rows, order, len(rows) - len(order)
             if plan is not None:
                 plan.report(index + 1)
-        end = Position(epoch, len(self._shards), 0)
+
+    def _batch_jobs(
+        self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
+    ) -> Iterator[tuple[Position, list[Part]]]:
+        """Each batch's rows, in order, with the position once it is yielded."""
+        owner = self._owner
+        size, epoch = owner.batch_size, start.epoch
+        assert size is not None
+        parts: list[Part] = []
+        held = 0  # rows in `parts`, not yet in a batch
+        for index, rows, order, done in self._shard_orders(start, fetched, plan):
+            at = 0
+            while at < len(order):
+                take = order[at : at + size - held]
+                parts.append(Part(rows, take))
+                held += len(take)
+                at += len(take)
+                if held == size:
+                    yield position_after(epoch, index, done + at, len(rows)), parts
+                    parts, held = [], 0
         if held and not owner.drop_last:
-            self.position = end
-            yield assemble(parts, shared=self._shared)
-        self.position = end
+            yield Position(epoch, len(self._shards), 0), parts
+
+    def _assemble(
+        self, job: tuple[Position, list[Part]], stop: threading.Event
+    ) -> tuple[Position, Sample]:
+        position, parts = job
+        return position, assemble(parts, shared=self._shared, pinned=self._pinned)
