@@ -12,6 +12,10 @@ read, one DataLoader epoch per case, all with the same ``--batch-size`` (in-work
 * **tierstore, local path** — ``tierstore.torch.IterableDataset``, the client reading hot
   shards in place (the default on the server's host);
 * **tierstore, gRPC path** — the same with ``connect(..., local_reads=False)``;
+* **tierstore, batch threads** — the local path without worker processes:
+  ``DataLoader(num_workers=0)`` over the plugin with ``batch_threads=--batch-threads``, so
+  batches are assembled by threads of the training process and never cross a process
+  boundary (in the ``gpu`` phase also ``pin_memory=True``: assembled in page-locked memory);
 * **boto3** — a plain ``IterableDataset`` doing ``get_object`` + ``pa.ipc`` decode of the
   same files from SeaweedFS, directly and through the throttling proxy
   (:class:`~tierstore.testing.throttle.ThrottlingProxy`: ``--ttfb-ms`` to first byte,
@@ -75,6 +79,7 @@ from tierstore.torch.source import GrpcShardSource
 
 CEILING = "ceiling: local Arrow files (mmap)"
 LOCAL = "tierstore local path, warm"
+THREADS = "tierstore local path, batch threads, no workers"
 GRPC = "tierstore gRPC path, warm"
 BOTO3 = "boto3, SeaweedFS on loopback"
 BOTO3_PROXY = "boto3, behind the proxy"
@@ -106,7 +111,9 @@ class Cases:
         self.spec = bed.spec
         self.epochs: list[Epoch] = []
 
-    def _loader(self, dataset: Any) -> DataLoader[Any]:
+    def _loader(self, dataset: Any, in_process: bool = False) -> DataLoader[Any]:
+        if in_process:
+            return DataLoader(dataset, batch_size=None, num_workers=0)
         return DataLoader(
             dataset,
             batch_size=None,
@@ -136,15 +143,25 @@ class Cases:
         local: bool,
         compute_s: float = 0.0,
         device: str | None = None,
+        threads: int = 0,
     ) -> Epoch:
+        """One epoch of the plugin: in ``--workers`` worker processes, or with ``threads``
+        in this process (``num_workers=0``, ``batch_threads=threads``, pinned for a
+        device)."""
         make_client = functools.partial(connect, **self.bed.connect_kwargs(), local_reads=local)
         source = ReadPaths(GrpcShardSource(make_client))
         dataset = IterableDataset(
-            DATASET, batch_size=self.args.batch_size, seed=self.args.seed, source=source
+            DATASET,
+            batch_size=self.args.batch_size,
+            seed=self.args.seed,
+            source=source,
+            batch_threads=threads,
+            pin_memory=threads > 0 and device is not None,
         )
         dataset.set_epoch(epoch)
         before = self.bed.dataset_stats()
-        result = run_epoch(case, self._loader(dataset), self.spec, compute_s, device=device)
+        loader = self._loader(dataset, in_process=threads > 0)
+        result = run_epoch(case, loader, self.spec, compute_s, device=device)
         after = self.bed.dataset_stats()
         return self._record(
             dataclasses.replace(
@@ -196,9 +213,14 @@ def run(args: argparse.Namespace, bed: Testbed) -> Cases:
             if case in (CEILING, BOTO3, BOTO3_PROXY):
                 cases.plain(case + suffix, epoch, compute_s, device)
             else:
-                local = case == LOCAL
+                threads = args.batch_threads if case == THREADS else 0
                 cases.tierstore(
-                    case + suffix, epoch, local=local, compute_s=compute_s, device=device
+                    case + suffix,
+                    epoch,
+                    local=case in (LOCAL, THREADS),
+                    compute_s=compute_s,
+                    device=device,
+                    threads=threads,
                 )
         epoch += 1
 
@@ -206,7 +228,9 @@ def run(args: argparse.Namespace, bed: Testbed) -> Cases:
         log(f"warm epochs ({args.repeats} rounds, server archive on loopback) ...")
         for _ in range(args.repeats):
             warm_round(
-                [CEILING, LOCAL, GRPC, BOTO3, BOTO3_PROXY] if "warm" in phases else [CEILING]
+                [CEILING, LOCAL, THREADS, GRPC, BOTO3, BOTO3_PROXY]
+                if "warm" in phases
+                else [CEILING]
             )
     if phases & {"accel", "gpu"}:
         per_batch = min(e.read_s_per_batch for e in cases.of(CEILING))
@@ -217,11 +241,11 @@ def run(args: argparse.Namespace, bed: Testbed) -> Cases:
         )
     if "accel" in phases:
         for _ in range(args.repeats):
-            warm_round([CEILING, LOCAL, GRPC], args.compute_s)
+            warm_round([CEILING, LOCAL, THREADS, GRPC], args.compute_s)
     if "gpu" in phases:
         log("GPU epochs: DeviceFeeder to cuda, a spin kernel per batch ...")
         for _ in range(args.repeats):
-            warm_round([CEILING, LOCAL, GRPC], args.compute_s, device="cuda")
+            warm_round([CEILING, LOCAL, THREADS, GRPC], args.compute_s, device="cuda")
     if "cold" in phases:
         log(f"cold epochs ({args.cold_repeats} rounds, archive on loopback) ...")
         for _ in range(args.cold_repeats):
@@ -295,8 +319,8 @@ def _row(cases: Cases, case: str) -> Row | None:
 
 
 def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
-    names = [CEILING, LOCAL, GRPC, BOTO3, BOTO3_PROXY, COLD, COLD_PROXY, HALF_1, HALF_2]
-    names += [n + suffix for suffix in (ACCEL, GPU) for n in (CEILING, LOCAL, GRPC)]
+    names = [CEILING, LOCAL, THREADS, GRPC, BOTO3, BOTO3_PROXY, COLD, COLD_PROXY, HALF_1, HALF_2]
+    names += [n + suffix for suffix in (ACCEL, GPU) for n in (CEILING, LOCAL, THREADS, GRPC)]
     rows = {n: r for n in names if (r := _row(cases, n)) is not None}
 
     def ratio(case: str, base: str) -> tuple[float, float] | None:
@@ -330,6 +354,7 @@ def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
             targets.append(Target(name, measured[0], measured[1], threshold, ">="))
 
     target("warm local path / ceiling", ratio(LOCAL, CEILING), T_LOCAL_VS_CEILING)
+    target("warm local path, batch threads / ceiling", ratio(THREADS, CEILING), T_LOCAL_VS_CEILING)
     target("warm local path / boto3 behind the proxy", ratio(LOCAL, BOTO3_PROXY), T_WARM_VS_BOTO3)
     target("warm gRPC path / boto3 behind the proxy", ratio(GRPC, BOTO3_PROXY), T_WARM_VS_BOTO3)
     target(
@@ -340,14 +365,14 @@ def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
         ratio(HALF_1, BOTO3_PROXY),
         T_COLD_VS_BOTO3,
     )
-    accel = cases.of(LOCAL + ACCEL)
-    if accel:
-        utils = [e.utilisation for e in accel]
-        target(
-            "accelerator utilisation, warm local path",
-            (max(utils), statistics.median(utils)),
-            T_UTILISATION,
-        )
+    for case, label in ((LOCAL, "warm local path"), (THREADS, "warm local path, batch threads")):
+        if accelerated := cases.of(case + ACCEL):
+            utils = [e.utilisation for e in accelerated]
+            target(
+                f"accelerator utilisation, {label}",
+                (max(utils), statistics.median(utils)),
+                T_UTILISATION,
+            )
     log("(best epoch, median in brackets; util: whole epoch (after the first batch), best)")
     log("")
     log(f"{'target':<58} {'best (median)':>15} {'needs':>8}  result")
@@ -363,13 +388,18 @@ def report(cases: Cases, args: argparse.Namespace) -> dict[str, Any]:
         "warm gRPC path / ceiling": ratio(GRPC, CEILING),
         "hot tier = dataset/2, epoch 2 / boto3 behind the proxy": ratio(HALF_2, BOTO3_PROXY),
     }
-    if accel:
+    if accel := cases.of(LOCAL + ACCEL):
         steady = [e.steady_utilisation for e in accel]
         info["utilisation after the first batch, warm local path"] = (
             max(steady),
             statistics.median(steady),
         )
-    for case, short in ((LOCAL + GPU, "local path"), (CEILING + GPU, "ceiling")):
+    gpu_cases = (
+        (LOCAL + GPU, "local path"),
+        (THREADS + GPU, "batch threads"),
+        (CEILING + GPU, "ceiling"),
+    )
+    for case, short in gpu_cases:
         if gpu := cases.of(case):
             for label, values in (
                 ("GPU utilisation", [e.utilisation for e in gpu]),
@@ -412,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cold-repeats", type=int, default=2, help="cold rounds (default 2)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per batch (256)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (2)")
+    parser.add_argument(
+        "--batch-threads", type=int, default=4, help="the batch-threads case's threads (4)"
+    )
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--ttfb-ms", type=float, default=20.0, help="proxy: time to first byte")
     parser.add_argument("--mb-per-s", type=float, default=100.0, help="proxy: MB/s per connection")
