@@ -45,3 +45,29 @@ def test_worker_batches_are_gathered_into_shared_memory() -> None:
     batch = assemble([Part(rows, np.arange(2, 5))], shared=True)
     assert batch["v"].is_shared() and batch["v"].tolist() == [2, 3, 4]
     assert batch["v"].untyped_storage().nbytes() == 3 * 8  # not the whole record batch
+
+
+def test_gathers_of_every_column_kind_match_the_rows() -> None:
+    def record_batch(first: int, size: int) -> pa.RecordBatch:
+        ids = np.arange(first, first + size)
+        images = (np.arange(size * 24, dtype=np.uint8) + first).reshape(size, 24)
+        kind = pa.fixed_shape_tensor(pa.uint8(), (2, 3, 4), permutation=[2, 0, 1])
+        lists = pa.FixedSizeListArray.from_arrays(pa.array(images.ravel()), 24)
+        return pa.record_batch(
+            {
+                "flag": pa.array(ids % 3 == 0),
+                "half": pa.array(ids.astype(np.float16)),
+                "image": pa.ExtensionArray.from_storage(kind, lists),
+                "pair": pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 2)), 2),
+            }
+        )
+
+    rows = ShardRows(pa.Table.from_batches([record_batch(0, 5), record_batch(5, 4)]))
+    for picks in ([8, 0, 6, 3, 5], [4, 1, 2]):  # across record batches, then within one
+        batch = assemble([Part(rows, np.array(picks))], shared=True)
+        for name in ("flag", "half", "image", "pair"):
+            expected = [rows.row(i)[name] for i in picks]
+            assert batch[name].shape == (len(picks), *expected[0].shape), name
+            assert all(
+                bool((got == want).all()) for got, want in zip(batch[name], expected, strict=True)
+            ), name
