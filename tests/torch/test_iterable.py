@@ -386,6 +386,15 @@ def test_nulls_are_an_error_when_their_shard_is_read() -> None:
     assert "tierstore.torch: in shard ds/s" in caught.value.__notes__
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests below pin")
+def test_pin_memory_without_cuda_gives_plain_batches() -> None:
+    svc = service()
+    plain = list(make(svc, seed=3, batch_size=4))
+    asked = list(make(svc, seed=3, batch_size=4, batch_threads=2, pin_memory=True))
+    assert ids(asked) == ids(plain)
+    assert not any(batch["x"].is_pinned() for batch in asked)
+
+
 # Pinned memory: a CPU-only torch skips pinning, so these run where CUDA is.
 
 
