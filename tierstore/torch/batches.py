@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -118,12 +118,15 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool, pinned: boo
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
-def _gather(name: str, parts: Sequence[Part], shared: bool, pinned: bool) -> torch.Tensor:
-    first = parts[0].shard.groups[0][name]
+#: each part's shard with (record batch, row within it) of each of its rows
+Located: TypeAlias = Sequence[tuple[ShardRows, npt.NDArray[np.int64], npt.NDArray[np.int64]]]
+
+
+def _gather(name: str, located: Located, shared: bool, pinned: bool) -> torch.Tensor:
+    first = located[0][0].groups[0][name]
     assert isinstance(first, torch.Tensor)
-    total = sum(len(part.rows) for part in parts)
+    total = sum(len(local) for _, _, local in located)
     out = _empty((total, *first.shape[1:]), first.dtype, shared, pinned)
-    located = [(part.shard, *part.shard.locate(part.rows)) for part in parts]
     if len(located) == 1 and bool((located[0][1] == located[0][1][0]).all()):
         # One record batch: gather straight into place.
         shard, groups, local = located[0]
@@ -146,11 +149,7 @@ def _take_rows(
     np.take(source, local, axis=0, out=out.numpy(), mode="clip")  # the rows are in range
 
 
-def _copy_rows(
-    name: str,
-    located: Sequence[tuple[ShardRows, npt.NDArray[np.int64], npt.NDArray[np.int64]]],
-    out: torch.Tensor,
-) -> None:
+def _copy_rows(name: str, located: Located, out: torch.Tensor) -> None:
     """Rows from several record batches: each row copied once, in order, straight into
     ``out``. (index_copy_ of an index_select temporary copies every row twice and, for
     small-dtype rows, runs an order of magnitude slower on CPU.)"""
@@ -162,12 +161,11 @@ def _copy_rows(
     np.stack(rows, out=out.numpy())
 
 
-def _pick(name: str, parts: Sequence[Part]) -> list[Any]:
+def _pick(name: str, located: Located) -> list[Any]:
     picked: list[Any] = []
-    for part in parts:
-        groups, local = part.shard.locate(part.rows)
+    for shard, groups, local in located:
         for group, row in zip(groups.tolist(), local.tolist(), strict=True):
-            picked.append(part.shard.groups[group][name][row])
+            picked.append(shard.groups[group][name][row])
     return picked
 
 
@@ -183,6 +181,8 @@ def assemble(parts: Sequence[Part], *, shared: bool = False, pinned: bool = Fals
     parts = [part for part in parts if len(part.rows)]
     names = parts[0].shard.names
     run = _contiguous(parts[0]) if len(parts) == 1 and not (shared or pinned) else None
+    # Where each row lives, found once for every column.
+    located = [(part.shard, *part.shard.locate(part.rows)) for part in parts] if run is None else []
     out: Sample = {}
     for name in names:
         if run is not None:
@@ -190,7 +190,7 @@ def assemble(parts: Sequence[Part], *, shared: bool = False, pinned: bool = Fals
             out[name] = parts[0].shard.groups[group][name][start:stop]
             continue
         if isinstance(parts[0].shard.groups[0][name], list):
-            out[name] = _pick(name, parts)
+            out[name] = _pick(name, located)
         else:
-            out[name] = _gather(name, parts, shared, pinned)
+            out[name] = _gather(name, located, shared, pinned)
     return out
