@@ -17,7 +17,9 @@ for ``lru`` (same dataset, same plan declared, same order) it reports:
   record, because local hits reach the server's trace in batches), the same policy, a hot
   tier of C, and ``PrefetchModel(b, depth, horizon, shared_link=True)``: the engine's
   prefetch budget (``depth`` requests, ``b x horizon`` bytes) on one link of ``b`` that
-  the fetches take in turn, as the proxy's token bucket does. For reference also with
+  the transfers on it split evenly, as the proxy's token bucket does (missed reads
+  cross it too, and fetched shards take their room when they land, as in the
+  engine; docs/policies.md, "The simulator"). For reference also with
   ``depth`` channels of ``b / depth`` and of ``b`` each, and the a-priori prediction: the
   plan read exactly every ``1/r`` s;
 * **stall fraction** — the loader's compute per shard is fixed at ``1/r`` minus a hot
@@ -125,6 +127,9 @@ class PolicyRun:
     #: per measured read: its wall time and whether it was a hit.
     read_s: tuple[float, ...]
     hit: tuple[bool, ...]
+    #: per warm-up read: its wall time and whether it was a hit.
+    warmup_read_s: tuple[float, ...]
+    warmup_hit: tuple[bool, ...]
 
     @property
     def stall_met(self) -> bool:
@@ -248,6 +253,8 @@ def run_policy(
         run_wall_s=run_wall,
         read_s=tuple(s.read_s for s in kept),
         hit=tuple(hit),
+        warmup_read_s=tuple(s.read_s for s in samples[:warmup]),
+        warmup_hit=tuple(hits_per_read[:warmup]),
     )
 
 

@@ -271,7 +271,7 @@ def predict(
 ) -> SimResult:
     """The simulator's hit ratio for ``trace`` on this node, the archive link modelled as
     ``link``: ``"shared"`` (the primary: one link of ``b`` that the fetches in flight
-    take in turn, with the proxy's bucket burst after idle spells, as the proxy's one
+    split evenly, with the proxy's bucket burst after idle spells, as the proxy's one
     token bucket does), ``"split"`` (``depth`` channels
     of ``b / depth``: every fetch takes ``depth x size / b`` however few run) or
     ``"per-fetch"`` (``depth`` channels of ``b``: a lone fetch's time on the live link,

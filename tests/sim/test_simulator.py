@@ -179,11 +179,12 @@ class Prefetching(LruPolicy):
 
 def test_completed_prefetches_are_hits_and_late_ones_stall() -> None:
     # 100 bytes/s per channel: a 10-byte shard takes 0.1 s.
-    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=1, horizon_s=1.0)
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0)
     trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.5, 1), Read(0.55, 2)])
     result = simulate(trace, Prefetching([1, 2]), 30, prefetch=model)
-    # 1 is fetched from 0.0 to 0.1: a hit at 0.5. 2 starts at 0.5 (one channel),
-    # lands at 0.6: the read at 0.55 waits 0.05 s and is no hit.
+    # The miss of 0 is promoted on one channel; 1 is fetched on the other from 0.0 to
+    # 0.1: a hit at 0.5. 2 starts at 0.5 and lands at 0.6: the read at 0.55 waits
+    # 0.05 s and is no hit.
     assert result.hits == 1
     assert result.prefetches == 2
     assert result.stall_s == pytest.approx(0.05)
@@ -193,49 +194,74 @@ def test_prefetch_budget_counts_what_is_in_flight() -> None:
     model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=2, horizon_s=1.0)
     policy = Prefetching([1, 2, 3])
     simulate(Trace("t", (10, 10, 10, 10), [Read(0.0, 0)]), policy, 40, prefetch=model)
-    assert policy.budgets[0] == PrefetchBudget(requests=2, bytes=20)
-    # After starting 1 and 2 (1 s each), nothing is left to offer.
+    # The missed read's promotion takes a request and its bytes, as the engine counts it.
+    assert policy.budgets[0] == PrefetchBudget(requests=1, bytes=10)
+    # After starting 1 (1 s), nothing is left to offer.
     assert len(policy.budgets) == 1
 
 
-def test_a_shared_link_serves_fetches_in_turn_and_a_lone_fetch_gets_all_of_it() -> None:
-    # One link of 100 bytes/s, up to 2 fetches in flight, 10-byte shards.
-    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0, shared_link=True)
+def test_a_shared_link_splits_its_rate_among_the_fetches_on_it() -> None:
+    # One link of 100 bytes/s, up to 3 fetches in flight, 10-byte shards.
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=3, horizon_s=1.0, shared_link=True)
     policy = Prefetching([1, 2, 3])
-    trace = Trace("t", (10, 10, 10, 10), [Read(0.0, 0), Read(0.15, 1), Read(0.19, 2)])
+    trace = Trace("t", (10, 10, 10, 10), [Read(0.0, 0), Read(0.25, 1), Read(0.35, 2), Read(1.0, 3)])
     result = simulate(trace, policy, 40, prefetch=model)
-    # The budget is the link's: 100 bytes/s x 1 s, not x 2 channels.
-    assert policy.budgets[0] == PrefetchBudget(requests=2, bytes=100)
-    # 1 lands at 0.1 and 2 at 0.2 (not both at 0.1 as on two channels, nor both at 0.2
-    # as on two channels of 50): the read of 1 at 0.15 hits, the read of 2 at 0.19
-    # waits 0.01 s.
-    assert result.hits == 1
-    assert result.stall_s == pytest.approx(0.01)
-    channels = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0)
-    assert simulate(trace, Prefetching([1, 2, 3]), 40, prefetch=channels).hits == 2
+    # The budget is the link's, 100 bytes/s x 1 s (not x 3 channels), less the missed
+    # read's promotion in flight.
+    assert policy.budgets[0] == PrefetchBudget(requests=2, bytes=90)
+    # 0 (the promotion), 1 and 2 share the link from 0.0 and all land at 0.3: the read
+    # of 1 at 0.25 waits 0.05 s, the read of 2 at 0.35 hits. 3 starts alone at 0.35 and
+    # gets the whole link: it lands at 0.45, a hit at 1.0.
+    assert result.hits == 2
+    assert result.stall_s == pytest.approx(0.05)
+    channels = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=3, horizon_s=1.0)
+    assert simulate(trace, Prefetching([1, 2, 3]), 40, prefetch=channels).hits == 3
 
 
 def test_a_shared_link_stays_busy_with_a_fetch_a_read_waited_for() -> None:
-    # One request at a time on a link of 10 bytes/s: 1 is fetched from 0 to 1 s. The
-    # read of 1 at 0.1 waits for it (it lands for that read), but the link is busy with
-    # it until 1.0: no second fetch may queue behind it meanwhile, so the read of 2 at
-    # 0.2 is a plain miss, not a wait of 1.8 s for a fetch queued on a busy link.
-    model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=1, horizon_s=10.0, shared_link=True)
+    # Two requests on a link of 10 bytes/s: the promotion of 0 and the prefetch of 1
+    # share it from 0 to 2 s. The read of 1 at 0.1 waits for it (it lands for that
+    # read), but the link is busy with it until 2.0: no fetch of 2 may start
+    # meanwhile, so the read of 2 at 0.2 is a plain miss.
+    model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=2, horizon_s=10.0, shared_link=True)
     trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.1, 1), Read(0.2, 2)])
     result = simulate(trace, Prefetching([1, 2]), 30, prefetch=model)
-    assert result.stall_s == pytest.approx(0.9)
+    assert result.stall_s == pytest.approx(1.9)
     assert result.prefetches == 1
 
 
-def test_a_shared_link_passes_its_burst_after_idling() -> None:
-    # 100 bytes/s with a 5-byte burst: the link idles from 0 to 1 s, so the 10-byte
-    # fetch of 1 started at 1.0 needs only 5 bytes' time and lands at 1.05.
-    model = PrefetchModel(100.0, 1, 1.0, shared_link=True, burst_bytes=5)
-    trace = Trace("t", (10, 10), [Read(1.0, 0), Read(1.06, 1)])
-    result = simulate(trace, Prefetching([1]), 20, prefetch=model)
-    assert result.hits == 1 and result.stall_s == 0.0
-    no_burst = PrefetchModel(100.0, 1, 1.0, shared_link=True)
-    assert simulate(trace, Prefetching([1]), 20, prefetch=no_burst).hits == 0
+def test_a_fetched_shard_takes_its_room_when_it_lands() -> None:
+    # Room for two 10-byte shards; one request; 0.1 s a fetch. 0 and 1 are missed and
+    # promoted; the read of 0 at 0.5 makes 1 the least recently used, and the prefetch
+    # of 2 starts. 1 stays hot until 2 lands at 0.6 (the engine evicts when it writes
+    # a promotion), so its read at 0.55 hits and moves it ahead of 0, and 0 is the
+    # one evicted: the read of 2 hits, the read of 0 at 0.8 misses.
+    model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=1, horizon_s=1.0)
+    events = [Read(0.0, 0), Read(0.2, 1), Read(0.5, 0), Read(0.55, 1), Read(0.7, 2), Read(0.8, 0)]
+    result = simulate(Trace("t", (10, 10, 10), events), Prefetching([2]), 20, prefetch=model)
+    assert result.hits == 3
+    assert result.prefetches == 1
+
+
+class RefusingPrefetcher(Prefetching):
+    """Asks for its list, and admits no missed read."""
+
+    def admit(self, key: Key, size: int, now: float, free_bytes: int) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("admitted", [True, False])
+def test_a_missed_read_takes_the_shared_link(admitted: bool) -> None:
+    # A link of 10 bytes/s. The miss of 0 moves its bytes over the link whether or
+    # not it is promoted, so the prefetch of 1 shares the link with it and lands at
+    # 2.0, not 1.0: the read of 1 at 1.5 waits 0.5 s.
+    model = PrefetchModel(bandwidth_bytes_per_s=10.0, io_depth=2, horizon_s=10.0, shared_link=True)
+    trace = Trace("t", (10, 10), [Read(0.0, 0), Read(1.5, 1), Read(3.0, 0)])
+    policy = Prefetching([1]) if admitted else RefusingPrefetcher([1])
+    result = simulate(trace, policy, 20, prefetch=model)
+    assert result.stall_s == pytest.approx(0.5)
+    # Promoted, 0 lands at 2.0 and its read at 3.0 hits; streamed, it never lands.
+    assert result.hits == (1 if admitted else 0)
 
 
 def test_prefetch_model_validation() -> None:

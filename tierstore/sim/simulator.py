@@ -7,8 +7,9 @@ contract in :mod:`tierstore.policy.base` to the letter:
   room, ``victims`` for the missing bytes, then ``removed`` for each victim it
   evicts (in order, only as many as are needed), then ``inserted``;
 * plan events: ``declare_plan`` / ``report_position`` / ``close_plan``;
-* with a :class:`PrefetchModel`: ``prefetch`` after every event, ``removed`` for the
-  room each prefetch needs, ``inserted`` when the fetch completes.
+* with a :class:`PrefetchModel`: ``prefetch`` after every event; a fetch (a prefetch,
+  or the promotion of an admitted miss) makes its room (``victims``, ``removed``) and
+  is ``inserted`` when it lands, as the engine's mover does.
 
 Every hot shard is evictable (the simulator models neither pins nor an archive
 backlog). Time is the trace's: a stall is recorded, it does not delay later events
@@ -21,12 +22,14 @@ policy object (policies are not thread-safe).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from tierstore.errors import InvalidArgument
 from tierstore.policy.base import Key, Policy, PrefetchBudget
 from tierstore.policy.registry import make_policy
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read, Trace
+from tierstore.sim.links import Channels, SharedLink
 
 __all__ = ["PrefetchModel", "SimResult", "simulate", "simulate_offline"]
 
@@ -70,11 +73,14 @@ class PrefetchModel:
     however many run; the policy is offered ``bandwidth x io_depth x horizon_s`` bytes.
 
     One shared link (``shared_link=True``): the archive link moves
-    ``bandwidth_bytes_per_s`` in all, serving the fetches in the order they start (a
-    lone fetch gets the whole link; ``k`` at once finish as they would sharing it, the
-    first ones a little earlier than under a fair split); the policy is offered
-    ``bandwidth x horizon_s`` bytes — the engine's own budget against a bandwidth-capped
-    archive.
+    ``bandwidth_bytes_per_s`` in all, split evenly among the transfers on it
+    (:class:`~tierstore.sim.links.SharedLink`: a lone fetch gets the whole link, ``k``
+    that start together finish together); the policy is offered ``bandwidth x
+    horizon_s`` bytes — the engine's own budget against a bandwidth-capped archive.
+
+    Either way a missed read takes the link too: admitted, it is fetched as a
+    promotion (a request and the link; hot when it lands); not admitted, its bytes
+    still cross the link. A fetch makes its room in the tier when it lands.
 
     Either way the policy is offered, after every event, the free requests and the bytes
     above minus those in flight."""
@@ -137,60 +143,85 @@ class _Tier:
                 return True
         return self.capacity - self.used >= size
 
-    def insert(self, key: int, now: float, *, reserved: bool = False) -> None:
-        """``key`` becomes hot; ``reserved``: its bytes were counted when it was fetched."""
+    def insert(self, key: int, now: float) -> None:
+        """``key`` becomes hot (room already made)."""
         self.hot[key] = 1
-        if not reserved:
-            self.used += self.sizes[key]
+        self.used += self.sizes[key]
         self.policy.inserted(key, self.sizes[key], now)
 
 
 class _Prefetcher:
-    """Prefetches in flight under a :class:`PrefetchModel`; their bytes are reserved
-    in the tier from the start of the fetch."""
+    """Fetches in flight under a :class:`PrefetchModel`, run as the engine's mover runs
+    its promotions: the policy's prefetches and the promotions of admitted misses take
+    the same requests and the same link, and a fetched shard takes its room in the tier
+    when it lands (the engine evicts when it writes a promotion, not when it starts one;
+    the bytes on their way are held in memory meanwhile, not in the tier). A missed read
+    that is not admitted still takes the link, for its own bytes."""
 
     def __init__(self, model: PrefetchModel, tier: _Tier) -> None:
         self.model = model
         self.tier = tier
-        self.done_at: dict[int, float] = {}
+        rate = model.bandwidth_bytes_per_s
+        self.link = SharedLink(rate, model.burst_bytes) if model.shared_link else Channels(rate)
+        self.transfers = itertools.count()
+        #: shards on their way (not landed yet): shard -> its transfer.
+        self.fetching: dict[int, int] = {}
+        #: fetches still on the link: transfer -> shard. A read that waits for a fetch
+        #: lands it at once (trace times do not move), but the link stays busy with it
+        #: until it is done, so it counts against the requests until then.
+        self.fetches_on_link: dict[int, int] = {}
         self.in_flight_bytes = 0
         self.started = 0
-        self.link_free_at = 0.0  # shared link: when the fetches started so far are done
-        # Shared link: when each started fetch leaves the link. A read that waits for a
-        # fetch lands it at once (trace times do not move), but the link stays busy
-        # with it until it is done, so it counts against the requests until then.
-        self.on_link: list[float] = []
 
     def is_hot(self, key: Key) -> bool:
         # In flight counts as hot: the policy must not ask for it twice.
         shard = _shard(self.tier.policy, key, len(self.tier.hot))
-        return shard in self.done_at or bool(self.tier.hot[shard])
+        return shard in self.fetching or bool(self.tier.hot[shard])
 
     def complete(self, now: float) -> None:
-        """Every fetch done by ``now`` becomes hot."""
-        for key, done in sorted(self.done_at.items(), key=lambda item: item[1]):
-            if done <= now:
+        """Every fetch done by ``now`` becomes hot, in the order they finish."""
+        for transfer, done in self.link.advance(now):
+            key = self.fetches_on_link.pop(transfer, None)
+            if key is not None and self.fetching.get(key) == transfer:
                 self._land(key, done)
 
     def wait(self, key: int, now: float) -> float:
         """A read of ``key`` while it is in flight: land it; the seconds waited."""
-        done = self.done_at[key]
+        done = self.link.done_at(self.fetching[key])
         self._land(key, max(done, now))
         return max(0.0, done - now)
 
     def _land(self, key: int, now: float) -> None:
-        del self.done_at[key]
-        self.in_flight_bytes -= self.tier.sizes[key]
-        self.tier.insert(key, now, reserved=True)
+        del self.fetching[key]
+        size = self.tier.sizes[key]
+        self.in_flight_bytes -= size
+        # Room is made now, as the engine makes it before it writes a promotion. Every
+        # hot shard is evictable here and no shard outgrows the tier, so it always can.
+        if self.tier.make_room(size, now):
+            self.tier.insert(key, now)
+
+    def _fetch(self, key: int, now: float) -> None:
+        transfer = next(self.transfers)
+        size = self.tier.sizes[key]
+        self.link.add(transfer, size, now)
+        self.fetching[key] = transfer
+        self.fetches_on_link[transfer] = key
+        self.in_flight_bytes += size
+
+    def promote(self, key: int, now: float) -> None:
+        """A missed read that the policy admitted: fetch ``key`` as a promotion (it
+        takes a request and the link, and lands when done)."""
+        self._fetch(key, now)
+
+    def stream(self, key: int, now: float) -> None:
+        """A missed read that the policy did not admit: the link carries the shard to
+        the reader (no request is taken, nothing lands)."""
+        self.link.add(next(self.transfers), self.tier.sizes[key], now)
 
     def start(self, now: float) -> None:
-        """Offer the policy the free channels and bytes; start what it asks for."""
+        """Offer the policy the free requests and bytes; start what it asks for."""
         model, tier = self.model, self.tier
-        if model.shared_link:
-            self.on_link = [done for done in self.on_link if done > now]
-            requests = model.io_depth - len(self.on_link)
-        else:
-            requests = model.io_depth - len(self.done_at)
+        requests = model.io_depth - len(self.fetches_on_link)
         channels = 1 if model.shared_link else model.io_depth
         room = int(model.bandwidth_bytes_per_s * channels * model.horizon_s)
         budget = PrefetchBudget(requests=requests, bytes=room - self.in_flight_bytes)
@@ -200,24 +231,11 @@ class _Prefetcher:
         for wanted in tier.policy.prefetch(now, budget, self.is_hot)[:requests]:
             key = _shard(tier.policy, wanted, len(tier.hot))
             size = tier.sizes[key]
-            lone = not self.done_at and spent == 0
+            lone = not self.fetching and spent == 0
             if self.is_hot(key) or (spent + size > budget.bytes and not lone):
                 continue
-            if not tier.make_room(size, now):
-                continue
-            tier.used += size
             spent += size
-            self.in_flight_bytes += size
-            if model.shared_link:
-                rate = model.bandwidth_bytes_per_s
-                # The bucket is empty when the link frees up, and refills while it idles.
-                saved = min(model.burst_bytes, max(0.0, now - self.link_free_at) * rate)
-                start = max(self.link_free_at, now)
-                self.link_free_at = start + max(0.0, size - saved) / rate
-                self.done_at[key] = self.link_free_at
-                self.on_link.append(self.link_free_at)
-            else:
-                self.done_at[key] = now + size / model.bandwidth_bytes_per_s
+            self._fetch(key, now)
             self.started += 1
 
 
@@ -271,7 +289,7 @@ def simulate(
         if type(event) is Read:
             key = event.key
             size = sizes[key]
-            if fetcher is not None and key in fetcher.done_at:
+            if fetcher is not None and key in fetcher.fetching:
                 # A prefetch still in flight: the read waits for it, and is no hit.
                 stall += fetcher.wait(key, now)
                 hit = False
@@ -279,11 +297,14 @@ def simulate(
             else:
                 hit = bool(hot[key])
                 record(key, size, now, hit)
-                if (
-                    not hit
-                    and admit(key, size, now, capacity_bytes - tier.used)
-                    and make_room(size, now)
-                ):
+                if hit:
+                    pass
+                elif not admit(key, size, now, capacity_bytes - tier.used):
+                    if fetcher is not None:
+                        fetcher.stream(key, now)
+                elif fetcher is not None:
+                    fetcher.promote(key, now)
+                elif make_room(size, now):
                     insert(key, now)
             seen += 1
             if seen > warmup_reads:
