@@ -17,9 +17,10 @@ for ``lru`` (same dataset, same plan declared, same order) it reports:
   record, because local hits reach the server's trace in batches), the same policy, a hot
   tier of C, and ``PrefetchModel(b, depth, horizon, shared_link=True)``: the engine's
   prefetch budget (``depth`` requests, ``b x horizon`` bytes) on one link of ``b`` that
-  the transfers on it split evenly, as the proxy's token bucket does (missed reads
-  cross it too, and fetched shards take their room when they land, as in the
-  engine; docs/policies.md, "The simulator"). For reference also with
+  the transfers on it split evenly, as the proxy's token bucket does, each after the
+  proxy's time to first byte (missed reads cross it too, fetched shards take their
+  room when they land and the policy is asked again then, as in the engine;
+  docs/policies.md, "The simulator"). For reference also with
   ``depth`` channels of ``b / depth`` and of ``b`` each, and the a-priori prediction: the
   plan read exactly every ``1/r`` s;
 * **stall fraction** — the loader's compute per shard is fixed at ``1/r`` minus a hot

@@ -279,13 +279,16 @@ def predict(
     requests, ``b x horizon`` bytes."""
     depth = node.prefetch_depth
     b, horizon = node.archive_bytes_per_s, node.prefetch_horizon_s
+    latency = node.ttfb_s  # the proxy's time to first byte, on every GET
     if link == "shared":
         burst = bucket_burst_bytes(b)  # the proxy's bucket, refilled while the link idles
-        model = PrefetchModel(b, depth, horizon, shared_link=True, burst_bytes=burst)
+        model = PrefetchModel(
+            b, depth, horizon, shared_link=True, burst_bytes=burst, latency_s=latency
+        )
     elif link == "split":
-        model = PrefetchModel(b / depth, depth, horizon)
+        model = PrefetchModel(b / depth, depth, horizon, latency_s=latency)
     elif link == "per-fetch":
-        model = PrefetchModel(b, depth, horizon / depth)
+        model = PrefetchModel(b, depth, horizon / depth, latency_s=latency)
     else:
         raise ValueError(f"link must be one of {LINK_MODELS}, not {link!r}")
     return simulate(

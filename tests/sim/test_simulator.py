@@ -163,31 +163,35 @@ def test_deterministic() -> None:
 
 
 class Prefetching(LruPolicy):
-    """Asks for the keys of a fixed list, in order, as the budget allows."""
+    """Asks for the keys of a fixed list, in order, as the budget allows (from ``after`` on)."""
 
-    def __init__(self, wanted: list[int]) -> None:
+    def __init__(self, wanted: list[int], after: float = 0.0) -> None:
         super().__init__()
         self.wanted = wanted
+        self.after = after
         self.budgets: list[PrefetchBudget] = []
 
     def prefetch(
         self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
     ) -> list[Key]:
         self.budgets.append(budget)
+        if now < self.after:
+            return []
         return [key for key in self.wanted if not is_hot(key)][: budget.requests]
 
 
 def test_completed_prefetches_are_hits_and_late_ones_stall() -> None:
     # 100 bytes/s per channel: a 10-byte shard takes 0.1 s.
     model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=2, horizon_s=1.0)
-    trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.5, 1), Read(0.55, 2)])
+    trace = Trace("t", (10, 10, 10), [Read(0.0, 0), Read(0.15, 1), Read(0.17, 2)])
     result = simulate(trace, Prefetching([1, 2]), 30, prefetch=model)
-    # The miss of 0 is promoted on one channel; 1 is fetched on the other from 0.0 to
-    # 0.1: a hit at 0.5. 2 starts at 0.5 and lands at 0.6: the read at 0.55 waits
-    # 0.05 s and is no hit.
+    # The miss of 0 is promoted on one channel while 1 is fetched on the other, from
+    # 0.0 to 0.1: the read of 1 at 0.15 hits. 2 starts when they land, at 0.1 (the
+    # engine's prefetch loop wakes when a promotion finishes), and lands at 0.2: the
+    # read at 0.17 waits 0.03 s and is no hit.
     assert result.hits == 1
     assert result.prefetches == 2
-    assert result.stall_s == pytest.approx(0.05)
+    assert result.stall_s == pytest.approx(0.03)
 
 
 def test_prefetch_budget_counts_what_is_in_flight() -> None:
@@ -231,16 +235,32 @@ def test_a_shared_link_stays_busy_with_a_fetch_a_read_waited_for() -> None:
 
 
 def test_a_fetched_shard_takes_its_room_when_it_lands() -> None:
-    # Room for two 10-byte shards; one request; 0.1 s a fetch. 0 and 1 are missed and
-    # promoted; the read of 0 at 0.5 makes 1 the least recently used, and the prefetch
-    # of 2 starts. 1 stays hot until 2 lands at 0.6 (the engine evicts when it writes
-    # a promotion), so its read at 0.55 hits and moves it ahead of 0, and 0 is the
-    # one evicted: the read of 2 hits, the read of 0 at 0.8 misses.
+    # Room for two 10-byte shards; one request; 0.1 s a fetch; the policy prefetches 2
+    # from 0.5 on. 0 and 1 are missed and promoted; the read of 0 at 0.5 makes 1 the
+    # least recently used, and the prefetch of 2 starts. 1 stays hot until 2 lands at
+    # 0.6 (the engine evicts when it writes a promotion), so its read at 0.55 hits and
+    # moves it ahead of 0, and 0 is the one evicted: the read of 2 hits, the read of 0
+    # at 0.8 misses.
     model = PrefetchModel(bandwidth_bytes_per_s=100.0, io_depth=1, horizon_s=1.0)
     events = [Read(0.0, 0), Read(0.2, 1), Read(0.5, 0), Read(0.55, 1), Read(0.7, 2), Read(0.8, 0)]
-    result = simulate(Trace("t", (10, 10, 10), events), Prefetching([2]), 20, prefetch=model)
+    policy = Prefetching([2], after=0.5)
+    result = simulate(Trace("t", (10, 10, 10), events), policy, 20, prefetch=model)
     assert result.hits == 3
     assert result.prefetches == 1
+
+
+@pytest.mark.parametrize("shared_link", [True, False])
+def test_a_fetch_waits_for_its_first_byte(shared_link: bool) -> None:
+    # 100 bytes/s, 50 ms to first byte. On a shared link the promotion of 0 and the
+    # prefetch of 1 join it at 0.05 and share it: both land at 0.25. On channels of
+    # their own they land at 0.15. The read of 1 at 0.2 waits (shared) or hits.
+    model = PrefetchModel(100.0, 2, 1.0, shared_link=shared_link, latency_s=0.05)
+    trace = Trace("t", (10, 10), [Read(0.0, 0), Read(0.2, 1)])
+    result = simulate(trace, Prefetching([1]), 20, prefetch=model)
+    assert result.stall_s == pytest.approx(0.05 if shared_link else 0.0)
+    assert result.hits == (0 if shared_link else 1)
+    no_latency = PrefetchModel(100.0, 2, 1.0, shared_link=shared_link)
+    assert simulate(trace, Prefetching([1]), 20, prefetch=no_latency).hits == 1
 
 
 class RefusingPrefetcher(Prefetching):
@@ -271,6 +291,10 @@ def test_prefetch_model_validation() -> None:
         PrefetchModel(1.0, 0, 1.0)
     with pytest.raises(InvalidArgument):
         PrefetchModel(1.0, 1, 1.0, shared_link=True, burst_bytes=-1)
+    with pytest.raises(InvalidArgument):
+        PrefetchModel(1.0, 1, 1.0, latency_s=-0.1)
+    with pytest.raises(InvalidArgument):
+        PrefetchModel(1.0, 1, 1.0, latency_s=float("nan"))
 
 
 def test_clairvoyant_prefetch_turns_planned_misses_into_hits() -> None:

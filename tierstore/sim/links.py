@@ -7,12 +7,15 @@ transfer gets the whole rate; ``k`` that start together finish together, each af
 times its own time. :class:`Channels` gives every transfer a channel of its own.
 
 Both are driven the same way, on the trace's clock: :meth:`advance` to an event's time
-(which reports the transfers done by then, in order), then :meth:`add` transfers that
-start at that time. Pure and deterministic.
+(which reports the transfers done by then, in order), or :meth:`next_done` step by step
+to act at each completion, then :meth:`add` transfers that start at that time. Pure and
+deterministic.
 """
 
 from __future__ import annotations
 
+import copy
+import heapq
 import math
 
 __all__ = ["Channels", "SharedLink"]
@@ -31,9 +34,10 @@ class Channels:
     def __contains__(self, transfer: object) -> bool:
         return transfer in self._done_at
 
-    def add(self, transfer: int, size: int, now: float) -> None:
-        """Start ``transfer`` (a new id) of ``size`` bytes at ``now``."""
-        self._done_at[transfer] = now + size / self._rate
+    def add(self, transfer: int, size: int, now: float, latency: float = 0.0) -> None:
+        """Request ``transfer`` (a new id) of ``size`` bytes at ``now``; its first byte
+        comes ``latency`` seconds later."""
+        self._done_at[transfer] = now + latency + size / self._rate
 
     def advance(self, now: float) -> list[tuple[int, float]]:
         """Forget the transfers done by ``now``; ``(transfer, when done)`` of each, in order."""
@@ -41,6 +45,12 @@ class Channels:
         for _, transfer in done:
             del self._done_at[transfer]
         return [(transfer, at) for at, transfer in done]
+
+    def next_done(self, now: float) -> list[tuple[int, float]]:
+        """Like :meth:`advance`, but only up to the first time a transfer is done (if
+        one is by ``now``): the transfers done at that time."""
+        first = min(self._done_at.values(), default=math.inf)
+        return self.advance(first) if first <= now else []
 
     def done_at(self, transfer: int) -> float:
         """When ``transfer`` (still on its channel) will be done."""
@@ -50,8 +60,10 @@ class Channels:
 class SharedLink:
     """One link of ``rate`` bytes/s split evenly among the transfers on it.
 
-    The link is a token bucket: while it idles it saves up to ``burst_bytes``, which the
-    next transfer to start gets at once (the proxy's bucket starts full).
+    A transfer requested with a ``latency`` (the store's time to first byte) joins the
+    link that much later: until then it takes no share. The link is a token bucket:
+    while it idles it saves up to ``burst_bytes``, which the next transfer to join gets
+    at once (the proxy's bucket starts full).
     """
 
     def __init__(self, rate: float, burst_bytes: int = 0) -> None:
@@ -59,60 +71,91 @@ class SharedLink:
         self._burst = burst_bytes
         #: bytes each transfer on the link has left to move, as of ``_clock``.
         self._left: dict[int, float] = {}
+        #: requested transfers not on the link yet: (when they join, transfer, size).
+        self._joining: list[tuple[float, int, int]] = []
         self._clock = -math.inf
         self._idle_since = -math.inf
 
     def __len__(self) -> int:
-        return len(self._left)
+        return len(self._left) + len(self._joining)
 
     def __contains__(self, transfer: object) -> bool:
-        return transfer in self._left
+        return transfer in self._left or any(transfer == t for _, t, _ in self._joining)
 
-    def add(self, transfer: int, size: int, now: float) -> None:
-        """Start ``transfer`` (a new id) of ``size`` bytes at ``now``. The link must have
-        been advanced to ``now`` first (transfers finish at their own times, not at
-        ``now``, only if it was). ValueError if ``now`` is before the time advanced to."""
+    def add(self, transfer: int, size: int, now: float, latency: float = 0.0) -> None:
+        """Request ``transfer`` (a new id) of ``size`` bytes at ``now``; it joins the
+        link ``latency`` seconds later. The link must have been advanced to ``now``
+        first (transfers finish at their own times, not at ``now``, only if it was).
+        ValueError if ``now`` is before the time advanced to."""
         if now < self._clock:
             raise ValueError(f"a transfer at {now} starts before the link's time {self._clock}")
-        saved = 0.0
-        if not self._left:
-            saved = min(float(self._burst), max(0.0, now - self._idle_since) * self._rate)
-        self._left[transfer] = max(0.0, size - saved)
-        self._clock = max(self._clock, now)
+        self._clock = now
+        heapq.heappush(self._joining, (now + latency, transfer, size))
+        self._join_due()
+
+    def _join_due(self) -> None:
+        """Put on the link every requested transfer whose first byte is due by now."""
+        while self._joining and self._joining[0][0] <= self._clock:
+            _, transfer, size = heapq.heappop(self._joining)
+            saved = 0.0
+            if not self._left:
+                idle = max(0.0, self._clock - self._idle_since)
+                saved = min(float(self._burst), idle * self._rate)
+            self._left[transfer] = max(0.0, size - saved)
 
     def advance(self, now: float) -> list[tuple[int, float]]:
         """Move the link on to ``now``; ``(transfer, when done)`` of each transfer done by
         then, in order of completion."""
         done: list[tuple[int, float]] = []
-        while self._left:
+        while step := self.next_done(now):
+            done += step
+        return done
+
+    def next_done(self, now: float) -> list[tuple[int, float]]:
+        """Move the link on to the first time a transfer is done, if one is by ``now``,
+        and return the transfers done then; else move it on to ``now`` and return []."""
+        while True:
+            joins = self._joining[0][0] if self._joining else math.inf
+            until = min(now, joins)
+            if not self._left:
+                self._clock = max(self._clock, until)
+                if not self._joining or joins > now:
+                    return []
+                self._join_due()
+                continue
             sharing = len(self._left)
             smallest = min(self._left.values())
             finish = self._clock + smallest * sharing / self._rate
-            if finish > now:
-                moved = max(0.0, now - self._clock) * self._rate / sharing
-                for transfer in self._left:
-                    self._left[transfer] -= moved
-                break
-            self._clock = finish
-            for transfer, left in list(self._left.items()):
-                # x - x is exactly 0.0: the smallest ones (and their equals) are done.
-                if left - smallest <= 0.0:
-                    del self._left[transfer]
-                    done.append((transfer, finish))
-                else:
-                    self._left[transfer] = left - smallest
-            if not self._left:
-                self._idle_since = finish
-        self._clock = max(self._clock, now)
+            if finish <= until:
+                return self._finish(smallest, finish)
+            moved = max(0.0, until - self._clock) * self._rate / sharing
+            for transfer in self._left:
+                self._left[transfer] -= moved
+            self._clock = max(self._clock, until)
+            if joins > now:
+                return []
+            self._join_due()
+
+    def _finish(self, smallest: float, finish: float) -> list[tuple[int, float]]:
+        """The link moves on to ``finish``, when the transfers with ``smallest`` bytes
+        left are done; those transfers."""
+        self._clock = finish
+        done: list[tuple[int, float]] = []
+        for transfer, left in list(self._left.items()):
+            # x - x is exactly 0.0: the smallest ones (and their equals) are done.
+            if left - smallest <= 0.0:
+                del self._left[transfer]
+                done.append((transfer, finish))
+            else:
+                self._left[transfer] = left - smallest
+        if not self._left:
+            self._idle_since = finish
+        self._join_due()
         return done
 
     def done_at(self, transfer: int) -> float:
-        """When ``transfer`` (on the link) will be done if no other transfer starts."""
-        clock, moved = self._clock, 0.0
-        ordered = sorted(self._left.items(), key=lambda item: item[1])
-        for index, (other, left) in enumerate(ordered):
-            clock += (left - moved) * (len(ordered) - index) / self._rate
-            moved = left
+        """When ``transfer`` (requested, not done) will be done if no other is requested."""
+        for other, when in copy.deepcopy(self).advance(math.inf):
             if other == transfer:
-                return clock
+                return when
         raise KeyError(transfer)

@@ -7,9 +7,10 @@ contract in :mod:`tierstore.policy.base` to the letter:
   room, ``victims`` for the missing bytes, then ``removed`` for each victim it
   evicts (in order, only as many as are needed), then ``inserted``;
 * plan events: ``declare_plan`` / ``report_position`` / ``close_plan``;
-* with a :class:`PrefetchModel`: ``prefetch`` after every event; a fetch (a prefetch,
-  or the promotion of an admitted miss) makes its room (``victims``, ``removed``) and
-  is ``inserted`` when it lands, as the engine's mover does.
+* with a :class:`PrefetchModel`: ``prefetch`` after every event and whenever a fetch
+  is done; a fetch (a prefetch, or the promotion of an admitted miss) makes its room
+  (``victims``, ``removed``) and is ``inserted`` when it lands, as the engine's mover
+  does.
 
 Every hot shard is evictable (the simulator models neither pins nor an archive
 backlog). Time is the trace's: a stall is recorded, it does not delay later events
@@ -92,6 +93,9 @@ class PrefetchModel:
     #: shared link only: the link is a token bucket that holds up to this many bytes
     #: while it idles (a fetch starting after an idle spell gets them at once).
     burst_bytes: int = 0
+    #: the archive's time to first byte: a fetch (or a missed read's transfer) holds
+    #: its request but takes no share of the link for this long.
+    latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if (
@@ -99,10 +103,11 @@ class PrefetchModel:
             or self.io_depth < 1
             or self.horizon_s <= 0
             or self.burst_bytes < 0
+            or not self.latency_s >= 0
         ):
             raise InvalidArgument(
                 "a PrefetchModel needs bandwidth_bytes_per_s > 0, io_depth >= 1, "
-                "horizon_s > 0 and burst_bytes >= 0"
+                "horizon_s > 0, burst_bytes >= 0 and latency_s >= 0"
             )
 
 
@@ -179,11 +184,15 @@ class _Prefetcher:
         return shard in self.fetching or bool(self.tier.hot[shard])
 
     def complete(self, now: float) -> None:
-        """Every fetch done by ``now`` becomes hot, in the order they finish."""
-        for transfer, done in self.link.advance(now):
-            key = self.fetches_on_link.pop(transfer, None)
-            if key is not None and self.fetching.get(key) == transfer:
-                self._land(key, done)
+        """Every fetch done by ``now`` becomes hot, in the order they finish; after each
+        completion the policy is offered what it frees (the engine's prefetch loop
+        wakes whenever a promotion finishes)."""
+        while finished := self.link.next_done(now):
+            for transfer, done in finished:
+                key = self.fetches_on_link.pop(transfer, None)
+                if key is not None and self.fetching.get(key) == transfer:
+                    self._land(key, done)
+            self.start(finished[-1][1])
 
     def wait(self, key: int, now: float) -> float:
         """A read of ``key`` while it is in flight: land it; the seconds waited."""
@@ -203,7 +212,7 @@ class _Prefetcher:
     def _fetch(self, key: int, now: float) -> None:
         transfer = next(self.transfers)
         size = self.tier.sizes[key]
-        self.link.add(transfer, size, now)
+        self.link.add(transfer, size, now, self.model.latency_s)
         self.fetching[key] = transfer
         self.fetches_on_link[transfer] = key
         self.in_flight_bytes += size
@@ -216,7 +225,7 @@ class _Prefetcher:
     def stream(self, key: int, now: float) -> None:
         """A missed read that the policy did not admit: the link carries the shard to
         the reader (no request is taken, nothing lands)."""
-        self.link.add(next(self.transfers), self.tier.sizes[key], now)
+        self.link.add(next(self.transfers), self.tier.sizes[key], now, self.model.latency_s)
 
     def start(self, now: float) -> None:
         """Offer the policy the free requests and bytes; start what it asks for."""
