@@ -204,6 +204,7 @@ class Store:
         self.prefetcher.stop()
         self.mover.stop()
         self._reader.close()
+        self._writer.close()
         if self._reader.leases.live:
             gc.collect()  # leases end when their buffers are collected
         if self._reader.leases.live:

@@ -1,6 +1,7 @@
 """The write path: framed payloads become a committed shard generation, and back out.
 
-seal (checksum or AES-GCM, see :mod:`tierstore.engine.sealing`) → one LMDB
+seal (checksum or AES-GCM, see :mod:`tierstore.engine.sealing`; the next frame on a
+helper thread while this one is stored, :mod:`tierstore.engine.sealahead`) → one LMDB
 transaction holding frames + catalog record + upload-journal entry, fsynced on
 commit → acknowledge (``write-back``), or upload first and then acknowledge
 (``write-through``). A new generation replaces the previous one in that same
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -23,6 +25,7 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
+from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, stored_size
 from tierstore.errors import ArchiveUnavailable, BacklogFull, QuotaExceeded
 from tierstore.framing import FramedValue
@@ -53,9 +56,15 @@ class ShardWriter:
         self._sealers = sealers
         self._mover = mover
         self._generation_lock = threading.Lock()
+        #: seals a put's next frame while the writer stores the current one.
+        self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-seal")
         with self._env.read() as txn:
             stored_next = self._catalog.counter(txn, "next_generation")
         self._next_generation = max(stored_next, time.time_ns() // 1000)
+
+    def close(self) -> None:
+        """Stop the sealing helper (puts still running seal inline)."""
+        self._seal_pool.shutdown(wait=True, cancel_futures=True)
 
     def _new_generation(self) -> int:
         with self._generation_lock:
@@ -92,8 +101,7 @@ class ShardWriter:
             envelope=envelope,
         )
         sealer = self._sealers.sealer(record, data_key)
-        stored = [sealer.seal(index, frame) for index, frame in enumerate(framed.frames)]
-        stored_total = sum(len(frame) for frame in stored)
+        stored_total = sum(record.stored_sizes(sealer.overhead))
         if stored_total > settings.hot_quota_bytes > 0:
             raise QuotaExceeded(
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
@@ -122,7 +130,13 @@ class ShardWriter:
                 )
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)
-            for index, frame in enumerate(stored):
+            # Sealed inside the transaction, so that sealing the next frame overlaps
+            # storing this one; the commit (and its fsync) dominates the lock's time.
+            frames = sealed_ahead(sealer.seal, framed.frames, self._seal_pool)
+            sizes = record.stored_sizes(sealer.overhead)
+            for index, frame in enumerate(frames):
+                if len(frame) != sizes[index]:  # the quota and counters above assumed it
+                    raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes")
                 self._frames.put_in(txn, frame_key(generation, index), frame)
             self._catalog.put_shard(txn, record)
             self._catalog.add_counter(txn, "hot_bytes", stored_total)

@@ -1,0 +1,85 @@
+"""Seal-ahead: the frames come out in order, each sealed once, the next one on the helper;
+a busy or shut-down helper never makes the writer wait, and a failing seal surfaces at
+its own frame."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tierstore.engine.sealahead import sealed_ahead
+
+
+class Sealer:
+    """Records which thread sealed which frame; fails at ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.sealed_by: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, index: int, payload: bytes) -> bytes:
+        with self.lock:
+            assert index not in self.sealed_by, f"frame {index} sealed twice"
+            self.sealed_by[index] = threading.current_thread().name
+        if index == self.fail_at:
+            raise ValueError(f"frame {index} cannot be sealed")
+        return payload + b"!"
+
+
+PAYLOADS = [bytes([i]) * 8 for i in range(6)]
+
+
+def test_frames_come_in_order_and_the_helper_seals_ahead() -> None:
+    sealer = Sealer()
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+        out = []
+        for frame in sealed_ahead(sealer, PAYLOADS, pool):
+            out.append(frame)
+            # While the caller holds this frame, the next one is the helper's: wait
+            # for it to be sealed there, so every later frame is the helper's work.
+            index = len(out)
+            if index < len(PAYLOADS):
+                pool.submit(lambda: None).result()  # runs after the queued seal
+    assert out == [p + b"!" for p in PAYLOADS]
+    assert sorted(sealer.sealed_by) == list(range(len(PAYLOADS)))
+    assert sealer.sealed_by[0] == threading.current_thread().name
+    assert all(name.startswith("helper") for i, name in sealer.sealed_by.items() if i > 0)
+
+
+def test_a_busy_helper_never_makes_the_writer_wait() -> None:
+    sealer = Sealer()
+    release = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+        pool.submit(release.wait, 30)  # the helper is busy with someone else's work
+        out = list(sealed_ahead(sealer, PAYLOADS, pool))
+        release.set()
+    assert out == [p + b"!" for p in PAYLOADS]
+    assert set(sealer.sealed_by.values()) == {threading.current_thread().name}
+
+
+def test_a_shut_down_helper_pool_means_sealing_inline() -> None:
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    sealer = Sealer()
+    assert list(sealed_ahead(sealer, PAYLOADS, pool)) == [p + b"!" for p in PAYLOADS]
+    assert set(sealer.sealed_by.values()) == {threading.current_thread().name}
+
+
+def test_a_failing_seal_surfaces_at_its_own_frame() -> None:
+    sealer = Sealer(fail_at=3)
+    out = []
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="frame 3"):
+        for frame in sealed_ahead(sealer, PAYLOADS, pool):
+            out.append(frame)
+    assert out == [p + b"!" for p in PAYLOADS[:3]]
+    assert sorted(sealer.sealed_by) == [0, 1, 2, 3]  # nothing is sealed past the failure
+
+
+def test_no_frames_no_work() -> None:
+    sealer = Sealer()
+    with ThreadPoolExecutor(1) as pool:
+        assert list(sealed_ahead(sealer, [], pool)) == []
+    assert sealer.sealed_by == {}

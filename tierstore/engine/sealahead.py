@@ -1,0 +1,48 @@
+"""Seal-ahead: a helper thread seals a put's next frame while the writer stores this one.
+
+Sealing a frame (xxh3 and the copy that appends it, or AES-GCM) and storing it in
+LMDB (``txn.put`` copies it into a dirty page) are each a pass over the frame's
+bytes. Done in turn on one thread they add up; ``xxhash``, ``cryptography`` and
+``lmdb`` release the GIL for the long part of each, so on two threads they overlap.
+The writer still stores the frames in order, each one sealed exactly once.
+
+If the helper has not started the next frame when the writer needs it (its pool is
+busy with another put), the writer takes the frame back and seals it itself: a
+busy helper never makes a put wait.
+
+Thread safety: :func:`sealed_ahead` may run on any number of threads at once, each
+with its own frames; the pool is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from typing import TypeVar
+
+__all__ = ["sealed_ahead"]
+
+P = TypeVar("P")
+S = TypeVar("S")
+
+
+def sealed_ahead(
+    seal: Callable[[int, P], S], payloads: Sequence[P], helper_pool: Executor
+) -> Iterator[S]:
+    """``seal(index, payload)`` of each payload, in order; the next one is sealed on
+    ``helper_pool`` while the caller works on the one yielded. An exception from
+    ``seal`` is raised when its frame is reached. Abandoning the iterator leaves at
+    most one seal running on the helper, whose result is dropped."""
+    ahead: Future[S] | None = None
+    for index, payload in enumerate(payloads):
+        if ahead is not None and not ahead.cancel():
+            current = ahead.result()
+        else:
+            current = seal(index, payload)
+        ahead = None
+        if index + 1 < len(payloads):
+            try:
+                ahead = helper_pool.submit(seal, index + 1, payloads[index + 1])
+            except RuntimeError:  # the pool is shut down (store closing): seal inline
+                ahead = None
+        yield current
