@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
@@ -12,6 +15,7 @@ from tierstore.errors import IntegrityError
 from tierstore.verifyahead import HELPER_IDLE_S, VerifyAhead
 
 FRAMES = [bytes([i]) * (1000 + i) for i in range(12)]
+T = TypeVar("T")
 
 
 class Recorder:
@@ -151,3 +155,49 @@ def test_a_paused_reader_does_not_hold_the_helper_and_can_resume() -> None:
     rest = [bytes(p) for p in frames]  # the reader comes back: it checks the rest itself
     assert rest == [f[1:] for f in FRAMES[1:]]
     assert sorted(recorder.verified) == list(range(len(FRAMES)))
+
+
+class KeepingExecutor(Executor):
+    """Runs each task on a thread of its own and keeps the task (function and arguments)
+    for ever, as a pool's worker does for a moment after a task has ended."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[object, ...]] = []
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.kept.append((fn, args, kwargs))
+        future: Future[T] = Future()
+        future.set_running_or_notify_cancel()
+        thread = threading.Thread(target=lambda: future.set_result(fn(*args, **kwargs)))
+        thread.start()
+        self.threads.append(thread)
+        return future
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_the_helper_task_does_not_keep_the_check_alive(collect: bool) -> None:
+    # Store.get's check holds the read lease: a helper task that outlived the read
+    # while still referring to it kept the lease open after the frames were dropped.
+    class Lease:
+        pass
+
+    lease = Lease()
+    gone = weakref.ref(lease)
+    recorder = Recorder()
+
+    def verify(k: int, stored: memoryview, lease: Lease = lease) -> memoryview:
+        return recorder.verify(k, stored)
+
+    executor = KeepingExecutor()
+    out = [
+        bytes(p)
+        for p in VerifyAhead(len(FRAMES)).frames(executor, recorder.lookup, verify, collect=collect)
+    ]
+    assert out == [f[1:] for f in FRAMES]
+    for thread in executor.threads:
+        thread.join()
+    assert executor.kept  # the helper task was submitted, and is still kept
+    del verify, lease
+    gc.collect()
+    assert gone() is None

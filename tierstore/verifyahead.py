@@ -85,6 +85,10 @@ class VerifyAhead(Generic[T]):
         self._next_claim = 0  # the next frame nobody has started to verify
         self._cancelled = False
         self._helper_done = threading.Event()
+        #: the check, for the helper: reached through this object, not passed to the
+        #: pool, so that the pool's finished work item does not keep what it refers
+        #: to (a read lease) alive after :meth:`frames` has ended and cleared it.
+        self._verify: Callable[[int, memoryview], T] | None = None
         # Who sleeps on the condition, so that the other side notifies only when needed.
         self._helper_waits = False
         self._consumer_waits = False
@@ -118,9 +122,10 @@ class VerifyAhead(Generic[T]):
             for k in range(min(self._count, lookahead)):
                 self._feed(lookup(k))
             if self._count > 1:
+                self._verify = verify
                 # A pool already shut down (store closing): every frame is verified here.
                 with contextlib.suppress(RuntimeError):
-                    helper = helper_pool.submit(self._run_helper, verify)
+                    helper = helper_pool.submit(self._run_helper)
             for k in range(self._count):
                 if k + lookahead < self._count:
                     self._feed(lookup(k + lookahead))
@@ -133,6 +138,7 @@ class VerifyAhead(Generic[T]):
                 self._helper_done.wait()  # at most the frame it is checking now
             self._stored.clear()
             self._results.clear()
+            self._verify = None
 
     def _feed(self, stored: memoryview) -> None:
         with self._cond:
@@ -165,7 +171,9 @@ class VerifyAhead(Generic[T]):
             if self._consumer_waits:
                 self._cond.notify_all()
 
-    def _run_helper(self, verify: Callable[[int, memoryview], T]) -> None:
+    def _run_helper(self) -> None:
+        verify = self._verify
+        assert verify is not None
         try:
             while True:
                 with self._cond:
@@ -186,6 +194,7 @@ class VerifyAhead(Generic[T]):
                             return
                 self._check(j, verify)
         finally:
+            verify = None  # nothing of this read stays referenced once done is signalled
             self._helper_done.set()
 
     def _wait(self, k: int, verify: Callable[[int, memoryview], T], share: bool) -> T:
