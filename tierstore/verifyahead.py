@@ -172,9 +172,10 @@ class VerifyAhead(Generic[T]):
                 self._cond.notify_all()
 
     def _run_helper(self) -> None:
-        verify = self._verify
-        assert verify is not None
         try:
+            verify = self._verify
+            if verify is None:  # frames() has ended already: nothing left to check
+                return
             while True:
                 with self._cond:
                     while True:

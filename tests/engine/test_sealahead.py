@@ -5,11 +5,18 @@ its own frame."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from tierstore.config import EngineSettings
 from tierstore.engine.sealahead import sealed_ahead
+from tierstore.engine.store import Store
+from tierstore.errors import ShardNotFound
+from tierstore.frames import FrameSealer
+from tierstore.tiers.memory import MemoryTier
 
 
 class Sealer:
@@ -83,3 +90,42 @@ def test_no_frames_no_work() -> None:
     with ThreadPoolExecutor(1) as pool:
         assert list(sealed_ahead(sealer, [], pool)) == []
     assert sealer.sealed_by == {}
+
+
+def test_closing_waits_for_the_seal_on_the_helper() -> None:
+    # A put that fails mid-way abandons its frames: no helper may still be reading the
+    # caller's buffer once the put has ended.
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_seal(index: int, payload: bytes) -> bytes:
+        if index == 1:
+            started.set()
+            time.sleep(0.2)
+            finished.set()
+        return payload
+
+    with ThreadPoolExecutor(1) as pool:
+        frames = sealed_ahead(slow_seal, PAYLOADS, pool)
+        assert next(frames) == PAYLOADS[0]
+        assert started.wait(10)  # frame 1 is being sealed on the helper
+        frames.close()
+        assert finished.is_set()
+
+
+def test_a_seal_of_the_wrong_size_fails_the_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(EngineSettings(data_dir=tmp_path / "store"), MemoryTier(), start_mover=False)
+    try:
+        store.create_dataset("d")
+        store.put("d", "kept", b"x" * 64)
+        real = FrameSealer.seal
+        monkeypatch.setattr(FrameSealer, "seal", lambda self, i, p: bytes(real(self, i, p)) + b"?")
+        with pytest.raises(RuntimeError, match="sealed to"):
+            store.put("d", "bad", b"y" * 64)
+        monkeypatch.undo()
+        assert store.get("d", "kept").to_bytes() == b"x" * 64
+        with pytest.raises(ShardNotFound):
+            store.get("d", "bad")
+    finally:
+        store.close()

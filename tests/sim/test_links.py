@@ -61,6 +61,10 @@ def test_a_shared_link_refuses_a_transfer_in_its_past() -> None:
     link.advance(2.0)
     with pytest.raises(ValueError, match="before"):
         link.add(0, 10, 1.0)
+    busy = SharedLink(100.0)
+    busy.add(0, 100, 0.0)
+    with pytest.raises(ValueError, match="advance"):  # 0's progress until 0.5 would be lost
+        busy.add(1, 10, 0.5)
 
 
 def test_a_transfer_takes_no_share_before_its_first_byte() -> None:
@@ -102,7 +106,7 @@ def test_channels_are_independent() -> None:
 
 
 transfers = st.lists(
-    st.tuples(st.integers(0, 50), st.integers(1, 400)), min_size=1, max_size=8
+    st.tuples(st.integers(0, 50), st.integers(0, 400)), min_size=1, max_size=8
 ).map(sorted)
 latencies = st.sampled_from([0.0, 0.5, 3.0])
 

@@ -16,8 +16,8 @@ with its own frames; the pool is shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
 
 __all__ = ["sealed_ahead"]
@@ -28,21 +28,28 @@ S = TypeVar("S")
 
 def sealed_ahead(
     seal: Callable[[int, P], S], payloads: Sequence[P], helper_pool: Executor
-) -> Iterator[S]:
+) -> Generator[S, None, None]:
     """``seal(index, payload)`` of each payload, in order; the next one is sealed on
     ``helper_pool`` while the caller works on the one yielded. An exception from
-    ``seal`` is raised when its frame is reached. Abandoning the iterator leaves at
-    most one seal running on the helper, whose result is dropped."""
+    ``seal`` is raised when its frame is reached.
+
+    Close the iterator when abandoning it (``contextlib.closing``): closing waits for a
+    seal running on the helper, so that no thread still reads a payload (a view of the
+    caller's buffer) after the caller's put has ended."""
     ahead: Future[S] | None = None
-    for index, payload in enumerate(payloads):
+    try:
+        for index, payload in enumerate(payloads):
+            if ahead is not None and not ahead.cancel():
+                current = ahead.result()
+            else:
+                current = seal(index, payload)
+            ahead = None
+            if index + 1 < len(payloads):
+                try:
+                    ahead = helper_pool.submit(seal, index + 1, payloads[index + 1])
+                except RuntimeError:  # the pool is shut down (store closing): seal inline
+                    ahead = None
+            yield current
+    finally:
         if ahead is not None and not ahead.cancel():
-            current = ahead.result()
-        else:
-            current = seal(index, payload)
-        ahead = None
-        if index + 1 < len(payloads):
-            try:
-                ahead = helper_pool.submit(seal, index + 1, payloads[index + 1])
-            except RuntimeError:  # the pool is shut down (store closing): seal inline
-                ahead = None
-        yield current
+            wait([ahead])  # its outcome is dropped: nobody asked for that frame

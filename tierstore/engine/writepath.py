@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -132,12 +133,12 @@ class ShardWriter:
                 self.delete_in(txn, previous, tell_policy=False)
             # Sealed inside the transaction, so that sealing the next frame overlaps
             # storing this one; the commit (and its fsync) dominates the lock's time.
-            frames = sealed_ahead(sealer.seal, framed.frames, self._seal_pool)
             sizes = record.stored_sizes(sealer.overhead)
-            for index, frame in enumerate(frames):
-                if len(frame) != sizes[index]:  # the quota and counters above assumed it
-                    raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes")
-                self._frames.put_in(txn, frame_key(generation, index), frame)
+            with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as frames:
+                for index, frame in enumerate(frames):
+                    if len(frame) != sizes[index]:  # the quota and counters assumed it
+                        raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes")
+                    self._frames.put_in(txn, frame_key(generation, index), frame)
             self._catalog.put_shard(txn, record)
             self._catalog.add_counter(txn, "hot_bytes", stored_total)
             seq = self._catalog.append_journal(

@@ -89,6 +89,8 @@ class SharedLink:
         ValueError if ``now`` is before the time advanced to."""
         if now < self._clock:
             raise ValueError(f"a transfer at {now} starts before the link's time {self._clock}")
+        if now > self._clock and (self._left or self._joining):
+            raise ValueError(f"advance the link to {now} before adding a transfer then")
         self._clock = now
         heapq.heappush(self._joining, (now + latency, transfer, size))
         self._join_due()
@@ -130,7 +132,8 @@ class SharedLink:
                 return self._finish(smallest, finish)
             moved = max(0.0, until - self._clock) * self._rate / sharing
             for transfer in self._left:
-                self._left[transfer] -= moved
+                # Rounding must not leave a negative count (finish was just past until).
+                self._left[transfer] = max(0.0, self._left[transfer] - moved)
             self._clock = max(self._clock, until)
             if joins > now:
                 return []

@@ -39,8 +39,9 @@ __all__ = ["PrefetchModel", "SimResult", "simulate", "simulate_offline"]
 class SimResult:
     """What one replay measured (reads after the warm-up only).
 
-    ``stall_s``: seconds reads spent waiting for prefetches still in flight (such a
-    read is not a hit). ``prefetches``: fetches the policy started.
+    ``stall_s``: seconds reads spent waiting for fetches still in flight, prefetches or
+    earlier misses' promotions (such a read is not a hit). ``prefetches``: fetches the
+    policy started.
     """
 
     policy: str
@@ -67,7 +68,10 @@ class SimResult:
 
 @dataclass(frozen=True, slots=True)
 class PrefetchModel:
-    """A time model for prefetching: at most ``io_depth`` fetches in flight.
+    """A time model for prefetching: the policy may have ``io_depth`` fetches in flight,
+    the promotions of missed reads included. Those promotions are started whatever is in
+    flight (the engine queues them for its promotion threads instead; a cap of 4 on
+    these traces changed no prediction, so the queue is not modelled).
 
     Channels (``shared_link=False``): each fetch has a channel of its own moving
     ``bandwidth_bytes_per_s``, so a fetch of ``size`` bytes takes ``size / bandwidth``
@@ -83,8 +87,8 @@ class PrefetchModel:
     promotion (a request and the link; hot when it lands); not admitted, its bytes
     still cross the link. A fetch makes its room in the tier when it lands.
 
-    Either way the policy is offered, after every event, the free requests and the bytes
-    above minus those in flight."""
+    Either way the policy is offered, after every event and whenever a fetch lands, the
+    free requests and the bytes above minus those in flight."""
 
     bandwidth_bytes_per_s: float
     io_depth: int
@@ -93,8 +97,8 @@ class PrefetchModel:
     #: shared link only: the link is a token bucket that holds up to this many bytes
     #: while it idles (a fetch starting after an idle spell gets them at once).
     burst_bytes: int = 0
-    #: the archive's time to first byte: a fetch (or a missed read's transfer) holds
-    #: its request but takes no share of the link for this long.
+    #: the archive's time to first byte: every transfer waits this long before it takes
+    #: a share of the link (a fetch holds its request meanwhile).
     latency_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -205,7 +209,8 @@ class _Prefetcher:
         size = self.tier.sizes[key]
         self.in_flight_bytes -= size
         # Room is made now, as the engine makes it before it writes a promotion. Every
-        # hot shard is evictable here and no shard outgrows the tier, so it always can.
+        # hot shard is evictable here and no shard outgrows the tier, so a policy that
+        # names enough victims always makes it; if one does not, the shard is dropped.
         if self.tier.make_room(size, now):
             self.tier.insert(key, now)
 
@@ -299,7 +304,7 @@ def simulate(
             key = event.key
             size = sizes[key]
             if fetcher is not None and key in fetcher.fetching:
-                # A prefetch still in flight: the read waits for it, and is no hit.
+                # A fetch still in flight: the read waits for it, and is no hit.
                 stall += fetcher.wait(key, now)
                 hit = False
                 record(key, size, now, True)
