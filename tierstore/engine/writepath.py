@@ -102,7 +102,8 @@ class ShardWriter:
             envelope=envelope,
         )
         sealer = self._sealers.sealer(record, data_key)
-        stored_total = sum(record.stored_sizes(sealer.overhead))
+        sizes = record.stored_sizes(sealer.overhead)
+        stored_total = sum(sizes)
         if stored_total > settings.hot_quota_bytes > 0:
             raise QuotaExceeded(
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
@@ -133,7 +134,6 @@ class ShardWriter:
                 self.delete_in(txn, previous, tell_policy=False)
             # Sealed inside the transaction, so that sealing the next frame overlaps
             # storing this one; the commit (and its fsync) dominates the lock's time.
-            sizes = record.stored_sizes(sealer.overhead)
             with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as frames:
                 for index, frame in enumerate(frames):
                     if len(frame) != sizes[index]:  # the quota and counters assumed it

@@ -311,15 +311,13 @@ def simulate(
             else:
                 hit = bool(hot[key])
                 record(key, size, now, hit)
-                if hit:
-                    pass
-                elif not admit(key, size, now, capacity_bytes - tier.used):
+                if not hit:
+                    admitted = admit(key, size, now, capacity_bytes - tier.used)
                     if fetcher is not None:
-                        fetcher.stream(key, now)
-                elif fetcher is not None:
-                    fetcher.promote(key, now)
-                elif make_room(size, now):
-                    insert(key, now)
+                        # Timed: the shard crosses the link, and lands if admitted.
+                        (fetcher.promote if admitted else fetcher.stream)(key, now)
+                    elif admitted and make_room(size, now):
+                        insert(key, now)
             seen += 1
             if seen > warmup_reads:
                 reads += 1
