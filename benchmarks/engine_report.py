@@ -5,6 +5,7 @@ Usage::
     python benchmarks/engine_report.py [--size-gib 1] [--quick] [--repeats 5]
                                        [--workdir DIR] [--profile] [--json PATH] [--strict]
                                        [--what-if] [--no-tune-malloc]
+                                       [--only TEXT ...] [--no-churn]
 
 Starts a real SeaweedFS (loopback, telemetry off) and a store in a temporary
 directory (default: the system temporary directory; it must be on a disk, not
@@ -15,7 +16,9 @@ round), runs the churn test, prints the table and removes everything.
 engine repetition per case. ``--strict`` exits 1 when a target is missed.
 ``--what-if`` adds rows with a suspected hot spot patched out in this process.
 The allocator is tuned as the server tunes it (``tierstore/engine/allocator.py``);
-``--no-tune-malloc`` measures glibc's defaults instead.
+``--no-tune-malloc`` measures glibc's defaults instead. ``--only`` keeps the cases
+whose name contains one of the given texts (e.g. ``--only put cold``) and
+``--no-churn`` skips the churn run: for quick A/B runs, not for RESULTS.
 """
 
 from __future__ import annotations
@@ -220,6 +223,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave glibc's allocator untuned (the server and open_store() tune it)",
     )
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="TEXT", help="cases whose name contains TEXT"
+    )
+    parser.add_argument("--no-churn", action="store_true", help="skip the churn run")
     args = parser.parse_args(argv)
     size = 128 * MiB if args.quick else int(args.size_gib * GiB)
     args.total_bytes = max(SHARD_BYTES, size // SHARD_BYTES * SHARD_BYTES)
@@ -244,18 +251,23 @@ def main(argv: list[str] | None = None) -> int:
         for index, factory in enumerate(CASES):
             if index in WHAT_IF_CASES and not args.what_if:
                 continue
-            result = measure(factory(bench), args.repeats)
+            case = factory(bench)
+            if args.only and not any(text in case.name for text in args.only):
+                continue
+            result = measure(case, args.repeats)
             log(f"{result.name}: ratio {result.ratio:.2f} (median {result.median_ratio:.2f})")
             results.append(result)
             if args.profile:  # right after its case: later cases change the store's state
                 case = factory(bench)
                 profiles.append((case.name, profile_engine(case)))
-    log(f"churn: hot capacity {total / MiB:.0f} MiB, 5 cycles of {total / MiB:.0f} MiB")
-    churn = run_churn(total, parent, progress=log)
+    churn: ChurnResult | None = None
+    if not args.no_churn:
+        log(f"churn: hot capacity {total / MiB:.0f} MiB, 5 cycles of {total / MiB:.0f} MiB")
+        churn = run_churn(total, parent, progress=log)
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["allocator"] = "untuned glibc" if args.no_tune_malloc else "tuned (engine/allocator.py)"
 
-    rows = [pair_row(r) for r in results] + churn_rows(churn)
+    rows = [pair_row(r) for r in results] + (churn_rows(churn) if churn is not None else [])
     print("# tierstore engine benchmark\n")
     for key, value in info.items():
         print(f"- {key}: {value}")
@@ -274,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"ceiling {total / result.warmup_ceiling_s[0] / GiB:.3f} GiB/s)"
             )
         print(f"- {result.name}: {result.note}{warm}")
-    print(f"- churn archive: {CHURN_ARCHIVE}")
-    if churn.cycles:
+    if churn is not None:
+        print(f"- churn archive: {CHURN_ARCHIVE}")
+    if churn is not None and churn.cycles:
         per_cycle = ", ".join(
             f"{c.gib_s:.3f} GiB/s / {c.lmdb_file_bytes / MiB:.0f} MiB" for c in churn.cycles
         )
@@ -305,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for r in results
             ],
-            "churn": {
+            "churn": None
+            if churn is None
+            else {
                 "capacity": churn.capacity,
                 "max_file_bytes": churn.max_file_bytes,
                 "cycles": [
