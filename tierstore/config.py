@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tierstore.engine.background import MAX_NICENESS
 from tierstore.errors import InvalidArgument
 
 __all__ = ["ArchiveSettings", "EngineSettings", "load_settings"]
@@ -69,6 +70,9 @@ class EngineSettings:
     prefetch_interval_s: float = 1.0
     #: threads copying shards from the archive into the hot tier.
     promotion_threads: int = 4
+    #: nice steps the mover's threads (uploads, promotions, evictions) run below the
+    #: threads serving callers (0: the same priority); see engine/background.py.
+    background_niceness: int = 10
     #: hot reads hand out zero-copy views for at most this many concurrent leases;
     #: beyond that a read gets a private copy rather than pinning more LMDB pages.
     max_read_leases: int = 64
@@ -94,6 +98,10 @@ class EngineSettings:
         for name, value in positive.items():
             if not value > 0 or value == float("inf"):
                 raise InvalidArgument(f"{name} must be a positive finite number, got {value}")
+        if not 0 <= self.background_niceness <= MAX_NICENESS:
+            raise InvalidArgument(
+                f"background_niceness must be 0..{MAX_NICENESS}, got {self.background_niceness}"
+            )
         if self.trace_capacity < 0 or self.prefetch_depth < 0 or not self.prefetch_horizon_s >= 0:
             raise InvalidArgument(
                 "trace_capacity, prefetch_depth and prefetch_horizon_s must not be negative"

@@ -16,6 +16,9 @@ Eviction runs whenever the hot tier passes its high watermark, down to the low
 one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
 among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
 
+All these threads run ``background_niceness`` below the threads serving callers
+(:mod:`tierstore.engine.background`): on busy cores, reads and puts come first.
+
 Every change of the hot set is told to the policies inside the write transaction
 that makes it (lock order: LMDB write transaction → policy driver lock).
 """
@@ -35,6 +38,7 @@ from typing import Any
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.archived import fetch_all
+from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.records import (
@@ -93,7 +97,10 @@ class Mover:
         #: ranged GETs of the frames of shards promoted from the archive (apart from the
         #: readers' pool, so a queue of prefetches never delays a reader's frames).
         self._fetch_pool = ThreadPoolExecutor(
-            settings.cold_read_parallelism, thread_name_prefix="tierstore-promote-fetch"
+            settings.cold_read_parallelism,
+            thread_name_prefix="tierstore-promote-fetch",
+            initializer=lower_this_thread,
+            initargs=(settings.background_niceness,),
         )
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
@@ -115,9 +122,15 @@ class Mover:
         workers = [(self._run_journal, "journal")]
         workers += [(self._run_promotions, "promote")] * self._settings.promotion_threads
         for target, name in workers:
-            thread = threading.Thread(target=target, name=f"tierstore-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._in_background, args=(target,), name=f"tierstore-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        lower_this_thread(self._settings.background_niceness)
+        work()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads; pending journal entries stay for the next start."""

@@ -1,0 +1,91 @@
+"""The mover's threads run below the priority of the threads serving callers (Linux)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.engine.stores import FRAME, StoreFactory, engine_settings, payload, wait_until
+from tierstore.engine.background import MAX_NICENESS, lower_this_thread
+from tierstore.errors import InvalidArgument
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
+
+
+def niceness_of(thread_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+
+def process_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+
+def niceness_after(*steps: int) -> int:
+    """The nice value of a fresh thread after it called lower_this_thread(step) for each step."""
+    seen: list[int] = []
+
+    def body() -> None:
+        for step in steps:
+            lower_this_thread(step)
+        seen.append(niceness_of(threading.get_native_id()))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_lowered_thread_runs_below_the_process_and_alone() -> None:
+    base = process_niceness()
+    before = niceness_of(threading.get_native_id())
+    assert niceness_after(3) == min(MAX_NICENESS, base + 3)
+    assert niceness_of(threading.get_native_id()) == before  # the caller's thread is untouched
+    assert process_niceness() == base
+
+
+def test_lowering_is_capped_at_the_lowest_priority_and_never_undone() -> None:
+    assert niceness_after(MAX_NICENESS + 5) == MAX_NICENESS
+    base = process_niceness()
+    # A second, smaller step keeps the lower priority (a thread cannot raise its own).
+    assert niceness_after(6, 2) == min(MAX_NICENESS, base + 6)
+
+
+def test_zero_leaves_the_thread_at_the_process_priority() -> None:
+    assert niceness_after(0) == process_niceness()
+
+
+@pytest.mark.parametrize("niceness", [-1, MAX_NICENESS + 1])
+def test_a_niceness_out_of_range_is_refused(niceness: int, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="background_niceness"):
+        engine_settings(tmp_path, background_niceness=niceness)
+
+
+def test_the_movers_threads_run_in_the_background(open_store: StoreFactory) -> None:
+    older = {thread.ident for thread in threading.enumerate()}  # e.g. other tests' stores
+    store = open_store(MemoryTier(), datasets={"plain": DatasetSettings()}, background_niceness=7)
+    expected = min(MAX_NICENESS, process_niceness() + 7)
+    caller = niceness_of(threading.get_native_id())
+    data = payload(3 * FRAME, 1)
+    store.put("plain", "s", data)  # the caller's put: its thread keeps its priority
+    assert store.drain(10)
+    store.evict("plain", "s")
+    assert store.prefetch("plain", ["s"]) == 1  # fetched on the promotion fetch pool
+    wait_until(lambda: store.stat("plain", "s").hot, "the prefetched shard to turn hot")
+    movers = {
+        thread.name: niceness_of(thread.native_id)
+        for thread in threading.enumerate()
+        if thread.native_id is not None
+        and thread.ident not in older
+        and thread.name.startswith(("tierstore-journal", "tierstore-promote"))
+    }
+    assert any(name.startswith("tierstore-promote-fetch") for name in movers), movers
+    assert "tierstore-journal" in movers and "tierstore-promote" in movers, movers
+    assert set(movers.values()) == {expected}, movers
+    assert niceness_of(threading.get_native_id()) == caller
+    assert store.get("plain", "s").to_bytes() == data
