@@ -2,7 +2,8 @@
 
 Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
 least 5 MiB; an upload has at most 10,000 parts). The stream is never joined in
-memory: at most one part is held besides the chunk being cut. An upload that
+memory: at most one part is held besides the chunk being cut, and each part's
+bytes are copied once. An upload that
 fails at any point is aborted, so no orphaned parts are left to cost storage.
 """
 
@@ -28,25 +29,27 @@ _MAX_PARTS: Final = 10_000
 def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
     """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be shorter).
 
-    Holds at most one part in memory besides the chunk being cut. Never yields
-    an empty part.
+    Each part is built with one copy of its bytes (a join of views into the chunks,
+    which also skips the zero-fill a preallocated buffer would need). Holds the
+    chunks that make up the part being built, so at most one part plus one chunk of
+    the stream. Never yields an empty part.
     """
-    pending = bytearray()
+    pieces: list[memoryview] = []
+    filled = 0
     for chunk in chunks:
         position = 0
-        if pending:
-            position = min(size - len(pending), len(chunk))
-            pending += chunk[:position]
-            if len(pending) < size:
-                continue
-            yield bytes(pending)
-            pending.clear()
-        while len(chunk) - position >= size:
-            yield chunk[position : position + size].tobytes()
-            position += size
-        pending += chunk[position:]
-    if pending:
-        yield bytes(pending)
+        while len(chunk) - position >= size - filled:
+            end = position + size - filled
+            pieces.append(chunk[position:end])
+            position = end
+            yield b"".join(pieces)
+            pieces.clear()
+            filled = 0
+        if position < len(chunk):
+            pieces.append(chunk[position:])
+            filled += len(chunk) - position
+    if filled:
+        yield b"".join(pieces)
 
 
 def put_multipart(
