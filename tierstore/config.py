@@ -49,6 +49,9 @@ class EngineSettings:
     max_frame_bytes: int = 4 * MiB
     #: un-archived bytes above which write-back puts fail with BacklogFull.
     backlog_cap_bytes: int = 16 * GiB
+    #: how long a put into a dataset at its hot-tier quota waits for the mover to archive
+    #: shards it may evict (0: fail at once with QuotaExceeded).
+    quota_wait_s: float = 30.0
     #: archive: parallel ranged GETs per cold read, and mover upload threads.
     cold_read_parallelism: int = 16
     mover_threads: int = 2
@@ -98,6 +101,8 @@ class EngineSettings:
         for name, value in positive.items():
             if not value > 0 or value == float("inf"):
                 raise InvalidArgument(f"{name} must be a positive finite number, got {value}")
+        if not 0 <= self.quota_wait_s < float("inf"):
+            raise InvalidArgument(f"quota_wait_s must be 0 or more seconds: {self.quota_wait_s}")
         if not 0 <= self.background_niceness <= MAX_NICENESS:
             raise InvalidArgument(
                 f"background_niceness must be 0..{MAX_NICENESS}, got {self.background_niceness}"

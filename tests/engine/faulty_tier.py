@@ -34,6 +34,10 @@ class FaultyTier:
         self._thread_prefix = ""
         self.read_waiting = threading.Event()
         self._release = threading.Event()
+        #: set while a put is held by :meth:`hold_writes`.
+        self.write_waiting = threading.Event()
+        self._writes_held = False
+        self._release_writes = threading.Event()
 
     def _check(self, what: str) -> None:
         if self.failing:
@@ -69,7 +73,22 @@ class FaultyTier:
         self._check(f"GET {key}")
         return self.inner.get(key, byte_range)
 
+    def hold_writes(self) -> None:
+        """Make every ``put`` wait until :meth:`release_writes` (at most 30 s, then it
+        raises AssertionError)."""
+        self._release_writes.clear()
+        self.write_waiting.clear()
+        self._writes_held = True
+
+    def release_writes(self) -> None:
+        self._writes_held = False
+        self._release_writes.set()
+
     def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        if self._writes_held:
+            self.write_waiting.set()
+            if not self._release_writes.wait(timeout=30):
+                raise AssertionError("a held archive write was never released")
         self._check(f"PUT {key}")
         self.inner.put(key, value)
 

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 #: Verifies one stored frame of a record (raises IntegrityError).
 FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
 _Promotion = tuple[ShardRecord, list[memoryview] | None]
+#: journal entries a quota check looks through for an upload of its dataset.
+_UPLOADS_SCANNED = 10_000
 _STOP = None
 
 
@@ -92,6 +94,10 @@ class Mover:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
+        #: journal entries tried so far (done or failed), notified on each (puts waiting
+        #: for room in their quota wait on it).
+        self._journal_tries = 0
+        self._journal_tried = threading.Condition()
         self._evict_lock = threading.Lock()
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
         #: ranged GETs of the frames of shards promoted from the archive (apart from the
@@ -184,6 +190,41 @@ class Mover:
         with self._env.read() as txn:
             return self._catalog.journal_length(txn)
 
+    def journal_tries(self) -> int:
+        """Journal entries tried so far, done or failed (see :meth:`wait_for_journal`)."""
+        with self._journal_tried:
+            return self._journal_tries
+
+    def wait_for_journal(self, seen: int, timeout: float) -> None:
+        """Wait until an entry has been tried since :meth:`journal_tries` returned
+        ``seen``, or ``timeout`` seconds."""
+        with self._journal_tried:
+            self._journal_tried.wait_for(lambda: self._journal_tries != seen, timeout)
+
+    def _tried_entry(self) -> None:
+        with self._journal_tried:
+            self._journal_tries += 1
+            self._journal_tried.notify_all()
+
+    def uploads_would_free(self, dataset: str) -> bool:
+        """Whether the journal holds an upload that, once done, lets eviction take a hot
+        shard of ``dataset`` (its current generation, not pinned). False when waiting
+        for it is in vain: the mover is not running, or its last try failed (the
+        archive is down or refusing)."""
+        if not self._threads or self._stop.is_set() or self.last_error is not None:
+            return False
+        now = time.time()
+        with self._env.read() as txn:
+            for _, op in self._catalog.journal_entries(txn, limit=_UPLOADS_SCANNED):
+                if op.op != "upload" or op.dataset != dataset:
+                    continue
+                record = self._catalog.get_shard(txn, dataset, op.name)
+                if record is None or record.generation != op.generation:
+                    continue  # superseded: its upload frees nothing
+                if record.hot and not record.pin_holds(now):
+                    return True
+        return False
+
     def drain_once(self) -> bool:
         """Work the journal in order until it is empty or an entry fails.
 
@@ -206,6 +247,12 @@ class Mover:
         Returns True when the entry is done (or was already done by someone else),
         False when the archive failed and the entry stays for a retry.
         """
+        try:
+            return self._run_entry(seq)
+        finally:
+            self._tried_entry()
+
+    def _run_entry(self, seq: int) -> bool:
         with self._journal_lock:
             with self._env.read() as txn:
                 op = self._catalog.journal_entry(txn, seq)

@@ -29,9 +29,10 @@ from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, stored_size
 from tierstore.errors import ArchiveUnavailable, BacklogFull, QuotaExceeded
+from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
-from tierstore.types import Durability, ShardInfo
+from tierstore.types import DatasetSettings, Durability, ShardInfo
 
 __all__ = ["ShardWriter"]
 
@@ -81,13 +82,16 @@ class ShardWriter:
     def commit(self, dataset: str, shard: str, framed: FramedValue) -> ShardInfo:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
-        Returns once the dataset's durability is met. Raises DatasetNotFound,
-        EncryptionUnavailable, BacklogFull, QuotaExceeded, HotTierFull, ArchiveUnavailable
-        (write-through only: the shard is then committed locally and the mover keeps
-        trying).
+        Returns once the dataset's durability is met. A dataset at its hot-tier quota
+        makes room by evicting its own archived shards; when only uploads still on the
+        journal could make that room, the put waits for them (up to ``quota_wait_s``).
+        Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
+        HotTierFull, ArchiveUnavailable (write-through only: the shard is then
+        committed locally and the mover keeps trying).
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
+            previous = self._catalog.get_shard(txn, dataset, shard)
         generation = self._new_generation()
         envelope, data_key = None, None
         if settings.encrypted:
@@ -109,8 +113,60 @@ class ShardWriter:
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
                 f"the dataset's whole quota of {settings.hot_quota_bytes} bytes"
             )
-        self._mover.make_room_in_quota(dataset, settings.hot_quota_bytes, stored_total)
-        self._mover.make_room(stored_total)
+        # An overwrite's old generation leaves in the same transaction: room for the rest.
+        leaving = stored_size(previous) if previous is not None and previous.hot else 0
+        deadline = time.monotonic() + self._settings.quota_wait_s
+        quota = settings.hot_quota_bytes
+        while True:
+            self._make_quota_room(dataset, quota, stored_total - leaving, deadline)
+            self._mover.make_room(stored_total)
+            tries = self._mover.journal_tries()
+            try:
+                settings, seq = self._commit_locally(record, framed, sealer, sizes)
+                break
+            except QuotaExceeded:
+                # Another put took the room meanwhile: wait again while that can help.
+                if not self._quota_wait_helps(dataset, deadline):
+                    raise
+                self._mover.wait_for_journal(tries, deadline - time.monotonic())
+        if settings.durability is Durability.WRITE_THROUGH:
+            if not self._mover.run_entry(seq):
+                raise ArchiveUnavailable(
+                    f"{dataset}/{shard} is committed locally but the archive did not take it "
+                    f"({self._mover.last_error}); the mover keeps retrying"
+                )
+            record = record.with_state(archived=True)
+        else:
+            self._mover.wake()
+        return record.to_info(record.created_at)
+
+    def _make_quota_room(self, dataset: str, quota: int, incoming: int, deadline: float) -> None:
+        """Evict ``dataset``'s own archived shards until ``incoming`` more bytes fit its
+        ``quota``; while they do not, and uploads on the journal would make evictable
+        shards, wait for the mover until ``deadline``. Best effort: the write
+        transaction checks the quota again."""
+        while True:
+            tries = self._mover.journal_tries()
+            self._mover.make_room_in_quota(dataset, quota, incoming)
+            if self._mover.fits_quota(dataset, quota, incoming):
+                return
+            if not self._quota_wait_helps(dataset, deadline):
+                return
+            self._mover.wake()
+            self._mover.wait_for_journal(tries, deadline - time.monotonic())
+
+    def _quota_wait_helps(self, dataset: str, deadline: float) -> bool:
+        return time.monotonic() < deadline and self._mover.uploads_would_free(dataset)
+
+    def _commit_locally(
+        self, record: ShardRecord, framed: FramedValue, sealer: FrameSealer, sizes: tuple[int, ...]
+    ) -> tuple[DatasetSettings, int]:
+        """Seal and write ``record``'s frames, catalog record and upload-journal entry in
+        one write transaction (replacing the shard's previous generation); returns the
+        dataset's settings and the journal entry's sequence number. Raises
+        DatasetNotFound, BacklogFull, QuotaExceeded, HotTierFull; nothing is written then."""
+        dataset, shard, generation = record.dataset, record.name, record.generation
+        stored_total = sum(sizes)
         with self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             backlog = self._catalog.counter(txn, "backlog_bytes")
@@ -127,8 +183,9 @@ class ShardWriter:
                 raise QuotaExceeded(
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
-                    f"({stored_total} bytes); retry when the mover has archived more, or "
-                    "raise the quota"
+                    f"({stored_total} bytes), nor is any more on its way to the archive "
+                    f"within quota_wait_s ({self._settings.quota_wait_s:g} s); retry when "
+                    "the mover has archived more, or raise the quota"
                 )
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)
@@ -150,16 +207,7 @@ class ShardWriter:
             if previous is not None:
                 self._policies.removed((dataset, shard))
             self._policies.inserted((dataset, shard), stored_total)
-        if settings.durability is Durability.WRITE_THROUGH:
-            if not self._mover.run_entry(seq):
-                raise ArchiveUnavailable(
-                    f"{dataset}/{shard} is committed locally but the archive did not take it "
-                    f"({self._mover.last_error}); the mover keeps retrying"
-                )
-            record = record.with_state(archived=True)
-        else:
-            self._mover.wake()
-        return record.to_info(record.created_at)
+        return settings, seq
 
     def delete_in(self, txn: Any, record: ShardRecord, *, tell_policy: bool = True) -> None:
         """Delete ``record``'s generation in the caller's write transaction (and tell
