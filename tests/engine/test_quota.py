@@ -44,6 +44,22 @@ def quota_store(
     )
 
 
+def full_with_uploads_held(
+    open_store: StoreFactory, pin: bool = False, **settings: Any
+) -> tuple[Store, FaultyTier]:
+    """A quota store whose quota is full of shards the mover is stuck uploading
+    (the archive holds every write until ``release_writes``); ``pin`` pins them."""
+    archive = FaultyTier(MemoryTier())
+    archive.hold_writes()
+    store = quota_store(open_store, archive, **settings)
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+        if pin:
+            store.pin("capped", f"s{index}")
+    assert archive.write_waiting.wait(10)
+    return store, archive
+
+
 def put_in_background(store: Store, shard: str, data: bytes) -> tuple[threading.Thread, list[Any]]:
     """Start ``store.put("capped", shard, data)`` on a thread; the list gets its outcome."""
     outcome: list[Any] = []
@@ -102,12 +118,7 @@ def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
 def test_a_put_at_the_quota_waits_for_the_uploads_that_make_room(
     open_store: StoreFactory,
 ) -> None:
-    archive = FaultyTier(MemoryTier())
-    archive.hold_writes()  # the mover's uploads wait: nothing is archived yet
-    store = quota_store(open_store, archive)
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-    assert archive.write_waiting.wait(10)
+    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
     thread, outcome = put_in_background(store, "s3", payload(SIZE, 3))
     thread.join(0.5)
     assert thread.is_alive() and not outcome  # waiting for the mover, not refused
@@ -122,13 +133,8 @@ def test_a_put_at_the_quota_waits_for_the_uploads_that_make_room(
 def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
     open_store: StoreFactory,
 ) -> None:
-    archive = FaultyTier(MemoryTier())
-    archive.hold_writes()
-    store = quota_store(open_store, archive)
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-        store.pin("capped", f"s{index}")  # archived or not, a pin keeps it hot
-    assert archive.write_waiting.wait(10)
+    # Archived or not, a pin keeps a shard hot: its upload frees nothing.
+    store, archive = full_with_uploads_held(open_store, pin=True)
     with pytest.raises(QuotaExceeded, match="quota"):
         store.put("capped", "s3", payload(SIZE, 3))
     # Refused while the mover was still held: the put did not wait for the uploads.
@@ -139,12 +145,7 @@ def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
 
 
 def test_quota_wait_zero_refuses_at_once(open_store: StoreFactory) -> None:
-    archive = FaultyTier(MemoryTier())
-    archive.hold_writes()
-    store = quota_store(open_store, archive, quota_wait_s=0)
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-    assert archive.write_waiting.wait(10)
+    store, archive = full_with_uploads_held(open_store, quota_wait_s=0)
     with pytest.raises(QuotaExceeded, match="quota_wait_s"):
         store.put("capped", "s3", payload(SIZE, 3))
     archive.release_writes()
