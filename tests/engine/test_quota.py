@@ -144,10 +144,15 @@ def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
     assert not store.list("capped", prefix="s3")[0]
 
 
-def test_quota_wait_zero_refuses_at_once(open_store: StoreFactory) -> None:
-    store, archive = full_with_uploads_held(open_store, quota_wait_s=0)
+@pytest.mark.parametrize("setting, argument", [(0.0, None), (30.0, 0.0), (30.0, -5.0)])
+def test_quota_wait_zero_refuses_at_once(
+    open_store: StoreFactory, setting: float, argument: float | None
+) -> None:
+    # The setting, or a caller's shorter limit (the service passes its RPC's deadline).
+    store, archive = full_with_uploads_held(open_store, quota_wait_s=setting)
     with pytest.raises(QuotaExceeded, match="quota_wait_s"):
-        store.put("capped", "s3", payload(SIZE, 3))
+        store.put("capped", "s3", payload(SIZE, 3), quota_wait_s=argument)
+    assert archive.write_waiting.is_set()  # refused while the uploads were still held
     archive.release_writes()
     assert store.drain(10)
     store.put("capped", "s3", payload(SIZE, 3))  # archived shards now make room

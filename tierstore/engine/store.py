@@ -316,21 +316,32 @@ class Store:
 
     # Writes.
 
-    def put(self, dataset: str, shard: str, value: Any) -> ShardInfo:
+    def put(
+        self, dataset: str, shard: str, value: Any, *, quota_wait_s: float | None = None
+    ) -> ShardInfo:
         """Store ``value`` as the new generation of ``dataset/shard``.
 
         ``value``: bytes-like (raw), a pyarrow Table or RecordBatch (arrow), or a
         numpy array / torch tensor (tensor). Returns once the dataset's durability
-        is met. Raises InvalidName, DatasetNotFound, UnsupportedData, OversizeFrame,
-        BacklogFull, HotTierFull, ArchiveUnavailable (write-through only: the shard
-        is then committed locally and the mover keeps trying).
+        is met. At its dataset's hot-tier quota a put evicts the dataset's archived
+        shards to make room, and waits for uploads that would make more for at most
+        ``quota_wait_s`` (the setting, or this argument if shorter). Raises
+        InvalidName, DatasetNotFound, UnsupportedData, OversizeFrame, BacklogFull,
+        QuotaExceeded, HotTierFull, ArchiveUnavailable (write-through only: the
+        shard is then committed locally and the mover keeps trying).
         """
         self._check_shard_call(dataset, shard)
         framed = frame_value(value, self.settings.max_frame_bytes)
-        return self._writer.commit(dataset, shard, framed)
+        return self._writer.commit(dataset, shard, framed, quota_wait_s)
 
     def put_frames(
-        self, dataset: str, shard: str, kind: ShardKind, frames: Sequence[bytes | memoryview]
+        self,
+        dataset: str,
+        shard: str,
+        kind: ShardKind,
+        frames: Sequence[bytes | memoryview],
+        *,
+        quota_wait_s: float | None = None,
     ) -> ShardInfo:
         """Store frames cut by a client (each at most ``max_frame_bytes``; Arrow ones validated).
 
@@ -338,7 +349,7 @@ class Store:
         """
         self._check_shard_call(dataset, shard)
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
-        return self._writer.commit(dataset, shard, framed)
+        return self._writer.commit(dataset, shard, framed, quota_wait_s)
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""

@@ -79,12 +79,15 @@ class ShardWriter:
         with self._generation_lock:
             self._next_generation = max(self._next_generation, newest + 1)
 
-    def commit(self, dataset: str, shard: str, framed: FramedValue) -> ShardInfo:
+    def commit(
+        self, dataset: str, shard: str, framed: FramedValue, quota_wait_s: float | None = None
+    ) -> ShardInfo:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
         Returns once the dataset's durability is met. A dataset at its hot-tier quota
         makes room by evicting its own archived shards; when only uploads still on the
-        journal could make that room, the put waits for them (up to ``quota_wait_s``).
+        journal could make that room, the put waits for them, up to the setting
+        ``quota_wait_s`` or the argument, whichever is shorter.
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying).
@@ -115,7 +118,10 @@ class ShardWriter:
             )
         # An overwrite's old generation leaves in the same transaction: room for the rest.
         leaving = stored_size(previous) if previous is not None and previous.hot else 0
-        deadline = time.monotonic() + self._settings.quota_wait_s
+        wait_s = self._settings.quota_wait_s
+        if quota_wait_s is not None:
+            wait_s = max(0.0, min(wait_s, quota_wait_s))
+        deadline = time.monotonic() + wait_s
         quota = settings.hot_quota_bytes
         while True:
             self._make_quota_room(dataset, quota, stored_total - leaving, deadline)

@@ -34,6 +34,15 @@ __all__ = ["ShardServicer"]
 _SERVICE = "/tierstore.v1.ShardService/"
 _DEFAULT_LIST_LIMIT = 1000
 _MAX_LIST_LIMIT = 10_000
+#: of a put's remaining deadline, what is kept for its commit after a quota wait.
+_COMMIT_MARGIN_S = 1.0
+
+
+def _wait_within(context: grpc.ServicerContext) -> float | None:
+    """How long a put may wait for quota room: ending before the caller's deadline,
+    so that a put the caller gave up on does not land after it (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - _COMMIT_MARGIN_S)
 
 
 class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
@@ -91,7 +100,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 raise InvalidArgument(
                     f"the stream ended after {spool.count} of {header.frame_count} frames"
                 )
-            info = self._store.put_frames(header.dataset, header.shard, kind, spool.views())
+            info = self._store.put_frames(
+                header.dataset,
+                header.shard,
+                kind,
+                spool.views(),
+                quota_wait_s=_wait_within(context),
+            )
         return shard_info_to_pb(info)
 
     @stream_handler
