@@ -56,6 +56,17 @@ def test_lowering_is_capped_at_the_lowest_priority_and_never_undone() -> None:
     assert niceness_after(6, 2) == min(MAX_NICENESS, base + 6)
 
 
+def test_a_refusal_leaves_the_thread_running_at_its_priority(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)  # as a sandbox might
+    assert niceness_after(5) == process_niceness()
+    assert "cannot lower the priority" in caplog.text
+
+
 def test_zero_leaves_the_thread_at_the_process_priority() -> None:
     assert niceness_after(0) == process_niceness()
 
@@ -67,7 +78,7 @@ def test_a_niceness_out_of_range_is_refused(niceness: int, tmp_path: Path) -> No
 
 
 def test_the_movers_threads_run_in_the_background(open_store: StoreFactory) -> None:
-    older = {thread.ident for thread in threading.enumerate()}  # e.g. other tests' stores
+    older = set(threading.enumerate())  # e.g. other tests' stores
     store = open_store(MemoryTier(), datasets={"plain": DatasetSettings()}, background_niceness=7)
     expected = min(MAX_NICENESS, process_niceness() + 7)
     caller = niceness_of(threading.get_native_id())
@@ -81,7 +92,7 @@ def test_the_movers_threads_run_in_the_background(open_store: StoreFactory) -> N
         thread.name: niceness_of(thread.native_id)
         for thread in threading.enumerate()
         if thread.native_id is not None
-        and thread.ident not in older
+        and thread not in older
         and thread.name.startswith(("tierstore-journal", "tierstore-promote"))
     }
     assert any(name.startswith("tierstore-promote-fetch") for name in movers), movers

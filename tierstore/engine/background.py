@@ -2,8 +2,8 @@
 
 Uploads, promotions and evictions are work the engine decides when to do; reads and
 puts are work a caller is waiting for. When every core is busy, the scheduler should
-give the second kind first claim. Linux applies a nice value to each thread, so every
-background thread raises its own when it starts (RocksDB lowers its compaction
+give the second kind first claim. Linux applies a nice value to each thread, so each
+of the mover's threads raises its own when it starts (RocksDB lowers its compaction
 threads' priority for the same reason). Raising a nice value needs no privilege, but
 an unprivileged thread can never lower it again, so a lowered thread only ever does
 background work.
@@ -20,11 +20,14 @@ so there the threads keep the process's priority.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 
 __all__ = ["MAX_NICENESS", "lower_this_thread"]
+
+log = logging.getLogger(__name__)
 
 #: the lowest priority a nice value can give.
 MAX_NICENESS = 19
@@ -32,10 +35,14 @@ MAX_NICENESS = 19
 
 def lower_this_thread(niceness: int) -> None:
     """Run the calling thread ``niceness`` steps below the process's priority (capped
-    at nice 19); no effect at 0, elsewhere than Linux, or on a thread already lower."""
+    at nice 19); no effect at 0, elsewhere than Linux, or on a thread already lower.
+    Never raises: where the system refuses, the thread keeps its priority (logged)."""
     if niceness <= 0 or sys.platform != "linux":
         return
     thread_id = threading.get_native_id()
-    target = min(MAX_NICENESS, os.getpriority(os.PRIO_PROCESS, os.getpid()) + niceness)
-    if os.getpriority(os.PRIO_PROCESS, thread_id) < target:
-        os.setpriority(os.PRIO_PROCESS, thread_id, target)
+    try:
+        target = min(MAX_NICENESS, os.getpriority(os.PRIO_PROCESS, os.getpid()) + niceness)
+        if os.getpriority(os.PRIO_PROCESS, thread_id) < target:
+            os.setpriority(os.PRIO_PROCESS, thread_id, target)
+    except OSError as exc:  # e.g. a sandbox that forbids it: run on, at the same priority
+        log.warning("cannot lower the priority of thread %s: %s", thread_id, exc)

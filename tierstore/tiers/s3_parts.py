@@ -2,7 +2,7 @@
 
 Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
 least 5 MiB; an upload has at most 10,000 parts). The stream is never joined in
-memory: at most one part is held besides the chunk being cut, and each part's
+memory: at most one part and the chunks it is cut from are held, and each part's
 bytes are copied once. An upload that
 fails at any point is aborted, so no orphaned parts are left to cost storage.
 """
@@ -31,7 +31,7 @@ def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
 
     Each part is built with one copy of its bytes (a join of views into the chunks,
     which also skips the zero-fill a preallocated buffer would need). Holds the
-    chunks that make up the part being built, so at most one part plus one chunk of
+    chunks that make up the part being built: at most one part plus two chunks of
     the stream. Never yields an empty part.
     """
     pieces: list[memoryview] = []
