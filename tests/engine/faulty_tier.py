@@ -36,6 +36,8 @@ class FaultyTier:
         self._release = threading.Event()
         #: set while a put is held by :meth:`hold_writes`.
         self.write_waiting = threading.Event()
+        #: set when a held put gave up waiting for release_writes (a test waited too long).
+        self.hold_timed_out = False
         self._writes_held = False
         self._release_writes = threading.Event()
 
@@ -88,6 +90,7 @@ class FaultyTier:
         if self._writes_held:
             self.write_waiting.set()
             if not self._release_writes.wait(timeout=30):
+                self.hold_timed_out = True
                 raise AssertionError("a held archive write was never released")
         self._check(f"PUT {key}")
         self.inner.put(key, value)

@@ -8,6 +8,7 @@ where a test must decide when uploads and evictions happen.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import pytest
@@ -333,14 +334,17 @@ def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: Stor
 
 
 class _CountingArchive(MemoryTier):
-    """A memory archive that counts reads of each key and range (``None``: whole)."""
+    """A memory archive that counts reads of each key and range (``None``: whole), and
+    notes the threads that made them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: Counter[tuple[str, tuple[int, int] | None]] = Counter()
+        self.threads: set[str] = set()
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
         self.reads[(key, byte_range)] += 1
+        self.threads.add(threading.current_thread().name)
         return super().get(key, byte_range)
 
 
@@ -354,12 +358,15 @@ def test_a_whole_shard_service_read_of_an_admitted_miss_reads_the_archive_once(
     assert store.drain(10)
     store.evict("d", "s")
     archive.reads.clear()
-    sealed = store.open_sealed("d", "s")  # a miss: the policy admits it, promotion queued
+    archive.threads.clear()
+    sealed = store.open_sealed("d", "s")  # a miss: the policy admits it
     frames = [stored for _, stored in sealed.frames()]
     assert len(frames) == 3
-    # The stream waited for the promotion and read the frames hot: the archive was
-    # read once, each frame by one ranged GET.
+    # The stream promoted the shard and read the frames hot: the archive was read
+    # once, each frame by one ranged GET, on the readers' pool (at the reader's
+    # priority), not the mover's background one.
     assert len(archive.reads) == 3 and set(archive.reads.values()) == {1}
+    assert archive.threads and all(t.startswith("tierstore-fetch") for t in archive.threads)
     assert all(span is not None for _, span in archive.reads)
     assert store.stat("d", "s").hot
     assert store.get("d", "s").to_bytes() == data

@@ -17,7 +17,7 @@ import pytest
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.store import Store
-from tierstore.errors import QuotaExceeded, ResourceExhausted
+from tierstore.errors import QuotaExceeded, ResourceExhausted, StoreClosed
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
@@ -137,8 +137,8 @@ def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
     store, archive = full_with_uploads_held(open_store, pin=True)
     with pytest.raises(QuotaExceeded, match="quota"):
         store.put("capped", "s3", payload(SIZE, 3))
-    # Refused while the mover was still held: the put did not wait for the uploads.
-    assert archive.write_waiting.is_set()
+    # Refused while the upload was still held: the put did not wait for it.
+    assert not archive.hold_timed_out
     archive.release_writes()
     assert store.drain(10)
     assert not store.list("capped", prefix="s3")[0]
@@ -152,7 +152,7 @@ def test_quota_wait_zero_refuses_at_once(
     store, archive = full_with_uploads_held(open_store, quota_wait_s=setting)
     with pytest.raises(QuotaExceeded, match="quota_wait_s"):
         store.put("capped", "s3", payload(SIZE, 3), quota_wait_s=argument)
-    assert archive.write_waiting.is_set()  # refused while the uploads were still held
+    assert not archive.hold_timed_out  # refused while the upload was still held
     archive.release_writes()
     assert store.drain(10)
     store.put("capped", "s3", payload(SIZE, 3))  # archived shards now make room
@@ -169,6 +169,37 @@ def test_an_overwrite_at_the_quota_evicts_nothing_for_the_bytes_it_replaces(
     store.put("capped", "s1", payload(SIZE, 7))  # same size: the old generation leaves
     assert all(store.stat("capped", f"s{i}").hot for i in range(3))
     assert store.get("capped", "s1").to_bytes() == payload(SIZE, 7)
+
+
+def test_an_overwrite_whose_old_generation_is_evicted_still_fits(
+    open_store: StoreFactory,
+) -> None:
+    store = open_store(
+        MemoryTier(), datasets={"q": DatasetSettings(policy="lru", hot_quota_bytes=10 * STORED)}
+    )
+    # Quota: 10 two-frame shards' worth. "a" (6 of them) is least recently used.
+    store.put("q", "a", payload(6 * SIZE, 1))
+    store.put("q", "b", payload(4 * SIZE, 2))
+    assert store.drain(10)
+    # Room for 7: evicting "a" itself (the policy's victim) makes it.
+    store.put("q", "a", payload(7 * SIZE, 3))
+    assert store.get("q", "a").to_bytes() == payload(7 * SIZE, 3)
+    assert store.get("q", "b").to_bytes() == payload(4 * SIZE, 2)
+
+
+def test_closing_the_store_ends_a_put_waiting_for_uploads(open_store: StoreFactory) -> None:
+    store, archive = full_with_uploads_held(open_store)
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3))
+    thread.join(0.3)
+    assert thread.is_alive()  # waiting for the held upload
+    closing = threading.Thread(target=store.close)
+    closing.start()  # stops the mover, whose journal thread is stuck in the held upload
+    thread.join(5)  # the put stops waiting at once, not when the upload ends
+    assert not thread.is_alive() and isinstance(outcome[0], (QuotaExceeded, StoreClosed)), outcome
+    assert not archive.hold_timed_out
+    archive.release_writes()
+    closing.join(30)
+    assert not closing.is_alive()
 
 
 def test_overwriting_a_shard_counts_only_the_difference(open_store: StoreFactory) -> None:

@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -142,6 +142,8 @@ class Mover:
         """Stop the threads; pending journal entries stay for the next start."""
         self._stop.set()
         self._wake.set()
+        with self._journal_tried:
+            self._journal_tried.notify_all()  # puts waiting for uploads stop waiting
         # One stop mark per promotion thread; if the queue is full, the threads see the
         # stop flag after their current item (and wait for items with a timeout).
         for _ in range(self._settings.promotion_threads):
@@ -197,9 +199,11 @@ class Mover:
 
     def wait_for_journal(self, seen: int, timeout: float) -> None:
         """Wait until an entry has been tried since :meth:`journal_tries` returned
-        ``seen``, or ``timeout`` seconds."""
+        ``seen``, the mover stops, or ``timeout`` seconds pass."""
         with self._journal_tried:
-            self._journal_tried.wait_for(lambda: self._journal_tries != seen, timeout)
+            self._journal_tried.wait_for(
+                lambda: self._journal_tries != seen or self._stop.is_set(), timeout
+            )
 
     def _tried_entry(self) -> None:
         with self._journal_tried:
@@ -211,7 +215,8 @@ class Mover:
         shard of ``dataset`` (its current generation, not pinned). False when waiting
         for it is in vain: the mover is not running, or its last try failed (the
         archive is down or refusing)."""
-        if not self._threads or self._stop.is_set() or self.last_error is not None:
+        running = bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+        if not running or self._stop.is_set() or self.last_error is not None:
             return False
         now = time.time()
         with self._env.read() as txn:
@@ -405,18 +410,43 @@ class Mover:
             if item is None:
                 return
             record, stored = item
-            try:
-                self.promote_now(record, stored)
-            except Exception:
-                log.exception("promotion of %s/%s failed", record.dataset, record.name)
-            finally:
-                with self._promoting_lock:
-                    self._promoting.pop((record.dataset, record.generation), None)
-                    self._promoting_lock.notify_all()
-                self.after_promotion()
+            self._promote_registered(record, stored, self._fetch_pool)
 
-    def promote_now(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
-        """Copy a generation's stored frames into the hot tier (fetching them if needed).
+    def promote_here(self, record: ShardRecord, fetch_pool: Executor) -> None:
+        """Promote ``record`` on the calling thread, fetching on ``fetch_pool``, for a
+        caller that waits for the promotion anyway: it then runs at the caller's
+        priority, not the mover's. If the shard is already queued or being promoted,
+        returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
+        raised: the caller reads the archive instead."""
+        key = (record.dataset, record.generation)
+        with self._promoting_lock:
+            if key in self._promoting:
+                return
+            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
+        self._promote_registered(record, None, fetch_pool)
+
+    def _promote_registered(
+        self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor
+    ) -> None:
+        """Run a promotion marked in ``_promoting``, then unmark it (whatever happens)."""
+        try:
+            self.promote_now(record, stored, fetch_pool)
+        except Exception:
+            log.exception("promotion of %s/%s failed", record.dataset, record.name)
+        finally:
+            with self._promoting_lock:
+                self._promoting.pop((record.dataset, record.generation), None)
+                self._promoting_lock.notify_all()
+            self.after_promotion()
+
+    def promote_now(
+        self,
+        record: ShardRecord,
+        stored: list[memoryview] | None,
+        fetch_pool: Executor | None = None,
+    ) -> None:
+        """Copy a generation's stored frames into the hot tier (fetching them if needed,
+        on ``fetch_pool``, by default the mover's).
 
         Frames passed in ``stored`` were verified by the caller; frames fetched here
         are verified before they are written.
@@ -427,8 +457,10 @@ class Mover:
         if not self.fits_quota(record.dataset, quota, total):
             return  # no room in the dataset's quota: it is read from the archive meanwhile
         if stored is None:
+            if not self._still_cold(record):
+                return  # promoted, superseded or deleted meanwhile: fetch nothing
             try:
-                stored = fetch_all(self._archive, record, self._fetch_pool)
+                stored = fetch_all(self._archive, record, fetch_pool or self._fetch_pool)
             except IntegrityError:
                 with self._env.read() as txn:
                     current = self._catalog.get_shard(txn, record.dataset, record.name)
@@ -450,6 +482,12 @@ class Mover:
             self._catalog.add_counter(txn, "hot_bytes", total)
             self._policies.inserted((record.dataset, record.name), total)
         self.promotions += 1
+
+    def _still_cold(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation is still the shard's, and not hot."""
+        with self._env.read() as txn:
+            current = self._catalog.get_shard(txn, record.dataset, record.name)
+        return current is not None and current.generation == record.generation and not current.hot
 
     def _quota(self, dataset: str) -> int:
         """``dataset``'s hot-tier quota in bytes (0: none, or the dataset is gone)."""

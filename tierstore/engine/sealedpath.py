@@ -56,6 +56,8 @@ class SealedRead:
     slices: tuple[FrameSlice, ...]
     _reader: SealedReader = field(repr=False)
     _record: ShardRecord = field(repr=False)
+    #: the policy admitted this whole-shard miss: the stream promotes it, then reads hot.
+    _promote: bool = field(default=False, repr=False)
 
     @property
     def first_frame(self) -> int:
@@ -67,7 +69,7 @@ class SealedRead:
         Raises IntegrityError when a frame is gone from both tiers, Unavailable when the
         shard was overwritten or deleted during the stream, ArchiveUnavailable.
         """
-        return self._reader.stream(self._record, self.slices)
+        return self._reader.stream(self._record, self.slices, self._promote)
 
 
 class SealedReader:
@@ -106,8 +108,12 @@ class SealedReader:
             record = self._catalog.require_shard(txn, dataset, shard)
         slices = tuple(plan_reads(record.frame_sizes, byte_range, frame_range))
         sealer = self._sealers.sealer(record)
+        promote = False
         if self._reads.observe(record, record.hot) and not record.hot:
-            self._mover.promote(record, None)  # fetched whole and verified in the background
+            if len(slices) == len(record.frame_sizes):
+                promote = True  # the stream waits for it: it runs on the reader's thread
+            else:
+                self._mover.promote(record, None)  # fetched whole in the background
         return SealedRead(
             info=record.to_info(time.time()),
             context=sealer.context,
@@ -117,18 +123,22 @@ class SealedReader:
             slices=slices,
             _reader=self,
             _record=record,
+            _promote=promote,
         )
 
     def stream(
-        self, record: ShardRecord, slices: tuple[FrameSlice, ...]
+        self, record: ShardRecord, slices: tuple[FrameSlice, ...], promote: bool = False
     ) -> Iterator[tuple[int, bytes]]:
         """The stored bytes of ``slices``' frames, hot where present, else from the archive.
 
-        A whole-shard read of a shard being promoted (the promotion this read's miss
-        queued, or a prefetch in flight) waits for the promotion and then reads hot:
-        the archive is read once, not twice. Ranged reads do not wait.
+        A whole-shard read of a cold shard first promotes it when ``promote`` (the
+        policy admitted the miss), on this thread so that it runs at the reader's
+        priority, or waits for a promotion already in flight (a prefetch), and then
+        reads hot: the archive is read once, not twice. Ranged reads do not wait.
         """
         if not record.hot and len(slices) == len(record.frame_sizes):
+            if promote:
+                self._mover.promote_here(record, self._pool)
             record = self._after_promotion(record)
         archived = ArchivedFrames(self._archive, record)
 
@@ -172,9 +182,9 @@ class SealedReader:
         """``record`` as the catalog has it once any promotion of it is over (hot if the
         promotion succeeded); ``record`` itself if it is still promoting after
         ``_PROMOTION_WAIT_S`` or was superseded."""
-        if not self._mover.is_promoting(record):
-            return record
-        if not self._mover.wait_promoted(record, _PROMOTION_WAIT_S):
+        if self._mover.is_promoting(record) and not self._mover.wait_promoted(
+            record, _PROMOTION_WAIT_S
+        ):
             return record
         with self._env.read() as txn:
             current = self._catalog.get_shard(txn, record.dataset, record.name)

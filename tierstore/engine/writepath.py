@@ -94,7 +94,6 @@ class ShardWriter:
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
-            previous = self._catalog.get_shard(txn, dataset, shard)
         generation = self._new_generation()
         envelope, data_key = None, None
         if settings.encrypted:
@@ -116,25 +115,27 @@ class ShardWriter:
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
                 f"the dataset's whole quota of {settings.hot_quota_bytes} bytes"
             )
-        # An overwrite's old generation leaves in the same transaction: room for the rest.
-        leaving = stored_size(previous) if previous is not None and previous.hot else 0
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         deadline = time.monotonic() + wait_s
         quota = settings.hot_quota_bytes
+        refused = 0
         while True:
-            self._make_quota_room(dataset, quota, stored_total - leaving, deadline)
+            self._make_quota_room(dataset, shard, quota, stored_total, deadline)
             self._mover.make_room(stored_total)
             tries = self._mover.journal_tries()
             try:
-                settings, seq = self._commit_locally(record, framed, sealer, sizes)
+                settings, seq = self._commit_locally(record, framed, sealer, sizes, wait_s)
                 break
             except QuotaExceeded:
-                # Another put took the room meanwhile: wait again while that can help.
-                if not self._quota_wait_helps(dataset, deadline):
-                    raise
-                self._mover.wait_for_journal(tries, deadline - time.monotonic())
+                # Another put took the room meanwhile. Evict again at once (a shard may
+                # have been archived since), then only while waiting can still help.
+                refused += 1
+                if refused > 1:
+                    if not self._quota_wait_helps(dataset, deadline):
+                        raise
+                    self._mover.wait_for_journal(tries, deadline - time.monotonic())
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry(seq):
                 raise ArchiveUnavailable(
@@ -146,31 +147,49 @@ class ShardWriter:
             self._mover.wake()
         return record.to_info(record.created_at)
 
-    def _make_quota_room(self, dataset: str, quota: int, incoming: int, deadline: float) -> None:
-        """Evict ``dataset``'s own archived shards until ``incoming`` more bytes fit its
-        ``quota``; while they do not, and uploads on the journal would make evictable
-        shards, wait for the mover until ``deadline``. Best effort: the write
-        transaction checks the quota again."""
+    def _make_quota_room(
+        self, dataset: str, shard: str, quota: int, incoming: int, deadline: float
+    ) -> None:
+        """Evict ``dataset``'s own archived shards until a new generation of ``shard``
+        of ``incoming`` bytes fits its ``quota``; while it does not, and uploads on the
+        journal would make evictable shards, wait for the mover until ``deadline``.
+        Best effort: the write transaction checks the quota again."""
+        if quota <= 0:
+            return
         while True:
             tries = self._mover.journal_tries()
-            self._mover.make_room_in_quota(dataset, quota, incoming)
-            if self._mover.fits_quota(dataset, quota, incoming):
+            self._mover.make_room_in_quota(dataset, quota, incoming - self._leaving(dataset, shard))
+            # Read again: eviction may have taken the generation being replaced.
+            if self._mover.fits_quota(dataset, quota, incoming, self._leaving(dataset, shard)):
                 return
             if not self._quota_wait_helps(dataset, deadline):
                 return
             self._mover.wake()
             self._mover.wait_for_journal(tries, deadline - time.monotonic())
 
+    def _leaving(self, dataset: str, shard: str) -> int:
+        """Hot bytes of ``shard``'s current generation: an overwrite's old generation
+        leaves in the same transaction, so they count as room."""
+        with self._env.read() as txn:
+            previous = self._catalog.get_shard(txn, dataset, shard)
+        return stored_size(previous) if previous is not None and previous.hot else 0
+
     def _quota_wait_helps(self, dataset: str, deadline: float) -> bool:
         return time.monotonic() < deadline and self._mover.uploads_would_free(dataset)
 
     def _commit_locally(
-        self, record: ShardRecord, framed: FramedValue, sealer: FrameSealer, sizes: tuple[int, ...]
+        self,
+        record: ShardRecord,
+        framed: FramedValue,
+        sealer: FrameSealer,
+        sizes: tuple[int, ...],
+        quota_wait_s: float,
     ) -> tuple[DatasetSettings, int]:
         """Seal and write ``record``'s frames, catalog record and upload-journal entry in
         one write transaction (replacing the shard's previous generation); returns the
         dataset's settings and the journal entry's sequence number. Raises
-        DatasetNotFound, BacklogFull, QuotaExceeded, HotTierFull; nothing is written then."""
+        DatasetNotFound, BacklogFull, QuotaExceeded (naming ``quota_wait_s``, the wait
+        allowed), HotTierFull; nothing is written then."""
         dataset, shard, generation = record.dataset, record.name, record.generation
         stored_total = sum(sizes)
         with self._env.write() as txn:
@@ -190,7 +209,7 @@ class ShardWriter:
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
                     f"({stored_total} bytes), nor is any more on its way to the archive "
-                    f"within quota_wait_s ({self._settings.quota_wait_s:g} s); retry when "
+                    f"within quota_wait_s ({quota_wait_s:g} s); retry when "
                     "the mover has archived more, or raise the quota"
                 )
             if previous is not None:
