@@ -77,26 +77,36 @@ def test_a_niceness_out_of_range_is_refused(niceness: int, tmp_path: Path) -> No
         engine_settings(tmp_path, background_niceness=niceness)
 
 
-def test_the_movers_threads_run_in_the_background(open_store: StoreFactory) -> None:
+def test_uploads_and_cache_fills_run_in_the_background_fetches_do_not(
+    open_store: StoreFactory,
+) -> None:
     older = set(threading.enumerate())  # e.g. other tests' stores
     store = open_store(MemoryTier(), datasets={"plain": DatasetSettings()}, background_niceness=7)
-    expected = min(MAX_NICENESS, process_niceness() + 7)
+    lowered = min(MAX_NICENESS, process_niceness() + 7)
     caller = niceness_of(threading.get_native_id())
     data = payload(3 * FRAME, 1)
-    store.put("plain", "s", data)  # the caller's put: its thread keeps its priority
+    for name in ("a", "b"):
+        store.put("plain", name, data)  # the caller's put: its thread keeps its priority
     assert store.drain(10)
-    store.evict("plain", "s")
-    assert store.prefetch("plain", ["s"]) == 1  # fetched on the promotion fetch pool
-    wait_until(lambda: store.stat("plain", "s").hot, "the prefetched shard to turn hot")
+    for name in ("a", "b"):
+        store.evict("plain", name)
+    assert store.prefetch("plain", ["a"]) == 1  # fetched on the promotion fetch pool
+    assert store.get("plain", "b").to_bytes() == data  # a whole cold read: a cache fill
+    for name in ("a", "b"):
+        wait_until(lambda name=name: store.stat("plain", name).hot, f"{name} to turn hot")
     movers = {
         thread.name: niceness_of(thread.native_id)
         for thread in threading.enumerate()
         if thread.native_id is not None
         and thread not in older
-        and thread.name.startswith(("tierstore-journal", "tierstore-promote"))
+        and thread.name.startswith(("tierstore-journal", "tierstore-promote", "tierstore-fill"))
     }
-    assert any(name.startswith("tierstore-promote-fetch") for name in movers), movers
-    assert "tierstore-journal" in movers and "tierstore-promote" in movers, movers
-    assert set(movers.values()) == {expected}, movers
+    fetchers = {name for name in movers if name.startswith("tierstore-promote-fetch")}
+    assert fetchers, movers
+    background = {"tierstore-journal", "tierstore-fill"}
+    assert background <= movers.keys() and "tierstore-promote" in movers, movers
+    assert {movers[name] for name in background} == {lowered}, movers
+    # A promotion that fetches is work a reader is about to need: the callers' priority.
+    assert {movers[name] for name in movers.keys() - background} == {caller}, movers
     assert niceness_of(threading.get_native_id()) == caller
-    assert store.get("plain", "s").to_bytes() == data
+    assert store.get("plain", "a").to_bytes() == data

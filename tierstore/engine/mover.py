@@ -16,8 +16,11 @@ Eviction runs whenever the hot tier passes its high watermark, down to the low
 one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
 among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
 
-All these threads run ``background_niceness`` below the threads serving callers
-(:mod:`tierstore.engine.background`): on busy cores, reads and puts come first.
+The journal thread and the fill thread (writing shards a read already fetched whole)
+run ``background_niceness`` below the threads serving callers
+(:mod:`tierstore.engine.background`): on busy cores, reads and puts come first. The
+promotion threads that fetch from the archive do not: a reader is about to need what
+they fetch.
 
 Every change of the hot set is told to the policies inside the write transaction
 that makes it (lock order: LMDB write transaction → policy driver lock).
@@ -99,14 +102,16 @@ class Mover:
         self._journal_tries = 0
         self._journal_tried = threading.Condition()
         self._evict_lock = threading.Lock()
+        #: promotions that fetch from the archive (prefetches, pins, ranged misses): at
+        #: the callers' priority, since a reader is about to need what they fetch.
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
+        #: cache fills: shards a read already fetched whole, written into the hot tier
+        #: by one lowered thread (nobody waits for them).
+        self._fills: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
         #: ranged GETs of the frames of shards promoted from the archive (apart from the
         #: readers' pool, so a queue of prefetches never delays a reader's frames).
         self._fetch_pool = ThreadPoolExecutor(
-            settings.cold_read_parallelism,
-            thread_name_prefix="tierstore-promote-fetch",
-            initializer=lower_this_thread,
-            initargs=(settings.background_niceness,),
+            settings.cold_read_parallelism, thread_name_prefix="tierstore-promote-fetch"
         )
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
@@ -125,18 +130,26 @@ class Mover:
 
     def start(self) -> None:
         """Start the background threads (resumes any journal left by a crash)."""
-        workers = [(self._run_journal, "journal")]
-        workers += [(self._run_promotions, "promote")] * self._settings.promotion_threads
-        for target, name in workers:
+        workers: list[tuple[queue.Queue[_Promotion | None] | None, str, bool]] = [
+            (None, "journal", True),
+            *[(self._promotions, "promote", False)] * self._settings.promotion_threads,
+            (self._fills, "fill", True),
+        ]
+        for jobs, name, lowered in workers:
             thread = threading.Thread(
-                target=self._in_background, args=(target,), name=f"tierstore-{name}", daemon=True
+                target=self._run, args=(jobs, lowered), name=f"tierstore-{name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _in_background(self, work: Callable[[], None]) -> None:
-        lower_this_thread(self._settings.background_niceness)
-        work()
+    def _run(self, jobs: queue.Queue[_Promotion | None] | None, lowered: bool) -> None:
+        """A mover thread: the journal's (``jobs`` None) or a promotion queue's."""
+        if lowered:
+            lower_this_thread(self._settings.background_niceness)
+        if jobs is None:
+            self._run_journal()
+        else:
+            self._run_promotions(jobs)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads; pending journal entries stay for the next start."""
@@ -146,9 +159,10 @@ class Mover:
             self._journal_tried.notify_all()  # puts waiting for uploads stop waiting
         # One stop mark per promotion thread; if the queue is full, the threads see the
         # stop flag after their current item (and wait for items with a timeout).
-        for _ in range(self._settings.promotion_threads):
+        marks = [self._promotions] * self._settings.promotion_threads + [self._fills]
+        for jobs in marks:
             with contextlib.suppress(queue.Full):
-                self._promotions.put_nowait(_STOP)
+                jobs.put_nowait(_STOP)
         for thread in self._threads:
             thread.join(timeout)
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
@@ -363,7 +377,9 @@ class Mover:
         """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.
 
         ``stored`` frames must already be verified (the cold read that fetched them
-        did); frames fetched here are verified before they enter the hot tier.
+        did); frames fetched here are verified before they enter the hot tier. With
+        ``stored`` it is a cache fill, done by the lowered fill thread; without, the
+        fetch is done at the callers' priority (see :mod:`tierstore.engine.background`).
         Best effort: a full queue or a duplicate request is dropped (the next read
         asks again).
         """
@@ -373,8 +389,9 @@ class Mover:
                 return
             # Marked before it is queued: a promotion thread may finish it at once.
             self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
+        jobs = self._promotions if stored is None else self._fills
         try:
-            self._promotions.put_nowait((record, stored))
+            jobs.put_nowait((record, stored))
         except queue.Full:
             with self._promoting_lock:
                 self._promoting.pop(key, None)
@@ -401,10 +418,10 @@ class Mover:
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
-    def _run_promotions(self) -> None:
+    def _run_promotions(self, jobs: queue.Queue[_Promotion | None]) -> None:
         while not self._stop.is_set():
             try:
-                item = self._promotions.get(timeout=1.0)
+                item = jobs.get(timeout=1.0)
             except queue.Empty:
                 continue
             if item is None:
