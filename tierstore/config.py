@@ -73,8 +73,9 @@ class EngineSettings:
     prefetch_interval_s: float = 1.0
     #: threads copying shards from the archive into the hot tier.
     promotion_threads: int = 4
-    #: nice steps the mover's threads (uploads, promotions, evictions) run below the
-    #: threads serving callers (0: the same priority); see engine/background.py.
+    #: nice steps the mover's journal thread (uploads, evictions) and fill thread (cache
+    #: fills) run below the threads serving callers (0: the same priority); promotions
+    #: that fetch are not lowered. See engine/background.py.
     background_niceness: int = 10
     #: hot reads hand out zero-copy views for at most this many concurrent leases;
     #: beyond that a read gets a private copy rather than pinning more LMDB pages.

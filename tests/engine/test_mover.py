@@ -6,6 +6,8 @@ archive to go down and come back, or needs to see what a read fetched.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, flip, hot_frames, put_hot_frame, record_of
@@ -332,3 +334,26 @@ def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreF
     assert store.stats().data_loss == ()
     assert store.get("plain", "raced").to_bytes() == payload(2 * FRAME, 8)
     assert store.stat("plain", "raced").archived
+
+
+def test_cache_fills_take_no_prefetch_budget_and_stop_forgets_the_queued(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    archive = MemoryTier()
+    first = open_store(archive, data_dir=tmp_path / "d", datasets=PLAIN)
+    for name in ("f", "p"):
+        first.put("plain", name, payload(2 * FRAME, 5))
+    assert first.drain(10)
+    first.close()
+    # Reopened with its mover not started: whatever is queued stays queued.
+    store = open_store(archive, data_dir=tmp_path / "d", start_mover=False)
+    for name in ("f", "p"):
+        store.evict("plain", name)
+    assert store.get("plain", "f").source == "archive"  # fetched whole: a cache fill
+    assert store.mover.promotions_pending() == 1
+    assert store.mover.in_flight() == (0, 0)  # it fetches nothing: no prefetch budget
+    assert store.prefetch("plain", ["p"]) == 1  # a promotion that fetches
+    count, size = store.mover.in_flight()
+    assert count == 1 and size > 2 * FRAME
+    store.mover.stop()  # never run: both are forgotten, so no reader waits for them
+    assert store.mover.promotions_pending() == 0

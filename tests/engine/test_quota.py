@@ -233,7 +233,7 @@ def test_promotions_stay_within_the_quota(open_store: StoreFactory) -> None:
         store.evict("capped", f"s{index}")
     for index in range(5):  # every cold read is admitted (lru) and promoted
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
-        wait_until(lambda: store.mover.in_flight()[0] == 0, "promotions to finish")
+        wait_until(lambda: store.mover.promotions_pending() == 0, "promotions to finish")
         assert dataset_hot_bytes(store, "capped") <= QUOTA
     assert dataset_hot_bytes(store, "capped") == QUOTA  # full, never over
 
@@ -247,3 +247,23 @@ def test_lowering_the_quota_evicts_down_to_it(open_store: StoreFactory) -> None:
     wait_until(lambda: dataset_hot_bytes(store, "capped") <= STORED, "eviction to the new quota")
     for index in range(3):
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = quota_store(open_store, archive, quota_wait_s=60)
+    for name in ("a", "b"):
+        store.put("capped", name, payload(SIZE, 1))
+    assert store.drain(10)
+    archive.hold_writes()
+    store.put("capped", "c", payload(SIZE, 2))  # its upload is held
+    assert archive.write_waiting.wait(10)
+    # Twice the size: evicting "a" itself (the LRU victim) is not enough; "b" must go too,
+    # at once, not after waiting for c's upload.
+    store.put("capped", "a", payload(2 * SIZE, 3))
+    assert not archive.hold_timed_out
+    archive.release_writes()
+    assert store.get("capped", "a").to_bytes() == payload(2 * SIZE, 3)
+    assert dataset_hot_bytes(store, "capped") <= QUOTA + STORED  # "a" counts double here

@@ -2,8 +2,8 @@
 
 Uploads, promotions and evictions are work the engine decides when to do; reads and
 puts are work a caller is waiting for. When every core is busy, the scheduler should
-give the second kind first claim. Linux applies a nice value to each thread, so each
-of the mover's threads raises its own when it starts (RocksDB lowers its compaction
+give the second kind first claim. Linux applies a nice value to each thread, so the
+mover's journal and fill threads raise their own when they start (RocksDB lowers its compaction
 threads' priority for the same reason). Raising a nice value needs no privilege, but
 an unprivileged thread can never lower it again, so a lowered thread only ever does
 background work.

@@ -9,9 +9,10 @@ fails, the thread backs off exponentially and keeps every entry: nothing
 acknowledged is dropped.
 
 Promotion threads (``promotion_threads``) copy shards from the archive into the
-hot tier (fetching a shard's frames with parallel ranged GETs when no read fetched
-them already): shards read from the archive that the policy admitted, pinned ones, and
-those the prefetcher (:mod:`tierstore.engine.prefetch`) or an operator asked for.
+hot tier, fetching a shard's frames with parallel ranged GETs: ranged misses the
+policy admitted, pinned shards, and those the prefetcher
+(:mod:`tierstore.engine.prefetch`) or an operator asked for. One fill thread writes
+in the shards a read already fetched whole (a cache fill).
 Eviction runs whenever the hot tier passes its high watermark, down to the low
 one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
 among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
@@ -115,6 +116,8 @@ class Mover:
         )
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
+        #: the keys of ``_promoting`` that are cache fills (they fetch nothing).
+        self._filling: set[tuple[str, int]] = set()
         #: guards ``_promoting``; notified whenever a promotion leaves it.
         self._promoting_lock = threading.Condition()
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
@@ -165,6 +168,15 @@ class Mover:
                 jobs.put_nowait(_STOP)
         for thread in self._threads:
             thread.join(timeout)
+        # What is still queued will not run: unmark it, so that no reader waits for it.
+        for jobs in (self._promotions, self._fills):
+            while True:
+                try:
+                    item = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._forget_promotion((item[0].dataset, item[0].generation))
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.flush_access()  # a clean stop keeps every access counted so far
@@ -229,7 +241,8 @@ class Mover:
         shard of ``dataset`` (its current generation, not pinned). False when waiting
         for it is in vain: the mover is not running, or its last try failed (the
         archive is down or refusing)."""
-        running = bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+        journal = self._threads[0] if self._threads else None  # started first
+        running = journal is not None and journal.is_alive()
         if not running or self._stop.is_set() or self.last_error is not None:
             return False
         now = time.time()
@@ -385,27 +398,47 @@ class Mover:
         """
         key = (record.dataset, record.generation)
         with self._promoting_lock:
-            if key in self._promoting:
+            if key in self._promoting or self._stop.is_set():
                 return
             # Marked before it is queued: a promotion thread may finish it at once.
             self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
+            if stored is not None:
+                self._filling.add(key)
         jobs = self._promotions if stored is None else self._fills
         try:
             jobs.put_nowait((record, stored))
         except queue.Full:
-            with self._promoting_lock:
-                self._promoting.pop(key, None)
-                self._promoting_lock.notify_all()
+            self._forget_promotion(key)
+
+    def _forget_promotion(self, key: tuple[str, int]) -> None:
+        with self._promoting_lock:
+            self._promoting.pop(key, None)
+            self._filling.discard(key)
+            self._promoting_lock.notify_all()
 
     def in_flight(self) -> tuple[int, int]:
-        """Promotions queued or running, and their stored bytes."""
+        """Promotions that fetch from the archive, queued or running, and their stored
+        bytes (cache fills fetch nothing: they take none of the prefetch budget)."""
         with self._promoting_lock:
-            return len(self._promoting), sum(self._promoting.values())
+            fetching = [size for key, size in self._promoting.items() if key not in self._filling]
+            return len(fetching), sum(fetching)
+
+    def promotions_pending(self) -> int:
+        """Promotions queued or running, cache fills included."""
+        with self._promoting_lock:
+            return len(self._promoting)
 
     def is_promoting(self, record: ShardRecord) -> bool:
         """Whether ``record``'s generation is queued or being promoted."""
         with self._promoting_lock:
             return (record.dataset, record.generation) in self._promoting
+
+    def is_fetching(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation is queued or being promoted by a promotion
+        that fetches it (not a cache fill, which the lowered fill thread may hold)."""
+        key = (record.dataset, record.generation)
+        with self._promoting_lock:
+            return key in self._promoting and key not in self._filling
 
     def wait_promoted(self, record: ShardRecord, timeout: float) -> bool:
         """Wait until ``record``'s generation is neither queued nor being promoted (at
@@ -451,9 +484,7 @@ class Mover:
         except Exception:
             log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:
-            with self._promoting_lock:
-                self._promoting.pop((record.dataset, record.generation), None)
-                self._promoting_lock.notify_all()
+            self._forget_promotion((record.dataset, record.generation))
             self.after_promotion()
 
     def promote_now(
@@ -468,14 +499,14 @@ class Mover:
         Frames passed in ``stored`` were verified by the caller; frames fetched here
         are verified before they are written.
         """
+        if not self._still_cold(record):
+            return  # promoted, superseded or deleted meanwhile: evict and fetch nothing
         total = sum(record.stored_sizes(self._overhead(record)))
         quota = self._quota(record.dataset)
         self.make_room_in_quota(record.dataset, quota, total)
         if not self.fits_quota(record.dataset, quota, total):
             return  # no room in the dataset's quota: it is read from the archive meanwhile
         if stored is None:
-            if not self._still_cold(record):
-                return  # promoted, superseded or deleted meanwhile: fetch nothing
             try:
                 stored = fetch_all(self._archive, record, fetch_pool or self._fetch_pool)
             except IntegrityError:
@@ -498,7 +529,8 @@ class Mover:
             self._catalog.put_shard(txn, current.with_state(hot=True))
             self._catalog.add_counter(txn, "hot_bytes", total)
             self._policies.inserted((record.dataset, record.name), total)
-        self.promotions += 1
+        with self._promoting_lock:  # also run on readers' threads (promote_here)
+            self.promotions += 1
 
     def _still_cold(self, record: ShardRecord) -> bool:
         """Whether ``record``'s generation is still the shard's, and not hot."""

@@ -179,10 +179,10 @@ class SealedReader:
             yield index, hot
 
     def _after_promotion(self, record: ShardRecord) -> ShardRecord:
-        """``record`` as the catalog has it once any promotion of it is over (hot if the
-        promotion succeeded); ``record`` itself if it is still promoting after
-        ``_PROMOTION_WAIT_S`` or was superseded."""
-        if self._mover.is_promoting(record) and not self._mover.wait_promoted(
+        """``record`` as the catalog has it once any promotion fetching it is over (hot
+        if it succeeded; a queued cache fill is not waited for); ``record`` itself if
+        it is still promoting after ``_PROMOTION_WAIT_S`` or was superseded."""
+        if self._mover.is_fetching(record) and not self._mover.wait_promoted(
             record, _PROMOTION_WAIT_S
         ):
             return record

@@ -158,10 +158,14 @@ class ShardWriter:
             return
         while True:
             tries = self._mover.journal_tries()
-            self._mover.make_room_in_quota(dataset, quota, incoming - self._leaving(dataset, shard))
+            leaving = self._leaving(dataset, shard)
+            self._mover.make_room_in_quota(dataset, quota, incoming - leaving)
             # Read again: eviction may have taken the generation being replaced.
-            if self._mover.fits_quota(dataset, quota, incoming, self._leaving(dataset, shard)):
+            still_leaving = self._leaving(dataset, shard)
+            if self._mover.fits_quota(dataset, quota, incoming, still_leaving):
                 return
+            if still_leaving < leaving:
+                continue  # it did: evict again for the bytes it no longer frees
             if not self._quota_wait_helps(dataset, deadline):
                 return
             self._mover.wake()
