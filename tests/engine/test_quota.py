@@ -31,6 +31,13 @@ def dataset_hot_bytes(store: Store, dataset: str) -> int:
     return sum(STORED for info in store.list(dataset, limit=1000)[0] if info.hot)
 
 
+def assert_within_quota_and_intact(store: Store, shards: int) -> None:
+    """The capped dataset is within its quota and shards s0.. read back as written."""
+    assert dataset_hot_bytes(store, "capped") <= QUOTA
+    for index in range(shards):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
 def quota_store(
     open_store: StoreFactory, archive: MemoryTier | FaultyTier, **settings: Any
 ) -> Store:
@@ -88,9 +95,7 @@ def test_a_put_past_the_quota_evicts_the_datasets_own_archived_shards(
     assert not store.stat("capped", "s1").hot  # the policy's victim
     assert all(store.stat("capped", name).hot for name in ("s0", "s2", "s3"))
     assert store.stat("other", "o").hot  # never evicted for another dataset's quota
-    assert dataset_hot_bytes(store, "capped") <= QUOTA
-    for index in range(4):
-        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+    assert_within_quota_and_intact(store, 4)
 
 
 def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
@@ -110,9 +115,7 @@ def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
     archive.failing = False
     assert store.drain(10)
     store.put("capped", "s3", payload(SIZE, 3))  # archived shards can now make room
-    assert dataset_hot_bytes(store, "capped") <= QUOTA
-    for index in range(4):
-        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+    assert_within_quota_and_intact(store, 4)
 
 
 def test_a_put_at_the_quota_waits_for_the_uploads_that_make_room(
@@ -125,9 +128,7 @@ def test_a_put_at_the_quota_waits_for_the_uploads_that_make_room(
     archive.release_writes()
     thread.join(10)
     assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
-    assert dataset_hot_bytes(store, "capped") <= QUOTA
-    for index in range(4):
-        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+    assert_within_quota_and_intact(store, 4)
 
 
 def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(

@@ -123,6 +123,7 @@ class Mover:
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
         self.after_promotion: Callable[[], None] = lambda: None
         self._threads: list[threading.Thread] = []
+        self._journal_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
         #: shards promoted into and evicted from the hot tier since start (for metrics).
@@ -144,6 +145,8 @@ class Mover:
             )
             thread.start()
             self._threads.append(thread)
+            if jobs is None:
+                self._journal_thread = thread
 
     def _run(self, jobs: queue.Queue[_Promotion | None] | None, lowered: bool) -> None:
         """A mover thread: the journal's (``jobs`` None) or a promotion queue's."""
@@ -241,7 +244,7 @@ class Mover:
         shard of ``dataset`` (its current generation, not pinned). False when waiting
         for it is in vain: the mover is not running, or its last try failed (the
         archive is down or refusing)."""
-        journal = self._threads[0] if self._threads else None  # started first
+        journal = self._journal_thread
         running = journal is not None and journal.is_alive()
         if not running or self._stop.is_set() or self.last_error is not None:
             return False
@@ -396,19 +399,28 @@ class Mover:
         Best effort: a full queue or a duplicate request is dropped (the next read
         asks again).
         """
-        key = (record.dataset, record.generation)
-        with self._promoting_lock:
-            if key in self._promoting or self._stop.is_set():
-                return
-            # Marked before it is queued: a promotion thread may finish it at once.
-            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
-            if stored is not None:
-                self._filling.add(key)
+        if self._stop.is_set():
+            return
+        # Marked before it is queued: a promotion thread may finish it at once.
+        if not self._mark_promotion(record, fill=stored is not None):
+            return
         jobs = self._promotions if stored is None else self._fills
         try:
             jobs.put_nowait((record, stored))
         except queue.Full:
-            self._forget_promotion(key)
+            self._forget_promotion((record.dataset, record.generation))
+
+    def _mark_promotion(self, record: ShardRecord, fill: bool) -> bool:
+        """Mark ``record``'s generation as promoting (a cache fill if ``fill``); False,
+        and nothing marked, if it already is."""
+        key = (record.dataset, record.generation)
+        with self._promoting_lock:
+            if key in self._promoting:
+                return False
+            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
+            if fill:
+                self._filling.add(key)
+            return True
 
     def _forget_promotion(self, key: tuple[str, int]) -> None:
         with self._promoting_lock:
@@ -468,12 +480,8 @@ class Mover:
         priority, not the mover's. If the shard is already queued or being promoted,
         returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
         raised: the caller reads the archive instead."""
-        key = (record.dataset, record.generation)
-        with self._promoting_lock:
-            if key in self._promoting:
-                return
-            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
-        self._promote_registered(record, None, fetch_pool)
+        if self._mark_promotion(record, fill=False):
+            self._promote_registered(record, None, fetch_pool)
 
     def _promote_registered(
         self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor

@@ -120,7 +120,7 @@ class ShardWriter:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         deadline = time.monotonic() + wait_s
         quota = settings.hot_quota_bytes
-        refused = 0
+        refused_once = False
         while True:
             self._make_quota_room(dataset, shard, quota, stored_total, deadline)
             self._mover.make_room(stored_total)
@@ -131,11 +131,11 @@ class ShardWriter:
             except QuotaExceeded:
                 # Another put took the room meanwhile. Evict again at once (a shard may
                 # have been archived since), then only while waiting can still help.
-                refused += 1
-                if refused > 1:
+                if refused_once:
                     if not self._quota_wait_helps(dataset, deadline):
                         raise
                     self._mover.wait_for_journal(tries, deadline - time.monotonic())
+                refused_once = True
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry(seq):
                 raise ArchiveUnavailable(
