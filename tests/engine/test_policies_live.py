@@ -17,6 +17,7 @@ from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
@@ -370,3 +371,41 @@ def test_a_whole_shard_service_read_of_an_admitted_miss_reads_the_archive_once(
     assert all(span is not None for _, span in archive.reads)
     assert store.stat("d", "s").hot
     assert store.get("d", "s").to_bytes() == data
+
+
+def test_readers_promoting_on_their_own_threads_are_bounded_by_promotion_threads(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(
+        archive, datasets={"d": DatasetSettings(policy="recording")}, promotion_threads=1
+    )
+    data = {name: payload(2 * FRAME, seed) for seed, name in enumerate(["a", "b"])}
+    generations = {name: store.put("d", name, value).generation for name, value in data.items()}
+    assert store.drain(10)
+    for name in data:
+        store.evict("d", name)
+    # The first reader promotes "a" on its own thread; its fetches wait at the gate.
+    archive.hold_reads(archive_frames_key("d", generations["a"]), threads_named="tierstore-fetch")
+    first: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: first.extend(stored for _, stored in store.open_sealed("d", "a").frames())
+    )
+    reader.start()
+    try:
+        assert archive.read_waiting.wait(10), "the first reader never fetched"
+        # The one slot is taken: the second reader's promotion goes to the promotion
+        # threads, and the stream waits for it and then reads the shard hot.
+        frames = [stored for _, stored in store.open_sealed("d", "b").frames()]
+        assert len(frames) == 2 and store.stat("d", "b").hot
+        key_b = archive_frames_key("d", generations["b"])
+        assert {key for key, _ in archive.gets_by("tierstore-promote-fetch")} == {key_b}
+        assert not any(key == key_b for key, _ in archive.gets_by("tierstore-fetch"))
+        assert not store.stat("d", "a").hot  # still held
+    finally:
+        archive.release_reads()
+        reader.join(10)
+    assert len(first) == 2 and store.stat("d", "a").hot
+    for name, value in data.items():
+        read = store.get("d", name)
+        assert read.source == "hot" and read.to_bytes() == value

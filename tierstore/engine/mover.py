@@ -120,6 +120,9 @@ class Mover:
         self._filling: set[tuple[str, int]] = set()
         #: guards ``_promoting``; notified whenever a promotion leaves it.
         self._promoting_lock = threading.Condition()
+        #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
+        #: each holds a whole shard in memory, as a promotion thread does.
+        self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
         self.after_promotion: Callable[[], None] = lambda: None
         self._threads: list[threading.Thread] = []
@@ -479,9 +482,20 @@ class Mover:
         caller that waits for the promotion anyway: it then runs at the caller's
         priority, not the mover's. If the shard is already queued or being promoted,
         returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
-        raised: the caller reads the archive instead."""
-        if self._mark_promotion(record, fill=False):
-            self._promote_registered(record, None, fetch_pool)
+        raised: the caller reads the archive instead.
+
+        At most ``promotion_threads`` callers promote at once, since each holds the
+        whole shard in memory until it is written: beyond that the promotion is queued
+        for the promotion threads instead and this returns at once (wait for it with
+        :meth:`wait_promoted`, as for any queued one)."""
+        if not self._caller_slots.acquire(blocking=False):
+            self.promote(record, None)
+            return
+        try:
+            if self._mark_promotion(record, fill=False):
+                self._promote_registered(record, None, fetch_pool)
+        finally:
+            self._caller_slots.release()
 
     def _promote_registered(
         self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor
