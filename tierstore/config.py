@@ -52,6 +52,9 @@ class EngineSettings:
     #: how long a put into a dataset at its hot-tier quota waits for the mover to archive
     #: shards it may evict (0: fail at once with QuotaExceeded).
     quota_wait_s: float = 30.0
+    #: puts that may wait for quota room at once (each holds its caller's thread, in the
+    #: service an RPC worker); beyond that a put at its quota fails at once.
+    max_quota_waiters: int = 8
     #: archive: parallel ranged GETs per cold read, and mover upload threads.
     cold_read_parallelism: int = 16
     mover_threads: int = 2
@@ -102,6 +105,10 @@ class EngineSettings:
         for name, value in positive.items():
             if not value > 0 or value == float("inf"):
                 raise InvalidArgument(f"{name} must be a positive finite number, got {value}")
+        if self.max_quota_waiters < 0:
+            raise InvalidArgument(
+                f"max_quota_waiters must not be negative, got {self.max_quota_waiters}"
+            )
         if not 0 <= self.quota_wait_s < float("inf"):
             raise InvalidArgument(f"quota_wait_s must be 0 or more seconds: {self.quota_wait_s}")
         if not 0 <= self.background_niceness <= MAX_NICENESS:

@@ -10,15 +10,17 @@ from the archive). Other datasets are never evicted for a quota.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.engine.faulty_tier import FaultyTier
-from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tests.engine.stores import FRAME, StoreFactory, engine_settings, payload, wait_until
 from tierstore.engine.store import Store
-from tierstore.errors import QuotaExceeded, ResourceExhausted, StoreClosed
+from tierstore.errors import InvalidArgument, QuotaExceeded, ResourceExhausted, StoreClosed
 from tierstore.frames import CHECKSUM_BYTES
+from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -145,6 +147,26 @@ def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
     assert not store.list("capped", prefix="s3")[0]
 
 
+def test_no_more_than_max_quota_waiters_puts_wait(open_store: StoreFactory) -> None:
+    store, archive = full_with_uploads_held(open_store, max_quota_waiters=1)
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3))
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the first put to wait for room")
+    gauges = {family.name: family.samples for family in _StoreCollector(store).collect()}
+    assert [sample.value for sample in gauges["tierstore_puts_waiting_for_quota"]] == [1]
+    # The one waiting slot is taken: the next put fails at once instead of holding
+    # its thread too, and says why.
+    with pytest.raises(QuotaExceeded, match="max_quota_waiters"):
+        store.put("capped", "s4", payload(SIZE, 4))
+    assert thread.is_alive() and not outcome
+    archive.release_writes()
+    thread.join(10)
+    assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
+    assert store.stats().quota_waiting_puts == 0  # the slot was given back
+    assert not archive.hold_timed_out
+    assert not store.list("capped", prefix="s4")[0]
+    assert_within_quota_and_intact(store, 4)
+
+
 @pytest.mark.parametrize("setting, argument", [(0.0, None), (30.0, 0.0), (30.0, -5.0)])
 def test_quota_wait_zero_refuses_at_once(
     open_store: StoreFactory, setting: float, argument: float | None
@@ -268,3 +290,12 @@ def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
     archive.release_writes()
     assert store.get("capped", "a").to_bytes() == payload(2 * SIZE, 3)
     assert dataset_hot_bytes(store, "capped") <= QUOTA + STORED  # "a" counts double here
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("quota_wait_s", -1.0), ("quota_wait_s", float("inf")), ("max_quota_waiters", -1)],
+)
+def test_bad_quota_wait_settings_are_refused(tmp_path: Path, setting: str, value: float) -> None:
+    with pytest.raises(InvalidArgument, match=setting):
+        engine_settings(tmp_path, **{setting: value})

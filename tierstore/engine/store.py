@@ -92,6 +92,8 @@ class StoreStats:
     mover_error: str | None
     #: shards the mover could not archive because their hot copy failed verification.
     data_loss: tuple[str, ...] = ()
+    #: puts waiting for room in their dataset's hot-tier quota (``max_quota_waiters`` at most).
+    quota_waiting_puts: int = 0
 
 
 class Store:
@@ -682,4 +684,5 @@ class Store:
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
             mover_error=self.mover.last_error,
             data_loss=tuple(self.mover.data_loss),
+            quota_waiting_puts=self._writer.quota_waiting(),
         )

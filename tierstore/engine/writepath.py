@@ -58,6 +58,9 @@ class ShardWriter:
         self._sealers = sealers
         self._mover = mover
         self._generation_lock = threading.Lock()
+        #: puts waiting for quota room at once, at most: each holds its caller's thread
+        #: (in the service an RPC worker) while it waits.
+        self._quota_waiters = _WaitingSlots(settings.max_quota_waiters)
         #: seals a put's next frame while the writer stores the current one.
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-seal")
         with self._env.read() as txn:
@@ -67,6 +70,10 @@ class ShardWriter:
     def close(self) -> None:
         """Stop the sealing helper (puts still running seal inline)."""
         self._seal_pool.shutdown(wait=True, cancel_futures=True)
+
+    def quota_waiting(self) -> int:
+        """Puts waiting for room in their dataset's quota now."""
+        return self._quota_waiters.taken
 
     def _new_generation(self) -> int:
         with self._generation_lock:
@@ -87,7 +94,8 @@ class ShardWriter:
         Returns once the dataset's durability is met. A dataset at its hot-tier quota
         makes room by evicting its own archived shards; when only uploads still on the
         journal could make that room, the put waits for them, up to the setting
-        ``quota_wait_s`` or the argument, whichever is shorter.
+        ``quota_wait_s`` or the argument, whichever is shorter, unless
+        ``max_quota_waiters`` puts wait already.
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying).
@@ -118,24 +126,27 @@ class ShardWriter:
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
-        deadline = time.monotonic() + wait_s
         quota = settings.hot_quota_bytes
+        wait = _QuotaWait(self._quota_waiters, wait_s)
         refused_once = False
-        while True:
-            self._make_quota_room(dataset, shard, quota, stored_total, deadline)
-            self._mover.make_room(stored_total)
-            tries = self._mover.journal_tries()
-            try:
-                settings, seq = self._commit_locally(record, framed, sealer, sizes, wait_s)
-                break
-            except QuotaExceeded:
-                # Another put took the room meanwhile. Evict again at once (a shard may
-                # have been archived since), then only while waiting can still help.
-                if refused_once:
-                    if not self._quota_wait_helps(dataset, deadline):
-                        raise
-                    self._mover.wait_for_journal(tries, deadline - time.monotonic())
-                refused_once = True
+        try:
+            while True:
+                self._make_quota_room(dataset, shard, quota, stored_total, wait)
+                self._mover.make_room(stored_total)
+                tries = self._mover.journal_tries()
+                try:
+                    settings, seq = self._commit_locally(record, framed, sealer, sizes, wait)
+                    break
+                except QuotaExceeded:
+                    # Another put took the room meanwhile. Evict again at once (a shard
+                    # may have been archived since), then only while waiting can help.
+                    if refused_once:
+                        if not self._quota_wait_helps(dataset, wait):
+                            raise
+                        self._mover.wait_for_journal(tries, wait.remaining())
+                    refused_once = True
+        finally:
+            wait.release()
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry(seq):
                 raise ArchiveUnavailable(
@@ -148,11 +159,11 @@ class ShardWriter:
         return record.to_info(record.created_at)
 
     def _make_quota_room(
-        self, dataset: str, shard: str, quota: int, incoming: int, deadline: float
+        self, dataset: str, shard: str, quota: int, incoming: int, wait: _QuotaWait
     ) -> None:
         """Evict ``dataset``'s own archived shards until a new generation of ``shard``
         of ``incoming`` bytes fits its ``quota``; while it does not, and uploads on the
-        journal would make evictable shards, wait for the mover until ``deadline``.
+        journal would make evictable shards, wait for the mover as ``wait`` allows.
         Best effort: the write transaction checks the quota again."""
         if quota <= 0:
             return
@@ -166,10 +177,10 @@ class ShardWriter:
                 return
             if still_leaving < leaving:
                 continue  # it did: evict again for the bytes it no longer frees
-            if not self._quota_wait_helps(dataset, deadline):
+            if not self._quota_wait_helps(dataset, wait):
                 return
             self._mover.wake()
-            self._mover.wait_for_journal(tries, deadline - time.monotonic())
+            self._mover.wait_for_journal(tries, wait.remaining())
 
     def _leaving(self, dataset: str, shard: str) -> int:
         """Hot bytes of ``shard``'s current generation: an overwrite's old generation
@@ -178,8 +189,8 @@ class ShardWriter:
             previous = self._catalog.get_shard(txn, dataset, shard)
         return stored_size(previous) if previous is not None and previous.hot else 0
 
-    def _quota_wait_helps(self, dataset: str, deadline: float) -> bool:
-        return time.monotonic() < deadline and self._mover.uploads_would_free(dataset)
+    def _quota_wait_helps(self, dataset: str, wait: _QuotaWait) -> bool:
+        return wait.remaining() > 0 and self._mover.uploads_would_free(dataset) and wait.take_slot()
 
     def _commit_locally(
         self,
@@ -187,13 +198,13 @@ class ShardWriter:
         framed: FramedValue,
         sealer: FrameSealer,
         sizes: tuple[int, ...],
-        quota_wait_s: float,
+        wait: _QuotaWait,
     ) -> tuple[DatasetSettings, int]:
         """Seal and write ``record``'s frames, catalog record and upload-journal entry in
         one write transaction (replacing the shard's previous generation); returns the
         dataset's settings and the journal entry's sequence number. Raises
-        DatasetNotFound, BacklogFull, QuotaExceeded (naming ``quota_wait_s``, the wait
-        allowed), HotTierFull; nothing is written then."""
+        DatasetNotFound, BacklogFull, QuotaExceeded (saying why waiting did not help),
+        HotTierFull; nothing is written then."""
         dataset, shard, generation = record.dataset, record.name, record.generation
         stored_total = sum(sizes)
         with self._env.write() as txn:
@@ -212,8 +223,7 @@ class ShardWriter:
                 raise QuotaExceeded(
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
-                    f"({stored_total} bytes), nor is any more on its way to the archive "
-                    f"within quota_wait_s ({quota_wait_s:g} s); retry when "
+                    f"({stored_total} bytes), {wait.why_not_more()}; retry when "
                     "the mover has archived more, or raise the quota"
                 )
             if previous is not None:
@@ -254,3 +264,64 @@ class ShardWriter:
         )
         if tell_policy:
             self._policies.removed((record.dataset, record.name))
+
+
+class _WaitingSlots:
+    """A count of puts waiting for quota room, and its limit. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def take(self) -> bool:
+        """Take a slot if one is free."""
+        with self._lock:
+            if self.taken >= self._limit:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
+class _QuotaWait:
+    """One put's allowance to wait for quota room: until its deadline, and only while
+    it holds one of the store's ``max_quota_waiters`` slots, taken when it first waits
+    and kept until :meth:`release`. Used by the put's own thread only."""
+
+    def __init__(self, slots: _WaitingSlots, seconds: float) -> None:
+        self._slots = slots
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._holding = False
+        #: a slot was refused: as many puts as allowed were waiting already.
+        self._crowded = False
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def take_slot(self) -> bool:
+        """Whether the put holds a waiting slot (taking one if it can)."""
+        if not self._holding:
+            self._holding = self._slots.take()
+            self._crowded = not self._holding
+        return self._holding
+
+    def release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._slots.give_back()
+
+    def why_not_more(self) -> str:
+        """Why the put could not wait longer, for its QuotaExceeded message."""
+        if self._crowded:
+            return (
+                "and the most puts allowed to wait for room (max_quota_waiters) "
+                "already wait in this store"
+            )
+        return (
+            f"nor is any more on its way to the archive within quota_wait_s ({self._seconds:g} s)"
+        )

@@ -101,6 +101,11 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(
             "tierstore_journal_entries", "archive operations pending", stats.journal_entries
         )
+        yield GaugeMetricFamily(
+            "tierstore_puts_waiting_for_quota",
+            "puts waiting for the mover to make room in their dataset's quota",
+            stats.quota_waiting_puts,
+        )
         yield CounterMetricFamily(
             "tierstore_promotions",
             "shards promoted into the hot tier",
