@@ -25,6 +25,7 @@ from tierstore.engine.store import Store
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.tls import TlsMaterial, ensure_tls_material
 from tierstore.server.tokens import TokenStore
+from tierstore.tiers.base import Tier
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Grant, Role
 from tierstore.v1 import admin_pb2, datasets_pb2, placement_pb2, shards_pb2
@@ -159,16 +160,18 @@ def serving(
     max_workers: int = 16,
     local_reads: bool = True,
     local_grant_ttl_s: float = 60.0,
+    archive: Tier | None = None,
     **engine: Any,
 ) -> Iterator[RunningServer]:
     """Start a server under ``root`` (TLS from a fresh local CA unless ``insecure``).
 
-    The store has 4 KiB frames, a master key, a MemoryTier archive and ``datasets``;
+    The store has 4 KiB frames, a master key, ``archive`` (a MemoryTier if none) and ``datasets``;
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
     are the server's local-read settings. Everything is stopped and closed on exit.
     """
     data_dir = root / "node"
-    store = Store(engine_settings(data_dir, **engine), MemoryTier(), KEYRING)
+    archive = MemoryTier() if archive is None else archive
+    store = Store(engine_settings(data_dir, **engine), archive, KEYRING)
     try:
         for name, settings in (datasets or {}).items():
             store.create_dataset(name, settings)

@@ -1,10 +1,21 @@
-"""A put's wait for quota room ends before its caller's deadline."""
+"""A put's wait for quota room ends before its caller's deadline (the computation, and
+the servicer passing it on to the engine in a real server)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import grpc
 import pytest
 
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import FRAME, payload
+from tests.server.servers import error_name, serving
 from tierstore.server.shards import _wait_within
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings, Role
+from tierstore.v1 import common_pb2, shards_pb2
 
 
 class Deadline:
@@ -25,3 +36,47 @@ def test_the_wait_leaves_the_commit_a_second_of_the_deadline(
     remaining: float | None, wait: float | None
 ) -> None:
     assert _wait_within(Deadline(remaining)) == pytest.approx(wait)  # type: ignore[arg-type]
+
+
+def test_a_put_at_a_full_quota_gives_up_before_its_rpc_deadline(tmp_path: Path) -> None:
+    # The quota is full of shards whose uploads the archive holds: the put may wait
+    # (quota_wait_s is 30 s), but only as long as its caller's deadline allows.
+    archive = FaultyTier(MemoryTier())
+    archive.hold_writes()
+    capped = {"capped": DatasetSettings(policy="lru", hot_quota_bytes=3 * (FRAME + 8))}
+    with serving(tmp_path, insecure=True, archive=archive, datasets=capped) as node:
+        try:
+            for index in range(3):
+                node.store.put("capped", f"s{index}", payload(FRAME, index))
+            assert archive.write_waiting.wait(10)
+            put = node.channel().stream_unary(
+                "/tierstore.v1.ShardService/PutShard",
+                request_serializer=shards_pb2.PutShardRequest.SerializeToString,
+                response_deserializer=common_pb2.ShardInfo.FromString,
+            )
+            requests = [
+                shards_pb2.PutShardRequest(
+                    header=shards_pb2.PutShardHeader(
+                        dataset="capped",
+                        shard="s3",
+                        kind=common_pb2.SHARD_KIND_RAW,
+                        frame_count=1,
+                    )
+                ),
+                shards_pb2.PutShardRequest(frame=payload(FRAME, 3)),
+            ]
+            token = node.token("writer", ("capped", Role.WRITER))
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                put(iter(requests), timeout=3.0, metadata=(("authorization", f"Bearer {token}"),))
+            took = time.monotonic() - started
+            # Refused by the server, with its reason, not cut off by the deadline, and
+            # after waiting about the deadline less the second kept for the commit.
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_name(caught.value) == "QuotaExceeded"
+            assert "quota_wait_s (1." in (caught.value.details() or "")
+            assert 1.0 < took < 3.0
+            assert not node.store.list("capped", prefix="s3")[0]
+            assert not archive.hold_timed_out
+        finally:
+            archive.release_writes()  # before the store closes: its mover stops then
