@@ -409,3 +409,21 @@ def test_readers_promoting_on_their_own_threads_are_bounded_by_promotion_threads
     for name, value in data.items():
         read = store.get("d", name)
         assert read.source == "hot" and read.to_bytes() == value
+
+
+def test_an_abandoned_service_read_of_an_admitted_miss_is_promoted_in_the_background(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="recording")})
+    data = payload(2 * FRAME, 9)
+    store.put("d", "s", data)
+    assert store.drain(10)
+    store.evict("d", "s")
+    store.open_sealed("d", "s").abandon()  # admitted, but its frames are never read
+    wait_until(lambda: store.stat("d", "s").hot, "the abandoned miss to be promoted")
+    assert archive.gets_by("tierstore-promote-fetch") and not archive.gets_by("tierstore-fetch")
+    assert store.get("d", "s").to_bytes() == data
+    # Abandoning a read of a hot shard queues nothing.
+    store.open_sealed("d", "s").abandon()
+    assert store.mover.promotions_pending() == 0

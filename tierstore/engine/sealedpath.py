@@ -71,6 +71,13 @@ class SealedRead:
         """
         return self._reader.stream(self._record, self.slices, self._promote)
 
+    def abandon(self) -> None:
+        """Say that :meth:`frames` will not be read (the caller went away). A miss the
+        policy admitted, which the stream would have promoted, is promoted in the
+        background instead; a caller who retries then finds it hot or on its way."""
+        if self._promote:
+            self._reader.promote_later(self._record)
+
 
 class SealedReader:
     """Opens sealed reads for a store."""
@@ -125,6 +132,10 @@ class SealedReader:
             _record=record,
             _promote=promote,
         )
+
+    def promote_later(self, record: ShardRecord) -> None:
+        """Queue ``record``'s promotion for the mover's promotion threads."""
+        self._mover.promote(record, None)
 
     def stream(
         self, record: ShardRecord, slices: tuple[FrameSlice, ...], promote: bool = False

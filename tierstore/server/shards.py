@@ -124,7 +124,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         sealed = self._store.open_sealed(
             request.dataset, request.shard, byte_range=byte_range, frame_range=frame_range
         )
-        yield shards_pb2.GetShardResponse(
+        header = shards_pb2.GetShardResponse(
             header=shards_pb2.GetShardHeader(
                 info=shard_info_to_pb(sealed.info),
                 seal=shards_pb2.Seal(
@@ -139,6 +139,11 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 length=sum(piece.stop - piece.start for piece in sealed.slices),
             )
         )
+        try:
+            yield header
+        except GeneratorExit:  # the client went away before any frame was read
+            sealed.abandon()
+            raise
         tier = "hot" if sealed.info.hot else "archive"
         for index, stored in sealed.frames():
             if not context.is_active():
