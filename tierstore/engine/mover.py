@@ -477,7 +477,7 @@ class Mover:
             record, stored = item
             self._promote_registered(record, stored, self._fetch_pool)
 
-    def promote_here(self, record: ShardRecord, fetch_pool: Executor) -> None:
+    def promote_here(self, record: ShardRecord, fetch_pool: Executor) -> bool:
         """Promote ``record`` on the calling thread, fetching on ``fetch_pool``, for a
         caller that waits for the promotion anyway: it then runs at the caller's
         priority, not the mover's. If the shard is already queued or being promoted,
@@ -485,17 +485,18 @@ class Mover:
         raised: the caller reads the archive instead.
 
         At most ``promotion_threads`` callers promote at once, since each holds the
-        whole shard in memory until it is written: beyond that the promotion is queued
-        for the promotion threads instead and this returns at once (wait for it with
-        :meth:`wait_promoted`, as for any queued one)."""
+        whole shard in memory until it is written. Beyond that the promotion is queued
+        for the promotion threads and False is returned: the caller should read the
+        archive itself rather than wait behind the queue."""
         if not self._caller_slots.acquire(blocking=False):
             self.promote(record, None)
-            return
+            return False
         try:
             if self._mark_promotion(record, fill=False):
                 self._promote_registered(record, None, fetch_pool)
         finally:
             self._caller_slots.release()
+        return True
 
     def _promote_registered(
         self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor

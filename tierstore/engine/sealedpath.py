@@ -145,11 +145,12 @@ class SealedReader:
         A whole-shard read of a cold shard first promotes it when ``promote`` (the
         policy admitted the miss), on this thread so that it runs at the reader's
         priority, or waits for a promotion already in flight (a prefetch), and then
-        reads hot: the archive is read once, not twice. Ranged reads do not wait.
+        reads hot: the archive is read once, not twice. When ``promotion_threads``
+        readers promote already, the promotion is queued instead and this read streams
+        from the archive at once. Ranged reads do not wait.
         """
-        if not record.hot and len(slices) == len(record.frame_sizes):
-            if promote:
-                self._mover.promote_here(record, self._pool)
+        whole_cold = not record.hot and len(slices) == len(record.frame_sizes)
+        if whole_cold and (not promote or self._mover.promote_here(record, self._pool)):
             record = self._after_promotion(record)
         archived = ArchivedFrames(self._archive, record)
 
