@@ -22,7 +22,7 @@ from tierstore.errors import InvalidArgument, QuotaExceeded, ResourceExhausted, 
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import DatasetSettings
+from tierstore.types import DatasetSettings, ShardKind
 
 SIZE = 2 * FRAME  # two frames per shard
 STORED = SIZE + 2 * CHECKSUM_BYTES
@@ -69,13 +69,17 @@ def full_with_uploads_held(
     return store, archive
 
 
-def put_in_background(store: Store, shard: str, data: bytes) -> tuple[threading.Thread, list[Any]]:
-    """Start ``store.put("capped", shard, data)`` on a thread; the list gets its outcome."""
+def put_in_background(
+    store: Store, shard: str, data: bytes, dataset: str = "capped", **options: Any
+) -> tuple[threading.Thread, list[Any]]:
+    """Start ``store.put_frames(dataset, shard, ...)`` of ``data`` on a thread (with
+    keyword arguments ``options``); the list gets its outcome."""
     outcome: list[Any] = []
+    frames = [data[i : i + FRAME] for i in range(0, len(data), FRAME)]
 
     def put() -> None:
         try:
-            outcome.append(store.put("capped", shard, data))
+            outcome.append(store.put_frames(dataset, shard, ShardKind.RAW, frames, **options))
         except Exception as exc:
             outcome.append(exc)
 
@@ -147,24 +151,71 @@ def test_no_wait_when_the_uploads_on_the_journal_would_free_nothing(
     assert not store.list("capped", prefix="s3")[0]
 
 
-def test_no_more_than_max_quota_waiters_puts_wait(open_store: StoreFactory) -> None:
-    store, archive = full_with_uploads_held(open_store, max_quota_waiters=1)
-    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3))
+def test_no_more_than_max_quota_waiters_puts_wait_and_one_dataset_at_most_half(
+    open_store: StoreFactory,
+) -> None:
+    names = ["capped", "second", "third"]
+    archive = FaultyTier(MemoryTier())
+    archive.hold_writes()
+    store = open_store(
+        archive,
+        datasets={name: DatasetSettings(policy="lru", hot_quota_bytes=QUOTA) for name in names},
+        max_quota_waiters=2,
+    )
+    for name in names:  # every quota full of shards whose uploads are held
+        for index in range(3):
+            store.put(name, f"s{index}", payload(SIZE, index))
+    assert archive.write_waiting.wait(10)
+    first, first_outcome = put_in_background(store, "s3", payload(SIZE, 3))
     wait_until(lambda: store.stats().quota_waiting_puts == 1, "the first put to wait for room")
     gauges = {family.name: family.samples for family in _StoreCollector(store).collect()}
     assert [sample.value for sample in gauges["tierstore_puts_waiting_for_quota"]] == [1]
-    # The one waiting slot is taken: the next put fails at once instead of holding
-    # its thread too, and says why.
-    with pytest.raises(QuotaExceeded, match="max_quota_waiters"):
+    # One dataset may hold half of the places: a second put into it fails at once.
+    with pytest.raises(QuotaExceeded, match="puts into capped wait for room already"):
         store.put("capped", "s4", payload(SIZE, 4))
-    assert thread.is_alive() and not outcome
+    # Another dataset's put still gets the other place, and waits.
+    second, second_outcome = put_in_background(store, "s3", payload(SIZE, 3), "second")
+    wait_until(lambda: store.stats().quota_waiting_puts == 2, "the second put to wait")
+    # Both places are taken: a third dataset's put fails at once, and says why.
+    with pytest.raises(QuotaExceeded, match="max_quota_waiters = 2"):
+        store.put("third", "s3", payload(SIZE, 3))
+    assert first.is_alive() and second.is_alive() and not first_outcome + second_outcome
     archive.release_writes()
-    thread.join(10)
-    assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
-    assert store.stats().quota_waiting_puts == 0  # the slot was given back
+    for thread, outcome in ((first, first_outcome), (second, second_outcome)):
+        thread.join(10)
+        assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
+    assert store.stats().quota_waiting_puts == 0  # the places were given back
     assert not archive.hold_timed_out
     assert not store.list("capped", prefix="s4")[0]
+    assert not store.list("third", prefix="s3")[0]
     assert_within_quota_and_intact(store, 4)
+    assert store.get("second", "s3").to_bytes() == payload(SIZE, 3)
+
+
+def test_a_put_stops_waiting_for_room_when_its_caller_has_gone(
+    open_store: StoreFactory,
+) -> None:
+    store, archive = full_with_uploads_held(open_store)  # quota_wait_s: 30 s
+    gone = threading.Event()
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), caller_gone=gone.is_set)
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    gone.set()
+    thread.join(10)  # well within quota_wait_s: it noticed
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], QuotaExceeded) and "caller has gone" in str(outcome[0])
+    assert store.stats().quota_waiting_puts == 0
+    assert not archive.hold_timed_out  # the uploads were still held: it did not wait them out
+    archive.release_writes()
+    assert store.drain(10)
+    assert not store.list("capped", prefix="s3")[0]
+
+
+def test_max_quota_waiters_zero_turns_waiting_off(open_store: StoreFactory) -> None:
+    store, archive = full_with_uploads_held(open_store, max_quota_waiters=0)
+    with pytest.raises(QuotaExceeded, match="waiting for room is off"):
+        store.put("capped", "s3", payload(SIZE, 3))
+    assert not archive.hold_timed_out
+    archive.release_writes()
 
 
 @pytest.mark.parametrize("setting, argument", [(0.0, None), (30.0, 0.0), (30.0, -5.0)])

@@ -3,16 +3,18 @@ the servicer passing it on to the engine in a real server)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.engine.faulty_tier import FaultyTier
-from tests.engine.stores import FRAME, payload
-from tests.server.servers import error_name, metadata, serving
+from tests.engine.stores import FRAME, payload, wait_until
+from tests.server.servers import RunningServer, error_name, metadata, serving
 from tierstore.server.shards import _wait_within
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Role
@@ -43,48 +45,76 @@ def test_the_wait_leaves_the_commit_a_second_of_the_deadline(
 DEADLINE_S = 4.0
 
 
-def test_a_put_at_a_full_quota_gives_up_before_its_rpc_deadline(tmp_path: Path) -> None:
-    # The quota is full of shards whose uploads the archive holds: the put may wait
-    # (quota_wait_s is 30 s), but only as long as its caller's deadline allows.
+def put_call(node: RunningServer) -> grpc.StreamUnaryMultiCallable:
+    return node.channel().stream_unary(
+        "/tierstore.v1.ShardService/PutShard",
+        request_serializer=shards_pb2.PutShardRequest.SerializeToString,
+        response_deserializer=common_pb2.ShardInfo.FromString,
+    )
+
+
+def put_requests(shard: str, data: bytes) -> list[shards_pb2.PutShardRequest]:
+    return [
+        shards_pb2.PutShardRequest(
+            header=shards_pb2.PutShardHeader(
+                dataset="capped", shard=shard, kind=common_pb2.SHARD_KIND_RAW, frame_count=1
+            )
+        ),
+        shards_pb2.PutShardRequest(frame=data),
+    ]
+
+
+@contextlib.contextmanager
+def full_quota_node(root: Path) -> Iterator[tuple[RunningServer, FaultyTier]]:
+    """A server whose dataset ``capped`` is full of shards whose uploads the archive
+    holds: a put into it may wait for room (quota_wait_s is 30 s)."""
     archive = FaultyTier(MemoryTier())
     archive.hold_writes()
     capped = {"capped": DatasetSettings(policy="lru", hot_quota_bytes=3 * (FRAME + 8))}
-    with serving(tmp_path, insecure=True, archive=archive, datasets=capped) as node:
+    with serving(root, insecure=True, archive=archive, datasets=capped) as node:
         try:
             for index in range(3):
                 node.store.put("capped", f"s{index}", payload(FRAME, index))
             assert archive.write_waiting.wait(10)
-            put = node.channel().stream_unary(
-                "/tierstore.v1.ShardService/PutShard",
-                request_serializer=shards_pb2.PutShardRequest.SerializeToString,
-                response_deserializer=common_pb2.ShardInfo.FromString,
-            )
-            requests = [
-                shards_pb2.PutShardRequest(
-                    header=shards_pb2.PutShardHeader(
-                        dataset="capped",
-                        shard="s3",
-                        kind=common_pb2.SHARD_KIND_RAW,
-                        frame_count=1,
-                    )
-                ),
-                shards_pb2.PutShardRequest(frame=payload(FRAME, 3)),
-            ]
-            token = node.token("writer", ("capped", Role.WRITER))
-            started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as caught:
-                put(iter(requests), timeout=DEADLINE_S, metadata=metadata(token))
-            took = time.monotonic() - started
-            # Refused by the server, with its reason, not cut off by the deadline, and
-            # after waiting about the deadline less the second kept for the commit.
-            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert error_name(caught.value) == "QuotaExceeded"
-            allowed = re.search(r"quota_wait_s \(([0-9.]+) s\)", caught.value.details() or "")
-            assert allowed is not None, caught.value.details()
-            # (gRPC rounds the deadline it passes on: a few ms over it are no error)
-            assert DEADLINE_S - 1.5 < float(allowed.group(1)) < DEADLINE_S - 0.9
-            assert DEADLINE_S - 1.5 < took < DEADLINE_S
-            assert not node.store.list("capped", prefix="s3")[0]
-            assert not archive.hold_timed_out
+            yield node, archive
         finally:
             archive.release_writes()  # before the store closes: its mover stops then
+
+
+def test_a_put_at_a_full_quota_gives_up_before_its_rpc_deadline(tmp_path: Path) -> None:
+    with full_quota_node(tmp_path) as (node, archive):
+        token = node.token("writer", ("capped", Role.WRITER))
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            put_call(node)(
+                iter(put_requests("s3", payload(FRAME, 3))),
+                timeout=DEADLINE_S,
+                metadata=metadata(token),
+            )
+        took = time.monotonic() - started
+        # Refused by the server, with its reason, not cut off by the deadline, after
+        # waiting what the deadline allowed less the second kept for the commit.
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_name(caught.value) == "QuotaExceeded"
+        allowed = re.search(r"quota_wait_s \(([0-9.]+) s\)", caught.value.details() or "")
+        assert allowed is not None, caught.value.details()
+        # (gRPC rounds the deadline it passes on: a few ms over it are no error)
+        assert 0 < float(allowed.group(1)) < DEADLINE_S - 0.9
+        assert float(allowed.group(1)) <= took < DEADLINE_S
+        assert not node.store.list("capped", prefix="s3")[0]
+        assert not archive.hold_timed_out
+
+
+def test_a_cancelled_put_stops_waiting_for_room(tmp_path: Path) -> None:
+    with full_quota_node(tmp_path) as (node, archive):
+        token = node.token("writer", ("capped", Role.WRITER))
+        call = put_call(node).future(
+            iter(put_requests("s3", payload(FRAME, 3))), metadata=metadata(token)
+        )  # no deadline: only the cancel can end its wait early
+        wait_until(lambda: node.store.stats().quota_waiting_puts == 1, "the put to wait")
+        call.cancel()
+        # Well within quota_wait_s (30 s): the server noticed, gave the place back and
+        # stored nothing.
+        wait_until(lambda: node.store.stats().quota_waiting_puts == 0, "the wait to end")
+        assert not archive.hold_timed_out
+        assert not node.store.list("capped", prefix="s3")[0]

@@ -24,7 +24,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -344,14 +344,16 @@ class Store:
         frames: Sequence[bytes | memoryview],
         *,
         quota_wait_s: float | None = None,
+        caller_gone: Callable[[], bool] | None = None,
     ) -> ShardInfo:
         """Store frames cut by a client (each at most ``max_frame_bytes``; Arrow ones validated).
 
+        A put waiting for quota room stops waiting once ``caller_gone()`` is true.
         Raises as :meth:`put`, and MalformedArrow.
         """
         self._check_shard_call(dataset, shard)
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
-        return self._writer.commit(dataset, shard, framed, quota_wait_s)
+        return self._writer.commit(dataset, shard, framed, quota_wait_s, caller_gone)
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""

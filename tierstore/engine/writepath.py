@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import Any
@@ -25,6 +26,7 @@ from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
+from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, stored_size
@@ -58,9 +60,8 @@ class ShardWriter:
         self._sealers = sealers
         self._mover = mover
         self._generation_lock = threading.Lock()
-        #: puts waiting for quota room at once, at most: each holds its caller's thread
-        #: (in the service an RPC worker) while it waits.
-        self._quota_waiters = _WaitingSlots(settings.max_quota_waiters)
+        #: places for puts waiting for quota room (see :mod:`tierstore.engine.quotawait`).
+        self._quota_waiters = WaitingPlaces(settings.max_quota_waiters)
         #: seals a put's next frame while the writer stores the current one.
         self._seal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-seal")
         with self._env.read() as txn:
@@ -87,15 +88,21 @@ class ShardWriter:
             self._next_generation = max(self._next_generation, newest + 1)
 
     def commit(
-        self, dataset: str, shard: str, framed: FramedValue, quota_wait_s: float | None = None
+        self,
+        dataset: str,
+        shard: str,
+        framed: FramedValue,
+        quota_wait_s: float | None = None,
+        caller_gone: Callable[[], bool] | None = None,
     ) -> ShardInfo:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
         Returns once the dataset's durability is met. A dataset at its hot-tier quota
         makes room by evicting its own archived shards; when only uploads still on the
         journal could make that room, the put waits for them, up to the setting
-        ``quota_wait_s`` or the argument, whichever is shorter, unless
-        ``max_quota_waiters`` puts wait already.
+        ``quota_wait_s`` or the argument, whichever is shorter, while
+        ``caller_gone()`` is false and a waiting place is free
+        (:mod:`tierstore.engine.quotawait`).
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying).
@@ -127,11 +134,12 @@ class ShardWriter:
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         quota = settings.hot_quota_bytes
-        wait = _QuotaWait(self._quota_waiters, wait_s)
+        wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
         refused_once = False
         try:
             while True:
                 self._make_quota_room(dataset, shard, quota, stored_total, wait)
+                wait.release()  # done waiting, for now: the commit holds no place
                 self._mover.make_room(stored_total)
                 tries = self._mover.journal_tries()
                 try:
@@ -143,7 +151,7 @@ class ShardWriter:
                     if refused_once:
                         if not self._quota_wait_helps(dataset, wait):
                             raise
-                        self._mover.wait_for_journal(tries, wait.remaining())
+                        self._mover.wait_for_journal(tries, wait.next_wait_s())
                     refused_once = True
         finally:
             wait.release()
@@ -159,7 +167,7 @@ class ShardWriter:
         return record.to_info(record.created_at)
 
     def _make_quota_room(
-        self, dataset: str, shard: str, quota: int, incoming: int, wait: _QuotaWait
+        self, dataset: str, shard: str, quota: int, incoming: int, wait: QuotaWait
     ) -> None:
         """Evict ``dataset``'s own archived shards until a new generation of ``shard``
         of ``incoming`` bytes fits its ``quota``; while it does not, and uploads on the
@@ -180,7 +188,7 @@ class ShardWriter:
             if not self._quota_wait_helps(dataset, wait):
                 return
             self._mover.wake()
-            self._mover.wait_for_journal(tries, wait.remaining())
+            self._mover.wait_for_journal(tries, wait.next_wait_s())
 
     def _leaving(self, dataset: str, shard: str) -> int:
         """Hot bytes of ``shard``'s current generation: an overwrite's old generation
@@ -189,8 +197,8 @@ class ShardWriter:
             previous = self._catalog.get_shard(txn, dataset, shard)
         return stored_size(previous) if previous is not None and previous.hot else 0
 
-    def _quota_wait_helps(self, dataset: str, wait: _QuotaWait) -> bool:
-        return wait.remaining() > 0 and self._mover.uploads_would_free(dataset) and wait.take_slot()
+    def _quota_wait_helps(self, dataset: str, wait: QuotaWait) -> bool:
+        return wait.may_wait() and self._mover.uploads_would_free(dataset) and wait.take_place()
 
     def _commit_locally(
         self,
@@ -198,7 +206,7 @@ class ShardWriter:
         framed: FramedValue,
         sealer: FrameSealer,
         sizes: tuple[int, ...],
-        wait: _QuotaWait,
+        wait: QuotaWait,
     ) -> tuple[DatasetSettings, int]:
         """Seal and write ``record``'s frames, catalog record and upload-journal entry in
         one write transaction (replacing the shard's previous generation); returns the
@@ -264,64 +272,3 @@ class ShardWriter:
         )
         if tell_policy:
             self._policies.removed((record.dataset, record.name))
-
-
-class _WaitingSlots:
-    """A count of puts waiting for quota room, and its limit. Thread-safe."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()
-        self.taken = 0
-
-    def take(self) -> bool:
-        """Take a slot if one is free."""
-        with self._lock:
-            if self.taken >= self._limit:
-                return False
-            self.taken += 1
-            return True
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.taken -= 1
-
-
-class _QuotaWait:
-    """One put's allowance to wait for quota room: until its deadline, and only while
-    it holds one of the store's ``max_quota_waiters`` slots, taken when it first waits
-    and kept until :meth:`release`. Used by the put's own thread only."""
-
-    def __init__(self, slots: _WaitingSlots, seconds: float) -> None:
-        self._slots = slots
-        self._seconds = seconds
-        self._deadline = time.monotonic() + seconds
-        self._holding = False
-        #: a slot was refused: as many puts as allowed were waiting already.
-        self._crowded = False
-
-    def remaining(self) -> float:
-        return self._deadline - time.monotonic()
-
-    def take_slot(self) -> bool:
-        """Whether the put holds a waiting slot (taking one if it can)."""
-        if not self._holding:
-            self._holding = self._slots.take()
-            self._crowded = not self._holding
-        return self._holding
-
-    def release(self) -> None:
-        if self._holding:
-            self._holding = False
-            self._slots.give_back()
-
-    def why_not_more(self) -> str:
-        """Why the put could not wait longer, for its QuotaExceeded message."""
-        if self._crowded:
-            return (
-                "and the most puts allowed to wait for room (max_quota_waiters) "
-                "already wait in this store"
-            )
-        return (
-            f"nor is any more on its way to the archive within quota_wait_s ({self._seconds:g} s)"
-        )

@@ -106,6 +106,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 kind,
                 spool.views(),
                 quota_wait_s=_wait_within(context),
+                caller_gone=lambda: not context.is_active(),
             )
         return shard_info_to_pb(info)
 
