@@ -1,21 +1,65 @@
 """A GetShard stream the client abandons after its header (tierstore/server/shards.py).
 
 An admitted whole-shard miss is promoted by the stream itself when it reads its first
-frame; a client that cancels before that still leaves the shard promoted, as the
-policy decided, so that its retry reads it hot. gRPC may advance the stream into its
-first frame before the cancel arrives (the stream then promotes the shard itself), so
-this test checks the outcome either way; tests/engine/test_policies_live.py checks the
-abandoned path alone.
+frame; a client that goes away before that still leaves the shard promoted, as the
+policy decided, so that its retry reads it hot. gRPC advances a stream into its first
+frame as soon as the header is sent, so a client's cancel mostly arrives after that:
+the first test closes the servicer's stream itself, right after the header, as gRPC
+does when the cancel wins; the second checks the outcome through a real server.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.engine.stores import FRAME, payload, wait_until
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import FRAME, KEYRING, engine_settings, payload, wait_until
 from tests.server.servers import metadata, serving
-from tierstore.types import DatasetSettings, Role
+from tierstore.engine.store import Store
+from tierstore.server.authz import Principal
+from tierstore.server.rpc import calling_as
+from tierstore.server.shards import ShardServicer
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings, Grant, Role
 from tierstore.v1 import shards_pb2
+
+
+class _OpenCall:
+    """What GetShard asks of its context before the client goes: that it is there."""
+
+    def is_active(self) -> bool:
+        return True
+
+
+def test_a_stream_closed_after_its_header_queues_the_admitted_promotion(
+    tmp_path: Path,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = Store(engine_settings(tmp_path / "node"), archive, KEYRING)
+    try:
+        store.create_dataset("d", DatasetSettings(policy="lru"))
+        data = payload(3 * FRAME, 5)
+        store.put("d", "s", data)
+        assert store.drain(10)
+        store.evict("d", "s")
+        servicer = ShardServicer(store, tmp_path / "spool")
+        token = calling_as(Principal("reader", (Grant("d", Role.READER),), via="token"))
+        try:
+            request = shards_pb2.GetShardRequest(dataset="d", shard="s")
+            stream = servicer.GetShard(request, _OpenCall())  # type: ignore[arg-type]
+            first = next(stream)
+            assert first.HasField("header") and not first.header.info.hot
+            assert store.mover.promotions_pending() == 0 and not archive.gets
+            stream.close()  # the client went away: GeneratorExit at the header
+        finally:
+            token.var.reset(token)
+        wait_until(lambda: store.stat("d", "s").hot, "the abandoned miss to be promoted")
+        # By the mover's promotion threads: the stream itself read nothing.
+        assert archive.gets_by("tierstore-promote-fetch") and not archive.gets_by("tierstore-fetch")
+        read = store.get("d", "s")
+        assert read.source == "hot" and read.to_bytes() == data
+    finally:
+        store.close()
 
 
 def test_an_admitted_miss_is_promoted_when_the_client_cancels_after_the_header(

@@ -13,6 +13,7 @@ RPCs (grant, data key, read reports) unpack here and are answered by
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
 
 __all__ = ["ShardServicer"]
+
+log = logging.getLogger(__name__)
 
 _SERVICE = "/tierstore.v1.ShardService/"
 _DEFAULT_LIST_LIMIT = 1000
@@ -143,7 +146,10 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         try:
             yield header
         except GeneratorExit:  # the client went away before any frame was read
-            sealed.abandon()
+            try:
+                sealed.abandon()
+            except Exception:  # nobody to tell: the generator is being closed
+                log.exception("abandoning the read of %s/%s", request.dataset, request.shard)
             raise
         tier = "hot" if sealed.info.hot else "archive"
         for index, stored in sealed.frames():
