@@ -99,7 +99,7 @@ def test_a_put_at_a_full_quota_gives_up_before_its_rpc_deadline(tmp_path: Path) 
         allowed = re.search(r"quota_wait_s \(([0-9.]+) s\)", caught.value.details() or "")
         assert allowed is not None, caught.value.details()
         # (gRPC rounds the deadline it passes on: a few ms over it are no error)
-        assert 0 < float(allowed.group(1)) < DEADLINE_S - 0.9
+        assert DEADLINE_S - 2.5 < float(allowed.group(1)) < DEADLINE_S - 0.9
         assert float(allowed.group(1)) <= took < DEADLINE_S
         assert not node.store.list("capped", prefix="s3")[0]
         assert not archive.hold_timed_out

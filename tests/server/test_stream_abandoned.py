@@ -10,11 +10,15 @@ does when the cancel wins; the second checks the outcome through a real server.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, KEYRING, engine_settings, payload, wait_until
 from tests.server.servers import metadata, serving
+from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
 from tierstore.server.authz import Principal
 from tierstore.server.rpc import calling_as
@@ -58,6 +62,36 @@ def test_a_stream_closed_after_its_header_queues_the_admitted_promotion(
         assert archive.gets_by("tierstore-promote-fetch") and not archive.gets_by("tierstore-fetch")
         read = store.get("d", "s")
         assert read.source == "hot" and read.to_bytes() == data
+    finally:
+        store.close()
+
+
+def test_an_error_while_abandoning_is_logged_and_the_stream_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
+    try:
+        store.create_dataset("d")
+        store.put("d", "s", payload(FRAME, 1))
+
+        def broken(self: SealedRead) -> None:
+            raise RuntimeError("abandon failed (test)")
+
+        monkeypatch.setattr(SealedRead, "abandon", broken)
+        servicer = ShardServicer(store, tmp_path / "spool")
+        token = calling_as(Principal("reader", (Grant("d", Role.READER),), via="token"))
+        try:
+            stream = servicer.GetShard(
+                shards_pb2.GetShardRequest(dataset="d", shard="s"),
+                _OpenCall(),  # type: ignore[arg-type]
+            )
+            assert next(stream).HasField("header")
+            with caplog.at_level(logging.ERROR, logger="tierstore.server.shards"):
+                stream.close()  # GeneratorExit, not the RuntimeError, ends the generator
+        finally:
+            token.var.reset(token)
+        assert "abandoning the read of d/s" in caplog.text
+        assert "abandon failed (test)" in caplog.text
     finally:
         store.close()
 

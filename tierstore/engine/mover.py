@@ -229,11 +229,11 @@ class Mover:
         with self._journal_tried:
             return self._journal_tries
 
-    def wait_for_journal(self, seen: int, timeout: float) -> None:
+    def wait_for_journal(self, seen: int, timeout: float) -> bool:
         """Wait until an entry has been tried since :meth:`journal_tries` returned
-        ``seen``, the mover stops, or ``timeout`` seconds pass."""
+        ``seen``, or the mover stops (True), or ``timeout`` seconds pass (False)."""
         with self._journal_tried:
-            self._journal_tried.wait_for(
+            return self._journal_tried.wait_for(
                 lambda: self._journal_tries != seen or self._stop.is_set(), timeout
             )
 

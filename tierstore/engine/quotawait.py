@@ -87,22 +87,30 @@ class QuotaWait:
         self._deadline = time.monotonic() + seconds
         self._caller_gone = caller_gone
         self._holding = False
-        #: why the put may not wait (longer), if something other than time says so.
-        self._refusal: str | None = None
+        #: why the put may not wait, from the last check that said no.
+        self._refusal = ""
 
     def may_wait(self) -> bool:
         """Whether time is left and the caller is still there (takes no place)."""
         if self._caller_gone is not None and self._caller_gone():
-            self._refusal = "its caller has gone"
-            return False
-        return self._deadline > time.monotonic()
+            return self.refuse("its caller has gone")
+        if self._deadline <= time.monotonic():
+            return self.refuse(f"the time it may wait, quota_wait_s ({self._seconds:g} s), is over")
+        return True
 
     def take_place(self) -> bool:
         """Whether the put holds a waiting place (taking one if it can)."""
         if not self._holding:
-            self._refusal = self._places.take(self._dataset)
-            self._holding = self._refusal is None
-        return self._holding
+            refused = self._places.take(self._dataset)
+            if refused is not None:
+                return self.refuse(refused)
+            self._holding = True
+        return True
+
+    def refuse(self, reason: str) -> bool:
+        """Record why the put may not wait; returns False."""
+        self._refusal = reason
+        return False
 
     def next_wait_s(self) -> float:
         """How long the next wait may be: what time is left, in steps short enough to
@@ -116,10 +124,6 @@ class QuotaWait:
             self._holding = False
             self._places.give_back(self._dataset)
 
-    def why_not_more(self) -> str:
-        """Why the put could not wait (longer), for its QuotaExceeded message."""
-        if self._refusal is not None:
-            return f"and it may not wait for more: {self._refusal}"
-        return (
-            f"nor is any more on its way to the archive within quota_wait_s ({self._seconds:g} s)"
-        )
+    def refusal(self) -> str:
+        """Why the put may not wait, as the last check found, for its QuotaExceeded."""
+        return self._refusal or "no check refused it"

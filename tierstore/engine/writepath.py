@@ -143,15 +143,18 @@ class ShardWriter:
                 self._mover.make_room(stored_total)
                 tries = self._mover.journal_tries()
                 try:
-                    settings, seq = self._commit_locally(record, framed, sealer, sizes, wait)
+                    settings, seq = self._commit_locally(record, framed, sealer, sizes)
                     break
-                except QuotaExceeded:
+                except QuotaExceeded as refused:
                     # Another put took the room meanwhile. Evict again at once (a shard
                     # may have been archived since), then only while waiting can help.
                     if refused_once:
                         if not self._quota_wait_helps(dataset, wait):
-                            raise
-                        self._mover.wait_for_journal(tries, wait.next_wait_s())
+                            raise QuotaExceeded(
+                                f"{refused}; it may wait no longer: {wait.refusal()}; retry "
+                                "when the mover has archived more, or raise the quota"
+                            ) from None
+                        self._wait_for_progress(tries, wait)
                     refused_once = True
         finally:
             wait.release()
@@ -187,8 +190,16 @@ class ShardWriter:
                 continue  # it did: evict again for the bytes it no longer frees
             if not self._quota_wait_helps(dataset, wait):
                 return
-            self._mover.wake()
-            self._mover.wait_for_journal(tries, wait.next_wait_s())
+            self._wait_for_progress(tries, wait)
+
+    def _wait_for_progress(self, tries: int, wait: QuotaWait) -> None:
+        """Wait, as long as ``wait`` allows, until the mover has tried a journal entry
+        since :meth:`Mover.journal_tries` returned ``tries`` (or stops): only then can
+        eviction find more room, so the room is not sought again before."""
+        self._mover.wake()
+        while wait.may_wait():
+            if self._mover.wait_for_journal(tries, wait.next_wait_s()):
+                return
 
     def _leaving(self, dataset: str, shard: str) -> int:
         """Hot bytes of ``shard``'s current generation: an overwrite's old generation
@@ -198,7 +209,17 @@ class ShardWriter:
         return stored_size(previous) if previous is not None and previous.hot else 0
 
     def _quota_wait_helps(self, dataset: str, wait: QuotaWait) -> bool:
-        return wait.may_wait() and self._mover.uploads_would_free(dataset) and wait.take_place()
+        """Whether the put may wait for uploads that would make room in its quota (if
+        not, ``wait`` says why)."""
+        if not wait.may_wait():
+            return False
+        if not self._mover.uploads_would_free(dataset):
+            wait.refuse(
+                "no upload on the journal would let eviction take one of its shards (the "
+                "rest is pinned or on its way already, or the archive is failing)"
+            )
+            return False
+        return wait.take_place()
 
     def _commit_locally(
         self,
@@ -206,13 +227,12 @@ class ShardWriter:
         framed: FramedValue,
         sealer: FrameSealer,
         sizes: tuple[int, ...],
-        wait: QuotaWait,
     ) -> tuple[DatasetSettings, int]:
         """Seal and write ``record``'s frames, catalog record and upload-journal entry in
         one write transaction (replacing the shard's previous generation); returns the
         dataset's settings and the journal entry's sequence number. Raises
-        DatasetNotFound, BacklogFull, QuotaExceeded (saying why waiting did not help),
-        HotTierFull; nothing is written then."""
+        DatasetNotFound, BacklogFull, QuotaExceeded, HotTierFull; nothing is written
+        then."""
         dataset, shard, generation = record.dataset, record.name, record.generation
         stored_total = sum(sizes)
         with self._env.write() as txn:
@@ -231,8 +251,7 @@ class ShardWriter:
                 raise QuotaExceeded(
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
-                    f"({stored_total} bytes), {wait.why_not_more()}; retry when "
-                    "the mover has archived more, or raise the quota"
+                    f"({stored_total} bytes)"
                 )
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)
