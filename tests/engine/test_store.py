@@ -47,6 +47,7 @@ from tierstore.errors import (
     TierstoreError,
     WrongShardKind,
 )
+from tierstore.frames import CHECKSUM_BYTES
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Tier
 from tierstore.types import DatasetSettings, Durability, ShardKind
@@ -356,6 +357,31 @@ def test_plaintext_hot_reads_are_zero_copy(store: Store) -> None:
     del first, second
     gc.collect()
     assert store.stats().live_read_leases == 0
+
+
+def test_a_sealed_stream_reads_on_from_the_archive_after_its_shard_is_archived_and_evicted(
+    open_store: StoreFactory,
+) -> None:
+    # The stream opens while the shard is hot and not yet archived; the mover then
+    # archives it and eviction drops its hot frames. The rest of the stream must come
+    # from the archive, not be reported lost.
+    archive = FaultyTier(MemoryTier())
+    archive.hold_writes()
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    data = payload(3 * FRAME, 8)
+    store.put("plain", "s", data)
+    sealed = store.open_sealed("plain", "s")
+    assert sealed.info.hot and not sealed.info.archived
+    stream = sealed.frames()
+    first = next(stream)
+    archive.release_writes()
+    assert store.drain(10)
+    store.evict("plain", "s")
+    frames = [first, *stream]
+    assert [index for index, _ in frames] == [0, 1, 2]
+    payloads = [stored[: len(stored) - CHECKSUM_BYTES] for _, stored in frames]
+    assert b"".join(payloads) == data
+    assert archive.gets  # the last frames came from the archive
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

@@ -158,7 +158,7 @@ class SealedReader:
             try:
                 return bytes(archived.fetch(index))
             except IntegrityError:
-                self._check_current(record)  # a superseded generation is no data loss
+                self._still_current(record)  # a superseded generation is no data loss
                 raise
 
         # Read-ahead is for the archive only: a hot frame is read when the consumer
@@ -183,10 +183,13 @@ class SealedReader:
             hot = self._hot_frame(record, index)
             if hot is None:  # evicted since the stream began
                 if not record.archived:
-                    self._check_current(record)
-                    raise IntegrityError(
-                        f"frame {index} of {record.dataset}/{record.name} is in no tier"
-                    )
+                    # Archived since the stream began, then evicted? Only eviction of
+                    # an archived shard drops hot frames of a current generation.
+                    record = self._still_current(record)
+                    if not record.archived:
+                        raise IntegrityError(
+                            f"frame {index} of {record.dataset}/{record.name} is in no tier"
+                        )
                 hot = fetch(index)
             yield index, hot
 
@@ -216,11 +219,14 @@ class SealedReader:
             release_pages(view)
             return frame
 
-    def _check_current(self, record: ShardRecord) -> None:
+    def _still_current(self, record: ShardRecord) -> ShardRecord:
+        """The catalog's record of ``record``'s generation now; raises Unavailable if the
+        shard was overwritten or deleted since."""
         with self._env.read() as txn:
-            current = self._catalog.holds(txn, record)
-        if not current:
+            current = self._catalog.get_shard(txn, record.dataset, record.name)
+        if current is None or current.generation != record.generation:
             raise Unavailable(f"{record.dataset}/{record.name} changed during the read; retry")
+        return current
 
 
 def _done(value: bytes) -> Future[bytes]:
