@@ -6,6 +6,8 @@ archive to go down and come back, or needs to see what a read fetched.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -308,6 +310,45 @@ def test_a_frame_damaged_before_upload_is_never_archived(
     assert store.stat(dataset, "healthy").archived
     with pytest.raises(IntegrityError):
         store.get(dataset, "damaged")
+
+
+@pytest.mark.parametrize("dataset", ["wt", "wt-enc"])
+def test_a_write_through_put_whose_frame_is_damaged_before_upload_is_not_acknowledged(
+    open_store: StoreFactory, dataset: str
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    archive.hold_writes()  # the put's own upload waits while its frame is damaged
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    outcome: list[object] = []
+    putter = threading.Thread(
+        target=lambda: outcome.append(_outcome(store.put, dataset, "s", payload(2 * FRAME, 3)))
+    )
+    putter.start()
+    try:
+        assert archive.write_waiting.wait(10)
+        record = record_of(store, dataset, "s")
+        original = hot_frames(store, dataset, "s")[0]
+        assert original is not None
+        put_hot_frame(store, record.generation, 0, flip(original, 7))
+    finally:
+        archive.release_writes()
+        putter.join(10)
+    assert not putter.is_alive()
+    # Not "archived": the mover gave up on the damaged copy, and the put says so.
+    assert isinstance(outcome[0], IntegrityError), outcome
+    assert "not archived" in str(outcome[0])
+    assert not store.stat(dataset, "s").archived
+    assert [event.split(":")[0] for event in store.stats().data_loss] == [
+        f"{dataset}/s@{record.generation}"
+    ]
+
+
+def _outcome(call: Callable[..., object], *args: object) -> object:
+    """``call(*args)``, or the exception it raised."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        return exc
 
 
 def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreFactory) -> None:

@@ -30,7 +30,7 @@ from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, stored_size
-from tierstore.errors import ArchiveUnavailable, BacklogFull, QuotaExceeded
+from tierstore.errors import ArchiveUnavailable, BacklogFull, IntegrityError, QuotaExceeded
 from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -163,6 +163,15 @@ class ShardWriter:
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
                     f"({self._mover.last_error}); the mover keeps retrying"
+                )
+            with self._env.read() as txn:
+                current = self._catalog.get_shard(txn, dataset, shard)
+            if current is not None and current.generation == generation and not current.archived:
+                # The entry is done but the shard not archived: the mover gave up on it
+                # because its hot copy failed verification (see Mover.data_loss).
+                raise IntegrityError(
+                    f"{dataset}/{shard} is committed locally, but its hot copy failed "
+                    "verification before it reached the archive, so it was not archived"
                 )
             record = record.with_state(archived=True)
         else:
