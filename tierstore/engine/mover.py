@@ -547,6 +547,9 @@ class Mover:
                 return
             if not self.fits_quota(record.dataset, quota, total):
                 return  # another write took the room meanwhile
+            needed, free = self._env.room_for(txn, (len(frame) for frame in stored))
+            if needed > free:
+                return  # the map is nearly full: it is read from the archive meanwhile
             for index, frame in enumerate(stored):
                 self._frames.put_in(txn, frame_key(record.generation, index), frame)
             self._catalog.put_shard(txn, current.with_state(hot=True))

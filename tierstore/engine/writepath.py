@@ -30,7 +30,13 @@ from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, stored_size
-from tierstore.errors import ArchiveUnavailable, BacklogFull, IntegrityError, QuotaExceeded
+from tierstore.errors import (
+    ArchiveUnavailable,
+    BacklogFull,
+    HotTierFull,
+    IntegrityError,
+    QuotaExceeded,
+)
 from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -261,6 +267,14 @@ class ShardWriter:
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
                     f"({stored_total} bytes)"
+                )
+            needed, free = self._env.room_for(txn, sizes)
+            if needed > free:
+                raise HotTierFull(
+                    f"hot tier at {self._env.path} is full: {dataset}/{shard} needs about "
+                    f"{needed} pages and {max(free, 0)} are free beyond the "
+                    f"{self._env.reserve_pages()} kept for deletes and evictions; delete or "
+                    "evict shards, or raise map_size_bytes"
                 )
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)

@@ -33,6 +33,8 @@ from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range,
 __all__ = ["MAX_KEY_BYTES", "LmdbEnvironment", "LmdbTier"]
 
 MAX_KEY_BYTES = 511
+#: bytes of LMDB's per-page header, counted when estimating a value's pages.
+_PAGE_HEADER_BYTES = 16
 
 
 class LmdbEnvironment:
@@ -125,6 +127,32 @@ class LmdbEnvironment:
     def begin_read(self) -> Any:
         """A read transaction the caller must ``abort()``; see :class:`ReadLease` users."""
         return self.env.begin(buffers=True)
+
+    def reserve_pages(self) -> int:
+        """Pages that puts leave free: a delete, an eviction or the mover's bookkeeping
+        needs a few pages (copied B-tree pages, free-list records) even to free
+        space, so a map filled to the last page could not be emptied any more.
+        0.5 % of the map, at least 32 pages and at most 16 MiB."""
+        page = int(self.env.stat()["psize"])
+        return min(max(32, self.map_size // page // 200), (16 << 20) // page)
+
+    def room_for(self, txn: Any, value_sizes: Iterable[int]) -> tuple[int, int]:
+        """``(pages needed, pages free beyond the reserve)`` for new values of
+        ``value_sizes`` bytes, at the start of write transaction ``txn``.
+
+        Free pages are the map's unused tail plus the free list, estimated as the
+        pages allocated less those the databases hold (pages an old reader still
+        sees count as free: the estimate can be high, and LMDB's own MapFullError
+        stays the last word).
+        """
+        env = self.env
+        page = env.stat()["psize"]
+        held = 2 + _pages(env.stat())  # the two meta pages and the main database
+        held += sum(_pages(txn.stat(db)) for db in self._dbs.values())
+        allocated = env.info()["last_pgno"] + 1
+        free = (self.map_size // page - allocated) + max(0, allocated - held)
+        needed = 8 + sum(-(-(size + _PAGE_HEADER_BYTES) // page) for size in value_sizes)
+        return needed, free - self.reserve_pages()
 
     def file_size(self) -> int:
         """Size of the data file on disk, in bytes."""
@@ -234,3 +262,7 @@ class LmdbTier:
         self._closed = True
         if self._owns:
             self.environment.close()
+
+
+def _pages(stat: dict[str, int]) -> int:
+    return stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
