@@ -243,6 +243,41 @@ def test_overwrite_makes_a_new_generation_and_drops_the_old(
     assert [info.name for info in store.list(dataset)[0]] == ["s"]
 
 
+def test_generations_are_committed_in_the_order_they_are_numbered(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two puts of one shard: the first takes its generation number and is then held
+    # up until the second has committed (or for a second, if the second cannot
+    # commit meanwhile). The shard's current generation must be its newest number,
+    # which a rebuild from the archive takes as current.
+    store = open_store(datasets={"plain": DatasetSettings()})
+    writer_type = type(store._writer)
+    allocate = writer_type._new_generation
+    numbered_first = threading.Event()
+    second_done = threading.Event()
+
+    def hold_the_first(self: Any) -> int:
+        generation = allocate(self)
+        if not numbered_first.is_set():
+            numbered_first.set()
+            second_done.wait(1.0)
+        return generation
+
+    monkeypatch.setattr(writer_type, "_new_generation", hold_the_first)
+    first_data, second_data = payload(FRAME, 1), payload(FRAME, 2)
+    first: list[Any] = []
+    putter = threading.Thread(target=lambda: first.append(store.put("plain", "s", first_data)))
+    putter.start()
+    assert numbered_first.wait(10)
+    second = store.put("plain", "s", second_data)
+    second_done.set()
+    putter.join(10)
+    newest = max(first[0], second, key=lambda info: info.generation)
+    assert store.stat("plain", "s").generation == newest.generation
+    expected = first_data if newest is first[0] else second_data
+    assert store.get("plain", "s").to_bytes() == expected
+
+
 @pytest.mark.parametrize("evicted", [False, True])
 def test_delete_removes_every_tier(store: Store, archive: MemoryTier, evicted: bool) -> None:
     store.put("plain", "keep", b"k")

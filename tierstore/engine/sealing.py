@@ -47,16 +47,22 @@ class ShardSealers:
         """Switch to another keyring (one holding the old keys too, during rotation)."""
         self._keyring = keyring
 
+    def require_keyring(self, dataset: str) -> MasterKeyProvider:
+        """The keyring; raises EncryptionUnavailable (naming encrypted ``dataset``) if
+        no master key is configured."""
+        if self._keyring is None:
+            raise EncryptionUnavailable(f"dataset {dataset!r} is encrypted; no master key")
+        return self._keyring
+
     def new_envelope(self, dataset: str, shard: str, generation: int) -> tuple[Envelope, bytes]:
         """A fresh data key for a new encrypted generation, and its wrapped envelope.
 
         Raises EncryptionUnavailable when no master key is configured.
         """
-        if self._keyring is None:
-            raise EncryptionUnavailable(f"dataset {dataset!r} is encrypted; no master key")
+        keyring = self.require_keyring(dataset)
         data_key = new_data_key()
         context = shard_context(dataset, shard, generation)
-        return Envelope(self._keyring.wrap(data_key, context), new_nonce_prefix()), data_key
+        return Envelope(keyring.wrap(data_key, context), new_nonce_prefix()), data_key
 
     def sealer(self, record: ShardRecord, data_key: bytes | None = None) -> FrameSealer:
         """The sealer of ``record``'s generation; ``data_key`` skips unwrapping its envelope.

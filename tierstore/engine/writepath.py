@@ -23,6 +23,7 @@ from contextlib import closing
 from typing import Any
 
 from tierstore.config import EngineSettings
+from tierstore.crypto import TAG_BYTES
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
@@ -37,7 +38,7 @@ from tierstore.errors import (
     IntegrityError,
     QuotaExceeded,
 )
-from tierstore.frames import FrameSealer
+from tierstore.frames import CHECKSUM_BYTES, FrameSealer
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import DatasetSettings, Durability, ShardInfo
@@ -115,21 +116,10 @@ class ShardWriter:
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
-        generation = self._new_generation()
-        envelope, data_key = None, None
         if settings.encrypted:
-            envelope, data_key = self._sealers.new_envelope(dataset, shard, generation)
-        record = ShardRecord(
-            dataset=dataset,
-            name=shard,
-            generation=generation,
-            kind=framed.kind,
-            frame_sizes=tuple(frame.nbytes for frame in framed.frames),
-            created_at=time.time(),
-            envelope=envelope,
-        )
-        sealer = self._sealers.sealer(record, data_key)
-        sizes = record.stored_sizes(sealer.overhead)
+            self._sealers.require_keyring(dataset)
+        overhead = TAG_BYTES if settings.encrypted else CHECKSUM_BYTES
+        sizes = tuple(frame.nbytes + overhead for frame in framed.frames)
         stored_total = sum(sizes)
         if stored_total > settings.hot_quota_bytes > 0:
             raise QuotaExceeded(
@@ -149,7 +139,7 @@ class ShardWriter:
                 self._mover.make_room(stored_total)
                 tries = self._mover.journal_tries()
                 try:
-                    settings, seq = self._commit_locally(record, framed, sealer, sizes)
+                    settings, record, seq = self._commit_locally(dataset, shard, framed, sizes)
                     break
                 except QuotaExceeded as refused:
                     # Another put took the room meanwhile. Evict again at once (a shard
@@ -172,7 +162,11 @@ class ShardWriter:
                 )
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
-            if current is not None and current.generation == generation and not current.archived:
+            if (
+                current is not None
+                and current.generation == record.generation
+                and not current.archived
+            ):
                 # The entry is done but the shard not archived: the mover gave up on it
                 # because its hot copy failed verification (see Mover.data_loss).
                 raise IntegrityError(
@@ -237,18 +231,18 @@ class ShardWriter:
         return wait.take_place()
 
     def _commit_locally(
-        self,
-        record: ShardRecord,
-        framed: FramedValue,
-        sealer: FrameSealer,
-        sizes: tuple[int, ...],
-    ) -> tuple[DatasetSettings, int]:
-        """Seal and write ``record``'s frames, catalog record and upload-journal entry in
-        one write transaction (replacing the shard's previous generation); returns the
-        dataset's settings and the journal entry's sequence number. Raises
-        DatasetNotFound, BacklogFull, QuotaExceeded, HotTierFull; nothing is written
-        then."""
-        dataset, shard, generation = record.dataset, record.name, record.generation
+        self, dataset: str, shard: str, framed: FramedValue, sizes: tuple[int, ...]
+    ) -> tuple[DatasetSettings, ShardRecord, int]:
+        """Seal and write a new generation's frames (stored ``sizes``), catalog record
+        and upload-journal entry in one write transaction, replacing the shard's
+        previous generation; returns the dataset's settings, the new record and the
+        journal entry's sequence number. Raises DatasetNotFound, EncryptionUnavailable,
+        BacklogFull, QuotaExceeded, HotTierFull; nothing is written then.
+
+        The generation is taken inside the transaction, so generations are committed
+        in the order they are numbered: the newest generation of a shard is always
+        the current one, which a rebuild from the archive relies on.
+        """
         stored_total = sum(sizes)
         with self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
@@ -276,6 +270,10 @@ class ShardWriter:
                     f"{self._env.reserve_pages()} kept for deletes and evictions; delete or "
                     "evict shards, or raise map_size_bytes"
                 )
+            record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
+            if record.stored_sizes(sealer.overhead) != sizes:  # the checks above assumed them
+                raise RuntimeError(f"{dataset}/{shard} was sized for another sealing")
+            generation = record.generation
             if previous is not None:
                 self.delete_in(txn, previous, tell_policy=False)
             # Sealed inside the transaction, so that sealing the next frame overlaps
@@ -296,7 +294,27 @@ class ShardWriter:
             if previous is not None:
                 self._policies.removed((dataset, shard))
             self._policies.inserted((dataset, shard), stored_total)
-        return settings, seq
+        return settings, record, seq
+
+    def _new_generation_of(
+        self, dataset: str, shard: str, framed: FramedValue, encrypted: bool
+    ) -> tuple[ShardRecord, FrameSealer]:
+        """The record of a new generation of ``dataset/shard`` holding ``framed``, with a
+        fresh data key if ``encrypted``, and its sealer."""
+        generation = self._new_generation()
+        envelope, data_key = None, None
+        if encrypted:
+            envelope, data_key = self._sealers.new_envelope(dataset, shard, generation)
+        record = ShardRecord(
+            dataset=dataset,
+            name=shard,
+            generation=generation,
+            kind=framed.kind,
+            frame_sizes=tuple(frame.nbytes for frame in framed.frames),
+            created_at=time.time(),
+            envelope=envelope,
+        )
+        return record, self._sealers.sealer(record, data_key)
 
     def delete_in(self, txn: Any, record: ShardRecord, *, tell_policy: bool = True) -> None:
         """Delete ``record``'s generation in the caller's write transaction (and tell
