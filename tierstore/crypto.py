@@ -32,7 +32,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tierstore.errors import IntegrityError, InvalidArgument, UnknownKeyId
+from tierstore.errors import IntegrityError, InvalidArgument, KeyUnwrapError, UnknownKeyId
 from tierstore.types import WrappedKey
 
 __all__ = [
@@ -86,8 +86,8 @@ class MasterKeyProvider(Protocol):
         """Return the data key.
 
         Raises :class:`UnknownKeyId` if the master key is not held, and
-        :class:`IntegrityError` if the blob or context does not authenticate
-        (a wrong master key under the same id, or a tampered record).
+        :class:`KeyUnwrapError` (an IntegrityError) if the blob or context does not
+        authenticate (a wrong master key under the same id, or a tampered record).
         """
         ...
 
@@ -193,7 +193,7 @@ class LocalKeyring:
                 nonce, sealed, _WRAP_CONTEXT + wrapped.key_id.encode() + b"\x00" + context
             )
         except (InvalidTag, ValueError) as exc:  # ValueError: a blob cut short of its nonce
-            raise IntegrityError(
+            raise KeyUnwrapError(
                 f"data key did not unwrap with master key {wrapped.key_id!r}: "
                 "wrong master key or tampered key record"
             ) from exc

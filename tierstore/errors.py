@@ -58,6 +58,7 @@ __all__ = [
     "InvalidName",
     "InvalidPlan",
     "InvalidRange",
+    "KeyUnwrapError",
     "MalformedArrow",
     "MalformedTrace",
     "NotFound",
@@ -220,6 +221,11 @@ class DataLoss(TierstoreError):
 
 class IntegrityError(DataLoss):
     """A frame's checksum or AEAD tag did not verify, or frames are missing or out of order."""
+
+
+class KeyUnwrapError(IntegrityError):
+    """A data key did not unwrap with the master key of its key id: a wrong master key
+    under that id, or a tampered key record. The frames themselves may be intact."""
 
 
 class Unavailable(TierstoreError):

@@ -14,7 +14,15 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, flip, hot_frames, put_hot_frame, record_of
 from tests.engine.faulty_tier import FaultyTier
-from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
+from tests.engine.stores import (
+    DATASETS,
+    FRAME,
+    KEYRING,
+    OTHER_KEYRING,
+    StoreFactory,
+    payload,
+    wait_until,
+)
 from tierstore.engine.records import archive_frames_key, archive_manifest_key
 from tierstore.engine.store import Store
 from tierstore.errors import BacklogFull, IntegrityError, ResourceExhausted
@@ -349,6 +357,30 @@ def _outcome(call: Callable[..., object], *args: object) -> object:
         return call(*args)
     except Exception as exc:
         return exc
+
+
+def test_an_upload_whose_data_key_does_not_unwrap_is_kept_not_dropped(
+    open_store: StoreFactory,
+) -> None:
+    # A wrong master key under the right id (a configuration mistake) must not turn
+    # every pending encrypted upload into "data loss": the frames are intact.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True  # the upload waits while the key is swapped
+    store = open_store(archive, datasets=DATASETS)
+    data = payload(2 * FRAME, 4)
+    store.put("enc", "s", data)
+    store.rotate_master_key(OTHER_KEYRING)  # same key id "k1", another key
+    archive.failing = False
+    wait_until(
+        lambda: "kept until" in (store.stats().mover_error or ""), "the mover to refuse the entry"
+    )
+    assert store.stats().data_loss == ()
+    assert store.mover.pending() == 1 and not store.stat("enc", "s").archived
+    store.rotate_master_key(KEYRING)  # the right key again: the upload goes through
+    assert store.drain(10)
+    assert store.stat("enc", "s").archived and store.stats().mover_error is None
+    store.evict("enc", "s")
+    assert store.get("enc", "s").to_bytes() == data
 
 
 def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreFactory) -> None:

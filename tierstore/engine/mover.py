@@ -54,7 +54,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
-from tierstore.errors import IntegrityError, TierstoreError
+from tierstore.errors import IntegrityError, KeyUnwrapError, TierstoreError
 from tierstore.policy.base import Key
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -298,6 +298,17 @@ class Mover:
                 return True
             try:
                 self._apply(op)
+            except KeyUnwrapError as exc:
+                # Most often the wrong master key: the frames are likely intact, and
+                # dropping the entry would leave the shard unarchived for good. Keep it
+                # (the journal waits, with last_error saying why) until the right key
+                # is configured; a shard whose key record is damaged must be deleted.
+                self.last_error = (
+                    f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}; kept until "
+                    "the master key that wrapped it is configured"
+                )
+                log.error("archive operation cannot proceed: %s", self.last_error)
+                return False
             except IntegrityError as exc:
                 with self._env.write() as txn:
                     current = self._catalog.get_shard(txn, op.dataset, op.name)
