@@ -643,6 +643,29 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
         fresh.rebuild_from_archive()
 
 
+def test_a_write_through_put_archives_its_datasets_earlier_entries_first(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The mover is not running: only the put itself uploads. Its acknowledgement
+    # ("archived") must mean a rebuild from the archive alone finds the shard, so the
+    # dataset's settings object goes first, and so does the shard's older generation.
+    store = open_store(archive, start_mover=False)
+    store.create_dataset("wt", DatasetSettings(durability=Durability.WRITE_THROUGH))
+    store.create_dataset("other")
+    store.put("other", "o", b"not the put's to upload")
+    first = store.put("wt", "s", payload(FRAME, 1))
+    assert first.archived
+    data = payload(2 * FRAME, 2)
+    assert store.put("wt", "s", data).archived
+    keys = archive_keys(archive)
+    assert archive_dataset_key("wt") in keys
+    assert archive_frames_key("wt", first.generation) not in keys  # its delete ran too
+    assert archive_dataset_key("other") not in keys  # other datasets wait for the mover
+    fresh = open_store(archive, start_mover=False)
+    assert fresh.rebuild_from_archive() == 1
+    assert fresh.get("wt", "s").to_bytes() == data
+
+
 def test_closed_store_refuses_calls(store: Store) -> None:
     store.put("plain", "x", b"x")
     store.close()

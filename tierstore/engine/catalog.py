@@ -198,6 +198,18 @@ class Catalog:
                 break
         return entries
 
+    def journal_seqs_of(self, txn: Any, dataset: str, before: int, limit: int) -> list[int]:
+        """Sequence numbers of ``dataset``'s pending operations older than ``before``,
+        in order, among the oldest ``limit`` entries."""
+        found: list[int] = []
+        for seen, (raw_seq, raw_op) in enumerate(txn.cursor(db=self._db("journal"))):
+            seq = _U64.unpack(bytes(raw_seq))[0]
+            if seq >= before or seen == limit:
+                break
+            if JournalOp.decode(raw_op).dataset == dataset:
+                found.append(seq)
+        return found
+
     def journal_entry(self, txn: Any, seq: int) -> JournalOp | None:
         raw = txn.get(_U64.pack(seq), db=self._db("journal"))
         return None if raw is None else JournalOp.decode(raw)

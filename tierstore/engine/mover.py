@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 #: Verifies one stored frame of a record (raises IntegrityError).
 FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
 _Promotion = tuple[ShardRecord, list[memoryview] | None]
-#: journal entries a quota check looks through for an upload of its dataset.
+#: journal entries looked through for a dataset's operations (quota waits, write-through).
 _UPLOADS_SCANNED = 10_000
 _STOP = None
 
@@ -289,6 +289,18 @@ class Mover:
             return self._run_entry(seq)
         finally:
             self._tried_entry()
+
+    def run_entry_in_order(self, seq: int, dataset: str) -> bool:
+        """Do ``dataset``'s earlier journal entries, in order, then entry ``seq`` (a
+        write-through put's own upload). Its dataset's settings object and its
+        shard's older operations thus reach the archive first: a rebuild never finds
+        a shard without its dataset, nor a newer state without what came before it.
+        False when one of them failed (it stays for a retry, and so do the rest).
+        Earlier entries are looked for among the oldest ``_UPLOADS_SCANNED``.
+        """
+        with self._env.read() as txn:
+            earlier = self._catalog.journal_seqs_of(txn, dataset, seq, _UPLOADS_SCANNED)
+        return all(self.run_entry(entry) for entry in [*earlier, seq])
 
     def _run_entry(self, seq: int) -> bool:
         with self._journal_lock:

@@ -155,7 +155,7 @@ class ShardWriter:
         finally:
             wait.release()
         if settings.durability is Durability.WRITE_THROUGH:
-            if not self._mover.run_entry(seq):
+            if not self._mover.run_entry_in_order(seq, dataset):
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
                     f"({self._mover.last_error}); the mover keeps retrying"
