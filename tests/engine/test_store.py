@@ -643,6 +643,28 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
         fresh.rebuild_from_archive()
 
 
+def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    store.put("plain", "a", payload(FRAME, 1))
+    assert store.drain(10)
+    fresh = open_store(archive)
+    listing = archive.list
+
+    def list_then_write(*args: Any, **kwargs: Any) -> Any:
+        if not fresh.list_datasets():  # once: a client writes while the archive is scanned
+            fresh.create_dataset("plain")
+            fresh.put("plain", "a", b"written during the rebuild")
+        return listing(*args, **kwargs)
+
+    archive.list = list_then_write  # type: ignore[method-assign]
+    with pytest.raises(FailedPrecondition, match="during the rebuild"):
+        fresh.rebuild_from_archive()
+    # The acknowledged put survived; the archive's older state did not replace it.
+    assert fresh.get("plain", "a").to_bytes() == b"written during the rebuild"
+
+
 def test_a_write_through_put_archives_its_datasets_earlier_entries_first(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:

@@ -657,17 +657,28 @@ class Store:
         """
         self._check_open()
         with self._env.read() as txn:
-            if self._catalog.list_datasets(txn):
-                raise FailedPrecondition("the catalog is not empty; rebuild only into a new store")
+            self._require_empty_catalog(txn)
         contents = scan_archive(self._archive)
         for key in contents.unreadable:
             log.warning("archive object %s did not decode; skipped", key)
         with self._env.write() as txn:
+            # Again, in the transaction that restores: a dataset created while the
+            # archive was scanned would otherwise be overwritten by older state.
+            self._require_empty_catalog(txn)
             recovered, newest = restore_catalog(txn, self._catalog, contents)
+            # Before the commit: a put numbers its generation in its own write
+            # transaction, so none can take a restored generation's number.
+            self._writer.skip_generations_through(newest)
             for name, dataset_settings in contents.datasets.items():
                 self._policies.open_dataset(name, dataset_settings.policy)
-        self._writer.skip_generations_through(newest)
         return recovered
+
+    def _require_empty_catalog(self, txn: Any) -> None:
+        if self._catalog.list_datasets(txn):
+            raise FailedPrecondition(
+                "the catalog is not empty (or datasets were created during the rebuild); "
+                "rebuild only into a new store"
+            )
 
     def stats(self) -> StoreStats:
         """Counters of the hot tier, the journal and the read leases."""
