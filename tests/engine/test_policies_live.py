@@ -8,8 +8,11 @@ where a test must decide when uploads and evictions happen.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,7 @@ from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
-from tierstore.errors import UnknownPolicy
+from tierstore.errors import HotTierFull, UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from tierstore.tiers.memory import MemoryTier
@@ -429,3 +432,29 @@ def test_an_abandoned_service_read_of_an_admitted_miss_is_promoted_in_the_backgr
     wait_until(lambda: store.stat("d", "s").hot, "the abandoned miss to be promoted")
     assert archive.gets_by("tierstore-promote-fetch") and not archive.gets_by("tierstore-fetch")
     assert store.get("d", "s").to_bytes() == data
+
+
+def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The policy hears of a change inside the write transaction, before the commit;
+    # when the commit fails (a full map), the change is undone, so the shard that
+    # stays hot stays evictable.
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(FRAME, 1))
+    assert store.drain(10)  # archived: eviction may take it
+    real_write = store._env.write
+
+    @contextlib.contextmanager
+    def commit_fails() -> Iterator[Any]:
+        with real_write() as txn:
+            yield txn
+            raise HotTierFull("the commit failed (test)")  # aborts the transaction
+
+    monkeypatch.setattr(store._env, "write", commit_fails)
+    with pytest.raises(HotTierFull):
+        store.delete("d", "s")
+    monkeypatch.undo()
+    assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 1)
+    assert store.mover.evict(1) == STORED  # the policy still offers it as a victim
+    assert not store.stat("d", "s").hot

@@ -564,7 +564,7 @@ class Mover:
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
         self.make_room(total)
-        with self._env.write() as txn:
+        with self._policies.undone_on_failure(), self._env.write() as txn:
             current = self._catalog.get_shard(txn, record.dataset, record.name)
             if current is None or current.generation != record.generation or current.hot:
                 return
@@ -661,7 +661,7 @@ class Mover:
                 else:
                     victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
             freed = 0
-            with self._env.write() as txn:
+            with self._policies.undone_on_failure(), self._env.write() as txn:
                 for key in victims:
                     freed += self._evict_in(txn, *shard_of(key), now)
                 for key in stale:
@@ -673,7 +673,7 @@ class Mover:
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
         (0 if it is not evictable)."""
-        with self._evict_lock, self._env.write() as txn:
+        with self._evict_lock, self._policies.undone_on_failure(), self._env.write() as txn:
             return self._evict_in(txn, dataset, name, time.time())
 
     def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int:

@@ -45,7 +45,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from tierstore.engine.access import AccessRecorder
@@ -79,6 +80,8 @@ class PolicyDriver:
         self._hot_bytes: dict[str, int] = {}  # per dataset: the sum of its _sizes
         self._clock = 0.0
         self._rotation = 0
+        #: per thread: the changes recorded by each open :meth:`undone_on_failure`.
+        self._undo = threading.local()
 
     # Datasets and their policies.
 
@@ -126,12 +129,43 @@ class PolicyDriver:
     def inserted(self, key: Key, size: int) -> None:
         """``key`` turned hot holding ``size`` stored bytes (or changed size)."""
         with self._lock:
+            self._note(key)
             self._insert(key, size, self._tick())
 
     def removed(self, key: Key) -> None:
         """``key`` left the hot tier. Nothing happens for a key the driver holds cold."""
         with self._lock:
+            self._note(key)
             self._remove(key)
+
+    @contextmanager
+    def undone_on_failure(self) -> Iterator[None]:
+        """Undo what this thread tells the policies inside the block if the block
+        raises. Open it around a write transaction (outside it, so that a failed
+        commit is seen): the hot set is told of inside the transaction, before its
+        commit, which can still fail (a full map). Without the undo a policy could
+        forget a shard that stays hot, and then never evict it."""
+        logs: list[list[tuple[Key, int | None]]] = self._undo.__dict__.setdefault("logs", [])
+        log: list[tuple[Key, int | None]] = []
+        logs.append(log)
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                now = self._tick()
+                for key, size in reversed(log):
+                    self._remove(key)
+                    if size is not None:
+                        self._insert(key, size, now)
+            raise
+        finally:
+            logs.pop()
+
+    def _note(self, key: Key) -> None:
+        """Under the lock: record ``key``'s size before a change, for an open undo."""
+        logs = self._undo.__dict__.get("logs")
+        if logs:
+            logs[-1].append((key, self._sizes.get(key)))
 
     # Reads.
 

@@ -358,7 +358,7 @@ class Store:
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""
         self._check_shard_call(dataset, shard)
-        with self._env.write() as txn:
+        with self._policies.undone_on_failure(), self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
             self._writer.delete_in(txn, record)
         self.mover.wake()

@@ -244,7 +244,7 @@ class ShardWriter:
         the current one, which a rebuild from the archive relies on.
         """
         stored_total = sum(sizes)
-        with self._env.write() as txn:
+        with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
