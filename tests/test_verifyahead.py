@@ -201,3 +201,36 @@ def test_the_helper_task_does_not_keep_the_check_alive(collect: bool) -> None:
     del verify, lease
     gc.collect()
     assert gone() is None
+
+
+def test_an_unexpected_error_on_the_helper_reaches_the_consumer(pool: ThreadPoolExecutor) -> None:
+    # Not an IntegrityError (say, out of memory while decrypting into a new buffer):
+    # the consumer must get it at that frame, not wait for ever on a frame the helper
+    # claimed and never finished, holding the read transaction open.
+    helper_failed = threading.Event()
+
+    def verify(k: int, stored: memoryview) -> memoryview:
+        if threading.current_thread().name.startswith("helper"):
+            helper_failed.set()
+            raise MemoryError(f"frame {k}: no memory (test)")
+        if k == 0:
+            assert helper_failed.wait(10)  # the helper has claimed and failed a frame
+        return stored[1:]
+
+    outcome: list[object] = []
+
+    def consume() -> None:
+        frames = VerifyAhead[memoryview](len(FRAMES)).frames(
+            pool, lambda k: memoryview(FRAMES[k]), verify
+        )
+        try:
+            outcome.extend(bytes(frame) for frame in frames)
+        except MemoryError as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(10)
+    assert not consumer.is_alive(), "the consumer hung on a frame the helper failed"
+    assert isinstance(outcome[-1], MemoryError) and "no memory (test)" in str(outcome[-1])
+    assert pool.submit(lambda: None).result(timeout=10) is None  # the helper has ended

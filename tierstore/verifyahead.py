@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from tierstore.errors import IntegrityError
-
 __all__ = ["VerifyAhead", "collect", "process_helper_pool"]
 
 #: what a check hands out: a payload view, or a buffer decrypted into.
@@ -81,7 +79,8 @@ class VerifyAhead(Generic[T]):
         self._count = count
         self._cond = threading.Condition()
         self._stored: list[memoryview] = []  # fed by the consumer, in order
-        self._results: list[T | IntegrityError | None] = [None] * count
+        #: each frame's outcome: what the check returned, or what it raised.
+        self._results: list[T | Exception | None] = [None] * count
         self._next_claim = 0  # the next frame nobody has started to verify
         self._cancelled = False
         self._helper_done = threading.Event()
@@ -102,7 +101,8 @@ class VerifyAhead(Generic[T]):
         collect: bool = False,
     ) -> Iterator[T]:
         """Each frame's verified payload, in order; raises IntegrityError at the first
-        frame that fails (the frames before it are yielded).
+        frame that fails (the frames before it are yielded), or whatever else the check
+        raised for it, on either thread.
 
         ``lookup(k)`` returns the stored bytes of frame ``k`` and is called on the
         consumer's thread only; ``verify(k, stored)`` checks (or decrypts) them and
@@ -159,14 +159,14 @@ class VerifyAhead(Generic[T]):
 
     def _check(self, j: int, verify: Callable[[int, memoryview], T]) -> None:
         """Verify frame ``j`` (claimed by this thread) and publish the outcome."""
-        outcome: T | IntegrityError
+        outcome: T | Exception
         try:
             outcome = verify(j, self._stored[j])
-        except IntegrityError as error:
-            outcome = error
+        except Exception as error:  # IntegrityError, or any other (out of memory, ...):
+            outcome = error  # kept for the consumer, who raises it when it reaches frame j
         with self._cond:
             self._results[j] = outcome
-            if isinstance(outcome, IntegrityError):
+            if isinstance(outcome, Exception):
                 self._cancelled = True  # nothing after a failed frame is handed out
             if self._consumer_waits:
                 self._cond.notify_all()
@@ -214,7 +214,7 @@ class VerifyAhead(Generic[T]):
             self._check(mine, verify)
         result = self._results[k]
         assert result is not None
-        if isinstance(result, IntegrityError):
+        if isinstance(result, Exception):
             raise result
         return result
 
