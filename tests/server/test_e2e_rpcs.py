@@ -128,7 +128,7 @@ def test_get_frame_ranges(server: ServerProcess, small_frames: Client, any_datas
             metadata=server.metadata,
             timeout=30,
         )
-        stream = open_stream(iter(responses))  # verifies (and decrypts) every frame
+        stream = open_stream(iter(responses), any_dataset, "frames")  # verifies every frame
         if stream.frame_count:
             assert (stream.first_frame, stream.frame_count) == (first, min(count, 5 - first))
         return b"".join(buffer.to_pybytes() for buffer in stream.frames())

@@ -66,7 +66,9 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
                 metadata=server.metadata,
                 timeout=90,
             )
-        )
+        ),
+        "ds",
+        "big",
     )
 
     assert server.health() == health_pb2.HealthCheckResponse.SERVING

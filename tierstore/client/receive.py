@@ -22,11 +22,14 @@ import pyarrow as pa
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.crypto import FrameCipher, zero
 from tierstore.errors import IntegrityError
-from tierstore.frames import FrameSealer
+from tierstore.frames import FrameSealer, shard_context
 from tierstore.types import ShardInfo
 from tierstore.v1 import shards_pb2
 from tierstore.verifyahead import collect
 from tierstore.wire.convert import shard_info_from_pb
+
+#: the generation that ends a shard context (frames.shard_context).
+_GENERATION_BYTES = 8
 
 __all__ = [
     "FramePiece",
@@ -206,13 +209,23 @@ def _open_frame(
     return buffer
 
 
-def open_stream(messages: Iterator[shards_pb2.GetShardResponse]) -> ShardStream:
-    """Read the header of a GetShard answer. Raises IntegrityError for a malformed one."""
+def open_stream(
+    messages: Iterator[shards_pb2.GetShardResponse], dataset: str, shard: str
+) -> ShardStream:
+    """Read the header of a GetShard answer for ``dataset/shard``. Raises IntegrityError
+    for a malformed one, or one that names another shard: frames are verified against
+    the identity the header gives, so it must be the one asked for."""
     first = next(messages, None)
     if first is None or first.WhichOneof("item") != "header":
         raise IntegrityError("the server's answer did not start with a header")
     header = first.header
     seal = header.seal
+    named = shard_context(dataset, shard, 0)[:-_GENERATION_BYTES]
+    if not (seal.context.startswith(named) and len(seal.context) == len(named) + _GENERATION_BYTES):
+        raise IntegrityError(
+            f"the server answered a read of {dataset}/{shard} with the frames of another "
+            "shard; nothing was returned"
+        )
     cipher = FrameCipher(seal.data_key, seal.nonce_prefix) if seal.data_key else None
     return ShardStream(
         info=shard_info_from_pb(header.info),
