@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.tiers.conformance import TierConformance
+from tierstore.errors import StoreClosed
 from tierstore.tiers.base import Tier
-from tierstore.tiers.lmdb import LmdbTier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
 #: Room for the large-value tests (several 20 MiB values plus overwrites); sparse on disk.
 MAP_SIZE = 1 << 30
@@ -34,3 +36,48 @@ class TestLmdbTier(TierConformance):
         with tier.environment.read() as txn:
             value = txn.get(key.encode(), db=tier.environment.db(tier.name))
             return None if value is None else bytes(value)
+
+
+# Closing under way (LMDB works on the map without the GIL: unmapping it under a
+# transaction could crash the process).
+
+
+def test_close_waits_for_transactions_under_way_and_refuses_new_ones(tmp_path: Path) -> None:
+    environment = LmdbEnvironment(tmp_path / "env", 1 << 20, ["d"])
+    with environment.write() as txn:
+        txn.put(b"k", b"value", db=environment.db("d"))
+    inside, leave = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def reader() -> None:
+        with environment.read() as txn:
+            inside.set()
+            assert leave.wait(10)
+            seen.append(bytes(txn.get(b"k", db=environment.db("d"))))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert inside.wait(10)
+    closed: list[bool] = []
+    closer = threading.Thread(target=lambda: closed.append(environment.close()))
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and not closed  # waiting for the read under way
+    with pytest.raises(StoreClosed), environment.read():
+        pass  # a new transaction is refused at once
+    leave.set()
+    thread.join(10)
+    closer.join(10)
+    assert seen == [b"value"] and closed == [True]
+
+
+def test_close_leaves_the_map_open_for_a_transaction_that_outlasts_its_wait(
+    tmp_path: Path,
+) -> None:
+    environment = LmdbEnvironment(tmp_path / "env", 1 << 20, ["d"])
+    with environment.write() as txn:
+        txn.put(b"k", b"value", db=environment.db("d"))
+        assert environment.close(wait_s=0.05) is False  # this very transaction is under way
+        txn.put(b"k2", b"still mapped", db=environment.db("d"))
+    with pytest.raises(StoreClosed):
+        environment.env  # noqa: B018 - closed to new work all the same

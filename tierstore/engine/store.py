@@ -217,7 +217,10 @@ class Store:
                 self._reader.leases.live,
             )
             return
-        self._env.close()
+        if not self._env.close():
+            log.warning(
+                "store closed while hot-tier transactions were under way; LMDB map left open"
+            )
 
     def _check_open(self) -> None:
         if self._closed:

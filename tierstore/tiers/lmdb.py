@@ -54,6 +54,11 @@ class LmdbEnvironment:
         self._pid = -1
         self._dbs: dict[str, Any] = {}
         self._closed = False
+        #: transactions of read() and write() under way in process ``_users_pid``;
+        #: close() waits for them.
+        self._active = 0
+        self._users = threading.Condition()
+        self._users_pid = os.getpid()
 
     @property
     def env(self) -> Any:
@@ -92,8 +97,10 @@ class LmdbEnvironment:
         self._pid = os.getpid()
 
     def db(self, name: str) -> Any:
-        """Handle of a sub-database named at construction."""
-        self.env  # noqa: B018 - opens the environment (and its databases) in this process
+        """Handle of a sub-database named at construction (also to a transaction still
+        under way while :meth:`close` waits for it)."""
+        if self._pid != os.getpid() or not self._dbs:
+            self.env  # noqa: B018 - opens the environment (and its databases) in this process
         try:
             return self._dbs[name]
         except KeyError:
@@ -106,9 +113,8 @@ class LmdbEnvironment:
         ``lmdb.MapFullError`` becomes :class:`HotTierFull`; other LMDB errors become
         :class:`Unavailable`.
         """
-        env = self.env
         try:
-            with env.begin(write=True) as txn:
+            with self._in_use(), self.env.begin(write=True) as txn:
                 yield txn
         except lmdb.MapFullError as exc:
             raise HotTierFull(
@@ -120,9 +126,34 @@ class LmdbEnvironment:
     @contextmanager
     def read(self) -> Iterator[Any]:
         """A short read transaction (zero-copy buffers, valid until it ends)."""
-        env = self.env
-        with env.begin(buffers=True) as txn:
+        with self._in_use(), self.env.begin(buffers=True) as txn:
             yield txn
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Count a transaction under way, so that :meth:`close` does not unmap the
+        environment under it (LMDB works on the map without the GIL)."""
+        users = self._users_here()
+        with users:
+            if self._closed:
+                raise StoreClosed(f"LMDB environment {self.path} is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with users:
+                self._active -= 1
+                if self._active == 0:
+                    users.notify_all()
+
+    def _users_here(self) -> threading.Condition:
+        """The transaction count's condition of this process: a forked child starts
+        with none under way, and with a condition no parent thread can be holding."""
+        if self._users_pid != os.getpid():
+            self._users = threading.Condition()
+            self._active = 0
+            self._users_pid = os.getpid()
+        return self._users
 
     def begin_read(self) -> Any:
         """A read transaction the caller must ``abort()``; see :class:`ReadLease` users."""
@@ -158,13 +189,25 @@ class LmdbEnvironment:
         """Size of the data file on disk, in bytes."""
         return (self.path / "data.mdb").stat().st_size
 
-    def close(self) -> None:
-        """Close the environment (only this process's own handle). Idempotent."""
+    def close(self, wait_s: float = 10.0) -> bool:
+        """Close the environment (only this process's own handle). Idempotent.
+
+        New transactions are refused at once; transactions of :meth:`read` and
+        :meth:`write` under way are waited for, up to ``wait_s``. If some are still
+        under way then, the map is left open (until the process exits) rather than
+        unmapped under them, and False is returned.
+        """
+        users = self._users_here()
+        with users:
+            self._closed = True
+            if not users.wait_for(lambda: self._active == 0, wait_s):
+                return False
         with self._lock:
             if self._env is not None and self._pid == os.getpid():
                 self._env.close()
             self._env = None
-            self._closed = True
+            self._dbs = {}
+        return True
 
 
 def _encode_key(key: str) -> bytes:
