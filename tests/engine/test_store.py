@@ -9,6 +9,7 @@ test modules of their own.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -641,6 +642,44 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
         fresh.stat("plain", "deleted")
     with pytest.raises(FailedPrecondition):
         fresh.rebuild_from_archive()
+
+
+def tampered_manifest(archive: MemoryTier, key: str, **changes: Any) -> bytes:
+    """The manifest at ``key`` with JSON fields replaced by ``changes``."""
+    raw = archive.get(key)
+    assert raw is not None
+    document = json.loads(bytes(raw))
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def test_a_rebuild_skips_manifests_that_disagree_with_the_archive(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The archive is untrusted and a manifest carries no check of its own: one that
+    # lists no frames (the shard would read as empty), sits at another generation's
+    # key, or drops its encryption must not come back as a shard.
+    store = open_store(archive, datasets=DATASETS)
+    infos = {
+        name: store.put(dataset, name, payload(2 * FRAME, index))
+        for index, (dataset, name) in enumerate(
+            [("plain", "emptied"), ("plain", "moved"), ("enc", "stripped"), ("plain", "intact")]
+        )
+    }
+    assert store.drain(10)
+    emptied = archive_manifest_key("plain", infos["emptied"].generation)
+    archive.put(emptied, tampered_manifest(archive, emptied, frame_sizes=[]))
+    moved = archive_manifest_key("plain", infos["moved"].generation)
+    elsewhere = archive_manifest_key("plain", infos["moved"].generation + 1)
+    archive.put(elsewhere, tampered_manifest(archive, moved, name="intact"))
+    archive.delete(moved)
+    stripped = archive_manifest_key("enc", infos["stripped"].generation)
+    archive.put(stripped, tampered_manifest(archive, stripped, envelope=None))
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == 1
+    assert [info.name for info in fresh.list("plain")[0]] == ["intact"]
+    assert fresh.list("enc")[0] == []
+    assert fresh.get("plain", "intact").to_bytes() == payload(2 * FRAME, 3)
 
 
 def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(

@@ -9,6 +9,14 @@ every shard; :func:`restore_catalog` writes them into an empty catalog (for
 
 A generation whose deletion had not reached the archive before the catalog was
 lost comes back; that is the one thing a rebuild cannot know.
+
+The archive is untrusted (DESIGN 3.4), and a manifest carries no check of its own,
+so each one is checked against what else the archive says before it is believed:
+it must sit at its own generation's key, its frames object must hold exactly the
+stored bytes it describes, and it must be encrypted exactly when its dataset is. A
+manifest that fails is reported as unreadable and skipped (an older generation of
+the shard, if the archive still has one, comes back instead); frames and data keys
+are still verified on every read.
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.records import ShardRecord, decode_dataset
+from tierstore.engine.records import (
+    ShardRecord,
+    archive_frames_key,
+    archive_manifest_key,
+    decode_dataset,
+)
+from tierstore.engine.sealing import stored_size
 from tierstore.errors import IntegrityError
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
@@ -74,6 +88,9 @@ def scan_archive(archive: Tier) -> ArchiveContents:
             except IntegrityError:
                 unreadable.append(key)
                 continue
+            if not _matches_its_objects(archive, key, record):
+                unreadable.append(key)
+                continue
             slot = (record.dataset, record.name)
             previous = newest.get(slot)
             if previous is None or previous.generation < record.generation:
@@ -82,7 +99,21 @@ def scan_archive(archive: Tier) -> ArchiveContents:
                     superseded.append(previous)
             else:
                 superseded.append(record)
+    for slot, record in list(newest.items()):
+        settings = datasets.get(record.dataset)
+        if settings is not None and settings.encrypted != (record.envelope is not None):
+            unreadable.append(archive_manifest_key(record.dataset, record.generation))
+            del newest[slot]
     return ArchiveContents(datasets, newest, superseded, unreadable)
+
+
+def _matches_its_objects(archive: Tier, key: str, record: ShardRecord) -> bool:
+    """Whether manifest ``key`` describes its own generation and that generation's
+    frames object holds exactly the stored bytes the manifest lists."""
+    if key != archive_manifest_key(record.dataset, record.generation):
+        return False
+    frames = archive.stat(archive_frames_key(record.dataset, record.generation))
+    return frames is not None and frames.size == stored_size(record)
 
 
 def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tuple[int, int]:
