@@ -27,15 +27,26 @@ import xxhash
 from tierstore.crypto import TAG_BYTES, FrameCipher, zero
 from tierstore.errors import IntegrityError
 
-__all__ = ["CHECKSUM_BYTES", "FrameSealer", "shard_context"]
+__all__ = ["CHECKSUM_BYTES", "FrameSealer", "names_shard", "shard_context"]
 
 CHECKSUM_BYTES = 8
+_GENERATION = struct.Struct(">Q")  # how a shard context ends
 _AAD_VERSION = b"tierstore/frame/v1\x00"
 
 
 def shard_context(dataset: str, shard: str, generation: int) -> bytes:
     """Bytes that name one shard generation; bound into frames and wrapped keys."""
-    return dataset.encode() + b"\x00" + shard.encode() + b"\x00" + struct.pack(">Q", generation)
+    return _shard_prefix(dataset, shard) + _GENERATION.pack(generation)
+
+
+def names_shard(context: bytes, dataset: str, shard: str) -> bool:
+    """Whether shard context ``context`` names ``dataset/shard`` (any generation)."""
+    prefix = _shard_prefix(dataset, shard)
+    return context.startswith(prefix) and len(context) == len(prefix) + _GENERATION.size
+
+
+def _shard_prefix(dataset: str, shard: str) -> bytes:
+    return dataset.encode() + b"\x00" + shard.encode() + b"\x00"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,11 @@ import pyarrow as pa
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.crypto import FrameCipher, zero
 from tierstore.errors import IntegrityError
-from tierstore.frames import FrameSealer, shard_context
+from tierstore.frames import FrameSealer, names_shard
 from tierstore.types import ShardInfo
 from tierstore.v1 import shards_pb2
 from tierstore.verifyahead import collect
 from tierstore.wire.convert import shard_info_from_pb
-
-#: the generation that ends a shard context (frames.shard_context).
-_GENERATION_BYTES = 8
 
 __all__ = [
     "FramePiece",
@@ -220,8 +217,7 @@ def open_stream(
         raise IntegrityError("the server's answer did not start with a header")
     header = first.header
     seal = header.seal
-    named = shard_context(dataset, shard, 0)[:-_GENERATION_BYTES]
-    if not (seal.context.startswith(named) and len(seal.context) == len(named) + _GENERATION_BYTES):
+    if not names_shard(seal.context, dataset, shard):
         raise IntegrityError(
             f"the server answered a read of {dataset}/{shard} with the frames of another "
             "shard; nothing was returned"

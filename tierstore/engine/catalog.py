@@ -8,6 +8,7 @@ begins one itself, so callers decide what commits together.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -191,24 +192,19 @@ class Catalog:
 
     def journal_entries(self, txn: Any, limit: int = 256) -> list[tuple[int, JournalOp]]:
         """The oldest ``limit`` pending operations, in order."""
-        entries: list[tuple[int, JournalOp]] = []
-        for raw_seq, raw_op in txn.cursor(db=self._db("journal")):
-            entries.append((_U64.unpack(bytes(raw_seq))[0], JournalOp.decode(raw_op)))
-            if len(entries) == limit:
-                break
-        return entries
+        return [(seq, JournalOp.decode(raw)) for seq, raw in self._journal(txn, limit)]
 
     def journal_seqs_of(self, txn: Any, dataset: str, before: int, limit: int) -> list[int]:
         """Sequence numbers of ``dataset``'s pending operations older than ``before``,
         in order, among the oldest ``limit`` entries."""
-        found: list[int] = []
-        for seen, (raw_seq, raw_op) in enumerate(txn.cursor(db=self._db("journal"))):
-            seq = _U64.unpack(bytes(raw_seq))[0]
-            if seq >= before or seen == limit:
-                break
-            if JournalOp.decode(raw_op).dataset == dataset:
-                found.append(seq)
-        return found
+        older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn, limit))
+        return [seq for seq, raw in older if JournalOp.decode(raw).dataset == dataset]
+
+    def _journal(self, txn: Any, limit: int) -> Iterator[tuple[int, Any]]:
+        """The oldest ``limit`` journal entries as ``(seq, encoded operation)``, lazily."""
+        cursor = txn.cursor(db=self._db("journal"))
+        for raw_seq, raw_op in itertools.islice(cursor, limit):
+            yield _U64.unpack(bytes(raw_seq))[0], raw_op
 
     def journal_entry(self, txn: Any, seq: int) -> JournalOp | None:
         raw = txn.get(_U64.pack(seq), db=self._db("journal"))

@@ -23,13 +23,18 @@ from tierstore.engine.records import Envelope, ShardRecord
 from tierstore.errors import EncryptionUnavailable
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 
-__all__ = ["ShardSealers", "stored_overhead", "stored_size"]
+__all__ = ["ShardSealers", "sealing_overhead", "stored_overhead", "stored_size"]
+
+
+def sealing_overhead(encrypted: bool) -> int:
+    """Stored bytes per frame beyond the payload: an AEAD tag, or a checksum."""
+    return TAG_BYTES if encrypted else CHECKSUM_BYTES
 
 
 def stored_overhead(record: ShardRecord) -> int:
-    """Stored bytes per frame beyond the payload. Needs no key: deleting, evicting and
-    sizing a shard must work when its data key cannot be unwrapped."""
-    return TAG_BYTES if record.envelope is not None else CHECKSUM_BYTES
+    """Stored bytes per frame of ``record`` beyond the payload. Needs no key: deleting,
+    evicting and sizing a shard must work when its data key cannot be unwrapped."""
+    return sealing_overhead(record.envelope is not None)
 
 
 def stored_size(record: ShardRecord) -> int:

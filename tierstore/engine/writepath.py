@@ -23,14 +23,13 @@ from contextlib import closing
 from typing import Any
 
 from tierstore.config import EngineSettings
-from tierstore.crypto import TAG_BYTES
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
-from tierstore.engine.sealing import ShardSealers, stored_size
+from tierstore.engine.sealing import ShardSealers, sealing_overhead, stored_size
 from tierstore.errors import (
     ArchiveUnavailable,
     BacklogFull,
@@ -38,7 +37,7 @@ from tierstore.errors import (
     IntegrityError,
     QuotaExceeded,
 )
-from tierstore.frames import CHECKSUM_BYTES, FrameSealer
+from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import DatasetSettings, Durability, ShardInfo
@@ -118,7 +117,7 @@ class ShardWriter:
             settings = self._catalog.require_dataset(txn, dataset)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
-        overhead = TAG_BYTES if settings.encrypted else CHECKSUM_BYTES
+        overhead = sealing_overhead(settings.encrypted)
         sizes = tuple(frame.nbytes + overhead for frame in framed.frames)
         stored_total = sum(sizes)
         if stored_total > settings.hot_quota_bytes > 0:

@@ -53,6 +53,7 @@ class LmdbEnvironment:
         self._env: Any = None
         self._pid = -1
         self._dbs: dict[str, Any] = {}
+        self._page_size = 0  # set when the environment opens
         self._closed = False
         #: transactions of read() and write() under way in process ``_users_pid``;
         #: close() waits for them.
@@ -93,6 +94,7 @@ class LmdbEnvironment:
         self._dbs = {
             name: env.open_db(name.encode(), create=not self._readonly) for name in self._db_names
         }
+        self._page_size = int(env.stat()["psize"])
         self._env = env
         self._pid = os.getpid()
 
@@ -164,7 +166,8 @@ class LmdbEnvironment:
         needs a few pages (copied B-tree pages, free-list records) even to free
         space, so a map filled to the last page could not be emptied any more.
         0.5 % of the map, at least 32 pages and at most 16 MiB."""
-        page = int(self.env.stat()["psize"])
+        self.env  # noqa: B018 - opens the environment, which sets the page size
+        page = self._page_size
         return min(max(32, self.map_size // page // 200), (16 << 20) // page)
 
     def room_for(self, txn: Any, value_sizes: Iterable[int]) -> tuple[int, int]:
@@ -177,7 +180,7 @@ class LmdbEnvironment:
         stays the last word).
         """
         env = self.env
-        page = env.stat()["psize"]
+        page = self._page_size
         held = 2 + _pages(env.stat())  # the two meta pages and the main database
         held += sum(_pages(txn.stat(db)) for db in self._dbs.values())
         allocated = env.info()["last_pgno"] + 1
