@@ -458,3 +458,30 @@ def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
     assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 1)
     assert store.mover.evict(1) == STORED  # the policy still offers it as a victim
     assert not store.stat("d", "s").hot
+
+
+def test_a_failed_commit_of_a_dataset_deletion_keeps_its_policy(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deleting a dataset drops its policy; when the deletion's commit fails, the
+    # dataset and its hot shards stay, and so must the policy that evicts them.
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(FRAME, 2))
+    assert store.drain(10)
+    policy = policy_of(store, "d")
+    real_write = store._env.write
+
+    @contextlib.contextmanager
+    def commit_fails() -> Iterator[Any]:
+        with real_write() as txn:
+            yield txn
+            raise HotTierFull("the commit failed (test)")
+
+    monkeypatch.setattr(store._env, "write", commit_fails)
+    with pytest.raises(HotTierFull):
+        store.delete_dataset("d", force=True)
+    monkeypatch.undo()
+    assert policy_of(store, "d") is policy
+    assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 2)
+    assert store.mover.evict(1) == STORED
+    assert not store.stat("d", "s").hot

@@ -31,6 +31,7 @@ from tests.engine.backdoor import (
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tierstore import arrowio
+from tierstore.crypto import TAG_BYTES
 from tierstore.engine.records import (
     archive_dataset_key,
     archive_frames_key,
@@ -680,6 +681,38 @@ def test_a_rebuild_skips_manifests_that_disagree_with_the_archive(
     assert [info.name for info in fresh.list("plain")[0]] == ["intact"]
     assert fresh.list("enc")[0] == []
     assert fresh.get("plain", "intact").to_bytes() == payload(2 * FRAME, 3)
+
+
+def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # An older generation whose deletion had not reached the archive is still a
+    # readable copy: when the newest manifest is not believed (here it dropped its
+    # encryption), the older generation comes back, not nothing.
+    store = open_store(archive, datasets=DATASETS)
+    older = store.put("enc", "s", payload(2 * FRAME, 1))
+    assert store.drain(10)
+    kept = {
+        key: bytes(archive.get(key) or b"")
+        for key in (
+            archive_frames_key("enc", older.generation),
+            archive_manifest_key("enc", older.generation),
+        )
+    }
+    newer = store.put("enc", "s", payload(FRAME, 2))
+    assert store.drain(10)
+    for key, value in kept.items():  # as if the older generation's deletion were lost
+        archive.put(key, value)
+    # Stripped of its encryption, with frame sizes that still add up to its frames
+    # object (plaintext frames carry a checksum where encrypted ones carry a tag).
+    stripped = archive_manifest_key("enc", newer.generation)
+    sizes = json.loads(bytes(archive.get(stripped) or b""))["frame_sizes"]
+    grown = [size + TAG_BYTES - CHECKSUM_BYTES for size in sizes]
+    archive.put(stripped, tampered_manifest(archive, stripped, envelope=None, frame_sizes=grown))
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == 1
+    assert fresh.stat("enc", "s").generation == older.generation
+    assert fresh.get("enc", "s").to_bytes() == payload(2 * FRAME, 1)
 
 
 def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(

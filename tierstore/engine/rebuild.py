@@ -67,8 +67,7 @@ def scan_archive(archive: Tier) -> ArchiveContents:
     that do not decode are reported in ``unreadable``, not raised.
     """
     datasets: dict[str, DatasetSettings] = {}
-    newest: dict[tuple[str, str], ShardRecord] = {}
-    superseded: list[ShardRecord] = []
+    generations: dict[tuple[str, str], list[ShardRecord]] = {}
     unreadable: list[str] = []
     for key in _all_keys(archive):
         if key.endswith("/_dataset.json"):
@@ -91,19 +90,24 @@ def scan_archive(archive: Tier) -> ArchiveContents:
             if not _matches_its_objects(archive, key, record):
                 unreadable.append(key)
                 continue
-            slot = (record.dataset, record.name)
-            previous = newest.get(slot)
-            if previous is None or previous.generation < record.generation:
-                newest[slot] = record
-                if previous is not None:
-                    superseded.append(previous)
+            generations.setdefault((record.dataset, record.name), []).append(record)
+    newest: dict[tuple[str, str], ShardRecord] = {}
+    superseded: list[ShardRecord] = []
+    for slot, records in generations.items():
+        # Known only once every dataset object is read (listing order is the
+        # archive's): a generation encrypted otherwise than its dataset is not
+        # believed, and the newest one left, if any, is the shard's.
+        settings = datasets.get(slot[0])
+        believed = []
+        for record in records:
+            if settings is not None and settings.encrypted != (record.envelope is not None):
+                unreadable.append(archive_manifest_key(record.dataset, record.generation))
             else:
-                superseded.append(record)
-    for slot, record in list(newest.items()):
-        settings = datasets.get(record.dataset)
-        if settings is not None and settings.encrypted != (record.envelope is not None):
-            unreadable.append(archive_manifest_key(record.dataset, record.generation))
-            del newest[slot]
+                believed.append(record)
+        believed.sort(key=lambda record: record.generation)
+        if believed:
+            newest[slot] = believed[-1]
+            superseded.extend(believed[:-1])
     return ArchiveContents(datasets, newest, superseded, unreadable)
 
 

@@ -304,7 +304,7 @@ class Store:
         """Delete a dataset; with shards in it only when ``force`` (they are deleted too)."""
         self._check_open()
         validate_dataset_name(name)
-        with self._env.write() as txn:
+        with self._policies.undone_on_failure(), self._env.write() as txn:
             self._catalog.require_dataset(txn, name)
             records = list(self._catalog.iter_shards(txn, name))
             if records and not force:
@@ -315,7 +315,9 @@ class Store:
                 self._writer.delete_in(txn, record)
             self._catalog.delete_dataset(txn, name)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
-            self._policies.drop_dataset(name)
+        # Only once the deletion is committed: a failed commit (a full map) keeps the
+        # dataset, and its policy must keep knowing its hot shards.
+        self._policies.drop_dataset(name)
         self._plans.close_dataset(name)
         self.mover.wake()
 
