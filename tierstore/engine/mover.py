@@ -85,6 +85,7 @@ class Mover:
         policies: PolicyDriver,
         overhead: Callable[[ShardRecord], int],
         verify: FrameVerifier,
+        seal: Callable[[str, bytes], bytes],
     ) -> None:
         self._settings = settings
         self._env = environment
@@ -95,6 +96,8 @@ class Mover:
         self._policies = policies
         self._overhead = overhead
         self._verify = verify
+        #: seals a metadata object for its archive key (see archiveseal).
+        self._seal = seal
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
@@ -358,16 +361,12 @@ class Mover:
             self._archive.put(
                 archive_frames_key(op.dataset, op.generation), self._stored_frames(record)
             )
-            self._archive.put(
-                archive_manifest_key(op.dataset, op.generation), record.encode(manifest=True)
-            )
+            self._put_manifest(record)  # after the frames: a manifest means they are whole
         elif op.op == "manifest":
             with self._env.read() as txn:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
             if record is not None and record.generation == op.generation and record.archived:
-                self._archive.put(
-                    archive_manifest_key(op.dataset, op.generation), record.encode(manifest=True)
-                )
+                self._put_manifest(record)
         elif op.op == "delete":
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
@@ -377,9 +376,14 @@ class Mover:
             if settings is None:
                 self._archive.delete(archive_dataset_key(op.dataset))
             else:
-                self._archive.put(archive_dataset_key(op.dataset), encode_dataset(settings))
+                key = archive_dataset_key(op.dataset)
+                self._archive.put(key, self._seal(key, encode_dataset(settings)))
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
+
+    def _put_manifest(self, record: ShardRecord) -> None:
+        key = archive_manifest_key(record.dataset, record.generation)
+        self._archive.put(key, self._seal(key, record.encode(manifest=True)))
 
     def _stored_frames(self, record: ShardRecord) -> Iterator[bytes]:
         # One short read transaction per frame, ended before the frame is handed on:

@@ -10,17 +10,19 @@ every shard; :func:`restore_catalog` writes them into an empty catalog (for
 A generation whose deletion had not reached the archive before the catalog was
 lost comes back; that is the one thing a rebuild cannot know.
 
-The archive is untrusted (DESIGN 3.4), and a manifest carries no check of its own,
-so each one is checked against what else the archive says before it is believed:
-it must sit at its own generation's key, its frames object must hold exactly the
-stored bytes it describes, and it must be encrypted exactly when its dataset is. A
-manifest that fails is reported as unreadable and skipped (an older generation of
-the shard, if the archive still has one, comes back instead); frames and data keys
-are still verified on every read.
+The archive is untrusted (DESIGN 3.4). With a master key configured, every dataset
+object and manifest must carry a seal made for it at its key
+(:mod:`tierstore.engine.archiveseal`). Each manifest is also checked against what
+else the archive says: it must sit at its own generation's key, its frames object
+must hold exactly the stored bytes it describes, and it must be encrypted exactly
+when its dataset is. An object that fails is reported as unreadable, with why, and
+skipped (for a manifest, an older generation of the shard, if the archive still has
+one, comes back instead); frames and data keys are still verified on every read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,7 @@ from tierstore.engine.records import (
     decode_dataset,
 )
 from tierstore.engine.sealing import stored_size
-from tierstore.errors import IntegrityError
+from tierstore.errors import IntegrityError, UnknownKeyId
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
@@ -41,12 +43,18 @@ __all__ = ["ArchiveContents", "restore_catalog", "scan_archive"]
 
 @dataclass(frozen=True, slots=True)
 class ArchiveContents:
-    """What the archive holds: datasets, newest shard generations, and unreadable keys."""
+    """What the archive holds: datasets, newest shard generations, and the objects
+    not believed (key -> why)."""
 
     datasets: dict[str, DatasetSettings]
     shards: dict[tuple[str, str], ShardRecord]
     superseded: list[ShardRecord]
-    unreadable: list[str]
+    unreadable: dict[str, str]
+
+
+#: Checks that an object read at a key carries a seal made for it (raises IntegrityError
+#: or UnknownKeyId); see :func:`tierstore.engine.archiveseal.check_seal`.
+SealCheck = Callable[[str, bytes | memoryview], None]
 
 
 def _all_keys(archive: Tier) -> list[str]:
@@ -60,37 +68,33 @@ def _all_keys(archive: Tier) -> list[str]:
         start_after = page.next_start_after
 
 
-def scan_archive(archive: Tier) -> ArchiveContents:
+def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
     """List and decode every dataset object and manifest in ``archive``.
 
     Raises ArchiveUnavailable if the archive cannot be listed or read. Objects
-    that do not decode are reported in ``unreadable``, not raised.
+    that are not believed (unsealed, not decoding, disagreeing with the archive) are
+    reported in ``unreadable``, not raised.
     """
     datasets: dict[str, DatasetSettings] = {}
     generations: dict[tuple[str, str], list[ShardRecord]] = {}
-    unreadable: list[str] = []
+    unreadable: dict[str, str] = {}
     for key in _all_keys(archive):
-        if key.endswith("/_dataset.json"):
-            raw = archive.get(key)
-            if raw is None:
+        if not key.endswith(("/_dataset.json", ".manifest")):
+            continue
+        raw = archive.get(key)
+        if raw is None:
+            continue  # deleted since the listing
+        try:
+            check_seal(key, raw)
+            if key.endswith("/_dataset.json"):
+                datasets[key.rsplit("/", 1)[0]] = _decoded_dataset(raw)
                 continue
-            try:
-                datasets[key.rsplit("/", 1)[0]] = decode_dataset(raw)
-            except (ValueError, KeyError, TypeError):
-                unreadable.append(key)
-        elif key.endswith(".manifest"):
-            raw = archive.get(key)
-            if raw is None:
-                continue
-            try:
-                record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
-            except IntegrityError:
-                unreadable.append(key)
-                continue
-            if not _matches_its_objects(archive, key, record):
-                unreadable.append(key)
-                continue
-            generations.setdefault((record.dataset, record.name), []).append(record)
+            record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
+            _check_against_its_objects(archive, key, record)
+        except (IntegrityError, UnknownKeyId) as exc:
+            unreadable[key] = str(exc)
+            continue
+        generations.setdefault((record.dataset, record.name), []).append(record)
     newest: dict[tuple[str, str], ShardRecord] = {}
     superseded: list[ShardRecord] = []
     for slot, records in generations.items():
@@ -101,7 +105,9 @@ def scan_archive(archive: Tier) -> ArchiveContents:
         believed = []
         for record in records:
             if settings is not None and settings.encrypted != (record.envelope is not None):
-                unreadable.append(archive_manifest_key(record.dataset, record.generation))
+                unreadable[archive_manifest_key(record.dataset, record.generation)] = (
+                    "encrypted otherwise than its dataset"
+                )
             else:
                 believed.append(record)
         believed.sort(key=lambda record: record.generation)
@@ -111,13 +117,21 @@ def scan_archive(archive: Tier) -> ArchiveContents:
     return ArchiveContents(datasets, newest, superseded, unreadable)
 
 
-def _matches_its_objects(archive: Tier, key: str, record: ShardRecord) -> bool:
-    """Whether manifest ``key`` describes its own generation and that generation's
-    frames object holds exactly the stored bytes the manifest lists."""
+def _decoded_dataset(raw: bytes | memoryview) -> DatasetSettings:
+    try:
+        return decode_dataset(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
+
+
+def _check_against_its_objects(archive: Tier, key: str, record: ShardRecord) -> None:
+    """Raise IntegrityError unless manifest ``key`` describes its own generation and
+    that generation's frames object holds exactly the stored bytes it lists."""
     if key != archive_manifest_key(record.dataset, record.generation):
-        return False
+        raise IntegrityError(f"describes generation {record.generation} of another key")
     frames = archive.stat(archive_frames_key(record.dataset, record.generation))
-    return frames is not None and frames.size == stored_size(record)
+    if frames is None or frames.size != stored_size(record):
+        raise IntegrityError("its frames object does not hold the bytes it lists")
 
 
 def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tuple[int, int]:

@@ -5,6 +5,7 @@ AES-256-GCM under a data key of its own, created with the generation and kept
 wrapped by the master keyring in the record's :class:`Envelope`. This module
 turns a record (and, for encrypted ones, the keyring) into the sealer that
 writes, opens and verifies its stored frames, and creates and rewraps data keys.
+It also seals and checks the archive's metadata objects under the same keyring.
 
 Thread safety: :class:`ShardSealers` holds nothing but the keyring; it is safe to
 share between threads as long as the keyring is.
@@ -19,6 +20,7 @@ from tierstore.crypto import (
     new_data_key,
     new_nonce_prefix,
 )
+from tierstore.engine.archiveseal import check_seal, sealed
 from tierstore.engine.records import Envelope, ShardRecord
 from tierstore.errors import EncryptionUnavailable
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
@@ -103,6 +105,16 @@ class ShardSealers:
         data_key = self._keyring.unwrap(envelope.wrapped, context)
         wrapped = self._keyring.wrap(data_key, context)
         return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
+
+    def seal_object(self, key: str, body: bytes) -> bytes:
+        """Metadata object ``body`` sealed for archive key ``key`` under the current
+        master key (unchanged without one); see :mod:`tierstore.engine.archiveseal`."""
+        return sealed(self._keyring, key, body)
+
+    def check_object(self, key: str, raw: bytes | memoryview) -> None:
+        """Check the seal of metadata object ``raw`` read at archive key ``key`` (nothing
+        to check without a keyring). Raises IntegrityError and UnknownKeyId."""
+        check_seal(self._keyring, key, raw)
 
     def verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
         """Check stored frame ``index`` of ``record`` (raises IntegrityError if it fails)."""

@@ -130,6 +130,7 @@ class Store:
             self._policies,
             overhead=stored_overhead,
             verify=self._sealers.verify_stored,
+            seal=self._sealers.seal_object,
         )
         self._writer = ShardWriter(
             settings,
@@ -629,8 +630,11 @@ class Store:
         """Rewrap every data key not under the current master key.
 
         With ``keyring`` (holding the old keys and a new current one), switch to it
-        first. Frames are never rewritten: only catalog records and archive manifests.
-        Returns how many generations were rewrapped.
+        first. Frames are never rewritten: only catalog records and the archive's
+        metadata. Every manifest and dataset object in the archive is rewritten (by
+        the mover), sealed under the current master key, so that the old key can be
+        retired and a rebuild still believes them. Returns how many generations'
+        data keys were rewrapped.
         """
         self._check_open()
         if keyring is not None:
@@ -642,13 +646,17 @@ class Store:
         with self._env.write() as txn:
             for record in list(self._catalog.iter_shards(txn)):
                 updated = self._sealers.rewrapped(record)
-                if updated is None:
-                    continue
-                self._catalog.put_shard(txn, updated)
+                if updated is not None:
+                    self._catalog.put_shard(txn, updated)
+                    rewrapped += 1
+                # Every shard's, not only the rewrapped ones': each manifest is sealed
+                # anew. (The mover rewrites archived ones only; an upload still to come
+                # seals its manifest under the current key anyway.)
                 self._catalog.append_journal(
                     txn, JournalOp("manifest", record.dataset, record.name, record.generation)
                 )
-                rewrapped += 1
+            for name, _ in self._catalog.list_datasets(txn):
+                self._catalog.append_journal(txn, JournalOp("dataset", name))
         self.mover.wake()
         return rewrapped
 
@@ -663,9 +671,9 @@ class Store:
         self._check_open()
         with self._env.read() as txn:
             self._require_empty_catalog(txn)
-        contents = scan_archive(self._archive)
-        for key in contents.unreadable:
-            log.warning("archive object %s did not decode; skipped", key)
+        contents = scan_archive(self._archive, self._sealers.check_object)
+        for key, why in contents.unreadable.items():
+            log.warning("archive object %s is not believed, skipped: %s", key, why)
         with self._env.write() as txn:
             # Again, in the transaction that restores: a dataset created while the
             # archive was scanned would otherwise be overwritten by older state.

@@ -1,0 +1,149 @@
+"""Seals on the archive's metadata objects: a rebuild believes only what the master key sealed.
+
+The archive is untrusted. With a master key configured, every dataset object and
+manifest carries a seal bound to its key and fields; a rebuild skips (and logs)
+every object whose seal is missing, does not match, or is under a key not held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from tests.engine.stores import DATASETS, FRAME, KEY_2, StoreFactory, payload
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.records import archive_dataset_key, archive_manifest_key
+from tierstore.errors import DatasetNotFound, ShardNotFound
+from tierstore.tiers.memory import MemoryTier
+
+
+def edited(archive: MemoryTier, key: str, **changes: Any) -> None:
+    """Replace JSON fields of the object at ``key``, keeping its seal."""
+    document = json.loads(bytes(archive.get(key) or b""))
+    document.update(changes)
+    archive.put(key, json.dumps(document).encode())
+
+
+def fill(store: Any) -> dict[tuple[str, str], Any]:
+    """A shard of two frames in every dataset, archived; returns their infos."""
+    infos = {
+        (dataset, "s"): store.put(dataset, "s", payload(2 * FRAME + 5, index))
+        for index, dataset in enumerate(DATASETS)
+    }
+    assert store.drain(10)
+    return infos
+
+
+def test_every_metadata_object_is_sealed_and_a_rebuild_believes_it(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    fill(open_store(archive, datasets=DATASETS))
+    metadata = [key for key in archive.list(limit=1000).keys if not key.endswith(".frames")]
+    assert len(metadata) == 2 * len(DATASETS)
+    for key in metadata:
+        assert json.loads(bytes(archive.get(key) or b""))["seal"]["key_id"] == "k1"
+    assert open_store(archive).rebuild_from_archive() == len(DATASETS)
+
+
+def test_an_edited_dataset_object_is_not_believed(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the seal, an archive that says "plaintext" would have the rebuilt
+    # store write the dataset's next shards unencrypted.
+    fill(open_store(archive, datasets=DATASETS))
+    edited(archive, archive_dataset_key("enc"), encrypted=False)
+    fresh = open_store(archive)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == len(DATASETS) - 1
+    assert "enc" not in dict(fresh.list_datasets())
+    assert "enc/_dataset.json is not believed" in caplog.text
+    assert "edited, moved or forged" in caplog.text
+    with pytest.raises(DatasetNotFound):
+        fresh.get("enc", "s")
+    assert fresh.get("plain", "s").to_bytes() == payload(2 * FRAME + 5, 0)
+
+
+def test_a_sealed_object_moved_to_another_key_is_not_believed(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A genuine seal on the plaintext dataset's settings, copied over the encrypted
+    # dataset's: the seal is bound to the key it was made for.
+    fill(open_store(archive, datasets=DATASETS))
+    archive.put(archive_dataset_key("enc"), bytes(archive.get(archive_dataset_key("plain")) or b""))
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == len(DATASETS) - 1
+    assert "enc" not in dict(fresh.list_datasets())
+
+
+def test_an_edited_manifest_is_not_believed_even_when_its_sizes_add_up(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # Frame sizes swapped (the frames object's size still matches) and the kind
+    # changed: both would misread the shard, and neither is sealed.
+    store = open_store(archive, datasets=DATASETS)
+    infos = fill(store)
+    swapped = archive_manifest_key("plain", infos[("plain", "s")].generation)
+    sizes = json.loads(bytes(archive.get(swapped) or b""))["frame_sizes"]
+    edited(archive, swapped, frame_sizes=list(reversed(sizes)))
+    rekinded = archive_manifest_key("wt", infos[("wt", "s")].generation)
+    edited(archive, rekinded, kind="arrow")
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == len(DATASETS) - 2
+    for dataset in ("plain", "wt"):
+        with pytest.raises(ShardNotFound):
+            fresh.stat(dataset, "s")
+    assert fresh.get("enc", "s").to_bytes() == payload(2 * FRAME + 5, 1)
+
+
+def test_a_stripped_seal_is_not_a_way_around_it(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    infos = fill(store)
+    key = archive_manifest_key("enc", infos[("enc", "s")].generation)
+    document = json.loads(bytes(archive.get(key) or b""))
+    del document["seal"]
+    archive.put(key, json.dumps(document).encode())
+    fresh = open_store(archive)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == len(DATASETS) - 1
+    assert "carries no seal" in caplog.text
+    with pytest.raises(ShardNotFound):
+        fresh.stat("enc", "s")
+
+
+def test_seals_under_a_master_key_not_held_are_not_believed(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(open_store(archive, datasets=DATASETS))
+    fresh = open_store(archive, LocalKeyring(keys={"k9": KEY_2}, current="k9"))
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == 0
+    assert "which this keyring does not hold" in caplog.text
+    assert dict(fresh.list_datasets()) == {}
+
+
+def test_an_archive_written_without_a_master_key_is_sealed_by_one_rotation(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    plain = {"plain": DATASETS["plain"], "wt": DATASETS["wt"]}
+    store = open_store(archive, None, datasets=plain)
+    for dataset in plain:
+        store.put(dataset, "s", payload(FRAME + 1, 7))
+    assert store.drain(10)
+    for key in archive.list(limit=1000).keys:
+        assert key.endswith(".frames") or "seal" not in json.loads(bytes(archive.get(key) or b""))
+    # Without a master key nothing can be checked: a store without one believes them.
+    assert open_store(archive, None).rebuild_from_archive() == 2
+    # A store with one does not, until a rotation has sealed them.
+    assert open_store(archive).rebuild_from_archive() == 0
+    store = open_store.reopen(store, archive)
+    assert store.rotate_master_key() == 0  # no data keys to rewrap, every object resealed
+    assert store.drain(10)
+    rebuilt = open_store(archive)
+    assert rebuilt.rebuild_from_archive() == 2
+    for dataset in plain:
+        assert rebuilt.get(dataset, "s").to_bytes() == payload(FRAME + 1, 7)
