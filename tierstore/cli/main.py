@@ -155,6 +155,10 @@ def serve(
     metrics_listen: Annotated[str, typer.Option(help="Prometheus /metrics ('' = off)")] = (
         "127.0.0.1:7445"
     ),
+    metrics_dataset_labels: Annotated[
+        bool,
+        typer.Option(help="label hits and misses by dataset (names visible to scrapers)"),
+    ] = False,
     insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
     require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
@@ -185,6 +189,7 @@ def serve(
         listen=listen,
         health_listen=health_listen,
         metrics_listen=metrics_listen,
+        metrics_dataset_labels=metrics_dataset_labels,
         insecure=insecure,
         require_client_cert=require_client_cert,
         hostnames=tuple(hostname or ()),

@@ -47,6 +47,8 @@ class ServeOptions:
     listen: str = "127.0.0.1:7443"
     health_listen: str = "127.0.0.1:7444"
     metrics_listen: str = "127.0.0.1:7445"
+    #: label hits and misses by dataset (names visible to whoever reaches /metrics).
+    metrics_dataset_labels: bool = False
     insecure: bool = False
     require_client_cert: bool = False
     hostnames: tuple[str, ...] = ()
@@ -86,7 +88,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         if options.hot_capacity_bytes:
             overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
         settings = load_settings(options.config_file, archive=archive, **overrides)
-        metrics = ServerMetrics()
+        metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
         store = open_store(settings, observe_archive=metrics.observe_archive)
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")

@@ -4,8 +4,14 @@ Request counts and latency by method and status code come from the
 authentication interceptor (which sees every call's outcome); bytes served by
 tier from the GetShard handler; archive request latency from a timing wrapper
 around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
-misses per dataset, promotions, evictions — are read from the store at scrape
-time, so the read path pays nothing for them.
+misses, promotions, evictions — are read from the store at scrape time, so the
+read path pays nothing for them.
+
+The endpoint is plain HTTP without credentials, and dataset names are not for
+everyone who can reach it (a caller without a role on a dataset is told it does
+not exist). So hits and misses carry a ``dataset`` label only when the operator
+asks for it (``dataset_labels``, ``--metrics-dataset-labels``); by default they
+are node totals.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class ServerMetrics:
     """The node's metrics registry; its ``observe_*`` methods are safe from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, dataset_labels: bool = False) -> None:
         self.registry = CollectorRegistry()
+        #: whether hits and misses are labelled by dataset (names visible to scrapers).
+        self.dataset_labels = dataset_labels
         self._requests = Counter(
             "tierstore_requests",
             "RPCs by method and status code",
@@ -68,7 +76,7 @@ class ServerMetrics:
 
     def watch_store(self, store: Store) -> None:
         """Report the store's gauges and counters at every scrape."""
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCollector(store, self.dataset_labels))
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` over plain HTTP at ``HOST:PORT``; returns the bound port."""
@@ -81,8 +89,9 @@ class ServerMetrics:
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, dataset_labels: bool = False) -> None:
         self._store = store
+        self._dataset_labels = dataset_labels
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._store.stats()
@@ -114,15 +123,23 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "tierstore_evictions", "shards evicted from the hot tier", self._store.mover.evictions
         )
+        labels = ["dataset"] if self._dataset_labels else []
         hits = CounterMetricFamily(
-            "tierstore_hits", "reads served from the hot tier", labels=["dataset"]
+            "tierstore_hits", "reads served from the hot tier", labels=labels
         )
         misses = CounterMetricFamily(
-            "tierstore_misses", "reads served from the archive", labels=["dataset"]
+            "tierstore_misses", "reads served from the archive", labels=labels
         )
+        total_hits = total_misses = 0
         for name, _ in self._store.list_datasets():
             usage = self._store.dataset_usage(name)
-            hits.add_metric([name], usage.hits)
-            misses.add_metric([name], usage.misses)
+            if self._dataset_labels:
+                hits.add_metric([name], usage.hits)
+                misses.add_metric([name], usage.misses)
+            total_hits += usage.hits
+            total_misses += usage.misses
+        if not self._dataset_labels:
+            hits.add_metric([], total_hits)
+            misses.add_metric([], total_misses)
         yield hits
         yield misses

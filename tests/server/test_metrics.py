@@ -1,0 +1,46 @@
+"""The /metrics endpoint: plain HTTP without credentials, so no dataset names by default."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engine.stores import StoreFactory
+from tierstore.server.metrics import ServerMetrics
+from tierstore.types import DatasetSettings
+
+SECRET = "secret-project-x"
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[StoreFactory]:
+    stores = StoreFactory(tmp_path)
+    yield stores
+    stores.close_all()
+
+
+def scrape(dataset_labels: bool, factory: StoreFactory) -> str:
+    """What a scrape of a node holding two read datasets returns over HTTP."""
+    store = factory(datasets={SECRET: DatasetSettings(), "other": DatasetSettings()})
+    for dataset in (SECRET, "other"):
+        store.put(dataset, "s", b"x" * 100)
+        store.get(dataset, "s")  # a hit each
+    metrics = ServerMetrics(dataset_labels=dataset_labels)
+    metrics.watch_store(store)
+    port = metrics.serve("127.0.0.1:0")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def test_by_default_metrics_name_no_dataset(factory: StoreFactory) -> None:
+    text = scrape(False, factory)
+    assert SECRET not in text and 'dataset="' not in text
+    assert "tierstore_hits_total 2.0" in text.splitlines()
+
+
+def test_dataset_labels_are_the_operators_choice(factory: StoreFactory) -> None:
+    text = scrape(True, factory)
+    assert f'tierstore_hits_total{{dataset="{SECRET}"}} 1.0' in text.splitlines()
