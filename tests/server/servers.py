@@ -160,6 +160,7 @@ def serving(
     max_workers: int = 16,
     local_reads: bool = True,
     local_grant_ttl_s: float = 60.0,
+    request_arrival_s: float = 10.0,
     archive: Tier | None = None,
     **engine: Any,
 ) -> Iterator[RunningServer]:
@@ -167,7 +168,8 @@ def serving(
 
     The store has 4 KiB frames, a master key, ``archive`` (a MemoryTier if none) and ``datasets``;
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
-    are the server's local-read settings. Everything is stopped and closed on exit.
+    are the server's local-read settings, ``request_arrival_s`` its deadline for a unary
+    request to arrive. Everything is stopped and closed on exit.
     """
     data_dir = root / "node"
     archive = MemoryTier() if archive is None else archive
@@ -189,6 +191,7 @@ def serving(
                 spool_dir=data_dir / "spool",
                 local_reads=local_reads,
                 local_grant_ttl_s=local_grant_ttl_s,
+                request_arrival_s=request_arrival_s,
             ),
             store,
             tokens,

@@ -292,11 +292,16 @@ def test_health_on_both_ports(server: ServerProcess) -> None:
         server.health("no.such.Service")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
-    # The API port answers health over TLS without a token.
+    # The API port answers health over TLS, to a caller with a token.
     stub = health_pb2_grpc.HealthStub(server.channel())
     for service in ("", *SERVICES):
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        reply = stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5, metadata=server.metadata
+        )
         assert reply.status == serving
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # The plaintext port serves health and nothing else.
     with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as plain:

@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from tests.engine.stores import FRAME, payload
-from tests.server.servers import RPCS, RunningServer, error_name, invoke, serving
+from tests.server.servers import RPCS, RunningServer, error_name, invoke, metadata, serving
 from tierstore import arrowio, tensors
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
@@ -504,7 +504,7 @@ def probe(channel: grpc.Channel, admin_token: str, canaries: Canaries) -> None:
         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
         response_deserializer=health_pb2.HealthCheckResponse.FromString,
     )
-    reply = check(health_pb2.HealthCheckRequest(), timeout=10)
+    reply = check(health_pb2.HealthCheckRequest(), timeout=10, metadata=metadata(admin_token))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     (dataset, shard), data = next(iter(canaries.contents.items()))
     info = invoke(

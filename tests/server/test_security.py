@@ -555,6 +555,33 @@ def test_access_plans_belong_to_the_principal_that_declared_them(node: Node) -> 
     assert_intact(node)
 
 
+def test_a_principal_whose_name_holds_a_slash_cannot_take_over_anothers_plan(
+    node: Node,
+) -> None:
+    # Principal names may hold "/", and job ids too: principal "reader-a/x" with job
+    # "epoch-0" must not be principal "reader-a" with job "x/epoch-0".
+    declare, report, close = (
+        PLACEMENT + name for name in ("DeclarePlan", "ReportPosition", "ClosePlan")
+    )
+    reader = node.tokens["reader_a"]
+    nested = node.running.token("reader-a/x", ("vault", Role.READER))
+    job = "x/" + JOB
+    mine = placement_pb2.DeclarePlanRequest(
+        dataset="alpha", explicit=placement_pb2.ShardList(shards=[SHARDS["alpha"][0]]), job=job
+    )
+    invoke(node.channel, declare, mine, reader)
+    theirs = placement_pb2.DeclarePlanRequest(
+        dataset="vault", explicit=placement_pb2.ShardList(shards=[SHARDS["vault"][0]]), job=JOB
+    )
+    invoke(node.channel, declare, theirs, nested)  # its own plan, not a redeclaration of mine
+    # Mine still names alpha (were it redeclared onto vault, where this reader has
+    # no role, the report would be refused as PlanNotFound), and each closes its own.
+    position = placement_pb2.ReportPositionRequest(job=job, position=1)
+    invoke(node.channel, report, position, reader)
+    invoke(node.channel, close, placement_pb2.ClosePlanRequest(job=job), reader)
+    invoke(node.channel, close, placement_pb2.ClosePlanRequest(job=JOB), nested)
+
+
 def test_only_a_server_admin_exports_the_trace(node: Node) -> None:
     method = ADMIN + "ExportTrace"
     node.running.store.get("vault", "v.bin")
@@ -737,10 +764,16 @@ def test_the_health_port_serves_nothing_else(node: Node, method: str) -> None:
     assert_intact(node)
 
 
-def test_health_on_the_api_port_needs_no_token(node: Node) -> None:
-    assert _health_check(node.channel) == health_pb2.HealthCheckResponse.SERVING
+def test_health_on_the_api_port_needs_a_token(node: Node) -> None:
+    # Any valid token will do, even one with no role; probes without one use the
+    # plaintext health port.
+    with pytest.raises(grpc.RpcError) as caught:
+        _health_check(node.channel)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    token = node.running.token("svc:no-roles")
+    assert _health_check(node.channel, token=token) == health_pb2.HealthCheckResponse.SERVING
     assert (
-        _health_check(node.channel, "tierstore.v1.PlacementService")
+        _health_check(node.channel, "tierstore.v1.PlacementService", token)
         == health_pb2.HealthCheckResponse.SERVING
     )
 

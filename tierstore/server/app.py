@@ -3,8 +3,11 @@
 ``create_server(settings, store, tokens) -> (server, port)``. The API listens
 with TLS (mutual TLS when ``require_client_cert``), or in plaintext only when
 ``insecure`` is set and the address is loopback. The standard health service
-answers on the API port and, for probes that speak neither TLS nor tokens, on
-its own plaintext port that serves nothing else. ``grpc.so_reuseport`` is off
+(``Check`` only: :mod:`tierstore.server.healthcheck`) answers on the API port,
+with a token like every call there, and, for probes that speak neither TLS nor
+tokens, on its own plaintext port that serves nothing else. A unary request must
+arrive within ``request_arrival_s`` (2 s on the health port), so a caller that
+never sends one holds a worker no longer than that. ``grpc.so_reuseport`` is off
 and every bound port is checked, so two servers never share a port silently.
 """
 
@@ -29,6 +32,7 @@ from tierstore.server.admin import AdminServicer
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
+from tierstore.server.healthcheck import CheckOnlyHealth
 from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
@@ -73,6 +77,8 @@ class ServerSettings:
     tls: TlsMaterial | None = field(default=None, repr=False)
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
+    #: how long a call may take to send its unary request before it is ended (seconds).
+    request_arrival_s: float = 10.0
     spool_dir: Path = Path("./spool")
     #: Prometheus ``/metrics`` over plain HTTP; "" disables it.
     metrics_listen: str = ""
@@ -126,14 +132,14 @@ class TierstoreServer:
         self.store = store
         self.metrics = metrics or ServerMetrics()
         self.metrics.watch_store(store)
-        self.health = health.HealthServicer(
-            experimental_non_blocking=True,
-            experimental_thread_pool=ThreadPoolExecutor(max_workers=2),
-        )
+        self.health = CheckOnlyHealth()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.
-            interceptors=[AuthInterceptor(tokens, self.metrics.observe_call), DecodeInterceptor()],
+            interceptors=[
+                AuthInterceptor(tokens, self.metrics.observe_call),
+                DecodeInterceptor(settings.request_arrival_s),
+            ],
             options=_options(),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -177,8 +183,9 @@ class TierstoreServer:
         self.health_port = 0
         if settings.health_listen:
             self._health_server = grpc.server(
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
-                interceptors=[DecodeInterceptor()],
+                ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
+                # A probe sends its request at once: a call that does not is ended soon.
+                interceptors=[DecodeInterceptor(min(settings.request_arrival_s, 2.0))],
                 options=_options(),
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)

@@ -1,12 +1,16 @@
-"""The authentication interceptor: every call but health checks needs a valid bearer token.
+"""The authentication interceptor: every call on the API port needs a valid bearer token.
 
-The interceptor wraps each method handler so that, inside the call, it reads
-the ``authorization: Bearer <token>`` metadata, authenticates it against the
-token store, records the principal for the handlers (:func:`rpc.caller`) and
-writes one audit line per call (principal, token id, method, outcome — never
-the token). With mutual TLS on, the verified client certificate's common name
-(the calling service) is added to the audit line; the roles still come from the
-token, so a service identity alone grants nothing.
+The token is checked in :meth:`AuthInterceptor.intercept_service`, from the call's
+headers, before anything else happens: a call without valid credentials is answered
+UNAUTHENTICATED by a handler that never reads its request. (grpcio reads a unary
+request on a worker thread before the handler runs, so a check inside the handler
+would let a caller with no token hold a worker by never sending its request.)
+Calls that pass have the principal recorded for the handlers (:func:`rpc.caller`)
+and get one audit line each (principal, token id, method, outcome — never the
+token). With mutual TLS on, the verified client certificate's common name (the
+calling service) is added to the audit line; the roles still come from the token,
+so a service identity alone grants nothing. Health checks without credentials are
+served on the separate health port only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import grpc
 
 from tierstore.errors import Unauthenticated
-from tierstore.server.authz import Principal, is_public
+from tierstore.server.authz import Principal
 from tierstore.server.rpc import calling_as
 from tierstore.server.tokens import TokenStore
 from tierstore.wire.status import ERROR_HEADER
@@ -29,8 +33,8 @@ __all__ = ["AuthInterceptor"]
 audit = logging.getLogger("tierstore.audit")
 
 
-def _bearer(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata():
+def _bearer(metadata: Any) -> str:
+    for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :]
     raise Unauthenticated("missing bearer token")
@@ -45,7 +49,7 @@ def _peer_service(context: grpc.ServicerContext) -> str:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates every non-public call and audits it."""
+    """Authenticates every call and audits it."""
 
     def __init__(
         self, tokens: TokenStore, observe: Callable[[str, str, float], None] | None = None
@@ -61,36 +65,52 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or is_public(method):
-            return handler
-        return _wrap(handler, self._authenticate, method, self._observe)
+        if handler is None:
+            return None
+        try:
+            principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
+        except Unauthenticated as exc:
+            return _refusal(handler, method, getattr(exc, "reason", ""))
+        return _wrap(handler, principal, method, self._observe)
 
-    def _authenticate(self, context: grpc.ServicerContext) -> Principal:
-        return self._tokens.authenticate(_bearer(context))
+
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, reason: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once.
+
+    It takes its requests as a stream and never reads them, so no worker waits for
+    the request of a caller without credentials.
+    """
+
+    def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        audit.info(
+            "denied method=%s reason=%s peer=%s service=%s",
+            method,
+            reason,
+            context.peer(),
+            _peer_service(context),
+        )
+        context.set_trailing_metadata(((ERROR_HEADER, "Unauthenticated"),))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+
+    def refuse_streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        yield refuse(requests, context)  # aborts: nothing is ever yielded
+
+    serializer = handler.response_serializer
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_streaming, response_serializer=serializer
+        )
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
 
 
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
-    authenticate: Callable[[grpc.ServicerContext], Principal],
+    principal: Principal,
     method: str,
     observe: Callable[[str, str, float], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    def begin(context: grpc.ServicerContext) -> tuple[Principal, Any]:
-        try:
-            principal = authenticate(context)
-        except Unauthenticated as exc:
-            audit.info(
-                "denied method=%s reason=%s peer=%s service=%s",
-                method,
-                getattr(exc, "reason", ""),
-                context.peer(),
-                _peer_service(context),
-            )
-            context.set_trailing_metadata(((ERROR_HEADER, "Unauthenticated"),))
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
-            raise
-        return principal, calling_as(principal)
-
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str
     ) -> None:
@@ -114,7 +134,7 @@ def _wrap(
     def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.monotonic()
-            principal, token = begin(context)
+            token = calling_as(principal)
             error: BaseException | None = None
             try:
                 return behavior(request, context)
@@ -130,7 +150,7 @@ def _wrap(
     def streaming(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.monotonic()
-            principal, token = begin(context)
+            token = calling_as(principal)
             error: BaseException | None = None
             try:
                 yield from behavior(request, context)

@@ -32,7 +32,6 @@ from tierstore.types import ALL_DATASETS, Grant, Role
 __all__ = [
     "ALL_DATASETS",
     "METHOD_RULES",
-    "PUBLIC_METHODS",
     "Grant",
     "Principal",
     "Role",
@@ -40,7 +39,6 @@ __all__ = [
     "Scope",
     "authorize",
     "check_principal_name",
-    "is_public",
     "visible",
 ]
 
@@ -93,8 +91,6 @@ class Principal:
 class Scope(enum.Enum):
     """Where a rule looks for the role it needs."""
 
-    #: anyone, without credentials (health checks).
-    PUBLIC = "public"
     #: any authenticated caller; the server filters what it returns with :func:`visible`.
     AUTHENTICATED = "authenticated"
     #: the role on the dataset the request names.
@@ -110,7 +106,7 @@ class Rule:
     """What one RPC needs."""
 
     scope: Scope
-    #: the least role needed (unused for PUBLIC and AUTHENTICATED).
+    #: the least role needed (unused for AUTHENTICATED).
     role: Role | None = None
     #: whether a caller with no role at all on the dataset is told it does not exist
     #: (False only where the dataset need not exist yet: CreateDataset).
@@ -121,7 +117,6 @@ _READ = Rule(Scope.DATASET, Role.READER)
 _WRITE = Rule(Scope.DATASET, Role.WRITER)
 _ADMIN = Rule(Scope.DATASET, Role.ADMIN)
 _SERVER_ADMIN = Rule(Scope.GLOBAL, Role.ADMIN)
-_PUBLIC = Rule(Scope.PUBLIC)
 _ANY = Rule(Scope.AUTHENTICATED)
 
 _RULES: dict[str, Rule] = {
@@ -160,9 +155,12 @@ _RULES: dict[str, Rule] = {
     "/tierstore.v1.AdminService/RotateKeys": _SERVER_ADMIN,
     # Traces name every dataset's shards and every job: server admins only.
     "/tierstore.v1.AdminService/ExportTrace": _SERVER_ADMIN,
-    "/grpc.health.v1.Health/Check": _PUBLIC,
-    "/grpc.health.v1.Health/Watch": _PUBLIC,
-    "/grpc.health.v1.Health/List": _PUBLIC,
+    # On the API port health needs a credential too: grpcio reads a unary request on a
+    # worker thread, so any method open to everyone would let anyone hold the workers.
+    # Probes without credentials use the plaintext health port.
+    "/grpc.health.v1.Health/Check": _ANY,
+    "/grpc.health.v1.Health/Watch": _ANY,
+    "/grpc.health.v1.Health/List": _ANY,
     # Reflection describes the API, not the data; it still needs a valid credential.
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY,
@@ -170,16 +168,6 @@ _RULES: dict[str, Rule] = {
 
 #: Every RPC the server may serve, by full method name (``/package.Service/Method``).
 METHOD_RULES: Mapping[str, Rule] = MappingProxyType(_RULES)
-
-#: Methods served without credentials.
-PUBLIC_METHODS: frozenset[str] = frozenset(
-    method for method, rule in _RULES.items() if rule.scope is Scope.PUBLIC
-)
-
-
-def is_public(method: str) -> bool:
-    """Whether ``method`` is served without any credential (the health service only)."""
-    return method in PUBLIC_METHODS
 
 
 def visible(principal: Principal, dataset: str) -> bool:
@@ -205,7 +193,7 @@ def authorize(principal: Principal, method: str, dataset: str | None) -> None:
     rule = METHOD_RULES.get(method)
     if rule is None:
         raise PermissionDenied(f"{method or 'this method'} is not served")
-    if rule.scope in (Scope.PUBLIC, Scope.AUTHENTICATED):
+    if rule.scope is Scope.AUTHENTICATED:
         return
     # Every rule past this point names a role; a rule table without one is a bug here.
     assert rule.role is not None, method

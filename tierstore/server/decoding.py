@@ -7,8 +7,13 @@ handler receives the raw bytes, decodes them in the call and answers
 INVALID_ARGUMENT (with the ``tierstore-error`` trailer) when they do not parse.
 Messages of a request stream are decoded one by one as the handler consumes them.
 
+A unary request is read inside the call as well, from the call's request stream,
+under a deadline for its arrival (:mod:`tierstore.server.arrival`): grpcio would
+otherwise read it on the worker thread before the handler runs, with no limit.
+
 Placed after the authentication interceptor, so a caller without credentials learns
-nothing about how its bytes parse. Stateless and thread-safe.
+nothing about how its bytes parse, and is refused before its request is read.
+Thread-safe.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import grpc
 
 from tierstore.errors import InvalidArgument
+from tierstore.server.arrival import RequestArrival
 from tierstore.wire.status import ERROR_HEADER
 
 __all__ = ["DecodeInterceptor"]
@@ -57,7 +63,12 @@ def _decoded_stream(
 
 
 class DecodeInterceptor(grpc.ServerInterceptor):
-    """Moves request decoding into the call: undecodable requests get INVALID_ARGUMENT."""
+    """Moves request reading and decoding into the call: undecodable requests get
+    INVALID_ARGUMENT, and a unary request that does not arrive within
+    ``request_arrival_s`` ends its call (cancelled) and frees its worker."""
+
+    def __init__(self, request_arrival_s: float) -> None:
+        self._arrival = RequestArrival(request_arrival_s)
 
     def intercept_service(
         self,
@@ -67,27 +78,38 @@ class DecodeInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return _decoding(handler, handler.request_deserializer)
+        return _decoding(handler, handler.request_deserializer, self._arrival)
 
 
 def _decoding(
-    handler: grpc.RpcMethodHandler[Any, Any], decode: Callable[[bytes], Any]
+    handler: grpc.RpcMethodHandler[Any, Any],
+    decode: Callable[[bytes], Any],
+    arrival: RequestArrival,
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` taking raw request streams: a unary request is taken from the
+    stream (under ``arrival``'s deadline) and decoded, a request stream decoded
+    message by message."""
     serializer = handler.response_serializer
     if handler.unary_unary:
         unary_unary = handler.unary_unary
 
-        def call_unary_unary(data: bytes, context: grpc.ServicerContext) -> Any:
-            return unary_unary(_decode(decode, data, context), context)
+        def call_unary_unary(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            request = _decode(decode, arrival.request_of(messages, context), context)
+            return unary_unary(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(call_unary_unary, response_serializer=serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            call_unary_unary, response_serializer=serializer
+        )
     if handler.unary_stream:
         unary_stream = handler.unary_stream
 
-        def call_unary_stream(data: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
-            yield from unary_stream(_decode(decode, data, context), context)
+        def call_unary_stream(
+            messages: Iterator[bytes], context: grpc.ServicerContext
+        ) -> Iterator[Any]:
+            request = _decode(decode, arrival.request_of(messages, context), context)
+            yield from unary_stream(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(
+        return grpc.stream_stream_rpc_method_handler(
             call_unary_stream, response_serializer=serializer
         )
     if handler.stream_unary:

@@ -1,7 +1,9 @@
 """PlacementService: pins, prefetches, evictions, access plans and tier statistics.
 
 Access plans belong to the principal that declared them: the engine knows a plan
-by ``<principal>/<job>``, so two callers may use the same job id without meeting,
+by ``<length of the principal's name>:<principal>/<job>`` (the length, since names
+may hold ``/``: principal ``a/b`` with job ``c`` must not be principal ``a`` with
+job ``b/c``), so two callers may use the same job id without meeting,
 and one caller can never report on, or close, another's plan (it is unknown to
 it: PlanNotFound). Reporting and closing also need the reader role on the plan's
 dataset; a caller without any role there hears PlanNotFound too.
@@ -35,7 +37,7 @@ def _scoped(principal: Principal, job: str) -> str:
     """The engine's id of ``principal``'s ``job`` (validated here)."""
     if not 0 < len(job) <= MAX_CALLER_JOB_CHARS or not job.isprintable():
         raise InvalidArgument(f"a job id is 1-{MAX_CALLER_JOB_CHARS} printable characters")
-    return f"{principal.name}/{job}"
+    return f"{len(principal.name)}:{principal.name}/{job}"
 
 
 class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):

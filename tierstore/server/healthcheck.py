@@ -1,0 +1,35 @@
+"""The standard gRPC health service, serving ``Check`` only.
+
+``Watch`` keeps its call open for as long as the caller likes, and grpcio runs each
+open call on a worker thread of a fixed pool (the servicer's non-blocking mode does
+not survive the server's interceptors). A few watches would then hold every worker of
+the small plaintext health port, and probes would time out. Probes (Kubernetes' gRPC
+probe among them) call ``Check``; ``Watch`` is answered UNIMPLEMENTED at once, so
+callers poll ``Check`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+__all__ = ["CheckOnlyHealth"]
+
+
+class CheckOnlyHealth(health.HealthServicer):  # type: ignore[misc]
+    """``HealthServicer`` whose ``Watch`` ends at once with UNIMPLEMENTED."""
+
+    def __init__(self) -> None:
+        super().__init__(experimental_non_blocking=False)
+
+    def Watch(
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None] | None = None,
+    ) -> Iterator[Any]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served: poll Check instead")
+        yield  # a generator, as the streaming method it replaces (never reached)
