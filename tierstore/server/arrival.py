@@ -6,8 +6,10 @@ caller keeps its connection open (it sets the call's deadline itself, or none). 
 few such calls would hold every worker. :class:`RequestArrival` hands out a call's
 one request message and cancels the call when it has not arrived within
 ``wait_s`` of being asked for (the caller sees CANCELLED). One watchdog thread
-per server serves every call, started with the first and idle (waiting on a
-condition) while no call waits.
+per server serves every call: it looks over the waiting calls a few times per
+``wait_s`` (so a call is cancelled at most a quarter of ``wait_s``, and at most a
+second, late), is never woken by a call (so a call costs a dictionary entry, not
+a thread switch), and ends after a minute with no call waiting.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import grpc
 
 __all__ = ["RequestArrival"]
 
+#: seconds with no call waiting after which the watchdog thread ends.
+_IDLE_EXIT_S = 60.0
+
 
 class RequestArrival:
     """Takes each call's request under a deadline for its arrival. Thread-safe."""
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
-        self._cond = threading.Condition()
+        self._tick_s = min(1.0, wait_s / 4)
+        self._lock = threading.Lock()
         #: calls waiting for their request: ticket -> (deadline, call context)
         self._waiting: dict[int, tuple[float, grpc.ServicerContext]] = {}
         self._tickets = itertools.count()
@@ -42,14 +48,13 @@ class RequestArrival:
         INVALID_ARGUMENT.
         """
         ticket = next(self._tickets)
-        with self._cond:
+        with self._lock:
             self._waiting[ticket] = (time.monotonic() + self.wait_s, context)
             if self._watchdog is None:
                 self._watchdog = threading.Thread(
                     target=self._watch, name="tierstore-request-arrival", daemon=True
                 )
                 self._watchdog.start()
-            self._cond.notify()
         try:
             return next(messages)
         except StopIteration:
@@ -60,20 +65,22 @@ class RequestArrival:
                 f"the request did not arrive within {self.wait_s:g} s",
             )
         finally:
-            with self._cond:
+            with self._lock:
                 self._waiting.pop(ticket, None)
 
     def _watch(self) -> None:
+        last_waiting = time.monotonic()
         while True:
-            with self._cond:
-                while not self._waiting:
-                    self._cond.wait()
-                now = time.monotonic()
+            time.sleep(self._tick_s)
+            now = time.monotonic()
+            with self._lock:
+                if self._waiting:
+                    last_waiting = now
+                elif now - last_waiting > _IDLE_EXIT_S:
+                    self._watchdog = None  # the next call starts another
+                    return
                 expired = [t for t, (deadline, _) in self._waiting.items() if deadline <= now]
                 overdue = [self._waiting.pop(ticket)[1] for ticket in expired]
-                if not overdue:
-                    soonest = min(deadline for deadline, _ in self._waiting.values())
-                    self._cond.wait(max(soonest - now, 0.01))
             # Outside the lock: a cancelled call's worker takes the lock as it leaves.
             for context in overdue:
                 context.cancel()
