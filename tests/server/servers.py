@@ -161,6 +161,7 @@ def serving(
     local_reads: bool = True,
     local_grant_ttl_s: float = 60.0,
     request_arrival_s: float = 10.0,
+    stream_message_s: float = 60.0,
     archive: Tier | None = None,
     **engine: Any,
 ) -> Iterator[RunningServer]:
@@ -168,8 +169,9 @@ def serving(
 
     The store has 4 KiB frames, a master key, ``archive`` (a MemoryTier if none) and ``datasets``;
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
-    are the server's local-read settings, ``request_arrival_s`` its deadline for a unary
-    request to arrive. Everything is stopped and closed on exit.
+    are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
+    deadlines for a unary request and for each message of a request stream. Everything is
+    stopped and closed on exit.
     """
     data_dir = root / "node"
     archive = MemoryTier() if archive is None else archive
@@ -192,6 +194,7 @@ def serving(
                 local_reads=local_reads,
                 local_grant_ttl_s=local_grant_ttl_s,
                 request_arrival_s=request_arrival_s,
+                stream_message_s=stream_message_s,
             ),
             store,
             tokens,

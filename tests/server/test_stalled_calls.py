@@ -19,10 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.server.servers import RunningServer, metadata, serving
-from tierstore.types import Role
-from tierstore.v1 import datasets_pb2
+from tierstore.errors import ShardNotFound
+from tierstore.types import DatasetSettings, Role
+from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2
 
 LIST_DATASETS = "/tierstore.v1.DatasetService/ListDatasets"
+PUT_SHARD = "/tierstore.v1.ShardService/PutShard"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 WORKERS = 4
 ARRIVAL_S = 1.0
@@ -30,7 +32,13 @@ ARRIVAL_S = 1.0
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[RunningServer]:
-    with serving(tmp_path, max_workers=WORKERS, request_arrival_s=ARRIVAL_S) as server:
+    with serving(
+        tmp_path,
+        datasets={"d": DatasetSettings()},
+        max_workers=WORKERS,
+        request_arrival_s=ARRIVAL_S,
+        stream_message_s=2 * ARRIVAL_S,
+    ) as server:
         yield server
 
 
@@ -42,14 +50,23 @@ class Stalls:
         self._release = threading.Event()
         self.futures: list[grpc.Future] = []
 
-    def _never(self) -> Iterator[bytes]:
+    def _never(self, first: tuple[bytes, ...]) -> Iterator[bytes]:
+        yield from first
         self._release.wait()
         yield b""
 
-    def open(self, channel: grpc.Channel, method: str, count: int, token: str | None) -> None:
+    def open(
+        self,
+        channel: grpc.Channel,
+        method: str,
+        count: int,
+        token: str | None,
+        first: tuple[bytes, ...] = (),
+    ) -> None:
+        """``count`` calls of ``method`` that send the messages ``first`` and then stall."""
         call = channel.stream_unary(method)
         for _ in range(count):
-            self.futures.append(call.future(self._never(), metadata=metadata(token)))
+            self.futures.append(call.future(self._never(first), metadata=metadata(token)))
 
     def codes(self, timeout: float) -> list[grpc.StatusCode]:
         """How each call ended (waiting up to ``timeout`` for each)."""
@@ -110,6 +127,26 @@ def test_a_request_that_never_arrives_ends_its_call_and_frees_its_worker(
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
     finally:
         stalls.release()
+
+
+def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: RunningServer) -> None:
+    writer = running.token("svc:writer", ("d", Role.WRITER))
+    header = shards_pb2.PutShardRequest(
+        header=shards_pb2.PutShardHeader(
+            dataset="d", shard="s", kind=common_pb2.SHARD_KIND_RAW, frame_count=2
+        )
+    )
+    first = (header.SerializeToString(), shards_pb2.PutShardRequest(frame=b"x").SerializeToString())
+    stalls = Stalls()
+    try:
+        stalls.open(running.channel(), PUT_SHARD, 2 * WORKERS, writer, first)
+        time.sleep(0.2)  # as above: the stalls first
+        assert list_datasets(running, writer, timeout=30) < 10 * ARRIVAL_S
+        assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
+    finally:
+        stalls.release()
+    with pytest.raises(ShardNotFound):
+        running.store.stat("d", "s")
 
 
 def test_stalled_probes_on_the_health_port_end_and_probes_are_answered(

@@ -6,8 +6,9 @@ with TLS (mutual TLS when ``require_client_cert``), or in plaintext only when
 (``Check`` only: :mod:`tierstore.server.healthcheck`) answers on the API port,
 with a token like every call there, and, for probes that speak neither TLS nor
 tokens, on its own plaintext port that serves nothing else. A unary request must
-arrive within ``request_arrival_s`` (2 s on the health port), so a caller that
-never sends one holds a worker no longer than that. ``grpc.so_reuseport`` is off
+arrive within ``request_arrival_s`` (2 s on the health port), and each message
+of a request stream within ``stream_message_s``, so a caller that stops sending
+holds a worker no longer than that. ``grpc.so_reuseport`` is off
 and every bound port is checked, so two servers never share a port silently.
 """
 
@@ -79,6 +80,8 @@ class ServerSettings:
     max_concurrent_rpcs: int = 256
     #: how long a call may take to send its unary request before it is ended (seconds).
     request_arrival_s: float = 10.0
+    #: how long a request stream (PutShard) may take to send its next message (seconds).
+    stream_message_s: float = 60.0
     spool_dir: Path = Path("./spool")
     #: Prometheus ``/metrics`` over plain HTTP; "" disables it.
     metrics_listen: str = ""
@@ -138,7 +141,7 @@ class TierstoreServer:
             # Authenticate first, then decode: see tierstore.server.decoding.
             interceptors=[
                 AuthInterceptor(tokens, self.metrics.observe_call),
-                DecodeInterceptor(settings.request_arrival_s),
+                DecodeInterceptor(settings.request_arrival_s, settings.stream_message_s),
             ],
             options=_options(),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -185,7 +188,7 @@ class TierstoreServer:
             self._health_server = grpc.server(
                 ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
                 # A probe sends its request at once: a call that does not is ended soon.
-                interceptors=[DecodeInterceptor(min(settings.request_arrival_s, 2.0))],
+                interceptors=[DecodeInterceptor(min(settings.request_arrival_s, 2.0), 2.0)],
                 options=_options(),
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)

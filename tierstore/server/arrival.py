@@ -4,8 +4,9 @@ grpcio's synchronous server runs each call on a worker thread of a fixed pool, a
 call whose request message never comes waits on that thread for as long as the
 caller keeps its connection open (it sets the call's deadline itself, or none). A
 few such calls would hold every worker. :class:`RequestArrival` hands out a call's
-one request message and cancels the call when it has not arrived within
-``wait_s`` of being asked for (the caller sees CANCELLED). One watchdog thread
+request messages one by one and cancels the call when one has not arrived within
+its deadline of being asked for (the caller sees CANCELLED): ``wait_s`` for a
+unary request, the caller's choice for each message of a request stream. One watchdog thread
 per server serves every call: it looks over the waiting calls a few times per
 ``wait_s`` (so a call is cancelled at most a quarter of ``wait_s``, and at most a
 second, late), is never woken by a call (so a call costs a dictionary entry, not
@@ -41,22 +42,13 @@ class RequestArrival:
         self._watchdog: threading.Thread | None = None
 
     def request_of(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        """The first message of ``messages`` (a call's requests).
+        """The one message of a unary call's ``messages``, within ``wait_s``.
 
-        The call is cancelled (and this raises) when it has not arrived within
-        ``wait_s``; a call that ends with no message at all aborts with
-        INVALID_ARGUMENT.
+        The call is cancelled (and this raises) when it has not arrived in time; a
+        call that ends with no message at all aborts with INVALID_ARGUMENT.
         """
-        ticket = next(self._tickets)
-        with self._lock:
-            self._waiting[ticket] = (time.monotonic() + self.wait_s, context)
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(
-                    target=self._watch, name="tierstore-request-arrival", daemon=True
-                )
-                self._watchdog.start()
         try:
-            return next(messages)
+            return self.next_of(messages, context, self.wait_s)
         except StopIteration:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
         except grpc.RpcError:  # cancelled: by the watchdog, or by the caller
@@ -64,6 +56,24 @@ class RequestArrival:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the request did not arrive within {self.wait_s:g} s",
             )
+
+    def next_of(self, messages: Iterator[Any], context: grpc.ServicerContext, wait_s: float) -> Any:
+        """The next message of a call's ``messages``, asked for now.
+
+        Raises StopIteration at their end, and ``grpc.RpcError`` when the call is
+        cancelled: by its caller, or here, when the message has not arrived within
+        ``wait_s``.
+        """
+        ticket = next(self._tickets)
+        with self._lock:
+            self._waiting[ticket] = (time.monotonic() + wait_s, context)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch, name="tierstore-request-arrival", daemon=True
+                )
+                self._watchdog.start()
+        try:
+            return next(messages)
         finally:
             with self._lock:
                 self._waiting.pop(ticket, None)

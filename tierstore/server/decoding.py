@@ -10,6 +10,7 @@ Messages of a request stream are decoded one by one as the handler consumes them
 A unary request is read inside the call as well, from the call's request stream,
 under a deadline for its arrival (:mod:`tierstore.server.arrival`): grpcio would
 otherwise read it on the worker thread before the handler runs, with no limit.
+Each message of a request stream gets a (longer) deadline too.
 
 Placed after the authentication interceptor, so a caller without credentials learns
 nothing about how its bytes parse, and is refused before its request is read.
@@ -51,9 +52,17 @@ def _decode(decode: Callable[[bytes], Any], data: bytes, context: grpc.ServicerC
 
 
 def _decoded_stream(
-    decode: Callable[[bytes], Any], messages: Iterator[bytes], context: grpc.ServicerContext
+    decode: Callable[[bytes], Any],
+    messages: Iterator[bytes],
+    context: grpc.ServicerContext,
+    arrival: RequestArrival,
+    wait_s: float,
 ) -> Iterator[Any]:
-    for data in messages:
+    while True:
+        try:
+            data = arrival.next_of(messages, context, wait_s)
+        except StopIteration:
+            return
         try:
             message = decode(data)
         except Exception as exc:
@@ -65,10 +74,12 @@ def _decoded_stream(
 class DecodeInterceptor(grpc.ServerInterceptor):
     """Moves request reading and decoding into the call: undecodable requests get
     INVALID_ARGUMENT, and a unary request that does not arrive within
-    ``request_arrival_s`` ends its call (cancelled) and frees its worker."""
+    ``request_arrival_s``, or a request stream's next message within
+    ``stream_message_s``, ends its call (cancelled) and frees its worker."""
 
-    def __init__(self, request_arrival_s: float) -> None:
+    def __init__(self, request_arrival_s: float, stream_message_s: float) -> None:
         self._arrival = RequestArrival(request_arrival_s)
+        self._stream_message_s = stream_message_s
 
     def intercept_service(
         self,
@@ -78,17 +89,20 @@ class DecodeInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return _decoding(handler, handler.request_deserializer, self._arrival)
+        return _decoding(
+            handler, handler.request_deserializer, self._arrival, self._stream_message_s
+        )
 
 
 def _decoding(
     handler: grpc.RpcMethodHandler[Any, Any],
     decode: Callable[[bytes], Any],
     arrival: RequestArrival,
+    stream_message_s: float,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` taking raw request streams: a unary request is taken from the
     stream (under ``arrival``'s deadline) and decoded, a request stream decoded
-    message by message."""
+    message by message (each under ``stream_message_s``)."""
     serializer = handler.response_serializer
     if handler.unary_unary:
         unary_unary = handler.unary_unary
@@ -116,7 +130,8 @@ def _decoding(
         stream_unary = handler.stream_unary
 
         def call_stream_unary(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-            return stream_unary(_decoded_stream(decode, messages, context), context)
+            requests = _decoded_stream(decode, messages, context, arrival, stream_message_s)
+            return stream_unary(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
             call_stream_unary, response_serializer=serializer
@@ -127,6 +142,7 @@ def _decoding(
     def call_stream_stream(
         messages: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        yield from stream_stream(_decoded_stream(decode, messages, context), context)
+        requests = _decoded_stream(decode, messages, context, arrival, stream_message_s)
+        yield from stream_stream(requests, context)
 
     return grpc.stream_stream_rpc_method_handler(call_stream_stream, response_serializer=serializer)
