@@ -18,6 +18,7 @@ from tierstore.crypto import LocalKeyring
 from tierstore.engine.records import archive_dataset_key, archive_manifest_key
 from tierstore.errors import DatasetNotFound, ShardNotFound
 from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
 
 
 def edited(archive: MemoryTier, key: str, **changes: Any) -> None:
@@ -147,3 +148,24 @@ def test_an_archive_written_without_a_master_key_is_sealed_by_one_rotation(
     assert rebuilt.rebuild_from_archive() == 2
     for dataset in plain:
         assert rebuilt.get(dataset, "s").to_bytes() == payload(FRAME + 1, 7)
+
+
+def test_a_replayed_plaintext_settings_object_does_not_downgrade_a_dataset(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A seal cannot tell one life of a dataset name from the next: the sealed settings
+    # of an earlier, plaintext "d", put back over those of the encrypted "d" of today.
+    store = open_store(archive)
+    store.create_dataset("d", DatasetSettings())
+    assert store.drain(10)
+    old_settings = bytes(archive.get(archive_dataset_key("d")) or b"")
+    store.delete_dataset("d")
+    store.create_dataset("d", DatasetSettings(encrypted=True))
+    store.put("d", "s", payload(FRAME, 3))
+    assert store.drain(10)
+    archive.put(archive_dataset_key("d"), old_settings)
+    fresh = open_store(archive)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == 0
+    assert "a stale or replayed settings object" in caplog.text
+    assert dict(fresh.list_datasets()) == {}

@@ -13,9 +13,11 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, record_of
 from tests.engine.stores import DATASETS, FRAME, KEY_1, KEY_2, KEYRING, StoreFactory, payload
 from tierstore.crypto import LocalKeyring
+from tierstore.engine import store as store_module
 from tierstore.engine.records import ShardRecord
 from tierstore.errors import EncryptionUnavailable, UnknownKeyId
 from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings, Durability
 
 
 def archive_keys(archive: MemoryTier) -> set[str]:
@@ -78,9 +80,12 @@ def test_shards_whose_key_does_not_unwrap_can_still_be_managed(
     assert counter == actual
 
 
+@pytest.mark.parametrize("batch", [2, 1000])
 def test_key_rotation_rewraps_keys_and_never_frames(
-    open_store: StoreFactory, archive: MemoryTier
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
+    # In batches of 2 the encrypted dataset's three shards take two transactions.
+    monkeypatch.setattr(store_module, "_ROTATION_BATCH", batch)
     store = open_store(archive, datasets=DATASETS)
     contents = {
         ("enc", "a"): payload(3 * FRAME, 1),
@@ -130,3 +135,37 @@ def test_key_rotation_rewraps_keys_and_never_frames(
     assert rebuilt.rebuild_from_archive() == len(contents)
     for (dataset, name), data in contents.items():
         assert rebuilt.get(dataset, name).to_bytes() == data
+
+
+def test_a_rotation_that_changes_nothing_leaves_the_journal_alone(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    for index, dataset in enumerate(DATASETS):
+        store.put(dataset, "s", payload(FRAME, index))
+    before = store.mover.pending()
+    # The first rotation reseals: a manifest rewrite per shard, a dataset object each.
+    assert store.rotate_master_key() == 0
+    assert store.mover.pending() == before + 2 * len(DATASETS)
+    assert store.rotate_master_key() == 0
+    assert store.mover.pending() == before + 2 * len(DATASETS)
+    # A new current key: everything is resealed again.
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    assert store.rotate_master_key(both) == 2  # the encrypted shards
+    assert store.mover.pending() == before + 4 * len(DATASETS)
+
+
+def test_a_write_through_put_leaves_other_shards_entries_to_the_mover(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The put uploads its dataset's settings object and its own shard's earlier
+    # entries first, not the rewrites a rotation queued for every other shard.
+    store = open_store(archive, start_mover=False)
+    store.create_dataset("wt", DatasetSettings(durability=Durability.WRITE_THROUGH))
+    for index in range(5):
+        assert store.put("wt", f"t{index}", payload(FRAME, index)).archived
+    assert store.mover.pending() == 0
+    store.rotate_master_key()
+    assert store.mover.pending() == 6
+    assert store.put("wt", "s", payload(FRAME, 9)).archived
+    assert store.mover.pending() == 5

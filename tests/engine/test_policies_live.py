@@ -485,3 +485,34 @@ def test_a_failed_commit_of_a_dataset_deletion_keeps_its_policy(
     assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 2)
     assert store.mover.evict(1) == STORED
     assert not store.stat("d", "s").hot
+
+
+def test_a_dataset_created_again_right_after_its_deletion_keeps_its_policy_state(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deletion forgets the old dataset's policy inside its transaction: a dataset
+    # of the same name created the moment that commits must keep its own policy state.
+    # No mover: its transactions would go through the patched ``write`` too.
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")}, start_mover=False)
+    store.put("d", "old", payload(FRAME, 1))
+    real_write = store._env.write
+    recreated: list[bool] = []
+    caller = threading.current_thread()
+
+    @contextlib.contextmanager
+    def then_recreate() -> Iterator[Any]:
+        with real_write() as txn:
+            yield txn
+        # Right after the deletion's commit, before it returns (the deletion is this
+        # thread's first transaction here; others' go by).
+        if not recreated and threading.current_thread() is caller:
+            recreated.append(True)
+            monkeypatch.setattr(store._env, "write", real_write)
+            store.create_dataset("d", DatasetSettings(policy="recording"))
+            store.put("d", "new", payload(FRAME, 2))
+
+    monkeypatch.setattr(store._env, "write", then_recreate)
+    store.delete_dataset("d", force=True)
+    assert recreated
+    assert store._policies.hot_bytes("d") > 0  # the new shard, still known
+    assert ("inserted", ("d", "new")) in [call[:2] for call in policy_of(store, "d").calls]

@@ -165,7 +165,15 @@ class Catalog:
             positioned = cursor.next()
         yield from sorted(run, key=lambda r: r.name.encode())
 
-    # Counters.
+    # Counters and notes.
+
+    def note(self, txn: Any, name: str) -> str:
+        """A short text kept in the catalog ("" when never set)."""
+        raw = txn.get(b"note:" + name.encode(), db=self._db("meta"))
+        return "" if raw is None else bytes(raw).decode()
+
+    def set_note(self, txn: Any, name: str, text: str) -> None:
+        txn.put(b"note:" + name.encode(), text.encode(), db=self._db("meta"))
 
     def counter(self, txn: Any, name: str) -> int:
         raw = txn.get(name.encode(), db=self._db("meta"))
@@ -194,11 +202,14 @@ class Catalog:
         """The oldest ``limit`` pending operations, in order."""
         return [(seq, JournalOp.decode(raw)) for seq, raw in self._journal(txn, limit)]
 
-    def journal_seqs_of(self, txn: Any, dataset: str, before: int, limit: int) -> list[int]:
-        """Sequence numbers of ``dataset``'s pending operations older than ``before``,
-        in order, among the oldest ``limit`` entries."""
+    def journal_seqs_of(
+        self, txn: Any, dataset: str, shard: str, before: int, limit: int
+    ) -> list[int]:
+        """Sequence numbers of the pending operations on ``dataset``'s settings object
+        and on ``dataset/shard`` older than ``before``, in order, among the oldest
+        ``limit`` entries."""
         older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn, limit))
-        return [seq for seq, raw in older if JournalOp.decode(raw).dataset == dataset]
+        return [seq for seq, raw in older if _concerns(JournalOp.decode(raw), dataset, shard)]
 
     def _journal(self, txn: Any, limit: int) -> Iterator[tuple[int, Any]]:
         """The oldest ``limit`` journal entries as ``(seq, encoded operation)``, lazily."""
@@ -235,3 +246,8 @@ class Catalog:
         """Merge ``reads`` into a shard's flushed statistics."""
         merged = self.get_access(txn, dataset, name).merged(reads, half_life_s)
         txn.put(catalog_key(dataset, name), merged.pack(), db=self._db("access"))
+
+
+def _concerns(op: JournalOp, dataset: str, shard: str) -> bool:
+    """Whether ``op`` is on ``dataset``'s settings object or on ``dataset/shard``."""
+    return op.dataset == dataset and (op.op == "dataset" or op.name == shard)

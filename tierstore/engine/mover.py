@@ -293,16 +293,17 @@ class Mover:
         finally:
             self._tried_entry()
 
-    def run_entry_in_order(self, seq: int, dataset: str) -> bool:
-        """Do ``dataset``'s earlier journal entries, in order, then entry ``seq`` (a
-        write-through put's own upload). Its dataset's settings object and its
-        shard's older operations thus reach the archive first: a rebuild never finds
-        a shard without its dataset, nor a newer state without what came before it.
-        False when one of them failed (it stays for a retry, and so do the rest).
-        Earlier entries are looked for among the oldest ``_UPLOADS_SCANNED``.
+    def run_entry_in_order(self, seq: int, dataset: str, shard: str) -> bool:
+        """Do the earlier journal entries on ``dataset``'s settings object and on
+        ``dataset/shard``, in order, then entry ``seq`` (a write-through put's own
+        upload). Its dataset's settings object and its shard's older operations thus
+        reach the archive first: a rebuild never finds a shard without its dataset,
+        nor a newer state without what came before it. Other shards' entries are left
+        to the mover. False when one of them failed (it stays for a retry, and so do
+        the rest). Earlier entries are looked for among the oldest ``_UPLOADS_SCANNED``.
         """
         with self._env.read() as txn:
-            earlier = self._catalog.journal_seqs_of(txn, dataset, seq, _UPLOADS_SCANNED)
+            earlier = self._catalog.journal_seqs_of(txn, dataset, shard, seq, _UPLOADS_SCANNED)
         return all(self.run_entry(entry) for entry in [*earlier, seq])
 
     def _run_entry(self, seq: int) -> bool:

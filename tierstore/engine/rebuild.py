@@ -29,6 +29,7 @@ from typing import Any
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import (
     ShardRecord,
+    archive_dataset_key,
     archive_frames_key,
     archive_manifest_key,
     decode_dataset,
@@ -95,6 +96,18 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
             unreadable[key] = str(exc)
             continue
         generations.setdefault((record.dataset, record.name), []).append(record)
+    # A seal does not stop an old sealed object from being put back. A settings object
+    # saying "plaintext" where sealed encrypted manifests of the dataset exist is stale
+    # or replayed (a dataset deleted and created again): never downgrade on its word,
+    # leave the dataset out (and say why) instead.
+    encrypted_in = {r.dataset for records in generations.values() for r in records if r.envelope}
+    for name in encrypted_in:
+        if name in datasets and not datasets[name].encrypted:
+            del datasets[name]
+            unreadable[archive_dataset_key(name)] = (
+                "says plaintext, but encrypted manifests of the dataset are in the archive: "
+                "a stale or replayed settings object; the dataset is left out"
+            )
     newest: dict[tuple[str, str], ShardRecord] = {}
     superseded: list[ShardRecord] = []
     for slot, records in generations.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -76,6 +77,12 @@ from tierstore.types import (
 __all__ = ["Store", "StoreStats"]
 
 log = logging.getLogger(__name__)
+
+#: shards a key rotation handles per write transaction.
+_ROTATION_BATCH = 1000
+#: the catalog note naming the master key the archive's metadata was last resealed
+#: under (by a finished rotation); see :meth:`Store.rotate_master_key`.
+_SEALED_WITH = "archive_metadata_sealed_with"
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,20 +312,30 @@ class Store:
         """Delete a dataset; with shards in it only when ``force`` (they are deleted too)."""
         self._check_open()
         validate_dataset_name(name)
-        with self._policies.undone_on_failure(), self._env.write() as txn:
-            self._catalog.require_dataset(txn, name)
-            records = list(self._catalog.iter_shards(txn, name))
-            if records and not force:
-                raise FailedPrecondition(
-                    f"dataset {name!r} holds {len(records)} shards; delete them or use force"
-                )
-            for record in records:
-                self._writer.delete_in(txn, record)
-            self._catalog.delete_dataset(txn, name)
-            self._catalog.append_journal(txn, JournalOp("dataset", name))
-        # Only once the deletion is committed: a failed commit (a full map) keeps the
-        # dataset, and its policy must keep knowing its hot shards.
-        self._policies.drop_dataset(name)
+        with self._policies.undone_on_failure():
+            dropped = None
+            try:
+                with self._env.write() as txn:
+                    self._catalog.require_dataset(txn, name)
+                    records = list(self._catalog.iter_shards(txn, name))
+                    if records and not force:
+                        raise FailedPrecondition(
+                            f"dataset {name!r} holds {len(records)} shards; delete them or "
+                            "use force"
+                        )
+                    for record in records:
+                        self._writer.delete_in(txn, record)
+                    self._catalog.delete_dataset(txn, name)
+                    self._catalog.append_journal(txn, JournalOp("dataset", name))
+                    # Inside the transaction: nobody can create the dataset again before
+                    # its policy is gone, and lose the new one's state to this drop.
+                    dropped = self._policies.drop_dataset(name)
+            except BaseException:
+                # A failed commit (a full map) keeps the dataset: its policy comes back
+                # before the enclosing undo tells it of the shards it still holds.
+                if dropped is not None:
+                    self._policies.restore_dataset(dropped)
+                raise
         self._plans.close_dataset(name)
         self.mover.wake()
 
@@ -633,8 +650,12 @@ class Store:
         first. Frames are never rewritten: only catalog records and the archive's
         metadata. Every manifest and dataset object in the archive is rewritten (by
         the mover), sealed under the current master key, so that the old key can be
-        retired and a rebuild still believes them. Returns how many generations'
-        data keys were rewrapped.
+        retired and a rebuild still believes them; when the last finished rotation
+        resealed them under the current key already, only the manifests of rewrapped
+        shards are. Works in batches of ``_ROTATION_BATCH`` shards, each its own
+        transaction: an error stops it with the earlier batches done, and running it
+        again finishes the rest. Returns how many generations' data keys were
+        rewrapped.
         """
         self._check_open()
         if keyring is not None:
@@ -642,23 +663,47 @@ class Store:
             self._sealers.use_keyring(keyring)
         if self._keyring is None:
             raise EncryptionUnavailable("no master key is configured")
-        rewrapped = 0
+        current = self._keyring.current_key_id
+        with self._env.read() as txn:
+            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+            # Reseal every object only when some may be under another key (or none):
+            # a rotation that changes nothing leaves the journal alone.
+            reseal = self._catalog.note(txn, _SEALED_WITH) != current
+        rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
         with self._env.write() as txn:
-            for record in list(self._catalog.iter_shards(txn)):
-                updated = self._sealers.rewrapped(record)
-                if updated is not None:
-                    self._catalog.put_shard(txn, updated)
-                    rewrapped += 1
-                # Every shard's, not only the rewrapped ones': each manifest is sealed
-                # anew. (The mover rewrites archived ones only; an upload still to come
-                # seals its manifest under the current key anyway.)
-                self._catalog.append_journal(
-                    txn, JournalOp("manifest", record.dataset, record.name, record.generation)
-                )
-            for name, _ in self._catalog.list_datasets(txn):
-                self._catalog.append_journal(txn, JournalOp("dataset", name))
-        self.mover.wake()
+            self._catalog.set_note(txn, _SEALED_WITH, current)
         return rewrapped
+
+    def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
+        """:meth:`rotate_master_key` for one dataset, ``_ROTATION_BATCH`` shards per write
+        transaction: a large catalog is never one huge transaction holding the writer.
+        Journals a rewrite of each rewrapped shard's manifest, and with ``reseal`` of
+        every manifest and the dataset object. Returns how many data keys were
+        rewrapped."""
+        rewrapped = 0
+        start_after: str | None = None
+        while True:
+            with self._env.write() as txn:
+                shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
+                batch = list(itertools.islice(shards, _ROTATION_BATCH))
+                for record in batch:
+                    updated = self._sealers.rewrapped(record)
+                    if updated is not None:
+                        self._catalog.put_shard(txn, updated)
+                        rewrapped += 1
+                    # (The mover rewrites archived manifests only; an upload still to
+                    # come writes its manifest under the current key anyway.)
+                    if updated is not None or reseal:
+                        self._catalog.append_journal(
+                            txn, JournalOp("manifest", dataset, record.name, record.generation)
+                        )
+                done = len(batch) < _ROTATION_BATCH
+                if done and reseal:
+                    self._catalog.append_journal(txn, JournalOp("dataset", dataset))
+            self.mover.wake()
+            if done:
+                return rewrapped
+            start_after = batch[-1].name
 
     def rebuild_from_archive(self) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.

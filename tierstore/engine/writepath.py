@@ -154,7 +154,7 @@ class ShardWriter:
         finally:
             wait.release()
         if settings.durability is Durability.WRITE_THROUGH:
-            if not self._mover.run_entry_in_order(seq, dataset):
+            if not self._mover.run_entry_in_order(seq, dataset, shard):
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
                     f"({self._mover.last_error}); the mover keeps retrying"
