@@ -18,8 +18,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.server.servers import RunningServer, metadata, serving
-from tierstore.errors import ShardNotFound
+from tests.server.servers import RunningServer, error_name, metadata, serving
+from tierstore.errors import InvalidArgument, ShardNotFound
+from tierstore.server.app import ServerSettings
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2
 
@@ -187,3 +188,19 @@ def test_watch_is_not_served_so_it_holds_no_worker(running: RunningServer) -> No
     )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert list_datasets(running, admin, timeout=5) < 5
+
+
+def test_a_unary_call_that_ends_without_its_request_is_invalid(running: RunningServer) -> None:
+    reader = running.token("svc:reader", ("*", Role.READER))
+    call = running.channel().stream_unary(LIST_DATASETS)
+    with pytest.raises(grpc.RpcError) as caught:
+        call(iter(()), timeout=10, metadata=metadata(reader))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_name(caught.value) == "InvalidArgument"
+    assert "carried no request" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("field", ["request_arrival_s", "stream_message_s"])
+def test_the_deadlines_must_be_positive(field: str) -> None:
+    with pytest.raises(InvalidArgument, match="must be positive"):
+        ServerSettings(insecure=True, **{field: 0.0})

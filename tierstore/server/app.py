@@ -95,6 +95,8 @@ class ServerSettings:
             raise InvalidArgument("plaintext (--insecure) serving is allowed only on loopback")
         if not self.insecure and self.tls is None:
             raise InvalidArgument("TLS material is required unless insecure is set")
+        if not (self.request_arrival_s > 0 and self.stream_message_s > 0):
+            raise InvalidArgument("request_arrival_s and stream_message_s must be positive")
 
 
 def _options() -> list[tuple[str, int]]:

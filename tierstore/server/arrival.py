@@ -44,17 +44,17 @@ class RequestArrival:
     def request_of(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Any:
         """The one message of a unary call's ``messages``, within ``wait_s``.
 
-        The call is cancelled (and this raises) when it has not arrived in time; a
-        call that ends with no message at all aborts with INVALID_ARGUMENT.
+        Raises StopIteration when the call ended without one, and aborts the call
+        (CANCELLED) when it was cancelled: by its caller, or for a request that did
+        not arrive in time.
         """
         try:
             return self.next_of(messages, context, self.wait_s)
-        except StopIteration:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
-        except grpc.RpcError:  # cancelled: by the watchdog, or by the caller
+        except grpc.RpcError:
             context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the request did not arrive within {self.wait_s:g} s",
+                grpc.StatusCode.CANCELLED,
+                f"cancelled: the request did not arrive within {self.wait_s:g} s, or the "
+                "caller gave up",
             )
 
     def next_of(self, messages: Iterator[Any], context: grpc.ServicerContext, wait_s: float) -> Any:
@@ -73,10 +73,13 @@ class RequestArrival:
                 )
                 self._watchdog.start()
         try:
-            return next(messages)
+            message = next(messages)
         finally:
             with self._lock:
-                self._waiting.pop(ticket, None)
+                overdue = self._waiting.pop(ticket, None) is None
+        if overdue:  # the watchdog took it first: the call is cancelled, message or not
+            raise grpc.RpcError()
+        return message
 
     def _watch(self) -> None:
         last_waiting = time.monotonic()
@@ -90,7 +93,8 @@ class RequestArrival:
                     self._watchdog = None  # the next call starts another
                     return
                 expired = [t for t, (deadline, _) in self._waiting.items() if deadline <= now]
-                overdue = [self._waiting.pop(ticket)[1] for ticket in expired]
-            # Outside the lock: a cancelled call's worker takes the lock as it leaves.
-            for context in overdue:
-                context.cancel()
+                # Under the lock, so a call is either cancelled here or gets its message
+                # there, never both (cancel only asks grpc's core; it does not wait on
+                # the worker, which takes this lock as it leaves).
+                for ticket in expired:
+                    self._waiting.pop(ticket)[1].cancel()

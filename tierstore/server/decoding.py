@@ -51,6 +51,21 @@ def _decode(decode: Callable[[bytes], Any], data: bytes, context: grpc.ServicerC
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
+def _request(
+    decode: Callable[[bytes], Any],
+    messages: Iterator[bytes],
+    context: grpc.ServicerContext,
+    arrival: RequestArrival,
+) -> Any:
+    """A unary call's request, taken from its stream under ``arrival`` and decoded."""
+    try:
+        data = arrival.request_of(messages, context)
+    except StopIteration:
+        error = _refuse(context, ValueError("the call carried no request"))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    return _decode(decode, data, context)
+
+
 def _decoded_stream(
     decode: Callable[[bytes], Any],
     messages: Iterator[bytes],
@@ -108,8 +123,7 @@ def _decoding(
         unary_unary = handler.unary_unary
 
         def call_unary_unary(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-            request = _decode(decode, arrival.request_of(messages, context), context)
-            return unary_unary(request, context)
+            return unary_unary(_request(decode, messages, context, arrival), context)
 
         return grpc.stream_unary_rpc_method_handler(
             call_unary_unary, response_serializer=serializer
@@ -120,8 +134,7 @@ def _decoding(
         def call_unary_stream(
             messages: Iterator[bytes], context: grpc.ServicerContext
         ) -> Iterator[Any]:
-            request = _decode(decode, arrival.request_of(messages, context), context)
-            yield from unary_stream(request, context)
+            yield from unary_stream(_request(decode, messages, context, arrival), context)
 
         return grpc.stream_stream_rpc_method_handler(
             call_unary_stream, response_serializer=serializer

@@ -1,4 +1,4 @@
-"""The standard gRPC health service, serving ``Check`` only.
+"""The standard gRPC health service, serving ``Check`` (and ``List``), not ``Watch``.
 
 ``Watch`` keeps its call open for as long as the caller likes, and grpcio runs each
 open call on a worker thread of a fixed pool (the servicer's non-blocking mode does
