@@ -3,12 +3,13 @@
 ``create_server(settings, store, tokens) -> (server, port)``. The API listens
 with TLS (mutual TLS when ``require_client_cert``), or in plaintext only when
 ``insecure`` is set and the address is loopback. The standard health service
-(``Check`` only: :mod:`tierstore.server.healthcheck`) answers on the API port,
+(not ``Watch``: :mod:`tierstore.server.healthcheck`) answers on the API port,
 with a token like every call there, and, for probes that speak neither TLS nor
-tokens, on its own plaintext port that serves nothing else. A unary request must
-arrive within ``request_arrival_s`` (2 s on the health port), and each message
-of a request stream within ``stream_message_s``, so a caller that stops sending
-holds a worker no longer than that. ``grpc.so_reuseport`` is off
+tokens, on its own plaintext port that serves nothing else, from an asyncio
+server that holds no thread per call (:mod:`tierstore.server.healthport`). On
+the API port a unary request must arrive within ``request_arrival_s``, and each
+message of a request stream within ``stream_message_s``, so a caller that stops
+sending holds a worker no longer than that. ``grpc.so_reuseport`` is off
 and every bound port is checked, so two servers never share a port silently.
 """
 
@@ -34,6 +35,7 @@ from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
 from tierstore.server.healthcheck import CheckOnlyHealth
+from tierstore.server.healthport import HealthPort
 from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
@@ -184,29 +186,28 @@ class TierstoreServer:
                 require_client_auth=settings.require_client_cert,
             )
         self.port = _bind(self._server, settings.listen, credentials)
-        self._health_server: grpc.Server | None = None
-        self.health_port = 0
-        if settings.health_listen:
-            self._health_server = grpc.server(
-                ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
-                # A probe sends its request at once: a call that does not is ended soon.
-                interceptors=[DecodeInterceptor(min(settings.request_arrival_s, 2.0), 2.0)],
-                options=_options(),
+        #: the plaintext health port, for probes (asyncio: see tierstore.server.healthport).
+        self._health_port = HealthPort(settings.health_listen) if settings.health_listen else None
+        self.health_port = 0 if self._health_port is None else self._health_port.port
+        try:
+            self.metrics_port = (
+                self.metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
             )
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
-            self.health_port = _bind(self._health_server, settings.health_listen, None)
-        self.metrics_port = (
-            self.metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
-        )
+        except BaseException:
+            if self._health_port is not None:
+                self._health_port.stop(0)
+            raise
         self._stopped = threading.Event()
 
     def start(self) -> None:
         """Start serving and mark every service SERVING."""
         self._server.start()
-        if self._health_server is not None:
-            self._health_server.start()
+        if self._health_port is not None:
+            self._health_port.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self._health_port is not None:
+                self._health_port.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Graceful stop: health turns NOT_SERVING at once, in-flight calls get ``grace_s``
@@ -215,9 +216,11 @@ class TierstoreServer:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        if self._health_port is not None:
+            self._health_port.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
-        if self._health_server is not None:
-            self._health_server.stop(1).wait()
+        if self._health_port is not None:
+            self._health_port.stop(1)
         self.store.close()
 
     def wait(self) -> None:

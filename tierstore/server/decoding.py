@@ -28,12 +28,15 @@ from tierstore.errors import InvalidArgument
 from tierstore.server.arrival import RequestArrival
 from tierstore.wire.status import ERROR_HEADER
 
-__all__ = ["DecodeInterceptor"]
+__all__ = ["DecodeInterceptor", "refuse_undecodable"]
 
 _TRAILER = ((ERROR_HEADER, InvalidArgument.__name__),)
 
 
-def _refuse(context: grpc.ServicerContext, exc: Exception) -> InvalidArgument:
+def refuse_undecodable(context: Any, exc: Exception) -> InvalidArgument:
+    """Mark the call INVALID_ARGUMENT (code, details, error trailer) for a request that
+    did not parse, and return the error to raise (or abort with). ``context``: a
+    synchronous or an asyncio servicer context."""
     # The code and trailer are set here as well, so a handler that does not map tierstore
     # errors (health, reflection) still answers INVALID_ARGUMENT when the error escapes it.
     message = f"the request is not a valid message: {str(exc) or type(exc).__name__}"[:300]
@@ -47,7 +50,7 @@ def _decode(decode: Callable[[bytes], Any], data: bytes, context: grpc.ServicerC
     try:
         return decode(data)
     except Exception as exc:  # DecodeError, and anything else a parser throws at garbage
-        error = _refuse(context, exc)
+        error = refuse_undecodable(context, exc)
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
@@ -61,7 +64,7 @@ def _request(
     try:
         data = arrival.request_of(messages, context)
     except StopIteration:
-        error = _refuse(context, ValueError("the call carried no request"))
+        error = refuse_undecodable(context, ValueError("the call carried no request"))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     return _decode(decode, data, context)
 
@@ -82,7 +85,7 @@ def _decoded_stream(
             message = decode(data)
         except Exception as exc:
             # Raised, not aborted: the handler's error mapping turns it into the answer.
-            raise _refuse(context, exc) from exc
+            raise refuse_undecodable(context, exc) from exc
         yield message
 
 

@@ -1,11 +1,12 @@
 """The standard gRPC health service, serving ``Check`` (and ``List``), not ``Watch``.
 
-``Watch`` keeps its call open for as long as the caller likes, and grpcio runs each
-open call on a worker thread of a fixed pool (the servicer's non-blocking mode does
-not survive the server's interceptors). A few watches would then hold every worker of
-the small plaintext health port, and probes would time out. Probes (Kubernetes' gRPC
-probe among them) call ``Check``; ``Watch`` is answered UNIMPLEMENTED at once, so
-callers poll ``Check`` instead.
+This servicer answers health on the API port. ``Watch`` keeps its call open for as
+long as the caller likes, and grpcio's synchronous server runs each open call on a
+worker thread of a fixed pool (the servicer's non-blocking mode does not survive the
+server's interceptors), so a few watches would hold every worker. Probes
+(Kubernetes' gRPC probe among them) call ``Check``; ``Watch`` is answered
+UNIMPLEMENTED at once, so callers poll ``Check`` instead. The plaintext health
+port does the same (:mod:`tierstore.server.healthport`).
 """
 
 from __future__ import annotations
