@@ -760,6 +760,26 @@ def test_a_write_through_put_archives_its_datasets_earlier_entries_first(
     assert fresh.get("wt", "s").to_bytes() == data
 
 
+def test_a_write_through_put_into_a_dataset_created_again_survives_a_rebuild(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The old life's shard deletes are still queued when the dataset comes back as
+    # plaintext: the put must run them too, or a rebuild would find a deleted
+    # encrypted shard beside plaintext settings and leave the dataset out.
+    store = open_store(archive, start_mover=False)
+    store.create_dataset("d", DatasetSettings(encrypted=True))
+    store.put("d", "old", payload(FRAME, 1))
+    assert store.mover.drain_once()
+    store.delete_dataset("d", force=True)
+    store.create_dataset("d", DatasetSettings(durability=Durability.WRITE_THROUGH))
+    assert store.put("d", "new", payload(FRAME, 2)).archived
+    fresh = open_store(archive, start_mover=False)  # the catalog lost before the mover ran
+    assert fresh.rebuild_from_archive() == 1
+    assert fresh.get("d", "new").to_bytes() == payload(FRAME, 2)
+    with pytest.raises(ShardNotFound):
+        fresh.stat("d", "old")
+
+
 def test_closed_store_refuses_calls(store: Store) -> None:
     store.put("plain", "x", b"x")
     store.close()

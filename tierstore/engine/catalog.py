@@ -205,9 +205,9 @@ class Catalog:
     def journal_seqs_of(
         self, txn: Any, dataset: str, shard: str, before: int, limit: int
     ) -> list[int]:
-        """Sequence numbers of the pending operations on ``dataset``'s settings object
-        and on ``dataset/shard`` older than ``before``, in order, among the oldest
-        ``limit`` entries."""
+        """Sequence numbers of the pending operations on ``dataset``'s settings object,
+        its deletes, and those on ``dataset/shard``, older than ``before``, in order,
+        among the oldest ``limit`` entries."""
         older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn, limit))
         return [seq for seq, raw in older if _concerns(JournalOp.decode(raw), dataset, shard)]
 
@@ -249,5 +249,10 @@ class Catalog:
 
 
 def _concerns(op: JournalOp, dataset: str, shard: str) -> bool:
-    """Whether ``op`` is on ``dataset``'s settings object or on ``dataset/shard``."""
-    return op.dataset == dataset and (op.op == "dataset" or op.name == shard)
+    """Whether ``op`` is on ``dataset``'s settings object, deletes one of its shards'
+    objects, or is on ``dataset/shard``. (Deletes, of a shard or of a dataset's earlier
+    life, are part of what a rebuild must not find: a deleted encrypted shard left
+    beside a plaintext dataset of the same name makes the rebuild leave it out.)"""
+    if op.dataset != dataset:
+        return False
+    return op.op in ("dataset", "delete") or op.name == shard

@@ -294,9 +294,9 @@ class Mover:
             self._tried_entry()
 
     def run_entry_in_order(self, seq: int, dataset: str, shard: str) -> bool:
-        """Do the earlier journal entries on ``dataset``'s settings object and on
-        ``dataset/shard``, in order, then entry ``seq`` (a write-through put's own
-        upload). Its dataset's settings object and its shard's older operations thus
+        """Do the earlier journal entries on ``dataset``'s settings object, its deletes
+        and those on ``dataset/shard``, in order, then entry ``seq`` (a write-through
+        put's own upload). Its dataset's settings object and its shard's older operations thus
         reach the archive first: a rebuild never finds a shard without its dataset,
         nor a newer state without what came before it. Other shards' entries are left
         to the mover. False when one of them failed (it stays for a retry, and so do

@@ -15,6 +15,7 @@ a thread switch), and ends after a minute with no call waiting.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -23,10 +24,25 @@ from typing import Any
 
 import grpc
 
-__all__ = ["RequestArrival"]
+__all__ = ["RequestArrival", "RequestOverdue"]
 
 #: seconds with no call waiting after which the watchdog thread ends.
 _IDLE_EXIT_S = 60.0
+
+
+class RequestOverdue(grpc.RpcError):
+    """A call's message did not arrive in time: the watchdog cancelled the call."""
+
+
+def _overdue(context: grpc.ServicerContext, wait_s: float) -> None:
+    """End the call as cancelled for a message overdue by ``wait_s``, and raise.
+
+    The call is marked aborted first, so grpc ends it quietly when the error leaves
+    the handler (as with an error of its own); handlers let ``grpc.RpcError`` pass.
+    """
+    with contextlib.suppress(Exception):  # abort marks the call, then raises
+        context.abort(grpc.StatusCode.CANCELLED, f"cancelled: no message within {wait_s:g} s")
+    raise RequestOverdue()
 
 
 class RequestArrival:
@@ -62,7 +78,9 @@ class RequestArrival:
 
         Raises StopIteration at their end, and ``grpc.RpcError`` when the call is
         cancelled: by its caller, or here, when the message has not arrived within
-        ``wait_s``.
+        ``wait_s`` (then :class:`RequestOverdue`, whether a message, the end of the
+        stream or nothing came after all: the call is ended either way, and nothing
+        it sent may be acted on).
         """
         ticket = next(self._tickets)
         with self._lock:
@@ -74,12 +92,21 @@ class RequestArrival:
                 self._watchdog.start()
         try:
             message = next(messages)
-        finally:
-            with self._lock:
-                overdue = self._waiting.pop(ticket, None) is None
-        if overdue:  # the watchdog took it first: the call is cancelled, message or not
-            raise grpc.RpcError()
+        except StopIteration:
+            if self._taken(ticket):
+                _overdue(context, wait_s)
+            raise
+        except BaseException:
+            self._taken(ticket)
+            raise
+        if self._taken(ticket):
+            _overdue(context, wait_s)
         return message
+
+    def _taken(self, ticket: int) -> bool:
+        """Forget ``ticket``; whether the watchdog had taken it (and cancelled its call)."""
+        with self._lock:
+            return self._waiting.pop(ticket, None) is None
 
     def _watch(self) -> None:
         last_waiting = time.monotonic()

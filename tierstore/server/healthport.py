@@ -13,6 +13,11 @@ It serves ``Check`` and ``List`` of the standard ``grpc.health.v1`` service from
 statuses the server sets (:meth:`HealthPort.set`), decodes requests itself (bytes
 that do not parse get INVALID_ARGUMENT with the ``tierstore-error`` trailer), and
 answers ``Watch`` UNIMPLEMENTED, as the API port does. Nothing else is served.
+
+grpc.aio keeps a poller thread inside gRPC while an asyncio server exists, and gRPC
+skips its fork handlers while another thread is inside it: a process must not fork
+while it serves this port (``tierstore serve`` starts its helpers first). Stopping
+the port drops the server, which ends that thread.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class HealthPort:
             target=self._loop.run_forever, name="tierstore-health-port", daemon=True
         )
         self._thread.start()
+        self._server: grpc.aio.Server | None = None
         try:
             self._server, self.port = self._run(self._bind(address))
         except BaseException:
@@ -59,6 +65,7 @@ class HealthPort:
             raise
 
     def start(self) -> None:
+        assert self._server is not None, "start after stop"
         self._run(self._server.start())
 
     def set(self, service: str, status: int) -> None:
@@ -75,9 +82,13 @@ class HealthPort:
             self._shutting_down = True
 
     def stop(self, grace_s: float) -> None:
-        """Stop serving (calls under way get ``grace_s``) and end the port's thread."""
+        """Stop serving (calls under way get ``grace_s``) and end the port's thread.
+        Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
         try:
-            self._run(self._server.stop(grace_s), timeout=grace_s + 5)
+            self._run(server.stop(grace_s), timeout=grace_s + 5)
         finally:
             self._end_loop()
 
