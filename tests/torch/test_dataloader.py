@@ -9,9 +9,11 @@ DistributedSampler, pin_memory, connection settings from the environment, pickli
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -123,6 +125,35 @@ def test_spawned_workers_with_in_worker_batches(samples: Samples) -> None:
     check_values(rows_of(batches), samples)
     # In-worker batches span shard boundaries: each worker's stream is cut the same way.
     assert batch_ids(batches) == loader_order(samples, 2, 8, seed=5)
+
+
+def _read_as_rank(
+    rank: int, world: int, init_file: str, connection: dict[str, str], dataset: str, out: Any
+) -> None:
+    """One rank of a launch that gives each rank its process group and no ``RANK`` or
+    ``WORLD_SIZE`` (``mp.spawn`` with ``init_process_group(rank=...)``): it reads its
+    share through one spawned worker, which has no process group of its own."""
+    for name in ("RANK", "WORLD_SIZE"):
+        os.environ.pop(name, None)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    try:
+        data = IterableDataset(dataset, seed=3, **connection)
+        loader = DataLoader(data, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+        out.put((rank, [int(sample["id"]) for sample in loader]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_with_spawned_workers_split_the_samples(samples: Samples, tmp_path: Path) -> None:
+    everything = ids_of(DataLoader(IterableDataset(samples.dataset, **samples.connection)))
+    queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    arguments = (2, str(tmp_path / "rendezvous"), samples.connection, samples.dataset, queue)
+    torch.multiprocessing.spawn(_read_as_rank, args=arguments, nprocs=2)
+    read = dict(queue.get() for _ in range(2))
+    assert read[0] and read[1] and not set(read[0]) & set(read[1])
+    assert sorted(read[0] + read[1]) == sorted(everything)
 
 
 @READ_PATHS

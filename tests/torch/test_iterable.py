@@ -4,9 +4,11 @@ the real server are in test_dataloader.py."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -435,3 +437,28 @@ def test_pin_memory_assembles_batches_in_page_locked_memory(threads: int) -> Non
     pinned = list(make(svc, seed=3, batch_size=4, batch_threads=threads, pin_memory=True))
     assert ids(pinned) == ids(plain)
     check_pinned_copies(pinned)
+
+
+def test_an_abandoned_epoch_lets_its_read_ahead_go_and_keeps_its_position() -> None:
+    # A ``break`` out of the loader's loop: once the loader is dropped, its epoch's
+    # read-ahead threads (and the shards they hold) go, and state_dict() still says
+    # where the reading stopped.
+    def read_ahead_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("tierstore-read-ahead")]
+
+    before = set(read_ahead_threads())
+    ds = make(read_ahead=2)
+    loader = DataLoader(ds, batch_size=None, num_workers=0)
+    first = next(iter(loader))
+    assert set(read_ahead_threads()) - before
+    del loader
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while set(read_ahead_threads()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not set(read_ahead_threads()) - before
+    resumed = make()
+    resumed.load_state_dict(ds.state_dict())
+    rest = list(DataLoader(resumed, batch_size=None, num_workers=0))
+    whole = list(DataLoader(make(), batch_size=None, num_workers=0))
+    assert ids([first, *rest]) == ids(whole)

@@ -29,6 +29,7 @@ import os
 import threading
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from tierstore.torch.order import (
 )
 from tierstore.torch.readahead import read_ahead
 from tierstore.torch.source import ShardSource, service_source
-from tierstore.torch.topology import current_slot, warn_if_idle
+from tierstore.torch.topology import current_slot, live_distributed_rank, warn_if_idle
 
 __all__ = ["IterableDataset"]
 
@@ -145,8 +146,12 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         )
         self._epoch = 0
         self._resume: ResumeState | None = None
-        self._live: _Epoch | None = None
+        #: where this process's newest epoch iterator stands; the iterator itself (with its
+        #: read-ahead threads and the shards they hold) belongs to its loader alone
+        self._live: _Cursor | None = None
         self._completed: set[int] = set()  # epochs finished in this process (for a warning)
+        #: the rank process's (rank, world size), carried to spawned workers by pickling
+        self._carried_rank: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -156,8 +161,11 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_live"] = None  # an iterator (with its threads and streams) never travels
+        state["_live"] = None  # a position in this process's iteration never travels
         state["_completed"] = set()
+        # Pickled in the rank process for a spawned (or forkserver) worker, which has no
+        # process group: it must still read as this rank, not as rank 0 of 1.
+        state["_carried_rank"] = live_distributed_rank() or self._carried_rank
         return state
 
     def layout(self, slot: Slot | None) -> Layout:
@@ -179,7 +187,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         :class:`~tierstore.torch.order.ResumeState`)."""
         live = self._live
         if live is not None and live.pid == os.getpid():
-            return live.state_dict()
+            return ResumeState(live.position, live.layout).to_dict()
         if self._resume is not None:
             return self._resume.to_dict()
         return ResumeState(Position(self._epoch), self.layout(None)).to_dict()
@@ -207,7 +215,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
                 stacklevel=2,
             )
         live = _Epoch(self, epoch, start)
-        self._live = live
+        self._live = live.cursor
         return live
 
     # Called by the epoch iterators.
@@ -222,14 +230,28 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
 
 
+@dataclass
+class _Cursor:
+    """Where an epoch iterator stands: what the dataset's ``state_dict()`` reports.
+
+    The dataset keeps this, not the iterator, so that an iterator abandoned mid-epoch
+    (a ``break`` out of the loader's loop) goes, with its read-ahead threads and the
+    shards they hold, once its loader drops it.
+    """
+
+    pid: int
+    layout: Layout
+    position: Position
+
+
 class _Epoch:
     """One worker's iteration over one epoch; ``state_dict()`` is where it stands."""
 
     def __init__(self, owner: IterableDataset, epoch: int, start: ResumeState | None) -> None:
-        self.pid = os.getpid()
         self._owner = owner
-        self._slot = current_slot()
+        self._slot = current_slot(carried=owner._carried_rank)
         self._layout = owner.layout(self._slot)
+        self.cursor = _Cursor(os.getpid(), self._layout, Position(epoch))
         self._shared = torch.utils.data.get_worker_info() is not None
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
@@ -247,6 +269,15 @@ class _Epoch:
         if self._steps is not None:
             self._steps.close()  # stops its read-ahead and closes its plan
             self._steps = None
+
+    @property
+    def position(self) -> Position:
+        """The position after the last sample (or batch) yielded."""
+        return self.cursor.position
+
+    @position.setter
+    def position(self, position: Position) -> None:
+        self.cursor.position = position
 
     def __iter__(self) -> _Epoch:
         return self

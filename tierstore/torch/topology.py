@@ -22,7 +22,7 @@ import torch.utils.data
 from tierstore.errors import InvalidArgument
 from tierstore.torch.order import Slot
 
-__all__ = ["current_slot", "distributed_rank", "warn_if_idle"]
+__all__ = ["current_slot", "distributed_rank", "live_distributed_rank", "warn_if_idle"]
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -35,14 +35,29 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
 
 
-def distributed_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """``(rank, world_size)`` of this process.
+def live_distributed_rank() -> tuple[int, int] | None:
+    """``(rank, world_size)`` of this process's initialized process group, or ``None``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return None
+
+
+def distributed_rank(
+    environ: Mapping[str, str] | None = None, carried: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: its process group's, else ``carried`` (the
+    rank process's, brought along by a dataset pickled for a spawned or forkserver
+    DataLoader worker, which has no process group of its own), else ``RANK`` and
+    ``WORLD_SIZE``.
 
     Raises InvalidArgument when ``RANK``/``WORLD_SIZE`` are not integers or the rank is
     outside ``[0, WORLD_SIZE)``.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    live = live_distributed_rank()
+    if live is not None:
+        return live
+    if carried is not None:
+        return carried
     env = os.environ if environ is None else environ
     world = _env_int(env, "WORLD_SIZE", 1)
     rank = _env_int(env, "RANK", 0)
@@ -51,9 +66,12 @@ def distributed_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int
     return rank, world
 
 
-def current_slot(environ: Mapping[str, str] | None = None) -> Slot:
-    """This process's slot: its rank, and its worker if it is a DataLoader worker."""
-    rank, world = distributed_rank(environ)
+def current_slot(
+    environ: Mapping[str, str] | None = None, carried: tuple[int, int] | None = None
+) -> Slot:
+    """This process's slot: its rank (see :func:`distributed_rank`), and its worker if it
+    is a DataLoader worker."""
+    rank, world = distributed_rank(environ, carried)
     info = torch.utils.data.get_worker_info()
     if info is None:
         return Slot(rank, world)
