@@ -2,7 +2,8 @@
 
 Frames are verified against the identity the header gives, so a header naming
 another shard than the one asked for must be refused before any frame is read:
-its frames would verify.
+its frames would verify. So must a header promising fewer frames than the read
+covers: each frame verifies alone.
 """
 
 from __future__ import annotations
@@ -14,28 +15,51 @@ from tierstore.errors import IntegrityError
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.v1 import common_pb2, shards_pb2
 
+WHOLE = shards_pb2.GetShardRequest(dataset="d", shard="s")
 
-def answer(context: bytes, payload: bytes) -> list[shards_pb2.GetShardResponse]:
-    """A well-formed one-frame GetShard answer sealed under ``context``."""
-    stored = FrameSealer(context, 1).seal(0, payload)
+
+def answer(context: bytes, *payloads: bytes) -> list[shards_pb2.GetShardResponse]:
+    """A well-formed GetShard answer for the whole shard of ``payloads``, sealed under
+    ``context``."""
+    sealer = FrameSealer(context, len(payloads))
     header = shards_pb2.GetShardResponse()
     header.header.info.dataset = "d"
     header.header.info.name = "s"
     header.header.info.kind = common_pb2.SHARD_KIND_RAW
+    header.header.info.frame_sizes.extend(len(payload) for payload in payloads)
     header.header.seal.context = context
-    header.header.seal.frame_count = 1
+    header.header.seal.frame_count = len(payloads)
     header.header.first_frame = 0
-    header.header.frame_count = 1
-    header.header.length = len(payload)
-    frame = shards_pb2.GetShardResponse()
-    frame.frame.index = 0
-    frame.frame.data = bytes(stored)
-    return [header, frame]
+    header.header.frame_count = len(payloads)
+    header.header.length = sum(len(payload) for payload in payloads)
+    frames = []
+    for index, payload in enumerate(payloads):
+        frame = shards_pb2.GetShardResponse()
+        frame.frame.index = index
+        frame.frame.data = bytes(sealer.seal(index, payload))
+        frames.append(frame)
+    return [header, *frames]
 
 
 def test_frames_of_the_shard_asked_for_are_read() -> None:
-    stream = open_stream(iter(answer(shard_context("d", "s", 7), b"payload!")), "d", "s")
-    assert b"".join(buffer.to_pybytes() for buffer in stream.frames()) == b"payload!"
+    stream = open_stream(iter(answer(shard_context("d", "s", 7), b"payload!", b"more")), WHOLE)
+    assert b"".join(buffer.to_pybytes() for buffer in stream.frames()) == b"payload!more"
+
+
+def test_a_whole_shard_with_frames_left_out_is_refused() -> None:
+    # The true header of a three-frame shard, but promising (and sending) frames 0 and
+    # 1 only: each verifies alone, and none is sealed as the last of three.
+    context = shard_context("d", "s", 7)
+    full = answer(context, b"one", b"two", b"three")
+    full[0].header.frame_count = 2
+    full[0].header.length = len(b"onetwo")
+    with pytest.raises(IntegrityError, match="promises other frames"):
+        open_stream(iter(full[:3]), WHOLE)
+    # A ranged read of those two frames is what such a header answers.
+    first_two = shards_pb2.GetShardRequest(dataset="d", shard="s")
+    first_two.frame_range.first, first_two.frame_range.count = 0, 2
+    stream = open_stream(iter(full[:3]), first_two)
+    assert b"".join(buffer.to_pybytes() for buffer in stream.frames()) == b"onetwo"
 
 
 @pytest.mark.parametrize(
@@ -50,4 +74,4 @@ def test_frames_of_the_shard_asked_for_are_read() -> None:
 def test_a_header_naming_another_shard_is_refused(context: bytes) -> None:
     # Its frames verify against its own context: only the name check catches it.
     with pytest.raises(IntegrityError, match="another shard"):
-        open_stream(iter(answer(context, b"payload!")), "d", "s")
+        open_stream(iter(answer(context, b"payload!")), WHOLE)

@@ -119,16 +119,13 @@ def test_get_frame_ranges(server: ServerProcess, small_frames: Client, any_datas
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())
 
     def frames(first: int, count: int) -> bytes:
-        responses = stub.GetShard(
-            shards_pb2.GetShardRequest(
-                dataset=any_dataset,
-                shard="frames",
-                frame_range=common_pb2.FrameRange(first=first, count=count),
-            ),
-            metadata=server.metadata,
-            timeout=30,
+        request = shards_pb2.GetShardRequest(
+            dataset=any_dataset,
+            shard="frames",
+            frame_range=common_pb2.FrameRange(first=first, count=count),
         )
-        stream = open_stream(iter(responses), any_dataset, "frames")  # verifies every frame
+        responses = stub.GetShard(request, metadata=server.metadata, timeout=30)
+        stream = open_stream(iter(responses), request)  # verifies every frame
         if stream.frame_count:
             assert (stream.first_frame, stream.frame_count) == (first, min(count, 5 - first))
         return b"".join(buffer.to_pybytes() for buffer in stream.frames())

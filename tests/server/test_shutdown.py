@@ -59,17 +59,8 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
     poll(server.spool_fds, 30, "the put to reach the server")
 
     # A get in flight: its header read, its frames not yet.
-    get = open_stream(
-        iter(
-            stub.GetShard(
-                shards_pb2.GetShardRequest(dataset="ds", shard="big"),
-                metadata=server.metadata,
-                timeout=90,
-            )
-        ),
-        "ds",
-        "big",
-    )
+    request = shards_pb2.GetShardRequest(dataset="ds", shard="big")
+    get = open_stream(iter(stub.GetShard(request, metadata=server.metadata, timeout=90)), request)
 
     assert server.health() == health_pb2.HealthCheckResponse.SERVING
     assert server.process is not None

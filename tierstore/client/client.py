@@ -334,7 +334,7 @@ class Client:
                 request, timeout=self.stream_timeout_s, metadata=self._channel.metadata
             )
             try:
-                return open_stream(_mapped(responses), request.dataset, request.shard)
+                return open_stream(_mapped(responses), request)
             except Unavailable:
                 if attempt == _RETRIES - 1:
                     raise

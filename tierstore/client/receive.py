@@ -21,10 +21,11 @@ import pyarrow as pa
 
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.crypto import FrameCipher, zero
-from tierstore.errors import IntegrityError
+from tierstore.engine.reads import plan_reads
+from tierstore.errors import IntegrityError, InvalidRange
 from tierstore.frames import FrameSealer, names_shard
 from tierstore.types import ShardInfo
-from tierstore.v1 import shards_pb2
+from tierstore.v1 import common_pb2, shards_pb2
 from tierstore.verifyahead import collect
 from tierstore.wire.convert import shard_info_from_pb
 
@@ -207,24 +208,28 @@ def _open_frame(
 
 
 def open_stream(
-    messages: Iterator[shards_pb2.GetShardResponse], dataset: str, shard: str
+    messages: Iterator[shards_pb2.GetShardResponse], request: shards_pb2.GetShardRequest
 ) -> ShardStream:
-    """Read the header of a GetShard answer for ``dataset/shard``. Raises IntegrityError
-    for a malformed one, or one that names another shard: frames are verified against
-    the identity the header gives, so it must be the one asked for."""
+    """Read the header of the answer to GetShard ``request``. Raises IntegrityError for
+    a malformed one, one that names another shard (frames are verified against the
+    identity the header gives, so it must be the one asked for), or one that promises
+    other frames or bytes than the request asked for (a whole shard must come whole)."""
     first = next(messages, None)
     if first is None or first.WhichOneof("item") != "header":
         raise IntegrityError("the server's answer did not start with a header")
     header = first.header
     seal = header.seal
+    dataset, shard = request.dataset, request.shard
     if not names_shard(seal.context, dataset, shard):
         raise IntegrityError(
             f"the server answered a read of {dataset}/{shard} with the frames of another "
             "shard; nothing was returned"
         )
+    info = shard_info_from_pb(header.info)
+    _check_extent(header, info, request)
     cipher = FrameCipher(seal.data_key, seal.nonce_prefix) if seal.data_key else None
     return ShardStream(
-        info=shard_info_from_pb(header.info),
+        info=info,
         sealer=FrameSealer(seal.context, seal.frame_count, cipher),
         first_frame=header.first_frame,
         frame_count=header.frame_count,
@@ -232,3 +237,40 @@ def open_stream(
         length=header.length,
         messages=messages,
     )
+
+
+def _check_extent(
+    header: shards_pb2.GetShardHeader, info: ShardInfo, request: shards_pb2.GetShardRequest
+) -> None:
+    """Raise IntegrityError unless the header promises exactly the frames and bytes that
+    ``request`` covers of the shard it describes. (Each frame verifies alone; only this
+    tells a whole shard from one with frames left out.)"""
+    wanted = request.WhichOneof("range")
+    try:
+        slices = plan_reads(
+            info.frame_sizes,
+            byte_range=_pair(request.byte_range, info.size) if wanted == "byte_range" else None,
+            frame_range=(
+                (request.frame_range.first, request.frame_range.count)
+                if wanted == "frame_range"
+                else None
+            ),
+        )
+    except InvalidRange as exc:
+        raise IntegrityError(f"the server's answer does not fit the read: {exc}") from exc
+    promised: tuple[int, ...] = (header.frame_count, header.length)
+    expected: tuple[int, ...] = (len(slices), sum(piece.stop - piece.start for piece in slices))
+    if slices:  # an empty read names no first frame
+        promised += (header.first_frame, header.skip)
+        expected += (slices[0].index, slices[0].start)
+    if header.seal.frame_count != len(info.frame_sizes) or promised != expected:
+        raise IntegrityError(
+            f"the server's answer promises other frames than {request.dataset}/"
+            f"{request.shard} holds for this read; nothing was returned"
+        )
+
+
+def _pair(byte_range: common_pb2.ByteRange, size: int) -> tuple[int, int]:
+    """``(offset, length)`` of a requested byte range (to the end without a length)."""
+    length = byte_range.length if byte_range.HasField("length") else size
+    return byte_range.offset, length
