@@ -9,6 +9,7 @@ is read), within the request-arrival deadline for the rest.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -85,6 +86,12 @@ class Stalls:
         for future in self.futures:
             future.cancel()
 
+    def __enter__(self) -> Stalls:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 def list_datasets(server: RunningServer, token: str, timeout: float) -> float:
     """Seconds an authenticated ListDatasets took (raises if it failed)."""
@@ -102,15 +109,12 @@ def test_calls_without_a_token_are_refused_before_their_request_is_read(
     running: RunningServer,
 ) -> None:
     admin = running.token("admin", ("*", Role.ADMIN))
-    stalls = Stalls()
-    try:
+    with Stalls() as stalls:
         stalls.open(running.channel(), LIST_DATASETS, 4 * WORKERS, token=None)
         stalls.open(running.channel(), HEALTH_CHECK, 4 * WORKERS, token="not-a-token")
         # Refused without their requests, which never come.
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.UNAUTHENTICATED}
         assert list_datasets(running, admin, timeout=10) < ARRIVAL_S
-    finally:
-        stalls.release()
 
 
 def test_a_request_that_never_arrives_ends_its_call_and_frees_its_worker(
@@ -119,15 +123,12 @@ def test_a_request_that_never_arrives_ends_its_call_and_frees_its_worker(
     # A caller with a token (a widely handed-out reader's, say) holds a worker for
     # the arrival deadline at most; the calls queued behind it then run.
     reader = running.token("svc:reader", ("*", Role.READER))
-    stalls = Stalls()
-    try:
+    with Stalls() as stalls:
         stalls.open(running.channel(), LIST_DATASETS, 2 * WORKERS, token=reader)
         time.sleep(0.2)  # not a wait for a condition: lets the stalls take the workers first
         took = list_datasets(running, reader, timeout=30)
         assert took < 10 * ARRIVAL_S
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
-    finally:
-        stalls.release()
 
 
 def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: RunningServer) -> None:
@@ -138,14 +139,11 @@ def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: Runnin
         )
     )
     first = (header.SerializeToString(), shards_pb2.PutShardRequest(frame=b"x").SerializeToString())
-    stalls = Stalls()
-    try:
+    with Stalls() as stalls:
         stalls.open(running.channel(), PUT_SHARD, 2 * WORKERS, writer, first)
         time.sleep(0.2)  # as above: the stalls first
         assert list_datasets(running, writer, timeout=30) < 10 * ARRIVAL_S
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
-    finally:
-        stalls.release()
     with pytest.raises(ShardNotFound):
         running.store.stat("d", "s")
 
@@ -155,19 +153,16 @@ def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_hold
 ) -> None:
     # The health port answers anyone, so its server holds no thread per call: however
     # many calls stall there, a probe (Kubernetes gives it 1 s by default) is answered.
-    stalls = Stalls()
-    channels: list[grpc.Channel] = []
+    with Stalls() as stalls, contextlib.ExitStack() as channels:
 
-    def connection() -> grpc.Channel:
-        # A connection of its own, as each kubelet probe opens (grpc would share one).
-        channels.append(
-            grpc.insecure_channel(
-                running.health_address, options=[("grpc.use_local_subchannel_pool", 1)]
+        def connection() -> grpc.Channel:
+            # A connection of its own, as each kubelet probe opens (grpc would share one).
+            return channels.enter_context(
+                grpc.insecure_channel(
+                    running.health_address, options=[("grpc.use_local_subchannel_pool", 1)]
+                )
             )
-        )
-        return channels[-1]
 
-    try:
         for _ in range(4):
             stalls.open(connection(), HEALTH_CHECK, 16, token=None)
         for _ in range(5):
@@ -176,10 +171,6 @@ def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_hold
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         # And the stalled calls end with their connections (10 s of age, 2 s of grace).
         assert grpc.StatusCode.OK not in stalls.codes(timeout=30)
-    finally:
-        stalls.release()
-        for channel in channels:
-            channel.close()
 
 
 def test_watch_is_not_served_so_it_holds_no_worker(running: RunningServer) -> None:

@@ -49,7 +49,6 @@ class ArchiveContents:
 
     datasets: dict[str, DatasetSettings]
     shards: dict[tuple[str, str], ShardRecord]
-    superseded: list[ShardRecord]
     unreadable: dict[str, str]
 
 
@@ -109,7 +108,6 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
                 "a stale or replayed settings object; the dataset is left out"
             )
     newest: dict[tuple[str, str], ShardRecord] = {}
-    superseded: list[ShardRecord] = []
     for slot, records in generations.items():
         # Known only once every dataset object is read (listing order is the
         # archive's): a generation encrypted otherwise than its dataset is not
@@ -123,11 +121,9 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
                 )
             else:
                 believed.append(record)
-        believed.sort(key=lambda record: record.generation)
         if believed:
-            newest[slot] = believed[-1]
-            superseded.extend(believed[:-1])
-    return ArchiveContents(datasets, newest, superseded, unreadable)
+            newest[slot] = max(believed, key=lambda record: record.generation)
+    return ArchiveContents(datasets, newest, unreadable)
 
 
 def _decoded_dataset(raw: bytes | memoryview) -> DatasetSettings:

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -34,7 +34,7 @@ class RequestOverdue(grpc.RpcError):
     """A call's message did not arrive in time: the watchdog cancelled the call."""
 
 
-def _overdue(context: grpc.ServicerContext, wait_s: float) -> None:
+def _overdue(context: grpc.ServicerContext, wait_s: float) -> NoReturn:
     """End the call as cancelled for a message overdue by ``wait_s``, and raise.
 
     The call is marked aborted first, so grpc ends it quietly when the error leaves

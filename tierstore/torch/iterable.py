@@ -187,7 +187,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         :class:`~tierstore.torch.order.ResumeState`)."""
         live = self._live
         if live is not None and live.pid == os.getpid():
-            return ResumeState(live.position, live.layout).to_dict()
+            return live.state_dict()
         if self._resume is not None:
             return self._resume.to_dict()
         return ResumeState(Position(self._epoch), self.layout(None)).to_dict()
@@ -243,6 +243,9 @@ class _Cursor:
     layout: Layout
     position: Position
 
+    def state_dict(self) -> dict[str, Any]:
+        return ResumeState(self.position, self.layout).to_dict()
+
 
 class _Epoch:
     """One worker's iteration over one epoch; ``state_dict()`` is where it stands."""
@@ -250,8 +253,7 @@ class _Epoch:
     def __init__(self, owner: IterableDataset, epoch: int, start: ResumeState | None) -> None:
         self._owner = owner
         self._slot = current_slot(carried=owner._carried_rank)
-        self._layout = owner.layout(self._slot)
-        self.cursor = _Cursor(os.getpid(), self._layout, Position(epoch))
+        self.cursor = _Cursor(os.getpid(), owner.layout(self._slot), Position(epoch))
         self._shared = torch.utils.data.get_worker_info() is not None
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
@@ -264,7 +266,7 @@ class _Epoch:
             owner.shards.names, owner.shuffle, owner.seed, position.epoch, self._slot
         )
         if state is not None:
-            state.check(self._layout, len(self._shards))
+            state.check(self.cursor.layout, len(self._shards))
         self.position = position
         if self._steps is not None:
             self._steps.close()  # stops its read-ahead and closes its plan
@@ -289,7 +291,7 @@ class _Epoch:
 
     def state_dict(self) -> dict[str, Any]:
         """The position after the last sample yielded (see :class:`ResumeState`)."""
-        return ResumeState(self.position, self._layout).to_dict()
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state`` (it must fit this worker's layout: InvalidArgument)."""
