@@ -156,6 +156,7 @@ def serving(
     insecure: bool = False,
     require_client_cert: bool = False,
     health: bool = True,
+    metrics: bool = False,
     datasets: dict[str, DatasetSettings] | None = None,
     max_workers: int = 16,
     local_reads: bool = True,
@@ -170,8 +171,8 @@ def serving(
     The store has 4 KiB frames, a master key, ``archive`` (a MemoryTier if none) and ``datasets``;
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
     are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
-    deadlines for a unary request and for each message of a request stream. Everything is
-    stopped and closed on exit.
+    deadlines for a unary request and for each message of a request stream; ``metrics``
+    serves ``/metrics`` on a port of its own. Everything is stopped and closed on exit.
     """
     data_dir = root / "node"
     archive = MemoryTier() if archive is None else archive
@@ -186,6 +187,7 @@ def serving(
             ServerSettings(
                 listen="127.0.0.1:0",
                 health_listen="127.0.0.1:0" if health else "",
+                metrics_listen="127.0.0.1:0" if metrics else "",
                 insecure=insecure,
                 require_client_cert=require_client_cert,
                 tls=tls,

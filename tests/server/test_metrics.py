@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.stores import StoreFactory
+from tests.server.servers import serving
 from tierstore.server.metrics import ServerMetrics
 from tierstore.types import DatasetSettings
 
@@ -31,8 +34,11 @@ def scrape(dataset_labels: bool, factory: StoreFactory) -> str:
     metrics = ServerMetrics(dataset_labels=dataset_labels)
     metrics.watch_store(store)
     port = metrics.serve("127.0.0.1:0")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        return str(reply.read().decode())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            return str(reply.read().decode())
+    finally:
+        metrics.stop_serving()
 
 
 def test_by_default_metrics_name_no_dataset(factory: StoreFactory) -> None:
@@ -44,3 +50,26 @@ def test_by_default_metrics_name_no_dataset(factory: StoreFactory) -> None:
 def test_dataset_labels_are_the_operators_choice(factory: StoreFactory) -> None:
     text = scrape(True, factory)
     assert f'tierstore_hits_total{{dataset="{SECRET}"}} 1.0' in text.splitlines()
+
+
+def test_a_stopped_server_closes_its_metrics_port(tmp_path: Path) -> None:
+    listeners_before = metrics_listener_threads()
+    with serving(tmp_path, metrics=True) as running:
+        port = running.server.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert b"tierstore_hot_bytes" in reply.read()
+        servers_listener = metrics_listener_threads() - listeners_before
+        assert len(servers_listener) == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    assert not any(thread.is_alive() for thread in servers_listener)
+
+
+def metrics_listener_threads() -> set[threading.Thread]:
+    """The threads serving a /metrics listener (prometheus_client runs ``serve_forever``)."""
+    return {
+        thread
+        for thread in threading.enumerate()
+        if getattr(thread, "_target", None) is not None
+        and getattr(thread._target, "__name__", "") == "serve_forever"  # type: ignore[attr-defined]
+    }

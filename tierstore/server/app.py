@@ -221,6 +221,7 @@ class TierstoreServer:
         self._server.stop(grace_s).wait()
         if self._health_port is not None:
             self._health_port.stop(1)
+        self.metrics.stop_serving()
         self.store.close()
 
     def wait(self) -> None:

@@ -16,7 +16,9 @@ are node totals.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -63,6 +65,7 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def observe_call(self, method: str, code: str, seconds: float) -> None:
         self._requests.labels(method, code).inc()
@@ -79,13 +82,27 @@ class ServerMetrics:
         self.registry.register(_StoreCollector(store, self.dataset_labels))
 
     def serve(self, address: str) -> int:
-        """Serve ``/metrics`` over plain HTTP at ``HOST:PORT``; returns the bound port."""
+        """Serve ``/metrics`` over plain HTTP at ``HOST:PORT`` until :meth:`stop_serving`;
+        returns the bound port. One listener per registry."""
+        if self._http is not None:
+            raise RuntimeError("metrics are already served")
         host, _, port = address.rpartition(":")
         try:
-            server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+            self._http = start_http_server(int(port), addr=host, registry=self.registry)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
             raise Unavailable(f"cannot listen on {address}: {exc}") from exc
-        return int(server.server_address[1])
+        return int(self._http[0].server_address[1])
+
+    def stop_serving(self) -> None:
+        """Close the listener and wait for its thread (a scrape in progress finishes
+        first). Idempotent; nothing to do when metrics were never served."""
+        if self._http is None:
+            return
+        server, thread = self._http
+        self._http = None
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 class _StoreCollector(Collector):
