@@ -14,6 +14,8 @@
 fails; :meth:`FrameCipher.decrypt_into` zeroes it before raising.
 
 Thread safety: every class here is immutable after construction and safe to share.
+:meth:`LocalKeyring.rotated_file` serializes rotations of one key file through a lock
+file beside it, between threads and processes alike.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tierstore.errors import IntegrityError, InvalidArgument, KeyUnwrapError, UnknownKeyId
+from tierstore.errors import (
+    IntegrityError,
+    InvalidArgument,
+    KeyRotationRefused,
+    KeyUnwrapError,
+    UnknownKeyId,
+)
+from tierstore.private_files import exclusive_lock, write_private_file
 from tierstore.types import WrappedKey
 
 __all__ = [
@@ -151,26 +160,42 @@ class LocalKeyring:
 
     def rotated_file(self, path: Path) -> LocalKeyring:
         """Add a fresh random key to the key file at ``path``, make it current, and
-        return the new keyring (old keys kept, so existing data keys still unwrap).
+        return the keyring of the file as written: every key it held (so existing data
+        keys still unwrap, including keys another process added) and the new one.
 
-        The file is replaced atomically (mode 0600).
+        The file is re-read and rewritten under an exclusive lock on ``<path>.lock``,
+        so rotations of one file (by threads or processes) run one at a time and the
+        new key id is never one the file already holds. The file is replaced
+        atomically (mode 0600; written, fsynced, renamed, the directory fsynced): a
+        crash leaves the whole old file or the whole new one.
+
+        Raises :class:`KeyRotationRefused`, with the file unchanged, when it cannot be
+        read, locked or written, or no longer holds every key of this keyring with the
+        same bytes (a key some record may be wrapped with would be dropped).
+        Thread-safe.
         """
-        number = len(self.keys) + 1
-        while f"k{number}" in self.keys:
-            number += 1
-        key_id = f"k{number}"
-        keys = {**self.keys, key_id: AESGCM.generate_key(bit_length=256)}
-        document = {
-            "current": key_id,
-            "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
-        }
-        temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            with exclusive_lock(path.with_name(path.name + ".lock")):
+                return self._rotated_file_locked(path)
+        except OSError as exc:
+            raise KeyRotationRefused(f"cannot rotate key file {path}: {exc}") from exc
+
+    def _rotated_file_locked(self, path: Path) -> LocalKeyring:
+        """:meth:`rotated_file` once the key file's lock is held."""
+        try:
+            on_file = LocalKeyring.from_file(path)
+        except InvalidArgument as exc:
+            raise KeyRotationRefused(f"cannot rotate: {exc}") from exc
+        missing = sorted(k for k, key in self.keys.items() if on_file.keys.get(k) != key)
+        if missing:
+            raise KeyRotationRefused(
+                f"key file {path} no longer holds master key(s) {missing} as this process "
+                "holds them; rotating would drop keys that records may be wrapped with, "
+                "so nothing was changed: put those keys back in the file"
+            )
+        key_id = _unused_key_id(on_file.keys)
+        keys = {**on_file.keys, key_id: AESGCM.generate_key(bit_length=256)}
+        _write_key_file(path, keys, key_id)
         return LocalKeyring(keys=keys, current=key_id)
 
     def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
@@ -197,6 +222,25 @@ class LocalKeyring:
                 f"data key did not unwrap with master key {wrapped.key_id!r}: "
                 "wrong master key or tampered key record"
             ) from exc
+
+
+def _unused_key_id(taken: Mapping[str, bytes]) -> str:
+    """``k<n>`` for the first ``n`` from ``len(taken) + 1`` up that ``taken`` lacks."""
+    number = len(taken) + 1
+    while f"k{number}" in taken:
+        number += 1
+    return f"k{number}"
+
+
+def _write_key_file(path: Path, keys: Mapping[str, bytes], current: str) -> None:
+    """Replace the key file at ``path`` atomically (mode 0600; see
+    :func:`~tierstore.private_files.write_private_file`). Raises OSError, leaving
+    ``path`` unchanged."""
+    document = {
+        "current": current,
+        "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
+    }
+    write_private_file(path, json.dumps(document).encode())
 
 
 def _decode_key(text: object, what: str) -> bytes:

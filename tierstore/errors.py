@@ -28,6 +28,7 @@ so the service and the client can share one table later.
     ├── FailedPrecondition           FAILED_PRECONDITION
     │   ├── UnknownKeyId                 a wrapped key names a master key we do not hold
     │   ├── EncryptionUnavailable        encrypted dataset, but no master key configured
+    │   ├── KeyRotationRefused           key file unusable, or a rotation would drop a key
     │   ├── WrongShardKind               e.g. read_table() on a raw-bytes shard
     │   └── StoreClosed
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidName",
     "InvalidPlan",
     "InvalidRange",
+    "KeyRotationRefused",
     "KeyUnwrapError",
     "MalformedArrow",
     "MalformedTrace",
@@ -183,6 +185,12 @@ class UnknownKeyId(FailedPrecondition):
 
 class EncryptionUnavailable(FailedPrecondition):
     """An encrypted dataset was used but no master key is configured."""
+
+
+class KeyRotationRefused(FailedPrecondition):
+    """A master-key rotation did not go ahead: the key file could not be read or written,
+    or it no longer holds every key the running keyring holds (writing it would drop a key
+    that records may be wrapped with). The key file and the records are unchanged."""
 
 
 class WrongShardKind(FailedPrecondition):

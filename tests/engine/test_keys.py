@@ -7,6 +7,8 @@ test_tamper.py.
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -169,3 +171,24 @@ def test_a_write_through_put_leaves_other_shards_entries_to_the_mover(
     assert store.mover.pending() == 6
     assert store.put("wt", "s", payload(FRAME, 9)).archived
     assert store.mover.pending() == 5
+
+
+def test_concurrent_rotations_of_a_store_run_one_at_a_time(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small batches give interleaved rotations many chances to split the work; run one
+    # at a time, the first rewraps every shard and the others find nothing left.
+    monkeypatch.setattr(store_module, "_ROTATION_BATCH", 2)
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    for index in range(40):
+        store.put("enc", f"s{index:02d}", payload(10, index))
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    barrier = threading.Barrier(4)
+
+    def rotate() -> int:
+        barrier.wait(timeout=10)
+        return store.rotate_master_key(both)
+
+    with ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(rotate) for _ in range(4)]
+        assert sorted(call.result(timeout=60) for call in calls) == [0, 0, 0, 40]

@@ -8,6 +8,7 @@ Everything lives under the data directory::
     <data-dir>/admin.token    the first admin token (mode 0600)
     <data-dir>/tokens.json    token hashes and grants (mode 0600)
     <data-dir>/master.keys    master keys for encryption at rest (mode 0600)
+    <data-dir>/master.keys.lock  held while a key rotation rewrites master.keys
     <data-dir>/spool/         incoming puts until their stream completes
 
 The master key file is created on first start so that encrypted datasets work
@@ -28,9 +29,9 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
+from tierstore.private_files import ensure_private_dir
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.private_files import ensure_private_dir
 from tierstore.server.tls import ensure_tls_material
 from tierstore.server.tokens import TokenStore
 
@@ -96,10 +97,15 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         if not options.insecure:
             tls = ensure_tls_material(data_dir, options.hostnames)
         state = {"keyring": keyring}
+        rotation_lock = threading.Lock()
 
         def rotate_keys() -> int:
-            state["keyring"] = state["keyring"].rotated_file(key_file)
-            return store.rotate_master_key(state["keyring"])
+            # One rotation at a time, from minting the key to the store's rewrap under
+            # it: the next one must start from the keyring the store switched to last,
+            # or the store could end up with a keyring lacking a key records use.
+            with rotation_lock:
+                state["keyring"] = state["keyring"].rotated_file(key_file)
+                return store.rotate_master_key(state["keyring"])
 
         server, port = create_server(
             ServerSettings(

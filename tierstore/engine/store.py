@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ class Store:
         self.settings = settings
         self._archive = archive
         self._keyring = keyring
+        # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
+        self._rotation_lock = threading.Lock()
         self._env = LmdbEnvironment(
             settings.data_dir / "hot", settings.effective_map_size, DB_NAMES
         )
@@ -656,23 +659,27 @@ class Store:
         transaction: an error stops it with the earlier batches done, and running it
         again finishes the rest. Returns how many generations' data keys were
         rewrapped.
+
+        Thread-safe: rotations run one at a time (a second call waits for the first),
+        so no other rotation switches the keyring while this one's batches rewrap.
         """
         self._check_open()
-        if keyring is not None:
-            self._keyring = keyring
-            self._sealers.use_keyring(keyring)
-        if self._keyring is None:
-            raise EncryptionUnavailable("no master key is configured")
-        current = self._keyring.current_key_id
-        with self._env.read() as txn:
-            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
-            # Reseal every object only when some may be under another key (or none):
-            # a rotation that changes nothing leaves the journal alone.
-            reseal = self._catalog.note(txn, _SEALED_WITH) != current
-        rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
-        with self._env.write() as txn:
-            self._catalog.set_note(txn, _SEALED_WITH, current)
-        return rewrapped
+        with self._rotation_lock:
+            if keyring is not None:
+                self._keyring = keyring
+                self._sealers.use_keyring(keyring)
+            if self._keyring is None:
+                raise EncryptionUnavailable("no master key is configured")
+            current = self._keyring.current_key_id
+            with self._env.read() as txn:
+                datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+                # Reseal every object only when some may be under another key (or none):
+                # a rotation that changes nothing leaves the journal alone.
+                reseal = self._catalog.note(txn, _SEALED_WITH) != current
+            rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
+            with self._env.write() as txn:
+                self._catalog.set_note(txn, _SEALED_WITH, current)
+            return rewrapped
 
     def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
         """:meth:`rotate_master_key` for one dataset, ``_ROTATION_BATCH`` shards per write

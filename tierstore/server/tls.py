@@ -22,13 +22,10 @@ Private keys stay out of ``repr``: :class:`TlsMaterial` hides its key bytes.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import ipaddress
-import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tierstore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from tierstore.private_files import (
+    ensure_private_dir,
+    exclusive_lock,
+    restrict_mode,
+    write_private_file,
+)
 from tierstore.server.authz import check_principal_name
-from tierstore.server.private_files import ensure_private_dir, restrict_mode, write_private_file
 
 __all__ = [
     "CA_VALIDITY_DAYS",
@@ -116,7 +118,7 @@ def ensure_tls_material(data_dir: Path, hostnames: Sequence[str] = ()) -> TlsMat
     tls_dir = data_dir / "tls"
     ensure_private_dir(tls_dir)
     paths = {name: tls_dir / name for name in ("ca.pem", "ca.key", "server.pem", "server.key")}
-    with _exclusive(tls_dir / ".lock"):
+    with exclusive_lock(tls_dir / ".lock"):
         now = dt.datetime.now(dt.UTC)
         ca_cert, ca_key = _load_or_create_ca(paths["ca.pem"], paths["ca.key"], now)
         server_cert_pem, server_key_pem = _load_or_create_server(
@@ -211,16 +213,6 @@ def _names(hostnames: Sequence[str]) -> _Names:
             if ip not in ips:
                 ips.append(ip)
     return _Names(tuple(dns), tuple(ips))
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _load_or_create_ca(

@@ -34,7 +34,7 @@ from typing import Any
 from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import Principal, check_principal_name
-from tierstore.server.private_files import restrict_mode, write_private_file
+from tierstore.private_files import restrict_mode, write_private_file
 from tierstore.types import ALL_DATASETS, Grant, Role
 
 __all__ = ["ADMIN_PRINCIPAL", "TOKEN_PREFIX", "AuthFailure", "TokenInfo", "TokenStore"]

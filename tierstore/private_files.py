@@ -1,20 +1,31 @@
 """Owner-only files written atomically: the home of every secret the server keeps on disk.
 
-TLS keys, the token store and the bootstrap admin token are written here. A write goes
-to a temporary file in the same directory (created with mode 0600 from the start, so the
-secret is never readable by others, whatever the umask), is fsynced, renamed over the
-target and the directory fsynced: a reader or a crash sees the whole old file or the
-whole new one, never a torn mix.
+TLS keys, the token store, the bootstrap admin token and the master key file are
+written here, and :func:`exclusive_lock` serializes writers that read a file before
+replacing it. A write goes to a temporary file in the same directory (created with mode
+0600 from the start, so the secret is never readable by others, whatever the umask), is
+fsynced, renamed over the target and the directory fsynced: a reader or a crash sees the
+whole old file or the whole new one, never a torn mix.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "ensure_private_dir", "restrict_mode", "write_private_file"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "ensure_private_dir",
+    "exclusive_lock",
+    "restrict_mode",
+    "write_private_file",
+]
 
 #: Mode of every secret file: read and write for the owner only.
 FILE_MODE = 0o600
@@ -60,6 +71,20 @@ def write_private_file(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (mode 0600, created if missing and
+    never removed: removing it would let a waiter and a newcomer lock different files).
+    ``flock`` locks belong to an open file, so threads of one process exclude each other
+    as processes do. Raises :class:`OSError` if the file cannot be opened or locked."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,144 @@
+"""Concurrent RotateKeys on a real ``tierstore serve``: no encrypted shard may be lost.
+
+Several admins rotating at the same moment must each get a key of their own: the key
+file keeps every key (distinct ids), and after a restart, which loads the keys from that
+file alone, every encrypted shard reads back byte-identical, from the hot tier and from
+the archive, and a catalog rebuilt from the archive's manifests reads it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tierstore import errors
+from tierstore.client.client import Client
+from tierstore.config import EngineSettings
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.store import Store
+from tierstore.tiers.s3 import S3Settings, S3Tier
+
+from .conftest import ServerProcess, poll
+
+ROTATORS = 4  # concurrent RotateKeys calls per round
+ROUNDS = 3
+SHARDS = 24
+DATASET = "secret"
+
+
+@pytest.fixture
+def node(tmp_path: Path, s3_settings: S3Settings) -> Iterator[ServerProcess]:
+    """A server on an empty prefix of the session SeaweedFS (stopped at the end)."""
+    archive = (
+        *("--s3-endpoint", s3_settings.endpoint_url, "--bucket", s3_settings.bucket),
+        *("--prefix", s3_settings.prefix),
+        *("--s3-access-key", s3_settings.access_key_id),
+        *("--s3-secret-key", s3_settings.secret_access_key),
+    )
+    running = ServerProcess(tmp_path / "node", archive).start()
+    yield running
+    running.stop()
+
+
+def rotate_at_once(node: ServerProcess) -> list[tuple[int, str]]:
+    """``ROTATORS`` RotateKeys calls, each on its own connection, released together."""
+    clients = [node.connect(local_reads=False) for _ in range(ROTATORS)]
+    barrier = threading.Barrier(ROTATORS)
+
+    def rotate(client: Client) -> tuple[int, str]:
+        barrier.wait(timeout=30)
+        return client.rotate_keys()
+
+    try:
+        with ThreadPoolExecutor(ROTATORS) as pool:
+            calls = [pool.submit(rotate, client) for client in clients]
+            return [call.result(timeout=120) for call in calls]  # raises what a call raised
+    finally:
+        for client in clients:
+            client.close()
+
+
+def key_ids_on_file(path: Path) -> list[str]:
+    """Every key id in the key file in order, a repeated one twice (``json.loads`` would
+    quietly keep only the last)."""
+    document: list[tuple[str, Any]] = json.loads(
+        path.read_text(), object_pairs_hook=lambda pairs: pairs
+    )
+    return [key_id for key_id, _ in dict(document)["keys"]]
+
+
+def drained(client: Client) -> bool:
+    return bool(client.stats()["journal_entries"] == 0)
+
+
+def assert_all_read_back(client: Client, blobs: dict[str, bytes]) -> None:
+    for name, blob in blobs.items():
+        assert client.get(DATASET, name).to_pybytes() == blob, name
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_rotations_keep_every_encrypted_shard_readable_after_a_restart(
+    node: ServerProcess, s3_settings: S3Settings, tmp_path: Path
+) -> None:
+    key_file = node.data_dir / "master.keys"
+    blobs = {f"s{index:03d}": os.urandom(1000 + index) for index in range(SHARDS)}
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True)
+        for name, blob in blobs.items():
+            client.put(DATASET, name, blob)
+
+    for round_number in range(1, ROUNDS + 1):
+        results = rotate_at_once(node)
+        # Run one after another, every rotation finds all shards under the key before
+        # its own, and rewraps them all.
+        assert [rewrapped for rewrapped, _ in results] == [SHARDS] * ROTATORS
+        ids = key_ids_on_file(key_file)
+        assert len(ids) == len(set(ids)) == 1 + ROTATORS * round_number, ids
+        assert {key_id for _, key_id in results} <= set(ids)
+        keys = LocalKeyring.from_file(key_file).keys
+        assert len(set(keys.values())) == len(keys)  # a fresh key each time
+
+    with node.connect(local_reads=False) as client:
+        assert_all_read_back(client, blobs)
+        poll(lambda: drained(client), 60, "the archive uploads and manifest rewrites")
+    assert node.stop() == 0
+
+    node.start()  # the keys now come from the key file alone
+    with node.connect(local_reads=False) as client:
+        assert_all_read_back(client, blobs)
+        for name in blobs:
+            assert client.evict(DATASET, name) > 0
+        assert_all_read_back(client, blobs)  # the archive's copies
+    assert node.stop() == 0
+
+    # The archive's manifests alone, with the key file, give every shard back.
+    archive = S3Tier(s3_settings)
+    settings = EngineSettings(data_dir=tmp_path / "rebuilt")
+    try:
+        with Store(settings, archive, LocalKeyring.from_file(key_file)) as rebuilt:
+            assert rebuilt.rebuild_from_archive() == SHARDS
+            for name, blob in blobs.items():
+                assert rebuilt.get(DATASET, name).to_bytes() == blob, name
+    finally:
+        archive.close()
+
+
+def test_a_rotation_that_would_drop_a_key_is_refused_by_name(node: ServerProcess) -> None:
+    key_file = node.data_dir / "master.keys"
+    first_start = key_file.read_bytes()
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True)
+        client.put(DATASET, "s", b"secret")
+        assert client.rotate_keys() == (1, "k2")
+        key_file.write_bytes(first_start)  # an old copy put back: k2 is gone
+        with pytest.raises(errors.KeyRotationRefused, match=r"\['k2'\]"):
+            client.rotate_keys()
+        assert key_file.read_bytes() == first_start
+        assert client.get(DATASET, "s").to_pybytes() == b"secret"

@@ -1,0 +1,139 @@
+"""Rotating a master key file (``LocalKeyring.rotated_file``): never a repeated key id,
+never a dropped key, never a torn file, whoever rotates the file at the same time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tierstore.crypto import LocalKeyring
+from tierstore.errors import KeyRotationRefused
+
+# A child process: load the key file, say "ready", wait for a line, rotate ROUNDS times,
+# print the key ids it made.
+_ROTATOR = """
+import sys
+from pathlib import Path
+from tierstore.crypto import LocalKeyring
+
+path, rounds = Path(sys.argv[1]), int(sys.argv[2])
+ring = LocalKeyring.from_file(path)
+print("ready", flush=True)
+sys.stdin.readline()
+made = []
+for _ in range(rounds):
+    ring = ring.rotated_file(path)
+    made.append(ring.current)
+print(" ".join(made), flush=True)
+"""
+
+
+def files_beside(path: Path) -> set[str]:
+    return {entry.name for entry in path.parent.iterdir()}
+
+
+def test_concurrent_rotations_of_one_file_make_distinct_ids_and_keep_both_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "master.keys"
+    start = LocalKeyring.generate_file(path)
+    barrier = threading.Barrier(2)
+
+    def rotate() -> LocalKeyring:
+        barrier.wait(timeout=10)
+        return start.rotated_file(path)  # both from the same, now stale, keyring
+
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(rotate), pool.submit(rotate)]
+        first, second = [call.result(timeout=30) for call in calls]
+    assert first.current != second.current
+    on_file = LocalKeyring.from_file(path)
+    assert set(on_file.keys) == {"k1", first.current, second.current}
+    for ring in (first, second):
+        assert on_file.keys[ring.current] == ring.keys[ring.current]
+    # The later rotation found the earlier one's key in the file and kept it.
+    later = first if on_file.current == first.current else second
+    assert dict(later.keys) == dict(on_file.keys)
+    assert files_beside(path) == {"master.keys", "master.keys.lock"}  # no temporary left
+
+
+@pytest.mark.timeout(120)
+def test_rotations_from_two_processes_keep_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "master.keys"
+    LocalKeyring.generate_file(path)
+    rounds = 25
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ROTATOR, str(path), str(rounds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:  # each has loaded the file and waits
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=60) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    for child, (_, errors) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, errors
+    made = [key_id for out, _ in outputs for key_id in out.split()]
+    assert len(made) == len(set(made)) == 2 * rounds
+    on_file = LocalKeyring.from_file(path)
+    assert set(on_file.keys) == {"k1", *made}
+    assert len(set(on_file.keys.values())) == len(on_file.keys)
+
+
+def test_a_rotation_that_would_drop_a_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "master.keys"
+    start = LocalKeyring.generate_file(path)
+    before = path.read_bytes()
+    rotated = start.rotated_file(path)
+    after = path.read_bytes()
+    # Someone puts the old file back: k2, which records may be wrapped with, is gone.
+    path.write_bytes(before)
+    with pytest.raises(KeyRotationRefused, match=r"\['k2'\]"):
+        rotated.rotated_file(path)
+    assert path.read_bytes() == before
+    # The same id under other bytes is refused too.
+    other = LocalKeyring(keys={**rotated.keys, "k2": os.urandom(32)}, current="k2")
+    path.write_bytes(after)
+    with pytest.raises(KeyRotationRefused, match=r"\['k2'\]"):
+        other.rotated_file(path)
+    assert path.read_bytes() == after
+    path.unlink()
+    with pytest.raises(KeyRotationRefused, match="cannot load key file"):
+        rotated.rotated_file(path)
+    assert not path.exists()
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "master.keys"
+    start = LocalKeyring.generate_file(path)
+    before = path.read_bytes()
+
+    def full_disk(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(KeyRotationRefused, match="No space left"):
+        start.rotated_file(path)
+    assert path.read_bytes() == before
+    assert files_beside(path) == {"master.keys", "master.keys.lock"}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
