@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from tierstore.cli.main import app
 from tierstore.client.client import Client
 from tierstore.policy.registry import DEFAULT_POLICY
+from tierstore.server.tokens import MAX_TTL_S
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read
 from tierstore.sim.tracefile import load_trace
 from tierstore.tiers.seaweedfs import SeaweedServer
@@ -124,10 +125,14 @@ def test_dataset_hot_quota_create_and_update(env: dict[str, str], admin: Client)
     assert admin.get_dataset(capped).hot_quota_bytes == 2_000_000
     durable = ok(env, "dataset", "update", capped, "--durability", "write-through")
     assert durable["durability"] == "write-through" and durable["hot_quota_bytes"] == 2_000_000
-    refused = run(env, "dataset", "update", capped, "--hot-quota", "-1")
-    assert refused.returncode != 0  # refused by the CLI before any call
+    for quota in ("-1", str(2**64)):  # the wire carries a uint64
+        refused = run(env, "dataset", "update", capped, "--hot-quota", quota)
+        assert refused.returncode == 2, refused.stderr  # refused by the CLI before any call
+        assert b"InvalidArgument: --hot-quota must be from 0 to" in refused.stderr
+    never = unique()
+    assert run(env, "dataset", "create", never, "--hot-quota", str(2**64)).returncode == 2
     listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
-    assert listed[capped]["hot_quota_bytes"] == 2_000_000
+    assert listed[capped]["hot_quota_bytes"] == 2_000_000 and never not in listed
     ok(env, "dataset", "rm", capped)
 
 
@@ -286,6 +291,14 @@ def test_trace_export_and_the_sizing_curve(
     whole = ok(env, "trace", "export", "-o", str(tmp_path / "all.jsonl"))
     assert whole["read"] >= 6
 
+    # An output no file can be written at: one line, exit 2, nothing left behind.
+    before = sorted(tmp_path.iterdir())
+    for output in (tmp_path / "no" / "such" / "trace.jsonl", tmp_path):
+        unwritable = run(env, "trace", "export", "-o", str(output))
+        assert unwritable.returncode == 2
+        assert "InvalidArgument" in one_line_error(unwritable)
+    assert sorted(tmp_path.iterdir()) == before
+
     # Only a server admin may export; a refused export leaves no file behind.
     _, token = admin.create_token("ds-owner", [Grant(dataset, Role.ADMIN)])
     refused = run(
@@ -327,6 +340,26 @@ def test_token_create_ls_revoke_and_keys_rotate(
     assert refused.returncode == 4 and b"Unauthenticated" in refused.stderr
     assert token.encode() not in refused.stderr
 
+    # A TTL is 0 (never) or from 1 s to ten years: not so short the token is born
+    # expired, not so long that no client can show the date.
+    for ttl in ("1e300", str(MAX_TTL_S + 1), "1e-9", "0.5"):
+        refused = run(env, "token", "create", "dave", "--grant", f"{dataset}=reader", "--ttl", ttl)
+        assert refused.returncode == 2, (ttl, refused.stderr)
+        assert "InvalidArgument: ttl_s must be 0 (never expires) or from 1 to" in one_line_error(
+            refused
+        )
+    longest = ok(
+        env, "token", "create", "erin", "--grant", f"{dataset}=reader", "--ttl", str(MAX_TTL_S)
+    )
+    shortest = ok(env, "token", "create", "erin", "--grant", f"{dataset}=reader", "--ttl", "1")
+    listed = {t["token_id"]: t for t in ok(env, "token", "ls")}
+    assert "dave" not in {t["principal"] for t in listed.values()}
+    assert listed[longest["token_id"]]["expires_at"] > listed[shortest["token_id"]]["expires_at"]
+    table = run(env, "token", "ls", json_output=False)
+    assert table.returncode == 0 and longest["token_id"].encode() in table.stdout
+    for made in (longest, shortest):
+        ok(env, "token", "revoke", made["token_id"])
+
     first = ok(env, "keys", "rotate")
     second = ok(env, "keys", "rotate")
     assert first["key_id"] and second["key_id"] != first["key_id"]
@@ -342,6 +375,41 @@ def one_line_error(done: Ran) -> str:
     return lines[0]
 
 
+def test_connection_options_after_the_command(server: ServerProcess, dataset: str) -> None:
+    connection = ["--address", server.address, "--ca", str(server.ca_path)]
+    connection += ["--token", server.token]
+    listed = run(clean_env(), "dataset", "ls", *connection, "--json", json_output=False)
+    assert listed.returncode == 0, listed.stderr
+    assert dataset in {d["name"] for d in json.loads(listed.stdout)}
+    # After the command's name, an option wins over the environment and over the
+    # same option before the name.
+    unknown = "ts_000000000000_" + "A" * 43
+    wrong = server.cli_env(TIERSTORE_TOKEN=unknown)
+    assert run(wrong, "dataset", "ls").returncode == 4
+    right = run(wrong, "--token", unknown, "dataset", "ls", "--token", server.token)
+    assert right.returncode == 0 and dataset in {d["name"] for d in json.loads(right.stdout)}
+    # ... and in a command of a group, with a flag
+    shown = run(server.cli_env(), "policy", "show", dataset, "--json", json_output=False)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["dataset"] == dataset
+
+
+def test_rm_reports_what_it_deleted_before_an_error(
+    env: dict[str, str], admin: Client, dataset: str
+) -> None:
+    for name in ("a", "b", "c"):
+        admin.put(dataset, name, name.encode())
+    stopped = run(env, "rm", dataset, "a", "no-such-shard", "b")
+    assert stopped.returncode == 3
+    assert "ShardNotFound" in one_line_error(stopped)
+    assert json.loads(stopped.stdout) == {"deleted": ["a"], "not_deleted": ["no-such-shard", "b"]}
+    assert [s.name for s in admin.list(dataset)] == ["b", "c"]  # it stopped at the error
+
+    told = run(env, "rm", dataset, "b", "no-such-shard", json_output=False)
+    assert told.returncode == 3 and "ShardNotFound" in one_line_error(told)
+    assert told.stdout.decode().strip() == "deleted 1 of 2 shards before an error: b"
+    assert [s.name for s in admin.list(dataset)] == ["c"]
+
+
 def test_console_script_exit_codes(
     env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
 ) -> None:
@@ -354,6 +422,9 @@ def test_console_script_exit_codes(
         (env, ("dataset", "create", dataset), 2, "AlreadyExists"),
         (env, ("put", dataset, str(tmp_path / "missing")), 2, "InvalidArgument"),
         (env, ("token", "create", "x", "--grant", "ds=superuser"), 2, "InvalidArgument"),
+        (env, ("token", "create", "x", "--grant", "ds=reader", "--ttl", "1e300"), 2, "ttl_s"),
+        (env, ("dataset", "update", dataset, "--hot-quota", str(2**64)), 2, "--hot-quota"),
+        (env, ("trace", "export", "-o", str(tmp_path / "no" / "t.jsonl")), 2, "no directory"),
         (env | {"TIERSTORE_TOKEN": "ts_000000000000_" + "A" * 43}, ("dataset", "ls"), 4, ""),
         (clean_env(TIERSTORE_ADDRESS=env["TIERSTORE_ADDRESS"]), ("dataset", "ls"), 5, ""),
         (env | {"TIERSTORE_ADDRESS": "127.0.0.1:1"}, ("dataset", "ls"), 5, "Unavailable"),

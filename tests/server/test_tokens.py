@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
-from tierstore.server.tokens import AuthFailure, TokenStore
+from tierstore.server.tokens import MAX_TTL_S, MIN_TTL_S, AuthFailure, TokenStore
 from tierstore.types import ALL_DATASETS, Grant, Role
 
 READ_DS = [Grant("ds", Role.READER)]
@@ -152,12 +152,23 @@ def test_expiry(store: TokenStore, clock: Clock) -> None:
         ("alice", READ_DS, -1),
         ("alice", READ_DS, float("inf")),
         ("alice", READ_DS, float("nan")),
+        ("alice", READ_DS, 1e300),  # finite, but no client can show the date
+        ("alice", READ_DS, MAX_TTL_S * (1 + 1e-9)),
+        ("alice", READ_DS, 1e-9),  # expired before anyone could use it
+        ("alice", READ_DS, MIN_TTL_S / 2),
     ],
 )
 def test_bad_requests(store: TokenStore, principal: str, grants: list[Grant], ttl_s: float) -> None:
     with pytest.raises(InvalidArgument):
         store.create(principal, grants, ttl_s)
     assert store.list() == []
+
+
+def test_ttl_bounds_are_inclusive(store: TokenStore, clock: Clock) -> None:
+    shortest, _ = store.create("alice", READ_DS, MIN_TTL_S)
+    longest, _ = store.create("alice", READ_DS, MAX_TTL_S)
+    assert shortest.expires_at == clock.now + 1
+    assert longest.expires_at == clock.now + 10 * 365.25 * 86_400
 
 
 def test_grants_are_deduplicated(store: TokenStore) -> None:

@@ -1,10 +1,12 @@
 """The ``tierstore`` command: ``serve`` a node, and administer one through the client.
 
-Every command but ``serve`` talks to a server through :mod:`tierstore.client`;
-connection options default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
-``TIERSTORE_CA``. Errors print one line on stderr and exit non-zero (2 for a
-caller's mistake, 3 for not found, 4 for permission problems, 5 for
-unavailable, 6 for data loss, 1 otherwise); ``--json`` prints results for scripts.
+Every command but ``serve`` and ``simulate`` talks to a server through
+:mod:`tierstore.client`, and takes the connection options (``--address``, ``--token``,
+``--ca``, ``--insecure``) and ``--json`` before or after its name; the connection options
+default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and ``TIERSTORE_CA``. Errors print
+one line on stderr and exit non-zero (2 for a caller's mistake, 3 for not found, 4 for
+permission problems, 5 for unavailable, 6 for data loss, 1 otherwise); ``--json`` prints
+results for scripts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand
 
 from tierstore import errors
 from tierstore.types import Grant, Role, ShardInfo
@@ -64,16 +68,61 @@ class _State:
 state = _State()
 
 
+_CONNECTION = "Connection"
+
+
 @app.callback()
 def _options(
-    address: Annotated[str | None, typer.Option(help="HOST:PORT [TIERSTORE_ADDRESS]")] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token [TIERSTORE_TOKEN]")] = None,
-    ca: Annotated[Path | None, typer.Option(help="server CA PEM file [TIERSTORE_CA]")] = None,
-    insecure: Annotated[bool, typer.Option(help="plaintext (loopback servers only)")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="HOST:PORT [TIERSTORE_ADDRESS]", rich_help_panel=_CONNECTION)
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="bearer token [TIERSTORE_TOKEN]", rich_help_panel=_CONNECTION)
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="plaintext (loopback servers only)", rich_help_panel=_CONNECTION)
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print JSON for scripts", rich_help_panel=_CONNECTION)
+    ] = False,
 ) -> None:
+    # Given before the command's name; _ClientCommand adds what is given after it.
     state.address, state.token, state.ca = address, token, ca
     state.insecure, state.json = insecure, json_output
+
+
+def _connection_options() -> list[Any]:
+    """Fresh click parameters for :func:`_options`' options, as typer builds them, so
+    the options are declared once for both places they may be given."""
+    probe = typer.Typer(add_completion=False)
+    probe.command()(_options)
+    return list(typer.main.get_command(probe).params)
+
+
+class _ClientCommand(TyperCommand):
+    """A command that talks to a server: it takes the connection options after its name
+    too (``tierstore dataset ls --json``), not only before it (``tierstore --json dataset
+    ls``). An option given in both places counts as given after the name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connection = _connection_options()
+        self.params.extend(self._connection)
+
+    def invoke(self, ctx: Any) -> Any:
+        # Runs after the group's callback (_options) has set the state from the options
+        # given before the name. Popped: the command's own function does not take them.
+        given = {param.name: ctx.params.pop(param.name) for param in self._connection}
+        state.address = given["address"] or state.address
+        state.token = given["token"] or state.token
+        state.ca = given["ca"] or state.ca
+        state.insecure = given["insecure"] or state.insecure
+        state.json = given["json_output"] or state.json
+        return super().invoke(ctx)
 
 
 def _client() -> Any:
@@ -103,16 +152,31 @@ def _emit(value: Any, table: RenderableType | None = None) -> None:
         out.print(table)
 
 
-def _fail(exc: errors.TierstoreError) -> typer.Exit:
+def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
+    """Print the command's one error line, ``exc``'s type and ``message`` (default: the
+    exception's own); return the exit to raise, with the code ``exc`` maps to."""
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
     err.print(
-        f"[red]error:[/red] {type(exc).__name__}: {exc}",
-        markup=True,
+        Text.assemble(("error:", "red"), f" {type(exc).__name__}: {message or exc}"),
         highlight=False,
         soft_wrap=True,
     )
     code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)
     return typer.Exit(code)
+
+
+def _check_output(output: Path) -> None:
+    """Refuse (exit 2, one line) an output path no file can be written at, before any
+    call to the server: a directory, or a name in a directory that does not exist."""
+    if output.is_dir():
+        raise _fail(errors.InvalidArgument(f"{output} is a directory; name a file to write"))
+    if not output.parent.is_dir():
+        raise _fail(errors.InvalidArgument(f"cannot write {output}: no directory {output.parent}"))
+
+
+def _write_failed(output: Path, exc: OSError) -> typer.Exit:
+    """The one error line (exit 1) for a local file that could not be written."""
+    return _fail(exc, f"cannot write {output}: {exc.strerror or exc}")
 
 
 def _run(action: Any) -> Any:
@@ -210,12 +274,23 @@ def serve(
 # datasets
 
 _HOT_QUOTA_HELP = (
-    "most bytes of the dataset in the hot tier (0: no quota); room is made by evicting "
-    "its own archived shards"
+    "most bytes of the dataset in the hot tier (0: no quota; at most 2**64-1); room is made "
+    "by evicting its own archived shards"
 )
+_MAX_HOT_QUOTA = 2**64 - 1  # the wire carries it as a uint64
 
 
-@dataset_app.command("create")
+def _check_hot_quota(hot_quota: int | None) -> None:
+    """Refuse (exit 2, one line) a ``--hot-quota`` the wire cannot carry, before any call."""
+    if hot_quota is not None and not 0 <= hot_quota <= _MAX_HOT_QUOTA:
+        raise _fail(
+            errors.InvalidArgument(
+                f"--hot-quota must be from 0 to {_MAX_HOT_QUOTA} bytes, not {hot_quota}"
+            )
+        )
+
+
+@dataset_app.command("create", cls=_ClientCommand)
 def dataset_create(
     name: str,
     encrypted: Annotated[bool, typer.Option(help="encrypt at rest")] = False,
@@ -223,9 +298,10 @@ def dataset_create(
     policy: Annotated[
         str | None, typer.Option(help="placement policy (default: the server's)")
     ] = None,
-    hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP, min=0)] = 0,
+    hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
 ) -> None:
     """Create a dataset."""
+    _check_hot_quota(hot_quota)
     options: dict[str, Any] = {
         "encrypted": encrypted,
         "durability": durability,
@@ -237,21 +313,22 @@ def dataset_create(
     _emit({"name": name, **_jsonable(settings)}, f"created dataset {name}")
 
 
-@dataset_app.command("update")
+@dataset_app.command("update", cls=_ClientCommand)
 def dataset_update(
     name: str,
     durability: Annotated[str | None, typer.Option(help="write-back | write-through")] = None,
-    hot_quota: Annotated[int | None, typer.Option(help=_HOT_QUOTA_HELP, min=0)] = None,
+    hot_quota: Annotated[int | None, typer.Option(help=_HOT_QUOTA_HELP)] = None,
 ) -> None:
     """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
     quota evicts the dataset's archived, unpinned shards down to it."""
+    _check_hot_quota(hot_quota)
     settings = _run(
         lambda: _client().update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
     )
     _emit({"name": name, **_jsonable(settings)}, f"updated dataset {name}")
 
 
-@dataset_app.command("ls")
+@dataset_app.command("ls", cls=_ClientCommand)
 def dataset_ls() -> None:
     """List the datasets you may see."""
     datasets = _run(lambda: _client().list_datasets())
@@ -267,14 +344,14 @@ def dataset_ls() -> None:
 # placement policies
 
 
-@policy_app.command("set")
+@policy_app.command("set", cls=_ClientCommand)
 def policy_set(dataset: str, name: str) -> None:
     """Switch a dataset to another placement policy, at once (admin on the dataset)."""
     settings = _run(lambda: _client().set_policy(dataset, name))
     _emit({"dataset": dataset, "policy": settings.policy}, f"{dataset}: policy {settings.policy}")
 
 
-@policy_app.command("show")
+@policy_app.command("show", cls=_ClientCommand)
 def policy_show(dataset: str) -> None:
     """Show a dataset's placement policy and its hit ratio since the server started."""
     figures = _run(lambda: _client().stats(dataset))["datasets"][dataset]
@@ -292,7 +369,7 @@ def policy_show(dataset: str) -> None:
     )
 
 
-@dataset_app.command("rm")
+@dataset_app.command("rm", cls=_ClientCommand)
 def dataset_rm(
     name: str, force: Annotated[bool, typer.Option(help="also delete its shards")] = False
 ) -> None:
@@ -304,7 +381,7 @@ def dataset_rm(
 # shards
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def put(
     dataset: str,
     paths: Annotated[list[Path], typer.Argument(help="files or directories")],
@@ -346,7 +423,7 @@ def put(
     )
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def get(
     dataset: str,
     shard: str,
@@ -357,40 +434,60 @@ def get(
     length: int | None = None,
 ) -> None:
     """Download a shard (or a byte range of it)."""
+    if output is not None:
+        _check_output(output)
     data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
     if output is None:
         sys.stdout.buffer.write(memoryview(data))
         sys.stdout.buffer.flush()
     else:
-        output.write_bytes(memoryview(data))
+        try:
+            output.write_bytes(memoryview(data))
+        except OSError as exc:
+            raise _write_failed(output, exc) from None
         if state.json:
             _emit({"shard": shard, "bytes": data.size, "output": str(output)})
 
 
-@app.command("ls")
+@app.command("ls", cls=_ClientCommand)
 def ls(dataset: str, prefix: Annotated[str, typer.Argument()] = "") -> None:
     """List a dataset's shards."""
     shards = _run(lambda: _client().list(dataset, prefix))
     _emit(shards, _shard_table(shards))
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def stat(dataset: str, shard: str) -> None:
     """Show what the server knows of a shard."""
     info = _run(lambda: _client().stat(dataset, shard))
     _emit(info, _shard_table([info]))
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def rm(dataset: str, shards: list[str]) -> None:
-    """Delete shards."""
+    """Delete shards, in the order given. Stops at the first one it cannot delete; the
+    ones deleted before it are still reported on stdout (with --json too: "deleted" and
+    "not_deleted"), the error on stderr."""
     client = _client()
-    for shard in shards:
-        _run(lambda shard=shard: client.delete(dataset, shard))
+    deleted: list[str] = []
+    try:
+        for shard in shards:
+            client.delete(dataset, shard)
+            deleted.append(shard)
+    except errors.TierstoreError as exc:
+        if deleted:
+            _emit(
+                {"deleted": deleted, "not_deleted": shards[len(deleted) :]},
+                Text(
+                    f"deleted {len(deleted)} of {len(shards)} shards before an error: "
+                    + ", ".join(deleted)
+                ),
+            )
+        raise _fail(exc) from None
     _emit({"deleted": shards}, f"deleted {len(shards)} shards")
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def pin(
     dataset: str,
     shards: list[str],
@@ -404,7 +501,7 @@ def pin(
     _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {len(shards)} shards")
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def unpin(dataset: str, shards: list[str]) -> None:
     """Let the policy evict shards again."""
     client = _client()
@@ -413,14 +510,14 @@ def unpin(dataset: str, shards: list[str]) -> None:
     _emit({"unpinned": shards}, f"unpinned {len(shards)} shards")
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def prefetch(dataset: str, shards: list[str]) -> None:
     """Promote shards to the hot tier ahead of use."""
     queued = _run(lambda: _client().prefetch(dataset, shards))
     _emit({"queued": queued}, f"queued {queued} shards")
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def evict(dataset: str, shards: list[str]) -> None:
     """Drop shards from the hot tier (only ones the archive holds)."""
     client = _client()
@@ -428,7 +525,7 @@ def evict(dataset: str, shards: list[str]) -> None:
     _emit({"freed_bytes": freed}, f"freed {freed:,} bytes")
 
 
-@app.command()
+@app.command(cls=_ClientCommand)
 def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
     """Hot-tier usage; per dataset shards, bytes, policy and live hit ratio; and the
     sizing curve: the miss ratio recent reads would have had at other hot-tier sizes."""
@@ -472,7 +569,7 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
 # traces
 
 
-@trace_app.command("export")
+@trace_app.command("export", cls=_ClientCommand)
 def trace_export(
     output: Annotated[Path, typer.Option("-o", "--output", help="trace file (.gz: gzipped)")],
     dataset: Annotated[str | None, typer.Option(help="only this dataset's events")] = None,
@@ -482,6 +579,7 @@ def trace_export(
     from tierstore.sim.tracefile import TraceWriter
     from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
 
+    _check_output(output)
     counts: Counter[str] = Counter()
     partial = output.with_name(output.name + ".part")
 
@@ -509,6 +607,8 @@ def trace_export(
 
     try:
         _run(export)
+    except OSError as exc:
+        raise _write_failed(output, exc) from None
     finally:
         partial.unlink(missing_ok=True)
     total = sum(counts.values())
@@ -521,13 +621,15 @@ def trace_export(
 # tokens and keys
 
 
-@token_app.command("create")
+@token_app.command("create", cls=_ClientCommand)
 def token_create(
     principal: str,
     grant: Annotated[
         list[str], typer.Option(help="DATASET=ROLE (role: reader, writer, admin; DATASET may be *)")
     ],
-    ttl: Annotated[float, typer.Option(help="seconds until it expires (0: never)")] = 0,
+    ttl: Annotated[
+        float, typer.Option(help="seconds until it expires: 1 to ten years (0: never)")
+    ] = 0,
 ) -> None:
     """Issue a token; it is printed once."""
     grants = []
@@ -543,30 +645,39 @@ def token_create(
     _emit({"token_id": token_id, "token": token}, f"token {token_id} for {principal}:\n{token}")
 
 
-@token_app.command("revoke")
+@token_app.command("revoke", cls=_ClientCommand)
 def token_revoke(token_id: str) -> None:
     """Revoke a token for good."""
     _run(lambda: _client().revoke_token(token_id))
     _emit({"revoked": token_id}, f"revoked {token_id}")
 
 
-@token_app.command("ls")
+@token_app.command("ls", cls=_ClientCommand)
 def token_ls() -> None:
     """List tokens (never the tokens themselves)."""
     tokens = _run(lambda: _client().list_tokens())
+    if state.json:
+        _emit(tokens)
+        return
     table = Table("id", "principal", "grants", "expires", "revoked")
     for t in tokens:
         grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"])
-        expires = (
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["expires_at"]))
-            if t["expires_at"]
-            else "never"
-        )
+        expires = _utc_minute(t["expires_at"]) if t["expires_at"] else "never"
         table.add_row(t["token_id"], t["principal"], grants, expires, _yes(t["revoked"]))
     _emit(tokens, table)
 
 
-@keys_app.command("rotate")
+def _utc_minute(timestamp: float) -> str:
+    """``timestamp`` (seconds since the epoch) as a UTC date and minute; the number itself
+    when it is no date (NaN, or too far out for the platform): a table shows whatever
+    the server sent, and never fails on it."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return f"{timestamp:g} (not a date)"
+
+
+@keys_app.command("rotate", cls=_ClientCommand)
 def keys_rotate() -> None:
     """Make a new master key current and rewrap every data key (frames are not rewritten)."""
     rewrapped, key_id = _run(lambda: _client().rotate_keys())

@@ -21,7 +21,6 @@ import enum
 import hashlib
 import hmac
 import json
-import math
 import re
 import secrets
 import threading
@@ -33,15 +32,29 @@ from typing import Any
 
 from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
 from tierstore.naming import validate_dataset_name
-from tierstore.server.authz import Principal, check_principal_name
 from tierstore.private_files import restrict_mode, write_private_file
+from tierstore.server.authz import Principal, check_principal_name
 from tierstore.types import ALL_DATASETS, Grant, Role
 
-__all__ = ["ADMIN_PRINCIPAL", "TOKEN_PREFIX", "AuthFailure", "TokenInfo", "TokenStore"]
+__all__ = [
+    "ADMIN_PRINCIPAL",
+    "MAX_TTL_S",
+    "MIN_TTL_S",
+    "TOKEN_PREFIX",
+    "AuthFailure",
+    "TokenInfo",
+    "TokenStore",
+]
 
 TOKEN_PREFIX = "ts_"
 #: The principal of the token ``tierstore serve`` creates on first start.
 ADMIN_PRINCIPAL = "admin"
+#: The shortest lifetime a token may be given: a shorter one would expire before use.
+MIN_TTL_S = 1.0
+#: The longest lifetime a token may be given, ten years (of 365.25 days). Beyond this
+#: there is no point (0 means "never"), and times far enough out break date formatting
+#: in every client that shows them.
+MAX_TTL_S = 10 * 365.25 * 86_400
 
 _ID_BYTES = 6
 _SECRET_BYTES = 32
@@ -139,7 +152,8 @@ class TokenStore:
 
         Returns the token's info and the token itself — the only time the token exists
         outside the caller's hands. Raises :class:`~tierstore.errors.InvalidArgument` for a
-        bad principal name, grant or TTL, :class:`OSError` if the store cannot be written.
+        bad principal name or grant, or a TTL that is neither 0 nor from :data:`MIN_TTL_S`
+        to :data:`MAX_TTL_S`; :class:`OSError` if the store cannot be written.
         """
         with self._lock:
             info, token = self._new(principal, grants, ttl_s)
@@ -229,8 +243,11 @@ class TokenStore:
         checked = _check_grants(grants)
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
             raise InvalidArgument("ttl_s must be a number")
-        if not math.isfinite(ttl_s) or ttl_s < 0:
-            raise InvalidArgument(f"ttl_s must be finite and at least 0, not {ttl_s}")
+        if ttl_s != 0 and not MIN_TTL_S <= ttl_s <= MAX_TTL_S:  # NaN fails this too
+            raise InvalidArgument(
+                f"ttl_s must be 0 (never expires) or from {MIN_TTL_S:g} to {MAX_TTL_S:.0f} "
+                f"seconds (ten years), not {ttl_s}"
+            )
         now = self._clock()
         token_id = secrets.token_hex(_ID_BYTES)
         while token_id in self._records:  # 48 bits: a clash is rare, but would be fatal

@@ -1,0 +1,269 @@
+"""The ``tierstore`` admin commands (tierstore/cli/main.py) against a fake client.
+
+What a command does before and after its calls: options, checks that refuse a request
+before any call, and output built from whatever the server answered. The commands
+against the real server are in tests/server/test_e2e_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from tierstore import errors
+from tierstore.cli import main
+from tierstore.cli.main import app
+from tierstore.types import Grant, Role
+
+CONNECTION = {"address", "token", "ca", "insecure", "json_output"}
+
+
+@dataclass
+class FakeClient:
+    """Answers the calls the tests make, and records them."""
+
+    connected: dict[str, Any] = field(default_factory=dict)
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    tokens: list[dict[str, Any]] = field(default_factory=list)
+    shards: set[str] = field(default_factory=set)
+
+    def list_datasets(self) -> list[Any]:
+        self.calls.append(("list_datasets", ()))
+        return []
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        self.calls.append(("list_tokens", ()))
+        return self.tokens
+
+    def create_dataset(self, name: str, **options: Any) -> dict[str, Any]:
+        self.calls.append(("create_dataset", (name, options["hot_quota_bytes"])))
+        return {"hot_quota_bytes": options["hot_quota_bytes"]}
+
+    def update_dataset(self, name: str, **options: Any) -> dict[str, Any]:
+        self.calls.append(("update_dataset", (name, options["hot_quota_bytes"])))
+        return {"hot_quota_bytes": options["hot_quota_bytes"]}
+
+    def delete(self, dataset: str, shard: str) -> None:
+        self.calls.append(("delete", (dataset, shard)))
+        if shard not in self.shards:
+            raise errors.ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
+        self.shards.remove(shard)
+
+    def get(self, dataset: str, shard: str, **_: Any) -> Any:
+        self.calls.append(("get", (dataset, shard)))
+        raise AssertionError("the command should have refused before calling get")
+
+    def export_trace(self, dataset: str | None) -> Iterator[Any]:
+        self.calls.append(("export_trace", (dataset,)))
+        raise AssertionError("the command should have refused before exporting")
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    fake = FakeClient()
+
+    def connect(address: str | None, **options: Any) -> FakeClient:
+        fake.connected = {"address": address, **options}
+        return fake
+
+    monkeypatch.setattr("tierstore.client.client.connect", connect)
+    return fake
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args} raised") from result.exception  # a crash, not an error
+    return result
+
+
+def one_error_line(result: Result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# connection options
+
+
+def leaf_commands(command: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    children = getattr(command, "commands", None)
+    if children is None:
+        yield path, command
+        return
+    for name, child in children.items():
+        yield from leaf_commands(child, f"{path} {name}".strip())
+
+
+def test_every_command_that_calls_a_server_takes_the_connection_options() -> None:
+    commands = dict(leaf_commands(typer.main.get_command(app)))
+    assert {"dataset ls", "token ls", "rm", "trace export", "keys rotate"} <= set(commands)
+    for path, command in commands.items():
+        names = {param.name for param in command.params}
+        if path == "serve":  # runs a server; its --insecure is the server's own
+            assert not {"address", "token", "ca", "json_output"} & names
+        elif path == "simulate":  # calls no server
+            assert "json_output" in names
+        else:
+            assert names >= CONNECTION, f"tierstore {path} lacks {CONNECTION - names}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--address", "h:1", "--token", "t", "--ca", "ca.pem", "--json", "dataset", "ls"],
+        ["dataset", "ls", "--address", "h:1", "--token", "t", "--ca", "ca.pem", "--json"],
+        ["--token", "t", "dataset", "ls", "--json", "--address", "h:1", "--ca", "ca.pem"],
+    ],
+    ids=["before", "after", "both"],
+)
+def test_connection_options_before_or_after_the_command(
+    client: FakeClient, argv: list[str]
+) -> None:
+    result = invoke(*argv)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []  # --json, wherever it was given
+    assert client.connected == {
+        "address": "h:1",
+        "token": "t",
+        "ca": Path("ca.pem"),
+        "insecure": False,
+    }
+
+
+def test_an_option_after_the_command_wins(client: FakeClient) -> None:
+    result = invoke("--address", "before:1", "--insecure", "dataset", "ls", "--address", "after:2")
+    assert result.exit_code == 0, result.output
+    assert client.connected["address"] == "after:2"
+    assert client.connected["insecure"] is True  # given before only: still given
+    assert "name" in result.stdout  # a table: no --json anywhere
+
+
+# token ls
+
+
+@pytest.mark.parametrize("expires_at", [1e300, -1e300, float("inf"), float("nan"), 1e17])
+def test_token_ls_shows_any_expiry_the_server_sends(client: FakeClient, expires_at: float) -> None:
+    client.tokens = [
+        {
+            "token_id": "0123456789ab",
+            "principal": "bob",
+            "grants": [Grant("ds", Role.READER)],
+            "created_at": 1_700_000_000.0,
+            "expires_at": expires_at,
+            "revoked": True,
+        },
+        {
+            "token_id": "ba9876543210",
+            "principal": "carol",
+            "grants": [Grant("ds", Role.ADMIN)],
+            "created_at": 1_700_000_000.0,
+            "expires_at": 1_700_003_600.0,
+            "revoked": False,
+        },
+    ]
+    table = invoke("token", "ls")
+    assert table.exit_code == 0, table.output
+    assert "0123456789ab" in table.stdout and "2023-11-14 23:13" in table.stdout
+    assert f"{expires_at:g}" in table.stdout
+    listed = invoke("--json", "token", "ls")
+    assert listed.exit_code == 0, listed.output
+    assert [t["token_id"] for t in json.loads(listed.stdout)] == ["0123456789ab", "ba9876543210"]
+
+
+def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.tokens = [
+        {
+            "token_id": "0123456789ab",
+            "principal": "bob",
+            "grants": [],
+            "created_at": 0.0,
+            "expires_at": 1.0,
+            "revoked": False,
+        }
+    ]
+
+    def no_table(*_: Any) -> None:
+        raise AssertionError("a table was built for --json")
+
+    monkeypatch.setattr(main, "Table", no_table)
+    listed = invoke("token", "ls", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["expires_at"] == 1.0
+
+
+# dataset --hot-quota
+
+
+@pytest.mark.parametrize("command", [["dataset", "create"], ["dataset", "update"]])
+@pytest.mark.parametrize("quota", [-1, 2**64, 10**30])
+def test_a_hot_quota_the_wire_cannot_carry_is_refused_before_any_call(
+    client: FakeClient, command: list[str], quota: int
+) -> None:
+    refused = invoke(*command, "ds", "--hot-quota", str(quota))
+    assert refused.exit_code == 2
+    line = one_error_line(refused)
+    assert line.startswith("error: InvalidArgument: --hot-quota must be from 0 to")
+    assert line.endswith(f"not {quota}")
+    assert client.calls == []
+
+
+@pytest.mark.parametrize("command", ["create", "update"])
+def test_the_largest_hot_quota_is_sent(client: FakeClient, command: str) -> None:
+    done = invoke("--json", "dataset", command, "ds", "--hot-quota", str(2**64 - 1))
+    assert done.exit_code == 0, done.output
+    assert client.calls == [(f"{command}_dataset", ("ds", 2**64 - 1))]
+
+
+# output files
+
+
+def test_trace_export_refuses_an_output_it_cannot_write(client: FakeClient, tmp_path: Path) -> None:
+    for output, says in [
+        (tmp_path / "no" / "such" / "t.jsonl", f"no directory {tmp_path / 'no' / 'such'}"),
+        (tmp_path, "is a directory"),
+    ]:
+        refused = invoke("trace", "export", "-o", str(output))
+        assert refused.exit_code == 2, refused.output
+        assert says in one_error_line(refused)
+    assert client.calls == []  # refused before the trace was fetched
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_get_refuses_an_output_it_cannot_write(client: FakeClient, tmp_path: Path) -> None:
+    for output in (tmp_path / "no" / "shard.bin", tmp_path):
+        refused = invoke("get", "ds", "s", "-o", str(output))
+        assert refused.exit_code == 2, refused.output
+        assert "InvalidArgument" in one_error_line(refused)
+    assert client.calls == []
+
+
+# rm
+
+
+def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
+    client.shards = {"a", "b", "c", "d"}
+    stopped = invoke("--json", "rm", "ds", "a", "b", "nosuch", "c")
+    assert stopped.exit_code == 3
+    assert "ShardNotFound" in one_error_line(stopped)
+    assert json.loads(stopped.stdout) == {"deleted": ["a", "b"], "not_deleted": ["nosuch", "c"]}
+    assert client.shards == {"c", "d"}  # it stopped at the error
+
+    told = invoke("rm", "ds", "c", "gone[/x]")  # a name rich would read as markup
+    assert told.exit_code == 3
+    assert "no shard 'gone[/x]'" in one_error_line(told)
+    assert told.stdout.strip() == "deleted 1 of 2 shards before an error: c"
+
+    nothing = invoke("--json", "rm", "ds", "nosuch", "d")
+    assert nothing.exit_code == 3 and nothing.stdout == ""  # nothing deleted, nothing to say
+    assert client.shards == {"d"}
+
+    done = invoke("--json", "rm", "ds", "d")
+    assert done.exit_code == 0 and json.loads(done.stdout) == {"deleted": ["d"]}
