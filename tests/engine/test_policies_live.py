@@ -11,20 +11,21 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes
+from tests.engine.backdoor import catalog_hot_bytes, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
-from tierstore.errors import HotTierFull, UnknownPolicy
+from tierstore.errors import ArchiveUnavailable, HotTierFull, UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings
 
@@ -138,6 +139,36 @@ def test_an_admitted_shard_is_promoted(open_store: StoreFactory) -> None:
     wait_until(lambda: store.stat("d", "s").hot, "the admitted shard to turn hot")
 
 
+@pytest.mark.parametrize("name", ["s3fifo", "epoch-pin", DEFAULT_POLICY])
+def test_admission_is_offered_the_room_left_in_the_datasets_quota(
+    open_store: StoreFactory, name: str
+) -> None:
+    # Epochs over 16 shards, a quota holding 4 of them (C/N = 0.25) in a tier with
+    # room for all. Offered the tier's room, a policy admitted every miss, and the
+    # quota then evicted the dataset's own shards for each one: no read ever hit.
+    store = open_store(datasets={"d": DatasetSettings(policy=name)}, prefetch_depth=0)
+    names = [f"s{i:02d}" for i in range(16)]
+    fill(store, "d", names)
+    for shard in names:
+        store.evict("d", shard)
+    store.update_dataset("d", hot_quota_bytes=4 * STORED)
+
+    def epoch() -> int:
+        hits = 0
+        for shard in names:
+            hits += store.get("d", shard).source == "hot"
+            wait_until(lambda: store.mover.promotions_pending() == 0, "the read's promotion")
+        return hits
+
+    epoch()
+    epoch()  # the resident set settles
+    promotions, evictions = store.mover.promotions, store.mover.evictions
+    assert [epoch(), epoch()] == [4, 4]  # every epoch gets C/N, what Belady gets
+    assert store.mover.promotions - promotions == 0
+    assert store.mover.evictions - evictions == 0
+    assert len(hot(store, "d")) == 4
+
+
 def test_a_pin_overrides_a_refusing_policy(open_store: StoreFactory) -> None:
     archive = FaultyTier(MemoryTier())
     store = open_store(archive, datasets={"d": DatasetSettings(policy="refusing")})
@@ -218,6 +249,109 @@ def test_bytes_to_free_are_split_by_hot_bytes(open_store: StoreFactory) -> None:
     assert store.mover.evict(6 * STORED) == 6 * STORED  # big 4.8 (5), small 1.2 (0), big 1
     assert hot(store, "small") == {"s1", "s2"}
     assert len(hot(store, "big")) == 2
+
+
+# Room for promotions: optional work, unlike a put.
+
+
+class _UploadsRefused(MemoryTier):
+    """A memory archive that refuses uploads while ``refusing`` (reads pass), as an
+    archive refusing a bucket does: what is written meanwhile stays un-archived.
+    Counts its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = False
+        self.reads = 0
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        self.reads += 1
+        return super().get(key, byte_range)
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        if self.refusing:
+            raise ArchiveUnavailable(f"PUT {key}: refused (test)")
+        super().put(key, value)
+
+
+def test_a_promotion_evicts_only_its_own_size(open_store: StoreFactory) -> None:
+    # Room below the high watermark for 20 one-frame shards, 16.7 below the low one.
+    store = open_store(
+        datasets={"r": DatasetSettings(policy="lru"), "w": DatasetSettings(policy="lru")},
+        start_mover=False,  # archive exactly when the test says so
+        hot_capacity_bytes=int(20 * STORED / 0.9) + 64,
+    )
+    fill(store, "r", ["r0", "r1", "r2", "r3"])
+    store.evict("r", "r3")
+    fill(store, "w", [f"w{i:02d}" for i in range(17)], archive=False)  # never archived
+    assert catalog_hot_bytes(store) == (20 * STORED, 20 * STORED)  # at the high watermark
+    evictions = store.mover.evictions
+    # A put here would free down to the low watermark, taking every evictable shard;
+    # a promotion (a prefetch, an admitted miss) takes one shard's room, no more.
+    assert store.mover.promote_now(record_of(store, "r", "r3"), None)
+    assert store.mover.evictions - evictions == 1
+    assert len(hot(store, "r")) == 3 and "r3" in hot(store, "r")
+    assert catalog_hot_bytes(store) == (20 * STORED, 20 * STORED)
+    assert store.mover.promotions == 1 and store.mover.promotions_skipped == 0
+
+
+def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
+    open_store: StoreFactory,
+) -> None:
+    archive = _UploadsRefused()
+    store = open_store(
+        archive,
+        datasets={"r": DatasetSettings(policy="recording")},  # admits, prefetches its plan
+        start_mover=False,  # no background eviction or prefetch: the test drives them
+        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
+    )
+    names = ["r0", "r1", "r2", "r3"]
+    fill(store, "r", names)
+    for shard in names:
+        store.evict("r", shard)
+    archive.refusing = True
+    store.create_dataset("w", DatasetSettings(policy="lru"))
+    fill(store, "w", [f"w{i:02d}" for i in range(12)], archive=False)  # a put goes in anyway
+    assert not store.mover.drain_once()  # refused: nothing the eviction may take
+    before = catalog_hot_bytes(store)
+    assert before == (12 * STORED, 12 * STORED)
+    evictions = store.mover.evictions
+    woken: list[bool] = []
+    store.mover.after_promotion = lambda: woken.append(True)
+
+    # A whole-shard service read of an admitted miss promotes on the reader's thread:
+    # skipped, it still streams the shard, from the archive.
+    frames = [stored for _, stored in store.open_sealed("r", "r0").frames()]
+    assert len(frames) == 1 and frames[0][:FRAME] == payload(FRAME, len("r0"))
+    # What a queued prefetch or ranged miss runs: nothing fetched, nothing evicted.
+    reads = archive.reads
+    assert not store.mover.promote_now(record_of(store, "r", "r1"), None)
+    assert archive.reads == reads
+    assert store.mover.promotions_skipped == 2
+    assert store.mover.promotions == 0 and store.mover.evictions == evictions
+    assert not woken  # a skipped promotion does not have the prefetcher ask again
+    assert hot(store, "r") == set()
+    assert catalog_hot_bytes(store) == before
+
+    # Nor does the prefetch loop queue promotions that could not fit.
+    store.declare_plan("r", shards=names)
+    assert store.prefetcher.run_once() == 0
+    assert store.mover.in_flight() == (0, 0)
+
+    # A read with a cache fill: the bytes come back, the fill is skipped and counted.
+    store.mover.start()
+    assert store.get("r", "r2").to_bytes() == payload(FRAME, len("r2"))
+    wait_until(lambda: store.mover.promotions_pending() == 0, "the cache fill to end")
+    assert store.mover.promotions_skipped == 3
+    assert store.mover.promotions == 0 and hot(store, "r") == set()
+
+    # Once the archive takes the writes, eviction makes room and promotions land again.
+    archive.refusing = False
+    assert store.drain(10)
+    wait_until(lambda: not store.mover.over_high_watermark(), "eviction below the watermark")
+    assert store.get("r", "r3").to_bytes() == payload(FRAME, len("r3"))
+    wait_until(lambda: store.stat("r", "r3").hot, "the admitted miss to be promoted")
+    assert woken
 
 
 # Changing the policy at run time.
@@ -307,6 +441,37 @@ def test_the_prefetcher_promotes_what_the_policy_asks_within_the_budget(
     wait_until(lambda: {"s4", "s5"} <= hot(store, "d"), "the next prefetches")
     assert "s3" not in hot(store, "d")
     assert store.prefetcher.queued == 5
+
+
+@pytest.mark.parametrize("name", ["recording", DEFAULT_POLICY])
+def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
+    open_store: StoreFactory, name: str
+) -> None:
+    store = open_store(
+        datasets={"d": DatasetSettings(policy=name)},
+        start_mover=False,  # the test runs the prefetch passes itself
+        archive_bandwidth_bytes_per_s=4 * STORED,  # 4 frames in the 1 s horizon
+        prefetch_horizon_s=1.0,
+    )
+    frames = {"s0": 1, "s1": 6, "s2": 1}  # s1 is larger than the whole horizon
+    for index, (shard, count) in enumerate(frames.items()):
+        store.put("d", shard, payload(count * FRAME, index))
+    assert store.mover.drain_once()
+    for shard in frames:
+        store.evict("d", shard)
+    store.declare_plan("d", shards=list(frames))
+    assert store.prefetch("d", ["s0"]) == 1  # an operator's: now something is in flight
+    assert store.prefetcher.budget() == PrefetchBudget(requests=7, bytes=3 * STORED)
+    # s1 is next, but fits only alone, with nothing in flight: s2 goes ahead of it.
+    assert store.prefetcher.run_once() == 1
+    assert store.mover.in_flight() == (2, 2 * STORED)
+    store.mover.start()
+    wait_until(lambda: hot(store, "d") == {"s0", "s2"}, "the small shards to land")
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "their promotions to end")
+    assert store.prefetcher.run_once() == 1  # nothing in flight: s1, alone
+    wait_until(lambda: hot(store, "d") == {"s0", "s1", "s2"}, "the large prefetch to land")
+    assert store.prefetcher.queued == 2
+    assert [store.get("d", shard).source for shard in frames] == ["hot"] * 3
 
 
 def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: StoreFactory) -> None:

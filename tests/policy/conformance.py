@@ -197,6 +197,31 @@ class PolicyConformance(ABC):
         assert policy.victims(10, 1.0, lambda key: True) == []
         assert policy.prefetch(1.0, PrefetchBudget(4, 100), lambda key: False) == []
 
+    def test_prefetch_keeps_to_the_bytes_but_never_starves_a_large_key(self) -> None:
+        # Cold planned keys: 0 is larger than every budget below, the rest 10 bytes.
+        # A policy that prefetches names keys adding up to at most the budget's bytes,
+        # except that its most urgent key comes first even when it alone is larger
+        # (the driver fetches it, alone, when nothing else is in flight): else that
+        # key could never be prefetched.
+        policy = self.make()
+        sizes = {0: 30, 1: 10, 2: 10, 3: 10, 4: 10}
+        policy.declare_plan("job", list(sizes), list(sizes.values()), 0.0)
+
+        def cold(key: Key) -> bool:
+            return False
+
+        roomy = policy.prefetch(0.0, PrefetchBudget(requests=4, bytes=1000), cold)
+        if not roomy:
+            return  # a policy that never prefetches keeps this part of the contract
+        assert len(roomy) <= 4 and set(roomy) <= set(sizes)
+        for budget in (PrefetchBudget(8, 25), PrefetchBudget(8, 5), PrefetchBudget(1, 25)):
+            wanted = policy.prefetch(0.0, budget, cold)
+            assert len(wanted) <= budget.requests and len(set(wanted)) == len(wanted)
+            rest = wanted[1:] if wanted and sizes[wanted[0]] > budget.bytes else wanted
+            assert sum(sizes[key] for key in rest) <= budget.bytes, (budget, wanted)
+            if roomy[0] == 0:
+                assert wanted[:1] == [0], (budget, wanted)  # the most urgent, however large
+
     def test_admits_when_there_is_room(self) -> None:
         policy = self.make()
         policy.record_access("new", 5, 1.0, False)

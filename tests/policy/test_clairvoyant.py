@@ -21,6 +21,10 @@ def always(_: object) -> bool:
     return True
 
 
+def never(_: object) -> bool:
+    return False
+
+
 def declare(policy: ClairvoyantPolicy, job: str, keys: list[int], now: float = 0.0) -> None:
     policy.declare_plan(job, keys, [1] * len(keys), now)
 
@@ -95,6 +99,18 @@ def test_prefetch_returns_cold_planned_shards_by_urgency_within_budget() -> None
     # due: 1 and 5 now, 3 and 6 one entry later; 5 does not fit in the bytes left.
     assert wanted == [1, 6, 3]
     assert policy.prefetch(0.0, PrefetchBudget(requests=0, bytes=40), hot.__contains__) == []
+
+
+def test_prefetch_names_the_most_urgent_shard_however_large_and_fills_the_rest() -> None:
+    policy = ClairvoyantPolicy()
+    policy.declare_plan("a", [1, 2, 3, 4], [50, 10, 10, 10], 0.0)
+    # 1 is larger than the bytes: named first (the driver takes it alone when nothing
+    # is in flight, else passes it over), not counted; 2 and 3 fill the 25 bytes.
+    assert policy.prefetch(0.0, PrefetchBudget(requests=4, bytes=25), never) == [1, 2, 3]
+    assert policy.prefetch(0.0, PrefetchBudget(requests=4, bytes=5), never) == [1]
+    assert policy.prefetch(0.0, PrefetchBudget(requests=1, bytes=25), never) == [1]
+    # Not the most urgent: a shard that does not fit waits for a later call.
+    assert policy.prefetch(0.0, PrefetchBudget(requests=4, bytes=60), never) == [1, 2]
 
 
 def test_prefetch_stops_at_shards_due_after_the_farthest_resident() -> None:

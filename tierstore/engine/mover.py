@@ -17,6 +17,12 @@ Eviction runs whenever the hot tier passes its high watermark, down to the low
 one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
 among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
 
+A promotion is optional work, unlike a put: it evicts only what it needs to fit
+below the high watermark and within its dataset's quota (never more than its own
+size), and is skipped, evicting nothing, when that room cannot be made (the rest is
+not archived yet, or pinned). It never writes past the high watermark or a quota;
+the shard is read from the archive meanwhile.
+
 The journal thread and the fill thread (writing shards a read already fetched whole)
 run ``background_niceness`` below the threads serving callers
 (:mod:`tierstore.engine.background`): on busy cores, reads and puts come first. The
@@ -106,6 +112,9 @@ class Mover:
         self._journal_tries = 0
         self._journal_tried = threading.Condition()
         self._evict_lock = threading.Lock()
+        #: held by a promotion from making its room to its commit (lock order: room lock
+        #: → eviction lock → LMDB write transaction).
+        self._room_lock = threading.Lock()
         #: promotions that fetch from the archive (prefetches, pins, ranged misses): at
         #: the callers' priority, since a reader is about to need what they fetch.
         self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
@@ -126,7 +135,8 @@ class Mover:
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a whole shard in memory, as a promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
-        #: called after each promotion that turned a shard hot (the prefetcher's wake-up).
+        #: called after each promotion that turned a shard hot (the prefetcher's wake-up;
+        #: not after a skipped one, which would only have the prefetcher ask again).
         self.after_promotion: Callable[[], None] = lambda: None
         self._threads: list[threading.Thread] = []
         self._journal_thread: threading.Thread | None = None
@@ -135,6 +145,9 @@ class Mover:
         #: shards promoted into and evicted from the hot tier since start (for metrics).
         self.promotions = 0
         self.evictions = 0
+        #: promotions skipped since start because eviction could not make room for them
+        #: below the high watermark, within the dataset's quota or in the LMDB map.
+        self.promotions_skipped = 0
         #: Uploads given up because the local copy failed verification (newest last).
         self.data_loss: collections.deque[str] = collections.deque(maxlen=100)
 
@@ -530,33 +543,45 @@ class Mover:
         self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor
     ) -> None:
         """Run a promotion marked in ``_promoting``, then unmark it (whatever happens)."""
+        promoted = False
         try:
-            self.promote_now(record, stored, fetch_pool)
+            promoted = self.promote_now(record, stored, fetch_pool)
         except Exception:
             log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:
             self._forget_promotion((record.dataset, record.generation))
-            self.after_promotion()
+            if promoted:
+                self.after_promotion()
 
     def promote_now(
         self,
         record: ShardRecord,
         stored: list[memoryview] | None,
         fetch_pool: Executor | None = None,
-    ) -> None:
+    ) -> bool:
         """Copy a generation's stored frames into the hot tier (fetching them if needed,
-        on ``fetch_pool``, by default the mover's).
+        on ``fetch_pool``, by default the mover's). Returns whether it turned hot.
 
         Frames passed in ``stored`` were verified by the caller; frames fetched here
-        are verified before they are written.
+        are verified before they are written. Optional work (see the module
+        docstring): it evicts at most its own size, to fit within the dataset's quota
+        (before fetching) and below the high watermark (once the frames are in hand),
+        and is skipped, counted in :attr:`promotions_skipped`, when that room cannot
+        be made; the room is checked again in the write transaction. Thread-safe.
         """
         if not self._still_cold(record):
-            return  # promoted, superseded or deleted meanwhile: evict and fetch nothing
+            return False  # promoted, superseded or deleted meanwhile: evict and fetch nothing
         total = sum(record.stored_sizes(self._overhead(record)))
         quota = self._quota(record.dataset)
-        self.make_room_in_quota(record.dataset, quota, total)
-        if not self.fits_quota(record.dataset, quota, total):
-            return  # no room in the dataset's quota: it is read from the archive meanwhile
+        # Above the high watermark already, it could not fit by evicting its own size:
+        # the tier is the mover's to trim (or holds only what eviction may not take).
+        if self.over_high_watermark():
+            return self._skipped()
+        # Room in the dataset's quota is made before fetching (and checked again after),
+        # room below the high watermark once the frames are in hand (when the simulator
+        # makes it, too).
+        if not self._make_quota_room_for_promotion(record.dataset, quota, total):
+            return self._skipped()
         if stored is None:
             try:
                 stored = fetch_all(self._archive, record, fetch_pool or self._fetch_pool)
@@ -564,27 +589,86 @@ class Mover:
                 with self._env.read() as txn:
                     current = self._catalog.get_shard(txn, record.dataset, record.name)
                 if current is None or current.generation != record.generation:
-                    return  # superseded meanwhile: its archive object may be gone already
+                    return False  # superseded meanwhile: its archive object may be gone
                 raise
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
-        self.make_room(total)
-        with self._policies.undone_on_failure(), self._env.write() as txn:
-            current = self._catalog.get_shard(txn, record.dataset, record.name)
-            if current is None or current.generation != record.generation or current.hot:
-                return
-            if not self.fits_quota(record.dataset, quota, total):
-                return  # another write took the room meanwhile
-            needed, free = self._env.room_for(txn, (len(frame) for frame in stored))
-            if needed > free:
-                return  # the map is nearly full: it is read from the archive meanwhile
-            for index, frame in enumerate(stored):
-                self._frames.put_in(txn, frame_key(record.generation, index), frame)
-            self._catalog.put_shard(txn, current.with_state(hot=True))
-            self._catalog.add_counter(txn, "hot_bytes", total)
-            self._policies.inserted((record.dataset, record.name), total)
+        # Promotions make their room and commit one at a time: two at once would both
+        # count the same free room, and one would be skipped after evicting for it.
+        with self._room_lock:
+            if not (
+                self._make_quota_room_for_promotion(record.dataset, quota, total)
+                and self._make_room_for_promotion(total)
+            ):
+                return self._skipped()
+            with self._policies.undone_on_failure(), self._env.write() as txn:
+                current = self._catalog.get_shard(txn, record.dataset, record.name)
+                if current is None or current.generation != record.generation or current.hot:
+                    return False
+                # Checked again here, where it is exact: a put may have taken the room
+                # meanwhile, and the map may be nearly full.
+                needed, free = self._env.room_for(txn, (len(frame) for frame in stored))
+                hot = self._catalog.counter(txn, "hot_bytes")
+                fits = (
+                    self.fits_quota(record.dataset, quota, total)
+                    and hot + total <= self._high_watermark_bytes()
+                    and needed <= free
+                )
+                if fits:
+                    for index, frame in enumerate(stored):
+                        self._frames.put_in(txn, frame_key(record.generation, index), frame)
+                    self._catalog.put_shard(txn, current.with_state(hot=True))
+                    self._catalog.add_counter(txn, "hot_bytes", total)
+                    self._policies.inserted((record.dataset, record.name), total)
+        if not fits:
+            return self._skipped()
         with self._promoting_lock:  # also run on readers' threads (promote_here)
             self.promotions += 1
+        return True
+
+    def _skipped(self) -> bool:
+        """Count a promotion skipped for want of room; returns False (it is not hot)."""
+        with self._promoting_lock:  # also run on readers' threads (promote_here)
+            self.promotions_skipped += 1
+        return False
+
+    def _make_quota_room_for_promotion(self, dataset: str, quota: int, incoming: int) -> bool:
+        """Evict ``dataset``'s own shards so that a promotion of ``incoming`` bytes fits
+        its ``quota`` (0: none): at most ``incoming`` bytes, and only if that is enough
+        (a dataset already over its quota is the mover's to trim). Whether it fits."""
+        if quota <= 0:
+            return True
+        over = self._policies.hot_bytes(dataset) + incoming - quota
+        if over <= 0:
+            return True
+        if over > incoming:
+            return False
+        self.evict(over, dataset=dataset, only_if_enough=True)
+        return self.fits_quota(dataset, quota, incoming)
+
+    def _make_room_for_promotion(self, incoming: int) -> bool:
+        """Evict so that a promotion of ``incoming`` bytes fits below the high watermark:
+        what it needs (at most ``incoming`` bytes), and only if that is enough. Whether
+        it fits now. Unlike :meth:`make_room` (a put's), it never frees down to the
+        low watermark: one optional promotion must not flush the hot set."""
+        need = self._hot_bytes() + incoming - self._high_watermark_bytes()
+        if need <= 0:
+            return True
+        if need > incoming:
+            return False
+        return self.evict(need, only_if_enough=True) >= need
+
+    def over_high_watermark(self) -> bool:
+        """Whether the hot tier holds more than its high watermark: no promotion fits
+        until eviction (or archiving, then eviction) brings it down."""
+        return self._hot_bytes() > self._high_watermark_bytes()
+
+    def _hot_bytes(self) -> int:
+        with self._env.read() as txn:
+            return self._catalog.counter(txn, "hot_bytes")
+
+    def _high_watermark_bytes(self) -> int:
+        return int(self._settings.hot_capacity_bytes * self._settings.high_watermark)
 
     def _still_cold(self, record: ShardRecord) -> bool:
         """Whether ``record``'s generation is still the shard's, and not hot."""
@@ -636,21 +720,26 @@ class Mover:
         return self._policies.hot_bytes(dataset) - leaving + incoming <= quota
 
     def make_room(self, incoming: int) -> None:
-        """Before writing ``incoming`` hot bytes: evict if they would pass the high watermark."""
+        """Before a put writes ``incoming`` hot bytes: if they would pass the high
+        watermark, evict down to the low one (a put is written whatever is left)."""
         capacity = self._settings.hot_capacity_bytes
         with self._env.read() as txn:
             hot = self._catalog.counter(txn, "hot_bytes")
         if hot + incoming > capacity * self._settings.high_watermark:
             self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
 
-    def evict(self, bytes_to_free: int, dataset: str | None = None) -> int:
+    def evict(
+        self, bytes_to_free: int, dataset: str | None = None, *, only_if_enough: bool = False
+    ) -> int:
         """Evict hot shards the policies choose (archived, no pin holding) — of
-        ``dataset`` only, if given; returns bytes freed. A key the policies hold hot
+        ``dataset`` only, if given; returns bytes freed. With ``only_if_enough``, evict
+        none unless the victims add up to ``bytes_to_free``. A key the policies hold hot
         that the catalog does not (it can drift after a failed commit) is forgotten on
         the way."""
         with self._evict_lock:
             now = time.time()
             stale: list[Key] = []
+            sizes: dict[Key, int] = {}
             with self._env.read() as txn:
 
                 def evictable(key: Key) -> bool:
@@ -659,12 +748,17 @@ class Mover:
                     if record is None or not record.hot:
                         stale.append(key)
                         return False
-                    return record.evictable(now)
+                    if not record.evictable(now):
+                        return False
+                    sizes[key] = sum(record.stored_sizes(self._overhead(record)))
+                    return True
 
                 if dataset is None:
                     victims = self._policies.victims(bytes_to_free, evictable)
                 else:
                     victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
+            if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
+                victims = []
             freed = 0
             with self._policies.undone_on_failure(), self._env.write() as txn:
                 for key in victims:

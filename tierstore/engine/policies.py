@@ -273,10 +273,18 @@ class PolicyDriver:
         budget: PrefetchBudget,
         is_hot: Callable[[Key], bool],
         size_of: Callable[[Key], int],
+        *,
+        idle: bool = False,
     ) -> list[Key]:
         """Cold keys to fetch next within ``budget``, asking each dataset's policy in turn
         (starting one further each call, so no dataset always goes first) with what the
-        earlier ones left. ``size_of`` gives a key's stored size."""
+        earlier ones left. ``size_of`` gives a key's stored size.
+
+        A key larger than the bytes left is taken only as the first and only key, and
+        only when ``idle`` (nothing is in flight, so ``budget.bytes`` is the whole
+        horizon), as :class:`~tierstore.policy.base.PrefetchBudget` allows; else it is
+        passed over (a later call asks again) and the keys after it are taken as
+        they fit."""
         with self._lock:
             now = self._tick()
             datasets = sorted(self._policies)
@@ -296,10 +304,13 @@ class PolicyDriver:
                 for key in offered[:requests]:
                     if key in seen:
                         continue
+                    size = size_of(key)
+                    if size > room and not (idle and not wanted):
+                        continue
                     seen.add(key)
                     wanted.append(key)
                     requests -= 1
-                    room -= size_of(key)
+                    room -= size
             return wanted
 
     # Access plans.

@@ -9,7 +9,12 @@ The budget: ``requests`` = ``prefetch_depth`` minus the promotions queued or
 running (the free I/O depth); ``bytes`` = what the archive can deliver within the
 look-ahead horizon (``archive_bandwidth_bytes_per_s`` times ``prefetch_horizon_s``)
 minus the bytes already on their way — the whole horizon when nothing is, which
-is when a policy may name one shard larger than it.
+is when one shard larger than it is taken (alone) if a policy names it first.
+
+No pass asks the policies while the hot tier is above its high watermark: a
+promotion there would be skipped anyway (see :mod:`tierstore.engine.mover`), and a
+skipped promotion does not wake this loop, so nothing spins while, say, writes the
+archive has not taken yet fill the tier.
 
 Thread safety: :meth:`Prefetcher.run_once` may run from any thread; the loop is
 one thread (:meth:`start` / :meth:`stop`).
@@ -77,8 +82,11 @@ class Prefetcher:
 
     def budget(self) -> PrefetchBudget:
         """What may be fetched now (see the module docstring)."""
+        return self._budget(*self._mover.in_flight())
+
+    def _budget(self, count: int, in_flight: int) -> PrefetchBudget:
+        """The budget with ``count`` fetching promotions of ``in_flight`` bytes on their way."""
         settings = self._settings
-        count, in_flight = self._mover.in_flight()
         horizon = int(settings.archive_bandwidth_bytes_per_s * settings.prefetch_horizon_s)
         return PrefetchBudget(
             requests=max(0, settings.prefetch_depth - count),
@@ -89,8 +97,9 @@ class Prefetcher:
         """One pass: end expired plans, ask the policies, queue promotions. Returns how
         many promotions were queued."""
         self._plans.expire()
-        budget = self.budget()
-        if budget.requests <= 0 or budget.bytes <= 0:
+        count, in_flight = self._mover.in_flight()
+        budget = self._budget(count, in_flight)
+        if budget.requests <= 0 or budget.bytes <= 0 or self._mover.over_high_watermark():
             return 0
         records: dict[Key, ShardRecord] = {}
         with self._env.read() as txn:
@@ -112,7 +121,7 @@ class Prefetcher:
                     record = records[key]
                 return 0 if record is None else stored_size(record)
 
-            wanted = self._policies.prefetch(budget, is_hot, size_of)
+            wanted = self._policies.prefetch(budget, is_hot, size_of, idle=count == 0)
         queued = 0
         for key in wanted:
             record = records.get(key)

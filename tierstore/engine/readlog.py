@@ -12,8 +12,15 @@ after the catalog said whether the shard is hot. It then
   the shard is worth promoting (``admit``). A pinned shard is promoted whatever
   the policy says: pins override policy.
 
+The room offered to ``admit`` is what a promotion could take before it had to evict:
+the room below the hot tier's high watermark and, for a dataset with a hot-tier
+quota, no more than the room left in that quota (a promotion makes room in the
+quota from the dataset's own shards, so a policy told only of the tier's room
+would admit every miss and have the dataset evict its own shards for each one).
+
 Costs per read: three short locks and a dict update or two, plus one LMDB read of
-the hot-bytes counter on a miss (which already costs an archive round trip).
+the hot-bytes counter and the dataset's settings on a miss (which already costs an
+archive round trip).
 
 Thread safety: a :class:`ReadLog` is safe to share between threads.
 """
@@ -65,9 +72,17 @@ class ReadLog:
         self._access.record(record.dataset, record.name, record.generation, now)
         self._count_read(record.dataset, hit)
         self._trace.read(record.dataset, record.name, size, hit)
-        free = 0
-        if not hit:
-            with self._env.read() as txn:
-                free = self._room - self._catalog.counter(txn, "hot_bytes")
+        free = 0 if hit else self._free_bytes(record.dataset)
         admitted = self._policies.read((record.dataset, record.name), size, hit, free)
         return admitted or record.pin_holds(now)
+
+    def _free_bytes(self, dataset: str) -> int:
+        """Room a promotion into ``dataset`` could take without evicting: below the high
+        watermark and, if the dataset has a hot-tier quota, within it (may be negative)."""
+        with self._env.read() as txn:
+            free = self._room - self._catalog.counter(txn, "hot_bytes")
+            settings = self._catalog.get_dataset(txn, dataset)
+        quota = 0 if settings is None else settings.hot_quota_bytes
+        if quota > 0:
+            free = min(free, quota - self._policies.hot_bytes(dataset))
+        return free

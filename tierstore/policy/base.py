@@ -54,9 +54,12 @@ class PrefetchBudget:
     ``requests``: fetches it can start now (free I/O depth). ``bytes``: bytes it can
     bring in before more would be useless (archive bandwidth times the look-ahead
     horizon, minus what is already in flight). A policy returns at most ``requests``
-    keys whose sizes add up to at most ``bytes`` (a single key larger than ``bytes``
-    may be returned only when nothing else is in flight, which ``bytes`` then says by
-    being the whole horizon).
+    keys whose sizes add up to at most ``bytes``, with one exception: its most
+    urgent key comes first even when it alone is larger than ``bytes`` (and is then
+    not counted in them), or a shard larger than the look-ahead would never be
+    fetched. The driver takes such a key, alone, only when nothing else is in
+    flight (``bytes`` is then the whole horizon); otherwise it passes it over and
+    takes the rest.
     """
 
     requests: int

@@ -20,7 +20,9 @@ job's position also advances when a read is its next plan entry.
   displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
   budget, and only those due before the farthest resident (else fetching one would
-  evict a shard needed sooner).
+  evict a shard needed sooner). The most urgent one is named first even when it
+  alone is larger than the budget's bytes, as
+  :class:`~tierstore.policy.base.PrefetchBudget` allows.
 
 Plans expire when no report arrives for ``plan_ttl_s`` of the driver's time. Reads
 that follow no plan, plans naming shards never read, reports out of range: all are
@@ -246,9 +248,16 @@ class ClairvoyantPolicy(Policy):
         for slot in sorted(wanted, key=wanted.__getitem__):
             if len(picked) == budget.requests:
                 break
-            if spent + slots.size[slot] <= budget.bytes:
+            size = slots.size[slot]
+            if not picked and size > budget.bytes:
+                # The most urgent shard is named even when it alone is larger than the
+                # bytes, else one larger than the whole look-ahead would never be
+                # fetched. The driver takes it (alone) only when nothing else is in
+                # flight, else passes it over: the rest fills the bytes without it.
                 picked.append(slots.key(slot))
-                spent += slots.size[slot]
+            elif spent + size <= budget.bytes:
+                picked.append(slots.key(slot))
+                spent += size
         return picked
 
     @classmethod
