@@ -9,10 +9,12 @@ DistributedSampler, pin_memory, connection settings from the environment, pickli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -172,10 +174,41 @@ def test_batches_from_threads_in_the_process_or_in_workers(samples: Samples, wor
     assert batch_ids(batches) == loader_order(samples, workers, 8, seed=5)
 
 
+@contextlib.contextmanager
+def reading_meanwhile(samples: Samples) -> Iterator[list[int]]:
+    """Another thread reads the dataset over and over (read-ahead on) inside the block;
+    yields the list it appends each finished pass's sample count to."""
+    passes: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        dataset = IterableDataset(samples.dataset, read_ahead=2, **samples.connection)
+        while not stop.is_set():
+            passes.append(len(list(dataset)))
+
+    reader = threading.Thread(target=read, name="reading-meanwhile")
+    reader.start()
+    try:
+        yield passes
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    assert not reader.is_alive()
+
+
 @READ_PATHS
 def test_a_parent_that_read_before_forking(
     samples: Samples, capfd: pytest.CaptureFixture[str], local_reads: str
 ) -> None:
+    with reading_meanwhile(samples) as passes:
+        fork_loaders_while_the_parent_iterates(samples, local_reads)
+    assert passes and set(passes) == {samples.total}  # reads were in flight at the forks
+    # The fork gate kept every fork clear of our gRPC calls (without it, gRPC skips its fork
+    # handlers and a child can hang cancelling the calls it inherited).
+    assert "skipping fork() handlers" not in capfd.readouterr().err
+
+
+def fork_loaders_while_the_parent_iterates(samples: Samples, local_reads: str) -> None:
     for _ in range(3):
         dataset = IterableDataset(samples.dataset, seed=2, read_ahead=2, **samples.connection)
         parent = iter(dataset)
@@ -192,9 +225,6 @@ def test_a_parent_that_read_before_forking(
         counts = getattr(dataset._source.client(), "read_counts", None)
         if local_reads == "0" and counts is not None:
             assert counts.local == 0  # the parent's streams really went through the service
-    # The fork gate kept every fork clear of our gRPC calls (without it, gRPC skips its fork
-    # handlers and a child can hang cancelling the calls it inherited).
-    assert "skipping fork() handlers" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 2])

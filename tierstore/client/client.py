@@ -32,6 +32,7 @@ import pyarrow as pa
 from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
+from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
     LocalReadOptions,
     LocalReads,
@@ -192,11 +193,12 @@ class Client:
         delay = 0.1
         for attempt in range(_RETRIES):
             try:
-                return fn(
-                    request,
-                    timeout=timeout_s or self.timeout_s,
-                    metadata=self._channel.metadata,
-                )
+                with GATE.call():  # a fork() waits for this call to end (see forkgate)
+                    return fn(
+                        request,
+                        timeout=timeout_s or self.timeout_s,
+                        metadata=self._channel.metadata,
+                    )
             except grpc.RpcError as error:
                 code = getattr(error, "code", lambda: None)()
                 retry = idempotent and code == grpc.StatusCode.UNAVAILABLE
@@ -319,9 +321,10 @@ class Client:
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
             try:
-                reply = stub.PutShard(
-                    messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
-                )
+                with GATE.call():
+                    reply = stub.PutShard(
+                        messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
+                    )
             except grpc.RpcError as error:
                 _raise_mapped(error)
         return shard_info_from_pb(reply)

@@ -61,18 +61,34 @@ class ForkGate:
     """Counts calls in flight; :meth:`hold` (a ``before`` fork handler) waits for them to
     end and keeps new ones out until :meth:`release` (parent) or :meth:`reset` (child).
 
-    Re-entrant use from one thread is not allowed (a thread that forks while inside the
-    gate would wait for itself until the hold's deadline).
+    Calls nest: a call made inside another on the same thread is part of it and never
+    waits (waiting would deadlock a hold that waits for the outer call). A thread must not
+    fork while inside the gate (it would wait for itself until the hold's deadline).
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._inside = 0
         self._holding = False
+        self._thread = threading.local()
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        """Run the body as a call in flight (waits while a fork is being prepared)."""
+        """Run the body as a call in flight (waits while a fork is being prepared, unless
+        this thread is already inside a call)."""
+        depth: int = getattr(self._thread, "depth", 0)
+        self._thread.depth = depth + 1
+        try:
+            if depth:
+                yield
+            else:
+                with self._outermost_call():
+                    yield
+        finally:
+            self._thread.depth = depth
+
+    @contextmanager
+    def _outermost_call(self) -> Iterator[None]:
         with self._condition:
             while self._holding:
                 self._condition.wait()
@@ -109,3 +125,4 @@ class ForkGate:
         self._condition = threading.Condition()
         self._inside = 0
         self._holding = False
+        self._thread = threading.local()

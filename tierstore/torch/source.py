@@ -5,7 +5,7 @@ zero-copy LMDB source can sit beside it later without the datasets changing. A s
 made in the main process and travels to DataLoader workers by fork or pickle, so it holds
 only *how* to connect (a picklable factory) and opens its client lazily in each process.
 
-Every read passes through the fork gate (:mod:`tierstore.torch.fork_gate`), so a
+Every read passes through the fork gate (:mod:`tierstore.client.forkgate`), so a
 DataLoader forking its workers never forks in the middle of one of our gRPC streams.
 
 Reads are retried while the service is unavailable (a restarting server, a dropped
@@ -28,8 +28,8 @@ import pyarrow as pa
 import tenacity
 
 from tierstore.client.client import Client, connect
+from tierstore.client.forkgate import GATE
 from tierstore.errors import Unavailable
-from tierstore.torch.fork_gate import GATE
 
 __all__ = ["GrpcShardSource", "ShardSource", "service_source"]
 
@@ -123,7 +123,7 @@ class GrpcShardSource:
 
 
 def _gated_read(client: Client, dataset: str, shard: str) -> pa.Table:
-    # Inside the fork gate: a fork() waits for this stream to end (see fork_gate).
+    # Inside the fork gate: a fork() waits for this stream to end (see forkgate).
     with GATE.call():
         return client.read_table(dataset, shard)
 

@@ -1,4 +1,4 @@
-"""The fork gate (tierstore.torch.fork_gate): fork() waits for reads in flight, new reads
+"""The fork gate (tierstore.client.forkgate): fork() waits for calls in flight, new calls
 wait for the fork, the child starts open, and a stalled read holds a fork only so long."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tierstore.torch.fork_gate import GATE, ForkGate
+from tierstore.client.forkgate import GATE, ForkGate
 
 
 def wait_for(check: object, timeout_s: float = 10.0) -> None:
@@ -50,6 +50,33 @@ def test_hold_waits_for_calls_in_flight_and_keeps_new_ones_out() -> None:
     first.join(10)
     helper.join(10)
     assert events == ["read done", "held", "late read"]
+
+
+def test_a_call_nested_in_one_in_flight_goes_on_while_a_fork_waits() -> None:
+    # A shard read (a call) that asks for a data key (a call inside it) while a fork is
+    # being prepared: waiting at the inner call would hold the fork until its deadline.
+    gate = ForkGate()
+    outer_inside, events = threading.Event(), []
+
+    def read_with_inner_call() -> None:
+        with gate.call():
+            outer_inside.set()
+            wait_for(lambda: gate._holding)
+            with gate.call():
+                events.append("inner call")
+        events.append("read done")
+
+    reader = threading.Thread(target=read_with_inner_call)
+    reader.start()
+    outer_inside.wait(10)
+    started = time.monotonic()
+    gate.hold(max_wait_s=20)
+    waited = time.monotonic() - started
+    events.append("held")
+    gate.release()
+    reader.join(10)
+    assert events == ["inner call", "read done", "held"]
+    assert waited < 10  # the hold ended when the read did, not at its deadline
 
 
 def test_a_stalled_call_holds_a_fork_only_max_wait() -> None:
