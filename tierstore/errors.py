@@ -33,7 +33,9 @@ so the service and the client can share one table later.
     │   └── StoreClosed
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     │   ├── BacklogFull                  un-archived bytes passed the configured cap
-    │   └── HotTierFull                  the LMDB map is full (disk full)
+    │   ├── HotTierFull                  the LMDB map is full (disk full)
+    │   ├── PlanLimitReached             too many live access plans (or entries) held
+    │   └── QuotaExceeded                a dataset's hot bytes would pass its quota
     ├── DataLoss                     DATA_LOSS
     │   └── IntegrityError               checksum or AEAD tag mismatch, truncation, reorder
     └── Unavailable                  UNAVAILABLE
@@ -66,6 +68,7 @@ __all__ = [
     "NotFound",
     "OversizeFrame",
     "PermissionDenied",
+    "PlanLimitReached",
     "PlanNotFound",
     "QuotaExceeded",
     "ResourceExhausted",
@@ -213,6 +216,11 @@ class BacklogFull(ResourceExhausted):
 
 class HotTierFull(ResourceExhausted):
     """The hot tier (LMDB map) has no room for the write."""
+
+
+class PlanLimitReached(ResourceExhausted):
+    """A declared access plan would pass a bound of the plan book (per caller or per
+    node, in plans or entries); close finished plans or let them expire."""
 
 
 class QuotaExceeded(ResourceExhausted):

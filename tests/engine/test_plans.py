@@ -13,6 +13,7 @@ import pytest
 
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import planbook
 from tierstore.engine.planbook import MAX_PLAN_ENTRIES
 from tierstore.engine.store import Store
 from tierstore.errors import (
@@ -20,6 +21,7 @@ from tierstore.errors import (
     InvalidArgument,
     InvalidName,
     InvalidPlan,
+    PlanLimitReached,
     PlanNotFound,
 )
 from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
@@ -247,3 +249,59 @@ def test_a_job_reading_off_its_plan_is_served_and_stalls_nothing(open_store: Sto
     assert store.stats().mover_error is None
     for name, data in contents.items():
         assert store.get("d", name).to_bytes() == data
+
+
+def test_the_plan_book_is_bounded_per_owner_and_per_node(
+    planned: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Declaring needs only the reader role, and plans live in memory: bounded, with
+    # the bounds made small here (6 shards, so explicit plans of 1 to 6 entries).
+    monkeypatch.setattr(planbook, "MAX_OWNER_PLANS", 3)
+    monkeypatch.setattr(planbook, "MAX_OWNER_PLAN_ENTRIES", 8)
+    monkeypatch.setattr(planbook, "MAX_LIVE_PLANS", 5)
+    monkeypatch.setattr(planbook, "MAX_LIVE_PLAN_ENTRIES", 12)
+    a1 = planned.declare_plan("d", shards=NAMES[:4], job="a1", owner="alice")
+    planned.declare_plan("d", shards=NAMES[:4], job="a2", owner="alice")
+    with pytest.raises(PlanLimitReached, match="8 plan entries of this caller"):
+        planned.declare_plan("d", shards=NAMES[:1], job="a3", owner="alice")
+    planned.declare_plan("d", shards=NAMES[:1], job=a1, owner="alice")  # a1 replaced: 4 -> 1
+    planned.declare_plan("d", shards=NAMES[:1], job="a3", owner="alice")
+    with pytest.raises(PlanLimitReached, match="3 live plans of this caller"):
+        planned.declare_plan("d", shards=NAMES[:1], job="a4", owner="alice")
+    # Another owner has its own share, up to the node's bounds (alice holds 6 entries).
+    planned.declare_plan("d", shards=NAMES, job="b1", owner="bob")
+    with pytest.raises(PlanLimitReached, match="12 plan entries on this node"):
+        planned.declare_plan("d", shards=NAMES[:1], job="b2", owner="bob")
+    planned.close_plan("b1")
+    planned.declare_plan("d", shards=NAMES[:1], job="b2", owner="bob")
+    planned.declare_plan("d", shards=NAMES[:1], job="c1", owner="carol")
+    with pytest.raises(PlanLimitReached, match="5 live plans on this node"):
+        planned.declare_plan("d", shards=NAMES[:1], job="c2", owner="carol")
+    refused = {"a4", "c2"}  # never declared (a3 and b2 were, once there was room)
+    assert {job for job, *_ in declared(planned)}.isdisjoint(refused)
+    for job in refused:
+        with pytest.raises(PlanNotFound):
+            planned.plan_info(job)
+    assert planned.plan_info("a2").length == 4  # the refusals changed nothing
+
+
+def test_expired_plans_do_not_count_against_the_bounds(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planbook, "MAX_OWNER_PLANS", 1)
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(FRAME, 1))
+    store.declare_plan("d", shards=["s"], job="old", ttl_s=0.05, owner="alice")
+    with pytest.raises(PlanLimitReached):
+        store.declare_plan("d", shards=["s"], job="new", owner="alice")
+
+    def declared_once_expired() -> bool:
+        try:
+            store.declare_plan("d", shards=["s"], job="new", owner="alice")
+        except PlanLimitReached:
+            return False
+        return True
+
+    wait_until(declared_once_expired, "the expired plan to stop counting")
+    with pytest.raises(PlanNotFound):
+        store.plan_info("old")

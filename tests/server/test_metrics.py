@@ -57,7 +57,9 @@ def test_a_stopped_server_closes_its_metrics_port(tmp_path: Path) -> None:
     with serving(tmp_path, metrics=True) as running:
         port = running.server.metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-            assert b"tierstore_hot_bytes" in reply.read()
+            text = reply.read().decode()
+        assert "tierstore_hot_bytes " in text
+        assert "tierstore_promotions_skipped_total 0.0" in text.splitlines()
         servers_listener = metrics_listener_threads() - listeners_before
         assert len(servers_listener) == 1
     with pytest.raises(ConnectionRefusedError):

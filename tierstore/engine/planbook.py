@@ -13,6 +13,15 @@ as the shards it draws from (the dataset's, or the prefix's for a sampler plan)
 and never over :data:`MAX_PLAN_ENTRIES`; an explicit plan names only existing
 shards. A plan expires ``ttl_s`` seconds after its declaration or its last
 position report; an expired or closed job is unknown (:class:`PlanNotFound`).
+
+Plans live in memory (about 40 bytes an entry, with the policy's share), and declaring
+one needs only the reader role, so the book is bounded: each owner (the principal
+that declared it, in the service) holds at most :data:`MAX_OWNER_PLAN_ENTRIES`
+entries in at most :data:`MAX_OWNER_PLANS` plans, and the book at most
+:data:`MAX_LIVE_PLAN_ENTRIES` entries in :data:`MAX_LIVE_PLANS` plans. A declaration
+past a bound is refused (:class:`PlanLimitReached`), not queued and not made room for:
+the caller closes plans or waits for them to expire. Expired plans are ended first, so
+they never count.
 Declaring a job again replaces its plan. Reads are not tied to plans: a job that
 reads shards off its plan is served like any reader, and its plan only steers
 placement.
@@ -35,7 +44,7 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import MAX_PLAN_TTL_S, PolicyDriver
 from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
-from tierstore.errors import InvalidArgument, InvalidPlan, PlanNotFound
+from tierstore.errors import InvalidArgument, InvalidPlan, PlanLimitReached, PlanNotFound
 from tierstore.naming import validate_shard_name
 from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
 from tierstore.tiers.lmdb import LmdbEnvironment
@@ -43,6 +52,10 @@ from tierstore.types import TracedClose, TracedPlan, TracedPosition
 
 __all__ = [
     "DEFAULT_PLAN_TTL_S",
+    "MAX_LIVE_PLANS",
+    "MAX_LIVE_PLAN_ENTRIES",
+    "MAX_OWNER_PLANS",
+    "MAX_OWNER_PLAN_ENTRIES",
     "MAX_PLAN_ENTRIES",
     "MAX_PLAN_TTL_S",
     "PlanBook",
@@ -52,6 +65,15 @@ __all__ = [
 
 #: the most entries one plan may have, whatever the dataset's size.
 MAX_PLAN_ENTRIES = 10_000_000
+#: the most entries one owner's live plans may have together: one plan of the largest
+#: size, or its workers' shares of it.
+MAX_OWNER_PLAN_ENTRIES = MAX_PLAN_ENTRIES
+#: the most live plans of one owner (a DataLoader declares one per worker and rank).
+MAX_OWNER_PLANS = 16_384
+#: the most entries all live plans may have together (about 1 GB with the policies').
+MAX_LIVE_PLAN_ENTRIES = 2 * MAX_PLAN_ENTRIES
+#: the most live plans altogether.
+MAX_LIVE_PLANS = 65_536
 DEFAULT_PLAN_TTL_S = 300.0
 MAX_JOB_CHARS = 512
 
@@ -97,6 +119,7 @@ class PlanInfo:
 
 @dataclass
 class _Plan:
+    owner: str
     dataset: str
     names: tuple[str, ...]
     sizes: tuple[int, ...]
@@ -138,14 +161,16 @@ class PlanBook:
         prefix: str,
         job: str | None,
         ttl_s: float,
+        owner: str = "",
     ) -> str:
         """Declare (or replace) ``job``'s plan over ``dataset`` (a valid name); returns
-        the job id (a new random one when ``job`` is None).
+        the job id (a new random one when ``job`` is None). ``owner``: whose plan it
+        is, for the per-owner bounds (a replaced plan is counted as gone).
 
         Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
         ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
         InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
-        job id or ``ttl_s``.
+        job id or ``ttl_s``; PlanLimitReached past one of the book's bounds.
         """
         if isinstance(ttl_s, bool) or not (
             isinstance(ttl_s, int | float) and 0 < ttl_s <= MAX_PLAN_TTL_S
@@ -161,8 +186,10 @@ class PlanBook:
             if prefix:
                 raise InvalidPlan("a prefix applies to sampler plans only")
             names, sizes = self._listed(dataset, shards)
-        plan = _Plan(dataset, names, sizes, float(ttl_s), self._clock() + ttl_s)
+        plan = _Plan(owner, dataset, names, sizes, float(ttl_s), self._clock() + ttl_s)
         with self._lock:
+            self._expire_locked()
+            self._check_room(job, plan)
             previous = self._plans.pop(job, None)
             if previous is not None and previous.dataset != dataset:
                 self._policies.close_plan(previous.dataset, job)
@@ -206,12 +233,8 @@ class PlanBook:
 
     def expire(self) -> int:
         """End every plan past its deadline; returns how many."""
-        now = self._clock()
         with self._lock:
-            expired = [job for job, plan in self._plans.items() if plan.deadline <= now]
-            for job in expired:
-                self._end(job)
-        return len(expired)
+            return self._expire_locked()
 
     def close_dataset(self, dataset: str) -> None:
         """End every plan over ``dataset`` (it was deleted)."""
@@ -230,6 +253,39 @@ class PlanBook:
                     self._policies.report_position(dataset, job, plan.position)
 
     # Internals.
+
+    def _expire_locked(self) -> int:
+        now = self._clock()
+        expired = [job for job, plan in self._plans.items() if plan.deadline <= now]
+        for job in expired:
+            self._end(job)
+        return len(expired)
+
+    def _check_room(self, job: str, plan: _Plan) -> None:
+        """Raise PlanLimitReached unless ``plan`` may take ``job``'s place (lock held).
+        Counts by walking the plans: a declaration is rare next to reads, and a count
+        kept on the side could drift from the book."""
+        owner_plans = owner_entries = live_plans = live_entries = 0
+        for other_job, other in self._plans.items():
+            if other_job == job:
+                continue  # replaced by this declaration
+            live_plans += 1
+            live_entries += len(other.names)
+            if other.owner == plan.owner:
+                owner_plans += 1
+                owner_entries += len(other.names)
+        entries = len(plan.names)
+        for held, adding, bound, what in (
+            (owner_plans, 1, MAX_OWNER_PLANS, "live plans of this caller"),
+            (owner_entries, entries, MAX_OWNER_PLAN_ENTRIES, "plan entries of this caller"),
+            (live_plans, 1, MAX_LIVE_PLANS, "live plans on this node"),
+            (live_entries, entries, MAX_LIVE_PLAN_ENTRIES, "plan entries on this node"),
+        ):
+            if held + adding > bound:
+                raise PlanLimitReached(
+                    f"a plan of {entries:,} entries would pass the {bound:,} {what} "
+                    f"({held:,} held): close finished plans or let them expire"
+                )
 
     def _live(self, job: str) -> _Plan:
         """``job``'s plan (lock held); ends it and raises PlanNotFound if expired."""

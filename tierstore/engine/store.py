@@ -565,21 +565,31 @@ class Store:
         prefix: str = "",
         job: str | None = None,
         ttl_s: float = DEFAULT_PLAN_TTL_S,
+        owner: str = "",
     ) -> str:
         """Declare the order in which ``job`` will read ``dataset``; returns the job id
         (a new one when ``job`` is None; declaring a job again replaces its plan).
+        ``owner`` (the declaring principal, in the service) is counted against the plan
+        book's per-owner bounds (:mod:`tierstore.engine.planbook`).
 
         Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
         over the dataset's shard names under ``prefix``, in catalog order) and
         ``shards`` (explicit names). The plan steers the dataset's policy (prefetch,
         eviction); it lives ``ttl_s`` seconds past the last :meth:`report_position`.
         Raises InvalidName, DatasetNotFound, InvalidPlan (unknown shard, too long, not
-        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl).
+        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl),
+        PlanLimitReached.
         """
         self._check_open()
         validate_dataset_name(dataset)
         job = self._plans.declare(
-            dataset, sampler=sampler, shards=shards, prefix=prefix, job=job, ttl_s=ttl_s
+            dataset,
+            sampler=sampler,
+            shards=shards,
+            prefix=prefix,
+            job=job,
+            ttl_s=ttl_s,
+            owner=owner,
         )
         self.prefetcher.wake()
         return job

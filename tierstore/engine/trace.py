@@ -12,7 +12,11 @@ at other hot-tier sizes, :func:`tierstore.sim.sizing.miss_ratio_curve`).
 Reads are stored column-wise in preallocated arrays (8 + 8 + 8 + 1 bytes a slot,
 25 MB for a million events) with (dataset, shard) names interned to small ids, so
 recording one costs a lock, a dict look-up and four array stores: no allocation
-on the read path. The rarer plan events are kept as objects beside the arrays.
+on the read path. The rarer plan events are kept as objects beside the arrays; a
+declared plan holds its entries, so the plan events in the ring hold at most
+:data:`MAX_TRACED_PLAN_ENTRIES` entries together, and past that the oldest
+declarations leave the ring early (as events older than the ring do: a trace may
+start with positions of a plan it does not show). Closed plans cannot pile up there.
 
 Thread safety: a :class:`TraceRing` is safe to share; every method takes its lock
 briefly (a snapshot copies the arrays under it and builds events outside it).
@@ -20,6 +24,7 @@ briefly (a snapshot copies the arrays under it and builds events outside it).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -37,7 +42,10 @@ from tierstore.types import (
     TraceEvent,
 )
 
-__all__ = ["SIZING_FACTORS", "TraceRing"]
+__all__ = ["MAX_TRACED_PLAN_ENTRIES", "SIZING_FACTORS", "TraceRing"]
+
+#: the most plan entries the ring's plan declarations may hold together.
+MAX_TRACED_PLAN_ENTRIES = 20_000_000
 
 #: the hot-tier sizes of a sizing curve, as multiples of the current capacity.
 SIZING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -83,8 +91,11 @@ class TraceRing:
         self._last_t = 0.0
         self._name_ids: dict[_Name, int] = {}
         self._names: list[_Name] = []
-        # Plan events by sequence number; an entry goes when its slot is overwritten.
+        # Plan events by sequence number; an entry goes when its slot is overwritten
+        # (or, for a declaration, when newer ones need its share of the entries).
         self._others: dict[int, TraceEvent] = {}
+        self._declarations: collections.deque[int] = collections.deque()  # oldest first
+        self._declared_entries = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -115,6 +126,13 @@ class TraceRing:
             self._times[slot] = now = self._now()
             self._kinds[slot] = _OTHER
             self._others[seq] = dataclasses.replace(event, t=now)
+            if isinstance(event, TracedPlan):
+                self._declarations.append(seq)
+                self._declared_entries += len(event.shards)
+                while (
+                    self._declared_entries > MAX_TRACED_PLAN_ENTRIES and len(self._declarations) > 1
+                ):
+                    self._forget(self._declarations.popleft())
 
     def events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The events in the ring now, oldest first (of ``dataset`` only, if given).
@@ -126,7 +144,9 @@ class TraceRing:
         for seq, slot in snapshot.slots():
             kind = snapshot.kinds[slot]
             if kind == _OTHER:
-                event = snapshot.others[seq]
+                event = snapshot.others.get(seq)
+                if event is None:
+                    continue  # a declaration that left the ring early
                 if dataset is None or event.dataset == dataset:
                     yield event
                 continue
@@ -166,9 +186,17 @@ class TraceRing:
         seq = self._written
         slot = seq % self.capacity
         if self._kinds[slot] == _OTHER:
-            del self._others[seq - self.capacity]
+            self._forget(seq - self.capacity)
         self._written = seq + 1
         return slot
+
+    def _forget(self, seq: int) -> None:
+        """Drop plan event ``seq`` (lock held; gone already is fine)."""
+        event = self._others.pop(seq, None)
+        if isinstance(event, TracedPlan):
+            self._declared_entries -= len(event.shards)
+            if self._declarations and self._declarations[0] == seq:
+                self._declarations.popleft()
 
     def _intern(self, name: _Name) -> int:
         if len(self._names) >= 2 * self.capacity + 1024:

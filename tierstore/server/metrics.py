@@ -4,7 +4,7 @@ Request counts and latency by method and status code come from the
 authentication interceptor (which sees every call's outcome); bytes served by
 tier from the GetShard handler; archive request latency from a timing wrapper
 around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
-misses, promotions, evictions — are read from the store at scrape time, so the
+misses, promotions (made and skipped), evictions — are read from the store at scrape time, so the
 read path pays nothing for them.
 
 The endpoint is plain HTTP without credentials, and dataset names are not for
@@ -136,6 +136,11 @@ class _StoreCollector(Collector):
             "tierstore_promotions",
             "shards promoted into the hot tier",
             self._store.mover.promotions,
+        )
+        yield CounterMetricFamily(
+            "tierstore_promotions_skipped",
+            "promotions skipped: eviction could not make room below the high watermark or quota",
+            self._store.mover.promotions_skipped,
         )
         yield CounterMetricFamily(
             "tierstore_evictions", "shards evicted from the hot tier", self._store.mover.evictions

@@ -111,7 +111,28 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             hot_capacity_bytes=stats.hot_capacity_bytes,
             backlog_bytes=stats.backlog_bytes,
             journal_entries=stats.journal_entries,
-            datasets=[
+            datasets=self._dataset_stats(names, listed=not request.dataset),
+        )
+        if request.sizing:
+            # Over the listed datasets only: a caller learns nothing of others' reads.
+            points, reads = self._store.sizing_curve(set(names))
+            reply.sizing.extend(sizing_to_pb(points))
+            reply.traced_reads = reads
+        return reply
+
+    def _dataset_stats(self, names: list[str], *, listed: bool) -> list[placement_pb2.DatasetStats]:
+        """Each dataset's figures. A ``listed`` dataset (not one the caller named) that
+        was deleted since it was listed is left out: the caller did not ask about it,
+        and must not be told another dataset is missing."""
+        figures = []
+        for name in names:
+            try:
+                usage = self._store.dataset_usage(name)
+            except DatasetNotFound:
+                if listed:
+                    continue
+                raise
+            figures.append(
                 placement_pb2.DatasetStats(
                     dataset=name,
                     shards=usage.shards,
@@ -122,16 +143,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     misses=usage.misses,
                     policy=self._store.policy_name(name),
                 )
-                for name in names
-                for usage in (self._store.dataset_usage(name),)
-            ],
-        )
-        if request.sizing:
-            # Over the listed datasets only: a caller learns nothing of others' reads.
-            points, reads = self._store.sizing_curve(set(names))
-            reply.sizing.extend(sizing_to_pb(points))
-            reply.traced_reads = reads
-        return reply
+            )
+        return figures
 
     # Access plans.
 
@@ -158,6 +171,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             prefix=request.prefix,
             job=scoped,
             ttl_s=request.ttl_s or DEFAULT_PLAN_TTL_S,
+            owner=principal.name,
         )
         info = self._store.plan_info(scoped)
         return placement_pb2.DeclarePlanResponse(job=job, length=info.length)

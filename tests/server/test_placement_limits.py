@@ -1,0 +1,74 @@
+"""What a reader's placement calls may take from a node, and tier statistics gathered
+while datasets come and go (an in-process server, so the bounds can be made small)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.server.servers import RunningServer, error_name, invoke, serving
+from tierstore.engine import planbook
+from tierstore.types import DatasetSettings, Role
+from tierstore.v1 import placement_pb2
+
+DECLARE = "/tierstore.v1.PlacementService/DeclarePlan"
+STATS = "/tierstore.v1.PlacementService/GetTierStats"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningServer]:
+    with serving(tmp_path, datasets={"d": DatasetSettings(), "e": DatasetSettings()}) as running:
+        running.store.put("d", "s", b"x" * 100)
+        yield running
+
+
+def declare(node: RunningServer, token: str, job: str) -> placement_pb2.DeclarePlanResponse:
+    request = placement_pb2.DeclarePlanRequest(
+        dataset="d", explicit=placement_pb2.ShardList(shards=["s"]), job=job
+    )
+    (reply,) = invoke(node.channel(), DECLARE, request, token)
+    return reply  # type: ignore[no-any-return]
+
+
+def test_a_readers_plans_are_bounded_and_leave_room_for_others(
+    node: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the bounds, a reader's token declaring plans with fresh job ids grew the
+    # server's memory without end (about 8 MB a plan over 3,000 shards).
+    monkeypatch.setattr(planbook, "MAX_OWNER_PLANS", 2)
+    reader = node.token("reader", ("d", Role.READER))
+    assert declare(node, reader, "j1").length == 1
+    declare(node, reader, "j2")
+    with pytest.raises(grpc.RpcError) as refused:
+        declare(node, reader, "j3")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_name(refused.value) == "PlanLimitReached"
+    assert "2 live plans of this caller" in (refused.value.details() or "")
+    declare(node, reader, "j1")  # replacing a plan of one's own takes no more room
+    other = node.token("other", ("d", Role.READER))
+    declare(node, other, "j3")  # another principal has its own share
+
+
+def test_tier_stats_leave_out_a_dataset_deleted_while_they_are_gathered(
+    node: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = node.store
+    listed = store.list_datasets
+
+    def listed_then_one_deleted() -> list[tuple[str, DatasetSettings]]:
+        datasets = listed()
+        store.delete_dataset("e")  # as another caller's delete landing just then
+        return datasets
+
+    monkeypatch.setattr(store, "list_datasets", listed_then_one_deleted)
+    admin = node.token("ops", ("*", Role.ADMIN))
+    (stats,) = invoke(node.channel(), STATS, placement_pb2.GetTierStatsRequest(), admin)
+    assert [figures.dataset for figures in stats.datasets] == ["d"]
+    assert stats.datasets[0].shards == 1
+    # A dataset the caller names is still reported missing when it is.
+    with pytest.raises(grpc.RpcError) as missing:
+        invoke(node.channel(), STATS, placement_pb2.GetTierStatsRequest(dataset="e"), admin)
+    assert error_name(missing.value) == "DatasetNotFound"
