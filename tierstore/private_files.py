@@ -23,6 +23,7 @@ __all__ = [
     "FILE_MODE",
     "ensure_private_dir",
     "exclusive_lock",
+    "hold_lock_or_name_holder",
     "restrict_mode",
     "write_private_file",
 ]
@@ -85,6 +86,29 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def hold_lock_or_name_holder(lock_path: Path) -> tuple[int | None, str]:
+    """Take an exclusive ``flock`` on ``lock_path`` without waiting, for as long as the
+    returned descriptor stays open, and write this process's id into the file.
+
+    Returns ``(descriptor, "")``, or ``(None, holder)`` when another open file holds the
+    lock: ``holder`` is the process id the file names (``"?"`` if unreadable). The lock
+    goes with the process, however it ends. Raises :class:`OSError` if the file cannot
+    be opened."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return None, holder
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, ""
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -10,6 +10,7 @@ encrypted, and every other shard still reads back intact.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from tierstore import errors
 from tierstore.config import EngineSettings
 from tierstore.engine.records import frame_key
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, poll
 
 SECRETS = (
     "admin.token",
@@ -106,3 +107,46 @@ def test_restart_reuses_secrets_and_tampering_is_data_loss(
             tail = again.get(dataset, "victim", offset=4 * 1024 * 1024)
             assert tail.to_pybytes() == blobs["victim"][4 * 1024 * 1024 :]
     assert second.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_node_killed_outright_starts_again_with_its_embedded_archive(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # kill -9 of the node alone (not its process group): its weed used to live on,
+    # holding the archive's store lock, and the restart failed ("weed exited with
+    # status 255") until someone found and killed it by hand.
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir, embedded=True)
+    blob = os.urandom(3 * 1024 * 1024)
+    with first.connect() as client:
+        client.create_dataset("d")  # write-back: acknowledged before the archive has it
+        client.put("d", "s", blob)
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait()  # type: ignore[union-attr]
+
+    second = spawn_server(data_dir, embedded=True)
+    with second.connect() as client:
+        assert client.get("d", "s").to_pybytes() == blob
+        poll(lambda: client.stat("d", "s").archived, 60, "the journal to reach the archive")
+        assert client.evict("d", "s") > 0
+        assert client.get("d", "s").to_pybytes() == blob  # from the embedded archive
+
+
+@pytest.mark.timeout(120)
+def test_a_second_node_on_a_data_directory_in_use_is_refused(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir)
+    with first.connect() as client:
+        client.create_dataset("d")
+        client.put("d", "s", b"kept")
+    second = ServerProcess(data_dir, first.extra_args)
+    with pytest.raises(AssertionError, match="exited with"):
+        second.start()
+    assert second.process is not None and second.process.returncode != 0
+    (line,) = second.errors().strip().splitlines()
+    assert f"in use by another tierstore serve (process {first.pid})" in line
+    with first.connect() as client:  # the running node is untouched
+        assert client.get("d", "s").to_pybytes() == b"kept"

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.s3 import S3Tier
-from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
+from tierstore.tiers.seaweedfs import SeaweedServer, _alive, find_weed_binary
 
 needs_weed = pytest.mark.skipif(find_weed_binary() is None, reason="weed binary not installed")
 
@@ -135,3 +139,80 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ArchiveUnavailable, match="cannot run"):
         server.start()
     server.stop()  # idempotent after a failed start
+
+
+#: A parent that starts weed on ``argv[1]``, prints its process id, and waits to be killed;
+#: with ``argv[2] == "no-death-signal"`` weed is not told to stop with it (as on systems
+#: without PR_SET_PDEATHSIG).
+_PARENT = """
+import sys, time
+from pathlib import Path
+import tierstore.tiers.seaweedfs as seaweedfs
+if sys.argv[2] == "no-death-signal":
+    seaweedfs._PRCTL = None
+server = seaweedfs.SeaweedServer(Path(sys.argv[1])).start()
+print(server._process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def weed_of_a_killed_parent(data_dir: Path, mode: str) -> int:
+    """Start weed from a parent process, SIGKILL the parent; weed's process id."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(data_dir), mode], stdout=subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), f"the parent printed {line!r}"
+        return int(line)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def wait_until_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@needs_weed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_weed_goes_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    weed = weed_of_a_killed_parent(tmp_path / "data", "death-signal")
+    try:
+        assert wait_until_gone(weed, 30), "weed outlived its parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(weed, signal.SIGKILL)
+
+
+@needs_weed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_weed_left_serving_the_data_dir_is_stopped_before_a_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    leftover = weed_of_a_killed_parent(data_dir, "no-death-signal")
+    try:
+        assert _alive(leftover)  # an orphan, holding the store's lock
+        with SeaweedServer(data_dir) as server:  # before: "weed exited with status 255"
+            assert not _alive(leftover)
+            assert server._process is not None and server._process.pid != leftover
+            assert (data_dir / "weed.pid").read_text().strip() == str(server._process.pid)
+        assert not (data_dir / "weed.pid").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover, signal.SIGKILL)
+
+
+def test_a_pid_file_naming_another_process_leaves_it_alone(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "weed.pid").write_text(f"{os.getpid()}\n")  # reused by a process not weed
+    binary = fake_weed(tmp_path, "exit 3")
+    with pytest.raises(ArchiveUnavailable, match="status 3"):
+        SeaweedServer(data_dir, binary=binary, startup_timeout_s=30).start()
+    assert _alive(os.getpid())

@@ -2,6 +2,7 @@
 
 Everything lives under the data directory::
 
+    <data-dir>/serve.lock     held by the running node (its process id inside)
     <data-dir>/hot/           the LMDB hot tier (frames, catalog, journal)
     <data-dir>/archive/       the embedded SeaweedFS archive (unless an external S3 is given)
     <data-dir>/tls/           local CA and server certificate (ca.pem for clients)
@@ -14,11 +15,18 @@ Everything lives under the data directory::
 The master key file is created on first start so that encrypted datasets work
 out of the box; keep a copy apart from the data (it is the only way to read
 encrypted shards), or point ``--master-key-file`` at one you manage.
+
+One node per data directory: a second ``serve`` on a directory in use exits at once
+with one line naming the running node's process id (LMDB itself would let both open
+the hot tier, and two movers would race over one journal). The lock goes with the
+process however it ends, so a node killed outright can be started again at once; the
+embedded archive's weed goes with it too (:mod:`tierstore.tiers.seaweedfs`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from contextlib import ExitStack
@@ -29,7 +37,8 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
-from tierstore.private_files import ensure_private_dir
+from tierstore.errors import FailedPrecondition
+from tierstore.private_files import ensure_private_dir, hold_lock_or_name_holder
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.tls import ensure_tls_material
@@ -78,6 +87,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with ExitStack() as cleanup:
+        _claim(data_dir, cleanup)
         archive = _archive_settings(options, data_dir, cleanup)
         key_file = options.master_key_file or data_dir / "master.keys"
         keyring = (
@@ -139,6 +149,18 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     out.write("tierstore: stopped\n")
     out.flush()
     return 0
+
+
+def _claim(data_dir: Path, cleanup: ExitStack) -> None:
+    """Hold ``<data-dir>/serve.lock`` until ``cleanup`` closes; FailedPrecondition if
+    another node holds it."""
+    fd, holder = hold_lock_or_name_holder(data_dir / "serve.lock")
+    if fd is None:
+        raise FailedPrecondition(
+            f"data directory {data_dir} is in use by another tierstore serve (process "
+            f"{holder}); stop it first, or give this node a --data-dir of its own"
+        )
+    cleanup.callback(os.close, fd)
 
 
 def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack) -> ArchiveSettings:

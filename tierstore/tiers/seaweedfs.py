@@ -16,14 +16,25 @@ weed writes its logs (``-logtostderr``) to ``<data_dir>/weed.log``. It keeps
 unix sockets of its own: the two it lets us place go into a private temporary
 directory; the gRPC ones it always puts in ``/tmp`` are removed after it exits.
 
-Not thread-safe: start and stop a server from one thread.
+weed does not outlive its parent: on Linux it is sent SIGTERM when the thread that
+started it ends (``PR_SET_PDEATHSIG``), so a process killed outright takes its weed
+along. And since a weed still shutting down (or left by a parent on another system)
+holds its store's lock, a server given a ``data_dir`` first stops the weed that the
+pid file ``<data_dir>/weed.pid`` names, if that process is a weed serving this very
+directory: one data directory serves one SeaweedServer at a time (``tierstore
+serve`` holds a lock on its data directory to make sure).
+
+Not thread-safe: start and stop a server from one thread, one that outlives it (the
+main thread, typically).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
+import logging
 import os
 import random
 import secrets
@@ -47,6 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SeaweedServer", "find_weed_binary"]
 
+_log = logging.getLogger(__name__)
+
 _LOOPBACK: Final = "127.0.0.1"
 _GRPC_OFFSET: Final = 10_000
 _PORT_RANGE: Final = range(20_000, 30_000)
@@ -55,6 +68,16 @@ _START_ATTEMPTS: Final = 3
 _PORT_CLASH_MARKERS: Final = ("Port allocation failed", "address already in use")
 _WEED_SOCKET_DIR: Final = Path("/tmp")  # fixed in weed, whatever TMPDIR says
 _MAX_SOCKET_DIR_LEN: Final = 70  # leaves room for weed's names under the 107-byte limit
+_PID_FILE: Final = "weed.pid"
+_PR_SET_PDEATHSIG: Final = 1
+# Resolved here, not in the child: between fork and exec only the call itself runs.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: be sent SIGTERM when the parent's thread ends."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_weed_binary() -> Path | None:
@@ -103,6 +126,42 @@ def _answers_as_seaweed(port: int) -> bool:
         return False
     finally:
         connection.close()
+
+
+def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
+    """Stop the weed that ``data_dir``'s pid file names, if it is still a weed serving
+    ``data_dir`` (a parent that died left it, or it is still shutting down): SIGTERM,
+    then SIGKILL after ``timeout_s``. Anything else the pid now names is left alone."""
+    pid_file = data_dir / _PID_FILE
+    try:
+        pid = int(pid_file.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return
+    if f"-dir={data_dir}".encode() not in command:
+        pid_file.unlink(missing_ok=True)
+        return  # the process id went to someone else
+    _log.warning("stopping weed (process %d) left serving %s by an earlier run", pid, data_dir)
+    for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            pid_file.unlink(missing_ok=True)
+            return
+    raise ArchiveUnavailable(f"weed (process {pid}) still serves {data_dir} after SIGKILL")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -171,6 +230,7 @@ class SeaweedServer:
             if self._requested_dir is not None:
                 self._data_dir = Path(self._requested_dir)
                 self._data_dir.mkdir(parents=True, exist_ok=True)
+                _stop_leftover(self._data_dir, self._stop_timeout_s)
             else:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
             self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
@@ -244,10 +304,12 @@ class SeaweedServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    preexec_fn=_stop_with_parent,  # one system call: safe beside threads
                 )
             except OSError as exc:
                 raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
         self._process = process
+        (self.data_dir / _PID_FILE).write_text(f"{process.pid}\n")
         self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
@@ -276,6 +338,8 @@ class SeaweedServer:
             self._finalizer()  # runs _terminate once
             self._finalizer = None
         self._process = None
+        if self._data_dir is not None:
+            (self._data_dir / _PID_FILE).unlink(missing_ok=True)
         for role, port in self._ports.items():
             for name in (
                 f"seaweedfs-{role}-grpc-{port + _GRPC_OFFSET}.sock",
