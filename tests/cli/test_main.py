@@ -38,6 +38,9 @@ class FakeClient:
         self.calls.append(("list_datasets", ()))
         return []
 
+    def close(self) -> None:
+        self.calls.append(("close", ()))
+
     def list_tokens(self) -> list[dict[str, Any]]:
         self.calls.append(("list_tokens", ()))
         return self.tokens
@@ -219,7 +222,7 @@ def test_a_hot_quota_the_wire_cannot_carry_is_refused_before_any_call(
 def test_the_largest_hot_quota_is_sent(client: FakeClient, command: str) -> None:
     done = invoke("--json", "dataset", command, "ds", "--hot-quota", str(2**64 - 1))
     assert done.exit_code == 0, done.output
-    assert client.calls == [(f"{command}_dataset", ("ds", 2**64 - 1))]
+    assert client.calls == [(f"{command}_dataset", ("ds", 2**64 - 1)), ("close", ())]
 
 
 # output files
@@ -267,3 +270,20 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
 
     done = invoke("--json", "rm", "ds", "d")
     assert done.exit_code == 0 and json.loads(done.stdout) == {"deleted": ["d"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["serve", "--data-dir", "d"], "serve"),
+        (["--address", "h:1", "--json", "serve"], "serve"),
+        (["--token", "serve", "ls", "ds"], "ls"),  # a token that reads "serve"
+        (["--ca=ca.pem", "get", "serve", "s"], "get"),  # a dataset named "serve"
+        (["--help"], None),
+    ],
+)
+def test_the_command_is_found_past_the_top_level_options(
+    argv: list[str], command: str | None
+) -> None:
+    # Only `serve` keeps gRPC's error log lines; every other command prints one line.
+    assert main._command_name(argv) == command

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from tierstore.cli.main import app
 from tierstore.client.client import Client
 from tierstore.policy.registry import DEFAULT_POLICY
+from tierstore.server.tls import ensure_tls_material
 from tierstore.server.tokens import MAX_TTL_S
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read
 from tierstore.sim.tracefile import load_trace
@@ -414,6 +415,9 @@ def test_console_script_exit_codes(
     env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
 ) -> None:
     admin.put(dataset, "s", b"bytes on stdout")
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("not a certificate\n")
+    other_ca = ensure_tls_material(tmp_path / "another-node").ca_cert_path
     cases: list[tuple[dict[str, str], tuple[str, ...], int, str]] = [
         (env, ("get", dataset, "no-such-shard"), 3, "ShardNotFound"),
         (env, ("stat", unique(), "x"), 3, "DatasetNotFound"),
@@ -428,6 +432,10 @@ def test_console_script_exit_codes(
         (env | {"TIERSTORE_TOKEN": "ts_000000000000_" + "A" * 43}, ("dataset", "ls"), 4, ""),
         (clean_env(TIERSTORE_ADDRESS=env["TIERSTORE_ADDRESS"]), ("dataset", "ls"), 5, ""),
         (env | {"TIERSTORE_ADDRESS": "127.0.0.1:1"}, ("dataset", "ls"), 5, "Unavailable"),
+        # no grpc log lines around the error (its C core logged four for this CA file)
+        (env | {"TIERSTORE_CA": str(not_pem)}, ("dataset", "ls"), 5, "is --ca / TIERSTORE_CA"),
+        (env | {"TIERSTORE_CA": str(other_ca)}, ("dataset", "ls"), 5, "TLS failed"),
+        (clean_env(), ("dataset", "ls"), 2, "TIERSTORE_ADDRESS"),
         # and two that work, the way a shell script uses them
         (env, ("dataset", "ls"), 0, ""),
         (env, ("get", dataset, "s", "--offset", "6"), 0, ""),
@@ -503,3 +511,30 @@ def test_serve_errors_exit_codes(
             assert "loopback" in line
         assert b"tierstore: ready" not in done.stdout
     assert server.health() == 1  # the session server did not notice
+
+
+def test_reads_by_the_cli_are_counted_on_either_path(
+    env: dict[str, str], dataset: str, tmp_path: Path
+) -> None:
+    # On the server's own host `get` reads the hot tier in place and reports the reads
+    # when its client closes; the CLI never closed it, so they were never counted.
+    for path, local in (("in-place", "1"), ("service", "0")):
+        shard = f"counted-{path}"
+        (tmp_path / shard).write_bytes(b"counted " * 100)
+        assert run(env, "put", dataset, str(tmp_path / shard)).returncode == 0
+        before = ok(env, "stats", dataset)["datasets"][dataset]["hits"]
+        for _ in range(3):
+            got = run_process(env | {"TIERSTORE_LOCAL_READS": local}, "get", dataset, shard)
+            assert got.returncode == 0, got.stderr
+        assert ok(env, "stat", dataset, shard)["access_count"] == 3, path
+        assert ok(env, "stats", dataset)["datasets"][dataset]["hits"] == before + 3, path
+
+
+def test_piped_tables_keep_whole_names(env: dict[str, str], dataset: str, tmp_path: Path) -> None:
+    name = "a-shard-name-long-enough-that-an-80-column-table-had-to-cut-it.arrow"
+    (tmp_path / name).write_bytes(b"x")
+    assert run(env, "put", dataset, str(tmp_path / name)).returncode == 0
+    piped = {key: value for key, value in env.items() if key != "COLUMNS"}
+    listed = run_process(piped, "ls", dataset, json_output=False)
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout.decode()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -32,7 +33,7 @@ from tierstore import errors
 from tierstore.types import Grant, Role, ShardInfo
 
 app = typer.Typer(help="tierstore: tiered storage for ML shards.", no_args_is_help=True)
-dataset_app = typer.Typer(help="Create, list and delete datasets.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Create, list, update and delete datasets.", no_args_is_help=True)
 token_app = typer.Typer(help="Issue, list and revoke access tokens.", no_args_is_help=True)
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 policy_app = typer.Typer(help="A dataset's placement policy.", no_args_is_help=True)
@@ -43,8 +44,20 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(trace_app, name="trace")
 
+#: the width of tables written to a pipe: wide enough never to cut a column
+_PIPED_WIDTH = 10_000
+
+
+def _stdout_console() -> Console:
+    """At a terminal (or with COLUMNS set), its width; piped, as wide as the content, so
+    a shard name is never cut to "…" on its way to grep (rich assumes 80 columns)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=_PIPED_WIDTH)
+
+
 err = Console(stderr=True)
-out = Console()
+out = _stdout_console()
 
 _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
     (errors.InvalidArgument, 2),
@@ -57,12 +70,15 @@ _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
 ]
 
 
+@dataclass
 class _State:
     address: str | None = None
     token: str | None = None
     ca: Path | None = None
     insecure: bool = False
     json: bool = False
+    #: clients this command made, closed when it ends (see _client)
+    clients: list[Any] = field(default_factory=list)
 
 
 state = _State()
@@ -73,6 +89,7 @@ _CONNECTION = "Connection"
 
 @app.callback()
 def _options(
+    context: typer.Context,
     address: Annotated[
         str | None, typer.Option(help="HOST:PORT [TIERSTORE_ADDRESS]", rich_help_panel=_CONNECTION)
     ] = None,
@@ -91,6 +108,7 @@ def _options(
     ] = False,
 ) -> None:
     # Given before the command's name; _ClientCommand adds what is given after it.
+    context.call_on_close(_close_clients)
     state.address, state.token, state.ca = address, token, ca
     state.insecure, state.json = insecure, json_output
 
@@ -126,9 +144,19 @@ class _ClientCommand(TyperCommand):
 
 
 def _client() -> Any:
+    """A client for this command, closed when the command ends, error or not: closing
+    reports the reads it served in place (from this host's hot tier), which were never
+    counted while the CLI left its clients open."""
     from tierstore.client.client import connect
 
-    return connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+    client = connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+    state.clients.append(client)
+    return client
+
+
+def _close_clients() -> None:
+    while state.clients:
+        state.clients.pop().close()
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,12 +180,24 @@ def _emit(value: Any, table: RenderableType | None = None) -> None:
         out.print(table)
 
 
+#: what gRPC says when TLS did not come up: most often the wrong CA file, or a port
+#: that is not the API's (the health port is plaintext)
+_TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|handshake|WRONG_VERSION_NUMBER", re.I)
+_TLS_HINT = (
+    "TLS failed: is --ca / TIERSTORE_CA the server's tls/ca.pem, and --address / "
+    "TIERSTORE_ADDRESS its API port?"
+)
+
+
 def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     """Print the command's one error line, ``exc``'s type and ``message`` (default: the
     exception's own); return the exit to raise, with the code ``exc`` maps to."""
+    text = message or str(exc)
+    if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
+        text += f" ({_TLS_HINT})"
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
     err.print(
-        Text.assemble(("error:", "red"), f" {type(exc).__name__}: {message or exc}"),
+        Text.assemble(("error:", "red"), f" {type(exc).__name__}: {text}"),
         highlight=False,
         soft_wrap=True,
     )
@@ -699,10 +739,29 @@ _register_simulate()
 
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
-    # gRPC's C core logs failed TLS handshakes and the like at INFO on stderr, around
-    # the one-line error the command prints; keep only its errors (before grpc loads).
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC's C core logs on stderr (before grpc loads, or never): a failed TLS handshake
+    # or an unreadable CA file comes out as several lines around the one-line error a
+    # command prints, so a command that calls a server keeps none of them; a node keeps
+    # gRPC's errors in its log. GRPC_VERBOSITY set by the user wins.
+    serving = _command_name(sys.argv[1:]) == "serve"
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
     app()
+
+
+#: top-level options that take a value (the next argument, unless given as --opt=value)
+_VALUED_OPTIONS = frozenset({"--address", "--token", "--ca"})
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` runs: its first argument that is neither an option nor a
+    top-level option's value."""
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in _VALUED_OPTIONS:
+            next(arguments, None)
+        elif not argument.startswith("-"):
+            return argument
+    return None
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ class ChannelSettings:
 
     def __post_init__(self) -> None:
         if not self.address or ":" not in self.address:
-            raise InvalidArgument(f"address must be HOST:PORT, got {self.address!r}")
+            raise InvalidArgument(
+                f"address must be HOST:PORT, got {self.address!r} (pass one, or set "
+                "TIERSTORE_ADDRESS; the CLI takes --address)"
+            )
         if self.insecure and not is_loopback_address(self.address):
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
 
