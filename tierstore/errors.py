@@ -35,7 +35,8 @@ so the service and the client can share one table later.
     │   ├── BacklogFull                  un-archived bytes passed the configured cap
     │   ├── HotTierFull                  the LMDB map is full (disk full)
     │   ├── PlanLimitReached             too many live access plans (or entries) held
-    │   └── QuotaExceeded                a dataset's hot bytes would pass its quota
+    │   ├── QuotaExceeded                a dataset's hot bytes would pass its quota
+    │   └── ReaderTableFull              LMDB's reader table is full (too many open snapshots)
     ├── DataLoss                     DATA_LOSS
     │   └── IntegrityError               checksum or AEAD tag mismatch, truncation, reorder
     └── Unavailable                  UNAVAILABLE
@@ -71,6 +72,7 @@ __all__ = [
     "PlanLimitReached",
     "PlanNotFound",
     "QuotaExceeded",
+    "ReaderTableFull",
     "ResourceExhausted",
     "ShardNotFound",
     "StoreClosed",
@@ -227,6 +229,12 @@ class QuotaExceeded(ResourceExhausted):
     """A dataset's hot bytes would pass its hot-tier quota and not enough of its own
     archived, unpinned shards could be evicted; retry once the mover has archived more
     of them, or raise the quota."""
+
+
+class ReaderTableFull(ResourceExhausted):
+    """Every slot of the hot tier's LMDB reader table is held by a live read
+    transaction, most likely by local readers on this host keeping many snapshots;
+    retry once some are released."""
 
 
 class DataLoss(TierstoreError):

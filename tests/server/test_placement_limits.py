@@ -1,5 +1,6 @@
-"""What a reader's placement calls may take from a node, and tier statistics gathered
-while datasets come and go (an in-process server, so the bounds can be made small)."""
+"""What a reader's placement calls may take from a node and what their errors say, and
+tier statistics gathered while datasets come and go (an in-process server, so the bounds
+can be made small)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tierstore.v1 import placement_pb2
 
 DECLARE = "/tierstore.v1.PlacementService/DeclarePlan"
 STATS = "/tierstore.v1.PlacementService/GetTierStats"
+REPORT = "/tierstore.v1.PlacementService/ReportPosition"
 
 
 @pytest.fixture
@@ -72,3 +74,17 @@ def test_tier_stats_leave_out_a_dataset_deleted_while_they_are_gathered(
     with pytest.raises(grpc.RpcError) as missing:
         invoke(node.channel(), STATS, placement_pb2.GetTierStatsRequest(dataset="e"), admin)
     assert error_name(missing.value) == "DatasetNotFound"
+
+
+def test_a_position_past_the_end_is_refused_without_the_servers_id_of_the_job(
+    node: RunningServer,
+) -> None:
+    reader = node.token("reader", ("d", Role.READER))
+    declare(node, reader, "mine")
+    request = placement_pb2.ReportPositionRequest(job="mine", position=2)
+    with pytest.raises(grpc.RpcError) as refused:
+        invoke(node.channel(), REPORT, request, reader)
+    assert error_name(refused.value) == "InvalidArgument"
+    details = refused.value.details() or ""
+    assert "position 2 is past the end of the plan (1 entries)" in details
+    assert "reader/" not in details  # the engine's id of the job: "6:reader/mine"

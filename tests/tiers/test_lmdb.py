@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from tests.tiers.conformance import TierConformance
-from tierstore.errors import StoreClosed
+from tierstore.errors import ReaderTableFull, StoreClosed
+from tierstore.tiers import lmdb as lmdb_tier
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -81,3 +86,47 @@ def test_close_leaves_the_map_open_for_a_transaction_that_outlasts_its_wait(
         txn.put(b"k2", b"still mapped", db=environment.db("d"))
     with pytest.raises(StoreClosed):
         environment.env  # noqa: B018 - closed to new work all the same
+
+
+#: A reader that takes one slot of the table at ``argv[1]`` and waits to be killed.
+_DEAD_READER = """
+import sys, time, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=4, max_readers=4, readonly=True, lock=True)
+txn = env.begin()
+print("reading", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_full_reader_table_frees_dead_readers_slots_or_says_it_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Local readers on the host share the server's reader table. Full of slots that
+    # dead readers left, it used to fail every read of the server (and its mover) for good.
+    monkeypatch.setattr(lmdb_tier, "MAX_READERS", 4)
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    with env.write() as txn:
+        txn.put(b"k", b"v", db=env.db("data"))
+    for _ in range(4):
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _DEAD_READER, str(tmp_path / "env")], stdout=subprocess.PIPE
+        )
+        assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+        reader.kill()
+        reader.wait()
+    with env.read() as txn:  # the dead readers' slots were freed
+        assert bytes(txn.get(b"k", db=env.db("data"))) == b"v"
+    held = []  # live readers take every slot left (py-lmdb keeps one spare of its own)
+    with contextlib.suppress(lmdb.ReadersFullError):
+        while len(held) < 4:
+            held.append(env.env.begin())
+    assert held
+    try:
+        with pytest.raises(ReaderTableFull, match="reader table"), env.read():
+            pass
+    finally:
+        for txn in held:
+            txn.abort()
+    with env.read() as txn:
+        assert bytes(txn.get(b"k", db=env.db("data"))) == b"v"
+    env.close()

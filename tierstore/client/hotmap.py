@@ -45,13 +45,11 @@ from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shar
 from tierstore.engine.reads import LeasePool, ReadLease
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.errors import Unavailable
+from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.wire.local import LocalGrant
 
 __all__ = ["HotMap", "HotSession", "hot_map"]
 
-#: The server's reader-table size (tierstore.tiers.lmdb), passed so that a reader that
-#: opens the environment while the server is down does not shrink the table.
-_MAX_READERS = 512
 #: The longest a fork waits for local reads in flight.
 _FORK_WAIT_S = 10.0
 
@@ -151,7 +149,9 @@ class HotMap:
                 readonly=True,
                 lock=True,  # registers our snapshots in the reader table: needs lock.mdb writable
                 max_dbs=len(DB_NAMES) + 1,
-                max_readers=_MAX_READERS,
+                # the server's size: a reader that opens the map while the server is
+                # down must not shrink the table
+                max_readers=MAX_READERS,
                 create=False,
             )
         except lmdb.Error as exc:

@@ -210,9 +210,9 @@ class PlanBook:
         with self._lock:
             plan = self._live(job)
             if position > len(plan.names):
+                # Not naming the job: the service knows it by an id its caller never sees.
                 raise InvalidArgument(
-                    f"position {position} is past the end of job {job!r}'s plan "
-                    f"({len(plan.names)} entries)"
+                    f"position {position} is past the end of the plan ({len(plan.names)} entries)"
                 )
             plan.position = position
             plan.deadline = self._clock() + plan.ttl_s

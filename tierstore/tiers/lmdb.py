@@ -10,6 +10,12 @@ not SIGBUS), default sync flags (a commit is fsynced before it returns), one
 fixed ``map_size`` that is never changed while transactions are open, and
 ``reader_check()`` at open to clear reader slots of dead processes.
 
+The reader table (:data:`MAX_READERS` slots) is shared with local readers on this
+host (docs/local-reads.md), so it can fill: a read that finds it full frees the slots
+of dead processes and tries once more, then raises :class:`ReaderTableFull`. Before,
+a full table failed the server's reads (and its mover) for good, since only granting
+a local read freed dead readers' slots, and that needs a read first.
+
 Fork safety: an environment is never used across ``fork()``. The handle is
 bound to the process id that opened it; a child process reopens the
 environment on first use and never touches (or closes) the parent's handle.
@@ -27,12 +33,21 @@ from typing import Any
 
 import lmdb
 
-from tierstore.errors import HotTierFull, InvalidArgument, StoreClosed, Unavailable
+from tierstore.errors import (
+    HotTierFull,
+    InvalidArgument,
+    ReaderTableFull,
+    StoreClosed,
+    Unavailable,
+)
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 
-__all__ = ["MAX_KEY_BYTES", "LmdbEnvironment", "LmdbTier"]
+__all__ = ["MAX_KEY_BYTES", "MAX_READERS", "LmdbEnvironment", "LmdbTier"]
 
 MAX_KEY_BYTES = 511
+#: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
+#: local reader on this host together; the first process to open the map sets it.
+MAX_READERS = 4096
 #: bytes of LMDB's per-page header, counted when estimating a value's pages.
 _PAGE_HEADER_BYTES = 16
 
@@ -85,7 +100,7 @@ class LmdbEnvironment:
                 max_dbs=len(self._db_names) + 1,
                 writemap=False,
                 readonly=self._readonly,
-                max_readers=512,
+                max_readers=MAX_READERS,
                 lock=True,
             )
         except lmdb.Error as exc:
@@ -127,9 +142,26 @@ class LmdbEnvironment:
 
     @contextmanager
     def read(self) -> Iterator[Any]:
-        """A short read transaction (zero-copy buffers, valid until it ends)."""
-        with self._in_use(), self.env.begin(buffers=True) as txn:
+        """A short read transaction (zero-copy buffers, valid until it ends).
+
+        Raises :class:`ReaderTableFull` when every reader slot is held by a live
+        process (after freeing those of dead ones)."""
+        with self._in_use(), self._begin_read() as txn:
             yield txn
+
+    def _begin_read(self) -> Any:
+        env = self.env
+        try:
+            return env.begin(buffers=True)
+        except lmdb.ReadersFullError:
+            env.reader_check()  # frees the slots that dead processes left
+        try:
+            return env.begin(buffers=True)
+        except lmdb.ReadersFullError as exc:
+            raise ReaderTableFull(
+                f"the reader table of the hot tier at {self.path} is full ({MAX_READERS} "
+                "open read transactions): readers on this host hold too many snapshots"
+            ) from exc
 
     @contextmanager
     def _in_use(self) -> Iterator[None]:
