@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from tierstore.client.keycache import DataKeys
@@ -9,8 +10,16 @@ from tierstore.client.keycache import DataKeys
 NONCE = b"\x01" * 8
 
 
+def granted(*datasets: str, max_keys: int = 4096) -> DataKeys:
+    """A cache whose ``datasets`` hold grants that never run out."""
+    keys = DataKeys(max_keys)
+    for dataset in datasets:
+        keys.grant(dataset, math.inf)
+    return keys
+
+
 def test_a_key_is_kept_per_generation() -> None:
-    keys = DataKeys()
+    keys = granted("d")
     cipher = keys.put("d", "s", 7, os.urandom(32), NONCE)
     assert keys.get("d", "s", 7) is cipher
     assert keys.get("d", "s", 8) is None
@@ -18,7 +27,7 @@ def test_a_key_is_kept_per_generation() -> None:
 
 
 def test_keys_past_the_bound_are_dropped_oldest_first_and_zeroed() -> None:
-    keys = DataKeys(max_keys=2)
+    keys = granted("d", max_keys=2)
     first = keys.put("d", "a", 1, os.urandom(32), NONCE)
     keys.put("d", "b", 1, os.urandom(32), NONCE)
     keys.get("d", "a", 1)  # a is used again: b is now the oldest
@@ -36,7 +45,7 @@ def test_keys_past_the_bound_are_dropped_oldest_first_and_zeroed() -> None:
 
 
 def test_dropping_a_dataset_zeroes_its_keys_only() -> None:
-    keys = DataKeys()
+    keys = granted("mine", "other")
     mine = [keys.put("mine", f"s{i}", 1, os.urandom(32), NONCE) for i in range(3)]
     other = keys.put("other", "s0", 1, os.urandom(32), NONCE)
     keys.drop_dataset("mine")
@@ -53,7 +62,7 @@ def test_a_zeroed_key_does_not_disturb_a_read_in_flight() -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     data_key = os.urandom(32)
-    keys = DataKeys()
+    keys = granted("d")
     cipher = keys.put("d", "s", 1, data_key, NONCE)
     sealed = AESGCM(data_key).encrypt(NONCE + b"\x00\x00\x00\x00", b"frame", b"aad")
     keys.clear()

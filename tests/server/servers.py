@@ -164,6 +164,7 @@ def serving(
     request_arrival_s: float = 10.0,
     stream_message_s: float = 60.0,
     archive: Tier | None = None,
+    listen: str = "127.0.0.1:0",
     **engine: Any,
 ) -> Iterator[RunningServer]:
     """Start a server under ``root`` (TLS from a fresh local CA unless ``insecure``).
@@ -172,7 +173,9 @@ def serving(
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
     are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
     deadlines for a unary request and for each message of a request stream; ``metrics``
-    serves ``/metrics`` on a port of its own. Everything is stopped and closed on exit.
+    serves ``/metrics`` on a port of its own; ``listen`` is the API's address (reach
+    another than 127.0.0.1 with ``channel(address=...)``). Everything is stopped and
+    closed on exit.
     """
     data_dir = root / "node"
     archive = MemoryTier() if archive is None else archive
@@ -185,7 +188,7 @@ def serving(
         tls = None if insecure else ensure_tls_material(data_dir)
         server, port = create_server(
             ServerSettings(
-                listen="127.0.0.1:0",
+                listen=listen,
                 health_listen="127.0.0.1:0" if health else "",
                 metrics_listen="127.0.0.1:0" if metrics else "",
                 insecure=insecure,

@@ -54,6 +54,7 @@ from tierstore.errors import (
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
+    ResourceExhausted,
     TierstoreError,
 )
 from tierstore.frames import FrameSealer, shard_context
@@ -77,6 +78,9 @@ _REFUSED_RETRY_S = 60.0
 #: After OpenLocal failed otherwise (no access, no such dataset, unreachable): the
 #: service answers the read itself, and says why.
 _FAILED_RETRY_S = 1.0
+#: After the server refused a grant for now (its reader table is more than half
+#: taken): the service answers the reads, and the grant is asked for again this late.
+_BUSY_RETRY_S = 5.0
 #: A byte range without a length reaches to the end (as the server reads it).
 _TO_THE_END = 1 << 62
 #: Arrow's required buffer alignment: frames handed out in place must start on it.
@@ -189,10 +193,15 @@ class LocalReads:
         self._rpc = rpc
         self.options = options
         self.counts = counts or ReadCounter()
+        # Keys live as long as their dataset's grant (same clock as the routes'): swept
+        # at every local read and on the reporter's thread.
+        self._keys = DataKeys(options.max_keys, time.monotonic)
         self.reporter = ReadReporter(
-            rpc.report, every_reads=options.report_every_reads, interval_s=options.report_interval_s
+            rpc.report,
+            every_reads=options.report_every_reads,
+            interval_s=options.report_interval_s,
+            on_wake=self._keys.expire,
         )
-        self._keys = DataKeys(options.max_keys)
         self._lock = ForkSafeLock()
         self._routes: dict[str, _Route] = {}
         self._allocate = options.allocate
@@ -331,12 +340,18 @@ class LocalReads:
         with self._lock:
             route = self._routes.get(dataset)
         if route is not None and now < route.until:
-            return route.hot
-        hot, until = self._renew(dataset, now)
-        with self._lock:
-            self._routes[dataset] = _Route(hot, until)
-        if hot is None:
-            self._keys.drop_dataset(dataset)  # no grant, no keys
+            hot = route.hot
+        else:
+            hot, until = self._renew(dataset, now)
+            with self._lock:
+                self._routes[dataset] = _Route(hot, until)
+            if hot is None:
+                self._keys.drop_dataset(dataset)  # no grant, no keys
+            else:
+                self._keys.grant(dataset, until)
+        # After this dataset's renewal, so that reading it keeps its keys: every other
+        # dataset whose grant ran out unrenewed loses them.
+        self._keys.expire()
         return hot
 
     def _renew(self, dataset: str, now: float) -> tuple[HotMap | None, float]:
@@ -345,6 +360,9 @@ class LocalReads:
         except FailedPrecondition as exc:  # turned off there, or not this host
             self._note("refused", f"the server does not grant local reads ({exc})")
             return None, now + _REFUSED_RETRY_S
+        except ResourceExhausted as exc:  # the server keeps its reader slots for itself
+            self._note("busy", f"the server grants no local reads for now ({exc})")
+            return None, now + _BUSY_RETRY_S
         except TierstoreError:  # no access, no such dataset, unreachable: the service says
             return None, now + _FAILED_RETRY_S
         why = _unusable(grant)

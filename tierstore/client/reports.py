@@ -46,10 +46,21 @@ _FORK_WAIT_S = 5.0
 class ReadReporter:
     """Counts reads served in place and reports them to the server in batches."""
 
-    def __init__(self, send: Sender, *, every_reads: int = 256, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        send: Sender,
+        *,
+        every_reads: int = 256,
+        interval_s: float = 1.0,
+        on_wake: Callable[[], object] | None = None,
+    ) -> None:
+        """``on_wake`` is called on the background thread after each round of sending
+        (so at least every ``interval_s`` while the thread runs): the local path drops
+        the data keys of expired grants there. It must not raise."""
         self._send = send
         self.every_reads = every_reads
         self.interval_s = interval_s
+        self._on_wake = on_wake
         self._logged: set[str] = set()
         self._reset()
         _REPORTERS.add(self)
@@ -136,6 +147,8 @@ def _report_loop(
         if current is None or stop.is_set():
             return
         current.flush()
+        if current._on_wake is not None:
+            current._on_wake()
         del current
 
 

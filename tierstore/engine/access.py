@@ -42,10 +42,11 @@ class AccessRecorder:
         #: Held by a flush from drain() to commit, and by readers of catalog + pending stats.
         self.flush_lock = threading.Lock()
 
-    def record(self, dataset: str, name: str, generation: int, now: float) -> None:
-        """Count one read of a generation at ``now`` (seconds since the epoch).
+    def record(self, dataset: str, name: str, generation: int, now: float, reads: int = 1) -> None:
+        """Count ``reads`` reads of a generation at ``now`` (seconds since the epoch).
 
-        The same arithmetic as :meth:`AccessStats.with_read`, inlined for the read path.
+        The same arithmetic as :meth:`AccessStats.with_read` (``reads`` times, at one
+        instant), inlined for the read path.
         """
         key = (dataset, name, generation)
         with self._lock:
@@ -53,7 +54,7 @@ class AccessRecorder:
             if now > last:
                 frequency *= math.exp2((last - now) / self.half_life_s)
                 last = now
-            self._pending[key] = (count + 1, last, frequency + 1.0)
+            self._pending[key] = (count + reads, last, frequency + reads)
 
     def pending(self, dataset: str, name: str, generation: int) -> AccessStats:
         """Statistics not yet flushed for one shard generation."""

@@ -9,10 +9,14 @@ after authorization. What the engine provides for it:
   *without* recording a read (the reader reports its reads on its own);
 * :meth:`LocalReadSupport.record` — reads a reader served itself, recorded as hot
   reads through the same :class:`~tierstore.engine.readlog.ReadLog` as every other
-  read (statistics, hit counts, trace, placement policy);
+  read (statistics, hit counts, trace, placement policy); the trace and the policy
+  hear of a few reads per shard generation reported, whatever its count
+  (:meth:`~tierstore.engine.readlog.ReadLog.observe_reported`);
 * :meth:`LocalReadSupport.clear_stale_readers` — frees LMDB reader-table slots left
   by reader processes that died: LMDB tells live readers by pid and reclaims their
-  slots only when asked, and a stale slot pins an old snapshot (the file grows).
+  slots only when asked, and a stale slot pins an old snapshot (the file grows);
+* :meth:`LocalReadSupport.reader_table` — how many of those slots are taken, so the
+  service can keep some back for the server's own reads.
 
 :class:`LocalReadCount` is shared with the client (it builds the reports).
 
@@ -33,7 +37,7 @@ from tierstore.engine.sealing import ShardSealers
 from tierstore.errors import FailedPrecondition
 from tierstore.tiers.lmdb import LmdbEnvironment
 
-__all__ = ["DataKey", "HotLocation", "LocalReadCount", "LocalReadSupport"]
+__all__ = ["DataKey", "HotLocation", "LocalReadCount", "LocalReadSupport", "ReaderTable"]
 
 #: Reader-table checks happen at most this often (each walks the table and asks the
 #: kernel about every reader's pid lock).
@@ -57,6 +61,16 @@ class DataKey:
 
     key: bytes = field(repr=False)
     nonce_prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderTable:
+    """LMDB's reader table of the hot tier: ``used`` of its ``size`` slots are taken
+    (by live transactions, by processes' idle cached ones, and by dead processes until
+    they are cleared)."""
+
+    used: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,30 +132,50 @@ class LocalReadSupport:
 
         Reads of a generation that is no longer current, or of a shard no longer hot
         when the report arrives, are dropped: statistics belong to one generation, and
-        a placement policy hears hits only of shards it holds. Costs one read
-        transaction and O(reads) in-memory work. Raises DatasetNotFound.
+        a placement policy hears hits only of shards it holds. Entries of the same
+        generation are added up first, then each is one
+        :meth:`~tierstore.engine.readlog.ReadLog.observe_reported`: the trace and the
+        policy hear of a bounded number of reads per entry, whatever its count. Costs
+        one read transaction and O(entries) work (plus a sub-microsecond counter update
+        per read, see that method). Raises DatasetNotFound.
         """
+        counts: dict[tuple[str, int], int] = {}
+        for read in reads:
+            key = (read.shard, read.generation)
+            counts[key] = counts.get(key, 0) + read.count
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
-            found = [(self._catalog.get_shard(txn, dataset, read.shard), read) for read in reads]
+            found = [
+                (self._catalog.get_shard(txn, dataset, shard), generation, count)
+                for (shard, generation), count in counts.items()
+            ]
         recorded = 0
-        for record, read in found:
-            if record is None or record.generation != read.generation or not record.hot:
+        for record, generation, count in found:
+            if record is None or record.generation != generation or not record.hot:
                 continue
-            for _ in range(read.count):
-                self._reads.observe(record, True)
-            recorded += read.count
+            self._reads.observe_reported(record, count)
+            recorded += count
         return recorded
 
-    def clear_stale_readers(self) -> int:
-        """Free reader slots of dead processes (at most every few seconds; cheap otherwise).
-
-        Returns how many slots were freed now.
-        """
+    def clear_stale_readers(self, force: bool = False) -> int:
+        """Free reader slots of dead processes (at most every few seconds unless
+        ``force``; cheap otherwise). Returns how many slots were freed now."""
         now = time.monotonic()
         with self._check_lock:
-            if now - self._checked_at < _READER_CHECK_INTERVAL_S:
+            if not force and now - self._checked_at < _READER_CHECK_INTERVAL_S:
                 return 0
             self._checked_at = now
         cleared: int = self._env.env.reader_check()
         return cleared
+
+    def reader_table(self) -> ReaderTable:
+        """How many slots of the reader table are taken, by every process on this host.
+
+        py-lmdb has no count of taken slots (``info()["num_readers"]`` is the most ever
+        taken at once), so this counts the lines of LMDB's reader list: O(slots)."""
+        env = self._env.env
+        listing: str = env.readers()
+        # One line per taken slot, each starting with its pid; the header does not.
+        used = sum(1 for line in listing.splitlines() if line.lstrip()[:1].isdigit())
+        size: int = env.info()["max_readers"]
+        return ReaderTable(used, size)

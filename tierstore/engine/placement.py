@@ -55,11 +55,11 @@ class Placement:
         self._lock = threading.Lock()
         self._reads: dict[str, list[int]] = {}
 
-    def count_read(self, dataset: str, hit: bool) -> None:
-        """Count one read of ``dataset`` served from the hot tier (hit) or the archive."""
+    def count_read(self, dataset: str, hit: bool, reads: int = 1) -> None:
+        """Count ``reads`` reads of ``dataset`` served from the hot tier (hit) or the archive."""
         with self._lock:
             counts = self._reads.setdefault(dataset, [0, 0])
-            counts[0 if hit else 1] += 1
+            counts[0 if hit else 1] += reads
 
     def set_pinned(self, dataset: str, shard: str, pinned: bool, ttl_s: float | None = None) -> int:
         """Pin (for ``ttl_s`` seconds, or until unpinned) or unpin a shard; returns the

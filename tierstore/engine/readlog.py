@@ -22,6 +22,19 @@ Costs per read: three short locks and a dict update or two, plus one LMDB read o
 the hot-bytes counter and the dataset's settings on a miss (which already costs an
 archive round trip).
 
+Reads a local reader served itself arrive as counts per shard generation
+(:meth:`ReadLog.observe_reported`). The access statistics and the dataset's hits
+take every read; the trace and the policy hear of at most
+:data:`REPORTED_READS_TOLD` of each count, as hits one after the other. So one report
+cannot flood the node's trace ring (shared by every dataset) or hold the policies'
+lock for long, and the trace holds exactly what the policy heard, so the simulator
+replays what the engine saw. The policies lose little: LRU needs one read to know a
+shard is recent, S3-FIFO tells apart up to three reads of a shard in its queues, the
+clairvoyant policy moves one job's plan per read (the others report their
+positions), epoch-pin ignores reads. What they lose is frequency beyond that, within
+one report (at most a second of reads): S3-FIFO's decayed admission count of a shard
+read in place grows by at most three a report.
+
 Thread safety: a :class:`ReadLog` is safe to share between threads.
 """
 
@@ -39,7 +52,11 @@ from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
 from tierstore.tiers.lmdb import LmdbEnvironment
 
-__all__ = ["ReadLog"]
+__all__ = ["REPORTED_READS_TOLD", "ReadLog"]
+
+#: Of a count of reads reported by a local reader, how many the trace and the
+#: placement policy hear of (see the module docstring).
+REPORTED_READS_TOLD = 3
 
 
 class ReadLog:
@@ -53,7 +70,7 @@ class ReadLog:
         access: AccessRecorder,
         policies: PolicyDriver,
         trace: TraceRing,
-        count_read: Callable[[str, bool], None],
+        count_read: Callable[[str, bool, int], None],
     ) -> None:
         self._room = int(settings.hot_capacity_bytes * settings.high_watermark)
         self._env = environment
@@ -70,11 +87,28 @@ class ReadLog:
         now = time.time()
         size = stored_size(record)
         self._access.record(record.dataset, record.name, record.generation, now)
-        self._count_read(record.dataset, hit)
+        self._count_read(record.dataset, hit, 1)
         self._trace.read(record.dataset, record.name, size, hit)
         free = 0 if hit else self._free_bytes(record.dataset)
         admitted = self._policies.read((record.dataset, record.name), size, hit, free)
         return admitted or record.pin_holds(now)
+
+    def observe_reported(self, record: ShardRecord, count: int) -> None:
+        """Record ``count`` reads of ``record``'s generation that a local reader served
+        from the hot tier and reported together (see the module docstring): every one
+        in the access statistics and the hit count, ``min(count, REPORTED_READS_TOLD)``
+        in the trace and the policy.
+
+        Its cost does not grow with ``count``.
+        """
+        now = time.time()
+        size = stored_size(record)
+        dataset, name = record.dataset, record.name
+        self._access.record(dataset, name, record.generation, now, count)
+        self._count_read(dataset, True, count)
+        for _ in range(min(count, REPORTED_READS_TOLD)):
+            self._trace.read(dataset, name, size, True)
+            self._policies.read((dataset, name), size, True, 0)
 
     def _free_bytes(self, dataset: str) -> int:
         """Room a promotion into ``dataset`` could take without evicting: below the high

@@ -39,7 +39,7 @@ from tierstore.server.healthport import HealthPort
 from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
-from tierstore.server.shards import ShardServicer
+from tierstore.server.shards import REQUEST_CHECKS, ShardServicer
 from tierstore.server.tls import TlsMaterial
 from tierstore.server.tokens import TokenStore
 from tierstore.v1 import (
@@ -145,7 +145,9 @@ class TierstoreServer:
             # Authenticate first, then decode: see tierstore.server.decoding.
             interceptors=[
                 AuthInterceptor(tokens, self.metrics.observe_call),
-                DecodeInterceptor(settings.request_arrival_s, settings.stream_message_s),
+                DecodeInterceptor(
+                    settings.request_arrival_s, settings.stream_message_s, REQUEST_CHECKS
+                ),
             ],
             options=_options(),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

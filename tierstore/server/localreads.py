@@ -12,8 +12,15 @@ data: whoever may open the file reads it. What it bounds is a well-behaved clien
 whose keys come one generation at a time from :meth:`LocalReadService.data_key`,
 each after authorization.
 
+Grants keep back half of LMDB's reader table, which the server shares with every
+local reader on this host: while more than half of its slots are taken, a grant is
+refused (:class:`ResourceExhausted`) and the reader goes through the service, so the
+server's own reads always find a slot.
+
 Reads served in place reach the engine through :meth:`LocalReadService.record`, so
-statistics, hit counts and placement policies see them like any other read.
+statistics, hit counts and placement policies see them like any other read — from
+callers who could have been granted local reads only
+(:meth:`LocalReadService.check_reporter`).
 
 Thread safety: safe to share between threads.
 """
@@ -25,10 +32,11 @@ import logging
 import math
 import os
 import time
+import urllib.parse
 
 from tierstore.engine.localreads import DataKey, LocalReadCount
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tierstore.server.authz import Principal
 from tierstore.wire.local import HostIdentity, LocalGrant, this_host
 
@@ -43,7 +51,9 @@ DEFAULT_GRANT_TTL_S = 60.0
 def peer_is_local(peer: str) -> bool:
     """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
     ``unix:/run/ts.sock``) is this host: a loopback address or a unix socket."""
-    scheme, _, rest = peer.partition(":")
+    # gRPC writes peers as URIs: recent versions percent-encode an IPv6 address's
+    # brackets (``ipv6:%5B::1%5D:5000``).
+    scheme, _, rest = urllib.parse.unquote(peer).partition(":")
     if scheme in ("unix", "unix-abstract"):
         return True
     if scheme not in ("ipv4", "ipv6"):
@@ -79,23 +89,19 @@ class LocalReadService:
     def open_local(self, principal: Principal, peer: str, dataset: str) -> LocalGrant:
         """The grant for ``principal`` (already authorized) to read ``dataset`` in place.
 
-        Raises DatasetNotFound, and FailedPrecondition when local reads are off here,
-        the peer is not on this host, or this host's identity is unknown.
+        Raises DatasetNotFound; FailedPrecondition when local reads are off here, the
+        peer is not on this host, or this host's identity is unknown; ResourceExhausted
+        while more than half of the reader table is taken (the reader then goes through
+        the service, and asks again later).
         """
-        self._store.get_dataset(dataset)  # a missing dataset answers as missing
-        if not self.enabled:
-            raise FailedPrecondition("local reads are turned off on this server")
-        if not peer_is_local(peer):
-            raise FailedPrecondition("local reads are only for callers on the server's host")
+        self._refuse_unless_local(peer, dataset)
         if not self._host.known:
             raise FailedPrecondition("this server cannot tell its host identity (no /proc)")
         ttl_s = self.grant_ttl_s
         if principal.expires_at:
             # Never past the credential: an expired token ends local reads with it.
             ttl_s = min(ttl_s, max(principal.expires_at - time.time(), 0.001))
-        cleared = self._store.local_reads.clear_stale_readers()
-        if cleared:
-            log.info("freed %d LMDB reader slots of dead local readers", cleared)
+        self._keep_reader_reserve()
         location = self._store.local_reads.location()
         return LocalGrant(
             path=location.path,
@@ -114,6 +120,44 @@ class LocalReadService:
             raise FailedPrecondition("local reads are turned off on this server")
         return self._store.local_reads.data_key(dataset, shard, generation)
 
+    def check_reporter(self, peer: str, dataset: str) -> None:
+        """Refuse a read report that no grant could stand behind; called before the
+        report is unpacked, so such a report costs nothing more. Raises DatasetNotFound,
+        and FailedPrecondition when local reads are off here or the peer is not on this
+        host (as :meth:`open_local`)."""
+        self._refuse_unless_local(peer, dataset)
+
     def record(self, dataset: str, reads: list[LocalReadCount]) -> int:
-        """See :meth:`tierstore.engine.localreads.LocalReadSupport.record`."""
+        """See :meth:`tierstore.engine.localreads.LocalReadSupport.record`; the reporter
+        was checked first (:meth:`check_reporter`)."""
         return self._store.local_reads.record(dataset, reads)
+
+    def _refuse_unless_local(self, peer: str, dataset: str) -> None:
+        self._store.get_dataset(dataset)  # a missing dataset answers as missing
+        if not self.enabled:
+            raise FailedPrecondition("local reads are turned off on this server")
+        if not peer_is_local(peer):
+            raise FailedPrecondition("local reads are only for callers on the server's host")
+
+    def _keep_reader_reserve(self) -> None:
+        """Refuse a grant (ResourceExhausted) while more than half of the reader table
+        is taken.
+
+        Slots of dead processes are freed first: at most every few seconds, and always
+        before refusing, so the slots of DataLoader workers that ended never cost a
+        grant. The table is looked at when a grant is made: readers granted earlier may
+        take more slots until their grants run out (one grant lifetime)."""
+        support = self._store.local_reads
+        cleared = support.clear_stale_readers()
+        table = support.reader_table()
+        if table.used * 2 > table.size:
+            cleared += support.clear_stale_readers(force=True)
+            table = support.reader_table()
+        if cleared:
+            log.info("freed %d LMDB reader slots of dead local readers", cleared)
+        if table.used * 2 > table.size:
+            raise ResourceExhausted(
+                f"{table.used} of the hot tier's {table.size} reader slots are taken: local "
+                "reads are granted while at most half are, the rest is kept for the server; "
+                "read through the service meanwhile"
+            )

@@ -8,7 +8,8 @@ stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
 slow reader holds one frame of server memory and no LMDB pages. The local-read
 RPCs (grant, data key, read reports) unpack here and are answered by
-:mod:`tierstore.server.localreads`.
+:mod:`tierstore.server.localreads`; :data:`REQUEST_CHECKS` names the checks a
+request of this service gets before it is parsed (:mod:`tierstore.server.decoding`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import authorize
+from tierstore.server.decoding import RequestCheck
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import FrameSpool
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
-from tierstore.wire.local import grant_to_pb, read_counts_from_pb
+from tierstore.wire.local import check_report_encoding, grant_to_pb, read_counts_from_pb
 
-__all__ = ["ShardServicer"]
+__all__ = ["REQUEST_CHECKS", "ShardServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ _DEFAULT_LIST_LIMIT = 1000
 _MAX_LIST_LIMIT = 10_000
 #: of a put's remaining deadline, what is kept for its commit after a quota wait.
 _COMMIT_MARGIN_S = 1.0
+#: Checks of raw requests, before they are parsed: a read report's entries are tiny on
+#: the wire and large once parsed, so its size and entry count are bounded first.
+REQUEST_CHECKS: dict[str, RequestCheck] = {_SERVICE + "ReportLocalReads": check_report_encoding}
 
 
 def _wait_within(context: grpc.ServicerContext) -> float | None:
@@ -213,5 +218,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.ReportLocalReadsRequest, context: grpc.ServicerContext
     ) -> shards_pb2.ReportLocalReadsResponse:
         self._check("ReportLocalReads", request.dataset)
+        # Refused (off here, or not from this host) before the entries are looked at.
+        self._local.check_reporter(context.peer(), request.dataset)
         recorded = self._local.record(request.dataset, read_counts_from_pb(request))
         return shards_pb2.ReportLocalReadsResponse(recorded=recorded)
