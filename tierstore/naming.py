@@ -44,7 +44,9 @@ def validate_shard_name(name: object) -> str:
         raise InvalidName(f"shard name is {size} bytes; the limit is {MAX_SHARD_NAME_BYTES}")
     if name.startswith("/"):
         raise InvalidName(f"shard name {name[:80]!r} starts with '/'")
-    for char in name:
+    # Printable ASCII (nearly every name) has none of the categories below; the check
+    # per character costs about 0.1 ms for a long name, on every call naming a shard.
+    for char in "" if name.isascii() and name.isprintable() else name:
         if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
             raise InvalidName(
                 f"shard name {name[:80]!r} contains a control or unprintable character "

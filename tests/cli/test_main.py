@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 from tierstore import errors
 from tierstore.cli import main
 from tierstore.cli.main import app
-from tierstore.types import Grant, Role
+from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
 CONNECTION = {"address", "token", "ca", "insecure", "json_output"}
 
@@ -58,6 +58,14 @@ class FakeClient:
         if shard not in self.shards:
             raise errors.ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
         self.shards.remove(shard)
+
+    def put(self, dataset: str, shard: str, data: Any) -> Any:
+        self.calls.append(("put", (dataset, shard)))
+        if shard == "unreadable":
+            raise PermissionError(13, "Permission denied")  # what reading the file raised
+        if shard == "refused":
+            raise errors.PermissionDenied("no writer role on 'ds'")
+        return ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, True, False)
 
     def get(self, dataset: str, shard: str, **_: Any) -> Any:
         self.calls.append(("get", (dataset, shard)))
@@ -287,3 +295,19 @@ def test_the_command_is_found_past_the_top_level_options(
 ) -> None:
     # Only `serve` keeps gRPC's error log lines; every other command prints one line.
     assert main._command_name(argv) == command
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "error"), [("unreadable", 2, "cannot read"), ("refused", 4, "PermissionDenied")]
+)
+def test_put_reports_what_it_uploaded_before_an_error(
+    client: FakeClient, tmp_path: Path, bad: str, code: int, error: str
+) -> None:
+    for name in ("a", bad, "b"):
+        (tmp_path / name).write_bytes(b"x")
+    files = [str(tmp_path / name) for name in ("a", bad, "b")]
+    stopped = invoke("--json", "put", "ds", *files)
+    assert stopped.exit_code == code  # before: a traceback for the unreadable file
+    assert error in one_error_line(stopped)
+    assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [bad, "b"]}
+    assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error

@@ -427,7 +427,10 @@ def put(
     paths: Annotated[list[Path], typer.Argument(help="files or directories")],
     prefix: Annotated[str, typer.Option(help="shard name prefix")] = "",
 ) -> None:
-    """Upload files (directories recursively) as shards named by their relative paths."""
+    """Upload files (directories recursively) as shards named by their relative paths, in
+    order. Stops at the first one it cannot upload; the ones uploaded before it are still
+    reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
+    stderr."""
     client = _client()
     files: list[tuple[Path, str]] = []
     for path in paths:
@@ -452,10 +455,29 @@ def put(
         disable=state.json,
     ) as progress:
         task = progress.add_task("uploading", total=total)
-        for file, name in files:
-            info = _run(lambda file=file, name=name: client.put(dataset, name, file))
-            uploaded.append(info)
-            progress.advance(task, file.stat().st_size)
+        failure: errors.TierstoreError | None = None
+        try:
+            for file, name in files:
+                try:
+                    uploaded.append(client.put(dataset, name, file))
+                except OSError as exc:  # unreadable, or gone since it was listed
+                    raise errors.InvalidArgument(
+                        f"cannot read {file}: {exc.strerror or exc}"
+                    ) from None
+                progress.advance(task, file.stat().st_size)
+        except errors.TierstoreError as exc:
+            failure = exc
+    if failure is not None:
+        if uploaded:
+            names = [info.name for info in uploaded]
+            _emit(
+                {"uploaded": names, "not_uploaded": [name for _, name in files[len(names) :]]},
+                Text(
+                    f"uploaded {len(names)} of {len(files)} shards before an error: "
+                    + ", ".join(names)
+                ),
+            )
+        raise _fail(failure) from None
     elapsed = max(time.monotonic() - started, 1e-9)
     _emit(
         {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
