@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -42,6 +43,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Rotation needs a new master key from wherever keys live (the key file, a KMS):
         # the process that owns them supplies it. Without one, rewrap to the current key.
         self._rotate = rotate_keys or store.rotate_master_key
+        self._rotation = threading.Lock()
 
     def _check(self, method: str) -> None:
         authorize(caller(), _SERVICE + method, None)
@@ -75,8 +77,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RotateKeysRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RotateKeysResponse:
         self._check("RotateKeys")
-        rewrapped = self._rotate()
-        return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=self._store.master_key_id)
+        # Held until the key id is read: the next rotation would make another current.
+        with self._rotation:
+            rewrapped = self._rotate()
+            key_id = self._store.master_key_id
+        return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=key_id)
 
     @stream_handler
     def ExportTrace(
