@@ -681,3 +681,25 @@ def test_a_dataset_created_again_right_after_its_deletion_keeps_its_policy_state
     assert recreated
     assert store._policies.hot_bytes("d") > 0  # the new shard, still known
     assert ("inserted", ("d", "new")) in [call[:2] for call in policy_of(store, "d").calls]
+
+
+def test_a_promotion_takes_its_room_from_the_largest_dataset_not_one_shard_of_each(
+    open_store: StoreFactory,
+) -> None:
+    # Eviction's proportional shares give every dataset at least one byte to free, so
+    # each gave a whole shard: one promotion at the high watermark evicted 5 shards.
+    names = [f"d{i}" for i in range(5)]
+    store = open_store(
+        datasets={name: DatasetSettings(policy="lru") for name in names},
+        start_mover=False,
+        hot_capacity_bytes=int(21 * STORED / 0.9) + 64,  # the high watermark: 21 shards
+    )
+    fill(store, "d0", ["s0", "s1", "s2", "s3", "s4", "cold"])
+    store.evict("d0", "cold")
+    for name in names[1:]:
+        fill(store, name, ["s0", "s1", "s2", "s3"])
+    assert catalog_hot_bytes(store) == (21 * STORED, 21 * STORED)
+    evictions = store.mover.evictions
+    assert store.mover.promote_now(record_of(store, "d0", "cold"), None)
+    assert store.mover.evictions - evictions == 1
+    assert [len(hot(store, name)) for name in names] == [5, 4, 4, 4, 4]  # d0 gave the room

@@ -436,6 +436,8 @@ def test_console_script_exit_codes(
         (env | {"TIERSTORE_CA": str(not_pem)}, ("dataset", "ls"), 5, "is --ca / TIERSTORE_CA"),
         (env | {"TIERSTORE_CA": str(other_ca)}, ("dataset", "ls"), 5, "TLS failed"),
         (clean_env(), ("dataset", "ls"), 2, "TIERSTORE_ADDRESS"),
+        (clean_env(), ("put", dataset, str(not_pem)), 2, "TIERSTORE_ADDRESS"),
+        (clean_env(), ("rm", dataset, "s"), 2, "TIERSTORE_ADDRESS"),
         # and two that work, the way a shell script uses them
         (env, ("dataset", "ls"), 0, ""),
         (env, ("get", dataset, "s", "--offset", "6"), 0, ""),

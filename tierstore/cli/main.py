@@ -149,7 +149,10 @@ def _client() -> Any:
     counted while the CLI left its clients open."""
     from tierstore.client.client import connect
 
-    client = connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+    try:
+        client = connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+    except errors.TierstoreError as exc:  # no address, an unreadable CA file...
+        raise _fail(exc) from None
     state.clients.append(client)
     return client
 
@@ -459,12 +462,13 @@ def put(
         try:
             for file, name in files:
                 try:
+                    size = file.stat().st_size
                     uploaded.append(client.put(dataset, name, file))
                 except OSError as exc:  # unreadable, or gone since it was listed
                     raise errors.InvalidArgument(
                         f"cannot read {file}: {exc.strerror or exc}"
                     ) from None
-                progress.advance(task, file.stat().st_size)
+                progress.advance(task, size)
         except errors.TierstoreError as exc:
             failure = exc
     if failure is not None:

@@ -656,7 +656,7 @@ class Mover:
             return True
         if need > incoming:
             return False
-        return self.evict(need, only_if_enough=True) >= need
+        return self.evict(need, only_if_enough=True, spread=False) >= need
 
     def over_high_watermark(self) -> bool:
         """Whether the hot tier holds more than its high watermark: no promotion fits
@@ -729,11 +729,17 @@ class Mover:
             self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
 
     def evict(
-        self, bytes_to_free: int, dataset: str | None = None, *, only_if_enough: bool = False
+        self,
+        bytes_to_free: int,
+        dataset: str | None = None,
+        *,
+        only_if_enough: bool = False,
+        spread: bool = True,
     ) -> int:
         """Evict hot shards the policies choose (archived, no pin holding) — of
         ``dataset`` only, if given; returns bytes freed. With ``only_if_enough``, evict
-        none unless the victims add up to ``bytes_to_free``. A key the policies hold hot
+        none unless the victims add up to ``bytes_to_free``; ``spread``: see
+        :meth:`PolicyDriver.victims`. A key the policies hold hot
         that the catalog does not (it can drift after a failed commit) is forgotten on
         the way."""
         with self._evict_lock:
@@ -754,7 +760,7 @@ class Mover:
                     return True
 
                 if dataset is None:
-                    victims = self._policies.victims(bytes_to_free, evictable)
+                    victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
                 else:
                     victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
             if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:

@@ -227,10 +227,15 @@ class PolicyDriver:
                 return []
             return list(policy.victims(bytes_to_free, self._tick(), evictable))
 
-    def victims(self, bytes_to_free: int, evictable: Callable[[Key], bool]) -> list[Key]:
+    def victims(
+        self, bytes_to_free: int, evictable: Callable[[Key], bool], *, spread: bool = True
+    ) -> list[Key]:
         """Hot keys to evict, freeing at least ``bytes_to_free`` if enough are evictable,
-        split across datasets by their hot bytes (see the module docstring). The keys
-        stay hot for the policies until :meth:`removed` is called for each."""
+        split across datasets by their hot bytes (see the module docstring); without
+        ``spread``, taken from the datasets holding the most hot bytes first, each asked
+        only for what is still needed (a promotion's room: a share of at least one byte
+        each would cost every dataset a whole shard). The keys stay hot for the policies
+        until :meth:`removed` is called for each."""
         if bytes_to_free <= 0:
             return []
         with self._lock:
@@ -255,7 +260,7 @@ class PolicyDriver:
 
             largest_first = sorted(self._hot_bytes.items(), key=lambda item: -item[1])
             freed = 0
-            for dataset, hot in largest_first:
+            for dataset, hot in largest_first if spread else ():
                 share = math.ceil(bytes_to_free * hot / total)
                 if hot > 0 and dataset in self._policies:
                     freed += take(self._policies[dataset], share)

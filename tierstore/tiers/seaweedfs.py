@@ -228,7 +228,7 @@ class SeaweedServer:
         rng = random.Random()
         try:
             if self._requested_dir is not None:
-                self._data_dir = Path(self._requested_dir)
+                self._data_dir = Path(self._requested_dir).resolve()  # as its pid check reads it
                 self._data_dir.mkdir(parents=True, exist_ok=True)
                 _stop_leftover(self._data_dir, self._stop_timeout_s)
             else:
