@@ -67,6 +67,22 @@ class FakeClient:
             raise errors.PermissionDenied("no writer role on 'ds'")
         return ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, True, False)
 
+    def _known(self, call: str, dataset: str, shard: str) -> None:
+        self.calls.append((call, (dataset, shard)))
+        if shard not in self.shards:
+            raise errors.ShardNotFound(f"no shard {shard!r} in dataset {dataset!r}")
+
+    def pin(self, dataset: str, shard: str, ttl_s: float | None = None) -> int:
+        self._known("pin", dataset, shard)
+        return 10
+
+    def unpin(self, dataset: str, shard: str) -> None:
+        self._known("unpin", dataset, shard)
+
+    def evict(self, dataset: str, shard: str) -> int:
+        self._known("evict", dataset, shard)
+        return 100
+
     def get(self, dataset: str, shard: str, **_: Any) -> Any:
         self.calls.append(("get", (dataset, shard)))
         raise AssertionError("the command should have refused before calling get")
@@ -311,3 +327,19 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert error in one_error_line(stopped)
     assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [bad, "b"]}
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
+
+
+@pytest.mark.parametrize(
+    ("command", "done"), [("pin", "pinned"), ("unpin", "unpinned"), ("evict", "evicted")]
+)
+def test_pin_unpin_evict_report_what_they_did_before_an_error(
+    client: FakeClient, command: str, done: str
+) -> None:
+    client.shards = {"a", "b", "c"}
+    stopped = invoke("--json", command, "ds", "a", "nosuch", "b")
+    assert stopped.exit_code == 3
+    assert "ShardNotFound" in one_error_line(stopped)
+    assert json.loads(stopped.stdout) == {done: ["a"], f"not_{done}": ["nosuch", "b"]}
+    assert (command, ("ds", "b")) not in client.calls  # it stopped at the error
+    told = invoke(command, "ds", "c", "nosuch")
+    assert told.stdout.strip() == f"{done} 1 of 2 shards before an error: c"

@@ -18,9 +18,10 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -31,6 +32,8 @@ from typer.core import TyperCommand
 
 from tierstore import errors
 from tierstore.types import Grant, Role, ShardInfo
+
+T = TypeVar("T")
 
 app = typer.Typer(help="tierstore: tiered storage for ML shards.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Create, list, update and delete datasets.", no_args_is_help=True)
@@ -533,24 +536,32 @@ def stat(dataset: str, shard: str) -> None:
 def rm(dataset: str, shards: list[str]) -> None:
     """Delete shards, in the order given. Stops at the first one it cannot delete; the
     ones deleted before it are still reported on stdout (with --json too: "deleted" and
-    "not_deleted"), the error on stderr."""
+    "not_deleted"), the error on stderr. pin, unpin and evict do the same."""
     client = _client()
-    deleted: list[str] = []
+    _shard_by_shard(shards, lambda shard: client.delete(dataset, shard), "deleted")
+    _emit({"deleted": shards}, f"deleted {len(shards)} shards")
+
+
+def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) -> list[T]:
+    """``action`` on each shard in order; its results. At the first error, the shards it
+    was ``done`` for are reported on stdout (with --json too: ``done`` and ``not_<done>``)
+    and the command ends with the error's one line."""
+    results: list[T] = []
     try:
         for shard in shards:
-            client.delete(dataset, shard)
-            deleted.append(shard)
+            results.append(action(shard))
     except errors.TierstoreError as exc:
-        if deleted:
+        if results:
+            names = shards[: len(results)]
             _emit(
-                {"deleted": deleted, "not_deleted": shards[len(deleted) :]},
+                {done: names, f"not_{done}": shards[len(results) :]},
                 Text(
-                    f"deleted {len(deleted)} of {len(shards)} shards before an error: "
-                    + ", ".join(deleted)
+                    f"{done} {len(names)} of {len(shards)} shards before an error: "
+                    + ", ".join(names)
                 ),
             )
         raise _fail(exc) from None
-    _emit({"deleted": shards}, f"deleted {len(shards)} shards")
+    return results
 
 
 @app.command(cls=_ClientCommand)
@@ -563,7 +574,7 @@ def pin(
 ) -> None:
     """Keep shards in the hot tier, whatever the placement policy says."""
     client = _client()
-    queued = sum(_run(lambda s=s: client.pin(dataset, s, ttl_s=ttl)) for s in shards)
+    queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
     _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {len(shards)} shards")
 
 
@@ -571,8 +582,7 @@ def pin(
 def unpin(dataset: str, shards: list[str]) -> None:
     """Let the policy evict shards again."""
     client = _client()
-    for shard in shards:
-        _run(lambda shard=shard: client.unpin(dataset, shard))
+    _shard_by_shard(shards, lambda shard: client.unpin(dataset, shard), "unpinned")
     _emit({"unpinned": shards}, f"unpinned {len(shards)} shards")
 
 
@@ -587,7 +597,7 @@ def prefetch(dataset: str, shards: list[str]) -> None:
 def evict(dataset: str, shards: list[str]) -> None:
     """Drop shards from the hot tier (only ones the archive holds)."""
     client = _client()
-    freed = sum(_run(lambda s=s: client.evict(dataset, s)) for s in shards)
+    freed = sum(_shard_by_shard(shards, lambda s: client.evict(dataset, s), "evicted"))
     _emit({"freed_bytes": freed}, f"freed {freed:,} bytes")
 
 
