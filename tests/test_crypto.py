@@ -158,6 +158,29 @@ def test_generate_file_then_load_it(tmp_path: Path) -> None:
         LocalKeyring.generate_file(path)  # never overwrites a key file
 
 
+def test_a_new_key_file_is_fsynced_with_its_directory_and_never_replaces_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: set[int] = set()  # inodes
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.add(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "master.keys"
+    ring = LocalKeyring.generate_file(path)
+    # Before, the first key was written without an fsync: a crash soon after the first
+    # start could lose the only key of every encrypted shard written meanwhile.
+    assert {path.stat().st_ino, tmp_path.stat().st_ino} <= synced
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        LocalKeyring.generate_file(path)
+    assert path.read_bytes() == before and LocalKeyring.from_file(path).keys == ring.keys
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["master.keys"]  # no temporary file
+
+
 def test_from_file_with_two_keys(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     document = {

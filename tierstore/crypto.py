@@ -150,12 +150,11 @@ class LocalKeyring:
 
     @staticmethod
     def generate_file(path: Path, key_id: str = "k1") -> LocalKeyring:
-        """Create a new key file with one random key (mode 0600) and return its keyring."""
+        """Create a new key file with one random key (mode 0600, written whole and
+        fsynced, its directory too) and return its keyring. FileExistsError if ``path``
+        exists: a key file is never overwritten."""
         key = AESGCM.generate_key(bit_length=256)
-        document = {"current": key_id, "keys": {key_id: base64.b64encode(key).decode()}}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle)
+        _write_key_file(path, {key_id: key}, key_id, exclusive=True)
         return LocalKeyring(keys={key_id: key}, current=key_id)
 
     def rotated_file(self, path: Path) -> LocalKeyring:
@@ -232,15 +231,17 @@ def _unused_key_id(taken: Mapping[str, bytes]) -> str:
     return f"k{number}"
 
 
-def _write_key_file(path: Path, keys: Mapping[str, bytes], current: str) -> None:
-    """Replace the key file at ``path`` atomically (mode 0600; see
-    :func:`~tierstore.private_files.write_private_file`). Raises OSError, leaving
-    ``path`` unchanged."""
+def _write_key_file(
+    path: Path, keys: Mapping[str, bytes], current: str, *, exclusive: bool = False
+) -> None:
+    """Replace (or with ``exclusive``, create) the key file at ``path`` atomically (mode
+    0600; see :func:`~tierstore.private_files.write_private_file`). Raises OSError,
+    leaving ``path`` unchanged."""
     document = {
         "current": current,
         "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
     }
-    write_private_file(path, json.dumps(document).encode())
+    write_private_file(path, json.dumps(document).encode(), exclusive=exclusive)
 
 
 def _decode_key(text: object, what: str) -> bytes:

@@ -50,13 +50,14 @@ def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:
         os.chmod(path, current & mode)
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; the file has mode 0600.
+def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically; the file has mode 0600. With
+    ``exclusive``, create it: FileExistsError (``path`` untouched) if it exists.
 
     The parent directory must exist. Raises :class:`OSError` on failure, in which case
     ``path`` is unchanged and no temporary file is left behind. Thread-safe (each call
     uses its own temporary file), but concurrent writers of one path race: the last
-    rename wins.
+    rename wins (an exclusive one loses instead).
     """
     # mkstemp creates the file with mode 0600 regardless of umask.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -67,7 +68,11 @@ def write_private_file(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)  # fails if path exists, unlike a rename
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
