@@ -174,12 +174,12 @@ def test_reports_are_refused_where_local_reads_are_off(tmp_path: Path) -> None:
 
 def test_reports_from_off_this_host_are_refused(node: RunningServer) -> None:
     service = LocalReadService(node.store)
-    service.check_reporter("ipv4:127.0.0.1:1", "mine")
-    service.check_reporter("ipv6:%5B::1%5D:1", "mine")
+    service.check_local_caller("ipv4:127.0.0.1:1", "mine")
+    service.check_local_caller("ipv6:%5B::1%5D:1", "mine")
     with pytest.raises(FailedPrecondition, match="server's host"):
-        service.check_reporter("ipv4:192.0.2.1:443", "mine")
+        service.check_local_caller("ipv4:192.0.2.1:443", "mine")
     with pytest.raises(DatasetNotFound):
-        service.check_reporter("ipv4:127.0.0.1:1", "nope")
+        service.check_local_caller("ipv4:127.0.0.1:1", "nope")
 
 
 def test_a_report_weighs_a_few_reads_in_the_trace_and_the_policy(node: RunningServer) -> None:

@@ -475,16 +475,7 @@ def put(
         except errors.TierstoreError as exc:
             failure = exc
     if failure is not None:
-        if uploaded:
-            names = [info.name for info in uploaded]
-            _emit(
-                {"uploaded": names, "not_uploaded": [name for _, name in files[len(names) :]]},
-                Text(
-                    f"uploaded {len(names)} of {len(files)} shards before an error: "
-                    + ", ".join(names)
-                ),
-            )
-        raise _fail(failure) from None
+        raise _stopped(failure, [name for _, name in files], len(uploaded), "uploaded")
     elapsed = max(time.monotonic() - started, 1e-9)
     _emit(
         {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
@@ -551,17 +542,22 @@ def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) ->
         for shard in shards:
             results.append(action(shard))
     except errors.TierstoreError as exc:
-        if results:
-            names = shards[: len(results)]
-            _emit(
-                {done: names, f"not_{done}": shards[len(results) :]},
-                Text(
-                    f"{done} {len(names)} of {len(shards)} shards before an error: "
-                    + ", ".join(names)
-                ),
-            )
-        raise _fail(exc) from None
+        raise _stopped(exc, shards, len(results), done) from None
     return results
+
+
+def _stopped(exc: errors.TierstoreError, names: list[str], count: int, done: str) -> typer.Exit:
+    """Report the first ``count`` of ``names`` as ``done`` (with --json too: ``done`` and
+    ``not_<done>``), if any; return the exit with ``exc``'s one line."""
+    if count:
+        _emit(
+            {done: names[:count], f"not_{done}": names[count:]},
+            Text(
+                f"{done} {count} of {len(names)} shards before an error: "
+                + ", ".join(names[:count])
+            ),
+        )
+    return _fail(exc)
 
 
 @app.command(cls=_ClientCommand)

@@ -136,8 +136,7 @@ class LocalReadSupport:
         generation are added up first, then each is one
         :meth:`~tierstore.engine.readlog.ReadLog.observe_reported`: the trace and the
         policy hear of a bounded number of reads per entry, whatever its count. Costs
-        one read transaction and O(entries) work (plus a sub-microsecond counter update
-        per read, see that method). Raises DatasetNotFound.
+        one read transaction and O(entries) work. Raises DatasetNotFound.
         """
         counts: dict[tuple[str, int], int] = {}
         for read in reads:

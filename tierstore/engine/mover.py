@@ -670,6 +670,9 @@ class Mover:
     def _high_watermark_bytes(self) -> int:
         return int(self._settings.hot_capacity_bytes * self._settings.high_watermark)
 
+    def _low_watermark_bytes(self) -> int:
+        return int(self._settings.hot_capacity_bytes * self._settings.low_watermark)
+
     def _still_cold(self, record: ShardRecord) -> bool:
         """Whether ``record``'s generation is still the shard's, and not hot."""
         with self._env.read() as txn:
@@ -687,7 +690,6 @@ class Mover:
     def evict_if_needed(self) -> int:
         """Evict down to the low watermark if the hot tier is above the high one, and
         each dataset down to its hot-tier quota if it is above it."""
-        capacity = self._settings.hot_capacity_bytes
         with self._env.read() as txn:
             hot = self._catalog.counter(txn, "hot_bytes")
             quotas = [
@@ -697,9 +699,9 @@ class Mover:
             ]
         # Quotas first: what they free counts towards the watermark too.
         freed = sum(self.make_room_in_quota(name, quota, 0) for name, quota in quotas)
-        if hot - freed <= capacity * self._settings.high_watermark:
+        if hot - freed <= self._high_watermark_bytes():
             return freed
-        return freed + self.evict(hot - freed - int(capacity * self._settings.low_watermark))
+        return freed + self.evict(hot - freed - self._low_watermark_bytes())
 
     def make_room_in_quota(self, dataset: str, quota: int, incoming: int) -> int:
         """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
@@ -722,11 +724,9 @@ class Mover:
     def make_room(self, incoming: int) -> None:
         """Before a put writes ``incoming`` hot bytes: if they would pass the high
         watermark, evict down to the low one (a put is written whatever is left)."""
-        capacity = self._settings.hot_capacity_bytes
-        with self._env.read() as txn:
-            hot = self._catalog.counter(txn, "hot_bytes")
-        if hot + incoming > capacity * self._settings.high_watermark:
-            self.evict(hot + incoming - int(capacity * self._settings.low_watermark))
+        hot = self._hot_bytes()
+        if hot + incoming > self._high_watermark_bytes():
+            self.evict(hot + incoming - self._low_watermark_bytes())
 
     def evict(
         self,

@@ -47,7 +47,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, cast
 
 from tierstore.engine.access import AccessRecorder
@@ -57,7 +56,7 @@ from tierstore.errors import InvalidArgument, UnknownPolicy
 from tierstore.policy.base import Key, Policy, PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, make_policy
 
-__all__ = ["MAX_PLAN_TTL_S", "DroppedDataset", "HotShard", "PolicyDriver", "hot_shards", "shard_of"]
+__all__ = ["MAX_PLAN_TTL_S", "HotShard", "PolicyDriver", "hot_shards", "shard_of"]
 
 #: the longest a plan may live without a position report. The engine ends plans
 #: itself (:mod:`tierstore.engine.planbook`), so a policy that keeps a plan TTL of its
@@ -69,16 +68,6 @@ log = logging.getLogger(__name__)
 #: A hot shard as the driver seeds a policy with it: key, stored bytes, and the time
 #: that orders it (its last read, or its creation if never read).
 HotShard = tuple[Key, int, float]
-
-
-@dataclass(frozen=True, slots=True)
-class DroppedDataset:
-    """What :meth:`PolicyDriver.drop_dataset` forgot of one dataset."""
-
-    dataset: str
-    policy: Policy | None
-    hot_bytes: int | None
-    sizes: dict[Key, int]
 
 
 class PolicyDriver:
@@ -121,28 +110,22 @@ class PolicyDriver:
         with self._lock:
             self._seed(dataset, policy, hot)
 
-    def drop_dataset(self, dataset: str) -> DroppedDataset:
-        """Forget ``dataset`` and its policy (after its shards were removed). Returns
-        what was forgotten, for :meth:`restore_dataset` should the deletion fail."""
+    def drop_dataset(self, dataset: str) -> Policy | None:
+        """Forget ``dataset`` and its policy (after its shards were removed, which an
+        open undo puts back). Returns the policy, for :meth:`restore_dataset` should
+        the deletion fail."""
         with self._lock:
-            sizes = {k: size for k, size in self._sizes.items() if _dataset_of(k) == dataset}
-            for key in sizes:
-                del self._sizes[key]
-            return DroppedDataset(
-                dataset,
-                self._policies.pop(dataset, None),
-                self._hot_bytes.pop(dataset, None),
-                sizes,
-            )
+            for key in [k for k in self._sizes if _dataset_of(k) == dataset]:
+                del self._sizes[key]  # drift only: removing its shards cleared the rest
+            self._hot_bytes.pop(dataset, None)
+            return self._policies.pop(dataset, None)
 
-    def restore_dataset(self, dropped: DroppedDataset) -> None:
-        """Put back what :meth:`drop_dataset` forgot (its deletion failed to commit)."""
-        with self._lock:
-            if dropped.policy is not None:
-                self._policies[dropped.dataset] = dropped.policy
-            if dropped.hot_bytes is not None:
-                self._hot_bytes[dropped.dataset] = dropped.hot_bytes
-            self._sizes.update(dropped.sizes)
+    def restore_dataset(self, dataset: str, policy: Policy | None) -> None:
+        """Put back the policy :meth:`drop_dataset` forgot (its deletion failed to
+        commit); the undo then tells it of the shards the dataset still holds."""
+        if policy is not None:
+            with self._lock:
+                self._policies[dataset] = policy
 
     def policy_name(self, dataset: str) -> str:
         """The name of the policy in force for ``dataset`` (the default if it has none)."""

@@ -64,6 +64,7 @@ from tierstore.errors import (
 from tierstore.framing import frame_prepared, frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import SamplerPlan
+from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import (
@@ -316,7 +317,7 @@ class Store:
         self._check_open()
         validate_dataset_name(name)
         with self._policies.undone_on_failure():
-            dropped = None
+            dropped: Policy | None = None
             try:
                 with self._env.write() as txn:
                     self._catalog.require_dataset(txn, name)
@@ -336,8 +337,7 @@ class Store:
             except BaseException:
                 # A failed commit (a full map) keeps the dataset: its policy comes back
                 # before the enclosing undo tells it of the shards it still holds.
-                if dropped is not None:
-                    self._policies.restore_dataset(dropped)
+                self._policies.restore_dataset(name, dropped)
                 raise
         self._plans.close_dataset(name)
         self.mover.wake()

@@ -17,7 +17,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
-__all__ = ["CheckOnlyHealth"]
+__all__ = ["WATCH_REFUSED", "CheckOnlyHealth"]
+
+#: What a ``Watch`` is answered (UNIMPLEMENTED), on either health port.
+WATCH_REFUSED = "Watch is not served: poll Check instead"
 
 
 class CheckOnlyHealth(health.HealthServicer):  # type: ignore[misc]
@@ -32,5 +35,5 @@ class CheckOnlyHealth(health.HealthServicer):  # type: ignore[misc]
         context: grpc.ServicerContext,
         send_response_callback: Callable[[Any], None] | None = None,
     ) -> Iterator[Any]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not served: poll Check instead")
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, WATCH_REFUSED)
         yield  # a generator, as the streaming method it replaces (never reached)

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2
 
 from tierstore.errors import Unavailable
 from tierstore.server.decoding import refuse_undecodable
+from tierstore.server.healthcheck import WATCH_REFUSED
 
 __all__ = ["HealthPort"]
 
@@ -158,9 +159,7 @@ class HealthPort:
         return reply
 
     async def _watch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "Watch is not served: poll Check instead"
-        )
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, WATCH_REFUSED)
 
 
 async def _decoded(kind: Any, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -20,7 +20,7 @@ server's own reads always find a slot.
 Reads served in place reach the engine through :meth:`LocalReadService.record`, so
 statistics, hit counts and placement policies see them like any other read — from
 callers who could have been granted local reads only
-(:meth:`LocalReadService.check_reporter`).
+(:meth:`LocalReadService.check_local_caller`).
 
 Thread safety: safe to share between threads.
 """
@@ -94,7 +94,7 @@ class LocalReadService:
         while more than half of the reader table is taken (the reader then goes through
         the service, and asks again later).
         """
-        self._refuse_unless_local(peer, dataset)
+        self.check_local_caller(peer, dataset)
         if not self._host.known:
             raise FailedPrecondition("this server cannot tell its host identity (no /proc)")
         ttl_s = self.grant_ttl_s
@@ -120,19 +120,16 @@ class LocalReadService:
             raise FailedPrecondition("local reads are turned off on this server")
         return self._store.local_reads.data_key(dataset, shard, generation)
 
-    def check_reporter(self, peer: str, dataset: str) -> None:
-        """Refuse a read report that no grant could stand behind; called before the
-        report is unpacked, so such a report costs nothing more. Raises DatasetNotFound,
-        and FailedPrecondition when local reads are off here or the peer is not on this
-        host (as :meth:`open_local`)."""
-        self._refuse_unless_local(peer, dataset)
-
     def record(self, dataset: str, reads: list[LocalReadCount]) -> int:
         """See :meth:`tierstore.engine.localreads.LocalReadSupport.record`; the reporter
-        was checked first (:meth:`check_reporter`)."""
+        was checked first (:meth:`check_local_caller`)."""
         return self._store.local_reads.record(dataset, reads)
 
-    def _refuse_unless_local(self, peer: str, dataset: str) -> None:
+    def check_local_caller(self, peer: str, dataset: str) -> None:
+        """Refuse a caller no grant could be made for: :meth:`open_local` checks it, and
+        a read report is checked with it before it is unpacked, so such a report costs
+        nothing more. Raises DatasetNotFound, and FailedPrecondition when local reads
+        are off here or the peer is not on this host."""
         self._store.get_dataset(dataset)  # a missing dataset answers as missing
         if not self.enabled:
             raise FailedPrecondition("local reads are turned off on this server")

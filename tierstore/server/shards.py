@@ -219,6 +219,6 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     ) -> shards_pb2.ReportLocalReadsResponse:
         self._check("ReportLocalReads", request.dataset)
         # Refused (off here, or not from this host) before the entries are looked at.
-        self._local.check_reporter(context.peer(), request.dataset)
+        self._local.check_local_caller(context.peer(), request.dataset)
         recorded = self._local.record(request.dataset, read_counts_from_pb(request))
         return shards_pb2.ReportLocalReadsResponse(recorded=recorded)
