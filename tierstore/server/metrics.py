@@ -106,7 +106,7 @@ class ServerMetrics:
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: Store, dataset_labels: bool) -> None:
+    def __init__(self, store: Store, dataset_labels: bool = False) -> None:
         self._store = store
         self._dataset_labels = dataset_labels
 
