@@ -264,6 +264,16 @@ def invoke(
     return got
 
 
+def varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf varint, for requests built byte by byte."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def error_name(error: grpc.RpcError) -> str | None:
     """The ``tierstore-error`` trailer of a failed call (the error class the server raised)."""
     trailers: Iterable[tuple[str, Any]] = error.trailing_metadata() or ()  # type: ignore[attr-defined]

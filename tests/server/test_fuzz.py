@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from tests.engine.stores import FRAME, payload
-from tests.server.servers import RPCS, RunningServer, error_name, invoke, metadata, serving
+from tests.server.servers import RPCS, RunningServer, error_name, invoke, metadata, serving, varint
 from tierstore import arrowio, tensors
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
@@ -223,28 +223,19 @@ def fill(message: Message, rng: random.Random, depth: int = 0) -> Message:
     return message
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def unknown_field(rng: random.Random) -> bytes:
     """A field the schema does not know (999, or a far-off or invalid number)."""
     number = rng.choice([999, 999, 999, 1 << 20, (1 << 29) - 1, 0, 19000])
     wire = rng.choice([0, 1, 2, 2, 3, 4, 5, 6, 7])
-    tag = _varint((number << 3) | wire)
+    tag = varint((number << 3) | wire)
     if wire == 0:
-        return tag + _varint(rng.getrandbits(64))
+        return tag + varint(rng.getrandbits(64))
     if wire == 1:
         return tag + rng.randbytes(8)
     if wire == 2:
         body = rng.randbytes(rng.choice([0, 1, 10, 300]))
         length = len(body) if rng.random() < 0.8 else rng.choice([len(body) + 5, 1 << 30])
-        return tag + _varint(length) + body
+        return tag + varint(length) + body
     if wire == 5:
         return tag + rng.randbytes(4)
     return tag + rng.randbytes(rng.randrange(0, 6))  # groups and invalid wire types

@@ -1,5 +1,6 @@
 """What local readers may cost the server (tierstore/server/localreads.py,
-server/decoding.py, engine/localreads.py, engine/readlog.py, wire/local.py).
+server/decoding.py, server/requestchecks.py, engine/localreads.py, engine/readlog.py,
+wire/local.py).
 
 * A read report is checked before it is parsed: its size and its number of entries
   (a 2-byte empty entry becomes an object of some 60 bytes once parsed).
@@ -30,6 +31,7 @@ from tierstore.engine.localreads import ReaderTable
 from tierstore.engine.readlog import REPORTED_READS_TOLD
 from tierstore.errors import DatasetNotFound, FailedPrecondition, InvalidArgument
 from tierstore.server.localreads import LocalReadService, peer_is_local
+from tierstore.server.requestchecks import check_report_encoding
 from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.types import DatasetSettings, Role, TracedRead
 from tierstore.v1 import shards_pb2
@@ -37,7 +39,6 @@ from tierstore.wire.local import (
     MAX_REPORT_BYTES,
     MAX_REPORT_ENTRIES,
     MAX_REPORTED_READS,
-    check_report_encoding,
     read_counts_from_pb,
 )
 

@@ -39,7 +39,8 @@ from tierstore.server.healthport import HealthPort
 from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
-from tierstore.server.shards import REQUEST_CHECKS, ShardServicer
+from tierstore.server.requestchecks import REQUEST_CHECKS
+from tierstore.server.shards import ShardServicer
 from tierstore.server.tls import TlsMaterial
 from tierstore.server.tokens import TokenStore
 from tierstore.v1 import (

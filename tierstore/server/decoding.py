@@ -35,8 +35,6 @@ from tierstore.wire.status import ERROR_HEADER
 
 __all__ = ["DecodeInterceptor", "RequestCheck", "refuse_undecodable"]
 
-_TRAILER = ((ERROR_HEADER, InvalidArgument.__name__),)
-
 #: Looks at a request's raw bytes before they are parsed; raises InvalidArgument for
 #: bytes that no valid request of its method is.
 RequestCheck = Callable[[bytes], None]
@@ -44,19 +42,20 @@ RequestCheck = Callable[[bytes], None]
 
 def refuse_undecodable(context: Any, exc: Exception) -> InvalidArgument:
     """Mark the call INVALID_ARGUMENT (code, details, error trailer) for a request that
-    did not parse, or that a request check refused (an InvalidArgument, whose message
-    is kept), and return the error to raise (or abort with). ``context``: a
+    did not parse, or that a request check refused (an InvalidArgument, whose class
+    and message are kept), and return the error to raise (or abort with). ``context``: a
     synchronous or an asyncio servicer context."""
     # The code and trailer are set here as well, so a handler that does not map tierstore
     # errors (health, reflection) still answers INVALID_ARGUMENT when the error escapes it.
+    error_class: type[InvalidArgument] = InvalidArgument
     if isinstance(exc, InvalidArgument):
-        message = str(exc)[:300]
+        message, error_class = str(exc)[:300], type(exc)
     else:
         message = f"the request is not a valid message: {str(exc) or type(exc).__name__}"[:300]
-    context.set_trailing_metadata(_TRAILER)
+    context.set_trailing_metadata(((ERROR_HEADER, error_class.__name__),))
     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
     context.set_details(message)
-    return InvalidArgument(message)
+    return error_class(message)
 
 
 def _decode(decode: Callable[[bytes], Any], data: bytes, context: grpc.ServicerContext) -> Any:

@@ -20,6 +20,7 @@ from tierstore.engine.store import Store
 from tierstore.errors import DatasetNotFound, InvalidArgument, InvalidPlan, PlanNotFound
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import Principal, authorize, visible
+from tierstore.server.requestchecks import MAX_PREFETCH_SHARDS
 from tierstore.server.rpc import caller, handler
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.plans import sampler_from_pb
@@ -28,7 +29,6 @@ from tierstore.wire.trace import sizing_to_pb
 __all__ = ["PlacementServicer"]
 
 _SERVICE = "/tierstore.v1.PlacementService/"
-_MAX_PREFETCH = 100_000
 #: characters of a caller's job id (the engine's id adds the principal's name).
 MAX_CALLER_JOB_CHARS = 256
 
@@ -85,8 +85,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     ) -> placement_pb2.PrefetchResponse:
         validate_dataset_name(request.dataset)
         authorize(caller(), _SERVICE + "Prefetch", request.dataset)
-        if len(request.shards) > _MAX_PREFETCH:
-            raise InvalidArgument(f"at most {_MAX_PREFETCH} shards per prefetch")
+        if len(request.shards) > MAX_PREFETCH_SHARDS:
+            raise InvalidArgument(f"at most {MAX_PREFETCH_SHARDS} shards per prefetch")
         for name in request.shards:
             validate_shard_name(name)
         queued = self._store.prefetch(request.dataset, list(request.shards))

@@ -8,8 +8,8 @@ stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
 slow reader holds one frame of server memory and no LMDB pages. The local-read
 RPCs (grant, data key, read reports) unpack here and are answered by
-:mod:`tierstore.server.localreads`; :data:`REQUEST_CHECKS` names the checks a
-request of this service gets before it is parsed (:mod:`tierstore.server.decoding`).
+:mod:`tierstore.server.localreads` (a read report is checked before it is parsed:
+:mod:`tierstore.server.requestchecks`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import authorize
-from tierstore.server.decoding import RequestCheck
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import FrameSpool
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
-from tierstore.wire.local import check_report_encoding, grant_to_pb, read_counts_from_pb
+from tierstore.wire.local import grant_to_pb, read_counts_from_pb
 
-__all__ = ["REQUEST_CHECKS", "ShardServicer"]
+__all__ = ["ShardServicer"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,6 @@ _DEFAULT_LIST_LIMIT = 1000
 _MAX_LIST_LIMIT = 10_000
 #: of a put's remaining deadline, what is kept for its commit after a quota wait.
 _COMMIT_MARGIN_S = 1.0
-#: Checks of raw requests, before they are parsed: a read report's entries are tiny on
-#: the wire and large once parsed, so its size and entry count are bounded first.
-REQUEST_CHECKS: dict[str, RequestCheck] = {_SERVICE + "ReportLocalReads": check_report_encoding}
 
 
 def _wait_within(context: grpc.ServicerContext) -> float | None:

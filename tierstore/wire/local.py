@@ -8,7 +8,8 @@ a dead process's and its pages reused under it. The hostname is shown in message
 only (containers share a kernel but not a hostname).
 
 Every field of a message is validated on the way in (:class:`InvalidArgument`). A read
-report is checked before it is even parsed (:func:`check_report_encoding`): parsing
+report is checked by the server before it is even parsed
+(:mod:`tierstore.server.requestchecks`): parsing
 makes an object of some 60 bytes for every entry, and an empty entry is 2 bytes on
 the wire, so the entry limit checked after parsing would come too late.
 """
@@ -34,7 +35,6 @@ __all__ = [
     "MAX_REPORT_ENTRIES",
     "HostIdentity",
     "LocalGrant",
-    "check_report_encoding",
     "grant_from_pb",
     "grant_to_pb",
     "read_counts_from_pb",
@@ -77,8 +77,6 @@ _MAX_ENTRY_BYTES = (
 MAX_REPORT_BYTES = _delimited_bytes(_MAX_DATASET_NAME_BYTES) + MAX_REPORT_ENTRIES * (
     _delimited_bytes(_MAX_ENTRY_BYTES)
 )
-#: Top-level fields of a valid report: the dataset and its entries.
-_MAX_REPORT_FIELDS = 1 + MAX_REPORT_ENTRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,54 +176,6 @@ def read_counts_to_pb(dataset: str, counts: Iterable[LocalReadCount]) -> pb.Repo
             pb.LocalReadCount(shard=c.shard, generation=c.generation, count=c.count) for c in counts
         ],
     )
-
-
-def check_report_encoding(data: bytes) -> None:
-    """Refuse, before it is parsed, the encoding of a ReportLocalReads request that no
-    valid report has: longer than :data:`MAX_REPORT_BYTES`, or of more top-level fields
-    than a dataset and :data:`MAX_REPORT_ENTRIES` entries (what parsing would turn into
-    objects), or holding a group (a proto3 message has none).
-
-    Reads the field headers only, at most :data:`MAX_REPORT_ENTRIES` + 2 of them; bytes
-    that end mid-field are left to the parser, which refuses them. Raises
-    InvalidArgument. Pure and thread-safe.
-    """
-    if len(data) > MAX_REPORT_BYTES:
-        raise InvalidArgument(f"a read report is at most {MAX_REPORT_BYTES} bytes, not {len(data)}")
-    fields = 0
-    at = 0
-    while at < len(data):
-        fields += 1
-        if fields > _MAX_REPORT_FIELDS:
-            raise InvalidArgument(
-                f"a read report holds at most {MAX_REPORT_ENTRIES} entries and its dataset: "
-                f"it has more than {_MAX_REPORT_FIELDS} fields"
-            )
-        tag, at = _varint(data, at)
-        wire_type = tag & 7
-        if wire_type == 0:
-            _, at = _varint(data, at)
-        elif wire_type == 1:
-            at += 8
-        elif wire_type == 2:
-            length, at = _varint(data, at)
-            at += length
-        elif wire_type == 5:
-            at += 4
-        else:
-            raise InvalidArgument(f"a read report holds no field of wire type {wire_type}")
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    """The varint at ``data[at:]`` and the offset after it (past the end when it does
-    not end within ``data``: the caller's walk then stops)."""
-    value = shift = 0
-    for index in range(at, min(at + 10, len(data))):
-        value |= (data[index] & 0x7F) << shift
-        if data[index] < 0x80:
-            return value, index + 1
-        shift += 7
-    return 0, len(data) + 1
 
 
 def read_counts_from_pb(message: pb.ReportLocalReadsRequest) -> list[LocalReadCount]:
