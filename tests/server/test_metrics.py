@@ -7,11 +7,13 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.engine.stores import StoreFactory
 from tests.server.servers import serving
+from tierstore.engine.catalog import Catalog
 from tierstore.server.metrics import ServerMetrics
 from tierstore.types import DatasetSettings
 
@@ -75,3 +77,35 @@ def metrics_listener_threads() -> set[threading.Thread]:
         if getattr(thread, "_target", None) is not None
         and getattr(thread._target, "__name__", "") == "serve_forever"  # type: ignore[attr-defined]
     }
+
+
+def test_a_scrape_walks_no_shard_record(
+    factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hits and misses are counted in memory; a scrape once added them up through
+    # dataset_usage, which walks every shard record (seconds over millions of shards).
+    store = factory(datasets={"a": DatasetSettings(), "b": DatasetSettings()})
+    for name in ("s1", "s2", "s3"):
+        store.put("a", name, b"x" * 100)
+        store.get("a", name)
+    store.get("a", "s1")
+    walked: list[str] = []
+    original = Catalog.iter_shards
+
+    def counting(self: Catalog, txn: Any, dataset: str, *args: Any, **kwargs: Any) -> Any:
+        walked.append(dataset)
+        return original(self, txn, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(Catalog, "iter_shards", counting)
+    metrics = ServerMetrics(dataset_labels=True)
+    metrics.watch_store(store)
+    port = metrics.serve("127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+    finally:
+        metrics.stop_serving()
+    assert 'tierstore_hits_total{dataset="a"} 4.0' in lines
+    assert 'tierstore_hits_total{dataset="b"} 0.0' in lines  # never read: still reported
+    assert walked == []
+    assert store.dataset_usage("a").hits == 4 and walked == ["a"]  # the usage call does walk

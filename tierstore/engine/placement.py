@@ -61,6 +61,12 @@ class Placement:
             counts = self._reads.setdefault(dataset, [0, 0])
             counts[0 if hit else 1] += reads
 
+    def read_counts(self) -> dict[str, tuple[int, int]]:
+        """Hits and misses since start by dataset, from memory (datasets never read,
+        and only those, are absent; a deleted dataset's counts stay). O(datasets)."""
+        with self._lock:
+            return {dataset: (hits, misses) for dataset, (hits, misses) in self._reads.items()}
+
     def set_pinned(self, dataset: str, shard: str, pinned: bool, ttl_s: float | None = None) -> int:
         """Pin (for ``ttl_s`` seconds, or until unpinned) or unpin a shard; returns the
         bytes queued for promotion (pinning a cold one).
