@@ -296,6 +296,10 @@ def test_health_on_both_ports(server: ServerProcess) -> None:
             health_pb2.HealthCheckRequest(service=service), timeout=5, metadata=server.metadata
         )
         assert reply.status == serving
+    listed = stub.List(health_pb2.HealthListRequest(), timeout=5, metadata=server.metadata)
+    assert {name: s.status for name, s in listed.statuses.items()} == dict.fromkeys(
+        ("", *SERVICES), serving
+    )
     with pytest.raises(grpc.RpcError) as caught:
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -11,23 +11,38 @@ port does the same (:mod:`tierstore.server.healthport`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
-__all__ = ["WATCH_REFUSED", "CheckOnlyHealth"]
+__all__ = ["WATCH_REFUSED", "CheckOnlyHealth", "list_reply"]
 
 #: What a ``Watch`` is answered (UNIMPLEMENTED), on either health port.
 WATCH_REFUSED = "Watch is not served: poll Check instead"
 
 
+def list_reply(statuses: Mapping[str, int]) -> health_pb2.HealthListResponse:
+    """The ``List`` answer for these statuses by service name, on either port."""
+    reply = health_pb2.HealthListResponse()
+    for service, status in statuses.items():
+        reply.statuses[service].status = status
+    return reply
+
+
 class CheckOnlyHealth(health.HealthServicer):  # type: ignore[misc]
-    """``HealthServicer`` whose ``Watch`` ends at once with UNIMPLEMENTED."""
+    """``HealthServicer`` that serves ``List`` too (the library's is a stub answering
+    UNIMPLEMENTED) and whose ``Watch`` ends at once with UNIMPLEMENTED."""
 
     def __init__(self) -> None:
         super().__init__(experimental_non_blocking=False)
+
+    def List(self, request: Any, context: grpc.ServicerContext) -> health_pb2.HealthListResponse:
+        # The statuses live in the library servicer's map, which set() and
+        # enter_graceful_shutdown() update under its lock.
+        with self._lock:
+            return list_reply(self._server_status)
 
     def Watch(
         self,

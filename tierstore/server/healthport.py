@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2
 
 from tierstore.errors import Unavailable
 from tierstore.server.decoding import refuse_undecodable
-from tierstore.server.healthcheck import WATCH_REFUSED
+from tierstore.server.healthcheck import WATCH_REFUSED, list_reply
 
 __all__ = ["HealthPort"]
 
@@ -152,11 +152,7 @@ class HealthPort:
     ) -> health_pb2.HealthListResponse:
         await _decoded(health_pb2.HealthListRequest, raw, context)
         with self._lock:
-            statuses = dict(self._statuses)
-        reply = health_pb2.HealthListResponse()
-        for service, status in statuses.items():
-            reply.statuses[service].status = status
-        return reply
+            return list_reply(self._statuses)
 
     async def _watch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, WATCH_REFUSED)
