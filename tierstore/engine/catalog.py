@@ -9,6 +9,7 @@ begins one itself, so callers decide what commits together.
 from __future__ import annotations
 
 import itertools
+import json
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -202,17 +203,26 @@ class Catalog:
         """The oldest ``limit`` pending operations, in order."""
         return [(seq, JournalOp.decode(raw)) for seq, raw in self._journal(txn, limit)]
 
-    def journal_seqs_of(
-        self, txn: Any, dataset: str, shard: str, before: int, limit: int
-    ) -> list[int]:
+    def journal_seqs_of(self, txn: Any, dataset: str, shard: str, before: int) -> list[int]:
         """Sequence numbers of the pending operations on ``dataset``'s settings object,
-        its deletes, and those on ``dataset/shard``, older than ``before``, in order,
-        among the oldest ``limit`` entries."""
-        older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn, limit))
-        return [seq for seq, raw in older if _concerns(JournalOp.decode(raw), dataset, shard)]
+        its deletes, and those on ``dataset/shard``, older than ``before``, in order.
 
-    def _journal(self, txn: Any, limit: int) -> Iterator[tuple[int, Any]]:
-        """The oldest ``limit`` journal entries as ``(seq, encoded operation)``, lazily."""
+        Walks every older entry (a write-through put behind a long backlog must still
+        find its dataset's settings object): entries of other datasets are passed over
+        without being decoded."""
+        # JournalOp.encode writes the dataset as its list's second item, as json.dumps
+        # writes it.
+        marker = b"," + json.dumps(dataset).encode() + b","
+        older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn))
+        return [
+            seq
+            for seq, raw in older
+            if marker in bytes(raw) and _concerns(JournalOp.decode(raw), dataset, shard)
+        ]
+
+    def _journal(self, txn: Any, limit: int | None = None) -> Iterator[tuple[int, Any]]:
+        """The oldest ``limit`` (default: all) journal entries as ``(seq, encoded
+        operation)``, lazily."""
         cursor = txn.cursor(db=self._db("journal"))
         for raw_seq, raw_op in itertools.islice(cursor, limit):
             yield _U64.unpack(bytes(raw_seq))[0], raw_op

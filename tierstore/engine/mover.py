@@ -74,6 +74,9 @@ FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
 _Promotion = tuple[ShardRecord, list[memoryview] | None]
 #: journal entries looked through for a dataset's operations (quota waits, write-through).
 _UPLOADS_SCANNED = 10_000
+#: how often a write-through put overtaken by newer ones runs their entries before it
+#: gives up waiting for one of them to reach the archive.
+_CATCH_UP_ATTEMPTS = 4
 _STOP = None
 
 
@@ -313,11 +316,29 @@ class Mover:
         reach the archive first: a rebuild never finds a shard without its dataset,
         nor a newer state without what came before it. Other shards' entries are left
         to the mover. False when one of them failed (it stays for a retry, and so do
-        the rest). Earlier entries are looked for among the oldest ``_UPLOADS_SCANNED``.
+        the rest).
         """
         with self._env.read() as txn:
-            earlier = self._catalog.journal_seqs_of(txn, dataset, shard, seq, _UPLOADS_SCANNED)
+            earlier = self._catalog.journal_seqs_of(txn, dataset, shard, seq)
         return all(self.run_entry(entry) for entry in [*earlier, seq])
+
+    def archive_holds_since(self, dataset: str, shard: str, generation: int) -> bool:
+        """Whether the archive holds ``generation`` of ``dataset/shard`` or a newer one
+        (or the shard is gone), for a write-through put whose own upload may have been
+        skipped because a newer put overtook it: then the newer generation's entries
+        are run, in order, until it is archived. False when the archive failed, or the
+        shard kept changing for ``_CATCH_UP_ATTEMPTS`` tries."""
+        for _ in range(_CATCH_UP_ATTEMPTS):
+            with self._env.read() as txn:
+                current = self._catalog.get_shard(txn, dataset, shard)
+                if current is None or current.generation <= generation or current.archived:
+                    return True
+                newest = self._catalog.counter(txn, "journal_seq")
+            with self._env.read() as txn:
+                pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
+            if not all(self.run_entry(entry) for entry in pending):
+                return False
+        return False
 
     def _run_entry(self, seq: int) -> bool:
         with self._journal_lock:
@@ -326,7 +347,7 @@ class Mover:
             if op is None:
                 return True
             try:
-                self._apply(op)
+                uploaded = self._apply(op)
             except KeyUnwrapError as exc:
                 # Most often the wrong master key: the frames are likely intact, and
                 # dropping the entry would leave the shard unarchived for good. Keep it
@@ -357,31 +378,41 @@ class Mover:
                 log.warning("archive operation failed, will retry: %s", self.last_error)
                 return False
             with self._env.write() as txn:
-                if op.op == "upload":
+                if uploaded is not None:
                     record = self._catalog.get_shard(txn, op.dataset, op.name)
-                    if record is not None and record.generation == op.generation:
+                    if record is not None and record.generation == uploaded.generation:
                         self._catalog.put_shard(txn, record.with_state(archived=True))
                 self._catalog.remove_journal(txn, seq)
             self._retry_delay = self._settings.mover_retry_initial_s
             self.last_error = None
             return True
 
-    def _apply(self, op: JournalOp) -> None:
+    def _apply(self, op: JournalOp) -> ShardRecord | None:
+        """Carry ``op`` out in the archive; returns the generation it put there, if any
+        (its record is then marked archived)."""
+        uploaded = None
         if op.op == "upload":
             with self._env.read() as txn:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
-            if record is None or record.generation != op.generation:
-                return  # superseded or deleted; a later delete entry cleans the archive
-            self._archive.put(
-                archive_frames_key(op.dataset, op.generation), self._stored_frames(record)
-            )
-            self._put_manifest(record)  # after the frames: a manifest means they are whole
+            if record is None or record.generation != op.generation or record.archived:
+                # Superseded or deleted (a later delete entry cleans the archive), or
+                # uploaded already, ahead of its turn (below).
+                return None
+            uploaded = self._upload(record)
         elif op.op == "manifest":
             with self._env.read() as txn:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
             if record is not None and record.generation == op.generation and record.archived:
                 self._put_manifest(record)
         elif op.op == "delete":
+            # An overwritten generation goes only once a newer one of its shard is in the
+            # archive: when the next put was itself overwritten before its upload (which
+            # is then skipped), the newest generation is uploaded first, ahead of its
+            # turn. So the archive always holds a generation of a shard that exists.
+            with self._env.read() as txn:
+                current = self._catalog.get_shard(txn, op.dataset, op.name)
+            if current is not None and current.generation > op.generation and not current.archived:
+                uploaded = self._upload(current)
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
         elif op.op == "dataset":
@@ -394,6 +425,15 @@ class Mover:
                 self._archive.put(key, self._seal(key, encode_dataset(settings)))
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
+        return uploaded
+
+    def _upload(self, record: ShardRecord) -> ShardRecord:
+        """Put ``record``'s frames and then its manifest into the archive."""
+        self._archive.put(
+            archive_frames_key(record.dataset, record.generation), self._stored_frames(record)
+        )
+        self._put_manifest(record)  # after the frames: a manifest means they are whole
+        return record
 
     def _put_manifest(self, record: ShardRecord) -> None:
         key = archive_manifest_key(record.dataset, record.generation)

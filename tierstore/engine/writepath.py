@@ -159,6 +159,12 @@ class ShardWriter:
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
                     f"({self._mover.last_error}); the mover keeps retrying"
                 )
+            if not self._mover.archive_holds_since(dataset, shard, record.generation):
+                raise ArchiveUnavailable(
+                    f"{dataset}/{shard} is committed locally, but newer puts of it overtook "
+                    "this one and none of them has reached the archive yet "
+                    f"({self._mover.last_error or 'they kept coming'}); the mover keeps trying"
+                )
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
             if (
@@ -274,7 +280,9 @@ class ShardWriter:
                 raise RuntimeError(f"{dataset}/{shard} was sized for another sealing")
             generation = record.generation
             if previous is not None:
-                self.delete_in(txn, previous, tell_policy=False)
+                # Its archive objects are deleted by an entry after this put's upload
+                # (below): the archive always holds one generation or the other.
+                self.delete_in(txn, previous, tell_policy=False, journal=False)
             # Sealed inside the transaction, so that sealing the next frame overlaps
             # storing this one; the commit (and its fsync) dominates the lock's time.
             with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as frames:
@@ -287,6 +295,10 @@ class ShardWriter:
             seq = self._catalog.append_journal(
                 txn, JournalOp("upload", dataset, shard, generation, stored_total)
             )
+            if previous is not None:
+                self._catalog.append_journal(
+                    txn, JournalOp("delete", dataset, shard, previous.generation)
+                )
             if self._catalog.counter(txn, "next_generation") <= generation:
                 self._catalog.set_counter(txn, "next_generation", generation + 1)
             # Last in the transaction: nothing but the commit can fail after it.
@@ -315,9 +327,12 @@ class ShardWriter:
         )
         return record, self._sealers.sealer(record, data_key)
 
-    def delete_in(self, txn: Any, record: ShardRecord, *, tell_policy: bool = True) -> None:
+    def delete_in(
+        self, txn: Any, record: ShardRecord, *, tell_policy: bool = True, journal: bool = True
+    ) -> None:
         """Delete ``record``'s generation in the caller's write transaction (and tell
-        the policy, unless the caller does so itself).
+        the policy, unless the caller does so itself); ``journal``: append the entry
+        that deletes its archive objects (unless the caller appends it later itself).
 
         Needs no data key, so shards whose key cannot be unwrapped can still go.
         """
@@ -326,8 +341,9 @@ class ShardWriter:
                 self._frames.delete_in(txn, frame_key(record.generation, index))
             self._catalog.add_counter(txn, "hot_bytes", -stored_size(record))
         self._catalog.delete_shard(txn, record.dataset, record.name)
-        self._catalog.append_journal(
-            txn, JournalOp("delete", record.dataset, record.name, record.generation)
-        )
+        if journal:
+            self._catalog.append_journal(
+                txn, JournalOp("delete", record.dataset, record.name, record.generation)
+            )
         if tell_policy:
             self._policies.removed((record.dataset, record.name))
