@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tierstore.client.client import Client
+from tierstore.client.forkgate import GATE
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
@@ -175,9 +176,12 @@ def test_batches_from_threads_in_the_process_or_in_workers(samples: Samples, wor
 
 
 @contextlib.contextmanager
-def reading_meanwhile(samples: Samples) -> Iterator[list[int]]:
-    """Another thread reads the dataset over and over (read-ahead on) inside the block;
-    yields the list it appends each finished pass's sample count to."""
+def reading_meanwhile(
+    samples: Samples, fresh_dataset_each_pass: bool = False
+) -> Iterator[list[int]]:
+    """Another thread reads the dataset over and over (read-ahead on) inside the block,
+    with one dataset object or a new one each pass; yields the list it appends each
+    finished pass's sample count to."""
     passes: list[int] = []
     stop = threading.Event()
 
@@ -185,6 +189,8 @@ def reading_meanwhile(samples: Samples) -> Iterator[list[int]]:
         dataset = IterableDataset(samples.dataset, read_ahead=2, **samples.connection)
         while not stop.is_set():
             passes.append(len(list(dataset)))
+            if fresh_dataset_each_pass:
+                dataset = IterableDataset(samples.dataset, read_ahead=2, **samples.connection)
 
     reader = threading.Thread(target=read, name="reading-meanwhile")
     reader.start()
@@ -197,12 +203,19 @@ def reading_meanwhile(samples: Samples) -> Iterator[list[int]]:
 
 
 @READ_PATHS
+@pytest.mark.parametrize("fresh", [False, True], ids=["one-dataset", "dataset-per-pass"])
 def test_a_parent_that_read_before_forking(
-    samples: Samples, capfd: pytest.CaptureFixture[str], local_reads: str
+    samples: Samples, capfd: pytest.CaptureFixture[str], local_reads: str, fresh: bool
 ) -> None:
-    with reading_meanwhile(samples) as passes:
+    # dataset-per-pass: the reading thread drops a dataset (its client and channel) and
+    # makes a new one on every pass, so channels are made and torn down as loaders fork.
+    expired = GATE.expired_holds
+    with reading_meanwhile(samples, fresh_dataset_each_pass=fresh) as passes:
         fork_loaders_while_the_parent_iterates(samples, local_reads)
     assert passes and set(passes) == {samples.total}  # reads were in flight at the forks
+    # No fork waited out the gate's deadline for a call that could not end before it
+    # (a local read once waited for the hot-tier map's fork lock: 30 s a fork).
+    assert GATE.expired_holds == expired
     # The fork gate kept every fork clear of our gRPC calls (without it, gRPC skips its fork
     # handlers and a child can hang cancelling the calls it inherited).
     assert "skipping fork() handlers" not in capfd.readouterr().err

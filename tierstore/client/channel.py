@@ -3,6 +3,14 @@
 A channel (like every client object) is owned by one process. The client keeps
 the process id that made its channel and makes a new one when it finds itself
 in a forked child; the parent's channel is never used or closed there.
+
+Making, closing and letting go of a channel all call into gRPC's core, so they run
+inside the fork gate (:mod:`tierstore.client.forkgate`) like the calls do: a thread
+that dropped a client (and so its channel) while a DataLoader forked made gRPC skip
+its fork handlers, and hung a worker, in 2 of 4 runs. A :class:`ProcessChannel` that
+is garbage-collected without :meth:`~ProcessChannel.close` closes its channel in the
+gate too, from a finalizer.
+
 ``GRPC_ENABLE_FORK_SUPPORT=1`` must be set before grpc is first imported for a
 forked child to open channels reliably (DESIGN.md, section 5): importing
 :mod:`tierstore` sets it unless the environment already chose.
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +28,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
 import grpc
 
+from tierstore.client.forkgate import GATE
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_address
 
@@ -50,14 +60,35 @@ class ChannelSettings:
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
 
 
+class _HeldChannel:
+    """The grpc channel a :class:`ProcessChannel` holds and the process that made it:
+    apart from the ProcessChannel, so that its finalizer can close the channel."""
+
+    __slots__ = ("channel", "pid")
+
+    def __init__(self) -> None:
+        self.channel: grpc.Channel | None = None
+        self.pid = -1
+
+    def close(self) -> None:
+        """Close this process's channel and drop it, inside the fork gate (a channel
+        inherited through fork is only dropped: it belongs to the parent)."""
+        channel, self.channel = self.channel, None
+        mine, self.pid = self.pid == os.getpid(), -1
+        if channel is not None and mine:
+            with GATE.call():
+                channel.close()
+                del channel  # the last reference: freeing it calls into gRPC too
+
+
 class ProcessChannel:
     """A lazily created channel, re-created in each new process. Thread-safe."""
 
     def __init__(self, settings: ChannelSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        self._pid = -1
+        self._held = _HeldChannel()
+        weakref.finalize(self, self._held.close)
 
     def __getstate__(self) -> dict[str, object]:
         return {"settings": self.settings}  # channels never cross a pickle
@@ -73,13 +104,16 @@ class ProcessChannel:
 
     def get(self) -> grpc.Channel:
         """This process's channel (opened on first use)."""
-        if self._pid != os.getpid():
+        held = self._held
+        if held.pid != os.getpid():
             with self._lock:
-                if self._pid != os.getpid():
-                    self._channel = self._open()
-                    self._pid = os.getpid()
-        assert self._channel is not None
-        return self._channel
+                if held.pid != os.getpid():
+                    with GATE.call():
+                        held.channel = self._open()
+                    held.pid = os.getpid()
+        channel = held.channel
+        assert channel is not None
+        return channel
 
     def _open(self) -> grpc.Channel:
         options: list[tuple[str, int | str]] = [
@@ -106,7 +140,4 @@ class ProcessChannel:
     def close(self) -> None:
         """Close this process's channel (a channel inherited through fork is left alone)."""
         with self._lock:
-            if self._channel is not None and self._pid == os.getpid():
-                self._channel.close()
-            self._channel = None
-            self._pid = -1
+            self._held.close()

@@ -180,7 +180,8 @@ class Client:
     # Plumbing.
 
     def _stub(self, factory: Callable[[grpc.Channel], T]) -> T:
-        return factory(self._channel.get())
+        with GATE.call():  # a stub registers its methods with gRPC's core
+            return factory(self._channel.get())
 
     def _call(
         self,
@@ -360,20 +361,22 @@ class Client:
         validate_shard_name(shard)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must not be negative")
-        if self._local is not None:
-            local = self._local.read_range(dataset, shard, offset, length)
-            if local is not None:
-                return local.buffers[0]
-        self._counts.bump("grpc")
-        byte_range = common_pb2.ByteRange(offset=offset)
-        if length is not None:
-            byte_range.length = length
-        stream = self._open(
-            shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
-        )
-        out = self._frame_allocator()(stream.length)
-        stream.into(memoryview(out).cast("B"))
-        return out
+        # A fork() waits for the whole read, local or streamed (see forkgate).
+        with GATE.call():
+            if self._local is not None:
+                local = self._local.read_range(dataset, shard, offset, length)
+                if local is not None:
+                    return local.buffers[0]
+            self._counts.bump("grpc")
+            byte_range = common_pb2.ByteRange(offset=offset)
+            if length is not None:
+                byte_range.length = length
+            stream = self._open(
+                shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
+            )
+            out = self._frame_allocator()(stream.length)
+            stream.into(memoryview(out).cast("B"))
+            return out
 
     def read_table(
         self, dataset: str, shard: str, columns: Sequence[str] | None = None
@@ -387,16 +390,17 @@ class Client:
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        local = self._local.read_frames(dataset, shard) if self._local is not None else None
-        if local is not None:
-            return _table_of(local, dataset, shard, columns)
-        self._counts.bump("grpc")
-        stream = self._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
-        if stream.info.kind.value == "raw":
-            for _ in stream.messages:  # drain the stream so the call ends cleanly
-                pass
-            raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-        return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
+        with GATE.call():  # a fork() waits for the whole read, local or streamed
+            local = self._local.read_frames(dataset, shard) if self._local is not None else None
+            if local is not None:
+                return _table_of(local, dataset, shard, columns)
+            self._counts.bump("grpc")
+            stream = self._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
+            if stream.info.kind.value == "raw":
+                for _ in stream.messages:  # drain the stream so the call ends cleanly
+                    pass
+                raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
+            return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
 
     def _frame_allocator(self) -> FrameAllocator:
         """Where received frames land: the local path's allocator (aligned, pinned with
@@ -675,6 +679,8 @@ class Client:
             validate_dataset_name(dataset)
         self.report_local_reads()
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        # Not in the fork gate: the gate cannot be held across the caller's iteration.
+        # Do not fork while a trace stream is open (the only client stream so left).
         responses = stub.ExportTrace(
             admin_pb2.ExportTraceRequest(dataset=dataset or ""),
             timeout=self.stream_timeout_s,

@@ -8,14 +8,20 @@ while the main process's read-ahead threads were streaming shards hung 1 time in
 
 (The child hangs in gRPC's own after-fork handler, cancelling the calls it inherited.)
 
-So every call the client makes runs inside :data:`GATE` — each unary call and put in
-:class:`tierstore.client.Client`, each whole shard read of the DataLoader plugin — and a
+So every call the client makes runs inside :data:`GATE` — each unary call, put and
+whole shard read of :class:`tierstore.client.Client` (and the making, closing and
+dropping of its channel, and of its stubs: they call into gRPC's core as well) — and a
 ``before`` fork handler waits until the calls in flight have finished (new ones wait until
 the fork is done), at most ``MAX_WAIT_S`` — a call stalled longer than that does not hold
 a fork forever; the fork then goes ahead as it would have without the gate. The child
 starts with an open gate: the threads that held it do not exist there. (The gate once
 covered shard reads only; a thread listing shards or declaring a plan while a DataLoader
-forked still hung a worker now and then.)
+forked still hung a worker now and then. Then the DataLoader plugin's reads were gated
+but not the client's own: a thread making a dataset, which reads a shard's first frame
+for its schema, while a loader forked left a worker hung in the after-fork handler,
+waiting for a channel lock that the parent's reading thread held at the fork — 2 runs
+in 4.) The one stream left outside is :meth:`~tierstore.client.Client.export_trace`'s,
+which the caller iterates: do not fork while one is open.
 
 Order matters: gRPC's own ``before`` handler pauses its polling threads, after which our
 calls in flight could never finish. ``before`` handlers run in the reverse order of
@@ -31,13 +37,13 @@ until ``MAX_WAIT_S``).
 from __future__ import annotations
 
 import os
-from functools import partial
+from collections.abc import Callable
 
 import grpc
 
 from tierstore.client.forklocks import ForkGate
 
-__all__ = ["GATE", "MAX_WAIT_S", "ForkGate"]
+__all__ = ["GATE", "MAX_WAIT_S", "ForkGate", "while_held_at_fork"]
 
 #: The longest a fork waits for calls in flight, in seconds.
 MAX_WAIT_S = 30.0
@@ -46,8 +52,44 @@ MAX_WAIT_S = 30.0
 #: The gate every call of the client passes through.
 GATE = ForkGate()
 
+ForkHandler = Callable[[], None]
+#: Fork handlers run while the gate is held: ``(before, after_in_parent, after_in_child)``.
+_held_handlers: list[tuple[ForkHandler, ForkHandler, ForkHandler]] = []
+
+
+def while_held_at_fork(
+    before: ForkHandler, after_in_parent: ForkHandler, after_in_child: ForkHandler
+) -> None:
+    """Register fork handlers of a part of the client whose work runs inside calls of
+    the gate: ``before`` runs once the gate is held (so those calls have ended) and the
+    ``after_*`` handlers before it opens again. The hot-tier map (a local shard read
+    takes its lock) must not be held before the gate: a read already in the gate would
+    wait for it, and the fork for the read — until ``MAX_WAIT_S``, measured at 30 s a
+    fork. ``before`` handlers run in the reverse order of registration, the others in
+    order, as with :func:`os.register_at_fork`."""
+    _held_handlers.append((before, after_in_parent, after_in_child))
+
+
+def _before_fork() -> None:
+    GATE.hold(MAX_WAIT_S)
+    for before, _, _ in reversed(_held_handlers):
+        before()
+
+
+def _after_fork_in_parent() -> None:
+    for _, after_in_parent, _ in _held_handlers:
+        after_in_parent()
+    GATE.release()
+
+
+def _after_fork_in_child() -> None:
+    GATE.reset()
+    for _, _, after_in_child in _held_handlers:
+        after_in_child()
+
+
 # gRPC's fork handlers first (a channel's creation registers them; it connects nowhere).
 grpc.insecure_channel("127.0.0.1:1").close()
 os.register_at_fork(
-    before=partial(GATE.hold, MAX_WAIT_S), after_in_parent=GATE.release, after_in_child=GATE.reset
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
 )

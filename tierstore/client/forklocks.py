@@ -62,7 +62,9 @@ class ForkGate:
     end and keeps new ones out until :meth:`release` (parent) or :meth:`reset` (child).
 
     Calls nest: a call made inside another on the same thread is part of it and never
-    waits (waiting would deadlock a hold that waits for the outer call). A thread must not
+    waits (waiting would deadlock a hold that waits for the outer call). Nor does a call
+    made by the holding thread itself (a channel torn down by garbage collection while
+    its ``before`` handlers run): it ends before the thread forks. A thread must not
     fork while inside the gate (it would wait for itself until the hold's deadline).
     """
 
@@ -70,7 +72,11 @@ class ForkGate:
         self._condition = threading.Condition()
         self._inside = 0
         self._holding = False
+        self._holder: int | None = None
         self._thread = threading.local()
+        #: holds that gave up waiting at their deadline (a call in flight that did not
+        #: end in time: stalled, or waiting for something the forking thread held).
+        self.expired_holds = 0
 
     @contextmanager
     def call(self) -> Iterator[None]:
@@ -90,7 +96,7 @@ class ForkGate:
     @contextmanager
     def _outermost_call(self) -> Iterator[None]:
         with self._condition:
-            while self._holding:
+            while self._holding and self._holder != threading.get_ident():
                 self._condition.wait()
             self._inside += 1
         try:
@@ -110,13 +116,17 @@ class ForkGate:
         until :meth:`release`. The condition's lock stays held until then."""
         self._condition.acquire()
         self._holding = True
+        self._holder = threading.get_ident()
         deadline = time.monotonic() + max_wait_s
         while self._inside and (left := deadline - time.monotonic()) > 0:
             self._condition.wait(left)
+        if self._inside:
+            self.expired_holds += 1
 
     def release(self) -> None:
         """Let calls in again (the parent, after the fork)."""
         self._holding = False
+        self._holder = None
         self._condition.notify_all()
         self._condition.release()
 
@@ -125,4 +135,5 @@ class ForkGate:
         self._condition = threading.Condition()
         self._inside = 0
         self._holding = False
+        self._holder = None
         self._thread = threading.local()

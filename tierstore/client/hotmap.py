@@ -19,7 +19,9 @@ most ``max_snapshots`` leases per process, and reads past that copy instead.
 Fork safety. A forked child must never use or end the parent's environment or
 transactions: they are registered under the parent's pid in the shared reader
 table, and ending one in the child would release the parent's slot. So before a
-fork, local reads in flight are waited for (at most ``_FORK_WAIT_S``) and, when no
+fork — once the client's fork gate is held (:mod:`tierstore.client.forkgate`), which
+every client read passes — local reads in flight are waited for (at most
+``_FORK_WAIT_S``) and, when no
 snapshot is alive, the environment is closed: the child then opens its own, under
 its own pid, and the parent reopens on its next read. When snapshots are alive the
 environment stays open for them; a child cannot open another one (py-lmdb refuses
@@ -32,7 +34,6 @@ Thread safety: everything here is safe to share between threads.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from typing import Any
 
 import lmdb
 
+from tierstore.client.forkgate import while_held_at_fork
 from tierstore.client.forklocks import ForkGate
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shard
 from tierstore.engine.reads import LeasePool, ReadLease
@@ -230,8 +232,5 @@ def _after_fork_in_child() -> None:
         hot._after_fork_in_child()
 
 
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)
+# Inside the client's fork gate: a local read runs inside it and takes this map's locks.
+while_held_at_fork(_before_fork, _after_fork_in_parent, _after_fork_in_child)
