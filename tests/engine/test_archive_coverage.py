@@ -16,11 +16,15 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload
 from tierstore.engine import mover as mover_module
 from tierstore.engine.records import archive_dataset_key, archive_frames_key, archive_manifest_key
+from tierstore.engine.store import Store
+from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers.base import Tier
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import DatasetSettings, Durability
+from tierstore.types import DatasetSettings, Durability, ShardInfo
 
 WRITE_THROUGH = DatasetSettings(durability=Durability.WRITE_THROUGH)
 
@@ -41,7 +45,7 @@ class GatedArchive(MemoryTier):
         super().put(key, value)  # type: ignore[arg-type]
 
 
-def rebuilt(open_store: StoreFactory, archive: MemoryTier, dataset: str) -> dict[str, bytes]:
+def rebuilt(open_store: StoreFactory, archive: Tier, dataset: str) -> dict[str, bytes]:
     """Every shard of ``dataset`` that a fresh store rebuilt from ``archive`` alone reads."""
     fresh = open_store(archive, start_mover=False)
     fresh.rebuild_from_archive()
@@ -79,46 +83,98 @@ def test_an_overwrite_being_uploaded_leaves_the_old_generation_in_the_archive(
     }
 
 
+class Overtaken:
+    """Two write-through puts of one shard, A and B: A commits, then B commits, then A
+    archives (its own upload overtaken by B's generation); B archives only once
+    :meth:`finish_b` is called. ``before_a_archives`` runs just before A archives."""
+
+    def __init__(
+        self,
+        store: Store,
+        monkeypatch: pytest.MonkeyPatch,
+        before_a_archives: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.outcome: dict[str, object] = {}
+        self._b_committed, self._a_returned = threading.Event(), threading.Event()
+        run_in_order = store.mover.run_entry_in_order
+
+        def in_turn(seq: int, dataset: str, shard: str) -> bool:
+            if threading.current_thread().name == "A":
+                assert self._b_committed.wait(10)
+                before_a_archives()
+            else:
+                self._b_committed.set()
+                assert self._a_returned.wait(10)
+            return run_in_order(seq, dataset, shard)
+
+        monkeypatch.setattr(store.mover, "run_entry_in_order", in_turn)
+        self._b = threading.Thread(target=self._put, args=("B", B_DATA), name="B")
+
+    def _put(self, who: str, data: bytes) -> None:
+        try:
+            self.outcome[who] = self.store.put("wt", "s", data)
+        except Exception as error:
+            self.outcome[who] = error
+
+    def run_a(self) -> object:
+        """Start A, then B once A has committed; A's result (or error) once it returns."""
+        put_a = threading.Thread(target=self._put, args=("A", A_DATA), name="A")
+        put_a.start()
+        while self.store.mover.pending() == 0:  # A has committed and waits for B
+            pass
+        self._b.start()
+        put_a.join(30)
+        return self.outcome["A"]
+
+    def finish_b(self) -> object:
+        self._a_returned.set()
+        self._b.join(30)
+        return self.outcome["B"]
+
+
+A_DATA, B_DATA = payload(3 * FRAME, 10), payload(3 * FRAME, 20)
+
+
 def test_an_overtaken_write_through_put_returns_once_a_newer_generation_is_archived(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive = MemoryTier()
     store = open_store(archive, datasets={"wt": WRITE_THROUGH}, start_mover=False)
     store.put("wt", "s", payload(3 * FRAME, 0))
-    b_committed, a_returned = threading.Event(), threading.Event()
-    run_in_order = store.mover.run_entry_in_order
-
-    def in_turn(seq: int, dataset: str, shard: str) -> bool:
-        # A commits, then B commits, then A archives (its own upload is overtaken);
-        # B archives only after A's put has returned.
-        if threading.current_thread().name == "A":
-            assert b_committed.wait(10)
-        else:
-            b_committed.set()
-            assert a_returned.wait(10)
-        return run_in_order(seq, dataset, shard)
-
-    monkeypatch.setattr(store.mover, "run_entry_in_order", in_turn)
-    put_b = threading.Thread(target=store.put, args=("wt", "s", payload(3 * FRAME, 20)), name="B")
-    results: dict[str, object] = {}
-    put_a = threading.Thread(
-        target=lambda: results.update(a=store.put("wt", "s", payload(3 * FRAME, 10))), name="A"
-    )
-    put_a.start()
-    while store.mover.pending() == 0:  # A has committed and waits for B
-        pass
-    put_b.start()
-    put_a.join(30)
+    race = Overtaken(store, monkeypatch)
     try:
-        assert results["a"].archived  # type: ignore[attr-defined]
+        a = race.run_a()
+        assert isinstance(a, ShardInfo) and a.archived
         # The archive holds B's generation, newer than A's: nothing acknowledged rolls back.
-        assert rebuilt(open_store, archive, "wt") == {"s": payload(3 * FRAME, 20)}
+        assert rebuilt(open_store, archive, "wt") == {"s": B_DATA}
     finally:
-        a_returned.set()
-        put_b.join(30)
-    assert store.get("wt", "s").to_bytes() == payload(3 * FRAME, 20)
+        race.finish_b()
+    assert store.get("wt", "s").to_bytes() == B_DATA
     assert store.stat("wt", "s").archived
     assert not store.mover.data_loss
+
+
+def test_an_overtaken_write_through_put_fails_when_the_newer_one_cannot_be_archived(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"wt": WRITE_THROUGH}, start_mover=False)
+    store.put("wt", "s", payload(3 * FRAME, 0))
+    race = Overtaken(
+        store, monkeypatch, before_a_archives=lambda: setattr(archive, "failing", True)
+    )
+    try:
+        a = race.run_a()
+        assert isinstance(a, ArchiveUnavailable), a
+        assert "newer puts of it overtook this one" in str(a)
+    finally:
+        b = race.finish_b()
+    assert isinstance(b, ArchiveUnavailable)  # the archive is still down for B's own put
+    archive.failing = False
+    assert store.mover.drain_once()
+    assert store.stat("wt", "s").archived
+    assert rebuilt(open_store, archive.inner, "wt") == {"s": B_DATA}
 
 
 def test_a_write_through_put_behind_a_long_backlog_archives_its_dataset_first(

@@ -260,9 +260,10 @@ class Catalog:
 
 def _concerns(op: JournalOp, dataset: str, shard: str) -> bool:
     """Whether ``op`` is on ``dataset``'s settings object, deletes one of its shards'
-    objects, or is on ``dataset/shard``. (Deletes, of a shard or of a dataset's earlier
-    life, are part of what a rebuild must not find: a deleted encrypted shard left
-    beside a plaintext dataset of the same name makes the rebuild leave it out.)"""
+    objects (or a superseded generation's), or is on ``dataset/shard``. (Deletes, of a
+    shard or of a dataset's earlier life, are part of what a rebuild must not find: a
+    deleted encrypted shard left beside a plaintext dataset of the same name makes the
+    rebuild leave it out.)"""
     if op.dataset != dataset:
         return False
-    return op.op in ("dataset", "delete") or op.name == shard
+    return op.op in ("dataset", "delete", "supersede") or op.name == shard

@@ -404,15 +404,21 @@ class Mover:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
             if record is not None and record.generation == op.generation and record.archived:
                 self._put_manifest(record)
-        elif op.op == "delete":
-            # An overwritten generation goes only once a newer one of its shard is in the
-            # archive: when the next put was itself overwritten before its upload (which
-            # is then skipped), the newest generation is uploaded first, ahead of its
-            # turn. So the archive always holds a generation of a shard that exists.
-            with self._env.read() as txn:
-                current = self._catalog.get_shard(txn, op.dataset, op.name)
-            if current is not None and current.generation > op.generation and not current.archived:
-                uploaded = self._upload(current)
+        elif op.op in ("delete", "supersede"):
+            if op.op == "supersede":
+                # An overwritten archived generation goes only once a newer one of its
+                # shard is in the archive: when the next put was itself overwritten
+                # before its upload (which is then skipped), the newest generation is
+                # uploaded first, ahead of its turn. So the archive always holds a
+                # generation of a shard that exists, once one was archived.
+                with self._env.read() as txn:
+                    current = self._catalog.get_shard(txn, op.dataset, op.name)
+                if (
+                    current is not None
+                    and current.generation > op.generation
+                    and not current.archived
+                ):
+                    uploaded = self._upload(current)
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
         elif op.op == "dataset":

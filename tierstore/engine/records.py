@@ -216,7 +216,10 @@ class JournalOp:
     """One pending archive operation of the upload journal.
 
     ``upload``: copy generation ``generation`` of ``name`` to the archive.
-    ``delete``: remove a generation's archive objects (superseded or deleted shard).
+    ``delete``: remove a generation's archive objects (a deleted shard, or an
+    overwritten generation that was never archived).
+    ``supersede``: remove an overwritten generation that was archived, once a newer
+    generation of the shard is in the archive (uploading the current one first if not).
     ``manifest``: rewrite a generation's manifest (after key rotation).
     ``dataset``: write (or, with ``name == "-"``, remove) a dataset's settings object.
     """

@@ -296,8 +296,11 @@ class ShardWriter:
                 txn, JournalOp("upload", dataset, shard, generation, stored_total)
             )
             if previous is not None:
+                # An archived generation goes only once a newer one is archived (see
+                # Mover._apply); one never archived can go at once.
+                op = "supersede" if previous.archived else "delete"
                 self._catalog.append_journal(
-                    txn, JournalOp("delete", dataset, shard, previous.generation)
+                    txn, JournalOp(op, dataset, shard, previous.generation)
                 )
             if self._catalog.counter(txn, "next_generation") <= generation:
                 self._catalog.set_counter(txn, "next_generation", generation + 1)
