@@ -29,6 +29,7 @@ import shutil
 import statistics
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 import boto3
 import botocore.config
 import numpy as np
+import xxhash
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierstore.config import EngineSettings
@@ -55,6 +57,7 @@ from tierstore.types import DatasetSettings, Durability
 __all__ = [
     "FRAME_BYTES",
     "SHARD_BYTES",
+    "BareVerifyPipeline",
     "Case",
     "ColdRead",
     "EncryptedHotRead",
@@ -374,6 +377,78 @@ class HotRead:
         if self._saved_open is not None:
             FrameSealer.open = self._saved_open  # type: ignore[method-assign]  # a what-if patch
             self._saved_open = None
+
+
+#: how many frames the bare pipeline's helper may hash ahead of the consumer.
+BARE_PIPELINE_AHEAD = 4
+
+
+@dataclass
+class BareVerifyPipeline:
+    """What-if: the best a verify-then-touch hot read reaches on this machine, with no
+    engine code at all.
+
+    Raw ``lmdb`` views as the ceiling reads them; one helper thread runs xxh3 over each
+    payload, up to :data:`BARE_PIPELINE_AHEAD` frames ahead of the consumer, which
+    touches each frame once its hash is done. The ceiling is the hot read's.
+    """
+
+    bench: EngineBench
+    name: str = "hot read, bare xxh3 + touch pipeline, no engine (what-if)"
+    target: float = 0.0
+    note: str = (
+        f"raw lmdb, xxh3 on one helper thread up to {BARE_PIPELINE_AHEAD} frames ahead "
+        "(the limit of the engine's approach)"
+    )
+    nbytes: int = 0
+    _hot: HotRead | None = None
+    _pool: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self.nbytes = self.bench.total_bytes
+        self._hot = HotRead(self.bench)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare-verify")
+
+    def setup_engine(self) -> None:
+        pass
+
+    def engine(self) -> None:
+        assert self._hot is not None and self._pool is not None
+        db = self.bench.raw_frames
+        for keys in self._hot._keys:
+            with self.bench.raw_read() as txn:
+                payloads = [txn.get(key, db=db)[:-CHECKSUM_BYTES] for key in keys]
+                _hash_ahead_then_touch(self._pool, payloads)
+
+    def setup_ceiling(self) -> None:
+        pass
+
+    def ceiling(self) -> None:
+        assert self._hot is not None
+        self._hot.ceiling()
+
+    def finish(self) -> None:
+        pass
+
+
+def _hash_ahead_then_touch(pool: ThreadPoolExecutor, payloads: list[Any]) -> None:
+    """xxh3 of each payload on ``pool``'s thread, up to :data:`BARE_PIPELINE_AHEAD` ahead;
+    each payload touched here once its hash is done."""
+    room = threading.Semaphore(BARE_PIPELINE_AHEAD)
+    hashed = [threading.Event() for _ in payloads]
+
+    def hash_all() -> None:
+        for index, payload in enumerate(payloads):
+            room.acquire()
+            xxhash.xxh3_64_intdigest(payload)
+            hashed[index].set()
+
+    helper = pool.submit(hash_all)
+    for index, payload in enumerate(payloads):
+        hashed[index].wait()
+        touch(payload)
+        room.release()
+    helper.result()
 
 
 def _skip_checksum(self: FrameSealer, index: int, stored: memoryview) -> memoryview:

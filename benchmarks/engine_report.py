@@ -42,6 +42,7 @@ from pathlib import Path
 from churn_case import CHURN_ARCHIVE, ChurnResult, run_churn
 from engine_cases import (
     SHARD_BYTES,
+    BareVerifyPipeline,
     Case,
     ColdRead,
     EncryptedHotRead,
@@ -63,13 +64,15 @@ CASES: tuple[CaseFactory, ...] = (
     HotRead,
     #: a what-if (only with --what-if): the per-read checksum patched out.
     lambda bench: HotRead(bench, verify=False),
+    #: a what-if (only with --what-if): xxh3 then touch with no engine code, two threads.
+    BareVerifyPipeline,
     EncryptedHotRead,
     ColdRead,
     lambda bench: ColdRead(bench, promotion=False, target=0.0),
     WriteBackPut,
     lambda bench: WriteBackPut(bench, mover=False),
 )
-WHAT_IF_CASES = frozenset({1})  # indexes into CASES run only with --what-if
+WHAT_IF_CASES = frozenset({1, 2})  # indexes into CASES run only with --what-if
 
 
 def log(message: str) -> None:
