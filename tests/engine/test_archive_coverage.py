@@ -189,3 +189,41 @@ def test_a_write_through_put_behind_a_long_backlog_archives_its_dataset_first(
     store.create_dataset("wt", WRITE_THROUGH)
     assert store.put("wt", "kept", b"acknowledged").archived
     assert rebuilt(open_store, archive, "wt") == {"kept": b"acknowledged"}
+
+
+def test_a_generation_uploaded_ahead_of_its_turn_may_be_overwritten_meanwhile(
+    open_store: StoreFactory,
+) -> None:
+    # v1 archived; v2 and v3 overwrite it before the mover runs, so v2's upload is
+    # skipped and v1's supersede entry uploads v3 first — and v3 is overwritten by v4
+    # while its frames are read. The entry once went with v1's objects still there.
+    stores: list[Store] = []
+    generations: list[str] = []  # hex generations: v3's, then v4's
+
+    class OverwriteDuringUpload(FaultyTier):
+        overwritten = False
+
+        def put(self, key: str, value: object) -> None:  # type: ignore[override]
+            upload_of_v3 = key.endswith(".frames") and generations and generations[-1] in key
+            if upload_of_v3 and not self.overwritten:
+                self.overwritten = True
+                generations.append(f"{stores[0].put('d', 's', payload(FRAME, 4)).generation:016x}")
+            super().put(key, value)  # type: ignore[arg-type]
+
+    archive = OverwriteDuringUpload(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings()}, start_mover=False)
+    stores.append(store)
+    store.put("d", "s", payload(FRAME, 1))
+    assert store.mover.drain_once()
+    store.put("d", "s", payload(FRAME, 2))
+    generations.append(f"{store.put('d', 's', payload(FRAME, 3)).generation:016x}")
+    assert store.mover.drain_once()
+    assert archive.overwritten and len(generations) == 2
+    current = store.stat("d", "s").generation
+    assert set(archive.inner.list("d/").keys) == {
+        archive_dataset_key("d"),
+        archive_frames_key("d", current),
+        archive_manifest_key("d", current),
+    }
+    assert rebuilt(open_store, archive.inner, "d") == {"s": payload(FRAME, 4)}
+    assert not store.mover.data_loss

@@ -60,7 +60,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
-from tierstore.errors import IntegrityError, KeyUnwrapError, TierstoreError
+from tierstore.errors import IntegrityError, KeyUnwrapError, TierstoreError, Unavailable
 from tierstore.policy.base import Key
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -406,19 +406,7 @@ class Mover:
                 self._put_manifest(record)
         elif op.op in ("delete", "supersede"):
             if op.op == "supersede":
-                # An overwritten archived generation goes only once a newer one of its
-                # shard is in the archive: when the next put was itself overwritten
-                # before its upload (which is then skipped), the newest generation is
-                # uploaded first, ahead of its turn. So the archive always holds a
-                # generation of a shard that exists, once one was archived.
-                with self._env.read() as txn:
-                    current = self._catalog.get_shard(txn, op.dataset, op.name)
-                if (
-                    current is not None
-                    and current.generation > op.generation
-                    and not current.archived
-                ):
-                    uploaded = self._upload(current)
+                uploaded = self._archive_newer_first(op)
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
         elif op.op == "dataset":
@@ -432,6 +420,33 @@ class Mover:
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
         return uploaded
+
+    def _archive_newer_first(self, op: JournalOp) -> ShardRecord | None:
+        """For a ``supersede`` entry: an overwritten archived generation goes only once a
+        newer one of its shard is in the archive. When the next put was itself
+        overwritten before its upload (which is then skipped), the shard's current
+        generation is uploaded here, ahead of its turn; returns it (None if nothing
+        had to be). So the archive always holds a generation of a shard that exists,
+        once one was archived. Raises IntegrityError when the current generation's hot
+        copy is damaged, and Unavailable (the entry is retried) when it kept being
+        overwritten during its upload."""
+        for _ in range(_CATCH_UP_ATTEMPTS):
+            with self._env.read() as txn:
+                current = self._catalog.get_shard(txn, op.dataset, op.name)
+            if current is None or current.generation <= op.generation or current.archived:
+                return None
+            try:
+                return self._upload(current)
+            except IntegrityError:
+                with self._env.read() as txn:
+                    now = self._catalog.get_shard(txn, op.dataset, op.name)
+                if now is not None and now.generation == current.generation:
+                    raise  # its hot copy is damaged (Mover.data_loss hears it at its upload)
+                # Overwritten during its upload (its frames went): archive the newer one.
+        raise Unavailable(
+            f"{op.dataset}/{op.name} kept being overwritten while a newer generation was "
+            "uploaded; retried later"
+        )
 
     def _upload(self, record: ShardRecord) -> ShardRecord:
         """Put ``record``'s frames and then its manifest into the archive."""
