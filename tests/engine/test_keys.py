@@ -17,7 +17,7 @@ from tests.engine.stores import DATASETS, FRAME, KEY_1, KEY_2, KEYRING, StoreFac
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import store as store_module
 from tierstore.engine.records import ShardRecord
-from tierstore.errors import EncryptionUnavailable, UnknownKeyId
+from tierstore.errors import EncryptionUnavailable, KeyRotationRefused, UnknownKeyId
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability
 
@@ -192,3 +192,28 @@ def test_concurrent_rotations_of_a_store_run_one_at_a_time(
     with ThreadPoolExecutor(4) as pool:
         calls = [pool.submit(rotate) for _ in range(4)]
         assert sorted(call.result(timeout=60) for call in calls) == [0, 0, 0, 40]
+
+
+def test_a_rotation_to_a_keyring_without_the_old_keys_is_refused(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # Switched to first, such a keyring once left every encrypted shard unreadable (and
+    # the rotation stuck on its first one) until a restart with the old keyring.
+    store = open_store(archive, datasets=DATASETS)
+    store.put("plain", "p", payload(FRAME, 1))
+    store.put("enc", "a", payload(FRAME, 2))
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    with pytest.raises(
+        KeyRotationRefused, match="cannot unwrap the data keys that master key 'k1'"
+    ):
+        store.rotate_master_key(only_new)
+    assert store.master_key_id == "k1"
+    assert store.get("enc", "a").to_bytes() == payload(FRAME, 2)
+    # A keyring holding k1 under the wrong bytes is refused too.
+    wrong = LocalKeyring(keys={"k1": KEY_2, "k2": KEY_2}, current="k2")
+    with pytest.raises(KeyRotationRefused):
+        store.rotate_master_key(wrong)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    assert store.rotate_master_key(both) == 1
+    assert store.rotate_master_key(only_new) == 0  # nothing under k1 any more
+    assert store.get("enc", "a").to_bytes() == payload(FRAME, 2)

@@ -13,6 +13,8 @@ share between threads as long as the keyring is.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tierstore.crypto import (
     TAG_BYTES,
     FrameCipher,
@@ -22,7 +24,12 @@ from tierstore.crypto import (
 )
 from tierstore.engine.archiveseal import check_seal, sealed
 from tierstore.engine.records import Envelope, ShardRecord
-from tierstore.errors import EncryptionUnavailable
+from tierstore.errors import (
+    EncryptionUnavailable,
+    KeyRotationRefused,
+    KeyUnwrapError,
+    UnknownKeyId,
+)
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 
 __all__ = ["ShardSealers", "sealing_overhead", "stored_overhead", "stored_size"]
@@ -105,6 +112,31 @@ class ShardSealers:
         data_key = self._keyring.unwrap(envelope.wrapped, context)
         wrapped = self._keyring.wrap(data_key, context)
         return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
+
+    def check_unwraps(self, records: Iterable[ShardRecord]) -> None:
+        """Raise KeyRotationRefused unless this keyring unwraps the data key of one of
+        ``records`` for each master key id they use: a keyring switched to without the
+        old keys would leave their shards unreadable, and a rotation stuck, until a
+        restart with the old keyring."""
+        keyring = self._keyring
+        if keyring is None:
+            raise EncryptionUnavailable("no master key is configured")
+        tried: set[str] = set()
+        for record in records:
+            envelope = record.envelope
+            if envelope is None or envelope.wrapped.key_id in tried:
+                continue
+            tried.add(envelope.wrapped.key_id)
+            context = shard_context(record.dataset, record.name, record.generation)
+            try:
+                keyring.unwrap(envelope.wrapped, context)
+            except (UnknownKeyId, KeyUnwrapError) as exc:
+                raise KeyRotationRefused(
+                    f"the new keyring cannot unwrap the data keys that master key "
+                    f"{envelope.wrapped.key_id!r} wrapped ({record.dataset}/{record.name}: "
+                    f"{exc}); it must hold the old keys until the rotation has rewrapped "
+                    "them. Nothing was changed"
+                ) from exc
 
     def seal_object(self, key: str, body: bytes) -> bytes:
         """Metadata object ``body`` sealed for archive key ``key`` under the current

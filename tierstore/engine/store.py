@@ -667,15 +667,16 @@ class Store:
         """Rewrap every data key not under the current master key.
 
         With ``keyring`` (holding the old keys and a new current one), switch to it
-        first. Frames are never rewritten: only catalog records and the archive's
-        metadata. Every manifest and dataset object in the archive is rewritten (by
-        the mover), sealed under the current master key, so that the old key can be
-        retired and a rebuild still believes them; when the last finished rotation
-        resealed them under the current key already, only the manifests of rewrapped
-        shards are. Works in batches of ``_ROTATION_BATCH`` shards, each its own
-        transaction: an error stops it with the earlier batches done, and running it
-        again finishes the rest. Returns how many generations' data keys were
-        rewrapped.
+        first; KeyRotationRefused, nothing changed, when it cannot unwrap a data key
+        that a master key still in use wrapped. Frames are never rewritten: only
+        catalog records and the archive's metadata. Every manifest and dataset object
+        in the archive is rewritten (by the mover), sealed under the current master
+        key, so that the old key can be retired and a rebuild still believes them;
+        when the last finished rotation resealed them under the current key already,
+        only the manifests of rewrapped shards are. Works in batches of
+        ``_ROTATION_BATCH`` shards, each its own transaction: an error stops it with
+        the earlier batches done, and running it again finishes the rest. Returns how
+        many generations' data keys were rewrapped.
 
         Thread-safe: rotations run one at a time (a second call waits for the first),
         so no other rotation switches the keyring while this one's batches rewrap.
@@ -683,6 +684,8 @@ class Store:
         self._check_open()
         with self._rotation_lock:
             if keyring is not None:
+                with self._env.read() as txn:  # refuse a keyring without the old keys
+                    ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
                 self._keyring = keyring
                 self._sealers.use_keyring(keyring)
             if self._keyring is None:
