@@ -334,7 +334,6 @@ class Mover:
                 if current is None or current.generation <= generation or current.archived:
                     return True
                 newest = self._catalog.counter(txn, "journal_seq")
-            with self._env.read() as txn:
                 pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
             if not all(self.run_entry(entry) for entry in pending):
                 return False
