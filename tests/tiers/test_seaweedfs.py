@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import tierstore.tiers.seaweedfs as seaweedfs
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.s3 import S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer, _alive, find_weed_binary
@@ -81,6 +83,57 @@ def test_listens_on_loopback_only_and_cleans_up(tmp_path: Path) -> None:
     assert (tmp_path / "weed" / "weed.log").stat().st_size > 0  # a given data dir is kept
     identities = tmp_path / "weed" / "config" / "s3-identities.json"
     assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+
+
+def plant_stale_socket(path: Path) -> None:
+    """Leave a socket file nobody listens on, as a weed killed outright does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+
+
+@needs_weed
+def test_stale_sockets_named_by_its_ports_are_removed_before_weed_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A killed weed whose volume gRPC port is this server's master gRPC port left
+    # its socket; before, it outlived this server and read as this server's leftover.
+    planted: list[Path] = []
+    pick_ports = seaweedfs._pick_ports
+
+    def pick_and_plant(rng: random.Random) -> dict[str, int]:
+        ports = pick_ports(rng)
+        grpc = ports["master"] + seaweedfs._GRPC_OFFSET
+        path = Path(f"/tmp/seaweedfs-volume-grpc-{grpc}.sock")
+        plant_stale_socket(path)
+        planted.append(path)
+        return ports
+
+    monkeypatch.setattr(seaweedfs, "_pick_ports", pick_and_plant)
+    try:
+        with SeaweedServer(tmp_path / "weed"):
+            assert planted and not any(path.exists() for path in planted)
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+
+
+def test_only_stale_sockets_of_the_given_ports_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seaweedfs, "_WEED_SOCKET_DIR", tmp_path)
+    stale = tmp_path / "seaweedfs-s3-grpc-30001.sock"
+    other_port = tmp_path / "seaweedfs-s3-grpc-30002.sock"
+    plain_file = tmp_path / "seaweedfs-admin-grpc-30001.sock"
+    served = tmp_path / "seaweedfs-filer-20001.sock"
+    plant_stale_socket(stale)
+    plant_stale_socket(other_port)
+    plain_file.write_bytes(b"")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(served))
+        listener.listen()
+        seaweedfs._remove_stale_sockets({"s3": 20001})
+    assert not stale.exists()
+    assert other_port.exists() and plain_file.exists() and served.exists()
 
 
 def test_requests_need_the_servers_credentials(seaweedfs: SeaweedServer, s3_bucket: str) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import http.client
 import json
 import logging
@@ -112,6 +113,31 @@ def _pick_ports(rng: random.Random) -> dict[str, int]:
             if len(ports) == len(_ROLES):
                 return ports
     raise ArchiveUnavailable("no free loopback port pairs (p, p+10000) in 20000-29999")
+
+
+def _unlink_socket(path: Path) -> None:
+    """Remove ``path`` if it is a unix socket file; anything else there is left alone."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+
+
+def _remove_stale_sockets(ports: dict[str, int]) -> None:
+    """Remove weed socket files in /tmp named by one of ``ports`` (or its gRPC port)
+    that no process listens on.
+
+    A weed killed outright (or one stopped by its parent's death signal: weed
+    itself removes only some of its sockets) leaves ``seaweedfs-<role>-...-<port>.sock``
+    behind. The ports were just found free on loopback, so such a file under any role
+    is a stale one; left there it would be taken for this server's own.
+    """
+    for port in ports.values():
+        for number in (port, port + _GRPC_OFFSET):
+            for path in _WEED_SOCKET_DIR.glob(f"seaweedfs-*-{number}.sock"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    if probe.connect_ex(str(path)) != errno.ECONNREFUSED:
+                        continue  # served, or another user's: not ours to remove
+                _unlink_socket(path)
 
 
 def _answers_as_seaweed(port: int) -> bool:
@@ -291,6 +317,7 @@ class SeaweedServer:
 
     def _launch(self, binary: Path, *, last_attempt: bool) -> bool:
         """Run weed once; True when ready, False on a port clash worth retrying."""
+        _remove_stale_sockets(self._ports)
         command = self._command(binary)
         log_path = self.log_path
         with log_path.open("ab") as log:
@@ -345,10 +372,7 @@ class SeaweedServer:
                 f"seaweedfs-{role}-grpc-{port + _GRPC_OFFSET}.sock",
                 f"seaweedfs-{role}-{port}.sock",
             ):
-                path = _WEED_SOCKET_DIR / name
-                with contextlib.suppress(FileNotFoundError):
-                    if stat.S_ISSOCK(path.lstat().st_mode):
-                        path.unlink()
+                _unlink_socket(_WEED_SOCKET_DIR / name)
 
     def stop(self) -> None:
         """Stop weed (SIGTERM, then SIGKILL after ``stop_timeout_s``) and clean up. Idempotent.
