@@ -27,6 +27,7 @@ from tests.engine.backdoor import (
     hot_frames,
     put_hot_frame,
     raw_frame_address,
+    record_of,
 )
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
@@ -278,6 +279,39 @@ def test_generations_are_committed_in_the_order_they_are_numbered(
     assert store.stat("plain", "s").generation == newest.generation
     expected = first_data if newest is first[0] else second_data
     assert store.get("plain", "s").to_bytes() == expected
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_put_racing_its_dataset_made_again_with_the_other_sealing_lands_in_the_new_one(
+    store: Store, archive: MemoryTier, encrypted: bool
+) -> None:
+    # The put reads its dataset's settings, then the dataset is deleted and created
+    # again, encrypted if it was plain or plain if it was encrypted, before the put's
+    # commit. Before, the put sized its frames for the old sealing and failed with a
+    # RuntimeError ("sized for another sealing"), writing nothing.
+    old, new = DatasetSettings(encrypted=not encrypted), DatasetSettings(encrypted=encrypted)
+    store.create_dataset("again", old)
+    mover = store.mover
+    make_room = mover.make_room
+    made_again = []
+
+    def make_the_dataset_again_first(needed: int) -> None:
+        if not made_again:
+            store.delete_dataset("again", force=True)
+            store.create_dataset("again", new)
+            made_again.append(True)
+        make_room(needed)
+
+    mover.make_room = make_the_dataset_again_first  # type: ignore[method-assign]
+    data = payload(3 * FRAME, seed=5)
+    info = store.put("again", "s", data)
+    assert made_again
+    assert store.get("again", "s").to_bytes() == data
+    assert (record_of(store, "again", "s").envelope is not None) is encrypted
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+    assert store.drain(10)
+    assert archive_frames_key("again", info.generation) in archive_keys(archive)
 
 
 @pytest.mark.parametrize("evicted", [False, True])

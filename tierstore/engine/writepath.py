@@ -45,6 +45,12 @@ from tierstore.types import DatasetSettings, Durability, ShardInfo
 __all__ = ["ShardWriter"]
 
 
+def _stored_sizes(framed: FramedValue, encrypted: bool) -> tuple[int, ...]:
+    """The hot-tier size of each of ``framed``'s frames once sealed as ``encrypted`` says."""
+    overhead = sealing_overhead(encrypted)
+    return tuple(frame.nbytes + overhead for frame in framed.frames)
+
+
 class ShardWriter:
     """Commits and deletes shard generations for a store."""
 
@@ -117,9 +123,7 @@ class ShardWriter:
             settings = self._catalog.require_dataset(txn, dataset)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
-        overhead = sealing_overhead(settings.encrypted)
-        sizes = tuple(frame.nbytes + overhead for frame in framed.frames)
-        stored_total = sum(sizes)
+        stored_total = sum(_stored_sizes(framed, settings.encrypted))
         if stored_total > settings.hot_quota_bytes > 0:
             raise QuotaExceeded(
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
@@ -138,7 +142,7 @@ class ShardWriter:
                 self._mover.make_room(stored_total)
                 tries = self._mover.journal_tries()
                 try:
-                    settings, record, seq = self._commit_locally(dataset, shard, framed, sizes)
+                    settings, record, seq = self._commit_locally(dataset, shard, framed)
                     break
                 except QuotaExceeded as refused:
                     # Another put took the room meanwhile. Evict again at once (a shard
@@ -236,21 +240,25 @@ class ShardWriter:
         return wait.take_place()
 
     def _commit_locally(
-        self, dataset: str, shard: str, framed: FramedValue, sizes: tuple[int, ...]
+        self, dataset: str, shard: str, framed: FramedValue
     ) -> tuple[DatasetSettings, ShardRecord, int]:
-        """Seal and write a new generation's frames (stored ``sizes``), catalog record
-        and upload-journal entry in one write transaction, replacing the shard's
-        previous generation; returns the dataset's settings, the new record and the
-        journal entry's sequence number. Raises DatasetNotFound, EncryptionUnavailable,
-        BacklogFull, QuotaExceeded, HotTierFull; nothing is written then.
+        """Seal and write a new generation's frames, catalog record and upload-journal
+        entry in one write transaction, replacing the shard's previous generation;
+        returns the dataset's settings, the new record and the journal entry's sequence
+        number. Raises DatasetNotFound, EncryptionUnavailable, BacklogFull,
+        QuotaExceeded, HotTierFull; nothing is written then.
+
+        The frames are sealed as the dataset says inside the transaction: it may have
+        been deleted and made again, encrypted or not, since the caller looked.
 
         The generation is taken inside the transaction, so generations are committed
         in the order they are numbered: the newest generation of a shard is always
         the current one, which a rebuild from the archive relies on.
         """
-        stored_total = sum(sizes)
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
+            sizes = _stored_sizes(framed, settings.encrypted)
+            stored_total = sum(sizes)
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
                 raise BacklogFull(
@@ -276,8 +284,6 @@ class ShardWriter:
                     "evict shards, or raise map_size_bytes"
                 )
             record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
-            if record.stored_sizes(sealer.overhead) != sizes:  # the checks above assumed them
-                raise RuntimeError(f"{dataset}/{shard} was sized for another sealing")
             generation = record.generation
             if previous is not None:
                 # Its archive objects are deleted by an entry after this put's upload
