@@ -80,6 +80,13 @@ _CATCH_UP_ATTEMPTS = 4
 _STOP = None
 
 
+def _archive_covers(current: ShardRecord | None, generation: int) -> bool:
+    """Whether no generation newer than ``generation`` of a shard whose record is
+    ``current`` waits for the archive: the shard is gone, ``generation`` (or an older
+    one) is current, or the newer current generation is archived."""
+    return current is None or current.generation <= generation or current.archived
+
+
 class Mover:
     """Background archive uploads, promotions and evictions of one store."""
 
@@ -331,7 +338,7 @@ class Mover:
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
-                if current is None or current.generation <= generation or current.archived:
+                if _archive_covers(current, generation):
                     return True
                 newest = self._catalog.counter(txn, "journal_seq")
                 pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
@@ -432,7 +439,7 @@ class Mover:
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, op.dataset, op.name)
-            if current is None or current.generation <= op.generation or current.archived:
+            if _archive_covers(current, op.generation):
                 return None
             try:
                 return self._upload(current)
