@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeGuard
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
@@ -80,11 +80,11 @@ _CATCH_UP_ATTEMPTS = 4
 _STOP = None
 
 
-def _archive_covers(current: ShardRecord | None, generation: int) -> bool:
-    """Whether no generation newer than ``generation`` of a shard whose record is
-    ``current`` waits for the archive: the shard is gone, ``generation`` (or an older
-    one) is current, or the newer current generation is archived."""
-    return current is None or current.generation <= generation or current.archived
+def _newer_waits(current: ShardRecord | None, generation: int) -> TypeGuard[ShardRecord]:
+    """Whether ``current``, the record of a shard, is a generation newer than
+    ``generation`` that the archive does not hold yet (False when the shard is gone,
+    ``generation`` or an older one is current, or the newer one is archived)."""
+    return current is not None and current.generation > generation and not current.archived
 
 
 class Mover:
@@ -338,7 +338,7 @@ class Mover:
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
-                if _archive_covers(current, generation):
+                if not _newer_waits(current, generation):
                     return True
                 newest = self._catalog.counter(txn, "journal_seq")
                 pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
@@ -439,7 +439,7 @@ class Mover:
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, op.dataset, op.name)
-            if _archive_covers(current, op.generation):
+            if not _newer_waits(current, op.generation):
                 return None
             try:
                 return self._upload(current)
