@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "GROUP_READ_BITS",
     "ensure_private_dir",
     "exclusive_lock",
     "hold_lock_or_name_holder",
@@ -32,15 +33,21 @@ __all__ = [
 FILE_MODE = 0o600
 #: Mode of a directory that holds only secrets.
 DIR_MODE = 0o700
+#: Group read and search: what a node's data directory may keep for local readers.
+GROUP_READ_BITS = stat.S_IRGRP | stat.S_IXGRP
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) and set its mode to 0700.
+def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
+    """Create ``path`` (and missing parents) with mode 0700, and set an existing one
+    to 0700 too; with ``keep_group_read``, an existing one keeps the group read and
+    search bits it has (an operator's shared-group setup for local reads), never
+    group write or any bit for other users.
 
     Raises :class:`OSError` if it cannot be created or is not a directory.
     """
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
+    kept = stat.S_IMODE(path.stat().st_mode) & GROUP_READ_BITS if keep_group_read else 0
+    os.chmod(path, DIR_MODE | kept)
 
 
 def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:

@@ -86,7 +86,11 @@ def test_restart_reuses_secrets_and_tampering_is_data_loss(
         # frame 0 of an Arrow shard is its schema; frame 1 holds the values
         flip_hot_frame(data_dir, generations[dataset, "tensor"], 1, 100)
 
+    # The documented shared-group setup for local reads (group read and search) is
+    # kept over a restart; other users' bits and group write are taken away.
+    data_dir.chmod(0o777)
     second = spawn_server(data_dir)
+    assert mode(data_dir) == 0o750
     assert "a new admin token was written" not in second.output()
     assert second.token == token
     assert second.ca_path.read_bytes() == ca

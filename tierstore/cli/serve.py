@@ -82,7 +82,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)
     data_dir = options.data_dir.resolve()
-    ensure_private_dir(data_dir)
+    # Local readers of another user reach hot/ through a group search bit an
+    # operator gives (docs/local-reads.md); the secrets in here stay 0600.
+    ensure_private_dir(data_dir, keep_group_read=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
