@@ -302,8 +302,10 @@ def test_map_dataset_with_distributed_sampler(samples: Samples) -> None:
     # Row counts given up front skip the counting pass and give the same dataset.
     again = MapDataset(samples.dataset, rows=dataset.rows, **samples.connection)
     assert torch.equal(again[-1]["x"], dataset[len(dataset) - 1]["x"])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=f"sample {len(dataset)} of"):
         dataset[len(dataset)]
+    with pytest.raises(IndexError, match=f"sample {-len(dataset) - 1} of"):  # as asked
+        dataset[-len(dataset) - 1]
 
 
 def test_pin_memory(samples: Samples) -> None:

@@ -150,12 +150,11 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
 
         Raises IndexError outside ``[-len, len)`` and TypeError for a non-integer.
         """
-        index = operator.index(index)
+        asked = operator.index(index)
         total = len(self)
-        if index < 0:
-            index += total
+        index = asked + total if asked < 0 else asked
         if not 0 <= index < total:
-            raise IndexError(f"sample {index} of a {total}-sample dataset")
+            raise IndexError(f"sample {asked} of a {total}-sample dataset")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self.shards.names[shard], index - int(self._starts[shard])
 
