@@ -25,6 +25,7 @@ from tests.engine.stores import FRAME, payload
 from tests.server.servers import RPCS, RunningServer, error_name, invoke, serving
 from tierstore.errors import InvalidArgument
 from tierstore.server.app import ServerSettings
+from tierstore.server.authz import METHOD_RULES, Scope
 from tierstore.server.tls import ensure_tls_material, issue_client_certificate
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import (
@@ -395,6 +396,19 @@ NAMED = [
     PLACEMENT + "GetTierStats",
     PLACEMENT + "DeclarePlan",
 ]
+
+
+def test_every_rpc_that_names_a_dataset_is_checked_for_a_hidden_one() -> None:
+    # Each handler checks its own request (the interceptor cannot read requests), so a
+    # new RPC must join NAMED: one that forgot its check would otherwise pass unnoticed.
+    concealed = {
+        method
+        for method, rule in METHOD_RULES.items()
+        if rule.scope in (Scope.DATASET, Scope.DATASET_OR_VISIBLE) and rule.conceal
+    }
+    # Checked against the plan's dataset: test_access_plans_belong_to_the_principal...
+    by_plan = {PLACEMENT + "ReportPosition", PLACEMENT + "ClosePlan"}
+    assert concealed - by_plan == set(NAMED)
 
 
 @pytest.mark.parametrize("method", NAMED)
