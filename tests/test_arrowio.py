@@ -433,3 +433,53 @@ def test_fixed_list_values_equal_flatten_on_any_slice(
     length = data.draw(st.integers(0, rows - start))
     sliced = array.slice(start, length)
     assert arrowio.fixed_list_values(sliced).to_pylist() == sliced.flatten().to_pylist()
+
+
+# ---------------------------------------------------------------- row counts from headers
+
+
+def pyarrow_rows(frames: list[pa.Buffer]) -> list[int]:
+    """Each frame's rows as pyarrow reads the whole stream (0 for a non-batch message)."""
+    reader = pa.ipc.open_stream(b"".join(frame.to_pybytes() for frame in frames))
+    batches = iter([batch.num_rows for batch in reader])
+    kinds = [pa.ipc.read_message(pa.BufferReader(frame)).type for frame in frames]
+    return [next(batches) if kind == "record batch" else 0 for kind in kinds]
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_message_rows_reads_the_row_count_from_the_header_alone(name: str) -> None:
+    table = TABLES[name]
+    frames = table_to_frames(table, 4 * KIB)
+    # Only the header: no byte of the body.
+    counted = [
+        arrowio.message_rows(frame[: arrowio.message_header_bytes(frame)]) for frame in frames
+    ]
+    assert counted == pyarrow_rows(frames)
+    assert sum(counted) == table.num_rows
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(0, 3000),
+    columns=st.integers(1, 40),
+    limit=st.sampled_from([4 * KIB, 16 * KIB, 64 * KIB]),
+)
+def test_message_rows_agrees_with_pyarrow(rows: int, columns: int, limit: int) -> None:
+    table = pa.table({f"c{i}": np.arange(rows, dtype=np.int64) * i for i in range(columns)})
+    frames = table_to_frames(table, limit)
+    counts = [arrowio.message_rows(frame) for frame in frames]
+    assert counts == pyarrow_rows(frames)
+    assert sum(counts) == rows
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xff\xff\xff\xff",  # too short
+        b"\xff\xff\xff\xff\x00\x00\x00\x00",  # no metadata
+        b"\xff\xff\xff\xff\x10\x00\x00\x00" + b"\xff" * 16,  # metadata that does not parse
+    ],
+)
+def test_message_rows_refuses_malformed_headers(header: bytes) -> None:
+    with pytest.raises(MalformedArrow):
+        arrowio.message_rows(header)

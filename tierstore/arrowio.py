@@ -18,6 +18,7 @@ Every function here is pure (no I/O, no shared state) and therefore thread-safe.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeAlias
 
@@ -34,6 +35,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "fixed_list_values",
     "frames_to_table",
+    "message_header_bytes",
+    "message_rows",
     "table_to_frames",
     "validate_arrow_frames",
 ]
@@ -281,6 +284,77 @@ def _message_type(index: int, frame: pa.Buffer) -> str:
             "message; a frame holds exactly one message"
         )
     return str(message.type)
+
+
+_CONTINUATION = b"\xff\xff\xff\xff"
+_RECORD_BATCH = 3  # MessageHeader union type of a RecordBatch (Arrow's Message.fbs)
+
+
+def message_header_bytes(prefix: BufferLike) -> int:
+    """How many leading bytes of an encapsulated IPC message hold its metadata:
+    the 8-byte prefix (4 for the pre-1.0 form without the continuation marker) and the
+    flatbuffer it announces. ``prefix`` is at least the message's first 8 bytes.
+    Raises MalformedArrow when they announce no metadata."""
+    head = bytes(memoryview(prefix)[:8])
+    if len(head) < 8:
+        raise MalformedArrow(f"an IPC message starts with 8 bytes, got {len(head)}")
+    start = 8 if head[:4] == _CONTINUATION else 4
+    length = int.from_bytes(head[start - 4 : start], "little", signed=True)
+    if length <= 0:
+        raise MalformedArrow(f"an IPC message announces {length} bytes of metadata")
+    return start + length
+
+
+def message_rows(header: BufferLike) -> int:
+    """The row count of the encapsulated IPC message that starts with ``header`` (at
+    least :func:`message_header_bytes` long; the body is not needed): a record batch's
+    length, 0 for a schema or dictionary batch.
+
+    Reads the flatbuffer ``Message`` table by hand (pyarrow reads no message without its
+    body). Raises MalformedArrow for metadata that does not parse.
+    """
+    data = bytes(memoryview(header)[: message_header_bytes(header)])
+    base = 8 if data[:4] == _CONTINUATION else 4
+    try:
+        message = base + _u32(data, base)
+        header_type = _field(data, message, 1, "<B")
+        if header_type != _RECORD_BATCH:
+            return 0
+        at = _field_position(data, message, 2)
+        if at is None:
+            raise MalformedArrow("a record batch message without its header")
+        batch = at + _u32(data, at)
+        rows = _field(data, batch, 0, "<q")
+    except (struct.error, IndexError) as exc:
+        raise MalformedArrow(f"IPC message metadata does not parse: {exc}") from exc
+    if rows < 0:
+        raise MalformedArrow(f"a record batch of {rows} rows")
+    return rows
+
+
+def _u32(data: bytes, at: int) -> int:
+    value: int = struct.unpack_from("<I", data, at)[0]
+    return value
+
+
+def _field_position(data: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the flatbuffer table at ``table`` is, None if absent."""
+    vtable = table - struct.unpack_from("<i", data, table)[0]
+    vtable_bytes = struct.unpack_from("<H", data, vtable)[0]
+    slot = 4 + 2 * index
+    if slot + 2 > vtable_bytes:
+        return None
+    offset = struct.unpack_from("<H", data, vtable + slot)[0]
+    return table + offset if offset else None
+
+
+def _field(data: bytes, table: int, index: int, layout: str) -> int:
+    """Scalar field ``index`` of the table at ``table`` (0, the default, if absent)."""
+    at = _field_position(data, table, index)
+    if at is None:
+        return 0
+    value: int = struct.unpack_from(layout, data, at)[0]
+    return value
 
 
 def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:

@@ -48,11 +48,15 @@ class MemoryService:
         }
         self.calls: list[tuple[str, Any]] = []
         self.reads: list[str] = []
+        #: each shard's generation (1 unless a test sets another: a rewritten shard)
+        self.generations: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _info(self, name: str) -> ShardInfo:
         sizes = tuple(frame.size for frame in self._frames[name])
-        return ShardInfo(self.dataset, name, 1, self._kinds[name], sizes, 0.0, False, True, True)
+        generation = self.generations.get(name, 1)
+        kind = self._kinds[name]
+        return ShardInfo(self.dataset, name, generation, kind, sizes, 0.0, False, True, True)
 
     def _check(self, dataset: str, shard: str | None = None) -> None:
         if dataset != self.dataset:

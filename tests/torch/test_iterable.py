@@ -182,6 +182,26 @@ def test_a_state_of_another_layout_is_refused(in_slot: Any) -> None:
         ds.load_state_dict({"epoch": 1})
 
 
+def test_a_state_taken_before_a_shard_was_rewritten_is_refused() -> None:
+    ds = make(shuffle=False)
+    iterator = iter(ds)
+    next(iterator)
+    state = ds.state_dict()
+    rewritten = service()
+    rewritten.generations["b/1"] = 2  # a shard the state has not reached yet
+    again = make(rewritten, shuffle=False)
+    again.load_state_dict(state)
+    with pytest.raises(InvalidArgument, match="a shard was rewritten since"):
+        iter(again)
+    unchanged = make(shuffle=False)
+    unchanged.load_state_dict(state)
+    assert len(ids(list(unchanged))) == sum(ROWS.values()) - 1
+    # A state saved before states carried the generations resumes unchecked.
+    older = {key: value for key, value in state.items() if key != "contents"}
+    again.load_state_dict(older)
+    assert len(ids(list(again))) == sum(ROWS.values()) - 1
+
+
 def test_an_epoch_start_state_fits_any_layout(in_slot: Any) -> None:
     state = make().state_dict()
     in_slot(Slot(0, 1, 1, 2))

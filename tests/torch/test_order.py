@@ -20,6 +20,7 @@ from tierstore.plans import plan_indices, rank_order
 from tierstore.torch.order import (
     Position,
     Slot,
+    even_share,
     global_samples,
     position_after,
     row_order,
@@ -127,6 +128,23 @@ def test_resuming_from_any_position_yields_exactly_the_rest(
     start = walk[cut - 1][2] if cut else Position(layout["epoch"])
     rest = worker_samples(shards, layout["rows"], layout["shuffle"], layout["seed"], start)
     assert [(s, r) for s, r, _ in rest] == [(s, r) for s, r, _ in walk[cut:]]
+
+
+@given(layouts())
+def test_the_even_share_is_the_fewest_rows_any_slot_reads(layout: dict) -> None:
+    rows = [layout["rows"][name] for name in layout["shards"]]
+    totals = [
+        sum(
+            layout["rows"][name]
+            for name in worker_shards(
+                layout["shards"], layout["shuffle"], layout["seed"], layout["epoch"], slot
+            )
+        )
+        for slot in slots(layout["world"], layout["workers"])
+    ]
+    for slot in slots(layout["world"], layout["workers"]):
+        share = even_share(rows, layout["shuffle"], layout["seed"], layout["epoch"], slot)
+        assert share == min(totals)
 
 
 @given(st.integers(0, 50), st.integers(0, 2**63 - 1), st.integers(0, 100), st.booleans())

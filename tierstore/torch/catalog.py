@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
 import xxhash
 
+from tierstore.arrowio import message_header_bytes, message_rows
 from tierstore.client.client import Client
 from tierstore.errors import (
     InvalidArgument,
@@ -35,7 +37,7 @@ from tierstore.torch.batches import ShardRows
 from tierstore.torch.source import ShardSource
 from tierstore.types import ShardInfo, ShardKind
 
-__all__ = ["ShardSet", "conform", "read_shard", "resolve"]
+__all__ = ["ShardSet", "conform", "count_rows", "read_shard", "resolve"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +52,24 @@ class ShardSet:
     schema: pa.Schema
     reference: str
     strings: Strings
+    #: each shard's row count (in ``names`` order), when counted (``even_ranks``)
+    rows: tuple[int, ...] | None = None
+    #: each shard's generation when it was listed (in ``names`` order)
+    generations: tuple[int, ...] = ()
 
     @property
     def digest(self) -> str:
         """A fingerprint of the shard list, kept in resume states to catch a changed one."""
         return xxhash.xxh64_hexdigest("\0".join(self.names).encode())
+
+    @property
+    def contents_digest(self) -> str:
+        """A fingerprint of the shards' generations, kept in resume states to catch a
+        shard rewritten since (a position inside it would name other rows)."""
+        if not self.generations:
+            return ""  # not known: not checked
+        pairs = zip(self.names, self.generations, strict=True)
+        return xxhash.xxh64_hexdigest("\0".join(f"{n}@{g}" for n, g in pairs).encode())
 
 
 def _listed(
@@ -101,6 +116,42 @@ def _reference_schema(client: Client, info: ShardInfo) -> pa.Schema:
         ) from exc
 
 
+#: Frame headers read in parallel when rows are counted.
+_COUNT_THREADS = 8
+#: Leading bytes of a frame read first: a record batch's metadata usually fits.
+_HEADER_GUESS = 4096
+
+
+def _frame_rows(client: Client, info: ShardInfo, index: int) -> int:
+    """Rows in frame ``index`` of ``info`` (a record batch; 0 for another message), from
+    the frame's IPC metadata alone: one small ranged read, two for very wide schemas."""
+    start = sum(info.frame_sizes[:index])
+    size = info.frame_sizes[index]
+    head = client.get(info.dataset, info.name, offset=start, length=min(size, _HEADER_GUESS))
+    needed = message_header_bytes(head)
+    if needed > size:
+        raise MalformedArrow(
+            f"{info.dataset}/{info.name}: frame {index} announces {needed} bytes of "
+            f"metadata in {size} bytes"
+        )
+    if needed > head.size:
+        head = client.get(info.dataset, info.name, offset=start, length=needed)
+    return message_rows(head)
+
+
+def count_rows(client: Client, infos: Sequence[ShardInfo]) -> tuple[int, ...]:
+    """Each shard's row count, from the metadata of its frames (frame 0, the schema,
+    holds none): a ranged read of a few KiB per frame, ``_COUNT_THREADS`` at a time.
+    Raises what :meth:`Client.get` raises, and MalformedArrow."""
+    jobs = [(info, index) for info in infos for index in range(1, len(info.frame_sizes))]
+    with ThreadPoolExecutor(_COUNT_THREADS, thread_name_prefix="tierstore-rows") as pool:
+        counts = list(pool.map(lambda job: _frame_rows(client, *job), jobs))
+    totals = dict.fromkeys((info.name for info in infos), 0)
+    for (info, _), rows in zip(jobs, counts, strict=True):
+        totals[info.name] += rows
+    return tuple(totals[info.name] for info in infos)
+
+
 def _select(schema: pa.Schema, columns: Sequence[str] | None, reference: str) -> pa.Schema:
     if columns is None:
         return schema
@@ -126,9 +177,11 @@ def resolve(
     prefix: str = "",
     columns: Sequence[str] | None = None,
     strings: Strings = "error",
+    with_rows: bool = False,
 ) -> ShardSet:
     """List and check what to read: ``shards`` by name, else every shard whose name starts
-    with ``prefix`` (all when empty).
+    with ``prefix`` (all when empty); ``with_rows`` also counts each shard's rows
+    (:func:`count_rows`).
 
     Raises:
         DatasetNotFound: no such dataset (or no role on it).
@@ -157,6 +210,8 @@ def resolve(
         schema=schema,
         reference=first.name,
         strings=strings,
+        rows=count_rows(client, infos) if with_rows else None,
+        generations=tuple(info.generation for info in infos),
     )
 
 

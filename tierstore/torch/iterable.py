@@ -47,6 +47,7 @@ from tierstore.torch.order import (
     Position,
     ResumeState,
     Slot,
+    even_share,
     position_after,
     sampler_plan,
     shard_rows,
@@ -88,6 +89,11 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     for a non-blocking copy to the GPU (where CUDA is available; in workers, use the
     DataLoader's ``pin_memory``).
     ``declare_plan``: send each worker's order to the service as an access plan.
+    ``even_ranks``: every rank yields the same number of samples (and batches) in an
+    epoch, so that DDP's collectives never wait for a rank that ran out: each reader
+    (rank x worker) stops at the fewest rows any reader's shards hold, leaving the rest
+    of its shards' rows out of that epoch (like ``DistributedSampler(drop_last=True)``).
+    Counting the rows reads a few KiB of every frame here (docs/torch.md).
     ``retry_s``: how long a shard read retries while the service is unavailable.
     ``source``: where shards are read from (default: the service, over gRPC).
 
@@ -117,6 +123,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         batch_threads: int = 0,
         pin_memory: bool = False,
         declare_plan: bool = True,
+        even_ranks: bool = False,
         strings: Strings = "error",
         retry_s: float = 60.0,
         plan_ttl_s: float = 300.0,
@@ -133,6 +140,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.declare_plan = bool(declare_plan)
+        self.even_ranks = bool(even_ranks)
         self.plan_ttl_s = plan_ttl_s
         self._source = source or service_source(address, token, ca, retry_s)
         #: the shards and columns read, fixed now for every worker and resume
@@ -143,6 +151,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
             prefix=prefix,
             columns=columns,
             strings=strings,
+            with_rows=self.even_ranks,
         )
         self._epoch = 0
         self._resume: ResumeState | None = None
@@ -170,7 +179,10 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def layout(self, slot: Slot | None) -> Layout:
         """What positions of this dataset are relative to, in ``slot``."""
-        return Layout(len(self.shards.names), self.shards.digest, self.shuffle, self.seed, slot)
+        shards = self.shards
+        return Layout(
+            len(shards.names), shards.digest, self.shuffle, self.seed, slot, shards.contents_digest
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
@@ -258,6 +270,7 @@ class _Epoch:
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
         self._steps: Generator[Sample, None, None] | None = None
+        self._share: int | None = None  # samples this reader yields with even ranks
         self._reset(start.position if start is not None else Position(epoch), start)
 
     def _reset(self, position: Position, state: ResumeState | None) -> None:
@@ -267,6 +280,7 @@ class _Epoch:
         )
         if state is not None:
             state.check(self.cursor.layout, len(self._shards))
+        self._share = self._even_share(position.epoch)
         self.position = position
         if self._steps is not None:
             self._steps.close()  # stops its read-ahead and closes its plan
@@ -297,6 +311,24 @@ class _Epoch:
         """Continue from ``state`` (it must fit this worker's layout: InvalidArgument)."""
         parsed = ResumeState.from_dict(state)
         self._reset(parsed.position, parsed)
+
+    def _even_share(self, epoch: int) -> int | None:
+        """The samples every reader yields in ``epoch`` with even ranks, else None.
+        Raises InvalidArgument when some reader has no rows: every rank would yield none."""
+        owner = self._owner
+        rows = owner.shards.rows
+        if not owner.even_ranks or rows is None:
+            return None
+        share = even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
+        if share == 0 and any(rows):
+            slot = self._slot
+            raise InvalidArgument(
+                f"even_ranks: among {slot.world} rank(s) x {slot.workers} worker(s) some "
+                f"reader gets no rows of the {len(rows)} shard(s) in epoch {epoch}, so "
+                "every reader would yield nothing; use fewer workers, or write the dataset "
+                "as more, smaller shards"
+            )
+        return share
 
     def _context(self) -> str:
         slot = self._slot
@@ -360,12 +392,27 @@ class _Epoch:
     ) -> Iterator[tuple[int, ShardRows, npt.NDArray[np.int64], int]]:
         """``(index, rows, order, done)`` per shard still to read: its rows, the row order
         still to read and how many rows came before; the plan hears of each shard read."""
-        owner = self._owner
+        owner, share = self._owner, self._share
+        taken = self._taken_before(start)
         for (index, name), rows in zip(shards_from(self._shards, start), fetched, strict=False):
             order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
-            yield index, rows, order, len(rows) - len(order)
+            done = len(rows) - len(order)
+            if share is not None:
+                order = order[: max(0, share - taken)]
+                taken += len(order)
+            yield index, rows, order, done
             if plan is not None:
                 plan.report(index + 1)
+            if share is not None and taken >= share:
+                return  # the epoch's share is read: the rest of the shards stay unread
+
+    def _taken_before(self, start: Position) -> int:
+        """Samples of this reader's epoch before ``start`` (with even ranks; else 0)."""
+        rows = self._owner.shards.rows
+        if self._share is None or rows is None:
+            return 0
+        count = dict(zip(self._owner.shards.names, rows, strict=True))
+        return sum(count[name] for name in self._shards[: start.shard]) + start.row
 
     def _batch_jobs(
         self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None

@@ -47,6 +47,7 @@ __all__ = [
     "Position",
     "ResumeState",
     "Slot",
+    "even_share",
     "global_samples",
     "position_after",
     "row_order",
@@ -132,6 +133,17 @@ def worker_shards(
     return [shards[int(i)] for i in order[slot.index :: slot.count]]
 
 
+def even_share(rows: Sequence[int], shuffle: bool, seed: int, epoch: int, slot: Slot) -> int:
+    """With even ranks: how many samples every slot of ``slot``'s layout yields in
+    ``epoch`` — the fewest rows any slot's shards hold (``rows`` per shard, in name
+    order). So every rank runs the same number of steps whatever its shards hold (and,
+    with the same batch size and ``drop_last`` in every worker, the same number of
+    batches); each slot's rows beyond the share are left out of the epoch."""
+    order = epoch_order(len(rows), _kind(shuffle), seed, epoch)
+    in_order = np.asarray(rows, dtype=np.int64)[order]
+    return min(int(in_order[index :: slot.count].sum()) for index in range(slot.count))
+
+
 def row_order(rows: int, shard: str, shuffle: bool, seed: int, epoch: int) -> npt.NDArray[np.int64]:
     """The order in which a shard's ``rows`` rows are read: a permutation determined by
     (seed, epoch, shard name) when shuffling, ``0..rows-1`` otherwise."""
@@ -215,6 +227,9 @@ class Layout:
     shuffle: bool
     seed: int
     slot: Slot | None = None
+    #: fingerprint of the shards' generations ("" when unknown: a state saved before
+    #: states carried it, which is then not checked for rewritten shards)
+    contents: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +252,7 @@ class ResumeState:
             "shuffle": self.layout.shuffle,
             "seed": self.layout.seed,
             "slot": None if slot is None else [slot.rank, slot.world, slot.worker, slot.workers],
+            "contents": self.layout.contents,
         }
 
     @classmethod
@@ -258,6 +274,7 @@ class ResumeState:
                     shuffle=bool(state["shuffle"]),
                     seed=int(state["seed"]),
                     slot=slot,
+                    contents=str(state.get("contents", "")),
                 ),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -278,6 +295,11 @@ class ResumeState:
         if (saved.shards, saved.digest) != (layout.shards, layout.digest):
             problems.append(
                 f"the shard list changed ({saved.shards} shards then, {layout.shards} now)"
+            )
+        elif saved.contents and layout.contents and saved.contents != layout.contents:
+            problems.append(
+                "a shard was rewritten since it was saved (its generation differs), so a "
+                "position inside it would name other rows"
             )
         if (saved.shuffle, saved.seed) != (layout.shuffle, layout.seed):
             problems.append(
