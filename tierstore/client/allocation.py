@@ -1,16 +1,19 @@
-"""Where decrypted frames land: 64-byte-aligned buffers, pinned when CUDA will take them.
+"""Where received and decrypted frames land: 64-byte-aligned buffers, pinned if asked.
 
 An encrypted frame read in place is decrypted exactly once, straight into a buffer
 from a :data:`FrameAllocator` (``size -> writable pyarrow.Buffer``). The default is
-:func:`aligned_buffer` (Arrow's pool: 64-byte aligned). Where torch is in use and
-CUDA is available, :class:`PinnedAllocator` hands out page-locked host memory from
-torch's caching host allocator, so the later copy to the GPU is a DMA transfer and
-the decrypted bytes are never copied again on the host.
+:func:`aligned_buffer` (Arrow's pool: 64-byte aligned). With ``pin_memory=True``
+(and torch and CUDA there), :class:`PinnedAllocator` hands out page-locked host
+memory from torch's caching host allocator, so a copy to the GPU is a DMA transfer.
 
-torch is never required and never imported just to decide: the automatic choice
-(``pin_memory=None``) pins only when the application has already imported torch
-(importing it costs seconds and hundreds of MB, which a CLI reading an encrypted
-shard should not pay). ``pin_memory=True`` imports it if it can.
+Pinning is never automatic. Arrays and tensors made from a frame are views at an
+offset into its block, and torch's caching host allocator records a pending
+non-blocking copy only on a tensor that starts at a block it handed out: copied from
+a view, the block goes back to its free list as soon as the views are dropped, and
+the next frame can be written into it while the copy is still queued on the GPU.
+So a caller who pins frames must keep a view alive until its copy has finished (or
+copy with ``non_blocking=False``). Pinned batches that tierstore.torch gathers are
+tensors of their own, which torch tracks.
 
 Thread safety: allocators are safe to share between threads. Fork safety: pinned
 memory cannot be had in a child forked after CUDA was initialized; the allocator
@@ -20,7 +23,6 @@ then falls back to aligned buffers (logged once).
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -77,18 +79,14 @@ class PinnedAllocator:
                 log.info("tierstore local reads: %s", why)
 
 
-def frame_allocator(pin_memory: bool | None) -> FrameAllocator:
-    """The allocator for decrypted frames: pinned when asked for (or, with ``None``,
-    when torch is already imported) and CUDA is available, else aligned."""
-    if pin_memory is False:
+def frame_allocator(pin_memory: bool) -> FrameAllocator:
+    """The allocator for received and decrypted frames: pinned when ``pin_memory`` and
+    torch and CUDA are there (torch is imported to find out), else aligned."""
+    if not pin_memory:
         return aligned_buffer
-    torch = sys.modules.get("torch")
-    if torch is None and pin_memory:
-        try:
-            import torch  # lazily: never a requirement
-        except ImportError:
-            return aligned_buffer
-    if torch is None:
+    try:
+        import torch  # lazily: never a requirement
+    except ImportError:
         return aligned_buffer
     try:
         usable = bool(torch.cuda.is_available())

@@ -352,8 +352,8 @@ class Client:
         """Bytes ``[offset, offset + length)`` of a shard (to the end when ``length`` is None).
 
         Frames are verified (and decrypted) here, straight into the returned
-        64-byte-aligned buffer (pinned when torch and CUDA are in use and the read is
-        local; docs/local-reads.md). Raises ShardNotFound,
+        64-byte-aligned buffer (pinned only when the local-read options ask;
+        docs/local-reads.md). Raises ShardNotFound,
         DatasetNotFound, InvalidRange, PermissionDenied, DataLoss (nothing unverified is
         returned), Unavailable.
         """
@@ -403,8 +403,8 @@ class Client:
             return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
 
     def _frame_allocator(self) -> FrameAllocator:
-        """Where received frames land: the local path's allocator (aligned, pinned with
-        CUDA) when local reads are on, else aligned buffers."""
+        """Where received frames land: the local path's allocator (aligned, or pinned when
+        its options ask) when local reads are on, else aligned buffers."""
         return self._local.allocator() if self._local is not None else aligned_buffer
 
     def read_tensor(self, dataset: str, shard: str) -> Any:

@@ -17,7 +17,7 @@ own process (docs/local-reads.md): zero copies for plaintext, exactly one
    collected; past ``max_snapshots`` open snapshots it copies, and so it does for a
    small frame that LMDB stored at an address Arrow may not use); encrypted: takes the
    generation's data key (``GrantDataKey``, cached) and decrypts each frame exactly
-   once into its own buffer from the allocator (64-byte aligned; pinned with CUDA);
+   once into its own buffer from the allocator (64-byte aligned; pinned if asked);
 4. counts the read for the server (:mod:`tierstore.client.reports`).
 
 :class:`DataLoss` is the one error that propagates: nothing unverified is returned
@@ -102,9 +102,9 @@ class LocalReadOptions:
     max_keys: int = 4096
     #: where decrypted frames land; None: 64-byte aligned, pinned per ``pin_memory``.
     allocate: FrameAllocator | None = None
-    #: pin decrypted frames for CUDA: None pins when torch is already imported and
-    #: CUDA is available; True imports torch to try; False never.
-    pin_memory: bool | None = None
+    #: pin frames for CUDA (torch is imported to try); the caller then keeps a view alive
+    #: until its copy to the GPU has finished (tierstore/client/allocation.py says why).
+    pin_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
