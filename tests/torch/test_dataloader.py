@@ -159,6 +159,33 @@ def test_ranks_with_spawned_workers_split_the_samples(samples: Samples, tmp_path
     assert sorted(read[0] + read[1]) == sorted(everything)
 
 
+def test_a_given_rank_reaches_spawned_workers(
+    samples: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment names another rank (a global one, under tensor parallelism): a
+    # worker that did not get the given rank would read rank 5's share of 6.
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    read = []
+    for rank in range(2):
+        dataset = IterableDataset(
+            samples.dataset, seed=4, rank=rank, world_size=2, **samples.connection
+        )
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn"
+        )
+        shards = worker_shards(samples.shards, True, 4, 0, Slot(rank, 2))
+        walk = worker_samples(shards, samples.rows, True, 4, Position(0))
+        expected = [samples.shards.index(shard) * 1000 + row for shard, row, _ in walk]
+        read.append(ids_of(loader))
+        assert read[-1] == expected
+    assert sorted(read[0] + read[1]) == sorted(
+        index * 1000 + row
+        for index, count in enumerate(samples.rows.values())
+        for row in range(count)
+    )
+
+
 @READ_PATHS
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.usefixtures("local_reads")

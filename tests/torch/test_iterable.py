@@ -163,6 +163,22 @@ def test_resume_from_any_state_yields_exactly_the_rest(
     assert sorted(ids(everything)) == sorted(expected_ids(svc, whole, slot, epoch))
 
 
+def test_a_given_rank_reads_that_ranks_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process says rank 3 of 8 (its global rank); the data-parallel rank is given.
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    svc = service()
+    shares = [ids(list(make(svc, seed=2, rank=r, world_size=2))) for r in range(2)]
+    whole = make(svc, seed=2)
+    assert shares[0] == expected_ids(svc, whole, Slot(0, 2))
+    assert shares[1] == expected_ids(svc, whole, Slot(1, 2))
+    assert sorted(shares[0] + shares[1]) == sorted(expected_ids(svc, whole, Slot()))
+    # Peers given the same rank (tensor-parallel partners) read the same samples.
+    assert ids(list(make(svc, seed=2, rank=1, world_size=2))) == shares[1]
+    with pytest.raises(InvalidArgument, match="together"):
+        make(svc, rank=1)
+
+
 def test_a_state_of_another_layout_is_refused(in_slot: Any) -> None:
     ds = make()
     iterator = iter(ds)

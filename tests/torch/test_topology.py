@@ -6,7 +6,7 @@ import pytest
 
 from tierstore.errors import InvalidArgument
 from tierstore.torch.order import Slot
-from tierstore.torch.topology import current_slot, distributed_rank, warn_if_idle
+from tierstore.torch.topology import current_slot, distributed_rank, given_rank, warn_if_idle
 
 
 def test_rank_comes_from_the_environment_when_no_process_group() -> None:
@@ -26,3 +26,31 @@ def test_bad_rank_settings_are_refused(env: dict[str, str]) -> None:
 def test_idle_slots_are_warned_about() -> None:
     with pytest.warns(UserWarning, match="2 of them get no shard"):
         warn_if_idle(2, Slot(0, 2, 0, 2))
+
+
+def test_a_given_rank_wins_over_the_environment() -> None:
+    env = {"RANK": "3", "WORLD_SIZE": "8"}  # a global rank under tensor parallelism
+    assert current_slot(env, given=(1, 2)) == Slot(1, 2, 0, 1)
+    assert current_slot(env, given=None) == Slot(3, 8, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("rank", "world", "message"),
+    [
+        (1, None, "together"),
+        (None, 2, "together"),
+        (2, 2, "do not name a rank"),
+        (-1, 2, "do not name a rank"),
+        (0, 0, "do not name a rank"),
+        (True, 2, "must be an int"),
+        (0, "2", "must be an int"),
+    ],
+)
+def test_a_given_rank_is_checked(rank: object, world: object, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        given_rank(rank, world)  # type: ignore[arg-type]
+
+
+def test_no_given_rank_is_none() -> None:
+    assert given_rank(None, None) is None
+    assert given_rank(0, 1) == (0, 1)

@@ -56,7 +56,12 @@ from tierstore.torch.order import (
 )
 from tierstore.torch.readahead import read_ahead
 from tierstore.torch.source import ShardSource, service_source
-from tierstore.torch.topology import current_slot, live_distributed_rank, warn_if_idle
+from tierstore.torch.topology import (
+    current_slot,
+    given_rank,
+    live_distributed_rank,
+    warn_if_idle,
+)
 
 __all__ = ["IterableDataset"]
 
@@ -94,6 +99,10 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     (rank x worker) stops at the fewest rows any reader's shards hold, leaving the rest
     of its shards' rows out of that epoch (like ``DistributedSampler(drop_last=True)``).
     Counting the rows reads a few KiB of every frame here (docs/torch.md).
+    ``rank`` and ``world_size``: the data-parallel rank to read as (both or neither), for
+    launches where it is not the process group's rank (tensor or pipeline parallelism:
+    peers that must see the same data pass the same rank); default: found when
+    iteration starts (docs/torch.md).
     ``retry_s``: how long a shard read retries while the service is unavailable.
     ``source``: where shards are read from (default: the service, over gRPC).
 
@@ -124,6 +133,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         pin_memory: bool = False,
         declare_plan: bool = True,
         even_ranks: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
         strings: Strings = "error",
         retry_s: float = 60.0,
         plan_ttl_s: float = 300.0,
@@ -141,6 +152,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.drop_last = bool(drop_last)
         self.declare_plan = bool(declare_plan)
         self.even_ranks = bool(even_ranks)
+        #: the data-parallel (rank, world size) given, else None (found when iterating)
+        self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = plan_ttl_s
         self._source = source or service_source(address, token, ca, retry_s)
         #: the shards and columns read, fixed now for every worker and resume
@@ -264,7 +277,7 @@ class _Epoch:
 
     def __init__(self, owner: IterableDataset, epoch: int, start: ResumeState | None) -> None:
         self._owner = owner
-        self._slot = current_slot(carried=owner._carried_rank)
+        self._slot = current_slot(carried=owner._carried_rank, given=owner._given_rank)
         self.cursor = _Cursor(os.getpid(), owner.layout(self._slot), Position(epoch))
         self._shared = torch.utils.data.get_worker_info() is not None
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()

@@ -2,7 +2,9 @@
 
 The rank and world size come from ``torch.distributed`` when a process group is
 initialized, else from the ``RANK`` and ``WORLD_SIZE`` environment variables that
-``torchrun`` sets (read here and nowhere else), else rank 0 of 1. The worker comes from
+``torchrun`` sets (read here and nowhere else), else rank 0 of 1 — unless the dataset
+object was given ``rank=`` and ``world_size=`` (the data-parallel rank, under tensor or
+pipeline parallelism, where it is not the global one). The worker comes from
 ``torch.utils.data.get_worker_info()`` (worker 0 of 1 outside DataLoader workers).
 
 They are resolved when iteration starts, in the process that iterates, so a dataset made
@@ -22,7 +24,13 @@ import torch.utils.data
 from tierstore.errors import InvalidArgument
 from tierstore.torch.order import Slot
 
-__all__ = ["current_slot", "distributed_rank", "live_distributed_rank", "warn_if_idle"]
+__all__ = [
+    "current_slot",
+    "distributed_rank",
+    "given_rank",
+    "live_distributed_rank",
+    "warn_if_idle",
+]
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -66,12 +74,31 @@ def distributed_rank(
     return rank, world
 
 
+def given_rank(rank: int | None, world_size: int | None) -> tuple[int, int] | None:
+    """``(rank, world_size)`` as a dataset object was given them, checked; None when
+    neither was given. Raises InvalidArgument for one without the other, or for a rank
+    outside ``[0, world_size)``."""
+    if rank is None and world_size is None:
+        return None
+    if rank is None or world_size is None:
+        raise InvalidArgument("give rank= and world_size= together (or neither)")
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be an int, got {value!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise InvalidArgument(f"rank={rank} and world_size={world_size} do not name a rank")
+    return rank, world_size
+
+
 def current_slot(
-    environ: Mapping[str, str] | None = None, carried: tuple[int, int] | None = None
+    environ: Mapping[str, str] | None = None,
+    carried: tuple[int, int] | None = None,
+    given: tuple[int, int] | None = None,
 ) -> Slot:
-    """This process's slot: its rank (see :func:`distributed_rank`), and its worker if it
-    is a DataLoader worker."""
-    rank, world = distributed_rank(environ, carried)
+    """This process's slot: its rank — ``given`` (the data-parallel rank a dataset object
+    was given), else :func:`distributed_rank` — and its worker if it is a DataLoader
+    worker."""
+    rank, world = given if given is not None else distributed_rank(environ, carried)
     info = torch.utils.data.get_worker_info()
     if info is None:
         return Slot(rank, world)
