@@ -483,3 +483,24 @@ def test_message_rows_agrees_with_pyarrow(rows: int, columns: int, limit: int) -
 def test_message_rows_refuses_malformed_headers(header: bytes) -> None:
     with pytest.raises(MalformedArrow):
         arrowio.message_rows(header)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=8, max_size=300), st.booleans())
+def test_message_rows_of_any_bytes_is_a_count_or_malformed(tail: bytes, marker: bool) -> None:
+    # Metadata that announces its own length (so that parsing starts), then anything.
+    prefix = (b"\xff\xff\xff\xff" if marker else b"") + len(tail).to_bytes(4, "little")
+    try:
+        rows = arrowio.message_rows(prefix + tail)
+    except MalformedArrow:
+        return
+    assert isinstance(rows, int) and rows >= 0
+
+
+def test_message_rows_never_reads_outside_the_metadata() -> None:
+    # The root table right after the root offset, its vtable 16 bytes before it: before
+    # the buffer, where a negative offset would have read the buffer's last bytes.
+    metadata = (4).to_bytes(4, "little") + (16).to_bytes(4, "little", signed=True) + bytes(8)
+    header = b"\xff\xff\xff\xff" + len(metadata).to_bytes(4, "little") + metadata
+    with pytest.raises(MalformedArrow, match="outside"):
+        arrowio.message_rows(header)

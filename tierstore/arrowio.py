@@ -325,36 +325,41 @@ def message_rows(header: BufferLike) -> int:
             raise MalformedArrow("a record batch message without its header")
         batch = at + _u32(data, at)
         rows = _field(data, batch, 0, "<q")
-    except (struct.error, IndexError) as exc:
+    except struct.error as exc:
         raise MalformedArrow(f"IPC message metadata does not parse: {exc}") from exc
     if rows < 0:
         raise MalformedArrow(f"a record batch of {rows} rows")
     return rows
 
 
-def _u32(data: bytes, at: int) -> int:
-    value: int = struct.unpack_from("<I", data, at)[0]
+def _unpack(layout: str, data: bytes, at: int) -> int:
+    """The scalar at ``at`` in ``data``; MalformedArrow when it lies outside ``data``
+    (a negative offset would silently read from the end)."""
+    if not 0 <= at <= len(data) - struct.calcsize(layout):
+        raise MalformedArrow(f"IPC message metadata points outside itself (offset {at})")
+    value: int = struct.unpack_from(layout, data, at)[0]
     return value
+
+
+def _u32(data: bytes, at: int) -> int:
+    return _unpack("<I", data, at)
 
 
 def _field_position(data: bytes, table: int, index: int) -> int | None:
     """Where field ``index`` of the flatbuffer table at ``table`` is, None if absent."""
-    vtable = table - struct.unpack_from("<i", data, table)[0]
-    vtable_bytes = struct.unpack_from("<H", data, vtable)[0]
+    vtable = table - _unpack("<i", data, table)
+    vtable_bytes = _unpack("<H", data, vtable)
     slot = 4 + 2 * index
     if slot + 2 > vtable_bytes:
         return None
-    offset = struct.unpack_from("<H", data, vtable + slot)[0]
+    offset = _unpack("<H", data, vtable + slot)
     return table + offset if offset else None
 
 
 def _field(data: bytes, table: int, index: int, layout: str) -> int:
     """Scalar field ``index`` of the table at ``table`` (0, the default, if absent)."""
     at = _field_position(data, table, index)
-    if at is None:
-        return 0
-    value: int = struct.unpack_from(layout, data, at)[0]
-    return value
+    return 0 if at is None else _unpack(layout, data, at)
 
 
 def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
