@@ -83,6 +83,7 @@ def test_a_fork_safe_lock_held_by_another_thread_is_free_in_the_child() -> None:
     held.wait(10)
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
         signal.alarm(5)  # a lock left held would hang the child: let it die instead
         with lock:
             pass

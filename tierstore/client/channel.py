@@ -19,7 +19,6 @@ forked child to open channels reliably (DESIGN.md, section 5): importing
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 import grpc
 
 from tierstore.client.forkgate import GATE
+from tierstore.client.forklocks import ForkSafeLock
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_address
 
@@ -86,7 +86,9 @@ class ProcessChannel:
 
     def __init__(self, settings: ChannelSettings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
+        # Fork-safe: a thread opening the channel holds it while it waits for the fork
+        # gate, which a forking thread may hold; a plain lock would stay held in the child.
+        self._lock = ForkSafeLock()
         self._held = _HeldChannel()
         weakref.finalize(self, self._held.close)
 
