@@ -131,7 +131,7 @@ def test_only_stale_sockets_of_the_given_ports_are_removed(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(str(served))
         listener.listen()
-        seaweedfs._remove_stale_sockets({"s3": 20001})
+        seaweedfs._remove_stale_sockets([20001])
     assert not stale.exists()
     assert other_port.exists() and plain_file.exists() and served.exists()
 
@@ -224,6 +224,23 @@ def weed_of_a_killed_parent(data_dir: Path, mode: str) -> int:
         parent.wait()
 
 
+def recorded_ports(data_dir: Path) -> list[int]:
+    """The HTTP ports a weed.pid file records after the process id."""
+    _, *ports = (int(word) for word in (data_dir / "weed.pid").read_text().split())
+    assert len(ports) == 5
+    return ports
+
+
+def sockets_of(ports: list[int]) -> list[Path]:
+    """weed's socket files in /tmp named by ``ports`` or their gRPC ports."""
+    return [
+        path
+        for port in ports
+        for number in (port, port + 10_000)
+        for path in Path("/tmp").glob(f"seaweedfs-*-{number}.sock")
+    ]
+
+
 def wait_until_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while _alive(pid):
@@ -239,6 +256,11 @@ def test_weed_goes_with_a_parent_killed_outright(tmp_path: Path) -> None:
     weed = weed_of_a_killed_parent(tmp_path / "data", "death-signal")
     try:
         assert wait_until_gone(weed, 30), "weed outlived its parent"
+        # Stopped by the signal, weed leaves some of its /tmp sockets; the next start
+        # in its data directory removes them, by the ports the pid file records.
+        ports = recorded_ports(tmp_path / "data")
+        seaweedfs._stop_leftover(tmp_path / "data", 5.0)
+        assert sockets_of(ports) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(weed, signal.SIGKILL)
@@ -251,10 +273,13 @@ def test_a_weed_left_serving_the_data_dir_is_stopped_before_a_start(tmp_path: Pa
     leftover = weed_of_a_killed_parent(data_dir, "no-death-signal")
     try:
         assert _alive(leftover)  # an orphan, holding the store's lock
+        ports = recorded_ports(data_dir)
         with SeaweedServer(data_dir) as server:  # before: "weed exited with status 255"
             assert not _alive(leftover)
+            assert sockets_of(ports) == []  # what it left in /tmp went with it
             assert server._process is not None and server._process.pid != leftover
-            assert (data_dir / "weed.pid").read_text().strip() == str(server._process.pid)
+            pid, *_ = (data_dir / "weed.pid").read_text().split()
+            assert pid == str(server._process.pid)
         assert not (data_dir / "weed.pid").exists()
     finally:
         with contextlib.suppress(ProcessLookupError):

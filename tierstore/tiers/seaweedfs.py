@@ -14,7 +14,9 @@ another local user cannot read or write the archive without the key.
 
 weed writes its logs (``-logtostderr``) to ``<data_dir>/weed.log``. It keeps
 unix sockets of its own: the two it lets us place go into a private temporary
-directory; the gRPC ones it always puts in ``/tmp`` are removed after it exits.
+directory; the gRPC ones it always puts in ``/tmp`` are removed after it exits (or,
+for a weed that went without us, by the next start in its data directory, from the
+ports the pid file records).
 
 weed does not outlive its parent: on Linux it is sent SIGTERM when the thread that
 started it ends (``PR_SET_PDEATHSIG``), so a process killed outright takes its weed
@@ -48,6 +50,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
@@ -122,7 +125,7 @@ def _unlink_socket(path: Path) -> None:
             path.unlink()
 
 
-def _remove_stale_sockets(ports: dict[str, int]) -> None:
+def _remove_stale_sockets(ports: Iterable[int]) -> None:
     """Remove weed socket files in /tmp named by one of ``ports`` (or its gRPC port)
     that no process listens on.
 
@@ -131,7 +134,7 @@ def _remove_stale_sockets(ports: dict[str, int]) -> None:
     behind. The ports were just found free on loopback, so such a file under any role
     is a stale one; left there it would be taken for this server's own.
     """
-    for port in ports.values():
+    for port in ports:
         for number in (port, port + _GRPC_OFFSET):
             for path in _WEED_SOCKET_DIR.glob(f"seaweedfs-*-{number}.sock"):
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -160,13 +163,24 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
     then SIGKILL after ``timeout_s``. Anything else the pid now names is left alone."""
     pid_file = data_dir / _PID_FILE
     try:
-        pid = int(pid_file.read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        pid, *ports = (int(word) for word in pid_file.read_text().split())
     except (OSError, ValueError):
         pid_file.unlink(missing_ok=True)
         return
-    if f"-dir={data_dir}".encode() not in command:
+
+    def gone() -> None:
+        # It may have left gRPC sockets in /tmp (weed removes only some of its own
+        # when it is stopped by a signal): the ports it was started with name them.
         pid_file.unlink(missing_ok=True)
+        _remove_stale_sockets(ports)
+
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        gone()
+        return
+    if f"-dir={data_dir}".encode() not in command:
+        gone()
         return  # the process id went to someone else
     _log.warning("stopping weed (process %d) left serving %s by an earlier run", pid, data_dir)
     for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
@@ -176,7 +190,7 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if not _alive(pid):
-            pid_file.unlink(missing_ok=True)
+            gone()
             return
     raise ArchiveUnavailable(f"weed (process {pid}) still serves {data_dir} after SIGKILL")
 
@@ -317,7 +331,7 @@ class SeaweedServer:
 
     def _launch(self, binary: Path, *, last_attempt: bool) -> bool:
         """Run weed once; True when ready, False on a port clash worth retrying."""
-        _remove_stale_sockets(self._ports)
+        _remove_stale_sockets(self._ports.values())
         command = self._command(binary)
         log_path = self.log_path
         with log_path.open("ab") as log:
@@ -336,7 +350,9 @@ class SeaweedServer:
             except OSError as exc:
                 raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
         self._process = process
-        (self.data_dir / _PID_FILE).write_text(f"{process.pid}\n")
+        # With the ports weed names its /tmp sockets by, for a later start to clean up.
+        ports = " ".join(str(port) for port in self._ports.values())
+        (self.data_dir / _PID_FILE).write_text(f"{process.pid} {ports}\n")
         self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
