@@ -118,13 +118,6 @@ def _pick_ports(rng: random.Random) -> dict[str, int]:
     raise ArchiveUnavailable("no free loopback port pairs (p, p+10000) in 20000-29999")
 
 
-def _unlink_socket(path: Path) -> None:
-    """Remove ``path`` if it is a unix socket file; anything else there is left alone."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-
-
 def _remove_stale_sockets(ports: Iterable[int]) -> None:
     """Remove weed socket files in /tmp named by one of ``ports`` (or its gRPC port)
     that no process listens on.
@@ -140,7 +133,9 @@ def _remove_stale_sockets(ports: Iterable[int]) -> None:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                     if probe.connect_ex(str(path)) != errno.ECONNREFUSED:
                         continue  # served, or another user's: not ours to remove
-                _unlink_socket(path)
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):  # never anything else
+                        path.unlink()
 
 
 def _answers_as_seaweed(port: int) -> bool:
@@ -383,12 +378,7 @@ class SeaweedServer:
         self._process = None
         if self._data_dir is not None:
             (self._data_dir / _PID_FILE).unlink(missing_ok=True)
-        for role, port in self._ports.items():
-            for name in (
-                f"seaweedfs-{role}-grpc-{port + _GRPC_OFFSET}.sock",
-                f"seaweedfs-{role}-{port}.sock",
-            ):
-                _unlink_socket(_WEED_SOCKET_DIR / name)
+        _remove_stale_sockets(self._ports.values())  # weed is gone: all of them are stale
 
     def stop(self) -> None:
         """Stop weed (SIGTERM, then SIGKILL after ``stop_timeout_s``) and clean up. Idempotent.

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 
 import pyarrow as pa
 import xxhash
@@ -122,10 +123,10 @@ _COUNT_THREADS = 8
 _HEADER_GUESS = 4096
 
 
-def _frame_rows(client: Client, info: ShardInfo, index: int) -> int:
-    """Rows in frame ``index`` of ``info`` (a record batch; 0 for another message), from
-    the frame's IPC metadata alone: one small ranged read, two for very wide schemas."""
-    start = sum(info.frame_sizes[:index])
+def _frame_rows(client: Client, info: ShardInfo, index: int, start: int) -> int:
+    """Rows in frame ``index`` of ``info`` (a record batch; 0 for another message), which
+    starts at byte ``start``, from the frame's IPC metadata alone: one small ranged
+    read, two for very wide schemas."""
     size = info.frame_sizes[index]
     head = client.get(info.dataset, info.name, offset=start, length=min(size, _HEADER_GUESS))
     needed = message_header_bytes(head)
@@ -143,11 +144,16 @@ def count_rows(client: Client, infos: Sequence[ShardInfo]) -> tuple[int, ...]:
     """Each shard's row count, from the metadata of its frames (frame 0, the schema,
     holds none): a ranged read of a few KiB per frame, ``_COUNT_THREADS`` at a time.
     Raises what :meth:`Client.get` raises, and MalformedArrow."""
-    jobs = [(info, index) for info in infos for index in range(1, len(info.frame_sizes))]
+    jobs = [
+        (info, index, start)
+        for info in infos
+        for index, start in enumerate(accumulate(info.frame_sizes[:-1], initial=0))
+        if index > 0
+    ]
     with ThreadPoolExecutor(_COUNT_THREADS, thread_name_prefix="tierstore-rows") as pool:
         counts = list(pool.map(lambda job: _frame_rows(client, *job), jobs))
     totals = dict.fromkeys((info.name for info in infos), 0)
-    for (info, _), rows in zip(jobs, counts, strict=True):
+    for (info, _, _), rows in zip(jobs, counts, strict=True):
         totals[info.name] += rows
     return tuple(totals[info.name] for info in infos)
 

@@ -329,8 +329,8 @@ class _Epoch:
         """The samples every reader yields in ``epoch`` with even ranks, else None.
         Raises InvalidArgument when some reader has no rows: every rank would yield none."""
         owner = self._owner
-        rows = owner.shards.rows
-        if not owner.even_ranks or rows is None:
+        rows = owner.shards.rows  # counted only with even_ranks
+        if rows is None:
             return None
         share = even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
         if share == 0 and any(rows):
@@ -422,7 +422,7 @@ class _Epoch:
     def _taken_before(self, start: Position) -> int:
         """Samples of this reader's epoch before ``start`` (with even ranks; else 0)."""
         rows = self._owner.shards.rows
-        if self._share is None or rows is None:
+        if rows is None:
             return 0
         count = dict(zip(self._owner.shards.names, rows, strict=True))
         return sum(count[name] for name in self._shards[: start.shard]) + start.row
