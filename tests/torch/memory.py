@@ -48,6 +48,8 @@ class MemoryService:
         }
         self.calls: list[tuple[str, Any]] = []
         self.reads: list[str] = []
+        #: every ranged ``get``: (shard, offset, length)
+        self.gets: list[tuple[str, int, int | None]] = []
         #: each shard's generation (1 unless a test sets another: a rewritten shard)
         self.generations: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -72,6 +74,8 @@ class MemoryService:
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
     ) -> pa.Buffer:
         self._check(dataset, shard)
+        with self._lock:
+            self.gets.append((shard, offset, length))
         data = b"".join(frame.to_pybytes() for frame in self._frames[shard])
         return pa.py_buffer(data[offset : None if length is None else offset + length])
 

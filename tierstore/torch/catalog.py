@@ -27,6 +27,7 @@ import xxhash
 from tierstore.arrowio import message_header_bytes, message_rows
 from tierstore.client.client import Client
 from tierstore.errors import (
+    FailedPrecondition,
     InvalidArgument,
     MalformedArrow,
     ShardNotFound,
@@ -38,7 +39,7 @@ from tierstore.torch.batches import ShardRows
 from tierstore.torch.source import ShardSource
 from tierstore.types import ShardInfo, ShardKind
 
-__all__ = ["ShardSet", "conform", "count_rows", "read_shard", "resolve"]
+__all__ = ["ShardSet", "conform", "read_shard", "resolve", "survey"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,12 @@ class ShardSet:
     rows: tuple[int, ...] | None = None
     #: each shard's generation when it was listed (in ``names`` order)
     generations: tuple[int, ...] = ()
+
+    def row_counts(self) -> dict[str, int]:
+        """``rows`` by shard name. Raises FailedPrecondition when they were not counted."""
+        if self.rows is None:
+            raise FailedPrecondition("the row counts of these shards were not counted")
+        return dict(zip(self.names, self.rows, strict=True))
 
     @property
     def digest(self) -> str:
@@ -140,21 +147,35 @@ def _frame_rows(client: Client, info: ShardInfo, index: int, start: int) -> int:
     return message_rows(head)
 
 
-def count_rows(client: Client, infos: Sequence[ShardInfo]) -> tuple[int, ...]:
-    """Each shard's row count, from the metadata of its frames (frame 0, the schema,
-    holds none): a ranged read of a few KiB per frame, ``_COUNT_THREADS`` at a time.
-    Raises what :meth:`Client.get` raises, and MalformedArrow."""
+def survey(
+    client: Client,
+    infos: Sequence[ShardInfo],
+    expected: pa.Schema,
+    reference: str,
+    threads: int = _COUNT_THREADS,
+) -> tuple[int, ...]:
+    """Each shard's row count, from the metadata of its frames, after checking every
+    shard's schema against ``expected`` (the selected columns of shard ``reference``):
+    a small ranged read per frame (the schema frame whole, a few KiB of the others),
+    ``threads`` at a time. No shard is read whole.
+
+    Raises what :meth:`Client.get` raises, MalformedArrow, and InvalidArgument for
+    schema drift (naming both shards).
+    """
     jobs = [
         (info, index, start)
         for info in infos
         for index, start in enumerate(accumulate(info.frame_sizes[:-1], initial=0))
         if index > 0
     ]
-    with ThreadPoolExecutor(_COUNT_THREADS, thread_name_prefix="tierstore-rows") as pool:
-        counts = list(pool.map(lambda job: _frame_rows(client, *job), jobs))
-    totals = dict.fromkeys((info.name for info in infos), 0)
-    for (info, _, _), rows in zip(jobs, counts, strict=True):
-        totals[info.name] += rows
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
+        schemas = pool.map(lambda info: _reference_schema(client, info), infos)
+        counts = pool.map(lambda job: _frame_rows(client, *job), jobs)
+        for info, schema in zip(infos, schemas, strict=True):
+            check_conforms(info.dataset, expected, reference, info.name, schema)
+        totals = dict.fromkeys((info.name for info in infos), 0)
+        for (info, _, _), rows in zip(jobs, counts, strict=True):
+            totals[info.name] += rows
     return tuple(totals[info.name] for info in infos)
 
 
@@ -184,19 +205,22 @@ def resolve(
     columns: Sequence[str] | None = None,
     strings: Strings = "error",
     with_rows: bool = False,
+    count_threads: int = _COUNT_THREADS,
 ) -> ShardSet:
     """List and check what to read: ``shards`` by name, else every shard whose name starts
-    with ``prefix`` (all when empty); ``with_rows`` also counts each shard's rows
-    (:func:`count_rows`).
+    with ``prefix`` (all when empty); ``with_rows`` also counts each shard's rows and
+    checks each shard's schema (:func:`survey`, ``count_threads`` reads at a time),
+    reading no shard whole.
 
     Raises:
         DatasetNotFound: no such dataset (or no role on it).
         ShardNotFound: a name in ``shards`` is not in the dataset.
         WrongShardKind: a shard holds raw bytes, not Arrow data.
         InvalidArgument: no shards to read, both ``shards`` and ``prefix``, malformed or
-            unknown ``columns``.
+            unknown ``columns``; with ``with_rows``, schema drift between shards.
         UnsupportedData: a selected column has no tensor form (see ``arrow_tensors``).
-        MalformedArrow: the first shard's schema frame does not parse.
+        MalformedArrow: the first shard's schema frame does not parse (with ``with_rows``,
+            any shard's, or a frame's metadata).
     """
     infos, listed_by = _listed(client, dataset, shards, prefix)
     raw = [info.name for info in infos if info.kind is ShardKind.RAW]
@@ -216,28 +240,36 @@ def resolve(
         schema=schema,
         reference=first.name,
         strings=strings,
-        rows=count_rows(client, infos) if with_rows else None,
+        rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
         generations=tuple(info.generation for info in infos),
     )
+
+
+def check_conforms(
+    dataset: str, expected: pa.Schema, reference: str, shard: str, schema: pa.Schema
+) -> None:
+    """Raise InvalidArgument (schema drift, naming both shards) unless ``schema``, shard
+    ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type."""
+    missing = [name for name in expected.names if name not in schema.names]
+    if missing:
+        raise InvalidArgument(
+            f"schema drift in {dataset!r}: shard {shard!r} has no column(s) "
+            f"{missing}, which shard {reference!r} has"
+        )
+    for field in expected:
+        found = schema.field(field.name).type
+        if not found.equals(field.type):
+            raise InvalidArgument(
+                f"schema drift in {dataset!r}: column {field.name!r} is {found} in "
+                f"shard {shard!r} but {field.type} in shard {reference!r}"
+            )
 
 
 def conform(shard_set: ShardSet, shard: str, table: pa.Table) -> pa.Table:
     """``table`` (shard ``shard``) cut to the selected columns, after checking that they
     have the reference types. Raises InvalidArgument for schema drift, naming both shards."""
     expected = shard_set.schema
-    missing = [name for name in expected.names if name not in table.schema.names]
-    if missing:
-        raise InvalidArgument(
-            f"schema drift in {shard_set.dataset!r}: shard {shard!r} has no column(s) "
-            f"{missing}, which shard {shard_set.reference!r} has"
-        )
-    for field in expected:
-        found = table.schema.field(field.name).type
-        if not found.equals(field.type):
-            raise InvalidArgument(
-                f"schema drift in {shard_set.dataset!r}: column {field.name!r} is {found} in "
-                f"shard {shard!r} but {field.type} in shard {shard_set.reference!r}"
-            )
+    check_conforms(shard_set.dataset, expected, shard_set.reference, shard, table.schema)
     return table.select(expected.names)
 
 

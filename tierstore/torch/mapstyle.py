@@ -6,8 +6,10 @@ shards' row counts. So any sampler works — ``DistributedSampler`` included —
 sampler alone decides order, sharding and epochs.
 
 Row counts: the catalog does not record them, so by default they are counted when the
-object is made, by reading every shard once (in a few threads, in the main process); pass
-``rows=`` (e.g. a previous object's :attr:`MapDataset.rows`) to skip that pass. Each
+object is made, from the metadata of every frame (a few KiB read per frame, in a few
+threads, in the main process; no shard is read whole), and every shard's schema is checked
+against the first's then; pass ``rows=`` (e.g. a previous object's
+:attr:`MapDataset.rows`) to skip that pass (drift is then found when a shard is read). Each
 process keeps its most recently used shards converted in a small LRU cache
 (``cache_shards``): a read is a whole shard, so samplers that visit a shard's rows close
 together are the fast case, and a uniform random sampler over many shards reads a shard
@@ -25,7 +27,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch.utils.data
 from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import ShardRows
-from tierstore.torch.catalog import ShardSet, conform, read_shard, resolve
+from tierstore.torch.catalog import ShardSet, read_shard, resolve
 from tierstore.torch.source import ShardSource, service_source
 
 __all__ = ["MapDataset"]
@@ -50,13 +51,14 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
     ``retry_s`` and ``source`` as for :class:`~tierstore.torch.IterableDataset`.
     ``rows``: row count of every shard, to skip counting them (must name exactly the
     shards read). ``cache_shards``: converted shards kept per process. ``count_threads``:
-    parallel reads while counting rows.
+    parallel reads of frame metadata while counting rows.
 
     Raises (at construction) what :class:`~tierstore.torch.IterableDataset` raises, plus
     InvalidArgument for a ``rows`` that does not match the shards and for schema drift
-    found while counting. ``__getitem__`` raises IndexError outside ``[-len, len)``,
-    FailedPrecondition when a shard no longer has the rows it was counted with, and
-    DataLoss / UnsupportedData / Unavailable as the iterable dataset does.
+    (while counting; with ``rows=``, when the drifted shard is read). ``__getitem__``
+    raises IndexError outside ``[-len, len)``, FailedPrecondition when a shard no longer
+    has the rows it was counted with, and DataLoss / UnsupportedData / Unavailable as the
+    iterable dataset does.
     """
 
     def __init__(
@@ -72,7 +74,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         strings: Strings = "error",
         rows: Mapping[str, int] | None = None,
         cache_shards: int = 2,
-        count_threads: int = 4,
+        count_threads: int = 8,
         retry_s: float = 60.0,
         source: ShardSource | None = None,
     ) -> None:
@@ -89,11 +91,11 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
             prefix=prefix,
             columns=columns,
             strings=strings,
+            with_rows=rows is None,
+            count_threads=count_threads,
         )
         #: row count of each shard, in name order
-        self.rows: dict[str, int] = (
-            self._count(max(1, count_threads)) if rows is None else self._given(rows)
-        )
+        self.rows: dict[str, int] = self._given(self.shards.row_counts() if rows is None else rows)
         counts = [self.rows[name] for name in self.shards.names]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._reset_cache()
@@ -130,17 +132,6 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         if not all(isinstance(n, int) and n >= 0 for n in rows.values()):
             raise InvalidArgument("rows= counts must be ints >= 0")
         return {name: int(rows[name]) for name in self.shards.names}
-
-    def _count(self, threads: int) -> dict[str, int]:
-        def count(name: str) -> int:
-            table = self._source.read(self.shards.dataset, name)
-            return int(conform(self.shards, name, table).num_rows)
-
-        # The pool is gone before this returns: no thread outlives construction (workers
-        # may fork from this process later).
-        with ThreadPoolExecutor(threads, thread_name_prefix="tierstore-count-rows") as pool:
-            counts = list(pool.map(count, self.shards.names))
-        return dict(zip(self.shards.names, counts, strict=True))
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -1,0 +1,67 @@
+"""MapDataset over an in-memory service (tests/torch/memory.py): row counting from frame
+metadata and schema checks at construction. The DataLoader tests against the real server
+are in test_dataloader.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tierstore.errors import InvalidArgument
+from tierstore.torch import IterableDataset, MapDataset
+
+from .memory import MemoryService, MemorySource, sample_table
+
+#: rows per shard (20 bytes each); at 32 KiB frames the larger shards span several frames
+ROWS = {"a": 3000, "b": 0, "c": 1, "d": 12000}
+
+
+def test_rows_are_counted_from_frame_metadata_without_reading_a_shard_whole() -> None:
+    tables = {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())}
+    svc = MemoryService("ds", tables, frame_bytes=32768)
+    assert max(info.frame_count for info in svc.list("ds")) > 5  # several frames to count
+
+    dataset = MapDataset("ds", source=MemorySource(svc), count_threads=3)
+
+    assert dataset.rows == ROWS
+    assert len(dataset) == sum(ROWS.values())
+    assert svc.reads == []  # no shard read (and converted) whole
+    sizes = {info.name: info.size for info in svc.list("ds")}
+    ranged = [(shard, length) for shard, _, length in svc.gets]
+    assert all(length is not None and length <= 4096 for _, length in ranged), ranged
+    assert sum(length or 0 for _, length in ranged) < sum(sizes.values()) / 5
+    # The counts name the right rows: the last sample of every shard is its last row.
+    ends = np.cumsum([n for n in ROWS.values()])
+    for (shard, rows), end in zip(ROWS.items(), ends, strict=True):
+        if rows:
+            assert (
+                int(dataset[int(end) - 1]["id"]) == list(ROWS).index(shard) * 1_000_000 + rows - 1
+            )
+
+
+def drifted_service() -> MemoryService:
+    drifted = pa.table({"id": np.arange(3, dtype=np.int32), "x": sample_table(2, 3)["x"]})
+    return MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4), "c": drifted})
+
+
+def test_schema_drift_is_found_at_construction_naming_both_shards() -> None:
+    svc = drifted_service()
+    with pytest.raises(
+        InvalidArgument, match="column 'id' is int32 in shard 'c' but int64 in shard 'a'"
+    ):
+        MapDataset("ds", source=MemorySource(svc))
+    with pytest.raises(InvalidArgument, match="column 'id' is int32 in shard 'c'"):
+        IterableDataset("ds", source=MemorySource(svc), even_ranks=True)
+    assert svc.reads == []
+    # Only the selected columns have to agree.
+    assert len(MapDataset("ds", source=MemorySource(svc), columns=["x"])) == 9
+
+
+def test_given_rows_skip_the_count_and_drift_is_found_when_the_shard_is_read() -> None:
+    svc = drifted_service()
+    dataset = MapDataset("ds", source=MemorySource(svc), rows={"a": 2, "b": 4, "c": 3})
+    assert svc.gets == [("a", 0, svc.list("ds")[0].frame_sizes[0])]  # the reference schema only
+    assert int(dataset[5]["id"]) == 1_000_003
+    with pytest.raises(InvalidArgument, match="column 'id' is int32 in shard 'c'"):
+        dataset[6]
