@@ -17,7 +17,7 @@ import pyarrow as pa
 from tierstore import arrowio, tensors
 from tierstore.buffers import byte_view
 from tierstore.errors import OversizeFrame, UnsupportedData
-from tierstore.types import ShardKind
+from tierstore.types import MAX_ROWS, ShardKind
 
 __all__ = ["FramedValue", "frame_prepared", "frame_value"]
 
@@ -28,6 +28,18 @@ class FramedValue:
 
     kind: ShardKind
     frames: tuple[memoryview, ...]
+    #: rows in an Arrow or tensor shard's record batches; None for raw bytes
+    rows: int | None = None
+
+
+def _arrow(kind: ShardKind, frames: tuple[memoryview, ...]) -> FramedValue:
+    """An Arrow or tensor shard of valid frames (framed here or validated), with its row
+    count from each frame's IPC metadata. Raises UnsupportedData for more than
+    ``MAX_ROWS`` rows (batches of no columns cost nothing per row)."""
+    rows = sum(arrowio.message_rows(frame) for frame in frames[1:])
+    if rows > MAX_ROWS:
+        raise UnsupportedData(f"the record batches hold {rows} rows; at most 2**63 - 1 fit")
+    return FramedValue(kind, frames, rows)
 
 
 def _byte_view(value: Any) -> memoryview:
@@ -62,10 +74,10 @@ def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
         return FramedValue(ShardKind.RAW, _raw_frames(memoryview(value), max_frame_bytes))
     if isinstance(value, pa.Table | pa.RecordBatch):
         frames = arrowio.table_to_frames(value, max_frame_bytes)
-        return FramedValue(ShardKind.ARROW, tuple(_byte_view(f) for f in frames))
+        return _arrow(ShardKind.ARROW, tuple(_byte_view(f) for f in frames))
     if _is_tensor(value):
         frames = tensors.tensor_to_frames(value, max_frame_bytes)
-        return FramedValue(ShardKind.TENSOR, tuple(_byte_view(f) for f in frames))
+        return _arrow(ShardKind.TENSOR, tuple(_byte_view(f) for f in frames))
     raise UnsupportedData(
         f"cannot store a {type(value).__name__}: use bytes-like data, a pyarrow Table or "
         "RecordBatch, a numpy array or a torch tensor"
@@ -95,8 +107,9 @@ def frame_prepared(
             raise OversizeFrame(
                 f"frame {index} is {view.nbytes} bytes; the limit is {max_frame_bytes}"
             )
-    if kind is not ShardKind.RAW:
-        schema = arrowio.validate_arrow_frames([pa.py_buffer(v) for v in views], max_frame_bytes)
-        if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(schema):
-            raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
-    return FramedValue(kind, views)
+    if kind is ShardKind.RAW:
+        return FramedValue(kind, views)
+    schema = arrowio.validate_arrow_frames([pa.py_buffer(v) for v in views], max_frame_bytes)
+    if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(schema):
+        raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
+    return _arrow(kind, views)

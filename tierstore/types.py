@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from tierstore.errors import InvalidArgument
+
 __all__ = [
     "ALL_DATASETS",
     "DEFAULT_POLICY_NAME",
@@ -29,6 +31,10 @@ __all__ = [
 DEFAULT_POLICY_NAME = "clairvoyant"
 
 
+#: The most rows a shard may hold: Arrow's (and torch's) row counts are signed 64-bit.
+MAX_ROWS = 2**63 - 1
+
+
 class Durability(enum.StrEnum):
     """When a put is acknowledged."""
 
@@ -48,7 +54,12 @@ class ShardKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DatasetSettings:
-    """Per-dataset settings, fixed at creation except where noted."""
+    """Per-dataset settings, fixed at creation except where noted.
+
+    Checked when made (every copy too): InvalidArgument for a value of the wrong type, a
+    durability that names none, or a negative quota. A durability given by its name
+    (``"write-through"``) becomes the enum member.
+    """
 
     encrypted: bool = False
     durability: Durability = Durability.WRITE_BACK
@@ -56,6 +67,24 @@ class DatasetSettings:
     hot_quota_bytes: int = 0
     #: the placement policy of its shards (changeable at run time).
     policy: str = DEFAULT_POLICY_NAME
+
+    def __post_init__(self) -> None:
+        # Settings are committed to the catalog as they are: a value of another type
+        # would make the dataset's record unreadable when the store next opens.
+        if not isinstance(self.encrypted, bool):
+            raise InvalidArgument(f"encrypted must be True or False, got {self.encrypted!r:.40}")
+        try:
+            object.__setattr__(self, "durability", Durability(self.durability))
+        except ValueError:
+            names = ", ".join(repr(d.value) for d in Durability)
+            raise InvalidArgument(
+                f"durability must be one of {names}, got {self.durability!r:.40}"
+            ) from None
+        quota = self.hot_quota_bytes
+        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
+            raise InvalidArgument(f"hot_quota_bytes must be an int >= 0, got {quota!r:.40}")
+        if not isinstance(self.policy, str):
+            raise InvalidArgument(f"policy must be a policy name, got {self.policy!r:.40}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +119,9 @@ class ShardInfo:
     pinned: bool = False
     #: when a TTL pin runs out (seconds since the epoch); 0 for a pin without TTL.
     pinned_until: float = 0.0
+    #: rows in an Arrow or tensor shard's record batches, recorded at put time; None for
+    #: raw bytes and for shards written before rows were recorded.
+    rows: int | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

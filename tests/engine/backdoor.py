@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tierstore.engine.records import ShardRecord, archive_frames_key, frame_key
+from tierstore.engine.catalog import SHARDS_DB
+from tierstore.engine.records import ShardRecord, archive_frames_key, catalog_key, frame_key
 from tierstore.engine.store import Store
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "frames_object_key",
     "hot_frames",
     "put_hot_frame",
+    "put_raw_record",
     "raw_frame_address",
     "record_of",
 ]
@@ -34,6 +36,12 @@ def record_of(store: Store, dataset: str, shard: str) -> ShardRecord:
         record = store._catalog.get_shard(txn, dataset, shard)
     assert record is not None, f"no catalog record for {dataset}/{shard}"
     return record
+
+
+def put_raw_record(store: Store, dataset: str, shard: str, raw: bytes) -> None:
+    """Overwrite a shard's catalog record with ``raw`` (bytes that may not decode)."""
+    with store._env.write() as txn:
+        txn.put(catalog_key(dataset, shard), raw, db=store._env.db(SHARDS_DB))
 
 
 def hot_frames(store: Store, dataset: str, shard: str) -> list[bytes | None]:

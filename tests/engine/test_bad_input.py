@@ -35,7 +35,7 @@ from tierstore.errors import (
     Unavailable,
     UnsupportedData,
 )
-from tierstore.types import ShardKind
+from tierstore.types import DatasetSettings, Durability, ShardKind
 
 
 @pytest.mark.parametrize(
@@ -264,6 +264,55 @@ def test_unsupported_frames(
     with pytest.raises(UnsupportedData):
         store.put_frames("plain", "odd", kind, frames)
     assert_intact(store, known)
+
+
+def test_more_rows_than_a_signed_64_bit_count_holds_are_refused(
+    store: Store, known: dict[tuple[str, str], bytes]
+) -> None:
+    # A record batch of no columns costs nothing per row: a few bytes can claim 2**62.
+    empty_struct = pa.StructArray.from_buffers(pa.struct([]), 2**62, [None])
+    frames = [
+        bytes(memoryview(f))
+        for f in arrowio.table_to_frames(pa.RecordBatch.from_struct_array(empty_struct), FRAME)
+    ]
+    assert store.put_frames("plain", "wide", ShardKind.ARROW, [frames[0], frames[1]]).rows == 2**62
+    with pytest.raises(UnsupportedData, match=r"at most 2\*\*63 - 1"):
+        store.put_frames("plain", "wider", ShardKind.ARROW, [frames[0]] + [frames[1]] * 2)
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "wider")
+    store.delete("plain", "wide")
+    assert_intact(store, known)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"hot_quota_bytes": "x"}, "hot_quota_bytes must be an int >= 0"),
+        ({"hot_quota_bytes": -1}, "hot_quota_bytes must be an int >= 0"),
+        ({"hot_quota_bytes": 1.5}, "hot_quota_bytes must be an int >= 0"),
+        ({"durability": "sometimes"}, "durability must be one of 'write-back', 'write-through'"),
+        ({"encrypted": "yes"}, "encrypted must be True or False"),
+        ({"policy": 3}, "policy must be a policy name"),
+    ],
+    ids=["quota-str", "quota-negative", "quota-float", "durability", "encrypted", "policy"],
+)
+def test_bad_dataset_settings_are_refused_before_anything_is_written(
+    store: Store, known: dict[tuple[str, str], bytes], settings: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        store.create_dataset("odd", DatasetSettings(**settings))
+    if "hot_quota_bytes" in settings:
+        with pytest.raises(InvalidArgument, match=match):
+            store.update_dataset("plain", hot_quota_bytes=settings["hot_quota_bytes"])
+    if "durability" in settings:
+        with pytest.raises(InvalidArgument, match=match):
+            store.update_dataset("plain", durability=settings["durability"])
+    assert "odd" not in dict(store.list_datasets())
+    assert_intact(store, known)
+
+
+def test_a_durability_given_by_name_is_the_enum_member() -> None:
+    assert DatasetSettings(durability="write-through").durability is Durability.WRITE_THROUGH  # type: ignore[arg-type]
 
 
 def test_every_bad_input_error_is_an_invalid_argument() -> None:

@@ -6,13 +6,21 @@ archive to go down and come back, or needs to see what a read fetched.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes, flip, hot_frames, put_hot_frame, record_of
+from tests.engine.backdoor import (
+    catalog_hot_bytes,
+    flip,
+    hot_frames,
+    put_hot_frame,
+    put_raw_record,
+    record_of,
+)
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import (
     DATASETS,
@@ -318,6 +326,26 @@ def test_a_frame_damaged_before_upload_is_never_archived(
     assert store.stat(dataset, "healthy").archived
     with pytest.raises(IntegrityError):
         store.get(dataset, "damaged")
+
+
+def test_a_damaged_record_with_an_upload_pending_does_not_stall_the_journal(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True  # hold uploads back while the record is damaged
+    store = open_store(archive, datasets=PLAIN)
+    record = store.put("plain", "damaged", payload(FRAME, 1))
+    store.put("plain", "healthy", payload(FRAME, 2))
+    document = json.loads(record_of(store, "plain", "damaged").encode())
+    put_raw_record(store, "plain", "damaged", json.dumps({**document, "rows": -1}).encode())
+    archive.failing = False
+    assert store.drain(10)  # the entry of the damaged record goes; later ones run
+    assert store.stat("plain", "healthy").archived
+    assert [event.split(":")[0] for event in store.stats().data_loss] == [
+        f"plain/damaged@{record.generation}"
+    ]
+    with pytest.raises(IntegrityError, match="unreadable shard record"):
+        store.stat("plain", "damaged")
 
 
 @pytest.mark.parametrize("dataset", ["wt", "wt-enc"])

@@ -34,9 +34,12 @@ from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload,
 from tierstore import arrowio
 from tierstore.crypto import TAG_BYTES
 from tierstore.engine.records import (
+    ShardRecord,
     archive_dataset_key,
     archive_frames_key,
     archive_manifest_key,
+    decode_dataset,
+    encode_dataset,
 )
 from tierstore.engine.store import Store
 from tierstore.errors import (
@@ -155,20 +158,23 @@ def test_arrow_tables_and_tensors(store: Store, dataset: str) -> None:
     )
     info = store.put(dataset, "table", table)
     assert info.kind is ShardKind.ARROW and info.frame_count > 2  # a schema and many batches
+    assert info.rows == 3000 and store.stat(dataset, "table").rows == 3000
     assert store.read_table(dataset, "table").equals(table)
     assert store.read_table(dataset, "table", columns=["label"]).equals(table.select(["label"]))
     batch = table.to_batches()[0].slice(0, 10)
-    store.put(dataset, "batch", batch)
+    assert store.put(dataset, "batch", batch).rows == 10
     assert store.read_table(dataset, "batch").equals(pa.Table.from_batches([batch]))
+    assert store.put(dataset, "empty", table.slice(0, 0)).rows == 0
 
     array = np.arange(3 * 50 * 40, dtype=np.float32).reshape(3, 50, 40)
-    assert store.put(dataset, "tensor", array).kind is ShardKind.TENSOR
+    tensor_info = store.put(dataset, "tensor", array)
+    assert tensor_info.kind is ShardKind.TENSOR and tensor_info.rows is not None
     back = store.read_tensor(dataset, "tensor")
     assert back.dtype == array.dtype and np.array_equal(back, array)
 
     with pytest.raises(WrongShardKind):
         store.read_tensor(dataset, "table")
-    store.put(dataset, "raw", b"raw bytes")
+    assert store.put(dataset, "raw", b"raw bytes").rows is None  # raw bytes have no rows
     with pytest.raises(WrongShardKind):
         store.read_table(dataset, "raw")
 
@@ -191,7 +197,8 @@ def test_put_frames_keeps_the_client_framing(store: Store) -> None:
     table = pa.table({"x": list(range(2000))})
     arrow_frames = arrowio.table_to_frames(table, FRAME)
     info = store.put_frames("plain", "arrow", ShardKind.ARROW, arrow_frames)
-    assert info.kind is ShardKind.ARROW
+    assert info.kind is ShardKind.ARROW and info.rows == 2000
+    assert store.put_frames("plain", "raw", ShardKind.RAW, frames).rows is None
     assert store.read_table("plain", "arrow").equals(table)
 
 
@@ -663,11 +670,14 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
     }
     for (dataset, name), data in contents.items():
         store.put(dataset, name, data)
+    store.put("enc", "table", pa.table({"x": list(range(700))}))
     store.put("plain", "deleted", b"x")
     store.delete("plain", "deleted")
     assert store.drain(10)
     fresh = open_store(archive)  # a new, empty hot tier over the same archive
-    assert fresh.rebuild_from_archive() == len(contents)
+    assert fresh.rebuild_from_archive() == len(contents) + 1
+    assert fresh.stat("enc", "table").rows == 700  # the manifest keeps the row count
+    assert fresh.stat("plain", "a").rows is None
     assert dict(fresh.list_datasets()) == DATASETS
     for (dataset, name), data in contents.items():
         assert not fresh.stat(dataset, name).hot
@@ -864,3 +874,26 @@ def test_encrypted_write_through_to_seaweedfs(open_store: StoreFactory, s3_archi
     assert store.get("wt-enc", "blob").to_bytes() == data
     wait_until(lambda: store.stat("wt-enc", "blob").hot, "promotion after a cold read")
     assert store.get("wt-enc", "blob").source == "hot"
+
+
+def test_a_record_keeps_its_row_count_and_older_records_have_none() -> None:
+    record = ShardRecord("ds", "s", 7, ShardKind.ARROW, (400, 9000), 1.0, None, rows=1234)
+    assert ShardRecord.decode(record.encode()) == record
+    manifest = ShardRecord.decode(record.encode(manifest=True))
+    assert manifest.rows == 1234 and not manifest.hot
+    older = json.loads(record.encode())
+    del older["rows"]  # a record written before row counts were kept
+    assert ShardRecord.decode(json.dumps(older).encode()).rows is None
+    for bad in ("12", -1, 1.5, True):
+        with pytest.raises(IntegrityError, match="unreadable shard record"):
+            ShardRecord.decode(json.dumps({**older, "rows": bad}).encode())
+
+
+def test_unreadable_dataset_settings_are_an_integrity_error() -> None:
+    good = json.loads(encode_dataset(DatasetSettings(hot_quota_bytes=5)))
+    assert decode_dataset(json.dumps(good).encode()) == DatasetSettings(hot_quota_bytes=5)
+    for changes in ({"durability": "sometimes"}, {"hot_quota_bytes": "x"}, {"encrypted": None}):
+        with pytest.raises(IntegrityError, match="unreadable dataset settings"):
+            decode_dataset(json.dumps({**good, **changes}).encode())
+    with pytest.raises(IntegrityError, match="unreadable dataset settings"):
+        decode_dataset(b"{")

@@ -103,6 +103,9 @@ def test_arrow_tables_and_record_batches(admin: Client, any_dataset: str) -> Non
     )
     assert admin.put(any_dataset, "table", table).kind is ShardKind.ARROW
     assert admin.read_table(any_dataset, "table").equals(table)
+    # The row count recorded at put time reaches the client; raw bytes have none.
+    assert admin.stat(any_dataset, "table").rows == 50_000
+    assert {info.name: info.rows for info in admin.list(any_dataset, "table")} == {"table": 50_000}
     picked = admin.read_table(any_dataset, "table", columns=["score", "id"])
     assert picked.column_names == ["score", "id"]
     assert picked.equals(table.select(["score", "id"]))
@@ -114,6 +117,7 @@ def test_arrow_tables_and_record_batches(admin: Client, any_dataset: str) -> Non
     assert admin.read_table(any_dataset, "batch").equals(pa.Table.from_batches([batch]))
 
     admin.put(any_dataset, "raw", b"not arrow")
+    assert admin.stat(any_dataset, "raw").rows is None
     with pytest.raises(errors.WrongShardKind):
         admin.read_table(any_dataset, "raw")
     with pytest.raises(errors.WrongShardKind):

@@ -8,6 +8,7 @@ shards are framed with :mod:`tierstore.arrowio`, as the real service frames them
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -33,9 +34,20 @@ class MemoryService:
     """One dataset's shards held in memory; thread-safe (reads only, calls recorded)."""
 
     def __init__(
-        self, dataset: str, shards: Mapping[str, pa.Table | bytes], frame_bytes: int = 4096
+        self,
+        dataset: str,
+        shards: Mapping[str, pa.Table | bytes],
+        frame_bytes: int = 4096,
+        record_rows: bool = True,
     ):
         self.dataset = dataset
+        #: each Arrow shard's row count, as the catalog records it at put time (none
+        #: without ``record_rows``: shards written before rows were recorded)
+        self._rows = {
+            name: value.num_rows
+            for name, value in shards.items()
+            if record_rows and isinstance(value, pa.Table)
+        }
         self._frames = {
             name: table_to_frames(value, frame_bytes)
             if isinstance(value, pa.Table)
@@ -58,7 +70,8 @@ class MemoryService:
         sizes = tuple(frame.size for frame in self._frames[name])
         generation = self.generations.get(name, 1)
         kind = self._kinds[name]
-        return ShardInfo(self.dataset, name, generation, kind, sizes, 0.0, False, True, True)
+        info = ShardInfo(self.dataset, name, generation, kind, sizes, 0.0, False, True, True)
+        return dataclasses.replace(info, rows=self._rows.get(name))
 
     def _check(self, dataset: str, shard: str | None = None) -> None:
         if dataset != self.dataset:

@@ -17,9 +17,25 @@ from .memory import MemoryService, MemorySource, sample_table
 ROWS = {"a": 3000, "b": 0, "c": 1, "d": 12000}
 
 
+def tables() -> dict[str, pa.Table]:
+    return {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())}
+
+
+def test_recorded_row_counts_are_used_and_only_schema_frames_are_read() -> None:
+    svc = MemoryService("ds", tables(), frame_bytes=32768)
+    dataset = MapDataset("ds", source=MemorySource(svc))
+    assert dataset.rows == ROWS
+    assert svc.reads == []
+    schema_frames = {(info.name, 0, info.frame_sizes[0]) for info in svc.list("ds")}
+    assert set(svc.gets) == schema_frames  # the reference's twice, each other's once
+    assert (
+        len(IterableDataset("ds", source=MemorySource(svc), even_ranks=True).shards.rows or ()) == 4
+    )
+
+
 def test_rows_are_counted_from_frame_metadata_without_reading_a_shard_whole() -> None:
-    tables = {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())}
-    svc = MemoryService("ds", tables, frame_bytes=32768)
+    # Shards written before row counts were recorded.
+    svc = MemoryService("ds", tables(), frame_bytes=32768, record_rows=False)
     assert max(info.frame_count for info in svc.list("ds")) > 5  # several frames to count
 
     dataset = MapDataset("ds", source=MemorySource(svc), count_threads=3)
@@ -40,13 +56,15 @@ def test_rows_are_counted_from_frame_metadata_without_reading_a_shard_whole() ->
             )
 
 
-def drifted_service() -> MemoryService:
+def drifted_service(record_rows: bool = True) -> MemoryService:
     drifted = pa.table({"id": np.arange(3, dtype=np.int32), "x": sample_table(2, 3)["x"]})
-    return MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4), "c": drifted})
+    shards = {"a": sample_table(0, 2), "b": sample_table(1, 4), "c": drifted}
+    return MemoryService("ds", shards, record_rows=record_rows)
 
 
-def test_schema_drift_is_found_at_construction_naming_both_shards() -> None:
-    svc = drifted_service()
+@pytest.mark.parametrize("recorded", [True, False], ids=["rows-recorded", "rows-counted"])
+def test_schema_drift_is_found_at_construction_naming_both_shards(recorded: bool) -> None:
+    svc = drifted_service(recorded)
     with pytest.raises(
         InvalidArgument, match="column 'id' is int32 in shard 'c' but int64 in shard 'a'"
     ):

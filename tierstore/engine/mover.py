@@ -367,8 +367,11 @@ class Mover:
                 return False
             except IntegrityError as exc:
                 with self._env.write() as txn:
-                    current = self._catalog.get_shard(txn, op.dataset, op.name)
-                    superseded = current is None or current.generation != op.generation
+                    try:
+                        current = self._catalog.get_shard(txn, op.dataset, op.name)
+                        superseded = current is None or current.generation != op.generation
+                    except IntegrityError:  # the shard's record itself is damaged
+                        superseded = False
                     self._catalog.remove_journal(txn, seq)
                 if superseded:
                     # Overwritten or deleted while it was being uploaded: its frames went

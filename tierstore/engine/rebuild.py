@@ -87,7 +87,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         try:
             check_seal(key, raw)
             if key.endswith("/_dataset.json"):
-                datasets[key.rsplit("/", 1)[0]] = _decoded_dataset(raw)
+                datasets[key.rsplit("/", 1)[0]] = decode_dataset(raw)
                 continue
             record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
             _check_against_its_objects(archive, key, record)
@@ -124,13 +124,6 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         if believed:
             newest[slot] = max(believed, key=lambda record: record.generation)
     return ArchiveContents(datasets, newest, unreadable)
-
-
-def _decoded_dataset(raw: bytes | memoryview) -> DatasetSettings:
-    try:
-        return decode_dataset(raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
 
 
 def _check_against_its_objects(archive: Tier, key: str, record: ShardRecord) -> None:

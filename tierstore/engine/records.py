@@ -17,11 +17,11 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tierstore.errors import IntegrityError
+from tierstore.errors import IntegrityError, InvalidArgument
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
+    MAX_ROWS,
     DatasetSettings,
-    Durability,
     ShardInfo,
     ShardKind,
     WrappedKey,
@@ -105,6 +105,9 @@ class ShardRecord:
     pinned: bool = False
     #: a TTL pin holds until then (seconds since the epoch); 0: until unpinned.
     pinned_until: float = 0.0
+    #: rows in an Arrow or tensor shard's record batches; None for raw bytes and for
+    #: generations written before rows were recorded.
+    rows: int | None = None
 
     @property
     def size(self) -> int:
@@ -152,6 +155,7 @@ class ShardRecord:
             access_frequency=access.frequency,
             pinned=pinned,
             pinned_until=self.pinned_until if pinned else 0.0,
+            rows=self.rows,
         )
 
     def encode(self, *, manifest: bool = False) -> bytes:
@@ -172,6 +176,8 @@ class ShardRecord:
                 "nonce_prefix": base64.b64encode(self.envelope.nonce_prefix).decode(),
             },
         }
+        if self.rows is not None:  # absent for raw shards (and in older records)
+            document["rows"] = self.rows
         if not manifest:
             document.update(
                 hot=self.hot,
@@ -206,9 +212,20 @@ class ShardRecord:
                 archived=bool(document.get("archived", True)),
                 pinned=bool(document.get("pinned", False)),
                 pinned_until=float(document.get("pinned_until", 0.0)),
+                rows=_optional_count(document.get("rows")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
+
+
+def _optional_count(value: Any) -> int | None:
+    """A row count that may be absent; raises ValueError for anything but an int in
+    ``[0, MAX_ROWS]``."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ROWS:
+        raise ValueError(f"a row count must be an int in [0, 2**63 - 1], got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,14 +272,18 @@ def encode_dataset(settings: DatasetSettings) -> bytes:
 
 
 def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
-    """Inverse of :func:`encode_dataset`."""
-    document = json.loads(bytes(raw))
-    return DatasetSettings(
-        encrypted=bool(document["encrypted"]),
-        durability=Durability(document["durability"]),
-        hot_quota_bytes=int(document.get("hot_quota_bytes", 0)),
-        policy=str(document.get("policy", DEFAULT_POLICY_NAME)),
-    )
+    """Inverse of :func:`encode_dataset`. Raises IntegrityError for an unreadable one."""
+    try:
+        document = json.loads(bytes(raw))
+        # Each value as written: DatasetSettings refuses one of the wrong type.
+        return DatasetSettings(
+            encrypted=document["encrypted"],
+            durability=document["durability"],
+            hot_quota_bytes=document.get("hot_quota_bytes", 0),
+            policy=document.get("policy", DEFAULT_POLICY_NAME),
+        )
+    except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+        raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
 
 
 _ACCESS = struct.Struct("<Qdd")  # count, last access, decayed frequency as of last access

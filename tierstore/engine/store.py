@@ -57,7 +57,6 @@ from tierstore.errors import (
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
-    InvalidArgument,
     StoreClosed,
     WrongShardKind,
 )
@@ -288,8 +287,7 @@ class Store:
         """
         self._check_open()
         validate_dataset_name(name)
-        if hot_quota_bytes is not None and hot_quota_bytes < 0:
-            raise InvalidArgument("hot_quota_bytes must not be negative")
+        # DatasetSettings checks every value (InvalidArgument), the changed ones included.
         if policy is not None:
             self._policies.check(policy)  # UnknownPolicy before anything is written
         with self._access.flush_lock, self._env.write() as txn:

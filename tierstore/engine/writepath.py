@@ -333,6 +333,7 @@ class ShardWriter:
             frame_sizes=tuple(frame.nbytes for frame in framed.frames),
             created_at=time.time(),
             envelope=envelope,
+            rows=framed.rows,
         )
         return record, self._sealers.sealer(record, data_key)
 

@@ -154,10 +154,11 @@ def survey(
     reference: str,
     threads: int = _COUNT_THREADS,
 ) -> tuple[int, ...]:
-    """Each shard's row count, from the metadata of its frames, after checking every
-    shard's schema against ``expected`` (the selected columns of shard ``reference``):
-    a small ranged read per frame (the schema frame whole, a few KiB of the others),
-    ``threads`` at a time. No shard is read whole.
+    """Each shard's row count, after checking every shard's schema against ``expected``
+    (the selected columns of shard ``reference``): ``threads`` small ranged reads at a
+    time, no shard read whole. The count is the one recorded at put time
+    (``ShardInfo.rows``); for a shard written before rows were recorded, it comes from the
+    metadata of its frames (a few KiB read of each).
 
     Raises what :meth:`Client.get` raises, MalformedArrow, and InvalidArgument for
     schema drift (naming both shards).
@@ -165,6 +166,7 @@ def survey(
     jobs = [
         (info, index, start)
         for info in infos
+        if info.rows is None
         for index, start in enumerate(accumulate(info.frame_sizes[:-1], initial=0))
         if index > 0
     ]
@@ -173,7 +175,7 @@ def survey(
         counts = pool.map(lambda job: _frame_rows(client, *job), jobs)
         for info, schema in zip(infos, schemas, strict=True):
             check_conforms(info.dataset, expected, reference, info.name, schema)
-        totals = dict.fromkeys((info.name for info in infos), 0)
+        totals = {info.name: info.rows or 0 for info in infos}
         for (info, _, _), rows in zip(jobs, counts, strict=True):
             totals[info.name] += rows
     return tuple(totals[info.name] for info in infos)

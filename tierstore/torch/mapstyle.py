@@ -5,11 +5,12 @@ the shard ``s`` with ``start[s] <= i < start[s + 1]``, where ``start`` accumulat
 shards' row counts. So any sampler works — ``DistributedSampler`` included — and the
 sampler alone decides order, sharding and epochs.
 
-Row counts: the catalog does not record them, so by default they are counted when the
-object is made, from the metadata of every frame (a few KiB read per frame, in a few
-threads, in the main process; no shard is read whole), and every shard's schema is checked
-against the first's then; pass ``rows=`` (e.g. a previous object's
-:attr:`MapDataset.rows`) to skip that pass (drift is then found when a shard is read). Each
+Row counts are the catalog's, recorded at put time; when the object is made every shard's
+schema frame is read and checked against the first's (a small read per shard, in a few
+threads, in the main process; no shard is read whole), and a shard written before row
+counts were recorded is counted from the metadata of its frames. Pass ``rows=`` (e.g. a
+previous object's :attr:`MapDataset.rows`) to skip that pass (drift is then found when a
+shard is read). Each
 process keeps its most recently used shards converted in a small LRU cache
 (``cache_shards``): a read is a whole shard, so samplers that visit a shard's rows close
 together are the fast case, and a uniform random sampler over many shards reads a shard
@@ -51,7 +52,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
     ``retry_s`` and ``source`` as for :class:`~tierstore.torch.IterableDataset`.
     ``rows``: row count of every shard, to skip counting them (must name exactly the
     shards read). ``cache_shards``: converted shards kept per process. ``count_threads``:
-    parallel reads of frame metadata while counting rows.
+    parallel small reads while checking schemas (and counting rows not recorded).
 
     Raises (at construction) what :class:`~tierstore.torch.IterableDataset` raises, plus
     InvalidArgument for a ``rows`` that does not match the shards and for schema drift

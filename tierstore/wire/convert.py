@@ -100,6 +100,7 @@ def shard_info_to_pb(info: ShardInfo) -> pb.ShardInfo:
         access_frequency=info.access_frequency,
         pinned=info.pinned,
         pinned_until=info.pinned_until,
+        rows=info.rows,
     )
 
 
@@ -119,4 +120,5 @@ def shard_info_from_pb(message: pb.ShardInfo) -> ShardInfo:
         access_frequency=message.access_frequency,
         pinned=message.pinned,
         pinned_until=message.pinned_until,
+        rows=message.rows if message.HasField("rows") else None,
     )
