@@ -124,6 +124,22 @@ def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
     assert_within_quota_and_intact(store, 4)
 
 
+def test_a_put_refused_for_its_quota_evicts_nothing(open_store: StoreFactory) -> None:
+    store = quota_store(open_store, MemoryTier())
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    store.pin("capped", "s0")
+    store.pin("capped", "s1")
+    # Evicting s2 (the only evictable shard) would not make room for two shards' bytes.
+    with pytest.raises(QuotaExceeded):
+        store.put("capped", "big", payload(2 * SIZE, 7), quota_wait_s=0)
+    assert all(store.stat("capped", f"s{i}").hot for i in range(3))
+    store.put("capped", "s3", payload(SIZE, 3))  # one shard's room: s2 goes for it
+    assert not store.stat("capped", "s2").hot
+    assert_within_quota_and_intact(store, 4)
+
+
 def test_a_put_at_the_quota_waits_for_the_uploads_that_make_room(
     open_store: StoreFactory,
 ) -> None:

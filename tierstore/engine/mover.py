@@ -776,12 +776,13 @@ class Mover:
     def make_room_in_quota(self, dataset: str, quota: int, incoming: int) -> int:
         """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
         (archived, unpinned, as its policy chooses) if it would pass its ``quota``
-        (0: none). Returns bytes freed. Best effort: the writer checks the quota again
-        in its write transaction."""
+        (0: none) — all the room at once or none, so a put that is refused for its
+        quota has evicted nothing. Returns bytes freed. Best effort: the writer checks
+        the quota again in its write transaction."""
         if quota <= 0:
             return 0
         over = self._policies.hot_bytes(dataset) + incoming - quota
-        return self.evict(over, dataset=dataset) if over > 0 else 0
+        return self.evict(over, dataset=dataset, only_if_enough=True) if over > 0 else 0
 
     def fits_quota(self, dataset: str, quota: int, incoming: int, leaving: int = 0) -> bool:
         """Whether ``dataset`` may hold ``incoming`` more hot bytes while ``leaving`` of
