@@ -160,6 +160,7 @@ def test_connection_options_before_or_after_the_command(
     assert client.connected == {
         "address": "h:1",
         "token": "t",
+        "token_file": None,
         "ca": Path("ca.pem"),
         "insecure": False,
     }
@@ -327,6 +328,27 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert error in one_error_line(stopped)
     assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [bad, "b"]}
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
+
+
+def test_put_refuses_two_inputs_with_one_shard_name_before_uploading(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    for directory in ("d1", "d2"):
+        (tmp_path / directory / "x").mkdir(parents=True)
+        (tmp_path / directory / "x" / "s.bin").write_bytes(directory.encode())
+    (tmp_path / "d1" / "only-here").write_bytes(b"y")
+    refused = invoke("put", "ds", str(tmp_path / "d1"), str(tmp_path / "d2"))
+    assert refused.exit_code == 2
+    line = one_error_line(refused)
+    assert "would both be shard 'x/s.bin'; nothing uploaded" in line
+    assert str(tmp_path / "d1" / "x" / "s.bin") in line and str(tmp_path / "d2") in line
+    assert not [call for call in client.calls if call[0] == "put"]
+    # Two files of one name from different directories clash too; a prefix tells them apart.
+    assert (
+        invoke("put", "ds", str(tmp_path / "d1/x/s.bin"), str(tmp_path / "d2/x/s.bin")).exit_code
+        == 2
+    )
+    assert invoke("put", "ds", str(tmp_path / "d1"), "--prefix", "one/").exit_code == 0
 
 
 @pytest.mark.parametrize(

@@ -394,6 +394,39 @@ def test_connection_options_after_the_command(server: ServerProcess, dataset: st
     assert shown.returncode == 0 and json.loads(shown.stdout)["dataset"] == dataset
 
 
+def test_a_token_file_instead_of_the_token(
+    server: ServerProcess, dataset: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(server.token + "\n")
+    token_file.chmod(0o600)
+    without = {k: v for k, v in server.cli_env().items() if k != "TIERSTORE_TOKEN"}
+    for env, option in (
+        (without, ["--token-file", str(token_file)]),
+        ({**without, "TIERSTORE_TOKEN_FILE": str(token_file)}, []),
+    ):
+        listed = run(env, *option, "dataset", "ls")
+        assert listed.returncode == 0, listed.stderr
+        assert dataset in {d["name"] for d in json.loads(listed.stdout)}
+    # The node's own admin.token file works as it is.
+    node_file = str(server.data_dir / "admin.token")
+    assert run(without, "dataset", "ls", "--token-file", node_file).returncode == 0
+    # Both at once, or a file that cannot serve: one clear line, exit 2 (a caller's mistake).
+    both = run_process(
+        without, "--token", server.token, "--token-file", str(token_file), "dataset", "ls"
+    )
+    assert both.returncode == 2
+    assert "give --token or --token-file, not both" in one_line_error(both)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for path, message in (
+        (tmp_path / "missing", "cannot read token file"),
+        (empty, "is empty"),
+    ):
+        refused = run_process(without, "--token-file", str(path), "dataset", "ls")
+        assert refused.returncode == 2 and message in one_line_error(refused)
+
+
 def test_rm_reports_what_it_deleted_before_an_error(
     env: dict[str, str], admin: Client, dataset: str
 ) -> None:
@@ -513,6 +546,34 @@ def test_serve_errors_exit_codes(
             assert "loopback" in line
         assert b"tierstore: ready" not in done.stdout
     assert server.health() == 1  # the session server did not notice
+
+
+def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"not a directory")
+    cases = [
+        (["--data-dir", ""], "--data-dir is empty"),
+        (["--data-dir", "  "], "--data-dir is empty"),
+        (["--data-dir", str(a_file)], f"cannot use '{a_file}' as the data directory"),
+        (["--data-dir", "node", "--log-level", "bogus"], "--log-level must be one of debug"),
+    ]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    work.chmod(0o755)
+
+    def serve(args: list[str]) -> Ran:
+        command = [tierstore_command(), "serve", *args]
+        done = subprocess.run(command, env=clean_env(), cwd=work, capture_output=True, timeout=60)
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(serve, [args for args, _ in cases]))
+    for (args, message), done in zip(cases, results, strict=True):
+        assert done.returncode == 2, (args, done.stderr.decode())
+        assert message in one_line_error(done), args
+    # Nothing was made or changed: not in the working directory, not the file.
+    assert list(work.iterdir()) == [] and (work.stat().st_mode & 0o777) == 0o755
+    assert a_file.read_bytes() == b"not a directory"
 
 
 def test_reads_by_the_cli_are_counted_on_either_path(

@@ -73,7 +73,9 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
         admin.delete_dataset(plain)
 
 
-def test_put_and_get_whole_and_byte_ranges(small_frames: Client, any_dataset: str) -> None:
+def test_put_and_get_whole_and_byte_ranges(
+    server: ServerProcess, small_frames: Client, any_dataset: str
+) -> None:
     data = os.urandom(5 * FRAME + 123)
     info = small_frames.put(any_dataset, "blob", data)
     assert info.size == len(data)
@@ -106,6 +108,13 @@ def test_put_and_get_whole_and_byte_ranges(small_frames: Client, any_dataset: st
         small_frames.get(any_dataset, "blob", offset=len(data) + 1)
     with pytest.raises(errors.ShardNotFound):
         small_frames.get(any_dataset, "missing")
+    # Past what the wire carries (uint64): the same answers on either read path.
+    huge = 10**23
+    for local_reads in (True, False):
+        with server.connect(local_reads=local_reads) as client:
+            assert client.get(any_dataset, "blob", offset=5, length=huge).to_pybytes() == data[5:]
+            with pytest.raises(errors.InvalidRange, match="past the end"):
+                client.get(any_dataset, "blob", offset=huge)
 
     # A new generation replaces the old one whole.
     again = small_frames.put(any_dataset, "blob", b"short")

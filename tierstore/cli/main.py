@@ -1,9 +1,10 @@
 """The ``tierstore`` command: ``serve`` a node, and administer one through the client.
 
 Every command but ``serve`` and ``simulate`` talks to a server through
-:mod:`tierstore.client`, and takes the connection options (``--address``, ``--token``,
-``--ca``, ``--insecure``) and ``--json`` before or after its name; the connection options
-default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and ``TIERSTORE_CA``. Errors print
+:mod:`tierstore.client`, and takes the connection options (``--address``, ``--token`` or
+``--token-file``, ``--ca``, ``--insecure``) and ``--json`` before or after its name; the
+connection options default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` (or
+``TIERSTORE_TOKEN_FILE``) and ``TIERSTORE_CA``. Errors print
 one line on stderr and exit non-zero (2 for a caller's mistake, 3 for not found, 4 for
 permission problems, 5 for unavailable, 6 for data loss, 1 otherwise); ``--json`` prints
 results for scripts.
@@ -77,6 +78,7 @@ _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
 class _State:
     address: str | None = None
     token: str | None = None
+    token_file: Path | None = None
     ca: Path | None = None
     insecure: bool = False
     json: bool = False
@@ -99,6 +101,14 @@ def _options(
     token: Annotated[
         str | None, typer.Option(help="bearer token [TIERSTORE_TOKEN]", rich_help_panel=_CONNECTION)
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="file holding the bearer token, kept out of the process list "
+            "[TIERSTORE_TOKEN_FILE]",
+            rich_help_panel=_CONNECTION,
+        ),
+    ] = None,
     ca: Annotated[
         Path | None,
         typer.Option(help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION),
@@ -112,7 +122,7 @@ def _options(
 ) -> None:
     # Given before the command's name; _ClientCommand adds what is given after it.
     context.call_on_close(_close_clients)
-    state.address, state.token, state.ca = address, token, ca
+    state.address, state.token, state.token_file, state.ca = address, token, token_file, ca
     state.insecure, state.json = insecure, json_output
 
 
@@ -140,6 +150,7 @@ class _ClientCommand(TyperCommand):
         given = {param.name: ctx.params.pop(param.name) for param in self._connection}
         state.address = given["address"] or state.address
         state.token = given["token"] or state.token
+        state.token_file = given["token_file"] or state.token_file
         state.ca = given["ca"] or state.ca
         state.insecure = given["insecure"] or state.insecure
         state.json = given["json_output"] or state.json
@@ -152,8 +163,16 @@ def _client() -> Any:
     counted while the CLI left its clients open."""
     from tierstore.client.client import connect
 
+    if state.token and state.token_file:
+        raise _fail(errors.InvalidArgument("give --token or --token-file, not both"))
     try:
-        client = connect(state.address, token=state.token, ca=state.ca, insecure=state.insecure)
+        client = connect(
+            state.address,
+            token=state.token,
+            token_file=state.token_file,
+            ca=state.ca,
+            insecure=state.insecure,
+        )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...
         raise _fail(exc) from None
     state.clients.append(client)
@@ -255,9 +274,12 @@ def _yes(flag: bool) -> str:
 # serve
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 @app.command()
 def serve(
-    data_dir: Annotated[Path, typer.Option(help="where the node keeps everything")] = Path(
+    data_dir: Annotated[str, typer.Option(help="where the node keeps everything")] = (
         "./tierstore-data"
     ),
     listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
@@ -293,9 +315,17 @@ def serve(
     from tierstore.cli.serve import ServeOptions
     from tierstore.cli.serve import serve as run
 
+    if not data_dir.strip():  # an unset variable in a script: not the current directory
+        raise _fail(errors.InvalidArgument("--data-dir is empty; give a directory"))
+    if log_level.lower() not in _LOG_LEVELS:
+        raise _fail(
+            errors.InvalidArgument(
+                f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}"
+            )
+        )
     configure_logging(log_level)
     options = ServeOptions(
-        data_dir=data_dir,
+        data_dir=Path(data_dir),
         listen=listen,
         health_listen=health_listen,
         metrics_listen=metrics_listen,
@@ -450,6 +480,7 @@ def put(
             files.append((path, prefix + path.name))
         else:
             raise _fail(errors.InvalidArgument(f"{path} is not a file or directory"))
+    _refuse_name_clashes(files)
     total = sum(f.stat().st_size for f, _ in files)
     uploaded = []
     started = time.monotonic()
@@ -481,6 +512,21 @@ def put(
         {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
         f"uploaded {len(uploaded)} shards, {total:,} bytes, {total / elapsed / 1e6:.1f} MB/s",
     )
+
+
+def _refuse_name_clashes(files: list[tuple[Path, str]]) -> None:
+    """Exit (InvalidArgument, nothing uploaded) when two inputs would get one shard name:
+    the second would silently replace the first."""
+    first_of: dict[str, Path] = {}
+    for file, name in files:
+        earlier = first_of.setdefault(name, file)
+        if earlier != file:
+            raise _fail(
+                errors.InvalidArgument(
+                    f"{earlier} and {file} would both be shard {name!r}; nothing uploaded "
+                    "(upload them separately with different --prefix values)"
+                )
+            )
 
 
 @app.command(cls=_ClientCommand)
@@ -781,7 +827,7 @@ def main() -> None:
 
 
 #: top-level options that take a value (the next argument, unless given as --opt=value)
-_VALUED_OPTIONS = frozenset({"--address", "--token", "--ca"})
+_VALUED_OPTIONS = frozenset({"--address", "--token", "--token-file", "--ca"})
 
 
 def _command_name(argv: list[str]) -> str | None:

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
-from tierstore.errors import FailedPrecondition
+from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.private_files import ensure_private_dir, hold_lock_or_name_holder
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.metrics import ServerMetrics
@@ -84,7 +84,12 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     data_dir = options.data_dir.resolve()
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
-    ensure_private_dir(data_dir, keep_group_read=True)
+    try:
+        ensure_private_dir(data_dir, keep_group_read=True)
+    except OSError as exc:  # a file in the way, no permission...
+        raise InvalidArgument(
+            f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}"
+        ) from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -42,7 +42,14 @@ from tierstore.client.local import (
 )
 from tierstore.client.localrpc import GrpcLocalReadRpc
 from tierstore.client.receive import ShardStream, open_stream
-from tierstore.errors import InvalidArgument, InvalidPlan, Unavailable, WrongShardKind
+from tierstore.client.tokenfile import read_token_file
+from tierstore.errors import (
+    InvalidArgument,
+    InvalidPlan,
+    InvalidRange,
+    Unavailable,
+    WrongShardKind,
+)
 from tierstore.framing import frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import SamplerPlan
@@ -361,6 +368,11 @@ class Client:
         validate_shard_name(shard)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must not be negative")
+        # The wire carries both as uint64; any shard ends long before either limit.
+        if offset > _MAX_U64:
+            raise InvalidRange(f"byte offset {offset} is past the end of any shard")
+        if length is not None and length > _MAX_U64:
+            length = None  # a range is cut at the shard's end: this one reaches it
         # A fork() waits for the whole read, local or streamed (see forkgate).
         with GATE.call():
             if self._local is not None:
@@ -748,10 +760,14 @@ class _as_value:
             self._file.close()
 
 
+_MAX_U64 = 2**64 - 1
+
+
 def connect(
     address: str | None = None,
     *,
     token: str | None = None,
+    token_file: str | Path | None = None,
     ca: str | Path | None = None,
     client_cert: str | Path | None = None,
     client_key: str | Path | None = None,
@@ -764,18 +780,28 @@ def connect(
 
     Unset arguments come from ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
     ``TIERSTORE_CA`` (a PEM file: the server's CA, ``<data-dir>/tls/ca.pem``).
+    ``token_file`` (or ``TIERSTORE_TOKEN_FILE``): a file holding the token, read now
+    (:func:`~tierstore.client.tokenfile.read_token_file`); a token given directly wins
+    over one from a file, and an argument over the environment.
     ``client_cert``/``client_key``: PEM files for mutual TLS. ``insecure``: plaintext,
     allowed only to loopback addresses. ``local_reads``: read hot shards in place when
     the server is on this host (docs/local-reads.md); unset, on unless
     ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
     the first call. Raises InvalidArgument for a bad address or
-    ``TIERSTORE_LOCAL_READS`` value.
+    ``TIERSTORE_LOCAL_READS`` value, both ``token`` and ``token_file``, or an unreadable
+    token file.
     """
     env = os.environ if environ is None else environ
     if local_reads is None:
         local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
     address = address or env.get("TIERSTORE_ADDRESS", "")
+    if token and token_file:
+        raise InvalidArgument("give token= or token_file=, not both")
+    if token_file:
+        token = read_token_file(token_file)
     token = token or env.get("TIERSTORE_TOKEN") or None
+    if token is None and env.get("TIERSTORE_TOKEN_FILE"):
+        token = read_token_file(env["TIERSTORE_TOKEN_FILE"])
     ca_value = ca or env.get("TIERSTORE_CA") or None
     settings = ChannelSettings(
         address=address,

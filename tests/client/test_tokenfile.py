@@ -1,0 +1,86 @@
+"""Tokens read from a file: ``read_token_file`` and ``connect(token_file=)``. The CLI's
+``--token-file`` against the real server is in tests/server/test_e2e_cli.py."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tierstore.client.client import connect
+from tierstore.client.tokenfile import read_token_file
+from tierstore.errors import InvalidArgument
+
+TOKEN = "ts_0123456789ab_" + "A" * 43
+
+
+def token_file(tmp_path: Path, content: bytes | str, mode: int = 0o600) -> Path:
+    path = tmp_path / "token"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("content", [TOKEN, TOKEN + "\n", f"  {TOKEN}\r\n"])
+def test_the_token_without_surrounding_whitespace(tmp_path: Path, content: str) -> None:
+    assert read_token_file(token_file(tmp_path, content)) == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("", "is empty"),
+        (" \n\n", "is empty"),
+        (f"{TOKEN}\nsecond line", "more than one line"),
+        (b"\xff\xfe token", "not UTF-8 text"),
+        ("x" * (64 * 1024 + 1), "over 64 KiB"),
+    ],
+    ids=["empty", "blank", "two-lines", "binary", "huge"],
+)
+def test_a_file_that_holds_no_single_token_is_refused(
+    tmp_path: Path, content: bytes | str, match: str
+) -> None:
+    path = token_file(tmp_path, content)
+    with pytest.raises(InvalidArgument, match=match) as caught:
+        read_token_file(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unreadable_paths_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match=r"cannot read token file .*No such file"):
+        read_token_file(tmp_path / "missing")
+    with pytest.raises(InvalidArgument, match=r"cannot read token file .*directory"):
+        read_token_file(tmp_path)
+
+
+def test_a_file_every_user_may_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tierstore.client.tokenfile"):
+        assert read_token_file(token_file(tmp_path, TOKEN, 0o600)) == TOKEN
+        assert not caplog.records
+        assert read_token_file(token_file(tmp_path, TOKEN, 0o644)) == TOKEN
+    assert "readable by every user (mode 644)" in caplog.text
+
+
+def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = token_file(tmp_path, TOKEN)
+    env = {"TIERSTORE_ADDRESS": "127.0.0.1:1"}
+
+    def token_of(**kwargs: object) -> str | None:
+        with connect(**kwargs) as client:  # type: ignore[arg-type]
+            return client._channel.settings.token
+
+    assert token_of(token_file=path, environ=env) == TOKEN
+    assert token_of(environ={**env, "TIERSTORE_TOKEN_FILE": str(path)}) == TOKEN
+    given = {**env, "TIERSTORE_TOKEN": "from-env", "TIERSTORE_TOKEN_FILE": str(path)}
+    assert token_of(environ=given) == "from-env"  # the token itself wins over a file
+    assert token_of(token="direct", environ=given) == "direct"
+    assert token_of(token_file=path, environ=given) == TOKEN  # an argument over the env
+    with pytest.raises(InvalidArgument, match="not both"):
+        connect(token="direct", token_file=path, environ=env)
+    with pytest.raises(InvalidArgument, match="cannot read token file"):
+        connect(environ={**env, "TIERSTORE_TOKEN_FILE": str(tmp_path / "missing")})

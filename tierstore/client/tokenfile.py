@@ -1,0 +1,59 @@
+"""Reading a bearer token from a file (``token_file=``, ``TIERSTORE_TOKEN_FILE``).
+
+A token in a file stays out of the process list (``--token`` on a command line does not)
+and out of the environment every child process inherits; it is how a Kubernetes Secret or
+the node's own ``<data-dir>/admin.token`` (mode 0600) reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from tierstore.errors import InvalidArgument
+
+__all__ = ["read_token_file"]
+
+_log = logging.getLogger(__name__)
+
+#: A token file is a few hundred bytes; anything far larger is the wrong file.
+_MAX_TOKEN_FILE_BYTES = 64 * 1024
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path``: its text without surrounding whitespace (a trailing newline
+    is usual). Logs a warning when every user may read the file.
+
+    Raises InvalidArgument when the file cannot be read, is not a regular file, is
+    larger than 64 KiB, is not UTF-8 text, or holds no token or more than one line.
+    """
+    where = Path(path)
+    try:
+        with where.open("rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidArgument(f"token file {str(where)!r} is not a regular file")
+            raw = file.read(_MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read token file {str(where)!r}: {exc.strerror or exc}"
+        ) from None
+    if len(raw) > _MAX_TOKEN_FILE_BYTES:
+        raise InvalidArgument(f"token file {str(where)!r} is over 64 KiB: not a token file")
+    try:
+        token = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"token file {str(where)!r} is not UTF-8 text") from None
+    if not token:
+        raise InvalidArgument(f"token file {str(where)!r} is empty")
+    if any(char in token for char in "\r\n"):
+        raise InvalidArgument(f"token file {str(where)!r} holds more than one line")
+    if info.st_mode & stat.S_IROTH:
+        _log.warning(
+            "token file %s is readable by every user (mode %o): chmod 600 it",
+            where,
+            stat.S_IMODE(info.st_mode),
+        )
+    return token
