@@ -10,6 +10,7 @@ encrypted, and every other shard still reads back intact.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 from collections.abc import Callable
@@ -154,3 +155,46 @@ def test_a_second_node_on_a_data_directory_in_use_is_refused(
     assert f"in use by another tierstore serve (process {first.pid})" in line
     with first.connect() as client:  # the running node is untouched
         assert client.get("d", "s").to_pybytes() == b"kept"
+
+
+@pytest.mark.timeout(180)
+def test_a_lost_hot_tier_is_refused_until_asked_to_rebuild_from_the_archive(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir, "--rebuild-from-archive")  # a new node: nothing to do
+    assert "rebuilt" not in first.output()
+    blobs = {"a": os.urandom(3000), "b/c": os.urandom(70_000)}
+    with first.connect() as client:
+        client.create_dataset("plain", durability="write-through")
+        client.create_dataset("secret", encrypted=True, durability="write-through")
+        client.create_dataset("empty")
+        for dataset in ("plain", "secret"):
+            for name, blob in blobs.items():
+                client.put(dataset, name, blob)
+        table = np.arange(100, dtype=np.int64)
+        client.put("plain", "tensor", table)
+    assert first.stop() == 0
+    shutil.rmtree(data_dir / "hot")  # the NVMe device is gone; keys, tokens, TLS remain
+
+    with pytest.raises(AssertionError, match="the server exited") as refused:
+        spawn_server(data_dir)
+    assert "--rebuild-from-archive" in str(refused.value)
+    assert "holds no catalog" in str(refused.value)
+
+    again = spawn_server(data_dir, "--rebuild-from-archive")
+    assert "rebuilt the catalog from the archive: 5 shards of 3 datasets" in again.output()
+    with again.connect() as client:
+        assert {name for name, _ in client.list_datasets()} == {"plain", "secret", "empty"}
+        assert client.get_dataset("secret").encrypted
+        for dataset in ("plain", "secret"):
+            for name, blob in blobs.items():
+                assert client.get(dataset, name).to_pybytes() == blob
+        assert np.array_equal(client.read_tensor("plain", "tensor"), table)
+        client.put("plain", "after", b"new writes work")
+    assert again.stop() == 0
+    # A plain restart with the flag: the catalog is there, nothing is rebuilt.
+    third = spawn_server(data_dir, "--rebuild-from-archive")
+    assert "rebuilt" not in third.output()
+    with third.connect() as client:
+        assert client.get("plain", "after").to_pybytes() == b"new writes work"

@@ -309,6 +309,13 @@ def serve(
         float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
     ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    rebuild_from_archive: Annotated[
+        bool,
+        typer.Option(
+            help="if the hot tier holds no catalog but the archive holds objects (a lost "
+            "hot tier), rebuild the catalog from the archive instead of refusing to start"
+        ),
+    ] = False,
 ) -> None:
     """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
     from tierstore.cli.logs import configure_logging
@@ -343,6 +350,7 @@ def serve(
         hot_capacity_bytes=hot_capacity,
         local_reads=local_reads,
         local_grant_ttl_s=local_grant_ttl,
+        rebuild_from_archive=rebuild_from_archive,
     )
     raise typer.Exit(_run(lambda: run(options, sys.stdout)))
 

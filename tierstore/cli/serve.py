@@ -37,6 +37,7 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
+from tierstore.engine.store import Store
 from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.private_files import ensure_private_dir, hold_lock_or_name_holder
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
@@ -74,6 +75,9 @@ class ServeOptions:
     #: readers on this host may read the hot tier in place (docs/local-reads.md).
     local_reads: bool = True
     local_grant_ttl_s: float = 60.0
+    #: an empty hot tier over an archive with objects: rebuild the catalog from it
+    #: (without: refuse to start).
+    rebuild_from_archive: bool = False
 
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
@@ -108,6 +112,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         settings = load_settings(options.config_file, archive=archive, **overrides)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
         store = open_store(settings, observe_archive=metrics.observe_archive)
+        cleanup.callback(store.close)
+        _recover_a_lost_catalog(store, options.rebuild_from_archive, out)
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None
@@ -156,6 +162,31 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     out.write("tierstore: stopped\n")
     out.flush()
     return 0
+
+
+def _recover_a_lost_catalog(store: Store, rebuild: bool, out: TextIO) -> None:
+    """A node whose hot tier holds no catalog over an archive that holds objects has lost
+    its hot tier (or was pointed at another node's archive): with ``rebuild``, rebuild
+    the catalog from the archive; without, refuse to start (FailedPrecondition), since
+    writes accepted now would make the archive's shards unreachable. Raises
+    ArchiveUnavailable when the archive cannot be listed (an empty catalog cannot be
+    told apart from a lost one then)."""
+    if store.list_datasets() or not store.archive_holds_objects():
+        return  # a restart with its catalog, or a new node over an empty archive
+    if not rebuild:
+        raise FailedPrecondition(
+            "the hot tier holds no catalog, but the archive holds objects: the hot tier "
+            "was lost (or this node was given another node's archive). Start with "
+            "--rebuild-from-archive to rebuild the catalog from the archive, or give "
+            "this node an archive --bucket/--prefix of its own"
+        )
+    recovered = store.rebuild_from_archive()
+    datasets = len(store.list_datasets())
+    out.write(
+        f"tierstore: the hot tier held no catalog; rebuilt the catalog from the archive: "
+        f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
+    )
+    out.flush()
 
 
 def _claim(data_dir: Path, cleanup: ExitStack) -> None:

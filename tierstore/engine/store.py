@@ -730,6 +730,12 @@ class Store:
                 return rewrapped
             start_after = batch[-1].name
 
+    def archive_holds_objects(self) -> bool:
+        """Whether the archive (its bucket and prefix) holds any object at all: one key
+        listed. Raises ArchiveUnavailable when it cannot be listed."""
+        self._check_open()
+        return bool(self._archive.list(limit=1).keys)
+
     def rebuild_from_archive(self) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
 
