@@ -7,7 +7,9 @@ against the real server are in tests/server/test_e2e_cli.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from tierstore.cli import main
 from tierstore.cli.main import app
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
-CONNECTION = {"address", "token", "ca", "insecure", "json_output"}
+CONNECTION = {"address", "token", "token_file", "ca", "insecure", "json_output"}
 
 
 @dataclass
@@ -81,7 +83,27 @@ class FakeClient:
 
     def evict(self, dataset: str, shard: str) -> int:
         self._known("evict", dataset, shard)
-        return 100
+        return 0 if shard in ("pinned", "ttl", "unarchived", "cold") else 100
+
+    def stat(self, dataset: str, shard: str) -> ShardInfo:
+        self._known("stat", dataset, shard)
+        pins = {"ttl": (True, 1_700_003_600.0), "pinned": (True, 0.0)}
+        pinned, until = pins.get(shard, (False, 0.0))
+        hot, archived = shard != "cold", shard != "unarchived"
+        info = ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, hot, archived)
+        return dataclasses.replace(info, pinned=pinned, pinned_until=until)
+
+    def stats(self, dataset: str, sizing: bool) -> dict[str, Any]:
+        self.calls.append(("stats", (dataset,)))
+        usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
+        return {
+            "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": 0.0}},
+            "hot_bytes": 9,
+            "hot_capacity_bytes": 100,
+            "backlog_bytes": 0,
+            "traced_reads": 0,
+            "sizing": [{"capacity_bytes": 50, "miss_ratio": 1.0}],
+        }
 
     def get(self, dataset: str, shard: str, **_: Any) -> Any:
         self.calls.append(("get", (dataset, shard)))
@@ -204,6 +226,64 @@ def test_token_ls_shows_any_expiry_the_server_sends(client: FakeClient, expires_
     listed = invoke("--json", "token", "ls")
     assert listed.exit_code == 0, listed.output
     assert [t["token_id"] for t in json.loads(listed.stdout)] == ["0123456789ab", "ba9876543210"]
+
+
+def test_token_ls_marks_expired_tokens(client: FakeClient) -> None:
+    now = time.time()
+    client.tokens = [
+        {
+            "token_id": token_id,
+            "principal": "bob",
+            "grants": [],
+            "created_at": 0.0,
+            "expires_at": expires_at,
+            "revoked": False,
+        }
+        for token_id, expires_at in (("000000000001", now - 60), ("000000000002", now + 3600))
+    ]
+    table = invoke("token", "ls")
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "00000000000" in line}
+    assert "(expired)" in rows["000000000001"] and "(expired)" not in rows["000000000002"]
+
+
+def test_stat_shows_whether_and_until_when_a_shard_is_pinned(client: FakeClient) -> None:
+    client.shards = {"ttl", "pinned", "loose"}
+    shown = {name: invoke("stat", "ds", name).stdout for name in client.shards}
+    assert "pinned" in shown["loose"]  # the column
+    assert "until 2023-11-14 23:13" in shown["ttl"]
+    assert " yes " in shown["pinned"].replace("│", " ")
+    assert "until" not in shown["loose"]
+
+
+def test_an_update_with_nothing_to_update_is_refused(client: FakeClient) -> None:
+    refused = invoke("dataset", "update", "ds")
+    assert refused.exit_code == 2
+    assert "nothing to update" in one_error_line(refused)
+    assert not [call for call in client.calls if call[0] == "update_dataset"]
+
+
+def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> None:
+    client.shards = {"a", "pinned", "unarchived", "cold"}
+    done = invoke("--json", "evict", "ds", "a", "pinned", "unarchived", "cold")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {
+        "freed_bytes": 100,
+        "kept": {
+            "pinned": "pinned (unpin it first)",
+            "unarchived": "not archived yet: the hot copy is the only one",
+        },
+    }
+    table = invoke("evict", "ds", "pinned", "a")
+    assert table.exit_code == 0, table.output
+    assert "freed 100 bytes" in table.stdout and "kept pinned: pinned" in table.stdout
+
+
+def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:
+    shown = invoke("stats")
+    assert shown.exit_code == 0, shown.output
+    assert "n/a (no reads)" in shown.stdout and "0.0%" not in shown.stdout
+    assert "no traced reads yet" in shown.stdout and "100.0%" not in shown.stdout
 
 
 def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:

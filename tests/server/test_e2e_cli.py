@@ -206,10 +206,14 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     admin.put(dataset, "b", b"b" * 20_000)
 
     assert ok(env, "pin", dataset, "a", "b") == {"pinned": ["a", "b"], "bytes_queued": 0}
-    assert ok(env, "evict", dataset, "a", "b") == {"freed_bytes": 0}  # pinned
+    pinned = "pinned (unpin it first)"
+    assert ok(env, "evict", dataset, "a", "b") == {
+        "freed_bytes": 0,
+        "kept": {"a": pinned, "b": pinned},
+    }
     assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"]}
-    freed = ok(env, "evict", dataset, "a", "b")["freed_bytes"]
-    assert freed >= 30_000
+    evicted = ok(env, "evict", dataset, "a", "b")
+    assert evicted["freed_bytes"] >= 30_000 and evicted["kept"] == {}
     assert not admin.stat(dataset, "a").hot and not admin.stat(dataset, "b").hot
     assert ok(env, "prefetch", dataset, "a", "b") == {"queued": 2}
     poll(
@@ -255,7 +259,10 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     assert ok(env, "pin", dataset, "a", "--ttl", "3600") == {"pinned": ["a"], "bytes_queued": 0}
     info = admin.stat(dataset, "a")
     assert info.pinned and info.pinned_until > info.created_at + 3000
-    assert ok(env, "evict", dataset, "a") == {"freed_bytes": 0}
+    assert ok(env, "evict", dataset, "a") == {
+        "freed_bytes": 0,
+        "kept": {"a": "pinned (unpin it first)"},
+    }
     assert run(env, "pin", dataset, "a", "--ttl", "-1").returncode == 2
 
 

@@ -127,6 +127,11 @@ def test_revoke(store: TokenStore, clock: Clock) -> None:
     assert refused(TokenStore(store.path, clock=clock), token) == AuthFailure.REVOKED
     with pytest.raises(NotFound):
         store.revoke("nope")
+    # A whole token given as the id: refused without echoing its secret part.
+    with pytest.raises(InvalidArgument, match="whole token, not a token id") as caught:
+        store.revoke(other)
+    assert other.split("_")[2][:8] not in str(caught.value)
+    assert store.authenticate(other).name == "bob"  # and not revoked
 
 
 def test_expiry(store: TokenStore, clock: Clock) -> None:

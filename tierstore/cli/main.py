@@ -252,7 +252,9 @@ def _run(action: Any) -> Any:
 
 
 def _shard_table(shards: list[Any]) -> Table:
-    table = Table("name", "size", "frames", "kind", "hot", "archived", "encrypted", "reads")
+    table = Table(
+        "name", "size", "frames", "kind", "hot", "pinned", "archived", "encrypted", "reads"
+    )
     for s in shards:
         table.add_row(
             s.name,
@@ -260,6 +262,7 @@ def _shard_table(shards: list[Any]) -> Table:
             str(s.frame_count),
             s.kind.value,
             _yes(s.hot),
+            _pin_state(s.pinned, s.pinned_until),
             _yes(s.archived),
             _yes(s.encrypted),
             str(s.access_count),
@@ -269,6 +272,13 @@ def _shard_table(shards: list[Any]) -> Table:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _pin_state(pinned: bool, until: float) -> str:
+    """ "no", "yes" (until unpinned), or "until <UTC minute>" for a pin with a TTL."""
+    if not pinned:
+        return "no"
+    return f"until {_utc_minute(until)}" if until else "yes"
 
 
 # serve
@@ -405,6 +415,10 @@ def dataset_update(
 ) -> None:
     """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
     quota evicts the dataset's archived, unpinned shards down to it."""
+    if durability is None and hot_quota is None:
+        raise _fail(
+            errors.InvalidArgument("nothing to update: give --durability and/or --hot-quota")
+        )
     _check_hot_quota(hot_quota)
     settings = _run(
         lambda: _client().update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
@@ -547,7 +561,8 @@ def get(
     offset: int = 0,
     length: int | None = None,
 ) -> None:
-    """Download a shard (or a byte range of it)."""
+    """Download a shard (or a byte range of it). Without -o the bytes go to stdout as
+    they are, --json or not (with -o, --json prints what was written)."""
     if output is not None:
         _check_output(output)
     data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
@@ -645,10 +660,31 @@ def prefetch(dataset: str, shards: list[str]) -> None:
 
 @app.command(cls=_ClientCommand)
 def evict(dataset: str, shards: list[str]) -> None:
-    """Drop shards from the hot tier (only ones the archive holds)."""
+    """Drop shards from the hot tier (only ones the archive holds, and not pinned). A hot
+    shard that stays is reported with the reason ("kept"), so nothing looks evicted
+    that is not."""
     client = _client()
-    freed = sum(_shard_by_shard(shards, lambda s: client.evict(dataset, s), "evicted"))
-    _emit({"freed_bytes": freed}, f"freed {freed:,} bytes")
+    freed_each = _shard_by_shard(shards, lambda s: client.evict(dataset, s), "evicted")
+    kept = {
+        shard: why
+        for shard, freed in zip(shards, freed_each, strict=True)
+        if not freed and (why := _why_still_hot(client, dataset, shard))
+    }
+    freed = sum(freed_each)
+    lines = [f"freed {freed:,} bytes", *(f"kept {shard}: {why}" for shard, why in kept.items())]
+    _emit({"freed_bytes": freed, "kept": kept}, "\n".join(lines))
+
+
+def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
+    """Why an evict freed nothing of ``shard``: "" when it is cold (nothing to do)."""
+    info = _run(lambda: client.stat(dataset, shard))
+    if not info.hot:
+        return ""
+    if info.pinned:
+        return "pinned (unpin it first)"
+    if not info.archived:
+        return "not archived yet: the hot copy is the only one"
+    return "hot again (read or promoted since)"
 
 
 @app.command(cls=_ClientCommand)
@@ -677,7 +713,7 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
             f"{d['hot_bytes']:,}",
             str(d["hits"]),
             str(d["misses"]),
-            f"{d['hit_ratio']:.1%}",
+            f"{d['hit_ratio']:.1%}" if d["hits"] + d["misses"] else "n/a (no reads)",
         )
     table.caption = (
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
@@ -685,10 +721,15 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
     )
     capacity = figures["hot_capacity_bytes"]
     sizing = Table("hot-tier size", "of capacity", "miss ratio (LRU)")
-    for point in figures["sizing"]:
+    traced = figures["traced_reads"]
+    for point in figures["sizing"] if traced else []:  # no reads: no curve, not 100% misses
         share = point["capacity_bytes"] / capacity if capacity else 0.0
         sizing.add_row(f"{point['capacity_bytes']:,}", f"{share:g}x", f"{point['miss_ratio']:.1%}")
-    sizing.caption = f"sizing curve over the last {figures['traced_reads']:,} traced reads"
+    sizing.caption = (
+        f"sizing curve over the last {traced:,} traced reads"
+        if traced
+        else "sizing curve: no traced reads yet"
+    )
     _emit(dict(figures), Group(table, sizing))
 
 
@@ -786,9 +827,12 @@ def token_ls() -> None:
         _emit(tokens)
         return
     table = Table("id", "principal", "grants", "expires", "revoked")
+    now = time.time()
     for t in tokens:
         grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"])
         expires = _utc_minute(t["expires_at"]) if t["expires_at"] else "never"
+        if t["expires_at"] and t["expires_at"] <= now:  # NaN compares false: not marked
+            expires += " (expired)"
         table.add_row(t["token_id"], t["principal"], grants, expires, _yes(t["revoked"]))
     _emit(tokens, table)
 

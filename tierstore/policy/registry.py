@@ -60,8 +60,11 @@ def _load(name: str, path: str) -> type[Policy]:
 def check_policy_name(name: str) -> None:
     """Raise UnknownPolicy (listing the valid names) if no policy answers to ``name``."""
     if name not in _LIVE and name not in _OFFLINE:
-        valid = ", ".join((*POLICY_NAMES, *OFFLINE_POLICY_NAMES))
-        raise UnknownPolicy(f"no placement policy is called {name!r}; valid names: {valid}")
+        raise UnknownPolicy(
+            f"no placement policy is called {name!r}; valid names: "
+            f"{', '.join(POLICY_NAMES)} (and, in the simulator only, "
+            f"{', '.join(OFFLINE_POLICY_NAMES)})"
+        )
 
 
 def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: Any) -> Policy:

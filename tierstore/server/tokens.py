@@ -164,12 +164,19 @@ class TokenStore:
         """Revoke a token for good; revoking a revoked token again is a no-op.
 
         Returns the token's updated info. Raises :class:`~tierstore.errors.NotFound` for
-        an unknown id, :class:`OSError` if the store cannot be written.
+        an unknown id, InvalidArgument for a whole token given as the id (its secret is
+        never echoed), :class:`OSError` if the store cannot be written.
         """
         with self._lock:
             record = self._records.get(token_id)
+            if record is None and _TOKEN_RE.fullmatch(token_id):
+                # A whole token was given: never echo its secret part (errors reach logs).
+                raise InvalidArgument(
+                    "that is a whole token, not a token id: give only its id, the 12 hex "
+                    "characters after 'ts_'"
+                )
             if record is None:
-                raise NotFound(f"no token {token_id[:40]!r}")
+                raise NotFound(f"no token {token_id[:16]!r}")
             if record.info.revoked:
                 return record.info
             revoked = dataclasses.replace(
