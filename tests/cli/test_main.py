@@ -24,7 +24,7 @@ from tierstore.cli import main
 from tierstore.cli.main import app
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
-CONNECTION = {"address", "token", "token_file", "ca", "insecure", "json_output"}
+CONNECTION = {"address", "token", "token_file", "ca", "insecure", "timeout", "json_output"}
 
 
 @dataclass
@@ -186,6 +186,15 @@ def test_connection_options_before_or_after_the_command(
         "ca": Path("ca.pem"),
         "insecure": False,
     }
+
+
+def test_timeout_bounds_every_call_and_must_be_positive(client: FakeClient) -> None:
+    assert invoke("--timeout", "2.5", "dataset", "ls").exit_code == 0
+    assert (client.timeout_s, client.stream_timeout_s) == (2.5, 2.5)  # type: ignore[attr-defined]
+    for bad in ("0", "-1", "nan", "inf"):
+        refused = invoke("dataset", "ls", "--timeout", bad)
+        assert refused.exit_code == 2, bad
+        assert "--timeout must be > 0 seconds" in one_error_line(refused)
 
 
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:

@@ -434,6 +434,20 @@ def test_a_token_file_instead_of_the_token(
         assert refused.returncode == 2 and message in one_line_error(refused)
 
 
+def test_a_call_past_its_timeout_and_plaintext_to_a_tls_port_say_so(
+    server: ServerProcess,
+) -> None:
+    env = server.cli_env()
+    late = run_process(env, "--timeout", "0.000001", "dataset", "ls")
+    assert late.returncode == 5
+    line = one_line_error(late)
+    assert "DEADLINE_EXCEEDED" in line and "--timeout changes it" in line
+    plaintext = run_process(env, "--insecure", "dataset", "ls")
+    assert plaintext.returncode == 5
+    assert "drop --insecure and give --ca" in one_line_error(plaintext)
+    assert run_process(env, "--timeout", "60", "dataset", "ls").returncode == 0
+
+
 def test_rm_reports_what_it_deleted_before_an_error(
     env: dict[str, str], admin: Client, dataset: str
 ) -> None:
@@ -549,6 +563,7 @@ def test_serve_errors_exit_codes(
         line = one_line_error(done)
         if code == 5:
             assert "cannot listen on" in line and next(a for a in args if a in taken) in line
+            assert "-listen)" in line  # the flag that chose the port
         else:
             assert "loopback" in line
         assert b"tierstore: ready" not in done.stdout

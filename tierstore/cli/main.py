@@ -2,10 +2,10 @@
 
 Every command but ``serve`` and ``simulate`` talks to a server through
 :mod:`tierstore.client`, and takes the connection options (``--address``, ``--token`` or
-``--token-file``, ``--ca``, ``--insecure``) and ``--json`` before or after its name; the
-connection options default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` (or
-``TIERSTORE_TOKEN_FILE``) and ``TIERSTORE_CA``. Errors print
-one line on stderr and exit non-zero (2 for a caller's mistake, 3 for not found, 4 for
+``--token-file``, ``--ca``, ``--insecure``, ``--timeout``) and ``--json`` before or after
+its name; the connection options default to ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` (or
+``TIERSTORE_TOKEN_FILE``) and ``TIERSTORE_CA``. Errors print one line on stderr and exit
+non-zero (2 for a caller's mistake, 3 for not found, 4 for
 permission problems, 5 for unavailable, 6 for data loss, 1 otherwise); ``--json`` prints
 results for scripts.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -81,6 +82,8 @@ class _State:
     token_file: Path | None = None
     ca: Path | None = None
     insecure: bool = False
+    #: seconds any one call may take (None: the client's defaults)
+    timeout: float | None = None
     json: bool = False
     #: clients this command made, closed when it ends (see _client)
     clients: list[Any] = field(default_factory=list)
@@ -116,6 +119,14 @@ def _options(
     insecure: Annotated[
         bool, typer.Option(help="plaintext (loopback servers only)", rich_help_panel=_CONNECTION)
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds a call may take, then it fails (default: 30, and 3600 for "
+            "transfers such as get and put)",
+            rich_help_panel=_CONNECTION,
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="print JSON for scripts", rich_help_panel=_CONNECTION)
     ] = False,
@@ -123,7 +134,7 @@ def _options(
     # Given before the command's name; _ClientCommand adds what is given after it.
     context.call_on_close(_close_clients)
     state.address, state.token, state.token_file, state.ca = address, token, token_file, ca
-    state.insecure, state.json = insecure, json_output
+    state.insecure, state.timeout, state.json = insecure, timeout, json_output
 
 
 def _connection_options() -> list[Any]:
@@ -153,6 +164,7 @@ class _ClientCommand(TyperCommand):
         state.token_file = given["token_file"] or state.token_file
         state.ca = given["ca"] or state.ca
         state.insecure = given["insecure"] or state.insecure
+        state.timeout = given["timeout"] if given["timeout"] is not None else state.timeout
         state.json = given["json_output"] or state.json
         return super().invoke(ctx)
 
@@ -165,6 +177,8 @@ def _client() -> Any:
 
     if state.token and state.token_file:
         raise _fail(errors.InvalidArgument("give --token or --token-file, not both"))
+    if state.timeout is not None and not 0 < state.timeout < math.inf:
+        raise _fail(errors.InvalidArgument(f"--timeout must be > 0 seconds, not {state.timeout}"))
     try:
         client = connect(
             state.address,
@@ -175,6 +189,8 @@ def _client() -> Any:
         )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...
         raise _fail(exc) from None
+    if state.timeout is not None:  # unary calls and streams alike: an admin's bound
+        client.timeout_s = client.stream_timeout_s = state.timeout
     state.clients.append(client)
     return client
 
@@ -212,6 +228,16 @@ _TLS_HINT = (
     "TLS failed: is --ca / TIERSTORE_CA the server's tls/ca.pem, and --address / "
     "TIERSTORE_ADDRESS its API port?"
 )
+_INSECURE_HINT = (
+    "--insecure speaks plaintext, and a TLS server closes such connections: drop "
+    "--insecure and give --ca, unless the server runs with --insecure too"
+)
+
+
+def _deadline_text() -> str:
+    if state.timeout is not None:
+        return f"{state.timeout:g} s"
+    return "30 s (3600 s for transfers)"
 
 
 def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
@@ -220,6 +246,10 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     text = message or str(exc)
     if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
+    elif isinstance(exc, errors.Unavailable) and state.insecure:
+        text += f" ({_INSECURE_HINT})"
+    if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
+        text += f" (a call may take {_deadline_text()}; --timeout changes it)"
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
     err.print(
         Text.assemble(("error:", "red"), f" {type(exc).__name__}: {text}"),
@@ -879,7 +909,7 @@ def main() -> None:
 
 
 #: top-level options that take a value (the next argument, unless given as --opt=value)
-_VALUED_OPTIONS = frozenset({"--address", "--token", "--token-file", "--ca"})
+_VALUED_OPTIONS = frozenset({"--address", "--token", "--token-file", "--ca", "--timeout"})
 
 
 def _command_name(argv: list[str]) -> str | None:

@@ -119,9 +119,11 @@ def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials
         else:
             port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        raise Unavailable(f"cannot listen on {address}: {exc}") from exc
+        raise Unavailable(f"cannot listen on {address} (the API, --listen): {exc}") from exc
     if port == 0:
-        raise Unavailable(f"cannot listen on {address}: address in use or not allowed")
+        raise Unavailable(
+            f"cannot listen on {address} (the API, --listen): address in use or not allowed"
+        )
     return port
 
 

@@ -38,6 +38,8 @@ __all__ = ["HealthPort"]
 
 _T = TypeVar("_T")
 _SERVICE = "grpc.health.v1.Health"
+#: what a bind failure names: the port and the flag that chose it
+_ROLE = "the plaintext health port, --health-listen"
 #: calls at once on one connection, and how long a connection lives (then a grace).
 _MAX_STREAMS = 16
 _MAX_CONNECTION_AGE_MS = 10_000
@@ -116,9 +118,11 @@ class HealthPort:
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise Unavailable(f"cannot listen on {address}: {exc}") from exc
+            raise Unavailable(f"cannot listen on {address} ({_ROLE}): {exc}") from exc
         if port == 0:
-            raise Unavailable(f"cannot listen on {address}: address in use or not allowed")
+            raise Unavailable(
+                f"cannot listen on {address} ({_ROLE}): address in use or not allowed"
+            )
         return server, port
 
     def _handlers(self) -> grpc.GenericRpcHandler:

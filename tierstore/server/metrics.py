@@ -90,7 +90,9 @@ class ServerMetrics:
         try:
             self._http = start_http_server(int(port), addr=host, registry=self.registry)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
-            raise Unavailable(f"cannot listen on {address}: {exc}") from exc
+            raise Unavailable(
+                f"cannot listen on {address} (/metrics, --metrics-listen): {exc}"
+            ) from exc
         return int(self._http[0].server_address[1])
 
     def stop_serving(self) -> None:
