@@ -53,6 +53,15 @@ def quota_store(
     )
 
 
+def full_and_archived(open_store: StoreFactory) -> Store:
+    """A quota store whose quota is full of shards s0..s2, all archived (evictable)."""
+    store = quota_store(open_store, MemoryTier())
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    return store
+
+
 def full_with_uploads_held(
     open_store: StoreFactory, pin: bool = False, **settings: Any
 ) -> tuple[Store, FaultyTier]:
@@ -125,10 +134,7 @@ def test_a_put_that_finds_no_evictable_room_fails_and_changes_nothing(
 
 
 def test_a_put_refused_for_its_quota_evicts_nothing(open_store: StoreFactory) -> None:
-    store = quota_store(open_store, MemoryTier())
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-    assert store.drain(10)
+    store = full_and_archived(open_store)
     store.pin("capped", "s0")
     store.pin("capped", "s1")
     # Evicting s2 (the only evictable shard) would not make room for two shards' bytes.
@@ -252,10 +258,7 @@ def test_quota_wait_zero_refuses_at_once(
 def test_an_overwrite_at_the_quota_evicts_nothing_for_the_bytes_it_replaces(
     open_store: StoreFactory,
 ) -> None:
-    store = quota_store(open_store, MemoryTier())
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-    assert store.drain(10)
+    store = full_and_archived(open_store)
     store.put("capped", "s1", payload(SIZE, 7))  # same size: the old generation leaves
     assert all(store.stat("capped", f"s{i}").hot for i in range(3))
     assert store.get("capped", "s1").to_bytes() == payload(SIZE, 7)
@@ -329,14 +332,22 @@ def test_promotions_stay_within_the_quota(open_store: StoreFactory) -> None:
 
 
 def test_lowering_the_quota_evicts_down_to_it(open_store: StoreFactory) -> None:
-    store = quota_store(open_store, MemoryTier())
-    for index in range(3):
-        store.put("capped", f"s{index}", payload(SIZE, index))
-    assert store.drain(10)
+    store = full_and_archived(open_store)
     store.update_dataset("capped", hot_quota_bytes=STORED)
     wait_until(lambda: dataset_hot_bytes(store, "capped") <= STORED, "eviction to the new quota")
     for index in range(3):
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
+    open_store: StoreFactory,
+) -> None:
+    store = full_and_archived(open_store)
+    store.pin("capped", "s0")
+    store.pin("capped", "s1")
+    store.update_dataset("capped", hot_quota_bytes=STORED)  # below the pinned two
+    wait_until(lambda: not store.stat("capped", "s2").hot, "the unpinned shard to go")
+    assert store.stat("capped", "s0").hot and store.stat("capped", "s1").hot
 
 
 def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(

@@ -768,21 +768,29 @@ class Mover:
                 if settings.hot_quota_bytes > 0
             ]
         # Quotas first: what they free counts towards the watermark too.
-        freed = sum(self.make_room_in_quota(name, quota, 0) for name, quota in quotas)
+        # As far as archived shards allow, even when pins keep it above the quota.
+        freed = sum(
+            self.make_room_in_quota(name, quota, 0, all_or_nothing=False) for name, quota in quotas
+        )
         if hot - freed <= self._high_watermark_bytes():
             return freed
         return freed + self.evict(hot - freed - self._low_watermark_bytes())
 
-    def make_room_in_quota(self, dataset: str, quota: int, incoming: int) -> int:
+    def make_room_in_quota(
+        self, dataset: str, quota: int, incoming: int, *, all_or_nothing: bool = True
+    ) -> int:
         """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
         (archived, unpinned, as its policy chooses) if it would pass its ``quota``
-        (0: none) — all the room at once or none, so a put that is refused for its
-        quota has evicted nothing. Returns bytes freed. Best effort: the writer checks
-        the quota again in its write transaction."""
+        (0: none). ``all_or_nothing`` (for a put): all the room at once or none, so a put
+        refused for its quota has evicted nothing; without it (a lowered quota), as much
+        as archived shards allow. Returns bytes freed. Best effort: the writer checks the
+        quota again in its write transaction."""
         if quota <= 0:
             return 0
         over = self._policies.hot_bytes(dataset) + incoming - quota
-        return self.evict(over, dataset=dataset, only_if_enough=True) if over > 0 else 0
+        if over <= 0:
+            return 0
+        return self.evict(over, dataset=dataset, only_if_enough=all_or_nothing)
 
     def fits_quota(self, dataset: str, quota: int, incoming: int, leaving: int = 0) -> bool:
         """Whether ``dataset`` may hold ``incoming`` more hot bytes while ``leaving`` of

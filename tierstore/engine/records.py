@@ -275,11 +275,15 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
     """Inverse of :func:`encode_dataset`. Raises IntegrityError for an unreadable one."""
     try:
         document = json.loads(bytes(raw))
-        # Each value as written: DatasetSettings refuses one of the wrong type.
+        # Each value as written (DatasetSettings refuses one of the wrong type), except
+        # a whole-number float quota: earlier releases stored what update_dataset got.
+        quota = document.get("hot_quota_bytes", 0)
+        if isinstance(quota, float) and quota.is_integer():
+            quota = int(quota)
         return DatasetSettings(
             encrypted=document["encrypted"],
             durability=document["durability"],
-            hot_quota_bytes=document.get("hot_quota_bytes", 0),
+            hot_quota_bytes=quota,
             policy=document.get("policy", DEFAULT_POLICY_NAME),
         )
     except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
