@@ -197,6 +197,22 @@ def test_timeout_bounds_every_call_and_must_be_positive(client: FakeClient) -> N
         assert "--timeout must be > 0 seconds" in one_error_line(refused)
 
 
+@pytest.mark.parametrize(
+    ("failure", "hinted"),
+    [("Socket closed", True), ("failed to connect to all addresses; Connection refused", False)],
+)
+def test_the_insecure_hint_only_for_a_connection_a_tls_server_would_drop(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch, failure: str, hinted: bool
+) -> None:
+    def unavailable() -> None:
+        raise errors.Unavailable(failure)
+
+    monkeypatch.setattr(client, "list_datasets", unavailable)
+    refused = invoke("--insecure", "dataset", "ls")
+    assert refused.exit_code == 5
+    assert ("drop --insecure" in one_error_line(refused)) is hinted
+
+
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:
     result = invoke("--address", "before:1", "--insecure", "dataset", "ls", "--address", "after:2")
     assert result.exit_code == 0, result.output

@@ -228,6 +228,8 @@ _TLS_HINT = (
     "TLS failed: is --ca / TIERSTORE_CA the server's tls/ca.pem, and --address / "
     "TIERSTORE_ADDRESS its API port?"
 )
+#: what gRPC says when a TLS server drops a plaintext connection
+_CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
 _INSECURE_HINT = (
     "--insecure speaks plaintext, and a TLS server closes such connections: drop "
     "--insecure and give --ca, unless the server runs with --insecure too"
@@ -246,7 +248,7 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     text = message or str(exc)
     if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
-    elif isinstance(exc, errors.Unavailable) and state.insecure:
+    elif isinstance(exc, errors.Unavailable) and state.insecure and _CLOSED.search(text):
         text += f" ({_INSECURE_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {_deadline_text()}; --timeout changes it)"

@@ -37,9 +37,13 @@ from typing import Any, TextIO
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
-from tierstore.engine.store import Store
+from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import FailedPrecondition, InvalidArgument
-from tierstore.private_files import ensure_private_dir, hold_lock_or_name_holder
+from tierstore.private_files import (
+    ensure_private_dir,
+    hold_lock_or_name_holder,
+    write_private_file,
+)
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.tls import ensure_tls_material
@@ -111,9 +115,18 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
         settings = load_settings(options.config_file, archive=archive, **overrides)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
+        # A hot tier this start makes (the node is new, or its hot tier was lost) is
+        # checked against the archive before serving. The mark is durable before LMDB
+        # makes the hot tier and goes only once the check has passed, so a start killed
+        # in between (mid-rebuild, say) leaves the check to the next start.
+        unchecked = data_dir / _UNCHECKED_MARK
+        if not (hot_tier_dir(data_dir) / "data.mdb").exists():
+            write_private_file(unchecked, b"hot tier not yet checked against the archive\n")
         store = open_store(settings, observe_archive=metrics.observe_archive)
         cleanup.callback(store.close)
-        _recover_a_lost_catalog(store, options.rebuild_from_archive, out)
+        if unchecked.exists():
+            _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
+            unchecked.unlink()
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None
@@ -164,26 +177,34 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     return 0
 
 
-def _recover_a_lost_catalog(store: Store, rebuild: bool, out: TextIO) -> None:
-    """A node whose hot tier holds no catalog over an archive that holds objects has lost
-    its hot tier (or was pointed at another node's archive): with ``rebuild``, rebuild
-    the catalog from the archive; without, refuse to start (FailedPrecondition), since
-    writes accepted now would make the archive's shards unreachable. Raises
-    ArchiveUnavailable when the archive cannot be listed (an empty catalog cannot be
-    told apart from a lost one then)."""
-    if store.list_datasets() or not store.archive_holds_objects():
-        return  # a restart with its catalog, or a new node over an empty archive
+#: In the data directory while a new hot tier has not been checked against the archive.
+_UNCHECKED_MARK = "hot-tier.unchecked"
+
+
+def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO) -> None:
+    """For a hot tier made by this start (or by one that stopped before this check
+    passed). Over an archive that holds objects, the hot tier was lost (or this node was
+    given another node's archive): with ``rebuild``, rebuild the catalog from the
+    archive; without, refuse to start (FailedPrecondition), since writes accepted now
+    would make the archive's shards unreachable. Raises ArchiveUnavailable when the
+    archive cannot be listed (a new node cannot be told apart from a lost hot tier
+    then). A hot tier that passed the check is never checked again: a node whose
+    datasets were all deleted restarts as it is."""
+    if store.list_datasets():
+        return  # a rebuild that committed before its start was stopped
+    if not store.archive_holds_objects():
+        return  # a new node over an empty archive
     if not rebuild:
         raise FailedPrecondition(
-            "the hot tier holds no catalog, but the archive holds objects: the hot tier "
-            "was lost (or this node was given another node's archive). Start with "
+            "the hot tier is new, but the archive holds objects: the hot tier was lost "
+            "(or this node was given another node's archive). Start with "
             "--rebuild-from-archive to rebuild the catalog from the archive, or give "
             "this node an archive --bucket/--prefix of its own"
         )
     recovered = store.rebuild_from_archive()
     datasets = len(store.list_datasets())
     out.write(
-        f"tierstore: the hot tier held no catalog; rebuilt the catalog from the archive: "
+        f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "
         f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
     )
     out.flush()

@@ -781,8 +781,9 @@ def connect(
     Unset arguments come from ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
     ``TIERSTORE_CA`` (a PEM file: the server's CA, ``<data-dir>/tls/ca.pem``).
     ``token_file`` (or ``TIERSTORE_TOKEN_FILE``): a file holding the token, read now
-    (:func:`~tierstore.client.tokenfile.read_token_file`); a token given directly wins
-    over one from a file, and an argument over the environment.
+    (:func:`~tierstore.client.tokenfile.read_token_file`): give ``token`` or
+    ``token_file``, not both; an argument wins over the environment, and
+    ``TIERSTORE_TOKEN`` over ``TIERSTORE_TOKEN_FILE``.
     ``client_cert``/``client_key``: PEM files for mutual TLS. ``insecure``: plaintext,
     allowed only to loopback addresses. ``local_reads``: read hot shards in place when
     the server is on this host (docs/local-reads.md); unset, on unless

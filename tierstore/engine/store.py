@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -75,7 +76,7 @@ from tierstore.types import (
     TraceEvent,
 )
 
-__all__ = ["Store", "StoreStats"]
+__all__ = ["Store", "StoreStats", "hot_tier_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ class StoreStats:
     quota_waiting_puts: int = 0
 
 
+def hot_tier_dir(data_dir: Path) -> Path:
+    """Where a store in ``data_dir`` keeps its LMDB hot tier (frames and catalog)."""
+    return data_dir / "hot"
+
+
 class Store:
     """One node's storage engine. Use :meth:`close` (or ``with``) when done."""
 
@@ -121,7 +127,7 @@ class Store:
         # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
         self._rotation_lock = threading.Lock()
         self._env = LmdbEnvironment(
-            settings.data_dir / "hot", settings.effective_map_size, DB_NAMES
+            hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
         )
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
