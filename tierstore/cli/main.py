@@ -33,6 +33,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from tierstore import errors
+from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.types import Grant, Role, ShardInfo
 
 T = TypeVar("T")
@@ -93,6 +94,8 @@ state = _State()
 
 
 _CONNECTION = "Connection"
+#: the client's deadlines when --timeout is not given
+_DEFAULT_DEADLINES = f"{DEFAULT_TIMEOUT_S:g} s, {DEFAULT_STREAM_TIMEOUT_S:g} s for transfers"
 
 
 @app.callback()
@@ -122,8 +125,7 @@ def _options(
     timeout: Annotated[
         float | None,
         typer.Option(
-            help="seconds a call may take, then it fails (default: 30, and 3600 for "
-            "transfers such as get and put)",
+            help=f"seconds a call may take, then it fails (default: {_DEFAULT_DEADLINES})",
             rich_help_panel=_CONNECTION,
         ),
     ] = None,
@@ -237,9 +239,7 @@ _INSECURE_HINT = (
 
 
 def _deadline_text() -> str:
-    if state.timeout is not None:
-        return f"{state.timeout:g} s"
-    return "30 s (3600 s for transfers)"
+    return _DEFAULT_DEADLINES if state.timeout is None else f"{state.timeout:g} s"
 
 
 def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
@@ -354,8 +354,8 @@ def serve(
     rebuild_from_archive: Annotated[
         bool,
         typer.Option(
-            help="if the hot tier holds no catalog but the archive holds objects (a lost "
-            "hot tier), rebuild the catalog from the archive instead of refusing to start"
+            help="if this start makes a new hot tier while the archive holds objects (a "
+            "lost hot tier), rebuild the catalog from the archive instead of refusing to start"
         ),
     ] = False,
 ) -> None:

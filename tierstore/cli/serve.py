@@ -79,7 +79,7 @@ class ServeOptions:
     #: readers on this host may read the hot tier in place (docs/local-reads.md).
     local_reads: bool = True
     local_grant_ttl_s: float = 60.0
-    #: an empty hot tier over an archive with objects: rebuild the catalog from it
+    #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).
     rebuild_from_archive: bool = False
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
+from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
     LocalReadOptions,
@@ -125,8 +126,8 @@ class Client:
         self,
         settings: ChannelSettings,
         *,
-        timeout_s: float = 30.0,
-        stream_timeout_s: float = 3600.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        stream_timeout_s: float = DEFAULT_STREAM_TIMEOUT_S,
         frame_bytes: int = DEFAULT_FRAME_BYTES,
         local: LocalReadOptions | None = None,
     ) -> None:
@@ -772,7 +773,7 @@ def connect(
     client_cert: str | Path | None = None,
     client_key: str | Path | None = None,
     insecure: bool = False,
-    timeout_s: float = 30.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     environ: dict[str, str] | None = None,
     local_reads: bool | None = None,
 ) -> Client:

@@ -10,11 +10,10 @@ schema frame is read and checked against the first's (a small read per shard, in
 threads, in the main process; no shard is read whole), and a shard written before row
 counts were recorded is counted from the metadata of its frames. Pass ``rows=`` (e.g. a
 previous object's :attr:`MapDataset.rows`) to skip that pass (drift is then found when a
-shard is read). Each
-process keeps its most recently used shards converted in a small LRU cache
-(``cache_shards``): a read is a whole shard, so samplers that visit a shard's rows close
-together are the fast case, and a uniform random sampler over many shards reads a shard
-per sample.
+shard is read). Each process keeps its most recently used shards converted in a small LRU
+cache (``cache_shards``): a read is a whole shard, so samplers that visit a shard's rows
+close together are the fast case, and a uniform random sampler over many shards reads a
+shard per sample.
 
 Process model and thread safety: as the iterable dataset, the object pickles without its
 client or cache and reconnects per process; ``__getitem__`` is thread-safe (the cache is
@@ -96,7 +95,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
             count_threads=count_threads,
         )
         #: row count of each shard, in name order
-        self.rows: dict[str, int] = self._given(self.shards.row_counts() if rows is None else rows)
+        self.rows: dict[str, int] = self.shards.row_counts() if rows is None else self._given(rows)
         counts = [self.rows[name] for name in self.shards.names]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._reset_cache()
