@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +24,9 @@ from tierstore.engine.records import (
     catalog_key,
     decode_dataset,
     encode_dataset,
+    shard_of_key,
 )
-from tierstore.errors import DatasetNotFound, ShardNotFound
+from tierstore.errors import DatasetNotFound, IntegrityError, ShardNotFound
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import DatasetSettings
 
@@ -33,6 +36,8 @@ FRAMES_DB = "frames"
 SHARDS_DB = "shards"
 DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", "meta")
 _U64 = struct.Struct(">Q")
+
+log = logging.getLogger(__name__)
 
 
 def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardRecord | None:
@@ -45,16 +50,31 @@ def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardReco
     raw = txn.get(catalog_key(dataset, name), db=shards_db)
     if raw is None:
         return None
-    record = ShardRecord.decode(raw)
+    try:
+        record = ShardRecord.decode(raw)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{dataset}/{name}: {exc}; its data cannot be read. Delete the shard (and put "
+            "it again), or rebuild the node's hot tier from the archive"
+        ) from exc
     # Long names share a truncated key prefix with a hash; the record holds the full name.
     return record if record.name == name else None
 
 
 class Catalog:
-    """Typed access to the catalog sub-databases. Stateless beyond its environment."""
+    """Typed access to the catalog sub-databases.
+
+    Its one state beyond the environment: the shard records it found unreadable
+    (:meth:`damaged_records`). LMDB keeps no checksum, so a record can be damaged on
+    disk; walks over records pass such a record by (one bad record must not stop the
+    node from opening, evicting or listing the rest) and note it here, where the
+    store's statistics report it, and point lookups of it raise IntegrityError.
+    """
 
     def __init__(self, environment: LmdbEnvironment) -> None:
         self._env = environment
+        self._damaged: dict[bytes, str] = {}
+        self._damaged_lock = threading.Lock()
 
     def _db(self, name: str) -> Any:
         return self._env.db(name)
@@ -85,7 +105,21 @@ class Catalog:
     # Shard records.
 
     def get_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord | None:
-        return lookup_shard(txn, self._db(SHARDS_DB), dataset, name)
+        """A shard's record, or ``None``. Raises IntegrityError for an unreadable one."""
+        try:
+            return lookup_shard(txn, self._db(SHARDS_DB), dataset, name)
+        except IntegrityError as exc:
+            self._note_damaged(catalog_key(dataset, name), exc.__cause__ or exc)
+            raise
+
+    def readable_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord | None:
+        """A shard's record; ``None`` when there is none or it is unreadable (then noted
+        in :meth:`damaged_records`). For background work that must pass a damaged
+        record by rather than stop at it."""
+        try:
+            return self.get_shard(txn, dataset, name)
+        except IntegrityError:
+            return None
 
     def require_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord:
         """A shard's record. Raises DatasetNotFound, ShardNotFound."""
@@ -132,6 +166,22 @@ class Catalog:
             elif start_after is None or raw_name > start_after.encode():
                 yield record
 
+    def hot_generations(self, txn: Any) -> tuple[set[int], bool]:
+        """The generation of every readable hot record, and whether any record was
+        unreadable (each one noted in :meth:`damaged_records`)."""
+        generations: set[int] = set()
+        damaged = False
+        for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
+            try:
+                record = ShardRecord.decode(raw)
+            except IntegrityError as exc:
+                self._note_damaged(bytes(key), exc)
+                damaged = True
+                continue
+            if record.hot:
+                generations.add(record.generation)
+        return generations, damaged
+
     def count_shards(self, txn: Any, dataset: str) -> int:
         """How many shards ``dataset`` holds (walks its keys; decodes no record)."""
         cursor = txn.cursor(db=self._db(SHARDS_DB))
@@ -143,9 +193,9 @@ class Catalog:
             positioned = cursor.next()
         return count
 
-    @staticmethod
-    def _in_name_order(cursor: Any, positioned: bool, head: bytes) -> Iterator[ShardRecord]:
-        """Records from the cursor on, while keys start with ``head``, sorted by name.
+    def _in_name_order(self, cursor: Any, positioned: bool, head: bytes) -> Iterator[ShardRecord]:
+        """Readable records from the cursor on, while keys start with ``head``, sorted by
+        name (unreadable ones are noted and passed by).
 
         Key order is name order except among names longer than the kept part that
         share it (their keys end in a hash): such a run is contiguous, and sorted here.
@@ -153,7 +203,12 @@ class Catalog:
         run: list[ShardRecord] = []
         run_head = ("", b"")
         while positioned and bytes(cursor.key()).startswith(head):
-            record = ShardRecord.decode(cursor.value())
+            try:
+                record = ShardRecord.decode(cursor.value())
+            except IntegrityError as exc:
+                self._note_damaged(bytes(cursor.key()), exc)
+                positioned = cursor.next()
+                continue
             raw_name = record.name.encode()
             if run and (record.dataset, raw_name[:KEPT_NAME_BYTES]) != run_head:
                 yield from sorted(run, key=lambda r: r.name.encode())
@@ -165,6 +220,46 @@ class Catalog:
                 yield record
             positioned = cursor.next()
         yield from sorted(run, key=lambda r: r.name.encode())
+
+    # Damaged records.
+
+    def _note_damaged(self, key: bytes, exc: BaseException) -> None:
+        shown = "/".join(shard_of_key(key))
+        with self._damaged_lock:
+            known = key in self._damaged
+            self._damaged[key] = f"{shown}: {exc}"
+        if not known:
+            log.error("catalog record %s is unreadable: %s", shown, exc)
+
+    def damaged_records(self) -> list[str]:
+        """The shard records found unreadable (``"dataset/name: why"``) and not since
+        deleted, by key. Filled by walks and lookups (opening a store walks them all)."""
+        with self._damaged_lock:
+            return [self._damaged[key] for key in sorted(self._damaged)]
+
+    def damaged_keys_of(self, txn: Any, dataset: str) -> list[bytes]:
+        """Keys of ``dataset``'s unreadable shard records, found by reading them all."""
+        head = dataset.encode() + b"\x00"
+        cursor = txn.cursor(db=self._db(SHARDS_DB))
+        positioned = cursor.set_range(head)
+        damaged = []
+        while positioned and bytes(cursor.key()).startswith(head):
+            try:
+                ShardRecord.decode(cursor.value())
+            except IntegrityError as exc:
+                self._note_damaged(bytes(cursor.key()), exc)
+                damaged.append(bytes(cursor.key()))
+            positioned = cursor.next()
+        return damaged
+
+    def delete_damaged(self, txn: Any, key: bytes) -> None:
+        """Delete an unreadable record (and its access statistics) by key; it is no
+        longer reported once ``txn`` commits (a failed commit leaves it unreported
+        until a walk finds it again)."""
+        txn.delete(key, db=self._db(SHARDS_DB))
+        txn.delete(key, db=self._db("access"))
+        with self._damaged_lock:
+            self._damaged.pop(key, None)
 
     # Counters and notes.
 

@@ -829,7 +829,8 @@ class Mover:
 
                 def evictable(key: Key) -> bool:
                     dataset, name = shard_of(key)
-                    record = self._catalog.get_shard(txn, dataset, name)
+                    # An unreadable record cannot be evicted: the policy forgets it.
+                    record = self._catalog.readable_shard(txn, dataset, name)
                     if record is None or not record.hot:
                         stale.append(key)
                         return False
@@ -849,7 +850,7 @@ class Mover:
                 for key in victims:
                     freed += self._evict_in(txn, *shard_of(key), now)
                 for key in stale:
-                    record = self._catalog.get_shard(txn, *shard_of(key))
+                    record = self._catalog.readable_shard(txn, *shard_of(key))
                     if record is None or not record.hot:
                         self._policies.removed(key)
             return freed

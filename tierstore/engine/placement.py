@@ -94,12 +94,13 @@ class Placement:
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
         """Queue promotion of every named shard that is not hot; returns how many were queued.
 
-        Unknown names are skipped (a prefetch is a hint). Raises DatasetNotFound.
+        Unknown names and unreadable records are skipped (a prefetch is a hint).
+        Raises DatasetNotFound.
         """
         queued = 0
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
-            records = [self._catalog.get_shard(txn, dataset, name) for name in shards]
+            records = [self._catalog.readable_shard(txn, dataset, name) for name in shards]
         for record in records:
             if record is not None and not record.hot and record.archived:
                 self._mover.promote(record, None)

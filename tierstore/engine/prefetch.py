@@ -106,8 +106,8 @@ class Prefetcher:
 
             def is_hot(key: Key) -> bool:
                 # "Hot" to a policy means: nothing to fetch. A shard that is gone, not
-                # archived (so hot anyway) or already on its way counts as hot.
-                record = self._catalog.get_shard(txn, *shard_of(key))
+                # archived (so hot anyway), unreadable or already on its way counts as hot.
+                record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or record.hot or not record.archived:
                     return True
                 if self._mover.is_promoting(record):

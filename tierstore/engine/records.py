@@ -41,6 +41,8 @@ __all__ = [
     "decode_dataset",
     "encode_dataset",
     "frame_key",
+    "generation_of_frame_key",
+    "shard_of_key",
 ]
 
 FORMAT_VERSION = 1
@@ -61,9 +63,21 @@ def catalog_key(dataset: str, shard: str) -> bytes:
     return dataset.encode() + b"\x00" + raw
 
 
+def shard_of_key(key: bytes) -> tuple[str, str]:
+    """``(dataset, name)`` of a record key, for messages and policies (the part of a
+    long name its key keeps, then its hash, shown escaped)."""
+    dataset, _, name = key.partition(b"\x00")
+    return dataset.decode(errors="backslashreplace"), name.decode(errors="backslashreplace")
+
+
 def frame_key(generation: int, index: int) -> str:
     """Hot-tier key of one frame; a generation's frames sort together and in order."""
     return f"{generation:016x}/{index:08x}"
+
+
+def generation_of_frame_key(key: str) -> int:
+    """The generation a :func:`frame_key` belongs to."""
+    return int(key.partition("/")[0], 16)
 
 
 def archive_frames_key(dataset: str, generation: int) -> str:

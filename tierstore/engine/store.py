@@ -38,6 +38,7 @@ from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
+from tierstore.engine.damaged import delete_damaged_in
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
@@ -48,7 +49,7 @@ from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
 from tierstore.engine.rebuild import restore_catalog, scan_archive
-from tierstore.engine.records import JournalOp
+from tierstore.engine.records import JournalOp, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import ShardSealers, stored_overhead
 from tierstore.engine.trace import TraceRing
@@ -58,6 +59,7 @@ from tierstore.errors import (
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
+    IntegrityError,
     StoreClosed,
     WrongShardKind,
 )
@@ -99,7 +101,8 @@ class StoreStats:
     live_read_leases: int
     slow_read_leases: int
     mover_error: str | None
-    #: shards the mover could not archive because their hot copy failed verification.
+    #: shards the mover could not archive because their hot copy failed verification,
+    #: then shards whose catalog record is unreadable (until deleted).
     data_loss: tuple[str, ...] = ()
     #: puts waiting for room in their dataset's hot-tier quota (``max_quota_waiters`` at most).
     quota_waiting_puts: int = 0
@@ -326,13 +329,15 @@ class Store:
                 with self._env.write() as txn:
                     self._catalog.require_dataset(txn, name)
                     records = list(self._catalog.iter_shards(txn, name))
-                    if records and not force:
+                    damaged = self._catalog.damaged_keys_of(txn, name)
+                    if (records or damaged) and not force:
                         raise FailedPrecondition(
-                            f"dataset {name!r} holds {len(records)} shards; delete them or "
-                            "use force"
+                            f"dataset {name!r} holds {len(records) + len(damaged)} shards; "
+                            "delete them or use force"
                         )
                     for record in records:
                         self._writer.delete_in(txn, record)
+                    self._delete_damaged_in(txn, damaged)
                     self._catalog.delete_dataset(txn, name)
                     self._catalog.append_journal(txn, JournalOp("dataset", name))
                     # Inside the transaction: nobody can create the dataset again before
@@ -389,9 +394,16 @@ class Store:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""
         self._check_shard_call(dataset, shard)
         with self._policies.undone_on_failure(), self._env.write() as txn:
-            record = self._catalog.require_shard(txn, dataset, shard)
-            self._writer.delete_in(txn, record)
+            try:
+                record = self._catalog.require_shard(txn, dataset, shard)
+            except IntegrityError:  # its record is unreadable: see tierstore.engine.damaged
+                self._delete_damaged_in(txn, [catalog_key(dataset, shard)])
+            else:
+                self._writer.delete_in(txn, record)
         self.mover.wake()
+
+    def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
+        delete_damaged_in(txn, self._catalog, self._frames, self._policies, keys)
 
     # Metadata.
 
@@ -791,6 +803,6 @@ class Store:
             live_read_leases=self._reader.leases.live,
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
             mover_error=self.mover.last_error,
-            data_loss=tuple(self.mover.data_loss),
+            data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
         )

@@ -134,6 +134,12 @@ class _StoreCollector(Collector):
             "puts waiting for the mover to make room in their dataset's quota",
             stats.quota_waiting_puts,
         )
+        yield GaugeMetricFamily(
+            "tierstore_data_loss_reports",
+            "shards reported lost (the log names them): hot copies that failed "
+            "verification before their upload, and unreadable catalog records",
+            len(stats.data_loss),
+        )
         yield CounterMetricFamily(
             "tierstore_promotions",
             "shards promoted into the hot tier",

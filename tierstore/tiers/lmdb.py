@@ -288,6 +288,11 @@ class LmdbTier:
         value: memoryview | None = txn.get(_encode_key(key), db=self._db())
         return value
 
+    def sizes_in(self, txn: Any) -> Iterator[tuple[str, int]]:
+        """Every key, in order, with its value's size (copies no value)."""
+        for raw, value in txn.cursor(db=self._db()):
+            yield bytes(raw).decode(), len(value)
+
     # The Tier protocol.
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:

@@ -1,0 +1,146 @@
+"""A shard record damaged on disk: the node keeps opening and serving the rest, reports
+it, and deleting the shard drops it with its hot frames."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
+from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.store import Store
+from tierstore.errors import FailedPrecondition, IntegrityError
+from tierstore.server.metrics import _StoreCollector
+from tierstore.tiers.memory import MemoryTier
+
+GARBAGE = b'{"v":1,"dataset":"plain","na'  # a record cut short
+
+
+def archive_keys(archive: MemoryTier, prefix: str) -> set[str]:
+    return set(archive.list(prefix, limit=10_000).keys)
+
+
+def filled(open_store: StoreFactory, archive: MemoryTier) -> Store:
+    """A store whose ``plain`` dataset holds a, b and c, and ``enc`` holds e, all archived."""
+    store = open_store(archive, datasets=DATASETS)
+    for index, name in enumerate("abc"):
+        store.put("plain", name, payload(2 * FRAME + 10, index))
+    store.put("enc", "e", payload(FRAME, 9))
+    assert store.drain(10)
+    return store
+
+
+def test_a_damaged_record_does_not_stop_the_store(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    put_raw_record(store, "plain", "a", GARBAGE)
+    store = open_store.reopen(store, archive)  # seeding the policies walks every record
+
+    assert [info.name for info in store.list("plain")[0]] == ["b", "c"]
+    assert store.dataset_usage("plain").shards == 2
+    assert [entry.split(":")[0] for entry in store.stats().data_loss] == ["plain/a"]
+    gauges = {family.name: family.samples for family in _StoreCollector(store).collect()}
+    assert [sample.value for sample in gauges["tierstore_data_loss_reports"]] == [1]
+    for call in (store.stat, store.get):
+        with pytest.raises(IntegrityError, match=r"plain/a: unreadable shard record.*Delete"):
+            call("plain", "a")
+    with pytest.raises(IntegrityError, match="plain/a"):
+        store.put("plain", "a", b"new")  # the old generation's frames could not be found
+    assert store.prefetch("plain", ["a", "b"]) == 0  # a hint: the damaged name is passed by
+    assert store.get("plain", "b").to_bytes() == payload(2 * FRAME + 10, 1)
+    assert store.get("enc", "e").to_bytes() == payload(FRAME, 9)
+    store.put("plain", "d", b"still writable")
+    assert store.drain(10)
+
+
+def test_eviction_passes_a_damaged_record_by(open_store: StoreFactory, archive: MemoryTier) -> None:
+    store = filled(open_store, archive)
+    put_raw_record(store, "plain", "a", GARBAGE)  # damaged while the policy holds it hot
+    store.update_dataset("plain", hot_quota_bytes=1)  # the mover evicts as far as it can
+    wait_until(
+        lambda: not store.stat("plain", "b").hot and not store.stat("plain", "c").hot,
+        "eviction of the readable shards",
+    )
+    assert store.get("plain", "c").to_bytes() == payload(2 * FRAME + 10, 2)
+
+
+def test_deleting_a_damaged_shard_drops_its_frames_and_archive_objects(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    generation = f"{record_of(store, 'plain', 'a').generation:016x}"
+    size_of_a = sum(len(frame or b"") for frame in hot_frames(store, "plain", "a"))
+    kept_frames = {name: hot_frames(store, "plain", name) for name in "bc"}
+    hot_before, _ = catalog_hot_bytes(store)
+    objects_of_a = {key for key in archive_keys(archive, "plain/") if generation in key}
+    assert len(objects_of_a) == 2  # its frames and its manifest
+    put_raw_record(store, "plain", "a", GARBAGE)
+
+    store.delete("plain", "a")
+
+    counter, total = catalog_hot_bytes(store)
+    assert counter == total == hot_before - size_of_a
+    assert {name: hot_frames(store, "plain", name) for name in "bc"} == kept_frames
+    assert store.stats().data_loss == ()
+    assert store.drain(10)
+    assert not archive_keys(archive, "plain/") & objects_of_a
+    assert [info.name for info in store.list("plain")[0]] == ["b", "c"]
+    store = open_store.reopen(store, archive)
+    store.put("plain", "a", b"again")
+    assert store.get("plain", "a").to_bytes() == b"again"
+    assert store.get("enc", "e").to_bytes() == payload(FRAME, 9)
+
+
+def test_with_two_damaged_records_a_delete_leaves_the_archive_alone(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    size_of = {name: sum(len(f or b"") for f in hot_frames(store, "plain", name)) for name in "ab"}
+    hot_before, _ = catalog_hot_bytes(store)
+    objects = archive_keys(archive, "plain/")
+    put_raw_record(store, "plain", "a", GARBAGE)
+    put_raw_record(store, "plain", "b", GARBAGE)
+
+    store.delete("plain", "a")
+
+    # Which frames were whose cannot be told: both unreadable shards' frames go.
+    counter, total = catalog_hot_bytes(store)
+    assert counter == total == hot_before - size_of["a"] - size_of["b"]
+    assert [entry.split(":")[0] for entry in store.stats().data_loss] == ["plain/b"]
+    assert store.drain(10)
+    assert archive_keys(archive, "plain/") == objects  # nothing deleted on a guess
+    store.delete("plain", "b")
+    assert store.stats().data_loss == ()
+    assert store.get("plain", "c").to_bytes() == payload(2 * FRAME + 10, 2)
+
+
+def test_deleting_a_damaged_cold_shard_frees_nothing_else(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    assert store.evict("plain", "a") > 0
+    hot_before, _ = catalog_hot_bytes(store)
+    put_raw_record(store, "plain", "a", GARBAGE)
+    store.delete("plain", "a")
+    assert catalog_hot_bytes(store) == (hot_before, hot_before)
+    assert [info.name for info in store.list("plain")[0]] == ["b", "c"]
+
+
+def test_a_dataset_with_damaged_records_is_deleted_whole(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    put_raw_record(store, "plain", "a", GARBAGE)
+    with pytest.raises(FailedPrecondition, match="holds 3 shards"):
+        store.delete_dataset("plain")
+    for name in "bc":
+        store.delete("plain", name)
+    with pytest.raises(FailedPrecondition, match="holds 1 shards"):
+        store.delete_dataset("plain")  # only the damaged one is left, and it counts
+    store.delete_dataset("plain", force=True)
+    store.create_dataset("plain")
+    assert store.list("plain") == ([], None)
+    assert store.stats().data_loss == ()
+    counter, total = catalog_hot_bytes(store)
+    assert counter == total  # only enc/e is hot
+    assert store.get("enc", "e").to_bytes() == payload(FRAME, 9)
