@@ -123,13 +123,17 @@ class RunningServer:
         client_cert: tuple[bytes, bytes] | None = None,
         plaintext: bool | None = None,
         address: str | None = None,
+        own_connection: bool = False,
     ) -> grpc.Channel:
         """A channel to the API port: TLS trusting ``ca`` (default: this server's CA),
         presenting ``client_cert`` (``(cert_pem, key_pem)``) if given; plaintext when the
-        server is insecure or ``plaintext`` is set. Closed when the server stops."""
+        server is insecure or ``plaintext`` is set; over a connection of its own if
+        ``own_connection`` (grpc shares one between alike channels otherwise). Closed
+        when the server stops."""
         target = address or self.address
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
         if plaintext or (plaintext is None and self.tls is None):
-            channel = grpc.insecure_channel(target)
+            channel = grpc.insecure_channel(target, options=options)
         else:
             assert self.tls is not None or ca is not None
             root = ca if ca is not None else self.tls.ca_pem  # type: ignore[union-attr]
@@ -138,7 +142,9 @@ class RunningServer:
                 root_certificates=root, private_key=key, certificate_chain=cert
             )
             channel = grpc.secure_channel(
-                target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+                target,
+                credentials,
+                options=[("grpc.ssl_target_name_override", "localhost"), *options],
             )
         self._channels.append(channel)
         return channel

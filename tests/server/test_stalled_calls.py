@@ -23,7 +23,7 @@ from tests.server.servers import RunningServer, error_name, metadata, serving
 from tierstore.errors import InvalidArgument, ShardNotFound
 from tierstore.server.app import ServerSettings
 from tierstore.types import DatasetSettings, Role
-from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2
+from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2, shards_pb2_grpc
 
 LIST_DATASETS = "/tierstore.v1.DatasetService/ListDatasets"
 PUT_SHARD = "/tierstore.v1.ShardService/PutShard"
@@ -146,6 +146,32 @@ def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: Runnin
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
     with pytest.raises(ShardNotFound):
         running.store.stat("d", "s")
+
+
+def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
+    running: RunningServer,
+) -> None:
+    # grpc sends each response message on the call's worker, which waits while flow
+    # control holds the message back: a reader that stops reading would keep it.
+    reader = running.token("svc:reader", ("*", Role.READER))
+    running.store.put("d", "big", bytes(8 << 20))  # far more than a flow-control window
+    request = shards_pb2.GetShardRequest(dataset="d", shard="big")
+    stalled = []
+    for _ in range(2 * WORKERS):
+        stub = shards_pb2_grpc.ShardServiceStub(running.channel(own_connection=True))
+        stream = stub.GetShard(request, timeout=60, metadata=metadata(reader))
+        stalled.append(stream)
+    for stream in stalled[:WORKERS]:
+        assert next(stream).HasField("header")  # started, then no longer read
+    took = list_datasets(running, reader, timeout=30)
+    assert took < 10 * ARRIVAL_S
+    for stream in stalled[:WORKERS]:
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in stream:  # what grpc had taken in before the call was ended
+                pass
+        assert caught.value.code() == grpc.StatusCode.CANCELLED
+    for stream in stalled[WORKERS:]:
+        stream.cancel()
 
 
 def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_holds(

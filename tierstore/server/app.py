@@ -8,8 +8,9 @@ with a token like every call there, and, for probes that speak neither TLS nor
 tokens, on its own plaintext port that serves nothing else, from an asyncio
 server that holds no thread per call (:mod:`tierstore.server.healthport`). On
 the API port a unary request must arrive within ``request_arrival_s``, and each
-message of a request stream within ``stream_message_s``, so a caller that stops
-sending holds a worker no longer than that. ``grpc.so_reuseport`` is off
+message of a request stream within ``stream_message_s``, and the caller must take
+each message of a response stream within ``stream_message_s`` too, so a caller that
+stops sending or reading holds a worker no longer than that. ``grpc.so_reuseport`` is off
 and every bound port is checked, so two servers never share a port silently.
 """
 
@@ -83,7 +84,8 @@ class ServerSettings:
     max_concurrent_rpcs: int = 256
     #: how long a call may take to send its unary request before it is ended (seconds).
     request_arrival_s: float = 10.0
-    #: how long a request stream (PutShard) may take to send its next message (seconds).
+    #: how long a request stream (PutShard) may take to send its next message, and a
+    #: caller to take each message of a response stream (GetShard), in seconds.
     stream_message_s: float = 60.0
     spool_dir: Path = Path("./spool")
     #: Prometheus ``/metrics`` over plain HTTP; "" disables it.

@@ -1,12 +1,16 @@
-"""A deadline for a call's request to arrive, so a stalled caller cannot keep a worker.
+"""Deadlines for a call's messages, so a stalled caller cannot keep a worker.
 
 grpcio's synchronous server runs each call on a worker thread of a fixed pool, and a
 call whose request message never comes waits on that thread for as long as the
-caller keeps its connection open (it sets the call's deadline itself, or none). A
-few such calls would hold every worker. :class:`RequestArrival` hands out a call's
+caller keeps its connection open (it sets the call's deadline itself, or none); so
+does a call whose caller stops taking its response stream (grpc sends each message
+on the worker, which waits while HTTP/2 flow control holds the message back). A few
+such calls would hold every worker. :class:`RequestArrival` hands out a call's
 request messages one by one and cancels the call when one has not arrived within
 its deadline of being asked for (the caller sees CANCELLED): ``wait_s`` for a
-unary request, the caller's choice for each message of a request stream. One watchdog thread
+unary request, the caller's choice for each message of a request stream; and
+:meth:`RequestArrival.watch` gives any other wait, such as a response message's
+send, the same kind of deadline. One watchdog thread
 per server serves every call: it looks over the waiting calls a few times per
 ``wait_s`` (so a call is cancelled at most a quarter of ``wait_s``, and at most a
 second, late), is never woken by a call (so a call costs a dictionary entry, not
@@ -82,6 +86,23 @@ class RequestArrival:
         stream or nothing came after all: the call is ended either way, and nothing
         it sent may be acted on).
         """
+        ticket = self.watch(context, wait_s)
+        try:
+            message = next(messages)
+        except StopIteration:
+            if self.done(ticket):
+                _overdue(context, wait_s)
+            raise
+        except BaseException:
+            self.done(ticket)
+            raise
+        if self.done(ticket):
+            _overdue(context, wait_s)
+        return message
+
+    def watch(self, context: grpc.ServicerContext, wait_s: float) -> int:
+        """Cancel the call of ``context`` unless :meth:`done` is given the returned
+        ticket within ``wait_s`` from now."""
         ticket = next(self._tickets)
         with self._lock:
             self._waiting[ticket] = (time.monotonic() + wait_s, context)
@@ -90,20 +111,9 @@ class RequestArrival:
                     target=self._watch, name="tierstore-request-arrival", daemon=True
                 )
                 self._watchdog.start()
-        try:
-            message = next(messages)
-        except StopIteration:
-            if self._taken(ticket):
-                _overdue(context, wait_s)
-            raise
-        except BaseException:
-            self._taken(ticket)
-            raise
-        if self._taken(ticket):
-            _overdue(context, wait_s)
-        return message
+        return ticket
 
-    def _taken(self, ticket: int) -> bool:
+    def done(self, ticket: int) -> bool:
         """Forget ``ticket``; whether the watchdog had taken it (and cancelled its call)."""
         with self._lock:
             return self._waiting.pop(ticket, None) is None

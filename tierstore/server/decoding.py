@@ -10,7 +10,9 @@ Messages of a request stream are decoded one by one as the handler consumes them
 A unary request is read inside the call as well, from the call's request stream,
 under a deadline for its arrival (:mod:`tierstore.server.arrival`): grpcio would
 otherwise read it on the worker thread before the handler runs, with no limit.
-Each message of a request stream gets a (longer) deadline too.
+Each message of a request stream gets a (longer) deadline too, and so does the
+caller's taking of each message of a response stream (a caller that stops reading
+would otherwise hold the worker that sends to it).
 
 A method may name a *request check* (``checks``): a function of the raw bytes that
 refuses, before they are parsed, requests no valid one of that method encodes — where
@@ -101,11 +103,34 @@ def _decoded_stream(
         yield message
 
 
+def _taken_in_time(
+    responses: Iterator[Any],
+    context: grpc.ServicerContext,
+    arrival: RequestArrival,
+    wait_s: float,
+) -> Iterator[Any]:
+    """``responses``, each of which the caller must take within ``wait_s``, or the call
+    is cancelled (the caller sees CANCELLED) and its worker freed.
+
+    grpc sends a yielded message on the worker and asks for the next one once it is
+    sent, so the time from a yield to the next request is the send's, flow control
+    included; the time the handler takes to make a message is not counted.
+    """
+    for response in responses:
+        ticket = arrival.watch(context, wait_s)
+        try:
+            yield response
+        finally:
+            arrival.done(ticket)
+
+
 class DecodeInterceptor(grpc.ServerInterceptor):
     """Moves request reading and decoding into the call: undecodable requests get
     INVALID_ARGUMENT, and a unary request that does not arrive within
     ``request_arrival_s``, or a request stream's next message within
-    ``stream_message_s``, ends its call (cancelled) and frees its worker. ``checks``:
+    ``stream_message_s``, ends its call (cancelled) and frees its worker; so does a
+    response stream's message that the caller does not take within
+    ``stream_message_s``. ``checks``:
     request checks by full method name (``/tierstore.v1.ShardService/ReportLocalReads``),
     run on each request's bytes before they are parsed."""
 
@@ -169,7 +194,8 @@ def _decoding(
         def call_unary_stream(
             messages: Iterator[bytes], context: grpc.ServicerContext
         ) -> Iterator[Any]:
-            yield from unary_stream(_request(decode, messages, context, arrival), context)
+            responses = unary_stream(_request(decode, messages, context, arrival), context)
+            yield from _taken_in_time(responses, context, arrival, stream_message_s)
 
         return grpc.stream_stream_rpc_method_handler(
             call_unary_stream, response_serializer=serializer
@@ -191,6 +217,7 @@ def _decoding(
         messages: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         requests = _decoded_stream(decode, messages, context, arrival, stream_message_s)
-        yield from stream_stream(requests, context)
+        responses = stream_stream(requests, context)
+        yield from _taken_in_time(responses, context, arrival, stream_message_s)
 
     return grpc.stream_stream_rpc_method_handler(call_stream_stream, response_serializer=serializer)

@@ -10,7 +10,11 @@ ports.
 
 S3 requests are authenticated even on loopback: the server is given one
 identity (``-s3.config``), with a random secret unless one is passed in, so
-another local user cannot read or write the archive without the key.
+another local user cannot use the S3 port without the key. weed's other ports
+(master, volume, filer; HTTP and gRPC) take no credentials: any process that
+reaches 127.0.0.1 in this network namespace can read and delete objects through
+them. So the embedded archive is for a host or pod of its own (README, Security
+model); a host shared with other users needs an external archive.
 
 weed writes its logs (``-logtostderr``) to ``<data_dir>/weed.log``. It keeps
 unix sockets of its own: the two it lets us place go into a private temporary
