@@ -112,7 +112,10 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
     assert refused.returncode == 1  # FailedPrecondition: it holds a shard
     assert b"FailedPrecondition" in refused.stderr
     removed = all_of(env, [("dataset", "rm", plain), ("dataset", "rm", secret, "--force")])
-    assert removed == [{"deleted": plain}, {"deleted": secret}]
+    assert removed == [
+        {"deleted": plain, "grants_removed": 0},
+        {"deleted": secret, "grants_removed": 0},
+    ]
     names = {d["name"] for d in ok(env, "dataset", "ls")}
     assert not {plain, secret} & names
 

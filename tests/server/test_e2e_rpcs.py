@@ -73,6 +73,34 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
         admin.delete_dataset(plain)
 
 
+def test_deleting_a_dataset_ends_the_grants_on_it(server: ServerProcess, admin: Client) -> None:
+    dataset, other = unique(), unique()
+    for name in (dataset, other):
+        admin.create_dataset(name)
+        admin.put(name, "s", b"first tenant")
+    _, tenant = admin.create_token(
+        "tenant-a", [Grant(dataset, Role.READER), Grant(other, Role.READER)]
+    )
+    _, everyone = admin.create_token("all-readers", [Grant("*", Role.READER)])
+    with pytest.raises(errors.FailedPrecondition):
+        admin.delete_dataset(dataset)  # refused (not empty): the grants stay with it
+    with server.connect(token=tenant) as client:
+        assert client.get(dataset, "s").to_pybytes() == b"first tenant"
+
+    assert admin.delete_dataset(dataset, force=True) == 1  # tenant-a's grant; "*" stays
+    admin.create_dataset(dataset, encrypted=True)  # the name, made again for someone else
+    admin.put(dataset, "s", b"second tenant")
+    with server.connect(token=tenant) as client:
+        with pytest.raises(errors.DatasetNotFound):
+            client.get(dataset, "s")
+        assert client.get(other, "s").to_pybytes() == b"first tenant"
+    with server.connect(token=everyone) as client:
+        assert client.get(dataset, "s").to_pybytes() == b"second tenant"
+    grants = {info["principal"]: info["grants"] for info in admin.list_tokens()}
+    assert grants["tenant-a"] == [Grant(other, Role.READER)]
+    assert admin.delete_dataset(dataset, force=True) == 0
+
+
 def test_put_and_get_whole_and_byte_ranges(
     server: ServerProcess, small_frames: Client, any_dataset: str
 ) -> None:

@@ -77,6 +77,24 @@ def test_tokens_survive_a_restart(tmp_path: Path, store: TokenStore, clock: Cloc
     assert reopened.authenticate(token).name == "alice"
 
 
+def test_grants_on_a_deleted_dataset_are_removed_for_good(
+    tmp_path: Path, store: TokenStore, clock: Clock
+) -> None:
+    both, token = store.create("tenant", [Grant("gone", Role.READER), Grant("kept", Role.WRITER)])
+    only, _ = store.create("owner", [Grant("gone", Role.ADMIN)])
+    everyone, _ = store.create("ops", [Grant(ALL_DATASETS, Role.READER)])
+    assert store.remove_grants_on("gone") == [both.token_id, only.token_id]
+    assert store.remove_grants_on("gone") == []
+    for reloaded in (store, TokenStore(store.path, clock=clock)):
+        grants = {info.token_id: info.grants for info in reloaded.list()}
+        assert grants == {
+            both.token_id: (Grant("kept", Role.WRITER),),
+            only.token_id: (),
+            everyone.token_id: (Grant(ALL_DATASETS, Role.READER),),
+        }
+    assert store.authenticate(token).grants == (Grant("kept", Role.WRITER),)
+
+
 def test_wrong_secret(store: TokenStore) -> None:
     _, token = store.create("alice", READ_DS)
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")

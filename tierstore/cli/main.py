@@ -503,9 +503,11 @@ def policy_show(dataset: str) -> None:
 def dataset_rm(
     name: str, force: Annotated[bool, typer.Option(help="also delete its shards")] = False
 ) -> None:
-    """Delete a dataset."""
-    _run(lambda: _client().delete_dataset(name, force=force))
-    _emit({"deleted": name}, f"deleted dataset {name}")
+    """Delete a dataset. Every token's grant on it goes too (a dataset made again under
+    the name is not theirs); grants on "*" stay."""
+    removed = _run(lambda: _client().delete_dataset(name, force=force))
+    note = f"; grants on it removed from {removed} token(s)" if removed else ""
+    _emit({"deleted": name, "grants_removed": removed}, f"deleted dataset {name}{note}")
 
 
 # shards

@@ -291,15 +291,18 @@ class Client:
         dataset. Raises UnknownPolicy, DatasetNotFound, PermissionDenied."""
         return self.update_dataset(dataset, policy=name)
 
-    def delete_dataset(self, name: str, *, force: bool = False) -> None:
-        """Delete a dataset; ``force`` also deletes its shards (admin on the dataset)."""
+    def delete_dataset(self, name: str, *, force: bool = False) -> int:
+        """Delete a dataset; ``force`` also deletes its shards (admin on the dataset).
+        Every token's grant on it goes too (the caller's own included): returns how many
+        tokens lost one."""
         validate_dataset_name(name)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
-        self._call(
+        reply = self._call(
             stub.DeleteDataset,
             datasets_pb2.DeleteDatasetRequest(name=name, force=force),
             idempotent=False,
         )
+        return int(reply.grants_removed)
 
     # Shards.
 

@@ -158,7 +158,10 @@ class TierstoreServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
-            (datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(store)),
+            (
+                datasets_pb2_grpc.add_DatasetServiceServicer_to_server,
+                DatasetServicer(store, tokens),
+            ),
             (
                 shards_pb2_grpc.add_ShardServiceServicer_to_server,
                 ShardServicer(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from tierstore.engine.store import Store
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, visible
 from tierstore.server.rpc import caller, handler
+from tierstore.server.tokens import TokenStore
 from tierstore.types import DatasetSettings
 from tierstore.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
 from tierstore.wire.convert import (
@@ -20,16 +23,20 @@ __all__ = ["DatasetServicer"]
 
 _SERVICE = "/tierstore.v1.DatasetService/"
 
+log = logging.getLogger(__name__)
+
 
 def _dataset(name: str, settings: DatasetSettings) -> common_pb2.Dataset:
     return common_pb2.Dataset(name=name, settings=dataset_settings_to_pb(settings))
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
-    """Create, read, list, update and delete datasets."""
+    """Create, read, list, update and delete datasets. Deleting one removes every
+    token's grant on it from ``tokens`` (when given)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tokens: TokenStore | None = None) -> None:
         self._store = store
+        self._tokens = tokens
 
     def _check(self, method: str, name: str) -> str:
         validate_dataset_name(name)
@@ -84,4 +91,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     ) -> datasets_pb2.DeleteDatasetResponse:
         name = self._check("DeleteDataset", request.name)
         self._store.delete_dataset(name, force=request.force)
-        return datasets_pb2.DeleteDatasetResponse()
+        # After the delete, which may be refused (shards left, no force): the grants
+        # stay with a dataset that stays. A crash in between leaves them; they are
+        # listed (`tierstore token ls`) and can be revoked.
+        changed = self._tokens.remove_grants_on(name) if self._tokens is not None else []
+        if changed:
+            log.info("dataset %s deleted: grants on it removed from tokens %s", name, changed)
+        return datasets_pb2.DeleteDatasetResponse(grants_removed=len(changed))

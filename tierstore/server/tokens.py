@@ -185,6 +185,22 @@ class TokenStore:
             self._commit({**self._records, token_id: revoked})
             return revoked.info
 
+    def remove_grants_on(self, dataset: str) -> builtins.list[str]:
+        """Remove every token's grant on ``dataset`` by name (grants on ``*`` stay), as
+        the dataset is deleted: grants name datasets, so a dataset made again under that
+        name would otherwise be readable with the old tokens. Returns the ids of the
+        tokens changed. Raises :class:`OSError` if the store cannot be written."""
+        with self._lock:
+            changed: dict[str, _Record] = {}
+            for token_id, record in self._records.items():
+                kept = tuple(grant for grant in record.info.grants if grant.dataset != dataset)
+                if len(kept) != len(record.info.grants):
+                    info = dataclasses.replace(record.info, grants=kept)
+                    changed[token_id] = dataclasses.replace(record, info=info)
+            if changed:
+                self._commit({**self._records, **changed})
+            return builtins.list(changed)
+
     def list(self) -> builtins.list[TokenInfo]:
         """Every token ever issued (revoked and expired ones too), in the order issued."""
         # Records keep insertion order (in memory and in the file); the stable sort only

@@ -52,5 +52,7 @@ class DeleteDatasetRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteDatasetResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("grants_removed",)
+    GRANTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    grants_removed: int
+    def __init__(self, grants_removed: _Optional[int] = ...) -> None: ...
