@@ -15,7 +15,13 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
-from tierstore.errors import ArchiveUnavailable, HotTierFull, ShardNotFound
+from tierstore.errors import (
+    ArchiveUnavailable,
+    DatasetNotFound,
+    HotTierFull,
+    QuotaExceeded,
+    ShardNotFound,
+)
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Tier
 from tierstore.types import DatasetSettings
@@ -79,6 +85,24 @@ def test_archive_down_is_unavailable_never_missing_and_loses_nothing(
         assert store.get(dataset, name).to_bytes() == expected
     assert store.get("enc", "cold").to_bytes() == cold
     assert store.stats().mover_error is None
+
+
+def test_a_put_that_could_never_fit_is_named_before_it_is_collected(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(
+        archive,
+        datasets={"plain": DatasetSettings(), "capped": DatasetSettings(hot_quota_bytes=10_000)},
+        map_size_bytes=512 << 10,
+    )
+    store.check_put_size("plain", "s", 300 << 10)  # could fit, once the tier is emptied
+    with pytest.raises(HotTierFull, match="can ever hold"):
+        store.check_put_size("plain", "s", 512 << 10)
+    store.check_put_size("capped", "s", 10_000)
+    with pytest.raises(QuotaExceeded, match="capped's whole hot-tier quota"):
+        store.check_put_size("capped", "s", 10_001)
+    with pytest.raises(DatasetNotFound):
+        store.check_put_size("nope", "s", 1)
 
 
 def test_hot_tier_full(open_store: StoreFactory, archive: MemoryTier) -> None:

@@ -403,6 +403,34 @@ def test_put_past_the_datasets_hot_quota(server: ServerProcess, admin: Client) -
     still_serving(server, admin)
 
 
+def test_a_put_bigger_than_its_quota_is_refused_before_it_is_all_sent(
+    raw: Raw, server: ServerProcess, admin: Client
+) -> None:
+    # The frames of a put are spooled to disk until the last one is in: one that could
+    # never be stored must not get to fill the disk first.
+    capped = unique()
+    admin.create_dataset(capped, hot_quota_bytes=64 * 1024)
+    release = threading.Event()
+
+    def messages() -> Iterator[Any]:
+        yield header(capped, "endless", 1_000_000)
+        for _ in range(3):  # 96 KiB: past the quota
+            yield frame(b"\0" * 32 * 1024)
+        release.wait(CALL_TIMEOUT_S)  # the rest never comes before the answer
+        yield frame(b"\0")
+
+    try:
+        code, name = refused(raw.put, messages())
+        assert not release.is_set()
+    finally:
+        release.set()
+    assert (code, name) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QuotaExceeded")
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(capped, "endless")
+    admin.delete_dataset(capped, force=True)
+    still_serving(server, admin)
+
+
 def test_frame_count_differs_from_header(
     raw: Raw, server: ServerProcess, admin: Client, dataset: str
 ) -> None:

@@ -57,8 +57,12 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 @needs_weed
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_listens_on_loopback_only_and_cleans_up(tmp_path: Path) -> None:
+    (tmp_path / "weed").mkdir(mode=0o755)  # as an older release, or an operator, left it
     server = SeaweedServer(tmp_path / "weed")
     with server:
+        # Owner only: the archive holds plaintext datasets' objects, whatever weed's own
+        # file modes (0644) and a group's search right on the node's data directory.
+        assert stat.S_IMODE((tmp_path / "weed").stat().st_mode) == 0o700
         process = server._process
         assert process is not None
         listeners = listening_addresses(process.pid)

@@ -202,6 +202,11 @@ class LmdbEnvironment:
         page = self._page_size
         return min(max(32, self.map_size // page // 200), (16 << 20) // page)
 
+    def usable_bytes(self) -> int:
+        """The most the map can ever hold for puts: its size less the reserve."""
+        self.env  # noqa: B018 - opens the environment, which sets the page size
+        return self.map_size - self.reserve_pages() * self._page_size
+
     def room_for(self, txn: Any, value_sizes: Iterable[int]) -> tuple[int, int]:
         """``(pages needed, pages free beyond the reserve)`` for new values of
         ``value_sizes`` bytes, at the start of write transaction ``txn``.

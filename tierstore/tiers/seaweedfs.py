@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
 
 from tierstore.errors import ArchiveUnavailable
+from tierstore.private_files import ensure_private_dir
 
 if TYPE_CHECKING:
     from tierstore.tiers.s3 import S3Settings
@@ -268,7 +269,9 @@ class SeaweedServer:
         try:
             if self._requested_dir is not None:
                 self._data_dir = Path(self._requested_dir).resolve()  # as its pid check reads it
-                self._data_dir.mkdir(parents=True, exist_ok=True)
+                # Owner only (weed makes its files 0644): a group given search rights on
+                # a node's data directory for local reads must not reach the archive.
+                ensure_private_dir(self._data_dir)
                 _stop_leftover(self._data_dir, self._stop_timeout_s)
             else:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
