@@ -83,8 +83,12 @@ def test_grants_on_a_deleted_dataset_are_removed_for_good(
     both, token = store.create("tenant", [Grant("gone", Role.READER), Grant("kept", Role.WRITER)])
     only, _ = store.create("owner", [Grant("gone", Role.ADMIN)])
     everyone, _ = store.create("ops", [Grant(ALL_DATASETS, Role.READER)])
-    assert store.remove_grants_on("gone") == [both.token_id, only.token_id]
-    assert store.remove_grants_on("gone") == []
+    removed = store.remove_grants_on("gone")
+    assert removed == {
+        both.token_id: (Grant("gone", Role.READER),),
+        only.token_id: (Grant("gone", Role.ADMIN),),
+    }
+    assert store.remove_grants_on("gone") == {}
     for reloaded in (store, TokenStore(store.path, clock=clock)):
         grants = {info.token_id: info.grants for info in reloaded.list()}
         assert grants == {
@@ -93,6 +97,12 @@ def test_grants_on_a_deleted_dataset_are_removed_for_good(
             everyone.token_id: (Grant(ALL_DATASETS, Role.READER),),
         }
     assert store.authenticate(token).grants == (Grant("kept", Role.WRITER),)
+    # A delete that failed gives them back (to the tokens still held).
+    store.revoke(only.token_id)
+    store.restore_grants(removed)
+    restored = {info.token_id: set(info.grants) for info in TokenStore(store.path).list()}
+    assert restored[both.token_id] == {Grant("kept", Role.WRITER), Grant("gone", Role.READER)}
+    assert restored[only.token_id] == {Grant("gone", Role.ADMIN)}  # revoked, still revoked
 
 
 def test_wrong_secret(store: TokenStore) -> None:

@@ -90,11 +90,18 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.DeleteDatasetResponse:
         name = self._check("DeleteDataset", request.name)
-        self._store.delete_dataset(name, force=request.force)
-        # After the delete, which may be refused (shards left, no force): the grants
-        # stay with a dataset that stays. A crash in between leaves them; they are
-        # listed (`tierstore token ls`) and can be revoked.
-        changed = self._tokens.remove_grants_on(name) if self._tokens is not None else []
-        if changed:
-            log.info("dataset %s deleted: grants on it removed from tokens %s", name, changed)
-        return datasets_pb2.DeleteDatasetResponse(grants_removed=len(changed))
+        # Grants go first, and come back if the delete fails (a dataset that holds
+        # shards, say): should either step fail, no token is left with a grant on a
+        # dataset that is gone, for a later one of the name to honour.
+        removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
+        try:
+            self._store.delete_dataset(name, force=request.force)
+        except BaseException:
+            if self._tokens is not None and removed:
+                self._tokens.restore_grants(removed)
+            raise
+        if removed:
+            log.info(
+                "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)
+            )
+        return datasets_pb2.DeleteDatasetResponse(grants_removed=len(removed))

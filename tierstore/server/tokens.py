@@ -185,21 +185,40 @@ class TokenStore:
             self._commit({**self._records, token_id: revoked})
             return revoked.info
 
-    def remove_grants_on(self, dataset: str) -> builtins.list[str]:
+    def remove_grants_on(self, dataset: str) -> dict[str, tuple[Grant, ...]]:
         """Remove every token's grant on ``dataset`` by name (grants on ``*`` stay), as
         the dataset is deleted: grants name datasets, so a dataset made again under that
-        name would otherwise be readable with the old tokens. Returns the ids of the
-        tokens changed. Raises :class:`OSError` if the store cannot be written."""
+        name would otherwise be readable with the old tokens. Returns the grants removed
+        by token id (for :meth:`restore_grants`). Raises :class:`OSError` if the store
+        cannot be written (then nothing changed)."""
         with self._lock:
+            removed: dict[str, tuple[Grant, ...]] = {}
             changed: dict[str, _Record] = {}
             for token_id, record in self._records.items():
-                kept = tuple(grant for grant in record.info.grants if grant.dataset != dataset)
-                if len(kept) != len(record.info.grants):
+                grants = record.info.grants
+                gone = tuple(grant for grant in grants if grant.dataset == dataset)
+                if gone:
+                    kept = tuple(grant for grant in grants if grant.dataset != dataset)
                     info = dataclasses.replace(record.info, grants=kept)
+                    changed[token_id] = dataclasses.replace(record, info=info)
+                    removed[token_id] = gone
+            if changed:
+                self._commit({**self._records, **changed})
+            return removed
+
+    def restore_grants(self, removed: Mapping[str, tuple[Grant, ...]]) -> None:
+        """Give back grants :meth:`remove_grants_on` removed (to the tokens still held;
+        a grant a token holds again meanwhile is not doubled). Raises OSError."""
+        with self._lock:
+            changed: dict[str, _Record] = {}
+            for token_id, grants in removed.items():
+                record = self._records.get(token_id)
+                if record is not None:
+                    merged = tuple(dict.fromkeys((*record.info.grants, *grants)))
+                    info = dataclasses.replace(record.info, grants=merged)
                     changed[token_id] = dataclasses.replace(record, info=info)
             if changed:
                 self._commit({**self._records, **changed})
-            return builtins.list(changed)
 
     def list(self) -> builtins.list[TokenInfo]:
         """Every token ever issued (revoked and expired ones too), in the order issued."""
