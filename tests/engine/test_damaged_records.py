@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.records import JournalOp, catalog_key
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, IntegrityError
+from tierstore.errors import FailedPrecondition, IntegrityError, QuotaExceeded
 from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
 
 GARBAGE = b'{"v":1,"dataset":"plain","na'  # a record cut short
 
@@ -91,11 +94,12 @@ def test_deleting_a_damaged_shard_drops_its_frames_and_archive_objects(
     assert store.get("enc", "e").to_bytes() == payload(FRAME, 9)
 
 
-def test_with_two_damaged_records_a_delete_leaves_the_archive_alone(
+def test_with_two_damaged_records_each_delete_purges_only_its_own_archive_objects(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
     store = filled(open_store, archive)
     size_of = {name: sum(len(f or b"") for f in hot_frames(store, "plain", name)) for name in "ab"}
+    generation = {name: f"{record_of(store, 'plain', name).generation:016x}" for name in "ab"}
     hot_before, _ = catalog_hot_bytes(store)
     objects = archive_keys(archive, "plain/")
     put_raw_record(store, "plain", "a", GARBAGE)
@@ -108,22 +112,65 @@ def test_with_two_damaged_records_a_delete_leaves_the_archive_alone(
     assert counter == total == hot_before - size_of["a"] - size_of["b"]
     assert [entry.split(":")[0] for entry in store.stats().data_loss] == ["plain/b"]
     assert store.drain(10)
-    assert archive_keys(archive, "plain/") == objects  # nothing deleted on a guess
+    # The archive is told by the manifests, which name their shard: b's copy stays.
+    assert archive_keys(archive, "plain/") == {k for k in objects if generation["a"] not in k}
     store.delete("plain", "b")
+    assert store.drain(10)
     assert store.stats().data_loss == ()
+    assert archive_keys(archive, "plain/") == {
+        k for k in objects if not {*generation.values()} & {k[6:22]}
+    }
     assert store.get("plain", "c").to_bytes() == payload(2 * FRAME + 10, 2)
 
 
-def test_deleting_a_damaged_cold_shard_frees_nothing_else(
+def test_a_record_that_decodes_to_wrong_values_keeps_its_frames_and_archive_copy(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
     store = filled(open_store, archive)
+    raw = record_of(store, "plain", "b").encode()
+    put_raw_record(store, "plain", "b", raw.replace(b'"hot"', b'"hou"'))  # decodes: hot=False
+    frames_of_b = hot_frames(store, "plain", "b")
+    put_raw_record(store, "plain", "a", GARBAGE)
+    store.delete("plain", "a")
+    assert store.drain(10)
+    assert hot_frames(store, "plain", "b") == frames_of_b  # still claimed by its record
+    assert store.get("plain", "b").to_bytes() == payload(2 * FRAME + 10, 1)
+
+
+def test_the_purge_takes_older_generations_of_the_name_only(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    old = record_of(store, "plain", "a").generation
+    leftovers = {key: archive.get(key) for key in archive_keys(archive, f"plain/{old:016x}")}
+    bound = store._writer.next_generation()
+    store.put("plain", "a", b"second life")  # a generation from after the bound
+    assert store.drain(10)
+    for key, value in leftovers.items():  # the old generation, as a lost delete leaves it
+        archive.put(key, bytes(value or b""))
+    others = archive_keys(archive, "plain/") - set(leftovers)
+
+    key = catalog_key("plain", "a")
+    store.mover._purge(JournalOp("purge", "plain", key[len(b"plain\x00") :].hex(), bound))
+
+    assert archive_keys(archive, "plain/") == others  # the old generation only went
+    store.evict("plain", "a")
+    assert store.get("plain", "a").to_bytes() == b"second life"  # from the archive
+
+
+def test_deleting_a_damaged_cold_shard_frees_nothing_else_and_purges_its_archive_copy(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    generation = f"{record_of(store, 'plain', 'a').generation:016x}"
     assert store.evict("plain", "a") > 0
     hot_before, _ = catalog_hot_bytes(store)
     put_raw_record(store, "plain", "a", GARBAGE)
     store.delete("plain", "a")
     assert catalog_hot_bytes(store) == (hot_before, hot_before)
     assert [info.name for info in store.list("plain")[0]] == ["b", "c"]
+    assert store.drain(10)
+    assert not {key for key in archive_keys(archive, "plain/") if generation in key}
 
 
 def test_a_dataset_with_damaged_records_is_deleted_whole(
@@ -144,3 +191,37 @@ def test_a_dataset_with_damaged_records_is_deleted_whole(
     counter, total = catalog_hot_bytes(store)
     assert counter == total  # only enc/e is hot
     assert store.get("enc", "e").to_bytes() == payload(FRAME, 9)
+
+
+def test_a_dataset_deleted_with_a_damaged_shard_does_not_bring_it_back_in_a_rebuild(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    assert store.evict("plain", "a") > 0  # cold: no hot frame names its generation
+    put_raw_record(store, "plain", "a", GARBAGE)
+    store.delete_dataset("plain", force=True)
+    store.create_dataset("plain")  # the name, for someone else
+    store.put("plain", "new", b"second tenant")
+    assert store.drain(10)
+    rebuilt = open_store(archive)
+    rebuilt.rebuild_from_archive()
+    assert [info.name for info in rebuilt.list("plain")[0]] == ["new"]
+
+
+def test_a_put_is_not_failed_by_another_shards_damaged_record(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    held = FaultyTier(archive)
+    store = open_store(
+        held, datasets={"q": DatasetSettings(hot_quota_bytes=10_000)}, quota_wait_s=0.5
+    )
+    held.hold_writes()  # uploads wait: the quota's room depends on them
+    try:
+        store.put("q", "a", payload(3000, 1))
+        assert held.write_waiting.wait(10)
+        store.put("q", "c", payload(6000, 2))
+        put_raw_record(store, "q", "a", GARBAGE)
+        with pytest.raises(QuotaExceeded):  # not IntegrityError about q/a
+            store.put("q", "b", payload(6000, 3))
+    finally:
+        held.release_writes()

@@ -190,6 +190,9 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     )
     assert (whole.returncode, whole.stdout) == (0, b"hello, tierstore\n")
     assert (ranged.returncode, ranged.stdout) == (0, b"tierstore")
+    dash = run(env, "get", dataset, "two.txt", "-o", "-", json_output=False)
+    assert (dash.returncode, dash.stdout) == (0, b"hello, tierstore\n")  # "-" is stdout
+    assert not Path("-").exists()
     tail = run(env, "get", dataset, "one.bin", "--offset", str(5 * 1024 * 1024), json_output=False)
     assert tail.stdout == one.read_bytes()[5 * 1024 * 1024 :]
 

@@ -590,13 +590,15 @@ def get(
     dataset: str,
     shard: str,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+        Path | None, typer.Option("-o", "--output", help="file (default, or -: stdout)")
     ] = None,
     offset: int = 0,
     length: int | None = None,
 ) -> None:
-    """Download a shard (or a byte range of it). Without -o the bytes go to stdout as
-    they are, --json or not (with -o, --json prints what was written)."""
+    """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
+    to stdout as they are, --json or not (with -o FILE, --json prints what was written)."""
+    if output == Path("-"):
+        output = None  # the usual spelling of stdout (a file named "-" is ./-)
     if output is not None:
         _check_output(output)
     data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))

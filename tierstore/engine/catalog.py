@@ -166,21 +166,16 @@ class Catalog:
             elif start_after is None or raw_name > start_after.encode():
                 yield record
 
-    def hot_generations(self, txn: Any) -> tuple[set[int], bool]:
-        """The generation of every readable hot record, and whether any record was
-        unreadable (each one noted in :meth:`damaged_records`)."""
+    def claimed_generations(self, txn: Any) -> set[int]:
+        """The generation of every readable record (hot or not); unreadable ones are
+        noted in :meth:`damaged_records`."""
         generations: set[int] = set()
-        damaged = False
         for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
             try:
-                record = ShardRecord.decode(raw)
+                generations.add(ShardRecord.decode(raw).generation)
             except IntegrityError as exc:
                 self._note_damaged(bytes(key), exc)
-                damaged = True
-                continue
-            if record.hot:
-                generations.add(record.generation)
-        return generations, damaged
+        return generations
 
     def count_shards(self, txn: Any, dataset: str) -> int:
         """How many shards ``dataset`` holds (walks its keys; decodes no record)."""
@@ -361,4 +356,4 @@ def _concerns(op: JournalOp, dataset: str, shard: str) -> bool:
     rebuild leave it out.)"""
     if op.dataset != dataset:
         return False
-    return op.op in ("dataset", "delete", "supersede") or op.name == shard
+    return op.op in ("dataset", "delete", "supersede", "purge") or op.name == shard

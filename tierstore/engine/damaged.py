@@ -2,18 +2,21 @@
 
 LMDB keeps no checksum, so a shard record can be damaged on disk. Walks pass such
 a record by (see :class:`~tierstore.engine.catalog.Catalog`); deleting the shard is
-how an operator drops it. The record names no generation, so its hot frames are
-found the other way round: a generation's hot frames are written and dropped in the
-same transaction as its record's ``hot`` flag, so every hot frame belongs to a
-readable hot record's generation or to an unreadable record's. The frames no
-readable record claims are deleted with the record, and the hot-bytes counter
-drops by their size.
+how an operator drops it. The record no longer says which generation it held, so:
 
-When the record being deleted is the only unreadable one, those frames are its
-own, so their generations' archive objects are journaled for deletion too. With
-other unreadable records about, or when its generation had no hot frames (evicted),
-the archive objects are left: a rebuild from the archive would bring the shard
-back, as it would any shard whose delete never reached the archive.
+* **Hot frames** are found the other way round. A generation's frames are written
+  and dropped in the same transaction as its record, so every frame belongs to some
+  record's generation; the frames whose generation no readable record names (in
+  any state: a record that decodes to a wrong ``hot`` flag still claims its frames)
+  are the unreadable records' own, and are deleted with the record, the hot-bytes
+  counter dropping by their size. With several unreadable records, which frames
+  were whose cannot be told: all of theirs go (none of them could be read anyway).
+* **Archive objects** are found by their manifests, which name their shard: a
+  ``purge`` journal entry has the mover delete every archived generation whose
+  manifest names the deleted shard and that is older than the delete (so a shard
+  put again under the name meanwhile keeps its own), so a rebuild from the archive
+  cannot bring it back. The entry carries the record's catalog key (in hex) rather
+  than the name: a long name's key keeps only its start and a hash.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import JournalOp, generation_of_frame_key, shard_of_key
 from tierstore.tiers.lmdb import LmdbTier
 
@@ -29,31 +31,29 @@ __all__ = ["delete_damaged_in"]
 
 
 def delete_damaged_in(
-    txn: Any, catalog: Catalog, frames: LmdbTier, policies: PolicyDriver, keys: list[bytes]
+    txn: Any, catalog: Catalog, frames: LmdbTier, keys: list[bytes], next_generation: int
 ) -> int:
     """Delete the unreadable records ``keys`` in the caller's write transaction, with
-    every hot frame no readable record claims; returns the bytes of frames deleted.
-    Costs a walk of every record and every frame key: for repairs, not the data path.
+    every hot frame no readable record claims, and journal the purge of their archived
+    generations older than ``next_generation`` (the first generation not yet handed
+    out); returns the bytes of frames deleted. The caller tells the policies. Costs a
+    walk of every record and every frame key: for repairs, not the data path.
     """
     if not keys:
         return 0
     for key in keys:
         catalog.delete_damaged(txn, key)
-        policies.removed(shard_of_key(key))
-    claimed, others_damaged = catalog.hot_generations(txn)
-    orphans: dict[int, int] = {}
-    stale_keys: list[str] = []
-    for frame, size in frames.sizes_in(txn):
-        generation = generation_of_frame_key(frame)
-        if generation not in claimed:
-            orphans[generation] = orphans.get(generation, 0) + size
-            stale_keys.append(frame)
-    for frame in stale_keys:
+        dataset, _ = shard_of_key(key)
+        name_key = key[len(dataset.encode()) + 1 :]
+        catalog.append_journal(txn, JournalOp("purge", dataset, name_key.hex(), next_generation))
+    claimed = catalog.claimed_generations(txn)
+    unclaimed = [
+        (key, size)
+        for key, size in frames.sizes_in(txn)
+        if generation_of_frame_key(key) not in claimed
+    ]
+    for frame, _ in unclaimed:
         frames.delete_in(txn, frame)
-    freed = sum(orphans.values())
+    freed = sum(size for _, size in unclaimed)
     catalog.add_counter(txn, "hot_bytes", -freed)
-    if len(keys) == 1 and not others_damaged:
-        dataset, name = shard_of_key(keys[0])
-        for generation in sorted(orphans):
-            catalog.append_journal(txn, JournalOp("delete", dataset, name, generation))
     return freed

@@ -145,7 +145,7 @@ class LocalReadSupport:
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             found = [
-                (self._catalog.get_shard(txn, dataset, shard), generation, count)
+                (self._catalog.readable_shard(txn, dataset, shard), generation, count)
                 for (shard, generation), count in counts.items()
             ]
         recorded = 0

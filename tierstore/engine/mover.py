@@ -51,12 +51,14 @@ from tierstore.engine.archived import fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver, shard_of
+from tierstore.engine.rebuild import archive_keys
 from tierstore.engine.records import (
     JournalOp,
     ShardRecord,
     archive_dataset_key,
     archive_frames_key,
     archive_manifest_key,
+    catalog_key,
     encode_dataset,
     frame_key,
 )
@@ -78,6 +80,18 @@ _UPLOADS_SCANNED = 10_000
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
 _STOP = None
+
+
+def _manifest_generation(key: str, prefix: str) -> int | None:
+    """The generation of manifest ``key`` directly under ``prefix`` (None for any other
+    object: frames, settings, another dataset's keys under a longer name)."""
+    name = key[len(prefix) :]
+    if not name.endswith(".manifest") or "/" in name:
+        return None
+    try:
+        return int(name.removesuffix(".manifest"), 16)
+    except ValueError:
+        return None
 
 
 def _newer_waits(current: ShardRecord | None, generation: int) -> TypeGuard[ShardRecord]:
@@ -282,9 +296,9 @@ class Mover:
             for _, op in self._catalog.journal_entries(txn, limit=_UPLOADS_SCANNED):
                 if op.op != "upload" or op.dataset != dataset:
                     continue
-                record = self._catalog.get_shard(txn, dataset, op.name)
+                record = self._catalog.readable_shard(txn, dataset, op.name)
                 if record is None or record.generation != op.generation:
-                    continue  # superseded: its upload frees nothing
+                    continue  # superseded or unreadable: its upload frees nothing
                 if record.hot and not record.pin_holds(now):
                     return True
         return False
@@ -367,15 +381,21 @@ class Mover:
                 return False
             except IntegrityError as exc:
                 with self._env.write() as txn:
+                    unreadable = False
                     try:
                         current = self._catalog.get_shard(txn, op.dataset, op.name)
                         superseded = current is None or current.generation != op.generation
                     except IntegrityError:  # the shard's record itself is damaged
-                        superseded = False
+                        superseded, unreadable = False, True
                     self._catalog.remove_journal(txn, seq)
                 if superseded:
                     # Overwritten or deleted while it was being uploaded: its frames went
                     # with it, and the later entries of the journal clean up the archive.
+                    return True
+                if unreadable:
+                    # The catalog reports the record (Catalog.damaged_records) until the
+                    # shard is deleted: not reported twice, nor after the delete.
+                    log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
                     return True
                 # The only copy is damaged: retrying cannot help, and holding the entry
                 # would stall every later upload. Reads of it raise DataLoss.
@@ -418,6 +438,8 @@ class Mover:
                 uploaded = self._archive_newer_first(op)
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
+        elif op.op == "purge":
+            self._purge(op)
         elif op.op == "dataset":
             with self._env.read() as txn:
                 settings = self._catalog.get_dataset(txn, op.dataset)
@@ -429,6 +451,28 @@ class Mover:
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
         return uploaded
+
+    def _purge(self, op: JournalOp) -> None:
+        """For a ``purge`` entry: delete every archived generation older than
+        ``op.generation`` whose manifest names the shard of catalog key
+        ``op.dataset \\0 bytes.fromhex(op.name)``. Lists and reads the dataset's
+        manifests (a repair after a damaged record, not the data path); a manifest
+        that does not decode is left alone."""
+        key = op.dataset.encode() + b"\x00" + bytes.fromhex(op.name)
+        prefix = f"{op.dataset}/"
+        for object_key in archive_keys(self._archive, prefix):
+            generation = _manifest_generation(object_key, prefix)
+            if generation is None or generation >= op.generation:
+                continue
+            raw = self._archive.get(object_key)
+            try:
+                if raw is None or catalog_key(op.dataset, ShardRecord.decode(raw).name) != key:
+                    continue
+            except IntegrityError:
+                continue
+            # The manifest first: frames without one are no generation (as for a delete).
+            self._archive.delete(object_key)
+            self._archive.delete(archive_frames_key(op.dataset, generation))
 
     def _archive_newer_first(self, op: JournalOp) -> ShardRecord | None:
         """For a ``supersede`` entry: an overwritten archived generation goes only once a
@@ -496,8 +540,9 @@ class Mover:
             half_life = self._access.half_life_s
             with self._env.write() as txn:
                 for (dataset, name, generation), reads in pending.items():
-                    record = self._catalog.get_shard(txn, dataset, name)
-                    # Statistics of a deleted or overwritten generation die with it.
+                    record = self._catalog.readable_shard(txn, dataset, name)
+                    # Statistics of a deleted, overwritten or unreadable generation die
+                    # with it.
                     if record is not None and record.generation == generation:
                         self._catalog.add_access(txn, dataset, name, reads, half_life)
 

@@ -39,7 +39,7 @@ from tierstore.errors import IntegrityError, UnknownKeyId
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
-__all__ = ["ArchiveContents", "restore_catalog", "scan_archive"]
+__all__ = ["ArchiveContents", "archive_keys", "restore_catalog", "scan_archive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +57,13 @@ class ArchiveContents:
 SealCheck = Callable[[str, bytes | memoryview], None]
 
 
-def _all_keys(archive: Tier) -> list[str]:
+def archive_keys(archive: Tier, prefix: str = "") -> list[str]:
+    """Every key in ``archive`` that starts with ``prefix``, page by page. Raises
+    ArchiveUnavailable if the archive cannot be listed."""
     keys: list[str] = []
     start_after: str | None = None
     while True:
-        page = archive.list("", start_after=start_after, limit=1000)
+        page = archive.list(prefix, start_after=start_after, limit=1000)
         keys.extend(page.keys)
         if page.next_start_after is None:
             return keys
@@ -78,7 +80,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
     datasets: dict[str, DatasetSettings] = {}
     generations: dict[tuple[str, str], list[ShardRecord]] = {}
     unreadable: dict[str, str] = {}
-    for key in _all_keys(archive):
+    for key in archive_keys(archive):
         if not key.endswith(("/_dataset.json", ".manifest")):
             continue
         raw = archive.get(key)

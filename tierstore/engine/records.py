@@ -253,6 +253,9 @@ class JournalOp:
     generation of the shard is in the archive (uploading the current one first if not).
     ``manifest``: rewrite a generation's manifest (after key rotation).
     ``dataset``: write (or, with ``name == "-"``, remove) a dataset's settings object.
+    ``purge``: remove every archived generation older than ``generation`` whose
+    manifest names the shard whose catalog key ends in ``bytes.fromhex(name)`` (a
+    shard deleted while its record was unreadable; see tierstore.engine.damaged).
     """
 
     op: str

@@ -420,12 +420,16 @@ class Store:
                 record = self._catalog.require_shard(txn, dataset, shard)
             except IntegrityError:  # its record is unreadable: see tierstore.engine.damaged
                 self._delete_damaged_in(txn, [catalog_key(dataset, shard)])
+                self._policies.removed((dataset, shard))
             else:
                 self._writer.delete_in(txn, record)
         self.mover.wake()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
-        delete_damaged_in(txn, self._catalog, self._frames, self._policies, keys)
+        """:func:`delete_damaged_in`, in a write transaction (where the generations
+        still to be handed out are exactly those from the writer's next one on)."""
+        next_generation = self._writer.next_generation()
+        delete_damaged_in(txn, self._catalog, self._frames, keys, next_generation)
 
     # Metadata.
 

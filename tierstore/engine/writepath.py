@@ -94,6 +94,11 @@ class ShardWriter:
             self._next_generation += 1
             return generation
 
+    def next_generation(self) -> int:
+        """The generation the next put will take (every one taken is older)."""
+        with self._generation_lock:
+            return self._next_generation
+
     def skip_generations_through(self, newest: int) -> None:
         """Never hand out ``newest`` or an older generation (after a rebuild)."""
         with self._generation_lock:
