@@ -6,12 +6,27 @@ import json
 import stat
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
+from tests.engine.stores import StoreFactory
+from tierstore.engine.store import Store
+from tierstore.errors import (
+    DataLoss,
+    DatasetNotFound,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+from tierstore.server.authz import Principal
+from tierstore.server.datasets import DatasetServicer
+from tierstore.server.rpc import calling_as
 from tierstore.server.tokens import MAX_TTL_S, MIN_TTL_S, AuthFailure, TokenStore
-from tierstore.types import ALL_DATASETS, Grant, Role
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import ALL_DATASETS, DatasetSettings, Grant, Role
+from tierstore.v1.datasets_pb2 import DeleteDatasetRequest
 
 READ_DS = [Grant("ds", Role.READER)]
 
@@ -158,7 +173,8 @@ def test_revoke(store: TokenStore, clock: Clock) -> None:
     # A whole token given as the id: refused without echoing its secret part.
     with pytest.raises(InvalidArgument, match="whole token, not a token id") as caught:
         store.revoke(other)
-    assert other.split("_")[2][:8] not in str(caught.value)
+    secret = other[len("ts_") + 12 + 1 :]  # (the secret's alphabet has "_" in it too)
+    assert secret[:8] not in str(caught.value)
     assert store.authenticate(other).name == "bob"  # and not revoked
 
 
@@ -299,3 +315,53 @@ def test_loose_file_mode_is_tightened(store: TokenStore, clock: Clock) -> None:
     store.path.chmod(0o644)
     TokenStore(store.path, clock=clock)
     assert mode(store.path) == 0o600
+
+
+def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None:
+    # One delete is refused (its dataset holds a shard), another lands meanwhile: the
+    # grants the first removed must not come back onto a dataset that is gone.
+    factory = StoreFactory(tmp_path / "stores")
+    store = factory(MemoryTier(), datasets={"plain": DatasetSettings()})
+    store.put("plain", "s", b"tenant one")
+    tokens = TokenStore(tmp_path / "tokens.json")
+    _, token = tokens.create("tenant", [Grant("plain", Role.READER)])
+    calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
+    inside, release = threading.Event(), threading.Event()
+
+    class HeldStore:
+        """Holds the refused delete inside the engine until told."""
+
+        def delete_dataset(self, name: str, *, force: bool = False) -> None:
+            if not force:
+                inside.set()
+                assert release.wait(10)
+            store.delete_dataset(name, force=force)
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(store, attribute)
+
+    servicer = DatasetServicer(cast(Store, HeldStore()), tokens)
+    delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
+    outcomes: list[object] = []
+
+    def run(force: bool) -> None:
+        calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
+        try:
+            outcomes.append(delete(servicer, DeleteDatasetRequest(name="plain", force=force), None))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    refused = threading.Thread(target=run, args=(False,))
+    refused.start()
+    assert inside.wait(10)
+    forced = threading.Thread(target=run, args=(True,))
+    forced.start()
+    release.set()
+    refused.join(10)
+    forced.join(10)
+    assert any(isinstance(outcome, FailedPrecondition | DatasetNotFound) for outcome in outcomes)
+    with pytest.raises(DatasetNotFound):
+        store.get_dataset("plain")
+    store.create_dataset("plain")  # someone else's, under the name
+    assert Grant("plain", Role.READER) not in tokens.authenticate(token).grants
+    factory.close_all()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import grpc
 
 from tierstore.engine.store import Store
+from tierstore.errors import DatasetNotFound
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, visible
 from tierstore.server.rpc import caller, handler
@@ -37,6 +39,14 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, store: Store, tokens: TokenStore | None = None) -> None:
         self._store = store
         self._tokens = tokens
+        self._deleting = threading.Lock()
+
+    def _still_there(self, name: str) -> bool:
+        try:
+            self._store.get_dataset(name)
+        except DatasetNotFound:
+            return False
+        return True
 
     def _check(self, method: str, name: str) -> str:
         validate_dataset_name(name)
@@ -90,16 +100,18 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.DeleteDatasetResponse:
         name = self._check("DeleteDataset", request.name)
-        # Grants go first, and come back if the delete fails (a dataset that holds
-        # shards, say): should either step fail, no token is left with a grant on a
-        # dataset that is gone, for a later one of the name to honour.
-        removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
-        try:
-            self._store.delete_dataset(name, force=request.force)
-        except BaseException:
-            if self._tokens is not None and removed:
-                self._tokens.restore_grants(removed)
-            raise
+        # Grants go first, and come back if the delete fails while the dataset stays (it
+        # holds shards, say): should either step fail, no token is left with a grant on
+        # a dataset that is gone, for a later one of the name to honour. Deletes run one
+        # at a time, so another delete cannot land between a failure and the restore.
+        with self._deleting:
+            removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
+            try:
+                self._store.delete_dataset(name, force=request.force)
+            except BaseException:
+                if self._tokens is not None and removed and self._still_there(name):
+                    self._tokens.restore_grants(removed)
+                raise
         if removed:
             log.info(
                 "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)
