@@ -3,12 +3,14 @@ it, and deleting the shard drops it with its hot frames."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
-from tierstore.engine.records import JournalOp, catalog_key
+from tierstore.engine.records import JournalOp, archive_manifest_key, catalog_key
 from tierstore.engine.store import Store
 from tierstore.errors import FailedPrecondition, IntegrityError, QuotaExceeded
 from tierstore.server.metrics import _StoreCollector
@@ -225,3 +227,24 @@ def test_a_put_is_not_failed_by_another_shards_damaged_record(
             store.put("q", "b", payload(6000, 3))
     finally:
         held.release_writes()
+
+
+@pytest.mark.parametrize("bad_name", [5, None, "\udc80"])
+@pytest.mark.parametrize("dataset", ["plain", "wt"])
+def test_a_manifest_that_names_no_shard_neither_stalls_the_purge_nor_puts(
+    open_store: StoreFactory, archive: MemoryTier, bad_name: object, dataset: str
+) -> None:
+    store = open_store(archive, datasets=DATASETS)
+    store.put(dataset, "a", payload(FRAME, 1))
+    store.put(dataset, "b", payload(FRAME, 2))
+    assert store.drain(10)
+    key = archive_manifest_key(dataset, record_of(store, dataset, "b").generation)
+    document = json.loads(record_of(store, dataset, "b").encode(manifest=True))
+    body = json.dumps({**document, "name": bad_name}).encode()
+    archive.put(key, store._sealers.seal_object(key, body))  # sealed right: it is read
+    put_raw_record(store, dataset, "a", GARBAGE)
+    store.delete(dataset, "a")
+    store.put(dataset, "later", b"x")  # behind the purge (write-through: runs it first)
+    assert store.drain(10), store.mover.last_error
+    assert store.stat(dataset, "later").archived
+    assert key in archive_keys(archive, f"{dataset}/")  # not believed, so left alone

@@ -62,7 +62,13 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
-from tierstore.errors import IntegrityError, KeyUnwrapError, TierstoreError, Unavailable
+from tierstore.errors import (
+    IntegrityError,
+    KeyUnwrapError,
+    TierstoreError,
+    Unavailable,
+    UnknownKeyId,
+)
 from tierstore.policy.base import Key
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -116,6 +122,7 @@ class Mover:
         overhead: Callable[[ShardRecord], int],
         verify: FrameVerifier,
         seal: Callable[[str, bytes], bytes],
+        check_object: Callable[[str, bytes | memoryview], None],
     ) -> None:
         self._settings = settings
         self._env = environment
@@ -128,6 +135,9 @@ class Mover:
         self._verify = verify
         #: seals a metadata object for its archive key (see archiveseal).
         self._seal = seal
+        #: checks a metadata object read at an archive key (raises IntegrityError,
+        #: UnknownKeyId; see archiveseal).
+        self._check_object = check_object
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
@@ -456,8 +466,10 @@ class Mover:
         """For a ``purge`` entry: delete every archived generation older than
         ``op.generation`` whose manifest names the shard of catalog key
         ``op.dataset \\0 bytes.fromhex(op.name)``. Lists and reads the dataset's
-        manifests (a repair after a damaged record, not the data path); a manifest
-        that does not decode is left alone."""
+        manifests under the journal's lock (a repair after a damaged record, not the
+        data path: it holds up later entries, write-through puts' own included, for as
+        long). A manifest that is not believed (no valid seal under a master key, not
+        decoding, or not at its own generation's key) is left alone."""
         key = op.dataset.encode() + b"\x00" + bytes.fromhex(op.name)
         prefix = f"{op.dataset}/"
         for object_key in archive_keys(self._archive, prefix):
@@ -465,10 +477,14 @@ class Mover:
             if generation is None or generation >= op.generation:
                 continue
             raw = self._archive.get(object_key)
+            if raw is None:
+                continue  # deleted since the listing
             try:
-                if raw is None or catalog_key(op.dataset, ShardRecord.decode(raw).name) != key:
-                    continue
-            except IntegrityError:
+                self._check_object(object_key, raw)
+                record = ShardRecord.decode(raw)
+            except (IntegrityError, UnknownKeyId):
+                continue
+            if record.generation != generation or catalog_key(op.dataset, record.name) != key:
                 continue
             # The manifest first: frames without one are no generation (as for a delete).
             self._archive.delete(object_key)

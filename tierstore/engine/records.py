@@ -208,8 +208,8 @@ class ShardRecord:
             document = json.loads(bytes(raw))
             envelope = document["envelope"]
             return cls(
-                dataset=document["dataset"],
-                name=document["name"],
+                dataset=_text(document["dataset"]),
+                name=_text(document["name"]),
                 generation=int(document["generation"]),
                 kind=ShardKind(document["kind"]),
                 frame_sizes=tuple(int(size) for size in document["frame_sizes"]),
@@ -230,6 +230,15 @@ class ShardRecord:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    """A name as a record holds it; raises ValueError for anything but a str that
+    encodes as UTF-8 (a lone surrogate does not: keys are made of its bytes)."""
+    if not isinstance(value, str):
+        raise ValueError(f"a name must be a string, got {type(value).__name__}")
+    value.encode()  # UnicodeEncodeError is a ValueError
+    return value
 
 
 def _optional_count(value: Any) -> int | None:

@@ -152,6 +152,7 @@ class Store:
             overhead=stored_overhead,
             verify=self._sealers.verify_stored,
             seal=self._sealers.seal_object,
+            check_object=self._sealers.check_object,
         )
         self._writer = ShardWriter(
             settings,
