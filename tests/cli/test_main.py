@@ -101,6 +101,7 @@ class FakeClient:
             "hot_bytes": 9,
             "hot_capacity_bytes": 100,
             "backlog_bytes": 0,
+            "data_loss": [],
             "traced_reads": 0,
             "sizing": [{"capacity_bytes": 50, "miss_ratio": 1.0}],
         }

@@ -766,7 +766,13 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
         if traced
         else "sizing curve: no traced reads yet"
     )
-    _emit(dict(figures), Group(table, sizing))
+    shown: list[Any] = [table, sizing]
+    if figures["data_loss"]:
+        lost = Table("shard: why", title="data loss reported (the node's log has more)")
+        for entry in figures["data_loss"]:
+            lost.add_row(entry)
+        shown.append(lost)
+    _emit(dict(figures), Group(*shown))
 
 
 # traces

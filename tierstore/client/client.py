@@ -97,8 +97,10 @@ _RETRIES = 4
 
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
-    ``backlog_bytes``, ``journal_entries``, ``datasets`` (per dataset: shards, bytes,
-    hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and, when asked for,
+    ``backlog_bytes``, ``journal_entries``, ``data_loss`` (the shards of the datasets
+    shown that the node reports lost, ``"dataset/name: why"``), ``datasets`` (per
+    dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and,
+    when asked for,
     ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
 
 
@@ -557,6 +559,7 @@ class Client:
             hot_capacity_bytes=reply.hot_capacity_bytes,
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
+            data_loss=list(reply.data_loss),
             datasets={
                 d.dataset: {
                     "shards": d.shards,

@@ -112,6 +112,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             backlog_bytes=stats.backlog_bytes,
             journal_entries=stats.journal_entries,
             datasets=self._dataset_stats(names, listed=not request.dataset),
+            # Of the datasets shown only: an entry names its shard.
+            data_loss=[entry for entry in stats.data_loss if entry.split("/", 1)[0] in names],
         )
         if request.sizing:
             # Over the listed datasets only: a caller learns nothing of others' reads.
