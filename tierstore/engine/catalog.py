@@ -171,10 +171,9 @@ class Catalog:
         noted in :meth:`damaged_records`."""
         generations: set[int] = set()
         for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
-            try:
-                generations.add(ShardRecord.decode(raw).generation)
-            except IntegrityError as exc:
-                self._note_damaged(bytes(key), exc)
+            record = self._readable(key, raw)
+            if record is not None:
+                generations.add(record.generation)
         return generations
 
     def count_shards(self, txn: Any, dataset: str) -> int:
@@ -198,10 +197,8 @@ class Catalog:
         run: list[ShardRecord] = []
         run_head = ("", b"")
         while positioned and bytes(cursor.key()).startswith(head):
-            try:
-                record = ShardRecord.decode(cursor.value())
-            except IntegrityError as exc:
-                self._note_damaged(bytes(cursor.key()), exc)
+            record = self._readable(cursor.key(), cursor.value())
+            if record is None:
                 positioned = cursor.next()
                 continue
             raw_name = record.name.encode()
@@ -217,6 +214,14 @@ class Catalog:
         yield from sorted(run, key=lambda r: r.name.encode())
 
     # Damaged records.
+
+    def _readable(self, key: Any, raw: Any) -> ShardRecord | None:
+        """The record ``raw`` stored at ``key``, or ``None`` (noted) if it does not decode."""
+        try:
+            return ShardRecord.decode(raw)
+        except IntegrityError as exc:
+            self._note_damaged(bytes(key), exc)
+            return None
 
     def _note_damaged(self, key: bytes, exc: BaseException) -> None:
         shown = "/".join(shard_of_key(key))
@@ -239,10 +244,7 @@ class Catalog:
         positioned = cursor.set_range(head)
         damaged = []
         while positioned and bytes(cursor.key()).startswith(head):
-            try:
-                ShardRecord.decode(cursor.value())
-            except IntegrityError as exc:
-                self._note_damaged(bytes(cursor.key()), exc)
+            if self._readable(cursor.key(), cursor.value()) is None:
                 damaged.append(bytes(cursor.key()))
             positioned = cursor.next()
         return damaged

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.records import JournalOp, generation_of_frame_key, shard_of_key
+from tierstore.engine.records import JournalOp, generation_of_frame_key
 from tierstore.tiers.lmdb import LmdbTier
 
 __all__ = ["delete_damaged_in"]
@@ -43,9 +43,9 @@ def delete_damaged_in(
         return 0
     for key in keys:
         catalog.delete_damaged(txn, key)
-        dataset, _ = shard_of_key(key)
-        name_key = key[len(dataset.encode()) + 1 :]
-        catalog.append_journal(txn, JournalOp("purge", dataset, name_key.hex(), next_generation))
+        dataset, _, name_key = key.partition(b"\x00")
+        purge = JournalOp("purge", dataset.decode(), name_key.hex(), next_generation)
+        catalog.append_journal(txn, purge)
     claimed = catalog.claimed_generations(txn)
     unclaimed = [
         (key, size)

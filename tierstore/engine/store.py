@@ -393,12 +393,23 @@ class Store:
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
         return self._writer.commit(dataset, shard, framed, quota_wait_s, caller_gone)
 
+    def largest_put(self, dataset: str) -> int:
+        """The most bytes (before sealing) a put into ``dataset`` could ever commit,
+        whatever were evicted: its hot-tier quota, or what the hot tier's map holds. For
+        a caller that collects a put's frames before handing them over (the service
+        spools them to disk), so that it stops collecting at once (see
+        :meth:`check_put_size`). Raises DatasetNotFound."""
+        with self._env.read() as txn:
+            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
+        usable = self._env.usable_bytes()
+        return min(quota, usable) if quota else usable
+
     def check_put_size(self, dataset: str, shard: str, nbytes: int) -> None:
-        """Refuse a put of ``nbytes`` (before sealing) into ``dataset`` that could never
-        commit, whatever were evicted: more than the dataset's hot-tier quota
-        (QuotaExceeded) or than the hot tier's map holds (HotTierFull). For a caller
-        that collects a put's frames before handing them over (the service spools them
-        to disk), so that it stops collecting at once. Raises DatasetNotFound too."""
+        """Refuse a put of ``nbytes`` into ``dataset`` past :meth:`largest_put`: more
+        than the dataset's hot-tier quota (QuotaExceeded) or than the hot tier's map
+        holds (HotTierFull). Raises DatasetNotFound too."""
+        if nbytes <= self.largest_put(dataset):
+            return
         with self._env.read() as txn:
             quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
         if quota and nbytes > quota:
@@ -406,12 +417,11 @@ class Store:
                 f"{dataset}/{shard} is more than {dataset}'s whole hot-tier quota "
                 f"({quota} bytes): it could never be stored"
             )
-        usable = self._env.usable_bytes()
-        if nbytes > usable:
-            raise HotTierFull(
-                f"{dataset}/{shard} is more than the hot tier at {self._env.path} can ever "
-                f"hold ({usable} bytes; map_size_bytes sets it): it could never be stored"
-            )
+        raise HotTierFull(
+            f"{dataset}/{shard} is more than the hot tier at {self._env.path} can ever "
+            f"hold ({self._env.usable_bytes()} bytes; map_size_bytes sets it): it could "
+            "never be stored"
+        )
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""

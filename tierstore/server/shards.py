@@ -88,6 +88,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
             )
         limit = self._store.settings.max_frame_bytes
+        largest = self._store.largest_put(header.dataset)
         received = 0
         with FrameSpool(self._spool_dir) as spool:
             for message in request_iterator:
@@ -103,7 +104,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 # Stop spooling a put that could never commit (bigger than its quota or
                 # the hot tier), before it fills the disk.
                 received += len(frame)
-                self._store.check_put_size(header.dataset, header.shard, received)
+                if received > largest:  # read again: the quota may have been raised
+                    self._store.check_put_size(header.dataset, header.shard, received)
+                    largest = self._store.largest_put(header.dataset)
                 spool.append(frame)
             if spool.count != header.frame_count:
                 raise InvalidArgument(
