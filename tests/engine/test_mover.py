@@ -241,6 +241,52 @@ def test_eviction_is_lru_among_archived_shards_only(open_store: StoreFactory) ->
     assert all(store.stat("plain", n).hot for n in "ghijklmn")
 
 
+def test_puts_at_once_evict_rather_than_pass_the_high_watermark(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = FRAME + 8  # one plaintext frame
+    store = open_store(
+        datasets={"plain": DatasetSettings(policy="lru")},
+        start_mover=False,
+        hot_capacity_bytes=10 * stored,
+        high_watermark=0.9,  # 9 shards
+        low_watermark=0.75,
+    )
+    for index in range(8):
+        store.put("plain", f"old{index}", payload(FRAME, index))
+    assert store.mover.drain_once()  # all eight archived: evictable
+    # Four puts each find room for one more shard before any of them commits: each
+    # sees 8 + 1 <= 9 shards. Together they would be 12.
+    puts = 4
+    looked = threading.Barrier(puts, timeout=10)
+    first_look = threading.local()
+    make_room = store.mover.make_room
+
+    def make_room_then_meet(incoming: int) -> object:
+        result = make_room(incoming)
+        if not getattr(first_look, "done", False):
+            first_look.done = True
+            looked.wait()
+        return result
+
+    monkeypatch.setattr(store.mover, "make_room", make_room_then_meet)
+    threads = [
+        threading.Thread(target=store.put, args=("plain", f"new{i}", payload(FRAME, 50 + i)))
+        for i in range(puts)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual <= 9 * stored  # archived shards went, not over the watermark
+    for i in range(puts):
+        assert store.get("plain", f"new{i}").to_bytes() == payload(FRAME, 50 + i)
+    for index in range(8):
+        assert store.get("plain", f"old{index}").to_bytes() == payload(FRAME, index)
+
+
 def test_background_eviction_keeps_the_hot_tier_under_its_watermark(
     open_store: StoreFactory,
 ) -> None:

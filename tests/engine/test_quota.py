@@ -339,6 +339,40 @@ def test_lowering_the_quota_evicts_down_to_it(open_store: StoreFactory) -> None:
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
 
 
+def test_lowering_the_quota_evicts_at_once_while_other_uploads_are_held(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = quota_store(open_store, archive)
+    for index in range(3):
+        store.put("capped", f"s{index}", payload(SIZE, index))
+    assert store.drain(10)
+    archive.hold_writes()
+    store.put("other", "o", payload(SIZE, 9))  # the journal is busy with its upload
+    assert archive.write_waiting.wait(10)
+    store.update_dataset("capped", hot_quota_bytes=STORED)
+    assert dataset_hot_bytes(store, "capped") <= STORED  # at once: no waiting for "o"
+    archive.release_writes()
+    for index in range(3):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_a_put_waiting_for_room_takes_the_quota_lowered_meanwhile(
+    open_store: StoreFactory,
+) -> None:
+    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=30)
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store.update_dataset("capped", hot_quota_bytes=2 * STORED)
+    archive.release_writes()
+    thread.join(20)
+    assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
+    assert dataset_hot_bytes(store, "capped") <= 2 * STORED
+    assert store.stat("capped", "s3").hot
+    for index in range(4):
+        assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
 def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
     open_store: StoreFactory,
 ) -> None:

@@ -861,12 +861,23 @@ class Mover:
             return True
         return self._policies.hot_bytes(dataset) - leaving + incoming <= quota
 
-    def make_room(self, incoming: int) -> None:
+    def make_room(self, incoming: int) -> bool:
         """Before a put writes ``incoming`` hot bytes: if they would pass the high
-        watermark, evict down to the low one (a put is written whatever is left)."""
+        watermark, evict down to the low one. Returns whether eviction could do no
+        more: room was needed and too little was evictable (the put is then written
+        past the watermark). Best effort: puts committed meanwhile may take the room,
+        which the put's transaction checks (:meth:`passes_high_watermark`)."""
         hot = self._hot_bytes()
-        if hot + incoming > self._high_watermark_bytes():
-            self.evict(hot + incoming - self._low_watermark_bytes())
+        if hot + incoming <= self._high_watermark_bytes():
+            return False
+        need = hot + incoming - self._low_watermark_bytes()
+        return self.evict(need) < need
+
+    def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
+        """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
+        (exact inside the write transaction that adds them)."""
+        hot = self._catalog.counter(txn, "hot_bytes")
+        return hot + incoming > self._high_watermark_bytes()
 
     def evict(
         self,

@@ -319,6 +319,10 @@ class Store:
         if policy is not None:
             self._plans.redeclare(name)
             self.prefetcher.wake()
+        if hot_quota_bytes:
+            # At once, as far as archived shards allow: the mover would trim it only
+            # after working through the whole journal.
+            self.mover.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
         self.mover.wake()
         return settings
 

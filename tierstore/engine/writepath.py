@@ -44,6 +44,15 @@ from tierstore.types import DatasetSettings, Durability, ShardInfo
 
 __all__ = ["ShardWriter"]
 
+#: A put that found its room taken by concurrent puts goes in past the high watermark
+#: after this many rounds of eviction, rather than wait on them forever.
+_ROOM_ROUNDS = 3
+
+
+class _RoomTaken(Exception):
+    """Inside the write transaction: the put would pass the high watermark, and
+    eviction may still make room (puts committed since this one made room)."""
+
 
 def _stored_sizes(framed: FramedValue, encrypted: bool) -> tuple[int, ...]:
     """The hot-tier size of each of ``framed``'s frames once sealed as ``encrypted`` says."""
@@ -129,26 +138,29 @@ class ShardWriter:
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
-        if stored_total > settings.hot_quota_bytes > 0:
-            raise QuotaExceeded(
-                f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
-                f"the dataset's whole quota of {settings.hot_quota_bytes} bytes"
-            )
+        self._check_whole_quota(dataset, shard, settings.hot_quota_bytes, stored_total)
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
-        quota = settings.hot_quota_bytes
         wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
         refused_once = False
+        room_rounds = 0
         try:
             while True:
+                # Read on every round: the admin may change the quota while the put waits.
+                quota = self._quota_now(dataset, shard, stored_total)
                 self._make_quota_room(dataset, shard, quota, stored_total, wait)
                 wait.release()  # done waiting, for now: the commit holds no place
-                self._mover.make_room(stored_total)
+                room_rounds += 1
+                evicted_all = self._mover.make_room(stored_total)
                 tries = self._mover.journal_tries()
                 try:
-                    settings, record, seq = self._commit_locally(dataset, shard, framed)
+                    settings, record, seq = self._commit_locally(
+                        dataset, shard, framed, evicted_all or room_rounds >= _ROOM_ROUNDS
+                    )
                     break
+                except _RoomTaken:
+                    continue  # concurrent puts took the room: evict again
                 except QuotaExceeded as refused:
                     # Another put took the room meanwhile. Evict again at once (a shard
                     # may have been archived since), then only while waiting can help.
@@ -191,6 +203,22 @@ class ShardWriter:
         else:
             self._mover.wake()
         return record.to_info(record.created_at)
+
+    def _quota_now(self, dataset: str, shard: str, stored_total: int) -> int:
+        """``dataset``'s hot-tier quota as it is now (0: none). Raises DatasetNotFound,
+        QuotaExceeded (``stored_total`` alone is more than the whole quota)."""
+        with self._env.read() as txn:
+            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
+        self._check_whole_quota(dataset, shard, quota, stored_total)
+        return quota
+
+    @staticmethod
+    def _check_whole_quota(dataset: str, shard: str, quota: int, stored_total: int) -> None:
+        if stored_total > quota > 0:
+            raise QuotaExceeded(
+                f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
+                f"the dataset's whole quota of {quota} bytes"
+            )
 
     def _make_quota_room(
         self, dataset: str, shard: str, quota: int, incoming: int, wait: QuotaWait
@@ -245,13 +273,14 @@ class ShardWriter:
         return wait.take_place()
 
     def _commit_locally(
-        self, dataset: str, shard: str, framed: FramedValue
+        self, dataset: str, shard: str, framed: FramedValue, may_pass_watermark: bool
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """Seal and write a new generation's frames, catalog record and upload-journal
         entry in one write transaction, replacing the shard's previous generation;
         returns the dataset's settings, the new record and the journal entry's sequence
         number. Raises DatasetNotFound, EncryptionUnavailable, BacklogFull,
-        QuotaExceeded, HotTierFull; nothing is written then.
+        QuotaExceeded, HotTierFull, and :class:`_RoomTaken` when the put would pass the
+        high watermark and not ``may_pass_watermark``; nothing is written then.
 
         The frames are sealed as the dataset says inside the transaction: it may have
         been deleted and made again, encrypted or not, since the caller looked.
@@ -280,6 +309,10 @@ class ShardWriter:
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
                     f"({stored_total} bytes)"
                 )
+            if not may_pass_watermark and self._mover.passes_high_watermark(
+                txn, stored_total - leaving
+            ):
+                raise _RoomTaken
             needed, free = self._env.room_for(txn, sizes)
             if needed > free:
                 raise HotTierFull(
