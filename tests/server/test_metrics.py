@@ -109,3 +109,33 @@ def test_a_scrape_walks_no_shard_record(
     assert 'tierstore_hits_total{dataset="b"} 0.0' in lines  # never read: still reported
     assert walked == []
     assert store.dataset_usage("a").hits == 4 and walked == ["a"]  # the usage call does walk
+
+
+def test_deleting_a_dataset_keeps_the_node_totals_and_a_new_one_starts_at_zero(
+    factory: StoreFactory,
+) -> None:
+    store = factory(datasets={"a": DatasetSettings(), "b": DatasetSettings()})
+    for dataset in ("a", "b"):
+        store.put(dataset, "s", b"x" * 100)
+    for _ in range(3):
+        store.get("b", "s")
+    store.get("a", "s")
+    metrics = ServerMetrics(dataset_labels=False)
+    metrics.watch_store(store)
+    port = metrics.serve("127.0.0.1:0")
+
+    def hits_line() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+        return next(line for line in lines if line.startswith("tierstore_hits_total"))
+
+    try:
+        assert hits_line() == "tierstore_hits_total 4.0"
+        store.delete_dataset("b", force=True)
+        assert hits_line() == "tierstore_hits_total 4.0"  # a counter never goes down
+        store.create_dataset("b")
+        assert store.dataset_usage("b").hits == 0  # the new dataset's reads only
+        assert store.read_counts()["b"] == (0, 0)
+        assert hits_line() == "tierstore_hits_total 4.0"
+    finally:
+        metrics.stop_serving()

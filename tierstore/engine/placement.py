@@ -54,6 +54,8 @@ class Placement:
         self._mover = mover
         self._lock = threading.Lock()
         self._reads: dict[str, list[int]] = {}
+        #: hits and misses of datasets deleted since start: the node's totals keep them.
+        self._retired = [0, 0]
 
     def count_read(self, dataset: str, hit: bool, reads: int = 1) -> None:
         """Count ``reads`` reads of ``dataset`` served from the hot tier (hit) or the archive."""
@@ -62,10 +64,30 @@ class Placement:
             counts[0 if hit else 1] += reads
 
     def read_counts(self) -> dict[str, tuple[int, int]]:
-        """Hits and misses since start by dataset, from memory (datasets never read,
-        and only those, are absent; a deleted dataset's counts stay). O(datasets)."""
+        """Hits and misses since start (or since it was made) by dataset, from memory
+        (datasets not read since, and only those, are absent). O(datasets)."""
         with self._lock:
             return {dataset: (hits, misses) for dataset, (hits, misses) in self._reads.items()}
+
+    def read_totals(self) -> tuple[int, int]:
+        """The node's hits and misses since start, deleted datasets' included: they
+        never go down. O(datasets)."""
+        with self._lock:
+            hits, misses = self._retired
+            for dataset_hits, dataset_misses in self._reads.values():
+                hits += dataset_hits
+                misses += dataset_misses
+            return hits, misses
+
+    def retire_reads(self, dataset: str) -> None:
+        """A dataset of this name was deleted or made: its counts so far belong to a
+        dataset that is gone, so they leave its name and stay only in the node's
+        totals (a dataset made again under the name starts at zero)."""
+        with self._lock:
+            counts = self._reads.pop(dataset, None)
+            if counts is not None:
+                self._retired[0] += counts[0]
+                self._retired[1] += counts[1]
 
     def set_pinned(self, dataset: str, shard: str, pinned: bool, ttl_s: float | None = None) -> int:
         """Pin (for ``ttl_s`` seconds, or until unpinned) or unpin a shard; returns the

@@ -160,16 +160,15 @@ class _StoreCollector(Collector):
         misses = CounterMetricFamily(
             "tierstore_misses", "reads served from the archive", labels=labels
         )
-        total_hits = total_misses = 0
         # From memory: a scrape must not walk the catalog's shard records (dataset_usage
         # does, for its shard and byte counts), which took seconds over millions of shards.
-        for name, (dataset_hits, dataset_misses) in self._store.read_counts().items():
-            if self._dataset_labels:
+        if self._dataset_labels:
+            # A dataset deleted and made again starts at zero: a counter reset.
+            for name, (dataset_hits, dataset_misses) in self._store.read_counts().items():
                 hits.add_metric([name], dataset_hits)
                 misses.add_metric([name], dataset_misses)
-            total_hits += dataset_hits
-            total_misses += dataset_misses
-        if not self._dataset_labels:
+        else:
+            total_hits, total_misses = self._store.read_totals()
             hits.add_metric([], total_hits)
             misses.add_metric([], total_misses)
         yield hits
