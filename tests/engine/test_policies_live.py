@@ -231,6 +231,21 @@ def test_a_pin_whose_ttl_ran_out_is_evictable_again(open_store: StoreFactory, na
     assert store.stat("d", "long").pinned_until == 0.0
 
 
+def test_a_pin_holds_the_shard_through_an_overwrite(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")}, start_mover=False)
+    fill(store, "d", ["kept", "timed"])
+    store.pin("d", "kept")
+    store.pin("d", "timed", ttl_s=3600)
+    until = store.stat("d", "timed").pinned_until
+    for name in ("kept", "timed"):
+        store.put("d", name, payload(FRAME, 7))  # a new generation, by the same name
+    assert store.mover.drain_once()  # archived: only the pins keep them hot
+    assert store.stat("d", "kept").pinned and store.stat("d", "kept").pinned_until == 0.0
+    assert store.stat("d", "timed").pinned and store.stat("d", "timed").pinned_until == until
+    assert store.evict("d", "kept") == 0 and store.evict("d", "timed") == 0
+    assert hot(store, "d") == {"kept", "timed"}
+
+
 def test_bytes_to_free_are_split_by_hot_bytes(open_store: StoreFactory) -> None:
     store = open_store(
         datasets={"big": DatasetSettings(policy="lru"), "small": DatasetSettings(policy="lru")},

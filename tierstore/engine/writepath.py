@@ -322,6 +322,9 @@ class ShardWriter:
                     "evict shards, or raise map_size_bytes"
                 )
             record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
+            if previous is not None and previous.pinned:
+                # Pins are set by name: a new generation stays pinned as the old one was.
+                record = record.with_state(pinned=True, pinned_until=previous.pinned_until)
             generation = record.generation
             if previous is not None:
                 # Its archive objects are deleted by an entry after this put's upload
