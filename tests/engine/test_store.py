@@ -363,6 +363,19 @@ def test_list_pages_prefixes_and_start_after(store: Store) -> None:
     assert store.list("enc")[0] == []
 
 
+def test_a_listing_shows_each_shards_reads_as_stat_does(store: Store) -> None:
+    for name in ("read", "unread"):
+        store.put("plain", name, name.encode())
+    for _ in range(2):
+        store.get("plain", "read")
+    store.mover.flush_access()
+    store.get("plain", "read")  # one still pending, not yet flushed
+    listed = {info.name: info for info in store.list("plain")[0]}
+    assert listed["read"].access_count == store.stat("plain", "read").access_count == 3
+    assert listed["read"].last_access == store.stat("plain", "read").last_access > 0
+    assert listed["unread"].access_count == 0
+
+
 def test_long_names_list_in_order_and_page_completely(store: Store) -> None:
     # Catalog keys keep 400 bytes of a long name and add a hash: listing must still be
     # by name, and paging and prefixes must find every shard.

@@ -49,7 +49,7 @@ from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
 from tierstore.engine.rebuild import restore_catalog, scan_archive
-from tierstore.engine.records import JournalOp, catalog_key
+from tierstore.engine.records import JournalOp, ShardRecord, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import ShardSealers, stored_overhead
 from tierstore.engine.trace import TraceRing
@@ -455,19 +455,24 @@ class Store:
         """What the catalog knows of a shard. Raises InvalidName, DatasetNotFound, ShardNotFound."""
         self._check_shard_call(dataset, shard)
         now = time.time()
-        half_life = self.settings.access_half_life_s
         # Under the flush lock: a flush in progress has reads in neither place.
         with self._access.flush_lock, self._env.read() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
-            flushed = self._catalog.get_access(txn, dataset, shard)
-            pending = self._access.pending(dataset, shard, record.generation)
-        reads = flushed.merged(pending, half_life).valued_at(now, half_life)
-        return record.to_info(now, reads)
+            return self._info_with_reads(txn, record, now)
+
+    def _info_with_reads(self, txn: Any, record: ShardRecord, now: float) -> ShardInfo:
+        """``record``'s public view with its reads, flushed and pending, valued at
+        ``now``; call under the access flush lock."""
+        half_life = self.settings.access_half_life_s
+        flushed = self._catalog.get_access(txn, record.dataset, record.name)
+        pending = self._access.pending(record.dataset, record.name, record.generation)
+        return record.to_info(now, flushed.merged(pending, half_life).valued_at(now, half_life))
 
     def list(
         self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
     ) -> tuple[builtins.list[ShardInfo], str | None]:
-        """Up to ``limit`` shards whose names start with ``prefix``, after ``start_after``.
+        """Up to ``limit`` shards whose names start with ``prefix``, after ``start_after``,
+        each with its reads as :meth:`stat` gives them.
 
         Returns the page and the ``start_after`` of the next page (``None`` at the end).
         """
@@ -475,13 +480,13 @@ class Store:
         validate_dataset_name(dataset)
         limit = max(1, limit)
         now = time.time()
-        with self._env.read() as txn:
+        with self._access.flush_lock, self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             page: builtins.list[ShardInfo] = []
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
                 if len(page) == limit:
                     return page, page[-1].name
-                page.append(record.to_info(now))
+                page.append(self._info_with_reads(txn, record, now))
         return page, None
 
     # Reads.
