@@ -33,8 +33,11 @@ class DatasetUsage:
     """One dataset's footprint and read outcomes (hits and misses since start)."""
 
     shards: int
+    #: the shards' own bytes.
     bytes: int
     hot_shards: int
+    #: what the hot tier stores for them, each frame's checksum or AEAD tag included:
+    #: what a quota and the hot tier's counters count (more than ``bytes`` when all hot).
     hot_bytes: int
     hits: int
     misses: int
