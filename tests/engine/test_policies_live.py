@@ -458,6 +458,17 @@ def test_the_prefetcher_promotes_what_the_policy_asks_within_the_budget(
     assert store.prefetcher.queued == 5
 
 
+def test_a_prefetch_counts_each_shard_once(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")})
+    fill(store, "d", ["s0", "s1"])
+    assert store.drain(10)
+    for name in ("s0", "s1"):
+        store.evict("d", name)
+    assert store.prefetch("d", ["s0", "s0", "s0", "nosuch", "s1", "s0"]) == 2
+    for name in ("s0", "s1"):
+        wait_until(lambda name=name: store.stat("d", name).hot, f"{name} to turn hot")
+
+
 @pytest.mark.parametrize("name", ["recording", DEFAULT_POLICY])
 def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
     open_store: StoreFactory, name: str

@@ -117,7 +117,8 @@ class Placement:
         return 0
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
-        """Queue promotion of every named shard that is not hot; returns how many were queued.
+        """Queue promotion of every named shard that is not hot; returns how many shards
+        were queued (a name given twice counts once).
 
         Unknown names and unreadable records are skipped (a prefetch is a hint).
         Raises DatasetNotFound.
@@ -125,7 +126,9 @@ class Placement:
         queued = 0
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
-            records = [self._catalog.readable_shard(txn, dataset, name) for name in shards]
+            records = [
+                self._catalog.readable_shard(txn, dataset, name) for name in dict.fromkeys(shards)
+            ]
         for record in records:
             if record is not None and not record.hot and record.archived:
                 self._mover.promote(record, None)
