@@ -96,6 +96,7 @@ class FakeClient:
     def stats(self, dataset: str, sizing: bool) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
+        usage |= {"archived_shards": 0, "archived_bytes": 0}
         return {
             "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": 0.0}},
             "hot_bytes": 9,

@@ -241,6 +241,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     table = run(env, "stats", dataset, json_output=False)
     assert table.returncode == 0 and b"hit" in table.stdout and b"ratio" in table.stdout
     assert b"waiting for the archive" in table.stdout
+    assert b"archived" in table.stdout
 
 
 def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) -> None:

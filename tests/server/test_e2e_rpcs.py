@@ -228,6 +228,8 @@ def test_placement_pin_unpin_evict_prefetch_and_stats(admin: Client) -> None:
     usage = before["datasets"][dataset]
     assert (usage["shards"], usage["bytes"], usage["hot_shards"]) == (2, 301_000, 2)
     assert before["hot_bytes"] >= usage["hot_bytes"] > 301_000 - 1
+    # Write-through: the archive holds both, stored as the hot tier stores them.
+    assert (usage["archived_shards"], usage["archived_bytes"]) == (2, usage["hot_bytes"])
     assert before["hot_capacity_bytes"] > 0
 
     assert admin.pin(dataset, "a") == 0  # already hot: nothing to promote
@@ -237,7 +239,10 @@ def test_placement_pin_unpin_evict_prefetch_and_stats(admin: Client) -> None:
     freed = admin.evict(dataset, "a")
     assert freed >= len(data)
     assert not admin.stat(dataset, "a").hot
-    assert admin.stats(dataset)["datasets"][dataset]["hot_shards"] == 1
+    after = admin.stats(dataset)["datasets"][dataset]
+    assert (after["hot_shards"], after["archived_shards"]) == (1, 2)  # evicted: archive only
+    assert after["hot_bytes"] == usage["hot_bytes"] - freed
+    assert after["archived_bytes"] == usage["archived_bytes"]
 
     # Prefetch brings it back without a read.
     assert admin.prefetch(dataset, ["a", "b", "no-such-shard"]) == 1

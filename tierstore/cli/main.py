@@ -725,8 +725,9 @@ def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
 
 @app.command(cls=_ClientCommand)
 def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
-    """Hot-tier usage; per dataset shards, bytes, policy and live hit ratio; and the
-    sizing curve: the miss ratio recent reads would have had at other hot-tier sizes."""
+    """Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
+    hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
+    hot-tier sizes."""
     figures = _run(lambda: _client().stats(dataset, sizing=True))
     table = Table(
         "dataset",
@@ -735,6 +736,8 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
         "bytes",
         "hot shards",
         "hot bytes",
+        "archived shards",
+        "archived bytes",
         "hits",
         "misses",
         "hit ratio",
@@ -747,6 +750,8 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
             f"{d['bytes']:,}",
             str(d["hot_shards"]),
             f"{d['hot_bytes']:,}",
+            str(d["archived_shards"]),
+            f"{d['archived_bytes']:,}",
             str(d["hits"]),
             str(d["misses"]),
             f"{d['hit_ratio']:.1%}" if d["hits"] + d["misses"] else "n/a (no reads)",

@@ -566,6 +566,8 @@ class Client:
                     "bytes": d.bytes,
                     "hot_shards": d.hot_shards,
                     "hot_bytes": d.hot_bytes,
+                    "archived_shards": d.archived_shards,
+                    "archived_bytes": d.archived_bytes,
                     "hits": d.hits,
                     "misses": d.misses,
                     "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else 0.0,

@@ -41,6 +41,10 @@ class DatasetUsage:
     hot_bytes: int
     hits: int
     misses: int
+    #: shards whose current generation the archive holds, and their frames' stored
+    #: bytes there (as ``hot_bytes`` counts them; each object's small index aside).
+    archived_shards: int = 0
+    archived_bytes: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -136,11 +140,12 @@ class Placement:
         return queued
 
     def usage(self, dataset: str) -> DatasetUsage:
-        """Shards and bytes of ``dataset`` in total and in the hot tier, with read counts.
+        """Shards and bytes of ``dataset`` in total, in the hot tier and in the archive,
+        with read counts.
 
         Raises DatasetNotFound. Walks the dataset's records: O(shards).
         """
-        shards = size = hot_shards = hot_bytes = 0
+        shards = size = hot_shards = hot_bytes = archived_shards = archived_bytes = 0
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             for record in self._catalog.iter_shards(txn, dataset):
@@ -149,6 +154,11 @@ class Placement:
                 if record.hot:
                     hot_shards += 1
                     hot_bytes += stored_size(record)
+                if record.archived:
+                    archived_shards += 1
+                    archived_bytes += stored_size(record)
         with self._lock:
             hits, misses = self._reads.get(dataset, (0, 0))
-        return DatasetUsage(shards, size, hot_shards, hot_bytes, hits, misses)
+        return DatasetUsage(
+            shards, size, hot_shards, hot_bytes, hits, misses, archived_shards, archived_bytes
+        )

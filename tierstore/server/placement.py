@@ -144,6 +144,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     hits=usage.hits,
                     misses=usage.misses,
                     policy=self._store.policy_name(name),
+                    archived_shards=usage.archived_shards,
+                    archived_bytes=usage.archived_bytes,
                 )
             )
         return figures

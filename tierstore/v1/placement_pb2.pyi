@@ -65,7 +65,7 @@ class GetTierStatsRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., sizing: _Optional[bool] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy")
+    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,8 @@ class DatasetStats(_message.Message):
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shards: int
     bytes: int
@@ -82,7 +84,9 @@ class DatasetStats(_message.Message):
     hits: int
     misses: int
     policy: str
-    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    archived_shards: int
+    archived_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ...) -> None: ...
 
 class SizingPoint(_message.Message):
     __slots__ = ("capacity_bytes", "miss_ratio")
