@@ -794,6 +794,25 @@ def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(
     assert fresh.get("plain", "a").to_bytes() == b"written during the rebuild"
 
 
+def test_a_rebuild_refuses_while_the_journal_holds_a_deleted_datasets_entries(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    store.put("plain", "a", payload(FRAME, 1))
+    assert store.drain(10)
+    # Deleted, and the node stops before the mover deletes the archive's objects.
+    stopped = open_store.reopen(store, archive, start_mover=False)
+    stopped.delete_dataset("plain", force=True)
+    assert stopped.list_datasets() == [] and stopped.stats().journal_entries > 0
+    with pytest.raises(FailedPrecondition, match="journal"):
+        stopped.rebuild_from_archive()  # it would bring the deleted dataset back
+    assert stopped.list_datasets() == []
+    restarted = open_store.reopen(stopped, archive)
+    assert restarted.drain(10)
+    assert restarted.rebuild_from_archive() == 0  # the deletes reached the archive
+    assert restarted.list_datasets() == []
+
+
 def test_a_write_through_put_archives_its_datasets_earlier_entries_first(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:

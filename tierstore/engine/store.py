@@ -813,8 +813,9 @@ class Store:
 
         Every dataset and the newest generation of every shard come back as
         archived and not hot (reads fetch and promote them). Raises
-        FailedPrecondition if the catalog is not empty, ArchiveUnavailable if the
-        archive cannot be listed.
+        FailedPrecondition if the catalog is not empty or its journal still holds
+        entries for the archive (drain it first), ArchiveUnavailable if the archive
+        cannot be listed.
         """
         self._check_open()
         with self._env.read() as txn:
@@ -839,6 +840,14 @@ class Store:
             raise FailedPrecondition(
                 "the catalog is not empty (or datasets were created during the rebuild); "
                 "rebuild only into a new store"
+            )
+        pending = self._catalog.journal_length(txn)
+        if pending:
+            # E.g. the deletes of a dataset deleted just before a crash: the archive
+            # still holds its objects, and a rebuild would bring it back.
+            raise FailedPrecondition(
+                f"the journal holds {pending} entries the archive has not seen yet; "
+                "let the mover finish them (Store.drain) before a rebuild"
             )
 
     def stats(self) -> StoreStats:
