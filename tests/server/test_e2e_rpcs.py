@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -369,3 +370,29 @@ def test_reflection_lists_services(server: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.ServerReflectionInfo(iter([request]), timeout=5))  # no token
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_file_that_shrinks_while_it_is_put_is_refused_and_stores_nothing(
+    admin: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A memory map of it killed the client with SIGBUS at the first page past its new end.
+    dataset = unique()
+    admin.create_dataset(dataset)
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(os.urandom(3 * admin.frame_bytes))
+    pread = os.pread
+
+    def read_then_cut(fd: int, length: int, offset: int) -> bytes:
+        data = pread(fd, length, offset)
+        if offset == 0:  # someone cuts the file once its first frame has been read
+            os.truncate(path, admin.frame_bytes + 10)
+        return data
+
+    monkeypatch.setattr(os, "pread", read_then_cut)
+    with pytest.raises(errors.InvalidArgument, match="shrank while it was read"):
+        admin.put(dataset, "s", path)
+    monkeypatch.undo()
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(dataset, "s")
+    admin.put(dataset, "s", str(path))  # the file as it is now
+    assert admin.get(dataset, "s").to_pybytes() == path.read_bytes()

@@ -17,9 +17,8 @@ goes through the service. :attr:`Client.read_counts` tells which path served the
 from __future__ import annotations
 
 import builtins
-import contextlib
-import mmap
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -311,27 +310,40 @@ class Client:
     def put(self, dataset: str, shard: str, data: Any) -> ShardInfo:
         """Store ``data`` as the new generation of ``dataset/shard``; returns its info.
 
-        ``data``: bytes or any buffer, a file path (``str``/``Path``, read through a
-        memory map) or binary file object, a numpy array, a pyarrow Table or
+        ``data``: bytes or any buffer, a file path (``str``/``Path``, read a frame at
+        a time as it is sent; one that shrinks meanwhile is InvalidArgument and
+        stores nothing) or binary file object, a numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor. Raises InvalidName, UnsupportedData,
         OversizeFrame, PermissionDenied, ResourceExhausted, ArchiveUnavailable.
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        with _as_value(data) as value:
-            framed = frame_value(value, self.frame_bytes)
+        with _as_value(data, self.frame_bytes) as value:
+            frames: _FileFrames | tuple[memoryview, ...]
+            if isinstance(value, _FileFrames):
+                kind, frames = ShardKind.RAW, value
+            else:
+                framed = frame_value(value, self.frame_bytes)
+                kind, frames = framed.kind, framed.frames
+            failed: list[InvalidArgument] = []
 
             def messages() -> Iterator[shards_pb2.PutShardRequest]:
                 yield shards_pb2.PutShardRequest(
                     header=shards_pb2.PutShardHeader(
                         dataset=dataset,
                         shard=shard,
-                        kind=shard_kind_to_pb(framed.kind),
-                        frame_count=len(framed.frames),
+                        kind=shard_kind_to_pb(kind),
+                        frame_count=len(frames),
                     )
                 )
-                for frame in framed.frames:
-                    yield shards_pb2.PutShardRequest(frame=bytes(frame))
+                try:
+                    for frame in frames:
+                        yield shards_pb2.PutShardRequest(frame=bytes(frame))
+                except InvalidArgument as exc:
+                    # End the stream short of the frames its header announced: the
+                    # server refuses it and stores nothing. (Raising here would have
+                    # grpc log a stack trace.) The caller gets this error instead.
+                    failed.append(exc)
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
             try:
@@ -340,7 +352,11 @@ class Client:
                         messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
                     )
             except grpc.RpcError as error:
+                if failed:
+                    raise failed[0] from None
                 _raise_mapped(error)
+            if failed:  # never: a short stream is refused
+                raise failed[0]
         return shard_info_from_pb(reply)
 
     def _open(self, request: shards_pb2.GetShardRequest) -> ShardStream:
@@ -734,12 +750,47 @@ def _mapped(responses: Any) -> Iterator[Any]:
         _raise_mapped(error)
 
 
-class _as_value:
-    """Context manager: a file path or file object as a buffer (mapped, not read), or ``data``."""
+class _FileFrames:
+    """A regular file's bytes as raw frames, read one frame at a time as they are sent.
 
-    def __init__(self, data: Any) -> None:
+    Not memory-mapped: touching a mapped page past the end of a file cut short
+    meanwhile kills the process with SIGBUS, which Python cannot catch. A file that
+    shrinks while it is read raises InvalidArgument instead (the put is then
+    cancelled and stores nothing); bytes it gains past its size at opening are not
+    read.
+    """
+
+    def __init__(self, file: IO[bytes], size: int, frame_bytes: int) -> None:
+        self._file = file
+        self._size = size
+        self._frame_bytes = frame_bytes
+
+    def __len__(self) -> int:
+        return -(-self._size // self._frame_bytes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        fd = self._file.fileno()
+        for offset in range(0, self._size, self._frame_bytes):
+            wanted = min(self._frame_bytes, self._size - offset)
+            try:
+                frame = os.pread(fd, wanted, offset)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read {self._file.name}: {exc}") from exc
+            if len(frame) != wanted:
+                raise InvalidArgument(
+                    f"{self._file.name} shrank while it was read (it had {self._size} "
+                    "bytes when opened); nothing was stored"
+                )
+            yield frame
+
+
+class _as_value:
+    """Context manager: a file path or file object as :class:`_FileFrames` (a regular
+    file) or its bytes (anything else readable), or ``data`` itself."""
+
+    def __init__(self, data: Any, frame_bytes: int) -> None:
         self._data = data
-        self._map: mmap.mmap | None = None
+        self._frame_bytes = frame_bytes
         self._file: IO[bytes] | None = None
 
     def __enter__(self) -> Any:
@@ -752,19 +803,15 @@ class _as_value:
             data = self._file
         if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
             try:
-                size = os.fstat(data.fileno()).st_size
-                if size == 0:
-                    return b""
-                self._map = mmap.mmap(data.fileno(), 0, access=mmap.ACCESS_READ)
-                return memoryview(self._map)
+                status = os.fstat(data.fileno())
             except (OSError, AttributeError, ValueError):
                 return data.read()
+            if not stat.S_ISREG(status.st_mode):
+                return data.read()  # a pipe or a device: its bytes as they come
+            return _FileFrames(data, status.st_size, self._frame_bytes)
         return data
 
     def __exit__(self, *exc: object) -> None:
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # views still referenced: freed with them
-                self._map.close()
         if self._file is not None:
             self._file.close()
 
