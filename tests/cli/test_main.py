@@ -67,6 +67,8 @@ class FakeClient:
             raise PermissionError(13, "Permission denied")  # what reading the file raised
         if shard == "refused":
             raise errors.PermissionDenied("no writer role on 'ds'")
+        if shard == "interrupted":
+            raise KeyboardInterrupt  # Ctrl-C while its stream was on its way
         return ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, True, False)
 
     def _known(self, call: str, dataset: str, shard: str) -> None:
@@ -435,6 +437,30 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert error in one_error_line(stopped)
     assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [bad, "b"]}
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_during_a_put_reports_what_was_uploaded_and_what_is_in_doubt(
+    client: FakeClient, tmp_path: Path, as_json: bool
+) -> None:
+    for name in ("a", "interrupted", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    files = [str(tmp_path / name) for name in ("a", "interrupted", "b")]
+    stopped = invoke(*(["--json"] if as_json else []), "put", "ds", *files)
+    assert stopped.exit_code == 130  # before: 130 and nothing said at all
+    # Without --json the progress bar is on stderr too.
+    line = one_error_line(stopped) if as_json else stopped.stderr.splitlines()[-1]
+    assert line.startswith("error: ")
+    assert "Interrupted" in line and "'interrupted' may have been stored" in line
+    if as_json:
+        assert json.loads(stopped.stdout) == {
+            "uploaded": ["a"],
+            "not_uploaded": ["interrupted", "b"],
+            "in_doubt": "interrupted",
+        }
+    else:
+        assert "uploaded 1 of 3 shards before Ctrl-C: a" in stopped.stdout
+    assert ("put", ("ds", "b")) not in client.calls
 
 
 def test_put_refuses_two_inputs_with_one_shard_name_before_uploading(

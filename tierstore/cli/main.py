@@ -549,6 +549,7 @@ def put(
     ) as progress:
         task = progress.add_task("uploading", total=total)
         failure: errors.TierstoreError | None = None
+        interrupted = False
         try:
             for file, name in files:
                 try:
@@ -561,8 +562,13 @@ def put(
                 progress.advance(task, size)
         except errors.TierstoreError as exc:
             failure = exc
+        except KeyboardInterrupt:
+            interrupted = True
+    names = [name for _, name in files]
+    if interrupted:
+        raise _put_interrupted(names, len(uploaded))
     if failure is not None:
-        raise _stopped(failure, [name for _, name in files], len(uploaded), "uploaded")
+        raise _stopped(failure, names, len(uploaded), "uploaded")
     elapsed = max(time.monotonic() - started, 1e-9)
     _emit(
         {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
@@ -649,6 +655,29 @@ def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) ->
     except errors.TierstoreError as exc:
         raise _stopped(exc, shards, len(results), done) from None
     return results
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command part way (exit 130)."""
+
+
+def _put_interrupted(names: list[str], count: int) -> typer.Exit:
+    """Ctrl-C stopped a put at ``names[count]``: report the ones uploaded before it, and
+    that one as in doubt: the server stores a stream it received whole even when its
+    answer finds nobody. Exit 130, as a shell does for SIGINT."""
+    in_doubt = names[count]
+    before = f": {', '.join(names[:count])}" if count else ""
+    _emit(
+        {"uploaded": names[:count], "not_uploaded": names[count:], "in_doubt": in_doubt},
+        Text(f"uploaded {count} of {len(names)} shards before Ctrl-C{before}"),
+    )
+    _fail(
+        Interrupted(
+            f"stopped while uploading {in_doubt!r}; {in_doubt!r} may have been stored all "
+            "the same (see tierstore stat); the rest were not uploaded"
+        )
+    )
+    return typer.Exit(130)
 
 
 def _stopped(exc: errors.TierstoreError, names: list[str], count: int, done: str) -> typer.Exit:
