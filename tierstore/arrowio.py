@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 import pyarrow as pa
@@ -37,6 +38,7 @@ __all__ = [
     "frames_to_table",
     "message_header_bytes",
     "message_rows",
+    "read_ipc_table",
     "table_to_frames",
     "validate_arrow_frames",
 ]
@@ -425,3 +427,21 @@ def fixed_list_values(array: pa.FixedSizeListArray) -> pa.Array:
     """
     size = array.type.list_size
     return array.values.slice(array.offset * size, len(array) * size)
+
+
+def read_ipc_table(path: Path) -> pa.Table:
+    """The table an Arrow IPC file (``.arrow``/Feather v2) or IPC stream at ``path``
+    holds, read into memory: not mapped, as a file cut short under a map kills the
+    process. Raises :class:`MalformedArrow` for a file that is neither,
+    :class:`OSError` for one that cannot be read."""
+    with pa.OSFile(str(path)) as source:
+        try:
+            return pa.ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)  # not the file format: perhaps a stream
+        try:
+            return pa.ipc.open_stream(source).read_all()
+        except (pa.ArrowInvalid, EOFError) as exc:
+            raise MalformedArrow(
+                f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"
+            ) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
@@ -203,6 +204,38 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     # Without --json: a table for people.
     table = run(env, "ls", dataset, json_output=False)
     assert table.returncode == 0 and b"one.bin" in table.stdout and b"archived" in table.stdout
+
+
+def test_put_kind_arrow_stores_arrow_files_as_tables(
+    env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
+) -> None:
+    table = pa.table({"label": [1, None, 3], "text": ["a", "bb", None]})
+    shards = tmp_path / "shards" / "train"
+    shards.mkdir(parents=True)
+    for name, new_writer in (("00001.arrow", pa.ipc.new_file), ("00002.arrows", pa.ipc.new_stream)):
+        with pa.OSFile(str(shards / name), "wb") as sink, new_writer(sink, table.schema) as writer:
+            writer.write_table(table)  # the IPC file format, then the stream format
+    put = ok(env, "put", dataset, str(tmp_path / "shards"), "--kind", "arrow")
+    assert put["shards"] == ["train/00001.arrow", "train/00002.arrows"]
+    for name in put["shards"]:
+        assert admin.stat(dataset, name).kind == "arrow"
+        assert admin.read_table(dataset, name).equals(table)
+    # A file that holds no Arrow data stops the put there, with what was done before.
+    (shards / "00003.txt").write_bytes(b"not arrow at all")
+    stopped = run(
+        env,
+        "put",
+        dataset,
+        str(shards / "00001.arrow"),
+        str(shards / "00003.txt"),
+        "--kind",
+        "arrow",
+        "--prefix",
+        "again/",
+    )
+    assert stopped.returncode == 2 and b"MalformedArrow" in stopped.stderr
+    assert json.loads(stopped.stdout)["not_uploaded"] == ["again/00003.txt"]
+    assert run(env, "put", dataset, str(shards), "--kind", "csv").returncode == 2
 
 
 def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:

@@ -518,11 +518,20 @@ def put(
     dataset: str,
     paths: Annotated[list[Path], typer.Argument(help="files or directories")],
     prefix: Annotated[str, typer.Option(help="shard name prefix")] = "",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="raw: each file's bytes as they are; arrow: each file is an Arrow IPC "
+            "file or stream, stored as an Arrow shard (what the DataLoader plugin reads)"
+        ),
+    ] = "raw",
 ) -> None:
     """Upload files (directories recursively) as shards named by their relative paths, in
     order. Stops at the first one it cannot upload; the ones uploaded before it are still
     reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
     stderr."""
+    if kind not in ("raw", "arrow"):
+        raise _fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))
     client = _client()
     files: list[tuple[Path, str]] = []
     for path in paths:
@@ -554,7 +563,7 @@ def put(
             for file, name in files:
                 try:
                     size = file.stat().st_size
-                    uploaded.append(client.put(dataset, name, file))
+                    uploaded.append(client.put(dataset, name, _put_value(file, kind)))
                 except OSError as exc:  # unreadable, or gone since it was listed
                     raise errors.InvalidArgument(
                         f"cannot read {file}: {exc.strerror or exc}"
@@ -655,6 +664,16 @@ def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) ->
     except errors.TierstoreError as exc:
         raise _stopped(exc, shards, len(results), done) from None
     return results
+
+
+def _put_value(file: Path, kind: str) -> Any:
+    """What ``put --kind`` uploads of ``file``: the file itself (raw), or the table it
+    holds (arrow; MalformedArrow if it holds none)."""
+    if kind == "raw":
+        return file
+    from tierstore.arrowio import read_ipc_table  # pyarrow only when it is needed
+
+    return read_ipc_table(file)
 
 
 class Interrupted(Exception):

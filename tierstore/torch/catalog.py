@@ -229,9 +229,11 @@ def resolve(
     infos, listed_by = _listed(client, dataset, shards, prefix)
     raw = [info.name for info in infos if info.kind is ShardKind.RAW]
     if raw:
+        more = f" and {len(raw) - 5} more" if len(raw) > 5 else ""
         raise WrongShardKind(
-            f"dataset {dataset!r}: shard(s) {raw[:5]} hold raw bytes, not Arrow data; "
-            "tierstore.torch reads Arrow shards (choose others with shards= or prefix=)"
+            f"dataset {dataset!r}: shard(s) {raw[:5]}{more} hold raw bytes, not Arrow data; "
+            "tierstore.torch reads Arrow shards (choose others with shards= or prefix=; "
+            "upload Arrow IPC files with `tierstore put --kind arrow`)"
         )
     infos.sort(key=lambda info: info.name)
     first = infos[0]
