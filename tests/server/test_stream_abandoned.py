@@ -18,6 +18,7 @@ import pytest
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, KEYRING, engine_settings, payload, wait_until
 from tests.server.servers import metadata, serving
+from tierstore.engine.records import archive_frames_key
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
 from tierstore.server.authz import Principal
@@ -121,3 +122,41 @@ def test_an_admitted_miss_is_promoted_when_the_client_cancels_after_the_header(
         wait_until(lambda: node.store.stat("d", "s").hot, "the abandoned miss to be promoted")
         read = node.store.get("d", "s")
         assert read.source == "hot" and read.to_bytes() == data
+
+
+def test_a_read_whose_client_left_while_it_waited_is_audited_as_cancelled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    with serving(
+        tmp_path, insecure=True, archive=archive, datasets={"d": DatasetSettings(policy="lru")}
+    ) as node:
+        node.store.put("d", "s", payload(3 * FRAME, 5))
+        assert node.store.drain(10)
+        node.store.evict("d", "s")
+        generation = node.store.stat("d", "s").generation
+        archive.hold_reads(archive_frames_key("d", generation))
+        get = node.channel().unary_stream(
+            "/tierstore.v1.ShardService/GetShard",
+            request_serializer=shards_pb2.GetShardRequest.SerializeToString,
+            response_deserializer=shards_pb2.GetShardResponse.FromString,
+        )
+        token = node.token("reader", ("d", Role.READER))
+        caplog.set_level(logging.INFO, logger="tierstore.audit")
+        call = get(
+            shards_pb2.GetShardRequest(dataset="d", shard="s"), timeout=15, metadata=metadata(token)
+        )
+        assert archive.read_waiting.wait(10)  # the server waits on the archive...
+        call.cancel()  # ...and the client gives up meanwhile
+        archive.release_reads()
+
+        def audited() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "tierstore.audit"
+                and "method=/tierstore.v1.ShardService/GetShard" in r.getMessage()
+            ]
+
+        wait_until(lambda: bool(audited()), "the read's audit line")
+        assert "outcome=CANCELLED" in audited()[0], audited()  # before: outcome=OK

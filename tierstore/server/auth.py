@@ -127,7 +127,9 @@ def _wrap(
 
     def outcome_of(exc: BaseException | None, context: grpc.ServicerContext) -> str:
         if exc is None:
-            return "OK"
+            # A handler that saw its caller gone (cancelled, or past its deadline) and
+            # stopped: nobody got an answer, so it is not a success.
+            return "OK" if context.is_active() else "CANCELLED"
         code = getattr(context, "code", lambda: None)()  # set by the handler's abort
         return code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
 
