@@ -439,6 +439,20 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
 
 
+def test_put_checks_every_name_before_uploading_and_takes_a_file_given_twice_once(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    (tmp_path / "good").write_bytes(b"x")
+    (tmp_path / "bad\nname").write_bytes(b"y")
+    refused = invoke("put", "ds", str(tmp_path / "good"), str(tmp_path / "bad\nname"))
+    assert refused.exit_code == 2
+    assert "InvalidName" in one_error_line(refused) and "nothing uploaded" in refused.stderr
+    assert not [call for call in client.calls if call[0] == "put"]  # before: "good" went up
+    twice = invoke("--json", "put", "ds", str(tmp_path / "good"), str(tmp_path / "good"))
+    assert twice.exit_code == 0 and json.loads(twice.stdout)["shards"] == ["good"]
+    assert [call for call in client.calls if call[0] == "put"] == [("put", ("ds", "good"))]
+
+
 @pytest.mark.parametrize("as_json", [True, False])
 def test_ctrl_c_during_a_put_reports_what_was_uploaded_and_what_is_in_doubt(
     client: FakeClient, tmp_path: Path, as_json: bool

@@ -34,6 +34,7 @@ from typer.core import TyperCommand
 
 from tierstore import errors
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from tierstore.naming import validate_shard_name
 from tierstore.types import Grant, Role, ShardInfo
 
 T = TypeVar("T")
@@ -545,7 +546,7 @@ def put(
             files.append((path, prefix + path.name))
         else:
             raise _fail(errors.InvalidArgument(f"{path} is not a file or directory"))
-    _refuse_name_clashes(files)
+    files = _checked_uploads(files)
     total = sum(f.stat().st_size for f, _ in files)
     uploaded = []
     started = time.monotonic()
@@ -585,11 +586,16 @@ def put(
     )
 
 
-def _refuse_name_clashes(files: list[tuple[Path, str]]) -> None:
-    """Exit (InvalidArgument, nothing uploaded) when two inputs would get one shard name:
-    the second would silently replace the first."""
+def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """``files`` with a file given twice (under one name) once. Exits (InvalidArgument,
+    nothing uploaded) when a name is not a valid shard name, or two inputs would get one
+    shard name: the second would silently replace the first."""
     first_of: dict[str, Path] = {}
     for file, name in files:
+        try:
+            validate_shard_name(name)
+        except errors.InvalidArgument as exc:
+            raise _fail(exc, f"{str(file)!r}: {exc}; nothing uploaded") from None
         earlier = first_of.setdefault(name, file)
         if earlier != file:
             raise _fail(
@@ -598,6 +604,7 @@ def _refuse_name_clashes(files: list[tuple[Path, str]]) -> None:
                     "(upload them separately with different --prefix values)"
                 )
             )
+    return list(dict.fromkeys(files))
 
 
 @app.command(cls=_ClientCommand)
