@@ -582,6 +582,8 @@ def test_serve_errors_exit_codes(
         (ports(api=taken[0]), 5),
         (ports(metrics=taken[2]), 5),
         (["--insecure", *ports(api="0.0.0.0:1")], 2),
+        (ports(api="nonsense"), 2),  # before: exit 5, after starting the archive
+        (ports(health="127.0.0.1:99999"), 2),
     ]
     with ThreadPoolExecutor(len(cases)) as pool:
         results = list(
@@ -605,7 +607,7 @@ def test_serve_errors_exit_codes(
             assert "cannot listen on" in line and next(a for a in args if a in taken) in line
             assert "-listen)" in line  # the flag that chose the port
         else:
-            assert "loopback" in line
+            assert "loopback" in line or "must be HOST:PORT" in line
         assert b"tierstore: ready" not in done.stdout
     assert server.health() == 1  # the session server did not notice
 

@@ -44,7 +44,12 @@ from tierstore.private_files import (
     hold_lock_or_name_holder,
     write_private_file,
 )
-from tierstore.server.app import ServerSettings, TierstoreServer, create_server
+from tierstore.server.app import (
+    ServerSettings,
+    TierstoreServer,
+    check_listen_addresses,
+    create_server,
+)
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.tls import ensure_tls_material
 from tierstore.server.tokens import TokenStore
@@ -86,6 +91,7 @@ class ServeOptions:
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
+    check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)

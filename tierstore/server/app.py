@@ -96,12 +96,31 @@ class ServerSettings:
     local_grant_ttl_s: float = DEFAULT_GRANT_TTL_S
 
     def __post_init__(self) -> None:
+        check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
         if self.insecure and not is_loopback_address(self.listen):
             raise InvalidArgument("plaintext (--insecure) serving is allowed only on loopback")
         if not self.insecure and self.tls is None:
             raise InvalidArgument("TLS material is required unless insecure is set")
         if not (self.request_arrival_s > 0 and self.stream_message_s > 0):
             raise InvalidArgument("request_arrival_s and stream_message_s must be positive")
+
+
+def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str) -> None:
+    """Raise InvalidArgument unless each address is ``HOST:PORT`` with a port from 0 to
+    65535 (the health and metrics ones may be "": off). Cheap, so that a node refuses
+    a mistyped address before it starts anything."""
+    for address, option, optional in (
+        (listen, "--listen", False),
+        (health_listen, "--health-listen", True),
+        (metrics_listen, "--metrics-listen", True),
+    ):
+        if optional and address == "":
+            continue
+        host, colon, port = address.rpartition(":")
+        if not (colon and host and port.isdigit() and int(port) <= 65535):
+            raise InvalidArgument(
+                f"{option} must be HOST:PORT with a port from 0 to 65535, not {address!r}"
+            )
 
 
 def _options() -> list[tuple[str, int]]:
