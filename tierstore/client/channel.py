@@ -134,6 +134,10 @@ class ProcessChannel:
             key = s.client_key.read_bytes() if s.client_key is not None else None
         except OSError as exc:
             raise InvalidArgument(f"cannot read TLS file: {exc}") from exc
+        for path, pem, what in ((s.ca, root, "CERTIFICATE"), (s.client_cert, cert, "CERTIFICATE")):
+            # Else grpc fails every call with "Failed to create security handshaker".
+            if pem is not None and f"-----BEGIN {what}-----".encode() not in pem:
+                raise InvalidArgument(f"TLS file {path} holds no PEM certificate")
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root, private_key=key, certificate_chain=cert
         )
