@@ -4,6 +4,8 @@ it, and deleting the shard drops it with its hot frames."""
 from __future__ import annotations
 
 import json
+import math
+import struct
 
 import pytest
 
@@ -248,3 +250,22 @@ def test_a_manifest_that_names_no_shard_neither_stalls_the_purge_nor_puts(
     assert store.drain(10), store.mover.last_error
     assert store.stat(dataset, "later").archived
     assert key in archive_keys(archive, f"{dataset}/")  # not believed, so left alone
+
+
+@pytest.mark.parametrize("damage", [b"\x01\x02\x03", struct.pack("<Qdd", 1, math.nan, 1.0)])
+def test_a_damaged_access_record_costs_only_that_shards_read_counts(
+    open_store: StoreFactory, archive: MemoryTier, damage: bytes
+) -> None:
+    store = filled(open_store, archive)
+    for _ in range(2):
+        store.get("plain", "b")
+    store.mover.flush_access()
+    with store._env.write() as txn:  # LMDB keeps no checksum: the bytes go bad on disk
+        txn.put(catalog_key("plain", "b"), damage, db=store._env.db("access"))
+    # Statistics only: listing, stat and opening the store again all carry on.
+    assert [info.name for info in store.list("plain")[0]] == ["a", "b", "c"]
+    assert store.stat("plain", "b").access_count == 0
+    store.get("plain", "b")
+    store = open_store.reopen(store, archive)  # the policies are seeded from the counts
+    assert store.stat("plain", "b").access_count == 1  # flushed at close over the damage
+    assert store.get("plain", "b").to_bytes() == payload(2 * FRAME + 10, 1)

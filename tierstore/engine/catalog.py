@@ -338,9 +338,20 @@ class Catalog:
     # Access statistics.
 
     def get_access(self, txn: Any, dataset: str, name: str) -> AccessStats:
-        """A shard's flushed access statistics (24 bytes in the ``access`` database)."""
+        """A shard's flushed access statistics (24 bytes in the ``access`` database); none
+        for a record that does not decode: they are only statistics, so a damaged record
+        costs that shard its counts (the next flush writes them afresh), not the reads,
+        listings or start-up that look them up."""
         raw = txn.get(catalog_key(dataset, name), db=self._db("access"))
-        return AccessStats() if raw is None else AccessStats.unpack(bytes(raw))
+        if raw is None:
+            return AccessStats()
+        try:
+            return AccessStats.unpack(bytes(raw))
+        except ValueError as exc:
+            log.warning(
+                "access statistics of %s/%s are damaged, read as none: %s", dataset, name, exc
+            )
+            return AccessStats()
 
     def add_access(
         self, txn: Any, dataset: str, name: str, reads: AccessStats, half_life_s: float

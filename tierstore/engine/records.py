@@ -362,11 +362,18 @@ class AccessStats:
 
     @classmethod
     def unpack(cls, raw: bytes) -> AccessStats:
-        """Inverse of :meth:`pack`; also reads the older 16-byte form (no frequency)."""
+        """Inverse of :meth:`pack`; also reads the older 16-byte form (no frequency).
+        Raises ValueError for bytes of another length, or a time or frequency that is
+        not a finite number not below zero (damage: LMDB keeps no checksum)."""
         if len(raw) == _ACCESS_V0.size:
             count, last = _ACCESS_V0.unpack(raw)
-            return cls(count, last, 0.0)
-        count, last, frequency = _ACCESS.unpack(raw)
+            frequency = 0.0
+        elif len(raw) == _ACCESS.size:
+            count, last, frequency = _ACCESS.unpack(raw)
+        else:
+            raise ValueError(f"access statistics of {len(raw)} bytes, not {_ACCESS.size}")
+        if not (0 <= last < math.inf and 0 <= frequency < math.inf):
+            raise ValueError(f"access statistics out of range: last {last}, frequency {frequency}")
         return cls(count, last, frequency)
 
 
