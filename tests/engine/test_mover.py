@@ -6,6 +6,7 @@ archive to go down and come back, or needs to see what a read fetched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -285,6 +286,50 @@ def test_puts_at_once_evict_rather_than_pass_the_high_watermark(
         assert store.get("plain", f"new{i}").to_bytes() == payload(FRAME, 50 + i)
     for index in range(8):
         assert store.get("plain", f"old{index}").to_bytes() == payload(FRAME, index)
+
+
+def test_puts_at_once_evict_down_to_the_low_watermark_not_far_below(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = FRAME + 8  # one plaintext frame
+    store = open_store(
+        datasets={"plain": DatasetSettings(policy="lru")},
+        start_mover=False,
+        hot_capacity_bytes=10 * stored,
+        high_watermark=0.9,  # 9 shards
+        low_watermark=0.75,  # 7.5 shards
+    )
+    for index in range(9):
+        store.put("plain", f"old{index}", payload(FRAME, index))
+    assert store.mover.drain_once()  # at the high watermark, all evictable
+    # Four puts each read the hot bytes before any of them evicts (if they can: the
+    # figure is read under the eviction lock, so the meeting times out).
+    puts = 4
+    met = threading.Barrier(puts, timeout=1)
+    first_look = threading.local()
+    hot_bytes = store.mover._hot_bytes
+
+    def hot_bytes_then_meet() -> int:
+        hot = hot_bytes()
+        if not getattr(first_look, "done", False):
+            first_look.done = True
+            with contextlib.suppress(threading.BrokenBarrierError):
+                met.wait()
+        return hot
+
+    monkeypatch.setattr(store.mover, "_hot_bytes", hot_bytes_then_meet)
+    threads = [
+        threading.Thread(target=store.put, args=("plain", f"new{i}", payload(FRAME, 50 + i)))
+        for i in range(puts)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads)
+    counter, actual = catalog_hot_bytes(store)
+    # Each evicted 2.5 shards' worth from the same figure: 4 new shards and 0 or 1 old.
+    assert counter == actual and 6 * stored <= actual <= 9 * stored
 
 
 def test_background_eviction_keeps_the_hot_tier_under_its_watermark(

@@ -18,7 +18,13 @@ import pytest
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, engine_settings, payload, wait_until
 from tierstore.engine.store import Store
-from tierstore.errors import InvalidArgument, QuotaExceeded, ResourceExhausted, StoreClosed
+from tierstore.errors import (
+    DatasetNotFound,
+    InvalidArgument,
+    QuotaExceeded,
+    ResourceExhausted,
+    StoreClosed,
+)
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.memory import MemoryTier
@@ -371,6 +377,34 @@ def test_a_put_waiting_for_room_takes_the_quota_lowered_meanwhile(
     assert store.stat("capped", "s3").hot
     for index in range(4):
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
+
+
+def test_a_put_waiting_for_room_goes_in_once_the_quota_is_raised(
+    open_store: StoreFactory,
+) -> None:
+    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=60)
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store.update_dataset("capped", hot_quota_bytes=10 * QUOTA)
+    thread.join(20)  # the uploads are still held: only the raised quota lets it in
+    assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
+    assert archive.write_waiting.is_set() and not archive.hold_timed_out
+    assert store.stats().quota_waiting_puts == 0
+    archive.release_writes()
+    assert store.get("capped", "s3").to_bytes() == payload(SIZE, 3)
+
+
+def test_a_put_waiting_for_room_stops_when_its_dataset_is_deleted(
+    open_store: StoreFactory,
+) -> None:
+    store, archive = full_with_uploads_held(open_store)
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=60)
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store.delete_dataset("capped", force=True)
+    thread.join(20)
+    assert not thread.is_alive() and isinstance(outcome[0], DatasetNotFound), outcome
+    assert store.stats().quota_waiting_puts == 0  # its waiting place is free again
+    archive.release_writes()
 
 
 def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(

@@ -141,10 +141,10 @@ class Mover:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
-        #: journal entries tried so far (done or failed), notified on each (puts waiting
-        #: for room in their quota wait on it).
-        self._journal_tries = 0
-        self._journal_tried = threading.Condition()
+        #: journal entries tried so far (done or failed) and dataset settings changed,
+        #: notified on each: puts waiting for room in their quota wait on it.
+        self._progress = 0
+        self._progressed = threading.Condition()
         self._evict_lock = threading.Lock()
         #: held by a promotion from making its room to its commit (lock order: room lock
         #: → eviction lock → LMDB write transaction).
@@ -214,8 +214,8 @@ class Mover:
         """Stop the threads; pending journal entries stay for the next start."""
         self._stop.set()
         self._wake.set()
-        with self._journal_tried:
-            self._journal_tried.notify_all()  # puts waiting for uploads stop waiting
+        with self._progressed:
+            self._progressed.notify_all()  # puts waiting for uploads stop waiting
         # One stop mark per promotion thread; if the queue is full, the threads see the
         # stop flag after their current item (and wait for items with a timeout).
         marks = [self._promotions] * self._settings.promotion_threads + [self._fills]
@@ -274,23 +274,28 @@ class Mover:
         with self._env.read() as txn:
             return self._catalog.journal_length(txn)
 
-    def journal_tries(self) -> int:
-        """Journal entries tried so far, done or failed (see :meth:`wait_for_journal`)."""
-        with self._journal_tried:
-            return self._journal_tries
+    def progress(self) -> int:
+        """A count of the journal entries tried so far (done or failed) and the dataset
+        settings changed: what may give a put waiting for quota room its room (see
+        :meth:`wait_for_progress`)."""
+        with self._progressed:
+            return self._progress
 
-    def wait_for_journal(self, seen: int, timeout: float) -> bool:
-        """Wait until an entry has been tried since :meth:`journal_tries` returned
-        ``seen``, or the mover stops (True), or ``timeout`` seconds pass (False)."""
-        with self._journal_tried:
-            return self._journal_tried.wait_for(
-                lambda: self._journal_tries != seen or self._stop.is_set(), timeout
+    def wait_for_progress(self, seen: int, timeout: float) -> bool:
+        """Wait until an entry has been tried or a dataset's settings changed since
+        :meth:`progress` returned ``seen``, or the mover stops (True), or ``timeout``
+        seconds pass (False)."""
+        with self._progressed:
+            return self._progressed.wait_for(
+                lambda: self._progress != seen or self._stop.is_set(), timeout
             )
 
-    def _tried_entry(self) -> None:
-        with self._journal_tried:
-            self._journal_tries += 1
-            self._journal_tried.notify_all()
+    def progressed(self) -> None:
+        """A journal entry was tried, or a dataset's settings changed (its quota raised,
+        the dataset deleted): puts waiting for quota room look again."""
+        with self._progressed:
+            self._progress += 1
+            self._progressed.notify_all()
 
     def uploads_would_free(self, dataset: str) -> bool:
         """Whether the journal holds an upload that, once done, lets eviction take a hot
@@ -338,7 +343,7 @@ class Mover:
         try:
             return self._run_entry(seq)
         finally:
-            self._tried_entry()
+            self.progressed()
 
     def run_entry_in_order(self, seq: int, dataset: str, shard: str) -> bool:
         """Do the earlier journal entries on ``dataset``'s settings object, its deletes
@@ -867,11 +872,14 @@ class Mover:
         more: room was needed and too little was evictable (the put is then written
         past the watermark). Best effort: puts committed meanwhile may take the room,
         which the put's transaction checks (:meth:`passes_high_watermark`)."""
-        hot = self._hot_bytes()
-        if hot + incoming <= self._high_watermark_bytes():
-            return False
-        need = hot + incoming - self._low_watermark_bytes()
-        return self.evict(need) < need
+        # Read under the eviction lock: puts making room at once each evicted down to
+        # the low watermark from the same figure, together far below it.
+        with self._evict_lock:
+            hot = self._hot_bytes()
+            if hot + incoming <= self._high_watermark_bytes():
+                return False
+            need = hot + incoming - self._low_watermark_bytes()
+            return self._evict_locked(need) < need
 
     def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
         """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
@@ -894,38 +902,48 @@ class Mover:
         that the catalog does not (it can drift after a failed commit) is forgotten on
         the way."""
         with self._evict_lock:
-            now = time.time()
-            stale: list[Key] = []
-            sizes: dict[Key, int] = {}
-            with self._env.read() as txn:
+            return self._evict_locked(bytes_to_free, dataset, only_if_enough, spread)
 
-                def evictable(key: Key) -> bool:
-                    dataset, name = shard_of(key)
-                    # An unreadable record cannot be evicted: the policy forgets it.
-                    record = self._catalog.readable_shard(txn, dataset, name)
-                    if record is None or not record.hot:
-                        stale.append(key)
-                        return False
-                    if not record.evictable(now):
-                        return False
-                    sizes[key] = sum(record.stored_sizes(self._overhead(record)))
-                    return True
+    def _evict_locked(
+        self,
+        bytes_to_free: int,
+        dataset: str | None = None,
+        only_if_enough: bool = False,
+        spread: bool = True,
+    ) -> int:
+        """:meth:`evict`, with the eviction lock held."""
+        now = time.time()
+        stale: list[Key] = []
+        sizes: dict[Key, int] = {}
+        with self._env.read() as txn:
 
-                if dataset is None:
-                    victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
-                else:
-                    victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
-            if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
-                victims = []
-            freed = 0
-            with self._policies.undone_on_failure(), self._env.write() as txn:
-                for key in victims:
-                    freed += self._evict_in(txn, *shard_of(key), now)
-                for key in stale:
-                    record = self._catalog.readable_shard(txn, *shard_of(key))
-                    if record is None or not record.hot:
-                        self._policies.removed(key)
-            return freed
+            def evictable(key: Key) -> bool:
+                dataset, name = shard_of(key)
+                # An unreadable record cannot be evicted: the policy forgets it.
+                record = self._catalog.readable_shard(txn, dataset, name)
+                if record is None or not record.hot:
+                    stale.append(key)
+                    return False
+                if not record.evictable(now):
+                    return False
+                sizes[key] = sum(record.stored_sizes(self._overhead(record)))
+                return True
+
+            if dataset is None:
+                victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
+            else:
+                victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
+        if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
+            victims = []
+        freed = 0
+        with self._policies.undone_on_failure(), self._env.write() as txn:
+            for key in victims:
+                freed += self._evict_in(txn, *shard_of(key), now)
+            for key in stale:
+                record = self._catalog.readable_shard(txn, *shard_of(key))
+                if record is None or not record.hot:
+                    self._policies.removed(key)
+        return freed
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed

@@ -325,6 +325,7 @@ class Store:
             # At once, as far as archived shards allow: the mover would trim it only
             # after working through the whole journal.
             self.mover.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
+        self.mover.progressed()  # puts waiting for room in the quota read it again
         self.mover.wake()
         return settings
 
@@ -359,6 +360,7 @@ class Store:
                 raise
         self._plans.close_dataset(name)
         self._placement.retire_reads(name)
+        self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         self.mover.wake()
 
     # Writes.
@@ -462,7 +464,8 @@ class Store:
 
     def _info_with_reads(self, txn: Any, record: ShardRecord, now: float) -> ShardInfo:
         """``record``'s public view with its reads, flushed and pending, valued at
-        ``now``; call under the access flush lock."""
+        ``now``: exact under the access flush lock (a flush in progress has reads in
+        neither place), else possibly short by the reads of a flush under way."""
         half_life = self.settings.access_half_life_s
         flushed = self._catalog.get_access(txn, record.dataset, record.name)
         pending = self._access.pending(record.dataset, record.name, record.generation)
@@ -472,7 +475,8 @@ class Store:
         self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
     ) -> tuple[builtins.list[ShardInfo], str | None]:
         """Up to ``limit`` shards whose names start with ``prefix``, after ``start_after``,
-        each with its reads as :meth:`stat` gives them.
+        each with its reads as :meth:`stat` gives them (a page read while the mover
+        flushes reads may miss those being flushed: it does not wait for the flush).
 
         Returns the page and the ``start_after`` of the next page (``None`` at the end).
         """
@@ -480,7 +484,9 @@ class Store:
         validate_dataset_name(dataset)
         limit = max(1, limit)
         now = time.time()
-        with self._access.flush_lock, self._env.read() as txn:
+        # Not under the flush lock: listings would queue behind each other and hold up
+        # stat and the flush, for figures that are only for show.
+        with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             page: builtins.list[ShardInfo] = []
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):

@@ -147,13 +147,11 @@ class ShardWriter:
         room_rounds = 0
         try:
             while True:
-                # Read on every round: the admin may change the quota while the put waits.
-                quota = self._quota_now(dataset, shard, stored_total)
-                self._make_quota_room(dataset, shard, quota, stored_total, wait)
+                self._make_quota_room(dataset, shard, stored_total, wait)
                 wait.release()  # done waiting, for now: the commit holds no place
                 room_rounds += 1
                 evicted_all = self._mover.make_room(stored_total)
-                tries = self._mover.journal_tries()
+                tries = self._mover.progress()
                 try:
                     settings, record, seq = self._commit_locally(
                         dataset, shard, framed, evicted_all or room_rounds >= _ROOM_ROUNDS
@@ -220,17 +218,19 @@ class ShardWriter:
                 f"the dataset's whole quota of {quota} bytes"
             )
 
-    def _make_quota_room(
-        self, dataset: str, shard: str, quota: int, incoming: int, wait: QuotaWait
-    ) -> None:
+    def _make_quota_room(self, dataset: str, shard: str, incoming: int, wait: QuotaWait) -> None:
         """Evict ``dataset``'s own archived shards until a new generation of ``shard``
-        of ``incoming`` bytes fits its ``quota``; while it does not, and uploads on the
+        of ``incoming`` bytes fits its quota; while it does not, and uploads on the
         journal would make evictable shards, wait for the mover as ``wait`` allows.
-        Best effort: the write transaction checks the quota again."""
-        if quota <= 0:
-            return
+        The quota is read again each round: the admin may change it, or delete the
+        dataset (DatasetNotFound), while the put waits. Raises QuotaExceeded for a
+        shard larger than the whole quota. Best effort: the write transaction checks
+        the quota again."""
         while True:
-            tries = self._mover.journal_tries()
+            tries = self._mover.progress()
+            quota = self._quota_now(dataset, shard, incoming)
+            if quota <= 0:
+                return
             leaving = self._leaving(dataset, shard)
             self._mover.make_room_in_quota(dataset, quota, incoming - leaving)
             # Read again: eviction may have taken the generation being replaced.
@@ -244,12 +244,13 @@ class ShardWriter:
             self._wait_for_progress(tries, wait)
 
     def _wait_for_progress(self, tries: int, wait: QuotaWait) -> None:
-        """Wait, as long as ``wait`` allows, until the mover has tried a journal entry
-        since :meth:`Mover.journal_tries` returned ``tries`` (or stops): only then can
-        eviction find more room, so the room is not sought again before."""
+        """Wait, as long as ``wait`` allows, until the mover has tried a journal entry or
+        a dataset's settings changed since :meth:`Mover.progress` returned ``tries`` (or
+        it stops): only then can eviction find more room, or the quota have changed, so
+        the room is not sought again before."""
         self._mover.wake()
         while wait.may_wait():
-            if self._mover.wait_for_journal(tries, wait.next_wait_s()):
+            if self._mover.wait_for_progress(tries, wait.next_wait_s()):
                 return
 
     def _leaving(self, dataset: str, shard: str) -> int:
