@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,12 @@ from hypothesis import strategies as st
 
 from tests.buffers import KIB, detached, within
 from tierstore import arrowio
-from tierstore.arrowio import frames_to_table, table_to_frames, validate_arrow_frames
+from tierstore.arrowio import (
+    frames_to_table,
+    read_ipc_table,
+    table_to_frames,
+    validate_arrow_frames,
+)
 from tierstore.errors import InvalidArgument, MalformedArrow, OversizeFrame, UnsupportedData
 
 
@@ -504,3 +510,18 @@ def test_message_rows_never_reads_outside_the_metadata() -> None:
     header = b"\xff\xff\xff\xff" + len(metadata).to_bytes(4, "little") + metadata
     with pytest.raises(MalformedArrow, match="outside"):
         arrowio.message_rows(header)
+
+
+@pytest.mark.parametrize("cut", [0, 8, -16])
+def test_an_arrow_file_cut_short_or_not_arrow_is_malformed_arrow(tmp_path: Path, cut: int) -> None:
+    table = pa.table({"x": list(range(1000))})
+    whole = tmp_path / "whole.arrows"
+    with pa.OSFile(str(whole), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    assert read_ipc_table(whole).equals(table)
+    cut_short = tmp_path / "cut.arrows"
+    cut_short.write_bytes(whole.read_bytes()[:cut] if cut else b"not arrow at all")
+    with pytest.raises(MalformedArrow, match="neither an Arrow IPC file nor an IPC stream"):
+        read_ipc_table(cut_short)
+    with pytest.raises(OSError):
+        read_ipc_table(tmp_path / "missing.arrow")

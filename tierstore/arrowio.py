@@ -441,7 +441,7 @@ def read_ipc_table(path: Path) -> pa.Table:
             source.seek(0)  # not the file format: perhaps a stream
         try:
             return pa.ipc.open_stream(source).read_all()
-        except (pa.ArrowInvalid, EOFError) as exc:
+        except _ARROW_ERRORS as exc:  # a stream cut short is an OSError here
             raise MalformedArrow(
                 f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"
             ) from None

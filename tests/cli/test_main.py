@@ -465,7 +465,7 @@ def test_ctrl_c_during_a_put_reports_what_was_uploaded_and_what_is_in_doubt(
     # Without --json the progress bar is on stderr too.
     line = one_error_line(stopped) if as_json else stopped.stderr.splitlines()[-1]
     assert line.startswith("error: ")
-    assert "Interrupted" in line and "'interrupted' may have been stored" in line
+    assert "Interrupted" in line and "'interrupted' was on its way and may have been" in line
     if as_json:
         assert json.loads(stopped.stdout) == {
             "uploaded": ["a"],
@@ -475,6 +475,23 @@ def test_ctrl_c_during_a_put_reports_what_was_uploaded_and_what_is_in_doubt(
     else:
         assert "uploaded 1 of 3 shards before Ctrl-C: a" in stopped.stdout
     assert ("put", ("ds", "b")) not in client.calls
+
+
+def test_ctrl_c_after_the_last_put_leaves_nothing_in_doubt(
+    client: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").write_bytes(b"x")
+    advance = main.Progress.advance
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> None:
+        advance(self, *args, **kwargs)
+        raise KeyboardInterrupt  # after the last put returned, before the summary
+
+    monkeypatch.setattr(main.Progress, "advance", interrupted)
+    stopped = invoke("--json", "put", "ds", str(tmp_path / "a"))
+    assert stopped.exit_code == 130  # before: IndexError and a traceback
+    assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [], "in_doubt": None}
+    assert "stopped by Ctrl-C; the rest" in one_error_line(stopped)
 
 
 def test_put_refuses_two_inputs_with_one_shard_name_before_uploading(

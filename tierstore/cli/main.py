@@ -560,11 +560,15 @@ def put(
         task = progress.add_task("uploading", total=total)
         failure: errors.TierstoreError | None = None
         interrupted = False
+        sending: str | None = None  # the shard whose put is under way, if any
         try:
             for file, name in files:
                 try:
                     size = file.stat().st_size
-                    uploaded.append(client.put(dataset, name, _put_value(file, kind)))
+                    value = _put_value(file, kind)
+                    sending = name
+                    uploaded.append(client.put(dataset, name, value))
+                    sending = None
                 except OSError as exc:  # unreadable, or gone since it was listed
                     raise errors.InvalidArgument(
                         f"cannot read {file}: {exc.strerror or exc}"
@@ -576,7 +580,7 @@ def put(
             interrupted = True
     names = [name for _, name in files]
     if interrupted:
-        raise _put_interrupted(names, len(uploaded))
+        raise _put_interrupted(names, len(uploaded), sending)
     if failure is not None:
         raise _stopped(failure, names, len(uploaded), "uploaded")
     elapsed = max(time.monotonic() - started, 1e-9)
@@ -687,22 +691,22 @@ class Interrupted(Exception):
     """Ctrl-C stopped a command part way (exit 130)."""
 
 
-def _put_interrupted(names: list[str], count: int) -> typer.Exit:
-    """Ctrl-C stopped a put at ``names[count]``: report the ones uploaded before it, and
-    that one as in doubt: the server stores a stream it received whole even when its
-    answer finds nobody. Exit 130, as a shell does for SIGINT."""
-    in_doubt = names[count]
+def _put_interrupted(names: list[str], count: int, in_doubt: str | None) -> typer.Exit:
+    """Ctrl-C stopped a put after ``count`` of ``names``: report those, and ``in_doubt``,
+    the one whose put was under way, if any: the server stores a stream it received
+    whole even when its answer finds nobody. Exit 130, as a shell does for SIGINT."""
     before = f": {', '.join(names[:count])}" if count else ""
     _emit(
         {"uploaded": names[:count], "not_uploaded": names[count:], "in_doubt": in_doubt},
         Text(f"uploaded {count} of {len(names)} shards before Ctrl-C{before}"),
     )
-    _fail(
-        Interrupted(
-            f"stopped while uploading {in_doubt!r}; {in_doubt!r} may have been stored all "
-            "the same (see tierstore stat); the rest were not uploaded"
-        )
+    doubt = (
+        f"; {in_doubt!r} was on its way and may have been stored all the same "
+        "(see tierstore stat)"
+        if in_doubt is not None
+        else ""
     )
+    _fail(Interrupted(f"stopped by Ctrl-C{doubt}; the rest were not uploaded"))
     return typer.Exit(130)
 
 
