@@ -701,8 +701,7 @@ def _put_interrupted(names: list[str], count: int, in_doubt: str | None) -> type
         Text(f"uploaded {count} of {len(names)} shards before Ctrl-C{before}"),
     )
     doubt = (
-        f"; {in_doubt!r} was on its way and may have been stored all the same "
-        "(see tierstore stat)"
+        f"; {in_doubt!r} was on its way and may have been stored all the same (see tierstore stat)"
         if in_doubt is not None
         else ""
     )

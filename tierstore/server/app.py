@@ -107,8 +107,9 @@ class ServerSettings:
 
 def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str) -> None:
     """Raise InvalidArgument unless each address is ``HOST:PORT`` with a port from 0 to
-    65535 (the health and metrics ones may be "": off). Cheap, so that a node refuses
-    a mistyped address before it starts anything."""
+    65535 (an empty host, ``:PORT``, is every interface; the health and metrics ones
+    may be "": off). Cheap, so that a node refuses a mistyped address before it starts
+    anything."""
     for address, option, optional in (
         (listen, "--listen", False),
         (health_listen, "--health-listen", True),
@@ -116,8 +117,8 @@ def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str)
     ):
         if optional and address == "":
             continue
-        host, colon, port = address.rpartition(":")
-        if not (colon and host and port.isdigit() and int(port) <= 65535):
+        _, colon, port = address.rpartition(":")
+        if not (colon and port.isdigit() and int(port) <= 65535):
             raise InvalidArgument(
                 f"{option} must be HOST:PORT with a port from 0 to 65535, not {address!r}"
             )
