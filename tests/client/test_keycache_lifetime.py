@@ -234,3 +234,17 @@ def test_the_reporters_thread_calls_on_wake() -> None:
     poll(woken.is_set, 10, "the reporter's thread to wake")
     poll(lambda: sent, 10, "the read's report")
     reporter.close()
+
+
+def test_the_reporters_thread_runs_before_any_read_is_counted() -> None:
+    # The local path starts it when it caches a data key: a read that then falls back to
+    # the service counts nothing here, and the key must still go with its grant.
+    woken = threading.Event()
+    reporter = ReadReporter(lambda dataset, counts: None, interval_s=0.02, on_wake=woken.set)
+    reporter.start()
+    first = reporter._thread
+    reporter.start()  # running already: no second thread
+    assert first is not None and reporter._thread is first
+    poll(woken.is_set, 10, "the reporter's thread to wake with nothing to report")
+    reporter.close()
+    assert not first.is_alive()

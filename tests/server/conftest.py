@@ -95,10 +95,16 @@ class ServerProcess:
 
     # Lifecycle.
 
-    def start(self) -> ServerProcess:
-        """Start the server and return once it prints its ready line."""
+    def start(self, *, same_ports: bool = False) -> ServerProcess:
+        """Start the server and return once it prints its ready line (on the ports of its
+        last start if ``same_ports``: a restart its clients reach at the same address)."""
         for attempt in range(3):
-            self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+            if not (same_ports and self.port):
+                self.port, self.health_port, self.metrics_port = (
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                )
             command = [
                 tierstore_command(),
                 "serve",
@@ -133,7 +139,7 @@ class ServerProcess:
             else:
                 self.kill()
                 raise AssertionError(f"the server was not ready in {START_TIMEOUT_S} s:\n{self}")
-            if "cannot listen" not in self.errors() or attempt == 2:
+            if "cannot listen" not in self.errors() or attempt == 2 or same_ports:
                 raise AssertionError(f"the server exited with {self.process.returncode}:\n{self}")
         raise AssertionError("unreachable")
 

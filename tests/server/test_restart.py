@@ -211,3 +211,75 @@ def test_a_lost_hot_tier_is_refused_until_asked_to_rebuild_from_the_archive(
     fourth = spawn_server(data_dir)
     with fourth.connect() as client:
         assert client.list_datasets() == []
+
+
+@pytest.mark.timeout(180)
+def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir, "--rebuild-from-archive")
+    with first.connect() as admin:
+        admin.create_dataset("d", durability="write-through")
+        admin.put("d", "x", b"version 1")
+        admin.put("d", "gone", b"deleted later")
+    reader = first.connect()
+    try:
+        assert reader.get("d", "x").to_pybytes() == b"version 1"
+        assert reader.get("d", "gone").to_pybytes() == b"deleted later"
+        assert reader.read_counts.local == 2  # in place: its grant and map are cached
+        # The hot tier is lost; the node comes back at the same address on a rebuilt one.
+        first.stop()
+        shutil.rmtree(data_dir / "hot")
+        first.start(same_ports=True)
+        with first.connect() as admin:
+            admin.put("d", "x", b"version 2")
+            admin.delete("d", "gone")
+        # Before: the old, unlinked file stayed mapped and served version 1 and the
+        # deleted shard, checksums and all, until the grant ran out (60 s).
+        assert reader.get("d", "x").to_pybytes() == b"version 2"
+        with pytest.raises(errors.ShardNotFound):
+            reader.get("d", "gone")
+        poll(
+            lambda: (
+                reader.get("d", "x").to_pybytes() == b"version 2" and reader.read_counts.local > 2
+            ),
+            30,
+            "reads in place again, from the new hot tier",
+        )
+    finally:
+        reader.close()
+
+
+@pytest.mark.timeout(180)
+def test_local_reads_go_on_when_a_restart_with_a_larger_map_grows_the_file(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    small, large = tmp_path / "small.toml", tmp_path / "large.toml"
+    small.write_text(f"map_size_bytes = {40 << 20}\nhot_capacity_bytes = {24 << 20}\n")
+    large.write_text(f"map_size_bytes = {512 << 20}\nhot_capacity_bytes = {400 << 20}\n")
+    first = spawn_server(data_dir, "--config", str(small))
+    with first.connect() as admin:
+        admin.create_dataset("d")
+        admin.put("d", "a", b"first")
+    reader = first.connect()
+    try:
+        assert reader.get("d", "a").to_pybytes() == b"first"
+        assert reader.read_counts.local == 1
+        first.stop()
+        second = spawn_server(data_dir, "--config", str(large))
+        last = b""
+        with second.connect() as admin:
+            for index in range(10):  # 100 MB: the file grows past the first map's 40 MiB
+                last = os.urandom(10 << 20)
+                admin.put("d", f"big{index}", last)
+        assert (data_dir / "hot" / "data.mdb").stat().st_size > 40 << 20
+        # A client of this process maps the same file (one map per file per process).
+        with second.connect() as later:
+            assert later.get("d", "big9").to_pybytes() == last
+            assert later.get("d", "a").to_pybytes() == b"first"
+            # Before: every transaction was MDB_MAP_RESIZED, and every read fell back.
+            assert later.read_counts.local == 2 and later.read_counts.fallbacks == 0
+    finally:
+        reader.close()

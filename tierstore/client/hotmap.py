@@ -50,10 +50,21 @@ from tierstore.errors import Unavailable
 from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.wire.local import LocalGrant
 
-__all__ = ["HotMap", "HotSession", "hot_map"]
+__all__ = ["HotMap", "HotSession", "HotTierReplaced", "hot_map"]
 
 #: The longest a fork waits for local reads in flight.
 _FORK_WAIT_S = 10.0
+
+#: The least address space a map reserves: the file may grow up to the server's map
+#: size, and a server started again with a larger one lets it grow past what a map of
+#: the first grant's size shows (LMDB then refuses every transaction: MDB_MAP_RESIZED).
+#: Read-only and file-backed, the reservation costs no memory.
+_MIN_MAP_BYTES = 1 << 40
+
+
+class HotTierReplaced(Unavailable):
+    """The hot tier's data file is not the one this map shows any more: the node was
+    started again on a new hot tier (a lost one, rebuilt). Its grant is stale."""
 
 
 class HotSession:
@@ -117,6 +128,7 @@ class HotMap:
         """
         with self._gate.call():  # waits while a fork is being prepared
             env, frames, shards = self._opened()
+            self._check_identity()
             try:
                 txn = env.begin(buffers=True)
             except lmdb.Error as exc:
@@ -134,6 +146,19 @@ class HotMap:
                 self._open()
             return self._env, *self._dbs
 
+    def _check_identity(self) -> None:
+        """Raise HotTierReplaced unless ``data.mdb`` is still the file of the grant. At
+        every read (one stat, about a microsecond): a map of a replaced file still shows
+        the old shards, checksums and all, and a rebuilt node may have overwritten or
+        deleted them since."""
+        data = self.path / "data.mdb"
+        try:
+            stat = data.stat()
+        except OSError as exc:
+            raise HotTierReplaced(f"cannot see the hot tier's data file: {exc}") from exc
+        if (stat.st_dev, stat.st_ino) != self.identity:
+            raise HotTierReplaced(f"{data} is not the file the server granted any more")
+
     def _open(self) -> None:
         if self._blocked is not None:
             raise Unavailable(self._blocked)
@@ -147,7 +172,7 @@ class HotMap:
         try:
             env = lmdb.open(
                 str(self.path),
-                map_size=self.map_size,
+                map_size=max(self.map_size, _MIN_MAP_BYTES),
                 readonly=True,
                 lock=True,  # registers our snapshots in the reader table: needs lock.mdb writable
                 max_dbs=len(DB_NAMES) + 1,

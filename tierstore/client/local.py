@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_allocator
 from tierstore.client.forklocks import ForkSafeLock
-from tierstore.client.hotmap import HotMap, HotSession, hot_map
+from tierstore.client.hotmap import HotMap, HotSession, HotTierReplaced, hot_map
 from tierstore.client.keycache import DataKeys
 from tierstore.client.receive import open_all_frames, open_pieces_into
 from tierstore.client.reports import ReadReporter
@@ -250,6 +250,11 @@ class LocalReads:
                 result = self._read_hot(hot, dataset, shard, build)
             except DataLoss:
                 raise
+            except HotTierReplaced as exc:
+                # The node restarted on a new hot tier: ask for a grant to it next time.
+                with self._lock:
+                    self._routes.pop(dataset, None)
+                self._note("replaced", f"{exc}; reading through the service")
             except Exception as exc:  # any failure: the service reads it instead
                 self._note(
                     type(exc).__name__,
@@ -274,6 +279,8 @@ class LocalReads:
             # Outside the snapshot: a key grant is a round trip to the server.
             key = self._rpc.grant_data_key(dataset, shard, wanted)
             self._keys.put(dataset, shard, wanted, key.key, key.nonce_prefix)
+            # Its sweeper: the key goes with its grant even if no read here succeeds.
+            self.reporter.start()
         return None
 
     def _sealer(self, record: ShardRecord) -> FrameSealer | None:

@@ -82,6 +82,14 @@ class ReadReporter:
             counts[(shard, generation)] = counts.get((shard, generation), 0) + 1
             self._count += 1
             due = self._count >= self.every_reads
+        self.start()
+        if due:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the background thread if it is not running: it reports, and calls
+        ``on_wake`` (which expires data keys) at least every ``interval_s``."""
+        with self._lock:
             start = self._thread is None
             if start:
                 self._wake, self._stop = threading.Event(), threading.Event()
@@ -95,8 +103,6 @@ class ReadReporter:
             _register_fork_handlers()
             assert self._thread is not None
             self._thread.start()
-        if due:
-            self._wake.set()
 
     def flush(self) -> None:
         """Send every read counted so far, now, on this thread."""
