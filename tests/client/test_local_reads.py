@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -317,6 +319,38 @@ def test_local_reads_turned_off_go_through_the_service(
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
         assert "turned off" in refused.value.details()  # type: ignore[attr-defined]
+
+
+_READ_UNDER_AN_ADDRESS_LIMIT = """
+import resource, sys
+import tierstore
+resource.setrlimit(resource.RLIMIT_AS, (512 << 30, 512 << 30))  # the grant's map fits, 1 TiB not
+address, ca, token, dataset = sys.argv[1:]
+with tierstore.connect(address, token=token, ca=ca) as client:
+    data = client.get(dataset, "b").to_pybytes()
+    print(len(data), client.read_counts.local, client.read_counts.fallbacks)
+"""
+
+
+def test_a_reader_under_an_address_space_limit_still_reads_in_place(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    admin.put(dataset, "b", b"x" * 5000)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _READ_UNDER_AN_ADDRESS_LIMIT,
+            server.address,
+            str(server.ca_path),
+            server.token,
+            dataset,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    assert child.stdout.split() == [b"5000", b"1", b"0"]  # in place, no fallback
 
 
 # Authorization: grants, revocation.

@@ -170,19 +170,14 @@ class HotMap:
         if (stat.st_dev, stat.st_ino) != self.identity:
             raise Unavailable(f"{data} here is not the server's file (another mount namespace?)")
         try:
-            env = lmdb.open(
-                str(self.path),
-                map_size=max(self.map_size, _MIN_MAP_BYTES),
-                readonly=True,
-                lock=True,  # registers our snapshots in the reader table: needs lock.mdb writable
-                max_dbs=len(DB_NAMES) + 1,
-                # the server's size: a reader that opens the map while the server is
-                # down must not shrink the table
-                max_readers=MAX_READERS,
-                create=False,
-            )
-        except lmdb.Error as exc:
-            raise Unavailable(f"cannot open the hot tier at {self.path} read-only: {exc}") from exc
+            env = self._open_environment(max(self.map_size, _MIN_MAP_BYTES))
+        except lmdb.Error:
+            try:  # e.g. an address-space limit (ulimit -v) too small for the reservation
+                env = self._open_environment(self.map_size)
+            except lmdb.Error as exc:
+                raise Unavailable(
+                    f"cannot open the hot tier at {self.path} read-only: {exc}"
+                ) from exc
         try:
             dbs = (
                 env.open_db(FRAMES_DB.encode(), create=False),
@@ -197,6 +192,19 @@ class HotMap:
         with contextlib.suppress(lmdb.Error):  # housekeeping: the read does not need it
             env.reader_check()
         self._env, self._dbs = env, dbs
+
+    def _open_environment(self, map_size: int) -> Any:
+        return lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            readonly=True,
+            lock=True,  # registers our snapshots in the reader table: needs lock.mdb writable
+            max_dbs=len(DB_NAMES) + 1,
+            # the server's size: a reader that opens the map while the server is
+            # down must not shrink the table
+            max_readers=MAX_READERS,
+            create=False,
+        )
 
     # Fork handling (see the module docstring); called by the handlers below.
 
