@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tierstore import errors
+from tierstore.client.client import Client
 from tierstore.config import EngineSettings
 from tierstore.engine.records import frame_key
 
@@ -213,6 +214,15 @@ def test_a_lost_hot_tier_is_refused_until_asked_to_rebuild_from_the_archive(
         assert client.list_datasets() == []
 
 
+def reaches(client: Client) -> bool:
+    """Whether ``client`` gets an answer from its node now."""
+    try:
+        client.list_datasets()
+    except errors.Unavailable:
+        return False
+    return True
+
+
 @pytest.mark.timeout(180)
 def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
@@ -228,6 +238,10 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
         assert reader.get("d", "x").to_pybytes() == b"version 1"
         assert reader.get("d", "gone").to_pybytes() == b"deleted later"
         assert reader.read_counts.local == 2  # in place: its grant and map are cached
+        child = os.fork()  # as a DataLoader does: an idle map is closed for it, reopened later
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
         # The hot tier is lost; the node comes back at the same address on a rebuilt one.
         first.stop()
         shutil.rmtree(data_dir / "hot")
@@ -235,6 +249,8 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
         with first.connect() as admin:
             admin.put("d", "x", b"version 2")
             admin.delete("d", "gone")
+        # Its channel failed while the node was down, and reconnects with a backoff.
+        poll(lambda: reaches(reader), 30, "the reader's channel to reach the node again")
         # Before: the old, unlinked file stayed mapped and served version 1 and the
         # deleted shard, checksums and all, until the grant ran out (60 s).
         assert reader.get("d", "x").to_pybytes() == b"version 2"
@@ -247,6 +263,9 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
             30,
             "reads in place again, from the new hot tier",
         )
+        # The old file's map is closed: it held the lost hot tier's disk space.
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        assert not [line for line in maps if "data.mdb (deleted)" in line], maps
     finally:
         reader.close()
 

@@ -123,6 +123,17 @@ class ForkGate:
         if self._inside:
             self.expired_holds += 1
 
+    def try_hold(self) -> bool:
+        """Hold as :meth:`hold` does if no call is in flight now (then :meth:`release`);
+        otherwise False, and nothing held."""
+        self._condition.acquire()
+        if self._inside or self._holding:
+            self._condition.release()
+            return False
+        self._holding = True
+        self._holder = threading.get_ident()
+        return True
+
     def release(self) -> None:
         """Let calls in again (the parent, after the fork)."""
         self._holding = False

@@ -50,7 +50,7 @@ from tierstore.errors import Unavailable
 from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.wire.local import LocalGrant
 
-__all__ = ["HotMap", "HotSession", "HotTierReplaced", "hot_map"]
+__all__ = ["HotMap", "HotSession", "HotTierReplaced", "close_retired", "hot_map"]
 
 #: The longest a fork waits for local reads in flight.
 _FORK_WAIT_S = 10.0
@@ -117,6 +117,9 @@ class HotMap:
         self._blocked: str | None = None
         #: an environment inherited through fork: kept, never used, never closed.
         self._inherited: Any = None
+        #: whether this process (or its parent) has opened the file: a later mismatch
+        #: then means the file was replaced, not that it was never this one.
+        self._was_open = False
 
     @contextmanager
     def session(self) -> Iterator[HotSession]:
@@ -154,8 +157,8 @@ class HotMap:
         data = self.path / "data.mdb"
         try:
             stat = data.stat()
-        except OSError as exc:
-            raise HotTierReplaced(f"cannot see the hot tier's data file: {exc}") from exc
+        except OSError as exc:  # gone for now (a node between two hot tiers), or hidden
+            raise Unavailable(f"cannot see the hot tier's data file: {exc}") from exc
         if (stat.st_dev, stat.st_ino) != self.identity:
             raise HotTierReplaced(f"{data} is not the file the server granted any more")
 
@@ -168,6 +171,8 @@ class HotMap:
         except OSError as exc:
             raise Unavailable(f"cannot see the hot tier's data file: {exc}") from exc
         if (stat.st_dev, stat.st_ino) != self.identity:
+            if self._was_open:  # e.g. closed for a fork, and replaced meanwhile
+                raise HotTierReplaced(f"{data} is not the file the server granted any more")
             raise Unavailable(f"{data} here is not the server's file (another mount namespace?)")
         try:
             env = self._open_environment(max(self.map_size, _MIN_MAP_BYTES))
@@ -192,6 +197,35 @@ class HotMap:
         with contextlib.suppress(lmdb.Error):  # housekeeping: the read does not need it
             env.reader_check()
         self._env, self._dbs = env, dbs
+        self._was_open = True
+
+    def retire(self) -> None:
+        """This map's file was replaced: new grants get a map of their own, and this one
+        is closed as soon as no read uses it and no buffer holds one of its snapshots
+        (it keeps the old file's disk space while it is open)."""
+        with _registry_lock:
+            if _MAPS.get(self.identity) is self:
+                del _MAPS[self.identity]
+            if self not in _RETIRED:
+                _RETIRED.append(self)
+        close_retired()
+
+    def _close_if_unused(self) -> bool:
+        """Close the environment for good if no read is under way and no lease lives;
+        whether it is closed now."""
+        if not self._gate.try_hold():
+            return False
+        try:
+            if self.leases.live:
+                return False
+            with self._open_lock:
+                env, self._env, self._dbs = self._env, None, (None, None)
+                self._blocked = f"the hot-tier file at {self.path} was replaced"
+            if env is not None:
+                env.close()
+            return True
+        finally:
+            self._gate.release()
 
     def _open_environment(self, map_size: int) -> Any:
         return lmdb.open(
@@ -231,6 +265,21 @@ class HotMap:
 
 _registry_lock = threading.Lock()
 _MAPS: dict[tuple[int, int], HotMap] = {}
+#: maps of replaced files, to close once nothing uses them (see HotMap.retire).
+_RETIRED: list[HotMap] = []
+
+
+def close_retired() -> None:
+    """Close the maps of replaced files that nothing uses any more (cheap when there
+    are none: called at every grant)."""
+    with _registry_lock:
+        retired = list(_RETIRED)
+    closed = [hot for hot in retired if hot._close_if_unused()]
+    if closed:
+        with _registry_lock:
+            for hot in closed:
+                if hot in _RETIRED:
+                    _RETIRED.remove(hot)
 
 
 def hot_map(grant: LocalGrant, max_snapshots: int) -> HotMap:

@@ -42,7 +42,13 @@ import pyarrow as pa
 
 from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_allocator
 from tierstore.client.forklocks import ForkSafeLock
-from tierstore.client.hotmap import HotMap, HotSession, HotTierReplaced, hot_map
+from tierstore.client.hotmap import (
+    HotMap,
+    HotSession,
+    HotTierReplaced,
+    close_retired,
+    hot_map,
+)
 from tierstore.client.keycache import DataKeys
 from tierstore.client.receive import open_all_frames, open_pieces_into
 from tierstore.client.reports import ReadReporter
@@ -254,6 +260,7 @@ class LocalReads:
                 # The node restarted on a new hot tier: ask for a grant to it next time.
                 with self._lock:
                     self._routes.pop(dataset, None)
+                hot.retire()
                 self._note("replaced", f"{exc}; reading through the service")
             except Exception as exc:  # any failure: the service reads it instead
                 self._note(
@@ -362,6 +369,7 @@ class LocalReads:
         return hot
 
     def _renew(self, dataset: str, now: float) -> tuple[HotMap | None, float]:
+        close_retired()  # maps of replaced files that nothing uses any more
         try:
             grant = self._rpc.open_local(dataset)
         except FailedPrecondition as exc:  # turned off there, or not this host
