@@ -252,7 +252,15 @@ def test_a_manifest_that_names_no_shard_neither_stalls_the_purge_nor_puts(
     assert key in archive_keys(archive, f"{dataset}/")  # not believed, so left alone
 
 
-@pytest.mark.parametrize("damage", [b"\x01\x02\x03", struct.pack("<Qdd", 1, math.nan, 1.0)])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"\x01\x02\x03",
+        struct.pack("<Qdd", 1, math.nan, 1.0),
+        struct.pack("<Qdd", 1, 1e300, 1.0),  # a last read far ahead: the policy clock stuck
+        struct.pack("<Qdd", 2**64 - 1, 1.0, 1.0),  # one more read would overflow the count
+    ],
+)
 def test_a_damaged_access_record_costs_only_that_shards_read_counts(
     open_store: StoreFactory, archive: MemoryTier, damage: bytes
 ) -> None:

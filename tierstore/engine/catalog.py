@@ -13,6 +13,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,9 @@ DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", "meta")
 _U64 = struct.Struct(">Q")
 
 log = logging.getLogger(__name__)
+
+#: How far in the future a recorded read may lie (clocks step) before it is damage.
+_CLOCK_SLACK_S = 86_400.0
 
 
 def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardRecord | None:
@@ -346,7 +350,11 @@ class Catalog:
         if raw is None:
             return AccessStats()
         try:
-            return AccessStats.unpack(bytes(raw))
+            stats = AccessStats.unpack(bytes(raw))
+            if stats.last > time.time() + _CLOCK_SLACK_S:
+                # The policies' clock never goes back: one such record would stop it.
+                raise ValueError(f"last read {stats.last:.0f} lies in the future")
+            return stats
         except ValueError as exc:
             log.warning(
                 "access statistics of %s/%s are damaged, read as none: %s", dataset, name, exc

@@ -872,8 +872,10 @@ class Mover:
         more: room was needed and too little was evictable (the put is then written
         past the watermark). Best effort: puts committed meanwhile may take the room,
         which the put's transaction checks (:meth:`passes_high_watermark`)."""
-        # Read under the eviction lock: puts making room at once each evicted down to
-        # the low watermark from the same figure, together far below it.
+        if self._hot_bytes() + incoming <= self._high_watermark_bytes():
+            return False  # the usual case, without queueing behind an eviction
+        # Read again under the eviction lock: puts making room at once each evicted down
+        # to the low watermark from the same figure, together far below it.
         with self._evict_lock:
             hot = self._hot_bytes()
             if hot + incoming <= self._high_watermark_bytes():

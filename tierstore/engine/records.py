@@ -318,6 +318,9 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
 
 _ACCESS = struct.Struct("<Qdd")  # count, last access, decayed frequency as of last access
 _ACCESS_V0 = struct.Struct("<Qd")  # before decayed frequencies: count, last access
+#: More reads than any shard gets (a read a nanosecond for 146 years): a larger count is
+#: damage, and adding to it would overflow the field.
+_MAX_COUNT = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,8 +375,10 @@ class AccessStats:
             count, last, frequency = _ACCESS.unpack(raw)
         else:
             raise ValueError(f"access statistics of {len(raw)} bytes, not {_ACCESS.size}")
-        if not (0 <= last < math.inf and 0 <= frequency < math.inf):
-            raise ValueError(f"access statistics out of range: last {last}, frequency {frequency}")
+        if not (0 <= last < math.inf and 0 <= frequency < math.inf and count < _MAX_COUNT):
+            raise ValueError(
+                f"access statistics out of range: count {count}, last {last}, frequency {frequency}"
+            )
         return cls(count, last, frequency)
 
 

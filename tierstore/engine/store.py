@@ -321,12 +321,14 @@ class Store:
         if policy is not None:
             self._plans.redeclare(name)
             self.prefetcher.wake()
-        if hot_quota_bytes:
-            # At once, as far as archived shards allow: the mover would trim it only
-            # after working through the whole journal.
-            self.mover.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
-        self.mover.progressed()  # puts waiting for room in the quota read it again
-        self.mover.wake()
+        try:
+            if hot_quota_bytes:
+                # At once, as far as archived shards allow: the mover would trim it only
+                # after working through the whole journal.
+                self.mover.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
+        finally:
+            self.mover.progressed()  # puts waiting for room in the quota read it again
+            self.mover.wake()
         return settings
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
