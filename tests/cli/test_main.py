@@ -47,6 +47,9 @@ class FakeClient:
         self.calls.append(("list_tokens", ()))
         return self.tokens
 
+    def revoke_token(self, token_id: str) -> None:
+        self.calls.append(("revoke_token", (token_id,)))
+
     def create_dataset(self, name: str, **options: Any) -> dict[str, Any]:
         self.calls.append(("create_dataset", (name, options["hot_quota_bytes"])))
         return {"hot_quota_bytes": options["hot_quota_bytes"]}
@@ -529,3 +532,29 @@ def test_pin_unpin_evict_report_what_they_did_before_an_error(
     assert (command, ("ds", "b")) not in client.calls  # it stopped at the error
     told = invoke(command, "ds", "c", "nosuch")
     assert told.stdout.strip() == f"{done} 1 of 2 shards before an error: c"
+
+
+def admin_token(token_id: str, **state: Any) -> dict[str, Any]:
+    return {
+        "token_id": token_id,
+        "principal": "admin",
+        "grants": [Grant("*", Role.ADMIN)],
+        "created_at": 1.0,
+        "expires_at": 0.0,
+        "revoked": False,
+    } | state
+
+
+def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: FakeClient) -> None:
+    client.tokens = [
+        admin_token("aaaaaaaaaaaa"),
+        admin_token("bbbbbbbbbbbb", revoked=True),
+        admin_token("cccccccccccc", expires_at=2.0),  # long expired
+    ]
+    last = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
+    assert last.exit_code == 0 and ("revoke_token", ("aaaaaaaaaaaa",)) in client.calls
+    assert json.loads(last.stdout) == {"revoked": "aaaaaaaaaaaa", "last_admin": True}
+    assert "last live admin token" in last.stderr and "restarts" in last.stderr
+    client.tokens.append(admin_token("dddddddddddd"))
+    another = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
+    assert json.loads(another.stdout)["last_admin"] is False and another.stderr == ""

@@ -382,7 +382,7 @@ def test_token_create_ls_revoke_and_keys_rotate(
     written = run(carol, "rm", dataset, "s")
     assert written.returncode == 4 and b"PermissionDenied" in written.stderr
 
-    assert ok(env, "token", "revoke", token_id) == {"revoked": token_id}
+    assert ok(env, "token", "revoke", token_id) == {"revoked": token_id, "last_admin": False}
     assert {t["token_id"]: t for t in ok(env, "token", "ls")}[token_id]["revoked"] is True
     refused = run(carol, "get", dataset, "s")
     assert refused.returncode == 4 and b"Unauthenticated" in refused.stderr

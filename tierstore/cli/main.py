@@ -35,7 +35,7 @@ from typer.core import TyperCommand
 from tierstore import errors
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.naming import validate_shard_name
-from tierstore.types import Grant, Role, ShardInfo
+from tierstore.types import ALL_DATASETS, Grant, Role, ShardInfo
 
 T = TypeVar("T")
 
@@ -919,9 +919,32 @@ def token_create(
 
 @token_app.command("revoke", cls=_ClientCommand)
 def token_revoke(token_id: str) -> None:
-    """Revoke a token for good."""
-    _run(lambda: _client().revoke_token(token_id))
-    _emit({"revoked": token_id}, f"revoked {token_id}")
+    """Revoke a token for good. Revoking the last live admin token is allowed, with a
+    warning: admin calls then fail until the node restarts and writes a new admin.token."""
+    client = _client()
+    last_admin = _run(lambda: _live_admin_tokens(client.list_tokens())) == [token_id]
+    _run(lambda: client.revoke_token(token_id))
+    _emit({"revoked": token_id, "last_admin": last_admin}, f"revoked {token_id}")
+    if last_admin:
+        err.print(
+            "warning: that was the last live admin token: admin calls fail until the node "
+            "restarts, which writes a new admin.token in its data directory",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _live_admin_tokens(tokens: list[dict[str, Any]]) -> list[str]:
+    """The ids of tokens that hold the admin role on every dataset and still work."""
+    now = time.time()
+    admin = Grant(ALL_DATASETS, Role.ADMIN)
+    return [
+        t["token_id"]
+        for t in tokens
+        if admin in t["grants"]
+        and not t["revoked"]
+        and not (t["expires_at"] and t["expires_at"] <= now)
+    ]
 
 
 @token_app.command("ls", cls=_ClientCommand)
