@@ -233,11 +233,13 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
         admin.create_dataset("d", durability="write-through")
         admin.put("d", "x", b"version 1")
         admin.put("d", "gone", b"deleted later")
-    reader = first.connect()
+    reader, other = first.connect(), first.connect()  # two clients, one map per process
     try:
         assert reader.get("d", "x").to_pybytes() == b"version 1"
         assert reader.get("d", "gone").to_pybytes() == b"deleted later"
         assert reader.read_counts.local == 2  # in place: its grant and map are cached
+        assert other.get("d", "x").to_pybytes() == b"version 1"
+        assert other.read_counts.local == 1
         child = os.fork()  # as a DataLoader does: an idle map is closed for it, reopened later
         if child == 0:
             os._exit(0)
@@ -266,8 +268,18 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
         # The old file's map is closed: it held the lost hot tier's disk space.
         maps = Path("/proc/self/maps").read_text().splitlines()
         assert not [line for line in maps if "data.mdb (deleted)" in line], maps
+        # The other client's route still named the closed map: it leaves it too.
+        poll(lambda: reaches(other), 30, "the other client's channel to reach the node again")
+        poll(
+            lambda: (
+                other.get("d", "x").to_pybytes() == b"version 2" and other.read_counts.local > 1
+            ),
+            30,
+            "the other client to read in place again, from the new hot tier",
+        )
     finally:
         reader.close()
+        other.close()
 
 
 @pytest.mark.timeout(180)

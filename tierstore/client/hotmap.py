@@ -120,6 +120,8 @@ class HotMap:
         #: whether this process (or its parent) has opened the file: a later mismatch
         #: then means the file was replaced, not that it was never this one.
         self._was_open = False
+        #: closed for good: its file was replaced (see :meth:`retire`).
+        self._retired_and_closed = False
 
     @contextmanager
     def session(self) -> Iterator[HotSession]:
@@ -163,6 +165,8 @@ class HotMap:
             raise HotTierReplaced(f"{data} is not the file the server granted any more")
 
     def _open(self) -> None:
+        if self._retired_and_closed:  # another client's route may still name this map
+            raise HotTierReplaced(f"the hot-tier file at {self.path} was replaced")
         if self._blocked is not None:
             raise Unavailable(self._blocked)
         data = self.path / "data.mdb"
@@ -220,7 +224,7 @@ class HotMap:
                 return False
             with self._open_lock:
                 env, self._env, self._dbs = self._env, None, (None, None)
-                self._blocked = f"the hot-tier file at {self.path} was replaced"
+                self._retired_and_closed = True
             if env is not None:
                 env.close()
             return True
