@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -486,6 +487,17 @@ def test_a_call_past_its_timeout_and_plaintext_to_a_tls_port_say_so(
     assert plaintext.returncode == 5
     assert "drop --insecure and give --ca" in one_line_error(plaintext)
     assert run_process(env, "--timeout", "60", "dataset", "ls").returncode == 0
+
+
+def test_tls_to_a_plaintext_server_says_it_may_run_insecure(
+    server: ServerProcess, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    plain = spawn_server(None, "--insecure")
+    env = server.cli_env() | {"TIERSTORE_ADDRESS": plain.address, "TIERSTORE_TOKEN": plain.token}
+    done = run_process(env, "dataset", "ls")  # TLS, with a CA, to a plaintext port
+    assert done.returncode == 5
+    assert "TLS failed" in one_line_error(done) and "give --insecure too" in one_line_error(done)
+    assert run_process(env, "--insecure", "dataset", "ls").returncode == 0
 
 
 def test_rm_reports_what_it_deleted_before_an_error(

@@ -229,7 +229,8 @@ def _emit(value: Any, table: RenderableType | None = None) -> None:
 _TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|handshake|WRONG_VERSION_NUMBER", re.I)
 _TLS_HINT = (
     "TLS failed: is --ca / TIERSTORE_CA the server's tls/ca.pem, and --address / "
-    "TIERSTORE_ADDRESS its API port?"
+    "TIERSTORE_ADDRESS its API port? A server started with --insecure speaks "
+    "plaintext: then give --insecure too"
 )
 #: what gRPC says when a TLS server drops a plaintext connection
 _CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
