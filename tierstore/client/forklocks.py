@@ -125,8 +125,9 @@ class ForkGate:
 
     def try_hold(self) -> bool:
         """Hold as :meth:`hold` does if no call is in flight now (then :meth:`release`);
-        otherwise False, and nothing held."""
-        self._condition.acquire()
+        otherwise False, and nothing held. Never waits."""
+        if not self._condition.acquire(blocking=False):
+            return False
         if self._inside or self._holding:
             self._condition.release()
             return False

@@ -314,7 +314,9 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
-    for hot in _MAPS.values():
+    # Retired maps too: their locks may have been held at the fork, and the parent's
+    # environment is the parent's to close.
+    for hot in (*_MAPS.values(), *_RETIRED):
         hot._after_fork_in_child()
 
 
