@@ -105,6 +105,7 @@ class HotMap:
 
     def __init__(self, grant: LocalGrant, max_snapshots: int) -> None:
         self.path = grant.path
+        self._data = grant.path / "data.mdb"
         self.map_size = grant.map_size
         self.identity = (grant.device, grant.inode)
         self.max_snapshots = max_snapshots
@@ -156,28 +157,29 @@ class HotMap:
         every read (one stat, about a microsecond): a map of a replaced file still shows
         the old shards, checksums and all, and a rebuilt node may have overwritten or
         deleted them since."""
-        data = self.path / "data.mdb"
+        if self._file_identity() != self.identity:
+            raise HotTierReplaced(f"{self._data} is not the file the server granted any more")
+
+    def _file_identity(self) -> tuple[int, int]:
+        """``data.mdb``'s (device, inode) now. Raises Unavailable if it cannot be seen
+        (gone for now, a node between two hot tiers; or hidden)."""
         try:
-            stat = data.stat()
-        except OSError as exc:  # gone for now (a node between two hot tiers), or hidden
+            stat = self._data.stat()
+        except OSError as exc:
             raise Unavailable(f"cannot see the hot tier's data file: {exc}") from exc
-        if (stat.st_dev, stat.st_ino) != self.identity:
-            raise HotTierReplaced(f"{data} is not the file the server granted any more")
+        return stat.st_dev, stat.st_ino
 
     def _open(self) -> None:
         if self._retired_and_closed:  # another client's route may still name this map
             raise HotTierReplaced(f"the hot-tier file at {self.path} was replaced")
         if self._blocked is not None:
             raise Unavailable(self._blocked)
-        data = self.path / "data.mdb"
-        try:
-            stat = data.stat()
-        except OSError as exc:
-            raise Unavailable(f"cannot see the hot tier's data file: {exc}") from exc
-        if (stat.st_dev, stat.st_ino) != self.identity:
+        if self._file_identity() != self.identity:
             if self._was_open:  # e.g. closed for a fork, and replaced meanwhile
-                raise HotTierReplaced(f"{data} is not the file the server granted any more")
-            raise Unavailable(f"{data} here is not the server's file (another mount namespace?)")
+                raise HotTierReplaced(f"{self._data} is not the file the server granted any more")
+            raise Unavailable(
+                f"{self._data} here is not the server's file (another mount namespace?)"
+            )
         try:
             env = self._open_environment(max(self.map_size, _MIN_MAP_BYTES))
         except lmdb.Error:

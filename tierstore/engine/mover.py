@@ -872,13 +872,13 @@ class Mover:
         more: room was needed and too little was evictable (the put is then written
         past the watermark). Best effort: puts committed meanwhile may take the room,
         which the put's transaction checks (:meth:`passes_high_watermark`)."""
-        if self._hot_bytes() + incoming <= self._high_watermark_bytes():
+        if not self._passes_high_watermark(self._hot_bytes(), incoming):
             return False  # the usual case, without queueing behind an eviction
         # Read again under the eviction lock: puts making room at once each evicted down
         # to the low watermark from the same figure, together far below it.
         with self._evict_lock:
             hot = self._hot_bytes()
-            if hot + incoming <= self._high_watermark_bytes():
+            if not self._passes_high_watermark(hot, incoming):
                 return False
             need = hot + incoming - self._low_watermark_bytes()
             return self._evict_locked(need) < need
@@ -886,7 +886,9 @@ class Mover:
     def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
         """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
         (exact inside the write transaction that adds them)."""
-        hot = self._catalog.counter(txn, "hot_bytes")
+        return self._passes_high_watermark(self._catalog.counter(txn, "hot_bytes"), incoming)
+
+    def _passes_high_watermark(self, hot: int, incoming: int) -> bool:
         return hot + incoming > self._high_watermark_bytes()
 
     def evict(

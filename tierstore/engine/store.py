@@ -410,29 +410,31 @@ class Store:
         a caller that collects a put's frames before handing them over (the service
         spools them to disk), so that it stops collecting at once (see
         :meth:`check_put_size`). Raises DatasetNotFound."""
-        with self._env.read() as txn:
-            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
-        usable = self._env.usable_bytes()
+        quota, usable = self._put_limits(dataset)
         return min(quota, usable) if quota else usable
 
     def check_put_size(self, dataset: str, shard: str, nbytes: int) -> None:
         """Refuse a put of ``nbytes`` into ``dataset`` past :meth:`largest_put`: more
         than the dataset's hot-tier quota (QuotaExceeded) or than the hot tier's map
         holds (HotTierFull). Raises DatasetNotFound too."""
-        if nbytes <= self.largest_put(dataset):
-            return
-        with self._env.read() as txn:
-            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
+        quota, usable = self._put_limits(dataset)
         if quota and nbytes > quota:
             raise QuotaExceeded(
                 f"{dataset}/{shard} is more than {dataset}'s whole hot-tier quota "
                 f"({quota} bytes): it could never be stored"
             )
-        raise HotTierFull(
-            f"{dataset}/{shard} is more than the hot tier at {self._env.path} can ever "
-            f"hold ({self._env.usable_bytes()} bytes; map_size_bytes sets it): it could "
-            "never be stored"
-        )
+        if nbytes > usable:
+            raise HotTierFull(
+                f"{dataset}/{shard} is more than the hot tier at {self._env.path} can ever "
+                f"hold ({usable} bytes; map_size_bytes sets it): it could never be stored"
+            )
+
+    def _put_limits(self, dataset: str) -> tuple[int, int]:
+        """``dataset``'s hot-tier quota (0: none) and the bytes the hot tier's map can
+        ever hold. Raises DatasetNotFound."""
+        with self._env.read() as txn:
+            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
+        return quota, self._env.usable_bytes()
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""

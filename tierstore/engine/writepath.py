@@ -138,7 +138,6 @@ class ShardWriter:
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
-        self._check_whole_quota(dataset, shard, settings.hot_quota_bytes, stored_total)
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
@@ -207,16 +206,12 @@ class ShardWriter:
         QuotaExceeded (``stored_total`` alone is more than the whole quota)."""
         with self._env.read() as txn:
             quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
-        self._check_whole_quota(dataset, shard, quota, stored_total)
-        return quota
-
-    @staticmethod
-    def _check_whole_quota(dataset: str, shard: str, quota: int, stored_total: int) -> None:
         if stored_total > quota > 0:
             raise QuotaExceeded(
                 f"{dataset}/{shard} takes {stored_total} bytes in the hot tier, more than "
                 f"the dataset's whole quota of {quota} bytes"
             )
+        return quota
 
     def _make_quota_room(self, dataset: str, shard: str, incoming: int, wait: QuotaWait) -> None:
         """Evict ``dataset``'s own archived shards until a new generation of ``shard``
