@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,82 +243,43 @@ def test_eviction_is_lru_among_archived_shards_only(open_store: StoreFactory) ->
     assert all(store.stat("plain", n).hot for n in "ghijklmn")
 
 
-def test_puts_at_once_evict_rather_than_pass_the_high_watermark(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stored = FRAME + 8  # one plaintext frame
+STORED_FRAME = FRAME + 8  # one plaintext frame and its checksum
+
+
+def ten_shard_tier(open_store: StoreFactory, archived: int) -> Store:
+    """A hot tier of ten one-frame shards (high watermark 9, low 7.5) holding
+    ``archived`` archived, evictable shards old0.., and no mover running."""
     store = open_store(
         datasets={"plain": DatasetSettings(policy="lru")},
         start_mover=False,
-        hot_capacity_bytes=10 * stored,
-        high_watermark=0.9,  # 9 shards
+        hot_capacity_bytes=10 * STORED_FRAME,
+        high_watermark=0.9,
         low_watermark=0.75,
     )
-    for index in range(8):
+    for index in range(archived):
         store.put("plain", f"old{index}", payload(FRAME, index))
-    assert store.mover.drain_once()  # all eight archived: evictable
-    # Four puts each find room for one more shard before any of them commits: each
-    # sees 8 + 1 <= 9 shards. Together they would be 12.
-    puts = 4
-    looked = threading.Barrier(puts, timeout=10)
+    assert store.mover.drain_once()
+    return store
+
+
+def meeting_first(call: Callable[..., Any], meeting: threading.Barrier) -> Callable[..., Any]:
+    """``call``, whose first call on each thread then waits for the others at
+    ``meeting`` (going on when the meeting cannot happen)."""
     first_look = threading.local()
-    make_room = store.mover.make_room
 
-    def make_room_then_meet(incoming: int) -> object:
-        result = make_room(incoming)
-        if not getattr(first_look, "done", False):
-            first_look.done = True
-            looked.wait()
-        return result
-
-    monkeypatch.setattr(store.mover, "make_room", make_room_then_meet)
-    threads = [
-        threading.Thread(target=store.put, args=("plain", f"new{i}", payload(FRAME, 50 + i)))
-        for i in range(puts)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
-    counter, actual = catalog_hot_bytes(store)
-    assert counter == actual <= 9 * stored  # archived shards went, not over the watermark
-    for i in range(puts):
-        assert store.get("plain", f"new{i}").to_bytes() == payload(FRAME, 50 + i)
-    for index in range(8):
-        assert store.get("plain", f"old{index}").to_bytes() == payload(FRAME, index)
-
-
-def test_puts_at_once_evict_down_to_the_low_watermark_not_far_below(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stored = FRAME + 8  # one plaintext frame
-    store = open_store(
-        datasets={"plain": DatasetSettings(policy="lru")},
-        start_mover=False,
-        hot_capacity_bytes=10 * stored,
-        high_watermark=0.9,  # 9 shards
-        low_watermark=0.75,  # 7.5 shards
-    )
-    for index in range(9):
-        store.put("plain", f"old{index}", payload(FRAME, index))
-    assert store.mover.drain_once()  # at the high watermark, all evictable
-    # Four puts each read the hot bytes before any of them evicts (if they can: the
-    # figure is read under the eviction lock, so the meeting times out).
-    puts = 4
-    met = threading.Barrier(puts, timeout=1)
-    first_look = threading.local()
-    hot_bytes = store.mover._hot_bytes
-
-    def hot_bytes_then_meet() -> int:
-        hot = hot_bytes()
+    def call_then_meet(*args: Any) -> Any:
+        result = call(*args)
         if not getattr(first_look, "done", False):
             first_look.done = True
             with contextlib.suppress(threading.BrokenBarrierError):
-                met.wait()
-        return hot
+                meeting.wait()
+        return result
 
-    monkeypatch.setattr(store.mover, "_hot_bytes", hot_bytes_then_meet)
+    return call_then_meet
+
+
+def put_at_once(store: Store, puts: int) -> None:
+    """``puts`` one-frame puts (new0..) on threads of their own, all started at once."""
     threads = [
         threading.Thread(target=store.put, args=("plain", f"new{i}", payload(FRAME, 50 + i)))
         for i in range(puts)
@@ -327,9 +289,39 @@ def test_puts_at_once_evict_down_to_the_low_watermark_not_far_below(
     for thread in threads:
         thread.join(20)
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_puts_at_once_evict_rather_than_pass_the_high_watermark(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ten_shard_tier(open_store, archived=8)
+    # Four puts each find room for one more shard before any of them commits: each
+    # sees 8 + 1 <= 9 shards. Together they would be 12.
+    puts = 4
+    meeting = threading.Barrier(puts, timeout=10)
+    monkeypatch.setattr(store.mover, "make_room", meeting_first(store.mover.make_room, meeting))
+    put_at_once(store, puts)
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual <= 9 * STORED_FRAME  # archived shards went, not over the watermark
+    for i in range(puts):
+        assert store.get("plain", f"new{i}").to_bytes() == payload(FRAME, 50 + i)
+    for index in range(8):
+        assert store.get("plain", f"old{index}").to_bytes() == payload(FRAME, index)
+
+
+def test_puts_at_once_evict_down_to_the_low_watermark_not_far_below(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ten_shard_tier(open_store, archived=9)  # at the high watermark
+    # Four puts each read the hot bytes before any of them evicts (if they can: the
+    # figure is read again under the eviction lock, so that meeting times out).
+    puts = 4
+    meeting = threading.Barrier(puts, timeout=1)
+    monkeypatch.setattr(store.mover, "_hot_bytes", meeting_first(store.mover._hot_bytes, meeting))
+    put_at_once(store, puts)
     counter, actual = catalog_hot_bytes(store)
     # Each evicted 2.5 shards' worth from the same figure: 4 new shards and 0 or 1 old.
-    assert counter == actual and 6 * stored <= actual <= 9 * stored
+    assert counter == actual and 6 * STORED_FRAME <= actual <= 9 * STORED_FRAME
 
 
 def test_background_eviction_keeps_the_hot_tier_under_its_watermark(

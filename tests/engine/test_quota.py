@@ -363,12 +363,21 @@ def test_lowering_the_quota_evicts_at_once_while_other_uploads_are_held(
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
 
 
+def put_waiting_for_room(
+    open_store: StoreFactory,
+) -> tuple[Store, FaultyTier, threading.Thread, list[Any]]:
+    """A quota store full of shards whose uploads are held, and a put of s3 (allowed to
+    wait 60 s) waiting for room, on a thread; the list gets its outcome."""
+    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
+    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=60)
+    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    return store, archive, thread, outcome
+
+
 def test_a_put_waiting_for_room_takes_the_quota_lowered_meanwhile(
     open_store: StoreFactory,
 ) -> None:
-    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
-    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=30)
-    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store, archive, thread, outcome = put_waiting_for_room(open_store)
     store.update_dataset("capped", hot_quota_bytes=2 * STORED)
     archive.release_writes()
     thread.join(20)
@@ -382,9 +391,7 @@ def test_a_put_waiting_for_room_takes_the_quota_lowered_meanwhile(
 def test_a_put_waiting_for_room_goes_in_once_the_quota_is_raised(
     open_store: StoreFactory,
 ) -> None:
-    store, archive = full_with_uploads_held(open_store)  # nothing is archived yet
-    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=60)
-    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store, archive, thread, outcome = put_waiting_for_room(open_store)
     store.update_dataset("capped", hot_quota_bytes=10 * QUOTA)
     thread.join(20)  # the uploads are still held: only the raised quota lets it in
     assert not thread.is_alive() and not isinstance(outcome[0], Exception), outcome
@@ -397,9 +404,7 @@ def test_a_put_waiting_for_room_goes_in_once_the_quota_is_raised(
 def test_a_put_waiting_for_room_stops_when_its_dataset_is_deleted(
     open_store: StoreFactory,
 ) -> None:
-    store, archive = full_with_uploads_held(open_store)
-    thread, outcome = put_in_background(store, "s3", payload(SIZE, 3), quota_wait_s=60)
-    wait_until(lambda: store.stats().quota_waiting_puts == 1, "the put to wait for room")
+    store, archive, thread, outcome = put_waiting_for_room(open_store)
     store.delete_dataset("capped", force=True)
     thread.join(20)
     assert not thread.is_alive() and isinstance(outcome[0], DatasetNotFound), outcome
