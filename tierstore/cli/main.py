@@ -339,7 +339,7 @@ def serve(
     require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
     s3_endpoint: Annotated[str, typer.Option(help="external S3 archive URL")] = "",
-    bucket: Annotated[str, typer.Option(help="archive bucket")] = "tierstore",
+    bucket: Annotated[str, typer.Option(help="archive bucket (default: tierstore)")] = "",
     prefix: Annotated[str, typer.Option(help="archive key prefix")] = "",
     s3_access_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_ACCESS_KEY")] = "",
     s3_secret_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_SECRET_KEY")] = "",

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -72,8 +72,9 @@ class ServeOptions:
     insecure: bool = False
     require_client_cert: bool = False
     hostnames: tuple[str, ...] = ()
+    #: archive flags; "" = not given (the settings file's, else the defaults).
     s3_endpoint: str = ""
-    bucket: str = "tierstore"
+    bucket: str = ""
     prefix: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
@@ -167,7 +168,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             metrics,
         )
         server.start()
-        host = options.listen.rsplit(":", 1)[0]
+        host = _connect_host(options.listen.rsplit(":", 1)[0])
         _print_banner(out, f"{host}:{port}", server, data_dir, admin_token, tls is None)
         if ready is not None:
             ready.set()
@@ -229,18 +230,25 @@ def _claim(data_dir: Path, cleanup: ExitStack) -> None:
 
 
 def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack) -> ArchiveSettings:
-    if options.s3_endpoint:
-        return ArchiveSettings(
-            endpoint_url=options.s3_endpoint,
-            bucket=options.bucket,
-            prefix=options.prefix,
-            access_key_id=options.s3_access_key,
-            secret_access_key=options.s3_secret_key,
-        )
+    """The archive this node uses: the settings file's ``[archive]``, then
+    ``TIERSTORE_ARCHIVE_*`` variables, then the flags given (README "Configuration").
+    With no endpoint named anywhere, the embedded archive, started here (under
+    ``<data-dir>/archive``, stopped by ``cleanup``), on the bucket and prefix asked for."""
+    flags = {
+        "endpoint_url": options.s3_endpoint,
+        "bucket": options.bucket,
+        "prefix": options.prefix,
+        "access_key_id": options.s3_access_key,
+        "secret_access_key": options.s3_secret_key,
+    }
+    configured = load_settings(options.config_file).archive
+    archive = replace(configured, **{name: value for name, value in flags.items() if value})
+    if archive.endpoint_url:
+        return archive
     from tierstore.tiers.seaweedfs import SeaweedServer  # only for the embedded archive
 
     embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
-    s3 = embedded.s3_settings(options.bucket, options.prefix)
+    s3 = embedded.s3_settings(archive.bucket, archive.prefix)
     return ArchiveSettings(
         endpoint_url=s3.endpoint_url,
         bucket=s3.bucket,
@@ -248,6 +256,17 @@ def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack)
         access_key_id=s3.access_key_id,
         secret_access_key=s3.secret_access_key,
     )
+
+
+def _connect_host(listen_host: str) -> str:
+    """The host a client on this machine connects to for ``listen_host``: a wildcard
+    (every interface) is no address to connect to, nor a name in the certificate, so
+    the loopback address of its family."""
+    if listen_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if listen_host in ("[::]", "::"):
+        return "[::1]"
+    return listen_host
 
 
 def _print_banner(

@@ -1,0 +1,96 @@
+"""Where ``tierstore serve`` takes its archive from (the settings file, then flags), and
+the address its banner tells clients to connect to.
+
+README "Configuration": settings load from ``--config``, then ``TIERSTORE_*`` variables,
+then flags, the archive (``[archive] endpoint_url, bucket, prefix, ...``) included. A
+node told of an external archive only by its settings file must use it: starting the
+embedded one instead would keep the "archived" copy on the hot tier's own disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tierstore.cli.serve import _connect_host
+from tierstore.tiers.s3 import S3Settings, S3Tier
+from tierstore.tiers.seaweedfs import SeaweedServer
+
+from .conftest import ServerProcess, unique
+
+
+def write_archive_section(path: Path, s3: S3Settings, **changes: str) -> Path:
+    fields = {
+        "endpoint_url": s3.endpoint_url,
+        "bucket": s3.bucket,
+        "prefix": s3.prefix,
+        "access_key_id": s3.access_key_id,
+        "secret_access_key": s3.secret_access_key,
+        **changes,
+    }
+    path.write_text("[archive]\n" + "".join(f'{k} = "{v}"\n' for k, v in fields.items()))
+    return path
+
+
+def archived_keys(s3: S3Settings) -> tuple[str, ...]:
+    tier = S3Tier(s3)
+    try:
+        return tier.list().keys
+    finally:
+        tier.close()
+
+
+def test_the_archive_named_in_the_settings_file_is_used(
+    tmp_path: Path,
+    seaweedfs: SeaweedServer,
+    s3_bucket: str,
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('config-archive')}/")
+    config = write_archive_section(tmp_path / "node.toml", s3)
+    node = spawn_server(tmp_path / "node", "--config", str(config), embedded=True)
+    with node.connect() as client:
+        client.create_dataset("configured", durability="write-through")
+        client.put("configured", "a", b"archived where the settings file says")
+    assert not (node.data_dir / "archive").exists()  # no embedded archive was started
+    keys = archived_keys(s3)
+    assert any("configured" in key for key in keys), keys
+
+
+def test_a_flag_wins_over_the_settings_file(
+    tmp_path: Path,
+    seaweedfs: SeaweedServer,
+    s3_bucket: str,
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('config-file')}/")
+    flagged = f"{unique('config-flag')}/"
+    config = write_archive_section(tmp_path / "node.toml", s3)
+    node = spawn_server(
+        tmp_path / "node", "--config", str(config), "--prefix", flagged, embedded=True
+    )
+    with node.connect() as client:
+        client.create_dataset("flagged", durability="write-through")
+        client.put("flagged", "a", b"archived under the flag's prefix")
+    assert archived_keys(s3) == ()
+    keys = archived_keys(dataclasses.replace(s3, prefix=flagged))
+    assert any("flagged" in key for key in keys), keys
+
+
+@pytest.mark.parametrize(
+    ("listen_host", "connect_host"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        ("[::]", "[::1]"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("tierstore-0.tierstore", "tierstore-0.tierstore"),
+    ],
+)
+def test_the_banner_names_an_address_to_connect_to(listen_host: str, connect_host: str) -> None:
+    # Serving on every interface, the banner's TIERSTORE_ADDRESS is still one a client on
+    # this machine can use and the certificate names (a wildcard is neither).
+    assert _connect_host(listen_host) == connect_host
