@@ -6,7 +6,8 @@ arithmetic and serve when a reader wants to step through it. Kernels take only
 numpy arrays and scalars, never Python objects, and release the GIL.
 
 The kernels are few on purpose: each costs a compile on first use (``cache=True``
-keeps the machine code in ``__pycache__`` for the next process).
+keeps the machine code in ``__pycache__`` for the next process, where it can be
+written: :mod:`tierstore.compiled`).
 
 Occurrence index (built by :mod:`tierstore.policy.plan_index`): each live plan (a
 *job*) is CSR over slots — job ``j``'s offsets are ``offsets[o:o2]`` with
@@ -23,9 +24,10 @@ import bisect
 import math
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from tierstore.compiled import njit
 
 __all__ = [
     "decayed_frequency",
@@ -39,7 +41,7 @@ __all__ = [
 F64Array = npt.NDArray[np.float64]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def decayed_frequency(
     score: Any, stamp: Any, slots: Any, tick: float, half_life: float
 ) -> Any:  # pragma: no cover - compiled; its twin below is what coverage sees
@@ -62,7 +64,7 @@ def decayed_frequency_py(
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def next_use_times(
     offsets: Any,
     offset_starts: Any,
@@ -139,7 +141,7 @@ def next_use_times_py(
     return np.array(out, dtype=np.float64)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def farthest_weighted(
     next_use: Any, weight: Any, step: int
 ) -> Any:  # pragma: no cover - compiled; its twin below is what coverage sees

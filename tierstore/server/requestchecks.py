@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 
+from tierstore.compiled import njit
 from tierstore.engine.planbook import MAX_PLAN_ENTRIES
 from tierstore.errors import InvalidArgument, InvalidPlan
 from tierstore.wire.local import MAX_REPORT_BYTES, MAX_REPORT_ENTRIES
@@ -52,7 +52,7 @@ _EXPLICIT_LIST_FIELD = 3
 _LENGTH_DELIMITED = 2
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _varint_at(data: Any, at: int, stop: int) -> Any:  # pragma: no cover - compiled
     """The varint at ``data[at:]`` (a uint64) and the offset after it: past ``stop``
     when it does not end before ``stop`` or is longer than 10 bytes."""
@@ -67,7 +67,7 @@ def _varint_at(data: Any, at: int, stop: int) -> Any:  # pragma: no cover - comp
     return np.uint64(0), stop + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def count_fields(
     data: Any, start: int, stop: int, cap: int
 ) -> int:  # pragma: no cover - compiled; its twin below is what coverage sees
