@@ -179,6 +179,10 @@ MALFORMED = {
     "missing time": ((HEADER, '{"op": "close", "job": "j"}'), "line 2: close record is missing t"),
     "negative size": ((HEADER, READ.replace('"size": 10', '"size": -1')), "line 2: size must not"),
     "fractional size": ((HEADER, READ.replace('"size": 10', '"size": 1.5')), "line 2: size must"),
+    "size past 64 bits": (
+        (HEADER, READ.replace('"size": 10', f'"size": {2**63}')),
+        "line 2: size must be at most 2\\*\\*63 - 1",
+    ),
     "boolean size": ((HEADER, READ.replace('"size": 10', '"size": true')), "line 2: size must"),
     "string time": ((HEADER, READ.replace("1.0", '"1.0"')), "line 2: t must be a finite number"),
     "numeric shard": ((HEADER, READ.replace('"a"', "7")), "line 2: shard must be a string"),

@@ -89,11 +89,17 @@ def _check_record(record: Any) -> None:
         _check_size("position", record["position"])
 
 
+#: the largest size or position a trace may hold.
+MAX_SIZE = 2**63 - 1
+
+
 def _check_size(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"{name} must be an integer, got {value!r}")
     if value < 0:
         raise _Invalid(f"{name} must not be negative, got {value}")
+    if value > MAX_SIZE:  # the simulator keeps sizes and positions as 64-bit integers
+        raise _Invalid(f"{name} must be at most 2**63 - 1, got {value}")
 
 
 class TraceWriter:
