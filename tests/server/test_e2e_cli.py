@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -255,12 +256,17 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     evicted = ok(env, "evict", dataset, "a", "b")
     assert evicted["freed_bytes"] >= 30_000 and evicted["kept"] == {}
     assert not admin.stat(dataset, "a").hot and not admin.stat(dataset, "b").hot
-    assert ok(env, "prefetch", dataset, "a", "b") == {"queued": 2}
+    assert ok(env, "prefetch", dataset, "a", "b") == {"queued": 2, "not_found": []}
     poll(
         lambda: admin.stat(dataset, "a").hot and admin.stat(dataset, "b").hot,
         20,
         "the prefetched shards to turn hot",
     )
+    # Already hot, or no such shard: neither is queued, but only the typo is an error.
+    typo = run(env, "prefetch", dataset, "a", "c", "a")
+    assert typo.returncode == 3, typo.stderr.decode()
+    assert json.loads(typo.stdout) == {"queued": 0, "not_found": ["c"]}
+    assert "ShardNotFound" in typo.stderr.decode() and "c" in typo.stderr.decode()
     admin.get(dataset, "a")
     admin.report_local_reads()  # read in place: its count reaches the server in batches
 
@@ -285,6 +291,11 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     )
     assert created["policy"] == "lru"
     admin.put(dataset, "a", b"a" * 1000)
+    # Already hot, or no such shard: neither is queued, but only the typo is an error.
+    typo = run(env, "prefetch", dataset, "a", "c", "a")
+    assert typo.returncode == 3, typo.stderr.decode()
+    assert json.loads(typo.stdout) == {"queued": 0, "not_found": ["c"]}
+    assert "ShardNotFound" in typo.stderr.decode() and "c" in typo.stderr.decode()
     admin.get(dataset, "a")
     admin.report_local_reads()  # read in place: its count reaches the server in batches
     shown = ok(env, "policy", "show", dataset)
@@ -650,6 +661,28 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
     # Nothing was made or changed: not in the working directory, not the file.
     assert list(work.iterdir()) == [] and (work.stat().st_mode & 0o777) == 0o755
     assert a_file.read_bytes() == b"not a directory"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to give up the power to chmod others' files",
+)
+def test_serve_says_what_to_do_with_a_data_directory_it_cannot_make_private(
+    tmp_path: Path,
+) -> None:
+    # A volume mounted for the pod's group (Kubernetes fsGroup) belongs to another
+    # user: the node cannot make it 0700. Root without CAP_FOWNER is in the same place.
+    shared = tmp_path / "volume"
+    shared.mkdir()
+    os.chown(shared, 65534, -1)
+    no_fowner = ["setpriv", "--inh-caps=-fowner", "--bounding-set=-fowner"]
+    command = [*no_fowner, tierstore_command(), "serve", "--data-dir", str(shared)]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
+    assert f"cannot use '{shared}' as the data directory" in line
+    assert "give it a directory of its own" in line
+    assert list(shared.iterdir()) == []
 
 
 def test_reads_by_the_cli_are_counted_on_either_path(

@@ -748,9 +748,34 @@ def unpin(dataset: str, shards: list[str]) -> None:
 
 @app.command(cls=_ClientCommand)
 def prefetch(dataset: str, shards: list[str]) -> None:
-    """Promote shards to the hot tier ahead of use."""
-    queued = _run(lambda: _client().prefetch(dataset, shards))
-    _emit({"queued": queued}, f"queued {queued} shards")
+    """Promote shards to the hot tier ahead of use. Shards already hot (or on their way)
+    are not queued again; a shard that does not exist is named, and the command exits as
+    for ShardNotFound once the others are queued, so a mistyped name does not pass for
+    one already hot."""
+    client = _client()
+    queued = _run(lambda: client.prefetch(dataset, shards))
+    missing = []
+    if queued < len(set(shards)):  # some were hot, or unknown: only then the stats
+        missing = [shard for shard in dict.fromkeys(shards) if not _exists(client, dataset, shard)]
+    lines = [f"queued {queued} shards", *(f"not found: {shard}" for shard in missing)]
+    _emit({"queued": queued, "not_found": missing}, "\n".join(lines))
+    if missing:
+        raise _fail(
+            errors.ShardNotFound(
+                f"{len(missing)} of the shards named are not in dataset {dataset!r}: "
+                + ", ".join(missing)
+            )
+        )
+
+
+def _exists(client: Any, dataset: str, shard: str) -> bool:
+    try:
+        client.stat(dataset, shard)
+    except errors.ShardNotFound:
+        return False
+    except errors.TierstoreError as exc:
+        raise _fail(exc) from None
+    return True
 
 
 @app.command(cls=_ClientCommand)

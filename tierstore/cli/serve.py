@@ -25,6 +25,7 @@ embedded archive's weed goes with it too (:mod:`tierstore.tiers.seaweedfs`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -102,8 +103,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     try:
         ensure_private_dir(data_dir, keep_group_read=True)
     except OSError as exc:  # a file in the way, no permission...
+        # Not this user's (a volume mounted for a group, say): the node may write in it
+        # but not make it private, as it must (its keys, tokens and CA are in there).
+        hint = (
+            " (it belongs to another user, and the node must make its data directory "
+            "private: give it a directory of its own, such as one inside this one)"
+            if exc.errno == errno.EPERM
+            else ""
+        )
         raise InvalidArgument(
-            f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}"
+            f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}{hint}"
         ) from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
