@@ -394,15 +394,18 @@ class Store:
         *,
         quota_wait_s: float | None = None,
         caller_gone: Callable[[], bool] | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> ShardInfo:
         """Store frames cut by a client (each at most ``max_frame_bytes``; Arrow ones validated).
 
         A put waiting for quota room stops waiting once ``caller_gone()`` is true.
-        Raises as :meth:`put`, and MalformedArrow.
+        ``admit()`` runs inside the write transaction, before anything is written: what
+        it raises ends the put with nothing stored. Raises as :meth:`put`, and
+        MalformedArrow.
         """
         self._check_shard_call(dataset, shard)
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)
-        return self._writer.commit(dataset, shard, framed, quota_wait_s, caller_gone)
+        return self._writer.commit(dataset, shard, framed, quota_wait_s, caller_gone, admit)
 
     def largest_put(self, dataset: str) -> int:
         """The most bytes (before sealing) a put into ``dataset`` could ever commit,

@@ -120,6 +120,7 @@ class ShardWriter:
         framed: FramedValue,
         quota_wait_s: float | None = None,
         caller_gone: Callable[[], bool] | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> ShardInfo:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
@@ -128,7 +129,9 @@ class ShardWriter:
         journal could make that room, the put waits for them, up to the setting
         ``quota_wait_s`` or the argument, whichever is shorter, while
         ``caller_gone()`` is false and a waiting place is free
-        (:mod:`tierstore.engine.quotawait`).
+        (:mod:`tierstore.engine.quotawait`). ``admit()`` is called inside the write
+        transaction, before anything is written: whatever it raises ends the put with
+        nothing stored (the service checks there that the caller may still write).
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying).
@@ -153,7 +156,11 @@ class ShardWriter:
                 tries = self._mover.progress()
                 try:
                     settings, record, seq = self._commit_locally(
-                        dataset, shard, framed, evicted_all or room_rounds >= _ROOM_ROUNDS
+                        dataset,
+                        shard,
+                        framed,
+                        evicted_all or room_rounds >= _ROOM_ROUNDS,
+                        admit,
                     )
                     break
                 except _RoomTaken:
@@ -269,14 +276,20 @@ class ShardWriter:
         return wait.take_place()
 
     def _commit_locally(
-        self, dataset: str, shard: str, framed: FramedValue, may_pass_watermark: bool
+        self,
+        dataset: str,
+        shard: str,
+        framed: FramedValue,
+        may_pass_watermark: bool,
+        admit: Callable[[], None] | None = None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """Seal and write a new generation's frames, catalog record and upload-journal
         entry in one write transaction, replacing the shard's previous generation;
         returns the dataset's settings, the new record and the journal entry's sequence
         number. Raises DatasetNotFound, EncryptionUnavailable, BacklogFull,
         QuotaExceeded, HotTierFull, and :class:`_RoomTaken` when the put would pass the
-        high watermark and not ``may_pass_watermark``; nothing is written then.
+        high watermark and not ``may_pass_watermark``, and what ``admit()`` raises;
+        nothing is written then.
 
         The frames are sealed as the dataset says inside the transaction: it may have
         been deleted and made again, encrypted or not, since the caller looked.
@@ -287,6 +300,8 @@ class ShardWriter:
         """
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
+            if admit is not None:
+                admit()  # in the transaction: no delete (or revocation) can slip in after
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
             backlog = self._catalog.counter(txn, "backlog_bytes")

@@ -193,6 +193,7 @@ class TierstoreServer:
                         enabled=settings.local_reads,
                         grant_ttl_s=settings.local_grant_ttl_s,
                     ),
+                    principal_now=tokens.principal_now,
                 ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),

@@ -23,7 +23,7 @@ import grpc
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.server.authz import authorize
+from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import FrameSpool
@@ -59,6 +59,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         max_shard_frames: int = 1 << 20,
         served: Callable[[str, int], None] | None = None,
         local: LocalReadService | None = None,
+        principal_now: Callable[[Principal], Principal] | None = None,
     ) -> None:
         self._store = store
         self._spool_dir = spool_dir
@@ -66,6 +67,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         #: called with (tier, bytes) for every frame sent
         self._served = served or (lambda tier, nbytes: None)
         self._local = local or LocalReadService(store)
+        #: the caller as its credential stands now (TokenStore.principal_now)
+        self._principal_now = principal_now or (lambda principal: principal)
 
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
         validate_dataset_name(dataset)
@@ -82,6 +85,14 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument("a put stream starts with its header")
         header = first.header
         self._check("PutShard", header.dataset, header.shard)
+        principal = caller()
+
+        def still_allowed() -> None:
+            # A stream may last minutes: by its end the dataset may have been deleted
+            # (and made again, for someone else: its grants went with it) or the token
+            # revoked. Checked inside the commit's transaction, so nothing slips in after.
+            authorize(self._principal_now(principal), _SERVICE + "PutShard", header.dataset)
+
         kind = shard_kind_from_pb(header.kind)
         if header.frame_count > self._max_frames:
             raise InvalidArgument(
@@ -119,6 +130,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 spool.views(),
                 quota_wait_s=_wait_within(context),
                 caller_gone=lambda: not context.is_active(),
+                admit=still_allowed,
             )
         return shard_info_to_pb(info)
 

@@ -245,7 +245,24 @@ class TokenStore:
             raise Unauthenticated(reason=AuthFailure.UNKNOWN)
         if not matches:
             raise Unauthenticated(reason=AuthFailure.MISMATCH)
-        info = record.info
+        return self._principal_of(record.info)
+
+    def principal_now(self, principal: Principal) -> Principal:
+        """``principal`` as its token stands now, with the grants it holds now (deleting
+        a dataset removes those on it): for a call that acts long after it was
+        authenticated, such as a put committing at the end of its stream. Raises
+        :class:`~tierstore.errors.Unauthenticated` when the token was revoked, ran out
+        or is gone. A principal proven by a client certificate is returned as it is."""
+        if principal.via != "token":
+            return principal
+        record = self._records.get(principal.token_id)
+        if record is None:
+            raise Unauthenticated(reason=AuthFailure.UNKNOWN)
+        return self._principal_of(record.info)
+
+    def _principal_of(self, info: TokenInfo) -> Principal:
+        """The principal ``info``'s token stands for; Unauthenticated if it was revoked
+        or has run out."""
         if info.revoked:
             raise Unauthenticated(reason=AuthFailure.REVOKED)
         if info.expired(self._clock()):
