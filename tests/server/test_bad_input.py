@@ -135,6 +135,10 @@ def frame(data: bytes) -> Any:
     return shards_pb2.PutShardRequest(frame=data)
 
 
+def end() -> Any:
+    return shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
+
+
 def plan_request(dataset: str, shards: list[str], **fields: Any) -> Any:
     return placement_pb2.DeclarePlanRequest(
         dataset=dataset, explicit=placement_pb2.ShardList(shards=shards), **fields
@@ -195,10 +199,10 @@ def test_invalid_names(raw: Raw, server: ServerProcess, admin: Client, dataset: 
     for bad in BAD_SHARDS:
         code, name = refused(raw.get, shards_pb2.GetShardRequest(dataset=dataset, shard=bad))
         assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidName"), bad
-        code, name = refused(raw.put, [header(dataset, bad, 1), frame(b"x")])
+        code, name = refused(raw.put, [header(dataset, bad, 1), frame(b"x"), end()])
         assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidName"), bad
     for bad in BAD_DATASETS:
-        code, name = refused(raw.put, [header(bad, "s", 1), frame(b"x")])
+        code, name = refused(raw.put, [header(bad, "s", 1), frame(b"x"), end()])
         assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidName"), bad
     assert [s.name for s in admin.list(dataset)] == ["ok"]
     still_serving(server, admin)
@@ -365,10 +369,11 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
     messages = list(raw.get(huge_length))  # cut at the end
     assert shards_pb2.GetShardResponse.FromString(messages[0]).header.length == 7
     for kind in (common_pb2.SHARD_KIND_UNSPECIFIED, 77):
-        code, _ = refused(raw.put, [header(dataset, "k", 1, kind=kind), frame(b"x")])
+        code, _ = refused(raw.put, [header(dataset, "k", 1, kind=kind), frame(b"x"), end()])
         assert code == grpc.StatusCode.INVALID_ARGUMENT, kind
     code, name = refused(
-        raw.put, [header(dataset, "arrow", 1, kind=common_pb2.SHARD_KIND_ARROW), frame(b"junk")]
+        raw.put,
+        [header(dataset, "arrow", 1, kind=common_pb2.SHARD_KIND_ARROW), frame(b"junk"), end()],
     )
     assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "MalformedArrow")
     still_serving(server, admin)
@@ -384,7 +389,7 @@ def test_oversize_frame(raw: Raw, server: ServerProcess, admin: Client, dataset:
     assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "OversizeFrame")
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "big")
-    raw.put([header(dataset, "big", 1), frame(b"\2" * limit)])  # exactly the limit is fine
+    raw.put([header(dataset, "big", 1), frame(b"\2" * limit), end()])  # the limit is fine
     assert admin.get(dataset, "big").to_pybytes() == b"\2" * limit
     still_serving(server, admin)
 
@@ -435,8 +440,11 @@ def test_frame_count_differs_from_header(
     raw: Raw, server: ServerProcess, admin: Client, dataset: str
 ) -> None:
     streams = {
-        "fewer frames": [header(dataset, "s", 3), frame(b"a"), frame(b"b")],
-        "more frames": [header(dataset, "s", 1), frame(b"a"), frame(b"b")],
+        "fewer frames": [header(dataset, "s", 3), frame(b"a"), frame(b"b"), end()],
+        "more frames": [header(dataset, "s", 1), frame(b"a"), frame(b"b"), end()],
+        # Every frame, but no end: a cancelled stream may look like this to the server.
+        "no end": [header(dataset, "s", 2), frame(b"a"), frame(b"b")],
+        "end before the frames": [header(dataset, "s", 2), end(), frame(b"a"), frame(b"b")],
         "no frames": [header(dataset, "s", 2)],
         "no header": [frame(b"a")],
         "nothing": [],
@@ -448,7 +456,7 @@ def test_frame_count_differs_from_header(
         assert code == grpc.StatusCode.INVALID_ARGUMENT, what
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "s")
-    raw.put([header(dataset, "s", 2), frame(b"a"), frame(b"b")])
+    raw.put([header(dataset, "s", 2), frame(b"a"), frame(b"b"), end()])
     assert admin.get(dataset, "s").to_pybytes() == b"ab"
     still_serving(server, admin)
 
@@ -597,7 +605,7 @@ def test_wrong_tokens(raw: Raw, server: ServerProcess, admin: Client, dataset: s
             )
         )
         assert code == grpc.StatusCode.UNAUTHENTICATED, metadata
-        code, _ = refused(raw.put, [header(dataset, "w", 1), frame(b"x")], metadata)
+        code, _ = refused(raw.put, [header(dataset, "w", 1), frame(b"x"), end()], metadata)
         assert code == grpc.StatusCode.UNAUTHENTICATED, metadata
     client = server.connect(token=f"ts_{token_id}_{'B' * 43}")
     with client, pytest.raises(errors.Unauthenticated):
@@ -636,6 +644,7 @@ def test_unknown_fields_are_ignored(raw: Raw, server: ServerProcess, dataset: st
         [
             header(dataset, "u", 1).SerializeToString() + extra,
             frame(b"xyz").SerializeToString() + extra,
+            end().SerializeToString() + extra,
         ]
     )
     got = list(raw.get(shards_pb2.GetShardRequest(dataset=dataset, shard="u")))

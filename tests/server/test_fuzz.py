@@ -377,7 +377,10 @@ def put_stream(rng: random.Random) -> list[bytes]:
     if rng.random() < 0.15:
         count = rng.choice([0, 1, count + 1, max(0, count - 1), (1 << 32) - 1, 1 << 20])
     header = shards_pb2.PutShardRequest(header=_header(rng, kind, count)).SerializeToString()
-    messages = [header, *(_frame_message(f) for f in frames)]
+    end = shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd()).SerializeToString()
+    messages = [header, *(_frame_message(f) for f in frames), end]
+    if rng.random() < 0.05:
+        messages.pop()  # no end: stores nothing, as a cancelled stream
     roll = rng.random()
     if roll < 0.05:
         messages = []

@@ -55,6 +55,7 @@ def held_put(node: RunningServer, token: str, release: threading.Event) -> grpc.
             yield shards_pb2.PutShardRequest(frame=bytes([index]) * FRAME)
         release.wait(60)
         yield shards_pb2.PutShardRequest(frame=b"last")
+        yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
     put = node.channel().stream_unary(
         "/tierstore.v1.ShardService/PutShard",

@@ -61,6 +61,7 @@ def put_requests(shard: str, data: bytes) -> list[shards_pb2.PutShardRequest]:
             )
         ),
         shards_pb2.PutShardRequest(frame=data),
+        shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd()),
     ]
 
 

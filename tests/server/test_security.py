@@ -78,6 +78,7 @@ def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -
                 )
             ),
             shards_pb2.PutShardRequest(frame=b"overwritten!"),
+            shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd()),
         ],
         "GetShard": shards_pb2.GetShardRequest(dataset=dataset, shard=shard),
         "StatShard": shards_pb2.StatShardRequest(dataset=dataset, shard=shard),

@@ -53,6 +53,7 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
                 held.set()
                 go.wait(60)
             yield shards_pb2.PutShardRequest(frame=chunk)
+        yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
     put = stub.PutShard.future(put_messages(), metadata=server.metadata, timeout=90)
     assert held.wait(30)

@@ -340,10 +340,13 @@ class Client:
                     for frame in frames:
                         yield shards_pb2.PutShardRequest(frame=bytes(frame))
                 except InvalidArgument as exc:
-                    # End the stream short of the frames its header announced: the
-                    # server refuses it and stores nothing. (Raising here would have
-                    # grpc log a stack trace.) The caller gets this error instead.
+                    # End the stream short of the frames its header announced and
+                    # without its end: the server refuses it and stores nothing.
+                    # (Raising here would have grpc log a stack trace.) The caller gets
+                    # this error instead.
                     failed.append(exc)
+                    return
+                yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
             try:

@@ -98,31 +98,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
             )
-        limit = self._store.settings.max_frame_bytes
-        largest = self._store.largest_put(header.dataset)
-        received = 0
         with FrameSpool(self._spool_dir) as spool:
-            for message in request_iterator:
-                if message.WhichOneof("item") != "frame":
-                    raise InvalidArgument(f"message {spool.count + 1} of the put is not a frame")
-                frame = message.frame  # each access copies the bytes: read it once
-                if len(frame) > limit:
-                    raise OversizeFrame(
-                        f"frame {spool.count} is {len(frame)} bytes; the limit is {limit}"
-                    )
-                if spool.count == header.frame_count:
-                    raise InvalidArgument(f"the header announced {header.frame_count} frames")
-                # Stop spooling a put that could never commit (bigger than its quota or
-                # the hot tier), before it fills the disk.
-                received += len(frame)
-                if received > largest:  # read again: the quota may have been raised
-                    self._store.check_put_size(header.dataset, header.shard, received)
-                    largest = self._store.largest_put(header.dataset)
-                spool.append(frame)
-            if spool.count != header.frame_count:
-                raise InvalidArgument(
-                    f"the stream ended after {spool.count} of {header.frame_count} frames"
-                )
+            self._receive_frames(request_iterator, header, spool)
             info = self._store.put_frames(
                 header.dataset,
                 header.shard,
@@ -133,6 +110,54 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 admit=still_allowed,
             )
         return shard_info_to_pb(info)
+
+    def _receive_frames(
+        self,
+        messages: Iterator[shards_pb2.PutShardRequest],
+        header: shards_pb2.PutShardHeader,
+        spool: FrameSpool,
+    ) -> None:
+        """Spool the frames that follow ``header``, up to the stream's end message.
+
+        Raises InvalidArgument for a stream that is not frames and then the end, with as
+        many frames as the header announced: one that stops without its end message was
+        cancelled by its client or failed part way, even with every frame received
+        (gRPC may end a cancelled stream as if the client had closed it). Raises
+        OversizeFrame, and what ``Store.check_put_size`` raises for a put that could
+        never be stored, as soon as its frames show it (before they fill the disk).
+        """
+        limit = self._store.settings.max_frame_bytes
+        largest = self._store.largest_put(header.dataset)
+        received = 0
+        ended = False
+        for message in messages:
+            item = message.WhichOneof("item")
+            if item == "end":
+                ended = True
+                break  # the last message: nothing after it is read
+            if item != "frame":
+                raise InvalidArgument(f"message {spool.count + 1} of the put is not a frame")
+            frame = message.frame  # each access copies the bytes: read it once
+            if len(frame) > limit:
+                raise OversizeFrame(
+                    f"frame {spool.count} is {len(frame)} bytes; the limit is {limit}"
+                )
+            if spool.count == header.frame_count:
+                raise InvalidArgument(f"the header announced {header.frame_count} frames")
+            received += len(frame)
+            if received > largest:  # read again: the quota may have been raised
+                self._store.check_put_size(header.dataset, header.shard, received)
+                largest = self._store.largest_put(header.dataset)
+            spool.append(frame)
+        if spool.count != header.frame_count:
+            raise InvalidArgument(
+                f"the stream ended after {spool.count} of {header.frame_count} frames"
+            )
+        if not ended:
+            raise InvalidArgument(
+                "the put stream stopped without its end message (cancelled by the client?); "
+                "nothing was stored"
+            )
 
     @stream_handler
     def GetShard(

@@ -19,13 +19,19 @@ class PutShardHeader(_message.Message):
     frame_count: int
     def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ShardKind, str]] = ..., frame_count: _Optional[int] = ...) -> None: ...
 
+class PutShardEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class PutShardRequest(_message.Message):
-    __slots__ = ("header", "frame")
+    __slots__ = ("header", "frame", "end")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     header: PutShardHeader
     frame: bytes
-    def __init__(self, header: _Optional[_Union[PutShardHeader, _Mapping]] = ..., frame: _Optional[bytes] = ...) -> None: ...
+    end: PutShardEnd
+    def __init__(self, header: _Optional[_Union[PutShardHeader, _Mapping]] = ..., frame: _Optional[bytes] = ..., end: _Optional[_Union[PutShardEnd, _Mapping]] = ...) -> None: ...
 
 class GetShardRequest(_message.Message):
     __slots__ = ("dataset", "shard", "byte_range", "frame_range")

@@ -81,7 +81,7 @@ class ShardServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def PutShard(self, request_iterator, context):
-        """First message: the header; then one message per frame, in order.
+        """First message: the header; then one message per frame, in order; then the end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
