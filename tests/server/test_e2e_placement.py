@@ -132,6 +132,10 @@ def test_unknown_datasets_and_jobs_are_not_found(admin: Client) -> None:
     for call in (lambda: admin.report_position("never", 0), lambda: admin.close_plan("never")):
         with pytest.raises(errors.PlanNotFound):
             call()
+    # A ttl in the range but shorter than the call: said in the caller's words.
+    with pytest.raises(errors.PlanNotFound) as caught:
+        admin.declare_plan(cold_dataset(admin, ["s0"]), shards=["s0"], job="brief", ttl_s=1e-9)
+    assert "job 'brief'" in str(caught.value) and "ttl_s" in str(caught.value)
 
 
 def test_a_plan_expires_without_reports(admin: Client) -> None:

@@ -168,16 +168,23 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             if len(request.explicit.shards) > MAX_PLAN_ENTRIES:
                 raise InvalidPlan(f"a plan has at most {MAX_PLAN_ENTRIES:,} entries")
             shards = list(request.explicit.shards)
+        ttl_s = request.ttl_s or DEFAULT_PLAN_TTL_S
         self._store.declare_plan(
             request.dataset,
             sampler=sampler,
             shards=shards,
             prefix=request.prefix,
             job=scoped,
-            ttl_s=request.ttl_s or DEFAULT_PLAN_TTL_S,
+            ttl_s=ttl_s,
             owner=principal.name,
         )
-        info = self._store.plan_info(scoped)
+        try:
+            info = self._store.plan_info(scoped)
+        except PlanNotFound:  # in the caller's words, not the engine's scoped id
+            raise PlanNotFound(
+                f"job {job[:200]!r}'s access plan expired before its declaration returned "
+                f"(ttl_s {ttl_s:g} s): give it a ttl_s of seconds, not less"
+            ) from None
         return placement_pb2.DeclarePlanResponse(job=job, length=info.length)
 
     def _own_plan(self, method: str, job: str) -> str:

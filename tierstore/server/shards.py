@@ -143,7 +143,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                     f"frame {spool.count} is {len(frame)} bytes; the limit is {limit}"
                 )
             if spool.count == header.frame_count:
-                raise InvalidArgument(f"the header announced {header.frame_count} frames")
+                raise InvalidArgument(
+                    f"more frames than the {header.frame_count} the header announced"
+                )
             received += len(frame)
             if received > largest:  # read again: the quota may have been raised
                 self._store.check_put_size(header.dataset, header.shard, received)
