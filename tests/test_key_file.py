@@ -1,8 +1,10 @@
 """Rotating a master key file (``LocalKeyring.rotated_file``): never a repeated key id,
-never a dropped key, never a torn file, whoever rotates the file at the same time."""
+never a dropped key, never a torn file, whoever rotates the file at the same time, and
+never an id a key retired from the file had."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +139,27 @@ def test_a_failed_write_leaves_the_file_as_it_was(
     assert path.read_bytes() == before
     assert files_beside(path) == {"master.keys", "master.keys.lock"}
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def retire_all_but_current(path: Path) -> LocalKeyring:
+    """What the docs allow once a rotation has finished: drop every key but the current."""
+    document = json.loads(path.read_text())
+    current = document["current"]
+    path.write_text(json.dumps({"current": current, "keys": {current: document["keys"][current]}}))
+    return LocalKeyring.from_file(path)
+
+
+def test_an_id_a_retired_key_had_is_never_given_to_another_key(tmp_path: Path) -> None:
+    path = tmp_path / "master.keys"
+    ring = LocalKeyring.generate_file(path).rotated_file(path)  # k1, k2
+    given: dict[str, bytes] = dict(ring.keys)
+    for _ in range(3):
+        ring = retire_all_but_current(path).rotated_file(path)
+        assert ring.current not in given, (ring.current, sorted(given))
+        given[ring.current] = ring.keys[ring.current]
+    assert ring.current == "k5"
+    # Ids that are not k<n> (a key from elsewhere) do not count; the highest k<n> does.
+    path.write_text(
+        json.dumps({"current": "k9", "keys": {"ext": "A" * 43 + "=", "k9": "B" * 43 + "="}})
+    )
+    assert LocalKeyring.from_file(path).rotated_file(path).current == "k10"

@@ -16,6 +16,10 @@ fails; :meth:`FrameCipher.decrypt_into` zeroes it before raising.
 Thread safety: every class here is immutable after construction and safe to share.
 :meth:`LocalKeyring.rotated_file` serializes rotations of one key file through a lock
 file beside it, between threads and processes alike.
+
+Key ids of a key file only grow (``k1``, ``k2``, ...; a rotation takes one past the
+highest): a key retired from the file never lends its id to a different key, which
+would make a copy of the file kept elsewhere unwrap nothing under that id.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -223,12 +228,15 @@ class LocalKeyring:
             ) from exc
 
 
+_NUMBERED_ID = re.compile(r"k([0-9]+)")
+
+
 def _unused_key_id(taken: Mapping[str, bytes]) -> str:
-    """``k<n>`` for the first ``n`` from ``len(taken) + 1`` up that ``taken`` lacks."""
-    number = len(taken) + 1
-    while f"k{number}" in taken:
-        number += 1
-    return f"k{number}"
+    """``k<n>`` for ``n`` one past the highest ``k<n>`` in ``taken`` (1 with none): not
+    the first free number, which after old keys were retired from the file is the id
+    of one of them (the newest key, current since its rotation, stays)."""
+    numbers = [int(found[1]) for found in map(_NUMBERED_ID.fullmatch, taken) if found]
+    return f"k{max(numbers, default=0) + 1}"
 
 
 def _write_key_file(
