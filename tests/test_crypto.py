@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -210,6 +211,24 @@ def test_from_file_rejects_bad_files(tmp_path: Path, content: str) -> None:
     path.write_text(content)
     with pytest.raises(InvalidArgument):
         LocalKeyring.from_file(path)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660], ids=oct)
+def test_a_key_file_others_may_read_is_used_with_a_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    path = tmp_path / "master.keys"
+    ring = LocalKeyring.generate_file(path)
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="tierstore.crypto"):
+        assert LocalKeyring.from_file(path).keys == ring.keys
+    (record,) = caplog.records
+    assert str(path) in record.getMessage() and f"mode {mode:o}" in record.getMessage()
+    caplog.clear()
+    os.chmod(path, 0o600)
+    with caplog.at_level(logging.WARNING, logger="tierstore.crypto"):
+        LocalKeyring.from_file(path)
+    assert caplog.records == []
 
 
 def test_from_file_missing_file(tmp_path: Path) -> None:

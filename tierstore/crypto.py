@@ -28,8 +28,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +62,8 @@ __all__ = [
     "new_nonce_prefix",
     "zero",
 ]
+
+log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -145,13 +149,26 @@ class LocalKeyring:
 
     @classmethod
     def from_file(cls, path: Path) -> LocalKeyring:
-        """Load a key file (format in the class docstring)."""
+        """Load a key file (format in the class docstring). Logs a warning naming the
+        file and its mode when users other than its owner may read or write it (the
+        keys are used all the same: refusing would stop a node over a mode an operator
+        can fix while it runs). Raises InvalidArgument when it cannot be loaded."""
         try:
-            document = json.loads(path.read_text())
+            with path.open("rb") as file:
+                mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+                document = json.loads(file.read())
             keys = {str(k): _decode_key(v, f"key {k!r}") for k, v in document["keys"].items()}
-            return cls(keys=keys, current=str(document["current"]))
+            keyring = cls(keys=keys, current=str(document["current"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
+        if mode & 0o077:
+            log.warning(
+                "master key file %s may be read by users other than its owner (mode %o): "
+                "chmod 600 it",
+                path,
+                mode,
+            )
+        return keyring
 
     @staticmethod
     def generate_file(path: Path, key_id: str = "k1") -> LocalKeyring:
