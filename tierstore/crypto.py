@@ -33,7 +33,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -179,10 +179,16 @@ class LocalKeyring:
         _write_key_file(path, {key_id: key}, key_id, exclusive=True)
         return LocalKeyring(keys={key_id: key}, current=key_id)
 
-    def rotated_file(self, path: Path) -> LocalKeyring:
+    def rotated_file(
+        self, path: Path, check: Callable[[LocalKeyring], None] | None = None
+    ) -> LocalKeyring:
         """Add a fresh random key to the key file at ``path``, make it current, and
         return the keyring of the file as written: every key it held (so existing data
         keys still unwrap, including keys another process added) and the new one.
+
+        ``check``, given, is called with that keyring before the file is written (under
+        the lock); whatever it raises is raised with the file unchanged (a store
+        refusing a keyring that cannot unwrap a data key still in use, say).
 
         The file is re-read and rewritten under an exclusive lock on ``<path>.lock``,
         so rotations of one file (by threads or processes) run one at a time and the
@@ -197,11 +203,13 @@ class LocalKeyring:
         """
         try:
             with exclusive_lock(path.with_name(path.name + ".lock")):
-                return self._rotated_file_locked(path)
+                return self._rotated_file_locked(path, check)
         except OSError as exc:
             raise KeyRotationRefused(f"cannot rotate key file {path}: {exc}") from exc
 
-    def _rotated_file_locked(self, path: Path) -> LocalKeyring:
+    def _rotated_file_locked(
+        self, path: Path, check: Callable[[LocalKeyring], None] | None
+    ) -> LocalKeyring:
         """:meth:`rotated_file` once the key file's lock is held."""
         try:
             on_file = LocalKeyring.from_file(path)
@@ -215,9 +223,13 @@ class LocalKeyring:
                 "so nothing was changed: put those keys back in the file"
             )
         key_id = _unused_key_id(on_file.keys)
-        keys = {**on_file.keys, key_id: AESGCM.generate_key(bit_length=256)}
-        _write_key_file(path, keys, key_id)
-        return LocalKeyring(keys=keys, current=key_id)
+        rotated = LocalKeyring(
+            keys={**on_file.keys, key_id: AESGCM.generate_key(bit_length=256)}, current=key_id
+        )
+        if check is not None:
+            check(rotated)
+        _write_key_file(path, rotated.keys, key_id)
+        return rotated
 
     def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
         nonce = os.urandom(_WRAP_NONCE_BYTES)

@@ -9,17 +9,32 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes, hot_frames, record_of
-from tests.engine.stores import DATASETS, FRAME, KEY_1, KEY_2, KEYRING, StoreFactory, payload
+from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
+from tests.engine.stores import (
+    DATASETS,
+    FRAME,
+    KEY_1,
+    KEY_2,
+    KEYRING,
+    OTHER_KEYRING,
+    StoreFactory,
+    payload,
+)
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import store as store_module
-from tierstore.engine.records import ShardRecord
-from tierstore.errors import EncryptionUnavailable, KeyRotationRefused, UnknownKeyId
+from tierstore.engine.records import Envelope, ShardRecord
+from tierstore.errors import (
+    EncryptionUnavailable,
+    KeyRotationRefused,
+    KeyUnwrapError,
+    UnknownKeyId,
+)
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import DatasetSettings, Durability
+from tierstore.types import DatasetSettings, Durability, WrappedKey
 
 
 def archive_keys(archive: MemoryTier) -> set[str]:
@@ -217,3 +232,89 @@ def test_a_rotation_to_a_keyring_without_the_old_keys_is_refused(
     assert store.rotate_master_key(both) == 1
     assert store.rotate_master_key(only_new) == 0  # nothing under k1 any more
     assert store.get("enc", "a").to_bytes() == payload(FRAME, 2)
+
+
+class CountingKeyring:
+    """A keyring that counts its unwraps."""
+
+    def __init__(self, inner: LocalKeyring) -> None:
+        self.inner = inner
+        self.unwraps = 0
+
+    @property
+    def current_key_id(self) -> str:
+        return self.inner.current_key_id
+
+    def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
+        return self.inner.wrap(data_key, context)
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        self.unwraps += 1
+        return self.inner.unwrap(wrapped, context)
+
+
+@pytest.mark.parametrize(
+    ("keyring", "error"),
+    [
+        (OTHER_KEYRING, KeyUnwrapError),  # the wrong key under the right id
+        (LocalKeyring(keys={"k9": KEY_2}, current="k9"), UnknownKeyId),
+        (None, EncryptionUnavailable),
+    ],
+    ids=["wrong-key", "unknown-id", "none"],
+)
+def test_master_key_failure_names_a_key_id_whose_data_keys_do_not_unwrap(
+    open_store: StoreFactory,
+    archive: MemoryTier,
+    keyring: LocalKeyring | None,
+    error: type[Exception],
+) -> None:
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    store.put("plain", "p", payload(10))
+    for index in range(3):
+        store.put("enc", f"s{index}", payload(10, index))
+    assert store.master_key_failure() is None
+    store = open_store.reopen(store, archive, keyring, start_mover=False)
+    failure = store.master_key_failure()
+    assert failure is not None
+    assert failure.key_id == "k1" and failure.shard == "enc/s0"
+    assert isinstance(failure.error, error)
+
+
+def test_master_key_failure_unwraps_one_data_key_per_key_id_that_fits(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    for index in range(20):
+        store.put("enc", f"a{index:02d}", payload(10, index))
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store.reopen(store, archive, both, start_mover=False)
+    for index in range(20):
+        store.put("wt-enc", f"b{index:02d}", payload(10, index))
+    counting = CountingKeyring(both)
+    store = open_store.reopen(store, archive, counting, start_mover=False)  # type: ignore[arg-type]
+    assert store.master_key_failure() is None
+    assert counting.unwraps == 2
+    # One damaged key record under k1 is not taken for a wrong key: the next proves k1.
+    first = record_of(store, "enc", "a00")
+    assert first.envelope is not None
+    damaged = Envelope(WrappedKey("k1", bytes(60)), first.envelope.nonce_prefix)
+    put_raw_record(store, "enc", "a00", first.with_state(envelope=damaged).encode())
+    counting.unwraps = 0
+    assert store.master_key_failure() is None
+    assert counting.unwraps == 3
+
+
+def test_a_key_file_rotation_the_store_refuses_leaves_the_file_as_it_was(
+    open_store: StoreFactory, archive: MemoryTier, tmp_path: Path
+) -> None:
+    # A store checks the rotated keyring before the file is written: a refused
+    # rotation used to leave a new current key in the file all the same.
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    store.put("enc", "a", payload(10))
+    path = tmp_path / "master.keys"
+    running = LocalKeyring.generate_file(path)  # a k1 other than the store's own
+    before = path.read_bytes()
+    with pytest.raises(KeyRotationRefused, match="master key 'k1'"):
+        running.rotated_file(path, store.check_keyring)
+    assert path.read_bytes() == before
+    assert store.get("enc", "a").to_bytes() == payload(10)

@@ -23,13 +23,20 @@ def keyring_from_settings(settings: EngineSettings) -> MasterKeyProvider | None:
 
 
 def open_store(
-    settings: EngineSettings, archive: Tier | None = None, observe_archive: Observer | None = None
+    settings: EngineSettings,
+    archive: Tier | None = None,
+    observe_archive: Observer | None = None,
+    *,
+    keyring: MasterKeyProvider | None = None,
+    start_mover: bool = True,
 ) -> Store:
     """Open the store of ``settings``; the archive is S3 at ``settings.archive`` unless given.
 
     ``observe_archive`` is called with (operation, seconds, failed) after every archive
-    request (for metrics). Also tunes the process's allocator for multi-MiB frames
-    (:mod:`.allocator`).
+    request (for metrics). ``keyring``, given, is used instead of the master keys the
+    settings name. Without ``start_mover`` the caller starts the background work
+    (:meth:`Store.start_background`). Also tunes the process's allocator for multi-MiB
+    frames (:mod:`.allocator`).
     Raises InvalidArgument when no archive endpoint is configured.
     """
     if archive is None:
@@ -53,4 +60,6 @@ def open_store(
     if observe_archive is not None:
         archive = TimedTier(archive, observe_archive)
     tune_allocator(settings.max_frame_bytes)
-    return Store(settings, archive, keyring_from_settings(settings))
+    if keyring is None:
+        keyring = keyring_from_settings(settings)
+    return Store(settings, archive, keyring, start_mover=start_mover)

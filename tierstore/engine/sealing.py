@@ -14,6 +14,7 @@ share between threads as long as the keyring is.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tierstore.crypto import (
     TAG_BYTES,
@@ -28,11 +29,19 @@ from tierstore.errors import (
     EncryptionUnavailable,
     KeyRotationRefused,
     KeyUnwrapError,
+    TierstoreError,
     UnknownKeyId,
 )
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
 
-__all__ = ["ShardSealers", "sealing_overhead", "stored_overhead", "stored_size"]
+__all__ = [
+    "ShardSealers",
+    "UnwrapFailure",
+    "first_unwrap_failure",
+    "sealing_overhead",
+    "stored_overhead",
+    "stored_size",
+]
 
 
 def sealing_overhead(encrypted: bool) -> int:
@@ -114,29 +123,19 @@ class ShardSealers:
         return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
 
     def check_unwraps(self, records: Iterable[ShardRecord]) -> None:
-        """Raise KeyRotationRefused unless this keyring unwraps the data key of one of
-        ``records`` for each master key id they use: a keyring switched to without the
-        old keys would leave their shards unreadable, and a rotation stuck, until a
-        restart with the old keyring."""
-        keyring = self._keyring
-        if keyring is None:
+        """Raise KeyRotationRefused unless this keyring unwraps, for each master key id
+        ``records`` use, a data key that id wrapped (see :func:`first_unwrap_failure`):
+        a keyring switched to without the old keys would leave their shards unreadable,
+        and a rotation stuck, until a restart with the old keyring."""
+        if self._keyring is None:
             raise EncryptionUnavailable("no master key is configured")
-        tried: set[str] = set()
-        for record in records:
-            envelope = record.envelope
-            if envelope is None or envelope.wrapped.key_id in tried:
-                continue
-            tried.add(envelope.wrapped.key_id)
-            context = shard_context(record.dataset, record.name, record.generation)
-            try:
-                keyring.unwrap(envelope.wrapped, context)
-            except (UnknownKeyId, KeyUnwrapError) as exc:
-                raise KeyRotationRefused(
-                    f"the new keyring cannot unwrap the data keys that master key "
-                    f"{envelope.wrapped.key_id!r} wrapped ({record.dataset}/{record.name}: "
-                    f"{exc}); it must hold the old keys until the rotation has rewrapped "
-                    "them. Nothing was changed"
-                ) from exc
+        failure = first_unwrap_failure(self._keyring, records)
+        if failure is not None:
+            raise KeyRotationRefused(
+                f"the new keyring cannot unwrap the data keys that master key "
+                f"{failure.key_id!r} wrapped ({failure.shard}: {failure.error}); it must "
+                "hold the old keys until the rotation has rewrapped them. Nothing was changed"
+            ) from failure.error
 
     def seal_object(self, key: str, body: bytes) -> bytes:
         """Metadata object ``body`` sealed for archive key ``key`` under the current
@@ -155,3 +154,51 @@ class ShardSealers:
             sealer.open(index, stored)
         else:
             sealer.open_into(index, stored, memoryview(bytearray(len(stored) - sealer.overhead)))
+
+
+@dataclass(frozen=True, slots=True)
+class UnwrapFailure:
+    """A master key id whose data keys a keyring does not unwrap."""
+
+    key_id: str
+    #: ``dataset/name`` of a shard whose data key that id wrapped.
+    shard: str
+    #: what unwrapping it raised: UnknownKeyId, KeyUnwrapError or EncryptionUnavailable.
+    error: TierstoreError
+
+
+def first_unwrap_failure(
+    keyring: MasterKeyProvider | None, records: Iterable[ShardRecord]
+) -> UnwrapFailure | None:
+    """The first master key id used by ``records`` none of whose data keys ``keyring``
+    unwraps, or ``None`` when every id has one that does (plaintext records need none).
+
+    Cheap for a keyring that fits: one unwrap per key id, the rest of its records
+    skipped. An id whose first data key does not authenticate (the wrong key under the
+    right id, or that one key record damaged) is tried on its next records, so a wrong
+    key costs one unwrap per record under its id, and one damaged record is not taken
+    for a wrong key. An id the keyring does not hold fails at once. Iterates every
+    record; unwraps only. Thread-safe if ``keyring`` is.
+    """
+    proven: set[str] = set()
+    failed: dict[str, UnwrapFailure] = {}
+    for record in records:
+        envelope = record.envelope
+        if envelope is None or envelope.wrapped.key_id in proven:
+            continue
+        key_id = envelope.wrapped.key_id
+        shard = f"{record.dataset}/{record.name}"
+        if keyring is None:
+            return UnwrapFailure(key_id, shard, EncryptionUnavailable("no master key"))
+        try:
+            keyring.unwrap(
+                envelope.wrapped, shard_context(record.dataset, record.name, record.generation)
+            )
+        except UnknownKeyId as exc:
+            return UnwrapFailure(key_id, shard, exc)
+        except KeyUnwrapError as exc:
+            failed.setdefault(key_id, UnwrapFailure(key_id, shard, exc))
+            continue
+        proven.add(key_id)
+        failed.pop(key_id, None)
+    return next(iter(failed.values()), None)

@@ -51,7 +51,12 @@ from tierstore.engine.reads import ShardData
 from tierstore.engine.rebuild import restore_catalog, scan_archive
 from tierstore.engine.records import JournalOp, ShardRecord, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
-from tierstore.engine.sealing import ShardSealers, stored_overhead
+from tierstore.engine.sealing import (
+    ShardSealers,
+    UnwrapFailure,
+    first_unwrap_failure,
+    stored_overhead,
+)
 from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
@@ -204,8 +209,14 @@ class Store:
         self.mover.after_promotion = self.prefetcher.wake
         self._open_policies()
         if start_mover:
-            self.mover.start()
-            self.prefetcher.start()
+            self.start_background()
+
+    def start_background(self) -> None:
+        """Start the mover and the prefetcher, for a store made with ``start_mover=False``
+        (once its caller has checked what it must before the journal runs: the master
+        keys, say). Call it once. Not thread-safe."""
+        self.mover.start()
+        self.prefetcher.start()
 
     def _open_policies(self) -> None:
         """Give every dataset its policy, told of the dataset's hot shards (oldest first)."""
@@ -767,8 +778,7 @@ class Store:
         self._check_open()
         with self._rotation_lock:
             if keyring is not None:
-                with self._env.read() as txn:  # refuse a keyring without the old keys
-                    ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+                self.check_keyring(keyring)  # refuse a keyring without the old keys
                 self._keyring = keyring
                 self._sealers.use_keyring(keyring)
             if self._keyring is None:
@@ -783,6 +793,25 @@ class Store:
             with self._env.write() as txn:
                 self._catalog.set_note(txn, _SEALED_WITH, current)
             return rewrapped
+
+    def check_keyring(self, keyring: MasterKeyProvider) -> None:
+        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
+        key of each master key id the catalog's records use: what
+        :meth:`rotate_master_key` checks a keyring it is given with, for a caller that
+        must know before it makes the keyring durable. Thread-safe."""
+        self._check_open()
+        with self._env.read() as txn:
+            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+
+    def master_key_failure(self) -> UnwrapFailure | None:
+        """The first master key id the catalog's records use whose data keys this store's
+        keyring does not unwrap (the key missing, or the wrong one under its id), else
+        ``None``: one unwrap per key id when the keyring fits, every record read
+        (:func:`~tierstore.engine.sealing.first_unwrap_failure`). For a node to check
+        before it starts the mover and accepts puts. Thread-safe."""
+        self._check_open()
+        with self._env.read() as txn:
+            return first_unwrap_failure(self._keyring, self._catalog.iter_shards(txn))
 
     def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
         """:meth:`rotate_master_key` for one dataset, ``_ROTATION_BATCH`` shards per write
