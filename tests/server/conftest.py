@@ -81,9 +81,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """One ``tierstore serve`` child process."""
 
-    def __init__(self, data_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.extra_args = extra_args
+        #: TIERSTORE_* settings for the server (any of this process's own are dropped).
+        self.env = env or {}
         self.port = 0
         self.health_port = 0
         self.metrics_port = 0
@@ -125,7 +129,7 @@ class ServerProcess:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
-                    env=clean_env(),
+                    env=clean_env(**self.env),
                     start_new_session=True,  # so a SIGKILL can take the embedded weed along
                 )
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -315,13 +319,17 @@ def spawn_server(
     tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
 ) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers of the test's own (stopped at the end): ``spawn_server(data_dir=None,
-    embedded=False, *extra_args)``. Without ``embedded`` the archive is a fresh prefix of
-    the session SeaweedFS, the same for every server this test starts."""
+    *extra_args, embedded=False, env=None)``. Without ``embedded`` the archive is a fresh
+    prefix of the session SeaweedFS, the same for every server this test starts; ``env``
+    holds ``TIERSTORE_*`` settings for the server."""
     started: list[ServerProcess] = []
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"e2e-{uuid.uuid4().hex[:12]}/")
 
     def spawn(
-        data_dir: Path | None = None, *extra_args: str, embedded: bool = False
+        data_dir: Path | None = None,
+        *extra_args: str,
+        embedded: bool = False,
+        env: dict[str, str] | None = None,
     ) -> ServerProcess:
         archive_args: tuple[str, ...] = ()
         if not embedded:
@@ -337,7 +345,7 @@ def spawn_server(
                 "--s3-secret-key",
                 s3.secret_access_key,
             )
-        running = ServerProcess(data_dir or tmp_path / "data", (*archive_args, *extra_args))
+        running = ServerProcess(data_dir or tmp_path / "data", (*archive_args, *extra_args), env)
         started.append(running)
         return running.start()
 

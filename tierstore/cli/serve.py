@@ -14,7 +14,9 @@ Everything lives under the data directory::
 
 The master key file is created on first start so that encrypted datasets work
 out of the box; keep a copy apart from the data (it is the only way to read
-encrypted shards), or point ``--master-key-file`` at one you manage.
+encrypted shards), or point ``--master-key-file`` at one you manage. A node whose
+keys do not read the shards it holds (the key file lost, or the wrong one) refuses to
+start (:mod:`tierstore.cli.masterkeys`).
 
 One node per data directory: a second ``serve`` on a directory in use exits at once
 with one line naming the running node's process id (LMDB itself would let both open
@@ -35,8 +37,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from tierstore.cli.masterkeys import KeyRotation, check_node_keys, load_node_keys
 from tierstore.config import ArchiveSettings, load_settings
-from tierstore.crypto import LocalKeyring
 from tierstore.engine.bootstrap import open_store
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import FailedPrecondition, InvalidArgument
@@ -120,16 +122,13 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         archive = _archive_settings(options, data_dir, cleanup)
-        key_file = options.master_key_file or data_dir / "master.keys"
-        keyring = (
-            LocalKeyring.from_file(key_file)
-            if key_file.exists()
-            else LocalKeyring.generate_file(key_file)
-        )
-        overrides: dict[str, Any] = {"data_dir": data_dir, "master_key_file": key_file}
+        overrides: dict[str, Any] = {"data_dir": data_dir}
+        if options.master_key_file is not None:  # the flag wins over a base64 key too
+            overrides.update(master_key_file=options.master_key_file, master_key_b64=None)
         if options.hot_capacity_bytes:
             overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
         settings = load_settings(options.config_file, archive=archive, **overrides)
+        keys = load_node_keys(settings, data_dir)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
         # A hot tier this start makes (the node is new, or its hot tier was lost) is
         # checked against the archive before serving. The mark is durable before LMDB
@@ -138,27 +137,29 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         unchecked = data_dir / _UNCHECKED_MARK
         if not (hot_tier_dir(data_dir) / "data.mdb").exists():
             write_private_file(unchecked, b"hot tier not yet checked against the archive\n")
-        store = open_store(settings, observe_archive=metrics.observe_archive)
-        cleanup.callback(store.close)
-        if unchecked.exists():
-            _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
-            unchecked.unlink()
+        with ExitStack() as refused:
+            refused.callback(keys.forget_created)  # dropped once the keys are kept
+            # The mover starts only once the keys are checked: with the wrong ones it
+            # would find every pending encrypted upload failing to unwrap.
+            store = open_store(
+                settings,
+                observe_archive=metrics.observe_archive,
+                keyring=keys.keyring,
+                start_mover=False,
+            )
+            cleanup.callback(store.close)
+            # Before a rebuild too: a created key believes no archived manifest.
+            check_node_keys(keys, store)
+            if unchecked.exists():
+                _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
+                unchecked.unlink()
+            refused.pop_all()
+        store.start_background()
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None
         if not options.insecure:
             tls = ensure_tls_material(data_dir, options.hostnames)
-        state = {"keyring": keyring}
-        rotation_lock = threading.Lock()
-
-        def rotate_keys() -> int:
-            # One rotation at a time, from minting the key to the store's rewrap under
-            # it: the next one must start from the keyring the store switched to last,
-            # or the store could end up with a keyring lacking a key records use.
-            with rotation_lock:
-                state["keyring"] = state["keyring"].rotated_file(key_file)
-                return store.rotate_master_key(state["keyring"])
-
         server, port = create_server(
             ServerSettings(
                 listen=options.listen,
@@ -173,7 +174,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             ),
             store,
             tokens,
-            rotate_keys,
+            KeyRotation(keys, store),
             metrics,
         )
         server.start()

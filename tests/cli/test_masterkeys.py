@@ -1,0 +1,129 @@
+"""A node's master keys (tierstore/cli/masterkeys.py): where they come from, the key a
+new node creates, the start-up check against the catalog and the archive, rotation.
+
+The end-to-end cases (a real ``tierstore serve`` refusing to start, the settings file,
+environment and flag) are in tests/server/test_serve_keys.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload
+from tierstore.cli.masterkeys import KeyRotation, NodeKeys, check_node_keys, load_node_keys
+from tierstore.config import EngineSettings
+from tierstore.crypto import LocalKeyring
+from tierstore.errors import FailedPrecondition, InvalidArgument, KeyRotationRefused
+from tierstore.tiers.memory import MemoryTier
+
+
+@pytest.fixture
+def open_store(tmp_path: Path) -> Iterator[StoreFactory]:
+    factory = StoreFactory(tmp_path / "stores")
+    yield factory
+    factory.close_all()
+
+
+def test_a_key_file_is_loaded_and_a_missing_one_created(tmp_path: Path) -> None:
+    path = tmp_path / "managed.keys"
+    created = load_node_keys(EngineSettings(master_key_file=path), tmp_path / "node")
+    assert created.created and created.key_file == path
+    loaded = load_node_keys(EngineSettings(master_key_file=path), tmp_path / "node")
+    assert not loaded.created and loaded.keyring == created.keyring
+    default = load_node_keys(EngineSettings(), tmp_path)
+    assert default.key_file == tmp_path / "master.keys" and default.created
+
+
+def test_a_base64_key_is_used_without_a_key_file(tmp_path: Path) -> None:
+    text = base64.b64encode(os.urandom(32)).decode()
+    keys = load_node_keys(EngineSettings(master_key_b64=text), tmp_path)
+    assert keys.key_file is None and keys.keyring == LocalKeyring.from_base64(text)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InvalidArgument, match="name one"):
+        load_node_keys(
+            EngineSettings(master_key_b64=text, master_key_file=tmp_path / "k"), tmp_path
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_key_file_that_cannot_be_created_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-dir" / "master.keys"
+    with pytest.raises(InvalidArgument, match=f"master key file {path} does not exist"):
+        load_node_keys(EngineSettings(master_key_file=path), tmp_path)
+
+
+def test_a_created_key_is_refused_over_encrypted_shards_and_removed(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    store.put("enc", "s", payload(10))
+    path = tmp_path / "master.keys"
+    keys = load_node_keys(EngineSettings(master_key_file=path), tmp_path)
+    store = open_store.reopen(store, MemoryTier(), keys.keyring, start_mover=False)
+    with pytest.raises(
+        FailedPrecondition, match=r"did not exist .* master key 'k1' \(e\.g\. enc/s"
+    ):
+        check_node_keys(keys, store)
+    keys.forget_created()
+    assert not path.exists()
+
+
+def test_a_created_key_is_refused_over_an_archive_with_objects(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    archive = MemoryTier()
+    archive.put("enc/00000001.manifest", b"sealed by the key this node had")
+    keys = load_node_keys(EngineSettings(), tmp_path)
+    store = open_store(archive, keys.keyring, start_mover=False)  # a new hot tier
+    with pytest.raises(FailedPrecondition, match="archive holds objects"):
+        check_node_keys(keys, store)
+    # A new node over an empty archive keeps its new key.
+    check_node_keys(keys, open_store(MemoryTier(), keys.keyring, start_mover=False))
+
+
+def test_keys_that_read_the_shards_pass_and_wrong_ones_are_refused(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    store.put("enc", "s", payload(10))
+    check_node_keys(NodeKeys(KEYRING, tmp_path / "master.keys"), store)
+    wrong = LocalKeyring(keys={"k1": os.urandom(32)}, current="k1")
+    store = open_store.reopen(store, MemoryTier(), wrong, start_mover=False)
+    with pytest.raises(FailedPrecondition, match=r"does not unwrap .* master key 'k1'"):
+        check_node_keys(NodeKeys(wrong, tmp_path / "master.keys"), store)
+
+
+def test_a_base64_key_is_not_rotated(open_store: StoreFactory) -> None:
+    keyring = LocalKeyring.from_base64(base64.b64encode(os.urandom(32)).decode())
+    store = open_store(keyring=keyring, datasets=DATASETS, start_mover=False)
+    with pytest.raises(KeyRotationRefused, match=f'"current": "{keyring.current}"'):
+        KeyRotation(NodeKeys(keyring, None), store)()
+    assert store.master_key_id == keyring.current
+
+
+def test_a_rotation_the_store_refuses_leaves_the_key_file_as_it_was(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    store.put("enc", "s", payload(10))
+    path = tmp_path / "master.keys"
+    # The node's keyring (and file) lack the k1 the store's records are under.
+    other = LocalKeyring.generate_file(path, key_id="k7")
+    before = path.read_bytes()
+    rotation = KeyRotation(NodeKeys(other, path), store)
+    for _ in range(2):  # each retry used to leave one more current key behind
+        with pytest.raises(KeyRotationRefused, match="Nothing was changed"):
+            rotation()
+        assert path.read_bytes() == before
+    # With k1 put back in the file and the keyring, it goes through.
+    both = LocalKeyring(keys={**KEYRING.keys, "k7": other.keys["k7"]}, current="k7")
+    key_text = {key_id: base64.b64encode(key).decode() for key_id, key in both.keys.items()}
+    path.write_text(json.dumps({"current": "k7", "keys": key_text}))
+    assert KeyRotation(NodeKeys(both, path), store)() == 1
+    assert sorted(LocalKeyring.from_file(path).keys) == ["k1", "k7", "k8"]

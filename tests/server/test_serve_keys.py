@@ -1,0 +1,146 @@
+"""The master keys of a real ``tierstore serve``: where they come from, and a start refused
+when they cannot read the shards the node holds (tierstore/cli/masterkeys.py).
+
+A missing key file used to be replaced by a new key under the same id ``k1``, and a
+wrong key under the right id was used as it was: the node started, failed every
+encrypted read, and acknowledged encrypted puts under a key that could not read the
+rest (nor they be read once the real key file was back). ``master_key_file`` in the
+settings file and ``TIERSTORE_MASTER_KEY_FILE`` were ignored (the flag's default always
+won), and so was ``TIERSTORE_MASTER_KEY_B64``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tierstore import errors
+from tierstore.crypto import LocalKeyring
+
+from .conftest import ServerProcess
+
+DATASET = "secret"
+
+
+def refused_start(
+    spawn_server: Callable[..., ServerProcess], data_dir: Path, *args: str, **kwargs: object
+) -> str:
+    """Start a node that must refuse; its one error line."""
+    with pytest.raises(AssertionError, match="the server exited with 1") as refused:
+        spawn_server(data_dir, *args, **kwargs)
+    lines = str(refused.value).split("stderr:\n", 1)[1].strip().splitlines()
+    assert lines and lines[-1].startswith("error: FailedPrecondition: "), lines
+    return lines[-1]
+
+
+def key_file(path: Path, key_id: str) -> Path:
+    """A key file with one random key (mode 0600)."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    path.write_text(json.dumps({"current": key_id, "keys": {key_id: key}}))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.timeout(240)
+def test_a_node_whose_keys_do_not_read_its_shards_refuses_to_start(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    keys = data_dir / "master.keys"
+    first = spawn_server(data_dir)
+    with first.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True, durability="write-through")
+        client.put(DATASET, "old", b"written under the first key")
+    assert first.stop() == 0
+    real = keys.read_bytes()
+
+    keys.unlink()  # the data directory restored without its secrets
+    line = refused_start(spawn_server, data_dir)
+    assert f"master key file {keys} did not exist" in line
+    assert not keys.exists()  # the key it made is no node's key
+    typo = tmp_path / "master.kyes"
+    line = refused_start(spawn_server, data_dir, "--master-key-file", str(typo))
+    assert f"master key file {typo} did not exist" in line and not typo.exists()
+
+    key_file(keys, "k1")  # the wrong key under the right id
+    wrong = keys.read_bytes()
+    line = refused_start(spawn_server, data_dir)
+    assert f"master key file {keys} does not unwrap" in line and "'k1'" in line
+    assert "secret/old" in line and keys.read_bytes() == wrong
+    key_file(keys, "k2")  # a key file that lacks k1
+    line = refused_start(spawn_server, data_dir)
+    assert "does not unwrap" in line and "'k1'" in line
+
+    keys.write_bytes(real)
+    again = spawn_server(data_dir)
+    with again.connect(local_reads=False) as client:
+        assert client.get(DATASET, "old").to_pybytes() == b"written under the first key"
+        client.put(DATASET, "new", b"after the key came back")
+        assert client.get(DATASET, "new").to_pybytes() == b"after the key came back"
+
+
+def rotated(node: ServerProcess) -> str:
+    """Rotate the node's master key; the new key's id."""
+    with node.connect(local_reads=False) as client:
+        _, key_id = client.rotate_keys()
+    return str(key_id)
+
+
+@pytest.mark.timeout(240)
+def test_the_key_file_comes_from_the_settings_file_then_the_environment_then_the_flag(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    in_config, in_env, in_flag = (
+        key_file(tmp_path / f"{name}.keys", f"{name}1") for name in ("config", "env", "flag")
+    )
+    config = tmp_path / "node.toml"
+    config.write_text(f'master_key_file = "{in_config}"\n')
+    env = {"TIERSTORE_MASTER_KEY_FILE": str(in_env)}
+    steps: list[tuple[tuple[str, ...], dict[str, str], Path]] = [
+        (("--config", str(config)), {}, in_config),
+        (("--config", str(config)), env, in_env),
+        (("--config", str(config), "--master-key-file", str(in_flag)), env, in_flag),
+    ]
+    for args, variables, used in steps:
+        before = {path: path.read_bytes() for path in (in_config, in_env, in_flag)}
+        node = spawn_server(data_dir, *args, env=variables)
+        assert rotated(node) == "k1"  # the first k<n> in a file of "<name>1" keys
+        assert node.stop() == 0
+        for path, contents in before.items():
+            changed = path.read_bytes() != contents
+            assert changed == (path == used), (path, used)
+        assert set(LocalKeyring.from_file(used).keys) == {f"{used.stem}1", "k1"}
+    assert not (data_dir / "master.keys").exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_base64_master_key_is_used_and_a_rotation_of_it_is_refused(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "node"
+    key = base64.b64encode(os.urandom(32)).decode()
+    key_id = LocalKeyring.from_base64(key).current
+    env = {"TIERSTORE_MASTER_KEY_B64": key}
+    node = spawn_server(data_dir, env=env)
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True, durability="write-through")
+        client.put(DATASET, "s", b"under the base64 key")
+        with pytest.raises(errors.KeyRotationRefused, match="Move it to a key file") as refused:
+            client.rotate_keys()
+        assert f'"current": "{key_id}"' in str(refused.value)
+    assert node.stop() == 0
+    assert not (data_dir / "master.keys").exists()
+
+    again = spawn_server(data_dir, env=env)
+    with again.connect(local_reads=False) as client:
+        assert client.get(DATASET, "s").to_pybytes() == b"under the base64 key"
+    assert again.stop() == 0
+    # Without it the node would make itself a new key file: refused, and none is left.
+    line = refused_start(spawn_server, data_dir)
+    assert "did not exist" in line and not (data_dir / "master.keys").exists()

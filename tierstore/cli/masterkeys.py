@@ -1,0 +1,156 @@
+"""The master keys of a node that ``tierstore serve`` runs: where they come from, the
+first key of a new node, the check that they read what the node holds, and rotation.
+
+Where from, the first that names one (README "Configuration": the settings file, then
+``TIERSTORE_*`` variables, then flags)::
+
+    --master-key-file PATH
+    master_key_file          TIERSTORE_MASTER_KEY_FILE over the settings file's
+    master_key_b64           TIERSTORE_MASTER_KEY_B64 over the settings file's
+    <data-dir>/master.keys
+
+A base64 key is used as it is (its id derived from its fingerprint), but cannot be
+rotated: a rotation has nowhere to write the new key, so it is refused, saying how to
+move the key into a key file. A key file and a base64 key both named in the settings
+are refused as ambiguous.
+
+A key file that does not exist is created with one new key, for a new node. Before
+the node runs its mover or accepts a put, :func:`check_node_keys` refuses
+(FailedPrecondition) keys that do not unwrap the data keys of the shards the catalog
+holds (a missing key file, or the wrong keys under the right ids: serving would fail
+every encrypted read, and acknowledge puts under a key the rest cannot be read with),
+and a created key when the archive holds objects (a new key reads none of their seals).
+A start that refuses removes the key file it created: it is no node's key.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierstore.config import EngineSettings
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.store import Store
+from tierstore.errors import FailedPrecondition, InvalidArgument, KeyRotationRefused
+
+__all__ = ["KeyRotation", "NodeKeys", "check_node_keys", "load_node_keys"]
+
+_BASE64_SOURCE = "the base64 master key (TIERSTORE_MASTER_KEY_B64 or master_key_b64)"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeys:
+    """The master keys a node was started with."""
+
+    keyring: LocalKeyring
+    #: the key file rotations rewrite; ``None`` for a base64 key (not rotatable).
+    key_file: Path | None
+    #: this start created ``key_file`` (so a start that refuses removes it again).
+    created: bool = False
+
+    @property
+    def source(self) -> str:
+        """Where the keys came from, for messages."""
+        return _BASE64_SOURCE if self.key_file is None else f"master key file {self.key_file}"
+
+    def forget_created(self) -> None:
+        """Remove the key file this start created (nothing otherwise): for a start that
+        refuses, before any key record was wrapped with it."""
+        if self.created and self.key_file is not None:
+            self.key_file.unlink(missing_ok=True)
+
+
+def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
+    """The master keys ``settings`` name (``master_key_file``, then ``master_key_b64``;
+    serve puts ``--master-key-file`` in ``master_key_file``), else those of
+    ``<data-dir>/master.keys``. A key file that does not exist is created with one new
+    key (``created``): :func:`check_node_keys` decides whether the node may keep it.
+
+    Raises InvalidArgument when both a key file and a base64 key are named, or the key
+    file cannot be loaded or created (its directory missing, say).
+    """
+    if settings.master_key_file is not None and settings.master_key_b64:
+        raise InvalidArgument(
+            f"both a master key file ({settings.master_key_file}) and a base64 master key "
+            "(TIERSTORE_MASTER_KEY_B64 or master_key_b64) are configured: name one"
+        )
+    if settings.master_key_file is None and settings.master_key_b64:
+        return NodeKeys(LocalKeyring.from_base64(settings.master_key_b64), None)
+    key_file = settings.master_key_file or data_dir / "master.keys"
+    if key_file.exists():
+        return NodeKeys(LocalKeyring.from_file(key_file), key_file)
+    try:
+        return NodeKeys(LocalKeyring.generate_file(key_file), key_file, created=True)
+    except FileExistsError:  # created meanwhile by a node sharing the file
+        return NodeKeys(LocalKeyring.from_file(key_file), key_file)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"master key file {key_file} does not exist and cannot be created: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def check_node_keys(keys: NodeKeys, store: Store) -> None:
+    """Refuse (FailedPrecondition, one line naming where the keys came from) keys that
+    would lose data if the node served with them: keys that do not unwrap a data key
+    of some master key id the catalog's records use (one unwrap per id when they fit),
+    and a key file created by this start while the archive holds objects. Call it with
+    the store's mover not yet started and before any put is accepted. Raises
+    ArchiveUnavailable when a created key needs the archive listed and it cannot be."""
+    if keys.created and store.archive_holds_objects():
+        raise FailedPrecondition(
+            f"{keys.source} did not exist (one was created, and removed again), but the "
+            "archive holds objects sealed by the keys this node had: a new key would read "
+            "none of them. Restore the key file, or name it with --master-key-file "
+            "(or master_key_file, TIERSTORE_MASTER_KEY_FILE)"
+        )
+    failure = store.master_key_failure()
+    if failure is None:
+        return
+    if keys.created:
+        raise FailedPrecondition(
+            f"{keys.source} did not exist (one was created, and removed again), but this "
+            f"node holds shards encrypted under master key {failure.key_id!r} (e.g. "
+            f"{failure.shard}). Restore the key file they were written with, or name it "
+            "with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE)"
+        )
+    raise FailedPrecondition(
+        f"{keys.source} does not unwrap the data keys of this node's shards encrypted under "
+        f"master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). Not "
+        "starting: reads of them would fail, and puts would be acknowledged under keys the "
+        "rest cannot be read with. Configure the keys they were written with"
+    )
+
+
+class KeyRotation:
+    """RotateKeys for a node: a new key in the key file, then every data key rewrapped.
+
+    One rotation at a time, from minting the key to the store's rewrap under it: the
+    next must start from the keyring the store switched to last, or the store could end
+    up with a keyring lacking a key records use. The store checks the new keyring
+    before the key file is written, so a refused rotation leaves the file as it was.
+    Thread-safe.
+    """
+
+    def __init__(self, keys: NodeKeys, store: Store) -> None:
+        self._key_file = keys.key_file
+        self._keyring = keys.keyring
+        self._store = store
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        """Rotate; returns how many data keys were rewrapped. KeyRotationRefused, nothing
+        changed, for a base64 key, or a key file that cannot be rotated
+        (:meth:`LocalKeyring.rotated_file`), or a new keyring the store refuses."""
+        if self._key_file is None:
+            key_id = self._keyring.current
+            raise KeyRotationRefused(
+                f"{_BASE64_SOURCE} cannot be rotated: there is no file to add the new key "
+                f'to. Move it to a key file, {{"current": "{key_id}", "keys": '
+                f'{{"{key_id}": "<that base64 key>"}}}} (mode 0600), and start with '
+                "--master-key-file naming it. Nothing was changed"
+            )
+        with self._lock:
+            self._keyring = self._keyring.rotated_file(self._key_file, self._store.check_keyring)
+            return self._store.rotate_master_key(self._keyring)
