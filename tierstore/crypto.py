@@ -150,9 +150,12 @@ class LocalKeyring:
     @classmethod
     def from_file(cls, path: Path) -> LocalKeyring:
         """Load a key file (format in the class docstring). Logs a warning naming the
-        file and its mode when users other than its owner may read or write it (the
-        keys are used all the same: refusing would stop a node over a mode an operator
-        can fix while it runs). Raises InvalidArgument when it cannot be loaded."""
+        file and its mode when users outside its owner and group may use it, or its
+        group may write it (the keys are used all the same: refusing would stop a node
+        over a mode an operator can fix while it runs). Group read is let be: a
+        Kubernetes Secret mounted for a pod that does not run as root is readable
+        through the pod's group (fsGroup). Raises InvalidArgument when it cannot be
+        loaded."""
         try:
             with path.open("rb") as file:
                 mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
@@ -161,10 +164,10 @@ class LocalKeyring:
             keyring = cls(keys=keys, current=str(document["current"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
-        if mode & 0o077:
+        if mode & 0o027:
             log.warning(
-                "master key file %s may be read by users other than its owner (mode %o): "
-                "chmod 600 it",
+                "master key file %s may be used by users other than its owner and group "
+                "(mode %o): chmod 600 it (or 640 for a group of the node's own)",
                 path,
                 mode,
             )

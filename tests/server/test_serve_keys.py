@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +145,31 @@ def test_a_base64_master_key_is_used_and_a_rotation_of_it_is_refused(
     # Without it the node would make itself a new key file: refused, and none is left.
     line = refused_start(spawn_server, data_dir)
     assert "did not exist" in line and not (data_dir / "master.keys").exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_rebuild_that_believes_nothing_of_the_archive_refuses_to_serve(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # A lost hot tier and the wrong key file: the new catalog is empty, so the keys
+    # check passes, and the rebuild trusts no sealed object. Serving that empty
+    # catalog would hide every archived shard (and number new ones over them).
+    data_dir = tmp_path / "node"
+    keys = data_dir / "master.keys"
+    first = spawn_server(data_dir)
+    with first.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True, durability="write-through")
+        client.put(DATASET, "kept", b"in the archive")
+    assert first.stop() == 0
+    real = keys.read_bytes()
+    shutil.rmtree(data_dir / "hot")
+    key_file(keys, "k1")
+
+    line = refused_start(spawn_server, data_dir, "--rebuild-from-archive")
+    assert "the rebuild believed none of them" in line
+
+    keys.write_bytes(real)
+    again = spawn_server(data_dir, "--rebuild-from-archive")
+    assert "rebuilt the catalog from the archive: 1 shards of 1 datasets" in again.output()
+    with again.connect(local_reads=False) as client:
+        assert client.get(DATASET, "kept").to_pybytes() == b"in the archive"

@@ -220,6 +220,15 @@ def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO) -> None:
         )
     recovered = store.rebuild_from_archive()
     datasets = len(store.list_datasets())
+    if not datasets:
+        # An empty catalog served over an archive that holds objects would hide them
+        # for good (and hand out their generation numbers again).
+        raise FailedPrecondition(
+            "the hot tier is new and the archive holds objects, but the rebuild believed "
+            "none of them (the warnings above say why: sealed under master keys this node "
+            "does not hold, or damaged); give the node the master key file the archive "
+            "was written with, or an archive --bucket/--prefix of its own"
+        )
     out.write(
         f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "
         f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
