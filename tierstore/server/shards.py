@@ -1,8 +1,9 @@
 """ShardService: streamed puts and gets of frames, stat, list and delete.
 
 Puts arrive as a header and then one message per frame; the frames are spooled
-(memory, then an unlinked file) until the stream ends, and only a complete
-stream is committed, so an interrupted put leaves no shard and no space behind.
+(memory, then an unlinked file, encrypted for an encrypted dataset) until the
+stream ends, and only a complete stream is committed, so an interrupted put
+leaves no shard and no space behind.
 Gets send a header (shard info and how to verify or decrypt) and then the
 stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
@@ -98,7 +99,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
             )
-        with FrameSpool(self._spool_dir) as spool:
+        # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
+        encrypted = self._store.get_dataset(header.dataset).encrypted
+        with FrameSpool(self._spool_dir, encrypted=encrypted) as spool:
             self._receive_frames(request_iterator, header, spool)
             info = self._store.put_frames(
                 header.dataset,

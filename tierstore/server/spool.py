@@ -3,27 +3,76 @@
 A put commits in one LMDB transaction, so its frames must all be at hand first;
 holding the LMDB writer open while a slow client streams would stall every
 other writer. Small puts stay in memory; past ``memory_limit`` the frames go to
-an unlinked temporary file in the data directory (so a put's size is bounded by
-disk, not RAM). Closing the spool (or an interrupted stream) frees everything:
-an abandoned put leaks no space.
+an unlinked temporary file in the data directory (so a plaintext dataset's put
+is bounded by disk, not RAM). Closing the spool (or an interrupted stream) frees
+everything: an abandoned put leaks no space.
+
+A put to an encrypted dataset must not reach the data disk in plaintext, not
+even for the seconds it is spooled: with ``encrypted`` the file holds each frame
+sealed by AES-256-GCM under a key made for this one spool and kept only in its
+memory (nonce: the frame's index, unique under that key).
+:meth:`FrameSpool.views` opens every frame again into anonymous memory (the
+engine takes a put's frames as buffers all at once), so such a put needs memory
+for its plaintext while it commits; a frame that fails its tag (the disk changed
+it) raises IntegrityError instead of feeding wrong bytes to the commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tierstore.errors import IntegrityError
+
 __all__ = ["FrameSpool"]
+
+_TAG_BYTES = 16
+
+
+class _SpoolCipher:
+    """AES-256-GCM under a fresh random key, for the frames of one spool file."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+
+    @staticmethod
+    def _nonce(index: int) -> bytes:
+        return index.to_bytes(12, "big")
+
+    def seal(self, index: int, frame: bytes) -> bytes:
+        """Frame ``index`` as stored in the file: ciphertext and tag."""
+        return self._aead.encrypt(self._nonce(index), frame, None)
+
+    def open_into(self, index: int, sealed: bytes, out: memoryview) -> None:
+        """Decrypt frame ``index`` into ``out``; IntegrityError if it does not verify."""
+        try:
+            self._aead.decrypt_into(self._nonce(index), sealed, None, out)
+        except (InvalidTag, ValueError) as exc:  # ValueError: cut short
+            raise IntegrityError(
+                f"frame {index} of a put changed in its spool file on disk; "
+                "the put was not stored: send it again"
+            ) from exc
 
 
 class FrameSpool:
-    """Append-only store of frames; one per put, used by one thread."""
+    """Append-only store of frames; one per put, used by one thread.
 
-    def __init__(self, directory: Path, memory_limit: int = 64 << 20) -> None:
+    With ``encrypted`` no frame reaches the file in plaintext (module docstring).
+    """
+
+    def __init__(
+        self, directory: Path, memory_limit: int = 64 << 20, *, encrypted: bool = False
+    ) -> None:
         self._directory = directory
         self._memory_limit = memory_limit
         self._frames: list[bytes] = []
@@ -31,6 +80,8 @@ class FrameSpool:
         self._in_memory = 0
         self._file: IO[bytes] | None = None
         self._map: mmap.mmap | None = None
+        #: seals what goes to the file; the key lives and dies with this spool
+        self._cipher = _SpoolCipher() if encrypted else None
 
     def __enter__(self) -> FrameSpool:
         return self
@@ -59,24 +110,53 @@ class FrameSpool:
             self._directory.mkdir(parents=True, exist_ok=True)
             # Unnamed (already unlinked): the kernel frees it even if the server crashes.
             self._file = tempfile.TemporaryFile(dir=self._directory, prefix="put-")  # noqa: SIM115
-            for held in self._frames:
-                self._file.write(held)
+            for index, held in enumerate(self._frames):
+                self._write(index, held)
             self._frames = []
-        self._file.write(frame)
+        self._write(len(self._sizes) - 1, frame)
+
+    def _write(self, index: int, frame: bytes) -> None:
+        """Frame ``index`` to the file, sealed if this spool encrypts."""
+        assert self._file is not None
+        self._file.write(frame if self._cipher is None else self._cipher.seal(index, frame))
 
     def views(self) -> list[memoryview]:
-        """Every frame, in order, as views valid until :meth:`close`."""
+        """Every frame, in order, as views valid until :meth:`close`.
+
+        Raises IntegrityError (a DataLoss) if an encrypted spool's file no longer
+        holds what was written to it."""
         if self._file is None:
             return [memoryview(frame) for frame in self._frames]
         self._file.flush()
         if self._map is None:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            if self._cipher is None:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            else:
+                self._map = self._opened(self._cipher, self._file.fileno())
         whole = memoryview(self._map)
         views, position = [], 0
         for size in self._sizes:
             views.append(whole[position : position + size])
             position += size
         return views
+
+    def _opened(self, cipher: _SpoolCipher, fd: int) -> mmap.mmap:
+        """The plaintext of every frame, end to end, in anonymous memory (never a file)."""
+        plain = mmap.mmap(-1, max(1, self.nbytes))
+        try:
+            stored = plain_at = 0
+            for index, size in enumerate(self._sizes):
+                # pread, not a map of the file: a file cut short is an error, not SIGBUS.
+                sealed = os.pread(fd, size + _TAG_BYTES, stored)
+                # Released at once, even on an error, so that the map can be closed.
+                with memoryview(plain) as whole, whole[plain_at : plain_at + size] as out:
+                    cipher.open_into(index, sealed, out)
+                stored += size + _TAG_BYTES
+                plain_at += size
+        except BaseException:
+            plain.close()
+            raise
+        return plain
 
     def close(self) -> None:
         """Free memory and the spool file. Idempotent."""
@@ -89,3 +169,4 @@ class FrameSpool:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._cipher = None
