@@ -1,13 +1,21 @@
-"""The client's channel: TLS files are checked when it opens."""
+"""The client's channel: TLS files are checked when it opens; a server that went away
+is tried again every second or so."""
 
 from __future__ import annotations
 
+import itertools
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.errors import InvalidArgument
+from tierstore.client.client import Client
+from tierstore.client.local import LocalReadOptions
+from tierstore.errors import InvalidArgument, Unavailable
 
 
 def test_a_ca_file_without_a_certificate_is_refused_by_name(tmp_path: Path) -> None:
@@ -23,3 +31,45 @@ def test_an_unreadable_ca_file_is_refused(tmp_path: Path) -> None:
     channel = ProcessChannel(ChannelSettings("127.0.0.1:1", ca=tmp_path))  # a directory
     with pytest.raises(InvalidArgument, match="cannot read TLS file"):
         channel.get()
+
+
+def test_a_channel_whose_server_went_away_tries_to_reconnect_every_second_or_so() -> None:
+    # gRPC's own back-off spaces the attempts 1, 1.6, 2.6, 4.1 s ... apart (up to two
+    # minutes), so a client kept failing for seconds after its restarted node was back.
+    # A listener that hangs up on every connection stands in for a node that is gone,
+    # and counts the attempts.
+    attempts: list[float] = []
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.05)
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                attempts.append(time.monotonic())
+                connection.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        client = Client(
+            ChannelSettings(f"127.0.0.1:{port}", insecure=True),
+            local=LocalReadOptions(enabled=False),
+        )
+        try:
+            with pytest.raises(Unavailable):
+                client.list_datasets()
+            # The channel goes on trying by itself, with no call waiting.
+            poll(lambda: attempts and attempts[-1] - attempts[0] > 8, 30, "8 s of attempts")
+        finally:
+            stop.set()
+            thread.join()
+            client.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # At most 1.2 s apart (1 s, jittered by 20 %), with room for a loaded machine.
+    assert max(gaps) < 2.0, [round(gap, 2) for gap in gaps]

@@ -36,6 +36,9 @@ __all__ = ["ChannelSettings", "ProcessChannel"]
 
 #: Largest message either side sends: a 4 MiB frame plus headroom for its envelope.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The longest wait between a channel's attempts to reconnect to a server that went
+#: away (gRPC's own grows to two minutes); jittered by up to 20 % either way.
+MAX_RECONNECT_BACKOFF_MS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,13 @@ class ProcessChannel:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 30_000),
+            # A channel whose server went away keeps reconnecting in the background,
+            # waiting longer each time: with gRPC's defaults (1 s, growing to 120 s) a
+            # client kept failing for 8 s after a node that was down a minute was back,
+            # longer than its retries last. (Not min_reconnect_backoff_ms: that is the
+            # time one connection attempt may take, 20 s.)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         s = self.settings
         if s.server_name:

@@ -91,7 +91,11 @@ T = TypeVar("T")
 
 #: Frames sent per put: the server's frame limit (frames are cut client-side to fit).
 DEFAULT_FRAME_BYTES = 4 * 1024 * 1024
-_RETRIES = 4
+#: Pauses between the attempts of a call retried because the server was unavailable:
+#: 1.5 s in all, more than a channel waits between attempts to reconnect
+#: (``channel.MAX_RECONNECT_BACKOFF_MS``, jittered), so that a call made once a
+#: restarted server is back reaches it.
+_RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
 
 
 class TierStats(dict[str, Any]):
@@ -101,6 +105,13 @@ class TierStats(dict[str, Any]):
     dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and,
     when asked for,
     ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
+
+
+def _unavailable(error: grpc.RpcError) -> bool:
+    """Whether a failed call ended UNAVAILABLE: worth another attempt if it is idempotent
+    (a spent deadline, which the client also raises as Unavailable, is not)."""
+    code = getattr(error, "code", lambda: None)()
+    return bool(code == grpc.StatusCode.UNAVAILABLE)
 
 
 def _raise_mapped(error: grpc.RpcError) -> NoReturn:
@@ -200,8 +211,7 @@ class Client:
         idempotent: bool,
         timeout_s: float | None = None,
     ) -> T:
-        delay = 0.1
-        for attempt in range(_RETRIES):
+        for delay in (*_RETRY_DELAYS_S, None):
             try:
                 with GATE.call():  # a fork() waits for this call to end (see forkgate)
                     return fn(
@@ -210,12 +220,9 @@ class Client:
                         metadata=self._channel.metadata,
                     )
             except grpc.RpcError as error:
-                code = getattr(error, "code", lambda: None)()
-                retry = idempotent and code == grpc.StatusCode.UNAVAILABLE
-                if not retry or attempt == _RETRIES - 1:
+                if delay is None or not (idempotent and _unavailable(error)):
                     _raise_mapped(error)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            time.sleep(delay)
         raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
     # Datasets.
@@ -362,19 +369,17 @@ class Client:
 
     def _open(self, request: shards_pb2.GetShardRequest) -> ShardStream:
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
-        delay = 0.1
-        for attempt in range(_RETRIES):
+        for delay in (*_RETRY_DELAYS_S, None):
             responses = stub.GetShard(
                 request, timeout=self.stream_timeout_s, metadata=self._channel.metadata
             )
             try:
                 return open_stream(_mapped(responses), request)
             except Unavailable:
-                if attempt == _RETRIES - 1:
+                if delay is None:
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise Unavailable("unreachable")  # pragma: no cover
+            time.sleep(delay)
+        raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
     def get(
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
