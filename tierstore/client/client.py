@@ -2,7 +2,8 @@
 
 ``tierstore.connect(address, token=..., ca=...)`` returns a :class:`Client`. Every
 call carries the bearer token and a deadline; calls that are safe to repeat are
-retried with back-off when the server is UNAVAILABLE. Errors come back as the
+retried with back-off when the server is UNAVAILABLE, whole shard reads too when
+their stream fails part-way (nothing of it was returned yet). Errors come back as the
 same :mod:`tierstore.errors` class the server raised. A client is safe to share
 between threads, and keeps working in processes forked from the one that made
 it (each process opens its own channel on first use).
@@ -367,18 +368,37 @@ class Client:
                 _raise_mapped(error)
         return shard_info_from_pb(reply)
 
-    def _open(self, request: shards_pb2.GetShardRequest) -> ShardStream:
+    def _read_whole(
+        self, request: shards_pb2.GetShardRequest, receive: Callable[[ShardStream], T]
+    ) -> T:
+        """Open the GetShard stream of ``request`` and return ``receive(stream)``, which
+        must take the whole stream and hand nothing of it out before it returns.
+
+        A stream that fails UNAVAILABLE — at its header or part-way: the server went
+        away, or the shard was overwritten or deleted while it was sent (the server
+        cannot switch a stream to the new generation once its header named the old
+        one) — is read again from the start, after each pause of ``_RETRY_DELAYS_S``,
+        so the caller gets the whole of one generation (after an overwrite, the new
+        one) or the last error. Every attempt shares one deadline,
+        ``stream_timeout_s`` from now. Other failures, and ``receive``'s own errors,
+        are raised at once.
+        """
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        deadline = time.monotonic() + self.stream_timeout_s
         for delay in (*_RETRY_DELAYS_S, None):
+            # Raw gRPC messages, mapped here: only the status code tells an
+            # unreachable server from a spent deadline (both raise Unavailable).
             responses = stub.GetShard(
-                request, timeout=self.stream_timeout_s, metadata=self._channel.metadata
+                request,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                metadata=self._channel.metadata,
             )
             try:
-                return open_stream(_mapped(responses), request)
-            except Unavailable:
-                if delay is None:
-                    raise
-            time.sleep(delay)
+                return receive(open_stream(responses, request))
+            except grpc.RpcError as error:
+                if delay is None or not _unavailable(error):
+                    _raise_mapped(error)
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
         raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
     def get(
@@ -411,12 +431,16 @@ class Client:
             byte_range = common_pb2.ByteRange(offset=offset)
             if length is not None:
                 byte_range.length = length
-            stream = self._open(
-                shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
+
+            def receive(stream: ShardStream) -> pa.Buffer:
+                out = self._frame_allocator()(stream.length)
+                stream.into(memoryview(out).cast("B"))
+                return out
+
+            return self._read_whole(
+                shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range),
+                receive,
             )
-            out = self._frame_allocator()(stream.length)
-            stream.into(memoryview(out).cast("B"))
-            return out
 
     def read_table(
         self, dataset: str, shard: str, columns: Sequence[str] | None = None
@@ -435,12 +459,17 @@ class Client:
             if local is not None:
                 return _table_of(local, dataset, shard, columns)
             self._counts.bump("grpc")
-            stream = self._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
-            if stream.info.kind.value == "raw":
-                for _ in stream.messages:  # drain the stream so the call ends cleanly
-                    pass
-                raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-            return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
+
+            def receive(stream: ShardStream) -> pa.Table:
+                if stream.info.kind is ShardKind.RAW:
+                    for _ in stream.messages:  # drain the stream so the call ends cleanly
+                        pass
+                    raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
+                return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
+
+            return self._read_whole(
+                shards_pb2.GetShardRequest(dataset=dataset, shard=shard), receive
+            )
 
     def _frame_allocator(self) -> FrameAllocator:
         """Where received frames land: the local path's allocator (aligned, or pinned when
