@@ -14,7 +14,7 @@ import pytest
 
 from tierstore.client.client import Client
 from tierstore.errors import DataLoss, IntegrityError
-from tierstore.server.spool import FrameSpool
+from tierstore.server.spool import FrameSpool, SpoolMemory
 from tierstore.v1.common_pb2 import SHARD_KIND_RAW
 from tierstore.v1.shards_pb2 import PutShardEnd, PutShardHeader, PutShardRequest
 
@@ -200,3 +200,25 @@ def test_an_encrypted_put_reaches_the_data_disk_only_encrypted(
     assert admin.get(name, "big").to_pybytes() == chunk * frames
     assert files_holding(server.data_dir, marker) == []
     admin.delete_dataset(name, force=True)
+
+
+def test_the_servers_puts_share_their_memory(tmp_path: Path) -> None:
+    # Each put may hold LIMIT in memory, but together no more than the server's share:
+    # past it, a put's frames go to its file at once, and what a put gives back on
+    # spilling or closing is free for the next.
+    shared = SpoolMemory(LIMIT + 16 * KiB)
+    with FrameSpool(tmp_path, LIMIT, shared=shared) as first:
+        for _ in range(4):
+            first.append(os.urandom(16 * KiB))
+        assert first._file is None and shared.held == LIMIT
+        with FrameSpool(tmp_path, LIMIT, shared=shared) as second:
+            second.append(os.urandom(16 * KiB))
+            assert second._file is None and shared.held == LIMIT + 16 * KiB
+            third = FrameSpool(tmp_path, LIMIT, shared=shared)
+            third.append(b"x")
+            assert third._file is not None  # no memory left to share
+            assert [bytes(view) for view in third.views()] == [b"x"]
+            third.close()
+            first.append(b"past its own limit")  # spills, giving its memory back
+            assert first._file is not None and shared.held == 16 * KiB
+        assert shared.held == 0

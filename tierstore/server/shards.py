@@ -27,7 +27,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
-from tierstore.server.spool import FrameSpool
+from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
@@ -64,6 +64,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     ) -> None:
         self._store = store
         self._spool_dir = spool_dir
+        #: what the puts being received hold in memory, together
+        self._spool_memory = SpoolMemory(SERVER_SPOOL_MEMORY)
         self._max_frames = max_shard_frames
         #: called with (tier, bytes) for every frame sent
         self._served = served or (lambda tier, nbytes: None)
@@ -101,7 +103,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             )
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = self._store.get_dataset(header.dataset).encrypted
-        with FrameSpool(self._spool_dir, encrypted=encrypted) as spool:
+        with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
             self._receive_frames(request_iterator, header, spool)
             info = self._store.put_frames(
                 header.dataset,

@@ -3,7 +3,10 @@
 A put commits in one LMDB transaction, so its frames must all be at hand first;
 holding the LMDB writer open while a slow client streams would stall every
 other writer. Small puts stay in memory; past ``memory_limit`` the frames go to
-an unlinked temporary file in the data directory (so a plaintext dataset's put
+an unlinked temporary file in the data directory. The puts of one server share a
+:class:`SpoolMemory` too (``SERVER_SPOOL_MEMORY``): with every worker receiving a
+put, 64 MiB each would be gigabytes, so once the puts in memory hold that much
+together, a put's frames go to its file at once (so a plaintext dataset's put
 is bounded by disk, not RAM). Closing the spool (or an interrupted stream) frees
 everything: an abandoned put leaks no space.
 
@@ -23,6 +26,7 @@ import contextlib
 import mmap
 import os
 import tempfile
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -32,7 +36,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierstore.errors import IntegrityError
 
-__all__ = ["FrameSpool"]
+__all__ = ["SERVER_SPOOL_MEMORY", "FrameSpool", "SpoolMemory"]
+
+#: bytes of frames the puts of one server hold in memory together.
+SERVER_SPOOL_MEMORY = 512 << 20
 
 _TAG_BYTES = 16
 
@@ -64,6 +71,32 @@ class _SpoolCipher:
             ) from exc
 
 
+class SpoolMemory:
+    """Bytes of memory the spools of one server may hold together. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, nbytes: int) -> bool:
+        """Count ``nbytes`` more as held, if they fit; whether they did."""
+        with self._lock:
+            if self._held + nbytes > self._limit:
+                return False
+            self._held += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        """Count ``nbytes`` taken before as free again."""
+        with self._lock:
+            self._held -= nbytes
+
+
 class FrameSpool:
     """Append-only store of frames; one per put, used by one thread.
 
@@ -71,10 +104,17 @@ class FrameSpool:
     """
 
     def __init__(
-        self, directory: Path, memory_limit: int = 64 << 20, *, encrypted: bool = False
+        self,
+        directory: Path,
+        memory_limit: int = 64 << 20,
+        *,
+        encrypted: bool = False,
+        shared: SpoolMemory | None = None,
     ) -> None:
         self._directory = directory
         self._memory_limit = memory_limit
+        #: the memory this spool shares with the server's other puts
+        self._shared = shared
         self._frames: list[bytes] = []
         self._sizes: list[int] = []
         self._in_memory = 0
@@ -100,9 +140,14 @@ class FrameSpool:
         return sum(self._sizes)
 
     def append(self, frame: bytes) -> None:
-        """Keep one frame (in memory, or in the spool file past the memory limit)."""
+        """Keep one frame: in memory, or in the spool file past the memory limit or once
+        the server's puts hold their shared memory."""
         self._sizes.append(len(frame))
-        if self._file is None and self._in_memory + len(frame) <= self._memory_limit:
+        if (
+            self._file is None
+            and self._in_memory + len(frame) <= self._memory_limit
+            and (self._shared is None or self._shared.take(len(frame)))
+        ):
             self._frames.append(frame)
             self._in_memory += len(frame)
             return
@@ -113,6 +158,7 @@ class FrameSpool:
             for index, held in enumerate(self._frames):
                 self._write(index, held)
             self._frames = []
+            self._give_memory_back()
         self._write(len(self._sizes) - 1, frame)
 
     def _write(self, index: int, frame: bytes) -> None:
@@ -158,9 +204,15 @@ class FrameSpool:
             raise
         return plain
 
+    def _give_memory_back(self) -> None:
+        if self._shared is not None:
+            self._shared.give(self._in_memory)
+        self._in_memory = 0
+
     def close(self) -> None:
         """Free memory and the spool file. Idempotent."""
         self._frames = []
+        self._give_memory_back()
         if self._map is not None:
             # Views still alive: the mapping is freed when they are.
             with contextlib.suppress(BufferError):
