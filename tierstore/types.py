@@ -181,13 +181,20 @@ class SizingPoint:
 
 @dataclass(frozen=True, slots=True)
 class TracedRead:
-    """A read of ``dataset/shard`` (``size`` stored bytes), from the hot tier if ``hit``."""
+    """A read of ``dataset/shard`` (``size`` stored bytes), from the hot tier if ``hit``.
+
+    ``reported``: a hit a local reader served itself and reported later with others, as
+    a count (docs/local-reads.md): its time is the report's, and a report is traced as
+    at most 3 reads of each shard one after the other, so such reads' order and
+    frequency are not the reader's.
+    """
 
     t: float
     dataset: str
     shard: str
     size: int
     hit: bool
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,20 @@ def test_a_trace_file_is_one_run_named_after_the_file(trace_file: Path, tmp_path
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_trace_with_reads_local_readers_reported_gets_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "reported.jsonl"
+    with path.open("w") as stream:
+        writer = TraceWriter(stream)
+        for t in range(12):
+            writer.read(float(t), "d", f"s{t % 4}", 10, reported=t % 3 == 0)
+    result = invoke("--trace", str(path), "--policy", "lru", "--capacity", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)  # the rows, as ever
+    note = result.stderr.strip()
+    assert note.startswith("note: 4 of the trace's 12 reads were reported by local readers")
+    assert "order and frequency are not the readers'" in note
+
+
 def assert_refused(result: Result, *expected: str) -> None:
     """Exit code 2 and one line on stderr that says what was wrong."""
     assert result.exit_code == 2, result.output

@@ -375,6 +375,23 @@ def test_trace_export_and_the_sizing_curve(
     assert b"miss ratio" in table.stdout and b"sizing curve" in table.stdout
 
 
+def test_reads_a_local_reader_reported_are_marked_in_the_trace(
+    env: dict[str, str], server: ServerProcess, admin: Client, tmp_path: Path
+) -> None:
+    # A local reader's reads reach the node as counts, later: the trace says which
+    # reads those are, so that a replay of it can be read with that in mind.
+    dataset = unique()
+    admin.create_dataset(dataset, policy="lru")
+    admin.put(dataset, "a", b"a" * 5000)
+    with server.connect(local_reads=True) as local, server.connect(local_reads=False) as remote:
+        local.get(dataset, "a")
+        local.report_local_reads()
+        remote.get(dataset, "a")
+    output = tmp_path / "trace.jsonl"
+    ok(env, "trace", "export", "--output", str(output), "--dataset", dataset)
+    assert [read.reported for read in load_trace(output).reads()] == [True, False]
+
+
 def test_token_create_ls_revoke_and_keys_rotate(
     env: dict[str, str], server: ServerProcess, dataset: str, admin: Client
 ) -> None:

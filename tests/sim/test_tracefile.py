@@ -120,7 +120,7 @@ def traces(draw: st.DrawFn) -> tuple[tuple[int, ...], list[Event]]:
     key = st.integers(0, len(sizes) - 1)
     job = st.sampled_from(["", "a", "b"])
     event = st.one_of(
-        st.builds(Read, times, key, job),
+        st.builds(Read, times, key, job, st.booleans()),
         st.builds(PlanDeclared, times, job, st.lists(key, max_size=5).map(tuple)),
         st.builds(PositionReported, times, job, st.integers(0, 1000)),
         st.builds(PlanClosed, times, job),
@@ -142,7 +142,7 @@ def test_any_trace_survives_dump_and_load_up_to_renaming(
         for key in (event.key,) if isinstance(event, Read) else getattr(event, "keys", ()):
             order.setdefault(key, len(order))
     expected = [
-        Read(e.t, order[e.key], e.job)
+        Read(e.t, order[e.key], e.job, e.reported)
         if isinstance(e, Read)
         else PlanDeclared(e.t, e.job, tuple(order[k] for k in e.keys))
         if isinstance(e, PlanDeclared)
@@ -182,6 +182,10 @@ MALFORMED = {
     "size past 64 bits": (
         (HEADER, READ.replace('"size": 10', f'"size": {2**63}')),
         "line 2: size must be at most 2\\*\\*63 - 1",
+    ),
+    "reported not a boolean": (
+        (HEADER, READ.replace('"job": ""', '"job": "", "reported": 1')),
+        "line 2: reported must be true or false",
     ),
     "boolean size": ((HEADER, READ.replace('"size": 10', '"size": true')), "line 2: size must"),
     "string time": ((HEADER, READ.replace("1.0", '"1.0"')), "line 2: t must be a finite number"),

@@ -885,7 +885,9 @@ def trace_export(
         writer = TraceWriter(stream)
         for event in _client().export_trace(dataset):
             if isinstance(event, TracedRead):
-                writer.read(event.t, event.dataset, event.shard, event.size)
+                writer.read(
+                    event.t, event.dataset, event.shard, event.size, reported=event.reported
+                )
             elif isinstance(event, TracedPlan):
                 writer.plan(event.t, event.job, event.dataset, event.shards, event.sizes)
             elif isinstance(event, TracedPosition):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,7 @@ from rich.progress import Progress as ProgressBar
 
 from tierstore.errors import InvalidArgument
 from tierstore.policy.registry import POLICY_NAMES
+from tierstore.sim.events import Trace
 from tierstore.sim.report import SweepRow, rows_json, rows_table, write_png
 from tierstore.sim.runner import Progress, sweep
 from tierstore.sim.tracefile import load_trace
@@ -71,6 +73,8 @@ def simulate(
     # Imported here, not at the top: main imports this module to register the command.
     from tierstore.cli import main as cli
 
+    notes: list[str] = []  # about the trace file, said after the results
+
     def run() -> list[SweepRow]:
         request = SimulateRequest(
             trace=trace,
@@ -93,10 +97,14 @@ def simulate(
         ) as bar:
             task = bar.add_task("replaying", total=None)
             return run_request(
-                request, lambda done, total: bar.update(task, completed=done, total=total)
+                request,
+                lambda done, total: bar.update(task, completed=done, total=total),
+                on_trace=lambda loaded: notes.append(reported_reads_note(loaded)),
             )
 
     rows: list[SweepRow] = cli._run(run)
+    for note in filter(None, notes):
+        cli.err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if png is not None:
         cli._run(lambda: write_png(rows, png))
     # --json here or before the command (``tierstore --json simulate``) alike.
@@ -108,8 +116,28 @@ def simulate(
             cli.out.print(f"miss-ratio curve written to {png}")
 
 
-def run_request(request: SimulateRequest, progress: Progress | None = None) -> list[SweepRow]:
+def reported_reads_note(trace: Trace) -> str:
+    """What to keep in mind about ``trace``'s results when local readers reported some of
+    its reads ("" when none did)."""
+    reads = trace.reads()
+    reported = sum(read.reported for read in reads)
+    if not reported:
+        return ""
+    return (
+        f"{reported:,} of the trace's {len(reads):,} reads were reported by local readers "
+        "in batches: traced at most 3 of a shard a batch, one after the other, so their "
+        "order and frequency are not the readers' and the figures above lean towards "
+        "recency (docs/local-reads.md)"
+    )
+
+
+def run_request(
+    request: SimulateRequest,
+    progress: Progress | None = None,
+    on_trace: Callable[[Trace], None] | None = None,
+) -> list[SweepRow]:
     """The sweep a request asks for; every argument is checked before any replay.
+    ``on_trace`` is given a trace file once it is loaded.
 
     Raises InvalidArgument for no or both trace sources, an unknown workload, fewer
     than one seed, or what :func:`tierstore.sim.runner.sweep` refuses (capacities;
@@ -120,10 +148,17 @@ def run_request(request: SimulateRequest, progress: Progress | None = None) -> l
         raise InvalidArgument("give one of --trace FILE and --workload NAME, not both")
     if request.trace is not None:
         path = request.trace
+
+        def load(_seed: int) -> Trace:
+            loaded = load_trace(path)
+            if on_trace is not None:
+                on_trace(loaded)
+            return loaded
+
         # A file is one trace whatever the seed. The sweep calls this only after it
         # has checked policies and capacities, so a typo fails before a long load.
         return sweep(
-            lambda _seed: load_trace(path),
+            load,
             policies,
             request.capacities,
             [request.seed],

@@ -107,7 +107,7 @@ class ReadLog:
         self._access.record(dataset, name, record.generation, now, count)
         self._count_read(dataset, True, count)
         for _ in range(min(count, REPORTED_READS_TOLD)):
-            self._trace.read(dataset, name, size, True)
+            self._trace.read(dataset, name, size, True, reported=True)
             self._policies.read((dataset, name), size, True, 0)
 
     def _free_bytes(self, dataset: str) -> int:

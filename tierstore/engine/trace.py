@@ -53,7 +53,10 @@ SIZING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 _SIZING_SAMPLES = 50_000
 _MIN_SAMPLE_RATE = 0.001
 
-_EMPTY, _MISS, _HIT, _OTHER = 0, 1, 2, 3
+#: a slot's event: none yet, a read (a miss, a hit, a hit a local reader reported in a
+#: batch), or a plan event (kept in ``_others``)
+_EMPTY, _MISS, _HIT, _OTHER, _REPORTED = 0, 1, 2, 3, 4
+_READS = (_MISS, _HIT, _REPORTED)
 _Name = tuple[str, str]
 
 
@@ -101,8 +104,12 @@ class TraceRing:
         with self._lock:
             return min(self._written, self.capacity)
 
-    def read(self, dataset: str, shard: str, size: int, hit: bool) -> None:
-        """Record a read, now. O(1), no allocation for a name seen before."""
+    def read(
+        self, dataset: str, shard: str, size: int, hit: bool, *, reported: bool = False
+    ) -> None:
+        """Record a read, now; ``reported``: a hit a local reader reported in a batch,
+        not seen as it happened (:class:`~tierstore.types.TracedRead`). O(1), no
+        allocation for a name seen before."""
         if not self.capacity:
             return
         name = (dataset, shard)
@@ -114,7 +121,7 @@ class TraceRing:
             self._times[slot] = self._now()
             self._refs[slot] = ident
             self._sizes[slot] = size
-            self._kinds[slot] = _HIT if hit else _MISS
+            self._kinds[slot] = _REPORTED if reported else _HIT if hit else _MISS
 
     def plan_event(self, event: TracedPlan | TracedPosition | TracedClose) -> None:
         """Record a plan event, now (its ``t`` is replaced by the ring's clock)."""
@@ -153,7 +160,12 @@ class TraceRing:
             name = snapshot.names[snapshot.refs[slot]]
             if dataset is None or name[0] == dataset:
                 yield TracedRead(
-                    snapshot.times[slot], name[0], name[1], snapshot.sizes[slot], kind == _HIT
+                    snapshot.times[slot],
+                    name[0],
+                    name[1],
+                    snapshot.sizes[slot],
+                    kind != _MISS,
+                    reported=kind == _REPORTED,
                 )
 
     def sizing_curve(
@@ -165,7 +177,7 @@ class TraceRing:
         snapshot = self._snapshot()
         accesses: list[tuple[_Name, int]] = []
         for _, slot in snapshot.slots():
-            if snapshot.kinds[slot] in (_HIT, _MISS):
+            if snapshot.kinds[slot] in _READS:
                 name = snapshot.names[snapshot.refs[slot]]
                 if datasets is None or name[0] in datasets:
                     accesses.append((name, snapshot.sizes[slot]))
@@ -212,7 +224,7 @@ class TraceRing:
         live: dict[_Name, int] = {}
         names: list[_Name] = []
         for slot, kind in enumerate(self._kinds):
-            if kind in (_HIT, _MISS):
+            if kind in _READS:
                 name = self._names[self._refs[slot]]
                 ident = live.get(name)
                 if ident is None:

@@ -15,11 +15,15 @@ __all__ = ["Event", "PlanClosed", "PlanDeclared", "PositionReported", "Read", "T
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """A read of shard ``key`` at time ``t``; ``job`` names the reader ("" if unknown)."""
+    """A read of shard ``key`` at time ``t``; ``job`` names the reader ("" if unknown).
+    ``reported``: a local reader's read, reported later with others as a count (the node
+    traces at most 3 of each shard a report, one after the other, at the report's time:
+    :class:`~tierstore.types.TracedRead`)."""
 
     t: float
     key: int
     job: str = ""
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)

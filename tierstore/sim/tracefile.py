@@ -9,7 +9,9 @@ The format, one JSON object a line, the first line a header::
     {"t": 1.8, "op": "close", "job": "j1"}
 
 ``t`` is seconds on a clock that never goes back; a read's ``job`` may be left out
-(it means ""); unknown extra fields are ignored so later writers can add some. A
+(it means ""); ``"reported": true`` marks a read a local reader reported later with
+others, as a count (:class:`~tierstore.types.TracedRead`: its order and frequency are
+not the reader's); unknown extra fields are ignored so later writers can add some. A
 file may be gzip-compressed (recognised by its magic bytes, whatever its name).
 
 :func:`load_trace` names shards by dense ints in order of first appearance, as
@@ -75,6 +77,8 @@ def _check_record(record: Any) -> None:
             raise _Invalid(f"{name} must be a string, got {record[name]!r}")
     if op == "read":
         _check_size("size", record["size"])
+        if not isinstance(record.get("reported", False), bool):
+            raise _Invalid(f"reported must be true or false, got {record['reported']!r}")
     elif op == "plan":
         shards, sizes = record["shards"], record["sizes"]
         if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
@@ -116,11 +120,23 @@ class TraceWriter:
         self._last_t = -math.inf
         stream.write(json.dumps(_HEADER) + "\n")
 
-    def read(self, t: float, dataset: str, shard: str, size: int, job: str = "") -> None:
-        """Record a read of ``size`` bytes of ``dataset``/``shard`` by ``job``."""
-        self._write(
-            {"t": t, "op": "read", "dataset": dataset, "shard": shard, "size": size, "job": job}
-        )
+    def read(
+        self,
+        t: float,
+        dataset: str,
+        shard: str,
+        size: int,
+        job: str = "",
+        *,
+        reported: bool = False,
+    ) -> None:
+        """Record a read of ``size`` bytes of ``dataset``/``shard`` by ``job``
+        (``reported``: by a local reader, reported later as a count)."""
+        record = {"t": t, "op": "read", "dataset": dataset, "shard": shard, "size": size}
+        record["job"] = job
+        if reported:
+            record["reported"] = True
+        self._write(record)
 
     def plan(
         self, t: float, job: str, dataset: str, shards: Sequence[str], sizes: Sequence[int]
@@ -168,7 +184,14 @@ def dump_trace(trace: Trace, stream: TextIO, dataset: str = "sim") -> None:
     sizes = trace.sizes
     for event in trace.events:
         if isinstance(event, Read):
-            writer.read(event.t, dataset, str(event.key), sizes[event.key], event.job)
+            writer.read(
+                event.t,
+                dataset,
+                str(event.key),
+                sizes[event.key],
+                event.job,
+                reported=event.reported,
+            )
         elif isinstance(event, PlanDeclared):
             writer.plan(
                 event.t,
@@ -214,7 +237,7 @@ def load_trace(path: Path) -> Trace:
         op = record["op"]
         if op == "read":
             key = key_of(record["dataset"], record["shard"], record["size"])
-            events.append(Read(t, key, record.get("job", "")))
+            events.append(Read(t, key, record.get("job", ""), record.get("reported", False)))
         elif op == "plan":
             ds = record["dataset"]
             plan = zip(record["shards"], record["sizes"], strict=True)

@@ -99,16 +99,18 @@ class ExportTraceRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ...) -> None: ...
 
 class TracedRead(_message.Message):
-    __slots__ = ("dataset", "shard", "size", "hit")
+    __slots__ = ("dataset", "shard", "size", "hit", "reported")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     HIT_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shard: str
     size: int
     hit: bool
-    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., size: _Optional[int] = ..., hit: _Optional[bool] = ...) -> None: ...
+    reported: bool
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., size: _Optional[int] = ..., hit: _Optional[bool] = ..., reported: _Optional[bool] = ...) -> None: ...
 
 class TracedPlan(_message.Message):
     __slots__ = ("job", "dataset", "shards", "sizes", "continued")

@@ -54,7 +54,11 @@ def _messages(event: TraceEvent, batch_bytes: int) -> Iterator[tuple[admin_pb2.T
     """One event as messages (several for a long plan) with their rough sizes."""
     if isinstance(event, TracedRead):
         read = admin_pb2.TracedRead(
-            dataset=event.dataset, shard=event.shard, size=event.size, hit=event.hit
+            dataset=event.dataset,
+            shard=event.shard,
+            size=event.size,
+            hit=event.hit,
+            reported=event.reported,
         )
         yield admin_pb2.TraceEvent(t=event.t, read=read), _cost(event.dataset, event.shard)
     elif isinstance(event, TracedPosition):
@@ -122,7 +126,7 @@ def trace_events_from_pb(
                 shards, sizes = list(message.plan.shards), list(message.plan.sizes)
             elif which == "read":
                 r = message.read
-                yield TracedRead(message.t, r.dataset, r.shard, r.size, r.hit)
+                yield TracedRead(message.t, r.dataset, r.shard, r.size, r.hit, r.reported)
             elif which == "position":
                 pos = message.position
                 yield TracedPosition(message.t, pos.job, pos.dataset, pos.position)
