@@ -23,7 +23,7 @@ import pytest
 from tierstore import errors
 from tierstore.crypto import LocalKeyring
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, poll
 
 DATASET = "secret"
 
@@ -47,17 +47,31 @@ def key_file(path: Path, key_id: str) -> Path:
     return path
 
 
+def archived_node(
+    spawn_server: Callable[..., ServerProcess],
+    data_dir: Path,
+    dataset: str,
+    shards: dict[str, bytes],
+    *,
+    encrypted: bool = True,
+) -> None:
+    """Run a node on ``data_dir`` once: a write-through ``dataset`` holding ``shards``
+    (in the archive too), then stopped."""
+    node = spawn_server(data_dir)
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(dataset, encrypted=encrypted, durability="write-through")
+        for name, data in shards.items():
+            client.put(dataset, name, data)
+    assert node.stop() == 0
+
+
 @pytest.mark.timeout(240)
 def test_a_node_whose_keys_do_not_read_its_shards_refuses_to_start(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "node"
     keys = data_dir / "master.keys"
-    first = spawn_server(data_dir)
-    with first.connect(local_reads=False) as client:
-        client.create_dataset(DATASET, encrypted=True, durability="write-through")
-        client.put(DATASET, "old", b"written under the first key")
-    assert first.stop() == 0
+    archived_node(spawn_server, data_dir, DATASET, {"old": b"written under the first key"})
     real = keys.read_bytes()
 
     keys.unlink()  # the data directory restored without its secrets
@@ -156,11 +170,7 @@ def test_a_rebuild_that_believes_nothing_of_the_archive_refuses_to_serve(
     # catalog would hide every archived shard (and number new ones over them).
     data_dir = tmp_path / "node"
     keys = data_dir / "master.keys"
-    first = spawn_server(data_dir)
-    with first.connect(local_reads=False) as client:
-        client.create_dataset(DATASET, encrypted=True, durability="write-through")
-        client.put(DATASET, "kept", b"in the archive")
-    assert first.stop() == 0
+    archived_node(spawn_server, data_dir, DATASET, {"kept": b"in the archive"})
     real = keys.read_bytes()
     shutil.rmtree(data_dir / "hot")
     key_file(keys, "k1")
@@ -173,3 +183,36 @@ def test_a_rebuild_that_believes_nothing_of_the_archive_refuses_to_serve(
     assert "rebuilt the catalog from the archive: 1 shards of 1 datasets" in again.output()
     with again.connect(local_reads=False) as client:
         assert client.get(DATASET, "kept").to_pybytes() == b"in the archive"
+
+
+@pytest.mark.timeout(300)
+def test_a_plaintext_node_tells_the_wrong_keys_by_the_archives_seals(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # No encrypted shard, so no data key to unwrap: the archive's sealed metadata is
+    # what shows the keys are not the node's. A lost key file is replaced only on
+    # request, and then the archive is sealed again under the new key, so a rebuild
+    # from the archive still believes every object.
+    data_dir = tmp_path / "node"
+    keys = data_dir / "master.keys"
+    shards = {name: name.encode() * 1000 for name in ("a", "b")}
+    archived_node(spawn_server, data_dir, "plain", shards, encrypted=False)
+
+    key_file(keys, "k1")  # another key under the same id
+    line = refused_start(spawn_server, data_dir)
+    assert "does not verify the seal of the archive's plain/_dataset.json" in line
+    assert "--reseal-archive" in line
+    keys.unlink()  # lost: a new key would be made, and is refused, saying the way on
+    line = refused_start(spawn_server, data_dir)
+    assert "did not exist" in line and "--reseal-archive" in line and not keys.exists()
+
+    resealed = spawn_server(data_dir, "--reseal-archive")
+    assert "sealed under these keys" in resealed.output()
+    with resealed.connect(local_reads=False) as client:
+        poll(lambda: client.stats()["journal_entries"] == 0, 60, "the archive resealed")
+    assert resealed.stop() == 0
+    shutil.rmtree(data_dir / "hot")  # and now the hot tier is lost too
+    rebuilt = spawn_server(data_dir, "--rebuild-from-archive")
+    assert "rebuilt the catalog from the archive: 2 shards of 1 datasets" in rebuilt.output()
+    with rebuilt.connect(local_reads=False) as client:
+        assert client.get("plain", "b").to_pybytes() == b"b" * 1000

@@ -353,6 +353,14 @@ def serve(
         float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
     ] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    reseal_archive: Annotated[
+        bool,
+        typer.Option(
+            help="the master key file was lost for good and no dataset is encrypted: seal "
+            "the archive's metadata under the keys given now (refused while the node holds "
+            "encrypted shards)"
+        ),
+    ] = False,
     rebuild_from_archive: Annotated[
         bool,
         typer.Option(
@@ -395,6 +403,7 @@ def serve(
         local_reads=local_reads,
         local_grant_ttl_s=local_grant_ttl,
         rebuild_from_archive=rebuild_from_archive,
+        reseal_archive=reseal_archive,
     )
     raise typer.Exit(_run(lambda: run(options, sys.stdout)))
 

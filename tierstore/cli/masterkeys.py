@@ -19,8 +19,12 @@ the node runs its mover or accepts a put, :func:`check_node_keys` refuses
 (FailedPrecondition) keys that do not unwrap the data keys of the shards the catalog
 holds (a missing key file, or the wrong keys under the right ids: serving would fail
 every encrypted read, and acknowledge puts under a key the rest cannot be read with),
-and a created key when the archive holds objects (a new key reads none of their seals).
-A start that refuses removes the key file it created: it is no node's key.
+a created key when the archive holds objects (a new key reads none of their seals),
+and keys that do not verify the seal of a dataset object in the archive (the wrong key
+file on a node whose datasets are all plaintext). A start that refuses removes the key
+file it created: it is no node's key. A node whose key file is lost for good, and that
+holds no encrypted shard, starts with ``--reseal-archive``: the mover then rewrites the
+archive's metadata sealed under the new key.
 """
 
 from __future__ import annotations
@@ -91,36 +95,58 @@ def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
         ) from None
 
 
-def check_node_keys(keys: NodeKeys, store: Store) -> None:
+def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = False) -> None:
     """Refuse (FailedPrecondition, one line naming where the keys came from) keys that
     would lose data if the node served with them: keys that do not unwrap a data key
-    of some master key id the catalog's records use (one unwrap per id when they fit),
-    and a key file created by this start while the archive holds objects. Call it with
-    the store's mover not yet started and before any put is accepted. Raises
-    ArchiveUnavailable when a created key needs the archive listed and it cannot be."""
-    if keys.created and store.archive_holds_objects():
-        raise FailedPrecondition(
-            f"{keys.source} did not exist (one was created, and removed again), but the "
-            "archive holds objects sealed by the keys this node had: a new key would read "
-            "none of them. Restore the key file, or name it with --master-key-file "
-            "(or master_key_file, TIERSTORE_MASTER_KEY_FILE)"
-        )
+    of some master key id the catalog's records use (one unwrap per id when they fit);
+    a key file created by this start while the archive holds objects; and keys that do
+    not verify the seal of a dataset object in the archive (one GET per dataset: how a
+    node whose datasets are all plaintext tells the wrong keys). With
+    ``reseal_archive`` only the first check is made: the caller then has the archive's
+    metadata sealed again under these keys (:meth:`Store.reseal_archive`), for a node
+    that lost its key file and holds no encrypted shard. Call it with the store's mover
+    not yet started and before any put is accepted. Raises ArchiveUnavailable when a
+    created key needs the archive listed and it cannot be."""
     failure = store.master_key_failure()
-    if failure is None:
-        return
-    if keys.created:
+    if failure is not None and keys.created:
         raise FailedPrecondition(
             f"{keys.source} did not exist (one was created, and removed again), but this "
             f"node holds shards encrypted under master key {failure.key_id!r} (e.g. "
             f"{failure.shard}). Restore the key file they were written with, or name it "
             "with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE)"
         )
-    raise FailedPrecondition(
-        f"{keys.source} does not unwrap the data keys of this node's shards encrypted under "
-        f"master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). Not "
-        "starting: reads of them would fail, and puts would be acknowledged under keys the "
-        "rest cannot be read with. Configure the keys they were written with"
-    )
+    if failure is not None:
+        raise FailedPrecondition(
+            f"{keys.source} does not unwrap the data keys of this node's shards encrypted "
+            f"under master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). "
+            "Not starting: reads of them would fail, and puts would be acknowledged under "
+            "keys the rest cannot be read with. Configure the keys they were written with"
+        )
+    if reseal_archive:
+        return
+    if keys.created and store.archive_holds_objects():
+        raise FailedPrecondition(
+            f"{keys.source} did not exist (one was created, and removed again), but the "
+            "archive holds objects whose manifests the keys this node had sealed: under a "
+            "new key a rebuild from the archive would believe none of them (nor could "
+            "encrypted shards be read). Restore the key file, or name it with "
+            f"--master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE); {_RESEAL}"
+        )
+    seal = store.archive_seal_failure()
+    if seal is not None:
+        raise FailedPrecondition(
+            f"{keys.source} does not verify the seal of the archive's {seal}. Not starting: "
+            "these are not the keys the archive was sealed with, and a rebuild from it "
+            "would believe none of what was written before. Configure the keys it was "
+            f"written with; {_RESEAL}"
+        )
+
+
+#: the way on for a node whose key file is lost for good.
+_RESEAL = (
+    "if they are lost for good and no dataset is encrypted, start once with "
+    "--reseal-archive to seal the archive's metadata under the keys given now"
+)
 
 
 class KeyRotation:

@@ -91,6 +91,9 @@ class ServeOptions:
     #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).
     rebuild_from_archive: bool = False
+    #: the key file was lost and no dataset is encrypted: seal the archive's metadata
+    #: under the keys given now (masterkeys.check_node_keys).
+    reseal_archive: bool = False
 
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
@@ -149,12 +152,15 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             )
             cleanup.callback(store.close)
             # Before a rebuild too: a created key believes no archived manifest.
-            check_node_keys(keys, store)
+            check_node_keys(keys, store, reseal_archive=options.reseal_archive)
             if unchecked.exists():
                 _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
                 unchecked.unlink()
             refused.pop_all()
         store.start_background()
+        if options.reseal_archive:
+            store.reseal_archive()  # journalled: the mover rewrites them from now on
+            out.write("tierstore: the archive's metadata is being sealed under these keys\n")
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None

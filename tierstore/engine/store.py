@@ -49,7 +49,7 @@ from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
 from tierstore.engine.rebuild import restore_catalog, scan_archive
-from tierstore.engine.records import JournalOp, ShardRecord, catalog_key
+from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import (
     ShardSealers,
@@ -61,6 +61,7 @@ from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
+    ArchiveUnavailable,
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
@@ -68,6 +69,7 @@ from tierstore.errors import (
     IntegrityError,
     QuotaExceeded,
     StoreClosed,
+    UnknownKeyId,
     WrongShardKind,
 )
 from tierstore.framing import frame_prepared, frame_value
@@ -843,6 +845,43 @@ class Store:
             if done:
                 return rewrapped
             start_after = batch[-1].name
+
+    def archive_seal_failure(self) -> str | None:
+        """The first dataset object in the archive whose seal this store's master keys
+        do not verify (``"<key>: <why>"``), else ``None``: one GET per dataset of the
+        catalog. Plaintext datasets hold no data key to unwrap, so this is how a node
+        tells that its keys are not those its archive was sealed with (a rebuild would
+        believe none of its objects). Nothing to check without a keyring; an archive it
+        cannot reach is not checked (logged). Thread-safe."""
+        self._check_open()
+        if self._keyring is None:
+            return None
+        with self._env.read() as txn:
+            names = [name for name, _ in self._catalog.list_datasets(txn)]
+        for name in names:
+            key = archive_dataset_key(name)
+            try:
+                raw = self._archive.get(key)
+            except ArchiveUnavailable as exc:
+                log.warning("the archive's seals were not checked: %s", exc)
+                return None
+            if raw is None:
+                continue  # not archived yet
+            try:
+                self._sealers.check_object(key, raw)
+            except (IntegrityError, UnknownKeyId) as exc:
+                return f"{key}: {exc}"
+        return None
+
+    def reseal_archive(self) -> None:
+        """Have the mover rewrite every manifest and dataset object in the archive,
+        sealed under the current master key, whatever key sealed them last (a lost key
+        file replaced, on a node whose datasets are all plaintext). EncryptionUnavailable
+        without a keyring."""
+        self._check_open()
+        with self._env.write() as txn:
+            self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
+        self.rotate_master_key()
 
     def archive_holds_objects(self) -> bool:
         """Whether the archive (its bucket and prefix) holds any object at all: one key
