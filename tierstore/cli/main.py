@@ -771,8 +771,9 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     if missing:
         raise _fail(
             errors.ShardNotFound(
-                f"{len(missing)} of the shards named are not in dataset {dataset!r}: "
-                + ", ".join(missing)
+                f"no shard {', '.join(map(repr, missing))} in dataset {dataset!r} "
+                f"({len(missing)} of the {len(set(shards))} named; the others were queued "
+                "or are hot)"
             )
         )
 

@@ -93,7 +93,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         def still_allowed() -> None:
             # A stream may last minutes: by its end the dataset may have been deleted
             # (and made again, for someone else: its grants went with it) or the token
-            # revoked. Checked inside the commit's transaction, so nothing slips in after.
+            # revoked. Checked inside the commit's transaction, so no delete slips in
+            # after it (a delete takes the writer); a revocation that returns while the
+            # commit runs may still see this put land.
             authorize(self._principal_now(principal), _SERVICE + "PutShard", header.dataset)
 
         kind = shard_kind_from_pb(header.kind)
