@@ -163,3 +163,17 @@ def test_an_id_a_retired_key_had_is_never_given_to_another_key(tmp_path: Path) -
         json.dumps({"current": "k9", "keys": {"ext": "A" * 43 + "=", "k9": "B" * 43 + "="}})
     )
     assert LocalKeyring.from_file(path).rotated_file(path).current == "k10"
+
+
+def test_a_rotation_through_a_symbolic_link_rewrites_the_file_it_names(tmp_path: Path) -> None:
+    # The node's key file may be a link to a copy kept elsewhere: that copy must get the
+    # new key, and the link stay a link.
+    kept = tmp_path / "vault" / "master.keys"
+    kept.parent.mkdir()
+    start = LocalKeyring.generate_file(kept)
+    link = tmp_path / "master.keys"
+    link.symlink_to(kept)
+    rotated = start.rotated_file(link)
+    assert link.is_symlink() and link.resolve() == kept
+    assert LocalKeyring.from_file(kept).keys == rotated.keys
+    assert set(rotated.keys) == {start.current, rotated.current}

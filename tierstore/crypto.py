@@ -199,11 +199,16 @@ class LocalKeyring:
         atomically (mode 0600; written, fsynced, renamed, the directory fsynced): a
         crash leaves the whole old file or the whole new one.
 
+        A ``path`` that is a symbolic link is followed: the file it names is rewritten
+        and the link stays (replacing the link would leave the file it names, perhaps
+        the copy an operator keeps, without the new key).
+
         Raises :class:`KeyRotationRefused`, with the file unchanged, when it cannot be
         read, locked or written, or no longer holds every key of this keyring with the
         same bytes (a key some record may be wrapped with would be dropped).
         Thread-safe.
         """
+        path = path.resolve()
         try:
             with exclusive_lock(path.with_name(path.name + ".lock")):
                 return self._rotated_file_locked(path, check)
