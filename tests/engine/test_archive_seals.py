@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.stores import DATASETS, FRAME, KEY_2, StoreFactory, payload
+from tests.engine.stores import DATASETS, FRAME, KEY_2, OTHER_KEYRING, StoreFactory, payload
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.records import archive_dataset_key, archive_manifest_key
 from tierstore.errors import DatasetNotFound, ShardNotFound
@@ -169,3 +169,44 @@ def test_a_replayed_plaintext_settings_object_does_not_downgrade_a_dataset(
         assert fresh.rebuild_from_archive() == 0
     assert "a stale or replayed settings object" in caplog.text
     assert dict(fresh.list_datasets()) == {}
+
+
+PLAIN = {"plain": DATASETS["plain"], "wt": DATASETS["wt"]}
+
+
+def test_the_archives_seals_tell_the_wrong_master_keys_of_a_plaintext_node(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # No data key to unwrap: the dataset objects' seals are what tells the keys apart.
+    store = open_store(archive, datasets=PLAIN)
+    for dataset in PLAIN:
+        store.put(dataset, "s", payload(FRAME, 1))
+    assert store.drain(10)
+    assert store.archive_seal_failure() is None
+    wrong = open_store.reopen(store, archive, OTHER_KEYRING, start_mover=False)
+    failure = wrong.archive_seal_failure()
+    assert failure is not None and failure.startswith("plain/_dataset.json: ")
+    wrong.close()
+    # One object edited among good ones is damage, not the wrong keys.
+    edited(archive, archive_dataset_key("plain"), policy="lru")
+    right = open_store.reopen(store, archive, start_mover=False)
+    assert right.archive_seal_failure() is None
+
+
+def test_a_reseal_under_way_is_not_taken_for_the_wrong_keys(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets=PLAIN)
+    store.put("plain", "s", payload(FRAME, 1))
+    assert store.drain(10)
+    # The key file was lost: a new key, and the archive's metadata sealed again under it.
+    resealing = open_store.reopen(store, archive, OTHER_KEYRING, start_mover=False)
+    assert resealing.archive_seal_failure() is not None
+    resealing.reseal_archive()
+    assert resealing.archive_seal_failure() is None  # journalled, not yet rewritten
+    resealing.start_background()
+    assert resealing.drain(10)
+    assert resealing.archive_seal_failure() is None  # rewritten: they verify now
+    assert json.loads(bytes(archive.get(archive_dataset_key("plain")) or b""))["seal"]
+    fresh = open_store(archive, OTHER_KEYRING)
+    assert fresh.rebuild_from_archive() == 1

@@ -24,7 +24,8 @@ and keys that do not verify the seal of a dataset object in the archive (the wro
 file on a node whose datasets are all plaintext). A start that refuses removes the key
 file it created: it is no node's key. A node whose key file is lost for good, and that
 holds no encrypted shard, starts with ``--reseal-archive``: the mover then rewrites the
-archive's metadata sealed under the new key.
+archive's metadata sealed under the new key (restarts before it is done are let be;
+the flag, while given, skips the seal check, so it is to be dropped once it is done).
 """
 
 from __future__ import annotations
@@ -108,19 +109,26 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     not yet started and before any put is accepted. Raises ArchiveUnavailable when a
     created key needs the archive listed and it cannot be."""
     failure = store.master_key_failure()
+    # A reseal cannot stand in for keys encrypted shards need: say so when asked for one.
+    no_reseal = (
+        " (--reseal-archive cannot help: nothing reads these shards without their key)"
+        if reseal_archive
+        else ""
+    )
     if failure is not None and keys.created:
         raise FailedPrecondition(
             f"{keys.source} did not exist (one was created, and removed again), but this "
             f"node holds shards encrypted under master key {failure.key_id!r} (e.g. "
             f"{failure.shard}). Restore the key file they were written with, or name it "
-            "with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE)"
+            f"with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE){no_reseal}"
         )
     if failure is not None:
         raise FailedPrecondition(
             f"{keys.source} does not unwrap the data keys of this node's shards encrypted "
             f"under master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). "
             "Not starting: reads of them would fail, and puts would be acknowledged under "
-            "keys the rest cannot be read with. Configure the keys they were written with"
+            f"keys the rest cannot be read with. Configure the keys they were written with"
+            f"{no_reseal}"
         )
     if reseal_archive:
         return
@@ -144,8 +152,8 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
 
 #: the way on for a node whose key file is lost for good.
 _RESEAL = (
-    "if they are lost for good and no dataset is encrypted, start once with "
-    "--reseal-archive to seal the archive's metadata under the keys given now"
+    "if they are lost for good and no dataset is encrypted, start with --reseal-archive "
+    "to seal the archive's metadata under the keys given now"
 )
 
 

@@ -160,7 +160,11 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         store.start_background()
         if options.reseal_archive:
             store.reseal_archive()  # journalled: the mover rewrites them from now on
-            out.write("tierstore: the archive's metadata is being sealed under these keys\n")
+            out.write(
+                "tierstore: the archive's metadata is being sealed under these keys; drop "
+                "--reseal-archive once `tierstore stats` shows no journal entries (while "
+                "it is given, a start does not check the keys against the archive)\n"
+            )
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None

@@ -96,6 +96,9 @@ _ROTATION_BATCH = 1000
 #: the catalog note naming the master key the archive's metadata was last resealed
 #: under (by a finished rotation); see :meth:`Store.rotate_master_key`.
 _SEALED_WITH = "archive_metadata_sealed_with"
+#: the key a reseal of the archive's metadata was asked for under (Store.reseal_archive),
+#: until a start finds the journal empty.
+_RESEALING = "archive_metadata_resealing_under"
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,17 +850,30 @@ class Store:
             start_after = batch[-1].name
 
     def archive_seal_failure(self) -> str | None:
-        """The first dataset object in the archive whose seal this store's master keys
-        do not verify (``"<key>: <why>"``), else ``None``: one GET per dataset of the
-        catalog. Plaintext datasets hold no data key to unwrap, so this is how a node
-        tells that its keys are not those its archive was sealed with (a rebuild would
-        believe none of its objects). Nothing to check without a keyring; an archive it
-        cannot reach is not checked (logged). Thread-safe."""
+        """Whether this store's master keys are those the archive was sealed with: ``None``
+        when the seal of some dataset object in the archive verifies under them (the
+        first that does ends the check: usually one GET), or when there is nothing to
+        tell by (no keyring, no dataset object archived yet, an archive out of reach
+        (logged), or a :meth:`reseal_archive` under these keys still on the journal);
+        else ``"<key>: <why>"`` for the first object that did not verify. Plaintext
+        datasets hold no data key to unwrap, so this is how a node tells the wrong keys
+        (a rebuild would believe none of its objects). One damaged or edited object among
+        others that verify is not taken for the wrong keys (a rebuild skips it, logged).
+        Thread-safe."""
         self._check_open()
         if self._keyring is None:
             return None
+        current = self._keyring.current_key_id
         with self._env.read() as txn:
             names = [name for name, _ in self._catalog.list_datasets(txn)]
+            resealing = self._catalog.note(txn, _RESEALING) == current
+            pending = self._catalog.journal_length(txn)
+        if resealing and pending:
+            return None  # the mover is rewriting them under these keys
+        if resealing:
+            with self._env.write() as txn:
+                self._catalog.set_note(txn, _RESEALING, "")  # done: check from now on
+        failure = None
         for name in names:
             key = archive_dataset_key(name)
             try:
@@ -870,17 +886,24 @@ class Store:
             try:
                 self._sealers.check_object(key, raw)
             except (IntegrityError, UnknownKeyId) as exc:
-                return f"{key}: {exc}"
-        return None
+                log.warning("archive object %s does not verify: %s", key, exc)
+                failure = failure or f"{key}: {exc}"
+                continue
+            return None
+        return failure
 
     def reseal_archive(self) -> None:
         """Have the mover rewrite every manifest and dataset object in the archive,
         sealed under the current master key, whatever key sealed them last (a lost key
-        file replaced, on a node whose datasets are all plaintext). EncryptionUnavailable
-        without a keyring."""
+        file replaced, on a node whose datasets are all plaintext). Until the journal is
+        empty, :meth:`archive_seal_failure` takes these keys for the archive's.
+        EncryptionUnavailable without a keyring."""
         self._check_open()
+        if self._keyring is None:
+            raise EncryptionUnavailable("no master key is configured")
         with self._env.write() as txn:
             self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
+            self._catalog.set_note(txn, _RESEALING, self._keyring.current_key_id)
         self.rotate_master_key()
 
     def archive_holds_objects(self) -> bool:
