@@ -43,6 +43,13 @@ def archived_keys(s3: S3Settings) -> tuple[str, ...]:
         tier.close()
 
 
+def put_through(node: ServerProcess, dataset: str) -> None:
+    """A write-through put into a new ``dataset``: in the archive when it returns."""
+    with node.connect() as client:
+        client.create_dataset(dataset, durability="write-through")
+        client.put(dataset, "a", b"archived as it is put")
+
+
 def test_the_archive_named_in_the_settings_file_is_used(
     tmp_path: Path,
     seaweedfs: SeaweedServer,
@@ -52,9 +59,7 @@ def test_the_archive_named_in_the_settings_file_is_used(
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('config-archive')}/")
     config = write_archive_section(tmp_path / "node.toml", s3)
     node = spawn_server(tmp_path / "node", "--config", str(config), embedded=True)
-    with node.connect() as client:
-        client.create_dataset("configured", durability="write-through")
-        client.put("configured", "a", b"archived where the settings file says")
+    put_through(node, "configured")
     assert not (node.data_dir / "archive").exists()  # no embedded archive was started
     keys = archived_keys(s3)
     assert any("configured" in key for key in keys), keys
@@ -72,9 +77,7 @@ def test_a_flag_wins_over_the_settings_file(
     node = spawn_server(
         tmp_path / "node", "--config", str(config), "--prefix", flagged, embedded=True
     )
-    with node.connect() as client:
-        client.create_dataset("flagged", durability="write-through")
-        client.put("flagged", "a", b"archived under the flag's prefix")
+    put_through(node, "flagged")
     assert archived_keys(s3) == ()
     keys = archived_keys(dataclasses.replace(s3, prefix=flagged))
     assert any("flagged" in key for key in keys), keys

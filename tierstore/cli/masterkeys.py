@@ -100,9 +100,9 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     """Refuse (FailedPrecondition, one line naming where the keys came from) keys that
     would lose data if the node served with them: keys that do not unwrap a data key
     of some master key id the catalog's records use (one unwrap per id when they fit);
-    a key file created by this start while the archive holds objects; and keys that do
-    not verify the seal of a dataset object in the archive (one GET per dataset: how a
-    node whose datasets are all plaintext tells the wrong keys). With
+    a key file created by this start while the archive holds objects; and keys under
+    which no dataset object in the archive verifies (:meth:`Store.archive_seal_failure`:
+    how a node whose datasets are all plaintext tells the wrong keys). With
     ``reseal_archive`` only the first check is made: the caller then has the archive's
     metadata sealed again under these keys (:meth:`Store.reseal_archive`), for a node
     that lost its key file and holds no encrypted shard. Call it with the store's mover

@@ -124,13 +124,15 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         signal.signal(signum, lambda *_: stop.set())
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
-        archive = _archive_settings(options, data_dir, cleanup)
         overrides: dict[str, Any] = {"data_dir": data_dir}
         if options.master_key_file is not None:  # the flag wins over a base64 key too
             overrides.update(master_key_file=options.master_key_file, master_key_b64=None)
         if options.hot_capacity_bytes:
             overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
-        settings = load_settings(options.config_file, archive=archive, **overrides)
+        settings = load_settings(options.config_file, **overrides)
+        settings = replace(
+            settings, archive=_archive_settings(options, settings.archive, data_dir, cleanup)
+        )
         keys = load_node_keys(settings, data_dir)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
         # A hot tier this start makes (the node is new, or its hot tier was lost) is
@@ -258,11 +260,14 @@ def _claim(data_dir: Path, cleanup: ExitStack) -> None:
     cleanup.callback(os.close, fd)
 
 
-def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack) -> ArchiveSettings:
-    """The archive this node uses: the settings file's ``[archive]``, then
-    ``TIERSTORE_ARCHIVE_*`` variables, then the flags given (README "Configuration").
-    With no endpoint named anywhere, the embedded archive, started here (under
-    ``<data-dir>/archive``, stopped by ``cleanup``), on the bucket and prefix asked for."""
+def _archive_settings(
+    options: ServeOptions, configured: ArchiveSettings, data_dir: Path, cleanup: ExitStack
+) -> ArchiveSettings:
+    """The archive this node uses: ``configured`` (the settings file's ``[archive]``,
+    then ``TIERSTORE_ARCHIVE_*`` variables), then the flags given (README
+    "Configuration"). With no endpoint named anywhere, the embedded archive, started
+    here (under ``<data-dir>/archive``, stopped by ``cleanup``), on the bucket and
+    prefix asked for."""
     flags = {
         "endpoint_url": options.s3_endpoint,
         "bucket": options.bucket,
@@ -270,7 +275,6 @@ def _archive_settings(options: ServeOptions, data_dir: Path, cleanup: ExitStack)
         "access_key_id": options.s3_access_key,
         "secret_access_key": options.s3_secret_key,
     }
-    configured = load_settings(options.config_file).archive
     archive = replace(configured, **{name: value for name, value in flags.items() if value})
     if archive.endpoint_url:
         return archive

@@ -115,6 +115,22 @@ def _unavailable(error: grpc.RpcError) -> bool:
     return bool(code == grpc.StatusCode.UNAVAILABLE)
 
 
+def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
+    """``attempt()``, made again after each pause of ``_RETRY_DELAYS_S`` while it fails
+    UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
+    reading, if given). Raises the mapped error of the failure that ends it."""
+    for delay in (*_RETRY_DELAYS_S, None):
+        try:
+            return attempt()
+        except grpc.RpcError as error:
+            if delay is None or not (retry and _unavailable(error)):
+                _raise_mapped(error)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.monotonic(), 0.0))
+        time.sleep(delay)
+    raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 def _raise_mapped(error: grpc.RpcError) -> NoReturn:
     """Raise the tierstore error a failed call stands for (the class the server named)."""
     call: Any = error  # grpc raises objects that are both RpcError and Call
@@ -212,19 +228,13 @@ class Client:
         idempotent: bool,
         timeout_s: float | None = None,
     ) -> T:
-        for delay in (*_RETRY_DELAYS_S, None):
-            try:
-                with GATE.call():  # a fork() waits for this call to end (see forkgate)
-                    return fn(
-                        request,
-                        timeout=timeout_s or self.timeout_s,
-                        metadata=self._channel.metadata,
-                    )
-            except grpc.RpcError as error:
-                if delay is None or not (idempotent and _unavailable(error)):
-                    _raise_mapped(error)
-            time.sleep(delay)
-        raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+        def attempt() -> T:
+            with GATE.call():  # a fork() waits for this call to end (see forkgate)
+                return fn(
+                    request, timeout=timeout_s or self.timeout_s, metadata=self._channel.metadata
+                )
+
+        return _retried(attempt, idempotent)
 
     # Datasets.
 
@@ -385,21 +395,18 @@ class Client:
         """
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         deadline = time.monotonic() + self.stream_timeout_s
-        for delay in (*_RETRY_DELAYS_S, None):
-            # Raw gRPC messages, mapped here: only the status code tells an
+
+        def attempt() -> T:
+            # Raw gRPC messages, mapped by _retried: only the status code tells an
             # unreachable server from a spent deadline (both raise Unavailable).
             responses = stub.GetShard(
                 request,
                 timeout=max(deadline - time.monotonic(), 0.0),
                 metadata=self._channel.metadata,
             )
-            try:
-                return receive(open_stream(responses, request))
-            except grpc.RpcError as error:
-                if delay is None or not _unavailable(error):
-                    _raise_mapped(error)
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-        raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+            return receive(open_stream(responses, request))
+
+        return _retried(attempt, True, deadline)
 
     def get(
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None

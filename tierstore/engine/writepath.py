@@ -301,7 +301,7 @@ class ShardWriter:
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             if admit is not None:
-                admit()  # in the transaction: no delete (or revocation) can slip in after
+                admit()  # in the transaction: no delete (it takes the writer) slips in after
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
             backlog = self._catalog.counter(txn, "backlog_bytes")

@@ -3,12 +3,12 @@
 A put commits in one LMDB transaction, so its frames must all be at hand first;
 holding the LMDB writer open while a slow client streams would stall every
 other writer. Small puts stay in memory; past ``memory_limit`` the frames go to
-an unlinked temporary file in the data directory. The puts of one server share a
-:class:`SpoolMemory` too (``SERVER_SPOOL_MEMORY``): with every worker receiving a
-put, 64 MiB each would be gigabytes, so once the puts in memory hold that much
-together, a put's frames go to its file at once (so a plaintext dataset's put
-is bounded by disk, not RAM). Closing the spool (or an interrupted stream) frees
-everything: an abandoned put leaks no space.
+an unlinked temporary file in the data directory (so a plaintext dataset's put is
+bounded by disk, not RAM). The puts of one server share a :class:`SpoolMemory` too
+(``SERVER_SPOOL_MEMORY``): with every worker receiving a put, 64 MiB each would be
+gigabytes, so once the puts in memory hold that much together, a put's frames go to
+its file at once. Closing the spool (or an interrupted stream) frees everything: an
+abandoned put leaks no space.
 
 A put to an encrypted dataset must not reach the data disk in plaintext, not
 even for the seconds it is spooled: with ``encrypted`` the file holds each frame
@@ -34,14 +34,13 @@ from typing import IO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tierstore.crypto import TAG_BYTES
 from tierstore.errors import IntegrityError
 
 __all__ = ["SERVER_SPOOL_MEMORY", "FrameSpool", "SpoolMemory"]
 
 #: bytes of frames the puts of one server hold in memory together.
 SERVER_SPOOL_MEMORY = 512 << 20
-
-_TAG_BYTES = 16
 
 
 class _SpoolCipher:
@@ -193,11 +192,11 @@ class FrameSpool:
             stored = plain_at = 0
             for index, size in enumerate(self._sizes):
                 # pread, not a map of the file: a file cut short is an error, not SIGBUS.
-                sealed = os.pread(fd, size + _TAG_BYTES, stored)
+                sealed = os.pread(fd, size + TAG_BYTES, stored)
                 # Released at once, even on an error, so that the map can be closed.
                 with memoryview(plain) as whole, whole[plain_at : plain_at + size] as out:
                     cipher.open_into(index, sealed, out)
-                stored += size + _TAG_BYTES
+                stored += size + TAG_BYTES
                 plain_at += size
         except BaseException:
             plain.close()

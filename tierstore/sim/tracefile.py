@@ -132,8 +132,14 @@ class TraceWriter:
     ) -> None:
         """Record a read of ``size`` bytes of ``dataset``/``shard`` by ``job``
         (``reported``: by a local reader, reported later as a count)."""
-        record = {"t": t, "op": "read", "dataset": dataset, "shard": shard, "size": size}
-        record["job"] = job
+        record = {
+            "t": t,
+            "op": "read",
+            "dataset": dataset,
+            "shard": shard,
+            "size": size,
+            "job": job,
+        }
         if reported:
             record["reported"] = True
         self._write(record)
