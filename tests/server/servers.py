@@ -128,10 +128,16 @@ class RunningServer:
         """A channel to the API port: TLS trusting ``ca`` (default: this server's CA),
         presenting ``client_cert`` (``(cert_pem, key_pem)``) if given; plaintext when the
         server is insecure or ``plaintext`` is set; over a connection of its own if
-        ``own_connection`` (grpc shares one between alike channels otherwise). Closed
-        when the server stops."""
+        ``own_connection`` (grpc shares one between alike channels otherwise), whose
+        flow-control window keeps its first size: grpc grows a window it sees filled
+        fast (BDP probing), up to megabytes, so a caller that stops reading would
+        otherwise not hold the server back until then. Closed when the server stops."""
         target = address or self.address
-        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        options = (
+            [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
+            if own_connection
+            else []
+        )
         if plaintext or (plaintext is None and self.tls is None):
             channel = grpc.insecure_channel(target, options=options)
         else:

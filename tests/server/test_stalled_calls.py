@@ -154,7 +154,7 @@ def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
     # grpc sends each response message on the call's worker, which waits while flow
     # control holds the message back: a reader that stops reading would keep it.
     reader = running.token("svc:reader", ("*", Role.READER))
-    running.store.put("d", "big", bytes(8 << 20))  # far more than a flow-control window
+    running.store.put("d", "big", bytes(32 << 20))  # far more than a flow-control window
     request = shards_pb2.GetShardRequest(dataset="d", shard="big")
     stalled = []
     for _ in range(2 * WORKERS):
