@@ -16,6 +16,7 @@ from tierstore.engine import trace
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.records import AccessStats
 from tierstore.engine.trace import SIZING_FACTORS, TraceRing
+from tierstore.errors import DatasetNotFound
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import (
     DatasetSettings,
@@ -58,7 +59,19 @@ def test_reads_and_plan_events_are_traced_in_order(open_store: StoreFactory) -> 
     times = [event.t for event in events]
     assert times == sorted(times) and times[0] > 0
     assert [type(e) for e in store.trace_events("e")] == [TracedRead]
-    assert len(list(store.trace_events("nope"))) == 0
+    with pytest.raises(DatasetNotFound, match="no dataset 'nope'"):
+        store.trace_events("nope")
+
+
+def test_a_deleted_datasets_events_stay_exportable_and_an_empty_one_has_none(
+    open_store: StoreFactory,
+) -> None:
+    store = open_store(datasets=LRU)
+    store.put("d", "a", payload(FRAME))
+    store.get("d", "a")
+    store.delete_dataset("d", force=True)
+    assert [(e.dataset, e.shard) for e in store.trace_events("d")] == [("d", "a")]  # type: ignore[union-attr]
+    assert list(store.trace_events("e")) == []  # made, never read
 
 
 def test_the_ring_keeps_the_last_events(open_store: StoreFactory) -> None:

@@ -346,6 +346,11 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
     for method, request, name in plan_cases:
         code, got = refused(raw.unary, method, request)
         assert got == name, (method, request, got)
+    unknown_trace = admin_pb2.ExportTraceRequest(dataset=unique())  # a typo: not an empty trace
+    assert refused(raw.stream, ADMIN + "ExportTrace", unknown_trace) == (
+        grpc.StatusCode.NOT_FOUND,
+        "DatasetNotFound",
+    )
     job = placement_pb2.DeclarePlanResponse.FromString(
         raw.unary(PLACEMENT + "DeclarePlan", plan_request(dataset, ["s", "s"], job="j"))
     ).job

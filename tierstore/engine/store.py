@@ -722,11 +722,20 @@ class Store:
 
     def trace_events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The traced reads and plan events (of ``dataset``, or all), oldest first: the
-        last ``trace_capacity`` of them, as they are at the call. Raises InvalidName."""
+        last ``trace_capacity`` of them, as they are at the call. Raises InvalidName, and
+        DatasetNotFound for a dataset that neither exists nor has events in the ring (a
+        deleted dataset's reads stay exportable while the ring holds them; a typo is an
+        error, not an empty trace)."""
         self._check_open()
-        if dataset is not None:
-            validate_dataset_name(dataset)
-        return self._trace.events(dataset)
+        if dataset is None:
+            return self._trace.events()
+        validate_dataset_name(dataset)
+        events = self._trace.events(dataset)
+        first = next(events, None)
+        if first is None:
+            self.get_dataset(dataset)  # raises DatasetNotFound for a name never made
+            return iter(())
+        return itertools.chain((first,), events)
 
     def sizing_curve(
         self, datasets: Collection[str] | None = None
