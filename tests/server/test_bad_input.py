@@ -595,6 +595,10 @@ def test_wrong_tokens(raw: Raw, server: ServerProcess, admin: Client, dataset: s
         (("authorization", f"Bearer {real}x"),),
         (("x-token", real),),
         (),
+        # two: refused even when one is right, whichever comes first
+        (("authorization", f"Bearer {real}"), ("authorization", "Bearer not-a-token")),
+        (("authorization", "Bearer not-a-token"), ("authorization", f"Bearer {real}")),
+        (("authorization", f"Bearer {real}"), ("authorization", f"Bearer {real}")),
     ]
     request = shards_pb2.StatShardRequest(dataset=dataset, shard="s")
     for metadata in wrong:

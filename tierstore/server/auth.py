@@ -34,10 +34,15 @@ audit = logging.getLogger("tierstore.audit")
 
 
 def _bearer(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer ") :]
-    raise Unauthenticated("missing bearer token")
+    """The token of the call's one ``authorization: Bearer`` header. Two authorization
+    headers are refused rather than one picked: a proxy that adds its own in front of
+    the caller's would otherwise decide whose call this is."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if len(values) > 1:
+        raise Unauthenticated(f"{len(values)} authorization headers; send exactly one")
+    if not values or not isinstance(values[0], str) or not values[0].startswith("Bearer "):
+        raise Unauthenticated("missing bearer token")
+    return values[0][len("Bearer ") :]
 
 
 def _peer_service(context: grpc.ServicerContext) -> str:
