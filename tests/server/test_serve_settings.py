@@ -83,6 +83,19 @@ def test_a_flag_wins_over_the_settings_file(
     assert any("flagged" in key for key in keys), keys
 
 
+def test_an_empty_prefix_flag_clears_the_settings_files_prefix(
+    tmp_path: Path, seaweedfs: SeaweedServer, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    bucket = unique("noprefix")  # a bucket of its own: the keys are at its root
+    s3 = seaweedfs.s3_settings(bucket, prefix="configured/")
+    config = write_archive_section(tmp_path / "node.toml", s3)
+    node = spawn_server(tmp_path / "node", "--config", str(config), "--prefix", "", embedded=True)
+    put_through(node, "rootward")
+    keys = archived_keys(dataclasses.replace(s3, prefix=""))
+    assert any("rootward" in key for key in keys), keys
+    assert not any(key.startswith("configured/") for key in keys), keys
+
+
 @pytest.mark.parametrize(
     ("listen_host", "connect_host"),
     [

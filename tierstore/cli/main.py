@@ -340,7 +340,9 @@ def serve(
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
     s3_endpoint: Annotated[str, typer.Option(help="external S3 archive URL")] = "",
     bucket: Annotated[str, typer.Option(help="archive bucket (default: tierstore)")] = "",
-    prefix: Annotated[str, typer.Option(help="archive key prefix")] = "",
+    prefix: Annotated[
+        str | None, typer.Option(help='archive key prefix ("" for none, over a settings file)')
+    ] = None,
     s3_access_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_ACCESS_KEY")] = "",
     s3_secret_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_SECRET_KEY")] = "",
     master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,

@@ -78,7 +78,8 @@ class ServeOptions:
     #: archive flags; "" = not given (the settings file's, else the defaults).
     s3_endpoint: str = ""
     bucket: str = ""
-    prefix: str = ""
+    #: None = not given; "" = no prefix, even where the settings file names one.
+    prefix: str | None = None
     s3_access_key: str = ""
     s3_secret_key: str = ""
     master_key_file: Path | None = None
@@ -271,11 +272,13 @@ def _archive_settings(
     flags = {
         "endpoint_url": options.s3_endpoint,
         "bucket": options.bucket,
-        "prefix": options.prefix,
         "access_key_id": options.s3_access_key,
         "secret_access_key": options.s3_secret_key,
     }
-    archive = replace(configured, **{name: value for name, value in flags.items() if value})
+    given = {name: value for name, value in flags.items() if value}
+    if options.prefix is not None:  # "" too: it clears the settings file's prefix
+        given["prefix"] = options.prefix
+    archive = replace(configured, **given)
     if archive.endpoint_url:
         return archive
     from tierstore.tiers.seaweedfs import SeaweedServer  # only for the embedded archive
