@@ -359,7 +359,9 @@ def test_a_reader_under_an_address_space_limit_still_reads_in_place(
 def test_no_role_no_grant(server: ServerProcess, admin: Client, dataset: str) -> None:
     """A caller without a role on the dataset hears what it hears for a missing one."""
     admin.put(dataset, "b", b"secret")
-    _, token = admin.create_token("other-team", [Grant(unique(), Role.READER)])
+    other = unique()
+    admin.create_dataset(other)
+    _, token = admin.create_token("other-team", [Grant(other, Role.READER)])
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())
     answers = []
     for name, metadata in (

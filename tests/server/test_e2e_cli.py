@@ -358,6 +358,9 @@ def test_trace_export_and_the_sizing_curve(
         assert unwritable.returncode == 2
         assert "InvalidArgument" in one_line_error(unwritable)
     assert sorted(tmp_path.iterdir()) == before
+    typo = run(env, "trace", "export", "-o", str(tmp_path / "t"), "--dataset", "nosuch")
+    assert typo.returncode == 3 and "DatasetNotFound" in one_line_error(typo)
+    assert sorted(tmp_path.iterdir()) == before
 
     # Only a server admin may export; a refused export leaves no file behind.
     _, token = admin.create_token("ds-owner", [Grant(dataset, Role.ADMIN)])
@@ -429,6 +432,13 @@ def test_token_create_ls_revoke_and_keys_rotate(
         env, "token", "create", "erin", "--grant", f"{dataset}=reader", "--ttl", str(MAX_TTL_S)
     )
     shortest = ok(env, "token", "create", "erin", "--grant", f"{dataset}=reader", "--ttl", "1")
+    # A grant on a dataset nobody has made (a typo, or one made later for someone else)
+    # is refused, and so is the whole token.
+    typo = run(
+        env, "token", "create", "dave", "--grant", f"{dataset}=reader", "--grant", "nosuch=reader"
+    )
+    assert typo.returncode == 3, typo.stderr
+    assert "DatasetNotFound: no dataset 'nosuch' to grant a role on" in one_line_error(typo)
     listed = {t["token_id"]: t for t in ok(env, "token", "ls")}
     assert "dave" not in {t["principal"] for t in listed.values()}
     assert listed[longest["token_id"]]["expires_at"] > listed[shortest["token_id"]]["expires_at"]

@@ -317,6 +317,24 @@ def test_loose_file_mode_is_tightened(store: TokenStore, clock: Clock) -> None:
     assert mode(store.path) == 0o600
 
 
+class HeldDeletes:
+    """A store whose dataset deletes (forced ones only if ``hold_forced``) wait inside
+    the engine, once ``inside`` is set, until ``release`` is."""
+
+    def __init__(self, store: Store, *, hold_forced: bool) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        self._store, self._hold_forced = store, hold_forced
+
+    def delete_dataset(self, name: str, *, force: bool = False) -> None:
+        if self._hold_forced or not force:
+            self.inside.set()
+            assert self.release.wait(10)
+        self._store.delete_dataset(name, force=force)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._store, attribute)
+
+
 def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None:
     # One delete is refused (its dataset holds a shard), another lands meanwhile: the
     # grants the first removed must not come back onto a dataset that is gone.
@@ -326,21 +344,8 @@ def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None
     tokens = TokenStore(tmp_path / "tokens.json")
     _, token = tokens.create("tenant", [Grant("plain", Role.READER)])
     calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
-    inside, release = threading.Event(), threading.Event()
-
-    class HeldStore:
-        """Holds the refused delete inside the engine until told."""
-
-        def delete_dataset(self, name: str, *, force: bool = False) -> None:
-            if not force:
-                inside.set()
-                assert release.wait(10)
-            store.delete_dataset(name, force=force)
-
-        def __getattr__(self, attribute: str) -> Any:
-            return getattr(store, attribute)
-
-    servicer = DatasetServicer(cast(Store, HeldStore()), tokens)
+    held = HeldDeletes(store, hold_forced=False)
+    servicer = DatasetServicer(cast(Store, held), tokens)
     delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
     outcomes: list[object] = []
 
@@ -353,10 +358,10 @@ def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None
 
     refused = threading.Thread(target=run, args=(False,))
     refused.start()
-    assert inside.wait(10)
+    assert held.inside.wait(10)
     forced = threading.Thread(target=run, args=(True,))
     forced.start()
-    release.set()
+    held.release.set()
     refused.join(10)
     forced.join(10)
     assert any(isinstance(outcome, FailedPrecondition | DatasetNotFound) for outcome in outcomes)
@@ -364,4 +369,50 @@ def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None
         store.get_dataset("plain")
     store.create_dataset("plain")  # someone else's, under the name
     assert Grant("plain", Role.READER) not in tokens.authenticate(token).grants
+    factory.close_all()
+
+
+def test_a_grant_needs_its_dataset_to_exist(store: TokenStore) -> None:
+    existing = {"made"}
+
+    def require(name: str) -> None:
+        if name not in existing:
+            raise DatasetNotFound(f"no dataset {name!r}")
+
+    with pytest.raises(DatasetNotFound, match="'typo'"):
+        store.create(
+            "t", [Grant("made", Role.READER), Grant("typo", Role.READER)], require_dataset=require
+        )
+    assert store.list() == []  # nothing half-made
+    info, _ = store.create(
+        "t", [Grant("made", Role.READER), Grant(ALL_DATASETS, Role.READER)], require_dataset=require
+    )
+    assert set(info.grants) == {Grant("made", Role.READER), Grant(ALL_DATASETS, Role.READER)}
+
+
+def test_a_token_made_while_its_dataset_is_deleted_keeps_no_grant_on_it(tmp_path: Path) -> None:
+    # The token is made (its dataset still there) after the delete took the grants, before
+    # the engine's delete lands: the grant must not outlive the dataset.
+    factory = StoreFactory(tmp_path / "stores")
+    store = factory(MemoryTier(), datasets={"plain": DatasetSettings()})
+    tokens = TokenStore(tmp_path / "tokens.json")
+    held = HeldDeletes(store, hold_forced=True)
+    servicer = DatasetServicer(cast(Store, held), tokens)
+    delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
+
+    def run() -> None:
+        calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
+        delete(servicer, DeleteDatasetRequest(name="plain"), None)
+
+    deleting = threading.Thread(target=run)
+    deleting.start()
+    assert held.inside.wait(10)
+    _, token = tokens.create(
+        "late", [Grant("plain", Role.READER)], require_dataset=store.get_dataset
+    )
+    held.release.set()
+    deleting.join(10)
+    assert not deleting.is_alive()
+    store.create_dataset("plain")  # someone else's, under the name
+    assert tokens.authenticate(token).grants == ()
     factory.close_all()

@@ -295,6 +295,13 @@ class Store:
         with self._env.read() as txn:
             return self._catalog.require_dataset(txn, name)
 
+    def has_dataset(self, name: str) -> bool:
+        """Whether a dataset of that name exists. Raises InvalidName."""
+        self._check_open()
+        validate_dataset_name(name)
+        with self._env.read() as txn:
+            return self._catalog.get_dataset(txn, name) is not None
+
     def list_datasets(self) -> list[tuple[str, DatasetSettings]]:
         """All datasets, sorted by name."""
         self._check_open()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from tierstore.engine.store import Store
+from tierstore.errors import DatasetNotFound
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize
 from tierstore.server.rpc import caller, handler, stream_handler
@@ -54,8 +55,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CreateTokenResponse:
         self._check("CreateToken")
         grants = [grant_from_pb(g) for g in request.grants]
-        info, token = self._tokens.create(request.principal, grants, request.ttl_s)
+        info, token = self._tokens.create(
+            request.principal, grants, request.ttl_s, require_dataset=self._require_dataset
+        )
         return admin_pb2.CreateTokenResponse(token_id=info.token_id, token=token)
+
+    def _require_dataset(self, name: str) -> None:
+        if not self._store.has_dataset(name):
+            raise DatasetNotFound(
+                f"no dataset {name!r} to grant a role on: create it first "
+                "(grants end with their dataset, and none starts before it)"
+            )
 
     @handler
     def RevokeToken(

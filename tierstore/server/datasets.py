@@ -8,7 +8,6 @@ import threading
 import grpc
 
 from tierstore.engine.store import Store
-from tierstore.errors import DatasetNotFound
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, visible
 from tierstore.server.rpc import caller, handler
@@ -40,13 +39,6 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self._store = store
         self._tokens = tokens
         self._deleting = threading.Lock()
-
-    def _still_there(self, name: str) -> bool:
-        try:
-            self._store.get_dataset(name)
-        except DatasetNotFound:
-            return False
-        return True
 
     def _check(self, method: str, name: str) -> str:
         validate_dataset_name(name)
@@ -109,9 +101,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             try:
                 self._store.delete_dataset(name, force=request.force)
             except BaseException:
-                if self._tokens is not None and removed and self._still_there(name):
+                if self._tokens is not None and removed and self._store.has_dataset(name):
                     self._tokens.restore_grants(removed)
                 raise
+            if self._tokens is not None:
+                # A token created while the delete ran found the dataset still there.
+                removed |= self._tokens.remove_grants_on(name)
         if removed:
             log.info(
                 "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)

@@ -146,17 +146,33 @@ class TokenStore:
         return self._path
 
     def create(
-        self, principal: str, grants: Iterable[Grant], ttl_s: float = 0
+        self,
+        principal: str,
+        grants: Iterable[Grant],
+        ttl_s: float = 0,
+        *,
+        require_dataset: Callable[[str], object] | None = None,
     ) -> tuple[TokenInfo, str]:
         """Issue a token for ``principal`` with ``grants``, valid ``ttl_s`` seconds (0: ever).
+
+        ``require_dataset(name)``, when given, is called for each dataset a grant names
+        (not ``*``) under the lock that :meth:`remove_grants_on` takes, and raises if
+        there is no such dataset: grants end with their dataset, so none may start
+        before it either (a grant on a name nobody has made yet would be honoured by a
+        dataset made later under it, for someone else).
 
         Returns the token's info and the token itself — the only time the token exists
         outside the caller's hands. Raises :class:`~tierstore.errors.InvalidArgument` for a
         bad principal name or grant, or a TTL that is neither 0 nor from :data:`MIN_TTL_S`
-        to :data:`MAX_TTL_S`; :class:`OSError` if the store cannot be written.
+        to :data:`MAX_TTL_S`; what ``require_dataset`` raises; :class:`OSError` if the
+        store cannot be written.
         """
         with self._lock:
             info, token = self._new(principal, grants, ttl_s)
+            if require_dataset is not None:
+                for grant in info.grants:
+                    if grant.dataset != ALL_DATASETS:
+                        require_dataset(grant.dataset)
             self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
         return info, token
 
