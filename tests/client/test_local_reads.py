@@ -353,6 +353,61 @@ def test_a_reader_under_an_address_space_limit_still_reads_in_place(
     assert child.stdout.split() == [b"5000", b"1", b"0"]  # in place, no fallback
 
 
+_FORK_WHILE_A_THREAD_READS = """
+import os, sys, threading, time
+import tierstore  # first: nothing else has loaded concurrent.futures.thread yet
+from tierstore.client.forkgate import GATE
+address, ca, token, dataset = sys.argv[1:]
+client = tierstore.connect(address, token=token, ca=ca)
+stop = threading.Event()
+def read():
+    while not stop.is_set():
+        client.get(dataset, "frames")
+reader = threading.Thread(target=read)
+reader.start()
+longest = 0.0
+for _ in range(10):
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    longest = max(longest, time.monotonic() - started)
+    time.sleep(0.02)
+stop.set()
+reader.join()
+print(f"{longest:.3f}", GATE.expired_holds, client.read_counts.local > 10)
+"""
+
+
+def test_a_fork_waits_only_for_the_local_reads_in_flight(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    # A fresh interpreter, with tierstore imported first: concurrent.futures.thread,
+    # which the first multi-frame local read loads, registers a fork handler that takes
+    # its lock. Registered after the gate's, it ran first, and a read in the gate that
+    # was starting its verify-ahead thread waited for that lock, the fork for the read:
+    # 40 s a fork (the gate's limit, then the hot map's).
+    admin.put(dataset, "frames", os.urandom((12 << 20) + 5))  # 4 frames
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FORK_WHILE_A_THREAD_READS,
+            server.address,
+            str(server.ca_path),
+            server.token,
+            dataset,
+        ],
+        capture_output=True,
+        timeout=240,
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    longest, expired, read_in_place = child.stdout.split()
+    assert (expired, read_in_place) == (b"0", b"True"), child.stdout
+    assert float(longest) < 10.0, child.stdout  # a read's time, never the gate's 30 s
+
+
 # Authorization: grants, revocation.
 
 

@@ -29,6 +29,14 @@ registration and gRPC registers its handlers when its first channel is made, so 
 module makes (and closes) a channel first, and registers its handlers after gRPC's: ours
 run first, while gRPC still moves the bytes.
 
+The same goes for the standard library's ``before`` handlers that take a lock a call
+in the gate may want: ``concurrent.futures.thread``'s (a local read starts its
+verify-ahead thread with ``ThreadPoolExecutor.submit``, which takes that lock) and
+``logging``'s. Registered after ours, they would run first, and the fork would hold
+the lock a call in flight waits for, then wait for that call (seen: 40 s a fork,
+when ``concurrent.futures.thread`` was first loaded by a read). This module imports
+them before it registers, so their handlers run after ours.
+
 Fork-safe by construction; thread-safe. Calls may nest (a shard read that asks for a data
 key inside it); a thread must not fork while inside the gate (it would wait for itself
 until ``MAX_WAIT_S``).
@@ -36,6 +44,8 @@ until ``MAX_WAIT_S``).
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (its fork handler must run after ours)
+import logging  # noqa: F401  (the same)
 import os
 from collections.abc import Callable
 
