@@ -321,6 +321,17 @@ def test_local_reads_turned_off_go_through_the_service(
         assert "turned off" in refused.value.details()  # type: ignore[attr-defined]
 
 
+def run_script(
+    script: str, server: ServerProcess, dataset: str
+) -> subprocess.CompletedProcess[bytes]:
+    """``script`` run in a fresh interpreter, given the node's address, CA, admin token
+    and ``dataset`` as its arguments."""
+    arguments = [server.address, str(server.ca_path), server.token, dataset]
+    return subprocess.run(
+        [sys.executable, "-c", script, *arguments], capture_output=True, timeout=240
+    )
+
+
 _READ_UNDER_AN_ADDRESS_LIMIT = """
 import resource, sys
 import tierstore
@@ -336,19 +347,7 @@ def test_a_reader_under_an_address_space_limit_still_reads_in_place(
     server: ServerProcess, admin: Client, dataset: str
 ) -> None:
     admin.put(dataset, "b", b"x" * 5000)
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _READ_UNDER_AN_ADDRESS_LIMIT,
-            server.address,
-            str(server.ca_path),
-            server.token,
-            dataset,
-        ],
-        capture_output=True,
-        timeout=120,
-    )
+    child = run_script(_READ_UNDER_AN_ADDRESS_LIMIT, server, dataset)
     assert child.returncode == 0, child.stderr.decode()[-2000:]
     assert child.stdout.split() == [b"5000", b"1", b"0"]  # in place, no fallback
 
@@ -389,19 +388,7 @@ def test_a_fork_waits_only_for_the_local_reads_in_flight(
     # was starting its verify-ahead thread waited for that lock, the fork for the read:
     # 40 s a fork (the gate's limit, then the hot map's).
     admin.put(dataset, "frames", os.urandom((12 << 20) + 5))  # 4 frames
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _FORK_WHILE_A_THREAD_READS,
-            server.address,
-            str(server.ca_path),
-            server.token,
-            dataset,
-        ],
-        capture_output=True,
-        timeout=240,
-    )
+    child = run_script(_FORK_WHILE_A_THREAD_READS, server, dataset)
     assert child.returncode == 0, child.stderr.decode()[-2000:]
     longest, expired, read_in_place = child.stdout.split()
     assert (expired, read_in_place) == (b"0", b"True"), child.stdout
