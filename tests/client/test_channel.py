@@ -33,6 +33,20 @@ def test_an_unreadable_ca_file_is_refused(tmp_path: Path) -> None:
         channel.get()
 
 
+@pytest.mark.parametrize(
+    ("token", "position"),
+    [("ts_abc_secret\n", 13), (" ts_abc", 0), ("ts_a\tb", 4), ("ts_é", 3), ("ts_\x00", 3)],
+)
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(
+    token: str, position: int
+) -> None:
+    # gRPC took it, and failed every call with a bare "Invalid metadata".
+    with pytest.raises(InvalidArgument, match=f"character at position {position} of") as refused:
+        ChannelSettings("127.0.0.1:1", token=token)
+    assert token.strip() not in str(refused.value)
+    ChannelSettings("127.0.0.1:1", token="ts_0123456789ab_A-z_09")  # what tokens look like
+
+
 def test_a_channel_whose_server_went_away_tries_to_reconnect_every_second_or_so() -> None:
     # gRPC's own back-off spaces the attempts 1, 1.6, 2.6, 4.1 s ... apart (up to two
     # minutes), so a client kept failing for seconds after its restarted node was back.

@@ -61,6 +61,20 @@ class ChannelSettings:
             )
         if self.insecure and not is_loopback_address(self.address):
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
+        if self.token is not None:
+            _check_token_characters(self.token)
+
+
+def _check_token_characters(token: str) -> None:
+    """Refuse a token no header can carry (gRPC would fail every call with a bare
+    "Invalid metadata"), naming where the bad character is and never the token."""
+    for index, character in enumerate(token):
+        if not (character.isascii() and character.isprintable()) or character.isspace():
+            raise InvalidArgument(
+                f"the token holds a whitespace, control or non-ASCII character at position "
+                f"{index} of {len(token)}: a token is one word of visible ASCII, "
+                "ts_<id>_<secret> (was a newline read with it?)"
+            )
 
 
 class _HeldChannel:
