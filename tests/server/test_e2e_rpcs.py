@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -144,6 +146,15 @@ def test_put_and_get_whole_and_byte_ranges(
             assert client.get(any_dataset, "blob", offset=5, length=huge).to_pybytes() == data[5:]
             with pytest.raises(errors.InvalidRange, match="past the end"):
                 client.get(any_dataset, "blob", offset=huge)
+    # Positions are whole numbers: a float, a string or a bool is refused by name.
+    bad_values: list[dict[str, Any]] = [{"offset": 1.5}, {"offset": "1"}, {"length": True}]
+    for bad in bad_values:
+        with pytest.raises(errors.InvalidArgument, match=f"{next(iter(bad))} must be a whole"):
+            small_frames.get(any_dataset, "blob", **bad)
+    assert (
+        small_frames.get(any_dataset, "blob", offset=np.int64(3), length=np.uint8(2)).to_pybytes()
+        == data[3:5]
+    )
 
     # A new generation replaces the old one whole.
     again = small_frames.put(any_dataset, "blob", b"short")

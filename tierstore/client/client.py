@@ -18,6 +18,7 @@ goes through the service. :attr:`Client.read_counts` tells which path served the
 from __future__ import annotations
 
 import builtins
+import numbers
 import os
 import stat
 import time
@@ -129,6 +130,15 @@ def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = Non
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
         time.sleep(delay)
     raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _whole_number(name: str, value: object) -> int:
+    """``value`` as an int, if it is an integer (numpy's too) and not a bool; else
+    InvalidArgument naming ``name`` (a float offset is no byte position, and True is
+    no length)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(f"{name} must be a whole number of bytes, not {value!r}")
+    return int(value)
 
 
 def _raise_mapped(error: grpc.RpcError) -> NoReturn:
@@ -421,6 +431,8 @@ class Client:
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
+        offset = _whole_number("offset", offset)
+        length = None if length is None else _whole_number("length", length)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must not be negative")
         # The wire carries both as uint64; any shard ends long before either limit.
