@@ -125,6 +125,8 @@ def test_table_to_tensor_rejects_inconsistent_metadata() -> None:
         (b"tierstore.tensor.shape", b"not json"),
         (b"tierstore.tensor.dtype", b"float64"),
         (b"tierstore.tensor.dtype", b"object"),
+        (b"tierstore.tensor.shape", b"[true, 6]"),  # True is no dimension (a TypeError)
+        (b"tierstore.tensor.shape", b"[2.0, 3]"),
     ]:
         bad = table.replace_schema_metadata({**metadata, key: value})
         with pytest.raises(MalformedArrow):
@@ -190,6 +192,11 @@ def test_torch_views_and_grad() -> None:
     assert torch.equal(table_to_tensor(tensor_to_table(conj)), conj.resolve_conj())
     with pytest.raises(UnsupportedData):
         tensor_to_table(torch.zeros(2, dtype=torch.complex32))
+    # Not the dtype: the layout or the device (the message blamed the dtype).
+    with pytest.raises(UnsupportedData, match=r"layout torch.sparse_coo .* \.to_dense"):
+        tensor_to_table(torch.eye(3).to_sparse())
+    with pytest.raises(UnsupportedData, match="meta device"):
+        tensor_to_table(torch.zeros(3, device="meta"))
 
 
 def test_torch_metadata_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:

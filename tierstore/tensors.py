@@ -69,6 +69,13 @@ def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
     if not isinstance(tensor, torch.Tensor):
         raise UnsupportedData(f"expected a numpy ndarray or torch tensor, got {type(tensor)!r}")
     name = str(tensor.dtype).removeprefix("torch.")
+    if tensor.layout != torch.strided:
+        raise UnsupportedData(
+            f"torch tensor of layout {tensor.layout} is not supported (only dense, "
+            "torch.strided: call .to_dense() first)"
+        )
+    if tensor.device.type == "meta":
+        raise UnsupportedData("a torch tensor on the meta device has no data to store")
     try:
         tensor = tensor.detach().cpu().resolve_conj().resolve_neg().contiguous()
         if name in _TORCH_BITS:
@@ -83,7 +90,8 @@ def tensor_to_table(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) 
 
     Zero-copy for C-contiguous native-endian numpy arrays of a directly mapped dtype (the table
     then references the array's memory); a non-contiguous array, a non-CPU or conjugated torch
-    tensor, or a foreign byte order is copied once. ``max_frame_bytes`` only picks the row
+    tensor, or a foreign byte order is copied once (into the native order, which is what
+    :func:`table_to_tensor` returns). ``max_frame_bytes`` only picks the row
     layout (see the module docstring); torch is imported only for torch tensors.
 
     Raises:
@@ -147,7 +155,7 @@ def _tensor_metadata(table: pa.Table) -> tuple[tuple[int, ...], str, str]:
         framework = metadata.get(_KEY_FRAMEWORK, b"numpy").decode()
     except (KeyError, ValueError, TypeError) as exc:
         raise MalformedArrow(f"unreadable tierstore.tensor metadata: {exc}") from exc
-    if not all(isinstance(n, int) and n >= 0 for n in shape) or name not in _STORAGE:
+    if not all(type(n) is int and n >= 0 for n in shape) or name not in _STORAGE:  # no bools
         raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
     return shape, name, framework
 
@@ -162,7 +170,9 @@ def _import_torch() -> Any:
 
 
 def table_to_tensor(table: pa.Table) -> Any:
-    """Exact inverse of ``tensor_to_table``: same shape, dtype, values and framework.
+    """Exact inverse of ``tensor_to_table``: same shape, dtype, values and framework
+    (a foreign byte order excepted: values come back in the native one, so a big-endian
+    ``>i4`` array returns as ``<i4`` on a little-endian machine, with equal values).
 
     Returns a ``torch.Tensor`` when the metadata says torch and torch imports, else a numpy
     ndarray. Zero-copy when the column has one chunk (a one-frame shard) and the dtype maps
