@@ -30,7 +30,7 @@ from tierstore.errors import (
     UnsupportedData,
     WrongShardKind,
 )
-from tierstore.torch import IterableDataset
+from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch import iterable as iterable_module
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
@@ -376,6 +376,17 @@ def test_batches_before_a_bad_shard_come_out_first_with_threads() -> None:
 def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         make(**kwargs)
+
+
+@pytest.mark.parametrize("retry_s", [float("nan"), float("inf"), -1.0, "5", True])
+@pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
+def test_a_retry_time_that_is_no_finite_number_of_seconds_is_refused(
+    kind: type, retry_s: object
+) -> None:
+    # NaN was taken, and a read of an unreachable node retried for ever (NaN never
+    # compares past a deadline). Refused before anything is reached: nothing listens here.
+    with pytest.raises(InvalidArgument, match="retry_s must be"):
+        kind("d", address="127.0.0.1:1", token="ts_0_x", retry_s=retry_s)
 
 
 def test_unknown_dataset_shard_and_raw_shards() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import tenacity
 
 from tierstore.client.client import Client, connect
 from tierstore.client.forkgate import GATE
-from tierstore.errors import Unavailable
+from tierstore.errors import InvalidArgument, Unavailable
 
 __all__ = ["GrpcShardSource", "ShardSource", "service_source"]
 
@@ -64,6 +65,13 @@ class GrpcShardSource:
     """
 
     def __init__(self, connect: Callable[[], Client], retry_s: float = 60.0) -> None:
+        if isinstance(retry_s, bool) or not isinstance(retry_s, int | float):
+            raise InvalidArgument(f"retry_s must be a number of seconds, got {retry_s!r}")
+        if not 0 <= retry_s < math.inf:  # NaN fails this too: it never stopped retrying
+            raise InvalidArgument(
+                f"retry_s must be from 0 (no retries) to a finite number of seconds, "
+                f"got {retry_s!r}"
+            )
         self._connect = connect
         self.retry_s = retry_s
         self._client: Client | None = None
