@@ -66,6 +66,12 @@ class MemoryService:
         self.generations: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def rewrite(self, name: str, table: pa.Table, frame_bytes: int = 4096) -> None:
+        """Put a new generation of Arrow shard ``name``."""
+        self._frames[name] = table_to_frames(table, frame_bytes)
+        self._rows[name] = table.num_rows
+        self.generations[name] = self.generations.get(name, 1) + 1
+
     def _info(self, name: str) -> ShardInfo:
         sizes = tuple(frame.size for frame in self._frames[name])
         generation = self.generations.get(name, 1)

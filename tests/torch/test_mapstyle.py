@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tierstore.errors import InvalidArgument
+from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.torch import IterableDataset, MapDataset
 
 from .memory import MemoryService, MemorySource, sample_table
@@ -83,3 +83,25 @@ def test_given_rows_skip_the_count_and_drift_is_found_when_the_shard_is_read() -
     assert int(dataset[5]["id"]) == 1_000_003
     with pytest.raises(InvalidArgument, match="column 'id' is int32 in shard 'c'"):
         dataset[6]
+
+
+def test_a_reference_shard_rewritten_with_other_types_is_named_as_rewritten() -> None:
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4)})
+    dataset = MapDataset("ds", source=MemorySource(svc))
+    svc.rewrite("a", sample_table(0, 2).set_column(0, "id", pa.array([1, 2], pa.int32())))
+    # It named shard 'a' twice: "is int32 in shard 'a' but int64 in shard 'a'".
+    with pytest.raises(
+        InvalidArgument,
+        match=r"is int32 in shard 'a' but int64 when this dataset object was made "
+        r"\(it was rewritten since\)",
+    ):
+        dataset[0]
+
+
+def test_a_wrong_rows_count_is_blamed_on_rows_too() -> None:
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4)})
+    dataset = MapDataset("ds", source=MemorySource(svc), rows={"a": 2, "b": 5})
+    with pytest.raises(FailedPrecondition, match=r"has 4 rows, but 5 rows= gave, or the shard"):
+        dataset[2]
+    with pytest.raises(InvalidArgument, match="counts must be ints"):
+        MapDataset("ds", source=MemorySource(svc), rows={"a": True, "b": 4})

@@ -256,18 +256,22 @@ def check_conforms(
 ) -> None:
     """Raise InvalidArgument (schema drift, naming both shards) unless ``schema``, shard
     ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type."""
+    # The reference itself drifts when it is rewritten after its schema was read.
+    rewritten = shard == reference
+    since = "when this dataset object was made (it was rewritten since)"
     missing = [name for name in expected.names if name not in schema.names]
     if missing:
+        had = f"it had {since}" if rewritten else f"shard {reference!r} has"
         raise InvalidArgument(
-            f"schema drift in {dataset!r}: shard {shard!r} has no column(s) "
-            f"{missing}, which shard {reference!r} has"
+            f"schema drift in {dataset!r}: shard {shard!r} has no column(s) {missing}, which {had}"
         )
     for field in expected:
         found = schema.field(field.name).type
         if not found.equals(field.type):
+            was = since if rewritten else f"in shard {reference!r}"
             raise InvalidArgument(
                 f"schema drift in {dataset!r}: column {field.name!r} is {found} in "
-                f"shard {shard!r} but {field.type} in shard {reference!r}"
+                f"shard {shard!r} but {field.type} {was}"
             )
 
 

@@ -96,6 +96,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         )
         #: row count of each shard, in name order
         self.rows: dict[str, int] = self.shards.row_counts() if rows is None else self._given(rows)
+        self._rows_given = rows is not None
         counts = [self.rows[name] for name in self.shards.names]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._reset_cache()
@@ -129,7 +130,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
                 f"rows= must give the row count of exactly the shards read: missing "
                 f"{missing[:5]}, not read {extra[:5]}"
             )
-        if not all(isinstance(n, int) and n >= 0 for n in rows.values()):
+        if not all(type(n) is int and n >= 0 for n in rows.values()):  # not numpy's, no bools
             raise InvalidArgument("rows= counts must be ints >= 0")
         return {name: int(rows[name]) for name in self.shards.names}
 
@@ -165,10 +166,15 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         # Read outside the lock: other threads keep hitting the cache meanwhile.
         rows = read_shard(self._source, self.shards, name)
         if len(rows) != self.rows[name]:
+            counted = (
+                "rows= gave, or the shard was rewritten since: pass the counts the shards "
+                "have (a MapDataset's .rows), or leave rows= out to count them"
+                if self._rows_given
+                else "when this dataset was made: it was rewritten; make a new MapDataset"
+            )
             raise FailedPrecondition(
                 f"shard {self.shards.dataset}/{name} has {len(rows)} rows, but "
-                f"{self.rows[name]} when this dataset was made: it was rewritten; make a new "
-                "MapDataset"
+                f"{self.rows[name]} {counted}"
             )
         with self._lock:
             self._cache[name] = rows
