@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import poll
+from tests.server.conftest import ServerProcess, poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.client import Client
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable
+from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
 
 
 def test_a_ca_file_without_a_certificate_is_refused_by_name(tmp_path: Path) -> None:
@@ -87,3 +88,16 @@ def test_a_channel_whose_server_went_away_tries_to_reconnect_every_second_or_so(
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     # At most 1.2 s apart (1 s, jittered by 20 %), with room for a loaded machine.
     assert max(gaps) < 2.0, [round(gap, 2) for gap in gaps]
+
+
+def test_a_call_on_a_channel_closed_under_it_is_unavailable_and_the_client_reopens(
+    server: ServerProcess,
+) -> None:
+    # Another thread's close() between a call's stub and its invocation: grpc raised a
+    # bare ValueError ("Cannot invoke RPC on closed channel!").
+    with server.connect() as client:
+        stub = client._stub(datasets_pb2_grpc.DatasetServiceStub)
+        client.close()
+        with pytest.raises(Unavailable, match="the client was closed while this call"):
+            client._call(stub.ListDatasets, datasets_pb2.ListDatasetsRequest(), idempotent=True)
+        client.list_datasets()  # a call made after close() opens a new channel

@@ -126,6 +126,13 @@ def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = Non
         except grpc.RpcError as error:
             if delay is None or not (retry and _unavailable(error)):
                 _raise_mapped(error)
+        except ValueError as error:
+            if "closed channel" not in str(error):
+                raise
+            raise Unavailable(
+                "the client was closed while this call was being made: close() ends the "
+                "calls in flight (a call made after it opens a new channel)"
+            ) from None
         if deadline is not None:
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
         time.sleep(delay)
@@ -206,7 +213,8 @@ class Client:
 
     def close(self) -> None:
         """Report pending local reads, zero data keys, and close this process's channel
-        (the client reopens one if used again)."""
+        (the client reopens one if used again). Calls still in flight on it, in other
+        threads, end with Unavailable."""
         if self._local is not None:
             self._local.close()
         self._channel.close()
