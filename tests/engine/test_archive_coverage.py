@@ -45,10 +45,16 @@ class GatedArchive(MemoryTier):
         super().put(key, value)  # type: ignore[arg-type]
 
 
-def rebuilt(open_store: StoreFactory, archive: Tier, dataset: str) -> dict[str, bytes]:
-    """Every shard of ``dataset`` that a fresh store rebuilt from ``archive`` alone reads."""
+def rebuilt_store(open_store: StoreFactory, archive: Tier) -> Store:
+    """A fresh store whose catalog was rebuilt from ``archive`` alone."""
     fresh = open_store(archive, start_mover=False)
     fresh.rebuild_from_archive()
+    return fresh
+
+
+def rebuilt(open_store: StoreFactory, archive: Tier, dataset: str) -> dict[str, bytes]:
+    """Every shard of ``dataset`` that a fresh store rebuilt from ``archive`` alone reads."""
+    fresh = rebuilt_store(open_store, archive)
     page, _ = fresh.list(dataset)
     shards = {info.name: fresh.get(dataset, info.name).to_bytes() for info in page}
     fresh.close()
@@ -227,3 +233,39 @@ def test_a_generation_uploaded_ahead_of_its_turn_may_be_overwritten_meanwhile(
     }
     assert rebuilt(open_store, archive.inner, "d") == {"s": payload(FRAME, 4)}
     assert not store.mover.data_loss
+
+
+def test_a_write_through_delete_is_acknowledged_once_the_archive_has_done_it(
+    open_store: StoreFactory,
+) -> None:
+    # A delete only queued its archive objects' deletion: a node lost before the mover
+    # ran it came back from the archive with the deleted shard, and the deleted dataset.
+    archive = FaultyTier(MemoryTier())
+    datasets = {"wt": WRITE_THROUGH, "gone": WRITE_THROUGH}
+    store = open_store(archive, datasets=datasets, start_mover=False)  # nothing runs later
+    store.put("wt", "kept", b"stays")
+    store.put("wt", "secret", b"delete me")
+    store.put("gone", "s", b"the whole dataset goes")
+    store.delete("wt", "secret")
+    store.delete_dataset("gone", force=True)
+    assert rebuilt(open_store, archive, "wt") == {"kept": b"stays"}
+    assert "gone" not in [name for name, _ in rebuilt_store(open_store, archive).list_datasets()]
+
+
+def test_a_write_through_delete_the_archive_refuses_is_unavailable_and_stays_journaled(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"wt": WRITE_THROUGH, "gone": WRITE_THROUGH})
+    store.put("wt", "secret", b"delete me")
+    store.put("gone", "s", b"x")
+    archive.failing = True
+    with pytest.raises(ArchiveUnavailable, match="a rebuild from the archive would bring"):
+        store.delete("wt", "secret")
+    with pytest.raises(ArchiveUnavailable, match="dataset 'gone' is deleted here"):
+        store.delete_dataset("gone", force=True)
+    assert store.list("wt")[0] == [] and "gone" not in dict(store.list_datasets())
+    archive.failing = False
+    assert store.drain(30)  # the mover does it once the archive is back
+    assert rebuilt(open_store, archive, "wt") == {}
+    assert dict(rebuilt_store(open_store, archive).list_datasets()).keys() == {"wt"}

@@ -355,14 +355,16 @@ class Store:
         return settings
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
-        """Delete a dataset; with shards in it only when ``force`` (they are deleted too)."""
+        """Delete a dataset; with shards in it only when ``force`` (they are deleted too).
+        Write-through: returns once the archive holds none of it, else ArchiveUnavailable
+        (deleted here; the mover keeps trying the archive)."""
         self._check_open()
         validate_dataset_name(name)
         with self._policies.undone_on_failure():
             dropped: Policy | None = None
             try:
                 with self._env.write() as txn:
-                    self._catalog.require_dataset(txn, name)
+                    settings = self._catalog.require_dataset(txn, name)
                     records = list(self._catalog.iter_shards(txn, name))
                     damaged = self._catalog.damaged_keys_of(txn, name)
                     if (records or damaged) and not force:
@@ -374,7 +376,7 @@ class Store:
                         self._writer.delete_in(txn, record)
                     self._delete_damaged_in(txn, damaged)
                     self._catalog.delete_dataset(txn, name)
-                    self._catalog.append_journal(txn, JournalOp("dataset", name))
+                    seq = self._catalog.append_journal(txn, JournalOp("dataset", name))
                     # Inside the transaction: nobody can create the dataset again before
                     # its policy is gone, and lose the new one's state to this drop.
                     dropped = self._policies.drop_dataset(name)
@@ -386,6 +388,8 @@ class Store:
         self._plans.close_dataset(name)
         self._placement.retire_reads(name)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
+        if settings.durability is Durability.WRITE_THROUGH:
+            self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()
 
     # Writes.
@@ -463,16 +467,23 @@ class Store:
         return quota, self._env.usable_bytes()
 
     def delete(self, dataset: str, shard: str) -> None:
-        """Delete a shard (every tier). Raises InvalidName, DatasetNotFound, ShardNotFound."""
+        """Delete a shard (every tier). In a write-through dataset it returns once the
+        archive has deleted it too. Raises InvalidName, DatasetNotFound, ShardNotFound,
+        ArchiveUnavailable (write-through only: deleted here, and the mover keeps
+        trying the archive)."""
         self._check_shard_call(dataset, shard)
+        seq = None
         with self._policies.undone_on_failure(), self._env.write() as txn:
+            settings = self._catalog.require_dataset(txn, dataset)
             try:
                 record = self._catalog.require_shard(txn, dataset, shard)
             except IntegrityError:  # its record is unreadable: see tierstore.engine.damaged
                 self._delete_damaged_in(txn, [catalog_key(dataset, shard)])
                 self._policies.removed((dataset, shard))
             else:
-                self._writer.delete_in(txn, record)
+                seq = self._writer.delete_in(txn, record)
+        if seq is not None and settings.durability is Durability.WRITE_THROUGH:
+            self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
         self.mover.wake()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:

@@ -391,10 +391,11 @@ class ShardWriter:
 
     def delete_in(
         self, txn: Any, record: ShardRecord, *, tell_policy: bool = True, journal: bool = True
-    ) -> None:
+    ) -> int | None:
         """Delete ``record``'s generation in the caller's write transaction (and tell
         the policy, unless the caller does so itself); ``journal``: append the entry
         that deletes its archive objects (unless the caller appends it later itself).
+        Returns that entry's sequence number (None without ``journal``).
 
         Needs no data key, so shards whose key cannot be unwrapped can still go.
         """
@@ -403,9 +404,25 @@ class ShardWriter:
                 self._frames.delete_in(txn, frame_key(record.generation, index))
             self._catalog.add_counter(txn, "hot_bytes", -stored_size(record))
         self._catalog.delete_shard(txn, record.dataset, record.name)
+        seq = None
         if journal:
-            self._catalog.append_journal(
+            seq = self._catalog.append_journal(
                 txn, JournalOp("delete", record.dataset, record.name, record.generation)
             )
         if tell_policy:
             self._policies.removed((record.dataset, record.name))
+        return seq
+
+    def archive_delete(self, seq: int, dataset: str, what: str, shard: str = "") -> None:
+        """For a write-through dataset: carry out journal entry ``seq`` (a delete of
+        ``what``, committed locally), after the earlier entries on ``dataset``'s settings
+        object, its deletes and ``dataset/shard``, before the delete is acknowledged: a
+        rebuild from the archive must not bring back what was deleted. Raises
+        ArchiveUnavailable when the archive did not take it (the entry stays for the
+        mover)."""
+        if not self._mover.run_entry_in_order(seq, dataset, shard):
+            raise ArchiveUnavailable(
+                f"{what} is deleted here, but the archive has not deleted it yet "
+                f"({self._mover.last_error}); the mover keeps retrying, and until it has, "
+                "a rebuild from the archive would bring it back"
+            )

@@ -101,8 +101,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             try:
                 self._store.delete_dataset(name, force=request.force)
             except BaseException:
-                if self._tokens is not None and removed and self._store.has_dataset(name):
+                if self._tokens is not None and self._store.has_dataset(name):
                     self._tokens.restore_grants(removed)
+                elif self._tokens is not None:  # deleted here; the archive failed after
+                    self._tokens.remove_grants_on(name)
                 raise
             if self._tokens is not None:
                 # A token created while the delete ran found the dataset still there.
