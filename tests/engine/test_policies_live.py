@@ -567,6 +567,25 @@ def test_a_whole_shard_service_read_of_an_admitted_miss_reads_the_archive_once(
     assert store.get("d", "s").to_bytes() == data
 
 
+def test_a_whole_shard_read_whose_promotion_finds_the_archive_down_does_not_ask_it_again(
+    open_store: StoreFactory,
+) -> None:
+    # The reader went on to read the archive itself after the promotion had already
+    # failed through all its retries: against an archive that accepts connections and
+    # never answers, that was the whole retry budget (5 x 60 s) twice.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(3 * FRAME, 12))
+    assert store.drain(10)
+    store.evict("d", "s")
+    archive.failing = True
+    archive.gets.clear()
+    sealed = store.open_sealed("d", "s")  # a miss: the promotion runs on this thread
+    with pytest.raises(ArchiveUnavailable, match="the archive is down"):
+        list(sealed.frames())
+    assert len(archive.gets) <= 3, archive.gets  # the promotion's ranged GETs, no more
+
+
 def test_readers_promoting_on_their_own_threads_are_bounded_by_promotion_threads(
     open_store: StoreFactory,
 ) -> None:

@@ -111,9 +111,21 @@ class TierStats(dict[str, Any]):
 
 def _unavailable(error: grpc.RpcError) -> bool:
     """Whether a failed call ended UNAVAILABLE: worth another attempt if it is idempotent
-    (a spent deadline, which the client also raises as Unavailable, is not)."""
+    (a spent deadline, which the client also raises as Unavailable, is not; nor is the
+    server's ArchiveUnavailable: the server is there, and its archive has just failed
+    through all of the server's own retries)."""
     code = getattr(error, "code", lambda: None)()
-    return bool(code == grpc.StatusCode.UNAVAILABLE)
+    return bool(code == grpc.StatusCode.UNAVAILABLE) and _error_name(error) != "ArchiveUnavailable"
+
+
+def _error_name(error: grpc.RpcError) -> str | None:
+    """The error class the server named in the trailers of a failed call, if any."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == ERROR_HEADER:
+            return value if isinstance(value, str) else bytes(value).decode()
+    return None
 
 
 def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
@@ -153,12 +165,7 @@ def _raise_mapped(error: grpc.RpcError) -> NoReturn:
     call: Any = error  # grpc raises objects that are both RpcError and Call
     code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
     details = call.details() if hasattr(call, "details") else str(error)
-    name = None
-    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
-    for key, value in trailers or ():
-        if key == ERROR_HEADER:
-            name = value if isinstance(value, str) else value.decode()
-    raise error_for_status(code, details or "", name) from None
+    raise error_for_status(code, details or "", _error_name(error)) from None
 
 
 class Client:

@@ -63,6 +63,7 @@ from tierstore.engine.records import (
     frame_key,
 )
 from tierstore.errors import (
+    ArchiveUnavailable,
     IntegrityError,
     KeyUnwrapError,
     TierstoreError,
@@ -659,7 +660,9 @@ class Mover:
         caller that waits for the promotion anyway: it then runs at the caller's
         priority, not the mover's. If the shard is already queued or being promoted,
         returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
-        raised: the caller reads the archive instead.
+        raised: the caller reads the archive instead. Except ArchiveUnavailable, which
+        is raised: the archive has just failed through all its retries, and reading it
+        again would only make the caller wait as long once more.
 
         At most ``promotion_threads`` callers promote at once, since each holds the
         whole shard in memory until it is written. Beyond that the promotion is queued
@@ -670,18 +673,28 @@ class Mover:
             return False
         try:
             if self._mark_promotion(record, fill=False):
-                self._promote_registered(record, None, fetch_pool)
+                self._promote_registered(record, None, fetch_pool, raise_unavailable=True)
         finally:
             self._caller_slots.release()
         return True
 
     def _promote_registered(
-        self, record: ShardRecord, stored: list[memoryview] | None, fetch_pool: Executor
+        self,
+        record: ShardRecord,
+        stored: list[memoryview] | None,
+        fetch_pool: Executor,
+        *,
+        raise_unavailable: bool = False,
     ) -> None:
-        """Run a promotion marked in ``_promoting``, then unmark it (whatever happens)."""
+        """Run a promotion marked in ``_promoting``, then unmark it (whatever happens).
+        Failures are logged; ArchiveUnavailable is raised if ``raise_unavailable``."""
         promoted = False
         try:
             promoted = self.promote_now(record, stored, fetch_pool)
+        except ArchiveUnavailable:
+            if raise_unavailable:
+                raise
+            log.exception("promotion of %s/%s failed", record.dataset, record.name)
         except Exception:
             log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:
