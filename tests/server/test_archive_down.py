@@ -1,4 +1,5 @@
-"""A node whose archive went away: a cold read fails once, with ArchiveUnavailable.
+"""A node whose archive went away: it still starts and serves its hot tier, and a cold
+read fails once, with ArchiveUnavailable.
 
 The server retries the archive itself (the S3 client's attempts), so when its answer is
 ArchiveUnavailable the client must not send the read again: against an archive that
@@ -8,16 +9,22 @@ budget. (The client retried it as if the server were down: 5 tries of one read.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tierstore import errors
+from tierstore.crypto import LocalKeyring
+from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, poll, unique
+from .conftest import ServerProcess, free_port, poll, unique
 
 
 def children(pid: int) -> list[int]:
@@ -59,3 +66,124 @@ def test_a_cold_read_of_a_node_whose_archive_is_gone_is_tried_once(
         if "method=/tierstore.v1.ShardService/GetShard" in line
     ]
     assert len(reads) == 1 and "outcome=UNAVAILABLE" in reads[0], reads
+
+
+class SwitchableProxy:
+    """A TCP forwarder on 127.0.0.1 to ``target`` that can be taken down (connections
+    refused, those open cut) and brought up again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            listener.close()
+        with self._lock:
+            for connection in self._open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # taken down
+            server = socket.create_connection(self.target)
+            with self._lock:
+                self._open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
+    tmp_path: Path,
+    seaweedfs: SeaweedServer,
+    s3_bucket: str,
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # It refused to start ("HEAD bucket: unreachable"), though every shard was on its disk.
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('down')}/")
+    target = urlsplit(s3.endpoint_url)
+    proxy = SwitchableProxy((target.hostname or "127.0.0.1", target.port or 80))
+    proxy.up()
+    archive = (
+        *("--s3-endpoint", proxy.url, "--bucket", s3.bucket, "--prefix", s3.prefix),
+        *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
+    )
+    node = spawn_server(tmp_path / "node", *archive, embedded=True)
+    dataset = unique()
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(dataset)
+        client.put(dataset, "archived", b"in both tiers")
+        poll(lambda: client.stat(dataset, "archived").archived, 30, "the first upload")
+        proxy.down()
+        client.put(dataset, "local", b"acknowledged while the archive was down")
+    node.stop()
+
+    node.start()  # the archive still down
+    assert "the archive is unreachable" in node.output(), node.output()
+    with node.connect(local_reads=False) as client:
+        assert client.get(dataset, "archived").to_pybytes() == b"in both tiers"
+        assert (
+            client.get(dataset, "local").to_pybytes() == b"acknowledged while the archive was down"
+        )
+        assert not client.stat(dataset, "local").archived
+        proxy.up()
+        poll(
+            lambda: client.stat(dataset, "local").archived, 60, "the mover once the archive is back"
+        )
+    assert "mover started" in node.errors(), node.errors()[-2000:]
+    node.stop()
+
+    # Under other keys, the check made once the archive answers fails: nothing is
+    # uploaded (sealed) under them, and the journal keeps what waits.
+    proxy.down()
+    LocalKeyring.generate_file(tmp_path / "other.keys", key_id="k1")
+    node.extra_args = (*node.extra_args, "--master-key-file", str(tmp_path / "other.keys"))
+    node.start()
+    with node.connect(local_reads=False) as client:
+        client.put(dataset, "later", b"waits for the right keys")
+        proxy.up()
+        poll(lambda: "the mover stays stopped" in node.errors(), 60, "the check to fail")
+        assert not client.stat(dataset, "later").archived
+        assert client.stats()["journal_entries"] >= 1
+    node.stop()
+    proxy.down()
+
+
+def test_a_new_node_whose_archive_is_unreachable_does_not_start(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    node = ServerProcess(tmp_path / "node", ("--s3-endpoint", dead, "--bucket", "bkt"))
+    with pytest.raises(AssertionError, match="exited with 5"):
+        node.start()
+    assert "ArchiveUnavailable" in node.errors()

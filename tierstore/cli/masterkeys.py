@@ -30,6 +30,7 @@ the flag, while given, skips the seal check, so it is to be dropped once it is d
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,16 @@ from pathlib import Path
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, InvalidArgument, KeyRotationRefused
+from tierstore.errors import (
+    ArchiveUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    KeyRotationRefused,
+)
 
 __all__ = ["KeyRotation", "NodeKeys", "check_node_keys", "load_node_keys"]
+
+log = logging.getLogger(__name__)
 
 _BASE64_SOURCE = "the base64 master key (TIERSTORE_MASTER_KEY_B64 or master_key_b64)"
 
@@ -106,8 +114,8 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     ``reseal_archive`` only the first check is made: the caller then has the archive's
     metadata sealed again under these keys (:meth:`Store.reseal_archive`), for a node
     that lost its key file and holds no encrypted shard. Call it with the store's mover
-    not yet started and before any put is accepted. Raises ArchiveUnavailable when a
-    created key needs the archive listed and it cannot be."""
+    not yet started and before any put is accepted. Raises ArchiveUnavailable when the
+    archive is needed and cannot be reached (see :class:`DeferredKeyCheck`)."""
     failure = store.master_key_failure()
     # A reseal cannot stand in for keys encrypted shards need: say so when asked for one.
     no_reseal = (
@@ -155,6 +163,46 @@ _RESEAL = (
     "if they are lost for good and no dataset is encrypted, start with --reseal-archive "
     "to seal the archive's metadata under the keys given now"
 )
+
+
+class DeferredKeyCheck:
+    """For a node that started while its archive could not be reached: every
+    ``interval_s`` it checks the keys against the archive again (:func:`check_node_keys`)
+    and, once the archive answers and the check passes, starts the store's background
+    work (the mover). Until then nothing is uploaded, so nothing is sealed under keys
+    the archive was not written with. If the check fails, it logs why and leaves the
+    mover stopped (the journal keeps every upload; restart with the right keys).
+    Thread-safe; :meth:`stop` before the store is closed."""
+
+    def __init__(self, keys: NodeKeys, store: Store, interval_s: float = 5.0) -> None:
+        self._keys, self._store, self._interval_s = keys, store, interval_s
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a stop never lands inside start_background
+        self._thread = threading.Thread(target=self._run, name="tierstore-key-check", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                check_node_keys(self._keys, self._store)
+            except ArchiveUnavailable:
+                continue
+            except FailedPrecondition as refused:
+                log.error("the mover stays stopped: %s", refused)
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._store.start_background()
+            log.warning("the archive answers and its seals verify under these keys: mover started")
+            return
 
 
 class KeyRotation:

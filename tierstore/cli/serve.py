@@ -37,11 +37,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from tierstore.cli.masterkeys import KeyRotation, check_node_keys, load_node_keys
+from tierstore.cli.masterkeys import (
+    DeferredKeyCheck,
+    KeyRotation,
+    check_node_keys,
+    load_node_keys,
+)
 from tierstore.config import ArchiveSettings, load_settings
 from tierstore.engine.bootstrap import open_store
 from tierstore.engine.store import Store, hot_tier_dir
-from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
 from tierstore.private_files import (
     ensure_private_dir,
     hold_lock_or_name_holder,
@@ -155,12 +160,28 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             )
             cleanup.callback(store.close)
             # Before a rebuild too: a created key believes no archived manifest.
-            check_node_keys(keys, store, reseal_archive=options.reseal_archive)
+            archive_down: ArchiveUnavailable | None = None
+            try:
+                check_node_keys(keys, store, reseal_archive=options.reseal_archive)
+            except ArchiveUnavailable as unreachable:
+                if keys.created or unchecked.exists():
+                    raise  # nothing checked here yet: no serving without the archive
+                archive_down = unreachable  # the node's own hot tier serves meanwhile
             if unchecked.exists():
                 _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
                 unchecked.unlink()
             refused.pop_all()
-        store.start_background()
+        if archive_down is None:
+            store.start_background()
+        else:
+            waiting = DeferredKeyCheck(keys, store)
+            waiting.start()
+            cleanup.callback(waiting.stop)
+            out.write(
+                f"tierstore: the archive is unreachable ({archive_down}): serving the hot "
+                "tier; uploads, cold reads and write-through puts wait for it, and the "
+                "mover starts once it answers and its seals verify under these keys\n"
+            )
         if options.reseal_archive:
             store.reseal_archive()  # journalled: the mover rewrites them from now on
             out.write(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
 from tierstore.engine.allocator import tune_allocator
-from tierstore.engine.store import Store
-from tierstore.errors import InvalidArgument
+from tierstore.engine.store import Store, hot_tier_dir
+from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.base import Tier
 from tierstore.tiers.timed import Observer, TimedTier
 
 __all__ = ["keyring_from_settings", "open_store"]
+
+log = logging.getLogger(__name__)
 
 
 def keyring_from_settings(settings: EngineSettings) -> MasterKeyProvider | None:
@@ -37,7 +41,9 @@ def open_store(
     settings name. Without ``start_mover`` the caller starts the background work
     (:meth:`Store.start_background`). Also tunes the process's allocator for multi-MiB
     frames (:mod:`.allocator`).
-    Raises InvalidArgument when no archive endpoint is configured.
+    Raises InvalidArgument when no archive endpoint is configured, ArchiveUnavailable
+    when the archive cannot be reached and there is no hot tier yet (with one, the
+    store opens and its mover retries the archive).
     """
     if archive is None:
         from tierstore.tiers.s3 import S3Settings, S3Tier  # boto3 is heavy: import on use
@@ -55,7 +61,13 @@ def open_store(
                 region=config.region,
             )
         )
-        tier.ensure_bucket()
+        try:
+            tier.ensure_bucket()
+        except ArchiveUnavailable as exc:
+            if not (hot_tier_dir(settings.data_dir) / "data.mdb").exists():
+                raise  # a new node: nothing to serve without the archive
+            # A node's own hot tier serves without the archive; its mover retries.
+            log.warning("the archive is unreachable; serving the hot tier: %s", exc)
         archive = tier
     if observe_archive is not None:
         archive = TimedTier(archive, observe_archive)

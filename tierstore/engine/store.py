@@ -61,7 +61,6 @@ from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
-    ArchiveUnavailable,
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
@@ -880,13 +879,14 @@ class Store:
         """Whether this store's master keys are those the archive was sealed with: ``None``
         when the seal of some dataset object in the archive verifies under them (the
         first that does ends the check: usually one GET), or when there is nothing to
-        tell by (no keyring, no dataset object archived yet, an archive out of reach
-        (logged), or a :meth:`reseal_archive` under these keys still on the journal);
+        tell by (no keyring, no dataset object archived yet, or a :meth:`reseal_archive`
+        under these keys still on the journal);
         else ``"<key>: <why>"`` for the first object that did not verify. Plaintext
         datasets hold no data key to unwrap, so this is how a node tells the wrong keys
         (a rebuild would believe none of its objects). One damaged or edited object among
         others that verify is not taken for the wrong keys (a rebuild skips it, logged).
-        Thread-safe."""
+        Raises ArchiveUnavailable when the archive cannot be reached (the caller decides
+        what may run before the check is made). Thread-safe."""
         self._check_open()
         if self._keyring is None:
             return None
@@ -903,11 +903,7 @@ class Store:
         failure = None
         for name in names:
             key = archive_dataset_key(name)
-            try:
-                raw = self._archive.get(key)
-            except ArchiveUnavailable as exc:
-                log.warning("the archive's seals were not checked: %s", exc)
-                return None
+            raw = self._archive.get(key)
             if raw is None:
                 continue  # not archived yet
             try:
