@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.engine.stores import StoreFactory
+from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.engine.catalog import Catalog
 from tierstore.server.metrics import ServerMetrics
 from tierstore.types import DatasetSettings
+from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
 
 SECRET = "secret-project-x"
 
@@ -139,3 +142,30 @@ def test_deleting_a_dataset_keeps_the_node_totals_and_a_new_one_starts_at_zero(
         assert hits_line() == "tierstore_hits_total 4.0"
     finally:
         metrics.stop_serving()
+
+
+def unauthenticated_calls(server: ServerProcess, method: str) -> float:
+    """The node's ``tierstore_requests_total`` of ``method`` answered UNAUTHENTICATED."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    wanted = f'tierstore_requests_total{{code="UNAUTHENTICATED",method="{method}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(wanted)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_calls_refused_for_their_credentials_are_counted(server: ServerProcess) -> None:
+    # They were audited, but never reached the counter: alerts on refused
+    # credentials saw nothing.
+    method = "/tierstore.v1.DatasetService/ListDatasets"
+    before = unauthenticated_calls(server, method)
+    stub = datasets_pb2_grpc.DatasetServiceStub(server.channel())
+    for token in ("ts_000000000000_nope", "garbage"):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListDatasets(
+                datasets_pb2.ListDatasetsRequest(),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert unauthenticated_calls(server, method) == before + 2

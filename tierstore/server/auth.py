@@ -75,20 +75,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
         try:
             principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
-            return _refusal(handler, method, getattr(exc, "reason", ""))
+            return _refusal(handler, method, getattr(exc, "reason", ""), self._observe)
         return _wrap(handler, principal, method, self._observe)
 
 
 def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, reason: str
+    handler: grpc.RpcMethodHandler[Any, Any],
+    method: str,
+    reason: str,
+    observe: Callable[[str, str, float], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once.
+    """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once
+    (counted by ``observe``, as every call is, so refusals show in the metrics).
 
     It takes its requests as a stream and never reads them, so no worker waits for
     the request of a caller without credentials.
     """
 
     def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        observe(method, "UNAUTHENTICATED", 0.0)
         audit.info(
             "denied method=%s reason=%s peer=%s service=%s",
             method,

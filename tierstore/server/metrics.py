@@ -1,7 +1,9 @@
 """Prometheus metrics of a node, served on their own port (``/metrics``).
 
 Request counts and latency by method and status code come from the
-authentication interceptor (which sees every call's outcome); bytes served by
+authentication interceptor (which sees every call's outcome, those it refuses for
+their credentials too; not those grpc itself refuses past its concurrency limit,
+RESOURCE_EXHAUSTED before any interceptor runs); bytes served by
 tier from the GetShard handler; archive request latency from a timing wrapper
 around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
 misses, promotions (made and skipped), evictions — are read from the store at scrape time, so the
