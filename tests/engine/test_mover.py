@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -547,3 +548,27 @@ def test_cache_fills_take_no_prefetch_budget_and_stop_forgets_the_queued(
     assert count == 1 and size > 2 * FRAME
     store.mover.stop()  # never run: both are forgotten, so no reader waits for them
     assert store.mover.promotions_pending() == 0
+
+
+def test_stop_waits_once_for_all_its_threads_not_once_per_thread(
+    open_store: StoreFactory,
+) -> None:
+    # Each thread got the whole timeout in turn: with an archive that hangs, a node's
+    # stop took 10 s per stuck thread, past a supervisor's grace period.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings()})
+    store.put("d", "cold", payload(2 * FRAME, 1))
+    assert store.drain(10)
+    store.evict("d", "cold")
+    archive.hold_writes()
+    archive.hold_reads(archive_frames_key("d", store.stat("d", "cold").generation))
+    store.put("d", "stuck", payload(FRAME, 2))  # its upload hangs on the journal thread
+    assert archive.write_waiting.wait(10)
+    store.prefetch("d", ["cold"])  # its fetch hangs on a promotion thread
+    assert archive.read_waiting.wait(10)
+    started = time.monotonic()
+    store.mover.stop(timeout=2.0)
+    took = time.monotonic() - started
+    archive.release_reads()
+    archive.release_writes()
+    assert took < 3.5, took  # one 2 s wait, not 2 s for each stuck thread

@@ -212,7 +212,9 @@ class Mover:
             self._run_promotions(jobs)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the threads; pending journal entries stay for the next start."""
+        """Stop the threads, waiting at most ``timeout`` seconds for all of them (a
+        thread inside an archive request ends when it does); pending journal entries
+        stay for the next start."""
         self._stop.set()
         self._wake.set()
         with self._progressed:
@@ -223,8 +225,9 @@ class Mover:
         for jobs in marks:
             with contextlib.suppress(queue.Full):
                 jobs.put_nowait(_STOP)
+        deadline = time.monotonic() + timeout  # one wait for all: not 10 s per thread
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
         # What is still queued will not run: unmark it, so that no reader waits for it.
         for jobs in (self._promotions, self._fills):
             while True:
@@ -254,6 +257,9 @@ class Mover:
             try:
                 progressed = self.drain_once()
             except Exception as exc:
+                if self._stop.is_set():  # the store closed under a pass: it resumes next start
+                    log.info("journal pass ended by the stop: %s", exc)
+                    return
                 log.exception("journal pass failed")
                 self.last_error = str(exc)
                 progressed = False
@@ -267,6 +273,9 @@ class Mover:
                     self.flush_access()
                 self.evict_if_needed()
             except Exception as exc:  # e.g. HotTierFull while flushing access counts
+                if self._stop.is_set():
+                    log.info("mover housekeeping ended by the stop: %s", exc)
+                    return
                 log.exception("mover housekeeping failed")
                 self.last_error = str(exc)
 
