@@ -268,6 +268,14 @@ class ServerProcess:
         return found
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def unique(prefix: str = "ds") -> str:
     """A fresh dataset (or shard) name."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

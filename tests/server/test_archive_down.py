@@ -24,15 +24,7 @@ from tierstore import errors
 from tierstore.crypto import LocalKeyring
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, free_port, poll, unique
-
-
-def children(pid: int) -> list[int]:
-    """The pids of ``pid``'s child processes."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
+from .conftest import ServerProcess, children, free_port, poll, unique
 
 
 def dead(pid: int) -> bool:

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from tierstore import errors
 from tierstore.client.receive import open_stream
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 
-from .conftest import ServerProcess, poll
+from .conftest import ServerProcess, children, poll
 
 MiB = 1 << 20
 
@@ -95,3 +96,41 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
     with pytest.raises(grpc.RpcError):
         server.health()  # the health port is gone too
     client.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_second_signal_exits_at_once_and_takes_the_embedded_archive_along(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # It was ignored: the node waited out the whole grace of its calls in flight.
+    server = spawn_server(tmp_path / "node", embedded=True)
+    assert server.process is not None
+    (archive,) = children(server.process.pid)
+    server.connect().create_dataset("ds")
+    stub = shards_pb2_grpc.ShardServiceStub(server.channel())
+    held = threading.Event()
+    chunk = os.urandom(4 * MiB)
+
+    def stalled_put() -> Iterator[shards_pb2.PutShardRequest]:
+        yield shards_pb2.PutShardRequest(
+            header=shards_pb2.PutShardHeader(
+                dataset="ds", shard="s", kind=common_pb2.SHARD_KIND_RAW, frame_count=20
+            )
+        )
+        for _ in range(17):  # past the spool's memory limit: a spool file shows it arrived
+            yield shards_pb2.PutShardRequest(frame=chunk)
+        held.wait(60)  # never sends the rest: the call stays in flight
+
+    put = stub.PutShard.future(stalled_put(), metadata=server.metadata, timeout=90)
+    poll(server.spool_fds, 30, "the put to reach the server")
+    server.process.send_signal(signal.SIGTERM)
+    poll(lambda: "tierstore: stopping" in server.output(), 10, "the graceful stop")
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(10) == 143
+    assert time.monotonic() - signalled < 10  # not the 20 s grace
+    assert "second signal: exiting now" in server.output()
+    poll(lambda: not Path(f"/proc/{archive}").exists(), 10, "the embedded archive to go")
+    held.set()
+    with pytest.raises(grpc.RpcError):
+        put.result(timeout=30)

@@ -27,6 +27,7 @@ embedded archive's weed goes with it too (:mod:`tierstore.tiers.seaweedfs`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -126,8 +127,20 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}{hint}"
         ) from None
     stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            stop.set()  # the first: stop gracefully
+            return
+        # The second, while calls in flight have their grace: the operator will not wait.
+        # What was acknowledged is on disk, and the next start takes up the journal.
+        out.write("tierstore: second signal: exiting now, calls in flight are cut\n")
+        out.flush()
+        _kill_children()  # the embedded archive: no cleanup runs after this
+        os._exit(130 if signum == signal.SIGINT else 143)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         overrides: dict[str, Any] = {"data_dir": data_dir}
@@ -226,6 +239,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     out.write("tierstore: stopped\n")
     out.flush()
     return 0
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's child processes (the embedded archive), where Linux lists
+    them: for an exit that skips every cleanup."""
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(child), signal.SIGKILL)
 
 
 #: In the data directory while a new hot tier has not been checked against the archive.
