@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.loopback import is_loopback_address
@@ -165,6 +166,8 @@ class TierstoreServer:
         self.metrics = metrics or ServerMetrics()
         self.metrics.watch_store(store)
         self.health = CheckOnlyHealth()
+        #: gives freed heap memory back to the OS once puts stop (tierstore.engine.allocator)
+        self._idle_trim = IdleTrim()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.
@@ -194,6 +197,7 @@ class TierstoreServer:
                         grant_ttl_s=settings.local_grant_ttl_s,
                     ),
                     principal_now=tokens.principal_now,
+                    idle_trim=self._idle_trim,
                 ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
@@ -250,6 +254,7 @@ class TierstoreServer:
         if self._health_port is not None:
             self._health_port.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
+        self._idle_trim.close()
         if self._health_port is not None:
             self._health_port.stop(1)
         self.metrics.stop_serving()

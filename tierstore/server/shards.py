@@ -15,12 +15,14 @@ RPCs (grant, data key, read reports) unpack here and are answered by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 
+from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
@@ -61,6 +63,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         served: Callable[[str, int], None] | None = None,
         local: LocalReadService | None = None,
         principal_now: Callable[[Principal], Principal] | None = None,
+        idle_trim: IdleTrim | None = None,
     ) -> None:
         self._store = store
         self._spool_dir = spool_dir
@@ -72,6 +75,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self._local = local or LocalReadService(store)
         #: the caller as its credential stands now (TokenStore.principal_now)
         self._principal_now = principal_now or (lambda principal: principal)
+        #: gives the memory of a burst of puts back to the OS once they stop
+        self._idle_trim = idle_trim
 
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
         validate_dataset_name(dataset)
@@ -81,6 +86,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
 
     @handler
     def PutShard(
+        self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
+    ) -> common_pb2.ShardInfo:
+        in_flight = self._idle_trim.busy() if self._idle_trim else contextlib.nullcontext()
+        with in_flight:
+            return self._put(request_iterator, context)
+
+    def _put(
         self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
     ) -> common_pb2.ShardInfo:
         first = next(request_iterator, None)
