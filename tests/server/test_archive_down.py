@@ -25,6 +25,7 @@ from tierstore.crypto import LocalKeyring
 from tierstore.tiers.seaweedfs import SeaweedServer
 
 from .conftest import ServerProcess, children, free_port, poll, unique
+from .test_serve_settings import archived_keys
 
 
 def dead(pid: int) -> bool:
@@ -133,9 +134,11 @@ def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
         *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
     )
     node = spawn_server(tmp_path / "node", *archive, embedded=True)
-    dataset = unique()
+    dataset, through = unique(), unique()
     with node.connect(local_reads=False) as client:
         client.create_dataset(dataset)
+        client.create_dataset(through, durability="write-through")
+        client.put(through, "first", b"archived as it is put")
         client.put(dataset, "archived", b"in both tiers")
         poll(lambda: client.stat(dataset, "archived").archived, 30, "the first upload")
         proxy.down()
@@ -154,21 +157,31 @@ def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
         poll(
             lambda: client.stat(dataset, "local").archived, 60, "the mover once the archive is back"
         )
-    assert "mover started" in node.errors(), node.errors()[-2000:]
+        assert client.put(through, "second", b"archived again").archived
+    assert "uploads run" in node.errors(), node.errors()[-2000:]
     node.stop()
 
-    # Under other keys, the check made once the archive answers fails: nothing is
-    # uploaded (sealed) under them, and the journal keeps what waits.
+    # Under other keys nothing reaches the archive, sealed under them, before the check
+    # has passed (write-through puts and deletes included: they ran their journal
+    # entries themselves), nor after it failed; the journal keeps what waits.
     proxy.down()
     LocalKeyring.generate_file(tmp_path / "other.keys", key_id="k1")
     node.extra_args = (*node.extra_args, "--master-key-file", str(tmp_path / "other.keys"))
     node.start()
+    before = archived_keys(s3)
     with node.connect(local_reads=False) as client:
         client.put(dataset, "later", b"waits for the right keys")
         proxy.up()
-        poll(lambda: "the mover stays stopped" in node.errors(), 60, "the check to fail")
+        with pytest.raises(errors.ArchiveUnavailable, match="not checked against the archive"):
+            client.put(through, "unchecked", b"not under these keys")
+        poll(lambda: "uploads stay held" in node.errors(), 60, "the check to fail")
+        with pytest.raises(errors.ArchiveUnavailable, match="uploads stay held"):
+            client.put(through, "refused", b"not under these keys")
+        with pytest.raises(errors.ArchiveUnavailable, match="uploads stay held"):
+            client.delete(through, "first")
         assert not client.stat(dataset, "later").archived
         assert client.stats()["journal_entries"] >= 1
+    assert archived_keys(s3) == before  # nothing written, nothing deleted
     node.stop()
     proxy.down()
 

@@ -166,43 +166,67 @@ _RESEAL = (
 
 
 class DeferredKeyCheck:
-    """For a node that started while its archive could not be reached: every
-    ``interval_s`` it checks the keys against the archive again (:func:`check_node_keys`)
-    and, once the archive answers and the check passes, starts the store's background
-    work (the mover). Until then nothing is uploaded, so nothing is sealed under keys
-    the archive was not written with. If the check fails, it logs why and leaves the
-    mover stopped (the journal keeps every upload; restart with the right keys).
-    Thread-safe; :meth:`stop` before the store is closed."""
+    """For a node that started while its archive could not be reached: holds the
+    store's journal (:meth:`Mover.hold_archive`: no upload, delete or write-through
+    put reaches the archive, so nothing is sealed there under keys it was not written
+    with) and, every ``interval_s``, checks the keys against the archive again
+    (:func:`check_node_keys`). Once the archive answers and the check passes, it lets
+    the journal run. If the check fails, the journal stays held, with why as the
+    mover's last error (logged; restart with the right keys). Thread-safe; :meth:`stop`
+    before the store is closed."""
 
     def __init__(self, keys: NodeKeys, store: Store, interval_s: float = 5.0) -> None:
         self._keys, self._store, self._interval_s = keys, store, interval_s
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # a stop never lands inside start_background
+        self._lock = threading.Lock()  # no hold is changed once stop() has returned
         self._thread = threading.Thread(target=self._run, name="tierstore-key-check", daemon=True)
+        store.mover.hold_archive(
+            "the master keys are not checked against the archive yet (it was unreachable "
+            "when the node started); uploads wait until they are"
+        )
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop checking. Does not wait for a check inside a hung archive request: the
+        thread can no longer change anything (and is a daemon)."""
         with self._lock:
             self._stopping.set()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
+        last = ""
         while not self._stopping.wait(self._interval_s):
             try:
                 check_node_keys(self._keys, self._store)
-            except ArchiveUnavailable:
+            except ArchiveUnavailable as unreachable:
+                if str(unreachable) != last:  # a refusal (403) looks the same: say it
+                    log.warning("the keys are not checked against the archive yet: %s", unreachable)
+                    last = str(unreachable)
                 continue
             except FailedPrecondition as refused:
-                log.error("the mover stays stopped: %s", refused)
+                self._hold(f"uploads stay held: {refused}")
+                log.error("uploads stay held: %s", refused)
                 return
-            with self._lock:
+            except Exception:
                 if self._stopping.is_set():
-                    return
-                self._store.start_background()
-            log.warning("the archive answers and its seals verify under these keys: mover started")
+                    return  # the store closed under the check
+                log.exception("checking the keys against the archive failed")
+                continue
+            if self._hold(None):
+                log.warning(
+                    "the archive answers and its seals verify under these keys: uploads run"
+                )
             return
+
+    def _hold(self, reason: str | None) -> bool:
+        """Set the journal's hold, unless stopped; whether it was set."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            self._store.mover.hold_archive(reason)
+            return True
 
 
 class KeyRotation:

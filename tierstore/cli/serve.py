@@ -184,17 +184,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
                 unchecked.unlink()
             refused.pop_all()
-        if archive_down is None:
-            store.start_background()
-        else:
-            waiting = DeferredKeyCheck(keys, store)
-            waiting.start()
+        if archive_down is not None:
+            waiting = DeferredKeyCheck(keys, store)  # holds the journal from now on
             cleanup.callback(waiting.stop)
+            waiting.start()
             out.write(
                 f"tierstore: the archive is unreachable ({archive_down}): serving the hot "
-                "tier; uploads, cold reads and write-through puts wait for it, and the "
-                "mover starts once it answers and its seals verify under these keys\n"
+                "tier; cold reads and write-through puts and deletes fail until it "
+                "answers, and uploads wait until its seals verify under these keys\n"
             )
+        store.start_background()
         if options.reseal_archive:
             store.reseal_archive()  # journalled: the mover rewrites them from now on
             out.write(

@@ -177,6 +177,8 @@ class Mover:
         self._journal_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
+        #: why journal entries may not run now (None: they may): see hold_archive.
+        self._archive_hold: str | None = None
         #: shards promoted into and evicted from the hot tier since start (for metrics).
         self.promotions = 0
         self.evictions = 0
@@ -344,11 +346,22 @@ class Mover:
                     return False
         return False
 
+    def hold_archive(self, reason: str | None) -> None:
+        """While ``reason`` is set, no journal entry runs, the mover's or a write-through
+        caller's: each stays on the journal and fails with ``reason`` as ``last_error``.
+        For a node whose master keys are not yet checked against the archive: nothing
+        may be written there, sealed under keys it was not written with. ``None`` lets
+        them run again (and wakes the mover)."""
+        self._archive_hold = reason
+        if reason is None:
+            self.wake()
+
     def run_entry(self, seq: int) -> bool:
         """Do journal entry ``seq`` now (used by write-through puts too).
 
         Returns True when the entry is done (or was already done by someone else),
-        False when the archive failed and the entry stays for a retry.
+        False when the archive failed (or is held: :meth:`hold_archive`) and the entry
+        stays for a retry.
         """
         try:
             return self._run_entry(seq)
@@ -387,6 +400,10 @@ class Mover:
 
     def _run_entry(self, seq: int) -> bool:
         with self._journal_lock:
+            hold = self._archive_hold
+            if hold is not None:
+                self.last_error = hold
+                return False
             with self._env.read() as txn:
                 op = self._catalog.journal_entry(txn, seq)
             if op is None:
