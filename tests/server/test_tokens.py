@@ -13,6 +13,7 @@ import pytest
 from tests.engine.stores import StoreFactory
 from tierstore.engine.store import Store
 from tierstore.errors import (
+    ArchiveUnavailable,
     DataLoss,
     DatasetNotFound,
     FailedPrecondition,
@@ -25,7 +26,7 @@ from tierstore.server.datasets import DatasetServicer
 from tierstore.server.rpc import calling_as
 from tierstore.server.tokens import MAX_TTL_S, MIN_TTL_S, AuthFailure, TokenStore
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import ALL_DATASETS, DatasetSettings, Grant, Role
+from tierstore.types import ALL_DATASETS, DatasetSettings, Durability, Grant, Role
 from tierstore.v1.datasets_pb2 import DeleteDatasetRequest
 
 READ_DS = [Grant("ds", Role.READER)]
@@ -325,11 +326,11 @@ class HeldDeletes:
         self.inside, self.release = threading.Event(), threading.Event()
         self._store, self._hold_forced = store, hold_forced
 
-    def delete_dataset(self, name: str, *, force: bool = False) -> None:
+    def delete_dataset(self, name: str, *, force: bool = False, **options: Any) -> None:
         if self._hold_forced or not force:
             self.inside.set()
             assert self.release.wait(10)
-        self._store.delete_dataset(name, force=force)
+        self._store.delete_dataset(name, force=force, **options)
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._store, attribute)
@@ -414,5 +415,34 @@ def test_a_token_made_while_its_dataset_is_deleted_keeps_no_grant_on_it(tmp_path
     deleting.join(10)
     assert not deleting.is_alive()
     store.create_dataset("plain")  # someone else's, under the name
+    assert tokens.authenticate(token).grants == ()
+    factory.close_all()
+
+
+def test_a_write_through_delete_the_archive_has_not_done_gives_no_grant_to_the_names_next_owner(
+    tmp_path: Path,
+) -> None:
+    # The delete is done here and waits for the archive, which fails; meanwhile someone
+    # makes a dataset of the name. The grants the delete took went back to the old
+    # tokens, onto the new dataset, because the name existed again.
+    factory = StoreFactory(tmp_path / "stores")
+
+    class RemadeMidDelete(MemoryTier):
+        def delete(self, key: str) -> None:
+            if not store.has_dataset("plain"):
+                store.create_dataset("plain")  # someone else's, under the name
+            raise ArchiveUnavailable(f"DELETE {key}: the archive is down (test)")
+
+    archive = RemadeMidDelete()
+    settings = DatasetSettings(durability=Durability.WRITE_THROUGH)
+    store = factory(archive, datasets={"plain": settings}, start_mover=False)
+    tokens = TokenStore(tmp_path / "tokens.json")
+    _, token = tokens.create("tenant", [Grant("plain", Role.READER)])
+    calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
+    servicer = DatasetServicer(store, tokens)
+    delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(ArchiveUnavailable):
+        delete(servicer, DeleteDatasetRequest(name="plain", force=True), None)
+    assert store.has_dataset("plain")  # the new one
     assert tokens.authenticate(token).grants == ()
     factory.close_all()

@@ -353,10 +353,14 @@ class Store:
             self.mover.wake()
         return settings
 
-    def delete_dataset(self, name: str, *, force: bool = False) -> None:
+    def delete_dataset(
+        self, name: str, *, force: bool = False, committed: Callable[[], None] | None = None
+    ) -> None:
         """Delete a dataset; with shards in it only when ``force`` (they are deleted too).
         Write-through: returns once the archive holds none of it, else ArchiveUnavailable
-        (deleted here; the mover keeps trying the archive)."""
+        (deleted here; the mover keeps trying the archive). ``committed`` is called once
+        the delete is committed here, before a write-through one waits for the archive:
+        an error after it leaves the dataset deleted (and its name free to reuse)."""
         self._check_open()
         validate_dataset_name(name)
         with self._policies.undone_on_failure():
@@ -387,6 +391,8 @@ class Store:
         self._plans.close_dataset(name)
         self._placement.retire_reads(name)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
+        if committed is not None:
+            committed()
         if settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()

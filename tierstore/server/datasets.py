@@ -98,17 +98,23 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # at a time, so another delete cannot land between a failure and the restore.
         with self._deleting:
             removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
+            deleted = False
+
+            def after_commit() -> None:
+                nonlocal deleted
+                deleted = True
+                if self._tokens is not None:  # made while the delete ran: it found it
+                    removed.update(self._tokens.remove_grants_on(name))
+
             try:
-                self._store.delete_dataset(name, force=request.force)
+                self._store.delete_dataset(name, force=request.force, committed=after_commit)
             except BaseException:
-                if self._tokens is not None and self._store.has_dataset(name):
+                # Only a delete that did not happen gives the grants back: one the archive
+                # has not done yet (write-through) is done here, and a dataset of the
+                # name made since is someone else's.
+                if self._tokens is not None and not deleted:
                     self._tokens.restore_grants(removed)
-                elif self._tokens is not None:  # deleted here; the archive failed after
-                    self._tokens.remove_grants_on(name)
                 raise
-            if self._tokens is not None:
-                # A token created while the delete ran found the dataset still there.
-                removed |= self._tokens.remove_grants_on(name)
         if removed:
             log.info(
                 "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)
