@@ -7,16 +7,24 @@ import itertools
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.server.conftest import ServerProcess, poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.client import Client
+from tierstore.client.client import Client, _closed_channel_is_unavailable
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable
-from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
+from tierstore.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    shards_pb2_grpc,
+)
 
 
 def test_a_ca_file_without_a_certificate_is_refused_by_name(tmp_path: Path) -> None:
@@ -101,3 +109,23 @@ def test_a_call_on_a_channel_closed_under_it_is_unavailable_and_the_client_reope
         with pytest.raises(Unavailable, match="the client was closed while this call"):
             client._call(stub.ListDatasets, datasets_pb2.ListDatasetsRequest(), idempotent=True)
         client.list_datasets()  # a call made after close() opens a new channel
+
+
+def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
+    # grpc words it two ways: "Cannot invoke RPC on closed channel!" (unary, client
+    # streams) and "Cannot invoke RPC: Channel closed!" (server streams, such as the
+    # trace export), and the second escaped as a bare ValueError.
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    shards = shards_pb2_grpc.ShardServiceStub(channel)
+    channel.close()
+    calls: list[Callable[[], object]] = [
+        lambda: admin.ExportTrace(admin_pb2.ExportTraceRequest()),
+        lambda: shards.PutShard(iter(())),
+    ]
+    for call in calls:
+        closed = pytest.raises(Unavailable, match="the client was closed")
+        with closed, _closed_channel_is_unavailable():
+            call()
+    with pytest.raises(ValueError, match="something else"), _closed_channel_is_unavailable():
+        raise ValueError("something else")

@@ -24,6 +24,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
@@ -128,23 +129,36 @@ def _error_name(error: grpc.RpcError) -> str | None:
     return None
 
 
+#: What grpc's ValueError says of a channel closed under a call (its wording varies).
+_CLOSED_CHANNEL = ("closed channel", "Channel closed")
+
+
+@contextmanager
+def _closed_channel_is_unavailable() -> Iterator[None]:
+    """Turn grpc's ValueError for a channel another thread closed under a call into
+    Unavailable, saying so; other ValueErrors pass."""
+    try:
+        yield
+    except ValueError as error:
+        if not any(text in str(error) for text in _CLOSED_CHANNEL):
+            raise
+        raise Unavailable(
+            "the client was closed while this call was being made: close() ends the "
+            "calls in flight (a call made after it opens a new channel)"
+        ) from None
+
+
 def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
     """``attempt()``, made again after each pause of ``_RETRY_DELAYS_S`` while it fails
     UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
     reading, if given). Raises the mapped error of the failure that ends it."""
     for delay in (*_RETRY_DELAYS_S, None):
         try:
-            return attempt()
+            with _closed_channel_is_unavailable():
+                return attempt()
         except grpc.RpcError as error:
             if delay is None or not (retry and _unavailable(error)):
                 _raise_mapped(error)
-        except ValueError as error:
-            if "closed channel" not in str(error):
-                raise
-            raise Unavailable(
-                "the client was closed while this call was being made: close() ends the "
-                "calls in flight (a call made after it opens a new channel)"
-            ) from None
         if deadline is not None:
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
         time.sleep(delay)
@@ -393,7 +407,7 @@ class Client:
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
             try:
-                with GATE.call():
+                with GATE.call(), _closed_channel_is_unavailable():
                     reply = stub.PutShard(
                         messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
                     )
@@ -534,6 +548,8 @@ class Client:
         """Shards of ``dataset`` whose names start with ``prefix``, in name order (all of
         them, fetched page by page, unless ``limit`` caps the count)."""
         validate_dataset_name(dataset)
+        if limit is not None:
+            limit = _whole_number("limit", limit)
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
         start_after = ""
@@ -585,7 +601,11 @@ class Client:
         (``ttl_s`` not a positive number), ShardNotFound, PermissionDenied."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        if ttl_s is not None and not 0 < ttl_s < float("inf"):
+        if ttl_s is not None and (
+            isinstance(ttl_s, bool)
+            or not isinstance(ttl_s, numbers.Real)
+            or not 0 < ttl_s < float("inf")
+        ):
             raise InvalidArgument(f"a pin's ttl_s must be a positive number, got {ttl_s!r}")
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
@@ -787,11 +807,12 @@ class Client:
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         # Not in the fork gate: the gate cannot be held across the caller's iteration.
         # Do not fork while a trace stream is open (the only client stream so left).
-        responses = stub.ExportTrace(
-            admin_pb2.ExportTraceRequest(dataset=dataset or ""),
-            timeout=self.stream_timeout_s,
-            metadata=self._channel.metadata,
-        )
+        with _closed_channel_is_unavailable():
+            responses = stub.ExportTrace(
+                admin_pb2.ExportTraceRequest(dataset=dataset or ""),
+                timeout=self.stream_timeout_s,
+                metadata=self._channel.metadata,
+            )
         return trace_events_from_pb(_mapped(responses))
 
 
@@ -814,7 +835,8 @@ def _durability(value: str | Durability) -> Durability:
 
 def _mapped(responses: Any) -> Iterator[Any]:
     try:
-        yield from responses
+        with _closed_channel_is_unavailable():
+            yield from responses
     except grpc.RpcError as error:
         _raise_mapped(error)
 
