@@ -90,6 +90,38 @@ def test_banner_tells_how_to_connect(server: ServerProcess) -> None:
     assert server.token not in banner + server.errors()  # the token itself is never printed
 
 
+def follow_the_banner(server: ServerProcess) -> subprocess.CompletedProcess[bytes]:
+    """Run the commands the banner says to connect with, as printed, in a shell."""
+    banner = server.output().splitlines()
+    start = banner.index("tierstore: connect with:") + 1
+    commands = [line.strip() for line in banner[start:] if line.startswith("  ")]
+    assert commands[-1] == "tierstore dataset ls", commands
+    commands[-1] = f"{tierstore_command()} dataset ls"
+    return subprocess.run(
+        ["bash", "-c", " && ".join(commands)],
+        env=clean_env(),
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags", [(), ("--insecure",), ("--require-client-cert",)], ids=["tls", "insecure", "mtls"]
+)
+def test_the_banners_commands_connect(
+    flags: tuple[str, ...], tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # With --insecure they left out the plaintext, and with --require-client-cert the
+    # client certificate: either way the banner's own commands could not connect.
+    node = spawn_server(tmp_path / "node", *flags)
+    done = follow_the_banner(node)
+    assert done.returncode == 0, (node.output(), done.stderr.decode())
+    if "--require-client-cert" in flags:
+        key = node.data_dir / "tls" / "admin-cli.key"
+        assert key.stat().st_mode & 0o077 == 0
+        assert "service=admin-cli" in node.errors()  # the audit names the certificate
+
+
 def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
     plain, secret = unique(), unique()
     created = all_of(

@@ -60,7 +60,7 @@ from tierstore.server.app import (
     create_server,
 )
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import ensure_tls_material
+from tierstore.server.tls import TlsMaterial, ensure_tls_material, issue_client_certificate
 from tierstore.server.tokens import TokenStore
 
 __all__ = ["ServeOptions", "serve"]
@@ -204,8 +204,11 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         tokens = TokenStore(data_dir / "tokens.json")
         admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
         tls = None
+        client_files: tuple[Path, Path] | None = None
         if not options.insecure:
             tls = ensure_tls_material(data_dir, options.hostnames)
+            if options.require_client_cert:
+                client_files = _ensure_admin_client_certificate(data_dir, tls)
         server, port = create_server(
             ServerSettings(
                 listen=options.listen,
@@ -225,7 +228,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         )
         server.start()
         host = _connect_host(options.listen.rsplit(":", 1)[0])
-        _print_banner(out, f"{host}:{port}", server, data_dir, admin_token, tls is None)
+        _print_banner(
+            out, f"{host}:{port}", server, data_dir, admin_token, tls is None, client_files
+        )
         if ready is not None:
             ready.set()
         # Wait in short slices: the kernel may deliver SIGTERM to one of gRPC's threads,
@@ -348,6 +353,23 @@ def _connect_host(listen_host: str) -> str:
     return listen_host
 
 
+#: The client certificate a node with mutual TLS makes for its admin CLI (in ``tls/``).
+ADMIN_CLIENT_NAME = "admin-cli"
+
+
+def _ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[Path, Path]:
+    """For mutual TLS: ``tls/admin-cli.pem`` and its key ``tls/admin-cli.key`` (0600),
+    made by the first start that needs them, so that the CLI on this host can connect
+    as the banner says (other callers get theirs from ``issue_client_certificate``)."""
+    cert_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.pem"
+    key_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.key"
+    if not (cert_path.exists() and key_path.exists()):
+        cert_pem, key_pem = issue_client_certificate(tls, ADMIN_CLIENT_NAME)
+        write_private_file(key_path, key_pem)  # the key first: a cert alone is of no use
+        write_private_file(cert_path, cert_pem)
+    return cert_path, key_path
+
+
 def _print_banner(
     out: TextIO,
     address: str,
@@ -355,8 +377,17 @@ def _print_banner(
     data_dir: Path,
     token: str | None,
     insecure: bool,
+    client_files: tuple[Path, Path] | None = None,
 ) -> None:
     token_file = data_dir / "admin.token"
+    client_lines = (
+        [
+            f"  export TIERSTORE_CLIENT_CERT={client_files[0]}",
+            f"  export TIERSTORE_CLIENT_KEY={client_files[1]}",
+        ]
+        if client_files
+        else []
+    )
     lines = [
         f"tierstore: serving on {address}"
         + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
@@ -368,7 +399,10 @@ def _print_banner(
         else "",
         "tierstore: connect with:",
         f"  export TIERSTORE_ADDRESS={address}",
-        "" if insecure else f"  export TIERSTORE_CA={data_dir / 'tls' / 'ca.pem'}",
+        "  export TIERSTORE_INSECURE=1"
+        if insecure
+        else f"  export TIERSTORE_CA={data_dir / 'tls' / 'ca.pem'}",
+        *client_lines,
         f"  export TIERSTORE_TOKEN=$(cat {token_file})",
         "  tierstore dataset ls",
         "tierstore: a new admin token was written to " + str(token_file) if token else "",

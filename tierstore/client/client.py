@@ -931,13 +931,14 @@ def connect(
     (:func:`~tierstore.client.tokenfile.read_token_file`): give ``token`` or
     ``token_file``, not both; an argument wins over the environment, and
     ``TIERSTORE_TOKEN`` over ``TIERSTORE_TOKEN_FILE``.
-    ``client_cert``/``client_key``: PEM files for mutual TLS. ``insecure``: plaintext,
+    ``client_cert``/``client_key`` (or ``TIERSTORE_CLIENT_CERT``/``TIERSTORE_CLIENT_KEY``):
+    PEM files for mutual TLS. ``insecure`` (or ``TIERSTORE_INSECURE=1``): plaintext,
     allowed only to loopback addresses. ``local_reads``: read hot shards in place when
     the server is on this host (docs/local-reads.md); unset, on unless
     ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
     the first call. Raises InvalidArgument for a bad address or
-    ``TIERSTORE_LOCAL_READS`` value, both ``token`` and ``token_file``, or an unreadable
-    token file.
+    ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
+    ``token_file``, or an unreadable token file.
     """
     env = os.environ if environ is None else environ
     if local_reads is None:
@@ -951,6 +952,9 @@ def connect(
     if token is None and env.get("TIERSTORE_TOKEN_FILE"):
         token = read_token_file(env["TIERSTORE_TOKEN_FILE"])
     ca_value = ca or env.get("TIERSTORE_CA") or None
+    client_cert = client_cert or env.get("TIERSTORE_CLIENT_CERT") or None
+    client_key = client_key or env.get("TIERSTORE_CLIENT_KEY") or None
+    insecure = insecure or _flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
     settings = ChannelSettings(
         address=address,
         token=token,
