@@ -95,7 +95,10 @@ class EngineSettings:
         if self.max_frame_bytes < 4096:
             raise InvalidArgument("max_frame_bytes must be at least 4096")
         if self.hot_capacity_bytes < self.max_frame_bytes:
-            raise InvalidArgument("hot_capacity_bytes must hold at least one frame")
+            raise InvalidArgument(
+                f"hot_capacity_bytes must hold at least one frame: {self.hot_capacity_bytes} "
+                f"is less than max_frame_bytes, {self.max_frame_bytes}"
+            )
         positive = {
             "access_half_life_s": self.access_half_life_s,
             "archive_bandwidth_bytes_per_s": self.archive_bandwidth_bytes_per_s,
