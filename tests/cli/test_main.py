@@ -98,7 +98,7 @@ class FakeClient:
         info = ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, hot, archived)
         return dataclasses.replace(info, pinned=pinned, pinned_until=until)
 
-    def stats(self, dataset: str, sizing: bool) -> dict[str, Any]:
+    def stats(self, dataset: str, sizing: bool = False) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
         usage |= {"archived_shards": 0, "archived_bytes": 0}
@@ -316,6 +316,18 @@ def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:
     assert shown.exit_code == 0, shown.output
     assert "n/a (no reads)" in shown.stdout and "0.0%" not in shown.stdout
     assert "no traced reads yet" in shown.stdout and "100.0%" not in shown.stdout
+    # policy show said "hit ratio 0.0%" of the same dataset.
+    policy = invoke("policy", "show", "idle")
+    assert policy.exit_code == 0, policy.output
+    assert "hit ratio n/a (no reads)" in policy.stdout and "0.0%" not in policy.stdout
+
+
+def test_one_shard_is_one_shard(client: FakeClient) -> None:
+    client.shards |= {"a", "b"}
+    done = invoke("unpin", "ds", "a")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == "unpinned 1 shard"  # it said "1 shards"
+    assert invoke("unpin", "ds", "a", "b").stdout.strip() == "unpinned 2 shards"
 
 
 def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar
@@ -507,7 +507,7 @@ def policy_show(dataset: str) -> None:
     }
     _emit(
         shown,
-        f"{dataset}: policy {figures['policy']}, hit ratio {figures['hit_ratio']:.1%} "
+        f"{dataset}: policy {figures['policy']}, hit ratio {_hit_ratio_text(figures)} "
         f"({figures['hits']} hits, {figures['misses']} misses)",
     )
 
@@ -598,7 +598,8 @@ def put(
     elapsed = max(time.monotonic() - started, 1e-9)
     _emit(
         {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
-        f"uploaded {len(uploaded)} shards, {total:,} bytes, {total / elapsed / 1e6:.1f} MB/s",
+        f"uploaded {_count(len(uploaded), 'shard')}, {total:,} bytes, "
+        f"{total / elapsed / 1e6:.1f} MB/s",
     )
 
 
@@ -673,7 +674,7 @@ def rm(dataset: str, shards: list[str]) -> None:
     "not_deleted"), the error on stderr. pin, unpin and evict do the same."""
     client = _client()
     _shard_by_shard(shards, lambda shard: client.delete(dataset, shard), "deleted")
-    _emit({"deleted": shards}, f"deleted {len(shards)} shards")
+    _emit({"deleted": shards}, f"deleted {_count(len(shards), 'shard')}")
 
 
 def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) -> list[T]:
@@ -746,7 +747,7 @@ def pin(
     """Keep shards in the hot tier, whatever the placement policy says."""
     client = _client()
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
-    _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {len(shards)} shards")
+    _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {_count(len(shards), 'shard')}")
 
 
 @app.command(cls=_ClientCommand)
@@ -754,7 +755,7 @@ def unpin(dataset: str, shards: list[str]) -> None:
     """Let the policy evict shards again."""
     client = _client()
     _shard_by_shard(shards, lambda shard: client.unpin(dataset, shard), "unpinned")
-    _emit({"unpinned": shards}, f"unpinned {len(shards)} shards")
+    _emit({"unpinned": shards}, f"unpinned {_count(len(shards), 'shard')}")
 
 
 @app.command(cls=_ClientCommand)
@@ -768,7 +769,7 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     missing = []
     if queued < len(set(shards)):  # some were hot, or unknown: only then the stats
         missing = [shard for shard in dict.fromkeys(shards) if not _exists(client, dataset, shard)]
-    lines = [f"queued {queued} shards", *(f"not found: {shard}" for shard in missing)]
+    lines = [f"queued {_count(queued, 'shard')}", *(f"not found: {shard}" for shard in missing)]
     _emit({"queued": queued, "not_found": missing}, "\n".join(lines))
     if missing:
         raise _fail(
@@ -850,7 +851,7 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
             f"{d['archived_bytes']:,}",
             str(d["hits"]),
             str(d["misses"]),
-            f"{d['hit_ratio']:.1%}" if d["hits"] + d["misses"] else "n/a (no reads)",
+            _hit_ratio_text(d),
         )
     table.caption = (
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
@@ -1003,6 +1004,18 @@ def token_ls() -> None:
             expires += " (expired)"
         table.add_row(t["token_id"], t["principal"], grants, expires, _yes(t["revoked"]))
     _emit(tokens, table)
+
+
+def _count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless one: "1 shard", "2 shards"."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _hit_ratio_text(figures: Mapping[str, Any]) -> str:
+    """A dataset's hit ratio for a table: "n/a (no reads)" before its first read."""
+    if figures["hits"] + figures["misses"] == 0:
+        return "n/a (no reads)"
+    return f"{figures['hit_ratio']:.1%}"
 
 
 def _utc_minute(timestamp: float) -> str:
