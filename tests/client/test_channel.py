@@ -15,7 +15,7 @@ import pytest
 
 from tests.server.conftest import ServerProcess, poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.client import Client, _closed_channel_is_unavailable
+from tierstore.client.client import Client, _closed_channel_is_unavailable, connect
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.v1 import (
@@ -129,3 +129,20 @@ def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
             call()
     with pytest.raises(ValueError, match="something else"), _closed_channel_is_unavailable():
         raise ValueError("something else")
+
+
+@pytest.mark.parametrize("given", ["client_cert", "client_key"])
+def test_half_a_client_certificate_pair_is_refused_not_an_abort(given: str, tmp_path: Path) -> None:
+    # gRPC aborted the whole process (SIGABRT) on a key without its certificate.
+    with pytest.raises(InvalidArgument, match="both a client certificate and its key"):
+        ChannelSettings("127.0.0.1:1", **{given: tmp_path / "half.pem"})
+    variable = {"client_cert": "TIERSTORE_CLIENT_CERT", "client_key": "TIERSTORE_CLIENT_KEY"}
+    environ = {"TIERSTORE_ADDRESS": "127.0.0.1:1", variable[given]: str(tmp_path / "x.pem")}
+    with pytest.raises(InvalidArgument, match="both a client certificate and its key"):
+        connect(environ=environ)
+
+
+def test_an_insecure_argument_wins_over_the_environment() -> None:
+    environ = {"TIERSTORE_ADDRESS": "127.0.0.1:1", "TIERSTORE_INSECURE": "1"}
+    assert connect(environ=environ)._channel.settings.insecure
+    assert not connect(insecure=False, environ=environ)._channel.settings.insecure

@@ -188,7 +188,7 @@ def _client() -> Any:
             token=state.token,
             token_file=state.token_file,
             ca=state.ca,
-            insecure=state.insecure,
+            insecure=state.insecure or None,  # not given: TIERSTORE_INSECURE decides
         )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...
         raise _fail(exc) from None
@@ -235,13 +235,19 @@ _TLS_HINT = (
 #: what gRPC says when a TLS server drops a plaintext connection
 _CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
 _INSECURE_HINT = (
-    "--insecure speaks plaintext, and a TLS server closes such connections: drop "
-    "--insecure and give --ca, unless the server runs with --insecure too"
+    "--insecure (or TIERSTORE_INSECURE) speaks plaintext, and a TLS server closes such "
+    "connections: drop it and give --ca, unless the server runs with --insecure too"
 )
 
 
 def _deadline_text() -> str:
     return _DEFAULT_DEADLINES if state.timeout is None else f"{state.timeout:g} s"
+
+
+def _plaintext() -> bool:
+    """Whether this command speaks plaintext: --insecure, or TIERSTORE_INSECURE set."""
+    flag = os.environ.get("TIERSTORE_INSECURE", "").strip().lower()
+    return state.insecure or flag in ("1", "true", "yes", "on")
 
 
 def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
@@ -250,7 +256,7 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     text = message or str(exc)
     if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
-    elif isinstance(exc, errors.Unavailable) and state.insecure and _CLOSED.search(text):
+    elif isinstance(exc, errors.Unavailable) and _plaintext() and _CLOSED.search(text):
         text += f" ({_INSECURE_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {_deadline_text()}; --timeout changes it)"

@@ -63,6 +63,12 @@ class ChannelSettings:
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
         if self.token is not None:
             _check_token_characters(self.token)
+        if (self.client_cert is None) != (self.client_key is None):
+            # gRPC would abort the whole process ("Check failed: cert_chain != nullptr").
+            raise InvalidArgument(
+                "mutual TLS needs both a client certificate and its key (client_cert= and "
+                "client_key=, or TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY): one was given"
+            )
 
 
 def _check_token_characters(token: str) -> None:

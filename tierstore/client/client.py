@@ -165,12 +165,12 @@ def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = Non
     raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
 
-def _whole_number(name: str, value: object) -> int:
+def _whole_number(name: str, value: object, unit: str = "bytes") -> int:
     """``value`` as an int, if it is an integer (numpy's too) and not a bool; else
-    InvalidArgument naming ``name`` (a float offset is no byte position, and True is
-    no length)."""
+    InvalidArgument naming ``name`` and what it counts, ``unit`` (a float offset is no
+    byte position, and True is no length)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgument(f"{name} must be a whole number of bytes, not {value!r}")
+        raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r}")
     return int(value)
 
 
@@ -549,7 +549,7 @@ class Client:
         them, fetched page by page, unless ``limit`` caps the count)."""
         validate_dataset_name(dataset)
         if limit is not None:
-            limit = _whole_number("limit", limit)
+            limit = _whole_number("limit", limit, "shards")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
         start_after = ""
@@ -918,7 +918,7 @@ def connect(
     ca: str | Path | None = None,
     client_cert: str | Path | None = None,
     client_key: str | Path | None = None,
-    insecure: bool = False,
+    insecure: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     environ: dict[str, str] | None = None,
     local_reads: bool | None = None,
@@ -954,7 +954,8 @@ def connect(
     ca_value = ca or env.get("TIERSTORE_CA") or None
     client_cert = client_cert or env.get("TIERSTORE_CLIENT_CERT") or None
     client_key = client_key or env.get("TIERSTORE_CLIENT_KEY") or None
-    insecure = insecure or _flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
+    if insecure is None:
+        insecure = _flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
     settings = ChannelSettings(
         address=address,
         token=token,
