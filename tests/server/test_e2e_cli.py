@@ -122,6 +122,20 @@ def test_the_banners_commands_connect(
         assert "service=admin-cli" in node.errors()  # the audit names the certificate
 
 
+def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # The admin CLI's certificate was kept, though the CA that signed it was gone; and
+    # the banner's paths were not quoted for the shell.
+    node = spawn_server(tmp_path / "my node", "--require-client-cert")
+    node.stop()
+    for name in ("ca.pem", "ca.key"):
+        (node.data_dir / "tls" / name).unlink()  # a new CA on the next start
+    node.start()
+    done = follow_the_banner(node)
+    assert done.returncode == 0, (node.output(), done.stderr.decode())
+
+
 def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
     plain, secret = unique(), unique()
     created = all_of(
@@ -555,7 +569,7 @@ def test_a_call_past_its_timeout_and_plaintext_to_a_tls_port_say_so(
     assert "DEADLINE_EXCEEDED" in line and "--timeout changes it" in line
     plaintext = run_process(env, "--insecure", "dataset", "ls")
     assert plaintext.returncode == 5
-    assert "drop --insecure and give --ca" in one_line_error(plaintext)
+    assert "drop it and give --ca" in one_line_error(plaintext)
     assert run_process(env, "--timeout", "60", "dataset", "ls").returncode == 0
 
 

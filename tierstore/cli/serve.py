@@ -31,6 +31,7 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import signal
 import threading
 from contextlib import ExitStack
@@ -60,7 +61,12 @@ from tierstore.server.app import (
     create_server,
 )
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import TlsMaterial, ensure_tls_material, issue_client_certificate
+from tierstore.server.tls import (
+    TlsMaterial,
+    client_certificate_reusable,
+    ensure_tls_material,
+    issue_client_certificate,
+)
 from tierstore.server.tokens import TokenStore
 
 __all__ = ["ServeOptions", "serve"]
@@ -359,14 +365,17 @@ ADMIN_CLIENT_NAME = "admin-cli"
 
 def _ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[Path, Path]:
     """For mutual TLS: ``tls/admin-cli.pem`` and its key ``tls/admin-cli.key`` (0600),
-    made by the first start that needs them, so that the CLI on this host can connect
-    as the banner says (other callers get theirs from ``issue_client_certificate``)."""
+    made by the first start that needs them, and again when the CA changed, the pair
+    nears its end or was torn apart, so that the CLI on this host can connect as the
+    banner says (other callers get theirs from ``issue_client_certificate``)."""
     cert_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.pem"
     key_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.key"
-    if not (cert_path.exists() and key_path.exists()):
-        cert_pem, key_pem = issue_client_certificate(tls, ADMIN_CLIENT_NAME)
-        write_private_file(key_path, key_pem)  # the key first: a cert alone is of no use
-        write_private_file(cert_path, cert_pem)
+    pair = cert_path.exists() and key_path.exists()
+    if pair and client_certificate_reusable(tls, cert_path.read_bytes(), key_path.read_bytes()):
+        return cert_path, key_path
+    cert_pem, key_pem = issue_client_certificate(tls, ADMIN_CLIENT_NAME)
+    write_private_file(key_path, key_pem)  # the key first: a pair torn apart is remade
+    write_private_file(cert_path, cert_pem)
     return cert_path, key_path
 
 
@@ -382,8 +391,8 @@ def _print_banner(
     token_file = data_dir / "admin.token"
     client_lines = (
         [
-            f"  export TIERSTORE_CLIENT_CERT={client_files[0]}",
-            f"  export TIERSTORE_CLIENT_KEY={client_files[1]}",
+            f"  export TIERSTORE_CLIENT_CERT={shlex.quote(str(client_files[0]))}",
+            f"  export TIERSTORE_CLIENT_KEY={shlex.quote(str(client_files[1]))}",
         ]
         if client_files
         else []
@@ -401,9 +410,9 @@ def _print_banner(
         f"  export TIERSTORE_ADDRESS={address}",
         "  export TIERSTORE_INSECURE=1"
         if insecure
-        else f"  export TIERSTORE_CA={data_dir / 'tls' / 'ca.pem'}",
+        else f"  export TIERSTORE_CA={shlex.quote(str(data_dir / 'tls' / 'ca.pem'))}",
         *client_lines,
-        f"  export TIERSTORE_TOKEN=$(cat {token_file})",
+        f"  export TIERSTORE_TOKEN=$(cat {shlex.quote(str(token_file))})",
         "  tierstore dataset ls",
         "tierstore: a new admin token was written to " + str(token_file) if token else "",
         "tierstore: ready",

@@ -51,6 +51,7 @@ __all__ = [
     "RENEW_BEFORE_DAYS",
     "SERVER_VALIDITY_DAYS",
     "TlsMaterial",
+    "client_certificate_reusable",
     "ensure_tls_material",
     "issue_client_certificate",
     "principal_from_certificate",
@@ -295,22 +296,44 @@ def _server_cert_reusable(
     names: _Names,
     now: dt.datetime,
 ) -> bool:
+    cert = _reusable(cert_pem, key_pem, ca_cert, now)
+    if cert is None:
+        return False
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        cert.verify_directly_issued_by(ca_cert)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-        return False
-    if key.public_key() != cert.public_key():
-        return False
-    if not cert.not_valid_before_utc <= now:
-        return False
-    if cert.not_valid_after_utc - now < dt.timedelta(days=RENEW_BEFORE_DAYS):
+    except x509.ExtensionNotFound:
         return False
     dns = {name.lower() for name in sans.get_values_for_type(x509.DNSName)}
     ips = set(sans.get_values_for_type(x509.IPAddress))
     return set(names.dns) <= dns and set(names.ips) <= ips
+
+
+def client_certificate_reusable(material: TlsMaterial, cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether a client certificate and key made earlier still serve: issued by this CA
+    (a new CA makes every old one useless), valid for more than ``RENEW_BEFORE_DAYS``,
+    and matching its key (a crash between writing the two leaves them apart)."""
+    ca_cert = x509.load_pem_x509_certificate(material.ca_pem)
+    return _reusable(cert_pem, key_pem, ca_cert, dt.datetime.now(dt.UTC)) is not None
+
+
+def _reusable(
+    cert_pem: bytes, key_pem: bytes, ca_cert: x509.Certificate, now: dt.datetime
+) -> x509.Certificate | None:
+    """The certificate of ``cert_pem``, if ``ca_cert`` issued it, ``key_pem`` is its
+    key, and it is valid now and for more than ``RENEW_BEFORE_DAYS``; else None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return None
+    if key.public_key() != cert.public_key():
+        return None
+    if not cert.not_valid_before_utc <= now:
+        return None
+    if cert.not_valid_after_utc - now < dt.timedelta(days=RENEW_BEFORE_DAYS):
+        return None
+    return cert
 
 
 def _builder(
