@@ -191,7 +191,7 @@ def test_connection_options_before_or_after_the_command(
         "token": "t",
         "token_file": None,
         "ca": Path("ca.pem"),
-        "insecure": False,
+        "insecure": None,  # not given: TIERSTORE_INSECURE decides
     }
 
 
@@ -217,7 +217,10 @@ def test_the_insecure_hint_only_for_a_connection_a_tls_server_would_drop(
     monkeypatch.setattr(client, "list_datasets", unavailable)
     refused = invoke("--insecure", "dataset", "ls")
     assert refused.exit_code == 5
-    assert ("drop --insecure" in one_error_line(refused)) is hinted
+    assert ("drop it and give --ca" in one_error_line(refused)) is hinted
+    monkeypatch.setenv("TIERSTORE_INSECURE", "1")  # plaintext from the environment
+    from_env = invoke("dataset", "ls")
+    assert ("drop it and give --ca" in one_error_line(from_env)) is hinted
 
 
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:
