@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tierstore
 from tierstore.client.client import Client
+from tierstore.tiers.s3 import S3Settings, S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
 
 READY_LINE = "tierstore: ready"
@@ -266,6 +267,15 @@ class ServerProcess:
                 if target.startswith(spool):
                     found.append(target)
         return found
+
+
+def archived_keys(s3: S3Settings) -> tuple[str, ...]:
+    """The keys the archive of ``s3`` holds under its prefix (the first listing page)."""
+    tier = S3Tier(s3)
+    try:
+        return tier.list().keys
+    finally:
+        tier.close()
 
 
 def children(pid: int) -> list[int]:

@@ -24,8 +24,7 @@ from tierstore import errors
 from tierstore.crypto import LocalKeyring
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, children, free_port, poll, unique
-from .test_serve_settings import archived_keys
+from .conftest import ServerProcess, archived_keys, children, free_port, poll, unique
 
 
 def dead(pid: int) -> bool:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tierstore.cli.serve import _connect_host
-from tierstore.tiers.s3 import S3Settings, S3Tier
+from tierstore.tiers.s3 import S3Settings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, unique
+from .conftest import ServerProcess, archived_keys, unique
 
 
 def write_archive_section(path: Path, s3: S3Settings, **changes: str) -> Path:
@@ -33,14 +33,6 @@ def write_archive_section(path: Path, s3: S3Settings, **changes: str) -> Path:
     }
     path.write_text("[archive]\n" + "".join(f'{k} = "{v}"\n' for k, v in fields.items()))
     return path
-
-
-def archived_keys(s3: S3Settings) -> tuple[str, ...]:
-    tier = S3Tier(s3)
-    try:
-        return tier.list().keys
-    finally:
-        tier.close()
 
 
 def put_through(node: ServerProcess, dataset: str) -> None:

@@ -717,11 +717,9 @@ class Mover:
         promoted = False
         try:
             promoted = self.promote_now(record, stored, fetch_pool)
-        except ArchiveUnavailable:
-            if raise_unavailable:
+        except Exception as exc:
+            if raise_unavailable and isinstance(exc, ArchiveUnavailable):
                 raise
-            log.exception("promotion of %s/%s failed", record.dataset, record.name)
-        except Exception:
             log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:
             self._forget_promotion((record.dataset, record.generation))

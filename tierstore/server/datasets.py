@@ -92,9 +92,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.DeleteDatasetResponse:
         name = self._check("DeleteDataset", request.name)
-        # Grants go first, and come back if the delete fails while the dataset stays (it
-        # holds shards, say): should either step fail, no token is left with a grant on
-        # a dataset that is gone, for a later one of the name to honour. Deletes run one
+        # Grants go first, and come back only if the delete did not happen (it holds
+        # shards, say): should either step fail, no token is left with a grant on a
+        # dataset that is gone, for a later one of the name to honour. Deletes run one
         # at a time, so another delete cannot land between a failure and the restore.
         with self._deleting:
             removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
