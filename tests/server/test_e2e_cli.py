@@ -120,6 +120,8 @@ def test_the_banners_commands_connect(
         key = node.data_dir / "tls" / "admin-cli.key"
         assert key.stat().st_mode & 0o077 == 0
         assert "service=admin-cli" in node.errors()  # the audit names the certificate
+        audited = [json.loads(line) for line in node.errors().splitlines() if '"event"' in line]
+        assert any(d["event"] == "call" and d["service"] == "admin-cli" for d in audited)
 
 
 def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(

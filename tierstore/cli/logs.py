@@ -2,7 +2,10 @@
 
 Fields: ``ts`` (seconds since the epoch), ``level``, ``logger``, ``msg`` and, on
 errors, ``exc``. The audit trail is the ``tierstore.audit`` logger (one line per
-call: principal, token id, method, outcome — never a token).
+call: principal, token id, method, outcome — never a token); its lines also carry
+their fields as top-level keys (``event``, ``method``, ``principal``, ``token``,
+``service``, ``outcome``, ``ms``; ``reason`` and ``peer`` on refusals), so a log
+pipeline need not parse ``msg``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # never over the fields every line has
+            document.update({k: v for k, v in fields.items() if k not in document})
         if record.exc_info:
             document["exc"] = self.formatException(record.exc_info)
         return json.dumps(document, ensure_ascii=False)

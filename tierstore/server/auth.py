@@ -45,6 +45,17 @@ def _bearer(metadata: Any) -> str:
     return values[0][len("Bearer ") :]
 
 
+def _audit(event: str, **fields: str | float) -> None:
+    """Write one audit line: ``event k=v ...`` as its message, and the same fields as
+    the record's ``fields`` attribute, which ``tierstore serve``'s JSON log lines carry
+    as top-level keys (so a log pipeline need not parse the message)."""
+    text = " ".join(
+        f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in fields.items()
+    )
+    audit.info("%s %s", event, text, extra={"fields": {"event": event, **fields}})
+
+
 def _peer_service(context: grpc.ServicerContext) -> str:
     names = context.auth_context().get("x509_common_name")
     if isinstance(names, bytes):
@@ -94,12 +105,12 @@ def _refusal(
 
     def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         observe(method, "UNAUTHENTICATED", 0.0)
-        audit.info(
-            "denied method=%s reason=%s peer=%s service=%s",
-            method,
-            reason,
-            context.peer(),
-            _peer_service(context),
+        _audit(
+            "denied",
+            method=method,
+            reason=reason,
+            peer=context.peer(),
+            service=_peer_service(context),
         )
         context.set_trailing_metadata(((ERROR_HEADER, "Unauthenticated"),))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
@@ -124,14 +135,14 @@ def _wrap(
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str
     ) -> None:
-        audit.info(
-            "call method=%s principal=%s token=%s service=%s outcome=%s ms=%.1f",
-            method,
-            principal.name,
-            principal.token_id,
-            _peer_service(context),
-            outcome,
-            (time.monotonic() - started) * 1000,
+        _audit(
+            "call",
+            method=method,
+            principal=principal.name,
+            token=principal.token_id,
+            service=_peer_service(context),
+            outcome=outcome,
+            ms=round((time.monotonic() - started) * 1000, 1),
         )
         observe(method, outcome, time.monotonic() - started)
 

@@ -1,0 +1,63 @@
+"""The serve process's JSON log lines (tierstore/cli/logs.py) and the audit lines in them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tierstore.cli import logs
+from tierstore.server import auth
+
+
+@pytest.fixture
+def json_lines() -> Iterator[io.StringIO]:
+    """The audit logger's records, formatted as ``tierstore serve`` writes them."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs._JsonFormatter())
+    logger = logging.getLogger("tierstore.audit")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+def _documents(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_an_audit_line_carries_its_fields_as_keys(json_lines: io.StringIO) -> None:
+    auth._audit("call", method="/tierstore.v1.Shards/Get", principal="loader", ms=12.25)
+    (document,) = _documents(json_lines)
+    assert document["logger"] == "tierstore.audit"
+    assert document["event"] == "call"
+    assert document["method"] == "/tierstore.v1.Shards/Get"
+    assert document["principal"] == "loader"
+    assert document["ms"] == 12.25
+    # The message still reads as it did, for people and for grep.
+    assert document["msg"] == "call method=/tierstore.v1.Shards/Get principal=loader ms=12.2"
+
+
+def test_a_field_never_overwrites_the_keys_every_line_has(json_lines: io.StringIO) -> None:
+    auth._audit("denied", level="forged", logger="forged", reason="unknown token")
+    (document,) = _documents(json_lines)
+    assert document["level"] == "info"
+    assert document["logger"] == "tierstore.audit"
+    assert document["reason"] == "unknown token"
+
+
+def test_a_plain_line_has_only_the_common_keys(json_lines: io.StringIO) -> None:
+    logging.getLogger("tierstore.audit").info("plain %s", "words")
+    (document,) = _documents(json_lines)
+    assert set(document) == {"ts", "level", "logger", "msg"}
+    assert document["msg"] == "plain words"
