@@ -303,6 +303,8 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
     done = invoke("--json", "evict", "ds", "a", "pinned", "unarchived", "cold")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {
+        "evicted": ["a", "pinned", "unarchived", "cold"],
+        "not_evicted": [],
         "freed_bytes": 100,
         "kept": {
             "pinned": "pinned (unpin it first)",
@@ -421,7 +423,7 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
     assert client.shards == {"d"}
 
     done = invoke("--json", "rm", "ds", "d")
-    assert done.exit_code == 0 and json.loads(done.stdout) == {"deleted": ["d"]}
+    assert done.exit_code == 0 and json.loads(done.stdout) == {"deleted": ["d"], "not_deleted": []}
 
 
 @pytest.mark.parametrize(

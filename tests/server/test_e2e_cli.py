@@ -204,7 +204,8 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     put_files, put_tree = all_of(
         env, [("put", dataset, str(one), str(two)), ("put", dataset, str(tree), "--prefix", "t/")]
     )
-    assert put_files["shards"] == ["one.bin", "two.txt"]
+    assert put_files["shards"] == put_files["uploaded"] == ["one.bin", "two.txt"]
+    assert put_files["not_uploaded"] == []
     assert put_files["bytes"] == one.stat().st_size + two.stat().st_size
     assert put_files["bytes_per_s"] > 0
     assert put_tree["shards"] == ["t/a.txt", "t/sub/b.txt", "t/sub/deeper/c.txt"]
@@ -247,7 +248,10 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     tail = run(env, "get", dataset, "one.bin", "--offset", str(5 * 1024 * 1024), json_output=False)
     assert tail.stdout == one.read_bytes()[5 * 1024 * 1024 :]
 
-    assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {"deleted": ["two.txt", "t/a.txt"]}
+    assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {
+        "deleted": ["two.txt", "t/a.txt"],
+        "not_deleted": [],
+    }
     remaining = [s["name"] for s in ok(env, "ls", dataset)]
     assert remaining == ["one.bin", "t/sub/b.txt", "t/sub/deeper/c.txt"]
 
@@ -294,13 +298,19 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     admin.put(dataset, "a", b"a" * 10_000)
     admin.put(dataset, "b", b"b" * 20_000)
 
-    assert ok(env, "pin", dataset, "a", "b") == {"pinned": ["a", "b"], "bytes_queued": 0}
+    assert ok(env, "pin", dataset, "a", "b") == {
+        "pinned": ["a", "b"],
+        "not_pinned": [],
+        "bytes_queued": 0,
+    }
     pinned = "pinned (unpin it first)"
     assert ok(env, "evict", dataset, "a", "b") == {
+        "evicted": ["a", "b"],
+        "not_evicted": [],
         "freed_bytes": 0,
         "kept": {"a": pinned, "b": pinned},
     }
-    assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"]}
+    assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"], "not_unpinned": []}
     evicted = ok(env, "evict", dataset, "a", "b")
     assert evicted["freed_bytes"] >= 30_000 and evicted["kept"] == {}
     assert not admin.stat(dataset, "a").hot and not admin.stat(dataset, "b").hot
@@ -356,10 +366,16 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     table = run(env, "policy", "show", dataset, json_output=False)
     assert table.returncode == 0 and b"s3fifo" in table.stdout
 
-    assert ok(env, "pin", dataset, "a", "--ttl", "3600") == {"pinned": ["a"], "bytes_queued": 0}
+    assert ok(env, "pin", dataset, "a", "--ttl", "3600") == {
+        "pinned": ["a"],
+        "not_pinned": [],
+        "bytes_queued": 0,
+    }
     info = admin.stat(dataset, "a")
     assert info.pinned and info.pinned_until > info.created_at + 3000
     assert ok(env, "evict", dataset, "a") == {
+        "evicted": ["a"],
+        "not_evicted": [],
         "freed_bytes": 0,
         "kept": {"a": "pinned (unpin it first)"},
     }

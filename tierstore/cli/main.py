@@ -603,7 +603,13 @@ def put(
         raise _stopped(failure, names, len(uploaded), "uploaded")
     elapsed = max(time.monotonic() - started, 1e-9)
     _emit(
-        {"shards": [i.name for i in uploaded], "bytes": total, "bytes_per_s": total / elapsed},
+        {
+            "shards": [i.name for i in uploaded],
+            "uploaded": [i.name for i in uploaded],
+            "not_uploaded": [],
+            "bytes": total,
+            "bytes_per_s": total / elapsed,
+        },
         f"uploaded {_count(len(uploaded), 'shard')}, {total:,} bytes, "
         f"{total / elapsed / 1e6:.1f} MB/s",
     )
@@ -677,10 +683,11 @@ def stat(dataset: str, shard: str) -> None:
 def rm(dataset: str, shards: list[str]) -> None:
     """Delete shards, in the order given. Stops at the first one it cannot delete; the
     ones deleted before it are still reported on stdout (with --json too: "deleted" and
-    "not_deleted"), the error on stderr. pin, unpin and evict do the same."""
+    "not_deleted", which --json always holds, empty when all went), the error on stderr.
+    pin, unpin and evict do the same."""
     client = _client()
     _shard_by_shard(shards, lambda shard: client.delete(dataset, shard), "deleted")
-    _emit({"deleted": shards}, f"deleted {_count(len(shards), 'shard')}")
+    _emit({"deleted": shards, "not_deleted": []}, f"deleted {_count(len(shards), 'shard')}")
 
 
 def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) -> list[T]:
@@ -753,7 +760,10 @@ def pin(
     """Keep shards in the hot tier, whatever the placement policy says."""
     client = _client()
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
-    _emit({"pinned": shards, "bytes_queued": queued}, f"pinned {_count(len(shards), 'shard')}")
+    _emit(
+        {"pinned": shards, "not_pinned": [], "bytes_queued": queued},
+        f"pinned {_count(len(shards), 'shard')}",
+    )
 
 
 @app.command(cls=_ClientCommand)
@@ -761,7 +771,7 @@ def unpin(dataset: str, shards: list[str]) -> None:
     """Let the policy evict shards again."""
     client = _client()
     _shard_by_shard(shards, lambda shard: client.unpin(dataset, shard), "unpinned")
-    _emit({"unpinned": shards}, f"unpinned {_count(len(shards), 'shard')}")
+    _emit({"unpinned": shards, "not_unpinned": []}, f"unpinned {_count(len(shards), 'shard')}")
 
 
 @app.command(cls=_ClientCommand)
@@ -811,7 +821,10 @@ def evict(dataset: str, shards: list[str]) -> None:
     }
     freed = sum(freed_each)
     lines = [f"freed {freed:,} bytes", *(f"kept {shard}: {why}" for shard, why in kept.items())]
-    _emit({"freed_bytes": freed, "kept": kept}, "\n".join(lines))
+    _emit(
+        {"evicted": shards, "not_evicted": [], "freed_bytes": freed, "kept": kept},
+        "\n".join(lines),
+    )
 
 
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
