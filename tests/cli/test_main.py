@@ -98,6 +98,10 @@ class FakeClient:
         info = ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, hot, archived)
         return dataclasses.replace(info, pinned=pinned, pinned_until=until)
 
+    def list(self, dataset: str, prefix: str) -> list[ShardInfo]:
+        self.calls.append(("list", (dataset, prefix)))
+        return [self.stat(dataset, shard) for shard in sorted(self.shards)]
+
     def stats(self, dataset: str, sizing: bool = False) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
@@ -296,6 +300,25 @@ def test_an_update_with_nothing_to_update_is_refused(client: FakeClient) -> None
     assert refused.exit_code == 2
     assert "nothing to update" in one_error_line(refused)
     assert not [call for call in client.calls if call[0] == "update_dataset"]
+
+
+def test_names_that_look_like_console_markup_are_printed_as_they_are(
+    client: FakeClient,
+) -> None:
+    # A writer picks shard names: "[/]" once made ls print a traceback, "[red]x" was
+    # shown as "x", and ":fire:" as an emoji, so the table named shards that do not exist.
+    names = {"x[/]y", "[red]secret", "m/[bold]b[/bold]", ":fire:"}
+    client.shards = set(names)
+    listed = invoke("ls", "ds")
+    assert listed.exit_code == 0, listed.output
+    for name in names:
+        assert name in listed.stdout
+    stat = invoke("stat", "ds", "x[/]y")
+    assert stat.exit_code == 0 and "x[/]y" in stat.stdout
+    missing = invoke("rm", "ds", "[red]secret", "nosuch[/]")
+    assert missing.exit_code == 3
+    assert "deleted 1 of 2 shards before an error: [red]secret" in missing.stdout
+    assert "'nosuch[/]'" in missing.stderr
 
 
 def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> None:

@@ -55,15 +55,22 @@ app.add_typer(trace_app, name="trace")
 _PIPED_WIDTH = 10_000
 
 
+def _literal_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A console with no markup or emoji codes: what is printed holds names users chose
+    (a shard named "x[/]y" or ":fire:" is printed as it is, not styled, changed or
+    refused)."""
+    return Console(stderr=stderr, width=width, markup=False, emoji=False)
+
+
 def _stdout_console() -> Console:
     """At a terminal (or with COLUMNS set), its width; piped, as wide as the content, so
     a shard name is never cut to "…" on its way to grep (rich assumes 80 columns)."""
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
-    return Console(width=_PIPED_WIDTH)
+        return _literal_console()
+    return _literal_console(width=_PIPED_WIDTH)
 
 
-err = Console(stderr=True)
+err = _literal_console(stderr=True)
 out = _stdout_console()
 
 _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
