@@ -89,8 +89,12 @@ def test_restart_reuses_secrets_and_tampering_is_data_loss(
         flip_hot_frame(data_dir, generations[dataset, "tensor"], 1, 100)
 
     # The documented shared-group setup for local reads (group read and search) is
-    # kept over a restart; other users' bits and group write are taken away.
+    # kept over a restart; other users' bits and group write are taken away. An
+    # operator's `chmod -R g+rX` for it reaches the secrets too: they go back to 0600
+    # (the group would otherwise read the admin token and the master keys).
     data_dir.chmod(0o777)
+    for name in SECRETS:
+        (data_dir / name).chmod(0o644)
     second = spawn_server(data_dir)
     assert mode(data_dir) == 0o750
     assert "a new admin token was written" not in second.output()

@@ -52,6 +52,7 @@ from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgu
 from tierstore.private_files import (
     ensure_private_dir,
     hold_lock_or_name_holder,
+    restrict_mode,
     write_private_file,
 )
 from tierstore.server.app import (
@@ -109,6 +110,17 @@ class ServeOptions:
     reseal_archive: bool = False
 
 
+def _restrict_secrets(data_dir: Path) -> None:
+    """Take group and other bits off the secrets the data directory holds at its top.
+    The directory may keep group read for local readers, and an operator's
+    ``chmod -R g+rX`` for them reaches these files too: the group would read the admin
+    token and the master keys. (The token store and the TLS files are restricted
+    where they are loaded.) Raises OSError if a mode cannot be changed."""
+    for secret in (data_dir / "admin.token", data_dir / "master.keys"):
+        with contextlib.suppress(FileNotFoundError):
+            restrict_mode(secret)
+
+
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
@@ -120,6 +132,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
     try:
         ensure_private_dir(data_dir, keep_group_read=True)
+        _restrict_secrets(data_dir)
     except OSError as exc:  # a file in the way, no permission...
         # Not this user's (a volume mounted for a group, say): the node may write in it
         # but not make it private, as it must (its keys, tokens and CA are in there).
