@@ -199,6 +199,21 @@ def test_connection_options_before_or_after_the_command(
     }
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_empty_token_is_refused_not_taken_from_the_environment(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # `--token "$TOKEN"` with TOKEN unset must not run as the exported admin token.
+    monkeypatch.setenv("TIERSTORE_TOKEN", "the-admins")
+    argv = ["--token", "", "dataset", "ls"] if where == "before" else ["dataset", "ls"]
+    if where == "after":
+        argv = ["--token", "given-first", *argv, "--token", ""]
+    refused = invoke(*argv)
+    assert refused.exit_code == 2
+    assert "--token is empty" in one_error_line(refused)
+    assert client.connected == {}  # no connection was made
+
+
 def test_timeout_bounds_every_call_and_must_be_positive(client: FakeClient) -> None:
     assert invoke("--timeout", "2.5", "dataset", "ls").exit_code == 0
     assert (client.timeout_s, client.stream_timeout_s) == (2.5, 2.5)  # type: ignore[attr-defined]

@@ -82,5 +82,9 @@ def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_envir
     assert token_of(token_file=path, environ=given) == TOKEN  # an argument over the env
     with pytest.raises(InvalidArgument, match="not both"):
         connect(token="direct", token_file=path, environ=env)
+    # An empty token (an unset variable in a script) is not "no token": it would run
+    # the call as whoever the environment's token is.
+    with pytest.raises(InvalidArgument, match="token= is empty"):
+        connect(token="", environ=given)
     with pytest.raises(InvalidArgument, match="cannot read token file"):
         connect(environ={**env, "TIERSTORE_TOKEN_FILE": str(tmp_path / "missing")})

@@ -169,10 +169,9 @@ class _ClientCommand(TyperCommand):
         # Runs after the group's callback (_options) has set the state from the options
         # given before the name. Popped: the command's own function does not take them.
         given = {param.name: ctx.params.pop(param.name) for param in self._connection}
-        state.address = given["address"] or state.address
-        state.token = given["token"] or state.token
-        state.token_file = given["token_file"] or state.token_file
-        state.ca = given["ca"] or state.ca
+        for name in ("address", "token", "token_file", "ca"):  # "" counts as given
+            if given[name] is not None:
+                setattr(state, name, given[name])
         state.insecure = given["insecure"] or state.insecure
         state.timeout = given["timeout"] if given["timeout"] is not None else state.timeout
         state.json = given["json_output"] or state.json
@@ -185,6 +184,13 @@ def _client() -> Any:
     counted while the CLI left its clients open."""
     from tierstore.client.client import connect
 
+    if state.token == "":  # "$TOKEN" of an unset variable: never the environment's instead
+        raise _fail(
+            errors.InvalidArgument(
+                "--token is empty: give the token, or leave --token out to use "
+                "TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE"
+            )
+        )
     if state.token and state.token_file:
         raise _fail(errors.InvalidArgument("give --token or --token-file, not both"))
     if state.timeout is not None and not 0 < state.timeout < math.inf:

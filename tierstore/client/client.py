@@ -944,6 +944,11 @@ def connect(
     if local_reads is None:
         local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
     address = address or env.get("TIERSTORE_ADDRESS", "")
+    if token == "":  # an unset variable, say: never the environment's token instead
+        raise InvalidArgument(
+            "token= is empty: give the token, or leave it out (None) to use "
+            "TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE"
+        )
     if token and token_file:
         raise InvalidArgument("give token= or token_file=, not both")
     if token_file:
