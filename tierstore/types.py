@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass, field
 
 from tierstore.errors import InvalidArgument
@@ -10,6 +11,7 @@ from tierstore.errors import InvalidArgument
 __all__ = [
     "ALL_DATASETS",
     "DEFAULT_POLICY_NAME",
+    "MAX_TTL_S",
     "DatasetSettings",
     "Durability",
     "Grant",
@@ -23,6 +25,7 @@ __all__ = [
     "TracedPosition",
     "TracedRead",
     "WrappedKey",
+    "check_pin_ttl",
 ]
 
 #: The placement policy a dataset gets unless it names one. The same name as
@@ -33,6 +36,28 @@ DEFAULT_POLICY_NAME = "clairvoyant"
 
 #: The most rows a shard may hold: Arrow's (and torch's) row counts are signed 64-bit.
 MAX_ROWS = 2**63 - 1
+
+#: The longest lifetime a token or a pin may be given: beyond it there is no point
+#: (0 or no TTL means "never"), and times far enough out break date formatting in
+#: every client that shows them.
+MAX_TTL_S = 10 * 365.25 * 86_400
+
+
+def check_pin_ttl(ttl_s: object) -> float | None:
+    """``ttl_s`` as a pin's lifetime: None (until unpinned) or a number of seconds in
+    (0, ten years]. Raises InvalidArgument otherwise (NaN, infinities, bools too)."""
+    if ttl_s is None:
+        return None
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, numbers.Real)
+        or not 0 < float(ttl_s) <= MAX_TTL_S
+    ):
+        raise InvalidArgument(
+            f"a pin's ttl_s must be a number of seconds above 0 and at most {MAX_TTL_S:.0f} "
+            f"(ten years), got {ttl_s!r}"
+        )
+    return float(ttl_s)
 
 
 class Durability(enum.StrEnum):

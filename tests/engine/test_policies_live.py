@@ -22,12 +22,12 @@ from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
-from tierstore.errors import ArchiveUnavailable, HotTierFull, UnknownPolicy
+from tierstore.errors import ArchiveUnavailable, HotTierFull, InvalidArgument, UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings
+from tierstore.types import DEFAULT_POLICY_NAME, MAX_TTL_S, DatasetSettings
 
 pytestmark = pytest.mark.usefixtures("recording")
 
@@ -229,6 +229,20 @@ def test_a_pin_whose_ttl_ran_out_is_evictable_again(open_store: StoreFactory, na
     assert hot(store, "d") == {"long"}
     store.pin("d", "long")  # pinning again replaces the TTL: no expiry now
     assert store.stat("d", "long").pinned_until == 0.0
+
+
+@pytest.mark.parametrize("ttl", [0, -1.0, float("nan"), float("inf"), 1e300, MAX_TTL_S + 1, True])
+def test_a_pin_ttl_outside_ten_years_is_refused_and_changes_nothing(
+    open_store: StoreFactory, ttl: float
+) -> None:
+    # 1e300 was taken, and shown as "until 1e+300 (not a date)" from then on.
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")}, start_mover=False)
+    fill(store, "d", ["s"])
+    with pytest.raises(InvalidArgument, match="ttl_s must be a number of seconds"):
+        store.pin("d", "s", ttl_s=ttl)
+    assert not store.stat("d", "s").pinned
+    store.pin("d", "s", ttl_s=MAX_TTL_S)  # the bound itself is a lifetime
+    assert store.stat("d", "s").pinned
 
 
 def test_a_pin_holds_the_shard_through_an_overwrite(open_store: StoreFactory) -> None:

@@ -154,7 +154,7 @@ def test_put_and_get_whole_and_byte_ranges(
     for limit in (1.5, "2", True):  # the same for a listing's limit, and a pin's TTL
         with pytest.raises(errors.InvalidArgument, match="limit must be a whole"):
             small_frames.list(any_dataset, limit=limit)  # type: ignore[arg-type]
-    with pytest.raises(errors.InvalidArgument, match="ttl_s must be a positive number"):
+    with pytest.raises(errors.InvalidArgument, match="ttl_s must be a number of seconds"):
         small_frames.pin(any_dataset, "blob", ttl_s="60")  # type: ignore[arg-type]
     assert (
         small_frames.get(any_dataset, "blob", offset=np.int64(3), length=np.uint8(2)).to_pybytes()

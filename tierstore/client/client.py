@@ -64,6 +64,7 @@ from tierstore.types import (
     ShardInfo,
     ShardKind,
     TraceEvent,
+    check_pin_ttl,
 )
 from tierstore.v1 import (
     admin_pb2,
@@ -598,15 +599,11 @@ class Client:
         """Keep a shard hot whatever the placement policy says (a cold one is promoted),
         for ``ttl_s`` seconds or, without one, until :meth:`unpin`; pinning again
         replaces the TTL. Returns bytes queued for promotion. Raises InvalidArgument
-        (``ttl_s`` not a positive number), ShardNotFound, PermissionDenied."""
+        (``ttl_s`` not a number of seconds in (0, ten years]), ShardNotFound,
+        PermissionDenied."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        if ttl_s is not None and (
-            isinstance(ttl_s, bool)
-            or not isinstance(ttl_s, numbers.Real)
-            or not 0 < ttl_s < float("inf")
-        ):
-            raise InvalidArgument(f"a pin's ttl_s must be a positive number, got {ttl_s!r}")
+        ttl_s = check_pin_ttl(ttl_s)
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
             stub.Pin,

@@ -13,7 +13,6 @@ Thread safety: a :class:`Placement` is safe to share between threads.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.mover import Mover
 from tierstore.engine.sealing import stored_size
-from tierstore.errors import InvalidArgument
 from tierstore.tiers.lmdb import LmdbEnvironment
+from tierstore.types import check_pin_ttl
 
 __all__ = ["DatasetUsage", "Placement"]
 
@@ -101,14 +100,9 @@ class Placement:
         bytes queued for promotion (pinning a cold one).
 
         Raises DatasetNotFound, ShardNotFound, InvalidArgument for a ``ttl_s`` that is
-        not a positive finite number.
+        not a number of seconds in (0, ten years] (:func:`~tierstore.types.check_pin_ttl`).
         """
-        if ttl_s is not None and (
-            isinstance(ttl_s, bool)
-            or not isinstance(ttl_s, int | float)
-            or not 0 < ttl_s < math.inf
-        ):
-            raise InvalidArgument(f"a pin's ttl_s must be a positive number, got {ttl_s!r}")
+        ttl_s = check_pin_ttl(ttl_s)
         until = time.time() + ttl_s if pinned and ttl_s is not None else 0.0
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)

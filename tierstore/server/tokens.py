@@ -34,7 +34,7 @@ from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticate
 from tierstore.naming import validate_dataset_name
 from tierstore.private_files import restrict_mode, write_private_file
 from tierstore.server.authz import Principal, check_principal_name
-from tierstore.types import ALL_DATASETS, Grant, Role
+from tierstore.types import ALL_DATASETS, MAX_TTL_S, Grant, Role
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -51,10 +51,6 @@ TOKEN_PREFIX = "ts_"
 ADMIN_PRINCIPAL = "admin"
 #: The shortest lifetime a token may be given: a shorter one would expire before use.
 MIN_TTL_S = 1.0
-#: The longest lifetime a token may be given, ten years (of 365.25 days). Beyond this
-#: there is no point (0 means "never"), and times far enough out break date formatting
-#: in every client that shows them.
-MAX_TTL_S = 10 * 365.25 * 86_400
 
 _ID_BYTES = 6
 _SECRET_BYTES = 32
