@@ -240,6 +240,15 @@ def test_the_insecure_hint_only_for_a_connection_a_tls_server_would_drop(
     monkeypatch.setenv("TIERSTORE_INSECURE", "1")  # plaintext from the environment
     from_env = invoke("dataset", "ls")
     assert ("drop it and give --ca" in one_error_line(from_env)) is hinted
+    # Over TLS with no client certificate, a closed connection most often means the
+    # server wants one (--require-client-cert); with one, there is nothing to say.
+    monkeypatch.delenv("TIERSTORE_INSECURE")
+    monkeypatch.delenv("TIERSTORE_CLIENT_CERT", raising=False)
+    over_tls = one_error_line(invoke("dataset", "ls"))
+    assert ("export TIERSTORE_CLIENT_CERT" in over_tls) is hinted
+    assert "drop it and give --ca" not in over_tls
+    monkeypatch.setenv("TIERSTORE_CLIENT_CERT", "client.pem")
+    assert "TIERSTORE_CLIENT_CERT" not in one_error_line(invoke("dataset", "ls"))
 
 
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:

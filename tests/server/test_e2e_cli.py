@@ -28,11 +28,10 @@ from tierstore.cli.main import app
 from tierstore.client.client import Client
 from tierstore.policy.registry import DEFAULT_POLICY
 from tierstore.server.tls import ensure_tls_material
-from tierstore.server.tokens import MAX_TTL_S
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read
 from tierstore.sim.tracefile import load_trace
 from tierstore.tiers.seaweedfs import SeaweedServer
-from tierstore.types import Grant, Role
+from tierstore.types import MAX_TTL_S, Grant, Role
 
 from .conftest import ServerProcess, clean_env, free_port, poll, tierstore_command, unique
 
@@ -90,13 +89,18 @@ def test_banner_tells_how_to_connect(server: ServerProcess) -> None:
     assert server.token not in banner + server.errors()  # the token itself is never printed
 
 
-def follow_the_banner(server: ServerProcess) -> subprocess.CompletedProcess[bytes]:
-    """Run the commands the banner says to connect with, as printed, in a shell."""
+def follow_the_banner(
+    server: ServerProcess, leave_out: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the commands the banner says to connect with, as printed, in a shell; with
+    ``leave_out``, all but those that hold it."""
     banner = server.output().splitlines()
     start = banner.index("tierstore: connect with:") + 1
     commands = [line.strip() for line in banner[start:] if line.startswith("  ")]
     assert commands[-1] == "tierstore dataset ls", commands
     commands[-1] = f"{tierstore_command()} dataset ls"
+    if leave_out is not None:
+        commands = [command for command in commands if leave_out not in command]
     return subprocess.run(
         ["bash", "-c", " && ".join(commands)],
         env=clean_env(),
@@ -122,6 +126,10 @@ def test_the_banners_commands_connect(
         assert "service=admin-cli" in node.errors()  # the audit names the certificate
         audited = [json.loads(line) for line in node.errors().splitlines() if '"event"' in line]
         assert any(d["event"] == "call" and d["service"] == "admin-cli" for d in audited)
+        # Without the certificate's two exports, the error says what is missing.
+        bare = follow_the_banner(node, leave_out="TIERSTORE_CLIENT_")
+        assert bare.returncode == 5, bare.stderr.decode()
+        assert b"export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY" in bare.stderr
 
 
 def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(
@@ -379,7 +387,8 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
         "freed_bytes": 0,
         "kept": {"a": "pinned (unpin it first)"},
     }
-    assert run(env, "pin", dataset, "a", "--ttl", "-1").returncode == 2
+    for ttl in ("-1", "1e300"):
+        assert run(env, "pin", dataset, "a", "--ttl", ttl).returncode == 2
 
 
 def test_trace_export_and_the_sizing_curve(

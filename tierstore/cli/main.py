@@ -252,6 +252,14 @@ _INSECURE_HINT = (
     "connections: drop it and give --ca, unless the server runs with --insecure too"
 )
 
+#: what a TLS connection closed at once most often means when no client certificate
+#: was given: the server runs with --require-client-cert
+_CLIENT_CERT_HINT = (
+    "a server started with --require-client-cert closes connections that bring no "
+    "client certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its "
+    "banner says"
+)
+
 
 def _deadline_text() -> str:
     return _DEFAULT_DEADLINES if state.timeout is None else f"{state.timeout:g} s"
@@ -269,8 +277,11 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     text = message or str(exc)
     if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
-    elif isinstance(exc, errors.Unavailable) and _plaintext() and _CLOSED.search(text):
-        text += f" ({_INSECURE_HINT})"
+    elif isinstance(exc, errors.Unavailable) and _CLOSED.search(text):
+        if _plaintext():
+            text += f" ({_INSECURE_HINT})"
+        elif not os.environ.get("TIERSTORE_CLIENT_CERT"):
+            text += f" ({_CLIENT_CERT_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {_deadline_text()}; --timeout changes it)"
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
