@@ -150,6 +150,46 @@ def one_error_line(result: Result) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["dataset", "update", "x", "--hot-quota", "abc"], "Invalid value for '--hot-quota'"),
+        (["token", "create", "p", "--ttl", "soon"], "Invalid value for '--ttl'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["dataset", "create"], "Missing argument"),
+    ],
+)
+def test_a_usage_error_is_one_line_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    fragment: str,
+) -> None:
+    # The option parser's own errors were a boxed panel of several lines; every other
+    # error is one line a script can read.
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)  # main() sets it
+    monkeypatch.setattr("sys.argv", ["tierstore", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main.main()
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    (line,) = printed.err.splitlines()
+    assert line.startswith("error: ") and fragment in line and "--help)" in line
+    assert printed.out == ""
+
+
+def test_no_command_prints_the_help_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    monkeypatch.setattr("sys.argv", ["tierstore"])
+    with pytest.raises(SystemExit) as exited:
+        main.main()
+    assert exited.value.code == 2
+    printed = capsys.readouterr()
+    assert "Usage" in printed.out and printed.err == ""
+
+
 # connection options
 
 

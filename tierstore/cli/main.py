@@ -1099,7 +1099,30 @@ def main() -> None:
     # gRPC's errors in its log. GRPC_VERBOSITY set by the user wins.
     serving = _command_name(sys.argv[1:]) == "serve"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("Aborted!", highlight=False)
+        code = 1
+    except typer.TyperException as exc:  # a usage error: an option's value, a command...
+        code = _usage_error(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """Print a usage error (a bad option value, an unknown command) as the one error
+    line every other error gets, with where help is; return its exit code (2)."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    context = getattr(exc, "ctx", None)
+    where = f"{context.command_path} --help" if context is not None else "tierstore --help"
+    if message.strip():  # none when a bare group printed its help instead
+        err.print(
+            Text.assemble(("error:", "red"), f" {type(exc).__name__}: {message} (see {where})"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    code = getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 2
 
 
 #: top-level options that take a value (the next argument, unless given as --opt=value)
