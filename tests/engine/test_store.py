@@ -30,7 +30,15 @@ from tests.engine.backdoor import (
     record_of,
 )
 from tests.engine.faulty_tier import FaultyTier
-from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
+from tests.engine.stores import (
+    DATASETS,
+    FRAME,
+    KEYRING,
+    OTHER_KEYRING,
+    StoreFactory,
+    payload,
+    wait_until,
+)
 from tierstore import arrowio
 from tierstore.crypto import TAG_BYTES
 from tierstore.engine.records import (
@@ -700,6 +708,27 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
         fresh.stat("plain", "deleted")
     with pytest.raises(FailedPrecondition):
         fresh.rebuild_from_archive()
+
+
+def test_a_rebuild_under_lost_keys_believes_only_a_plaintext_archive(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    store.put("plain", "a", payload(3 * FRAME, 1))
+    assert store.drain(10)
+    lost = open_store(archive, OTHER_KEYRING)  # the key file that sealed it is gone
+    assert lost.rebuild_from_archive() == 0  # believes none of it, as it must
+    fresh = open_store(archive, OTHER_KEYRING)
+    assert fresh.rebuild_from_archive(believe_unsealed=True) == 1
+    assert fresh.get("plain", "a").to_bytes() == payload(3 * FRAME, 1)
+
+    store.create_dataset("enc", DatasetSettings(encrypted=True))
+    store.put("enc", "b", b"secret")
+    assert store.drain(10)
+    refused = open_store(archive, OTHER_KEYRING)
+    with pytest.raises(FailedPrecondition, match=r"holds encrypted datasets \(enc\)"):
+        refused.rebuild_from_archive(believe_unsealed=True)
+    assert refused.list_datasets() == []  # nothing restored
 
 
 def tampered_manifest(archive: MemoryTier, key: str, **changes: Any) -> bytes:

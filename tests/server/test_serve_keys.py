@@ -65,6 +65,20 @@ def archived_node(
     assert node.stop() == 0
 
 
+def rebuilt(
+    spawn_server: Callable[..., ServerProcess], data_dir: Path, summary: str, *flags: str
+) -> ServerProcess:
+    """A node started with --rebuild-from-archive (and ``flags``) that rebuilt its
+    catalog, as it says: ``summary`` is "<n> shards of <m> datasets"."""
+    node = spawn_server(data_dir, "--rebuild-from-archive", *flags)
+    assert f"rebuilt the catalog from the archive: {summary}" in node.output()
+    return node
+
+
+#: the shards of a plaintext node's dataset "plain"
+PLAIN_SHARDS = {name: name.encode() * 1000 for name in ("a", "b")}
+
+
 @pytest.mark.timeout(240)
 def test_a_node_whose_keys_do_not_read_its_shards_refuses_to_start(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
@@ -179,8 +193,7 @@ def test_a_rebuild_that_believes_nothing_of_the_archive_refuses_to_serve(
     assert "the rebuild believed none of them" in line
 
     keys.write_bytes(real)
-    again = spawn_server(data_dir, "--rebuild-from-archive")
-    assert "rebuilt the catalog from the archive: 1 shards of 1 datasets" in again.output()
+    again = rebuilt(spawn_server, data_dir, "1 shards of 1 datasets")
     with again.connect(local_reads=False) as client:
         assert client.get(DATASET, "kept").to_pybytes() == b"in the archive"
 
@@ -195,8 +208,7 @@ def test_a_plaintext_node_tells_the_wrong_keys_by_the_archives_seals(
     # from the archive still believes every object.
     data_dir = tmp_path / "node"
     keys = data_dir / "master.keys"
-    shards = {name: name.encode() * 1000 for name in ("a", "b")}
-    archived_node(spawn_server, data_dir, "plain", shards, encrypted=False)
+    archived_node(spawn_server, data_dir, "plain", PLAIN_SHARDS, encrypted=False)
 
     key_file(keys, "k1")  # another key under the same id
     line = refused_start(spawn_server, data_dir)
@@ -212,7 +224,62 @@ def test_a_plaintext_node_tells_the_wrong_keys_by_the_archives_seals(
         poll(lambda: client.stats()["journal_entries"] == 0, 60, "the archive resealed")
     assert resealed.stop() == 0
     shutil.rmtree(data_dir / "hot")  # and now the hot tier is lost too
-    rebuilt = spawn_server(data_dir, "--rebuild-from-archive")
-    assert "rebuilt the catalog from the archive: 2 shards of 1 datasets" in rebuilt.output()
-    with rebuilt.connect(local_reads=False) as client:
+    with rebuilt(spawn_server, data_dir, "2 shards of 1 datasets").connect(
+        local_reads=False
+    ) as client:
         assert client.get("plain", "b").to_pybytes() == b"b" * 1000
+
+
+@pytest.mark.timeout(300)
+def test_a_plaintext_node_that_lost_its_disk_keys_included_is_rebuilt_on_request(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The hot tier and master.keys share the node's disk by default. The archive's
+    # metadata is sealed under the lost keys, so a rebuild believed none of it, and the
+    # way on the refusal named (--reseal-archive) was refused too: plaintext data in
+    # the archive could not be had back.
+    data_dir = tmp_path / "node"
+    keys = data_dir / "master.keys"
+    archived_node(spawn_server, data_dir, "plain", PLAIN_SHARDS, encrypted=False)
+    shutil.rmtree(data_dir / "hot")
+    keys.unlink()
+
+    line = refused_start(spawn_server, data_dir, "--rebuild-from-archive")
+    assert "--reseal-archive (with --rebuild-from-archive too" in line and not keys.exists()
+    resealed = rebuilt(spawn_server, data_dir, "2 shards of 1 datasets", "--reseal-archive")
+    assert "without checking its seals" in resealed.errors()
+    with resealed.connect(local_reads=False) as client:
+        for name, data in PLAIN_SHARDS.items():
+            assert client.get("plain", name).to_pybytes() == data
+        poll(lambda: client.stats()["journal_entries"] == 0, 60, "the archive resealed")
+    assert resealed.stop() == 0
+
+    # Sealed under the new key now: a later rebuild believes it with no flag but its own.
+    shutil.rmtree(data_dir / "hot")
+    again = rebuilt(spawn_server, data_dir, "2 shards of 1 datasets")
+    with again.connect(local_reads=False) as client:
+        assert client.get("plain", "b").to_pybytes() == PLAIN_SHARDS["b"]
+
+
+@pytest.mark.timeout(300)
+def test_lost_keys_never_rebuild_an_archive_that_holds_encrypted_data(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Nothing reads those without the keys, and believing the archive's word that a
+    # dataset is plaintext is what the seals are there to stop.
+    data_dir = tmp_path / "node"
+    keys = data_dir / "master.keys"
+    archived_node(spawn_server, data_dir, DATASET, {"kept": b"under the old key"})
+    real = keys.read_bytes()
+    shutil.rmtree(data_dir / "hot")
+    keys.unlink()
+
+    line = refused_start(spawn_server, data_dir, "--rebuild-from-archive", "--reseal-archive")
+    assert f"the archive holds encrypted datasets ({DATASET})" in line
+    assert not keys.exists()
+
+    keys.write_bytes(real)  # found after all: nothing was changed meanwhile
+    keys.chmod(0o600)
+    again = rebuilt(spawn_server, data_dir, "1 shards of 1 datasets")
+    with again.connect(local_reads=False) as client:
+        assert client.get(DATASET, "kept").to_pybytes() == b"under the old key"

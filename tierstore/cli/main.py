@@ -390,7 +390,8 @@ def serve(
         typer.Option(
             help="the master key file was lost for good and no dataset is encrypted: seal "
             "the archive's metadata under the keys given now (refused while the node holds "
-            "encrypted shards)"
+            "encrypted shards); with --rebuild-from-archive, the rebuild believes the "
+            "archive's metadata without its seals (refused if any of it is encrypted)"
         ),
     ] = False,
     rebuild_from_archive: Annotated[

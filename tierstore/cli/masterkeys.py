@@ -161,7 +161,8 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
 #: the way on for a node whose key file is lost for good.
 _RESEAL = (
     "if they are lost for good and no dataset is encrypted, start with --reseal-archive "
-    "to seal the archive's metadata under the keys given now"
+    "(with --rebuild-from-archive too if the hot tier was lost) to seal the archive's "
+    "metadata under the keys given now"
 )
 
 

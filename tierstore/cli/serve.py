@@ -200,7 +200,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                     raise  # nothing checked here yet: no serving without the archive
                 archive_down = unreachable  # the node's own hot tier serves meanwhile
             if unchecked.exists():
-                _check_a_new_hot_tier(store, options.rebuild_from_archive, out)
+                _check_a_new_hot_tier(
+                    store, options.rebuild_from_archive, out, lost_keys=options.reseal_archive
+                )
                 unchecked.unlink()
             refused.pop_all()
         if archive_down is not None:
@@ -278,12 +280,14 @@ def _kill_children() -> None:
 _UNCHECKED_MARK = "hot-tier.unchecked"
 
 
-def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO) -> None:
+def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool) -> None:
     """For a hot tier made by this start (or by one that stopped before this check
     passed). Over an archive that holds objects, the hot tier was lost (or this node was
     given another node's archive): with ``rebuild``, rebuild the catalog from the
-    archive; without, refuse to start (FailedPrecondition), since writes accepted now
-    would make the archive's shards unreachable. Raises ArchiveUnavailable when the
+    archive (with ``lost_keys``, --reseal-archive, believing metadata the keys given now
+    did not seal, for plaintext datasets only); without, refuse to start
+    (FailedPrecondition), since writes accepted now would make the archive's shards
+    unreachable. Raises ArchiveUnavailable when the
     archive cannot be listed (a new node cannot be told apart from a lost hot tier
     then). A hot tier that passed the check is never checked again: a node whose
     datasets were all deleted restarts as it is."""
@@ -298,7 +302,7 @@ def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO) -> None:
             "--rebuild-from-archive to rebuild the catalog from the archive, or give "
             "this node an archive --bucket/--prefix of its own"
         )
-    recovered = store.rebuild_from_archive()
+    recovered = store.rebuild_from_archive(believe_unsealed=lost_keys)
     datasets = len(store.list_datasets())
     if not datasets:
         # An empty catalog served over an archive that holds objects would hide them
@@ -307,7 +311,9 @@ def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO) -> None:
             "the hot tier is new and the archive holds objects, but the rebuild believed "
             "none of them (the warnings above say why: sealed under master keys this node "
             "does not hold, or damaged); give the node the master key file the archive "
-            "was written with, or an archive --bucket/--prefix of its own"
+            "was written with, or an archive --bucket/--prefix of its own. If that key "
+            "file is lost for good and no dataset is encrypted, add --reseal-archive: the "
+            "archive's metadata is then believed as it is and sealed under the keys given now"
         )
     out.write(
         f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "

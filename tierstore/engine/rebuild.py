@@ -35,11 +35,18 @@ from tierstore.engine.records import (
     decode_dataset,
 )
 from tierstore.engine.sealing import stored_size
-from tierstore.errors import IntegrityError, UnknownKeyId
+from tierstore.errors import FailedPrecondition, IntegrityError, UnknownKeyId
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
-__all__ = ["ArchiveContents", "archive_keys", "restore_catalog", "scan_archive"]
+__all__ = [
+    "ArchiveContents",
+    "archive_keys",
+    "believe_any_seal",
+    "refuse_encrypted_without_keys",
+    "restore_catalog",
+    "scan_archive",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,27 @@ class ArchiveContents:
 #: Checks that an object read at a key carries a seal made for it (raises IntegrityError
 #: or UnknownKeyId); see :func:`tierstore.engine.archiveseal.check_seal`.
 SealCheck = Callable[[str, bytes | memoryview], None]
+
+
+def believe_any_seal(key: str, raw: bytes | memoryview) -> None:
+    """A :data:`SealCheck` that believes every object, sealed or not: for a rebuild
+    whose master key file is lost for good (the other checks of :func:`scan_archive`
+    still apply)."""
+
+
+def refuse_encrypted_without_keys(contents: ArchiveContents) -> None:
+    """Raise FailedPrecondition, naming them, if ``contents`` hold an encrypted dataset
+    or shard: a rebuild that could not check seals has no keys to read those with, and
+    believing an archive's "plaintext" there is what the seals exist to stop."""
+    encrypted = {name for name, settings in contents.datasets.items() if settings.encrypted}
+    encrypted |= {record.dataset for record in contents.shards.values() if record.envelope}
+    if encrypted:
+        names = ", ".join(sorted(encrypted)[:5]) + (", ..." if len(encrypted) > 5 else "")
+        raise FailedPrecondition(
+            f"the archive holds encrypted datasets ({names}): their data keys are wrapped "
+            "by the master keys whose file is lost, and nothing reads them without it. "
+            "Restore that key file (then --rebuild-from-archive alone); nothing was changed"
+        )
 
 
 def archive_keys(archive: Tier, prefix: str = "") -> list[str]:

@@ -48,7 +48,12 @@ from tierstore.engine.prefetch import Prefetcher
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
-from tierstore.engine.rebuild import restore_catalog, scan_archive
+from tierstore.engine.rebuild import (
+    believe_any_seal,
+    refuse_encrypted_without_keys,
+    restore_catalog,
+    scan_archive,
+)
 from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import (
@@ -941,19 +946,34 @@ class Store:
         self._check_open()
         return bool(self._archive.list(limit=1).keys)
 
-    def rebuild_from_archive(self) -> int:
+    def rebuild_from_archive(self, *, believe_unsealed: bool = False) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
 
         Every dataset and the newest generation of every shard come back as
-        archived and not hot (reads fetch and promote them). Raises
-        FailedPrecondition if the catalog is not empty or its journal still holds
-        entries for the archive (drain it first), ArchiveUnavailable if the archive
-        cannot be listed.
+        archived and not hot (reads fetch and promote them). Only metadata objects
+        sealed under this store's master keys are believed; with ``believe_unsealed``
+        (the key file they were sealed with is lost for good) their seals are not
+        checked, the archive is taken at its word, and an archive that holds any
+        encrypted dataset or shard is refused: nothing reads those without the lost
+        keys. The caller then seals the metadata again (:meth:`reseal_archive`).
+        Raises FailedPrecondition if the catalog is not empty, its journal still holds
+        entries for the archive (drain it first), or (``believe_unsealed``) the archive
+        holds encrypted data; ArchiveUnavailable if the archive cannot be listed.
         """
         self._check_open()
         with self._env.read() as txn:
             self._require_empty_catalog(txn)
-        contents = scan_archive(self._archive, self._sealers.check_object)
+        check = believe_any_seal if believe_unsealed else self._sealers.check_object
+        contents = scan_archive(self._archive, check)
+        if believe_unsealed:
+            refuse_encrypted_without_keys(contents)
+            log.warning(
+                "rebuilding from the archive without checking its seals (the key file "
+                "they were made with is lost): %d datasets and %d shards taken at the "
+                "archive's word",
+                len(contents.datasets),
+                len(contents.shards),
+            )
         for key, why in contents.unreadable.items():
             log.warning("archive object %s is not believed, skipped: %s", key, why)
         with self._env.write() as txn:
