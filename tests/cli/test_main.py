@@ -622,6 +622,16 @@ def test_put_refuses_two_inputs_with_one_shard_name_before_uploading(
     assert invoke("put", "ds", str(tmp_path / "d1"), "--prefix", "one/").exit_code == 0
 
 
+def test_pin_says_cold_shards_are_only_queued_for_promotion(client: FakeClient) -> None:
+    # "pinned 5 shards" read as "5 shards are hot now", though a promotion that finds no
+    # room is skipped (the fake client's pin queues 10 bytes a shard).
+    client.shards = {"a", "b"}
+    told = invoke("pin", "ds", "a", "b")
+    assert told.exit_code == 0
+    assert "pinned 2 shards; 20 bytes of them were cold and are queued" in told.stdout
+    assert "ls shows which are hot" in told.stdout
+
+
 @pytest.mark.parametrize(
     ("command", "done"), [("pin", "pinned"), ("unpin", "unpinned"), ("evict", "evicted")]
 )

@@ -782,12 +782,20 @@ def pin(
         float | None, typer.Option(help="seconds until the pin runs out (default: never)")
     ] = None,
 ) -> None:
-    """Keep shards in the hot tier, whatever the placement policy says."""
+    """Keep shards in the hot tier, whatever the placement policy says. A cold one is
+    queued for promotion, which is skipped if the hot tier or the dataset's quota has
+    no room (pinned shards are never evicted to make it): ls shows which are hot."""
     client = _client()
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
+    promoting = (
+        f"; {queued:,} bytes of them were cold and are queued for promotion, which is "
+        "skipped where there is no room (ls shows which are hot)"
+        if queued
+        else ""
+    )
     _emit(
         {"pinned": shards, "not_pinned": [], "bytes_queued": queued},
-        f"pinned {_count(len(shards), 'shard')}",
+        f"pinned {_count(len(shards), 'shard')}{promoting}",
     )
 
 
