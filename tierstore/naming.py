@@ -3,6 +3,10 @@
 * Dataset: ``[a-z0-9][a-z0-9._-]{0,62}``.
 * Shard: a path-like key of 1 to 1024 UTF-8 bytes, printable (no control
   characters), no leading ``/``, no empty, ``.`` or ``..`` segment.
+
+Names are compared byte for byte, as S3 keys are: no Unicode normalization (NFC and
+NFD spellings of one word are two names), which would store a name other than the
+one given.
 """
 
 from __future__ import annotations
