@@ -13,7 +13,7 @@ import lmdb
 import pytest
 
 from tests.tiers.conformance import TierConformance
-from tierstore.errors import ReaderTableFull, StoreClosed
+from tierstore.errors import HotTierFull, ReaderTableFull, StoreClosed
 from tierstore.tiers import lmdb as lmdb_tier
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -129,4 +129,51 @@ def test_a_full_reader_table_frees_dead_readers_slots_or_says_it_is_full(
             txn.abort()
     with env.read() as txn:
         assert bytes(txn.get(b"k", db=env.db("data"))) == b"v"
+    env.close()
+
+
+def _overwrite(env: LmdbEnvironment, times: int, size: int = 100 << 10) -> None:
+    """Replace one value ``times`` times: each overwrite frees the pages of the last."""
+    for round_ in range(times):
+        with env.write() as txn:
+            txn.put(b"k", bytes([round_ % 256]) * size, db=env.db("data"))
+
+
+def _killed_reader(path: Path) -> None:
+    """A process that opened a snapshot of the environment at ``path``, killed -9."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _DEAD_READER, str(path)], stdout=subprocess.PIPE
+    )
+    assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+    reader.kill()
+    reader.wait()
+
+
+def test_a_dead_readers_snapshot_does_not_fill_the_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A local reader killed while it held a snapshot (or a DataLoader worker that
+    # exited) kept every page freed after it from reuse until some other local reader
+    # came: overwrites filled the map and puts failed HotTierFull for good.
+    monkeypatch.setattr(lmdb_tier, "READER_CHECK_INTERVAL_S", 0.0)  # no 5 s wait here
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    _overwrite(env, 1)
+    _killed_reader(tmp_path / "env")
+    assert len(env.env.readers().splitlines()) > 1  # its slot: the header and one line
+    _overwrite(env, 100)  # 10 MB through a 1 MiB map: only if freed pages are reused
+    with env.read() as txn:
+        assert bytes(txn.get(b"k", db=env.db("data"))) == bytes([99]) * (100 << 10)
+    env.close()
+
+
+def test_a_map_full_under_a_live_snapshot_says_what_holds_the_pages(tmp_path: Path) -> None:
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    _overwrite(env, 1)
+    held = env.env.begin()  # a reader that keeps its zero-copy buffers
+    try:
+        with pytest.raises(HotTierFull, match="no reader's snapshot shows them"):
+            _overwrite(env, 100)
+    finally:
+        held.abort()
+    _overwrite(env, 100)  # let go: the pages are reused again
     env.close()

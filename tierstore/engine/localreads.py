@@ -25,8 +25,6 @@ Thread safety: a :class:`LocalReadSupport` is safe to share between threads.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +36,6 @@ from tierstore.errors import FailedPrecondition
 from tierstore.tiers.lmdb import LmdbEnvironment
 
 __all__ = ["DataKey", "HotLocation", "LocalReadCount", "LocalReadSupport", "ReaderTable"]
-
-#: Reader-table checks happen at most this often (each walks the table and asks the
-#: kernel about every reader's pid lock).
-_READER_CHECK_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +90,6 @@ class LocalReadSupport:
         self._catalog = catalog
         self._sealers = sealers
         self._reads = reads
-        self._check_lock = threading.Lock()
-        self._checked_at = float("-inf")
 
     def location(self) -> HotLocation:
         """The environment's directory (absolute), map size and data file identity."""
@@ -159,13 +151,7 @@ class LocalReadSupport:
     def clear_stale_readers(self, force: bool = False) -> int:
         """Free reader slots of dead processes (at most every few seconds unless
         ``force``; cheap otherwise). Returns how many slots were freed now."""
-        now = time.monotonic()
-        with self._check_lock:
-            if not force and now - self._checked_at < _READER_CHECK_INTERVAL_S:
-                return 0
-            self._checked_at = now
-        cleared: int = self._env.env.reader_check()
-        return cleared
+        return self._env.clear_dead_readers(force)
 
     def reader_table(self) -> ReaderTable:
         """How many slots of the reader table are taken, by every process on this host.

@@ -16,6 +16,12 @@ of dead processes and tries once more, then raises :class:`ReaderTableFull`. Bef
 a full table failed the server's reads (and its mover) for good, since only granting
 a local read freed dead readers' slots, and that needs a read first.
 
+Slots of dead processes are also freed by every write transaction (at most every
+:data:`READER_CHECK_INTERVAL_S`, and again when the map is found full): a local reader
+killed (or a DataLoader worker that exited) while it held a snapshot keeps the pages
+that snapshot shows from being reused until its slot is freed, and the map would fill
+while no other local reader came to free it.
+
 Fork safety: an environment is never used across ``fork()``. The handle is
 bound to the process id that opened it; a child process reopens the
 environment on first use and never touches (or closes) the parent's handle.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,12 +49,20 @@ from tierstore.errors import (
 )
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 
-__all__ = ["MAX_KEY_BYTES", "MAX_READERS", "LmdbEnvironment", "LmdbTier"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_READERS",
+    "READER_CHECK_INTERVAL_S",
+    "LmdbEnvironment",
+    "LmdbTier",
+]
 
 MAX_KEY_BYTES = 511
 #: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
 #: local reader on this host together; the first process to open the map sets it.
 MAX_READERS = 4096
+#: how often (seconds) the slots of dead processes are freed, at most, unless forced.
+READER_CHECK_INTERVAL_S = 5.0
 #: bytes of LMDB's per-page header, counted when estimating a value's pages.
 _PAGE_HEADER_BYTES = 16
 
@@ -75,6 +90,8 @@ class LmdbEnvironment:
         self._active = 0
         self._users = threading.Condition()
         self._users_pid = os.getpid()
+        #: when clear_dead_readers() last ran (monotonic seconds)
+        self._readers_checked_at = float("-inf")
 
     @property
     def env(self) -> Any:
@@ -131,14 +148,33 @@ class LmdbEnvironment:
         :class:`Unavailable`.
         """
         try:
-            with self._in_use(), self.env.begin(write=True) as txn:
-                yield txn
+            with self._in_use():
+                self.clear_dead_readers()
+                with self.env.begin(write=True) as txn:
+                    yield txn
         except lmdb.MapFullError as exc:
+            freed = self.clear_dead_readers(force=True)
+            retry = f"; {freed} reader slots of dead processes were freed now: retry"
             raise HotTierFull(
-                f"hot tier at {self.path} is full (map size {self.map_size} bytes)"
+                f"hot tier at {self.path} is full (map size {self.map_size} bytes). Pages "
+                "that deletes and overwrites free are reused only once no reader's snapshot "
+                "shows them: a local reader holding zero-copy buffers for long keeps them "
+                "(docs/local-reads.md)" + (retry if freed else "")
             ) from exc
         except lmdb.Error as exc:
             raise Unavailable(f"hot tier write failed: {exc}") from exc
+
+    def clear_dead_readers(self, force: bool = False) -> int:
+        """Free the reader slots of dead processes, whose snapshots would otherwise keep
+        pages from reuse for good; at most every :data:`READER_CHECK_INTERVAL_S` unless
+        ``force`` (it scans the reader table). Returns how many slots were freed."""
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._readers_checked_at < READER_CHECK_INTERVAL_S:
+                return 0
+            self._readers_checked_at = now
+        freed: int = self.env.reader_check()
+        return freed
 
     @contextmanager
     def read(self) -> Iterator[Any]:
