@@ -55,6 +55,8 @@ def test_unmeasured_jobs_borrow_the_mean_rate() -> None:
     assert plans.rate(fresh) == 1.0
     plans.report("a", 8, 2.0)
     assert plans.rate(measured) == plans.rate(fresh) == 4.0
+    plans.close("a")  # the rates are kept, not worked out per call: closing updates them
+    assert plans.rate(fresh) == 1.0
 
 
 def test_expiry_and_next_use() -> None:

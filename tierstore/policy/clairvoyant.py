@@ -59,6 +59,11 @@ def _always(_: Key) -> bool:
 
 #: plan entries looked at per job and prefetch call (bounds the call's cost).
 _PREFETCH_SCAN = 256
+#: plan entries looked at per prefetch call over all jobs: with thousands of plans
+#: open, every pass walked 256 entries of each (and held the policy driver's lock,
+#: which reports wait on, meanwhile). Jobs take turns going first, so each is looked
+#: at within a few passes; up to 64 jobs are all looked at in every one.
+_PREFETCH_SCAN_TOTAL = 64 * _PREFETCH_SCAN
 
 
 class ClairvoyantPolicy(Policy):
@@ -89,6 +94,7 @@ class ClairvoyantPolicy(Policy):
         self._members = np.zeros(64, dtype=np.int32)  # planned resident slots, dense
         self._count = 0
         self._plans = PlanBook(self._on_done)
+        self._scan_turn = 0  # the job a prefetch call looks at first, in turn
         self._now = 0.0
         self._expiry_check_at = 0.0
         self._chosen: int = NIL  # admit()'s would-be victim, for victims() right after
@@ -230,16 +236,29 @@ class ClairvoyantPolicy(Policy):
         if not self._fallback.resident_bytes and self._count:
             horizon = self._farthest(_always, set())[1]
         slots = self._slots
+        resident = slots.view("resident")
         wanted: dict[int, float] = {}
-        for job in self._plans:
+        hot: set[int] = set()  # slots found hot in this call: asked once, not per job
+        jobs = list(self._plans)
+        first = self._scan_turn % len(jobs)
+        left = _PREFETCH_SCAN_TOTAL
+        for turn, job in enumerate(jobs[first:] + jobs[:first]):
+            if left <= 0:
+                break
+            self._scan_turn = first + turn + 1  # the next call starts after this job
             rate = self._plans.rate(job)
             found = 0
-            for index in range(job.position, min(len(job), job.position + _PREFETCH_SCAN)):
+            end = min(len(job), job.position + _PREFETCH_SCAN, job.position + left)
+            left -= end - job.position
+            for index in range(job.position, end):
                 due = (index - job.position) / rate
                 if due >= horizon or found >= budget.requests:
                     break
                 slot = job.slot_view[index]
-                if slot in wanted or slots.view("resident")[slot] or is_hot(slots.key(slot)):
+                if slot in wanted or slot in hot:
+                    continue
+                if resident[slot] or is_hot(slots.key(slot)):
+                    hot.add(slot)
                     continue
                 wanted[slot] = due
                 found += 1
