@@ -217,3 +217,18 @@ def test_decayed_frequency_halves_every_half_life() -> None:
     assert len(packed) == 24 <= 64 and AccessStats.unpack(packed) == reads
     assert AccessStats.unpack(packed[:8] + packed[8:16]) == AccessStats(3, 10.0, 0.0)
     assert math.isclose(AccessStats().frequency_at(100.0, 1.0), 0.0)
+
+
+@pytest.mark.parametrize("entries", [0, 1, 5000])
+def test_a_declaration_comes_back_from_the_ring_exactly_and_is_kept_packed(entries: int) -> None:
+    # Kept as tuples of objects, a traced declaration cost ~110 bytes an entry, up to
+    # 20 million entries node-wide: about 2 GB that one reader's plans could hold.
+    names = tuple(f"train/ü-{index:05}.arrow" for index in range(entries))
+    sizes = tuple(range(10**9, 10**9 + entries))
+    ring = TraceRing(10)
+    ring.plan_event(TracedPlan(0.0, "job", "d", names, sizes))
+    (event,) = ring.events()
+    assert isinstance(event, TracedPlan)
+    assert (event.job, event.dataset, event.shards, event.sizes) == ("job", "d", names, sizes)
+    (kept,) = ring._others.values()
+    assert not isinstance(kept, TracedPlan)  # names in one bytes object, sizes in an array

@@ -61,6 +61,31 @@ _Name = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
+class _PackedPlan:
+    """A declaration as the ring keeps it: its shard names joined by NUL (no name holds
+    one) and its sizes in an array, about 30 bytes an entry where the
+    :class:`TracedPlan`'s tuples of objects took about 110."""
+
+    t: float
+    job: str
+    dataset: str
+    names: bytes
+    sizes: array[int]
+
+    @classmethod
+    def of(cls, event: TracedPlan, t: float) -> _PackedPlan:
+        names = "\0".join(event.shards).encode()
+        return cls(t, event.job, event.dataset, names, array("q", event.sizes))
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def unpacked(self) -> TracedPlan:
+        shards = tuple(self.names.decode().split("\0")) if len(self.sizes) else ()
+        return TracedPlan(self.t, self.job, self.dataset, shards, tuple(self.sizes))
+
+
+@dataclass(frozen=True, slots=True)
 class _Snapshot:
     """The ring's contents at one moment, oldest first from ``start``."""
 
@@ -72,7 +97,7 @@ class _Snapshot:
     sizes: array[int]
     kinds: bytearray
     names: list[_Name]
-    others: dict[int, TraceEvent]
+    others: dict[int, TraceEvent | _PackedPlan]
 
     def slots(self) -> Iterator[tuple[int, int]]:
         """``(sequence number, slot)`` of every event, oldest first."""
@@ -96,7 +121,7 @@ class TraceRing:
         self._names: list[_Name] = []
         # Plan events by sequence number; an entry goes when its slot is overwritten
         # (or, for a declaration, when newer ones need its share of the entries).
-        self._others: dict[int, TraceEvent] = {}
+        self._others: dict[int, TraceEvent | _PackedPlan] = {}
         self._declarations: collections.deque[int] = collections.deque()  # oldest first
         self._declared_entries = 0
 
@@ -132,14 +157,16 @@ class TraceRing:
             slot = self._claim()
             self._times[slot] = now = self._now()
             self._kinds[slot] = _OTHER
-            self._others[seq] = dataclasses.replace(event, t=now)
             if isinstance(event, TracedPlan):
+                self._others[seq] = _PackedPlan.of(event, now)
                 self._declarations.append(seq)
                 self._declared_entries += len(event.shards)
                 while (
                     self._declared_entries > MAX_TRACED_PLAN_ENTRIES and len(self._declarations) > 1
                 ):
                     self._forget(self._declarations.popleft())
+            else:
+                self._others[seq] = dataclasses.replace(event, t=now)
 
     def events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The events in the ring now, oldest first (of ``dataset`` only, if given).
@@ -155,7 +182,7 @@ class TraceRing:
                 if event is None:
                     continue  # a declaration that left the ring early
                 if dataset is None or event.dataset == dataset:
-                    yield event
+                    yield event.unpacked() if isinstance(event, _PackedPlan) else event
                 continue
             name = snapshot.names[snapshot.refs[slot]]
             if dataset is None or name[0] == dataset:
@@ -205,8 +232,8 @@ class TraceRing:
     def _forget(self, seq: int) -> None:
         """Drop plan event ``seq`` (lock held; gone already is fine)."""
         event = self._others.pop(seq, None)
-        if isinstance(event, TracedPlan):
-            self._declared_entries -= len(event.shards)
+        if isinstance(event, _PackedPlan):
+            self._declared_entries -= len(event)
             if self._declarations and self._declarations[0] == seq:
                 self._declarations.popleft()
 
