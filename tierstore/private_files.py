@@ -51,8 +51,15 @@ def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
 
 
 def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:
-    """Take away any permission bit of an existing file beyond ``mode``."""
-    current = stat.S_IMODE(path.stat().st_mode)
+    """Take away any permission bit of an existing regular file beyond ``mode``. A
+    symbolic link is left alone, and so is what it points to: a file kept elsewhere
+    (a key file on a secret mount, say) has its mode set by whoever keeps it there.
+    Raises FileNotFoundError if ``path`` does not exist, OSError if it cannot be
+    changed."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        return
+    current = stat.S_IMODE(info.st_mode)
     if current & ~mode:
         os.chmod(path, current & mode)
 

@@ -40,7 +40,8 @@ def refused_start(
 
 
 def key_file(path: Path, key_id: str) -> Path:
-    """A key file with one random key (mode 0600)."""
+    """A key file with one random key (mode 0600), in a directory made if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = base64.b64encode(os.urandom(32)).decode()
     path.write_text(json.dumps({"current": key_id, "keys": {key_id: key}}))
     path.chmod(0o600)
@@ -283,3 +284,21 @@ def test_lost_keys_never_rebuild_an_archive_that_holds_encrypted_data(
     again = rebuilt(spawn_server, data_dir, "1 shards of 1 datasets")
     with again.connect(local_reads=False) as client:
         assert client.get(DATASET, "kept").to_pybytes() == b"under the old key"
+
+
+@pytest.mark.timeout(120)
+def test_a_key_file_linked_into_the_data_directory_keeps_its_own_mode(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The start takes group and other bits off the secrets in the data directory; it
+    # followed a link to a key file kept elsewhere and changed that file's mode (or,
+    # where it could not, refused to start and blamed the data directory).
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    kept = key_file(tmp_path / "secret-mount" / "shared.keys", "k1")
+    kept.chmod(0o640)  # readable by the pod's group, as a mounted Secret is
+    (data_dir / "master.keys").symlink_to(kept)
+    node = spawn_server(data_dir)
+    assert node.stop() == 0
+    assert kept.stat().st_mode & 0o777 == 0o640
+    assert (data_dir / "admin.token").stat().st_mode & 0o777 == 0o600

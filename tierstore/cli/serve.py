@@ -115,10 +115,19 @@ def _restrict_secrets(data_dir: Path) -> None:
     The directory may keep group read for local readers, and an operator's
     ``chmod -R g+rX`` for them reaches these files too: the group would read the admin
     token and the master keys. (The token store and the TLS files are restricted
-    where they are loaded.) Raises OSError if a mode cannot be changed."""
+    where they are loaded.) A link (to a key file kept elsewhere) is left alone, and a
+    file whose mode cannot be changed is named in a warning: the node runs on."""
     for secret in (data_dir / "admin.token", data_dir / "master.keys"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             restrict_mode(secret)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning(
+                "cannot take group and other permissions off %s (%s): chmod 600 it",
+                secret,
+                exc.strerror or exc,
+            )
 
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
@@ -132,7 +141,6 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
     try:
         ensure_private_dir(data_dir, keep_group_read=True)
-        _restrict_secrets(data_dir)
     except OSError as exc:  # a file in the way, no permission...
         # Not this user's (a volume mounted for a group, say): the node may write in it
         # but not make it private, as it must (its keys, tokens and CA are in there).
@@ -145,6 +153,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         raise InvalidArgument(
             f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}{hint}"
         ) from None
+    _restrict_secrets(data_dir)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
