@@ -156,6 +156,7 @@ def one_error_line(result: Result) -> str:
         (["dataset", "update", "x", "--hot-quota", "abc"], "Invalid value for '--hot-quota'"),
         (["token", "create", "p", "--ttl", "soon"], "Invalid value for '--ttl'"),
         (["nosuch"], "No such command 'nosuch'"),
+        (["serve", "--listen"], "requires an argument. (see tierstore serve --help)"),
         (["dataset", "create"], "Missing argument"),
     ],
 )
@@ -237,6 +238,18 @@ def test_connection_options_before_or_after_the_command(
         "ca": Path("ca.pem"),
         "insecure": None,  # not given: TIERSTORE_INSECURE decides
     }
+
+
+def test_an_empty_address_is_refused_not_taken_from_the_environment(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--address "$STAGING"` with STAGING unset ran against the exported node.
+    monkeypatch.setenv("TIERSTORE_ADDRESS", "production:7443")
+    for argv in (["--address", "", "dataset", "ls"], ["dataset", "ls", "--address", ""]):
+        refused = invoke(*argv)
+        assert refused.exit_code == 2
+        assert "--address is empty" in one_error_line(refused)
+    assert client.connected == {}
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -390,7 +403,7 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
     done = invoke("--json", "evict", "ds", "a", "pinned", "unarchived", "cold")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {
-        "evicted": ["a", "pinned", "unarchived", "cold"],
+        "evicted": ["a", "cold"],  # the kept ones stayed hot
         "not_evicted": [],
         "freed_bytes": 100,
         "kept": {
@@ -506,7 +519,10 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
     assert told.stdout.strip() == "deleted 1 of 2 shards before an error: c"
 
     nothing = invoke("--json", "rm", "ds", "nosuch", "d")
-    assert nothing.exit_code == 3 and nothing.stdout == ""  # nothing deleted, nothing to say
+    assert nothing.exit_code == 3  # nothing deleted: the lists say so
+    assert json.loads(nothing.stdout) == {"deleted": [], "not_deleted": ["nosuch", "d"]}
+    quiet = invoke("rm", "ds", "nosuch", "d")
+    assert quiet.exit_code == 3 and quiet.stdout == ""  # nothing deleted, nothing to say
     assert client.shards == {"d"}
 
     done = invoke("--json", "rm", "ds", "d")
@@ -646,6 +662,11 @@ def test_pin_unpin_evict_report_what_they_did_before_an_error(
     assert (command, ("ds", "b")) not in client.calls  # it stopped at the error
     told = invoke(command, "ds", "c", "nosuch")
     assert told.stdout.strip() == f"{done} 1 of 2 shards before an error: c"
+    # With --json the lists come even when the first shard failed: a script that reads
+    # stdout finds the same keys.
+    first = invoke("--json", command, "ds", "nosuch", "c")
+    assert first.exit_code == 3
+    assert json.loads(first.stdout) == {done: [], f"not_{done}": ["nosuch", "c"]}
 
 
 def admin_token(token_id: str, **state: Any) -> dict[str, Any]:

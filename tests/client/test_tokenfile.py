@@ -86,5 +86,7 @@ def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_envir
     # the call as whoever the environment's token is.
     with pytest.raises(InvalidArgument, match="token= is empty"):
         connect(token="", environ=given)
+    with pytest.raises(InvalidArgument, match="address= is empty"):
+        connect("", token="direct", environ=given)
     with pytest.raises(InvalidArgument, match="cannot read token file"):
         connect(environ={**env, "TIERSTORE_TOKEN_FILE": str(tmp_path / "missing")})

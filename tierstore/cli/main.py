@@ -184,6 +184,13 @@ def _client() -> Any:
     counted while the CLI left its clients open."""
     from tierstore.client.client import connect
 
+    if state.address == "":  # "$ADDRESS" of an unset variable: not the environment's node
+        raise _fail(
+            errors.InvalidArgument(
+                "--address is empty: give HOST:PORT, or leave --address out to use "
+                "TIERSTORE_ADDRESS"
+            )
+        )
     if state.token == "":  # "$TOKEN" of an unset variable: never the environment's instead
         raise _fail(
             errors.InvalidArgument(
@@ -761,9 +768,9 @@ def _put_interrupted(names: list[str], count: int, in_doubt: str | None) -> type
 
 
 def _stopped(exc: errors.TierstoreError, names: list[str], count: int, done: str) -> typer.Exit:
-    """Report the first ``count`` of ``names`` as ``done`` (with --json too: ``done`` and
-    ``not_<done>``), if any; return the exit with ``exc``'s one line."""
-    if count:
+    """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
+    ``not_<done>`` even when none was done); return the exit with ``exc``'s one line."""
+    if count or state.json:
         _emit(
             {done: names[:count], f"not_{done}": names[count:]},
             Text(
@@ -854,8 +861,9 @@ def evict(dataset: str, shards: list[str]) -> None:
     }
     freed = sum(freed_each)
     lines = [f"freed {freed:,} bytes", *(f"kept {shard}: {why}" for shard, why in kept.items())]
+    evicted = [shard for shard in shards if shard not in kept]  # cold now, freed or not
     _emit(
-        {"evicted": shards, "not_evicted": [], "freed_bytes": freed, "kept": kept},
+        {"evicted": evicted, "not_evicted": [], "freed_bytes": freed, "kept": kept},
         "\n".join(lines),
     )
 
@@ -1123,7 +1131,11 @@ def _usage_error(exc: typer.TyperException) -> int:
     line every other error gets, with where help is; return its exit code (2)."""
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     context = getattr(exc, "ctx", None)
-    where = f"{context.command_path} --help" if context is not None else "tierstore --help"
+    if context is not None:
+        where = f"{context.command_path} --help"
+    else:  # an option's error found before its command's context was made
+        command = _command_name(sys.argv[1:])
+        where = f"tierstore {command} --help" if command else "tierstore --help"
     if message.strip():  # none when a bare group printed its help instead
         err.print(
             Text.assemble(("error:", "red"), f" {type(exc).__name__}: {message} (see {where})"),

@@ -940,6 +940,10 @@ def connect(
     env = os.environ if environ is None else environ
     if local_reads is None:
         local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
+    if address == "":  # an unset variable, say: never the environment's node instead
+        raise InvalidArgument(
+            "address= is empty: give HOST:PORT, or leave it out (None) to use TIERSTORE_ADDRESS"
+        )
     address = address or env.get("TIERSTORE_ADDRESS", "")
     if token == "":  # an unset variable, say: never the environment's token instead
         raise InvalidArgument(
