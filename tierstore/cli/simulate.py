@@ -69,7 +69,10 @@ def simulate(
     json_output: Annotated[bool, typer.Option("--json", help="print JSON rows only")] = False,
     png: Annotated[Path | None, typer.Option(help="also plot the miss ratios to this PNG")] = None,
 ) -> None:
-    """Compare placement policies on a trace, with LRU and Belady (optimal) for reference."""
+    """Compare placement policies on a trace, with LRU and Belady (optimal) for reference.
+    Replays do not prefetch (Belady cannot), so a trace of jobs that declared plans
+    shows clairvoyant far below what the node reached, where prefetch fetched the
+    planned shards ahead of their reads: compare eviction and admission only."""
     # Imported here, not at the top: main imports this module to register the command.
     from tierstore.cli import main as cli
 
