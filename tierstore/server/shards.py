@@ -159,7 +159,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             frame = message.frame  # each access copies the bytes: read it once
             if len(frame) > limit:
                 raise OversizeFrame(
-                    f"frame {spool.count} is {len(frame)} bytes; the limit is {limit}"
+                    f"frame {spool.count} is {len(frame)} bytes; this node's limit "
+                    f"(max_frame_bytes) is {limit}: cut frames no larger (the Python "
+                    "client's frame_bytes, 4 MiB unless set)"
                 )
             if spool.count == header.frame_count:
                 raise InvalidArgument(
