@@ -15,6 +15,8 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
+from tests.tiers.test_lmdb import killed_reader
+from tierstore.engine.store import hot_tier_dir
 from tierstore.errors import (
     ArchiveUnavailable,
     DatasetNotFound,
@@ -136,3 +138,20 @@ def test_hot_tier_full(open_store: StoreFactory, archive: MemoryTier) -> None:
         contents[f"again{index}"] = data
     for name, data in contents.items():
         assert store.get("plain", name).to_bytes() == data
+
+
+def test_a_dead_readers_snapshot_never_fails_a_put(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A local reader killed while it held a snapshot keeps the pages freed after it
+    # from reuse until its slot is freed (at most every 5 s, by a write). Overwrites in
+    # between filled the map, and the put that found it full failed HotTierFull though
+    # freeing the slot just then made room: the put now runs once more.
+    store = open_store(
+        archive, datasets={"plain": DatasetSettings()}, map_size_bytes=1 << 20, start_mover=False
+    )
+    store.put("plain", "s", payload(100 << 10, 0))
+    killed_reader(hot_tier_dir(store.settings.data_dir))
+    for round_ in range(1, 40):  # 4 MB through a 1 MiB map, well within 5 s
+        store.put("plain", "s", payload(100 << 10, round_))
+    assert store.get("plain", "s").to_bytes() == payload(100 << 10, 39)

@@ -139,7 +139,7 @@ def _overwrite(env: LmdbEnvironment, times: int, size: int = 100 << 10) -> None:
             txn.put(b"k", bytes([round_ % 256]) * size, db=env.db("data"))
 
 
-def _killed_reader(path: Path) -> None:
+def killed_reader(path: Path) -> None:
     """A process that opened a snapshot of the environment at ``path``, killed -9."""
     reader = subprocess.Popen(
         [sys.executable, "-c", _DEAD_READER, str(path)], stdout=subprocess.PIPE
@@ -158,7 +158,7 @@ def test_a_dead_readers_snapshot_does_not_fill_the_map(
     monkeypatch.setattr(lmdb_tier, "READER_CHECK_INTERVAL_S", 0.0)  # no 5 s wait here
     env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
     _overwrite(env, 1)
-    _killed_reader(tmp_path / "env")
+    killed_reader(tmp_path / "env")
     assert len(env.env.readers().splitlines()) > 1  # its slot: the header and one line
     _overwrite(env, 100)  # 10 MB through a 1 MiB map: only if freed pages are reused
     with env.read() as txn:

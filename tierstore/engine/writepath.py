@@ -39,7 +39,7 @@ from tierstore.errors import (
 )
 from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue
-from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier, MapFullOfDeadReaders
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 
 __all__ = ["ShardWriter"]
@@ -146,6 +146,7 @@ class ShardWriter:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
         refused_once = False
+        dead_readers_freed = False
         room_rounds = 0
         try:
             while True:
@@ -165,6 +166,12 @@ class ShardWriter:
                     break
                 except _RoomTaken:
                     continue  # concurrent puts took the room: evict again
+                except MapFullOfDeadReaders as full:
+                    # Dead processes' snapshots held the pages; their slots are free
+                    # now. Once more, and only once: full again is full.
+                    if dead_readers_freed:
+                        raise HotTierFull(str(full)) from full
+                    dead_readers_freed = True
                 except QuotaExceeded as refused:
                     # Another put took the room meanwhile. Evict again at once (a shard
                     # may have been archived since), then only while waiting can help.

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tierstore.errors import TierstoreError, Unauthenticated
-from tierstore.wire.status import ERROR_HEADER, status_for_error
+from tierstore.wire.status import ERROR_HEADER, error_name, status_for_error
 
 __all__ = ["caller", "calling_as", "handler", "stream_handler"]
 
@@ -50,8 +50,8 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         # raised when the handler re-raises it. Not a bug, so not logged as one.
         return
     if isinstance(exc, TierstoreError):
-        context.set_trailing_metadata(((ERROR_HEADER, type(exc).__name__),))
-        context.abort(status_for_error(exc), str(exc) or type(exc).__name__)
+        context.set_trailing_metadata(((ERROR_HEADER, error_name(exc)),))
+        context.abort(status_for_error(exc), str(exc) or error_name(exc))
     log.exception("internal error in an RPC handler", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -55,6 +55,7 @@ __all__ = [
     "READER_CHECK_INTERVAL_S",
     "LmdbEnvironment",
     "LmdbTier",
+    "MapFullOfDeadReaders",
 ]
 
 MAX_KEY_BYTES = 511
@@ -65,6 +66,12 @@ MAX_READERS = 4096
 READER_CHECK_INTERVAL_S = 5.0
 #: bytes of LMDB's per-page header, counted when estimating a value's pages.
 _PAGE_HEADER_BYTES = 16
+
+
+class MapFullOfDeadReaders(HotTierFull):
+    """A write found the map full while reader slots of dead processes held old pages;
+    those are freed now, so the same write may fit if run once more. A caller that
+    does not run it again reports it as the :class:`HotTierFull` it is."""
 
 
 class LmdbEnvironment:
@@ -144,23 +151,31 @@ class LmdbEnvironment:
     def write(self) -> Iterator[Any]:
         """A write transaction, committed (and fsynced) on normal exit, aborted on error.
 
-        ``lmdb.MapFullError`` becomes :class:`HotTierFull`; other LMDB errors become
-        :class:`Unavailable`.
+        ``lmdb.MapFullError`` becomes :class:`HotTierFull`, or
+        :class:`MapFullOfDeadReaders` when freeing dead processes' reader slots then
+        freed some (the same write may fit now: the caller may run it once more); other
+        LMDB errors become :class:`Unavailable`.
         """
         try:
             with self._in_use():
                 self.clear_dead_readers()
-                with self.env.begin(write=True) as txn:
-                    yield txn
-        except lmdb.MapFullError as exc:
-            freed = self.clear_dead_readers(force=True)
-            retry = f"; {freed} reader slots of dead processes were freed now: retry"
-            raise HotTierFull(
-                f"hot tier at {self.path} is full (map size {self.map_size} bytes). Pages "
-                "that deletes and overwrites free are reused only once no reader's snapshot "
-                "shows them: a local reader holding zero-copy buffers for long keeps them "
-                "(docs/local-reads.md)" + (retry if freed else "")
-            ) from exc
+                try:
+                    with self.env.begin(write=True) as txn:
+                        yield txn
+                except lmdb.MapFullError as exc:
+                    freed = self.clear_dead_readers(force=True)
+                    if freed:
+                        raise MapFullOfDeadReaders(
+                            f"hot tier at {self.path} was full (map size {self.map_size} "
+                            f"bytes) while {freed} reader slots of dead processes kept old "
+                            "pages from reuse; they are freed now: retry"
+                        ) from exc
+                    raise HotTierFull(
+                        f"hot tier at {self.path} is full (map size {self.map_size} bytes). "
+                        "Pages that deletes and overwrites free are reused only once no "
+                        "reader's snapshot shows them: a local reader holding zero-copy "
+                        "buffers for long keeps them (docs/local-reads.md)"
+                    ) from exc
         except lmdb.Error as exc:
             raise Unavailable(f"hot tier write failed: {exc}") from exc
 

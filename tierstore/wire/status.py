@@ -11,7 +11,7 @@ import grpc
 
 from tierstore import errors
 
-__all__ = ["ERROR_HEADER", "error_for_status", "status_for_error"]
+__all__ = ["ERROR_HEADER", "error_for_status", "error_name", "status_for_error"]
 
 ERROR_HEADER = "tierstore-error"
 
@@ -28,6 +28,16 @@ for _cls in _BY_NAME.values():
     _known = _BY_CODE.get(_code)
     if _known is None or issubclass(_known, _cls):
         _BY_CODE[_code] = _cls
+
+
+def error_name(error: errors.TierstoreError) -> str:
+    """The name the server sends for ``error``: its class's, or, for a class of the
+    engine's own below the public tree, its nearest public base's (which the client
+    knows and raises)."""
+    for cls in type(error).__mro__:
+        if _BY_NAME.get(cls.__name__) is cls:
+            return cls.__name__
+    return errors.TierstoreError.__name__
 
 
 def status_for_error(error: errors.TierstoreError) -> grpc.StatusCode:
