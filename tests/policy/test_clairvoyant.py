@@ -128,6 +128,33 @@ def test_a_prefetch_call_looks_at_a_bounded_number_of_entries_and_jobs_take_turn
     assert first_entries <= set(asked)  # every job was looked at within those turns
 
 
+def test_the_scan_bound_counts_entries_looked_at_so_urgent_shards_of_later_jobs_count() -> None:
+    # Each job was charged 256 entries however few it looked at: past 64 jobs, jobs
+    # with a shard due now were not looked at while others' shards due later were taken.
+    policy = ClairvoyantPolicy()
+    jobs, per_job = 100, 300
+    hot: set[int] = set()
+    for job in range(jobs):
+        keys = list(range(job * per_job, (job + 1) * per_job))
+        declare(policy, f"job-{job}", keys)
+        if job < 64:
+            hot.update(keys[:5])  # these jobs' next cold shard is five entries away
+    wanted = policy.prefetch(0.0, PrefetchBudget(requests=8, bytes=1 << 30), hot.__contains__)
+    assert len(wanted) == 8
+    assert all(key % per_job == 0 and key // per_job >= 64 for key in wanted), wanted
+
+
+def test_a_shard_two_jobs_plan_is_as_urgent_as_the_sooner_of_them() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "a", [*range(100, 110), 7])  # 7 is ten entries away for a...
+    declare(policy, "b", [7])  # ...and next for b
+    declare(policy, "c", [200, 201, 202])
+    hot = set(range(100, 110)) | {200, 201}  # c's next cold shard, 202, is two away
+    for _ in range(3):  # whichever job is looked at first
+        budget = PrefetchBudget(requests=1, bytes=1 << 30)
+        assert policy.prefetch(0.0, budget, hot.__contains__) == [7]
+
+
 def test_a_shard_planned_by_many_jobs_is_asked_about_once_a_call() -> None:
     policy = ClairvoyantPolicy()
     for job in range(50):

@@ -249,13 +249,16 @@ class ClairvoyantPolicy(Policy):
             rate = self._plans.rate(job)
             found = 0
             end = min(len(job), job.position + _PREFETCH_SCAN, job.position + left)
-            left -= end - job.position
             for index in range(job.position, end):
+                left -= 1  # entries looked at, not the most that might have been
                 due = (index - job.position) / rate
                 if due >= horizon or found >= budget.requests:
                     break
                 slot = job.slot_view[index]
-                if slot in wanted or slot in hot:
+                if slot in hot:
+                    continue
+                if slot in wanted:  # another job's too: the sooner of the two counts
+                    wanted[slot] = min(wanted[slot], due)
                     continue
                 if resident[slot] or is_hot(slots.key(slot)):
                     hot.add(slot)
