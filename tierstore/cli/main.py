@@ -853,19 +853,36 @@ def evict(dataset: str, shards: list[str]) -> None:
     shard that stays is reported with the reason ("kept"), so nothing looks evicted
     that is not."""
     client = _client()
-    freed_each = _shard_by_shard(shards, lambda s: client.evict(dataset, s), "evicted")
+    freed_each: list[int] = []
+    failure: errors.TierstoreError | None = None
+    try:
+        for shard in shards:
+            freed_each.append(client.evict(dataset, shard))
+    except errors.TierstoreError as exc:
+        failure = exc  # the ones before it are reported, kept ones with why
+    done = shards[: len(freed_each)]
     kept = {
         shard: why
-        for shard, freed in zip(shards, freed_each, strict=True)
+        for shard, freed in zip(done, freed_each, strict=True)
         if not freed and (why := _why_still_hot(client, dataset, shard))
     }
     freed = sum(freed_each)
-    lines = [f"freed {freed:,} bytes", *(f"kept {shard}: {why}" for shard, why in kept.items())]
-    evicted = [shard for shard in shards if shard not in kept]  # cold now, freed or not
-    _emit(
-        {"evicted": evicted, "not_evicted": [], "freed_bytes": freed, "kept": kept},
-        "\n".join(lines),
-    )
+    evicted = [shard for shard in done if shard not in kept]  # cold now, freed or not
+    report = {
+        "evicted": evicted,
+        "not_evicted": shards[len(done) :],
+        "freed_bytes": freed,
+        "kept": kept,
+    }
+    kept_lines = [f"kept {shard}: {why}" for shard, why in kept.items()]
+    if failure is None:
+        _emit(report, "\n".join([f"freed {freed:,} bytes", *kept_lines]))
+        return
+    if done or state.json:
+        named = f": {', '.join(evicted)}" if evicted else ""
+        head = f"evicted {len(evicted)} of {len(shards)} shards before an error{named}"
+        _emit(report, Text("\n".join([head, *kept_lines])))
+    raise _fail(failure)
 
 
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
@@ -1134,8 +1151,7 @@ def _usage_error(exc: typer.TyperException) -> int:
     if context is not None:
         where = f"{context.command_path} --help"
     else:  # an option's error found before its command's context was made
-        command = _command_name(sys.argv[1:])
-        where = f"tierstore {command} --help" if command else "tierstore --help"
+        where = f"{' '.join(['tierstore', *_command_path(sys.argv[1:])])} --help"
     if message.strip():  # none when a bare group printed its help instead
         err.print(
             Text.assemble(("error:", "red"), f" {type(exc).__name__}: {message} (see {where})"),
@@ -1160,6 +1176,20 @@ def _command_name(argv: list[str]) -> str | None:
         elif not argument.startswith("-"):
             return argument
     return None
+
+
+def _command_path(argv: list[str]) -> list[str]:
+    """The words naming the command ``argv`` runs: its command, and for a group
+    (``dataset``, ``token``...) the group's command after it too."""
+    command = _command_name(argv)
+    if command is None:
+        return []
+    groups = {group.name for group in app.registered_groups}
+    if command not in groups:
+        return [command]
+    rest = argv[argv.index(command) + 1 :]
+    sub = next((word for word in rest if not word.startswith("-")), None)
+    return [command, sub] if sub is not None else [command]
 
 
 if __name__ == "__main__":
