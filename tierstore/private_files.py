@@ -11,6 +11,7 @@ whole old file or the whole new one, never a torn mix.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import tempfile
@@ -28,6 +29,8 @@ __all__ = [
     "restrict_mode",
     "write_private_file",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Mode of every secret file: read and write for the owner only.
 FILE_MODE = 0o600
@@ -57,11 +60,34 @@ def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:
     Raises FileNotFoundError if ``path`` does not exist, OSError if it cannot be
     changed."""
     info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        _warn_of_an_open_link(path)
+        return
     if not stat.S_ISREG(info.st_mode):
         return
     current = stat.S_IMODE(info.st_mode)
     if current & ~mode:
         os.chmod(path, current & mode)
+
+
+def _warn_of_an_open_link(path: Path) -> None:
+    """Log a warning naming link ``path`` when the file it points to may be written by
+    its group or used by other users (group read is let be: a mounted secret is read
+    through the pod's group)."""
+    try:
+        target = path.stat()
+    except OSError:
+        return  # a dangling link: whoever reads it says what is wrong
+    mode = stat.S_IMODE(target.st_mode)
+    if mode & 0o027:
+        log.warning(
+            "%s is a link to %s, which users other than its owner and group may use, or "
+            "its group write (mode %o): chmod it (the node changes no file outside its "
+            "data directory)",
+            path,
+            path.resolve(),
+            mode,
+        )
 
 
 def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:

@@ -1,0 +1,42 @@
+"""Owner-only files (tierstore/private_files.py): restricting the mode of what is there."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tierstore.private_files import restrict_mode
+
+
+def test_a_regular_file_loses_group_and_other_bits(tmp_path: Path) -> None:
+    secret = tmp_path / "admin.token"
+    secret.write_text("t")
+    secret.chmod(0o644)
+    restrict_mode(secret)
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("target_mode", "warned"), [(0o644, True), (0o660, True), (0o640, False)])
+def test_a_link_is_left_alone_and_an_open_target_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, target_mode: int, warned: bool
+) -> None:
+    # The link's target lives elsewhere (a secret mount): its mode is its keeper's. It
+    # was changed through the link; then, left alone, a world-readable TLS key was
+    # left without a word.
+    target = tmp_path / "mount" / "server.key"
+    target.parent.mkdir()
+    target.write_text("k")
+    target.chmod(target_mode)
+    link = tmp_path / "server.key"
+    link.symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="tierstore.private_files"):
+        restrict_mode(link)
+    assert target.stat().st_mode & 0o777 == target_mode
+    assert (str(link) in caplog.text and f"mode {target_mode:o}" in caplog.text) is warned
+
+
+def test_a_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        restrict_mode(tmp_path / "nothing")
