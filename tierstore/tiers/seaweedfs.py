@@ -172,6 +172,7 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
         # It may have left gRPC sockets in /tmp (weed removes only some of its own
         # when it is stopped by a signal): the ports it was started with name them.
         pid_file.unlink(missing_ok=True)
+        _wait_for_its_threads(pid, 5.0)  # until then its sockets may still accept
         _remove_stale_sockets(ports)
 
     try:
@@ -202,6 +203,20 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _wait_for_its_threads(pid: int, timeout_s: float) -> None:
+    """Wait (up to ``timeout_s``) until no thread of exited process ``pid`` runs. Its
+    main thread shows as a zombie while others still tear down, and the process's
+    files, listening sockets among them, close only with the last one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return
+        except OSError:
+            return  # reaped
+        time.sleep(0.02)
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
