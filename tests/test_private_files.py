@@ -40,3 +40,17 @@ def test_a_link_is_left_alone_and_an_open_target_named(
 def test_a_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         restrict_mode(tmp_path / "nothing")
+
+
+def test_a_linked_certificate_is_public_and_draws_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "mount" / "ca.pem"
+    target.parent.mkdir()
+    target.write_text("c")
+    target.chmod(0o644)
+    link = tmp_path / "ca.pem"
+    link.symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="tierstore.private_files"):
+        restrict_mode(link, secret=False)
+    assert not caplog.records and target.stat().st_mode & 0o777 == 0o644

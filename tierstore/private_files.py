@@ -53,15 +53,17 @@ def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
     os.chmod(path, DIR_MODE | kept)
 
 
-def restrict_mode(path: Path, mode: int = FILE_MODE) -> None:
+def restrict_mode(path: Path, mode: int = FILE_MODE, *, secret: bool = True) -> None:
     """Take away any permission bit of an existing regular file beyond ``mode``. A
     symbolic link is left alone, and so is what it points to: a file kept elsewhere
     (a key file on a secret mount, say) has its mode set by whoever keeps it there.
+    A link whose target others may use is named in a warning when ``secret``.
     Raises FileNotFoundError if ``path`` does not exist, OSError if it cannot be
     changed."""
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
-        _warn_of_an_open_link(path)
+        if secret:  # a certificate is public: its target may be anyone's to read
+            _warn_of_an_open_link(path)
         return
     if not stat.S_ISREG(info.st_mode):
         return

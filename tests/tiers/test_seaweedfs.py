@@ -290,7 +290,14 @@ def test_a_weed_left_serving_the_data_dir_is_stopped_before_a_start(tmp_path: Pa
             os.kill(leftover, signal.SIGKILL)
 
 
-def test_a_pid_file_naming_another_process_leaves_it_alone(tmp_path: Path) -> None:
+def test_a_pid_file_naming_another_process_leaves_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nor is that process waited on: its threads are its own (a 5 s stall at start).
+    def never(pid: int, timeout_s: float) -> None:
+        raise AssertionError("waited on the threads of a process that is not weed")
+
+    monkeypatch.setattr(seaweedfs, "_wait_for_its_threads", never)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "weed.pid").write_text(f"{os.getpid()}\n")  # reused by a process not weed

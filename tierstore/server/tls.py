@@ -125,8 +125,8 @@ def ensure_tls_material(data_dir: Path, hostnames: Sequence[str] = ()) -> TlsMat
         server_cert_pem, server_key_pem = _load_or_create_server(
             paths["server.pem"], paths["server.key"], ca_cert, ca_key, names, now
         )
-        for path in paths.values():
-            restrict_mode(path)
+        for name, path in paths.items():
+            restrict_mode(path, secret=name.endswith(".key"))
     return TlsMaterial(
         directory=tls_dir,
         ca_cert_path=paths["ca.pem"],

@@ -172,7 +172,6 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
         # It may have left gRPC sockets in /tmp (weed removes only some of its own
         # when it is stopped by a signal): the ports it was started with name them.
         pid_file.unlink(missing_ok=True)
-        _wait_for_its_threads(pid, 5.0)  # until then its sockets may still accept
         _remove_stale_sockets(ports)
 
     try:
@@ -191,6 +190,7 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if not _alive(pid):
+            _wait_for_its_threads(pid, 5.0)  # until then its sockets may still accept
             gone()
             return
     raise ArchiveUnavailable(f"weed (process {pid}) still serves {data_dir} after SIGKILL")
