@@ -159,6 +159,7 @@ def one_error_line(result: Result) -> str:
         (["serve", "--listen"], "requires an argument. (see tierstore serve --help)"),
         (["dataset", "create", "x", "--hot-quota"], "(see tierstore dataset create --help)"),
         (["--json", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),
+        (["--ca", "token", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),
         (["dataset", "create"], "Missing argument"),
     ],
 )
@@ -427,6 +428,10 @@ def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:
     policy = invoke("policy", "show", "idle")
     assert policy.exit_code == 0, policy.output
     assert "hit ratio n/a (no reads)" in policy.stdout and "0.0%" not in policy.stdout
+    # --json said a 0 % hit ratio and 100 % misses at every size for the same figures.
+    scripted = json.loads(invoke("--json", "stats").stdout)
+    assert scripted["datasets"]["idle"]["hit_ratio"] is None
+    assert scripted["traced_reads"] == 0 and scripted["sizing"] == []
 
 
 def test_one_shard_is_one_shard(client: FakeClient) -> None:
@@ -671,6 +676,34 @@ def test_pin_unpin_evict_report_what_they_did_before_an_error(
     assert first.exit_code == 3
     lists = {done: [], f"not_{done}": ["nosuch", "c"]}
     assert json.loads(first.stdout).items() >= lists.items()
+
+
+def test_evict_stopped_by_a_lost_server_still_reports_what_it_did(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asking why a shard stayed hot failed too, and that error ended the command before
+    # its report: what it had evicted went unsaid.
+    client.shards = {"a", "pinned", "c"}
+    evict = client.evict
+
+    def evict_until_gone(dataset: str, shard: str) -> int:
+        if shard == "c":
+            raise errors.Unavailable("connection refused")
+        return evict(dataset, shard)
+
+    def gone(dataset: str, shard: str) -> None:
+        raise errors.Unavailable("connection refused")
+
+    monkeypatch.setattr(client, "evict", evict_until_gone)
+    monkeypatch.setattr(client, "stat", gone)
+    stopped = invoke("--json", "evict", "ds", "a", "pinned", "c")
+    assert stopped.exit_code == 5
+    assert json.loads(stopped.stdout) == {
+        "evicted": ["a"],
+        "not_evicted": ["c"],
+        "freed_bytes": 100,
+        "kept": {"pinned": "not known (Unavailable asking)"},
+    }
 
 
 def test_evict_stopped_part_way_still_tells_kept_shards_from_evicted_ones(

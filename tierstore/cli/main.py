@@ -861,11 +861,19 @@ def evict(dataset: str, shards: list[str]) -> None:
     except errors.TierstoreError as exc:
         failure = exc  # the ones before it are reported, kept ones with why
     done = shards[: len(freed_each)]
-    kept = {
-        shard: why
-        for shard, freed in zip(done, freed_each, strict=True)
-        if not freed and (why := _why_still_hot(client, dataset, shard))
-    }
+    kept: dict[str, str] = {}
+    unknown = ""  # after an error that stopped it, the first failed stat ends the asking
+    for shard, freed in zip(done, freed_each, strict=True):
+        if freed:
+            continue
+        try:
+            why = unknown or _why_still_hot(client, dataset, shard)
+        except errors.TierstoreError as exc:
+            if failure is None:
+                raise _fail(exc) from None
+            why = unknown = f"not known ({type(exc).__name__} asking)"
+        if why:
+            kept[shard] = why
     freed = sum(freed_each)
     evicted = [shard for shard in done if shard not in kept]  # cold now, freed or not
     report = {
@@ -886,8 +894,9 @@ def evict(dataset: str, shards: list[str]) -> None:
 
 
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
-    """Why an evict freed nothing of ``shard``: "" when it is cold (nothing to do)."""
-    info = _run(lambda: client.stat(dataset, shard))
+    """Why an evict freed nothing of ``shard``: "" when it is cold (nothing to do).
+    Raises what the stat raises."""
+    info = client.stat(dataset, shard)
     if not info.hot:
         return ""
     if info.pinned:
@@ -951,7 +960,18 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
         for entry in figures["data_loss"]:
             lost.add_row(entry)
         shown.append(lost)
-    _emit(dict(figures), Group(*shown))
+    _emit(_stats_for_scripts(figures), Group(*shown))
+
+
+def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
+    """``figures`` as --json prints them: what the table shows as n/a is null, not a
+    0 % hit ratio, and no traced reads give no sizing curve, not 100 % misses."""
+    datasets = {
+        name: {**d, "hit_ratio": d["hit_ratio"] if d["hits"] + d["misses"] else None}
+        for name, d in figures["datasets"].items()
+    }
+    sizing = figures["sizing"] if figures["traced_reads"] else []
+    return {**figures, "datasets": datasets, "sizing": sizing}
 
 
 # traces
@@ -1169,25 +1189,34 @@ _VALUED_OPTIONS = frozenset({"--address", "--token", "--token-file", "--ca", "--
 def _command_name(argv: list[str]) -> str | None:
     """The command ``argv`` runs: its first argument that is neither an option nor a
     top-level option's value."""
-    arguments = iter(argv)
-    for argument in arguments:
-        if argument in _VALUED_OPTIONS:
-            next(arguments, None)
+    index = _command_index(argv)
+    return None if index is None else argv[index]
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Where in ``argv`` the command is (see :func:`_command_name`)."""
+    skip = False
+    for index, argument in enumerate(argv):
+        if skip:
+            skip = False
+        elif argument in _VALUED_OPTIONS:
+            skip = True
         elif not argument.startswith("-"):
-            return argument
+            return index
     return None
 
 
 def _command_path(argv: list[str]) -> list[str]:
     """The words naming the command ``argv`` runs: its command, and for a group
     (``dataset``, ``token``...) the group's command after it too."""
-    command = _command_name(argv)
-    if command is None:
+    index = _command_index(argv)
+    if index is None:
         return []
+    command = argv[index]
     groups = {group.name for group in app.registered_groups}
     if command not in groups:
         return [command]
-    rest = argv[argv.index(command) + 1 :]
+    rest = argv[index + 1 :]
     sub = next((word for word in rest if not word.startswith("-")), None)
     return [command, sub] if sub is not None else [command]
 
