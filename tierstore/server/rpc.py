@@ -50,8 +50,9 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         # raised when the handler re-raises it. Not a bug, so not logged as one.
         return
     if isinstance(exc, TierstoreError):
-        context.set_trailing_metadata(((ERROR_HEADER, error_name(exc)),))
-        context.abort(status_for_error(exc), str(exc) or error_name(exc))
+        name = error_name(exc)
+        context.set_trailing_metadata(((ERROR_HEADER, name),))
+        context.abort(status_for_error(exc), str(exc) or name)
     log.exception("internal error in an RPC handler", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -205,7 +205,7 @@ class LmdbEnvironment:
         try:
             return env.begin(buffers=True)
         except lmdb.ReadersFullError:
-            env.reader_check()  # frees the slots that dead processes left
+            self.clear_dead_readers(force=True)  # frees the slots that dead processes left
         try:
             return env.begin(buffers=True)
         except lmdb.ReadersFullError as exc:
