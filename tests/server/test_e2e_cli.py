@@ -300,6 +300,24 @@ def test_put_kind_arrow_stores_arrow_files_as_tables(
     assert run(env, "put", dataset, str(shards), "--kind", "csv").returncode == 2
 
 
+def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin: Client) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through")
+    admin.put(dataset, "kept", b"k" * 30_000)
+    admin.put(dataset, "gone", b"g" * 30_000)
+    admin.pin(dataset, "kept")
+    lowered = ok(env, "dataset", "update", dataset, "--hot-quota", "1000")
+    # The unpinned shard went; the pinned one stays, and the answer says how much is left.
+    assert not admin.stat(dataset, "gone").hot and admin.stat(dataset, "kept").hot
+    assert 30_000 <= lowered["hot_bytes"] < 60_000 and lowered["hot_quota_bytes"] == 1000
+    told = run(env, "dataset", "update", dataset, "--hot-quota", "1000", json_output=False)
+    assert told.returncode == 0, told.stderr
+    assert b"still hot, above the quota: pinned shards stay" in told.stdout
+    # Room enough: no note, and no hot_bytes in the answer.
+    assert "hot_bytes" not in ok(env, "dataset", "update", dataset, "--hot-quota", "10000000")
+    ok(env, "dataset", "rm", dataset, "--force")
+
+
 def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:
     dataset = unique()
     admin.create_dataset(dataset, durability="write-through")
