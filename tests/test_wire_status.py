@@ -6,7 +6,13 @@ import grpc
 
 from tierstore import errors
 from tierstore.tiers.lmdb import MapFullOfDeadReaders
-from tierstore.wire.status import error_for_status, error_name, status_for_error
+from tierstore.wire.status import (
+    MAX_DETAILS_BYTES,
+    error_for_status,
+    error_name,
+    status_details,
+    status_for_error,
+)
 
 
 def test_a_public_error_travels_as_itself() -> None:
@@ -24,3 +30,17 @@ def test_an_engine_subclass_travels_as_its_public_base() -> None:
     assert status_for_error(sent) is grpc.StatusCode.RESOURCE_EXHAUSTED
     again = error_for_status(status_for_error(sent), str(sent), error_name(sent))
     assert type(again) is errors.HotTierFull
+
+
+def test_a_message_is_sent_whole_up_to_the_bound() -> None:
+    whole = "é" * (MAX_DETAILS_BYTES // 2)  # 2 bytes each: exactly the bound
+    assert status_details(whole) == whole
+
+
+def test_a_longer_message_is_cut_at_a_character_and_says_so() -> None:
+    message = "no policy " + "€" * 10_000  # 3 bytes each: a cut may fall inside one
+    sent = status_details(message)
+    assert len(sent.encode()) <= MAX_DETAILS_BYTES
+    assert sent.startswith("no policy €")
+    kept = sent.split("...")[0]
+    assert sent.endswith(f"({len(message.encode()) - len(kept.encode())} more bytes cut)")

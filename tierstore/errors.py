@@ -160,16 +160,22 @@ class Unauthenticated(TierstoreError):
 
     The message is deliberately the same for every cause, so a caller learns nothing about
     which tokens exist; ``reason`` (e.g. ``"malformed"``, ``"expired"``) says which check
-    failed, for the server's audit log only — never send it to the caller.
+    failed, and ``token_id`` which token (its public id, when the token had the shape of
+    one), for the server's audit log only — never send them to the caller.
     """
 
     status_code = "UNAUTHENTICATED"
 
     def __init__(
-        self, message: str = "invalid or missing credentials", *, reason: str = ""
+        self,
+        message: str = "missing or invalid credentials",
+        *,
+        reason: str = "",
+        token_id: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.token_id = token_id
 
 
 class PermissionDenied(TierstoreError):

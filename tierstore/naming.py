@@ -16,17 +16,27 @@ import unicodedata
 
 from tierstore.errors import InvalidName
 
-__all__ = ["MAX_SHARD_NAME_BYTES", "validate_dataset_name", "validate_shard_name"]
+__all__ = [
+    "MAX_SHARD_NAME_BYTES",
+    "is_dataset_name",
+    "validate_dataset_name",
+    "validate_shard_name",
+]
 
 MAX_SHARD_NAME_BYTES = 1024
 _DATASET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def is_dataset_name(name: object) -> bool:
+    """Whether ``name`` is a valid dataset name."""
+    return isinstance(name, str) and _DATASET_RE.fullmatch(name) is not None
 
 
 def validate_dataset_name(name: object) -> str:
     """Return ``name`` if it is a valid dataset name, else raise :class:`InvalidName`."""
     if not isinstance(name, str):
         raise InvalidName(f"dataset name must be a string, not {type(name).__name__}")
-    if not _DATASET_RE.fullmatch(name):
+    if not is_dataset_name(name):
         raise InvalidName(
             f"invalid dataset name {name[:80]!r}: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit"

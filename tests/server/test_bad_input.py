@@ -280,6 +280,13 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
             "InvalidArgument",
         ),
         (
+            # Its echo in the message once passed the client's limit for a trailer: the
+            # caller got a transport failure (RESOURCE_EXHAUSTED) instead of the error.
+            DATASETS + "UpdateDataset",
+            datasets_pb2.UpdateDatasetRequest(name=dataset, policy="p" * 20_000),
+            "UnknownPolicy",
+        ),
+        (
             DATASETS + "CreateDataset",
             datasets_pb2.CreateDatasetRequest(
                 name=unique(), settings=common_pb2.DatasetSettings(policy="x")

@@ -872,14 +872,29 @@ def test_the_audit_log_records_denials_and_never_a_token(
     audit = [r.getMessage() for r in caplog.records if r.name == "tierstore.audit"]
     denied = [line for line in audit if line.startswith("denied ") and f"method={GET}" in line]
     reasons = {line.split("reason=")[1].split()[0] for line in denied if "reason=" in line}
-    assert {"mismatch", "revoked", "malformed"} <= reasons, denied
+    # Every refusal says why: no header at all once left the reason empty.
+    assert {"no-token", "mismatch", "revoked", "malformed"} <= reasons, denied
     assert len(denied) >= 4
+    # A refused token of the right shape is named by its (public) id, so an operator can
+    # see which revoked or expired token is still in use; a malformed one is not echoed.
+    revoked_id, wrong_id = revoked.split("_")[1], wrong.split("_")[1]
+    assert any("reason=revoked" in line and f"token={revoked_id}" in line for line in denied)
+    assert any("reason=mismatch" in line and f"token={wrong_id}" in line for line in denied)
+    assert all("token= " in line for line in denied if "reason=malformed" in line), denied
     made_id = made.token_id
     assert any(f"token={made_id}" in line and "outcome=OK" in line for line in audit), audit
+    # A call's line names the dataset it was about, allowed or not: a probe of a
+    # dataset the caller may not see reads as such, not as a typo.
     assert any(
-        "principal=reader-a" in line and "outcome=PERMISSION_DENIED" in line for line in audit
-    )
-    assert any("principal=writer-a" in line and "outcome=NOT_FOUND" in line for line in audit)
+        "dataset=alpha" in line
+        and "principal=reader-a" in line
+        and "outcome=PERMISSION_DENIED" in line
+        for line in audit
+    ), audit
+    assert any(
+        "dataset=beta" in line and "principal=writer-a" in line and "outcome=NOT_FOUND" in line
+        for line in audit
+    ), audit
 
 
 # Plaintext serving is for loopback only.

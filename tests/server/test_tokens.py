@@ -57,7 +57,7 @@ def mode(path: Path) -> int:
 def refused(store: TokenStore, token: object) -> str:
     with pytest.raises(Unauthenticated) as caught:
         store.authenticate(token)  # type: ignore[arg-type]
-    assert str(caught.value) == "invalid or missing credentials"  # one message for every case
+    assert str(caught.value) == "missing or invalid credentials"  # one message for every case
     return caught.value.reason
 
 

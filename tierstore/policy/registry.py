@@ -61,7 +61,7 @@ def check_policy_name(name: str) -> None:
     """Raise UnknownPolicy (listing the valid names) if no policy answers to ``name``."""
     if name not in _LIVE and name not in _OFFLINE:
         raise UnknownPolicy(
-            f"no placement policy is called {name!r}; valid names: "
+            f"no placement policy is called {name[:80]!r}; valid names: "
             f"{', '.join(POLICY_NAMES)} (and, in the simulator only, "
             f"{', '.join(OFFLINE_POLICY_NAMES)})"
         )

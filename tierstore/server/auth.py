@@ -6,7 +6,7 @@ UNAUTHENTICATED by a handler that never reads its request. (grpcio reads a unary
 request on a worker thread before the handler runs, so a check inside the handler
 would let a caller with no token hold a worker by never sending its request.)
 Calls that pass have the principal recorded for the handlers (:func:`rpc.caller`)
-and get one audit line each (principal, token id, method, outcome — never the
+and get one audit line each (principal, token id, method, dataset, outcome — never the
 token). With mutual TLS on, the verified client certificate's common name (the
 calling service) is added to the audit line; the roles still come from the token,
 so a service identity alone grants nothing. Health checks without credentials are
@@ -24,8 +24,8 @@ import grpc
 
 from tierstore.errors import Unauthenticated
 from tierstore.server.authz import Principal
-from tierstore.server.rpc import calling_as
-from tierstore.server.tokens import TokenStore
+from tierstore.server.rpc import called_on, calling_as
+from tierstore.server.tokens import AuthFailure, TokenStore
 from tierstore.wire.status import ERROR_HEADER
 
 __all__ = ["AuthInterceptor"]
@@ -39,9 +39,9 @@ def _bearer(metadata: Any) -> str:
     the caller's would otherwise decide whose call this is."""
     values = [value for key, value in metadata or () if key == "authorization"]
     if len(values) > 1:
-        raise Unauthenticated(f"{len(values)} authorization headers; send exactly one")
+        raise Unauthenticated(reason=AuthFailure.SEVERAL_HEADERS)
     if not values or not isinstance(values[0], str) or not values[0].startswith("Bearer "):
-        raise Unauthenticated("missing bearer token")
+        raise Unauthenticated(reason=AuthFailure.NO_TOKEN)
     return values[0][len("Bearer ") :]
 
 
@@ -86,18 +86,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
         try:
             principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
-            return _refusal(handler, method, getattr(exc, "reason", ""), self._observe)
+            return _refusal(handler, method, exc, self._observe)
         return _wrap(handler, principal, method, self._observe)
 
 
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
-    reason: str,
+    refused: Unauthenticated,
     observe: Callable[[str, str, float], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once
-    (counted by ``observe``, as every call is, so refusals show in the metrics).
+    (counted by ``observe``, as every call is, so refusals show in the metrics). Its
+    audit line says why (``refused``'s reason) and, for a token of the right shape,
+    which token: an operator can see which revoked or expired token is still in use.
 
     It takes its requests as a stream and never reads them, so no worker waits for
     the request of a caller without credentials.
@@ -108,7 +110,8 @@ def _refusal(
         _audit(
             "denied",
             method=method,
-            reason=reason,
+            reason=refused.reason,
+            token=refused.token_id,
             peer=context.peer(),
             service=_peer_service(context),
         )
@@ -138,6 +141,7 @@ def _wrap(
         _audit(
             "call",
             method=method,
+            dataset=called_on(),
             principal=principal.name,
             token=principal.token_id,
             service=_peer_service(context),

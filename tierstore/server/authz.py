@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from tierstore.errors import DatasetNotFound, InvalidArgument, PermissionDenied
+from tierstore.server.rpc import note_dataset
 from tierstore.types import ALL_DATASETS, Grant, Role
 
 __all__ = [
@@ -190,6 +191,8 @@ def authorize(principal: Principal, method: str, dataset: str | None) -> None:
     weak; :class:`~tierstore.errors.DatasetNotFound` when the caller holds no role at all
     on the named dataset (so it cannot probe which datasets exist).
     """
+    if dataset:
+        note_dataset(dataset)  # for the call's audit line, allowed or not
     rule = METHOD_RULES.get(method)
     if rule is None:
         raise PermissionDenied(f"{method or 'this method'} is not served")

@@ -14,33 +14,60 @@ import contextvars
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from tierstore.errors import TierstoreError, Unauthenticated
-from tierstore.wire.status import ERROR_HEADER, error_name, status_for_error
+from tierstore.naming import is_dataset_name
+from tierstore.wire.status import ERROR_HEADER, error_name, status_details, status_for_error
 
-__all__ = ["caller", "calling_as", "handler", "stream_handler"]
+__all__ = ["called_on", "caller", "calling_as", "handler", "note_dataset", "stream_handler"]
 
 log = logging.getLogger(__name__)
 
-_CALLER: contextvars.ContextVar[Any] = contextvars.ContextVar("tierstore_caller", default=None)
+
+@dataclass(slots=True)
+class _Call:
+    """What the current call's audit line says beyond the interceptor's view."""
+
+    principal: Any
+    #: the dataset the call was last authorized against ("": none)
+    dataset: str = ""
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tierstore_call", default=None)
 
 R = TypeVar("R")
 
 
-def calling_as(principal: Any) -> contextvars.Token[Any]:
+def calling_as(principal: Any) -> contextvars.Token[_Call | None]:
     """Record the authenticated caller for the current call (used by the interceptor)."""
-    return _CALLER.set(principal)
+    return _CALL.set(_Call(principal))
 
 
 def caller() -> Any:
     """The authenticated principal of the current call; Unauthenticated if none."""
-    principal = _CALLER.get()
-    if principal is None:
+    call = _CALL.get()
+    if call is None:
         raise Unauthenticated("no credentials")
-    return principal
+    return call.principal
+
+
+def note_dataset(dataset: str) -> None:
+    """Record the dataset the current call is being authorized against, for its audit
+    line (no call in progress: nothing). Only a valid name is kept as it is, so the
+    audit log carries no caller-made text."""
+    call = _CALL.get()
+    if call is not None and dataset:
+        call.dataset = dataset if is_dataset_name(dataset) else "(invalid name)"
+
+
+def called_on() -> str:
+    """The dataset :func:`note_dataset` recorded for the current call ("" if none)."""
+    call = _CALL.get()
+    return call.dataset if call is not None else ""
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
@@ -52,7 +79,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, TierstoreError):
         name = error_name(exc)
         context.set_trailing_metadata(((ERROR_HEADER, name),))
-        context.abort(status_for_error(exc), str(exc) or name)
+        context.abort(status_for_error(exc), status_details(str(exc) or name))
     log.exception("internal error in an RPC handler", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

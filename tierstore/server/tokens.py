@@ -63,6 +63,8 @@ _DUMMY_DIGEST = hashlib.sha256(b"tierstore: no such token").hexdigest()
 class AuthFailure(enum.StrEnum):
     """Why a token was refused (the ``reason`` of :class:`Unauthenticated`; audit only)."""
 
+    NO_TOKEN = "no-token"  # no authorization header, or one that is not a bearer token
+    SEVERAL_HEADERS = "several-headers"
     MALFORMED = "malformed"
     UNKNOWN = "unknown"
     MISMATCH = "mismatch"
@@ -250,13 +252,14 @@ class TokenStore:
         match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
         if match is None:
             raise Unauthenticated(reason=AuthFailure.MALFORMED)
-        record = self._records.get(match.group(1))
+        token_id = match.group(1)
+        record = self._records.get(token_id)
         expected = _DUMMY_DIGEST if record is None else record.digest
         matches = hmac.compare_digest(_digest(token), expected)
         if record is None:
-            raise Unauthenticated(reason=AuthFailure.UNKNOWN)
+            raise Unauthenticated(reason=AuthFailure.UNKNOWN, token_id=token_id)
         if not matches:
-            raise Unauthenticated(reason=AuthFailure.MISMATCH)
+            raise Unauthenticated(reason=AuthFailure.MISMATCH, token_id=token_id)
         return self._principal_of(record.info)
 
     def principal_now(self, principal: Principal) -> Principal:
@@ -276,9 +279,9 @@ class TokenStore:
         """The principal ``info``'s token stands for; Unauthenticated if it was revoked
         or has run out."""
         if info.revoked:
-            raise Unauthenticated(reason=AuthFailure.REVOKED)
+            raise Unauthenticated(reason=AuthFailure.REVOKED, token_id=info.token_id)
         if info.expired(self._clock()):
-            raise Unauthenticated(reason=AuthFailure.EXPIRED)
+            raise Unauthenticated(reason=AuthFailure.EXPIRED, token_id=info.token_id)
         return Principal(
             info.principal,
             info.grants,

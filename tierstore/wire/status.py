@@ -11,7 +11,14 @@ import grpc
 
 from tierstore import errors
 
-__all__ = ["ERROR_HEADER", "error_for_status", "error_name", "status_for_error"]
+__all__ = [
+    "ERROR_HEADER",
+    "MAX_DETAILS_BYTES",
+    "error_for_status",
+    "error_name",
+    "status_details",
+    "status_for_error",
+]
 
 ERROR_HEADER = "tierstore-error"
 
@@ -28,6 +35,23 @@ for _cls in _BY_NAME.values():
     _known = _BY_CODE.get(_code)
     if _known is None or issubclass(_known, _cls):
         _BY_CODE[_code] = _cls
+
+
+#: The most UTF-8 bytes of an error message the server sends. The message travels
+#: percent-encoded in a trailer (up to 3 bytes for each), and a client refuses a
+#: trailer block past 16 KiB: an error echoing a huge caller-made value would then
+#: reach the caller as a transport failure instead of itself.
+MAX_DETAILS_BYTES = 2048
+
+
+def status_details(message: str) -> str:
+    """``message`` as the server sends it: cut to :data:`MAX_DETAILS_BYTES` (at a
+    character boundary), with what was cut said at its end."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return message
+    kept = encoded[: MAX_DETAILS_BYTES - 64].decode("utf-8", "ignore")
+    return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes cut)"
 
 
 def error_name(error: errors.TierstoreError) -> str:
