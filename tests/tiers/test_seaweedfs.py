@@ -56,10 +56,22 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 @needs_weed
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_listens_on_loopback_only_and_cleans_up(tmp_path: Path) -> None:
+def test_listens_on_loopback_only_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "weed").mkdir(mode=0o755)  # as an older release, or an operator, left it
+    # A node given its master key, or its archive's secret, by environment variable.
+    monkeypatch.setenv("TIERSTORE_MASTER_KEY_B64", "master-key-marker")
+    monkeypatch.setenv("TIERSTORE_S3_SECRET_KEY", "archive-secret-marker")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-marker")
     server = SeaweedServer(tmp_path / "weed")
     with server:
+        # The archive is not trusted with the node's secrets: weed's environment (and
+        # so anything weed starts) holds none of them; the rest it keeps.
+        assert server._process is not None
+        environment = Path(f"/proc/{server._process.pid}/environ").read_bytes()
+        assert b"marker" not in environment and b"TIERSTORE_" not in environment
+        assert b"PATH=" in environment
         # Owner only: the archive holds plaintext datasets' objects, whatever weed's own
         # file modes (0644) and a group's search right on the node's data directory.
         assert stat.S_IMODE((tmp_path / "weed").stat().st_mode) == 0o700

@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
@@ -219,6 +219,23 @@ def _wait_for_its_threads(pid: int, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
+#: Variables a weed never gets: tierstore's own (the master key and the archive's
+#: secret may be given as TIERSTORE_*) and AWS credentials, which weed's S3 gateway
+#: may take as an identity of its own beside the one it is configured with.
+_SECRET_PREFIXES = ("TIERSTORE_", "AWS_")
+
+
+def _weed_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables that may hold secrets (see _SECRET_PREFIXES):
+    the archive is not trusted with the node's keys, and weed runs whatever it runs
+    with the environment it was given."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.upper().startswith(_SECRET_PREFIXES)
+    }
+
+
 def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """SIGTERM, then SIGKILL after ``timeout_s``: weed may ignore SIGTERM for a long time."""
     if process.poll() is None:
@@ -359,6 +376,7 @@ class SeaweedServer:
                 process = subprocess.Popen(
                     command,
                     cwd=self._data_dir,
+                    env=_weed_environment(os.environ),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
