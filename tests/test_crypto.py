@@ -204,13 +204,20 @@ def test_from_file_with_two_keys(tmp_path: Path) -> None:
         '{"current": "k1", "keys": {"k1": 5}}',
         '{"current": "k1", "keys": {"k1": "@@@"}}',
         '{"current": "k2", "keys": {"k1": "' + base64.b64encode(KEY_A).decode() + '"}}',
+        '{"current": "k1", "keys": {"k1": "' + base64.b64encode(KEY_A[:31]).decode() + '"}}',
+        '{"current": "k1", "keys": []}',
+        '{"keys": {"k1": "' + base64.b64encode(KEY_A).decode() + '"}}',
     ],
 )
 def test_from_file_rejects_bad_files(tmp_path: Path, content: str) -> None:
     path = tmp_path / "keys.json"
     path.write_text(content)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument) as refused:
         LocalKeyring.from_file(path)
+    # Every refusal names the file (a bad key, a short one or a current id the file
+    # lacks once did not), and none is a bare Python message about indices.
+    assert str(refused.value).startswith(f"cannot load key file {path}: "), refused.value
+    assert "indices" not in str(refused.value)
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o602], ids=oct)

@@ -160,9 +160,15 @@ class LocalKeyring:
             with path.open("rb") as file:
                 mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
                 document = json.loads(file.read())
+            if not isinstance(document, dict) or not isinstance(document.get("keys"), dict):
+                raise InvalidArgument(
+                    'it must be a JSON object {"current": ID, "keys": {ID: BASE64_KEY, ...}}'
+                )
+            if "current" not in document:
+                raise InvalidArgument('it names no current key ("current": ID)')
             keys = {str(k): _decode_key(v, f"key {k!r}") for k, v in document["keys"].items()}
             keyring = cls(keys=keys, current=str(document["current"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, InvalidArgument) as exc:
             raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
         if mode & 0o027:
             log.warning(
