@@ -127,3 +127,31 @@ def test_a_rotation_the_store_refuses_leaves_the_key_file_as_it_was(
     path.write_text(json.dumps({"current": "k7", "keys": key_text}))
     assert KeyRotation(NodeKeys(both, path), store)() == 1
     assert sorted(LocalKeyring.from_file(path).keys) == ["k1", "k7", "k8"]
+
+
+def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # A rotation while the archive was down, a restart, and the old key taken out of
+    # the file: the archive is still sealed under the old key until the mover uploads
+    # the journal. The refusal says so, not only "these are not the archive's keys".
+    archive = MemoryTier()
+    plain = {"plain": DATASETS["plain"]}
+    store = open_store(archive, datasets=plain)
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    stopped = open_store.reopen(store, archive, start_mover=False)
+    both = LocalKeyring(keys={**KEYRING.keys, "k2": os.urandom(32)}, current="k2")
+    stopped.rotate_master_key(both)
+    assert stopped.stats().journal_entries > 0  # the reseal waits for the mover
+    only_new = LocalKeyring(keys={"k2": both.keys["k2"]}, current="k2")
+    retired = open_store.reopen(stopped, archive, only_new, start_mover=False)
+    with pytest.raises(FailedPrecondition, match="does not verify the seal") as refused:
+        check_node_keys(NodeKeys(only_new, tmp_path / "master.keys"), retired)
+    assert "a key taken out of the file since the last rotation" in str(refused.value)
+    # With the key back, the mover seals the archive again; then the old key may go.
+    back = open_store.reopen(retired, archive, both)
+    check_node_keys(NodeKeys(both, tmp_path / "master.keys"), back)
+    assert back.drain(10)
+    done = open_store.reopen(back, archive, only_new, start_mover=False)
+    check_node_keys(NodeKeys(only_new, tmp_path / "master.keys"), done)

@@ -150,11 +150,20 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
         )
     seal = store.archive_seal_failure()
     if seal is not None:
+        pending = store.stats().journal_entries
+        retired_early = (
+            f" (the journal still holds {pending} uploads: a key taken out of the file "
+            "since the last rotation is needed until the mover has sealed the archive "
+            "again under the current one; put it back, start, and take it out once "
+            "`tierstore stats` shows no journal entries)"
+            if pending
+            else ""
+        )
         raise FailedPrecondition(
             f"{keys.source} does not verify the seal of the archive's {seal}. Not starting: "
             "these are not the keys the archive was sealed with, and a rebuild from it "
             "would believe none of what was written before. Configure the keys it was "
-            f"written with; {_RESEAL}"
+            f"written with{retired_early}; {_RESEAL}"
         )
 
 
