@@ -155,3 +155,54 @@ def test_a_channel_lock_held_by_another_thread_at_fork_is_free_in_the_child() ->
     release.set()
     holder.join()
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_channel_dropped_while_a_fork_is_prepared_never_waits_for_it() -> None:
+    # Garbage collection may close a dropped channel on any thread, inside whatever lock
+    # it holds: in ThreadPoolExecutor.submit, concurrent.futures' global lock, which a
+    # fork handler running after ours takes. Waiting there for the gate hung a
+    # DataLoader's fork for good: the fork waited for the lock, the lock's holder for
+    # the fork.
+    channel = ProcessChannel(ChannelSettings(address="127.0.0.1:1", insecure=True))
+    held = channel._held
+    channel.get()  # opened here
+    lock = threading.Lock()  # stands for the lock the fork handler would take
+    dropped = threading.Event()
+
+    def drop_inside_the_lock() -> None:
+        nonlocal channel
+        with lock:
+            del channel  # the last reference: its finalizer closes the channel
+            dropped.set()
+
+    GATE.hold(10)  # a fork being prepared
+    try:
+        dropper = threading.Thread(target=drop_inside_the_lock)
+        dropper.start()
+        # The old finalizer waited for the gate inside the lock: the "fork" could then
+        # never take the lock.
+        assert lock.acquire(timeout=10), "the dropping thread kept the lock"
+        lock.release()
+        assert dropped.is_set() and held.channel is None
+        assert GATE._deferred  # closed after the fork, not during it
+    finally:
+        GATE.release()
+    GATE.run_deferred()
+    assert not GATE._deferred
+    dropper.join(10)
+
+
+def test_deferred_work_runs_on_the_next_call_when_no_fork_comes() -> None:
+    gate = ForkGate()
+    ran: list[str] = []
+    gate.hold(1)
+    other = threading.Thread(target=gate.run_or_defer, args=(lambda: ran.append("late"),))
+    other.start()
+    other.join(10)
+    assert not other.is_alive() and ran == []  # kept, not waited for
+    gate.release()  # released without run_deferred: the next call's way out runs it
+    with gate.call():
+        assert ran == []
+    assert ran == ["late"]
+    gate.run_or_defer(lambda: ran.append("at once"))  # an open gate: no waiting
+    assert ran == ["late", "at once"] and gate.idle

@@ -35,7 +35,14 @@ verify-ahead thread with ``ThreadPoolExecutor.submit``, which takes that lock) a
 ``logging``'s. Registered after ours, they would run first, and the fork would hold
 the lock a call in flight waits for, then wait for that call (seen: 40 s a fork,
 when ``concurrent.futures.thread`` was first loaded by a read). This module imports
-them before it registers, so their handlers run after ours.
+them before it registers, so their handlers run after ours. Running after ours, they
+still wait for those locks: so nothing may wait for the gate while holding one. Garbage
+collection does not choose where it runs: a dropped client's channel is closed by a
+finalizer, on whatever thread allocates at that moment, once inside
+``ThreadPoolExecutor.submit`` (which holds ``concurrent.futures``' global lock) while a
+DataLoader forked, and the fork hung for good (1 run in about 80). Finalizers go through
+:meth:`ForkGate.run_or_defer`, which never waits: while a fork is being prepared, the
+channel is closed after it.
 
 Fork-safe by construction; thread-safe. Calls may nest (a shard read that asks for a data
 key inside it); a thread must not fork while inside the gate (it would wait for itself
@@ -90,6 +97,7 @@ def _after_fork_in_parent() -> None:
     for _, after_in_parent, _ in _held_handlers:
         after_in_parent()
     GATE.release()
+    GATE.run_deferred()  # channels garbage collection closed while the fork was made
 
 
 def _after_fork_in_child() -> None:

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -66,6 +66,10 @@ class ForkGate:
     made by the holding thread itself (a channel torn down by garbage collection while
     its ``before`` handlers run): it ends before the thread forks. A thread must not
     fork while inside the gate (it would wait for itself until the hold's deadline).
+
+    Work that must never wait for a fork — a channel closed by garbage collection,
+    which may run on a thread that holds a lock a fork handler takes — goes through
+    :meth:`run_or_defer`.
     """
 
     def __init__(self) -> None:
@@ -74,6 +78,8 @@ class ForkGate:
         self._holding = False
         self._holder: int | None = None
         self._thread = threading.local()
+        #: actions :meth:`run_or_defer` could not run at once; see :meth:`run_deferred`
+        self._deferred: list[Callable[[], None]] = []
         #: holds that gave up waiting at their deadline (a call in flight that did not
         #: end in time: stalled, or waiting for something the forking thread held).
         self.expired_holds = 0
@@ -92,6 +98,8 @@ class ForkGate:
                     yield
         finally:
             self._thread.depth = depth
+            if not depth and self._deferred:  # kept by a moment's contention, not a fork
+                self.run_deferred()
 
     @contextmanager
     def _outermost_call(self) -> Iterator[None]:
@@ -105,6 +113,52 @@ class ForkGate:
             with self._condition:
                 self._inside -= 1
                 self._condition.notify_all()
+
+    def run_or_defer(self, action: Callable[[], None]) -> None:
+        """Run ``action`` as a call if that needs no wait; else keep it for
+        :meth:`run_deferred` (after the fork being prepared). Never waits.
+
+        For work done by garbage collection (a finalizer), which runs on whatever thread
+        allocates at that moment, inside whatever locks it holds: in
+        ``ThreadPoolExecutor.submit``, say, which holds ``concurrent.futures``' global
+        lock. Waiting there for the gate deadlocked a fork: its handler for that lock
+        runs after ours, and waited for the thread that waited for the fork.
+        """
+        if getattr(self._thread, "depth", 0) or self._holder == threading.get_ident():
+            action()  # inside a call already, or the forking thread itself
+            return
+        if not self._condition.acquire(blocking=False):  # hold() keeps it until release()
+            self._deferred.append(action)
+            return
+        try:
+            if self._holding:
+                self._deferred.append(action)
+                return
+            self._inside += 1
+        finally:
+            self._condition.release()
+        self._thread.depth = 1
+        try:
+            action()
+        finally:
+            self._thread.depth = 0
+            with self._condition:
+                self._inside -= 1
+                self._condition.notify_all()
+
+    def run_deferred(self) -> None:
+        """Run (through :meth:`run_or_defer`) the actions kept while the gate was held:
+        the parent calls it once a fork is done, and every outermost call on its way
+        out. An action that raises is dropped."""
+        for _ in range(len(self._deferred)):  # one pass: one kept again waits for the next
+            try:
+                action = self._deferred.pop(0)
+            except IndexError:  # another thread ran the rest
+                return
+            try:
+                self.run_or_defer(action)
+            except Exception:  # a channel that fails to close is no reason to stop here
+                continue
 
     @property
     def idle(self) -> bool:
@@ -149,3 +203,4 @@ class ForkGate:
         self._holding = False
         self._holder = None
         self._thread = threading.local()
+        self._deferred = []  # the parent's work: not this process's to do
