@@ -10,16 +10,29 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload
-from tierstore.cli.masterkeys import KeyRotation, NodeKeys, check_node_keys, load_node_keys
+from tests.engine.test_archive_seals import CutShort
+from tierstore.cli.masterkeys import (
+    DeferredKeyCheck,
+    KeyRotation,
+    NodeKeys,
+    check_node_keys,
+    load_node_keys,
+)
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
-from tierstore.errors import FailedPrecondition, InvalidArgument, KeyRotationRefused
+from tierstore.errors import (
+    ArchiveUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    KeyRotationRefused,
+)
 from tierstore.tiers.memory import MemoryTier
 
 
@@ -155,3 +168,34 @@ def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
     assert back.drain(10)
     done = open_store.reopen(back, archive, only_new, start_mover=False)
     check_node_keys(NodeKeys(only_new, tmp_path / "master.keys"), done)
+
+
+def test_uploads_held_for_metadata_cut_short_run_once_it_comes_whole(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # A node whose archive was down at its start checks its keys again and again; a
+    # check that met bodies cut short once held its uploads until a restart.
+    archive = CutShort()
+    plain = {"plain": DATASETS["plain"]}
+    store = open_store(archive, datasets=plain)
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    store = open_store.reopen(store, archive, start_mover=False)
+    keys = NodeKeys(KEYRING, tmp_path / "master.keys")
+    archive.cutting = True
+    with pytest.raises(ArchiveUnavailable):  # at start: serve the hot tier meanwhile
+        check_node_keys(keys, store)
+    waiting = DeferredKeyCheck(keys, store, interval_s=0.05)
+    store.start_background()
+    waiting.start()
+    try:
+        store.put("plain", "t", payload(20))
+        assert store.stats().journal_entries > 0
+        deadline = time.monotonic() + 5  # a few checks meet the damage
+        while time.monotonic() < deadline and len(archive.cut) < 3:
+            time.sleep(0.02)
+        assert len(archive.cut) >= 3 and store.stats().journal_entries > 0
+        archive.cutting = False
+        assert store.drain(10), store.stats().mover_error
+    finally:
+        waiting.stop()

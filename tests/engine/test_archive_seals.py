@@ -16,7 +16,7 @@ import pytest
 from tests.engine.stores import DATASETS, FRAME, KEY_2, OTHER_KEYRING, StoreFactory, payload
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.records import archive_dataset_key, archive_manifest_key
-from tierstore.errors import DatasetNotFound, ShardNotFound
+from tierstore.errors import ArchiveUnavailable, DatasetNotFound, ShardNotFound
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -210,3 +210,44 @@ def test_a_reseal_under_way_is_not_taken_for_the_wrong_keys(
     assert json.loads(bytes(archive.get(archive_dataset_key("plain")) or b""))["seal"]
     fresh = open_store(archive, OTHER_KEYRING)
     assert fresh.rebuild_from_archive() == 1
+
+
+class CutShort(MemoryTier):
+    """An archive whose GETs of dataset objects come back cut short while ``cutting``
+    (a proxy that drops the rest of a body, with a Content-Length to match)."""
+
+    cutting = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut: list[str] = []  # the keys of the bodies cut short
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        body = super().get(key, byte_range)
+        if body is None or not self.cutting or not key.endswith("/_dataset.json"):
+            return body
+        self.cut.append(key)
+        return body[: len(body) // 2]
+
+
+def test_metadata_cut_short_on_the_way_is_not_taken_for_the_wrong_keys(
+    open_store: StoreFactory,
+) -> None:
+    # It was: a start was refused ("not the keys the archive was sealed with"), and a
+    # node whose archive had been down held its uploads until restarted.
+    archive = CutShort()
+    store = open_store(archive, datasets=PLAIN)
+    for dataset in PLAIN:
+        store.put(dataset, "s", payload(FRAME, 1))
+    assert store.drain(10)
+    archive.cutting = True
+    with pytest.raises(ArchiveUnavailable, match="could not be read whole"):
+        store.archive_seal_failure()
+    wrong = open_store.reopen(store, archive, OTHER_KEYRING, start_mover=False)
+    with pytest.raises(ArchiveUnavailable):  # nor does it pass wrong keys
+        wrong.archive_seal_failure()
+    archive.cutting = False
+    failure = wrong.archive_seal_failure()
+    assert failure is not None and "does not match its seal" in failure
+    right = open_store.reopen(wrong, archive, start_mover=False)
+    assert right.archive_seal_failure() is None

@@ -31,7 +31,7 @@ from tierstore.crypto import KEY_BYTES, MasterKeyProvider
 from tierstore.errors import IntegrityError
 from tierstore.types import WrappedKey
 
-__all__ = ["SEAL_FIELD", "check_seal", "sealed"]
+__all__ = ["SEAL_FIELD", "UnreadableObject", "check_seal", "sealed"]
 
 #: the JSON field of a metadata object that holds its seal.
 SEAL_FIELD = "seal"
@@ -56,12 +56,19 @@ def sealed(keyring: MasterKeyProvider | None, key: str, body: bytes) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+class UnreadableObject(IntegrityError):
+    """A metadata object whose bytes are not a JSON object with a well-formed seal:
+    damaged (in the archive, or on the way: a body cut short), so it says nothing
+    about the keys it was sealed with."""
+
+
 def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryview) -> None:
     """Check that ``raw``, read at archive key ``key``, carries a seal made for it.
 
     Without a keyring there is nothing to check against and this returns at once.
-    Raises IntegrityError when ``raw`` is not a JSON object, carries no seal, or its
-    seal does not unwrap for these fields at this key (edited, moved or forged), and
+    Raises IntegrityError when ``raw`` carries no seal, or its seal does not unwrap for
+    these fields at this key (edited, moved or forged); UnreadableObject (an
+    IntegrityError) when it is not a JSON object or its seal is malformed; and
     UnknownKeyId when the seal is under a master key the keyring does not hold.
     """
     if keyring is None:
@@ -77,7 +84,7 @@ def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryv
     try:
         wrapped = WrappedKey(key_id=str(seal["key_id"]), blob=base64.b64decode(seal["wrapped"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"archive object {key} has a malformed seal: {exc}") from exc
+        raise UnreadableObject(f"archive object {key} has a malformed seal: {exc}") from exc
     try:
         keyring.unwrap(wrapped, _context(key, document))
     except IntegrityError as exc:
@@ -90,9 +97,9 @@ def _document(raw: bytes | memoryview) -> dict[str, Any]:
     try:
         document = json.loads(bytes(raw))
     except ValueError as exc:
-        raise IntegrityError(f"archive object is not JSON: {exc}") from exc
+        raise UnreadableObject(f"archive object is not JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise IntegrityError("archive object is not a JSON object")
+        raise UnreadableObject("archive object is not a JSON object")
     return document
 
 

@@ -37,6 +37,7 @@ from tierstore import arrowio, tensors
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
+from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.damaged import delete_damaged_in
 from tierstore.engine.localreads import LocalReadSupport
@@ -66,6 +67,7 @@ from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
+    ArchiveUnavailable,
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
@@ -897,7 +899,9 @@ class Store:
         (a rebuild would believe none of its objects). One damaged or edited object among
         others that verify is not taken for the wrong keys (a rebuild skips it, logged).
         Raises ArchiveUnavailable when the archive cannot be reached (the caller decides
-        what may run before the check is made). Thread-safe."""
+        what may run before the check is made), and when the objects it could not verify
+        were unreadable (not JSON, a malformed seal: a body cut short on the way, say),
+        which tells nothing about the keys. Thread-safe."""
         self._check_open()
         if self._keyring is None:
             return None
@@ -911,7 +915,7 @@ class Store:
         if resealing:
             with self._env.write() as txn:
                 self._catalog.set_note(txn, _RESEALING, "")  # done: check from now on
-        failure = None
+        failure = damaged = None
         for name in names:
             key = archive_dataset_key(name)
             raw = self._archive.get(key)
@@ -919,11 +923,22 @@ class Store:
                 continue  # not archived yet
             try:
                 self._sealers.check_object(key, raw)
+            except UnreadableObject as exc:  # says nothing about the keys
+                log.warning("archive object %s cannot be read whole: %s", key, exc)
+                damaged = damaged or f"{key}: {exc}"
+                continue
             except (IntegrityError, UnknownKeyId) as exc:
                 log.warning("archive object %s does not verify: %s", key, exc)
                 failure = failure or f"{key}: {exc}"
                 continue
             return None
+        if failure is None and damaged is not None:
+            # A body cut short on the way looks like this: ask again later rather than
+            # take it for the wrong keys (which refuses a start, or holds uploads).
+            raise ArchiveUnavailable(
+                f"the archive's metadata could not be read whole ({damaged}); the keys "
+                "are checked against it again"
+            )
         return failure
 
     def reseal_archive(self) -> None:
