@@ -352,6 +352,25 @@ def test_wrong_partial_answer_is_refused(scripted: Callable[[Script], ScriptedSe
         tier.close()
 
 
+def test_a_range_cut_short_on_the_way_is_asked_for_again(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # The first answer is cut short with a Content-Length to match (a proxy dropping
+    # the rest of the body); it was refused, and the cold read failed, with no retry.
+    def answer(n: int, request: object) -> tuple[int, dict[str, str], bytes]:
+        if n == 1:  # requests count from 1
+            return 206, {"Content-Range": "bytes 2-5/10"}, b"23"
+        return 206, {"Content-Range": "bytes 2-5/10"}, b"2345"
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert bytes(tier.get("k", (2, 4)) or b"") == b"2345"
+        assert server.requests == 2
+    finally:
+        tier.close()
+
+
 @pytest.mark.parametrize(
     ("endpoint", "signed"),
     [

@@ -52,7 +52,13 @@ from tierstore.tiers.base import (
 )
 from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, new_client
 from tierstore.tiers.s3_parts import fixed_parts, put_multipart
-from tierstore.tiers.s3_retry import call_with_retries, error_code, http_status, is_missing_key
+from tierstore.tiers.s3_retry import (
+    WrongAnswer,
+    call_with_retries,
+    error_code,
+    http_status,
+    is_missing_key,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -201,7 +207,8 @@ class S3Tier:
     def _check_content_range(
         self, full_key: str, byte_range: tuple[int, int], header: str, received: int
     ) -> None:
-        """Refuse a partial answer that is not the range asked for (never hand out wrong bytes)."""
+        """Refuse a partial answer that is not the range asked for (never hand out wrong
+        bytes): WrongAnswer, which the request's retries try again."""
         offset, length = byte_range
         match = _CONTENT_RANGE.fullmatch(header)
         if match is not None:
@@ -211,7 +218,7 @@ class S3Tier:
             expected_last = stop - 1
             if first == offset and last == expected_last and received == last - first + 1:
                 return
-        raise ArchiveUnavailable(
+        raise WrongAnswer(
             f"GET {self.settings.bucket}/{full_key}: asked for range {byte_range}, "
             f"got Content-Range {header!r} with {received} bytes"
         )

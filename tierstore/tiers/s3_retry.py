@@ -29,7 +29,20 @@ from tenacity import (
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
 
-__all__ = ["call_with_retries", "error_code", "http_status", "is_missing_key", "is_transient"]
+__all__ = [
+    "WrongAnswer",
+    "call_with_retries",
+    "error_code",
+    "http_status",
+    "is_missing_key",
+    "is_transient",
+]
+
+
+class WrongAnswer(Exception):
+    """An answer that is not what was asked for, such as a range cut short on the way
+    (with a Content-Length to match): never handed out, and worth another try."""
+
 
 RETRYABLE_CODES: Final = frozenset(
     {
@@ -74,7 +87,7 @@ def is_transient(exc: BaseException) -> bool:
         from botocore.exceptions import HTTPClientError, IncompleteReadError
 
         return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError)
-    return isinstance(exc, ConnectionError | TimeoutError)
+    return isinstance(exc, ConnectionError | TimeoutError | WrongAnswer)
 
 
 def call_with_retries(settings: S3Settings, what: str, fn: Callable[[], T]) -> T:
@@ -109,6 +122,8 @@ def call_with_retries(settings: S3Settings, what: str, fn: Callable[[], T]) -> T
         ) from exc
     except ParamValidationError as exc:
         raise InvalidArgument(f"{what}: {exc}") from exc
+    except WrongAnswer as exc:
+        raise ArchiveUnavailable(f"{exc} ({s.max_attempts} attempts)") from exc
     except (BotoCoreError, ConnectionError, TimeoutError) as exc:
         raise ArchiveUnavailable(
             f"{what}: archive {s.endpoint_url} unreachable after {s.max_attempts} attempts: {exc}"
