@@ -76,9 +76,16 @@ def test_backlog_full_then_drained_without_losing_anything(open_store: StoreFact
         assert store.get(dataset, name).to_bytes() == data  # served from the hot tier
         assert store.evict(dataset, name) == 0  # the only copy is never evicted
         assert not store.stat(dataset, name).archived
-    with pytest.raises(BacklogFull):
-        store.put("plain", "more", payload(size))
     assert not store.drain(0.3)
+    deadline = time.monotonic() + 10
+    while store.mover.last_error is None:  # an upload has failed by now, or soon will
+        assert time.monotonic() < deadline, "no upload failed"
+        time.sleep(0.01)
+    with pytest.raises(BacklogFull) as caught:
+        store.put("plain", "more", payload(size))
+    # Not only "retry when the mover has caught up": why it cannot.
+    assert "the mover is failing" in str(caught.value)
+    assert "the archive is down" in str(caught.value)
 
     archive.failing = False  # the archive is back
     assert store.drain(10)

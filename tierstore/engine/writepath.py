@@ -313,10 +313,16 @@ class ShardWriter:
             stored_total = sum(sizes)
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
+                failing = self._mover.last_error
                 raise BacklogFull(
                     f"{backlog} bytes wait for the archive "
                     f"(cap {self._settings.backlog_cap_bytes}); "
-                    "retry when the mover has caught up"
+                    + (
+                        f"the mover is failing ({failing}): retry once the archive is "
+                        "back and the mover has caught up"
+                        if failing
+                        else "retry when the mover has caught up"
+                    )
                 )
             previous = self._catalog.get_shard(txn, dataset, shard)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
