@@ -33,6 +33,7 @@ class FakeClient:
 
     connected: dict[str, Any] = field(default_factory=dict)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    archive_error: str | None = None
     tokens: list[dict[str, Any]] = field(default_factory=list)
     shards: set[str] = field(default_factory=set)
 
@@ -112,6 +113,7 @@ class FakeClient:
             "hot_capacity_bytes": 100,
             "backlog_bytes": 0,
             "data_loss": [],
+            "archive_error": self.archive_error,
             "traced_reads": 0,
             "sizing": [{"capacity_bytes": 50, "miss_ratio": 1.0}],
         }
@@ -432,6 +434,16 @@ def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:
     scripted = json.loads(invoke("--json", "stats").stdout)
     assert scripted["datasets"]["idle"]["hit_ratio"] is None
     assert scripted["traced_reads"] == 0 and scripted["sizing"] == []
+
+
+def test_stats_say_why_the_archive_backlog_does_not_drain(client: FakeClient) -> None:
+    assert "the archive is failing" not in invoke("stats").stdout
+    client.archive_error = "put ds/s@1: the archive is down"
+    shown = invoke("stats")
+    assert shown.exit_code == 0, shown.output
+    assert "the archive is failing: put ds/s@1: the archive is down" in shown.stdout
+    scripted = json.loads(invoke("--json", "stats").stdout)
+    assert scripted["archive_error"] == "put ds/s@1: the archive is down"
 
 
 def test_one_shard_is_one_shard(client: FakeClient) -> None:

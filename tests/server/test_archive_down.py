@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,8 +24,14 @@ import pytest
 from tierstore import errors
 from tierstore.crypto import LocalKeyring
 from tierstore.tiers.seaweedfs import SeaweedServer
+from tierstore.types import Grant, Role
 
 from .conftest import ServerProcess, archived_keys, children, free_port, poll, unique
+
+
+def scrape_metrics(node: ServerProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
 
 
 def dead(pid: int) -> bool:
@@ -152,11 +159,21 @@ def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
             client.get(dataset, "local").to_pybytes() == b"acknowledged while the archive was down"
         )
         assert not client.stat(dataset, "local").archived
+        # Operators see why the backlog does not drain, not only its size: the reason for
+        # a caller with a role on "*", that there is one for others; and /metrics.
+        poll(lambda: client.stats()["archive_error"], 30, "the held upload to be reported")
+        assert "not checked against the archive" in client.stats()["archive_error"]
+        _, token = client.create_token("stats-reader", [Grant(dataset, Role.READER)])
+        with node.connect(token=token, local_reads=False) as reader:
+            assert "shown to a caller with a role on '*'" in reader.stats()["archive_error"]
+        assert "tierstore_archive_failing 1.0" in scrape_metrics(node)
         proxy.up()
         poll(
             lambda: client.stat(dataset, "local").archived, 60, "the mover once the archive is back"
         )
         assert client.put(through, "second", b"archived again").archived
+        assert client.stats()["archive_error"] is None
+        assert "tierstore_archive_failing 0.0" in scrape_metrics(node)
     assert "uploads run" in node.errors(), node.errors()[-2000:]
     node.stop()
 

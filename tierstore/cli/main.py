@@ -962,9 +962,11 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
             str(d["misses"]),
             _hit_ratio_text(d),
         )
+    failing = figures.get("archive_error")
     table.caption = (
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
         f"{figures['backlog_bytes']:,} bytes waiting for the archive"
+        + (f"; the archive is failing: {failing}" if failing else "")
     )
     capacity = figures["hot_capacity_bytes"]
     sizing = Table("hot-tier size", "of capacity", "miss ratio (LRU)")

@@ -104,7 +104,9 @@ _RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
 
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
-    ``backlog_bytes``, ``journal_entries``, ``data_loss`` (the shards of the datasets
+    ``backlog_bytes``, ``journal_entries``, ``archive_error`` (why the mover's last
+    archive operation failed, or None; the reason itself only for a caller with a role
+    on ``*``), ``data_loss`` (the shards of the datasets
     shown that the node reports lost, ``"dataset/name: why"``), ``datasets`` (per
     dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and,
     when asked for,
@@ -662,6 +664,7 @@ class Client:
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
             data_loss=list(reply.data_loss),
+            archive_error=reply.archive_error or None,
             datasets={
                 d.dataset: {
                     "shards": d.shards,

@@ -132,6 +132,12 @@ class _StoreCollector(Collector):
             "tierstore_journal_entries", "archive operations pending", stats.journal_entries
         )
         yield GaugeMetricFamily(
+            "tierstore_archive_failing",
+            "1 while the mover's last archive operation failed (the archive down or "
+            "failing, or uploads held; stats and the log say why), else 0",
+            1 if stats.mover_error else 0,
+        )
+        yield GaugeMetricFamily(
             "tierstore_puts_waiting_for_quota",
             "puts waiting for the mover to make room in their dataset's quota",
             stats.quota_waiting_puts,

@@ -22,6 +22,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.authz import Principal, authorize, visible
 from tierstore.server.requestchecks import MAX_PREFETCH_SHARDS
 from tierstore.server.rpc import caller, handler
+from tierstore.types import ALL_DATASETS
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.plans import sampler_from_pb
 from tierstore.wire.trace import sizing_to_pb
@@ -114,6 +115,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             datasets=self._dataset_stats(names, listed=not request.dataset),
             # Of the datasets shown only: an entry names its shard.
             data_loss=[entry for entry in stats.data_loss if entry.split("/", 1)[0] in names],
+            archive_error=_archive_error_for(principal, stats.mover_error),
         )
         if request.sizing:
             # Over the listed datasets only: a caller learns nothing of others' reads.
@@ -214,3 +216,14 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
         scoped = self._own_plan("ClosePlan", request.job)
         self._store.close_plan(scoped)
         return placement_pb2.ClosePlanResponse()
+
+
+def _archive_error_for(principal: Principal, error: str | None) -> str:
+    """The mover's last error as ``principal`` may see it: whole for a caller with a
+    role on every dataset (it may name any dataset's shard), else only that there is
+    one."""
+    if not error:
+        return ""
+    if principal.role_on(ALL_DATASETS) is not None:
+        return error
+    return "archive operations are failing (the reason is shown to a caller with a role on '*')"
