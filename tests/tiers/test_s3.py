@@ -20,6 +20,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -28,6 +29,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from tests.conftest import raw_s3_client
 from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
+from tierstore.config import ArchiveSettings, EngineSettings
+from tierstore.engine.bootstrap import open_store
 from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
 from tierstore.tiers.base import Tier
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
@@ -430,3 +433,55 @@ def test_an_overwrite_torn_by_a_kill_keeps_the_old_object(s3_settings: S3Setting
             time.sleep(0.05)
     finally:
         tier.close()
+
+
+def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
+    s3_settings: S3Settings, s3_admin: S3Client, tmp_path: Path
+) -> None:
+    # A node killed mid-upload (or whose archive died before the abort) left the
+    # upload open, its parts costing storage for good: a store opening aborts them.
+    bucket = s3_settings.bucket
+    other_prefix = f"t-{uuid.uuid4().hex[:16]}/"
+
+    def started(key: str) -> str:
+        upload = s3_admin.create_multipart_upload(Bucket=bucket, Key=key)
+        upload_id = upload["UploadId"]
+        s3_admin.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * (5 * MiB)
+        )
+        return upload_id
+
+    def open_uploads(prefix: str) -> list[str]:
+        listed = s3_admin.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        return [upload["UploadId"] for upload in listed.get("Uploads", [])]
+
+    started(s3_settings.prefix + "ds/00000001.frames")
+    started(s3_settings.prefix + "ds/00000002.frames")
+    kept = started(other_prefix + "ds/00000001.frames")  # another node's
+    tier = S3Tier(s3_settings)
+    try:
+        assert len(open_uploads(s3_settings.prefix)) == 2
+        assert tier.abort_incomplete_uploads() == 2
+        assert open_uploads(s3_settings.prefix) == []
+        assert open_uploads(other_prefix) == [kept]
+        assert tier.abort_incomplete_uploads() == 0
+        # And a store opening on the prefix does it itself.
+        started(s3_settings.prefix + "ds/00000003.frames")
+        settings = EngineSettings(
+            data_dir=tmp_path / "node",
+            archive=ArchiveSettings(
+                endpoint_url=s3_settings.endpoint_url,
+                bucket=bucket,
+                prefix=s3_settings.prefix,
+                access_key_id=s3_settings.access_key_id,
+                secret_access_key=s3_settings.secret_access_key,
+            ),
+        )
+        open_store(settings, start_mover=False).close()
+        assert open_uploads(s3_settings.prefix) == []
+        assert open_uploads(other_prefix) == [kept]
+    finally:
+        tier.close()
+        s3_admin.abort_multipart_upload(
+            Bucket=bucket, Key=other_prefix + "ds/00000001.frames", UploadId=kept
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
@@ -11,6 +12,9 @@ from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.base import Tier
 from tierstore.tiers.timed import Observer, TimedTier
+
+if TYPE_CHECKING:
+    from tierstore.tiers.s3 import S3Tier
 
 __all__ = ["keyring_from_settings", "open_store"]
 
@@ -68,6 +72,8 @@ def open_store(
                 raise  # a new node: nothing to serve without the archive
             # A node's own hot tier serves without the archive; its mover retries.
             log.warning("the archive is unreachable; serving the hot tier: %s", exc)
+        else:
+            _abort_uploads_left_behind(tier)
         archive = tier
     if observe_archive is not None:
         archive = TimedTier(archive, observe_archive)
@@ -75,3 +81,15 @@ def open_store(
     if keyring is None:
         keyring = keyring_from_settings(settings)
     return Store(settings, archive, keyring, start_mover=start_mover)
+
+
+def _abort_uploads_left_behind(tier: S3Tier) -> None:
+    """Abort the multipart uploads a killed node left under its prefix (no upload of
+    this store is in flight yet). Best effort: a failure is logged, the start goes on."""
+    try:
+        aborted = tier.abort_incomplete_uploads()
+    except ArchiveUnavailable as exc:
+        log.warning("could not abort the archive's incomplete uploads: %s", exc)
+        return
+    if aborted:
+        log.info("aborted %d incomplete uploads left in the archive by an earlier run", aborted)

@@ -411,6 +411,46 @@ class S3Tier:
         if not self._call(f"HEAD bucket {s.bucket}", exists):
             self._call(f"CREATE bucket {s.bucket}", create)
 
+    def abort_incomplete_uploads(self) -> int:
+        """Abort every multipart upload under this tier's prefix; returns how many.
+
+        For a store opening, before its mover starts: an upload is aborted when it
+        fails, but one whose process was killed (or whose archive went down before the
+        abort) stays, its parts costing storage for good. Call it only while no upload
+        under the prefix is in flight (one node per prefix). Raises
+        :class:`ArchiveUnavailable` when the archive fails. Thread-safe.
+        """
+        client = self._client()
+        s = self.settings
+        aborted = 0
+        key_marker = upload_marker = ""
+        while True:
+            page = self._call(
+                f"LIST uploads {s.bucket}/{s.prefix}",
+                partial(
+                    client.list_multipart_uploads,
+                    Bucket=s.bucket,
+                    Prefix=s.prefix,
+                    KeyMarker=key_marker,
+                    UploadIdMarker=upload_marker,
+                ),
+            )
+            for upload in page.get("Uploads", []):
+                key, upload_id = upload["Key"], upload["UploadId"]
+                self._call(
+                    f"ABORT upload {s.bucket}/{key}",
+                    partial(
+                        client.abort_multipart_upload, Bucket=s.bucket, Key=key, UploadId=upload_id
+                    ),
+                )
+                aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = (page.get("NextKeyMarker", ""), page.get("NextUploadIdMarker", ""))
+            if markers == (key_marker, upload_marker):  # a page that leads nowhere
+                raise ArchiveUnavailable(f"LIST uploads {s.bucket}: a truncated page going nowhere")
+            key_marker, upload_marker = markers
+
     def close(self) -> None:
         """Close this process's client and pool; later calls raise :class:`StoreClosed`.
 

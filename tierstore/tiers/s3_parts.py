@@ -4,7 +4,9 @@ Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
 least 5 MiB; an upload has at most 10,000 parts). The stream is never joined in
 memory: at most one part and the chunks it is cut from are held, and each part's
 bytes are copied once. An upload that
-fails at any point is aborted, so no orphaned parts are left to cost storage.
+fails at any point is aborted, so no orphaned parts are left to cost storage; one
+whose process was killed (or whose archive died before the abort) is aborted when a
+store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 """
 
 from __future__ import annotations
