@@ -256,6 +256,11 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
         ),
         (
             ADMIN + "RevokeToken",
+            admin_pb2.RevokeTokenRequest(token_id=""),  # was NOT_FOUND "no token ''"
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            ADMIN + "RevokeToken",
             admin_pb2.RevokeTokenRequest(token_id="x" * 10_000),
             grpc.StatusCode.NOT_FOUND,
         ),

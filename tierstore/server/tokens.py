@@ -178,9 +178,11 @@ class TokenStore:
         """Revoke a token for good; revoking a revoked token again is a no-op.
 
         Returns the token's updated info. Raises :class:`~tierstore.errors.NotFound` for
-        an unknown id, InvalidArgument for a whole token given as the id (its secret is
-        never echoed), :class:`OSError` if the store cannot be written.
+        an unknown id, InvalidArgument for an empty id or a whole token given as the id
+        (its secret is never echoed), :class:`OSError` if the store cannot be written.
         """
+        if not token_id:
+            raise InvalidArgument("no token id given: the 12 hex characters after 'ts_'")
         with self._lock:
             record = self._records.get(token_id)
             if record is None and _TOKEN_RE.fullmatch(token_id):
