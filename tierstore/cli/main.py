@@ -629,6 +629,7 @@ def put(
         TransferSpeedColumn(),
         console=err,
         disable=state.json,
+        transient=True,  # gone when done: a failure leaves its one error line, alone
     ) as progress:
         task = progress.add_task("uploading", total=total)
         failure: errors.TierstoreError | None = None
