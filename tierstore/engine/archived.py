@@ -28,28 +28,36 @@ class ArchivedFrames:
         self._sizes = record.stored_sizes(overhead)
         self._offsets = record.stored_offsets(overhead)
         self.key = archive_frames_key(record.dataset, record.generation)
+        #: what the object holds, for messages: the key alone names no shard
+        self._holds = f"{record.dataset}/{record.name} generation {record.generation}"
 
     def fetch(self, index: int) -> memoryview:
         """Stored frame ``index``, exactly its stored size.
 
-        Raises IntegrityError when the object is missing or too short,
+        Raises IntegrityError when the object is missing or too short (a short answer
+        is asked for once more first: a body cut short on the way looks the same),
         ArchiveUnavailable when the archive fails. Thread-safe.
         """
         size = self._sizes[index]
-        try:
-            blob = self._archive.get(self.key, (self._offsets[index], size))
-        except InvalidRange as exc:  # the frame starts past the end of the object
-            raise IntegrityError(
-                f"archive object {self.key} is truncated before frame {index}"
-            ) from exc
+        blob = self._get(index, size)
+        if blob is not None and len(blob) != size:
+            blob = self._get(index, size)
         if blob is None:
-            raise IntegrityError(f"archive object {self.key} is missing")
+            raise IntegrityError(f"archive object {self.key} ({self._holds}) is missing")
         if len(blob) != size:
             raise IntegrityError(
-                f"archive object {self.key} is truncated at frame {index} "
+                f"archive object {self.key} ({self._holds}) is truncated at frame {index} "
                 f"({len(blob)} of {size} bytes)"
             )
         return blob
+
+    def _get(self, index: int, size: int) -> memoryview | None:
+        try:
+            return self._archive.get(self.key, (self._offsets[index], size))
+        except InvalidRange as exc:  # the frame starts past the end of the object
+            raise IntegrityError(
+                f"archive object {self.key} ({self._holds}) is truncated before frame {index}"
+            ) from exc
 
 
 def fetch_all(archive: Tier, record: ShardRecord, pool: Executor) -> list[memoryview]:
