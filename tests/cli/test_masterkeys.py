@@ -162,6 +162,10 @@ def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
     with pytest.raises(FailedPrecondition, match="does not verify the seal") as refused:
         check_node_keys(NodeKeys(only_new, tmp_path / "master.keys"), retired)
     assert "a key taken out of the file since the last rotation" in str(refused.value)
+    pending = retired.stats().journal_entries
+    assert f"the journal still holds {pending} upload{'' if pending == 1 else 's'}:" in str(
+        refused.value
+    )
     # With the key back, the mover seals the archive again; then the old key may go.
     back = open_store.reopen(retired, archive, both)
     check_node_keys(NodeKeys(both, tmp_path / "master.keys"), back)
@@ -199,3 +203,23 @@ def test_uploads_held_for_metadata_cut_short_run_once_it_comes_whole(
         assert store.drain(10), store.stats().mover_error
     finally:
         waiting.stop()
+
+
+def test_other_keys_with_uploads_pending_get_no_hint_of_a_retired_key(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # Another node's key file (the same key id, other bytes) while an upload waits: no
+    # key was retired, so the refusal must not ask for one back.
+    archive = MemoryTier()
+    plain = {"plain": DATASETS["plain"]}
+    store = open_store(archive, datasets=plain)
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    stopped = open_store.reopen(store, archive, start_mover=False)
+    stopped.put("plain", "t", payload(20))
+    assert stopped.stats().journal_entries > 0
+    other = LocalKeyring(keys={"k1": os.urandom(32)}, current="k1")
+    wrong = open_store.reopen(stopped, archive, other, start_mover=False)
+    with pytest.raises(FailedPrecondition, match="does not verify the seal") as refused:
+        check_node_keys(NodeKeys(other, tmp_path / "master.keys"), wrong)
+    assert "taken out of the file" not in str(refused.value)

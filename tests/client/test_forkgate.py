@@ -206,3 +206,25 @@ def test_deferred_work_runs_on_the_next_call_when_no_fork_comes() -> None:
     assert ran == ["late"]
     gate.run_or_defer(lambda: ran.append("at once"))  # an open gate: no waiting
     assert ran == ["late", "at once"] and gate.idle
+
+
+def test_deferred_work_is_done_at_once_when_only_another_calls_bookkeeping_is_in_the_way() -> None:
+    # Another thread inside the gate's lock for a moment (every call's way in and out):
+    # that is no fork, and the work was kept until the next call or fork, perhaps never.
+    gate = ForkGate()
+    ran: list[str] = []
+    gate._condition.acquire()  # as a call's bookkeeping does, briefly
+    tried = threading.Event()
+    acquire = gate._condition.acquire
+
+    def watched_acquire(*args: object, **kwargs: object) -> bool:
+        tried.set()
+        return acquire(*args, **kwargs)  # type: ignore[arg-type]
+
+    gate._condition.acquire = watched_acquire  # type: ignore[method-assign]
+    other = threading.Thread(target=gate.run_or_defer, args=(lambda: ran.append("done"),))
+    other.start()
+    assert tried.wait(10)  # it met the lock held
+    gate._condition.release()
+    other.join(10)
+    assert ran == ["done"] and gate._deferred == [] and gate.idle

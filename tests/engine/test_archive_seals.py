@@ -185,7 +185,7 @@ def test_the_archives_seals_tell_the_wrong_master_keys_of_a_plaintext_node(
     assert store.archive_seal_failure() is None
     wrong = open_store.reopen(store, archive, OTHER_KEYRING, start_mover=False)
     failure = wrong.archive_seal_failure()
-    assert failure is not None and failure.startswith("plain/_dataset.json: ")
+    assert failure is not None and str(failure).startswith("plain/_dataset.json: ")
     wrong.close()
     # One object edited among good ones is damage, not the wrong keys.
     edited(archive, archive_dataset_key("plain"), policy="lru")
@@ -248,6 +248,6 @@ def test_metadata_cut_short_on_the_way_is_not_taken_for_the_wrong_keys(
         wrong.archive_seal_failure()
     archive.cutting = False
     failure = wrong.archive_seal_failure()
-    assert failure is not None and "does not match its seal" in failure
+    assert failure is not None and "does not match its seal" in str(failure)
     right = open_store.reopen(wrong, archive, start_mover=False)
     assert right.archive_seal_failure() is None

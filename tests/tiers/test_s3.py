@@ -31,6 +31,7 @@ from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
 from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.engine.bootstrap import open_store
+from tierstore.engine.records import is_generation_object_key
 from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
 from tierstore.tiers.base import Tier
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
@@ -455,18 +456,22 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         listed = s3_admin.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
         return [upload["UploadId"] for upload in listed.get("Uploads", [])]
 
-    started(s3_settings.prefix + "ds/00000001.frames")
-    started(s3_settings.prefix + "ds/00000002.frames")
-    kept = started(other_prefix + "ds/00000001.frames")  # another node's
+    frames = f"ds/{1:016x}.frames"
+    started(s3_settings.prefix + frames)
+    started(s3_settings.prefix + f"ds/{2:016x}.frames")
+    kept = started(other_prefix + frames)  # another node's
+    # Under the prefix, but not a key of ours (a prefix such as "team-a" lists the keys
+    # of "team-ab/" too, and the empty prefix everyone's).
+    foreign = started(s3_settings.prefix + "b/" + frames)
     tier = S3Tier(s3_settings)
     try:
-        assert len(open_uploads(s3_settings.prefix)) == 2
-        assert tier.abort_incomplete_uploads() == 2
-        assert open_uploads(s3_settings.prefix) == []
+        assert len(open_uploads(s3_settings.prefix)) == 3
+        assert tier.abort_incomplete_uploads(is_generation_object_key) == 2
+        assert open_uploads(s3_settings.prefix) == [foreign]
         assert open_uploads(other_prefix) == [kept]
-        assert tier.abort_incomplete_uploads() == 0
+        assert tier.abort_incomplete_uploads(is_generation_object_key) == 0
         # And a store opening on the prefix does it itself.
-        started(s3_settings.prefix + "ds/00000003.frames")
+        started(s3_settings.prefix + f"ds/{3:016x}.frames")
         settings = EngineSettings(
             data_dir=tmp_path / "node",
             archive=ArchiveSettings(
@@ -478,10 +483,11 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
             ),
         )
         open_store(settings, start_mover=False).close()
-        assert open_uploads(s3_settings.prefix) == []
+        assert open_uploads(s3_settings.prefix) == [foreign]
         assert open_uploads(other_prefix) == [kept]
     finally:
         tier.close()
+        s3_admin.abort_multipart_upload(Bucket=bucket, Key=other_prefix + frames, UploadId=kept)
         s3_admin.abort_multipart_upload(
-            Bucket=bucket, Key=other_prefix + "ds/00000001.frames", UploadId=kept
+            Bucket=bucket, Key=s3_settings.prefix + "b/" + frames, UploadId=foreign
         )

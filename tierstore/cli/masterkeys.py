@@ -43,6 +43,7 @@ from tierstore.errors import (
     FailedPrecondition,
     InvalidArgument,
     KeyRotationRefused,
+    UnknownKeyId,
 )
 
 __all__ = ["KeyRotation", "NodeKeys", "check_node_keys", "load_node_keys"]
@@ -151,12 +152,14 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     seal = store.archive_seal_failure()
     if seal is not None:
         pending = store.stats().journal_entries
+        # Sealed under a key id these keys lack, with uploads pending: most likely a
+        # key retired before the mover had sealed the archive again after a rotation.
         retired_early = (
-            f" (the journal still holds {pending} uploads: a key taken out of the file "
-            "since the last rotation is needed until the mover has sealed the archive "
-            "again under the current one; put it back, start, and take it out once "
-            "`tierstore stats` shows no journal entries)"
-            if pending
+            f" (the journal still holds {_count(pending, 'upload')}: a key taken out of "
+            "the file since the last rotation is needed until the mover has sealed the "
+            "archive again under the current one; put it back, start, and take it out "
+            "once `tierstore stats` shows no journal entries)"
+            if pending and isinstance(seal.error, UnknownKeyId)
             else ""
         )
         raise FailedPrecondition(
@@ -270,3 +273,7 @@ class KeyRotation:
         with self._lock:
             self._keyring = self._keyring.rotated_file(self._key_file, self._store.check_keyring)
             return self._store.rotate_master_key(self._keyring)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

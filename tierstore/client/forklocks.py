@@ -57,6 +57,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: how often :meth:`ForkGate.run_or_defer` looks again whether a fork holds the gate
+_RECHECK_S = 0.005
+
+
 class ForkGate:
     """Counts calls in flight; :meth:`hold` (a ``before`` fork handler) waits for them to
     end and keeps new ones out until :meth:`release` (parent) or :meth:`reset` (child).
@@ -127,9 +131,12 @@ class ForkGate:
         if getattr(self._thread, "depth", 0) or self._holder == threading.get_ident():
             action()  # inside a call already, or the forking thread itself
             return
-        if not self._condition.acquire(blocking=False):  # hold() keeps it until release()
-            self._deferred.append(action)
-            return
+        # Another call's bookkeeping holds the lock for a moment; hold() keeps it until
+        # the fork is done. Wait only while no fork is being prepared.
+        while not self._condition.acquire(timeout=_RECHECK_S):
+            if self._holding:
+                self._deferred.append(action)
+                return
         try:
             if self._holding:
                 self._deferred.append(action)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
 from tierstore.engine.allocator import tune_allocator
+from tierstore.engine.records import is_generation_object_key
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.base import Tier
@@ -87,7 +88,7 @@ def _abort_uploads_left_behind(tier: S3Tier) -> None:
     """Abort the multipart uploads a killed node left under its prefix (no upload of
     this store is in flight yet). Best effort: a failure is logged, the start goes on."""
     try:
-        aborted = tier.abort_incomplete_uploads()
+        aborted = tier.abort_incomplete_uploads(is_generation_object_key)
     except ArchiveUnavailable as exc:
         log.warning("could not abort the archive's incomplete uploads: %s", exc)
         return

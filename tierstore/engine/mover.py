@@ -356,6 +356,11 @@ class Mover:
         if reason is None:
             self.wake()
 
+    @property
+    def archive_hold(self) -> str | None:
+        """The reason :meth:`hold_archive` set, or None: node-wide, naming no shard."""
+        return self._archive_hold
+
     def run_entry(self, seq: int) -> bool:
         """Do journal entry ``seq`` now (used by write-through puts too).
 

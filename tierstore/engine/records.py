@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,6 +79,16 @@ def frame_key(generation: int, index: int) -> str:
 def generation_of_frame_key(key: str) -> int:
     """The generation a :func:`frame_key` belongs to."""
     return int(key.partition("/")[0], 16)
+
+
+#: The keys of the archive objects a store writes per generation (frames, manifest).
+_GENERATION_OBJECT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}/[0-9a-f]{16}\.(frames|manifest)")
+
+
+def is_generation_object_key(key: str) -> bool:
+    """Whether ``key`` (without the archive prefix) names a generation's frames or
+    manifest object, as :func:`archive_frames_key` and :func:`archive_manifest_key` do."""
+    return _GENERATION_OBJECT.fullmatch(key) is not None
 
 
 def archive_frames_key(dataset: str, generation: int) -> str:

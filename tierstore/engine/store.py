@@ -75,6 +75,7 @@ from tierstore.errors import (
     IntegrityError,
     QuotaExceeded,
     StoreClosed,
+    TierstoreError,
     UnknownKeyId,
     WrongShardKind,
 )
@@ -93,7 +94,7 @@ from tierstore.types import (
     TraceEvent,
 )
 
-__all__ = ["Store", "StoreStats", "hot_tier_dir"]
+__all__ = ["SealFailure", "Store", "StoreStats", "hot_tier_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,19 @@ _SEALED_WITH = "archive_metadata_sealed_with"
 #: the key a reseal of the archive's metadata was asked for under (Store.reseal_archive),
 #: until a start finds the journal empty.
 _RESEALING = "archive_metadata_resealing_under"
+
+
+@dataclass(frozen=True, slots=True)
+class SealFailure:
+    """An archive metadata object whose seal did not verify under a store's keys."""
+
+    object_key: str
+    #: IntegrityError (edited, forged, sealed under another key of the same id, no
+    #: seal) or UnknownKeyId (sealed under a key id the keyring lacks: one retired?)
+    error: TierstoreError
+
+    def __str__(self) -> str:
+        return f"{self.object_key}: {self.error}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -888,13 +902,13 @@ class Store:
                 return rewrapped
             start_after = batch[-1].name
 
-    def archive_seal_failure(self) -> str | None:
+    def archive_seal_failure(self) -> SealFailure | None:
         """Whether this store's master keys are those the archive was sealed with: ``None``
         when the seal of some dataset object in the archive verifies under them (the
         first that does ends the check: usually one GET), or when there is nothing to
         tell by (no keyring, no dataset object archived yet, or a :meth:`reseal_archive`
         under these keys still on the journal);
-        else ``"<key>: <why>"`` for the first object that did not verify. Plaintext
+        else a :class:`SealFailure` for the first object that did not verify. Plaintext
         datasets hold no data key to unwrap, so this is how a node tells the wrong keys
         (a rebuild would believe none of its objects). One damaged or edited object among
         others that verify is not taken for the wrong keys (a rebuild skips it, logged).
@@ -929,7 +943,7 @@ class Store:
                 continue
             except (IntegrityError, UnknownKeyId) as exc:
                 log.warning("archive object %s does not verify: %s", key, exc)
-                failure = failure or f"{key}: {exc}"
+                failure = failure or SealFailure(key, exc)
                 continue
             return None
         if failure is None and damaged is not None:

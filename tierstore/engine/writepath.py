@@ -189,13 +189,14 @@ class ShardWriter:
             if not self._mover.run_entry_in_order(seq, dataset, shard):
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
-                    f"({self._mover.last_error}); the mover keeps retrying"
+                    f"({self._archive_trouble()}); the mover keeps retrying"
                 )
             if not self._mover.archive_holds_since(dataset, shard, record.generation):
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally, but newer puts of it overtook "
                     "this one and none of them has reached the archive yet "
-                    f"({self._mover.last_error or 'they kept coming'}); the mover keeps trying"
+                    f"({self._archive_trouble() if self._mover.last_error else 'they kept coming'}"
+                    "); the mover keeps trying"
                 )
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
@@ -251,6 +252,15 @@ class ShardWriter:
             if not self._quota_wait_helps(dataset, wait):
                 return
             self._wait_for_progress(tries, wait)
+
+    def _archive_trouble(self) -> str:
+        """Why the archive did not take an entry, as any caller may be told: a hold's
+        reason (node-wide), else where to look. Never the mover's last error itself: it
+        may name another dataset's shard (``tierstore stats`` shows it to a caller with
+        a role on every dataset)."""
+        return self._mover.archive_hold or (
+            "the archive failed: the node's log, and `tierstore stats` for an admin on '*', say why"
+        )
 
     def _wait_for_progress(self, tries: int, wait: QuotaWait) -> None:
         """Wait, as long as ``wait`` allows, until the mover has tried a journal entry or
@@ -313,14 +323,13 @@ class ShardWriter:
             stored_total = sum(sizes)
             backlog = self._catalog.counter(txn, "backlog_bytes")
             if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
-                failing = self._mover.last_error
                 raise BacklogFull(
                     f"{backlog} bytes wait for the archive "
                     f"(cap {self._settings.backlog_cap_bytes}); "
                     + (
-                        f"the mover is failing ({failing}): retry once the archive is "
-                        "back and the mover has caught up"
-                        if failing
+                        f"the mover is failing ({self._archive_trouble()}): retry once the "
+                        "archive is back and the mover has caught up"
+                        if self._mover.last_error
                         else "retry when the mover has caught up"
                     )
                 )
@@ -436,6 +445,6 @@ class ShardWriter:
         if not self._mover.run_entry_in_order(seq, dataset, shard):
             raise ArchiveUnavailable(
                 f"{what} is deleted here, but the archive has not deleted it yet "
-                f"({self._mover.last_error}); the mover keeps retrying, and until it has, "
+                f"({self._archive_trouble()}); the mover keeps retrying, and until it has, "
                 "a rebuild from the archive would bring it back"
             )

@@ -411,14 +411,17 @@ class S3Tier:
         if not self._call(f"HEAD bucket {s.bucket}", exists):
             self._call(f"CREATE bucket {s.bucket}", create)
 
-    def abort_incomplete_uploads(self) -> int:
-        """Abort every multipart upload under this tier's prefix; returns how many.
+    def abort_incomplete_uploads(self, ours: Callable[[str], bool]) -> int:
+        """Abort the multipart uploads under this tier's prefix whose keys (without the
+        prefix) ``ours`` accepts; returns how many.
 
         For a store opening, before its mover starts: an upload is aborted when it
         fails, but one whose process was killed (or whose archive went down before the
-        abort) stays, its parts costing storage for good. Call it only while no upload
-        under the prefix is in flight (one node per prefix). Raises
-        :class:`ArchiveUnavailable` when the archive fails. Thread-safe.
+        abort) stays, its parts costing storage for good. ``ours`` keeps others' uploads
+        safe where the prefix is shared: the empty prefix, or ``team-a`` listing
+        ``team-ab/...`` too. Call it only while none of our uploads under the prefix is
+        in flight (one node per prefix). Raises :class:`ArchiveUnavailable` when the
+        archive fails. Thread-safe.
         """
         client = self._client()
         s = self.settings
@@ -437,6 +440,8 @@ class S3Tier:
             )
             for upload in page.get("Uploads", []):
                 key, upload_id = upload["Key"], upload["UploadId"]
+                if not ours(key[len(s.prefix) :]):
+                    continue
                 self._call(
                     f"ABORT upload {s.bucket}/{key}",
                     partial(
