@@ -27,6 +27,7 @@ from tierstore.cli.masterkeys import (
 )
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
+from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
     FailedPrecondition,
@@ -142,6 +143,14 @@ def test_a_rotation_the_store_refuses_leaves_the_key_file_as_it_was(
     assert sorted(LocalKeyring.from_file(path).keys) == ["k1", "k7", "k8"]
 
 
+def archived_then_stopped(open_store: StoreFactory, archive: MemoryTier) -> Store:
+    """A node with a plaintext shard in ``archive``, restarted with its mover stopped."""
+    store = open_store(archive, datasets={"plain": DATASETS["plain"]})
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    return open_store.reopen(store, archive, start_mover=False)
+
+
 def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
     open_store: StoreFactory, tmp_path: Path
 ) -> None:
@@ -149,11 +158,7 @@ def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
     # the file: the archive is still sealed under the old key until the mover uploads
     # the journal. The refusal says so, not only "these are not the archive's keys".
     archive = MemoryTier()
-    plain = {"plain": DATASETS["plain"]}
-    store = open_store(archive, datasets=plain)
-    store.put("plain", "s", payload(10))
-    assert store.drain(10)
-    stopped = open_store.reopen(store, archive, start_mover=False)
+    stopped = archived_then_stopped(open_store, archive)
     both = LocalKeyring(keys={**KEYRING.keys, "k2": os.urandom(32)}, current="k2")
     stopped.rotate_master_key(both)
     assert stopped.stats().journal_entries > 0  # the reseal waits for the mover
@@ -211,11 +216,7 @@ def test_other_keys_with_uploads_pending_get_no_hint_of_a_retired_key(
     # Another node's key file (the same key id, other bytes) while an upload waits: no
     # key was retired, so the refusal must not ask for one back.
     archive = MemoryTier()
-    plain = {"plain": DATASETS["plain"]}
-    store = open_store(archive, datasets=plain)
-    store.put("plain", "s", payload(10))
-    assert store.drain(10)
-    stopped = open_store.reopen(store, archive, start_mover=False)
+    stopped = archived_then_stopped(open_store, archive)
     stopped.put("plain", "t", payload(20))
     assert stopped.stats().journal_entries > 0
     other = LocalKeyring(keys={"k1": os.urandom(32)}, current="k1")
