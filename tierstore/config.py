@@ -6,6 +6,7 @@ settings here and pass them down.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +21,10 @@ __all__ = ["ArchiveSettings", "EngineSettings", "load_settings"]
 
 MiB = 1 << 20
 GiB = 1 << 30
+#: the largest hot-tier capacity or map size taken (256 TiB; a typo's 10**20 is refused)
+_MAX_BYTES = 1 << 48
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,37 @@ class EngineSettings:
             raise InvalidArgument(
                 "trace_capacity, prefetch_depth and prefetch_horizon_s must not be negative"
             )
+        at_least_one = {
+            "cold_read_parallelism": self.cold_read_parallelism,
+            "mover_threads": self.mover_threads,
+            "max_read_leases": self.max_read_leases,
+        }
+        for name, count in at_least_one.items():
+            if count < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {count}")
+        seconds = {
+            "mover_retry_initial_s": self.mover_retry_initial_s,
+            "mover_retry_max_s": self.mover_retry_max_s,
+            "access_flush_interval_s": self.access_flush_interval_s,
+            "read_lease_warn_s": self.read_lease_warn_s,
+        }
+        for name, value in seconds.items():
+            if not 0 < value < float("inf"):
+                raise InvalidArgument(f"{name} must be a positive number of seconds, got {value}")
+        if self.backlog_cap_bytes < 0 or self.map_size_bytes < 0:
+            raise InvalidArgument("backlog_cap_bytes and map_size_bytes must not be negative")
+        if self.hot_capacity_bytes > _MAX_BYTES or self.map_size_bytes > _MAX_BYTES:
+            raise InvalidArgument(
+                f"hot_capacity_bytes and map_size_bytes must be at most {_MAX_BYTES} (2**48)"
+            )
+        if 0 < self.map_size_bytes < self.hot_capacity_bytes:
+            log.warning(
+                "map_size_bytes (%d) is below hot_capacity_bytes (%d): the hot tier's map "
+                "fills before eviction starts, and puts then fail HotTierFull; leave "
+                "map_size_bytes at 0 (1.5 x capacity + 256 MiB) unless testing that",
+                self.map_size_bytes,
+                self.hot_capacity_bytes,
+            )
 
     @property
     def effective_map_size(self) -> int:
@@ -153,7 +189,12 @@ def load_settings(
             document = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"cannot read settings file {path}: {exc}") from exc
-        archive.update(document.pop("archive", {}))
+        table = document.pop("archive", {})
+        if not isinstance(table, dict):
+            raise InvalidArgument(
+                f"settings file {path}: archive must be a table ([archive]), not {table!r}"
+            )
+        archive.update(table)
         values.update(document)
     engine_fields = {f.name: f for f in fields(EngineSettings) if f.name != "archive"}
     archive_fields = {f.name: f for f in fields(ArchiveSettings)}
@@ -167,7 +208,10 @@ def load_settings(
             values[key] = raw
     values.update({k: v for k, v in overrides.items() if k != "archive"})
     try:
-        typed = {k: _coerce(engine_fields[k].type, v) for k, v in values.items()}
+        typed = {k: _coerce(k, engine_fields[k].type, v) for k, v in values.items()}
+        for key, value in archive.items():
+            if key in archive_fields and not isinstance(value, str):
+                raise InvalidArgument(f"archive.{key} must be a string, not {value!r}")
         archive_settings = replace(ArchiveSettings(), **archive)
     except KeyError as exc:
         raise InvalidArgument(f"unknown setting {exc.args[0]!r}") from exc
@@ -178,14 +222,29 @@ def load_settings(
     return EngineSettings(archive=archive_settings, **typed)
 
 
-def _coerce(kind: Any, value: Any) -> Any:
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """``value`` (a TOML value, a variable's text or an override) as setting ``name`` of
+    type ``kind`` wants it. Raises InvalidArgument for a value of the wrong type (a bool
+    is no number: ``true`` for a thread count was taken as 1)."""
     text = str(kind)
-    if not isinstance(value, str):
-        return Path(value) if "Path" in text and value is not None else value
-    if text.startswith("int"):
-        return int(value)
-    if text.startswith("float"):
-        return float(value)
+    if isinstance(value, str):
+        if text.startswith("int"):
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        return Path(value) if "Path" in text else value
     if "Path" in text:
-        return Path(value)
+        if value is None and "None" in text:
+            return None
+        if isinstance(value, Path):
+            return value
+        raise InvalidArgument(f"setting {name} must be a path, not {value!r}")
+    if text.startswith("int") and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise InvalidArgument(f"setting {name} must be a whole number, not {value!r}")
+    if text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgument(f"setting {name} must be a number, not {value!r}")
+        return float(value)
+    if text.startswith("str") and value is not None and not isinstance(value, str):
+        raise InvalidArgument(f"setting {name} must be a string, not {value!r}")
     return value

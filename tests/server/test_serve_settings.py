@@ -10,6 +10,7 @@ embedded one instead would keep the "archived" copy on the hot tier's own disk.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from tierstore.cli.serve import _connect_host
 from tierstore.tiers.s3 import S3Settings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, archived_keys, unique
+from .conftest import (
+    ServerProcess,
+    archived_keys,
+    clean_env,
+    free_port,
+    tierstore_command,
+    unique,
+)
 
 
 def write_archive_section(path: Path, s3: S3Settings, **changes: str) -> Path:
@@ -102,3 +110,41 @@ def test_the_banner_names_an_address_to_connect_to(listen_host: str, connect_hos
     # Serving on every interface, the banner's TIERSTORE_ADDRESS is still one a client on
     # this machine can use and the certificate names (a wildcard is neither).
     assert _connect_host(listen_host) == connect_host
+
+
+def serve_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> int:
+    """Run ``tierstore serve ARGS`` in ``cwd`` against an archive nobody answers at (so a
+    new node stops after making its data directory); its exit code."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [tierstore_command(), "serve", "--s3-endpoint", dead, "--listen", "127.0.0.1:0", *args],
+        cwd=cwd,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        timeout=120,
+    )
+    return done.returncode
+
+
+@pytest.mark.parametrize("where", ["settings file", "environment"])
+def test_the_data_dir_of_the_settings_is_used_without_the_flag(tmp_path: Path, where: str) -> None:
+    # It was ignored: the node made ./tierstore-data in the current directory, perhaps
+    # on another disk than the one the operator named.
+    cwd, named = tmp_path / "cwd", tmp_path / "named"
+    cwd.mkdir()
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{named}"\n' if where == "settings file" else "")
+    env = {"TIERSTORE_DATA_DIR": str(named)} if where == "environment" else {}
+    assert serve_in(cwd, "--config", str(config), env=env) != 0  # the archive is dead
+    assert (named / "serve.lock").exists() and list(cwd.iterdir()) == []
+    # The flag wins over both.
+    flagged = tmp_path / "flagged"
+    assert serve_in(cwd, "--config", str(config), "--data-dir", str(flagged), env=env) != 0
+    assert (flagged / "serve.lock").exists() and list(cwd.iterdir()) == []
+
+
+def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("promotion_threads = true\n")
+    assert serve_in(tmp_path, "--config", str(config), "--data-dir", "node") == 2
+    assert not (tmp_path / "node").exists()  # it left a data directory with a lock

@@ -360,9 +360,14 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @app.command()
 def serve(
-    data_dir: Annotated[str, typer.Option(help="where the node keeps everything")] = (
-        "./tierstore-data"
-    ),
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="where the node keeps everything [default: data_dir of the settings "
+            "file or TIERSTORE_DATA_DIR, else ./tierstore-data]",
+            show_default=False,
+        ),
+    ] = None,
     listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
     health_listen: Annotated[str, typer.Option(help="plaintext health port")] = "127.0.0.1:7444",
     metrics_listen: Annotated[str, typer.Option(help="Prometheus /metrics ('' = off)")] = (
@@ -414,7 +419,7 @@ def serve(
     from tierstore.cli.serve import ServeOptions
     from tierstore.cli.serve import serve as run
 
-    if not data_dir.strip():  # an unset variable in a script: not the current directory
+    if data_dir is not None and not data_dir.strip():  # an unset variable in a script
         raise _fail(errors.InvalidArgument("--data-dir is empty; give a directory"))
     if log_level.lower() not in _LOG_LEVELS:
         raise _fail(
@@ -424,7 +429,7 @@ def serve(
         )
     configure_logging(log_level)
     options = ServeOptions(
-        data_dir=Path(data_dir),
+        data_dir=Path(data_dir) if data_dir is not None else None,
         listen=listen,
         health_listen=health_listen,
         metrics_listen=metrics_listen,

@@ -79,7 +79,9 @@ log = logging.getLogger(__name__)
 class ServeOptions:
     """What ``tierstore serve`` was asked for."""
 
-    data_dir: Path
+    #: None: the settings' data_dir (the settings file, TIERSTORE_DATA_DIR, else
+    #: ./tierstore-data)
+    data_dir: Path | None
     listen: str = "127.0.0.1:7443"
     health_listen: str = "127.0.0.1:7444"
     metrics_listen: str = "127.0.0.1:7445"
@@ -136,7 +138,10 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)
-    data_dir = options.data_dir.resolve()
+    # Read (and so checked) before anything is made: a bad settings file once left a
+    # data directory behind, and its data_dir was never read.
+    configured = load_settings(options.config_file)
+    data_dir = (options.data_dir or configured.data_dir).resolve()
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
     try:
