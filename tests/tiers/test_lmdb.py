@@ -13,7 +13,7 @@ import lmdb
 import pytest
 
 from tests.tiers.conformance import TierConformance
-from tierstore.errors import HotTierFull, ReaderTableFull, StoreClosed
+from tierstore.errors import HotTierFull, ReaderTableFull, StoreClosed, Unavailable
 from tierstore.tiers import lmdb as lmdb_tier
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -176,4 +176,44 @@ def test_a_map_full_under_a_live_snapshot_says_what_holds_the_pages(tmp_path: Pa
     finally:
         held.abort()
     _overwrite(env, 100)  # let go: the pages are reused again
+    env.close()
+
+
+class _CommitFails:
+    """An ``lmdb.Environment`` stand-in whose write transactions fail to commit as a
+    full filesystem makes LMDB fail (checked on a 1 MiB tmpfs: a plain lmdb.Error)."""
+
+    def __init__(self, real: object, message: str) -> None:
+        self._real, self._message = real, message
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    @contextlib.contextmanager
+    def begin(self, write: bool = False) -> Iterator[object]:
+        with self._real.begin(write=write) as txn:  # type: ignore[attr-defined]
+            yield txn
+            if write:
+                raise lmdb.Error(self._message)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("mdb_txn_commit: Input/output error", HotTierFull),
+        ("mdb_txn_commit: No space left on device", HotTierFull),
+        ("mdb_txn_commit: Operation not permitted", Unavailable),
+    ],
+)
+def test_a_full_disk_is_hot_tier_full_not_unavailable(
+    tmp_path: Path, message: str, error: type[Exception]
+) -> None:
+    # A full data disk answered UNAVAILABLE "Input/output error": a status clients retry,
+    # and one that reads as a hardware fault.
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    env._env = _CommitFails(env.env, message)
+    with pytest.raises(error) as refused, env.write() as txn:
+        txn.put(b"k", b"v", db=env.db("data"))
+    if error is HotTierFull:
+        assert "its disk is full" in str(refused.value) and message in str(refused.value)
     env.close()

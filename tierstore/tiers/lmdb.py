@@ -30,6 +30,7 @@ Read transactions must be short: a long-lived one keeps LMDB from reusing pages.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -57,6 +58,13 @@ __all__ = [
     "LmdbTier",
     "MapFullOfDeadReaders",
 ]
+
+log = logging.getLogger(__name__)
+
+#: what LMDB's error says when the disk is full: ENOSPC, or EIO for a write the
+#: filesystem cut short (mdb_page_flush turns a short write into EIO); seen on a full
+#: filesystem as "mdb_txn_commit: Input/output error"
+_DISK_FULL = ("No space left on device", "Input/output error")
 
 MAX_KEY_BYTES = 511
 #: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
@@ -153,8 +161,9 @@ class LmdbEnvironment:
 
         ``lmdb.MapFullError`` becomes :class:`HotTierFull`, or
         :class:`MapFullOfDeadReaders` when freeing dead processes' reader slots then
-        freed some (the same write may fit now: the caller may run it once more); other
-        LMDB errors become :class:`Unavailable`.
+        freed some (the same write may fit now: the caller may run it once more); a full
+        disk (ENOSPC, or the I/O error LMDB reports for a write the disk cut short)
+        becomes HotTierFull too; other LMDB errors become :class:`Unavailable`.
         """
         try:
             with self._in_use():
@@ -177,6 +186,13 @@ class LmdbEnvironment:
                         "buffers for long keeps them (docs/local-reads.md)"
                     ) from exc
         except lmdb.Error as exc:
+            if any(sign in str(exc) for sign in _DISK_FULL):
+                log.warning("hot tier at %s: a write failed for want of disk: %s", self.path, exc)
+                raise HotTierFull(
+                    f"hot tier at {self.path}: its disk is full ({exc}; LMDB reports a write "
+                    "the disk cut short as an I/O error): free space on it, or evict or "
+                    "delete shards"
+                ) from exc
             raise Unavailable(f"hot tier write failed: {exc}") from exc
 
     def clear_dead_readers(self, force: bool = False) -> int:
