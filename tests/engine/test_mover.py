@@ -584,3 +584,13 @@ def test_stop_waits_once_for_all_its_threads_not_once_per_thread(
     archive.release_reads()
     archive.release_writes()
     assert took < 3.5, took  # one 2 s wait, not 2 s for each stuck thread
+
+
+def test_a_hold_shows_at_once_and_goes_with_it(open_store: StoreFactory) -> None:
+    # A node whose archive was unreachable at start held its uploads, yet stats and
+    # /metrics said nothing was failing until a put queued an upload.
+    store = open_store(MemoryTier(), datasets=PLAIN)
+    store.mover.hold_archive("keys not checked yet")
+    assert store.stats().mover_error == "keys not checked yet"
+    store.mover.hold_archive(None)
+    assert store.stats().mover_error is None

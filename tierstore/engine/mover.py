@@ -352,7 +352,12 @@ class Mover:
         For a node whose master keys are not yet checked against the archive: nothing
         may be written there, sealed under keys it was not written with. ``None`` lets
         them run again (and wakes the mover)."""
-        self._archive_hold = reason
+        previous, self._archive_hold = self._archive_hold, reason
+        # Shown at once (stats, /metrics), not only once an entry waits on it.
+        if reason is not None:
+            self.last_error = reason
+        elif previous is not None and self.last_error == previous:
+            self.last_error = None
         if reason is None:
             self.wake()
 
