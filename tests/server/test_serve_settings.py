@@ -148,3 +148,30 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
     config.write_text("promotion_threads = true\n")
     assert serve_in(tmp_path, "--config", str(config), "--data-dir", "node") == 2
     assert not (tmp_path / "node").exists()  # it left a data directory with a lock
+
+
+def test_a_data_dir_file_the_node_cannot_use_is_one_line_not_a_traceback(
+    tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
+) -> None:
+    # tokens.json of another user (a first start as root) crashed the start with a
+    # 90-line traceback; a directory in its place fails the same way, even for root.
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('files')}/")
+    data_dir = tmp_path / "node"
+    (data_dir / "tokens.json").mkdir(parents=True)
+    done = subprocess.run(
+        [
+            tierstore_command(),
+            "serve",
+            *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"),
+            *("--health-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", ""),
+            *("--s3-endpoint", s3.endpoint_url, "--bucket", s3.bucket, "--prefix", s3.prefix),
+            *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
+        ],
+        env=clean_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    errors = [line for line in done.stderr.decode().splitlines() if "error:" in line]
+    assert len(errors) == 1 and "tokens.json: Is a directory" in errors[0], done.stderr
+    assert b"Traceback" not in done.stderr

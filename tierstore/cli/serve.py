@@ -236,14 +236,20 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 "--reseal-archive once `tierstore stats` shows no journal entries (while "
                 "it is given, a start does not check the keys against the archive)\n"
             )
-        tokens = TokenStore(data_dir / "tokens.json")
-        admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
-        tls = None
-        client_files: tuple[Path, Path] | None = None
-        if not options.insecure:
-            tls = ensure_tls_material(data_dir, options.hostnames)
-            if options.require_client_cert:
-                client_files = _ensure_admin_client_certificate(data_dir, tls)
+        try:  # a file of another user's (a first start as root): one line, no traceback
+            tokens = TokenStore(data_dir / "tokens.json")
+            admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
+            tls = None
+            client_files: tuple[Path, Path] | None = None
+            if not options.insecure:
+                tls = ensure_tls_material(data_dir, options.hostnames)
+                if options.require_client_cert:
+                    client_files = _ensure_admin_client_certificate(data_dir, tls)
+        except OSError as exc:
+            raise InvalidArgument(
+                f"cannot use {exc.filename or data_dir}: {exc.strerror or exc} (the data "
+                "directory's files must be the node's user's)"
+            ) from None
         server, port = create_server(
             ServerSettings(
                 listen=options.listen,
