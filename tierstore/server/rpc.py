@@ -11,6 +11,7 @@ duration of the call; handlers read it with :func:`caller`.
 from __future__ import annotations
 
 import contextvars
+import errno
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tierstore.errors import TierstoreError, Unauthenticated
+from tierstore.errors import ResourceExhausted, TierstoreError, Unauthenticated
 from tierstore.naming import is_dataset_name
 from tierstore.wire.status import ERROR_HEADER, error_name, status_details, status_for_error
 
@@ -76,6 +77,9 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         # away mid-stream: there is no one to answer, and grpc recognizes the error it
         # raised when the handler re-raises it. Not a bug, so not logged as one.
         return
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A token or spool file that did not fit: the caller's retry may fit later.
+        exc = ResourceExhausted(f"the node's data disk is full: {exc}")
     if isinstance(exc, TierstoreError):
         name = error_name(exc)
         context.set_trailing_metadata(((ERROR_HEADER, name),))
