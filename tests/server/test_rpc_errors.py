@@ -11,7 +11,6 @@ import pytest
 from tierstore.server.rpc import handler
 from tierstore.wire.status import ERROR_HEADER
 
-
 FULL = "ResourceExhausted"
 
 
