@@ -413,3 +413,35 @@ def test_the_access_plan_reaches_the_service(samples: Samples) -> None:
         assert names[0] == "declare_plan" and set(names[1:]) == {"report_position"}
         assert 1 <= len(names) - 1 <= shards
     assert isinstance(answers[0][1], str) and answers[0][1]  # the server's job id
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_read_each_epoch_set_in_the_main_process(
+    samples: Samples, context: str
+) -> None:
+    # Persistent workers kept the dataset copy they were made with: every epoch was
+    # epoch 0's order again, whatever set_epoch() said in the main process.
+    dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
+    loader = DataLoader(
+        dataset,
+        batch_size=16,
+        num_workers=2,
+        multiprocessing_context=context,
+        persistent_workers=True,
+        timeout=60,
+    )
+    orders = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        orders.append(batch_ids(loader))
+        assert orders[-1] == loader_order(samples, 2, 16, seed=3, epoch=epoch)
+    assert orders[0] != orders[1] != orders[2]
+
+
+def test_a_plain_pickle_of_a_dataset_carries_its_epoch_as_a_number(samples: Samples) -> None:
+    dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
+    dataset.set_epoch(7)
+    copy = pickle.loads(pickle.dumps(dataset))  # no process started: no shared memory
+    assert copy.state_dict()["epoch"] == 7
+    copy.set_epoch(8)
+    assert dataset.state_dict()["epoch"] == 7  # its own number from then on

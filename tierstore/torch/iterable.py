@@ -42,6 +42,7 @@ from tierstore.torch.access_plan import PlanReporter
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import Part, ShardRows, assemble
 from tierstore.torch.catalog import ShardSet, read_shard, resolve
+from tierstore.torch.epochs import SharedEpoch
 from tierstore.torch.order import (
     Layout,
     Position,
@@ -166,7 +167,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
             strings=strings,
             with_rows=self.even_ranks,
         )
-        self._epoch = 0
+        self._shared_epoch = SharedEpoch(0)  # reaches persistent workers too
         self._resume: ResumeState | None = None
         #: where this process's newest epoch iterator stands; the iterator itself (with its
         #: read-ahead threads and the shards they hold) belongs to its loader alone
@@ -190,6 +191,10 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         state["_carried_rank"] = live_distributed_rank() or self._carried_rank
         return state
 
+    @property
+    def _epoch(self) -> int:
+        return self._shared_epoch.value
+
     def layout(self, slot: Slot | None) -> Layout:
         """What positions of this dataset are relative to, in ``slot``."""
         shards = self.shards
@@ -200,7 +205,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
         process; a pending resume state of another epoch is discarded)."""
-        self._epoch = _check_int("epoch", epoch, 0)
+        self._shared_epoch.value = _check_int("epoch", epoch, 0)
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:
@@ -225,7 +230,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         """
         parsed = ResumeState.from_dict(state)
         self._resume = parsed
-        self._epoch = parsed.position.epoch
+        self._shared_epoch.value = parsed.position.epoch
         self._live = None
 
     def __iter__(self) -> _Epoch:
@@ -234,8 +239,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         if start is None and self.shuffle and epoch in self._completed:
             warnings.warn(
                 f"epoch {epoch} is read again in the same order: call set_epoch() before each "
-                "epoch (with persistent_workers=True, set_epoch() in the main process does "
-                "not reach the workers)",
+                "epoch",
                 UserWarning,
                 stacklevel=2,
             )
