@@ -14,6 +14,7 @@ import torch
 
 from tierstore.arrowio import frames_to_table, table_to_frames
 from tierstore.errors import InvalidArgument, UnsupportedData
+from tierstore.tensors import tensor_to_table
 from tierstore.torch.arrow_tensors import batch_to_tensors, check_schema, column_to_tensor
 
 NUMERIC = [
@@ -136,3 +137,29 @@ def test_conversions_leave_pyarrow_compute_unimported() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(6, 3, 4).to(torch.bfloat16),
+        torch.randn(5, 2).to(torch.float8_e4m3fn),
+        torch.tensor([[True, False], [False, True]]),
+    ],
+    ids=["bfloat16", "float8_e4m3fn", "bool"],
+)
+def test_a_tensor_shard_of_a_dtype_arrow_lacks_comes_back_as_that_dtype(
+    tensor: torch.Tensor,
+) -> None:
+    # bfloat16 came back as torch.uint16: the stored bit patterns, not the values.
+    table = table_to_frames_and_back(tensor_to_table(tensor))
+    (batch,) = table.to_batches()
+    column = batch_to_tensors(batch)["tensor"]
+    assert isinstance(column, torch.Tensor)
+    assert column.dtype == tensor.dtype
+    assert torch.equal(column.view(torch.uint8), tensor.view(torch.uint8))
+
+
+def table_to_frames_and_back(table: pa.Table) -> pa.Table:
+    """``table`` as a shard stores and reads it (schema metadata included)."""
+    return frames_to_table(table_to_frames(table))

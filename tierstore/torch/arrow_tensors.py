@@ -39,6 +39,7 @@ import torch.utils.dlpack
 
 from tierstore.arrowio import fixed_list_values
 from tierstore.errors import InvalidArgument, UnsupportedData
+from tierstore.tensors import TENSOR_COLUMN
 
 __all__ = [
     "Column",
@@ -148,6 +149,17 @@ def _tensor_column(name: str, array: pa.ExtensionArray) -> torch.Tensor:
     return tensor
 
 
+#: the schema key under which tierstore.tensors records a tensor shard's dtype
+_KEY_DTYPE = b"tierstore.tensor.dtype"
+#: logical dtypes stored as integers of the same width, viewed back as themselves
+_LOGICAL: dict[bytes, torch.dtype] = {
+    b"bfloat16": torch.bfloat16,
+    b"float8_e4m3fn": torch.float8_e4m3fn,
+    b"float8_e5m2": torch.float8_e5m2,
+    b"bool": torch.bool,
+}
+
+
 def column_to_tensor(name: str, array: pa.Array) -> torch.Tensor:
     """One Arrow array (one record batch's column) as a tensor, per the module's table.
 
@@ -183,4 +195,10 @@ def batch_to_tensors(batch: pa.RecordBatch, strings: Strings = "error") -> dict[
             out[name] = array.to_pylist()
         else:
             out[name] = column_to_tensor(name, array)
+    logical = _LOGICAL.get((batch.schema.metadata or {}).get(_KEY_DTYPE, b""))
+    column = out.get(TENSOR_COLUMN)
+    if logical is not None and isinstance(column, torch.Tensor):
+        # A tensor shard of a dtype Arrow lacks, stored as its bits: the same bytes
+        # viewed as what was put (bfloat16 came back as uint16 bit patterns).
+        out[TENSOR_COLUMN] = column.view(logical)
     return out
