@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 
 from tierstore.config import EngineSettings, load_settings
@@ -28,7 +29,8 @@ def test_a_hot_tier_smaller_than_a_frame_names_both_figures() -> None:
         ("mover_threads = 2.5", "mover_threads must be a whole number"),
         ("high_watermark = true", "high_watermark must be a number"),
         ("promotion_threads = true", "promotion_threads must be a whole number"),
-        ("max_read_leases = 0", "max_read_leases must be at least 1"),
+        ("max_read_leases = -1", "max_read_leases must not be negative"),
+        ('data_dir = ""', "data_dir is empty"),
         ("backlog_cap_bytes = -1", "must not be negative"),
         ("mover_retry_initial_s = -1", "mover_retry_initial_s must be a positive"),
         ("hot_capacity_bytes = 99999999999999999999", "at most"),
@@ -50,9 +52,37 @@ def test_a_map_smaller_than_the_hot_tier_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="tierstore.config"):
-        EngineSettings(hot_capacity_bytes=64 << 20, map_size_bytes=24 << 20)
+        # Figures of this test's own: each pair is warned about once per process.
+        EngineSettings(hot_capacity_bytes=(64 << 20) + 4096, map_size_bytes=(24 << 20) + 4096)
     assert "fills before eviction starts" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tierstore.config"):
         EngineSettings(hot_capacity_bytes=64 << 20)
     assert caplog.text == ""
+
+
+def test_an_empty_data_dir_variable_is_refused_not_the_current_directory() -> None:
+    with pytest.raises(InvalidArgument, match="data_dir is empty"):
+        load_settings(environ={"TIERSTORE_DATA_DIR": ""})
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("master_key_b64 = 12345678\n[archive]\nsecret_access_key = 831946027713\n")
+    with pytest.raises(InvalidArgument) as refused:
+        load_settings(path, environ={})
+    assert "12345678" not in str(refused.value) and "831946027713" not in str(refused.value)
+
+
+def test_what_was_taken_before_is_still_taken() -> None:
+    # Path-like values, numpy integers, and no zero-copy leases at all (every hot read a
+    # private copy) all worked before the type checks.
+    settings = load_settings(
+        environ={},
+        data_dir=PurePosixPath("/tmp/node"),
+        hot_capacity_bytes=np.int64(8 << 20),
+        max_read_leases=0,
+        high_watermark=np.float64(0.8),
+    )
+    assert settings.data_dir == Path("/tmp/node") and settings.hot_capacity_bytes == 8 << 20
+    assert settings.max_read_leases == 0 and settings.high_watermark == 0.8

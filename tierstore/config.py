@@ -7,6 +7,7 @@ settings here and pass them down.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import tomllib
 from collections.abc import Mapping
@@ -130,11 +131,12 @@ class EngineSettings:
         at_least_one = {
             "cold_read_parallelism": self.cold_read_parallelism,
             "mover_threads": self.mover_threads,
-            "max_read_leases": self.max_read_leases,
         }
         for name, count in at_least_one.items():
             if count < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {count}")
+        if self.max_read_leases < 0:  # 0: every hot read gets a private copy
+            raise InvalidArgument(f"max_read_leases must not be negative: {self.max_read_leases}")
         seconds = {
             "mover_retry_initial_s": self.mover_retry_initial_s,
             "mover_retry_max_s": self.mover_retry_max_s,
@@ -150,7 +152,9 @@ class EngineSettings:
             raise InvalidArgument(
                 f"hot_capacity_bytes and map_size_bytes must be at most {_MAX_BYTES} (2**48)"
             )
-        if 0 < self.map_size_bytes < self.hot_capacity_bytes:
+        if 0 < self.map_size_bytes < self.hot_capacity_bytes and _warn_once(
+            (self.map_size_bytes, self.hot_capacity_bytes)
+        ):
             log.warning(
                 "map_size_bytes (%d) is below hot_capacity_bytes (%d): the hot tier's map "
                 "fills before eviction starts, and puts then fail HotTierFull; leave "
@@ -168,6 +172,16 @@ class EngineSettings:
 
 
 _ENV_PREFIX = "TIERSTORE_"
+_warned: set[object] = set()
+
+
+def _warn_once(about: object) -> bool:
+    """Whether a warning about ``about`` is due (the first time in this process):
+    settings are made again by each replace(), and a start makes them more than once."""
+    if about in _warned:
+        return False
+    _warned.add(about)
+    return True
 
 
 def load_settings(
@@ -211,7 +225,8 @@ def load_settings(
         typed = {k: _coerce(k, engine_fields[k].type, v) for k, v in values.items()}
         for key, value in archive.items():
             if key in archive_fields and not isinstance(value, str):
-                raise InvalidArgument(f"archive.{key} must be a string, not {value!r}")
+                kind = type(value).__name__
+                raise InvalidArgument(f"archive.{key} must be a string, not a {kind}")
         archive_settings = replace(ArchiveSettings(), **archive)
     except KeyError as exc:
         raise InvalidArgument(f"unknown setting {exc.args[0]!r}") from exc
@@ -227,24 +242,30 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     type ``kind`` wants it. Raises InvalidArgument for a value of the wrong type (a bool
     is no number: ``true`` for a thread count was taken as 1)."""
     text = str(kind)
+    # Messages name the type, never the value: some settings are secrets.
+    wrong = f"setting {name} must be a {{}}, not a {type(value).__name__}"
     if isinstance(value, str):
         if text.startswith("int"):
             return int(value)
         if text.startswith("float"):
             return float(value)
+        if "Path" in text and not value.strip():  # an unset variable: not "."
+            raise InvalidArgument(f"setting {name} is empty: give a path, or leave it out")
         return Path(value) if "Path" in text else value
     if "Path" in text:
         if value is None and "None" in text:
             return None
-        if isinstance(value, Path):
-            return value
-        raise InvalidArgument(f"setting {name} must be a path, not {value!r}")
-    if text.startswith("int") and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise InvalidArgument(f"setting {name} must be a whole number, not {value!r}")
+        if isinstance(value, os.PathLike):
+            return Path(value)
+        raise InvalidArgument(wrong.format("path"))
+    if text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise InvalidArgument(wrong.format("whole number"))
+        return int(value)
     if text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidArgument(f"setting {name} must be a number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidArgument(wrong.format("number"))
         return float(value)
     if text.startswith("str") and value is not None and not isinstance(value, str):
-        raise InvalidArgument(f"setting {name} must be a string, not {value!r}")
+        raise InvalidArgument(wrong.format("string"))
     return value

@@ -175,3 +175,16 @@ def test_a_data_dir_file_the_node_cannot_use_is_one_line_not_a_traceback(
     errors = [line for line in done.stderr.decode().splitlines() if "error:" in line]
     assert len(errors) == 1 and "tokens.json: Is a directory" in errors[0], done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_the_hot_capacity_flag_wins_over_the_settings_file_from_the_start(tmp_path: Path) -> None:
+    # The settings were first read without the flags: a file's capacity too small for a
+    # frame refused the start although --hot-capacity set another.
+    config = tmp_path / "node.toml"
+    config.write_text("hot_capacity_bytes = 1000\n")
+    plain = serve_in(tmp_path, "--config", str(config), "--data-dir", "refused")
+    assert plain == 2 and not (tmp_path / "refused").exists()
+    flagged = serve_in(
+        tmp_path, "--config", str(config), "--data-dir", "node", "--hot-capacity", str(1 << 30)
+    )
+    assert flagged != 2 and (tmp_path / "node" / "serve.lock").exists()  # the archive is dead

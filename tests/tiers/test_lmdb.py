@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import threading
@@ -198,18 +199,29 @@ class _CommitFails:
 
 
 @pytest.mark.parametrize(
-    ("message", "error"),
+    ("message", "free", "error"),
     [
-        ("mdb_txn_commit: Input/output error", HotTierFull),
-        ("mdb_txn_commit: No space left on device", HotTierFull),
-        ("mdb_txn_commit: Operation not permitted", Unavailable),
+        ("mdb_txn_commit: Input/output error", 1 << 20, HotTierFull),
+        ("mdb_txn_commit: No space left on device", 10 << 30, HotTierFull),
+        # An I/O error with room to spare is the disk failing: not "free space on it".
+        ("mdb_txn_commit: Input/output error", 10 << 30, Unavailable),
+        ("mdb_txn_commit: Operation not permitted", 1 << 20, Unavailable),
     ],
 )
 def test_a_full_disk_is_hot_tier_full_not_unavailable(
-    tmp_path: Path, message: str, error: type[Exception]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    message: str,
+    free: int,
+    error: type[Exception],
 ) -> None:
     # A full data disk answered UNAVAILABLE "Input/output error": a status clients retry,
     # and one that reads as a hardware fault.
+    disk = os.statvfs(tmp_path)
+    fake = os.statvfs_result(
+        (*disk[:4], free // disk.f_frsize, *disk[5:])  # f_bavail: blocks free to us
+    )
+    monkeypatch.setattr(lmdb_tier.os, "statvfs", lambda path: fake)
     env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
     env._env = _CommitFails(env.env, message)
     with pytest.raises(error) as refused, env.write() as txn:

@@ -415,7 +415,7 @@ def test_the_access_plan_reaches_the_service(samples: Samples) -> None:
     assert isinstance(answers[0][1], str) and answers[0][1]  # the server's job id
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", "forkserver", "spawn"])
 def test_persistent_workers_read_each_epoch_set_in_the_main_process(
     samples: Samples, context: str
 ) -> None:

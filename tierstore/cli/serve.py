@@ -139,8 +139,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)
     # Read (and so checked) before anything is made: a bad settings file once left a
-    # data directory behind, and its data_dir was never read.
-    configured = load_settings(options.config_file)
+    # data directory behind, and its data_dir was never read. The flags win, as below.
+    overrides = _setting_flags(options)
+    configured = load_settings(options.config_file, **overrides)
     data_dir = (options.data_dir or configured.data_dir).resolve()
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
@@ -176,12 +177,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         signal.signal(signum, on_signal)
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
-        overrides: dict[str, Any] = {"data_dir": data_dir}
-        if options.master_key_file is not None:  # the flag wins over a base64 key too
-            overrides.update(master_key_file=options.master_key_file, master_key_b64=None)
-        if options.hot_capacity_bytes:
-            overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
-        settings = load_settings(options.config_file, **overrides)
+        settings = load_settings(options.config_file, **overrides, data_dir=data_dir)
         settings = replace(
             settings, archive=_archive_settings(options, settings.archive, data_dir, cleanup)
         )
@@ -246,9 +242,13 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 if options.require_client_cert:
                     client_files = _ensure_admin_client_certificate(data_dir, tls)
         except OSError as exc:
+            owner = (
+                " (the data directory's files must be the node's user's)"
+                if exc.errno in (errno.EACCES, errno.EPERM)
+                else ""
+            )
             raise InvalidArgument(
-                f"cannot use {exc.filename or data_dir}: {exc.strerror or exc} (the data "
-                "directory's files must be the node's user's)"
+                f"cannot use {exc.filename or data_dir}: {exc.strerror or exc}{owner}"
             ) from None
         server, port = create_server(
             ServerSettings(
@@ -340,6 +340,17 @@ def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys
         f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
     )
     out.flush()
+
+
+def _setting_flags(options: ServeOptions) -> dict[str, Any]:
+    """The engine settings serve's flags give, which win over the settings file and
+    the environment (the data directory aside: the caller adds it)."""
+    overrides: dict[str, Any] = {}
+    if options.master_key_file is not None:  # the flag wins over a base64 key too
+        overrides.update(master_key_file=options.master_key_file, master_key_b64=None)
+    if options.hot_capacity_bytes:
+        overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
+    return overrides
 
 
 def _claim(data_dir: Path, cleanup: ExitStack) -> None:

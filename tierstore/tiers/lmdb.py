@@ -61,10 +61,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: what LMDB's error says when the disk is full: ENOSPC, or EIO for a write the
-#: filesystem cut short (mdb_page_flush turns a short write into EIO); seen on a full
-#: filesystem as "mdb_txn_commit: Input/output error"
-_DISK_FULL = ("No space left on device", "Input/output error")
+#: free bytes below which LMDB's I/O error on commit is taken for a full disk: LMDB turns
+#: a write the filesystem cut short into EIO (mdb_page_flush), seen on a full filesystem
+#: as "mdb_txn_commit: Input/output error"; a commit writes at most a transaction's pages
+_ALMOST_FULL_BYTES = 256 << 20
 
 MAX_KEY_BYTES = 511
 #: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
@@ -186,7 +186,7 @@ class LmdbEnvironment:
                         "buffers for long keeps them (docs/local-reads.md)"
                     ) from exc
         except lmdb.Error as exc:
-            if any(sign in str(exc) for sign in _DISK_FULL):
+            if self._disk_full(exc):
                 log.warning("hot tier at %s: a write failed for want of disk: %s", self.path, exc)
                 raise HotTierFull(
                     f"hot tier at {self.path}: its disk is full ({exc}; LMDB reports a write "
@@ -194,6 +194,21 @@ class LmdbEnvironment:
                     "delete shards"
                 ) from exc
             raise Unavailable(f"hot tier write failed: {exc}") from exc
+
+    def _disk_full(self, exc: lmdb.Error) -> bool:
+        """Whether ``exc`` is a write the disk had no room for: ENOSPC, or LMDB's I/O
+        error for a short write while the filesystem has almost no room left (an I/O
+        error with room to spare is the disk failing, not full)."""
+        text = str(exc)
+        if "No space left on device" in text:
+            return True
+        if "Input/output error" not in text:
+            return False
+        try:
+            disk = os.statvfs(self.path)
+        except OSError:
+            return False
+        return disk.f_bavail * disk.f_frsize < _ALMOST_FULL_BYTES
 
     def clear_dead_readers(self, force: bool = False) -> int:
         """Free the reader slots of dead processes, whose snapshots would otherwise keep
