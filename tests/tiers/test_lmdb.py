@@ -229,3 +229,43 @@ def test_a_full_disk_is_hot_tier_full_not_unavailable(
     if error is HotTierFull:
         assert "its disk is full" in str(refused.value) and message in str(refused.value)
     env.close()
+
+
+class _CreateFails:
+    """An ``lmdb.Environment`` stand-in whose sub-databases cannot be created (the
+    commit that creates them fails, as on a full disk)."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+        self.closed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def open_db(self, *args: object, **kwargs: object) -> object:
+        raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    def close(self) -> None:
+        self.closed = True
+        self._real.close()  # type: ignore[attr-defined]
+
+
+def test_a_hot_tier_that_cannot_be_created_on_a_full_disk_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start on a full disk ended in a raw lmdb.Error traceback.
+    disk = os.statvfs(tmp_path)
+    full = os.statvfs_result((*disk[:4], 0, *disk[5:]))
+    monkeypatch.setattr(lmdb_tier.os, "statvfs", lambda path: full)
+    opened: list[_CreateFails] = []
+    real_open = lmdb.open
+
+    def open_failing(*args: object, **kwargs: object) -> _CreateFails:
+        opened.append(_CreateFails(real_open(*args, **kwargs)))
+        return opened[-1]
+
+    monkeypatch.setattr(lmdb_tier.lmdb, "open", open_failing)
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    with pytest.raises(HotTierFull, match="its disk is full"):
+        env.db("data")
+    assert opened and opened[0].closed  # the half-opened environment is let go

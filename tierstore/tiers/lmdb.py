@@ -138,9 +138,19 @@ class LmdbEnvironment:
         except lmdb.Error as exc:
             raise Unavailable(f"cannot open LMDB environment at {self.path}: {exc}") from exc
         env.reader_check()
-        self._dbs = {
-            name: env.open_db(name.encode(), create=not self._readonly) for name in self._db_names
-        }
+        try:  # creating the sub-databases commits a write transaction
+            self._dbs = {
+                name: env.open_db(name.encode(), create=not self._readonly)
+                for name in self._db_names
+            }
+        except lmdb.Error as exc:
+            env.close()
+            if self._disk_full(exc):
+                raise HotTierFull(
+                    f"cannot open the hot tier at {self.path}: its disk is full ({exc}): "
+                    "free space on it"
+                ) from exc
+            raise Unavailable(f"cannot open LMDB environment at {self.path}: {exc}") from exc
         self._page_size = int(env.stat()["psize"])
         self._env = env
         self._pid = os.getpid()
