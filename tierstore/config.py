@@ -110,6 +110,10 @@ class EngineSettings:
             "archive_bandwidth_bytes_per_s": self.archive_bandwidth_bytes_per_s,
             "prefetch_interval_s": self.prefetch_interval_s,
             "promotion_threads": self.promotion_threads,
+            "mover_retry_initial_s": self.mover_retry_initial_s,
+            "mover_retry_max_s": self.mover_retry_max_s,
+            "access_flush_interval_s": self.access_flush_interval_s,
+            "read_lease_warn_s": self.read_lease_warn_s,
         }
         for name, value in positive.items():
             if not value > 0 or value == float("inf"):
@@ -137,15 +141,6 @@ class EngineSettings:
                 raise InvalidArgument(f"{name} must be at least 1, got {count}")
         if self.max_read_leases < 0:  # 0: every hot read gets a private copy
             raise InvalidArgument(f"max_read_leases must not be negative: {self.max_read_leases}")
-        seconds = {
-            "mover_retry_initial_s": self.mover_retry_initial_s,
-            "mover_retry_max_s": self.mover_retry_max_s,
-            "access_flush_interval_s": self.access_flush_interval_s,
-            "read_lease_warn_s": self.read_lease_warn_s,
-        }
-        for name, value in seconds.items():
-            if not 0 < value < float("inf"):
-                raise InvalidArgument(f"{name} must be a positive number of seconds, got {value}")
         if self.backlog_cap_bytes < 0 or self.map_size_bytes < 0:
             raise InvalidArgument("backlog_cap_bytes and map_size_bytes must not be negative")
         if self.hot_capacity_bytes > _MAX_BYTES or self.map_size_bytes > _MAX_BYTES:

@@ -177,7 +177,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         signal.signal(signum, on_signal)
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
-        settings = load_settings(options.config_file, **overrides, data_dir=data_dir)
+        settings = replace(configured, data_dir=data_dir)  # read above, flags and all
         settings = replace(
             settings, archive=_archive_settings(options, settings.archive, data_dir, cleanup)
         )

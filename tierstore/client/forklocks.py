@@ -114,9 +114,13 @@ class ForkGate:
         try:
             yield
         finally:
-            with self._condition:
-                self._inside -= 1
-                self._condition.notify_all()
+            self._leave()
+
+    def _leave(self) -> None:
+        """A call in flight has ended (a hold may be waiting for it)."""
+        with self._condition:
+            self._inside -= 1
+            self._condition.notify_all()
 
     def run_or_defer(self, action: Callable[[], None]) -> None:
         """Run ``action`` as a call if that needs no wait; else keep it for
@@ -149,9 +153,7 @@ class ForkGate:
             action()
         finally:
             self._thread.depth = 0
-            with self._condition:
-                self._inside -= 1
-                self._condition.notify_all()
+            self._leave()
 
     def run_deferred(self) -> None:
         """Run (through :meth:`run_or_defer`) the actions kept while the gate was held:
