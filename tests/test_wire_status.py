@@ -32,6 +32,25 @@ def test_an_engine_subclass_travels_as_its_public_base() -> None:
     assert type(again) is errors.HotTierFull
 
 
+#: what gRPC's client reports for a server certificate signed by another CA
+_REJECTED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Ssl "
+    "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+    "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
+)
+
+
+def test_a_rejected_server_certificate_is_its_own_unavailable() -> None:
+    error = error_for_status(grpc.StatusCode.UNAVAILABLE, _REJECTED, None)
+    assert type(error) is errors.ServerCertificateRejected
+    assert isinstance(error, errors.Unavailable)  # code catching outages still catches it
+    # A server that names its error is believed; other codes keep their class.
+    named = error_for_status(grpc.StatusCode.UNAVAILABLE, _REJECTED, "ArchiveUnavailable")
+    assert type(named) is errors.ArchiveUnavailable
+    refused = "connect: Connection refused"
+    assert type(error_for_status(grpc.StatusCode.UNAVAILABLE, refused, None)) is errors.Unavailable
+
+
 def test_a_message_is_sent_whole_up_to_the_bound() -> None:
     whole = "é" * (MAX_DETAILS_BYTES // 2)  # 2 bytes each: exactly the bound
     assert status_details(whole) == whole

@@ -40,7 +40,8 @@ so the service and the client can share one table later.
     ├── DataLoss                     DATA_LOSS
     │   └── IntegrityError               checksum or AEAD tag mismatch, truncation, reorder
     └── Unavailable                  UNAVAILABLE
-        └── ArchiveUnavailable           the archive did not answer (or answered 5xx) after retries
+        ├── ArchiveUnavailable           the archive did not answer (or answered 5xx) after retries
+        └── ServerCertificateRejected    the server's TLS certificate did not verify: not retried
 
 A ``DataLoss`` is raised only after any destination buffer has been zeroed: no
 unauthenticated or unverified byte ever reaches the caller.
@@ -74,6 +75,7 @@ __all__ = [
     "QuotaExceeded",
     "ReaderTableFull",
     "ResourceExhausted",
+    "ServerCertificateRejected",
     "ShardNotFound",
     "StoreClosed",
     "TierstoreError",
@@ -266,3 +268,11 @@ class Unavailable(TierstoreError):
 
 class ArchiveUnavailable(Unavailable):
     """The archive tier was unreachable or kept failing (5xx) through all retries."""
+
+
+class ServerCertificateRejected(Unavailable):
+    """The client could not verify the server's TLS certificate: most often the wrong CA
+    file. Raised by the client, never sent by a server. Unlike other Unavailable errors
+    it is not worth retrying — the same CA rejects the same certificate again — so the
+    client and the DataLoader plugin raise it at once. A subclass of Unavailable so
+    that code catching the connection failures it catches before still does."""

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ from tests.server.conftest import ServerProcess, poll
 from tests.server.test_restart import flip_hot_frame
 from tierstore import errors
 from tierstore.client.client import Client
+from tierstore.server.tls import ensure_tls_material
 from tierstore.torch import IterableDataset, MapDataset
+from tierstore.torch.source import service_source
 
 from .conftest import Samples, sample_table, write_samples
 from .test_dataloader import ids_of
@@ -51,6 +54,22 @@ def test_raw_shards_and_empty_datasets(admin: Client, samples: Samples) -> None:
     empty = fresh_dataset(admin, {})
     with pytest.raises(errors.InvalidArgument, match="has no shards at all"):
         IterableDataset(empty, **samples.connection)
+
+
+def test_a_wrong_ca_is_raised_at_once_not_retried_as_an_outage(
+    samples: Samples, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = ensure_tls_material(tmp_path / "other-node")
+    source = service_source(samples.address, samples.token, other.ca_cert_path, retry_s=30)
+    with (
+        caplog.at_level(logging.WARNING, "tierstore.torch.source"),
+        pytest.raises(errors.ServerCertificateRejected) as caught,
+    ):
+        source.read(samples.dataset, samples.shards[0])
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert any("while reading shard" in note for note in caught.value.__notes__)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert retries == []
 
 
 def test_schema_drift_stops_the_loader_with_both_shards_named(

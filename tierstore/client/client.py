@@ -86,7 +86,7 @@ from tierstore.wire.convert import (
 )
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.plans import sampler_to_pb
-from tierstore.wire.status import ERROR_HEADER, error_for_status
+from tierstore.wire.status import ERROR_HEADER, error_for_status, is_certificate_rejection
 from tierstore.wire.trace import sizing_from_pb, trace_events_from_pb
 
 __all__ = ["Client", "LocalReadOptions", "ReadCounts", "TierStats", "connect"]
@@ -117,9 +117,16 @@ def _unavailable(error: grpc.RpcError) -> bool:
     """Whether a failed call ended UNAVAILABLE: worth another attempt if it is idempotent
     (a spent deadline, which the client also raises as Unavailable, is not; nor is the
     server's ArchiveUnavailable: the server is there, and its archive has just failed
-    through all of the server's own retries)."""
-    code = getattr(error, "code", lambda: None)()
-    return bool(code == grpc.StatusCode.UNAVAILABLE) and _error_name(error) != "ArchiveUnavailable"
+    through all of the server's own retries; nor a server certificate this client
+    rejected: the same CA rejects it again)."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    code = call.code() if hasattr(call, "code") else None
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = call.details() if hasattr(call, "details") else ""
+    return _error_name(error) != "ArchiveUnavailable" and not is_certificate_rejection(
+        code, details or ""
+    )
 
 
 def _error_name(error: grpc.RpcError) -> str | None:

@@ -30,7 +30,7 @@ import tenacity
 
 from tierstore.client.client import Client, connect
 from tierstore.client.forkgate import GATE
-from tierstore.errors import InvalidArgument, Unavailable
+from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
 __all__ = ["GrpcShardSource", "ShardSource", "service_source"]
 
@@ -60,7 +60,8 @@ class GrpcShardSource:
 
     ``connect`` makes a client (``functools.partial(tierstore.connect, ...)``: it must
     pickle for spawned workers). ``retry_s``: how long one shard read keeps retrying while
-    the service is unavailable. Thread-safe; fork- and pickle-safe (the client is made
+    the service is unavailable (a rejected server certificate is raised at once).
+    Thread-safe; fork- and pickle-safe (the client is made
     again in each process and never pickled).
     """
 
@@ -115,7 +116,8 @@ class GrpcShardSource:
             stopping.wait(seconds)  # returns at once when the consumer stops
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Unavailable),
+            retry=tenacity.retry_if_exception_type(Unavailable)
+            & tenacity.retry_if_not_exception_type(ServerCertificateRejected),
             stop=tenacity.stop_after_delay(self.retry_s) | tenacity.stop_when_event_set(stopping),
             wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
             sleep=wait,

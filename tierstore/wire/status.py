@@ -16,6 +16,7 @@ __all__ = [
     "MAX_DETAILS_BYTES",
     "error_for_status",
     "error_name",
+    "is_certificate_rejection",
     "status_details",
     "status_for_error",
 ]
@@ -69,6 +70,16 @@ def status_for_error(error: errors.TierstoreError) -> grpc.StatusCode:
     return grpc.StatusCode[type(error).status_code]
 
 
+#: what gRPC's TLS stack says when the server's certificate does not verify
+_CERTIFICATE_REJECTED = "CERTIFICATE_VERIFY_FAILED"
+
+
+def is_certificate_rejection(code: grpc.StatusCode, message: str) -> bool:
+    """Whether a call failed because the client rejected the server's certificate
+    (gRPC reports it as UNAVAILABLE, like an outage, but retrying cannot help)."""
+    return code == grpc.StatusCode.UNAVAILABLE and _CERTIFICATE_REJECTED in message
+
+
 def error_for_status(
     code: grpc.StatusCode, message: str, error_name: str | None
 ) -> errors.TierstoreError:
@@ -77,7 +88,10 @@ def error_for_status(
     ``error_name`` is the class name the server sent; an unknown or missing one
     falls back to the general class of ``code``, and codes outside the table
     (e.g. CANCELLED, DEADLINE_EXCEEDED, INTERNAL) to :class:`Unavailable` or the root.
+    A rejected server certificate is :class:`ServerCertificateRejected`.
     """
+    if error_name is None and is_certificate_rejection(code, message):
+        return errors.ServerCertificateRejected(message)
     cls = _BY_NAME.get(error_name or "")
     if cls is not None and grpc.StatusCode[cls.status_code] == code:
         return cls(message)
