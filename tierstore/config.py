@@ -24,6 +24,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 #: the largest hot-tier capacity or map size taken (256 TiB; a typo's 10**20 is refused)
 _MAX_BYTES = 1 << 48
+#: the most archive upload parts in flight at once (each holds one part in memory)
+MAX_MOVER_THREADS = 64
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class EngineSettings:
     #: puts that may wait for quota room at once (each holds its caller's thread, in the
     #: service an RPC worker); beyond that a put at its quota fails at once.
     max_quota_waiters: int = 8
-    #: archive: parallel ranged GETs per cold read, and mover upload threads.
+    #: archive: parallel ranged GETs per cold read, and the parts of one upload the mover
+    #: (or a write-through put) sends at once.
     cold_read_parallelism: int = 16
     mover_threads: int = 2
     #: retry back-off of the mover for a failing archive (seconds, doubled per attempt).
@@ -139,6 +142,10 @@ class EngineSettings:
         for name, count in at_least_one.items():
             if count < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {count}")
+        if self.mover_threads > MAX_MOVER_THREADS:  # each holds a part (8 MiB) in memory
+            raise InvalidArgument(
+                f"mover_threads must be at most {MAX_MOVER_THREADS}, got {self.mover_threads}"
+            )
         if self.max_read_leases < 0:  # 0: every hot read gets a private copy
             raise InvalidArgument(f"max_read_leases must not be negative: {self.max_read_leases}")
         if self.backlog_cap_bytes < 0 or self.map_size_bytes < 0:

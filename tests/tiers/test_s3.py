@@ -15,19 +15,21 @@ import pickle
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import raw_s3_client
 from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
+from tests.server.conftest import poll
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
 from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.engine.bootstrap import open_store
@@ -126,6 +128,73 @@ class TestS3Tier(TierConformance):
         uploads = raw_client(s).list_multipart_uploads(Bucket=s.bucket, Prefix=s.prefix)
         assert uploads.get("Uploads", []) == []
         assert tier.get("partial") is None
+
+    def test_parts_of_one_upload_are_sent_at_once(self, tier: S3Tier) -> None:
+        s = tier.settings
+        parallel = S3Tier(dataclasses.replace(s, upload_parallelism=3))
+        # The first three parts each wait, at the point of sending, until all three are
+        # there: sent one after another, the first waits alone and the barrier breaks.
+        together = threading.Barrier(3, timeout=20)
+        sent: list[int] = []
+
+        def hold(params: dict[str, Any], **_: Any) -> None:
+            sent.append(params["PartNumber"])
+            if params["PartNumber"] <= 3:
+                together.wait()
+
+        try:
+            parallel._client().meta.events.register("before-parameter-build.s3.UploadPart", hold)
+            value = pattern(5 * s.multipart_part_size + 12345, seed=5)
+            parallel.put("wide", value)
+            assert bytes(parallel.get("wide") or b"") == value
+        finally:
+            parallel.close()
+        assert sorted(sent) == [1, 2, 3, 4, 5, 6]
+        etag = raw_client(s).head_object(Bucket=s.bucket, Key=s.prefix + "wide")["ETag"]
+        assert etag.strip('"').endswith("-6")
+
+    def test_a_failed_part_aborts_the_upload_once_the_parts_in_flight_end(
+        self, tier: S3Tier
+    ) -> None:
+        s = tier.settings
+        parallel = S3Tier(dataclasses.replace(s, upload_parallelism=3))
+        events: list[str] = []
+        part_1_sent = threading.Event()
+        part_2_failed = threading.Event()
+
+        def before(params: dict[str, Any], **_: Any) -> None:
+            number = params["PartNumber"]
+            if number == 2:
+                part_1_sent.wait(20)
+                part_2_failed.set()
+                raise RuntimeError("part 2 broke")
+            if number == 3:  # still on its way when part 2's failure is seen
+                part_2_failed.wait(20)
+                time.sleep(0.5)
+            events.append(f"send {number}")
+
+        def after(**_: Any) -> None:
+            events.append("answered")
+            part_1_sent.set()
+
+        client = parallel._client()
+        client.meta.events.register("before-parameter-build.s3.UploadPart", before)
+        client.meta.events.register("after-call.s3.UploadPart", after)
+        client.meta.events.register(
+            "before-call.s3.AbortMultipartUpload", lambda **_: events.append("abort")
+        )
+        try:
+            with pytest.raises(RuntimeError, match="part 2 broke"):
+                parallel.put("broken", pattern(5 * s.multipart_part_size, seed=6))
+        finally:
+            parallel.close()
+        poll(lambda: "send 3" in events, 20, "part 3 to be sent")
+        # The abort waited for part 3: a part sent after it could outlive the upload.
+        assert events.index("send 3") < events.index("abort"), events
+        assert events[-1] == "abort", events
+        uploads = raw_client(s).list_multipart_uploads(Bucket=s.bucket, Prefix=s.prefix)
+        assert uploads.get("Uploads", []) == []
+        assert tier.get("broken") is None
 
     @pytest.mark.parametrize("key", ["", "ds/", "ds//a", "ds/./a", "ds/../a", "/ds"])
     def test_rejects_keys_that_name_directories(self, tier: S3Tier, key: str) -> None:
@@ -482,7 +551,10 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
                 secret_access_key=s3_settings.secret_access_key,
             ),
         )
-        open_store(settings, start_mover=False).close()
+        store = open_store(dataclasses.replace(settings, mover_threads=5), start_mover=False)
+        # The setting reaches the archive: parts of one upload in flight at once.
+        assert store._archive.settings.upload_parallelism == 5  # type: ignore[attr-defined]
+        store.close()
         assert open_uploads(s3_settings.prefix) == [foreign]
         assert open_uploads(other_prefix) == [kept]
     finally:

@@ -51,7 +51,9 @@ def open_store(
     store opens and its mover retries the archive).
     """
     if archive is None:
-        from tierstore.tiers.s3 import S3Settings, S3Tier  # boto3 is heavy: import on use
+        # boto3 is heavy: import on use
+        from tierstore.tiers.s3 import S3Settings, S3Tier
+        from tierstore.tiers.s3_connection import DEFAULT_POOL_CONNECTIONS
 
         config = settings.archive
         if not config.endpoint_url:
@@ -64,6 +66,12 @@ def open_store(
                 access_key_id=config.access_key_id,
                 secret_access_key=config.secret_access_key,
                 region=config.region,
+                upload_parallelism=settings.mover_threads,
+                # Room for a cold read's ranged GETs and an upload's parts at once.
+                max_pool_connections=max(
+                    DEFAULT_POOL_CONNECTIONS,
+                    settings.cold_read_parallelism + settings.mover_threads + 4,
+                ),
             )
         )
         try:

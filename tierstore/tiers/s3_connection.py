@@ -25,10 +25,12 @@ from tierstore.loopback import is_loopback_host
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["MiB", "ProcessState", "S3Settings", "new_client"]
+__all__ = ["DEFAULT_POOL_CONNECTIONS", "MiB", "ProcessState", "S3Settings", "new_client"]
 
 MiB: Final = 1024 * 1024
 _MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
+#: connections a process keeps to the archive, unless its settings ask for more
+DEFAULT_POOL_CONNECTIONS: Final = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,9 +51,11 @@ class S3Settings:
     max_attempts: int = 5
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
-    max_pool_connections: int = 32
+    max_pool_connections: int = DEFAULT_POOL_CONNECTIONS
     multipart_threshold: int = 16 * MiB
     multipart_part_size: int = 8 * MiB
+    #: parts of one multipart upload sent at once (the engine's ``mover_threads``).
+    upload_parallelism: int = 2
     #: First retry backoff; it doubles per attempt (plus up to this much jitter).
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -67,6 +71,7 @@ class S3Settings:
             "connect_timeout_s": self.connect_timeout_s,
             "read_timeout_s": self.read_timeout_s,
             "max_pool_connections": self.max_pool_connections,
+            "upload_parallelism": self.upload_parallelism,
             "multipart_threshold": self.multipart_threshold,
             "backoff_max_s": self.backoff_max_s,
         }

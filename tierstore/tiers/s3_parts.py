@@ -1,8 +1,11 @@
 """Multipart uploads: a stream of buffers re-cut into fixed-size parts and sent as one upload.
 
 Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
-least 5 MiB; an upload has at most 10,000 parts). The stream is never joined in
-memory: at most one part and the chunks it is cut from are held, and each part's
+least 5 MiB; an upload has at most 10,000 parts). Up to ``upload_parallelism`` parts
+are sent at once (one request each, on threads of the upload's own), while the
+caller's thread cuts the next: one connection to an object store rarely carries more
+than a fraction of its bandwidth. The stream is never joined in memory: the parts in
+flight, the part being cut and the chunks it is cut from are held, and each part's
 bytes are copied once. An upload that
 fails at any point is aborted, so no orphaned parts are left to cost storage; one
 whose process was killed (or whose archive died before the abort) is aborted when a
@@ -12,6 +15,13 @@ store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Future,
+    ThreadPoolExecutor,
+    wait,
+)
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -57,34 +67,51 @@ def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
 def put_multipart(
     client: S3Client, settings: S3Settings, full_key: str, parts: Iterable[bytes]
 ) -> None:
-    """Upload ``parts``, in order, as one multipart upload of ``full_key``.
+    """Upload ``parts``, in order, as one multipart upload of ``full_key``, sending up
+    to ``settings.upload_parallelism`` of them at once. ``parts`` is consumed on the
+    calling thread only (it may read thread-bound state, such as a read transaction).
 
-    Aborts the upload on any failure, then re-raises it. Raises ArchiveUnavailable,
-    and InvalidArgument past 10,000 parts. Thread-safe.
+    Aborts the upload on any failure (after the parts in flight end), then re-raises
+    it. Raises ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
     create = partial(client.create_multipart_upload, Bucket=bucket, Key=full_key)
     created = call_with_retries(settings, what, create)
     upload_id = created["UploadId"]
+
+    def send(number: int, part: bytes) -> CompletedPartTypeDef:
+        upload = partial(
+            client.upload_part,
+            Bucket=bucket,
+            Key=full_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=part,
+        )
+        answer = call_with_retries(settings, f"{what} part {number}", upload)
+        return {"ETag": answer["ETag"], "PartNumber": number}
+
+    senders = ThreadPoolExecutor(settings.upload_parallelism, thread_name_prefix="s3-part")
+    in_flight: set[Future[CompletedPartTypeDef]] = set()
     try:
         done: list[CompletedPartTypeDef] = []
+
+        def collect(when: str) -> None:
+            finished, _ = wait(in_flight, return_when=when)
+            for future in finished:
+                in_flight.discard(future)
+                done.append(future.result())  # a failed part raises here
+
         for number, part in enumerate(parts, start=1):
             if number > _MAX_PARTS:
                 raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
-            answer = call_with_retries(
-                settings,
-                f"{what} part {number}",
-                partial(
-                    client.upload_part,
-                    Bucket=bucket,
-                    Key=full_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=part,
-                ),
-            )
-            done.append({"ETag": answer["ETag"], "PartNumber": number})
+            if len(in_flight) >= settings.upload_parallelism:
+                collect(FIRST_COMPLETED)
+            in_flight.add(senders.submit(send, number, part))
+        while in_flight:
+            collect(FIRST_EXCEPTION)  # every part sent, or the first that failed
+        done.sort(key=lambda item: item["PartNumber"])
         call_with_retries(
             settings,
             f"{what} complete",
@@ -97,6 +124,9 @@ def put_multipart(
             ),
         )
     except BaseException as exc:
+        for future in in_flight:
+            future.cancel()
+        wait(in_flight)  # a part still being sent would otherwise land after the abort
         try:
             call_with_retries(
                 settings,
@@ -111,3 +141,5 @@ def put_multipart(
         except ArchiveUnavailable as abort_exc:
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
         raise
+    finally:
+        senders.shutdown(wait=False)
