@@ -188,3 +188,10 @@ def test_the_hot_capacity_flag_wins_over_the_settings_file_from_the_start(tmp_pa
         tmp_path, "--config", str(config), "--data-dir", "node", "--hot-capacity", str(1 << 30)
     )
     assert flagged != 2 and (tmp_path / "node" / "serve.lock").exists()  # the archive is dead
+
+
+def test_a_hot_capacity_flag_of_zero_is_refused_not_taken_for_no_flag(tmp_path: Path) -> None:
+    # --hot-capacity 0 started a node with the 64 GiB default, though the same 0 in the
+    # settings file or the environment is refused by name.
+    assert serve_in(tmp_path, "--data-dir", "zero", "--hot-capacity", "0") == 2
+    assert not (tmp_path / "zero").exists()

@@ -348,7 +348,7 @@ def _setting_flags(options: ServeOptions) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if options.master_key_file is not None:  # the flag wins over a base64 key too
         overrides.update(master_key_file=options.master_key_file, master_key_b64=None)
-    if options.hot_capacity_bytes:
+    if options.hot_capacity_bytes is not None:  # 0 too: refused by name, not ignored
         overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
     return overrides
 
