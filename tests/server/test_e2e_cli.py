@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -442,6 +443,15 @@ def test_trace_export_and_the_sizing_curve(
         assert not list(tmp_path.glob("*.part"))
     whole = ok(env, "trace", "export", "-o", str(tmp_path / "all.jsonl"))
     assert whole["read"] >= 6
+    # A trace names every dataset and shard read: only its owner may read the file.
+    assert stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode) == 0o600
+    # -o - is stdout (it wrote a file named "-"), the summary then on stderr.
+    piped = run(env, "trace", "export", "-o", "-", "--dataset", dataset, json_output=False)
+    assert piped.returncode == 0 and not (Path.cwd() / "-").exists()
+    (tmp_path / "piped.jsonl").write_bytes(piped.stdout)
+    assert len(load_trace(tmp_path / "piped.jsonl").events) == 9
+    assert b"wrote 9 events (6 reads) to stdout" in piped.stderr
+    (tmp_path / "piped.jsonl").unlink()
 
     # An output no file can be written at: one line, exit 2, nothing left behind.
     before = sorted(tmp_path.iterdir())

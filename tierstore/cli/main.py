@@ -13,6 +13,7 @@ results for scripts.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
@@ -1010,15 +1011,20 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
 
 @trace_app.command("export", cls=_ClientCommand)
 def trace_export(
-    output: Annotated[Path, typer.Option("-o", "--output", help="trace file (.gz: gzipped)")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="trace file (.gz: gzipped; -: stdout)")
+    ],
     dataset: Annotated[str | None, typer.Option(help="only this dataset's events")] = None,
 ) -> None:
     """Save the node's recent reads and plan events as a trace file for the simulator
-    (admin on every dataset)."""
+    (admin on every dataset). The file is private (mode 0600): it names every dataset
+    and shard read. With -o - the trace goes to stdout and the summary to stderr."""
     from tierstore.sim.tracefile import TraceWriter
     from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
 
-    _check_output(output)
+    to_stdout = output == Path("-")  # the usual spelling of stdout (a file named "-" is ./-)
+    if not to_stdout:
+        _check_output(output)
     counts: Counter[str] = Counter()
     partial = output.with_name(output.name + ".part")
 
@@ -1038,25 +1044,35 @@ def trace_export(
             counts[type(event).__name__.removeprefix("Traced").lower()] += 1
 
     def export() -> None:
-        if output.suffix == ".gz":
-            with gzip.open(partial, "wt") as stream:
-                write(stream)
-        else:
-            with partial.open("w") as stream:
-                write(stream)
+        partial.unlink(missing_ok=True)  # made anew below, so that it is made private
+        private = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        with private:
+            if output.suffix == ".gz":
+                with gzip.open(private, "wt") as stream:
+                    write(stream)
+            else:
+                with io.TextIOWrapper(private, encoding="utf-8") as stream:
+                    write(stream)
         partial.replace(output)  # only a complete trace gets the name asked for
 
-    try:
-        _run(export)
-    except OSError as exc:
-        raise _write_failed(output, exc) from None
-    finally:
-        partial.unlink(missing_ok=True)
+    if to_stdout:
+        _run(lambda: write(sys.stdout))
+        sys.stdout.flush()
+    else:
+        try:
+            _run(export)
+        except OSError as exc:
+            raise _write_failed(output, exc) from None
+        finally:
+            partial.unlink(missing_ok=True)
     total = sum(counts.values())
-    _emit(
-        {"output": str(output), "events": total, **counts},
-        f"wrote {total:,} events ({counts['read']:,} reads) to {output}",
-    )
+    summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}
+    where = "stdout" if to_stdout else str(output)
+    line = f"wrote {total:,} events ({counts['read']:,} reads) to {where}"
+    if to_stdout:  # stdout holds the trace
+        sys.stderr.write((json.dumps(summary) if state.json else line) + "\n")
+    else:
+        _emit(summary, line)
 
 
 # tokens and keys
