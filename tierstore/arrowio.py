@@ -34,6 +34,7 @@ from tierstore.errors import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "check_columns",
     "fixed_list_values",
     "frames_to_table",
     "message_header_bytes",
@@ -252,6 +253,17 @@ def _read_stream(frames: Sequence[pa.Buffer]) -> tuple[pa.Schema, list[tuple[int
     return reader.schema, batches
 
 
+def check_columns(columns: object) -> None:
+    """Refuse (InvalidArgument) a column selection that is not None or a sequence of
+    names: a bare string is a sequence too, of its letters, and ``columns="xs"`` read
+    the columns ``x`` and ``s``."""
+    if isinstance(columns, str | bytes):
+        raise InvalidArgument(
+            f"columns must be a list of column names, not the string {columns!r} "
+            f"(for one column: columns=[{columns!r}])"
+        )
+
+
 def frames_to_table(frames: Sequence[BufferLike], columns: Sequence[str] | None = None) -> pa.Table:
     """Rebuild the table from an Arrow shard's frames without copying.
 
@@ -264,6 +276,7 @@ def frames_to_table(frames: Sequence[BufferLike], columns: Sequence[str] | None 
         InvalidArgument: a name in ``columns`` is not in the schema.
         MalformedArrow: the frames do not decode as an Arrow shard.
     """
+    check_columns(columns)
     schema, batches = _read_stream([_as_buffer(frame) for frame in frames])
     table = pa.Table.from_batches([batch for _, batch in batches], schema=schema)
     if columns is None:

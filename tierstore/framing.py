@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from tierstore import arrowio, tensors
 from tierstore.buffers import byte_view
-from tierstore.errors import OversizeFrame, UnsupportedData
+from tierstore.errors import InvalidArgument, OversizeFrame, UnsupportedData
 from tierstore.types import MAX_ROWS, ShardKind
 
 __all__ = ["FramedValue", "frame_prepared", "frame_value"]
@@ -62,9 +62,14 @@ def _is_tensor(value: Any) -> bool:
 def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
     """Cut ``value`` into frames; the kind follows from its type.
 
-    Raises :class:`UnsupportedData` for other types and :class:`OversizeFrame`
-    for Arrow data with a row (or schema) larger than a frame.
+    Raises :class:`UnsupportedData` for other types, :class:`OversizeFrame`
+    for Arrow data with a row (or schema) larger than a frame, and
+    :class:`InvalidArgument` for a ``max_frame_bytes`` that is not a positive int
+    (raw bytes cut by a negative size made no frames: an empty shard).
     """
+    bad_type = isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int)
+    if bad_type or max_frame_bytes <= 0:
+        raise InvalidArgument(f"max_frame_bytes must be a positive int, got {max_frame_bytes!r}")
     if isinstance(value, bytes | bytearray | memoryview):
         view = memoryview(value)
         if not view.c_contiguous:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -165,6 +166,40 @@ def test_put_and_get_whole_and_byte_ranges(
     again = small_frames.put(any_dataset, "blob", b"short")
     assert again.generation > info.generation
     assert small_frames.get(any_dataset, "blob").to_pybytes() == b"short"
+
+
+def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
+    server: ServerProcess, admin: Client, any_dataset: str
+) -> None:
+    admin.put(any_dataset, "kept", b"important data " * 100)
+    with server.connect() as client:
+        # A frame size of -1 stored an empty shard over this one, acknowledged; 0 was a
+        # raw ValueError.
+        for frame_bytes in (-1, 0, True, "4096", 1.5):
+            with pytest.raises(errors.InvalidArgument, match="frame_bytes must"):
+                client.frame_bytes = frame_bytes  # type: ignore[assignment]
+        assert client.frame_bytes == 4 << 20  # unchanged by the refusals
+        assert client.put(any_dataset, "kept", b"new data " * 100).size == 900
+        # A deadline of 0, NaN or infinity failed every call at once (DEADLINE_EXCEEDED).
+        for seconds in (0, -1, float("nan"), float("inf"), "5", True):
+            for name in ("timeout_s", "stream_timeout_s"):
+                with pytest.raises(errors.InvalidArgument, match=f"{name} must be"):
+                    setattr(client, name, seconds)
+            with pytest.raises(errors.InvalidArgument, match="timeout_s must be"):
+                server.connect(timeout_s=seconds)  # type: ignore[arg-type]
+        client.timeout_s = 7
+        assert client.timeout_s == 7.0 and client.list(any_dataset, limit=1)
+        # A negative limit listed nothing, as if the dataset were empty.
+        with pytest.raises(errors.InvalidArgument, match="limit must not be negative"):
+            client.list(any_dataset, limit=-1)
+    assert admin.get(any_dataset, "kept").to_pybytes() == b"new data " * 100
+    # A bare string of columns read the columns named by its letters.
+    admin.put(any_dataset, "table", pa.table({"x": [1], "s": ["a"], "xs": [2.0]}))
+    for local_reads in (True, False):
+        with server.connect(local_reads=local_reads) as client:
+            with pytest.raises(errors.InvalidArgument, match=r"columns=\['xs'\]"):
+                client.read_table(any_dataset, "table", columns="xs")
+            assert client.read_table(any_dataset, "table", columns=["xs"]).column_names == ["xs"]
 
 
 def test_get_frame_ranges(server: ServerProcess, small_frames: Client, any_dataset: str) -> None:

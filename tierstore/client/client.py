@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, Generic, NoReturn, TypeVar, cast, overload
 
 import grpc
 import pyarrow as pa
@@ -192,12 +192,64 @@ def _raise_mapped(error: grpc.RpcError) -> NoReturn:
     raise error_for_status(code, details or "", _error_name(error)) from None
 
 
+def _positive_seconds(name: str, value: object) -> float:
+    """``value`` as a deadline in seconds: a finite number above 0 (not a bool), else
+    InvalidArgument naming ``name`` (a deadline of 0, NaN or infinity made every call
+    fail at once with DEADLINE_EXCEEDED)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
+    if not 0 < float(value) < float("inf"):
+        raise InvalidArgument(f"{name} must be a positive finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def _positive_bytes(name: str, value: object) -> int:
+    """``value`` as a size in bytes above 0, else InvalidArgument naming ``name``."""
+    size = _whole_number(name, value)
+    if size <= 0:
+        raise InvalidArgument(f"{name} must be at least 1 byte, not {size}")
+    return size
+
+
+V = TypeVar("V")
+
+
+class _Checked(Generic[V]):
+    """A public attribute checked each time it is set, by ``check(name, value)``: a
+    client's deadlines and frame size may be changed after it is made (a frame size
+    of -1 cut a put into no frames at all, and stored an empty shard)."""
+
+    def __init__(self, check: Callable[[str, object], V]) -> None:
+        self._check = check
+        self._name = self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name, self._slot = name, f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Checked[V]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> V: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> V | _Checked[V]:
+        return self if obj is None else cast(V, getattr(obj, self._slot))
+
+    def __set__(self, obj: object, value: object) -> None:
+        setattr(obj, self._slot, self._check(self._name, value))
+
+
 class Client:
     """One connection (lazily opened, per process) to a tierstore server.
 
     ``local``: how to read locally when the server is on this host (default: on; see
-    :class:`~tierstore.client.local.LocalReadOptions`).
+    :class:`~tierstore.client.local.LocalReadOptions`). ``timeout_s`` (unary calls)
+    and ``stream_timeout_s`` (transfers): each attempt's deadline, a positive finite
+    number of seconds; ``frame_bytes``: the most bytes of one frame a put sends. All
+    three may be set later too; a bad value is InvalidArgument, then or here.
     """
+
+    timeout_s = _Checked(_positive_seconds)
+    stream_timeout_s = _Checked(_positive_seconds)
+    frame_bytes = _Checked(_positive_bytes)
 
     def __init__(
         self,
@@ -507,11 +559,12 @@ class Client:
         — read locally from a plaintext shard, into the hot tier's map (its snapshot stays
         open while any of the table's buffers lives; docs/local-reads.md).
 
-        ``columns`` selects (and orders) columns by name. Raises WrongShardKind for a raw
-        shard, and as :meth:`get`.
+        ``columns`` selects (and orders) columns by name (a list: a bare string is
+        InvalidArgument). Raises WrongShardKind for a raw shard, and as :meth:`get`.
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
+        arrowio.check_columns(columns)
         with GATE.call():  # a fork() waits for the whole read, local or streamed
             local = self._local.read_frames(dataset, shard) if self._local is not None else None
             if local is not None:
@@ -560,6 +613,8 @@ class Client:
         validate_dataset_name(dataset)
         if limit is not None:
             limit = _whole_number("limit", limit, "shards")
+            if limit < 0:  # it listed nothing, as if the dataset were empty
+                raise InvalidArgument(f"limit must not be negative, got {limit}")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
         start_after = ""
