@@ -646,6 +646,7 @@ def test_wrong_ca_and_plaintext_client(
         with pytest.raises(errors.ServerCertificateRejected) as caught:
             client.get(dataset, "s")
         assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+        assert "TIERSTORE_CA" in str(caught.value)  # where the CA file is named
         with pytest.raises(errors.ServerCertificateRejected):
             client.list_datasets()
     plain = server.connect(insecure=True, ca=None, timeout_s=5)

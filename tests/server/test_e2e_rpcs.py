@@ -204,6 +204,18 @@ def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
             assert client.read_table(any_dataset, "table", columns=["xs"]).column_names == ["xs"]
 
 
+def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
+    server: ServerProcess, any_dataset: str
+) -> None:
+    # It said "DEADLINE_EXCEEDED: Deadline Exceeded" (or grpc's "Stream removed"), and
+    # nothing of whether the shard had been stored.
+    with server.connect() as client:
+        client.stream_timeout_s = 0.001
+        with pytest.raises(errors.Unavailable, match="may or may not have been made") as cut:
+            client.put(any_dataset, "cut", os.urandom(8 << 20))
+    assert "DEADLINE_EXCEEDED" in str(cut.value) and f"{any_dataset}/cut" in str(cut.value)
+
+
 @pytest.mark.parametrize("local_reads", [True, False], ids=["local", "service"])
 def test_a_dropped_client_is_freed_at_once_not_by_the_cycle_collector(
     server: ServerProcess, admin: Client, any_dataset: str, local_reads: bool

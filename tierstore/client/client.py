@@ -185,12 +185,31 @@ def _whole_number(name: str, value: object, unit: str = "bytes") -> int:
     return int(value)
 
 
-def _raise_mapped(error: grpc.RpcError) -> NoReturn:
-    """Raise the tierstore error a failed call stands for (the class the server named)."""
+#: codes a call ends with when it was cut off (no answer of the server's own)
+_CUT_OFF = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
+
+def _raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
+    """Raise the tierstore error a failed call stands for (the class the server named).
+
+    ``changes``: what the call would have changed, for a call cut off before the server
+    answered (transport failure, deadline, cancel): its message then says that the
+    change may or may not have been made.
+    """
     call: Any = error  # grpc raises objects that are both RpcError and Call
     code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
     details = call.details() if hasattr(call, "details") else str(error)
-    raise error_for_status(code, details or "", _error_name(error)) from None
+    name = _error_name(error)
+    if changes is not None and name is None and code in _CUT_OFF:
+        details = (
+            f"{details} (the call was cut off before the server answered: {changes} may or "
+            "may not have been made; look, or make the call again)"
+        )
+    raise error_for_status(code, details or "", name) from None
 
 
 def _positive_seconds(name: str, value: object) -> float:
@@ -491,7 +510,7 @@ class Client:
             except grpc.RpcError as error:
                 if failed:
                     raise failed[0] from None
-                _raise_mapped(error)
+                _raise_mapped(error, changes=f"the put of {dataset}/{shard}")
         return shard_info_from_pb(reply)
 
     def _read_whole(

@@ -91,7 +91,11 @@ def error_for_status(
     A rejected server certificate is :class:`ServerCertificateRejected`.
     """
     if error_name is None and is_certificate_rejection(code, message):
-        return errors.ServerCertificateRejected(message)
+        return errors.ServerCertificateRejected(
+            "the server's TLS certificate did not verify against the CA file given "
+            "(ca= or TIERSTORE_CA: it should be the server's <data-dir>/tls/ca.pem; "
+            f"not retried): {message}"
+        )
     cls = _BY_NAME.get(error_name or "")
     if cls is not None and grpc.StatusCode[cls.status_code] == code:
         return cls(message)
