@@ -37,6 +37,7 @@ FIELDS = {
     "miss_ratio_vs_belady",
     "miss_ratio_vs_lru",
     "hit_ratio_vs_lru",
+    "warmup_reads",
 }
 
 
@@ -84,6 +85,23 @@ def test_a_workload_sweep_prints_json_rows_for_every_policy_and_capacity() -> No
         assert r["miss_ratio"] == pytest.approx(1.0 - r["hit_ratio"])
     belady = [r for r in rows if r["policy"] == "belady"]
     assert all(r["miss_ratio_vs_belady"] == 1.0 for r in belady)
+
+
+def test_a_workload_is_measured_in_its_steady_state_unless_told_otherwise() -> None:
+    # The cold first epoch was counted: Belady read 0.08 on single-job epochs at 10%,
+    # where docs/policies.md (steady state) says exactly C/N = 0.10.
+    args = (*WORKLOAD, "--policy", "s3fifo", "--capacity", "0.1", "--seeds", "1", "--json")
+    steady = {r["policy"]: r for r in json_rows(invoke(*args))}
+    assert steady["belady"]["hit_ratio"] == pytest.approx(0.10)
+    assert steady["belady"]["warmup_reads"] == 2000  # one epoch of the 2,000 shards
+    cold = {r["policy"]: r for r in json_rows(invoke(*args, "--warmup-reads", "0"))}
+    assert cold["belady"]["hit_ratio"] == pytest.approx(0.08)  # 800 of 10,000 reads
+    assert cold["belady"]["warmup_reads"] == 0
+    table = invoke(*WORKLOAD, "--policy", "s3fifo", "--capacity", "0.1", "--seeds", "1")
+    assert "first 2,000 reads not counted" in " ".join(table.stdout.split())
+    for bad, says in (("-1", "must not be negative"), ("10000", "leaves none")):
+        refused = invoke(*args, "--warmup-reads", bad)
+        assert refused.exit_code == 2 and says in refused.stderr, refused.output
 
 
 def test_the_default_is_a_table_of_every_live_policy() -> None:

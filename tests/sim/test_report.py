@@ -72,6 +72,7 @@ def test_json_rows_carry_every_field_and_null_for_missing_ratios() -> None:
             "miss_ratio_vs_belady": 1.6,
             "miss_ratio_vs_lru": None,
             "hit_ratio_vs_lru": 1.25,
+            "warmup_reads": 0,
         }
     ]
 

@@ -59,6 +59,8 @@ class SweepRow:
     miss_ratio_vs_belady: float | None
     miss_ratio_vs_lru: float | None
     hit_ratio_vs_lru: float | None
+    #: reads of each run replayed to warm the tier but not counted (mean over the seeds)
+    warmup_reads: int = 0
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -107,6 +109,9 @@ def rows_table(rows: Sequence[SweepRow]) -> Table:
         title += f", {seeds[0]} seed{'s' if seeds[0] != 1 else ''} a row"
     else:
         columns.insert(-6, _SEEDS)
+    warmups = {row.warmup_reads for row in rows}
+    if len(warmups) == 1 and (warmup := warmups.pop()):
+        title += f", the first {warmup:,} reads not counted (warm-up)"
     table = Table(
         title=title,
         title_justify="left",

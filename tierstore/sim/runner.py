@@ -55,6 +55,7 @@ def sweep(
     *,
     workload: str | None = None,
     progress: Progress | None = None,
+    warmup: Callable[[Trace], int] | None = None,
 ) -> list[SweepRow]:
     """Rows for every (capacity fraction, policy), averaged over the traces.
 
@@ -62,7 +63,9 @@ def sweep(
     ``seeds`` (default ``[0]``), or a sequence of traces (then ``seeds`` must be
     None; each trace counts as one seed). Rows come ordered by capacity fraction,
     then policy as :func:`sweep_policies` orders them. ``workload`` names the rows
-    (default: the first trace's name).
+    (default: the first trace's name). ``warmup(trace)``: how many of a trace's first
+    reads to replay without counting them (default: none; the tier starts cold, so the
+    figures then include filling it).
 
     Raises UnknownPolicy for an unknown policy name; InvalidArgument for no
     policies, no capacities, a fraction outside (0, 1], no seeds or traces, seeds
@@ -76,16 +79,17 @@ def sweep(
     traces = _traces(source, seeds)
     # capacities[trace index][fraction index], all checked before the first replay.
     capacities = [[_capacity(trace, f) for f in fractions] for trace in traces]
+    skips = [_warmup_reads(trace, warmup) for trace in traces]
     runs = len(traces) * len(fractions) * len(names)
     done = 0
     # results[fraction index][policy]: one result per trace
     results: list[dict[str, list[SimResult]]] = [{n: [] for n in names} for _ in fractions]
-    for trace, trace_capacities in zip(traces, capacities, strict=True):
+    for trace, trace_capacities, skip in zip(traces, capacities, skips, strict=True):
         future = [read.key for read in trace.reads()]
         for index, capacity in enumerate(trace_capacities):
             for name in names:
                 policy = make_policy(name, future=future if name in OFFLINE_POLICY_NAMES else None)
-                results[index][name].append(simulate(trace, policy, capacity))
+                results[index][name].append(simulate(trace, policy, capacity, warmup_reads=skip))
                 done += 1
                 if progress is not None:
                     progress(done, runs)
@@ -109,6 +113,7 @@ def sweep(
                     miss_ratio_vs_belady=ratio(mean.miss_ratio, belady.miss_ratio),
                     miss_ratio_vs_lru=ratio(mean.miss_ratio, lru.miss_ratio),
                     hit_ratio_vs_lru=ratio(mean.hit_ratio, lru.hit_ratio),
+                    warmup_reads=round(fmean(skips)),
                 )
             )
     return rows
@@ -166,3 +171,17 @@ def _traces(source: TraceSource, seeds: Sequence[int] | None) -> list[Trace]:
     if not traces:
         raise InvalidArgument("no traces to simulate")
     return traces
+
+
+def _warmup_reads(trace: Trace, warmup: Callable[[Trace], int] | None) -> int:
+    """How many of ``trace``'s first reads ``warmup`` leaves uncounted (0 without it).
+    InvalidArgument for a negative count, or one that leaves no read to count."""
+    skip = 0 if warmup is None else warmup(trace)
+    reads = len(trace.reads())
+    if skip < 0:
+        raise InvalidArgument(f"the warm-up must not be negative, got {skip} reads")
+    if skip and skip >= reads:
+        raise InvalidArgument(
+            f"a warm-up of {skip:,} reads leaves none of {trace.name!r}'s {reads:,} to count"
+        )
+    return skip
