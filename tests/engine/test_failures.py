@@ -7,6 +7,8 @@ The full disk is an LMDB map of 512 KiB.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +18,7 @@ from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
 from tests.tiers.test_lmdb import killed_reader
+from tierstore.engine import mover as mover_module
 from tierstore.engine.store import hot_tier_dir
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -87,6 +90,33 @@ def test_archive_down_is_unavailable_never_missing_and_loses_nothing(
         assert store.get(dataset, name).to_bytes() == expected
     assert store.get("enc", "cold").to_bytes() == cold
     assert store.stats().mover_error is None
+
+
+def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An archive that takes connections and never answers (a stopped process) showed
+    # nothing for minutes: each request waits out its read time-out, then retries.
+    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
+    release = threading.Event()
+
+    def frozen(_n: int, _request: object) -> tuple[int, dict[str, str], bytes]:
+        release.wait(60)
+        return s3_error(500, "InternalError")
+
+    server = ScriptedServer(frozen)
+    tier = S3Tier(dataclasses.replace(fast_settings(server.endpoint_url, 5), read_timeout_s=60))
+    try:
+        store = open_store(tier, datasets={"plain": DatasetSettings()})
+        store.put("plain", "s", b"acknowledged before the archive froze")
+        wait_until(lambda: store.stats().mover_error is not None, "the mover to report the freeze")
+        stalled = store.stats().mover_error or ""
+        assert "taken no data" in stalled and "still trying" in stalled
+        assert not release.is_set()  # seen while the first request still waited
+    finally:
+        release.set()
+        tier.close()
+        server.close()
 
 
 def test_a_put_that_could_never_fit_is_named_before_it_is_collected(

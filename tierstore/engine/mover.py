@@ -87,6 +87,8 @@ _UPLOADS_SCANNED = 10_000
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
 _STOP = None
+#: seconds a journal entry may hand the archive no data before archive_failure says so
+STALL_REPORT_S = 30.0
 
 
 def _manifest_generation(key: str, prefix: str) -> int | None:
@@ -177,6 +179,9 @@ class Mover:
         self._journal_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
+        #: when the journal entry being carried out last handed the archive data (or
+        #: began), None between entries: see archive_failure.
+        self._archive_progress: float | None = None
         #: why journal entries may not run now (None: they may): see hold_archive.
         self._archive_hold: str | None = None
         #: shards promoted into and evicted from the hot tier since start (for metrics).
@@ -316,7 +321,7 @@ class Mover:
         archive is down or refusing)."""
         journal = self._journal_thread
         running = journal is not None and journal.is_alive()
-        if not running or self._stop.is_set() or self.last_error is not None:
+        if not running or self._stop.is_set() or self.archive_failure() is not None:
             return False
         now = time.time()
         with self._env.read() as txn:
@@ -345,6 +350,24 @@ class Mover:
                 if not self.run_entry(seq):
                     return False
         return False
+
+    def archive_failure(self) -> str | None:
+        """Why the archive is failing, or None: the last journal entry's error (or the
+        hold), else an entry in progress that has handed the archive no data for
+        ``STALL_REPORT_S``. A frozen archive (a process stopped, a link dropping packets)
+        answers nothing, and its requests' time-outs and retries take minutes to end
+        (read_timeout_s x max_attempts): stats and /metrics say so meanwhile. May name
+        a shard: for callers with a role on every dataset only."""
+        if self.last_error is not None:
+            return self.last_error
+        since = self._archive_progress
+        idle = 0.0 if since is None else time.monotonic() - since
+        if idle < STALL_REPORT_S:
+            return None
+        return (
+            f"the archive has taken no data of the current journal entry for {idle:.0f} s "
+            "(no answer yet; the mover is still trying)"
+        )
 
     def hold_archive(self, reason: str | None) -> None:
         """While ``reason`` is set, no journal entry runs, the mover's or a write-through
@@ -419,7 +442,7 @@ class Mover:
             if op is None:
                 return True
             try:
-                uploaded = self._apply(op)
+                uploaded = self._apply_watched(op)
             except KeyUnwrapError as exc:
                 # Most often the wrong master key: the frames are likely intact, and
                 # dropping the entry would leave the shard unarchived for good. Keep it
@@ -467,6 +490,14 @@ class Mover:
             self._retry_delay = self._settings.mover_retry_initial_s
             self.last_error = None
             return True
+
+    def _apply_watched(self, op: JournalOp) -> ShardRecord | None:
+        """:meth:`_apply`, its progress watched by :meth:`archive_failure`."""
+        self._archive_progress = time.monotonic()
+        try:
+            return self._apply(op)
+        finally:
+            self._archive_progress = None
 
     def _apply(self, op: JournalOp) -> ShardRecord | None:
         """Carry ``op`` out in the archive; returns the generation it put there, if any
@@ -585,6 +616,8 @@ class Mover:
                 )
             # A frame damaged on local disk must not become the archive's copy too.
             self._verify(record, index, memoryview(frame))
+            # The archive asks for the next frame only as it takes the ones before.
+            self._archive_progress = time.monotonic()
             yield frame
 
     # Access statistics.

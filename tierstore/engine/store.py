@@ -1047,7 +1047,7 @@ class Store:
             lmdb_file_bytes=self._env.file_size(),
             live_read_leases=self._reader.leases.live,
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
-            mover_error=self.mover.last_error,
+            mover_error=self.mover.archive_failure(),
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
         )

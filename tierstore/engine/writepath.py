@@ -192,10 +192,11 @@ class ShardWriter:
                     f"({self._archive_trouble()}); the mover keeps retrying"
                 )
             if not self._mover.archive_holds_since(dataset, shard, record.generation):
+                failing = self._mover.archive_failure() is not None
                 raise ArchiveUnavailable(
                     f"{dataset}/{shard} is committed locally, but newer puts of it overtook "
                     "this one and none of them has reached the archive yet "
-                    f"({self._archive_trouble() if self._mover.last_error else 'they kept coming'}"
+                    f"({self._archive_trouble() if failing else 'they kept coming'}"
                     "); the mover keeps trying"
                 )
             with self._env.read() as txn:
@@ -329,7 +330,7 @@ class ShardWriter:
                     + (
                         f"the mover is failing ({self._archive_trouble()}): retry once the "
                         "archive is back and the mover has caught up"
-                        if self._mover.last_error
+                        if self._mover.archive_failure()
                         else "retry when the mover has caught up"
                     )
                 )
