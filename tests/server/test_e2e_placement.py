@@ -75,6 +75,9 @@ def test_access_plans_declare_report_close(admin: Client) -> None:
         admin.report_position(job, 7)
     with pytest.raises(errors.InvalidArgument):
         admin.report_position(job, -1)
+    # Past what the wire carries: it said "must be a whole number >= 0" of a positive one.
+    with pytest.raises(errors.InvalidArgument, match="from 0 to the plan's length"):
+        admin.report_position(job, 2**70)
     admin.close_plan(job)
     with pytest.raises(errors.PlanNotFound):
         admin.report_position(job, 1)

@@ -832,7 +832,10 @@ class Client:
         alive. Raises PlanNotFound (unknown, closed or expired), InvalidArgument
         (``position`` negative or past the plan's end)."""
         if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**64:
-            raise InvalidArgument(f"position must be a whole number >= 0, got {position!r}")
+            raise InvalidArgument(
+                "position must be a whole number from 0 to the plan's length (entries read "
+                f"so far), got {position!r}"
+            )
         self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(
