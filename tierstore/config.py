@@ -64,9 +64,11 @@ class EngineSettings:
     #: service an RPC worker); beyond that a put at its quota fails at once.
     max_quota_waiters: int = 8
     #: archive: parallel ranged GETs per cold read, and the parts of one upload the mover
-    #: (or a write-through put) sends at once.
+    #: (or a write-through put) sends at once. 1 by default: with the archive on the
+    #: node's own cores, more uploads at once took CPU from puts (docs/engine.md); raise
+    #: it for a remote archive, where one connection carries a fraction of the bandwidth.
     cold_read_parallelism: int = 16
-    mover_threads: int = 2
+    mover_threads: int = 1
     #: retry back-off of the mover for a failing archive (seconds, doubled per attempt).
     mover_retry_initial_s: float = 0.2
     mover_retry_max_s: float = 30.0

@@ -54,8 +54,9 @@ class S3Settings:
     max_pool_connections: int = DEFAULT_POOL_CONNECTIONS
     multipart_threshold: int = 16 * MiB
     multipart_part_size: int = 8 * MiB
-    #: parts of one multipart upload sent at once (the engine's ``mover_threads``).
-    upload_parallelism: int = 2
+    #: parts of one multipart upload sent at once (the engine's ``mover_threads``; 1:
+    #: one after another on the uploading thread).
+    upload_parallelism: int = 1
     #: First retry backoff; it doubles per attempt (plus up to this much jitter).
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0

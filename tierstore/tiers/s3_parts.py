@@ -106,6 +106,9 @@ def put_multipart(
         for number, part in enumerate(parts, start=1):
             if number > _MAX_PARTS:
                 raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
+            if settings.upload_parallelism == 1:
+                done.append(send(number, part))  # on this thread: no second one cutting
+                continue
             if len(in_flight) >= settings.upload_parallelism:
                 collect(FIRST_COMPLETED)
             in_flight.add(senders.submit(send, number, part))
