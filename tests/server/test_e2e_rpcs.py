@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tierstore import errors
 from tierstore.client.client import Client
+from tierstore.client.client import _raise_mapped as raise_mapped
 from tierstore.client.receive import open_stream
 from tierstore.types import DatasetSettings, Durability, Grant, Role, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
@@ -214,6 +215,26 @@ def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
         with pytest.raises(errors.Unavailable, match="may or may not have been made") as cut:
             client.put(any_dataset, "cut", os.urandom(8 << 20))
     assert "DEADLINE_EXCEEDED" in str(cut.value) and f"{any_dataset}/cut" in str(cut.value)
+
+
+def test_a_stream_cut_by_a_closed_channel_says_the_client_was_closed(
+    server: ServerProcess, admin: Client, any_dataset: str
+) -> None:
+    # A stream in flight when close() ran said gRPC's "CANCELLED: Stream removed
+    # (Channel closed!)", and nothing of why.
+    admin.put(any_dataset, "big", os.urandom(64 << 20))
+    channel = server.channel()
+    stub = shards_pb2_grpc.ShardServiceStub(channel)
+    request = shards_pb2.GetShardRequest(dataset=any_dataset, shard="big")
+    responses = stub.GetShard(request, metadata=server.metadata)
+    next(responses)  # the header: the stream is open, most of its frames still to come
+    channel.close()
+    with pytest.raises(grpc.RpcError) as cut:
+        for _ in responses:
+            pass
+    assert cut.value.code() is grpc.StatusCode.CANCELLED
+    with pytest.raises(errors.Unavailable, match="the client was closed while this call"):
+        raise_mapped(cut.value)
 
 
 @pytest.mark.parametrize("local_reads", [True, False], ids=["local", "service"])

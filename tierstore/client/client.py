@@ -140,8 +140,13 @@ def _error_name(error: grpc.RpcError) -> str | None:
     return None
 
 
-#: What grpc's ValueError says of a channel closed under a call (its wording varies).
+#: What grpc's ValueError says of a channel closed under a call (its wording varies),
+#: and a stream's CANCELLED status too ("Stream removed (Channel closed!)").
 _CLOSED_CHANNEL = ("closed channel", "Channel closed")
+_CLOSED_UNDER_CALL = (
+    "the client was closed while this call was being made: close() ends the calls in "
+    "flight (a call made after it opens a new channel)"
+)
 
 
 @contextmanager
@@ -153,10 +158,7 @@ def _closed_channel_is_unavailable() -> Iterator[None]:
     except ValueError as error:
         if not any(text in str(error) for text in _CLOSED_CHANNEL):
             raise
-        raise Unavailable(
-            "the client was closed while this call was being made: close() ends the "
-            "calls in flight (a call made after it opens a new channel)"
-        ) from None
+        raise Unavailable(_CLOSED_UNDER_CALL) from None
 
 
 def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
@@ -202,14 +204,16 @@ def _raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
     """
     call: Any = error  # grpc raises objects that are both RpcError and Call
     code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
-    details = call.details() if hasattr(call, "details") else str(error)
+    details = (call.details() if hasattr(call, "details") else str(error)) or ""
     name = _error_name(error)
+    if code == grpc.StatusCode.CANCELLED and any(text in details for text in _CLOSED_CHANNEL):
+        details = f"{_CLOSED_UNDER_CALL}; gRPC said: {details}"
     if changes is not None and name is None and code in _CUT_OFF:
         details = (
             f"{details} (the call was cut off before the server answered: {changes} may or "
             "may not have been made; look, or make the call again)"
         )
-    raise error_for_status(code, details or "", name) from None
+    raise error_for_status(code, details, name) from None
 
 
 def _positive_seconds(name: str, value: object) -> float:
