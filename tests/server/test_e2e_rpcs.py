@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,27 @@ def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
         with pytest.raises(errors.Unavailable, match="may or may not have been made") as cut:
             client.put(any_dataset, "cut", os.urandom(8 << 20))
     assert "DEADLINE_EXCEEDED" in str(cut.value) and f"{any_dataset}/cut" in str(cut.value)
+
+
+def test_a_client_without_a_token_is_told_so(
+    server: ServerProcess, admin: Client, any_dataset: str
+) -> None:
+    # The server's "missing or invalid credentials" did not say which, and a script
+    # whose TIERSTORE_TOKEN was unset looked like one with a wrong token.
+    admin.put(any_dataset, "s", b"data")
+    with server.connect(token=None, environ={}) as anonymous:
+        calls: list[Callable[[], object]] = [
+            anonymous.list_datasets,
+            lambda: anonymous.get(any_dataset, "s"),
+            lambda: anonymous.put(any_dataset, "t", b"more"),
+        ]
+        for call in calls:
+            with pytest.raises(errors.Unauthenticated, match="this client has no token"):
+                call()
+    with server.connect(token="ts_0_" + "x" * 40) as wrong:
+        with pytest.raises(errors.Unauthenticated) as refused:
+            wrong.list_datasets()
+        assert "no token" not in str(refused.value)
 
 
 def test_a_stream_cut_by_a_closed_channel_says_the_client_was_closed(

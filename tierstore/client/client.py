@@ -51,6 +51,7 @@ from tierstore.errors import (
     InvalidArgument,
     InvalidPlan,
     InvalidRange,
+    Unauthenticated,
     Unavailable,
     WrongShardKind,
 )
@@ -373,7 +374,22 @@ class Client:
                     request, timeout=timeout_s or self.timeout_s, metadata=self._channel.metadata
                 )
 
-        return _retried(attempt, idempotent)
+        with self._no_token_named():
+            return _retried(attempt, idempotent)
+
+    @contextmanager
+    def _no_token_named(self) -> Iterator[None]:
+        """Say so when the server refused a call for want of credentials and this client
+        has no token: the server's "missing or invalid credentials" does not tell which."""
+        try:
+            yield
+        except Unauthenticated as exc:
+            if self._channel.settings.token is not None:
+                raise
+            raise Unauthenticated(
+                f"{exc}: this client has no token (give token= or token_file= to connect(), "
+                "or set TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE)"
+            ) from None
 
     # Datasets.
 
@@ -506,15 +522,18 @@ class Client:
                 yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
-            try:
-                with GATE.call(), _closed_channel_is_unavailable():
-                    reply = stub.PutShard(
-                        messages(), timeout=self.stream_timeout_s, metadata=self._channel.metadata
-                    )
-            except grpc.RpcError as error:
-                if failed:
-                    raise failed[0] from None
-                _raise_mapped(error, changes=f"the put of {dataset}/{shard}")
+            with self._no_token_named():
+                try:
+                    with GATE.call(), _closed_channel_is_unavailable():
+                        reply = stub.PutShard(
+                            messages(),
+                            timeout=self.stream_timeout_s,
+                            metadata=self._channel.metadata,
+                        )
+                except grpc.RpcError as error:
+                    if failed:
+                        raise failed[0] from None
+                    _raise_mapped(error, changes=f"the put of {dataset}/{shard}")
         return shard_info_from_pb(reply)
 
     def _read_whole(
@@ -545,7 +564,8 @@ class Client:
             )
             return receive(open_stream(responses, request))
 
-        return _retried(attempt, True, deadline)
+        with self._no_token_named():
+            return _retried(attempt, True, deadline)
 
     def get(
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
