@@ -214,36 +214,75 @@ class LocalKeyring:
         same bytes (a key some record may be wrapped with would be dropped).
         Thread-safe.
         """
+
+        def rotate(on_file: LocalKeyring) -> LocalKeyring:
+            key_id = _unused_key_id(on_file.keys)
+            return LocalKeyring(
+                keys={**on_file.keys, key_id: AESGCM.generate_key(bit_length=256)},
+                current=key_id,
+            )
+
+        return self._rewritten_file(path, rotate, check, "rotate")
+
+    def retired_file(
+        self, path: Path, key_id: str, check: Callable[[LocalKeyring], None] | None = None
+    ) -> LocalKeyring:
+        """Remove the master key ``key_id`` from the key file at ``path`` and return the
+        keyring of the file as written, as :meth:`rotated_file` does (the same lock,
+        ``check`` and atomic replace): for a key no record is wrapped with any more,
+        which ``check`` (the store's) makes sure of. The current key is never retired.
+
+        Raises :class:`KeyRotationRefused`, with the file unchanged, for an id the file
+        does not hold, the current key, and as :meth:`rotated_file` does.
+        """
+
+        def retire(on_file: LocalKeyring) -> LocalKeyring:
+            if key_id not in on_file.keys:
+                raise KeyRotationRefused(
+                    f"key file {path} holds no master key {key_id!r} (it holds "
+                    f"{sorted(on_file.keys)})"
+                )
+            if key_id == on_file.current:
+                raise KeyRotationRefused(
+                    f"master key {key_id!r} is the current key, which new data keys are "
+                    "wrapped with: rotate first (tierstore keys rotate), then retire it"
+                )
+            kept = {name: key for name, key in on_file.keys.items() if name != key_id}
+            return LocalKeyring(keys=kept, current=on_file.current)
+
+        return self._rewritten_file(path, retire, check, "retire a key of")
+
+    def _rewritten_file(
+        self,
+        path: Path,
+        change: Callable[[LocalKeyring], LocalKeyring],
+        check: Callable[[LocalKeyring], None] | None,
+        doing: str,
+    ) -> LocalKeyring:
+        """Replace the key file at ``path`` with ``change`` of what it holds, under its
+        lock, after ``check``: :meth:`rotated_file` and :meth:`retired_file`."""
         path = path.resolve()
         try:
             with exclusive_lock(path.with_name(path.name + ".lock")):
-                return self._rotated_file_locked(path, check)
+                try:
+                    on_file = LocalKeyring.from_file(path)
+                except InvalidArgument as exc:
+                    raise KeyRotationRefused(f"cannot {doing} key file: {exc}") from exc
+                missing = sorted(k for k, key in self.keys.items() if on_file.keys.get(k) != key)
+                if missing:
+                    raise KeyRotationRefused(
+                        f"key file {path} no longer holds master key(s) {missing} as this "
+                        "process holds them; rewriting it would drop keys that records may "
+                        "be wrapped with, so nothing was changed: put those keys back in "
+                        "the file"
+                    )
+                changed = change(on_file)
+                if check is not None:
+                    check(changed)
+                _write_key_file(path, changed.keys, changed.current)
+                return changed
         except OSError as exc:
-            raise KeyRotationRefused(f"cannot rotate key file {path}: {exc}") from exc
-
-    def _rotated_file_locked(
-        self, path: Path, check: Callable[[LocalKeyring], None] | None
-    ) -> LocalKeyring:
-        """:meth:`rotated_file` once the key file's lock is held."""
-        try:
-            on_file = LocalKeyring.from_file(path)
-        except InvalidArgument as exc:
-            raise KeyRotationRefused(f"cannot rotate: {exc}") from exc
-        missing = sorted(k for k, key in self.keys.items() if on_file.keys.get(k) != key)
-        if missing:
-            raise KeyRotationRefused(
-                f"key file {path} no longer holds master key(s) {missing} as this process "
-                "holds them; rotating would drop keys that records may be wrapped with, "
-                "so nothing was changed: put those keys back in the file"
-            )
-        key_id = _unused_key_id(on_file.keys)
-        rotated = LocalKeyring(
-            keys={**on_file.keys, key_id: AESGCM.generate_key(bit_length=256)}, current=key_id
-        )
-        if check is not None:
-            check(rotated)
-        _write_key_file(path, rotated.keys, key_id)
-        return rotated
+            raise KeyRotationRefused(f"cannot {doing} key file {path}: {exc}") from exc
 
     def wrap(self, data_key: bytes, context: bytes) -> WrappedKey:
         nonce = os.urandom(_WRAP_NONCE_BYTES)

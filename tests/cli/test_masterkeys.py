@@ -143,6 +143,69 @@ def test_a_rotation_the_store_refuses_leaves_the_key_file_as_it_was(
     assert sorted(LocalKeyring.from_file(path).keys) == ["k1", "k7", "k8"]
 
 
+def key_file_of(keyring: LocalKeyring, path: Path) -> Path:
+    """``keyring`` written as a key file at ``path``."""
+    keys = {key_id: base64.b64encode(key).decode() for key_id, key in keyring.keys.items()}
+    path.write_text(json.dumps({"current": keyring.current, "keys": keys}))
+    return path
+
+
+def test_a_key_is_retired_only_once_nothing_needs_it(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # Retiring a key was a hand edit of the key file, checked only at the next start.
+    archive = MemoryTier()
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    secret = payload(3000)
+    store.put("enc", "s", secret)
+    path = key_file_of(KEYRING, tmp_path / "master.keys")
+    keys = KeyRotation(NodeKeys(KEYRING, path), store)
+    refusals = {
+        "k1": "is the current key",  # new data keys are wrapped with it
+        "k9": "holds no master key 'k9'",
+    }
+    for key_id, says in refusals.items():
+        with pytest.raises(KeyRotationRefused, match=says):
+            keys.retire(key_id)
+        assert LocalKeyring.from_file(path) == KEYRING
+    assert keys() == 1  # k2 current, the data key rewrapped
+    # The mover has not resealed the archive's metadata under k2 yet.
+    with pytest.raises(KeyRotationRefused, match="still to be resealed under 'k2'"):
+        keys.retire("k1")
+    assert sorted(LocalKeyring.from_file(path).keys) == ["k1", "k2"]
+    store.start_background()
+    assert store.drain(10)
+    assert keys.retire("k1") == ("k2",)
+    assert sorted(LocalKeyring.from_file(path).keys) == ["k2"]
+    assert store.get("enc", "s").to_bytes() == secret
+    # A restart with the file as it is now reads everything, hot and from the archive.
+    store = open_store.reopen(store, archive, LocalKeyring.from_file(path))
+    check_node_keys(NodeKeys(LocalKeyring.from_file(path), path), store)
+    store.evict("enc", "s")
+    assert store.get("enc", "s").to_bytes() == secret
+
+
+def test_a_key_records_still_use_is_not_retired(open_store: StoreFactory, tmp_path: Path) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    store.put("enc", "s", payload(10))
+    # k2 made current in the file by hand, without a rotation: the data key stays
+    # wrapped under k1.
+    both = LocalKeyring(keys={**KEYRING.keys, "k2": os.urandom(32)}, current="k2")
+    path = key_file_of(both, tmp_path / "master.keys")
+    store = open_store.reopen(store, MemoryTier(), both, start_mover=False)
+    with pytest.raises(KeyRotationRefused, match="k1"):
+        KeyRotation(NodeKeys(both, path), store).retire("k1")
+    assert LocalKeyring.from_file(path) == both
+    assert store.get("enc", "s").to_bytes() == payload(10)
+
+
+def test_a_base64_key_has_no_key_to_retire(open_store: StoreFactory) -> None:
+    keyring = LocalKeyring.from_base64(base64.b64encode(os.urandom(32)).decode())
+    store = open_store(keyring=keyring, datasets=DATASETS, start_mover=False)
+    with pytest.raises(KeyRotationRefused, match="none to retire"):
+        KeyRotation(NodeKeys(keyring, None), store).retire(keyring.current)
+
+
 def archived_then_stopped(open_store: StoreFactory, archive: MemoryTier) -> Store:
     """A node with a plaintext shard in ``archive``, restarted with its mover stopped."""
     store = open_store(archive, datasets={"plain": DATASETS["plain"]})

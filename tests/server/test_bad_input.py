@@ -71,6 +71,7 @@ UNARY = [
     ADMIN + "RevokeToken",
     ADMIN + "ListTokens",
     ADMIN + "RotateKeys",
+    ADMIN + "RetireKey",
 ]
 
 

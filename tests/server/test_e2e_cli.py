@@ -553,6 +553,20 @@ def test_token_create_ls_revoke_and_keys_rotate(
     second = ok(env, "keys", "rotate")
     assert first["key_id"] and second["key_id"] != first["key_id"]
     assert isinstance(first["rewrapped"], int) and isinstance(second["rewrapped"], int)
+    current = run(env, "keys", "retire", second["key_id"])
+    assert current.returncode != 0 and "KeyRotationRefused" in one_line_error(current)
+    # An older key goes once the mover has resealed the archive under the current one.
+    retired = poll(
+        lambda: (done := run(env, "keys", "retire", first["key_id"])).returncode == 0 and done,
+        60,
+        "the older key to be retired",
+    )
+    assert json.loads(retired.stdout) == {
+        "retired": first["key_id"],
+        "key_ids": json.loads(retired.stdout)["key_ids"],
+        "current": second["key_id"],
+    }
+    assert first["key_id"] not in json.loads(retired.stdout)["key_ids"]
 
 
 def one_line_error(done: Ran) -> str:

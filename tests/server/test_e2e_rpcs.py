@@ -7,6 +7,7 @@ reflection) go through raw grpc stubs on the same TLS channel, with the admin to
 from __future__ import annotations
 
 import gc
+import json
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -448,6 +449,42 @@ def test_rotate_keys_rewraps_and_keeps_data_readable(admin: Client) -> None:
     assert again >= len(blobs)
     for name, blob in blobs.items():
         assert admin.get(dataset, name).to_pybytes() == blob
+
+
+def test_an_old_master_key_is_retired_once_the_archive_no_longer_needs_it(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Retiring a key was a hand edit of master.keys, checked at the next start only.
+    node = spawn_server(tmp_path / "node")
+    key_file = node.data_dir / "master.keys"
+    with node.connect() as admin:
+        dataset = unique()
+        admin.create_dataset(dataset, encrypted=True)
+        admin.put(dataset, "s", b"secret" * 1000)
+        with pytest.raises(errors.KeyRotationRefused, match="current key"):
+            admin.retire_key("k1")
+        _, current = admin.rotate_keys()
+        assert current == "k2"
+
+        def retired() -> tuple[list[str], str] | None:
+            try:  # refused while the mover reseals the archive's metadata under k2
+                return admin.retire_key("k1")
+            except errors.KeyRotationRefused as refused:
+                assert "resealed" in str(refused), refused
+                return None
+
+        assert poll(retired, 60, "k1 to be retired") == (["k2"], "k2")
+        assert sorted(json.loads(key_file.read_text())["keys"]) == ["k2"]
+        with pytest.raises(errors.KeyRotationRefused, match="holds no master key 'k1'"):
+            admin.retire_key("k1")
+        _, reader_token = admin.create_token("reader", [Grant(dataset, Role.READER)])
+        with node.connect(token=reader_token) as reader, pytest.raises(errors.PermissionDenied):
+            reader.retire_key("k2")
+    assert node.stop() == 0
+    node.start()  # the start-up check reads the catalog and the archive with k2 alone
+    with node.connect() as admin:
+        admin.evict(dataset, "s")
+        assert admin.get(dataset, "s").to_pybytes() == b"secret" * 1000
 
 
 def test_health_on_both_ports(server: ServerProcess) -> None:

@@ -105,6 +105,7 @@ def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -
         "RevokeToken": admin_pb2.RevokeTokenRequest(token_id="0" * 12),
         "ListTokens": admin_pb2.ListTokensRequest(),
         "RotateKeys": admin_pb2.RotateKeysRequest(),
+        "RetireKey": admin_pb2.RetireKeyRequest(key_id="k1"),
         "ExportTrace": admin_pb2.ExportTraceRequest(),
     }
     return requests[name]
@@ -471,7 +472,14 @@ def test_only_admins_create_datasets(node: Node, who: str, name: str) -> None:
 
 ADMIN_RPCS = [
     ADMIN + name
-    for name in ("CreateToken", "RevokeToken", "ListTokens", "RotateKeys", "ExportTrace")
+    for name in (
+        "CreateToken",
+        "RevokeToken",
+        "ListTokens",
+        "RotateKeys",
+        "RetireKey",
+        "ExportTrace",
+    )
 ]
 
 

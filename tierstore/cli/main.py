@@ -1182,6 +1182,18 @@ def keys_rotate() -> None:
     )
 
 
+@keys_app.command("retire", cls=_ClientCommand)
+def keys_retire(key_id: str) -> None:
+    """Drop an old master key from the node's key file, once nothing needs it: after a
+    rotation, when the mover has resealed the archive under the new key. Refused, with
+    nothing changed, before that, and for the current key."""
+    left, current = _run(lambda: _client().retire_key(key_id))
+    _emit(
+        {"retired": key_id, "key_ids": left, "current": current},
+        f"retired master key {key_id}; the key file holds {', '.join(left)} (current: {current})",
+    )
+
+
 def _register_simulate() -> None:
     # Imported here, not at the top: simulate.py imports this module for its helpers.
     from tierstore.cli.simulate import simulate

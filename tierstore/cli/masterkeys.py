@@ -1,5 +1,6 @@
 """The master keys of a node that ``tierstore serve`` runs: where they come from, the
-first key of a new node, the check that they read what the node holds, and rotation.
+first key of a new node, the check that they read what the node holds, rotation and
+retirement.
 
 Where from, the first that names one (README "Configuration": the settings file, then
 ``TIERSTORE_*`` variables, then flags)::
@@ -273,6 +274,24 @@ class KeyRotation:
         with self._lock:
             self._keyring = self._keyring.rotated_file(self._key_file, self._store.check_keyring)
             return self._store.rotate_master_key(self._keyring)
+
+    def retire(self, key_id: str) -> tuple[str, ...]:
+        """Remove master key ``key_id`` from the key file, once nothing needs it (see
+        :meth:`Store.check_key_retirement`), and switch the store to the keys left;
+        returns their ids. KeyRotationRefused, nothing changed, for a base64 key, the
+        current key, a key still in use, or a key file that cannot be rewritten."""
+        if self._key_file is None:
+            raise KeyRotationRefused(
+                f"{_BASE64_SOURCE} is one key, the current one: there is none to retire"
+            )
+        key_file = self._key_file
+        with self._lock:
+            retired = self._keyring.retired_file(
+                key_file, key_id, lambda left: self._store.check_key_retirement(key_id, left)
+            )
+            self._keyring = retired
+            self._store.rotate_master_key(retired)  # nothing to rewrap: switches keyrings
+            return tuple(sorted(retired.keys))
 
 
 def _count(n: int, noun: str) -> str:

@@ -919,6 +919,19 @@ class Client:
         reply = self._call(stub.RotateKeys, admin_pb2.RotateKeysRequest(), idempotent=False)
         return int(reply.rewrapped), reply.key_id
 
+    def retire_key(self, key_id: str) -> tuple[builtins.list[str], str]:
+        """Drop master key ``key_id`` from the node's key file, once no data key and no
+        archive object needs it (admin on "*"); returns ``(the key ids left, the
+        current one)``. Raises KeyRotationRefused (nothing changed) for the current
+        key, an unknown id, or a key still needed: after a rotation, until the mover
+        has resealed the archive's metadata under the new key."""
+        if not isinstance(key_id, str) or not key_id:
+            raise InvalidArgument(f"key_id must be a master key's id, not {key_id!r}")
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        request = admin_pb2.RetireKeyRequest(key_id=key_id)
+        reply = self._call(stub.RetireKey, request, idempotent=False)
+        return list(reply.key_ids), reply.current
+
     def export_trace(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The server's recent reads and plan events (of ``dataset``, or all), oldest
         first, as :class:`~tierstore.types.TracedRead` / ``TracedPlan`` /

@@ -73,6 +73,7 @@ from tierstore.errors import (
     FailedPrecondition,
     HotTierFull,
     IntegrityError,
+    KeyRotationRefused,
     QuotaExceeded,
     StoreClosed,
     TierstoreError,
@@ -103,6 +104,8 @@ _ROTATION_BATCH = 1000
 #: the catalog note naming the master key the archive's metadata was last resealed
 #: under (by a finished rotation); see :meth:`Store.rotate_master_key`.
 _SEALED_WITH = "archive_metadata_sealed_with"
+#: journal operations that rewrite archive metadata under the current master key
+_RESEAL_OPS = ("manifest", "dataset")
 #: the key a reseal of the archive's metadata was asked for under (Store.reseal_archive),
 #: until a start finds the journal empty.
 _RESEALING = "archive_metadata_resealing_under"
@@ -860,6 +863,41 @@ class Store:
         self._check_open()
         with self._env.read() as txn:
             ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+
+    def check_key_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
+        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
+        ``key_id``) may replace this store's: no catalog record's data key is wrapped
+        with ``key_id`` (every key id in use unwraps under ``keyring``), a rotation
+        has resealed the archive's metadata under the current key (a rebuild could
+        not believe objects sealed under a retired one), and none of that resealing
+        is still on the journal. For a caller about to drop ``key_id`` from where keys
+        live (:meth:`LocalKeyring.retired_file`). Thread-safe."""
+        self._check_open()
+        with self._rotation_lock:
+            current = self.master_key_id
+            if key_id == current:
+                raise KeyRotationRefused(
+                    f"master key {key_id!r} is the current key: rotate first, then retire it"
+                )
+            self.check_keyring(keyring)
+            with self._env.read() as txn:
+                sealed_with = self._catalog.note(txn, _SEALED_WITH)
+                entries = self._catalog.journal_entries(
+                    txn, limit=self._catalog.journal_length(txn)
+                )
+            if sealed_with != current:
+                raise KeyRotationRefused(
+                    f"the archive's metadata has not been resealed under the current key "
+                    f"{current!r}: rotate (tierstore keys rotate), wait for the mover, then "
+                    f"retire {key_id!r}"
+                )
+            resealing = sum(op.op in _RESEAL_OPS for _, op in entries)
+            if resealing:
+                raise KeyRotationRefused(
+                    f"{resealing} archive metadata objects are still to be resealed under "
+                    f"{current!r} by the mover: retire {key_id!r} once they are (tierstore "
+                    "stats shows the journal)"
+                )
 
     def master_key_failure(self) -> UnwrapFailure | None:
         """The first master key id the catalog's records use whose data keys this store's

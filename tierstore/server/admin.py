@@ -1,14 +1,16 @@
-"""AdminService: tokens, master-key rotation and trace export (admin on every dataset)."""
+"""AdminService: tokens, master-key rotation and retirement, and trace export (admin on
+every dataset)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 import grpc
 
 from tierstore.engine.store import Store
-from tierstore.errors import DatasetNotFound
+from tierstore.errors import DatasetNotFound, InvalidArgument, KeyRotationRefused
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize
 from tierstore.server.rpc import caller, handler, stream_handler
@@ -17,7 +19,7 @@ from tierstore.v1 import admin_pb2, admin_pb2_grpc
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.trace import trace_events_to_pb
 
-__all__ = ["AdminServicer"]
+__all__ = ["AdminServicer", "NodeKeyAdmin"]
 
 _SERVICE = "/tierstore.v1.AdminService/"
 
@@ -33,17 +35,29 @@ def _token_info(info: TokenInfo) -> admin_pb2.TokenInfo:
     )
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Token management and key rotation."""
+class NodeKeyAdmin(Protocol):
+    """Where a node's master keys live, for rotation and retirement: the process that
+    owns them supplies it (``tierstore serve``: the key file; a KMS could)."""
 
-    def __init__(
-        self, store: Store, tokens: TokenStore, rotate_keys: Callable[[], int] | None = None
-    ) -> None:
+    def __call__(self) -> int:
+        """Make a new master key current and rewrap every data key; how many were."""
+        ...  # pragma: no cover - a protocol
+
+    def retire(self, key_id: str) -> tuple[str, ...]:
+        """Drop master key ``key_id``, once nothing needs it; the ids of the keys left.
+        Raises KeyRotationRefused."""
+        ...  # pragma: no cover - a protocol
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Token management, key rotation and retirement."""
+
+    def __init__(self, store: Store, tokens: TokenStore, keys: NodeKeyAdmin | None = None) -> None:
         self._store = store
         self._tokens = tokens
-        # Rotation needs a new master key from wherever keys live (the key file, a KMS):
-        # the process that owns them supplies it. Without one, rewrap to the current key.
-        self._rotate = rotate_keys or store.rotate_master_key
+        # Without where keys live, a rotation rewraps to the current key, and no key
+        # can be retired.
+        self._keys = keys
         self._rotation = threading.Lock()
 
     def _check(self, method: str) -> None:
@@ -89,9 +103,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._check("RotateKeys")
         # Held until the key id is read: the next rotation would make another current.
         with self._rotation:
-            rewrapped = self._rotate()
+            rewrapped = self._keys() if self._keys is not None else self._store.rotate_master_key()
             key_id = self._store.master_key_id
         return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=key_id)
+
+    @handler
+    def RetireKey(
+        self, request: admin_pb2.RetireKeyRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RetireKeyResponse:
+        self._check("RetireKey")
+        if not request.key_id:
+            raise InvalidArgument("name the master key to retire (key_id is empty)")
+        if self._keys is None:
+            raise KeyRotationRefused("this node's master keys are not in a file it can rewrite")
+        with self._rotation:
+            left = self._keys.retire(request.key_id)
+            current = self._store.master_key_id
+        return admin_pb2.RetireKeyResponse(key_ids=left, current=current)
 
     @stream_handler
     def ExportTrace(

@@ -32,7 +32,7 @@ from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.loopback import is_loopback_address
-from tierstore.server.admin import AdminServicer
+from tierstore.server.admin import AdminServicer, NodeKeyAdmin
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
@@ -158,7 +158,7 @@ class TierstoreServer:
         settings: ServerSettings,
         store: Store,
         tokens: TokenStore,
-        rotate_keys: Callable[[], int] | None = None,
+        keys: NodeKeyAdmin | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings
@@ -203,7 +203,7 @@ class TierstoreServer:
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
             (
                 admin_pb2_grpc.add_AdminServiceServicer_to_server,
-                AdminServicer(store, tokens, rotate_keys),
+                AdminServicer(store, tokens, keys),
             ),
         ]
         for register, servicer in registrations:
@@ -269,13 +269,14 @@ def create_server(
     settings: ServerSettings,
     store: Store,
     tokens: TokenStore,
-    rotate_keys: Callable[[], int] | None = None,
+    keys: NodeKeyAdmin | None = None,
     metrics: ServerMetrics | None = None,
 ) -> tuple[TierstoreServer, int]:
     """Build (not start) the server; returns it and the bound API port.
 
-    ``rotate_keys`` makes a new master key current and rewraps data keys (returns
-    how many); the default only rewraps to the current key.
+    ``keys``: where the master keys live, for RotateKeys (a new current key, data keys
+    rewrapped) and RetireKey; without it a rotation only rewraps to the current key
+    and no key can be retired.
     """
-    server = TierstoreServer(settings, store, tokens, rotate_keys, metrics)
+    server = TierstoreServer(settings, store, tokens, keys, metrics)
     return server, server.port

@@ -92,6 +92,20 @@ class RotateKeysResponse(_message.Message):
     key_id: str
     def __init__(self, rewrapped: _Optional[int] = ..., key_id: _Optional[str] = ...) -> None: ...
 
+class RetireKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RetireKeyResponse(_message.Message):
+    __slots__ = ("key_ids", "current")
+    KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    key_ids: _containers.RepeatedScalarFieldContainer[str]
+    current: str
+    def __init__(self, key_ids: _Optional[_Iterable[str]] = ..., current: _Optional[str] = ...) -> None: ...
+
 class ExportTraceRequest(_message.Message):
     __slots__ = ("dataset",)
     DATASET_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
                 _registered_method=True)
+        self.RetireKey = channel.unary_unary(
+                '/tierstore.v1.AdminService/RetireKey',
+                request_serializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.FromString,
+                _registered_method=True)
         self.ExportTrace = channel.unary_stream(
                 '/tierstore.v1.AdminService/ExportTrace',
                 request_serializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceRequest.SerializeToString,
@@ -88,6 +93,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetireKey(self, request, context):
+        """Drops a master key no data key or archive object needs any more from the key file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportTrace(self, request, context):
         """The node's recent reads and plan events, oldest first, in batches.
         """
@@ -117,6 +129,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RotateKeys,
                     request_deserializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.SerializeToString,
+            ),
+            'RetireKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireKey,
+                    request_deserializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.SerializeToString,
             ),
             'ExportTrace': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportTrace,
@@ -232,6 +249,33 @@ class AdminService:
             '/tierstore.v1.AdminService/RotateKeys',
             tierstore_dot_v1_dot_admin__pb2.RotateKeysRequest.SerializeToString,
             tierstore_dot_v1_dot_admin__pb2.RotateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.AdminService/RetireKey',
+            tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.SerializeToString,
+            tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
