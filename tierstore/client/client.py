@@ -23,7 +23,6 @@ import os
 import stat
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -293,21 +292,7 @@ class Client:
         self._counts = ReadCounter()
         self._local: LocalReads | None = None
         if self._local_options.enabled:
-            # Through a weak reference: the local-read state is the client's, and a
-            # cycle back to it kept a dropped client's connection open until the cycle
-            # collector happened to run (hundreds of sockets for clients made in a loop).
-            client = weakref.ref(self)
-
-            def alive() -> Client:
-                held = client()
-                if held is None:  # pragma: no cover - its owner holds it while in use
-                    raise Unavailable("the client this local read belonged to is gone")
-                return held
-
-            rpc = GrpcLocalReadRpc(
-                lambda: alive()._stub(shards_pb2_grpc.ShardServiceStub),
-                lambda fn, request, **options: alive()._call(fn, request, **options),
-            )
+            rpc = GrpcLocalReadRpc(lambda: self._stub(shards_pb2_grpc.ShardServiceStub), self._call)
             self._local = LocalReads(rpc, self._local_options, self._counts)
 
     def __repr__(self) -> str:
