@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -117,6 +118,23 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
         release.set()
         tier.close()
         server.close()
+
+
+def test_a_slow_entry_is_failing_after_the_stall_time_per_part_in_flight(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With 16 parts in flight on a 2 MB/s link, a healthy upload asked for its next
+    # frame only every 67 s: it showed as a failing archive, and puts at their quota
+    # were refused at once.
+    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 10.0)
+    store = open_store(datasets={"plain": DatasetSettings()}, start_mover=False, mover_threads=4)
+    mover = store.mover
+    mover._archive_progress = time.monotonic() - 35  # within 4 x 10 s
+    assert mover.archive_failure() is None
+    mover._archive_progress = time.monotonic() - 45
+    assert "taken no data" in (mover.archive_failure() or "")
+    mover._archive_progress = None  # between entries: nothing in progress
+    assert mover.archive_failure() is None
 
 
 def test_a_put_that_could_never_fit_is_named_before_it_is_collected(

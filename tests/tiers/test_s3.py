@@ -563,3 +563,50 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         s3_admin.abort_multipart_upload(
             Bucket=bucket, Key=s3_settings.prefix + "b/" + frames, UploadId=foreign
         )
+
+
+_EXIT_DURING_UPLOAD = """
+import threading, time
+from tests.s3_stubs import ScriptedServer, fast_settings, s3_error
+from tierstore.tiers.s3 import MiB, S3Tier
+
+release = threading.Event()
+def frozen(n, request):  # answers the create at once; the parts never
+    if request.command == "POST" and "uploads" in request.path:
+        body = (
+            b"<InitiateMultipartUploadResult><UploadId>u1</UploadId>"
+            b"</InitiateMultipartUploadResult>"
+        )
+        return 200, {"Content-Type": "application/xml"}, body
+    release.wait(600)
+    return s3_error(500, "InternalError")
+
+server = ScriptedServer(frozen)
+settings = fast_settings(server.endpoint_url, 3)
+import dataclasses
+settings = dataclasses.replace(settings, read_timeout_s=120, upload_parallelism=2)
+tier = S3Tier(settings)
+worker = threading.Thread(
+    target=lambda: tier.put("big", b"x" * (40 * MiB)), daemon=True
+)  # as the mover's thread is
+worker.start()
+deadline = time.monotonic() + 30
+while server.methods.count("PUT") < 2:
+    assert time.monotonic() < deadline, server.methods
+    time.sleep(0.02)
+print("parts in flight", flush=True)
+"""
+
+
+def test_a_process_exits_while_parts_are_in_flight_to_a_frozen_archive() -> None:
+    # The parts went on a ThreadPoolExecutor's threads, which the interpreter joins at
+    # exit: a node stopping while the archive was frozen lingered for minutes (the
+    # parts' time-outs and retries) after the store had closed.
+    child = subprocess.run(
+        [sys.executable, "-c", _EXIT_DURING_UPLOAD],
+        capture_output=True,
+        timeout=100,  # a joined part would wait out its 120 s read time-out
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
+    assert b"parts in flight" in child.stdout

@@ -87,7 +87,9 @@ _UPLOADS_SCANNED = 10_000
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
 _STOP = None
-#: seconds a journal entry may hand the archive no data before archive_failure says so
+#: seconds a journal entry may hand the archive no data before archive_failure says so,
+#: per part in flight (mover_threads): a part of 8 MiB slower than that, about 280 KB/s,
+#: is as good as no answer
 STALL_REPORT_S = 30.0
 
 
@@ -354,15 +356,18 @@ class Mover:
     def archive_failure(self) -> str | None:
         """Why the archive is failing, or None: the last journal entry's error (or the
         hold), else an entry in progress that has handed the archive no data for
-        ``STALL_REPORT_S``. A frozen archive (a process stopped, a link dropping packets)
-        answers nothing, and its requests' time-outs and retries take minutes to end
-        (read_timeout_s x max_attempts): stats and /metrics say so meanwhile. May name
-        a shard: for callers with a role on every dataset only."""
+        ``STALL_REPORT_S`` per part it sends at once (``mover_threads``). A frozen
+        archive (a process stopped, a link dropping packets) answers nothing, and its
+        requests' time-outs and retries take minutes to end (read_timeout_s x
+        max_attempts): stats and /metrics say so meanwhile. May name a shard: for
+        callers with a role on every dataset only."""
         if self.last_error is not None:
             return self.last_error
         since = self._archive_progress
         idle = 0.0 if since is None else time.monotonic() - since
-        if idle < STALL_REPORT_S:
+        # The next frame is asked for as a part completes, and the parts in flight share
+        # the link: at mover_threads parts, completions come that many times apart.
+        if idle < STALL_REPORT_S * self._settings.mover_threads:
             return None
         return (
             f"the archive has taken no data of the current journal entry for {idle:.0f} s "

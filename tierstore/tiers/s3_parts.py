@@ -14,16 +14,11 @@ store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    FIRST_EXCEPTION,
-    Future,
-    ThreadPoolExecutor,
-    wait,
-)
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
@@ -36,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["fixed_parts", "put_multipart"]
 
 _MAX_PARTS: Final = 10_000
+
+T = TypeVar("T")
 
 
 def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
@@ -92,7 +89,6 @@ def put_multipart(
         answer = call_with_retries(settings, f"{what} part {number}", upload)
         return {"ETag": answer["ETag"], "PartNumber": number}
 
-    senders = ThreadPoolExecutor(settings.upload_parallelism, thread_name_prefix="s3-part")
     in_flight: set[Future[CompletedPartTypeDef]] = set()
     try:
         done: list[CompletedPartTypeDef] = []
@@ -111,7 +107,7 @@ def put_multipart(
                 continue
             if len(in_flight) >= settings.upload_parallelism:
                 collect(FIRST_COMPLETED)
-            in_flight.add(senders.submit(send, number, part))
+            in_flight.add(_in_background(partial(send, number, part), f"s3-part-{number}"))
         while in_flight:
             collect(FIRST_EXCEPTION)  # every part sent, or the first that failed
         done.sort(key=lambda item: item["PartNumber"])
@@ -144,5 +140,21 @@ def put_multipart(
         except ArchiveUnavailable as abort_exc:
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
         raise
-    finally:
-        senders.shutdown(wait=False)
+
+
+def _in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """``work()`` on a daemon thread of its own; its outcome in the future returned.
+    Not a ThreadPoolExecutor: the interpreter joins those workers at exit, and a part
+    sent to a frozen archive then held a stopping process for minutes (its time-outs
+    and retries), after the store had closed."""
+    future: Future[T] = Future()
+    future.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to whoever waits on the part
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
