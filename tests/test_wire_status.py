@@ -49,6 +49,13 @@ def test_a_rejected_server_certificate_is_its_own_unavailable() -> None:
     assert type(named) is errors.ArchiveUnavailable
     refused = "connect: Connection refused"
     assert type(error_for_status(grpc.StatusCode.UNAVAILABLE, refused, None)) is errors.Unavailable
+    # Signed by the right CA but for other names: retried for seconds as an outage.
+    wrong_name = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+        "Peer name vm is not in peer certificate; Hostname Verification Check failed."
+    )
+    mismatch = error_for_status(grpc.StatusCode.UNAVAILABLE, wrong_name, None)
+    assert type(mismatch) is errors.ServerCertificateRejected
 
 
 def test_a_message_is_sent_whole_up_to_the_bound() -> None:

@@ -452,6 +452,35 @@ def test_trace_export_and_the_sizing_curve(
     assert len(load_trace(tmp_path / "piped.jsonl").events) == 9
     assert b"wrote 9 events (6 reads) to stdout" in piped.stderr
     (tmp_path / "piped.jsonl").unlink()
+    # A link is followed: it stays a link, and the file it names gets the trace (the
+    # rename of the finished file replaced the link, or a device such as /dev/null).
+    real, link = tmp_path / "kept" / "real.jsonl", tmp_path / "link.jsonl"
+    real.parent.mkdir()
+    link.symlink_to(real)
+    ok(env, "trace", "export", "-o", str(link), "--dataset", dataset)
+    assert link.is_symlink() and len(load_trace(real).events) == 9
+    # A pipe is written as it is, not replaced by a file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        drained = pool.submit(fifo.read_bytes)
+        ok(env, "trace", "export", "-o", str(fifo), "--dataset", dataset)
+        assert drained.result(timeout=30).count(b"\n") == 1 + 9  # a header line, the events
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    for made in (link, real, fifo):
+        made.unlink()
+    real.parent.rmdir()
+    # A stdout that cannot be written is one line, as a file is (it was a traceback).
+    with open("/dev/full", "wb") as full:
+        failed = subprocess.run(
+            [tierstore_command(), "trace", "export", "-o", "-"],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S,
+        )
+    assert failed.returncode == 1
+    assert "cannot write stdout" in one_line_error(Ran(1, b"", failed.stderr))
 
     # An output no file can be written at: one line, exit 2, nothing left behind.
     before = sorted(tmp_path.iterdir())

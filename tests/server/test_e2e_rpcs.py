@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+import tierstore
 from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.client.client import _raise_mapped as raise_mapped
@@ -26,7 +27,7 @@ from tierstore.client.receive import open_stream
 from tierstore.types import DatasetSettings, Durability, Grant, Role, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 
-from .conftest import ServerProcess, poll, unique
+from .conftest import ServerProcess, free_port, poll, unique
 
 SERVICES = (
     "tierstore.v1.DatasetService",
@@ -214,6 +215,12 @@ def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
         with pytest.raises(errors.Unavailable, match="may or may not have been made") as cut:
             client.put(any_dataset, "cut", os.urandom(8 << 20))
     assert "DEADLINE_EXCEEDED" in str(cut.value) and f"{any_dataset}/cut" in str(cut.value)
+    # A put that never reached a server certainly stored nothing: no such doubt.
+    address = f"127.0.0.1:{free_port()}"
+    nowhere = tierstore.connect(address, token=server.token, ca=server.ca_path)
+    with nowhere, pytest.raises(errors.Unavailable) as unsent:
+        nowhere.put(any_dataset, "never", b"x")
+    assert "may or may not" not in str(unsent.value)
 
 
 def test_a_client_without_a_token_is_told_so(

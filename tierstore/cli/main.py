@@ -711,7 +711,7 @@ def get(
     """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
     to stdout as they are, --json or not (with -o FILE, --json prints what was written)."""
     if output == Path("-"):
-        output = None  # the usual spelling of stdout (a file named "-" is ./-)
+        output = None  # the usual spelling of stdout (a file named "-": its full path)
     if output is not None:
         _check_output(output)
     data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
@@ -1022,11 +1022,17 @@ def trace_export(
     from tierstore.sim.tracefile import TraceWriter
     from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
 
-    to_stdout = output == Path("-")  # the usual spelling of stdout (a file named "-" is ./-)
+    # "-" is stdout, as usual (a file named "-" is given by its full path).
+    to_stdout = output == Path("-")
     if not to_stdout:
         _check_output(output)
+    # A link is followed, so that the file it names gets the trace, not a file in its
+    # place; a device or a pipe is written as it is (renaming a file over /dev/null
+    # would replace the device).
+    target = output.resolve() if output.is_symlink() else output
+    in_place = target.exists() and not target.is_file()
+    partial = target.with_name(target.name + ".part")
     counts: Counter[str] = Counter()
-    partial = output.with_name(output.name + ".part")
 
     def write(stream: TextIO) -> None:
         writer = TraceWriter(stream)
@@ -1044,6 +1050,10 @@ def trace_export(
             counts[type(event).__name__.removeprefix("Traced").lower()] += 1
 
     def export() -> None:
+        if in_place:
+            with target.open("w", encoding="utf-8") as stream:
+                write(stream)
+            return
         partial.unlink(missing_ok=True)  # made anew below, so that it is made private
         private = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         with private:
@@ -1053,17 +1063,18 @@ def trace_export(
             else:
                 with io.TextIOWrapper(private, encoding="utf-8") as stream:
                     write(stream)
-        partial.replace(output)  # only a complete trace gets the name asked for
+        partial.replace(target)  # only a complete trace gets the name asked for
 
-    if to_stdout:
-        _run(lambda: write(sys.stdout))
+    def to_stream() -> None:
+        write(sys.stdout)
         sys.stdout.flush()
-    else:
-        try:
-            _run(export)
-        except OSError as exc:
-            raise _write_failed(output, exc) from None
-        finally:
+
+    try:
+        _run(to_stream if to_stdout else export)
+    except OSError as exc:
+        raise _write_failed(Path("stdout") if to_stdout else output, exc) from None
+    finally:
+        if not (to_stdout or in_place):
             partial.unlink(missing_ok=True)
     total = sum(counts.values())
     summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}

@@ -187,6 +187,8 @@ def _whole_number(name: str, value: object, unit: str = "bytes") -> int:
     return int(value)
 
 
+#: what gRPC says of a call that never reached a server (nothing it asked was done)
+_NOT_CONNECTED = "failed to connect to all addresses"
 #: codes a call ends with when it was cut off (no answer of the server's own)
 _CUT_OFF = (
     grpc.StatusCode.UNAVAILABLE,
@@ -208,7 +210,8 @@ def _raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
     name = _error_name(error)
     if code == grpc.StatusCode.CANCELLED and any(text in details for text in _CLOSED_CHANNEL):
         details = f"{_CLOSED_UNDER_CALL}; gRPC said: {details}"
-    if changes is not None and name is None and code in _CUT_OFF:
+    never_sent = _NOT_CONNECTED in details or is_certificate_rejection(code, details)
+    if changes is not None and name is None and code in _CUT_OFF and not never_sent:
         details = (
             f"{details} (the call was cut off before the server answered: {changes} may or "
             "may not have been made; look, or make the call again)"

@@ -70,14 +70,17 @@ def status_for_error(error: errors.TierstoreError) -> grpc.StatusCode:
     return grpc.StatusCode[type(error).status_code]
 
 
-#: what gRPC's TLS stack says when the server's certificate does not verify
-_CERTIFICATE_REJECTED = "CERTIFICATE_VERIFY_FAILED"
+#: what gRPC's TLS stack says when the server's certificate does not verify: not
+#: signed by the CA given, or not for the name the client connected to
+_CERTIFICATE_REJECTED = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 
 
 def is_certificate_rejection(code: grpc.StatusCode, message: str) -> bool:
     """Whether a call failed because the client rejected the server's certificate
     (gRPC reports it as UNAVAILABLE, like an outage, but retrying cannot help)."""
-    return code == grpc.StatusCode.UNAVAILABLE and _CERTIFICATE_REJECTED in message
+    return code == grpc.StatusCode.UNAVAILABLE and any(
+        text in message for text in _CERTIFICATE_REJECTED
+    )
 
 
 def error_for_status(
@@ -92,9 +95,10 @@ def error_for_status(
     """
     if error_name is None and is_certificate_rejection(code, message):
         return errors.ServerCertificateRejected(
-            "the server's TLS certificate did not verify against the CA file given "
-            "(ca= or TIERSTORE_CA: it should be the server's <data-dir>/tls/ca.pem; "
-            f"not retried): {message}"
+            "the server's TLS certificate did not verify against the CA file given, or "
+            "is not for the host name connected to (ca= or TIERSTORE_CA: it should be "
+            "the server's <data-dir>/tls/ca.pem; the address: a name or IP the server's "
+            f"certificate holds, such as its banner's; not retried): {message}"
         )
     cls = _BY_NAME.get(error_name or "")
     if cls is not None and grpc.StatusCode[cls.status_code] == code:
