@@ -272,7 +272,8 @@ class ArchiveUnavailable(Unavailable):
 
 class ServerCertificateRejected(Unavailable):
     """The client could not verify the server's TLS certificate: most often the wrong CA
-    file. Raised by the client, never sent by a server. Unlike other Unavailable errors
+    file, or an address whose host name the certificate does not hold. Raised by the
+    client, never sent by a server. Unlike other Unavailable errors
     it is not worth retrying — the same CA rejects the same certificate again — so the
     client and the DataLoader plugin raise it at once. A subclass of Unavailable so
     that code catching the connection failures it catches before still does."""
