@@ -46,6 +46,7 @@ from tierstore.errors import (
     InvalidArgument,
     KeyRotationRefused,
     KeyUnwrapError,
+    NotFound,
     UnknownKeyId,
 )
 from tierstore.private_files import exclusive_lock, write_private_file
@@ -60,6 +61,7 @@ __all__ = [
     "MasterKeyProvider",
     "new_data_key",
     "new_nonce_prefix",
+    "retired_keys_path",
     "zero",
 ]
 
@@ -232,15 +234,22 @@ class LocalKeyring:
         ``check`` and atomic replace): for a key no record is wrapped with any more,
         which ``check`` (the store's) makes sure of. The current key is never retired.
 
-        Raises :class:`KeyRotationRefused`, with the file unchanged, for an id the file
-        does not hold, the current key, and as :meth:`rotated_file` does.
+        The key is not destroyed: it is added to :func:`retired_keys_path` (mode 0600)
+        first, for a node that shares the key file and still needs it, until an operator
+        deletes that file.
+
+        Raises :class:`NotFound` for an id the file does not hold, and
+        :class:`KeyRotationRefused`, with the file unchanged, for the current key and as
+        :meth:`rotated_file` does.
         """
+
+        taken: dict[str, bytes] = {}  # the key retire() took out, for keep_aside()
 
         def retire(on_file: LocalKeyring) -> LocalKeyring:
             if key_id not in on_file.keys:
-                raise KeyRotationRefused(
+                raise NotFound(
                     f"key file {path} holds no master key {key_id!r} (it holds "
-                    f"{sorted(on_file.keys)})"
+                    f"{sorted(on_file.keys)}; retired already?)"
                 )
             if key_id == on_file.current:
                 raise KeyRotationRefused(
@@ -248,9 +257,18 @@ class LocalKeyring:
                     "wrapped with: rotate first (tierstore keys rotate), then retire it"
                 )
             kept = {name: key for name, key in on_file.keys.items() if name != key_id}
+            taken[key_id] = on_file.keys[key_id]
             return LocalKeyring(keys=kept, current=on_file.current)
 
-        return self._rewritten_file(path, retire, check, "retire a key of")
+        def keep_aside(changed: LocalKeyring) -> None:
+            if check is not None:
+                check(changed)
+            # Before the key leaves the key file: another node sharing the file may
+            # still need it, and this node cannot know (a crash between the two writes
+            # leaves the key in both files, never in neither).
+            _keep_retired_key(retired_keys_path(path.resolve()), key_id, taken[key_id])
+
+        return self._rewritten_file(path, retire, keep_aside, "retire a key of")
 
     def _rewritten_file(
         self,
@@ -319,6 +337,30 @@ def _unused_key_id(taken: Mapping[str, bytes]) -> str:
     of one of them (the newest key, current since its rotation, stays)."""
     numbers = [int(found[1]) for found in map(_NUMBERED_ID.fullmatch, taken) if found]
     return f"k{max(numbers, default=0) + 1}"
+
+
+def retired_keys_path(key_file: Path) -> Path:
+    """Where :meth:`LocalKeyring.retired_file` keeps the keys it took out of
+    ``key_file``: ``<key file>.retired``, a key file of the same format."""
+    return key_file.with_name(key_file.name + ".retired")
+
+
+def _keep_retired_key(path: Path, key_id: str, key: bytes) -> None:
+    """Add ``key_id`` to the retired keys at ``path`` (made if missing). Raises
+    KeyRotationRefused for a file there that is not a key file, or holds another key
+    under that id; OSError when it cannot be written."""
+    kept: dict[str, bytes] = {}
+    if path.exists():
+        try:
+            kept = dict(LocalKeyring.from_file(path).keys)
+        except InvalidArgument as exc:
+            raise KeyRotationRefused(f"cannot keep the retired key aside: {exc}") from exc
+    if kept.get(key_id, key) != key:
+        raise KeyRotationRefused(
+            f"{path} holds another key under the id {key_id!r}: move that file away first"
+        )
+    kept[key_id] = key
+    _write_key_file(path, kept, key_id)
 
 
 def _write_key_file(

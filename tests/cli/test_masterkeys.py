@@ -26,13 +26,14 @@ from tierstore.cli.masterkeys import (
     load_node_keys,
 )
 from tierstore.config import EngineSettings
-from tierstore.crypto import LocalKeyring
+from tierstore.crypto import LocalKeyring, retired_keys_path
 from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
     FailedPrecondition,
     InvalidArgument,
     KeyRotationRefused,
+    NotFound,
 )
 from tierstore.tiers.memory import MemoryTier
 
@@ -160,12 +161,12 @@ def test_a_key_is_retired_only_once_nothing_needs_it(
     store.put("enc", "s", secret)
     path = key_file_of(KEYRING, tmp_path / "master.keys")
     keys = KeyRotation(NodeKeys(KEYRING, path), store)
-    refusals = {
-        "k1": "is the current key",  # new data keys are wrapped with it
-        "k9": "holds no master key 'k9'",
+    refusals: dict[str, tuple[type[Exception], str]] = {
+        "k1": (KeyRotationRefused, "is the current key"),  # new data keys use it
+        "k9": (NotFound, "holds no master key 'k9'"),
     }
-    for key_id, says in refusals.items():
-        with pytest.raises(KeyRotationRefused, match=says):
+    for key_id, (error, says) in refusals.items():
+        with pytest.raises(error, match=says):
             keys.retire(key_id)
         assert LocalKeyring.from_file(path) == KEYRING
     assert keys() == 1  # k2 current, the data key rewrapped
@@ -177,12 +178,38 @@ def test_a_key_is_retired_only_once_nothing_needs_it(
     assert store.drain(10)
     assert keys.retire("k1") == ("k2",)
     assert sorted(LocalKeyring.from_file(path).keys) == ["k2"]
+    # Not destroyed: kept aside for nodes that share the key file.
+    assert LocalKeyring.from_file(retired_keys_path(path)).keys == {"k1": KEYRING.keys["k1"]}
     assert store.get("enc", "s").to_bytes() == secret
     # A restart with the file as it is now reads everything, hot and from the archive.
     store = open_store.reopen(store, archive, LocalKeyring.from_file(path))
     check_node_keys(NodeKeys(LocalKeyring.from_file(path), path), store)
     store.evict("enc", "s")
     assert store.get("enc", "s").to_bytes() == secret
+
+
+def test_a_node_sharing_the_key_file_is_pointed_to_the_retired_key(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # Two nodes, one key file: one rotated and retired k1, which the other's shards
+    # were still under; k1 existed nowhere else, and the other node never started again.
+    path = key_file_of(KEYRING, tmp_path / "shared.keys")
+    mine = open_store(datasets=DATASETS)
+    other = open_store(datasets=DATASETS, start_mover=False)
+    other.put("enc", "s", payload(10))
+    keys = KeyRotation(NodeKeys(KEYRING, path), mine)
+    keys()
+    assert mine.drain(10)
+    keys.retire("k1")
+    left = LocalKeyring.from_file(path)
+    other = open_store.reopen(other, MemoryTier(), left, start_mover=False)
+    with pytest.raises(FailedPrecondition, match=r"'k1' is in .*shared\.keys\.retired"):
+        check_node_keys(NodeKeys(left, path), other)
+    aside = LocalKeyring.from_file(retired_keys_path(path))
+    both = LocalKeyring(keys={**left.keys, **aside.keys}, current=left.current)
+    other = open_store.reopen(other, MemoryTier(), both, start_mover=False)
+    check_node_keys(NodeKeys(both, path), other)  # the key put back: it starts
+    assert other.get("enc", "s").to_bytes() == payload(10)
 
 
 def test_a_key_records_still_use_is_not_retired(open_store: StoreFactory, tmp_path: Path) -> None:

@@ -584,6 +584,8 @@ def test_token_create_ls_revoke_and_keys_rotate(
     assert isinstance(first["rewrapped"], int) and isinstance(second["rewrapped"], int)
     current = run(env, "keys", "retire", second["key_id"])
     assert current.returncode != 0 and "KeyRotationRefused" in one_line_error(current)
+    unknown = run(env, "keys", "retire", "k999")  # not found: told apart from "refused"
+    assert unknown.returncode == 3 and "holds no master key 'k999'" in one_line_error(unknown)
     # An older key goes once the mover has resealed the archive under the current one.
     retired = poll(
         lambda: (done := run(env, "keys", "retire", first["key_id"])).returncode == 0 and done,

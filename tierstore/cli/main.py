@@ -1195,13 +1195,16 @@ def keys_rotate() -> None:
 
 @keys_app.command("retire", cls=_ClientCommand)
 def keys_retire(key_id: str) -> None:
-    """Drop an old master key from the node's key file, once nothing needs it: after a
-    rotation, when the mover has resealed the archive under the new key. Refused, with
-    nothing changed, before that, and for the current key."""
+    """Drop an old master key from the node's key file, once nothing of the node needs
+    it: after a rotation, when the mover has resealed the archive under the new key.
+    Refused, with nothing changed, before that, and for the current key. The key is
+    kept aside in <key file>.retired (nodes sharing the file may need it)."""
     left, current = _run(lambda: _client().retire_key(key_id))
     _emit(
         {"retired": key_id, "key_ids": left, "current": current},
-        f"retired master key {key_id}; the key file holds {', '.join(left)} (current: {current})",
+        f"retired master key {key_id}; the key file holds {', '.join(left)} "
+        f"(current: {current}). The node keeps {key_id} in <key file>.retired for nodes "
+        "that share the key file: delete that file once none does",
     )
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tierstore.config import EngineSettings
-from tierstore.crypto import LocalKeyring
+from tierstore.crypto import LocalKeyring, retired_keys_path
 from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -138,7 +138,7 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
             f"under master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). "
             "Not starting: reads of them would fail, and puts would be acknowledged under "
             f"keys the rest cannot be read with. Configure the keys they were written with"
-            f"{no_reseal}"
+            f"{_retired_hint(keys, failure.key_id)}{no_reseal}"
         )
     if reseal_archive:
         return
@@ -276,10 +276,12 @@ class KeyRotation:
             return self._store.rotate_master_key(self._keyring)
 
     def retire(self, key_id: str) -> tuple[str, ...]:
-        """Remove master key ``key_id`` from the key file, once nothing needs it (see
-        :meth:`Store.check_key_retirement`), and switch the store to the keys left;
-        returns their ids. KeyRotationRefused, nothing changed, for a base64 key, the
-        current key, a key still in use, or a key file that cannot be rewritten."""
+        """Remove master key ``key_id`` from the key file, once nothing of this node
+        needs it (see :meth:`Store.check_key_retirement`), keeping it aside in
+        ``<key file>.retired`` for nodes that share the file; switch the store to the
+        keys left and return their ids. NotFound for an id the file does not hold;
+        KeyRotationRefused, nothing changed, for a base64 key, the current key, a key
+        still in use, or a key file that cannot be rewritten."""
         if self._key_file is None:
             raise KeyRotationRefused(
                 f"{_BASE64_SOURCE} is one key, the current one: there is none to retire"
@@ -292,6 +294,24 @@ class KeyRotation:
             self._keyring = retired
             self._store.rotate_master_key(retired)  # nothing to rewrap: switches keyrings
             return tuple(sorted(retired.keys))
+
+
+def _retired_hint(keys: NodeKeys, key_id: str) -> str:
+    """Where ``key_id`` is, if a ``keys retire`` of a node sharing the key file put it
+    aside (:func:`~tierstore.crypto.retired_keys_path`); else nothing."""
+    if keys.key_file is None:
+        return ""
+    aside = retired_keys_path(keys.key_file.resolve())
+    try:
+        held = key_id in LocalKeyring.from_file(aside).keys
+    except InvalidArgument:  # none there, or not readable: nothing to point to
+        return ""
+    if not held:
+        return ""
+    return (
+        f" ({key_id!r} is in {aside}, where `tierstore keys retire` of a node sharing "
+        "this key file put it: add it back to the key file)"
+    )
 
 
 def _count(n: int, noun: str) -> str:

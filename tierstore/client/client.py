@@ -910,9 +910,11 @@ class Client:
     def retire_key(self, key_id: str) -> tuple[builtins.list[str], str]:
         """Drop master key ``key_id`` from the node's key file, once no data key and no
         archive object needs it (admin on "*"); returns ``(the key ids left, the
-        current one)``. Raises KeyRotationRefused (nothing changed) for the current
-        key, an unknown id, or a key still needed: after a rotation, until the mover
-        has resealed the archive's metadata under the new key."""
+        current one)``. The node keeps the key in ``<key file>.retired``, for nodes
+        sharing the key file. Raises NotFound for an id the key file does not hold
+        (retired already?), KeyRotationRefused (nothing changed) for the current key or
+        a key still needed: after a rotation, until the mover has resealed the
+        archive's metadata under the new key."""
         if not isinstance(key_id, str) or not key_id:
             raise InvalidArgument(f"key_id must be a master key's id, not {key_id!r}")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
