@@ -10,6 +10,7 @@ embedded one instead would keep the "archived" copy on the hot tier's own disk.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,17 @@ def test_the_banner_names_an_address_to_connect_to(listen_host: str, connect_hos
     assert _connect_host(listen_host) == connect_host
 
 
+def failed_start(*args: str) -> tuple[int, str]:
+    """Run ``tierstore serve ARGS``, which must fail with one error line and no
+    traceback; its exit code and that line."""
+    done = subprocess.run(
+        [tierstore_command(), "serve", *args], env=clean_env(), capture_output=True, timeout=120
+    )
+    errors = [line for line in done.stderr.decode().splitlines() if "error:" in line]
+    assert len(errors) == 1 and b"Traceback" not in done.stderr, done.stderr.decode()[-2000:]
+    return done.returncode, errors[0]
+
+
 def serve_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> int:
     """Run ``tierstore serve ARGS`` in ``cwd`` against an archive nobody answers at (so a
     new node stops after making its data directory); its exit code."""
@@ -158,23 +170,13 @@ def test_a_data_dir_file_the_node_cannot_use_is_one_line_not_a_traceback(
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('files')}/")
     data_dir = tmp_path / "node"
     (data_dir / "tokens.json").mkdir(parents=True)
-    done = subprocess.run(
-        [
-            tierstore_command(),
-            "serve",
-            *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"),
-            *("--health-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", ""),
-            *("--s3-endpoint", s3.endpoint_url, "--bucket", s3.bucket, "--prefix", s3.prefix),
-            *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
-        ],
-        env=clean_env(),
-        capture_output=True,
-        timeout=120,
+    code, error = failed_start(
+        *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"),
+        *("--health-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", ""),
+        *("--s3-endpoint", s3.endpoint_url, "--bucket", s3.bucket, "--prefix", s3.prefix),
+        *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
     )
-    assert done.returncode == 2, done.stderr.decode()[-2000:]
-    errors = [line for line in done.stderr.decode().splitlines() if "error:" in line]
-    assert len(errors) == 1 and "tokens.json: Is a directory" in errors[0], done.stderr
-    assert b"Traceback" not in done.stderr
+    assert code == 2 and "tokens.json: Is a directory" in error
 
 
 def test_the_hot_capacity_flag_wins_over_the_settings_file_from_the_start(tmp_path: Path) -> None:
@@ -195,3 +197,22 @@ def test_a_hot_capacity_flag_of_zero_is_refused_not_taken_for_no_flag(tmp_path: 
     # settings file or the environment is refused by name.
     assert serve_in(tmp_path, "--data-dir", "zero", "--hot-capacity", "0") == 2
     assert not (tmp_path / "zero").exists()
+
+
+@pytest.mark.parametrize("option", ["--listen", "--health-listen", "--metrics-listen"])
+def test_a_busy_port_is_one_line_before_anything_is_made(tmp_path: Path, option: str) -> None:
+    # It was found only when the server bound its ports: after the archive had started
+    # and the store opened (a rebuild, perhaps), behind a line of gRPC's own.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        ports = {
+            "--listen": f"127.0.0.1:{free_port()}",
+            "--health-listen": f"127.0.0.1:{free_port()}",
+            "--metrics-listen": f"127.0.0.1:{free_port()}",
+        } | {option: busy}
+        pairs = (word for pair in ports.items() for word in pair)
+        code, error = failed_start("--data-dir", str(tmp_path / "node"), *pairs)
+    assert code != 0 and f"cannot listen on {busy} ({option})" in error
+    assert not (tmp_path / "node").exists()  # nothing made: no archive, no store

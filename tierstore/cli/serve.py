@@ -59,6 +59,7 @@ from tierstore.server.app import (
     ServerSettings,
     TierstoreServer,
     check_listen_addresses,
+    check_listen_ports_free,
     create_server,
 )
 from tierstore.server.metrics import ServerMetrics
@@ -135,6 +136,7 @@ def _restrict_secrets(data_dir: Path) -> None:
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
+    check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)

@@ -17,6 +17,7 @@ and every bound port is checked, so two servers never share a port silently.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,45 @@ def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str)
             raise InvalidArgument(
                 f"{option} must be HOST:PORT with a port from 0 to 65535, not {address!r}"
             )
+
+
+def check_listen_ports_free(listen: str, health_listen: str, metrics_listen: str) -> None:
+    """Raise Unavailable, naming the option, for an address (checked already by
+    :func:`check_listen_addresses`) that cannot be listened on now: for ``tierstore
+    serve`` to say so before it starts its archive and opens its store, not after,
+    behind a line of gRPC's own."""
+    for address, option in (
+        (listen, "--listen"),
+        (health_listen, "--health-listen"),
+        (metrics_listen, "--metrics-listen"),
+    ):
+        refused = _cannot_bind(address) if address else None
+        if refused is not None:
+            raise Unavailable(f"cannot listen on {address} ({option}): {refused}")
+
+
+def _cannot_bind(address: str) -> str | None:
+    """Why ``address`` cannot be listened on now (in use, not this host's, not allowed),
+    found by binding a probe socket and closing it; None when it can, or when it is not
+    something this check can tell (port 0, a name that does not resolve: the server
+    says). A port taken between this and the server's bind is still refused there."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return None
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError):
+        return None
+    family, kind, protocol, _, where = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _options() -> list[tuple[str, int]]:
