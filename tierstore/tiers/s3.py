@@ -199,10 +199,30 @@ class S3Tier:
             return memoryview(body)
         if response["ResponseMetadata"]["HTTPStatusCode"] != 206:
             # The store ignored the Range header and sent the whole object.
+            if sum(byte_range) > len(body):
+                self._check_whole_body(client, full_key, len(body))
             start, stop = resolve_range(len(body), byte_range)
             return memoryview(body)[start:stop]
         self._check_content_range(full_key, byte_range, response.get("ContentRange", ""), len(body))
         return memoryview(body)
+
+    def _check_whole_body(self, client: S3Client, full_key: str, received: int) -> None:
+        """Refuse a whole-object answer shorter than the object (one HEAD): a body cut
+        short on the way, with a Content-Length to match, would otherwise clip the
+        range as if the object ended there. WrongAnswer, which the retries try again."""
+        bucket = self.settings.bucket
+        try:
+            size = int(client.head_object(Bucket=bucket, Key=full_key)["ContentLength"])
+        except ClientError as exc:
+            if not is_missing_key(exc):
+                raise
+            size = None  # gone since the GET: the retry finds out
+        if size != received:
+            found = "is gone" if size is None else f"has {size}"
+            raise WrongAnswer(
+                f"GET {bucket}/{full_key}: the store sent {received} bytes of the whole "
+                f"object for a range, and the object {found}"
+            )
 
     def _check_content_range(
         self, full_key: str, byte_range: tuple[int, int], header: str, received: int
