@@ -50,6 +50,7 @@ def rank_items(
         batch_size=batch_size,
         drop_last=batch_size is not None,
         even_ranks=True,
+        num_workers=WORKERS,
         **samples.connection,
     )
     dataset.set_epoch(EPOCH)
@@ -59,7 +60,12 @@ def rank_items(
         num_workers=WORKERS,
         multiprocessing_context="fork",
     )
-    return list(loader)
+    items = list(loader)
+    if batch_size:  # the loader's len() is the dataset's: exact for in-worker batches
+        assert len(loader) == len(items)
+    else:
+        assert len(dataset) == sum(len(item["id"]) for item in items)
+    return items
 
 
 @pytest.mark.parametrize("batch_size", [None, 8])

@@ -111,6 +111,104 @@ def test_unshuffled_batches_inside_one_record_batch_are_views() -> None:
     assert first["id"].untyped_storage().nbytes() == 64 * 8
 
 
+def items_per_reader(ds: IterableDataset, rank: int, world: int, workers: int) -> list[int]:
+    """What each worker of ``rank`` yields in the current epoch, read as that worker."""
+    counts = []
+    for worker in range(workers):
+        slot = Slot(rank, world, worker, workers)
+        with mock.patch("tierstore.torch.iterable.current_slot", return_value=slot):
+            counts.append(len(list(ds)))
+    return counts
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    batch_size=st.one_of(st.none(), st.integers(1, 9)),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+    even_ranks=st.booleans(),
+    epoch=st.integers(0, 4),
+    world=st.integers(1, 3),
+    num_workers=st.integers(0, 3),
+    data=st.data(),
+)
+def test_len_is_what_the_rank_yields_with_that_many_workers(
+    batch_size: int | None,
+    drop_last: bool,
+    shuffle: bool,
+    even_ranks: bool,
+    epoch: int,
+    world: int,
+    num_workers: int,
+    data: st.DataObject,
+) -> None:
+    rank = data.draw(st.integers(0, world - 1))
+    ds = make(
+        batch_size=batch_size,
+        drop_last=drop_last,
+        shuffle=shuffle,
+        even_ranks=even_ranks,
+        rank=rank,
+        world_size=world,
+        num_workers=num_workers,
+    )
+    ds.set_epoch(epoch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # idle readers: fewer shards than slots
+        try:
+            yielded = sum(items_per_reader(ds, rank, world, max(1, num_workers)))
+        except InvalidArgument as exc:  # even_ranks with a reader of no rows
+            with pytest.raises(InvalidArgument, match="some reader gets no rows"):
+                len(ds)
+            assert "some reader gets no rows" in str(exc)
+            return
+    assert len(ds) == ds.epoch_length(num_workers) == ds.epoch_length(num_workers, epoch)
+    assert len(ds) == yielded
+
+
+def test_len_of_a_batching_dataset_needs_the_worker_count() -> None:
+    ds = make(batch_size=4)
+    with pytest.raises(TypeError, match=r"worker count.*pass num_workers="):
+        len(ds)
+    with pytest.raises(TypeError, match="num_workers="):
+        len(make(even_ranks=True))
+    assert len(make()) == sum(ROWS.values())  # samples: the same whatever the workers
+    assert ds.epoch_length(2) >= ds.epoch_length(0) == 6  # 21 rows in batches of 4
+    with pytest.raises(InvalidArgument, match="num_workers must be"):
+        ds.epoch_length(-1)
+
+
+def test_len_counts_shards_written_before_rows_were_recorded_once() -> None:
+    tables = {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())}
+    svc = MemoryService("ds", tables, record_rows=False)
+    ds = make(svc)
+    before = len(svc.gets)
+    assert len(ds) == sum(ROWS.values())
+    counted = len(svc.gets)
+    assert counted > before  # frame headers were read
+    assert len(ds) == sum(ROWS.values())
+    assert len(svc.gets) == counted  # and only once
+
+
+@pytest.mark.timeout(120)
+def test_a_dataloader_with_workers_has_the_length_it_yields() -> None:
+    svc = service({"a/0": 3, "a/1": 3})
+    ds = make(svc, batch_size=2, num_workers=2, seed=5)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when more is fetched than len() said
+        batches = list(loader)
+    assert len(loader) == len(batches) == ds.epoch_length(2)
+    # Two workers each end on a short batch: one worker makes one batch fewer.
+    assert (len(batches), ds.epoch_length(0)) == (4, 3)
+
+
+def test_a_worker_count_other_than_the_loaders_is_warned_of() -> None:
+    ds = make(batch_size=2, num_workers=2)
+    with pytest.warns(UserWarning, match=r"num_workers=2, but is read by 1 worker"):
+        list(DataLoader(ds, batch_size=None, num_workers=0))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     batch_size=st.one_of(st.none(), st.integers(1, 6)),
@@ -370,6 +468,8 @@ def test_batches_before_a_bad_shard_come_out_first_with_threads() -> None:
         ({"shards": []}, "empty"),
         ({"shards": ["a/0", "a/0"]}, "more than once"),
         ({"columns": []}, "columns= is empty"),
+        ({"num_workers": -1}, "num_workers must be an int >= 0"),
+        ({"num_workers": 2.0}, "num_workers must be an int >= 0"),
         ({"prefix": "zzz"}, "no shards with prefix 'zzz'"),
     ],
 )

@@ -58,6 +58,9 @@ class ShardSet:
     rows: tuple[int, ...] | None = None
     #: each shard's generation when it was listed (in ``names`` order)
     generations: tuple[int, ...] = ()
+    #: each shard's row count as recorded at put time (in ``names`` order), or None when
+    #: some shard was written before counts were recorded; no read needed
+    recorded_rows: tuple[int, ...] | None = None
 
     def row_counts(self) -> dict[str, int]:
         """``rows`` by shard name. Raises FailedPrecondition when they were not counted."""
@@ -248,7 +251,13 @@ def resolve(
         strings=strings,
         rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
         generations=tuple(info.generation for info in infos),
+        recorded_rows=_recorded_rows(infos),
     )
+
+
+def _recorded_rows(infos: Sequence[ShardInfo]) -> tuple[int, ...] | None:
+    rows = tuple(info.rows for info in infos if info.rows is not None)
+    return rows if len(rows) == len(infos) else None
 
 
 def check_conforms(

@@ -29,7 +29,7 @@ import os
 import threading
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     iteration starts (docs/torch.md).
     ``retry_s``: how long a shard read retries while the service is unavailable.
     ``source``: where shards are read from (default: the service, over gRPC).
+    ``num_workers``: the DataLoader's ``num_workers``, which ``len()`` needs when it
+    depends on it (in-worker batches, ``even_ranks``): see :meth:`epoch_length`.
 
     Raises (here, at construction): DatasetNotFound, ShardNotFound, WrongShardKind (raw
     shards), InvalidArgument (no shards, bad arguments or columns), UnsupportedData
@@ -140,6 +142,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         retry_s: float = 60.0,
         plan_ttl_s: float = 300.0,
         source: ShardSource | None = None,
+        num_workers: int | None = None,
     ) -> None:
         super().__init__()
         self.seed = _check_int("seed", seed, 0, 1 << 63)
@@ -153,6 +156,10 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.drop_last = bool(drop_last)
         self.declare_plan = bool(declare_plan)
         self.even_ranks = bool(even_ranks)
+        #: the DataLoader's worker count, if given (for len())
+        self.num_workers = (
+            None if num_workers is None else _check_int("num_workers", num_workers, 0)
+        )
         #: the data-parallel (rank, world size) given, else None (found when iterating)
         self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = plan_ttl_s
@@ -194,6 +201,76 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     @property
     def _epoch(self) -> int:
         return self._shared_epoch.value
+
+    def __len__(self) -> int:
+        """Samples (or batches) this rank yields in the current epoch, for a DataLoader's
+        ``len()`` (:meth:`epoch_length` with the ``num_workers`` given at construction).
+
+        Raises TypeError (what ``len()`` of a dataset without a length raises) when the
+        count depends on the worker count and ``num_workers`` was not given.
+        """
+        if self.num_workers is None and (self.batch_size is not None or self.even_ranks):
+            raise TypeError(
+                "len() of this IterableDataset depends on the DataLoader's worker count "
+                "(each worker makes its own batches; with even_ranks, its own share): pass "
+                "num_workers= (the DataLoader's) to the dataset, or call "
+                "epoch_length(num_workers)"
+            )
+        return self.epoch_length(self.num_workers or 0)
+
+    def epoch_length(self, num_workers: int = 0, epoch: int | None = None) -> int:
+        """Samples (or batches, with ``batch_size``) this rank yields in ``epoch`` (default:
+        the current one) when read by a DataLoader with ``num_workers`` workers.
+
+        Exact: it follows the epoch's shard order, so with ``shuffle`` and in-worker
+        batches it may differ by a batch or two from one epoch to the next. The rank is
+        found as iteration finds it. Row counts come from the catalog (recorded at put
+        time); shards written before counts were recorded are counted once, a few KiB read
+        per frame. Raises InvalidArgument for a bad ``num_workers`` or ``epoch``, and as
+        iteration would for an ``even_ranks`` layout with a reader of no rows.
+        """
+        workers = max(1, _check_int("num_workers", num_workers, 0))
+        epoch = self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+        rank, world = self._rank()
+        rows = self._row_counts()
+        slots = [Slot(rank, world, worker, workers) for worker in range(workers)]
+        if self.even_ranks:
+            share = _checked_even_share(rows, self.shuffle, self.seed, epoch, slots[0])
+            per_reader = [share] * workers
+        else:
+            count = dict(zip(self.shards.names, rows, strict=True))
+            per_reader = [
+                sum(count[name] for name in self._worker_shards(epoch, slot)) for slot in slots
+            ]
+        size = self.batch_size
+        if size is None:
+            return sum(per_reader)
+        return sum(n // size if self.drop_last else -(-n // size) for n in per_reader)
+
+    def _rank(self) -> tuple[int, int]:
+        slot = current_slot(carried=self._carried_rank, given=self._given_rank)
+        return slot.rank, slot.world
+
+    def _worker_shards(self, epoch: int, slot: Slot) -> list[str]:
+        return worker_shards(self.shards.names, self.shuffle, self.seed, epoch, slot)
+
+    def _row_counts(self) -> tuple[int, ...]:
+        """Each shard's rows (in name order): counted, recorded, else counted now (once)."""
+        shards = self.shards
+        known = shards.rows or shards.recorded_rows
+        if known is None:
+            counted = resolve(
+                self._source.client(),
+                shards.dataset,
+                shards=shards.names,
+                columns=shards.schema.names,
+                strings=shards.strings,
+                with_rows=True,
+            )
+            known = counted.rows
+            assert known is not None
+            self.shards = replace(shards, recorded_rows=known)
+        return known
 
     def layout(self, slot: Slot | None) -> Layout:
         """What positions of this dataset are relative to, in ``slot``."""
@@ -259,6 +336,34 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
 
 
+def _checked_even_share(
+    rows: Sequence[int], shuffle: bool, seed: int, epoch: int, slot: Slot
+) -> int:
+    """:func:`even_share`, refused (InvalidArgument) when some reader of ``slot``'s
+    layout has no rows while others have some: every reader would yield nothing."""
+    share = even_share(rows, shuffle, seed, epoch, slot)
+    if share == 0 and any(rows):
+        raise InvalidArgument(
+            f"even_ranks: among {slot.world} rank(s) x {slot.workers} worker(s) some "
+            f"reader gets no rows of the {len(rows)} shard(s) in epoch {epoch}, so "
+            "every reader would yield nothing; use fewer workers, or write the dataset "
+            "as more, smaller shards"
+        )
+    return share
+
+
+def _warn_if_other_workers(declared: int | None, slot: Slot) -> None:
+    """Warn when the dataset was told another worker count than the loader has: its
+    ``len()`` then counts for a loader that is not the one reading."""
+    if declared is not None and max(1, declared) != slot.workers:
+        warnings.warn(
+            f"the dataset was made with num_workers={declared}, but is read by "
+            f"{slot.workers} worker(s): its len() is not this loader's",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 @dataclass
 class _Cursor:
     """Where an epoch iterator stands: what the dataset's ``state_dict()`` reports.
@@ -286,15 +391,14 @@ class _Epoch:
         self._shared = torch.utils.data.get_worker_info() is not None
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
+        _warn_if_other_workers(owner.num_workers, self._slot)
         self._steps: Generator[Sample, None, None] | None = None
         self._share: int | None = None  # samples this reader yields with even ranks
         self._reset(start.position if start is not None else Position(epoch), start)
 
     def _reset(self, position: Position, state: ResumeState | None) -> None:
         owner = self._owner
-        self._shards = worker_shards(
-            owner.shards.names, owner.shuffle, owner.seed, position.epoch, self._slot
-        )
+        self._shards = owner._worker_shards(position.epoch, self._slot)
         if state is not None:
             state.check(self.cursor.layout, len(self._shards))
         self._share = self._even_share(position.epoch)
@@ -336,16 +440,7 @@ class _Epoch:
         rows = owner.shards.rows  # counted only with even_ranks
         if rows is None:
             return None
-        share = even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
-        if share == 0 and any(rows):
-            slot = self._slot
-            raise InvalidArgument(
-                f"even_ranks: among {slot.world} rank(s) x {slot.workers} worker(s) some "
-                f"reader gets no rows of the {len(rows)} shard(s) in epoch {epoch}, so "
-                "every reader would yield nothing; use fewer workers, or write the dataset "
-                "as more, smaller shards"
-            )
-        return share
+        return _checked_even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
 
     def _context(self) -> str:
         slot = self._slot
