@@ -185,7 +185,9 @@ def test_len_counts_shards_written_before_rows_were_recorded_once() -> None:
     before = len(svc.gets)
     assert len(ds) == sum(ROWS.values())
     counted = len(svc.gets)
-    assert counted > before  # frame headers were read
+    # One small read per record-batch frame (the first frame is the schema), no more:
+    # schemas were checked when the object was made.
+    assert counted - before == sum(info.frame_count - 1 for info in svc.list("ds")) > 0
     assert len(ds) == sum(ROWS.values())
     assert len(svc.gets) == counted  # and only once
 
@@ -207,6 +209,20 @@ def test_a_worker_count_other_than_the_loaders_is_warned_of() -> None:
     ds = make(batch_size=2, num_workers=2)
     with pytest.warns(UserWarning, match=r"num_workers=2, but is read by 1 worker"):
         list(DataLoader(ds, batch_size=None, num_workers=0))
+    # Samples: len() is the same whatever the worker count, so nothing to warn of.
+    samples = make(num_workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(DataLoader(samples, batch_size=None, num_workers=0))) == len(samples)
+
+
+def test_a_dataset_is_true_even_when_its_length_is_unknown_or_zero() -> None:
+    # `if dataset:` called len(): a TypeError for a batching dataset without num_workers,
+    # and False for a rank with no shard this epoch.
+    assert make(batch_size=4)
+    idle = make(shards=["a/0"], rank=1, world_size=2)
+    assert len(idle) == 0
+    assert idle
 
 
 @settings(max_examples=60, deadline=None)

@@ -39,7 +39,7 @@ from tierstore.torch.batches import ShardRows
 from tierstore.torch.source import ShardSource
 from tierstore.types import ShardInfo, ShardKind
 
-__all__ = ["ShardSet", "conform", "read_shard", "resolve", "survey"]
+__all__ = ["ShardSet", "conform", "read_shard", "resolve", "row_counts", "survey"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +58,9 @@ class ShardSet:
     rows: tuple[int, ...] | None = None
     #: each shard's generation when it was listed (in ``names`` order)
     generations: tuple[int, ...] = ()
-    #: each shard's row count as recorded at put time (in ``names`` order), or None when
-    #: some shard was written before counts were recorded; no read needed
-    recorded_rows: tuple[int, ...] | None = None
+    #: each shard's row count as recorded at put time (in ``names`` order; None for a
+    #: shard written before counts were recorded), from the listing: no read needed
+    recorded_rows: tuple[int | None, ...] = ()
 
     def row_counts(self) -> dict[str, int]:
         """``rows`` by shard name. Raises FailedPrecondition when they were not counted."""
@@ -166,6 +166,21 @@ def survey(
     Raises what :meth:`Client.get` raises, MalformedArrow, and InvalidArgument for
     schema drift (naming both shards).
     """
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
+        # The reference's own schema was read by the caller: the others are checked.
+        others = [info for info in infos if info.name != reference]
+        schemas = pool.map(lambda info: _reference_schema(client, info), others)
+        totals = _counted_rows(client, infos, pool)
+        for info, schema in zip(others, schemas, strict=True):
+            check_conforms(info.dataset, expected, reference, info.name, schema)
+    return tuple(totals[info.name] for info in infos)
+
+
+def _counted_rows(
+    client: Client, infos: Sequence[ShardInfo], pool: ThreadPoolExecutor
+) -> dict[str, int]:
+    """Each shard's rows by name: as recorded at put time, else counted on ``pool`` from
+    the metadata of its frames (a few KiB read of each)."""
     jobs = [
         (info, index, start)
         for info in infos
@@ -173,17 +188,32 @@ def survey(
         for index, start in enumerate(accumulate(info.frame_sizes[:-1], initial=0))
         if index > 0
     ]
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
-        # The reference's own schema was read by the caller: the others are checked.
-        others = [info for info in infos if info.name != reference]
-        schemas = pool.map(lambda info: _reference_schema(client, info), others)
-        counts = pool.map(lambda job: _frame_rows(client, *job), jobs)
-        for info, schema in zip(others, schemas, strict=True):
-            check_conforms(info.dataset, expected, reference, info.name, schema)
-        totals = {info.name: info.rows or 0 for info in infos}
-        for (info, _, _), rows in zip(jobs, counts, strict=True):
-            totals[info.name] += rows
-    return tuple(totals[info.name] for info in infos)
+    counts = pool.map(lambda job: _frame_rows(client, *job), jobs)
+    totals = {info.name: info.rows or 0 for info in infos}
+    for (info, _, _), rows in zip(jobs, counts, strict=True):
+        totals[info.name] += rows
+    return totals
+
+
+def row_counts(
+    client: Client, shard_set: ShardSet, threads: int = _COUNT_THREADS
+) -> tuple[int, ...]:
+    """Each shard's rows (in ``names`` order): as counted or recorded when the set was
+    made, and for a shard written before counts were recorded, counted now from the
+    metadata of its frames (a few KiB read of each, ``threads`` at a time; no schema is
+    read). Raises what :meth:`Client.list` and :meth:`Client.get` raise, MalformedArrow,
+    and ShardNotFound for such a shard deleted since."""
+    known = shard_set.rows or shard_set.recorded_rows or (None,) * len(shard_set.names)
+    missing = [name for name, rows in zip(shard_set.names, known, strict=True) if rows is None]
+    counted: dict[str, int] = {}
+    if missing:
+        infos, _ = _listed(client, shard_set.dataset, missing, "")
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
+            counted = _counted_rows(client, infos, pool)
+    return tuple(
+        counted[name] if rows is None else rows
+        for name, rows in zip(shard_set.names, known, strict=True)
+    )
 
 
 def _select(schema: pa.Schema, columns: Sequence[str] | None, reference: str) -> pa.Schema:
@@ -251,13 +281,8 @@ def resolve(
         strings=strings,
         rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
         generations=tuple(info.generation for info in infos),
-        recorded_rows=_recorded_rows(infos),
+        recorded_rows=tuple(info.rows for info in infos),
     )
-
-
-def _recorded_rows(infos: Sequence[ShardInfo]) -> tuple[int, ...] | None:
-    rows = tuple(info.rows for info in infos if info.rows is not None)
-    return rows if len(rows) == len(infos) else None
 
 
 def check_conforms(

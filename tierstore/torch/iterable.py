@@ -29,7 +29,7 @@ import os
 import threading
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,14 @@ from tierstore.errors import InvalidArgument
 from tierstore.torch.access_plan import PlanReporter
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import Part, ShardRows, assemble
-from tierstore.torch.catalog import ShardSet, read_shard, resolve
+from tierstore.torch.catalog import ShardSet, read_shard, resolve, row_counts
 from tierstore.torch.epochs import SharedEpoch
+from tierstore.torch.length import EpochShape, checked_even_share, epoch_items
 from tierstore.torch.order import (
     Layout,
     Position,
     ResumeState,
     Slot,
-    even_share,
     position_after,
     sampler_plan,
     shard_rows,
@@ -174,6 +174,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
             strings=strings,
             with_rows=self.even_ranks,
         )
+        #: each shard's rows, once len() has asked (in ``shards.names`` order)
+        self._rows: tuple[int, ...] | None = self.shards.rows
         self._shared_epoch = SharedEpoch(0)  # reaches persistent workers too
         self._resume: ResumeState | None = None
         #: where this process's newest epoch iterator stands; the iterator itself (with its
@@ -202,14 +204,20 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def _epoch(self) -> int:
         return self._shared_epoch.value
 
+    def __bool__(self) -> bool:
+        """Always true: a dataset object is no container to test for emptiness (``if
+        dataset:`` would otherwise call ``len()``, which may raise or read)."""
+        return True
+
     def __len__(self) -> int:
-        """Samples (or batches) this rank yields in the current epoch, for a DataLoader's
-        ``len()`` (:meth:`epoch_length` with the ``num_workers`` given at construction).
+        """Samples (or batches) this rank yields in a whole epoch, the current one, for a
+        DataLoader's ``len()``: :meth:`epoch_length` with the ``num_workers`` given at
+        construction.
 
         Raises TypeError (what ``len()`` of a dataset without a length raises) when the
         count depends on the worker count and ``num_workers`` was not given.
         """
-        if self.num_workers is None and (self.batch_size is not None or self.even_ranks):
+        if self.num_workers is None and self._length_needs_workers:
             raise TypeError(
                 "len() of this IterableDataset depends on the DataLoader's worker count "
                 "(each worker makes its own batches; with even_ranks, its own share): pass "
@@ -218,59 +226,36 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
             )
         return self.epoch_length(self.num_workers or 0)
 
-    def epoch_length(self, num_workers: int = 0, epoch: int | None = None) -> int:
-        """Samples (or batches, with ``batch_size``) this rank yields in ``epoch`` (default:
-        the current one) when read by a DataLoader with ``num_workers`` workers.
+    @property
+    def _length_needs_workers(self) -> bool:
+        return self.batch_size is not None or self.even_ranks
 
-        Exact: it follows the epoch's shard order, so with ``shuffle`` and in-worker
-        batches it may differ by a batch or two from one epoch to the next. The rank is
-        found as iteration finds it. Row counts come from the catalog (recorded at put
-        time); shards written before counts were recorded are counted once, a few KiB read
-        per frame. Raises InvalidArgument for a bad ``num_workers`` or ``epoch``, and as
-        iteration would for an ``even_ranks`` layout with a reader of no rows.
+    def epoch_length(self, num_workers: int = 0, epoch: int | None = None) -> int:
+        """Samples (or batches, with ``batch_size``) this rank yields in the whole of
+        ``epoch`` (default: the current one) when read by a DataLoader with
+        ``num_workers`` workers; a resumed epoch yields only what its state has left.
+
+        Exact for the shards as listed when the object was made (a shard rewritten since
+        with other rows is not seen). With ``shuffle`` and in-worker batches it varies
+        from epoch to epoch, by up to about one batch per worker, as the shards a worker
+        gets change. The rank is found as iteration finds it. Row counts are the ones
+        recorded at put time (no read); shards written before counts were recorded are
+        counted on the first call, a few KiB read per frame of those shards. Raises
+        InvalidArgument for a bad ``num_workers`` or ``epoch``, and as iteration would
+        for an ``even_ranks`` layout with a reader of no rows; what counting raises
+        (Unavailable, ShardNotFound) on that first call.
         """
         workers = max(1, _check_int("num_workers", num_workers, 0))
         epoch = self._epoch if epoch is None else _check_int("epoch", epoch, 0)
-        rank, world = self._rank()
-        rows = self._row_counts()
-        slots = [Slot(rank, world, worker, workers) for worker in range(workers)]
-        if self.even_ranks:
-            share = _checked_even_share(rows, self.shuffle, self.seed, epoch, slots[0])
-            per_reader = [share] * workers
-        else:
-            count = dict(zip(self.shards.names, rows, strict=True))
-            per_reader = [
-                sum(count[name] for name in self._worker_shards(epoch, slot)) for slot in slots
-            ]
-        size = self.batch_size
-        if size is None:
-            return sum(per_reader)
-        return sum(n // size if self.drop_last else -(-n // size) for n in per_reader)
-
-    def _rank(self) -> tuple[int, int]:
         slot = current_slot(carried=self._carried_rank, given=self._given_rank)
-        return slot.rank, slot.world
-
-    def _worker_shards(self, epoch: int, slot: Slot) -> list[str]:
-        return worker_shards(self.shards.names, self.shuffle, self.seed, epoch, slot)
-
-    def _row_counts(self) -> tuple[int, ...]:
-        """Each shard's rows (in name order): counted, recorded, else counted now (once)."""
-        shards = self.shards
-        known = shards.rows or shards.recorded_rows
-        if known is None:
-            counted = resolve(
-                self._source.client(),
-                shards.dataset,
-                shards=shards.names,
-                columns=shards.schema.names,
-                strings=shards.strings,
-                with_rows=True,
-            )
-            known = counted.rows
-            assert known is not None
-            self.shards = replace(shards, recorded_rows=known)
-        return known
+        if self._rows is None:
+            self._rows = row_counts(self._source.client(), self.shards)
+        shape = EpochShape(
+            self.shuffle, self.seed, self.batch_size, self.drop_last, self.even_ranks
+        )
+        return epoch_items(
+            self.shards.names, self._rows, shape, epoch, slot.rank, slot.world, workers
+        )
 
     def layout(self, slot: Slot | None) -> Layout:
         """What positions of this dataset are relative to, in ``slot``."""
@@ -336,26 +321,11 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
 
 
-def _checked_even_share(
-    rows: Sequence[int], shuffle: bool, seed: int, epoch: int, slot: Slot
-) -> int:
-    """:func:`even_share`, refused (InvalidArgument) when some reader of ``slot``'s
-    layout has no rows while others have some: every reader would yield nothing."""
-    share = even_share(rows, shuffle, seed, epoch, slot)
-    if share == 0 and any(rows):
-        raise InvalidArgument(
-            f"even_ranks: among {slot.world} rank(s) x {slot.workers} worker(s) some "
-            f"reader gets no rows of the {len(rows)} shard(s) in epoch {epoch}, so "
-            "every reader would yield nothing; use fewer workers, or write the dataset "
-            "as more, smaller shards"
-        )
-    return share
-
-
-def _warn_if_other_workers(declared: int | None, slot: Slot) -> None:
-    """Warn when the dataset was told another worker count than the loader has: its
-    ``len()`` then counts for a loader that is not the one reading."""
-    if declared is not None and max(1, declared) != slot.workers:
+def _warn_if_other_workers(owner: IterableDataset, slot: Slot) -> None:
+    """Warn when the dataset was told another worker count than the loader has, and its
+    ``len()`` depends on it: it then counts for a loader that is not the one reading."""
+    declared = owner.num_workers
+    if declared is not None and owner._length_needs_workers and max(1, declared) != slot.workers:
         warnings.warn(
             f"the dataset was made with num_workers={declared}, but is read by "
             f"{slot.workers} worker(s): its len() is not this loader's",
@@ -391,14 +361,16 @@ class _Epoch:
         self._shared = torch.utils.data.get_worker_info() is not None
         self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
-        _warn_if_other_workers(owner.num_workers, self._slot)
+        _warn_if_other_workers(owner, self._slot)
         self._steps: Generator[Sample, None, None] | None = None
         self._share: int | None = None  # samples this reader yields with even ranks
         self._reset(start.position if start is not None else Position(epoch), start)
 
     def _reset(self, position: Position, state: ResumeState | None) -> None:
         owner = self._owner
-        self._shards = owner._worker_shards(position.epoch, self._slot)
+        self._shards = worker_shards(
+            owner.shards.names, owner.shuffle, owner.seed, position.epoch, self._slot
+        )
         if state is not None:
             state.check(self.cursor.layout, len(self._shards))
         self._share = self._even_share(position.epoch)
@@ -440,7 +412,7 @@ class _Epoch:
         rows = owner.shards.rows  # counted only with even_ranks
         if rows is None:
             return None
-        return _checked_even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
+        return checked_even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
 
     def _context(self) -> str:
         slot = self._slot
