@@ -470,6 +470,23 @@ def test_a_whole_object_answer_cut_short_is_asked_for_again(
         tier.close()
 
 
+def test_a_failing_head_behind_a_whole_object_answer_is_named(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    def answer(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "HEAD":
+            return s3_error(500, "InternalError")
+        return 200, {}, b"012345"
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=2))
+    try:
+        with pytest.raises(ArchiveUnavailable, match=r"500 .*to HeadObject after 2 attempts"):
+            tier.get("k", (4, 4))
+    finally:
+        tier.close()
+
+
 @pytest.mark.parametrize(
     ("endpoint", "signed"),
     [

@@ -142,7 +142,9 @@ class S3Tier:
         """Return the value or ``byte_range`` = ``(offset, length)`` of it; ``None`` if absent.
 
         One GET (ranged when ``byte_range`` is given); a HEAD is added for a
-        zero-length range or when the store answers 416. Raises
+        zero-length range, when the store answers 416, and when it ignores the range and
+        sends a whole object that ends before the range does (a body cut short on the
+        way is asked for again, not taken for the object's end). Raises
         :class:`InvalidRange` as :func:`resolve_range` does,
         :class:`ArchiveUnavailable` when the archive fails, and
         :class:`StoreClosed` after ``close``. Thread-safe.
@@ -200,13 +202,15 @@ class S3Tier:
         if response["ResponseMetadata"]["HTTPStatusCode"] != 206:
             # The store ignored the Range header and sent the whole object.
             if sum(byte_range) > len(body):
-                self._check_whole_body(client, full_key, len(body))
+                self._check_whole_body(client, full_key, byte_range, len(body))
             start, stop = resolve_range(len(body), byte_range)
             return memoryview(body)[start:stop]
         self._check_content_range(full_key, byte_range, response.get("ContentRange", ""), len(body))
         return memoryview(body)
 
-    def _check_whole_body(self, client: S3Client, full_key: str, received: int) -> None:
+    def _check_whole_body(
+        self, client: S3Client, full_key: str, byte_range: tuple[int, int], received: int
+    ) -> None:
         """Refuse a whole-object answer shorter than the object (one HEAD): a body cut
         short on the way, with a Content-Length to match, would otherwise clip the
         range as if the object ended there. WrongAnswer, which the retries try again."""
@@ -220,8 +224,8 @@ class S3Tier:
         if size != received:
             found = "is gone" if size is None else f"has {size}"
             raise WrongAnswer(
-                f"GET {bucket}/{full_key}: the store sent {received} bytes of the whole "
-                f"object for a range, and the object {found}"
+                f"GET {bucket}/{full_key}: asked for range {byte_range}, the store sent "
+                f"{received} bytes of the whole object, and the object {found}"
             )
 
     def _check_content_range(

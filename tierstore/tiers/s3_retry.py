@@ -117,8 +117,10 @@ def call_with_retries(settings: S3Settings, what: str, fn: Callable[[], T]) -> T
                 f"{what}: bucket {s.bucket!r} does not exist at {s.endpoint_url}"
             ) from exc
         tries = f" after {s.max_attempts} attempts" if is_transient(exc) else ""
+        # The request that failed: one of ``what``'s may be a HEAD behind its GET, say.
+        request = f" to {exc.operation_name}" if exc.operation_name else ""
         raise ArchiveUnavailable(
-            f"{what}: archive {s.endpoint_url} answered {status} {code}{tries}"
+            f"{what}: archive {s.endpoint_url} answered {status} {code}{request}{tries}"
         ) from exc
     except ParamValidationError as exc:
         raise InvalidArgument(f"{what}: {exc}") from exc
