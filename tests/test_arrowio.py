@@ -297,6 +297,47 @@ def test_validate_rejects(case: str) -> None:
         validate_arrow_frames(frames)
 
 
+def zstd_frames(table: pa.Table) -> list[pa.Buffer]:
+    stream = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(stream, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return arrowio._split_messages(stream.getvalue())
+
+
+def test_compressed_batches_are_refused_before_anything_is_decompressed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 8 KB of zstd per 256 MiB of zeros: every batch was decompressed and held before
+    # the in-place check refused them, gigabytes for a writer's few KB.
+    zeros = pa.table({"z": np.zeros(1 << 20, dtype=np.int64)})  # 8 MiB, a few KB compressed
+    frames = zstd_frames(zeros)
+    bomb = [frames[0], *[frames[1]] * 8]
+    assert sum(frame.size for frame in bomb[1:]) < zeros.nbytes // 100
+    decoded: list[object] = []
+    monkeypatch.setattr(arrowio, "_read_stream", lambda frames: decoded.append(frames))
+    with pytest.raises(
+        MalformedArrow, match=r"frame 1: the record batch message's body is compressed"
+    ):
+        validate_arrow_frames(bomb)
+    assert decoded == []
+    # A compressed dictionary batch too.
+    words = pa.table({"w": pa.array(["a", "b", "a"] * 1000).dictionary_encode()})
+    dictionary = zstd_frames(words)
+    assert [arrowio._message_type(i, f) for i, f in enumerate(dictionary)][1] == "dictionary"
+    assert arrowio.message_is_compressed(dictionary[1])
+    with pytest.raises(
+        MalformedArrow, match=r"frame 1: the dictionary message's body is compressed"
+    ):
+        validate_arrow_frames(dictionary)
+
+
+def test_uncompressed_messages_are_told_apart() -> None:
+    frames = table_to_frames(pa.table({"w": pa.array(["a", "b"] * 10).dictionary_encode()}), KIB)
+    assert [arrowio.message_is_compressed(frame) for frame in frames] == [False] * len(frames)
+    assert len(frames) >= 3  # schema, dictionary, batch
+
+
 def test_validate_names_the_frame() -> None:
     frames = good_frames()
     bad = [*frames[:3], frames[3].to_pybytes()[:-16], *frames[4:]]

@@ -38,6 +38,7 @@ __all__ = [
     "fixed_list_values",
     "frames_to_table",
     "message_header_bytes",
+    "message_is_compressed",
     "message_rows",
     "read_ipc_table",
     "table_to_frames",
@@ -302,7 +303,11 @@ def _message_type(index: int, frame: pa.Buffer) -> str:
 
 
 _CONTINUATION = b"\xff\xff\xff\xff"
-_RECORD_BATCH = 3  # MessageHeader union type of a RecordBatch (Arrow's Message.fbs)
+# From Arrow's Message.fbs: MessageHeader union types, and RecordBatch's field number
+# of its (optional) BodyCompression.
+_DICTIONARY_BATCH = 2
+_RECORD_BATCH = 3
+_BATCH_COMPRESSION = 3
 
 
 def message_header_bytes(prefix: BufferLike) -> int:
@@ -328,23 +333,54 @@ def message_rows(header: BufferLike) -> int:
     Reads the flatbuffer ``Message`` table by hand (pyarrow reads no message without its
     body). Raises MalformedArrow for metadata that does not parse.
     """
-    data = bytes(memoryview(header)[: message_header_bytes(header)])
+    data = _metadata(header)
+    header_type, batch = _batch_table(data)
+    if header_type != _RECORD_BATCH:
+        return 0
+    rows = _field(data, batch, 0, "<q")
+    if rows < 0:
+        raise MalformedArrow(f"a record batch of {rows} rows")
+    return rows
+
+
+def message_is_compressed(header: BufferLike) -> bool:
+    """Whether the encapsulated IPC message that starts with ``header`` (as for
+    :func:`message_rows`) is a record or dictionary batch with a compressed body: told
+    from its metadata, before anything is decompressed (a few KiB of zstd may inflate to
+    gigabytes). Raises MalformedArrow for metadata that does not parse."""
+    data = _metadata(header)
+    header_type, batch = _batch_table(data)
+    if header_type not in (_RECORD_BATCH, _DICTIONARY_BATCH):
+        return False
+    return _field_position(data, batch, _BATCH_COMPRESSION) is not None
+
+
+def _metadata(header: BufferLike) -> bytes:
+    return bytes(memoryview(header)[: message_header_bytes(header)])
+
+
+def _batch_table(data: bytes) -> tuple[int, int]:
+    """The message header's type and, for a record or dictionary batch, where its
+    ``RecordBatch`` table is (the dictionary batch's own ``data``; else -1). Raises
+    MalformedArrow for metadata that does not parse."""
     base = 8 if data[:4] == _CONTINUATION else 4
     try:
         message = base + _u32(data, base)
         header_type = _field(data, message, 1, "<B")
-        if header_type != _RECORD_BATCH:
-            return 0
+        if header_type not in (_RECORD_BATCH, _DICTIONARY_BATCH):
+            return header_type, -1
         at = _field_position(data, message, 2)
         if at is None:
-            raise MalformedArrow("a record batch message without its header")
-        batch = at + _u32(data, at)
-        rows = _field(data, batch, 0, "<q")
+            raise MalformedArrow("a batch message without its header")
+        table = at + _u32(data, at)
+        if header_type == _DICTIONARY_BATCH:
+            at = _field_position(data, table, 1)
+            if at is None:
+                raise MalformedArrow("a dictionary batch without its data")
+            table = at + _u32(data, at)
     except struct.error as exc:
         raise MalformedArrow(f"IPC message metadata does not parse: {exc}") from exc
-    if rows < 0:
-        raise MalformedArrow(f"a record batch of {rows} rows")
-    return rows
+    return header_type, table
 
 
 def _unpack(layout: str, data: bytes, at: int) -> int:
@@ -420,6 +456,13 @@ def validate_arrow_frames(
         if kind not in expected:
             where = "frame 0 must hold the schema" if index == 0 else "only batches may follow"
             raise MalformedArrow(f"frame {index} holds a {kind} message; {where}")
+        # Refused before any frame is decoded: decoding decompresses every batch.
+        if index and message_is_compressed(frame):
+            raise MalformedArrow(
+                f"frame {index}: the {kind} message's body is compressed; tierstore "
+                "stores batches uncompressed, to serve them in place (write without "
+                "compression)"
+            )
     schema, batches = _read_stream(buffers)
     for index, batch in batches:
         try:
