@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2
 from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.server.tls import ensure_tls_material
-from tierstore.types import Grant, Role
+from tierstore.types import Durability, Grant, Role
 from tierstore.v1 import (
     admin_pb2,
     common_pb2,
@@ -274,6 +274,15 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
     for method, request, expected in cases:
         code, _ = refused(raw.unary, method, request)
         assert code == expected, (method, request)
+    # Durability set but unspecified made a write-through dataset write-back.
+    admin.update_dataset(dataset, durability="write-through")
+    unspecified = datasets_pb2.UpdateDatasetRequest(
+        name=dataset, durability=common_pb2.DURABILITY_UNSPECIFIED
+    )
+    assert unspecified.HasField("durability")
+    code, name = refused(raw.unary, DATASETS + "UpdateDataset", unspecified)
+    assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidArgument")
+    assert admin.get_dataset(dataset).durability is Durability.WRITE_THROUGH
     plan_cases: list[tuple[str, Any, str]] = [
         (
             DATASETS + "UpdateDataset",

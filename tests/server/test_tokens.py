@@ -72,6 +72,16 @@ def test_create_and_authenticate(store: TokenStore) -> None:
     assert store.list() == [info]
 
 
+def test_two_roles_on_one_dataset_are_refused(store: TokenStore) -> None:
+    # Both were kept, and the token acted as the higher one, whatever was meant.
+    grants = [Grant("ds", Role.READER), Grant("ds", Role.ADMIN)]
+    with pytest.raises(InvalidArgument, match="two roles on dataset 'ds': reader and admin"):
+        store.create("alice", grants)
+    assert store.list() == []
+    info, _ = store.create("alice", [*READ_DS, *READ_DS, Grant("other", Role.WRITER)])
+    assert info.grants == (Grant("ds", Role.READER), Grant("other", Role.WRITER))
+
+
 def test_tokens_are_unique(store: TokenStore) -> None:
     tokens = {store.create("alice", READ_DS)[1] for _ in range(20)}
     assert len(tokens) == 20

@@ -8,6 +8,7 @@ import threading
 import grpc
 
 from tierstore.engine.store import Store
+from tierstore.errors import InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, visible
 from tierstore.server.rpc import caller, handler
@@ -80,9 +81,17 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self, request: datasets_pb2.UpdateDatasetRequest, context: grpc.ServicerContext
     ) -> common_pb2.Dataset:
         name = self._check("UpdateDataset", request.name)
-        durability = (
-            durability_from_pb(request.durability) if request.HasField("durability") else None
-        )
+        durability = None
+        if request.HasField("durability"):
+            # Unspecified means the default where a dataset is made; set here, it would
+            # turn a write-through dataset write-back, a client that fills every optional
+            # field with its zero value weakening durability unasked.
+            if request.durability == common_pb2.DURABILITY_UNSPECIFIED:
+                raise InvalidArgument(
+                    "durability is set but unspecified: give DURABILITY_WRITE_BACK or "
+                    "DURABILITY_WRITE_THROUGH to change it, or leave the field unset"
+                )
+            durability = durability_from_pb(request.durability)
         quota = request.hot_quota_bytes if request.HasField("hot_quota_bytes") else None
         policy = request.policy if request.HasField("policy") else None
         return _dataset(name, self._store.update_dataset(name, durability, quota, policy))

@@ -105,14 +105,22 @@ def _digest(token: str) -> str:
 
 
 def _check_grants(grants: Iterable[Grant]) -> tuple[Grant, ...]:
-    checked: set[Grant] = set()
+    """The grants, each once, in order; InvalidArgument for one that is no Grant of a
+    Role, names no valid dataset, or gives a dataset a second role (which one was meant:
+    the token would act with the higher, whatever the list looked like)."""
+    checked: dict[str, Grant] = {}
     for grant in grants:
         if not isinstance(grant, Grant) or not isinstance(grant.role, Role):
             raise InvalidArgument(f"a grant must be a Grant with a Role, not {grant!r}")
         if grant.dataset != ALL_DATASETS:
             validate_dataset_name(grant.dataset)
-        checked.add(grant)
-    return tuple(sorted(checked, key=lambda g: (g.dataset, g.role.rank)))
+        held = checked.setdefault(grant.dataset, grant)
+        if held.role is not grant.role:
+            raise InvalidArgument(
+                f"two roles on dataset {grant.dataset!r}: {held.role.value} and "
+                f"{grant.role.value}; grant one (each role includes those below it)"
+            )
+    return tuple(sorted(checked.values(), key=lambda g: (g.dataset, g.role.rank)))
 
 
 class TokenStore:
