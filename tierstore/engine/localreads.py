@@ -110,8 +110,10 @@ class LocalReadSupport:
         with self._env.read() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
         if record.generation != generation:
+            state = "is no longer" if generation < record.generation else "was never"
             raise FailedPrecondition(
-                f"generation {generation} of {dataset}/{shard} is no longer current"
+                f"generation {generation} of {dataset}/{shard} {state} current (the "
+                f"current one is {record.generation})"
             )
         if record.envelope is None:
             raise FailedPrecondition(f"{dataset}/{shard} is not encrypted: it has no data key")
