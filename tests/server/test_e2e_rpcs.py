@@ -500,6 +500,18 @@ def test_health_on_both_ports(server: ServerProcess) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for check in (
+        server.health,
+        lambda service: stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5, metadata=server.metadata
+        ),
+    ):  # the same answer on both ports (the API port's had no message)
+        with pytest.raises(grpc.RpcError) as caught:
+            check("no.such.Service")
+        assert (caught.value.code(), caught.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            "unknown service",
+        )
 
     # The plaintext port serves health and nothing else.
     with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as plain:

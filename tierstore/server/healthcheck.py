@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-__all__ = ["WATCH_REFUSED", "CheckOnlyHealth", "list_reply"]
+__all__ = ["UNKNOWN_SERVICE", "WATCH_REFUSED", "CheckOnlyHealth", "list_reply"]
 
 #: What a ``Watch`` is answered (UNIMPLEMENTED), on either health port.
 WATCH_REFUSED = "Watch is not served: poll Check instead"
+#: What a ``Check`` of a service the node does not serve is answered (NOT_FOUND).
+UNKNOWN_SERVICE = "unknown service"
 
 
 def list_reply(statuses: Mapping[str, int]) -> health_pb2.HealthListResponse:
@@ -37,6 +39,14 @@ class CheckOnlyHealth(health.HealthServicer):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__(experimental_non_blocking=False)
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+        # The library's answers NOT_FOUND with no message; the health port says why.
+        with self._lock:
+            status = self._server_status.get(request.service)
+        if status is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, UNKNOWN_SERVICE)
+        return health_pb2.HealthCheckResponse(status=status)
 
     def List(self, request: Any, context: grpc.ServicerContext) -> health_pb2.HealthListResponse:
         # The statuses live in the library servicer's map, which set() and

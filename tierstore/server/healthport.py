@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2
 
 from tierstore.errors import Unavailable
 from tierstore.server.decoding import refuse_undecodable
-from tierstore.server.healthcheck import WATCH_REFUSED, list_reply
+from tierstore.server.healthcheck import UNKNOWN_SERVICE, WATCH_REFUSED, list_reply
 
 __all__ = ["HealthPort"]
 
@@ -148,7 +148,7 @@ class HealthPort:
         with self._lock:
             status = self._statuses.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            await context.abort(grpc.StatusCode.NOT_FOUND, UNKNOWN_SERVICE)
         return health_pb2.HealthCheckResponse(status=status)
 
     async def _list(
