@@ -332,6 +332,41 @@ def test_compressed_batches_are_refused_before_anything_is_decompressed(
         validate_arrow_frames(dictionary)
 
 
+def test_the_pre_1_0_compression_marker_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrow still decompresses a V4 batch whose custom metadata names a codec, with no
+    # compression field: such frames passed the check, and were decompressed.
+    table = pa.table({"x": np.zeros(2000)})
+    stream = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(metadata_version=pa.ipc.MetadataVersion.V4)
+    with pa.ipc.new_stream(stream, table.schema, options=options) as writer:
+        batch = table.to_batches()[0]
+        writer.write_batch(batch)
+        writer.write_batch(batch, custom_metadata={"ARROW:experimental_compression": "zstd"})
+    frames = arrowio._split_messages(stream.getvalue())
+    assert [arrowio.message_is_compressed(frame) for frame in frames] == [False, False, True]
+    assert validate_arrow_frames(frames[:2]).names == ["x"]
+    decoded: list[object] = []
+    monkeypatch.setattr(arrowio, "_read_stream", lambda frames: decoded.append(frames))
+    with pytest.raises(MalformedArrow, match="frame 2: the record batch message's body is"):
+        validate_arrow_frames(frames)
+    assert decoded == []
+
+
+def test_a_dictionary_decoded_outside_every_frame_is_refused() -> None:
+    frames = table_to_frames(pa.table({"w": pa.array(["a", "b"] * 10).dictionary_encode()}), KIB)
+    schema, batches = arrowio._read_stream(frames)
+    index, batch = batches[-1]
+    spans = arrowio._FrameSpans(frames)
+    arrowio._check_in_place(index, batch, frames[index], spans)  # in place: fine
+    # The same indices over a dictionary made elsewhere (as a decompressed one is).
+    elsewhere = pa.DictionaryArray.from_arrays(batch.column(0).indices, pa.array(["a", "b"]))
+    moved = pa.record_batch([elsewhere], schema=schema)
+    with pytest.raises(MalformedArrow, match=f"frame {index}: record batch does not decode"):
+        arrowio._check_in_place(index, moved, frames[index], spans)
+
+
 def test_uncompressed_messages_are_told_apart() -> None:
     frames = table_to_frames(pa.table({"w": pa.array(["a", "b"] * 10).dictionary_encode()}), KIB)
     assert [arrowio.message_is_compressed(frame) for frame in frames] == [False] * len(frames)

@@ -18,6 +18,7 @@ Every function here is pure (no I/O, no shared state) and therefore thread-safe.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -308,6 +309,8 @@ _CONTINUATION = b"\xff\xff\xff\xff"
 _DICTIONARY_BATCH = 2
 _RECORD_BATCH = 3
 _BATCH_COMPRESSION = 3
+_MESSAGE_CUSTOM_METADATA = 4
+_LEGACY_COMPRESSION = b"ARROW:experimental_compression"
 
 
 def message_header_bytes(prefix: BufferLike) -> int:
@@ -352,7 +355,33 @@ def message_is_compressed(header: BufferLike) -> bool:
     header_type, batch = _batch_table(data)
     if header_type not in (_RECORD_BATCH, _DICTIONARY_BATCH):
         return False
-    return _field_position(data, batch, _BATCH_COMPRESSION) is not None
+    if _field_position(data, batch, _BATCH_COMPRESSION) is not None:
+        return True
+    # Arrow still reads the pre-1.0 marker: the codec named in the message's custom
+    # metadata (with metadata version V4), and no compression field.
+    return _LEGACY_COMPRESSION in _custom_metadata_keys(data)
+
+
+def _custom_metadata_keys(data: bytes) -> list[bytes]:
+    """The keys of the ``Message`` table's ``custom_metadata`` (a vector of
+    ``KeyValue`` tables). Raises MalformedArrow for metadata that does not parse."""
+    base = 8 if data[:4] == _CONTINUATION else 4
+    message = base + _u32(data, base)
+    at = _field_position(data, message, _MESSAGE_CUSTOM_METADATA)
+    if at is None:
+        return []
+    vector = at + _u32(data, at)
+    keys = []
+    for entry in range(_u32(data, vector)):
+        slot = vector + 4 + 4 * entry
+        key_at = _field_position(data, slot + _u32(data, slot), 0)
+        if key_at is not None:
+            text = key_at + _u32(data, key_at)
+            size = _u32(data, text)
+            if text + 4 + size > len(data):
+                raise MalformedArrow("IPC message metadata points outside itself")
+            keys.append(data[text + 4 : text + 4 + size])
+    return keys
 
 
 def _metadata(header: BufferLike) -> bytes:
@@ -413,19 +442,39 @@ def _field(data: bytes, table: int, index: int, layout: str) -> int:
     return 0 if at is None else _unpack(layout, data, at)
 
 
-def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
-    low, high = frame.address, frame.address + frame.size
+class _FrameSpans:
+    """Where frames lie in memory, to ask whether a buffer lies within one of them."""
+
+    def __init__(self, frames: Sequence[pa.Buffer]) -> None:
+        spans = sorted((frame.address, frame.address + frame.size) for frame in frames)
+        self._starts = [start for start, _ in spans]
+        self._stops = [stop for _, stop in spans]
+
+    def hold(self, buffers: Iterable[pa.Buffer | None]) -> bool:
+        """Whether every non-empty buffer lies within one frame."""
+        for buffer in buffers:
+            if buffer is None or not buffer.size:
+                continue
+            at = bisect.bisect_right(self._starts, buffer.address) - 1
+            if at < 0 or buffer.address + buffer.size > self._stops[at]:
+                return False
+        return True
+
+
+def _check_in_place(
+    index: int, batch: pa.RecordBatch, frame: pa.Buffer, frames: _FrameSpans
+) -> None:
+    """Refuse a batch (frame ``index``) with a buffer outside its frame, or a top-level
+    dictionary with one outside every frame: decoded, not served in place."""
+    own = _FrameSpans([frame])
     for column in batch.columns:
-        for buffer in column.buffers():  # dictionary values are not among these
-            if (
-                buffer is not None
-                and buffer.size
-                and not (low <= buffer.address and buffer.address + buffer.size <= high)
-            ):
-                raise MalformedArrow(
-                    f"frame {index}: record batch does not decode in place "
-                    "(compressed body or foreign byte order?)"
-                )
+        if not own.hold(column.buffers()) or (
+            pa.types.is_dictionary(column.type) and not frames.hold(column.dictionary.buffers())
+        ):
+            raise MalformedArrow(
+                f"frame {index}: record batch does not decode in place "
+                "(compressed body or foreign byte order?)"
+            )
 
 
 def validate_arrow_frames(
@@ -464,12 +513,13 @@ def validate_arrow_frames(
                 "compression)"
             )
     schema, batches = _read_stream(buffers)
+    spans = _FrameSpans(buffers)
     for index, batch in batches:
         try:
             batch.validate(full=True)
         except _ARROW_ERRORS as exc:
             raise MalformedArrow(f"frame {index}: invalid record batch: {exc}") from exc
-        _check_in_place(index, batch, buffers[index])
+        _check_in_place(index, batch, buffers[index], spans)
     return schema
 
 
