@@ -110,9 +110,8 @@ class LocalReadSupport:
         with self._env.read() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
         if record.generation != generation:
-            state = "is no longer" if generation < record.generation else "was never"
             raise FailedPrecondition(
-                f"generation {generation} of {dataset}/{shard} {state} current (the "
+                f"generation {generation} of {dataset}/{shard} is not current (the "
                 f"current one is {record.generation})"
             )
         if record.envelope is None:
