@@ -3,6 +3,8 @@ epoch's global order, and plans are validated."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -47,6 +49,37 @@ def test_replacement_draws() -> None:
     assert len(set(draws.tolist())) == 10  # 500 draws over 10 shards hit them all
     assert len(epoch_order(10, SamplerKind.REPLACEMENT, seed=1, epoch=0)) == 10
     assert len(epoch_order(0, SamplerKind.REPLACEMENT, seed=1, epoch=0)) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(0, 50),
+    samples=st.integers(0, 400),
+    world=st.integers(1, 9),
+    seed=st.integers(0, 2**63),
+)
+def test_a_rank_draws_its_share_of_the_epochs_draws(
+    count: int, samples: int, world: int, seed: int
+) -> None:
+    draws = epoch_order(count, SamplerKind.REPLACEMENT, seed, 3, samples).tolist()
+    for rank in range(world):
+        plan = SamplerPlan(SamplerKind.REPLACEMENT, seed, 3, rank, world, samples_per_epoch=samples)
+        assert plan_indices(plan, count).tolist() == draws[rank::world]
+
+
+def test_a_ranks_draws_cost_its_share_not_the_epochs() -> None:
+    # 37 bytes asked for 40 million draws of which a rank kept 64: the server made
+    # them all first (a GiB). Now only the rank's are made.
+    draws, world = 10**9, 10**9 // 64
+    plan = SamplerPlan(SamplerKind.REPLACEMENT, 1, 0, 5, world, samples_per_epoch=draws)
+    tracemalloc.start()
+    try:
+        indices = plan_indices(plan, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(indices) == 64 and set(indices.tolist()) <= {0, 1, 2}
+    assert peak < 1 << 20
 
 
 @settings(max_examples=60, deadline=None)

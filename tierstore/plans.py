@@ -94,12 +94,28 @@ def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return z ^ (z >> np.uint64(31))
 
 
-def _stream(seed: int, epoch: int, count: int) -> npt.NDArray[np.uint64]:
-    """``count`` pseudo-random uint64 values determined by (seed, epoch) alone."""
+def _stream(
+    seed: int, epoch: int, count: int, start: int = 0, step: int = 1
+) -> npt.NDArray[np.uint64]:
+    """Pseudo-random uint64 values determined by (seed, epoch) alone: those at positions
+    ``start, start + step, ...`` below ``count`` of one stream (each value depends on its
+    position only, so a rank's share costs its own length, not the whole stream's)."""
     base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
     base = _splitmix64(np.array([base ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
+    positions = np.arange(start, count, step, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return _splitmix64(np.arange(count, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + base)
+        return _splitmix64(positions * np.uint64(0x9E3779B97F4A7C15) + base)
+
+
+def _draws(
+    count: int, seed: int, epoch: int, samples: int, start: int = 0, step: int = 1
+) -> npt.NDArray[np.int64]:
+    """Draws with replacement from ``count`` shards (``samples`` of them, or ``count``):
+    those at positions ``start, start + step, ...`` of the epoch's draws."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    values = _stream(seed, epoch, samples or count, start, step)
+    return (values % np.uint64(count)).astype(np.int64)
 
 
 def epoch_order(
@@ -110,22 +126,26 @@ def epoch_order(
         return np.arange(count, dtype=np.int64)
     if kind is SamplerKind.SHUFFLE:
         return np.argsort(_stream(seed, epoch, count), kind="stable").astype(np.int64)
-    draws = samples or count
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    return (_stream(seed, epoch, draws) % np.uint64(count)).astype(np.int64)
+    return _draws(count, seed, epoch, samples)
 
 
 def plan_indices(plan: SamplerPlan, count: int) -> npt.NDArray[np.int64]:
     """The indices (into the sorted shard list of ``count`` shards) that ``plan``'s
     rank reads, over all its epochs in order. Raises InvalidArgument."""
     plan.validate()
-    parts = [
-        epoch_order(count, plan.kind, plan.seed, plan.epoch + offset, plan.samples_per_epoch)[
-            plan.rank :: plan.world_size
+    rank, world = plan.rank, plan.world_size
+    if plan.kind is SamplerKind.REPLACEMENT:
+        # Only this rank's draws are made: the epoch's may be far more than its share
+        # (a plan of 64 entries asked the server for 40 million draws, a GiB).
+        parts = [
+            _draws(count, plan.seed, plan.epoch + offset, plan.samples_per_epoch, rank, world)
+            for offset in range(plan.epochs)
         ]
-        for offset in range(plan.epochs)
-    ]
+    else:
+        parts = [
+            epoch_order(count, plan.kind, plan.seed, plan.epoch + offset)[rank::world]
+            for offset in range(plan.epochs)
+        ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
