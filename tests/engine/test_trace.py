@@ -107,22 +107,24 @@ def test_interned_names_are_compacted_without_losing_any() -> None:
     assert len(ring._names) <= 2 * 4 + 1024
 
 
-def test_plan_declarations_hold_a_bounded_number_of_entries(
+def test_plan_declarations_hold_a_bounded_number_of_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Declared-then-closed plans would otherwise stay in the ring, entries and all, for
-    # a million events: a caller with the reader role could fill memory with them.
-    monkeypatch.setattr(trace, "MAX_TRACED_PLAN_ENTRIES", 10)
+    # a million events: a caller with the reader role could fill memory with them. The
+    # bound is in bytes: one of entries let long names hold 20 GB.
+    entry = 10  # a one-letter name, its separator and its 8-byte size
+    monkeypatch.setattr(trace, "MAX_TRACED_PLAN_BYTES", 10 * entry)
     ring = TraceRing(100)
 
-    def plan(job: str, entries: int) -> TracedPlan:
-        return TracedPlan(0.0, job, "d", ("s",) * entries, (1,) * entries)
+    def plan(job: str, entries: int, name: str = "s") -> TracedPlan:
+        return TracedPlan(0.0, job, "d", (name,) * entries, (1,) * entries)
 
     ring.plan_event(plan("a", 4))
     ring.read("d", "s", 1, True)
     ring.plan_event(plan("b", 4))
     ring.plan_event(TracedClose(0.0, "a", "d"))
-    ring.plan_event(plan("c", 4))  # 12 entries: a's declaration leaves early
+    ring.plan_event(plan("c", 4))  # 12 entries' bytes: a's declaration leaves early
     kept = [(type(e).__name__, getattr(e, "job", None)) for e in ring.events()]
     assert kept == [
         ("TracedRead", None),
@@ -130,12 +132,14 @@ def test_plan_declarations_hold_a_bounded_number_of_entries(
         ("TracedClose", "a"),
         ("TracedPlan", "c"),
     ]
-    assert ring._declared_entries == 8
+    assert ring._declared_bytes == 2 * (4 * entry - 1)  # no separator after the last name
+    ring.plan_event(plan("long", 2, "x" * 40))  # two entries, but long names: c leaves
+    assert [e.job for e in ring.events() if isinstance(e, TracedPlan)] == ["long"]
     ring.plan_event(plan("big", 30))  # larger than the bound alone: kept, alone
     assert [e.job for e in ring.events() if isinstance(e, TracedPlan)] == ["big"]
     for index in range(200):  # the slots of every declaration are overwritten
         ring.read("d", f"s{index}", 1, False)
-    assert ring._declared_entries == 0 and not ring._others
+    assert ring._declared_bytes == 0 and not ring._others
 
 
 def test_the_sizing_curve_is_the_lru_miss_ratio_of_the_traced_reads(

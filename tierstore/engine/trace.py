@@ -14,7 +14,7 @@ Reads are stored column-wise in preallocated arrays (8 + 8 + 8 + 1 bytes a slot,
 recording one costs a lock, a dict look-up and four array stores: no allocation
 on the read path. The rarer plan events are kept as objects beside the arrays; a
 declared plan holds its entries, so the plan events in the ring hold at most
-:data:`MAX_TRACED_PLAN_ENTRIES` entries together, and past that the oldest
+:data:`MAX_TRACED_PLAN_BYTES` bytes of entries together, and past that the oldest
 declarations leave the ring early (as events older than the ring do: a trace may
 start with positions of a plan it does not show). Closed plans cannot pile up there.
 
@@ -42,10 +42,12 @@ from tierstore.types import (
     TraceEvent,
 )
 
-__all__ = ["MAX_TRACED_PLAN_ENTRIES", "SIZING_FACTORS", "TraceRing"]
+__all__ = ["MAX_TRACED_PLAN_BYTES", "SIZING_FACTORS", "TraceRing"]
 
-#: the most plan entries the ring's plan declarations may hold together.
-MAX_TRACED_PLAN_ENTRIES = 20_000_000
+#: the most bytes of entries (names and sizes) the ring's plan declarations may hold
+#: together: counted in bytes, as names run up to 1 KiB (a count of entries let 20
+#: million entries of long names hold 20 GB).
+MAX_TRACED_PLAN_BYTES = 512 << 20
 
 #: the hot-tier sizes of a sizing curve, as multiples of the current capacity.
 SIZING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -79,6 +81,11 @@ class _PackedPlan:
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its entries hold (names and sizes)."""
+        return len(self.names) + self.sizes.itemsize * len(self.sizes)
 
     def unpacked(self) -> TracedPlan:
         shards = tuple(self.names.decode().split("\0")) if len(self.sizes) else ()
@@ -123,7 +130,7 @@ class TraceRing:
         # (or, for a declaration, when newer ones need its share of the entries).
         self._others: dict[int, TraceEvent | _PackedPlan] = {}
         self._declarations: collections.deque[int] = collections.deque()  # oldest first
-        self._declared_entries = 0
+        self._declared_bytes = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -158,12 +165,11 @@ class TraceRing:
             self._times[slot] = now = self._now()
             self._kinds[slot] = _OTHER
             if isinstance(event, TracedPlan):
-                self._others[seq] = _PackedPlan.of(event, now)
+                packed = _PackedPlan.of(event, now)
+                self._others[seq] = packed
                 self._declarations.append(seq)
-                self._declared_entries += len(event.shards)
-                while (
-                    self._declared_entries > MAX_TRACED_PLAN_ENTRIES and len(self._declarations) > 1
-                ):
+                self._declared_bytes += packed.nbytes
+                while self._declared_bytes > MAX_TRACED_PLAN_BYTES and len(self._declarations) > 1:
                     self._forget(self._declarations.popleft())
             else:
                 self._others[seq] = dataclasses.replace(event, t=now)
@@ -233,7 +239,7 @@ class TraceRing:
         """Drop plan event ``seq`` (lock held; gone already is fine)."""
         event = self._others.pop(seq, None)
         if isinstance(event, _PackedPlan):
-            self._declared_entries -= len(event)
+            self._declared_bytes -= event.nbytes
             if self._declarations and self._declarations[0] == seq:
                 self._declarations.popleft()
 
