@@ -8,6 +8,7 @@ reads; per-shard statistics (count, last read, decayed frequency) survive a rest
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -236,3 +237,27 @@ def test_a_declaration_comes_back_from_the_ring_exactly_and_is_kept_packed(entri
     assert (event.job, event.dataset, event.shards, event.sizes) == ("job", "d", names, sizes)
     (kept,) = ring._others.values()
     assert not isinstance(kept, TracedPlan)  # names in one bytes object, sizes in an array
+
+
+def test_a_sizing_curve_is_made_at_most_once_per_reuse_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Any reader may ask for the curve, and a full ring takes seconds of CPU under the
+    # GIL: four callers in a loop slowed every other call of the node a hundredfold.
+    made: list[int] = []
+    real = trace.miss_ratio_curve
+
+    def counting(accesses: Any, capacities: Any, sample_rate: float) -> Any:
+        made.append(len(accesses))
+        return real(accesses, capacities, sample_rate=sample_rate)
+
+    monkeypatch.setattr(trace, "miss_ratio_curve", counting)
+    ring = TraceRing(100)
+    ring.read("d", "a", 10, False)
+    first = ring.sizing_curve(100, {"d"})
+    ring.read("d", "b", 10, False)  # within the period: the same curve again
+    assert ring.sizing_curve(100, {"d"}) == first and made == [1]
+    assert ring.sizing_curve(100, None)[1] == 2 and made == [1, 2]  # other datasets: made
+    monkeypatch.setattr(trace, "SIZING_REUSE_S", 0.0)
+    assert ring.sizing_curve(100, {"d"})[1] == 2 and made == [1, 2, 2]  # period over
+    assert ring.sizing_curve(100, {"d"})[1] == 2 and made == [1, 2, 2]  # nothing new

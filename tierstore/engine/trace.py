@@ -49,6 +49,9 @@ __all__ = ["MAX_TRACED_PLAN_BYTES", "SIZING_FACTORS", "TraceRing"]
 #: million entries of long names hold 20 GB).
 MAX_TRACED_PLAN_BYTES = 512 << 20
 
+#: how long a sizing curve is answered again rather than made anew (seconds).
+SIZING_REUSE_S = 5.0
+
 #: the hot-tier sizes of a sizing curve, as multiples of the current capacity.
 SIZING_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: sampled accesses a sizing curve aims for (the rate is 1 for shorter traces).
@@ -131,6 +134,12 @@ class TraceRing:
         self._others: dict[int, TraceEvent | _PackedPlan] = {}
         self._declarations: collections.deque[int] = collections.deque()  # oldest first
         self._declared_bytes = 0
+        self._sizing_lock = threading.Lock()  # one curve made at a time
+        #: curves made lately, by (datasets, capacity): (monotonic time, events
+        #: written then, the curve)
+        self._sizing_made: dict[
+            tuple[frozenset[str] | None, int], tuple[float, int, tuple[list[SizingPoint], int]]
+        ] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -206,7 +215,29 @@ class TraceRing:
     ) -> tuple[list[SizingPoint], int]:
         """The LRU miss ratio the traced reads (of ``datasets``, default all) would have
         had with hot tiers of :data:`SIZING_FACTORS` times ``capacity_bytes``, and how many
-        reads that is. Keys are sampled (SHARDS) above 50,000 reads."""
+        reads that is. Keys are sampled (SHARDS) above 50,000 reads.
+
+        A full ring takes seconds of CPU (under the GIL), and any reader may ask: one
+        curve is made at a time, and one made in the last :data:`SIZING_REUSE_S` seconds
+        for the same datasets and capacity (or since which nothing was recorded) is
+        answered again.
+        """
+        key = (None if datasets is None else frozenset(datasets), capacity_bytes)
+        with self._sizing_lock:
+            now, written = time.monotonic(), self._written
+            made = self._sizing_made.get(key)
+            if made is not None and (made[1] == written or now - made[0] < SIZING_REUSE_S):
+                return list(made[2][0]), made[2][1]
+            curve = self._sizing_curve_now(capacity_bytes, datasets)
+            self._sizing_made = {
+                k: v for k, v in self._sizing_made.items() if now - v[0] < SIZING_REUSE_S
+            }
+            self._sizing_made[key] = (now, written, curve)
+            return list(curve[0]), curve[1]
+
+    def _sizing_curve_now(
+        self, capacity_bytes: int, datasets: Collection[str] | None
+    ) -> tuple[list[SizingPoint], int]:
         snapshot = self._snapshot()
         accesses: list[tuple[_Name, int]] = []
         for _, slot in snapshot.slots():
