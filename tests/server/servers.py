@@ -175,6 +175,7 @@ def serving(
     local_grant_ttl_s: float = 60.0,
     request_arrival_s: float = 10.0,
     stream_message_s: float = 60.0,
+    connection_idle_s: float = 300.0,
     archive: Tier | None = None,
     listen: str = "127.0.0.1:0",
     **engine: Any,
@@ -184,7 +185,8 @@ def serving(
     The store has 4 KiB frames, a master key, ``archive`` (a MemoryTier if none) and ``datasets``;
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
     are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
-    deadlines for a unary request and for each message of a request stream; ``metrics``
+    deadlines for a unary request and for each message of a request stream
+    (``connection_idle_s``: how long it keeps an idle connection); ``metrics``
     serves ``/metrics`` on a port of its own; ``listen`` is the API's address (reach
     another than 127.0.0.1 with ``channel(address=...)``). Everything is stopped and
     closed on exit.
@@ -212,6 +214,7 @@ def serving(
                 local_grant_ttl_s=local_grant_ttl_s,
                 request_arrival_s=request_arrival_s,
                 stream_message_s=stream_message_s,
+                connection_idle_s=connection_idle_s,
             ),
             store,
             tokens,

@@ -235,3 +235,32 @@ def test_a_unary_call_that_ends_without_its_request_is_invalid(running: RunningS
 def test_the_deadlines_must_be_positive(field: str) -> None:
     with pytest.raises(InvalidArgument, match="must be positive"):
         ServerSettings(insecure=True, **{field: 0.0})
+
+
+def test_an_idle_connection_is_closed_and_the_next_call_opens_another(tmp_path: Path) -> None:
+    # Connections with no call in flight, with a token or without, were kept for ever:
+    # a descriptor each, up to the process's limit.
+    with (
+        serving(tmp_path, insecure=True, connection_idle_s=0.5) as node,
+        grpc.insecure_channel(node.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:  # no token: refused, but connected
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        states: list[grpc.ChannelConnectivity] = []
+        channel.subscribe(states.append)
+        deadline = time.monotonic() + 20
+        while grpc.ChannelConnectivity.IDLE not in states[1:]:  # the server let it go
+            assert time.monotonic() < deadline, f"the connection stayed: {states}"
+            time.sleep(0.05)
+        token = node.token("reader", ("d", Role.READER))
+        request = health_pb2.HealthCheckRequest()
+        reply = health.Check(request, timeout=10, metadata=metadata(token))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("idle_s", [0.0, -1.0, float("inf"), float("nan")])
+def test_the_idle_connection_time_must_be_positive(idle_s: float) -> None:
+    with pytest.raises(InvalidArgument, match="connection_idle_s must be a positive number"):
+        ServerSettings(insecure=True, connection_idle_s=idle_s)
