@@ -354,17 +354,27 @@ def test_the_pre_1_0_compression_marker_is_refused_before_decoding(
     assert decoded == []
 
 
-def test_a_dictionary_decoded_outside_every_frame_is_refused() -> None:
-    frames = table_to_frames(pa.table({"w": pa.array(["a", "b"] * 10).dictionary_encode()}), KIB)
-    schema, batches = arrowio._read_stream(frames)
-    index, batch = batches[-1]
-    spans = arrowio._FrameSpans(frames)
-    arrowio._check_in_place(index, batch, frames[index], spans)  # in place: fine
-    # The same indices over a dictionary made elsewhere (as a decompressed one is).
-    elsewhere = pa.DictionaryArray.from_arrays(batch.column(0).indices, pa.array(["a", "b"]))
-    moved = pa.record_batch([elsewhere], schema=schema)
-    with pytest.raises(MalformedArrow, match=f"frame {index}: record batch does not decode"):
-        arrowio._check_in_place(index, moved, frames[index], spans)
+def test_delta_dictionaries_and_a_v5_marker_are_not_refused() -> None:
+    # A delta dictionary is joined to its base in new memory: a check of dictionaries
+    # against the frames refused such valid streams. And Arrow honours the pre-1.0
+    # marker in V4 messages only: in a V5 one it is just metadata.
+    words = pa.schema([("w", pa.dictionary(pa.int32(), pa.string()))])
+    stream = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)
+    with pa.ipc.new_stream(stream, words, options=options) as writer:
+        for values in (["a", "b"], ["a", "b", "c"]):
+            writer.write_batch(pa.record_batch([pa.array(values).dictionary_encode()], words))
+    frames = arrowio._split_messages(stream.getvalue())
+    assert validate_arrow_frames(frames) == words
+    assert frames_to_table(frames).column("w").to_pylist() == ["a", "b", "a", "b", "c"]
+    table = pa.table({"x": np.arange(64)})
+    stream = pa.BufferOutputStream()
+    with pa.ipc.new_stream(stream, table.schema) as writer:  # V5
+        marked = {"ARROW:experimental_compression": "zstd"}
+        writer.write_batch(table.to_batches()[0], custom_metadata=marked)
+    frames = arrowio._split_messages(stream.getvalue())
+    assert not arrowio.message_is_compressed(frames[1])
+    assert frames_to_table(frames).equals(table) and validate_arrow_frames(frames)
 
 
 def test_uncompressed_messages_are_told_apart() -> None:

@@ -18,7 +18,6 @@ Every function here is pure (no I/O, no shared state) and therefore thread-safe.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -310,6 +309,7 @@ _DICTIONARY_BATCH = 2
 _RECORD_BATCH = 3
 _BATCH_COMPRESSION = 3
 _MESSAGE_CUSTOM_METADATA = 4
+_V4 = 3  # MetadataVersion of Arrow 0.15 to 0.17
 _LEGACY_COMPRESSION = b"ARROW:experimental_compression"
 
 
@@ -357,9 +357,14 @@ def message_is_compressed(header: BufferLike) -> bool:
         return False
     if _field_position(data, batch, _BATCH_COMPRESSION) is not None:
         return True
-    # Arrow still reads the pre-1.0 marker: the codec named in the message's custom
-    # metadata (with metadata version V4), and no compression field.
-    return _LEGACY_COMPRESSION in _custom_metadata_keys(data)
+    # Arrow still reads the pre-1.0 marker in a V4 message: the codec named in the
+    # message's custom metadata, and no compression field (V5 ignores it).
+    return _message_version(data) <= _V4 and _LEGACY_COMPRESSION in _custom_metadata_keys(data)
+
+
+def _message_version(data: bytes) -> int:
+    base = 8 if data[:4] == _CONTINUATION else 4
+    return _field(data, base + _u32(data, base), 0, "<h")
 
 
 def _custom_metadata_keys(data: bytes) -> list[bytes]:
@@ -442,39 +447,22 @@ def _field(data: bytes, table: int, index: int, layout: str) -> int:
     return 0 if at is None else _unpack(layout, data, at)
 
 
-class _FrameSpans:
-    """Where frames lie in memory, to ask whether a buffer lies within one of them."""
-
-    def __init__(self, frames: Sequence[pa.Buffer]) -> None:
-        spans = sorted((frame.address, frame.address + frame.size) for frame in frames)
-        self._starts = [start for start, _ in spans]
-        self._stops = [stop for _, stop in spans]
-
-    def hold(self, buffers: Iterable[pa.Buffer | None]) -> bool:
-        """Whether every non-empty buffer lies within one frame."""
-        for buffer in buffers:
-            if buffer is None or not buffer.size:
-                continue
-            at = bisect.bisect_right(self._starts, buffer.address) - 1
-            if at < 0 or buffer.address + buffer.size > self._stops[at]:
-                return False
-        return True
-
-
-def _check_in_place(
-    index: int, batch: pa.RecordBatch, frame: pa.Buffer, frames: _FrameSpans
-) -> None:
-    """Refuse a batch (frame ``index``) with a buffer outside its frame, or a top-level
-    dictionary with one outside every frame: decoded, not served in place."""
-    own = _FrameSpans([frame])
+def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
+    """Refuse a batch (frame ``index``) with a buffer outside its frame: decoded, not
+    served in place. (Dictionaries are not checked: a delta dictionary is joined to
+    its base in new memory; a compressed one was refused from its metadata.)"""
+    low, high = frame.address, frame.address + frame.size
     for column in batch.columns:
-        if not own.hold(column.buffers()) or (
-            pa.types.is_dictionary(column.type) and not frames.hold(column.dictionary.buffers())
-        ):
-            raise MalformedArrow(
-                f"frame {index}: record batch does not decode in place "
-                "(compressed body or foreign byte order?)"
-            )
+        for buffer in column.buffers():
+            if (
+                buffer is not None
+                and buffer.size
+                and not (low <= buffer.address and buffer.address + buffer.size <= high)
+            ):
+                raise MalformedArrow(
+                    f"frame {index}: record batch does not decode in place "
+                    "(compressed body or foreign byte order?)"
+                )
 
 
 def validate_arrow_frames(
@@ -513,13 +501,12 @@ def validate_arrow_frames(
                 "compression)"
             )
     schema, batches = _read_stream(buffers)
-    spans = _FrameSpans(buffers)
     for index, batch in batches:
         try:
             batch.validate(full=True)
         except _ARROW_ERRORS as exc:
             raise MalformedArrow(f"frame {index}: invalid record batch: {exc}") from exc
-        _check_in_place(index, batch, buffers[index], spans)
+        _check_in_place(index, batch, buffers[index])
     return schema
 
 
