@@ -174,7 +174,15 @@ class TraceRing:
             self._times[slot] = now = self._now()
             self._kinds[slot] = _OTHER
             if isinstance(event, TracedPlan):
+                # One declaration past the bound alone is not kept (its slot stays, as
+                # for one that left early): packing it would copy every name, 10 GB
+                # for a 64-epoch plan over 1 KiB names. (Its length is a lower bound
+                # of its bytes, known before anything is copied.)
+                if sum(map(len, event.shards)) + 8 * len(event.sizes) > MAX_TRACED_PLAN_BYTES:
+                    return
                 packed = _PackedPlan.of(event, now)
+                if packed.nbytes > MAX_TRACED_PLAN_BYTES:
+                    return
                 self._others[seq] = packed
                 self._declarations.append(seq)
                 self._declared_bytes += packed.nbytes
