@@ -10,6 +10,9 @@ is read), within the request-arrival deadline for the rest.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -264,3 +267,44 @@ def test_an_idle_connection_is_closed_and_the_next_call_opens_another(tmp_path: 
 def test_the_idle_connection_time_must_be_positive(idle_s: float) -> None:
     with pytest.raises(InvalidArgument, match="connection_idle_s must be a positive number"):
         ServerSettings(insecure=True, connection_idle_s=idle_s)
+
+
+_IDLE_CLIENT = """
+import sys, time
+from pathlib import Path
+from tierstore.client import channel
+from tierstore.client.client import Client
+from tierstore.client.channel import ChannelSettings
+channel.CLIENT_IDLE_MS = int(sys.argv[4])
+settings = ChannelSettings(address=sys.argv[1], token=sys.argv[2], ca=Path(sys.argv[3]),
+                           server_name="localhost")
+with Client(settings) as client:
+    client.put("d", "s", b"x")
+    time.sleep(2.0)
+    assert bytes(client.get("d", "s")) == b"x"
+print("read after idling", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("client_idle_ms", "logged"), [(300, False), (240_000, True)])
+def test_a_client_lets_an_idle_connection_go_before_the_server_does(
+    tmp_path: Path, client_idle_ms: int, logged: bool
+) -> None:
+    # Closed by the server, gRPC's core logged the GOAWAY on the client's stderr (every
+    # DataLoader worker idle through an eval, once the server closed idle connections).
+    # The client's own idle time is below the server's; the second case is the control.
+    datasets = {"d": DatasetSettings()}
+    with serving(tmp_path, datasets=datasets, connection_idle_s=1.0) as node:
+        assert node.tls is not None
+        token = node.token("w", ("d", Role.WRITER))
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        args = [node.address, token, str(node.tls.ca_cert_path), str(client_idle_ms)]
+        child = subprocess.run(
+            [sys.executable, "-c", _IDLE_CLIENT, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert child.returncode == 0 and "read after idling" in child.stdout, child.stderr[-2000:]
+    assert ("goaway" in child.stderr.lower()) is logged, child.stderr[-2000:]

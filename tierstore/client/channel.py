@@ -39,6 +39,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: The longest wait between a channel's attempts to reconnect to a server that went
 #: away (gRPC's own grows to two minutes); jittered by up to 20 % either way.
 MAX_RECONNECT_BACKOFF_MS = 1_000
+#: How long a channel keeps a connection with no call in flight: below the server's
+#: default ``connection_idle_s`` (300 s), so the client lets it go first.
+CLIENT_IDLE_MS = 240_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,10 @@ class ProcessChannel:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 30_000),
+            # Let an idle connection go before the server does (its connection_idle_s,
+            # 300 s by default): closed by the server, gRPC's core logs the GOAWAY on
+            # stderr in the caller's process (a DataLoader worker idle through an eval).
+            ("grpc.client_idle_timeout_ms", CLIENT_IDLE_MS),
             # A channel whose server went away keeps reconnecting in the background,
             # waiting longer each time: with gRPC's defaults (1 s, growing to 120 s) a
             # client kept failing for 8 s after a node that was down a minute was back,
