@@ -141,6 +141,12 @@ def test_plan_declarations_hold_a_bounded_number_of_bytes(
     ring.plan_event(plan("big", 30))
     assert [e.job for e in ring.events() if isinstance(e, TracedPlan)] == ["long"]
     assert ring._declared_bytes == 97  # long's 2 x 40-byte names, separator, sizes
+    # A job declared again past the bound loses its older declaration too: its later
+    # positions were read against the old plan.
+    ring.plan_event(plan("long", 30))
+    ring.plan_event(TracedPosition(0.0, "long", "d", 20))
+    assert not [e for e in ring.events() if isinstance(e, TracedPlan)]
+    assert ring._declared_bytes == 0
     for index in range(200):  # the slots of every declaration are overwritten
         ring.read("d", f"s{index}", 1, False)
     assert ring._declared_bytes == 0 and not ring._others

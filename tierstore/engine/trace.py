@@ -179,9 +179,11 @@ class TraceRing:
                 # for a 64-epoch plan over 1 KiB names. (Its length is a lower bound
                 # of its bytes, known before anything is copied.)
                 if sum(map(len, event.shards)) + 8 * len(event.sizes) > MAX_TRACED_PLAN_BYTES:
+                    self._drop_job(event.job)
                     return
                 packed = _PackedPlan.of(event, now)
                 if packed.nbytes > MAX_TRACED_PLAN_BYTES:
+                    self._drop_job(event.job)
                     return
                 self._others[seq] = packed
                 self._declarations.append(seq)
@@ -273,6 +275,19 @@ class TraceRing:
             self._forget(seq - self.capacity)
         self._written = seq + 1
         return slot
+
+    def _drop_job(self, job: str) -> None:
+        """Forget ``job``'s earlier declarations (lock held), as one of its that is not
+        kept replaces them: its later positions must not be read against an old plan."""
+        kept: collections.deque[int] = collections.deque()
+        for seq in self._declarations:
+            event = self._others.get(seq)
+            if isinstance(event, _PackedPlan) and event.job == job:
+                del self._others[seq]
+                self._declared_bytes -= event.nbytes
+            else:
+                kept.append(seq)
+        self._declarations = kept
 
     def _forget(self, seq: int) -> None:
         """Drop plan event ``seq`` (lock held; gone already is fine)."""
