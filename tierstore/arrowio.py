@@ -365,16 +365,13 @@ def message_is_compressed(header: BufferLike) -> bool:
 
 
 def _message_version(data: bytes) -> int:
-    base = 8 if data[:4] == _CONTINUATION else 4
-    return _field(data, base + _u32(data, base), 0, "<h")
+    return _field(data, _message_table(data), 0, "<h")
 
 
 def _custom_metadata_keys(data: bytes) -> list[bytes]:
     """The keys of the ``Message`` table's ``custom_metadata`` (a vector of
     ``KeyValue`` tables). Raises MalformedArrow for metadata that does not parse."""
-    base = 8 if data[:4] == _CONTINUATION else 4
-    message = base + _u32(data, base)
-    at = _field_position(data, message, _MESSAGE_CUSTOM_METADATA)
+    at = _field_position(data, _message_table(data), _MESSAGE_CUSTOM_METADATA)
     if at is None:
         return []
     vector = at + _u32(data, at)
@@ -396,41 +393,43 @@ def message_is_delta(header: BufferLike) -> bool:
     dictionary batch (one that extends the dictionary before it), from its metadata.
     Raises MalformedArrow for metadata that does not parse."""
     data = _metadata(header)
-    base = 8 if data[:4] == _CONTINUATION else 4
-    message = base + _u32(data, base)
-    if _field(data, message, 1, "<B") != _DICTIONARY_BATCH:
-        return False
-    at = _field_position(data, message, 2)
-    if at is None:
-        raise MalformedArrow("a batch message without its header")
-    return _field(data, at + _u32(data, at), _DICTIONARY_IS_DELTA, "<B") != 0
+    header_type, table = _header_table(data)
+    return header_type == _DICTIONARY_BATCH and _field(data, table, _DICTIONARY_IS_DELTA, "<B") != 0
 
 
 def _metadata(header: BufferLike) -> bytes:
     return bytes(memoryview(header)[: message_header_bytes(header)])
 
 
+def _message_table(data: bytes) -> int:
+    """Where the ``Message`` table of the encapsulated message's metadata is."""
+    base = 8 if data[:4] == _CONTINUATION else 4
+    return base + _u32(data, base)
+
+
+def _header_table(data: bytes) -> tuple[int, int]:
+    """The message header's type and, for a record or dictionary batch, where its
+    header table is (else -1). Raises MalformedArrow for metadata that does not parse."""
+    message = _message_table(data)
+    header_type = _field(data, message, 1, "<B")
+    if header_type not in (_RECORD_BATCH, _DICTIONARY_BATCH):
+        return header_type, -1
+    at = _field_position(data, message, 2)
+    if at is None:
+        raise MalformedArrow("a batch message without its header")
+    return header_type, at + _u32(data, at)
+
+
 def _batch_table(data: bytes) -> tuple[int, int]:
     """The message header's type and, for a record or dictionary batch, where its
     ``RecordBatch`` table is (the dictionary batch's own ``data``; else -1). Raises
     MalformedArrow for metadata that does not parse."""
-    base = 8 if data[:4] == _CONTINUATION else 4
-    try:
-        message = base + _u32(data, base)
-        header_type = _field(data, message, 1, "<B")
-        if header_type not in (_RECORD_BATCH, _DICTIONARY_BATCH):
-            return header_type, -1
-        at = _field_position(data, message, 2)
+    header_type, table = _header_table(data)
+    if header_type == _DICTIONARY_BATCH:
+        at = _field_position(data, table, 1)
         if at is None:
-            raise MalformedArrow("a batch message without its header")
+            raise MalformedArrow("a dictionary batch without its data")
         table = at + _u32(data, at)
-        if header_type == _DICTIONARY_BATCH:
-            at = _field_position(data, table, 1)
-            if at is None:
-                raise MalformedArrow("a dictionary batch without its data")
-            table = at + _u32(data, at)
-    except struct.error as exc:
-        raise MalformedArrow(f"IPC message metadata does not parse: {exc}") from exc
     return header_type, table
 
 
