@@ -262,7 +262,12 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
         ),
         (
             ADMIN + "RevokeToken",
-            admin_pb2.RevokeTokenRequest(token_id="x" * 10_000),
+            admin_pb2.RevokeTokenRequest(token_id="x" * 10_000),  # was NOT_FOUND
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            ADMIN + "RevokeToken",
+            admin_pb2.RevokeTokenRequest(token_id="0123456789ab"),  # well formed, unknown
             grpc.StatusCode.NOT_FOUND,
         ),
         (

@@ -179,8 +179,13 @@ def test_revoke(store: TokenStore, clock: Clock) -> None:
     assert store.revoke(info.token_id) == revoked  # again: no-op
     assert TokenStore(store.path, clock=clock).list() == [revoked, kept]
     assert refused(TokenStore(store.path, clock=clock), token) == AuthFailure.REVOKED
-    with pytest.raises(NotFound):
-        store.revoke("nope")
+    with pytest.raises(NotFound, match="no token 'abcdef012345'"):
+        store.revoke("abcdef012345")  # well formed, never issued
+    # Not an id at all: refused as malformed, not looked up (and not echoed whole).
+    for malformed in ("nope", "ABCDEF012345", "abcdef01234", "x" * 10_000):
+        with pytest.raises(InvalidArgument, match="not a token id") as caught:
+            store.revoke(malformed)
+        assert len(str(caught.value)) < 200
     # A whole token given as the id: refused without echoing its secret part.
     with pytest.raises(InvalidArgument, match="whole token, not a token id") as caught:
         store.revoke(other)

@@ -55,6 +55,7 @@ MIN_TTL_S = 1.0
 _ID_BYTES = 6
 _SECRET_BYTES = 32
 _TOKEN_RE = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
 _FORMAT = "tierstore-tokens/v1"
 # Compared against when the token id is unknown, so that path costs what a known one does.
 _DUMMY_DIGEST = hashlib.sha256(b"tierstore: no such token").hexdigest()
@@ -186,19 +187,25 @@ class TokenStore:
         """Revoke a token for good; revoking a revoked token again is a no-op.
 
         Returns the token's updated info. Raises :class:`~tierstore.errors.NotFound` for
-        an unknown id, InvalidArgument for an empty id or a whole token given as the id
-        (its secret is never echoed), :class:`OSError` if the store cannot be written.
+        an unknown id, InvalidArgument for an empty or malformed id or a whole token
+        given as the id (its secret is never echoed), :class:`OSError` if the store
+        cannot be written.
         """
         if not token_id:
             raise InvalidArgument("no token id given: the 12 hex characters after 'ts_'")
+        if _TOKEN_RE.fullmatch(token_id):
+            # A whole token was given: never echo its secret part (errors reach logs).
+            raise InvalidArgument(
+                "that is a whole token, not a token id: give only its id, the 12 hex "
+                "characters after 'ts_'"
+            )
+        if not _TOKEN_ID_RE.fullmatch(token_id):
+            raise InvalidArgument(
+                f"{token_id[:16]!r} is not a token id: a token id is 12 lowercase hex "
+                "characters (the part after 'ts_', as `tierstore token ls` shows it)"
+            )
         with self._lock:
             record = self._records.get(token_id)
-            if record is None and _TOKEN_RE.fullmatch(token_id):
-                # A whole token was given: never echo its secret part (errors reach logs).
-                raise InvalidArgument(
-                    "that is a whole token, not a token id: give only its id, the 12 hex "
-                    "characters after 'ts_'"
-                )
             if record is None:
                 raise NotFound(f"no token {token_id[:16]!r}")
             if record.info.revoked:
