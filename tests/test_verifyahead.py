@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -12,9 +13,9 @@ from typing import Any, TypeVar
 import pytest
 
 from tierstore.errors import IntegrityError
-from tierstore.verifyahead import HELPER_IDLE_S, VerifyAhead
+from tierstore.verifyahead import HELPER_IDLE_S, MIN_HELPER_FRAME_BYTES, VerifyAhead
 
-FRAMES = [bytes([i]) * (1000 + i) for i in range(12)]
+FRAMES = [bytes([i]) * (MIN_HELPER_FRAME_BYTES + i) for i in range(12)]
 T = TypeVar("T")
 
 
@@ -57,6 +58,25 @@ def test_every_frame_is_verified_once_and_handed_out_in_order(pool: ThreadPoolEx
     assert out == [f[1:] for f in FRAMES]
     assert sorted(recorder.verified) == list(range(len(FRAMES)))
     assert recorder.looked_up == list(range(len(FRAMES)))
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_small_frames_are_verified_by_the_consumer_alone(
+    pool: ThreadPoolExecutor, collect: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hand-over to the helper costs more than checking a small frame: a shard of
+    # 100,000 tiny frames read at 30 us a frame through the helper.
+    small = [bytes([i]) * (MIN_HELPER_FRAME_BYTES // 2) for i in range(12)]
+    monkeypatch.setattr(sys.modules[__name__], "FRAMES", small)
+    recorder = Recorder(bad=7)
+    frames = VerifyAhead(len(small)).frames(pool, recorder.lookup, recorder.verify, collect=collect)
+    assert [bytes(next(frames)) for _ in range(7)] == [f[1:] for f in small[:7]]
+    with pytest.raises(IntegrityError, match="frame 7"):
+        next(frames)
+    assert set(recorder.verified.values()) == {threading.current_thread().name}
+    assert sorted(recorder.verified) == list(range(8))  # nothing after the failed frame
+    # Looked up as consumed (or all at once when collecting), once each.
+    assert recorder.looked_up == list(range(12 if collect else 8))
 
 
 def test_a_failed_frame_raises_when_reached_and_nothing_after_it_is_verified(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tierstore.config import EngineSettings
-from tierstore.engine.sealahead import sealed_ahead
+from tierstore.engine.sealahead import MIN_AHEAD_BYTES, sealed_ahead
 from tierstore.engine.store import Store
 from tierstore.errors import ShardNotFound
 from tierstore.frames import FrameSealer
@@ -36,7 +36,7 @@ class Sealer:
         return payload + b"!"
 
 
-PAYLOADS = [bytes([i]) * 8 for i in range(6)]
+PAYLOADS = [bytes([i]) * MIN_AHEAD_BYTES for i in range(6)]
 
 
 def test_frames_come_in_order_and_the_helper_seals_ahead() -> None:
@@ -54,6 +54,22 @@ def test_frames_come_in_order_and_the_helper_seals_ahead() -> None:
     assert sorted(sealer.sealed_by) == list(range(len(PAYLOADS)))
     assert sealer.sealed_by[0] == threading.current_thread().name
     assert all(name.startswith("helper") for i, name in sealer.sealed_by.items() if i > 0)
+
+
+def test_small_frames_are_sealed_inline() -> None:
+    # Handing a tiny frame to the helper costs more than sealing it: a put of a
+    # million tiny frames spent most of its time handing them over.
+    small = [bytes([i]) * (MIN_AHEAD_BYTES - 1) for i in range(4)]
+    mixed = [small[0], PAYLOADS[1], small[2], PAYLOADS[3]]
+    for payloads, ahead in ((small, set()), (mixed, {1, 3})):
+        sealer = Sealer()
+        with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+            out = []
+            for frame in sealed_ahead(sealer, payloads, pool):
+                out.append(frame)
+                pool.submit(lambda: None).result()  # any seal queued there is done
+        assert out == [p + b"!" for p in payloads]
+        assert {i for i, name in sealer.sealed_by.items() if name.startswith("helper")} == ahead
 
 
 def test_a_busy_helper_never_makes_the_writer_wait() -> None:

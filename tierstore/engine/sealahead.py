@@ -6,6 +6,11 @@ bytes. Done in turn on one thread they add up; ``xxhash``, ``cryptography`` and
 ``lmdb`` release the GIL for the long part of each, so on two threads they overlap.
 The writer still stores the frames in order, each one sealed exactly once.
 
+Small frames are sealed on the writer's thread: handing a frame to the helper costs
+tens of microseconds of Python, more than sealing a frame under
+:data:`MIN_AHEAD_BYTES` takes (a put of a million tiny frames spent most of its time
+handing them over).
+
 If the helper has not started the next frame when the writer needs it (its pool is
 busy with another put), the writer takes the frame back and seals it itself: a
 busy helper never makes a put wait.
@@ -16,21 +21,25 @@ with its own frames; the pool is shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence, Sized
 from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
 
-__all__ = ["sealed_ahead"]
+__all__ = ["MIN_AHEAD_BYTES", "sealed_ahead"]
 
-P = TypeVar("P")
+P = TypeVar("P", bound=Sized)
 S = TypeVar("S")
+
+#: The smallest payload sealed ahead on the helper; smaller ones are sealed inline.
+MIN_AHEAD_BYTES = 256 * 1024
 
 
 def sealed_ahead(
     seal: Callable[[int, P], S], payloads: Sequence[P], helper_pool: Executor
 ) -> Generator[S, None, None]:
-    """``seal(index, payload)`` of each payload, in order; the next one is sealed on
-    ``helper_pool`` while the caller works on the one yielded. An exception from
+    """``seal(index, payload)`` of each payload, in order; the next one (if it has
+    at least :data:`MIN_AHEAD_BYTES`) is sealed on ``helper_pool`` while the caller
+    works on the one yielded. An exception from
     ``seal`` is raised when its frame is reached.
 
     Close the iterator when abandoning it (``contextlib.closing``): closing waits for a
@@ -44,7 +53,7 @@ def sealed_ahead(
             else:
                 current = seal(index, payload)
             ahead = None
-            if index + 1 < len(payloads):
+            if index + 1 < len(payloads) and len(payloads[index + 1]) >= MIN_AHEAD_BYTES:
                 try:
                     ahead = helper_pool.submit(seal, index + 1, payloads[index + 1])
                 except RuntimeError:  # the pool is shut down (store closing): seal inline
