@@ -36,6 +36,11 @@ def test_a_hot_tier_smaller_than_a_frame_names_both_figures() -> None:
         ("mover_retry_initial_s = -1", "mover_retry_initial_s must be a positive"),
         ("hot_capacity_bytes = 99999999999999999999", "at most"),
         ("data_dir = 5", "data_dir must be a path"),
+        # It said "ArchiveSettings.__init__() got an unexpected keyword argument".
+        (
+            "[archive]\nbogus = 'x'",
+            r"unknown setting 'archive.bogus' \(the \[archive\] table takes",
+        ),
     ],
 )
 def test_a_settings_file_with_a_wrong_type_or_value_is_refused_by_name(
@@ -65,6 +70,29 @@ def test_a_map_smaller_than_the_hot_tier_is_warned_about(
 def test_an_empty_data_dir_variable_is_refused_not_the_current_directory() -> None:
     with pytest.raises(InvalidArgument, match="data_dir is empty"):
         load_settings(environ={"TIERSTORE_DATA_DIR": ""})
+
+
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("TIERSTORE_MOVER_THREADS", "setting mover_threads .* must be a whole number"),
+        ("TIERSTORE_HIGH_WATERMARK", "setting high_watermark .* must be a number"),
+        ("TIERSTORE_HOT_CAPACITY_BYTES", "setting hot_capacity_bytes .* must be a whole number"),
+    ],
+)
+def test_a_variable_that_is_not_a_number_is_refused_by_name(variable: str, says: str) -> None:
+    # It said only "bad setting: invalid literal for int() with base 10: 'true'".
+    for text in ("true", "10GB", "x"):
+        with pytest.raises(InvalidArgument, match=says) as refused:
+            load_settings(environ={variable: text})
+        assert variable in str(refused.value)
+
+
+def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
+    # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
+    assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="data_dir must be a path, not a int"):
+        EngineSettings(data_dir=5)  # type: ignore[arg-type]
 
 
 def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:

@@ -101,6 +101,10 @@ class EngineSettings:
     archive: ArchiveSettings = ArchiveSettings()
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_dir, str | os.PathLike):  # a str is taken as a path
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        else:
+            raise InvalidArgument(f"data_dir must be a path, not a {type(self.data_dir).__name__}")
         if not 0 < self.low_watermark < self.high_watermark <= 1:
             raise InvalidArgument("watermarks must satisfy 0 < low < high <= 1")
         if self.max_frame_bytes < 4096:
@@ -228,7 +232,12 @@ def load_settings(
     try:
         typed = {k: _coerce(k, engine_fields[k].type, v) for k, v in values.items()}
         for key, value in archive.items():
-            if key in archive_fields and not isinstance(value, str):
+            if key not in archive_fields:
+                raise InvalidArgument(
+                    f"unknown setting 'archive.{key}' (the [archive] table takes "
+                    f"{', '.join(sorted(archive_fields))})"
+                )
+            if not isinstance(value, str):
                 kind = type(value).__name__
                 raise InvalidArgument(f"archive.{key} must be a string, not a {kind}")
         archive_settings = replace(ArchiveSettings(), **archive)
@@ -249,10 +258,17 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     # Messages name the type, never the value: some settings are secrets.
     wrong = f"setting {name} must be a {{}}, not a {type(value).__name__}"
     if isinstance(value, str):
-        if text.startswith("int"):
-            return int(value)
-        if text.startswith("float"):
-            return float(value)
+        try:
+            if text.startswith("int"):
+                return int(value)
+            if text.startswith("float"):
+                return float(value)
+        except ValueError:
+            kind_name = "whole number" if text.startswith("int") else "number"
+            raise InvalidArgument(
+                f"setting {name} (TIERSTORE_{name.upper()} or the settings file) must be "
+                f"a {kind_name}, written in digits"
+            ) from None
         if "Path" in text and not value.strip():  # an unset variable: not "."
             raise InvalidArgument(f"setting {name} is empty: give a path, or leave it out")
         return Path(value) if "Path" in text else value

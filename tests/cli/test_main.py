@@ -34,6 +34,7 @@ class FakeClient:
     connected: dict[str, Any] = field(default_factory=dict)
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     archive_error: str | None = None
+    journal_entries: int = 0
     tokens: list[dict[str, Any]] = field(default_factory=list)
     shards: set[str] = field(default_factory=set)
 
@@ -112,6 +113,7 @@ class FakeClient:
             "hot_bytes": 9,
             "hot_capacity_bytes": 100,
             "backlog_bytes": 0,
+            "journal_entries": self.journal_entries,
             "data_loss": [],
             "archive_error": self.archive_error,
             "traced_reads": 0,
@@ -444,6 +446,18 @@ def test_stats_say_why_the_archive_backlog_does_not_drain(client: FakeClient) ->
     assert "the archive is failing: put ds/s@1: the archive is down" in shown.stdout
     scripted = json.loads(invoke("--json", "stats").stdout)
     assert scripted["archive_error"] == "put ds/s@1: the archive is down"
+
+
+def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None:
+    # Deletes and reseals carry no bytes: "0 bytes waiting" alone hid them, while the
+    # README and KeyRotationRefused send the operator to stats to see them drain.
+    assert "0 bytes waiting for the archive; journal empty" in invoke("stats").stdout
+    client.journal_entries = 55
+    shown = invoke("stats")
+    assert shown.exit_code == 0, shown.output
+    assert "0 bytes waiting for the archive; 55 journal entries pending" in shown.stdout
+    client.journal_entries = 1
+    assert "1 journal entry pending" in invoke("stats").stdout
 
 
 def test_one_shard_is_one_shard(client: FakeClient) -> None:

@@ -972,7 +972,8 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
     failing = figures.get("archive_error")
     table.caption = (
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
-        f"{figures['backlog_bytes']:,} bytes waiting for the archive"
+        f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
+        f"{_journal_text(figures['journal_entries'])}"
         + (f"; the archive is failing: {failing}" if failing else "")
     )
     capacity = figures["hot_capacity_bytes"]
@@ -1164,6 +1165,14 @@ def token_ls() -> None:
 def _count(number: int, noun: str) -> str:
     """``number`` and ``noun``, plural unless one: "1 shard", "2 shards"."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _journal_text(entries: int) -> str:
+    """The journal's size for an operator: deletes and reseals carry no bytes, so a
+    journal of them shows only here (waits such as ``--reseal-archive``'s end on it)."""
+    if entries == 0:
+        return "journal empty"
+    return f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending"
 
 
 def _hit_ratio_text(figures: Mapping[str, Any]) -> str:
