@@ -598,6 +598,17 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
 
 
+def test_a_failed_put_leaves_its_error_line_alone_on_a_piped_stderr(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # The progress display, off a terminal, left an empty line before the error.
+    (tmp_path / "refused").write_bytes(b"x")
+    stopped = invoke("put", "ds", str(tmp_path / "refused"))
+    assert stopped.exit_code == 4
+    assert stopped.stderr.startswith("error: PermissionDenied"), repr(stopped.stderr)
+    assert stopped.stderr.count("\n") == 1
+
+
 def test_put_checks_every_name_before_uploading_and_takes_a_file_given_twice_once(
     client: FakeClient, tmp_path: Path
 ) -> None:

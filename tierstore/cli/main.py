@@ -634,7 +634,9 @@ def put(
         BarColumn(),
         TransferSpeedColumn(),
         console=err,
-        disable=state.json,
+        # Off a terminal a progress bar cannot be redrawn: it would only leave an
+        # empty line before an error, or bar text in a log.
+        disable=state.json or not err.is_terminal,
         transient=True,  # gone when done: a failure leaves its one error line, alone
     ) as progress:
         task = progress.add_task("uploading", total=total)
@@ -1212,8 +1214,9 @@ def keys_retire(key_id: str) -> None:
     _emit(
         {"retired": key_id, "key_ids": left, "current": current},
         f"retired master key {key_id}; the key file holds {', '.join(left)} "
-        f"(current: {current}). The node keeps {key_id} in <key file>.retired for nodes "
-        "that share the key file: delete that file once none does",
+        f"(current: {current}). The node keeps {key_id} beside its key file, in the "
+        "key file's name plus .retired (by default <data dir>/master.keys.retired), for "
+        "nodes that share the key file: delete it once none does",
     )
 
 
