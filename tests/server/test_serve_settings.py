@@ -127,15 +127,22 @@ def failed_start(*args: str) -> tuple[int, str]:
 def serve_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> int:
     """Run ``tierstore serve ARGS`` in ``cwd`` against an archive nobody answers at (so a
     new node stops after making its data directory); its exit code."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [tierstore_command(), "serve", "--s3-endpoint", dead, "--listen", "127.0.0.1:0", *args],
+    return served_in(cwd, *args, env=env).returncode
+
+
+def served_in(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, archive: tuple[str, ...] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """:func:`serve_in`'s run, whole; ``archive``: flags naming it instead of the dead one."""
+    if archive is None:
+        archive = ("--s3-endpoint", f"http://127.0.0.1:{free_port()}")
+    return subprocess.run(
+        [tierstore_command(), "serve", *archive, "--listen", "127.0.0.1:0", *args],
         cwd=cwd,
         env=clean_env(**(env or {})),
         capture_output=True,
         timeout=120,
     )
-    return done.returncode
 
 
 @pytest.mark.parametrize("where", ["settings file", "environment"])
@@ -160,6 +167,35 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
     config.write_text("promotion_threads = true\n")
     assert serve_in(tmp_path, "--config", str(config), "--data-dir", "node") == 2
     assert not (tmp_path / "node").exists()  # it left a data directory with a lock
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("--local-grant-ttl", "-5"), {}, "--local-grant-ttl must be more than 0"),
+        (("--bucket", "x"), {}, "bucket name must be 3-63 characters"),
+        ((), {"TIERSTORE_ARCHIVE_BUCKET": "x"}, "bucket name must be 3-63 characters"),
+    ],
+)
+def test_a_bad_option_is_refused_before_the_node_makes_anything(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    # Each was refused only once the node had made its keys, admin token and embedded
+    # archive: the next, good start then did not say where its admin token came from.
+    done = served_in(tmp_path, "--data-dir", "node", *args, env=env, archive=())
+    assert done.returncode == 2, done.stderr.decode()
+    assert says in done.stderr.decode()
+    assert not (tmp_path / "node").exists()
+
+
+def test_two_master_keys_in_the_environment_are_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    # (--master-key-file wins over TIERSTORE_MASTER_KEY_B64: a flag, not a conflict.)
+    env = {"TIERSTORE_MASTER_KEY_B64": "x", "TIERSTORE_MASTER_KEY_FILE": str(tmp_path / "k")}
+    done = served_in(tmp_path, "--data-dir", "node", env=env, archive=())
+    assert done.returncode == 2 and "name one" in done.stderr.decode()
+    assert not (tmp_path / "node").exists()
 
 
 def test_a_data_dir_file_the_node_cannot_use_is_one_line_not_a_traceback(

@@ -47,7 +47,13 @@ from tierstore.errors import (
     UnknownKeyId,
 )
 
-__all__ = ["KeyRotation", "NodeKeys", "check_node_keys", "load_node_keys"]
+__all__ = [
+    "KeyRotation",
+    "NodeKeys",
+    "check_master_key_sources",
+    "check_node_keys",
+    "load_node_keys",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,15 @@ class NodeKeys:
             self.key_file.unlink(missing_ok=True)
 
 
+def check_master_key_sources(settings: EngineSettings) -> None:
+    """InvalidArgument if ``settings`` name both a key file and a base64 key."""
+    if settings.master_key_file is not None and settings.master_key_b64:
+        raise InvalidArgument(
+            f"both a master key file ({settings.master_key_file}) and a base64 master key "
+            "(TIERSTORE_MASTER_KEY_B64 or master_key_b64) are configured: name one"
+        )
+
+
 def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
     """The master keys ``settings`` name (``master_key_file``, then ``master_key_b64``;
     serve puts ``--master-key-file`` in ``master_key_file``), else those of
@@ -85,11 +100,7 @@ def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
     Raises InvalidArgument when both a key file and a base64 key are named, or the key
     file cannot be loaded or created (its directory missing, say).
     """
-    if settings.master_key_file is not None and settings.master_key_b64:
-        raise InvalidArgument(
-            f"both a master key file ({settings.master_key_file}) and a base64 master key "
-            "(TIERSTORE_MASTER_KEY_B64 or master_key_b64) are configured: name one"
-        )
+    check_master_key_sources(settings)
     if settings.master_key_file is None and settings.master_key_b64:
         return NodeKeys(LocalKeyring.from_base64(settings.master_key_b64), None)
     key_file = settings.master_key_file or data_dir / "master.keys"

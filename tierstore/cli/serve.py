@@ -42,6 +42,7 @@ from typing import Any, TextIO
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
+    check_master_key_sources,
     check_node_keys,
     load_node_keys,
 )
@@ -62,6 +63,7 @@ from tierstore.server.app import (
     check_listen_ports_free,
     create_server,
 )
+from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.tls import (
     TlsMaterial,
@@ -70,6 +72,7 @@ from tierstore.server.tls import (
     issue_client_certificate,
 )
 from tierstore.server.tokens import TokenStore
+from tierstore.tiers.s3_connection import check_bucket_name
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -144,6 +147,11 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # data directory behind, and its data_dir was never read. The flags win, as below.
     overrides = _setting_flags(options)
     configured = load_settings(options.config_file, **overrides)
+    # Likewise what would otherwise be refused only after the node's keys, token and
+    # archive were made (the next start would then not say where its token came from).
+    check_master_key_sources(configured)
+    check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
+    check_bucket_name(_archive_with_flags(options, configured.archive).bucket)
     data_dir = (options.data_dir or configured.data_dir).resolve()
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
@@ -370,21 +378,10 @@ def _claim(data_dir: Path, cleanup: ExitStack) -> None:
 def _archive_settings(
     options: ServeOptions, configured: ArchiveSettings, data_dir: Path, cleanup: ExitStack
 ) -> ArchiveSettings:
-    """The archive this node uses: ``configured`` (the settings file's ``[archive]``,
-    then ``TIERSTORE_ARCHIVE_*`` variables), then the flags given (README
-    "Configuration"). With no endpoint named anywhere, the embedded archive, started
-    here (under ``<data-dir>/archive``, stopped by ``cleanup``), on the bucket and
-    prefix asked for."""
-    flags = {
-        "endpoint_url": options.s3_endpoint,
-        "bucket": options.bucket,
-        "access_key_id": options.s3_access_key,
-        "secret_access_key": options.s3_secret_key,
-    }
-    given = {name: value for name, value in flags.items() if value}
-    if options.prefix is not None:  # "" too: it clears the settings file's prefix
-        given["prefix"] = options.prefix
-    archive = replace(configured, **given)
+    """The archive this node uses: :func:`_archive_with_flags`. With no endpoint named
+    anywhere, the embedded archive, started here (under ``<data-dir>/archive``, stopped
+    by ``cleanup``), on the bucket and prefix asked for."""
+    archive = _archive_with_flags(options, configured)
     if archive.endpoint_url:
         return archive
     from tierstore.tiers.seaweedfs import SeaweedServer  # only for the embedded archive
@@ -398,6 +395,21 @@ def _archive_settings(
         access_key_id=s3.access_key_id,
         secret_access_key=s3.secret_access_key,
     )
+
+
+def _archive_with_flags(options: ServeOptions, configured: ArchiveSettings) -> ArchiveSettings:
+    """``configured`` (the settings file's ``[archive]``, then ``TIERSTORE_ARCHIVE_*``
+    variables), then the flags given (README "Configuration")."""
+    flags = {
+        "endpoint_url": options.s3_endpoint,
+        "bucket": options.bucket,
+        "access_key_id": options.s3_access_key,
+        "secret_access_key": options.s3_secret_key,
+    }
+    given = {name: value for name, value in flags.items() if value}
+    if options.prefix is not None:  # "" too: it clears the settings file's prefix
+        given["prefix"] = options.prefix
+    return replace(configured, **given)
 
 
 def _connect_host(listen_host: str) -> str:

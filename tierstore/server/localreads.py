@@ -40,7 +40,7 @@ from tierstore.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from tierstore.server.authz import Principal
 from tierstore.wire.local import HostIdentity, LocalGrant, this_host
 
-__all__ = ["DEFAULT_GRANT_TTL_S", "LocalReadService", "peer_is_local"]
+__all__ = ["DEFAULT_GRANT_TTL_S", "LocalReadService", "check_grant_ttl", "peer_is_local"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ def peer_is_local(peer: str) -> bool:
     return address.is_loopback
 
 
+def check_grant_ttl(seconds: float, name: str = "grant_ttl_s") -> None:
+    """InvalidArgument, naming ``name`` (the setting or flag), unless ``seconds`` is a
+    grant's lifetime this node accepts: more than 0, at most a day."""
+    if not (math.isfinite(seconds) and 0 < seconds <= 86400):
+        raise InvalidArgument(
+            f"{name} must be more than 0 and at most 86400 seconds, not {seconds}"
+        )
+
+
 class LocalReadService:
     """Grants, data keys and read reports for the local readers of one store."""
 
@@ -79,8 +88,7 @@ class LocalReadService:
         grant_ttl_s: float = DEFAULT_GRANT_TTL_S,
         host: HostIdentity | None = None,
     ) -> None:
-        if not (math.isfinite(grant_ttl_s) and 0 < grant_ttl_s <= 86400):
-            raise InvalidArgument(f"grant_ttl_s must be in (0, 86400], not {grant_ttl_s}")
+        check_grant_ttl(grant_ttl_s)
         self._store = store
         self.enabled = enabled
         self.grant_ttl_s = grant_ttl_s

@@ -25,12 +25,25 @@ from tierstore.loopback import is_loopback_host
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["DEFAULT_POOL_CONNECTIONS", "MiB", "ProcessState", "S3Settings", "new_client"]
+__all__ = [
+    "DEFAULT_POOL_CONNECTIONS",
+    "MiB",
+    "ProcessState",
+    "S3Settings",
+    "check_bucket_name",
+    "new_client",
+]
 
 MiB: Final = 1024 * 1024
 _MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
 #: connections a process keeps to the archive, unless its settings ask for more
 DEFAULT_POOL_CONNECTIONS: Final = 32
+
+
+def check_bucket_name(bucket: str) -> None:
+    """InvalidArgument unless ``bucket`` has a length S3 allows (3 to 63 characters)."""
+    if not 3 <= len(bucket) <= 63:
+        raise InvalidArgument(f"bucket name must be 3-63 characters, got {bucket!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,8 +75,7 @@ class S3Settings:
     backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not 3 <= len(self.bucket) <= 63:
-            raise InvalidArgument(f"bucket name must be 3-63 characters, got {self.bucket!r}")
+        check_bucket_name(self.bucket)
         if self.max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.multipart_part_size < _MIN_PART_SIZE:
