@@ -12,6 +12,7 @@ dataset's settings object, so a rebuild left out the dataset and the acknowledge
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -269,3 +270,34 @@ def test_a_write_through_delete_the_archive_refuses_is_unavailable_and_stays_jou
     assert store.drain(30)  # the mover does it once the archive is back
     assert rebuilt(open_store, archive, "wt") == {}
     assert dict(rebuilt_store(open_store, archive).list_datasets()).keys() == {"wt"}
+
+
+def test_a_write_through_put_does_not_wait_out_the_movers_attempt_on_a_frozen_archive(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mover holds the journal while its upload waits on a frozen archive (for
+    # minutes: time-outs and retries). A write-through put waited for its turn behind
+    # it, then made its own attempt: 15 minutes before it failed, while stats had said
+    # for most of that time that the archive was failing.
+    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
+    monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 1.0)
+    archive = GatedArchive()
+    datasets = {"wt": WRITE_THROUGH, "wb": DatasetSettings()}
+    store = open_store(archive, datasets=datasets, start_mover=False)
+    frozen = archive_frames_key("wb", store.put("wb", "frozen", payload(FRAME, 1)).generation)
+    archive.gate = lambda key: key == frozen
+    mover = threading.Thread(target=store.mover.drain_once)
+    mover.start()
+    try:
+        assert archive.entered.wait(10)  # the mover's upload hangs on the archive
+        started = time.monotonic()
+        with pytest.raises(ArchiveUnavailable, match="committed locally") as refused:
+            store.put("wt", "s", payload(FRAME, 2))
+        assert time.monotonic() - started < 8, "the put waited out the mover's attempt"
+        assert "the archive failed" in str(refused.value)
+    finally:
+        archive.release.set()
+        mover.join(30)
+    assert store.mover.drain_once()  # the archive is back: the put's upload goes up
+    assert store.stat("wt", "s").archived
+    assert store.get("wt", "s").to_bytes() == payload(FRAME, 2)

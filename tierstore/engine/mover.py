@@ -91,6 +91,11 @@ _STOP = None
 #: per part in flight (mover_threads): a part of 8 MiB slower than that, about 280 KB/s,
 #: is as good as no answer
 STALL_REPORT_S = 30.0
+#: how long a write-through caller waits for the journal while another holds it
+#: before it gives up, if the archive is meanwhile reported failing: the mover's
+#: attempt on a frozen archive may keep the journal for minutes (its time-outs and
+#: retries), and the caller's put or delete is committed locally either way.
+JOURNAL_TURN_GRACE_S = 10.0
 
 
 def _manifest_generation(key: str, prefix: str) -> int | None:
@@ -394,17 +399,38 @@ class Mover:
         """The reason :meth:`hold_archive` set, or None: node-wide, naming no shard."""
         return self._archive_hold
 
-    def run_entry(self, seq: int) -> bool:
+    def run_entry(self, seq: int, *, caller_waits: bool = False) -> bool:
         """Do journal entry ``seq`` now (used by write-through puts too).
 
         Returns True when the entry is done (or was already done by someone else),
         False when the archive failed (or is held: :meth:`hold_archive`) and the entry
-        stays for a retry.
+        stays for a retry. ``caller_waits`` (a write-through put or delete): also False,
+        with the entry left to the mover, when another holds the journal for over
+        :data:`JOURNAL_TURN_GRACE_S` while the archive is reported failing.
         """
         try:
-            return self._run_entry(seq)
+            with self._journal_turn(caller_waits) as turn:
+                return turn and self._run_entry(seq)
         finally:
             self.progressed()
+
+    @contextlib.contextmanager
+    def _journal_turn(self, caller_waits: bool) -> Iterator[bool]:
+        """Hold the journal lock (True), or, for a waiting caller, give up (False) as
+        :meth:`run_entry` says."""
+        if not caller_waits:
+            self._journal_lock.acquire()
+        else:
+            waiting_since = time.monotonic()
+            while not self._journal_lock.acquire(timeout=0.5):
+                waited = time.monotonic() - waiting_since
+                if waited >= JOURNAL_TURN_GRACE_S and self.archive_failure() is not None:
+                    yield False
+                    return
+        try:
+            yield True
+        finally:
+            self._journal_lock.release()
 
     def run_entry_in_order(self, seq: int, dataset: str, shard: str) -> bool:
         """Do the earlier journal entries on ``dataset``'s settings object, its deletes
@@ -417,7 +443,7 @@ class Mover:
         """
         with self._env.read() as txn:
             earlier = self._catalog.journal_seqs_of(txn, dataset, shard, seq)
-        return all(self.run_entry(entry) for entry in [*earlier, seq])
+        return all(self.run_entry(entry, caller_waits=True) for entry in [*earlier, seq])
 
     def archive_holds_since(self, dataset: str, shard: str, generation: int) -> bool:
         """Whether the archive holds ``generation`` of ``dataset/shard`` or a newer one
@@ -432,69 +458,69 @@ class Mover:
                     return True
                 newest = self._catalog.counter(txn, "journal_seq")
                 pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
-            if not all(self.run_entry(entry) for entry in pending):
+            if not all(self.run_entry(entry, caller_waits=True) for entry in pending):
                 return False
         return False
 
     def _run_entry(self, seq: int) -> bool:
-        with self._journal_lock:
-            hold = self._archive_hold
-            if hold is not None:
-                self.last_error = hold
-                return False
-            with self._env.read() as txn:
-                op = self._catalog.journal_entry(txn, seq)
-            if op is None:
-                return True
-            try:
-                uploaded = self._apply_watched(op)
-            except KeyUnwrapError as exc:
-                # Most often the wrong master key: the frames are likely intact, and
-                # dropping the entry would leave the shard unarchived for good. Keep it
-                # (the journal waits, with last_error saying why) until the right key
-                # is configured; a shard whose key record is damaged must be deleted.
-                self.last_error = (
-                    f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}; kept until "
-                    "the master key that wrapped it is configured"
-                )
-                log.error("archive operation cannot proceed: %s", self.last_error)
-                return False
-            except IntegrityError as exc:
-                with self._env.write() as txn:
-                    unreadable = False
-                    try:
-                        current = self._catalog.get_shard(txn, op.dataset, op.name)
-                        superseded = current is None or current.generation != op.generation
-                    except IntegrityError:  # the shard's record itself is damaged
-                        superseded, unreadable = False, True
-                    self._catalog.remove_journal(txn, seq)
-                if superseded:
-                    # Overwritten or deleted while it was being uploaded: its frames went
-                    # with it, and the later entries of the journal clean up the archive.
-                    return True
-                if unreadable:
-                    # The catalog reports the record (Catalog.damaged_records) until the
-                    # shard is deleted: not reported twice, nor after the delete.
-                    log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
-                    return True
-                # The only copy is damaged: retrying cannot help, and holding the entry
-                # would stall every later upload. Reads of it raise DataLoss.
-                log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
-                self.data_loss.append(f"{op.dataset}/{op.name}@{op.generation}: {exc}")
-                return True
-            except TierstoreError as exc:
-                self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
-                log.warning("archive operation failed, will retry: %s", self.last_error)
-                return False
-            with self._env.write() as txn:
-                if uploaded is not None:
-                    record = self._catalog.get_shard(txn, op.dataset, op.name)
-                    if record is not None and record.generation == uploaded.generation:
-                        self._catalog.put_shard(txn, record.with_state(archived=True))
-                self._catalog.remove_journal(txn, seq)
-            self._retry_delay = self._settings.mover_retry_initial_s
-            self.last_error = None
+        """Entry ``seq``, done with the journal lock held: see :meth:`run_entry`."""
+        hold = self._archive_hold
+        if hold is not None:
+            self.last_error = hold
+            return False
+        with self._env.read() as txn:
+            op = self._catalog.journal_entry(txn, seq)
+        if op is None:
             return True
+        try:
+            uploaded = self._apply_watched(op)
+        except KeyUnwrapError as exc:
+            # Most often the wrong master key: the frames are likely intact, and
+            # dropping the entry would leave the shard unarchived for good. Keep it
+            # (the journal waits, with last_error saying why) until the right key
+            # is configured; a shard whose key record is damaged must be deleted.
+            self.last_error = (
+                f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}; kept until "
+                "the master key that wrapped it is configured"
+            )
+            log.error("archive operation cannot proceed: %s", self.last_error)
+            return False
+        except IntegrityError as exc:
+            with self._env.write() as txn:
+                unreadable = False
+                try:
+                    current = self._catalog.get_shard(txn, op.dataset, op.name)
+                    superseded = current is None or current.generation != op.generation
+                except IntegrityError:  # the shard's record itself is damaged
+                    superseded, unreadable = False, True
+                self._catalog.remove_journal(txn, seq)
+            if superseded:
+                # Overwritten or deleted while it was being uploaded: its frames went
+                # with it, and the later entries of the journal clean up the archive.
+                return True
+            if unreadable:
+                # The catalog reports the record (Catalog.damaged_records) until the
+                # shard is deleted: not reported twice, nor after the delete.
+                log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
+                return True
+            # The only copy is damaged: retrying cannot help, and holding the entry
+            # would stall every later upload. Reads of it raise DataLoss.
+            log.error("not archiving %s/%s: %s", op.dataset, op.name, exc)
+            self.data_loss.append(f"{op.dataset}/{op.name}@{op.generation}: {exc}")
+            return True
+        except TierstoreError as exc:
+            self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
+            log.warning("archive operation failed, will retry: %s", self.last_error)
+            return False
+        with self._env.write() as txn:
+            if uploaded is not None:
+                record = self._catalog.get_shard(txn, op.dataset, op.name)
+                if record is not None and record.generation == uploaded.generation:
+                    self._catalog.put_shard(txn, record.with_state(archived=True))
+            self._catalog.remove_journal(txn, seq)
+        self._retry_delay = self._settings.mover_retry_initial_s
+        self.last_error = None
+        return True
 
     def _apply_watched(self, op: JournalOp) -> ShardRecord | None:
         """:meth:`_apply`, its progress watched by :meth:`archive_failure`."""
