@@ -34,6 +34,7 @@ from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.loopback import is_loopback_address
 from tierstore.server.admin import AdminServicer, NodeKeyAdmin
+from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.auth import AuthInterceptor
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
@@ -247,6 +248,7 @@ class TierstoreServer:
                     ),
                     principal_now=tokens.principal_now,
                     idle_trim=self._idle_trim,
+                    archive_calls=ArchiveCalls.for_workers(settings.max_workers),
                 ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),

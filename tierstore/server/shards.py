@@ -23,13 +23,16 @@ from pathlib import Path
 import grpc
 
 from tierstore.engine.allocator import IdleTrim
+from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
+from tierstore.types import Durability
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
@@ -64,8 +67,12 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         local: LocalReadService | None = None,
         principal_now: Callable[[Principal], Principal] | None = None,
         idle_trim: IdleTrim | None = None,
+        archive_calls: ArchiveCalls | None = None,
     ) -> None:
         self._store = store
+        #: bounds the calls that wait on the archive (cold reads, write-through puts
+        #: and deletes), so that a frozen archive leaves workers for the hot tier
+        self._archive_calls = archive_calls or ArchiveCalls.for_workers(32)
         self._spool_dir = spool_dir
         #: what the puts being received hold in memory, together
         self._spool_memory = SpoolMemory(SERVER_SPOOL_MEMORY)
@@ -117,8 +124,15 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             )
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = self._store.get_dataset(header.dataset).encrypted
-        with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
+        with (
+            FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool,
+            contextlib.ExitStack() as archive_bound,
+        ):
             self._receive_frames(request_iterator, header, spool)
+            if self._write_through(header.dataset):  # returns once the archive has it
+                archive_bound.enter_context(
+                    self._archive_calls.slot(f"a write-through put of {header.dataset}")
+                )
             info = self._store.put_frames(
                 header.dataset,
                 header.shard,
@@ -197,6 +211,20 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         sealed = self._store.open_sealed(
             request.dataset, request.shard, byte_range=byte_range, frame_range=frame_range
         )
+        with contextlib.ExitStack() as archive_bound:
+            if not sealed.info.hot:
+                archive_bound.enter_context(
+                    self._archive_calls.slot(f"a cold read of {request.dataset}")
+                )
+            yield from self._send(sealed, request, context)
+
+    def _send(
+        self,
+        sealed: SealedRead,
+        request: shards_pb2.GetShardRequest,
+        context: grpc.ServicerContext,
+    ) -> Iterator[shards_pb2.GetShardResponse]:
+        """GetShard's messages: the header, then each frame of ``sealed``."""
         header = shards_pb2.GetShardResponse(
             header=shards_pb2.GetShardHeader(
                 info=shard_info_to_pb(sealed.info),
@@ -256,8 +284,17 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.DeleteShardRequest, context: grpc.ServicerContext
     ) -> shards_pb2.DeleteShardResponse:
         self._check("DeleteShard", request.dataset, request.shard)
-        self._store.delete(request.dataset, request.shard)
+        with contextlib.ExitStack() as archive_bound:
+            if self._write_through(request.dataset):  # returns once the archive has it
+                archive_bound.enter_context(
+                    self._archive_calls.slot(f"a write-through delete in {request.dataset}")
+                )
+            self._store.delete(request.dataset, request.shard)
         return shards_pb2.DeleteShardResponse()
+
+    def _write_through(self, dataset: str) -> bool:
+        """Whether ``dataset``'s puts and deletes wait for the archive."""
+        return self._store.get_dataset(dataset).durability is Durability.WRITE_THROUGH
 
     # Local reads (tierstore.server.localreads).
 
