@@ -790,3 +790,12 @@ def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: Fak
     client.tokens.append(admin_token("dddddddddddd"))
     another = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
     assert json.loads(another.stdout)["last_admin"] is False and another.stderr == ""
+
+
+def test_command_lists_join_the_lines_of_each_summary() -> None:
+    # A docstring's line breaks were kept in the list, falling mid-sentence.
+    listing = invoke("token", "--help")
+    assert listing.exit_code == 0, listing.output
+    assert "Revoking the last live admin token is allowed, with a warning" in listing.stdout
+    top = invoke("--help").stdout
+    assert "as shards named by their relative paths, in order. Stops at the first" in top

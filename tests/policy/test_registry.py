@@ -33,8 +33,10 @@ def test_every_live_name_builds_its_policy(name: str) -> None:
 
 @pytest.mark.parametrize("name", OFFLINE_POLICY_NAMES)
 def test_offline_policies_need_the_future(name: str) -> None:
-    with pytest.raises(InvalidArgument, match="offline-only"):
+    with pytest.raises(InvalidArgument, match="offline-only") as refused:
         make_policy(name)
+    # An admin's `policy set` reads it too: it names what a dataset may take.
+    assert "a dataset's policy is one of " in str(refused.value) and "lru" in str(refused.value)
     assert make_policy(name, future=[1, 2, 1]).name == name
 
 

@@ -13,6 +13,7 @@ results for scripts.
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
 import json
 import math
@@ -156,7 +157,18 @@ def _connection_options() -> list[Any]:
     return list(typer.main.get_command(probe).params)
 
 
-class _ClientCommand(TyperCommand):
+class _Command(TyperCommand):
+    """A command whose summary in its group's list is its help's first paragraph as one
+    line: the list keeps a docstring's line breaks, which then fall mid-sentence."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            first = inspect.cleandoc(self.help).split("\n\n")[0]
+            self.short_help = " ".join(first.split())
+
+
+class _ClientCommand(_Command):
     """A command that talks to a server: it takes the connection options after its name
     too (``tierstore dataset ls --json``), not only before it (``tierstore --json dataset
     ls``). An option given in both places counts as given after the name."""
@@ -359,7 +371,7 @@ def _pin_state(pinned: bool, until: float) -> str:
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     data_dir: Annotated[
         str | None,
@@ -1224,7 +1236,7 @@ def _register_simulate() -> None:
     # Imported here, not at the top: simulate.py imports this module for its helpers.
     from tierstore.cli.simulate import simulate
 
-    app.command("simulate")(simulate)
+    app.command("simulate", cls=_Command)(simulate)
 
 
 _register_simulate()

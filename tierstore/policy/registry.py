@@ -79,8 +79,9 @@ def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: An
     if name in _OFFLINE:
         if future is None:
             raise InvalidArgument(
-                f"{name} is offline-only: it needs future= (every key the driver will read, "
-                "in order), which only a trace simulator knows"
+                f"{name} is offline-only: it needs every key that will be read, in order "
+                "(future=), which only a trace simulator knows (`tierstore simulate` "
+                f"compares it); a dataset's policy is one of {', '.join(sorted(_LIVE))}"
             )
         return _build(name, _OFFLINE[name], future=future, **options)
     if future is not None:
