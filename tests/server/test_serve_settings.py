@@ -252,3 +252,23 @@ def test_a_busy_port_is_one_line_before_anything_is_made(tmp_path: Path, option:
         code, error = failed_start("--data-dir", str(tmp_path / "node"), *pairs)
     assert code != 0 and f"cannot listen on {busy} ({option})" in error
     assert not (tmp_path / "node").exists()  # nothing made: no archive, no store
+
+
+def test_an_archive_prefix_without_a_slash_is_warned_about(tmp_path: Path) -> None:
+    # "p1" stored dataset "wb" under "p1wb/": a node on prefix "p" then took those
+    # objects for its own, and refused to start with a misleading key error.
+    for prefix, warned in (("p1", True), ("p1/", False), ("", False)):
+        done = served_in(tmp_path, "--data-dir", f"node-{warned}-{len(prefix)}", "--prefix", prefix)
+        assert ("does not end in '/'" in done.stderr.decode()) == warned, done.stderr.decode()
+        if warned:
+            assert "'p1ds/'" in done.stderr.decode() and "'p1/'" in done.stderr.decode()
+
+
+def test_a_hot_tier_larger_than_the_disk_is_warned_about(tmp_path: Path) -> None:
+    # The 64 GiB default on a smaller disk said nothing: puts failed, full, much later.
+    for capacity, warned in ((1 << 46, True), (1 << 30, False)):
+        done = served_in(tmp_path, "--data-dir", f"node-{warned}", "--hot-capacity", str(capacity))
+        said = done.stderr.decode()
+        assert ("but the disk of" in said) == warned, said
+        if warned:
+            assert f"{1 << 46:,}" in said and "lower --hot-capacity" in said

@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import shlex
+import shutil
 import signal
 import threading
 from contextlib import ExitStack
@@ -151,7 +152,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # archive were made (the next start would then not say where its token came from).
     check_master_key_sources(configured)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
-    check_bucket_name(_archive_with_flags(options, configured.archive).bucket)
+    archive = _archive_with_flags(options, configured.archive)
+    check_bucket_name(archive.bucket)
+    _warn_of_an_open_prefix(archive.prefix)
     data_dir = (options.data_dir or configured.data_dir).resolve()
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
@@ -170,6 +173,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}{hint}"
         ) from None
     _restrict_secrets(data_dir)
+    _warn_of_too_little_disk(data_dir, configured.hot_capacity_bytes)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -189,7 +193,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
         settings = replace(
-            settings, archive=_archive_settings(options, settings.archive, data_dir, cleanup)
+            settings,
+            archive=_archive_settings(options, settings.archive, data_dir, cleanup, stop),
         )
         keys = load_node_keys(settings, data_dir)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
@@ -376,17 +381,26 @@ def _claim(data_dir: Path, cleanup: ExitStack) -> None:
 
 
 def _archive_settings(
-    options: ServeOptions, configured: ArchiveSettings, data_dir: Path, cleanup: ExitStack
+    options: ServeOptions,
+    configured: ArchiveSettings,
+    data_dir: Path,
+    cleanup: ExitStack,
+    stopping: threading.Event,
 ) -> ArchiveSettings:
     """The archive this node uses: :func:`_archive_with_flags`. With no endpoint named
     anywhere, the embedded archive, started here (under ``<data-dir>/archive``, stopped
-    by ``cleanup``), on the bucket and prefix asked for."""
+    by ``cleanup``), on the bucket and prefix asked for, and started again should it
+    exit before ``stopping`` is set."""
     archive = _archive_with_flags(options, configured)
     if archive.endpoint_url:
         return archive
-    from tierstore.tiers.seaweedfs import SeaweedServer  # only for the embedded archive
+    # Only for the embedded archive.
+    from tierstore.tiers.seaweedfs import SeaweedServer
+    from tierstore.tiers.seaweedkeeper import SeaweedKeeper
 
     embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
+    # Stopped before the server is (the stack unwinds in reverse).
+    cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
     s3 = embedded.s3_settings(archive.bucket, archive.prefix)
     return ArchiveSettings(
         endpoint_url=s3.endpoint_url,
@@ -410,6 +424,42 @@ def _archive_with_flags(options: ServeOptions, configured: ArchiveSettings) -> A
     if options.prefix is not None:  # "" too: it clears the settings file's prefix
         given["prefix"] = options.prefix
     return replace(configured, **given)
+
+
+def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
+    """Warn when the disk of ``data_dir`` has less room than the hot tier may still
+    take: LMDB's file grows as it fills, so nothing fails at the start, but puts and
+    promotions fail with HotTierFull once the disk is full, below the capacity set."""
+    hot_file = hot_tier_dir(data_dir) / "data.mdb"
+    in_use = hot_file.stat().st_blocks * 512 if hot_file.exists() else 0
+    free = shutil.disk_usage(data_dir).free
+    if free + in_use < hot_capacity_bytes:
+        log.warning(
+            "the hot tier may hold %s bytes (--hot-capacity), but the disk of %s has %s "
+            "bytes free (and the hot tier uses %s): it fills before eviction starts, "
+            "and then puts and promotions fail with HotTierFull; lower --hot-capacity",
+            f"{hot_capacity_bytes:,}",
+            data_dir,
+            f"{free:,}",
+            f"{in_use:,}",
+        )
+
+
+def _warn_of_an_open_prefix(prefix: str) -> None:
+    """Warn of an archive prefix that does not end in "/": keys are the prefix and the
+    dataset's name joined as they are, so "p1" stores dataset "wb" under "p1wb/", and
+    nodes on prefixes "node" and "node1" share the keys of datasets "1x" and "x". Not
+    refused, nor changed: a node's archive already under such a prefix stays there."""
+    if prefix and not prefix.endswith("/"):
+        log.warning(
+            "archive prefix %r does not end in '/': objects are stored as %r + the dataset's "
+            "name (%r for dataset 'ds'), so another node on a prefix that starts the same "
+            "may share keys with it; a new node should take %r",
+            prefix,
+            prefix,
+            f"{prefix}ds/",
+            f"{prefix}/",
+        )
 
 
 def _connect_host(listen_host: str) -> str:

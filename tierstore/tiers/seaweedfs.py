@@ -318,6 +318,27 @@ class SeaweedServer:
             raise
         raise AssertionError("unreachable: the last attempt raises or returns")
 
+    def restart(self) -> None:
+        """Start weed again after its process exited on its own, on the ports it had,
+        so that clients keep their endpoint; a no-op while it runs. Raises
+        ArchiveUnavailable as :meth:`start` does (a port taken meanwhile, say), and
+        RuntimeError if it was never started."""
+        if self.running:
+            return
+        if not self._ports or self._data_dir is None or self._socket_dir is None:
+            raise RuntimeError("restart() of a SeaweedServer that was never started")
+        binary = self._binary or find_weed_binary()
+        if binary is None:
+            raise ArchiveUnavailable("the SeaweedFS 'weed' binary is gone from where it was")
+        self._reap()  # the dead process, its pid file and sockets
+        self._launch(binary, last_attempt=True)
+
+    @property
+    def exit_status(self) -> int | None:
+        """The status weed exited with (negative: the signal that ended it), or None
+        while it runs or when it was not started."""
+        return None if self._process is None else self._process.poll()
+
     def _write_identities(self) -> Path:
         """Write the S3 identity file (owner-only permissions) and return its path."""
         config_dir = self.data_dir / "config"

@@ -1,0 +1,67 @@
+"""The embedded archive is started again when its process dies on its own.
+
+A node's ``weed`` child killed (SIGKILL, the OOM killer) stayed a zombie: cold reads and
+write-through calls failed and the journal grew until someone restarted the node, with
+nothing in the log that said why (tierstore/tiers/seaweedkeeper.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tierstore.tiers.s3 import S3Tier
+from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
+from tierstore.tiers.seaweedkeeper import SeaweedKeeper
+
+pytestmark = pytest.mark.skipif(find_weed_binary() is None, reason="weed binary not installed")
+
+
+def weed_pid(server: SeaweedServer) -> int:
+    return int((server.data_dir / "weed.pid").read_text().split()[0])
+
+
+def test_a_killed_weed_is_started_again_on_its_ports_with_its_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SeaweedServer(tmp_path / "weed") as server:
+        port, first = server.s3_port, weed_pid(server)
+        tier = S3Tier(server.s3_settings("kept"))
+        keeper = SeaweedKeeper(server, interval_s=0.1).start()
+        try:
+            tier.ensure_bucket()
+            tier.put("k", b"acknowledged before the crash")
+            with caplog.at_level(logging.WARNING, logger="tierstore.tiers.seaweedkeeper"):
+                os.kill(first, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while keeper.restarts == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            assert keeper.restarts == 1 and server.running
+            assert server.s3_port == port and weed_pid(server) != first
+            assert "the embedded archive (weed) exited with status -9" in caplog.text
+            # The node's client reaches it where it was, and finds what it held.
+            assert bytes(tier.get("k") or b"") == b"acknowledged before the crash"
+        finally:
+            keeper.stop()
+            tier.close()
+
+
+def test_a_weed_stopped_with_its_node_is_not_started_again(tmp_path: Path) -> None:
+    stopping = threading.Event()
+    with SeaweedServer(tmp_path / "weed") as server:
+        keeper = SeaweedKeeper(server, interval_s=0.1, until=stopping).start()
+        stopping.set()  # the node stops (a Ctrl-C reaches weed too)
+        os.kill(weed_pid(server), signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while server.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.running
+        time.sleep(0.5)  # five of the keeper's intervals, had it still been watching
+        keeper.stop()
+        assert keeper.restarts == 0 and not server.running
