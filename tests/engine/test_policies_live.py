@@ -170,17 +170,38 @@ def test_admission_is_offered_the_room_left_in_the_datasets_quota(
 
 
 def test_a_pin_overrides_a_refusing_policy(open_store: StoreFactory) -> None:
+    store = open_store(MemoryTier(), datasets={"d": DatasetSettings(policy="refusing")})
+    fill(store, "d", ["s", "t"])
+    store.evict("d", "s")
+    store.evict("d", "t")
+    assert store.get("d", "t").source == "archive"  # refused by the policy...
+    store.pin("d", "s")
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")  # ...pinned
+    assert store.mover.in_flight() == (0, 0) and not store.stat("d", "t").hot
+
+
+def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_back(
+    open_store: StoreFactory,
+) -> None:
+    # It stayed cold, though pinned, until someone pinned or read it again.
     archive = FaultyTier(MemoryTier())
     store = open_store(archive, datasets={"d": DatasetSettings(policy="refusing")})
     fill(store, "d", ["s"])
     store.evict("d", "s")
-    archive.failing = True  # the promotion that pinning queues fails
+    archive.failing = True  # the promotion that pinning queues fails, and again
     store.pin("d", "s")
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    wait_until(lambda: len(archive.gets) >= 2, "the failed promotion to be tried again")
     assert store.stat("d", "s").pinned and not store.stat("d", "s").hot
+    archive.failing = False  # no read, no pin: the retry alone makes it hot
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
+    store.unpin("d", "s")
+    store.evict("d", "s")
+    archive.failing = True  # unpinned: a failed promotion is not tried again
+    store.pin("d", "s", ttl_s=0.001)  # a pin that runs out at once
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    gets = len(archive.gets)
     archive.failing = False
-    assert store.get("d", "s").source == "archive"  # refused by the policy...
-    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")  # ...pinned
+    assert store.mover.retry_failed_pins() == 0 and len(archive.gets) == gets
 
 
 # Eviction.

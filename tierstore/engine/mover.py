@@ -176,6 +176,9 @@ class Mover:
         self._filling: set[tuple[str, int]] = set()
         #: guards ``_promoting``; notified whenever a promotion leaves it.
         self._promoting_lock = threading.Condition()
+        #: pinned shards whose promotion failed (the archive down, say), to be tried
+        #: again (:meth:`retry_failed_pins`): (dataset, name) -> generation.
+        self._failed_pins: dict[tuple[str, str], int] = {}
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a whole shard in memory, as a promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
@@ -744,6 +747,30 @@ class Mover:
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
+    def retry_failed_pins(self) -> int:
+        """Queue again the promotion of every pinned shard whose promotion failed, if it
+        is still pinned, cold and of the generation that failed; returns how many were
+        queued. A promotion that fails again is remembered again (the prefetch loop
+        calls this once a pass)."""
+        with self._promoting_lock:
+            if not self._failed_pins:
+                return 0
+            failed, self._failed_pins = self._failed_pins, {}
+        queued = 0
+        now = time.time()
+        with self._env.read() as txn:
+            records = [self._catalog.readable_shard(txn, dataset, name) for dataset, name in failed]
+        for record in records:
+            if (
+                record is not None
+                and record.pin_holds(now)
+                and not record.hot
+                and failed.get((record.dataset, record.name)) == record.generation
+            ):
+                self.promote(record, None)
+                queued += 1
+        return queued
+
     def _run_promotions(self, jobs: queue.Queue[_Promotion | None]) -> None:
         while not self._stop.is_set():
             try:
@@ -792,9 +819,17 @@ class Mover:
         try:
             promoted = self.promote_now(record, stored, fetch_pool)
         except Exception as exc:
+            if record.pin_holds(time.time()):
+                # A pin promises a hot shard: it is tried again (retry_failed_pins),
+                # not left cold until someone pins it again.
+                with self._promoting_lock:
+                    self._failed_pins[(record.dataset, record.name)] = record.generation
             if raise_unavailable and isinstance(exc, ArchiveUnavailable):
                 raise
-            log.exception("promotion of %s/%s failed", record.dataset, record.name)
+            if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback
+                log.warning("promotion of %s/%s failed: %s", record.dataset, record.name, exc)
+            else:
+                log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:
             self._forget_promotion((record.dataset, record.generation))
             if promoted:

@@ -2,7 +2,8 @@
 
 A thread of its own wakes when a plan is declared or a position reported, when a
 promotion finishes, and at least every ``prefetch_interval_s``. Each pass ends
-expired plans, then offers the policies a budget and queues a promotion of every
+expired plans, queues again the promotions of pinned shards that failed (the
+archive down, say), then offers the policies a budget and queues a promotion of every
 cold shard they name (a prefetch bypasses admission: the policy itself asked).
 
 The budget: ``requests`` = ``prefetch_depth`` minus the promotions queued or
@@ -95,8 +96,9 @@ class Prefetcher:
 
     def run_once(self) -> int:
         """One pass: end expired plans, ask the policies, queue promotions. Returns how
-        many promotions were queued."""
+        many promotions were queued (pins whose promotion failed not counted)."""
         self._plans.expire()
+        self._mover.retry_failed_pins()
         count, in_flight = self._mover.in_flight()
         budget = self._budget(count, in_flight)
         if budget.requests <= 0 or budget.bytes <= 0 or self._mover.over_high_watermark():
