@@ -174,6 +174,41 @@ def test_multi_frame_table(with_dictionary: bool) -> None:
     roundtrip(table, limit)
 
 
+def test_runs_of_small_batches_are_joined_into_few_frames() -> None:
+    # 10,000 one-row batches made 10,000 frames: a message and a check each, about
+    # 300 us a frame through the service.
+    rows = pa.Table.from_batches(
+        [pa.record_batch({"i": [k], "s": [str(k)]}) for k in range(10_000)]
+    )
+    frames = table_to_frames(rows)
+    assert len(frames) == 2  # the schema, then every row in one batch
+    back = frames_to_table(frames)
+    assert back.equals(rows, check_metadata=True) and back.column("i").to_pylist() == list(
+        range(10_000)
+    )
+    # Big batches pass as they are, in order; the small ones between them are joined.
+    big = pa.record_batch({"i": np.arange(100_000), "s": ["x"] * 100_000})
+    small = [pa.record_batch({"i": [k], "s": ["y"]}) for k in range(3)]
+    mixed = pa.Table.from_batches([*small, big, *small, big])
+    frames = table_to_frames(mixed)
+    rows_per_frame = [len(frames_to_table([frames[0], f])) for f in frames[1:]]
+    assert rows_per_frame == [3, 100_000, 3, 100_000]
+    assert frames_to_table(frames).equals(mixed)
+    # Runs are joined up to about a MiB, and the frame limit still holds.
+    medium = [pa.record_batch({"i": np.arange(4000)}) for _ in range(100)]  # 32 KB each
+    frames = table_to_frames(pa.Table.from_batches(medium), 256 * KIB)
+    assert 4 <= len(frames) - 1 <= 20 and all(f.size <= 256 * KIB for f in frames)
+    assert frames_to_table(frames).column("i").to_pylist() == list(range(4000)) * 100
+
+
+def test_small_dictionary_batches_are_left_as_they_come() -> None:
+    batches = [pa.record_batch({"d": pa.array([f"v{k}"]).dictionary_encode()}) for k in range(50)]
+    table = pa.Table.from_batches(batches)
+    frames = table_to_frames(table)
+    assert len(frames) > 50  # a dictionary message and a record batch each
+    assert frames_to_table(frames).equals(table)
+
+
 def test_sliced_table_writes_only_the_slice() -> None:
     table = big_table().drop_columns(["d"])
     part = table.slice(20_000, 100)
