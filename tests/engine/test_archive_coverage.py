@@ -11,9 +11,10 @@ dataset's settings object, so a rebuild left out the dataset and the acknowledge
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -272,6 +273,25 @@ def test_a_write_through_delete_the_archive_refuses_is_unavailable_and_stays_jou
     assert dict(rebuilt_store(open_store, archive).list_datasets()).keys() == {"wt"}
 
 
+WT_AND_WB = {"wt": WRITE_THROUGH, "wb": DatasetSettings()}
+
+
+@contextlib.contextmanager
+def upload_held_by_the_mover(store: Store, archive: GatedArchive) -> Iterator[None]:
+    """While the block runs, the mover holds the journal in an upload of a write-back
+    shard that the archive holds at its gate (released, and the mover joined, after)."""
+    held = archive_frames_key("wb", store.put("wb", "held", payload(FRAME, 1)).generation)
+    archive.gate = lambda key: key == held
+    mover = threading.Thread(target=store.mover.drain_once)
+    mover.start()
+    try:
+        assert archive.entered.wait(10)
+        yield
+    finally:
+        archive.release.set()
+        mover.join(30)
+
+
 def test_a_write_through_put_does_not_wait_out_the_movers_attempt_on_a_frozen_archive(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,22 +302,29 @@ def test_a_write_through_put_does_not_wait_out_the_movers_attempt_on_a_frozen_ar
     monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
     monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 1.0)
     archive = GatedArchive()
-    datasets = {"wt": WRITE_THROUGH, "wb": DatasetSettings()}
-    store = open_store(archive, datasets=datasets, start_mover=False)
-    frozen = archive_frames_key("wb", store.put("wb", "frozen", payload(FRAME, 1)).generation)
-    archive.gate = lambda key: key == frozen
-    mover = threading.Thread(target=store.mover.drain_once)
-    mover.start()
-    try:
-        assert archive.entered.wait(10)  # the mover's upload hangs on the archive
+    store = open_store(archive, datasets=WT_AND_WB, start_mover=False)
+    with upload_held_by_the_mover(store, archive):  # hangs on the archive
         started = time.monotonic()
         with pytest.raises(ArchiveUnavailable, match="committed locally") as refused:
             store.put("wt", "s", payload(FRAME, 2))
         assert time.monotonic() - started < 8, "the put waited out the mover's attempt"
         assert "the archive failed" in str(refused.value)
-    finally:
-        archive.release.set()
-        mover.join(30)
     assert store.mover.drain_once()  # the archive is back: the put's upload goes up
     assert store.stat("wt", "s").archived
     assert store.get("wt", "s").to_bytes() == payload(FRAME, 2)
+
+
+def test_an_earlier_archive_failure_does_not_refuse_a_write_through_put_that_waits(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The archive failed once and is back; the mover's next upload is slow but going.
+    # A write-through put waiting its turn was refused, on that stale error alone.
+    monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 0.5)
+    archive = GatedArchive()
+    store = open_store(archive, datasets=WT_AND_WB, start_mover=False)
+    with upload_held_by_the_mover(store, archive):
+        # (Set once the entries before it are done: each success clears it.)
+        store.mover.last_error = "put wb/other@1: the archive was down (an hour ago)"
+        threading.Timer(3.0, archive.release.set).start()  # within STALL_REPORT_S
+        info = store.put("wt", "s", payload(FRAME, 2))  # waits its turn, then uploads
+        assert info.archived

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -180,14 +181,22 @@ def test_a_pin_overrides_a_refusing_policy(open_store: StoreFactory) -> None:
     assert store.mover.in_flight() == (0, 0) and not store.stat("d", "t").hot
 
 
+def evicted(open_store: StoreFactory, names: list[str]) -> tuple[Store, FaultyTier]:
+    """A store over a FaultyTier archive with shards ``names`` of dataset ``d`` (policy
+    "refusing": only pins promote) archived and evicted."""
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="refusing")})
+    fill(store, "d", names)
+    for name in names:
+        store.evict("d", name)
+    return store, archive
+
+
 def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_back(
     open_store: StoreFactory,
 ) -> None:
     # It stayed cold, though pinned, until someone pinned or read it again.
-    archive = FaultyTier(MemoryTier())
-    store = open_store(archive, datasets={"d": DatasetSettings(policy="refusing")})
-    fill(store, "d", ["s"])
-    store.evict("d", "s")
+    store, archive = evicted(open_store, ["s"])
     archive.failing = True  # the promotion that pinning queues fails, and again
     store.pin("d", "s")
     wait_until(lambda: len(archive.gets) >= 2, "the failed promotion to be tried again")
@@ -202,6 +211,43 @@ def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_b
     gets = len(archive.gets)
     archive.failing = False
     assert store.mover.retry_failed_pins() == 0 and len(archive.gets) == gets
+
+
+def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
+    open_store: StoreFactory,
+) -> None:
+    # Past the promotion queue's 64 places, retries were dropped for good; and each
+    # pin was tried again every second, 60 GETs a minute against a down archive.
+    names = [f"s{k:03}" for k in range(100)]
+    store, archive = evicted(open_store, names)
+    archive.failing = True
+    for name in names:
+        store.pin("d", name)
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotions", 30)
+    started = len(archive.gets)
+    time.sleep(3.5)  # the back-off: tries at about 1 s, then 2 s more (3 s in all)
+    tries = (len(archive.gets) - started) / len(names)
+    assert tries <= 2.5, f"{tries} tries a pin in 3.5 s: no back-off"
+    archive.failing = False
+    wait_until(lambda: hot(store, "d") == set(names), "every pinned shard to be hot", 60)
+
+
+def test_a_pin_whose_archive_copy_is_damaged_is_not_fetched_again_and_again(
+    open_store: StoreFactory,
+) -> None:
+    # Each prefetch pass fetched it whole again, and logged a traceback, while pinned.
+    store, archive = evicted(open_store, ["s"])
+    key = archive_frames_key("d", store.stat("d", "s").generation)
+    damaged = bytearray(bytes(archive.inner.get(key) or b""))
+    damaged[0] ^= 0xFF
+    archive.inner.put(key, bytes(damaged))
+    store.pin("d", "s")
+    wait_until(lambda: bool(archive.gets), "the promotion to fetch")
+    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    fetched = len(archive.gets)
+    assert store.mover.retry_failed_pins() == 0 and not store.stat("d", "s").hot
+    time.sleep(2.5)  # two prefetch passes past a first retry's back-off, had there been one
+    assert len(archive.gets) == fetched
 
 
 # Eviction.

@@ -23,11 +23,12 @@ from tierstore.frames import CHECKSUM_BYTES
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability, Role
-from tierstore.v1 import common_pb2, shards_pb2
+from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2
 
 GET = "/tierstore.v1.ShardService/GetShard"
 PUT = "/tierstore.v1.ShardService/PutShard"
 DELETE = "/tierstore.v1.ShardService/DeleteShard"
+DELETE_DATASET = "/tierstore.v1.DatasetService/DeleteDataset"
 WORKERS = 4  # so ArchiveCalls.for_workers gives 3 slots
 SLOTS = ArchiveCalls.for_workers(WORKERS).slots
 
@@ -63,6 +64,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
         assert store.drain(10)
         store.evict("d", "cold")
         token = node.token("t", ("d", Role.WRITER), ("wt", Role.WRITER))
+        admin = node.token("a", ("*", Role.ADMIN))
         channel = node.channel()
         archive.hold_reads(archive_frames_key("d", generation))  # the archive freezes
         cold_reads: list[bytes | BaseException] = []
@@ -85,14 +87,15 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             while len(archive.gets) < SLOTS and time.monotonic() < deadline:
                 time.sleep(0.02)  # every slot's read is waiting on the archive
             # One more call that needs the archive: refused at once, not queued.
-            for method, request in (
-                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold")),
-                (PUT, put_request("wt", "new", b"x" * 100)),
-                (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new")),
+            for method, request, caller in (
+                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), token),
+                (PUT, put_request("wt", "new", b"x" * 100), token),
+                (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new"), token),
+                (DELETE_DATASET, datasets_pb2.DeleteDatasetRequest(name="wt"), admin),
             ):
                 started = time.monotonic()
                 with pytest.raises(grpc.RpcError) as refused:
-                    invoke(channel, method, request, token)
+                    invoke(channel, method, request, caller)
                 assert time.monotonic() - started < 5
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert error_name(refused.value) == "Unavailable"

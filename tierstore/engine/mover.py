@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from tierstore.config import EngineSettings
@@ -92,10 +93,27 @@ _STOP = None
 #: is as good as no answer
 STALL_REPORT_S = 30.0
 #: how long a write-through caller waits for the journal while another holds it
-#: before it gives up, if the archive is meanwhile reported failing: the mover's
+#: before it gives up, if that entry has meanwhile stalled (STALL_REPORT_S): the mover's
 #: attempt on a frozen archive may keep the journal for minutes (its time-outs and
 #: retries), and the caller's put or delete is committed locally either way.
 JOURNAL_TURN_GRACE_S = 10.0
+
+
+#: the longest pause between two tries of a failed pin's promotion (seconds).
+PIN_RETRY_MAX_S = 60.0
+
+
+@dataclass(slots=True)
+class _FailedPin:
+    """A pinned shard's generation whose promotion failed ``failures`` times in a
+    row; tried again at ``due`` (a ``time.monotonic()`` reading)."""
+
+    generation: int
+    failures: int
+    due: float
+
+    def backoff(self) -> float:
+        return min(PIN_RETRY_MAX_S, 2.0 ** (self.failures - 1))
 
 
 def _manifest_generation(key: str, prefix: str) -> int | None:
@@ -176,9 +194,9 @@ class Mover:
         self._filling: set[tuple[str, int]] = set()
         #: guards ``_promoting``; notified whenever a promotion leaves it.
         self._promoting_lock = threading.Condition()
-        #: pinned shards whose promotion failed (the archive down, say), to be tried
-        #: again (:meth:`retry_failed_pins`): (dataset, name) -> generation.
-        self._failed_pins: dict[tuple[str, str], int] = {}
+        #: pinned shards whose promotion failed for want of the archive, to be tried
+        #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
+        self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a whole shard in memory, as a promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
@@ -371,16 +389,25 @@ class Mover:
         callers with a role on every dataset only."""
         if self.last_error is not None:
             return self.last_error
-        since = self._archive_progress
-        idle = 0.0 if since is None else time.monotonic() - since
-        # The next frame is asked for as a part completes, and the parts in flight share
-        # the link: at mover_threads parts, completions come that many times apart.
-        if idle < STALL_REPORT_S * self._settings.mover_threads:
+        idle = self._stalled_for()
+        if idle is None:
             return None
         return (
             f"the archive has taken no data of the current journal entry for {idle:.0f} s "
             "(no answer yet; the mover is still trying)"
         )
+
+    def _stalled_for(self) -> float | None:
+        """Seconds the journal entry in progress has handed the archive no data, once
+        that is ``STALL_REPORT_S`` per part it sends at once; None before, or with no
+        entry in progress."""
+        since = self._archive_progress
+        if since is None:
+            return None
+        idle = time.monotonic() - since
+        # The next frame is asked for as a part completes, and the parts in flight share
+        # the link: at mover_threads parts, completions come that many times apart.
+        return idle if idle >= STALL_REPORT_S * self._settings.mover_threads else None
 
     def hold_archive(self, reason: str | None) -> None:
         """While ``reason`` is set, no journal entry runs, the mover's or a write-through
@@ -409,7 +436,9 @@ class Mover:
         False when the archive failed (or is held: :meth:`hold_archive`) and the entry
         stays for a retry. ``caller_waits`` (a write-through put or delete): also False,
         with the entry left to the mover, when another holds the journal for over
-        :data:`JOURNAL_TURN_GRACE_S` while the archive is reported failing.
+        :data:`JOURNAL_TURN_GRACE_S` while its entry has handed the archive no data for
+        ``STALL_REPORT_S`` (a frozen archive). An earlier failure (``last_error``) is
+        not enough: the archive may be back, and the entry in progress going well.
         """
         try:
             with self._journal_turn(caller_waits) as turn:
@@ -427,7 +456,7 @@ class Mover:
             waiting_since = time.monotonic()
             while not self._journal_lock.acquire(timeout=0.5):
                 waited = time.monotonic() - waiting_since
-                if waited >= JOURNAL_TURN_GRACE_S and self.archive_failure() is not None:
+                if waited >= JOURNAL_TURN_GRACE_S and self._stalled_for() is not None:
                     yield False
                     return
         try:
@@ -673,7 +702,7 @@ class Mover:
 
     # Promotion.
 
-    def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> None:
+    def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> bool:
         """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.
 
         ``stored`` frames must already be verified (the cold read that fetched them
@@ -681,18 +710,21 @@ class Mover:
         ``stored`` it is a cache fill, done by the lowered fill thread; without, the
         fetch is done at the callers' priority (see :mod:`tierstore.engine.background`).
         Best effort: a full queue or a duplicate request is dropped (the next read
-        asks again).
+        asks again). Returns whether it is queued or in flight (False: dropped for a
+        full queue, or the mover is stopping).
         """
         if self._stop.is_set():
-            return
+            return False
         # Marked before it is queued: a promotion thread may finish it at once.
         if not self._mark_promotion(record, fill=stored is not None):
-            return
+            return True  # queued or running already
         jobs = self._promotions if stored is None else self._fills
         try:
             jobs.put_nowait((record, stored))
         except queue.Full:
             self._forget_promotion((record.dataset, record.generation))
+            return False
+        return True
 
     def _mark_promotion(self, record: ShardRecord, fill: bool) -> bool:
         """Mark ``record``'s generation as promoting (a cache fill if ``fill``); False,
@@ -748,28 +780,50 @@ class Mover:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
     def retry_failed_pins(self) -> int:
-        """Queue again the promotion of every pinned shard whose promotion failed, if it
-        is still pinned, cold and of the generation that failed; returns how many were
-        queued. A promotion that fails again is remembered again (the prefetch loop
-        calls this once a pass)."""
+        """Queue again the promotion of each pinned shard whose promotion failed for
+        want of the archive, once its back-off is over (1 s, doubling per failure to
+        :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the generation that
+        failed; returns how many were queued. The prefetch loop calls this each pass."""
+        now = time.monotonic()
         with self._promoting_lock:
-            if not self._failed_pins:
-                return 0
-            failed, self._failed_pins = self._failed_pins, {}
-        queued = 0
-        now = time.time()
+            due = [(key, pin) for key, pin in self._failed_pins.items() if pin.due <= now]
+        if not due:
+            return 0
         with self._env.read() as txn:
-            records = [self._catalog.readable_shard(txn, dataset, name) for dataset, name in failed]
-        for record in records:
-            if (
+            records = [self._catalog.readable_shard(txn, *key) for key, _ in due]
+        queued = 0
+        wall = time.time()
+        for (key, pin), record in zip(due, records, strict=True):
+            current = (
                 record is not None
-                and record.pin_holds(now)
+                and record.pin_holds(wall)
                 and not record.hot
-                and failed.get((record.dataset, record.name)) == record.generation
-            ):
-                self.promote(record, None)
+                and record.generation == pin.generation
+            )
+            if current and record is not None and self.promote(record, None):
                 queued += 1
+            with self._promoting_lock:
+                if self._failed_pins.get(key) is not pin:
+                    continue  # failed again meanwhile: its own back-off stands
+                if current:
+                    # Not due again until its back-off is over (a promotion that could
+                    # not be queued, too); one that turns hot is dropped next time.
+                    pin.due = now + pin.backoff()
+                else:
+                    del self._failed_pins[key]
         return queued
+
+    def _remember_failed_pin(self, record: ShardRecord) -> None:
+        """Note that the promotion of pinned ``record`` failed for want of the archive."""
+        key = (record.dataset, record.name)
+        with self._promoting_lock:
+            prior = self._failed_pins.get(key)
+            failures = 1
+            if prior is not None and prior.generation == record.generation:
+                failures = prior.failures + 1
+            pin = _FailedPin(record.generation, failures, 0.0)
+            pin.due = time.monotonic() + pin.backoff()
+            self._failed_pins[key] = pin
 
     def _run_promotions(self, jobs: queue.Queue[_Promotion | None]) -> None:
         while not self._stop.is_set():
@@ -819,11 +873,11 @@ class Mover:
         try:
             promoted = self.promote_now(record, stored, fetch_pool)
         except Exception as exc:
-            if record.pin_holds(time.time()):
-                # A pin promises a hot shard: it is tried again (retry_failed_pins),
-                # not left cold until someone pins it again.
-                with self._promoting_lock:
-                    self._failed_pins[(record.dataset, record.name)] = record.generation
+            if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
+                # A pin promises a hot shard: it is tried again once the archive may be
+                # back (retry_failed_pins), not left cold until someone pins it again.
+                # (A damaged archive copy is not: trying again would only fail again.)
+                self._remember_failed_pin(record)
             if raise_unavailable and isinstance(exc, ArchiveUnavailable):
                 raise
             if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
@@ -35,13 +36,33 @@ from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.tiers.pages import release_pages
 from tierstore.types import ShardInfo
 
-__all__ = ["SealedRead", "SealedReader"]
+__all__ = ["ArchiveUse", "SealedRead", "SealedReader"]
 
 #: Cold frames fetched ahead of the consumer.
 _READ_AHEAD = 8
 #: How long a whole-shard read of a shard being promoted waits for the promotion
 #: before it reads the archive itself (a second fetch, but a bounded first byte).
 _PROMOTION_WAIT_S = 30.0
+
+
+class ArchiveUse(Protocol):
+    """Told when a stream starts and stops waiting on the archive (the server bounds
+    how many calls may: :mod:`tierstore.server.archivecalls`)."""
+
+    def take(self) -> None:
+        """Before the stream waits on the archive; a no-op if it already does. What it
+        raises ends the stream."""
+
+    def give_back(self) -> None:
+        """Once the stream no longer waits on the archive; a no-op if it does not."""
+
+
+class _NoArchiveUse:
+    def take(self) -> None:
+        pass
+
+    def give_back(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +84,18 @@ class SealedRead:
     def first_frame(self) -> int:
         return self.slices[0].index if self.slices else 0
 
-    def frames(self) -> Iterator[tuple[int, bytes]]:
-        """``(index, stored bytes)`` of each selected frame, in order, read as consumed.
+    def frames(self, archive_use: ArchiveUse | None = None) -> Iterator[tuple[int, bytes]]:
+        """``(index, stored bytes)`` of each selected frame, in order, read as consumed;
+        ``archive_use`` is told while the stream waits on the archive (from its first
+        archive read, or promotion, until it reads hot or ends).
 
         Raises IntegrityError when a frame is gone from both tiers, Unavailable when the
-        shard was overwritten or deleted during the stream, ArchiveUnavailable.
+        shard was overwritten or deleted during the stream, ArchiveUnavailable, and what
+        ``archive_use.take`` raises.
         """
-        return self._reader.stream(self._record, self.slices, self._promote)
+        return self._reader.stream(
+            self._record, self.slices, self._promote, archive_use or _NoArchiveUse()
+        )
 
     def abandon(self) -> None:
         """Say that :meth:`frames` will not be read (the caller went away). A miss the
@@ -138,7 +164,11 @@ class SealedReader:
         self._mover.promote(record, None)
 
     def stream(
-        self, record: ShardRecord, slices: tuple[FrameSlice, ...], promote: bool = False
+        self,
+        record: ShardRecord,
+        slices: tuple[FrameSlice, ...],
+        promote: bool = False,
+        archive_use: ArchiveUse | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """The stored bytes of ``slices``' frames, hot where present, else from the archive.
 
@@ -147,11 +177,29 @@ class SealedReader:
         priority, or waits for a promotion already in flight (a prefetch), and then
         reads hot: the archive is read once, not twice. When ``promotion_threads``
         readers promote already, the promotion is queued instead and this read streams
-        from the archive at once. Ranged reads do not wait.
+        from the archive at once. Ranged reads do not wait. ``archive_use`` is told
+        while this stream waits on the archive (see :meth:`SealedRead.frames`).
         """
+        use = archive_use or _NoArchiveUse()
+        try:
+            yield from self._stream(record, slices, promote, use)
+        finally:
+            use.give_back()
+
+    def _stream(
+        self,
+        record: ShardRecord,
+        slices: tuple[FrameSlice, ...],
+        promote: bool,
+        use: ArchiveUse,
+    ) -> Iterator[tuple[int, bytes]]:
         whole_cold = not record.hot and len(slices) == len(record.frame_sizes)
-        if whole_cold and (not promote or self._mover.promote_here(record, self._pool)):
-            record = self._after_promotion(record)
+        if whole_cold:
+            use.take()
+            if not promote or self._mover.promote_here(record, self._pool):
+                record = self._after_promotion(record)
+            if record.hot:
+                use.give_back()  # promoted: the rest is read hot
         archived = ArchivedFrames(self._archive, record)
 
         def fetch(index: int) -> bytes:
@@ -171,6 +219,8 @@ class SealedReader:
                 if piece is None:
                     break
                 cold = not record.hot
+                if cold:
+                    use.take()
                 ahead.append((piece.index, self._pool.submit(fetch, piece.index) if cold else None))
                 if not cold:
                     break  # stop at a hot frame: nothing is read ahead of it
@@ -190,6 +240,7 @@ class SealedReader:
                         raise IntegrityError(
                             f"frame {index} of {record.dataset}/{record.name} is in no tier"
                         )
+                use.take()
                 hot = fetch(index)
             yield index, hot
 

@@ -230,10 +230,12 @@ class TierstoreServer:
             options=_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        # One bound for every call that may wait on the archive, whatever its service.
+        archive_calls = ArchiveCalls.for_workers(settings.max_workers)
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
             (
                 datasets_pb2_grpc.add_DatasetServiceServicer_to_server,
-                DatasetServicer(store, tokens),
+                DatasetServicer(store, tokens, archive_calls),
             ),
             (
                 shards_pb2_grpc.add_ShardServiceServicer_to_server,
@@ -248,7 +250,7 @@ class TierstoreServer:
                     ),
                     principal_now=tokens.principal_now,
                     idle_trim=self._idle_trim,
-                    archive_calls=ArchiveCalls.for_workers(settings.max_workers),
+                    archive_calls=archive_calls,
                 ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),

@@ -7,7 +7,10 @@ them all, and hot reads, stats and every admin call then waited behind them (a r
 measured 41 s and a deadline for a hot read). So such a call first takes one of
 ``slots`` places (fewer than the workers); finding none free, it fails at once with
 :class:`Unavailable`, which clients retry after a pause. The workers left over serve
-the hot tier and the admin.
+the hot tier and the admin. Dataset deletes take one too (a write-through one waits
+on the archive, the others behind it). A read holds its slot only while it waits on
+the archive: from its start if it starts cold, from the frame it falls to the archive
+at if its shard is evicted under it, until it is promoted or ends.
 
 Thread safety: one :class:`ArchiveCalls` serves every handler thread of a server.
 """
@@ -20,7 +23,7 @@ from contextlib import contextmanager
 
 from tierstore.errors import InvalidArgument, Unavailable
 
-__all__ = ["ARCHIVE_CALL_SHARE", "ArchiveCalls"]
+__all__ = ["ARCHIVE_CALL_SHARE", "ArchiveCalls", "HeldSlot"]
 
 #: of the server's workers, the share that calls waiting on the archive may hold.
 ARCHIVE_CALL_SHARE = 0.75
@@ -44,13 +47,48 @@ class ArchiveCalls:
     def slot(self, what: str) -> Iterator[None]:
         """Hold a slot while the block runs ``what`` (for the error: "a cold read of
         d/s"); Unavailable at once if none is free."""
+        held = self.held(what)
+        held.take()
+        try:
+            yield
+        finally:
+            held.give_back()
+
+    def held(self, what: str) -> HeldSlot:
+        """A slot for one call that takes it only while it waits on the archive (a
+        read that turns hot, or falls to the archive, part way): see :class:`HeldSlot`."""
+        return HeldSlot(self, what)
+
+    def _take(self, what: str) -> None:
         if not self._free.acquire(blocking=False):
             raise Unavailable(
                 f"{what} needs the archive, and {self.slots} calls are waiting on it "
                 "already (it may be slow or down): the node keeps its other workers for "
                 "hot reads and admin calls; retry shortly"
             )
-        try:
-            yield
-        finally:
-            self._free.release()
+
+    def _give_back(self) -> None:
+        self._free.release()
+
+
+class HeldSlot:
+    """One call's slot, taken when it starts waiting on the archive and given back when
+    it stops (an :class:`~tierstore.engine.sealedpath.ArchiveUse`). Used by the call's
+    own thread only."""
+
+    def __init__(self, calls: ArchiveCalls, what: str) -> None:
+        self._calls = calls
+        self._what = what
+        self._held = False
+
+    def take(self) -> None:
+        """Take a slot unless held; Unavailable at once if none is free."""
+        if not self._held:
+            self._calls._take(self._what)
+            self._held = True
+
+    def give_back(self) -> None:
+        """Give the slot back if held."""
+        if self._held:
+            self._held = False
+            self._calls._give_back()

@@ -10,6 +10,7 @@ import grpc
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument
 from tierstore.naming import validate_dataset_name
+from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.authz import authorize, visible
 from tierstore.server.rpc import caller, handler
 from tierstore.server.tokens import TokenStore
@@ -36,10 +37,17 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     """Create, read, list, update and delete datasets. Deleting one removes every
     token's grant on it from ``tokens`` (when given)."""
 
-    def __init__(self, store: Store, tokens: TokenStore | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tokens: TokenStore | None = None,
+        archive_calls: ArchiveCalls | None = None,
+    ) -> None:
         self._store = store
         self._tokens = tokens
         self._deleting = threading.Lock()
+        #: bounds the calls that may wait on the archive (see ShardServicer)
+        self._archive_calls = archive_calls or ArchiveCalls.for_workers(32)
 
     def _check(self, method: str, name: str) -> str:
         validate_dataset_name(name)
@@ -105,7 +113,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # shards, say): should either step fail, no token is left with a grant on a
         # dataset that is gone, for a later one of the name to honour. Deletes run one
         # at a time, so another delete cannot land between a failure and the restore.
-        with self._deleting:
+        # Every delete takes an archive slot: a write-through one waits on the archive,
+        # and the others wait behind it for the lock.
+        with self._archive_calls.slot(f"a delete of dataset {name}"), self._deleting:
             removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
             deleted = False
 

@@ -27,7 +27,7 @@ from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.server.archivecalls import ArchiveCalls
+from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
 from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
@@ -211,16 +211,20 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         sealed = self._store.open_sealed(
             request.dataset, request.shard, byte_range=byte_range, frame_range=frame_range
         )
-        with contextlib.ExitStack() as archive_bound:
+        # Held only while the stream waits on the archive; a read cold from the start
+        # takes it here, so that one too many is refused before its header.
+        archive_bound = self._archive_calls.held(f"a cold read of {request.dataset}")
+        try:
             if not sealed.info.hot:
-                archive_bound.enter_context(
-                    self._archive_calls.slot(f"a cold read of {request.dataset}")
-                )
-            yield from self._send(sealed, request, context)
+                archive_bound.take()
+            yield from self._send(sealed, archive_bound, request, context)
+        finally:
+            archive_bound.give_back()
 
     def _send(
         self,
         sealed: SealedRead,
+        archive_bound: HeldSlot,
         request: shards_pb2.GetShardRequest,
         context: grpc.ServicerContext,
     ) -> Iterator[shards_pb2.GetShardResponse]:
@@ -249,7 +253,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 log.exception("abandoning the read of %s/%s", request.dataset, request.shard)
             raise
         tier = "hot" if sealed.info.hot else "archive"
-        for index, stored in sealed.frames():
+        for index, stored in sealed.frames(archive_bound):
             if not context.is_active():
                 return  # the client went away: stop reading
             self._served(tier, len(stored))
