@@ -88,6 +88,20 @@ def test_a_variable_that_is_not_a_number_is_refused_by_name(variable: str, says:
         assert variable in str(refused.value)
 
 
+def test_a_mistyped_archive_variable_is_refused_and_engine_ones_still_taken() -> None:
+    with pytest.raises(InvalidArgument, match=r"TIERSTORE_ARCHIVE_ENDPOINT .*ENDPOINT_URL"):
+        load_settings(environ={"TIERSTORE_ARCHIVE_ENDPOINT": "http://10.0.0.1:9000"})
+    taken = load_settings(
+        environ={
+            "TIERSTORE_ARCHIVE_ENDPOINT_URL": "http://10.0.0.1:9000",
+            "TIERSTORE_ARCHIVE_BANDWIDTH_BYTES_PER_S": "1000",  # an engine setting
+            "TIERSTORE_TOKEN": "ts_client_side",  # the client's, not a node setting
+        }
+    )
+    assert taken.archive.endpoint_url == "http://10.0.0.1:9000"
+    assert taken.archive_bandwidth_bytes_per_s == 1000
+
+
 def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
     assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]

@@ -228,6 +228,13 @@ def load_settings(
             archive[key[len("archive_") :]] = raw
         elif key in engine_fields:
             values[key] = raw
+        elif key.startswith("archive_"):
+            # That prefix is the archive's alone: a typo there would leave the node on
+            # its embedded archive, the "archived" copies on its own disk.
+            raise InvalidArgument(
+                f"unknown setting {name} (TIERSTORE_ARCHIVE_ takes "
+                f"{', '.join(sorted(f.upper() for f in archive_fields))})"
+            )
     values.update({k: v for k, v in overrides.items() if k != "archive"})
     try:
         typed = {k: _coerce(k, engine_fields[k].type, v) for k, v in values.items()}

@@ -175,6 +175,10 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         (("--local-grant-ttl", "-5"), {}, "--local-grant-ttl must be more than 0"),
         (("--bucket", "x"), {}, "bucket name must be 3-63 characters"),
         ((), {"TIERSTORE_ARCHIVE_BUCKET": "x"}, "bucket name must be 3-63 characters"),
+        # S3 answered 400 InvalidBucketName, once the embedded archive was made.
+        (("--bucket", "Bad_Bucket"), {}, "is not one S3 takes for a new bucket"),
+        # A typo under the archive's prefix left the node on its embedded archive.
+        ((), {"TIERSTORE_ARCHIVE_PREFX": "team/"}, "unknown setting TIERSTORE_ARCHIVE_PREFX"),
     ],
 )
 def test_a_bad_option_is_refused_before_the_node_makes_anything(
@@ -271,4 +275,4 @@ def test_a_hot_tier_larger_than_the_disk_is_warned_about(tmp_path: Path) -> None
         said = done.stderr.decode()
         assert ("but the disk of" in said) == warned, said
         if warned:
-            assert f"{1 << 46:,}" in said and "lower --hot-capacity" in said
+            assert f"{1 << 46:,}" in said and "lower the hot tier's capacity" in said

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,10 @@ from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
 from tierstore.tiers.seaweedkeeper import SeaweedKeeper
 
 pytestmark = pytest.mark.skipif(find_weed_binary() is None, reason="weed binary not installed")
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def weed_pid(server: SeaweedServer) -> int:
@@ -46,6 +51,16 @@ def test_a_killed_weed_is_started_again_on_its_ports_with_its_data(
             assert server.s3_port == port and weed_pid(server) != first
             assert "the embedded archive (weed) exited with status -9" in caplog.text
             # The node's client reaches it where it was, and finds what it held.
+            assert bytes(tier.get("k") or b"") == b"acknowledged before the crash"
+            # Weed's socket folder in /tmp went too (a cleaner): every restart failed.
+            second = weed_pid(server)
+            socket = next(arg for arg in cmdline(second) if "localSocket=" in arg)
+            shutil.rmtree(Path(socket.split("=", 1)[1]).parent)
+            os.kill(second, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while keeper.restarts == 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert keeper.restarts == 2 and server.running
             assert bytes(tier.get("k") or b"") == b"acknowledged before the crash"
         finally:
             keeper.stop()

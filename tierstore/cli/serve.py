@@ -153,7 +153,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     check_master_key_sources(configured)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
     archive = _archive_with_flags(options, configured.archive)
-    check_bucket_name(archive.bucket)
+    # The embedded archive makes its bucket: S3's rules for a new one apply.
+    check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
     _warn_of_an_open_prefix(archive.prefix)
     data_dir = (options.data_dir or configured.data_dir).resolve()
     # Local readers of another user reach hot/ through a group search bit an
@@ -435,9 +436,10 @@ def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
     free = shutil.disk_usage(data_dir).free
     if free + in_use < hot_capacity_bytes:
         log.warning(
-            "the hot tier may hold %s bytes (--hot-capacity), but the disk of %s has %s "
-            "bytes free (and the hot tier uses %s): it fills before eviction starts, "
-            "and then puts and promotions fail with HotTierFull; lower --hot-capacity",
+            "the hot tier may hold %s bytes (--hot-capacity, or hot_capacity_bytes), but "
+            "the disk of %s has %s bytes free (and the hot tier uses %s): it fills before "
+            "eviction starts, and then puts and promotions fail with HotTierFull; lower "
+            "the hot tier's capacity",
             f"{hot_capacity_bytes:,}",
             data_dir,
             f"{free:,}",

@@ -10,6 +10,7 @@ cross ``fork()``, so a :class:`ProcessState` belongs to one process id.
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +41,21 @@ _MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
 DEFAULT_POOL_CONNECTIONS: Final = 32
 
 
-def check_bucket_name(bucket: str) -> None:
-    """InvalidArgument unless ``bucket`` has a length S3 allows (3 to 63 characters)."""
+_NEW_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")
+
+
+def check_bucket_name(bucket: str, *, strict: bool = False) -> None:
+    """InvalidArgument unless ``bucket`` has a length S3 allows (3 to 63 characters)
+    and, if ``strict``, follows S3's naming rules for new buckets (lower-case letters,
+    digits, dots and hyphens, a letter or digit at each end). Not strict by default:
+    a store's older buckets may predate the rules."""
     if not 3 <= len(bucket) <= 63:
         raise InvalidArgument(f"bucket name must be 3-63 characters, got {bucket!r}")
+    if strict and not _NEW_BUCKET_NAME.fullmatch(bucket):
+        raise InvalidArgument(
+            f"bucket name {bucket!r} is not one S3 takes for a new bucket: lower-case "
+            "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -331,6 +331,8 @@ class SeaweedServer:
         if binary is None:
             raise ArchiveUnavailable("the SeaweedFS 'weed' binary is gone from where it was")
         self._reap()  # the dead process, its pid file and sockets
+        if not self._socket_dir.is_dir():  # a /tmp cleaner took it while weed ran
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
         self._launch(binary, last_attempt=True)
 
     @property

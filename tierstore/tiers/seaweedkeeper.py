@@ -63,26 +63,40 @@ class SeaweedKeeper:
 
     def _run(self) -> None:
         backoff = self._interval_s
+        failing = False  # the last restart failed: the next try is no new exit
         while not self._stop.wait(backoff):
             if self._server.running:
-                backoff = self._interval_s
+                backoff, failing = self._interval_s, False
                 continue
-            if self._stop.wait(self._interval_s):
-                return  # the node is stopping: weed was told to stop with it
-            status = self._server.exit_status
-            log.error(
-                "the embedded archive (weed) exited%s; starting it again (its log: %s)",
-                "" if status is None else f" with status {status}",
-                self._server.log_path,
-            )
+            if not failing:
+                if self._stop.wait(self._interval_s):
+                    return  # the node is stopping: weed was told to stop with it
+                status = self._server.exit_status
+                log.error(
+                    "the embedded archive (weed) exited%s; starting it again (its log: %s)",
+                    "" if status is None else f" with status {status}",
+                    self._server.log_path,
+                )
             try:
                 self._server.restart()
             except (ArchiveUnavailable, OSError) as exc:
+                failing = True
                 backoff = min(max(backoff * 2, self._interval_s), MAX_BACKOFF_S)
                 log.error(
-                    "the embedded archive did not start again (retry in %.0f s): %s", backoff, exc
+                    "the embedded archive did not start again (next try in %.0f s): %s",
+                    backoff,
+                    _short(exc),
                 )
                 continue
             self.restarts += 1
-            backoff = self._interval_s
+            backoff, failing = self._interval_s, False
             log.warning("the embedded archive is running again on its old ports")
+
+
+def _short(error: BaseException, lines: int = 3) -> str:
+    """``error``'s first line and the last ``lines`` of the rest (weed's log tail,
+    whose last lines say why it stopped), for one log record."""
+    text = str(error).splitlines()
+    if len(text) <= lines + 1:
+        return " | ".join(text)
+    return " | ".join([text[0], "...", *text[-lines:]])
