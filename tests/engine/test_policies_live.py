@@ -232,6 +232,26 @@ def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
     wait_until(lambda: hot(store, "d") == set(names), "every pinned shard to be hot", 60)
 
 
+def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
+    # The queue holds 64: the pins past it were dropped when they were pinned, and
+    # stayed cold until read, though pin reported their bytes as queued.
+    names = [f"s{k:03}" for k in range(100)]
+    store, archive = evicted(open_store, names)
+    thaw = threading.Event()
+    frozen_get = archive.get
+
+    def get(key: str, byte_range: tuple[int, int] | None = None) -> Any:
+        assert thaw.wait(30), "the test never thawed the archive"
+        return frozen_get(key, byte_range)
+
+    archive.get = get  # type: ignore[method-assign]  # every promotion thread waits here
+    for name in names:
+        store.pin("d", name)  # the queue fills and overflows
+    assert store.mover.in_flight()[0] < len(names)  # some were not queued
+    thaw.set()
+    wait_until(lambda: hot(store, "d") == set(names), "every pinned shard to be hot", 60)
+
+
 def test_a_pin_whose_archive_copy_is_damaged_is_not_fetched_again_and_again(
     open_store: StoreFactory,
 ) -> None:

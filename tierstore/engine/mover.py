@@ -106,14 +106,15 @@ PIN_RETRY_MAX_S = 60.0
 @dataclass(slots=True)
 class _FailedPin:
     """A pinned shard's generation whose promotion failed ``failures`` times in a
-    row; tried again at ``due`` (a ``time.monotonic()`` reading)."""
+    row (0: it found the promotion queue full); tried again at ``due`` (a
+    ``time.monotonic()`` reading)."""
 
     generation: int
     failures: int
     due: float
 
     def backoff(self) -> float:
-        return min(PIN_RETRY_MAX_S, 2.0 ** (self.failures - 1))
+        return min(PIN_RETRY_MAX_S, 2.0 ** max(0, self.failures - 1))
 
 
 def _manifest_generation(key: str, prefix: str) -> int | None:
@@ -800,18 +801,31 @@ class Mover:
                 and not record.hot
                 and record.generation == pin.generation
             )
-            if current and record is not None and self.promote(record, None):
-                queued += 1
+            taken = current and record is not None and self.promote(record, None)
+            queued += taken
             with self._promoting_lock:
                 if self._failed_pins.get(key) is not pin:
                     continue  # failed again meanwhile: its own back-off stands
-                if current:
-                    # Not due again until its back-off is over (a promotion that could
-                    # not be queued, too); one that turns hot is dropped next time.
+                if not current:
+                    del self._failed_pins[key]
+                elif taken:
+                    # Not due again until its back-off is over; one that turns hot is
+                    # dropped when next due.
                     pin.due = now + pin.backoff()
                 else:
-                    del self._failed_pins[key]
+                    pin.due = now  # the queue is full: the next pass tries again
         return queued
+
+    def promote_pinned(self, record: ShardRecord) -> None:
+        """Queue the promotion of ``record``, just pinned; if the queue is full, a later
+        prefetch pass queues it (:meth:`retry_failed_pins`): a pin promises a hot
+        shard, where a read's promotion is best effort."""
+        if self.promote(record, None) or self._stop.is_set():
+            return
+        with self._promoting_lock:
+            self._failed_pins[(record.dataset, record.name)] = _FailedPin(
+                record.generation, 0, time.monotonic()
+            )
 
     def _remember_failed_pin(self, record: ShardRecord) -> None:
         """Note that the promotion of pinned ``record`` failed for want of the archive."""

@@ -110,7 +110,7 @@ class Placement:
             if updated != record:
                 self._catalog.put_shard(txn, updated)
         if pinned and not record.hot:
-            self._mover.promote(updated, None)
+            self._mover.promote_pinned(updated)  # now, or by a later prefetch pass
             return stored_size(record)
         return 0
 
