@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.engine.stores import FRAME, StoreFactory, payload
+from tierstore.engine.store import Store
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -35,13 +36,21 @@ class Recorder:
             self.events.append("give_back")
 
 
+def archived_shard(open_store: StoreFactory, policy: str, *, evict: bool = True) -> Store:
+    """A store whose dataset ``d`` (placement ``policy``) holds shard ``s`` of three
+    frames, archived, and evicted if ``evict``."""
+    store = open_store(MemoryTier(), datasets={"d": DatasetSettings(policy=policy)})
+    store.put("d", "s", payload(3 * FRAME, 1))
+    assert store.drain(10)
+    if evict:
+        store.evict("d", "s")
+    return store
+
+
 def test_a_hot_read_takes_the_archive_only_when_its_shard_is_evicted_under_it(
     open_store: StoreFactory,
 ) -> None:
-    store = open_store(MemoryTier(), datasets={"d": DatasetSettings(policy="refusing")})
-    data = payload(3 * FRAME, 1)
-    store.put("d", "s", data)
-    assert store.drain(10)
+    store = archived_shard(open_store, "refusing", evict=False)
     use = Recorder()
     frames = store.open_sealed("d", "s").frames(use)
     next(frames)
@@ -52,10 +61,7 @@ def test_a_hot_read_takes_the_archive_only_when_its_shard_is_evicted_under_it(
 
 
 def test_a_cold_read_gives_the_archive_back_once_promoted(open_store: StoreFactory) -> None:
-    store = open_store(MemoryTier(), datasets={"d": DatasetSettings(policy="lru")})
-    store.put("d", "s", payload(3 * FRAME, 2))
-    assert store.drain(10)
-    store.evict("d", "s")
+    store = archived_shard(open_store, "lru")
     use = Recorder()
     frames = store.open_sealed("d", "s").frames(use)  # a miss the policy admits
     next(frames)  # promoted on this thread first, then read hot
@@ -65,10 +71,7 @@ def test_a_cold_read_gives_the_archive_back_once_promoted(open_store: StoreFacto
 
 
 def test_a_cold_ranged_read_holds_the_archive_until_it_ends(open_store: StoreFactory) -> None:
-    store = open_store(MemoryTier(), datasets={"d": DatasetSettings(policy="refusing")})
-    store.put("d", "s", payload(3 * FRAME, 3))
-    assert store.drain(10)
-    store.evict("d", "s")
+    store = archived_shard(open_store, "refusing")
     use = Recorder()
     frames = store.open_sealed("d", "s", frame_range=(0, 2)).frames(use)
     next(frames)

@@ -25,13 +25,16 @@ from collections.abc import Callable, Generator, Sequence, Sized
 from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
 
+from tierstore.verifyahead import MIN_HELPER_FRAME_BYTES
+
 __all__ = ["MIN_AHEAD_BYTES", "sealed_ahead"]
 
 P = TypeVar("P", bound=Sized)
 S = TypeVar("S")
 
-#: The smallest payload sealed ahead on the helper; smaller ones are sealed inline.
-MIN_AHEAD_BYTES = 256 * 1024
+#: The smallest payload sealed ahead on the helper; smaller ones are sealed inline
+#: (the size below which verifying on a helper does not pay either).
+MIN_AHEAD_BYTES = MIN_HELPER_FRAME_BYTES
 
 
 def sealed_ahead(

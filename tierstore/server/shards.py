@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
@@ -124,24 +125,18 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             )
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = self._store.get_dataset(header.dataset).encrypted
-        with (
-            FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool,
-            contextlib.ExitStack() as archive_bound,
-        ):
+        with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
             self._receive_frames(request_iterator, header, spool)
-            if self._write_through(header.dataset):  # returns once the archive has it
-                archive_bound.enter_context(
-                    self._archive_calls.slot(f"a write-through put of {header.dataset}")
+            with self._slot_if_write_through(header.dataset, "a write-through put of"):
+                info = self._store.put_frames(
+                    header.dataset,
+                    header.shard,
+                    kind,
+                    spool.views(),
+                    quota_wait_s=_wait_within(context),
+                    caller_gone=lambda: not context.is_active(),
+                    admit=still_allowed,
                 )
-            info = self._store.put_frames(
-                header.dataset,
-                header.shard,
-                kind,
-                spool.views(),
-                quota_wait_s=_wait_within(context),
-                caller_gone=lambda: not context.is_active(),
-                admit=still_allowed,
-            )
         return shard_info_to_pb(info)
 
     def _receive_frames(
@@ -288,17 +283,17 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.DeleteShardRequest, context: grpc.ServicerContext
     ) -> shards_pb2.DeleteShardResponse:
         self._check("DeleteShard", request.dataset, request.shard)
-        with contextlib.ExitStack() as archive_bound:
-            if self._write_through(request.dataset):  # returns once the archive has it
-                archive_bound.enter_context(
-                    self._archive_calls.slot(f"a write-through delete in {request.dataset}")
-                )
+        with self._slot_if_write_through(request.dataset, "a write-through delete in"):
             self._store.delete(request.dataset, request.shard)
         return shards_pb2.DeleteShardResponse()
 
-    def _write_through(self, dataset: str) -> bool:
-        """Whether ``dataset``'s puts and deletes wait for the archive."""
-        return self._store.get_dataset(dataset).durability is Durability.WRITE_THROUGH
+    def _slot_if_write_through(self, dataset: str, what: str) -> AbstractContextManager[None]:
+        """An archive slot for ``what`` (followed by the dataset's name) if ``dataset``'s
+        puts and deletes return only once the archive has them (write-through); else
+        nothing to hold."""
+        if self._store.get_dataset(dataset).durability is Durability.WRITE_THROUGH:
+            return self._archive_calls.slot(f"{what} {dataset}")
+        return contextlib.nullcontext()
 
     # Local reads (tierstore.server.localreads).
 
