@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.s3 import S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
 from tierstore.tiers.seaweedkeeper import SeaweedKeeper
@@ -26,6 +27,19 @@ pytestmark = pytest.mark.skipif(find_weed_binary() is None, reason="weed binary 
 
 def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def held_again(tier: S3Tier, timeout_s: float = 60.0) -> bytes:
+    """Object "k" once the restarted weed serves it: its S3 port answers before its
+    volume has registered again, and GETs meanwhile answer 500 (polled, with a deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return bytes(tier.get("k") or b"")
+        except ArchiveUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def weed_pid(server: SeaweedServer) -> int:
@@ -51,7 +65,7 @@ def test_a_killed_weed_is_started_again_on_its_ports_with_its_data(
             assert server.s3_port == port and weed_pid(server) != first
             assert "the embedded archive (weed) exited with status -9" in caplog.text
             # The node's client reaches it where it was, and finds what it held.
-            assert bytes(tier.get("k") or b"") == b"acknowledged before the crash"
+            assert held_again(tier) == b"acknowledged before the crash"
             # Weed's socket folder in /tmp went too (a cleaner): every restart failed.
             second = weed_pid(server)
             socket = next(arg for arg in cmdline(second) if "localSocket=" in arg)
@@ -61,7 +75,7 @@ def test_a_killed_weed_is_started_again_on_its_ports_with_its_data(
             while keeper.restarts == 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert keeper.restarts == 2 and server.running
-            assert bytes(tier.get("k") or b"") == b"acknowledged before the crash"
+            assert held_again(tier) == b"acknowledged before the crash"
         finally:
             keeper.stop()
             tier.close()
