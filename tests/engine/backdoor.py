@@ -13,7 +13,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from tierstore.engine.catalog import SHARDS_DB
-from tierstore.engine.records import ShardRecord, archive_frames_key, catalog_key, frame_key
+from tierstore.engine.records import (
+    ShardRecord,
+    archive_frames_key,
+    catalog_key,
+    frame_key,
+    generation_of_frame_key,
+)
 from tierstore.engine.store import Store
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "delete_hot_frame",
     "flip",
     "frames_object_key",
+    "hot_frame_counts",
     "hot_frames",
     "put_hot_frame",
     "put_raw_record",
@@ -85,6 +92,16 @@ def catalog_hot_bytes(store: Store) -> tuple[int, int]:
             if record.hot:
                 total += sum(record.stored_sizes(store._sealers.sealer(record).overhead))
     return counter, total
+
+
+def hot_frame_counts(store: Store) -> dict[int, int]:
+    """How many frames LMDB holds per generation (hot, staged or left behind)."""
+    counts: dict[int, int] = {}
+    with store._env.read() as txn:
+        for key, _ in store._frames.sizes_in(txn):
+            generation = generation_of_frame_key(key)
+            counts[generation] = counts.get(generation, 0) + 1
+    return counts
 
 
 def frames_object_key(store: Store, dataset: str, shard: str) -> str:

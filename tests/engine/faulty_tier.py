@@ -32,6 +32,7 @@ class FaultyTier:
         self._lock = threading.Lock()
         self._held_key: str | None = None
         self._thread_prefix = ""
+        self._held_from = 0
         self.read_waiting = threading.Event()
         self._release = threading.Event()
         #: set while a put is held by :meth:`hold_writes`.
@@ -45,12 +46,14 @@ class FaultyTier:
         if self.failing:
             raise ArchiveUnavailable(f"{what}: the archive is down (test switch)")
 
-    def hold_reads(self, key: str, threads_named: str = "") -> None:
+    def hold_reads(self, key: str, threads_named: str = "", from_offset: int = 0) -> None:
         """Make every ``get`` of ``key`` wait until :meth:`release_reads` — only those made
-        on threads whose name starts with ``threads_named``, if given."""
+        on threads whose name starts with ``threads_named``, if given, and only ranged
+        ones that start at ``from_offset`` or later, if given."""
         self._release.clear()
         self.read_waiting.clear()
         self._thread_prefix = threads_named
+        self._held_from = from_offset
         self._held_key = key
 
     def gets_by(self, thread_prefix: str) -> list[tuple[str, tuple[int, int] | None]]:
@@ -67,7 +70,9 @@ class FaultyTier:
         with self._lock:
             self.gets.append((key, byte_range))
             self.get_log.append((key, byte_range, threading.current_thread().name))
-        held = key == self._held_key
+        held = key == self._held_key and (
+            self._held_from == 0 or (byte_range is not None and byte_range[0] >= self._held_from)
+        )
         if held and threading.current_thread().name.startswith(self._thread_prefix):
             self.read_waiting.set()
             if not self._release.wait(timeout=30):

@@ -37,6 +37,9 @@ FRAMES_DB = "frames"
 SHARDS_DB = "shards"
 DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", "meta")
 _U64 = struct.Struct(">Q")
+#: Key prefix in ``meta`` of the markers of staged promotions (counters and notes
+#: are named in words: no counter begins so).
+_STAGING = b"staging\x00"
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +286,32 @@ class Catalog:
         value = max(0, self.counter(txn, name) + delta)
         self.set_counter(txn, name, value)
         return value
+
+    # Staged promotions (see tierstore.engine.spool).
+
+    def mark_staging(self, txn: Any, generation: int, frame_count: int) -> None:
+        """Note that frames of cold ``generation`` (``frame_count`` of them) are being
+        staged in the hot tier by a spooled promotion."""
+        txn.put(_STAGING + _U64.pack(generation), _U64.pack(frame_count), db=self._db("meta"))
+
+    def unmark_staging(self, txn: Any, generation: int) -> None:
+        txn.delete(_STAGING + _U64.pack(generation), db=self._db("meta"))
+
+    def staged_frame_count(self, txn: Any, generation: int) -> int:
+        """How many frames ``generation``'s marker says it stages (0: no marker)."""
+        raw = txn.get(_STAGING + _U64.pack(generation), db=self._db("meta"))
+        return 0 if raw is None else int(_U64.unpack(bytes(raw))[0])
+
+    def staged(self, txn: Any) -> dict[int, int]:
+        """Every generation being staged, with its frame count."""
+        cursor = txn.cursor(db=self._db("meta"))
+        staged: dict[int, int] = {}
+        positioned = cursor.set_range(_STAGING)
+        while positioned and bytes(cursor.key()).startswith(_STAGING):
+            generation = _U64.unpack(bytes(cursor.key())[len(_STAGING) :])[0]
+            staged[generation] = _U64.unpack(bytes(cursor.value()))[0]
+            positioned = cursor.next()
+        return staged
 
     # Upload journal.
 

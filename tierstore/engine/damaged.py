@@ -5,8 +5,9 @@ a record by (see :class:`~tierstore.engine.catalog.Catalog`); deleting the shard
 how an operator drops it. The record no longer says which generation it held, so:
 
 * **Hot frames** are found the other way round. A generation's frames are written
-  and dropped in the same transaction as its record, so every frame belongs to some
-  record's generation; the frames whose generation no readable record names (in
+  and dropped in the same transaction as its record (or staged under a marker by a
+  promotion under way, :mod:`tierstore.engine.spool`), so every frame belongs to some
+  record's generation or marker; the frames whose generation no readable record names (in
   any state: a record that decodes to a wrong ``hot`` flag still claims its frames)
   are the unreadable records' own, and are deleted with the record, the hot-bytes
   counter dropping by their size. With several unreadable records, which frames
@@ -46,7 +47,8 @@ def delete_damaged_in(
         dataset, _, name_key = key.partition(b"\x00")
         purge = JournalOp("purge", dataset.decode(), name_key.hex(), next_generation)
         catalog.append_journal(txn, purge)
-    claimed = catalog.claimed_generations(txn)
+    # Frames staged by a promotion under way are its own (see tierstore.engine.spool).
+    claimed = catalog.claimed_generations(txn) | catalog.staged(txn).keys()
     unclaimed = [
         (key, size)
         for key, size in frames.sizes_in(txn)

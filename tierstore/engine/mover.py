@@ -44,11 +44,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archived import fetch_all
+from tierstore.engine.archived import ArchivedFrames, fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver, shard_of
@@ -63,6 +63,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
+from tierstore.engine.spool import Spooler, Staged
 from tierstore.errors import (
     ArchiveUnavailable,
     IntegrityError,
@@ -82,6 +83,7 @@ log = logging.getLogger(__name__)
 #: Verifies one stored frame of a record (raises IntegrityError).
 FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
 _Promotion = tuple[ShardRecord, list[memoryview] | None]
+_T = TypeVar("_T")
 #: journal entries looked through for a dataset's operations (quota waits, write-through).
 _UPLOADS_SCANNED = 10_000
 #: how often a write-through put overtaken by newer ones runs their entries before it
@@ -199,8 +201,13 @@ class Mover:
         #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
         self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
-        #: each holds a whole shard in memory, as a promotion thread does.
+        #: each holds up to ``promotion_chunk_bytes`` of a shard in memory, as a
+        #: promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
+        #: stages the frames of large promotions a chunk at a time (see spool).
+        self._spooler = Spooler(
+            environment, catalog, frames, verify, self._stop, settings.promotion_chunk_bytes
+        )
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up;
         #: not after a skipped one, which would only have the prefetcher ask again).
         self.after_promotion: Callable[[], None] = lambda: None
@@ -859,8 +866,9 @@ class Mover:
         is raised: the archive has just failed through all its retries, and reading it
         again would only make the caller wait as long once more.
 
-        At most ``promotion_threads`` callers promote at once, since each holds the
-        whole shard in memory until it is written. Beyond that the promotion is queued
+        At most ``promotion_threads`` callers promote at once, since each holds up to
+        ``promotion_chunk_bytes`` of the shard in memory until it is written (all of a
+        smaller one; a larger one is spooled). Beyond that the promotion is queued
         for the promotion threads and False is returned: the caller should read the
         archive itself rather than wait behind the queue."""
         if not self._caller_slots.acquire(blocking=False):
@@ -932,17 +940,58 @@ class Mover:
         # makes it, too).
         if not self._make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
+        pool = fetch_pool or self._fetch_pool
+        if stored is None and self._spooler.spools(total):
+            return self._promote_spooled(record, quota, total, pool)
         if stored is None:
-            try:
-                stored = fetch_all(self._archive, record, fetch_pool or self._fetch_pool)
-            except IntegrityError:
-                with self._env.read() as txn:
-                    current = self._catalog.get_shard(txn, record.dataset, record.name)
-                if current is None or current.generation != record.generation:
-                    return False  # superseded meanwhile: its archive object may be gone
-                raise
+            stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))
+            if stored is None:
+                return False
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
+        return self._commit_promotion(record, quota, total, stored)
+
+    def _unless_superseded(self, record: ShardRecord, fetch: Callable[[], _T]) -> _T | None:
+        """``fetch()`` (which fetches ``record``'s archive object), or None when it
+        raised IntegrityError because the generation was superseded meanwhile: its
+        archive object may be gone. Any other IntegrityError is raised."""
+        try:
+            return fetch()
+        except IntegrityError:
+            with self._env.read() as txn:
+                current = self._catalog.get_shard(txn, record.dataset, record.name)
+            if current is not None and current.generation == record.generation:
+                raise
+            return None
+
+    def _promote_spooled(self, record: ShardRecord, quota: int, total: int, pool: Executor) -> bool:
+        """:meth:`promote_now` for a shard larger than one chunk: its frames are staged
+        a chunk a transaction (:mod:`tierstore.engine.spool`), then committed."""
+        fetcher = ArchivedFrames(self._archive, record)
+        sizes = record.stored_sizes(self._overhead(record))
+        promoted = False
+        try:
+            staged = self._unless_superseded(
+                record, lambda: self._spooler.stage(record, fetcher, sizes, pool)
+            )
+            if staged in (None, Staged.SUPERSEDED, Staged.STOPPED):
+                return False
+            if staged is Staged.NO_ROOM:
+                return self._skipped()
+            # Its room below the high watermark is made now, as for any promotion:
+            # staged frames are not hot bytes, so none was reserved meanwhile.
+            promoted = self._commit_promotion(record, quota, total, None)
+            return promoted
+        finally:
+            if not promoted:
+                self._spooler.drop(record.generation)
+
+    def _commit_promotion(
+        self, record: ShardRecord, quota: int, total: int, stored: list[memoryview] | None
+    ) -> bool:
+        """Make room for ``record``'s generation and turn it hot, writing its verified
+        ``stored`` frames (None: they are staged already). Returns whether it turned
+        hot: False when superseded meanwhile, or skipped (counted) for want of room."""
         # Promotions make their room and commit one at a time: two at once would both
         # count the same free room, and one would be skipped after evicting for it.
         with self._room_lock:
@@ -957,7 +1006,7 @@ class Mover:
                     return False
                 # Checked again here, where it is exact: a put may have taken the room
                 # meanwhile, and the map may be nearly full.
-                needed, free = self._env.room_for(txn, (len(frame) for frame in stored))
+                needed, free = self._env.room_for(txn, (len(frame) for frame in stored or ()))
                 hot = self._catalog.counter(txn, "hot_bytes")
                 fits = (
                     self.fits_quota(record.dataset, quota, total)
@@ -965,7 +1014,9 @@ class Mover:
                     and needed <= free
                 )
                 if fits:
-                    for index, frame in enumerate(stored):
+                    if stored is None:
+                        self._catalog.unmark_staging(txn, record.generation)
+                    for index, frame in enumerate(stored or ()):
                         self._frames.put_in(txn, frame_key(record.generation, index), frame)
                     self._catalog.put_shard(txn, current.with_state(hot=True))
                     self._catalog.add_counter(txn, "hot_bytes", total)

@@ -63,6 +63,7 @@ from tierstore.engine.sealing import (
     first_unwrap_failure,
     stored_overhead,
 )
+from tierstore.engine.spool import drop_abandoned
 from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
@@ -169,6 +170,8 @@ class Store:
         )
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
+        # Before any promotion runs: frames a crash left half-promoted are nobody's.
+        drop_abandoned(self._env, self._catalog, self._frames)
         self._access = AccessRecorder(settings.access_half_life_s)
         self._sealers = ShardSealers(keyring)
         self._policies = PolicyDriver()

@@ -1,0 +1,170 @@
+"""Promotions of large shards, written into the hot tier a chunk at a time.
+
+LMDB is opened without ``writemap`` (a full disk must be an error, not a SIGBUS), so
+a write transaction's dirty pages are heap memory until it commits. A promotion that
+fetched a whole shard and wrote it in one transaction held the shard twice over: a
+cold one-byte read of a 400 MiB shard took its process up by 801 MiB.
+
+So a promotion whose stored frames add up to more than ``promotion_chunk_bytes``
+(64 MiB) fetches, verifies and writes them a chunk of about that size at a time, each chunk in
+a transaction of its own. Those frames are *staged*: they belong to a generation whose
+record still says cold, and no read looks for the frames of a cold generation. The
+shard turns hot in one last transaction, which writes its record (the mover's, like
+any promotion's), so no reader ever sees part of a shard.
+
+A marker in the catalog's ``meta`` sub-database (generation → frame count), written
+with the first chunk and dropped with the record's last transaction, keeps every
+staged frame accounted for:
+
+* a promotion that fails, is stopped, finds no room or finds its generation
+  superseded drops the frames it staged (:meth:`Spooler.drop`);
+* a store opened after a crash drops the frames of every marker left
+  (:func:`drop_abandoned`);
+* the repair of damaged records counts staged generations as claimed
+  (:mod:`tierstore.engine.damaged`).
+
+Staged frames are not in the ``hot_bytes`` counter until the shard turns hot: the
+promotion makes its room below the high watermark when it commits, as one that held
+its frames in memory does (and is skipped, dropping them, if none can be made). Each
+chunk checks that the LMDB map has room for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from tierstore.engine.archived import ArchivedFrames
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+
+__all__ = ["Spooler", "Staged", "chunks", "drop_abandoned"]
+
+log = logging.getLogger(__name__)
+
+
+class Staged(enum.Enum):
+    """How staging a generation's frames ended."""
+
+    #: every frame is staged: the promotion may commit the record.
+    DONE = "done"
+    #: the generation is no longer the shard's, or is hot already.
+    SUPERSEDED = "superseded"
+    #: the LMDB map has no room for the next chunk.
+    NO_ROOM = "no room"
+    #: the mover is stopping.
+    STOPPED = "stopped"
+
+
+def chunks(sizes: Sequence[int], limit: int) -> list[range]:
+    """Consecutive runs of frame indices whose ``sizes`` add up to at most ``limit``
+    each (a frame larger than ``limit`` makes a run alone); they cover every index."""
+    runs: list[range] = []
+    start, filled = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and filled + size > limit:
+            runs.append(range(start, index))
+            start, filled = index, 0
+        filled += size
+    if start < len(sizes):
+        runs.append(range(start, len(sizes)))
+    return runs
+
+
+class Spooler:
+    """Stages the frames of cold generations in the hot tier, a chunk a transaction."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        verify: Callable[[ShardRecord, int, memoryview], None],
+        stop: threading.Event,
+        chunk_bytes: int,
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        #: raises IntegrityError for a stored frame (of a record, by index) that is bad.
+        self._verify = verify
+        self._stop = stop
+        #: promotions of more stored bytes are spooled, this much at a time: the most
+        #: one holds in memory at once (fetched frames, or dirty pages).
+        self.chunk_bytes = chunk_bytes
+
+    def spools(self, stored_bytes: int) -> bool:
+        """Whether a promotion of ``stored_bytes`` is spooled (see the module docstring)."""
+        return stored_bytes > self.chunk_bytes
+
+    def stage(
+        self, record: ShardRecord, fetcher: ArchivedFrames, sizes: Sequence[int], pool: Executor
+    ) -> Staged:
+        """Fetch (on ``pool``), verify and write every stored frame of ``record``'s
+        generation (stored ``sizes``), :attr:`chunk_bytes` at a time.
+
+        Anything but DONE leaves frames staged: the caller drops them (:meth:`drop`),
+        as it does when this raises (as :meth:`ArchivedFrames.fetch`, or
+        IntegrityError for a frame that fails verification).
+        """
+        for run in chunks(sizes, self.chunk_bytes):
+            if self._stop.is_set():
+                return Staged.STOPPED
+            fetched = list(pool.map(fetcher.fetch, run))
+            for index, frame in zip(run, fetched, strict=True):
+                self._verify(record, index, frame)
+            with self._env.write() as txn:
+                current = self._catalog.get_shard(txn, record.dataset, record.name)
+                if current is None or current.generation != record.generation or current.hot:
+                    return Staged.SUPERSEDED
+                needed, free = self._env.room_for(txn, (len(frame) for frame in fetched))
+                if needed > free:
+                    return Staged.NO_ROOM
+                if run.start == 0:
+                    self._catalog.mark_staging(txn, record.generation, len(sizes))
+                for index, frame in zip(run, fetched, strict=True):
+                    self._frames.put_in(txn, frame_key(record.generation, index), frame)
+            del fetched  # before the next chunk is fetched: one chunk in memory at a time
+        return Staged.DONE
+
+    def drop(self, generation: int) -> None:
+        """Delete the frames staged for ``generation`` and its marker. Best effort: if
+        the hot tier fails now, they are dropped when a store next opens it."""
+        try:
+            with self._env.write() as txn:
+                drop_staged_in(txn, self._catalog, self._frames, generation)
+        except Exception as exc:  # in a finally: the promotion's own error comes first
+            log.warning(
+                "could not drop the frames staged for generation %d (the next open will): %s",
+                generation,
+                exc,
+            )
+
+
+def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int) -> int:
+    """Delete, in the caller's write transaction, the frames staged for ``generation``
+    and its marker; returns how many frame keys were looked for (0: no marker)."""
+    count = catalog.staged_frame_count(txn, generation)
+    for index in range(count):
+        frames.delete_in(txn, frame_key(generation, index))
+    catalog.unmark_staging(txn, generation)
+    return count
+
+
+def drop_abandoned(environment: LmdbEnvironment, catalog: Catalog, frames: LmdbTier) -> int:
+    """At open, before any promotion runs: drop the frames of every promotion a crash
+    cut short while it staged them; returns how many such promotions there were."""
+    with environment.read() as txn:
+        staged = catalog.staged(txn)
+    if not staged:
+        return 0
+    with environment.write() as txn:
+        for generation in staged:
+            drop_staged_in(txn, catalog, frames, generation)
+    log.info("dropped the staged frames of %d promotions cut short by an earlier stop", len(staged))
+    return len(staged)
