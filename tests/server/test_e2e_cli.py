@@ -64,6 +64,19 @@ def run_process(env: dict[str, str], *args: str, json_output: bool = True) -> Ra
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
+def quit_by_its_reader(env: dict[str, str], args: list[str]) -> tuple[int, bytes]:
+    """Run the installed ``tierstore ARGS`` into a pipe whose reader takes one byte
+    and goes away, as ``| head -c 1`` does; its exit status and stderr."""
+    with subprocess.Popen(
+        [tierstore_command(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert len(process.stdout.read(1)) == 1
+        process.stdout.close()
+        stderr = process.stderr.read()
+        return process.wait(TIMEOUT_S), stderr
+
+
 def ok(env: dict[str, str], *args: str) -> Any:
     """Run a command that must succeed; its parsed ``--json`` output."""
     done = run(env, *args)
@@ -256,6 +269,11 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     assert not Path("-").exists()
     tail = run(env, "get", dataset, "one.bin", "--offset", str(5 * 1024 * 1024), json_output=False)
     assert tail.stdout == one.read_bytes()[5 * 1024 * 1024 :]
+    # `get | head -c 1`: a reader that leaves early ends the command quietly, with
+    # status 1 (click's way). Export printed an error line; get exited 0, as if it had
+    # written everything.
+    for command in (["trace", "export", "-o", "-"], ["get", dataset, "one.bin"]):
+        assert quit_by_its_reader(env, command) == (1, b"")
 
     assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {
         "deleted": ["two.txt", "t/a.txt"],

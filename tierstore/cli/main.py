@@ -730,7 +730,9 @@ def get(
         _check_output(output)
     data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
     if output is None:
-        sys.stdout.buffer.write(memoryview(data))
+        view = memoryview(data)
+        while view:  # a write cut short by a reader that went away returns a count
+            view = view[sys.stdout.buffer.write(view) :]
         sys.stdout.buffer.flush()
     else:
         try:
@@ -1086,6 +1088,8 @@ def trace_export(
 
     try:
         _run(to_stream if to_stdout else export)
+    except BrokenPipeError:
+        raise  # its reader went away (`| head`): click ends quietly, with status 1
     except OSError as exc:
         raise _write_failed(Path("stdout") if to_stdout else output, exc) from None
     finally:
