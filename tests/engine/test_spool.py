@@ -7,6 +7,7 @@ at (and change, or snapshot) the store while frames are staged.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,11 @@ from tests.engine.backdoor import (
 )
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import spool
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.spool import chunks
 from tierstore.engine.store import Store, hot_tier_dir
-from tierstore.errors import IntegrityError
+from tierstore.errors import HotTierFull, IntegrityError
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -192,3 +194,67 @@ def test_a_bad_frame_after_the_first_chunk_drops_what_was_staged(
     assert staged(store) == {}
     assert hot_frame_counts(store) == {}
     assert not store.stat("plain", "big").hot
+
+
+def test_a_marker_left_by_a_failed_drop_never_costs_a_hot_shard_its_frames(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging fails and so does the drop of what it staged (best effort: the next
+    open drops it); a cache fill then turns the generation hot. The reopened store
+    must keep the hot shard's frames."""
+    archive = FaultyTier(MemoryTier())
+    store = staging_store(open_store, archive)
+    data = payload(FRAMES * FRAME, 8)
+    generation = start_staging(store, archive, "big", data)
+    real_drop = spool.drop_staged_in
+
+    def failing_once(*args: Any) -> int:
+        monkeypatch.setattr(spool, "drop_staged_in", real_drop)
+        raise HotTierFull("injected: the drop's write transaction failed")
+
+    monkeypatch.setattr(spool, "drop_staged_in", failing_once)
+    archive.failing = True  # the held chunk fails
+    archive.release_reads()
+    wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to fail")
+    archive.failing = False
+    assert staged(store) == {generation: FRAMES}  # the drop failed
+    assert store.get("plain", "big").to_bytes() == data  # whole: a cache fill
+    wait_until(lambda: store.stat("plain", "big").hot, "the cache fill")
+    assert staged(store) == {}  # the commit that turned it hot took the marker
+    data_dir = store.settings.data_dir
+    store.close()
+    reopened = open_store(archive, data_dir=data_dir)
+    read = reopened.get("plain", "big")
+    assert read.source == "hot" and read.to_bytes() == data
+
+
+def test_an_open_keeps_the_frames_of_a_hot_generation_a_marker_names(
+    open_store: StoreFactory,
+) -> None:
+    """As a store written before markers were dropped on every hot commit may hold."""
+    store = open_store(datasets={"plain": DatasetSettings()})
+    data = payload(4 * FRAME, 9)
+    generation = store.put("plain", "s", data).generation
+    with store._env.write() as txn:
+        store._catalog.mark_staging(txn, generation, 4)
+    data_dir = store.settings.data_dir
+    store.close()
+    reopened = open_store(data_dir=data_dir)
+    assert staged(reopened) == {}
+    read = reopened.get("plain", "s")
+    assert read.source == "hot" and read.to_bytes() == data
+
+
+def test_a_shard_larger_than_the_high_watermark_is_never_fetched_for_promotion(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = staging_store(open_store, archive, hot_capacity_bytes=8 * STORED_FRAME)
+    store.put("plain", "big", payload(FRAMES * FRAME, 10))  # passes the watermark: a put may
+    assert store.drain(10)
+    store.evict("plain", "big")
+    skipped = store.mover.promotions_skipped
+    assert not store.mover.promote_now(record_of(store, "plain", "big"), None)
+    assert store.mover.promotions_skipped == skipped + 1
+    assert archive.gets_by("tierstore-promote-fetch") == []
+    assert staged(store) == {} and hot_frame_counts(store) == {}

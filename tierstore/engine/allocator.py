@@ -83,10 +83,12 @@ def trim_heap() -> bool:
 class IdleTrim:
     """Runs ``trim`` once no put has been in flight for ``idle_s``, after puts ran.
 
-    Wrap each put in :meth:`busy`. With ``background`` a thread, started with the
-    first put, waits on a condition for the trim to fall due (no wake-ups while
-    nothing is owed; one per ``idle_s`` at most while puts keep coming); without
-    it the caller calls :meth:`trim_if_due`. Thread-safe.
+    "Puts" here is any work that fills the heap with frames: the server wraps puts,
+    cold reads and the mover's promotions. Wrap each in :meth:`busy`. With
+    ``background`` a thread, started with the first put, waits on a condition for the
+    trim to fall due (no wake-ups while nothing is owed; one per ``idle_s`` at most
+    while puts keep coming); without it the caller calls :meth:`trim_if_due`.
+    Thread-safe.
     """
 
     def __init__(

@@ -201,8 +201,8 @@ class Mover:
         #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
         self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
-        #: each holds up to ``promotion_chunk_bytes`` of a shard in memory, as a
-        #: promotion thread does.
+        #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
+        #: it in memory, as a promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
         #: stages the frames of large promotions a chunk at a time (see spool).
         self._spooler = Spooler(
@@ -211,6 +211,11 @@ class Mover:
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up;
         #: not after a skipped one, which would only have the prefetcher ask again).
         self.after_promotion: Callable[[], None] = lambda: None
+        #: wraps each promotion and cache fill: the server counts them as work whose
+        #: freed heap goes back to the OS once idle (tierstore.engine.allocator.IdleTrim).
+        self.work_in_flight: Callable[[], contextlib.AbstractContextManager[object]] = (
+            contextlib.nullcontext
+        )
         self._threads: list[threading.Thread] = []
         self._journal_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
@@ -867,10 +872,11 @@ class Mover:
         again would only make the caller wait as long once more.
 
         At most ``promotion_threads`` callers promote at once, since each holds up to
-        ``promotion_chunk_bytes`` of the shard in memory until it is written (all of a
-        smaller one; a larger one is spooled). Beyond that the promotion is queued
-        for the promotion threads and False is returned: the caller should read the
-        archive itself rather than wait behind the queue."""
+        two to three times ``promotion_chunk_bytes`` in memory until it is written (a
+        chunk fetched and LMDB's copy of it; a shard smaller than a chunk, held whole).
+        Beyond that the promotion is queued for the promotion threads and False is
+        returned: the caller should read the archive itself rather than wait behind
+        the queue."""
         if not self._caller_slots.acquire(blocking=False):
             self.promote(record, None)
             return False
@@ -893,7 +899,8 @@ class Mover:
         Failures are logged; ArchiveUnavailable is raised if ``raise_unavailable``."""
         promoted = False
         try:
-            promoted = self.promote_now(record, stored, fetch_pool)
+            with self.work_in_flight():
+                promoted = self.promote_now(record, stored, fetch_pool)
         except Exception as exc:
             if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
                 # A pin promises a hot shard: it is tried again once the archive may be
@@ -933,7 +940,9 @@ class Mover:
         quota = self._quota(record.dataset)
         # Above the high watermark already, it could not fit by evicting its own size:
         # the tier is the mover's to trim (or holds only what eviction may not take).
-        if self.over_high_watermark():
+        # Nor can a shard larger than the high watermark or its quota: skipped before
+        # anything is fetched (or staged on disk, only to be dropped).
+        if self.over_high_watermark() or total > self._high_watermark_bytes() or 0 < quota < total:
             return self._skipped()
         # Room in the dataset's quota is made before fetching (and checked again after),
         # room below the high watermark once the frames are in hand (when the simulator
@@ -1014,8 +1023,10 @@ class Mover:
                     and needed <= free
                 )
                 if fits:
-                    if stored is None:
-                        self._catalog.unmark_staging(txn, record.generation)
+                    # Always: a marker left by a staging whose drop failed must not
+                    # outlive the generation turning hot (a cache fill, say), or the next
+                    # open would drop the frames of a hot shard.
+                    self._catalog.unmark_staging(txn, record.generation)
                     for index, frame in enumerate(stored or ()):
                         self._frames.put_in(txn, frame_key(record.generation, index), frame)
                     self._catalog.put_shard(txn, current.with_state(hot=True))

@@ -94,8 +94,8 @@ class Spooler:
         #: raises IntegrityError for a stored frame (of a record, by index) that is bad.
         self._verify = verify
         self._stop = stop
-        #: promotions of more stored bytes are spooled, this much at a time: the most
-        #: one holds in memory at once (fetched frames, or dirty pages).
+        #: promotions of more stored bytes are spooled, this much at a time (in memory
+        #: at once: the chunk fetched and LMDB's uncommitted copy of it, 2-3x this).
         self.chunk_bytes = chunk_bytes
 
     def spools(self, stored_bytes: int) -> bool:
@@ -158,13 +158,22 @@ def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int
 
 def drop_abandoned(environment: LmdbEnvironment, catalog: Catalog, frames: LmdbTier) -> int:
     """At open, before any promotion runs: drop the frames of every promotion a crash
-    cut short while it staged them; returns how many such promotions there were."""
+    cut short while it staged them; returns how many such promotions there were.
+
+    A generation a hot record holds keeps its frames (only its marker goes): the
+    commit that turns a generation hot drops its marker, but a store written before
+    that rule, or a marker whose drop failed, must not cost a hot shard its frames.
+    """
     with environment.read() as txn:
         staged = catalog.staged(txn)
     if not staged:
         return 0
     with environment.write() as txn:
+        hot = {record.generation for record in catalog.iter_shards(txn) if record.hot}
         for generation in staged:
-            drop_staged_in(txn, catalog, frames, generation)
+            if generation in hot:
+                catalog.unmark_staging(txn, generation)
+            else:
+                drop_staged_in(txn, catalog, frames, generation)
     log.info("dropped the staged frames of %d promotions cut short by an earlier stop", len(staged))
     return len(staged)

@@ -83,7 +83,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self._local = local or LocalReadService(store)
         #: the caller as its credential stands now (TokenStore.principal_now)
         self._principal_now = principal_now or (lambda principal: principal)
-        #: gives the memory of a burst of puts back to the OS once they stop
+        #: gives the memory of a burst of puts or cold reads back to the OS once they stop
         self._idle_trim = idle_trim
 
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
@@ -209,10 +209,18 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         # Held only while the stream waits on the archive; a read cold from the start
         # takes it here, so that one too many is refused before its header.
         archive_bound = self._archive_calls.held(f"a cold read of {request.dataset}")
+        # A cold read holds its archive answers in the heap: like a put, it leaves memory
+        # to give back once the node is idle. (Hot reads copy one frame at a time.)
+        in_flight = (
+            self._idle_trim.busy()
+            if self._idle_trim is not None and not sealed.info.hot
+            else contextlib.nullcontext()
+        )
         try:
-            if not sealed.info.hot:
-                archive_bound.take()
-            yield from self._send(sealed, archive_bound, request, context)
+            with in_flight:
+                if not sealed.info.hot:
+                    archive_bound.take()
+                yield from self._send(sealed, archive_bound, request, context)
         finally:
             archive_bound.give_back()
 

@@ -1,0 +1,73 @@
+"""Cold reads and promotions owe the idle heap trim, as puts do (engine/allocator.py).
+
+A scale review found a node that served cold reads kept their heap (388 → 1,050 MiB)
+until the next put: only puts were counted as work whose memory is given back once
+the node is idle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.engine.stores import FRAME, KEYRING, engine_settings, payload, wait_until
+from tests.server.test_stream_abandoned import _OpenCall
+from tierstore.engine.allocator import IdleTrim
+from tierstore.engine.store import Store
+from tierstore.server.authz import Principal
+from tierstore.server.rpc import calling_as
+from tierstore.server.shards import ShardServicer
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings, Grant, Role
+from tierstore.v1 import shards_pb2
+
+
+def counting_trim() -> tuple[IdleTrim, list[None]]:
+    """An IdleTrim due at once that counts its trims (run by ``trim_if_due``)."""
+    trims: list[None] = []
+    return IdleTrim(idle_s=0.0, trim=lambda: trims.append(None), background=False), trims
+
+
+def read_through_servicer(servicer: ShardServicer, dataset: str, shard: str) -> bytes:
+    token = calling_as(Principal("reader", (Grant(dataset, Role.READER),), via="token"))
+    try:
+        request = shards_pb2.GetShardRequest(dataset=dataset, shard=shard)
+        messages = list(servicer.GetShard(request, _OpenCall()))  # type: ignore[arg-type]
+    finally:
+        token.var.reset(token)
+    return b"".join(m.frame.data for m in messages if m.HasField("frame"))
+
+
+def test_a_cold_read_owes_a_trim_and_a_hot_read_none(tmp_path: Path) -> None:
+    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
+    try:
+        store.create_dataset("d", DatasetSettings(policy="lru"))
+        store.put("d", "s", payload(3 * FRAME, 1))
+        trim, trims = counting_trim()
+        servicer = ShardServicer(store, tmp_path / "spool", idle_trim=trim)
+        assert read_through_servicer(servicer, "d", "s")  # hot
+        assert trim.trim_if_due() is None and trims == []
+        assert store.drain(10)
+        store.evict("d", "s")
+        assert read_through_servicer(servicer, "d", "s")  # cold
+        trim.trim_if_due()
+        assert len(trims) == 1
+    finally:
+        store.close()
+
+
+def test_a_promotion_owes_a_trim(tmp_path: Path) -> None:
+    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
+    try:
+        store.create_dataset("d", DatasetSettings(policy="lru"))
+        store.put("d", "s", payload(3 * FRAME, 2))
+        assert store.drain(10)
+        store.evict("d", "s")
+        trim, trims = counting_trim()
+        store.mover.work_in_flight = trim.busy
+        assert store.get("d", "s", byte_range=(0, 10)).nbytes == 10  # queues a promotion
+        wait_until(lambda: store.stat("d", "s").hot, "the promotion")
+        wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to end")
+        trim.trim_if_due()
+        assert len(trims) == 1
+    finally:
+        store.close()
