@@ -54,6 +54,28 @@ def test_large_multi_frame_bytes(admin: Client, any_dataset: str) -> None:
     )
 
 
+def test_a_download_writes_the_shard_to_a_file(
+    admin: Client, any_dataset: str, tmp_path: Path
+) -> None:
+    """``download`` streams verified frames into the file (memory does not grow with
+    the shard); whole, ranged and empty; a failed one leaves the file as it was."""
+    data = os.urandom(9 * MiB + 1)
+    admin.put(any_dataset, "big", data)
+    admin.put(any_dataset, "empty", b"")
+    target = tmp_path / "big.bin"
+    assert admin.download(any_dataset, "big", target) == len(data)
+    assert target.read_bytes() == data
+    assert admin.download(any_dataset, "big", target, offset=4 * MiB - 3, length=6) == 6
+    assert target.read_bytes() == data[4 * MiB - 3 : 4 * MiB + 3]
+    assert admin.download(any_dataset, "empty", tmp_path / "empty.bin") == 0
+    assert (tmp_path / "empty.bin").read_bytes() == b""
+    with pytest.raises(errors.ShardNotFound):
+        admin.download(any_dataset, "no-such-shard", target)
+    assert target.read_bytes() == data[4 * MiB - 3 : 4 * MiB + 3]  # as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "empty.bin"]  # no .part
+    assert admin.download(any_dataset, "big", "/dev/null") == len(data)  # not a file: as is
+
+
 def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Path) -> None:
     data = os.urandom(5 * MiB + 7)
     path = tmp_path / "blob.bin"

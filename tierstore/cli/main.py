@@ -728,19 +728,22 @@ def get(
         output = None  # the usual spelling of stdout (a file named "-": its full path)
     if output is not None:
         _check_output(output)
-    data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
     if output is None:
+        data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
         view = memoryview(data)
         while view:  # a write cut short by a reader that went away returns a count
             view = view[sys.stdout.buffer.write(view) :]
         sys.stdout.buffer.flush()
-    else:
-        try:
-            output.write_bytes(memoryview(data))
-        except OSError as exc:
-            raise _write_failed(output, exc) from None
-        if state.json:
-            _emit({"shard": shard, "bytes": data.size, "output": str(output)})
+        return
+    # To a file: streamed into it, so memory does not grow with the shard.
+    try:
+        written = _run(
+            lambda: _client().download(dataset, shard, output, offset=offset, length=length)
+        )
+    except OSError as exc:
+        raise _write_failed(output, exc) from None
+    if state.json:
+        _emit({"shard": shard, "bytes": written, "output": str(output)})
 
 
 @app.command("ls", cls=_ClientCommand)

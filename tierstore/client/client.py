@@ -35,6 +35,7 @@ from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from tierstore.client.download import partial_path, stream_into_file, write_whole
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
     LocalReadOptions,
@@ -566,6 +567,66 @@ class Client:
         DatasetNotFound, InvalidRange, PermissionDenied, DataLoss (nothing unverified is
         returned), Unavailable.
         """
+
+        def receive(stream: ShardStream) -> pa.Buffer:
+            out = self._frame_allocator()(stream.length)
+            stream.into(memoryview(out).cast("B"))
+            return out
+
+        return self._read_range(dataset, shard, offset, length, lambda local: local, receive)
+
+    def download(
+        self,
+        dataset: str,
+        shard: str,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> int:
+        """Write bytes ``[offset, offset + length)`` of a shard to the file ``path``;
+        returns how many.
+
+        Unlike :meth:`get`, memory does not grow with the range: streamed frames are
+        verified (and decrypted) straight into a mapping of the file, which the OS
+        writes back as it needs. A regular file is written as ``path + ".part"`` and
+        renamed once whole and verified, so a failed download leaves ``path`` as it
+        was; a device or pipe is written in place (from one buffer, as ``get``).
+        Raises as :meth:`get`, and OSError when the file cannot be written.
+        """
+        target = Path(path)
+        target = target.resolve() if target.is_symlink() else target
+        if target.exists() and not target.is_file():
+            return write_whole(
+                target, memoryview(self.get(dataset, shard, offset=offset, length=length))
+            )
+        partial = partial_path(target)
+        try:
+            written = self._read_range(
+                dataset,
+                shard,
+                offset,
+                length,
+                lambda local: write_whole(partial, memoryview(local)),
+                lambda stream: stream_into_file(stream, partial),
+            )
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return written
+
+    def _read_range(
+        self,
+        dataset: str,
+        shard: str,
+        offset: int,
+        length: int | None,
+        take_local: Callable[[pa.Buffer], T],
+        receive: Callable[[ShardStream], T],
+    ) -> T:
+        """A byte range read: checked, then read locally (``take_local`` of its one
+        buffer) where the local path serves it, else streamed (``receive``)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         offset = _whole_number("offset", offset)
@@ -582,17 +643,11 @@ class Client:
             if self._local is not None:
                 local = self._local.read_range(dataset, shard, offset, length)
                 if local is not None:
-                    return local.buffers[0]
+                    return take_local(local.buffers[0])
             self._counts.bump("grpc")
             byte_range = common_pb2.ByteRange(offset=offset)
             if length is not None:
                 byte_range.length = length
-
-            def receive(stream: ShardStream) -> pa.Buffer:
-                out = self._frame_allocator()(stream.length)
-                stream.into(memoryview(out).cast("B"))
-                return out
-
             return self._read_whole(
                 shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range),
                 receive,
