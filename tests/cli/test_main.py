@@ -405,6 +405,21 @@ def test_names_that_look_like_console_markup_are_printed_as_they_are(
     assert "'nosuch[/]'" in missing.stderr
 
 
+def test_a_long_listing_prints_plain_aligned_columns(client: FakeClient) -> None:
+    # A table measures every cell before it prints: 50,000 shards took 82 s.
+    names = {f"train/{i:05d}" for i in range(main.PLAIN_LISTING_ROWS + 1)} | {"[red]x"}
+    client.shards = names
+    listed = invoke("ls", "ds")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(names) + 1
+    assert lines[0].split() == list(main._SHARD_COLUMNS)
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(names)  # "[red]x" as is
+    assert len({line.index(" 1 ") for line in lines[1:]}) == 1  # the size column lines up
+    client.shards = {"a", "b"}
+    assert "─" in invoke("ls", "ds").stdout  # few: the table
+
+
 def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> None:
     client.shards = {"a", "pinned", "unarchived", "cold"}
     done = invoke("--json", "evict", "ds", "a", "pinned", "unarchived", "cold")

@@ -335,23 +335,54 @@ def _run(action: Any) -> Any:
         raise _fail(exc) from None
 
 
-def _shard_table(shards: list[Any]) -> Table:
-    table = Table(
-        "name", "size", "frames", "kind", "hot", "pinned", "archived", "encrypted", "reads"
+_SHARD_COLUMNS = (
+    "name",
+    "size",
+    "frames",
+    "kind",
+    "hot",
+    "pinned",
+    "archived",
+    "encrypted",
+    "reads",
+)
+#: listings of more shards print as plain aligned columns: a table measures every cell
+#: before its first line (50,000 shards took 82 s, against 7.8 s with --json)
+PLAIN_LISTING_ROWS = 1000
+
+
+def _shard_row(s: Any) -> tuple[str, ...]:
+    return (
+        s.name,
+        f"{s.size:,}",
+        str(s.frame_count),
+        s.kind.value,
+        _yes(s.hot),
+        _pin_state(s.pinned, s.pinned_until),
+        _yes(s.archived),
+        _yes(s.encrypted),
+        str(s.access_count),
     )
+
+
+def _shard_table(shards: list[Any]) -> Table:
+    table = Table(*_SHARD_COLUMNS)
     for s in shards:
-        table.add_row(
-            s.name,
-            f"{s.size:,}",
-            str(s.frame_count),
-            s.kind.value,
-            _yes(s.hot),
-            _pin_state(s.pinned, s.pinned_until),
-            _yes(s.archived),
-            _yes(s.encrypted),
-            str(s.access_count),
-        )
+        table.add_row(*_shard_row(s))
     return table
+
+
+def _print_plain(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """``rows`` under ``columns``, each column as wide as its widest cell, written as
+    they are (no markup: names are anyone's)."""
+    widths = [
+        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+    ]
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    )
+    sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def _yes(flag: bool) -> str:
@@ -748,8 +779,12 @@ def get(
 
 @app.command("ls", cls=_ClientCommand)
 def ls(dataset: str, prefix: Annotated[str, typer.Argument()] = "") -> None:
-    """List a dataset's shards."""
+    """List a dataset's shards (over 1,000 of them: as plain aligned columns, quicker
+    to print than a table)."""
     shards = _run(lambda: _client().list(dataset, prefix))
+    if len(shards) > PLAIN_LISTING_ROWS and not state.json:
+        _print_plain(_SHARD_COLUMNS, [_shard_row(s) for s in shards])
+        return
     _emit(shards, _shard_table(shards))
 
 
