@@ -36,6 +36,7 @@ from typer.core import TyperCommand
 
 from tierstore import errors
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from tierstore.client.download import output_paths, write_all
 from tierstore.naming import validate_shard_name
 from tierstore.types import ALL_DATASETS, Grant, Role, ShardInfo
 
@@ -761,9 +762,7 @@ def get(
         _check_output(output)
     if output is None:
         data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
-        view = memoryview(data)
-        while view:  # a write cut short by a reader that went away returns a count
-            view = view[sys.stdout.buffer.write(view) :]
+        write_all(sys.stdout.buffer, memoryview(data))
         sys.stdout.buffer.flush()
         return
     # To a file: streamed into it, so memory does not grow with the shard.
@@ -1081,12 +1080,7 @@ def trace_export(
     to_stdout = output == Path("-")
     if not to_stdout:
         _check_output(output)
-    # A link is followed, so that the file it names gets the trace, not a file in its
-    # place; a device or a pipe is written as it is (renaming a file over /dev/null
-    # would replace the device).
-    target = output.resolve() if output.is_symlink() else output
-    in_place = target.exists() and not target.is_file()
-    partial = target.with_name(target.name + ".part")
+    target, partial = output_paths(output)
     counts: Counter[str] = Counter()
 
     def write(stream: TextIO) -> None:
@@ -1105,7 +1099,7 @@ def trace_export(
             counts[type(event).__name__.removeprefix("Traced").lower()] += 1
 
     def export() -> None:
-        if in_place:
+        if partial is None:  # a device or a pipe
             with target.open("w", encoding="utf-8") as stream:
                 write(stream)
             return
@@ -1131,7 +1125,7 @@ def trace_export(
     except OSError as exc:
         raise _write_failed(Path("stdout") if to_stdout else output, exc) from None
     finally:
-        if not (to_stdout or in_place):
+        if not to_stdout and partial is not None:
             partial.unlink(missing_ok=True)
     total = sum(counts.values())
     summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}

@@ -35,7 +35,7 @@ from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
-from tierstore.client.download import partial_path, stream_into_file, write_whole
+from tierstore.client.download import output_paths, stream_into_file, write_all
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
     LocalReadOptions,
@@ -594,20 +594,23 @@ class Client:
         was; a device or pipe is written in place (from one buffer, as ``get``).
         Raises as :meth:`get`, and OSError when the file cannot be written.
         """
-        target = Path(path)
-        target = target.resolve() if target.is_symlink() else target
-        if target.exists() and not target.is_file():
-            return write_whole(
-                target, memoryview(self.get(dataset, shard, offset=offset, length=length))
-            )
-        partial = partial_path(target)
+        target, partial = output_paths(Path(path))
+        if partial is None:
+            whole = self.get(dataset, shard, offset=offset, length=length)
+            with target.open("wb") as file:
+                return write_all(file, memoryview(whole))
+
+        def write_local(local: pa.Buffer) -> int:
+            with partial.open("wb") as file:
+                return write_all(file, memoryview(local))
+
         try:
             written = self._read_range(
                 dataset,
                 shard,
                 offset,
                 length,
-                lambda local: write_whole(partial, memoryview(local)),
+                write_local,
                 lambda stream: stream_into_file(stream, partial),
             )
             partial.replace(target)

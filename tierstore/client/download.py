@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import mmap
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
-from tierstore.client.receive import ShardStream
+if TYPE_CHECKING:  # the CLI imports this module; the receiving side brings pyarrow
+    from tierstore.client.receive import ShardStream
 
-__all__ = ["partial_path", "stream_into_file", "write_whole"]
+__all__ = ["output_paths", "stream_into_file", "write_all"]
 
 
-def partial_path(target: Path) -> Path:
-    """Where a download into ``target`` is written until it is whole and verified."""
-    return target.with_name(target.name + ".part")
+def output_paths(path: Path) -> tuple[Path, Path | None]:
+    """The file that output asked for at ``path`` goes to, and where it is written
+    until whole: ``<file>.part``, renamed over the file then, so a failed write leaves
+    it as it was. A link is followed, so that the file it names gets the output, not a
+    file in its place; a device or a pipe is written in place (None: renaming a file
+    over /dev/null would replace the device)."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        return target, None
+    return target, target.with_name(target.name + ".part")
 
 
 def stream_into_file(stream: ShardStream, path: Path) -> int:
@@ -39,10 +48,10 @@ def stream_into_file(stream: ShardStream, path: Path) -> int:
                 view.release()  # a mapping with a view still out cannot close
 
 
-def write_whole(path: Path, data: memoryview) -> int:
-    """Write all of ``data`` to ``path``; returns its length."""
-    with path.open("wb") as file:
-        view = data
-        while view:  # a write cut short returns a count
-            view = view[file.write(view) :]
+def write_all(file: BinaryIO, data: memoryview) -> int:
+    """Write all of ``data`` to ``file``; returns its length. (A write cut short, by a
+    reader of a pipe that went away, say, returns a count rather than raising.)"""
+    view = data
+    while view:
+        view = view[file.write(view) :]
     return len(data)

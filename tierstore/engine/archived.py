@@ -25,7 +25,8 @@ class ArchivedFrames:
     def __init__(self, archive: Tier, record: ShardRecord) -> None:
         overhead = stored_overhead(record)
         self._archive = archive
-        self._sizes = record.stored_sizes(overhead)
+        #: every frame's stored size, by index.
+        self.sizes = record.stored_sizes(overhead)
         self._offsets = record.stored_offsets(overhead)
         self.key = archive_frames_key(record.dataset, record.generation)
         #: what the object holds, for messages: the key alone names no shard
@@ -38,7 +39,7 @@ class ArchivedFrames:
         is asked for once more first: a body cut short on the way looks the same),
         ArchiveUnavailable when the archive fails. Thread-safe.
         """
-        size = self._sizes[index]
+        size = self.sizes[index]
         blob = self._get(index, size)
         if blob is not None and len(blob) != size:
             blob = self._get(index, size)

@@ -977,11 +977,10 @@ class Mover:
         """:meth:`promote_now` for a shard larger than one chunk: its frames are staged
         a chunk a transaction (:mod:`tierstore.engine.spool`), then committed."""
         fetcher = ArchivedFrames(self._archive, record)
-        sizes = record.stored_sizes(self._overhead(record))
         promoted = False
         try:
             staged = self._unless_superseded(
-                record, lambda: self._spooler.stage(record, fetcher, sizes, pool)
+                record, lambda: self._spooler.stage(record, fetcher, pool)
             )
             if staged in (None, Staged.SUPERSEDED, Staged.STOPPED):
                 return False

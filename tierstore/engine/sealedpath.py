@@ -93,9 +93,7 @@ class SealedRead:
         shard was overwritten or deleted during the stream, ArchiveUnavailable, and what
         ``archive_use.take`` raises.
         """
-        return self._reader.stream(
-            self._record, self.slices, self._promote, archive_use or _NoArchiveUse()
-        )
+        return self._reader.stream(self._record, self.slices, self._promote, archive_use)
 
     def abandon(self) -> None:
         """Say that :meth:`frames` will not be read (the caller went away). A miss the

@@ -102,16 +102,15 @@ class Spooler:
         """Whether a promotion of ``stored_bytes`` is spooled (see the module docstring)."""
         return stored_bytes > self.chunk_bytes
 
-    def stage(
-        self, record: ShardRecord, fetcher: ArchivedFrames, sizes: Sequence[int], pool: Executor
-    ) -> Staged:
-        """Fetch (on ``pool``), verify and write every stored frame of ``record``'s
-        generation (stored ``sizes``), :attr:`chunk_bytes` at a time.
+    def stage(self, record: ShardRecord, fetcher: ArchivedFrames, pool: Executor) -> Staged:
+        """Fetch (with ``fetcher``, on ``pool``), verify and write every stored frame of
+        ``record``'s generation, :attr:`chunk_bytes` at a time.
 
         Anything but DONE leaves frames staged: the caller drops them (:meth:`drop`),
         as it does when this raises (as :meth:`ArchivedFrames.fetch`, or
         IntegrityError for a frame that fails verification).
         """
+        sizes = fetcher.sizes
         for run in chunks(sizes, self.chunk_bytes):
             if self._stop.is_set():
                 return Staged.STOPPED
@@ -135,6 +134,9 @@ class Spooler:
     def drop(self, generation: int) -> None:
         """Delete the frames staged for ``generation`` and its marker. Best effort: if
         the hot tier fails now, they are dropped when a store next opens it."""
+        with self._env.read() as txn:
+            if not self._catalog.staged_frame_count(txn, generation):
+                return  # nothing was staged (the marker comes with the first chunk)
         try:
             with self._env.write() as txn:
                 drop_staged_in(txn, self._catalog, self._frames, generation)
@@ -146,14 +148,12 @@ class Spooler:
             )
 
 
-def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int) -> int:
+def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int) -> None:
     """Delete, in the caller's write transaction, the frames staged for ``generation``
-    and its marker; returns how many frame keys were looked for (0: no marker)."""
-    count = catalog.staged_frame_count(txn, generation)
-    for index in range(count):
+    and its marker (none: nothing to do)."""
+    for index in range(catalog.staged_frame_count(txn, generation)):
         frames.delete_in(txn, frame_key(generation, index))
     catalog.unmark_staging(txn, generation)
-    return count
 
 
 def drop_abandoned(environment: LmdbEnvironment, catalog: Catalog, frames: LmdbTier) -> int:
