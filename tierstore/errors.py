@@ -11,7 +11,8 @@ so the service and the client can share one table later.
     TierstoreError
     ├── InvalidArgument              INVALID_ARGUMENT
     │   ├── InvalidName                  dataset or shard name breaks the naming rules
-    │   ├── InvalidRange                 byte or frame range outside the shard
+    │   ├── InvalidRange                 byte or frame range that no shard could satisfy
+    │   │   └── RangePastEnd                 starts past the shard's end   OUT_OF_RANGE
     │   ├── OversizeFrame                a frame (or one Arrow row) over the frame limit
     │   ├── MalformedArrow               bytes that are not the Arrow data they claim to be
     │   ├── UnsupportedData              a value the shard format cannot store
@@ -73,6 +74,7 @@ __all__ = [
     "PlanLimitReached",
     "PlanNotFound",
     "QuotaExceeded",
+    "RangePastEnd",
     "ReaderTableFull",
     "ResourceExhausted",
     "ServerCertificateRejected",
@@ -106,7 +108,17 @@ class InvalidName(InvalidArgument):
 
 
 class InvalidRange(InvalidArgument):
-    """A byte or frame range lies outside the shard."""
+    """A byte or frame range is malformed: negative, not whole numbers, or both kinds."""
+
+
+class RangePastEnd(InvalidRange):
+    """A byte or frame range starts past the end of the shard (or value).
+
+    gRPC's OUT_OF_RANGE, not INVALID_ARGUMENT: unlike a malformed range, it could be
+    met once the shard is rewritten longer. Still an :class:`InvalidRange` to catch.
+    """
+
+    status_code = "OUT_OF_RANGE"
 
 
 class OversizeFrame(InvalidArgument):

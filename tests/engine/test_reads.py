@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
-from tierstore.errors import InvalidArgument, InvalidRange
+from tierstore.errors import InvalidArgument, InvalidRange, RangePastEnd
 from tierstore.types import ShardInfo, ShardKind
 
 SIZES = (4, 4, 4, 2)  # 14 bytes in four frames
@@ -93,6 +93,30 @@ def test_frame_ranges(frame_range: tuple[int, int], expected: list[int]) -> None
 def test_bad_ranges_raise_invalid_range(arguments: dict[str, Any]) -> None:
     with pytest.raises(InvalidRange):
         plan_reads(SIZES, **arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"byte_range": (15, 1)}, {"byte_range": (15, 0)}, {"frame_range": (5, 1)}],
+    ids=repr,
+)
+def test_a_range_starting_past_the_end_is_out_of_range(arguments: dict[str, Any]) -> None:
+    # gRPC's OUT_OF_RANGE: it could be met once the shard is rewritten longer.
+    with pytest.raises(RangePastEnd, match="past the end") as caught:
+        plan_reads(SIZES, **arguments)
+    assert caught.value.status_code == "OUT_OF_RANGE"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"byte_range": (-1, 2)}, {"frame_range": (0, -1)}, {"frame_range": (-1, 1)}],
+    ids=repr,
+)
+def test_a_negative_range_is_an_invalid_argument(arguments: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRange) as caught:
+        plan_reads(SIZES, **arguments)
+    assert not isinstance(caught.value, RangePastEnd)
+    assert caught.value.status_code == "INVALID_ARGUMENT"
 
 
 def test_integer_like_range_values_are_accepted() -> None:

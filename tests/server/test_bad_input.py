@@ -394,7 +394,7 @@ def test_bad_values(raw: Raw, server: ServerProcess, admin: Client, dataset: str
         ),
     ]:
         code, name = refused(raw.get, request)
-        assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "InvalidRange")
+        assert (code, name) == (grpc.StatusCode.OUT_OF_RANGE, "RangePastEnd")
     huge_length = shards_pb2.GetShardRequest(
         dataset=dataset, shard="s", byte_range=common_pb2.ByteRange(offset=3, length=(1 << 64) - 1)
     )

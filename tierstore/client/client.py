@@ -50,7 +50,7 @@ from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import (
     InvalidArgument,
     InvalidPlan,
-    InvalidRange,
+    RangePastEnd,
     Unauthenticated,
     Unavailable,
     WrongShardKind,
@@ -638,7 +638,7 @@ class Client:
             raise InvalidArgument("offset and length must not be negative")
         # The wire carries both as uint64; any shard ends long before either limit.
         if offset > _MAX_U64:
-            raise InvalidRange(f"byte offset {offset} is past the end of any shard")
+            raise RangePastEnd(f"byte offset {offset} is past the end of any shard")
         if length is not None and length > _MAX_U64:
             length = None  # a range is cut at the shard's end: this one reaches it
         # A fork() waits for the whole read, local or streamed (see forkgate).

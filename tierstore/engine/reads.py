@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import pyarrow as pa
 
-from tierstore.errors import InvalidRange
+from tierstore.errors import InvalidRange, RangePastEnd
 from tierstore.types import ShardInfo
 
 __all__ = ["FrameSlice", "LeasePool", "ReadLease", "ShardData", "plan_reads"]
@@ -63,22 +63,27 @@ def plan_reads(
 
     ``byte_range`` is ``(offset, length)`` over the shard's logical bytes (cut at
     the end); ``frame_range`` is ``(first, count)``. At most one may be given.
-    Raises :class:`InvalidRange` for negative values or a start past the end.
+    Raises :class:`RangePastEnd` for a start past the end, :class:`InvalidRange` for
+    negative values or both ranges.
     """
     if byte_range is not None and frame_range is not None:
         raise InvalidRange("give a byte range or a frame range, not both")
     count = len(frame_sizes)
     if frame_range is not None:
         first, wanted = _int_pair("frame range", frame_range)
-        if first < 0 or wanted < 0 or first > count:
-            raise InvalidRange(f"frame range ({first}, {wanted}) is outside 0..{count}")
+        if first < 0 or wanted < 0:
+            raise InvalidRange(f"frame range ({first}, {wanted}) has a negative first or count")
+        if first > count:
+            raise RangePastEnd(
+                f"frame range ({first}, {wanted}) starts past the end of a {count}-frame shard"
+            )
         return [FrameSlice(i, 0, frame_sizes[i]) for i in range(first, min(count, first + wanted))]
     total = sum(frame_sizes)
     offset, length = (0, total) if byte_range is None else _int_pair("byte range", byte_range)
     if offset < 0 or length < 0:
         raise InvalidRange(f"byte range ({offset}, {length}) has a negative offset or length")
     if offset > total:
-        raise InvalidRange(f"byte offset {offset} is past the end of a {total}-byte shard")
+        raise RangePastEnd(f"byte offset {offset} is past the end of a {total}-byte shard")
     stop = min(total, offset + length)
     if stop == offset:
         return []  # an empty read touches no frame

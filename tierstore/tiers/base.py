@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from tierstore.buffers import BytesLike, byte_view, value_chunks
-from tierstore.errors import InvalidRange
+from tierstore.errors import InvalidRange, RangePastEnd
 
 __all__ = [
     "BytesLike",
@@ -56,7 +56,7 @@ class Tier(Protocol):
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
         """Return the value (or ``byte_range`` = ``(offset, length)`` of it), or ``None`` if absent.
 
-        A range that starts past the end raises :class:`InvalidRange`; one that
+        A range that starts past the end raises :class:`RangePastEnd`; one that
         runs past the end is cut at the end (like HTTP ranges).
         """
         ...
@@ -100,5 +100,5 @@ def resolve_range(total: int, byte_range: tuple[int, int] | None) -> tuple[int, 
     if offset < 0 or length < 0:
         raise InvalidRange(f"range ({offset}, {length}) has a negative offset or length")
     if offset > total or (offset == total and total > 0 and length > 0):
-        raise InvalidRange(f"range offset {offset} is past the end of a {total}-byte value")
+        raise RangePastEnd(f"range offset {offset} is past the end of a {total}-byte value")
     return offset, min(total, offset + length)
