@@ -425,7 +425,8 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
     done = invoke("--json", "evict", "ds", "a", "pinned", "unarchived", "cold")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {
-        "evicted": ["a", "cold"],  # the kept ones stayed hot
+        "evicted": ["a"],  # the kept ones stayed hot; "cold" was cold before
+        "already_cold": ["cold"],
         "not_evicted": [],
         "freed_bytes": 100,
         "kept": {
@@ -433,9 +434,13 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
             "unarchived": "not archived yet: the hot copy is the only one",
         },
     }
-    table = invoke("evict", "ds", "pinned", "a")
+    table = invoke("evict", "ds", "pinned", "a", "cold")
     assert table.exit_code == 0, table.output
-    assert "freed 100 bytes" in table.stdout and "kept pinned: pinned" in table.stdout
+    assert table.stdout.splitlines() == [
+        "freed 100 bytes",
+        "kept pinned: pinned (unpin it first)",
+        "already cold: cold",
+    ]
 
 
 def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:
@@ -755,6 +760,7 @@ def test_evict_stopped_by_a_lost_server_still_reports_what_it_did(
     assert stopped.exit_code == 5
     assert json.loads(stopped.stdout) == {
         "evicted": ["a"],
+        "already_cold": [],
         "not_evicted": ["c"],
         "freed_bytes": 100,
         "kept": {"pinned": "not known (Unavailable asking)"},
@@ -770,6 +776,7 @@ def test_evict_stopped_part_way_still_tells_kept_shards_from_evicted_ones(
     assert stopped.exit_code == 3
     assert json.loads(stopped.stdout) == {
         "evicted": ["a"],
+        "already_cold": [],
         "not_evicted": ["nosuch", "c"],
         "freed_bytes": 100,
         "kept": {"pinned": "pinned (unpin it first)"},

@@ -351,6 +351,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     pinned = "pinned (unpin it first)"
     assert ok(env, "evict", dataset, "a", "b") == {
         "evicted": [],  # both kept, pinned
+        "already_cold": [],
         "not_evicted": [],
         "freed_bytes": 0,
         "kept": {"a": pinned, "b": pinned},
@@ -358,7 +359,9 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"], "not_unpinned": []}
     evicted = ok(env, "evict", dataset, "a", "b")
     assert evicted["freed_bytes"] >= 30_000 and evicted["kept"] == {}
-    assert evicted["evicted"] == ["a", "b"]
+    assert evicted["evicted"] == ["a", "b"] and evicted["already_cold"] == []
+    again = ok(env, "evict", dataset, "a")
+    assert (again["evicted"], again["already_cold"], again["freed_bytes"]) == ([], ["a"], 0)
     assert not admin.stat(dataset, "a").hot and not admin.stat(dataset, "b").hot
     assert ok(env, "prefetch", dataset, "a", "b") == {"queued": 2, "not_found": []}
     poll(
@@ -421,6 +424,7 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     assert info.pinned and info.pinned_until > info.created_at + 3000
     assert ok(env, "evict", dataset, "a") == {
         "evicted": [],
+        "already_cold": [],
         "not_evicted": [],
         "freed_bytes": 0,
         "kept": {"a": "pinned (unpin it first)"},

@@ -933,8 +933,8 @@ def _exists(client: Any, dataset: str, shard: str) -> bool:
 @app.command(cls=_ClientCommand)
 def evict(dataset: str, shards: list[str]) -> None:
     """Drop shards from the hot tier (only ones the archive holds, and not pinned). A hot
-    shard that stays is reported with the reason ("kept"), so nothing looks evicted
-    that is not."""
+    shard that stays is reported with the reason ("kept"), and one that was cold already
+    as such ("already cold"), so nothing looks evicted that is not."""
     client = _client()
     freed_each: list[int] = []
     failure: errors.TierstoreError | None = None
@@ -958,21 +958,31 @@ def evict(dataset: str, shards: list[str]) -> None:
         if why:
             kept[shard] = why
     freed = sum(freed_each)
-    evicted = [shard for shard in done if shard not in kept]  # cold now, freed or not
+    # Cold now and nothing freed: it was cold before (or is an empty shard, which
+    # frees nothing either way).
+    already_cold = [
+        shard
+        for shard, freed_now in zip(done, freed_each, strict=True)
+        if not freed_now and shard not in kept
+    ]
+    evicted = [shard for shard in done if shard not in kept and shard not in already_cold]
     report = {
         "evicted": evicted,
+        "already_cold": already_cold,
         "not_evicted": shards[len(done) :],
         "freed_bytes": freed,
         "kept": kept,
     }
-    kept_lines = [f"kept {shard}: {why}" for shard, why in kept.items()]
+    notes = [f"kept {shard}: {why}" for shard, why in kept.items()]
+    if already_cold:
+        notes.append(f"already cold: {', '.join(already_cold)}")
     if failure is None:
-        _emit(report, "\n".join([f"freed {freed:,} bytes", *kept_lines]))
+        _emit(report, Text("\n".join([f"freed {freed:,} bytes", *notes])))
         return
     if done or state.json:
         named = f": {', '.join(evicted)}" if evicted else ""
         head = f"evicted {len(evicted)} of {len(shards)} shards before an error{named}"
-        _emit(report, Text("\n".join([head, *kept_lines])))
+        _emit(report, Text("\n".join([head, *notes])))
     raise _fail(failure)
 
 
