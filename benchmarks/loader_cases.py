@@ -45,6 +45,7 @@ import torch.utils.data
 from tierstore.arrowio import fixed_list_values
 from tierstore.client.client import Client
 from tierstore.torch.feed import DeviceFeeder
+from tierstore.torch.source import ShardTable
 
 __all__ = [
     "DATASET",
@@ -324,14 +325,14 @@ class ReadPaths:
         client: Client = self._inner.client()
         return client
 
-    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
-        table: pa.Table = self._inner.read(dataset, shard, stop)
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> ShardTable:
+        read: ShardTable = self._inner.read(dataset, shard, stop)
         info = torch.utils.data.get_worker_info()
         slot = 0 if info is None else info.id
         counts = self._inner.client().read_counts
         for i, name in enumerate(self.FIELDS):
             self._counts[slot * 4 + i] = getattr(counts, name)
-        return table
+        return read
 
     def take(self) -> dict[str, int]:
         """The workers' counts since the last take (workers restart every epoch)."""

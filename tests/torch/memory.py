@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from tierstore.arrowio import frames_to_table, table_to_frames
 from tierstore.errors import DatasetNotFound, ShardNotFound, WrongShardKind
+from tierstore.torch.source import ShardTable
 from tierstore.types import ShardInfo, ShardKind
 
 
@@ -128,8 +129,9 @@ class MemorySource:
     def __init__(self, service: MemoryService) -> None:
         self.service = service
 
-    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
-        return self.service.read_table(dataset, shard)
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> ShardTable:
+        table = self.service.read_table(dataset, shard)  # tests rewrite between reads only
+        return ShardTable(table, self.service.generations.get(shard, 1))
 
     def client(self) -> Any:
         return self.service

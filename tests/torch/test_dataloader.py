@@ -25,12 +25,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from tests.server.conftest import ServerProcess
 from tierstore.client.client import Client
 from tierstore.client.forkgate import GATE
+from tierstore.errors import FailedPrecondition
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
-from .conftest import Samples, sample_table
+from .conftest import Samples, sample_table, write_samples
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -333,6 +335,18 @@ def test_map_dataset_with_distributed_sampler(samples: Samples) -> None:
         dataset[len(dataset)]
     with pytest.raises(IndexError, match=f"sample {-len(dataset) - 1} of"):  # as asked
         dataset[-len(dataset) - 1]
+
+
+def test_map_dataset_refuses_a_shard_rewritten_under_it(
+    server: ServerProcess, admin: Client
+) -> None:
+    own = write_samples(server, admin, rows=(8, 8))
+    dataset = MapDataset(own.dataset, cache_shards=1, **own.connection)
+    admin.put(own.dataset, "part-001", sample_table(7, 8))  # as many rows, other values
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    with pytest.raises(FailedPrecondition, match=r"part-001 was rewritten .*generation"):
+        ids_of(loader)
+    assert int(dataset[0]["id"]) == 0  # the shard left alone still reads
 
 
 def test_pin_memory(samples: Samples) -> None:

@@ -4,6 +4,8 @@ are in test_dataloader.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -95,6 +97,32 @@ def test_a_reference_shard_rewritten_with_other_types_is_named_as_rewritten() ->
         match=r"is int32 in shard 'a' but int64 when this dataset object was made "
         r"\(it was rewritten since\)",
     ):
+        dataset[0]
+
+
+def test_a_shard_rewritten_with_as_many_rows_is_refused_not_mixed_in() -> None:
+    # Its rows would have changed under the indexes: samples of one epoch drawn from
+    # two generations, depending on which process had it cached.
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4)})
+    for rows in (None, {"a": 2, "b": 4}):
+        dataset = MapDataset("ds", source=MemorySource(svc), rows=rows, cache_shards=1)
+        assert int(dataset[2]["id"]) == 1_000_000  # shard b, read and cached
+        svc.rewrite("a", sample_table(5, 2))
+        with pytest.raises(FailedPrecondition, match=r"ds/a was rewritten .*generation"):
+            dataset[0]
+        assert int(dataset[3]["id"]) == 1_000_001  # the others still read
+        svc.rewrite("b", sample_table(1, 4))  # put back: a fresh dataset for the next pass
+
+
+def test_a_source_that_returns_a_bare_table_is_told_so() -> None:
+    # A two-column table would otherwise unpack as (table, generation), wrongly.
+    class TableOnly(MemorySource):
+        def read(self, dataset: str, shard: str, stop: Any = None) -> Any:
+            return super().read(dataset, shard, stop).table
+
+    svc = MemoryService("ds", {"a": sample_table(0, 2)})
+    dataset = MapDataset("ds", source=TableOnly(svc), rows={"a": 2})
+    with pytest.raises(InvalidArgument, match=r"TableOnly.read returned a Table, not a Shard"):
         dataset[0]
 
 

@@ -666,21 +666,29 @@ class Client:
         ``columns`` selects (and orders) columns by name (a list: a bare string is
         InvalidArgument). Raises WrongShardKind for a raw shard, and as :meth:`get`.
         """
+        return self.read_table_with_generation(dataset, shard, columns)[1]
+
+    def read_table_with_generation(
+        self, dataset: str, shard: str, columns: Sequence[str] | None = None
+    ) -> tuple[int, pa.Table]:
+        """:meth:`read_table`, with the generation its rows were read from (all of them
+        from that one: a shard overwritten during the read is read again whole)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         arrowio.check_columns(columns)
         with GATE.call():  # a fork() waits for the whole read, local or streamed
             local = self._local.read_frames(dataset, shard) if self._local is not None else None
             if local is not None:
-                return _table_of(local, dataset, shard, columns)
+                return local.generation, _table_of(local, dataset, shard, columns)
             self._counts.bump("grpc")
 
-            def receive(stream: ShardStream) -> pa.Table:
+            def receive(stream: ShardStream) -> tuple[int, pa.Table]:
                 if stream.info.kind is ShardKind.RAW:
                     for _ in stream.messages:  # drain the stream so the call ends cleanly
                         pass
                     raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-                return arrowio.frames_to_table(stream.frames(self._frame_allocator()), columns)
+                frames = stream.frames(self._frame_allocator())
+                return stream.info.generation, arrowio.frames_to_table(frames, columns)
 
             return self._read_whole(
                 shards_pb2.GetShardRequest(dataset=dataset, shard=shard), receive

@@ -170,9 +170,10 @@ class LocalReadRpc(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LocalShard:
-    """What a local read returns: the shard's kind and its payload buffers."""
+    """What a local read returns: the shard's kind and generation, and its payload buffers."""
 
     kind: ShardKind
+    generation: int
     #: one buffer per frame (whole-shard reads) or one buffer (ranges).
     buffers: tuple[pa.Buffer, ...]
     #: whether the buffers point into the LMDB map (and hold a snapshot open).
@@ -303,7 +304,7 @@ class LocalReads:
         lookup = _frame_lookup(session, record, indexes)
         if sealer.cipher is not None:
             buffers = open_all_frames(sealer, indexes, lookup, self.allocator())
-            return LocalShard(record.kind, tuple(buffers), False)
+            return LocalShard(record.kind, record.generation, tuple(buffers), False)
         lease = session.lease()
         if lease is None:
             self.counts.bump("copies")
@@ -320,7 +321,7 @@ class LocalReads:
                 # address, and Arrow wants 8-byte-aligned buffers: it is copied. Larger
                 # frames have pages of their own and start 16 bytes in: never copied.
                 out.append(_copy(payload))
-        return LocalShard(record.kind, tuple(out), in_place)
+        return LocalShard(record.kind, record.generation, tuple(out), in_place)
 
     def _range(
         self,
@@ -339,7 +340,7 @@ class LocalReads:
         pieces = [(piece.index, piece.start, piece.stop) for piece in slices]
         lookup = _frame_lookup(session, record, [piece.index for piece in slices])
         open_pieces_into(sealer, pieces, lookup, memoryview(out).cast("B"))
-        return LocalShard(record.kind, (out,), False)
+        return LocalShard(record.kind, record.generation, (out,), False)
 
     def allocator(self) -> FrameAllocator:
         """Where decrypted frames land (decided on first use in this client)."""

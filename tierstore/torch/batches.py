@@ -39,7 +39,11 @@ class ShardRows:
     Raises UnsupportedData (from the conversion) for a column with nulls or no tensor form.
     """
 
-    def __init__(self, table: pa.Table, strings: Strings = "error") -> None:
+    def __init__(
+        self, table: pa.Table, strings: Strings = "error", generation: int | None = None
+    ) -> None:
+        #: the shard generation the rows came from (None: not known)
+        self.generation = generation
         self.names: list[str] = list(table.schema.names)
         self.groups: list[dict[str, Column]] = [
             batch_to_tensors(batch, strings) for batch in table.to_batches() if batch.num_rows

@@ -36,7 +36,7 @@ from tierstore.errors import (
 )
 from tierstore.torch.arrow_tensors import Strings, check_schema
 from tierstore.torch.batches import ShardRows
-from tierstore.torch.source import ShardSource
+from tierstore.torch.source import ShardSource, ShardTable
 from tierstore.types import ShardInfo, ShardKind
 
 __all__ = ["ShardSet", "conform", "read_shard", "resolve", "row_counts", "survey"]
@@ -325,9 +325,15 @@ def read_shard(
     Raises what :meth:`ShardSource.read`, :func:`conform` and :class:`ShardRows` raise,
     with a note naming the shard. Thread-safe (read-ahead threads call it).
     """
-    table = source.read(shard_set.dataset, shard, stop)
+    read = source.read(shard_set.dataset, shard, stop)
+    if not isinstance(read, ShardTable):  # a table would unpack as two of its columns
+        raise InvalidArgument(
+            f"{type(source).__name__}.read returned a {type(read).__name__}, not a "
+            "ShardTable(table, generation) (docs/torch.md, Shard sources)"
+        )
+    table, generation = read
     try:
-        return ShardRows(conform(shard_set, shard, table), shard_set.strings)
+        return ShardRows(conform(shard_set, shard, table), shard_set.strings, generation)
     except TierstoreError as exc:
         exc.add_note(f"tierstore.torch: in shard {shard_set.dataset}/{shard}")
         raise

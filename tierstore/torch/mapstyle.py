@@ -57,8 +57,9 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
     InvalidArgument for a ``rows`` that does not match the shards and for schema drift
     (while counting; with ``rows=``, when the drifted shard is read). ``__getitem__``
     raises IndexError outside ``[-len, len)``, FailedPrecondition when a shard no longer
-    has the rows it was counted with, and DataLoss / UnsupportedData / Unavailable as the
-    iterable dataset does.
+    has the rows it was counted with or was rewritten since the shards were listed (its
+    generation differs: indexes would name other rows), and DataLoss / UnsupportedData /
+    Unavailable as the iterable dataset does.
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         #: row count of each shard, in name order
         self.rows: dict[str, int] = self.shards.row_counts() if rows is None else self._given(rows)
         self._rows_given = rows is not None
+        #: each shard's generation when listed: a shard read at another was rewritten
+        self._generations = dict(zip(self.shards.names, self.shards.generations, strict=False))
         counts = [self.rows[name] for name in self.shards.names]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._reset_cache()
@@ -175,6 +178,15 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
             raise FailedPrecondition(
                 f"shard {self.shards.dataset}/{name} has {len(rows)} rows, but "
                 f"{self.rows[name]} {counted}"
+            )
+        listed = self._generations.get(name)
+        if listed is not None and rows.generation not in (None, listed):
+            # As many rows, but not the same ones: indexes would name other samples,
+            # and processes that cached the old generation would go on serving it.
+            raise FailedPrecondition(
+                f"shard {self.shards.dataset}/{name} was rewritten since this dataset was "
+                f"made (generation {rows.generation}, listed at {listed}): make a new "
+                "MapDataset"
             )
         with self._lock:
             self._cache[name] = rows

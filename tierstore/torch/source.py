@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 import tenacity
@@ -32,17 +32,26 @@ from tierstore.client.client import Client, connect
 from tierstore.client.forkgate import GATE
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
-__all__ = ["GrpcShardSource", "ShardSource", "service_source"]
+__all__ = ["GrpcShardSource", "ShardSource", "ShardTable", "service_source"]
 
 _log = logging.getLogger(__name__)
+
+
+class ShardTable(NamedTuple):
+    """A shard read whole: its rows, and the generation they all came from."""
+
+    table: pa.Table
+    #: None where the source cannot tell (then a rewrite is not caught by generation)
+    generation: int | None
 
 
 class ShardSource(Protocol):
     """Reads whole Arrow shards. Implementations are thread-safe, survive ``fork()`` and
     pickling (reopening what they hold per process), and raise tierstore errors only."""
 
-    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
-        """The shard as a table (its columns may point into received frames).
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> ShardTable:
+        """The shard as a table (its columns may point into received frames), with its
+        generation.
 
         ``stop``: set by the caller to abandon retries early (raises Unavailable then).
         Raises ShardNotFound, DatasetNotFound, WrongShardKind (raw bytes), DataLoss,
@@ -97,7 +106,7 @@ class GrpcShardSource:
         assert self._client is not None
         return self._client
 
-    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> pa.Table:
+    def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> ShardTable:
         """See :meth:`ShardSource.read`."""
         client = self.client()
         stopping = stop or threading.Event()
@@ -125,17 +134,18 @@ class GrpcShardSource:
             reraise=True,
         )
         try:
-            table: pa.Table = retrying(_gated_read, client, dataset, shard)
+            read: ShardTable = retrying(_gated_read, client, dataset, shard)
         except Exception as exc:
             exc.add_note(f"tierstore.torch: while reading shard {dataset}/{shard}")
             raise
-        return table
+        return read
 
 
-def _gated_read(client: Client, dataset: str, shard: str) -> pa.Table:
+def _gated_read(client: Client, dataset: str, shard: str) -> ShardTable:
     # Inside the fork gate: a fork() waits for this stream to end (see forkgate).
     with GATE.call():
-        return client.read_table(dataset, shard)
+        generation, table = client.read_table_with_generation(dataset, shard)
+        return ShardTable(table, generation)
 
 
 def service_source(
