@@ -87,8 +87,8 @@ class EngineSettings:
     prefetch_interval_s: float = 1.0
     #: threads copying shards from the archive into the hot tier.
     promotion_threads: int = 4
-    #: a promotion of a shard larger than this fetches and writes it this much at a
-    #: time, the most it holds in memory (engine/spool.py).
+    #: a promotion of a shard of more payload than this fetches and writes it this much
+    #: at a time, the most it holds in memory (engine/spool.py).
     promotion_chunk_bytes: int = 64 * MiB
     #: nice steps the mover's journal thread (uploads, evictions) and fill thread (cache
     #: fills) run below the threads serving callers (0: the same priority); promotions

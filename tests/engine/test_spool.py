@@ -196,6 +196,29 @@ def test_a_bad_frame_after_the_first_chunk_drops_what_was_staged(
     assert not store.stat("plain", "big").hot
 
 
+def test_a_shard_of_one_chunk_of_payload_is_promoted_in_one_transaction(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks count payload bytes: a 64 MiB shard of 4 MiB frames was staged in two
+    # transactions for its 8-byte checksums (the engine benchmark's shards).
+    store = open_store(
+        MemoryTier(),
+        datasets={"plain": DatasetSettings()},
+        promotion_chunk_bytes=CHUNK_FRAMES * FRAME,
+    )
+    data = payload(CHUNK_FRAMES * FRAME, 8)
+    store.put("plain", "whole", data)
+    assert store.drain(10)
+    store.evict("plain", "whole")
+
+    def staged_anyway(*args: Any) -> Any:
+        raise AssertionError("a shard of one chunk was staged")
+
+    monkeypatch.setattr(spool.Spooler, "stage", staged_anyway)
+    assert store.mover.promote_now(record_of(store, "plain", "whole"), None)
+    assert store.get("plain", "whole").to_bytes() == data
+
+
 def test_a_marker_left_by_a_failed_drop_never_costs_a_hot_shard_its_frames(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

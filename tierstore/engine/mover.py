@@ -950,7 +950,7 @@ class Mover:
         if not self._make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
-        if stored is None and self._spooler.spools(total):
+        if stored is None and self._spooler.spools(record):
             return self._promote_spooled(record, quota, total, pool)
         if stored is None:
             stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))

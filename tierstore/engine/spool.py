@@ -5,12 +5,14 @@ a write transaction's dirty pages are heap memory until it commits. A promotion 
 fetched a whole shard and wrote it in one transaction held the shard twice over: a
 cold one-byte read of a 400 MiB shard took its process up by 801 MiB.
 
-So a promotion whose stored frames add up to more than ``promotion_chunk_bytes``
-(64 MiB) fetches, verifies and writes them a chunk of about that size at a time, each chunk in
-a transaction of its own. Those frames are *staged*: they belong to a generation whose
-record still says cold, and no read looks for the frames of a cold generation. The
-shard turns hot in one last transaction, which writes its record (the mover's, like
-any promotion's), so no reader ever sees part of a shard.
+So a promotion whose frames' payload adds up to more than ``promotion_chunk_bytes``
+(64 MiB) fetches, verifies and writes them a chunk of about that size at a time, each
+chunk in a transaction of its own. Payload, not stored bytes: a shard of exactly 64 MiB
+of 4 MiB frames is one chunk, though its checksums (or tags) take it a little past.
+Those frames are *staged*: they belong to a generation whose record still says cold,
+and no read looks for the frames of a cold generation. The shard turns hot in one last
+transaction, which writes its record (the mover's, like any promotion's), so no reader
+ever sees part of a shard.
 
 A marker in the catalog's ``meta`` sub-database (generation → frame count), written
 with the first chunk and dropped with the record's last transaction, keeps every
@@ -98,9 +100,9 @@ class Spooler:
         #: at once: the chunk fetched and LMDB's uncommitted copy of it, 2-3x this).
         self.chunk_bytes = chunk_bytes
 
-    def spools(self, stored_bytes: int) -> bool:
-        """Whether a promotion of ``stored_bytes`` is spooled (see the module docstring)."""
-        return stored_bytes > self.chunk_bytes
+    def spools(self, record: ShardRecord) -> bool:
+        """Whether a promotion of ``record`` is spooled (see the module docstring)."""
+        return sum(record.frame_sizes) > self.chunk_bytes
 
     def stage(self, record: ShardRecord, fetcher: ArchivedFrames, pool: Executor) -> Staged:
         """Fetch (with ``fetcher``, on ``pool``), verify and write every stored frame of
@@ -111,7 +113,7 @@ class Spooler:
         IntegrityError for a frame that fails verification).
         """
         sizes = fetcher.sizes
-        for run in chunks(sizes, self.chunk_bytes):
+        for run in chunks(record.frame_sizes, self.chunk_bytes):
             if self._stop.is_set():
                 return Staged.STOPPED
             fetched = list(pool.map(fetcher.fetch, run))
