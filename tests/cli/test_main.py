@@ -90,14 +90,15 @@ class FakeClient:
 
     def evict(self, dataset: str, shard: str) -> int:
         self._known("evict", dataset, shard)
-        return 0 if shard in ("pinned", "ttl", "unarchived", "cold") else 100
+        return 0 if shard in ("pinned", "ttl", "unarchived", "cold", "empty") else 100
 
     def stat(self, dataset: str, shard: str) -> ShardInfo:
         self._known("stat", dataset, shard)
         pins = {"ttl": (True, 1_700_003_600.0), "pinned": (True, 0.0)}
         pinned, until = pins.get(shard, (False, 0.0))
-        hot, archived = shard != "cold", shard != "unarchived"
-        info = ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, hot, archived)
+        hot, archived = shard not in ("cold", "empty"), shard != "unarchived"
+        sizes = () if shard == "empty" else (1,)
+        info = ShardInfo(dataset, shard, 1, ShardKind.RAW, sizes, 0.0, False, hot, archived)
         return dataclasses.replace(info, pinned=pinned, pinned_until=until)
 
     def list(self, dataset: str, prefix: str) -> list[ShardInfo]:
@@ -441,6 +442,21 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
         "kept pinned: pinned (unpin it first)",
         "already cold: cold",
     ]
+
+
+def test_evict_names_each_shard_once_and_an_empty_one_as_evicted(client: FakeClient) -> None:
+    # Named twice, a shard freed by the first mention was listed as already cold; an
+    # empty shard frees nothing either way, and is cold after the evict.
+    client.shards = {"a", "empty", "cold"}
+    done = invoke("--json", "evict", "ds", "a", "empty", "a", "cold", "empty")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {
+        "evicted": ["a", "empty"],
+        "already_cold": ["cold"],
+        "not_evicted": [],
+        "freed_bytes": 100,
+        "kept": {},
+    }
 
 
 def test_stats_without_reads_show_no_ratios(client: FakeClient) -> None:

@@ -936,6 +936,7 @@ def evict(dataset: str, shards: list[str]) -> None:
     shard that stays is reported with the reason ("kept"), and one that was cold already
     as such ("already cold"), so nothing looks evicted that is not."""
     client = _client()
+    shards = list(dict.fromkeys(shards))  # each once: a second evict frees nothing
     freed_each: list[int] = []
     failure: errors.TierstoreError | None = None
     try:
@@ -945,6 +946,7 @@ def evict(dataset: str, shards: list[str]) -> None:
         failure = exc  # the ones before it are reported, kept ones with why
     done = shards[: len(freed_each)]
     kept: dict[str, str] = {}
+    already_cold: list[str] = []
     unknown = ""  # after an error that stopped it, the first failed stat ends the asking
     for shard, freed in zip(done, freed_each, strict=True):
         if freed:
@@ -955,16 +957,13 @@ def evict(dataset: str, shards: list[str]) -> None:
             if failure is None:
                 raise _fail(exc) from None
             why = unknown = f"not known ({type(exc).__name__} asking)"
-        if why:
+        if why == _EMPTY_AND_COLD:
+            continue  # evicted or not, it held nothing: evicted, as it is cold now
+        if why == _COLD:
+            already_cold.append(shard)  # it held bytes, and the evict freed none
+        else:
             kept[shard] = why
     freed = sum(freed_each)
-    # Cold now and nothing freed: it was cold before (or is an empty shard, which
-    # frees nothing either way).
-    already_cold = [
-        shard
-        for shard, freed_now in zip(done, freed_each, strict=True)
-        if not freed_now and shard not in kept
-    ]
     evicted = [shard for shard in done if shard not in kept and shard not in already_cold]
     report = {
         "evicted": evicted,
@@ -986,12 +985,17 @@ def evict(dataset: str, shards: list[str]) -> None:
     raise _fail(failure)
 
 
+#: what :func:`_why_still_hot` says of a cold shard, and of a cold empty one
+_COLD, _EMPTY_AND_COLD = "", "empty"
+
+
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:
-    """Why an evict freed nothing of ``shard``: "" when it is cold (nothing to do).
-    Raises what the stat raises."""
+    """Why an evict freed nothing of ``shard``: :data:`_COLD` when it is cold (it was
+    already), :data:`_EMPTY_AND_COLD` when it is cold and empty (an evict frees nothing
+    of it either way). Raises what the stat raises."""
     info = client.stat(dataset, shard)
     if not info.hot:
-        return ""
+        return _EMPTY_AND_COLD if info.size == 0 else _COLD
     if info.pinned:
         return "pinned (unpin it first)"
     if not info.archived:
