@@ -27,6 +27,7 @@ def test_a_hot_tier_smaller_than_a_frame_names_both_figures() -> None:
         ("[archive]\nbucket = 5", "archive.bucket must be a string"),
         ("cold_read_parallelism = -1", "cold_read_parallelism must be at least 1"),
         ("promotion_chunk_bytes = 0", "promotion_chunk_bytes must be at least 1"),
+        ("put_chunk_bytes = 0", "put_chunk_bytes must be at least 1"),
         ("mover_threads = 2.5", "mover_threads must be a whole number"),
         ("mover_threads = 65", "mover_threads must be at most 64"),
         ("high_watermark = true", "high_watermark must be a number"),

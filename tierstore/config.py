@@ -90,6 +90,10 @@ class EngineSettings:
     #: a promotion of a shard of more payload than this fetches and writes it this much
     #: at a time, the most it holds in memory (engine/spool.py).
     promotion_chunk_bytes: int = 64 * MiB
+    #: a put of more payload than this is written this much at a time, each part in a
+    #: transaction of its own, so it neither holds its whole shard in memory as LMDB's
+    #: uncommitted copy nor the writer from other puts (engine/writepath.py).
+    put_chunk_bytes: int = 64 * MiB
     #: nice steps the mover's journal thread (uploads, evictions) and fill thread (cache
     #: fills) run below the threads serving callers (0: the same priority); promotions
     #: that fetch are not lowered. See engine/background.py.
@@ -148,6 +152,7 @@ class EngineSettings:
             "cold_read_parallelism": self.cold_read_parallelism,
             "mover_threads": self.mover_threads,
             "promotion_chunk_bytes": self.promotion_chunk_bytes,
+            "put_chunk_bytes": self.put_chunk_bytes,
         }
         for name, count in at_least_one.items():
             if count < 1:

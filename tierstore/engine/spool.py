@@ -45,7 +45,7 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
-__all__ = ["Spooler", "Staged", "chunks", "drop_abandoned"]
+__all__ = ["Spooler", "Staged", "chunks", "drop_abandoned", "drop_staged", "drop_staged_in"]
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +134,28 @@ class Spooler:
         return Staged.DONE
 
     def drop(self, generation: int) -> None:
-        """Delete the frames staged for ``generation`` and its marker. Best effort: if
-        the hot tier fails now, they are dropped when a store next opens it."""
-        with self._env.read() as txn:
-            if not self._catalog.staged_frame_count(txn, generation):
-                return  # nothing was staged (the marker comes with the first chunk)
-        try:
-            with self._env.write() as txn:
-                drop_staged_in(txn, self._catalog, self._frames, generation)
-        except Exception as exc:  # in a finally: the promotion's own error comes first
-            log.warning(
-                "could not drop the frames staged for generation %d (the next open will): %s",
-                generation,
-                exc,
-            )
+        """Delete the frames staged for ``generation`` and its marker (see :func:`drop_staged`)."""
+        drop_staged(self._env, self._catalog, self._frames, generation)
+
+
+def drop_staged(
+    environment: LmdbEnvironment, catalog: Catalog, frames: LmdbTier, generation: int
+) -> None:
+    """Delete the frames staged for ``generation`` and its marker, in a write
+    transaction of their own. Best effort, for a ``finally``: if the hot tier fails
+    now, they are dropped when a store next opens it (the caller's error comes first)."""
+    with environment.read() as txn:
+        if not catalog.staged_frame_count(txn, generation):
+            return  # nothing was staged (the marker comes with the first chunk)
+    try:
+        with environment.write() as txn:
+            drop_staged_in(txn, catalog, frames, generation)
+    except Exception as exc:
+        log.warning(
+            "could not drop the frames staged for generation %d (the next open will): %s",
+            generation,
+            exc,
+        )
 
 
 def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int) -> None:
@@ -159,8 +167,8 @@ def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int
 
 
 def drop_abandoned(environment: LmdbEnvironment, catalog: Catalog, frames: LmdbTier) -> int:
-    """At open, before any promotion runs: drop the frames of every promotion a crash
-    cut short while it staged them; returns how many such promotions there were.
+    """At open, before any promotion or put runs: drop the frames of every promotion or
+    put a crash cut short while it staged them; returns how many there were.
 
     A generation a hot record holds keeps its frames (only its marker goes): the
     commit that turns a generation hot drops its marker, but a store written before
@@ -177,5 +185,8 @@ def drop_abandoned(environment: LmdbEnvironment, catalog: Catalog, frames: LmdbT
                 catalog.unmark_staging(txn, generation)
             else:
                 drop_staged_in(txn, catalog, frames, generation)
-    log.info("dropped the staged frames of %d promotions cut short by an earlier stop", len(staged))
+    log.info(
+        "dropped the staged frames of %d promotions or puts cut short by an earlier stop",
+        len(staged),
+    )
     return len(staged)

@@ -4,13 +4,17 @@ seal (checksum or AES-GCM, see :mod:`tierstore.engine.sealing`; the next frame o
 helper thread while this one is stored, :mod:`tierstore.engine.sealahead`) → one LMDB
 transaction holding frames + catalog record + upload-journal entry, fsynced on
 commit → acknowledge (``write-back``), or upload first and then acknowledge
-(``write-through``). A new generation replaces the previous one in that same
-transaction; deleting a generation drops its hot frames and catalog record and
-journals the deletion for the archive. The placement policies hear of both inside
-the same transaction (an overwrite is a removal, then an insertion).
+(``write-through``). A put of more than ``put_chunk_bytes`` of payload writes its
+frames first, staged a chunk per transaction (as large promotions do,
+:mod:`tierstore.engine.spool`), and commits the record and journal entry last.
+A new generation replaces the previous one in the record's transaction; deleting a
+generation drops its hot frames and catalog record and journals the deletion for the
+archive. The placement policies hear of both inside the same transaction (an
+overwrite is a removal, then an insertion).
 
 Thread safety: a :class:`ShardWriter` is safe to share between threads.
-Generations are handed out under a lock; each commit is one write transaction.
+Generations are handed out under a lock; each record commits in one write
+transaction; puts of one shard run one at a time.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, sealing_overhead, stored_size
+from tierstore.engine.shardlocks import KeyedLocks
+from tierstore.engine.spool import chunks, drop_staged
 from tierstore.errors import (
     ArchiveUnavailable,
     BacklogFull,
+    FailedPrecondition,
     HotTierFull,
     IntegrityError,
     QuotaExceeded,
@@ -60,6 +67,13 @@ def _stored_sizes(framed: FramedValue, encrypted: bool) -> tuple[int, ...]:
     return tuple(frame.nbytes + overhead for frame in framed.frames)
 
 
+def _check_sealed(index: int, frame: bytes | bytearray, sizes: tuple[int, ...]) -> None:
+    """Raise RuntimeError unless sealed ``frame`` is the size the quota and hot-bytes
+    counters assumed for it."""
+    if len(frame) != sizes[index]:
+        raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes, not {sizes[index]}")
+
+
 class ShardWriter:
     """Commits and deletes shard generations for a store."""
 
@@ -81,6 +95,8 @@ class ShardWriter:
         self._sealers = sealers
         self._mover = mover
         self._generation_lock = threading.Lock()
+        #: held by each put of a shard from taking its generation until it commits
+        self._shard_locks = KeyedLocks()
         #: places for puts waiting for quota room (see :mod:`tierstore.engine.quotawait`).
         self._quota_waiters = WaitingPlaces(settings.max_quota_waiters)
         #: seals a put's next frame while the writer stores the current one.
@@ -134,7 +150,14 @@ class ShardWriter:
         nothing stored (the service checks there that the caller may still write).
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
-        committed locally and the mover keeps trying).
+        committed locally and the mover keeps trying), FailedPrecondition (a staged
+        put whose dataset was made again with the other encryption meanwhile).
+
+        A put of more payload than ``put_chunk_bytes`` is *staged*: its frames are
+        written a chunk per transaction (:meth:`_stage`), invisible until the record
+        commits, so it holds neither its whole shard in memory as LMDB's uncommitted
+        copy nor the writer from other puts meanwhile. Any put holds its shard's lock
+        (:mod:`tierstore.engine.shardlocks`) until it commits.
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
@@ -145,46 +168,25 @@ class ShardWriter:
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
-        refused_once = False
-        dead_readers_freed = False
-        room_rounds = 0
+        staged: ShardRecord | None = None
+        committed = False
         try:
-            while True:
-                self._make_quota_room(dataset, shard, stored_total, wait)
-                wait.release()  # done waiting, for now: the commit holds no place
-                room_rounds += 1
-                evicted_all = self._mover.make_room(stored_total)
-                tries = self._mover.progress()
-                try:
-                    settings, record, seq = self._commit_locally(
-                        dataset,
-                        shard,
-                        framed,
-                        evicted_all or room_rounds >= _ROOM_ROUNDS,
-                        admit,
-                    )
-                    break
-                except _RoomTaken:
-                    continue  # concurrent puts took the room: evict again
-                except MapFullOfDeadReaders as full:
-                    # Dead processes' snapshots held the pages; their slots are free
-                    # now. Once more, and only once: full again is full.
-                    if dead_readers_freed:
-                        raise HotTierFull(str(full)) from full
-                    dead_readers_freed = True
-                except QuotaExceeded as refused:
-                    # Another put took the room meanwhile. Evict again at once (a shard
-                    # may have been archived since), then only while waiting can help.
-                    if refused_once:
-                        if not self._quota_wait_helps(dataset, wait):
-                            raise QuotaExceeded(
-                                f"{refused}; it may wait no longer: {wait.refusal()}; retry "
-                                "when the mover has archived more, or raise the quota"
-                            ) from None
-                        self._wait_for_progress(tries, wait)
-                    refused_once = True
+            with self._shard_locks.held((dataset, shard)):
+                if sum(frame.nbytes for frame in framed.frames) > self._settings.put_chunk_bytes:
+                    # What is sure to fail at the commit fails before anything is staged.
+                    self._quota_now(dataset, shard, stored_total)
+                    with self._env.read() as txn:
+                        self._check_backlog(txn, stored_total)
+                    self._mover.make_room(stored_total)  # best effort, before staging
+                    staged = self._stage(dataset, shard, framed, settings.encrypted)
+                settings, record, seq = self._commit_with_room(
+                    dataset, shard, framed, stored_total, wait, admit, staged
+                )
+                committed = True
         finally:
             wait.release()
+            if staged is not None and not committed:
+                drop_staged(self._env, self._catalog, self._frames, staged.generation)
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry_in_order(seq, dataset, shard):
                 raise ArchiveUnavailable(
@@ -216,6 +218,113 @@ class ShardWriter:
         else:
             self._mover.wake()
         return record.to_info(record.created_at)
+
+    def _commit_with_room(
+        self,
+        dataset: str,
+        shard: str,
+        framed: FramedValue,
+        stored_total: int,
+        wait: QuotaWait,
+        admit: Callable[[], None] | None,
+        staged: ShardRecord | None,
+    ) -> tuple[DatasetSettings, ShardRecord, int]:
+        """:meth:`_commit_locally`, after making room for ``stored_total`` bytes in the
+        dataset's quota and below the high watermark, again while concurrent puts take
+        it first (waiting as ``wait`` allows). Raises as :meth:`commit`."""
+        refused_once = False
+        dead_readers_freed = False
+        room_rounds = 0
+        while True:
+            self._make_quota_room(dataset, shard, stored_total, wait)
+            wait.release()  # done waiting, for now: the commit holds no place
+            room_rounds += 1
+            evicted_all = self._mover.make_room(stored_total)
+            tries = self._mover.progress()
+            try:
+                return self._commit_locally(
+                    dataset,
+                    shard,
+                    framed,
+                    evicted_all or room_rounds >= _ROOM_ROUNDS,
+                    admit,
+                    staged,
+                )
+            except _RoomTaken:
+                continue  # concurrent puts took the room: evict again
+            except MapFullOfDeadReaders as full:
+                # Dead processes' snapshots held the pages; their slots are free
+                # now. Once more, and only once: full again is full.
+                if dead_readers_freed:
+                    raise HotTierFull(str(full)) from full
+                dead_readers_freed = True
+            except QuotaExceeded as refused:
+                # Another put took the room meanwhile. Evict again at once (a shard
+                # may have been archived since), then only while waiting can help.
+                if refused_once:
+                    if not self._quota_wait_helps(dataset, wait):
+                        raise QuotaExceeded(
+                            f"{refused}; it may wait no longer: {wait.refusal()}; retry "
+                            "when the mover has archived more, or raise the quota"
+                        ) from None
+                    self._wait_for_progress(tries, wait)
+                refused_once = True
+
+    def _stage(self, dataset: str, shard: str, framed: FramedValue, encrypted: bool) -> ShardRecord:
+        """Write the sealed frames of a new generation of ``dataset/shard`` into the hot
+        tier, ``put_chunk_bytes`` of payload per transaction, as *staged* frames (see
+        :mod:`tierstore.engine.spool`): no record names them yet, and a marker accounts
+        for them until :meth:`_commit_locally` commits the record (or they are dropped).
+        Returns that record (not in the catalog). Raises HotTierFull, with nothing left
+        staged, when the map has no room for a chunk.
+        """
+        record, sealer = self._new_generation_of(dataset, shard, framed, encrypted)
+        sizes = _stored_sizes(framed, encrypted)
+        payloads = [frame.nbytes for frame in framed.frames]
+        try:
+            with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as sealed:
+                for run in chunks(payloads, self._settings.put_chunk_bytes):
+                    # Sealed before the transaction: the writer is held to copy them in.
+                    frames = [next(sealed) for _ in run]
+                    with self._env.write() as txn:
+                        needed, free = self._env.room_for(txn, (len(f) for f in frames))
+                        if needed > free:
+                            raise HotTierFull(self._full(dataset, shard, needed, free))
+                        if run.start == 0:
+                            self._catalog.mark_staging(txn, record.generation, len(sizes))
+                        for index, frame in zip(run, frames, strict=True):
+                            _check_sealed(index, frame, sizes)
+                            self._frames.put_in(txn, frame_key(record.generation, index), frame)
+                    del frames  # one chunk in memory at a time
+        except BaseException:
+            drop_staged(self._env, self._catalog, self._frames, record.generation)
+            raise
+        return record
+
+    def _check_backlog(self, txn: Any, stored_total: int) -> None:
+        """Raise BacklogFull if a put of ``stored_total`` bytes would take the bytes
+        waiting for the archive past the cap (one put always goes in when none wait)."""
+        backlog = self._catalog.counter(txn, "backlog_bytes")
+        if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
+            raise BacklogFull(
+                f"{backlog} bytes wait for the archive "
+                f"(cap {self._settings.backlog_cap_bytes}); "
+                + (
+                    f"the mover is failing ({self._archive_trouble()}): retry once the "
+                    "archive is back and the mover has caught up"
+                    if self._mover.archive_failure()
+                    else "retry when the mover has caught up"
+                )
+            )
+
+    def _full(self, dataset: str, shard: str, needed: int, free: int) -> str:
+        """HotTierFull's message for a put that needs ``needed`` pages, ``free`` free."""
+        return (
+            f"hot tier at {self._env.path} is full: {dataset}/{shard} needs about "
+            f"{needed} pages and {max(free, 0)} are free beyond the "
+            f"{self._env.reserve_pages()} kept for deletes and evictions; delete or "
+            "evict shards, or raise map_size_bytes"
+        )
 
     def _quota_now(self, dataset: str, shard: str, stored_total: int) -> int:
         """``dataset``'s hot-tier quota as it is now (0: none). Raises DatasetNotFound,
@@ -300,6 +409,7 @@ class ShardWriter:
         framed: FramedValue,
         may_pass_watermark: bool,
         admit: Callable[[], None] | None = None,
+        staged: ShardRecord | None = None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """Seal and write a new generation's frames, catalog record and upload-journal
         entry in one write transaction, replacing the shard's previous generation;
@@ -315,6 +425,12 @@ class ShardWriter:
         The generation is taken inside the transaction, so generations are committed
         in the order they are numbered: the newest generation of a shard is always
         the current one, which a rebuild from the archive relies on.
+
+        ``staged``: the record of a generation whose frames :meth:`_stage` wrote; it is
+        committed instead (its frames' marker goes). Its generation was taken before
+        this transaction, so the shard's lock, held since, keeps every put of the shard
+        after it. Raises FailedPrecondition when its dataset was made again with the
+        other encryption meanwhile (its frames are sealed as the old one was).
         """
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
@@ -322,18 +438,7 @@ class ShardWriter:
                 admit()  # in the transaction: no delete (it takes the writer) slips in after
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
-            backlog = self._catalog.counter(txn, "backlog_bytes")
-            if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
-                raise BacklogFull(
-                    f"{backlog} bytes wait for the archive "
-                    f"(cap {self._settings.backlog_cap_bytes}); "
-                    + (
-                        f"the mover is failing ({self._archive_trouble()}): retry once the "
-                        "archive is back and the mover has caught up"
-                        if self._mover.archive_failure()
-                        else "retry when the mover has caught up"
-                    )
-                )
+            self._check_backlog(txn, stored_total)
             previous = self._catalog.get_shard(txn, dataset, shard)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
             quota = settings.hot_quota_bytes
@@ -347,15 +452,13 @@ class ShardWriter:
                 txn, stored_total - leaving
             ):
                 raise _RoomTaken
-            needed, free = self._env.room_for(txn, sizes)
-            if needed > free:
-                raise HotTierFull(
-                    f"hot tier at {self._env.path} is full: {dataset}/{shard} needs about "
-                    f"{needed} pages and {max(free, 0)} are free beyond the "
-                    f"{self._env.reserve_pages()} kept for deletes and evictions; delete or "
-                    "evict shards, or raise map_size_bytes"
-                )
-            record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
+            if staged is None:
+                needed, free = self._env.room_for(txn, sizes)
+                if needed > free:
+                    raise HotTierFull(self._full(dataset, shard, needed, free))
+                record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
+            else:
+                record = self._staged_record(txn, staged, settings, previous)
             if previous is not None and previous.pinned:
                 # Pins are set by name: a new generation stays pinned as the old one was.
                 record = record.with_state(pinned=True, pinned_until=previous.pinned_until)
@@ -364,13 +467,15 @@ class ShardWriter:
                 # Its archive objects are deleted by an entry after this put's upload
                 # (below): the archive always holds one generation or the other.
                 self.delete_in(txn, previous, tell_policy=False, journal=False)
-            # Sealed inside the transaction, so that sealing the next frame overlaps
-            # storing this one; the commit (and its fsync) dominates the lock's time.
-            with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as frames:
-                for index, frame in enumerate(frames):
-                    if len(frame) != sizes[index]:  # the quota and counters assumed it
-                        raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes")
-                    self._frames.put_in(txn, frame_key(generation, index), frame)
+            if staged is None:
+                # Sealed inside the transaction, so that sealing the next frame overlaps
+                # storing this one; the commit (and its fsync) dominates the lock's time.
+                with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as frames:
+                    for index, frame in enumerate(frames):
+                        _check_sealed(index, frame, sizes)
+                        self._frames.put_in(txn, frame_key(generation, index), frame)
+            else:
+                self._catalog.unmark_staging(txn, generation)
             self._catalog.put_shard(txn, record)
             self._catalog.add_counter(txn, "hot_bytes", stored_total)
             seq = self._catalog.append_journal(
@@ -390,6 +495,34 @@ class ShardWriter:
                 self._policies.removed((dataset, shard))
             self._policies.inserted((dataset, shard), stored_total)
         return settings, record, seq
+
+    def _staged_record(
+        self,
+        txn: Any,
+        staged: ShardRecord,
+        settings: DatasetSettings,
+        previous: ShardRecord | None,
+    ) -> ShardRecord:
+        """``staged``, checked in the committing transaction ``txn`` against its dataset's
+        ``settings`` and the shard's ``previous`` record, its data key rewrapped if the
+        master key was rotated since it was made. Raises FailedPrecondition."""
+        where = f"{staged.dataset}/{staged.name}"
+        if (staged.envelope is not None) != settings.encrypted:
+            raise FailedPrecondition(
+                f"{staged.dataset} was deleted and made again "
+                f"{'with' if settings.encrypted else 'without'} encryption while {where} "
+                "was being written: nothing was stored; put it again"
+            )
+        staged_frames = self._catalog.staged_frame_count(txn, staged.generation)
+        if staged_frames != len(staged.frame_sizes):
+            raise RuntimeError(
+                f"{where}: {staged_frames} frames staged of {len(staged.frame_sizes)}"
+            )
+        if previous is not None and previous.generation > staged.generation:
+            raise RuntimeError(f"{where}: a newer generation committed while this one staged")
+        if staged.envelope is None:
+            return staged
+        return self._sealers.rewrapped(staged) or staged
 
     def _new_generation_of(
         self, dataset: str, shard: str, framed: FramedValue, encrypted: bool

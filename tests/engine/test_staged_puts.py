@@ -1,0 +1,212 @@
+"""Puts of more than ``put_chunk_bytes`` of payload, staged a chunk per transaction.
+
+Each test holds the put as it seals the first frame of its second chunk: the first
+chunk is committed (staged), the writer is free, and the test looks at (and changes,
+or snapshots) the store before letting the put go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, record_of
+from tests.engine.stores import FRAME, KEY_1, KEY_2, StoreFactory, payload
+from tierstore.crypto import LocalKeyring
+from tierstore.engine.store import Store, hot_tier_dir
+from tierstore.errors import DatasetNotFound, FailedPrecondition, HotTierFull, ShardNotFound
+from tierstore.frames import FrameSealer
+from tierstore.types import DatasetSettings
+
+FRAMES = 10
+CHUNK_FRAMES = 3
+DATASETS = {"plain": DatasetSettings(), "enc": DatasetSettings(encrypted=True)}
+
+
+class SealGate:
+    """Holds the sealing of frame ``CHUNK_FRAMES`` (the second chunk's first) of a put
+    of ``FRAMES`` frames until :meth:`release`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached = threading.Event()
+        self._released = threading.Event()
+        original = FrameSealer.seal
+
+        def seal(sealer: FrameSealer, index: int, data: Any) -> Any:
+            if sealer.frame_count == FRAMES and index == CHUNK_FRAMES:
+                self.reached.set()
+                assert self._released.wait(30), "the test never released the put"
+            return original(sealer, index, data)
+
+        monkeypatch.setattr(FrameSealer, "seal", seal)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def hold_again(self) -> None:
+        """Hold the next put too (once the last one is past the gate)."""
+        self.reached.clear()
+        self._released.clear()
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[SealGate]:
+    held = SealGate(monkeypatch)
+    yield held
+    held.release()  # a failed test must not leave a put waiting
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def staging_store(open_store: StoreFactory, **overrides: Any) -> Store:
+    return open_store(datasets=DATASETS, put_chunk_bytes=CHUNK_FRAMES * FRAME, **overrides)
+
+
+def held_put(
+    store: Store, gate: SealGate, pool: ThreadPoolExecutor, dataset: str, data: bytes
+) -> Future[Any]:
+    """Start a put of ``data`` as ``dataset/big``; returns once its first chunk is staged."""
+    put = pool.submit(store.put, dataset, "big", data)
+    assert gate.reached.wait(10), "the put did not reach its second chunk"
+    return put
+
+
+def staged(store: Store) -> dict[int, int]:
+    with store._env.read() as txn:
+        return store._catalog.staged(txn)
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_large_put_is_staged_a_chunk_at_a_time_and_appears_whole(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor, dataset: str
+) -> None:
+    store = staging_store(open_store)
+    old = payload(2 * FRAME, 1)
+    old_generation = store.put(dataset, "big", old).generation
+    data = payload(FRAMES * FRAME, 2)
+    put = held_put(store, gate, pool, dataset, data)
+    # The first chunk is committed, but readers see the old generation, whole.
+    [(generation, count)] = [(g, n) for g, n in staged(store).items()]
+    assert count == FRAMES and generation > old_generation
+    assert hot_frame_counts(store)[generation] == CHUNK_FRAMES
+    assert store.stat(dataset, "big").generation == old_generation
+    assert store.get(dataset, "big").to_bytes() == old
+    # The writer is free meanwhile: another shard's put commits at once.
+    assert store.put(dataset, "small", b"x" * 100).size == 100
+    gate.release()
+    info = put.result(30)
+    assert info.generation == generation
+    assert staged(store) == {}
+    assert store.get(dataset, "big").to_bytes() == data
+    assert hot_frame_counts(store)[generation] == FRAMES
+    assert old_generation not in hot_frame_counts(store)
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+    assert store.drain(10)
+    store.evict(dataset, "big")
+    assert store.get(dataset, "big").to_bytes() == data  # the archived copy too
+    assert len(store._writer._shard_locks) == 0  # a shard's lock goes with its last put
+
+
+def test_a_put_of_the_same_shard_waits_for_the_staged_one_and_wins(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    store = staging_store(open_store)
+    big = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 3))
+    later = pool.submit(store.put, "plain", "big", b"later")
+    gate.release()
+    first, second = big.result(30), later.result(30)
+    assert second.generation > first.generation
+    assert store.get("plain", "big").to_bytes() == b"later"
+    assert staged(store) == {}
+    assert first.generation not in hot_frame_counts(store)
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
+def test_a_store_opened_after_a_crash_while_staging_drops_the_staged_frames(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor, tmp_path: Path
+) -> None:
+    store = staging_store(open_store)
+    old = payload(FRAME, 4)
+    store.put("plain", "big", old)
+    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 5))
+    # What a kill -9 now would leave on disk: LMDB's last committed transaction.
+    crashed = tmp_path / "crashed"
+    hot_tier_dir(crashed).mkdir(parents=True)
+    store._env.env.copy(str(hot_tier_dir(crashed)))
+    gate.release()
+    put.result(30)
+
+    reopened = open_store(data_dir=crashed)
+    assert staged(reopened) == {}
+    assert list(hot_frame_counts(reopened).values()) == [1]  # the old generation only
+    assert reopened.get("plain", "big").to_bytes() == old
+    counter, actual = catalog_hot_bytes(reopened)
+    assert counter == actual
+
+
+def test_a_dataset_deleted_while_a_put_stages_leaves_nothing_behind(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    store = staging_store(open_store)
+    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 6))
+    store.delete_dataset("plain", force=True)
+    gate.release()
+    with pytest.raises(DatasetNotFound):
+        put.result(30)
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {}
+    # Made again with encryption: a put staged for the plaintext one cannot land in it.
+    store.create_dataset("plain")
+    gate.hold_again()
+    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 7))
+    store.delete_dataset("plain", force=True)
+    store.create_dataset("plain", DatasetSettings(encrypted=True))
+    gate.release()
+    with pytest.raises(FailedPrecondition, match="made again with encryption"):
+        put.result(30)
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {}
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "big")
+
+
+def test_a_key_rotated_while_a_put_stages_wraps_its_data_key_under_the_new_key(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    store = staging_store(open_store)
+    data = payload(FRAMES * FRAME, 8)
+    put = held_put(store, gate, pool, "enc", data)
+    store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    gate.release()
+    put.result(30)
+    envelope = record_of(store, "enc", "big").envelope
+    assert envelope is not None and envelope.wrapped.key_id == "k2"
+    assert store.drain(10)  # the archive's metadata resealed under k2 too
+    store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
+    assert store.get("enc", "big").to_bytes() == data
+
+
+def test_a_put_whose_chunk_finds_no_room_drops_what_it_staged(open_store: StoreFactory) -> None:
+    # A map of 1 MiB has room for the first chunks of a 2 MiB put, not for all of them.
+    store = open_store(
+        datasets=DATASETS,
+        put_chunk_bytes=16 * FRAME,
+        hot_capacity_bytes=8 << 20,
+        map_size_bytes=1 << 20,
+    )
+    with pytest.raises(HotTierFull, match="plain/big needs about"):
+        store.put("plain", "big", payload(2 << 20, 9))
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {}
+    assert store.put("plain", "small", b"fits").size == 4  # and the store goes on
