@@ -15,17 +15,22 @@ from typing import Any
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, record_of
+from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, put_raw_record, record_of
 from tests.engine.stores import FRAME, KEY_1, KEY_2, StoreFactory, payload
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import DatasetNotFound, FailedPrecondition, HotTierFull, ShardNotFound
 from tierstore.frames import FrameSealer
-from tierstore.types import DatasetSettings
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings, Durability
 
 FRAMES = 10
 CHUNK_FRAMES = 3
-DATASETS = {"plain": DatasetSettings(), "enc": DatasetSettings(encrypted=True)}
+DATASETS = {
+    "plain": DatasetSettings(),
+    "enc": DatasetSettings(encrypted=True),
+    "wt": DatasetSettings(durability=Durability.WRITE_THROUGH),
+}
 
 
 class SealGate:
@@ -114,19 +119,23 @@ def test_a_large_put_is_staged_a_chunk_at_a_time_and_appears_whole(
     assert store.drain(10)
     store.evict(dataset, "big")
     assert store.get(dataset, "big").to_bytes() == data  # the archived copy too
-    assert len(store._writer._shard_locks) == 0  # a shard's lock goes with its last put
+    assert store._writer.first_uncommitted_generation() > generation
 
 
-def test_a_put_of_the_same_shard_waits_for_the_staged_one_and_wins(
-    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+@pytest.mark.parametrize("dataset", ["plain", "wt"])
+def test_a_put_of_the_same_shard_overtakes_a_staged_one(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor, dataset: str
 ) -> None:
+    # The later put takes a newer generation and commits first: the staged one, taken
+    # before it, must never become current (a shard's generations commit in order).
     store = staging_store(open_store)
-    big = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 3))
-    later = pool.submit(store.put, "plain", "big", b"later")
+    big = held_put(store, gate, pool, dataset, payload(FRAMES * FRAME, 3))
+    second = store.put(dataset, "big", b"later")
     gate.release()
-    first, second = big.result(30), later.result(30)
+    first = big.result(30)  # acknowledged: as if it came just before the later one
     assert second.generation > first.generation
-    assert store.get("plain", "big").to_bytes() == b"later"
+    assert store.stat(dataset, "big").generation == second.generation
+    assert store.get(dataset, "big").to_bytes() == b"later"
     assert staged(store) == {}
     assert first.generation not in hot_frame_counts(store)
     counter, actual = catalog_hot_bytes(store)
@@ -181,19 +190,48 @@ def test_a_dataset_deleted_while_a_put_stages_leaves_nothing_behind(
         store.stat("plain", "big")
 
 
-def test_a_key_rotated_while_a_put_stages_wraps_its_data_key_under_the_new_key(
+def test_a_damaged_record_repaired_while_a_put_stages_does_not_purge_the_put(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor, archive: MemoryTier
+) -> None:
+    # The repair purges the shard's archive objects older than the first generation
+    # that may still commit: the staged put's, taken before the repair (a review lost
+    # the put's archive copy when the bound was the next generation to hand out).
+    store = open_store(archive, datasets=DATASETS, put_chunk_bytes=CHUNK_FRAMES * FRAME)
+    store.put("plain", "x", b"v0")
+    assert store.drain(10)
+    store.mover.hold_archive("the archive is down")
+    store.put("plain", "x", b"v1")  # its upload and supersede entries wait
+    data = payload(FRAMES * FRAME, 10)
+    put = pool.submit(store.put, "plain", "x", data)
+    assert gate.reached.wait(10)
+    put_raw_record(store, "plain", "x", b"not a record")
+    store.delete("plain", "x")  # the repair, with a purge entry
+    gate.release()
+    generation = put.result(30).generation
+    store.mover.hold_archive(None)
+    assert store.drain(10)
+    assert record_of(store, "plain", "x").generation == generation
+    store.evict("plain", "x")
+    assert store.get("plain", "x").to_bytes() == data  # from the archive
+
+
+def test_a_key_rotated_and_retired_while_a_put_stages_does_not_fail_the_put(
     open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
 ) -> None:
+    # The commit wraps its data key under the current master key from the key in
+    # hand: unwrapping the envelope made under k1 failed once k1 was retired.
     store = staging_store(open_store)
-    data = payload(FRAMES * FRAME, 8)
+    data = payload(FRAMES * FRAME, 11)
     put = held_put(store, gate, pool, "enc", data)
     store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    assert store.drain(10)
+    left = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", left)
+    store.rotate_master_key(left)  # what `tierstore keys retire` does next
     gate.release()
     put.result(30)
     envelope = record_of(store, "enc", "big").envelope
     assert envelope is not None and envelope.wrapped.key_id == "k2"
-    assert store.drain(10)  # the archive's metadata resealed under k2 too
-    store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
     assert store.get("enc", "big").to_bytes() == data
 
 

@@ -274,8 +274,8 @@ def test_generations_are_committed_in_the_order_they_are_numbered(
     numbered_first = threading.Event()
     second_done = threading.Event()
 
-    def hold_the_first(self: Any) -> int:
-        generation = allocate(self)
+    def hold_the_first(self: Any, *args: Any) -> int:
+        generation = allocate(self, *args)
         if not numbered_first.is_set():
             numbered_first.set()
             second_done.wait(1.0)

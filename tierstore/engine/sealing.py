@@ -105,8 +105,9 @@ class ShardSealers:
         cipher = FrameCipher(data_key, record.envelope.nonce_prefix)
         return FrameSealer(context, len(record.frame_sizes), cipher)
 
-    def rewrapped(self, record: ShardRecord) -> ShardRecord | None:
-        """``record`` with its data key rewrapped under the keyring's current master key.
+    def rewrapped(self, record: ShardRecord, data_key: bytes | None = None) -> ShardRecord | None:
+        """``record`` with its data key rewrapped under the keyring's current master key
+        (``data_key``, when the caller holds it, is not unwrapped again).
 
         ``None`` when ``record`` is plaintext or already wrapped under that key. The
         frames are untouched: only the envelope changes. Raises EncryptionUnavailable
@@ -118,7 +119,8 @@ class ShardSealers:
         if envelope is None or envelope.wrapped.key_id == self._keyring.current_key_id:
             return None
         context = shard_context(record.dataset, record.name, record.generation)
-        data_key = self._keyring.unwrap(envelope.wrapped, context)
+        if data_key is None:
+            data_key = self._keyring.unwrap(envelope.wrapped, context)
         wrapped = self._keyring.wrap(data_key, context)
         return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
 

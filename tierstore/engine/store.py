@@ -519,10 +519,11 @@ class Store:
         self.mover.wake()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
-        """:func:`delete_damaged_in`, in a write transaction (where the generations
-        still to be handed out are exactly those from the writer's next one on)."""
-        next_generation = self._writer.next_generation()
-        delete_damaged_in(txn, self._catalog, self._frames, keys, next_generation)
+        """:func:`delete_damaged_in`, in a write transaction (where the generations that
+        may still commit are exactly those from the writer's first uncommitted one on:
+        a staged put's, taken before, or the next to be handed out)."""
+        first_open = self._writer.first_uncommitted_generation()
+        delete_damaged_in(txn, self._catalog, self._frames, keys, first_open)
 
     # Metadata.
 

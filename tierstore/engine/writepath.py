@@ -14,7 +14,7 @@ overwrite is a removal, then an insertion).
 
 Thread safety: a :class:`ShardWriter` is safe to share between threads.
 Generations are handed out under a lock; each record commits in one write
-transaction; puts of one shard run one at a time.
+transaction, and never after a newer generation of its shard.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -34,7 +35,6 @@ from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, sealing_overhead, stored_size
-from tierstore.engine.shardlocks import KeyedLocks
 from tierstore.engine.spool import chunks, drop_staged
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -74,6 +74,22 @@ def _check_sealed(index: int, frame: bytes | bytearray, sizes: tuple[int, ...]) 
         raise RuntimeError(f"frame {index} sealed to {len(frame)} bytes, not {sizes[index]}")
 
 
+class _Overtaken(Exception):
+    """Inside the write transaction: a staged put's shard has a newer generation."""
+
+
+@dataclass(frozen=True, slots=True)
+class _StagedPut:
+    """A generation whose frames are staged: its record, and its data key (encrypted)."""
+
+    record: ShardRecord
+    data_key: bytes | None
+
+    @property
+    def generation(self) -> int:
+        return self.record.generation
+
+
 class ShardWriter:
     """Commits and deletes shard generations for a store."""
 
@@ -95,8 +111,8 @@ class ShardWriter:
         self._sealers = sealers
         self._mover = mover
         self._generation_lock = threading.Lock()
-        #: held by each put of a shard from taking its generation until it commits
-        self._shard_locks = KeyedLocks()
+        #: generations of staged puts not yet committed or dropped (under the lock)
+        self._staging: set[int] = set()
         #: places for puts waiting for quota room (see :mod:`tierstore.engine.quotawait`).
         self._quota_waiters = WaitingPlaces(settings.max_quota_waiters)
         #: seals a put's next frame while the writer stores the current one.
@@ -113,11 +129,27 @@ class ShardWriter:
         """Puts waiting for room in their dataset's quota now."""
         return self._quota_waiters.taken
 
-    def _new_generation(self) -> int:
+    def _new_generation(self, staging: bool = False) -> int:
+        """The next generation; ``staging``: one a staged put commits transactions
+        later (:meth:`first_uncommitted_generation` counts it until
+        :meth:`_done_staging`)."""
         with self._generation_lock:
             generation = self._next_generation
             self._next_generation += 1
+            if staging:
+                self._staging.add(generation)
             return generation
+
+    def _done_staging(self, generation: int) -> None:
+        with self._generation_lock:
+            self._staging.discard(generation)
+
+    def first_uncommitted_generation(self) -> int:
+        """The oldest generation that may still be committed: a staged put's taken
+        before now, else the next one to be handed out. Read in a write transaction,
+        every generation older than it is committed, or never will be."""
+        with self._generation_lock:
+            return min(self._staging, default=self._next_generation)
 
     def next_generation(self) -> int:
         """The generation the next put will take (every one taken is older)."""
@@ -156,8 +188,9 @@ class ShardWriter:
         A put of more payload than ``put_chunk_bytes`` is *staged*: its frames are
         written a chunk per transaction (:meth:`_stage`), invisible until the record
         commits, so it holds neither its whole shard in memory as LMDB's uncommitted
-        copy nor the writer from other puts meanwhile. Any put holds its shard's lock
-        (:mod:`tierstore.engine.shardlocks`) until it commits.
+        copy nor the writer from other puts meanwhile. Its generation is taken before
+        its first chunk: a put of the same shard that took a newer one and committed
+        first overtakes it, and it never becomes current (see :meth:`_overtaken`).
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
@@ -168,25 +201,32 @@ class ShardWriter:
         if quota_wait_s is not None:
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
-        staged: ShardRecord | None = None
-        committed = False
+        staged: _StagedPut | None = None
+        committed = overtaken = False
         try:
-            with self._shard_locks.held((dataset, shard)):
-                if sum(frame.nbytes for frame in framed.frames) > self._settings.put_chunk_bytes:
-                    # What is sure to fail at the commit fails before anything is staged.
-                    self._quota_now(dataset, shard, stored_total)
-                    with self._env.read() as txn:
-                        self._check_backlog(txn, stored_total)
-                    self._mover.make_room(stored_total)  # best effort, before staging
-                    staged = self._stage(dataset, shard, framed, settings.encrypted)
+            if sum(frame.nbytes for frame in framed.frames) > self._settings.put_chunk_bytes:
+                # What is sure to fail at the commit fails before anything is staged.
+                self._quota_now(dataset, shard, stored_total)
+                with self._env.read() as txn:
+                    self._check_backlog(txn, stored_total)
+                self._mover.make_room(stored_total)  # best effort, before staging
+                staged = self._stage(dataset, shard, framed, settings.encrypted)
+            try:
                 settings, record, seq = self._commit_with_room(
                     dataset, shard, framed, stored_total, wait, admit, staged
                 )
                 committed = True
+            except _Overtaken:
+                overtaken = True
         finally:
             wait.release()
-            if staged is not None and not committed:
-                drop_staged(self._env, self._catalog, self._frames, staged.generation)
+            if staged is not None:
+                if not committed:
+                    drop_staged(self._env, self._catalog, self._frames, staged.generation)
+                self._done_staging(staged.generation)
+        if overtaken:
+            assert staged is not None
+            return self._overtaken(staged.record, settings)
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry_in_order(seq, dataset, shard):
                 raise ArchiveUnavailable(
@@ -194,13 +234,7 @@ class ShardWriter:
                     f"({self._archive_trouble()}); the mover keeps retrying"
                 )
             if not self._mover.archive_holds_since(dataset, shard, record.generation):
-                failing = self._mover.archive_failure() is not None
-                raise ArchiveUnavailable(
-                    f"{dataset}/{shard} is committed locally, but newer puts of it overtook "
-                    "this one and none of them has reached the archive yet "
-                    f"({self._archive_trouble() if failing else 'they kept coming'}"
-                    "); the mover keeps trying"
-                )
+                raise self._newer_not_archived(dataset, shard, "is committed locally, but")
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
             if (
@@ -219,6 +253,29 @@ class ShardWriter:
             self._mover.wake()
         return record.to_info(record.created_at)
 
+    def _newer_not_archived(self, dataset: str, shard: str, state: str) -> ArchiveUnavailable:
+        """The error of a write-through put overtaken by newer puts of its shard, none
+        of them archived yet."""
+        failing = self._mover.archive_failure() is not None
+        return ArchiveUnavailable(
+            f"{dataset}/{shard} {state} newer puts of it overtook this one and none of them "
+            f"has reached the archive yet "
+            f"({self._archive_trouble() if failing else 'they kept coming'}); the mover "
+            "keeps trying"
+        )
+
+    def _overtaken(self, record: ShardRecord, settings: DatasetSettings) -> ShardInfo:
+        """The answer to a staged put of ``record`` overtaken by a put of its shard that
+        took a newer generation and committed first. Its frames are dropped and it never
+        became current, as if it had committed just before the newer one (the two ran
+        at once): acknowledged, in a write-through dataset once the archive holds the
+        newer one. Raises ArchiveUnavailable (write-through) when it does not."""
+        if settings.durability is Durability.WRITE_THROUGH and not (
+            self._mover.archive_holds_since(record.dataset, record.name, record.generation)
+        ):
+            raise self._newer_not_archived(record.dataset, record.name, "was not stored:")
+        return record.to_info(record.created_at)
+
     def _commit_with_room(
         self,
         dataset: str,
@@ -227,7 +284,7 @@ class ShardWriter:
         stored_total: int,
         wait: QuotaWait,
         admit: Callable[[], None] | None,
-        staged: ShardRecord | None,
+        staged: _StagedPut | None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """:meth:`_commit_locally`, after making room for ``stored_total`` bytes in the
         dataset's quota and below the high watermark, again while concurrent puts take
@@ -270,15 +327,18 @@ class ShardWriter:
                     self._wait_for_progress(tries, wait)
                 refused_once = True
 
-    def _stage(self, dataset: str, shard: str, framed: FramedValue, encrypted: bool) -> ShardRecord:
+    def _stage(self, dataset: str, shard: str, framed: FramedValue, encrypted: bool) -> _StagedPut:
         """Write the sealed frames of a new generation of ``dataset/shard`` into the hot
         tier, ``put_chunk_bytes`` of payload per transaction, as *staged* frames (see
         :mod:`tierstore.engine.spool`): no record names them yet, and a marker accounts
         for them until :meth:`_commit_locally` commits the record (or they are dropped).
-        Returns that record (not in the catalog). Raises HotTierFull, with nothing left
-        staged, when the map has no room for a chunk.
+        Returns that record (not in the catalog) and its data key. Raises HotTierFull,
+        with nothing left staged, when the map has no room for a chunk. The caller calls
+        :meth:`_done_staging` once the generation is committed or dropped.
         """
-        record, sealer = self._new_generation_of(dataset, shard, framed, encrypted)
+        record, sealer, data_key = self._new_generation_of(
+            dataset, shard, framed, encrypted, staging=True
+        )
         sizes = _stored_sizes(framed, encrypted)
         payloads = [frame.nbytes for frame in framed.frames]
         try:
@@ -298,8 +358,9 @@ class ShardWriter:
                     del frames  # one chunk in memory at a time
         except BaseException:
             drop_staged(self._env, self._catalog, self._frames, record.generation)
+            self._done_staging(record.generation)
             raise
-        return record
+        return _StagedPut(record, data_key)
 
     def _check_backlog(self, txn: Any, stored_total: int) -> None:
         """Raise BacklogFull if a put of ``stored_total`` bytes would take the bytes
@@ -409,7 +470,7 @@ class ShardWriter:
         framed: FramedValue,
         may_pass_watermark: bool,
         admit: Callable[[], None] | None = None,
-        staged: ShardRecord | None = None,
+        staged: _StagedPut | None = None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """Seal and write a new generation's frames, catalog record and upload-journal
         entry in one write transaction, replacing the shard's previous generation;
@@ -426,11 +487,12 @@ class ShardWriter:
         in the order they are numbered: the newest generation of a shard is always
         the current one, which a rebuild from the archive relies on.
 
-        ``staged``: the record of a generation whose frames :meth:`_stage` wrote; it is
+        ``staged``: a generation whose frames :meth:`_stage` wrote; its record is
         committed instead (its frames' marker goes). Its generation was taken before
-        this transaction, so the shard's lock, held since, keeps every put of the shard
-        after it. Raises FailedPrecondition when its dataset was made again with the
-        other encryption meanwhile (its frames are sealed as the old one was).
+        this transaction: raises :class:`_Overtaken`, nothing written, when the shard's
+        current generation is newer, and FailedPrecondition when its dataset was made
+        again with the other encryption meanwhile (its frames are sealed as the old one
+        was).
         """
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
@@ -456,7 +518,9 @@ class ShardWriter:
                 needed, free = self._env.room_for(txn, sizes)
                 if needed > free:
                     raise HotTierFull(self._full(dataset, shard, needed, free))
-                record, sealer = self._new_generation_of(dataset, shard, framed, settings.encrypted)
+                record, sealer, _ = self._new_generation_of(
+                    dataset, shard, framed, settings.encrypted
+                )
             else:
                 record = self._staged_record(txn, staged, settings, previous)
             if previous is not None and previous.pinned:
@@ -499,37 +563,40 @@ class ShardWriter:
     def _staged_record(
         self,
         txn: Any,
-        staged: ShardRecord,
+        staged: _StagedPut,
         settings: DatasetSettings,
         previous: ShardRecord | None,
     ) -> ShardRecord:
-        """``staged``, checked in the committing transaction ``txn`` against its dataset's
-        ``settings`` and the shard's ``previous`` record, its data key rewrapped if the
-        master key was rotated since it was made. Raises FailedPrecondition."""
-        where = f"{staged.dataset}/{staged.name}"
-        if (staged.envelope is not None) != settings.encrypted:
+        """``staged``'s record, checked in the committing transaction ``txn`` against its
+        dataset's ``settings`` and the shard's ``previous`` record, its data key wrapped
+        again if the master key was rotated since it was made (from the key in hand: the
+        old master key may be retired by now). Raises _Overtaken, FailedPrecondition."""
+        record = staged.record
+        where = f"{record.dataset}/{record.name}"
+        if (record.envelope is not None) != settings.encrypted:
             raise FailedPrecondition(
-                f"{staged.dataset} was deleted and made again "
+                f"{record.dataset} was deleted and made again "
                 f"{'with' if settings.encrypted else 'without'} encryption while {where} "
                 "was being written: nothing was stored; put it again"
             )
-        staged_frames = self._catalog.staged_frame_count(txn, staged.generation)
-        if staged_frames != len(staged.frame_sizes):
+        if previous is not None and previous.generation > record.generation:
+            raise _Overtaken()
+        staged_frames = self._catalog.staged_frame_count(txn, record.generation)
+        if staged_frames != len(record.frame_sizes):
             raise RuntimeError(
-                f"{where}: {staged_frames} frames staged of {len(staged.frame_sizes)}"
+                f"{where}: {staged_frames} frames staged of {len(record.frame_sizes)}"
             )
-        if previous is not None and previous.generation > staged.generation:
-            raise RuntimeError(f"{where}: a newer generation committed while this one staged")
-        if staged.envelope is None:
-            return staged
-        return self._sealers.rewrapped(staged) or staged
+        if record.envelope is None or staged.data_key is None:
+            return record
+        return self._sealers.rewrapped(record, staged.data_key) or record
 
     def _new_generation_of(
-        self, dataset: str, shard: str, framed: FramedValue, encrypted: bool
-    ) -> tuple[ShardRecord, FrameSealer]:
+        self, dataset: str, shard: str, framed: FramedValue, encrypted: bool, staging: bool = False
+    ) -> tuple[ShardRecord, FrameSealer, bytes | None]:
         """The record of a new generation of ``dataset/shard`` holding ``framed``, with a
-        fresh data key if ``encrypted``, and its sealer."""
-        generation = self._new_generation()
+        fresh data key if ``encrypted``, its sealer and the data key (``staging``: see
+        :meth:`_new_generation`)."""
+        generation = self._new_generation(staging)
         envelope, data_key = None, None
         if encrypted:
             envelope, data_key = self._sealers.new_envelope(dataset, shard, generation)
@@ -543,7 +610,7 @@ class ShardWriter:
             envelope=envelope,
             rows=framed.rows,
         )
-        return record, self._sealers.sealer(record, data_key)
+        return record, self._sealers.sealer(record, data_key), data_key
 
     def delete_in(
         self, txn: Any, record: ShardRecord, *, tell_policy: bool = True, journal: bool = True
