@@ -19,7 +19,13 @@ from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, put_raw_r
 from tests.engine.stores import FRAME, KEY_1, KEY_2, StoreFactory, payload
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.store import Store, hot_tier_dir
-from tierstore.errors import DatasetNotFound, FailedPrecondition, HotTierFull, ShardNotFound
+from tierstore.errors import (
+    DatasetNotFound,
+    FailedPrecondition,
+    HotTierFull,
+    ShardNotFound,
+    StoreClosed,
+)
 from tierstore.frames import FrameSealer
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability
@@ -188,6 +194,39 @@ def test_a_dataset_deleted_while_a_put_stages_leaves_nothing_behind(
     assert hot_frame_counts(store) == {}
     with pytest.raises(ShardNotFound):
         store.stat("plain", "big")
+
+
+def test_an_overtaken_put_is_acknowledged_even_when_its_quota_is_full_by_then(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    # It commits nothing, so it needs no room: it was refused QuotaExceeded before.
+    quota = 12 * (FRAME + 8)
+    store = open_store(
+        datasets={"q": DatasetSettings(hot_quota_bytes=quota)},
+        put_chunk_bytes=CHUNK_FRAMES * FRAME,
+        quota_wait_s=0,
+    )
+    store.mover.hold_archive("the archive is down")  # nothing in the quota is evictable
+    big = held_put(store, gate, pool, "q", payload(FRAMES * FRAME, 12))
+    second = store.put("q", "big", b"overtakes")
+    store.put("q", "fill", payload(9 * FRAME, 13))  # the quota is nearly full now
+    gate.release()
+    assert big.result(30).generation < second.generation
+    assert store.get("q", "big").to_bytes() == b"overtakes"
+    assert staged(store) == {}
+
+
+def test_a_store_closed_while_a_put_stages_fails_the_put_and_forgets_it(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    store = staging_store(open_store)
+    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 14))
+    store.close()
+    gate.release()
+    with pytest.raises(StoreClosed):
+        put.result(30)
+    writer = store._writer
+    assert writer.first_uncommitted_generation() == writer.next_generation()
 
 
 def test_a_damaged_record_repaired_while_a_put_stages_does_not_purge_the_put(

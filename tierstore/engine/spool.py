@@ -143,11 +143,12 @@ def drop_staged(
 ) -> None:
     """Delete the frames staged for ``generation`` and its marker, in a write
     transaction of their own. Best effort, for a ``finally``: if the hot tier fails
-    now, they are dropped when a store next opens it (the caller's error comes first)."""
-    with environment.read() as txn:
-        if not catalog.staged_frame_count(txn, generation):
-            return  # nothing was staged (the marker comes with the first chunk)
+    now (or is closed), they are dropped when a store next opens it (the caller's error
+    comes first)."""
     try:
+        with environment.read() as txn:
+            if not catalog.staged_frame_count(txn, generation):
+                return  # nothing was staged (the marker comes with the first chunk)
         with environment.write() as txn:
             drop_staged_in(txn, catalog, frames, generation)
     except Exception as exc:

@@ -498,10 +498,12 @@ class ShardWriter:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             if admit is not None:
                 admit()  # in the transaction: no delete (it takes the writer) slips in after
+            previous = self._catalog.get_shard(txn, dataset, shard)
+            if staged is not None:  # first: overtaken or resealed, no room is worth waiting for
+                record = self._staged_record(txn, staged, settings, previous)
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
             self._check_backlog(txn, stored_total)
-            previous = self._catalog.get_shard(txn, dataset, shard)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
             quota = settings.hot_quota_bytes
             if not self._mover.fits_quota(dataset, quota, stored_total, leaving):
@@ -521,8 +523,6 @@ class ShardWriter:
                 record, sealer, _ = self._new_generation_of(
                     dataset, shard, framed, settings.encrypted
                 )
-            else:
-                record = self._staged_record(txn, staged, settings, previous)
             if previous is not None and previous.pinned:
                 # Pins are set by name: a new generation stays pinned as the old one was.
                 record = record.with_state(pinned=True, pinned_until=previous.pinned_until)
