@@ -204,7 +204,9 @@ class ShardWriter:
         staged: _StagedPut | None = None
         committed = overtaken = False
         try:
-            if sum(frame.nbytes for frame in framed.frames) > self._settings.put_chunk_bytes:
+            # Payload bytes, from the stored total: no second pass over every frame.
+            overhead = len(framed.frames) * sealing_overhead(settings.encrypted)
+            if stored_total - overhead > self._settings.put_chunk_bytes:
                 # What is sure to fail at the commit fails before anything is staged.
                 self._quota_now(dataset, shard, stored_total)
                 with self._env.read() as txn:
