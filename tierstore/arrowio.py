@@ -19,9 +19,9 @@ Every function here is pure (no I/O, no shared state) and therefore thread-safe.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import pyarrow as pa
 
@@ -34,7 +34,9 @@ from tierstore.errors import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "ArrowFrames",
     "check_columns",
+    "checked_arrow_frames",
     "fixed_list_values",
     "frames_to_table",
     "message_header_bytes",
@@ -235,21 +237,30 @@ class _FrameStream:
     Reads return zero-copy slices of the frames and never cross a frame boundary, so a
     message that does not fit its frame reads short and fails instead of borrowing bytes from
     the next frame. The decoded buffers keep the frames alive (they hold references).
+    Each frame is asked of ``frames`` once, as the stream reaches it, and only the
+    current one is kept here: frames made on demand (decrypted from a spool) are held
+    no longer than what was decoded from them.
     """
 
     def __init__(self, frames: Sequence[pa.Buffer]) -> None:
         self.frames = frames
         self.index = 0  # frame being read; names the culprit in errors
         self.offset = 0
+        #: frame ``index``, or None past the last
+        self.current: pa.Buffer | None = frames[0] if len(frames) else None
         self.closed = False
 
+    def _next_frame(self) -> None:
+        self.index += 1
+        self.offset = 0
+        self.current = self.frames[self.index] if self.index < len(self.frames) else None
+
     def read_buffer(self, nbytes: int = -1) -> pa.Buffer:
-        while self.index < len(self.frames) and self.offset >= self.frames[self.index].size:
-            self.index += 1
-            self.offset = 0
-        if self.index >= len(self.frames):
+        while self.current is not None and self.offset >= self.current.size:
+            self._next_frame()
+        if self.current is None:
             return pa.py_buffer(b"")
-        frame = self.frames[self.index]
+        frame = self.current
         out = frame.slice(self.offset) if nbytes < 0 else frame.slice(self.offset, nbytes)
         self.offset += out.size
         return out
@@ -257,8 +268,8 @@ class _FrameStream:
     read = read_buffer
 
     def at_end(self) -> bool:
-        return self.index >= len(self.frames) or (
-            self.index == len(self.frames) - 1 and self.offset >= self.frames[-1].size
+        return self.current is None or (
+            self.index == len(self.frames) - 1 and self.offset >= self.current.size
         )
 
     def readable(self) -> bool:
@@ -271,8 +282,17 @@ class _FrameStream:
         self.closed = True
 
 
-def _read_stream(frames: Sequence[pa.Buffer]) -> tuple[pa.Schema, list[tuple[int, pa.RecordBatch]]]:
-    """Decode frames as one IPC stream; return the schema and (frame index, batch) pairs."""
+#: called with each record batch as it is decoded, its frame's index and that frame
+BatchCheck: TypeAlias = Callable[[int, pa.RecordBatch, pa.Buffer], None]
+
+
+def _read_stream(
+    frames: Sequence[pa.Buffer], on_batch: BatchCheck | None = None
+) -> tuple[pa.Schema, list[tuple[int, pa.RecordBatch]]]:
+    """Decode frames as one IPC stream; return the schema and (frame index, batch) pairs.
+
+    With ``on_batch``, each batch is handed to it as it is decoded instead, and none is
+    kept (the list comes back empty): only the frame being read stays in memory."""
     if not frames:
         raise MalformedArrow("no frames: an Arrow shard has at least its schema frame")
     stream = _FrameStream(frames)
@@ -287,7 +307,11 @@ def _read_stream(frames: Sequence[pa.Buffer]) -> tuple[pa.Schema, list[tuple[int
             except StopIteration:
                 break
             batch.validate()  # cheap (no data scan); keeps a foreign batch from reading wild
-            batches.append((stream.index, batch))
+            if on_batch is None:
+                batches.append((stream.index, batch))
+                continue
+            assert stream.current is not None  # a batch was just read from it
+            on_batch(stream.index, batch, stream.current)  # its errors are not _ARROW_ERRORS
     except _ARROW_ERRORS as exc:
         raise MalformedArrow(f"frame {stream.index}: not a valid Arrow IPC message: {exc}") from exc
     if not stream.at_end():
@@ -521,10 +545,49 @@ def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None
                 )
 
 
+def _check_batch(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
+    """Refuse (MalformedArrow) a decoded batch that is invalid or not decoded in place."""
+    try:
+        batch.validate(full=True)
+    except _ARROW_ERRORS as exc:
+        raise MalformedArrow(f"frame {index}: invalid record batch: {exc}") from exc
+    _check_in_place(index, batch, frame)
+
+
+class _AsBuffers(Sequence[pa.Buffer]):
+    """``frames`` as Arrow buffers (:func:`_as_buffer`), each made when asked for."""
+
+    def __init__(self, frames: Sequence[BufferLike]) -> None:
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> pa.Buffer:  # type: ignore[override]  # no slices
+        return _as_buffer(self._frames[index])
+
+
 def validate_arrow_frames(
     frames: Sequence[BufferLike], max_frame_bytes: int | None = None
 ) -> pa.Schema:
     """Check that frames arriving pre-framed form a valid Arrow shard; return its schema.
+    As :func:`checked_arrow_frames`."""
+    return checked_arrow_frames(frames, max_frame_bytes).schema
+
+
+class ArrowFrames(NamedTuple):
+    """What :func:`checked_arrow_frames` found in valid frames."""
+
+    schema: pa.Schema
+    #: rows in all the record batches
+    rows: int
+
+
+def checked_arrow_frames(
+    frames: Sequence[BufferLike], max_frame_bytes: int | None = None
+) -> ArrowFrames:
+    """Check that frames arriving pre-framed form a valid Arrow shard; return its schema
+    and row count. Asks ``frames`` for each frame twice and keeps none.
 
     Checks: frame 0 is exactly one schema message; every later frame is exactly one record
     batch (or dictionary batch) message with no trailing bytes; everything decodes against
@@ -536,10 +599,12 @@ def validate_arrow_frames(
         MalformedArrow: anything else; the message names the frame and what was wrong.
         OversizeFrame: ``max_frame_bytes`` is given and a frame is larger.
     """
-    buffers = [_as_buffer(frame) for frame in frames]
-    if not buffers:
+    if not len(frames):
         raise MalformedArrow("no frames: an Arrow shard has at least its schema frame")
-    for index, frame in enumerate(buffers):
+    # Frame by frame, keeping none: frames made on demand (a large put decrypted from
+    # its spool) are held only while looked at.
+    for index in range(len(frames)):
+        frame = _as_buffer(frames[index])
         if max_frame_bytes is not None and frame.size > max_frame_bytes:
             raise OversizeFrame(
                 f"frame {index} is {frame.size} bytes, over max_frame_bytes={max_frame_bytes}"
@@ -563,14 +628,15 @@ def validate_arrow_frames(
                 f"frame {index}: a delta dictionary batch; tierstore stores whole "
                 "dictionaries, served in place (write with emit_dictionary_deltas off)"
             )
-    schema, batches = _read_stream(buffers)
-    for index, batch in batches:
-        try:
-            batch.validate(full=True)
-        except _ARROW_ERRORS as exc:
-            raise MalformedArrow(f"frame {index}: invalid record batch: {exc}") from exc
-        _check_in_place(index, batch, buffers[index])
-    return schema
+    rows = 0
+
+    def check(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
+        nonlocal rows
+        _check_batch(index, batch, frame)
+        rows += batch.num_rows
+
+    schema, _ = _read_stream(_AsBuffers(frames), on_batch=check)
+    return ArrowFrames(schema, rows)
 
 
 def fixed_list_values(array: pa.FixedSizeListArray) -> pa.Array:

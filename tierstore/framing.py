@@ -8,9 +8,10 @@ as they arrive from the network (validated here).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 
@@ -19,24 +20,77 @@ from tierstore.buffers import byte_view
 from tierstore.errors import InvalidArgument, OversizeFrame, UnsupportedData
 from tierstore.types import MAX_ROWS, ShardKind
 
-__all__ = ["FramedValue", "frame_prepared", "frame_value"]
+__all__ = ["FramedValue", "FramesOnDemand", "frame_prepared", "frame_value"]
+
+
+class FramesOnDemand(Sequence[memoryview], ABC):
+    """Frames made when asked for, each a fresh flat byte view, whose sizes are known
+    without making them: a put too large to hold whole in memory (an encrypted
+    dataset's put, decrypted from its spool file one frame at a time).
+
+    Whoever takes them asks for each frame when it needs it and keeps it no longer
+    (:func:`frame_prepared` for Arrow validation, the write path as it seals): each
+    ask may cost a frame's decryption, and memory holds a few frames, not the put.
+    """
+
+    @property
+    @abstractmethod
+    def sizes(self) -> tuple[int, ...]:
+        """Each frame's size in bytes."""
+
+    @abstractmethod
+    def frame(self, index: int) -> memoryview:
+        """Frame ``index`` (0 <= index < len), made now or kept from a recent ask."""
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @overload
+    def __getitem__(self, index: int) -> memoryview: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[memoryview]: ...
+
+    def __getitem__(self, index: int | slice) -> memoryview | Sequence[memoryview]:
+        if isinstance(index, slice):
+            return [self.frame(i) for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if not -count <= index < count:
+            raise IndexError(f"frame {index} of {count}")
+        return self.frame(index % count)
+
+
+def frame_sizes(frames: Sequence[memoryview]) -> tuple[int, ...]:
+    """Each frame's size, without making frames made on demand."""
+    if isinstance(frames, FramesOnDemand):
+        return frames.sizes
+    return tuple(frame.nbytes for frame in frames)
 
 
 @dataclass(frozen=True, slots=True)
 class FramedValue:
-    """A value cut into payload frames, each at most the frame limit."""
+    """A value cut into payload frames, each at most the frame limit.
+
+    ``frames`` may be :class:`FramesOnDemand`: iterate or index them as needed, and
+    take sizes from :attr:`sizes`, not from the frames."""
 
     kind: ShardKind
-    frames: tuple[memoryview, ...]
+    frames: Sequence[memoryview]
     #: rows in an Arrow or tensor shard's record batches; None for raw bytes
     rows: int | None = None
 
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Each frame's payload size."""
+        return frame_sizes(self.frames)
 
-def _arrow(kind: ShardKind, frames: tuple[memoryview, ...]) -> FramedValue:
+
+def _arrow(kind: ShardKind, frames: Sequence[memoryview], rows: int | None = None) -> FramedValue:
     """An Arrow or tensor shard of valid frames (framed here or validated), with its row
-    count from each frame's IPC metadata. Raises UnsupportedData for more than
-    ``MAX_ROWS`` rows (batches of no columns cost nothing per row)."""
-    rows = sum(arrowio.message_rows(frame) for frame in frames[1:])
+    count (``rows``, else from each frame's IPC metadata). Raises UnsupportedData for
+    more than ``MAX_ROWS`` rows (batches of no columns cost nothing per row)."""
+    if rows is None:
+        rows = sum(arrowio.message_rows(frame) for frame in frames[1:])
     if rows > MAX_ROWS:
         raise UnsupportedData(f"the record batches hold {rows} rows; at most 2**63 - 1 fit")
     return FramedValue(kind, frames, rows)
@@ -101,6 +155,21 @@ def frame_prepared(
         kind = ShardKind(kind)
     except ValueError:
         raise UnsupportedData(f"unknown shard kind {kind!r:.80}") from None
+    views = frames if isinstance(frames, FramesOnDemand) else _contiguous_views(frames)
+    for index, size in enumerate(frame_sizes(views)):
+        if size > max_frame_bytes:
+            raise OversizeFrame(f"frame {index} is {size} bytes; the limit is {max_frame_bytes}")
+    if kind is ShardKind.RAW:
+        return FramedValue(kind, views)
+    checked = arrowio.checked_arrow_frames(views, max_frame_bytes)
+    if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(checked.schema):
+        raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
+    return _arrow(kind, views, checked.rows)
+
+
+def _contiguous_views(frames: Sequence[bytes | memoryview]) -> tuple[memoryview, ...]:
+    """``frames`` as flat byte views. Raises UnsupportedData for one that is not a
+    C-contiguous bytes-like object."""
     try:
         views = tuple(_byte_view(frame) for frame in frames)
     except (TypeError, BufferError) as exc:
@@ -108,13 +177,4 @@ def frame_prepared(
     for index, view in enumerate(views):
         if not view.c_contiguous:
             raise UnsupportedData(f"frame {index} is not a C-contiguous buffer")
-        if view.nbytes > max_frame_bytes:
-            raise OversizeFrame(
-                f"frame {index} is {view.nbytes} bytes; the limit is {max_frame_bytes}"
-            )
-    if kind is ShardKind.RAW:
-        return FramedValue(kind, views)
-    schema = arrowio.validate_arrow_frames([pa.py_buffer(v) for v in views], max_frame_bytes)
-    if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(schema):
-        raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
-    return _arrow(kind, views)
+    return views

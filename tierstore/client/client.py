@@ -481,7 +481,7 @@ class Client:
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         with _as_value(data, self.frame_bytes) as value:
-            frames: _FileFrames | tuple[memoryview, ...]
+            frames: _FileFrames | Sequence[memoryview]
             if isinstance(value, _FileFrames):
                 kind, frames = ShardKind.RAW, value
             else:

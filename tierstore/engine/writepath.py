@@ -64,7 +64,7 @@ class _RoomTaken(Exception):
 def _stored_sizes(framed: FramedValue, encrypted: bool) -> tuple[int, ...]:
     """The hot-tier size of each of ``framed``'s frames once sealed as ``encrypted`` says."""
     overhead = sealing_overhead(encrypted)
-    return tuple(frame.nbytes + overhead for frame in framed.frames)
+    return tuple(size + overhead for size in framed.sizes)
 
 
 def _check_sealed(index: int, frame: bytes | bytearray, sizes: tuple[int, ...]) -> None:
@@ -342,7 +342,7 @@ class ShardWriter:
             dataset, shard, framed, encrypted, staging=True
         )
         sizes = _stored_sizes(framed, encrypted)
-        payloads = [frame.nbytes for frame in framed.frames]
+        payloads = framed.sizes
         try:
             with closing(sealed_ahead(sealer.seal, framed.frames, self._seal_pool)) as sealed:
                 for run in chunks(payloads, self._settings.put_chunk_bytes):
@@ -607,7 +607,7 @@ class ShardWriter:
             name=shard,
             generation=generation,
             kind=framed.kind,
-            frame_sizes=tuple(frame.nbytes for frame in framed.frames),
+            frame_sizes=framed.sizes,
             created_at=time.time(),
             envelope=envelope,
             rows=framed.rows,

@@ -14,10 +14,13 @@ A put to an encrypted dataset must not reach the data disk in plaintext, not
 even for the seconds it is spooled: with ``encrypted`` the file holds each frame
 sealed by AES-256-GCM under a key made for this one spool and kept only in its
 memory (nonce: the frame's index, unique under that key).
-:meth:`FrameSpool.views` opens every frame again into anonymous memory (the
-engine takes a put's frames as buffers all at once), so such a put needs memory
-for its plaintext while it commits; a frame that fails its tag (the disk changed
-it) raises IntegrityError instead of feeding wrong bytes to the commit.
+:meth:`FrameSpool.views` hands such a spool's frames over as
+:class:`~tierstore.framing.FramesOnDemand`: each is decrypted when the engine asks
+for it (Arrow validation, then sealing, chunk by chunk for a large put), so the put
+holds a few frames' plaintext at a time, not its whole size, at the cost of
+decrypting Arrow frames more than once. A frame that fails its tag (the disk changed
+it) raises IntegrityError there, and the put stores nothing, instead of feeding wrong
+bytes to the commit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import mmap
 import os
 import tempfile
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -36,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierstore.crypto import TAG_BYTES
 from tierstore.errors import IntegrityError
+from tierstore.framing import FramesOnDemand
 
 __all__ = ["SERVER_SPOOL_MEMORY", "FrameSpool", "SpoolMemory"]
 
@@ -165,43 +171,25 @@ class FrameSpool:
         assert self._file is not None
         self._file.write(frame if self._cipher is None else self._cipher.seal(index, frame))
 
-    def views(self) -> list[memoryview]:
+    def views(self) -> Sequence[memoryview]:
         """Every frame, in order, as views valid until :meth:`close`.
 
-        Raises IntegrityError (a DataLoss) if an encrypted spool's file no longer
-        holds what was written to it."""
+        An encrypted spool's frames from its file come as :class:`_DecryptedFrames`,
+        made when asked for; asking raises IntegrityError (a DataLoss) if the file no
+        longer holds what was written to it."""
         if self._file is None:
             return [memoryview(frame) for frame in self._frames]
         self._file.flush()
+        if self._cipher is not None:
+            return _DecryptedFrames(self._cipher, self._file, tuple(self._sizes))
         if self._map is None:
-            if self._cipher is None:
-                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            else:
-                self._map = self._opened(self._cipher, self._file.fileno())
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         whole = memoryview(self._map)
         views, position = [], 0
         for size in self._sizes:
             views.append(whole[position : position + size])
             position += size
         return views
-
-    def _opened(self, cipher: _SpoolCipher, fd: int) -> mmap.mmap:
-        """The plaintext of every frame, end to end, in anonymous memory (never a file)."""
-        plain = mmap.mmap(-1, max(1, self.nbytes))
-        try:
-            stored = plain_at = 0
-            for index, size in enumerate(self._sizes):
-                # pread, not a map of the file: a file cut short is an error, not SIGBUS.
-                sealed = os.pread(fd, size + TAG_BYTES, stored)
-                # Released at once, even on an error, so that the map can be closed.
-                with memoryview(plain) as whole, whole[plain_at : plain_at + size] as out:
-                    cipher.open_into(index, sealed, out)
-                stored += size + TAG_BYTES
-                plain_at += size
-        except BaseException:
-            plain.close()
-            raise
-        return plain
 
     def _give_memory_back(self) -> None:
         if self._shared is not None:
@@ -221,3 +209,45 @@ class FrameSpool:
             self._file.close()
             self._file = None
         self._cipher = None
+
+
+class _DecryptedFrames(FramesOnDemand):
+    """An encrypted spool file's frames, each read and decrypted when asked for.
+
+    The last two asked for are kept, as a writer sealing one frame ahead asks for
+    each twice. Valid while the spool is open: asking after :meth:`FrameSpool.close`
+    raises ValueError."""
+
+    _KEPT = 2
+
+    def __init__(self, cipher: _SpoolCipher, file: IO[bytes], sizes: tuple[int, ...]) -> None:
+        self._cipher = cipher
+        self._file = file
+        self._sizes = sizes
+        #: where each frame's ciphertext starts in the file
+        self._offsets = [0] * len(sizes)
+        for index in range(1, len(sizes)):
+            self._offsets[index] = self._offsets[index - 1] + sizes[index - 1] + TAG_BYTES
+        self._kept: OrderedDict[int, memoryview] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self._sizes
+
+    def frame(self, index: int) -> memoryview:
+        with self._lock:
+            kept = self._kept.get(index)
+            if kept is not None:
+                self._kept.move_to_end(index)
+                return kept
+            size = self._sizes[index]
+            # pread, not a map of the file: a file cut short is an error, not SIGBUS.
+            fd = self._file.fileno()  # ValueError once the spool is closed
+            sealed = os.pread(fd, size + TAG_BYTES, self._offsets[index])
+            plain = memoryview(bytearray(size))
+            self._cipher.open_into(index, sealed, plain)
+            self._kept[index] = plain
+            if len(self._kept) > self._KEPT:
+                self._kept.popitem(last=False)
+            return plain
