@@ -101,9 +101,12 @@ class FakeClient:
         info = ShardInfo(dataset, shard, 1, ShardKind.RAW, sizes, 0.0, False, hot, archived)
         return dataclasses.replace(info, pinned=pinned, pinned_until=until)
 
-    def list(self, dataset: str, prefix: str) -> list[ShardInfo]:
+    def list(
+        self, dataset: str, prefix: str, *, limit: int | None = None, start_after: str = ""
+    ) -> list[ShardInfo]:
         self.calls.append(("list", (dataset, prefix)))
-        return [self.stat(dataset, shard) for shard in sorted(self.shards)]
+        names = [shard for shard in sorted(self.shards) if shard > start_after]
+        return [self.stat(dataset, shard) for shard in names[:limit]]
 
     def stats(self, dataset: str, sizing: bool = False) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))

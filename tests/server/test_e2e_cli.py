@@ -253,6 +253,12 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
         "two.txt",
     ]
     assert [s["name"] for s in prefixed] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
+    # A page at a time: --limit, then --after the last name printed.
+    first_page = ok(env, "ls", dataset, "--limit", "2")
+    assert [s["name"] for s in first_page] == ["one.bin", "t/a.txt"]
+    next_page = ok(env, "ls", dataset, "--limit", "2", "--after", first_page[-1]["name"])
+    assert [s["name"] for s in next_page] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
+    assert run(env, "ls", dataset, "--limit", "-1").returncode == 2  # a usage error
     assert stat["name"] == "one.bin" and stat["dataset"] == dataset
     assert stat["size"] == one.stat().st_size and stat["kind"] == "raw"
     assert len(stat["frame_sizes"]) == 2 and stat["hot"] is True and stat["encrypted"] is False

@@ -310,6 +310,12 @@ def test_stat_list_with_pagination_and_delete(
     assert [s.name for s in admin.list(dataset, "q/")] == ["q/0"]
     assert admin.list(dataset, "zzz") == []
     assert [s.name for s in admin.list(dataset, limit=2)] == names[:2]
+    # Paging on from the last name of a listing; a name that is no shard works too.
+    assert [s.name for s in admin.list(dataset, start_after="p/01", limit=2)] == names[2:4]
+    assert [s.name for s in admin.list(dataset, "p/", start_after="p/05x")] == ["p/06"]
+    assert admin.list(dataset, start_after="q/0") == []
+    with pytest.raises(errors.InvalidArgument, match="start_after"):
+        admin.list(dataset, start_after=b"p/01")  # type: ignore[arg-type]
 
     # Pages as the server cuts them: 3 + 3 + 2, the last without a next token.
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())

@@ -777,10 +777,18 @@ def get(
 
 
 @app.command("ls", cls=_ClientCommand)
-def ls(dataset: str, prefix: Annotated[str, typer.Argument()] = "") -> None:
-    """List a dataset's shards (over 1,000 of them: as plain aligned columns, quicker
-    to print than a table)."""
-    shards = _run(lambda: _client().list(dataset, prefix))
+def ls(
+    dataset: str,
+    prefix: Annotated[str, typer.Argument()] = "",
+    limit: Annotated[int | None, typer.Option(min=0, help="list at most this many shards")] = None,
+    after: Annotated[
+        str, typer.Option(help="list only names after this one (to page on from the last)")
+    ] = "",
+) -> None:
+    """List a dataset's shards, in name order (over 1,000 of them: as plain aligned
+    columns, quicker to print than a table). A large dataset can be listed a page at
+    a time: --limit N, then --after the last name printed."""
+    shards = _run(lambda: _client().list(dataset, prefix, limit=limit, start_after=after))
     if len(shards) > PLAIN_LISTING_ROWS and not state.json:
         _print_plain(_SHARD_COLUMNS, [_shard_row(s) for s in shards])
         return

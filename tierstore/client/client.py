@@ -718,18 +718,20 @@ class Client:
         return shard_info_from_pb(reply)
 
     def list(
-        self, dataset: str, prefix: str = "", *, limit: int | None = None
+        self, dataset: str, prefix: str = "", *, limit: int | None = None, start_after: str = ""
     ) -> builtins.list[ShardInfo]:
-        """Shards of ``dataset`` whose names start with ``prefix``, in name order (all of
-        them, fetched page by page, unless ``limit`` caps the count)."""
+        """Shards of ``dataset`` whose names start with ``prefix`` and sort after
+        ``start_after`` (to page on from the last name of an earlier listing), in name
+        order (all of them, fetched page by page, unless ``limit`` caps the count)."""
         validate_dataset_name(dataset)
         if limit is not None:
             limit = _whole_number("limit", limit, "shards")
             if limit < 0:  # it listed nothing, as if the dataset were empty
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
+        if not isinstance(start_after, str):
+            raise InvalidArgument(f"start_after is a shard name (str), not {start_after!r:.80}")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
-        start_after = ""
         while limit is None or len(shards) < limit:
             reply = self._call(
                 stub.ListShards,
