@@ -287,3 +287,48 @@ def test_a_put_whose_chunk_finds_no_room_drops_what_it_staged(open_store: StoreF
     assert staged(store) == {}
     assert hot_frame_counts(store) == {}
     assert store.put("plain", "small", b"fits").size == 4  # and the store goes on
+
+
+def tight_store(open_store: StoreFactory, **overrides: Any) -> tuple[Store, dict[str, bytes]]:
+    """A store whose 8 MiB map four 256 KiB shards fill a quarter of (a 4 KiB frame and
+    its checksum take two pages), far below its watermark (capacity 64 MiB); and them."""
+    store = open_store(
+        datasets=DATASETS,
+        put_chunk_bytes=16 * FRAME,
+        hot_capacity_bytes=64 << 20,
+        map_size_bytes=8 << 20,
+        **overrides,
+    )
+    old = {f"old/{i}": payload(256 << 10, i) for i in range(4)}
+    for name, data in old.items():
+        store.put("plain", name, data)
+    return store, old
+
+
+def test_a_chunk_that_finds_no_room_evicts_archived_shards_and_goes_on(
+    open_store: StoreFactory,
+) -> None:
+    # Staged frames are in no hot-bytes count: below the watermark, nothing made room
+    # for a 3.5 MiB put (7 MiB of pages) beside the archived shards.
+    store, old = tight_store(open_store)
+    assert store.drain(10)
+    data = payload(3584 << 10, 9)
+    assert store.put("plain", "big", data).size == len(data)
+    assert store.get("plain", "big").to_bytes() == data
+    evicted = [name for name in old if not store.stat("plain", name).hot]
+    assert evicted, "no archived shard was evicted for the put"
+    for name, kept in old.items():  # every one still reads, from either tier
+        assert store.get("plain", name).to_bytes() == kept
+    assert staged(store) == {}
+
+
+def test_a_chunk_with_nothing_evictable_fails_hot_tier_full_and_drops_the_put(
+    open_store: StoreFactory,
+) -> None:
+    # The same shards, not archived (no mover): eviction frees nothing, so the put
+    # fails rather than wait on it.
+    store, old = tight_store(open_store, start_mover=False)
+    with pytest.raises(HotTierFull, match="plain/big needs about"):
+        store.put("plain", "big", payload(3584 << 10, 9))
+    assert staged(store) == {}
+    assert all(store.stat("plain", name).hot for name in old)

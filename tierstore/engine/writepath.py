@@ -348,21 +348,46 @@ class ShardWriter:
                 for run in chunks(payloads, self._settings.put_chunk_bytes):
                     # Sealed before the transaction: the writer is held to copy them in.
                     frames = [next(sealed) for _ in run]
-                    with self._env.write() as txn:
-                        needed, free = self._env.room_for(txn, (len(f) for f in frames))
-                        if needed > free:
-                            raise HotTierFull(self._full(dataset, shard, needed, free))
-                        if run.start == 0:
-                            self._catalog.mark_staging(txn, record.generation, len(sizes))
-                        for index, frame in zip(run, frames, strict=True):
-                            _check_sealed(index, frame, sizes)
-                            self._frames.put_in(txn, frame_key(record.generation, index), frame)
+                    for room_round in range(1, _ROOM_ROUNDS + 1):
+                        try:
+                            self._stage_chunk(dataset, shard, record.generation, run, frames, sizes)
+                            break
+                        except HotTierFull:
+                            # Staged frames (this put's, others', spooled promotions')
+                            # are in no hot-bytes count, so the watermark made no room
+                            # for them: evict archived shards for a chunk, and retry.
+                            chunk_bytes = sum(len(frame) for frame in frames)
+                            if room_round == _ROOM_ROUNDS or not self._mover.evict(chunk_bytes):
+                                raise
                     del frames  # one chunk in memory at a time
         except BaseException:
             drop_staged(self._env, self._catalog, self._frames, record.generation)
             self._done_staging(record.generation)
             raise
         return _StagedPut(record, data_key)
+
+    def _stage_chunk(
+        self,
+        dataset: str,
+        shard: str,
+        generation: int,
+        run: range,
+        frames: list[bytes | bytearray],
+        sizes: tuple[int, ...],
+    ) -> None:
+        """Write sealed ``frames`` (indices ``run``, of stored ``sizes``) of
+        ``dataset/shard``'s staged ``generation`` in one transaction, marking the
+        generation staged with the first.
+        Raises HotTierFull, writing nothing, when the map has no room for them."""
+        with self._env.write() as txn:
+            needed, free = self._env.room_for(txn, (len(f) for f in frames))
+            if needed > free:
+                raise HotTierFull(self._full(dataset, shard, needed, free))
+            if run.start == 0:
+                self._catalog.mark_staging(txn, generation, len(sizes))
+            for index, frame in zip(run, frames, strict=True):
+                _check_sealed(index, frame, sizes)
+                self._frames.put_in(txn, frame_key(generation, index), frame)
 
     def _check_backlog(self, txn: Any, stored_total: int) -> None:
         """Raise BacklogFull if a put of ``stored_total`` bytes would take the bytes
