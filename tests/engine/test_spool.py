@@ -20,6 +20,7 @@ from tests.engine.backdoor import (
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine import spool
+from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.spool import chunks
 from tierstore.engine.store import Store, hot_tier_dir
@@ -281,3 +282,35 @@ def test_a_shard_larger_than_the_high_watermark_is_never_fetched_for_promotion(
     assert store.mover.promotions_skipped == skipped + 1
     assert archive.gets_by("tierstore-promote-fetch") == []
     assert staged(store) == {} and hot_frame_counts(store) == {}
+
+
+def test_a_cold_whole_read_fills_the_cache_a_chunk_at_a_time_from_the_frames_it_read(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The read has every frame in hand: the fill writes them a chunk a transaction (LMDB's
+    # copy is one chunk in memory, not the shard again) and fetches nothing more.
+    archive = FaultyTier(MemoryTier())
+    store = staging_store(open_store, archive)
+    data = payload(FRAMES * FRAME, 7)
+    generation = store.put("plain", "big", data).generation
+    assert store.drain(10)
+    store.evict("plain", "big")
+    chunks_written: list[int] = []
+    mark_staging = Catalog.mark_staging
+
+    def counting(catalog: Catalog, txn: Any, staged_generation: int, frame_count: int) -> None:
+        chunks_written.append(staged_generation)
+        mark_staging(catalog, txn, staged_generation, frame_count)
+
+    monkeypatch.setattr(Catalog, "mark_staging", counting)
+    read = store.get("plain", "big")
+    assert read.source == "archive" and read.to_bytes() == data
+    wait_until(lambda: store.stat("plain", "big").hot, "the cache fill")
+    assert chunks_written == [generation]  # staged, not one transaction
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {generation: FRAMES}
+    assert archive.gets_by("tierstore-promote-fetch") == []
+    read = store.get("plain", "big")
+    assert read.source == "hot" and read.to_bytes() == data
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual == FRAMES * STORED_FRAME

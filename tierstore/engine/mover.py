@@ -950,8 +950,8 @@ class Mover:
         if not self._make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
-        if stored is None and self._spooler.spools(record):
-            return self._promote_spooled(record, quota, total, pool)
+        if self._spooler.spools(record):
+            return self._promote_spooled(record, quota, total, pool, stored)
         if stored is None:
             stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))
             if stored is None:
@@ -973,15 +973,27 @@ class Mover:
                 raise
             return None
 
-    def _promote_spooled(self, record: ShardRecord, quota: int, total: int, pool: Executor) -> bool:
-        """:meth:`promote_now` for a shard larger than one chunk: its frames are staged
-        a chunk a transaction (:mod:`tierstore.engine.spool`), then committed."""
-        fetcher = ArchivedFrames(self._archive, record)
+    def _promote_spooled(
+        self,
+        record: ShardRecord,
+        quota: int,
+        total: int,
+        pool: Executor,
+        stored: list[memoryview] | None,
+    ) -> bool:
+        """:meth:`promote_now` for a shard larger than one chunk: its frames (``stored``,
+        verified, when a cold read has them in hand; else fetched) are staged a chunk a
+        transaction (:mod:`tierstore.engine.spool`), then committed. So LMDB's copy of
+        a large cache fill is one chunk in memory, not the shard again."""
         promoted = False
         try:
-            staged = self._unless_superseded(
-                record, lambda: self._spooler.stage(record, fetcher, pool)
-            )
+            if stored is not None:
+                staged: Staged | None = self._spooler.stage_held(record, stored)
+            else:
+                fetcher = ArchivedFrames(self._archive, record)
+                staged = self._unless_superseded(
+                    record, lambda: self._spooler.stage(record, fetcher, pool)
+                )
             if staged in (None, Staged.SUPERSEDED, Staged.STOPPED):
                 return False
             if staged is Staged.NO_ROOM:

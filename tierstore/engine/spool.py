@@ -9,8 +9,11 @@ So a promotion whose frames' payload adds up to more than ``promotion_chunk_byte
 (64 MiB) fetches, verifies and writes them a chunk of about that size at a time, each
 chunk in a transaction of its own. Payload, not stored bytes: a shard of exactly 64 MiB
 of 4 MiB frames is one chunk, though its checksums (or tags) take it a little past.
-Those frames are *staged*: they belong to a generation whose record still says cold,
-and no read looks for the frames of a cold generation. The shard turns hot in one last
+A cache fill, which has every frame of a cold whole read in hand (verified), stages
+them the same way (:meth:`Spooler.stage_held`): LMDB's copy then adds one chunk to the
+frames the reader holds, not the shard again. Those frames are *staged*: they belong
+to a generation whose record still says cold, and no read looks for the frames of a
+cold generation. The shard turns hot in one last
 transaction, which writes its record (the mover's, like any promotion's), so no reader
 ever sees part of a shard.
 
@@ -112,13 +115,29 @@ class Spooler:
         as it does when this raises (as :meth:`ArchivedFrames.fetch`, or
         IntegrityError for a frame that fails verification).
         """
-        sizes = fetcher.sizes
+        return self._stage(record, lambda run: self._fetched(record, fetcher, run, pool))
+
+    def stage_held(self, record: ShardRecord, stored: Sequence[memoryview]) -> Staged:
+        """:meth:`stage` for frames already in hand and verified (a cold read's cache
+        fill): only LMDB's copy of one chunk is added to them."""
+        return self._stage(record, lambda run: [stored[index] for index in run])
+
+    def _fetched(
+        self, record: ShardRecord, fetcher: ArchivedFrames, run: range, pool: Executor
+    ) -> list[memoryview]:
+        """Stored frames ``run`` of ``record``, fetched on ``pool`` and verified."""
+        fetched = list(pool.map(fetcher.fetch, run))
+        for index, frame in zip(run, fetched, strict=True):
+            self._verify(record, index, frame)
+        return fetched
+
+    def _stage(self, record: ShardRecord, chunk_of: Callable[[range], list[memoryview]]) -> Staged:
+        """Write ``record``'s stored frames a chunk a transaction, each chunk (frame
+        indices) as ``chunk_of`` gives it."""
         for run in chunks(record.frame_sizes, self.chunk_bytes):
             if self._stop.is_set():
                 return Staged.STOPPED
-            fetched = list(pool.map(fetcher.fetch, run))
-            for index, frame in zip(run, fetched, strict=True):
-                self._verify(record, index, frame)
+            fetched = chunk_of(run)
             with self._env.write() as txn:
                 current = self._catalog.get_shard(txn, record.dataset, record.name)
                 if current is None or current.generation != record.generation or current.hot:
@@ -127,7 +146,7 @@ class Spooler:
                 if needed > free:
                     return Staged.NO_ROOM
                 if run.start == 0:
-                    self._catalog.mark_staging(txn, record.generation, len(sizes))
+                    self._catalog.mark_staging(txn, record.generation, len(record.frame_sizes))
                 for index, frame in zip(run, fetched, strict=True):
                     self._frames.put_in(txn, frame_key(record.generation, index), frame)
             del fetched  # before the next chunk is fetched: one chunk in memory at a time
