@@ -196,6 +196,67 @@ class TestS3Tier(TierConformance):
         assert uploads.get("Uploads", []) == []
         assert tier.get("broken") is None
 
+    def test_a_failed_part_stops_the_retries_of_the_parts_in_flight(self, tier: S3Tier) -> None:
+        # Part 1 keeps failing as a dropped connection would (worth retrying, six tries
+        # with backoff); part 2 fails for good meanwhile. Nobody wants part 1 any more.
+        s = dataclasses.replace(
+            tier.settings, upload_parallelism=2, max_attempts=6, backoff_initial_s=0.3
+        )
+        parallel = S3Tier(s)
+        part_1_tries: list[float] = []
+
+        def before(params: dict[str, Any], **_: Any) -> None:
+            if params["PartNumber"] == 1:
+                part_1_tries.append(time.monotonic())
+                raise EndpointConnectionError(endpoint_url=s.endpoint_url)
+            poll(lambda: part_1_tries, 20, "part 1's first try")
+            raise RuntimeError("part 2 broke")
+
+        parallel._client().meta.events.register("before-parameter-build.s3.UploadPart", before)
+        try:
+            with pytest.raises(RuntimeError, match="part 2 broke"):
+                parallel.put("broken", pattern(2 * s.multipart_part_size, seed=7))
+        finally:
+            parallel.close()
+        assert 1 <= len(part_1_tries) <= 2, part_1_tries  # not all six
+        uploads = raw_client(s).list_multipart_uploads(Bucket=s.bucket, Prefix=s.prefix)
+        assert uploads.get("Uploads", []) == []
+
+    def test_no_part_is_sent_once_a_failed_one_is_seen(self, tier: S3Tier) -> None:
+        s = dataclasses.replace(
+            tier.settings,
+            upload_parallelism=3,
+            multipart_threshold=tier.settings.multipart_part_size,
+        )
+        parallel = S3Tier(s)
+        sent: list[int] = []
+
+        def before(params: dict[str, Any], **_: Any) -> None:
+            if params["PartNumber"] == 1:
+                raise RuntimeError("part 1 broke")
+            sent.append(params["PartNumber"])
+
+        def source() -> Iterator[bytes]:
+            yield pattern(s.multipart_part_size, seed=1)
+            # The next part is asked for once part 1 has failed (its thread is gone).
+            poll(
+                lambda: not any(t.name == "s3-part-1" for t in threading.enumerate()),
+                20,
+                "part 1 to fail",
+            )
+            for seed in range(2, 6):
+                yield pattern(s.multipart_part_size, seed=seed)
+
+        parallel._client().meta.events.register("before-parameter-build.s3.UploadPart", before)
+        try:
+            with pytest.raises(RuntimeError, match="part 1 broke"):
+                parallel.put("broken-early", source())
+        finally:
+            parallel.close()
+        assert sent == []
+        uploads = raw_client(s).list_multipart_uploads(Bucket=s.bucket, Prefix=s.prefix)
+        assert uploads.get("Uploads", []) == []
+
     @pytest.mark.parametrize("key", ["", "ds/", "ds//a", "ds/./a", "ds/../a", "/ds"])
     def test_rejects_keys_that_name_directories(self, tier: S3Tier, key: str) -> None:
         tier.put("ds/a", b"1")

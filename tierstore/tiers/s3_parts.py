@@ -68,8 +68,9 @@ def put_multipart(
     to ``settings.upload_parallelism`` of them at once. ``parts`` is consumed on the
     calling thread only (it may read thread-bound state, such as a read transaction).
 
-    Aborts the upload on any failure (after the parts in flight end), then re-raises
-    it. Raises ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
+    Aborts the upload on any failure (after the parts in flight end their current
+    attempt: none is tried again, and no new part is sent once a failure is seen), then
+    re-raises it. Raises ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
@@ -86,15 +87,17 @@ def put_multipart(
             PartNumber=number,
             Body=part,
         )
-        answer = call_with_retries(settings, f"{what} part {number}", upload)
+        answer = call_with_retries(settings, f"{what} part {number}", upload, give_up=failed)
         return {"ETag": answer["ETag"], "PartNumber": number}
 
     in_flight: set[Future[CompletedPartTypeDef]] = set()
+    #: set once the upload fails: the parts in flight stop retrying
+    failed = threading.Event()
     try:
         done: list[CompletedPartTypeDef] = []
 
-        def collect(when: str) -> None:
-            finished, _ = wait(in_flight, return_when=when)
+        def collect(when: str, timeout: float | None = None) -> None:
+            finished, _ = wait(in_flight, timeout, return_when=when)
             for future in finished:
                 in_flight.discard(future)
                 done.append(future.result())  # a failed part raises here
@@ -105,6 +108,8 @@ def put_multipart(
             if settings.upload_parallelism == 1:
                 done.append(send(number, part))  # on this thread: no second one cutting
                 continue
+            # A part that failed meanwhile ends the upload before another is sent.
+            collect(FIRST_EXCEPTION, timeout=0)
             if len(in_flight) >= settings.upload_parallelism:
                 collect(FIRST_COMPLETED)
             in_flight.add(_in_background(partial(send, number, part), f"s3-part-{number}"))
@@ -123,8 +128,7 @@ def put_multipart(
             ),
         )
     except BaseException as exc:
-        for future in in_flight:
-            future.cancel()
+        failed.set()  # no part in flight starts another attempt
         wait(in_flight)  # a part still being sent would otherwise land after the abort
         try:
             call_with_retries(

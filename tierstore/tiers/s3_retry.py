@@ -14,6 +14,8 @@ retry loop, so attempts are counted in one place.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -30,6 +32,7 @@ from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
 
 __all__ = [
+    "GaveUp",
     "WrongAnswer",
     "call_with_retries",
     "error_code",
@@ -37,6 +40,11 @@ __all__ = [
     "is_missing_key",
     "is_transient",
 ]
+
+
+class GaveUp(Exception):
+    """A request whose caller gave up on it (``call_with_retries``' ``give_up``) before
+    it succeeded: not tried again."""
 
 
 class WrongAnswer(Exception):
@@ -90,24 +98,45 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError | WrongAnswer)
 
 
-def call_with_retries(settings: S3Settings, what: str, fn: Callable[[], T]) -> T:
+def call_with_retries(
+    settings: S3Settings,
+    what: str,
+    fn: Callable[[], T],
+    *,
+    give_up: threading.Event | None = None,
+) -> T:
     """Run ``fn`` with retries; translate what escapes into the tierstore error tree.
 
-    ``what`` names the request in error messages. Raises ArchiveUnavailable (chained
-    to the last error) and InvalidArgument (key too long, bad parameters).
-    Thread-safe.
+    ``what`` names the request in error messages. Once ``give_up`` is set, no attempt
+    starts and a backoff wait ends at once: GaveUp is raised instead (for a request
+    whose result nobody wants any more, such as a part of an upload that failed).
+    Raises ArchiveUnavailable (chained to the last error) and InvalidArgument (key too
+    long, bad parameters). Thread-safe.
     """
     s = settings
+
+    def attempt() -> T:
+        if give_up is not None and give_up.is_set():
+            raise GaveUp(f"{what}: given up")
+        return fn()
+
+    def pause(seconds: float) -> None:
+        if give_up is None:
+            time.sleep(seconds)
+        else:
+            give_up.wait(seconds)
+
     retrying = Retrying(
         stop=stop_after_attempt(s.max_attempts),
         # Exponential backoff plus jitter, so that many clients do not retry in step.
         wait=wait_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s)
         + wait_random(0, s.backoff_initial_s),
         retry=retry_if_exception(is_transient),
+        sleep=pause,
         reraise=True,
     )
     try:
-        return retrying(fn)
+        return retrying(attempt)
     except ClientError as exc:
         code, status = error_code(exc), http_status(exc)
         if code == "KeyTooLongError":
