@@ -5,6 +5,7 @@ checked."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -19,8 +20,9 @@ from tests.engine.backdoor import hot_frame_counts
 from tests.engine.stores import KEYRING, engine_settings
 from tierstore import arrowio, tensors
 from tierstore.engine.store import Store
-from tierstore.errors import IntegrityError, MalformedArrow, ShardNotFound
+from tierstore.errors import IntegrityError, MalformedArrow, ShardNotFound, Unavailable
 from tierstore.framing import FramesOnDemand
+from tierstore.server import spool as spool_module
 from tierstore.server.spool import FrameSpool
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, ShardKind
@@ -136,3 +138,28 @@ def test_a_spool_file_damaged_under_a_staged_put_fails_it_and_stores_nothing(
     with pytest.raises(ShardNotFound):
         store.stat("enc", "damaged")
     assert hot_frame_counts(store) == {}  # the staged chunks were dropped
+
+
+@pytest.mark.parametrize("failing_read", [1, 5])  # the first validation pass, the decoding one
+def test_a_spool_file_that_cannot_be_read_fails_the_put_unavailable_not_malformed(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, failing_read: int
+) -> None:
+    # A disk error is the server's trouble, to retry, never "your Arrow is malformed".
+    frames = arrowio.table_to_frames(pa.table({"x": np.arange(10_000)}), 16 * KiB)
+    reads = 0
+    pread = os.pread
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads == failing_read:
+            raise OSError(errno.EIO, "Input/output error")
+        return pread(fd, length, offset)
+
+    with spooled(tmp_path / "spool", frames) as spool:
+        monkeypatch.setattr(spool_module.os, "pread", failing)
+        with pytest.raises(Unavailable, match="could not be read back") as raised:
+            store.put_frames("enc", "table", ShardKind.ARROW, spool.views())
+    assert not isinstance(raised.value, MalformedArrow)
+    with pytest.raises(ShardNotFound):
+        store.stat("enc", "table")

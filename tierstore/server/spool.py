@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierstore.crypto import TAG_BYTES
-from tierstore.errors import IntegrityError
+from tierstore.errors import IntegrityError, Unavailable
 from tierstore.framing import FramesOnDemand
 
 __all__ = ["SERVER_SPOOL_MEMORY", "FrameSpool", "SpoolMemory"]
@@ -176,7 +176,7 @@ class FrameSpool:
 
         An encrypted spool's frames from its file come as :class:`_DecryptedFrames`,
         made when asked for; asking raises IntegrityError (a DataLoss) if the file no
-        longer holds what was written to it."""
+        longer holds what was written to it, Unavailable if it cannot be read."""
         if self._file is None:
             return [memoryview(frame) for frame in self._frames]
         self._file.flush()
@@ -244,7 +244,13 @@ class _DecryptedFrames(FramesOnDemand):
             size = self._sizes[index]
             # pread, not a map of the file: a file cut short is an error, not SIGBUS.
             fd = self._file.fileno()  # ValueError once the spool is closed
-            sealed = os.pread(fd, size + TAG_BYTES, self._offsets[index])
+            try:
+                sealed = os.pread(fd, size + TAG_BYTES, self._offsets[index])
+            except OSError as exc:  # not an OSError: Arrow validation takes those for bad data
+                raise Unavailable(
+                    f"frame {index} of a put could not be read back from its spool file "
+                    f"({exc}); the put was not stored: send it again"
+                ) from exc
             plain = memoryview(bytearray(size))
             self._cipher.open_into(index, sealed, plain)
             self._kept[index] = plain
