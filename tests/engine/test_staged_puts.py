@@ -17,6 +17,7 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, put_raw_record, record_of
 from tests.engine.stores import FRAME, KEY_1, KEY_2, StoreFactory, payload
+from tests.tiers.test_lmdb import killed_reader
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import (
@@ -332,3 +333,51 @@ def test_a_chunk_with_nothing_evictable_fails_hot_tier_full_and_drops_the_put(
         store.put("plain", "big", payload(3584 << 10, 9))
     assert staged(store) == {}
     assert all(store.stat("plain", name).hot for name in old)
+
+
+def test_a_chunk_that_needs_the_only_archived_shard_evicts_it_and_goes_on(
+    open_store: StoreFactory,
+) -> None:
+    # LMDB reuses the pages a transaction freed only from the second transaction after
+    # it: the chunk's retry right after the eviction found them not yet free.
+    store = open_store(
+        datasets=DATASETS,
+        put_chunk_bytes=16 * FRAME,
+        hot_capacity_bytes=64 << 20,
+        map_size_bytes=8 << 20,
+    )
+    old = payload(3 << 20, 1)  # 6 MiB of pages: the big put fits only in its place
+    store.put("plain", "old", old)
+    assert store.drain(10)
+    data = payload(3 << 20, 9)
+    assert store.put("plain", "big", data).size == len(data)
+    assert not store.stat("plain", "old").hot
+    assert store.get("plain", "old").to_bytes() == old  # from the archive
+    assert store.get("plain", "big").to_bytes() == data
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+    assert staged(store) == {}
+
+
+def test_a_dead_readers_snapshot_never_costs_a_staged_put_an_eviction(
+    open_store: StoreFactory,
+) -> None:
+    # A killed local reader's snapshot keeps the pages a delete freed after it from
+    # reuse: the chunk finds the map full, the dead slot is freed, and the chunk is
+    # tried again as it is, not after evicting a shard for room that is already there.
+    store = open_store(
+        datasets=DATASETS,
+        put_chunk_bytes=16 * FRAME,
+        hot_capacity_bytes=64 << 20,
+        map_size_bytes=8 << 20,
+    )
+    store.put("plain", "keep", payload(256 << 10, 2))
+    store.put("plain", "x", payload(3 << 20, 1))
+    assert store.drain(10)
+    killed_reader(hot_tier_dir(store.settings.data_dir))
+    store.delete("plain", "x")
+    assert store.drain(10)
+    data = payload(3 << 20, 9)
+    assert store.put("plain", "big", data).size == len(data)
+    assert store.stat("plain", "keep").hot
+    assert store.get("plain", "big").to_bytes() == data

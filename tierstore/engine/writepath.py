@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -348,17 +349,10 @@ class ShardWriter:
                 for run in chunks(payloads, self._settings.put_chunk_bytes):
                     # Sealed before the transaction: the writer is held to copy them in.
                     frames = [next(sealed) for _ in run]
-                    for room_round in range(1, _ROOM_ROUNDS + 1):
-                        try:
-                            self._stage_chunk(dataset, shard, record.generation, run, frames, sizes)
-                            break
-                        except HotTierFull:
-                            # Staged frames (this put's, others', spooled promotions')
-                            # are in no hot-bytes count, so the watermark made no room
-                            # for them: evict archived shards for a chunk, and retry.
-                            chunk_bytes = sum(len(frame) for frame in frames)
-                            if room_round == _ROOM_ROUNDS or not self._mover.evict(chunk_bytes):
-                                raise
+                    write = partial(
+                        self._write_chunk, dataset, shard, record.generation, run, frames, sizes
+                    )
+                    self._with_room(write, frames)
                     del frames  # one chunk in memory at a time
         except BaseException:
             drop_staged(self._env, self._catalog, self._frames, record.generation)
@@ -366,7 +360,44 @@ class ShardWriter:
             raise
         return _StagedPut(record, data_key)
 
-    def _stage_chunk(
+    def _with_room(self, write: Callable[[], None], frames: list[bytes | bytearray]) -> None:
+        """``write()`` staged ``frames`` (one chunk, in one transaction).
+
+        Staged frames (this put's, others', spooled promotions') are in no hot-bytes
+        count, so the watermark made no room for them: a chunk the map has no room for
+        evicts a chunk's worth of archived shards and tries again, up to three rounds.
+        Raises HotTierFull, with nothing of the chunk written, when eviction frees
+        nothing or the last round finds no room either."""
+        dead_readers_freed = False
+        room_round = 1
+        while True:
+            try:
+                write()
+                return
+            except MapFullOfDeadReaders as full:
+                # Dead processes' snapshots held the pages; their slots are free now.
+                # Once more as it is, and only once: full again is full.
+                if dead_readers_freed:
+                    raise HotTierFull(str(full)) from full
+                dead_readers_freed = True
+            except HotTierFull:
+                if room_round == _ROOM_ROUNDS or not self._evict_for(frames):
+                    raise
+                room_round += 1
+
+    def _evict_for(self, frames: list[bytes | bytearray]) -> bool:
+        """Evict archived shards for ``frames``' bytes, their pages reusable by the
+        next transaction; whether anything was evicted."""
+        if not self._mover.evict(sum(len(frame) for frame in frames)):
+            return False
+        # LMDB reuses the pages a transaction freed only from the second transaction
+        # after it (a reader may still start on the snapshot before it): one commit
+        # more, rewriting a counter as it is, so that the chunk's next try can use them.
+        with self._env.write() as txn:
+            self._catalog.set_counter(txn, "hot_bytes", self._catalog.counter(txn, "hot_bytes"))
+        return True
+
+    def _write_chunk(
         self,
         dataset: str,
         shard: str,
@@ -377,8 +408,8 @@ class ShardWriter:
     ) -> None:
         """Write sealed ``frames`` (indices ``run``, of stored ``sizes``) of
         ``dataset/shard``'s staged ``generation`` in one transaction, marking the
-        generation staged with the first.
-        Raises HotTierFull, writing nothing, when the map has no room for them."""
+        generation staged with the first. Raises HotTierFull, writing nothing, when
+        the map has no room for them."""
         with self._env.write() as txn:
             needed, free = self._env.room_for(txn, (len(f) for f in frames))
             if needed > free:
