@@ -165,6 +165,7 @@ def one_error_line(result: Result) -> str:
         (["token", "create", "p", "--ttl", "soon"], "Invalid value for '--ttl'"),
         (["nosuch"], "No such command 'nosuch'"),
         (["serve", "--listen"], "requires an argument. (see tierstore serve --help)"),
+        (["serve", "--max-connections", "-1"], "Invalid value for '--max-connections'"),
         (["dataset", "create", "x", "--hot-quota"], "(see tierstore dataset create --help)"),
         (["--json", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),
         (["--ca", "token", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),

@@ -176,6 +176,7 @@ def serving(
     request_arrival_s: float = 10.0,
     stream_message_s: float = 60.0,
     connection_idle_s: float = 300.0,
+    max_connections: int = 0,
     archive: Tier | None = None,
     listen: str = "127.0.0.1:0",
     **engine: Any,
@@ -186,7 +187,8 @@ def serving(
     ``engine`` overrides other engine settings; ``local_reads`` and ``local_grant_ttl_s``
     are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
     deadlines for a unary request and for each message of a request stream
-    (``connection_idle_s``: how long it keeps an idle connection); ``metrics``
+    (``connection_idle_s``: how long it keeps an idle connection, ``max_connections``:
+    how many it keeps open at once); ``metrics``
     serves ``/metrics`` on a port of its own; ``listen`` is the API's address (reach
     another than 127.0.0.1 with ``channel(address=...)``). Everything is stopped and
     closed on exit.
@@ -215,6 +217,7 @@ def serving(
                 request_arrival_s=request_arrival_s,
                 stream_message_s=stream_message_s,
                 connection_idle_s=connection_idle_s,
+                max_connections=max_connections,
             ),
             store,
             tokens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.server.servers import RunningServer, error_name, metadata, serving
 from tierstore.errors import InvalidArgument, ShardNotFound
-from tierstore.server.app import ServerSettings
+from tierstore.server.app import ServerSettings, connection_cap
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2, shards_pb2_grpc
 
@@ -267,6 +268,61 @@ def test_an_idle_connection_is_closed_and_the_next_call_opens_another(tmp_path: 
 def test_the_idle_connection_time_must_be_positive(idle_s: float) -> None:
     with pytest.raises(InvalidArgument, match="connection_idle_s must be a positive number"):
         ServerSettings(insecure=True, connection_idle_s=idle_s)
+
+
+def health_check(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+    """The code of a health check over ``channel`` (OK when answered)."""
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata(token)
+        )
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def own_connection(address: str) -> grpc.Channel:
+    """A channel that shares no connection with other channels in this process."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_connections_past_the_cap_are_refused_and_the_node_serves_the_rest(
+    tmp_path: Path,
+) -> None:
+    # Connections open at once had no cap: callers that kept theirs open (each
+    # calling now and then, so none went idle) held descriptors up to the process's
+    # limit, and then the node could open no file of its own.
+    with serving(tmp_path, insecure=True, max_connections=2) as node:
+        token = node.token("reader", ("d", Role.READER))
+        first, second, third = (own_connection(node.address) for _ in range(3))
+        try:
+            assert health_check(first, token) == grpc.StatusCode.OK
+            assert health_check(second, token) == grpc.StatusCode.OK
+            assert health_check(third, token) == grpc.StatusCode.UNAVAILABLE
+            assert health_check(first, token) == grpc.StatusCode.OK  # still served
+            first.close()  # a place comes free: the next connection is taken
+            deadline = time.monotonic() + 20
+            while health_check(third, token) != grpc.StatusCode.OK:
+                assert time.monotonic() < deadline, "a freed place was never taken"
+                time.sleep(0.1)
+        finally:
+            for channel in (first, second, third):
+                channel.close()
+
+
+def test_the_automatic_connection_cap_leaves_descriptors_for_the_node() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    automatic = connection_cap(ServerSettings(insecure=True))
+    assert 16 <= automatic <= 4096
+    if soft != resource.RLIM_INFINITY:
+        assert automatic <= max(16, soft // 2)
+    assert connection_cap(ServerSettings(insecure=True, max_connections=7)) == 7
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 21, True, 2.5])
+def test_the_connection_cap_must_be_a_whole_number_in_range(bad: object) -> None:
+    with pytest.raises(InvalidArgument, match="max_connections must be"):
+        ServerSettings(insecure=True, max_connections=bad)  # type: ignore[arg-type]
 
 
 _IDLE_CLIENT = """

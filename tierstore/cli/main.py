@@ -441,6 +441,15 @@ def serve(
     local_grant_ttl: Annotated[
         float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
     ] = 60.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1 << 20,
+            help="connections open at once; past it new ones are refused "
+            "(0: half the open-file limit, at most 4096)",
+        ),
+    ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     reseal_archive: Annotated[
         bool,
@@ -492,6 +501,7 @@ def serve(
         hot_capacity_bytes=hot_capacity,
         local_reads=local_reads,
         local_grant_ttl_s=local_grant_ttl,
+        max_connections=max_connections,
         rebuild_from_archive=rebuild_from_archive,
         reseal_archive=reseal_archive,
     )

@@ -109,6 +109,8 @@ class ServeOptions:
     #: readers on this host may read the hot tier in place (docs/local-reads.md).
     local_reads: bool = True
     local_grant_ttl_s: float = 60.0
+    #: connections open at once (0: automatic, from the open-file limit).
+    max_connections: int = 0
     #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).
     rebuild_from_archive: bool = False
@@ -277,6 +279,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
                 metrics_listen=options.metrics_listen,
                 local_reads=options.local_reads,
                 local_grant_ttl_s=options.local_grant_ttl_s,
+                max_connections=options.max_connections,
             ),
             store,
             tokens,

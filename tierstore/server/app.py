@@ -17,6 +17,7 @@ and every bound port is checked, so two servers never share a port silently.
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -73,6 +74,12 @@ SERVICE_NAMES = (
 )
 
 
+#: the most connections a node takes when ``max_connections`` is 0 (automatic)
+_AUTO_CONNECTIONS = 4096
+#: the most ``max_connections`` may be set to (gRPC takes an int32)
+_MAX_CONNECTIONS_CAP = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """How the service listens and protects itself."""
@@ -101,6 +108,10 @@ class ServerSettings:
     #: (seconds): idle connections, authenticated or not, held a descriptor each for
     #: ever. A client opens a new one at its next call.
     connection_idle_s: float = 300.0
+    #: connections open at once, from any caller; past it a new one is closed at once
+    #: (the caller sees UNAVAILABLE). 0: half the process's open-file limit, at most
+    #: 4096 (:func:`connection_cap`), so that descriptors remain for the node's own files.
+    max_connections: int = 0
 
     def __post_init__(self) -> None:
         check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
@@ -114,6 +125,26 @@ class ServerSettings:
             raise InvalidArgument(
                 f"connection_idle_s must be a positive number, got {self.connection_idle_s}"
             )
+        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
+            raise InvalidArgument(f"max_connections must be an int, got {self.max_connections!r}")
+        if not 0 <= self.max_connections <= _MAX_CONNECTIONS_CAP:
+            raise InvalidArgument(
+                f"max_connections must be from 0 (automatic) to {_MAX_CONNECTIONS_CAP}, "
+                f"got {self.max_connections}"
+            )
+
+
+def connection_cap(settings: ServerSettings) -> int:
+    """How many connections the node keeps open at once: ``settings.max_connections``,
+    or for 0 half the process's open-file limit (each connection holds a descriptor,
+    and the hot tier, the spool and the archive need theirs), at least 16 and at most
+    4096."""
+    if settings.max_connections:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _AUTO_CONNECTIONS
+    return max(16, min(_AUTO_CONNECTIONS, soft // 2))
 
 
 def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str) -> None:
@@ -178,6 +209,7 @@ def _options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.so_reuseport", 0),
         ("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", connection_cap(settings)),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", 30_000),
