@@ -13,7 +13,8 @@ native byte order, 8-byte aligned buffers — the pyarrow defaults).
 
 Tensors are framed as such tables by :mod:`tierstore.tensors`.
 
-Every function here is pure (no I/O, no shared state) and therefore thread-safe.
+Every function here is pure (no I/O or shared state of its own: frames made on demand,
+such as an encrypted put's, may read a file when asked for) and therefore thread-safe.
 """
 
 from __future__ import annotations

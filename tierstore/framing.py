@@ -24,7 +24,7 @@ __all__ = ["FramedValue", "FramesOnDemand", "frame_prepared", "frame_value"]
 
 
 class FramesOnDemand(Sequence[memoryview], ABC):
-    """Frames made when asked for, each a fresh flat byte view, whose sizes are known
+    """Frames made when asked for (each a flat byte view), whose sizes are known
     without making them: a put too large to hold whole in memory (an encrypted
     dataset's put, decrypted from its spool file one frame at a time).
 

@@ -5,6 +5,7 @@ checked."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -24,6 +25,7 @@ from tierstore.errors import IntegrityError, MalformedArrow, ShardNotFound, Unav
 from tierstore.framing import FramesOnDemand
 from tierstore.server import spool as spool_module
 from tierstore.server.spool import FrameSpool
+from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, ShardKind
 
@@ -163,3 +165,35 @@ def test_a_spool_file_that_cannot_be_read_fails_the_put_unavailable_not_malforme
     assert not isinstance(raised.value, MalformedArrow)
     with pytest.raises(ShardNotFound):
         store.stat("enc", "table")
+
+
+def test_a_put_of_one_chunk_is_decrypted_before_its_transaction_holds_the_writer(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading and decrypting a frame from the spool file inside the transaction would
+    # keep every other put waiting on the disk and on AES for it.
+    writing: set[int] = set()  # threads inside a write transaction
+    asked_while_writing: list[int] = []
+    write, frame = LmdbEnvironment.write, spool_module._DecryptedFrames.frame
+
+    @contextlib.contextmanager
+    def watched_write(env: LmdbEnvironment) -> Iterator[Any]:
+        writing.add(threading.get_ident())
+        try:
+            with write(env) as txn:
+                yield txn
+        finally:
+            writing.discard(threading.get_ident())
+
+    def watched_frame(frames: Any, index: int) -> memoryview:
+        if threading.get_ident() in writing:
+            asked_while_writing.append(index)
+        return frame(frames, index)
+
+    monkeypatch.setattr(LmdbEnvironment, "write", watched_write)
+    monkeypatch.setattr(spool_module._DecryptedFrames, "frame", watched_frame)
+    frames = [os.urandom(1 * MiB) for _ in range(6)]  # 6 MiB: under the 8 MiB chunk
+    with spooled(tmp_path / "spool", frames) as spool:
+        store.put_frames("enc", "small", ShardKind.RAW, spool.views())
+    assert asked_while_writing == []
+    assert store.get("enc", "small").to_bytes() == b"".join(frames)

@@ -447,7 +447,7 @@ def serve(
             min=0,
             max=1 << 20,
             help="connections open at once; past it new ones are refused "
-            "(0: half the open-file limit, at most 4096)",
+            "(0: half the open-file limit, from 16 to 4096)",
         ),
     ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",

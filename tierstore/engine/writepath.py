@@ -19,6 +19,7 @@ transaction, and never after a newer generation of its shard.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ from tierstore.errors import (
     QuotaExceeded,
 )
 from tierstore.frames import FrameSealer
-from tierstore.framing import FramedValue
+from tierstore.framing import FramedValue, FramesOnDemand
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier, MapFullOfDeadReaders
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 
@@ -214,6 +215,10 @@ class ShardWriter:
                     self._check_backlog(txn, stored_total)
                 self._mover.make_room(stored_total)  # best effort, before staging
                 staged = self._stage(dataset, shard, framed, settings.encrypted)
+            elif isinstance(framed.frames, FramesOnDemand):
+                # Made now (a chunk at most), not while the transaction holds the writer
+                # (an encrypted spool's frames are read from disk and decrypted).
+                framed = dataclasses.replace(framed, frames=tuple(framed.frames))
             try:
                 settings, record, seq = self._commit_with_room(
                     dataset, shard, framed, stored_total, wait, admit, staged
@@ -349,10 +354,12 @@ class ShardWriter:
                 for run in chunks(payloads, self._settings.put_chunk_bytes):
                     # Sealed before the transaction: the writer is held to copy them in.
                     frames = [next(sealed) for _ in run]
-                    write = partial(
-                        self._write_chunk, dataset, shard, record.generation, run, frames, sizes
+                    self._with_room(
+                        partial(
+                            self._write_chunk, dataset, shard, record.generation, run, frames, sizes
+                        ),
+                        frames,
                     )
-                    self._with_room(write, frames)
                     del frames  # one chunk in memory at a time
         except BaseException:
             drop_staged(self._env, self._catalog, self._frames, record.generation)

@@ -76,7 +76,8 @@ SERVICE_NAMES = (
 
 #: the most connections a node takes when ``max_connections`` is 0 (automatic)
 _AUTO_CONNECTIONS = 4096
-#: the most ``max_connections`` may be set to (gRPC takes an int32)
+#: the most ``max_connections`` may be set to: a bound for typing mistakes (a million
+#: connections would need as many descriptors)
 _MAX_CONNECTIONS_CAP = 1 << 20
 
 
