@@ -141,6 +141,7 @@ def test_a_put_of_the_same_shard_overtakes_a_staged_one(
     gate.release()
     first = big.result(30)  # acknowledged: as if it came just before the later one
     assert second.generation > first.generation
+    assert not first.hot and not first.archived  # replaced at once: held by neither tier
     assert store.stat(dataset, "big").generation == second.generation
     assert store.get(dataset, "big").to_bytes() == b"later"
     assert staged(store) == {}

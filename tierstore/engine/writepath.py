@@ -282,7 +282,8 @@ class ShardWriter:
             self._mover.archive_holds_since(record.dataset, record.name, record.generation)
         ):
             raise self._newer_not_archived(record.dataset, record.name, "was not stored:")
-        return record.to_info(record.created_at)
+        # Held by neither tier: the newer generation replaced it before anyone saw it.
+        return record.with_state(hot=False, archived=False).to_info(record.created_at)
 
     def _commit_with_room(
         self,
