@@ -291,16 +291,21 @@ def test_a_put_whose_chunk_finds_no_room_drops_what_it_staged(open_store: StoreF
     assert store.put("plain", "small", b"fits").size == 4  # and the store goes on
 
 
-def tight_store(open_store: StoreFactory, **overrides: Any) -> tuple[Store, dict[str, bytes]]:
-    """A store whose 8 MiB map four 256 KiB shards fill a quarter of (a 4 KiB frame and
-    its checksum take two pages), far below its watermark (capacity 64 MiB); and them."""
-    store = open_store(
+def tight_map_store(open_store: StoreFactory, **overrides: Any) -> Store:
+    """A store with an 8 MiB map (a 4 KiB frame and its checksum take two pages) far
+    below its watermark (capacity 64 MiB), staging puts 64 KiB at a time."""
+    return open_store(
         datasets=DATASETS,
         put_chunk_bytes=16 * FRAME,
         hot_capacity_bytes=64 << 20,
         map_size_bytes=8 << 20,
         **overrides,
     )
+
+
+def tight_store(open_store: StoreFactory, **overrides: Any) -> tuple[Store, dict[str, bytes]]:
+    """A :func:`tight_map_store` that four 256 KiB shards fill a quarter of; and them."""
+    store = tight_map_store(open_store, **overrides)
     old = {f"old/{i}": payload(256 << 10, i) for i in range(4)}
     for name, data in old.items():
         store.put("plain", name, data)
@@ -341,12 +346,7 @@ def test_a_chunk_that_needs_the_only_archived_shard_evicts_it_and_goes_on(
 ) -> None:
     # LMDB reuses the pages a transaction freed only from the second transaction after
     # it: the chunk's retry right after the eviction found them not yet free.
-    store = open_store(
-        datasets=DATASETS,
-        put_chunk_bytes=16 * FRAME,
-        hot_capacity_bytes=64 << 20,
-        map_size_bytes=8 << 20,
-    )
+    store = tight_map_store(open_store)
     old = payload(3 << 20, 1)  # 6 MiB of pages: the big put fits only in its place
     store.put("plain", "old", old)
     assert store.drain(10)
@@ -366,12 +366,7 @@ def test_a_dead_readers_snapshot_never_costs_a_staged_put_an_eviction(
     # A killed local reader's snapshot keeps the pages a delete freed after it from
     # reuse: the chunk finds the map full, the dead slot is freed, and the chunk is
     # tried again as it is, not after evicting a shard for room that is already there.
-    store = open_store(
-        datasets=DATASETS,
-        put_chunk_bytes=16 * FRAME,
-        hot_capacity_bytes=64 << 20,
-        map_size_bytes=8 << 20,
-    )
+    store = tight_map_store(open_store)
     store.put("plain", "keep", payload(256 << 10, 2))
     store.put("plain", "x", payload(3 << 20, 1))
     assert store.drain(10)
