@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -48,7 +48,15 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
-__all__ = ["Spooler", "Staged", "chunks", "drop_abandoned", "drop_staged", "drop_staged_in"]
+__all__ = [
+    "Spooler",
+    "Staged",
+    "chunks",
+    "drop_abandoned",
+    "drop_staged",
+    "drop_staged_in",
+    "stage_in",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +153,14 @@ class Spooler:
                 needed, free = self._env.room_for(txn, (len(frame) for frame in fetched))
                 if needed > free:
                     return Staged.NO_ROOM
-                if run.start == 0:
-                    self._catalog.mark_staging(txn, record.generation, len(record.frame_sizes))
-                for index, frame in zip(run, fetched, strict=True):
-                    self._frames.put_in(txn, frame_key(record.generation, index), frame)
+                stage_in(
+                    txn,
+                    self._catalog,
+                    self._frames,
+                    record.generation,
+                    len(record.frame_sizes),
+                    zip(run, fetched, strict=True),
+                )
             del fetched  # before the next chunk is fetched: one chunk in memory at a time
         return Staged.DONE
 
@@ -176,6 +188,23 @@ def drop_staged(
             generation,
             exc,
         )
+
+
+def stage_in(
+    txn: Any,
+    catalog: Catalog,
+    frames: LmdbTier,
+    generation: int,
+    frame_count: int,
+    chunk: Iterable[tuple[int, bytes | bytearray | memoryview]],
+) -> None:
+    """Write ``chunk``'s ``(index, stored frame)`` pairs of ``generation`` (of
+    ``frame_count`` frames) in the caller's write transaction, staged: the marker comes
+    with frame 0, so every staged frame is accounted for."""
+    for index, frame in chunk:
+        if index == 0:
+            catalog.mark_staging(txn, generation, frame_count)
+        frames.put_in(txn, frame_key(generation, index), frame)
 
 
 def drop_staged_in(txn: Any, catalog: Catalog, frames: LmdbTier, generation: int) -> None:

@@ -37,7 +37,7 @@ from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, sealing_overhead, stored_size
-from tierstore.engine.spool import chunks, drop_staged
+from tierstore.engine.spool import chunks, drop_staged, stage_in
 from tierstore.errors import (
     ArchiveUnavailable,
     BacklogFull,
@@ -422,11 +422,10 @@ class ShardWriter:
             needed, free = self._env.room_for(txn, (len(f) for f in frames))
             if needed > free:
                 raise HotTierFull(self._full(dataset, shard, needed, free))
-            if run.start == 0:
-                self._catalog.mark_staging(txn, generation, len(sizes))
             for index, frame in zip(run, frames, strict=True):
                 _check_sealed(index, frame, sizes)
-                self._frames.put_in(txn, frame_key(generation, index), frame)
+            chunk = zip(run, frames, strict=True)
+            stage_in(txn, self._catalog, self._frames, generation, len(sizes), chunk)
 
     def _check_backlog(self, txn: Any, stored_total: int) -> None:
         """Raise BacklogFull if a put of ``stored_total`` bytes would take the bytes
