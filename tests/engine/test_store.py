@@ -210,6 +210,25 @@ def test_put_frames_keeps_the_client_framing(store: Store) -> None:
     assert store.read_table("plain", "arrow").equals(table)
 
 
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+@pytest.mark.parametrize("cold", [False, True], ids=["hot", "cold"])
+def test_a_whole_read_keeps_empty_frames_at_the_edges(
+    store: Store, dataset: str, cold: bool
+) -> None:
+    frames = [b"", b"a" * 10, b"", b"b" * 7, b""]
+    store.put_frames(dataset, "edges", ShardKind.RAW, frames)
+    if cold:
+        assert store.drain(10)
+        assert store.evict(dataset, "edges") > 0
+    read = store.get(dataset, "edges")
+    assert read.source == ("archive" if cold else "hot")
+    assert [bytes(memoryview(frame)) for frame in read.frames] == frames
+    assert read.first_frame == 0
+    assert [bytes(memoryview(f)) for f in store.iter_frames(dataset, "edges")] == frames
+    # A byte range is over the shard's bytes: it names no frame it holds no byte of.
+    assert store.get(dataset, "edges", byte_range=(0, 17)).first_frame == 1
+
+
 # Ranges.
 
 

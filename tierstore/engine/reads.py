@@ -62,7 +62,8 @@ def plan_reads(
     """Which frames (and which bytes of them) a read needs.
 
     ``byte_range`` is ``(offset, length)`` over the shard's logical bytes (cut at
-    the end); ``frame_range`` is ``(first, count)``. At most one may be given.
+    the end); ``frame_range`` is ``(first, count)``. At most one may be given; with
+    neither, the read is of every frame (empty ones included).
     Raises :class:`RangePastEnd` for a start past the end, :class:`InvalidRange` for
     negative values or both ranges.
     """
@@ -78,8 +79,12 @@ def plan_reads(
                 f"frame range ({first}, {wanted}) starts past the end of a {count}-frame shard"
             )
         return [FrameSlice(i, 0, frame_sizes[i]) for i in range(first, min(count, first + wanted))]
+    if byte_range is None:
+        # A whole read is every frame, the empty ones at the edges included, so that
+        # it hands back the shard exactly as it was framed.
+        return [FrameSlice(i, 0, size) for i, size in enumerate(frame_sizes)]
     total = sum(frame_sizes)
-    offset, length = (0, total) if byte_range is None else _int_pair("byte range", byte_range)
+    offset, length = _int_pair("byte range", byte_range)
     if offset < 0 or length < 0:
         raise InvalidRange(f"byte range ({offset}, {length}) has a negative offset or length")
     if offset > total:
