@@ -239,8 +239,9 @@ class LocalKeyring:
         deletes that file.
 
         Raises :class:`NotFound` for an id the file does not hold, and
-        :class:`KeyRotationRefused`, with the file unchanged, for the current key and as
-        :meth:`rotated_file` does.
+        :class:`KeyRotationRefused`, with the file unchanged, for the current key, for a
+        file whose current key is not this keyring's (rotated by another process, or
+        edited), and as :meth:`rotated_file` does.
         """
 
         taken: dict[str, bytes] = {}  # the key retire() took out, for keep_aside()
@@ -255,6 +256,16 @@ class LocalKeyring:
                 raise KeyRotationRefused(
                     f"master key {key_id!r} is the current key, which new data keys are "
                     "wrapped with: rotate first (tierstore keys rotate), then retire it"
+                )
+            if on_file.current != self.current:
+                # Taking the file's keyring up here would switch this node to a current
+                # key it never rotated to, and rewrap its data keys under it, unasked.
+                raise KeyRotationRefused(
+                    f"key file {path} names {on_file.current!r} as its current key, not "
+                    f"{self.current!r} as this process holds it (another node sharing the "
+                    "file rotated it, or it was edited): nothing was changed. Run "
+                    "`tierstore keys rotate` on this node first, which takes up every key "
+                    "in the file, then retire the key"
                 )
             kept = {name: key for name, key in on_file.keys.items() if name != key_id}
             taken[key_id] = on_file.keys[key_id]

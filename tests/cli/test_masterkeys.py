@@ -212,6 +212,31 @@ def test_a_node_sharing_the_key_file_is_pointed_to_the_retired_key(
     assert other.get("enc", "s").to_bytes() == payload(10)
 
 
+def test_a_key_file_whose_current_key_changed_behind_the_node_is_not_retired_from(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # The retirement used to take the edited file's current key up silently, and
+    # rewrap every data key of the node under a key it never rotated to.
+    store = open_store(MemoryTier(), datasets=DATASETS)
+    store.put("enc", "s", payload(3000))
+    path = key_file_of(KEYRING, tmp_path / "master.keys")
+    keys = KeyRotation(NodeKeys(KEYRING, path), store)
+    keys()
+    assert store.drain(10)
+    on_file = LocalKeyring.from_file(path)
+    edited = LocalKeyring(keys={**on_file.keys, "k7": os.urandom(32)}, current="k7")
+    key_file_of(edited, path)
+    with pytest.raises(KeyRotationRefused, match="names 'k7' as its current key, not 'k2'"):
+        keys.retire("k1")
+    assert LocalKeyring.from_file(path) == edited
+    assert store.get("enc", "s").to_bytes() == payload(3000)
+    # The way on: a rotation takes up every key in the file, then the retirement runs.
+    assert keys() == 1
+    assert store.drain(10)
+    assert keys.retire("k1") == ("k2", "k7", "k8")
+    assert store.get("enc", "s").to_bytes() == payload(3000)
+
+
 def test_a_key_records_still_use_is_not_retired(open_store: StoreFactory, tmp_path: Path) -> None:
     store = open_store(datasets=DATASETS, start_mover=False)
     store.put("enc", "s", payload(10))
