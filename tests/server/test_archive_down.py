@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from tierstore import errors
+from tierstore.cli.serve import _through_embedded_restarts
 from tierstore.crypto import LocalKeyring
-from tierstore.tiers.seaweedfs import SeaweedServer
+from tierstore.tiers.s3 import S3Tier
+from tierstore.tiers.seaweedfs import SeaweedServer, _answers_as_seaweed
+from tierstore.tiers.seaweedkeeper import SeaweedKeeper
 from tierstore.types import Grant, Role
 
 from .conftest import ServerProcess, archived_keys, children, free_port, poll, unique
@@ -94,6 +98,104 @@ def test_an_embedded_archive_that_dies_is_started_again(
         )
         assert client.get(dataset, "s").to_pybytes() == data  # a cold read, from it
         assert client.put(dataset, "t", b"archived again").archived
+
+
+def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
+    tmp_path: Path,
+) -> None:
+    # A new node refused to start when its weed died in its first second: the start's
+    # archive calls failed before the keeper had started weed again.
+    with SeaweedServer(tmp_path / "weed") as server:
+        tier = S3Tier(server.s3_settings("made-by-the-start"))
+        # Slow to restart: the start's own S3 retries (about 2 s) give up first.
+        keeper = SeaweedKeeper(server, interval_s=3).start()
+        try:
+            os.kill(server._process.pid if server._process else 0, signal.SIGKILL)
+            poll(lambda: not server.running, 10, "weed gone")
+            calls: list[float] = []
+
+            def start() -> int:
+                calls.append(time.monotonic())
+                tier.ensure_bucket()
+                return server.launches
+
+            assert _through_embedded_restarts(start, server) == 2
+            assert len(calls) >= 2 and keeper.restarts == 1
+            tier.put("k", b"after the restart")
+            assert tier.get("k") == b"after the restart"
+
+            # With weed running throughout, or an external archive, a failure is final.
+            def refused() -> int:
+                calls.append(time.monotonic())
+                raise errors.ArchiveUnavailable("refused")
+
+            for embedded in (server, None):
+                calls.clear()
+                with pytest.raises(errors.ArchiveUnavailable, match="refused"):
+                    _through_embedded_restarts(refused, embedded)
+                assert len(calls) == 1
+        finally:
+            keeper.stop()
+
+
+def test_a_new_node_whose_embedded_archive_is_killed_as_it_starts_starts_all_the_same(
+    tmp_path: Path,
+) -> None:
+    # Kill the node's first weed at once, then its second once its S3 port answers
+    # (before or while the node's start calls the archive): the node starts, and serves.
+    node = ServerProcess(tmp_path / "node")
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_weeds() -> None:
+        while not done.is_set() and len(killed) < 2:
+            process = node.process
+            weeds = children(process.pid) if process is not None else []
+            for pid in weeds:
+                if pid in killed:
+                    continue
+                if killed and not answers_s3(pid):
+                    continue  # the second: once it serves
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_weeds, daemon=True)
+    killer.start()
+    try:
+        node.start()
+        # (The second kill may come after the start, if the start was quicker.)
+        poll(lambda: len(killed) == 2, 60, "both weeds killed")
+    finally:
+        done.set()
+        killer.join(10)
+    try:
+        assert "before S3 answered; starting it again" in node.errors()
+        dataset = unique()
+        with node.connect(local_reads=False) as client:
+            client.create_dataset(dataset, durability="write-through")
+
+            def archived_put() -> bool:  # the archive may still be coming back
+                with contextlib.suppress(errors.ArchiveUnavailable, errors.Unavailable):
+                    return client.put(dataset, "s", b"archived").archived
+                return False
+
+            poll(archived_put, 60, "a write-through put")
+            client.evict(dataset, "s")
+            assert client.get(dataset, "s").to_pybytes() == b"archived"
+    finally:
+        node.stop()
+
+
+def answers_s3(weed: int) -> bool:
+    """Whether weed process ``weed`` serves S3 (its ``-s3.port``) on loopback yet."""
+    try:
+        words = Path(f"/proc/{weed}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return False
+    ports = [int(word.split("=", 1)[1]) for word in words if word.startswith("-s3.port=")]
+    return bool(ports) and _answers_as_seaweed(ports[0])
 
 
 class SwitchableProxy:

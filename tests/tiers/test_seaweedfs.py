@@ -189,6 +189,28 @@ def test_a_binary_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
     assert not server.running
 
 
+@needs_weed
+def test_a_weed_killed_before_it_answered_is_started_again(tmp_path: Path) -> None:
+    # A node refused to start when its weed was killed (from outside) in its first
+    # second; a weed that exits with a status of its own still fails the start at once.
+    weed = find_weed_binary()
+    marker = tmp_path / "killed-once"
+    binary = fake_weed(
+        tmp_path, f'[ -e {marker} ] || {{ touch {marker}; kill -9 $$; }}; exec {weed} "$@"'
+    )
+    with SeaweedServer(tmp_path / "data", binary=binary) as server:
+        assert marker.exists() and server.launches == 2
+        tier = S3Tier(server.s3_settings("after-a-kill"))
+        tier.ensure_bucket()
+        tier.put("k", b"served")
+        assert tier.get("k") == b"served"
+    refusing = fake_weed(tmp_path, "exit 3")
+    server = SeaweedServer(tmp_path / "refused", binary=refusing, startup_timeout_s=30)
+    with pytest.raises(ArchiveUnavailable, match="status 3"):
+        server.start()
+    assert server.launches == 1
+
+
 def test_a_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     binary = fake_weed(tmp_path, f"echo started; echo $$ > {pid_file}; exec sleep 60")

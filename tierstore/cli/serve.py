@@ -35,19 +35,22 @@ import shlex
 import shutil
 import signal
 import threading
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
+    NodeKeys,
     check_master_key_sources,
     check_node_keys,
     load_node_keys,
 )
-from tierstore.config import ArchiveSettings, load_settings
+from tierstore.config import ArchiveSettings, EngineSettings, load_settings
 from tierstore.engine.bootstrap import open_store
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
@@ -77,7 +80,16 @@ from tierstore.tiers.s3_connection import check_bucket_name
 
 __all__ = ["ServeOptions", "serve"]
 
+if TYPE_CHECKING:
+    from tierstore.tiers.seaweedfs import SeaweedServer
+
 log = logging.getLogger(__name__)
+
+#: how long a start waits for its embedded archive to answer again when weed exited
+#: during the start (its keeper starts it again) before the node refuses to start.
+EMBEDDED_START_WAIT_S = 60.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +207,10 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
-        settings = replace(
-            settings,
-            archive=_archive_settings(options, settings.archive, data_dir, cleanup, stop),
+        archive_settings, embedded = _archive_settings(
+            options, settings.archive, data_dir, cleanup, stop
         )
+        settings = replace(settings, archive=archive_settings)
         keys = load_node_keys(settings, data_dir)
         metrics = ServerMetrics(dataset_labels=options.metrics_dataset_labels)
         # A hot tier this start makes (the node is new, or its hot tier was lost) is
@@ -210,28 +222,12 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             write_private_file(unchecked, b"hot tier not yet checked against the archive\n")
         with ExitStack() as refused:
             refused.callback(keys.forget_created)  # dropped once the keys are kept
-            # The mover starts only once the keys are checked: with the wrong ones it
-            # would find every pending encrypted upload failing to unwrap.
-            store = open_store(
-                settings,
-                observe_archive=metrics.observe_archive,
-                keyring=keys.keyring,
-                start_mover=False,
-            )
+
+            def open_checked() -> tuple[Store, ArchiveUnavailable | None]:
+                return _open_checked_store(settings, keys, metrics, options, out, unchecked)
+
+            store, archive_down = _through_embedded_restarts(open_checked, embedded)
             cleanup.callback(store.close)
-            # Before a rebuild too: a created key believes no archived manifest.
-            archive_down: ArchiveUnavailable | None = None
-            try:
-                check_node_keys(keys, store, reseal_archive=options.reseal_archive)
-            except ArchiveUnavailable as unreachable:
-                if keys.created or unchecked.exists():
-                    raise  # nothing checked here yet: no serving without the archive
-                archive_down = unreachable  # the node's own hot tier serves meanwhile
-            if unchecked.exists():
-                _check_a_new_hot_tier(
-                    store, options.rebuild_from_archive, out, lost_keys=options.reseal_archive
-                )
-                unchecked.unlink()
             refused.pop_all()
         if archive_down is not None:
             waiting = DeferredKeyCheck(keys, store)  # holds the journal from now on
@@ -319,6 +315,68 @@ def _kill_children() -> None:
 _UNCHECKED_MARK = "hot-tier.unchecked"
 
 
+def _open_checked_store(
+    settings: EngineSettings,
+    keys: NodeKeys,
+    metrics: ServerMetrics,
+    options: ServeOptions,
+    out: TextIO,
+    unchecked: Path,
+) -> tuple[Store, ArchiveUnavailable | None]:
+    """Open the node's store (its mover not started) and check its keys, and a hot tier
+    this start made, against the archive; return it and, when the archive could not
+    be reached but the node may serve its own hot tier meanwhile, why. On any error
+    the store is closed again."""
+    # The mover starts only once the keys are checked: with the wrong ones it would
+    # find every pending encrypted upload failing to unwrap.
+    store = open_store(
+        settings, observe_archive=metrics.observe_archive, keyring=keys.keyring, start_mover=False
+    )
+    try:
+        # Before a rebuild too: a created key believes no archived manifest.
+        archive_down: ArchiveUnavailable | None = None
+        try:
+            check_node_keys(keys, store, reseal_archive=options.reseal_archive)
+        except ArchiveUnavailable as unreachable:
+            if keys.created or unchecked.exists():
+                raise  # nothing checked here yet: no serving without the archive
+            archive_down = unreachable  # the node's own hot tier serves meanwhile
+        if unchecked.exists():
+            _check_a_new_hot_tier(
+                store, options.rebuild_from_archive, out, lost_keys=options.reseal_archive
+            )
+            unchecked.unlink()
+    except BaseException:
+        store.close()
+        raise
+    return store, archive_down
+
+
+def _through_embedded_restarts(start: Callable[[], _T], embedded: SeaweedServer | None) -> _T:
+    """``start()``, tried again when it failed with ArchiveUnavailable because the
+    embedded archive's weed exited meanwhile (its keeper starts it again), for up to
+    :data:`EMBEDDED_START_WAIT_S`. A new node refused to start when weed died in its
+    first second; an external archive, or a weed that kept running, is refused at once."""
+    deadline = time.monotonic() + EMBEDDED_START_WAIT_S
+    launches = embedded.launches if embedded is not None else 0
+    while True:
+        try:
+            return start()
+        except ArchiveUnavailable as exc:
+            if embedded is None or (embedded.running and embedded.launches == launches):
+                raise  # weed ran throughout: the failure is no restart's
+            # A restarted weed answers S3 before its volume is back, with 500s
+            # meanwhile: tried again until the deadline.
+            left = deadline - time.monotonic()
+            if left <= 0 or not embedded.wait_until_answering(left):
+                raise
+            log.warning(
+                "the embedded archive exited during the start (%s); it answers again: "
+                "starting over",
+                exc,
+            )
+
+
 def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool) -> None:
     """For a hot tier made by this start (or by one that stopped before this check
     passed). Over an archive that holds objects, the hot tier was lost (or this node was
@@ -390,14 +448,14 @@ def _archive_settings(
     data_dir: Path,
     cleanup: ExitStack,
     stopping: threading.Event,
-) -> ArchiveSettings:
+) -> tuple[ArchiveSettings, SeaweedServer | None]:
     """The archive this node uses: :func:`_archive_with_flags`. With no endpoint named
     anywhere, the embedded archive, started here (under ``<data-dir>/archive``, stopped
     by ``cleanup``), on the bucket and prefix asked for, and started again should it
-    exit before ``stopping`` is set."""
+    exit before ``stopping`` is set; returned too (None for an external archive)."""
     archive = _archive_with_flags(options, configured)
     if archive.endpoint_url:
-        return archive
+        return archive, None
     # Only for the embedded archive.
     from tierstore.tiers.seaweedfs import SeaweedServer
     from tierstore.tiers.seaweedkeeper import SeaweedKeeper
@@ -406,13 +464,14 @@ def _archive_settings(
     # Stopped before the server is (the stack unwinds in reverse).
     cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
     s3 = embedded.s3_settings(archive.bucket, archive.prefix)
-    return ArchiveSettings(
+    settings = ArchiveSettings(
         endpoint_url=s3.endpoint_url,
         bucket=s3.bucket,
         prefix=s3.prefix,
         access_key_id=s3.access_key_id,
         secret_access_key=s3.secret_access_key,
     )
+    return settings, embedded
 
 
 def _archive_with_flags(options: ServeOptions, configured: ArchiveSettings) -> ArchiveSettings:

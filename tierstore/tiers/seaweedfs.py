@@ -31,7 +31,9 @@ directory: one data directory serves one SeaweedServer at a time (``tierstore
 serve`` holds a lock on its data directory to make sure).
 
 Not thread-safe: start and stop a server from one thread, one that outlives it (the
-main thread, typically).
+main thread, typically). :attr:`SeaweedServer.running`, :attr:`SeaweedServer.launches`
+and :meth:`SeaweedServer.wait_until_answering` may be used from another thread while a
+keeper restarts weed.
 """
 
 from __future__ import annotations
@@ -279,6 +281,9 @@ class SeaweedServer:
         self._finalizer: (
             weakref.finalize[[subprocess.Popen[bytes], float], SeaweedServer] | None
         ) = None
+        #: weed processes started so far (by :meth:`start` and :meth:`restart`): a
+        #: count that moved says weed was started again meanwhile.
+        self.launches = 0
 
     # Lifecycle.
 
@@ -387,7 +392,9 @@ class SeaweedServer:
         return command
 
     def _launch(self, binary: Path, *, last_attempt: bool) -> bool:
-        """Run weed once; True when ready, False on a port clash worth retrying."""
+        """Run weed once; True when ready, False when worth retrying: a port clash, or
+        a weed ended by a signal (killed from outside) before it answered. A weed that
+        exits with a status of its own (it refused to run) is not retried."""
         _remove_stale_sockets(self._ports.values())
         command = self._command(binary)
         log_path = self.log_path
@@ -408,6 +415,7 @@ class SeaweedServer:
             except OSError as exc:
                 raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
         self._process = process
+        self.launches += 1
         # With the ports weed names its /tmp sockets by, for a later start to clean up.
         ports = " ".join(str(port) for port in self._ports.values())
         (self.data_dir / _PID_FILE).write_text(f"{process.pid} {ports}\n")
@@ -417,7 +425,14 @@ class SeaweedServer:
             if process.poll() is not None:
                 output = self._log_since(log_offset)
                 self._reap()
-                if not last_attempt and any(m in output for m in _PORT_CLASH_MARKERS):
+                signalled = process.returncode < 0
+                if not last_attempt and (
+                    signalled or any(m in output for m in _PORT_CLASH_MARKERS)
+                ):
+                    _log.warning(
+                        "weed exited with status %d before S3 answered; starting it again",
+                        process.returncode,
+                    )
                     return False
                 raise ArchiveUnavailable(
                     f"weed exited with status {process.returncode} before S3 answered; "
@@ -472,7 +487,20 @@ class SeaweedServer:
     @property
     def running(self) -> bool:
         """True while the weed process started by :meth:`start` is alive."""
-        return self._process is not None and self._process.poll() is None
+        process = self._process  # once: a keeper's restart may swap it meanwhile
+        return process is not None and process.poll() is None
+
+    def wait_until_answering(self, timeout_s: float) -> bool:
+        """Whether weed runs and its S3 port answers within ``timeout_s`` (polled every
+        0.1 s): for a caller whose weed exited, once something (its keeper) starts it
+        again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.running and _answers_as_seaweed(self._ports["s3"]):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
     @property
     def data_dir(self) -> Path:
