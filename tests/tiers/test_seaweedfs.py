@@ -191,15 +191,19 @@ def test_a_binary_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
 
 @needs_weed
 def test_a_weed_killed_before_it_answered_is_started_again(tmp_path: Path) -> None:
-    # A node refused to start when its weed was killed (from outside) in its first
-    # second; a weed that exits with a status of its own still fails the start at once.
+    # A node refused to start when its weed was stopped (from outside) in its first
+    # second: killed, or stopped by SIGTERM or SIGINT, on which weed exits 0. A weed
+    # that exits with an error status of its own still fails the start at once.
     weed = find_weed_binary()
-    marker = tmp_path / "killed-once"
+    killed, stopped = tmp_path / "killed-once", tmp_path / "stopped-once"
     binary = fake_weed(
-        tmp_path, f'[ -e {marker} ] || {{ touch {marker}; kill -9 $$; }}; exec {weed} "$@"'
+        tmp_path,
+        f"[ -e {killed} ] || {{ touch {killed}; kill -9 $$; }}\n"
+        f"[ -e {stopped} ] || {{ touch {stopped}; exit 0; }}\n"
+        f'exec {weed} "$@"',
     )
     with SeaweedServer(tmp_path / "data", binary=binary) as server:
-        assert marker.exists() and server.launches == 2
+        assert killed.exists() and stopped.exists() and server.launches == 3
         tier = S3Tier(server.s3_settings("after-a-kill"))
         tier.ensure_bucket()
         tier.put("k", b"served")

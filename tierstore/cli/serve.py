@@ -226,7 +226,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             def open_checked() -> tuple[Store, ArchiveUnavailable | None]:
                 return _open_checked_store(settings, keys, metrics, options, out, unchecked)
 
-            store, archive_down = _through_embedded_restarts(open_checked, embedded)
+            store, archive_down = _through_embedded_restarts(open_checked, embedded, stop)
             cleanup.callback(store.close)
             refused.pop_all()
         if archive_down is not None:
@@ -352,12 +352,16 @@ def _open_checked_store(
     return store, archive_down
 
 
-def _through_embedded_restarts(start: Callable[[], _T], embedded: SeaweedServer | None) -> _T:
+def _through_embedded_restarts(
+    start: Callable[[], _T], embedded: SeaweedServer | None, stopping: threading.Event
+) -> _T:
     """``start()``, tried again when it failed with ArchiveUnavailable because the
-    embedded archive's weed exited meanwhile (its keeper starts it again), for up to
-    :data:`EMBEDDED_START_WAIT_S`. A new node refused to start when weed died in its
-    first second; an external archive, or a weed that kept running, is refused at once."""
-    deadline = time.monotonic() + EMBEDDED_START_WAIT_S
+    embedded archive's weed exited meanwhile (its keeper starts it again): once weed
+    answers again, for up to :data:`EMBEDDED_START_WAIT_S` from the first failure. A
+    new node refused to start when weed died in its first second. An external archive,
+    a weed that kept running, or a node told to stop (its weed stops with it) is
+    refused at once."""
+    deadline: float | None = None
     launches = embedded.launches if embedded is not None else 0
     while True:
         try:
@@ -365,10 +369,13 @@ def _through_embedded_restarts(start: Callable[[], _T], embedded: SeaweedServer 
         except ArchiveUnavailable as exc:
             if embedded is None or (embedded.running and embedded.launches == launches):
                 raise  # weed ran throughout: the failure is no restart's
-            # A restarted weed answers S3 before its volume is back, with 500s
-            # meanwhile: tried again until the deadline.
+            # Once weed was started again, any archive failure is tried again until
+            # the deadline: a restarted weed answers S3 before its volume is back,
+            # with 500s meanwhile.
+            if deadline is None:
+                deadline = time.monotonic() + EMBEDDED_START_WAIT_S
             left = deadline - time.monotonic()
-            if left <= 0 or not embedded.wait_until_answering(left):
+            if left <= 0 or not embedded.wait_until_answering(left, until=stopping):
                 raise
             log.warning(
                 "the embedded archive exited during the start (%s); it answers again: "
@@ -463,7 +470,10 @@ def _archive_settings(
     embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
     # Stopped before the server is (the stack unwinds in reverse).
     cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
-    s3 = embedded.s3_settings(archive.bucket, archive.prefix)
+    # (Its settings name its port, which it answers on only while it runs.)
+    s3 = _through_embedded_restarts(
+        lambda: embedded.s3_settings(archive.bucket, archive.prefix), embedded, stopping
+    )
     settings = ArchiveSettings(
         endpoint_url=s3.endpoint_url,
         bucket=s3.bucket,

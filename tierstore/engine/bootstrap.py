@@ -78,6 +78,7 @@ def open_store(
             tier.ensure_bucket()
         except ArchiveUnavailable as exc:
             if not (hot_tier_dir(settings.data_dir) / "data.mdb").exists():
+                tier.close()  # its connection pool: a start may be tried again
                 raise  # a new node: nothing to serve without the archive
             # A node's own hot tier serves without the archive; its mover retries.
             log.warning("the archive is unreachable; serving the hot tier: %s", exc)

@@ -54,6 +54,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -393,8 +394,9 @@ class SeaweedServer:
 
     def _launch(self, binary: Path, *, last_attempt: bool) -> bool:
         """Run weed once; True when ready, False when worth retrying: a port clash, or
-        a weed ended by a signal (killed from outside) before it answered. A weed that
-        exits with a status of its own (it refused to run) is not retried."""
+        a weed stopped from outside before it answered (killed, or status 0: weed exits
+        0 on SIGTERM and SIGINT). A weed that exits with an error status (it refused to
+        run) is not retried."""
         _remove_stale_sockets(self._ports.values())
         command = self._command(binary)
         log_path = self.log_path
@@ -425,14 +427,16 @@ class SeaweedServer:
             if process.poll() is not None:
                 output = self._log_since(log_offset)
                 self._reap()
-                signalled = process.returncode < 0
-                if not last_attempt and (
-                    signalled or any(m in output for m in _PORT_CLASH_MARKERS)
-                ):
-                    _log.warning(
-                        "weed exited with status %d before S3 answered; starting it again",
-                        process.returncode,
-                    )
+                clash = any(m in output for m in _PORT_CLASH_MARKERS)  # other ports next
+                # Stopped from outside: SIGKILL (negative), or SIGTERM or SIGINT, which
+                # weed takes in time to exit 0. Nothing it refused.
+                stopped = process.returncode <= 0
+                if not last_attempt and (clash or stopped):
+                    if not clash:
+                        _log.warning(
+                            "weed was stopped (status %d) before S3 answered; starting it again",
+                            process.returncode,
+                        )
                     return False
                 raise ArchiveUnavailable(
                     f"weed exited with status {process.returncode} before S3 answered; "
@@ -490,17 +494,19 @@ class SeaweedServer:
         process = self._process  # once: a keeper's restart may swap it meanwhile
         return process is not None and process.poll() is None
 
-    def wait_until_answering(self, timeout_s: float) -> bool:
+    def wait_until_answering(self, timeout_s: float, until: threading.Event | None = None) -> bool:
         """Whether weed runs and its S3 port answers within ``timeout_s`` (polled every
-        0.1 s): for a caller whose weed exited, once something (its keeper) starts it
-        again."""
+        0.1 s), for a caller whose weed exited, once something (its keeper) starts it
+        again; False at once when ``until`` is set (the node is stopping: nothing will)."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        stop = until if until is not None else threading.Event()
+        while not stop.is_set():
             if self.running and _answers_as_seaweed(self._ports["s3"]):
                 return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.1)
+            stop.wait(0.1)
+        return False
 
     @property
     def data_dir(self) -> Path:
