@@ -229,6 +229,24 @@ def test_a_whole_read_keeps_empty_frames_at_the_edges(
     assert store.get(dataset, "edges", byte_range=(0, 17)).first_frame == 1
 
 
+def test_a_cold_whole_read_of_empty_edge_frames_fills_the_cache_from_what_it_read(
+    open_store: StoreFactory,
+) -> None:
+    # Read as the byte range it covers, the read lacked the empty frames, so it did not
+    # count as whole: the promotion fetched the shard from the archive once more.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    frames = [b"", b"a" * 10, b""]
+    store.put_frames("plain", "edges", ShardKind.RAW, frames)
+    assert store.drain(10)
+    store.evict("plain", "edges")
+    assert store.get("plain", "edges").source == "archive"
+    wait_until(lambda: store.stat("plain", "edges").hot, "the cache fill")
+    assert archive.gets_by("tierstore-promote-fetch") == []
+    read = store.get("plain", "edges")
+    assert read.source == "hot" and [bytes(memoryview(f)) for f in read.frames] == frames
+
+
 # Ranges.
 
 
