@@ -29,6 +29,8 @@ def roundtrip(table: pa.Table, limit: int = 4 * KIB * KIB) -> pa.Table:
     frames = detached(table_to_frames(table, limit))
     assert all(frame.size <= limit for frame in frames)
     assert validate_arrow_frames(frames).equals(table.schema, check_metadata=True)
+    # A generator is taken too (it has no len(), which the check needs).
+    assert validate_arrow_frames(iter(frames)).equals(table.schema, check_metadata=True)
     back = frames_to_table(frames)
     assert back.schema.equals(table.schema, check_metadata=True)
     assert back.equals(table, check_metadata=True)

@@ -569,11 +569,13 @@ class _AsBuffers(Sequence[pa.Buffer]):
 
 
 def validate_arrow_frames(
-    frames: Sequence[BufferLike], max_frame_bytes: int | None = None
+    frames: Iterable[BufferLike], max_frame_bytes: int | None = None
 ) -> pa.Schema:
     """Check that frames arriving pre-framed form a valid Arrow shard; return its schema.
-    As :func:`checked_arrow_frames`."""
-    return checked_arrow_frames(frames, max_frame_bytes).schema
+    As :func:`checked_arrow_frames`; frames given as a one-pass iterable (a generator)
+    are listed first."""
+    listed = frames if isinstance(frames, Sequence) else list(frames)
+    return checked_arrow_frames(listed, max_frame_bytes).schema
 
 
 class ArrowFrames(NamedTuple):
