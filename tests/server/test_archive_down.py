@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.tiers.test_seaweedkeeper import cmdline
 from tierstore import errors
 from tierstore.cli.serve import _through_embedded_restarts
 from tierstore.crypto import LocalKeyring
@@ -111,10 +112,7 @@ def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
         # Slow to restart: the start's own S3 retries (about 2 s) give up first.
         keeper = SeaweedKeeper(server, interval_s=3, until=stopping).start()
         try:
-            process = server._process
-            assert process is not None
-            process.kill()
-            poll(lambda: not server.running, 10, "weed gone")
+            kill_weed(server)
             calls: list[float] = []
 
             def start() -> int:
@@ -143,16 +141,21 @@ def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
             # start gives up at once rather than waiting out the minute.
             stopping.set()
             keeper.stop()
-            process = server._process
-            assert process is not None
-            process.kill()
-            poll(lambda: not server.running, 10, "weed gone")
+            kill_weed(server)
             began = time.monotonic()
             with pytest.raises(errors.ArchiveUnavailable):
                 _through_embedded_restarts(start, server, stopping)
             assert time.monotonic() - began < 30  # (the S3 retries' own time)
         finally:
             keeper.stop()
+
+
+def kill_weed(server: SeaweedServer) -> None:
+    """SIGKILL ``server``'s weed and wait until it is gone."""
+    process = server._process
+    assert process is not None
+    process.kill()
+    poll(lambda: not server.running, 10, "weed gone")
 
 
 def test_a_new_node_whose_embedded_archive_is_killed_as_it_starts_starts_all_the_same(
@@ -198,7 +201,7 @@ def test_a_new_node_whose_embedded_archive_is_killed_as_it_starts_starts_all_the
 def is_weed(pid: int) -> bool:
     """Whether process ``pid`` runs ``weed mini`` (not, say, a child not yet exec'd)."""
     try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        words = cmdline(pid)
     except OSError:
         return False
     return bool(words) and Path(words[0]).name == "weed" and "mini" in words

@@ -474,14 +474,13 @@ def _archive_settings(
     s3 = _through_embedded_restarts(
         lambda: embedded.s3_settings(archive.bucket, archive.prefix), embedded, stopping
     )
-    settings = ArchiveSettings(
+    return ArchiveSettings(
         endpoint_url=s3.endpoint_url,
         bucket=s3.bucket,
         prefix=s3.prefix,
         access_key_id=s3.access_key_id,
         secret_access_key=s3.secret_access_key,
-    )
-    return settings, embedded
+    ), embedded
 
 
 def _archive_with_flags(options: ServeOptions, configured: ArchiveSettings) -> ArchiveSettings:

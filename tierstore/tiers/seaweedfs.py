@@ -494,18 +494,17 @@ class SeaweedServer:
         process = self._process  # once: a keeper's restart may swap it meanwhile
         return process is not None and process.poll() is None
 
-    def wait_until_answering(self, timeout_s: float, until: threading.Event | None = None) -> bool:
+    def wait_until_answering(self, timeout_s: float, until: threading.Event) -> bool:
         """Whether weed runs and its S3 port answers within ``timeout_s`` (polled every
         0.1 s), for a caller whose weed exited, once something (its keeper) starts it
         again; False at once when ``until`` is set (the node is stopping: nothing will)."""
         deadline = time.monotonic() + timeout_s
-        stop = until if until is not None else threading.Event()
-        while not stop.is_set():
+        while not until.is_set():
             if self.running and _answers_as_seaweed(self._ports["s3"]):
                 return True
             if time.monotonic() >= deadline:
                 return False
-            stop.wait(0.1)
+            until.wait(0.1)
         return False
 
     @property
