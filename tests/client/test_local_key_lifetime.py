@@ -9,8 +9,10 @@ generation of the shard has been read.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -120,3 +122,29 @@ def test_reading_a_newer_generation_drops_the_older_ones_key(
         assert zeroed(older), "the older generation's key was not zeroed"
         assert not zeroed(cached_key(client, dataset, "a", new))
         assert cached_count(client) == 1
+
+
+def test_a_client_dropped_without_close_is_freed_at_once_and_zeroes_its_keys(
+    server: ServerProcess, admin: Client
+) -> None:
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=True)
+    generation = admin.put(dataset, "a", os.urandom(20_000)).generation
+    client = reader_client(server)
+    assert client.get(dataset, "a").to_pybytes()
+    assert client.read_counts.local == 1
+    key = cached_key(client, dataset, "a", generation)
+    reporter = cast(Any, client)._local.reporter._thread
+    assert reporter is not None and reporter.is_alive()
+    freed = weakref.ref(client)
+    # With the cycle collector off, only reference counting can free the client: a
+    # cycle through it (its local path calling back into it) would keep it, its
+    # channel and its keys until some later collection.
+    gc.disable()
+    try:
+        del client
+        assert freed() is None, "the dropped client is still alive (a reference cycle?)"
+        assert zeroed(key), "the dropped client's key was not zeroed"
+    finally:
+        gc.enable()
+    poll(lambda: not reporter.is_alive(), 15, "the dropped client's reporter thread to end")

@@ -23,6 +23,7 @@ import os
 import stat
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,6 +266,32 @@ class _Checked(Generic[V]):
         setattr(obj, self._slot, self._check(self._name, value))
 
 
+def _weak_rpc(client: Client) -> GrpcLocalReadRpc:
+    """The local read path's calls over ``client``'s channel, holding the client weakly.
+
+    The client holds its LocalReads, which holds these calls: held strongly, that
+    cycle would keep a client dropped without close() — its channel and its data
+    keys — until the cycle collector runs, whenever that is. Held weakly, the client
+    goes as its last reference does. A call after that (the reporter's thread, about
+    to send) raises Unavailable.
+    """
+    held = weakref.ref(client)
+
+    def live() -> Client:
+        found = held()
+        if found is None:
+            raise Unavailable("the client was dropped without close()")
+        return found
+
+    def stub() -> shards_pb2_grpc.ShardServiceStub:
+        return live()._stub(shards_pb2_grpc.ShardServiceStub)
+
+    def call(fn: Callable[..., T], request: Any, **options: Any) -> T:
+        return live()._call(fn, request, **options)
+
+    return GrpcLocalReadRpc(stub, call)
+
+
 class Client:
     """One connection (lazily opened, per process) to a tierstore server.
 
@@ -296,8 +323,10 @@ class Client:
         self._counts = ReadCounter()
         self._local: LocalReads | None = None
         if self._local_options.enabled:
-            rpc = GrpcLocalReadRpc(lambda: self._stub(shards_pb2_grpc.ShardServiceStub), self._call)
-            self._local = LocalReads(rpc, self._local_options, self._counts)
+            self._local = LocalReads(_weak_rpc(self), self._local_options, self._counts)
+            # A client dropped without close() still zeroes its data keys and stops its
+            # reporter, as it goes (its unsent reports are lost: see LocalReads.abandon).
+            weakref.finalize(self, self._local.abandon)
 
     def __repr__(self) -> str:
         return f"Client({self._channel.settings.address!r})"

@@ -243,6 +243,17 @@ class LocalReads:
         """Report what is pending, forget grants and zero the data keys (reads may go on:
         they ask again)."""
         self.reporter.close()
+        self._forget()
+
+    def abandon(self) -> None:
+        """What a client dropped without close() does as it goes: forget grants, zero
+        the data keys and stop the reporter's thread, never touching the network (the
+        client whose channel would carry the reports is gone, and this may run inside
+        garbage collection, on any thread). The reads not reported yet are not sent."""
+        self.reporter.abandon()
+        self._forget()
+
+    def _forget(self) -> None:
         self._keys.clear()
         with self._lock:
             self._routes.clear()
