@@ -36,6 +36,49 @@ def test_a_ca_file_without_a_certificate_is_refused_by_name(tmp_path: Path) -> N
         channel.get()
 
 
+def test_a_client_key_file_without_a_private_key_is_refused_by_name(tmp_path: Path) -> None:
+    # grpc took it, and every call failed "to create security handshaker" after a
+    # few seconds, with the CLI's hint blaming the CA file and the address.
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_bytes(b"\x00 some other file")
+    channel = ProcessChannel(ChannelSettings("127.0.0.1:1", client_cert=cert, client_key=key))
+    with pytest.raises(InvalidArgument, match=f"TLS file {key} holds no PEM private key"):
+        channel.get()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1:82979",  # past 65535: gRPC took it as port 17443
+        "127.0.0.1:-1",  # and this as 65535
+        "127.0.0.1:0",
+        "127.0.0.1:+7443",
+        "127.0.0.1: 7443",
+        "127.0.0.1:7443x",
+        "127.0.0.1:\uff17\uff14",  # digits, but not ASCII ones
+        ":7443",
+        "https://127.0.0.1:7443",
+        "node one:7443",
+        "[not-ipv6]:7443",
+        "127.0.0.1",
+        "",
+    ],
+)
+def test_an_address_that_is_not_host_and_port_is_refused(address: str) -> None:
+    # gRPC wrapped big ports around, to another port, and failed the rest at the first
+    # call ("errors resolving"), as Unavailable.
+    with pytest.raises(InvalidArgument, match="address must be HOST:PORT with "):
+        ChannelSettings(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:7443", "localhost:1", "node-1.example.internal:65535", "[::1]:7443"]
+)
+def test_host_and_port_addresses_are_taken(address: str) -> None:
+    assert ChannelSettings(address).address == address
+
+
 def test_an_unreadable_ca_file_is_refused(tmp_path: Path) -> None:
     channel = ProcessChannel(ChannelSettings("127.0.0.1:1", ca=tmp_path))  # a directory
     with pytest.raises(InvalidArgument, match="cannot read TLS file"):

@@ -24,6 +24,7 @@ import tierstore
 from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.client.client import _raise_mapped as raise_mapped
+from tierstore.client.deadlines import MAX_TIMEOUT_S
 from tierstore.client.receive import open_stream
 from tierstore.types import DatasetSettings, Durability, Grant, Role, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
@@ -184,13 +185,17 @@ def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
                 client.frame_bytes = frame_bytes  # type: ignore[assignment]
         assert client.frame_bytes == 4 << 20  # unchanged by the refusals
         assert client.put(any_dataset, "kept", b"new data " * 100).size == 900
-        # A deadline of 0, NaN or infinity failed every call at once (DEADLINE_EXCEEDED).
-        for seconds in (0, -1, float("nan"), float("inf"), "5", True):
+        # A deadline of 0, NaN, infinity or past about 9e9 s (gRPC's clock overflows)
+        # failed every call at once (DEADLINE_EXCEEDED).
+        for seconds in (0, -1, float("nan"), float("inf"), 1e10, MAX_TIMEOUT_S * 1.01, "5", True):
             for name in ("timeout_s", "stream_timeout_s"):
                 with pytest.raises(errors.InvalidArgument, match=f"{name} must be"):
                     setattr(client, name, seconds)
             with pytest.raises(errors.InvalidArgument, match="timeout_s must be"):
                 server.connect(timeout_s=seconds)  # type: ignore[arg-type]
+        client.timeout_s = client.stream_timeout_s = MAX_TIMEOUT_S  # "no practical limit"
+        assert client.list(any_dataset, limit=1)
+        assert client.get(any_dataset, "kept").to_pybytes() == b"new data " * 100
         client.timeout_s = 7
         assert client.timeout_s == 7.0 and client.list(any_dataset, limit=1)
         # A negative limit listed nothing, as if the dataset were empty.

@@ -16,7 +16,6 @@ import gzip
 import inspect
 import io
 import json
-import math
 import os
 import re
 import sys
@@ -35,7 +34,11 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from tierstore import errors
-from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from tierstore.client.deadlines import (
+    DEFAULT_STREAM_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    timeout_problem,
+)
 from tierstore.client.download import output_paths, write_all
 from tierstore.naming import validate_shard_name
 from tierstore.types import ALL_DATASETS, Grant, Role, ShardInfo
@@ -214,8 +217,9 @@ def _client() -> Any:
         )
     if state.token and state.token_file:
         raise _fail(errors.InvalidArgument("give --token or --token-file, not both"))
-    if state.timeout is not None and not 0 < state.timeout < math.inf:
-        raise _fail(errors.InvalidArgument(f"--timeout must be > 0 seconds, not {state.timeout}"))
+    problem = None if state.timeout is None else timeout_problem(state.timeout)
+    if problem is not None:
+        raise _fail(errors.InvalidArgument(f"--timeout must be {problem}"))
     try:
         client = connect(
             state.address,

@@ -27,6 +27,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
 import grpc
 
+from tierstore.addresses import connect_address_problem
 from tierstore.client.forkgate import GATE
 from tierstore.client.forklocks import ForkSafeLock
 from tierstore.errors import InvalidArgument
@@ -57,10 +58,11 @@ class ChannelSettings:
     server_name: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.address or ":" not in self.address:
+        problem = connect_address_problem(self.address)
+        if problem is not None:
             raise InvalidArgument(
-                f"address must be HOST:PORT, got {self.address!r} (pass one, or set "
-                "TIERSTORE_ADDRESS; the CLI takes --address)"
+                f"address must be HOST:PORT with {problem}; got {self.address!r} (pass "
+                "one, or set TIERSTORE_ADDRESS; the CLI takes --address)"
             )
         if self.insecure and not is_loopback_address(self.address):
             raise InvalidArgument("plaintext connections are allowed only to loopback addresses")
@@ -190,10 +192,15 @@ class ProcessChannel:
             key = s.client_key.read_bytes() if s.client_key is not None else None
         except OSError as exc:
             raise InvalidArgument(f"cannot read TLS file: {exc}") from exc
-        for path, pem, what in ((s.ca, root, "CERTIFICATE"), (s.client_cert, cert, "CERTIFICATE")):
-            # Else grpc fails every call with "Failed to create security handshaker".
-            if pem is not None and f"-----BEGIN {what}-----".encode() not in pem:
-                raise InvalidArgument(f"TLS file {path} holds no PEM certificate")
+        # Else grpc fails every call with "Failed to create security handshaker", and
+        # the CLI's hint blamed the CA file and the address.
+        for path, pem, marker, what in (
+            (s.ca, root, b"-----BEGIN CERTIFICATE-----", "certificate"),
+            (s.client_cert, cert, b"-----BEGIN CERTIFICATE-----", "certificate"),
+            (s.client_key, key, b"PRIVATE KEY-----", "private key"),
+        ):
+            if pem is not None and (marker not in pem or b"-----BEGIN " not in pem):
+                raise InvalidArgument(f"TLS file {path} holds no PEM {what}")
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root, private_key=key, certificate_chain=cert
         )

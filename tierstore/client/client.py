@@ -35,7 +35,11 @@ import pyarrow as pa
 from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
+from tierstore.client.deadlines import (
+    DEFAULT_STREAM_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    timeout_problem,
+)
 from tierstore.client.download import output_paths, stream_into_file, write_all
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
@@ -222,13 +226,14 @@ def _raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
 
 
 def _positive_seconds(name: str, value: object) -> float:
-    """``value`` as a deadline in seconds: a finite number above 0 (not a bool), else
-    InvalidArgument naming ``name`` (a deadline of 0, NaN or infinity made every call
-    fail at once with DEADLINE_EXCEEDED)."""
+    """``value`` as a deadline in seconds: a number above 0 and at most ten years (not a
+    bool), else InvalidArgument naming ``name`` (a deadline of 0, NaN, infinity or
+    past about 9e9 s made every call fail at once with DEADLINE_EXCEEDED)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
-    if not 0 < float(value) < float("inf"):
-        raise InvalidArgument(f"{name} must be a positive finite number of seconds, not {value!r}")
+    problem = timeout_problem(float(value))
+    if problem is not None:
+        raise InvalidArgument(f"{name} must be {problem}")
     return float(value)
 
 

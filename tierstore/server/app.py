@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tierstore.addresses import split_host_port
 from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.store import Store
 from tierstore.errors import InvalidArgument, Unavailable
@@ -160,8 +161,7 @@ def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str)
     ):
         if optional and address == "":
             continue
-        _, colon, port = address.rpartition(":")
-        if not (colon and port.isdigit() and int(port) <= 65535):
+        if split_host_port(address) is None:
             raise InvalidArgument(
                 f"{option} must be HOST:PORT with a port from 0 to 65535, not {address!r}"
             )

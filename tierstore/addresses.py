@@ -1,0 +1,52 @@
+"""``HOST:PORT`` addresses, as a node listens on them and a client connects to them
+(stdlib only).
+
+gRPC takes a target string as it is and finds out late what is wrong with it: a port
+past 65535 wraps around (``127.0.0.1:82979`` reached port 17443, another service's
+perhaps), and a scheme or a stray character gives "errors resolving" at the first
+call. Both sides check their addresses here first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+__all__ = ["connect_address_problem", "split_host_port"]
+
+#: a host name or IPv4 address: letters, digits, dots, hyphens and underscores.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT``, or None unless PORT is ASCII digits from 0 to
+    65535 (no sign, no spaces). HOST is what precedes the last colon, as it is: it may
+    be empty, or a bracketed IPv6 address."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def connect_address_problem(address: str) -> str | None:
+    """What is wrong with ``address`` as a server to connect to, or None: it must be
+    ``HOST:PORT``, the host a name, an IPv4 address or a bracketed IPv6 address, the
+    port from 1 to 65535."""
+    split = split_host_port(address)
+    if split is None:
+        return "a port from 1 to 65535 after the last colon"
+    host, port = split
+    if port == 0:
+        return "a port from 1 to 65535 (0 is no port to connect to)"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"an IPv6 address inside the brackets, not {host!r}"
+        return None
+    if not _HOST_NAME.fullmatch(host):
+        return (
+            f"a host name or IP address before the port, not {host!r} (no scheme such as "
+            "https://, no path or spaces; an IPv6 address goes in brackets: [::1]:7443)"
+        )
+    return None
