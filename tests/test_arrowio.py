@@ -228,6 +228,44 @@ def test_columns_selection() -> None:
         frames_to_table(table_to_frames(table, 16 * KIB), columns=["i", "nope"])
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda names: (name for name in names),
+        iter,
+        lambda names: dict.fromkeys(names).keys(),
+        tuple,
+    ],
+    ids=["generator", "iterator", "dict keys", "tuple"],
+)
+def test_columns_may_be_any_iterable_of_names(make: Any) -> None:
+    # A generator was used up by the unknown-columns check: the table came back with
+    # no columns at all.
+    table = big_table(100)
+    frames = table_to_frames(table, 16 * KIB)
+    back = frames_to_table(frames, columns=make(["s", "i"]))
+    assert back.column_names == ["s", "i"]
+    assert back.equals(table.select(["s", "i"]), check_metadata=True)
+    with pytest.raises(InvalidArgument, match="nope"):
+        frames_to_table(frames, columns=make(["i", "nope"]))
+
+
+@pytest.mark.parametrize("columns", [3, object(), "s", b"s"], ids=["int", "object", "str", "bytes"])
+def test_a_selection_that_is_no_iterable_of_names_is_refused_before_reading(columns: Any) -> None:
+    # An int failed only after the whole shard was read, with a bare TypeError.
+    with pytest.raises(InvalidArgument, match="columns must be"):
+        arrowio.check_columns(columns)
+    with pytest.raises(InvalidArgument, match="columns must be"):
+        frames_to_table(table_to_frames(big_table(10)), columns=columns)
+
+
+def test_a_column_name_that_is_not_a_string_is_refused() -> None:
+    # Not read as a position: table.select() takes indices too.
+    frames = table_to_frames(big_table(10))
+    with pytest.raises(InvalidArgument, match="column names are strings"):
+        frames_to_table(frames, columns=["s", 0])  # type: ignore[list-item]
+
+
 def test_frames_to_table_is_zero_copy() -> None:
     table = pa.table({"i": np.arange(1000), "s": [str(i) for i in range(1000)]})
     frames = detached(table_to_frames(table, 4 * KIB))

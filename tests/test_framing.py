@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tierstore.errors import InvalidArgument
+from tierstore.errors import InvalidArgument, UnsupportedData
 from tierstore.framing import frame_value
 from tierstore.types import ShardKind
 
@@ -25,3 +25,9 @@ def test_raw_bytes_are_cut_into_frames_of_the_size_given() -> None:
     framed = frame_value(b"0123456789", 4)
     assert framed.kind is ShardKind.RAW
     assert [bytes(frame) for frame in framed.frames] == [b"0123", b"4567", b"89"]
+
+
+def test_a_masked_array_is_refused_at_put() -> None:
+    # It was acknowledged as a tensor shard that no read could return.
+    with pytest.raises(UnsupportedData, match="masked array"):
+        frame_value(np.ma.array([1, 2, 3], mask=[False, True, False]), 4096)

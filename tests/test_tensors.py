@@ -111,6 +111,52 @@ def test_unsupported_tensors(array: Any) -> None:
         tensor_to_table(array)
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.ma.array([1, 2, 3], mask=[False, True, False]),
+        np.ma.array(np.arange(6.0).reshape(2, 3), mask=[[False, False, True], [False] * 3]),
+        np.ma.array([1, 2, 3]),  # nothing masked today: refused all the same
+    ],
+    ids=["masked", "2-d", "no mask"],
+)
+def test_masked_arrays_are_refused(array: np.ma.MaskedArray[Any, Any]) -> None:
+    # The masked entries became nulls: the put was acknowledged, and every read of the
+    # shard failed ("tensor column has 3 values for shape (3,) int64").
+    with pytest.raises(UnsupportedData, match=r"masked array.*\.filled\(.*Arrow table"):
+        tensor_to_table(array)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_a_matrix_is_stored_as_its_plain_data() -> None:
+    matrix = np.matrix(np.arange(12.0).reshape(3, 4))
+    for array in (matrix, matrix.T):
+        back = table_to_tensor(frames_to_table(detached(tensor_to_frames(array))))
+        assert type(back) is np.ndarray
+        assert_same(np.asarray(array), back)
+
+
+def test_a_memory_map_is_stored_as_its_plain_data(tmp_path: Any) -> None:
+    array = np.memmap(tmp_path / "map", np.float32, "w+", shape=(3, 4))
+    array[:] = np.arange(12).reshape(3, 4)
+    back = table_to_tensor(frames_to_table(detached(tensor_to_frames(array))))
+    assert type(back) is np.ndarray
+    assert_same(np.asarray(array), back)
+    del array  # the map is closed before tmp_path goes
+
+
+def test_a_tensor_column_holding_nulls_is_named_as_such() -> None:
+    # Such shards were written by a put of a masked array before those were refused.
+    good = tensor_to_table(np.arange(3))
+    tensor_type = good.column("tensor").type
+    storage = pa.FixedSizeListArray.from_arrays(pa.array([1, None, 3], pa.int64()), 1)
+    bad = pa.Table.from_arrays(
+        [pa.ExtensionArray.from_storage(tensor_type, storage)], schema=good.schema
+    )
+    with pytest.raises(MalformedArrow, match="1 null value"):
+        table_to_tensor(bad)
+
+
 def test_table_to_tensor_needs_tensor_metadata() -> None:
     with pytest.raises(WrongShardKind):
         table_to_tensor(pa.table({"tensor": [1, 2]}))
@@ -197,6 +243,15 @@ def test_torch_views_and_grad() -> None:
         tensor_to_table(torch.eye(3).to_sparse())
     with pytest.raises(UnsupportedData, match="meta device"):
         tensor_to_table(torch.zeros(3, device="meta"))
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of MaskedTensors is in prototype stage")
+def test_torch_masked_tensors_are_refused_as_such() -> None:
+    torch = pytest.importorskip("torch")
+    masked = torch.masked.masked_tensor(torch.ones(3), torch.tensor([True, False, True]))
+    # Refused before, but the message blamed the dtype (float32).
+    with pytest.raises(UnsupportedData, match=r"MaskedTensor.*to_tensor\("):
+        tensor_to_table(masked)
 
 
 def test_torch_metadata_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -321,26 +321,46 @@ def _read_stream(
 
 
 def check_columns(columns: object) -> None:
-    """Refuse (InvalidArgument) a column selection that is not None or a sequence of
-    names: a bare string is a sequence too, of its letters, and ``columns="xs"`` read
-    the columns ``x`` and ``s``."""
+    """Refuse (InvalidArgument) a column selection that is not None or an iterable of
+    names, without taking anything from it (a generator is read once, by
+    :func:`frames_to_table`): a bare string is iterable too, of its letters, and
+    ``columns="xs"`` read the columns ``x`` and ``s``."""
     if isinstance(columns, str | bytes):
         raise InvalidArgument(
             f"columns must be a list of column names, not the string {columns!r} "
             f"(for one column: columns=[{columns!r}])"
         )
+    if columns is not None and not isinstance(columns, Iterable):
+        raise InvalidArgument(
+            f"columns must be a list of column names, not a {type(columns).__name__}"
+        )
 
 
-def frames_to_table(frames: Sequence[BufferLike], columns: Sequence[str] | None = None) -> pa.Table:
+def _selection(columns: Iterable[str], schema: pa.Schema) -> list[str]:
+    """``columns`` as a list, taken once (a generator has nothing left for a second
+    pass), checked against ``schema``. Raises InvalidArgument."""
+    names = list(columns)
+    strange = [name for name in names if not isinstance(name, str)]
+    if strange:  # table.select() reads an int as a position
+        raise InvalidArgument(f"column names are strings, got {strange!r:.200}")
+    unknown = [name for name in names if name not in schema.names]
+    if unknown:
+        raise InvalidArgument(f"unknown columns {unknown}; the shard has {schema.names}")
+    return names
+
+
+def frames_to_table(frames: Sequence[BufferLike], columns: Iterable[str] | None = None) -> pa.Table:
     """Rebuild the table from an Arrow shard's frames without copying.
 
     The returned table's buffers point into ``frames`` (keep in mind that mutating or freeing
     the memory behind them — e.g. a closed LMDB read transaction — invalidates the table).
     Frames are trusted to have passed ``validate_arrow_frames`` once; they are decoded but
-    not fully validated again. ``columns`` selects (and orders) columns by name.
+    not fully validated again. ``columns`` selects (and orders) columns by name: any
+    iterable of names (a list, a tuple, a generator, read once), not a bare string.
 
     Raises:
-        InvalidArgument: a name in ``columns`` is not in the schema.
+        InvalidArgument: ``columns`` is not such an iterable, or names a column that is
+            not in the schema.
         MalformedArrow: the frames do not decode as an Arrow shard.
     """
     check_columns(columns)
@@ -348,10 +368,7 @@ def frames_to_table(frames: Sequence[BufferLike], columns: Sequence[str] | None 
     table = pa.Table.from_batches([batch for _, batch in batches], schema=schema)
     if columns is None:
         return table
-    unknown = [name for name in columns if name not in schema.names]
-    if unknown:
-        raise InvalidArgument(f"unknown columns {unknown}; the shard has {schema.names}")
-    return table.select(list(columns))
+    return table.select(_selection(columns, schema))
 
 
 def _message_type(index: int, frame: pa.Buffer) -> str:

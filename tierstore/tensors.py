@@ -76,6 +76,11 @@ def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
         )
     if tensor.device.type == "meta":
         raise UnsupportedData("a torch tensor on the meta device has no data to store")
+    if isinstance(tensor, torch.masked.MaskedTensor):
+        raise UnsupportedData(
+            "a torch MaskedTensor is not supported: a tensor has no missing values; fill "
+            "it first (.to_tensor(fill_value)), or store it as an Arrow table with nulls"
+        )
     try:
         tensor = tensor.detach().cpu().resolve_conj().resolve_neg().contiguous()
         if name in _TORCH_BITS:
@@ -94,15 +99,29 @@ def tensor_to_table(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) 
     :func:`table_to_tensor` returns). ``max_frame_bytes`` only picks the row
     layout (see the module docstring); torch is imported only for torch tensors.
 
+    Other ndarray subclasses (``np.matrix``, ``np.memmap``) are stored as their plain
+    data, and read back as an ndarray.
+
     Raises:
-        UnsupportedData: not an ndarray or tensor, or a dtype outside the supported set
+        UnsupportedData: not an ndarray or tensor, a numpy masked array or torch
+            MaskedTensor (a tensor has no nulls), or a dtype outside the supported set
             (object, strings, datetimes, long double, torch complex32 or quantized, ...).
     """
     if type(array).__module__.split(".")[0] == "torch":
         framework = "torch"
         name, values = _torch_to_numpy(array)
     elif isinstance(array, np.ndarray):
-        framework, name, values = "numpy", array.dtype.name, array
+        if isinstance(array, np.ma.MaskedArray):  # even with nothing masked: not by the data
+            raise UnsupportedData(
+                "a numpy masked array is not supported: a tensor has no missing values; "
+                "fill it first (array.filled(fill_value)), or store it as an Arrow table "
+                "with nulls"
+            )
+        framework, name = "numpy", array.dtype.name
+        # The plain ndarray over the same memory (no copy): pa.array() of a plain array
+        # makes no nulls, and a subclass's own conversions (__arrow_array__, ravel) are
+        # not asked.
+        values = array.view(np.ndarray)
         if name not in _STORAGE or name in _TORCH_BITS or array.dtype.kind not in "biufc":
             raise UnsupportedData(f"numpy dtype {array.dtype} is not supported")
         if not values.dtype.isnative:
@@ -198,7 +217,12 @@ def table_to_tensor(table: pa.Table) -> Any:
         values = chunks[0]
     else:  # the one copy a multi-frame tensor costs
         values = pa.concat_arrays(chunks) if chunks else pa.array(np.empty(0, storage_dtype))
-    if values.null_count or len(values) != math.prod(shape) * width:
+    if values.null_count:
+        raise MalformedArrow(
+            f"tensor column holds {values.null_count} null value(s); a tensor has none "
+            "(was a numpy masked array stored?)"
+        )
+    if len(values) != math.prod(shape) * width:
         raise MalformedArrow(f"tensor column has {len(values)} values for shape {shape} {name}")
     flat = values.to_numpy(zero_copy_only=True)
     if name == "bool":
