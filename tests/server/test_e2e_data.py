@@ -95,6 +95,26 @@ def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Pat
         admin.put(any_dataset, "missing", tmp_path / "no-such-file")
 
 
+def test_a_file_object_is_stored_from_where_it_stands(
+    admin: Client, any_dataset: str, tmp_path: Path
+) -> None:
+    # A regular file was stored from byte 0 whatever its position (a BytesIO from its
+    # position): a header the caller had read past was stored with the payload.
+    data = os.urandom(5 * MiB + 7)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    for skip in (8, 4 * MiB + 1, len(data)):
+        with path.open("rb") as file:
+            file.read(skip)  # buffered: the descriptor itself stands further on
+            admin.put(any_dataset, f"from-{skip}", file)
+            assert file.tell() == len(data)  # as read() leaves it
+        with io.BytesIO(data) as memory:
+            memory.seek(skip)
+            admin.put(any_dataset, f"memory-from-{skip}", memory)
+        for name in (f"from-{skip}", f"memory-from-{skip}"):
+            assert admin.get(any_dataset, name).to_pybytes() == data[skip:], name
+
+
 @pytest.mark.parametrize(
     "array",
     [

@@ -209,6 +209,50 @@ def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
             with pytest.raises(errors.InvalidArgument, match=r"columns=\['xs'\]"):
                 client.read_table(any_dataset, "table", columns="xs")
             assert client.read_table(any_dataset, "table", columns=["xs"]).column_names == ["xs"]
+            # A generator selected no columns at all.
+            chosen = client.read_table(any_dataset, "table", columns=(c for c in ["s", "x"]))
+            assert chosen.column_names == ["s", "x"]
+
+
+def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
+    server: ServerProcess, admin: Client, any_dataset: str
+) -> None:
+    # Each escaped as a bare TypeError, AttributeError or UnicodeEncodeError (an
+    # undecodable byte of a command line arrives as a lone surrogate), or was taken:
+    # insecure="no" connected in plaintext.
+    job = admin.declare_plan(any_dataset, shards=[])
+    bad_calls: dict[str, Callable[[], object]] = {
+        "prefix": lambda: admin.list(any_dataset, prefix=3),  # type: ignore[arg-type]
+        "prefix ": lambda: admin.list(any_dataset, "tr\udcffain/"),
+        "start_after": lambda: admin.list(any_dataset, start_after="\udc80"),
+        "ttl_s": lambda: admin.declare_plan(any_dataset, shards=[], ttl_s="5"),  # type: ignore[arg-type]
+        "job": lambda: admin.declare_plan(any_dataset, shards=[], job=5),  # type: ignore[arg-type]
+        "prefix  ": lambda: admin.declare_plan(any_dataset, shards=[], prefix="\udc80"),
+        "job ": lambda: admin.report_position(5, 0),  # type: ignore[arg-type]
+        "job  ": lambda: admin.close_plan("j\udc80"),
+        "sizing": lambda: admin.stats(sizing="yes"),  # type: ignore[arg-type]
+        "principal": lambda: admin.create_token("p\udcff", []),
+        "grants": lambda: admin.create_token("p", [(any_dataset, "reader")]),  # type: ignore[list-item]
+        "grants ": lambda: admin.create_token("p", f"{any_dataset}=reader"),  # type: ignore[arg-type]
+        "token_id": lambda: admin.revoke_token("k\udcff"),
+        "token_id ": lambda: admin.revoke_token(5),  # type: ignore[arg-type]
+        "policy": lambda: admin.set_policy(any_dataset, "lru\udcff"),
+        "policy ": lambda: admin.create_dataset(unique(), policy=5),  # type: ignore[arg-type]
+        "key_id": lambda: admin.retire_key("k\udcff"),
+        "insecure": lambda: server.connect(insecure="no", ca=None),
+        "local_reads": lambda: server.connect(local_reads="no"),
+        "pin_memory": lambda: tierstore.client.local.LocalReadOptions(pin_memory="yes"),  # type: ignore[arg-type]
+    }
+    for name, call in bad_calls.items():
+        with pytest.raises(errors.InvalidArgument, match=f"^{name.strip()} ") as refused:
+            call()
+        assert "\\udc" not in str(refused.value) or "surrogate" in str(refused.value), name
+    # Nothing was made, and the server and the client go on as before.
+    assert [token["principal"] for token in admin.list_tokens()].count("p") == 0
+    admin.report_position(job, 0)
+    admin.close_plan(job)
+    assert "sizing" in admin.stats(sizing=np.bool_(True))
+    assert admin.get_dataset(any_dataset).policy != "lru\udcff"
 
 
 def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(

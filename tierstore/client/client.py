@@ -24,12 +24,13 @@ import stat
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Generic, NoReturn, TypeVar, cast, overload
 
 import grpc
+import numpy as np
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
@@ -191,6 +192,31 @@ def _whole_number(name: str, value: object, unit: str = "bytes") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r}")
     return int(value)
+
+
+def _text(name: str, value: object, what: str) -> str:
+    """``value`` as a string a request can carry, else InvalidArgument naming ``name``
+    and ``what`` it is: a str that encodes as UTF-8 (an undecodable byte of a command
+    line or a file name arrives as a lone surrogate, which protobuf refuses with a raw
+    UnicodeEncodeError)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be {what} (a str), not {value!r:.80}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{name} is not valid UTF-8: it holds a lone surrogate at position {exc.start} "
+            "(an undecodable byte of a command line or a file name becomes one)"
+        ) from None
+    return value
+
+
+def _boolean(name: str, value: object) -> bool:
+    """``value`` if it is a bool (numpy's too), else InvalidArgument naming ``name``
+    (the string "no" is true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidArgument(f"{name} must be True or False, not {value!r:.40}")
+    return bool(value)
 
 
 #: what gRPC says of a call that never reached a server (nothing it asked was done)
@@ -435,6 +461,7 @@ class Client:
         UnknownPolicy.
         """
         validate_dataset_name(name)
+        policy = _text("policy", policy, "a placement policy's name")
         settings = DatasetSettings(encrypted, _durability(durability), hot_quota_bytes, policy)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
@@ -476,7 +503,7 @@ class Client:
         if hot_quota_bytes is not None:
             request.hot_quota_bytes = hot_quota_bytes
         if policy is not None:
-            request.policy = policy
+            request.policy = _text("policy", policy, "a placement policy's name")
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(stub.UpdateDataset, request, idempotent=True)
         return dataset_settings_from_pb(reply.settings)
@@ -508,7 +535,8 @@ class Client:
 
         ``data``: bytes or any buffer, a file path (``str``/``Path``, read a frame at
         a time as it is sent; one that shrinks meanwhile is InvalidArgument and
-        stores nothing) or binary file object, a numpy array, a pyarrow Table or
+        stores nothing) or binary file object (from its position to its end), a
+        numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor. Raises InvalidName, UnsupportedData,
         OversizeFrame, PermissionDenied, ResourceExhausted, ArchiveUnavailable.
         """
@@ -691,25 +719,27 @@ class Client:
             )
 
     def read_table(
-        self, dataset: str, shard: str, columns: Sequence[str] | None = None
+        self, dataset: str, shard: str, columns: Iterable[str] | None = None
     ) -> pa.Table:
         """An Arrow shard as a table; its columns point into the received frames (no copy)
         — read locally from a plaintext shard, into the hot tier's map (its snapshot stays
         open while any of the table's buffers lives; docs/local-reads.md).
 
-        ``columns`` selects (and orders) columns by name (a list: a bare string is
-        InvalidArgument). Raises WrongShardKind for a raw shard, and as :meth:`get`.
+        ``columns`` selects (and orders) columns by name (any iterable of names; a bare
+        string is InvalidArgument). Raises WrongShardKind for a raw shard, and as :meth:`get`.
         """
         return self.read_table_with_generation(dataset, shard, columns)[1]
 
     def read_table_with_generation(
-        self, dataset: str, shard: str, columns: Sequence[str] | None = None
+        self, dataset: str, shard: str, columns: Iterable[str] | None = None
     ) -> tuple[int, pa.Table]:
         """:meth:`read_table`, with the generation its rows were read from (all of them
         from that one: a shard overwritten during the read is read again whole)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         arrowio.check_columns(columns)
+        if columns is not None:  # once: a read tried again must select them again
+            columns = list(columns)
         with GATE.call():  # a fork() waits for the whole read, local or streamed
             local = self._local.read_frames(dataset, shard) if self._local is not None else None
             if local is not None:
@@ -762,8 +792,8 @@ class Client:
             limit = _whole_number("limit", limit, "shards")
             if limit < 0:  # it listed nothing, as if the dataset were empty
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
-        if not isinstance(start_after, str):
-            raise InvalidArgument(f"start_after is a shard name (str), not {start_after!r:.80}")
+        prefix = _text("prefix", prefix, "the start of shard names")
+        start_after = _text("start_after", start_after, "a shard name")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
         while limit is None or len(shards) < limit:
@@ -853,6 +883,7 @@ class Client:
         server a pass over its trace: up to a second or two)."""
         if dataset:
             validate_dataset_name(dataset)
+        sizing = _boolean("sizing", sizing)
         self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
@@ -917,11 +948,15 @@ class Client:
         one of sampler and shards), InvalidArgument, DatasetNotFound.
         """
         validate_dataset_name(dataset)
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, numbers.Real):
+            raise InvalidArgument(f"ttl_s must be a number of seconds, not {ttl_s!r:.40}")
         if not 0 < ttl_s < float("inf"):
             raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        prefix = _text("prefix", prefix, "the start of shard names")
+        job = "" if job is None else _text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
-            dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=ttl_s
+            dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=float(ttl_s)
         )
         if (sampler is None) == (shards is None):
             raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
@@ -950,6 +985,7 @@ class Client:
                 "position must be a whole number from 0 to the plan's length (entries read "
                 f"so far), got {position!r}"
             )
+        job = _text("job", job, "a plan's id")
         self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(
@@ -960,6 +996,7 @@ class Client:
 
     def close_plan(self, job: str) -> None:
         """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired)."""
+        job = _text("job", job, "a plan's id")
         self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
@@ -969,7 +1006,16 @@ class Client:
     def create_token(
         self, principal: str, grants: Sequence[Grant], *, ttl_s: float = 0
     ) -> tuple[str, str]:
-        """Issue a token (admin on "*"); returns ``(token_id, token)`` — the token is shown once."""
+        """Issue a token (admin on "*"); returns ``(token_id, token)`` — the token is shown once.
+
+        ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
+        principal that is not text, grants that are not Grants), PermissionDenied."""
+        principal = _text("principal", principal, "a name for whom the token is")
+        if isinstance(grants, str | bytes) or not all(isinstance(g, Grant) for g in grants):
+            raise InvalidArgument(
+                "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
+                f"{grants!r:.80}"
+            )
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(
             stub.CreateToken,
@@ -982,6 +1028,7 @@ class Client:
 
     def revoke_token(self, token_id: str) -> None:
         """Revoke a token for good (admin on "*")."""
+        token_id = _text("token_id", token_id, "a token's id")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         self._call(
             stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id), idempotent=True
@@ -1017,8 +1064,8 @@ class Client:
         (retired already?), KeyRotationRefused (nothing changed) for the current key or
         a key still needed: after a rotation, until the mover has resealed the
         archive's metadata under the new key."""
-        if not isinstance(key_id, str) or not key_id:
-            raise InvalidArgument(f"key_id must be a master key's id, not {key_id!r}")
+        if not _text("key_id", key_id, "a master key's id"):
+            raise InvalidArgument("key_id must be a master key's id, not ''")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         request = admin_pb2.RetireKeyRequest(key_id=key_id)
         reply = self._call(stub.RetireKey, request, idempotent=False)
@@ -1045,7 +1092,7 @@ class Client:
 
 
 def _table_of(
-    local: LocalShard, dataset: str, shard: str, columns: Sequence[str] | None
+    local: LocalShard, dataset: str, shard: str, columns: Iterable[str] | None
 ) -> pa.Table:
     if local.kind is ShardKind.RAW:
         raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
@@ -1070,7 +1117,9 @@ def _mapped(responses: Any) -> Iterator[Any]:
 
 
 class _FileFrames:
-    """A regular file's bytes as raw frames, read one frame at a time as they are sent.
+    """A regular file's bytes from ``start`` (its position when given) to its end, as
+    raw frames, read one frame at a time as they are sent; once all are read, the
+    file's position is at its end, as after ``read()``.
 
     Not memory-mapped: touching a mapped page past the end of a file cut short
     meanwhile kills the process with SIGBUS, which Python cannot catch. A file that
@@ -1079,28 +1128,30 @@ class _FileFrames:
     read.
     """
 
-    def __init__(self, file: IO[bytes], size: int, frame_bytes: int) -> None:
+    def __init__(self, file: IO[bytes], start: int, end: int, frame_bytes: int) -> None:
         self._file = file
-        self._size = size
+        self._start = start
+        self._end = max(start, end)
         self._frame_bytes = frame_bytes
 
     def __len__(self) -> int:
-        return -(-self._size // self._frame_bytes)
+        return -(-(self._end - self._start) // self._frame_bytes)
 
     def __iter__(self) -> Iterator[bytes]:
         fd = self._file.fileno()
-        for offset in range(0, self._size, self._frame_bytes):
-            wanted = min(self._frame_bytes, self._size - offset)
+        for offset in range(self._start, self._end, self._frame_bytes):
+            wanted = min(self._frame_bytes, self._end - offset)
             try:
                 frame = os.pread(fd, wanted, offset)
             except OSError as exc:
                 raise InvalidArgument(f"cannot read {self._file.name}: {exc}") from exc
             if len(frame) != wanted:
                 raise InvalidArgument(
-                    f"{self._file.name} shrank while it was read (it had {self._size} "
+                    f"{self._file.name} shrank while it was read (it had {self._end} "
                     "bytes when opened); nothing was stored"
                 )
             yield frame
+        self._file.seek(self._end)
 
 
 class _as_value:
@@ -1127,7 +1178,8 @@ class _as_value:
                 return data.read()
             if not stat.S_ISREG(status.st_mode):
                 return data.read()  # a pipe or a device: its bytes as they come
-            return _FileFrames(data, status.st_size, self._frame_bytes)
+            # From where the file stands, as read() would (a header skipped, say).
+            return _FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
         return data
 
     def __exit__(self, *exc: object) -> None:
@@ -1171,6 +1223,9 @@ def connect(
     env = os.environ if environ is None else environ
     if local_reads is None:
         local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
+    local_reads = _boolean("local_reads", local_reads)
+    if insecure is not None:  # insecure="no" connected in plaintext
+        insecure = _boolean("insecure", insecure)
     if address == "":  # an unset variable, say: never the environment's node instead
         raise InvalidArgument(
             "address= is empty: give HOST:PORT, or leave it out (None) to use TIERSTORE_ADDRESS"

@@ -113,6 +113,11 @@ class LocalReadOptions:
     pin_memory: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("enabled", "pin_memory"):
+            if not isinstance(getattr(self, name), bool):  # "no" is true
+                raise InvalidArgument(
+                    f"{name} must be True or False, not {getattr(self, name)!r:.40}"
+                )
         if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
             raise InvalidArgument(
                 "max_snapshots must be >= 0, report_every_reads and max_keys >= 1"
