@@ -757,6 +757,17 @@ def test_console_script_exit_codes(
         (clean_env(), ("dataset", "ls"), 2, "TIERSTORE_ADDRESS"),
         (clean_env(), ("put", dataset, str(not_pem)), 2, "TIERSTORE_ADDRESS"),
         (clean_env(), ("rm", dataset, "s"), 2, "TIERSTORE_ADDRESS"),
+        # gRPC took port 82979 as 17443 (another node's, perhaps), and a deadline past
+        # about 9e9 s failed every call at once
+        (env | {"TIERSTORE_ADDRESS": "127.0.0.1:82979"}, ("dataset", "ls"), 2, "HOST:PORT"),
+        (env, ("ls", dataset, "--timeout", "1e10"), 2, "--timeout must be"),
+        # an undecodable byte of an argument was a UnicodeEncodeError's traceback
+        (env, ("ls", dataset, "bad\udcff"), 2, "not valid UTF-8"),
+        (env, ("token", "create", "p\udcff", "--grant", f"{dataset}=reader"), 2, "UTF-8"),
+        (env, ("token", "revoke", "k\udcff"), 2, "not valid UTF-8"),
+        (env, ("policy", "set", dataset, "lru\udcff"), 2, "not valid UTF-8"),
+        # "-o newdir/" wrote a file named newdir
+        (env, ("get", dataset, "s", "-o", f"{tmp_path}/newdir/"), 2, "is a directory"),
         # and two that work, the way a shell script uses them
         (env, ("dataset", "ls"), 0, ""),
         (env, ("get", dataset, "s", "--offset", "6"), 0, ""),
@@ -780,6 +791,30 @@ def test_console_script_exit_codes(
         assert name in one_line_error(done), (args, stderr)
     assert dataset in {d["name"] for d in json.loads(results[-2].stdout)}
     assert results[-1].stdout == b"on stdout"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_error_line(
+    env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    # Each printed a traceback (the realistic case: `tierstore get ... > file` on a
+    # full disk); `get -o FILE` had one line already.
+    admin.put(dataset, "big", os.urandom(1 << 20))
+    for args in (["get", dataset, "big"], ["ls", dataset], ["--json", "stats"]):
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                [tierstore_command(), *args],
+                env=env,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                timeout=TIMEOUT_S,
+            )
+        ran = Ran(done.returncode, b"", done.stderr)
+        assert done.returncode == 1, (args, done.stderr.decode())
+        line = one_line_error(ran)
+        assert "cannot write the output (stdout): No space left on device" in line, args
+        assert len(done.stderr.decode().strip().splitlines()) == 1, (args, done.stderr.decode())
+    assert admin.get(dataset, "big").size == 1 << 20  # the node is as it was
 
 
 def test_serve_errors_exit_codes(

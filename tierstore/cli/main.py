@@ -12,6 +12,7 @@ results for scripts.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import inspect
 import io
@@ -319,13 +320,17 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _check_output(output: Path) -> None:
-    """Refuse (exit 2, one line) an output path no file can be written at, before any
-    call to the server: a directory, or a name in a directory that does not exist."""
-    if output.is_dir():
-        raise _fail(errors.InvalidArgument(f"{output} is a directory; name a file to write"))
+def _output_file(given: str) -> Path:
+    """The file ``-o`` names, as given; refused (exit 2, one line) before any call to
+    the server when no file can be written there: a directory, a name in a directory
+    that does not exist, or a name ending in ``/`` (a directory's, even one that does
+    not exist: ``-o newdir/`` wrote a file named ``newdir``)."""
+    output = Path(given)
+    if output.is_dir() or given.endswith(os.sep):
+        raise _fail(errors.InvalidArgument(f"{given} is a directory; name a file to write"))
     if not output.parent.is_dir():
         raise _fail(errors.InvalidArgument(f"cannot write {output}: no directory {output.parent}"))
+    return output
 
 
 def _write_failed(output: Path, exc: OSError) -> typer.Exit:
@@ -762,18 +767,16 @@ def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
 def get(
     dataset: str,
     shard: str,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="file (default, or -: stdout)")
+    given: Annotated[
+        str | None, typer.Option("-o", "--output", help="file (default, or -: stdout)")
     ] = None,
     offset: int = 0,
     length: int | None = None,
 ) -> None:
     """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
     to stdout as they are, --json or not (with -o FILE, --json prints what was written)."""
-    if output == Path("-"):
-        output = None  # the usual spelling of stdout (a file named "-": its full path)
-    if output is not None:
-        _check_output(output)
+    # "-" is the usual spelling of stdout (a file named "-": its full path).
+    output = None if given in (None, "-") else _output_file(given)
     if output is None:
         data = _run(lambda: _client().get(dataset, shard, offset=offset, length=length))
         write_all(sys.stdout.buffer, memoryview(data))
@@ -1101,8 +1104,8 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
 
 @trace_app.command("export", cls=_ClientCommand)
 def trace_export(
-    output: Annotated[
-        Path, typer.Option("-o", "--output", help="trace file (.gz: gzipped; -: stdout)")
+    given: Annotated[
+        str, typer.Option("-o", "--output", help="trace file (.gz: gzipped; -: stdout)")
     ],
     dataset: Annotated[str | None, typer.Option(help="only this dataset's events")] = None,
 ) -> None:
@@ -1113,9 +1116,8 @@ def trace_export(
     from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
 
     # "-" is stdout, as usual (a file named "-" is given by its full path).
-    to_stdout = output == Path("-")
-    if not to_stdout:
-        _check_output(output)
+    to_stdout = given == "-"
+    output = Path(given) if to_stdout else _output_file(given)
     target, partial = output_paths(output)
     counts: Counter[str] = Counter()
 
@@ -1166,7 +1168,7 @@ def trace_export(
     total = sum(counts.values())
     summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}
     where = "stdout" if to_stdout else str(output)
-    line = f"wrote {total:,} events ({counts['read']:,} reads) to {where}"
+    line = f"wrote {_count(total, 'event')} ({_count(counts['read'], 'read')}) to {where}"
     if to_stdout:  # stdout holds the trace
         sys.stderr.write((json.dumps(summary) if state.json else line) + "\n")
     else:
@@ -1249,8 +1251,8 @@ def token_ls() -> None:
 
 
 def _count(number: int, noun: str) -> str:
-    """``number`` and ``noun``, plural unless one: "1 shard", "2 shards"."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+    """``number`` and ``noun``, plural unless one: "1 shard", "2 shards", "1,200 shards"."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
 
 
 def _journal_text(entries: int) -> str:
@@ -1329,7 +1331,29 @@ def main() -> None:
         code = 1
     except typer.TyperException as exc:  # a usage error: an option's value, a command...
         code = _usage_error(exc)
+    except OSError as exc:  # its output could not be written (stdout on a full disk)
+        code = _output_failed(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _output_failed(exc: OSError) -> int:
+    """Print the one error line of an OSError no command caught, and return its exit
+    code (1). Commands catch what they read and the files they write, so what is left
+    is their output: stdout redirected to a full disk, say (``get ... > file``), which
+    printed a traceback. (A reader that went away, EPIPE, is click's: it exits 1
+    quietly.) stdout then points at /dev/null, so that Python's last flush of what is
+    left in its buffer does not fail again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    where = exc.filename if exc.filename is not None else "the output (stdout)"
+    err.print(
+        Text.assemble(("error:", "red"), f" OSError: cannot write {where}: {exc.strerror or exc}"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 def _usage_error(exc: typer.TyperException) -> int:

@@ -398,8 +398,9 @@ class Store:
                     records = list(self._catalog.iter_shards(txn, name))
                     damaged = self._catalog.damaged_keys_of(txn, name)
                     if (records or damaged) and not force:
+                        held = len(records) + len(damaged)
                         raise FailedPrecondition(
-                            f"dataset {name!r} holds {len(records) + len(damaged)} shards; "
+                            f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
                             "delete them or use force"
                         )
                     for record in records:
