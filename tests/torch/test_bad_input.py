@@ -3,6 +3,7 @@ restart, no error and no sample lost or repeated)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -21,10 +22,11 @@ from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.server.tls import ensure_tls_material
 from tierstore.torch import IterableDataset, MapDataset
+from tierstore.torch.feed import DeviceFeeder
 from tierstore.torch.source import service_source
 
 from .conftest import Samples, sample_table, write_samples
-from .test_dataloader import ids_of
+from .test_dataloader import batch_ids, ids_of, loader_order
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,6 +46,75 @@ def test_unknown_dataset_shard_and_columns(samples: Samples) -> None:
         IterableDataset(samples.dataset, shards=["part-000", "part-999"], **samples.connection)
     with pytest.raises(errors.InvalidArgument, match=r"unknown column\(s\) \['nope'\]"):
         MapDataset(samples.dataset, columns=["id", "nope"], **samples.connection)
+
+
+def test_columns_may_be_any_iterable_of_names(samples: Samples) -> None:
+    # A generator was a bare TypeError ("object of type 'generator' has no len()").
+    chosen = MapDataset(samples.dataset, columns=(c for c in ["id"]), **samples.connection)
+    assert list(chosen[0]) == ["id"]
+    streamed = IterableDataset(samples.dataset, columns=iter(["id"]), **samples.connection)
+    assert list(next(iter(streamed))) == ["id"]
+    for bad in (3, "id", [b"id"]):
+        with pytest.raises(errors.InvalidArgument, match="must be a list of column names"):
+            MapDataset(samples.dataset, columns=bad, **samples.connection)  # type: ignore[arg-type]
+
+
+#: every option of the plugin's public classes that takes True or False
+BOOLEAN_OPTIONS = {
+    IterableDataset: ["shuffle", "drop_last", "pin_memory", "declare_plan", "even_ranks"],
+    MapDataset: [],
+    DeviceFeeder: [],
+}
+
+
+def test_the_boolean_options_are_all_listed_here() -> None:
+    for kind, options in BOOLEAN_OPTIONS.items():
+        parameters = inspect.signature(kind.__init__).parameters.values()
+        assert [p.name for p in parameters if p.annotation == "bool"] == options
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None, np.int8(0)], ids=repr)
+@pytest.mark.parametrize("option", BOOLEAN_OPTIONS[IterableDataset])
+def test_a_boolean_option_takes_only_true_or_false(
+    samples: Samples, option: str, value: object
+) -> None:
+    # Any value was taken for its truth: shuffle="no" shuffled.
+    with pytest.raises(errors.InvalidArgument, match=f"^{option} must be True or False, got "):
+        IterableDataset(samples.dataset, **{option: value}, **samples.connection)
+    taken = IterableDataset(samples.dataset, **{option: np.bool_(True)}, **samples.connection)
+    assert getattr(taken, option) is True  # numpy's bools are bools
+
+
+def test_a_resume_state_whose_shuffle_is_no_bool_is_malformed(samples: Samples) -> None:
+    dataset = IterableDataset(samples.dataset, shuffle=False, **samples.connection)
+    state = dataset.state_dict()
+    with pytest.raises(errors.InvalidArgument, match=r"malformed .*shuffle is 'False'"):
+        dataset.load_state_dict({**state, "shuffle": "False"})  # was read as True
+
+
+def test_an_epoch_is_refused_when_set_unless_an_int_below_2_63(samples: Samples) -> None:
+    # The epoch lives in 64 signed bits: set_epoch(2**64 + 5) read epoch 5's order, and
+    # set_epoch(2**63) was taken, then state_dict() failed on a negative epoch.
+    dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
+    dataset.set_epoch(5)
+    state = dataset.state_dict()
+    for epoch in (2**63, 2**64 + 5):
+        below = f"^epoch must be below 9223372036854775808, got {epoch}$"
+        with pytest.raises(errors.InvalidArgument, match=below):
+            dataset.set_epoch(epoch)
+        with pytest.raises(errors.InvalidArgument, match=below):
+            dataset.epoch_length(epoch=epoch)
+        with pytest.raises(errors.InvalidArgument, match=below):
+            dataset.load_state_dict({**state, "epoch": epoch})
+    for epoch in (-1, True, 5.0, "5", None):
+        with pytest.raises(errors.InvalidArgument, match=r"^epoch must be an int >= 0"):
+            dataset.set_epoch(epoch)  # type: ignore[arg-type]
+    assert dataset.state_dict() == state
+    last = 2**63 - 1
+    dataset.set_epoch(last)
+    assert dataset.state_dict()["epoch"] == last
+    loader = DataLoader(dataset, batch_size=16, num_workers=2, multiprocessing_context="fork")
+    assert batch_ids(loader) == loader_order(samples, 2, 16, seed=3, epoch=last)
 
 
 def test_raw_shards_and_empty_datasets(admin: Client, samples: Samples) -> None:

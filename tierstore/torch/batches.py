@@ -48,11 +48,11 @@ class ShardRows:
         self.groups: list[dict[str, Column]] = [
             batch_to_tensors(batch, strings) for batch in table.to_batches() if batch.num_rows
         ]
-        #: the tensor columns again as numpy arrays (views; every dtype an Arrow column
-        #: converts to has one): the batch gathers copy with numpy (see _copy_rows)
+        #: the tensor columns again as numpy arrays over the same memory (see _as_numpy):
+        #: the batch gathers copy with numpy (see _copy_rows)
         self.arrays: list[dict[str, npt.NDArray[Any]]] = [
             {
-                name: column.numpy()
+                name: _as_numpy(column)
                 for name, column in group.items()
                 if isinstance(column, torch.Tensor)
             }
@@ -82,6 +82,21 @@ class ShardRows:
         group = int(np.searchsorted(self.starts, index, side="right")) - 1
         local = index - int(self.starts[group])
         return {name: column[local] for name, column in self.groups[group].items()}
+
+
+#: an integer dtype of each element width, to copy the bits of dtypes numpy lacks
+_BITS: dict[int, torch.dtype] = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_numpy(tensor: torch.Tensor) -> npt.NDArray[Any]:
+    """``tensor`` as a numpy array over the same memory. A dtype numpy lacks (bfloat16,
+    float8: tensor shards view their stored integers back as those) becomes an integer
+    of the same width, so a gather copies its exact bits; gather into a tensor of the same
+    dtype through this function too, and the batch holds the same values."""
+    try:
+        return tensor.numpy()
+    except TypeError:  # "Got unsupported ScalarType ..."
+        return tensor.view(_BITS[tensor.dtype.itemsize]).numpy()
 
 
 def _length(group: Mapping[str, Column], names: Sequence[str]) -> int:
@@ -150,7 +165,7 @@ def _take_rows(
     shard: ShardRows, group: int, name: str, local: npt.NDArray[np.int64], out: torch.Tensor
 ) -> None:
     source = shard.arrays[group][name]
-    np.take(source, local, axis=0, out=out.numpy(), mode="clip")  # the rows are in range
+    np.take(source, local, axis=0, out=_as_numpy(out), mode="clip")  # the rows are in range
 
 
 def _copy_rows(name: str, located: Located, out: torch.Tensor) -> None:
@@ -162,7 +177,7 @@ def _copy_rows(name: str, located: Located, out: torch.Tensor) -> None:
         columns = shard.arrays
         for group, row in zip(groups.tolist(), local.tolist(), strict=True):
             rows.append(columns[group][name][row])
-    np.stack(rows, out=out.numpy())
+    np.stack(rows, out=_as_numpy(out))
 
 
 def _pick(name: str, located: Located) -> list[Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
@@ -216,10 +216,13 @@ def row_counts(
     )
 
 
-def _select(schema: pa.Schema, columns: Sequence[str] | None, reference: str) -> pa.Schema:
-    if columns is None:
+def _select(schema: pa.Schema, given: Iterable[str] | None, reference: str) -> pa.Schema:
+    if given is None:
         return schema
-    if isinstance(columns, str | bytes) or not all(isinstance(name, str) for name in columns):
+    if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+        raise InvalidArgument("columns= must be a list of column names")
+    columns = list(given)  # taken once: a generator has nothing left for a second look
+    if not all(isinstance(name, str) for name in columns):
         raise InvalidArgument("columns= must be a list of column names")
     if not columns:
         raise InvalidArgument("columns= is empty: name at least one column")
@@ -239,7 +242,7 @@ def resolve(
     *,
     shards: Sequence[str] | None = None,
     prefix: str = "",
-    columns: Sequence[str] | None = None,
+    columns: Iterable[str] | None = None,
     strings: Strings = "error",
     with_rows: bool = False,
     count_threads: int = _COUNT_THREADS,

@@ -33,6 +33,8 @@ class SharedEpoch:
 
     @value.setter
     def value(self, epoch: int) -> None:
+        # ctypes wraps silently (2**64 + 5 is stored as 5): callers check the range.
+        assert 0 <= epoch < 1 << 63, epoch
         self._cell.value = epoch
 
     def __getstate__(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from tierstore.torch.catalog import ShardSet, read_shard, resolve, row_counts
 from tierstore.torch.epochs import SharedEpoch
 from tierstore.torch.length import EpochShape, checked_even_share, epoch_items
 from tierstore.torch.order import (
+    EPOCH_LIMIT,
     Layout,
     Position,
     ResumeState,
@@ -75,6 +76,14 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
     if high is not None and value >= high:
         raise InvalidArgument(f"{name} must be below {high}, got {value}")
     return value
+
+
+def _check_bool(name: str, value: object) -> bool:
+    # Not truthiness: shuffle="no" would shuffle, and 0 / None would pass for False.
+    # numpy's bools are bools (as the client takes them).
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidArgument(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class IterableDataset(torch.utils.data.IterableDataset[Sample]):
@@ -126,7 +135,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         ca: str | Path | None = None,
         shards: Sequence[str] | None = None,
         prefix: str = "",
-        columns: Sequence[str] | None = None,
+        columns: Iterable[str] | None = None,
         shuffle: bool = True,
         seed: int = 0,
         batch_size: int | None = None,
@@ -151,11 +160,11 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.batch_threads = _check_int("batch_threads", batch_threads, 0)
         if self.batch_threads and self.batch_size is None:
             raise InvalidArgument("batch_threads assembles batches: it needs a batch_size")
-        self.pin_memory = bool(pin_memory)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.declare_plan = bool(declare_plan)
-        self.even_ranks = bool(even_ranks)
+        self.pin_memory = _check_bool("pin_memory", pin_memory)
+        self.shuffle = _check_bool("shuffle", shuffle)
+        self.drop_last = _check_bool("drop_last", drop_last)
+        self.declare_plan = _check_bool("declare_plan", declare_plan)
+        self.even_ranks = _check_bool("even_ranks", even_ranks)
         #: the DataLoader's worker count, if given (for len())
         self.num_workers = (
             None if num_workers is None else _check_int("num_workers", num_workers, 0)
@@ -246,7 +255,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         (Unavailable, ShardNotFound) on that first call.
         """
         workers = max(1, _check_int("num_workers", num_workers, 0))
-        epoch = self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+        epoch = self._epoch if epoch is None else _check_int("epoch", epoch, 0, EPOCH_LIMIT)
         slot = current_slot(carried=self._carried_rank, given=self._given_rank)
         if self._rows is None:
             self._rows = row_counts(self._source.client(), self.shards)
@@ -266,8 +275,12 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
-        process; a pending resume state of another epoch is discarded)."""
-        self._shared_epoch.value = _check_int("epoch", epoch, 0)
+        process; a pending resume state of another epoch is discarded).
+
+        Raises InvalidArgument unless ``epoch`` is an int in ``[0, 2**63)`` (the epoch is
+        kept in 64 signed bits, shared with the workers).
+        """
+        self._shared_epoch.value = _check_int("epoch", epoch, 0, EPOCH_LIMIT)
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:

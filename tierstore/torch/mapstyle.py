@@ -26,7 +26,7 @@ import operator
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         ca: str | Path | None = None,
         shards: Sequence[str] | None = None,
         prefix: str = "",
-        columns: Sequence[str] | None = None,
+        columns: Iterable[str] | None = None,
         strings: Strings = "error",
         rows: Mapping[str, int] | None = None,
         cache_shards: int = 2,

@@ -42,6 +42,7 @@ from tierstore.errors import InvalidArgument
 from tierstore.plans import SamplerKind, SamplerPlan, epoch_order
 
 __all__ = [
+    "EPOCH_LIMIT",
     "STATE_FORMAT",
     "Layout",
     "Position",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 _SEED_MASK = (1 << 63) - 1  # plans take non-negative seeds
+#: epochs are below this: an epoch is kept in 64 signed bits (shared with the workers),
+#: where a larger one would silently wrap around to another epoch's order
+EPOCH_LIMIT = 1 << 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,10 @@ class Slot:
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where a worker stands in its epoch: ``shard`` shards of its list are finished and
-    ``row`` rows of the next one were consumed (in that shard's row order)."""
+    ``row`` rows of the next one were consumed (in that shard's row order).
+
+    Raises InvalidArgument for a negative field or an epoch of ``EPOCH_LIMIT`` or more.
+    """
 
     epoch: int = 0
     shard: int = 0
@@ -108,6 +115,8 @@ class Position:
     def __post_init__(self) -> None:
         if self.epoch < 0 or self.shard < 0 or self.row < 0:
             raise InvalidArgument(f"a position cannot be negative: {self}")
+        if self.epoch >= EPOCH_LIMIT:
+            raise InvalidArgument(f"epoch must be below {EPOCH_LIMIT}, got {self.epoch}")
 
 
 def _kind(shuffle: bool) -> SamplerKind:
@@ -264,6 +273,8 @@ class ResumeState:
                 f"{STATE_FORMAT!r}): {str(state)[:200]}"
             )
         try:
+            if not isinstance(state["shuffle"], bool):  # bool("False") is True
+                raise TypeError(f"shuffle is {state['shuffle']!r}, not True or False")
             slot_value = state["slot"]
             slot = None if slot_value is None else Slot(*(int(v) for v in slot_value))
             return cls(
@@ -271,7 +282,7 @@ class ResumeState:
                 Layout(
                     shards=int(state["shards"]),
                     digest=str(state["digest"]),
-                    shuffle=bool(state["shuffle"]),
+                    shuffle=state["shuffle"],
                     seed=int(state["seed"]),
                     slot=slot,
                     contents=str(state.get("contents", "")),
