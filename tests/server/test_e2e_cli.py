@@ -729,6 +729,13 @@ def test_rm_reports_what_it_deleted_before_an_error(
     assert told.stdout.decode().strip() == "deleted 1 of 2 shards before an error: b"
     assert [s.name for s in admin.list(dataset)] == ["c"]
 
+    # A shard named twice is deleted once: the second was ShardNotFound, exit 3.
+    admin.put(dataset, "d", b"d")
+    twice = run(env, "rm", dataset, "c", "d", "c")
+    assert twice.returncode == 0, twice.stderr.decode()
+    assert json.loads(twice.stdout) == {"deleted": ["c", "d"], "not_deleted": []}
+    assert admin.list(dataset) == []
+
 
 def test_console_script_exit_codes(
     env: dict[str, str], admin: Client, dataset: str, tmp_path: Path

@@ -826,6 +826,7 @@ def rm(dataset: str, shards: list[str]) -> None:
     "not_deleted", which --json always holds, empty when all went), the error on stderr.
     pin, unpin and evict do the same."""
     client = _client()
+    shards = list(dict.fromkeys(shards))  # each once: the second of two was ShardNotFound
     _shard_by_shard(shards, lambda shard: client.delete(dataset, shard), "deleted")
     _emit({"deleted": shards, "not_deleted": []}, f"deleted {_count(len(shards), 'shard')}")
 
@@ -901,6 +902,7 @@ def pin(
     queued for promotion, which is skipped if the hot tier or the dataset's quota has
     no room (pinned shards are never evicted to make it): ls shows which are hot."""
     client = _client()
+    shards = list(dict.fromkeys(shards))  # each once, and its bytes queued counted once
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
     promoting = (
         f"; {queued:,} bytes of them were cold and are queued for promotion, which is "
@@ -918,6 +920,7 @@ def pin(
 def unpin(dataset: str, shards: list[str]) -> None:
     """Let the policy evict shards again."""
     client = _client()
+    shards = list(dict.fromkeys(shards))  # each once, as rm, pin and evict
     _shard_by_shard(shards, lambda shard: client.unpin(dataset, shard), "unpinned")
     _emit({"unpinned": shards, "not_unpinned": []}, f"unpinned {_count(len(shards), 'shard')}")
 
