@@ -85,6 +85,18 @@ def test_a_boolean_option_takes_only_true_or_false(
     assert getattr(taken, option) is True  # numpy's bools are bools
 
 
+def test_a_count_takes_only_an_int(samples: Samples) -> None:
+    # True was taken as 1 (and a count_threads of 0 or "8" went on unchecked).
+    for option, low in (("cache_shards", 1), ("count_threads", 1)):
+        for value in (True, low - 1, "8", 2.0):
+            with pytest.raises(errors.InvalidArgument, match=f"^{option} must be an int >= {low}"):
+                MapDataset(samples.dataset, **{option: value}, **samples.connection)
+    for value in (True, -1, "2"):
+        with pytest.raises(errors.InvalidArgument, match=r"^prefetch must be an int >= 0"):
+            DeviceFeeder([], "cpu", prefetch=value)  # type: ignore[arg-type]
+    assert len(MapDataset(samples.dataset, cache_shards=1, count_threads=1, **samples.connection))
+
+
 def test_a_resume_state_whose_shuffle_is_no_bool_is_malformed(samples: Samples) -> None:
     dataset = IterableDataset(samples.dataset, shuffle=False, **samples.connection)
     state = dataset.state_dict()

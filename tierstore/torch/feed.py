@@ -36,6 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 import torch
 
 from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.torch.arguments import check_int
 
 __all__ = ["DeviceFeeder"]
 
@@ -71,10 +72,8 @@ class DeviceFeeder(Generic[B]):
     """
 
     def __init__(self, batches: Iterable[B], device: str | torch.device, *, prefetch: int = 2):
-        if prefetch < 0:
-            raise InvalidArgument(f"prefetch must be at least 0, got {prefetch}")
         self._batches = batches
-        self._prefetch = prefetch
+        self._prefetch = check_int("prefetch", prefetch, 0)  # True is no count
         self._device = _resolve_device(device)
         self._rings: dict[_Key, _StagingRing] = {}
         self._stream: torch.cuda.Stream | None = None

@@ -39,6 +39,7 @@ import torch.utils.data
 
 from tierstore.errors import InvalidArgument
 from tierstore.torch.access_plan import PlanReporter
+from tierstore.torch.arguments import check_bool, check_int
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import Part, ShardRows, assemble
 from tierstore.torch.catalog import ShardSet, read_shard, resolve, row_counts
@@ -68,22 +69,6 @@ from tierstore.torch.topology import (
 __all__ = ["IterableDataset"]
 
 Sample = dict[str, Any]
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InvalidArgument(f"{name} must be an int >= {low}, got {value!r}")
-    if high is not None and value >= high:
-        raise InvalidArgument(f"{name} must be below {high}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value: object) -> bool:
-    # Not truthiness: shuffle="no" would shuffle, and 0 / None would pass for False.
-    # numpy's bools are bools (as the client takes them).
-    if not isinstance(value, bool | np.bool_):
-        raise InvalidArgument(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class IterableDataset(torch.utils.data.IterableDataset[Sample]):
@@ -154,21 +139,19 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         num_workers: int | None = None,
     ) -> None:
         super().__init__()
-        self.seed = _check_int("seed", seed, 0, 1 << 63)
-        self.batch_size = None if batch_size is None else _check_int("batch_size", batch_size, 1)
-        self.read_ahead = _check_int("read_ahead", read_ahead, 0)
-        self.batch_threads = _check_int("batch_threads", batch_threads, 0)
+        self.seed = check_int("seed", seed, 0, 1 << 63)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self.read_ahead = check_int("read_ahead", read_ahead, 0)
+        self.batch_threads = check_int("batch_threads", batch_threads, 0)
         if self.batch_threads and self.batch_size is None:
             raise InvalidArgument("batch_threads assembles batches: it needs a batch_size")
-        self.pin_memory = _check_bool("pin_memory", pin_memory)
-        self.shuffle = _check_bool("shuffle", shuffle)
-        self.drop_last = _check_bool("drop_last", drop_last)
-        self.declare_plan = _check_bool("declare_plan", declare_plan)
-        self.even_ranks = _check_bool("even_ranks", even_ranks)
+        self.pin_memory = check_bool("pin_memory", pin_memory)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.declare_plan = check_bool("declare_plan", declare_plan)
+        self.even_ranks = check_bool("even_ranks", even_ranks)
         #: the DataLoader's worker count, if given (for len())
-        self.num_workers = (
-            None if num_workers is None else _check_int("num_workers", num_workers, 0)
-        )
+        self.num_workers = None if num_workers is None else check_int("num_workers", num_workers, 0)
         #: the data-parallel (rank, world size) given, else None (found when iterating)
         self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = plan_ttl_s
@@ -254,8 +237,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         for an ``even_ranks`` layout with a reader of no rows; what counting raises
         (Unavailable, ShardNotFound) on that first call.
         """
-        workers = max(1, _check_int("num_workers", num_workers, 0))
-        epoch = self._epoch if epoch is None else _check_int("epoch", epoch, 0, EPOCH_LIMIT)
+        workers = max(1, check_int("num_workers", num_workers, 0))
+        epoch = self._epoch if epoch is None else check_int("epoch", epoch, 0, EPOCH_LIMIT)
         slot = current_slot(carried=self._carried_rank, given=self._given_rank)
         if self._rows is None:
             self._rows = row_counts(self._source.client(), self.shards)
@@ -280,7 +263,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         Raises InvalidArgument unless ``epoch`` is an int in ``[0, 2**63)`` (the epoch is
         kept in 64 signed bits, shared with the workers).
         """
-        self._shared_epoch.value = _check_int("epoch", epoch, 0, EPOCH_LIMIT)
+        self._shared_epoch.value = check_int("epoch", epoch, 0, EPOCH_LIMIT)
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:

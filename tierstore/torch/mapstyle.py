@@ -34,6 +34,7 @@ import numpy as np
 import torch.utils.data
 
 from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.torch.arguments import check_int
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import ShardRows
 from tierstore.torch.catalog import ShardSet, read_shard, resolve
@@ -80,9 +81,8 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         source: ShardSource | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(cache_shards, int) or cache_shards < 1:
-            raise InvalidArgument(f"cache_shards must be an int >= 1, got {cache_shards!r}")
-        self.cache_shards = cache_shards
+        self.cache_shards = check_int("cache_shards", cache_shards, 1)  # True is no count
+        count_threads = check_int("count_threads", count_threads, 1)
         self._source = source or service_source(address, token, ca, retry_s)
         #: the shards and columns read
         self.shards: ShardSet = resolve(
