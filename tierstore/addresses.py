@@ -3,8 +3,9 @@
 
 gRPC takes a target string as it is and finds out late what is wrong with it: a port
 past 65535 wraps around (``127.0.0.1:82979`` reached port 17443, another service's
-perhaps), and a scheme or a stray character gives "errors resolving" at the first
-call. Both sides check their addresses here first.
+perhaps), and a scheme of its own (``https://``) or a stray character gives "errors
+resolving" at the first call. Both sides check their addresses here first; a client
+may also give gRPC's own schemes (``dns:``, ``ipv4:``, ``ipv6:``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,27 @@ def split_host_port(address: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+#: gRPC's own name schemes: ``dns:[//authority/]HOST:PORT`` (the usual way to spread
+#: calls over the addresses a name resolves to), ``ipv4:`` and ``ipv6:`` with one or
+#: more comma-separated ``HOST:PORT``.
+_GRPC_SCHEMES = ("dns", "ipv4", "ipv6")
+
+
 def connect_address_problem(address: str) -> str | None:
     """What is wrong with ``address`` as a server to connect to, or None: it must be
     ``HOST:PORT``, the host a name, an IPv4 address or a bracketed IPv6 address, the
-    port from 1 to 65535."""
+    port from 1 to 65535; or one of gRPC's ``dns:``, ``ipv4:`` or ``ipv6:`` targets
+    of such addresses."""
+    scheme, colon, rest = address.partition(":")
+    if colon and scheme in _GRPC_SCHEMES and not rest.isdigit():  # not host "dns", port
+        if scheme == "dns" and rest.startswith("//"):
+            rest = rest[2:].partition("/")[2]  # the DNS server to ask: gRPC's business
+        targets = [rest] if scheme == "dns" else rest.split(",")
+        return next(filter(None, map(_host_port_problem, targets)), None)
+    return _host_port_problem(address)
+
+
+def _host_port_problem(address: str) -> str | None:
     split = split_host_port(address)
     if split is None:
         return "a port from 1 to 65535 after the last colon"

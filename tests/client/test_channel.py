@@ -63,6 +63,10 @@ def test_a_client_key_file_without_a_private_key_is_refused_by_name(tmp_path: Pa
         "[not-ipv6]:7443",
         "127.0.0.1",
         "",
+        "dns:///localhost",  # gRPC's schemes, with the same checks
+        "dns://8.8.8.8/localhost:99999",
+        "ipv4:127.0.0.1:7443,127.0.0.2",
+        "ipv6:[::1]:0",
     ],
 )
 def test_an_address_that_is_not_host_and_port_is_refused(address: str) -> None:
@@ -73,7 +77,19 @@ def test_an_address_that_is_not_host_and_port_is_refused(address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:7443", "localhost:1", "node-1.example.internal:65535", "[::1]:7443"]
+    "address",
+    [
+        "127.0.0.1:7443",
+        "localhost:1",
+        "node-1.example.internal:65535",
+        "[::1]:7443",
+        "dns:///localhost:7443",  # gRPC's own schemes, as gRPC takes them
+        "dns://10.0.0.2:53/tierstore.svc.cluster.local:7443",
+        "dns:localhost:7443",
+        "ipv4:127.0.0.1:7443,127.0.0.2:7443",
+        "ipv6:[::1]:7443",
+        "dns:7443",  # the host named "dns"
+    ],
 )
 def test_host_and_port_addresses_are_taken(address: str) -> None:
     assert ChannelSettings(address).address == address
@@ -189,3 +205,10 @@ def test_an_insecure_argument_wins_over_the_environment() -> None:
     environ = {"TIERSTORE_ADDRESS": "127.0.0.1:1", "TIERSTORE_INSECURE": "1"}
     assert connect(environ=environ)._channel.settings.insecure
     assert not connect(insecure=False, environ=environ)._channel.settings.insecure
+
+
+def test_grpcs_own_schemes_reach_the_server(server: ServerProcess) -> None:
+    host, port = server.address.rsplit(":", 1)
+    for target in (f"dns:///localhost:{port}", f"ipv4:{host}:{port}"):
+        with connect(target, token=server.token, ca=server.ca_path) as client:
+            assert isinstance(client.list_datasets(), list), target
