@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -148,3 +149,30 @@ def test_a_client_dropped_without_close_is_freed_at_once_and_zeroes_its_keys(
     finally:
         gc.enable()
     poll(lambda: not reporter.is_alive(), 15, "the dropped client's reporter thread to end")
+
+
+def test_a_client_collected_in_a_cycle_zeroes_its_keys_without_taking_a_lock(
+    server: ServerProcess, admin: Client
+) -> None:
+    # The garbage collector runs on whichever thread allocates, which may hold one of
+    # the cache's locks: a finalizer that cleared the cache under its lock deadlocked
+    # there (seen on the reporter's own thread), and the collector stayed stuck for
+    # the whole process.
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=True)
+    generation = admin.put(dataset, "a", os.urandom(20_000)).generation
+    client = reader_client(server)
+    assert client.get(dataset, "a").to_pybytes()
+    key = cached_key(client, dataset, "a", generation)
+    lock = cast(Any, client)._local._keys._lock
+    cycle: list[object] = [client]
+    cycle.append(cycle)  # as a kept traceback would hold it
+    freed = weakref.ref(client)
+    del client, cycle
+    collector = threading.Thread(target=gc.collect, daemon=True)
+    with lock:  # as the thread the collector runs on might hold it
+        collector.start()
+        collector.join(10)
+        assert not collector.is_alive(), "collecting the client waited for a lock"
+    assert freed() is None
+    assert zeroed(key), "the collected client's key was not zeroed"

@@ -7,8 +7,10 @@ through ``get``, ``read_table`` or ``read_tensor``.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,19 @@ def test_a_file_object_is_stored_from_where_it_stands(
             admin.put(any_dataset, f"memory-from-{skip}", memory)
         for name in (f"from-{skip}", f"memory-from-{skip}"):
             assert admin.get(any_dataset, name).to_pybytes() == data[skip:], name
+    # A compressed file's descriptor holds other bytes than it reads: its tell() past
+    # the compressed file's end stored nothing (and from 0, the compressed bytes).
+    with gzip.open(tmp_path / "blob.gz", "wb") as packed:
+        packed.write(data)
+    with gzip.open(tmp_path / "blob.gz", "rb") as unpacked:
+        unpacked.read(1000)
+        admin.put(any_dataset, "gzip", unpacked)
+    assert admin.get(any_dataset, "gzip").to_pybytes() == data[1000:]
+    with tempfile.NamedTemporaryFile(dir=tmp_path) as named:  # a wrapper, read by frames
+        named.write(data)
+        named.seek(3)
+        admin.put(any_dataset, "named", named)
+    assert admin.get(any_dataset, "named").to_pybytes() == data[3:]
 
 
 @pytest.mark.parametrize(

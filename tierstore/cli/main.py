@@ -13,6 +13,7 @@ results for scripts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import inspect
 import io
@@ -1334,25 +1335,34 @@ def main() -> None:
         code = 1
     except typer.TyperException as exc:  # a usage error: an option's value, a command...
         code = _usage_error(exc)
-    except OSError as exc:  # its output could not be written (stdout on a full disk)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise  # not the output's: a bug to see whole
         code = _output_failed(exc)
     sys.exit(code if isinstance(code, int) else 0)
 
 
+#: what writing a command's output fails with: a full disk or quota, a file past its
+#: size limit, a failing device (a reader that went away, EPIPE, is click's: it exits
+#: 1 quietly)
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 def _output_failed(exc: OSError) -> int:
-    """Print the one error line of an OSError no command caught, and return its exit
-    code (1). Commands catch what they read and the files they write, so what is left
-    is their output: stdout redirected to a full disk, say (``get ... > file``), which
-    printed a traceback. (A reader that went away, EPIPE, is click's: it exits 1
-    quietly.) stdout then points at /dev/null, so that Python's last flush of what is
-    left in its buffer does not fail again at exit."""
+    """Print the one error line of a command whose output could not be written, and
+    return its exit code (1): stdout redirected to a full disk, say (``get ... >
+    file``), which printed a traceback. (Commands catch what they read and the files
+    they write themselves, naming them.) stdout then points at /dev/null, so that
+    Python's last flush of what is left in its buffer does not fail again at exit."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    where = exc.filename if exc.filename is not None else "the output (stdout)"
     err.print(
-        Text.assemble(("error:", "red"), f" OSError: cannot write {where}: {exc.strerror or exc}"),
+        Text.assemble(
+            ("error:", "red"),
+            f" OSError: cannot write the output (stdout): {exc.strerror or exc}",
+        ),
         highlight=False,
         soft_wrap=True,
     )

@@ -18,6 +18,7 @@ goes through the service. :attr:`Client.read_counts` tells which path served the
 from __future__ import annotations
 
 import builtins
+import io
 import numbers
 import os
 import stat
@@ -303,8 +304,10 @@ def _weak_rpc(client: Client) -> GrpcLocalReadRpc:
     The client holds its LocalReads, which holds these calls: held strongly, that
     cycle would keep a client dropped without close() — its channel and its data
     keys — until the cycle collector runs, whenever that is. Held weakly, the client
-    goes as its last reference does. A call after that (the reporter's thread, about
-    to send) raises Unavailable.
+    goes as its last reference does, and its LocalReads with it: the data keys are
+    zeroed as they are freed (DataKeys.__del__), the reporter's thread ends at its
+    next wake-up, and the reads not reported yet are not sent. A call after that
+    (the reporter's thread, about to send) raises Unavailable.
     """
     held = weakref.ref(client)
 
@@ -355,9 +358,6 @@ class Client:
         self._local: LocalReads | None = None
         if self._local_options.enabled:
             self._local = LocalReads(_weak_rpc(self), self._local_options, self._counts)
-            # A client dropped without close() still zeroes its data keys and stops its
-            # reporter, as it goes (its unsent reports are lost: see LocalReads.abandon).
-            weakref.finalize(self, self._local.abandon)
 
     def __repr__(self) -> str:
         return f"Client({self._channel.settings.address!r})"
@@ -792,7 +792,7 @@ class Client:
             limit = _whole_number("limit", limit, "shards")
             if limit < 0:  # it listed nothing, as if the dataset were empty
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
-        prefix = _text("prefix", prefix, "the start of shard names")
+        prefix = _text("prefix", prefix or "", "the start of shard names")  # None: all
         start_after = _text("start_after", start_after, "a shard name")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
@@ -952,7 +952,7 @@ class Client:
             raise InvalidArgument(f"ttl_s must be a number of seconds, not {ttl_s!r:.40}")
         if not 0 < ttl_s < float("inf"):
             raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
-        prefix = _text("prefix", prefix, "the start of shard names")
+        prefix = _text("prefix", prefix or "", "the start of shard names")  # None: all
         job = "" if job is None else _text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
@@ -1011,7 +1011,11 @@ class Client:
         ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
         principal that is not text, grants that are not Grants), PermissionDenied."""
         principal = _text("principal", principal, "a name for whom the token is")
-        if isinstance(grants, str | bytes) or not all(isinstance(g, Grant) for g in grants):
+        given = grants
+        if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+            given = [given]  # refused just below
+        grants = list(given)  # once: a generator has nothing left for the request
+        if not all(isinstance(g, Grant) for g in grants):
             raise InvalidArgument(
                 "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
                 f"{grants!r:.80}"
@@ -1154,6 +1158,10 @@ class _FileFrames:
         self._file.seek(self._end)
 
 
+#: file objects whose bytes are their descriptor's, read a frame at a time
+_PLAIN_FILES = (io.BufferedReader, io.BufferedRandom, io.FileIO)
+
+
 class _as_value:
     """Context manager: a file path or file object as :class:`_FileFrames` (a regular
     file) or its bytes (anything else readable), or ``data`` itself."""
@@ -1172,9 +1180,16 @@ class _as_value:
                 raise InvalidArgument(f"cannot read {data}: {exc}") from exc
             data = self._file
         if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
+            wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
+            if isinstance(wrapped, _PLAIN_FILES):
+                data = wrapped
+            if not isinstance(data, _PLAIN_FILES):
+                # Its bytes need not be its descriptor's: a gzip file's are decompressed,
+                # and its tell() counts them (read from the descriptor, it stored nothing).
+                return data.read()
             try:
                 status = os.fstat(data.fileno())
-            except (OSError, AttributeError, ValueError):
+            except (OSError, ValueError):
                 return data.read()
             if not stat.S_ISREG(status.st_mode):
                 return data.read()  # a pipe or a device: its bytes as they come

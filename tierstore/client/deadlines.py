@@ -3,16 +3,19 @@ them without importing gRPC."""
 
 from __future__ import annotations
 
+from tierstore.types import MAX_TTL_S
+
 __all__ = ["DEFAULT_STREAM_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "MAX_TIMEOUT_S", "timeout_problem"]
 
 #: Seconds a unary call may take by default.
 DEFAULT_TIMEOUT_S = 30.0
 #: Seconds a streamed transfer (a get or a put) may take by default.
 DEFAULT_STREAM_TIMEOUT_S = 3600.0
-#: The longest deadline a call may be given: ten years. gRPC counts a deadline in
-#: nanoseconds from its clock's epoch, and one past about 9e9 s overflows into the
-#: past: every call then failed at once with DEADLINE_EXCEEDED.
-MAX_TIMEOUT_S = 10 * 365 * 86400.0
+#: The longest deadline a call may be given: ten years, as the longest TTL of a pin or
+#: a token. gRPC counts a deadline in nanoseconds from its clock's epoch, and one past
+#: about 9e9 s overflows into the past: every call then failed at once with
+#: DEADLINE_EXCEEDED.
+MAX_TIMEOUT_S = MAX_TTL_S
 
 
 def timeout_problem(seconds: float) -> str | None:

@@ -179,6 +179,14 @@ class DataKeys:
             self._next_deadline = math.inf
         _zero_all(dropped)
 
+    def __del__(self) -> None:
+        # Freed with a client dropped without close(): zero what is left. Without the
+        # lock: nothing else can reach the cache now, and this may run inside garbage
+        # collection on any thread, one that may hold a lock (this one, or one that a
+        # blocking cleanup would take) — which deadlocked a finalizer that cleared().
+        for key in list(getattr(self, "_keys", {}).values()):
+            zero(memoryview(key.held))
+
     def _pop_locked(self, gone: Callable[[tuple[str, str]], bool]) -> list[bytearray]:
         return [self._keys.pop(slot).held for slot in [s for s in self._keys if gone(s)]]
 

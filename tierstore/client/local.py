@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_allocator
@@ -114,10 +115,10 @@ class LocalReadOptions:
 
     def __post_init__(self) -> None:
         for name in ("enabled", "pin_memory"):
-            if not isinstance(getattr(self, name), bool):  # "no" is true
-                raise InvalidArgument(
-                    f"{name} must be True or False, not {getattr(self, name)!r:.40}"
-                )
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):  # "no" is true
+                raise InvalidArgument(f"{name} must be True or False, not {value!r:.40}")
+            object.__setattr__(self, name, bool(value))  # numpy's bools are bools
         if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
             raise InvalidArgument(
                 "max_snapshots must be >= 0, report_every_reads and max_keys >= 1"
@@ -248,17 +249,6 @@ class LocalReads:
         """Report what is pending, forget grants and zero the data keys (reads may go on:
         they ask again)."""
         self.reporter.close()
-        self._forget()
-
-    def abandon(self) -> None:
-        """What a client dropped without close() does as it goes: forget grants, zero
-        the data keys and stop the reporter's thread, never touching the network (the
-        client whose channel would carry the reports is gone, and this may run inside
-        garbage collection, on any thread). The reads not reported yet are not sent."""
-        self.reporter.abandon()
-        self._forget()
-
-    def _forget(self) -> None:
         self._keys.clear()
         with self._lock:
             self._routes.clear()

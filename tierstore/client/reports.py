@@ -117,24 +117,13 @@ class ReadReporter:
     def close(self) -> None:
         """Send what is pending and stop the thread (the next read starts another).
         Idempotent."""
-        thread = self._stop_thread()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
-        self.flush()
-
-    def abandon(self) -> None:
-        """Stop the thread without waiting for it, and drop the reads not sent yet
-        (for a reporter whose client is gone). Idempotent."""
-        self._stop_thread()
-        with self._lock:
-            self._pending, self._count = {}, 0
-
-    def _stop_thread(self) -> threading.Thread | None:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
             self._wake.set()
-        return thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.flush()
 
     def _deliver(self, dataset: str, batch: list[LocalReadCount]) -> None:
         try:
