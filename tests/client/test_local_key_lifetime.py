@@ -125,16 +125,21 @@ def test_reading_a_newer_generation_drops_the_older_ones_key(
         assert cached_count(client) == 1
 
 
-def test_a_client_dropped_without_close_is_freed_at_once_and_zeroes_its_keys(
-    server: ServerProcess, admin: Client
-) -> None:
+def a_client_holding_a_key(server: ServerProcess, admin: Client) -> tuple[Client, bytearray]:
+    """A fresh reader client that read an encrypted shard in place, and the key it caches."""
     dataset = unique()
     admin.create_dataset(dataset, encrypted=True)
     generation = admin.put(dataset, "a", os.urandom(20_000)).generation
     client = reader_client(server)
     assert client.get(dataset, "a").to_pybytes()
     assert client.read_counts.local == 1
-    key = cached_key(client, dataset, "a", generation)
+    return client, cached_key(client, dataset, "a", generation)
+
+
+def test_a_client_dropped_without_close_is_freed_at_once_and_zeroes_its_keys(
+    server: ServerProcess, admin: Client
+) -> None:
+    client, key = a_client_holding_a_key(server, admin)
     reporter = cast(Any, client)._local.reporter._thread
     assert reporter is not None and reporter.is_alive()
     freed = weakref.ref(client)
@@ -158,12 +163,7 @@ def test_a_client_collected_in_a_cycle_zeroes_its_keys_without_taking_a_lock(
     # the cache's locks: a finalizer that cleared the cache under its lock deadlocked
     # there (seen on the reporter's own thread), and the collector stayed stuck for
     # the whole process.
-    dataset = unique()
-    admin.create_dataset(dataset, encrypted=True)
-    generation = admin.put(dataset, "a", os.urandom(20_000)).generation
-    client = reader_client(server)
-    assert client.get(dataset, "a").to_pybytes()
-    key = cached_key(client, dataset, "a", generation)
+    client, key = a_client_holding_a_key(server, admin)
     lock = cast(Any, client)._local._keys._lock
     cycle: list[object] = [client]
     cycle.append(cycle)  # as a kept traceback would hold it
