@@ -186,7 +186,7 @@ def test_a_dataset_with_damaged_records_is_deleted_whole(
         store.delete_dataset("plain")
     for name in "bc":
         store.delete("plain", name)
-    with pytest.raises(FailedPrecondition, match="holds 1 shards"):
+    with pytest.raises(FailedPrecondition, match="holds 1 shard;"):
         store.delete_dataset("plain")  # only the damaged one is left, and it counts
     store.delete_dataset("plain", force=True)
     store.create_dataset("plain")

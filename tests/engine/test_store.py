@@ -97,7 +97,7 @@ def test_datasets_are_created_listed_and_deleted(open_store: StoreFactory) -> No
     assert {archive_dataset_key("a-set"), archive_dataset_key("b-set")} <= archive_keys(archive)
 
     store.put("a-set", "x", b"data")
-    with pytest.raises(FailedPrecondition, match="1 shards"):
+    with pytest.raises(FailedPrecondition, match="holds 1 shard;"):
         store.delete_dataset("a-set")
     assert store.get("a-set", "x").to_bytes() == b"data"
     store.delete_dataset("a-set", force=True)
