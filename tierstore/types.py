@@ -82,7 +82,7 @@ class DatasetSettings:
     """Per-dataset settings, fixed at creation except where noted.
 
     Checked when made (every copy too): InvalidArgument for a value of the wrong type, a
-    durability that names none, or a negative quota. A durability given by its name
+    durability that names none, or a quota below 0 or past 2**64-1. A durability given by its name
     (``"write-through"``) becomes the enum member.
     """
 
@@ -106,8 +106,12 @@ class DatasetSettings:
                 f"durability must be one of {names}, got {self.durability!r:.40}"
             ) from None
         quota = self.hot_quota_bytes
-        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
-            raise InvalidArgument(f"hot_quota_bytes must be an int >= 0, got {quota!r:.40}")
+        # At most what the wire carries (uint64): a larger one was stored, and then every
+        # listing of the node's datasets failed INTERNAL.
+        if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota < 1 << 64:
+            raise InvalidArgument(
+                f"hot_quota_bytes must be an int from 0 to 2**64-1, got {quota!r:.40}"
+            )
         if not isinstance(self.policy, str):
             raise InvalidArgument(f"policy must be a policy name, got {self.policy!r:.40}")
 
