@@ -131,3 +131,32 @@ def test_what_was_taken_before_is_still_taken() -> None:
     )
     assert settings.data_dir == Path("/tmp/node") and settings.hot_capacity_bytes == 8 << 20
     assert settings.max_read_leases == 0 and settings.high_watermark == 0.8
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        # The store opened, then its mover's threads died on the float: nothing was
+        # archived again.
+        ({"background_niceness": 2.5}, "background_niceness must be a whole number, not a float"),
+        ({"hot_capacity_bytes": "100"}, "hot_capacity_bytes must be a whole number, not a str"),
+        ({"high_watermark": "0.9"}, "high_watermark must be a number, not a str"),
+        ({"promotion_threads": True}, "promotion_threads must be a whole number, not a bool"),
+        ({"master_key_b64": 5}, "master_key_b64 must be a string, not a int"),
+        ({"master_key_file": ""}, "master_key_file is empty"),
+        # A MemoryError, after serve had made the data directory.
+        ({"trace_capacity": 10**11}, "trace_capacity must be at most 100,000,000 events"),
+    ],
+)
+def test_settings_made_in_code_are_checked_by_type_and_name(
+    given: dict[str, object], says: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        EngineSettings(**given)  # type: ignore[arg-type]
+
+
+def test_a_key_file_given_as_text_is_a_path(tmp_path: Path) -> None:
+    # It reached the key file's reader as a str, which failed on .open().
+    settings = EngineSettings(master_key_file=str(tmp_path / "master.keys"))  # type: ignore[arg-type]
+    assert settings.master_key_file == tmp_path / "master.keys"
+    assert EngineSettings(trace_capacity=100_000_000, background_niceness=np.int64(3))

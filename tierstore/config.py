@@ -26,6 +26,10 @@ GiB = 1 << 30
 _MAX_BYTES = 1 << 48
 #: the most archive upload parts in flight at once (each holds one part in memory)
 MAX_MOVER_THREADS = 64
+#: the memory one event of the trace ring takes up front (engine/trace.py: its time,
+#: name, size and kind), and the most events it may be made for (about 2.3 GiB)
+TRACE_EVENT_BYTES = 25
+MAX_TRACE_CAPACITY = 100_000_000
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +112,14 @@ class EngineSettings:
     archive: ArchiveSettings = ArchiveSettings()
 
     def __post_init__(self) -> None:
-        if isinstance(self.data_dir, str | os.PathLike):  # a str is taken as a path
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
-        else:
-            raise InvalidArgument(f"data_dir must be a path, not a {type(self.data_dir).__name__}")
+        # Types first, by name: embedders pass values that no file or variable was read
+        # for. A float niceness killed the mover's threads after the store had opened
+        # (nothing was archived again), and a str key file path failed on .open().
+        for setting in fields(self):
+            if setting.name != "archive":
+                value = getattr(self, setting.name)
+                typed = _coerce(setting.name, setting.type, value, numbers_from_text=False)
+                object.__setattr__(self, setting.name, typed)
         if not 0 < self.low_watermark < self.high_watermark <= 1:
             raise InvalidArgument("watermarks must satisfy 0 < low < high <= 1")
         if self.max_frame_bytes < 4096:
@@ -147,6 +155,11 @@ class EngineSettings:
         if self.trace_capacity < 0 or self.prefetch_depth < 0 or not self.prefetch_horizon_s >= 0:
             raise InvalidArgument(
                 "trace_capacity, prefetch_depth and prefetch_horizon_s must not be negative"
+            )
+        if self.trace_capacity > MAX_TRACE_CAPACITY:  # a typo's 10**11 was a MemoryError
+            raise InvalidArgument(
+                f"trace_capacity must be at most {MAX_TRACE_CAPACITY:,} events (about "
+                f"{MAX_TRACE_CAPACITY * TRACE_EVENT_BYTES >> 30} GiB), got {self.trace_capacity:,}"
             )
         at_least_one = {
             "cold_read_parallelism": self.cold_read_parallelism,
@@ -266,13 +279,16 @@ def load_settings(
     return EngineSettings(archive=archive_settings, **typed)
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
+def _coerce(name: str, kind: Any, value: Any, *, numbers_from_text: bool = True) -> Any:
     """``value`` (a TOML value, a variable's text or an override) as setting ``name`` of
     type ``kind`` wants it. Raises InvalidArgument for a value of the wrong type (a bool
-    is no number: ``true`` for a thread count was taken as 1)."""
+    is no number: ``true`` for a thread count was taken as 1). Text is read as a number
+    only ``numbers_from_text`` (a variable's); a path may always be given as text."""
     text = str(kind)
     # Messages name the type, never the value: some settings are secrets.
     wrong = f"setting {name} must be a {{}}, not a {type(value).__name__}"
+    if isinstance(value, str) and not numbers_from_text and text.startswith(("int", "float")):
+        raise InvalidArgument(wrong.format("whole number" if text.startswith("int") else "number"))
     if isinstance(value, str):
         try:
             if text.startswith("int"):
