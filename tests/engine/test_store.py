@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -1003,3 +1004,20 @@ def test_unreadable_dataset_settings_are_an_integrity_error() -> None:
             decode_dataset(json.dumps({**good, **changes}).encode())
     with pytest.raises(IntegrityError, match="unreadable dataset settings"):
         decode_dataset(b"{")
+
+
+def test_a_second_store_on_one_hot_tier_is_refused_until_the_first_closes(
+    open_store: StoreFactory,
+) -> None:
+    # Both opened (LMDB lets them), and two movers raced over one journal; so did an
+    # embedding script against a running node.
+    first = open_store()
+    first.create_dataset("d")
+    first.put("d", "kept", b"acknowledged")
+    data_dir = first.settings.data_dir
+    with pytest.raises(FailedPrecondition, match=rf"open in another store \(process {os.getpid()}"):
+        open_store(data_dir=data_dir)
+    assert first.get("d", "kept").to_bytes() == b"acknowledged"  # the first is untouched
+    first.close()
+    second = open_store(data_dir=data_dir)
+    assert second.get("d", "kept").to_bytes() == b"acknowledged"

@@ -39,6 +39,7 @@ from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
+from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.mover import Mover
@@ -165,6 +166,8 @@ class Store:
         self._keyring = keyring
         # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
         self._rotation_lock = threading.Lock()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._claim = StoreClaim(settings.data_dir)  # before the hot tier is opened
         self._env = LmdbEnvironment(
             hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
         )
@@ -272,6 +275,7 @@ class Store:
         self.mover.stop()
         self._reader.close()
         self._writer.close()
+        self._claim.release()  # nothing of this store writes any more
         if self._reader.leases.live:
             gc.collect()  # leases end when their buffers are collected
         if self._reader.leases.live:
