@@ -1021,3 +1021,41 @@ def test_a_second_store_on_one_hot_tier_is_refused_until_the_first_closes(
     first.close()
     second = open_store(data_dir=data_dir)
     assert second.get("d", "kept").to_bytes() == b"acknowledged"
+
+
+def test_a_forked_child_does_not_keep_the_hot_tier_claimed(open_store: StoreFactory) -> None:
+    # The child shared the lock's open file: after the parent closed its store (or died),
+    # a reopen was refused for as long as a DataLoader worker, say, lived on.
+    first = open_store()
+    data_dir = first.settings.data_dir
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait for the parent's word, never return into pytest
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        first.close()
+        open_store(data_dir=data_dir).close()  # while the child lives
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+
+
+def test_a_store_that_fails_to_open_lets_go_of_the_hot_tier_at_once(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It let go only when garbage-collected: a retry while the exception (or its
+    # traceback) lived was refused.
+    data_dir = open_store.new_dir()
+
+    def broken(self: Store) -> None:
+        raise RuntimeError("injected")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Store, "_open_policies", broken)
+        with pytest.raises(RuntimeError, match="injected") as failed:
+            open_store(data_dir=data_dir)
+    assert failed.value is not None  # the exception and its traceback are alive
+    open_store(data_dir=data_dir).close()

@@ -34,7 +34,13 @@ from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, patter
 from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.engine.bootstrap import open_store
 from tierstore.engine.records import is_generation_object_key
-from tierstore.errors import ArchiveUnavailable, InvalidArgument, InvalidRange, StoreClosed
+from tierstore.errors import (
+    ArchiveUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidRange,
+    StoreClosed,
+)
 from tierstore.tiers.base import Tier
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer
@@ -607,6 +613,35 @@ def test_an_overwrite_torn_by_a_kill_keeps_the_old_object(s3_settings: S3Setting
             time.sleep(0.05)
     finally:
         tier.close()
+
+
+def test_an_open_store_refused_for_a_directory_in_use_leaves_its_uploads_alone(
+    s3_settings: S3Settings, s3_admin: S3Client, tmp_path: Path
+) -> None:
+    # The second open aborted the running store's uploads in flight (its start-up's
+    # clean-up of a killed node's), and only then was refused by the store's lock.
+    settings = EngineSettings(
+        data_dir=tmp_path / "node",
+        archive=ArchiveSettings(
+            endpoint_url=s3_settings.endpoint_url,
+            bucket=s3_settings.bucket,
+            prefix=s3_settings.prefix,
+            access_key_id=s3_settings.access_key_id,
+            secret_access_key=s3_settings.secret_access_key,
+        ),
+    )
+    running = open_store(settings, start_mover=False)
+    key = s3_settings.prefix + f"ds/{7:016x}.frames"  # as the running node's upload
+    upload_id = s3_admin.create_multipart_upload(Bucket=s3_settings.bucket, Key=key)["UploadId"]
+    try:
+        with pytest.raises(FailedPrecondition, match="open in another store"):
+            open_store(settings, start_mover=False)
+        listed = s3_admin.list_multipart_uploads(Bucket=s3_settings.bucket, Prefix=key)
+        assert [u["UploadId"] for u in listed.get("Uploads", [])] == [upload_id]
+    finally:
+        running.close()
+        s3_admin.abort_multipart_upload(Bucket=s3_settings.bucket, Key=key, UploadId=upload_id)
+    open_store(settings, start_mover=False).close()  # closed, the directory is free again
 
 
 def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
 from tierstore.engine.allocator import tune_allocator
+from tierstore.engine.claim import StoreClaim
 from tierstore.engine.records import is_generation_object_key
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
@@ -50,6 +51,24 @@ def open_store(
     when the archive cannot be reached and there is no hot tier yet (with one, the
     store opens and its mover retries the archive).
     """
+    # First: an open_store on a directory whose store is open (a running node's) must
+    # not touch its archive either (the start-up below aborts uploads in flight).
+    claim = StoreClaim(settings.data_dir)
+    try:
+        return _open_claimed(settings, archive, observe_archive, keyring, start_mover, claim)
+    except BaseException:
+        claim.release()
+        raise
+
+
+def _open_claimed(
+    settings: EngineSettings,
+    archive: Tier | None,
+    observe_archive: Observer | None,
+    keyring: MasterKeyProvider | None,
+    start_mover: bool,
+    claim: StoreClaim,
+) -> Store:
     if archive is None:
         # boto3 is heavy: import on use
         from tierstore.tiers.s3 import S3Settings, S3Tier
@@ -75,22 +94,43 @@ def open_store(
             )
         )
         try:
-            tier.ensure_bucket()
-        except ArchiveUnavailable as exc:
-            if not (hot_tier_dir(settings.data_dir) / "data.mdb").exists():
-                tier.close()  # its connection pool: a start may be tried again
-                raise  # a new node: nothing to serve without the archive
-            # A node's own hot tier serves without the archive; its mover retries.
-            log.warning("the archive is unreachable; serving the hot tier: %s", exc)
-        else:
-            _abort_uploads_left_behind(tier)
-        archive = tier
+            _prepare_archive(tier, settings)
+            return _store_over(settings, tier, observe_archive, keyring, start_mover, claim)
+        except BaseException:
+            tier.close()  # its connection pool: a start may be tried again
+            raise
+    return _store_over(settings, archive, observe_archive, keyring, start_mover, claim)
+
+
+def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> None:
+    """Make sure the bucket is there, and abort the uploads an earlier run left behind.
+    Raises ArchiveUnavailable when the archive cannot be reached and there is no hot
+    tier yet (a new node has nothing to serve without it)."""
+    try:
+        tier.ensure_bucket()
+    except ArchiveUnavailable as exc:
+        if not (hot_tier_dir(settings.data_dir) / "data.mdb").exists():
+            raise
+        # A node's own hot tier serves without the archive; its mover retries.
+        log.warning("the archive is unreachable; serving the hot tier: %s", exc)
+    else:
+        _abort_uploads_left_behind(tier)
+
+
+def _store_over(
+    settings: EngineSettings,
+    archive: Tier,
+    observe_archive: Observer | None,
+    keyring: MasterKeyProvider | None,
+    start_mover: bool,
+    claim: StoreClaim,
+) -> Store:
     if observe_archive is not None:
         archive = TimedTier(archive, observe_archive)
     tune_allocator(settings.max_frame_bytes)
     if keyring is None:
         keyring = keyring_from_settings(settings)
-    return Store(settings, archive, keyring, start_mover=start_mover)
+    return Store(settings, archive, keyring, start_mover=start_mover, claim=claim)
 
 
 def _abort_uploads_left_behind(tier: S3Tier) -> None:

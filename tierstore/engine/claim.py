@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from pathlib import Path
 
 from tierstore.errors import FailedPrecondition
@@ -23,8 +24,9 @@ LOCK_NAME = "store.lock"
 
 
 class StoreClaim:
-    """The exclusive claim on ``data_dir``'s hot tier, until :meth:`release` (or until
-    this object is freed: a store whose opening failed part way lets go with it).
+    """The exclusive claim on ``data_dir``'s hot tier (made if missing), until
+    :meth:`release`, until this object is freed, or until the process ends. A forked
+    child does not hold it.
 
     Raises FailedPrecondition, naming the holder's process id, when another open store
     (in this process or another) holds it; OSError when the lock file cannot be made.
@@ -32,6 +34,7 @@ class StoreClaim:
 
     def __init__(self, data_dir: Path) -> None:
         self._fd: int | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
         fd, holder = hold_lock_or_name_holder(data_dir / LOCK_NAME)
         if fd is None:
             raise FailedPrecondition(
@@ -40,9 +43,17 @@ class StoreClaim:
                 "on one hot tier would race two movers over one journal"
             )
         self._fd = fd
+        _CLAIMS.add(self)
 
     def release(self) -> None:
         """Let go of the claim (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _forget_in_child(self) -> None:
+        # A forked child shares the lock's open file: its copy would keep the lock after
+        # the parent let go (or died). Closing the copy leaves the parent's claim whole.
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
@@ -51,3 +62,14 @@ class StoreClaim:
         # At interpreter exit os may be gone: the lock goes with the process then.
         with contextlib.suppress(Exception):
             self.release()
+
+
+_CLAIMS: weakref.WeakSet[StoreClaim] = weakref.WeakSet()
+
+
+def _forget_claims_in_child() -> None:
+    for claim in list(_CLAIMS):
+        claim._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_claims_in_child)

@@ -259,6 +259,12 @@ class Mover:
         else:
             self._run_promotions(jobs)
 
+    @property
+    def running(self) -> bool:
+        """Whether any of its threads is still alive (after :meth:`stop`: one that did
+        not end in time, inside an archive request, say)."""
+        return any(thread.is_alive() for thread in self._threads)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads, waiting at most ``timeout`` seconds for all of them (a
         thread inside an archive request ends when it does); pending journal entries

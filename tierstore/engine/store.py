@@ -160,14 +160,32 @@ class Store:
         keyring: MasterKeyProvider | None = None,
         *,
         start_mover: bool = True,
+        claim: StoreClaim | None = None,
     ) -> None:
+        """Open the store in ``settings.data_dir``, claiming its hot tier (``claim``, when
+        the caller claimed it first) for as long as the store is open. Raises
+        FailedPrecondition when another open store holds it; a store that fails to open
+        lets go of the claim."""
         self.settings = settings
         self._archive = archive
         self._keyring = keyring
         # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
         self._rotation_lock = threading.Lock()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self._claim = StoreClaim(settings.data_dir)  # before the hot tier is opened
+        self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
+        try:
+            self._open(settings, archive, keyring)
+        except BaseException:
+            # A retry may open it at once (nothing of this store has started to run).
+            if hasattr(self, "_env"):
+                self._env.close()
+            self._claim.release()
+            raise
+        if start_mover:
+            self.start_background()
+
+    def _open(
+        self, settings: EngineSettings, archive: Tier, keyring: MasterKeyProvider | None
+    ) -> None:
         self._env = LmdbEnvironment(
             hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
         )
@@ -242,8 +260,6 @@ class Store:
         )
         self.mover.after_promotion = self.prefetcher.wake
         self._open_policies()
-        if start_mover:
-            self.start_background()
 
     def start_background(self) -> None:
         """Start the mover and the prefetcher, for a store made with ``start_mover=False``
@@ -275,7 +291,6 @@ class Store:
         self.mover.stop()
         self._reader.close()
         self._writer.close()
-        self._claim.release()  # nothing of this store writes any more
         if self._reader.leases.live:
             gc.collect()  # leases end when their buffers are collected
         if self._reader.leases.live:
@@ -285,11 +300,15 @@ class Store:
                 "store closed with %d live read leases; LMDB map left open",
                 self._reader.leases.live,
             )
-            return
+            if not self.mover.running:  # the leases only read
+                self._claim.release()
+            return  # else its claim too, until this store is freed: a mover thread lives
         if not self._env.close():
             log.warning(
                 "store closed while hot-tier transactions were under way; LMDB map left open"
             )
+            return  # its claim too, until this store is freed: a writer may be at work
+        self._claim.release()  # nothing of this store can write any more
 
     def _check_open(self) -> None:
         if self._closed:
