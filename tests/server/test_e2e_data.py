@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -123,6 +124,15 @@ def test_a_file_object_is_stored_from_where_it_stands(
         unpacked.read(1000)
         admin.put(any_dataset, "gzip", unpacked)
     assert admin.get(any_dataset, "gzip").to_pybytes() == data[1000:]
+    # A tar member's reader is buffered over the archive's bytes: no descriptor of its own.
+    with tarfile.open(tmp_path / "shards.tar", "w") as tar:
+        tar.add(path, arcname="blob.bin")
+    with tarfile.open(tmp_path / "shards.tar") as tar:
+        member = tar.extractfile("blob.bin")
+        assert member is not None
+        member.read(5)
+        admin.put(any_dataset, "tar-member", member)
+    assert admin.get(any_dataset, "tar-member").to_pybytes() == data[5:]
     with tempfile.NamedTemporaryFile(dir=tmp_path) as named:  # a wrapper, read by frames
         named.write(data)
         named.seek(3)

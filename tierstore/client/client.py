@@ -1158,8 +1158,13 @@ class _FileFrames:
         self._file.seek(self._end)
 
 
-#: file objects whose bytes are their descriptor's, read a frame at a time
-_PLAIN_FILES = (io.BufferedReader, io.BufferedRandom, io.FileIO)
+def _is_plain_file(data: object) -> bool:
+    """Whether ``data``'s bytes are its descriptor's, to be read a frame at a time: a
+    FileIO, or a buffered reader over one (a tar member's reader is buffered over the
+    archive's bytes, and has no descriptor of its own)."""
+    if isinstance(data, io.BufferedReader | io.BufferedRandom):
+        data = data.raw
+    return isinstance(data, io.FileIO)
 
 
 class _as_value:
@@ -1181,15 +1186,15 @@ class _as_value:
             data = self._file
         if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
             wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
-            if isinstance(wrapped, _PLAIN_FILES):
+            if _is_plain_file(wrapped):
                 data = wrapped
-            if not isinstance(data, _PLAIN_FILES):
+            if not _is_plain_file(data):
                 # Its bytes need not be its descriptor's: a gzip file's are decompressed,
                 # and its tell() counts them (read from the descriptor, it stored nothing).
                 return data.read()
             try:
                 status = os.fstat(data.fileno())
-            except (OSError, ValueError):
+            except (OSError, AttributeError, ValueError):
                 return data.read()
             if not stat.S_ISREG(status.st_mode):
                 return data.read()  # a pipe or a device: its bytes as they come
