@@ -42,11 +42,30 @@ def connect_address_problem(address: str) -> str | None:
     of such addresses."""
     scheme, colon, rest = address.partition(":")
     if colon and scheme in _GRPC_SCHEMES and not rest.isdigit():  # not host "dns", port
-        if scheme == "dns" and rest.startswith("//"):
-            rest = rest[2:].partition("/")[2]  # the DNS server to ask: gRPC's business
-        targets = [rest] if scheme == "dns" else rest.split(",")
-        return next(filter(None, map(_host_port_problem, targets)), None)
+        if scheme == "dns":
+            if rest.startswith("//"):
+                rest = rest[2:].partition("/")[2]  # the DNS server to ask: gRPC's business
+            return _host_port_problem(rest)
+        problems = (_literal_problem(scheme, target) for target in rest.split(","))
+        return next((problem for problem in problems if problem is not None), None)
     return _host_port_problem(address)
+
+
+def _literal_problem(scheme: str, target: str) -> str | None:
+    """What is wrong with one ``HOST:PORT`` of an ``ipv4:`` or ``ipv6:`` target: gRPC
+    takes only an address of that family there (a name failed at the first call)."""
+    problem = _host_port_problem(target)
+    if problem is not None:
+        return problem
+    host = target.rpartition(":")[0]
+    try:
+        if scheme == "ipv4":
+            ipaddress.IPv4Address(host)
+        else:
+            ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return f"an {scheme} address before the port after {scheme}:, not {host!r}"
+    return None
 
 
 def _host_port_problem(address: str) -> str | None:

@@ -67,6 +67,9 @@ def test_a_client_key_file_without_a_private_key_is_refused_by_name(tmp_path: Pa
         "dns://8.8.8.8/localhost:99999",
         "ipv4:127.0.0.1:7443,127.0.0.2",
         "ipv6:[::1]:0",
+        "ipv4:localhost:7443",  # gRPC takes only literal addresses of the family there
+        "ipv6:127.0.0.1:7443",
+        "ipv4:[::1]:7443",
     ],
 )
 def test_an_address_that_is_not_host_and_port_is_refused(address: str) -> None:
