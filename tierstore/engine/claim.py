@@ -51,13 +51,6 @@ class StoreClaim:
         if fd is not None:
             os.close(fd)
 
-    def _forget_in_child(self) -> None:
-        # A forked child shares the lock's open file: its copy would keep the lock after
-        # the parent let go (or died). Closing the copy leaves the parent's claim whole.
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
     def __del__(self) -> None:
         # At interpreter exit os may be gone: the lock goes with the process then.
         with contextlib.suppress(Exception):
@@ -68,8 +61,10 @@ _CLAIMS: weakref.WeakSet[StoreClaim] = weakref.WeakSet()
 
 
 def _forget_claims_in_child() -> None:
+    # A forked child shares each lock's open file: its copy would keep the lock after the
+    # parent let go (or died). Closing the copy leaves the parent's claim whole.
     for claim in list(_CLAIMS):
-        claim._forget_in_child()
+        claim.release()
 
 
 os.register_at_fork(after_in_child=_forget_claims_in_child)
