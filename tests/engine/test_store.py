@@ -1029,17 +1029,22 @@ def test_a_forked_child_does_not_keep_the_hot_tier_claimed(open_store: StoreFact
     first = open_store()
     data_dir = first.settings.data_dir
     read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: wait for the parent's word, never return into pytest
+    if pid == 0:  # the child: say it runs, wait for the parent's word, never return
         os.close(write_end)
+        os.write(ready_write, b"r")  # its fork handlers have run by now
         os.read(read_end, 1)
         os._exit(0)
     os.close(read_end)
+    os.close(ready_write)
     try:
+        assert os.read(ready_read, 1) == b"r"
         first.close()
         open_store(data_dir=data_dir).close()  # while the child lives
     finally:
         os.close(write_end)
+        os.close(ready_read)
         os.waitpid(pid, 0)
 
 
