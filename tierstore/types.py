@@ -6,6 +6,8 @@ import enum
 import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tierstore.errors import InvalidArgument
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "TracedPosition",
     "TracedRead",
     "WrappedKey",
+    "check_bool",
     "check_pin_ttl",
 ]
 
@@ -41,6 +44,15 @@ MAX_ROWS = 2**63 - 1
 #: (0 or no TTL means "never"), and times far enough out break date formatting in
 #: every client that shows them.
 MAX_TTL_S = 10 * 365.25 * 86_400
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool if it is one (numpy's too), else InvalidArgument naming
+    ``name``. Not its truth: ``shuffle="no"`` shuffled, ``insecure="no"`` connected in
+    plaintext, and 0 or None passed for False."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidArgument(f"{name} must be True or False, got {value!r:.40}")
+    return bool(value)
 
 
 def check_pin_ttl(ttl_s: object) -> float | None:

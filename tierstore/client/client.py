@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import IO, Any, Generic, NoReturn, TypeVar, cast, overload
 
 import grpc
-import numpy as np
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
@@ -73,6 +72,7 @@ from tierstore.types import (
     ShardInfo,
     ShardKind,
     TraceEvent,
+    check_bool,
     check_pin_ttl,
 )
 from tierstore.v1 import (
@@ -212,12 +212,16 @@ def _text(name: str, value: object, what: str) -> str:
     return value
 
 
-def _boolean(name: str, value: object) -> bool:
-    """``value`` if it is a bool (numpy's too), else InvalidArgument naming ``name``
-    (the string "no" is true)."""
-    if not isinstance(value, bool | np.bool_):
-        raise InvalidArgument(f"{name} must be True or False, not {value!r:.40}")
-    return bool(value)
+def _grant_list(grants: object) -> list[Grant]:
+    """``grants`` as a list of Grants, listed once (a generator has nothing left for
+    the request after a check), else InvalidArgument."""
+    listed = list(grants) if isinstance(grants, Iterable) else [grants]
+    if isinstance(grants, str | bytes) or not all(isinstance(g, Grant) for g in listed):
+        raise InvalidArgument(
+            "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
+            f"{listed!r:.80}"
+        )
+    return cast(list[Grant], listed)
 
 
 #: what gRPC says of a call that never reached a server (nothing it asked was done)
@@ -883,7 +887,7 @@ class Client:
         server a pass over its trace: up to a second or two)."""
         if dataset:
             validate_dataset_name(dataset)
-        sizing = _boolean("sizing", sizing)
+        sizing = check_bool("sizing", sizing)
         self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
@@ -1011,15 +1015,7 @@ class Client:
         ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
         principal that is not text, grants that are not Grants), PermissionDenied."""
         principal = _text("principal", principal, "a name for whom the token is")
-        given = grants
-        if isinstance(given, str | bytes) or not isinstance(given, Iterable):
-            given = [given]  # refused just below
-        grants = list(given)  # once: a generator has nothing left for the request
-        if not all(isinstance(g, Grant) for g in grants):
-            raise InvalidArgument(
-                "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
-                f"{grants!r:.80}"
-            )
+        grants = _grant_list(grants)
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(
             stub.CreateToken,
@@ -1243,9 +1239,9 @@ def connect(
     env = os.environ if environ is None else environ
     if local_reads is None:
         local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
-    local_reads = _boolean("local_reads", local_reads)
+    local_reads = check_bool("local_reads", local_reads)
     if insecure is not None:  # insecure="no" connected in plaintext
-        insecure = _boolean("insecure", insecure)
+        insecure = check_bool("insecure", insecure)
     if address == "":  # an unset variable, say: never the environment's node instead
         raise InvalidArgument(
             "address= is empty: give HOST:PORT, or leave it out (None) to use TIERSTORE_ADDRESS"

@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import numpy as np
 import pyarrow as pa
 
 from tierstore.client.allocation import FrameAllocator, aligned_buffer, frame_allocator
@@ -65,7 +64,7 @@ from tierstore.errors import (
     TierstoreError,
 )
 from tierstore.frames import FrameSealer, shard_context
-from tierstore.types import ShardKind
+from tierstore.types import ShardKind, check_bool
 from tierstore.verifyahead import collect
 from tierstore.wire.local import LocalGrant, this_host
 
@@ -115,10 +114,7 @@ class LocalReadOptions:
 
     def __post_init__(self) -> None:
         for name in ("enabled", "pin_memory"):
-            value = getattr(self, name)
-            if not isinstance(value, bool | np.bool_):  # "no" is true
-                raise InvalidArgument(f"{name} must be True or False, not {value!r:.40}")
-            object.__setattr__(self, name, bool(value))  # numpy's bools are bools
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
         if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
             raise InvalidArgument(
                 "max_snapshots must be >= 0, report_every_reads and max_keys >= 1"

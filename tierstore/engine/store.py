@@ -172,12 +172,14 @@ class Store:
         # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
         self._rotation_lock = threading.Lock()
         self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
+        self._env = LmdbEnvironment(  # opened at its first use, in _open
+            hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
+        )
         try:
             self._open(settings, archive, keyring)
         except BaseException:
             # A retry may open it at once (nothing of this store has started to run).
-            if hasattr(self, "_env"):
-                self._env.close()
+            self._env.close()
             self._claim.release()
             raise
         if start_mover:
@@ -186,9 +188,6 @@ class Store:
     def _open(
         self, settings: EngineSettings, archive: Tier, keyring: MasterKeyProvider | None
     ) -> None:
-        self._env = LmdbEnvironment(
-            hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
-        )
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
         # Before any promotion runs: frames a crash left half-promoted are nobody's.

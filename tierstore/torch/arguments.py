@@ -3,9 +3,8 @@ argument, so a mistyped option fails where it is given, never as a surprise late
 
 from __future__ import annotations
 
-import numpy as np
-
 from tierstore.errors import InvalidArgument
+from tierstore.types import check_bool
 
 __all__ = ["check_bool", "check_int"]
 
@@ -17,11 +16,3 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     if high is not None and value >= high:
         raise InvalidArgument(f"{name} must be below {high}, got {value}")
     return value
-
-
-def check_bool(name: str, value: object) -> bool:
-    """``value`` as a bool if it is one (numpy's too, as the client takes them). Not its
-    truth: shuffle="no" would shuffle, and 0 or None would pass for False."""
-    if not isinstance(value, bool | np.bool_):
-        raise InvalidArgument(f"{name} must be True or False, got {value!r}")
-    return bool(value)
