@@ -343,3 +343,46 @@ def test_a_pid_file_naming_another_process_leaves_it_alone(
     with pytest.raises(ArchiveUnavailable, match="status 3"):
         SeaweedServer(data_dir, binary=binary, startup_timeout_s=30).start()
     assert _alive(os.getpid())
+
+
+#: A process whose main thread exits first (it shows as a zombie with an empty command
+#: line, as a weed stopped by a signal may while it tears down) while another thread
+#: keeps its listening socket ``argv[1]`` open for ``argv[2]`` seconds.
+_EXITING = """
+import ctypes, socket, sys, threading, time
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen()
+threading.Thread(target=time.sleep, args=(float(sys.argv[2]),)).start()
+print("listening", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sockets_of_a_weed_still_tearing_down_are_removed_once_it_is_gone(
+    tmp_path: Path,
+) -> None:
+    # The CI failure: the leftover's main thread was a zombie, its sockets still open;
+    # they were probed (answered: kept) before its last thread had gone.
+    port = random.randrange(40_000, 60_000)  # outside weed's 20000-29999, unshared
+    path = Path(f"/tmp/seaweedfs-test-{port}.sock")
+    exiting = subprocess.Popen(
+        [sys.executable, "-c", _EXITING, str(path), "1.0"], stdout=subprocess.PIPE
+    )
+    try:
+        assert exiting.stdout is not None and exiting.stdout.readline() == b"listening\n"
+        deadline = time.monotonic() + 10
+        while _alive(exiting.pid):  # until the main thread is a zombie
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.01)
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / "weed.pid").write_text(f"{exiting.pid} {port}\n")
+        seaweedfs._stop_leftover(data_dir, 5.0)
+        assert not path.exists()
+        assert not (data_dir / "weed.pid").exists()
+    finally:
+        exiting.kill()
+        exiting.wait()
+        path.unlink(missing_ok=True)

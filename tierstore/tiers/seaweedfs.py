@@ -177,6 +177,12 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
         pid_file.unlink(missing_ok=True)
         _remove_stale_sockets(ports)
 
+    if not _alive(pid):
+        # Gone, or exited and still tearing down: its main thread a zombie (whose
+        # command line reads empty) while its sockets close only with its last thread.
+        _wait_for_its_threads(pid, 5.0)
+        gone()
+        return
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
