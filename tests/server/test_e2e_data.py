@@ -66,6 +66,8 @@ def test_a_download_writes_the_shard_to_a_file(
     admin.put(any_dataset, "big", data)
     admin.put(any_dataset, "empty", b"")
     target = tmp_path / "big.bin"
+    # A user's own file of the name a partial download once had is no partial of ours.
+    (tmp_path / "big.bin.part").write_bytes(b"the user's own")
     assert admin.download(any_dataset, "big", target) == len(data)
     assert target.read_bytes() == data
     assert admin.download(any_dataset, "big", target, offset=4 * MiB - 3, length=6) == 6
@@ -75,7 +77,9 @@ def test_a_download_writes_the_shard_to_a_file(
     with pytest.raises(errors.ShardNotFound):
         admin.download(any_dataset, "no-such-shard", target)
     assert target.read_bytes() == data[4 * MiB - 3 : 4 * MiB + 3]  # as it was
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "empty.bin"]  # no .part
+    # No partial file is left behind, and the user's was neither written nor removed.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.part", "empty.bin"]
+    assert (tmp_path / "big.bin.part").read_bytes() == b"the user's own"
     assert admin.download(any_dataset, "big", "/dev/null") == len(data)  # not a file: as is
 
 

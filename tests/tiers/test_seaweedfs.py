@@ -189,6 +189,22 @@ def test_a_binary_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
     assert not server.running
 
 
+def test_a_log_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    """A full disk under the data directory is an error naming the file weed's start
+    could not write (the write's own error named none: the CLI blamed its stdout);
+    weed is not run."""
+    ran = tmp_path / "ran"
+    binary = fake_weed(tmp_path, f"touch {ran}; exec sleep 60")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "weed.log").symlink_to("/dev/full")  # every write: ENOSPC
+    server = SeaweedServer(data_dir, binary=binary, startup_timeout_s=30)
+    with pytest.raises(ArchiveUnavailable) as caught:
+        server.start()
+    assert str(caught.value) == f"cannot write {data_dir / 'weed.log'}: No space left on device"
+    assert not ran.exists() and not server.running
+
+
 @needs_weed
 def test_a_weed_killed_before_it_answered_is_started_again(tmp_path: Path) -> None:
     # A node refused to start when its weed was stopped (from outside) in its first

@@ -41,7 +41,7 @@ from tierstore.client.deadlines import (
     DEFAULT_TIMEOUT_S,
     timeout_problem,
 )
-from tierstore.client.download import output_paths, write_all
+from tierstore.client.download import output_target, partial_file, write_all
 from tierstore.naming import validate_shard_name
 from tierstore.types import ALL_DATASETS, Grant, Role, ShardInfo
 
@@ -1122,7 +1122,7 @@ def trace_export(
     # "-" is stdout, as usual (a file named "-" is given by its full path).
     to_stdout = given == "-"
     output = Path(given) if to_stdout else _output_file(given)
-    target, partial = output_paths(output)
+    target, through_partial = output_target(output)
     counts: Counter[str] = Counter()
 
     def write(stream: TextIO) -> None:
@@ -1141,20 +1141,18 @@ def trace_export(
             counts[type(event).__name__.removeprefix("Traced").lower()] += 1
 
     def export() -> None:
-        if partial is None:  # a device or a pipe
+        if not through_partial:  # a device or a pipe
             with target.open("w", encoding="utf-8") as stream:
                 write(stream)
             return
-        partial.unlink(missing_ok=True)  # made anew below, so that it is made private
-        private = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        with private:
+        # Private (0600), and renamed over the target only when complete.
+        with partial_file(target, private=True) as private:
             if output.suffix == ".gz":
                 with gzip.open(private, "wt") as stream:
                     write(stream)
             else:
                 with io.TextIOWrapper(private, encoding="utf-8") as stream:
                     write(stream)
-        partial.replace(target)  # only a complete trace gets the name asked for
 
     def to_stream() -> None:
         write(sys.stdout)
@@ -1166,9 +1164,6 @@ def trace_export(
         raise  # its reader went away (`| head`): click ends quietly, with status 1
     except OSError as exc:
         raise _write_failed(Path("stdout") if to_stdout else output, exc) from None
-    finally:
-        if not to_stdout and partial is not None:
-            partial.unlink(missing_ok=True)
     total = sum(counts.values())
     summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}
     where = "stdout" if to_stdout else str(output)

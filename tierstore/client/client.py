@@ -41,7 +41,13 @@ from tierstore.client.deadlines import (
     DEFAULT_TIMEOUT_S,
     timeout_problem,
 )
-from tierstore.client.download import output_paths, stream_into_file, write_all
+from tierstore.client.download import (
+    output_target,
+    partial_file,
+    rewrite_file,
+    stream_into_file,
+    write_all,
+)
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import (
     LocalReadOptions,
@@ -655,35 +661,26 @@ class Client:
 
         Unlike :meth:`get`, memory does not grow with the range: streamed frames are
         verified (and decrypted) straight into a mapping of the file, which the OS
-        writes back as it needs. A regular file is written as ``path + ".part"`` and
-        renamed once whole and verified, so a failed download leaves ``path`` as it
+        writes back as it needs. A regular file is written as a new file of its own
+        beside ``path`` (``.<name>.<random>.part``, never one already there) and renamed
+        over it once whole and verified, so a failed download leaves ``path`` as it
         was; a device or pipe is written in place (from one buffer, as ``get``).
         Raises as :meth:`get`, and OSError when the file cannot be written.
         """
-        target, partial = output_paths(Path(path))
-        if partial is None:
+        target, through_partial = output_target(Path(path))
+        if not through_partial:
             whole = self.get(dataset, shard, offset=offset, length=length)
             with target.open("wb") as file:
                 return write_all(file, memoryview(whole))
-
-        def write_local(local: pa.Buffer) -> int:
-            with partial.open("wb") as file:
-                return write_all(file, memoryview(local))
-
-        try:
-            written = self._read_range(
+        with partial_file(target) as partial:
+            return self._read_range(
                 dataset,
                 shard,
                 offset,
                 length,
-                write_local,
+                lambda local: rewrite_file(partial, memoryview(local)),
                 lambda stream: stream_into_file(stream, partial),
             )
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        return written
 
     def _read_range(
         self,

@@ -4,48 +4,100 @@
 ``get -o FILE`` to 1.2 GB of memory (a scale review). A download instead verifies
 (and decrypts) each frame straight into a shared mapping of the file, whose pages
 the OS writes back and reclaims as it needs: memory no longer grows with the shard.
+
+Until whole, output goes to a new file of its own beside the target
+(``.<name>.<random>.part``), made with ``O_EXCL``: a fixed ``<name>.part`` clobbered,
+and on failure deleted, a user's file of that name, and followed a link placed there
+(a security review). Only the file made here is ever renamed or removed.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:  # the CLI imports this module; the receiving side brings pyarrow
     from tierstore.client.receive import ShardStream
 
-__all__ = ["output_paths", "stream_into_file", "write_all"]
+__all__ = ["output_target", "partial_file", "rewrite_file", "stream_into_file", "write_all"]
 
 
-def output_paths(path: Path) -> tuple[Path, Path | None]:
-    """The file that output asked for at ``path`` goes to, and where it is written
-    until whole: ``<file>.part``, renamed over the file then, so a failed write leaves
-    it as it was. A link is followed, so that the file it names gets the output, not a
-    file in its place; a device or a pipe is written in place (None: renaming a file
-    over /dev/null would replace the device)."""
+def output_target(path: Path) -> tuple[Path, bool]:
+    """The file that output asked for at ``path`` goes to, and whether it is written
+    through a partial file (:func:`partial_file`) renamed over it once whole, so that
+    a failed write leaves it as it was. A link is followed, so that the file it names
+    gets the output, not a file in its place; a device or a pipe is written in place
+    (False: renaming a file over /dev/null would replace the device)."""
     target = path.resolve() if path.is_symlink() else path
-    if target.exists() and not target.is_file():
-        return target, None
-    return target, target.with_name(target.name + ".part")
+    return target, not (target.exists() and not target.is_file())
 
 
-def stream_into_file(stream: ShardStream, path: Path) -> int:
-    """Verify (and decrypt) ``stream``'s requested bytes into the file ``path``, made
-    anew (or truncated: a retried stream starts over); returns how many. On
-    IntegrityError the file's bytes are zeroed, as a buffer's are."""
-    with path.open("w+b") as file:
-        file.truncate(stream.length)
-        if stream.length == 0:
-            for _ in stream.messages:  # nothing to write: end the call cleanly
-                pass
-            return 0
-        with mmap.mmap(file.fileno(), stream.length) as mapping:
-            view = memoryview(mapping)
-            try:
-                return stream.into(view)
-            finally:
-                view.release()  # a mapping with a view still out cannot close
+@contextmanager
+def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
+    """A new file beside ``target``, open for reading and writing, that replaces
+    ``target`` when the block ends without an error and is removed when it raises.
+
+    The file is made with ``O_EXCL`` under a random name, so no file or link already
+    there is touched. Its mode is 0600 when ``private``, else what ``open`` would give
+    a new file (0666 less the umask)."""
+    descriptor, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".part", dir=target.parent
+    )
+    partial = Path(name)
+    try:
+        if not private:
+            os.fchmod(descriptor, 0o666 & ~_umask())
+        with os.fdopen(descriptor, "w+b") as file:
+            yield file
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting
+    and restoring it would race with other threads making files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def stream_into_file(stream: ShardStream, file: BinaryIO) -> int:
+    """Verify (and decrypt) ``stream``'s requested bytes into ``file`` (open for
+    reading and writing), emptied first (a retried stream starts over); returns how
+    many. On IntegrityError the file's bytes are zeroed, as a buffer's are."""
+    file.seek(0)
+    file.truncate(0)
+    file.truncate(stream.length)
+    if stream.length == 0:
+        for _ in stream.messages:  # nothing to write: end the call cleanly
+            pass
+        return 0
+    with mmap.mmap(file.fileno(), stream.length) as mapping:
+        view = memoryview(mapping)
+        try:
+            return stream.into(view)
+        finally:
+            view.release()  # a mapping with a view still out cannot close
+
+
+def rewrite_file(file: BinaryIO, data: memoryview) -> int:
+    """Replace ``file``'s contents with ``data``; returns its length."""
+    file.seek(0)
+    file.truncate(0)
+    return write_all(file, data)
 
 
 def write_all(file: BinaryIO, data: memoryview) -> int:

@@ -101,6 +101,11 @@ def find_weed_binary() -> Path | None:
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
+def _unwritable(path: Path, exc: OSError) -> ArchiveUnavailable:
+    """The error for a file of weed's data directory that could not be written."""
+    return ArchiveUnavailable(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -365,10 +370,13 @@ class SeaweedServer:
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }
         path = config_dir / "s3-identities.json"
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(descriptor, 0o600)  # also when an older file was left with wider rights
-        with os.fdopen(descriptor, "w") as config:
-            json.dump({"identities": [identity]}, config)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)  # also when an older file was left wider open
+            with os.fdopen(descriptor, "w") as config:
+                json.dump({"identities": [identity]}, config)
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
         return path
 
     def _command(self, binary: Path) -> list[str]:
@@ -406,9 +414,7 @@ class SeaweedServer:
         _remove_stale_sockets(self._ports.values())
         command = self._command(binary)
         log_path = self.log_path
-        with log_path.open("ab") as log:
-            log.write(f"\n=== tierstore: starting {' '.join(command)}\n".encode())
-            log.flush()
+        with self._open_log(f"=== tierstore: starting {' '.join(command)}") as log:
             log_offset = log.tell()
             try:
                 process = subprocess.Popen(
@@ -426,7 +432,12 @@ class SeaweedServer:
         self.launches += 1
         # With the ports weed names its /tmp sockets by, for a later start to clean up.
         ports = " ".join(str(port) for port in self._ports.values())
-        (self.data_dir / _PID_FILE).write_text(f"{process.pid} {ports}\n")
+        pid_file = self.data_dir / _PID_FILE
+        try:
+            pid_file.write_text(f"{process.pid} {ports}\n")
+        except OSError as exc:
+            self._reap()
+            raise _unwritable(pid_file, exc) from exc
         self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
@@ -457,6 +468,21 @@ class SeaweedServer:
             f"SeaweedFS S3 did not answer on port {self._ports['s3']} within "
             f"{self._startup_timeout_s} s; log {log_path}:\n{self._log_tail()}"
         )
+
+    def _open_log(self, line: str) -> IO[bytes]:
+        """weed's log, open for appending, ``line`` written to it first. A log that
+        cannot be written, on a full disk say, is ArchiveUnavailable naming it (the
+        write's error named no file: the CLI took it for its stdout's)."""
+        try:
+            log = self.log_path.open("ab", buffering=0)  # unbuffered: weed writes it too
+        except OSError as exc:
+            raise _unwritable(self.log_path, exc) from exc
+        try:
+            log.write(f"\n{line}\n".encode())
+        except OSError as exc:
+            log.close()
+            raise _unwritable(self.log_path, exc) from exc
+        return log
 
     def _reap(self) -> None:
         """Stop the process (if any) and remove weed's sockets; keeps the data dir."""

@@ -1,0 +1,62 @@
+"""The partial file a download or a trace is written through before it is whole."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tierstore.client.download import output_target, partial_file
+
+
+def _tree(root: Path) -> dict[str, bytes | str]:
+    """Each entry under ``root``: a link's target, or a file's bytes."""
+    return {
+        p.name: os.readlink(p) if p.is_symlink() else p.read_bytes() for p in sorted(root.iterdir())
+    }
+
+
+def test_files_and_links_already_there_are_left_alone(tmp_path: Path) -> None:
+    """A user's ``FILE.part`` is neither overwritten nor removed, and a link in the
+    place of any partial name is not followed (a fixed ``FILE.part`` was: a security
+    review), whether the write completes or fails."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    target = tmp_path / "out.bin"
+    (tmp_path / "out.bin.part").write_bytes(b"the user's own")
+    (tmp_path / ".out.bin.part").symlink_to(victim)
+    before = _tree(tmp_path)
+
+    with partial_file(target) as file:
+        file.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert _tree(tmp_path) == {**before, "out.bin": b"whole"}
+
+    with pytest.raises(RuntimeError), partial_file(target) as file:
+        file.write(b"half")
+        raise RuntimeError("the stream broke")
+    assert _tree(tmp_path) == {**before, "out.bin": b"whole"}  # as it was
+
+
+def test_modes(tmp_path: Path) -> None:
+    """A private file is 0600; another gets what ``open`` would give a new file."""
+    mask = os.umask(0o027)
+    try:
+        with partial_file(tmp_path / "shared") as file:
+            file.write(b"x")
+        with partial_file(tmp_path / "private", private=True) as file:
+            file.write(b"x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o600
+
+
+def test_links_are_followed_and_devices_written_in_place(tmp_path: Path) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    link.symlink_to(real)
+    assert output_target(link) == (real, True)
+    assert output_target(tmp_path / "new") == (tmp_path / "new", True)
+    assert output_target(Path("/dev/null")) == (Path("/dev/null"), False)
