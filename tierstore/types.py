@@ -117,15 +117,20 @@ class DatasetSettings:
             raise InvalidArgument(
                 f"durability must be one of {names}, got {self.durability!r:.40}"
             ) from None
-        quota = self.hot_quota_bytes
-        # At most what the wire carries (uint64): a larger one was stored, and then every
-        # listing of the node's datasets failed INTERNAL.
-        if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota < 1 << 64:
-            raise InvalidArgument(
-                f"hot_quota_bytes must be an int from 0 to 2**64-1, got {quota!r:.40}"
-            )
+        check_hot_quota(self.hot_quota_bytes)
         if not isinstance(self.policy, str):
             raise InvalidArgument(f"policy must be a policy name, got {self.policy!r:.40}")
+
+
+def check_hot_quota(quota: object) -> int:
+    """``quota`` when it is a dataset hot quota in bytes (an int from 0, none, to
+    2**64-1), else InvalidArgument. At most what the wire carries (uint64): a larger
+    one was stored, and then every listing of the node's datasets failed INTERNAL."""
+    if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota < 1 << 64:
+        raise InvalidArgument(
+            f"hot_quota_bytes must be an int from 0 to 2**64-1, got {quota!r:.40}"
+        )
+    return quota
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,7 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
     # undecodable byte of a command line arrives as a lone surrogate), or was taken:
     # insecure="no" connected in plaintext.
     job = admin.declare_plan(any_dataset, shards=[])
+    settings = admin.get_dataset(any_dataset)
     bad_calls: dict[str, Callable[[], object]] = {
         "prefix": lambda: admin.list(any_dataset, prefix=3),  # type: ignore[arg-type]
         "prefix ": lambda: admin.list(any_dataset, "tr\udcffain/"),
@@ -238,6 +240,17 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         "token_id ": lambda: admin.revoke_token(5),  # type: ignore[arg-type]
         "policy": lambda: admin.set_policy(any_dataset, "lru\udcff"),
         "policy ": lambda: admin.create_dataset(unique(), policy=5),  # type: ignore[arg-type]
+        # None was update_dataset's "unchanged": a silent no-op.
+        "policy  ": lambda: admin.set_policy(any_dataset, None),  # type: ignore[arg-type]
+        # A raw protobuf ValueError or TypeError each, as create_dataset's were not.
+        **{
+            f"hot_quota_bytes{' ' * i}": partial(
+                admin.update_dataset, any_dataset, hot_quota_bytes=q
+            )
+            for i, q in enumerate((-1, 1 << 64, 1.5, "100", True))
+        },
+        # A str is a sequence of its characters: each was prefetched.
+        "shards": lambda: admin.prefetch(any_dataset, "kept"),
         "key_id": lambda: admin.retire_key("k\udcff"),
         "insecure": lambda: server.connect(insecure="no", ca=None),
         "local_reads": lambda: server.connect(local_reads="no"),
@@ -258,7 +271,7 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
     made = next(t for t in admin.list_tokens() if t["token_id"] == token_id)
     assert made["grants"] == [Grant(any_dataset, Role.READER)]
     admin.revoke_token(token_id)
-    assert admin.get_dataset(any_dataset).policy != "lru\udcff"
+    assert admin.get_dataset(any_dataset) == settings
 
 
 def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(

@@ -79,6 +79,7 @@ from tierstore.types import (
     ShardKind,
     TraceEvent,
     check_bool,
+    check_hot_quota,
     check_pin_ttl,
 )
 from tierstore.v1 import (
@@ -511,7 +512,7 @@ class Client:
         if durability is not None:
             request.durability = durability_to_pb(_durability(durability))
         if hot_quota_bytes is not None:
-            request.hot_quota_bytes = hot_quota_bytes
+            request.hot_quota_bytes = check_hot_quota(hot_quota_bytes)
         if policy is not None:
             request.policy = _text("policy", policy, "a placement policy's name")
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
@@ -523,7 +524,10 @@ class Client:
         ``epoch-pin``, ``clairvoyant``, ...) at once; returns the new settings. The new
         policy starts from the dataset's hot shards and live plans. Admin on the
         dataset. Raises UnknownPolicy, DatasetNotFound, PermissionDenied."""
-        return self.update_dataset(dataset, policy=name)
+        # Checked here: update_dataset takes None as "unchanged", a silent no-op here.
+        return self.update_dataset(
+            dataset, policy=_text("policy", name, "a placement policy's name")
+        )
 
     def delete_dataset(self, name: str, *, force: bool = False) -> int:
         """Delete a dataset; ``force`` also deletes its shards (admin on the dataset).
@@ -864,8 +868,15 @@ class Client:
         return self._placement("Evict", dataset, shard)
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
-        """Queue promotion of the named shards that are cold; returns how many were queued."""
+        """Queue promotion of the named shards that are cold; returns how many were
+        queued. ``shards`` is a sequence of names: one name alone is InvalidArgument
+        (a str is a sequence of its characters, each of which was asked for)."""
         validate_dataset_name(dataset)
+        if isinstance(shards, str | bytes):
+            raise InvalidArgument(
+                f"shards must be a sequence of shard names, not one name ({shards!r:.80}): "
+                "give [name]"
+            )
         for shard in shards:
             validate_shard_name(shard)
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
