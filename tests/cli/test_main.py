@@ -113,7 +113,7 @@ class FakeClient:
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
         usage |= {"archived_shards": 0, "archived_bytes": 0}
         return {
-            "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": 0.0}},
+            "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": None}},
             "hot_bytes": 9,
             "hot_capacity_bytes": 100,
             "backlog_bytes": 0,

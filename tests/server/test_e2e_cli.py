@@ -409,6 +409,9 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     assert typo.returncode == 3, typo.stderr.decode()
     assert json.loads(typo.stdout) == {"queued": 0, "not_found": ["c"]}
     assert "ShardNotFound" in typo.stderr.decode() and "c" in typo.stderr.decode()
+    # Not read yet: no hit ratio (it was 0.0 here, where stats --json said null).
+    assert ok(env, "policy", "show", dataset)["hit_ratio"] is None
+    assert admin.stats(dataset)["datasets"][dataset]["hit_ratio"] is None
     admin.get(dataset, "a")
     admin.report_local_reads()  # read in place: its count reaches the server in batches
     shown = ok(env, "policy", "show", dataset)

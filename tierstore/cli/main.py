@@ -1093,14 +1093,10 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
 
 
 def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
-    """``figures`` as --json prints them: what the table shows as n/a is null, not a
-    0 % hit ratio, and no traced reads give no sizing curve, not 100 % misses."""
-    datasets = {
-        name: {**d, "hit_ratio": d["hit_ratio"] if d["hits"] + d["misses"] else None}
-        for name, d in figures["datasets"].items()
-    }
+    """``figures`` as --json prints them: no traced reads give no sizing curve, not
+    100 % misses. (A dataset not yet read has a null hit ratio, from the client.)"""
     sizing = figures["sizing"] if figures["traced_reads"] else []
-    return {**figures, "datasets": datasets, "sizing": sizing}
+    return {**figures, "sizing": sizing}
 
 
 # traces
@@ -1264,7 +1260,7 @@ def _journal_text(entries: int) -> str:
 
 def _hit_ratio_text(figures: Mapping[str, Any]) -> str:
     """A dataset's hit ratio for a table: "n/a (no reads)" before its first read."""
-    if figures["hits"] + figures["misses"] == 0:
+    if figures["hit_ratio"] is None:
         return "n/a (no reads)"
     return f"{figures['hit_ratio']:.1%}"
 

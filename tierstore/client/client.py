@@ -124,7 +124,8 @@ class TierStats(dict[str, Any]):
     archive operation failed, or None; the reason itself only for a caller with a role
     on ``*``), ``data_loss`` (the shards of the datasets
     shown that the node reports lost, ``"dataset/name: why"``), ``datasets`` (per
-    dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio, policy) and,
+    dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio (None before
+    its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
     when asked for,
     ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
 
@@ -928,7 +929,7 @@ class Client:
                     "archived_bytes": d.archived_bytes,
                     "hits": d.hits,
                     "misses": d.misses,
-                    "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else 0.0,
+                    "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else None,
                     "policy": d.policy,
                 }
                 for d in reply.datasets
