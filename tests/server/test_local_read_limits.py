@@ -217,6 +217,30 @@ def test_a_report_weighs_a_few_reads_in_the_trace_and_the_policy(node: RunningSe
     assert reads_in_trace(node, "mine") == mine + 17 * REPORTED_READS_TOLD + 2
 
 
+def test_reads_of_a_shard_evicted_since_count_but_the_policy_hears_none(
+    node: RunningServer,
+) -> None:
+    """A reader's reads reach the node up to a second later in a batch; a shard
+    evicted meanwhile was still a hit when read (they were dropped: a review lost a
+    fifth of a busy reader's reads), but its policy no longer holds it."""
+    store = node.store
+    token = node.token("evicted-reader", ("mine", Role.READER))
+    store.put("mine", "cooled", payload(5000, 3))
+    assert store.drain(30)  # archived: evictable
+    generation = store.stat("mine", "cooled").generation
+    assert store.evict("mine", "cooled") > 0
+    assert not store.stat("mine", "cooled").hot
+    accesses = store.stat("mine", "cooled").access_count
+    hits, traced = store.dataset_usage("mine").hits, reads_in_trace(node, "mine")
+
+    (reply,) = invoke(node.channel(), REPORT, report("mine", ("cooled", generation, 5)), token)
+    assert reply.recorded == 5
+    assert store.dataset_usage("mine").hits == hits + 5
+    assert store.stat("mine", "cooled").access_count == accesses + 5
+    assert reads_in_trace(node, "mine") == traced  # what the policy heard: nothing
+    assert not store.stat("mine", "cooled").hot
+
+
 # Who is local.
 
 

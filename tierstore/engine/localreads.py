@@ -123,9 +123,10 @@ class LocalReadSupport:
     def record(self, dataset: str, reads: Iterable[LocalReadCount]) -> int:
         """Record reads a local reader served from the hot tier; returns how many counted.
 
-        Reads of a generation that is no longer current, or of a shard no longer hot
-        when the report arrives, are dropped: statistics belong to one generation, and
-        a placement policy hears hits only of shards it holds. Entries of the same
+        Reads of a generation that is no longer current are dropped: statistics belong
+        to one generation. Those of a shard evicted since count as the hits they were,
+        but the placement policy (and the trace) hear only of shards still hot: a
+        policy hears hits only of shards it holds. Entries of the same
         generation are added up first, then each is one
         :meth:`~tierstore.engine.readlog.ReadLog.observe_reported`: the trace and the
         policy hear of a bounded number of reads per entry, whatever its count. Costs
@@ -143,7 +144,7 @@ class LocalReadSupport:
             ]
         recorded = 0
         for record, generation, count in found:
-            if record is None or record.generation != generation or not record.hot:
+            if record is None or record.generation != generation:
                 continue
             self._reads.observe_reported(record, count)
             recorded += count
