@@ -423,6 +423,25 @@ def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
     assert store.stat("capped", "s0").hot and store.stat("capped", "s1").hot
 
 
+def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
+    open_store: StoreFactory,
+) -> None:
+    # Its promotion was skipped (the quota full of pinned shards) and never tried again:
+    # cold, though pinned, until read or pinned again.
+    store = full_and_archived(open_store)
+    store.evict("capped", "s2")
+    store.put("capped", "s3", payload(SIZE, 3))
+    for name in ("s0", "s1", "s3"):
+        store.pin("capped", name)  # the quota is full of pinned shards
+    skipped = store.mover.promotions_skipped
+    store.pin("capped", "s2")
+    wait_until(lambda: store.mover.promotions_skipped > skipped, "the promotion to be skipped")
+    assert not store.stat("capped", "s2").hot
+    store.update_dataset("capped", hot_quota_bytes=QUOTA + STORED)
+    wait_until(lambda: store.stat("capped", "s2").hot, "the pinned shard to be promoted", 10)
+    assert {info.name for info in store.list("capped")[0] if info.hot} == {"s0", "s1", "s2", "s3"}
+
+
 def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
     open_store: StoreFactory,
 ) -> None:

@@ -800,7 +800,7 @@ class Mover:
 
     def retry_failed_pins(self) -> int:
         """Queue again the promotion of each pinned shard whose promotion failed for
-        want of the archive, once its back-off is over (1 s, doubling per failure to
+        want of the archive or of room, once its back-off is over (1 s, doubling per failure to
         :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the generation that
         failed; returns how many were queued. The prefetch loop calls this each pass."""
         now = time.monotonic()
@@ -834,6 +834,15 @@ class Mover:
                     pin.due = now  # the queue is full: the next pass tries again
         return queued
 
+    def retry_pins_soon(self, dataset: str) -> None:
+        """Make the failed pins of ``dataset`` due at once: room may have come (its
+        quota was raised). The next prefetch pass tries them."""
+        now = time.monotonic()
+        with self._promoting_lock:
+            for (pinned_dataset, _), pin in self._failed_pins.items():
+                if pinned_dataset == dataset:
+                    pin.due = now
+
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later
         prefetch pass queues it (:meth:`retry_failed_pins`): a pin promises a hot
@@ -846,7 +855,8 @@ class Mover:
             )
 
     def _remember_failed_pin(self, record: ShardRecord) -> None:
-        """Note that the promotion of pinned ``record`` failed for want of the archive."""
+        """Note that the promotion of pinned ``record`` failed (for want of the archive
+        or of room): tried again after a back-off that grows with each failure."""
         key = (record.dataset, record.name)
         with self._promoting_lock:
             prior = self._failed_pins.get(key)
@@ -907,6 +917,12 @@ class Mover:
         try:
             with self.work_in_flight():
                 promoted = self.promote_now(record, stored, fetch_pool)
+            if not promoted and record.pin_holds(time.time()) and self._still_cold(record):
+                # Skipped for want of room (a quota or the hot tier full of pinned or
+                # unarchived shards): a pin promises a hot shard, so it is tried again,
+                # with the back-off, once room may have come (a quota raised, shards
+                # archived or unpinned). It stayed cold until pinned again.
+                self._remember_failed_pin(record)
         except Exception as exc:
             if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
                 # A pin promises a hot shard: it is tried again once the archive may be

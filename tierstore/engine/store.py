@@ -391,6 +391,9 @@ class Store:
             self._catalog.append_journal(txn, JournalOp("dataset", name))
         if policy is not None:
             self._plans.redeclare(name)
+        if hot_quota_bytes is not None:  # perhaps room for pins skipped for want of it
+            self.mover.retry_pins_soon(name)
+        if policy is not None or hot_quota_bytes is not None:
             self.prefetcher.wake()
         try:
             if hot_quota_bytes:
