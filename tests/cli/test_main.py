@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -708,6 +709,35 @@ def test_ctrl_c_after_the_last_put_leaves_nothing_in_doubt(
     assert "stopped by Ctrl-C; the rest" in one_error_line(stopped)
 
 
+def test_put_of_a_directory_follows_file_links_and_refuses_what_it_would_skip(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # A link to a directory, a link to nothing and a pipe were each skipped without a
+    # word, while a link to a file was followed: a dataset went up with shards missing.
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a").write_bytes(b"a")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b").write_bytes(b"b")
+    (data / "b-link").symlink_to(tmp_path / "elsewhere" / "b")
+    done = invoke("--json", "put", "ds", str(data))
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["shards"] == ["b-link", "sub/a"]
+    for odd, why in [
+        (lambda at: at.symlink_to(tmp_path / "elsewhere"), "is a link to a directory"),
+        (lambda at: at.symlink_to(tmp_path / "nowhere"), "is a link to nothing"),
+        (os.mkfifo, "is not a regular file"),
+    ]:
+        client.calls.clear()
+        odd(data / "sub" / "odd")
+        refused = invoke("put", "ds", str(data))
+        assert refused.exit_code == 2, refused.output
+        line = one_error_line(refused)
+        assert f"{data / 'sub' / 'odd'} {why}" in line and "nothing uploaded" in line
+        assert not [call for call in client.calls if call[0] == "put"]
+        (data / "sub" / "odd").unlink()
+
+
 def test_put_refuses_two_inputs_with_one_shard_name_before_uploading(
     client: FakeClient, tmp_path: Path
 ) -> None:
@@ -844,4 +874,6 @@ def test_command_lists_join_the_lines_of_each_summary() -> None:
     assert listing.exit_code == 0, listing.output
     assert "Revoking the last live admin token is allowed, with a warning" in listing.stdout
     top = invoke("--help").stdout
-    assert "as shards named by their relative paths, in order. Stops at the first" in top
+    assert (
+        "as shards named by their relative paths, in order. In a directory, links to files" in top
+    )

@@ -671,7 +671,9 @@ def put(
     ] = "raw",
 ) -> None:
     """Upload files (directories recursively) as shards named by their relative paths, in
-    order. Stops at the first one it cannot upload; the ones uploaded before it are still
+    order. In a directory, links to files are followed; a link to a directory or to
+    nothing, or a pipe, is refused before anything is uploaded. Stops at the first one
+    it cannot upload; the ones uploaded before it are still
     reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
     stderr."""
     if kind not in ("raw", "arrow"):
@@ -680,11 +682,7 @@ def put(
     files: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            files += [
-                (f, prefix + f.relative_to(path).as_posix())
-                for f in sorted(path.rglob("*"))
-                if f.is_file()
-            ]
+            files += [(f, prefix + f.relative_to(path).as_posix()) for f in _files_under(path)]
         elif path.is_file():
             files.append((path, prefix + path.name))
         else:
@@ -741,6 +739,37 @@ def put(
         f"uploaded {_count(len(uploaded), 'shard')}, {total:,} bytes, "
         f"{total / elapsed / 1e6:.1f} MB/s",
     )
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """The files under ``directory``, at any depth, sorted. A link to a file is
+    followed (the shard, named by the link, holds its target's bytes). Exits
+    (InvalidArgument, nothing uploaded) at a link to a directory (not followed: links
+    can loop), a link to nothing, anything else that is not a file (a pipe would block
+    the upload), or a directory that cannot be listed: each was skipped without a
+    word, so a dataset could go up with shards missing."""
+
+    def refuse(entry: Path, why: str) -> typer.Exit:
+        return _fail(errors.InvalidArgument(f"{entry} {why}; nothing uploaded"))
+
+    def unlisted(exc: OSError) -> None:
+        raise refuse(Path(exc.filename), f"cannot be listed: {exc.strerror or exc}")
+
+    found = []
+    for root, directories, names in os.walk(directory, onerror=unlisted):
+        here = Path(root)
+        for name in directories:
+            if (here / name).is_symlink():
+                raise refuse(here / name, "is a link to a directory, which is not followed")
+        for name in names:
+            entry = here / name
+            if entry.is_file():
+                found.append(entry)
+            elif entry.is_symlink() and not entry.exists():
+                raise refuse(entry, "is a link to nothing")
+            else:
+                raise refuse(entry, "is not a regular file")
+    return sorted(found)
 
 
 def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
