@@ -177,6 +177,7 @@ def serving(
     stream_message_s: float = 60.0,
     connection_idle_s: float = 300.0,
     max_connections: int = 0,
+    handshake_timeout_s: float = 10.0,
     archive: Tier | None = None,
     listen: str = "127.0.0.1:0",
     **engine: Any,
@@ -188,7 +189,8 @@ def serving(
     are the server's local-read settings, ``request_arrival_s`` and ``stream_message_s`` its
     deadlines for a unary request and for each message of a request stream
     (``connection_idle_s``: how long it keeps an idle connection, ``max_connections``:
-    how many it keeps open at once); ``metrics``
+    how many it keeps open at once, ``handshake_timeout_s``: how long a new one may
+    take to finish its TLS handshake); ``metrics``
     serves ``/metrics`` on a port of its own; ``listen`` is the API's address (reach
     another than 127.0.0.1 with ``channel(address=...)``). Everything is stopped and
     closed on exit.
@@ -218,6 +220,7 @@ def serving(
                 stream_message_s=stream_message_s,
                 connection_idle_s=connection_idle_s,
                 max_connections=max_connections,
+                handshake_timeout_s=handshake_timeout_s,
             ),
             store,
             tokens,

@@ -705,6 +705,29 @@ def test_a_call_past_its_timeout_and_plaintext_to_a_tls_port_say_so(
     assert run_process(env, "--timeout", "60", "dataset", "ls").returncode == 0
 
 
+def test_a_server_at_its_connection_cap_is_named_among_the_causes(
+    server: ServerProcess, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # It closes new connections in their TLS handshake, and the CLI said only to check
+    # the CA file, which was right.
+    capped = spawn_server(None, "--max-connections", "1")
+    with capped.connect() as holder:
+        holder.list_datasets()  # the one place, kept
+        env = capped.cli_env()
+        done = run_process(env, "dataset", "ls")
+        assert done.returncode == 5
+        line = one_line_error(done)
+        assert "closed the connection in the handshake" in line
+        assert "connection cap (serve --max-connections)" in line
+        assert "--require-client-cert" in line  # no client certificate was given
+        assert "is --ca / TIERSTORE_CA the server's tls/ca.pem" not in line
+
+    def served() -> bool:
+        return run_process(env, "dataset", "ls").returncode == 0
+
+    poll(served, 30, "the place to come free", 0.2)
+
+
 def test_tls_to_a_plaintext_server_says_it_may_run_insecure(
     server: ServerProcess, spawn_server: Callable[..., ServerProcess]
 ) -> None:

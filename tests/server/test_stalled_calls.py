@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -308,6 +309,29 @@ def test_connections_past_the_cap_are_refused_and_the_node_serves_the_rest(
         finally:
             for channel in (first, second, third):
                 channel.close()
+
+
+def test_connections_that_never_finish_their_handshake_are_closed(tmp_path: Path) -> None:
+    # gRPC gives a handshake 120 s: anyone who opened connections and sent nothing held
+    # every place under the cap that long, and no caller with a token got in.
+    with serving(tmp_path, max_connections=2, handshake_timeout_s=1.0) as node:
+        silent = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(2)]
+        try:
+            for connection in silent:
+                connection.settimeout(20)
+                assert connection.recv(1) == b""  # closed by the server, not timed out
+        finally:
+            for connection in silent:
+                connection.close()
+        token = node.token("reader", ("d", Role.READER))
+        with node.channel(own_connection=True) as channel:
+            assert health_check(channel, token) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("handshake_s", [0.0, -1.0, float("inf"), float("nan")])
+def test_the_handshake_time_must_be_positive(handshake_s: float) -> None:
+    with pytest.raises(InvalidArgument, match="handshake_timeout_s must be a positive number"):
+        ServerSettings(insecure=True, handshake_timeout_s=handshake_s)
 
 
 def test_the_automatic_connection_cap_leaves_descriptors_for_the_node() -> None:

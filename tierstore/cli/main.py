@@ -288,6 +288,25 @@ _CLIENT_CERT_HINT = (
 )
 
 
+def _closed_in_handshake(text: str) -> bool:
+    """Whether gRPC says the server closed the connection in the TLS handshake
+    ("Handshake read failed (Socket closed)"), which says nothing of a CA file."""
+    return not _plaintext() and bool(_TLS_FAILURE.search(text) and _CLOSED.search(text))
+
+
+def _closed_in_handshake_hint() -> str:
+    """The causes of a connection closed in its TLS handshake. The CA hint alone was
+    wrong for a server at its connection cap, which closes new connections so too."""
+    causes = [
+        "a server started with --insecure speaks plaintext: then give --insecure too",
+        "one at its connection cap (serve --max-connections) closes new connections: "
+        "try again later",
+    ]
+    if not os.environ.get("TIERSTORE_CLIENT_CERT"):
+        causes.insert(1, _CLIENT_CERT_HINT.replace("a server started", "one started"))
+    return "TLS failed: the server closed the connection in the handshake; " + "; ".join(causes)
+
+
 def _deadline_text() -> str:
     return _DEFAULT_DEADLINES if state.timeout is None else f"{state.timeout:g} s"
 
@@ -302,7 +321,9 @@ def _fail(exc: Exception, message: str | None = None) -> typer.Exit:
     """Print the command's one error line, ``exc``'s type and ``message`` (default: the
     exception's own); return the exit to raise, with the code ``exc`` maps to."""
     text = message or str(exc)
-    if isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
+    if isinstance(exc, errors.Unavailable) and _closed_in_handshake(text):
+        text += f" ({_closed_in_handshake_hint()})"
+    elif isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
     elif isinstance(exc, errors.Unavailable) and _CLOSED.search(text):
         if _plaintext():

@@ -114,6 +114,10 @@ class ServerSettings:
     #: (the caller sees UNAVAILABLE). 0: half the process's open-file limit, at most
     #: 4096 (:func:`connection_cap`), so that descriptors remain for the node's own files.
     max_connections: int = 0
+    #: how long a new connection may take to finish its TLS handshake (seconds), after
+    #: which the server closes it: gRPC's default of 120 s let anyone who opened
+    #: connections and sent nothing hold every place under ``max_connections``.
+    handshake_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
@@ -123,10 +127,10 @@ class ServerSettings:
             raise InvalidArgument("TLS material is required unless insecure is set")
         if not (self.request_arrival_s > 0 and self.stream_message_s > 0):
             raise InvalidArgument("request_arrival_s and stream_message_s must be positive")
-        if not 0 < self.connection_idle_s < float("inf"):
-            raise InvalidArgument(
-                f"connection_idle_s must be a positive number, got {self.connection_idle_s}"
-            )
+        for name in ("connection_idle_s", "handshake_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise InvalidArgument(f"{name} must be a positive number, got {value}")
         if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
             raise InvalidArgument(f"max_connections must be an int, got {self.max_connections!r}")
         if not 0 <= self.max_connections <= _MAX_CONNECTIONS_CAP:
@@ -211,6 +215,7 @@ def _options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000)),
         ("grpc.max_allowed_incoming_connections", connection_cap(settings)),
+        ("grpc.server_handshake_timeout_ms", max(1, int(settings.handshake_timeout_s * 1000))),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", 30_000),
