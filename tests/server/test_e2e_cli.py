@@ -152,6 +152,12 @@ def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(
     # The admin CLI's certificate was kept, though the CA that signed it was gone; and
     # the banner's paths were not quoted for the shell.
     node = spawn_server(tmp_path / "my node", "--require-client-cert")
+    # A key kept from an earlier start gets its mode back: others could read it.
+    key = node.data_dir / "tls" / "admin-cli.key"
+    node.stop()
+    key.chmod(0o644)
+    node.start()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
     node.stop()
     for name in ("ca.pem", "ca.key"):
         (node.data_dir / "tls" / name).unlink()  # a new CA on the next start
@@ -913,6 +919,11 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
         (["--data-dir", "  "], "--data-dir is empty"),
         (["--data-dir", str(a_file)], f"cannot use '{a_file}' as the data directory"),
         (["--data-dir", "node", "--log-level", "bogus"], "--log-level must be one of debug"),
+        # The URL was named in errors, its secret with it.
+        (
+            ["--data-dir", "node", "--s3-endpoint", "http://me:hunter2@127.0.0.1:1"],
+            "must not carry a user or password",
+        ),
     ]
     work = tmp_path / "cwd"
     work.mkdir()
@@ -928,6 +939,7 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
     for (args, message), done in zip(cases, results, strict=True):
         assert done.returncode == 2, (args, done.stderr.decode())
         assert message in one_line_error(done), args
+        assert b"hunter2" not in done.stdout + done.stderr
     # Nothing was made or changed: not in the working directory, not the file.
     assert list(work.iterdir()) == [] and (work.stat().st_mode & 0o777) == 0o755
     assert a_file.read_bytes() == b"not a directory"

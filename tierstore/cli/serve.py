@@ -76,7 +76,7 @@ from tierstore.server.tls import (
     issue_client_certificate,
 )
 from tierstore.server.tokens import TokenStore
-from tierstore.tiers.s3_connection import check_bucket_name
+from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -154,6 +154,7 @@ def _restrict_secrets(data_dir: Path) -> None:
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
+    check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
     check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
@@ -559,6 +560,7 @@ def _ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[
     key_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.key"
     pair = cert_path.exists() and key_path.exists()
     if pair and client_certificate_reusable(tls, cert_path.read_bytes(), key_path.read_bytes()):
+        restrict_mode(key_path)  # a reused key gets its mode back (as the node's own do)
         return cert_path, key_path
     cert_pem, key_pem = issue_client_certificate(tls, ADMIN_CLIENT_NAME)
     write_private_file(key_path, key_pem)  # the key first: a pair torn apart is remade

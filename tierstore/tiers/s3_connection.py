@@ -58,6 +58,23 @@ def check_bucket_name(bucket: str, *, strict: bool = False) -> None:
         )
 
 
+def check_endpoint_url(url: str) -> None:
+    """InvalidArgument for an endpoint URL that carries credentials
+    (``http://user:secret@host``): the URL is named in errors and logs, where the
+    secret would be printed (a review saw it so), and the node signs its requests
+    with the access key and secret it is given, not with these. Not echoed back."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        credentials = "@" in url
+    if credentials:
+        raise InvalidArgument(
+            "the archive's endpoint URL must not carry a user or password (user:secret@): "
+            "give the access key and secret key settings instead"
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class S3Settings:
     """Where the archive lives and how hard to try. Validated on construction.
@@ -88,6 +105,7 @@ class S3Settings:
 
     def __post_init__(self) -> None:
         check_bucket_name(self.bucket)
+        check_endpoint_url(self.endpoint_url)
         if self.max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.multipart_part_size < _MIN_PART_SIZE:
