@@ -1,4 +1,4 @@
-"""The ``tierstore`` admin commands (tierstore/cli/main.py) against a fake client.
+"""The ``tierstore`` admin commands (tierstore/cli/) against a fake client.
 
 What a command does before and after its calls: options, checks that refuse a request
 before any call, and output built from whatever the server answered. The commands
@@ -21,7 +21,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from tierstore import errors
-from tierstore.cli import main
+from tierstore.cli import admin, main, shards, uploads
 from tierstore.cli.main import app
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
@@ -417,13 +417,13 @@ def test_names_that_look_like_console_markup_are_printed_as_they_are(
 
 def test_a_long_listing_prints_plain_aligned_columns(client: FakeClient) -> None:
     # A table measures every cell before it prints: 50,000 shards took 82 s.
-    names = {f"train/{i:05d}" for i in range(main.PLAIN_LISTING_ROWS + 1)} | {"[red]x"}
+    names = {f"train/{i:05d}" for i in range(shards.PLAIN_LISTING_ROWS + 1)} | {"[red]x"}
     client.shards = names
     listed = invoke("ls", "ds")
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
     assert len(lines) == len(names) + 1
-    assert lines[0].split() == list(main._SHARD_COLUMNS)
+    assert lines[0].split() == list(shards.SHARD_COLUMNS)
     assert sorted(line.split()[0] for line in lines[1:]) == sorted(names)  # "[red]x" as is
     assert len({line.index(" 1 ") for line in lines[1:]}) == 1  # the size column lines up
     client.shards = {"a", "b"}
@@ -528,7 +528,7 @@ def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.M
     def no_table(*_: Any) -> None:
         raise AssertionError("a table was built for --json")
 
-    monkeypatch.setattr(main, "Table", no_table)
+    monkeypatch.setattr(admin, "Table", no_table)
     listed = invoke("token", "ls", "--json")
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)[0]["expires_at"] == 1.0
@@ -696,13 +696,13 @@ def test_ctrl_c_after_the_last_put_leaves_nothing_in_doubt(
     client: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "a").write_bytes(b"x")
-    advance = main.Progress.advance
+    advance = uploads.Progress.advance
 
     def interrupted(self: Any, *args: Any, **kwargs: Any) -> None:
         advance(self, *args, **kwargs)
         raise KeyboardInterrupt  # after the last put returned, before the summary
 
-    monkeypatch.setattr(main.Progress, "advance", interrupted)
+    monkeypatch.setattr(uploads.Progress, "advance", interrupted)
     stopped = invoke("--json", "put", "ds", str(tmp_path / "a"))
     assert stopped.exit_code == 130  # before: IndexError and a traceback
     assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [], "in_doubt": None}

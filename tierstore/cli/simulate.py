@@ -26,6 +26,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 from rich.progress import Progress as ProgressBar
 
+from tierstore.cli.output import err, out, run_or_fail
+from tierstore.cli.state import state
 from tierstore.errors import InvalidArgument
 from tierstore.policy.registry import POLICY_NAMES
 from tierstore.sim.events import Trace
@@ -83,9 +85,6 @@ def simulate(
     Replays do not prefetch (Belady cannot), so a trace of jobs that declared plans
     shows clairvoyant far below what the node reached, where prefetch fetched the
     planned shards ahead of their reads: compare eviction and admission only."""
-    # Imported here, not at the top: main imports this module to register the command.
-    from tierstore.cli import main as cli
-
     notes: list[str] = []  # about the trace file, said after the results
 
     def run() -> list[SweepRow]:
@@ -105,9 +104,9 @@ def simulate(
             TextColumn("replaying"),
             BarColumn(),
             MofNCompleteColumn(),
-            console=cli.err,
+            console=err,
             transient=True,
-            disable=not cli.err.is_terminal,
+            disable=not err.is_terminal,
         ) as bar:
             task = bar.add_task("replaying", total=None)
             return run_request(
@@ -116,18 +115,18 @@ def simulate(
                 on_trace=lambda loaded: notes.append(reported_reads_note(loaded)),
             )
 
-    rows: list[SweepRow] = cli._run(run)
+    rows: list[SweepRow] = run_or_fail(run)
     for note in filter(None, notes):
-        cli.err.print(f"note: {note}", highlight=False, soft_wrap=True)
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if png is not None:
-        cli._run(lambda: write_png(rows, png))
+        run_or_fail(lambda: write_png(rows, png))
     # --json here or before the command (``tierstore --json simulate``) alike.
-    if json_output or cli.state.json:
+    if json_output or state.json:
         sys.stdout.write(json.dumps(rows_json(rows)) + "\n")
     else:
-        cli.out.print(rows_table(rows))
+        out.print(rows_table(rows))
         if png is not None:
-            cli.out.print(f"miss-ratio curve written to {png}")
+            out.print(f"miss-ratio curve written to {png}")
 
 
 def reported_reads_note(trace: Trace) -> str:

@@ -1,0 +1,286 @@
+"""Administering a node: ``stats``, ``trace export``, ``token`` and ``keys``."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.console import Group
+from rich.table import Table
+
+from tierstore import errors
+from tierstore.cli.app import command_client
+from tierstore.cli.output import (
+    checked_output_file,
+    emit,
+    err,
+    fail,
+    hit_ratio_text,
+    plural,
+    run_or_fail,
+    utc_minute,
+    write_failed,
+    yes_no,
+)
+from tierstore.cli.state import state
+from tierstore.client.download import output_target, partial_file
+from tierstore.types import ALL_DATASETS, Grant, Role
+
+__all__ = [
+    "keys_retire",
+    "keys_rotate",
+    "stats",
+    "token_create",
+    "token_ls",
+    "token_revoke",
+    "trace_export",
+]
+
+
+def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
+    """Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
+    hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
+    hot-tier sizes."""
+    figures = run_or_fail(lambda: command_client().stats(dataset, sizing=True))
+    table = Table(
+        "dataset",
+        "policy",
+        "shards",
+        "bytes",
+        "hot shards",
+        "hot bytes",
+        "archived shards",
+        "archived bytes",
+        "hits",
+        "misses",
+        "hit ratio",
+    )
+    for name, d in figures["datasets"].items():
+        table.add_row(
+            name,
+            d["policy"],
+            str(d["shards"]),
+            f"{d['bytes']:,}",
+            str(d["hot_shards"]),
+            f"{d['hot_bytes']:,}",
+            str(d["archived_shards"]),
+            f"{d['archived_bytes']:,}",
+            str(d["hits"]),
+            str(d["misses"]),
+            hit_ratio_text(d),
+        )
+    failing = figures.get("archive_error")
+    table.caption = (
+        f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
+        f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
+        f"{_journal_text(figures['journal_entries'])}"
+        + (f"; the archive is failing: {failing}" if failing else "")
+    )
+    capacity = figures["hot_capacity_bytes"]
+    sizing = Table("hot-tier size", "of capacity", "miss ratio (LRU)")
+    traced = figures["traced_reads"]
+    for point in figures["sizing"] if traced else []:  # no reads: no curve, not 100% misses
+        share = point["capacity_bytes"] / capacity if capacity else 0.0
+        sizing.add_row(f"{point['capacity_bytes']:,}", f"{share:g}x", f"{point['miss_ratio']:.1%}")
+    sizing.caption = (
+        f"sizing curve over the last {traced:,} traced reads"
+        if traced
+        else "sizing curve: no traced reads yet"
+    )
+    shown: list[Any] = [table, sizing]
+    if figures["data_loss"]:
+        lost = Table("shard: why", title="data loss reported (the node's log has more)")
+        for entry in figures["data_loss"]:
+            lost.add_row(entry)
+        shown.append(lost)
+    emit(_stats_for_scripts(figures), Group(*shown))
+
+
+def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
+    """``figures`` as --json prints them: no traced reads give no sizing curve, not
+    100 % misses. (A dataset not yet read has a null hit ratio, from the client.)"""
+    sizing = figures["sizing"] if figures["traced_reads"] else []
+    return {**figures, "sizing": sizing}
+
+
+# traces
+
+
+def trace_export(
+    given: Annotated[
+        str, typer.Option("-o", "--output", help="trace file (.gz: gzipped; -: stdout)")
+    ],
+    dataset: Annotated[str | None, typer.Option(help="only this dataset's events")] = None,
+) -> None:
+    """Save the node's recent reads and plan events as a trace file for the simulator
+    (admin on every dataset). The file is private (mode 0600): it names every dataset
+    and shard read. With -o - the trace goes to stdout and the summary to stderr."""
+    from tierstore.sim.tracefile import TraceWriter
+    from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
+
+    # "-" is stdout, as usual (a file named "-" is given by its full path).
+    to_stdout = given == "-"
+    output = Path(given) if to_stdout else checked_output_file(given)
+    target, through_partial = output_target(output)
+    counts: Counter[str] = Counter()
+
+    def write(stream: TextIO) -> None:
+        writer = TraceWriter(stream)
+        for event in command_client().export_trace(dataset):
+            if isinstance(event, TracedRead):
+                writer.read(
+                    event.t, event.dataset, event.shard, event.size, reported=event.reported
+                )
+            elif isinstance(event, TracedPlan):
+                writer.plan(event.t, event.job, event.dataset, event.shards, event.sizes)
+            elif isinstance(event, TracedPosition):
+                writer.position(event.t, event.job, event.position)
+            elif isinstance(event, TracedClose):
+                writer.close(event.t, event.job)
+            counts[type(event).__name__.removeprefix("Traced").lower()] += 1
+
+    def export() -> None:
+        if not through_partial:  # a device or a pipe
+            with target.open("w", encoding="utf-8") as stream:
+                write(stream)
+            return
+        # Private (0600), and renamed over the target only when complete.
+        with partial_file(target, private=True) as private:
+            if output.suffix == ".gz":
+                with gzip.open(private, "wt") as stream:
+                    write(stream)
+            else:
+                with io.TextIOWrapper(private, encoding="utf-8") as stream:
+                    write(stream)
+
+    def to_stream() -> None:
+        write(sys.stdout)
+        sys.stdout.flush()
+
+    try:
+        run_or_fail(to_stream if to_stdout else export)
+    except BrokenPipeError:
+        raise  # its reader went away (`| head`): click ends quietly, with status 1
+    except OSError as exc:
+        raise write_failed(Path("stdout") if to_stdout else output, exc) from None
+    total = sum(counts.values())
+    summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}
+    where = "stdout" if to_stdout else str(output)
+    line = f"wrote {plural(total, 'event')} ({plural(counts['read'], 'read')}) to {where}"
+    if to_stdout:  # stdout holds the trace
+        sys.stderr.write((json.dumps(summary) if state.json else line) + "\n")
+    else:
+        emit(summary, line)
+
+
+# tokens and keys
+
+
+def token_create(
+    principal: str,
+    grant: Annotated[
+        list[str], typer.Option(help="DATASET=ROLE (role: reader, writer, admin; DATASET may be *)")
+    ],
+    ttl: Annotated[
+        float, typer.Option(help="seconds until it expires: 1 to ten years (0: never)")
+    ] = 0,
+) -> None:
+    """Issue a token; it is printed once."""
+    grants = []
+    for item in grant:
+        dataset, _, role = item.partition("=")
+        try:
+            grants.append(Grant(dataset, Role(role)))
+        except ValueError:
+            raise fail(
+                errors.InvalidArgument(f"grant {item!r} is not DATASET=reader|writer|admin")
+            ) from None
+    token_id, token = run_or_fail(
+        lambda: command_client().create_token(principal, grants, ttl_s=ttl)
+    )
+    emit({"token_id": token_id, "token": token}, f"token {token_id} for {principal}:\n{token}")
+
+
+def token_revoke(token_id: str) -> None:
+    """Revoke a token for good. Revoking the last live admin token is allowed, with a
+    warning: admin calls then fail until the node restarts and writes a new admin.token."""
+    client = command_client()
+    last_admin = run_or_fail(lambda: _live_admin_tokens(client.list_tokens())) == [token_id]
+    run_or_fail(lambda: client.revoke_token(token_id))
+    emit({"revoked": token_id, "last_admin": last_admin}, f"revoked {token_id}")
+    if last_admin:
+        err.print(
+            "warning: that was the last live admin token: admin calls fail until the node "
+            "restarts, which writes a new admin.token in its data directory",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _live_admin_tokens(tokens: list[dict[str, Any]]) -> list[str]:
+    """The ids of tokens that hold the admin role on every dataset and still work."""
+    now = time.time()
+    admin = Grant(ALL_DATASETS, Role.ADMIN)
+    return [
+        t["token_id"]
+        for t in tokens
+        if admin in t["grants"]
+        and not t["revoked"]
+        and not (t["expires_at"] and t["expires_at"] <= now)
+    ]
+
+
+def token_ls() -> None:
+    """List tokens (never the tokens themselves)."""
+    tokens = run_or_fail(lambda: command_client().list_tokens())
+    if state.json:
+        emit(tokens)
+        return
+    table = Table("id", "principal", "grants", "expires", "revoked")
+    now = time.time()
+    for t in tokens:
+        grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"])
+        expires = utc_minute(t["expires_at"]) if t["expires_at"] else "never"
+        if t["expires_at"] and t["expires_at"] <= now:  # NaN compares false: not marked
+            expires += " (expired)"
+        table.add_row(t["token_id"], t["principal"], grants, expires, yes_no(t["revoked"]))
+    emit(tokens, table)
+
+
+def _journal_text(entries: int) -> str:
+    """The journal's size for an operator: deletes and reseals carry no bytes, so a
+    journal of them shows only here (waits such as ``--reseal-archive``'s end on it)."""
+    if entries == 0:
+        return "journal empty"
+    return f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending"
+
+
+def keys_rotate() -> None:
+    """Make a new master key current and rewrap every data key (frames are not rewritten)."""
+    rewrapped, key_id = run_or_fail(lambda: command_client().rotate_keys())
+    emit(
+        {"rewrapped": rewrapped, "key_id": key_id},
+        f"master key {key_id}; {rewrapped} data keys rewrapped",
+    )
+
+
+def keys_retire(key_id: str) -> None:
+    """Drop an old master key from the node's key file, once nothing of the node needs
+    it: after a rotation, when the mover has resealed the archive under the new key.
+    Refused, with nothing changed, before that, and for the current key. The key is
+    kept aside in <key file>.retired (nodes sharing the file may need it)."""
+    left, current = run_or_fail(lambda: command_client().retire_key(key_id))
+    emit(
+        {"retired": key_id, "key_ids": left, "current": current},
+        f"retired master key {key_id}; the key file holds {', '.join(left)} "
+        f"(current: {current}). The node keeps {key_id} beside its key file, in the "
+        "key file's name plus .retired (by default <data dir>/master.keys.retired), for "
+        "nodes that share the key file: delete it once none does",
+    )

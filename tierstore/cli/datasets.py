@@ -1,0 +1,150 @@
+"""``tierstore dataset`` and ``tierstore policy``: datasets, their settings and their
+placement policy."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tierstore import errors
+from tierstore.cli.app import command_client
+from tierstore.cli.output import emit, fail, hit_ratio_text, jsonable, run_or_fail, yes_no
+
+__all__ = [
+    "dataset_create",
+    "dataset_ls",
+    "dataset_rm",
+    "dataset_update",
+    "policy_set",
+    "policy_show",
+]
+
+
+_HOT_QUOTA_HELP = (
+    "most bytes of the dataset in the hot tier (0: no quota; at most 2**64-1); room is made "
+    "by evicting its own archived shards"
+)
+_MAX_HOT_QUOTA = 2**64 - 1  # the wire carries it as a uint64
+
+
+def _check_hot_quota(hot_quota: int | None) -> None:
+    """Refuse (exit 2, one line) a ``--hot-quota`` the wire cannot carry, before any call."""
+    if hot_quota is not None and not 0 <= hot_quota <= _MAX_HOT_QUOTA:
+        raise fail(
+            errors.InvalidArgument(
+                f"--hot-quota must be from 0 to {_MAX_HOT_QUOTA} bytes, not {hot_quota}"
+            )
+        )
+
+
+def dataset_create(
+    name: str,
+    encrypted: Annotated[bool, typer.Option(help="encrypt at rest")] = False,
+    durability: Annotated[str, typer.Option(help="write-back | write-through")] = "write-back",
+    policy: Annotated[
+        str | None, typer.Option(help="placement policy (default: the server's)")
+    ] = None,
+    hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
+) -> None:
+    """Create a dataset."""
+    _check_hot_quota(hot_quota)
+    options: dict[str, Any] = {
+        "encrypted": encrypted,
+        "durability": durability,
+        "hot_quota_bytes": hot_quota,
+    }
+    if policy is not None:
+        options["policy"] = policy
+    settings = run_or_fail(lambda: command_client().create_dataset(name, **options))
+    emit({"name": name, **jsonable(settings)}, f"created dataset {name}")
+
+
+def dataset_update(
+    name: str,
+    durability: Annotated[str | None, typer.Option(help="write-back | write-through")] = None,
+    hot_quota: Annotated[int | None, typer.Option(help=_HOT_QUOTA_HELP)] = None,
+) -> None:
+    """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
+    quota evicts the dataset's archived, unpinned shards down to it, and says how many
+    hot bytes (pinned, or not archived yet) stay above it."""
+    if durability is None and hot_quota is None:
+        raise fail(
+            errors.InvalidArgument("nothing to update: give --durability and/or --hot-quota")
+        )
+    _check_hot_quota(hot_quota)
+    client = command_client()
+    settings = run_or_fail(
+        lambda: client.update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
+    )
+    shown = {"name": name, **jsonable(settings)}
+    above = _hot_bytes_above_quota(client, name, hot_quota) if hot_quota else None
+    note = ""
+    if above:
+        shown["hot_bytes"] = above
+        note = (
+            f"; {above:,} bytes of it are still hot, above the quota: pinned shards stay "
+            "(unpin them to let them go), and shards not archived yet go as the mover "
+            "uploads them"
+        )
+    emit(shown, f"updated dataset {name}{note}")
+
+
+def _hot_bytes_above_quota(client: Any, name: str, quota: int) -> int | None:
+    """The dataset's hot bytes when a quota just set left them above it, else None.
+    Only a hint for the caller: a stats call that fails (no read grant) gives None."""
+    try:
+        figures = client.stats(name)["datasets"].get(name)
+    except (errors.TierstoreError, OSError):
+        return None
+    hot = int(figures["hot_bytes"]) if figures else 0
+    return hot if quota and hot > quota else None
+
+
+def dataset_ls() -> None:
+    """List the datasets you may see."""
+    datasets = run_or_fail(lambda: command_client().list_datasets())
+    table = Table("name", "encrypted", "durability", "hot quota", "policy")
+    for name, settings in datasets:
+        quota = f"{settings.hot_quota_bytes:,}" if settings.hot_quota_bytes else "none"
+        table.add_row(
+            name, yes_no(settings.encrypted), settings.durability.value, quota, settings.policy
+        )
+    emit([{"name": n, **jsonable(s)} for n, s in datasets], table)
+
+
+# placement policies
+
+
+def policy_set(dataset: str, name: str) -> None:
+    """Switch a dataset to another placement policy, at once (admin on the dataset)."""
+    settings = run_or_fail(lambda: command_client().set_policy(dataset, name))
+    emit({"dataset": dataset, "policy": settings.policy}, f"{dataset}: policy {settings.policy}")
+
+
+def policy_show(dataset: str) -> None:
+    """Show a dataset's placement policy and its hit ratio since the server started."""
+    figures = run_or_fail(lambda: command_client().stats(dataset))["datasets"][dataset]
+    shown = {
+        "dataset": dataset,
+        "policy": figures["policy"],
+        "hits": figures["hits"],
+        "misses": figures["misses"],
+        "hit_ratio": figures["hit_ratio"],
+    }
+    emit(
+        shown,
+        f"{dataset}: policy {figures['policy']}, hit ratio {hit_ratio_text(figures)} "
+        f"({figures['hits']} hits, {figures['misses']} misses)",
+    )
+
+
+def dataset_rm(
+    name: str, force: Annotated[bool, typer.Option(help="also delete its shards")] = False
+) -> None:
+    """Delete a dataset. Every token's grant on it goes too (a dataset made again under
+    the name is not theirs); grants on "*" stay."""
+    removed = run_or_fail(lambda: command_client().delete_dataset(name, force=force))
+    note = f"; grants on it removed from {removed} token(s)" if removed else ""
+    emit({"deleted": name, "grants_removed": removed}, f"deleted dataset {name}{note}")

@@ -1,0 +1,121 @@
+"""``tierstore serve``: a node's options, checked, handed to :mod:`tierstore.cli.serve`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tierstore import errors
+from tierstore.cli.output import fail, run_or_fail
+
+__all__ = ["serve"]
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def serve(
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="where the node keeps everything [default: data_dir of the settings "
+            "file or TIERSTORE_DATA_DIR, else ./tierstore-data]",
+            show_default=False,
+        ),
+    ] = None,
+    listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
+    health_listen: Annotated[str, typer.Option(help="plaintext health port")] = "127.0.0.1:7444",
+    metrics_listen: Annotated[str, typer.Option(help="Prometheus /metrics ('' = off)")] = (
+        "127.0.0.1:7445"
+    ),
+    metrics_dataset_labels: Annotated[
+        bool,
+        typer.Option(help="label hits and misses by dataset (names visible to scrapers)"),
+    ] = False,
+    insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
+    require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
+    hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
+    s3_endpoint: Annotated[str, typer.Option(help="external S3 archive URL")] = "",
+    bucket: Annotated[str, typer.Option(help="archive bucket (default: tierstore)")] = "",
+    prefix: Annotated[
+        str | None, typer.Option(help='archive key prefix ("" for none, over a settings file)')
+    ] = None,
+    s3_access_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_ACCESS_KEY")] = "",
+    s3_secret_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_SECRET_KEY")] = "",
+    master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
+    config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
+    hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
+    local_reads: Annotated[
+        bool, typer.Option(help="let readers on this host read the hot tier in place")
+    ] = True,
+    local_grant_ttl: Annotated[
+        float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
+    ] = 60.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1 << 20,
+            help="connections open at once; past it new ones are refused "
+            "(0: half the open-file limit, from 16 to 4096)",
+        ),
+    ] = 0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    reseal_archive: Annotated[
+        bool,
+        typer.Option(
+            help="the master key file was lost for good and no dataset is encrypted: seal "
+            "the archive's metadata under the keys given now (refused while the node holds "
+            "encrypted shards); with --rebuild-from-archive, the rebuild believes the "
+            "archive's metadata without its seals (refused if any of it is encrypted)"
+        ),
+    ] = False,
+    rebuild_from_archive: Annotated[
+        bool,
+        typer.Option(
+            help="if this start makes a new hot tier while the archive holds objects (a "
+            "lost hot tier), rebuild the catalog from the archive instead of refusing to start"
+        ),
+    ] = False,
+) -> None:
+    """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
+    from tierstore.cli.logs import configure_logging
+    from tierstore.cli.serve import ServeOptions
+    from tierstore.cli.serve import serve as run
+
+    if data_dir is not None and not data_dir.strip():  # an unset variable in a script
+        raise fail(errors.InvalidArgument("--data-dir is empty; give a directory"))
+    if log_level.lower() not in _LOG_LEVELS:
+        raise fail(
+            errors.InvalidArgument(
+                f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}"
+            )
+        )
+    configure_logging(log_level)
+    options = ServeOptions(
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        listen=listen,
+        health_listen=health_listen,
+        metrics_listen=metrics_listen,
+        metrics_dataset_labels=metrics_dataset_labels,
+        insecure=insecure,
+        require_client_cert=require_client_cert,
+        hostnames=tuple(hostname or ()),
+        s3_endpoint=s3_endpoint,
+        bucket=bucket,
+        prefix=prefix,
+        s3_access_key=s3_access_key,
+        s3_secret_key=s3_secret_key,
+        master_key_file=master_key_file,
+        config_file=config,
+        hot_capacity_bytes=hot_capacity,
+        local_reads=local_reads,
+        local_grant_ttl_s=local_grant_ttl,
+        max_connections=max_connections,
+        rebuild_from_archive=rebuild_from_archive,
+        reseal_archive=reseal_archive,
+    )
+    raise typer.Exit(run_or_fail(lambda: run(options, sys.stdout)))

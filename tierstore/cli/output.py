@@ -1,0 +1,242 @@
+"""What ``tierstore`` commands print: results (a table, or JSON for scripts with
+``--json``), the one error line of a failure with its exit code and a hint where gRPC's
+words mislead, and the checks of a file a command is to write."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console, RenderableType
+from rich.text import Text
+
+from tierstore import errors
+from tierstore.cli.state import deadline_text, speaks_plaintext, state
+from tierstore.types import ShardInfo
+
+__all__ = [
+    "checked_output_file",
+    "emit",
+    "err",
+    "fail",
+    "hit_ratio_text",
+    "jsonable",
+    "out",
+    "plural",
+    "print_plain",
+    "run_or_fail",
+    "stopped_partway",
+    "utc_minute",
+    "write_failed",
+    "yes_no",
+]
+
+
+#: the width of tables written to a pipe: wide enough never to cut a column
+_PIPED_WIDTH = 10_000
+
+
+def _literal_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A console with no markup or emoji codes: what is printed holds names users chose
+    (a shard named "x[/]y" or ":fire:" is printed as it is, not styled, changed or
+    refused)."""
+    return Console(stderr=stderr, width=width, markup=False, emoji=False)
+
+
+def _stdout_console() -> Console:
+    """At a terminal (or with COLUMNS set), its width; piped, as wide as the content, so
+    a shard name is never cut to "…" on its way to grep (rich assumes 80 columns)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return _literal_console()
+    return _literal_console(width=_PIPED_WIDTH)
+
+
+err = _literal_console(stderr=True)
+out = _stdout_console()
+
+_EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
+    (errors.InvalidArgument, 2),
+    (errors.NotFound, 3),
+    (errors.AlreadyExists, 2),
+    (errors.Unauthenticated, 4),
+    (errors.PermissionDenied, 4),
+    (errors.Unavailable, 5),
+    (errors.DataLoss, 6),
+]
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, ShardInfo):  # its size is a property, which asdict() leaves out
+        return {**jsonable(asdict(value)), "size": value.size, "frame_count": value.frame_count}
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, str):
+        return value.value
+    return value
+
+
+def emit(value: Any, table: RenderableType | None = None) -> None:
+    if state.json:
+        sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
+    elif table is not None:
+        out.print(table)
+
+
+#: what gRPC says when TLS did not come up: most often the wrong CA file, or a port
+#: that is not the API's (the health port is plaintext)
+_TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|handshake|WRONG_VERSION_NUMBER", re.I)
+_TLS_HINT = (
+    "TLS failed: is --ca / TIERSTORE_CA the server's tls/ca.pem, and --address / "
+    "TIERSTORE_ADDRESS its API port? A server started with --insecure speaks "
+    "plaintext: then give --insecure too"
+)
+#: what gRPC says when a TLS server drops a plaintext connection
+_CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
+_INSECURE_HINT = (
+    "--insecure (or TIERSTORE_INSECURE) speaks plaintext, and a TLS server closes such "
+    "connections: drop it and give --ca, unless the server runs with --insecure too"
+)
+
+#: what a TLS connection closed at once most often means when no client certificate
+#: was given: the server runs with --require-client-cert
+_CLIENT_CERT_HINT = (
+    "a server started with --require-client-cert closes connections that bring no "
+    "client certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its "
+    "banner says"
+)
+
+
+def _closed_in_handshake(text: str) -> bool:
+    """Whether gRPC says the server closed the connection in the TLS handshake
+    ("Handshake read failed (Socket closed)"), which says nothing of a CA file."""
+    return not speaks_plaintext() and bool(_TLS_FAILURE.search(text) and _CLOSED.search(text))
+
+
+def _closed_in_handshake_hint() -> str:
+    """The causes of a connection closed in its TLS handshake. The CA hint alone was
+    wrong for a server at its connection cap, which closes new connections so too."""
+    causes = [
+        "a server started with --insecure speaks plaintext: then give --insecure too",
+        "one at its connection cap (serve --max-connections) closes new connections: "
+        "try again later",
+    ]
+    if not os.environ.get("TIERSTORE_CLIENT_CERT"):
+        causes.insert(1, _CLIENT_CERT_HINT.replace("a server started", "one started"))
+    return "TLS failed: the server closed the connection in the handshake; " + "; ".join(causes)
+
+
+def fail(exc: Exception, message: str | None = None) -> typer.Exit:
+    """Print the command's one error line, ``exc``'s type and ``message`` (default: the
+    exception's own); return the exit to raise, with the code ``exc`` maps to."""
+    text = message or str(exc)
+    if isinstance(exc, errors.Unavailable) and _closed_in_handshake(text):
+        text += f" ({_closed_in_handshake_hint()})"
+    elif isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
+        text += f" ({_TLS_HINT})"
+    elif isinstance(exc, errors.Unavailable) and _CLOSED.search(text):
+        if speaks_plaintext():
+            text += f" ({_INSECURE_HINT})"
+        elif not os.environ.get("TIERSTORE_CLIENT_CERT"):
+            text += f" ({_CLIENT_CERT_HINT})"
+    if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
+        text += f" (a call may take {deadline_text()}; --timeout changes it)"
+    # soft_wrap: one line whatever the terminal width, so scripts can read it.
+    err.print(
+        Text.assemble(("error:", "red"), f" {type(exc).__name__}: {text}"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)
+    return typer.Exit(code)
+
+
+def checked_output_file(given: str) -> Path:
+    """The file ``-o`` names, as given; refused (exit 2, one line) before any call to
+    the server when no file can be written there: a directory, a name in a directory
+    that does not exist, or a name ending in ``/`` (a directory's, even one that does
+    not exist: ``-o newdir/`` wrote a file named ``newdir``)."""
+    output = Path(given)
+    if output.is_dir() or given.endswith(os.sep):
+        raise fail(errors.InvalidArgument(f"{given} is a directory; name a file to write"))
+    if not output.parent.is_dir():
+        raise fail(errors.InvalidArgument(f"cannot write {output}: no directory {output.parent}"))
+    return output
+
+
+def write_failed(output: Path, exc: OSError) -> typer.Exit:
+    """The one error line (exit 1) for a local file that could not be written."""
+    return fail(exc, f"cannot write {output}: {exc.strerror or exc}")
+
+
+def run_or_fail(action: Any) -> Any:
+    try:
+        return action()
+    except errors.TierstoreError as exc:
+        raise fail(exc) from None
+
+
+def print_plain(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """``rows`` under ``columns``, each column as wide as its widest cell, written as
+    they are (no markup: names are anyone's)."""
+    widths = [
+        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+    ]
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    )
+    sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def stopped_partway(
+    exc: errors.TierstoreError, names: list[str], count: int, done: str
+) -> typer.Exit:
+    """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
+    ``not_<done>`` even when none was done); return the exit with ``exc``'s one line."""
+    if count or state.json:
+        emit(
+            {done: names[:count], f"not_{done}": names[count:]},
+            Text(
+                f"{done} {count} of {len(names)} shards before an error: "
+                + ", ".join(names[:count])
+            ),
+        )
+    return fail(exc)
+
+
+def plural(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless one: "1 shard", "2 shards", "1,200 shards"."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def hit_ratio_text(figures: Mapping[str, Any]) -> str:
+    """A dataset's hit ratio for a table: "n/a (no reads)" before its first read."""
+    if figures["hit_ratio"] is None:
+        return "n/a (no reads)"
+    return f"{figures['hit_ratio']:.1%}"
+
+
+def utc_minute(timestamp: float) -> str:
+    """``timestamp`` (seconds since the epoch) as a UTC date and minute; the number itself
+    when it is no date (NaN, or too far out for the platform): a table shows whatever
+    the server sent, and never fails on it."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
+    except (OverflowError, OSError, ValueError):
+        return f"{timestamp:g} (not a date)"

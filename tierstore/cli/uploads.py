@@ -1,0 +1,189 @@
+"""``tierstore put``: files and directories up as shards, in order, every name checked
+first; it stops at the first that cannot go and says which went (and which is in doubt
+after Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.text import Text
+
+from tierstore import errors
+from tierstore.cli.app import command_client
+from tierstore.cli.output import emit, err, fail, plural, stopped_partway
+from tierstore.cli.state import state
+from tierstore.naming import validate_shard_name
+
+__all__ = ["Interrupted", "put"]
+
+
+def put(
+    dataset: str,
+    paths: Annotated[list[Path], typer.Argument(help="files or directories")],
+    prefix: Annotated[str, typer.Option(help="shard name prefix")] = "",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="raw: each file's bytes as they are; arrow: each file is an Arrow IPC "
+            "file or stream, stored as an Arrow shard (what the DataLoader plugin reads)"
+        ),
+    ] = "raw",
+) -> None:
+    """Upload files (directories recursively) as shards named by their relative paths, in
+    order. In a directory, links to files are followed; a link to a directory or to
+    nothing, or a pipe, is refused before anything is uploaded. Stops at the first one
+    it cannot upload; the ones uploaded before it are still
+    reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
+    stderr."""
+    if kind not in ("raw", "arrow"):
+        raise fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))
+    client = command_client()
+    files: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            files += [(f, prefix + f.relative_to(path).as_posix()) for f in _files_under(path)]
+        elif path.is_file():
+            files.append((path, prefix + path.name))
+        else:
+            raise fail(errors.InvalidArgument(f"{path} is not a file or directory"))
+    files = _checked_uploads(files)
+    total = sum(f.stat().st_size for f, _ in files)
+    uploaded = []
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        # Off a terminal a progress bar cannot be redrawn: it would only leave an
+        # empty line before an error, or bar text in a log.
+        disable=state.json or not err.is_terminal,
+        transient=True,  # gone when done: a failure leaves its one error line, alone
+    ) as progress:
+        task = progress.add_task("uploading", total=total)
+        failure: errors.TierstoreError | None = None
+        interrupted = False
+        sending: str | None = None  # the shard whose put is under way, if any
+        try:
+            for file, name in files:
+                try:
+                    size = file.stat().st_size
+                    value = _put_value(file, kind)
+                    sending = name
+                    uploaded.append(client.put(dataset, name, value))
+                    sending = None
+                except OSError as exc:  # unreadable, or gone since it was listed
+                    raise errors.InvalidArgument(
+                        f"cannot read {file}: {exc.strerror or exc}"
+                    ) from None
+                progress.advance(task, size)
+        except errors.TierstoreError as exc:
+            failure = exc
+        except KeyboardInterrupt:
+            interrupted = True
+    names = [name for _, name in files]
+    if interrupted:
+        raise _put_interrupted(names, len(uploaded), sending)
+    if failure is not None:
+        raise stopped_partway(failure, names, len(uploaded), "uploaded")
+    elapsed = max(time.monotonic() - started, 1e-9)
+    emit(
+        {
+            "shards": [i.name for i in uploaded],
+            "uploaded": [i.name for i in uploaded],
+            "not_uploaded": [],
+            "bytes": total,
+            "bytes_per_s": total / elapsed,
+        },
+        f"uploaded {plural(len(uploaded), 'shard')}, {total:,} bytes, "
+        f"{total / elapsed / 1e6:.1f} MB/s",
+    )
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """The files under ``directory``, at any depth, sorted. A link to a file is
+    followed (the shard, named by the link, holds its target's bytes). Exits
+    (InvalidArgument, nothing uploaded) at a link to a directory (not followed: links
+    can loop), a link to nothing, anything else that is not a file (a pipe would block
+    the upload), or a directory that cannot be listed: each was skipped without a
+    word, so a dataset could go up with shards missing."""
+
+    def refuse(entry: Path, why: str) -> typer.Exit:
+        return fail(errors.InvalidArgument(f"{entry} {why}; nothing uploaded"))
+
+    def unlisted(exc: OSError) -> None:
+        raise refuse(Path(exc.filename), f"cannot be listed: {exc.strerror or exc}")
+
+    found = []
+    for root, directories, names in os.walk(directory, onerror=unlisted):
+        here = Path(root)
+        for name in directories:
+            if (here / name).is_symlink():
+                raise refuse(here / name, "is a link to a directory, which is not followed")
+        for name in names:
+            entry = here / name
+            if entry.is_file():
+                found.append(entry)
+            elif entry.is_symlink() and not entry.exists():
+                raise refuse(entry, "is a link to nothing")
+            else:
+                raise refuse(entry, "is not a regular file")
+    return sorted(found)
+
+
+def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """``files`` with a file given twice (under one name) once. Exits (InvalidArgument,
+    nothing uploaded) when a name is not a valid shard name, or two inputs would get one
+    shard name: the second would silently replace the first."""
+    first_of: dict[str, Path] = {}
+    for file, name in files:
+        try:
+            validate_shard_name(name)
+        except errors.InvalidArgument as exc:
+            raise fail(exc, f"{str(file)!r}: {exc}; nothing uploaded") from None
+        earlier = first_of.setdefault(name, file)
+        if earlier != file:
+            raise fail(
+                errors.InvalidArgument(
+                    f"{earlier} and {file} would both be shard {name!r}; nothing uploaded "
+                    "(upload them separately with different --prefix values)"
+                )
+            )
+    return list(dict.fromkeys(files))
+
+
+def _put_value(file: Path, kind: str) -> Any:
+    """What ``put --kind`` uploads of ``file``: the file itself (raw), or the table it
+    holds (arrow; MalformedArrow if it holds none)."""
+    if kind == "raw":
+        return file
+    from tierstore.arrowio import read_ipc_table  # pyarrow only when it is needed
+
+    return read_ipc_table(file)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command part way (exit 130)."""
+
+
+def _put_interrupted(names: list[str], count: int, in_doubt: str | None) -> typer.Exit:
+    """Ctrl-C stopped a put after ``count`` of ``names``: report those, and ``in_doubt``,
+    the one whose put was under way, if any: the server stores a stream it received
+    whole even when its answer finds nobody. Exit 130, as a shell does for SIGINT."""
+    before = f": {', '.join(names[:count])}" if count else ""
+    emit(
+        {"uploaded": names[:count], "not_uploaded": names[count:], "in_doubt": in_doubt},
+        Text(f"uploaded {count} of {len(names)} shards before Ctrl-C{before}"),
+    )
+    doubt = (
+        f"; {in_doubt!r} was on its way and may have been stored all the same (see tierstore stat)"
+        if in_doubt is not None
+        else ""
+    )
+    fail(Interrupted(f"stopped by Ctrl-C{doubt}; the rest were not uploaded"))
+    return typer.Exit(130)
