@@ -15,7 +15,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.client import Client, _closed_channel_is_unavailable, connect
+from tierstore.client.client import Client, connect
+from tierstore.client.failures import closed_channel_is_unavailable
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.v1 import (
@@ -173,7 +174,7 @@ def test_a_call_on_a_channel_closed_under_it_is_unavailable_and_the_client_reope
         client.list_datasets()  # a call made after close() opens a new channel
 
 
-def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
+def test_every_wording_of_aclosed_channel_is_unavailable() -> None:
     # grpc words it two ways: "Cannot invoke RPC on closed channel!" (unary, client
     # streams) and "Cannot invoke RPC: Channel closed!" (server streams, such as the
     # trace export), and the second escaped as a bare ValueError.
@@ -187,9 +188,9 @@ def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
     ]
     for call in calls:
         closed = pytest.raises(Unavailable, match="the client was closed")
-        with closed, _closed_channel_is_unavailable():
+        with closed, closed_channel_is_unavailable():
             call()
-    with pytest.raises(ValueError, match="something else"), _closed_channel_is_unavailable():
+    with pytest.raises(ValueError, match="something else"), closed_channel_is_unavailable():
         raise ValueError("something else")
 
 

@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import tierstore
 from tierstore import errors
 from tierstore.client.client import Client
-from tierstore.client.client import _raise_mapped as raise_mapped
 from tierstore.client.deadlines import MAX_TIMEOUT_S
+from tierstore.client.failures import raise_mapped
 from tierstore.client.receive import open_stream
 from tierstore.types import DatasetSettings, Durability, Grant, Role, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc

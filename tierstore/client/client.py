@@ -13,34 +13,43 @@ take the *local path* when the server runs on this host and grants it: frames ar
 read in place from the hot tier's LMDB map (:mod:`tierstore.client.local`,
 docs/local-reads.md), and anything else — a cold shard, a refusal, any failure —
 goes through the service. :attr:`Client.read_counts` tells which path served them.
+
+Beside this module: :mod:`~tierstore.client.failures` (a failed call's error, and
+retries), :mod:`~tierstore.client.arguments` (argument checks),
+:mod:`~tierstore.client.putvalue` (what a put reads) and
+:mod:`~tierstore.client.download` (a read into a file).
 """
 
 from __future__ import annotations
 
 import builtins
-import io
 import numbers
 import os
-import stat
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Generic, NoReturn, TypeVar, cast, overload
+from typing import Any, TypeVar
 
 import grpc
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
-from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.deadlines import (
-    DEFAULT_STREAM_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-    timeout_problem,
+from tierstore.client.arguments import (
+    Checked,
+    checked_text,
+    durability_named,
+    env_flag,
+    grant_list,
+    positive_bytes,
+    positive_seconds,
+    whole_number,
 )
+from tierstore.client.channel import ChannelSettings, ProcessChannel
+from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.client.download import (
     output_target,
     partial_file,
@@ -48,15 +57,16 @@ from tierstore.client.download import (
     stream_into_file,
     write_all,
 )
-from tierstore.client.forkgate import GATE
-from tierstore.client.local import (
-    LocalReadOptions,
-    LocalReads,
-    LocalShard,
-    ReadCounter,
-    ReadCounts,
+from tierstore.client.failures import (
+    closed_channel_is_unavailable,
+    mapped_responses,
+    raise_mapped,
+    retried,
 )
+from tierstore.client.forkgate import GATE
+from tierstore.client.local import LocalReadOptions, LocalReads, LocalShard, ReadCounter, ReadCounts
 from tierstore.client.localrpc import GrpcLocalReadRpc
+from tierstore.client.putvalue import FileFrames, readable_value
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import (
@@ -73,7 +83,6 @@ from tierstore.plans import SamplerPlan
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
     DatasetSettings,
-    Durability,
     Grant,
     ShardInfo,
     ShardKind,
@@ -102,7 +111,6 @@ from tierstore.wire.convert import (
 )
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.plans import sampler_to_pb
-from tierstore.wire.status import ERROR_HEADER, error_for_status, is_certificate_rejection
 from tierstore.wire.trace import sizing_from_pb, trace_events_from_pb
 
 __all__ = ["Client", "LocalReadOptions", "ReadCounts", "TierStats", "connect"]
@@ -111,11 +119,6 @@ T = TypeVar("T")
 
 #: Frames sent per put: the server's frame limit (frames are cut client-side to fit).
 DEFAULT_FRAME_BYTES = 4 * 1024 * 1024
-#: Pauses between the attempts of a call retried because the server was unavailable:
-#: 1.5 s in all, more than a channel waits between attempts to reconnect
-#: (``channel.MAX_RECONNECT_BACKOFF_MS``, jittered), so that a call made once a
-#: restarted server is back reaches it.
-_RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
 
 
 class TierStats(dict[str, Any]):
@@ -128,186 +131,6 @@ class TierStats(dict[str, Any]):
     its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
     when asked for,
     ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
-
-
-def _unavailable(error: grpc.RpcError) -> bool:
-    """Whether a failed call ended UNAVAILABLE: worth another attempt if it is idempotent
-    (a spent deadline, which the client also raises as Unavailable, is not; nor is the
-    server's ArchiveUnavailable: the server is there, and its archive has just failed
-    through all of the server's own retries; nor a server certificate this client
-    rejected: the same CA rejects it again)."""
-    call: Any = error  # grpc raises objects that are both RpcError and Call
-    code = call.code() if hasattr(call, "code") else None
-    if code != grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = call.details() if hasattr(call, "details") else ""
-    return _error_name(error) != "ArchiveUnavailable" and not is_certificate_rejection(
-        code, details or ""
-    )
-
-
-def _error_name(error: grpc.RpcError) -> str | None:
-    """The error class the server named in the trailers of a failed call, if any."""
-    call: Any = error  # grpc raises objects that are both RpcError and Call
-    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
-    for key, value in trailers or ():
-        if key == ERROR_HEADER:
-            return value if isinstance(value, str) else bytes(value).decode()
-    return None
-
-
-#: What grpc's ValueError says of a channel closed under a call (its wording varies),
-#: and a stream's CANCELLED status too ("Stream removed (Channel closed!)").
-_CLOSED_CHANNEL = ("closed channel", "Channel closed")
-_CLOSED_UNDER_CALL = (
-    "the client was closed while this call was being made: close() ends the calls in "
-    "flight (a call made after it opens a new channel)"
-)
-
-
-@contextmanager
-def _closed_channel_is_unavailable() -> Iterator[None]:
-    """Turn grpc's ValueError for a channel another thread closed under a call into
-    Unavailable, saying so; other ValueErrors pass."""
-    try:
-        yield
-    except ValueError as error:
-        if not any(text in str(error) for text in _CLOSED_CHANNEL):
-            raise
-        raise Unavailable(_CLOSED_UNDER_CALL) from None
-
-
-def _retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
-    """``attempt()``, made again after each pause of ``_RETRY_DELAYS_S`` while it fails
-    UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
-    reading, if given). Raises the mapped error of the failure that ends it."""
-    for delay in (*_RETRY_DELAYS_S, None):
-        try:
-            with _closed_channel_is_unavailable():
-                return attempt()
-        except grpc.RpcError as error:
-            if delay is None or not (retry and _unavailable(error)):
-                _raise_mapped(error)
-        if deadline is not None:
-            delay = min(delay, max(deadline - time.monotonic(), 0.0))
-        time.sleep(delay)
-    raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-def _whole_number(name: str, value: object, unit: str = "bytes") -> int:
-    """``value`` as an int, if it is an integer (numpy's too) and not a bool; else
-    InvalidArgument naming ``name`` and what it counts, ``unit`` (a float offset is no
-    byte position, and True is no length)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r}")
-    return int(value)
-
-
-def _text(name: str, value: object, what: str) -> str:
-    """``value`` as a string a request can carry, else InvalidArgument naming ``name``
-    and ``what`` it is: a str that encodes as UTF-8 (an undecodable byte of a command
-    line or a file name arrives as a lone surrogate, which protobuf refuses with a raw
-    UnicodeEncodeError)."""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name} must be {what} (a str), not {value!r:.80}")
-    try:
-        value.encode()
-    except UnicodeEncodeError as exc:
-        raise InvalidArgument(
-            f"{name} is not valid UTF-8: it holds a lone surrogate at position {exc.start} "
-            "(an undecodable byte of a command line or a file name becomes one)"
-        ) from None
-    return value
-
-
-def _grant_list(grants: object) -> list[Grant]:
-    """``grants`` as a list of Grants, listed once (a generator has nothing left for
-    the request after a check), else InvalidArgument."""
-    listed = list(grants) if isinstance(grants, Iterable) else [grants]
-    if isinstance(grants, str | bytes) or not all(isinstance(g, Grant) for g in listed):
-        raise InvalidArgument(
-            "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
-            f"{listed!r:.80}"
-        )
-    return cast(list[Grant], listed)
-
-
-#: what gRPC says of a call that never reached a server (nothing it asked was done)
-_NOT_CONNECTED = "failed to connect to all addresses"
-#: codes a call ends with when it was cut off (no answer of the server's own)
-_CUT_OFF = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-)
-
-
-def _raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
-    """Raise the tierstore error a failed call stands for (the class the server named).
-
-    ``changes``: what the call would have changed, for a call cut off before the server
-    answered (transport failure, deadline, cancel): its message then says that the
-    change may or may not have been made.
-    """
-    call: Any = error  # grpc raises objects that are both RpcError and Call
-    code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
-    details = (call.details() if hasattr(call, "details") else str(error)) or ""
-    name = _error_name(error)
-    if code == grpc.StatusCode.CANCELLED and any(text in details for text in _CLOSED_CHANNEL):
-        details = f"{_CLOSED_UNDER_CALL}; gRPC said: {details}"
-    never_sent = _NOT_CONNECTED in details or is_certificate_rejection(code, details)
-    if changes is not None and name is None and code in _CUT_OFF and not never_sent:
-        details = (
-            f"{details} (the call was cut off before the server answered: {changes} may or "
-            "may not have been made; look, or make the call again)"
-        )
-    raise error_for_status(code, details, name) from None
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    """``value`` as a deadline in seconds: a number above 0 and at most ten years (not a
-    bool), else InvalidArgument naming ``name`` (a deadline of 0, NaN, infinity or
-    past about 9e9 s made every call fail at once with DEADLINE_EXCEEDED)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
-    problem = timeout_problem(float(value))
-    if problem is not None:
-        raise InvalidArgument(f"{name} must be {problem}")
-    return float(value)
-
-
-def _positive_bytes(name: str, value: object) -> int:
-    """``value`` as a size in bytes above 0, else InvalidArgument naming ``name``."""
-    size = _whole_number(name, value)
-    if size <= 0:
-        raise InvalidArgument(f"{name} must be at least 1 byte, not {size}")
-    return size
-
-
-V = TypeVar("V")
-
-
-class _Checked(Generic[V]):
-    """A public attribute checked each time it is set, by ``check(name, value)``: a
-    client's deadlines and frame size may be changed after it is made (a frame size
-    of -1 cut a put into no frames at all, and stored an empty shard)."""
-
-    def __init__(self, check: Callable[[str, object], V]) -> None:
-        self._check = check
-        self._name = self._slot = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name, self._slot = name, f"_{name}"
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> _Checked[V]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> V: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> V | _Checked[V]:
-        return self if obj is None else cast(V, getattr(obj, self._slot))
-
-    def __set__(self, obj: object, value: object) -> None:
-        setattr(obj, self._slot, self._check(self._name, value))
 
 
 def _weak_rpc(client: Client) -> GrpcLocalReadRpc:
@@ -348,9 +171,9 @@ class Client:
     three may be set later too; a bad value is InvalidArgument, then or here.
     """
 
-    timeout_s = _Checked(_positive_seconds)
-    stream_timeout_s = _Checked(_positive_seconds)
-    frame_bytes = _Checked(_positive_bytes)
+    timeout_s = Checked(positive_seconds)
+    stream_timeout_s = Checked(positive_seconds)
+    frame_bytes = Checked(positive_bytes)
 
     def __init__(
         self,
@@ -436,7 +259,7 @@ class Client:
                 )
 
         with self._no_token_named():
-            return _retried(attempt, idempotent)
+            return retried(attempt, idempotent)
 
     @contextmanager
     def _no_token_named(self) -> Iterator[None]:
@@ -473,8 +296,8 @@ class Client:
         UnknownPolicy.
         """
         validate_dataset_name(name)
-        policy = _text("policy", policy, "a placement policy's name")
-        settings = DatasetSettings(encrypted, _durability(durability), hot_quota_bytes, policy)
+        policy = checked_text("policy", policy, "a placement policy's name")
+        settings = DatasetSettings(encrypted, durability_named(durability), hot_quota_bytes, policy)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.CreateDataset,
@@ -511,11 +334,11 @@ class Client:
         validate_dataset_name(name)
         request = datasets_pb2.UpdateDatasetRequest(name=name)
         if durability is not None:
-            request.durability = durability_to_pb(_durability(durability))
+            request.durability = durability_to_pb(durability_named(durability))
         if hot_quota_bytes is not None:
             request.hot_quota_bytes = check_hot_quota(hot_quota_bytes)
         if policy is not None:
-            request.policy = _text("policy", policy, "a placement policy's name")
+            request.policy = checked_text("policy", policy, "a placement policy's name")
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(stub.UpdateDataset, request, idempotent=True)
         return dataset_settings_from_pb(reply.settings)
@@ -527,7 +350,7 @@ class Client:
         dataset. Raises UnknownPolicy, DatasetNotFound, PermissionDenied."""
         # Checked here: update_dataset takes None as "unchanged", a silent no-op here.
         return self.update_dataset(
-            dataset, policy=_text("policy", name, "a placement policy's name")
+            dataset, policy=checked_text("policy", name, "a placement policy's name")
         )
 
     def delete_dataset(self, name: str, *, force: bool = False) -> int:
@@ -557,9 +380,9 @@ class Client:
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        with _as_value(data, self.frame_bytes) as value:
-            frames: _FileFrames | Sequence[memoryview]
-            if isinstance(value, _FileFrames):
+        with readable_value(data, self.frame_bytes) as value:
+            frames: FileFrames | Sequence[memoryview]
+            if isinstance(value, FileFrames):
                 kind, frames = ShardKind.RAW, value
             else:
                 framed = frame_value(value, self.frame_bytes)
@@ -590,7 +413,7 @@ class Client:
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
             with self._no_token_named():
                 try:
-                    with GATE.call(), _closed_channel_is_unavailable():
+                    with GATE.call(), closed_channel_is_unavailable():
                         reply = stub.PutShard(
                             messages(),
                             timeout=self.stream_timeout_s,
@@ -599,7 +422,7 @@ class Client:
                 except grpc.RpcError as error:
                     if failed:
                         raise failed[0] from None
-                    _raise_mapped(error, changes=f"the put of {dataset}/{shard}")
+                    raise_mapped(error, changes=f"the put of {dataset}/{shard}")
         return shard_info_from_pb(reply)
 
     def _read_whole(
@@ -611,7 +434,7 @@ class Client:
         A stream that fails UNAVAILABLE — at its header or part-way: the server went
         away, or the shard was overwritten or deleted while it was sent (the server
         cannot switch a stream to the new generation once its header named the old
-        one) — is read again from the start, after each pause of ``_RETRY_DELAYS_S``,
+        one) — is read again from the start, after each pause of ``RETRY_DELAYS_S``,
         so the caller gets the whole of one generation (after an overwrite, the new
         one) or the last error. Every attempt shares one deadline,
         ``stream_timeout_s`` from now. Other failures, and ``receive``'s own errors,
@@ -621,7 +444,7 @@ class Client:
         deadline = time.monotonic() + self.stream_timeout_s
 
         def attempt() -> T:
-            # Raw gRPC messages, mapped by _retried: only the status code tells an
+            # Raw gRPC messages, mapped by retried: only the status code tells an
             # unreachable server from a spent deadline (both raise Unavailable).
             responses = stub.GetShard(
                 request,
@@ -631,7 +454,7 @@ class Client:
             return receive(open_stream(responses, request))
 
         with self._no_token_named():
-            return _retried(attempt, True, deadline)
+            return retried(attempt, True, deadline)
 
     def get(
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
@@ -700,8 +523,8 @@ class Client:
         buffer) where the local path serves it, else streamed (``receive``)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        offset = _whole_number("offset", offset)
-        length = None if length is None else _whole_number("length", length)
+        offset = whole_number("offset", offset)
+        length = None if length is None else whole_number("length", length)
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must not be negative")
         # The wire carries both as uint64; any shard ends long before either limit.
@@ -795,11 +618,11 @@ class Client:
         order (all of them, fetched page by page, unless ``limit`` caps the count)."""
         validate_dataset_name(dataset)
         if limit is not None:
-            limit = _whole_number("limit", limit, "shards")
+            limit = whole_number("limit", limit, "shards")
             if limit < 0:  # it listed nothing, as if the dataset were empty
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
-        prefix = _text("prefix", prefix or "", "the start of shard names")  # None: all
-        start_after = _text("start_after", start_after, "a shard name")
+        prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
+        start_after = checked_text("start_after", start_after, "a shard name")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []
         while limit is None or len(shards) < limit:
@@ -965,8 +788,8 @@ class Client:
             raise InvalidArgument(f"ttl_s must be a number of seconds, not {ttl_s!r:.40}")
         if not 0 < ttl_s < float("inf"):
             raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
-        prefix = _text("prefix", prefix or "", "the start of shard names")  # None: all
-        job = "" if job is None else _text("job", job, "a plan's id")
+        prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
+        job = "" if job is None else checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
             dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=float(ttl_s)
@@ -998,7 +821,7 @@ class Client:
                 "position must be a whole number from 0 to the plan's length (entries read "
                 f"so far), got {position!r}"
             )
-        job = _text("job", job, "a plan's id")
+        job = checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(
@@ -1009,7 +832,7 @@ class Client:
 
     def close_plan(self, job: str) -> None:
         """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired)."""
-        job = _text("job", job, "a plan's id")
+        job = checked_text("job", job, "a plan's id")
         self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
@@ -1023,8 +846,8 @@ class Client:
 
         ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
         principal that is not text, grants that are not Grants), PermissionDenied."""
-        principal = _text("principal", principal, "a name for whom the token is")
-        grants = _grant_list(grants)
+        principal = checked_text("principal", principal, "a name for whom the token is")
+        grants = grant_list(grants)
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(
             stub.CreateToken,
@@ -1037,7 +860,7 @@ class Client:
 
     def revoke_token(self, token_id: str) -> None:
         """Revoke a token for good (admin on "*")."""
-        token_id = _text("token_id", token_id, "a token's id")
+        token_id = checked_text("token_id", token_id, "a token's id")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         self._call(
             stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id), idempotent=True
@@ -1073,7 +896,7 @@ class Client:
         (retired already?), KeyRotationRefused (nothing changed) for the current key or
         a key still needed: after a rotation, until the mover has resealed the
         archive's metadata under the new key."""
-        if not _text("key_id", key_id, "a master key's id"):
+        if not checked_text("key_id", key_id, "a master key's id"):
             raise InvalidArgument("key_id must be a master key's id, not ''")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         request = admin_pb2.RetireKeyRequest(key_id=key_id)
@@ -1091,13 +914,13 @@ class Client:
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         # Not in the fork gate: the gate cannot be held across the caller's iteration.
         # Do not fork while a trace stream is open (the only client stream so left).
-        with _closed_channel_is_unavailable():
+        with closed_channel_is_unavailable():
             responses = stub.ExportTrace(
                 admin_pb2.ExportTraceRequest(dataset=dataset or ""),
                 timeout=self.stream_timeout_s,
                 metadata=self._channel.metadata,
             )
-        return trace_events_from_pb(_mapped(responses))
+        return trace_events_from_pb(mapped_responses(responses))
 
 
 def _table_of(
@@ -1106,110 +929,6 @@ def _table_of(
     if local.kind is ShardKind.RAW:
         raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
     return arrowio.frames_to_table(local.buffers, columns)
-
-
-def _durability(value: str | Durability) -> Durability:
-    try:
-        return Durability(value)
-    except ValueError:
-        raise InvalidArgument(
-            f"durability must be 'write-back' or 'write-through', not {value!r}"
-        ) from None
-
-
-def _mapped(responses: Any) -> Iterator[Any]:
-    try:
-        with _closed_channel_is_unavailable():
-            yield from responses
-    except grpc.RpcError as error:
-        _raise_mapped(error)
-
-
-class _FileFrames:
-    """A regular file's bytes from ``start`` (its position when given) to its end, as
-    raw frames, read one frame at a time as they are sent; once all are read, the
-    file's position is at its end, as after ``read()``.
-
-    Not memory-mapped: touching a mapped page past the end of a file cut short
-    meanwhile kills the process with SIGBUS, which Python cannot catch. A file that
-    shrinks while it is read raises InvalidArgument instead (the put is then
-    cancelled and stores nothing); bytes it gains past its size at opening are not
-    read.
-    """
-
-    def __init__(self, file: IO[bytes], start: int, end: int, frame_bytes: int) -> None:
-        self._file = file
-        self._start = start
-        self._end = max(start, end)
-        self._frame_bytes = frame_bytes
-
-    def __len__(self) -> int:
-        return -(-(self._end - self._start) // self._frame_bytes)
-
-    def __iter__(self) -> Iterator[bytes]:
-        fd = self._file.fileno()
-        for offset in range(self._start, self._end, self._frame_bytes):
-            wanted = min(self._frame_bytes, self._end - offset)
-            try:
-                frame = os.pread(fd, wanted, offset)
-            except OSError as exc:
-                raise InvalidArgument(f"cannot read {self._file.name}: {exc}") from exc
-            if len(frame) != wanted:
-                raise InvalidArgument(
-                    f"{self._file.name} shrank while it was read (it had {self._end} "
-                    "bytes when opened); nothing was stored"
-                )
-            yield frame
-        self._file.seek(self._end)
-
-
-def _is_plain_file(data: object) -> bool:
-    """Whether ``data``'s bytes are its descriptor's, to be read a frame at a time: a
-    FileIO, or a buffered reader over one (a tar member's reader is buffered over the
-    archive's bytes, and has no descriptor of its own)."""
-    if isinstance(data, io.BufferedReader | io.BufferedRandom):
-        data = data.raw
-    return isinstance(data, io.FileIO)
-
-
-class _as_value:
-    """Context manager: a file path or file object as :class:`_FileFrames` (a regular
-    file) or its bytes (anything else readable), or ``data`` itself."""
-
-    def __init__(self, data: Any, frame_bytes: int) -> None:
-        self._data = data
-        self._frame_bytes = frame_bytes
-        self._file: IO[bytes] | None = None
-
-    def __enter__(self) -> Any:
-        data = self._data
-        if isinstance(data, str | os.PathLike):
-            try:
-                self._file = open(Path(data), "rb")
-            except OSError as exc:
-                raise InvalidArgument(f"cannot read {data}: {exc}") from exc
-            data = self._file
-        if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
-            wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
-            if _is_plain_file(wrapped):
-                data = wrapped
-            if not _is_plain_file(data):
-                # Its bytes need not be its descriptor's: a gzip file's are decompressed,
-                # and its tell() counts them (read from the descriptor, it stored nothing).
-                return data.read()
-            try:
-                status = os.fstat(data.fileno())
-            except (OSError, AttributeError, ValueError):
-                return data.read()
-            if not stat.S_ISREG(status.st_mode):
-                return data.read()  # a pipe or a device: its bytes as they come
-            # From where the file stands, as read() would (a header skipped, say).
-            return _FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
-        return data
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 _MAX_U64 = 2**64 - 1
@@ -1247,7 +966,7 @@ def connect(
     """
     env = os.environ if environ is None else environ
     if local_reads is None:
-        local_reads = _flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
+        local_reads = env_flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
     local_reads = check_bool("local_reads", local_reads)
     if insecure is not None:  # insecure="no" connected in plaintext
         insecure = check_bool("insecure", insecure)
@@ -1272,7 +991,7 @@ def connect(
     client_cert = client_cert or env.get("TIERSTORE_CLIENT_CERT") or None
     client_key = client_key or env.get("TIERSTORE_CLIENT_KEY") or None
     if insecure is None:
-        insecure = _flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
+        insecure = env_flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
     settings = ChannelSettings(
         address=address,
         token=token,
@@ -1282,15 +1001,3 @@ def connect(
         insecure=insecure,
     )
     return Client(settings, timeout_s=timeout_s, local=LocalReadOptions(enabled=local_reads))
-
-
-def _flag(text: str, name: str, default: bool) -> bool:
-    """An on/off environment setting (empty: ``default``). Raises InvalidArgument."""
-    value = text.strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise InvalidArgument(f"{name} must be 0 or 1 (or false/true, no/yes, off/on), not {text!r}")

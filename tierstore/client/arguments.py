@@ -1,0 +1,129 @@
+"""Checks of the client's arguments, each raising InvalidArgument that names the
+argument: protobuf's own errors (a raw ValueError or TypeError, a UnicodeEncodeError
+for a lone surrogate) said neither which argument nor what it should be."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar, cast, overload
+
+from tierstore.client.deadlines import timeout_problem
+from tierstore.errors import InvalidArgument
+from tierstore.types import Durability, Grant
+
+__all__ = [
+    "Checked",
+    "checked_text",
+    "durability_named",
+    "env_flag",
+    "grant_list",
+    "positive_bytes",
+    "positive_seconds",
+    "whole_number",
+]
+
+
+def whole_number(name: str, value: object, unit: str = "bytes") -> int:
+    """``value`` as an int, if it is an integer (numpy's too) and not a bool; else
+    InvalidArgument naming ``name`` and what it counts, ``unit`` (a float offset is no
+    byte position, and True is no length)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r}")
+    return int(value)
+
+
+def checked_text(name: str, value: object, what: str) -> str:
+    """``value`` as a string a request can carry, else InvalidArgument naming ``name``
+    and ``what`` it is: a str that encodes as UTF-8 (an undecodable byte of a command
+    line or a file name arrives as a lone surrogate, which protobuf refuses with a raw
+    UnicodeEncodeError)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be {what} (a str), not {value!r:.80}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{name} is not valid UTF-8: it holds a lone surrogate at position {exc.start} "
+            "(an undecodable byte of a command line or a file name becomes one)"
+        ) from None
+    return value
+
+
+def grant_list(grants: object) -> list[Grant]:
+    """``grants`` as a list of Grants, listed once (a generator has nothing left for
+    the request after a check), else InvalidArgument."""
+    listed = list(grants) if isinstance(grants, Iterable) else [grants]
+    if isinstance(grants, str | bytes) or not all(isinstance(g, Grant) for g in listed):
+        raise InvalidArgument(
+            "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
+            f"{listed!r:.80}"
+        )
+    return cast(list[Grant], listed)
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """``value`` as a deadline in seconds: a number above 0 and at most ten years (not a
+    bool), else InvalidArgument naming ``name`` (a deadline of 0, NaN, infinity or
+    past about 9e9 s made every call fail at once with DEADLINE_EXCEEDED)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
+    problem = timeout_problem(float(value))
+    if problem is not None:
+        raise InvalidArgument(f"{name} must be {problem}")
+    return float(value)
+
+
+def positive_bytes(name: str, value: object) -> int:
+    """``value`` as a size in bytes above 0, else InvalidArgument naming ``name``."""
+    size = whole_number(name, value)
+    if size <= 0:
+        raise InvalidArgument(f"{name} must be at least 1 byte, not {size}")
+    return size
+
+
+V = TypeVar("V")
+
+
+class Checked(Generic[V]):
+    """A public attribute checked each time it is set, by ``check(name, value)``: a
+    client's deadlines and frame size may be changed after it is made (a frame size
+    of -1 cut a put into no frames at all, and stored an empty shard)."""
+
+    def __init__(self, check: Callable[[str, object], V]) -> None:
+        self._check = check
+        self._name = self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name, self._slot = name, f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Checked[V]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> V: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> V | Checked[V]:
+        return self if obj is None else cast(V, getattr(obj, self._slot))
+
+    def __set__(self, obj: object, value: object) -> None:
+        setattr(obj, self._slot, self._check(self._name, value))
+
+
+def durability_named(value: str | Durability) -> Durability:
+    try:
+        return Durability(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"durability must be 'write-back' or 'write-through', not {value!r}"
+        ) from None
+
+
+def env_flag(text: str, name: str, default: bool) -> bool:
+    """An on/off environment setting (empty: ``default``). Raises InvalidArgument."""
+    value = text.strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"{name} must be 0 or 1 (or false/true, no/yes, off/on), not {text!r}")

@@ -1,0 +1,135 @@
+"""How a failed call becomes a :mod:`tierstore.errors` error, and which failures are
+worth another attempt: UNAVAILABLE, unless the server named ArchiveUnavailable or the
+client rejected the server's certificate (either would fail again at once)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from tierstore.errors import Unavailable
+from tierstore.wire.status import ERROR_HEADER, error_for_status, is_certificate_rejection
+
+__all__ = [
+    "RETRY_DELAYS_S",
+    "closed_channel_is_unavailable",
+    "mapped_responses",
+    "raise_mapped",
+    "retried",
+]
+
+T = TypeVar("T")
+
+#: Pauses between the attempts of a call retried because the server was unavailable:
+#: 1.5 s in all, more than a channel waits between attempts to reconnect
+#: (``channel.MAX_RECONNECT_BACKOFF_MS``, jittered), so that a call made once a
+#: restarted server is back reaches it.
+RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
+
+
+def _retryable(error: grpc.RpcError) -> bool:
+    """Whether a failed call ended UNAVAILABLE: worth another attempt if it is idempotent
+    (a spent deadline, which the client also raises as Unavailable, is not; nor is the
+    server's ArchiveUnavailable: the server is there, and its archive has just failed
+    through all of the server's own retries; nor a server certificate this client
+    rejected: the same CA rejects it again)."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    code = call.code() if hasattr(call, "code") else None
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = call.details() if hasattr(call, "details") else ""
+    return _error_name(error) != "ArchiveUnavailable" and not is_certificate_rejection(
+        code, details or ""
+    )
+
+
+def _error_name(error: grpc.RpcError) -> str | None:
+    """The error class the server named in the trailers of a failed call, if any."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    trailers = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == ERROR_HEADER:
+            return value if isinstance(value, str) else bytes(value).decode()
+    return None
+
+
+#: What grpc's ValueError says of a channel closed under a call (its wording varies),
+#: and a stream's CANCELLED status too ("Stream removed (Channel closed!)").
+_CLOSED_CHANNEL = ("closed channel", "Channel closed")
+_CLOSED_UNDER_CALL = (
+    "the client was closed while this call was being made: close() ends the calls in "
+    "flight (a call made after it opens a new channel)"
+)
+
+
+@contextmanager
+def closed_channel_is_unavailable() -> Iterator[None]:
+    """Turn grpc's ValueError for a channel another thread closed under a call into
+    Unavailable, saying so; other ValueErrors pass."""
+    try:
+        yield
+    except ValueError as error:
+        if not any(text in str(error) for text in _CLOSED_CHANNEL):
+            raise
+        raise Unavailable(_CLOSED_UNDER_CALL) from None
+
+
+def retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
+    """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
+    UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
+    reading, if given). Raises the mapped error of the failure that ends it."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            with closed_channel_is_unavailable():
+                return attempt()
+        except grpc.RpcError as error:
+            if delay is None or not (retry and _retryable(error)):
+                raise_mapped(error)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.monotonic(), 0.0))
+        time.sleep(delay)
+    raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+#: what gRPC says of a call that never reached a server (nothing it asked was done)
+_NOT_CONNECTED = "failed to connect to all addresses"
+#: codes a call ends with when it was cut off (no answer of the server's own)
+_CUT_OFF = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
+
+def raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
+    """Raise the tierstore error a failed call stands for (the class the server named).
+
+    ``changes``: what the call would have changed, for a call cut off before the server
+    answered (transport failure, deadline, cancel): its message then says that the
+    change may or may not have been made.
+    """
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
+    details = (call.details() if hasattr(call, "details") else str(error)) or ""
+    name = _error_name(error)
+    if code == grpc.StatusCode.CANCELLED and any(text in details for text in _CLOSED_CHANNEL):
+        details = f"{_CLOSED_UNDER_CALL}; gRPC said: {details}"
+    never_sent = _NOT_CONNECTED in details or is_certificate_rejection(code, details)
+    if changes is not None and name is None and code in _CUT_OFF and not never_sent:
+        details = (
+            f"{details} (the call was cut off before the server answered: {changes} may or "
+            "may not have been made; look, or make the call again)"
+        )
+    raise error_for_status(code, details, name) from None
+
+
+def mapped_responses(responses: Any) -> Iterator[Any]:
+    try:
+        with closed_channel_is_unavailable():
+            yield from responses
+    except grpc.RpcError as error:
+        raise_mapped(error)

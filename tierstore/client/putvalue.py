@@ -1,0 +1,103 @@
+"""What a put reads: a file path or a regular file's frames read one at a time as
+they are sent (memory does not grow with the file), another readable's bytes, or the
+value itself."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from tierstore.errors import InvalidArgument
+
+__all__ = ["FileFrames", "readable_value"]
+
+
+class FileFrames:
+    """A regular file's bytes from ``start`` (its position when given) to its end, as
+    raw frames, read one frame at a time as they are sent; once all are read, the
+    file's position is at its end, as after ``read()``.
+
+    Not memory-mapped: touching a mapped page past the end of a file cut short
+    meanwhile kills the process with SIGBUS, which Python cannot catch. A file that
+    shrinks while it is read raises InvalidArgument instead (the put is then
+    cancelled and stores nothing); bytes it gains past its size at opening are not
+    read.
+    """
+
+    def __init__(self, file: IO[bytes], start: int, end: int, frame_bytes: int) -> None:
+        self._file = file
+        self._start = start
+        self._end = max(start, end)
+        self._frame_bytes = frame_bytes
+
+    def __len__(self) -> int:
+        return -(-(self._end - self._start) // self._frame_bytes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        fd = self._file.fileno()
+        for offset in range(self._start, self._end, self._frame_bytes):
+            wanted = min(self._frame_bytes, self._end - offset)
+            try:
+                frame = os.pread(fd, wanted, offset)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read {self._file.name}: {exc}") from exc
+            if len(frame) != wanted:
+                raise InvalidArgument(
+                    f"{self._file.name} shrank while it was read (it had {self._end} "
+                    "bytes when opened); nothing was stored"
+                )
+            yield frame
+        self._file.seek(self._end)
+
+
+def _is_plain_file(data: object) -> bool:
+    """Whether ``data``'s bytes are its descriptor's, to be read a frame at a time: a
+    FileIO, or a buffered reader over one (a tar member's reader is buffered over the
+    archive's bytes, and has no descriptor of its own)."""
+    if isinstance(data, io.BufferedReader | io.BufferedRandom):
+        data = data.raw
+    return isinstance(data, io.FileIO)
+
+
+class readable_value:
+    """Context manager: a file path or file object as :class:`FileFrames` (a regular
+    file) or its bytes (anything else readable), or ``data`` itself."""
+
+    def __init__(self, data: Any, frame_bytes: int) -> None:
+        self._data = data
+        self._frame_bytes = frame_bytes
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> Any:
+        data = self._data
+        if isinstance(data, str | os.PathLike):
+            try:
+                self._file = open(Path(data), "rb")
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read {data}: {exc}") from exc
+            data = self._file
+        if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
+            wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
+            if _is_plain_file(wrapped):
+                data = wrapped
+            if not _is_plain_file(data):
+                # Its bytes need not be its descriptor's: a gzip file's are decompressed,
+                # and its tell() counts them (read from the descriptor, it stored nothing).
+                return data.read()
+            try:
+                status = os.fstat(data.fileno())
+            except (OSError, AttributeError, ValueError):
+                return data.read()
+            if not stat.S_ISREG(status.st_mode):
+                return data.read()  # a pipe or a device: its bytes as they come
+            # From where the file stands, as read() would (a header skipped, say).
+            return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
+        return data
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
