@@ -205,6 +205,31 @@ def test_a_log_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     assert not ran.exists() and not server.running
 
 
+def test_a_weed_whose_pid_file_cannot_be_written_is_stopped(tmp_path: Path) -> None:
+    # It was left running: its finalizer was made only after the pid file was written,
+    # and without a pid file no later start could find it.
+    marker = f"0.{random.randrange(10**8, 10**9)}"  # sleep adds it up: a name of its own
+    binary = fake_weed(tmp_path, f"exec sleep 60 {marker}")
+    data_dir = tmp_path / "data"
+    (data_dir / "weed.pid").mkdir(parents=True)  # writing it fails (EISDIR)
+    server = SeaweedServer(data_dir, binary=binary, startup_timeout_s=30, stop_timeout_s=2)
+    with pytest.raises(ArchiveUnavailable, match=f"cannot write {data_dir / 'weed.pid'}"):
+        server.start()
+    assert not server.running
+    assert not processes_naming(marker) and not processes_naming(str(binary))
+
+
+def processes_naming(word: str) -> list[int]:
+    """The processes whose command line holds ``word``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if word.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
 @needs_weed
 def test_a_weed_killed_before_it_answered_is_started_again(tmp_path: Path) -> None:
     # A node refused to start when its weed was stopped (from outside) in its first

@@ -165,6 +165,14 @@ def _answers_as_seaweed(port: int) -> bool:
         connection.close()
 
 
+def _remove_pid_file(pid_file: Path) -> None:
+    """Remove weed's pid file, if there. It is advisory (a start checks the process it
+    names): one that cannot be removed (a directory in its place, say) stops nothing;
+    writing the next one then fails, naming it."""
+    with contextlib.suppress(OSError):
+        pid_file.unlink(missing_ok=True)
+
+
 def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
     """Stop the weed that ``data_dir``'s pid file names, if it is still a weed serving
     ``data_dir`` (a parent that died left it, or it is still shutting down): SIGTERM,
@@ -173,13 +181,13 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
     try:
         pid, *ports = (int(word) for word in pid_file.read_text().split())
     except (OSError, ValueError):
-        pid_file.unlink(missing_ok=True)
+        _remove_pid_file(pid_file)
         return
 
     def gone() -> None:
         # It may have left gRPC sockets in /tmp (weed removes only some of its own
         # when it is stopped by a signal): the ports it was started with name them.
-        pid_file.unlink(missing_ok=True)
+        _remove_pid_file(pid_file)
         _remove_stale_sockets(ports)
 
     if not _alive(pid):
@@ -432,13 +440,13 @@ class SeaweedServer:
         self.launches += 1
         # With the ports weed names its /tmp sockets by, for a later start to clean up.
         ports = " ".join(str(port) for port in self._ports.values())
+        self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         pid_file = self.data_dir / _PID_FILE
         try:
             pid_file.write_text(f"{process.pid} {ports}\n")
         except OSError as exc:
-            self._reap()
+            self._reap()  # stopped: with no pid file, no later start could find it
             raise _unwritable(pid_file, exc) from exc
-        self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -491,7 +499,7 @@ class SeaweedServer:
             self._finalizer = None
         self._process = None
         if self._data_dir is not None:
-            (self._data_dir / _PID_FILE).unlink(missing_ok=True)
+            _remove_pid_file(self._data_dir / _PID_FILE)
         _remove_stale_sockets(self._ports.values())  # weed is gone: all of them are stale
 
     def stop(self) -> None:
