@@ -10,6 +10,7 @@ from the archive). Other datasets are never evicted for a quota.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +424,11 @@ def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
     assert store.stat("capped", "s0").hot and store.stat("capped", "s1").hot
 
 
+def backdoor_failed_pins(store: Store) -> dict[tuple[str, str], Any]:
+    """The mover's pins waiting to be promoted again (its private table)."""
+    return store.mover._failed_pins
+
+
 def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
     open_store: StoreFactory,
 ) -> None:
@@ -437,6 +443,13 @@ def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
     store.pin("capped", "s2")
     wait_until(lambda: store.mover.promotions_skipped > skipped, "the promotion to be skipped")
     assert not store.stat("capped", "s2").hot
+    # Not due for an hour, as after many skips: a raised quota makes it due at once, a
+    # lowered one does not.
+    waiting, key = backdoor_failed_pins(store), ("capped", "s2")
+    wait_until(lambda: key in waiting and waiting[key].for_room, "the skip to be remembered")
+    waiting[key].due = time.monotonic() + 3600
+    store.update_dataset("capped", hot_quota_bytes=QUOTA - 1)
+    assert waiting[key].due > time.monotonic() + 3000
     store.update_dataset("capped", hot_quota_bytes=QUOTA + STORED)
     wait_until(lambda: store.stat("capped", "s2").hot, "the pinned shard to be promoted", 10)
     assert {info.name for info in store.list("capped")[0] if info.hot} == {"s0", "s1", "s2", "s3"}

@@ -167,14 +167,15 @@ def pin(
     ] = None,
 ) -> None:
     """Keep shards in the hot tier, whatever the placement policy says. A cold one is
-    queued for promotion, which is skipped if the hot tier or the dataset's quota has
-    no room (pinned shards are never evicted to make it): ls shows which are hot."""
+    queued for promotion; where the hot tier or the dataset's quota has no room (pinned
+    shards are never evicted to make it) it is tried again, up to a minute apart, and
+    at once when the quota is raised: ls shows which are hot."""
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once, and its bytes queued counted once
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
     promoting = (
-        f"; {queued:,} bytes of them were cold and are queued for promotion, which is "
-        "skipped where there is no room (ls shows which are hot)"
+        f"; {queued:,} bytes of them were cold and are queued for promotion, tried again "
+        "while there is no room (ls shows which are hot)"
         if queued
         else ""
     )

@@ -108,12 +108,14 @@ PIN_RETRY_MAX_S = 60.0
 @dataclass(slots=True)
 class _FailedPin:
     """A pinned shard's generation whose promotion failed ``failures`` times in a
-    row (0: it found the promotion queue full); tried again at ``due`` (a
+    row (0: it found the promotion queue full), for want of the archive or, if
+    ``for_room``, skipped for want of room; tried again at ``due`` (a
     ``time.monotonic()`` reading)."""
 
     generation: int
     failures: int
     due: float
+    for_room: bool = False
 
     def backoff(self) -> float:
         return min(PIN_RETRY_MAX_S, 2.0 ** max(0, self.failures - 1))
@@ -835,12 +837,13 @@ class Mover:
         return queued
 
     def retry_pins_soon(self, dataset: str) -> None:
-        """Make the failed pins of ``dataset`` due at once: room may have come (its
-        quota was raised). The next prefetch pass tries them."""
+        """Make the pins of ``dataset`` skipped for want of room due at once: room has
+        come (its quota was raised or removed). The next prefetch pass tries them; pins
+        that failed for want of the archive keep their back-off."""
         now = time.monotonic()
         with self._promoting_lock:
             for (pinned_dataset, _), pin in self._failed_pins.items():
-                if pinned_dataset == dataset:
+                if pinned_dataset == dataset and pin.for_room:
                     pin.due = now
 
     def promote_pinned(self, record: ShardRecord) -> None:
@@ -854,16 +857,17 @@ class Mover:
                 record.generation, 0, time.monotonic()
             )
 
-    def _remember_failed_pin(self, record: ShardRecord) -> None:
-        """Note that the promotion of pinned ``record`` failed (for want of the archive
-        or of room): tried again after a back-off that grows with each failure."""
+    def _remember_failed_pin(self, record: ShardRecord, *, for_room: bool = False) -> None:
+        """Note that the promotion of pinned ``record`` failed for want of the archive
+        (or, ``for_room``, was skipped for want of room): tried again after a back-off
+        that grows with each failure."""
         key = (record.dataset, record.name)
         with self._promoting_lock:
             prior = self._failed_pins.get(key)
             failures = 1
             if prior is not None and prior.generation == record.generation:
                 failures = prior.failures + 1
-            pin = _FailedPin(record.generation, failures, 0.0)
+            pin = _FailedPin(record.generation, failures, 0.0, for_room)
             pin.due = time.monotonic() + pin.backoff()
             self._failed_pins[key] = pin
 
@@ -922,7 +926,7 @@ class Mover:
                 # unarchived shards): a pin promises a hot shard, so it is tried again,
                 # with the back-off, once room may have come (a quota raised, shards
                 # archived or unpinned). It stayed cold until pinned again.
-                self._remember_failed_pin(record)
+                self._remember_failed_pin(record, for_room=True)
         except Exception as exc:
             if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
                 # A pin promises a hot shard: it is tried again once the archive may be

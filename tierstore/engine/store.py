@@ -377,6 +377,7 @@ class Store:
             self._policies.check(policy)  # UnknownPolicy before anything is written
         with self._access.flush_lock, self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, name)
+            old_quota = settings.hot_quota_bytes
             if durability is not None:
                 settings = dataclasses.replace(settings, durability=durability)
             if hot_quota_bytes is not None:
@@ -391,9 +392,13 @@ class Store:
             self._catalog.append_journal(txn, JournalOp("dataset", name))
         if policy is not None:
             self._plans.redeclare(name)
-        if hot_quota_bytes is not None:  # perhaps room for pins skipped for want of it
+        # A quota raised or removed (0) has room for pins skipped for want of it.
+        room_grew = hot_quota_bytes is not None and (
+            hot_quota_bytes == 0 < old_quota or 0 < old_quota < hot_quota_bytes
+        )
+        if room_grew:
             self.mover.retry_pins_soon(name)
-        if policy is not None or hot_quota_bytes is not None:
+        if policy is not None or room_grew:
             self.prefetcher.wake()
         try:
             if hot_quota_bytes:
