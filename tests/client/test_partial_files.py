@@ -19,14 +19,18 @@ def _tree(root: Path) -> dict[str, bytes | str]:
 
 
 def test_files_and_links_already_there_are_left_alone(tmp_path: Path) -> None:
-    """A user's ``FILE.part`` is neither overwritten nor removed, and a link in the
-    place of any partial name is not followed (a fixed ``FILE.part`` was: a security
-    review), whether the write completes or fails."""
+    """A user's ``FILE.part``, or a link of that name, is neither written, followed
+    nor removed (a fixed ``FILE.part`` was: a security review), whether the write
+    completes or fails."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"not yours")
-    target = tmp_path / "out.bin"
+    target, other = tmp_path / "out.bin", tmp_path / "other.bin"
     (tmp_path / "out.bin.part").write_bytes(b"the user's own")
-    (tmp_path / ".out.bin.part").symlink_to(victim)
+    (tmp_path / "other.bin.part").symlink_to(victim)
+    before = _tree(tmp_path)
+    with partial_file(other) as file:
+        file.write(b"other")
+    assert _tree(tmp_path) == {**before, "other.bin": b"other"}
     before = _tree(tmp_path)
 
     with partial_file(target) as file:

@@ -365,7 +365,11 @@ class TestS3Tier(TierConformance):
         for bad in ({"bucket": "ab"}, {"max_attempts": 0}, {"multipart_part_size": MiB}):
             with pytest.raises(InvalidArgument):
                 dataclasses.replace(s, **bad)
-        for url in ("http://me:hunter2@127.0.0.1:1", "http://hunter2@127.0.0.1:1"):
+        for url in (
+            "http://me:hunter2@127.0.0.1:1",
+            "http://hunter2@127.0.0.1:1",
+            "me:hunter2@127.0.0.1:1",  # no scheme: "me" was taken for one
+        ):
             with pytest.raises(InvalidArgument, match="must not carry a user") as refused:
                 dataclasses.replace(s, endpoint_url=url)
             assert "hunter2" not in str(refused.value)

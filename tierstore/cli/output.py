@@ -74,6 +74,8 @@ _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
 
 
 def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: dataclasses as dicts (a shard's size too), enums
+    as their values, tuples as lists, keys as strings."""
     if isinstance(value, ShardInfo):  # its size is a property, which asdict() leaves out
         return {**jsonable(asdict(value)), "size": value.size, "frame_count": value.frame_count}
     if is_dataclass(value) and not isinstance(value, type):
@@ -88,6 +90,8 @@ def jsonable(value: Any) -> Any:
 
 
 def emit(value: Any, table: RenderableType | None = None) -> None:
+    """Print a command's result: ``value`` as one line of JSON with --json, else
+    ``table`` (if any) for people."""
     if state.json:
         sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
     elif table is not None:
@@ -106,7 +110,8 @@ _TLS_HINT = (
 _CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
 _INSECURE_HINT = (
     "--insecure (or TIERSTORE_INSECURE) speaks plaintext, and a TLS server closes such "
-    "connections: drop it and give --ca, unless the server runs with --insecure too"
+    "connections: drop it and give --ca, unless the server runs with --insecure too "
+    "(then it may be at its connection cap, serve --max-connections: try again later)"
 )
 
 #: what a TLS connection closed at once most often means when no client certificate
@@ -181,6 +186,8 @@ def write_failed(output: Path, exc: OSError) -> typer.Exit:
 
 
 def run_or_fail(action: Any) -> Any:
+    """``action()``; a TierstoreError it raises becomes the command's one error line
+    and exit code (:func:`fail`)."""
     try:
         return action()
     except errors.TierstoreError as exc:
@@ -201,6 +208,7 @@ def print_plain(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 
 def yes_no(flag: bool) -> str:
+    """A table's cell for a flag."""
     return "yes" if flag else "no"
 
 

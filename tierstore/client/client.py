@@ -66,7 +66,7 @@ from tierstore.client.failures import (
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalReads, LocalShard, ReadCounter, ReadCounts
 from tierstore.client.localrpc import GrpcLocalReadRpc
-from tierstore.client.putvalue import FileFrames, readable_value
+from tierstore.client.putvalue import FileFrames, ReadableValue
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import (
@@ -380,7 +380,7 @@ class Client:
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        with readable_value(data, self.frame_bytes) as value:
+        with ReadableValue(data, self.frame_bytes) as value:
             frames: FileFrames | Sequence[memoryview]
             if isinstance(value, FileFrames):
                 kind, frames = ShardKind.RAW, value
@@ -701,12 +701,13 @@ class Client:
                 f"shards must be a sequence of shard names, not one name ({shards!r:.80}): "
                 "give [name]"
             )
-        for shard in shards:
+        names = list(shards)  # once: a generator had nothing left after the checks
+        for shard in names:
             validate_shard_name(shard)
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
             stub.Prefetch,
-            placement_pb2.PrefetchRequest(dataset=dataset, shards=list(shards)),
+            placement_pb2.PrefetchRequest(dataset=dataset, shards=names),
             idempotent=True,
         )
         return int(reply.queued)

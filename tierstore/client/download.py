@@ -44,15 +44,17 @@ def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
 
     The file is made with ``O_EXCL`` under a random name, so no file or link already
     there is touched. Its mode is 0600 when ``private``, else what ``open`` would give
-    a new file (0666 less the umask)."""
+    a new file (0666 less the umask). A process killed while writing leaves its
+    partial file behind (a hidden ``.<name>.<random>.part``), for whoever looks to
+    remove; no later write reuses it."""
     descriptor, name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".part", dir=target.parent
     )
     partial = Path(name)
     try:
-        if not private:
-            os.fchmod(descriptor, 0o666 & ~_umask())
-        with os.fdopen(descriptor, "w+b") as file:
+        with os.fdopen(descriptor, "w+b") as file:  # closes the descriptor, whatever
+            if not private:
+                os.fchmod(file.fileno(), 0o666 & ~_umask())
             yield file
         partial.replace(target)
     except BaseException:

@@ -60,15 +60,12 @@ def check_bucket_name(bucket: str, *, strict: bool = False) -> None:
 
 def check_endpoint_url(url: str) -> None:
     """InvalidArgument for an endpoint URL that carries credentials
-    (``http://user:secret@host``): the URL is named in errors and logs, where the
-    secret would be printed (a review saw it so), and the node signs its requests
-    with the access key and secret it is given, not with these. Not echoed back."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        credentials = parts.username is not None or parts.password is not None
-    except ValueError:
-        credentials = "@" in url
-    if credentials:
+    (``http://user:secret@host``, or ``user:secret@host`` without a scheme): the URL
+    is named in errors and logs, where the secret would be printed (a review saw it
+    so), and the node signs its requests with the access key and secret it is given,
+    not with these. Not echoed back."""
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in authority:
         raise InvalidArgument(
             "the archive's endpoint URL must not carry a user or password (user:secret@): "
             "give the access key and secret key settings instead"
