@@ -174,7 +174,7 @@ def test_a_call_on_a_channel_closed_under_it_is_unavailable_and_the_client_reope
         client.list_datasets()  # a call made after close() opens a new channel
 
 
-def test_every_wording_of_aclosed_channel_is_unavailable() -> None:
+def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
     # grpc words it two ways: "Cannot invoke RPC on closed channel!" (unary, client
     # streams) and "Cannot invoke RPC: Channel closed!" (server streams, such as the
     # trace export), and the second escaped as a bare ValueError.

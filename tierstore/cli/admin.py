@@ -110,6 +110,14 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
     return {**figures, "sizing": sizing}
 
 
+def _journal_text(entries: int) -> str:
+    """The journal's size for an operator: deletes and reseals carry no bytes, so a
+    journal of them shows only here (waits such as ``--reseal-archive``'s end on it)."""
+    if entries == 0:
+        return "journal empty"
+    return f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending"
+
+
 # traces
 
 
@@ -252,14 +260,6 @@ def token_ls() -> None:
             expires += " (expired)"
         table.add_row(t["token_id"], t["principal"], grants, expires, yes_no(t["revoked"]))
     emit(tokens, table)
-
-
-def _journal_text(entries: int) -> str:
-    """The journal's size for an operator: deletes and reseals carry no bytes, so a
-    journal of them shows only here (waits such as ``--reseal-archive``'s end on it)."""
-    if entries == 0:
-        return "journal empty"
-    return f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending"
 
 
 def keys_rotate() -> None:

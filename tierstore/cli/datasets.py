@@ -11,6 +11,7 @@ from rich.table import Table
 from tierstore import errors
 from tierstore.cli.app import command_client
 from tierstore.cli.output import emit, fail, hit_ratio_text, jsonable, run_or_fail, yes_no
+from tierstore.types import check_hot_quota
 
 __all__ = [
     "dataset_create",
@@ -26,17 +27,19 @@ _HOT_QUOTA_HELP = (
     "most bytes of the dataset in the hot tier (0: no quota; at most 2**64-1); room is made "
     "by evicting its own archived shards"
 )
-_MAX_HOT_QUOTA = 2**64 - 1  # the wire carries it as a uint64
 
 
 def _check_hot_quota(hot_quota: int | None) -> None:
-    """Refuse (exit 2, one line) a ``--hot-quota`` the wire cannot carry, before any call."""
-    if hot_quota is not None and not 0 <= hot_quota <= _MAX_HOT_QUOTA:
+    """Refuse (exit 2, one line, naming the option) a ``--hot-quota`` the wire cannot
+    carry, before any call."""
+    if hot_quota is None:
+        return
+    try:
+        check_hot_quota(hot_quota)
+    except errors.InvalidArgument:
         raise fail(
-            errors.InvalidArgument(
-                f"--hot-quota must be from 0 to {_MAX_HOT_QUOTA} bytes, not {hot_quota}"
-            )
-        )
+            errors.InvalidArgument(f"--hot-quota must be from 0 to 2**64-1 bytes, not {hot_quota}")
+        ) from None
 
 
 def dataset_create(

@@ -9,7 +9,7 @@ non-zero (2 for a caller's mistake, 3 for not found, 4 for
 permission problems, 5 for unavailable, 6 for data loss, 1 otherwise); ``--json`` prints
 results for scripts.
 
-The commands live by subject: :mod:`~tierstore.cli.node` (``serve``),
+The commands live by subject: :mod:`~tierstore.cli.serve_command` (``serve``),
 :mod:`~tierstore.cli.datasets`, :mod:`~tierstore.cli.uploads` (``put``),
 :mod:`~tierstore.cli.shards`, :mod:`~tierstore.cli.admin` and
 :mod:`~tierstore.cli.simulate`, over :mod:`~tierstore.cli.app` (the groups, the
@@ -28,7 +28,7 @@ import sys
 import typer
 from rich.text import Text
 
-from tierstore.cli import admin, datasets, node, shards, uploads
+from tierstore.cli import admin, datasets, serve_command, shards, uploads
 from tierstore.cli.app import (
     ClientCommand,
     Command,
@@ -45,8 +45,9 @@ from tierstore.cli.simulate import simulate
 __all__ = ["app", "main"]
 
 # The command tree, in the order `tierstore --help` lists it: each command's module
-# holds its function, and this is the one place that names it.
-app.command(cls=Command)(node.serve)
+# holds its function (whose name is the command's, unless given here), and this is the
+# one place that puts it in the tree.
+app.command(cls=Command)(serve_command.serve)
 dataset_app.command("create", cls=ClientCommand)(datasets.dataset_create)
 dataset_app.command("update", cls=ClientCommand)(datasets.dataset_update)
 dataset_app.command("ls", cls=ClientCommand)(datasets.dataset_ls)

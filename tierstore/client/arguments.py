@@ -109,6 +109,7 @@ class Checked(Generic[V]):
 
 
 def durability_named(value: str | Durability) -> Durability:
+    """The Durability ``value`` names, else InvalidArgument listing the two."""
     try:
         return Durability(value)
     except ValueError:

@@ -128,6 +128,8 @@ def raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
 
 
 def mapped_responses(responses: Any) -> Iterator[Any]:
+    """A response stream's messages; a failure of the stream raises the tierstore
+    error it stands for (:func:`raise_mapped`)."""
     try:
         with closed_channel_is_unavailable():
             yield from responses

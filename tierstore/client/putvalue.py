@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from tierstore.errors import InvalidArgument
 
-__all__ = ["FileFrames", "readable_value"]
+__all__ = ["FileFrames", "ReadableValue"]
 
 
 class FileFrames:
@@ -63,7 +63,7 @@ def _is_plain_file(data: object) -> bool:
     return isinstance(data, io.FileIO)
 
 
-class readable_value:
+class ReadableValue:
     """Context manager: a file path or file object as :class:`FileFrames` (a regular
     file) or its bytes (anything else readable), or ``data`` itself."""
 
