@@ -116,11 +116,11 @@ _INSECURE_HINT = (
 
 #: what a TLS connection closed at once most often means when no client certificate
 #: was given: the server runs with --require-client-cert
-_CLIENT_CERT_HINT = (
-    "a server started with --require-client-cert closes connections that bring no "
-    "client certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its "
-    "banner says"
+_CLIENT_CERT_CAUSE = (
+    "started with --require-client-cert closes connections that bring no client "
+    "certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its banner says"
 )
+_CLIENT_CERT_HINT = f"a server {_CLIENT_CERT_CAUSE}"
 
 
 def _closed_in_handshake(text: str) -> bool:
@@ -138,7 +138,7 @@ def _closed_in_handshake_hint() -> str:
         "try again later",
     ]
     if not os.environ.get("TIERSTORE_CLIENT_CERT"):
-        causes.insert(1, _CLIENT_CERT_HINT.replace("a server started", "one started"))
+        causes.insert(1, f"one {_CLIENT_CERT_CAUSE}")
     return "TLS failed: the server closed the connection in the handshake; " + "; ".join(causes)
 
 

@@ -921,11 +921,13 @@ class Mover:
         try:
             with self.work_in_flight():
                 promoted = self.promote_now(record, stored, fetch_pool)
-            if not promoted and record.pin_holds(time.time()) and self._still_cold(record):
+            if not promoted and record.pin_holds(time.time()):
                 # Skipped for want of room (a quota or the hot tier full of pinned or
                 # unarchived shards): a pin promises a hot shard, so it is tried again,
                 # with the back-off, once room may have come (a quota raised, shards
-                # archived or unpinned). It stayed cold until pinned again.
+                # archived or unpinned). It stayed cold until pinned again. (Not hot
+                # for another reason, promoted or superseded meanwhile: the retry pass
+                # finds it so and forgets it.)
                 self._remember_failed_pin(record, for_room=True)
         except Exception as exc:
             if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
