@@ -1,4 +1,4 @@
-"""The mover through the store: upload journal, back-pressure, eviction, promotion, access counts.
+"""The mover through the store: upload journal, back-pressure, promotion, access counts.
 
 The archive is a MemoryTier, wrapped in a FaultyTier where a test needs the
 archive to go down and come back, or needs to see what a read fetched.
@@ -6,14 +6,12 @@ archive to go down and come back, or needs to see what a read fetched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -220,141 +218,6 @@ def test_a_bad_archive_object_is_never_promoted(open_store: StoreFactory) -> Non
 
 
 # Eviction.
-
-
-def test_eviction_is_lru_among_archived_shards_only(open_store: StoreFactory) -> None:
-    stored = FRAME + 8  # one plaintext frame
-    store = open_store(
-        datasets={"plain": DatasetSettings(policy="lru")},
-        start_mover=False,  # archive exactly when the test says so
-        hot_capacity_bytes=10 * stored,
-        high_watermark=0.9,  # 9 shards
-        low_watermark=0.75,  # 7.5 shards
-    )
-    for name in "abcdef":
-        store.put("plain", name, payload(FRAME, ord(name)))
-    assert store.mover.drain_once()  # a..f are archived
-    for name in "gh":
-        store.put("plain", name, payload(FRAME, ord(name)))  # never archived
-    for name in "facebd":  # least recently read first: f, a, c, e, b, d
-        store.get("plain", name)
-    store.put("plain", "i", payload(FRAME, ord("i")))  # 9 shards: at the high watermark
-    assert all(store.stat("plain", n).hot for n in "abcdefghi")
-    store.put("plain", "j", payload(FRAME, ord("j")))  # 10 would pass it: free 2.5 shards
-    hot = {n for n in "abcdefghij" if store.stat("plain", n).hot}
-    assert hot == set("bdeghij"), "f, a and c were read longest ago"
-    assert catalog_hot_bytes(store) == (7 * stored, 7 * stored)
-    for name in "abcdefghij":
-        assert store.get("plain", name).to_bytes() == payload(FRAME, ord(name))
-
-    # Only un-archived shards are left to evict: the hot tier goes over capacity
-    # rather than drop the only copy.
-    for name in "bdeghij":
-        store.get("plain", name)
-    for name in "klmn":
-        store.put("plain", name, payload(FRAME, ord(name)))
-    assert all(store.stat("plain", n).hot for n in "ghijklmn")
-
-
-STORED_FRAME = FRAME + 8  # one plaintext frame and its checksum
-
-
-def ten_shard_tier(open_store: StoreFactory, archived: int) -> Store:
-    """A hot tier of ten one-frame shards (high watermark 9, low 7.5) holding
-    ``archived`` archived, evictable shards old0.., and no mover running."""
-    store = open_store(
-        datasets={"plain": DatasetSettings(policy="lru")},
-        start_mover=False,
-        hot_capacity_bytes=10 * STORED_FRAME,
-        high_watermark=0.9,
-        low_watermark=0.75,
-    )
-    for index in range(archived):
-        store.put("plain", f"old{index}", payload(FRAME, index))
-    assert store.mover.drain_once()
-    return store
-
-
-def meeting_first(call: Callable[..., Any], meeting: threading.Barrier) -> Callable[..., Any]:
-    """``call``, whose first call on each thread then waits for the others at
-    ``meeting`` (going on when the meeting cannot happen)."""
-    first_look = threading.local()
-
-    def call_then_meet(*args: Any) -> Any:
-        result = call(*args)
-        if not getattr(first_look, "done", False):
-            first_look.done = True
-            with contextlib.suppress(threading.BrokenBarrierError):
-                meeting.wait()
-        return result
-
-    return call_then_meet
-
-
-def put_at_once(store: Store, puts: int) -> None:
-    """``puts`` one-frame puts (new0..) on threads of their own, all started at once."""
-    threads = [
-        threading.Thread(target=store.put, args=("plain", f"new{i}", payload(FRAME, 50 + i)))
-        for i in range(puts)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not any(thread.is_alive() for thread in threads)
-
-
-def test_puts_at_once_evict_rather_than_pass_the_high_watermark(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = ten_shard_tier(open_store, archived=8)
-    # Four puts each find room for one more shard before any of them commits: each
-    # sees 8 + 1 <= 9 shards. Together they would be 12.
-    puts = 4
-    meeting = threading.Barrier(puts, timeout=10)
-    monkeypatch.setattr(store.mover, "make_room", meeting_first(store.mover.make_room, meeting))
-    put_at_once(store, puts)
-    counter, actual = catalog_hot_bytes(store)
-    assert counter == actual <= 9 * STORED_FRAME  # archived shards went, not over the watermark
-    for i in range(puts):
-        assert store.get("plain", f"new{i}").to_bytes() == payload(FRAME, 50 + i)
-    for index in range(8):
-        assert store.get("plain", f"old{index}").to_bytes() == payload(FRAME, index)
-
-
-def test_puts_at_once_evict_down_to_the_low_watermark_not_far_below(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = ten_shard_tier(open_store, archived=9)  # at the high watermark
-    # Four puts each read the hot bytes before any of them evicts (if they can: the
-    # figure is read again under the eviction lock, so that meeting times out).
-    puts = 4
-    meeting = threading.Barrier(puts, timeout=1)
-    monkeypatch.setattr(store.mover, "_hot_bytes", meeting_first(store.mover._hot_bytes, meeting))
-    put_at_once(store, puts)
-    counter, actual = catalog_hot_bytes(store)
-    # Each evicted 2.5 shards' worth from the same figure: 4 new shards and 0 or 1 old.
-    assert counter == actual and 6 * STORED_FRAME <= actual <= 9 * STORED_FRAME
-
-
-def test_background_eviction_keeps_the_hot_tier_under_its_watermark(
-    open_store: StoreFactory,
-) -> None:
-    stored = 2 * FRAME + 2 * 16
-    capacity = 8 * stored
-    store = open_store(
-        datasets={"enc": DatasetSettings(encrypted=True)}, hot_capacity_bytes=capacity
-    )
-    contents = {f"s{i:02d}": payload(2 * FRAME, i) for i in range(30)}
-    for name, data in contents.items():
-        store.put("enc", name, data)
-    assert store.drain(10)
-    wait_until(lambda: store.stats().hot_bytes <= capacity * 0.9, "eviction down to the watermark")
-    infos = store.list("enc")[0]
-    assert all(info.archived for info in infos)
-    assert sum(1 for info in infos if not info.hot) >= 20
-    for name, data in contents.items():
-        assert store.get("enc", name).to_bytes() == data
 
 
 # Access statistics.

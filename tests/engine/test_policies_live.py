@@ -163,10 +163,10 @@ def test_admission_is_offered_the_room_left_in_the_datasets_quota(
 
     epoch()
     epoch()  # the resident set settles
-    promotions, evictions = store.mover.promotions, store.mover.evictions
+    promotions, evictions = store.mover.promotions, store.hot_room.evictions
     assert [epoch(), epoch()] == [4, 4]  # every epoch gets C/N, what Belady gets
     assert store.mover.promotions - promotions == 0
-    assert store.mover.evictions - evictions == 0
+    assert store.hot_room.evictions - evictions == 0
     assert len(hot(store, "d")) == 4
 
 
@@ -293,11 +293,11 @@ def test_pinned_shards_are_never_evicted_under_any_policy(
         fill(store, "d", [f"r{round_}-{i}" for i in range(4)])
         for shard in ("p0", "p1", "p2", f"r{round_}-0"):
             store.get("d", shard)
-        store.mover.evict_if_needed()
+        store.hot_room.evict_if_needed()
         assert {"p0", "p1", "p2"} <= hot(store, "d"), (name, round_)
-    assert store.mover.evictions > 0
+    assert store.hot_room.evictions > 0
     # Asked to free everything, the policy gives up every evictable shard and no pinned one.
-    store.mover.evict(100 * STORED)
+    store.hot_room.evict(100 * STORED)
     assert hot(store, "d") == {"p0", "p1", "p2"}
     assert catalog_hot_bytes(store) == (3 * STORED, 3 * STORED)
 
@@ -312,7 +312,7 @@ def test_a_pin_whose_ttl_ran_out_is_evictable_again(open_store: StoreFactory, na
     assert info.pinned and info.pinned_until > info.created_at
     assert store.evict("d", "short") == 0
     wait_until(lambda: not store.stat("d", "short").pinned, "the short pin to run out")
-    store.mover.evict(100 * STORED)
+    store.hot_room.evict(100 * STORED)
     assert hot(store, "d") == {"long"}
     store.pin("d", "long")  # pinning again replaces the TTL: no expiry now
     assert store.stat("d", "long").pinned_until == 0.0
@@ -354,7 +354,7 @@ def test_bytes_to_free_are_split_by_hot_bytes(open_store: StoreFactory) -> None:
     )
     fill(store, "big", [f"b{i}" for i in range(6)], archive=False)
     fill(store, "small", ["s0", "s1"])
-    assert store.mover.evict(4 * STORED) == 4 * STORED
+    assert store.hot_room.evict(4 * STORED) == 4 * STORED
     assert len(hot(store, "big")) == 3  # 6 of the 8 hot shards: 3 of the 4 to free
     assert hot(store, "small") == {"s1"}  # the least recently used of the two went
 
@@ -362,7 +362,7 @@ def test_bytes_to_free_are_split_by_hot_bytes(open_store: StoreFactory) -> None:
     fill(store, "big", [f"c{i}" for i in range(5)])  # big: 8 hot shards
     store.pin("small", "s1")
     store.put("small", "s2", payload(FRAME))  # not archived yet: not evictable either
-    assert store.mover.evict(6 * STORED) == 6 * STORED  # big 4.8 (5), small 1.2 (0), big 1
+    assert store.hot_room.evict(6 * STORED) == 6 * STORED  # big 4.8 (5), small 1.2 (0), big 1
     assert hot(store, "small") == {"s1", "s2"}
     assert len(hot(store, "big")) == 2
 
@@ -401,11 +401,11 @@ def test_a_promotion_evicts_only_its_own_size(open_store: StoreFactory) -> None:
     store.evict("r", "r3")
     fill(store, "w", [f"w{i:02d}" for i in range(17)], archive=False)  # never archived
     assert catalog_hot_bytes(store) == (20 * STORED, 20 * STORED)  # at the high watermark
-    evictions = store.mover.evictions
+    evictions = store.hot_room.evictions
     # A put here would free down to the low watermark, taking every evictable shard;
     # a promotion (a prefetch, an admitted miss) takes one shard's room, no more.
     assert store.mover.promote_now(record_of(store, "r", "r3"), None)
-    assert store.mover.evictions - evictions == 1
+    assert store.hot_room.evictions - evictions == 1
     assert len(hot(store, "r")) == 3 and "r3" in hot(store, "r")
     assert catalog_hot_bytes(store) == (20 * STORED, 20 * STORED)
     assert store.mover.promotions == 1 and store.mover.promotions_skipped == 0
@@ -431,7 +431,7 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     assert not store.mover.drain_once()  # refused: nothing the eviction may take
     before = catalog_hot_bytes(store)
     assert before == (12 * STORED, 12 * STORED)
-    evictions = store.mover.evictions
+    evictions = store.hot_room.evictions
     woken: list[bool] = []
     store.mover.after_promotion = lambda: woken.append(True)
 
@@ -444,7 +444,7 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     assert not store.mover.promote_now(record_of(store, "r", "r1"), None)
     assert archive.reads == reads
     assert store.mover.promotions_skipped == 2
-    assert store.mover.promotions == 0 and store.mover.evictions == evictions
+    assert store.mover.promotions == 0 and store.hot_room.evictions == evictions
     assert not woken  # a skipped promotion does not have the prefetcher ask again
     assert hot(store, "r") == set()
     assert catalog_hot_bytes(store) == before
@@ -464,7 +464,7 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     # Once the archive takes the writes, eviction makes room and promotions land again.
     archive.refusing = False
     assert store.drain(10)
-    wait_until(lambda: not store.mover.over_high_watermark(), "eviction below the watermark")
+    wait_until(lambda: not store.hot_room.over_high_watermark(), "eviction below the watermark")
     assert store.get("r", "r3").to_bytes() == payload(FRAME, len("r3"))
     wait_until(lambda: store.stat("r", "r3").hot, "the admitted miss to be promoted")
     assert woken
@@ -767,7 +767,7 @@ def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
         store.delete("d", "s")
     monkeypatch.undo()
     assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 1)
-    assert store.mover.evict(1) == STORED  # the policy still offers it as a victim
+    assert store.hot_room.evict(1) == STORED  # the policy still offers it as a victim
     assert not store.stat("d", "s").hot
 
 
@@ -794,7 +794,7 @@ def test_a_failed_commit_of_a_dataset_deletion_keeps_its_policy(
     monkeypatch.undo()
     assert policy_of(store, "d") is policy
     assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 2)
-    assert store.mover.evict(1) == STORED
+    assert store.hot_room.evict(1) == STORED
     assert not store.stat("d", "s").hot
 
 
@@ -845,7 +845,7 @@ def test_a_promotion_takes_its_room_from_the_largest_dataset_not_one_shard_of_ea
     for name in names[1:]:
         fill(store, name, ["s0", "s1", "s2", "s3"])
     assert catalog_hot_bytes(store) == (21 * STORED, 21 * STORED)
-    evictions = store.mover.evictions
+    evictions = store.hot_room.evictions
     assert store.mover.promote_now(record_of(store, "d0", "cold"), None)
-    assert store.mover.evictions - evictions == 1
+    assert store.hot_room.evictions - evictions == 1
     assert [len(hot(store, name)) for name in names] == [5, 4, 4, 4, 4]  # d0 gave the room

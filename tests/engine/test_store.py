@@ -344,8 +344,8 @@ def test_a_put_racing_its_dataset_made_again_with_the_other_sealing_lands_in_the
     # RuntimeError ("sized for another sealing"), writing nothing.
     old, new = DatasetSettings(encrypted=not encrypted), DatasetSettings(encrypted=encrypted)
     store.create_dataset("again", old)
-    mover = store.mover
-    make_room = mover.make_room
+    hot_room = store.hot_room
+    make_room = hot_room.make_room
     made_again = []
 
     def make_the_dataset_again_first(needed: int) -> None:
@@ -355,7 +355,7 @@ def test_a_put_racing_its_dataset_made_again_with_the_other_sealing_lands_in_the
             made_again.append(True)
         make_room(needed)
 
-    mover.make_room = make_the_dataset_again_first  # type: ignore[method-assign]
+    hot_room.make_room = make_the_dataset_again_first  # type: ignore[method-assign]
     data = payload(3 * FRAME, seed=5)
     info = store.put("again", "s", data)
     assert made_again

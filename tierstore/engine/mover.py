@@ -1,4 +1,4 @@
-"""The mover: drains the upload journal to the archive, promotes and evicts.
+"""The mover: drains the upload journal to the archive, promotes, and runs eviction.
 
 One background thread works the journal in sequence order: ``upload`` copies a
 generation's stored frames to ``<dataset>/<generation>.frames`` and then writes
@@ -13,9 +13,9 @@ hot tier, fetching a shard's frames with parallel ranged GETs: ranged misses the
 policy admitted, pinned shards, and those the prefetcher
 (:mod:`tierstore.engine.prefetch`) or an operator asked for. One fill thread writes
 in the shards a read already fetched whole (a cache fill).
-Eviction runs whenever the hot tier passes its high watermark, down to the low
-one: the placement policies choose the victims (:mod:`tierstore.engine.policies`),
-among shards the archive holds and no pin keeps (a TTL pin runs out by itself).
+The journal thread runs eviction (:mod:`tierstore.engine.eviction`) whenever the hot
+tier passes its high watermark, down to the low one, and trims datasets over their
+quotas.
 
 A promotion is optional work, unlike a put: it evicts only what it needs to fit
 below the high watermark and within its dataset's quota (never more than its own
@@ -44,14 +44,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeGuard, TypeVar
+from typing import TypeGuard, TypeVar
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.archived import ArchivedFrames, fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.policies import PolicyDriver, shard_of
+from tierstore.engine.eviction import HotRoom
+from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.rebuild import archive_keys
 from tierstore.engine.records import (
     JournalOp,
@@ -72,7 +73,6 @@ from tierstore.errors import (
     Unavailable,
     UnknownKeyId,
 )
-from tierstore.policy.base import Key
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -152,6 +152,7 @@ class Mover:
         archive: Tier,
         access: AccessRecorder,
         policies: PolicyDriver,
+        hot_room: HotRoom,
         overhead: Callable[[ShardRecord], int],
         verify: FrameVerifier,
         seal: Callable[[str, bytes], bytes],
@@ -164,6 +165,7 @@ class Mover:
         self._archive = archive
         self._access = access
         self._policies = policies
+        self._hot_room = hot_room
         self._overhead = overhead
         self._verify = verify
         #: seals a metadata object for its archive key (see archiveseal).
@@ -178,7 +180,6 @@ class Mover:
         #: notified on each: puts waiting for room in their quota wait on it.
         self._progress = 0
         self._progressed = threading.Condition()
-        self._evict_lock = threading.Lock()
         #: held by a promotion from making its room to its commit (lock order: room lock
         #: → eviction lock → LMDB write transaction).
         self._room_lock = threading.Lock()
@@ -227,9 +228,8 @@ class Mover:
         self._archive_progress: float | None = None
         #: why journal entries may not run now (None: they may): see hold_archive.
         self._archive_hold: str | None = None
-        #: shards promoted into and evicted from the hot tier since start (for metrics).
+        #: shards promoted into the hot tier since start (for metrics).
         self.promotions = 0
-        self.evictions = 0
         #: promotions skipped since start because eviction could not make room for them
         #: below the high watermark, within the dataset's quota or in the LMDB map.
         self.promotions_skipped = 0
@@ -327,7 +327,7 @@ class Mover:
                 if time.monotonic() - last_flush >= self._settings.access_flush_interval_s:
                     last_flush = time.monotonic()
                     self.flush_access()
-                self.evict_if_needed()
+                self._hot_room.evict_if_needed()
             except Exception as exc:  # e.g. HotTierFull while flushing access counts
                 if self._stop.is_set():
                     log.info("mover housekeeping ended by the stop: %s", exc)
@@ -965,17 +965,21 @@ class Mover:
         if not self._still_cold(record):
             return False  # promoted, superseded or deleted meanwhile: evict and fetch nothing
         total = sum(record.stored_sizes(self._overhead(record)))
-        quota = self._quota(record.dataset)
+        quota = self._hot_room.quota(record.dataset)
         # Above the high watermark already, it could not fit by evicting its own size:
         # the tier is the mover's to trim (or holds only what eviction may not take).
         # Nor can a shard larger than the high watermark or its quota: skipped before
         # anything is fetched (or staged on disk, only to be dropped).
-        if self.over_high_watermark() or total > self._high_watermark_bytes() or 0 < quota < total:
+        if (
+            self._hot_room.over_high_watermark()
+            or total > self._hot_room.high_watermark_bytes()
+            or 0 < quota < total
+        ):
             return self._skipped()
         # Room in the dataset's quota is made before fetching (and checked again after),
         # room below the high watermark once the frames are in hand (when the simulator
         # makes it, too).
-        if not self._make_quota_room_for_promotion(record.dataset, quota, total):
+        if not self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
         if self._spooler.spools(record):
@@ -1044,8 +1048,8 @@ class Mover:
         # count the same free room, and one would be skipped after evicting for it.
         with self._room_lock:
             if not (
-                self._make_quota_room_for_promotion(record.dataset, quota, total)
-                and self._make_room_for_promotion(total)
+                self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total)
+                and self._hot_room.make_room_for_promotion(total)
             ):
                 return self._skipped()
             with self._policies.undone_on_failure(), self._env.write() as txn:
@@ -1057,8 +1061,8 @@ class Mover:
                 needed, free = self._env.room_for(txn, (len(frame) for frame in stored or ()))
                 hot = self._catalog.counter(txn, "hot_bytes")
                 fits = (
-                    self.fits_quota(record.dataset, quota, total)
-                    and hot + total <= self._high_watermark_bytes()
+                    self._hot_room.fits_quota(record.dataset, quota, total)
+                    and hot + total <= self._hot_room.high_watermark_bytes()
                     and needed <= free
                 )
                 if fits:
@@ -1083,202 +1087,8 @@ class Mover:
             self.promotions_skipped += 1
         return False
 
-    def _make_quota_room_for_promotion(self, dataset: str, quota: int, incoming: int) -> bool:
-        """Evict ``dataset``'s own shards so that a promotion of ``incoming`` bytes fits
-        its ``quota`` (0: none): at most ``incoming`` bytes, and only if that is enough
-        (a dataset already over its quota is the mover's to trim). Whether it fits."""
-        if quota <= 0:
-            return True
-        over = self._policies.hot_bytes(dataset) + incoming - quota
-        if over <= 0:
-            return True
-        if over > incoming:
-            return False
-        self.evict(over, dataset=dataset, only_if_enough=True)
-        return self.fits_quota(dataset, quota, incoming)
-
-    def _make_room_for_promotion(self, incoming: int) -> bool:
-        """Evict so that a promotion of ``incoming`` bytes fits below the high watermark:
-        what it needs (at most ``incoming`` bytes), and only if that is enough. Whether
-        it fits now. Unlike :meth:`make_room` (a put's), it never frees down to the
-        low watermark: one optional promotion must not flush the hot set."""
-        need = self._hot_bytes() + incoming - self._high_watermark_bytes()
-        if need <= 0:
-            return True
-        if need > incoming:
-            return False
-        return self.evict(need, only_if_enough=True, spread=False) >= need
-
-    def over_high_watermark(self) -> bool:
-        """Whether the hot tier holds more than its high watermark: no promotion fits
-        until eviction (or archiving, then eviction) brings it down."""
-        return self._hot_bytes() > self._high_watermark_bytes()
-
-    def _hot_bytes(self) -> int:
-        with self._env.read() as txn:
-            return self._catalog.counter(txn, "hot_bytes")
-
-    def _high_watermark_bytes(self) -> int:
-        return int(self._settings.hot_capacity_bytes * self._settings.high_watermark)
-
-    def _low_watermark_bytes(self) -> int:
-        return int(self._settings.hot_capacity_bytes * self._settings.low_watermark)
-
     def _still_cold(self, record: ShardRecord) -> bool:
         """Whether ``record``'s generation is still the shard's, and not hot."""
         with self._env.read() as txn:
             current = self._catalog.get_shard(txn, record.dataset, record.name)
         return current is not None and current.generation == record.generation and not current.hot
-
-    def _quota(self, dataset: str) -> int:
-        """``dataset``'s hot-tier quota in bytes (0: none, or the dataset is gone)."""
-        with self._env.read() as txn:
-            settings = self._catalog.get_dataset(txn, dataset)
-        return 0 if settings is None else settings.hot_quota_bytes
-
-    # Eviction.
-
-    def evict_if_needed(self) -> int:
-        """Evict down to the low watermark if the hot tier is above the high one, and
-        each dataset down to its hot-tier quota if it is above it."""
-        with self._env.read() as txn:
-            hot = self._catalog.counter(txn, "hot_bytes")
-            quotas = [
-                (name, settings.hot_quota_bytes)
-                for name, settings in self._catalog.list_datasets(txn)
-                if settings.hot_quota_bytes > 0
-            ]
-        # Quotas first: what they free counts towards the watermark too.
-        # As far as archived shards allow, even when pins keep it above the quota.
-        freed = sum(
-            self.make_room_in_quota(name, quota, 0, all_or_nothing=False) for name, quota in quotas
-        )
-        if hot - freed <= self._high_watermark_bytes():
-            return freed
-        return freed + self.evict(hot - freed - self._low_watermark_bytes())
-
-    def make_room_in_quota(
-        self, dataset: str, quota: int, incoming: int, *, all_or_nothing: bool = True
-    ) -> int:
-        """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
-        (archived, unpinned, as its policy chooses) if it would pass its ``quota``
-        (0: none). ``all_or_nothing`` (for a put): all the room at once or none, so a put
-        refused for its quota has evicted nothing; without it (a lowered quota), as much
-        as archived shards allow. Returns bytes freed. Best effort: the writer checks the
-        quota again in its write transaction."""
-        if quota <= 0:
-            return 0
-        over = self._policies.hot_bytes(dataset) + incoming - quota
-        if over <= 0:
-            return 0
-        return self.evict(over, dataset=dataset, only_if_enough=all_or_nothing)
-
-    def fits_quota(self, dataset: str, quota: int, incoming: int, leaving: int = 0) -> bool:
-        """Whether ``dataset`` may hold ``incoming`` more hot bytes while ``leaving`` of
-        its own go (an overwritten generation) under ``quota`` (0: none). Exact when
-        called inside the write transaction that adds them."""
-        if quota <= 0:
-            return True
-        return self._policies.hot_bytes(dataset) - leaving + incoming <= quota
-
-    def make_room(self, incoming: int) -> bool:
-        """Before a put writes ``incoming`` hot bytes: if they would pass the high
-        watermark, evict down to the low one. Returns whether eviction could do no
-        more: room was needed and too little was evictable (the put is then written
-        past the watermark). Best effort: puts committed meanwhile may take the room,
-        which the put's transaction checks (:meth:`passes_high_watermark`)."""
-        if not self._passes_high_watermark(self._hot_bytes(), incoming):
-            return False  # the usual case, without queueing behind an eviction
-        # Read again under the eviction lock: puts making room at once each evicted down
-        # to the low watermark from the same figure, together far below it.
-        with self._evict_lock:
-            hot = self._hot_bytes()
-            if not self._passes_high_watermark(hot, incoming):
-                return False
-            need = hot + incoming - self._low_watermark_bytes()
-            return self._evict_locked(need) < need
-
-    def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
-        """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
-        (exact inside the write transaction that adds them)."""
-        return self._passes_high_watermark(self._catalog.counter(txn, "hot_bytes"), incoming)
-
-    def _passes_high_watermark(self, hot: int, incoming: int) -> bool:
-        return hot + incoming > self._high_watermark_bytes()
-
-    def evict(
-        self,
-        bytes_to_free: int,
-        dataset: str | None = None,
-        *,
-        only_if_enough: bool = False,
-        spread: bool = True,
-    ) -> int:
-        """Evict hot shards the policies choose (archived, no pin holding) — of
-        ``dataset`` only, if given; returns bytes freed. With ``only_if_enough``, evict
-        none unless the victims add up to ``bytes_to_free``; ``spread``: see
-        :meth:`PolicyDriver.victims`. A key the policies hold hot
-        that the catalog does not (it can drift after a failed commit) is forgotten on
-        the way."""
-        with self._evict_lock:
-            return self._evict_locked(bytes_to_free, dataset, only_if_enough, spread)
-
-    def _evict_locked(
-        self,
-        bytes_to_free: int,
-        dataset: str | None = None,
-        only_if_enough: bool = False,
-        spread: bool = True,
-    ) -> int:
-        """:meth:`evict`, with the eviction lock held."""
-        now = time.time()
-        stale: list[Key] = []
-        sizes: dict[Key, int] = {}
-        with self._env.read() as txn:
-
-            def evictable(key: Key) -> bool:
-                dataset, name = shard_of(key)
-                # An unreadable record cannot be evicted: the policy forgets it.
-                record = self._catalog.readable_shard(txn, dataset, name)
-                if record is None or not record.hot:
-                    stale.append(key)
-                    return False
-                if not record.evictable(now):
-                    return False
-                sizes[key] = sum(record.stored_sizes(self._overhead(record)))
-                return True
-
-            if dataset is None:
-                victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
-            else:
-                victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
-        if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
-            victims = []
-        freed = 0
-        with self._policies.undone_on_failure(), self._env.write() as txn:
-            for key in victims:
-                freed += self._evict_in(txn, *shard_of(key), now)
-            for key in stale:
-                record = self._catalog.readable_shard(txn, *shard_of(key))
-                if record is None or not record.hot:
-                    self._policies.removed(key)
-        return freed
-
-    def evict_shard(self, dataset: str, name: str) -> int:
-        """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
-        (0 if it is not evictable)."""
-        with self._evict_lock, self._policies.undone_on_failure(), self._env.write() as txn:
-            return self._evict_in(txn, dataset, name, time.time())
-
-    def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int:
-        record = self._catalog.get_shard(txn, dataset, name)
-        if record is None or not record.evictable(now):
-            return 0
-        for index in range(len(record.frame_sizes)):
-            self._frames.delete_in(txn, frame_key(record.generation, index))
-        self._catalog.put_shard(txn, record.with_state(hot=False))
-        freed = sum(record.stored_sizes(self._overhead(record)))
-        self._catalog.add_counter(txn, "hot_bytes", -freed)
-        self._policies.removed((dataset, name))
-        self.evictions += 1
-        return freed

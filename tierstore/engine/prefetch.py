@@ -28,6 +28,7 @@ import threading
 
 from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.eviction import HotRoom
 from tierstore.engine.mover import Mover
 from tierstore.engine.planbook import PlanBook
 from tierstore.engine.policies import PolicyDriver, shard_of
@@ -52,6 +53,7 @@ class Prefetcher:
         policies: PolicyDriver,
         plans: PlanBook,
         mover: Mover,
+        hot_room: HotRoom,
     ) -> None:
         self._settings = settings
         self._env = environment
@@ -59,6 +61,7 @@ class Prefetcher:
         self._policies = policies
         self._plans = plans
         self._mover = mover
+        self._hot_room = hot_room
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,7 +104,7 @@ class Prefetcher:
         self._mover.retry_failed_pins()
         count, in_flight = self._mover.in_flight()
         budget = self._budget(count, in_flight)
-        if budget.requests <= 0 or budget.bytes <= 0 or self._mover.over_high_watermark():
+        if budget.requests <= 0 or budget.bytes <= 0 or self._hot_room.over_high_watermark():
             return 0
         records: dict[Key, ShardRecord] = {}
         with self._env.read() as txn:

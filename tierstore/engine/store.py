@@ -41,6 +41,7 @@ from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
+from tierstore.engine.eviction import HotRoom
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
@@ -197,6 +198,10 @@ class Store:
         self._policies = PolicyDriver()
         self._trace = TraceRing(settings.trace_capacity)
         self._closed = False
+        #: the hot tier's watermarks and quotas, and the eviction that keeps to them.
+        self.hot_room = HotRoom(
+            settings, self._env, self._catalog, self._frames, self._policies, stored_overhead
+        )
         self.mover = Mover(
             settings,
             self._env,
@@ -205,6 +210,7 @@ class Store:
             archive,
             self._access,
             self._policies,
+            self.hot_room,
             overhead=stored_overhead,
             verify=self._sealers.verify_stored,
             seal=self._sealers.seal_object,
@@ -217,6 +223,7 @@ class Store:
             self._frames,
             self._sealers,
             self.mover,
+            self.hot_room,
             self._policies,
         )
         self._placement = Placement(self._env, self._catalog, self.mover)
@@ -255,7 +262,13 @@ class Store:
         self._plans = PlanBook(self._env, self._catalog, self._policies, self._trace)
         #: the prefetch loop (started with the mover).
         self.prefetcher = Prefetcher(
-            settings, self._env, self._catalog, self._policies, self._plans, self.mover
+            settings,
+            self._env,
+            self._catalog,
+            self._policies,
+            self._plans,
+            self.mover,
+            self.hot_room,
         )
         self.mover.after_promotion = self.prefetcher.wake
         self._open_policies()
@@ -404,7 +417,7 @@ class Store:
             if hot_quota_bytes:
                 # At once, as far as archived shards allow: the mover would trim it only
                 # after working through the whole journal.
-                self.mover.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
+                self.hot_room.make_room_in_quota(name, hot_quota_bytes, 0, all_or_nothing=False)
         finally:
             self.mover.progressed()  # puts waiting for room in the quota read it again
             self.mover.wake()
@@ -696,7 +709,7 @@ class Store:
         self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
             self._catalog.require_shard(txn, dataset, shard)
-        return self.mover.evict_shard(dataset, shard)
+        return self.hot_room.evict_shard(dataset, shard)
 
     def pin(self, dataset: str, shard: str, ttl_s: float | None = None) -> int:
         """Keep a shard in the hot tier whatever its policy says (eviction skips it; a

@@ -31,6 +31,7 @@ from typing import Any
 
 from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.eviction import HotRoom
 from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
@@ -103,6 +104,7 @@ class ShardWriter:
         frames: LmdbTier,
         sealers: ShardSealers,
         mover: Mover,
+        hot_room: HotRoom,
         policies: PolicyDriver,
     ) -> None:
         self._settings = settings
@@ -112,6 +114,7 @@ class ShardWriter:
         self._frames = frames
         self._sealers = sealers
         self._mover = mover
+        self._hot_room = hot_room
         self._generation_lock = threading.Lock()
         #: generations of staged puts not yet committed or dropped (under the lock)
         self._staging: set[int] = set()
@@ -213,7 +216,7 @@ class ShardWriter:
                 self._quota_now(dataset, shard, stored_total)
                 with self._env.read() as txn:
                     self._check_backlog(txn, stored_total)
-                self._mover.make_room(stored_total)  # best effort, before staging
+                self._hot_room.make_room(stored_total)  # best effort, before staging
                 staged = self._stage(dataset, shard, framed, settings.encrypted)
             elif isinstance(framed.frames, FramesOnDemand):
                 # Made now (a chunk at most), not while the transaction holds the writer
@@ -305,7 +308,7 @@ class ShardWriter:
             self._make_quota_room(dataset, shard, stored_total, wait)
             wait.release()  # done waiting, for now: the commit holds no place
             room_rounds += 1
-            evicted_all = self._mover.make_room(stored_total)
+            evicted_all = self._hot_room.make_room(stored_total)
             tries = self._mover.progress()
             try:
                 return self._commit_locally(
@@ -396,7 +399,7 @@ class ShardWriter:
     def _evict_for(self, frames: list[bytes | bytearray]) -> bool:
         """Evict archived shards for ``frames``' bytes, their pages reusable by the
         next transaction; whether anything was evicted."""
-        if not self._mover.evict(sum(len(frame) for frame in frames)):
+        if not self._hot_room.evict(sum(len(frame) for frame in frames)):
             return False
         # LMDB reuses the pages a transaction freed only from the second transaction
         # after it (a reader may still start on the snapshot before it): one commit
@@ -478,10 +481,10 @@ class ShardWriter:
             if quota <= 0:
                 return
             leaving = self._leaving(dataset, shard)
-            self._mover.make_room_in_quota(dataset, quota, incoming - leaving)
+            self._hot_room.make_room_in_quota(dataset, quota, incoming - leaving)
             # Read again: eviction may have taken the generation being replaced.
             still_leaving = self._leaving(dataset, shard)
-            if self._mover.fits_quota(dataset, quota, incoming, still_leaving):
+            if self._hot_room.fits_quota(dataset, quota, incoming, still_leaving):
                 return
             if still_leaving < leaving:
                 continue  # it did: evict again for the bytes it no longer frees
@@ -571,13 +574,13 @@ class ShardWriter:
             self._check_backlog(txn, stored_total)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
             quota = settings.hot_quota_bytes
-            if not self._mover.fits_quota(dataset, quota, stored_total, leaving):
+            if not self._hot_room.fits_quota(dataset, quota, stored_total, leaving):
                 raise QuotaExceeded(
                     f"{dataset} is at its hot-tier quota ({quota} bytes) and too little of "
                     f"it is archived and unpinned to make room for {dataset}/{shard} "
                     f"({stored_total} bytes)"
                 )
-            if not may_pass_watermark and self._mover.passes_high_watermark(
+            if not may_pass_watermark and self._hot_room.passes_high_watermark(
                 txn, stored_total - leaving
             ):
                 raise _RoomTaken

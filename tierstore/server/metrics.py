@@ -161,7 +161,9 @@ class _StoreCollector(Collector):
             self._store.mover.promotions_skipped,
         )
         yield CounterMetricFamily(
-            "tierstore_evictions", "shards evicted from the hot tier", self._store.mover.evictions
+            "tierstore_evictions",
+            "shards evicted from the hot tier",
+            self._store.hot_room.evictions,
         )
         labels = ["dataset"] if self._dataset_labels else []
         hits = CounterMetricFamily(

@@ -1,0 +1,251 @@
+"""Room in the hot tier: its watermarks, each dataset's quota, and eviction.
+
+The hot tier holds at most ``hot_capacity_bytes``; eviction starts when it passes
+the high watermark and, for a put or the mover's pass, frees down to the low one. A
+dataset with a hot-tier quota is trimmed to it by evicting its own shards. The
+placement policies choose the victims (:mod:`tierstore.engine.policies`), among hot
+shards the archive holds and no pin keeps (:meth:`ShardRecord.evictable`).
+
+Every figure here is best effort outside a write transaction: the writer (a put, a
+promotion) checks its room again inside the transaction that takes it
+(:meth:`HotRoom.passes_high_watermark`, :meth:`HotRoom.fits_quota`).
+
+Thread safety: every method may be called from any thread. Evictions run one at a
+time (the eviction lock); lock order: eviction lock → LMDB write transaction →
+policy driver lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tierstore.config import EngineSettings
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.policies import PolicyDriver, shard_of
+from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.policy.base import Key
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+
+__all__ = ["HotRoom"]
+
+
+class HotRoom:
+    """The hot tier's room (watermarks, quotas) and the eviction that makes it."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        frames: LmdbTier,
+        policies: PolicyDriver,
+        overhead: Callable[[ShardRecord], int],
+    ) -> None:
+        self._settings = settings
+        self._env = environment
+        self._catalog = catalog
+        self._frames = frames
+        self._policies = policies
+        self._overhead = overhead
+        self._lock = threading.Lock()  # one eviction at a time
+        #: shards evicted from the hot tier since start (for metrics).
+        self.evictions = 0
+
+    def make_quota_room_for_promotion(self, dataset: str, quota: int, incoming: int) -> bool:
+        """Evict ``dataset``'s own shards so that a promotion of ``incoming`` bytes fits
+        its ``quota`` (0: none): at most ``incoming`` bytes, and only if that is enough
+        (a dataset already over its quota is the mover's to trim). Whether it fits."""
+        if quota <= 0:
+            return True
+        over = self._policies.hot_bytes(dataset) + incoming - quota
+        if over <= 0:
+            return True
+        if over > incoming:
+            return False
+        self.evict(over, dataset=dataset, only_if_enough=True)
+        return self.fits_quota(dataset, quota, incoming)
+
+    def make_room_for_promotion(self, incoming: int) -> bool:
+        """Evict so that a promotion of ``incoming`` bytes fits below the high watermark:
+        what it needs (at most ``incoming`` bytes), and only if that is enough. Whether
+        it fits now. Unlike :meth:`make_room` (a put's), it never frees down to the
+        low watermark: one optional promotion must not flush the hot set."""
+        need = self.hot_bytes() + incoming - self.high_watermark_bytes()
+        if need <= 0:
+            return True
+        if need > incoming:
+            return False
+        return self.evict(need, only_if_enough=True, spread=False) >= need
+
+    def over_high_watermark(self) -> bool:
+        """Whether the hot tier holds more than its high watermark: no promotion fits
+        until eviction (or archiving, then eviction) brings it down."""
+        return self.hot_bytes() > self.high_watermark_bytes()
+
+    def hot_bytes(self) -> int:
+        """The bytes the hot tier holds now (frames and their overhead)."""
+        with self._env.read() as txn:
+            return self._catalog.counter(txn, "hot_bytes")
+
+    def high_watermark_bytes(self) -> int:
+        """Where eviction starts: no put or promotion is written past it while
+        eviction can make room."""
+        return int(self._settings.hot_capacity_bytes * self._settings.high_watermark)
+
+    def low_watermark_bytes(self) -> int:
+        """Where eviction for a put or the mover's pass stops."""
+        return int(self._settings.hot_capacity_bytes * self._settings.low_watermark)
+
+    def quota(self, dataset: str) -> int:
+        """``dataset``'s hot-tier quota in bytes (0: none, or the dataset is gone)."""
+        with self._env.read() as txn:
+            settings = self._catalog.get_dataset(txn, dataset)
+        return 0 if settings is None else settings.hot_quota_bytes
+
+    def evict_if_needed(self) -> int:
+        """Evict down to the low watermark if the hot tier is above the high one, and
+        each dataset down to its hot-tier quota if it is above it."""
+        with self._env.read() as txn:
+            hot = self._catalog.counter(txn, "hot_bytes")
+            quotas = [
+                (name, settings.hot_quota_bytes)
+                for name, settings in self._catalog.list_datasets(txn)
+                if settings.hot_quota_bytes > 0
+            ]
+        # Quotas first: what they free counts towards the watermark too.
+        # As far as archived shards allow, even when pins keep it above the quota.
+        freed = sum(
+            self.make_room_in_quota(name, quota, 0, all_or_nothing=False) for name, quota in quotas
+        )
+        if hot - freed <= self.high_watermark_bytes():
+            return freed
+        return freed + self.evict(hot - freed - self.low_watermark_bytes())
+
+    def make_room_in_quota(
+        self, dataset: str, quota: int, incoming: int, *, all_or_nothing: bool = True
+    ) -> int:
+        """Before ``dataset`` takes ``incoming`` more hot bytes: evict its own shards
+        (archived, unpinned, as its policy chooses) if it would pass its ``quota``
+        (0: none). ``all_or_nothing`` (for a put): all the room at once or none, so a put
+        refused for its quota has evicted nothing; without it (a lowered quota), as much
+        as archived shards allow. Returns bytes freed. Best effort: the writer checks the
+        quota again in its write transaction."""
+        if quota <= 0:
+            return 0
+        over = self._policies.hot_bytes(dataset) + incoming - quota
+        if over <= 0:
+            return 0
+        return self.evict(over, dataset=dataset, only_if_enough=all_or_nothing)
+
+    def fits_quota(self, dataset: str, quota: int, incoming: int, leaving: int = 0) -> bool:
+        """Whether ``dataset`` may hold ``incoming`` more hot bytes while ``leaving`` of
+        its own go (an overwritten generation) under ``quota`` (0: none). Exact when
+        called inside the write transaction that adds them."""
+        if quota <= 0:
+            return True
+        return self._policies.hot_bytes(dataset) - leaving + incoming <= quota
+
+    def make_room(self, incoming: int) -> bool:
+        """Before a put writes ``incoming`` hot bytes: if they would pass the high
+        watermark, evict down to the low one. Returns whether eviction could do no
+        more: room was needed and too little was evictable (the put is then written
+        past the watermark). Best effort: puts committed meanwhile may take the room,
+        which the put's transaction checks (:meth:`passes_high_watermark`)."""
+        if not self._passes_high_watermark(self.hot_bytes(), incoming):
+            return False  # the usual case, without queueing behind an eviction
+        # Read again under the eviction lock: puts making room at once each evicted down
+        # to the low watermark from the same figure, together far below it.
+        with self._lock:
+            hot = self.hot_bytes()
+            if not self._passes_high_watermark(hot, incoming):
+                return False
+            need = hot + incoming - self.low_watermark_bytes()
+            return self._evict_locked(need) < need
+
+    def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
+        """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
+        (exact inside the write transaction that adds them)."""
+        return self._passes_high_watermark(self._catalog.counter(txn, "hot_bytes"), incoming)
+
+    def _passes_high_watermark(self, hot: int, incoming: int) -> bool:
+        return hot + incoming > self.high_watermark_bytes()
+
+    def evict(
+        self,
+        bytes_to_free: int,
+        dataset: str | None = None,
+        *,
+        only_if_enough: bool = False,
+        spread: bool = True,
+    ) -> int:
+        """Evict hot shards the policies choose (archived, no pin holding) — of
+        ``dataset`` only, if given; returns bytes freed. With ``only_if_enough``, evict
+        none unless the victims add up to ``bytes_to_free``; ``spread``: see
+        :meth:`PolicyDriver.victims`. A key the policies hold hot
+        that the catalog does not (it can drift after a failed commit) is forgotten on
+        the way."""
+        with self._lock:
+            return self._evict_locked(bytes_to_free, dataset, only_if_enough, spread)
+
+    def _evict_locked(
+        self,
+        bytes_to_free: int,
+        dataset: str | None = None,
+        only_if_enough: bool = False,
+        spread: bool = True,
+    ) -> int:
+        """:meth:`evict`, with the eviction lock held."""
+        now = time.time()
+        stale: list[Key] = []
+        sizes: dict[Key, int] = {}
+        with self._env.read() as txn:
+
+            def evictable(key: Key) -> bool:
+                dataset, name = shard_of(key)
+                # An unreadable record cannot be evicted: the policy forgets it.
+                record = self._catalog.readable_shard(txn, dataset, name)
+                if record is None or not record.hot:
+                    stale.append(key)
+                    return False
+                if not record.evictable(now):
+                    return False
+                sizes[key] = sum(record.stored_sizes(self._overhead(record)))
+                return True
+
+            if dataset is None:
+                victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
+            else:
+                victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
+        if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
+            victims = []
+        freed = 0
+        with self._policies.undone_on_failure(), self._env.write() as txn:
+            for key in victims:
+                freed += self._evict_in(txn, *shard_of(key), now)
+            for key in stale:
+                record = self._catalog.readable_shard(txn, *shard_of(key))
+                if record is None or not record.hot:
+                    self._policies.removed(key)
+        return freed
+
+    def evict_shard(self, dataset: str, name: str) -> int:
+        """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
+        (0 if it is not evictable)."""
+        with self._lock, self._policies.undone_on_failure(), self._env.write() as txn:
+            return self._evict_in(txn, dataset, name, time.time())
+
+    def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int:
+        record = self._catalog.get_shard(txn, dataset, name)
+        if record is None or not record.evictable(now):
+            return 0
+        for index in range(len(record.frame_sizes)):
+            self._frames.delete_in(txn, frame_key(record.generation, index))
+        self._catalog.put_shard(txn, record.with_state(hot=False))
+        freed = sum(record.stored_sizes(self._overhead(record)))
+        self._catalog.add_counter(txn, "hot_bytes", -freed)
+        self._policies.removed((dataset, name))
+        self.evictions += 1  # under the eviction lock
+        return freed
