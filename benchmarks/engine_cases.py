@@ -527,7 +527,7 @@ class ColdRead:
     on (the default engine behaviour), promotion runs in the background during
     the timed read and is part of the engine's cost; between repetitions the
     benchmark waits (untimed) until every shard is hot again, then evicts it.
-    With ``promotion`` off, the store's ``mover.promote`` is replaced by a
+    With ``promotion`` off, the store's ``promoter.promote`` is replaced by a
     no-op on this instance for the duration of the case (diagnostic only).
 
     Ceiling: a raw boto3 client and a thread pool of the same width, GETting the
@@ -582,9 +582,9 @@ class ColdRead:
         # Patched here, not at construction, so that building cases ahead of
         # measuring them cannot switch promotion off for another case.
         if not self.promotion and self._saved_promote is None:
-            mover = _live(self.bench).mover
-            self._saved_promote = mover.promote
-            mover.promote = lambda record, stored: None  # type: ignore[method-assign]  # a what-if patch
+            promoter = _live(self.bench).promoter
+            self._saved_promote = promoter.promote
+            promoter.promote = lambda record, stored: None  # type: ignore[method-assign]  # a what-if patch
 
     def _settle(self) -> None:
         """After an engine run with promotion on, wait until every shard read is hot again."""
@@ -637,7 +637,7 @@ class ColdRead:
     def finish(self) -> None:
         self._settle()
         if self._saved_promote is not None:
-            _live(self.bench).mover.promote = self._saved_promote  # type: ignore[method-assign]  # a what-if patch
+            _live(self.bench).promoter.promote = self._saved_promote  # type: ignore[method-assign]  # a what-if patch
             self._saved_promote = None
         self._pool.shutdown()
         self._client.close()

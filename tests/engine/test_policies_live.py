@@ -124,8 +124,8 @@ def test_a_refused_shard_is_served_from_the_archive_and_stays_cold(
             sealed = store.open_sealed("d", "s")
             assert not sealed.info.hot and len(list(sealed.frames())) == 3
         # Promotions are queued by the read itself: none was.
-        assert store.mover.promotions_pending() == 0
-    assert store.mover.promotions == 0
+        assert store.promoter.promotions_pending() == 0
+    assert store.promoter.promotions == 0
     assert not store.stat("d", "s").hot
     assert policy_of(store, "d").names("admit") == [(("d", "s"),)] * 3
     assert store.dataset_usage("d").misses == 3
@@ -158,14 +158,14 @@ def test_admission_is_offered_the_room_left_in_the_datasets_quota(
         hits = 0
         for shard in names:
             hits += store.get("d", shard).source == "hot"
-            wait_until(lambda: store.mover.promotions_pending() == 0, "the read's promotion")
+            wait_until(lambda: store.promoter.promotions_pending() == 0, "the read's promotion")
         return hits
 
     epoch()
     epoch()  # the resident set settles
-    promotions, evictions = store.mover.promotions, store.hot_room.evictions
+    promotions, evictions = store.promoter.promotions, store.hot_room.evictions
     assert [epoch(), epoch()] == [4, 4]  # every epoch gets C/N, what Belady gets
-    assert store.mover.promotions - promotions == 0
+    assert store.promoter.promotions - promotions == 0
     assert store.hot_room.evictions - evictions == 0
     assert len(hot(store, "d")) == 4
 
@@ -178,7 +178,7 @@ def test_a_pin_overrides_a_refusing_policy(open_store: StoreFactory) -> None:
     assert store.get("d", "t").source == "archive"  # refused by the policy...
     store.pin("d", "s")
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")  # ...pinned
-    assert store.mover.in_flight() == (0, 0) and not store.stat("d", "t").hot
+    assert store.promoter.in_flight() == (0, 0) and not store.stat("d", "t").hot
 
 
 def evicted(open_store: StoreFactory, names: list[str]) -> tuple[Store, FaultyTier]:
@@ -207,10 +207,10 @@ def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_b
     store.evict("d", "s")
     archive.failing = True  # unpinned: a failed promotion is not tried again
     store.pin("d", "s", ttl_s=0.001)  # a pin that runs out at once
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotion")
     gets = len(archive.gets)
     archive.failing = False
-    assert store.mover.retry_failed_pins() == 0 and len(archive.gets) == gets
+    assert store.promoter.retry_failed_pins() == 0 and len(archive.gets) == gets
 
 
 def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
@@ -223,7 +223,7 @@ def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
     archive.failing = True
     for name in names:
         store.pin("d", name)
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotions", 30)
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotions", 30)
     started = len(archive.gets)
     time.sleep(3.5)  # the back-off: tries at about 1 s, then 2 s more (3 s in all)
     tries = (len(archive.gets) - started) / len(names)
@@ -247,7 +247,7 @@ def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFact
     archive.get = get  # type: ignore[method-assign]  # every promotion thread waits here
     for name in names:
         store.pin("d", name)  # the queue fills and overflows
-    assert store.mover.in_flight()[0] < len(names)  # some were not queued
+    assert store.promoter.in_flight()[0] < len(names)  # some were not queued
     thaw.set()
     wait_until(lambda: hot(store, "d") == set(names), "every pinned shard to be hot", 60)
 
@@ -263,9 +263,9 @@ def test_a_pin_whose_archive_copy_is_damaged_is_not_fetched_again_and_again(
     archive.inner.put(key, bytes(damaged))
     store.pin("d", "s")
     wait_until(lambda: bool(archive.gets), "the promotion to fetch")
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "the failed promotion")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotion")
     fetched = len(archive.gets)
-    assert store.mover.retry_failed_pins() == 0 and not store.stat("d", "s").hot
+    assert store.promoter.retry_failed_pins() == 0 and not store.stat("d", "s").hot
     time.sleep(2.5)  # two prefetch passes past a first retry's back-off, had there been one
     assert len(archive.gets) == fetched
 
@@ -404,11 +404,11 @@ def test_a_promotion_evicts_only_its_own_size(open_store: StoreFactory) -> None:
     evictions = store.hot_room.evictions
     # A put here would free down to the low watermark, taking every evictable shard;
     # a promotion (a prefetch, an admitted miss) takes one shard's room, no more.
-    assert store.mover.promote_now(record_of(store, "r", "r3"), None)
+    assert store.promoter.promote_now(record_of(store, "r", "r3"), None)
     assert store.hot_room.evictions - evictions == 1
     assert len(hot(store, "r")) == 3 and "r3" in hot(store, "r")
     assert catalog_hot_bytes(store) == (20 * STORED, 20 * STORED)
-    assert store.mover.promotions == 1 and store.mover.promotions_skipped == 0
+    assert store.promoter.promotions == 1 and store.promoter.promotions_skipped == 0
 
 
 def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
@@ -433,7 +433,7 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     assert before == (12 * STORED, 12 * STORED)
     evictions = store.hot_room.evictions
     woken: list[bool] = []
-    store.mover.after_promotion = lambda: woken.append(True)
+    store.promoter.after_promotion = lambda: woken.append(True)
 
     # A whole-shard service read of an admitted miss promotes on the reader's thread:
     # skipped, it still streams the shard, from the archive.
@@ -441,10 +441,10 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     assert len(frames) == 1 and frames[0][:FRAME] == payload(FRAME, len("r0"))
     # What a queued prefetch or ranged miss runs: nothing fetched, nothing evicted.
     reads = archive.reads
-    assert not store.mover.promote_now(record_of(store, "r", "r1"), None)
+    assert not store.promoter.promote_now(record_of(store, "r", "r1"), None)
     assert archive.reads == reads
-    assert store.mover.promotions_skipped == 2
-    assert store.mover.promotions == 0 and store.hot_room.evictions == evictions
+    assert store.promoter.promotions_skipped == 2
+    assert store.promoter.promotions == 0 and store.hot_room.evictions == evictions
     assert not woken  # a skipped promotion does not have the prefetcher ask again
     assert hot(store, "r") == set()
     assert catalog_hot_bytes(store) == before
@@ -452,14 +452,14 @@ def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     # Nor does the prefetch loop queue promotions that could not fit.
     store.declare_plan("r", shards=names)
     assert store.prefetcher.run_once() == 0
-    assert store.mover.in_flight() == (0, 0)
+    assert store.promoter.in_flight() == (0, 0)
 
     # A read with a cache fill: the bytes come back, the fill is skipped and counted.
     store.mover.start()
     assert store.get("r", "r2").to_bytes() == payload(FRAME, len("r2"))
-    wait_until(lambda: store.mover.promotions_pending() == 0, "the cache fill to end")
-    assert store.mover.promotions_skipped == 3
-    assert store.mover.promotions == 0 and hot(store, "r") == set()
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the cache fill to end")
+    assert store.promoter.promotions_skipped == 3
+    assert store.promoter.promotions == 0 and hot(store, "r") == set()
 
     # Once the archive takes the writes, eviction makes room and promotions land again.
     archive.refusing = False
@@ -545,12 +545,12 @@ def test_the_prefetcher_promotes_what_the_policy_asks_within_the_budget(
         PrefetchBudget(requests=3, bytes=10 * STORED),
         (("d", "s0"), ("d", "s1"), ("d", "s2")),
     )
-    assert store.mover.in_flight() == (3, 3 * STORED)
+    assert store.promoter.in_flight() == (3, 3 * STORED)
     assert store.prefetcher.budget() == PrefetchBudget(requests=0, bytes=7 * STORED)
     assert store.prefetcher.run_once() == 0  # no free slot: the policy is not even asked
     store.mover.start()  # the promotion threads take the queued prefetches
     wait_until(lambda: hot(store, "d") == {"s0", "s1", "s2"}, "the prefetches to land")
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "the promotions to end")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the promotions to end")
     store.report_position(job, 4)
     assert store.prefetcher.run_once() == 2  # s3 is behind the reader now
     assert policy.prefetches[-1][1] == (("d", "s4"), ("d", "s5"))
@@ -591,10 +591,10 @@ def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
     assert store.prefetcher.budget() == PrefetchBudget(requests=7, bytes=3 * STORED)
     # s1 is next, but fits only alone, with nothing in flight: s2 goes ahead of it.
     assert store.prefetcher.run_once() == 1
-    assert store.mover.in_flight() == (2, 2 * STORED)
+    assert store.promoter.in_flight() == (2, 2 * STORED)
     store.mover.start()
     wait_until(lambda: hot(store, "d") == {"s0", "s2"}, "the small shards to land")
-    wait_until(lambda: store.mover.in_flight() == (0, 0), "their promotions to end")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "their promotions to end")
     assert store.prefetcher.run_once() == 1  # nothing in flight: s1, alone
     wait_until(lambda: hot(store, "d") == {"s0", "s1", "s2"}, "the large prefetch to land")
     assert store.prefetcher.queued == 2
@@ -846,6 +846,6 @@ def test_a_promotion_takes_its_room_from_the_largest_dataset_not_one_shard_of_ea
         fill(store, name, ["s0", "s1", "s2", "s3"])
     assert catalog_hot_bytes(store) == (21 * STORED, 21 * STORED)
     evictions = store.hot_room.evictions
-    assert store.mover.promote_now(record_of(store, "d0", "cold"), None)
+    assert store.promoter.promote_now(record_of(store, "d0", "cold"), None)
     assert store.hot_room.evictions - evictions == 1
     assert [len(hot(store, name)) for name in names] == [5, 4, 4, 4, 4]  # d0 gave the room

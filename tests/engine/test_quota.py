@@ -333,7 +333,7 @@ def test_promotions_stay_within_the_quota(open_store: StoreFactory) -> None:
         store.evict("capped", f"s{index}")
     for index in range(5):  # every cold read is admitted (lru) and promoted
         assert store.get("capped", f"s{index}").to_bytes() == payload(SIZE, index)
-        wait_until(lambda: store.mover.promotions_pending() == 0, "promotions to finish")
+        wait_until(lambda: store.promoter.promotions_pending() == 0, "promotions to finish")
         assert dataset_hot_bytes(store, "capped") <= QUOTA
     assert dataset_hot_bytes(store, "capped") == QUOTA  # full, never over
 
@@ -426,7 +426,7 @@ def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
 
 def backdoor_failed_pins(store: Store) -> dict[tuple[str, str], Any]:
     """The mover's pins waiting to be promoted again (its private table)."""
-    return store.mover._failed_pins
+    return store.promoter._failed_pins
 
 
 def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
@@ -439,9 +439,9 @@ def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
     store.put("capped", "s3", payload(SIZE, 3))
     for name in ("s0", "s1", "s3"):
         store.pin("capped", name)  # the quota is full of pinned shards
-    skipped = store.mover.promotions_skipped
+    skipped = store.promoter.promotions_skipped
     store.pin("capped", "s2")
-    wait_until(lambda: store.mover.promotions_skipped > skipped, "the promotion to be skipped")
+    wait_until(lambda: store.promoter.promotions_skipped > skipped, "the promotion to be skipped")
     assert not store.stat("capped", "s2").hot
     # Not due for an hour, as after many skips: a raised quota makes it due at once, a
     # lowered one does not.

@@ -115,7 +115,7 @@ def test_a_shard_overwritten_while_staged_leaves_no_staged_frame_behind(
     newer = payload(2 * FRAME, 3)
     new = store.put("plain", "big", newer).generation
     archive.release_reads()
-    wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to end")
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
     assert staged(store) == {}
     assert old not in hot_frame_counts(store)
     assert hot_frame_counts(store) == {new: 2}
@@ -167,7 +167,7 @@ def test_deleting_a_damaged_record_leaves_staged_frames_to_their_promotion(
     counter, actual = catalog_hot_bytes(store)
     assert counter == actual == 2 * STORED_FRAME
     archive.release_reads()
-    wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to end")
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
     assert generation not in hot_frame_counts(store)
     assert staged(store) == {}
     assert store.get("plain", "kept").to_bytes() == kept
@@ -191,7 +191,7 @@ def test_a_bad_frame_after_the_first_chunk_drops_what_was_staged(
     blob[-1] ^= 0xFF  # in the last frame, of the last chunk
     archive.put(key, bytes(blob))
     with pytest.raises(IntegrityError):
-        store.mover.promote_now(record_of(store, "plain", "big"), None)
+        store.promoter.promote_now(record_of(store, "plain", "big"), None)
     assert staged(store) == {}
     assert hot_frame_counts(store) == {}
     assert not store.stat("plain", "big").hot
@@ -216,7 +216,7 @@ def test_a_shard_of_one_chunk_of_payload_is_promoted_in_one_transaction(
         raise AssertionError("a shard of one chunk was staged")
 
     monkeypatch.setattr(spool.Spooler, "stage", staged_anyway)
-    assert store.mover.promote_now(record_of(store, "plain", "whole"), None)
+    assert store.promoter.promote_now(record_of(store, "plain", "whole"), None)
     assert store.get("plain", "whole").to_bytes() == data
 
 
@@ -239,7 +239,7 @@ def test_a_marker_left_by_a_failed_drop_never_costs_a_hot_shard_its_frames(
     monkeypatch.setattr(spool, "drop_staged_in", failing_once)
     archive.failing = True  # the held chunk fails
     archive.release_reads()
-    wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to fail")
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to fail")
     archive.failing = False
     assert staged(store) == {generation: FRAMES}  # the drop failed
     assert store.get("plain", "big").to_bytes() == data  # whole: a cache fill
@@ -277,9 +277,9 @@ def test_a_shard_larger_than_the_high_watermark_is_never_fetched_for_promotion(
     store.put("plain", "big", payload(FRAMES * FRAME, 10))  # passes the watermark: a put may
     assert store.drain(10)
     store.evict("plain", "big")
-    skipped = store.mover.promotions_skipped
-    assert not store.mover.promote_now(record_of(store, "plain", "big"), None)
-    assert store.mover.promotions_skipped == skipped + 1
+    skipped = store.promoter.promotions_skipped
+    assert not store.promoter.promote_now(record_of(store, "plain", "big"), None)
+    assert store.promoter.promotions_skipped == skipped + 1
     assert archive.gets_by("tierstore-promote-fetch") == []
     assert staged(store) == {} and hot_frame_counts(store) == {}
 

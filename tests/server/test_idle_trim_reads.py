@@ -63,10 +63,10 @@ def test_a_promotion_owes_a_trim(tmp_path: Path) -> None:
         assert store.drain(10)
         store.evict("d", "s")
         trim, trims = counting_trim()
-        store.mover.work_in_flight = trim.busy
+        store.promoter.work_in_flight = trim.busy
         assert store.get("d", "s", byte_range=(0, 10)).nbytes == 10  # queues a promotion
         wait_until(lambda: store.stat("d", "s").hot, "the promotion")
-        wait_until(lambda: store.mover.promotions_pending() == 0, "the promotion to end")
+        wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
         trim.trim_if_due()
         assert len(trims) == 1
     finally:

@@ -54,7 +54,7 @@ def test_a_stream_closed_after_its_header_queues_the_admitted_promotion(
             stream = servicer.GetShard(request, _OpenCall())  # type: ignore[arg-type]
             first = next(stream)
             assert first.HasField("header") and not first.header.info.hot
-            assert store.mover.promotions_pending() == 0 and not archive.gets
+            assert store.promoter.promotions_pending() == 0 and not archive.gets
             stream.close()  # the client went away: GeneratorExit at the header
         finally:
             token.var.reset(token)

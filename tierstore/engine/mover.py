@@ -1,4 +1,5 @@
-"""The mover: drains the upload journal to the archive, promotes, and runs eviction.
+"""The mover: drains the upload journal to the archive, runs eviction, and starts and
+stops the promoter (:mod:`tierstore.engine.promotion`).
 
 One background thread works the journal in sequence order: ``upload`` copies a
 generation's stored frames to ``<dataset>/<generation>.frames`` and then writes
@@ -8,29 +9,12 @@ entry in place and the upload is simply redone on restart. While the archive
 fails, the thread backs off exponentially and keeps every entry: nothing
 acknowledged is dropped.
 
-Promotion threads (``promotion_threads``) copy shards from the archive into the
-hot tier, fetching a shard's frames with parallel ranged GETs: ranged misses the
-policy admitted, pinned shards, and those the prefetcher
-(:mod:`tierstore.engine.prefetch`) or an operator asked for. One fill thread writes
-in the shards a read already fetched whole (a cache fill).
-The journal thread runs eviction (:mod:`tierstore.engine.eviction`) whenever the hot
-tier passes its high watermark, down to the low one, and trims datasets over their
-quotas.
+Between passes the journal thread merges pending access statistics into the catalog
+and runs eviction (:mod:`tierstore.engine.eviction`) whenever the hot tier passes its
+high watermark, down to the low one, and trims datasets over their quotas.
 
-A promotion is optional work, unlike a put: it evicts only what it needs to fit
-below the high watermark and within its dataset's quota (never more than its own
-size), and is skipped, evicting nothing, when that room cannot be made (the rest is
-not archived yet, or pinned). It never writes past the high watermark or a quota;
-the shard is read from the archive meanwhile.
-
-The journal thread and the fill thread (writing shards a read already fetched whole)
-run ``background_niceness`` below the threads serving callers
-(:mod:`tierstore.engine.background`): on busy cores, reads and puts come first. The
-promotion threads that fetch from the archive do not: a reader is about to need what
-they fetch.
-
-Every change of the hot set is told to the policies inside the write transaction
-that makes it (lock order: LMDB write transaction → policy driver lock).
+The journal thread runs ``background_niceness`` below the threads serving callers
+(:mod:`tierstore.engine.background`): on busy cores, reads and puts come first.
 """
 
 from __future__ import annotations
@@ -38,21 +22,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeGuard, TypeVar
+from typing import TypeGuard
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archived import ArchivedFrames, fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
-from tierstore.engine.policies import PolicyDriver
+from tierstore.engine.promotion import FrameVerifier, Promoter
 from tierstore.engine.rebuild import archive_keys
 from tierstore.engine.records import (
     JournalOp,
@@ -64,9 +44,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
-from tierstore.engine.spool import Spooler, Staged
 from tierstore.errors import (
-    ArchiveUnavailable,
     IntegrityError,
     KeyUnwrapError,
     TierstoreError,
@@ -80,16 +58,11 @@ __all__ = ["Mover"]
 
 log = logging.getLogger(__name__)
 
-#: Verifies one stored frame of a record (raises IntegrityError).
-FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
-_Promotion = tuple[ShardRecord, list[memoryview] | None]
-_T = TypeVar("_T")
 #: journal entries looked through for a dataset's operations (quota waits, write-through).
 _UPLOADS_SCANNED = 10_000
 #: how often a write-through put overtaken by newer ones runs their entries before it
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
-_STOP = None
 #: seconds a journal entry may hand the archive no data before archive_failure says so,
 #: per part in flight (mover_threads): a part of 8 MiB slower than that, about 280 KB/s,
 #: is as good as no answer
@@ -99,26 +72,6 @@ STALL_REPORT_S = 30.0
 #: attempt on a frozen archive may keep the journal for minutes (its time-outs and
 #: retries), and the caller's put or delete is committed locally either way.
 JOURNAL_TURN_GRACE_S = 10.0
-
-
-#: the longest pause between two tries of a failed pin's promotion (seconds).
-PIN_RETRY_MAX_S = 60.0
-
-
-@dataclass(slots=True)
-class _FailedPin:
-    """A pinned shard's generation whose promotion failed ``failures`` times in a
-    row (0: it found the promotion queue full), for want of the archive or, if
-    ``for_room``, skipped for want of room; tried again at ``due`` (a
-    ``time.monotonic()`` reading)."""
-
-    generation: int
-    failures: int
-    due: float
-    for_room: bool = False
-
-    def backoff(self) -> float:
-        return min(PIN_RETRY_MAX_S, 2.0 ** max(0, self.failures - 1))
 
 
 def _manifest_generation(key: str, prefix: str) -> int | None:
@@ -141,7 +94,8 @@ def _newer_waits(current: ShardRecord | None, generation: int) -> TypeGuard[Shar
 
 
 class Mover:
-    """Background archive uploads, promotions and evictions of one store."""
+    """The upload journal's thread, which also runs eviction, and the lifecycle of the
+    promoter's threads, for one store."""
 
     def __init__(
         self,
@@ -151,9 +105,8 @@ class Mover:
         frames: LmdbTier,
         archive: Tier,
         access: AccessRecorder,
-        policies: PolicyDriver,
         hot_room: HotRoom,
-        overhead: Callable[[ShardRecord], int],
+        promoter: Promoter,
         verify: FrameVerifier,
         seal: Callable[[str, bytes], bytes],
         check_object: Callable[[str, bytes | memoryview], None],
@@ -164,9 +117,8 @@ class Mover:
         self._frames = frames
         self._archive = archive
         self._access = access
-        self._policies = policies
         self._hot_room = hot_room
-        self._overhead = overhead
+        self._promoter = promoter
         self._verify = verify
         #: seals a metadata object for its archive key (see archiveseal).
         self._seal = seal
@@ -180,46 +132,6 @@ class Mover:
         #: notified on each: puts waiting for room in their quota wait on it.
         self._progress = 0
         self._progressed = threading.Condition()
-        #: held by a promotion from making its room to its commit (lock order: room lock
-        #: → eviction lock → LMDB write transaction).
-        self._room_lock = threading.Lock()
-        #: promotions that fetch from the archive (prefetches, pins, ranged misses): at
-        #: the callers' priority, since a reader is about to need what they fetch.
-        self._promotions: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
-        #: cache fills: shards a read already fetched whole, written into the hot tier
-        #: by one lowered thread (nobody waits for them).
-        self._fills: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
-        #: ranged GETs of the frames of shards promoted from the archive (apart from the
-        #: readers' pool, so a queue of prefetches never delays a reader's frames).
-        self._fetch_pool = ThreadPoolExecutor(
-            settings.cold_read_parallelism, thread_name_prefix="tierstore-promote-fetch"
-        )
-        # Promotions queued or running: (dataset, generation) -> stored bytes.
-        self._promoting: dict[tuple[str, int], int] = {}
-        #: the keys of ``_promoting`` that are cache fills (they fetch nothing).
-        self._filling: set[tuple[str, int]] = set()
-        #: guards ``_promoting``; notified whenever a promotion leaves it.
-        self._promoting_lock = threading.Condition()
-        #: pinned shards whose promotion failed for want of the archive, to be tried
-        #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
-        self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
-        #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
-        #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
-        #: it in memory, as a promotion thread does.
-        self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
-        #: stages the frames of large promotions a chunk at a time (see spool).
-        self._spooler = Spooler(
-            environment, catalog, frames, verify, self._stop, settings.promotion_chunk_bytes
-        )
-        #: called after each promotion that turned a shard hot (the prefetcher's wake-up;
-        #: not after a skipped one, which would only have the prefetcher ask again).
-        self.after_promotion: Callable[[], None] = lambda: None
-        #: wraps each promotion and cache fill: the server counts them as work whose
-        #: freed heap goes back to the OS once idle (tierstore.engine.allocator.IdleTrim).
-        self.work_in_flight: Callable[[], contextlib.AbstractContextManager[object]] = (
-            contextlib.nullcontext
-        )
-        self._threads: list[threading.Thread] = []
         self._journal_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
@@ -228,72 +140,37 @@ class Mover:
         self._archive_progress: float | None = None
         #: why journal entries may not run now (None: they may): see hold_archive.
         self._archive_hold: str | None = None
-        #: shards promoted into the hot tier since start (for metrics).
-        self.promotions = 0
-        #: promotions skipped since start because eviction could not make room for them
-        #: below the high watermark, within the dataset's quota or in the LMDB map.
-        self.promotions_skipped = 0
         #: Uploads given up because the local copy failed verification (newest last).
         self.data_loss: collections.deque[str] = collections.deque(maxlen=100)
 
     def start(self) -> None:
-        """Start the background threads (resumes any journal left by a crash)."""
-        workers: list[tuple[queue.Queue[_Promotion | None] | None, str, bool]] = [
-            (None, "journal", True),
-            *[(self._promotions, "promote", False)] * self._settings.promotion_threads,
-            (self._fills, "fill", True),
-        ]
-        for jobs, name, lowered in workers:
-            thread = threading.Thread(
-                target=self._run, args=(jobs, lowered), name=f"tierstore-{name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-            if jobs is None:
-                self._journal_thread = thread
-
-    def _run(self, jobs: queue.Queue[_Promotion | None] | None, lowered: bool) -> None:
-        """A mover thread: the journal's (``jobs`` None) or a promotion queue's."""
-        if lowered:
-            lower_this_thread(self._settings.background_niceness)
-        if jobs is None:
-            self._run_journal()
-        else:
-            self._run_promotions(jobs)
+        """Start the journal thread (it resumes any journal left by a crash) and the
+        promotion threads."""
+        self._journal_thread = threading.Thread(
+            target=self._run_journal, name="tierstore-journal", daemon=True
+        )
+        self._journal_thread.start()
+        self._promoter.start()
 
     @property
     def running(self) -> bool:
-        """Whether any of its threads is still alive (after :meth:`stop`: one that did
-        not end in time, inside an archive request, say)."""
-        return any(thread.is_alive() for thread in self._threads)
+        """Whether any of its threads or the promoter's is still alive (after
+        :meth:`stop`: one that did not end in time, inside an archive request, say)."""
+        journal = self._journal_thread
+        return (journal is not None and journal.is_alive()) or self._promoter.running
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the threads, waiting at most ``timeout`` seconds for all of them (a
-        thread inside an archive request ends when it does); pending journal entries
-        stay for the next start."""
+        """Stop the journal and promotion threads, waiting at most ``timeout`` seconds
+        for all of them together (a thread inside an archive request ends when it does);
+        pending journal entries stay for the next start."""
+        deadline = time.monotonic() + timeout  # one wait for all: not 10 s per thread
         self._stop.set()
         self._wake.set()
         with self._progressed:
             self._progressed.notify_all()  # puts waiting for uploads stop waiting
-        # One stop mark per promotion thread; if the queue is full, the threads see the
-        # stop flag after their current item (and wait for items with a timeout).
-        marks = [self._promotions] * self._settings.promotion_threads + [self._fills]
-        for jobs in marks:
-            with contextlib.suppress(queue.Full):
-                jobs.put_nowait(_STOP)
-        deadline = time.monotonic() + timeout  # one wait for all: not 10 s per thread
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-        # What is still queued will not run: unmark it, so that no reader waits for it.
-        for jobs in (self._promotions, self._fills):
-            while True:
-                try:
-                    item = jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self._forget_promotion((item[0].dataset, item[0].generation))
-        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._promoter.stop(deadline)
+        if self._journal_thread is not None:
+            self._journal_thread.join(max(deadline - time.monotonic(), 0.0))
         try:
             self.flush_access()  # a clean stop keeps every access counted so far
         except TierstoreError as exc:  # e.g. a full hot tier: counts are only statistics
@@ -306,6 +183,7 @@ class Mover:
     # The journal.
 
     def _run_journal(self) -> None:
+        lower_this_thread(self._settings.background_niceness)
         last_flush = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(timeout=self._settings.access_flush_interval_s)
@@ -720,375 +598,3 @@ class Mover:
                     # with it.
                     if record is not None and record.generation == generation:
                         self._catalog.add_access(txn, dataset, name, reads, half_life)
-
-    # Promotion.
-
-    def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> bool:
-        """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.
-
-        ``stored`` frames must already be verified (the cold read that fetched them
-        did); frames fetched here are verified before they enter the hot tier. With
-        ``stored`` it is a cache fill, done by the lowered fill thread; without, the
-        fetch is done at the callers' priority (see :mod:`tierstore.engine.background`).
-        Best effort: a full queue or a duplicate request is dropped (the next read
-        asks again). Returns whether it is queued or in flight (False: dropped for a
-        full queue, or the mover is stopping).
-        """
-        if self._stop.is_set():
-            return False
-        # Marked before it is queued: a promotion thread may finish it at once.
-        if not self._mark_promotion(record, fill=stored is not None):
-            return True  # queued or running already
-        jobs = self._promotions if stored is None else self._fills
-        try:
-            jobs.put_nowait((record, stored))
-        except queue.Full:
-            self._forget_promotion((record.dataset, record.generation))
-            return False
-        return True
-
-    def _mark_promotion(self, record: ShardRecord, fill: bool) -> bool:
-        """Mark ``record``'s generation as promoting (a cache fill if ``fill``); False,
-        and nothing marked, if it already is."""
-        key = (record.dataset, record.generation)
-        with self._promoting_lock:
-            if key in self._promoting:
-                return False
-            self._promoting[key] = sum(record.stored_sizes(self._overhead(record)))
-            if fill:
-                self._filling.add(key)
-            return True
-
-    def _forget_promotion(self, key: tuple[str, int]) -> None:
-        with self._promoting_lock:
-            self._promoting.pop(key, None)
-            self._filling.discard(key)
-            self._promoting_lock.notify_all()
-
-    def in_flight(self) -> tuple[int, int]:
-        """Promotions that fetch from the archive, queued or running, and their stored
-        bytes (cache fills fetch nothing: they take none of the prefetch budget)."""
-        with self._promoting_lock:
-            fetching = [size for key, size in self._promoting.items() if key not in self._filling]
-            return len(fetching), sum(fetching)
-
-    def promotions_pending(self) -> int:
-        """Promotions queued or running, cache fills included."""
-        with self._promoting_lock:
-            return len(self._promoting)
-
-    def is_promoting(self, record: ShardRecord) -> bool:
-        """Whether ``record``'s generation is queued or being promoted."""
-        with self._promoting_lock:
-            return (record.dataset, record.generation) in self._promoting
-
-    def is_fetching(self, record: ShardRecord) -> bool:
-        """Whether ``record``'s generation is queued or being promoted by a promotion
-        that fetches it (not a cache fill, which the lowered fill thread may hold)."""
-        key = (record.dataset, record.generation)
-        with self._promoting_lock:
-            return key in self._promoting and key not in self._filling
-
-    def wait_promoted(self, record: ShardRecord, timeout: float) -> bool:
-        """Wait until ``record``'s generation is neither queued nor being promoted (at
-        once if it is not); False if it still is after ``timeout`` seconds.
-
-        Whether it is hot afterwards is the catalog's to say (a promotion may fail or
-        find the generation superseded).
-        """
-        key = (record.dataset, record.generation)
-        with self._promoting_lock:
-            return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
-
-    def retry_failed_pins(self) -> int:
-        """Queue again the promotion of each pinned shard whose promotion failed for
-        want of the archive or of room, once its back-off is over (1 s, doubling per failure to
-        :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the generation that
-        failed; returns how many were queued. The prefetch loop calls this each pass."""
-        now = time.monotonic()
-        with self._promoting_lock:
-            due = [(key, pin) for key, pin in self._failed_pins.items() if pin.due <= now]
-        if not due:
-            return 0
-        with self._env.read() as txn:
-            records = [self._catalog.readable_shard(txn, *key) for key, _ in due]
-        queued = 0
-        wall = time.time()
-        for (key, pin), record in zip(due, records, strict=True):
-            current = (
-                record is not None
-                and record.pin_holds(wall)
-                and not record.hot
-                and record.generation == pin.generation
-            )
-            taken = current and record is not None and self.promote(record, None)
-            queued += taken
-            with self._promoting_lock:
-                if self._failed_pins.get(key) is not pin:
-                    continue  # failed again meanwhile: its own back-off stands
-                if not current:
-                    del self._failed_pins[key]
-                elif taken:
-                    # Not due again until its back-off is over; one that turns hot is
-                    # dropped when next due.
-                    pin.due = now + pin.backoff()
-                else:
-                    pin.due = now  # the queue is full: the next pass tries again
-        return queued
-
-    def retry_pins_soon(self, dataset: str) -> None:
-        """Make the pins of ``dataset`` skipped for want of room due at once: room has
-        come (its quota was raised or removed). The next prefetch pass tries them; pins
-        that failed for want of the archive keep their back-off."""
-        now = time.monotonic()
-        with self._promoting_lock:
-            for (pinned_dataset, _), pin in self._failed_pins.items():
-                if pinned_dataset == dataset and pin.for_room:
-                    pin.due = now
-
-    def promote_pinned(self, record: ShardRecord) -> None:
-        """Queue the promotion of ``record``, just pinned; if the queue is full, a later
-        prefetch pass queues it (:meth:`retry_failed_pins`): a pin promises a hot
-        shard, where a read's promotion is best effort."""
-        if self.promote(record, None) or self._stop.is_set():
-            return
-        with self._promoting_lock:
-            self._failed_pins[(record.dataset, record.name)] = _FailedPin(
-                record.generation, 0, time.monotonic()
-            )
-
-    def _remember_failed_pin(self, record: ShardRecord, *, for_room: bool = False) -> None:
-        """Note that the promotion of pinned ``record`` failed for want of the archive
-        (or, ``for_room``, was skipped for want of room): tried again after a back-off
-        that grows with each failure."""
-        key = (record.dataset, record.name)
-        with self._promoting_lock:
-            prior = self._failed_pins.get(key)
-            failures = 1
-            if prior is not None and prior.generation == record.generation:
-                failures = prior.failures + 1
-            pin = _FailedPin(record.generation, failures, 0.0, for_room)
-            pin.due = time.monotonic() + pin.backoff()
-            self._failed_pins[key] = pin
-
-    def _run_promotions(self, jobs: queue.Queue[_Promotion | None]) -> None:
-        while not self._stop.is_set():
-            try:
-                item = jobs.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            record, stored = item
-            self._promote_registered(record, stored, self._fetch_pool)
-
-    def promote_here(self, record: ShardRecord, fetch_pool: Executor) -> bool:
-        """Promote ``record`` on the calling thread, fetching on ``fetch_pool``, for a
-        caller that waits for the promotion anyway: it then runs at the caller's
-        priority, not the mover's. If the shard is already queued or being promoted,
-        returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
-        raised: the caller reads the archive instead. Except ArchiveUnavailable, which
-        is raised: the archive has just failed through all its retries, and reading it
-        again would only make the caller wait as long once more.
-
-        At most ``promotion_threads`` callers promote at once, since each holds up to
-        two to three times ``promotion_chunk_bytes`` in memory until it is written (a
-        chunk fetched and LMDB's copy of it; a shard smaller than a chunk, held whole).
-        Beyond that the promotion is queued for the promotion threads and False is
-        returned: the caller should read the archive itself rather than wait behind
-        the queue."""
-        if not self._caller_slots.acquire(blocking=False):
-            self.promote(record, None)
-            return False
-        try:
-            if self._mark_promotion(record, fill=False):
-                self._promote_registered(record, None, fetch_pool, raise_unavailable=True)
-        finally:
-            self._caller_slots.release()
-        return True
-
-    def _promote_registered(
-        self,
-        record: ShardRecord,
-        stored: list[memoryview] | None,
-        fetch_pool: Executor,
-        *,
-        raise_unavailable: bool = False,
-    ) -> None:
-        """Run a promotion marked in ``_promoting``, then unmark it (whatever happens).
-        Failures are logged; ArchiveUnavailable is raised if ``raise_unavailable``."""
-        promoted = False
-        try:
-            with self.work_in_flight():
-                promoted = self.promote_now(record, stored, fetch_pool)
-            if not promoted and record.pin_holds(time.time()):
-                # Skipped for want of room (a quota or the hot tier full of pinned or
-                # unarchived shards): a pin promises a hot shard, so it is tried again,
-                # with the back-off, once room may have come (a quota raised, shards
-                # archived or unpinned). It stayed cold until pinned again. (Not hot
-                # for another reason, promoted or superseded meanwhile: the retry pass
-                # finds it so and forgets it.)
-                self._remember_failed_pin(record, for_room=True)
-        except Exception as exc:
-            if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
-                # A pin promises a hot shard: it is tried again once the archive may be
-                # back (retry_failed_pins), not left cold until someone pins it again.
-                # (A damaged archive copy is not: trying again would only fail again.)
-                self._remember_failed_pin(record)
-            if raise_unavailable and isinstance(exc, ArchiveUnavailable):
-                raise
-            if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback
-                log.warning("promotion of %s/%s failed: %s", record.dataset, record.name, exc)
-            else:
-                log.exception("promotion of %s/%s failed", record.dataset, record.name)
-        finally:
-            self._forget_promotion((record.dataset, record.generation))
-            if promoted:
-                self.after_promotion()
-
-    def promote_now(
-        self,
-        record: ShardRecord,
-        stored: list[memoryview] | None,
-        fetch_pool: Executor | None = None,
-    ) -> bool:
-        """Copy a generation's stored frames into the hot tier (fetching them if needed,
-        on ``fetch_pool``, by default the mover's). Returns whether it turned hot.
-
-        Frames passed in ``stored`` were verified by the caller; frames fetched here
-        are verified before they are written. Optional work (see the module
-        docstring): it evicts at most its own size, to fit within the dataset's quota
-        (before fetching) and below the high watermark (once the frames are in hand),
-        and is skipped, counted in :attr:`promotions_skipped`, when that room cannot
-        be made; the room is checked again in the write transaction. Thread-safe.
-        """
-        if not self._still_cold(record):
-            return False  # promoted, superseded or deleted meanwhile: evict and fetch nothing
-        total = sum(record.stored_sizes(self._overhead(record)))
-        quota = self._hot_room.quota(record.dataset)
-        # Above the high watermark already, it could not fit by evicting its own size:
-        # the tier is the mover's to trim (or holds only what eviction may not take).
-        # Nor can a shard larger than the high watermark or its quota: skipped before
-        # anything is fetched (or staged on disk, only to be dropped).
-        if (
-            self._hot_room.over_high_watermark()
-            or total > self._hot_room.high_watermark_bytes()
-            or 0 < quota < total
-        ):
-            return self._skipped()
-        # Room in the dataset's quota is made before fetching (and checked again after),
-        # room below the high watermark once the frames are in hand (when the simulator
-        # makes it, too).
-        if not self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total):
-            return self._skipped()
-        pool = fetch_pool or self._fetch_pool
-        if self._spooler.spools(record):
-            return self._promote_spooled(record, quota, total, pool, stored)
-        if stored is None:
-            stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))
-            if stored is None:
-                return False
-            for index, frame in enumerate(stored):
-                self._verify(record, index, frame)
-        return self._commit_promotion(record, quota, total, stored)
-
-    def _unless_superseded(self, record: ShardRecord, fetch: Callable[[], _T]) -> _T | None:
-        """``fetch()`` (which fetches ``record``'s archive object), or None when it
-        raised IntegrityError because the generation was superseded meanwhile: its
-        archive object may be gone. Any other IntegrityError is raised."""
-        try:
-            return fetch()
-        except IntegrityError:
-            with self._env.read() as txn:
-                current = self._catalog.get_shard(txn, record.dataset, record.name)
-            if current is not None and current.generation == record.generation:
-                raise
-            return None
-
-    def _promote_spooled(
-        self,
-        record: ShardRecord,
-        quota: int,
-        total: int,
-        pool: Executor,
-        stored: list[memoryview] | None,
-    ) -> bool:
-        """:meth:`promote_now` for a shard larger than one chunk: its frames (``stored``,
-        verified, when a cold read has them in hand; else fetched) are staged a chunk a
-        transaction (:mod:`tierstore.engine.spool`), then committed. So LMDB's copy of
-        a large cache fill is one chunk in memory, not the shard again."""
-        promoted = False
-        try:
-            if stored is not None:
-                staged: Staged | None = self._spooler.stage_held(record, stored)
-            else:
-                fetcher = ArchivedFrames(self._archive, record)
-                staged = self._unless_superseded(
-                    record, lambda: self._spooler.stage(record, fetcher, pool)
-                )
-            if staged in (None, Staged.SUPERSEDED, Staged.STOPPED):
-                return False
-            if staged is Staged.NO_ROOM:
-                return self._skipped()
-            # Its room below the high watermark is made now, as for any promotion:
-            # staged frames are not hot bytes, so none was reserved meanwhile.
-            promoted = self._commit_promotion(record, quota, total, None)
-            return promoted
-        finally:
-            if not promoted:
-                self._spooler.drop(record.generation)
-
-    def _commit_promotion(
-        self, record: ShardRecord, quota: int, total: int, stored: list[memoryview] | None
-    ) -> bool:
-        """Make room for ``record``'s generation and turn it hot, writing its verified
-        ``stored`` frames (None: they are staged already). Returns whether it turned
-        hot: False when superseded meanwhile, or skipped (counted) for want of room."""
-        # Promotions make their room and commit one at a time: two at once would both
-        # count the same free room, and one would be skipped after evicting for it.
-        with self._room_lock:
-            if not (
-                self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total)
-                and self._hot_room.make_room_for_promotion(total)
-            ):
-                return self._skipped()
-            with self._policies.undone_on_failure(), self._env.write() as txn:
-                current = self._catalog.get_shard(txn, record.dataset, record.name)
-                if current is None or current.generation != record.generation or current.hot:
-                    return False
-                # Checked again here, where it is exact: a put may have taken the room
-                # meanwhile, and the map may be nearly full.
-                needed, free = self._env.room_for(txn, (len(frame) for frame in stored or ()))
-                hot = self._catalog.counter(txn, "hot_bytes")
-                fits = (
-                    self._hot_room.fits_quota(record.dataset, quota, total)
-                    and hot + total <= self._hot_room.high_watermark_bytes()
-                    and needed <= free
-                )
-                if fits:
-                    # Always: a marker left by a staging whose drop failed must not
-                    # outlive the generation turning hot (a cache fill, say), or the next
-                    # open would drop the frames of a hot shard.
-                    self._catalog.unmark_staging(txn, record.generation)
-                    for index, frame in enumerate(stored or ()):
-                        self._frames.put_in(txn, frame_key(record.generation, index), frame)
-                    self._catalog.put_shard(txn, current.with_state(hot=True))
-                    self._catalog.add_counter(txn, "hot_bytes", total)
-                    self._policies.inserted((record.dataset, record.name), total)
-        if not fits:
-            return self._skipped()
-        with self._promoting_lock:  # also run on readers' threads (promote_here)
-            self.promotions += 1
-        return True
-
-    def _skipped(self) -> bool:
-        """Count a promotion skipped for want of room; returns False (it is not hot)."""
-        with self._promoting_lock:  # also run on readers' threads (promote_here)
-            self.promotions_skipped += 1
-        return False
-
-    def _still_cold(self, record: ShardRecord) -> bool:
-        """Whether ``record``'s generation is still the shard's, and not hot."""
-        with self._env.read() as txn:
-            current = self._catalog.get_shard(txn, record.dataset, record.name)
-        return current is not None and current.generation == record.generation and not current.hot

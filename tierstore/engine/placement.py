@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.mover import Mover
+from tierstore.engine.promotion import Promoter
 from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import check_pin_ttl
@@ -54,10 +54,10 @@ class DatasetUsage:
 class Placement:
     """Pins, prefetches and usage figures over one store's catalog."""
 
-    def __init__(self, environment: LmdbEnvironment, catalog: Catalog, mover: Mover) -> None:
+    def __init__(self, environment: LmdbEnvironment, catalog: Catalog, promoter: Promoter) -> None:
         self._env = environment
         self._catalog = catalog
-        self._mover = mover
+        self._promoter = promoter
         self._lock = threading.Lock()
         self._reads: dict[str, list[int]] = {}
         #: hits and misses of datasets deleted since start: the node's totals keep them.
@@ -110,7 +110,7 @@ class Placement:
             if updated != record:
                 self._catalog.put_shard(txn, updated)
         if pinned and not record.hot:
-            self._mover.promote_pinned(updated)  # now, or by a later prefetch pass
+            self._promoter.promote_pinned(updated)  # now, or by a later prefetch pass
             return stored_size(record)
         return 0
 
@@ -129,7 +129,7 @@ class Placement:
             ]
         for record in records:
             if record is not None and not record.hot and record.archived:
-                self._mover.promote(record, None)
+                self._promoter.promote(record, None)
                 queued += 1
         return queued
 

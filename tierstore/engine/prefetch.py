@@ -13,7 +13,7 @@ minus the bytes already on their way — the whole horizon when nothing is, whic
 is when one shard larger than it is taken (alone) if a policy names it first.
 
 No pass asks the policies while the hot tier is above its high watermark: a
-promotion there would be skipped anyway (see :mod:`tierstore.engine.mover`), and a
+promotion there would be skipped anyway (see :mod:`tierstore.engine.promotion`), and a
 skipped promotion does not wake this loop, so nothing spins while, say, writes the
 archive has not taken yet fill the tier.
 
@@ -29,9 +29,9 @@ import threading
 from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
-from tierstore.engine.mover import Mover
 from tierstore.engine.planbook import PlanBook
 from tierstore.engine.policies import PolicyDriver, shard_of
+from tierstore.engine.promotion import Promoter
 from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.policy.base import Key, PrefetchBudget
@@ -52,7 +52,7 @@ class Prefetcher:
         catalog: Catalog,
         policies: PolicyDriver,
         plans: PlanBook,
-        mover: Mover,
+        promoter: Promoter,
         hot_room: HotRoom,
     ) -> None:
         self._settings = settings
@@ -60,7 +60,7 @@ class Prefetcher:
         self._catalog = catalog
         self._policies = policies
         self._plans = plans
-        self._mover = mover
+        self._promoter = promoter
         self._hot_room = hot_room
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -74,7 +74,7 @@ class Prefetcher:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop thread (promotions already queued are the mover's)."""
+        """Stop the loop thread (promotions already queued are the promoter's)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -86,7 +86,7 @@ class Prefetcher:
 
     def budget(self) -> PrefetchBudget:
         """What may be fetched now (see the module docstring)."""
-        return self._budget(*self._mover.in_flight())
+        return self._budget(*self._promoter.in_flight())
 
     def _budget(self, count: int, in_flight: int) -> PrefetchBudget:
         """The budget with ``count`` fetching promotions of ``in_flight`` bytes on their way."""
@@ -101,8 +101,8 @@ class Prefetcher:
         """One pass: end expired plans, ask the policies, queue promotions. Returns how
         many promotions were queued (pins whose promotion failed not counted)."""
         self._plans.expire()
-        self._mover.retry_failed_pins()
-        count, in_flight = self._mover.in_flight()
+        self._promoter.retry_failed_pins()
+        count, in_flight = self._promoter.in_flight()
         budget = self._budget(count, in_flight)
         if budget.requests <= 0 or budget.bytes <= 0 or self._hot_room.over_high_watermark():
             return 0
@@ -115,7 +115,7 @@ class Prefetcher:
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or record.hot or not record.archived:
                     return True
-                if self._mover.is_promoting(record):
+                if self._promoter.is_promoting(record):
                     return True
                 records[key] = record
                 return False
@@ -131,7 +131,7 @@ class Prefetcher:
         for key in wanted:
             record = records.get(key)
             if record is not None:
-                self._mover.promote(record, None)
+                self._promoter.promote(record, None)
                 queued += 1
         self.queued += queued
         return queued

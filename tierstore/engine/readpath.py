@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.mover import Mover
+from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
 from tierstore.engine.records import ShardRecord, frame_key
@@ -52,7 +52,7 @@ class ShardReader:
         archive: Tier,
         sealers: ShardSealers,
         reads: ReadLog,
-        mover: Mover,
+        promoter: Promoter,
         *,
         max_read_leases: int,
         cold_read_parallelism: int,
@@ -63,7 +63,7 @@ class ShardReader:
         self._archive = archive
         self._sealers = sealers
         self._reads = reads
-        self._mover = mover
+        self._promoter = promoter
         self.leases = LeasePool(max_read_leases)
         #: parallel ranged GETs of cold frames, shared with the store's sealed reads.
         self.fetch_pool = ThreadPoolExecutor(
@@ -122,7 +122,7 @@ class ShardReader:
         else:
             raise Unavailable(f"{dataset}/{shard} kept changing during the read; retry")
         if self._reads.observe(record, record.hot) and not record.hot:
-            self._mover.promote(record, whole)
+            self._promoter.promote(record, whole)
         first = slices[0].index if slices else 0
         return ShardData(record.to_info(time.time()), first, frames, source)
 

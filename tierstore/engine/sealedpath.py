@@ -25,7 +25,7 @@ from typing import Protocol
 
 from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.mover import Mover
+from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.reads import FrameSlice, plan_reads
 from tierstore.engine.records import ShardRecord, frame_key
@@ -114,7 +114,7 @@ class SealedReader:
         archive: Tier,
         sealers: ShardSealers,
         reads: ReadLog,
-        mover: Mover,
+        promoter: Promoter,
         fetch_pool: ThreadPoolExecutor,
     ) -> None:
         self._env = environment
@@ -123,7 +123,7 @@ class SealedReader:
         self._archive = archive
         self._sealers = sealers
         self._reads = reads
-        self._mover = mover
+        self._promoter = promoter
         self._pool = fetch_pool
 
     def open(
@@ -144,7 +144,7 @@ class SealedReader:
             if len(slices) == len(record.frame_sizes):
                 promote = True  # the stream waits for it: it runs on the reader's thread
             else:
-                self._mover.promote(record, None)  # fetched whole in the background
+                self._promoter.promote(record, None)  # fetched whole in the background
         return SealedRead(
             info=record.to_info(time.time()),
             context=sealer.context,
@@ -158,8 +158,8 @@ class SealedReader:
         )
 
     def promote_later(self, record: ShardRecord) -> None:
-        """Queue ``record``'s promotion for the mover's promotion threads."""
-        self._mover.promote(record, None)
+        """Queue ``record``'s promotion for the promoter's threads."""
+        self._promoter.promote(record, None)
 
     def stream(
         self,
@@ -194,7 +194,7 @@ class SealedReader:
         whole_cold = not record.hot and len(slices) == len(record.frame_sizes)
         if whole_cold:
             use.take()
-            if not promote or self._mover.promote_here(record, self._pool):
+            if not promote or self._promoter.promote_here(record, self._pool):
                 record = self._after_promotion(record)
             if record.hot:
                 use.give_back()  # promoted: the rest is read hot
@@ -246,7 +246,7 @@ class SealedReader:
         """``record`` as the catalog has it once any promotion fetching it is over (hot
         if it succeeded; a queued cache fill is not waited for); ``record`` itself if
         it is still promoting after ``_PROMOTION_WAIT_S`` or was superseded."""
-        if self._mover.is_fetching(record) and not self._mover.wait_promoted(
+        if self._promoter.is_fetching(record) and not self._promoter.wait_promoted(
             record, _PROMOTION_WAIT_S
         ):
             return record

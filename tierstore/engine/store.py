@@ -48,6 +48,7 @@ from tierstore.engine.placement import DatasetUsage, Placement
 from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, PlanBook, PlanInfo
 from tierstore.engine.policies import PolicyDriver, hot_shards
 from tierstore.engine.prefetch import Prefetcher
+from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
@@ -202,6 +203,18 @@ class Store:
         self.hot_room = HotRoom(
             settings, self._env, self._catalog, self._frames, self._policies, stored_overhead
         )
+        #: promotions from the archive into the hot tier (threads started by the mover).
+        self.promoter = Promoter(
+            settings,
+            self._env,
+            self._catalog,
+            self._frames,
+            archive,
+            self._policies,
+            self.hot_room,
+            overhead=stored_overhead,
+            verify=self._sealers.verify_stored,
+        )
         self.mover = Mover(
             settings,
             self._env,
@@ -209,9 +222,8 @@ class Store:
             self._frames,
             archive,
             self._access,
-            self._policies,
             self.hot_room,
-            overhead=stored_overhead,
+            self.promoter,
             verify=self._sealers.verify_stored,
             seal=self._sealers.seal_object,
             check_object=self._sealers.check_object,
@@ -226,7 +238,7 @@ class Store:
             self.hot_room,
             self._policies,
         )
-        self._placement = Placement(self._env, self._catalog, self.mover)
+        self._placement = Placement(self._env, self._catalog, self.promoter)
         reads = ReadLog(
             settings,
             self._env,
@@ -243,7 +255,7 @@ class Store:
             archive,
             self._sealers,
             reads,
-            self.mover,
+            self.promoter,
             max_read_leases=settings.max_read_leases,
             cold_read_parallelism=settings.cold_read_parallelism,
         )
@@ -254,7 +266,7 @@ class Store:
             archive,
             self._sealers,
             reads,
-            self.mover,
+            self.promoter,
             self._reader.fetch_pool,
         )
         #: grant material and read recording for readers that map the hot tier themselves.
@@ -267,10 +279,10 @@ class Store:
             self._catalog,
             self._policies,
             self._plans,
-            self.mover,
+            self.promoter,
             self.hot_room,
         )
-        self.mover.after_promotion = self.prefetcher.wake
+        self.promoter.after_promotion = self.prefetcher.wake
         self._open_policies()
 
     def start_background(self) -> None:
@@ -410,7 +422,7 @@ class Store:
             hot_quota_bytes == 0 < old_quota or 0 < old_quota < hot_quota_bytes
         )
         if room_grew:
-            self.mover.retry_pins_soon(name)
+            self.promoter.retry_pins_soon(name)
         if policy is not None or room_grew:
             self.prefetcher.wake()
         try:

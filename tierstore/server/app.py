@@ -257,7 +257,7 @@ class TierstoreServer:
         #: gives freed heap memory back to the OS once puts stop (tierstore.engine.allocator)
         self._idle_trim = IdleTrim()
         # Promotions and cache fills hold shards' frames in the heap too.
-        store.mover.work_in_flight = self._idle_trim.busy
+        store.promoter.work_in_flight = self._idle_trim.busy
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.

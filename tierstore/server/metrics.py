@@ -153,12 +153,12 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "tierstore_promotions",
             "shards promoted into the hot tier",
-            self._store.mover.promotions,
+            self._store.promoter.promotions,
         )
         yield CounterMetricFamily(
             "tierstore_promotions_skipped",
             "promotions skipped: eviction could not make room below the high watermark or quota",
-            self._store.mover.promotions_skipped,
+            self._store.promoter.promotions_skipped,
         )
         yield CounterMetricFamily(
             "tierstore_evictions",
