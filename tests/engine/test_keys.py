@@ -25,7 +25,7 @@ from tests.engine.stores import (
     payload,
 )
 from tierstore.crypto import LocalKeyring
-from tierstore.engine import store as store_module
+from tierstore.engine import masterkeys
 from tierstore.engine.records import Envelope, ShardRecord
 from tierstore.errors import (
     EncryptionUnavailable,
@@ -102,7 +102,7 @@ def test_key_rotation_rewraps_keys_and_never_frames(
     open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
     # In batches of 2 the encrypted dataset's three shards take two transactions.
-    monkeypatch.setattr(store_module, "_ROTATION_BATCH", batch)
+    monkeypatch.setattr(masterkeys, "ROTATION_BATCH", batch)
     store = open_store(archive, datasets=DATASETS)
     contents = {
         ("enc", "a"): payload(3 * FRAME, 1),
@@ -193,7 +193,7 @@ def test_concurrent_rotations_of_a_store_run_one_at_a_time(
 ) -> None:
     # Small batches give interleaved rotations many chances to split the work; run one
     # at a time, the first rewraps every shard and the others find nothing left.
-    monkeypatch.setattr(store_module, "_ROTATION_BATCH", 2)
+    monkeypatch.setattr(masterkeys, "ROTATION_BATCH", 2)
     store = open_store(archive, datasets=DATASETS, start_mover=False)
     for index in range(40):
         store.put("enc", f"s{index:02d}", payload(10, index))

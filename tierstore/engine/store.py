@@ -4,12 +4,15 @@
 (validate → cut into frames → :mod:`tierstore.engine.writepath`: seal, commit,
 acknowledge by durability), reads (:mod:`tierstore.engine.readpath`: hot hit or
 ranged GETs from the archive), sealing and data keys
-(:mod:`tierstore.engine.sealing`), the mover, and placement: one policy per
+(:mod:`tierstore.engine.sealing`), the background work (the upload journal,
+:mod:`tierstore.engine.mover`; promotions, :mod:`tierstore.engine.promotion`;
+eviction, :mod:`tierstore.engine.eviction`), and placement: one policy per
 dataset (:mod:`tierstore.engine.policies`), access plans
 (:mod:`tierstore.engine.planbook`), the prefetch loop
 (:mod:`tierstore.engine.prefetch`) and the access trace
 (:mod:`tierstore.engine.trace`). It also answers metadata and administration
-requests (stat, list, evict, key rotation, rebuild, stats), and supports readers
+requests (stat, list, evict, key rotation through
+:mod:`tierstore.engine.masterkeys`, rebuild, stats), and supports readers
 that read the hot tier in place (:attr:`Store.local_reads`,
 :mod:`tierstore.engine.localreads`).
 
@@ -24,7 +27,6 @@ import dataclasses
 import gc
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,12 +39,12 @@ from tierstore import arrowio, tensors
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
 from tierstore.engine.eviction import HotRoom
 from tierstore.engine.localreads import LocalReadSupport
+from tierstore.engine.masterkeys import MasterKeys, SealFailure
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
 from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, PlanBook, PlanInfo
@@ -58,12 +60,11 @@ from tierstore.engine.rebuild import (
     restore_catalog,
     scan_archive,
 )
-from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key, catalog_key
+from tierstore.engine.records import JournalOp, ShardRecord, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import (
     ShardSealers,
     UnwrapFailure,
-    first_unwrap_failure,
     stored_overhead,
 )
 from tierstore.engine.spool import drop_abandoned
@@ -71,17 +72,13 @@ from tierstore.engine.trace import TraceRing
 from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
-    ArchiveUnavailable,
     DataLoss,
     EncryptionUnavailable,
     FailedPrecondition,
     HotTierFull,
     IntegrityError,
-    KeyRotationRefused,
     QuotaExceeded,
     StoreClosed,
-    TierstoreError,
-    UnknownKeyId,
     WrongShardKind,
 )
 from tierstore.framing import frame_prepared, frame_value
@@ -99,33 +96,9 @@ from tierstore.types import (
     TraceEvent,
 )
 
-__all__ = ["SealFailure", "Store", "StoreStats", "hot_tier_dir"]
+__all__ = ["Store", "StoreStats", "hot_tier_dir"]
 
 log = logging.getLogger(__name__)
-
-#: shards a key rotation handles per write transaction.
-_ROTATION_BATCH = 1000
-#: the catalog note naming the master key the archive's metadata was last resealed
-#: under (by a finished rotation); see :meth:`Store.rotate_master_key`.
-_SEALED_WITH = "archive_metadata_sealed_with"
-#: journal operations that rewrite archive metadata under the current master key
-_RESEAL_OPS = ("manifest", "dataset")
-#: the key a reseal of the archive's metadata was asked for under (Store.reseal_archive),
-#: until a start finds the journal empty.
-_RESEALING = "archive_metadata_resealing_under"
-
-
-@dataclass(frozen=True, slots=True)
-class SealFailure:
-    """An archive metadata object whose seal did not verify under a store's keys."""
-
-    object_key: str
-    #: IntegrityError (edited, forged, sealed under another key of the same id, no
-    #: seal) or UnknownKeyId (sealed under a key id the keyring lacks: one retired?)
-    error: TierstoreError
-
-    def __str__(self) -> str:
-        return f"{self.object_key}: {self.error}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +143,6 @@ class Store:
         lets go of the claim."""
         self.settings = settings
         self._archive = archive
-        self._keyring = keyring
-        # Held for a whole rotate_master_key: see there. Taken before any LMDB transaction.
-        self._rotation_lock = threading.Lock()
         self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
         self._env = LmdbEnvironment(  # opened at its first use, in _open
             hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
@@ -283,6 +253,10 @@ class Store:
             self.hot_room,
         )
         self.promoter.after_promotion = self.prefetcher.wake
+        #: master-key rotation and the checks on keys and on the archive's seals.
+        self.master_keys = MasterKeys(
+            self._env, self._catalog, archive, self._sealers, keyring, self.mover.wake
+        )
         self._open_policies()
 
     def start_background(self) -> None:
@@ -347,7 +321,7 @@ class Store:
         validate_dataset_name(name)
         settings = settings or DatasetSettings()
         self._policies.check(settings.policy)  # UnknownPolicy before anything is written
-        if settings.encrypted and self._keyring is None:
+        if settings.encrypted and self.master_keys.keyring is None:
             raise EncryptionUnavailable(
                 f"dataset {name!r} asks for encryption but no master key is configured"
             )
@@ -873,199 +847,49 @@ class Store:
             time.sleep(0.02)
         return self.mover.pending() == 0
 
+    # Master keys (tierstore.engine.masterkeys).
+
     @property
     def master_key_id(self) -> str:
         """The id of the master key new data keys are wrapped with ("" without a keyring)."""
-        return "" if self._keyring is None else self._keyring.current_key_id
+        return self.master_keys.current_key_id
 
     def rotate_master_key(self, keyring: MasterKeyProvider | None = None) -> int:
-        """Rewrap every data key not under the current master key.
-
-        With ``keyring`` (holding the old keys and a new current one), switch to it
-        first; KeyRotationRefused, nothing changed, when it cannot unwrap a data key
-        that a master key still in use wrapped. Frames are never rewritten: only
-        catalog records and the archive's metadata. Every manifest and dataset object
-        in the archive is rewritten (by the mover), sealed under the current master
-        key, so that the old key can be retired and a rebuild still believes them;
-        when the last finished rotation resealed them under the current key already,
-        only the manifests of rewrapped shards are. Works in batches of
-        ``_ROTATION_BATCH`` shards, each its own transaction: an error stops it with
-        the earlier batches done, and running it again finishes the rest. Returns how
-        many generations' data keys were rewrapped.
-
-        Thread-safe: rotations run one at a time (a second call waits for the first),
-        so no other rotation switches the keyring while this one's batches rewrap.
-        """
+        """:meth:`MasterKeys.rotate`: rewrap every data key not under the current master
+        key (switching to ``keyring`` first, if given); returns how many were."""
         self._check_open()
-        with self._rotation_lock:
-            if keyring is not None:
-                self.check_keyring(keyring)  # refuse a keyring without the old keys
-                self._keyring = keyring
-                self._sealers.use_keyring(keyring)
-            if self._keyring is None:
-                raise EncryptionUnavailable("no master key is configured")
-            current = self._keyring.current_key_id
-            with self._env.read() as txn:
-                datasets = [name for name, _ in self._catalog.list_datasets(txn)]
-                # Reseal every object only when some may be under another key (or none):
-                # a rotation that changes nothing leaves the journal alone.
-                reseal = self._catalog.note(txn, _SEALED_WITH) != current
-            rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
-            with self._env.write() as txn:
-                self._catalog.set_note(txn, _SEALED_WITH, current)
-            return rewrapped
+        return self.master_keys.rotate(keyring)
 
     def check_keyring(self, keyring: MasterKeyProvider) -> None:
-        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
-        key of each master key id the catalog's records use: what
-        :meth:`rotate_master_key` checks a keyring it is given with, for a caller that
-        must know before it makes the keyring durable. Thread-safe."""
+        """:meth:`MasterKeys.check_keyring`: KeyRotationRefused unless ``keyring``
+        unwraps a data key of each master key id in use."""
         self._check_open()
-        with self._env.read() as txn:
-            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+        self.master_keys.check_keyring(keyring)
 
     def check_key_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
-        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
-        ``key_id``) may replace this store's: no catalog record's data key is wrapped
-        with ``key_id`` (every key id in use unwraps under ``keyring``), a rotation
-        has resealed the archive's metadata under the current key (a rebuild could
-        not believe objects sealed under a retired one), and none of that resealing
-        is still on the journal. For a caller about to drop ``key_id`` from where keys
-        live (:meth:`LocalKeyring.retired_file`). Thread-safe."""
+        """:meth:`MasterKeys.check_retirement`: KeyRotationRefused unless ``key_id`` may
+        go, ``keyring`` (the keys less ``key_id``) taking this store's keys' place."""
         self._check_open()
-        with self._rotation_lock:
-            current = self.master_key_id
-            if key_id == current:
-                raise KeyRotationRefused(
-                    f"master key {key_id!r} is the current key: rotate first, then retire it"
-                )
-            self.check_keyring(keyring)
-            with self._env.read() as txn:
-                sealed_with = self._catalog.note(txn, _SEALED_WITH)
-                entries = self._catalog.journal_entries(
-                    txn, limit=self._catalog.journal_length(txn)
-                )
-            if sealed_with != current:
-                raise KeyRotationRefused(
-                    f"the archive's metadata has not been resealed under the current key "
-                    f"{current!r}: rotate (tierstore keys rotate), wait for the mover, then "
-                    f"retire {key_id!r}"
-                )
-            resealing = sum(op.op in _RESEAL_OPS for _, op in entries)
-            if resealing:
-                raise KeyRotationRefused(
-                    f"{resealing} archive metadata objects are still to be resealed under "
-                    f"{current!r} by the mover: retire {key_id!r} once they are (tierstore "
-                    "stats shows the journal)"
-                )
+        self.master_keys.check_retirement(key_id, keyring)
 
     def master_key_failure(self) -> UnwrapFailure | None:
-        """The first master key id the catalog's records use whose data keys this store's
-        keyring does not unwrap (the key missing, or the wrong one under its id), else
-        ``None``: one unwrap per key id when the keyring fits, every record read
-        (:func:`~tierstore.engine.sealing.first_unwrap_failure`). For a node to check
-        before it starts the mover and accepts puts. Thread-safe."""
+        """:meth:`MasterKeys.unwrap_failure`: the first master key id in use whose data
+        keys this store's keyring does not unwrap, else None."""
         self._check_open()
-        with self._env.read() as txn:
-            return first_unwrap_failure(self._keyring, self._catalog.iter_shards(txn))
-
-    def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
-        """:meth:`rotate_master_key` for one dataset, ``_ROTATION_BATCH`` shards per write
-        transaction: a large catalog is never one huge transaction holding the writer.
-        Journals a rewrite of each rewrapped shard's manifest, and with ``reseal`` of
-        every manifest and the dataset object. Returns how many data keys were
-        rewrapped."""
-        rewrapped = 0
-        start_after: str | None = None
-        while True:
-            with self._env.write() as txn:
-                shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
-                batch = list(itertools.islice(shards, _ROTATION_BATCH))
-                for record in batch:
-                    updated = self._sealers.rewrapped(record)
-                    if updated is not None:
-                        self._catalog.put_shard(txn, updated)
-                        rewrapped += 1
-                    # (The mover rewrites archived manifests only; an upload still to
-                    # come writes its manifest under the current key anyway.)
-                    if updated is not None or reseal:
-                        self._catalog.append_journal(
-                            txn, JournalOp("manifest", dataset, record.name, record.generation)
-                        )
-                done = len(batch) < _ROTATION_BATCH
-                if done and reseal:
-                    self._catalog.append_journal(txn, JournalOp("dataset", dataset))
-            self.mover.wake()
-            if done:
-                return rewrapped
-            start_after = batch[-1].name
+        return self.master_keys.unwrap_failure()
 
     def archive_seal_failure(self) -> SealFailure | None:
-        """Whether this store's master keys are those the archive was sealed with: ``None``
-        when the seal of some dataset object in the archive verifies under them (the
-        first that does ends the check: usually one GET), or when there is nothing to
-        tell by (no keyring, no dataset object archived yet, or a :meth:`reseal_archive`
-        under these keys still on the journal);
-        else a :class:`SealFailure` for the first object that did not verify. Plaintext
-        datasets hold no data key to unwrap, so this is how a node tells the wrong keys
-        (a rebuild would believe none of its objects). One damaged or edited object among
-        others that verify is not taken for the wrong keys (a rebuild skips it, logged).
-        Raises ArchiveUnavailable when the archive cannot be reached (the caller decides
-        what may run before the check is made), and when the objects it could not verify
-        were unreadable (not JSON, a malformed seal: a body cut short on the way, say),
-        which tells nothing about the keys. Thread-safe."""
+        """:meth:`MasterKeys.archive_seal_failure`: None when the archive's metadata was
+        sealed under this store's keys (or nothing tells), else the first object that
+        did not verify. Raises ArchiveUnavailable."""
         self._check_open()
-        if self._keyring is None:
-            return None
-        current = self._keyring.current_key_id
-        with self._env.read() as txn:
-            names = [name for name, _ in self._catalog.list_datasets(txn)]
-            resealing = self._catalog.note(txn, _RESEALING) == current
-            pending = self._catalog.journal_length(txn)
-        if resealing and pending:
-            return None  # the mover is rewriting them under these keys
-        if resealing:
-            with self._env.write() as txn:
-                self._catalog.set_note(txn, _RESEALING, "")  # done: check from now on
-        failure = damaged = None
-        for name in names:
-            key = archive_dataset_key(name)
-            raw = self._archive.get(key)
-            if raw is None:
-                continue  # not archived yet
-            try:
-                self._sealers.check_object(key, raw)
-            except UnreadableObject as exc:  # says nothing about the keys
-                log.warning("archive object %s cannot be read whole: %s", key, exc)
-                damaged = damaged or f"{key}: {exc}"
-                continue
-            except (IntegrityError, UnknownKeyId) as exc:
-                log.warning("archive object %s does not verify: %s", key, exc)
-                failure = failure or SealFailure(key, exc)
-                continue
-            return None
-        if failure is None and damaged is not None:
-            # A body cut short on the way looks like this: ask again later rather than
-            # take it for the wrong keys (which refuses a start, or holds uploads).
-            raise ArchiveUnavailable(
-                f"the archive's metadata could not be read whole ({damaged}); the keys "
-                "are checked against it again"
-            )
-        return failure
+        return self.master_keys.archive_seal_failure()
 
     def reseal_archive(self) -> None:
-        """Have the mover rewrite every manifest and dataset object in the archive,
-        sealed under the current master key, whatever key sealed them last (a lost key
-        file replaced, on a node whose datasets are all plaintext). Until the journal is
-        empty, :meth:`archive_seal_failure` takes these keys for the archive's.
-        EncryptionUnavailable without a keyring."""
+        """:meth:`MasterKeys.reseal_archive`: have the mover reseal all the archive's
+        metadata under the current master key. EncryptionUnavailable without a keyring."""
         self._check_open()
-        if self._keyring is None:
-            raise EncryptionUnavailable("no master key is configured")
-        with self._env.write() as txn:
-            self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
-            self._catalog.set_note(txn, _RESEALING, self._keyring.current_key_id)
-        self.rotate_master_key()
+        self.master_keys.reseal_archive()
 
     def archive_holds_objects(self) -> bool:
         """Whether the archive (its bucket and prefix) holds any object at all: one key

@@ -1,0 +1,283 @@
+"""A store's master keys: rotation, the checks before a key is retired or a node
+starts, and the seals on the archive's metadata.
+
+Data keys are wrapped by a master key (:mod:`tierstore.engine.sealing`); the
+archive's metadata objects (manifests, dataset objects) carry a seal made under
+the current master key (:mod:`tierstore.engine.archiveseal`), so that a rebuild
+believes only objects this node's keys sealed. Rotating rewraps data keys in the
+catalog and journals a rewrite of the archive's metadata, which the mover carries
+out; frames are never rewritten. A catalog note (``_SEALED_WITH``) remembers the key
+the archive was last resealed under, so that a key is retired only once nothing
+needs it.
+
+Thread safety: every method may be called from any thread; rotations run one at a
+time (the rotation lock, taken before any LMDB transaction).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tierstore.crypto import MasterKeyProvider
+from tierstore.engine.archiveseal import UnreadableObject
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.records import JournalOp, archive_dataset_key
+from tierstore.engine.sealing import ShardSealers, UnwrapFailure, first_unwrap_failure
+from tierstore.errors import (
+    ArchiveUnavailable,
+    EncryptionUnavailable,
+    IntegrityError,
+    KeyRotationRefused,
+    TierstoreError,
+    UnknownKeyId,
+)
+from tierstore.tiers.base import Tier
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["MasterKeys", "SealFailure"]
+
+log = logging.getLogger(__name__)
+
+#: shards a key rotation handles per write transaction.
+ROTATION_BATCH = 1000
+#: the catalog note naming the master key the archive's metadata was last resealed
+#: under (by a finished rotation); see :meth:`MasterKeys.rotate`.
+_SEALED_WITH = "archive_metadata_sealed_with"
+#: journal operations that rewrite archive metadata under the current master key
+_RESEAL_OPS = ("manifest", "dataset")
+#: the key a reseal of the archive's metadata was asked for under
+#: (:meth:`MasterKeys.reseal_archive`), until a start finds the journal empty.
+_RESEALING = "archive_metadata_resealing_under"
+
+
+@dataclass(frozen=True, slots=True)
+class SealFailure:
+    """An archive metadata object whose seal did not verify under a store's keys."""
+
+    object_key: str
+    #: IntegrityError (edited, forged, sealed under another key of the same id, no
+    #: seal) or UnknownKeyId (sealed under a key id the keyring lacks: one retired?)
+    error: TierstoreError
+
+    def __str__(self) -> str:
+        return f"{self.object_key}: {self.error}"
+
+
+class MasterKeys:
+    """The master keys of one store, and what changing them takes."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        archive: Tier,
+        sealers: ShardSealers,
+        keyring: MasterKeyProvider | None,
+        wake_mover: Callable[[], None],
+    ) -> None:
+        self._env = environment
+        self._catalog = catalog
+        self._archive = archive
+        self._sealers = sealers
+        self._keyring = keyring
+        #: tells the mover that the journal holds rewrites of archive metadata.
+        self._wake_mover = wake_mover
+        # Held for a whole rotate: see there. Taken before any LMDB transaction.
+        self._rotation_lock = threading.Lock()
+
+    @property
+    def keyring(self) -> MasterKeyProvider | None:
+        """The master keys (None: none configured, so no dataset may be encrypted)."""
+        return self._keyring
+
+    @property
+    def current_key_id(self) -> str:
+        """The id of the master key new data keys are wrapped with ("" without a keyring)."""
+        return "" if self._keyring is None else self._keyring.current_key_id
+
+    def rotate(self, keyring: MasterKeyProvider | None = None) -> int:
+        """Rewrap every data key not under the current master key.
+
+        With ``keyring`` (holding the old keys and a new current one), switch to it
+        first; KeyRotationRefused, nothing changed, when it cannot unwrap a data key
+        that a master key still in use wrapped. Frames are never rewritten: only
+        catalog records and the archive's metadata. Every manifest and dataset object
+        in the archive is rewritten (by the mover), sealed under the current master
+        key, so that the old key can be retired and a rebuild still believes them;
+        when the last finished rotation resealed them under the current key already,
+        only the manifests of rewrapped shards are. Works in batches of
+        ``ROTATION_BATCH`` shards, each its own transaction: an error stops it with
+        the earlier batches done, and running it again finishes the rest. Returns how
+        many generations' data keys were rewrapped.
+
+        Thread-safe: rotations run one at a time (a second call waits for the first),
+        so no other rotation switches the keyring while this one's batches rewrap.
+        """
+        with self._rotation_lock:
+            if keyring is not None:
+                self.check_keyring(keyring)  # refuse a keyring without the old keys
+                self._keyring = keyring
+                self._sealers.use_keyring(keyring)
+            if self._keyring is None:
+                raise EncryptionUnavailable("no master key is configured")
+            current = self._keyring.current_key_id
+            with self._env.read() as txn:
+                datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+                # Reseal every object only when some may be under another key (or none):
+                # a rotation that changes nothing leaves the journal alone.
+                reseal = self._catalog.note(txn, _SEALED_WITH) != current
+            rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
+            with self._env.write() as txn:
+                self._catalog.set_note(txn, _SEALED_WITH, current)
+            return rewrapped
+
+    def check_keyring(self, keyring: MasterKeyProvider) -> None:
+        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
+        key of each master key id the catalog's records use: what
+        :meth:`rotate` checks a keyring it is given with, for a caller that
+        must know before it makes the keyring durable. Thread-safe."""
+        with self._env.read() as txn:
+            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+
+    def check_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
+        """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
+        ``key_id``) may replace this store's: no catalog record's data key is wrapped
+        with ``key_id`` (every key id in use unwraps under ``keyring``), a rotation
+        has resealed the archive's metadata under the current key (a rebuild could
+        not believe objects sealed under a retired one), and none of that resealing
+        is still on the journal. For a caller about to drop ``key_id`` from where keys
+        live (:meth:`LocalKeyring.retired_file`). Thread-safe."""
+        with self._rotation_lock:
+            current = self.current_key_id
+            if key_id == current:
+                raise KeyRotationRefused(
+                    f"master key {key_id!r} is the current key: rotate first, then retire it"
+                )
+            self.check_keyring(keyring)
+            with self._env.read() as txn:
+                sealed_with = self._catalog.note(txn, _SEALED_WITH)
+                entries = self._catalog.journal_entries(
+                    txn, limit=self._catalog.journal_length(txn)
+                )
+            if sealed_with != current:
+                raise KeyRotationRefused(
+                    f"the archive's metadata has not been resealed under the current key "
+                    f"{current!r}: rotate (tierstore keys rotate), wait for the mover, then "
+                    f"retire {key_id!r}"
+                )
+            resealing = sum(op.op in _RESEAL_OPS for _, op in entries)
+            if resealing:
+                raise KeyRotationRefused(
+                    f"{resealing} archive metadata objects are still to be resealed under "
+                    f"{current!r} by the mover: retire {key_id!r} once they are (tierstore "
+                    "stats shows the journal)"
+                )
+
+    def unwrap_failure(self) -> UnwrapFailure | None:
+        """The first master key id the catalog's records use whose data keys this store's
+        keyring does not unwrap (the key missing, or the wrong one under its id), else
+        ``None``: one unwrap per key id when the keyring fits, every record read
+        (:func:`~tierstore.engine.sealing.first_unwrap_failure`). For a node to check
+        before it starts the mover and accepts puts. Thread-safe."""
+        with self._env.read() as txn:
+            return first_unwrap_failure(self._keyring, self._catalog.iter_shards(txn))
+
+    def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
+        """:meth:`rotate` for one dataset, ``ROTATION_BATCH`` shards per write
+        transaction: a large catalog is never one huge transaction holding the writer.
+        Journals a rewrite of each rewrapped shard's manifest, and with ``reseal`` of
+        every manifest and the dataset object. Returns how many data keys were
+        rewrapped."""
+        rewrapped = 0
+        start_after: str | None = None
+        while True:
+            with self._env.write() as txn:
+                shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
+                batch = list(itertools.islice(shards, ROTATION_BATCH))
+                for record in batch:
+                    updated = self._sealers.rewrapped(record)
+                    if updated is not None:
+                        self._catalog.put_shard(txn, updated)
+                        rewrapped += 1
+                    # (The mover rewrites archived manifests only; an upload still to
+                    # come writes its manifest under the current key anyway.)
+                    if updated is not None or reseal:
+                        self._catalog.append_journal(
+                            txn, JournalOp("manifest", dataset, record.name, record.generation)
+                        )
+                done = len(batch) < ROTATION_BATCH
+                if done and reseal:
+                    self._catalog.append_journal(txn, JournalOp("dataset", dataset))
+            self._wake_mover()
+            if done:
+                return rewrapped
+            start_after = batch[-1].name
+
+    def archive_seal_failure(self) -> SealFailure | None:
+        """Whether this store's master keys are those the archive was sealed with: ``None``
+        when the seal of some dataset object in the archive verifies under them (the
+        first that does ends the check: usually one GET), or when there is nothing to
+        tell by (no keyring, no dataset object archived yet, or a :meth:`reseal_archive`
+        under these keys still on the journal);
+        else a :class:`SealFailure` for the first object that did not verify. Plaintext
+        datasets hold no data key to unwrap, so this is how a node tells the wrong keys
+        (a rebuild would believe none of its objects). One damaged or edited object among
+        others that verify is not taken for the wrong keys (a rebuild skips it, logged).
+        Raises ArchiveUnavailable when the archive cannot be reached (the caller decides
+        what may run before the check is made), and when the objects it could not verify
+        were unreadable (not JSON, a malformed seal: a body cut short on the way, say),
+        which tells nothing about the keys. Thread-safe."""
+        if self._keyring is None:
+            return None
+        current = self._keyring.current_key_id
+        with self._env.read() as txn:
+            names = [name for name, _ in self._catalog.list_datasets(txn)]
+            resealing = self._catalog.note(txn, _RESEALING) == current
+            pending = self._catalog.journal_length(txn)
+        if resealing and pending:
+            return None  # the mover is rewriting them under these keys
+        if resealing:
+            with self._env.write() as txn:
+                self._catalog.set_note(txn, _RESEALING, "")  # done: check from now on
+        failure = damaged = None
+        for name in names:
+            key = archive_dataset_key(name)
+            raw = self._archive.get(key)
+            if raw is None:
+                continue  # not archived yet
+            try:
+                self._sealers.check_object(key, raw)
+            except UnreadableObject as exc:  # says nothing about the keys
+                log.warning("archive object %s cannot be read whole: %s", key, exc)
+                damaged = damaged or f"{key}: {exc}"
+                continue
+            except (IntegrityError, UnknownKeyId) as exc:
+                log.warning("archive object %s does not verify: %s", key, exc)
+                failure = failure or SealFailure(key, exc)
+                continue
+            return None
+        if failure is None and damaged is not None:
+            # A body cut short on the way looks like this: ask again later rather than
+            # take it for the wrong keys (which refuses a start, or holds uploads).
+            raise ArchiveUnavailable(
+                f"the archive's metadata could not be read whole ({damaged}); the keys "
+                "are checked against it again"
+            )
+        return failure
+
+    def reseal_archive(self) -> None:
+        """Have the mover rewrite every manifest and dataset object in the archive,
+        sealed under the current master key, whatever key sealed them last (a lost key
+        file replaced, on a node whose datasets are all plaintext). Until the journal is
+        empty, :meth:`archive_seal_failure` takes these keys for the archive's.
+        EncryptionUnavailable without a keyring."""
+        if self._keyring is None:
+            raise EncryptionUnavailable("no master key is configured")
+        with self._env.write() as txn:
+            self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
+            self._catalog.set_note(txn, _RESEALING, self._keyring.current_key_id)
+        self.rotate()
