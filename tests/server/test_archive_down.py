@@ -24,7 +24,7 @@ import pytest
 
 from tests.tiers.test_seaweedkeeper import cmdline
 from tierstore import errors
-from tierstore.cli.serve import _through_embedded_restarts
+from tierstore.cli.startcheck import through_embedded_restarts
 from tierstore.crypto import LocalKeyring
 from tierstore.tiers.s3 import S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer
@@ -120,7 +120,7 @@ def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
                 tier.ensure_bucket()
                 return server.launches
 
-            assert _through_embedded_restarts(start, server, stopping) == 2
+            assert through_embedded_restarts(start, server, stopping) == 2
             assert len(calls) >= 2
             poll(lambda: keeper.restarts == 1, 10, "the keeper's count")
             tier.put("k", b"after the restart")
@@ -134,7 +134,7 @@ def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
             for embedded in (server, None):
                 calls.clear()
                 with pytest.raises(errors.ArchiveUnavailable, match="refused"):
-                    _through_embedded_restarts(refused, embedded, stopping)
+                    through_embedded_restarts(refused, embedded, stopping)
                 assert len(calls) == 1
 
             # A node told to stop meanwhile: its weed is not started again, and the
@@ -144,7 +144,7 @@ def test_a_start_whose_embedded_archive_died_is_tried_again_once_it_answers(
             kill_weed(server)
             began = time.monotonic()
             with pytest.raises(errors.ArchiveUnavailable):
-                _through_embedded_restarts(start, server, stopping)
+                through_embedded_restarts(start, server, stopping)
             assert time.monotonic() - began < 30  # (the S3 retries' own time)
         finally:
             keeper.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tierstore.cli.serve import _connect_host
+from tierstore.cli.banner import connect_host
 from tierstore.tiers.s3 import S3Settings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
@@ -98,7 +98,7 @@ def test_an_empty_prefix_flag_clears_the_settings_files_prefix(
 
 
 @pytest.mark.parametrize(
-    ("listen_host", "connect_host"),
+    ("listen_host", "expected"),
     [
         ("0.0.0.0", "127.0.0.1"),
         ("", "127.0.0.1"),
@@ -107,10 +107,10 @@ def test_an_empty_prefix_flag_clears_the_settings_files_prefix(
         ("tierstore-0.tierstore", "tierstore-0.tierstore"),
     ],
 )
-def test_the_banner_names_an_address_to_connect_to(listen_host: str, connect_host: str) -> None:
+def test_the_banner_names_an_address_to_connect_to(listen_host: str, expected: str) -> None:
     # Serving on every interface, the banner's TIERSTORE_ADDRESS is still one a client on
     # this machine can use and the certificate names (a wildcard is neither).
-    assert _connect_host(listen_host) == connect_host
+    assert connect_host(listen_host) == expected
 
 
 def failed_start(*args: str) -> tuple[int, str]:

@@ -31,27 +31,27 @@ import contextlib
 import errno
 import logging
 import os
-import shlex
 import shutil
 import signal
 import threading
-import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO
 
+from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
-    NodeKeys,
     check_master_key_sources,
-    check_node_keys,
     load_node_keys,
 )
-from tierstore.config import ArchiveSettings, EngineSettings, load_settings
-from tierstore.engine.bootstrap import open_store
+from tierstore.cli.startcheck import (
+    UNCHECKED_MARK,
+    open_checked_store,
+    through_embedded_restarts,
+)
+from tierstore.config import ArchiveSettings, load_settings
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
 from tierstore.private_files import (
@@ -62,19 +62,13 @@ from tierstore.private_files import (
 )
 from tierstore.server.app import (
     ServerSettings,
-    TierstoreServer,
     check_listen_addresses,
     check_listen_ports_free,
     create_server,
 )
 from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import (
-    TlsMaterial,
-    client_certificate_reusable,
-    ensure_tls_material,
-    issue_client_certificate,
-)
+from tierstore.server.tls import ensure_tls_material
 from tierstore.server.tokens import TokenStore
 from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
@@ -84,12 +78,6 @@ if TYPE_CHECKING:
     from tierstore.tiers.seaweedfs import SeaweedServer
 
 log = logging.getLogger(__name__)
-
-#: how long a start waits for its embedded archive to answer again when weed exited
-#: during the start (its keeper starts it again) before the node refuses to start.
-EMBEDDED_START_WAIT_S = 60.0
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,16 +206,24 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         # checked against the archive before serving. The mark is durable before LMDB
         # makes the hot tier and goes only once the check has passed, so a start killed
         # in between (mid-rebuild, say) leaves the check to the next start.
-        unchecked = data_dir / _UNCHECKED_MARK
+        unchecked = data_dir / UNCHECKED_MARK
         if not (hot_tier_dir(data_dir) / "data.mdb").exists():
             write_private_file(unchecked, b"hot tier not yet checked against the archive\n")
         with ExitStack() as refused:
             refused.callback(keys.forget_created)  # dropped once the keys are kept
 
             def open_checked() -> tuple[Store, ArchiveUnavailable | None]:
-                return _open_checked_store(settings, keys, metrics, options, out, unchecked)
+                return open_checked_store(
+                    settings,
+                    keys,
+                    metrics,
+                    out,
+                    unchecked,
+                    rebuild_from_archive=options.rebuild_from_archive,
+                    reseal_archive=options.reseal_archive,
+                )
 
-            store, archive_down = _through_embedded_restarts(open_checked, embedded, stop)
+            store, archive_down = through_embedded_restarts(open_checked, embedded, stop)
             cleanup.callback(store.close)
             refused.pop_all()
         if archive_down is not None:
@@ -255,7 +251,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             if not options.insecure:
                 tls = ensure_tls_material(data_dir, options.hostnames)
                 if options.require_client_cert:
-                    client_files = _ensure_admin_client_certificate(data_dir, tls)
+                    client_files = ensure_admin_client_certificate(data_dir, tls)
         except OSError as exc:
             owner = (
                 " (the data directory's files must be the node's user's)"
@@ -284,8 +280,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             metrics,
         )
         server.start()
-        host = _connect_host(options.listen.rsplit(":", 1)[0])
-        _print_banner(
+        host = connect_host(options.listen.rsplit(":", 1)[0])
+        print_banner(
             out, f"{host}:{port}", server, data_dir, admin_token, tls is None, client_files
         )
         if ready is not None:
@@ -310,121 +306,6 @@ def _kill_children() -> None:
             for child in (task / "children").read_text().split():
                 with contextlib.suppress(OSError):
                     os.kill(int(child), signal.SIGKILL)
-
-
-#: In the data directory while a new hot tier has not been checked against the archive.
-_UNCHECKED_MARK = "hot-tier.unchecked"
-
-
-def _open_checked_store(
-    settings: EngineSettings,
-    keys: NodeKeys,
-    metrics: ServerMetrics,
-    options: ServeOptions,
-    out: TextIO,
-    unchecked: Path,
-) -> tuple[Store, ArchiveUnavailable | None]:
-    """Open the node's store (its mover not started) and check its keys, and a hot tier
-    this start made, against the archive; return it and, when the archive could not
-    be reached but the node may serve its own hot tier meanwhile, why. On any error
-    the store is closed again."""
-    # The mover starts only once the keys are checked: with the wrong ones it would
-    # find every pending encrypted upload failing to unwrap.
-    store = open_store(
-        settings, observe_archive=metrics.observe_archive, keyring=keys.keyring, start_mover=False
-    )
-    try:
-        # Before a rebuild too: a created key believes no archived manifest.
-        archive_down: ArchiveUnavailable | None = None
-        try:
-            check_node_keys(keys, store, reseal_archive=options.reseal_archive)
-        except ArchiveUnavailable as unreachable:
-            if keys.created or unchecked.exists():
-                raise  # nothing checked here yet: no serving without the archive
-            archive_down = unreachable  # the node's own hot tier serves meanwhile
-        if unchecked.exists():
-            _check_a_new_hot_tier(
-                store, options.rebuild_from_archive, out, lost_keys=options.reseal_archive
-            )
-            unchecked.unlink()
-    except BaseException:
-        store.close()
-        raise
-    return store, archive_down
-
-
-def _through_embedded_restarts(
-    start: Callable[[], _T], embedded: SeaweedServer | None, stopping: threading.Event
-) -> _T:
-    """``start()``, tried again when it failed with ArchiveUnavailable because the
-    embedded archive's weed exited meanwhile (its keeper starts it again): once weed
-    answers again, for up to :data:`EMBEDDED_START_WAIT_S` from the first failure. A
-    new node refused to start when weed died in its first second. An external archive,
-    a weed that kept running, or a node told to stop (its weed stops with it) is
-    refused at once."""
-    deadline: float | None = None
-    launches = embedded.launches if embedded is not None else 0
-    while True:
-        try:
-            return start()
-        except ArchiveUnavailable as exc:
-            if embedded is None or (embedded.running and embedded.launches == launches):
-                raise  # weed ran throughout: the failure is no restart's
-            # Once weed was started again, any archive failure is tried again until
-            # the deadline: a restarted weed answers S3 before its volume is back,
-            # with 500s meanwhile.
-            if deadline is None:
-                deadline = time.monotonic() + EMBEDDED_START_WAIT_S
-            left = deadline - time.monotonic()
-            if left <= 0 or not embedded.wait_until_answering(left, until=stopping):
-                raise
-            log.warning(
-                "the embedded archive exited during the start (%s); it answers again: "
-                "starting over",
-                exc,
-            )
-
-
-def _check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool) -> None:
-    """For a hot tier made by this start (or by one that stopped before this check
-    passed). Over an archive that holds objects, the hot tier was lost (or this node was
-    given another node's archive): with ``rebuild``, rebuild the catalog from the
-    archive (with ``lost_keys``, --reseal-archive, believing metadata the keys given now
-    did not seal, for plaintext datasets only); without, refuse to start
-    (FailedPrecondition), since writes accepted now would make the archive's shards
-    unreachable. Raises ArchiveUnavailable when the
-    archive cannot be listed (a new node cannot be told apart from a lost hot tier
-    then). A hot tier that passed the check is never checked again: a node whose
-    datasets were all deleted restarts as it is."""
-    if store.list_datasets():
-        return  # a rebuild that committed before its start was stopped
-    if not store.archive_holds_objects():
-        return  # a new node over an empty archive
-    if not rebuild:
-        raise FailedPrecondition(
-            "the hot tier is new, but the archive holds objects: the hot tier was lost "
-            "(or this node was given another node's archive). Start with "
-            "--rebuild-from-archive to rebuild the catalog from the archive, or give "
-            "this node an archive --bucket/--prefix of its own"
-        )
-    recovered = store.rebuild_from_archive(believe_unsealed=lost_keys)
-    datasets = len(store.list_datasets())
-    if not datasets:
-        # An empty catalog served over an archive that holds objects would hide them
-        # for good (and hand out their generation numbers again).
-        raise FailedPrecondition(
-            "the hot tier is new and the archive holds objects, but the rebuild believed "
-            "none of them (the warnings above say why: sealed under master keys this node "
-            "does not hold, or damaged); give the node the master key file the archive "
-            "was written with, or an archive --bucket/--prefix of its own. If that key "
-            "file is lost for good and no dataset is encrypted, add --reseal-archive: the "
-            "archive's metadata is then believed as it is and sealed under the keys given now"
-        )
-    out.write(
-        f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "
-        f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
-    )
-    out.flush()
 
 
 def _setting_flags(options: ServeOptions) -> dict[str, Any]:
@@ -472,7 +353,7 @@ def _archive_settings(
     # Stopped before the server is (the stack unwinds in reverse).
     cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
     # (Its settings name its port, which it answers on only while it runs.)
-    s3 = _through_embedded_restarts(
+    s3 = through_embedded_restarts(
         lambda: embedded.s3_settings(archive.bucket, archive.prefix), embedded, stopping
     )
     return ArchiveSettings(
@@ -534,77 +415,3 @@ def _warn_of_an_open_prefix(prefix: str) -> None:
             f"{prefix}ds/",
             f"{prefix}/",
         )
-
-
-def _connect_host(listen_host: str) -> str:
-    """The host a client on this machine connects to for ``listen_host``: a wildcard
-    (every interface) is no address to connect to, nor a name in the certificate, so
-    the loopback address of its family."""
-    if listen_host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if listen_host in ("[::]", "::"):
-        return "[::1]"
-    return listen_host
-
-
-#: The client certificate a node with mutual TLS makes for its admin CLI (in ``tls/``).
-ADMIN_CLIENT_NAME = "admin-cli"
-
-
-def _ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[Path, Path]:
-    """For mutual TLS: ``tls/admin-cli.pem`` and its key ``tls/admin-cli.key`` (0600),
-    made by the first start that needs them, and again when the CA changed, the pair
-    nears its end or was torn apart, so that the CLI on this host can connect as the
-    banner says (other callers get theirs from ``issue_client_certificate``)."""
-    cert_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.pem"
-    key_path = data_dir / "tls" / f"{ADMIN_CLIENT_NAME}.key"
-    pair = cert_path.exists() and key_path.exists()
-    if pair and client_certificate_reusable(tls, cert_path.read_bytes(), key_path.read_bytes()):
-        restrict_mode(key_path)  # a reused key gets its mode back (as the node's own do)
-        return cert_path, key_path
-    cert_pem, key_pem = issue_client_certificate(tls, ADMIN_CLIENT_NAME)
-    write_private_file(key_path, key_pem)  # the key first: a pair torn apart is remade
-    write_private_file(cert_path, cert_pem)
-    return cert_path, key_path
-
-
-def _print_banner(
-    out: TextIO,
-    address: str,
-    server: TierstoreServer,
-    data_dir: Path,
-    token: str | None,
-    insecure: bool,
-    client_files: tuple[Path, Path] | None = None,
-) -> None:
-    token_file = data_dir / "admin.token"
-    client_lines = (
-        [
-            f"  export TIERSTORE_CLIENT_CERT={shlex.quote(str(client_files[0]))}",
-            f"  export TIERSTORE_CLIENT_KEY={shlex.quote(str(client_files[1]))}",
-        ]
-        if client_files
-        else []
-    )
-    lines = [
-        f"tierstore: serving on {address}"
-        + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
-        f"tierstore: health checks (plaintext) on port {server.health_port}"
-        if server.health_port
-        else "",
-        f"tierstore: metrics on http://127.0.0.1:{server.metrics_port}/metrics"
-        if server.metrics_port
-        else "",
-        "tierstore: connect with:",
-        f"  export TIERSTORE_ADDRESS={address}",
-        "  export TIERSTORE_INSECURE=1"
-        if insecure
-        else f"  export TIERSTORE_CA={shlex.quote(str(data_dir / 'tls' / 'ca.pem'))}",
-        *client_lines,
-        f"  export TIERSTORE_TOKEN=$(cat {shlex.quote(str(token_file))})",
-        "  tierstore dataset ls",
-        "tierstore: a new admin token was written to " + str(token_file) if token else "",
-        "tierstore: ready",
-    ]
-    out.write("\n".join(line for line in lines if line) + "\n")
-    out.flush()

@@ -1,0 +1,161 @@
+"""A node's start, checked: its store opened and its keys, and a hot tier the start
+made, checked against the archive before it serves (``tierstore serve``).
+
+A hot tier this start makes (the node is new, or its hot tier was lost) carries a
+durable mark (:data:`UNCHECKED_MARK`) from before LMDB makes it until the check has
+passed, so a start killed in between (mid-rebuild, say) leaves the check to the
+next start. The embedded archive's weed may exit during the start; its keeper starts
+it again, and the start is tried again once it answers
+(:func:`through_embedded_restarts`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+from tierstore.cli.masterkeys import NodeKeys, check_node_keys
+from tierstore.config import EngineSettings
+from tierstore.engine.bootstrap import open_store
+from tierstore.engine.store import Store
+from tierstore.errors import ArchiveUnavailable, FailedPrecondition
+from tierstore.server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from tierstore.tiers.seaweedfs import SeaweedServer
+
+__all__ = [
+    "EMBEDDED_START_WAIT_S",
+    "UNCHECKED_MARK",
+    "check_a_new_hot_tier",
+    "open_checked_store",
+    "through_embedded_restarts",
+]
+
+log = logging.getLogger(__name__)
+
+#: how long a start waits for its embedded archive to answer again when weed exited
+#: during the start (its keeper starts it again) before the node refuses to start.
+EMBEDDED_START_WAIT_S = 60.0
+
+_T = TypeVar("_T")
+
+
+#: In the data directory while a new hot tier has not been checked against the archive.
+UNCHECKED_MARK = "hot-tier.unchecked"
+
+
+def open_checked_store(
+    settings: EngineSettings,
+    keys: NodeKeys,
+    metrics: ServerMetrics,
+    out: TextIO,
+    unchecked: Path,
+    *,
+    rebuild_from_archive: bool,
+    reseal_archive: bool,
+) -> tuple[Store, ArchiveUnavailable | None]:
+    """Open the node's store (its mover not started) and check its keys, and a hot tier
+    this start made, against the archive (with ``rebuild_from_archive`` and
+    ``reseal_archive`` as serve was given them); return it and, when the archive
+    could not be reached but the node may serve its own hot tier meanwhile, why. On
+    any error the store is closed again."""
+    # The mover starts only once the keys are checked: with the wrong ones it would
+    # find every pending encrypted upload failing to unwrap.
+    store = open_store(
+        settings, observe_archive=metrics.observe_archive, keyring=keys.keyring, start_mover=False
+    )
+    try:
+        # Before a rebuild too: a created key believes no archived manifest.
+        archive_down: ArchiveUnavailable | None = None
+        try:
+            check_node_keys(keys, store, reseal_archive=reseal_archive)
+        except ArchiveUnavailable as unreachable:
+            if keys.created or unchecked.exists():
+                raise  # nothing checked here yet: no serving without the archive
+            archive_down = unreachable  # the node's own hot tier serves meanwhile
+        if unchecked.exists():
+            check_a_new_hot_tier(store, rebuild_from_archive, out, lost_keys=reseal_archive)
+            unchecked.unlink()
+    except BaseException:
+        store.close()
+        raise
+    return store, archive_down
+
+
+def through_embedded_restarts(
+    start: Callable[[], _T], embedded: SeaweedServer | None, stopping: threading.Event
+) -> _T:
+    """``start()``, tried again when it failed with ArchiveUnavailable because the
+    embedded archive's weed exited meanwhile (its keeper starts it again): once weed
+    answers again, for up to :data:`EMBEDDED_START_WAIT_S` from the first failure. A
+    new node refused to start when weed died in its first second. An external archive,
+    a weed that kept running, or a node told to stop (its weed stops with it) is
+    refused at once."""
+    deadline: float | None = None
+    launches = embedded.launches if embedded is not None else 0
+    while True:
+        try:
+            return start()
+        except ArchiveUnavailable as exc:
+            if embedded is None or (embedded.running and embedded.launches == launches):
+                raise  # weed ran throughout: the failure is no restart's
+            # Once weed was started again, any archive failure is tried again until
+            # the deadline: a restarted weed answers S3 before its volume is back,
+            # with 500s meanwhile.
+            if deadline is None:
+                deadline = time.monotonic() + EMBEDDED_START_WAIT_S
+            left = deadline - time.monotonic()
+            if left <= 0 or not embedded.wait_until_answering(left, until=stopping):
+                raise
+            log.warning(
+                "the embedded archive exited during the start (%s); it answers again: "
+                "starting over",
+                exc,
+            )
+
+
+def check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool) -> None:
+    """For a hot tier made by this start (or by one that stopped before this check
+    passed). Over an archive that holds objects, the hot tier was lost (or this node was
+    given another node's archive): with ``rebuild``, rebuild the catalog from the
+    archive (with ``lost_keys``, --reseal-archive, believing metadata the keys given now
+    did not seal, for plaintext datasets only); without, refuse to start
+    (FailedPrecondition), since writes accepted now would make the archive's shards
+    unreachable. Raises ArchiveUnavailable when the
+    archive cannot be listed (a new node cannot be told apart from a lost hot tier
+    then). A hot tier that passed the check is never checked again: a node whose
+    datasets were all deleted restarts as it is."""
+    if store.list_datasets():
+        return  # a rebuild that committed before its start was stopped
+    if not store.archive_holds_objects():
+        return  # a new node over an empty archive
+    if not rebuild:
+        raise FailedPrecondition(
+            "the hot tier is new, but the archive holds objects: the hot tier was lost "
+            "(or this node was given another node's archive). Start with "
+            "--rebuild-from-archive to rebuild the catalog from the archive, or give "
+            "this node an archive --bucket/--prefix of its own"
+        )
+    recovered = store.rebuild_from_archive(believe_unsealed=lost_keys)
+    datasets = len(store.list_datasets())
+    if not datasets:
+        # An empty catalog served over an archive that holds objects would hide them
+        # for good (and hand out their generation numbers again).
+        raise FailedPrecondition(
+            "the hot tier is new and the archive holds objects, but the rebuild believed "
+            "none of them (the warnings above say why: sealed under master keys this node "
+            "does not hold, or damaged); give the node the master key file the archive "
+            "was written with, or an archive --bucket/--prefix of its own. If that key "
+            "file is lost for good and no dataset is encrypted, add --reseal-archive: the "
+            "archive's metadata is then believed as it is and sealed under the keys given now"
+        )
+    out.write(
+        f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "
+        f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
+    )
+    out.flush()
