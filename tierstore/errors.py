@@ -95,6 +95,10 @@ class TierstoreError(Exception):
 
     #: gRPC status code name this error maps to (see the tree above).
     status_code: str = "INTERNAL"
+    #: Set by the client on an error for a call cut off (a deadline, a lost connection)
+    #: after its request may have reached the server, which did not answer: what the
+    #: call asked may or may not have been done.
+    outcome_unknown: bool = False
 
 
 class InvalidArgument(TierstoreError):

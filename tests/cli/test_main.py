@@ -75,6 +75,10 @@ class FakeClient:
             raise errors.PermissionDenied("no writer role on 'ds'")
         if shard == "interrupted":
             raise KeyboardInterrupt  # Ctrl-C while its stream was on its way
+        if shard == "cut-off":  # what the client raises for a put past its deadline
+            cut = errors.Unavailable("DEADLINE_EXCEEDED: ... may or may not have been made")
+            cut.outcome_unknown = True
+            raise cut
         return ShardInfo(dataset, shard, 1, ShardKind.RAW, (1,), 0.0, False, True, False)
 
     def _known(self, call: str, dataset: str, shard: str) -> None:
@@ -591,7 +595,11 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
     stopped = invoke("--json", "rm", "ds", "a", "b", "nosuch", "c")
     assert stopped.exit_code == 3
     assert "ShardNotFound" in one_error_line(stopped)
-    assert json.loads(stopped.stdout) == {"deleted": ["a", "b"], "not_deleted": ["nosuch", "c"]}
+    assert json.loads(stopped.stdout) == {
+        "deleted": ["a", "b"],
+        "not_deleted": ["nosuch", "c"],
+        "in_doubt": None,
+    }
     assert client.shards == {"c", "d"}  # it stopped at the error
 
     told = invoke("rm", "ds", "c", "gone[/x]")  # a name rich would read as markup
@@ -601,7 +609,11 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
 
     nothing = invoke("--json", "rm", "ds", "nosuch", "d")
     assert nothing.exit_code == 3  # nothing deleted: the lists say so
-    assert json.loads(nothing.stdout) == {"deleted": [], "not_deleted": ["nosuch", "d"]}
+    assert json.loads(nothing.stdout) == {
+        "deleted": [],
+        "not_deleted": ["nosuch", "d"],
+        "in_doubt": None,
+    }
     quiet = invoke("rm", "ds", "nosuch", "d")
     assert quiet.exit_code == 3 and quiet.stdout == ""  # nothing deleted, nothing to say
     assert client.shards == {"d"}
@@ -639,8 +651,28 @@ def test_put_reports_what_it_uploaded_before_an_error(
     stopped = invoke("--json", "put", "ds", *files)
     assert stopped.exit_code == code  # before: a traceback for the unreadable file
     assert error in one_error_line(stopped)
-    assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [bad, "b"]}
+    assert json.loads(stopped.stdout) == {
+        "uploaded": ["a"],
+        "not_uploaded": [bad, "b"],
+        "in_doubt": None,
+    }
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
+
+
+def test_a_put_cut_off_before_the_answer_is_reported_in_doubt(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # The stream may have reached the server whole, and then it is stored: --json said
+    # only "not_uploaded", and a script took the upload for failed.
+    for name in ("a", "cut-off", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    stopped = invoke("--json", "put", "ds", *(str(tmp_path / n) for n in ("a", "cut-off", "b")))
+    assert stopped.exit_code == 5
+    assert json.loads(stopped.stdout) == {
+        "uploaded": ["a"],
+        "not_uploaded": ["cut-off", "b"],
+        "in_doubt": "cut-off",
+    }
 
 
 def test_a_failed_put_leaves_its_error_line_alone_on_a_piped_stderr(

@@ -753,7 +753,11 @@ def test_rm_reports_what_it_deleted_before_an_error(
     stopped = run(env, "rm", dataset, "a", "no-such-shard", "b")
     assert stopped.returncode == 3
     assert "ShardNotFound" in one_line_error(stopped)
-    assert json.loads(stopped.stdout) == {"deleted": ["a"], "not_deleted": ["no-such-shard", "b"]}
+    assert json.loads(stopped.stdout) == {
+        "deleted": ["a"],
+        "not_deleted": ["no-such-shard", "b"],
+        "in_doubt": None,
+    }
     assert [s.name for s in admin.list(dataset)] == ["b", "c"]  # it stopped at the error
 
     told = run(env, "rm", dataset, "b", "no-such-shard", json_output=False)

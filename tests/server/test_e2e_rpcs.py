@@ -284,12 +284,13 @@ def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
         with pytest.raises(errors.Unavailable, match="may or may not have been made") as cut:
             client.put(any_dataset, "cut", os.urandom(8 << 20))
     assert "DEADLINE_EXCEEDED" in str(cut.value) and f"{any_dataset}/cut" in str(cut.value)
+    assert cut.value.outcome_unknown  # for a caller (the CLI's --json) to tell by
     # A put that never reached a server certainly stored nothing: no such doubt.
     address = f"127.0.0.1:{free_port()}"
     nowhere = tierstore.connect(address, token=server.token, ca=server.ca_path)
     with nowhere, pytest.raises(errors.Unavailable) as unsent:
         nowhere.put(any_dataset, "never", b"x")
-    assert "may or may not" not in str(unsent.value)
+    assert "may or may not" not in str(unsent.value) and not unsent.value.outcome_unknown
 
 
 def test_a_client_without_a_token_is_told_so(

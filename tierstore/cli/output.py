@@ -216,10 +216,13 @@ def stopped_partway(
     exc: errors.TierstoreError, names: list[str], count: int, done: str
 ) -> typer.Exit:
     """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
-    ``not_<done>`` even when none was done); return the exit with ``exc``'s one line."""
+    ``not_<done>`` even when none was done, and ``in_doubt``: the name whose call was
+    cut off before the server answered, ``exc.outcome_unknown``, so that it may have
+    been done all the same; else null); return the exit with ``exc``'s one line."""
+    in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
         emit(
-            {done: names[:count], f"not_{done}": names[count:]},
+            {done: names[:count], f"not_{done}": names[count:], "in_doubt": in_doubt},
             Text(
                 f"{done} {count} of {len(names)} shards before an error: "
                 + ", ".join(names[:count])

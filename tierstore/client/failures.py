@@ -110,7 +110,7 @@ def raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
 
     ``changes``: what the call would have changed, for a call cut off before the server
     answered (transport failure, deadline, cancel): its message then says that the
-    change may or may not have been made.
+    change may or may not have been made, and the error's ``outcome_unknown`` is set.
     """
     call: Any = error  # grpc raises objects that are both RpcError and Call
     code = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
@@ -124,6 +124,9 @@ def raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:
             f"{details} (the call was cut off before the server answered: {changes} may or "
             "may not have been made; look, or make the call again)"
         )
+        in_doubt = error_for_status(code, details, name)
+        in_doubt.outcome_unknown = True
+        raise in_doubt from None
     raise error_for_status(code, details, name) from None
 
 
