@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from tierstore.private_files import restrict_mode
+from tierstore.private_files import hold_lock_or_name_holder, lock_holder, restrict_mode
 
 
 def test_a_regular_file_loses_group_and_other_bits(tmp_path: Path) -> None:
@@ -54,3 +55,22 @@ def test_a_linked_certificate_is_public_and_draws_no_warning(
     with caplog.at_level(logging.WARNING, logger="tierstore.private_files"):
         restrict_mode(link, secret=False)
     assert not caplog.records and target.stat().st_mode & 0o777 == 0o644
+
+
+def test_lock_holder_names_the_process_holding_the_lock_and_takes_nothing(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "serve.lock"
+    assert lock_holder(lock) is None  # no file: nobody holds it, and none is made
+    assert not lock.exists()
+    fd, _ = hold_lock_or_name_holder(lock)
+    assert fd is not None
+    try:
+        assert lock_holder(lock) == str(os.getpid())
+        assert lock_holder(lock) == str(os.getpid())  # asking twice changes nothing
+    finally:
+        os.close(fd)
+    assert lock_holder(lock) is None  # let go
+    fd, holder = hold_lock_or_name_holder(lock)  # the probe left it free to take
+    assert fd is not None and holder == ""
+    os.close(fd)

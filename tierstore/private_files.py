@@ -158,6 +158,24 @@ def hold_lock_or_name_holder(lock_path: Path) -> tuple[int | None, str]:
     return fd, ""
 
 
+def lock_holder(lock_path: Path) -> str | None:
+    """The process id named in ``lock_path`` (``"?"`` if unreadable) while another open
+    file holds the lock :func:`hold_lock_or_name_holder` takes; None when nobody holds
+    it, or the file does not exist or cannot be opened (whoever takes the lock then
+    finds out). Makes and changes nothing."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # a shared lock taken goes with it
+    return None
+
+
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -918,6 +918,8 @@ def test_serve_errors_exit_codes(
 def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_bytes(b"not a directory")
+    schemeless = tmp_path / "schemeless.toml"
+    schemeless.write_text('[archive]\nendpoint_url = "s3.example:9000"\n')
     cases = [
         (["--data-dir", ""], "--data-dir is empty"),
         (["--data-dir", "  "], "--data-dir is empty"),
@@ -927,6 +929,20 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
         (
             ["--data-dir", "node", "--s3-endpoint", "http://me:hunter2@127.0.0.1:1"],
             "must not carry a user or password",
+        ),
+        # A malformed endpoint came out as botocore's traceback; another scheme failed
+        # as an unreachable archive.
+        (
+            ["--data-dir", "node", "--s3-endpoint", "127.0.0.1:9000"],
+            "'127.0.0.1:9000' must start with http:// or https://",
+        ),
+        (
+            ["--data-dir", "node", "--s3-endpoint", "ftp://127.0.0.1:9000"],
+            "must start with http:// or https://",
+        ),
+        (
+            ["--data-dir", "node", "--config", str(schemeless)],
+            "'s3.example:9000' must start with http:// or https://",
         ),
     ]
     work = tmp_path / "cwd"

@@ -144,8 +144,9 @@ def test_a_node_killed_outright_starts_again_with_its_embedded_archive(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("same_ports", [False, True])
 def test_a_second_node_on_a_data_directory_in_use_is_refused(
-    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path, same_ports: bool
 ) -> None:
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir)
@@ -153,8 +154,16 @@ def test_a_second_node_on_a_data_directory_in_use_is_refused(
         client.create_dataset("d")
         client.put("d", "s", b"kept")
     second = ServerProcess(data_dir, first.extra_args)
+    if same_ports:
+        # `tierstore serve` run twice: the ports are taken too. It said only that it
+        # could not listen on the API port, not that a node runs there already.
+        second.port, second.health_port, second.metrics_port = (
+            first.port,
+            first.health_port,
+            first.metrics_port,
+        )
     with pytest.raises(AssertionError, match="exited with"):
-        second.start()
+        second.start(same_ports=same_ports)
     assert second.process is not None and second.process.returncode != 0
     # One error line, no traceback. Warnings logged before it are no error: a disk with
     # less room than the hot tier's 64 GiB default, as on a small CI machine.

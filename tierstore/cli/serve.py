@@ -57,6 +57,7 @@ from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgu
 from tierstore.private_files import (
     ensure_private_dir,
     hold_lock_or_name_holder,
+    lock_holder,
     restrict_mode,
     write_private_file,
 )
@@ -143,7 +144,6 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
     check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
-    check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)
@@ -156,10 +156,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     check_master_key_sources(configured)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
     archive = _archive_with_flags(options, configured.archive)
+    check_endpoint_url(archive.endpoint_url)  # the settings file's or the environment's too
     # The embedded archive makes its bucket: S3's rules for a new one apply.
     check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
     _warn_of_an_open_prefix(archive.prefix)
     data_dir = (options.data_dir or configured.data_dir).resolve()
+    # A node running here holds the ports too: say so, not only that a port is taken.
+    holder = lock_holder(data_dir / "serve.lock")
+    if holder is not None:
+        raise _in_use(data_dir, holder)
+    check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
     try:
@@ -324,11 +330,16 @@ def _claim(data_dir: Path, cleanup: ExitStack) -> None:
     another node holds it."""
     fd, holder = hold_lock_or_name_holder(data_dir / "serve.lock")
     if fd is None:
-        raise FailedPrecondition(
-            f"data directory {data_dir} is in use by another tierstore serve (process "
-            f"{holder}); stop it first, or give this node a --data-dir of its own"
-        )
+        raise _in_use(data_dir, holder)
     cleanup.callback(os.close, fd)
+
+
+def _in_use(data_dir: Path, holder: str) -> FailedPrecondition:
+    """The error for a data directory another node (process ``holder``) runs on."""
+    return FailedPrecondition(
+        f"data directory {data_dir} is in use by another tierstore serve (process "
+        f"{holder}); stop it first, or give this node a --data-dir of its own"
+    )
 
 
 def _archive_settings(

@@ -59,17 +59,41 @@ def check_bucket_name(bucket: str, *, strict: bool = False) -> None:
 
 
 def check_endpoint_url(url: str) -> None:
-    """InvalidArgument for an endpoint URL that carries credentials
-    (``http://user:secret@host``, or ``user:secret@host`` without a scheme): the URL
-    is named in errors and logs, where the secret would be printed (a review saw it
-    so), and the node signs its requests with the access key and secret it is given,
-    not with these. Not echoed back."""
+    """InvalidArgument for an archive endpoint URL that is not ``http(s)://HOST[:PORT]``
+    ("" passes: no endpoint, the embedded archive). A malformed one reached botocore,
+    whose bare ValueError came out of ``serve`` as a traceback, and one of another
+    scheme failed as an unreachable archive, after every retry.
+
+    A URL that carries credentials (``http://user:secret@host``, or
+    ``user:secret@host`` without a scheme) is refused first, and not echoed back: the
+    URL is named in errors and logs, where the secret would be printed (a review saw
+    it so), and the node signs its requests with the access key and secret it is
+    given, not with these."""
+    if not url:
+        return
     authority = url.split("://", 1)[-1].split("/", 1)[0]
     if "@" in authority:
         raise InvalidArgument(
             "the archive's endpoint URL must not carry a user or password (user:secret@): "
             "give the access key and secret key settings instead"
         )
+
+    def refuse(why: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"the archive's endpoint URL {url!r} {why} (e.g. http://127.0.0.1:8333)"
+        )
+
+    if any(char.isspace() for char in url):
+        raise refuse("must not contain spaces")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise refuse("must start with http:// or https://")
+    if not parts.hostname:
+        raise refuse("names no host")
+    try:
+        parts.port  # noqa: B018 (read to have it checked: 0..65535, digits only)
+    except ValueError:
+        raise refuse("has a port that is not a number from 0 to 65535") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
