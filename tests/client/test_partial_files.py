@@ -64,3 +64,26 @@ def test_links_are_followed_and_devices_written_in_place(tmp_path: Path) -> None
     assert output_target(link) == (real, True)
     assert output_target(tmp_path / "new") == (tmp_path / "new", True)
     assert output_target(Path("/dev/null")) == (Path("/dev/null"), False)
+
+
+def test_a_directory_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
+    # It was taken for a device and written in place: the whole shard was fetched
+    # into memory first, then open() failed on the directory.
+    with pytest.raises(IsADirectoryError, match="name a file to write") as refused:
+        output_target(tmp_path)
+    assert refused.value.filename == str(tmp_path)
+    link = tmp_path / "to-a-directory"
+    link.symlink_to(tmp_path)
+    with pytest.raises(IsADirectoryError):
+        output_target(link)
+
+
+def test_a_file_in_no_directory_is_named_as_given_not_by_its_partial_file(
+    tmp_path: Path,
+) -> None:
+    # The error named ".x.<random>.part", a file the caller never asked for.
+    target = tmp_path / "missing" / "x"
+    with pytest.raises(FileNotFoundError) as refused, partial_file(target):
+        pass
+    assert refused.value.filename == str(target)
+    assert ".part" not in str(refused.value)

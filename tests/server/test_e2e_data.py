@@ -81,6 +81,13 @@ def test_a_download_writes_the_shard_to_a_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.part", "empty.bin"]
     assert (tmp_path / "big.bin.part").read_bytes() == b"the user's own"
     assert admin.download(any_dataset, "big", "/dev/null") == len(data)  # not a file: as is
+    # A directory is refused before the shard is fetched (it was fetched whole into
+    # memory first); a file in no directory is named as given, not by a partial file.
+    with pytest.raises(IsADirectoryError, match="name a file"):
+        admin.download(any_dataset, "big", tmp_path)
+    with pytest.raises(FileNotFoundError) as nowhere:
+        admin.download(any_dataset, "big", tmp_path / "no-such-dir" / "x")
+    assert nowhere.value.filename == str(tmp_path / "no-such-dir" / "x")
 
 
 def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Path) -> None:

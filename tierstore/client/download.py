@@ -13,6 +13,7 @@ and on failure deleted, a user's file of that name, and followed a link placed t
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -32,8 +33,12 @@ def output_target(path: Path) -> tuple[Path, bool]:
     through a partial file (:func:`partial_file`) renamed over it once whole, so that
     a failed write leaves it as it was. A link is followed, so that the file it names
     gets the output, not a file in its place; a device or a pipe is written in place
-    (False: renaming a file over /dev/null would replace the device)."""
+    (False: renaming a file over /dev/null would replace the device). Raises
+    IsADirectoryError for a directory (or a link to one), before anything is fetched
+    for it."""
     target = path.resolve() if path.is_symlink() else path
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", str(path))
     return target, not (target.exists() and not target.is_file())
 
 
@@ -47,9 +52,12 @@ def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
     a new file (0666 less the umask). A process killed while writing leaves its
     partial file behind (a hidden ``.<name>.<random>.part``), for whoever looks to
     remove; no later write reuses it."""
-    descriptor, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".part", dir=target.parent
-    )
+    try:
+        descriptor, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+    except OSError as exc:  # named as the caller gave it: the partial file is ours
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
     partial = Path(name)
     try:
         with os.fdopen(descriptor, "w+b") as file:  # closes the descriptor, whatever
