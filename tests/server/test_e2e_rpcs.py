@@ -260,6 +260,9 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         with pytest.raises(errors.InvalidArgument, match=f"^{name.strip()} ") as refused:
             call()
         assert "\\udc" not in str(refused.value) or "surrogate" in str(refused.value), name
+    # Nothing to change was an "OK" that changed nothing (the CLI refused it).
+    with pytest.raises(errors.InvalidArgument, match="nothing to update"):
+        admin.update_dataset(any_dataset)
     # Nothing was made, and the server and the client go on as before.
     assert [token["principal"] for token in admin.list_tokens()].count("p") == 0
     admin.report_position(job, 0)

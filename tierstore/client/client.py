@@ -330,8 +330,12 @@ class Client:
         policy: str | None = None,
     ) -> DatasetSettings:
         """Change a dataset's durability, hot quota or placement policy (admin on the
-        dataset). Raises DatasetNotFound, UnknownPolicy, PermissionDenied."""
+        dataset); None leaves one as it is. Raises DatasetNotFound, UnknownPolicy,
+        PermissionDenied, and InvalidArgument when all three are None (nothing to
+        update: a silent success would hide a forgotten argument)."""
         validate_dataset_name(name)
+        if durability is None and hot_quota_bytes is None and policy is None:
+            raise InvalidArgument("nothing to update: give durability, hot_quota_bytes or policy")
         request = datasets_pb2.UpdateDatasetRequest(name=name)
         if durability is not None:
             request.durability = durability_to_pb(durability_named(durability))
@@ -693,8 +697,10 @@ class Client:
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
         """Queue promotion of the named shards that are cold; returns how many were
-        queued. ``shards`` is a sequence of names: one name alone is InvalidArgument
-        (a str is a sequence of its characters, each of which was asked for)."""
+        queued. A name of no shard is not counted, as one hot already or on its way
+        is not: a prefetch is a hint, so :meth:`stat` tells a typo. ``shards`` is a
+        sequence of names: one name alone is InvalidArgument (a str is a sequence of
+        its characters, each of which was asked for)."""
         validate_dataset_name(dataset)
         if isinstance(shards, str | bytes):
             raise InvalidArgument(
