@@ -386,6 +386,9 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     assert typo.returncode == 3, typo.stderr.decode()
     assert json.loads(typo.stdout) == {"queued": 0, "not_found": ["c"]}
     assert "ShardNotFound" in typo.stderr.decode() and "c" in typo.stderr.decode()
+    assert "(1 of the 2 named; the others were queued or are hot)" in typo.stderr.decode()
+    alone = run(env, "prefetch", dataset, "c")  # there are no others to speak of
+    assert alone.returncode == 3 and "the others" not in alone.stderr.decode()
     admin.get(dataset, "a")
     admin.report_local_reads()  # read in place: its count reaches the server in batches
 

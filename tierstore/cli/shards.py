@@ -208,11 +208,17 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     if missing:
         raise fail(
             errors.ShardNotFound(
-                f"no shard {', '.join(map(repr, missing))} in dataset {dataset!r} "
-                f"({len(missing)} of the {len(set(shards))} named; the others were queued "
-                "or are hot)"
+                f"no shard {', '.join(map(repr, missing))} in dataset {dataset!r}"
+                + _the_others(len(missing), len(set(shards)))
             )
         )
+
+
+def _the_others(missing: int, named: int) -> str:
+    """How many of the ``named`` shards are ``missing``, when others were named too."""
+    if missing == named:
+        return ""
+    return f" ({missing} of the {named} named; the others were queued or are hot)"
 
 
 def _exists(client: Any, dataset: str, shard: str) -> bool:

@@ -430,7 +430,7 @@ class Store:
                         held = len(records) + len(damaged)
                         raise FailedPrecondition(
                             f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
-                            "delete them or use force"
+                            "delete them, or delete it with force (the CLI's --force)"
                         )
                     for record in records:
                         self._writer.delete_in(txn, record)
