@@ -98,7 +98,7 @@ class EngineSettings:
     #: transaction of its own, so it neither holds its whole shard in memory as LMDB's
     #: uncommitted copy nor the writer from other puts (engine/writepath.py).
     put_chunk_bytes: int = 64 * MiB
-    #: nice steps the mover's journal thread (uploads, evictions) and fill thread (cache
+    #: nice steps the mover's journal thread (uploads, evictions) and the fill thread (cache
     #: fills) run below the threads serving callers (0: the same priority); promotions
     #: that fetch are not lowered. See engine/background.py.
     background_niceness: int = 10

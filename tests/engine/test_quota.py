@@ -425,7 +425,7 @@ def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
 
 
 def backdoor_failed_pins(store: Store) -> dict[tuple[str, str], Any]:
-    """The mover's pins waiting to be promoted again (its private table)."""
+    """The promoter's pins waiting to be promoted again (its private table)."""
     return store.promoter._failed_pins
 
 

@@ -59,7 +59,7 @@ def test_a_stream_closed_after_its_header_queues_the_admitted_promotion(
         finally:
             token.var.reset(token)
         wait_until(lambda: store.stat("d", "s").hot, "the abandoned miss to be promoted")
-        # By the mover's promotion threads: the stream itself read nothing.
+        # By the promoter's threads: the stream itself read nothing.
         assert archive.gets_by("tierstore-promote-fetch") and not archive.gets_by("tierstore-fetch")
         read = store.get("d", "s")
         assert read.source == "hot" and read.to_bytes() == data

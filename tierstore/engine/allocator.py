@@ -84,7 +84,7 @@ class IdleTrim:
     """Runs ``trim`` once no put has been in flight for ``idle_s``, after puts ran.
 
     "Puts" here is any work that fills the heap with frames: the server wraps puts,
-    cold reads and the mover's promotions. Wrap each in :meth:`busy`. With
+    cold reads and the promoter's promotions. Wrap each in :meth:`busy`. With
     ``background`` a thread, started with the first put, waits on a condition for the
     trim to fall due (no wake-ups while nothing is owed; one per ``idle_s`` at most
     while puts keep coming); without it the caller calls :meth:`trim_if_due`.

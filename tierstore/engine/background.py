@@ -3,10 +3,10 @@
 Uploads, promotions and evictions are work the engine decides when to do; reads and
 puts are work a caller is waiting for. When every core is busy, the scheduler should
 give the second kind first claim. Linux applies a nice value to each thread, so the
-mover's journal and fill threads raise their own when they start (RocksDB lowers its
-compaction threads' priority for the same reason). Raising a nice value needs no
-privilege, but an unprivileged thread can never lower it again, so a lowered thread
-only ever does background work.
+mover's journal thread and the promoter's fill thread raise their own when they
+start (RocksDB lowers its compaction threads' priority for the same reason).
+Raising a nice value needs no privilege, but an unprivileged thread can never lower
+it again, so a lowered thread only ever does background work.
 
 The cost is priority inversion on the GIL: a lowered thread holding it while other
 processes take the cores delays the threads waiting for it. The work of these threads

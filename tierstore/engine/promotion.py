@@ -200,7 +200,7 @@ class Promoter:
         fetch is done at the callers' priority (see :mod:`tierstore.engine.background`).
         Best effort: a full queue or a duplicate request is dropped (the next read
         asks again). Returns whether it is queued or in flight (False: dropped for a
-        full queue, or the mover is stopping).
+        full queue, or the promoter is stopping).
         """
         if self._stop.is_set():
             return False
@@ -356,7 +356,7 @@ class Promoter:
     def promote_here(self, record: ShardRecord, fetch_pool: Executor) -> bool:
         """Promote ``record`` on the calling thread, fetching on ``fetch_pool``, for a
         caller that waits for the promotion anyway: it then runs at the caller's
-        priority, not the mover's. If the shard is already queued or being promoted,
+        priority, not a promotion thread's. If the shard is already queued or being promoted,
         returns at once (wait with :meth:`wait_promoted`). A failure is logged, not
         raised: the caller reads the archive instead. Except ArchiveUnavailable, which
         is raised: the archive has just failed through all its retries, and reading it
@@ -424,7 +424,7 @@ class Promoter:
         fetch_pool: Executor | None = None,
     ) -> bool:
         """Copy a generation's stored frames into the hot tier (fetching them if needed,
-        on ``fetch_pool``, by default the mover's). Returns whether it turned hot.
+        on ``fetch_pool``, by default the promoter's). Returns whether it turned hot.
 
         Frames passed in ``stored`` were verified by the caller; frames fetched here
         are verified before they are written. Optional work (see the module

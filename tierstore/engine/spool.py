@@ -14,7 +14,7 @@ them the same way (:meth:`Spooler.stage_held`): LMDB's copy then adds one chunk 
 frames the reader holds, not the shard again. Those frames are *staged*: they belong
 to a generation whose record still says cold, and no read looks for the frames of a
 cold generation. The shard turns hot in one last
-transaction, which writes its record (the mover's, like any promotion's), so no reader
+transaction, which writes its record (the promoter's, like any promotion's), so no reader
 ever sees part of a shard.
 
 A marker in the catalog's ``meta`` sub-database (generation → frame count), written
@@ -70,7 +70,7 @@ class Staged(enum.Enum):
     SUPERSEDED = "superseded"
     #: the LMDB map has no room for the next chunk.
     NO_ROOM = "no room"
-    #: the mover is stopping.
+    #: the promoter is stopping.
     STOPPED = "stopped"
 
 
