@@ -15,7 +15,12 @@ import torch
 from tierstore.arrowio import frames_to_table, table_to_frames
 from tierstore.errors import InvalidArgument, UnsupportedData
 from tierstore.tensors import tensor_to_table
-from tierstore.torch.arrow_tensors import batch_to_tensors, check_schema, column_to_tensor
+from tierstore.torch.arrow_tensors import (
+    batch_to_tensors,
+    check_schema,
+    check_tensor_rows,
+    column_to_tensor,
+)
 
 NUMERIC = [
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -163,3 +168,30 @@ def test_a_tensor_shard_of_a_dtype_arrow_lacks_comes_back_as_that_dtype(
 def table_to_frames_and_back(table: pa.Table) -> pa.Table:
     """``table`` as a shard stores and reads it (schema metadata included)."""
     return frames_to_table(table_to_frames(table))
+
+
+@pytest.mark.parametrize("array", [np.arange(7, dtype=np.int32), np.array(3.5)], ids=["1-d", "0-d"])
+def test_a_vector_or_scalar_tensor_shard_gives_one_scalar_sample_per_element(
+    array: np.ndarray,
+) -> None:
+    # A label vector came back as samples of shape (1,), batching to (B, 1): a loss
+    # taking (B,) targets broadcast or failed.
+    table = table_to_frames_and_back(tensor_to_table(array))
+    column = batch_to_tensors(table.to_batches()[0])["tensor"]
+    assert isinstance(column, torch.Tensor)
+    assert column.shape == (array.size,)
+    assert column.tolist() == np.ravel(array).tolist()
+    pairs = table_to_frames_and_back(tensor_to_table(np.array([1 + 2j, 3 - 4j])))
+    column = batch_to_tensors(pairs.to_batches()[0])["tensor"]  # complex: float pairs still
+    assert isinstance(column, torch.Tensor) and column.tolist() == [[1, 2], [3, -4]]
+
+
+def test_a_tensor_shard_of_rows_wider_than_a_quarter_frame_is_refused_by_name() -> None:
+    # Stored one element per row: it was read as 900,000 samples of one number each.
+    table = tensor_to_table(np.arange(12, dtype=np.float32).reshape(3, 4), max_frame_bytes=32)
+    with pytest.raises(UnsupportedData, match=r"shape \[3, 4\].*one element per row") as refused:
+        check_tensor_rows(table.schema, "emb/0")
+    assert "emb/0" in str(refused.value) and "read_tensor" in str(refused.value)
+    check_tensor_rows(tensor_to_table(np.zeros((3, 4), np.float32)).schema, "rows")  # rows: fine
+    check_tensor_rows(tensor_to_table(np.arange(5)).schema, "vector")  # flat, but a vector
+    check_tensor_rows(pa.schema([pa.field("x", pa.int64())]), "no tensor")

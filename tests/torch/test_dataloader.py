@@ -29,7 +29,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tests.server.conftest import ServerProcess
 from tierstore.client.client import Client
 from tierstore.client.forkgate import GATE
-from tierstore.errors import FailedPrecondition
+from tierstore.errors import FailedPrecondition, UnsupportedData
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
@@ -517,3 +517,41 @@ def test_tensor_shards_of_every_dtype_read_tensor_gives_back(
         assert {batch.shape[1:] for batch in batches} == {torch.Size([4, 8])}
         got = row_bytes(row for batch in batches for row in batch)
         assert sorted(got) == sorted(every_row)
+
+
+def test_a_vector_shard_gives_scalar_samples_and_a_tensor_of_too_wide_rows_is_refused(
+    server: ServerProcess, admin: Client
+) -> None:
+    # A label vector batched to (B, 1); a (3, 600) tensor whose rows were too wide to
+    # store one per row was read as 1,800 samples of one number each, silently.
+    dataset = f"torch-vectors-{uuid.uuid4().hex[:12]}"
+    admin.create_dataset(dataset)
+    admin.frame_bytes = 4096  # rows over 1 KiB are stored one element per row
+    labels = np.arange(10, dtype=np.int64) * 3
+    admin.put(dataset, "labels", labels)
+    connection = {"address": server.address, "token": server.token, "ca": str(server.ca_path)}
+
+    by_index = MapDataset(dataset, **connection)
+    assert len(by_index) == 10
+    assert [by_index[i]["tensor"].shape for i in (0, 9)] == [torch.Size([]), torch.Size([])]
+    assert [int(by_index[i]["tensor"]) for i in range(10)] == labels.tolist()
+    batches = list(
+        DataLoader(
+            IterableDataset(dataset, shuffle=False, batch_size=4, **connection), batch_size=None
+        )
+    )
+    assert [batch["tensor"].shape for batch in batches] == [
+        torch.Size([4]),
+        torch.Size([4]),
+        torch.Size([2]),
+    ]
+    assert torch.cat([batch["tensor"] for batch in batches]).tolist() == labels.tolist()
+
+    admin.put(dataset, "wide", np.ones((3, 600), dtype=np.float32))
+    assert admin.read_tensor(dataset, "wide").shape == (3, 600)  # whole, it reads fine
+    for make in (MapDataset, IterableDataset):
+        with pytest.raises(UnsupportedData, match=r"'wide' is a tensor of shape \[3, 600\]"):
+            make(dataset, shards=["wide"], **connection)
+    # Beside a vector (the same Arrow type, one number a row), it is refused too.
+    with pytest.raises(UnsupportedData, match="'wide'"):
+        MapDataset(dataset, **connection)

@@ -31,6 +31,8 @@ Every function here is pure and thread-safe; torch is imported when this module 
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal, TypeAlias
 
 import pyarrow as pa
@@ -46,6 +48,7 @@ __all__ = [
     "Strings",
     "batch_to_tensors",
     "check_schema",
+    "check_tensor_rows",
     "column_to_tensor",
 ]
 
@@ -149,8 +152,11 @@ def _tensor_column(name: str, array: pa.ExtensionArray) -> torch.Tensor:
     return tensor
 
 
-#: the schema key under which tierstore.tensors records a tensor shard's dtype
+#: the schema keys under which tierstore.tensors records a tensor shard's dtype, its
+#: shape and how its rows are laid out ("rows", or "flat": one element per row)
 _KEY_DTYPE = b"tierstore.tensor.dtype"
+_KEY_SHAPE = b"tierstore.tensor.shape"
+_KEY_LAYOUT = b"tierstore.tensor.layout"
 #: logical dtypes stored as integers of the same width, viewed back as themselves
 _LOGICAL: dict[bytes, torch.dtype] = {
     b"bfloat16": torch.bfloat16,
@@ -158,6 +164,35 @@ _LOGICAL: dict[bytes, torch.dtype] = {
     b"float8_e5m2": torch.float8_e5m2,
     b"bool": torch.bool,
 }
+
+
+def _flat_shape(schema: pa.Schema) -> list[int] | None:
+    """The shape of the tensor a tensor shard's ``schema`` says it stores one element
+    per row (layout "flat"), else None (rows layout, or no tensor shard)."""
+    metadata = schema.metadata or {}
+    if metadata.get(_KEY_LAYOUT) != b"flat":
+        return None
+    try:
+        shape = json.loads(metadata.get(_KEY_SHAPE, b"[]"))
+    except ValueError:
+        return []
+    return [int(n) for n in shape] if isinstance(shape, list) else []
+
+
+def check_tensor_rows(schema: pa.Schema, shard: str) -> None:
+    """Raise UnsupportedData when ``schema`` (shard ``shard``'s) is a tensor shard whose
+    tensor has rows (two axes or more) but is stored one element per row, as
+    :mod:`tierstore.tensors` stores a tensor whose rows are wider than a quarter of a
+    frame: a dataset reads one sample per stored row, so each number would be a
+    sample (a tensor of shape (3, 300000) read as 900,000 samples)."""
+    shape = _flat_shape(schema)
+    if shape is not None and len(shape) >= 2 and math.prod(shape) > 0:
+        raise UnsupportedData(
+            f"shard {shard!r} is a tensor of shape {shape} whose rows are too wide to store "
+            "one per row (over a quarter of a frame), so it is stored one element per row "
+            "and has no samples to read here: put it with narrower rows (split each row, or "
+            "put it with a larger frame size), or read it whole with Client.read_tensor"
+        )
 
 
 def column_to_tensor(name: str, array: pa.Array) -> torch.Tensor:
@@ -200,5 +235,11 @@ def batch_to_tensors(batch: pa.RecordBatch, strings: Strings = "error") -> dict[
     if logical is not None and isinstance(column, torch.Tensor):
         # A tensor shard of a dtype Arrow lacks, stored as its bits: the same bytes
         # viewed as what was put (bfloat16 came back as uint16 bit patterns).
-        out[TENSOR_COLUMN] = column.view(logical)
+        out[TENSOR_COLUMN] = column = column.view(logical)
+    flat = _flat_shape(batch.schema) is not None
+    if flat and isinstance(column, torch.Tensor) and column.shape[1:] == (1,):  # not complex
+        # A vector (or a scalar) stored one element per row: each element a scalar
+        # sample, so batches are (B,), not (B, 1). (A flat tensor with rows is refused
+        # when the dataset is made: check_tensor_rows.)
+        out[TENSOR_COLUMN] = column.reshape(len(batch))
     return out

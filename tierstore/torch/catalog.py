@@ -34,7 +34,7 @@ from tierstore.errors import (
     TierstoreError,
     WrongShardKind,
 )
-from tierstore.torch.arrow_tensors import Strings, check_schema
+from tierstore.torch.arrow_tensors import Strings, check_schema, check_tensor_rows
 from tierstore.torch.batches import ShardRows
 from tierstore.torch.source import ShardSource, ShardTable
 from tierstore.types import ShardInfo, ShardKind
@@ -258,7 +258,9 @@ def resolve(
         WrongShardKind: a shard holds raw bytes, not Arrow data.
         InvalidArgument: no shards to read, both ``shards`` and ``prefix``, malformed or
             unknown ``columns``; with ``with_rows``, schema drift between shards.
-        UnsupportedData: a selected column has no tensor form (see ``arrow_tensors``).
+        UnsupportedData: a selected column has no tensor form (see ``arrow_tensors``), or
+            the first shard (with ``with_rows``, any) is a tensor stored one element per
+            row though it has rows (``arrow_tensors.check_tensor_rows``).
         MalformedArrow: the first shard's schema frame does not parse (with ``with_rows``,
             any shard's, or a frame's metadata).
     """
@@ -273,7 +275,9 @@ def resolve(
         )
     infos.sort(key=lambda info: info.name)
     first = infos[0]
-    schema = _select(_reference_schema(client, first), columns, first.name)
+    reference = _reference_schema(client, first)
+    check_tensor_rows(reference, first.name)
+    schema = _select(reference, columns, first.name)
     check_schema(schema, strings)
     return ShardSet(
         dataset=dataset,
@@ -292,7 +296,10 @@ def check_conforms(
     dataset: str, expected: pa.Schema, reference: str, shard: str, schema: pa.Schema
 ) -> None:
     """Raise InvalidArgument (schema drift, naming both shards) unless ``schema``, shard
-    ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type."""
+    ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type;
+    UnsupportedData for a tensor shard with no samples to read (:func:`check_tensor_rows`:
+    its type can be the same as a vector's)."""
+    check_tensor_rows(schema, shard)
     # The reference itself drifts when it is rewritten after its schema was read.
     rewritten = shard == reference
     since = "when this dataset object was made (it was rewritten since)"
