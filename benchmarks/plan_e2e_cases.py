@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from tierstore.client.client import Client, connect
-from tierstore.engine.policies import MAX_PLAN_TTL_S
 from tierstore.errors import InvalidArgument
 from tierstore.frames import CHECKSUM_BYTES
+from tierstore.plans import MAX_PLAN_TTL_S
 from tierstore.policy.base import Policy
 from tierstore.policy.registry import make_policy
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace

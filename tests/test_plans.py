@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from tierstore.errors import InvalidArgument
 from tierstore.plans import (
     MAX_PLAN_EPOCHS,
+    MAX_PLAN_TTL_S,
     SamplerKind,
     SamplerPlan,
+    check_plan_ttl,
     epoch_order,
     plan_indices,
     rank_order,
@@ -164,3 +166,10 @@ def test_a_valid_replacement_plan() -> None:
     plan = SamplerPlan(SamplerKind.REPLACEMENT, samples_per_epoch=7, epochs=2)
     plan.validate()
     assert len(plan_indices(plan, 3)) == 14
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf"), 7 * 86400 + 1, "5", True])
+def test_a_plan_ttl_outside_a_week_is_refused_naming_the_argument(ttl: object) -> None:
+    with pytest.raises(InvalidArgument, match=r"^plan_ttl_s must be a number of seconds"):
+        check_plan_ttl(ttl, "plan_ttl_s")
+    assert check_plan_ttl(0.5) == 0.5 and check_plan_ttl(MAX_PLAN_TTL_S) == MAX_PLAN_TTL_S

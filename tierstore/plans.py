@@ -17,6 +17,7 @@ union over ranks is the global order, each entry exactly once).
 from __future__ import annotations
 
 import enum
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,8 +28,10 @@ from tierstore.errors import InvalidArgument
 
 __all__ = [
     "MAX_PLAN_EPOCHS",
+    "MAX_PLAN_TTL_S",
     "SamplerKind",
     "SamplerPlan",
+    "check_plan_ttl",
     "epoch_order",
     "plan_indices",
     "rank_order",
@@ -36,6 +39,8 @@ __all__ = [
 
 #: the most epochs one plan may declare (a longer job declares again).
 MAX_PLAN_EPOCHS = 64
+#: the longest a plan may live without a position report (a week).
+MAX_PLAN_TTL_S = 7 * 86400.0
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -153,3 +158,19 @@ def rank_order(plan: SamplerPlan, shards: Sequence[str]) -> list[str]:
     """The shard names ``plan``'s rank reads, in order. ``shards`` must be sorted by
     name (the catalog's order). Raises InvalidArgument."""
     return [shards[int(index)] for index in plan_indices(plan, len(shards))]
+
+
+def check_plan_ttl(ttl_s: object, name: str = "ttl_s") -> float:
+    """``ttl_s`` as a float: how long a plan lives without a position report, a number
+    of seconds above 0 and at most :data:`MAX_PLAN_TTL_S` (not a bool, not NaN).
+    InvalidArgument naming the argument ``name`` otherwise."""
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, numbers.Real)
+        or not 0 < float(ttl_s) <= MAX_PLAN_TTL_S
+    ):
+        raise InvalidArgument(
+            f"{name} must be a number of seconds above 0 and at most {MAX_PLAN_TTL_S:.0f} "
+            f"(a week), got {ttl_s!r:.40}"
+        )
+    return float(ttl_s)

@@ -487,6 +487,8 @@ def test_batches_before_a_bad_shard_come_out_first_with_threads() -> None:
         ({"num_workers": -1}, "num_workers must be an int >= 0"),
         ({"num_workers": 2.0}, "num_workers must be an int >= 0"),
         ({"prefix": "zzz"}, "no shards with prefix 'zzz'"),
+        # Taken, and the access plan was dropped each epoch with a warning.
+        *[({"plan_ttl_s": ttl}, "plan_ttl_s must be") for ttl in (0, -5, float("nan"), 1e12, "x")],
     ],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:

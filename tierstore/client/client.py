@@ -23,7 +23,6 @@ retries), :mod:`~tierstore.client.arguments` (argument checks),
 from __future__ import annotations
 
 import builtins
-import numbers
 import os
 import time
 import uuid
@@ -79,7 +78,7 @@ from tierstore.errors import (
 )
 from tierstore.framing import frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.plans import SamplerPlan
+from tierstore.plans import SamplerPlan, check_plan_ttl
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
     DatasetSettings,
@@ -791,10 +790,7 @@ class Client:
         one of sampler and shards), InvalidArgument, DatasetNotFound.
         """
         validate_dataset_name(dataset)
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, numbers.Real):
-            raise InvalidArgument(f"ttl_s must be a number of seconds, not {ttl_s!r:.40}")
-        if not 0 < ttl_s < float("inf"):
-            raise InvalidArgument(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        ttl_s = check_plan_ttl(ttl_s)
         prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
         job = "" if job is None else checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan

@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.policies import MAX_PLAN_TTL_S, PolicyDriver
+from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
 from tierstore.errors import InvalidArgument, InvalidPlan, PlanLimitReached, PlanNotFound
 from tierstore.naming import validate_shard_name
-from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
+from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, check_plan_ttl, rank_order
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import TracedClose, TracedPlan, TracedPosition
 
@@ -57,7 +57,6 @@ __all__ = [
     "MAX_OWNER_PLANS",
     "MAX_OWNER_PLAN_ENTRIES",
     "MAX_PLAN_ENTRIES",
-    "MAX_PLAN_TTL_S",
     "PlanBook",
     "PlanInfo",
     "PlanKeys",
@@ -172,10 +171,7 @@ class PlanBook:
         InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
         job id or ``ttl_s``; PlanLimitReached past one of the book's bounds.
         """
-        if isinstance(ttl_s, bool) or not (
-            isinstance(ttl_s, int | float) and 0 < ttl_s <= MAX_PLAN_TTL_S
-        ):
-            raise InvalidArgument(f"ttl_s must be in (0, {MAX_PLAN_TTL_S:.0f}] seconds")
+        ttl_s = check_plan_ttl(ttl_s)
         job = _check_job(job) if job is not None else uuid.uuid4().hex
         if (sampler is None) == (shards is None):
             raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")

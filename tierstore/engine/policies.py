@@ -53,15 +53,12 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.sealing import stored_size
 from tierstore.errors import InvalidArgument, UnknownPolicy
+from tierstore.plans import MAX_PLAN_TTL_S
 from tierstore.policy.base import Key, Policy, PrefetchBudget
 from tierstore.policy.registry import DEFAULT_POLICY, make_policy
 
-__all__ = ["MAX_PLAN_TTL_S", "HotShard", "PolicyDriver", "hot_shards", "shard_of"]
+__all__ = ["HotShard", "PolicyDriver", "hot_shards", "shard_of"]
 
-#: the longest a plan may live without a position report. The engine ends plans
-#: itself (:mod:`tierstore.engine.planbook`), so a policy that keeps a plan TTL of its
-#: own (``plan_ttl_s``) is given this one and never drops a plan the engine keeps.
-MAX_PLAN_TTL_S = 7 * 86400.0
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +370,9 @@ def _dataset_of(key: Key) -> str:
 def _build(name: str) -> Policy:
     """A new live ``name`` policy. Raises UnknownPolicy, InvalidArgument (offline)."""
     try:
+        # The engine ends plans itself (tierstore.engine.planbook): a policy that keeps
+        # a plan TTL of its own is given the longest, and never drops a plan the engine
+        # keeps.
         return make_policy(name, plan_ttl_s=MAX_PLAN_TTL_S)
     except UnknownPolicy:
         raise

@@ -38,6 +38,7 @@ import numpy.typing as npt
 import torch.utils.data
 
 from tierstore.errors import InvalidArgument
+from tierstore.plans import check_plan_ttl
 from tierstore.torch.access_plan import PlanReporter
 from tierstore.torch.arguments import check_bool, check_int
 from tierstore.torch.arrow_tensors import Strings
@@ -154,7 +155,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self.num_workers = None if num_workers is None else check_int("num_workers", num_workers, 0)
         #: the data-parallel (rank, world size) given, else None (found when iterating)
         self._given_rank = given_rank(rank, world_size)
-        self.plan_ttl_s = plan_ttl_s
+        self.plan_ttl_s = check_plan_ttl(plan_ttl_s, "plan_ttl_s")
         self._source = source or service_source(address, token, ca, retry_s)
         #: the shards and columns read, fixed now for every worker and resume
         self.shards: ShardSet = resolve(
