@@ -216,3 +216,34 @@ def test_grpcs_own_schemes_reach_the_server(server: ServerProcess) -> None:
     for target in (f"dns:///localhost:{port}", f"ipv4:{host}:{port}"):
         with connect(target, token=server.token, ca=server.ca_path) as client:
             assert isinstance(client.list_datasets(), list), target
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"address": 123}, "address= must be HOST:PORT as a str, not int"),
+        ({"token": 123}, "token= must be a str, not int"),
+        ({"token": None, "token_file": 5}, "token_file= must be a path"),
+        ({"ca": 123}, "ca= must be a path"),
+        ({"client_cert": 1, "client_key": "k"}, "client_cert= must be a path"),
+        ({"client_cert": "c", "client_key": 2.0}, "client_key= must be a path"),
+    ],
+)
+def test_connect_refuses_arguments_of_the_wrong_type_by_name(
+    given: dict[str, object], match: str
+) -> None:
+    # Each was a bare AttributeError or TypeError from deep inside (addresses, pathlib).
+    arguments = {"address": "127.0.0.1:1", "token": "ts_a_b", **given}
+    with pytest.raises(InvalidArgument, match=match):
+        connect(**arguments, environ={})  # type: ignore[arg-type]
+
+
+def test_a_tls_file_that_is_not_there_is_refused_when_connecting(tmp_path: Path) -> None:
+    # Taken until the first call, unlike the DataLoader datasets, which refused it at once.
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(InvalidArgument, match=f"cannot read TLS file {missing} \\(ca= or TIER"):
+        connect("127.0.0.1:1", token="ts_a_b", ca=missing, environ={})
+    with pytest.raises(InvalidArgument, match=f"cannot read TLS file {tmp_path}"):
+        connect("127.0.0.1:1", token="ts_a_b", environ={"TIERSTORE_CA": str(tmp_path)})
+    missing.write_text("a CA")  # read (and checked) with the first call
+    assert connect("127.0.0.1:1", token="ts_a_b", ca=missing, environ={})

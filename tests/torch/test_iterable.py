@@ -496,6 +496,13 @@ def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match
         make(**kwargs)
 
 
+@pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
+def test_a_source_that_is_no_shard_source_is_refused_by_name(kind: type) -> None:
+    # An AttributeError from inside ("'str' object has no attribute 'client'").
+    with pytest.raises(InvalidArgument, match="source= must be a ShardSource"):
+        kind("ds", source="x")
+
+
 @pytest.mark.parametrize("retry_s", [float("nan"), float("inf"), -1.0, "5", True])
 @pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
 def test_a_retry_time_that_is_no_finite_number_of_seconds_is_refused(

@@ -5,7 +5,9 @@ for a lone surrogate) said neither which argument nor what it should be."""
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Generic, TypeVar, cast, overload
 
 from tierstore.client.deadlines import timeout_problem
@@ -18,8 +20,10 @@ __all__ = [
     "durability_named",
     "env_flag",
     "grant_list",
+    "optional_path",
     "positive_bytes",
     "positive_seconds",
+    "readable_tls_file",
     "whole_number",
 ]
 
@@ -116,6 +120,27 @@ def durability_named(value: str | Durability) -> Durability:
         raise InvalidArgument(
             f"durability must be 'write-back' or 'write-through', not {value!r}"
         ) from None
+
+
+def optional_path(name: str, value: object) -> Path | None:
+    """``value`` as a Path (None and "" as None), if it is a str or an os.PathLike;
+    else InvalidArgument naming ``name`` (pathlib's TypeError named no argument)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise InvalidArgument(
+            f"{name}= must be a path (a str or os.PathLike), not {type(value).__name__}"
+        )
+    return Path(value)
+
+
+def readable_tls_file(name: str, variable: str, path: Path) -> None:
+    """InvalidArgument unless ``path`` (given as ``name`` or in ``variable``) is a file:
+    refused when the client is made, not at its first call. Its contents are read (and
+    checked) when the channel is made, in each process."""
+    if not path.is_file():
+        why = "a directory" if path.is_dir() else "no such file"
+        raise InvalidArgument(f"cannot read TLS file {path} ({name}= or {variable}): {why}")
 
 
 def env_flag(text: str, name: str, default: bool) -> bool:

@@ -43,8 +43,10 @@ from tierstore.client.arguments import (
     durability_named,
     env_flag,
     grant_list,
+    optional_path,
     positive_bytes,
     positive_seconds,
+    readable_tls_file,
     whole_number,
 )
 from tierstore.client.channel import ChannelSettings, ProcessChannel
@@ -965,7 +967,8 @@ def connect(
     ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
     the first call. Raises InvalidArgument for a bad address or
     ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
-    ``token_file``, or an unreadable token file.
+    ``token_file``, an unreadable token file, a TLS file that is not there, or an
+    argument of the wrong type.
     """
     env = os.environ if environ is None else environ
     if local_reads is None:
@@ -977,7 +980,11 @@ def connect(
         raise InvalidArgument(
             "address= is empty: give HOST:PORT, or leave it out (None) to use TIERSTORE_ADDRESS"
         )
+    if address is not None and not isinstance(address, str):
+        raise InvalidArgument(f"address= must be HOST:PORT as a str, not {type(address).__name__}")
     address = address or env.get("TIERSTORE_ADDRESS", "")
+    if token is not None and not isinstance(token, str):
+        raise InvalidArgument(f"token= must be a str, not {type(token).__name__}")
     if token == "":  # an unset variable, say: never the environment's token instead
         raise InvalidArgument(
             "token= is empty: give the token, or leave it out (None) to use "
@@ -985,22 +992,32 @@ def connect(
         )
     if token and token_file:
         raise InvalidArgument("give token= or token_file=, not both")
-    if token_file:
-        token = read_token_file(token_file)
+    token_path = optional_path("token_file", token_file)
+    if token_path is not None:
+        token = read_token_file(token_path)
     token = token or env.get("TIERSTORE_TOKEN") or None
     if token is None and env.get("TIERSTORE_TOKEN_FILE"):
         token = read_token_file(env["TIERSTORE_TOKEN_FILE"])
-    ca_value = ca or env.get("TIERSTORE_CA") or None
-    client_cert = client_cert or env.get("TIERSTORE_CLIENT_CERT") or None
-    client_key = client_key or env.get("TIERSTORE_CLIENT_KEY") or None
+    tls_variables = {
+        "ca": (ca, "TIERSTORE_CA"),
+        "client_cert": (client_cert, "TIERSTORE_CLIENT_CERT"),
+        "client_key": (client_key, "TIERSTORE_CLIENT_KEY"),
+    }
+    tls_files = {
+        name: optional_path(name, given) or optional_path(variable, env.get(variable))
+        for name, (given, variable) in tls_variables.items()
+    }
     if insecure is None:
         insecure = env_flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
     settings = ChannelSettings(
         address=address,
         token=token,
-        ca=Path(ca_value) if ca_value else None,
-        client_cert=Path(client_cert) if client_cert else None,
-        client_key=Path(client_key) if client_key else None,
+        ca=tls_files["ca"],
+        client_cert=tls_files["client_cert"],
+        client_key=tls_files["client_key"],
         insecure=insecure,
     )
+    for name, path in tls_files.items():
+        if path is not None and not insecure:  # plaintext reads none of them
+            readable_tls_file(name, tls_variables[name][1], path)
     return Client(settings, timeout_s=timeout_s, local=LocalReadOptions(enabled=local_reads))

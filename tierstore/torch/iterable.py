@@ -59,7 +59,7 @@ from tierstore.torch.order import (
     worker_shards,
 )
 from tierstore.torch.readahead import read_ahead
-from tierstore.torch.source import ShardSource, service_source
+from tierstore.torch.source import ShardSource, given_source, service_source
 from tierstore.torch.topology import (
     current_slot,
     given_rank,
@@ -156,7 +156,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         #: the data-parallel (rank, world size) given, else None (found when iterating)
         self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = check_plan_ttl(plan_ttl_s, "plan_ttl_s")
-        self._source = source or service_source(address, token, ca, retry_s)
+        self._source = given_source(source) or service_source(address, token, ca, retry_s)
         #: the shards and columns read, fixed now for every worker and resume
         self.shards: ShardSet = resolve(
             self._source.client(),

@@ -38,7 +38,7 @@ from tierstore.torch.arguments import check_int
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import ShardRows
 from tierstore.torch.catalog import ShardSet, read_shard, resolve
-from tierstore.torch.source import ShardSource, service_source
+from tierstore.torch.source import ShardSource, given_source, service_source
 
 __all__ = ["MapDataset"]
 
@@ -83,7 +83,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         super().__init__()
         self.cache_shards = check_int("cache_shards", cache_shards, 1)  # True is no count
         count_threads = check_int("count_threads", count_threads, 1)
-        self._source = source or service_source(address, token, ca, retry_s)
+        self._source = given_source(source) or service_source(address, token, ca, retry_s)
         #: the shards and columns read
         self.shards: ShardSet = resolve(
             self._source.client(),

@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import pyarrow as pa
 import tenacity
@@ -32,7 +32,7 @@ from tierstore.client.client import Client, connect
 from tierstore.client.forkgate import GATE
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
-__all__ = ["GrpcShardSource", "ShardSource", "ShardTable", "service_source"]
+__all__ = ["GrpcShardSource", "ShardSource", "ShardTable", "given_source", "service_source"]
 
 _log = logging.getLogger(__name__)
 
@@ -146,6 +146,18 @@ def _gated_read(client: Client, dataset: str, shard: str) -> ShardTable:
     with GATE.call():
         generation, table = client.read_table_with_generation(dataset, shard)
         return ShardTable(table, generation)
+
+
+def given_source(source: object) -> ShardSource | None:
+    """``source`` if it is None or a :class:`ShardSource` (it has ``read`` and
+    ``client``); else InvalidArgument (it failed deep inside with an AttributeError)."""
+    if source is None or (
+        callable(getattr(source, "read", None)) and callable(getattr(source, "client", None))
+    ):
+        return cast("ShardSource | None", source)
+    raise InvalidArgument(
+        f"source= must be a ShardSource (with read() and client()), not {type(source).__name__}"
+    )
 
 
 def service_source(
