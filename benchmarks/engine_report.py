@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tune_malloc:
         tune_allocator(4 * MiB)  # as `tierstore serve` and open_store() do
     parent = args.workdir or Path(os.environ.get("TMPDIR", "/tmp"))
+    parent.mkdir(parents=True, exist_ok=True)  # df had nothing to say of a missing one
     fstype = check_not_tmpfs(parent)
     info = machine_info(parent)
     total = args.total_bytes
