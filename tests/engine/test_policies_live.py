@@ -411,36 +411,6 @@ def test_a_promotion_evicts_only_its_own_size(open_store: StoreFactory) -> None:
     assert store.promoter.promotions == 1 and store.promoter.promotions_skipped == 0
 
 
-def test_a_promotion_that_eviction_could_not_make_room_for_fetches_nothing(
-    open_store: StoreFactory,
-) -> None:
-    # Below the high watermark, but what is hot is not archived: eviction can take
-    # none of it. The promotion fetched its frames before it found that out (a pinned
-    # shard's, tried again with the back-off: one fetch a minute for nothing).
-    archive = _UploadsRefused()
-    store = open_store(
-        archive,
-        datasets={"r": DatasetSettings(policy="lru")},
-        start_mover=False,  # the test archives and promotes
-        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
-    )
-    store.put("r", "two", payload(2 * FRAME, 2))
-    assert store.mover.drain_once()
-    store.evict("r", "two")
-    archive.refusing = True
-    fill(store, "r", [f"w{i}" for i in range(9)], archive=False)  # 9 of 10: room for 1
-    reads, skipped = archive.reads, store.promoter.promotions_skipped
-    assert not store.promoter.promote_now(record_of(store, "r", "two"), None)
-    assert archive.reads == reads  # nothing fetched
-    assert store.promoter.promotions_skipped == skipped + 1
-    assert not store.stat("r", "two").hot
-    # Once the rest may go (archived), the same promotion evicts one and goes in.
-    archive.refusing = False
-    assert store.mover.drain_once()
-    assert store.promoter.promote_now(record_of(store, "r", "two"), None)
-    assert archive.reads > reads and store.stat("r", "two").hot
-
-
 def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     open_store: StoreFactory,
 ) -> None:

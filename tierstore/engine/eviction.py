@@ -80,21 +80,6 @@ class HotRoom:
             return False
         return self.evict(need, only_if_enough=True, spread=False) >= need
 
-    def could_make_room_for_promotion(self, incoming: int) -> bool:
-        """Whether :meth:`make_room_for_promotion` could make room for ``incoming``
-        bytes as things stand, evicting nothing: for a promotion to be skipped before
-        it fetches frames it would only drop (the hot tier below its high watermark,
-        but what is there pinned or not archived). Another put or promotion may take
-        or make the room before the real attempt, which decides."""
-        need = self.hot_bytes() + incoming - self.high_watermark_bytes()
-        if need <= 0:
-            return True
-        if need > incoming:
-            return False
-        with self._lock:
-            _, freeable, _ = self._victims(need, None, False, time.time())
-        return freeable >= need
-
     def over_high_watermark(self) -> bool:
         """Whether the hot tier holds more than its high watermark: no promotion fits
         until eviction (or archiving, then eviction) brings it down."""
@@ -214,25 +199,6 @@ class HotRoom:
     ) -> int:
         """:meth:`evict`, with the eviction lock held."""
         now = time.time()
-        victims, freeable, stale = self._victims(bytes_to_free, dataset, spread, now)
-        if only_if_enough and freeable < bytes_to_free:
-            victims = []
-        freed = 0
-        with self._policies.undone_on_failure(), self._env.write() as txn:
-            for key in victims:
-                freed += self._evict_in(txn, *shard_of(key), now)
-            for key in stale:
-                record = self._catalog.readable_shard(txn, *shard_of(key))
-                if record is None or not record.hot:
-                    self._policies.removed(key)
-        return freed
-
-    def _victims(
-        self, bytes_to_free: int, dataset: str | None, spread: bool, now: float
-    ) -> tuple[list[Key], int, list[Key]]:
-        """The hot shards the policies would evict to free ``bytes_to_free`` (of
-        ``dataset`` only, if given), the bytes they hold, and the keys the policies hold
-        hot that the catalog does not (to forget). Evicts nothing."""
         stale: list[Key] = []
         sizes: dict[Key, int] = {}
         with self._env.read() as txn:
@@ -253,7 +219,17 @@ class HotRoom:
                 victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
             else:
                 victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
-        return victims, sum(sizes.get(key, 0) for key in victims), stale
+        if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
+            victims = []
+        freed = 0
+        with self._policies.undone_on_failure(), self._env.write() as txn:
+            for key in victims:
+                freed += self._evict_in(txn, *shard_of(key), now)
+            for key in stale:
+                record = self._catalog.readable_shard(txn, *shard_of(key))
+                if record is None or not record.hot:
+                    self._policies.removed(key)
+        return freed
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed

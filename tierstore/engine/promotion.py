@@ -452,11 +452,6 @@ class Promoter:
         # makes it, too).
         if not self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
-        # Nor is anything fetched that eviction could not make room for below the high
-        # watermark (what is hot pinned or not archived): a pin's retries fetched it
-        # once a minute, only to drop it.
-        if stored is None and not self._hot_room.could_make_room_for_promotion(total):
-            return self._skipped()
         pool = fetch_pool or self._fetch_pool
         if self._spooler.spools(record):
             return self._promote_spooled(record, quota, total, pool, stored)
