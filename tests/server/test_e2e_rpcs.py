@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -294,6 +295,36 @@ def test_a_put_cut_off_before_the_answer_says_its_outcome_is_unknown(
     with nowhere, pytest.raises(errors.Unavailable) as unsent:
         nowhere.put(any_dataset, "never", b"x")
     assert "may or may not" not in str(unsent.value) and not unsent.value.outcome_unknown
+
+
+def test_other_calls_cut_off_before_the_answer_say_their_outcome_is_unknown(
+    server: ServerProcess, any_dataset: str
+) -> None:
+    # Only a put said so: a cut-off delete, pin, unpin or evict (the CLI's rm, pin,
+    # unpin, evict) was reported as not done, never as in doubt. The server is stopped
+    # (SIGSTOP): each request reaches its socket, and no answer comes before the deadline.
+    with server.connect() as client:
+        client.put(any_dataset, "kept", b"x")
+        calls = {
+            "delete": lambda: client.delete(any_dataset, "kept"),
+            "pin": lambda: client.pin(any_dataset, "kept"),
+            "unpin": lambda: client.unpin(any_dataset, "kept"),
+            "evict": lambda: client.evict(any_dataset, "kept"),
+        }
+        client.timeout_s = 0.5
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            for name, call in calls.items():
+                with pytest.raises(errors.Unavailable, match="may or may not have been") as cut:
+                    call()
+                assert cut.value.outcome_unknown, name
+                assert f"the {name} of {any_dataset}/kept" in str(cut.value)
+            # A call that changes nothing has no outcome to doubt.
+            with pytest.raises(errors.Unavailable) as read:
+                client.stat(any_dataset, "kept")
+            assert not read.value.outcome_unknown
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
 
 
 def test_a_client_without_a_token_is_told_so(

@@ -252,7 +252,13 @@ class Client:
         *,
         idempotent: bool,
         timeout_s: float | None = None,
+        changes: str | None = None,
     ) -> T:
+        """``fn(request)`` with this client's deadline and credentials, retried when the
+        server is unavailable if ``idempotent``. ``changes``: what the call changes (for
+        one that changes something), named in the error of a call cut off before the
+        server answered, which sets its ``outcome_unknown``."""
+
         def attempt() -> T:
             with GATE.call():  # a fork() waits for this call to end (see forkgate)
                 return fn(
@@ -260,7 +266,7 @@ class Client:
                 )
 
         with self._no_token_named():
-            return retried(attempt, idempotent)
+            return retried(attempt, idempotent, changes=changes)
 
     @contextmanager
     def _no_token_named(self) -> Iterator[None]:
@@ -304,6 +310,7 @@ class Client:
             stub.CreateDataset,
             datasets_pb2.CreateDatasetRequest(name=name, settings=dataset_settings_to_pb(settings)),
             idempotent=False,
+            changes=f"the creation of dataset {name}",
         )
         return dataset_settings_from_pb(reply.settings)
 
@@ -345,7 +352,9 @@ class Client:
         if policy is not None:
             request.policy = checked_text("policy", policy, "a placement policy's name")
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
-        reply = self._call(stub.UpdateDataset, request, idempotent=True)
+        reply = self._call(
+            stub.UpdateDataset, request, idempotent=True, changes=f"the update of dataset {name}"
+        )
         return dataset_settings_from_pb(reply.settings)
 
     def set_policy(self, dataset: str, name: str) -> DatasetSettings:
@@ -368,6 +377,7 @@ class Client:
             stub.DeleteDataset,
             datasets_pb2.DeleteDatasetRequest(name=name, force=force),
             idempotent=False,
+            changes=f"the delete of dataset {name}",
         )
         return int(reply.grants_removed)
 
@@ -656,6 +666,7 @@ class Client:
             stub.DeleteShard,
             shards_pb2.DeleteShardRequest(dataset=dataset, shard=shard),
             idempotent=False,
+            changes=f"the delete of {dataset}/{shard}",
         )
 
     # Placement.
@@ -668,6 +679,7 @@ class Client:
             getattr(stub, method),
             placement_pb2.ShardRef(dataset=dataset, shard=shard),
             idempotent=True,
+            changes=f"the {method.lower()} of {dataset}/{shard}",
         )
         return int(reply.bytes)
 
@@ -685,6 +697,7 @@ class Client:
             stub.Pin,
             placement_pb2.PinRequest(dataset=dataset, shard=shard, ttl_s=ttl_s or 0.0),
             idempotent=True,
+            changes=f"the pin of {dataset}/{shard}",
         )
         return int(reply.bytes)
 
@@ -860,6 +873,7 @@ class Client:
                 principal=principal, grants=[grant_to_pb(g) for g in grants], ttl_s=ttl_s
             ),
             idempotent=False,
+            changes=f"a token for {principal}",
         )
         return reply.token_id, reply.token
 
@@ -868,7 +882,10 @@ class Client:
         token_id = checked_text("token_id", token_id, "a token's id")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         self._call(
-            stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id), idempotent=True
+            stub.RevokeToken,
+            admin_pb2.RevokeTokenRequest(token_id=token_id),
+            idempotent=True,
+            changes=f"the revocation of token {token_id}",
         )
 
     def list_tokens(self) -> builtins.list[dict[str, Any]]:
@@ -890,7 +907,12 @@ class Client:
     def rotate_keys(self) -> tuple[int, str]:
         """Rotate the master key (admin on "*"); returns ``(rewrapped, new key id)``."""
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
-        reply = self._call(stub.RotateKeys, admin_pb2.RotateKeysRequest(), idempotent=False)
+        reply = self._call(
+            stub.RotateKeys,
+            admin_pb2.RotateKeysRequest(),
+            idempotent=False,
+            changes="the rotation of the master key",
+        )
         return int(reply.rewrapped), reply.key_id
 
     def retire_key(self, key_id: str) -> tuple[builtins.list[str], str]:
@@ -905,7 +927,9 @@ class Client:
             raise InvalidArgument("key_id must be a master key's id, not ''")
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         request = admin_pb2.RetireKeyRequest(key_id=key_id)
-        reply = self._call(stub.RetireKey, request, idempotent=False)
+        reply = self._call(
+            stub.RetireKey, request, idempotent=False, changes=f"the retirement of key {key_id}"
+        )
         return list(reply.key_ids), reply.current
 
     def export_trace(self, dataset: str | None = None) -> Iterator[TraceEvent]:

@@ -78,17 +78,23 @@ def closed_channel_is_unavailable() -> Iterator[None]:
         raise Unavailable(_CLOSED_UNDER_CALL) from None
 
 
-def retried(attempt: Callable[[], T], retry: bool, deadline: float | None = None) -> T:
+def retried(
+    attempt: Callable[[], T],
+    retry: bool,
+    deadline: float | None = None,
+    changes: str | None = None,
+) -> T:
     """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
     UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
-    reading, if given). Raises the mapped error of the failure that ends it."""
+    reading, if given). Raises the mapped error of the failure that ends it
+    (:func:`raise_mapped`, with ``changes``: what the call changes, if anything)."""
     for delay in (*RETRY_DELAYS_S, None):
         try:
             with closed_channel_is_unavailable():
                 return attempt()
         except grpc.RpcError as error:
             if delay is None or not (retry and _retryable(error)):
-                raise_mapped(error)
+                raise_mapped(error, changes)
         if deadline is not None:
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
         time.sleep(delay)
