@@ -83,24 +83,11 @@ class NodeKeys:
 
 
 def check_master_key_sources(settings: EngineSettings) -> None:
-    """InvalidArgument if ``settings`` name both a key file and a base64 key, or a key
-    file that cannot be loaded (not a key file) or made (its directory missing): for
-    serve to refuse before it makes anything, where :func:`load_node_keys` runs only
-    once the archive has started."""
-    key_file = settings.master_key_file
-    if key_file is not None and settings.master_key_b64:
+    """InvalidArgument if ``settings`` name both a key file and a base64 key."""
+    if settings.master_key_file is not None and settings.master_key_b64:
         raise InvalidArgument(
-            f"both a master key file ({key_file}) and a base64 master key "
+            f"both a master key file ({settings.master_key_file}) and a base64 master key "
             "(TIERSTORE_MASTER_KEY_B64 or master_key_b64) are configured: name one"
-        )
-    if key_file is None:
-        return
-    if key_file.exists():
-        LocalKeyring.from_file(key_file)  # InvalidArgument naming the file and why
-    elif not key_file.parent.is_dir():
-        raise InvalidArgument(
-            f"master key file {key_file} does not exist and cannot be created: its "
-            "directory does not exist"
         )
 
 
