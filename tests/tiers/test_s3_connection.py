@@ -15,7 +15,13 @@ from tierstore.tiers.s3_connection import check_endpoint_url
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:8333", "https://s3.example.com", "http://[::1]:9000/", "HTTP://host:1"],
+    [
+        "http://127.0.0.1:8333",
+        "https://s3.example.com",
+        "http://[::1]:9000/",
+        "HTTP://host:1",
+        "http://node-1.internal:9000/path",
+    ],
 )
 def test_an_endpoint_url_with_a_scheme_and_a_host_passes(url: str) -> None:
     check_endpoint_url(url)
@@ -37,6 +43,12 @@ def test_no_endpoint_url_means_the_embedded_archive() -> None:
         ("http://exa mple:9000", "must not contain spaces"),
         ("http://127.0.0.1:99999", "port"),
         ("http://127.0.0.1:port", "port"),
+        ("http://127.0.0.1:0", "port that is not a number from 1"),
+        ("http://[::1", "is not a URL"),  # urlsplit's own ValueError
+        ("http://minio_1:9000", "not a valid host name"),  # botocore's ValueError
+        ("http://-host:9000", "not a valid host name"),
+        ("http://host:9000/?x=1", "query or a fragment"),
+        ("http://host:9000#f", "query or a fragment"),
     ],
 )
 def test_a_malformed_endpoint_url_is_refused_by_name(url: str, why: str) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import boto3
 import botocore.config
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_host
@@ -85,15 +86,26 @@ def check_endpoint_url(url: str) -> None:
 
     if any(char.isspace() for char in url):
         raise refuse("must not contain spaces")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "http://[::1": an IPv6 address without its closing bracket
+        raise refuse("is not a URL") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise refuse("must start with http:// or https://")
+    try:
+        port = parts.port  # checked on reading: digits only, 0..65535
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port <= 65535:
+        raise refuse("has a port that is not a number from 1 to 65535")
     if not parts.hostname:
         raise refuse("names no host")
-    try:
-        parts.port  # noqa: B018 (read to have it checked: 0..65535, digits only)
-    except ValueError:
-        raise refuse("has a port that is not a number from 0 to 65535") from None
+    if parts.query or parts.fragment:
+        raise refuse("must not carry a query or a fragment")
+    # What botocore takes (it raised a bare ValueError for the rest): a host name of
+    # letters, digits, dots and hyphens, an IPv4 address or a bracketed IPv6 one.
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        raise refuse("names a host that is not a valid host name or IP address")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
