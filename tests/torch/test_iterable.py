@@ -30,6 +30,7 @@ from tierstore.errors import (
     UnsupportedData,
     WrongShardKind,
 )
+from tierstore.tensors import tensor_to_table
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch import iterable as iterable_module
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
@@ -524,6 +525,26 @@ def test_unknown_dataset_shard_and_raw_shards() -> None:
     with pytest.raises(WrongShardKind, match=r"\['blob'\] hold raw bytes"):
         make(raw)
     assert len(list(make(raw, shards=["a"]))) == 2
+
+
+@pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
+def test_a_vector_beside_a_tensor_of_one_wide_rows_is_schema_drift(kind: type) -> None:
+    # Both are fixed_shape_tensor[1]: the vector's samples are scalars, the other's of
+    # shape (1,), and batching them together failed inside numpy ("all input arrays
+    # must have the same shape").
+    svc = MemoryService(
+        "ds",
+        {
+            "a": tensor_to_table(np.arange(5, dtype=np.int64)),
+            "b": tensor_to_table(np.arange(4, dtype=np.int64).reshape(4, 1)),
+        },
+    )
+    with pytest.raises(InvalidArgument, match=r"shard 'b' is a tensor with rows.*shard 'a'"):
+        list(
+            kind("ds", source=MemorySource(svc), shuffle=False)
+            if kind is IterableDataset
+            else [kind("ds", source=MemorySource(svc))[i] for i in range(9)]
+        )
 
 
 def test_schema_drift_names_both_shards() -> None:

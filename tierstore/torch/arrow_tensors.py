@@ -50,6 +50,7 @@ __all__ = [
     "check_schema",
     "check_tensor_rows",
     "column_to_tensor",
+    "scalar_samples",
 ]
 
 #: How string and binary columns are handled: refused (``"error"``) or returned as lists.
@@ -179,6 +180,13 @@ def _flat_shape(schema: pa.Schema) -> list[int] | None:
     return [int(n) for n in shape] if isinstance(shape, list) else []
 
 
+def scalar_samples(schema: pa.Schema) -> bool:
+    """Whether a shard of ``schema`` is a tensor shard of a vector or a scalar (stored
+    one element per row), whose samples are scalars, not rows. Its Arrow type is that
+    of a tensor of one-element rows, whose samples have shape (1,)."""
+    return _flat_shape(schema) is not None
+
+
 def check_tensor_rows(schema: pa.Schema, shard: str) -> None:
     """Raise UnsupportedData when ``schema`` (shard ``shard``'s) is a tensor shard whose
     tensor has rows (two axes or more) but is stored one element per row, as
@@ -236,8 +244,11 @@ def batch_to_tensors(batch: pa.RecordBatch, strings: Strings = "error") -> dict[
         # A tensor shard of a dtype Arrow lacks, stored as its bits: the same bytes
         # viewed as what was put (bfloat16 came back as uint16 bit patterns).
         out[TENSOR_COLUMN] = column = column.view(logical)
-    flat = _flat_shape(batch.schema) is not None
-    if flat and isinstance(column, torch.Tensor) and column.shape[1:] == (1,):  # not complex
+    if (
+        scalar_samples(batch.schema)
+        and isinstance(column, torch.Tensor)
+        and column.shape[1:] == (1,)  # not complex, stored as float pairs
+    ):
         # A vector (or a scalar) stored one element per row: each element a scalar
         # sample, so batches are (B,), not (B, 1). (A flat tensor with rows is refused
         # when the dataset is made: check_tensor_rows.)

@@ -34,7 +34,13 @@ from tierstore.errors import (
     TierstoreError,
     WrongShardKind,
 )
-from tierstore.torch.arrow_tensors import Strings, check_schema, check_tensor_rows
+from tierstore.tensors import TENSOR_COLUMN
+from tierstore.torch.arrow_tensors import (
+    Strings,
+    check_schema,
+    check_tensor_rows,
+    scalar_samples,
+)
 from tierstore.torch.batches import ShardRows
 from tierstore.torch.source import ShardSource, ShardTable
 from tierstore.types import ShardInfo, ShardKind
@@ -233,7 +239,8 @@ def _select(schema: pa.Schema, given: Iterable[str] | None, reference: str) -> p
         raise InvalidArgument(
             f"unknown column(s) {unknown}: shard {reference!r} has columns {schema.names}"
         )
-    return pa.schema([schema.field(name) for name in columns])
+    # The schema's metadata stays: a tensor shard's says what its samples are.
+    return pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
 
 
 def resolve(
@@ -317,6 +324,14 @@ def check_conforms(
                 f"schema drift in {dataset!r}: column {field.name!r} is {found} in "
                 f"shard {shard!r} but {field.type} {was}"
             )
+    if TENSOR_COLUMN in expected.names and scalar_samples(schema) != scalar_samples(expected):
+        kinds = {True: "a vector (a scalar sample per element)", False: "a tensor with rows"}
+        was = f"it was {since}" if rewritten else f"shard {reference!r} is"
+        raise InvalidArgument(
+            f"schema drift in {dataset!r}: shard {shard!r} is {kinds[scalar_samples(schema)]}, "
+            f"but {was} {kinds[scalar_samples(expected)]}: their samples would not batch "
+            "together"
+        )
 
 
 def conform(shard_set: ShardSet, shard: str, table: pa.Table) -> pa.Table:
