@@ -20,6 +20,7 @@ import enum
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -167,7 +168,8 @@ def check_plan_ttl(ttl_s: object, name: str = "ttl_s") -> float:
     if (
         isinstance(ttl_s, bool)
         or not isinstance(ttl_s, numbers.Real)
-        or not 0 < float(ttl_s) <= MAX_PLAN_TTL_S
+        # compared before float(): 10**400 overflows it
+        or not 0 < cast(float, ttl_s) <= MAX_PLAN_TTL_S
     ):
         raise InvalidArgument(
             f"{name} must be a number of seconds above 0 and at most {MAX_PLAN_TTL_S:.0f} "

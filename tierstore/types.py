@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import numbers
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -63,7 +64,8 @@ def check_pin_ttl(ttl_s: object) -> float | None:
     if (
         isinstance(ttl_s, bool)
         or not isinstance(ttl_s, numbers.Real)
-        or not 0 < float(ttl_s) <= MAX_TTL_S
+        # compared before float(): 10**400 overflows it
+        or not 0 < cast(float, ttl_s) <= MAX_TTL_S
     ):
         raise InvalidArgument(
             f"a pin's ttl_s must be a number of seconds above 0 and at most {MAX_TTL_S:.0f} "

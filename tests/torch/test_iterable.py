@@ -497,6 +497,18 @@ def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match
         make(**kwargs)
 
 
+class _FalsySource(MemorySource):
+    def __len__(self) -> int:  # a source may hold a count: 0 made it "false"
+        return 0
+
+
+def test_a_source_that_is_false_is_still_the_source_read() -> None:
+    # `source or service_source(...)` took a falsy source for none, and dialled the
+    # service named by the environment instead.
+    dataset = IterableDataset("ds", source=_FalsySource(service()), shuffle=False)
+    assert len(list(dataset)) > 0
+
+
 @pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
 def test_a_source_that_is_no_shard_source_is_refused_by_name(kind: type) -> None:
     # An AttributeError from inside ("'str' object has no attribute 'client'").

@@ -138,8 +138,11 @@ def readable_tls_file(name: str, variable: str, path: Path) -> None:
     """InvalidArgument unless ``path`` (given as ``name`` or in ``variable``) is a file:
     refused when the client is made, not at its first call. Its contents are read (and
     checked) when the channel is made, in each process."""
-    if not path.is_file():
-        why = "a directory" if path.is_dir() else "no such file"
+    try:
+        why = None if path.is_file() else "a directory" if path.is_dir() else "no such file"
+    except OSError as exc:  # a directory on the way that this user may not search
+        why = exc.strerror or str(exc)
+    if why is not None:
         raise InvalidArgument(f"cannot read TLS file {path} ({name}= or {variable}): {why}")
 
 

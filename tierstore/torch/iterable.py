@@ -156,7 +156,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         #: the data-parallel (rank, world size) given, else None (found when iterating)
         self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = check_plan_ttl(plan_ttl_s, "plan_ttl_s")
-        self._source = given_source(source) or service_source(address, token, ca, retry_s)
+        given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
+        self._source = service_source(address, token, ca, retry_s) if given is None else given
         #: the shards and columns read, fixed now for every worker and resume
         self.shards: ShardSet = resolve(
             self._source.client(),

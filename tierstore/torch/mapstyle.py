@@ -83,7 +83,8 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         super().__init__()
         self.cache_shards = check_int("cache_shards", cache_shards, 1)  # True is no count
         count_threads = check_int("count_threads", count_threads, 1)
-        self._source = given_source(source) or service_source(address, token, ca, retry_s)
+        given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
+        self._source = service_source(address, token, ca, retry_s) if given is None else given
         #: the shards and columns read
         self.shards: ShardSet = resolve(
             self._source.client(),
