@@ -17,15 +17,14 @@ union over ranks is the global order, each entry exactly once).
 from __future__ import annotations
 
 import enum
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from tierstore.errors import InvalidArgument
+from tierstore.types import seconds_up_to
 
 __all__ = [
     "MAX_PLAN_EPOCHS",
@@ -165,14 +164,10 @@ def check_plan_ttl(ttl_s: object, name: str = "ttl_s") -> float:
     """``ttl_s`` as a float: how long a plan lives without a position report, a number
     of seconds above 0 and at most :data:`MAX_PLAN_TTL_S` (not a bool, not NaN).
     InvalidArgument naming the argument ``name`` otherwise."""
-    if (
-        isinstance(ttl_s, bool)
-        or not isinstance(ttl_s, numbers.Real)
-        # compared before float(): 10**400 overflows it
-        or not 0 < cast(float, ttl_s) <= MAX_PLAN_TTL_S
-    ):
+    seconds = seconds_up_to(ttl_s, MAX_PLAN_TTL_S)
+    if seconds is None:
         raise InvalidArgument(
             f"{name} must be a number of seconds above 0 and at most {MAX_PLAN_TTL_S:.0f} "
             f"(a week), got {ttl_s!r:.40}"
         )
-    return float(ttl_s)
+    return seconds

@@ -147,7 +147,7 @@ def hold_lock_or_name_holder(lock_path: Path) -> tuple[int | None, str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        holder = _holder_named_in(fd)
         os.close(fd)
         return None, holder
     except BaseException:
@@ -170,10 +170,15 @@ def lock_holder(lock_path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return _holder_named_in(fd)
     finally:
         os.close(fd)  # a shared lock taken goes with it
     return None
+
+
+def _holder_named_in(fd: int) -> str:
+    """The process id a lock file holds (its holder wrote it), ``"?"`` if none."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
 
 
 def _fsync_dir(directory: Path) -> None:

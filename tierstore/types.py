@@ -56,22 +56,28 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def seconds_up_to(value: object, maximum: float) -> float | None:
+    """``value`` as a float if it is a number of seconds above 0 and at most
+    ``maximum``, else None (for a bool, NaN, an infinity, or anything not a real
+    number). The caller raises its own error, naming its argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    # Compared before float(): 10**400 overflows it.
+    return float(value) if 0 < cast(float, value) <= maximum else None
+
+
 def check_pin_ttl(ttl_s: object) -> float | None:
     """``ttl_s`` as a pin's lifetime: None (until unpinned) or a number of seconds in
     (0, ten years]. Raises InvalidArgument otherwise (NaN, infinities, bools too)."""
     if ttl_s is None:
         return None
-    if (
-        isinstance(ttl_s, bool)
-        or not isinstance(ttl_s, numbers.Real)
-        # compared before float(): 10**400 overflows it
-        or not 0 < cast(float, ttl_s) <= MAX_TTL_S
-    ):
+    seconds = seconds_up_to(ttl_s, MAX_TTL_S)
+    if seconds is None:
         raise InvalidArgument(
             f"a pin's ttl_s must be a number of seconds above 0 and at most {MAX_TTL_S:.0f} "
             f"(ten years; the CLI's --ttl), got {ttl_s!r}"
         )
-    return float(ttl_s)
+    return seconds
 
 
 class Durability(enum.StrEnum):

@@ -183,8 +183,10 @@ def _flat_shape(schema: pa.Schema) -> list[int] | None:
 def scalar_samples(schema: pa.Schema) -> bool:
     """Whether a shard of ``schema`` is a tensor shard of a vector or a scalar (stored
     one element per row), whose samples are scalars, not rows. Its Arrow type is that
-    of a tensor of one-element rows, whose samples have shape (1,)."""
-    return _flat_shape(schema) is not None
+    of a tensor of one-element rows, whose samples have shape (1,). The layout alone
+    tells (no shape parsed: this runs for every record batch), since a flat tensor
+    with rows never gets this far (:func:`check_tensor_rows`)."""
+    return (schema.metadata or {}).get(_KEY_LAYOUT) == b"flat"
 
 
 def check_tensor_rows(schema: pa.Schema, shard: str) -> None:
