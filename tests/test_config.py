@@ -146,6 +146,12 @@ def test_what_was_taken_before_is_still_taken() -> None:
         ({"master_key_file": ""}, "master_key_file is empty"),
         # A MemoryError, after serve had made the data directory.
         ({"trace_capacity": 10**11}, "trace_capacity must be at most 100,000,000 events"),
+        # An OverflowError, past float's range.
+        ({"high_watermark": 10**400}, "watermarks must satisfy"),
+        ({"mover_retry_max_s": 10**400}, "mover_retry_max_s must be a positive finite"),
+        # Taken, then the prefetcher's byte budget overflowed int() on every round.
+        ({"prefetch_horizon_s": float("inf")}, "prefetch_horizon_s must be a finite"),
+        ({"prefetch_horizon_s": 10**400}, "prefetch_horizon_s must be a finite"),
     ],
 )
 def test_settings_made_in_code_are_checked_by_type_and_name(

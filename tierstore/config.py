@@ -7,13 +7,14 @@ settings here and pass them down.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tierstore.engine.background import MAX_NICENESS
 from tierstore.errors import InvalidArgument
@@ -155,6 +156,11 @@ class EngineSettings:
         if self.trace_capacity < 0 or self.prefetch_depth < 0 or not self.prefetch_horizon_s >= 0:
             raise InvalidArgument(
                 "trace_capacity, prefetch_depth and prefetch_horizon_s must not be negative"
+            )
+        if not math.isfinite(self.prefetch_horizon_s):  # the prefetch budget is whole bytes
+            raise InvalidArgument(
+                "prefetch_horizon_s must be a finite number of seconds, got "
+                f"{self.prefetch_horizon_s}"
             )
         if self.trace_capacity > MAX_TRACE_CAPACITY:  # a typo's 10**11 was a MemoryError
             raise InvalidArgument(
@@ -317,7 +323,10 @@ def _coerce(name: str, kind: Any, value: Any, *, numbers_from_text: bool = True)
     if text.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidArgument(wrong.format("number"))
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # 10**400: past any float; each setting's range refuses inf
+            return math.inf if cast(float, value) > 0 else -math.inf
     if text.startswith("str") and value is not None and not isinstance(value, str):
         raise InvalidArgument(wrong.format("string"))
     return value

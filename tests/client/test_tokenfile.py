@@ -86,6 +86,10 @@ def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_envir
     # the call as whoever the environment's token is.
     with pytest.raises(InvalidArgument, match="token= is empty"):
         connect(token="", environ=given)
+    # Likewise an empty file name: ca="" trusted TIERSTORE_CA's CA instead.
+    for name in ("token_file", "ca", "client_cert", "client_key"):
+        with pytest.raises(InvalidArgument, match=f"{name}= is empty"):
+            connect(token="direct", environ=given, **{name: ""})  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="address= is empty"):
         connect("", token="direct", environ=given)
     with pytest.raises(InvalidArgument, match="cannot read token file"):

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, TypeVar, cast, overload
 
-from tierstore.client.deadlines import timeout_problem
+from tierstore.client.deadlines import MAX_TIMEOUT_S, timeout_problem
 from tierstore.errors import InvalidArgument
-from tierstore.types import Durability, Grant
+from tierstore.types import Durability, Grant, seconds_up_to
 
 __all__ = [
     "Checked",
@@ -72,10 +72,10 @@ def positive_seconds(name: str, value: object) -> float:
     past about 9e9 s made every call fail at once with DEADLINE_EXCEEDED)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
-    problem = timeout_problem(float(value))
-    if problem is not None:
-        raise InvalidArgument(f"{name} must be {problem}")
-    return float(value)
+    seconds = seconds_up_to(value, MAX_TIMEOUT_S)  # 10**400 overflows float()
+    if seconds is None:
+        raise InvalidArgument(f"{name} must be {timeout_problem(cast(float, value))}")
+    return seconds
 
 
 def positive_bytes(name: str, value: object) -> int:

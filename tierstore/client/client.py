@@ -991,8 +991,9 @@ def connect(
     ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
     the first call. Raises InvalidArgument for a bad address or
     ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
-    ``token_file``, an unreadable token file, a TLS file that is not there, or an
-    argument of the wrong type.
+    ``token_file``, an empty ``token``, ``token_file`` or TLS file name (an unset
+    variable in a script: never the environment's instead), an unreadable token
+    file, a TLS file that is not there, or an argument of the wrong type.
     """
     env = os.environ if environ is None else environ
     if local_reads is None:
@@ -1016,6 +1017,16 @@ def connect(
         )
     if token and token_file:
         raise InvalidArgument("give token= or token_file=, not both")
+    for name, given, variable in (
+        ("token_file", token_file, "TIERSTORE_TOKEN_FILE"),
+        ("ca", ca, "TIERSTORE_CA"),
+        ("client_cert", client_cert, "TIERSTORE_CLIENT_CERT"),
+        ("client_key", client_key, "TIERSTORE_CLIENT_KEY"),
+    ):
+        if given == "":  # as for token=: never the environment's file instead
+            raise InvalidArgument(
+                f"{name}= is empty: give a path, or leave it out (None) to use {variable}"
+            )
     token_path = optional_path("token_file", token_file)
     if token_path is not None:
         token = read_token_file(token_path)

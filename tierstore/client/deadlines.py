@@ -25,5 +25,11 @@ def timeout_problem(seconds: float) -> str | None:
         return None
     return (
         f"a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} (ten years; for "
-        f"no practical limit give that), not {seconds!r}"
+        f"no practical limit give that), not {_shortened(repr(seconds))}"
     )
+
+
+def _shortened(text: str, most: int = 40) -> str:
+    """``text``, or its start and "..." when it is longer than ``most`` characters
+    (10**400 has 401 digits)."""
+    return text if len(text) <= most else text[: most - 3] + "..."
