@@ -150,14 +150,14 @@ class LocalKeyring:
         return cls(keys={key_id: key}, current=key_id)
 
     @classmethod
-    def from_file(cls, path: Path) -> LocalKeyring:
+    def from_file(cls, path: Path, *, warn_of_mode: bool = True) -> LocalKeyring:
         """Load a key file (format in the class docstring). Logs a warning naming the
         file and its mode when users outside its owner and group may use it, or its
         group may write it (the keys are used all the same: refusing would stop a node
-        over a mode an operator can fix while it runs). Group read is let be: a
-        Kubernetes Secret mounted for a pod that does not run as root is readable
-        through the pod's group (fsGroup). Raises InvalidArgument when it cannot be
-        loaded."""
+        over a mode an operator can fix while it runs), unless not ``warn_of_mode`` (a
+        check before the load that uses the keys). Group read is let be: a Kubernetes
+        Secret mounted for a pod that does not run as root is readable through the
+        pod's group (fsGroup). Raises InvalidArgument when it cannot be loaded."""
         try:
             with path.open("rb") as file:
                 mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
@@ -172,7 +172,7 @@ class LocalKeyring:
             keyring = cls(keys=keys, current=str(document["current"]))
         except (OSError, ValueError, TypeError, InvalidArgument) as exc:
             raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
-        if mode & 0o027:
+        if mode & 0o027 and warn_of_mode:
             log.warning(
                 "master key file %s may be used by users other than its owner and group "
                 "(mode %o): chmod 600 it (or 640 for a group of the node's own)",

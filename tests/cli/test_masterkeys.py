@@ -22,6 +22,7 @@ from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
     NodeKeys,
+    check_master_key_sources,
     check_node_keys,
     load_node_keys,
 )
@@ -71,6 +72,48 @@ def test_a_key_file_that_cannot_be_created_is_refused_by_name(tmp_path: Path) ->
     path = tmp_path / "no-such-dir" / "master.keys"
     with pytest.raises(InvalidArgument, match=f"master key file {path} does not exist"):
         load_node_keys(EngineSettings(master_key_file=path), tmp_path)
+
+
+def test_keys_that_cannot_be_had_are_refused_before_anything_is_made(tmp_path: Path) -> None:
+    # serve checks them before it makes its data directory or starts its archive;
+    # load_node_keys ran only once the embedded archive had started.
+    node = tmp_path / "node"
+    not_keys = tmp_path / "not-keys"
+    not_keys.write_text("not a key file")
+    refused = {
+        tmp_path / "no-dir" / "k": "cannot be created: its directory does not exist",
+        not_keys: f"cannot load key file {not_keys}",
+    }
+    for path, says in refused.items():
+        with pytest.raises(InvalidArgument, match=says):
+            check_master_key_sources(EngineSettings(master_key_file=path), node)
+    with pytest.raises(InvalidArgument, match="master key") as bad_base64:
+        check_master_key_sources(EngineSettings(master_key_b64="hunter2!"), node)
+    assert "hunter2" not in str(bad_base64.value)
+    node.mkdir()
+    (node / "master.keys").write_text("{}")  # the default file, damaged
+    with pytest.raises(InvalidArgument, match=r"cannot load key file .*master\.keys"):
+        check_master_key_sources(EngineSettings(), node)
+    assert list(node.iterdir()) == [node / "master.keys"]
+
+
+def test_a_key_file_in_the_data_directory_that_serve_makes_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its directory is missing until serve makes the data directory: a first start
+    # with --master-key-file <data dir>/master.keys, relative or not, must go on.
+    monkeypatch.chdir(tmp_path)
+    for given in (tmp_path / "new" / "master.keys", Path("new/master.keys")):
+        check_master_key_sources(EngineSettings(master_key_file=given), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    # A key file others may read is warned of once, when it is loaded for use.
+    shared = LocalKeyring.generate_file(tmp_path / "shared.keys")
+    (tmp_path / "shared.keys").chmod(0o644)
+    settings = EngineSettings(master_key_file=tmp_path / "shared.keys")
+    check_master_key_sources(settings, tmp_path / "new")
+    assert "may be used by users other than" not in caplog.text
+    assert load_node_keys(settings, tmp_path / "new").keyring == shared
+    assert caplog.text.count("may be used by users other than") == 1
 
 
 def test_a_created_key_is_refused_over_encrypted_shards_and_removed(

@@ -923,6 +923,8 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
     a_file.write_bytes(b"not a directory")
     schemeless = tmp_path / "schemeless.toml"
     schemeless.write_text('[archive]\nendpoint_url = "s3.example:9000"\n')
+    bad_base64 = tmp_path / "bad-base64.toml"
+    bad_base64.write_text('master_key_b64 = "hunter2!"\n')
     cases = [
         (["--data-dir", ""], "--data-dir is empty"),
         (["--data-dir", "  "], "--data-dir is empty"),
@@ -947,6 +949,17 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
             ["--data-dir", "node", "--config", str(schemeless)],
             "'s3.example:9000' must start with http:// or https://",
         ),
+        # Master keys were loaded only once the embedded archive ran (and its
+        # directory was left behind).
+        (
+            ["--data-dir", "node", "--master-key-file", str(tmp_path / "no-dir" / "k")],
+            "cannot be created: its directory does not exist",
+        ),
+        (
+            ["--data-dir", "node", "--master-key-file", str(a_file)],
+            f"cannot load key file {a_file}",
+        ),
+        (["--data-dir", "node", "--config", str(bad_base64)], "master key"),
     ]
     work = tmp_path / "cwd"
     work.mkdir()

@@ -82,13 +82,29 @@ class NodeKeys:
             self.key_file.unlink(missing_ok=True)
 
 
-def check_master_key_sources(settings: EngineSettings) -> None:
-    """InvalidArgument if ``settings`` name both a key file and a base64 key."""
-    if settings.master_key_file is not None and settings.master_key_b64:
+def check_master_key_sources(settings: EngineSettings, data_dir: Path | None = None) -> None:
+    """InvalidArgument if ``settings`` name both a key file and a base64 key. Given the
+    node's ``data_dir``, also if the keys :func:`load_node_keys` would use cannot be
+    had: a base64 key that is not one, a key file that cannot be loaded, or a missing
+    one whose directory is missing too (but for the data directory itself, which
+    serve makes). For serve to refuse before it makes anything: it loads the keys
+    only once its archive has started. The file's mode is warned of when it is loaded."""
+    key_file = settings.master_key_file
+    if key_file is not None and settings.master_key_b64:
         raise InvalidArgument(
-            f"both a master key file ({settings.master_key_file}) and a base64 master key "
+            f"both a master key file ({key_file}) and a base64 master key "
             "(TIERSTORE_MASTER_KEY_B64 or master_key_b64) are configured: name one"
         )
+    if data_dir is None:
+        return
+    if key_file is None and settings.master_key_b64:
+        LocalKeyring.from_base64(settings.master_key_b64)  # InvalidArgument: why, no secret
+        return
+    key_file = key_file or data_dir / "master.keys"
+    if key_file.exists():
+        LocalKeyring.from_file(key_file, warn_of_mode=False)  # InvalidArgument: file, why
+    elif key_file.parent.resolve() != data_dir.resolve() and not key_file.parent.is_dir():
+        raise _cannot_create(key_file, "its directory does not exist")
 
 
 def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
@@ -111,10 +127,13 @@ def load_node_keys(settings: EngineSettings, data_dir: Path) -> NodeKeys:
     except FileExistsError:  # created meanwhile by a node sharing the file
         return NodeKeys(LocalKeyring.from_file(key_file), key_file)
     except OSError as exc:
-        raise InvalidArgument(
-            f"master key file {key_file} does not exist and cannot be created: "
-            f"{exc.strerror or exc}"
-        ) from None
+        raise _cannot_create(key_file, exc.strerror or str(exc)) from None
+
+
+def _cannot_create(key_file: Path, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"master key file {key_file} does not exist and cannot be created: {why}"
+    )
 
 
 def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = False) -> None:

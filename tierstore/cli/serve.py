@@ -151,9 +151,6 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # data directory behind, and its data_dir was never read. The flags win, as below.
     overrides = _setting_flags(options)
     configured = load_settings(options.config_file, **overrides)
-    # Likewise what would otherwise be refused only after the node's keys, token and
-    # archive were made (the next start would then not say where its token came from).
-    check_master_key_sources(configured)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
     archive = _archive_with_flags(options, configured.archive)
     check_endpoint_url(archive.endpoint_url)  # the settings file's or the environment's too
@@ -161,6 +158,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
     _warn_of_an_open_prefix(archive.prefix)
     data_dir = (options.data_dir or configured.data_dir).resolve()
+    # Likewise keys that would be refused only after the embedded archive had started
+    # (and the node's token was made: the next start would not say where it came from).
+    check_master_key_sources(configured, data_dir)
     # A node running here holds the ports too: say so, not only that a port is taken.
     holder = lock_holder(data_dir / "serve.lock")
     if holder is not None:
