@@ -1,0 +1,225 @@
+"""The client's administration calls: datasets, tokens, master keys and the trace
+(:class:`AdminCalls`, a part of :class:`~tierstore.client.client.Client`)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from tierstore.client.arguments import checked_text, durability_named, grant_list
+from tierstore.client.core import ClientCore
+from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
+from tierstore.errors import InvalidArgument
+from tierstore.naming import validate_dataset_name
+from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings, Grant, TraceEvent, check_hot_quota
+from tierstore.v1 import admin_pb2, admin_pb2_grpc, datasets_pb2, datasets_pb2_grpc
+from tierstore.wire.convert import (
+    dataset_settings_from_pb,
+    dataset_settings_to_pb,
+    durability_to_pb,
+)
+from tierstore.wire.grants import grant_from_pb, grant_to_pb
+from tierstore.wire.trace import trace_events_from_pb
+
+__all__ = ["AdminCalls"]
+
+
+class AdminCalls(ClientCore):
+    """Datasets, tokens, master keys and the trace: the calls of an administrator
+    (and :meth:`list_datasets` / :meth:`get_dataset`, of anyone with a role)."""
+
+    # Datasets.
+
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        encrypted: bool = False,
+        durability: str = "write-back",
+        hot_quota_bytes: int = 0,
+        policy: str = DEFAULT_POLICY_NAME,
+    ) -> DatasetSettings:
+        """Create a dataset.
+
+        ``encrypted``: encrypt its shards at rest in both tiers (fixed at creation).
+        ``durability``: ``"write-back"`` (acknowledged after the local commit) or
+        ``"write-through"`` (after the archive holds it too). ``hot_quota_bytes``: 0
+        for none. ``policy``: the placement policy of its shards (see
+        :meth:`set_policy`). Raises InvalidName, AlreadyExists, PermissionDenied,
+        UnknownPolicy.
+        """
+        validate_dataset_name(name)
+        policy = checked_text("policy", policy, "a placement policy's name")
+        settings = DatasetSettings(encrypted, durability_named(durability), hot_quota_bytes, policy)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.CreateDataset,
+            datasets_pb2.CreateDatasetRequest(name=name, settings=dataset_settings_to_pb(settings)),
+            idempotent=False,
+            changes=f"the creation of dataset {name}",
+        )
+        return dataset_settings_from_pb(reply.settings)
+
+    def get_dataset(self, name: str) -> DatasetSettings:
+        """A dataset's settings. Raises DatasetNotFound (also for datasets you may not see)."""
+        validate_dataset_name(name)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.GetDataset, datasets_pb2.GetDatasetRequest(name=name), idempotent=True
+        )
+        return dataset_settings_from_pb(reply.settings)
+
+    def list_datasets(self) -> builtins.list[tuple[str, DatasetSettings]]:
+        """The datasets you hold a role on, sorted by name."""
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(stub.ListDatasets, datasets_pb2.ListDatasetsRequest(), idempotent=True)
+        return [(d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets]
+
+    def update_dataset(
+        self,
+        name: str,
+        *,
+        durability: str | None = None,
+        hot_quota_bytes: int | None = None,
+        policy: str | None = None,
+    ) -> DatasetSettings:
+        """Change a dataset's durability, hot quota or placement policy (admin on the
+        dataset); None leaves one as it is. Raises DatasetNotFound, UnknownPolicy,
+        PermissionDenied, and InvalidArgument when all three are None (nothing to
+        update: a silent success would hide a forgotten argument)."""
+        validate_dataset_name(name)
+        if durability is None and hot_quota_bytes is None and policy is None:
+            raise InvalidArgument("nothing to update: give durability, hot_quota_bytes or policy")
+        request = datasets_pb2.UpdateDatasetRequest(name=name)
+        if durability is not None:
+            request.durability = durability_to_pb(durability_named(durability))
+        if hot_quota_bytes is not None:
+            request.hot_quota_bytes = check_hot_quota(hot_quota_bytes)
+        if policy is not None:
+            request.policy = checked_text("policy", policy, "a placement policy's name")
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.UpdateDataset, request, idempotent=True, changes=f"the update of dataset {name}"
+        )
+        return dataset_settings_from_pb(reply.settings)
+
+    def set_policy(self, dataset: str, name: str) -> DatasetSettings:
+        """Switch ``dataset`` to the placement policy ``name`` (``lru``, ``s3fifo``,
+        ``epoch-pin``, ``clairvoyant``, ...) at once; returns the new settings. The new
+        policy starts from the dataset's hot shards and live plans. Admin on the
+        dataset. Raises UnknownPolicy, DatasetNotFound, PermissionDenied."""
+        # Checked here: update_dataset takes None as "unchanged", a silent no-op here.
+        return self.update_dataset(
+            dataset, policy=checked_text("policy", name, "a placement policy's name")
+        )
+
+    def delete_dataset(self, name: str, *, force: bool = False) -> int:
+        """Delete a dataset; ``force`` also deletes its shards (admin on the dataset).
+        Every token's grant on it goes too (the caller's own included): returns how many
+        tokens lost one."""
+        validate_dataset_name(name)
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.DeleteDataset,
+            datasets_pb2.DeleteDatasetRequest(name=name, force=force),
+            idempotent=False,
+            changes=f"the delete of dataset {name}",
+        )
+        return int(reply.grants_removed)
+
+    # Administration.
+
+    def create_token(
+        self, principal: str, grants: Sequence[Grant], *, ttl_s: float = 0
+    ) -> tuple[str, str]:
+        """Issue a token (admin on "*"); returns ``(token_id, token)`` — the token is shown once.
+
+        ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
+        principal that is not text, grants that are not Grants), PermissionDenied."""
+        principal = checked_text("principal", principal, "a name for whom the token is")
+        grants = grant_list(grants)
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(
+            stub.CreateToken,
+            admin_pb2.CreateTokenRequest(
+                principal=principal, grants=[grant_to_pb(g) for g in grants], ttl_s=ttl_s
+            ),
+            idempotent=False,
+            changes=f"a token for {principal}",
+        )
+        return reply.token_id, reply.token
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke a token for good (admin on "*")."""
+        token_id = checked_text("token_id", token_id, "a token's id")
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        self._call(
+            stub.RevokeToken,
+            admin_pb2.RevokeTokenRequest(token_id=token_id),
+            idempotent=True,
+            changes=f"the revocation of token {token_id}",
+        )
+
+    def list_tokens(self) -> builtins.list[dict[str, Any]]:
+        """Every token's id, principal, grants, times and state (never the token)."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(stub.ListTokens, admin_pb2.ListTokensRequest(), idempotent=True)
+        return [
+            {
+                "token_id": t.token_id,
+                "principal": t.principal,
+                "grants": [grant_from_pb(g) for g in t.grants],
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "revoked": t.revoked,
+            }
+            for t in reply.tokens
+        ]
+
+    def rotate_keys(self) -> tuple[int, str]:
+        """Rotate the master key (admin on "*"); returns ``(rewrapped, new key id)``."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(
+            stub.RotateKeys,
+            admin_pb2.RotateKeysRequest(),
+            idempotent=False,
+            changes="the rotation of the master key",
+        )
+        return int(reply.rewrapped), reply.key_id
+
+    def retire_key(self, key_id: str) -> tuple[builtins.list[str], str]:
+        """Drop master key ``key_id`` from the node's key file, once no data key and no
+        archive object needs it (admin on "*"); returns ``(the key ids left, the
+        current one)``. The node keeps the key in ``<key file>.retired``, for nodes
+        sharing the key file. Raises NotFound for an id the key file does not hold
+        (retired already?), KeyRotationRefused (nothing changed) for the current key or
+        a key still needed: after a rotation, until the mover has resealed the
+        archive's metadata under the new key."""
+        if not checked_text("key_id", key_id, "a master key's id"):
+            raise InvalidArgument("key_id must be a master key's id, not ''")
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        request = admin_pb2.RetireKeyRequest(key_id=key_id)
+        reply = self._call(
+            stub.RetireKey, request, idempotent=False, changes=f"the retirement of key {key_id}"
+        )
+        return list(reply.key_ids), reply.current
+
+    def export_trace(self, dataset: str | None = None) -> Iterator[TraceEvent]:
+        """The server's recent reads and plan events (of ``dataset``, or all), oldest
+        first, as :class:`~tierstore.types.TracedRead` / ``TracedPlan`` /
+        ``TracedPosition`` / ``TracedClose`` (admin on "*"). Streamed: consume it to the
+        end, or close it. Raises PermissionDenied, InvalidName."""
+        if dataset is not None:
+            validate_dataset_name(dataset)
+        self.report_local_reads()
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        # Not in the fork gate: the gate cannot be held across the caller's iteration.
+        # Do not fork while a trace stream is open (the only client stream so left).
+        with closed_channel_is_unavailable():
+            responses = stub.ExportTrace(
+                admin_pb2.ExportTraceRequest(dataset=dataset or ""),
+                timeout=self.stream_timeout_s,
+                metadata=self._channel.metadata,
+            )
+        return trace_events_from_pb(mapped_responses(responses))

@@ -1,0 +1,223 @@
+"""The client's placement calls: pins, evictions, prefetches, tier statistics and
+access plans (:class:`PlacementCalls`, a part of :class:`~tierstore.client.client.Client`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from tierstore.client.arguments import checked_text
+from tierstore.client.core import ClientCore
+from tierstore.errors import InvalidArgument, InvalidPlan
+from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.plans import SamplerPlan, check_plan_ttl
+from tierstore.types import check_bool, check_pin_ttl
+from tierstore.v1 import placement_pb2, placement_pb2_grpc
+from tierstore.wire.plans import sampler_to_pb
+from tierstore.wire.trace import sizing_from_pb
+
+__all__ = ["PlacementCalls", "TierStats"]
+
+
+class TierStats(dict[str, Any]):
+    """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
+    ``backlog_bytes``, ``journal_entries``, ``archive_error`` (why the mover's last
+    archive operation failed, or None; the reason itself only for a caller with a role
+    on ``*``), ``data_loss`` (the shards of the datasets
+    shown that the node reports lost, ``"dataset/name: why"``), ``datasets`` (per
+    dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio (None before
+    its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
+    when asked for,
+    ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
+
+
+class PlacementCalls(ClientCore):
+    """Where shards live and when: pin, unpin, evict, prefetch, the tiers' statistics,
+    and the access plans that let a policy fetch ahead of a reader."""
+
+    # Placement.
+
+    def _placement(self, method: str, dataset: str, shard: str) -> int:
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            getattr(stub, method),
+            placement_pb2.ShardRef(dataset=dataset, shard=shard),
+            idempotent=True,
+            changes=f"the {method.lower()} of {dataset}/{shard}",
+        )
+        return int(reply.bytes)
+
+    def pin(self, dataset: str, shard: str, *, ttl_s: float | None = None) -> int:
+        """Keep a shard hot whatever the placement policy says (a cold one is promoted),
+        for ``ttl_s`` seconds or, without one, until :meth:`unpin`; pinning again
+        replaces the TTL. Returns bytes queued for promotion. Raises InvalidArgument
+        (``ttl_s`` not a number of seconds in (0, ten years]), ShardNotFound,
+        PermissionDenied."""
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
+        ttl_s = check_pin_ttl(ttl_s)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.Pin,
+            placement_pb2.PinRequest(dataset=dataset, shard=shard, ttl_s=ttl_s or 0.0),
+            idempotent=True,
+            changes=f"the pin of {dataset}/{shard}",
+        )
+        return int(reply.bytes)
+
+    def unpin(self, dataset: str, shard: str) -> None:
+        """Let the placement policy evict a shard again."""
+        self._placement("Unpin", dataset, shard)
+
+    def evict(self, dataset: str, shard: str) -> int:
+        """Drop a shard from the hot tier if the archive holds it; returns bytes freed."""
+        return self._placement("Evict", dataset, shard)
+
+    def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
+        """Queue promotion of the named shards that are cold; returns how many were
+        queued. A name of no shard is not counted, as one hot already or on its way
+        is not: a prefetch is a hint, so :meth:`stat` tells a typo. ``shards`` is a
+        sequence of names: one name alone is InvalidArgument (a str is a sequence of
+        its characters, each of which was asked for)."""
+        validate_dataset_name(dataset)
+        if isinstance(shards, str | bytes):
+            raise InvalidArgument(
+                f"shards must be a sequence of shard names, not one name ({shards!r:.80}): "
+                "give [name]"
+            )
+        names = list(shards)  # once: a generator had nothing left after the checks
+        for shard in names:
+            validate_shard_name(shard)
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.Prefetch,
+            placement_pb2.PrefetchRequest(dataset=dataset, shards=names),
+            idempotent=True,
+        )
+        return int(reply.queued)
+
+    def stats(self, dataset: str = "", *, sizing: bool = False) -> TierStats:
+        """Hot-tier usage, archive backlog, and per dataset: shards, bytes, hits, misses,
+        hit ratio (since the server started) and policy. With ``sizing``, also the
+        sizing curve: the miss ratio the server's recently traced reads (of the datasets
+        shown) would have had with a hot tier of 1/8 to 4 times its capacity (costs the
+        server a pass over its trace: up to a second or two)."""
+        if dataset:
+            validate_dataset_name(dataset)
+        sizing = check_bool("sizing", sizing)
+        self.report_local_reads()
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        reply = self._call(
+            stub.GetTierStats,
+            placement_pb2.GetTierStatsRequest(dataset=dataset, sizing=sizing),
+            idempotent=True,
+        )
+        extra: dict[str, Any] = {}
+        if sizing:
+            extra["sizing"] = [
+                {"capacity_bytes": p.capacity_bytes, "miss_ratio": p.miss_ratio}
+                for p in sizing_from_pb(reply.sizing)
+            ]
+            extra["traced_reads"] = reply.traced_reads
+        return TierStats(
+            **extra,
+            hot_bytes=reply.hot_bytes,
+            hot_capacity_bytes=reply.hot_capacity_bytes,
+            backlog_bytes=reply.backlog_bytes,
+            journal_entries=reply.journal_entries,
+            data_loss=list(reply.data_loss),
+            archive_error=reply.archive_error or None,
+            datasets={
+                d.dataset: {
+                    "shards": d.shards,
+                    "bytes": d.bytes,
+                    "hot_shards": d.hot_shards,
+                    "hot_bytes": d.hot_bytes,
+                    "archived_shards": d.archived_shards,
+                    "archived_bytes": d.archived_bytes,
+                    "hits": d.hits,
+                    "misses": d.misses,
+                    "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else None,
+                    "policy": d.policy,
+                }
+                for d in reply.datasets
+            },
+        )
+
+    # Access plans.
+
+    def declare_plan(
+        self,
+        dataset: str,
+        *,
+        sampler: SamplerPlan | None = None,
+        shards: Sequence[str] | None = None,
+        prefix: str = "",
+        job: str | None = None,
+        ttl_s: float = 300.0,
+    ) -> str:
+        """Tell the server the order in which this reader will read ``dataset``, so its
+        placement policy can fetch shards just ahead of need; returns the job id.
+
+        Exactly one of ``sampler`` (a :class:`~tierstore.plans.SamplerPlan`: the server
+        regenerates the very order :func:`~tierstore.plans.rank_order` gives over the
+        dataset's shard names under ``prefix``, sorted) and ``shards`` (names in
+        reading order). ``job``: your id for the plan (declaring it again replaces the
+        plan; other callers' ids never clash with yours); a random one if None.
+        ``ttl_s``: the plan ends this long after the last :meth:`report_position`.
+        Needs the reader role. Raises InvalidPlan (unknown shard, too long, not exactly
+        one of sampler and shards), InvalidArgument, DatasetNotFound.
+        """
+        validate_dataset_name(dataset)
+        ttl_s = check_plan_ttl(ttl_s)
+        prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
+        job = "" if job is None else checked_text("job", job, "a plan's id")
+        self.report_local_reads()  # the server hears this reader's reads before its plan
+        request = placement_pb2.DeclarePlanRequest(
+            dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=float(ttl_s)
+        )
+        if (sampler is None) == (shards is None):
+            raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
+        if sampler is not None:
+            request.sampler.CopyFrom(sampler_to_pb(sampler))
+        else:
+            assert shards is not None
+            if isinstance(shards, str):
+                raise InvalidPlan("shards must be a sequence of shard names, not one string")
+            request.explicit.SetInParent()
+            try:
+                request.explicit.shards.extend(shards)
+            except (TypeError, ValueError) as exc:  # not strings (the server checks names)
+                raise InvalidPlan(f"shards must be shard names: {exc}") from None
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        # Idempotent: the job id is chosen here, and declaring it again replaces the plan.
+        reply = self._call(stub.DeclarePlan, request, idempotent=True)
+        return str(reply.job)
+
+    def report_position(self, job: str, position: int) -> None:
+        """``job`` has read the first ``position`` entries of its plan; keeps the plan
+        alive. Raises PlanNotFound (unknown, closed or expired), InvalidArgument
+        (``position`` negative or past the plan's end)."""
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**64:
+            raise InvalidArgument(
+                "position must be a whole number from 0 to the plan's length (entries read "
+                f"so far), got {position!r}"
+            )
+        job = checked_text("job", job, "a plan's id")
+        self.report_local_reads()  # the reads come before the position that covers them
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        self._call(
+            stub.ReportPosition,
+            placement_pb2.ReportPositionRequest(job=job, position=position),
+            idempotent=True,
+        )
+
+    def close_plan(self, job: str) -> None:
+        """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired)."""
+        job = checked_text("job", job, "a plan's id")
+        self.report_local_reads()
+        stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
+        self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
