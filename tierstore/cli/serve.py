@@ -37,7 +37,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
 from tierstore.cli.masterkeys import (
@@ -46,12 +46,13 @@ from tierstore.cli.masterkeys import (
     check_master_key_sources,
     load_node_keys,
 )
+from tierstore.cli.servearchive import archive_with_flags, node_archive, warn_of_an_open_prefix
 from tierstore.cli.startcheck import (
     UNCHECKED_MARK,
     open_checked_store,
     through_embedded_restarts,
 )
-from tierstore.config import ArchiveSettings, load_settings
+from tierstore.config import load_settings
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
 from tierstore.private_files import (
@@ -74,9 +75,6 @@ from tierstore.server.tokens import TokenStore
 from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
 __all__ = ["ServeOptions", "serve"]
-
-if TYPE_CHECKING:
-    from tierstore.tiers.seaweedfs import SeaweedServer
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +150,11 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     overrides = _setting_flags(options)
     configured = load_settings(options.config_file, **overrides)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
-    archive = _archive_with_flags(options, configured.archive)
+    archive = archive_with_flags(options, configured.archive)
     check_endpoint_url(archive.endpoint_url)  # the settings file's or the environment's too
     # The embedded archive makes its bucket: S3's rules for a new one apply.
     check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
-    _warn_of_an_open_prefix(archive.prefix)
+    warn_of_an_open_prefix(archive.prefix)
     data_dir = (options.data_dir or configured.data_dir).resolve()
     # Likewise keys that would be refused only after the embedded archive had started
     # (and the node's token was made: the next start would not say where it came from).
@@ -202,7 +200,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
-        archive_settings, embedded = _archive_settings(
+        archive_settings, embedded = node_archive(
             options, settings.archive, data_dir, cleanup, stop
         )
         settings = replace(settings, archive=archive_settings)
@@ -342,55 +340,6 @@ def _in_use(data_dir: Path, holder: str) -> FailedPrecondition:
     )
 
 
-def _archive_settings(
-    options: ServeOptions,
-    configured: ArchiveSettings,
-    data_dir: Path,
-    cleanup: ExitStack,
-    stopping: threading.Event,
-) -> tuple[ArchiveSettings, SeaweedServer | None]:
-    """The archive this node uses: :func:`_archive_with_flags`. With no endpoint named
-    anywhere, the embedded archive, started here (under ``<data-dir>/archive``, stopped
-    by ``cleanup``), on the bucket and prefix asked for, and started again should it
-    exit before ``stopping`` is set; returned too (None for an external archive)."""
-    archive = _archive_with_flags(options, configured)
-    if archive.endpoint_url:
-        return archive, None
-    # Only for the embedded archive.
-    from tierstore.tiers.seaweedfs import SeaweedServer
-    from tierstore.tiers.seaweedkeeper import SeaweedKeeper
-
-    embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
-    # Stopped before the server is (the stack unwinds in reverse).
-    cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
-    # (Its settings name its port, which it answers on only while it runs.)
-    s3 = through_embedded_restarts(
-        lambda: embedded.s3_settings(archive.bucket, archive.prefix), embedded, stopping
-    )
-    return ArchiveSettings(
-        endpoint_url=s3.endpoint_url,
-        bucket=s3.bucket,
-        prefix=s3.prefix,
-        access_key_id=s3.access_key_id,
-        secret_access_key=s3.secret_access_key,
-    ), embedded
-
-
-def _archive_with_flags(options: ServeOptions, configured: ArchiveSettings) -> ArchiveSettings:
-    """``configured`` (the settings file's ``[archive]``, then ``TIERSTORE_ARCHIVE_*``
-    variables), then the flags given (README "Configuration")."""
-    flags = {
-        "endpoint_url": options.s3_endpoint,
-        "bucket": options.bucket,
-        "access_key_id": options.s3_access_key,
-        "secret_access_key": options.s3_secret_key,
-    }
-    given = {name: value for name, value in flags.items() if value}
-    if options.prefix is not None:  # "" too: it clears the settings file's prefix
-        given["prefix"] = options.prefix
-    return replace(configured, **given)
-
-
 def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
     """Warn when the disk of ``data_dir`` has less room than the hot tier may still
     take: LMDB's file grows as it fills, so nothing fails at the start, but puts and
@@ -408,21 +357,4 @@ def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
             data_dir,
             f"{free:,}",
             f"{in_use:,}",
-        )
-
-
-def _warn_of_an_open_prefix(prefix: str) -> None:
-    """Warn of an archive prefix that does not end in "/": keys are the prefix and the
-    dataset's name joined as they are, so "p1" stores dataset "wb" under "p1wb/", and
-    nodes on prefixes "node" and "node1" share the keys of datasets "1x" and "x". Not
-    refused, nor changed: a node's archive already under such a prefix stays there."""
-    if prefix and not prefix.endswith("/"):
-        log.warning(
-            "archive prefix %r does not end in '/': objects are stored as %r + the dataset's "
-            "name (%r for dataset 'ds'), so another node on a prefix that starts the same "
-            "may share keys with it; a new node should take %r",
-            prefix,
-            prefix,
-            f"{prefix}ds/",
-            f"{prefix}/",
         )
