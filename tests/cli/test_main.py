@@ -325,6 +325,24 @@ def test_the_insecure_hint_only_for_a_connection_a_tls_server_would_drop(
     assert "TIERSTORE_CLIENT_CERT" not in one_error_line(invoke("dataset", "ls"))
 
 
+def test_no_insecure_wins_over_the_environment(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was taken as "not given", so TIERSTORE_INSECURE=1 made the call in plaintext.
+    monkeypatch.setenv("TIERSTORE_INSECURE", "1")
+    for argv in (
+        ["--no-insecure", "dataset", "ls"],
+        ["dataset", "ls", "--no-insecure"],
+        ["--insecure", "dataset", "ls", "--no-insecure"],  # the one after the name
+    ):
+        assert invoke(*argv).exit_code == 0, argv
+        assert client.connected["insecure"] is False, argv
+    assert invoke("--no-insecure", "dataset", "ls", "--insecure").exit_code == 0
+    assert client.connected["insecure"] is True
+    assert invoke("dataset", "ls").exit_code == 0
+    assert client.connected["insecure"] is None  # not given: TIERSTORE_INSECURE decides
+
+
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:
     result = invoke("--address", "before:1", "--insecure", "dataset", "ls", "--address", "after:2")
     assert result.exit_code == 0, result.output

@@ -67,8 +67,13 @@ def _options(
         typer.Option(help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION),
     ] = None,
     insecure: Annotated[
-        bool, typer.Option(help="plaintext (loopback servers only)", rich_help_panel=_CONNECTION)
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="plaintext (loopback servers only); --no-insecure: TLS, whatever "
+            "TIERSTORE_INSECURE says [TIERSTORE_INSECURE]",
+            rich_help_panel=_CONNECTION,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -122,7 +127,8 @@ class ClientCommand(Command):
         for name in ("address", "token", "token_file", "ca"):  # "" counts as given
             if given[name] is not None:
                 setattr(state, name, given[name])
-        state.insecure = given["insecure"] or state.insecure
+        if given["insecure"] is not None:  # --no-insecure too: it wins over the environment
+            state.insecure = given["insecure"]
         state.timeout = given["timeout"] if given["timeout"] is not None else state.timeout
         state.json = given["json_output"] or state.json
         return super().invoke(ctx)
@@ -159,7 +165,7 @@ def command_client() -> Any:
             token=state.token,
             token_file=state.token_file,
             ca=state.ca,
-            insecure=state.insecure or None,  # not given: TIERSTORE_INSECURE decides
+            insecure=state.insecure,  # None, not given: TIERSTORE_INSECURE decides
         )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...
         raise fail(exc) from None

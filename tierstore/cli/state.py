@@ -30,7 +30,8 @@ class State:
     token: str | None = None
     token_file: Path | None = None
     ca: Path | None = None
-    insecure: bool = False
+    #: --insecure (True) or --no-insecure (False); None: TIERSTORE_INSECURE decides
+    insecure: bool | None = None
     #: seconds any one call may take (None: the client's defaults)
     timeout: float | None = None
     json: bool = False
@@ -57,6 +58,9 @@ def deadline_text() -> str:
 
 
 def speaks_plaintext() -> bool:
-    """Whether this command speaks plaintext: --insecure, or TIERSTORE_INSECURE set."""
+    """Whether this command speaks plaintext: --insecure, or TIERSTORE_INSECURE set
+    and not --no-insecure."""
+    if state.insecure is not None:
+        return state.insecure
     flag = os.environ.get("TIERSTORE_INSECURE", "").strip().lower()
-    return state.insecure or flag in ("1", "true", "yes", "on")
+    return flag in ("1", "true", "yes", "on")
