@@ -14,7 +14,13 @@ import lmdb
 import pytest
 
 from tests.tiers.conformance import TierConformance
-from tierstore.errors import HotTierFull, ReaderTableFull, StoreClosed, Unavailable
+from tierstore.errors import (
+    HotTierFull,
+    InvalidArgument,
+    ReaderTableFull,
+    StoreClosed,
+    Unavailable,
+)
 from tierstore.tiers import lmdb as lmdb_tier
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
@@ -269,3 +275,25 @@ def test_a_hot_tier_that_cannot_be_created_on_a_full_disk_says_so(
     with pytest.raises(HotTierFull, match="its disk is full"):
         env.db("data")
     assert opened and opened[0].closed  # the half-opened environment is let go
+
+
+def _maps(size: int, directory: Path) -> bool:
+    """Whether raw LMDB can map ``size`` bytes on this machine."""
+    try:
+        lmdb.open(str(directory), map_size=size).close()
+    except lmdb.MemoryError:
+        return False
+    return True
+
+
+def test_a_map_larger_than_this_machine_can_make_is_a_bad_setting_by_name(tmp_path: Path) -> None:
+    # `serve --hot-capacity 100000000000000` ended in "Unavailable: cannot open LMDB
+    # environment: Cannot allocate memory" (exit 5, as if the disk were away).
+    size = 1 << 48  # the most hot_capacity_bytes and map_size_bytes may be
+    (tmp_path / "probe").mkdir()
+    if _maps(size, tmp_path / "probe"):
+        pytest.skip("this machine maps 2**48 bytes (more than 47 bits of address space)")
+    env = LmdbEnvironment(tmp_path / "env", size, ["data"])
+    with pytest.raises(InvalidArgument, match=r"cannot map 281,474,976,710,656 bytes") as bad:
+        env.db("data")
+    assert "hot_capacity_bytes" in str(bad.value) and "map_size_bytes" in str(bad.value)

@@ -135,6 +135,13 @@ class LmdbEnvironment:
                 max_readers=MAX_READERS,
                 lock=True,
             )
+        except lmdb.MemoryError as exc:  # mmap() refused: more than the address space
+            raise InvalidArgument(
+                f"cannot map {self.map_size:,} bytes for the LMDB environment at "
+                f"{self.path} on this machine ({exc.args[0].rsplit(': ', 1)[-1]}): lower "
+                "the hot tier's capacity (hot_capacity_bytes, serve's --hot-capacity) or "
+                "map_size_bytes"
+            ) from exc
         except lmdb.Error as exc:
             raise Unavailable(f"cannot open LMDB environment at {self.path}: {exc}") from exc
         env.reader_check()
