@@ -757,3 +757,20 @@ def test_a_process_exits_while_parts_are_in_flight_to_a_frozen_archive() -> None
     )
     assert child.returncode == 0, child.stderr.decode()[-2000:]
     assert b"parts in flight" in child.stdout
+
+
+def test_refused_credentials_are_named_as_such(s3_settings: S3Settings) -> None:
+    # "answered 403 403 to HeadBucket": a HEAD's error has no body, so its code was the
+    # status again, and nothing said that the keys were the trouble.
+    wrong = dataclasses.replace(s3_settings, access_key_id="nobody", secret_access_key="x" * 40)
+    tier = S3Tier(wrong)
+    try:
+        for operation in (tier.ensure_bucket, lambda: tier.get("k"), lambda: tier.put("k", b"v")):
+            with pytest.raises(ArchiveUnavailable) as refused:
+                operation()
+            message = str(refused.value)
+            assert "refused access key 'nobody' (403" in message, message
+            assert "403 403" not in message and "x" * 40 not in message
+            assert "--s3-access-key" in message and "access_key_id" in message
+    finally:
+        tier.close()

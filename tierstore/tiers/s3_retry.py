@@ -148,8 +148,17 @@ def call_with_retries(
         tries = f" after {s.max_attempts} attempts" if is_transient(exc) else ""
         # The request that failed: one of ``what``'s may be a HEAD behind its GET, say.
         request = f" to {exc.operation_name}" if exc.operation_name else ""
+        # A HEAD's error has no body: its code is the status again.
+        answer = f"{status}" if code in ("", str(status)) else f"{status} {code}"
+        if status == 403:  # the keys, most often: say which, and where they are set
+            raise ArchiveUnavailable(
+                f"{what}: archive {s.endpoint_url} refused access key {s.access_key_id!r} "
+                f"({answer}{request}): check the archive's access key and secret key "
+                "(serve's --s3-access-key and --s3-secret-key, or the settings' [archive] "
+                f"access_key_id and secret_access_key) and their rights on bucket {s.bucket!r}"
+            ) from exc
         raise ArchiveUnavailable(
-            f"{what}: archive {s.endpoint_url} answered {status} {code}{request}{tries}"
+            f"{what}: archive {s.endpoint_url} answered {answer}{request}{tries}"
         ) from exc
     except ParamValidationError as exc:
         raise InvalidArgument(f"{what}: {exc}") from exc
