@@ -8,6 +8,7 @@ The full disk is an LMDB map of 512 KiB.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -94,10 +95,12 @@ def test_archive_down_is_unavailable_never_missing_and_loses_nothing(
 
 
 def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An archive that takes connections and never answers (a stopped process) showed
     # nothing for minutes: each request waits out its read time-out, then retries.
+    # Stats and /metrics then said so, but the log not until a request failed.
+    caplog.set_level(logging.INFO, logger=mover_module.__name__)
     monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
     release = threading.Event()
 
@@ -113,11 +116,43 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
         wait_until(lambda: store.stats().mover_error is not None, "the mover to report the freeze")
         stalled = store.stats().mover_error or ""
         assert "taken no data" in stalled and "still trying" in stalled
+        wait_until(lambda: "taken no data" in caplog.text, "the stall to be logged")
         assert not release.is_set()  # seen while the first request still waited
+        warned = [r for r in caplog.records if "taken no data" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
     finally:
         release.set()
         tier.close()
         server.close()
+
+
+def test_a_stall_is_logged_once_and_so_is_the_data_going_again(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=mover_module.__name__)
+    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.2)
+    mover = open_store(datasets={"plain": DatasetSettings()}, start_mover=False).mover
+    watcher = threading.Thread(target=mover._log_stalls, daemon=True)
+
+    def stalls_warned() -> int:
+        return sum("taken no data" in r.getMessage() for r in caplog.records)
+
+    mover._attempts, mover._archive_progress = 1, time.monotonic() - 5  # stalled
+    watcher.start()
+    try:
+        wait_until(lambda: stalls_warned() == 1, "the stall to be logged")
+        mover._archive_progress = time.monotonic() + 3600  # the same attempt hands data
+        wait_until(lambda: "taking the journal entry's data again" in caplog.text, "the end")
+        # A new attempt that stalls (the last one failed, and said so) is warned of anew.
+        mover._attempts, mover._archive_progress = 2, time.monotonic() - 5
+        wait_until(lambda: stalls_warned() == 2, "the second stall to be logged")
+        mover._archive_progress = None  # it ended (failed: that is logged as it fails)
+        time.sleep(0.3)  # a pass of the watcher or more: nothing more is said
+        assert caplog.text.count("data again") == 1 and stalls_warned() == 2
+    finally:
+        mover._stop.set()
+        watcher.join(5)
+    assert not watcher.is_alive()
 
 
 def test_a_slow_entry_is_failing_after_the_stall_time_per_part_in_flight(

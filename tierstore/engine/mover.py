@@ -86,6 +86,14 @@ def _manifest_generation(key: str, prefix: str) -> int | None:
         return None
 
 
+def _stall_text(idle: float) -> str:
+    """What a journal entry that has handed the archive no data for ``idle`` s means."""
+    return (
+        f"the archive has taken no data of the current journal entry for {idle:.0f} s "
+        "(no answer yet; the mover is still trying)"
+    )
+
+
 def _newer_waits(current: ShardRecord | None, generation: int) -> TypeGuard[ShardRecord]:
     """Whether ``current``, the record of a shard, is a generation newer than
     ``generation`` that the archive does not hold yet (False when the shard is gone,
@@ -133,11 +141,14 @@ class Mover:
         self._progress = 0
         self._progressed = threading.Condition()
         self._journal_thread: threading.Thread | None = None
+        self._stall_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
         #: when the journal entry being carried out last handed the archive data (or
         #: began), None between entries: see archive_failure.
         self._archive_progress: float | None = None
+        #: journal entries begun in the archive so far (for _log_stalls).
+        self._attempts = 0
         #: why journal entries may not run now (None: they may): see hold_archive.
         self._archive_hold: str | None = None
         #: Uploads given up because the local copy failed verification (newest last).
@@ -150,6 +161,10 @@ class Mover:
             target=self._run_journal, name="tierstore-journal", daemon=True
         )
         self._journal_thread.start()
+        self._stall_thread = threading.Thread(
+            target=self._log_stalls, name="tierstore-stall-watch", daemon=True
+        )
+        self._stall_thread.start()
         self._promoter.start()
 
     @property
@@ -169,8 +184,9 @@ class Mover:
         with self._progressed:
             self._progressed.notify_all()  # puts waiting for uploads stop waiting
         self._promoter.stop(deadline)
-        if self._journal_thread is not None:
-            self._journal_thread.join(max(deadline - time.monotonic(), 0.0))
+        for thread in (self._journal_thread, self._stall_thread):
+            if thread is not None:
+                thread.join(max(deadline - time.monotonic(), 0.0))
         try:
             self.flush_access()  # a clean stop keeps every access counted so far
         except TierstoreError as exc:  # e.g. a full hot tier: counts are only statistics
@@ -289,12 +305,24 @@ class Mover:
         if self.last_error is not None:
             return self.last_error
         idle = self._stalled_for()
-        if idle is None:
-            return None
-        return (
-            f"the archive has taken no data of the current journal entry for {idle:.0f} s "
-            "(no answer yet; the mover is still trying)"
-        )
+        return None if idle is None else _stall_text(idle)
+
+    def _log_stalls(self) -> None:
+        """Log a warning when the journal entry in progress stalls (see
+        :meth:`archive_failure`), once per stall, and when the archive takes its data
+        again: a frozen archive's requests fail, and are logged, only minutes later."""
+        warned_of: int | None = None  # the attempt whose stall was warned of
+        while not self._stop.wait(STALL_REPORT_S / 4):
+            attempt, idle = self._attempts, self._stalled_for()
+            if idle is not None and warned_of is None:
+                warned_of = attempt
+                log.warning("%s", _stall_text(idle))
+            elif idle is None and warned_of is not None:
+                # The same attempt going on has handed data since; a failed one is
+                # logged as it fails.
+                if attempt == warned_of and self._archive_progress is not None:
+                    log.info("the archive is taking the journal entry's data again")
+                warned_of = None
 
     def _stalled_for(self) -> float | None:
         """Seconds the journal entry in progress has handed the archive no data, once
@@ -456,6 +484,7 @@ class Mover:
     def _apply_watched(self, op: JournalOp) -> ShardRecord | None:
         """:meth:`_apply`, its progress watched by :meth:`archive_failure`."""
         self._archive_progress = time.monotonic()
+        self._attempts += 1
         try:
             return self._apply(op)
         finally:
