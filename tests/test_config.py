@@ -24,7 +24,7 @@ def test_a_hot_tier_smaller_than_a_frame_names_both_figures() -> None:
     [
         ('archive = "http://x"', "archive must be a table"),
         ("hot_capacity_bytes = [1]", "hot_capacity_bytes must be a whole number"),
-        ("[archive]\nbucket = 5", "archive.bucket must be a string"),
+        ("[archive]\nbucket = 5", "archive.bucket must be a string, not an int"),
         ("cold_read_parallelism = -1", "cold_read_parallelism must be at least 1"),
         ("promotion_chunk_bytes = 0", "promotion_chunk_bytes must be at least 1"),
         ("put_chunk_bytes = 0", "put_chunk_bytes must be at least 1"),
@@ -107,7 +107,7 @@ def test_a_mistyped_archive_variable_is_refused_and_engine_ones_still_taken() ->
 def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
     assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument, match="data_dir must be a path, not a int"):
+    with pytest.raises(InvalidArgument, match="data_dir must be a path, not an int"):
         EngineSettings(data_dir=5)  # type: ignore[arg-type]
 
 
@@ -142,12 +142,14 @@ def test_what_was_taken_before_is_still_taken() -> None:
         ({"hot_capacity_bytes": "100"}, "hot_capacity_bytes must be a whole number, not a str"),
         ({"high_watermark": "0.9"}, "high_watermark must be a number, not a str"),
         ({"promotion_threads": True}, "promotion_threads must be a whole number, not a bool"),
-        ({"master_key_b64": 5}, "master_key_b64 must be a string, not a int"),
+        ({"master_key_b64": 5}, "master_key_b64 must be a string, not an int"),
         ({"master_key_file": ""}, "master_key_file is empty"),
         # A MemoryError, after serve had made the data directory.
         ({"trace_capacity": 10**11}, "trace_capacity must be at most 100,000,000 events"),
         # An OverflowError, past float's range.
         ({"high_watermark": 10**400}, "watermarks must satisfy"),
+        # The message did not say which was wrong.
+        ({"high_watermark": 1.5}, "got low_watermark 0.75 and high_watermark 1.5"),
         ({"mover_retry_max_s": 10**400}, "mover_retry_max_s must be a positive finite"),
         # Taken, then the prefetcher's byte budget overflowed int() on every round.
         ({"prefetch_horizon_s": float("inf")}, "prefetch_horizon_s must be a finite"),

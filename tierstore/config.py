@@ -122,7 +122,10 @@ class EngineSettings:
                 typed = _coerce(setting.name, setting.type, value, numbers_from_text=False)
                 object.__setattr__(self, setting.name, typed)
         if not 0 < self.low_watermark < self.high_watermark <= 1:
-            raise InvalidArgument("watermarks must satisfy 0 < low < high <= 1")
+            raise InvalidArgument(
+                "watermarks must satisfy 0 < low < high <= 1, got low_watermark "
+                f"{self.low_watermark} and high_watermark {self.high_watermark}"
+            )
         if self.max_frame_bytes < 4096:
             raise InvalidArgument("max_frame_bytes must be at least 4096")
         if self.hot_capacity_bytes < self.max_frame_bytes:
@@ -273,8 +276,7 @@ def load_settings(
                     f"{', '.join(sorted(archive_fields))})"
                 )
             if not isinstance(value, str):
-                kind = type(value).__name__
-                raise InvalidArgument(f"archive.{key} must be a string, not a {kind}")
+                raise InvalidArgument(f"archive.{key} must be a string, not {_a_type(value)}")
         archive_settings = replace(ArchiveSettings(), **archive)
     except KeyError as exc:
         raise InvalidArgument(f"unknown setting {exc.args[0]!r}") from exc
@@ -292,7 +294,7 @@ def _coerce(name: str, kind: Any, value: Any, *, numbers_from_text: bool = True)
     only ``numbers_from_text`` (a variable's); a path may always be given as text."""
     text = str(kind)
     # Messages name the type, never the value: some settings are secrets.
-    wrong = f"setting {name} must be a {{}}, not a {type(value).__name__}"
+    wrong = f"setting {name} must be a {{}}, not {_a_type(value)}"
     if isinstance(value, str) and not numbers_from_text and text.startswith(("int", "float")):
         raise InvalidArgument(wrong.format("whole number" if text.startswith("int") else "number"))
     if isinstance(value, str):
@@ -330,3 +332,9 @@ def _coerce(name: str, kind: Any, value: Any, *, numbers_from_text: bool = True)
     if text.startswith("str") and value is not None and not isinstance(value, str):
         raise InvalidArgument(wrong.format("string"))
     return value
+
+
+def _a_type(value: object) -> str:
+    """``value``'s type with its article, for an error: "an int", "a str"."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
