@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import pyarrow as pa
 
@@ -676,13 +676,26 @@ def read_ipc_table(path: Path) -> pa.Table:
     holds, read into memory: not mapped, as a file cut short under a map kills the
     process. Raises :class:`MalformedArrow` for a file that is neither,
     :class:`OSError` for one that cannot be read."""
+    table: pa.Table = _with_ipc_reader(path, lambda reader: reader.read_all())
+    return table
+
+
+def check_ipc_file(path: Path) -> None:
+    """Raise as :func:`read_ipc_table` would for a file that is not an Arrow IPC file
+    or stream, reading only its schema (and a file's footer): for a command to refuse
+    before it uploads anything. Its record batches are read, and checked, only then."""
+    _with_ipc_reader(path, lambda reader: reader.schema)
+
+
+def _with_ipc_reader(path: Path, use: Callable[[Any], Any]) -> Any:
+    """``use(reader)`` of the IPC file or, failing that, IPC stream at ``path``."""
     with pa.OSFile(str(path)) as source:
         try:
-            return pa.ipc.open_file(source).read_all()
+            return use(pa.ipc.open_file(source))
         except pa.ArrowInvalid:
             source.seek(0)  # not the file format: perhaps a stream
         try:
-            return pa.ipc.open_stream(source).read_all()
+            return use(pa.ipc.open_stream(source))
         except _ARROW_ERRORS as exc:  # a stream cut short is an OSError here
             raise MalformedArrow(
                 f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from tierstore import errors
 from tierstore.cli.main import app
 from tierstore.client.client import Client
 from tierstore.policy.registry import DEFAULT_POLICY
@@ -313,7 +314,8 @@ def test_put_kind_arrow_stores_arrow_files_as_tables(
     for name in put["shards"]:
         assert admin.stat(dataset, name).kind == "arrow"
         assert admin.read_table(dataset, name).equals(table)
-    # A file that holds no Arrow data stops the put there, with what was done before.
+    # A file that holds no Arrow data is refused before anything is uploaded, as a
+    # link to nothing is: the files before it were uploaded, then the put stopped.
     (shards / "00003.txt").write_bytes(b"not arrow at all")
     stopped = run(
         env,
@@ -327,7 +329,10 @@ def test_put_kind_arrow_stores_arrow_files_as_tables(
         "again/",
     )
     assert stopped.returncode == 2 and b"MalformedArrow" in stopped.stderr
-    assert json.loads(stopped.stdout)["not_uploaded"] == ["again/00003.txt"]
+    assert b"00003.txt is neither an Arrow IPC file" in stopped.stderr
+    assert b"nothing uploaded" in stopped.stderr
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(dataset, "again/00001.arrow")
     assert run(env, "put", dataset, str(shards), "--kind", "csv").returncode == 2
 
 

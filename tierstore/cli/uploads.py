@@ -36,7 +36,8 @@ def put(
 ) -> None:
     """Upload files (directories recursively) as shards named by their relative paths, in
     order. In a directory, links to files are followed; a link to a directory or to
-    nothing, or a pipe, is refused before anything is uploaded. Stops at the first one
+    nothing, or a pipe, is refused before anything is uploaded, and so is a file that
+    is not Arrow with --kind arrow. Stops at the first one
     it cannot upload; the ones uploaded before it are still
     reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
     stderr."""
@@ -52,6 +53,8 @@ def put(
         else:
             raise fail(errors.InvalidArgument(f"{path} is not a file or directory"))
     files = _checked_uploads(files)
+    if kind == "arrow":
+        _check_arrow_files([file for file, _ in files])
     total = sum(f.stat().st_size for f, _ in files)
     uploaded = []
     started = time.monotonic()
@@ -155,6 +158,24 @@ def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
                 )
             )
     return list(dict.fromkeys(files))
+
+
+def _check_arrow_files(files: list[Path]) -> None:
+    """Refuse (MalformedArrow or InvalidArgument, nothing uploaded) a file that is not
+    an Arrow IPC file or stream, or cannot be read, reading only its schema."""
+    from tierstore.arrowio import check_ipc_file  # pyarrow only when it is needed
+
+    for file in files:
+        try:
+            check_ipc_file(file)
+        except errors.MalformedArrow as exc:
+            raise fail(exc, f"{exc}; nothing uploaded") from None
+        except OSError as exc:
+            raise fail(
+                errors.InvalidArgument(
+                    f"cannot read {file}: {exc.strerror or exc}; nothing uploaded"
+                )
+            ) from None
 
 
 def _put_value(file: Path, kind: str) -> Any:
