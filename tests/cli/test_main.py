@@ -918,6 +918,25 @@ def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: Fak
     assert json.loads(another.stdout)["last_admin"] is False and another.stderr == ""
 
 
+def test_a_revoke_refused_names_the_revoke_not_the_listing_before_it(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a token that may not list tokens, the error named ListTokens, a call the
+    # caller never asked for (the listing only tells whether the last admin goes).
+    def refused(method: str) -> Any:
+        def call(*args: Any) -> None:
+            raise errors.PermissionDenied(f"principal 'bob' may not call {method}")
+
+        return call
+
+    monkeypatch.setattr(client, "list_tokens", refused("/AdminService/ListTokens"))
+    monkeypatch.setattr(client, "revoke_token", refused("/AdminService/RevokeToken"))
+    result = invoke("token", "revoke", "aaaaaaaaaaaa")
+    assert result.exit_code == 4
+    line = one_error_line(result)
+    assert "RevokeToken" in line and "ListTokens" not in line
+
+
 def test_command_lists_join_the_lines_of_each_summary() -> None:
     # A docstring's line breaks were kept in the list, falling mid-sentence.
     listing = invoke("token", "--help")

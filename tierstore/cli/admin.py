@@ -220,7 +220,12 @@ def token_revoke(token_id: str) -> None:
     """Revoke a token for good. Revoking the last live admin token is allowed, with a
     warning: admin calls then fail until the node restarts and writes a new admin.token."""
     client = command_client()
-    last_admin = run_or_fail(lambda: _live_admin_tokens(client.list_tokens())) == [token_id]
+    try:
+        last_admin = _live_admin_tokens(client.list_tokens()) == [token_id]
+    except errors.PermissionDenied:  # the revoke is refused too, and names itself
+        last_admin = False
+    except errors.TierstoreError as exc:
+        raise fail(exc) from None
     run_or_fail(lambda: client.revoke_token(token_id))
     emit({"revoked": token_id, "last_admin": last_admin}, f"revoked {token_id}")
     if last_admin:
