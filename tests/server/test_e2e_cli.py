@@ -261,11 +261,20 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     ]
     assert [s["name"] for s in prefixed] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
     # A page at a time: --limit, then --after the last name printed.
-    first_page = ok(env, "ls", dataset, "--limit", "2")
+    # A page that leaves shards out says so, and where to go on (it said nothing).
+    paged = run(env, "ls", dataset, "--limit", "2")
+    first_page = json.loads(paged.stdout)
     assert [s["name"] for s in first_page] == ["one.bin", "t/a.txt"]
+    assert b"more shards follow: --after t/a.txt" in paged.stderr
     next_page = ok(env, "ls", dataset, "--limit", "2", "--after", first_page[-1]["name"])
     assert [s["name"] for s in next_page] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
+    last_page = run(env, "ls", dataset, "--limit", "2", "--after", "t/sub/deeper/c.txt")
+    assert [s["name"] for s in json.loads(last_page.stdout)] == ["two.txt"]
+    assert last_page.stderr == b""  # nothing follows
     assert run(env, "ls", dataset, "--limit", "-1").returncode == 2  # a usage error
+    # 0 listed nothing, as if the dataset were empty (elsewhere 0 means "no limit").
+    zero = run(env, "ls", dataset, "--limit", "0")
+    assert zero.returncode == 2 and b"--limit must be at least 1" in zero.stderr
     assert stat["name"] == "one.bin" and stat["dataset"] == dataset
     assert stat["size"] == one.stat().st_size and stat["kind"] == "raw"
     assert len(stat["frame_sizes"]) == 2 and stat["hot"] is True and stat["encrypted"] is False

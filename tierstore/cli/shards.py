@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -16,6 +17,7 @@ from tierstore.cli.app import command_client
 from tierstore.cli.output import (
     checked_output_file,
     emit,
+    err,
     fail,
     plural,
     print_plain,
@@ -112,17 +114,32 @@ def get(
 def ls(
     dataset: str,
     prefix: Annotated[str, typer.Argument()] = "",
-    limit: Annotated[int | None, typer.Option(min=0, help="list at most this many shards")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="list at most this many shards (at least 1)")
+    ] = None,
     after: Annotated[
         str, typer.Option(help="list only names after this one (to page on from the last)")
     ] = "",
 ) -> None:
     """List a dataset's shards, in name order (over 1,000 of them: as plain aligned
     columns, quicker to print than a table). A large dataset can be listed a page at
-    a time: --limit N, then --after the last name printed."""
+    a time: --limit N, then --after the last name printed (a page that leaves shards
+    out says so on stderr)."""
+    if limit is not None and limit < 1:  # 0 listed nothing, as if the dataset were empty
+        raise fail(errors.InvalidArgument(f"--limit must be at least 1, not {limit}"))
+    # One more than asked for tells whether any follow.
+    asked = None if limit is None else limit + 1
     shards = run_or_fail(
-        lambda: command_client().list(dataset, prefix, limit=limit, start_after=after)
+        lambda: command_client().list(dataset, prefix, limit=asked, start_after=after)
     )
+    if limit is not None and len(shards) > limit:
+        shards = shards[:limit]
+        err.print(
+            f"more shards follow: --after {shlex.quote(shards[-1].name)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if len(shards) > PLAIN_LISTING_ROWS and not state.json:
         print_plain(SHARD_COLUMNS, [_shard_row(s) for s in shards])
         return
