@@ -400,6 +400,8 @@ def test_token_ls_marks_expired_tokens(client: FakeClient) -> None:
     assert table.exit_code == 0, table.output
     rows = {line.split()[1]: line for line in table.stdout.splitlines() if "00000000000" in line}
     assert "(expired)" in rows["000000000001"] and "(expired)" not in rows["000000000002"]
+    # Times are UTC, and say so; grants that went with their datasets are not a blank.
+    assert "UTC" in rows["000000000002"] and "none left" in rows["000000000002"]
 
 
 def test_stat_shows_whether_and_until_when_a_shard_is_pinned(client: FakeClient) -> None:

@@ -259,7 +259,8 @@ def token_ls() -> None:
     table = Table("id", "principal", "grants", "expires", "revoked")
     now = time.time()
     for t in tokens:
-        grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"])
+        # None left: each went with its dataset (a token is never made without one).
+        grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"]) or "none left"
         expires = utc_minute(t["expires_at"]) if t["expires_at"] else "never"
         if t["expires_at"] and t["expires_at"] <= now:  # NaN compares false: not marked
             expires += " (expired)"

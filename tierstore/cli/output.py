@@ -248,6 +248,6 @@ def utc_minute(timestamp: float) -> str:
     when it is no date (NaN, or too far out for the platform): a table shows whatever
     the server sent, and never fails on it."""
     try:
-        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
     except (OverflowError, OSError, ValueError):
         return f"{timestamp:g} (not a date)"
