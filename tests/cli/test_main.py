@@ -343,6 +343,29 @@ def test_no_insecure_wins_over_the_environment(
     assert client.connected["insecure"] is None  # not given: TIERSTORE_INSECURE decides
 
 
+def test_tls_that_cannot_start_here_points_at_this_sides_files(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client certificate given with another key: the hint asked whether --ca was the
+    # server's CA and --address its API port, neither of which was the trouble.
+    def unavailable() -> None:
+        raise errors.Unavailable(
+            "failed to connect to all addresses; last error: UNKNOWN: "
+            "ipv4:127.0.0.1:7443: Failed to create security handshaker"
+        )
+
+    monkeypatch.setattr(client, "list_datasets", unavailable)
+    monkeypatch.delenv("TIERSTORE_CLIENT_CERT", raising=False)
+    monkeypatch.delenv("TIERSTORE_CLIENT_KEY", raising=False)
+    line = one_error_line(invoke("dataset", "ls"))
+    assert "TLS could not start on this side" in line and "PEM CA certificate" in line
+    assert "API port" not in line and "TIERSTORE_CLIENT_KEY" not in line
+    monkeypatch.setenv("TIERSTORE_CLIENT_CERT", "client.pem")
+    monkeypatch.setenv("TIERSTORE_CLIENT_KEY", "server.key")
+    line = one_error_line(invoke("dataset", "ls"))
+    assert "whose own key is TIERSTORE_CLIENT_KEY" in line
+
+
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:
     result = invoke("--address", "before:1", "--insecure", "dataset", "ls", "--address", "after:2")
     assert result.exit_code == 0, result.output

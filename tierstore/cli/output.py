@@ -123,6 +123,21 @@ _CLIENT_CERT_CAUSE = (
 _CLIENT_CERT_HINT = f"a server {_CLIENT_CERT_CAUSE}"
 
 
+#: what gRPC says when this side could not set TLS up: its own files are the trouble
+_NO_HANDSHAKER = re.compile(r"Failed to create security handshaker", re.I)
+
+
+def _no_handshaker_hint() -> str:
+    """The causes of TLS that this client could not start: the server is not to blame."""
+    files = "is --ca / TIERSTORE_CA a PEM CA certificate"
+    if os.environ.get("TIERSTORE_CLIENT_CERT") or os.environ.get("TIERSTORE_CLIENT_KEY"):
+        files += (
+            ", and TIERSTORE_CLIENT_CERT a PEM certificate whose own key is "
+            "TIERSTORE_CLIENT_KEY (a certificate and a key that are not a pair fail so)"
+        )
+    return f"TLS could not start on this side: {files}?"
+
+
 def _closed_in_handshake(text: str) -> bool:
     """Whether gRPC says the server closed the connection in the TLS handshake
     ("Handshake read failed (Socket closed)"), which says nothing of a CA file."""
@@ -146,7 +161,9 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
     """Print the command's one error line, ``exc``'s type and ``message`` (default: the
     exception's own); return the exit to raise, with the code ``exc`` maps to."""
     text = message or str(exc)
-    if isinstance(exc, errors.Unavailable) and _closed_in_handshake(text):
+    if isinstance(exc, errors.Unavailable) and _NO_HANDSHAKER.search(text):
+        text += f" ({_no_handshaker_hint()})"
+    elif isinstance(exc, errors.Unavailable) and _closed_in_handshake(text):
         text += f" ({_closed_in_handshake_hint()})"
     elif isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
         text += f" ({_TLS_HINT})"
