@@ -702,6 +702,20 @@ def test_put_reports_what_it_uploaded_before_an_error(
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
 
 
+def test_a_put_of_empty_directories_warns_that_nothing_was_uploaded(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # It said "uploaded 0 shards" alone: a wrong path (an output directory not yet
+    # written, say) passed for a done upload.
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    done = invoke("put", "ds", str(tmp_path / "empty"))
+    assert done.exit_code == 0 and "uploaded 0 shards" in done.stdout
+    assert "warning: nothing to upload" in done.stderr
+    assert not [call for call in client.calls if call[0] == "put"]
+    (tmp_path / "empty" / "deeper" / "f").write_bytes(b"x")
+    assert "warning" not in invoke("put", "ds", str(tmp_path / "empty")).stderr
+
+
 def test_a_put_cut_off_before_the_answer_is_reported_in_doubt(
     client: FakeClient, tmp_path: Path
 ) -> None:

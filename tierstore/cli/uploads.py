@@ -53,6 +53,13 @@ def put(
         else:
             raise fail(errors.InvalidArgument(f"{path} is not a file or directory"))
     files = _checked_uploads(files)
+    if not files:  # empty directories: succeeds (as cp -r does), but not silently
+        err.print(
+            "warning: nothing to upload: the directories given hold no files",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if kind == "arrow":
         _check_arrow_files([file for file, _ in files])
     total = sum(f.stat().st_size for f, _ in files)
