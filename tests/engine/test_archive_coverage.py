@@ -21,6 +21,7 @@ import pytest
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload
 from tierstore.engine import mover as mover_module
+from tierstore.engine import stallwatch
 from tierstore.engine.records import archive_dataset_key, archive_frames_key, archive_manifest_key
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable
@@ -299,7 +300,7 @@ def test_a_write_through_put_does_not_wait_out_the_movers_attempt_on_a_frozen_ar
     # minutes: time-outs and retries). A write-through put waited for its turn behind
     # it, then made its own attempt: 15 minutes before it failed, while stats had said
     # for most of that time that the archive was failing.
-    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 0.5)
     monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 1.0)
     archive = GatedArchive()
     store = open_store(archive, datasets=WT_AND_WB, start_mover=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,7 +19,7 @@ from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
 from tests.tiers.test_lmdb import killed_reader
-from tierstore.engine import mover as mover_module
+from tierstore.engine import stallwatch
 from tierstore.engine.store import hot_tier_dir
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -100,8 +99,8 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
     # An archive that takes connections and never answers (a stopped process) showed
     # nothing for minutes: each request waits out its read time-out, then retries.
     # Stats and /metrics then said so, but the log not until a request failed.
-    caplog.set_level(logging.INFO, logger=mover_module.__name__)
-    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.5)
+    caplog.set_level(logging.INFO, logger=stallwatch.__name__)
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 0.5)
     release = threading.Event()
 
     def frozen(_n: int, _request: object) -> tuple[int, dict[str, str], bytes]:
@@ -124,52 +123,6 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
         release.set()
         tier.close()
         server.close()
-
-
-def test_a_stall_is_logged_once_and_so_is_the_data_going_again(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger=mover_module.__name__)
-    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 0.2)
-    mover = open_store(datasets={"plain": DatasetSettings()}, start_mover=False).mover
-    watcher = threading.Thread(target=mover._log_stalls, daemon=True)
-
-    def stalls_warned() -> int:
-        return sum("taken no data" in r.getMessage() for r in caplog.records)
-
-    mover._attempts, mover._archive_progress = 1, time.monotonic() - 5  # stalled
-    watcher.start()
-    try:
-        wait_until(lambda: stalls_warned() == 1, "the stall to be logged")
-        mover._archive_progress = time.monotonic() + 3600  # the same attempt hands data
-        wait_until(lambda: "taking the journal entry's data again" in caplog.text, "the end")
-        # A new attempt that stalls (the last one failed, and said so) is warned of anew.
-        mover._attempts, mover._archive_progress = 2, time.monotonic() - 5
-        wait_until(lambda: stalls_warned() == 2, "the second stall to be logged")
-        mover._archive_progress = None  # it ended (failed: that is logged as it fails)
-        time.sleep(0.3)  # a pass of the watcher or more: nothing more is said
-        assert caplog.text.count("data again") == 1 and stalls_warned() == 2
-    finally:
-        mover._stop.set()
-        watcher.join(5)
-    assert not watcher.is_alive()
-
-
-def test_a_slow_entry_is_failing_after_the_stall_time_per_part_in_flight(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # With 16 parts in flight on a 2 MB/s link, a healthy upload asked for its next
-    # frame only every 67 s: it showed as a failing archive, and puts at their quota
-    # were refused at once.
-    monkeypatch.setattr(mover_module, "STALL_REPORT_S", 10.0)
-    store = open_store(datasets={"plain": DatasetSettings()}, start_mover=False, mover_threads=4)
-    mover = store.mover
-    mover._archive_progress = time.monotonic() - 35  # within 4 x 10 s
-    assert mover.archive_failure() is None
-    mover._archive_progress = time.monotonic() - 45
-    assert "taken no data" in (mover.archive_failure() or "")
-    mover._archive_progress = None  # between entries: nothing in progress
-    assert mover.archive_failure() is None
 
 
 def test_a_put_that_could_never_fit_is_named_before_it_is_collected(

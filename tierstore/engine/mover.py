@@ -44,6 +44,7 @@ from tierstore.engine.records import (
     encode_dataset,
     frame_key,
 )
+from tierstore.engine.stallwatch import StallWatch
 from tierstore.errors import (
     IntegrityError,
     KeyUnwrapError,
@@ -63,12 +64,8 @@ _UPLOADS_SCANNED = 10_000
 #: how often a write-through put overtaken by newer ones runs their entries before it
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
-#: seconds a journal entry may hand the archive no data before archive_failure says so,
-#: per part in flight (mover_threads): a part of 8 MiB slower than that, about 280 KB/s,
-#: is as good as no answer
-STALL_REPORT_S = 30.0
 #: how long a write-through caller waits for the journal while another holds it
-#: before it gives up, if that entry has meanwhile stalled (STALL_REPORT_S): the mover's
+#: before it gives up, if that entry has meanwhile stalled (stallwatch): the mover's
 #: attempt on a frozen archive may keep the journal for minutes (its time-outs and
 #: retries), and the caller's put or delete is committed locally either way.
 JOURNAL_TURN_GRACE_S = 10.0
@@ -84,14 +81,6 @@ def _manifest_generation(key: str, prefix: str) -> int | None:
         return int(name.removesuffix(".manifest"), 16)
     except ValueError:
         return None
-
-
-def _stall_text(idle: float) -> str:
-    """What a journal entry that has handed the archive no data for ``idle`` s means."""
-    return (
-        f"the archive has taken no data of the current journal entry for {idle:.0f} s "
-        "(no answer yet; the mover is still trying)"
-    )
 
 
 def _newer_waits(current: ShardRecord | None, generation: int) -> TypeGuard[ShardRecord]:
@@ -144,11 +133,9 @@ class Mover:
         self._stall_thread: threading.Thread | None = None
         self._retry_delay = settings.mover_retry_initial_s
         self.last_error: str | None = None
-        #: when the journal entry being carried out last handed the archive data (or
-        #: began), None between entries: see archive_failure.
-        self._archive_progress: float | None = None
-        #: journal entries begun in the archive so far (for _log_stalls).
-        self._attempts = 0
+        #: whether the journal entry in progress hands the archive data: see
+        #: archive_failure.
+        self.stall_watch = StallWatch(settings.mover_threads)
         #: why journal entries may not run now (None: they may): see hold_archive.
         self._archive_hold: str | None = None
         #: Uploads given up because the local copy failed verification (newest last).
@@ -162,7 +149,10 @@ class Mover:
         )
         self._journal_thread.start()
         self._stall_thread = threading.Thread(
-            target=self._log_stalls, name="tierstore-stall-watch", daemon=True
+            target=self.stall_watch.log_stalls,
+            args=(self._stop,),
+            name="tierstore-stall-watch",
+            daemon=True,
         )
         self._stall_thread.start()
         self._promoter.start()
@@ -296,45 +286,13 @@ class Mover:
 
     def archive_failure(self) -> str | None:
         """Why the archive is failing, or None: the last journal entry's error (or the
-        hold), else an entry in progress that has handed the archive no data for
-        ``STALL_REPORT_S`` per part it sends at once (``mover_threads``). A frozen
-        archive (a process stopped, a link dropping packets) answers nothing, and its
-        requests' time-outs and retries take minutes to end (read_timeout_s x
-        max_attempts): stats and /metrics say so meanwhile. May name a shard: for
+        hold), else an entry in progress that has stalled
+        (:mod:`~tierstore.engine.stallwatch`: a frozen archive's requests take minutes
+        to fail): stats and /metrics say so meanwhile. May name a shard: for
         callers with a role on every dataset only."""
         if self.last_error is not None:
             return self.last_error
-        idle = self._stalled_for()
-        return None if idle is None else _stall_text(idle)
-
-    def _log_stalls(self) -> None:
-        """Log a warning when the journal entry in progress stalls (see
-        :meth:`archive_failure`), once per stall, and when the archive takes its data
-        again: a frozen archive's requests fail, and are logged, only minutes later."""
-        warned_of: int | None = None  # the attempt whose stall was warned of
-        while not self._stop.wait(STALL_REPORT_S / 4):
-            attempt, idle = self._attempts, self._stalled_for()
-            if idle is not None and warned_of is None:
-                warned_of = attempt
-                log.warning("%s", _stall_text(idle))
-            elif idle is None and warned_of is not None:
-                # The same attempt going on has handed data since; a failed one is
-                # logged as it fails.
-                if attempt == warned_of and self._archive_progress is not None:
-                    log.info("the archive is taking the journal entry's data again")
-                warned_of = None
-
-    def _stalled_for(self) -> float | None:
-        """Seconds the journal entry in progress has handed the archive no data, once
-        that is ``STALL_REPORT_S`` per part it sends at once; None before, or with no
-        entry in progress."""
-        since = self._archive_progress
-        if since is None:
-            return None
-        idle = time.monotonic() - since
-        # The next frame is asked for as a part completes, and the parts in flight share
-        # the link: at mover_threads parts, completions come that many times apart.
-        return idle if idle >= STALL_REPORT_S * self._settings.mover_threads else None
+        return self.stall_watch.describe()
 
     def hold_archive(self, reason: str | None) -> None:
         """While ``reason`` is set, no journal entry runs, the mover's or a write-through
@@ -364,7 +322,7 @@ class Mover:
         stays for a retry. ``caller_waits`` (a write-through put or delete): also False,
         with the entry left to the mover, when another holds the journal for over
         :data:`JOURNAL_TURN_GRACE_S` while its entry has handed the archive no data for
-        ``STALL_REPORT_S`` (a frozen archive). An earlier failure (``last_error``) is
+        ``stallwatch.STALL_REPORT_S`` (a frozen archive). An earlier failure (``last_error``) is
         not enough: the archive may be back, and the entry in progress going well.
         """
         try:
@@ -383,7 +341,7 @@ class Mover:
             waiting_since = time.monotonic()
             while not self._journal_lock.acquire(timeout=0.5):
                 waited = time.monotonic() - waiting_since
-                if waited >= JOURNAL_TURN_GRACE_S and self._stalled_for() is not None:
+                if waited >= JOURNAL_TURN_GRACE_S and self.stall_watch.stalled_for() is not None:
                     yield False
                     return
         try:
@@ -483,12 +441,11 @@ class Mover:
 
     def _apply_watched(self, op: JournalOp) -> ShardRecord | None:
         """:meth:`_apply`, its progress watched by :meth:`archive_failure`."""
-        self._archive_progress = time.monotonic()
-        self._attempts += 1
+        self.stall_watch.begin()
         try:
             return self._apply(op)
         finally:
-            self._archive_progress = None
+            self.stall_watch.end()
 
     def _apply(self, op: JournalOp) -> ShardRecord | None:
         """Carry ``op`` out in the archive; returns the generation it put there, if any
@@ -608,7 +565,7 @@ class Mover:
             # A frame damaged on local disk must not become the archive's copy too.
             self._verify(record, index, memoryview(frame))
             # The archive asks for the next frame only as it takes the ones before.
-            self._archive_progress = time.monotonic()
+            self.stall_watch.progressed()
             yield frame
 
     # Access statistics.

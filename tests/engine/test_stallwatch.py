@@ -1,0 +1,69 @@
+"""Whether the archive takes the data of the journal entry in progress
+(tierstore/engine/stallwatch.py). A real frozen archive under a store is in
+tests/engine/test_failures.py."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from tests.engine.stores import wait_until
+from tierstore.engine import stallwatch
+from tierstore.engine.stallwatch import StallWatch
+
+
+def test_a_slow_attempt_stalls_after_the_stall_time_per_part_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With 16 parts in flight on a 2 MB/s link, a healthy upload asked for its next
+    # frame only every 67 s: it showed as a failing archive, and puts at their quota
+    # were refused at once.
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 10.0)
+    watch = StallWatch(parts_in_flight=4)
+    assert watch.stalled_for() is None and watch.describe() is None  # none in progress
+    watch.begin()
+    watch._since = time.monotonic() - 35  # within 4 x 10 s
+    assert watch.stalled_for() is None and watch.describe() is None
+    watch._since = time.monotonic() - 45
+    assert (watch.stalled_for() or 0) >= 45 and "taken no data" in (watch.describe() or "")
+    watch.progressed()
+    assert watch.stalled_for() is None
+    watch._since = time.monotonic() - 45
+    watch.end()  # between attempts: nothing in progress
+    assert watch.stalled_for() is None
+
+
+def test_a_stall_is_logged_once_and_so_is_the_data_going_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stats and /metrics said the archive had stalled; the log said nothing until a
+    # request failed, minutes later.
+    caplog.set_level(logging.INFO, logger=stallwatch.__name__)
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 0.2)
+    watch, stop = StallWatch(parts_in_flight=1), threading.Event()
+    watcher = threading.Thread(target=watch.log_stalls, args=(stop,), daemon=True)
+
+    def stalls_warned() -> int:
+        return sum("taken no data" in r.getMessage() for r in caplog.records)
+
+    watch.begin()
+    watch._since = time.monotonic() - 5  # stalled
+    watcher.start()
+    try:
+        wait_until(lambda: stalls_warned() == 1, "the stall to be logged")
+        watch.progressed()  # the same attempt hands data
+        wait_until(lambda: "taking the journal entry's data again" in caplog.text, "the end")
+        # A new attempt that stalls (the last one failed, and said so) is warned of anew.
+        watch.begin()
+        watch._since = time.monotonic() - 5
+        wait_until(lambda: stalls_warned() == 2, "the second stall to be logged")
+        watch.end()  # it failed: that is logged as it fails, not as data going again
+        time.sleep(0.3)  # a pass of the watcher or more: nothing more is said
+        assert caplog.text.count("data again") == 1 and stalls_warned() == 2
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert not watcher.is_alive()

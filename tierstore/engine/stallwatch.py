@@ -1,0 +1,89 @@
+"""Whether the archive is taking the data of the journal entry in progress.
+
+A frozen archive (a process stopped, a link dropping packets) answers nothing, and its
+requests' time-outs and retries take minutes to end (``read_timeout_s`` x
+``max_attempts``). Meanwhile the only sign is that the entry hands the archive no data:
+:class:`StallWatch` tells how long it has not, for stats and /metrics
+(:meth:`Mover.archive_failure <tierstore.engine.mover.Mover.archive_failure>`), for a
+write-through caller deciding whether to wait its turn, and for the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+__all__ = ["STALL_REPORT_S", "StallWatch"]
+
+log = logging.getLogger(__name__)
+
+#: seconds a journal entry may hand the archive no data before it counts as stalled,
+#: per part in flight (mover_threads): a part of 8 MiB slower than that, about
+#: 280 KB/s, is as good as no answer
+STALL_REPORT_S = 30.0
+
+
+class StallWatch:
+    """When the journal entry in progress last handed the archive data. The mover's
+    journal thread (or a write-through caller holding the journal) marks an attempt's
+    :meth:`begin`, each frame it hands over (:meth:`progressed`) and its :meth:`end`;
+    any thread may ask :meth:`stalled_for`. ``parts_in_flight``: the parts of one
+    upload sent at once (``mover_threads``)."""
+
+    def __init__(self, parts_in_flight: int) -> None:
+        self._parts_in_flight = parts_in_flight
+        #: when the attempt in progress began or last handed data; None between them.
+        self._since: float | None = None
+        #: attempts begun so far: tells a stall of one attempt from the next's.
+        self._attempts = 0
+
+    def begin(self) -> None:
+        """An attempt at a journal entry starts."""
+        self._since = time.monotonic()
+        self._attempts += 1
+
+    def progressed(self) -> None:
+        """The attempt in progress handed the archive data (a frame was asked for)."""
+        self._since = time.monotonic()
+
+    def end(self) -> None:
+        """The attempt ended, done or failed."""
+        self._since = None
+
+    def stalled_for(self) -> float | None:
+        """Seconds the attempt in progress has handed the archive no data, once that is
+        ``STALL_REPORT_S`` per part in flight; None before, or with none in progress."""
+        since = self._since
+        if since is None:
+            return None
+        idle = time.monotonic() - since
+        # The next frame is asked for as a part completes, and the parts in flight share
+        # the link: at that many parts, completions come that many times apart.
+        return idle if idle >= STALL_REPORT_S * self._parts_in_flight else None
+
+    def describe(self) -> str | None:
+        """What a stall means, for stats and the log; None when there is none."""
+        idle = self.stalled_for()
+        if idle is None:
+            return None
+        return (
+            f"the archive has taken no data of the current journal entry for {idle:.0f} s "
+            "(no answer yet; the mover is still trying)"
+        )
+
+    def log_stalls(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: log a warning when the attempt in progress stalls,
+        once per stall, and a line when that attempt hands the archive data again (one
+        that fails is logged as it fails). The mover runs this on a thread of its own:
+        a frozen archive's requests fail, and are logged, only minutes later."""
+        warned_of: int | None = None  # the attempt whose stall was warned of
+        while not stop.wait(STALL_REPORT_S / 4):
+            attempt, stall = self._attempts, self.describe()
+            if stall is not None and warned_of is None:
+                warned_of = attempt
+                log.warning("%s", stall)
+            elif stall is None and warned_of is not None:
+                if attempt == warned_of and self._since is not None:
+                    log.info("the archive is taking the journal entry's data again")
+                warned_of = None
