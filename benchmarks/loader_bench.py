@@ -72,7 +72,7 @@ from loader_cases import (
 from loader_testbed import Testbed
 from torch.utils.data import DataLoader
 
-from tierstore.client.client import connect
+from tierstore.client.connect import connect
 from tierstore.testing.throttle import ThrottleSettings
 from tierstore.torch import IterableDataset
 from tierstore.torch.source import GrpcShardSource

@@ -29,7 +29,8 @@ from loader_cases import (
 )
 from service_processes import ServerProcess
 
-from tierstore.client.client import Client, connect
+from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.testing.throttle import ProxyProcess, ThrottleSettings
 from tierstore.tiers.seaweedfs import SeaweedServer
 

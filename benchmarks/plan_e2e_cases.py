@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tierstore.client.client import Client, connect
+from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.errors import InvalidArgument
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.plans import MAX_PLAN_TTL_S

@@ -51,7 +51,8 @@ from bare_grpc import BareClient
 from engine_cases import FRAME_BYTES, SHARD_BYTES, GiB, MiB, check_not_tmpfs, random_payload
 from service_processes import BareProcess, MemoryStatus, ServerProcess, memory_status
 
-from tierstore.client.client import Client, connect
+from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.engine.records import archive_frames_key
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.tiers.seaweedfs import SeaweedServer

@@ -18,17 +18,22 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
 if TYPE_CHECKING:
-    from tierstore.client.client import Client, connect
+    from tierstore.client.client import Client
+    from tierstore.client.connect import connect
 
 __all__ = ["Client", "__version__", "connect"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import tierstore` stays light; grpc loads on first use of the client.
-    if name in ("Client", "connect"):
-        from tierstore.client import client
+    if name == "Client":
+        from tierstore.client.client import Client
 
-        return getattr(client, name)
+        return Client
+    if name == "connect":
+        from tierstore.client.connect import connect
+
+        return connect
     raise AttributeError(f"module 'tierstore' has no attribute {name!r}")
 
 

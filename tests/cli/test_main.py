@@ -146,7 +146,7 @@ def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
         fake.connected = {"address": address, **options}
         return fake
 
-    monkeypatch.setattr("tierstore.client.client.connect", connect)
+    monkeypatch.setattr("tierstore.client.connect.connect", connect)
     return fake
 
 

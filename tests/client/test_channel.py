@@ -15,7 +15,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, poll
 from tierstore.client.channel import ChannelSettings, ProcessChannel
-from tierstore.client.client import Client, connect
+from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.client.failures import closed_channel_is_unavailable
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable

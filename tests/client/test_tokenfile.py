@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tierstore.client.client import connect
+from tierstore.client.connect import connect
 from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import InvalidArgument
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from tests.engine.backdoor import put_raw_record
 from tests.server.servers import serving
 from tierstore.cli.main import app
-from tierstore.client.client import connect
+from tierstore.client.connect import connect
 from tierstore.types import DatasetSettings, Role
 
 

@@ -138,7 +138,7 @@ def command_client() -> Any:
     """A client for this command, closed when the command ends, error or not: closing
     reports the reads it served in place (from this host's hot tier), which were never
     counted while the CLI left its clients open."""
-    from tierstore.client.client import connect
+    from tierstore.client.connect import connect
 
     if state.address == "":  # "$ADDRESS" of an unset variable: not the environment's node
         raise fail(

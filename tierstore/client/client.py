@@ -1,6 +1,7 @@
 """The Python client of the tierstore service.
 
-``tierstore.connect(address, token=..., ca=...)`` returns a :class:`Client`. Every
+``tierstore.connect(address, token=..., ca=...)`` (:mod:`~tierstore.client.connect`)
+returns a :class:`Client`. Every
 call carries the bearer token and a deadline; calls that are safe to repeat are
 retried with back-off when the server is UNAVAILABLE, whole shard reads too when
 their stream fails part-way (nothing of it was returned yet). Errors come back as the
@@ -40,14 +41,9 @@ from tierstore.client.admincalls import AdminCalls
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.arguments import (
     checked_text,
-    env_flag,
-    optional_path,
-    readable_tls_file,
     whole_number,
 )
-from tierstore.client.channel import ChannelSettings
 from tierstore.client.core import DEFAULT_FRAME_BYTES
-from tierstore.client.deadlines import DEFAULT_TIMEOUT_S
 from tierstore.client.download import (
     output_target,
     partial_file,
@@ -61,11 +57,10 @@ from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
 from tierstore.client.putvalue import FileFrames, ReadableValue
 from tierstore.client.receive import ShardStream, open_stream
-from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import InvalidArgument, RangePastEnd, WrongShardKind
 from tierstore.framing import frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.types import ShardInfo, ShardKind, check_bool
+from tierstore.types import ShardInfo, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_from_pb, shard_kind_to_pb
 
@@ -75,7 +70,6 @@ __all__ = [
     "LocalReadOptions",
     "ReadCounts",
     "TierStats",
-    "connect",
 ]
 
 T = TypeVar("T")
@@ -394,98 +388,3 @@ def _table_of(
 
 
 _MAX_U64 = 2**64 - 1
-
-
-def connect(
-    address: str | None = None,
-    *,
-    token: str | None = None,
-    token_file: str | Path | None = None,
-    ca: str | Path | None = None,
-    client_cert: str | Path | None = None,
-    client_key: str | Path | None = None,
-    insecure: bool | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    environ: dict[str, str] | None = None,
-    local_reads: bool | None = None,
-) -> Client:
-    """A client for the server at ``address`` (``HOST:PORT``).
-
-    Unset arguments come from ``TIERSTORE_ADDRESS``, ``TIERSTORE_TOKEN`` and
-    ``TIERSTORE_CA`` (a PEM file: the server's CA, ``<data-dir>/tls/ca.pem``).
-    ``token_file`` (or ``TIERSTORE_TOKEN_FILE``): a file holding the token, read now
-    (:func:`~tierstore.client.tokenfile.read_token_file`): give ``token`` or
-    ``token_file``, not both; an argument wins over the environment, and
-    ``TIERSTORE_TOKEN`` over ``TIERSTORE_TOKEN_FILE``.
-    ``client_cert``/``client_key`` (or ``TIERSTORE_CLIENT_CERT``/``TIERSTORE_CLIENT_KEY``):
-    PEM files for mutual TLS. ``insecure`` (or ``TIERSTORE_INSECURE=1``): plaintext,
-    allowed only to loopback addresses. ``local_reads``: read hot shards in place when
-    the server is on this host (docs/local-reads.md); unset, on unless
-    ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
-    the first call. Raises InvalidArgument for a bad address or
-    ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
-    ``token_file``, an empty ``token``, ``token_file`` or TLS file name (an unset
-    variable in a script: never the environment's instead), an unreadable token
-    file, a TLS file that is not there, or an argument of the wrong type.
-    """
-    env = os.environ if environ is None else environ
-    if local_reads is None:
-        local_reads = env_flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
-    local_reads = check_bool("local_reads", local_reads)
-    if insecure is not None:  # insecure="no" connected in plaintext
-        insecure = check_bool("insecure", insecure)
-    if address == "":  # an unset variable, say: never the environment's node instead
-        raise InvalidArgument(
-            "address= is empty: give HOST:PORT, or leave it out (None) to use TIERSTORE_ADDRESS"
-        )
-    if address is not None and not isinstance(address, str):
-        raise InvalidArgument(f"address= must be HOST:PORT as a str, not {type(address).__name__}")
-    address = address or env.get("TIERSTORE_ADDRESS", "")
-    if token is not None and not isinstance(token, str):
-        raise InvalidArgument(f"token= must be a str, not {type(token).__name__}")
-    if token == "":  # an unset variable, say: never the environment's token instead
-        raise InvalidArgument(
-            "token= is empty: give the token, or leave it out (None) to use "
-            "TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE"
-        )
-    if token and token_file:
-        raise InvalidArgument("give token= or token_file=, not both")
-    for name, given, variable in (
-        ("token_file", token_file, "TIERSTORE_TOKEN_FILE"),
-        ("ca", ca, "TIERSTORE_CA"),
-        ("client_cert", client_cert, "TIERSTORE_CLIENT_CERT"),
-        ("client_key", client_key, "TIERSTORE_CLIENT_KEY"),
-    ):
-        if given == "":  # as for token=: never the environment's file instead
-            raise InvalidArgument(
-                f"{name}= is empty: give a path, or leave it out (None) to use {variable}"
-            )
-    token_path = optional_path("token_file", token_file)
-    if token_path is not None:
-        token = read_token_file(token_path)
-    token = token or env.get("TIERSTORE_TOKEN") or None
-    if token is None and env.get("TIERSTORE_TOKEN_FILE"):
-        token = read_token_file(env["TIERSTORE_TOKEN_FILE"])
-    tls_variables = {
-        "ca": (ca, "TIERSTORE_CA"),
-        "client_cert": (client_cert, "TIERSTORE_CLIENT_CERT"),
-        "client_key": (client_key, "TIERSTORE_CLIENT_KEY"),
-    }
-    tls_files = {
-        name: optional_path(name, given) or optional_path(variable, env.get(variable))
-        for name, (given, variable) in tls_variables.items()
-    }
-    if insecure is None:
-        insecure = env_flag(env.get("TIERSTORE_INSECURE", ""), "TIERSTORE_INSECURE", False)
-    settings = ChannelSettings(
-        address=address,
-        token=token,
-        ca=tls_files["ca"],
-        client_cert=tls_files["client_cert"],
-        client_key=tls_files["client_key"],
-        insecure=insecure,
-    )
-    for name, path in tls_files.items():
-        if path is not None and not insecure:  # plaintext reads none of them
-            readable_tls_file(name, tls_variables[name][1], path)
-    return Client(settings, timeout_s=timeout_s, local=LocalReadOptions(enabled=local_reads))

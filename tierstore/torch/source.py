@@ -28,7 +28,8 @@ from typing import NamedTuple, Protocol, cast
 import pyarrow as pa
 import tenacity
 
-from tierstore.client.client import Client, connect
+from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.client.forkgate import GATE
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
