@@ -12,7 +12,7 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
-from tierstore.engine.records import JournalOp, archive_manifest_key, catalog_key
+from tierstore.engine.records import JournalOp, ShardRecord, archive_manifest_key, catalog_key
 from tierstore.engine.store import Store
 from tierstore.errors import FailedPrecondition, IntegrityError, QuotaExceeded
 from tierstore.server.metrics import _StoreCollector
@@ -277,3 +277,22 @@ def test_a_damaged_access_record_costs_only_that_shards_read_counts(
     store = open_store.reopen(store, archive)  # the policies are seeded from the counts
     assert store.stat("plain", "b").access_count == 1  # flushed at close over the damage
     assert store.get("plain", "b").to_bytes() == payload(2 * FRAME + 10, 1)
+
+
+def test_frame_digests_of_the_wrong_size_or_form_make_a_record_unreadable(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = filled(open_store, archive)
+    record = record_of(store, "plain", "a")  # archived: three frames, three digests
+    assert record.frame_digests is not None and len(record.frame_digests) == 3 * 32
+    assert ShardRecord.decode(record.encode()) == record
+    document = json.loads(record.encode())
+    for digests, says in (
+        (document["frame_digests"][:-4], "bytes of frame digests for 3 frames"),
+        ("not base64!", "Non-base64|Incorrect padding|base64"),
+        (7, "frame_digests must be base64 text"),
+    ):
+        with pytest.raises(IntegrityError, match=says):
+            ShardRecord.decode(json.dumps(document | {"frame_digests": digests}).encode())
+    del document["frame_digests"]  # a generation archived before digests were kept
+    assert ShardRecord.decode(json.dumps(document).encode()).frame_digests is None

@@ -737,6 +737,10 @@ def test_rebuild_from_the_archive_alone(open_store: StoreFactory, archive: Memor
     assert fresh.rebuild_from_archive() == len(contents) + 1
     assert fresh.stat("enc", "table").rows == 700  # the manifest keeps the row count
     assert fresh.stat("plain", "a").rows is None
+    # ...and the frames' digests, which the archive cannot change under its seal.
+    for (dataset, name), _ in contents.items():
+        digests = record_of(fresh, dataset, name).frame_digests
+        assert digests is not None and digests == record_of(store, dataset, name).frame_digests
     assert dict(fresh.list_datasets()) == DATASETS
     for (dataset, name), data in contents.items():
         assert not fresh.stat(dataset, name).hot

@@ -32,6 +32,7 @@ from tests.engine.backdoor import (
 from tests.engine.stores import FRAME, KEYRING, OTHER_KEYRING, StoreFactory, payload
 from tierstore.engine.store import Store
 from tierstore.errors import DataLoss, IntegrityError
+from tierstore.frames import FrameSealer, shard_context
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Settings, S3Tier
 from tierstore.types import DatasetSettings, Durability, ShardKind
@@ -218,6 +219,38 @@ def test_archive_tamper_is_data_loss(
     assert_data_loss(store, dataset, "victim", good)
     assert not store.stat(dataset, "victim").hot  # nothing unverified was promoted
     assert_store_still_works(store, dataset, "victim")
+
+
+def test_a_plaintext_frame_forged_with_a_valid_checksum_is_data_loss(
+    open_store: StoreFactory, s3_archive: S3Tier
+) -> None:
+    # A plaintext frame's checksum is seeded by the frame's public identity, not by a
+    # key: whoever may write to the archive (on the embedded archive, any process on
+    # the host) replaced a frame with another whose checksum held, and every reader
+    # got the forged bytes, promoted into the hot tier too.
+    store = open_store(s3_archive, datasets=DATASETS)
+    store.put("plain", "victim", DATA)
+    store.put("plain", "neighbour", OTHER)
+    assert store.drain(30)
+    for name in ("victim", "neighbour"):
+        assert store.evict("plain", name) > 0
+    generation = record_of(store, "plain", "victim").generation
+    forger = FrameSealer(shard_context("plain", "victim", generation), FRAMES)
+    forged = forger.seal(2, payload(FRAME, seed=99))
+    assert bytes(forger.open(2, memoryview(forged))) == payload(FRAME, seed=99)  # it holds
+    settings = s3_archive.settings
+    client = raw_s3_client(settings)
+    key = frames_object_key(store, "plain", "victim")
+    blob = s3_object(client, settings, key)
+    size = len(blob) // FRAMES
+    assert len(forged) == size
+    s3_put(client, settings, key, blob[: 2 * size] + forged + blob[3 * size :])
+    assert_data_loss(store, "plain", "victim", [0, 1, 3])
+    assert not store.stat("plain", "victim").hot  # nothing unverified was promoted
+    with pytest.raises(DataLoss, match="other bytes at frame 2 than were uploaded"):
+        store.promoter.promote_now(record_of(store, "plain", "victim"), None)
+    assert not store.stat("plain", "victim").hot
+    assert_store_still_works(store, "plain", "victim")
 
 
 # Encrypted data never rests in plaintext.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 
-from tierstore.engine.records import ShardRecord, archive_frames_key
+from tierstore.engine.records import ShardRecord, archive_frames_key, frame_digest_of
 from tierstore.engine.sealing import stored_overhead
 from tierstore.errors import IntegrityError, InvalidRange
 from tierstore.tiers.base import Tier
@@ -31,6 +31,7 @@ class ArchivedFrames:
         self.key = archive_frames_key(record.dataset, record.generation)
         #: what the object holds, for messages: the key alone names no shard
         self._holds = f"{record.dataset}/{record.name} generation {record.generation}"
+        self._record = record
 
     def fetch(self, index: int) -> memoryview:
         """Stored frame ``index``, exactly its stored size.
@@ -49,6 +50,14 @@ class ArchivedFrames:
             raise IntegrityError(
                 f"archive object {self.key} ({self._holds}) is truncated at frame {index} "
                 f"({len(blob)} of {size} bytes)"
+            )
+        expected = self._record.frame_digest(index)
+        if expected is not None and frame_digest_of(blob) != expected:
+            # Not what was uploaded, though perhaps with a valid checksum: a plaintext
+            # frame's is no key's, so whoever may write to the archive could forge one.
+            raise IntegrityError(
+                f"archive object {self.key} ({self._holds}) holds other bytes at frame "
+                f"{index} than were uploaded (its SHA-256 differs from the catalog's)"
             )
         return blob
 

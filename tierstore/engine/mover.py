@@ -42,6 +42,7 @@ from tierstore.engine.records import (
     archive_manifest_key,
     catalog_key,
     encode_dataset,
+    frame_digest_of,
     frame_key,
 )
 from tierstore.engine.stallwatch import StallWatch
@@ -433,7 +434,10 @@ class Mover:
             if uploaded is not None:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
                 if record is not None and record.generation == uploaded.generation:
-                    self._catalog.put_shard(txn, record.with_state(archived=True))
+                    archived = record.with_state(
+                        archived=True, frame_digests=uploaded.frame_digests
+                    )
+                    self._catalog.put_shard(txn, archived)
             self._catalog.remove_journal(txn, seq)
         self._retry_delay = self._settings.mover_retry_initial_s
         self.last_error = None
@@ -539,10 +543,15 @@ class Mover:
         )
 
     def _upload(self, record: ShardRecord) -> ShardRecord:
-        """Put ``record``'s frames and then its manifest into the archive."""
+        """Put ``record``'s frames and then its manifest into the archive; returns the
+        record with the frames' digests (:attr:`ShardRecord.frame_digests`), which the
+        manifest holds too."""
+        digests: list[bytes] = []
         self._archive.put(
-            archive_frames_key(record.dataset, record.generation), self._stored_frames(record)
+            archive_frames_key(record.dataset, record.generation),
+            self._stored_frames(record, digests),
         )
+        record = record.with_state(frame_digests=b"".join(digests))
         self._put_manifest(record)  # after the frames: a manifest means they are whole
         return record
 
@@ -550,7 +559,9 @@ class Mover:
         key = archive_manifest_key(record.dataset, record.generation)
         self._archive.put(key, self._seal(key, record.encode(manifest=True)))
 
-    def _stored_frames(self, record: ShardRecord) -> Iterator[bytes]:
+    def _stored_frames(self, record: ShardRecord, digests: list[bytes]) -> Iterator[bytes]:
+        """The verified stored frames of ``record``, read from the hot tier; the digest
+        of each is added to ``digests`` as it is handed on."""
         # One short read transaction per frame, ended before the frame is handed on:
         # an upload never pins LMDB pages while the archive is slow. A generation's
         # frames never change, so reading them in separate transactions is safe.
@@ -564,6 +575,7 @@ class Mover:
                 )
             # A frame damaged on local disk must not become the archive's copy too.
             self._verify(record, index, memoryview(frame))
+            digests.append(frame_digest_of(frame))
             # The archive asks for the next frame only as it takes the ones before.
             self.stall_watch.progressed()
             yield frame

@@ -29,6 +29,7 @@ from tierstore.types import (
 )
 
 __all__ = [
+    "DIGEST_BYTES",
     "FORMAT_VERSION",
     "KEPT_NAME_BYTES",
     "AccessStats",
@@ -41,15 +42,25 @@ __all__ = [
     "catalog_key",
     "decode_dataset",
     "encode_dataset",
+    "frame_digest_of",
     "frame_key",
     "generation_of_frame_key",
     "shard_of_key",
 ]
 
 FORMAT_VERSION = 1
+#: Bytes of one frame's digest (SHA-256) in ShardRecord.frame_digests.
+DIGEST_BYTES = 32
 _MAX_PLAIN_NAME_BYTES = 440
 #: Bytes of a long name that its catalog key keeps (before 0xff and a hash).
 KEPT_NAME_BYTES = 400
+
+
+def frame_digest_of(stored: bytes | memoryview) -> bytes:
+    """The digest ShardRecord.frame_digests keeps of a stored frame: SHA-256, which
+    no one can match with other bytes (the frame's own checksum, xxh3 for plaintext,
+    anyone can)."""
+    return hashlib.sha256(stored).digest()
 
 
 def catalog_key(dataset: str, shard: str) -> bytes:
@@ -133,6 +144,19 @@ class ShardRecord:
     #: rows in an Arrow or tensor shard's record batches; None for raw bytes and for
     #: generations written before rows were recorded.
     rows: int | None = None
+    #: SHA-256 of every stored frame as the mover uploaded it, back to back (None
+    #: before the upload, and for generations archived before digests were kept):
+    #: frames fetched from the archive must match them (:mod:`~tierstore.engine.archived`).
+    #: A plaintext frame's own checksum is no key's: whoever may write to the archive
+    #: could forge one; these are kept where the archive cannot change them, in the
+    #: catalog and in the manifest under its seal.
+    frame_digests: bytes | None = None
+
+    def frame_digest(self, index: int) -> bytes | None:
+        """The SHA-256 stored frame ``index`` had when it was uploaded, if kept."""
+        if self.frame_digests is None:
+            return None
+        return self.frame_digests[index * DIGEST_BYTES : (index + 1) * DIGEST_BYTES]
 
     @property
     def size(self) -> int:
@@ -203,6 +227,8 @@ class ShardRecord:
         }
         if self.rows is not None:  # absent for raw shards (and in older records)
             document["rows"] = self.rows
+        if self.frame_digests is not None:  # absent before the upload (and in older ones)
+            document["frame_digests"] = base64.b64encode(self.frame_digests).decode()
         if not manifest:
             document.update(
                 hot=self.hot,
@@ -238,6 +264,9 @@ class ShardRecord:
                 pinned=bool(document.get("pinned", False)),
                 pinned_until=float(document.get("pinned_until", 0.0)),
                 rows=_optional_count(document.get("rows")),
+                frame_digests=_frame_digests(
+                    document.get("frame_digests"), len(document["frame_sizes"])
+                ),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
@@ -250,6 +279,19 @@ def _text(value: Any) -> str:
         raise ValueError(f"a name must be a string, got {type(value).__name__}")
     value.encode()  # UnicodeEncodeError is a ValueError
     return value
+
+
+def _frame_digests(value: Any, frames: int) -> bytes | None:
+    """Frame digests as a record holds them (base64), if any; raises ValueError for
+    anything but one digest per frame."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"frame_digests must be base64 text, got {type(value).__name__}")
+    digests = base64.b64decode(value, validate=True)
+    if len(digests) != frames * DIGEST_BYTES:
+        raise ValueError(f"{len(digests)} bytes of frame digests for {frames} frames")
+    return digests
 
 
 def _optional_count(value: Any) -> int | None:
