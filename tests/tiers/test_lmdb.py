@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -297,3 +298,26 @@ def test_a_map_larger_than_this_machine_can_make_is_a_bad_setting_by_name(tmp_pa
     with pytest.raises(InvalidArgument, match=r"cannot map 281,474,976,710,656 bytes") as bad:
         env.db("data")
     assert "hot_capacity_bytes" in str(bad.value) and "map_size_bytes" in str(bad.value)
+
+
+def test_the_environment_is_no_other_users(tmp_path: Path) -> None:
+    # LMDB made data.mdb 0644 and its directory 0755: only the data directory's mode
+    # kept other users from every plaintext shard in the hot tier.
+    old_umask = os.umask(0o022)
+    try:
+        fresh = LmdbEnvironment(tmp_path / "fresh", 1 << 20, ["data"])
+        fresh.db("data")
+        fresh.close()
+        older = tmp_path / "older"
+        raw = lmdb.open(str(older), map_size=1 << 20, mode=0o644)  # as made before
+        raw.close()
+        older.chmod(0o755)
+        again = LmdbEnvironment(older, 1 << 20, ["data"])
+        again.db("data")
+        again.close()
+    finally:
+        os.umask(old_umask)
+    for directory in (tmp_path / "fresh", older):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o750, directory
+        for name in ("data.mdb", "lock.mdb"):
+            assert stat.S_IMODE((directory / name).stat().st_mode) == 0o640, name

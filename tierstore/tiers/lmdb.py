@@ -30,8 +30,10 @@ Read transactions must be short: a long-lived one keeps LMDB from reusing pages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -82,6 +84,25 @@ class MapFullOfDeadReaders(HotTierFull):
     does not run it again reports it as the :class:`HotTierFull` it is."""
 
 
+#: Modes of a new environment's directory and files (less the umask): the owner, and a
+#: group an operator may let read in place (docs/local-reads.md), never other users.
+#: (LMDB's own default, 0644, let every user read a plaintext hot tier the data
+#: directory's mode alone kept from them.)
+_DIR_MODE = 0o750
+_FILE_MODE = 0o640
+
+
+def _no_other_users(path: Path) -> None:
+    """Take other users' bits off ``path`` and its LMDB files (an environment made
+    before they were made without: 0755 and 0644); the owner's and the group's stay.
+    A mode that cannot be changed (another user's file) is let be."""
+    for target in (path, path / "data.mdb", path / "lock.mdb"):
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(target.stat().st_mode)
+            if mode & 0o007:
+                os.chmod(target, mode & ~0o007)
+
+
 class LmdbEnvironment:
     """One LMDB environment, reopened lazily per process. Thread-safe."""
 
@@ -124,7 +145,7 @@ class LmdbEnvironment:
         # in the child could release state the parent still uses.
         self._dbs = {}
         if not self._readonly:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         try:
             env = lmdb.open(
                 str(self.path),
@@ -134,6 +155,7 @@ class LmdbEnvironment:
                 readonly=self._readonly,
                 max_readers=MAX_READERS,
                 lock=True,
+                mode=_FILE_MODE,
             )
         except lmdb.MemoryError as exc:  # mmap() refused: more than the address space
             raise InvalidArgument(
@@ -145,6 +167,8 @@ class LmdbEnvironment:
         except lmdb.Error as exc:
             raise Unavailable(f"cannot open LMDB environment at {self.path}: {exc}") from exc
         env.reader_check()
+        if not self._readonly:
+            _no_other_users(self.path)
         try:  # creating the sub-databases commits a write transaction
             self._dbs = {
                 name: env.open_db(name.encode(), create=not self._readonly)
