@@ -27,6 +27,7 @@ from tierstore.errors import InvalidArgument
 from tierstore.types import seconds_up_to
 
 __all__ = [
+    "DEFAULT_PLAN_TTL_S",
     "MAX_PLAN_EPOCHS",
     "MAX_PLAN_TTL_S",
     "SamplerKind",
@@ -41,6 +42,8 @@ __all__ = [
 MAX_PLAN_EPOCHS = 64
 #: the longest a plan may live without a position report (a week).
 MAX_PLAN_TTL_S = 7 * 86400.0
+#: how long a plan lives without a position report when its declarer names no time.
+DEFAULT_PLAN_TTL_S = 300.0
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 

@@ -11,7 +11,7 @@ from tierstore.client.arguments import checked_text
 from tierstore.client.core import ClientCore
 from tierstore.errors import InvalidArgument, InvalidPlan
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.plans import SamplerPlan, check_plan_ttl
+from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan, check_plan_ttl
 from tierstore.types import check_bool, check_pin_ttl
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.plans import sampler_to_pb
@@ -157,7 +157,7 @@ class PlacementCalls(ClientCore):
         shards: Sequence[str] | None = None,
         prefix: str = "",
         job: str | None = None,
-        ttl_s: float = 300.0,
+        ttl_s: float = DEFAULT_PLAN_TTL_S,
     ) -> str:
         """Tell the server the order in which this reader will read ``dataset``, so its
         placement policy can fetch shards just ahead of need; returns the job id.

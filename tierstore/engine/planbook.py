@@ -51,7 +51,6 @@ from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import TracedClose, TracedPlan, TracedPosition
 
 __all__ = [
-    "DEFAULT_PLAN_TTL_S",
     "MAX_LIVE_PLANS",
     "MAX_LIVE_PLAN_ENTRIES",
     "MAX_OWNER_PLANS",
@@ -73,7 +72,6 @@ MAX_OWNER_PLANS = 16_384
 MAX_LIVE_PLAN_ENTRIES = 2 * MAX_PLAN_ENTRIES
 #: the most live plans altogether.
 MAX_LIVE_PLANS = 65_536
-DEFAULT_PLAN_TTL_S = 300.0
 MAX_JOB_CHARS = 512
 
 

@@ -47,7 +47,7 @@ from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.masterkeys import MasterKeys, SealFailure
 from tierstore.engine.mover import Mover
 from tierstore.engine.placement import DatasetUsage, Placement
-from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, PlanBook, PlanInfo
+from tierstore.engine.planbook import PlanBook, PlanInfo
 from tierstore.engine.policies import PolicyDriver, hot_shards
 from tierstore.engine.prefetch import Prefetcher
 from tierstore.engine.promotion import Promoter
@@ -83,7 +83,7 @@ from tierstore.errors import (
 )
 from tierstore.framing import frame_prepared, frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
-from tierstore.plans import SamplerPlan
+from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier

@@ -15,10 +15,11 @@ import uuid
 
 import grpc
 
-from tierstore.engine.planbook import DEFAULT_PLAN_TTL_S, MAX_PLAN_ENTRIES
+from tierstore.engine.planbook import MAX_PLAN_ENTRIES
 from tierstore.engine.store import Store
 from tierstore.errors import DatasetNotFound, InvalidArgument, InvalidPlan, PlanNotFound
 from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.plans import DEFAULT_PLAN_TTL_S
 from tierstore.server.authz import Principal, authorize, visible
 from tierstore.server.requestchecks import MAX_PREFETCH_SHARDS
 from tierstore.server.rpc import caller, handler

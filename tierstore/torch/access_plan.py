@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tierstore.errors import TierstoreError
-from tierstore.plans import SamplerPlan
+from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 
 __all__ = ["REPORT_INTERVAL_S", "PlanReporter"]
 
@@ -44,7 +44,7 @@ class PlanReporter:
         client: Any,
         dataset: str,
         *,
-        ttl_s: float = 300.0,
+        ttl_s: float = DEFAULT_PLAN_TTL_S,
         report_interval_s: float = REPORT_INTERVAL_S,
     ) -> None:
         self._client = client

@@ -38,7 +38,7 @@ import numpy.typing as npt
 import torch.utils.data
 
 from tierstore.errors import InvalidArgument
-from tierstore.plans import check_plan_ttl
+from tierstore.plans import DEFAULT_PLAN_TTL_S, check_plan_ttl
 from tierstore.torch.access_plan import PlanReporter
 from tierstore.torch.arguments import check_bool, check_int
 from tierstore.torch.arrow_tensors import Strings
@@ -135,7 +135,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         world_size: int | None = None,
         strings: Strings = "error",
         retry_s: float = 60.0,
-        plan_ttl_s: float = 300.0,
+        plan_ttl_s: float = DEFAULT_PLAN_TTL_S,
         source: ShardSource | None = None,
         num_workers: int | None = None,
     ) -> None:
