@@ -8,9 +8,13 @@ with its embedded archive), ``admin`` (a client holding its admin token) and
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +23,28 @@ import pytest
 from tests.server import conftest as server_conftest
 from tests.server.conftest import ServerProcess, admin, server, spawn_server  # noqa: F401
 from tierstore.client.client import Client
+
+#: A DataLoader worker that stops producing is a black box: every process forked from
+#: this one (DataLoader workers included) inherits this handler, which writes the Python
+#: stack of each of its threads to file descriptor 2 (the test's captured stderr) when
+#: :func:`loader_batches` sends the signal to the workers of a loader that timed out.
+STACKS_SIGNAL = signal.SIGUSR1
+faulthandler.register(STACKS_SIGNAL, file=2, all_threads=True)
+
+
+def loader_batches(loader: Iterable[Any]) -> list[Any]:
+    """Every batch of ``loader``; if a DataLoader's ``timeout`` runs out, its workers'
+    stacks are written to stderr before the error is raised, so a hang shows where."""
+    iterator = iter(loader)
+    try:
+        return list(iterator)
+    except RuntimeError as error:
+        if "DataLoader timed out" in str(error):
+            for worker in getattr(iterator, "_workers", []):
+                if worker.is_alive() and worker.pid is not None:
+                    os.kill(worker.pid, STACKS_SIGNAL)
+        raise
+
 
 #: Small frames, so every shard is several record batches (the multi-frame paths run).
 FRAME_BYTES = 2048

@@ -33,7 +33,7 @@ from tierstore.errors import FailedPrecondition, UnsupportedData
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 
-from .conftest import Samples, sample_table, write_samples
+from .conftest import Samples, loader_batches, sample_table, write_samples
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,7 +90,7 @@ def loader_order(
 
 
 def batch_ids(batches: Iterable[dict[str, Any]]) -> list[list[int]]:
-    return [batch["id"].tolist() for batch in batches]
+    return [batch["id"].tolist() for batch in loader_batches(batches)]
 
 
 #: The client reads hot shards in place when the server is on this host (its local path),
