@@ -44,6 +44,11 @@ DataLoader forked, and the fork hung for good (1 run in about 80). Finalizers go
 :meth:`ForkGate.run_or_defer`, which never waits: while a fork is being prepared, the
 channel is closed after it.
 
+What the gate cannot hold is a thread starting or ending: pyarrow's default allocator,
+mimalloc, takes a process-wide lock then and has no fork handlers, so a child forked at
+that moment hung at its first Arrow allocation on a new thread. Importing this module
+makes a fork-safe allocator pyarrow's default (:mod:`tierstore.client.arrowpool`).
+
 Fork-safe by construction; thread-safe. Calls may nest (a shard read that asks for a data
 key inside it); a thread must not fork while inside the gate (it would wait for itself
 until ``MAX_WAIT_S``).
@@ -58,6 +63,7 @@ from collections.abc import Callable
 
 import grpc
 
+from tierstore.client.arrowpool import use_fork_safe_pool
 from tierstore.client.forklocks import ForkGate
 
 __all__ = ["GATE", "MAX_WAIT_S", "ForkGate", "while_held_at_fork"]
@@ -105,6 +111,8 @@ def _after_fork_in_child() -> None:
     for _, _, after_in_child in _held_handlers:
         after_in_child()
 
+
+use_fork_safe_pool()  # a child forked as a thread starts or ends must allocate (above)
 
 # gRPC's fork handlers first (a channel's creation registers them; it connects nowhere).
 grpc.insecure_channel("127.0.0.1:1").close()
