@@ -228,3 +228,54 @@ def test_deferred_work_is_done_at_once_when_only_another_calls_bookkeeping_is_in
     gate._condition.release()
     other.join(10)
     assert ran == ["done"] and gate._deferred == [] and gate.idle
+
+
+def test_a_finalizer_run_while_a_call_waits_for_a_fork_is_kept_for_after_it() -> None:
+    # Garbage collection may run a finalizer (a dropped channel's close) on a thread that
+    # waits at the gate for a fork: that thread is not inside a call yet, so the close
+    # must not run there and then, in the middle of the fork, as a nested call would.
+    gate = ForkGate()
+    ran: list[bool] = []
+    inside, leave, waiting, forked = (threading.Event() for _ in range(4))
+
+    def in_flight() -> None:  # a call the fork waits for
+        with gate.call():
+            inside.set()
+            leave.wait(10)
+
+    def fork() -> None:  # the before handler, the fork itself, the parent's handler
+        gate.hold(10)
+        forked.wait(10)
+        gate.release()
+
+    def late_caller() -> None:
+        with gate.call():
+            pass
+
+    late = threading.Thread(target=late_caller)
+    wait = gate._condition.wait
+
+    def wait_running_a_finalizer(timeout: float | None = None) -> bool:
+        if threading.current_thread() is late and not waiting.is_set():
+            gate.run_or_defer(lambda: ran.append(gate._holding))
+            waiting.set()
+        return wait(timeout)
+
+    gate._condition.wait = wait_running_a_finalizer  # type: ignore[method-assign]
+    first = threading.Thread(target=in_flight)
+    first.start()
+    assert inside.wait(10)
+    forking = threading.Thread(target=fork)
+    forking.start()
+    wait_for(lambda: gate._holding)
+    late.start()
+    assert waiting.wait(10)
+    leave.set()
+    first.join(10)
+    wait_for(lambda: gate.idle)
+    assert ran == []  # kept while the fork is prepared and made
+    forked.set()
+    for thread in (forking, late):
+        thread.join(10)
+    assert ran == [False]  # run once the fork was done
+    assert gate.idle and gate._deferred == []

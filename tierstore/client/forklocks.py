@@ -93,16 +93,18 @@ class ForkGate:
         """Run the body as a call in flight (waits while a fork is being prepared, unless
         this thread is already inside a call)."""
         depth: int = getattr(self._thread, "depth", 0)
-        self._thread.depth = depth + 1
-        try:
-            if depth:
+        if depth:
+            self._thread.depth = depth + 1
+            try:
                 yield
-            else:
-                with self._outermost_call():
-                    yield
+            finally:
+                self._thread.depth = depth
+            return
+        try:
+            with self._outermost_call():
+                yield
         finally:
-            self._thread.depth = depth
-            if not depth and self._deferred:  # kept by a moment's contention, not a fork
+            if self._deferred:  # kept by a moment's contention, not a fork
                 self.run_deferred()
 
     @contextmanager
@@ -111,9 +113,14 @@ class ForkGate:
             while self._holding and self._holder != threading.get_ident():
                 self._condition.wait()
             self._inside += 1
+        # Inside only once let in: a finalizer that garbage collection runs on this
+        # thread while it waits above is no nested call, and must wait for the fork
+        # (run_or_defer keeps it): run at once, it would close a channel mid-fork.
+        self._thread.depth = 1
         try:
             yield
         finally:
+            self._thread.depth = 0
             self._leave()
 
     def _leave(self) -> None:
