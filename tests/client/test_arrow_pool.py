@@ -13,13 +13,13 @@ import pyarrow as pa
 
 from tierstore.client.arrowpool import FORK_SAFE_BACKENDS, use_fork_safe_pool
 
-#: Prints pyarrow's default pool before and after importing what a DataLoader worker's
-#: parent imports, and after an allocation made on a thread of a forked child.
+#: Prints pyarrow's default pool before and after importing the client (as a DataLoader
+#: worker's parent does), and how a forked child that allocates on a new thread exits.
 _SCRIPT = """
 import os, threading
 import pyarrow as pa
 before = pa.default_memory_pool().backend_name
-import tierstore.torch.source
+import tierstore.client.client
 after = pa.default_memory_pool().backend_name
 child = os.fork()
 if child == 0:
