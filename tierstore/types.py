@@ -75,7 +75,7 @@ def check_pin_ttl(ttl_s: object) -> float | None:
     if seconds is None:
         raise InvalidArgument(
             f"a pin's ttl_s must be a number of seconds above 0 and at most {MAX_TTL_S:.0f} "
-            f"(ten years; the CLI's --ttl), got {ttl_s!r}"
+            f"(ten years; the CLI's --ttl), got {ttl_s!r:.40}"
         )
     return seconds
 

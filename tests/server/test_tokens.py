@@ -229,6 +229,14 @@ def test_bad_requests(store: TokenStore, principal: str, grants: list[Grant], tt
     assert store.list() == []
 
 
+def test_a_huge_ttl_is_refused_with_a_short_message(store: TokenStore) -> None:
+    # 10**400 was printed in full: 401 digits in one error line.
+    with pytest.raises(InvalidArgument, match="ten years") as refused:
+        store.create("alice", READ_DS, 10**400)
+    assert len(str(refused.value)) < 200
+    assert store.list() == []
+
+
 def test_ttl_bounds_are_inclusive(store: TokenStore, clock: Clock) -> None:
     shortest, _ = store.create("alice", READ_DS, MIN_TTL_S)
     longest, _ = store.create("alice", READ_DS, MAX_TTL_S)

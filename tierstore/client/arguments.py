@@ -71,7 +71,7 @@ def positive_seconds(name: str, value: object) -> float:
     bool), else InvalidArgument naming ``name`` (a deadline of 0, NaN, infinity or
     past about 9e9 s made every call fail at once with DEADLINE_EXCEEDED)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r}")
+        raise InvalidArgument(f"{name} must be a number of seconds, not {value!r:.40}")
     seconds = seconds_up_to(value, MAX_TIMEOUT_S)  # 10**400 overflows float()
     if seconds is None:
         raise InvalidArgument(f"{name} must be {timeout_problem(cast(float, value))}")
