@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,29 @@ def test_by_default_metrics_name_no_dataset(factory: StoreFactory) -> None:
 def test_dataset_labels_are_the_operators_choice(factory: StoreFactory) -> None:
     text = scrape(True, factory)
     assert f'tierstore_hits_total{{dataset="{SECRET}"}} 1.0' in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/index.html", "/metricsx", "/metrics/extra", "/favicon.ico"]
+)
+def test_only_the_metrics_path_answers(path: str) -> None:
+    # prometheus_client answers every path with the metrics: a scanner probing for
+    # /admin or /.env got a page of them, with a 200.
+    metrics = ServerMetrics()
+    metrics.observe_call("GetShard", "OK", 0.01)
+    port = metrics.serve("127.0.0.1:0")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        assert refused.value.code == 404
+        assert b"/metrics" in refused.value.read()  # says where the metrics are
+        url = f"http://127.0.0.1:{port}/metrics?name[]=tierstore_requests_total"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+            text = reply.read().decode()
+        assert 'tierstore_requests_total{code="OK",method="GetShard"} 1.0' in text.splitlines()
+    finally:
+        metrics.stop_serving()
 
 
 def test_a_stopped_server_closes_its_metrics_port(tmp_path: Path) -> None:

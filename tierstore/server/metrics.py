@@ -19,10 +19,17 @@ are node totals.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -90,12 +97,16 @@ class ServerMetrics:
             raise RuntimeError("metrics are already served")
         host, _, port = address.rpartition(":")
         try:
-            self._http = start_http_server(int(port), addr=host, registry=self.registry)
+            server, thread = start_http_server(int(port), addr=host, registry=self.registry)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
             raise Unavailable(
                 f"cannot listen on {address} (/metrics, --metrics-listen): {exc}"
             ) from exc
-        return int(self._http[0].server_address[1])
+        # Swapped in once listening: a scrape in the moment before got the metrics
+        # from prometheus_client's own app, as at /metrics.
+        server.set_app(_only_metrics_path(make_wsgi_app(self.registry)))
+        self._http = (server, thread)
+        return int(server.server_address[1])
 
     def stop_serving(self) -> None:
         """Close the listener and wait for its thread (a scrape in progress finishes
@@ -107,6 +118,29 @@ class ServerMetrics:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+#: The one path the listener answers (with or without a trailing slash).
+METRICS_PATH = "/metrics"
+
+
+def _only_metrics_path(metrics_app: WSGIApplication) -> WSGIApplication:
+    """``metrics_app`` at :data:`METRICS_PATH`, and 404 everywhere else.
+
+    prometheus_client answers every path with the metrics, so a scanner probing a node
+    for ``/admin`` or ``/.env`` got a page of them and a 200."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").rstrip("/") == METRICS_PATH:
+            return metrics_app(environ, start_response)
+        body = f"not found: the metrics are at {METRICS_PATH}\n".encode()
+        start_response(
+            "404 Not Found",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
 
 
 class _StoreCollector(Collector):
