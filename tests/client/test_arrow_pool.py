@@ -33,6 +33,11 @@ print(before, after, os.waitstatus_to_exitcode(status))
 
 
 def run_script(**env: str) -> list[str]:
+    return run_script_and_stderr(**env)[0]
+
+
+def run_script_and_stderr(**env: str) -> tuple[list[str], str]:
+    """What :data:`_SCRIPT` prints, split, and its stderr."""
     environment = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
@@ -42,7 +47,7 @@ def run_script(**env: str) -> list[str]:
         timeout=120,
         check=True,
     )
-    return done.stdout.split()
+    return done.stdout.split(), done.stderr
 
 
 def test_the_client_replaces_mimalloc_with_a_fork_safe_pool() -> None:
@@ -52,10 +57,22 @@ def test_the_client_replaces_mimalloc_with_a_fork_safe_pool() -> None:
     assert child_exit == "0"
 
 
-def test_a_pool_chosen_with_the_environment_is_kept() -> None:
-    before, after, child_exit = run_script(ARROW_DEFAULT_MEMORY_POOL="mimalloc")
+def test_a_pool_chosen_with_the_environment_is_kept_with_a_warning_if_unsafe() -> None:
+    (before, after, child_exit), stderr = run_script_and_stderr(
+        ARROW_DEFAULT_MEMORY_POOL="mimalloc"
+    )
     assert before == after == "mimalloc"
     assert child_exit == "0"
+    # Kept, but the hazard is named: a DataLoader's workers can hang for good.
+    assert "RuntimeWarning: ARROW_DEFAULT_MEMORY_POOL=mimalloc" in stderr
+    assert "unset it" in stderr
+
+
+def test_a_fork_safe_pool_chosen_with_the_environment_is_kept_silently() -> None:
+    (before, after, child_exit), stderr = run_script_and_stderr(ARROW_DEFAULT_MEMORY_POOL="system")
+    assert before == after == "system"
+    assert child_exit == "0"
+    assert "Warning" not in stderr
 
 
 def test_use_fork_safe_pool_is_idempotent_and_keeps_a_safe_pool() -> None:

@@ -16,13 +16,15 @@ jemalloc takes its locks before ``fork()`` and frees them after, in both process
 (it registers ``pthread_atfork`` handlers), and glibc's malloc is made safe by
 ``fork()`` itself. So a process that uses the client makes jemalloc pyarrow's default
 pool — the system allocator where pyarrow was built without jemalloc — unless
-``ARROW_DEFAULT_MEMORY_POOL`` chose a pool: that choice is the user's, and is kept.
-Buffers allocated before keep the pool they came from.
+``ARROW_DEFAULT_MEMORY_POOL`` chose a pool: that choice is the user's, and is kept
+(with a RuntimeWarning at import if the pool it chose is not fork-safe). Buffers
+allocated before keep the pool they came from.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pyarrow as pa
 
@@ -34,9 +36,20 @@ FORK_SAFE_BACKENDS = frozenset({"jemalloc", "system"})
 
 def use_fork_safe_pool() -> str:
     """Make a fork-safe pool pyarrow's default unless ``ARROW_DEFAULT_MEMORY_POOL``
-    names one; returns the name of the default pool's allocator now. Idempotent."""
+    names one (warns if that one is not fork-safe); returns the name of the default
+    pool's allocator now. Idempotent."""
     current: str = pa.default_memory_pool().backend_name
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or current in FORK_SAFE_BACKENDS:
+    if current in FORK_SAFE_BACKENDS:
+        return current
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        warnings.warn(
+            f"ARROW_DEFAULT_MEMORY_POOL={current} is kept, but {current} has no fork "
+            "handlers: a child forked while a thread starts or ends (a DataLoader's "
+            "worker) can hang for good at its first Arrow allocation on a new thread; "
+            "unset it to let tierstore choose jemalloc",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return current
     try:
         pool = pa.jemalloc_memory_pool()
