@@ -3,14 +3,18 @@ wait for the fork, the child starts open, and a stalled read holds a fork only s
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from tierstore.client import forkgate
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.forkgate import GATE, ForkGate
 
@@ -82,24 +86,62 @@ def test_a_call_nested_in_one_in_flight_goes_on_while_a_fork_waits() -> None:
     assert waited < 10  # the hold ended when the read did, not at its deadline
 
 
-def test_a_stalled_call_holds_a_fork_only_max_wait() -> None:
-    gate = ForkGate()
+@contextmanager
+def call_in_flight(gate: ForkGate) -> Iterator[threading.Event]:
+    """A thread inside ``gate.call()`` from the start of the body until the event yielded
+    is set, or the body ends."""
     inside, leave = threading.Event(), threading.Event()
 
     def stalled() -> None:
         with gate.call():
             inside.set()
-            leave.wait(10)
+            leave.wait(30)
 
     thread = threading.Thread(target=stalled)
     thread.start()
-    inside.wait(10)
-    started = time.monotonic()
-    gate.hold(max_wait_s=0.2)
-    assert time.monotonic() - started < 5
+    assert inside.wait(10)
+    try:
+        yield leave
+    finally:
+        leave.set()
+        thread.join(10)
+
+
+def test_a_stalled_call_holds_a_fork_only_max_wait() -> None:
+    gate = ForkGate()
+    with call_in_flight(gate):
+        started = time.monotonic()
+        assert gate.hold(max_wait_s=0.2) == 1  # still in flight
+        assert time.monotonic() - started < 5
+        gate.release()
+    assert gate.hold(max_wait_s=0.2) == 0
     gate.release()
-    leave.set()
-    thread.join(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_that_went_ahead_past_a_stalled_call_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The child of such a fork may hang in gRPC's after-fork handler: the parent's log
+    # must say why, not leave a silent hang to be found.
+    monkeypatch.setattr(forkgate, "MAX_WAIT_S", 0.2)
+    with (
+        call_in_flight(GATE),
+        caplog.at_level(logging.WARNING, logger="tierstore.client.forkgate"),
+    ):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    (warning,) = [r for r in caplog.records if r.name == "tierstore.client.forkgate"]
+    assert "1 client call still in flight after 0.2 s" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tierstore.client.forkgate"):
+        pid = os.fork()  # no call in flight now: nothing to say
+        if pid == 0:
+            os._exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert not [r for r in caplog.records if r.name == "tierstore.client.forkgate"]
 
 
 def _enter_in_child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -111,24 +153,14 @@ def _enter_in_child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-
 def test_a_child_forked_while_a_call_waits_starts_with_an_open_gate() -> None:
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    inside, leave = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with GATE.call():
-            inside.set()
-            leave.wait(10)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    inside.wait(10)
-    # The fork waits for the reader; release it from another thread shortly after.
-    threading.Timer(0.3, leave.set).start()
-    child = context.Process(target=_enter_in_child, args=(queue,))
-    child.start()
-    assert leave.is_set()  # the fork went ahead only once the read had finished
+    with call_in_flight(GATE) as leave:
+        # The fork waits for the reader; release it from another thread shortly after.
+        threading.Timer(0.3, leave.set).start()
+        child = context.Process(target=_enter_in_child, args=(queue,))
+        child.start()
+        assert leave.is_set()  # the fork went ahead only once the read had finished
     assert queue.get(timeout=30) == "entered"
     child.join(30)
-    thread.join(10)
     assert child.exitcode == 0
 
 

@@ -13,7 +13,8 @@ whole shard read of :class:`tierstore.client.Client` (and the making, closing an
 dropping of its channel, and of its stubs: they call into gRPC's core as well) — and a
 ``before`` fork handler waits until the calls in flight have finished (new ones wait until
 the fork is done), at most ``MAX_WAIT_S`` — a call stalled longer than that does not hold
-a fork forever; the fork then goes ahead as it would have without the gate. The child
+a fork forever; the fork then goes ahead as it would have without the gate, and the
+parent logs a warning once it is made (so a child that hangs then is explained). The child
 starts with an open gate: the threads that held it do not exist there. (The gate once
 covered shard reads only; a thread listing shards or declaring a plan while a DataLoader
 forked still hung a worker now and then. Then the DataLoader plugin's reads were gated
@@ -57,7 +58,7 @@ until ``MAX_WAIT_S``).
 from __future__ import annotations
 
 import concurrent.futures.thread  # noqa: F401  (its fork handler must run after ours)
-import logging  # noqa: F401  (the same)
+import logging  # (the same)
 import os
 from collections.abc import Callable
 
@@ -67,6 +68,8 @@ from tierstore.client.arrowpool import use_fork_safe_pool
 from tierstore.client.forklocks import ForkGate
 
 __all__ = ["GATE", "MAX_WAIT_S", "ForkGate", "while_held_at_fork"]
+
+log = logging.getLogger(__name__)
 
 #: The longest a fork waits for calls in flight, in seconds.
 MAX_WAIT_S = 30.0
@@ -93,8 +96,14 @@ def while_held_at_fork(
     _held_handlers.append((before, after_in_parent, after_in_child))
 
 
+#: Calls still in flight when the last fork's wait expired (0: none), and that wait.
+_left_at_fork: tuple[int, float] = (0, 0.0)
+
+
 def _before_fork() -> None:
-    GATE.hold(MAX_WAIT_S)
+    global _left_at_fork
+    wait_s = MAX_WAIT_S
+    _left_at_fork = (GATE.hold(wait_s), wait_s)
     for before, _, _ in reversed(_held_handlers):
         before()
 
@@ -104,6 +113,17 @@ def _after_fork_in_parent() -> None:
         after_in_parent()
     GATE.release()
     GATE.run_deferred()  # channels garbage collection closed while the fork was made
+    left, wait_s = _left_at_fork
+    if left:
+        # Said here, not before the fork: a stalled call may hold a log handler's lock.
+        log.warning(
+            "fork() went ahead with %d client call%s still in flight after %g s (stalled; "
+            "gRPC skipped its fork handlers): the child may hang in gRPC's after-fork "
+            "handler or on its first channel",
+            left,
+            "" if left == 1 else "s",
+            wait_s,
+        )
 
 
 def _after_fork_in_child() -> None:

@@ -181,9 +181,10 @@ class ForkGate:
         """No call is in flight (meaningful while held)."""
         return self._inside == 0
 
-    def hold(self, max_wait_s: float) -> None:
+    def hold(self, max_wait_s: float) -> int:
         """Wait (up to ``max_wait_s``) until no call is in flight, then keep new calls out
-        until :meth:`release`. The condition's lock stays held until then."""
+        until :meth:`release`. The condition's lock stays held until then. Returns how
+        many calls are still in flight: 0 unless the wait expired."""
         self._condition.acquire()
         self._holding = True
         self._holder = threading.get_ident()
@@ -192,6 +193,7 @@ class ForkGate:
             self._condition.wait(left)
         if self._inside:
             self.expired_holds += 1
+        return self._inside
 
     def try_hold(self) -> bool:
         """Hold as :meth:`hold` does if no call is in flight now (then :meth:`release`);
