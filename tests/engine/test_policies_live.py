@@ -232,6 +232,45 @@ def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
     wait_until(lambda: hot(store, "d") == set(names), "every pinned shard to be hot", 60)
 
 
+def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
+    open_store: StoreFactory,
+) -> None:
+    # The hot tier full of pinned shards: the pinned shard that did not fit was fetched
+    # whole from the archive again at each retry (once a minute), only to be skipped.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(
+        archive,
+        datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
+        hot_capacity_bytes=int(4 * STORED / 0.9) + 64,  # 4 shards below the high watermark
+    )
+    kept = ["p0", "p1", "p2", "p3"]
+    fill(store, "d", ["s"])
+    store.evict("d", "s")
+    fill(store, "d", kept)
+    for name in kept:
+        store.pin("d", name)
+    assert hot(store, "d") == set(kept)
+    skipped = store.promoter.promotions_skipped
+    store.pin("d", "s")
+    wait_until(lambda: store.promoter.promotions_skipped > skipped, "the promotion to be skipped")
+    waiting, key = store.promoter._failed_pins, ("d", "s")
+    wait_until(lambda: key in waiting and waiting[key].for_room, "the skip to be remembered")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
+    fetched = len(archive.gets)
+
+    waiting[key].due = time.monotonic()  # due now, not after its back-off
+    assert store.promoter.retry_failed_pins() == 0  # no room: not queued, not fetched
+    assert len(archive.gets) == fetched and not store.stat("d", "s").hot
+    assert waiting[key].due > time.monotonic()  # tried again after a back-off
+
+    store.unpin("d", "p0")  # now eviction may take p0 (archived) for it
+    waiting[key].due = time.monotonic()
+    assert store.promoter.retry_failed_pins() == 1
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
+    assert hot(store, "d") == {"p1", "p2", "p3", "s"}
+    assert len(archive.gets) == fetched + 1
+
+
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
     # The queue holds 64: the pins past it were dropped when they were pinned, and
     # stayed cold until read, though pin reported their bytes as queued.

@@ -13,7 +13,9 @@ size; :mod:`tierstore.engine.eviction`), and is skipped, evicting nothing, when
 that room cannot be made (the rest is not archived yet, or pinned). It never
 writes past the high watermark or a quota; the shard is read from the archive
 meanwhile. A pinned shard's promotion that failed (the archive down, or no room) is
-tried again with a back-off (:meth:`Promoter.retry_failed_pins`).
+tried again with a back-off (:meth:`Promoter.retry_failed_pins`); one skipped for want
+of room has its room made before it is fetched again, and is not fetched while there is
+none.
 
 The fill thread runs ``background_niceness`` below the threads serving callers
 (:mod:`tierstore.engine.background`): nobody waits for it. The promotion threads
@@ -289,13 +291,17 @@ class Promoter:
                 and not record.hot
                 and record.generation == pin.generation
             )
-            taken = current and record is not None and self.promote(record, None)
+            roomless = current and pin.for_room and not self._make_room_for_pin(record)
+            taken = current and not roomless and record is not None and self.promote(record, None)
             queued += taken
             with self._promoting_lock:
                 if self._failed_pins.get(key) is not pin:
                     continue  # failed again meanwhile: its own back-off stands
                 if not current:
                     del self._failed_pins[key]
+                elif roomless:
+                    pin.failures += 1
+                    pin.due = now + pin.backoff()
                 elif taken:
                     # Not due again until its back-off is over; one that turns hot is
                     # dropped when next due.
@@ -303,6 +309,22 @@ class Promoter:
                 else:
                     pin.due = now  # the queue is full: the next pass tries again
         return queued
+
+    def _make_room_for_pin(self, record: ShardRecord | None) -> bool:
+        """Before a pin skipped for want of room is queued again: make its room now,
+        within its dataset's quota and below the high watermark, evicting as a
+        promotion does; False, evicting nothing below the watermark, when that room
+        cannot be made. A promotion fetches before it makes room below the watermark,
+        so a tier full of pinned shards had each pin that did not fit fetched whole
+        from the archive at every retry, once a minute, only to be skipped again. A
+        pin promises a hot shard: its room may be made before the fetch."""
+        if record is None:
+            return False
+        total = sum(record.stored_sizes(self._overhead(record)))
+        quota = self._hot_room.quota(record.dataset)
+        return self._hot_room.make_quota_room_for_promotion(
+            record.dataset, quota, total
+        ) and self._hot_room.make_room_for_promotion(total)
 
     def retry_pins_soon(self, dataset: str) -> None:
         """Make the pins of ``dataset`` skipped for want of room due at once: room has
