@@ -233,42 +233,62 @@ def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
 
 
 def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
-    open_store: StoreFactory,
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The hot tier full of pinned shards: the pinned shard that did not fit was fetched
+    # The hot tier full of pinned shards: each pinned shard that did not fit was fetched
     # whole from the archive again at each retry (once a minute), only to be skipped.
     archive = FaultyTier(MemoryTier())
     store = open_store(
         archive,
         datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
         hot_capacity_bytes=int(4 * STORED / 0.9) + 64,  # 4 shards below the high watermark
+        prefetch_interval_s=3600,  # retry passes when the test calls them (or one lands)
     )
-    kept = ["p0", "p1", "p2", "p3"]
-    fill(store, "d", ["s"])
-    store.evict("d", "s")
+    waiting, kept, cold = store.promoter._failed_pins, ["p0", "p1", "p2", "p3"], ["s1", "s2"]
+    fill(store, "d", cold)
+    for name in cold:
+        store.evict("d", name)
     fill(store, "d", kept)
     for name in kept:
         store.pin("d", name)
-    assert hot(store, "d") == set(kept)
-    skipped = store.promoter.promotions_skipped
-    store.pin("d", "s")
-    wait_until(lambda: store.promoter.promotions_skipped > skipped, "the promotion to be skipped")
-    waiting, key = store.promoter._failed_pins, ("d", "s")
-    wait_until(lambda: key in waiting and waiting[key].for_room, "the skip to be remembered")
-    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
+    for name in cold:
+        store.pin("d", name)  # fetched, then skipped: no room below the high watermark
+    wait_until(
+        lambda: all(("d", name) in waiting and waiting["d", name].for_room for name in cold),
+        "the skips to be remembered",
+    )
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotions to end")
     fetched = len(archive.gets)
 
-    waiting[key].due = time.monotonic()  # due now, not after its back-off
-    assert store.promoter.retry_failed_pins() == 0  # no room: not queued, not fetched
-    assert len(archive.gets) == fetched and not store.stat("d", "s").hot
-    assert waiting[key].due > time.monotonic()  # tried again after a back-off
+    def due_now() -> None:
+        for name in cold:
+            if ("d", name) in waiting:  # (a pin that turned hot is dropped when due)
+                waiting["d", name].due = time.monotonic()  # not after its back-off
 
-    store.unpin("d", "p0")  # now eviction may take p0 (archived) for it
-    waiting[key].due = time.monotonic()
-    assert store.promoter.retry_failed_pins() == 1
-    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
-    assert hot(store, "d") == {"p1", "p2", "p3", "s"}
-    assert len(archive.gets) == fetched + 1
+    due_now()
+    assert store.promoter.retry_failed_pins() == 0  # no room: not queued, not fetched
+    assert len(archive.gets) == fetched and hot(store, "d") == set(kept)
+    assert all(waiting["d", name].due > time.monotonic() for name in cold)  # backed off
+
+    store.unpin("d", "p0")  # eviction may take p0 (archived) now: room for one of them
+    due_now()
+    assert store.promoter.retry_failed_pins() == 1  # not both for the same room
+    wait_until(lambda: len(hot(store, "d") & set(cold)) == 1, "one pinned shard to be hot")
+    due_now()
+    assert store.promoter.retry_failed_pins() == 0
+    (promoted,) = hot(store, "d") & set(cold)
+    assert hot(store, "d") == {"p1", "p2", "p3", promoted}
+    assert len(archive.gets) == fetched + 1  # one fetch, for the one that fit
+
+    # Making room fails (a full disk, say): the pass goes on (the prefetches after it),
+    # and the pin backs off, rather than raising at every pass.
+    def broken(incoming: int) -> bool:
+        raise HotTierFull("the disk is full")
+
+    monkeypatch.setattr(store.hot_room, "make_room_for_promotion", broken)
+    due_now()
+    assert store.promoter.retry_failed_pins() == 0
+    assert all(waiting["d", name].due > time.monotonic() for name in cold if name != promoted)
 
 
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:

@@ -33,7 +33,7 @@ def whole_number(name: str, value: object, unit: str = "bytes") -> int:
     InvalidArgument naming ``name`` and what it counts, ``unit`` (a float offset is no
     byte position, and True is no length)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r}")
+        raise InvalidArgument(f"{name} must be a whole number of {unit}, not {value!r:.40}")
     return int(value)
 
 
@@ -118,7 +118,7 @@ def durability_named(value: str | Durability) -> Durability:
         return Durability(value)
     except ValueError:
         raise InvalidArgument(
-            f"durability must be 'write-back' or 'write-through', not {value!r}"
+            f"durability must be 'write-back' or 'write-through', not {value!r:.40}"
         ) from None
 
 

@@ -41,12 +41,13 @@ def use_fork_safe_pool() -> str:
     current: str = pa.default_memory_pool().backend_name
     if current in FORK_SAFE_BACKENDS:
         return current
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    asked = os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
+    if asked:
         warnings.warn(
-            f"ARROW_DEFAULT_MEMORY_POOL={current} is kept, but {current} has no fork "
-            "handlers: a child forked while a thread starts or ends (a DataLoader's "
-            "worker) can hang for good at its first Arrow allocation on a new thread; "
-            "unset it to let tierstore choose jemalloc",
+            f"ARROW_DEFAULT_MEMORY_POOL={asked} is kept, and pyarrow allocates from "
+            f"{current}, which has no fork handlers: a child forked while a thread starts "
+            "or ends (a DataLoader's worker) can hang for good at its first Arrow "
+            "allocation on a new thread; unset it to let tierstore choose jemalloc",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -111,9 +111,9 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     for _, after_in_parent, _ in _held_handlers:
         after_in_parent()
+    left, wait_s = _left_at_fork  # read while held: another fork may set it once released
     GATE.release()
     GATE.run_deferred()  # channels garbage collection closed while the fork was made
-    left, wait_s = _left_at_fork
     if left:
         # Said here, not before the fork: a stalled call may hold a log handler's lock.
         log.warning(

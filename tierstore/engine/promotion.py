@@ -129,6 +129,9 @@ class Promoter:
         #: pinned shards whose promotion failed for want of the archive, to be tried
         #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
         self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
+        #: the last pin skipped for want of room that was queued once its room was made
+        #: (dataset, generation); guarded by ``_promoting_lock``.
+        self._room_pin: tuple[str, int] | None = None
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
         #: it in memory, as a promotion thread does.
@@ -272,59 +275,76 @@ class Promoter:
 
     def retry_failed_pins(self) -> int:
         """Queue again the promotion of each pinned shard whose promotion failed for
-        want of the archive or of room, once its back-off is over (1 s, doubling per failure to
-        :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the generation that
-        failed; returns how many were queued. The prefetch loop calls this each pass."""
+        want of the archive or of room, once its back-off is over (1 s, doubling per
+        failure to :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the
+        generation that failed; returns how many were queued. A pin skipped for want of
+        room is queued only once its room is made (:meth:`_make_room_for_pin`), and one
+        such pin at a time: two would count the same freed room. The prefetch loop
+        calls this each pass."""
         now = time.monotonic()
         with self._promoting_lock:
-            due = [(key, pin) for key, pin in self._failed_pins.items() if pin.due <= now]
+            due = [(key, pin, pin.due) for key, pin in self._failed_pins.items() if pin.due <= now]
         if not due:
             return 0
         with self._env.read() as txn:
-            records = [self._catalog.readable_shard(txn, *key) for key, _ in due]
+            records = [self._catalog.readable_shard(txn, *key) for key, _, _ in due]
         queued = 0
         wall = time.time()
-        for (key, pin), record in zip(due, records, strict=True):
-            current = (
-                record is not None
-                and record.pin_holds(wall)
-                and not record.hot
-                and record.generation == pin.generation
-            )
-            roomless = current and pin.for_room and not self._make_room_for_pin(record)
-            taken = current and not roomless and record is not None and self.promote(record, None)
+        for (key, pin, seen_due), record in zip(due, records, strict=True):
+            if (
+                record is None
+                or not record.pin_holds(wall)
+                or record.hot
+                or record.generation != pin.generation
+            ):
+                with self._promoting_lock:
+                    if self._failed_pins.get(key) is pin:
+                        del self._failed_pins[key]
+                continue
+            busy = pin.for_room and self._room_pin_in_flight()
+            roomless = pin.for_room and not busy and not self._make_room_for_pin(record)
+            taken = not busy and not roomless and self.promote(record, None)
             queued += taken
             with self._promoting_lock:
+                if taken and pin.for_room:
+                    self._room_pin = (record.dataset, record.generation)
                 if self._failed_pins.get(key) is not pin:
                     continue  # failed again meanwhile: its own back-off stands
-                if not current:
-                    del self._failed_pins[key]
-                elif roomless:
-                    pin.failures += 1
-                    pin.due = now + pin.backoff()
+                if roomless:
+                    if pin.due == seen_due:  # not made due at once meanwhile (a quota)
+                        pin.failures += 1
+                        pin.due = now + pin.backoff()
                 elif taken:
                     # Not due again until its back-off is over; one that turns hot is
                     # dropped when next due.
                     pin.due = now + pin.backoff()
                 else:
-                    pin.due = now  # the queue is full: the next pass tries again
+                    pin.due = now  # the queue is full, or room is being made for another
         return queued
 
-    def _make_room_for_pin(self, record: ShardRecord | None) -> bool:
+    def _room_pin_in_flight(self) -> bool:
+        """Whether the last pin queued once its room was made is queued or running."""
+        with self._promoting_lock:
+            return self._room_pin is not None and self._room_pin in self._promoting
+
+    def _make_room_for_pin(self, record: ShardRecord) -> bool:
         """Before a pin skipped for want of room is queued again: make its room now,
         within its dataset's quota and below the high watermark, evicting as a
         promotion does; False, evicting nothing below the watermark, when that room
-        cannot be made. A promotion fetches before it makes room below the watermark,
-        so a tier full of pinned shards had each pin that did not fit fetched whole
-        from the archive at every retry, once a minute, only to be skipped again. A
-        pin promises a hot shard: its room may be made before the fetch."""
-        if record is None:
-            return False
+        cannot be made (or making it failed: logged). A promotion fetches before it
+        makes room below the watermark, so a tier full of pinned shards had each pin
+        that did not fit fetched whole from the archive at every retry, once a minute,
+        only to be skipped again. A pin promises a hot shard: its room may be made
+        before the fetch."""
         total = sum(record.stored_sizes(self._overhead(record)))
-        quota = self._hot_room.quota(record.dataset)
-        return self._hot_room.make_quota_room_for_promotion(
-            record.dataset, quota, total
-        ) and self._hot_room.make_room_for_promotion(total)
+        try:
+            quota = self._hot_room.quota(record.dataset)
+            return self._hot_room.make_quota_room_for_promotion(
+                record.dataset, quota, total
+            ) and self._hot_room.make_room_for_promotion(total)
+        except Exception:  # the retry pass goes on: the other pins, then the prefetches
+            log.exception("making room for pinned %s/%s failed", record.dataset, record.name)
+            return False
 
     def retry_pins_soon(self, dataset: str) -> None:
         """Make the pins of ``dataset`` skipped for want of room due at once: room has
