@@ -346,15 +346,19 @@ class Promoter:
             log.exception("making room for pinned %s/%s failed", record.dataset, record.name)
             return False
 
-    def retry_pins_soon(self, dataset: str) -> None:
-        """Make the pins of ``dataset`` skipped for want of room due at once: room has
-        come (its quota was raised or removed). The next prefetch pass tries them; pins
-        that failed for want of the archive keep their back-off."""
+    def retry_pins_soon(self, dataset: str | None = None) -> bool:
+        """Make the pins skipped for want of room due at once — of ``dataset``, or of
+        every dataset: room may have come (a quota raised or removed; a hot shard
+        unpinned, evicted or deleted). The next prefetch pass tries them; pins that
+        failed for want of the archive keep their back-off. Whether any was made due."""
         now = time.monotonic()
+        made_due = False
         with self._promoting_lock:
             for (pinned_dataset, _), pin in self._failed_pins.items():
-                if pinned_dataset == dataset and pin.for_room:
+                if pin.for_room and dataset in (None, pinned_dataset):
                     pin.due = now
+                    made_due = True
+        return made_due
 
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later

@@ -547,6 +547,7 @@ class Store:
         if seq is not None and settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
         self.mover.wake()
+        self._room_may_have_come()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
         """:func:`delete_damaged_in`, in a write transaction (where the generations that
@@ -695,7 +696,10 @@ class Store:
         self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
             self._catalog.require_shard(txn, dataset, shard)
-        return self.hot_room.evict_shard(dataset, shard)
+        freed = self.hot_room.evict_shard(dataset, shard)
+        if freed:
+            self._room_may_have_come()
+        return freed
 
     def pin(self, dataset: str, shard: str, ttl_s: float | None = None) -> int:
         """Keep a shard in the hot tier whatever its policy says (eviction skips it; a
@@ -711,6 +715,13 @@ class Store:
         """Let the policy evict a shard again. Raises as :meth:`pin`."""
         self._check_shard_call(dataset, shard)
         self._placement.set_pinned(dataset, shard, False)
+        self._room_may_have_come()
+
+    def _room_may_have_come(self) -> None:
+        """After a hot shard was unpinned, evicted or deleted: pins skipped for want of
+        room are tried at once, not after their back-off (up to a minute)."""
+        if self.promoter.retry_pins_soon():
+            self.prefetcher.wake()
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
         """Queue promotion of the named shards that are cold; returns how many were queued.
