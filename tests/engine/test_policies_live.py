@@ -210,7 +210,7 @@ def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_b
     wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotion")
     gets = len(archive.gets)
     archive.failing = False
-    assert store.promoter.retry_failed_pins() == 0 and len(archive.gets) == gets
+    assert store.promoter.pins.retry() == 0 and len(archive.gets) == gets
 
 
 def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
@@ -244,7 +244,7 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
         hot_capacity_bytes=int(4 * STORED / 0.9) + 64,  # 4 shards below the high watermark
         prefetch_interval_s=3600,  # retry passes when the test calls them (or one lands)
     )
-    waiting, kept, cold = store.promoter._failed_pins, ["p0", "p1", "p2", "p3"], ["s1", "s2"]
+    waiting, kept, cold = store.promoter.pins._waiting, ["p0", "p1", "p2", "p3"], ["s1", "s2"]
     fill(store, "d", cold)
     for name in cold:
         store.evict("d", name)
@@ -266,7 +266,7 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
                 waiting["d", name].due = time.monotonic()  # not after its back-off
 
     due_now()
-    assert store.promoter.retry_failed_pins() == 0  # no room: not queued, not fetched
+    assert store.promoter.pins.retry() == 0  # no room: not queued, not fetched
     assert len(archive.gets) == fetched and hot(store, "d") == set(kept)
     assert all(waiting["d", name].due > time.monotonic() for name in cold)  # backed off
 
@@ -276,7 +276,7 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
     wait_until(lambda: len(hot(store, "d") & set(cold)) == 1, "one pinned shard to be hot")
     wait_until(lambda: store.promoter.in_flight() == (0, 0), "no promotion in flight")
     due_now()
-    assert store.promoter.retry_failed_pins() == 0
+    assert store.promoter.pins.retry() == 0
     (promoted,) = hot(store, "d") & set(cold)
     assert hot(store, "d") == {"p1", "p2", "p3", promoted}
     assert len(archive.gets) == fetched + 1  # one fetch, for the one that fit: not both
@@ -288,7 +288,7 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
 
     monkeypatch.setattr(store.hot_room, "make_room_for_promotion", broken)
     due_now()
-    assert store.promoter.retry_failed_pins() == 0
+    assert store.promoter.pins.retry() == 0
     assert all(waiting["d", name].due > time.monotonic() for name in cold if name != promoted)
 
 
@@ -325,7 +325,7 @@ def test_a_pin_whose_archive_copy_is_damaged_is_not_fetched_again_and_again(
     wait_until(lambda: bool(archive.gets), "the promotion to fetch")
     wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotion")
     fetched = len(archive.gets)
-    assert store.promoter.retry_failed_pins() == 0 and not store.stat("d", "s").hot
+    assert store.promoter.pins.retry() == 0 and not store.stat("d", "s").hot
     time.sleep(2.5)  # two prefetch passes past a first retry's back-off, had there been one
     assert len(archive.gets) == fetched
 

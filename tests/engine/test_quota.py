@@ -426,7 +426,7 @@ def test_lowering_the_quota_below_the_pinned_shards_evicts_the_rest(
 
 def backdoor_failed_pins(store: Store) -> dict[tuple[str, str], Any]:
     """The promoter's pins waiting to be promoted again (its private table)."""
-    return store.promoter._failed_pins
+    return store.promoter.pins._waiting
 
 
 def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(

@@ -101,7 +101,7 @@ class Prefetcher:
         """One pass: end expired plans, ask the policies, queue promotions. Returns how
         many promotions were queued (pins whose promotion failed not counted)."""
         self._plans.expire()
-        self._promoter.retry_failed_pins()
+        self._promoter.pins.retry()
         count, in_flight = self._promoter.in_flight()
         budget = self._budget(count, in_flight)
         if budget.requests <= 0 or budget.bytes <= 0 or self._hot_room.over_high_watermark():

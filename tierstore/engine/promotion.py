@@ -13,9 +13,7 @@ size; :mod:`tierstore.engine.eviction`), and is skipped, evicting nothing, when
 that room cannot be made (the rest is not archived yet, or pinned). It never
 writes past the high watermark or a quota; the shard is read from the archive
 meanwhile. A pinned shard's promotion that failed (the archive down, or no room) is
-tried again with a back-off (:meth:`Promoter.retry_failed_pins`); one skipped for want
-of room has its room made before it is fetched again, and is not fetched while there is
-none.
+tried again with a back-off (:mod:`tierstore.engine.pinretry`).
 
 The fill thread runs ``background_niceness`` below the threads serving callers
 (:mod:`tierstore.engine.background`): nobody waits for it. The promotion threads
@@ -36,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 from tierstore.config import EngineSettings
@@ -44,6 +41,7 @@ from tierstore.engine.archived import ArchivedFrames, fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
+from tierstore.engine.pinretry import PinRetries
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.engine.spool import Spooler, Staged
@@ -60,25 +58,6 @@ FrameVerifier = Callable[[ShardRecord, int, memoryview], None]
 _Promotion = tuple[ShardRecord, list[memoryview] | None]
 _T = TypeVar("_T")
 _STOP = None
-
-#: the longest pause between two tries of a failed pin's promotion (seconds).
-PIN_RETRY_MAX_S = 60.0
-
-
-@dataclass(slots=True)
-class _FailedPin:
-    """A pinned shard's generation whose promotion failed ``failures`` times in a
-    row (0: it found the promotion queue full), for want of the archive or, if
-    ``for_room``, skipped for want of room; tried again at ``due`` (a
-    ``time.monotonic()`` reading)."""
-
-    generation: int
-    failures: int
-    due: float
-    for_room: bool = False
-
-    def backoff(self) -> float:
-        return min(PIN_RETRY_MAX_S, 2.0 ** max(0, self.failures - 1))
 
 
 class Promoter:
@@ -126,12 +105,11 @@ class Promoter:
         self._filling: set[tuple[str, int]] = set()
         #: guards ``_promoting``; notified whenever a promotion leaves it.
         self._promoting_lock = threading.Condition()
-        #: pinned shards whose promotion failed for want of the archive, to be tried
-        #: again (:meth:`retry_failed_pins`); guarded by ``_promoting_lock``.
-        self._failed_pins: dict[tuple[str, str], _FailedPin] = {}
-        #: the last pin skipped for want of room that was queued once its room was made
-        #: (dataset, generation); guarded by ``_promoting_lock``.
-        self._room_pin: tuple[str, int] | None = None
+        #: pinned shards whose promotion failed or was skipped, tried again by the
+        #: prefetch loop until they are hot.
+        self.pins = PinRetries(
+            environment, catalog, hot_room, overhead, self.promote, self.is_promoting
+        )
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
         #: it in memory, as a promotion thread does.
@@ -273,117 +251,13 @@ class Promoter:
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
-    def retry_failed_pins(self) -> int:
-        """Queue again the promotion of each pinned shard whose promotion failed for
-        want of the archive or of room, once its back-off is over (1 s, doubling per
-        failure to :data:`PIN_RETRY_MAX_S`), while it is pinned, cold and of the
-        generation that failed; returns how many were queued. A pin skipped for want of
-        room is queued only once its room is made (:meth:`_make_room_for_pin`), and one
-        such pin at a time: two would count the same freed room. The prefetch loop
-        calls this each pass."""
-        now = time.monotonic()
-        with self._promoting_lock:
-            due = [(key, pin, pin.due) for key, pin in self._failed_pins.items() if pin.due <= now]
-        if not due:
-            return 0
-        with self._env.read() as txn:
-            records = [self._catalog.readable_shard(txn, *key) for key, _, _ in due]
-        queued = 0
-        wall = time.time()
-        for (key, pin, seen_due), record in zip(due, records, strict=True):
-            if (
-                record is None
-                or not record.pin_holds(wall)
-                or record.hot
-                or record.generation != pin.generation
-            ):
-                with self._promoting_lock:
-                    if self._failed_pins.get(key) is pin:
-                        del self._failed_pins[key]
-                continue
-            busy = pin.for_room and self._room_pin_in_flight()
-            roomless = pin.for_room and not busy and not self._make_room_for_pin(record)
-            taken = not busy and not roomless and self.promote(record, None)
-            queued += taken
-            with self._promoting_lock:
-                if taken and pin.for_room:
-                    self._room_pin = (record.dataset, record.generation)
-                if self._failed_pins.get(key) is not pin:
-                    continue  # failed again meanwhile: its own back-off stands
-                if roomless:
-                    if pin.due == seen_due:  # not made due at once meanwhile (a quota)
-                        pin.failures += 1
-                        pin.due = now + pin.backoff()
-                elif taken:
-                    # Not due again until its back-off is over; one that turns hot is
-                    # dropped when next due.
-                    pin.due = now + pin.backoff()
-                else:
-                    pin.due = now  # the queue is full, or room is being made for another
-        return queued
-
-    def _room_pin_in_flight(self) -> bool:
-        """Whether the last pin queued once its room was made is queued or running."""
-        with self._promoting_lock:
-            return self._room_pin is not None and self._room_pin in self._promoting
-
-    def _make_room_for_pin(self, record: ShardRecord) -> bool:
-        """Before a pin skipped for want of room is queued again: make its room now,
-        within its dataset's quota and below the high watermark, evicting as a
-        promotion does; False, evicting nothing below the watermark, when that room
-        cannot be made (or making it failed: logged). A promotion fetches before it
-        makes room below the watermark, so a tier full of pinned shards had each pin
-        that did not fit fetched whole from the archive at every retry, once a minute,
-        only to be skipped again. A pin promises a hot shard: its room may be made
-        before the fetch."""
-        total = sum(record.stored_sizes(self._overhead(record)))
-        try:
-            quota = self._hot_room.quota(record.dataset)
-            return self._hot_room.make_quota_room_for_promotion(
-                record.dataset, quota, total
-            ) and self._hot_room.make_room_for_promotion(total)
-        except Exception:  # the retry pass goes on: the other pins, then the prefetches
-            log.exception("making room for pinned %s/%s failed", record.dataset, record.name)
-            return False
-
-    def retry_pins_soon(self, dataset: str | None = None) -> bool:
-        """Make the pins skipped for want of room due at once — of ``dataset``, or of
-        every dataset: room may have come (a quota raised or removed; a hot shard
-        unpinned, evicted or deleted). The next prefetch pass tries them; pins that
-        failed for want of the archive keep their back-off. Whether any was made due."""
-        now = time.monotonic()
-        made_due = False
-        with self._promoting_lock:
-            for (pinned_dataset, _), pin in self._failed_pins.items():
-                if pin.for_room and dataset in (None, pinned_dataset):
-                    pin.due = now
-                    made_due = True
-        return made_due
-
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later
-        prefetch pass queues it (:meth:`retry_failed_pins`): a pin promises a hot
-        shard, where a read's promotion is best effort."""
+        prefetch pass queues it (:attr:`pins`): a pin promises a hot shard, where a
+        read's promotion is best effort."""
         if self.promote(record, None) or self._stop.is_set():
             return
-        with self._promoting_lock:
-            self._failed_pins[(record.dataset, record.name)] = _FailedPin(
-                record.generation, 0, time.monotonic()
-            )
-
-    def _remember_failed_pin(self, record: ShardRecord, *, for_room: bool = False) -> None:
-        """Note that the promotion of pinned ``record`` failed for want of the archive
-        (or, ``for_room``, was skipped for want of room): tried again after a back-off
-        that grows with each failure."""
-        key = (record.dataset, record.name)
-        with self._promoting_lock:
-            prior = self._failed_pins.get(key)
-            failures = 1
-            if prior is not None and prior.generation == record.generation:
-                failures = prior.failures + 1
-            pin = _FailedPin(record.generation, failures, 0.0, for_room)
-            pin.due = time.monotonic() + pin.backoff()
-            self._failed_pins[key] = pin
+        self.pins.remember_unqueued(record)
 
     def _run_promotions(self, jobs: queue.Queue[_Promotion | None], lowered: bool) -> None:
         """A promotion thread (``lowered``: the fill thread): runs ``jobs`` until stopped."""
@@ -445,13 +319,13 @@ class Promoter:
                 # archived or unpinned). It stayed cold until pinned again. (Not hot
                 # for another reason, promoted or superseded meanwhile: the retry pass
                 # finds it so and forgets it.)
-                self._remember_failed_pin(record, for_room=True)
+                self.pins.remember(record, for_room=True)
         except Exception as exc:
             if isinstance(exc, ArchiveUnavailable) and record.pin_holds(time.time()):
                 # A pin promises a hot shard: it is tried again once the archive may be
-                # back (retry_failed_pins), not left cold until someone pins it again.
+                # back (PinRetries.retry), not left cold until someone pins it again.
                 # (A damaged archive copy is not: trying again would only fail again.)
-                self._remember_failed_pin(record)
+                self.pins.remember(record)
             if raise_unavailable and isinstance(exc, ArchiveUnavailable):
                 raise
             if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback

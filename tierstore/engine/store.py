@@ -396,7 +396,7 @@ class Store:
             hot_quota_bytes == 0 < old_quota or 0 < old_quota < hot_quota_bytes
         )
         if room_grew:
-            self.promoter.retry_pins_soon(name)
+            self.promoter.pins.due_now(name)
         if policy is not None or room_grew:
             self.prefetcher.wake()
         try:
@@ -720,7 +720,7 @@ class Store:
     def _room_may_have_come(self) -> None:
         """After a hot shard was unpinned, evicted or deleted: pins skipped for want of
         room are tried at once, not after their back-off (up to a minute)."""
-        if self.promoter.retry_pins_soon():
+        if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:

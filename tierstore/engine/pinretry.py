@@ -1,0 +1,193 @@
+"""Pinned shards whose promotion failed, tried again until they are hot.
+
+A pin promises a hot shard, where a read's promotion is best effort. So a pinned
+shard's promotion that failed for want of the archive (ArchiveUnavailable), was skipped
+for want of room (its quota, or the high watermark: the tier full of pinned or
+un-archived shards), or found the promotion queue full is remembered here, and the
+prefetch loop queues it again (:meth:`PinRetries.retry`) after a back-off of 1 s,
+doubling per failure up to :data:`PIN_RETRY_MAX_S`, while the shard is pinned, cold and
+of the generation that failed. A damaged archive copy is not tried again: it would only
+fail again.
+
+A pin skipped for want of room has its room made before it is queued again, and is not
+queued, so not fetched, while that room cannot be made: a promotion makes its room
+below the high watermark only once its frames are in hand, so a tier full of pinned
+shards had each pin that did not fit fetched whole from the archive at every try, once
+a minute, only to be skipped again. One such pin is queued at a time, since two would
+count the same freed room. Room that may have come (a quota raised, a hot shard
+unpinned, evicted or deleted) makes them due at once (:meth:`PinRetries.due_now`).
+
+Thread-safe. Its lock is never held while it calls the promoter or the hot room, and
+the promoter calls in here holding none of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tierstore.engine.catalog import Catalog
+from tierstore.engine.eviction import HotRoom
+from tierstore.engine.records import ShardRecord
+from tierstore.tiers.lmdb import LmdbEnvironment
+
+__all__ = ["PIN_RETRY_MAX_S", "PinRetries"]
+
+log = logging.getLogger(__name__)
+
+#: the longest pause between two tries of a failed pin's promotion (seconds).
+PIN_RETRY_MAX_S = 60.0
+
+#: (dataset, shard name) of a pin.
+_PinKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class FailedPin:
+    """A pinned shard's generation whose promotion failed ``failures`` times in a
+    row (0: it found the promotion queue full), for want of the archive or, if
+    ``for_room``, skipped for want of room; tried again at ``due`` (a
+    ``time.monotonic()`` reading)."""
+
+    generation: int
+    failures: int
+    due: float
+    for_room: bool = False
+
+    def backoff(self) -> float:
+        return min(PIN_RETRY_MAX_S, 2.0 ** max(0, self.failures - 1))
+
+
+class PinRetries:
+    """The pins whose promotion is to be tried again, and their tries."""
+
+    def __init__(
+        self,
+        environment: LmdbEnvironment,
+        catalog: Catalog,
+        hot_room: HotRoom,
+        overhead: Callable[[ShardRecord], int],
+        queue_promotion: Callable[[ShardRecord, None], bool],
+        is_promoting: Callable[[ShardRecord], bool],
+    ) -> None:
+        """``queue_promotion(record, None)`` queues a promotion that fetches (False: the
+        queue is full); ``is_promoting(record)`` says whether one of ``record``'s
+        generation is queued or running."""
+        self._env = environment
+        self._catalog = catalog
+        self._hot_room = hot_room
+        self._overhead = overhead
+        self._queue_promotion = queue_promotion
+        self._is_promoting = is_promoting
+        self._lock = threading.Lock()
+        #: the pins to try again, by (dataset, shard name); guarded by ``_lock``.
+        self._waiting: dict[_PinKey, FailedPin] = {}
+        #: the last pin skipped for want of room that was queued once its room was
+        #: made; guarded by ``_lock``.
+        self._room_pin: ShardRecord | None = None
+
+    def remember(self, record: ShardRecord, *, for_room: bool = False) -> None:
+        """Note that the promotion of pinned ``record`` failed for want of the archive
+        (or, ``for_room``, was skipped for want of room): tried again after a back-off
+        that grows with each failure."""
+        key = (record.dataset, record.name)
+        with self._lock:
+            prior = self._waiting.get(key)
+            failures = 1
+            if prior is not None and prior.generation == record.generation:
+                failures = prior.failures + 1
+            pin = FailedPin(record.generation, failures, 0.0, for_room)
+            pin.due = time.monotonic() + pin.backoff()
+            self._waiting[key] = pin
+
+    def remember_unqueued(self, record: ShardRecord) -> None:
+        """Note that the promotion of ``record``, just pinned, found the queue full:
+        the next pass queues it."""
+        with self._lock:
+            self._waiting[(record.dataset, record.name)] = FailedPin(
+                record.generation, 0, time.monotonic()
+            )
+
+    def retry(self) -> int:
+        """Queue again the promotion of each pin whose back-off is over, while it is
+        pinned, cold and of the generation that failed (others are forgotten); returns
+        how many were queued. A pin that waits for room is queued only once its room
+        is made (:meth:`_make_room_for`), and one such pin at a time. The prefetch loop
+        calls this each pass."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(key, pin, pin.due) for key, pin in self._waiting.items() if pin.due <= now]
+        if not due:
+            return 0
+        with self._env.read() as txn:
+            records = [self._catalog.readable_shard(txn, *key) for key, _, _ in due]
+        queued = 0
+        wall = time.time()
+        for (key, pin, seen_due), record in zip(due, records, strict=True):
+            if (
+                record is None
+                or not record.pin_holds(wall)
+                or record.hot
+                or record.generation != pin.generation
+            ):
+                with self._lock:
+                    if self._waiting.get(key) is pin:
+                        del self._waiting[key]
+                continue
+            busy = pin.for_room and self._room_pin_in_flight()
+            roomless = pin.for_room and not busy and not self._make_room_for(record)
+            taken = not busy and not roomless and self._queue_promotion(record, None)
+            queued += taken
+            with self._lock:
+                if taken and pin.for_room:
+                    self._room_pin = record
+                if self._waiting.get(key) is not pin:
+                    continue  # failed again meanwhile: its own back-off stands
+                if roomless:
+                    if pin.due == seen_due:  # not made due at once meanwhile (a quota)
+                        pin.failures += 1
+                        pin.due = now + pin.backoff()
+                elif taken:
+                    # Not due again until its back-off is over; one that turns hot is
+                    # dropped when next due.
+                    pin.due = now + pin.backoff()
+                else:
+                    pin.due = now  # the queue is full, or room is being made for another
+        return queued
+
+    def due_now(self, dataset: str | None = None) -> bool:
+        """Make the pins skipped for want of room due at once — of ``dataset``, or of
+        every dataset: room may have come (a quota raised or removed; a hot shard
+        unpinned, evicted or deleted). The next prefetch pass tries them; pins that
+        failed for want of the archive keep their back-off. Whether any was made due."""
+        now = time.monotonic()
+        made_due = False
+        with self._lock:
+            for (pinned_dataset, _), pin in self._waiting.items():
+                if pin.for_room and dataset in (None, pinned_dataset):
+                    pin.due = now
+                    made_due = True
+        return made_due
+
+    def _room_pin_in_flight(self) -> bool:
+        """Whether the last pin queued once its room was made is queued or running."""
+        with self._lock:
+            room_pin = self._room_pin
+        return room_pin is not None and self._is_promoting(room_pin)
+
+    def _make_room_for(self, record: ShardRecord) -> bool:
+        """Make the room of pinned ``record`` now, within its dataset's quota and below
+        the high watermark, evicting as a promotion does; False, evicting nothing below
+        the watermark, when that room cannot be made (or making it failed: logged)."""
+        total = sum(record.stored_sizes(self._overhead(record)))
+        try:
+            quota = self._hot_room.quota(record.dataset)
+            return self._hot_room.make_quota_room_for_promotion(
+                record.dataset, quota, total
+            ) and self._hot_room.make_room_for_promotion(total)
+        except Exception:  # the retry pass goes on: the other pins, then the prefetches
+            log.exception("making room for pinned %s/%s failed", record.dataset, record.name)
+            return False
