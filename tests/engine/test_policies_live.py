@@ -292,6 +292,28 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
     assert all(waiting["d", name].due > time.monotonic() for name in cold if name != promoted)
 
 
+def test_deleting_a_dataset_lets_a_pin_waiting_for_room_in_at_once(
+    open_store: StoreFactory,
+) -> None:
+    # Its hot shards' room was free, but the pin waited out its back-off (a minute).
+    store = open_store(
+        datasets={"d": DatasetSettings(policy="refusing"), "junk": DatasetSettings()},
+        hot_capacity_bytes=int(4 * STORED / 0.9) + 64,  # 4 shards below the high watermark
+        prefetch_interval_s=3600,  # no pass but those something wakes
+    )
+    fill(store, "d", ["s"])
+    store.evict("d", "s")
+    fill(store, "junk", ["j0", "j1", "j2", "j3"])
+    for name in ("j0", "j1", "j2", "j3"):
+        store.pin("junk", name)
+    store.pin("d", "s")  # skipped: no room
+    waiting = store.promoter.pins._waiting
+    wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
+    waiting["d", "s"].due = time.monotonic() + 3600  # as after many skips
+    store.delete_dataset("junk", force=True)
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
+
+
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
     # The queue holds 64: the pins past it were dropped when they were pinned, and
     # stayed cold until read, though pin reported their bytes as queued.

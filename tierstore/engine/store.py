@@ -450,6 +450,7 @@ class Store:
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         if committed is not None:
             committed()
+        self._room_may_have_come()
         if settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()
@@ -718,8 +719,9 @@ class Store:
         self._room_may_have_come()
 
     def _room_may_have_come(self) -> None:
-        """After a hot shard was unpinned, evicted or deleted: pins skipped for want of
-        room are tried at once, not after their back-off (up to a minute)."""
+        """After a hot shard was unpinned, evicted or deleted (or its dataset): pins
+        skipped for want of room are tried at once, not after their back-off (up to a
+        minute)."""
         if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
