@@ -1,0 +1,54 @@
+"""The console script's entry (tierstore/cli/entry.py): Ctrl-C while the command line
+loads ends the command as Ctrl-C does later, and otherwise the command runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+#: Runs the entry as the console script does, ``argv`` given; with ``CUT_SHORT`` set,
+#: the import of typer (one of the command line's first) is interrupted by Ctrl-C.
+_SCRIPT = """
+import builtins, os, sys
+real_import = builtins.__import__
+def import_cut_short(name, *args, **kwargs):
+    if name == "typer":
+        raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+if os.environ.get("CUT_SHORT"):
+    builtins.__import__ = import_cut_short
+sys.argv = ["tierstore", *sys.argv[1:]]
+from tierstore.cli.entry import main
+main()
+"""
+
+
+def run_entry(*argv: str, cut_short: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "CUT_SHORT"}
+    return subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *argv],
+        env={**env, "CUT_SHORT": "1"} if cut_short else env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback() -> None:
+    # It printed the traceback of whichever import it cut short (numpy's, say).
+    done = run_entry("--help", cut_short=True)
+    assert done.returncode == 130
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_the_entry_runs_the_command() -> None:
+    done = run_entry("--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage: tierstore" in done.stdout
+
+
+def test_the_console_script_is_the_entry() -> None:
+    (script,) = entry_points(group="console_scripts", name="tierstore")
+    assert script.value == "tierstore.cli.entry:main"
