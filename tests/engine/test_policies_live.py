@@ -292,25 +292,51 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
     assert all(waiting["d", name].due > time.monotonic() for name in cold if name != promoted)
 
 
-def test_deleting_a_dataset_lets_a_pin_waiting_for_room_in_at_once(
-    open_store: StoreFactory,
+@pytest.mark.parametrize("room_comes_by", ["unpin", "evict", "delete", "delete_dataset"])
+def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
+    open_store: StoreFactory, room_comes_by: str
 ) -> None:
-    # Its hot shards' room was free, but the pin waited out its back-off (a minute).
+    # The room was there, but the pin waited out its back-off (up to a minute).
+    archive = _UploadsRefused()
     store = open_store(
+        archive,
         datasets={"d": DatasetSettings(policy="refusing"), "junk": DatasetSettings()},
         hot_capacity_bytes=int(4 * STORED / 0.9) + 64,  # 4 shards below the high watermark
         prefetch_interval_s=3600,  # no pass but those something wakes
     )
-    fill(store, "d", ["s"])
-    store.evict("d", "s")
-    fill(store, "junk", ["j0", "j1", "j2", "j3"])
-    for name in ("j0", "j1", "j2", "j3"):
-        store.pin("junk", name)
-    store.pin("d", "s")  # skipped: no room
+    fill(store, "d", ["s", "cold"])
+    for name in ("s", "cold"):
+        store.evict("d", name)
+    junk = ["j0", "j1", "j2", "j3"]
+    # The tier full of shards eviction may not take: pinned, or (to be evicted by
+    # hand later) not archived yet.
+    archive.refusing = room_comes_by == "evict"
+    fill(store, "junk", junk, archive=not archive.refusing)
+    if not archive.refusing:
+        for name in junk:
+            store.pin("junk", name)
+    store.pin("d", "s")  # fetched, then skipped: no room
     waiting = store.promoter.pins._waiting
     wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
     waiting["d", "s"].due = time.monotonic() + 3600  # as after many skips
-    store.delete_dataset("junk", force=True)
+
+    # A cold shard unpinned or deleted makes no room: the pin is left alone (a bulk
+    # delete had the prefetch loop try it at every delete).
+    store.unpin("d", "cold")
+    store.delete("d", "cold")
+    assert waiting["d", "s"].due > time.monotonic() + 3000
+
+    if room_comes_by == "evict":
+        archive.refusing = False
+        assert store.drain(10)  # archived now, so evictable: nothing says so
+        assert store.evict("junk", "j0") == STORED
+    elif room_comes_by == "unpin":
+        store.unpin("junk", "j0")
+    elif room_comes_by == "delete":
+        store.delete("junk", "j0")
+    else:
+        store.delete_dataset("junk", force=True)
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
 
 

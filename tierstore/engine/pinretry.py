@@ -137,7 +137,9 @@ class PinRetries:
                     if self._waiting.get(key) is pin:
                         del self._waiting[key]
                 continue
-            busy = pin.for_room and self._room_pin_in_flight()
+            # Its own promotion may still be ending (the pin is remembered just before
+            # that promotion lets go of it); a room pin waits for the one in flight.
+            busy = self._is_promoting(record) or (pin.for_room and self._room_pin_in_flight())
             roomless = pin.for_room and not busy and not self._make_room_for(record)
             taken = not busy and not roomless and self._queue_promotion(record, None)
             queued += taken
@@ -155,7 +157,7 @@ class PinRetries:
                     # dropped when next due.
                     pin.due = now + pin.backoff()
                 else:
-                    pin.due = now  # the queue is full, or room is being made for another
+                    pin.due = now  # the queue is full, or a promotion is in flight: next pass
         return queued
 
     def due_now(self, dataset: str | None = None) -> bool:

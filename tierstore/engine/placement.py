@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.promotion import Promoter
+from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import check_pin_ttl
@@ -95,24 +96,37 @@ class Placement:
                 self._retired[0] += counts[0]
                 self._retired[1] += counts[1]
 
-    def set_pinned(self, dataset: str, shard: str, pinned: bool, ttl_s: float | None = None) -> int:
-        """Pin (for ``ttl_s`` seconds, or until unpinned) or unpin a shard; returns the
-        bytes queued for promotion (pinning a cold one).
+    def pin(self, dataset: str, shard: str, ttl_s: float | None = None) -> int:
+        """Pin a shard (for ``ttl_s`` seconds, or until unpinned); returns the bytes
+        queued for promotion (pinning a cold one).
 
         Raises DatasetNotFound, ShardNotFound, InvalidArgument for a ``ttl_s`` that is
         not a number of seconds in (0, ten years] (:func:`~tierstore.types.check_pin_ttl`).
         """
         ttl_s = check_pin_ttl(ttl_s)
-        until = time.time() + ttl_s if pinned and ttl_s is not None else 0.0
+        until = time.time() + ttl_s if ttl_s is not None else 0.0
+        record, updated = self._set_pin(dataset, shard, True, until)
+        if not record.hot:
+            self._promoter.promote_pinned(updated)  # now, or by a later prefetch pass
+            return stored_size(record)
+        return 0
+
+    def unpin(self, dataset: str, shard: str) -> bool:
+        """Unpin a shard; returns whether a pin of a hot shard ended (eviction may take
+        it now). Raises DatasetNotFound, ShardNotFound."""
+        record, _ = self._set_pin(dataset, shard, False, 0.0)
+        return record.hot and record.pin_holds(time.time())
+
+    def _set_pin(
+        self, dataset: str, shard: str, pinned: bool, until: float
+    ) -> tuple[ShardRecord, ShardRecord]:
+        """Set the shard's pin; returns its record before and after."""
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
             updated = record.with_state(pinned=pinned, pinned_until=until)
             if updated != record:
                 self._catalog.put_shard(txn, updated)
-        if pinned and not record.hot:
-            self._promoter.promote_pinned(updated)  # now, or by a later prefetch pass
-            return stored_size(record)
-        return 0
+        return record, updated
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
         """Queue promotion of every named shard that is not hot; returns how many shards

@@ -450,7 +450,8 @@ class Store:
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         if committed is not None:
             committed()
-        self._room_may_have_come()
+        if any(record.hot for record in records):
+            self._room_may_have_come()
         if settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()
@@ -536,6 +537,7 @@ class Store:
         trying the archive)."""
         self._check_shard_call(dataset, shard)
         seq = None
+        was_hot = False
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
             try:
@@ -545,10 +547,12 @@ class Store:
                 self._policies.removed((dataset, shard))
             else:
                 seq = self._writer.delete_in(txn, record)
+                was_hot = record.hot
+        if was_hot:  # before a write-through delete waits for the archive
+            self._room_may_have_come()
         if seq is not None and settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
         self.mover.wake()
-        self._room_may_have_come()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
         """:func:`delete_damaged_in`, in a write transaction (where the generations that
@@ -710,18 +714,19 @@ class Store:
         ShardNotFound, InvalidArgument (``ttl_s`` not a positive number).
         """
         self._check_shard_call(dataset, shard)
-        return self._placement.set_pinned(dataset, shard, True, ttl_s)
+        return self._placement.pin(dataset, shard, ttl_s)
 
     def unpin(self, dataset: str, shard: str) -> None:
         """Let the policy evict a shard again. Raises as :meth:`pin`."""
         self._check_shard_call(dataset, shard)
-        self._placement.set_pinned(dataset, shard, False)
-        self._room_may_have_come()
+        if self._placement.unpin(dataset, shard):
+            self._room_may_have_come()
 
     def _room_may_have_come(self) -> None:
-        """After a hot shard was unpinned, evicted or deleted (or its dataset): pins
-        skipped for want of room are tried at once, not after their back-off (up to a
-        minute)."""
+        """After a hot shard's pin ended, or it was evicted or deleted (or its dataset):
+        pins skipped for want of room are tried at once, not after their back-off (up
+        to a minute). Not after a cold shard's: a bulk delete would have the prefetch
+        loop try them, and find no room, at every delete."""
         if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
