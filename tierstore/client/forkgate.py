@@ -96,14 +96,13 @@ def while_held_at_fork(
     _held_handlers.append((before, after_in_parent, after_in_child))
 
 
-#: Calls still in flight when the last fork's wait expired (0: none), and that wait.
-_left_at_fork: tuple[int, float] = (0, 0.0)
+#: Calls still in flight when the last fork's wait (MAX_WAIT_S) expired; 0: none.
+_left_at_fork = 0
 
 
 def _before_fork() -> None:
     global _left_at_fork
-    wait_s = MAX_WAIT_S
-    _left_at_fork = (GATE.hold(wait_s), wait_s)
+    _left_at_fork = GATE.hold(MAX_WAIT_S)
     for before, _, _ in reversed(_held_handlers):
         before()
 
@@ -111,7 +110,7 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     for _, after_in_parent, _ in _held_handlers:
         after_in_parent()
-    left, wait_s = _left_at_fork  # read while held: another fork may set it once released
+    left = _left_at_fork  # read while held: another fork may set it once released
     GATE.release()
     GATE.run_deferred()  # channels garbage collection closed while the fork was made
     if left:
@@ -122,7 +121,7 @@ def _after_fork_in_parent() -> None:
             "handler or on its first channel",
             left,
             "" if left == 1 else "s",
-            wait_s,
+            MAX_WAIT_S,
         )
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
 from tierstore.engine.records import ShardRecord
+from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
 
 __all__ = ["PIN_RETRY_MAX_S", "PinRetries"]
@@ -69,7 +70,6 @@ class PinRetries:
         environment: LmdbEnvironment,
         catalog: Catalog,
         hot_room: HotRoom,
-        overhead: Callable[[ShardRecord], int],
         queue_promotion: Callable[[ShardRecord, None], bool],
         is_promoting: Callable[[ShardRecord], bool],
     ) -> None:
@@ -79,7 +79,6 @@ class PinRetries:
         self._env = environment
         self._catalog = catalog
         self._hot_room = hot_room
-        self._overhead = overhead
         self._queue_promotion = queue_promotion
         self._is_promoting = is_promoting
         self._lock = threading.Lock()
@@ -184,7 +183,7 @@ class PinRetries:
         """Make the room of pinned ``record`` now, within its dataset's quota and below
         the high watermark, evicting as a promotion does; False, evicting nothing below
         the watermark, when that room cannot be made (or making it failed: logged)."""
-        total = sum(record.stored_sizes(self._overhead(record)))
+        total = stored_size(record)
         try:
             quota = self._hot_room.quota(record.dataset)
             return self._hot_room.make_quota_room_for_promotion(

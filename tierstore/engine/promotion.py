@@ -107,9 +107,7 @@ class Promoter:
         self._promoting_lock = threading.Condition()
         #: pinned shards whose promotion failed or was skipped, tried again by the
         #: prefetch loop until they are hot.
-        self.pins = PinRetries(
-            environment, catalog, hot_room, overhead, self.promote, self.is_promoting
-        )
+        self.pins = PinRetries(environment, catalog, hot_room, self.promote, self.is_promoting)
         #: promotions running on callers' threads (:meth:`promote_here`) at once, at most:
         #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
         #: it in memory, as a promotion thread does.
