@@ -292,7 +292,7 @@ def test_a_pin_with_no_room_is_not_fetched_again_until_room_can_be_made(
     assert all(waiting["d", name].due > time.monotonic() for name in cold if name != promoted)
 
 
-@pytest.mark.parametrize("room_comes_by", ["unpin", "evict", "delete", "delete_dataset"])
+@pytest.mark.parametrize("room_comes_by", ["unpin", "evict", "archive", "delete", "delete_dataset"])
 def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
     open_store: StoreFactory, room_comes_by: str
 ) -> None:
@@ -310,7 +310,7 @@ def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
     junk = ["j0", "j1", "j2", "j3"]
     # The tier full of shards eviction may not take: pinned, or (to be evicted by
     # hand later) not archived yet.
-    archive.refusing = room_comes_by == "evict"
+    archive.refusing = room_comes_by in ("evict", "archive")
     fill(store, "junk", junk, archive=not archive.refusing)
     if not archive.refusing:
         for name in junk:
@@ -328,9 +328,13 @@ def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
     assert waiting["d", "s"].due > time.monotonic() + 3000
 
     if room_comes_by == "evict":
+        store.mover.after_archive = lambda: None  # (the "archive" case tests its wake)
         archive.refusing = False
-        assert store.drain(10)  # archived now, so evictable: nothing says so
+        assert store.drain(10)  # archived now, so evictable
         assert store.evict("junk", "j0") == STORED
+    elif room_comes_by == "archive":
+        archive.refusing = False
+        assert store.drain(10)  # archived now, so evictable
     elif room_comes_by == "unpin":
         store.unpin("junk", "j0")
     elif room_comes_by == "delete":

@@ -141,6 +141,9 @@ class Mover:
         self._archive_hold: str | None = None
         #: Uploads given up because the local copy failed verification (newest last).
         self.data_loss: collections.deque[str] = collections.deque(maxlen=100)
+        #: called after a hot, unpinned shard was archived: eviction may take it now,
+        #: so pins waiting for room may find it (the store wakes them).
+        self.after_archive: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         """Start the journal thread (it resumes any journal left by a crash) and the
@@ -430,6 +433,7 @@ class Mover:
             self.last_error = f"{op.op} {op.dataset}/{op.name}@{op.generation}: {exc}"
             log.warning("archive operation failed, will retry: %s", self.last_error)
             return False
+        evictable = False
         with self._env.write() as txn:
             if uploaded is not None:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
@@ -438,9 +442,12 @@ class Mover:
                         archived=True, frame_digests=uploaded.frame_digests
                     )
                     self._catalog.put_shard(txn, archived)
+                    evictable = archived.evictable(time.time())
             self._catalog.remove_journal(txn, seq)
         self._retry_delay = self._settings.mover_retry_initial_s
         self.last_error = None
+        if evictable:
+            self.after_archive()
         return True
 
     def _apply_watched(self, op: JournalOp) -> ShardRecord | None:

@@ -15,7 +15,8 @@ below the high watermark only once its frames are in hand, so a tier full of pin
 shards had each pin that did not fit fetched whole from the archive at every try, once
 a minute, only to be skipped again. One such pin is queued at a time, since two would
 count the same freed room. Room that may have come (a quota raised, a hot shard
-unpinned, evicted or deleted) makes them due at once (:meth:`PinRetries.due_now`).
+unpinned, evicted, deleted or archived) makes them due at once
+(:meth:`PinRetries.due_now`).
 
 Thread-safe. Its lock is never held while it calls the promoter or the hot room, and
 the promoter calls in here holding none of its own.
@@ -162,8 +163,9 @@ class PinRetries:
     def due_now(self, dataset: str | None = None) -> bool:
         """Make the pins skipped for want of room due at once — of ``dataset``, or of
         every dataset: room may have come (a quota raised or removed; a hot shard
-        unpinned, evicted or deleted). The next prefetch pass tries them; pins that
-        failed for want of the archive keep their back-off. Whether any was made due."""
+        unpinned, evicted, deleted or archived). The next prefetch pass tries them;
+        pins that failed for want of the archive keep their back-off. Whether any was
+        made due."""
         now = time.monotonic()
         made_due = False
         with self._lock:

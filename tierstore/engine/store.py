@@ -253,6 +253,7 @@ class Store:
             self.hot_room,
         )
         self.promoter.after_promotion = self.prefetcher.wake
+        self.mover.after_archive = self._room_may_have_come
         #: master-key rotation and the checks on keys and on the archive's seals.
         self.master_keys = MasterKeys(
             self._env, self._catalog, archive, self._sealers, keyring, self.mover.wake
@@ -723,10 +724,11 @@ class Store:
             self._room_may_have_come()
 
     def _room_may_have_come(self) -> None:
-        """After a hot shard's pin ended, or it was evicted or deleted (or its dataset):
-        pins skipped for want of room are tried at once, not after their back-off (up
-        to a minute). Not after a cold shard's: a bulk delete would have the prefetch
-        loop try them, and find no room, at every delete."""
+        """After a hot shard's pin ended, it was evicted or deleted (or its dataset),
+        or the mover archived it unpinned (eviction may take it now): pins skipped for
+        want of room are tried at once, not after their back-off (up to a minute). Not
+        after a cold shard's: a bulk delete would have the prefetch loop try them, and
+        find no room, at every delete."""
         if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
