@@ -344,6 +344,37 @@ def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
 
 
+def test_a_pin_waiting_for_room_is_tried_when_a_ttl_pin_runs_out(open_store: StoreFactory) -> None:
+    # The TTL pins holding the tier full ran out, and the pin waited out its back-off
+    # (up to a minute) with the room there.
+    store = open_store(
+        MemoryTier(),
+        datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
+        hot_capacity_bytes=int(2 * STORED / 0.9) + 64,  # 2 shards below the high watermark
+        prefetch_interval_s=3600,  # retry passes when the test calls them
+    )
+    fill(store, "d", ["s"])
+    store.evict("d", "s")
+    fill(store, "d", ["k0", "k1"])
+    for name in ("k0", "k1"):
+        store.pin("d", name)
+    store.pin("d", "s")  # fetched, then skipped: no room
+    waiting = store.promoter.pins._waiting
+    wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
+    store.pin("d", "k0", ttl_s=2.0)  # now held for two seconds only
+    waiting["d", "s"].failures = 10  # as after many skips: a back-off of a minute
+    waiting["d", "s"].due = time.monotonic()
+    ends = time.monotonic() + 2.0
+    assert store.promoter.pins.retry() == 0  # no room yet: k0's pin still holds
+    assert waiting["d", "s"].due <= ends + 0.1  # due once k0's pin ran out, not in a minute
+    assert not store.stat("d", "s").hot
+    time.sleep(max(0.0, waiting["d", "s"].due - time.monotonic()))  # (its due time)
+    assert store.promoter.pins.retry() == 1  # k0 evicted for it
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
+    assert hot(store, "d") == {"k1", "s"}
+
+
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
     # The queue holds 64: the pins past it were dropped when they were pinned, and
     # stayed cold until read, though pin reported their bytes as queued.

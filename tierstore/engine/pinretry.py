@@ -16,7 +16,8 @@ shards had each pin that did not fit fetched whole from the archive at every try
 a minute, only to be skipped again. One such pin is queued at a time, since two would
 count the same freed room. Room that may have come (a quota raised, a hot shard
 unpinned, evicted, deleted or archived) makes them due at once
-(:meth:`PinRetries.due_now`).
+(:meth:`PinRetries.due_now`), and a TTL pin that runs out before their back-off ends
+makes them due then (:meth:`PinRetries.note_pin_end`).
 
 Thread-safe. Its lock is never held while it calls the promoter or the hot room, and
 the promoter calls in here holding none of its own.
@@ -24,6 +25,7 @@ the promoter calls in here holding none of its own.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -36,12 +38,16 @@ from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
 
-__all__ = ["PIN_RETRY_MAX_S", "PinRetries"]
+__all__ = ["MAX_PIN_ENDS", "PIN_RETRY_MAX_S", "PinRetries"]
 
 log = logging.getLogger(__name__)
 
 #: the longest pause between two tries of a failed pin's promotion (seconds).
 PIN_RETRY_MAX_S = 60.0
+
+#: the most TTL pin ends kept (see :meth:`PinRetries.note_pin_end`): past it, a pin
+#: waiting for room may wait out its back-off when a TTL pin runs out.
+MAX_PIN_ENDS = 4096
 
 #: (dataset, shard name) of a pin.
 _PinKey = tuple[str, str]
@@ -88,6 +94,28 @@ class PinRetries:
         #: the last pin skipped for want of room that was queued once its room was
         #: made; guarded by ``_lock``.
         self._room_pin: ShardRecord | None = None
+        #: when TTL pins set since the store opened run out (``time.time()``
+        #: readings, a heap); guarded by ``_lock``.
+        self._pin_ends: list[float] = []
+
+    def note_pin_end(self, until: float) -> None:
+        """Note that a TTL pin runs out at ``until`` (a ``time.time()`` reading): a pin
+        waiting for room is tried again then, if its back-off would end later, since
+        eviction may take that shard once its pin ran out."""
+        with self._lock:
+            if len(self._pin_ends) < MAX_PIN_ENDS:
+                heapq.heappush(self._pin_ends, until)
+
+    def _room_backoff(self, pin: FailedPin, now: float) -> float:
+        """When a pin waiting for room is next due: after its back-off, or once the
+        next TTL pin runs out if that comes first. Call with ``_lock`` held."""
+        due = now + pin.backoff()
+        wall = time.time()
+        while self._pin_ends and self._pin_ends[0] <= wall:
+            heapq.heappop(self._pin_ends)
+        if self._pin_ends:
+            due = min(due, now + self._pin_ends[0] - wall)
+        return due
 
     def remember(self, record: ShardRecord, *, for_room: bool = False) -> None:
         """Note that the promotion of pinned ``record`` failed for want of the archive
@@ -100,7 +128,8 @@ class PinRetries:
             if prior is not None and prior.generation == record.generation:
                 failures = prior.failures + 1
             pin = FailedPin(record.generation, failures, 0.0, for_room)
-            pin.due = time.monotonic() + pin.backoff()
+            now = time.monotonic()
+            pin.due = self._room_backoff(pin, now) if for_room else now + pin.backoff()
             self._waiting[key] = pin
 
     def remember_unqueued(self, record: ShardRecord) -> None:
@@ -151,7 +180,7 @@ class PinRetries:
                 if roomless:
                     if pin.due == seen_due:  # not made due at once meanwhile (a quota)
                         pin.failures += 1
-                        pin.due = now + pin.backoff()
+                        pin.due = self._room_backoff(pin, now)
                 elif taken:
                     # Not due again until its back-off is over; one that turns hot is
                     # dropped when next due.

@@ -106,6 +106,8 @@ class Placement:
         ttl_s = check_pin_ttl(ttl_s)
         until = time.time() + ttl_s if ttl_s is not None else 0.0
         record, updated = self._set_pin(dataset, shard, True, until)
+        if until:
+            self._promoter.pins.note_pin_end(until)
         if not record.hot:
             self._promoter.promote_pinned(updated)  # now, or by a later prefetch pass
             return stored_size(record)
