@@ -59,6 +59,9 @@ class EngineSettings:
     low_watermark: float = 0.75
     #: LMDB map size; 0 means 1.5 x hot capacity + 256 MiB (room for catalog and free pages).
     map_size_bytes: int = 0
+    #: bytes set aside on the data directory's disk, given back when it is full so that
+    #: deletes and evictions still commit (engine/diskreserve.py); 0: none.
+    disk_reserve_bytes: int = 16 * MiB
     max_frame_bytes: int = 4 * MiB
     #: un-archived bytes above which write-back puts fail with BacklogFull.
     backlog_cap_bytes: int = 16 * GiB
@@ -185,8 +188,9 @@ class EngineSettings:
             )
         if self.max_read_leases < 0:  # 0: every hot read gets a private copy
             raise InvalidArgument(f"max_read_leases must not be negative: {self.max_read_leases}")
-        if self.backlog_cap_bytes < 0 or self.map_size_bytes < 0:
-            raise InvalidArgument("backlog_cap_bytes and map_size_bytes must not be negative")
+        for name in ("backlog_cap_bytes", "map_size_bytes", "disk_reserve_bytes"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must not be negative, got {getattr(self, name)}")
         if self.hot_capacity_bytes > _MAX_BYTES or self.map_size_bytes > _MAX_BYTES:
             raise InvalidArgument(
                 f"hot_capacity_bytes and map_size_bytes must be at most {_MAX_BYTES} (2**48)"

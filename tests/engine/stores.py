@@ -50,7 +50,8 @@ DATASETS: dict[str, DatasetSettings] = {
 
 
 def engine_settings(data_dir: Path, **overrides: Any) -> EngineSettings:
-    """Settings for a test store: 4 KiB frames, 64 MiB hot capacity, quick retries."""
+    """Settings for a test store: 4 KiB frames, 64 MiB hot capacity, quick retries, no
+    disk reserve (16 MiB of disk a store: tests/engine/test_disk_reserve.py has one)."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "hot_capacity_bytes": 64 << 20,
@@ -59,6 +60,7 @@ def engine_settings(data_dir: Path, **overrides: Any) -> EngineSettings:
         "mover_retry_max_s": 0.2,
         "access_flush_interval_s": 0.2,
         "cold_read_parallelism": 4,
+        "disk_reserve_bytes": 0,
     }
     values.update(overrides)
     return EngineSettings(**values)

@@ -53,6 +53,7 @@ from tierstore.cli.startcheck import (
     through_embedded_restarts,
 )
 from tierstore.config import load_settings
+from tierstore.engine.diskreserve import DiskReserve
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
 from tierstore.private_files import (
@@ -181,6 +182,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             f"cannot use {str(data_dir)!r} as the data directory: {exc.strerror or exc}{hint}"
         ) from None
     _restrict_secrets(data_dir)
+    _give_back_the_reserve_on_a_full_disk(data_dir, configured.disk_reserve_bytes)
     _warn_of_too_little_disk(data_dir, configured.hot_capacity_bytes)
     stop = threading.Event()
 
@@ -338,6 +340,15 @@ def _in_use(data_dir: Path, holder: str) -> FailedPrecondition:
         f"data directory {data_dir} is in use by another tierstore serve (process "
         f"{holder}); stop it first, or give this node a --data-dir of its own"
     )
+
+
+def _give_back_the_reserve_on_a_full_disk(data_dir: Path, reserve_bytes: int) -> None:
+    """Give back the disk reserve (engine/diskreserve.py) when the disk of ``data_dir``
+    has less room than it: on a full disk the node could not start (the embedded
+    archive writes its pid file first), and only a node that runs can delete or evict
+    the shards that fill it."""
+    if shutil.disk_usage(data_dir).free < reserve_bytes:
+        DiskReserve(data_dir, reserve_bytes).release()
 
 
 def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:

@@ -144,6 +144,9 @@ class Mover:
         #: called after a hot, unpinned shard was archived: eviction may take it now,
         #: so pins waiting for room may find it (the store wakes them).
         self.after_archive: Callable[[], None] = lambda: None
+        #: called after each pass of the journal thread (the store makes its disk
+        #: reserve again there, once the disk has room).
+        self.after_pass: Callable[[], object] = lambda: None
 
     def start(self) -> None:
         """Start the journal thread (it resumes any journal left by a crash) and the
@@ -216,6 +219,7 @@ class Mover:
                     last_flush = time.monotonic()
                     self.flush_access()
                 self._hot_room.evict_if_needed()
+                self.after_pass()
             except Exception as exc:  # e.g. HotTierFull while flushing access counts
                 if self._stop.is_set():
                     log.info("mover housekeeping ended by the stop: %s", exc)

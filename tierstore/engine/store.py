@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -42,6 +42,7 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
+from tierstore.engine.diskreserve import DiskReserve
 from tierstore.engine.eviction import HotRoom
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.masterkeys import MasterKeys, SealFailure
@@ -86,7 +87,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
-from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
+from tierstore.tiers.lmdb import DiskFull, LmdbEnvironment, LmdbTier
 from tierstore.types import (
     DatasetSettings,
     Durability,
@@ -99,6 +100,8 @@ from tierstore.types import (
 __all__ = ["Store", "StoreStats", "hot_tier_dir"]
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,11 @@ class Store:
         self.master_keys = MasterKeys(
             self._env, self._catalog, archive, self._sealers, keyring, self.mover.wake
         )
+        #: bytes set aside on the disk for deletes and evictions to commit when it is
+        #: full (engine/diskreserve.py): made now, and again by the mover's passes.
+        self.disk_reserve = DiskReserve(settings.data_dir, settings.disk_reserve_bytes)
+        self.disk_reserve.ensure()
+        self.mover.after_pass = self.disk_reserve.ensure
         self._open_policies()
 
     def start_background(self) -> None:
@@ -420,6 +428,24 @@ class Store:
         an error after it leaves the dataset deleted (and its name free to reuse)."""
         self._check_open()
         validate_dataset_name(name)
+        settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force))
+        self._plans.close_dataset(name)
+        self._placement.retire_reads(name)
+        self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
+        if committed is not None:
+            committed()
+        if any(record.hot for record in records):
+            self._room_may_have_come()
+        if settings.durability is Durability.WRITE_THROUGH:
+            self._writer.archive_delete(seq, name, f"dataset {name!r}")
+        self.mover.wake()
+
+    def _drop_dataset(
+        self, name: str, force: bool
+    ) -> tuple[DatasetSettings, builtins.list[ShardRecord], int]:
+        """Commit the delete of dataset ``name`` (see :meth:`delete_dataset`); returns its
+        settings, the shards it held and the journal entry that deletes it from the
+        archive."""
         with self._policies.undone_on_failure():
             dropped: Policy | None = None
             try:
@@ -446,16 +472,7 @@ class Store:
                 # before the enclosing undo tells it of the shards it still holds.
                 self._policies.restore_dataset(name, dropped)
                 raise
-        self._plans.close_dataset(name)
-        self._placement.retire_reads(name)
-        self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
-        if committed is not None:
-            committed()
-        if any(record.hot for record in records):
-            self._room_may_have_come()
-        if settings.durability is Durability.WRITE_THROUGH:
-            self._writer.archive_delete(seq, name, f"dataset {name!r}")
-        self.mover.wake()
+        return settings, records, seq
 
     # Writes.
 
@@ -537,6 +554,17 @@ class Store:
         ArchiveUnavailable (write-through only: deleted here, and the mover keeps
         trying the archive)."""
         self._check_shard_call(dataset, shard)
+        settings, seq, was_hot = self._with_reserve(lambda: self._drop_shard(dataset, shard))
+        if was_hot:  # before a write-through delete waits for the archive
+            self._room_may_have_come()
+        if seq is not None and settings.durability is Durability.WRITE_THROUGH:
+            self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
+        self.mover.wake()
+
+    def _drop_shard(self, dataset: str, shard: str) -> tuple[DatasetSettings, int | None, bool]:
+        """Commit the delete of ``dataset/shard`` (see :meth:`delete`); returns its
+        dataset's settings, the journal entry that deletes it from the archive (None for
+        a shard whose record was unreadable) and whether it was hot."""
         seq = None
         was_hot = False
         with self._policies.undone_on_failure(), self._env.write() as txn:
@@ -549,11 +577,18 @@ class Store:
             else:
                 seq = self._writer.delete_in(txn, record)
                 was_hot = record.hot
-        if was_hot:  # before a write-through delete waits for the archive
-            self._room_may_have_come()
-        if seq is not None and settings.durability is Durability.WRITE_THROUGH:
-            self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
-        self.mover.wake()
+        return settings, seq, was_hot
+
+    def _with_reserve(self, commit: Callable[[], _Result]) -> _Result:
+        """``commit()``, which frees room in the hot tier (a delete, an eviction); run
+        once more if it found the disk full and the disk reserve was given back for it:
+        LMDB needs a few new pages before it frees any (engine/diskreserve.py)."""
+        try:
+            return commit()
+        except DiskFull:
+            if not self.disk_reserve.release():
+                raise
+        return commit()
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
         """:func:`delete_damaged_in`, in a write transaction (where the generations that
@@ -702,7 +737,7 @@ class Store:
         self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
             self._catalog.require_shard(txn, dataset, shard)
-        freed = self.hot_room.evict_shard(dataset, shard)
+        freed = self._with_reserve(lambda: self.hot_room.evict_shard(dataset, shard))
         if freed:
             self._room_may_have_come()
         return freed

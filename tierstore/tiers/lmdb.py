@@ -56,6 +56,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_READERS",
     "READER_CHECK_INTERVAL_S",
+    "DiskFull",
     "LmdbEnvironment",
     "LmdbTier",
     "MapFullOfDeadReaders",
@@ -82,6 +83,11 @@ class MapFullOfDeadReaders(HotTierFull):
     """A write found the map full while reader slots of dead processes held old pages;
     those are freed now, so the same write may fit if run once more. A caller that
     does not run it again reports it as the :class:`HotTierFull` it is."""
+
+
+class DiskFull(HotTierFull):
+    """A write failed because the hot tier's disk, not its map, is full: room given
+    back on the disk (the store's disk reserve) lets the same write commit."""
 
 
 #: Modes of a new environment's directory and files (less the umask): the owner, and a
@@ -204,7 +210,8 @@ class LmdbEnvironment:
         :class:`MapFullOfDeadReaders` when freeing dead processes' reader slots then
         freed some (the same write may fit now: the caller may run it once more); a full
         disk (ENOSPC, or the I/O error LMDB reports for a write the disk cut short)
-        becomes HotTierFull too; other LMDB errors become :class:`Unavailable`.
+        becomes :class:`DiskFull` (a HotTierFull); other LMDB errors become
+        :class:`Unavailable`.
         """
         try:
             with self._in_use():
@@ -229,7 +236,7 @@ class LmdbEnvironment:
         except lmdb.Error as exc:
             if self._disk_full(exc):
                 log.warning("hot tier at %s: a write failed for want of disk: %s", self.path, exc)
-                raise HotTierFull(
+                raise DiskFull(
                     f"hot tier at {self.path}: its disk is full ({exc}; LMDB reports a write "
                     "the disk cut short as an I/O error): free space on it, or evict or "
                     "delete shards"
