@@ -546,6 +546,11 @@ def test_trace_export_and_the_sizing_curve(
     typo = run(env, "trace", "export", "-o", str(tmp_path / "t"), "--dataset", "nosuch")
     assert typo.returncode == 3 and "DatasetNotFound" in one_line_error(typo)
     assert sorted(tmp_path.iterdir()) == before
+    # To stdout, the trace's first line was written before the error: a pipe read a
+    # trace cut short.
+    typo = run(env, "trace", "export", "-o", "-", "--dataset", "nosuch")
+    assert typo.returncode == 3 and "DatasetNotFound" in one_line_error(typo)
+    assert typo.stdout == b""
 
     # Only a server admin may export; a refused export leaves no file behind.
     _, token = admin.create_token("ds-owner", [Grant(dataset, Role.ADMIN)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import sys
 import time
@@ -140,8 +141,12 @@ def trace_export(
     counts: Counter[str] = Counter()
 
     def write(stream: TextIO) -> None:
+        events = iter(command_client().export_trace(dataset))
+        # The call's refusal (no such dataset) comes with its first event: before the
+        # trace's first line, which a pipe would have read as a trace cut short.
+        first = next(events, None)
         writer = TraceWriter(stream)
-        for event in command_client().export_trace(dataset):
+        for event in itertools.chain(() if first is None else (first,), events):
             if isinstance(event, TracedRead):
                 writer.read(
                     event.t, event.dataset, event.shard, event.size, reported=event.reported
