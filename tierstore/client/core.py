@@ -177,6 +177,7 @@ class ClientCore:
             if self._channel.settings.token is not None:
                 raise
             raise Unauthenticated(
-                f"{exc}: this client has no token (give token= or token_file= to connect(), "
-                "or set TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE)"
+                f"{exc}: this client has no token (set TIERSTORE_TOKEN or "
+                "TIERSTORE_TOKEN_FILE, or give the CLI's --token or --token-file, or "
+                "connect()'s token= or token_file=)"
             ) from None

@@ -96,7 +96,8 @@ def error_for_status(
     if error_name is None and is_certificate_rejection(code, message):
         return errors.ServerCertificateRejected(
             "the server's TLS certificate did not verify against the CA file given, or "
-            "is not for the host name connected to (ca= or TIERSTORE_CA: it should be "
+            "is not for the host name connected to (the CA file: TIERSTORE_CA, the CLI's "
+            "--ca or connect()'s ca=; it should be "
             "the server's <data-dir>/tls/ca.pem; the address: a name or IP the server's "
             f"certificate holds, such as its banner's; not retried): {message}"
         )
