@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 from tierstore import errors
 from tierstore.cli import admin, main, shards, uploads
 from tierstore.cli.main import app
+from tierstore.cli.output import rate_text
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
 CONNECTION = {"address", "token", "token_file", "ca", "insecure", "timeout", "json_output"}
@@ -700,6 +701,15 @@ def test_put_reports_what_it_uploaded_before_an_error(
         "in_doubt": None,
     }
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(2.4e9, "2.4 GB/s"), (155.7e6, "155.7 MB/s"), (12_500, "12.5 kB/s"), (80, "80 B/s")],
+)
+def test_rates_are_shown_in_a_unit_that_fits(rate: float, text: str) -> None:
+    # A small upload said "0.0 MB/s".
+    assert rate_text(rate) == text
 
 
 def test_a_put_of_empty_directories_warns_that_nothing_was_uploaded(

@@ -32,6 +32,7 @@ __all__ = [
     "out",
     "plural",
     "print_plain",
+    "rate_text",
     "run_or_fail",
     "stopped_partway",
     "utc_minute",
@@ -251,6 +252,15 @@ def stopped_partway(
 def plural(number: int, noun: str) -> str:
     """``number`` and ``noun``, plural unless one: "1 shard", "2 shards", "1,200 shards"."""
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def rate_text(bytes_per_s: float) -> str:
+    """A transfer rate for people, in the decimal units of the byte counts beside it:
+    "2.4 GB/s", "155.7 MB/s", "12.5 kB/s", "80 B/s" (a small upload said "0.0 MB/s")."""
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bytes_per_s >= scale:
+            return f"{bytes_per_s / scale:.1f} {unit}"
+    return f"{bytes_per_s:.0f} B/s"
 
 
 def hit_ratio_text(figures: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from tierstore import errors
 from tierstore.cli.app import command_client
-from tierstore.cli.output import emit, err, fail, plural, stopped_partway
+from tierstore.cli.output import emit, err, fail, plural, rate_text, stopped_partway
 from tierstore.cli.state import state
 from tierstore.naming import validate_shard_name
 
@@ -110,8 +110,7 @@ def put(
             "bytes": total,
             "bytes_per_s": total / elapsed,
         },
-        f"uploaded {plural(len(uploaded), 'shard')}, {total:,} bytes, "
-        f"{total / elapsed / 1e6:.1f} MB/s",
+        f"uploaded {plural(len(uploaded), 'shard')}, {total:,} bytes, {rate_text(total / elapsed)}",
     )
 
 
