@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -616,6 +618,58 @@ def test_a_buffer_held_past_close_stays_readable(open_store: StoreFactory) -> No
     assert held.to_bytes() == data  # the map is left in place while a lease lives
     with pytest.raises(StoreClosed):
         store.get("plain", "held")
+
+
+#: A store closed under two threads reading one shard in a loop; prints how each
+#: reader ended. Run in a process of its own: a map unmapped under a read crashes it.
+_CLOSE_UNDER_READS = """
+import sys, threading, time
+from pathlib import Path
+from tests.engine.stores import DATASETS, StoreFactory, payload
+dataset, root = sys.argv[1], Path(sys.argv[2])
+store = StoreFactory(root)(datasets={dataset: DATASETS[dataset]}, start_mover=False,
+                           max_read_leases=0)  # no lease: close must wait for the read itself
+data = payload(8 << 20)
+store.put(dataset, "a", data)
+reads, ended = [], []
+def reader():
+    while True:
+        try:
+            if store.get(dataset, "a").to_bytes() != data:
+                ended.append("wrong bytes")
+                return
+            reads.append(1)
+        except Exception as exc:
+            ended.append(type(exc).__name__)
+            return
+threads = [threading.Thread(target=reader) for _ in range(2)]
+for thread in threads:
+    thread.start()
+deadline = time.monotonic() + 60
+while len(reads) < 2 and time.monotonic() < deadline:  # both reading, one read done each
+    time.sleep(0.01)
+store.close()
+for thread in threads:
+    thread.join(30)
+print(sorted(ended), flush=True)
+"""
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_closing_a_store_under_running_reads_ends_them_with_store_closed(
+    tmp_path: Path, dataset: str
+) -> None:
+    # The map was unmapped under reads that held no lease (encrypted ones never do):
+    # the process crashed (SIGSEGV) or the read raised a raw lmdb.Error.
+    done = subprocess.run(
+        [sys.executable, "-c", _CLOSE_UNDER_READS, dataset, str(tmp_path)],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['StoreClosed', 'StoreClosed']", done.stderr[-2000:]
 
 
 # Concurrency: whole generations only.

@@ -97,6 +97,21 @@ def test_close_leaves_the_map_open_for_a_transaction_that_outlasts_its_wait(
 
 
 #: A reader that takes one slot of the table at ``argv[1]`` and waits to be killed.
+def test_a_read_begun_for_a_lease_holds_off_close_until_it_ends(tmp_path: Path) -> None:
+    # Hot reads begin their transaction outside a with block (a lease may take it);
+    # close did not count it, and unmapped the map under the read.
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    with env.write() as txn:
+        txn.put(b"k", b"v", db=env.db("data"))
+    txn = env.begin_read()
+    assert env.close(wait_s=0.05) is False  # left mapped: a read is under way
+    assert bytes(txn.get(b"k", db=env.db("data"))) == b"v"
+    with pytest.raises(StoreClosed):
+        env.begin_read()
+    env.end_read(txn)
+    assert env.close(wait_s=0.05) is True
+
+
 _DEAD_READER = """
 import sys, time, lmdb
 env = lmdb.open(sys.argv[1], max_dbs=4, max_readers=4, readonly=True, lock=True)
@@ -124,6 +139,15 @@ def test_a_full_reader_table_frees_dead_readers_slots_or_says_it_is_full(
         reader.wait()
     with env.read() as txn:  # the dead readers' slots were freed
         assert bytes(txn.get(b"k", db=env.db("data"))) == b"v"
+    for _ in range(3):  # the slots left beside this process's own
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _DEAD_READER, str(tmp_path / "env")], stdout=subprocess.PIPE
+        )
+        assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+        reader.kill()
+        reader.wait()
+    leased = env.begin_read()  # a read lease's transaction (hot reads) likewise
+    env.end_read(leased)
     held = []  # live readers take every slot left (py-lmdb keeps one spare of its own)
     with contextlib.suppress(lmdb.ReadersFullError):
         while len(held) < 4:
@@ -132,6 +156,8 @@ def test_a_full_reader_table_frees_dead_readers_slots_or_says_it_is_full(
     try:
         with pytest.raises(ReaderTableFull, match="reader table"), env.read():
             pass
+        with pytest.raises(ReaderTableFull, match="reader table"):
+            env.begin_read()  # was a raw lmdb.ReadersFullError
     finally:
         for txn in held:
             txn.abort()

@@ -64,7 +64,7 @@ class ShardReader:
         self._sealers = sealers
         self._reads = reads
         self._promoter = promoter
-        self.leases = LeasePool(max_read_leases)
+        self.leases = LeasePool(max_read_leases, environment.end_read)
         #: parallel ranged GETs of cold frames, shared with the store's sealed reads.
         self.fetch_pool = ThreadPoolExecutor(
             max_workers=cold_read_parallelism, thread_name_prefix="tierstore-fetch"
@@ -105,7 +105,7 @@ class ShardReader:
                     source = "hot"
             finally:
                 if txn is not None:
-                    txn.abort()
+                    self._env.end_read(txn)
             if record.hot:
                 break
             try:
@@ -145,10 +145,10 @@ class ShardReader:
             sealer = self._sealers.sealer(record)
             lease = self.leases.try_open(txn) if record.hot and sealer.cipher is None else None
         except BaseException:
-            txn.abort()
+            self._env.end_read(txn)
             raise
         if lease is None:
-            txn.abort()
+            self._env.end_read(txn)
             yield from self.read(dataset, shard, None, frame_range).frames
             return
         self._reads.observe(record, True)
@@ -199,7 +199,7 @@ class ShardReader:
             )
         finally:
             if lease is None:
-                txn.abort()
+                self._env.end_read(txn)
 
     def _open_frame(
         self, sealer: FrameSealer, piece: FrameSlice, stored: memoryview, lease: Any

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -138,11 +138,19 @@ class ReadLease:
         return pa.foreign_buffer(address, len(view), base=self)
 
 
+def _abort(txn: Any) -> None:
+    txn.abort()
+
+
 class LeasePool:
     """Counts live leases and refuses new ones past the limit. Thread-safe."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, end: Callable[[Any], None] = _abort) -> None:
+        """At most ``limit`` leases at once; a lease's transaction is ended with
+        ``end(txn)`` (the hot tier's :meth:`~tierstore.tiers.lmdb.LmdbEnvironment.end_read`
+        for a transaction of its ``begin_read``)."""
         self._limit = limit
+        self._end = end
         self._lock = threading.Lock()
         self._live: weakref.WeakSet[ReadLease] = weakref.WeakSet()
         self._count = 0
@@ -163,7 +171,7 @@ class LeasePool:
             # module docstring); its lock may even be held by a thread gone with the fork.
             return
         try:
-            txn.abort()
+            self._end(txn)
         except Exception:
             pass
         finally:

@@ -297,18 +297,26 @@ class LmdbEnvironment:
     def _in_use(self) -> Iterator[None]:
         """Count a transaction under way, so that :meth:`close` does not unmap the
         environment under it (LMDB works on the map without the GIL)."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        """Count one more transaction under way; StoreClosed once closing began."""
         users = self._users_here()
         with users:
             if self._closed:
                 raise StoreClosed(f"LMDB environment {self.path} is closed")
             self._active += 1
-        try:
-            yield
-        finally:
-            with users:
-                self._active -= 1
-                if self._active == 0:
-                    users.notify_all()
+
+    def _leave(self) -> None:
+        users = self._users_here()
+        with users:
+            self._active -= 1
+            if self._active == 0:
+                users.notify_all()
 
     def _users_here(self) -> threading.Condition:
         """The transaction count's condition of this process: a forked child starts
@@ -320,8 +328,24 @@ class LmdbEnvironment:
         return self._users
 
     def begin_read(self) -> Any:
-        """A read transaction the caller must ``abort()``; see :class:`ReadLease` users."""
-        return self.env.begin(buffers=True)
+        """A read transaction that outlives a ``with`` block (a read lease's), which
+        the caller ends with :meth:`end_read`, not ``abort()``: it counts as under way
+        until then, so :meth:`close` waits for it rather than unmap the map under it
+        (a store closed under a running read crashed the process). Raises
+        StoreClosed, and ReaderTableFull as :meth:`read`."""
+        self._enter()
+        try:
+            return self._begin_read()
+        except BaseException:
+            self._leave()
+            raise
+
+    def end_read(self, txn: Any) -> None:
+        """End a transaction of :meth:`begin_read`."""
+        try:
+            txn.abort()
+        finally:
+            self._leave()
 
     def reserve_pages(self) -> int:
         """Pages that puts leave free: a delete, an eviction or the mover's bookkeeping
