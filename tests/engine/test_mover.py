@@ -199,6 +199,42 @@ def test_a_frame_damaged_before_upload_is_never_archived(
         store.get(dataset, "damaged")
 
 
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_shard_deleted_after_its_overwrite_was_damaged_does_not_come_back_with_a_rebuild(
+    open_store: StoreFactory, dataset: str
+) -> None:
+    # The overwrite's hot copy was damaged before its upload, so the entry that deletes
+    # the overwritten generation from the archive (once a newer one is there) was
+    # dropped: that generation outlived the shard's delete, and a rebuild of the
+    # catalog from the archive brought the deleted shard back, with the old bytes.
+    inner = MemoryTier()
+    store = open_store(inner, datasets=PLAIN, start_mover=False)
+    store.put(dataset, "x", payload(2 * FRAME, 1))
+    assert store.mover.drain_once()
+    old = record_of(store, dataset, "x")
+    store.put(dataset, "x", payload(2 * FRAME, 2))
+    new = record_of(store, dataset, "x")
+    damaged = hot_frames(store, dataset, "x")[0]
+    assert damaged is not None
+    put_hot_frame(store, new.generation, 0, flip(damaged, 5))
+    store.mover.drain_once()
+    assert store.mover.pending() == 0  # nothing stalls on the damaged generation
+    assert [event.split(":")[0] for event in store.stats().data_loss] == [
+        f"{dataset}/x@{new.generation}"
+    ]
+    # The old generation goes as it would have once the new one was archived: the
+    # new one never will be, and a reader of the shard gets the data loss, not it.
+    assert inner.get(archive_manifest_key(dataset, old.generation)) is None
+    assert inner.get(archive_frames_key(dataset, old.generation)) is None
+    with pytest.raises(IntegrityError):
+        store.get(dataset, "x")
+    store.delete(dataset, "x")
+    store.mover.drain_once()
+    rebuilt = open_store(inner)
+    rebuilt.rebuild_from_archive()
+    assert [info.name for info in rebuilt.list(dataset)[0]] == []
+
+
 def test_a_damaged_record_with_an_upload_pending_does_not_stall_the_journal(
     open_store: StoreFactory,
 ) -> None:

@@ -72,6 +72,11 @@ _CATCH_UP_ATTEMPTS = 4
 JOURNAL_TURN_GRACE_S = 10.0
 
 
+class _NewerDamaged(IntegrityError):
+    """A ``supersede`` entry's newer generation failed its check before its upload:
+    it can never be archived, so the overwritten one need not wait for it."""
+
+
 def _manifest_generation(key: str, prefix: str) -> int | None:
     """The generation of manifest ``key`` directly under ``prefix`` (None for any other
     object: frames, settings, another dataset's keys under a longer name)."""
@@ -481,7 +486,20 @@ class Mover:
                 self._put_manifest(record)
         elif op.op in ("delete", "supersede"):
             if op.op == "supersede":
-                uploaded = self._archive_newer_first(op)
+                try:
+                    uploaded = self._archive_newer_first(op)
+                except _NewerDamaged as exc:
+                    # The newer generation can never be archived: keeping the old one
+                    # for it would keep it for good, past a delete of the shard (a
+                    # rebuild from the archive brought the deleted shard back). Reads
+                    # of the shard raise the data loss, not the old bytes.
+                    log.error(
+                        "deleting overwritten %s/%s@%d from the archive: %s",
+                        op.dataset,
+                        op.name,
+                        op.generation,
+                        exc,
+                    )
             self._archive.delete(archive_manifest_key(op.dataset, op.generation))
             self._archive.delete(archive_frames_key(op.dataset, op.generation))
         elif op.op == "purge":
@@ -532,9 +550,9 @@ class Mover:
         overwritten before its upload (which is then skipped), the shard's current
         generation is uploaded here, ahead of its turn; returns it (None if nothing
         had to be). So the archive always holds a generation of a shard that exists,
-        once one was archived. Raises IntegrityError when the current generation's hot
-        copy is damaged, and Unavailable (the entry is retried) when it kept being
-        overwritten during its upload."""
+        once one was archived. Raises :class:`_NewerDamaged` when the current
+        generation's hot copy is damaged, and Unavailable (the entry is retried) when it
+        kept being overwritten during its upload."""
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, op.dataset, op.name)
@@ -542,11 +560,14 @@ class Mover:
                 return None
             try:
                 return self._upload(current)
-            except IntegrityError:
+            except IntegrityError as exc:
                 with self._env.read() as txn:
                     now = self._catalog.get_shard(txn, op.dataset, op.name)
                 if now is not None and now.generation == current.generation:
-                    raise  # its hot copy is damaged (Mover.data_loss hears it at its upload)
+                    # Its hot copy is damaged (Mover.data_loss hears it at its upload).
+                    raise _NewerDamaged(
+                        f"its newer generation {current.generation} is damaged: {exc}"
+                    ) from exc
                 # Overwritten during its upload (its frames went): archive the newer one.
         raise Unavailable(
             f"{op.dataset}/{op.name} kept being overwritten while a newer generation was "
