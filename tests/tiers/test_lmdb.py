@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +111,40 @@ def test_a_read_begun_for_a_lease_holds_off_close_until_it_ends(tmp_path: Path) 
         env.begin_read()
     env.end_read(txn)
     assert env.close(wait_s=0.05) is True
+
+
+def test_a_write_that_fails_is_not_held_up_by_busy_readers(tmp_path: Path) -> None:
+    # With py-lmdb 2.x and 3.x, aborting a write transaction waited until no thread was
+    # inside a read's get(), holding LMDB's writer lock all the while: with two threads
+    # reading, one failed pin took 13 s, and every put waited behind it.
+    env = LmdbEnvironment(tmp_path / "env", 1 << 24, ["data"])
+    with env.write() as txn:
+        txn.put(b"k", b"v" * 100_000, db=env.db("data"))
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            with env.read() as txn:
+                txn.get(b"k", db=env.db("data"))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(KeyError), env.write() as txn:
+                txn.put(b"other", b"x", db=env.db("data"))
+                raise KeyError("a shard that is not there")  # aborts the transaction
+        # A deadline for a hang, not a speed goal: each abort takes microseconds.
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    with env.read() as txn:
+        assert txn.get(b"other", db=env.db("data")) is None  # every write was undone
+    env.close()
 
 
 _DEAD_READER = """

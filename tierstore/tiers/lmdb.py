@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -75,6 +76,8 @@ MAX_KEY_BYTES = 511
 MAX_READERS = 4096
 #: how often (seconds) the slots of dead processes are freed, at most, unless forced.
 READER_CHECK_INTERVAL_S = 5.0
+#: ended read transactions kept at most before those no one holds are freed (_bury).
+_ENDED_PRUNE_AT = 16
 #: bytes of LMDB's per-page header, counted when estimating a value's pages.
 _PAGE_HEADER_BYTES = 16
 
@@ -132,6 +135,11 @@ class LmdbEnvironment:
         self._active = 0
         self._users = threading.Condition()
         self._users_pid = os.getpid()
+        #: held through each write transaction of this process: see write().
+        self._writer = threading.Lock()
+        #: read transactions ended, kept until no one else holds them: see _end_read.
+        self._ended: list[Any] = []
+        self._ended_lock = threading.Lock()
         #: when clear_dead_readers() last ran (monotonic seconds)
         self._readers_checked_at = float("-inf")
 
@@ -214,7 +222,10 @@ class LmdbEnvironment:
         :class:`Unavailable`.
         """
         try:
-            with self._in_use():
+            # One write transaction at a time in this process, queued here: py-lmdb
+            # refuses a second one at once rather than wait (LMDB's own lock then
+            # orders the processes, of which only the claim holder writes).
+            with self._in_use(), self._writer:
                 self.clear_dead_readers()
                 try:
                     with self.env.begin(write=True) as txn:
@@ -276,14 +287,18 @@ class LmdbEnvironment:
 
         Raises :class:`ReaderTableFull` when every reader slot is held by a live
         process (after freeing those of dead ones)."""
-        with self._in_use(), self._begin_read() as txn:
+        txn = self.begin_read()
+        try:
             yield txn
+        finally:
+            self.end_read(txn)
 
     def _begin_read(self) -> Any:
         env = self.env
         try:
             return env.begin(buffers=True)
         except lmdb.ReadersFullError:
+            self._free_ended(keep_at_most=0)  # each holds a slot until it is freed
             self.clear_dead_readers(force=True)  # frees the slots that dead processes left
         try:
             return env.begin(buffers=True)
@@ -324,6 +339,9 @@ class LmdbEnvironment:
         if self._users_pid != os.getpid():
             self._users = threading.Condition()
             self._active = 0
+            self._writer = threading.Lock()
+            self._ended = []  # the parent's: py-lmdb leaves them be in a child
+            self._ended_lock = threading.Lock()
             self._users_pid = os.getpid()
         return self._users
 
@@ -344,8 +362,31 @@ class LmdbEnvironment:
         """End a transaction of :meth:`begin_read`."""
         try:
             txn.abort()
+            self._bury(txn)
         finally:
             self._leave()
+
+    def _bury(self, txn: Any) -> None:
+        """Keep ended read transaction ``txn`` until no one else holds it, and free
+        those that no one holds now, before the caller counts its read as done.
+
+        py-lmdb 1.x frees an ended read transaction when its object goes, and lets go
+        of the GIL to do so: an object that went in a reader's thread just after its
+        read was counted done could be freed while :meth:`close` unmapped the
+        environment (a SIGBUS). Kept here, such objects go only here (while their
+        read still counts) or after :meth:`close`, which invalidates them first."""
+        with self._ended_lock:
+            self._ended.append(txn)
+        self._free_ended(keep_at_most=_ENDED_PRUNE_AT)
+
+    def _free_ended(self, keep_at_most: int) -> None:
+        """Past ``keep_at_most`` ended read transactions kept, free those no one else
+        holds (each keeps a reader slot until it is freed). Call it while a read of
+        this process counts as under way (so :meth:`close` waits)."""
+        with self._ended_lock:
+            if len(self._ended) > keep_at_most:
+                # Held by the list, the loop and getrefcount's argument alone: no one's.
+                self._ended = [t for t in self._ended if sys.getrefcount(t) > 3]
 
     def reserve_pages(self) -> int:
         """Pages that puts leave free: a delete, an eviction or the mover's bookkeeping
@@ -398,9 +439,11 @@ class LmdbEnvironment:
                 return False
         with self._lock:
             if self._env is not None and self._pid == os.getpid():
-                self._env.close()
+                self._env.close()  # invalidates the ended transactions: see _bury
             self._env = None
             self._dbs = {}
+        with self._ended_lock:
+            self._ended = []
         return True
 
 
