@@ -126,8 +126,15 @@ class DatasetSettings:
                 f"durability must be one of {names}, got {self.durability!r:.40}"
             ) from None
         check_hot_quota(self.hot_quota_bytes)
-        if not isinstance(self.policy, str):
-            raise InvalidArgument(f"policy must be a policy name, got {self.policy!r:.40}")
+        check_policy_name(self.policy)
+
+
+def check_policy_name(policy: object) -> str:
+    """``policy`` if it is a str (which policy it names is the registry's to say),
+    else InvalidArgument."""
+    if not isinstance(policy, str):
+        raise InvalidArgument(f"policy must be a policy name, got {policy!r:.40}")
+    return policy
 
 
 def check_hot_quota(quota: object) -> int:

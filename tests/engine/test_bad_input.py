@@ -317,7 +317,31 @@ def test_bad_dataset_settings_are_refused_before_anything_is_written(
     if "durability" in settings:
         with pytest.raises(InvalidArgument, match=match):
             store.update_dataset("plain", durability=settings["durability"])
+    if "policy" in settings:  # was a raw TypeError
+        with pytest.raises(InvalidArgument, match=match):
+            store.update_dataset("plain", policy=settings["policy"])
     assert "odd" not in dict(store.list_datasets())
+    assert_intact(store, known)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        # Each raised a raw AttributeError or TypeError, or (prefetch) took the str as
+        # the list of its characters and prefetched shards "a", "b" and "c".
+        (lambda store: store.list("plain", prefix=5), "prefix must be a str"),
+        (lambda store: store.list("plain", start_after=5), "start_after must be a shard name"),
+        (lambda store: store.list("plain", limit="5"), "limit must be a whole number"),
+        (lambda store: store.put("plain", "q", b"x", quota_wait_s="1"), "quota_wait_s must be"),
+        (lambda store: store.prefetch("plain", "abc"), "shards must be a list of shard names"),
+    ],
+    ids=["prefix", "start_after", "limit", "quota_wait_s", "prefetch"],
+)
+def test_arguments_of_the_wrong_type_are_invalid_arguments(
+    store: Store, known: dict[tuple[str, str], bytes], call: Callable[[Store], object], match: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        call(store)
     assert_intact(store, known)
 
 

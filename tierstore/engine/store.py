@@ -78,6 +78,7 @@ from tierstore.errors import (
     FailedPrecondition,
     HotTierFull,
     IntegrityError,
+    InvalidArgument,
     QuotaExceeded,
     StoreClosed,
     WrongShardKind,
@@ -95,6 +96,7 @@ from tierstore.types import (
     ShardKind,
     SizingPoint,
     TraceEvent,
+    check_policy_name,
 )
 
 __all__ = ["Store", "StoreStats", "hot_tier_dir"]
@@ -121,6 +123,17 @@ class StoreStats:
     data_loss: tuple[str, ...] = ()
     #: puts waiting for room in their dataset's hot-tier quota (``max_quota_waiters`` at most).
     quota_waiting_puts: int = 0
+
+
+def _check_listing(prefix: object, start_after: object, limit: object) -> None:
+    """InvalidArgument for a listing's ``prefix`` or ``start_after`` that is no str
+    (``start_after`` may be None), or a ``limit`` that is no whole number."""
+    if not isinstance(prefix, str):
+        raise InvalidArgument(f"prefix must be a str, not {prefix!r:.40}")
+    if start_after is not None and not isinstance(start_after, str):
+        raise InvalidArgument(f"start_after must be a shard name or None, not {start_after!r:.40}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidArgument(f"limit must be a whole number of shards, not {limit!r:.40}")
 
 
 def hot_tier_dir(data_dir: Path) -> Path:
@@ -382,7 +395,7 @@ class Store:
         validate_dataset_name(name)
         # DatasetSettings checks every value (InvalidArgument), the changed ones included.
         if policy is not None:
-            self._policies.check(policy)  # UnknownPolicy before anything is written
+            self._policies.check(check_policy_name(policy))  # before anything is written
         with self._access.flush_lock, self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, name)
             old_quota = settings.hot_quota_bytes
@@ -628,6 +641,7 @@ class Store:
         """
         self._check_open()
         validate_dataset_name(dataset)
+        _check_listing(prefix, start_after, limit)
         limit = max(1, limit)
         now = time.time()
         # Not under the flush lock: listings would queue behind each other and hold up
@@ -774,6 +788,10 @@ class Store:
         """
         self._check_open()
         validate_dataset_name(dataset)
+        if isinstance(shards, str):  # a str is a sequence of its characters
+            raise InvalidArgument(
+                f"shards must be a list of shard names, not the str {shards!r:.40}"
+            )
         for shard in shards:
             validate_shard_name(shard)
         return self._placement.prefetch(dataset, shards)

@@ -45,6 +45,7 @@ from tierstore.errors import (
     FailedPrecondition,
     HotTierFull,
     IntegrityError,
+    InvalidArgument,
     QuotaExceeded,
 )
 from tierstore.frames import FrameSealer
@@ -204,6 +205,8 @@ class ShardWriter:
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
+            if isinstance(quota_wait_s, bool) or not isinstance(quota_wait_s, int | float):
+                raise InvalidArgument(f"quota_wait_s must be seconds, not {quota_wait_s!r:.40}")
             wait_s = max(0.0, min(wait_s, quota_wait_s))
         wait = QuotaWait(self._quota_waiters, dataset, wait_s, caller_gone)
         staged: _StagedPut | None = None
