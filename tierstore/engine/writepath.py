@@ -455,7 +455,9 @@ class ShardWriter:
             f"hot tier at {self._env.path} is full: {dataset}/{shard} needs about "
             f"{needed} pages and {max(free, 0)} are free beyond the "
             f"{self._env.reserve_pages()} kept for deletes and evictions; delete or "
-            "evict shards, or raise map_size_bytes"
+            "evict shards, retry once the mover has archived shards that eviction may "
+            "then take, or give the hot tier more room (hot_capacity_bytes, serve's "
+            "--hot-capacity; the map is 1.5 times it and 256 MiB, or map_size_bytes)"
         )
 
     def _quota_now(self, dataset: str, shard: str, stored_total: int) -> int:
