@@ -137,7 +137,7 @@ class LmdbEnvironment:
         self._users_pid = os.getpid()
         #: held through each write transaction of this process: see write().
         self._writer = threading.Lock()
-        #: read transactions ended, kept until no one else holds them: see _end_read.
+        #: read transactions ended, kept until no one else holds them: see _bury.
         self._ended: list[Any] = []
         self._ended_lock = threading.Lock()
         #: when clear_dead_readers() last ran (monotonic seconds)
