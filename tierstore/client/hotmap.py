@@ -47,6 +47,7 @@ from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shar
 from tierstore.engine.reads import LeasePool, ReadLease
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.errors import Unavailable
+from tierstore.tiers.endedreads import EndedReads
 from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.wire.local import LocalGrant
 
@@ -109,7 +110,10 @@ class HotMap:
         self.map_size = grant.map_size
         self.identity = (grant.device, grant.inode)
         self.max_snapshots = max_snapshots
-        self.leases = LeasePool(max_snapshots)
+        #: read transactions ended, kept until no one else holds them (py-lmdb 1.x
+        #: would free one in a reader's thread while a close unmaps the map).
+        self._ended = EndedReads()
+        self.leases = LeasePool(max_snapshots, self._ended.end)
         self._open_lock = threading.Lock()
         self._gate = ForkGate()
         self._env: Any = None
@@ -144,7 +148,7 @@ class HotMap:
                 yield session
             finally:
                 if not session.leased:
-                    txn.abort()
+                    self._ended.end(txn)  # before the gate lets a close in
 
     def _opened(self) -> tuple[Any, Any, Any]:
         with self._open_lock:
@@ -229,6 +233,7 @@ class HotMap:
                 self._retired_and_closed = True
             if env is not None:
                 env.close()
+            self._ended.forget()
             return True
         finally:
             self._gate.release()
@@ -253,6 +258,7 @@ class HotMap:
         if self._gate.idle and not self.leases.live and self._env is not None:
             env, self._env, self._dbs = self._env, None, (None, None)
             env.close()  # reopened on the next read
+            self._ended.forget()
 
     def _after_fork_in_parent(self) -> None:
         self._gate.release()
@@ -260,7 +266,8 @@ class HotMap:
     def _after_fork_in_child(self) -> None:
         self._gate.reset()
         self._open_lock = threading.Lock()
-        self.leases = LeasePool(self.max_snapshots)  # the inherited one counts the parent's
+        self._ended = EndedReads()  # the parent's: py-lmdb leaves them be in a child
+        self.leases = LeasePool(self.max_snapshots, self._ended.end)  # (counts the parent's)
         if self._env is not None:
             self._inherited, self._env, self._dbs = self._env, None, (None, None)
             self._blocked = (

@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -52,6 +51,7 @@ from tierstore.errors import (
     Unavailable,
 )
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
+from tierstore.tiers.endedreads import EndedReads
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -76,8 +76,6 @@ MAX_KEY_BYTES = 511
 MAX_READERS = 4096
 #: how often (seconds) the slots of dead processes are freed, at most, unless forced.
 READER_CHECK_INTERVAL_S = 5.0
-#: ended read transactions kept at most before those no one holds are freed (_bury).
-_ENDED_PRUNE_AT = 16
 #: bytes of LMDB's per-page header, counted when estimating a value's pages.
 _PAGE_HEADER_BYTES = 16
 
@@ -137,9 +135,9 @@ class LmdbEnvironment:
         self._users_pid = os.getpid()
         #: held through each write transaction of this process: see write().
         self._writer = threading.Lock()
-        #: read transactions ended, kept until no one else holds them: see _bury.
-        self._ended: list[Any] = []
-        self._ended_lock = threading.Lock()
+        #: read transactions ended, kept until no one else holds them (py-lmdb 1.x
+        #: would free one in a reader's thread while close unmaps the environment).
+        self._ended = EndedReads()
         #: when clear_dead_readers() last ran (monotonic seconds)
         self._readers_checked_at = float("-inf")
 
@@ -298,7 +296,7 @@ class LmdbEnvironment:
         try:
             return env.begin(buffers=True)
         except lmdb.ReadersFullError:
-            self._free_ended(keep_at_most=0)  # each holds a slot until it is freed
+            self._ended.free()  # each holds a reader slot until it is freed
             self.clear_dead_readers(force=True)  # frees the slots that dead processes left
         try:
             return env.begin(buffers=True)
@@ -340,8 +338,7 @@ class LmdbEnvironment:
             self._users = threading.Condition()
             self._active = 0
             self._writer = threading.Lock()
-            self._ended = []  # the parent's: py-lmdb leaves them be in a child
-            self._ended_lock = threading.Lock()
+            self._ended = EndedReads()  # the parent's: py-lmdb leaves them be in a child
             self._users_pid = os.getpid()
         return self._users
 
@@ -361,32 +358,9 @@ class LmdbEnvironment:
     def end_read(self, txn: Any) -> None:
         """End a transaction of :meth:`begin_read`."""
         try:
-            txn.abort()
-            self._bury(txn)
+            self._ended.end(txn)
         finally:
             self._leave()
-
-    def _bury(self, txn: Any) -> None:
-        """Keep ended read transaction ``txn`` until no one else holds it, and free
-        those that no one holds now, before the caller counts its read as done.
-
-        py-lmdb 1.x frees an ended read transaction when its object goes, and lets go
-        of the GIL to do so: an object that went in a reader's thread just after its
-        read was counted done could be freed while :meth:`close` unmapped the
-        environment (a SIGBUS). Kept here, such objects go only here (while their
-        read still counts) or after :meth:`close`, which invalidates them first."""
-        with self._ended_lock:
-            self._ended.append(txn)
-        self._free_ended(keep_at_most=_ENDED_PRUNE_AT)
-
-    def _free_ended(self, keep_at_most: int) -> None:
-        """Past ``keep_at_most`` ended read transactions kept, free those no one else
-        holds (each keeps a reader slot until it is freed). Call it while a read of
-        this process counts as under way (so :meth:`close` waits)."""
-        with self._ended_lock:
-            if len(self._ended) > keep_at_most:
-                # Held by the list, the loop and getrefcount's argument alone: no one's.
-                self._ended = [t for t in self._ended if sys.getrefcount(t) > 3]
 
     def reserve_pages(self) -> int:
         """Pages that puts leave free: a delete, an eviction or the mover's bookkeeping
@@ -439,11 +413,10 @@ class LmdbEnvironment:
                 return False
         with self._lock:
             if self._env is not None and self._pid == os.getpid():
-                self._env.close()  # invalidates the ended transactions: see _bury
+                self._env.close()  # invalidates the ended transactions first
             self._env = None
             self._dbs = {}
-        with self._ended_lock:
-            self._ended = []
+        self._ended.forget()
         return True
 
 
