@@ -166,7 +166,7 @@ class FakeTxn:
 
 
 def test_lease_pool_refuses_past_its_limit_and_releases_on_collection() -> None:
-    pool = LeasePool(2)
+    pool = LeasePool(2, FakeTxn.abort)
     txns = [FakeTxn() for _ in range(3)]
     first, second = pool.try_open(txns[0]), pool.try_open(txns[1])
     assert first is not None and second is not None
@@ -182,7 +182,7 @@ def test_lease_pool_refuses_past_its_limit_and_releases_on_collection() -> None:
 
 
 def test_a_buffer_keeps_its_lease_alive() -> None:
-    pool = LeasePool(1)
+    pool = LeasePool(1, FakeTxn.abort)
     txn = FakeTxn()
     backing = bytearray(b"0123456789")
     lease = pool.try_open(txn)

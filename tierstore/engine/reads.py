@@ -138,17 +138,15 @@ class ReadLease:
         return pa.foreign_buffer(address, len(view), base=self)
 
 
-def _abort(txn: Any) -> None:
-    txn.abort()
-
-
 class LeasePool:
     """Counts live leases and refuses new ones past the limit. Thread-safe."""
 
-    def __init__(self, limit: int, end: Callable[[Any], None] = _abort) -> None:
+    def __init__(self, limit: int, end: Callable[[Any], None]) -> None:
         """At most ``limit`` leases at once; a lease's transaction is ended with
-        ``end(txn)`` (the hot tier's :meth:`~tierstore.tiers.lmdb.LmdbEnvironment.end_read`
-        for a transaction of its ``begin_read``)."""
+        ``end(txn)``: the hot tier's
+        :meth:`~tierstore.tiers.lmdb.LmdbEnvironment.end_read` for a transaction of its
+        ``begin_read``, or :meth:`~tierstore.tiers.endedreads.EndedReads.end` (a bare
+        ``abort()`` would let py-lmdb 1.x free it while a close unmaps the map)."""
         self._limit = limit
         self._end = end
         self._lock = threading.Lock()
