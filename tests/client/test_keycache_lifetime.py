@@ -225,7 +225,7 @@ def test_the_reporters_thread_calls_on_wake() -> None:
     sent: list[tuple[str, list[LocalReadCount]]] = []
     woken = threading.Event()
     reporter = ReadReporter(
-        lambda dataset, counts: sent.append((dataset, counts)),
+        lambda dataset, counts, wait: sent.append((dataset, counts)),
         every_reads=1000,
         interval_s=0.02,
         on_wake=woken.set,
@@ -240,7 +240,7 @@ def test_the_reporters_thread_runs_before_any_read_is_counted() -> None:
     # The local path starts it when it caches a data key: a read that then falls back to
     # the service counts nothing here, and the key must still go with its grant.
     woken = threading.Event()
-    reporter = ReadReporter(lambda dataset, counts: None, interval_s=0.02, on_wake=woken.set)
+    reporter = ReadReporter(lambda dataset, counts, wait: None, interval_s=0.02, on_wake=woken.set)
     reporter.start()
     first = reporter._thread
     reporter.start()  # running already: no second thread

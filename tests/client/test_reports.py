@@ -22,8 +22,10 @@ class Server:
         self.sent: list[tuple[str, list[LocalReadCount]]] = []
         self.failing = False
         self.lock = threading.Lock()
+        self.waited: list[bool] = []  # each call's wait_for_ready
 
-    def __call__(self, dataset: str, counts: list[LocalReadCount]) -> None:
+    def __call__(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        self.waited.append(wait_for_ready)
         if self.failing:
             raise Unavailable("the server is away")
         with self.lock:
@@ -68,6 +70,9 @@ def test_flush_and_close_send_everything_at_once() -> None:
     reporter.add("a", "s", 1)
     reporter.close()
     assert server.totals()[("a", "s", 1)] == 2
+    # Flushes wait for a channel still connecting (a restarted node's); the last one,
+    # at close, does not: a node gone for good must not hold up a close.
+    assert server.waited == [True, True, False]
     reporter.close()  # idempotent
     reporter.add("a", "s", 1)  # and usable again (a new thread)
     reporter.flush()

@@ -174,6 +174,45 @@ def test_the_sizing_curve_is_the_lru_miss_ratio_of_the_traced_reads(
     assert none == 0 and all(p.miss_ratio == 1.0 for p in only_e)
 
 
+def test_a_dataset_made_again_starts_its_sizing_curve_with_no_reads(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its statistics start at zero (docs/service.md), and the service shows a caller
+    # the curve of the datasets it can see: the old dataset's reads are not the new
+    # one's, and were another team's. Within the curve's reuse period, too.
+    store = open_store(datasets=LRU)
+    for name in ("a", "b"):
+        store.put("d", name, payload(FRAME))
+        store.get("d", name)
+    assert store.sizing_curve({"d"})[1] == 2
+    store.delete_dataset("d", force=True)
+    store.create_dataset("d", LRU["d"])
+    assert store.sizing_curve({"d"})[1] == 0
+    assert store.sizing_curve()[1] == 0
+    store.put("d", "a", payload(FRAME))
+    store.get("d", "a")
+    monkeypatch.setattr(trace, "SIZING_REUSE_S", 0.0)  # else the curve above, again
+    assert store.sizing_curve({"d"})[1] == 1
+    # The trace itself is history: the old dataset's reads stay exportable.
+    reads = [e for e in store.trace_events("d") if isinstance(e, TracedRead)]
+    assert len(reads) == 3
+
+
+def test_a_retired_datasets_reads_leave_only_its_sizing_curves() -> None:
+    ring = TraceRing(4)
+    ring.read("d", "a", 10, False)
+    ring.read("e", "a", 10, False)
+    ring.retire_dataset("d")
+    ring.read("d", "b", 10, False)
+    assert ring.sizing_curve(100, {"d"})[1] == 1
+    assert ring.sizing_curve(100, {"d", "e"})[1] == 2
+    assert len(list(ring.events("d"))) == 2
+    for index in range(4):  # the retired read leaves the ring: nothing left to leave out
+        ring.read("e", f"s{index}", 10, False)
+    ring.retire_dataset("e")
+    assert set(ring._counted_from) == {"e"}
+
+
 # Access statistics.
 
 

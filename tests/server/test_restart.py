@@ -330,3 +330,32 @@ def test_local_reads_go_on_when_a_restart_with_a_larger_map_grows_the_file(
             assert later.read_counts.local == 2 and later.read_counts.fallbacks == 0
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The client's channel is still reconnecting when the first reads are reported:
+    # a report failed at once then, and was dropped (it is not retried, as a report
+    # that arrived would count twice). It now waits, within its deadline, for the
+    # channel to connect: a call that never left the client cannot have arrived.
+    node = spawn_server(tmp_path / "node")
+    with node.connect() as admin:
+        admin.create_dataset("d")
+        admin.put("d", "a", b"x" * 1000)
+    reader = node.connect()
+    try:
+        assert reader.get("d", "a").to_pybytes() == b"x" * 1000
+        assert reader.read_counts.local == 1
+        reader.report_local_reads()
+        node.stop()
+        assert reader.get("d", "a").to_pybytes() == b"x" * 1000  # in place, node down
+        reader.report_local_reads()  # fails (dropped): the channel now backs off
+        node.start(same_ports=True)  # hit counts start at zero
+        for _ in range(5):
+            assert reader.get("d", "a").to_pybytes() == b"x" * 1000
+        assert reader.read_counts.local == 7  # in place: the grant is still good
+        assert reader.stats("d")["datasets"]["d"]["hits"] == 5
+    finally:
+        reader.close()

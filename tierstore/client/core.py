@@ -152,16 +152,22 @@ class ClientCore:
         idempotent: bool,
         timeout_s: float | None = None,
         changes: str | None = None,
+        wait_for_ready: bool = False,
     ) -> T:
         """``fn(request)`` with this client's deadline and credentials, retried when the
         server is unavailable if ``idempotent``. ``changes``: what the call changes (for
         one that changes something), named in the error of a call cut off before the
-        server answered, which sets its ``outcome_unknown``."""
+        server answered, which sets its ``outcome_unknown``. ``wait_for_ready``: wait,
+        within the deadline, for a channel that is not connected yet (gRPC's option),
+        rather than fail at once."""
 
         def attempt() -> T:
             with GATE.call():  # a fork() waits for this call to end (see forkgate)
                 return fn(
-                    request, timeout=timeout_s or self.timeout_s, metadata=self._channel.metadata
+                    request,
+                    timeout=timeout_s or self.timeout_s,
+                    metadata=self._channel.metadata,
+                    wait_for_ready=wait_for_ready,
                 )
 
         with self._no_token_named():

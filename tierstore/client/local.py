@@ -165,8 +165,9 @@ class LocalReadRpc(Protocol):
         """``GrantDataKey``. Raises the tierstore error the server answered."""
         ...  # pragma: no cover - a protocol
 
-    def report(self, dataset: str, counts: list[LocalReadCount]) -> None:
-        """``ReportLocalReads``. Raises the tierstore error the server answered."""
+    def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        """``ReportLocalReads``, waiting for a channel still connecting if
+        ``wait_for_ready``. Raises the tierstore error the server answered."""
         ...  # pragma: no cover - a protocol
 
 

@@ -12,7 +12,8 @@ from tierstore.wire.local import LocalGrant, grant_from_pb, read_counts_to_pb
 
 __all__ = ["GrpcLocalReadRpc"]
 
-#: ``call(method, request, idempotent=..., timeout_s=None)``: the client's call plumbing.
+#: ``call(method, request, idempotent=..., timeout_s=None, wait_for_ready=False)``: the
+#: client's call plumbing.
 Call = Callable[..., Any]
 _REPORT_TIMEOUT_S = 5.0
 
@@ -37,12 +38,14 @@ class GrpcLocalReadRpc:
         reply = self._call(self._stub().GrantDataKey, request, idempotent=True)
         return DataKey(reply.data_key, reply.nonce_prefix)
 
-    def report(self, dataset: str, counts: list[LocalReadCount]) -> None:
-        # Not idempotent: a retried report that had arrived would count reads twice. A
-        # short deadline: a report is best effort, and close() waits for the last one.
+    def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        # Not idempotent: a retried report that had arrived would count reads twice; but
+        # waiting for a channel still connecting sends it only once. A short deadline: a
+        # report is best effort, and close() waits for the last one.
         self._call(
             self._stub().ReportLocalReads,
             read_counts_to_pb(dataset, counts),
             idempotent=False,
             timeout_s=_REPORT_TIMEOUT_S,
+            wait_for_ready=wait_for_ready,
         )

@@ -8,10 +8,14 @@ every ``every_reads`` reads or ``interval_s`` seconds, whichever comes first.
 :meth:`ReadReporter.flush` sends at once, on the caller's thread (the client does so
 at close and before it shows statistics, so a client sees its own reads counted).
 
-A batch that cannot be sent, or that the server refuses, is dropped and the reason
-logged once: a lost report costs placement accuracy, never data. Reads counted but
-not yet sent when a process dies (a DataLoader worker killed at the end of an
-epoch) are lost the same way — at most one interval's worth.
+A report waits, within its deadline, for a channel that is still connecting (as
+after a node's restart) rather than fail at once: it is not retried, as one that
+arrived would count twice, and one that never left cannot have arrived. Only the
+last flush, at close, does not wait. A batch that cannot be sent, or that the
+server refuses, is dropped and the reason logged once: a lost report costs
+placement accuracy, never data. Reads counted but not yet sent when a process dies
+(a DataLoader worker killed at the end of an epoch) are lost the same way — at most
+one interval's worth.
 
 Fork safety: counts belong to the process that made them. A child starts empty (the
 parent reports its own) and makes its own thread on its first read. Before a fork a
@@ -37,8 +41,9 @@ __all__ = ["ReadReporter", "Sender"]
 
 log = logging.getLogger(__name__)
 
-#: ``send(dataset, counts)``: one ReportLocalReads call; raises on failure.
-Sender = Callable[[str, list[LocalReadCount]], None]
+#: ``send(dataset, counts, wait_for_ready)``: one ReportLocalReads call, waiting for a
+#: channel still connecting if ``wait_for_ready``; raises on failure.
+Sender = Callable[[str, list[LocalReadCount], bool], None]
 #: The longest a fork waits for a report in flight.
 _FORK_WAIT_S = 5.0
 
@@ -104,15 +109,16 @@ class ReadReporter:
             assert self._thread is not None
             self._thread.start()
 
-    def flush(self) -> None:
-        """Send every read counted so far, now, on this thread."""
+    def flush(self, *, wait_for_ready: bool = True) -> None:
+        """Send every read counted so far, now, on this thread (``wait_for_ready``: see
+        the module's docstring)."""
         with self._sending:
             with self._lock:
                 pending, self._pending, self._count = self._pending, {}, 0
             for dataset, counts in pending.items():
                 reads = [LocalReadCount(shard, gen, n) for (shard, gen), n in counts.items()]
                 for batch in _batches(reads):
-                    self._deliver(dataset, batch)
+                    self._deliver(dataset, batch, wait_for_ready)
 
     def close(self) -> None:
         """Send what is pending and stop the thread (the next read starts another).
@@ -123,11 +129,11 @@ class ReadReporter:
             self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
-        self.flush()
+        self.flush(wait_for_ready=False)  # a node gone for good must not hold up a close
 
-    def _deliver(self, dataset: str, batch: list[LocalReadCount]) -> None:
+    def _deliver(self, dataset: str, batch: list[LocalReadCount], wait_for_ready: bool) -> None:
         try:
-            self._send(dataset, batch)
+            self._send(dataset, batch, wait_for_ready)
         except Exception as exc:  # a report is best effort: log why, once per kind
             reason = type(exc).__name__
             if reason not in self._logged:

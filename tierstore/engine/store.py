@@ -355,6 +355,7 @@ class Store:
             self._policies.open_dataset(name, settings.policy)
         # Also here: a read still under way as its namesake was deleted counted there.
         self._placement.retire_reads(name)
+        self._trace.retire_dataset(name)
         self.mover.wake()
 
     def get_dataset(self, name: str) -> DatasetSettings:
@@ -444,6 +445,7 @@ class Store:
         settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force))
         self._plans.close_dataset(name)
         self._placement.retire_reads(name)
+        self._trace.retire_dataset(name)  # its reads are not a namesake's (sizing curves)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         if committed is not None:
             committed()

@@ -108,6 +108,7 @@ class _Snapshot:
     kinds: bytearray
     names: list[_Name]
     others: dict[int, TraceEvent | _PackedPlan]
+    counted_from: dict[str, int]
 
     def slots(self) -> Iterator[tuple[int, int]]:
         """``(sequence number, slot)`` of every event, oldest first."""
@@ -134,11 +135,16 @@ class TraceRing:
         self._others: dict[int, TraceEvent | _PackedPlan] = {}
         self._declarations: collections.deque[int] = collections.deque()  # oldest first
         self._declared_bytes = 0
+        #: datasets made again under their name: the sequence number of the first event
+        #: that counts in their sizing curves (see :meth:`retire_dataset`).
+        self._counted_from: dict[str, int] = {}
+        self._retirements = 0
         self._sizing_lock = threading.Lock()  # one curve made at a time
         #: curves made lately, by (datasets, capacity): (monotonic time, events
-        #: written then, the curve)
+        #: written then, retirements then, the curve)
         self._sizing_made: dict[
-            tuple[frozenset[str] | None, int], tuple[float, int, tuple[list[SizingPoint], int]]
+            tuple[frozenset[str] | None, int],
+            tuple[float, int, int, tuple[list[SizingPoint], int]],
         ] = {}
 
     def __len__(self) -> int:
@@ -193,6 +199,21 @@ class TraceRing:
             else:
                 self._others[seq] = dataclasses.replace(event, t=now)
 
+    def retire_dataset(self, dataset: str) -> None:
+        """Leave ``dataset``'s reads so far out of sizing curves from now on: a dataset
+        made again under its name starts with none, as its statistics do (the old
+        one's reads were not its own, and may have been another team's). They stay in
+        the trace (:meth:`events`): it is the node's history."""
+        if not self.capacity:
+            return
+        with self._lock:
+            oldest = self._written - self.capacity  # the first event still in the ring
+            self._counted_from = {
+                name: first for name, first in self._counted_from.items() if first > oldest
+            }
+            self._counted_from[dataset] = self._written
+            self._retirements += 1
+
     def events(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The events in the ring now, oldest first (of ``dataset`` only, if given).
 
@@ -225,7 +246,8 @@ class TraceRing:
     ) -> tuple[list[SizingPoint], int]:
         """The LRU miss ratio the traced reads (of ``datasets``, default all) would have
         had with hot tiers of :data:`SIZING_FACTORS` times ``capacity_bytes``, and how many
-        reads that is. Keys are sampled (SHARDS) above 50,000 reads.
+        reads that is. Keys are sampled (SHARDS) above 50,000 reads. A dataset's reads
+        before its :meth:`retire_dataset` do not count.
 
         A full ring takes seconds of CPU (under the GIL), and any reader may ask: one
         curve is made at a time, and one made in the last :data:`SIZING_REUSE_S` seconds
@@ -234,15 +256,19 @@ class TraceRing:
         """
         key = (None if datasets is None else frozenset(datasets), capacity_bytes)
         with self._sizing_lock:
-            now, written = time.monotonic(), self._written
+            now, written, retirements = time.monotonic(), self._written, self._retirements
             made = self._sizing_made.get(key)
-            if made is not None and (made[1] == written or now - made[0] < SIZING_REUSE_S):
-                return list(made[2][0]), made[2][1]
+            if (
+                made is not None
+                and made[2] == retirements
+                and (made[1] == written or now - made[0] < SIZING_REUSE_S)
+            ):
+                return list(made[3][0]), made[3][1]
             curve = self._sizing_curve_now(capacity_bytes, datasets)
             self._sizing_made = {
                 k: v for k, v in self._sizing_made.items() if now - v[0] < SIZING_REUSE_S
             }
-            self._sizing_made[key] = (now, written, curve)
+            self._sizing_made[key] = (now, written, retirements, curve)
             return list(curve[0]), curve[1]
 
     def _sizing_curve_now(
@@ -250,10 +276,13 @@ class TraceRing:
     ) -> tuple[list[SizingPoint], int]:
         snapshot = self._snapshot()
         accesses: list[tuple[_Name, int]] = []
-        for _, slot in snapshot.slots():
+        counted_from = snapshot.counted_from
+        for seq, slot in snapshot.slots():
             if snapshot.kinds[slot] in _READS:
                 name = snapshot.names[snapshot.refs[slot]]
-                if datasets is None or name[0] in datasets:
+                if (datasets is None or name[0] in datasets) and seq >= counted_from.get(
+                    name[0], 0
+                ):
                     accesses.append((name, snapshot.sizes[slot]))
         capacities = [int(capacity_bytes * factor) for factor in SIZING_FACTORS]
         rate = min(1.0, max(_MIN_SAMPLE_RATE, _SIZING_SAMPLES / max(1, len(accesses))))
@@ -335,4 +364,5 @@ class TraceRing:
                 kinds=self._kinds[:used],
                 names=list(self._names),
                 others=dict(self._others),
+                counted_from=dict(self._counted_from),
             )
