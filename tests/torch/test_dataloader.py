@@ -293,6 +293,33 @@ def test_stateful_dataloader_resumes_mid_epoch(samples: Samples, workers: int) -
     assert full == loader_order(samples, workers, 8, seed=4, epoch=1)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resume_from_an_epochs_end_goes_on_with_the_epoch_set(
+    samples: Samples, workers: int
+) -> None:
+    # StatefulDataLoader hands the dataset its state only at the next iter(), after
+    # the set_epoch() that follows load_state_dict() in a training loop: the state's
+    # epoch 0 overrode it, and epoch 0 was read again, in the same order.
+    def loader(dataset: IterableDataset) -> StatefulDataLoader:
+        context = "fork" if workers else None
+        return StatefulDataLoader(
+            dataset, batch_size=8, num_workers=workers, multiprocessing_context=context
+        )
+
+    def dataset() -> IterableDataset:
+        return IterableDataset(samples.dataset, seed=4, **samples.connection)
+
+    first = loader(dataset())
+    assert batch_ids(first) == loader_order(samples, workers, 8, seed=4, epoch=0)
+    state = pickle.loads(pickle.dumps(first.state_dict()))  # at the end of epoch 0
+    resumed = dataset()
+    second = loader(resumed)
+    second.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert batch_ids(second) == loader_order(samples, workers, 8, seed=4, epoch=1)
+    assert resumed.state_dict()["epoch"] == 1
+
+
 def test_plain_dataloader_resumes_from_the_dataset_state_without_workers(
     samples: Samples,
 ) -> None:

@@ -172,6 +172,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self._rows: tuple[int, ...] | None = self.shards.rows
         self._shared_epoch = SharedEpoch(0)  # reaches persistent workers too
         self._resume: ResumeState | None = None
+        #: the epoch set_epoch() named last, until a state or an iteration takes over
+        self._epoch_named: int | None = None
         #: where this process's newest epoch iterator stands; the iterator itself (with its
         #: read-ahead threads and the shards they hold) belongs to its loader alone
         self._live: _Cursor | None = None
@@ -260,12 +262,15 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
-        process; a pending resume state of another epoch is discarded).
+        process). A resume state of another epoch, loaded before or after it and before
+        that ``iter()``, is discarded: ``StatefulDataLoader`` hands the dataset its state
+        only at the ``iter()``, after a training loop's ``set_epoch()``.
 
         Raises InvalidArgument unless ``epoch`` is an int in ``[0, 2**63)`` (the epoch is
         kept in 64 signed bits, shared with the workers).
         """
         self._shared_epoch.value = check_int("epoch", epoch, 0, EPOCH_LIMIT)
+        self._epoch_named = epoch
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:
@@ -283,18 +288,24 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         return ResumeState(Position(self._epoch), self.layout(None)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Make the next ``iter()`` continue from ``state`` (its epoch included).
+        """Make the next ``iter()`` continue from ``state`` (its epoch included), unless
+        :meth:`set_epoch` named another epoch since the last ``iter()``: the state is then
+        discarded (a state saved at the end of epoch 0, resumed with ``set_epoch(1)``,
+        reads epoch 1).
 
         Raises InvalidArgument for a malformed state; one that does not fit the iterating
         worker's layout raises InvalidArgument when iteration starts.
         """
         parsed = ResumeState.from_dict(state)
+        if self._epoch_named is not None and self._epoch_named != parsed.position.epoch:
+            return
         self._resume = parsed
         self._shared_epoch.value = parsed.position.epoch
         self._live = None
 
     def __iter__(self) -> _Epoch:
         start, self._resume = self._resume, None
+        self._epoch_named = None
         epoch = self._epoch if start is None else start.position.epoch
         if start is None and self.shuffle and epoch in self._completed:
             warnings.warn(
