@@ -119,6 +119,30 @@ def test_a_reader_without_rows_is_refused_with_even_ranks(
         list(dataset)
 
 
+def test_empty_shards_are_left_out_of_the_partition(
+    server: ServerProcess, admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two non-empty shards for two readers: whole shards go to readers, so in some
+    # epochs the shuffle handed one reader the empty shard alone, and that epoch (the
+    # sixth, here) refused to start mid-training though the first five ran.
+    empty_between = write_samples(server, admin, rows=(10, 0, 10))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        dataset = IterableDataset(
+            empty_between.dataset,
+            seed=SEED,
+            even_ranks=True,
+            num_workers=0,
+            **empty_between.connection,
+        )
+        assert dataset.shards.names == ("part-000", "part-002")
+        for epoch in range(8):
+            dataset.set_epoch(epoch)
+            assert len(dataset) == 10
+            assert len([sample["id"] for sample in dataset]) == 10, (rank, epoch)
+
+
 def test_row_counts_come_from_the_frame_headers(uneven: Samples) -> None:
     dataset = IterableDataset(uneven.dataset, even_ranks=True, **uneven.connection)
     assert dataset.shards.rows == ROWS

@@ -257,7 +257,7 @@ def resolve(
     """List and check what to read: ``shards`` by name, else every shard whose name starts
     with ``prefix`` (all when empty); ``with_rows`` also counts each shard's rows and
     checks each shard's schema (:func:`survey`, ``count_threads`` reads at a time),
-    reading no shard whole.
+    reading no shard whole, and leaves out shards of no rows (unless all are empty).
 
     Raises:
         DatasetNotFound: no such dataset (or no role on it).
@@ -286,6 +286,11 @@ def resolve(
     check_tensor_rows(reference, first.name)
     schema = _select(reference, columns, first.name)
     check_schema(schema, strings)
+    rows = survey(client, infos, schema, first.name, count_threads) if with_rows else None
+    if rows is not None and any(rows):
+        # Counted (even ranks): shards go to readers whole, and one handed only empty
+        # shards in some epoch's shuffle would make every reader's share zero then.
+        infos, rows = _without_empty(infos, rows)
     return ShardSet(
         dataset=dataset,
         names=tuple(info.name for info in infos),
@@ -293,10 +298,18 @@ def resolve(
         schema=schema,
         reference=first.name,
         strings=strings,
-        rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
+        rows=rows,
         generations=tuple(info.generation for info in infos),
         recorded_rows=tuple(info.rows for info in infos),
     )
+
+
+def _without_empty(
+    infos: list[ShardInfo], rows: tuple[int, ...]
+) -> tuple[list[ShardInfo], tuple[int, ...]]:
+    """``infos`` and their ``rows`` (in the same order) less the shards of no rows."""
+    kept = [(info, count) for info, count in zip(infos, rows, strict=True) if count]
+    return [info for info, _ in kept], tuple(count for _, count in kept)
 
 
 def check_conforms(
