@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -54,6 +55,18 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise InvalidArgument(f"{name} must be True or False, got {value!r:.40}")
     return bool(value)
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` as an int if it is a whole number: an int or a numpy integer (anything
+    with ``__index__``), but not a bool (True is no count); else None. Not ``int()``: a
+    float's fraction or a string's digits would pass as a count."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def seconds_up_to(value: object, maximum: float) -> float | None:

@@ -48,6 +48,19 @@ def test_unknown_dataset_shard_and_columns(samples: Samples) -> None:
         MapDataset(samples.dataset, columns=["id", "nope"], **samples.connection)
 
 
+def test_shards_may_be_any_iterable_of_names(samples: Samples) -> None:
+    # A generator was a bare TypeError ("object of type 'generator' has no len()"), and
+    # so was an int ("'int' object is not iterable").
+    names = ["part-001", "part-000"]
+    chosen = MapDataset(samples.dataset, shards=(n for n in names), **samples.connection)
+    assert chosen.shards.names == ("part-000", "part-001")
+    streamed = IterableDataset(samples.dataset, shards=iter(names), **samples.connection)
+    assert streamed.shards.names == ("part-000", "part-001")
+    for bad in (3, "part-000", [b"part-000"], object()):
+        with pytest.raises(errors.InvalidArgument, match="must be a list of shard names"):
+            IterableDataset(samples.dataset, shards=bad, **samples.connection)  # type: ignore[arg-type]
+
+
 def test_columns_may_be_any_iterable_of_names(samples: Samples) -> None:
     # A generator was a bare TypeError ("object of type 'generator' has no len()").
     chosen = MapDataset(samples.dataset, columns=(c for c in ["id"]), **samples.connection)

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierstore.errors import InvalidArgument
 from tierstore.plans import plan_indices, rank_order
+from tierstore.torch.arguments import check_int
 from tierstore.torch.order import (
+    Layout,
     Position,
+    ResumeState,
     Slot,
     even_share,
     global_samples,
@@ -186,3 +190,21 @@ def test_bad_slots_are_refused(args: tuple[int, ...]) -> None:
 def test_negative_positions_are_refused() -> None:
     with pytest.raises(InvalidArgument):
         Position(0, -1, 0)
+
+
+def test_a_state_whose_counts_are_not_whole_numbers_is_malformed() -> None:
+    # int() read an epoch of 1.9 as epoch 1 and a seed of "0" as seed 0.
+    state = ResumeState(Position(1, 2, 3), Layout(4, "digest", True, 0)).to_dict()
+    for field, bad in [("epoch", 1.9), ("shard", 0.5), ("seed", "0"), ("row", -1)]:
+        with pytest.raises(InvalidArgument, match="malformed"):
+            ResumeState.from_dict({**state, field: bad})
+    numpy_counts = {**state, "epoch": np.int64(1), "seed": np.uint64(0)}
+    assert ResumeState.from_dict(numpy_counts) == ResumeState.from_dict(state)
+
+
+def test_counts_may_be_numpy_integers_but_not_bools() -> None:
+    assert check_int("epoch", np.int64(3), 0) == 3
+    assert type(check_int("epoch", np.uint8(3), 0)) is int
+    for bad in (True, np.True_, 3.0, "3", None):
+        with pytest.raises(InvalidArgument, match="epoch must be an int >= 0"):
+            check_int("epoch", bad, 0)

@@ -14,12 +14,14 @@ gains shards later is not re-listed: make a new dataset object to read them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any
 
 import pyarrow as pa
 import xxhash
@@ -74,6 +76,25 @@ class ShardSet:
             raise FailedPrecondition("the row counts of these shards were not counted")
         return dict(zip(self.names, self.rows, strict=True))
 
+    def without_empty(self) -> ShardSet:
+        """This set less its shards of no rows, when they were counted (even ranks) and
+        some have rows: shards go to readers whole, and a reader that some epoch's
+        shuffle handed only empty shards would make every reader's share zero then."""
+        if self.rows is None or not any(self.rows):
+            return self
+        kept = [index for index, rows in enumerate(self.rows) if rows]
+
+        def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(values[index] for index in kept) if values else values
+
+        return dataclasses.replace(
+            self,
+            names=pick(self.names),
+            rows=pick(self.rows),
+            generations=pick(self.generations),
+            recorded_rows=pick(self.recorded_rows),
+        )
+
     @property
     def digest(self) -> str:
         """A fingerprint of the shard list, kept in resume states to catch a changed one."""
@@ -100,7 +121,10 @@ def _listed(
         return infos, prefix
     if prefix:
         raise InvalidArgument("give shards= or prefix=, not both")
-    if isinstance(shards, str | bytes) or not all(isinstance(name, str) for name in shards):
+    if isinstance(shards, str | bytes) or not isinstance(shards, Iterable):
+        raise InvalidArgument(f"shards= must be a list of shard names, not {shards!r:.40}")
+    shards = list(shards)  # once: a generator is read here, not consumed by a check
+    if not all(isinstance(name, str) for name in shards):
         raise InvalidArgument("shards= must be a list of shard names")
     if not shards:
         raise InvalidArgument("shards= is empty: nothing to read")
@@ -257,7 +281,7 @@ def resolve(
     """List and check what to read: ``shards`` by name, else every shard whose name starts
     with ``prefix`` (all when empty); ``with_rows`` also counts each shard's rows and
     checks each shard's schema (:func:`survey`, ``count_threads`` reads at a time),
-    reading no shard whole, and leaves out shards of no rows (unless all are empty).
+    reading no shard whole.
 
     Raises:
         DatasetNotFound: no such dataset (or no role on it).
@@ -286,11 +310,6 @@ def resolve(
     check_tensor_rows(reference, first.name)
     schema = _select(reference, columns, first.name)
     check_schema(schema, strings)
-    rows = survey(client, infos, schema, first.name, count_threads) if with_rows else None
-    if rows is not None and any(rows):
-        # Counted (even ranks): shards go to readers whole, and one handed only empty
-        # shards in some epoch's shuffle would make every reader's share zero then.
-        infos, rows = _without_empty(infos, rows)
     return ShardSet(
         dataset=dataset,
         names=tuple(info.name for info in infos),
@@ -298,18 +317,10 @@ def resolve(
         schema=schema,
         reference=first.name,
         strings=strings,
-        rows=rows,
+        rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
         generations=tuple(info.generation for info in infos),
         recorded_rows=tuple(info.rows for info in infos),
     )
-
-
-def _without_empty(
-    infos: list[ShardInfo], rows: tuple[int, ...]
-) -> tuple[list[ShardInfo], tuple[int, ...]]:
-    """``infos`` and their ``rows`` (in the same order) less the shards of no rows."""
-    kept = [(info, count) for info, count in zip(infos, rows, strict=True) if count]
-    return [info for info, _ in kept], tuple(count for _, count in kept)
 
 
 def check_conforms(

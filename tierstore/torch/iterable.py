@@ -167,7 +167,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
             columns=columns,
             strings=strings,
             with_rows=self.even_ranks,
-        )
+        ).without_empty()  # with even ranks (rows counted): see ShardSet.without_empty
         #: each shard's rows, once len() has asked (in ``shards.names`` order)
         self._rows: tuple[int, ...] | None = self.shards.rows
         self._shared_epoch = SharedEpoch(0)  # reaches persistent workers too
@@ -269,8 +269,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         Raises InvalidArgument unless ``epoch`` is an int in ``[0, 2**63)`` (the epoch is
         kept in 64 signed bits, shared with the workers).
         """
-        self._shared_epoch.value = check_int("epoch", epoch, 0, EPOCH_LIMIT)
-        self._epoch_named = epoch
+        epoch = check_int("epoch", epoch, 0, EPOCH_LIMIT)
+        self._shared_epoch.value = self._epoch_named = epoch
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:
@@ -361,31 +361,43 @@ class _Cursor:
 
 
 class _Epoch:
-    """One worker's iteration over one epoch; ``state_dict()`` is where it stands."""
+    """One worker's iteration over one epoch; ``state_dict()`` is where it stands.
+
+    Its samples come from a :class:`_Walk`'s generator, which holds no reference back
+    to it: dropping an epoch left early drops the generator at once, and with it the
+    read-ahead threads and the shards they hold (a cycle kept them until a collection).
+    """
 
     def __init__(self, owner: IterableDataset, epoch: int, start: ResumeState | None) -> None:
         self._owner = owner
         self._slot = current_slot(carried=owner._carried_rank, given=owner._given_rank)
         self.cursor = _Cursor(os.getpid(), owner.layout(self._slot), Position(epoch))
-        self._shared = torch.utils.data.get_worker_info() is not None
-        self._pinned = owner.pin_memory and not self._shared and torch.cuda.is_available()
         warn_if_idle(len(owner.shards.names), self._slot)
         _warn_if_other_workers(owner, self._slot)
         self._steps: Generator[Sample, None, None] | None = None
-        self._share: int | None = None  # samples this reader yields with even ranks
+        self._walk: _Walk
         self._reset(start.position if start is not None else Position(epoch), start)
 
     def _reset(self, position: Position, state: ResumeState | None) -> None:
         owner = self._owner
-        self._shards = worker_shards(
+        shards = worker_shards(
             owner.shards.names, owner.shuffle, owner.seed, position.epoch, self._slot
         )
         if state is not None:
-            state.check(self.cursor.layout, len(self._shards))
-        self._share = self._even_share(position.epoch)
+            state.check(self.cursor.layout, len(shards))
+        shared = torch.utils.data.get_worker_info() is not None
+        self._walk = _Walk(
+            owner,
+            self._slot,
+            shards,
+            self._even_share(position.epoch),
+            self.cursor,
+            shared=shared,
+            pinned=owner.pin_memory and not shared and torch.cuda.is_available(),
+        )
         self.position = position
         if self._steps is not None:
-            self._steps.close()  # stops its read-ahead and closes its plan
+            self._steps.close()  # stops its read-ahead (its plan expires, as when dropped)
             self._steps = None
 
     @property
@@ -402,7 +414,7 @@ class _Epoch:
 
     def __next__(self) -> Sample:
         if self._steps is None:
-            self._steps = self._walk()
+            self._steps = self._walk.samples()
         return next(self._steps)
 
     def state_dict(self) -> dict[str, Any]:
@@ -423,30 +435,40 @@ class _Epoch:
             return None
         return checked_even_share(rows, owner.shuffle, owner.seed, epoch, self._slot)
 
-    def _context(self) -> str:
-        slot = self._slot
-        return (
-            f"tierstore.torch: dataset {self._owner.shards.dataset!r}, epoch "
-            f"{self.position.epoch}, rank {slot.rank} of {slot.world}, worker {slot.worker} "
-            f"of {slot.workers}, at shard {self.position.shard} of its {len(self._shards)}"
-        )
 
-    def _walk(self) -> Generator[Sample, None, None]:
-        owner, start = self._owner, self.position
-        plan = owner._plan_reporter() if self._shards else None
+@dataclass
+class _Walk:
+    """What one reader's walk through its shards of an epoch needs, from ``cursor``'s
+    position on, which it moves as it yields. Holds nothing that holds its generator."""
+
+    owner: IterableDataset
+    slot: Slot
+    #: this reader's shards of the epoch, in order
+    shards: list[str]
+    #: samples this reader yields with even ranks, else None
+    share: int | None
+    cursor: _Cursor
+    #: whether batches go to a DataLoader worker's shared memory / page-locked memory
+    shared: bool
+    pinned: bool
+
+    def samples(self) -> Generator[Sample, None, None]:
+        """The samples (or batches) still to yield; declares the reader's plan first."""
+        owner, start = self.owner, self.cursor.position
+        plan = owner._plan_reporter() if self.shards else None
         if plan is not None:
             if owner.shards.prefix is None:
-                plan.declare(shards=self._shards, position=start.shard)
+                plan.declare(shards=self.shards, position=start.shard)
             else:
                 plan.declare(
-                    sampler=sampler_plan(owner.shuffle, owner.seed, start.epoch, self._slot),
+                    sampler=sampler_plan(owner.shuffle, owner.seed, start.epoch, self.slot),
                     prefix=owner.shards.prefix,
                     position=start.shard,
                 )
-        todo = [name for _, name in shards_from(self._shards, start)]
+        todo = [name for _, name in shards_from(self.shards, start)]
         # The plan is closed when the epoch ends or fails. An iterator abandoned mid-epoch
-        # (GeneratorExit, often from the garbage collector) leaves it to expire after its
-        # TTL: no RPC runs inside a finalizer.
+        # (GeneratorExit, as its epoch is dropped) leaves it to expire after its TTL: no
+        # RPC runs inside a finalizer.
         try:
             with contextlib.closing(read_ahead(owner._fetch, todo, owner.read_ahead)) as fetched:
                 yield from self._samples(start, fetched, plan)
@@ -459,35 +481,43 @@ class _Epoch:
             plan.close()
         owner._completed.add(start.epoch)
 
+    def _context(self) -> str:
+        slot, position = self.slot, self.cursor.position
+        return (
+            f"tierstore.torch: dataset {self.owner.shards.dataset!r}, epoch "
+            f"{position.epoch}, rank {slot.rank} of {slot.world}, worker {slot.worker} "
+            f"of {slot.workers}, at shard {position.shard} of its {len(self.shards)}"
+        )
+
     def _samples(
         self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
     ) -> Iterator[Sample]:
-        epoch = start.epoch
-        if self._owner.batch_size is None:
+        epoch, cursor = start.epoch, self.cursor
+        if self.owner.batch_size is None:
             for index, rows, order, done in self._shard_orders(start, fetched, plan):
                 for offset, row in enumerate(order.tolist(), start=1):
-                    self.position = position_after(epoch, index, done + offset, len(rows))
+                    cursor.position = position_after(epoch, index, done + offset, len(rows))
                     yield rows.row(row)
         else:
             jobs = self._batch_jobs(start, fetched, plan)
-            threads = self._owner.batch_threads
+            threads = self.owner.batch_threads
             made = read_ahead(self._assemble, jobs, threads, thread_name="tierstore-batches")
             with contextlib.closing(made):
                 # The position moves only when a batch is yielded: rows held for a batch
                 # (or in batches assembled ahead) are read again after a resume.
                 for position, batch in made:
-                    self.position = position
+                    cursor.position = position
                     yield batch
-        self.position = Position(epoch, len(self._shards), 0)
+        cursor.position = Position(epoch, len(self.shards), 0)
 
     def _shard_orders(
         self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
     ) -> Iterator[tuple[int, ShardRows, npt.NDArray[np.int64], int]]:
         """``(index, rows, order, done)`` per shard still to read: its rows, the row order
         still to read and how many rows came before; the plan hears of each shard read."""
-        owner, share = self._owner, self._share
+        owner, share = self.owner, self.share
         taken = self._taken_before(start)
-        for (index, name), rows in zip(shards_from(self._shards, start), fetched, strict=False):
+        for (index, name), rows in zip(shards_from(self.shards, start), fetched, strict=False):
             order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
             done = len(rows) - len(order)
             if share is not None:
@@ -501,17 +531,17 @@ class _Epoch:
 
     def _taken_before(self, start: Position) -> int:
         """Samples of this reader's epoch before ``start`` (with even ranks; else 0)."""
-        rows = self._owner.shards.rows
+        rows = self.owner.shards.rows
         if rows is None:
             return 0
-        count = dict(zip(self._owner.shards.names, rows, strict=True))
-        return sum(count[name] for name in self._shards[: start.shard]) + start.row
+        count = dict(zip(self.owner.shards.names, rows, strict=True))
+        return sum(count[name] for name in self.shards[: start.shard]) + start.row
 
     def _batch_jobs(
         self, start: Position, fetched: Iterator[ShardRows], plan: PlanReporter | None
     ) -> Iterator[tuple[Position, list[Part]]]:
         """Each batch's rows, in order, with the position once it is yielded."""
-        owner = self._owner
+        owner = self.owner
         size, epoch = owner.batch_size, start.epoch
         assert size is not None
         parts: list[Part] = []
@@ -527,10 +557,10 @@ class _Epoch:
                     yield position_after(epoch, index, done + at, len(rows)), parts
                     parts, held = [], 0
         if held and not owner.drop_last:
-            yield Position(epoch, len(self._shards), 0), parts
+            yield Position(epoch, len(self.shards), 0), parts
 
     def _assemble(
         self, job: tuple[Position, list[Part]], stop: threading.Event
     ) -> tuple[Position, Sample]:
         position, parts = job
-        return position, assemble(parts, shared=self._shared, pinned=self._pinned)
+        return position, assemble(parts, shared=self.shared, pinned=self.pinned)

@@ -40,6 +40,7 @@ import xxhash
 
 from tierstore.errors import InvalidArgument
 from tierstore.plans import SamplerKind, SamplerPlan, epoch_order
+from tierstore.types import whole_number
 
 __all__ = [
     "EPOCH_LIMIT",
@@ -276,14 +277,14 @@ class ResumeState:
             if not isinstance(state["shuffle"], bool):  # bool("False") is True
                 raise TypeError(f"shuffle is {state['shuffle']!r}, not True or False")
             slot_value = state["slot"]
-            slot = None if slot_value is None else Slot(*(int(v) for v in slot_value))
+            slot = None if slot_value is None else Slot(*(_count(v) for v in slot_value))
             return cls(
-                Position(int(state["epoch"]), int(state["shard"]), int(state["row"])),
+                Position(_count(state["epoch"]), _count(state["shard"]), _count(state["row"])),
                 Layout(
-                    shards=int(state["shards"]),
+                    shards=_count(state["shards"]),
                     digest=str(state["digest"]),
                     shuffle=state["shuffle"],
-                    seed=int(state["seed"]),
+                    seed=_count(state["seed"]),
                     slot=slot,
                     contents=str(state.get("contents", "")),
                 ),
@@ -330,6 +331,18 @@ class ResumeState:
                 + ". A mid-epoch state resumes only the same shards, seed, world size and "
                 "num_workers (or restart the epoch with set_epoch())."
             )
+
+
+def _count(value: object) -> int:
+    """A state's field as the whole number >= 0 it must be; TypeError or ValueError
+    (the state is malformed) for anything else: ``int()`` made an epoch of 1.9 epoch 1,
+    and a seed of "0" seed 0."""
+    number = whole_number(value)
+    if number is None:
+        raise TypeError(f"{value!r:.40} is not a whole number")
+    if number < 0:
+        raise ValueError(f"{number} is negative")
+    return number
 
 
 def _describe(slot: Slot | None) -> str:
