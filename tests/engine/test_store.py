@@ -51,6 +51,7 @@ from tierstore.engine.records import (
     archive_manifest_key,
     decode_dataset,
     encode_dataset,
+    frame_key,
 )
 from tierstore.engine.store import Store
 from tierstore.errors import (
@@ -607,6 +608,31 @@ def test_lease_pool_is_bounded(open_store: StoreFactory) -> None:
     assert not errors
     assert peak <= 2
     assert placed["in-map"] > 0 and placed["copied"] > 0
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_failed_hot_read_ends_its_transaction_once(
+    open_store: StoreFactory, dataset: str
+) -> None:
+    # A frame failing its check ended the read's transaction in the hot read and again
+    # in its caller: the count close() waits on went below zero, so a close unmapped
+    # the map under a read still running (a segfault), or, with none, waited its
+    # whole bound, left the map open and kept the directory claimed.
+    store = open_store(datasets={dataset: DATASETS[dataset]}, start_mover=False)
+    store.put(dataset, "s", payload(3 * FRAME))
+    record = record_of(store, dataset, "s")
+    with store._env.read() as txn:
+        stored = bytes(store._frames.view_in(txn, frame_key(record.generation, 1)))
+    put_hot_frame(store, record.generation, 1, flip(stored, 0))
+    for _ in range(3):
+        with pytest.raises(IntegrityError):
+            store.get(dataset, "s")
+    gc.collect()
+    assert store._env._active == 0
+    store.close()
+    # The directory was let go: the same data directory opens again.
+    reopened = open_store(data_dir=store.settings.data_dir, datasets={}, start_mover=False)
+    assert reopened.stat(dataset, "s").generation == record.generation
 
 
 def test_a_buffer_held_past_close_stays_readable(open_store: StoreFactory) -> None:

@@ -100,8 +100,11 @@ class ShardReader:
                 slices = plan_reads(record.frame_sizes, byte_range, frame_range)
                 sealer = self._sealers.sealer(record)
                 if record.hot:
-                    frames = self._read_hot(txn, record, slices, sealer)
-                    txn = None  # owned by a lease now, or already ended
+                    # _read_hot owns it from here (leases or ends it), whether it returns
+                    # or raises: ended here too, a failed check ended it twice, and the
+                    # count close() waits on went below zero (close unmapped live reads).
+                    owned, txn = txn, None
+                    frames = self._read_hot(owned, record, slices, sealer)
                     source = "hot"
             finally:
                 if txn is not None:
