@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 from pathlib import Path
 
@@ -46,3 +47,46 @@ def test_an_ended_read_is_freed_only_once_no_one_holds_it_and_past_the_keep(
     ended.forget()
     assert survivor() is None
     env.close()
+
+
+class _Ended:
+    """A transaction that has nothing to abort (as far as EndedReads can tell)."""
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_read_ended_by_a_collection_inside_free_does_not_deadlock() -> None:
+    # free() filtered its list under its lock: the list it made could start a garbage
+    # collection, which ended a read lease caught in a reference cycle, and the
+    # lease's end() waited on the same lock for good (and every later read behind it).
+    ended = EndedReads()
+    held = [_Ended() for _ in range(3)]
+    for txn in held:
+        ended.end(txn)
+    freeing = {"now": False}  # a flag set without allocating (an Event's set() does)
+    ended_inside: list[_Ended] = []
+
+    def during_collection(phase: str, info: dict[str, int]) -> None:
+        # Only a collection that starts with the lock held (by free(), in this test).
+        if phase == "start" and freeing["now"] and ended._lock.locked() and not ended_inside:
+            ended_inside.append(_Ended())
+            ended.end(ended_inside[0])  # as a lease's finalizer does
+
+    def free() -> None:
+        freeing["now"] = True
+        ended.free()
+        freeing["now"] = False
+
+    thresholds = gc.get_threshold()
+    gc.callbacks.append(during_collection)
+    gc.set_threshold(1)  # a collection at the first allocation of a container
+    try:
+        worker = threading.Thread(target=free, daemon=True)
+        worker.start()
+        worker.join(10)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.callbacks.remove(during_collection)
+    assert not worker.is_alive(), "free() deadlocked on its own lock"
+    assert all(ended._kept.count(txn) == 1 for txn in held)  # held elsewhere: kept

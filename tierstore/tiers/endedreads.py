@@ -43,10 +43,19 @@ class EndedReads:
     def free(self, keep_at_most: int = 0) -> None:
         """Past ``keep_at_most`` kept, free the transactions no one else holds. Call it
         while a read of this process counts as under way."""
+        # Nothing is allocated with the lock held: an allocation may start a garbage
+        # collection, which may end a read lease caught in a reference cycle, whose
+        # end() takes this lock (it deadlocked when the list was filtered under it).
+        fresh: list[Any] = []
         with self._lock:
-            if len(self._kept) > keep_at_most:
-                # Held by the list, the loop and getrefcount's argument alone: no one's.
-                self._kept = [txn for txn in self._kept if sys.getrefcount(txn) > 3]
+            if len(self._kept) <= keep_at_most:
+                return
+            kept, self._kept = self._kept, fresh
+        # Held by `kept`, the loop and getrefcount's argument alone: no one's.
+        survivors = [txn for txn in kept if sys.getrefcount(txn) > 3]
+        del kept  # frees the others, here
+        with self._lock:
+            self._kept.extend(survivors)  # with any ended meanwhile
 
     def forget(self) -> None:
         """Let them all go: after the environment closed (which invalidated them), or
