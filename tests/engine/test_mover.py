@@ -324,6 +324,34 @@ def test_an_upload_whose_data_key_does_not_unwrap_is_kept_not_dropped(
     assert store.get("enc", "s").to_bytes() == data
 
 
+def test_an_overwrite_whose_newer_data_key_does_not_unwrap_keeps_the_archived_one(
+    open_store: StoreFactory,
+) -> None:
+    # Generation 1 archived, then overwritten twice before the next upload: its
+    # supersede entry uploads the newest first. With a wrong master key under the right
+    # id, that upload's key did not unwrap, which was taken for a damaged generation,
+    # and generation 1 was deleted: the archive held no copy of the shard at all.
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"enc": DATASETS["enc"]}, start_mover=False)
+    store.put("enc", "s", payload(FRAME, 1))
+    assert store.mover.drain_once()
+    first = store.stat("enc", "s").generation
+    store.put("enc", "s", payload(FRAME, 2))
+    data = payload(FRAME, 3)
+    store.put("enc", "s", data)
+    store = open_store.reopen(store, archive, OTHER_KEYRING, start_mover=False)
+    for _ in range(3):
+        store.mover.drain_once()
+    assert archive.stat(archive_manifest_key("enc", first)) is not None
+    assert "kept until" in (store.stats().mover_error or "")
+    assert store.stats().data_loss == ()
+    store = open_store.reopen(store, archive, KEYRING)  # the right key: the newest goes up
+    assert store.drain(10)
+    assert archive.stat(archive_manifest_key("enc", first)) is None
+    store.evict("enc", "s")
+    assert store.get("enc", "s").to_bytes() == data
+
+
 def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreFactory) -> None:
     inner = MemoryTier()
     stores: list[Store] = []

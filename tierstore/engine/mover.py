@@ -551,8 +551,9 @@ class Mover:
         generation is uploaded here, ahead of its turn; returns it (None if nothing
         had to be). So the archive always holds a generation of a shard that exists,
         once one was archived. Raises :class:`_NewerDamaged` when the current
-        generation's hot copy is damaged, and Unavailable (the entry is retried) when it
-        kept being overwritten during its upload."""
+        generation's hot copy is damaged, KeyUnwrapError when its data key does not
+        unwrap, and Unavailable (the entry is retried) when it kept being overwritten
+        during its upload."""
         for _ in range(_CATCH_UP_ATTEMPTS):
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, op.dataset, op.name)
@@ -560,6 +561,11 @@ class Mover:
                 return None
             try:
                 return self._upload(current)
+            except KeyUnwrapError:
+                # Most often the wrong master key, the frames intact: the entry is kept
+                # (see _run_entry), and the archived generation with it. Taken for a
+                # damaged one, it was deleted, and the archive held no copy at all.
+                raise
             except IntegrityError as exc:
                 with self._env.read() as txn:
                     now = self._catalog.get_shard(txn, op.dataset, op.name)
