@@ -21,6 +21,7 @@ from tests.engine.backdoor import catalog_hot_bytes, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.pinretry import MAX_PIN_ENDS
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, HotTierFull, InvalidArgument, UnknownPolicy
@@ -369,10 +370,48 @@ def test_a_pin_waiting_for_room_is_tried_when_a_ttl_pin_runs_out(open_store: Sto
     assert store.promoter.pins.retry() == 0  # no room yet: k0's pin still holds
     assert waiting["d", "s"].due <= ends + 0.1  # due once k0's pin ran out, not in a minute
     assert not store.stat("d", "s").hot
-    time.sleep(max(0.0, waiting["d", "s"].due - time.monotonic()))  # (its due time)
+    # (Its due time, and a little: it is worked out on the monotonic clock, and the pin
+    # runs out on the wall clock.)
+    time.sleep(max(0.0, waiting["d", "s"].due - time.monotonic()) + 0.05)
     assert store.promoter.pins.retry() == 1  # k0 evicted for it
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
     assert hot(store, "d") == {"k1", "s"}
+
+
+def test_a_ttl_pin_set_while_a_pin_waits_for_room_makes_it_due_when_it_runs_out(
+    open_store: StoreFactory,
+) -> None:
+    # A pin already waiting out its back-off kept it: only back-offs worked out after
+    # the TTL pin was set heard of its end (docs/engine.md says it is due then).
+    store = open_store(
+        MemoryTier(),
+        datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
+        hot_capacity_bytes=int(2 * STORED / 0.9) + 64,  # 2 shards below the high watermark
+        prefetch_interval_s=3600,  # retry passes when the test calls them
+    )
+    fill(store, "d", ["s"])
+    store.evict("d", "s")
+    fill(store, "d", ["k0", "k1"])
+    for name in ("k0", "k1"):
+        store.pin("d", name)
+    store.pin("d", "s")  # fetched, then skipped: no room
+    pins = store.promoter.pins
+    waiting = pins._waiting
+    wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
+    waiting["d", "s"].due = time.monotonic() + 3600  # as after many skips
+    # Ends already past do not count against the bound on the ends kept.
+    for _ in range(MAX_PIN_ENDS):
+        pins.note_pin_end(time.time() - 1.0)
+    store.pin("d", "k0", ttl_s=2.0)  # now held for two seconds only
+    ends = time.monotonic() + 2.0
+    assert waiting["d", "s"].due <= ends + 0.1  # due once k0's pin runs out
+    assert len(pins._pin_ends) == 1
+    # (Its due time, and a little: it is worked out on the monotonic clock, and the pin
+    # runs out on the wall clock.)
+    time.sleep(max(0.0, waiting["d", "s"].due - time.monotonic()) + 0.05)
+    assert pins.retry() == 1  # k0 evicted for it
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
 
 
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:

@@ -101,21 +101,35 @@ class PinRetries:
     def note_pin_end(self, until: float) -> None:
         """Note that a TTL pin runs out at ``until`` (a ``time.time()`` reading): a pin
         waiting for room is tried again then, if its back-off would end later, since
-        eviction may take that shard once its pin ran out."""
+        eviction may take that shard once its pin ran out: the pins waiting now, and
+        those whose back-off is worked out before then."""
+        wall, now = time.time(), time.monotonic()
+        due = now + until - wall
         with self._lock:
+            self._drop_past_ends(wall)  # ends past count against no bound
+            if until <= wall:
+                return  # run out already: nothing to wait for
             if len(self._pin_ends) < MAX_PIN_ENDS:
                 heapq.heappush(self._pin_ends, until)
+            for pin in self._waiting.values():
+                if pin.for_room and due < pin.due:
+                    pin.due = due
 
     def _room_backoff(self, pin: FailedPin, now: float) -> float:
         """When a pin waiting for room is next due: after its back-off, or once the
         next TTL pin runs out if that comes first. Call with ``_lock`` held."""
         due = now + pin.backoff()
         wall = time.time()
-        while self._pin_ends and self._pin_ends[0] <= wall:
-            heapq.heappop(self._pin_ends)
+        self._drop_past_ends(wall)
         if self._pin_ends:
             due = min(due, now + self._pin_ends[0] - wall)
         return due
+
+    def _drop_past_ends(self, wall: float) -> None:
+        """Forget the TTL pin ends before ``wall`` (``time.time()``). Call with ``_lock``
+        held."""
+        while self._pin_ends and self._pin_ends[0] <= wall:
+            heapq.heappop(self._pin_ends)
 
     def remember(self, record: ShardRecord, *, for_room: bool = False) -> None:
         """Note that the promotion of pinned ``record`` failed for want of the archive
