@@ -42,6 +42,7 @@ so the service and the client can share one table later.
     │   └── IntegrityError               checksum or AEAD tag mismatch, truncation, reorder
     └── Unavailable                  UNAVAILABLE
         ├── ArchiveUnavailable           the archive did not answer (or answered 5xx) after retries
+        │   └── NotArchivedYet               write-through: done here, not in the archive yet
         └── ServerCertificateRejected    the server's TLS certificate did not verify: not retried
 
 A ``DataLoss`` is raised only after any destination buffer has been zeroed: no
@@ -68,6 +69,7 @@ __all__ = [
     "KeyUnwrapError",
     "MalformedArrow",
     "MalformedTrace",
+    "NotArchivedYet",
     "NotFound",
     "OversizeFrame",
     "PermissionDenied",
@@ -284,6 +286,13 @@ class Unavailable(TierstoreError):
 
 class ArchiveUnavailable(Unavailable):
     """The archive tier was unreachable or kept failing (5xx) through all retries."""
+
+
+class NotArchivedYet(ArchiveUnavailable):
+    """A write-through put, delete or dataset delete that is done here (committed
+    locally, or deleted) but that the archive has not taken yet: the mover keeps trying.
+    Not retried (a retry would put or delete again); a caller counts it as done here,
+    and not yet durable in the archive."""
 
 
 class ServerCertificateRejected(Unavailable):

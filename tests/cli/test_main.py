@@ -76,6 +76,8 @@ class FakeClient:
             raise errors.PermissionDenied("no writer role on 'ds'")
         if shard == "interrupted":
             raise KeyboardInterrupt  # Ctrl-C while its stream was on its way
+        if shard == "not-archived":  # a write-through put stored here, the archive down
+            raise errors.NotArchivedYet("ds/not-archived is committed locally but ...")
         if shard == "cut-off":  # what the client raises for a put past its deadline
             cut = errors.Unavailable("DEADLINE_EXCEEDED: ... may or may not have been made")
             cut.outcome_unknown = True
@@ -739,6 +741,25 @@ def test_a_put_cut_off_before_the_answer_is_reported_in_doubt(
         "uploaded": ["a"],
         "not_uploaded": ["cut-off", "b"],
         "in_doubt": "cut-off",
+    }
+
+
+def test_a_write_through_put_stored_here_but_not_archived_counts_as_uploaded(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # --json said "uploaded": [] and "not_uploaded": [its name] for a shard stored here
+    # (only the archive had not taken it yet): a script took it for not stored.
+    for name in ("a", "not-archived", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    names = ("a", "not-archived", "b")
+    stopped = invoke("--json", "put", "ds", *(str(tmp_path / n) for n in names))
+    assert stopped.exit_code == 5  # still an error: not durable in the archive yet
+    assert "NotArchivedYet" in one_error_line(stopped)
+    assert json.loads(stopped.stdout) == {
+        "uploaded": ["a", "not-archived"],
+        "not_uploaded": ["b"],
+        "not_archived": ["not-archived"],
+        "in_doubt": None,
     }
 
 

@@ -103,6 +103,32 @@ def test_backlog_full_then_drained_without_losing_anything(open_store: StoreFact
     store.put("plain", "more", b"accepted again")
 
 
+def test_overwritten_and_deleted_puts_leave_the_backlog(open_store: StoreFactory) -> None:
+    # During an archive outage every overwrite of one shard added its bytes to the
+    # backlog, though the generations it replaced will never be uploaded: a node
+    # refused puts (BacklogFull) with one shard's worth waiting.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    size = 2 * FRAME + 1000
+    store = open_store(archive, datasets=PLAIN, backlog_cap_bytes=4 * size)
+    store.put("plain", "again", payload(size, 0))
+    stored = store.stats().hot_bytes  # one shard, as stored
+    assert store.stats().backlog_bytes == stored
+    for index in range(1, 10):
+        store.put("plain", "again", payload(size, index))
+    assert store.stats().backlog_bytes == stored
+    store.put("plain", "gone", payload(size))
+    store.delete("plain", "gone")
+    assert store.stats().backlog_bytes == stored
+    archive.failing = False
+    assert store.drain(10)
+    assert store.stats().backlog_bytes == 0
+    assert store.get("plain", "again").to_bytes() == payload(size, 9)
+    store.put("plain", "again", payload(size, 10))  # archived: its replacement counts
+    assert store.stats().backlog_bytes in (0, stored)  # (0 once the mover took it)
+    assert store.drain(10) and store.stats().backlog_bytes == 0
+
+
 def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:
     inner = MemoryTier()
     archive = FaultyTier(inner)

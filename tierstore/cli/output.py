@@ -236,11 +236,19 @@ def stopped_partway(
     """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
     ``not_<done>`` even when none was done, and ``in_doubt``: the name whose call was
     cut off before the server answered, ``exc.outcome_unknown``, so that it may have
-    been done all the same; else null); return the exit with ``exc``'s one line."""
+    been done all the same; else null); return the exit with ``exc``'s one line.
+
+    A write-through call that failed with NotArchivedYet was done here, though: its
+    name counts as ``done``, and (with --json) ``not_archived`` names it."""
+    fields: dict[str, Any] = {}
+    if isinstance(exc, errors.NotArchivedYet) and count < len(names):
+        fields["not_archived"] = [names[count]]
+        count += 1
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
+        fields = {done: names[:count], f"not_{done}": names[count:], **fields}
         emit(
-            {done: names[:count], f"not_{done}": names[count:], "in_doubt": in_doubt},
+            {**fields, "in_doubt": in_doubt},
             Text(
                 f"{done} {count} of {len(names)} shards before an error: "
                 + ", ".join(names[:count])

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from tierstore import errors
 from tierstore.errors import Unavailable
 from tierstore.wire.status import ERROR_HEADER, error_for_status, is_certificate_rejection
 
@@ -42,9 +43,16 @@ def _retryable(error: grpc.RpcError) -> bool:
     if code != grpc.StatusCode.UNAVAILABLE:
         return False
     details = call.details() if hasattr(call, "details") else ""
-    return _error_name(error) != "ArchiveUnavailable" and not is_certificate_rejection(
+    return not _names_archive_trouble(_error_name(error)) and not is_certificate_rejection(
         code, details or ""
     )
+
+
+def _names_archive_trouble(name: str | None) -> bool:
+    """Whether the server named ArchiveUnavailable, or a class below it (NotArchivedYet:
+    done here, so a retry would put or delete again)."""
+    cls = getattr(errors, name or "", None)
+    return isinstance(cls, type) and issubclass(cls, errors.ArchiveUnavailable)
 
 
 def _error_name(error: grpc.RpcError) -> str | None:

@@ -8,6 +8,7 @@ begins one itself, so callers decide what commits together.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -40,6 +41,8 @@ _U64 = struct.Struct(">Q")
 #: Key prefix in ``meta`` of the markers of staged promotions (counters and notes
 #: are named in words: no counter begins so).
 _STAGING = b"staging\x00"
+#: Key prefix in ``meta`` of the journal entry of a generation's pending upload.
+_UPLOAD = b"upload\x00"
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +325,26 @@ class Catalog:
         txn.put(_U64.pack(seq), op.encode(), db=self._db("journal"))
         if op.op == "upload":
             self.add_counter(txn, "backlog_bytes", op.nbytes)
+            txn.put(_UPLOAD + _U64.pack(op.generation), _U64.pack(seq), db=self._db("meta"))
         return seq
+
+    def forgo_upload(self, txn: Any, generation: int) -> None:
+        """``generation`` was overwritten or deleted before its upload, which will never
+        run: its bytes leave the backlog now, not when the mover passes its entry (an
+        archive outage made every overwrite count until puts were refused). Nothing
+        for a generation with no upload pending, or one journaled before uploads were
+        indexed by generation."""
+        index = _UPLOAD + _U64.pack(generation)
+        raw = txn.get(index, db=self._db("meta"))
+        if raw is None:
+            return
+        txn.delete(index, db=self._db("meta"))
+        seq = _U64.unpack(bytes(raw))[0]
+        op = self.journal_entry(txn, seq)
+        if op is None or op.op != "upload" or op.generation != generation or not op.nbytes:
+            return
+        txn.put(_U64.pack(seq), dataclasses.replace(op, nbytes=0).encode(), db=self._db("journal"))
+        self.add_counter(txn, "backlog_bytes", -op.nbytes)
 
     def journal_entries(self, txn: Any, limit: int = 256) -> list[tuple[int, JournalOp]]:
         """The oldest ``limit`` pending operations, in order."""
@@ -364,6 +386,7 @@ class Catalog:
         txn.delete(_U64.pack(seq), db=self._db("journal"))
         if op.op == "upload":
             self.add_counter(txn, "backlog_bytes", -op.nbytes)
+            txn.delete(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
 
     def journal_length(self, txn: Any) -> int:
         return int(txn.stat(self._db("journal"))["entries"])

@@ -46,6 +46,7 @@ from tierstore.errors import (
     HotTierFull,
     IntegrityError,
     InvalidArgument,
+    NotArchivedYet,
     QuotaExceeded,
 )
 from tierstore.frames import FrameSealer
@@ -243,12 +244,12 @@ class ShardWriter:
             return self._overtaken(staged.record, settings)
         if settings.durability is Durability.WRITE_THROUGH:
             if not self._mover.run_entry_in_order(seq, dataset, shard):
-                raise ArchiveUnavailable(
+                raise NotArchivedYet(
                     f"{dataset}/{shard} is committed locally but the archive did not take it "
                     f"({self._archive_trouble()}); the mover keeps retrying"
                 )
             if not self._mover.archive_holds_since(dataset, shard, record.generation):
-                raise self._newer_not_archived(dataset, shard, "is committed locally, but")
+                raise self._newer_not_archived(dataset, shard, committed=True)
             with self._env.read() as txn:
                 current = self._catalog.get_shard(txn, dataset, shard)
             if (
@@ -267,11 +268,18 @@ class ShardWriter:
             self._mover.wake()
         return record.to_info(record.created_at)
 
-    def _newer_not_archived(self, dataset: str, shard: str, state: str) -> ArchiveUnavailable:
+    def _newer_not_archived(
+        self, dataset: str, shard: str, *, committed: bool
+    ) -> ArchiveUnavailable:
         """The error of a write-through put overtaken by newer puts of its shard, none
-        of them archived yet."""
+        of them archived yet: NotArchivedYet for one ``committed`` locally."""
         failing = self._mover.archive_failure() is not None
-        return ArchiveUnavailable(
+        error, state = (
+            (NotArchivedYet, "is committed locally, but")
+            if committed
+            else (ArchiveUnavailable, "was not stored:")
+        )
+        return error(
             f"{dataset}/{shard} {state} newer puts of it overtook this one and none of them "
             f"has reached the archive yet "
             f"({self._archive_trouble() if failing else 'they kept coming'}); the mover "
@@ -287,7 +295,7 @@ class ShardWriter:
         if settings.durability is Durability.WRITE_THROUGH and not (
             self._mover.archive_holds_since(record.dataset, record.name, record.generation)
         ):
-            raise self._newer_not_archived(record.dataset, record.name, "was not stored:")
+            raise self._newer_not_archived(record.dataset, record.name, committed=False)
         # Held by neither tier: the newer generation replaced it before anyone saw it.
         return record.with_state(hot=False, archived=False).to_info(record.created_at)
 
@@ -699,6 +707,8 @@ class ShardWriter:
             for index in range(len(record.frame_sizes)):
                 self._frames.delete_in(txn, frame_key(record.generation, index))
             self._catalog.add_counter(txn, "hot_bytes", -stored_size(record))
+        if not record.archived:
+            self._catalog.forgo_upload(txn, record.generation)
         self._catalog.delete_shard(txn, record.dataset, record.name)
         seq = None
         if journal:
@@ -717,7 +727,7 @@ class ShardWriter:
         ArchiveUnavailable when the archive did not take it (the entry stays for the
         mover)."""
         if not self._mover.run_entry_in_order(seq, dataset, shard):
-            raise ArchiveUnavailable(
+            raise NotArchivedYet(
                 f"{what} is deleted here, but the archive has not deleted it yet "
                 f"({self._archive_trouble()}); the mover keeps retrying, and until it has, "
                 "a rebuild from the archive would bring it back"
