@@ -109,9 +109,6 @@ class Rule:
     scope: Scope
     #: the least role needed (unused for AUTHENTICATED).
     role: Role | None = None
-    #: whether a caller with no role at all on the dataset is told it does not exist
-    #: (False only where the dataset need not exist yet: CreateDataset).
-    conceal: bool = True
 
 
 _READ = Rule(Scope.DATASET, Role.READER)
@@ -121,9 +118,10 @@ _SERVER_ADMIN = Rule(Scope.GLOBAL, Role.ADMIN)
 _ANY = Rule(Scope.AUTHENTICATED)
 
 _RULES: dict[str, Rule] = {
-    # Creating a dataset needs admin on "*" or a grant naming the dataset-to-be, so an
-    # operator can hand a team the right to create (and then own) one dataset.
-    "/tierstore.v1.DatasetService/CreateDataset": Rule(Scope.DATASET, Role.ADMIN, conceal=False),
+    # Creating a dataset needs admin on "*": a grant names a dataset that exists (and
+    # ends with it), so no grant on the dataset-to-be can be held. Said so: the refusal
+    # named "the admin role" on the new name, which no one could be given.
+    "/tierstore.v1.DatasetService/CreateDataset": _SERVER_ADMIN,
     "/tierstore.v1.DatasetService/GetDataset": _READ,
     "/tierstore.v1.DatasetService/ListDatasets": _ANY,
     "/tierstore.v1.DatasetService/UpdateDataset": _ADMIN,
@@ -214,10 +212,10 @@ def authorize(principal: Principal, method: str, dataset: str | None) -> None:
             return
         raise PermissionDenied(f"{method} must name a dataset")
     held = principal.role_on(dataset)
-    if held is None and rule.conceal:
+    if held is None:
         # The same message as the engine's, so "hidden" and "absent" read alike.
         raise DatasetNotFound(f"no dataset {dataset!r}")
-    if held is None or not held.implies(rule.role):
+    if not held.implies(rule.role):
         raise PermissionDenied(
             f"principal {principal.name!r} may not call {method} on dataset {dataset!r}: "
             f"it needs the {rule.role} role"
