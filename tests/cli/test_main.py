@@ -426,6 +426,8 @@ def test_token_ls_marks_expired_tokens(client: FakeClient) -> None:
     assert table.exit_code == 0, table.output
     rows = {line.split()[1]: line for line in table.stdout.splitlines() if "00000000000" in line}
     assert "(expired)" in rows["000000000001"] and "(expired)" not in rows["000000000002"]
+    listed = json.loads(invoke("--json", "token", "ls").stdout)  # said in --json too
+    assert [t["expired"] for t in listed] == [True, False]
     # Times are UTC, and say so; grants that went with their datasets are not a blank.
     assert "UTC" in rows["000000000002"] and "none left" in rows["000000000002"]
 
@@ -561,6 +563,24 @@ def test_one_shard_is_one_shard(client: FakeClient) -> None:
     assert done.exit_code == 0, done.output
     assert done.stdout.strip() == "unpinned 1 shard"  # it said "1 shards"
     assert invoke("unpin", "ds", "a", "b").stdout.strip() == "unpinned 2 shards"
+
+
+def test_trace_export_json_counts_every_kind_of_event_even_none(
+    client: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no events it gave {"output": ..., "events": 0}: the kinds it had not met were
+    # missing, and a script reading "read" failed on an empty trace.
+    monkeypatch.setattr(client, "export_trace", lambda dataset: iter(()), raising=False)
+    done = invoke("--json", "trace", "export", "-o", str(tmp_path / "t.jsonl"))
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {
+        "output": str(tmp_path / "t.jsonl"),
+        "events": 0,
+        "read": 0,
+        "plan": 0,
+        "position": 0,
+        "close": 0,
+    }
 
 
 def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:

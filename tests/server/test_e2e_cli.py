@@ -592,6 +592,8 @@ def test_token_create_ls_revoke_and_keys_rotate(
     created = ok(env, "token", "create", "carol", "--grant", f"{dataset}=reader", "--ttl", "3600")
     token_id, token = created["token_id"], created["token"]
     assert token.startswith(f"ts_{token_id}_")
+    assert created["principal"] == "carol"  # as the text says
+    assert created["grants"] == [{"dataset": dataset, "role": "reader"}]
     listed = {t["token_id"]: t for t in ok(env, "token", "ls")}
     assert listed[token_id]["principal"] == "carol"
     assert listed[token_id]["grants"] == [{"dataset": dataset, "role": "reader"}]

@@ -115,7 +115,9 @@ def test_an_unknown_policy_is_refused_before_any_trace() -> None:
 
 def test_a_capacity_smaller_than_the_largest_shard_is_refused() -> None:
     # 30% of 100 bytes is 30, and shard 3 has 40.
-    with pytest.raises(InvalidArgument, match="30 bytes, smaller than its largest shard"):
+    with pytest.raises(
+        InvalidArgument, match=r"30 bytes, smaller than its largest shard .*: give capacities of"
+    ):
         sweep([LOOP], ["lru"], [0.3])
 
 

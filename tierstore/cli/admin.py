@@ -184,7 +184,9 @@ def trace_export(
     except OSError as exc:
         raise write_failed(Path("stdout") if to_stdout else output, exc) from None
     total = sum(counts.values())
-    summary = {"output": "-" if to_stdout else str(output), "events": total, **counts}
+    kinds = ("read", "plan", "position", "close")  # every kind, 0 too: a script reads them
+    summary = {"output": "-" if to_stdout else str(output), "events": total}
+    summary.update({kind: counts[kind] for kind in kinds})
     where = "stdout" if to_stdout else str(output)
     line = f"wrote {plural(total, 'event')} ({plural(counts['read'], 'read')}) to {where}"
     if to_stdout:  # stdout holds the trace
@@ -218,7 +220,15 @@ def token_create(
     token_id, token = run_or_fail(
         lambda: command_client().create_token(principal, grants, ttl_s=ttl)
     )
-    emit({"token_id": token_id, "token": token}, f"token {token_id} for {principal}:\n{token}")
+    emit(
+        {
+            "token_id": token_id,
+            "token": token,
+            "principal": principal,
+            "grants": [{"dataset": g.dataset, "role": g.role.value} for g in grants],
+        },
+        f"token {token_id} for {principal}:\n{token}",
+    )
 
 
 def token_revoke(token_id: str) -> None:
@@ -258,16 +268,18 @@ def _live_admin_tokens(tokens: list[dict[str, Any]]) -> list[str]:
 def token_ls() -> None:
     """List tokens (never the tokens themselves)."""
     tokens = run_or_fail(lambda: command_client().list_tokens())
+    now = time.time()
+    for t in tokens:  # NaN compares false: not marked
+        t["expired"] = bool(t["expires_at"] and t["expires_at"] <= now)
     if state.json:
         emit(tokens)
         return
     table = Table("id", "principal", "grants", "expires", "revoked")
-    now = time.time()
     for t in tokens:
         # None left: each went with its dataset (a token is never made without one).
         grants = ", ".join(f"{g.dataset}={g.role.value}" for g in t["grants"]) or "none left"
         expires = utc_minute(t["expires_at"]) if t["expires_at"] else "never"
-        if t["expires_at"] and t["expires_at"] <= now:  # NaN compares false: not marked
+        if t["expired"]:
             expires += " (expired)"
         table.add_row(t["token_id"], t["principal"], grants, expires, yes_no(t["revoked"]))
     emit(tokens, table)

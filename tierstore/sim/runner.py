@@ -13,6 +13,7 @@ run one after another.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean
@@ -142,7 +143,10 @@ def _capacity(trace: Trace, fraction: float) -> int:
     if capacity < largest:
         raise InvalidArgument(
             f"capacity {fraction:g} of {trace.name} ({trace.dataset_bytes:,} bytes) "
-            f"is {capacity:,} bytes, smaller than its largest shard ({largest:,} bytes)"
+            f"is {capacity:,} bytes, smaller than its largest shard ({largest:,} bytes): "
+            f"give capacities of at least {math.ceil(largest / trace.dataset_bytes * 1e4) / 1e4:g}"
+            " of it "
+            "(the CLI's --capacity)"
         )
     return capacity
 
