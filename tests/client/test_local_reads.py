@@ -91,6 +91,26 @@ def counted(client: Client, before: ReadCounts) -> tuple[int, int]:
 # What a local read returns, and where it points.
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_snapshots", "4"),
+        ("max_snapshots", 1.5),
+        ("max_snapshots", -1),
+        ("report_every_reads", 2.5),
+        ("report_every_reads", True),
+        ("max_keys", None),
+        ("report_interval_s", "1"),
+        ("report_interval_s", 0),
+    ],
+)
+def test_bad_local_read_options_are_refused_by_name(name: str, value: Any) -> None:
+    # A str or None was a raw TypeError ("'<' not supported"), and 1.5 snapshots passed.
+    with pytest.raises(errors.InvalidArgument, match=f"^{name} must be"):
+        LocalReadOptions(**{name: value})
+    assert LocalReadOptions(max_snapshots=np.int64(4)).max_snapshots == 4
+
+
 def test_plaintext_reads_point_into_the_servers_map(server: ServerProcess, dataset: str) -> None:
     table = pa.table(
         {

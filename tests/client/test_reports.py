@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -126,3 +127,37 @@ def test_a_forked_child_starts_with_nothing_to_report() -> None:
     reporter.flush()
     assert server.totals() == {("d", "parent", 1): 1}  # the parent's read, once
     reporter.close()
+
+
+def test_close_while_reads_start_the_thread_raises_nothing_and_loses_nothing() -> None:
+    # start() published its thread before starting it: a close() in between joined a
+    # thread not started (RuntimeError), which left Client.close() half done (keys not
+    # zeroed, channel open). A review hit it at the second close.
+    server = Server()
+    reporter = ReadReporter(server, every_reads=10**9, interval_s=0.5)
+    stop = threading.Event()
+    added = [0, 0]
+
+    def reader(slot: int) -> None:
+        while not stop.is_set():
+            reporter.add("d", "s", 1)
+            added[slot] += 1
+
+    readers = [threading.Thread(target=reader, args=(slot,)) for slot in range(2)]
+    for thread in readers:
+        thread.start()
+    failures: list[BaseException] = []
+    deadline = time.monotonic() + 2.0
+    try:
+        while time.monotonic() < deadline and not failures:
+            try:
+                reporter.close()
+            except Exception as exc:  # any is the failure under test
+                failures.append(exc)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    reporter.close()
+    assert failures == []
+    assert server.totals() == {("d", "s", 1): sum(added)}  # every read reported once

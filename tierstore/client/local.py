@@ -64,7 +64,7 @@ from tierstore.errors import (
     TierstoreError,
 )
 from tierstore.frames import FrameSealer, shard_context
-from tierstore.types import ShardKind, check_bool
+from tierstore.types import ShardKind, check_bool, whole_number
 from tierstore.verifyahead import collect
 from tierstore.wire.local import LocalGrant, this_host
 
@@ -115,14 +115,18 @@ class LocalReadOptions:
     def __post_init__(self) -> None:
         for name in ("enabled", "pin_memory"):
             object.__setattr__(self, name, check_bool(name, getattr(self, name)))
-        if self.max_snapshots < 0 or self.report_every_reads < 1 or self.max_keys < 1:
-            raise InvalidArgument(
-                "max_snapshots must be >= 0, report_every_reads and max_keys >= 1"
-            )
-        if not 0 < self.report_interval_s < float("inf"):
-            raise InvalidArgument(
-                f"report_interval_s must be positive, not {self.report_interval_s}"
-            )
+        for name, least in (("max_snapshots", 0), ("report_every_reads", 1), ("max_keys", 1)):
+            value = whole_number(getattr(self, name))
+            if value is None or value < least:
+                raise InvalidArgument(
+                    f"{name} must be a whole number >= {least}, not {getattr(self, name)!r:.40}"
+                )
+            object.__setattr__(self, name, value)
+        interval = self.report_interval_s
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise InvalidArgument(f"report_interval_s must be seconds, not {interval!r:.40}")
+        if not 0 < interval < float("inf"):
+            raise InvalidArgument(f"report_interval_s must be positive, not {interval}")
 
 
 @dataclass(frozen=True, slots=True)

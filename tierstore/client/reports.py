@@ -94,20 +94,23 @@ class ReadReporter:
     def start(self) -> None:
         """Start the background thread if it is not running: it reports, and calls
         ``on_wake`` (which expires data keys) at least every ``interval_s``."""
+        if self._thread is not None:
+            return
+        _register_fork_handlers()
         with self._lock:
-            start = self._thread is None
-            if start:
-                self._wake, self._stop = threading.Event(), threading.Event()
-                self._thread = threading.Thread(
-                    target=_report_loop,
-                    args=(weakref.ref(self), self._wake, self._stop, self.interval_s),
-                    name="tierstore-read-reports",
-                    daemon=True,
-                )
-        if start:
-            _register_fork_handlers()
-            assert self._thread is not None
-            self._thread.start()
+            if self._thread is not None:
+                return
+            self._wake, self._stop = threading.Event(), threading.Event()
+            thread = threading.Thread(
+                target=_report_loop,
+                args=(weakref.ref(self), self._wake, self._stop, self.interval_s),
+                name="tierstore-read-reports",
+                daemon=True,
+            )
+            # Started before it is published: a close() in another thread joined one not
+            # started yet (RuntimeError), and left the client's keys and channel open.
+            thread.start()
+            self._thread = thread
 
     def flush(self, *, wait_for_ready: bool = True) -> None:
         """Send every read counted so far, now, on this thread (``wait_for_ready``: see
