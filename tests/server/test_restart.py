@@ -359,3 +359,38 @@ def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
         assert reader.stats("d")["datasets"]["d"]["hits"] == 5
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_replaced_hot_tiers_map_is_closed_when_a_renewed_grant_names_the_new_file(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The old map was closed only when a read ran into the replaced file: a grant that
+    # ran out first got a map of the new file, and the old one, deleted, stayed mapped
+    # (its disk space held) for the life of the process, one more per replacement.
+    data_dir = tmp_path / "node"
+    node = spawn_server(data_dir, "--rebuild-from-archive", "--local-grant-ttl", "1")
+    with node.connect() as admin:
+        admin.create_dataset("d", durability="write-through")
+        admin.put("d", "x", b"kept in the archive")
+    reader = node.connect()
+    try:
+        assert reader.get("d", "x").to_pybytes() == b"kept in the archive"
+        for _ in range(2):
+            node.stop()
+            shutil.rmtree(data_dir / "hot")
+            node.start(same_ports=True)
+            before = reader.read_counts.local
+            poll(lambda: reaches(reader), 30, "the reader's channel to reach the node again")
+            poll(
+                lambda before=before: (
+                    reader.get("d", "x").to_pybytes() == b"kept in the archive"
+                    and reader.read_counts.local > before
+                ),
+                30,
+                "reads in place again, from the new hot tier",
+            )
+            maps = Path("/proc/self/maps").read_text().splitlines()
+            assert not [line for line in maps if "data.mdb (deleted)" in line], maps
+    finally:
+        reader.close()

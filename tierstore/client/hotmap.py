@@ -296,16 +296,24 @@ def close_retired() -> None:
 
 
 def hot_map(grant: LocalGrant, max_snapshots: int) -> HotMap:
-    """This process's map of the file ``grant`` names (made on first use; never closed:
-    an open read-only environment costs two descriptors and address space only, and
-    closing one under live buffers would leave them dangling). The first caller's
-    ``max_snapshots`` holds for the process. Thread-safe."""
+    """This process's map of the file ``grant`` names (made on first use; closed only
+    once a file replaced it at its path and nothing uses it any more: an open read-only
+    environment costs two descriptors and address space only, and closing one under
+    live buffers would leave them dangling). The first caller's ``max_snapshots`` holds
+    for the process. Thread-safe."""
     key = (grant.device, grant.inode)
     with _registry_lock:
         found = _MAPS.get(key)
-        if found is None:
-            found = _MAPS[key] = HotMap(grant, max_snapshots)
-        return found
+        if found is not None:
+            return found
+        found = _MAPS[key] = HotMap(grant, max_snapshots)
+        replaced = [hot for other, hot in _MAPS.items() if other != key and hot.path == found.path]
+    # Another file at the same path: the node replaced its hot tier. Its old map was
+    # retired only when a read ran into the new file; a grant that ran out first left
+    # it mapped, deleted, for the life of the process.
+    for hot in replaced:
+        hot.retire()
+    return found
 
 
 def _before_fork() -> None:
