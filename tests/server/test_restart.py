@@ -14,6 +14,7 @@ import shutil
 import signal
 import stat
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lmdb
@@ -361,6 +362,15 @@ def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
         reader.close()
 
 
+def reads_in_place(reader: Client, before: int) -> bool:
+    """Whether ``reader`` reads shard d/x in place now (its count of local reads passed
+    ``before``)."""
+    return (
+        reader.get("d", "x").to_pybytes() == b"kept in the archive"
+        and reader.read_counts.local > before
+    )
+
+
 @pytest.mark.timeout(120)
 def test_a_replaced_hot_tiers_map_is_closed_when_a_renewed_grant_names_the_new_file(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
@@ -380,13 +390,9 @@ def test_a_replaced_hot_tiers_map_is_closed_when_a_renewed_grant_names_the_new_f
             node.stop()
             shutil.rmtree(data_dir / "hot")
             node.start(same_ports=True)
-            before = reader.read_counts.local
             poll(lambda: reaches(reader), 30, "the reader's channel to reach the node again")
             poll(
-                lambda before=before: (
-                    reader.get("d", "x").to_pybytes() == b"kept in the archive"
-                    and reader.read_counts.local > before
-                ),
+                partial(reads_in_place, reader, reader.read_counts.local),
                 30,
                 "reads in place again, from the new hot tier",
             )
