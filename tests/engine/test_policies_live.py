@@ -414,6 +414,29 @@ def test_a_ttl_pin_set_while_a_pin_waits_for_room_makes_it_due_when_it_runs_out(
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
 
 
+def test_a_pin_set_while_its_shard_is_being_promoted_is_tried_again_if_that_fails(
+    open_store: StoreFactory,
+) -> None:
+    # The promotion under way (a prefetch's) ran on a copy of the record without the
+    # pin: when the archive failed it, nothing remembered the pin, and the pinned shard
+    # stayed cold for good once the archive was back.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings()}, prefetch_interval_s=0.05)
+    store.put("d", "s", payload(FRAME))
+    assert store.drain(10)
+    assert store.evict("d", "s") > 0
+    frames = archive_frames_key("d", record_of(store, "d", "s").generation)
+    archive.hold_reads(frames, threads_named="tierstore-promote")
+    assert store.prefetch("d", ["s"]) == 1
+    assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"
+    store.pin("d", "s")  # while that promotion is under way
+    archive.failing = True
+    archive.release_reads()  # it fails
+    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the failed promotion to end")
+    archive.failing = False
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted", 30)
+
+
 def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
     # The queue holds 64: the pins past it were dropped when they were pinned, and
     # stayed cold until read, though pin reported their bytes as queued.

@@ -147,8 +147,9 @@ class PinRetries:
             self._waiting[key] = pin
 
     def remember_unqueued(self, record: ShardRecord) -> None:
-        """Note that the promotion of ``record``, just pinned, found the queue full:
-        the next pass queues it."""
+        """Note that the promotion of ``record``, just pinned, found the queue full, or
+        its generation's promotion under way (on a copy of the record without the pin):
+        the next pass queues it, once that one has ended if the shard is still cold."""
         with self._lock:
             self._waiting[(record.dataset, record.name)] = FailedPin(
                 record.generation, 0, time.monotonic()

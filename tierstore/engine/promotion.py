@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from tierstore.config import EngineSettings
 from tierstore.engine.archived import ArchivedFrames, fetch_all
@@ -183,18 +183,25 @@ class Promoter:
         asks again). Returns whether it is queued or in flight (False: dropped for a
         full queue, or the promoter is stopping).
         """
+        return self._enqueue(record, stored) != "dropped"
+
+    def _enqueue(
+        self, record: ShardRecord, stored: list[memoryview] | None
+    ) -> Literal["queued", "in flight", "dropped"]:
+        """:meth:`promote`, saying whether it queued ``record``, found its generation
+        queued or running already, or dropped it (a full queue, or stopping)."""
         if self._stop.is_set():
-            return False
+            return "dropped"
         # Marked before it is queued: a promotion thread may finish it at once.
         if not self._mark_promotion(record, fill=stored is not None):
-            return True  # queued or running already
+            return "in flight"
         jobs = self._promotions if stored is None else self._fills
         try:
             jobs.put_nowait((record, stored))
         except queue.Full:
             self._forget_promotion((record.dataset, record.generation))
-            return False
-        return True
+            return "dropped"
+        return "queued"
 
     def _mark_promotion(self, record: ShardRecord, fill: bool) -> bool:
         """Mark ``record``'s generation as promoting (a cache fill if ``fill``); False,
@@ -252,8 +259,11 @@ class Promoter:
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later
         prefetch pass queues it (:attr:`pins`): a pin promises a hot shard, where a
-        read's promotion is best effort."""
-        if self.promote(record, None) or self._stop.is_set():
+        read's promotion is best effort. So does one whose generation is being promoted
+        already, should that fail: it runs on a copy of the record taken before the pin,
+        and would not be tried again (the pass waits for it to end, and forgets the pin
+        once its shard is hot)."""
+        if self._enqueue(record, None) == "queued" or self._stop.is_set():
             return
         self.pins.remember_unqueued(record)
 
