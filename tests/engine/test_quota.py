@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.engine.backdoor import record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, engine_settings, payload, wait_until
+from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import (
     DatasetNotFound,
@@ -336,6 +338,27 @@ def test_promotions_stay_within_the_quota(open_store: StoreFactory) -> None:
         wait_until(lambda: store.promoter.promotions_pending() == 0, "promotions to finish")
         assert dataset_hot_bytes(store, "capped") <= QUOTA
     assert dataset_hot_bytes(store, "capped") == QUOTA  # full, never over
+
+
+def test_a_promotion_keeps_to_a_quota_lowered_during_its_fetch(open_store: StoreFactory) -> None:
+    # It checked the quota it read before fetching: a shard larger than the new quota
+    # turned hot, and stayed so until the mover's next pass (for good without one).
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"d": DatasetSettings(hot_quota_bytes=4 * SIZE)})
+    store.put("d", "s", payload(SIZE))
+    assert store.drain(10)
+    assert store.evict("d", "s") > 0
+    frames = archive_frames_key("d", record_of(store, "d", "s").generation)
+    archive.hold_reads(frames, threads_named="tierstore-promote")
+    assert store.prefetch("d", ["s"]) == 1
+    assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"
+    skipped = store.promoter.promotions_skipped
+    store.update_dataset("d", hot_quota_bytes=SIZE // 2)  # lowered while it fetches
+    archive.release_reads()
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
+    assert not store.stat("d", "s").hot
+    assert store.promoter.promotions_skipped == skipped + 1
+    assert dataset_hot_bytes(store, "d") == 0
 
 
 def test_lowering_the_quota_evicts_down_to_it(open_store: StoreFactory) -> None:

@@ -382,14 +382,14 @@ class Promoter:
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
         if self._spooler.spools(record):
-            return self._promote_spooled(record, quota, total, pool, stored)
+            return self._promote_spooled(record, total, pool, stored)
         if stored is None:
             stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))
             if stored is None:
                 return False
             for index, frame in enumerate(stored):
                 self._verify(record, index, frame)
-        return self._commit_promotion(record, quota, total, stored)
+        return self._commit_promotion(record, total, stored)
 
     def _unless_superseded(self, record: ShardRecord, fetch: Callable[[], _T]) -> _T | None:
         """``fetch()`` (which fetches ``record``'s archive object), or None when it
@@ -407,7 +407,6 @@ class Promoter:
     def _promote_spooled(
         self,
         record: ShardRecord,
-        quota: int,
         total: int,
         pool: Executor,
         stored: list[memoryview] | None,
@@ -431,22 +430,27 @@ class Promoter:
                 return self._skipped()
             # Its room below the high watermark is made now, as for any promotion:
             # staged frames are not hot bytes, so none was reserved meanwhile.
-            promoted = self._commit_promotion(record, quota, total, None)
+            promoted = self._commit_promotion(record, total, None)
             return promoted
         finally:
             if not promoted:
                 self._spooler.drop(record.generation)
 
     def _commit_promotion(
-        self, record: ShardRecord, quota: int, total: int, stored: list[memoryview] | None
+        self, record: ShardRecord, total: int, stored: list[memoryview] | None
     ) -> bool:
         """Make room for ``record``'s generation and turn it hot, writing its verified
         ``stored`` frames (None: they are staged already). Returns whether it turned
-        hot: False when superseded meanwhile, or skipped (counted) for want of room."""
+        hot: False when superseded meanwhile, or skipped (counted) for want of room.
+
+        The dataset's quota is read again here, and in the write transaction: one
+        lowered during the fetch was passed (a shard larger than the new quota turned
+        hot, and stayed so until the mover's next pass)."""
         # Promotions make their room and commit one at a time: two at once would both
         # count the same free room, and one would be skipped after evicting for it.
         with self._room_lock:
-            if not (
+            quota = self._hot_room.quota(record.dataset)
+            if 0 < quota < total or not (
                 self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total)
                 and self._hot_room.make_room_for_promotion(total)
             ):
@@ -455,6 +459,8 @@ class Promoter:
                 current = self._catalog.get_shard(txn, record.dataset, record.name)
                 if current is None or current.generation != record.generation or current.hot:
                     return False
+                settings = self._catalog.get_dataset(txn, record.dataset)
+                quota = 0 if settings is None else settings.hot_quota_bytes
                 # Checked again here, where it is exact: a put may have taken the room
                 # meanwhile, and the map may be nearly full.
                 needed, free = self._env.room_for(txn, (len(frame) for frame in stored or ()))
