@@ -334,8 +334,9 @@ def test_bad_dataset_settings_are_refused_before_anything_is_written(
         (lambda store: store.list("plain", limit="5"), "limit must be a whole number"),
         (lambda store: store.put("plain", "q", b"x", quota_wait_s="1"), "quota_wait_s must be"),
         (lambda store: store.prefetch("plain", "abc"), "shards must be a list of shard names"),
+        (lambda store: store.prefetch("plain", None), "shards must be a list of shard names"),
     ],
-    ids=["prefix", "start_after", "limit", "quota_wait_s", "prefetch"],
+    ids=["prefix", "start_after", "limit", "quota_wait_s", "prefetch", "prefetch None"],
 )
 def test_arguments_of_the_wrong_type_are_invalid_arguments(
     store: Store, known: dict[tuple[str, str], bytes], call: Callable[[Store], object], match: str

@@ -776,6 +776,31 @@ def test_a_prefetch_counts_each_shard_once(open_store: StoreFactory) -> None:
     assert store.prefetch("d", ["s0", "s0", "s0", "nosuch", "s1", "s0"]) == 2
     for name in ("s0", "s1"):
         wait_until(lambda name=name: store.stat("d", name).hot, f"{name} to turn hot")
+    # A generator was used up by the name checks, and nothing was queued.
+    for name in ("s0", "s1"):
+        store.evict("d", name)
+    assert store.prefetch("d", (name for name in ["s0", "s1"])) == 2
+    for name in ("s0", "s1"):
+        wait_until(lambda name=name: store.stat("d", name).hot, f"{name} to turn hot")
+
+
+def test_a_prefetch_counts_only_what_the_promotion_queue_took(open_store: StoreFactory) -> None:
+    # The queue holds 64: those past it were dropped, and counted as queued all the same.
+    names = [f"s{k:03}" for k in range(100)]
+    store, archive = evicted(open_store, names)
+    thaw = threading.Event()
+    frozen_get = archive.get
+
+    def get(key: str, byte_range: tuple[int, int] | None = None) -> Any:
+        assert thaw.wait(30), "the test never thawed the archive"
+        return frozen_get(key, byte_range)
+
+    archive.get = get  # type: ignore[method-assign]  # every promotion thread waits here
+    try:
+        queued = store.prefetch("d", names)
+        assert queued == store.promoter.promotions_pending() < len(names)
+    finally:
+        thaw.set()
 
 
 @pytest.mark.parametrize("name", ["recording", DEFAULT_POLICY])

@@ -132,7 +132,8 @@ class Placement:
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
         """Queue promotion of every named shard that is not hot; returns how many shards
-        were queued (a name given twice counts once).
+        were queued or were being promoted already (a name given twice counts once; one
+        a full queue dropped does not count: a prefetch is a hint, asked again later).
 
         Unknown names and unreadable records are skipped (a prefetch is a hint).
         Raises DatasetNotFound.
@@ -145,8 +146,7 @@ class Placement:
             ]
         for record in records:
             if record is not None and not record.hot and record.archived:
-                self._promoter.promote(record, None)
-                queued += 1
+                queued += self._promoter.promote(record, None)
         return queued
 
     def usage(self, dataset: str) -> DatasetUsage:

@@ -28,7 +28,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -784,16 +784,18 @@ class Store:
             self.prefetcher.wake()
 
     def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
-        """Queue promotion of the named shards that are cold; returns how many were queued.
+        """Queue promotion of the named shards that are cold; returns how many were queued
+        (or were being promoted already; not those a full queue dropped).
 
-        Unknown shard names are skipped. Raises InvalidName, DatasetNotFound.
+        Unknown shard names are skipped. Raises InvalidName, DatasetNotFound,
+        InvalidArgument (``shards`` is no iterable of names).
         """
         self._check_open()
         validate_dataset_name(dataset)
-        if isinstance(shards, str):  # a str is a sequence of its characters
-            raise InvalidArgument(
-                f"shards must be a list of shard names, not the str {shards!r:.40}"
-            )
+        # A str is a sequence of its characters; None was a raw TypeError.
+        if isinstance(shards, str) or not isinstance(shards, Iterable):
+            raise InvalidArgument(f"shards must be a list of shard names, not {shards!r:.40}")
+        shards = list(shards)  # once: a generator was used up by the checks below
         for shard in shards:
             validate_shard_name(shard)
         return self._placement.prefetch(dataset, shards)
