@@ -437,11 +437,9 @@ def test_a_pin_set_while_its_shard_is_being_promoted_is_tried_again_if_that_fail
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted", 30)
 
 
-def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
-    # The queue holds 64: the pins past it were dropped when they were pinned, and
-    # stayed cold until read, though pin reported their bytes as queued.
-    names = [f"s{k:03}" for k in range(100)]
-    store, archive = evicted(open_store, names)
+def frozen_reads(archive: FaultyTier) -> threading.Event:
+    """Make every read of ``archive`` wait until the event returned is set (30 s at
+    most: a test that never sets it fails there)."""
     thaw = threading.Event()
     frozen_get = archive.get
 
@@ -449,7 +447,16 @@ def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFact
         assert thaw.wait(30), "the test never thawed the archive"
         return frozen_get(key, byte_range)
 
-    archive.get = get  # type: ignore[method-assign]  # every promotion thread waits here
+    archive.get = get  # type: ignore[method-assign]
+    return thaw
+
+
+def test_pins_past_a_full_promotion_queue_are_all_promoted(open_store: StoreFactory) -> None:
+    # The queue holds 64: the pins past it were dropped when they were pinned, and
+    # stayed cold until read, though pin reported their bytes as queued.
+    names = [f"s{k:03}" for k in range(100)]
+    store, archive = evicted(open_store, names)
+    thaw = frozen_reads(archive)  # every promotion thread waits in the archive
     for name in names:
         store.pin("d", name)  # the queue fills and overflows
     assert store.promoter.in_flight()[0] < len(names)  # some were not queued
@@ -788,14 +795,7 @@ def test_a_prefetch_counts_only_what_the_promotion_queue_took(open_store: StoreF
     # The queue holds 64: those past it were dropped, and counted as queued all the same.
     names = [f"s{k:03}" for k in range(100)]
     store, archive = evicted(open_store, names)
-    thaw = threading.Event()
-    frozen_get = archive.get
-
-    def get(key: str, byte_range: tuple[int, int] | None = None) -> Any:
-        assert thaw.wait(30), "the test never thawed the archive"
-        return frozen_get(key, byte_range)
-
-    archive.get = get  # type: ignore[method-assign]  # every promotion thread waits here
+    thaw = frozen_reads(archive)  # every promotion thread waits in the archive
     try:
         queued = store.prefetch("d", names)
         assert queued == store.promoter.promotions_pending() < len(names)

@@ -783,7 +783,7 @@ class Store:
         if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
-    def prefetch(self, dataset: str, shards: Sequence[str]) -> int:
+    def prefetch(self, dataset: str, shards: Iterable[str]) -> int:
         """Queue promotion of the named shards that are cold; returns how many were queued
         (or were being promoted already; not those a full queue dropped).
 
