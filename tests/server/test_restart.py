@@ -400,3 +400,36 @@ def test_a_replaced_hot_tiers_map_is_closed_when_a_renewed_grant_names_the_new_f
             assert not [line for line in maps if "data.mdb (deleted)" in line], maps
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_restart_without_local_reads_turns_a_readers_grant_off_at_its_next_report(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Its grant was trusted until it ran out (60 s): every read stayed in place, and
+    # every report of them was refused and dropped, so none was counted.
+    node = spawn_server(tmp_path / "node")
+    with node.connect() as admin:
+        admin.create_dataset("d")
+        admin.put("d", "x", b"hot")
+    reader = node.connect()
+    try:
+        assert reader.get("d", "x").to_pybytes() == b"hot"
+        assert reader.read_counts.local == 1
+        reader.report_local_reads()
+        node.stop()
+        node.extra_args = (*node.extra_args, "--no-local-reads")
+        node.start(same_ports=True)
+        poll(lambda: reaches(reader), 30, "the reader's channel to reach the node again")
+        grpc_before = reader.read_counts.grpc
+
+        def through_the_service() -> bool:
+            assert reader.get("d", "x").to_pybytes() == b"hot"
+            reader.report_local_reads()  # as the reporter's thread does every second
+            return reader.read_counts.grpc > grpc_before
+
+        poll(through_the_service, 20, "reads through the service")
+        served = reader.read_counts.grpc - grpc_before
+        assert reader.stats("d")["datasets"]["d"]["hits"] >= served
+    finally:
+        reader.close()

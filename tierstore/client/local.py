@@ -211,7 +211,7 @@ class LocalReads:
         # at every local read and on the reporter's thread.
         self._keys = DataKeys(options.max_keys, time.monotonic)
         self.reporter = ReadReporter(
-            rpc.report,
+            self._report,
             every_reads=options.report_every_reads,
             interval_s=options.report_interval_s,
             on_wake=self._keys.expire,
@@ -220,6 +220,17 @@ class LocalReads:
         self._routes: dict[str, _Route] = {}
         self._allocate = options.allocate
         self._logged: set[str] = set()
+
+    def _report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        """Send a read report; a refusal (local reads turned off there, as by a restart
+        with ``--no-local-reads``) ends every grant now, not when it runs out: reads in
+        place went on for up to a grant's lifetime, and none of them was counted."""
+        try:
+            self._rpc.report(dataset, counts, wait_for_ready)
+        except FailedPrecondition:
+            with self._lock:
+                self._routes.clear()
+            raise
 
     # What the client calls.
 
