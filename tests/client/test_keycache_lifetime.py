@@ -82,17 +82,22 @@ def test_a_datasets_keys_are_dropped_and_zeroed_when_its_grant_runs_out() -> Non
 
 
 @zeroes_cipher_key
-def test_a_renewal_before_the_sweep_keeps_the_keys() -> None:
+def test_a_renewal_keeps_only_the_keys_used_under_it() -> None:
+    # A renewal kept every key of the dataset: a deleted shard's key (never read
+    # again) stayed for as long as its dataset was read, past the promised bound.
     clock = Clock()
     keys = DataKeys(clock=clock)
     keys.grant("d", 110.0)
-    cipher = keys.put("d", "s", 1, os.urandom(32), NONCE)
+    read = keys.put("d", "s", 1, os.urandom(32), NONCE)
+    deleted = keys.put("d", "gone", 1, os.urandom(32), NONCE)
     clock.now = 110.5  # past the deadline, and the next read renews before any sweep
     keys.grant("d", 120.5)
-    assert keys.expire() == 0
-    assert keys.get("d", "s", 1) is cipher and cipher.key != ZERO
+    assert keys.get("d", "s", 1) is read  # used under the renewed grant: kept
+    assert keys.expire() == 1
+    assert deleted.key == ZERO and keys.get("d", "gone", 1) is None
+    assert read.key != ZERO
     clock.now = 120.5
-    assert keys.expire() == 1 and cipher.key == ZERO
+    assert keys.expire() == 1 and read.key == ZERO
 
 
 def test_a_refused_grant_or_close_forgets_the_grant_too() -> None:

@@ -6,10 +6,12 @@ generation costs one grant per process, never written anywhere, and only as long
 the reader may use them:
 
 * a key is kept only while its dataset holds a live local-read grant
-  (:meth:`DataKeys.grant` sets its deadline); once the deadline has passed without a
-  renewal, :meth:`DataKeys.expire` drops the dataset's keys — the read path calls it
-  at every local read and on the read reporter's thread, so no read of that dataset
-  is needed for them to go;
+  (:meth:`DataKeys.grant` sets its deadline), and only until the deadline of the
+  grant it was last used under: :meth:`DataKeys.expire` drops it then — the read
+  path calls it at every local read and on the read reporter's thread, so no read
+  is needed for it to go. A renewal extends no key by itself (a deleted shard's key
+  was kept for as long as its dataset was read); one in use is granted again, one
+  ``GrantDataKey`` per generation read per grant;
 * a shard keeps the key of one generation, its newest: caching a newer generation's
   key drops the older one's, and an older generation's key is not kept next to a
   newer one;
@@ -29,6 +31,7 @@ child inherits the cache as plain memory and may use it (same principal, same ke
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -71,13 +74,15 @@ def _new_cipher(key: bytes | bytearray, nonce_prefix: bytes) -> FrameCipher:
 _CIPHER_HAS_ITS_OWN_KEY = _cipher_has_its_own_key(_new_cipher)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Key:
-    """One shard's cached key: its generation, cipher, and the buffer we zero."""
+    """One shard's cached key: its generation, cipher, the buffer we zero, and until
+    when it is kept (the deadline of the grant it was last used under)."""
 
     generation: int
     cipher: FrameCipher
     held: bytearray
+    until: float
 
 
 class DataKeys:
@@ -102,19 +107,22 @@ class DataKeys:
         return len(self._keys)
 
     def grant(self, dataset: str, until: float) -> None:
-        """``dataset`` holds a local-read grant until ``until`` (a ``clock`` time): its
-        keys may be kept until then. A renewal sets the new deadline."""
+        """``dataset`` holds a local-read grant until ``until`` (a ``clock`` time): keys
+        of it used from now on may be kept until then. A renewal sets the new deadline
+        (the keys not used since keep the old one)."""
         with self._lock:
             self._until[dataset] = until
             self._next_deadline = min(self._next_deadline, until)
 
     def get(self, dataset: str, shard: str, generation: int) -> FrameCipher | None:
-        """The cipher of a generation whose key was granted, or ``None``."""
+        """The cipher of a generation whose key was granted, or ``None``; used now, it is
+        kept until the dataset's grant runs out."""
         with self._lock:
             found = self._keys.get((dataset, shard))
             if found is None or found.generation != generation:
                 return None
             self._keys.move_to_end((dataset, shard))
+            found.until = max(found.until, self._until.get(dataset, found.until))
             return found.cipher
 
     def put(
@@ -142,24 +150,28 @@ class DataKeys:
             else:
                 if current is not None:
                     dropped.append(self._keys.pop(slot).held)
-                self._keys[slot] = _Key(generation, cipher, held)
+                self._keys[slot] = _Key(generation, cipher, held, self._until[dataset])
                 while len(self._keys) > self._max:
                     dropped.append(self._keys.popitem(last=False)[1].held)
         _zero_all(dropped)
         return cipher
 
     def expire(self) -> int:
-        """Drop (and zero) the keys of every dataset whose grant's deadline has passed;
-        returns how many were dropped. O(1) while no deadline has passed."""
+        """Drop (and zero) the keys whose deadline has passed — every key of a dataset
+        whose grant ran out, and those not used under its renewal — and forget the
+        grants run out; returns how many keys were dropped. O(1) while no deadline has
+        passed."""
         now = self._clock()
         with self._lock:
             if now < self._next_deadline:
                 return 0
-            over = {dataset for dataset, until in self._until.items() if until <= now}
-            for dataset in over:
+            for dataset in [d for d, until in self._until.items() if until <= now]:
                 del self._until[dataset]
-            self._next_deadline = min(self._until.values(), default=math.inf)
-            dropped = self._pop_locked(lambda slot: slot[0] in over) if over else []
+            dropped = self._pop_locked(lambda slot, key: key.until <= now)
+            self._next_deadline = min(
+                itertools.chain(self._until.values(), (key.until for key in self._keys.values())),
+                default=math.inf,
+            )
         _zero_all(dropped)
         return len(dropped)
 
@@ -167,7 +179,7 @@ class DataKeys:
         """Forget (and zero) every key of ``dataset``, and its grant."""
         with self._lock:
             self._until.pop(dataset, None)
-            dropped = self._pop_locked(lambda slot: slot[0] == dataset)
+            dropped = self._pop_locked(lambda slot, key: slot[0] == dataset)
         _zero_all(dropped)
 
     def clear(self) -> None:
@@ -187,8 +199,9 @@ class DataKeys:
         for key in list(getattr(self, "_keys", {}).values()):
             zero(memoryview(key.held))
 
-    def _pop_locked(self, gone: Callable[[tuple[str, str]], bool]) -> list[bytearray]:
-        return [self._keys.pop(slot).held for slot in [s for s in self._keys if gone(s)]]
+    def _pop_locked(self, gone: Callable[[tuple[str, str], _Key], bool]) -> list[bytearray]:
+        doomed = [slot for slot, key in self._keys.items() if gone(slot, key)]
+        return [self._keys.pop(slot).held for slot in doomed]
 
 
 def _zero_all(keys: list[bytearray]) -> None:

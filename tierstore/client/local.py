@@ -198,6 +198,26 @@ class _Route:
 _Build = Callable[[HotSession, ShardRecord, FrameSealer], LocalShard]
 
 
+def _reporting(
+    rpc: LocalReadRpc, lock: ForkSafeLock, routes: dict[str, _Route]
+) -> Callable[[str, list[LocalReadCount], bool], None]:
+    """``rpc.report``, where a refusal (local reads turned off there, as by a restart
+    with ``--no-local-reads``) also ends every grant in ``routes`` now, not when it runs
+    out: reads in place went on for up to a grant's lifetime, and none was counted.
+    (Not a method of the reader: its reporter would hold it, a cycle that kept a
+    dropped client's keys unzeroed until a collection.)"""
+
+    def report(dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        try:
+            rpc.report(dataset, counts, wait_for_ready)
+        except FailedPrecondition:
+            with lock:
+                routes.clear()
+            raise
+
+    return report
+
+
 class LocalReads:
     """Reads hot shards in place for one client (see the module docstring)."""
 
@@ -210,27 +230,16 @@ class LocalReads:
         # Keys live as long as their dataset's grant (same clock as the routes'): swept
         # at every local read and on the reporter's thread.
         self._keys = DataKeys(options.max_keys, time.monotonic)
+        self._lock = ForkSafeLock()
+        self._routes: dict[str, _Route] = {}
         self.reporter = ReadReporter(
-            self._report,
+            _reporting(rpc, self._lock, self._routes),
             every_reads=options.report_every_reads,
             interval_s=options.report_interval_s,
             on_wake=self._keys.expire,
         )
-        self._lock = ForkSafeLock()
-        self._routes: dict[str, _Route] = {}
         self._allocate = options.allocate
         self._logged: set[str] = set()
-
-    def _report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
-        """Send a read report; a refusal (local reads turned off there, as by a restart
-        with ``--no-local-reads``) ends every grant now, not when it runs out: reads in
-        place went on for up to a grant's lifetime, and none of them was counted."""
-        try:
-            self._rpc.report(dataset, counts, wait_for_ready)
-        except FailedPrecondition:
-            with self._lock:
-                self._routes.clear()
-            raise
 
     # What the client calls.
 
