@@ -656,9 +656,10 @@ def test_an_abandoned_epoch_lets_its_read_ahead_go_and_keeps_its_position() -> N
     loader = DataLoader(ds, batch_size=None, num_workers=0)
     gc.disable()  # gone as the last reference goes, not at a collection: the epoch
     try:  # iterator and its generator held each other, and kept 117 MB until one
-        first = next(iter(loader))
+        epoch = iter(loader)
+        first = next(epoch)
         assert set(read_ahead_threads()) - before
-        del loader
+        del epoch, loader
         # A thread goes once the fetch it is running ends: on a loaded machine (the
         # whole suite on two cores) one took longer than 10 s.
         deadline = time.monotonic() + 60
