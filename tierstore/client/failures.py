@@ -13,7 +13,12 @@ import grpc
 
 from tierstore import errors
 from tierstore.errors import Unavailable
-from tierstore.wire.status import ERROR_HEADER, error_for_status, is_certificate_rejection
+from tierstore.wire.status import (
+    ERROR_HEADER,
+    error_class,
+    error_for_status,
+    is_certificate_rejection,
+)
 
 __all__ = [
     "RETRY_DELAYS_S",
@@ -51,8 +56,8 @@ def _retryable(error: grpc.RpcError) -> bool:
 def _names_archive_trouble(name: str | None) -> bool:
     """Whether the server named ArchiveUnavailable, or a class below it (NotArchivedYet:
     done here, so a retry would put or delete again)."""
-    cls = getattr(errors, name or "", None)
-    return isinstance(cls, type) and issubclass(cls, errors.ArchiveUnavailable)
+    cls = error_class(name)
+    return cls is not None and issubclass(cls, errors.ArchiveUnavailable)
 
 
 def _error_name(error: grpc.RpcError) -> str | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -64,7 +65,7 @@ from tierstore.errors import (
     TierstoreError,
 )
 from tierstore.frames import FrameSealer, shard_context
-from tierstore.types import ShardKind, check_bool, whole_number
+from tierstore.types import ShardKind, check_bool, seconds_up_to, whole_number
 from tierstore.verifyahead import collect
 from tierstore.wire.local import LocalGrant, this_host
 
@@ -122,11 +123,11 @@ class LocalReadOptions:
                     f"{name} must be a whole number >= {least}, not {getattr(self, name)!r:.40}"
                 )
             object.__setattr__(self, name, value)
-        interval = self.report_interval_s
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise InvalidArgument(f"report_interval_s must be seconds, not {interval!r:.40}")
-        if not 0 < interval < float("inf"):
-            raise InvalidArgument(f"report_interval_s must be positive, not {interval}")
+        if seconds_up_to(self.report_interval_s, sys.float_info.max) is None:
+            raise InvalidArgument(
+                "report_interval_s must be a positive number of seconds, not "
+                f"{self.report_interval_s!r:.40}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

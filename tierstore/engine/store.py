@@ -354,8 +354,7 @@ class Store:
             self._catalog.append_journal(txn, JournalOp("dataset", name))
             self._policies.open_dataset(name, settings.policy)
         # Also here: a read still under way as its namesake was deleted counted there.
-        self._placement.retire_reads(name)
-        self._trace.retire_dataset(name)
+        self._retire_reads(name)
         self.mover.wake()
 
     def get_dataset(self, name: str) -> DatasetSettings:
@@ -444,8 +443,7 @@ class Store:
         validate_dataset_name(name)
         settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force))
         self._plans.close_dataset(name)
-        self._placement.retire_reads(name)
-        self._trace.retire_dataset(name)  # its reads are not a namesake's (sizing curves)
+        self._retire_reads(name)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         if committed is not None:
             committed()
@@ -454,6 +452,12 @@ class Store:
         if settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()
+
+    def _retire_reads(self, name: str) -> None:
+        """Count no read so far of dataset ``name`` as its namesake's: in its statistics
+        and in its sizing curves (both start at zero for a dataset made again)."""
+        self._placement.retire_reads(name)
+        self._trace.retire_dataset(name)
 
     def _drop_dataset(
         self, name: str, force: bool

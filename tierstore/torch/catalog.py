@@ -14,12 +14,11 @@ gains shards later is not re-listed: make a new dataset object to read them.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
@@ -87,7 +86,7 @@ class ShardSet:
         def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
             return tuple(values[index] for index in kept) if values else values
 
-        return dataclasses.replace(
+        return replace(
             self,
             names=pick(self.names),
             rows=pick(self.rows),

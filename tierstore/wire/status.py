@@ -14,6 +14,7 @@ from tierstore import errors
 __all__ = [
     "ERROR_HEADER",
     "MAX_DETAILS_BYTES",
+    "error_class",
     "error_for_status",
     "error_name",
     "is_certificate_rejection",
@@ -53,6 +54,11 @@ def status_details(message: str) -> str:
         return message
     kept = encoded[: MAX_DETAILS_BYTES - 64].decode("utf-8", "ignore")
     return f"{kept}... ({len(encoded) - len(kept.encode())} more bytes cut)"
+
+
+def error_class(name: str | None) -> type[errors.TierstoreError] | None:
+    """The public error class a server names ``name`` (None for an unknown name)."""
+    return _BY_NAME.get(name or "")
 
 
 def error_name(error: errors.TierstoreError) -> str:
@@ -101,7 +107,7 @@ def error_for_status(
             "the server's <data-dir>/tls/ca.pem; the address: a name or IP the server's "
             f"certificate holds, such as its banner's; not retried): {message}"
         )
-    cls = _BY_NAME.get(error_name or "")
+    cls = error_class(error_name)
     if cls is not None and grpc.StatusCode[cls.status_code] == code:
         return cls(message)
     fallback = _BY_CODE.get(code)
