@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tests.engine.faulty_tier import FaultyTier
 from tierstore.engine.catalog import SHARDS_DB
 from tierstore.engine.records import (
     ShardRecord,
@@ -30,6 +31,7 @@ __all__ = [
     "frames_object_key",
     "hot_frame_counts",
     "hot_frames",
+    "prefetch_held_in_its_fetch",
     "put_hot_frame",
     "put_raw_record",
     "raw_frame_address",
@@ -119,3 +121,14 @@ def flip(data: bytes, position: int) -> bytes:
     changed = bytearray(data)
     changed[position] ^= 0xFF
     return bytes(changed)
+
+
+def prefetch_held_in_its_fetch(store: Store, archive: FaultyTier, dataset: str, shard: str) -> None:
+    """Archive and evict ``dataset/shard``, then prefetch it, its promotion held inside
+    its fetch from ``archive`` until ``archive.release_reads()``."""
+    assert store.drain(10)
+    assert store.evict(dataset, shard) > 0
+    frames = archive_frames_key(dataset, record_of(store, dataset, shard).generation)
+    archive.hold_reads(frames, threads_named="tierstore-promote")
+    assert store.prefetch(dataset, [shard]) == 1
+    assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes, record_of
+from tests.engine.backdoor import catalog_hot_bytes, prefetch_held_in_its_fetch, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
@@ -345,14 +345,15 @@ def test_a_pin_waiting_for_room_is_let_in_at_once_when_room_comes(
     wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
 
 
-def test_a_pin_waiting_for_room_is_tried_when_a_ttl_pin_runs_out(open_store: StoreFactory) -> None:
-    # The TTL pins holding the tier full ran out, and the pin waited out its back-off
-    # (up to a minute) with the room there.
+def a_pin_waiting_for_room(open_store: StoreFactory) -> Store:
+    """A store whose hot tier is full of pinned k0 and k1 (dataset d, policy "refusing":
+    only pins promote), and pinned cold s waiting for room; retry passes run only when
+    the test calls them."""
     store = open_store(
         MemoryTier(),
-        datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
+        datasets={"d": DatasetSettings(policy="refusing")},
         hot_capacity_bytes=int(2 * STORED / 0.9) + 64,  # 2 shards below the high watermark
-        prefetch_interval_s=3600,  # retry passes when the test calls them
+        prefetch_interval_s=3600,
     )
     fill(store, "d", ["s"])
     store.evict("d", "s")
@@ -363,6 +364,14 @@ def test_a_pin_waiting_for_room_is_tried_when_a_ttl_pin_runs_out(open_store: Sto
     waiting = store.promoter.pins._waiting
     wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
     wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
+    return store
+
+
+def test_a_pin_waiting_for_room_is_tried_when_a_ttl_pin_runs_out(open_store: StoreFactory) -> None:
+    # The TTL pins holding the tier full ran out, and the pin waited out its back-off
+    # (up to a minute) with the room there.
+    store = a_pin_waiting_for_room(open_store)
+    waiting = store.promoter.pins._waiting
     store.pin("d", "k0", ttl_s=2.0)  # now held for two seconds only
     waiting["d", "s"].failures = 10  # as after many skips: a back-off of a minute
     waiting["d", "s"].due = time.monotonic()
@@ -383,22 +392,9 @@ def test_a_ttl_pin_set_while_a_pin_waits_for_room_makes_it_due_when_it_runs_out(
 ) -> None:
     # A pin already waiting out its back-off kept it: only back-offs worked out after
     # the TTL pin was set heard of its end (docs/engine.md says it is due then).
-    store = open_store(
-        MemoryTier(),
-        datasets={"d": DatasetSettings(policy="refusing")},  # only pins promote
-        hot_capacity_bytes=int(2 * STORED / 0.9) + 64,  # 2 shards below the high watermark
-        prefetch_interval_s=3600,  # retry passes when the test calls them
-    )
-    fill(store, "d", ["s"])
-    store.evict("d", "s")
-    fill(store, "d", ["k0", "k1"])
-    for name in ("k0", "k1"):
-        store.pin("d", name)
-    store.pin("d", "s")  # fetched, then skipped: no room
+    store = a_pin_waiting_for_room(open_store)
     pins = store.promoter.pins
     waiting = pins._waiting
-    wait_until(lambda: ("d", "s") in waiting, "the skip to be remembered")
-    wait_until(lambda: store.promoter.in_flight() == (0, 0), "the skipped promotion to end")
     waiting["d", "s"].due = time.monotonic() + 3600  # as after many skips
     # Ends already past do not count against the bound on the ends kept.
     for _ in range(MAX_PIN_ENDS):
@@ -423,12 +419,7 @@ def test_a_pin_set_while_its_shard_is_being_promoted_is_tried_again_if_that_fail
     archive = FaultyTier(MemoryTier())
     store = open_store(archive, datasets={"d": DatasetSettings()}, prefetch_interval_s=0.05)
     store.put("d", "s", payload(FRAME))
-    assert store.drain(10)
-    assert store.evict("d", "s") > 0
-    frames = archive_frames_key("d", record_of(store, "d", "s").generation)
-    archive.hold_reads(frames, threads_named="tierstore-promote")
-    assert store.prefetch("d", ["s"]) == 1
-    assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"
+    prefetch_held_in_its_fetch(store, archive, "d", "s")
     store.pin("d", "s")  # while that promotion is under way
     archive.failing = True
     archive.release_reads()  # it fails

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.engine.backdoor import record_of
+from tests.engine.backdoor import prefetch_held_in_its_fetch
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, engine_settings, payload, wait_until
-from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import (
     DatasetNotFound,
@@ -346,12 +345,7 @@ def test_a_promotion_keeps_to_a_quota_lowered_during_its_fetch(open_store: Store
     archive = FaultyTier(MemoryTier())
     store = open_store(archive, datasets={"d": DatasetSettings(hot_quota_bytes=4 * SIZE)})
     store.put("d", "s", payload(SIZE))
-    assert store.drain(10)
-    assert store.evict("d", "s") > 0
-    frames = archive_frames_key("d", record_of(store, "d", "s").generation)
-    archive.hold_reads(frames, threads_named="tierstore-promote")
-    assert store.prefetch("d", ["s"]) == 1
-    assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"
+    prefetch_held_in_its_fetch(store, archive, "d", "s")
     skipped = store.promoter.promotions_skipped
     store.update_dataset("d", hot_quota_bytes=SIZE // 2)  # lowered while it fetches
     archive.release_reads()
