@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import stat
 import subprocess
@@ -76,6 +77,37 @@ def quit_by_its_reader(env: dict[str, str], args: list[str]) -> tuple[int, bytes
         process.stdout.close()
         stderr = process.stderr.read()
         return process.wait(TIMEOUT_S), stderr
+
+
+def at_a_terminal(env: dict[str, str], args: list[str]) -> Ran:
+    """Run the installed ``tierstore ARGS`` with its stdout on a pseudo-terminal; what
+    the terminal showed is its ``stdout``."""
+    terminal, its_end = pty.openpty()
+    try:
+        done = subprocess.run(
+            [tierstore_command(), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=its_end,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S,
+        )
+        os.close(its_end)
+        its_end = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(terminal)
+        if its_end >= 0:
+            os.close(its_end)
+    return Ran(done.returncode, shown, done.stderr)
 
 
 def ok(env: dict[str, str], *args: str) -> Any:
@@ -296,6 +328,14 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     # written everything.
     for command in (["trace", "export", "-o", "-"], ["get", dataset, "one.bin"]):
         assert quit_by_its_reader(env, command) == (1, b"")
+    # To a terminal: refused before any call, unless asked for with -o - (a shard's
+    # bytes garbled the terminal).
+    refused = at_a_terminal(env, ["get", dataset, "two.txt"])
+    assert (refused.returncode, refused.stdout) == (2, b"")
+    assert b"InvalidArgument: stdout is a terminal: give -o FILE" in refused.stderr
+    forced = at_a_terminal(env, ["get", dataset, "two.txt", "-o", "-"])
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.replace(b"\r\n", b"\n") == b"hello, tierstore\n"  # the tty's newlines
 
     assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {
         "deleted": ["two.txt", "t/a.txt"],

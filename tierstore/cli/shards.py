@@ -90,7 +90,16 @@ def get(
     length: int | None = None,
 ) -> None:
     """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
-    to stdout as they are, --json or not (with -o FILE, --json prints what was written)."""
+    to stdout as they are, --json or not (with -o FILE, --json prints what was written).
+    Without -o, a stdout that is a terminal is refused before any call: a shard's bytes
+    would garble it (-o - writes them there all the same)."""
+    if given is None and sys.stdout.isatty():
+        raise fail(
+            errors.InvalidArgument(
+                "stdout is a terminal: give -o FILE for the shard's bytes, redirect "
+                "stdout, or -o - to print them to the terminal all the same"
+            )
+        )
     # "-" is the usual spelling of stdout (a file named "-": its full path).
     output = None if given in (None, "-") else checked_output_file(given)
     if output is None:
