@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.forking import exit_code_of_child_forked_while_held
 from tierstore.client import forkgate
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.forkgate import GATE, ForkGate
@@ -168,25 +168,8 @@ def test_a_channel_lock_held_by_another_thread_at_fork_is_free_in_the_child() ->
     # A thread opening the channel holds its lock while it waits for the gate, which a
     # forking thread may hold: the child must not inherit the lock held.
     channel = ProcessChannel(ChannelSettings("127.0.0.1:1", insecure=True))
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with channel._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert held.wait(10)
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
-        signal.alarm(5)  # a lock left held would hang the child: let it die instead
-        channel.close()  # takes the lock (no channel is open: nothing else happens)
-        os._exit(0)
-    release.set()
-    holder.join()
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    # close() takes the lock (no channel is open: nothing else happens)
+    assert exit_code_of_child_forked_while_held(channel._lock, channel.close) == 0
 
 
 def test_a_channel_dropped_while_a_fork_is_prepared_never_waits_for_it() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from tests.forking import exit_code_of_child_forked_while_held
 from tests.tiers.conformance import TierConformance
 from tierstore.errors import (
     HotTierFull,
@@ -95,6 +96,28 @@ def test_close_leaves_the_map_open_for_a_transaction_that_outlasts_its_wait(
         txn.put(b"k2", b"still mapped", db=environment.db("d"))
     with pytest.raises(StoreClosed):
         environment.env  # noqa: B018 - closed to new work all the same
+
+
+def test_a_child_forked_while_a_thread_held_the_environments_lock_opens_it(
+    tmp_path: Path,
+) -> None:
+    # The child inherited the lock as held, by a thread it does not have: its first use
+    # of the environment (which reopens it under that lock) hung for good.
+    environment = LmdbEnvironment(tmp_path / "env", 1 << 20, ["d"])
+    with environment.write() as txn:
+        txn.put(b"k", b"parent's", db=environment.db("d"))
+    done_read, done_write = os.pipe()
+
+    def read_in_the_child() -> None:
+        with environment.read() as txn:
+            os.write(done_write, bytes(txn.get(b"k", db=environment.db("d"))))
+
+    try:  # the lock as a thread of the parent opening the map or checking readers holds it
+        assert exit_code_of_child_forked_while_held(environment._lock, read_in_the_child) == 0
+        os.close(done_write)
+        assert os.read(done_read, 100) == b"parent's"
+    finally:
+        os.close(done_read)
 
 
 #: A reader that takes one slot of the table at ``argv[1]`` and waits to be killed.

@@ -24,7 +24,8 @@ while no other local reader came to free it.
 
 Fork safety: an environment is never used across ``fork()``. The handle is
 bound to the process id that opened it; a child process reopens the
-environment on first use and never touches (or closes) the parent's handle.
+environment on first use and never touches (or closes) the parent's handle; the
+locks a thread of the parent may have held at the fork are made anew in the child.
 Read transactions must be short: a long-lived one keeps LMDB from reusing pages.
 """
 
@@ -36,6 +37,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +112,21 @@ def _no_other_users(path: Path) -> None:
                 os.chmod(target, mode & ~0o007)
 
 
+#: the environments of this process, whose locks a forked child makes anew
+_ENVIRONMENTS: weakref.WeakSet[LmdbEnvironment] = weakref.WeakSet()
+
+
+def _new_locks_in_the_child() -> None:
+    """Run in a child of fork() before anything else: a lock that a thread of the parent
+    held at the fork stays held in the child, where that thread does not exist, and the
+    child's first use of the environment (which reopens it under that lock) hung."""
+    for environment in list(_ENVIRONMENTS):
+        environment._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_the_child)
+
+
 class LmdbEnvironment:
     """One LMDB environment, reopened lazily per process. Thread-safe."""
 
@@ -140,6 +157,7 @@ class LmdbEnvironment:
         self._ended = EndedReads()
         #: when clear_dead_readers() last ran (monotonic seconds)
         self._readers_checked_at = float("-inf")
+        _ENVIRONMENTS.add(self)
 
     @property
     def env(self) -> Any:
