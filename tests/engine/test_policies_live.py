@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, HotTierFull, InvalidArgument, UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
+from tierstore.policy.lru import LruPolicy
 from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
 from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
@@ -969,15 +970,9 @@ def test_an_abandoned_service_read_of_an_admitted_miss_is_promoted_in_the_backgr
     assert store.get("d", "s").to_bytes() == data
 
 
-def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The policy hears of a change inside the write transaction, before the commit;
-    # when the commit fails (a full map), the change is undone, so the shard that
-    # stays hot stays evictable.
-    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
-    store.put("d", "s", payload(FRAME, 1))
-    assert store.drain(10)  # archived: eviction may take it
+def commits_fail(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every write transaction of ``store`` fail as its commit does on a full map
+    (HotTierFull, the transaction aborted), until ``monkeypatch.undo()``."""
     real_write = store._env.write
 
     @contextlib.contextmanager
@@ -987,6 +982,18 @@ def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
             raise HotTierFull("the commit failed (test)")  # aborts the transaction
 
     monkeypatch.setattr(store._env, "write", commit_fails)
+
+
+def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The policy hears of a change inside the write transaction, before the commit;
+    # when the commit fails (a full map), the change is undone, so the shard that
+    # stays hot stays evictable.
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.put("d", "s", payload(FRAME, 1))
+    assert store.drain(10)  # archived: eviction may take it
+    commits_fail(store, monkeypatch)
     with pytest.raises(HotTierFull):
         store.delete("d", "s")
     monkeypatch.undo()
@@ -995,31 +1002,41 @@ def test_a_failed_commit_leaves_the_policy_knowing_the_hot_shard(
     assert not store.stat("d", "s").hot
 
 
-def test_a_failed_commit_of_a_dataset_deletion_keeps_its_policy(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "change",
+    [
+        # Deleting a dataset drops its policy; when the deletion's commit fails, the
+        # dataset and its hot shards stay, and so must the policy that evicts them.
+        lambda store: store.delete_dataset("d", force=True),
+        # The new policy took over inside the transaction: a failed commit left it in
+        # force (and in the statistics) while the catalog, and the next start, named
+        # the old one.
+        lambda store: store.update_dataset("d", policy="lru"),
+    ],
+    ids=["deletion", "policy-change"],
+)
+def test_a_failed_commit_of_a_dataset_change_keeps_its_policy(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, change: Callable[[Store], object]
 ) -> None:
-    # Deleting a dataset drops its policy; when the deletion's commit fails, the
-    # dataset and its hot shards stay, and so must the policy that evicts them.
     store = open_store(datasets={"d": DatasetSettings(policy="recording")})
     store.put("d", "s", payload(FRAME, 2))
     assert store.drain(10)
     policy = policy_of(store, "d")
-    real_write = store._env.write
-
-    @contextlib.contextmanager
-    def commit_fails() -> Iterator[Any]:
-        with real_write() as txn:
-            yield txn
-            raise HotTierFull("the commit failed (test)")
-
-    monkeypatch.setattr(store._env, "write", commit_fails)
+    commits_fail(store, monkeypatch)
     with pytest.raises(HotTierFull):
-        store.delete_dataset("d", force=True)
+        change(store)
     monkeypatch.undo()
-    assert policy_of(store, "d") is policy
+    assert policy_of(store, "d") is policy and store.get_dataset("d").policy == "recording"
     assert store.stat("d", "s").hot and store.get("d", "s").to_bytes() == payload(FRAME, 2)
-    assert store.hot_room.evict(1) == STORED
+    assert store.hot_room.evict(1) == STORED  # the policy in force still knows the shard
     assert not store.stat("d", "s").hot
+
+
+def test_a_policy_change_that_commits_takes_over(open_store: StoreFactory) -> None:
+    store = open_store(datasets={"d": DatasetSettings(policy="recording")})
+    store.update_dataset("d", policy="lru")
+    assert type(store._policies._policies["d"]) is LruPolicy
+    assert store.get_dataset("d").policy == "lru"
 
 
 def test_a_dataset_created_again_right_after_its_deletion_keeps_its_policy_state(

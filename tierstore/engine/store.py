@@ -352,6 +352,9 @@ class Store:
                 raise AlreadyExists(f"dataset {name!r} already exists")
             self._catalog.put_dataset(txn, name, settings)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
+            # In the transaction: a put that follows its commit finds the policy. (A
+            # failed commit leaves it to a name without a dataset, where nothing reads it
+            # and a create replaces it.)
             self._policies.open_dataset(name, settings.policy)
         # Also here: a read still under way as its namesake was deleted counted there.
         self._retire_reads(name)
@@ -396,21 +399,29 @@ class Store:
         # DatasetSettings checks every value (InvalidArgument), the changed ones included.
         if policy is not None:
             self._policies.check(check_policy_name(policy))  # before anything is written
-        with self._access.flush_lock, self._env.write() as txn:
-            settings = self._catalog.require_dataset(txn, name)
-            old_quota = settings.hot_quota_bytes
-            if durability is not None:
-                settings = dataclasses.replace(settings, durability=durability)
-            if hot_quota_bytes is not None:
-                settings = dataclasses.replace(settings, hot_quota_bytes=hot_quota_bytes)
+        # The flush lock through both transactions: an update that commits after this
+        # one cannot give the dataset its policy before this one does.
+        with self._access.flush_lock:
+            with self._env.write() as txn:
+                settings = self._catalog.require_dataset(txn, name)
+                old_quota = settings.hot_quota_bytes
+                if durability is not None:
+                    settings = dataclasses.replace(settings, durability=durability)
+                if hot_quota_bytes is not None:
+                    settings = dataclasses.replace(settings, hot_quota_bytes=hot_quota_bytes)
+                if policy is not None:
+                    settings = dataclasses.replace(settings, policy=policy)
+                self._catalog.put_dataset(txn, name, settings)
+                self._catalog.append_journal(txn, JournalOp("dataset", name))
             if policy is not None:
-                settings = dataclasses.replace(settings, policy=policy)
-                # In the transaction: no shard turns hot or cold between the scan and
-                # the new policy (every hot-set change takes the write transaction).
-                hot = hot_shards(txn, self._catalog, self._access, name).get(name, [])
-                self._policies.set_policy(name, policy, hot)
-            self._catalog.put_dataset(txn, name, settings)
-            self._catalog.append_journal(txn, JournalOp("dataset", name))
+                # Once the setting is committed (a failed commit left the new policy in
+                # force while the catalog named the old one), and under the write
+                # transaction's lock again: no shard turns hot or cold between the scan
+                # and the new policy (every hot-set change takes it). It writes nothing:
+                # its commit cannot fail.
+                with self._env.write() as txn:
+                    hot = hot_shards(txn, self._catalog, self._access, name).get(name, [])
+                    self._policies.set_policy(name, policy, hot)
         if policy is not None:
             self._plans.redeclare(name)
         # A quota raised or removed (0) has room for pins skipped for want of it.
