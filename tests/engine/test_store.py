@@ -923,6 +923,39 @@ def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
     assert fresh.get("enc", "s").to_bytes() == payload(2 * FRAME, 1)
 
 
+def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # An older generation whose deletion had not reached the archive stayed there for
+    # good after a rebuild; a delete of the shard then removed only the newest one, and
+    # the next rebuild brought the deleted shard back, with its older bytes.
+    store = open_store(archive, datasets=DATASETS)
+    older = store.put("plain", "s", payload(FRAME, 1))
+    assert store.drain(10)
+    older_objects = {
+        key: bytes(archive.get(key) or b"")
+        for key in (
+            archive_frames_key("plain", older.generation),
+            archive_manifest_key("plain", older.generation),
+        )
+    }
+    store.put("plain", "s", payload(FRAME, 2))
+    assert store.drain(10)
+    for key, value in older_objects.items():  # as if the older generation's deletion were lost
+        archive.put(key, value)
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == 1
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 2)
+    assert fresh.drain(10)
+    assert all(archive.get(key) is None for key in older_objects)
+    fresh.delete("plain", "s")
+    assert fresh.drain(10)
+    again = open_store(archive)
+    assert again.rebuild_from_archive() == 0
+    with pytest.raises(ShardNotFound):
+        again.stat("plain", "s")
+
+
 def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:

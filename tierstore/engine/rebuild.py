@@ -8,7 +8,10 @@ every shard; :func:`restore_catalog` writes them into an empty catalog (for
 :meth:`tierstore.engine.store.Store.rebuild_from_archive`).
 
 A generation whose deletion had not reached the archive before the catalog was
-lost comes back; that is the one thing a rebuild cannot know.
+lost comes back; that is the one thing a rebuild cannot know. Older generations of a
+shard it restores are superseded, as an overwrite's are: the restore journals their
+deletion (else they stayed for good, and a rebuild after a delete of the shard
+brought it back with their bytes).
 
 The archive is untrusted (DESIGN 3.4). With a master key configured, every dataset
 object and manifest must carry a seal made for it at its key
@@ -28,6 +31,7 @@ from typing import Any
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import (
+    JournalOp,
     ShardRecord,
     archive_dataset_key,
     archive_frames_key,
@@ -51,11 +55,12 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ArchiveContents:
-    """What the archive holds: datasets, newest shard generations, and the objects
-    not believed (key -> why)."""
+    """What the archive holds: datasets, newest shard generations, the older believed
+    generations of those shards, and the objects not believed (key -> why)."""
 
     datasets: dict[str, DatasetSettings]
     shards: dict[tuple[str, str], ShardRecord]
+    superseded: list[ShardRecord]
     unreadable: dict[str, str]
 
 
@@ -138,6 +143,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
                 "a stale or replayed settings object; the dataset is left out"
             )
     newest: dict[tuple[str, str], ShardRecord] = {}
+    superseded: list[ShardRecord] = []
     for slot, records in generations.items():
         # Known only once every dataset object is read (listing order is the
         # archive's): a generation encrypted otherwise than its dataset is not
@@ -153,7 +159,8 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
                 believed.append(record)
         if believed:
             newest[slot] = max(believed, key=lambda record: record.generation)
-    return ArchiveContents(datasets, newest, unreadable)
+            superseded += [r for r in believed if r.generation < newest[slot].generation]
+    return ArchiveContents(datasets, newest, superseded, unreadable)
 
 
 def _check_against_its_objects(archive: Tier, key: str, record: ShardRecord) -> None:
@@ -169,7 +176,9 @@ def _check_against_its_objects(archive: Tier, key: str, record: ShardRecord) -> 
 def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tuple[int, int]:
     """Write scanned ``contents`` into the catalog in the caller's write transaction.
 
-    Shards of datasets the archive holds no settings for are left out. Raises the
+    Shards of datasets the archive holds no settings for are left out. Journals the
+    archive's deletion of the older generations of the shards restored (``supersede``
+    entries: each goes once a newer generation of its shard is archived). Raises the
     ``next_generation`` counter past every restored generation. Returns the shards
     restored and the newest generation (0 when there is none).
     """
@@ -178,6 +187,11 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
     for record in contents.shards.values():
         if record.dataset in contents.datasets:
             catalog.put_shard(txn, record)
+    for record in contents.superseded:
+        if record.dataset in contents.datasets:
+            catalog.append_journal(
+                txn, JournalOp("supersede", record.dataset, record.name, record.generation)
+            )
     newest = max((r.generation for r in contents.shards.values()), default=0)
     if catalog.counter(txn, "next_generation") <= newest:
         catalog.set_counter(txn, "next_generation", newest + 1)

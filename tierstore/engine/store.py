@@ -993,7 +993,8 @@ class Store:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
 
         Every dataset and the newest generation of every shard come back as
-        archived and not hot (reads fetch and promote them). Only metadata objects
+        archived and not hot (reads fetch and promote them); the older generations
+        of those shards are journaled for deletion from the archive. Only metadata objects
         sealed under this store's master keys are believed; with ``believe_unsealed``
         (the key file they were sealed with is lost for good) their seals are not
         checked, the archive is taken at its word, and an archive that holds any
@@ -1029,6 +1030,7 @@ class Store:
             self._writer.skip_generations_through(newest)
             for name, dataset_settings in contents.datasets.items():
                 self._policies.open_dataset(name, dataset_settings.policy)
+        self.mover.wake()  # the older generations' deletes
         return recovered
 
     def _require_empty_catalog(self, txn: Any) -> None:
