@@ -891,6 +891,12 @@ def test_a_rebuild_skips_manifests_that_disagree_with_the_archive(
     assert fresh.get("plain", "intact").to_bytes() == payload(2 * FRAME, 3)
 
 
+def generation_objects(archive: MemoryTier, dataset: str, generation: int) -> dict[str, bytes]:
+    """The archive's objects of one shard generation (frames and manifest), by key."""
+    keys = (archive_frames_key(dataset, generation), archive_manifest_key(dataset, generation))
+    return {key: bytes(archive.get(key) or b"") for key in keys}
+
+
 def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
@@ -900,13 +906,7 @@ def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
     store = open_store(archive, datasets=DATASETS)
     older = store.put("enc", "s", payload(2 * FRAME, 1))
     assert store.drain(10)
-    kept = {
-        key: bytes(archive.get(key) or b"")
-        for key in (
-            archive_frames_key("enc", older.generation),
-            archive_manifest_key("enc", older.generation),
-        )
-    }
+    kept = generation_objects(archive, "enc", older.generation)
     newer = store.put("enc", "s", payload(FRAME, 2))
     assert store.drain(10)
     for key, value in kept.items():  # as if the older generation's deletion were lost
@@ -932,13 +932,7 @@ def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
     store = open_store(archive, datasets=DATASETS)
     older = store.put("plain", "s", payload(FRAME, 1))
     assert store.drain(10)
-    older_objects = {
-        key: bytes(archive.get(key) or b"")
-        for key in (
-            archive_frames_key("plain", older.generation),
-            archive_manifest_key("plain", older.generation),
-        )
-    }
+    older_objects = generation_objects(archive, "plain", older.generation)
     store.put("plain", "s", payload(FRAME, 2))
     assert store.drain(10)
     for key, value in older_objects.items():  # as if the older generation's deletion were lost
