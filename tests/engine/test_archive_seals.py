@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.engine.stores import DATASETS, FRAME, KEY_2, OTHER_KEYRING, StoreFactory, payload
+from tests.engine.stores import (
+    DATASETS,
+    FRAME,
+    KEY_2,
+    KEYRING,
+    OTHER_KEYRING,
+    StoreFactory,
+    payload,
+)
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.records import archive_dataset_key, archive_manifest_key
 from tierstore.errors import ArchiveUnavailable, DatasetNotFound, ShardNotFound
@@ -251,3 +259,35 @@ def test_metadata_cut_short_on_the_way_is_not_taken_for_the_wrong_keys(
     assert failure is not None and "does not match its seal" in str(failure)
     right = open_store.reopen(wrong, archive, start_mover=False)
     assert right.archive_seal_failure() is None
+
+
+#: Manifests that no JSON decoder reads as one: nested past the interpreter's recursion
+#: limit, and a frame size past any integer.
+MALFORMED_MANIFESTS = {
+    "nested": b"[" * 200_000,
+    "infinite": json.dumps(
+        {"v": 1, "dataset": "plain", "name": "x", "generation": 1, "kind": "raw"}
+        | {"frame_sizes": [float("inf")], "created_at": 0, "envelope": None}
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED_MANIFESTS.values(), ids=MALFORMED_MANIFESTS.keys())
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "believe-unsealed"])
+def test_a_malformed_object_is_skipped_not_the_end_of_the_rebuild(
+    open_store: StoreFactory, body: bytes, sealed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One object anyone who may write to the archive can put there ended every rebuild
+    # with a RecursionError or an OverflowError.
+    archive = MemoryTier()
+    keyring = KEYRING if sealed else None
+    plain = {"plain": DATASETS["plain"]}
+    writer = open_store(archive, keyring, datasets=plain)
+    writer.put("plain", "s", payload(FRAME, 1))
+    assert writer.drain(10)
+    archive.put(archive_manifest_key("plain", 1), body)
+    fresh = open_store(archive, keyring)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive(believe_unsealed=not sealed) == 1
+    assert f"{archive_manifest_key('plain', 1)} is not believed" in caplog.text
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)

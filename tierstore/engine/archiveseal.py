@@ -96,7 +96,7 @@ def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryv
 def _document(raw: bytes | memoryview) -> dict[str, Any]:
     try:
         document = json.loads(bytes(raw))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise UnreadableObject(f"archive object is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise UnreadableObject("archive object is not a JSON object")

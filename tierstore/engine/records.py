@@ -268,7 +268,8 @@ class ShardRecord:
                     document.get("frame_digests"), len(document["frame_sizes"])
                 ),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        # RecursionError: nested too deep to decode; OverflowError: an infinite number
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
 
 
@@ -365,7 +366,7 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
             hot_quota_bytes=quota,
             policy=document.get("policy", DEFAULT_POLICY_NAME),
         )
-    except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+    except (ValueError, KeyError, TypeError, InvalidArgument, RecursionError, OverflowError) as exc:
         raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
 
 
