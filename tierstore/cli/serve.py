@@ -53,6 +53,7 @@ from tierstore.cli.startcheck import (
     through_embedded_restarts,
 )
 from tierstore.config import load_settings
+from tierstore.crypto import retired_keys_path
 from tierstore.engine.diskreserve import DiskReserve
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
@@ -123,10 +124,13 @@ def _restrict_secrets(data_dir: Path) -> None:
     """Take group and other bits off the secrets the data directory holds at its top.
     The directory may keep group read for local readers, and an operator's
     ``chmod -R g+rX`` for them reaches these files too: the group would read the admin
-    token and the master keys. (The token store and the TLS files are restricted
-    where they are loaded.) A link (to a key file kept elsewhere) is left alone, and a
-    file whose mode cannot be changed is named in a warning: the node runs on."""
-    for secret in (data_dir / "admin.token", data_dir / "master.keys"):
+    token and the master keys, retired ones included (a retired key still unwraps any
+    copy of a data key wrapped before the rotation). (The token store and the TLS
+    files are restricted where they are loaded.) A link (to a key file kept elsewhere)
+    is left alone, and a file whose mode cannot be changed is named in a warning: the
+    node runs on."""
+    key_file = data_dir / "master.keys"
+    for secret in (data_dir / "admin.token", key_file, retired_keys_path(key_file)):
         try:
             restrict_mode(secret)
         except FileNotFoundError:
