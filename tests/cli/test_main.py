@@ -26,7 +26,10 @@ from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
 
-CONNECTION = {"address", "token", "token_file", "ca", "insecure", "timeout", "json_output"}
+CONNECTION = {
+    *("address", "token", "token_file", "ca", "client_cert", "client_key"),
+    *("insecure", "timeout", "json_output"),
+}
 
 
 @dataclass
@@ -256,6 +259,8 @@ def test_connection_options_before_or_after_the_command(
         "token": "t",
         "token_file": None,
         "ca": Path("ca.pem"),
+        "client_cert": None,  # not given: TIERSTORE_CLIENT_CERT and _KEY decide
+        "client_key": None,
         "insecure": None,  # not given: TIERSTORE_INSECURE decides
     }
 
@@ -363,10 +368,14 @@ def test_tls_that_cannot_start_here_points_at_this_sides_files(
     line = one_error_line(invoke("dataset", "ls"))
     assert "TLS could not start on this side" in line and "PEM CA certificate" in line
     assert "API port" not in line and "TIERSTORE_CLIENT_KEY" not in line
+    flagged = invoke("dataset", "ls", "--client-cert", "client.pem", "--client-key", "server.key")
+    assert "whose own key is --client-key / TIERSTORE_CLIENT_KEY" in one_error_line(flagged)
+    assert client.connected["client_cert"] == Path("client.pem")
+    assert client.connected["client_key"] == Path("server.key")
     monkeypatch.setenv("TIERSTORE_CLIENT_CERT", "client.pem")
     monkeypatch.setenv("TIERSTORE_CLIENT_KEY", "server.key")
     line = one_error_line(invoke("dataset", "ls"))
-    assert "whose own key is TIERSTORE_CLIENT_KEY" in line
+    assert "whose own key is --client-key / TIERSTORE_CLIENT_KEY" in line
 
 
 def test_an_option_after_the_command_wins(client: FakeClient) -> None:

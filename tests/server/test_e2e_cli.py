@@ -177,6 +177,13 @@ def test_the_banners_commands_connect(
         bare = follow_the_banner(node, leave_out="TIERSTORE_CLIENT_")
         assert bare.returncode == 5, bare.stderr.decode()
         assert b"export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY" in bare.stderr
+        # ...or give them as options, after the command's name or before it.
+        pem = node.data_dir / "tls" / "admin-cli.pem"
+        given = ("--client-cert", str(pem), "--client-key", str(key))
+        for args in (("dataset", "ls", *given), (*given, "dataset", "ls")):
+            flagged = run_process(node.cli_env(), *args)
+            assert (flagged.returncode, flagged.stderr) == (0, b""), flagged.stderr.decode()
+            assert json.loads(flagged.stdout) == []
 
 
 def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(

@@ -66,6 +66,21 @@ def _options(
         Path | None,
         typer.Option(help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION),
     ] = None,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="client certificate PEM file, for a server that requires one "
+            "[TIERSTORE_CLIENT_CERT]",
+            rich_help_panel=_CONNECTION,
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="the client certificate's key PEM file [TIERSTORE_CLIENT_KEY]",
+            rich_help_panel=_CONNECTION,
+        ),
+    ] = None,
     insecure: Annotated[
         bool | None,
         typer.Option(
@@ -88,6 +103,7 @@ def _options(
     # Given before the command's name; ClientCommand adds what is given after it.
     context.call_on_close(close_clients)
     state.address, state.token, state.token_file, state.ca = address, token, token_file, ca
+    state.client_cert, state.client_key = client_cert, client_key
     state.insecure, state.timeout, state.json = insecure, timeout, json_output
 
 
@@ -110,6 +126,10 @@ class Command(TyperCommand):
             self.short_help = " ".join(first.split())
 
 
+#: connection options whose every value given, "" included, counts as given
+_GIVEN_EMPTY_OR_NOT = ("address", "token", "token_file", "ca", "client_cert", "client_key")
+
+
 class ClientCommand(Command):
     """A command that talks to a server: it takes the connection options after its name
     too (``tierstore dataset ls --json``), not only before it (``tierstore --json dataset
@@ -124,7 +144,7 @@ class ClientCommand(Command):
         # Runs after the group's callback (_options) has set the state from the options
         # given before the name. Popped: the command's own function does not take them.
         given = {param.name: ctx.params.pop(param.name) for param in self._connection}
-        for name in ("address", "token", "token_file", "ca"):  # "" counts as given
+        for name in _GIVEN_EMPTY_OR_NOT:
             if given[name] is not None:
                 setattr(state, name, given[name])
         if given["insecure"] is not None:  # --no-insecure too: it wins over the environment
@@ -165,6 +185,8 @@ def command_client() -> Any:
             token=state.token,
             token_file=state.token_file,
             ca=state.ca,
+            client_cert=state.client_cert,
+            client_key=state.client_key,
             insecure=state.insecure,  # None, not given: TIERSTORE_INSECURE decides
         )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...

@@ -19,7 +19,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from tierstore import errors
-from tierstore.cli.state import deadline_text, speaks_plaintext, state
+from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_plaintext, state
 from tierstore.types import ShardInfo
 
 __all__ = [
@@ -119,7 +119,8 @@ _INSECURE_HINT = (
 #: was given: the server runs with --require-client-cert
 _CLIENT_CERT_CAUSE = (
     "started with --require-client-cert closes connections that bring no client "
-    "certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its banner says"
+    "certificate: export TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY as its banner says "
+    "(or give --client-cert and --client-key)"
 )
 _CLIENT_CERT_HINT = f"a server {_CLIENT_CERT_CAUSE}"
 
@@ -131,10 +132,11 @@ _NO_HANDSHAKER = re.compile(r"Failed to create security handshaker", re.I)
 def _no_handshaker_hint() -> str:
     """The causes of TLS that this client could not start: the server is not to blame."""
     files = "is --ca / TIERSTORE_CA a PEM CA certificate"
-    if os.environ.get("TIERSTORE_CLIENT_CERT") or os.environ.get("TIERSTORE_CLIENT_KEY"):
+    if gives_client_certificate():
         files += (
-            ", and TIERSTORE_CLIENT_CERT a PEM certificate whose own key is "
-            "TIERSTORE_CLIENT_KEY (a certificate and a key that are not a pair fail so)"
+            ", and --client-cert / TIERSTORE_CLIENT_CERT a PEM certificate whose own key is "
+            "--client-key / TIERSTORE_CLIENT_KEY (a certificate and a key that are not a "
+            "pair fail so)"
         )
     return f"TLS could not start on this side: {files}?"
 
@@ -153,7 +155,7 @@ def _closed_in_handshake_hint() -> str:
         "one at its connection cap (serve --max-connections) closes new connections: "
         "try again later",
     ]
-    if not os.environ.get("TIERSTORE_CLIENT_CERT"):
+    if not gives_client_certificate():
         causes.insert(1, f"one {_CLIENT_CERT_CAUSE}")
     return "TLS failed: the server closed the connection in the handshake; " + "; ".join(causes)
 
@@ -171,7 +173,7 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
     elif isinstance(exc, errors.Unavailable) and _CLOSED.search(text):
         if speaks_plaintext():
             text += f" ({_INSECURE_HINT})"
-        elif not os.environ.get("TIERSTORE_CLIENT_CERT"):
+        elif not gives_client_certificate():
             text += f" ({_CLIENT_CERT_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {deadline_text()}; --timeout changes it)"

@@ -16,6 +16,7 @@ __all__ = [
     "State",
     "close_clients",
     "deadline_text",
+    "gives_client_certificate",
     "speaks_plaintext",
     "state",
 ]
@@ -30,6 +31,8 @@ class State:
     token: str | None = None
     token_file: Path | None = None
     ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
     #: --insecure (True) or --no-insecure (False); None: TIERSTORE_INSECURE decides
     insecure: bool | None = None
     #: seconds any one call may take (None: the client's defaults)
@@ -64,3 +67,14 @@ def speaks_plaintext() -> bool:
         return state.insecure
     flag = os.environ.get("TIERSTORE_INSECURE", "").strip().lower()
     return flag in ("1", "true", "yes", "on")
+
+
+def gives_client_certificate() -> bool:
+    """Whether this command brings a client certificate or key: --client-cert or
+    --client-key, or TIERSTORE_CLIENT_CERT or TIERSTORE_CLIENT_KEY."""
+    return bool(
+        state.client_cert
+        or state.client_key
+        or os.environ.get("TIERSTORE_CLIENT_CERT")
+        or os.environ.get("TIERSTORE_CLIENT_KEY")
+    )
