@@ -10,14 +10,16 @@ embedded one instead would keep the "archived" copy on the hot tier's own disk.
 from __future__ import annotations
 
 import dataclasses
+import io
 import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tierstore.cli.banner import connect_host
+from tierstore.cli.banner import connect_host, print_banner
 from tierstore.tiers.s3 import S3Settings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
@@ -111,6 +113,18 @@ def test_the_banner_names_an_address_to_connect_to(listen_host: str, expected: s
     # Serving on every interface, the banner's TIERSTORE_ADDRESS is still one a client on
     # this machine can use and the certificate names (a wildcard is neither).
     assert connect_host(listen_host) == expected
+
+
+def test_the_banner_says_a_wildcard_serves_every_interface(tmp_path: Path) -> None:
+    # It said "serving on 127.0.0.1:7443" for --listen 0.0.0.0:7443, as if the node
+    # served this host alone; and the metrics on 127.0.0.1 wherever they were bound.
+    out = io.StringIO()
+    ports = SimpleNamespace(health_port=7444, metrics_port=7445)
+    print_banner(out, "0.0.0.0:7443", ports, tmp_path, None, False, metrics_host="[::]")  # type: ignore[arg-type]
+    banner = out.getvalue()
+    assert "tierstore: serving on 0.0.0.0:7443 (TLS)" in banner
+    assert "export TIERSTORE_ADDRESS=127.0.0.1:7443" in banner  # one a client can use
+    assert "metrics on http://[::1]:7445/metrics" in banner
 
 
 def failed_start(*args: str) -> tuple[int, str]:

@@ -48,17 +48,23 @@ def ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[P
 
 def print_banner(
     out: TextIO,
-    address: str,
+    listening: str,
     server: TierstoreServer,
     data_dir: Path,
     token: str | None,
     insecure: bool,
     client_files: tuple[Path, Path] | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
-    """Write the banner to ``out``: the node serves on ``address``, its health and
-    metrics ports, and the exports a client on this host needs (the CA or
-    --insecure, the client certificate, the admin token in ``data_dir``); a line
-    saying the admin ``token`` is new, when it is."""
+    """Write the banner to ``out``: the node serves on ``listening`` (HOST:PORT, as
+    bound), its health and metrics ports (the metrics bound on ``metrics_host``), and
+    the exports a client on this host needs (an address it can connect to, the CA or
+    --insecure, the client certificate, the admin token in ``data_dir``); a line saying
+    the admin ``token`` is new, when it is."""
+    host, port = listening.rsplit(":", 1)
+    # A wildcard is the truth for "serving on" (every interface, not loopback only),
+    # but no address to connect to.
+    address = f"{connect_host(host)}:{port}"
     token_file = data_dir / "admin.token"
     client_lines = (
         [
@@ -69,12 +75,12 @@ def print_banner(
         else []
     )
     lines = [
-        f"tierstore: serving on {address}"
+        f"tierstore: serving on {listening}"
         + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
         f"tierstore: health checks (plaintext) on port {server.health_port}"
         if server.health_port
         else "",
-        f"tierstore: metrics on http://127.0.0.1:{server.metrics_port}/metrics"
+        f"tierstore: metrics on http://{connect_host(metrics_host)}:{server.metrics_port}/metrics"
         if server.metrics_port
         else "",
         "tierstore: connect with:",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
+from tierstore.cli.banner import ensure_admin_client_certificate, print_banner
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
@@ -290,9 +290,15 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             metrics,
         )
         server.start()
-        host = connect_host(options.listen.rsplit(":", 1)[0])
         print_banner(
-            out, f"{host}:{port}", server, data_dir, admin_token, tls is None, client_files
+            out,
+            f"{options.listen.rsplit(':', 1)[0]}:{port}",
+            server,
+            data_dir,
+            admin_token,
+            tls is None,
+            client_files,
+            metrics_host=options.metrics_listen.rsplit(":", 1)[0],
         )
         if ready is not None:
             ready.set()
