@@ -780,6 +780,12 @@ def test_a_call_past_its_timeout_and_plaintext_to_a_tls_port_say_so(
     assert plaintext.returncode == 5
     assert "drop it and give --ca" in one_line_error(plaintext)
     assert run_process(env, "--timeout", "60", "dataset", "ls").returncode == 0
+    # In plaintext to the health port, which has no such call: gRPC's bare "Method not
+    # found!" named no cause.
+    health = f"127.0.0.1:{server.health_port}"
+    wrong_port = run_process(env, "--insecure", "--address", health, "dataset", "ls")
+    assert wrong_port.returncode == 1
+    assert "not its plaintext health port" in one_line_error(wrong_port)
 
 
 def test_a_server_at_its_connection_cap_is_named_among_the_causes(

@@ -107,6 +107,13 @@ _TLS_HINT = (
     "TIERSTORE_ADDRESS its API port? A server started with --insecure speaks "
     "plaintext: then give --insecure too"
 )
+#: what gRPC says of a call the server does not have: most often a port that is not the
+#: API's (the health port speaks plaintext, and has the health calls alone)
+_NO_SUCH_CALL = re.compile(r"UNIMPLEMENTED: Method not found")
+_NO_SUCH_CALL_HINT = (
+    "the server at --address / TIERSTORE_ADDRESS has no such call: is it the node's API "
+    "port, not its plaintext health port, and the same release of tierstore?"
+)
 #: what gRPC says when a TLS server drops a plaintext connection
 _CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
 _INSECURE_HINT = (
@@ -175,6 +182,8 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
             text += f" ({_INSECURE_HINT})"
         elif not gives_client_certificate():
             text += f" ({_CLIENT_CERT_HINT})"
+    if _NO_SUCH_CALL.search(text):
+        text += f" ({_NO_SUCH_CALL_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {deadline_text()}; --timeout changes it)"
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
