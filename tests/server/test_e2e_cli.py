@@ -10,6 +10,7 @@ on the installed ``tierstore`` console script, in parallel processes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
@@ -66,15 +67,27 @@ def run_process(env: dict[str, str], *args: str, json_output: bool = True) -> Ra
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
+#: bytes a pipe of quit_by_its_reader holds (a page: the least Linux allows)
+SMALL_PIPE_BYTES = 4096
+
+
 def quit_by_its_reader(env: dict[str, str], args: list[str]) -> tuple[int, bytes]:
     """Run the installed ``tierstore ARGS`` into a pipe whose reader takes one byte
-    and goes away, as ``| head -c 1`` does; its exit status and stderr."""
-    with subprocess.Popen(
-        [tierstore_command(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as process:
-        assert process.stdout is not None and process.stderr is not None
-        assert len(process.stdout.read(1)) == 1
-        process.stdout.close()
+    and goes away, as ``| head -c 1`` does; its exit status and stderr. The pipe holds
+    :data:`SMALL_PIPE_BYTES`: a command that writes more cannot have written it all
+    before the reader left."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, SMALL_PIPE_BYTES)
+    with (
+        open(read_end, "rb", buffering=0) as reader,
+        subprocess.Popen(
+            [tierstore_command(), *args], env=env, stdout=write_end, stderr=subprocess.PIPE
+        ) as process,
+    ):
+        os.close(write_end)
+        assert process.stderr is not None
+        assert len(reader.read(1)) == 1
+        reader.close()
         stderr = process.stderr.read()
         return process.wait(TIMEOUT_S), stderr
 
@@ -259,7 +272,9 @@ def test_dataset_hot_quota_create_and_update(env: dict[str, str], admin: Client)
     ok(env, "dataset", "rm", capped)
 
 
-def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -> None:
+def test_put_get_ls_stat_rm(
+    server: ServerProcess, env: dict[str, str], dataset: str, tmp_path: Path
+) -> None:
     one, two = tmp_path / "one.bin", tmp_path / "two.txt"
     one.write_bytes(os.urandom(5 * 1024 * 1024 + 3))  # two frames
     two.write_bytes(b"hello, tierstore\n")
@@ -332,7 +347,11 @@ def test_put_get_ls_stat_rm(env: dict[str, str], dataset: str, tmp_path: Path) -
     assert tail.stdout == one.read_bytes()[5 * 1024 * 1024 :]
     # `get | head -c 1`: a reader that leaves early ends the command quietly, with
     # status 1 (click's way). Export printed an error line; get exited 0, as if it had
-    # written everything.
+    # written everything. (A trace longer than the pipe holds: a shorter one is written
+    # whole before the reader leaves, and exits 0, rightly.)
+    with server.connect(local_reads=False) as reader:
+        for _ in range(2 * SMALL_PIPE_BYTES // 100):  # a read's trace line: under 100 bytes
+            reader.get(dataset, "two.txt")
     for command in (["trace", "export", "-o", "-"], ["get", dataset, "one.bin"]):
         assert quit_by_its_reader(env, command) == (1, b"")
     # To a terminal: refused before any call, unless asked for with -o - (a shard's
