@@ -743,6 +743,20 @@ def test_rates_are_shown_in_a_unit_that_fits(rate: float, text: str) -> None:
     assert rate_text(rate) == text
 
 
+def test_a_put_prefix_without_a_slash_warns_of_the_names_it_makes(
+    client: FakeClient, tmp_path: Path
+) -> None:
+    # --prefix train named the shards "traina.bin": the user meant a folder.
+    (tmp_path / "a.bin").write_bytes(b"a")
+    done = invoke("put", "ds", str(tmp_path), "--prefix", "train")
+    assert done.exit_code == 0, done.output
+    assert "warning: --prefix 'train' does not end in '/'" in done.stderr
+    assert "'traina.bin'" in done.stderr and "'train/'" in done.stderr
+    assert ("put", ("ds", "traina.bin")) in client.calls  # a warning: it goes on
+    for prefix in ("train/", ""):
+        assert "warning" not in invoke("put", "ds", str(tmp_path), "--prefix", prefix).stderr
+
+
 def test_a_put_of_empty_directories_warns_that_nothing_was_uploaded(
     client: FakeClient, tmp_path: Path
 ) -> None:

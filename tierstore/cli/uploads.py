@@ -22,6 +22,11 @@ from tierstore.naming import validate_shard_name
 __all__ = ["Interrupted", "put"]
 
 
+def _warn(text: str) -> None:
+    """One warning line on stderr, as it is (no markup): the command goes on."""
+    err.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+
 def put(
     dataset: str,
     paths: Annotated[list[Path], typer.Argument(help="files or directories")],
@@ -54,11 +59,11 @@ def put(
             raise fail(errors.InvalidArgument(f"{path} is not a file or directory"))
     files = _checked_uploads(files)
     if not files:  # empty directories: succeeds (as cp -r does), but not silently
-        err.print(
-            "warning: nothing to upload: the directories given hold no files",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
+        _warn("nothing to upload: the directories given hold no files")
+    elif prefix and not prefix.endswith("/"):  # a name prefix, not a folder: say so
+        _warn(
+            f"--prefix {prefix!r} does not end in '/': the first shard is named "
+            f"{files[0][1]!r} (give --prefix {prefix + '/'!r} for a folder)"
         )
     if kind == "arrow":
         _check_arrow_files([file for file, _ in files])
