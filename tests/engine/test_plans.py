@@ -178,6 +178,18 @@ def test_bad_positions_are_refused(planned: Store, position: Any) -> None:
     assert planned.plan_info(job).position == 0
 
 
+def test_a_position_behind_the_last_one_moves_the_plan_back_nowhere(planned: Store) -> None:
+    # It moved the plan back: a change of policy then handed the new one the older
+    # position, which counted the entries read since as still to come.
+    job = planned.declare_plan("d", shards=["c", "b/0", "a/0"])
+    planned.report_position(job, 2)
+    planned.report_position(job, 1)  # late, from a reader that fell behind
+    assert planned.plan_info(job).position == 2
+    planned.update_dataset("d", policy="lru")
+    planned.update_dataset("d", policy="recording")
+    assert policy_of(planned, "d").names("report_position")[-1] == (job, 2)
+
+
 @pytest.mark.parametrize("job", ["never-declared", "", "x" * 10_000, 5, None], ids=repr)
 def test_unknown_jobs_are_not_found(planned: Store, job: Any) -> None:
     for call in (

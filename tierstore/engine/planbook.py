@@ -195,6 +195,7 @@ class PlanBook:
 
     def report(self, job: str, position: int) -> None:
         """``job`` has read the first ``position`` entries of its plan; keeps it alive.
+        A position behind the last one reported moves the plan back nowhere.
 
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument for a
         position outside ``[0, len(plan)]``.
@@ -208,7 +209,10 @@ class PlanBook:
                 raise InvalidArgument(
                     f"position {position} is past the end of the plan ({len(plan.names)} entries)"
                 )
-            plan.position = position
+            # A report behind the last one (a reader that fell behind, a late message)
+            # keeps the plan alive but moves it back nowhere, as the policies' contract
+            # has it: redeclared to a new policy, it named entries read as still to come.
+            plan.position = max(plan.position, position)
             plan.deadline = self._clock() + plan.ttl_s
             self._policies.report_position(plan.dataset, job, position)
             self._trace.plan_event(TracedPosition(0.0, job, plan.dataset, position))
