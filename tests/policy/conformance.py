@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tierstore.errors import InvalidPlan
 from tierstore.policy.base import Key, Policy, PrefetchBudget
 from tierstore.policy.registry import POLICY_NAMES, make_policy
 
@@ -196,6 +198,12 @@ class PolicyConformance(ABC):
         policy.close_plan("no-such-job")
         assert policy.victims(10, 1.0, lambda key: True) == []
         assert policy.prefetch(1.0, PrefetchBudget(4, 100), lambda key: False) == []
+
+    def test_a_plan_whose_keys_and_sizes_differ_is_refused(self) -> None:
+        # The contract's one plan error; lru, s3fifo and epoch-pin took one silently.
+        policy = self.make()
+        with pytest.raises(InvalidPlan):
+            policy.declare_plan("job", [1, 2], [1], 0.0)
 
     def test_prefetch_keeps_to_the_bytes_but_never_starves_a_large_key(self) -> None:
         # Cold planned keys: 0 is larger than every budget below, the rest 10 bytes.

@@ -3,10 +3,7 @@ graceful degradation when jobs do not do what they declared."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.policy.conformance import HotModel, PolicyConformance
-from tierstore.errors import InvalidPlan
 from tierstore.policy.base import Policy, PrefetchBudget
 from tierstore.policy.clairvoyant import (
     _PREFETCH_SCAN,
@@ -232,11 +229,6 @@ def test_redeclaring_replaces_the_plan() -> None:
     policy.inserted(2, 1, 0.0)
     declare(policy, "job", [2])
     assert policy.victims(1, 0.0, always) == [1]
-
-
-def test_plan_keys_and_sizes_must_match() -> None:
-    with pytest.raises(InvalidPlan):
-        ClairvoyantPolicy().declare_plan("job", [1, 2], [1], 0.0)
 
 
 def test_without_plans_it_behaves_as_its_s3fifo_fallback() -> None:

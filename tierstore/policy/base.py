@@ -37,14 +37,24 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tierstore.errors import InvalidPlan
+
 __all__ = [
     "Key",
     "Policy",
     "PrefetchBudget",
+    "check_plan",
 ]
 
 #: A shard's identity as the driver names it.
 Key = Hashable
+
+
+def check_plan(job: str, keys: Sequence[Key], sizes: Sequence[int]) -> None:
+    """Raise InvalidPlan for a plan whose keys and sizes differ in length: the one
+    plan error of the policies' contract, whether or not a policy uses plans."""
+    if len(keys) != len(sizes):
+        raise InvalidPlan(f"plan of {job!r}: {len(keys)} keys but {len(sizes)} sizes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +123,9 @@ class Policy(ABC):
         """A reader (``job``) will read ``keys`` in this order (``sizes`` alongside).
 
         Replaces that job's earlier plan; its position starts at 0. Policies that do
-        not use plans ignore it (the default).
+        not use plans ignore it (the default), once it passes :func:`check_plan`.
         """
-        return None
+        check_plan(job, keys, sizes)
 
     def report_position(self, job: str, position: int, now: float) -> None:
         """``job`` has read the first ``position`` entries of its plan. Unknown jobs are

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierstore.errors import InvalidPlan
-from tierstore.policy.base import Key, Policy, PrefetchBudget
+from tierstore.policy.base import Key, Policy, PrefetchBudget, check_plan
 from tierstore.policy.plan_index import PlanBook
 from tierstore.policy.s3fifo import S3FifoPolicy
 from tierstore.policy.slots import NIL, SLOT_TABLE_BYTES, SlotTable
@@ -102,8 +102,7 @@ class ClairvoyantPolicy(Policy):
     # --- plans --------------------------------------------------------------------
 
     def declare_plan(self, job: str, keys: Sequence[Key], sizes: Sequence[int], now: float) -> None:
-        if len(keys) != len(sizes):
-            raise InvalidPlan(f"plan of {job!r}: {len(keys)} keys but {len(sizes)} sizes")
+        check_plan(job, keys, sizes)
         if len(keys) >= 1 << 32:  # positions are uint32 in the plan index
             raise InvalidPlan(f"plan of {job!r} has {len(keys)} entries; the limit is 2**32")
         self._tick(now)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tierstore.policy.base import Key, Policy
+from tierstore.policy.base import Key, Policy, check_plan
 from tierstore.policy.slots import NIL, SLOT_TABLE_BYTES, SlotTable
 
 __all__ = ["EpochPinPolicy"]
@@ -87,6 +87,7 @@ class EpochPinPolicy(Policy):
         return chosen
 
     def declare_plan(self, job: str, keys: Sequence[Key], sizes: Sequence[int], now: float) -> None:
+        check_plan(job, keys, sizes)
         self.close_plan(job)
         distinct = sorted({self._slots.add(key) for key in keys})
         self._slots.array("refs")[distinct] += 1
