@@ -45,11 +45,8 @@ from typing import IO, Any
 
 from tierstore.client.client import Client
 from tierstore.client.connect import connect
-from tierstore.errors import InvalidArgument
 from tierstore.frames import CHECKSUM_BYTES
-from tierstore.plans import MAX_PLAN_TTL_S
-from tierstore.policy.base import Policy
-from tierstore.policy.registry import make_policy
+from tierstore.policy.registry import make_driven_policy
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
 from tierstore.sim.simulator import PrefetchModel, SimResult, simulate
 from tierstore.sim.tracefile import TraceWriter
@@ -175,14 +172,6 @@ class ServeProcess:
 # The simulator's side.
 
 
-def _policy(name: str) -> Policy:
-    # As the engine's driver builds one (policies.py): plans end only when the engine says.
-    try:
-        return make_policy(name, plan_ttl_s=MAX_PLAN_TTL_S)
-    except InvalidArgument:
-        return make_policy(name)
-
-
 def run_events(events: list[TraceEvent], job: str) -> list[TraceEvent]:
     """The exported events from ``job``'s plan declaration to its close."""
     start, scoped = next(
@@ -293,7 +282,7 @@ def predict(
     else:
         raise ValueError(f"link must be one of {LINK_MODELS}, not {link!r}")
     return simulate(
-        trace, _policy(policy), node.capacity_bytes, warmup_reads=warmup, prefetch=model
+        trace, make_driven_policy(policy), node.capacity_bytes, warmup_reads=warmup, prefetch=model
     )
 
 

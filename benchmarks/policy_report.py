@@ -30,7 +30,7 @@ from bench_policy import JOBS, TARGET_P99_US, build, latencies
 
 from tierstore.policy.clairvoyant import ClairvoyantPolicy
 from tierstore.policy.lru import LruPolicy
-from tierstore.policy.registry import OFFLINE_POLICY_NAMES, POLICY_NAMES, make_policy
+from tierstore.policy.registry import OFFLINE_POLICY_NAMES, POLICY_NAMES, make_driven_policy
 from tierstore.sim.simulator import SimResult, simulate, simulate_offline
 from tierstore.sim.workloads import NAMES, generate, warmup_reads
 
@@ -150,7 +150,9 @@ def replay(workload: str, seeds: int, full: bool) -> list[Row]:
                 if policy in OFFLINE_POLICY_NAMES:
                     result = simulate_offline(trace, capacity, policy=policy, warmup_reads=warmup)
                 else:
-                    result = simulate(trace, make_policy(policy), capacity, warmup_reads=warmup)
+                    result = simulate(
+                        trace, make_driven_policy(policy), capacity, warmup_reads=warmup
+                    )
                 results[fraction, policy].append(result)
     rows = []
     for fraction in fractions:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -49,11 +48,11 @@ def s3_archive(s3_settings: S3Settings) -> Iterator[S3Tier]:
 def recording(monkeypatch: pytest.MonkeyPatch) -> None:
     """Policies named ``recording`` (admits misses) and ``refusing`` (admits none) are
     :class:`RecordingPolicy` objects (see ``tests.engine.recording.policy_of``)."""
-    real = policies.make_policy
+    real = policies.make_driven_policy
 
-    def make(name: str, **options: Any) -> Policy:
+    def make(name: str) -> Policy:
         if name in ("recording", "refusing"):
             return RecordingPolicy(admits=name == "recording")
-        return real(name, **options)
+        return real(name)
 
-    monkeypatch.setattr(policies, "make_policy", make)
+    monkeypatch.setattr(policies, "make_driven_policy", make)

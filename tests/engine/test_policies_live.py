@@ -27,7 +27,12 @@ from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, HotTierFull, InvalidArgument, UnknownPolicy
 from tierstore.policy.base import PrefetchBudget
 from tierstore.policy.lru import LruPolicy
-from tierstore.policy.registry import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from tierstore.policy.registry import (
+    DEFAULT_POLICY,
+    POLICY_NAMES,
+    make_driven_policy,
+    make_policy,
+)
 from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DEFAULT_POLICY_NAME, MAX_TTL_S, DatasetSettings
@@ -720,7 +725,7 @@ def test_a_policy_no_release_knows_falls_back_to_the_default(
     store = open_store(datasets={"d": DatasetSettings(policy="recording")})
     store.put("d", "s", b"x")
     store.close()
-    monkeypatch.setattr("tierstore.engine.policies.make_policy", make_policy)  # unpatched
+    monkeypatch.setattr("tierstore.engine.policies.make_driven_policy", make_driven_policy)
     store = open_store(data_dir=store.settings.data_dir)
     assert store.get_dataset("d").policy == "recording"  # the setting is left as it is
     assert store.policy_name("d") in (DEFAULT_POLICY, "lru")

@@ -10,7 +10,7 @@ import pytest
 
 from tierstore.errors import InvalidArgument, UnknownPolicy
 from tierstore.policy.registry import make_policy
-from tierstore.sim.events import Read, Trace
+from tierstore.sim.events import PlanClosed, PlanDeclared, Read, Trace
 from tierstore.sim.report import ratio
 from tierstore.sim.runner import sweep, sweep_policies
 from tierstore.sim.simulator import SimResult, simulate
@@ -64,6 +64,24 @@ def test_rows_match_direct_replays_and_carry_both_references() -> None:
     assert at_40["lru"].hit_ratio_vs_lru == 1.0  # 0 / 0: as good as itself
     assert at_40["belady"].hit_ratio_vs_lru is None  # x / 0: no finite ratio
     assert at_40["belady"].miss_ratio_vs_belady == 1.0
+
+
+def test_a_plan_lives_until_the_trace_ends_it_as_on_the_node() -> None:
+    # The node ends plans itself, and its trace says when; the sweep's clairvoyant
+    # dropped a plan after its own default of 300 s without a report, and its figures
+    # disagreed with the node's. Here a plan of a and b, declared before a burst of
+    # reads of c 400 s later, keeps a and b hot through it: the last four reads hit.
+    events = [
+        Read(0.0, 0),
+        Read(1.0, 1),
+        PlanDeclared(2.0, "job", (0, 1, 0, 1)),
+        *(Read(400.0 + t, 2) for t in range(3)),
+        *(Read(410.0 + t, key) for t, key in enumerate((0, 1, 0, 1))),
+        PlanClosed(420.0, "job"),
+    ]
+    planned = Trace("planned", (10, 10, 10), events)
+    (row,) = [r for r in sweep([planned], ["clairvoyant"], [2 / 3]) if r.policy == "clairvoyant"]
+    assert row.capacity_bytes == 20 and row.hit_ratio == 4 / 9
 
 
 def test_with_a_factory_rows_are_means_over_the_seeds() -> None:

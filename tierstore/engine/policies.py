@@ -53,9 +53,8 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.sealing import stored_size
 from tierstore.errors import InvalidArgument, UnknownPolicy
-from tierstore.plans import MAX_PLAN_TTL_S
 from tierstore.policy.base import Key, Policy, PrefetchBudget
-from tierstore.policy.registry import DEFAULT_POLICY, make_policy
+from tierstore.policy.registry import DEFAULT_POLICY, make_driven_policy
 
 __all__ = ["HotShard", "PolicyDriver", "hot_shards", "shard_of"]
 
@@ -369,15 +368,7 @@ def _dataset_of(key: Key) -> str:
 
 def _build(name: str) -> Policy:
     """A new live ``name`` policy. Raises UnknownPolicy, InvalidArgument (offline)."""
-    try:
-        # The engine ends plans itself (tierstore.engine.planbook): a policy that keeps
-        # a plan TTL of its own is given the longest, and never drops a plan the engine
-        # keeps.
-        return make_policy(name, plan_ttl_s=MAX_PLAN_TTL_S)
-    except UnknownPolicy:
-        raise
-    except InvalidArgument:  # a policy without a plan TTL of its own
-        return make_policy(name)
+    return make_driven_policy(name)  # the engine ends plans itself
 
 
 def _make_available(name: str) -> Policy:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tierstore.errors import InvalidArgument, UnknownPolicy
+from tierstore.plans import MAX_PLAN_TTL_S
 from tierstore.policy.base import Key, Policy
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "OFFLINE_POLICY_NAMES",
     "POLICY_NAMES",
     "check_policy_name",
+    "make_driven_policy",
     "make_policy",
 ]
 
@@ -87,6 +89,20 @@ def make_policy(name: str, *, future: Sequence[Key] | None = None, **options: An
     if future is not None:
         raise InvalidArgument(f"{name} is a live policy; it takes no future=")
     return _build(name, _LIVE[name], **options)
+
+
+def make_driven_policy(name: str) -> Policy:
+    """A new live ``name`` policy as a driver that ends plans itself runs it: the engine
+    (tierstore.engine.planbook), and a replay of a trace, which holds each plan's end.
+    A policy that keeps a plan TTL of its own is given the longest, so it never drops
+    a plan the driver keeps (a replay that dropped them after the policy's default
+    disagreed with the node it was traced on). Raises as :func:`make_policy`."""
+    try:
+        return make_policy(name, plan_ttl_s=MAX_PLAN_TTL_S)
+    except UnknownPolicy:
+        raise
+    except InvalidArgument:  # a policy without a plan TTL of its own (or offline)
+        return make_policy(name)
 
 
 def _build(name: str, path: str, **options: Any) -> Policy:

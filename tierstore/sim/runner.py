@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from tierstore.errors import InvalidArgument
-from tierstore.policy.registry import OFFLINE_POLICY_NAMES, check_policy_name, make_policy
+from tierstore.policy.registry import (
+    OFFLINE_POLICY_NAMES,
+    check_policy_name,
+    make_driven_policy,
+    make_policy,
+)
 from tierstore.sim.events import Trace
 from tierstore.sim.report import SweepRow, ratio
 from tierstore.sim.simulator import SimResult, simulate
@@ -89,7 +94,11 @@ def sweep(
         future = [read.key for read in trace.reads()]
         for index, capacity in enumerate(trace_capacities):
             for name in names:
-                policy = make_policy(name, future=future if name in OFFLINE_POLICY_NAMES else None)
+                policy = (
+                    make_policy(name, future=future)
+                    if name in OFFLINE_POLICY_NAMES
+                    else make_driven_policy(name)  # as the node runs it
+                )
                 results[index][name].append(simulate(trace, policy, capacity, warmup_reads=skip))
                 done += 1
                 if progress is not None:
