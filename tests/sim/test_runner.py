@@ -156,6 +156,11 @@ def test_capacities_are_checked_on_every_trace_before_the_first_replay() -> None
         (lambda: sweep([], ["lru"], [0.5]), "no traces"),
         (lambda: sweep(never_called, ["lru"], [0.5], []), "no seeds"),
         (lambda: sweep([LOOP], ["lru"], [0.5], [1, 2]), "seeds go with a trace factory"),
+        # A miss ratio of 1.000 over no reads: a plan's events alone, exported.
+        (
+            lambda: sweep([Trace("plans", (10,), [PlanClosed(0.0, "j")])], ["lru"], [1.0]),
+            "'plans' holds no reads",
+        ),
     ],
 )
 def test_empty_or_mismatched_arguments_are_refused(

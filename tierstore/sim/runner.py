@@ -188,9 +188,14 @@ def _traces(source: TraceSource, seeds: Sequence[int] | None) -> list[Trace]:
 
 def _warmup_reads(trace: Trace, warmup: Callable[[Trace], int] | None) -> int:
     """How many of ``trace``'s first reads ``warmup`` leaves uncounted (0 without it).
-    InvalidArgument for a negative count, or one that leaves no read to count."""
+    InvalidArgument for a trace without reads, a negative count, or one that leaves no
+    read to count."""
     skip = 0 if warmup is None else warmup(trace)
     reads = len(trace.reads())
+    if not reads:  # its ratios would be 0 hits of 0: a miss ratio of 1.000, for nothing
+        raise InvalidArgument(
+            f"{trace.name!r} holds no reads (plan events alone, say): nothing to simulate"
+        )
     if skip < 0:
         raise InvalidArgument(f"the warm-up must not be negative, got {skip} reads")
     if skip and skip >= reads:
