@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tierstore.client.client import Client
@@ -108,18 +109,50 @@ def test_a_spool_file_changed_on_disk_raises_integrity_error(tmp_path: Path, dam
         assert isinstance(raised.value, DataLoss)
 
 
-def test_close_frees_the_file_and_is_idempotent(tmp_path: Path) -> None:
-    spool = FrameSpool(tmp_path, LIMIT, encrypted=True)
-    for frame in marked_frames(b"m", 8):
+def test_a_plain_spool_file_cut_short_raises_integrity_error(tmp_path: Path) -> None:
+    # Read through a map, a frame past the file's end was SIGBUS, the server's end.
+    frames = [os.urandom(16 * KiB) for _ in range(8)]
+    with FrameSpool(tmp_path, LIMIT) as spool:
+        for frame in frames:
+            spool.append(frame)
+        assert spool._file is not None
+        spool._file.flush()
+        os.ftruncate(spool._file.fileno(), 7 * 16 * KiB + 10)
+        views = spool.views()
+        assert [bytes(views[index]) for index in range(7)] == frames[:7]
+        with pytest.raises(IntegrityError, match="cut short"):
+            views[7]
+
+
+def open_files_under(root: Path) -> list[str]:
+    """What this process holds open under ``root`` (unlinked files too)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(str(root)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_close_frees_the_file_and_is_idempotent(tmp_path: Path, encrypted: bool) -> None:
+    # A plaintext spool's file was mapped, and a frame still referenced at the close
+    # (by a failed put's traceback) kept the map, the file and its space until a
+    # garbage collection: a put failing at its commit held its whole size on disk.
+    spool = FrameSpool(tmp_path, LIMIT, encrypted=encrypted)
+    frames = marked_frames(b"m", 8)
+    for frame in frames:
         spool.append(frame)
     views = spool.views()
-    assert spool._file is not None
+    kept = views[1]  # asked for before the close, and still referenced after it
+    assert spool._file is not None and open_files_under(tmp_path)
     spool.close()
     spool.close()
-    assert spool._file is None and spool._map is None and spool._cipher is None
+    assert spool._file is None and spool._cipher is None
+    assert open_files_under(tmp_path) == []
+    assert bytes(kept) == frames[1]  # a frame asked for before the close stays whole
     with pytest.raises(ValueError):
         views[0]  # a frame not asked for before the close cannot be read after it
-    del views
     assert list(tmp_path.iterdir()) == []
 
 
@@ -156,20 +189,20 @@ def files_holding(root: Path, marker: bytes) -> list[Path]:
     return holding
 
 
-def test_an_encrypted_put_reaches_the_data_disk_only_encrypted(
-    server: ServerProcess, admin: Client
-) -> None:
-    name = unique()
-    admin.create_dataset(name, encrypted=True, durability="write-through")
-    marker = f"plaintext-{uuid.uuid4().hex}".encode()
-    chunk = marked_frames(marker, 1, 4 * MiB)[0]
-    frames = SPOOLED_FRAMES + 4
+@contextlib.contextmanager
+def put_held_open(
+    server: ServerProcess, dataset: str, chunk: bytes, frames: int
+) -> Iterator[grpc.Future]:
+    """A put of shard ``big``: ``frames`` copies of ``chunk``, streamed by hand and held
+    open once :data:`SPOOLED_FRAMES` are sent (past the spool's memory: in its file)
+    for as long as the block runs; yields the put's future, which ends once the rest
+    is sent after the block."""
     held, release = threading.Event(), threading.Event()
 
     def messages() -> Iterator[bytes]:
         yield PutShardRequest(
             header=PutShardHeader(
-                dataset=name, shard="big", kind=SHARD_KIND_RAW, frame_count=frames
+                dataset=dataset, shard="big", kind=SHARD_KIND_RAW, frame_count=frames
             )
         ).SerializeToString()
         for index in range(frames):
@@ -183,6 +216,20 @@ def test_an_encrypted_put_reaches_the_data_disk_only_encrypted(
     future = call.future(messages(), metadata=server.metadata, timeout=120)
     try:
         assert held.wait(60), future.exception() if future.done() else "the put is stuck"
+        yield future
+    finally:
+        release.set()
+
+
+def test_an_encrypted_put_reaches_the_data_disk_only_encrypted(
+    server: ServerProcess, admin: Client
+) -> None:
+    name = unique()
+    admin.create_dataset(name, encrypted=True, durability="write-through")
+    marker = f"plaintext-{uuid.uuid4().hex}".encode()
+    chunk = marked_frames(marker, 1, 4 * MiB)[0]
+    frames = SPOOLED_FRAMES + 4
+    with put_held_open(server, name, chunk, frames) as future:
         # Every frame past the first 64 MiB is in the file as soon as it arrives.
         spooled = poll(
             lambda: {
@@ -198,11 +245,30 @@ def test_an_encrypted_put_reaches_the_data_disk_only_encrypted(
                 plaintext = marker in file.read()
             assert not plaintext, f"the spool file {path} holds the put's plaintext"
         assert files_holding(server.data_dir, marker) == []
-    finally:
-        release.set()
     future.result()
     assert admin.get(name, "big").to_pybytes() == chunk * frames
     assert files_holding(server.data_dir, marker) == []
+    admin.delete_dataset(name, force=True)
+
+
+def test_a_put_whose_dataset_was_made_again_encrypted_meanwhile_stores_nothing(
+    server: ServerProcess, admin: Client
+) -> None:
+    # Its frames were spooled in plaintext, as the dataset was when it began, and the put
+    # landed in the encrypted dataset made in its place. Refused at its commit, it also
+    # kept its spool file, and its 84 MiB, until a garbage collection: its frames were
+    # mapped, and the refusal's traceback held them.
+    name = unique()
+    admin.create_dataset(name)
+    with put_held_open(server, name, os.urandom(4 * MiB), SPOOLED_FRAMES + 1) as future:
+        admin.delete_dataset(name, force=True)
+        admin.create_dataset(name, encrypted=True)
+    with pytest.raises(grpc.RpcError) as refused:
+        future.result()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "made again with encryption" in str(refused.value.details())
+    assert admin.list(name) == []
+    poll(lambda: spool_files(server) == {}, 30, "the refused put's spool file to be freed")
     admin.delete_dataset(name, force=True)
 
 

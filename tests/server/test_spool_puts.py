@@ -174,7 +174,7 @@ def test_a_put_of_one_chunk_is_decrypted_before_its_transaction_holds_the_writer
     # keep every other put waiting on the disk and on AES for it.
     writing: set[int] = set()  # threads inside a write transaction
     asked_while_writing: list[int] = []
-    write, frame = LmdbEnvironment.write, spool_module._DecryptedFrames.frame
+    write, frame = LmdbEnvironment.write, spool_module._SpooledFrames.frame
 
     @contextlib.contextmanager
     def watched_write(env: LmdbEnvironment) -> Iterator[Any]:
@@ -191,7 +191,7 @@ def test_a_put_of_one_chunk_is_decrypted_before_its_transaction_holds_the_writer
         return frame(frames, index)
 
     monkeypatch.setattr(LmdbEnvironment, "write", watched_write)
-    monkeypatch.setattr(spool_module._DecryptedFrames, "frame", watched_frame)
+    monkeypatch.setattr(spool_module._SpooledFrames, "frame", watched_frame)
     frames = [os.urandom(1 * MiB) for _ in range(6)]  # 6 MiB: under the 8 MiB chunk
     with spooled(tmp_path / "spool", frames) as spool:
         store.put_frames("enc", "small", ShardKind.RAW, spool.views())

@@ -533,14 +533,14 @@ class Store:
         *,
         quota_wait_s: float | None = None,
         caller_gone: Callable[[], bool] | None = None,
-        admit: Callable[[], None] | None = None,
+        admit: Callable[[DatasetSettings], None] | None = None,
     ) -> ShardInfo:
         """Store frames cut by a client (each at most ``max_frame_bytes``; Arrow ones validated).
 
         A put waiting for quota room stops waiting once ``caller_gone()`` is true.
-        ``admit()`` runs inside the write transaction, before anything is written: what
-        it raises ends the put with nothing stored. Raises as :meth:`put`, and
-        MalformedArrow.
+        ``admit(settings)`` runs inside the write transaction, with the dataset's
+        settings there, before anything is written: what it raises ends the put with
+        nothing stored. Raises as :meth:`put`, and MalformedArrow.
         """
         self._check_shard_call(dataset, shard)
         framed = frame_prepared(kind, frames, self.settings.max_frame_bytes)

@@ -175,7 +175,7 @@ class ShardWriter:
         framed: FramedValue,
         quota_wait_s: float | None = None,
         caller_gone: Callable[[], bool] | None = None,
-        admit: Callable[[], None] | None = None,
+        admit: Callable[[DatasetSettings], None] | None = None,
     ) -> ShardInfo:
         """Store ``framed`` as the new generation of ``dataset/shard`` (names validated).
 
@@ -184,9 +184,11 @@ class ShardWriter:
         journal could make that room, the put waits for them, up to the setting
         ``quota_wait_s`` or the argument, whichever is shorter, while
         ``caller_gone()`` is false and a waiting place is free
-        (:mod:`tierstore.engine.quotawait`). ``admit()`` is called inside the write
-        transaction, before anything is written: whatever it raises ends the put with
-        nothing stored (the service checks there that the caller may still write).
+        (:mod:`tierstore.engine.quotawait`). ``admit(settings)`` is called inside the
+        write transaction with the dataset's settings as it sees them, before anything
+        is written: whatever it raises ends the put with nothing stored (the service
+        checks there that the caller may still write, and that the dataset was not made
+        again with encryption while its frames were spooled in plaintext).
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
         HotTierFull, ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying), FailedPrecondition (a staged
@@ -306,7 +308,7 @@ class ShardWriter:
         framed: FramedValue,
         stored_total: int,
         wait: QuotaWait,
-        admit: Callable[[], None] | None,
+        admit: Callable[[DatasetSettings], None] | None,
         staged: _StagedPut | None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """:meth:`_commit_locally`, after making room for ``stored_total`` bytes in the
@@ -550,7 +552,7 @@ class ShardWriter:
         shard: str,
         framed: FramedValue,
         may_pass_watermark: bool,
-        admit: Callable[[], None] | None = None,
+        admit: Callable[[DatasetSettings], None] | None = None,
         staged: _StagedPut | None = None,
     ) -> tuple[DatasetSettings, ShardRecord, int]:
         """Seal and write a new generation's frames, catalog record and upload-journal
@@ -558,7 +560,7 @@ class ShardWriter:
         returns the dataset's settings, the new record and the journal entry's sequence
         number. Raises DatasetNotFound, EncryptionUnavailable, BacklogFull,
         QuotaExceeded, HotTierFull, and :class:`_RoomTaken` when the put would pass the
-        high watermark and not ``may_pass_watermark``, and what ``admit()`` raises;
+        high watermark and not ``may_pass_watermark``, and what ``admit`` raises;
         nothing is written then.
 
         The frames are sealed as the dataset says inside the transaction: it may have
@@ -578,7 +580,8 @@ class ShardWriter:
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
             if admit is not None:
-                admit()  # in the transaction: no delete (it takes the writer) slips in after
+                # In the transaction: no delete (it takes the writer) slips in after.
+                admit(settings)
             previous = self._catalog.get_shard(txn, dataset, shard)
             if staged is not None:  # first: overtaken or resealed, no room is worth waiting for
                 record = self._staged_record(txn, staged, settings, previous)

@@ -26,14 +26,14 @@ import grpc
 from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
-from tierstore.errors import InvalidArgument, OversizeFrame
+from tierstore.errors import FailedPrecondition, InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
 from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
-from tierstore.types import Durability
+from tierstore.types import DatasetSettings, Durability
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
@@ -110,13 +110,21 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self._check("PutShard", header.dataset, header.shard)
         principal = caller()
 
-        def still_allowed() -> None:
+        def still_allowed(settings: DatasetSettings) -> None:
             # A stream may last minutes: by its end the dataset may have been deleted
             # (and made again, for someone else: its grants went with it) or the token
             # revoked. Checked inside the commit's transaction, so no delete slips in
             # after it (a delete takes the writer); a revocation that returns while the
             # commit runs may still see this put land.
             authorize(self._principal_now(principal), _SERVICE + "PutShard", header.dataset)
+            if settings.encrypted and not encrypted:
+                # Made again encrypted while the frames were spooled in plaintext: the
+                # put belongs to the plaintext dataset it began in.
+                raise FailedPrecondition(
+                    f"{header.dataset} was deleted and made again with encryption while "
+                    f"{header.dataset}/{header.shard} was being received: nothing was "
+                    "stored; put it again"
+                )
 
         kind = shard_kind_from_pb(header.kind)
         if header.frame_count > self._max_frames:

@@ -8,25 +8,23 @@ bounded by disk, not RAM). The puts of one server share a :class:`SpoolMemory` t
 (``SERVER_SPOOL_MEMORY``): with every worker receiving a put, 64 MiB each would be
 gigabytes, so once the puts in memory hold that much together, a put's frames go to
 its file at once. Closing the spool (or an interrupted stream) frees everything: an
-abandoned put leaks no space.
+abandoned put leaks no space, nor does a failed one whose frames something still holds.
 
 A put to an encrypted dataset must not reach the data disk in plaintext, not
 even for the seconds it is spooled: with ``encrypted`` the file holds each frame
 sealed by AES-256-GCM under a key made for this one spool and kept only in its
 memory (nonce: the frame's index, unique under that key).
-:meth:`FrameSpool.views` hands such a spool's frames over as
-:class:`~tierstore.framing.FramesOnDemand`: each is decrypted when the engine asks
-for it (Arrow validation, then sealing, chunk by chunk for a large put), so the put
-holds a few frames' plaintext at a time, not its whole size, at the cost of
-decrypting Arrow frames more than once. A frame that fails its tag (the disk changed
+:meth:`FrameSpool.views` hands a spool file's frames over as
+:class:`~tierstore.framing.FramesOnDemand`: each is read (and decrypted) when the
+engine asks for it (Arrow validation, then sealing, chunk by chunk for a large put),
+so the put holds a few frames at a time, not its whole size, at the cost of reading
+(and decrypting) Arrow frames more than once. A frame that fails its tag (the disk changed
 it) raises IntegrityError there, and the put stores nothing, instead of feeding wrong
 bytes to the commit.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import tempfile
 import threading
@@ -124,7 +122,6 @@ class FrameSpool:
         self._sizes: list[int] = []
         self._in_memory = 0
         self._file: IO[bytes] | None = None
-        self._map: mmap.mmap | None = None
         #: seals what goes to the file; the key lives and dies with this spool
         self._cipher = _SpoolCipher() if encrypted else None
 
@@ -174,22 +171,14 @@ class FrameSpool:
     def views(self) -> Sequence[memoryview]:
         """Every frame, in order, as views valid until :meth:`close`.
 
-        An encrypted spool's frames from its file come as :class:`_DecryptedFrames`,
-        made when asked for; asking raises IntegrityError (a DataLoss) if the file no
-        longer holds what was written to it, Unavailable if it cannot be read."""
+        Frames from the spool file come as :class:`_SpooledFrames`, read (and
+        decrypted, for an encrypted spool) when asked for; asking raises
+        IntegrityError (a DataLoss) if the file no longer holds what was written to
+        it, Unavailable if it cannot be read."""
         if self._file is None:
             return [memoryview(frame) for frame in self._frames]
         self._file.flush()
-        if self._cipher is not None:
-            return _DecryptedFrames(self._cipher, self._file, tuple(self._sizes))
-        if self._map is None:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        whole = memoryview(self._map)
-        views, position = [], 0
-        for size in self._sizes:
-            views.append(whole[position : position + size])
-            position += size
-        return views
+        return _SpooledFrames(self._cipher, self._file, tuple(self._sizes))
 
     def _give_memory_back(self) -> None:
         if self._shared is not None:
@@ -200,34 +189,36 @@ class FrameSpool:
         """Free memory and the spool file. Idempotent."""
         self._frames = []
         self._give_memory_back()
-        if self._map is not None:
-            # Views still alive: the mapping is freed when they are.
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
         if self._file is not None:
             self._file.close()
             self._file = None
         self._cipher = None
 
 
-class _DecryptedFrames(FramesOnDemand):
-    """An encrypted spool file's frames, each read and decrypted when asked for.
+class _SpooledFrames(FramesOnDemand):
+    """A spool file's frames, each read (and, with a cipher, decrypted) when asked for.
 
-    The last two asked for are kept, as a writer sealing one frame ahead asks for
-    each twice. Valid while the spool is open: asking after :meth:`FrameSpool.close`
-    raises ValueError."""
+    Read with pread, not through a map of the file: a map lived as long as any view of
+    it, and a failed put's traceback holding one kept the file, and its space, until a
+    garbage collection; and a file cut short is then an error, not SIGBUS. The last two
+    frames asked for are kept, as a writer sealing one frame ahead asks for each twice.
+    Valid while the spool is open: asking after :meth:`FrameSpool.close` raises
+    ValueError (a frame asked for before stays whole)."""
 
     _KEPT = 2
 
-    def __init__(self, cipher: _SpoolCipher, file: IO[bytes], sizes: tuple[int, ...]) -> None:
+    def __init__(
+        self, cipher: _SpoolCipher | None, file: IO[bytes], sizes: tuple[int, ...]
+    ) -> None:
         self._cipher = cipher
         self._file = file
         self._sizes = sizes
-        #: where each frame's ciphertext starts in the file
+        overhead = TAG_BYTES if cipher is not None else 0
+        #: where each frame starts in the file (its ciphertext, with a cipher)
         self._offsets = [0] * len(sizes)
         for index in range(1, len(sizes)):
-            self._offsets[index] = self._offsets[index - 1] + sizes[index - 1] + TAG_BYTES
+            self._offsets[index] = self._offsets[index - 1] + sizes[index - 1] + overhead
+        self._overhead = overhead
         self._kept: OrderedDict[int, memoryview] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -242,18 +233,25 @@ class _DecryptedFrames(FramesOnDemand):
                 self._kept.move_to_end(index)
                 return kept
             size = self._sizes[index]
-            # pread, not a map of the file: a file cut short is an error, not SIGBUS.
             fd = self._file.fileno()  # ValueError once the spool is closed
             try:
-                sealed = os.pread(fd, size + TAG_BYTES, self._offsets[index])
+                stored = os.pread(fd, size + self._overhead, self._offsets[index])
             except OSError as exc:  # not an OSError: Arrow validation takes those for bad data
                 raise Unavailable(
                     f"frame {index} of a put could not be read back from its spool file "
                     f"({exc}); the put was not stored: send it again"
                 ) from exc
-            plain = memoryview(bytearray(size))
-            self._cipher.open_into(index, sealed, plain)
-            self._kept[index] = plain
+            if self._cipher is None:
+                if len(stored) != size:
+                    raise IntegrityError(
+                        f"frame {index} of a put was cut short in its spool file on disk; "
+                        "the put was not stored: send it again"
+                    )
+                frame = memoryview(stored)
+            else:
+                frame = memoryview(bytearray(size))
+                self._cipher.open_into(index, stored, frame)
+            self._kept[index] = frame
             if len(self._kept) > self._KEPT:
                 self._kept.popitem(last=False)
-            return plain
+            return frame
