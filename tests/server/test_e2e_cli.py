@@ -632,6 +632,8 @@ def test_trace_export_and_the_sizing_curve(
     table = run(env, "stats", dataset, json_output=False)
     assert table.returncode == 0
     assert b"miss ratio" in table.stdout and b"sizing curve" in table.stdout
+    caption = b" ".join(table.stdout.split())  # wrapped to the table's width
+    assert b"from an empty hot tier (first reads miss)" in caption  # why it reads worse
 
 
 def test_reads_a_local_reader_reported_are_marked_in_the_trace(

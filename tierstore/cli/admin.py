@@ -48,7 +48,8 @@ __all__ = [
 def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
     """Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
     hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
-    hot-tier sizes."""
+    hot-tier sizes, from an empty hot tier (a shard's first read is a miss there, though
+    a put leaves the shard hot: at 1x the curve can read worse than the live ratio)."""
     figures = run_or_fail(lambda: command_client().stats(dataset, sizing=True))
     table = Table(
         "dataset",
@@ -91,7 +92,10 @@ def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
         share = point["capacity_bytes"] / capacity if capacity else 0.0
         sizing.add_row(f"{point['capacity_bytes']:,}", f"{share:g}x", f"{point['miss_ratio']:.1%}")
     sizing.caption = (
-        f"sizing curve over the last {traced:,} traced reads"
+        # Reads alone, from an empty tier: each shard's first read counts as a miss,
+        # though a put left it hot (the live hit ratio counts that read as a hit).
+        f"sizing curve over the last {traced:,} traced reads, from an empty hot tier "
+        "(first reads miss)"
         if traced
         else "sizing curve: no traced reads yet"
     )
