@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -948,6 +949,32 @@ def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
     assert again.rebuild_from_archive() == 0
     with pytest.raises(ShardNotFound):
         again.stat("plain", "s")
+
+
+def test_a_rebuild_keeps_an_older_generation_when_the_newest_is_damaged_in_the_archive(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rebuild reads no frames: the newest generation's object had the right size, and
+    # the older, intact one was deleted for it; the shard then read as lost.
+    store = open_store(archive, datasets=DATASETS)
+    older = store.put("plain", "s", payload(FRAME, 1))
+    assert store.drain(10)
+    older_objects = generation_objects(archive, "plain", older.generation)
+    newer = store.put("plain", "s", payload(FRAME, 2))
+    assert store.drain(10)
+    for key, value in older_objects.items():  # as if the older generation's deletion were lost
+        archive.put(key, value)
+    frames_key = archive_frames_key("plain", newer.generation)
+    damaged = bytearray(archive.get(frames_key) or b"")
+    damaged[100] ^= 1
+    archive.put(frames_key, bytes(damaged))
+    fresh = open_store(archive)
+    with caplog.at_level(logging.ERROR, "tierstore.engine.mover"):
+        assert fresh.rebuild_from_archive() == 1
+        assert fresh.drain(10)
+    assert generation_objects(archive, "plain", older.generation) == older_objects  # kept
+    assert f"keeping plain/s@{older.generation} in the archive" in caplog.text
+    assert any("plain/s" in lost for lost in fresh.mover.data_loss)
 
 
 def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(

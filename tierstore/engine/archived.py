@@ -16,7 +16,7 @@ from tierstore.engine.sealing import stored_overhead
 from tierstore.errors import IntegrityError, InvalidRange
 from tierstore.tiers.base import Tier
 
-__all__ = ["ArchivedFrames", "fetch_all"]
+__all__ = ["ArchivedFrames", "damage_in_archive", "fetch_all"]
 
 
 class ArchivedFrames:
@@ -75,3 +75,19 @@ def fetch_all(archive: Tier, record: ShardRecord, pool: Executor) -> list[memory
     on ``pool``, unverified. Raises as :meth:`ArchivedFrames.fetch`."""
     fetcher = ArchivedFrames(archive, record)
     return list(pool.map(fetcher.fetch, range(len(record.frame_sizes))))
+
+
+def damage_in_archive(archive: Tier, record: ShardRecord) -> str | None:
+    """Why ``record``'s archive object cannot be trusted as the shard's copy: a frame
+    missing, cut short or other than uploaded (its SHA-256), or no digests to check
+    against (a generation archived before digests were kept); None when every frame
+    matches. Fetches the frames one at a time. Raises ArchiveUnavailable."""
+    if record.frame_digests is None:
+        return "its manifest holds no frame digests to check it against"
+    fetcher = ArchivedFrames(archive, record)
+    try:
+        for index in range(len(record.frame_sizes)):
+            fetcher.fetch(index)
+    except IntegrityError as exc:
+        return str(exc)
+    return None

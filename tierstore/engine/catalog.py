@@ -429,4 +429,4 @@ def _concerns(op: JournalOp, dataset: str, shard: str) -> bool:
     rebuild leave it out.)"""
     if op.dataset != dataset:
         return False
-    return op.op in ("dataset", "delete", "supersede", "purge") or op.name == shard
+    return op.op in ("dataset", "delete", "supersede", "outdated", "purge") or op.name == shard

@@ -29,6 +29,7 @@ from typing import TypeGuard
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
+from tierstore.engine.archived import damage_in_archive
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
@@ -484,8 +485,10 @@ class Mover:
                 record = self._catalog.get_shard(txn, op.dataset, op.name)
             if record is not None and record.generation == op.generation and record.archived:
                 self._put_manifest(record)
-        elif op.op in ("delete", "supersede"):
-            if op.op == "supersede":
+        elif op.op in ("delete", "supersede", "outdated"):
+            if op.op == "outdated" and not self._current_archived_intact(op):
+                return None  # the older generation stays, the only good copy
+            if op.op in ("supersede", "outdated"):
                 try:
                     uploaded = self._archive_newer_first(op)
                 except _NewerDamaged as exc:
@@ -515,6 +518,29 @@ class Mover:
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
         return uploaded
+
+    def _current_archived_intact(self, op: JournalOp) -> bool:
+        """For an ``outdated`` entry: whether the shard's current generation, if it is
+        archived, matches its digests there (a rebuild restored it without reading it).
+        When it does not, the older generation is the only good copy: logged and named
+        among the data losses, and False."""
+        with self._env.read() as txn:
+            current = self._catalog.get_shard(txn, op.dataset, op.name)
+        if current is None or not current.archived or current.generation <= op.generation:
+            return True  # deleted (the older goes too), or uploaded from its hot copy first
+        why = damage_in_archive(self._archive, current)
+        if why is None:
+            return True
+        log.error(
+            "keeping %s/%s@%d in the archive: its generation %d there cannot be trusted: %s",
+            op.dataset,
+            op.name,
+            op.generation,
+            current.generation,
+            why,
+        )
+        self.data_loss.append(f"{op.dataset}/{op.name}@{current.generation}: {why}")
+        return False
 
     def _purge(self, op: JournalOp) -> None:
         """For a ``purge`` entry: delete every archived generation older than

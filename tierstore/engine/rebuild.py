@@ -9,9 +9,10 @@ every shard; :func:`restore_catalog` writes them into an empty catalog (for
 
 A generation whose deletion had not reached the archive before the catalog was
 lost comes back; that is the one thing a rebuild cannot know. Older generations of a
-shard it restores are superseded, as an overwrite's are: the restore journals their
-deletion (else they stayed for good, and a rebuild after a delete of the shard
-brought it back with their bytes).
+shard it restores go, as an overwrite's do: the restore journals their deletion (else
+they stayed for good, and a rebuild after a delete of the shard brought it back with
+their bytes), which the mover carries out once the restored generation's frames in the
+archive match their digests (else the older one is the only good copy, and stays).
 
 The archive is untrusted (DESIGN 3.4). With a master key configured, every dataset
 object and manifest must carry a seal made for it at its key
@@ -177,8 +178,9 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
     """Write scanned ``contents`` into the catalog in the caller's write transaction.
 
     Shards of datasets the archive holds no settings for are left out. Journals the
-    archive's deletion of the older generations of the shards restored (``supersede``
-    entries: each goes once a newer generation of its shard is archived). Raises the
+    archive's deletion of the older generations of the shards restored (``outdated``
+    entries: each goes once the newer generation's archive object is found to match
+    its digests, which nothing here read). Raises the
     ``next_generation`` counter past every restored generation. Returns the shards
     restored and the newest generation (0 when there is none).
     """
@@ -190,7 +192,7 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
     for record in contents.superseded:
         if record.dataset in contents.datasets:
             catalog.append_journal(
-                txn, JournalOp("supersede", record.dataset, record.name, record.generation)
+                txn, JournalOp("outdated", record.dataset, record.name, record.generation)
             )
     newest = max((r.generation for r in contents.shards.values()), default=0)
     if catalog.counter(txn, "next_generation") <= newest:
