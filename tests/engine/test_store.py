@@ -69,7 +69,7 @@ from tierstore.errors import (
 from tierstore.frames import CHECKSUM_BYTES
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Tier
-from tierstore.types import DatasetSettings, Durability, ShardKind
+from tierstore.types import DatasetSettings, Durability, ShardInfo, ShardKind
 
 ALL_DATASETS = list(DATASETS)
 SIZES = [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 5 * FRAME + 123]
@@ -898,6 +898,22 @@ def generation_objects(archive: MemoryTier, dataset: str, generation: int) -> di
     return {key: bytes(archive.get(key) or b"") for key in keys}
 
 
+def both_generations_archived(
+    store: Store, archive: MemoryTier, dataset: str, older: bytes, newer: bytes
+) -> tuple[ShardInfo, ShardInfo, dict[str, bytes]]:
+    """Shard ``s`` of ``dataset`` put as ``older``, then overwritten by ``newer``, each
+    archived, and the older generation's objects put back as if its deletion were
+    lost; the two generations' infos and the older one's objects."""
+    first = store.put(dataset, "s", older)
+    assert store.drain(10)
+    objects = generation_objects(archive, dataset, first.generation)
+    second = store.put(dataset, "s", newer)
+    assert store.drain(10)
+    for key, value in objects.items():
+        archive.put(key, value)
+    return first, second, objects
+
+
 def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
@@ -905,13 +921,9 @@ def test_a_rebuild_falls_back_to_the_older_generation_of_a_disbelieved_manifest(
     # readable copy: when the newest manifest is not believed (here it dropped its
     # encryption), the older generation comes back, not nothing.
     store = open_store(archive, datasets=DATASETS)
-    older = store.put("enc", "s", payload(2 * FRAME, 1))
-    assert store.drain(10)
-    kept = generation_objects(archive, "enc", older.generation)
-    newer = store.put("enc", "s", payload(FRAME, 2))
-    assert store.drain(10)
-    for key, value in kept.items():  # as if the older generation's deletion were lost
-        archive.put(key, value)
+    older, newer, _ = both_generations_archived(
+        store, archive, "enc", payload(2 * FRAME, 1), payload(FRAME, 2)
+    )
     # Stripped of its encryption, with frame sizes that still add up to its frames
     # object (plaintext frames carry a checksum where encrypted ones carry a tag).
     stripped = archive_manifest_key("enc", newer.generation)
@@ -931,13 +943,9 @@ def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
     # good after a rebuild; a delete of the shard then removed only the newest one, and
     # the next rebuild brought the deleted shard back, with its older bytes.
     store = open_store(archive, datasets=DATASETS)
-    older = store.put("plain", "s", payload(FRAME, 1))
-    assert store.drain(10)
-    older_objects = generation_objects(archive, "plain", older.generation)
-    store.put("plain", "s", payload(FRAME, 2))
-    assert store.drain(10)
-    for key, value in older_objects.items():  # as if the older generation's deletion were lost
-        archive.put(key, value)
+    _, _, older_objects = both_generations_archived(
+        store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
+    )
     fresh = open_store(archive)
     assert fresh.rebuild_from_archive() == 1
     assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 2)
@@ -957,13 +965,9 @@ def test_a_rebuild_keeps_an_older_generation_when_the_newest_is_damaged_in_the_a
     # A rebuild reads no frames: the newest generation's object had the right size, and
     # the older, intact one was deleted for it; the shard then read as lost.
     store = open_store(archive, datasets=DATASETS)
-    older = store.put("plain", "s", payload(FRAME, 1))
-    assert store.drain(10)
-    older_objects = generation_objects(archive, "plain", older.generation)
-    newer = store.put("plain", "s", payload(FRAME, 2))
-    assert store.drain(10)
-    for key, value in older_objects.items():  # as if the older generation's deletion were lost
-        archive.put(key, value)
+    older, newer, older_objects = both_generations_archived(
+        store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
+    )
     frames_key = archive_frames_key("plain", newer.generation)
     damaged = bytearray(archive.get(frames_key) or b"")
     damaged[100] ^= 1
