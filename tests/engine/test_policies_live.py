@@ -1037,6 +1037,34 @@ def test_a_failed_commit_of_a_dataset_change_keeps_its_policy(
     assert not store.stat("d", "s").hot
 
 
+def test_a_policy_change_leaves_a_dataset_made_again_meanwhile_its_own_policy(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The change sets the policy in a transaction after the setting's commit: a dataset
+    # deleted and made again (with another policy) in between got the change's policy,
+    # while its catalog named its own.
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")}, start_mover=False)
+    real_write = store._env.write
+    writes = 0
+
+    @contextlib.contextmanager
+    def made_again_before_the_second() -> Iterator[Any]:
+        nonlocal writes
+        writes += 1
+        if writes == 2:  # the policy change's second transaction: in between, d again
+            monkeypatch.setattr(store._env, "write", real_write)
+            store.delete_dataset("d", force=True)
+            store.create_dataset("d", DatasetSettings(policy="recording"))
+        with real_write() as txn:
+            yield txn
+
+    monkeypatch.setattr(store._env, "write", made_again_before_the_second)
+    store.update_dataset("d", policy="s3fifo")
+    assert writes == 2
+    assert store.get_dataset("d").policy == "recording"
+    policy_of(store, "d")  # its own, not the change's
+
+
 def test_a_policy_change_that_commits_takes_over(open_store: StoreFactory) -> None:
     store = open_store(datasets={"d": DatasetSettings(policy="recording")})
     store.update_dataset("d", policy="lru")

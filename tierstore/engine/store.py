@@ -418,10 +418,13 @@ class Store:
                 # force while the catalog named the old one), and under the write
                 # transaction's lock again: no shard turns hot or cold between the scan
                 # and the new policy (every hot-set change takes it). It writes nothing:
-                # its commit cannot fail.
+                # its commit cannot fail. A dataset deleted (and made again, with a
+                # policy of its own) in between keeps what its catalog says.
                 with self._env.write() as txn:
-                    hot = hot_shards(txn, self._catalog, self._access, name).get(name, [])
-                    self._policies.set_policy(name, policy, hot)
+                    now = self._catalog.get_dataset(txn, name)
+                    if now is not None and now.policy == policy:
+                        hot = hot_shards(txn, self._catalog, self._access, name).get(name, [])
+                        self._policies.set_policy(name, policy, hot)
         if policy is not None:
             self._plans.redeclare(name)
         # A quota raised or removed (0) has room for pins skipped for want of it.
