@@ -38,6 +38,14 @@ class FramesOnDemand(Sequence[memoryview], ABC):
     def sizes(self) -> tuple[int, ...]:
         """Each frame's size in bytes."""
 
+    @property
+    def costly(self) -> bool:
+        """Whether making a frame costs more than a copy (decryption): the write path
+        then makes a small put's frames before its transaction holds the writer, and
+        otherwise inside it, a frame at a time (held whole outside it, a put's frames
+        were memory no spool limit counted)."""
+        return True
+
     @abstractmethod
     def frame(self, index: int) -> memoryview:
         """Frame ``index`` (0 <= index < len), made now or kept from a recent ask."""

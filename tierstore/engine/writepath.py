@@ -224,7 +224,7 @@ class ShardWriter:
                     self._check_backlog(txn, stored_total)
                 self._hot_room.make_room(stored_total)  # best effort, before staging
                 staged = self._stage(dataset, shard, framed, settings.encrypted)
-            elif isinstance(framed.frames, FramesOnDemand):
+            elif isinstance(framed.frames, FramesOnDemand) and framed.frames.costly:
                 # Made now (a chunk at most), not while the transaction holds the writer
                 # (an encrypted spool's frames are read from disk and decrypted).
                 framed = dataclasses.replace(framed, frames=tuple(framed.frames))

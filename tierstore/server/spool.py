@@ -226,6 +226,10 @@ class _SpooledFrames(FramesOnDemand):
     def sizes(self) -> tuple[int, ...]:
         return self._sizes
 
+    @property
+    def costly(self) -> bool:
+        return self._cipher is not None  # a plaintext frame is a pread: a copy
+
     def frame(self, index: int) -> memoryview:
         with self._lock:
             kept = self._kept.get(index)
