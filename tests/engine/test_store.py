@@ -959,11 +959,12 @@ def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
         again.stat("plain", "s")
 
 
-def test_a_rebuild_keeps_an_older_generation_when_the_newest_is_damaged_in_the_archive(
+def test_a_rebuild_falls_back_to_the_older_generation_when_the_newest_is_damaged(
     open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A rebuild reads no frames: the newest generation's object had the right size, and
-    # the older, intact one was deleted for it; the shard then read as lost.
+    # the older, whole one was deleted for it; the shard then read as lost. Kept but
+    # named nowhere, the older one outlived a delete of the shard, and came back.
     store = open_store(archive, datasets=DATASETS)
     older, newer, older_objects = both_generations_archived(
         store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
@@ -973,12 +974,19 @@ def test_a_rebuild_keeps_an_older_generation_when_the_newest_is_damaged_in_the_a
     damaged[100] ^= 1
     archive.put(frames_key, bytes(damaged))
     fresh = open_store(archive)
-    with caplog.at_level(logging.ERROR, "tierstore.engine.mover"):
+    with caplog.at_level(logging.ERROR, "tierstore.engine.outdated"):
         assert fresh.rebuild_from_archive() == 1
         assert fresh.drain(10)
-    assert generation_objects(archive, "plain", older.generation) == older_objects  # kept
-    assert f"keeping plain/s@{older.generation} in the archive" in caplog.text
-    assert any("plain/s" in lost for lost in fresh.mover.data_loss)
+    assert f"generation {older.generation}, older, is the shard's again" in caplog.text
+    assert any(lost.startswith(f"plain/s@{newer.generation}") for lost in fresh.mover.data_loss)
+    assert fresh.stat("plain", "s").generation == older.generation
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)  # older, but whole
+    assert generation_objects(archive, "plain", older.generation) == older_objects
+    assert archive.get(frames_key) is None  # the damaged one went
+    fresh.delete("plain", "s")
+    assert fresh.drain(10)
+    again = open_store(archive)
+    assert again.rebuild_from_archive() == 0  # the delete held
 
 
 def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(

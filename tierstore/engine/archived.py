@@ -9,6 +9,7 @@ they need this way, in parallel; promotions fetch every frame of a shard the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from tierstore.engine.records import ShardRecord, archive_frames_key, frame_digest_of
@@ -77,17 +78,21 @@ def fetch_all(archive: Tier, record: ShardRecord, pool: Executor) -> list[memory
     return list(pool.map(fetcher.fetch, range(len(record.frame_sizes))))
 
 
-def damage_in_archive(archive: Tier, record: ShardRecord) -> str | None:
+def damage_in_archive(
+    archive: Tier, record: ShardRecord, progressed: Callable[[], None]
+) -> str | None:
     """Why ``record``'s archive object cannot be trusted as the shard's copy: a frame
     missing, cut short or other than uploaded (its SHA-256), or no digests to check
     against (a generation archived before digests were kept); None when every frame
-    matches. Fetches the frames one at a time. Raises ArchiveUnavailable."""
+    matches. Fetches the frames one at a time, calling ``progressed()`` after each.
+    Raises ArchiveUnavailable."""
     if record.frame_digests is None:
         return "its manifest holds no frame digests to check it against"
     fetcher = ArchivedFrames(archive, record)
     try:
         for index in range(len(record.frame_sizes)):
             fetcher.fetch(index)
+            progressed()
     except IntegrityError as exc:
         return str(exc)
     return None

@@ -29,10 +29,10 @@ from typing import TypeGuard
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archived import damage_in_archive
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
+from tierstore.engine.outdated import back_to_the_older
 from tierstore.engine.promotion import FrameVerifier, Promoter
 from tierstore.engine.rebuild import archive_keys
 from tierstore.engine.records import (
@@ -486,8 +486,16 @@ class Mover:
             if record is not None and record.generation == op.generation and record.archived:
                 self._put_manifest(record)
         elif op.op in ("delete", "supersede", "outdated"):
-            if op.op == "outdated" and not self._current_archived_intact(op):
-                return None  # the older generation stays, the only good copy
+            if op.op == "outdated" and back_to_the_older(
+                self._env,
+                self._catalog,
+                self._archive,
+                self._check_object,
+                op,
+                self.stall_watch.progressed,
+                self.data_loss.append,
+            ):
+                return None  # the older generation is the shard's again: it stays
             if op.op in ("supersede", "outdated"):
                 try:
                     uploaded = self._archive_newer_first(op)
@@ -519,29 +527,6 @@ class Mover:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
         return uploaded
 
-    def _current_archived_intact(self, op: JournalOp) -> bool:
-        """For an ``outdated`` entry: whether the shard's current generation, if it is
-        archived, matches its digests there (a rebuild restored it without reading it).
-        When it does not, the older generation is the only good copy: logged and named
-        among the data losses, and False."""
-        with self._env.read() as txn:
-            current = self._catalog.get_shard(txn, op.dataset, op.name)
-        if current is None or not current.archived or current.generation <= op.generation:
-            return True  # deleted (the older goes too), or uploaded from its hot copy first
-        why = damage_in_archive(self._archive, current)
-        if why is None:
-            return True
-        log.error(
-            "keeping %s/%s@%d in the archive: its generation %d there cannot be trusted: %s",
-            op.dataset,
-            op.name,
-            op.generation,
-            current.generation,
-            why,
-        )
-        self.data_loss.append(f"{op.dataset}/{op.name}@{current.generation}: {why}")
-        return False
-
     def _purge(self, op: JournalOp) -> None:
         """For a ``purge`` entry: delete every archived generation older than
         ``op.generation`` whose manifest names the shard of catalog key
@@ -557,6 +542,7 @@ class Mover:
             if generation is None or generation >= op.generation:
                 continue
             raw = self._archive.get(object_key)
+            self.stall_watch.progressed()  # a purge reading many manifests is no stall
             if raw is None:
                 continue  # deleted since the listing
             try:

@@ -48,6 +48,7 @@ __all__ = [
     "ArchiveContents",
     "archive_keys",
     "believe_any_seal",
+    "believed_manifest",
     "refuse_encrypted_without_keys",
     "restore_catalog",
     "scan_archive",
@@ -121,12 +122,11 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         if raw is None:
             continue  # deleted since the listing
         try:
-            check_seal(key, raw)
             if key.endswith("/_dataset.json"):
+                check_seal(key, raw)
                 datasets[key.rsplit("/", 1)[0]] = decode_dataset(raw)
                 continue
-            record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
-            _check_against_its_objects(archive, key, record)
+            record = believed_manifest(archive, key, raw, check_seal)
         except (IntegrityError, UnknownKeyId) as exc:
             unreadable[key] = str(exc)
             continue
@@ -162,6 +162,19 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
             newest[slot] = max(believed, key=lambda record: record.generation)
             superseded += [r for r in believed if r.generation < newest[slot].generation]
     return ArchiveContents(datasets, newest, superseded, unreadable)
+
+
+def believed_manifest(
+    archive: Tier, key: str, raw: bytes | memoryview, check_seal: SealCheck
+) -> ShardRecord:
+    """The record (archived, not hot) of the manifest ``raw`` read at ``key``, once it
+    is believed: sealed for its key (``check_seal``), at its own generation's key, and
+    its frames object holding exactly the stored bytes it lists. Raises IntegrityError
+    (not believed), UnknownKeyId, ArchiveUnavailable."""
+    check_seal(key, raw)
+    record = ShardRecord.decode(raw).with_state(hot=False, archived=True)
+    _check_against_its_objects(archive, key, record)
+    return record
 
 
 def _check_against_its_objects(archive: Tier, key: str, record: ShardRecord) -> None:
