@@ -10,6 +10,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shlex
+import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,6 +24,8 @@ import pytest
 from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.types import ShardKind
+
+from .conftest import ServerProcess
 
 MiB = 1 << 20
 
@@ -88,6 +93,49 @@ def test_a_download_writes_the_shard_to_a_file(
     with pytest.raises(FileNotFoundError) as nowhere:
         admin.download(any_dataset, "big", tmp_path / "no-such-dir" / "x")
     assert nowhere.value.filename == str(tmp_path / "no-such-dir" / "x")
+
+
+#: Downloads shard ``big`` of dataset argv[4] into directory argv[5] as the client at
+#: argv[1..3] (address, token, CA); prints whether it failed for want of space, and
+#: what the directory holds then.
+_DOWNLOAD = """
+import errno, os, sys
+import tierstore
+client = tierstore.connect(sys.argv[1], token=sys.argv[2], ca=sys.argv[3], local_reads=False)
+try:
+    client.download(sys.argv[4], "big", os.path.join(sys.argv[5], "out.bin"))
+except OSError as exc:
+    print(exc.errno == errno.ENOSPC, sorted(os.listdir(sys.argv[5])))
+"""
+
+
+def test_a_download_to_a_full_disk_raises_and_leaves_no_partial_file(
+    server: ServerProcess, admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    # The file was sized by truncate, sparse, and written through a map: with no disk
+    # for a page, the kernel killed the process (SIGBUS), and a partial file the size
+    # of the shard stayed. On a small filesystem of its own (mounted in a mount
+    # namespace of the child's: root only).
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("mounting a small filesystem needs root (unshare --mount)")
+    admin.put(dataset, "big", os.urandom(32 * MiB))
+    small = tmp_path / "small"
+    small.mkdir()
+    client = [server.address, server.token, str(server.ca_path)]
+    download = shlex.join([sys.executable, "-c", _DOWNLOAD, *client, dataset, str(small)])
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=8m tmpfs {small} && {download}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split("\n")[0] == "True []"
 
 
 def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Path) -> None:

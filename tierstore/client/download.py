@@ -87,10 +87,15 @@ def _umask() -> int:
 def stream_into_file(stream: ShardStream, file: BinaryIO) -> int:
     """Verify (and decrypt) ``stream``'s requested bytes into ``file`` (open for
     reading and writing), emptied first (a retried stream starts over); returns how
-    many. On IntegrityError the file's bytes are zeroed, as a buffer's are."""
+    many. On IntegrityError the file's bytes are zeroed, as a buffer's are. Raises
+    OSError (ENOSPC) when the file's disk has no room for the bytes, before any is
+    written."""
     file.seek(0)
     file.truncate(0)
-    file.truncate(stream.length)
+    if stream.length:
+        # Its blocks taken now: written through a map, a sparse file's page with no disk
+        # for it killed the process (SIGBUS), where this raises.
+        os.posix_fallocate(file.fileno(), 0, stream.length)
     if stream.length == 0:
         for _ in stream.messages:  # nothing to write: end the call cleanly
             pass
