@@ -19,6 +19,13 @@ def test_a_hot_tier_smaller_than_a_frame_names_both_figures() -> None:
     assert EngineSettings(hot_capacity_bytes=4 << 20).hot_capacity_bytes == 4 << 20
 
 
+def test_a_frame_larger_than_a_message_carries_is_refused() -> None:
+    # A node of max_frame_bytes 128 MiB took puts whose frames no client could read back.
+    with pytest.raises(InvalidArgument, match=r"max_frame_bytes must be 4096 to 67,108,864"):
+        EngineSettings(max_frame_bytes=(64 << 20) + 1, hot_capacity_bytes=1 << 30)
+    assert EngineSettings(max_frame_bytes=64 << 20, hot_capacity_bytes=1 << 30)
+
+
 @pytest.mark.parametrize(
     ("toml", "says"),
     [

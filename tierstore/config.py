@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from tierstore.engine.background import MAX_NICENESS
 from tierstore.errors import InvalidArgument
+from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = ["ArchiveSettings", "EngineSettings", "load_settings"]
 
@@ -129,8 +130,12 @@ class EngineSettings:
                 "watermarks must satisfy 0 < low < high <= 1, got low_watermark "
                 f"{self.low_watermark} and high_watermark {self.high_watermark}"
             )
-        if self.max_frame_bytes < 4096:
-            raise InvalidArgument("max_frame_bytes must be at least 4096")
+        if not 4096 <= self.max_frame_bytes <= MAX_FRAME_BYTES:
+            # Past it, a frame fits in no message of the protocol (tierstore.wire.limits).
+            raise InvalidArgument(
+                f"max_frame_bytes must be 4096 to {MAX_FRAME_BYTES:,} (64 MiB), not "
+                f"{self.max_frame_bytes:,}"
+            )
         if self.hot_capacity_bytes < self.max_frame_bytes:
             raise InvalidArgument(
                 f"hot_capacity_bytes must hold at least one frame: {self.hot_capacity_bytes} "

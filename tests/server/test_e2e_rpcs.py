@@ -176,6 +176,21 @@ def test_put_and_get_whole_and_byte_ranges(
     assert small_frames.get(any_dataset, "blob").to_pybytes() == b"short"
 
 
+def test_the_largest_frame_a_node_takes_is_read_back(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The client took messages of at most 64 MiB, the server sent up to 80: a node of
+    # max_frame_bytes 64 MiB stored a frame that no client could read back.
+    largest = 64 << 20
+    node = spawn_server(tmp_path / "node", env={"TIERSTORE_MAX_FRAME_BYTES": str(largest)})
+    data = os.urandom(largest)
+    with node.connect(local_reads=False) as client:
+        client.create_dataset("big", encrypted=True)
+        client.frame_bytes = largest
+        assert client.put("big", "one-frame", data).frame_count == 1
+        assert client.get("big", "one-frame").to_pybytes() == data
+
+
 def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
     server: ServerProcess, admin: Client, any_dataset: str
 ) -> None:
@@ -183,7 +198,8 @@ def test_bad_client_settings_and_selections_are_refused_before_anything_is_sent(
     with server.connect() as client:
         # A frame size of -1 stored an empty shard over this one, acknowledged; 0 was a
         # raw ValueError.
-        for frame_bytes in (-1, 0, True, "4096", 1.5):
+        # One past 64 MiB fits in no message: the put failed as ResourceExhausted.
+        for frame_bytes in (-1, 0, True, "4096", 1.5, (64 << 20) + 1):
             with pytest.raises(errors.InvalidArgument, match="frame_bytes must"):
                 client.frame_bytes = frame_bytes  # type: ignore[assignment]
         assert client.frame_bytes == 4 << 20  # unchanged by the refusals

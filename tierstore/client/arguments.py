@@ -13,6 +13,7 @@ from typing import Generic, TypeVar, cast, overload
 from tierstore.client.deadlines import MAX_TIMEOUT_S, timeout_problem
 from tierstore.errors import InvalidArgument
 from tierstore.types import Durability, Grant, seconds_up_to
+from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = [
     "Checked",
@@ -83,6 +84,18 @@ def positive_bytes(name: str, value: object) -> int:
     size = whole_number(name, value)
     if size <= 0:
         raise InvalidArgument(f"{name} must be at least 1 byte, not {size}")
+    return size
+
+
+def frame_size(name: str, value: object) -> int:
+    """``value`` as a frame size: 1 byte to :data:`MAX_FRAME_BYTES` (a larger frame fits
+    in no message), else InvalidArgument naming ``name``."""
+    size = positive_bytes(name, value)
+    if size > MAX_FRAME_BYTES:
+        raise InvalidArgument(
+            f"{name} must be at most {MAX_FRAME_BYTES:,} bytes (64 MiB: a larger frame fits "
+            f"in no message), not {size:,}"
+        )
     return size
 
 

@@ -32,11 +32,10 @@ from tierstore.client.forkgate import GATE
 from tierstore.client.forklocks import ForkSafeLock
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_address
+from tierstore.wire.limits import MAX_MESSAGE_BYTES
 
 __all__ = ["ChannelSettings", "ProcessChannel"]
 
-#: Largest message either side sends: a 4 MiB frame plus headroom for its envelope.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: The longest wait between a channel's attempts to reconnect to a server that went
 #: away (gRPC's own grows to two minutes); jittered by up to 20 % either way.
 MAX_RECONNECT_BACKOFF_MS = 1_000

@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from tierstore.client.arguments import Checked, positive_bytes, positive_seconds
+from tierstore.client.arguments import Checked, frame_size, positive_seconds
 from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.client.failures import retried
@@ -73,7 +73,7 @@ class ClientCore:
 
     timeout_s = Checked(positive_seconds)
     stream_timeout_s = Checked(positive_seconds)
-    frame_bytes = Checked(positive_bytes)
+    frame_bytes = Checked(frame_size)
 
     def __init__(
         self,

@@ -59,14 +59,12 @@ from tierstore.v1 import (
     shards_pb2,
     shards_pb2_grpc,
 )
+from tierstore.wire.limits import MAX_MESSAGE_BYTES
 
 __all__ = ["ServerSettings", "TierstoreServer", "create_server"]
 
 log = logging.getLogger(__name__)
 
-#: Largest message accepted or sent: one frame (at most 64 MiB by configuration) plus its
-#: envelope. Frames are the unit of transfer, so no message is bigger.
-MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 SERVICE_NAMES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     shards_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name,
