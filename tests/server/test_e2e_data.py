@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -116,21 +117,19 @@ def test_a_download_to_a_full_disk_raises_and_leaves_no_partial_file(
     # for a page, the kernel killed the process (SIGBUS), and a partial file the size
     # of the shard stayed. On a small filesystem of its own (mounted in a mount
     # namespace of the child's: root only).
-    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
-        pytest.skip("mounting a small filesystem needs root (unshare --mount)")
-    admin.put(dataset, "big", os.urandom(32 * MiB))
     small = tmp_path / "small"
     small.mkdir()
+    mount = f"mount -t tmpfs -o size=8m tmpfs {shlex.quote(str(small))}"
+    probe = shutil.which("unshare") and subprocess.run(
+        ["unshare", "--mount", "sh", "-c", mount], capture_output=True
+    )
+    if not probe or probe.returncode:
+        pytest.skip("mounting a small filesystem needs root (unshare --mount, mount)")
+    admin.put(dataset, "big", os.urandom(32 * MiB))
     client = [server.address, server.token, str(server.ca_path)]
     download = shlex.join([sys.executable, "-c", _DOWNLOAD, *client, dataset, str(small)])
     done = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "sh",
-            "-c",
-            f"mount -t tmpfs -o size=8m tmpfs {small} && {download}",
-        ],
+        ["unshare", "--mount", "sh", "-c", f"{mount} && {download}"],
         capture_output=True,
         timeout=120,
     )
