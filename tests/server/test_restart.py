@@ -16,6 +16,7 @@ import stat
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -333,6 +334,15 @@ def test_local_reads_go_on_when_a_restart_with_a_larger_map_grows_the_file(
         reader.close()
 
 
+def reader_of_one_shard(node: ServerProcess, shard: str, value: bytes, **settings: Any) -> Client:
+    """Dataset ``d`` made on ``node`` (with ``settings``) holding ``shard`` = ``value``;
+    a new client of the node, for the caller to close."""
+    with node.connect() as admin:
+        admin.create_dataset("d", **settings)
+        admin.put("d", shard, value)
+    return node.connect()
+
+
 @pytest.mark.timeout(120)
 def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
@@ -342,10 +352,7 @@ def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
     # that arrived would count twice). It now waits, within its deadline, for the
     # channel to connect: a call that never left the client cannot have arrived.
     node = spawn_server(tmp_path / "node")
-    with node.connect() as admin:
-        admin.create_dataset("d")
-        admin.put("d", "a", b"x" * 1000)
-    reader = node.connect()
+    reader = reader_of_one_shard(node, "a", b"x" * 1000)
     try:
         assert reader.get("d", "a").to_pybytes() == b"x" * 1000
         assert reader.read_counts.local == 1
@@ -380,10 +387,7 @@ def test_a_replaced_hot_tiers_map_is_closed_when_a_renewed_grant_names_the_new_f
     # (its disk space held) for the life of the process, one more per replacement.
     data_dir = tmp_path / "node"
     node = spawn_server(data_dir, "--rebuild-from-archive", "--local-grant-ttl", "1")
-    with node.connect() as admin:
-        admin.create_dataset("d", durability="write-through")
-        admin.put("d", "x", b"kept in the archive")
-    reader = node.connect()
+    reader = reader_of_one_shard(node, "x", b"kept in the archive", durability="write-through")
     try:
         assert reader.get("d", "x").to_pybytes() == b"kept in the archive"
         for _ in range(2):
@@ -409,10 +413,7 @@ def test_a_restart_without_local_reads_turns_a_readers_grant_off_at_its_next_rep
     # Its grant was trusted until it ran out (60 s): every read stayed in place, and
     # every report of them was refused and dropped, so none was counted.
     node = spawn_server(tmp_path / "node")
-    with node.connect() as admin:
-        admin.create_dataset("d")
-        admin.put("d", "x", b"hot")
-    reader = node.connect()
+    reader = reader_of_one_shard(node, "x", b"hot")
     try:
         assert reader.get("d", "x").to_pybytes() == b"hot"
         assert reader.read_counts.local == 1

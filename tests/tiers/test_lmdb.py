@@ -57,10 +57,16 @@ class TestLmdbTier(TierConformance):
 # transaction could crash the process).
 
 
-def test_close_waits_for_transactions_under_way_and_refuses_new_ones(tmp_path: Path) -> None:
+def environment_holding(tmp_path: Path, value: bytes) -> LmdbEnvironment:
+    """A small environment whose sub-database ``d`` holds ``value`` at key ``k``."""
     environment = LmdbEnvironment(tmp_path / "env", 1 << 20, ["d"])
     with environment.write() as txn:
-        txn.put(b"k", b"value", db=environment.db("d"))
+        txn.put(b"k", value, db=environment.db("d"))
+    return environment
+
+
+def test_close_waits_for_transactions_under_way_and_refuses_new_ones(tmp_path: Path) -> None:
+    environment = environment_holding(tmp_path, b"value")
     inside, leave = threading.Event(), threading.Event()
     seen: list[bytes] = []
 
@@ -103,9 +109,7 @@ def test_a_child_forked_while_a_thread_held_the_environments_lock_opens_it(
 ) -> None:
     # The child inherited the lock as held, by a thread it does not have: its first use
     # of the environment (which reopens it under that lock) hung for good.
-    environment = LmdbEnvironment(tmp_path / "env", 1 << 20, ["d"])
-    with environment.write() as txn:
-        txn.put(b"k", b"parent's", db=environment.db("d"))
+    environment = environment_holding(tmp_path, b"parent's")
     done_read, done_write = os.pipe()
 
     def read_in_the_child() -> None:
