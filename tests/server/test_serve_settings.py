@@ -120,7 +120,7 @@ def test_the_banner_says_a_wildcard_serves_every_interface(tmp_path: Path) -> No
     # served this host alone; and the metrics on 127.0.0.1 wherever they were bound.
     out = io.StringIO()
     ports = SimpleNamespace(health_port=7444, metrics_port=7445)
-    print_banner(out, "0.0.0.0:7443", ports, tmp_path, None, False, metrics_host="[::]")  # type: ignore[arg-type]
+    print_banner(out, "0.0.0.0", 7443, ports, tmp_path, None, False, metrics_host="[::]")  # type: ignore[arg-type]
     banner = out.getvalue()
     assert "tierstore: serving on 0.0.0.0:7443 (TLS)" in banner
     assert "export TIERSTORE_ADDRESS=127.0.0.1:7443" in banner  # one a client can use

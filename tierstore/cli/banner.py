@@ -48,7 +48,8 @@ def ensure_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> tuple[P
 
 def print_banner(
     out: TextIO,
-    listening: str,
+    listen_host: str,
+    port: int,
     server: TierstoreServer,
     data_dir: Path,
     token: str | None,
@@ -56,15 +57,14 @@ def print_banner(
     client_files: tuple[Path, Path] | None = None,
     metrics_host: str = "127.0.0.1",
 ) -> None:
-    """Write the banner to ``out``: the node serves on ``listening`` (HOST:PORT, as
+    """Write the banner to ``out``: the node serves on ``port`` of ``listen_host`` (as
     bound), its health and metrics ports (the metrics bound on ``metrics_host``), and
     the exports a client on this host needs (an address it can connect to, the CA or
     --insecure, the client certificate, the admin token in ``data_dir``); a line saying
     the admin ``token`` is new, when it is."""
-    host, port = listening.rsplit(":", 1)
     # A wildcard is the truth for "serving on" (every interface, not loopback only),
     # but no address to connect to.
-    address = f"{connect_host(host)}:{port}"
+    address = f"{connect_host(listen_host)}:{port}"
     token_file = data_dir / "admin.token"
     client_lines = (
         [
@@ -75,7 +75,7 @@ def print_banner(
         else []
     )
     lines = [
-        f"tierstore: serving on {listening}"
+        f"tierstore: serving on {listen_host}:{port}"
         + (" (PLAINTEXT, loopback only)" if insecure else " (TLS)"),
         f"tierstore: health checks (plaintext) on port {server.health_port}"
         if server.health_port

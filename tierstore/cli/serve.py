@@ -292,7 +292,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         server.start()
         print_banner(
             out,
-            f"{options.listen.rsplit(':', 1)[0]}:{port}",
+            options.listen.rsplit(":", 1)[0],
+            port,
             server,
             data_dir,
             admin_token,

@@ -92,14 +92,13 @@ def stream_into_file(stream: ShardStream, file: BinaryIO) -> int:
     written."""
     file.seek(0)
     file.truncate(0)
-    if stream.length:
-        # Its blocks taken now: written through a map, a sparse file's page with no disk
-        # for it killed the process (SIGBUS), where this raises.
-        os.posix_fallocate(file.fileno(), 0, stream.length)
     if stream.length == 0:
         for _ in stream.messages:  # nothing to write: end the call cleanly
             pass
         return 0
+    # Its blocks taken now: written through a map, a sparse file's page with no disk for
+    # it killed the process (SIGBUS), where this raises.
+    os.posix_fallocate(file.fileno(), 0, stream.length)
     with mmap.mmap(file.fileno(), stream.length) as mapping:
         view = memoryview(mapping)
         try:

@@ -12,7 +12,8 @@ lost comes back; that is the one thing a rebuild cannot know. Older generations 
 shard it restores go, as an overwrite's do: the restore journals their deletion (else
 they stayed for good, and a rebuild after a delete of the shard brought it back with
 their bytes), which the mover carries out once the restored generation's frames in the
-archive match their digests (else the older one is the only good copy, and stays).
+archive match their digests (else the older one, the only good copy, becomes the
+shard's current generation again: tierstore.engine.outdated).
 
 The archive is untrusted (DESIGN 3.4). With a master key configured, every dataset
 object and manifest must carry a seal made for it at its key
@@ -192,8 +193,7 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
 
     Shards of datasets the archive holds no settings for are left out. Journals the
     archive's deletion of the older generations of the shards restored (``outdated``
-    entries: each goes once the newer generation's archive object is found to match
-    its digests, which nothing here read). Raises the
+    entries: see :mod:`tierstore.engine.outdated`). Raises the
     ``next_generation`` counter past every restored generation. Returns the shards
     restored and the newest generation (0 when there is none).
     """

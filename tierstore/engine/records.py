@@ -316,7 +316,8 @@ class JournalOp:
     generation of the shard is in the archive (uploading the current one first if not).
     ``outdated``: as ``supersede``, for an older generation a rebuild found beside the
     one it restored, which it never read: the current generation's archive object is
-    checked against its digests first, and the older one is kept if it does not match.
+    checked against its digests first; if it does not match, the older generation
+    becomes the shard's current one again instead (tierstore.engine.outdated).
     ``manifest``: rewrite a generation's manifest (after key rotation).
     ``dataset``: write (or, with ``name == "-"``, remove) a dataset's settings object.
     ``purge``: remove every archived generation older than ``generation`` whose

@@ -150,12 +150,11 @@ def _capacity(trace: Trace, fraction: float) -> int:
     capacity = int(fraction * trace.dataset_bytes)
     largest = max(trace.sizes, default=0)
     if capacity < largest:
+        least = math.ceil(largest / trace.dataset_bytes * 1e4) / 1e4  # rounded up
         raise InvalidArgument(
             f"capacity {fraction:g} of {trace.name} ({trace.dataset_bytes:,} bytes) "
             f"is {capacity:,} bytes, smaller than its largest shard ({largest:,} bytes): "
-            f"give capacities of at least {math.ceil(largest / trace.dataset_bytes * 1e4) / 1e4:g}"
-            " of it "
-            "(the CLI's --capacity)"
+            f"give capacities of at least {least:g} of it (the CLI's --capacity)"
         )
     return capacity
 
