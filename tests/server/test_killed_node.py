@@ -7,7 +7,8 @@ a put's frames before its commit), fresh shards, overwrites and deletes, in a
 plaintext and an encrypted write-back dataset. After each restart every acknowledged
 shard reads back byte-identical and every acknowledged delete stays deleted (the call
 in flight at the kill may have landed or not), no other shard is listed, and at the
-end the journal drains: every shard is archived.
+end the journal drains: every shard is archived. In write-through datasets, the hot
+tier is lost too at each kill: the archive alone has what was acknowledged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import shutil
 import signal
 import threading
 import time
@@ -148,3 +150,26 @@ def test_a_node_killed_mid_stream_loses_no_acknowledged_put_or_delete(
                 f"{dataset}/{name} to reach the archive",
                 interval_s=0.1,
             )
+
+
+@pytest.mark.timeout(400)
+def test_what_write_through_acknowledged_outlives_the_node_and_its_hot_tier(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Write-through acknowledges once the archive holds the put (or has deleted the
+    # shard): killed mid-stream and with its hot tier lost before the journal could
+    # catch up, the node rebuilt from the archive alone has every acknowledged shard
+    # at its acknowledged bytes, and no acknowledged delete comes back.
+    rng = random.Random(51202026)
+    data_dir = tmp_path / "node"
+    node = spawn_server(data_dir)
+    with node.connect() as admin:
+        admin.create_dataset("plain", durability="write-through")
+        admin.create_dataset("secret", encrypted=True, durability="write-through")
+    ledger = Ledger()
+    for round_number in range(ROUNDS):
+        kill_mid_stream(node, ledger, random.Random(rng.random()))
+        shutil.rmtree(data_dir / "hot")  # the NVMe device is gone; keys, tokens, TLS remain
+        node = spawn_server(data_dir, "--rebuild-from-archive")
+        check_every_acknowledged_shard(node, ledger)
+        assert ledger.acknowledged, f"round {round_number}: nothing was acknowledged"
