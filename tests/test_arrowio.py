@@ -219,6 +219,38 @@ def test_sliced_table_writes_only_the_slice() -> None:
     roundtrip(part, 64 * KIB)
 
 
+def columns_whose_slices_keep_whole_buffers(rows: int = 20_000) -> pa.Table:
+    """Columns whose slice serializes with every buffer of the whole array: the views'
+    data buffers, a list view's values, a dense union's children."""
+    half = rows // 2
+    return pa.table(
+        {
+            "sv": pa.array([f"a string past the 12 inline bytes {i}" for i in range(rows)],
+                           pa.string_view()),
+            "bv": pa.array([b"binary past the inline bytes %d" % i for i in range(rows)],
+                           pa.binary_view()),
+            "lv": pa.array([[i, i + 1] for i in range(rows)], pa.list_view(pa.int64())),
+            "du": pa.UnionArray.from_dense(
+                pa.array([0, 1] * half, pa.int8()),
+                pa.array([i // 2 for i in range(rows)], pa.int32()),
+                [pa.array(range(half)), pa.array([str(i) for i in range(half)])],
+            ),
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("column", ["sv", "bv", "lv", "du"])
+def test_columns_whose_slices_keep_whole_buffers_are_framed_by_rows(column: str) -> None:
+    # Each piece carried the whole column's buffers: every one was over the limit,
+    # down to one row, refused as "a single row serializes to a 300 KB record batch".
+    table = columns_whose_slices_keep_whole_buffers().select([column])
+    assert table.nbytes > 3 * 64 * KIB  # several frames
+    roundtrip(table, 64 * KIB)
+    part = table.slice(5_000, 100)  # and a slice stores its rows, not the whole column
+    assert sum(frame.size for frame in table_to_frames(part, 64 * KIB)) < 16 * KIB
+    roundtrip(part, 64 * KIB)
+
+
 def test_columns_selection() -> None:
     table = big_table(1000)
     back = frames_to_table(table_to_frames(table, 16 * KIB), columns=["s", "i"])

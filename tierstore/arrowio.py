@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 
 from tierstore.errors import (
@@ -87,8 +88,38 @@ def _all_fields(fields: Iterable[pa.Field]) -> Iterator[pa.Field]:
         yield from _all_fields(dtype.field(i) for i in range(dtype.num_fields))
 
 
+def _compacted_column(array: pa.Array) -> pa.Array:
+    """``array`` copied to hold its own rows only, if it is of a type whose slice
+    Arrow's IPC writer serializes with the whole array's buffers (string and binary
+    views: every data buffer; list views: all the values; dense unions: whole
+    children); else ``array`` itself. The copy equals ``array``, type included."""
+    dtype = array.type
+    if pa.types.is_string_view(dtype):
+        return array.cast(pa.large_string()).cast(dtype)
+    if pa.types.is_binary_view(dtype):
+        return array.cast(pa.large_binary()).cast(dtype)
+    if pa.types.is_list_view(dtype) or pa.types.is_large_list_view(dtype):
+        return pa.concat_arrays([array])
+    if pa.types.is_union(dtype) and dtype.mode == "dense":
+        return array.take(pa.array(np.arange(len(array))))
+    return array
+
+
+def _compacted(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with each column of such a type compacted (see
+    :func:`_compacted_column`): a slice of a 300 KB string-view column serialized
+    to 300 KB however few its rows, so every piece of it was over the frame limit,
+    down to one row, and refused. ``batch`` itself when it has none."""
+    columns = batch.columns
+    compacted = [_compacted_column(column) for column in columns]
+    if all(new is old for new, old in zip(compacted, columns, strict=True)):
+        return batch
+    return pa.RecordBatch.from_arrays(compacted, schema=batch.schema)
+
+
 def _fit_batch(batch: pa.RecordBatch, limit: int) -> Iterator[tuple[pa.RecordBatch, pa.Buffer]]:
     """Yield (piece, its record-batch message) covering ``batch`` in order, each message ≤ limit."""
+    batch = _compacted(batch)
     message = batch.serialize()
     if message.size <= limit:
         yield batch, message
