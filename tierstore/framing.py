@@ -156,8 +156,10 @@ def frame_prepared(
 ) -> FramedValue:
     """Accept frames cut by a client: check sizes and, for Arrow kinds, every message.
 
-    Raises :class:`OversizeFrame`, :class:`tierstore.errors.MalformedArrow`, and
-    :class:`UnsupportedData` for an unknown kind or frames that are not contiguous buffers.
+    Raises :class:`OversizeFrame`, :class:`tierstore.errors.MalformedArrow` (also for
+    frames declared a tensor that no read could return as one: tensor metadata that
+    disagrees with the column), and :class:`UnsupportedData` for an unknown kind or
+    frames that are not contiguous buffers.
     """
     try:
         kind = ShardKind(kind)
@@ -172,6 +174,8 @@ def frame_prepared(
     checked = arrowio.checked_arrow_frames(views, max_frame_bytes)
     if kind is ShardKind.TENSOR and not tensors.is_tensor_schema(checked.schema):
         raise UnsupportedData("frames declared as a tensor do not hold tensor metadata")
+    if kind is ShardKind.TENSOR:
+        tensors.check_tensor_schema(checked.schema, checked.rows)
     return _arrow(kind, views, checked.rows)
 
 

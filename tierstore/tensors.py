@@ -34,6 +34,7 @@ from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
 
 __all__ = [
     "TENSOR_COLUMN",
+    "check_tensor_schema",
     "is_tensor_schema",
     "table_to_tensor",
     "tensor_to_frames",
@@ -164,10 +165,10 @@ def is_tensor_schema(schema: pa.Schema) -> bool:
     return _KEY_SHAPE in metadata and TENSOR_COLUMN in schema.names
 
 
-def _tensor_metadata(table: pa.Table) -> tuple[tuple[int, ...], str, str]:
-    if not is_tensor_schema(table.schema):
+def _tensor_metadata(schema: pa.Schema) -> tuple[tuple[int, ...], str, str]:
+    if not is_tensor_schema(schema):
         raise WrongShardKind("the table holds no tierstore tensor (no tierstore.tensor.* metadata)")
-    metadata = table.schema.metadata
+    metadata = schema.metadata
     try:
         shape = tuple(json.loads(metadata[_KEY_SHAPE]))
         name = metadata[_KEY_DTYPE].decode()
@@ -177,6 +178,35 @@ def _tensor_metadata(table: pa.Table) -> tuple[tuple[int, ...], str, str]:
     if not all(type(n) is int and n >= 0 for n in shape) or name not in _STORAGE:  # no bools
         raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
     return shape, name, framework
+
+
+def _tensor_column_index(schema: pa.Schema, name: str) -> int:
+    """Where the tensor column is; MalformedArrow unless there is one, of ``name``'s type."""
+    indices: list[int] = schema.get_all_field_indices(TENSOR_COLUMN)
+    if len(indices) != 1:
+        raise MalformedArrow(f"the table has {len(indices)} columns named {TENSOR_COLUMN!r}")
+    dtype = schema.field(indices[0]).type
+    storage_dtype, _ = _STORAGE[name]
+    if not isinstance(dtype, pa.FixedShapeTensorType) or dtype.value_type != (
+        pa.from_numpy_dtype(storage_dtype)
+    ):
+        raise MalformedArrow(f"tensor column of type {dtype} does not hold {name}")
+    return indices[0]
+
+
+def _check_value_count(count: int, shape: tuple[int, ...], name: str) -> None:
+    if count != math.prod(shape) * _STORAGE[name][1]:
+        raise MalformedArrow(f"tensor column has {count} values for shape {shape} {name}")
+
+
+def check_tensor_schema(schema: pa.Schema, rows: int) -> None:
+    """Raise as :func:`table_to_tensor` would for a table of ``schema`` and ``rows``
+    rows, but for null rows (its data is not looked at): for frames that a put
+    declares a tensor, which were otherwise stored as a tensor shard that no read
+    returned. Raises WrongShardKind and MalformedArrow."""
+    shape, name, _ = _tensor_metadata(schema)
+    index = _tensor_column_index(schema, name)
+    _check_value_count(rows * math.prod(schema.field(index).type.shape), shape, name)
 
 
 def _import_torch() -> Any:
@@ -203,13 +233,9 @@ def table_to_tensor(table: pa.Table) -> Any:
         MalformedArrow: the metadata and the column disagree (type, size, nulls).
         UnsupportedData: a torch-only dtype (bfloat16, float8) and torch is not importable.
     """
-    shape, name, framework = _tensor_metadata(table)
+    shape, name, framework = _tensor_metadata(table.schema)
     storage_dtype, width = _STORAGE[name]
-    column = table.column(TENSOR_COLUMN)
-    if not isinstance(column.type, pa.FixedShapeTensorType) or column.type.value_type != (
-        pa.from_numpy_dtype(storage_dtype)
-    ):
-        raise MalformedArrow(f"tensor column of type {column.type} does not hold {name}")
+    column = table.column(_tensor_column_index(table.schema, name))
     if column.null_count:
         raise MalformedArrow("tensor column has null rows")
     chunks = [fixed_list_values(chunk.storage) for chunk in column.chunks]
@@ -222,8 +248,7 @@ def table_to_tensor(table: pa.Table) -> Any:
             f"tensor column holds {values.null_count} null value(s); a tensor has none "
             "(was a numpy masked array stored?)"
         )
-    if len(values) != math.prod(shape) * width:
-        raise MalformedArrow(f"tensor column has {len(values)} values for shape {shape} {name}")
+    _check_value_count(len(values), shape, name)
     flat = values.to_numpy(zero_copy_only=True)
     if name == "bool":
         flat = flat != 0

@@ -16,7 +16,7 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import FRAME, payload
-from tierstore import arrowio
+from tierstore import arrowio, tensors
 from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -221,6 +221,45 @@ def test_malformed_arrow(store: Store, known: dict[tuple[str, str], bytes]) -> N
         store.put_frames("plain", "bad-arrow", ShardKind.TENSOR, frames)
     with pytest.raises(ShardNotFound):
         store.stat("plain", "bad-arrow")
+    assert_intact(store, known)
+
+
+def tensor_with(metadata: dict[bytes, bytes], table: pa.Table | None = None) -> pa.Table:
+    """A 3x4 float64 tensor table (or ``table``) with its tensor metadata changed."""
+    tensor = tensors.tensor_to_table(np.arange(12.0).reshape(3, 4))
+    table = tensor if table is None else table
+    return table.replace_schema_metadata({**tensor.schema.metadata, **metadata})
+
+
+UNREADABLE_TENSORS = {
+    "shape of other size": tensor_with({b"tierstore.tensor.shape": b"[5, 4]"}),
+    "shape not JSON": tensor_with({b"tierstore.tensor.shape": b"{"}),
+    "shape not a list": tensor_with({b"tierstore.tensor.shape": b"12"}),
+    "negative shape": tensor_with({b"tierstore.tensor.shape": b"[-3, -4]"}),
+    "dtype of the other type": tensor_with({b"tierstore.tensor.dtype": b"int64"}),
+    "unknown dtype": tensor_with({b"tierstore.tensor.dtype": b"str"}),
+    "plain column": tensor_with({}, pa.table({"tensor": np.arange(12.0)})),
+    "two tensor columns": tensor_with(
+        {}, pa.table([np.arange(12.0), np.arange(12.0)], names=["tensor", "tensor"])
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_TENSORS))
+def test_frames_declared_a_tensor_that_no_read_returns_are_refused(
+    store: Store, known: dict[tuple[str, str], bytes], case: str
+) -> None:
+    # They were stored as a tensor shard whose every read_tensor raised (KeyError
+    # for two tensor columns).
+    frames = arrowio.table_to_frames(UNREADABLE_TENSORS[case], FRAME)
+    with pytest.raises(MalformedArrow, match="tensor"):
+        store.put_frames("plain", "bad-tensor", ShardKind.TENSOR, frames)
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "bad-tensor")
+    good = tensors.tensor_to_frames(np.arange(12.0).reshape(3, 4), FRAME)
+    store.put_frames("plain", "good-tensor", ShardKind.TENSOR, good)
+    assert np.array_equal(store.read_tensor("plain", "good-tensor"), np.arange(12.0).reshape(3, 4))
+    store.delete("plain", "good-tensor")
     assert_intact(store, known)
 
 
