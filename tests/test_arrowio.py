@@ -251,6 +251,17 @@ def test_columns_whose_slices_keep_whole_buffers_are_framed_by_rows(column: str)
     roundtrip(part, 64 * KIB)
 
 
+@pytest.mark.parametrize("column", ["sv", "bv", "lv", "du"])
+def test_batches_sliced_from_one_such_column_are_joined_into_few_frames(column: str) -> None:
+    # Each batch's size counted the whole column's buffers: none was joined to its
+    # neighbours, and each was cut into pieces of a few rows (400 to 800 frames here).
+    table = columns_whose_slices_keep_whole_buffers().select([column])
+    batches = pa.Table.from_batches(table.to_batches(max_chunksize=100))
+    frames = table_to_frames(batches, 256 * KIB)
+    assert len(frames) - 1 <= 2 * table.nbytes // (256 * KIB) + 2
+    assert frames_to_table(frames).equals(table)
+
+
 def test_columns_selection() -> None:
     table = big_table(1000)
     back = frames_to_table(table_to_frames(table, 16 * KIB), columns=["s", "i"])

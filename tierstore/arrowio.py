@@ -109,7 +109,8 @@ def _compacted(batch: pa.RecordBatch) -> pa.RecordBatch:
     """``batch`` with each column of such a type compacted (see
     :func:`_compacted_column`): a slice of a 300 KB string-view column serialized
     to 300 KB however few its rows, so every piece of it was over the frame limit,
-    down to one row, and refused. ``batch`` itself when it has none."""
+    down to one row, and refused; and its ``nbytes`` counted the whole column's
+    buffers too. ``batch`` itself when it has none."""
     columns = batch.columns
     compacted = [_compacted_column(column) for column in columns]
     if all(new is old for new, old in zip(compacted, columns, strict=True)):
@@ -237,7 +238,8 @@ def table_to_frames(
     overhead = _message_overhead(data.schema)
     pieces: list[tuple[pa.RecordBatch, pa.Buffer]] = []
     has_dictionaries = any(pa.types.is_dictionary(field.type) for field in _all_fields(data.schema))
-    batches = [batch for batch in data.to_batches() if batch.num_rows > 0]
+    # Compacted first, as their sizes lead the joining and the cutting (see _compacted).
+    batches = [_compacted(batch) for batch in data.to_batches() if batch.num_rows > 0]
     # Dictionary batches are left as they come: joining them would unify their
     # dictionaries, and their messages are cut from a stream writer's output below.
     for batch in batches if has_dictionaries else _coalesced(batches, data.schema):
