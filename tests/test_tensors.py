@@ -245,6 +245,15 @@ def test_torch_views_and_grad() -> None:
         tensor_to_table(torch.zeros(3, device="meta"))
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_torch_nested_tensors_are_refused_as_such() -> None:
+    torch = pytest.importorskip("torch")
+    # Its layout is torch.strided: refused, but the message blamed the dtype (float32).
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    with pytest.raises(UnsupportedData, match=r"nested torch tensor.*unbind\(\)"):
+        tensor_to_table(nested)
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of MaskedTensors is in prototype stage")
 def test_torch_masked_tensors_are_refused_as_such() -> None:
     torch = pytest.importorskip("torch")

@@ -75,6 +75,11 @@ def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
             f"torch tensor of layout {tensor.layout} is not supported (only dense, "
             "torch.strided: call .to_dense() first)"
         )
+    if tensor.is_nested:  # of layout torch.strided too
+        raise UnsupportedData(
+            "a nested torch tensor is not supported (its rows differ in shape): store "
+            "each of its .unbind() tensors as a shard of its own"
+        )
     if tensor.device.type == "meta":
         raise UnsupportedData("a torch tensor on the meta device has no data to store")
     if isinstance(tensor, torch.masked.MaskedTensor):
