@@ -88,21 +88,65 @@ def _all_fields(fields: Iterable[pa.Field]) -> Iterator[pa.Field]:
         yield from _all_fields(dtype.field(i) for i in range(dtype.num_fields))
 
 
+def _keeps_whole_buffers(dtype: pa.DataType) -> bool:
+    """Whether Arrow's IPC writer serializes a slice of a ``dtype`` array with buffers
+    of the whole array: string and binary views (every data buffer), list views (all
+    the values), dense unions (whole children), or a type nesting one."""
+    if pa.types.is_string_view(dtype) or pa.types.is_binary_view(dtype):
+        return True
+    if pa.types.is_list_view(dtype) or pa.types.is_large_list_view(dtype):
+        return True
+    if pa.types.is_union(dtype):
+        return dtype.mode == "dense" or any(_keeps_whole_buffers(f.type) for f in dtype)
+    if pa.types.is_dictionary(dtype) or isinstance(dtype, pa.BaseExtensionType):
+        return False  # a dictionary has a message of its own; extensions are left as they are
+    return any(_keeps_whole_buffers(dtype.field(i).type) for i in range(dtype.num_fields))
+
+
+def _without_views(dtype: pa.DataType) -> pa.DataType:
+    """``dtype`` with the string and binary views that it (or what it nests through
+    structs, lists and maps) holds made large strings and binaries, which a cast
+    copies compactly and casts back."""
+    if pa.types.is_string_view(dtype):
+        return pa.large_string()
+    if pa.types.is_binary_view(dtype):
+        return pa.large_binary()
+    if pa.types.is_struct(dtype):
+        return pa.struct([field.with_type(_without_views(field.type)) for field in dtype])
+    if pa.types.is_map(dtype):
+        key, item = dtype.key_field, dtype.item_field
+        return pa.map_(
+            key.with_type(_without_views(key.type)),
+            item.with_type(_without_views(item.type)),
+            dtype.keys_sorted,
+        )
+    if pa.types.is_fixed_size_list(dtype):
+        value = dtype.value_field
+        return pa.list_(value.with_type(_without_views(value.type)), dtype.list_size)
+    for is_list, make in ((pa.types.is_list, pa.list_), (pa.types.is_large_list, pa.large_list)):
+        if is_list(dtype):
+            return make(dtype.value_field.with_type(_without_views(dtype.value_type)))
+    return dtype
+
+
 def _compacted_column(array: pa.Array) -> pa.Array:
     """``array`` copied to hold its own rows only, if it is of a type whose slice
-    Arrow's IPC writer serializes with the whole array's buffers (string and binary
-    views: every data buffer; list views: all the values; dense unions: whole
-    children); else ``array`` itself. The copy equals ``array``, type included."""
+    Arrow's IPC writer serializes with the whole array's buffers (see
+    :func:`_keeps_whole_buffers`); else ``array`` itself. The copy equals ``array``,
+    type included (a list view, or a union, nesting a view is left uncompacted)."""
     dtype = array.type
-    if pa.types.is_string_view(dtype):
-        return array.cast(pa.large_string()).cast(dtype)
-    if pa.types.is_binary_view(dtype):
-        return array.cast(pa.large_binary()).cast(dtype)
-    if pa.types.is_list_view(dtype) or pa.types.is_large_list_view(dtype):
-        return pa.concat_arrays([array])
-    if pa.types.is_union(dtype) and dtype.mode == "dense":
-        return array.take(pa.array(np.arange(len(array))))
-    return array
+    if not _keeps_whole_buffers(dtype):
+        return array
+    try:
+        if pa.types.is_union(dtype) and dtype.mode == "dense":
+            return array.take(pa.array(np.arange(len(array))))
+        compact = pa.concat_arrays([array])  # trims offsets and children to the rows
+        plain = _without_views(dtype)
+        if plain != dtype:  # a view's data buffers are copied by a cast alone
+            compact = compact.cast(plain).cast(dtype)
+        return compact
+    except pa.ArrowException:  # a kernel Arrow lacks (a take of views): left as it is
+        return array
 
 
 def _compacted(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -126,9 +170,16 @@ def _fit_batch(batch: pa.RecordBatch, limit: int) -> Iterator[tuple[pa.RecordBat
         yield batch, message
         return
     if batch.num_rows == 1:
+        whole = [field.name for field in batch.schema if _keeps_whole_buffers(field.type)]
         raise OversizeFrame(
             f"a single row serializes to a {message.size}-byte record batch, "
             f"over max_frame_bytes={limit}"
+            + (
+                f" (Arrow writes a row of column(s) {whole} with the whole column's "
+                "buffers: a union or list view of views; store them as strings)"
+                if whole
+                else ""
+            )
         )
     # Estimate from the measured size, aim 10% low, and verify each piece recursively.
     rows = max(1, min(batch.num_rows - 1, int(batch.num_rows * limit / message.size * 0.9)))
