@@ -30,6 +30,7 @@ from tierstore.errors import (
     UnsupportedData,
     WrongShardKind,
 )
+from tierstore.plans import rank_order
 from tierstore.tensors import tensor_to_table
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch import iterable as iterable_module
@@ -378,6 +379,31 @@ def test_a_prefix_declares_the_sampler_and_reports_shards_as_finished(in_slot: A
     assert (plan.seed, plan.epoch, plan.rank, plan.world_size) == (9, 2, 1, 2)
     mine = worker_shards(ds.shards.names, True, 9, 2, Slot(1, 2))
     assert rest == [("report", ("job-1", i + 1)) for i in range(len(mine))] + [("close", "job-1")]
+
+
+@pytest.mark.parametrize("worker", [0, 1])
+def test_even_ranks_without_the_empty_shards_declares_the_order_it_reads(
+    in_slot: Any, worker: int
+) -> None:
+    # even_ranks leaves the empty shard a/1 out of the partition, but declared the sampler
+    # over the prefix: the server regenerated its order over every listed shard, a/1
+    # included, and prefetched and counted positions in another order than the reads.
+    svc = service()
+    in_slot(Slot(0, 1, worker, 2))
+    ds = make(svc, even_ranks=True, seed=4, read_ahead=0)
+    assert "a/1" not in ds.shards.names
+    for epoch in range(4):
+        svc.calls.clear()
+        ds.set_epoch(epoch)
+        list(ds)
+        (kind, declared), *_ = svc.calls
+        assert kind == "declare"
+        if declared["sampler"] is None:
+            planned = declared["shards"]
+        else:  # what the server regenerates from the sampler over the prefix's listing
+            listed = [info.name for info in svc.list("ds", declared["prefix"])]
+            planned = rank_order(declared["sampler"], listed)
+        assert planned == worker_shards(ds.shards.names, True, 4, epoch, Slot(0, 1, worker, 2))
 
 
 def test_named_shards_declare_the_workers_list_and_resume_reports_its_start() -> None:

@@ -56,6 +56,7 @@ class ShardSet:
     dataset: str
     names: tuple[str, ...]
     #: the prefix they were listed by ("" for all), or None when the user named them
+    #: (or empty shards were left out of them: :meth:`without_empty`)
     prefix: str | None
     #: the yielded columns (in order) and their types, from shard ``reference``
     schema: pa.Schema
@@ -78,8 +79,11 @@ class ShardSet:
     def without_empty(self) -> ShardSet:
         """This set less its shards of no rows, when they were counted (even ranks) and
         some have rows: shards go to readers whole, and a reader that some epoch's
-        shuffle handed only empty shards would make every reader's share zero then."""
-        if self.rows is None or not any(self.rows):
+        shuffle handed only empty shards would make every reader's share zero then.
+        Its ``prefix`` is then None: the server would regenerate a sampler's order over
+        every shard the prefix lists, the empty ones included, so an access plan names
+        the shards read instead."""
+        if self.rows is None or all(self.rows) or not any(self.rows):
             return self
         kept = [index for index, rows in enumerate(self.rows) if rows]
 
@@ -89,6 +93,7 @@ class ShardSet:
         return replace(
             self,
             names=pick(self.names),
+            prefix=None,
             rows=pick(self.rows),
             generations=pick(self.generations),
             recorded_rows=pick(self.recorded_rows),
