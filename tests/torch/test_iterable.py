@@ -66,6 +66,19 @@ def expected_ids(svc: MemoryService, ds: IterableDataset, slot: Slot, epoch: int
     return [base[shard] * 1_000_000 + row for shard, row, _ in walk]
 
 
+def read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("tierstore-read-ahead")]
+
+
+def await_read_ahead_gone(before: set[threading.Thread]) -> None:
+    """Wait until the read-ahead threads started since ``before`` are gone: a thread goes
+    once the fetch it is running ends (on a loaded machine, one took over 10 s)."""
+    deadline = time.monotonic() + 60
+    while set(read_ahead_threads()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not set(read_ahead_threads()) - before
+
+
 @pytest.fixture
 def in_slot() -> Iterator[Any]:
     """in_slot(Slot(...)): iterate as that rank and worker."""
@@ -406,6 +419,36 @@ def test_even_ranks_without_the_empty_shards_declares_the_order_it_reads(
         assert planned == worker_shards(ds.shards.names, True, 4, epoch, Slot(0, 1, worker, 2))
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_even_ranks_reads_no_shard_beyond_the_share(
+    in_slot: Any, depth: int, batch_size: int | None
+) -> None:
+    # Rank 1 reads s1 (30 rows), s3 and s5, but its share is rank 0's 22 rows, all in
+    # s1: the read-ahead fetched s3 and s5 whole, and they were dropped unread.
+    svc = service({"s0": 2, "s1": 30, "s2": 10, "s3": 10, "s4": 10, "s5": 10})
+    in_slot(Slot(1, 2))
+    before = set(read_ahead_threads())
+    ds = make(svc, even_ranks=True, shuffle=False, read_ahead=depth, batch_size=batch_size)
+    assert len(ids(list(ds))) == 22
+    await_read_ahead_gone(before)
+    assert svc.reads == ["s1"]
+    # A reader resumed past its share reads nothing more.
+    resumed = make(svc, even_ranks=True, shuffle=False, read_ahead=depth)
+    resumed.load_state_dict(ds.state_dict() | {"shard": 0, "row": 22})
+    svc.reads.clear()
+    assert list(resumed) == []
+    await_read_ahead_gone(before)
+    assert svc.reads == []
+    # s1 rewritten with 10 rows since the rows were counted: the reader reads on into
+    # s3 and s5 for the rest of its share, as it did before it stopped fetching early.
+    svc.rewrite("s1", sample_table(1, 10))
+    svc.reads.clear()
+    assert len(ids(list(ds))) == 22
+    await_read_ahead_gone(before)
+    assert svc.reads == ["s1", "s3", "s5"]
+
+
 def test_named_shards_declare_the_workers_list_and_resume_reports_its_start() -> None:
     svc = service()
     ds = make(svc, shards=["b/1", "a/0", "a/2"], shuffle=False, batch_size=100)
@@ -674,9 +717,6 @@ def test_an_abandoned_epoch_lets_its_read_ahead_go_and_keeps_its_position() -> N
     # A ``break`` out of the loader's loop: once the loader is dropped, its epoch's
     # read-ahead threads (and the shards they hold) go, and state_dict() still says
     # where the reading stopped.
-    def read_ahead_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.startswith("tierstore-read-ahead")]
-
     before = set(read_ahead_threads())
     ds = make(read_ahead=2)
     loader = DataLoader(ds, batch_size=None, num_workers=0)
@@ -686,12 +726,7 @@ def test_an_abandoned_epoch_lets_its_read_ahead_go_and_keeps_its_position() -> N
         first = next(epoch)
         assert set(read_ahead_threads()) - before
         del epoch, loader
-        # A thread goes once the fetch it is running ends: on a loaded machine (the
-        # whole suite on two cores) one took longer than 10 s.
-        deadline = time.monotonic() + 60
-        while set(read_ahead_threads()) - before and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not set(read_ahead_threads()) - before
+        await_read_ahead_gone(before)
     finally:
         gc.enable()
     resumed = make()

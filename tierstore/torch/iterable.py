@@ -25,6 +25,7 @@ Thread safety: a dataset object and its iterators belong to one thread of one pr
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import warnings
@@ -465,12 +466,20 @@ class _Walk:
                     prefix=owner.shards.prefix,
                     position=start.shard,
                 )
-        todo = [name for _, name in shards_from(self.shards, start)]
+        counted, beyond = self._to_read(start)
         # The plan is closed when the epoch ends or fails. An iterator abandoned mid-epoch
         # (GeneratorExit, as its epoch is dropped) leaves it to expire after its TTL: no
         # RPC runs inside a finalizer.
         try:
-            with contextlib.closing(read_ahead(owner._fetch, todo, owner.read_ahead)) as fetched:
+            with contextlib.ExitStack() as stack:
+
+                def fetch(names: list[str]) -> Iterator[ShardRows]:
+                    return stack.enter_context(
+                        contextlib.closing(read_ahead(owner._fetch, names, owner.read_ahead))
+                    )
+
+                # `beyond` is fetched only once `counted` is read and the share not made up.
+                fetched = itertools.chain.from_iterable(map(fetch, (counted, beyond)))
                 yield from self._samples(start, fetched, plan)
         except Exception as exc:
             exc.add_note(self._context())
@@ -517,6 +526,8 @@ class _Walk:
         still to read and how many rows came before; the plan hears of each shard read."""
         owner, share = self.owner, self.share
         taken = self._taken_before(start)
+        if share is not None and taken >= share:
+            return  # resumed with its share read: nothing more is fetched
         for (index, name), rows in zip(shards_from(self.shards, start), fetched, strict=False):
             order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
             done = len(rows) - len(order)
@@ -528,6 +539,24 @@ class _Walk:
                 plan.report(index + 1)
             if share is not None and taken >= share:
                 return  # the epoch's share is read: the rest of the shards stay unread
+
+    def _to_read(self, start: Position) -> tuple[list[str], list[str]]:
+        """The shards still to read from ``start`` on, split in two: those read ahead, and
+        those read only if the first ones fall short. With even ranks, the first are the
+        shards whose rows (as counted) make up the share, and the others are read only
+        if a shard was rewritten with fewer rows since: the read-ahead fetched the next
+        shards whole, then dropped them unread once the share was yielded."""
+        todo = [name for _, name in shards_from(self.shards, start)]
+        rows = self.owner.shards.rows
+        if self.share is None or rows is None:
+            return todo, []
+        count = dict(zip(self.owner.shards.names, rows, strict=True))
+        taken = self._taken_before(start)  # start.row of them are todo[0]'s
+        for needed, name in enumerate(todo):
+            if taken >= self.share:
+                return todo[:needed], todo[needed:]
+            taken += count[name] - (start.row if needed == 0 else 0)
+        return todo, []
 
     def _taken_before(self, start: Position) -> int:
         """Samples of this reader's epoch before ``start`` (with even ranks; else 0)."""
