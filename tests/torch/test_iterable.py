@@ -628,6 +628,37 @@ def test_a_vector_beside_a_tensor_of_one_wide_rows_is_schema_drift(kind: type) -
         )
 
 
+def _pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    values = torch.arange(24, dtype=torch.float32).reshape(4, 3, 2)
+    complex64 = torch.complex(values[..., 0], values[..., 1])  # stored as (4, 3, 2) float32
+    return {
+        "bfloat16-uint16": (values[..., 0].bfloat16(), values[..., 0].to(torch.uint16)),
+        "uint16-bfloat16": (values[..., 0].to(torch.uint16), values[..., 0].bfloat16()),
+        "bool-uint8": (values[..., 0] > 5, values[..., 0].to(torch.uint8)),
+        "uint8-float8": (values[..., 0].to(torch.uint8), values[..., 0].to(torch.float8_e4m3fn)),
+        "complex64-float32": (complex64, values),
+    }
+
+
+@pytest.mark.parametrize("kind", [IterableDataset, MapDataset])
+@pytest.mark.parametrize("pair", list(_pairs()))
+def test_tensor_shards_of_one_stored_type_but_other_dtypes_are_schema_drift(
+    kind: type, pair: str
+) -> None:
+    # bfloat16 is stored as its uint16 bits (bool as uint8, complex64 as float32 pairs):
+    # the Arrow types were equal, so the two shards passed as one schema, and a batch
+    # spanning them held uint16 values reinterpreted as bfloat16 (9e-39 for 100), or
+    # failed inside numpy ("Cannot cast array data from dtype('int16') to dtype('uint16')").
+    first, second = _pairs()[pair]
+    svc = MemoryService("ds", {"a": tensor_to_table(first), "b": tensor_to_table(second)})
+    with pytest.raises(InvalidArgument, match=r"shard 'b' holds .* but shard 'a'"):
+        list(
+            kind("ds", source=MemorySource(svc), shuffle=False, batch_size=8)
+            if kind is IterableDataset
+            else [kind("ds", source=MemorySource(svc))[i] for i in range(8)]
+        )
+
+
 def test_schema_drift_names_both_shards() -> None:
     drifted = pa.table({"id": np.arange(3, dtype=np.int32), "x": sample_table(1, 3)["x"]})
     svc = MemoryService("ds", {"a": sample_table(0, 2), "b": drifted})

@@ -50,6 +50,7 @@ __all__ = [
     "check_schema",
     "check_tensor_rows",
     "column_to_tensor",
+    "recorded_dtype",
     "scalar_samples",
 ]
 
@@ -187,6 +188,14 @@ def scalar_samples(schema: pa.Schema) -> bool:
     tells (no shape parsed: this runs for every record batch), since a flat tensor
     with rows never gets this far (:func:`check_tensor_rows`)."""
     return (schema.metadata or {}).get(_KEY_LAYOUT) == b"flat"
+
+
+def recorded_dtype(schema: pa.Schema) -> str | None:
+    """The dtype a tensor shard's ``schema`` records for its tensor (``"bfloat16"`` for
+    one stored as its uint16 bits), else None. Shards of one stored type may record
+    different dtypes, which their samples are read as."""
+    value = (schema.metadata or {}).get(_KEY_DTYPE)
+    return None if value is None else value.decode(errors="replace")
 
 
 def check_tensor_rows(schema: pa.Schema, shard: str) -> None:

@@ -40,6 +40,7 @@ from tierstore.torch.arrow_tensors import (
     Strings,
     check_schema,
     check_tensor_rows,
+    recorded_dtype,
     scalar_samples,
 )
 from tierstore.torch.batches import ShardRows
@@ -331,9 +332,10 @@ def check_conforms(
     dataset: str, expected: pa.Schema, reference: str, shard: str, schema: pa.Schema
 ) -> None:
     """Raise InvalidArgument (schema drift, naming both shards) unless ``schema``, shard
-    ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type;
-    UnsupportedData for a tensor shard with no samples to read (:func:`check_tensor_rows`:
-    its type can be the same as a vector's)."""
+    ``shard``'s, has every column of ``expected`` (shard ``reference``'s) with its type
+    (and, for a tensor shard, its layout and the dtype it records); UnsupportedData for
+    a tensor shard with no samples to read (:func:`check_tensor_rows`: its type can be
+    the same as a vector's)."""
     check_tensor_rows(schema, shard)
     # The reference itself drifts when it is rewritten after its schema was read.
     rewritten = shard == reference
@@ -360,6 +362,25 @@ def check_conforms(
             f"but {was} {kinds[scalar_samples(expected)]}: their samples would not batch "
             "together"
         )
+    stored, listed = recorded_dtype(schema), recorded_dtype(expected)
+    if TENSOR_COLUMN in expected.names and stored != listed:
+        # bfloat16 is stored as uint16, bool as uint8, complex64 as float32 pairs: the
+        # types above match, but the samples would be read as different dtypes.
+        had = (
+            f"it held one {_of_dtype(listed)} {since}"
+            if rewritten
+            else f"shard {reference!r} holds one {_of_dtype(listed)}"
+        )
+        raise InvalidArgument(
+            f"schema drift in {dataset!r}: shard {shard!r} holds a tensor "
+            f"{_of_dtype(stored)}, but {had}: both are stored as "
+            f"{expected.field(TENSOR_COLUMN).type}, and their samples would be read as "
+            "different dtypes"
+        )
+
+
+def _of_dtype(dtype: str | None) -> str:
+    return "of no recorded dtype" if dtype is None else f"of dtype {dtype}"
 
 
 def conform(shard_set: ShardSet, shard: str, table: pa.Table) -> pa.Table:
