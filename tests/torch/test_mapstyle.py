@@ -132,3 +132,12 @@ def test_a_wrong_rows_count_is_blamed_on_rows_too() -> None:
         dataset[2]
     with pytest.raises(InvalidArgument, match="counts must be ints"):
         MapDataset("ds", source=MemorySource(svc), rows={"a": True, "b": 4})
+    with pytest.raises(InvalidArgument, match="counts must be ints"):
+        MapDataset("ds", source=MemorySource(svc), rows={"a": 2.0, "b": 4})
+
+
+def test_rows_counts_may_be_numpy_integers() -> None:
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4)})
+    rows = {"a": np.int64(2), "b": np.uint32(4)}
+    dataset = MapDataset("ds", source=MemorySource(svc), rows=rows)  # type: ignore[arg-type]
+    assert len(dataset) == 6 and type(len(dataset)) is int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tierstore.errors import InvalidArgument
@@ -54,3 +55,9 @@ def test_a_given_rank_is_checked(rank: object, world: object, message: str) -> N
 def test_no_given_rank_is_none() -> None:
     assert given_rank(None, None) is None
     assert given_rank(0, 1) == (0, 1)
+
+
+def test_a_given_rank_may_be_a_numpy_integer() -> None:
+    # As every count of the plugin may (a rank read from an array of them, say).
+    rank = given_rank(np.int64(1), np.int32(2))  # type: ignore[arg-type]
+    assert rank == (1, 2) and all(type(n) is int for n in rank)

@@ -39,6 +39,7 @@ from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import ShardRows
 from tierstore.torch.catalog import ShardSet, read_shard, resolve
 from tierstore.torch.source import ShardSource, given_source, service_source
+from tierstore.types import whole_number
 
 __all__ = ["MapDataset"]
 
@@ -134,9 +135,13 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
                 f"rows= must give the row count of exactly the shards read: missing "
                 f"{missing[:5]}, not read {extra[:5]}"
             )
-        if not all(type(n) is int and n >= 0 for n in rows.values()):  # not numpy's, no bools
-            raise InvalidArgument("rows= counts must be ints >= 0")
-        return {name: int(rows[name]) for name in self.shards.names}
+        counts: dict[str, int] = {}
+        for name in self.shards.names:
+            count = whole_number(rows[name])  # an int or a numpy integer, not a bool
+            if count is None or count < 0:
+                raise InvalidArgument(f"rows= counts must be ints >= 0, got {rows[name]!r}")
+            counts[name] = count
+        return counts
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -23,6 +23,7 @@ import torch.utils.data
 
 from tierstore.errors import InvalidArgument
 from tierstore.torch.order import Slot
+from tierstore.types import whole_number
 
 __all__ = [
     "current_slot",
@@ -82,9 +83,12 @@ def given_rank(rank: int | None, world_size: int | None) -> tuple[int, int] | No
         return None
     if rank is None or world_size is None:
         raise InvalidArgument("give rank= and world_size= together (or neither)")
-    for name, value in (("rank", rank), ("world_size", world_size)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidArgument(f"{name} must be an int, got {value!r}")
+    checked_rank, world = whole_number(rank), whole_number(world_size)  # numpy's too
+    if checked_rank is None:
+        raise InvalidArgument(f"rank must be an int, got {rank!r}")
+    if world is None:
+        raise InvalidArgument(f"world_size must be an int, got {world_size!r}")
+    rank, world_size = checked_rank, world
     if world_size < 1 or not 0 <= rank < world_size:
         raise InvalidArgument(f"rank={rank} and world_size={world_size} do not name a rank")
     return rank, world_size
