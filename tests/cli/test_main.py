@@ -567,11 +567,11 @@ def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None
 
 
 def test_one_shard_is_one_shard(client: FakeClient) -> None:
-    client.shards |= {"a", "b"}
-    done = invoke("unpin", "ds", "a")
+    client.shards |= {"pinned", "ttl"}  # the fake's pinned shards
+    done = invoke("unpin", "ds", "pinned")
     assert done.exit_code == 0, done.output
     assert done.stdout.strip() == "unpinned 1 shard"  # it said "1 shards"
-    assert invoke("unpin", "ds", "a", "b").stdout.strip() == "unpinned 2 shards"
+    assert invoke("unpin", "ds", "pinned", "ttl").stdout.strip() == "unpinned 2 shards"
 
 
 def test_trace_export_json_counts_every_kind_of_event_even_none(
@@ -932,10 +932,8 @@ def test_pin_says_cold_shards_are_only_queued_for_promotion(client: FakeClient) 
     assert "ls shows which are hot" in told.stdout
 
 
-@pytest.mark.parametrize(
-    ("command", "done"), [("pin", "pinned"), ("unpin", "unpinned"), ("evict", "evicted")]
-)
-def test_pin_unpin_evict_report_what_they_did_before_an_error(
+@pytest.mark.parametrize(("command", "done"), [("pin", "pinned"), ("evict", "evicted")])
+def test_pin_and_evict_report_what_they_did_before_an_error(
     client: FakeClient, command: str, done: str
 ) -> None:
     client.shards = {"a", "b", "c"}
@@ -953,6 +951,31 @@ def test_pin_unpin_evict_report_what_they_did_before_an_error(
     assert first.exit_code == 3
     lists = {done: [], f"not_{done}": ["nosuch", "c"]}
     assert json.loads(first.stdout).items() >= lists.items()
+
+
+def test_unpin_before_an_error_counts_only_the_pins_it_ended(client: FakeClient) -> None:
+    # The fake's shard "pinned" is pinned, "a" is not.
+    client.shards = {"pinned", "a", "b"}
+    stopped = invoke("--json", "unpin", "ds", "pinned", "a", "nosuch", "b")
+    assert stopped.exit_code == 3
+    assert "ShardNotFound" in one_error_line(stopped)
+    assert json.loads(stopped.stdout) == {
+        "unpinned": ["pinned"],
+        "already_unpinned": ["a"],
+        "not_unpinned": ["nosuch", "b"],
+        "in_doubt": None,
+    }
+    assert ("unpin", ("ds", "b")) not in client.calls  # it stopped at the error
+    told = invoke("unpin", "ds", "a", "nosuch")
+    assert told.stdout.strip() == "unpinned 0 of 2 shards before an error; already unpinned: a"
+    first = invoke("--json", "unpin", "ds", "nosuch", "a")
+    assert first.exit_code == 3
+    assert json.loads(first.stdout) == {
+        "unpinned": [],
+        "already_unpinned": [],
+        "not_unpinned": ["nosuch", "a"],
+        "in_doubt": None,
+    }
 
 
 def test_evict_stopped_by_a_lost_server_still_reports_what_it_did(

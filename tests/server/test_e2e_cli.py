@@ -448,7 +448,20 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
         "freed_bytes": 0,
         "kept": {"a": pinned, "b": pinned},
     }
-    assert ok(env, "unpin", dataset, "a", "b") == {"unpinned": ["a", "b"], "not_unpinned": []}
+    assert ok(env, "unpin", dataset, "a", "b") == {
+        "unpinned": ["a", "b"],
+        "already_unpinned": [],
+        "not_unpinned": [],
+    }
+    # Not pinned any more: nothing is unpinned, and it says so (it said "unpinned 1
+    # shard"), with exit 0 all the same (an unpin is idempotent).
+    assert ok(env, "unpin", dataset, "a") == {
+        "unpinned": [],
+        "already_unpinned": ["a"],
+        "not_unpinned": [],
+    }
+    again = run(env, "unpin", dataset, "a", json_output=False)
+    assert (again.returncode, again.stdout) == (0, b"unpinned 0 shards; already unpinned: a\n")
     evicted = ok(env, "evict", dataset, "a", "b")
     assert evicted["freed_bytes"] >= 30_000 and evicted["kept"] == {}
     assert evicted["evicted"] == ["a", "b"] and evicted["already_cold"] == []

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_
 from tierstore.types import ShardInfo
 
 __all__ = [
+    "already_text",
     "checked_output_file",
     "emit",
     "err",
@@ -242,12 +243,19 @@ def yes_no(flag: bool) -> str:
 
 
 def stopped_partway(
-    exc: errors.TierstoreError, names: list[str], count: int, done: str
+    exc: errors.TierstoreError,
+    names: list[str],
+    count: int,
+    done: str,
+    already: tuple[str, Collection[str]] | None = None,
 ) -> typer.Exit:
     """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
     ``not_<done>`` even when none was done, and ``in_doubt``: the name whose call was
     cut off before the server answered, ``exc.outcome_unknown``, so that it may have
     been done all the same; else null); return the exit with ``exc``'s one line.
+
+    ``already``, a key and names: those of the first ``count`` that needed nothing (an
+    unpin of a shard that was not pinned) are named under the key, not as ``done``.
 
     A write-through call that failed with NotArchivedYet was done here, though: its
     name counts as ``done``, and (with --json) ``not_archived`` names it."""
@@ -257,15 +265,27 @@ def stopped_partway(
         count += 1
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
-        fields = {done: names[:count], f"not_{done}": names[count:], **fields}
-        emit(
-            {**fields, "in_doubt": in_doubt},
-            Text(
-                f"{done} {count} of {len(names)} shards before an error: "
-                + ", ".join(names[:count])
-            ),
-        )
+        key, given = already or ("", ())
+        needed_nothing = set(given)
+        unchanged = [name for name in names[:count] if name in needed_nothing]
+        changed = [name for name in names[:count] if name not in needed_nothing]
+        fields = {
+            done: changed,
+            **({key: unchanged} if key else {}),
+            f"not_{done}": names[count:],
+            **fields,
+        }
+        line = f"{done} {len(changed)} of {len(names)} shards before an error"
+        line += f": {', '.join(changed)}" if changed else ""
+        line += already_text(key, unchanged)
+        emit({**fields, "in_doubt": in_doubt}, Text(line))
     return fail(exc)
+
+
+def already_text(key: str, names: list[str]) -> str:
+    """What follows a command's summary for ``names`` that needed nothing, listed under
+    ``key`` with --json: "; already unpinned: a, b"; nothing when there are none."""
+    return f"; {key.replace('_', ' ')}: {', '.join(names)}" if names else ""
 
 
 def plural(number: int, noun: str) -> str:

@@ -15,6 +15,7 @@ from rich.text import Text
 from tierstore import errors
 from tierstore.cli.app import command_client
 from tierstore.cli.output import (
+    already_text,
     checked_output_file,
     emit,
     err,
@@ -172,16 +173,22 @@ def rm(dataset: str, shards: list[str]) -> None:
     emit({"deleted": shards, "not_deleted": []}, f"deleted {plural(len(shards), 'shard')}")
 
 
-def _shard_by_shard(shards: list[str], action: Callable[[str], T], done: str) -> list[T]:
+def _shard_by_shard(
+    shards: list[str],
+    action: Callable[[str], T],
+    done: str,
+    already: tuple[str, list[str]] | None = None,
+) -> list[T]:
     """``action`` on each shard in order; its results. At the first error, the shards it
-    was ``done`` for are reported on stdout (with --json too: ``done`` and ``not_<done>``)
-    and the command ends with the error's one line."""
+    was ``done`` for are reported on stdout (with --json too: ``done`` and ``not_<done>``;
+    and under ``already``'s key those of its names that needed nothing) and the command
+    ends with the error's one line."""
     results: list[T] = []
     try:
         for shard in shards:
             results.append(action(shard))
     except errors.TierstoreError as exc:
-        raise stopped_partway(exc, shards, len(results), done) from None
+        raise stopped_partway(exc, shards, len(results), done, already) from None
     return results
 
 
@@ -212,11 +219,28 @@ def pin(
 
 
 def unpin(dataset: str, shards: list[str]) -> None:
-    """Let the policy evict shards again."""
+    """Let the policy evict shards again. A shard that was not pinned (or whose pin ran
+    out) is named as "already unpinned", not counted as unpinned; it is no error."""
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once, as rm, pin and evict
-    _shard_by_shard(shards, lambda shard: client.unpin(dataset, shard), "unpinned")
-    emit({"unpinned": shards, "not_unpinned": []}, f"unpinned {plural(len(shards), 'shard')}")
+    already: list[str] = []
+
+    def unpin_one(shard: str) -> None:
+        # Asked first: the server's unpin does not say whether a pin held. Unpinned all
+        # the same (a pin whose TTL ran out is cleared, and a pin made since ends).
+        if not client.stat(dataset, shard).pinned:
+            already.append(shard)
+        client.unpin(dataset, shard)
+
+    _shard_by_shard(shards, unpin_one, "unpinned", ("already_unpinned", already))
+    needed_nothing = set(already)
+    unpinned = [shard for shard in shards if shard not in needed_nothing]
+    emit(
+        {"unpinned": unpinned, "already_unpinned": already, "not_unpinned": []},
+        Text(
+            f"unpinned {plural(len(unpinned), 'shard')}" + already_text("already_unpinned", already)
+        ),
+    )
 
 
 def prefetch(dataset: str, shards: list[str]) -> None:
