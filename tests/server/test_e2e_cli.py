@@ -316,14 +316,19 @@ def test_put_get_ls_stat_rm(
     assert [s["name"] for s in prefixed] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
     # A page at a time: --limit, then --after the last name printed.
     # A page that leaves shards out says so, and where to go on (it said nothing).
+    # With --json the page carries where to go on (null at the last page): a script
+    # read the cursor from stderr.
     paged = run(env, "ls", dataset, "--limit", "2")
     first_page = json.loads(paged.stdout)
-    assert [s["name"] for s in first_page] == ["one.bin", "t/a.txt"]
+    assert [s["name"] for s in first_page["shards"]] == ["one.bin", "t/a.txt"]
+    assert first_page["next_after"] == "t/a.txt"
     assert b"more shards follow: --after t/a.txt" in paged.stderr
-    next_page = ok(env, "ls", dataset, "--limit", "2", "--after", first_page[-1]["name"])
-    assert [s["name"] for s in next_page] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
-    last_page = run(env, "ls", dataset, "--limit", "2", "--after", "t/sub/deeper/c.txt")
-    assert [s["name"] for s in json.loads(last_page.stdout)] == ["two.txt"]
+    next_page = ok(env, "ls", dataset, "--limit", "2", "--after", first_page["next_after"])
+    assert [s["name"] for s in next_page["shards"]] == ["t/sub/b.txt", "t/sub/deeper/c.txt"]
+    assert next_page["next_after"] == "t/sub/deeper/c.txt"
+    last_page = run(env, "ls", dataset, "--limit", "2", "--after", next_page["next_after"])
+    assert [s["name"] for s in json.loads(last_page.stdout)["shards"]] == ["two.txt"]
+    assert json.loads(last_page.stdout)["next_after"] is None
     assert last_page.stderr == b""  # nothing follows
     assert run(env, "ls", dataset, "--limit", "-1").returncode == 2  # a usage error
     # 0 listed nothing, as if the dataset were empty (elsewhere 0 means "no limit").

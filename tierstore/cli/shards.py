@@ -134,7 +134,8 @@ def ls(
     """List a dataset's shards, in name order (over 1,000 of them: as plain aligned
     columns, quicker to print than a table). A large dataset can be listed a page at
     a time: --limit N, then --after the last name printed (a page that leaves shards
-    out says so on stderr)."""
+    out says so on stderr). With --limit, --json prints {"shards": [...], "next_after":
+    the name to give --after for the next page, or null after the last page}."""
     if limit is not None and limit < 1:  # 0 listed nothing, as if the dataset were empty
         raise fail(errors.InvalidArgument(f"--limit must be at least 1, not {limit}"))
     # One more than asked for tells whether any follow.
@@ -142,14 +143,19 @@ def ls(
     shards = run_or_fail(
         lambda: command_client().list(dataset, prefix, limit=asked, start_after=after)
     )
+    next_after = None
     if limit is not None and len(shards) > limit:
         shards = shards[:limit]
+        next_after = shards[-1].name
         err.print(
-            f"more shards follow: --after {shlex.quote(shards[-1].name)}",
+            f"more shards follow: --after {shlex.quote(next_after)}",
             highlight=False,
             markup=False,
             soft_wrap=True,
         )
+    if limit is not None and state.json:  # a page: where the next one starts, too
+        emit({"shards": shards, "next_after": next_after})
+        return
     if len(shards) > PLAIN_LISTING_ROWS and not state.json:
         print_plain(SHARD_COLUMNS, [_shard_row(s) for s in shards])
         return
