@@ -1047,7 +1047,11 @@ def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: Fak
     ]
     last = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
     assert last.exit_code == 0 and ("revoke_token", ("aaaaaaaaaaaa",)) in client.calls
-    assert json.loads(last.stdout) == {"revoked": "aaaaaaaaaaaa", "last_admin": True}
+    assert json.loads(last.stdout) == {
+        "revoked": "aaaaaaaaaaaa",
+        "already_revoked": False,
+        "last_admin": True,
+    }
     assert "last live admin token" in last.stderr and "restarts" in last.stderr
     client.tokens.append(admin_token("dddddddddddd"))
     another = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")

@@ -692,8 +692,16 @@ def test_token_create_ls_revoke_and_keys_rotate(
     written = run(carol, "rm", dataset, "s")
     assert written.returncode == 4 and b"PermissionDenied" in written.stderr
 
-    assert ok(env, "token", "revoke", token_id) == {"revoked": token_id, "last_admin": False}
+    assert ok(env, "token", "revoke", token_id) == {
+        "revoked": token_id,
+        "already_revoked": False,
+        "last_admin": False,
+    }
     assert {t["token_id"]: t for t in ok(env, "token", "ls")}[token_id]["revoked"] is True
+    # Again: nothing changes, and it says so (it said "revoked ..." as if it had), exit 0.
+    assert ok(env, "token", "revoke", token_id)["already_revoked"] is True
+    again = run(env, "token", "revoke", token_id, json_output=False)
+    assert (again.returncode, again.stdout) == (0, f"{token_id} was revoked already\n".encode())
     refused = run(carol, "get", dataset, "s")
     assert refused.returncode == 4 and b"Unauthenticated" in refused.stderr
     assert token.encode() not in refused.stderr

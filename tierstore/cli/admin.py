@@ -237,16 +237,22 @@ def token_create(
 
 def token_revoke(token_id: str) -> None:
     """Revoke a token for good. Revoking the last live admin token is allowed, with a
-    warning: admin calls then fail until the node restarts and writes a new admin.token."""
+    warning: admin calls then fail until the node restarts and writes a new admin.token.
+    A token revoked already is left as it is, and said to be (no error)."""
     client = command_client()
     try:
-        last_admin = _live_admin_tokens(client.list_tokens()) == [token_id]
+        tokens = client.list_tokens()
     except errors.PermissionDenied:  # the revoke is refused too, and names itself
-        last_admin = False
+        tokens = []
     except errors.TierstoreError as exc:
         raise fail(exc) from None
+    last_admin = _live_admin_tokens(tokens) == [token_id]
+    already = any(t["token_id"] == token_id and t["revoked"] for t in tokens)
     run_or_fail(lambda: client.revoke_token(token_id))
-    emit({"revoked": token_id, "last_admin": last_admin}, f"revoked {token_id}")
+    emit(
+        {"revoked": token_id, "already_revoked": already, "last_admin": last_admin},
+        f"{token_id} was revoked already" if already else f"revoked {token_id}",
+    )
     if last_admin:
         err.print(
             "warning: that was the last live admin token: admin calls fail until the node "
