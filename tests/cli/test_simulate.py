@@ -155,6 +155,17 @@ def test_a_trace_with_reads_local_readers_reported_gets_a_note(tmp_path: Path) -
     assert "order and frequency are not the readers'" in note
 
 
+def test_a_png_that_cannot_be_written_is_refused_before_the_replay(tmp_path: Path) -> None:
+    # It was refused only once every replay had run, and their results were lost.
+    path = tmp_path / "reported.jsonl"
+    with path.open("w") as stream:
+        TraceWriter(stream).read(0.0, "d", "s", 10, reported=True)
+    args = ("--trace", str(path), "--capacity", "1", "--png")
+    for png, says in ((tmp_path / "no" / "curve.png", "no directory"), (tmp_path, "directory")):
+        refused = invoke(*args, str(png))
+        assert_refused(refused, says)  # one line: no note of a trace never loaded
+
+
 def assert_refused(result: Result, *expected: str) -> None:
     """Exit code 2 and one line on stderr that says what was wrong."""
     assert result.exit_code == 2, result.output

@@ -7,10 +7,11 @@ is from the baseline and from the offline optimum. Output: a table (default), JS
 rows (``--json``, nothing else on stdout), and optionally a miss-ratio plot.
 
 Bad input (no or both trace sources, an unknown policy or workload, a capacity
-outside (0, 1] or smaller than a shard, a malformed trace file) prints one line on
-stderr and exits with code 2, through the same error mapping as every other
-``tierstore`` command. Replays run without prefetching (Belady cannot prefetch),
-so policies are compared on eviction and admission alone.
+outside (0, 1] or smaller than a shard, a malformed trace file, a ``--png`` that is a
+directory or in none) prints one line on stderr and exits with code 2, through the
+same error mapping as every other ``tierstore`` command. Replays run without
+prefetching (Belady cannot prefetch), so policies are compared on eviction and
+admission alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 from rich.progress import Progress as ProgressBar
 
-from tierstore.cli.output import err, out, run_or_fail
+from tierstore.cli.output import checked_output_file, err, out, run_or_fail
 from tierstore.cli.state import state
 from tierstore.errors import InvalidArgument
 from tierstore.policy.registry import POLICY_NAMES
@@ -86,6 +87,8 @@ def simulate(
     shows clairvoyant far below what the node reached, where prefetch fetched the
     planned shards ahead of their reads: compare eviction and admission only."""
     notes: list[str] = []  # about the trace file, said after the results
+    # Before the replays, which may take minutes: their results were lost to a typo.
+    png = None if png is None else checked_output_file(str(png))
 
     def run() -> list[SweepRow]:
         request = SimulateRequest(
