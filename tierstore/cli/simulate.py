@@ -119,17 +119,18 @@ def simulate(
             )
 
     rows: list[SweepRow] = run_or_fail(run)
-    for note in filter(None, notes):
-        err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if png is not None:
         run_or_fail(lambda: write_png(rows, png))
     # --json here or before the command (``tierstore --json simulate``) alike.
     if json_output or state.json:
         sys.stdout.write(json.dumps(rows_json(rows)) + "\n")
+        sys.stdout.flush()  # before the notes on stderr, which speak of these figures
     else:
         out.print(rows_table(rows))
         if png is not None:
             out.print(f"miss-ratio curve written to {png}")
+    for note in filter(None, notes):
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 def reported_reads_note(trace: Trace) -> str:
