@@ -180,6 +180,10 @@ def one_error_line(result: Result) -> str:
         (["dataset", "create", "x", "--hot-quota"], "(see tierstore dataset create --help)"),
         (["--json", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),
         (["--ca", "token", "token", "create", "p", "--ttl"], "(see tierstore token create --help)"),
+        (  # it said "(see tierstore c.pem --help)"
+            ["--client-cert", "c.pem", "--client-key", "k.pem", "token", "create", "p", "--ttl"],
+            "(see tierstore token create --help)",
+        ),
         (["dataset", "create"], "Missing argument"),
     ],
 )
@@ -704,6 +708,7 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
         (["--address", "h:1", "--json", "serve"], "serve"),
         (["--token", "serve", "ls", "ds"], "ls"),  # a token that reads "serve"
         (["--ca=ca.pem", "get", "serve", "s"], "get"),  # a dataset named "serve"
+        (["--client-cert", "serve", "--client-key", "k", "ls", "ds"], "ls"),  # files so named
         (["--help"], None),
     ],
 )

@@ -21,6 +21,7 @@ __all__ = [
     "Command",
     "app",
     "command_client",
+    "connection_options",
     "dataset_app",
     "keys_app",
     "policy_app",
@@ -107,7 +108,7 @@ def _options(
     state.insecure, state.timeout, state.json = insecure, timeout, json_output
 
 
-def _connection_options() -> list[Any]:
+def connection_options() -> list[Any]:
     """Fresh click parameters for :func:`_options`' options, as typer builds them, so
     the options are declared once for both places they may be given."""
     probe = typer.Typer(add_completion=False)
@@ -137,7 +138,7 @@ class ClientCommand(Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._connection = _connection_options()
+        self._connection = connection_options()
         self.params.extend(self._connection)
 
     def invoke(self, ctx: Any) -> Any:

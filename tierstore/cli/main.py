@@ -33,6 +33,7 @@ from tierstore.cli.app import (
     ClientCommand,
     Command,
     app,
+    connection_options,
     dataset_app,
     keys_app,
     policy_app,
@@ -141,8 +142,11 @@ def _usage_error(exc: typer.TyperException) -> int:
     return code if isinstance(code, int) else 2
 
 
-#: top-level options that take a value (the next argument, unless given as --opt=value)
-_VALUED_OPTIONS = frozenset({"--address", "--token", "--token-file", "--ca", "--timeout"})
+#: top-level options that take a value (the next argument, unless given as --opt=value):
+#: the connection options but the flags (a list of names missed --client-cert)
+_VALUED_OPTIONS = frozenset(
+    name for option in connection_options() if not option.is_flag for name in option.opts
+)
 
 
 def _command_name(argv: list[str]) -> str | None:
