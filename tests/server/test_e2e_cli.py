@@ -933,6 +933,10 @@ def test_console_script_exit_codes(
         (env, ("token", "create", "p\udcff", "--grant", f"{dataset}=reader"), 2, "UTF-8"),
         (env, ("token", "revoke", "k\udcff"), 2, "not valid UTF-8"),
         (env, ("policy", "set", dataset, "lru\udcff"), 2, "not valid UTF-8"),
+        # an empty name ("$DATASET" unset): policy show's traceback (KeyError), and
+        # stats of every dataset
+        (env, ("policy", "show", ""), 2, "InvalidName"),
+        (env, ("stats", ""), 2, "InvalidName"),
         # "-o newdir/" wrote a file named newdir
         (env, ("get", dataset, "s", "-o", f"{tmp_path}/newdir/"), 2, "is a directory"),
         # and two that work, the way a shell script uses them

@@ -32,6 +32,7 @@ from tierstore.cli.output import (
 )
 from tierstore.cli.state import state
 from tierstore.client.download import output_target, partial_file
+from tierstore.naming import validate_dataset_name
 from tierstore.types import ALL_DATASETS, Grant, Role
 
 __all__ = [
@@ -45,12 +46,14 @@ __all__ = [
 ]
 
 
-def stats(dataset: Annotated[str, typer.Argument()] = "") -> None:
+def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
     """Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
     hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
     hot-tier sizes, from an empty hot tier (a shard's first read is a miss there, though
     a put leaves the shard hot: at 1x the curve can read worse than the live ratio)."""
-    figures = run_or_fail(lambda: command_client().stats(dataset, sizing=True))
+    if dataset is not None:  # "" too ("$DATASET" unset): not every dataset's instead
+        run_or_fail(lambda: validate_dataset_name(dataset))
+    figures = run_or_fail(lambda: command_client().stats(dataset or "", sizing=True))
     table = Table(
         "dataset",
         "policy",

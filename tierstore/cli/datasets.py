@@ -11,6 +11,7 @@ from rich.table import Table
 from tierstore import errors
 from tierstore.cli.app import command_client
 from tierstore.cli.output import emit, fail, hit_ratio_text, jsonable, run_or_fail, yes_no
+from tierstore.naming import validate_dataset_name
 from tierstore.types import check_hot_quota
 
 __all__ = [
@@ -128,6 +129,7 @@ def policy_set(dataset: str, name: str) -> None:
 
 def policy_show(dataset: str) -> None:
     """Show a dataset's placement policy and its hit ratio since the server started."""
+    run_or_fail(lambda: validate_dataset_name(dataset))  # "" would be every dataset's stats
     figures = run_or_fail(lambda: command_client().stats(dataset))["datasets"][dataset]
     shown = {
         "dataset": dataset,
