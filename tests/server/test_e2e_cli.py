@@ -904,6 +904,7 @@ def test_console_script_exit_codes(
     not_pem = tmp_path / "not-a-ca.pem"
     not_pem.write_text("not a certificate\n")
     other_ca = ensure_tls_material(tmp_path / "another-node").ca_cert_path
+    unnamed_policy = unique()  # it was made, with the server's default policy
     cases: list[tuple[dict[str, str], tuple[str, ...], int, str]] = [
         (env, ("get", dataset, "no-such-shard"), 3, "ShardNotFound"),
         (env, ("stat", unique(), "x"), 3, "DatasetNotFound"),
@@ -937,6 +938,7 @@ def test_console_script_exit_codes(
         # stats of every dataset
         (env, ("policy", "show", ""), 2, "InvalidName"),
         (env, ("stats", ""), 2, "InvalidName"),
+        (env, ("dataset", "create", unnamed_policy, "--policy", ""), 2, "--policy is empty"),
         # "-o newdir/" wrote a file named newdir
         (env, ("get", dataset, "s", "-o", f"{tmp_path}/newdir/"), 2, "is a directory"),
         # and two that work, the way a shell script uses them
@@ -962,6 +964,7 @@ def test_console_script_exit_codes(
         assert name in one_line_error(done), (args, stderr)
     assert dataset in {d["name"] for d in json.loads(results[-2].stdout)}
     assert results[-1].stdout == b"on stdout"
+    assert unnamed_policy not in {name for name, _ in admin.list_datasets()}
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

@@ -54,6 +54,13 @@ def dataset_create(
 ) -> None:
     """Create a dataset."""
     _check_hot_quota(hot_quota)
+    if policy == "":  # "$POLICY" of an unset variable: not the server's default instead
+        raise fail(
+            errors.InvalidArgument(
+                "--policy is empty: give a policy's name, or leave --policy out for the "
+                "server's default"
+            )
+        )
     options: dict[str, Any] = {
         "encrypted": encrypted,
         "durability": durability,
