@@ -380,6 +380,18 @@ def test_put_get_ls_stat_rm(
     assert table.returncode == 0 and b"one.bin" in table.stdout and b"archived" in table.stdout
 
 
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
+    env: dict[str, str], dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `put DS "$DIR"` with DIR unset uploaded the whole working directory.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "admin.token").write_text("not for the archive\n")
+    refused = run(env, "put", dataset, "")
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert "a path is empty" in one_line_error(refused)
+    assert ok(env, "ls", dataset) == []
+
+
 def test_put_kind_arrow_stores_arrow_files_as_tables(
     env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
 ) -> None:

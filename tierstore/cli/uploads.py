@@ -29,7 +29,7 @@ def _warn(text: str) -> None:
 
 def put(
     dataset: str,
-    paths: Annotated[list[Path], typer.Argument(help="files or directories")],
+    paths: Annotated[list[str], typer.Argument(help="files or directories")],
     prefix: Annotated[str, typer.Option(help="shard name prefix")] = "",
     kind: Annotated[
         str,
@@ -50,7 +50,14 @@ def put(
         raise fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))
     client = command_client()
     files: list[tuple[Path, str]] = []
-    for path in paths:
+    for given in paths:
+        if not given:  # "$DIR" of an unset variable: not the working directory (".")
+            raise fail(
+                errors.InvalidArgument(
+                    "a path is empty: give a file or directory (. for this one); nothing uploaded"
+                )
+            )
+        path = Path(given)
         if path.is_dir():
             files += [(f, prefix + f.relative_to(path).as_posix()) for f in _files_under(path)]
         elif path.is_file():
