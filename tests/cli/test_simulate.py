@@ -172,8 +172,12 @@ def test_a_png_that_cannot_be_written_is_refused_before_the_replay(tmp_path: Pat
     with path.open("w") as stream:
         TraceWriter(stream).read(0.0, "d", "s", 10, reported=True)
     args = ("--trace", str(path), "--capacity", "1", "--png")
-    for png, says in ((tmp_path / "no" / "curve.png", "no directory"), (tmp_path, "directory")):
-        refused = invoke(*args, str(png))
+    for png, says in (
+        (str(tmp_path / "no" / "curve.png"), "no directory"),
+        (str(tmp_path), "directory"),
+        ("", "--png is empty"),  # it said ". is a directory"
+    ):
+        refused = invoke(*args, png)
         assert_refused(refused, says)  # one line: no note of a trace never loaded
 
 

@@ -390,6 +390,10 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
     assert refused.returncode == 2 and refused.stdout == b""
     assert "a path is empty" in one_line_error(refused)
     assert ok(env, "ls", dataset) == []
+    for args in (("get", dataset, "x", "-o", ""), ("trace", "export", "-o", "")):
+        empty = run(env, *args)
+        assert empty.returncode == 2, args
+        assert "-o is empty" in one_line_error(empty)  # it said " is a directory"
 
 
 def test_put_kind_arrow_stores_arrow_files_as_tables(

@@ -197,11 +197,14 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
-def checked_output_file(given: str) -> Path:
-    """The file ``-o`` names, as given; refused (exit 2, one line) before any call to
-    the server when no file can be written there: a directory, a name in a directory
-    that does not exist, or a name ending in ``/`` (a directory's, even one that does
-    not exist: ``-o newdir/`` wrote a file named ``newdir``)."""
+def checked_output_file(given: str, option: str = "-o") -> Path:
+    """The file ``option`` names, as given; refused (exit 2, one line) before any call
+    to the server when no file can be written there: a directory, a name in a directory
+    that does not exist, a name ending in ``/`` (a directory's, even one that does not
+    exist: ``-o newdir/`` wrote a file named ``newdir``), or no name at all (an unset
+    variable's, which said " is a directory")."""
+    if not given:
+        raise fail(errors.InvalidArgument(f"{option} is empty: name a file to write"))
     output = Path(given)
     if output.is_dir() or given.endswith(os.sep):
         raise fail(errors.InvalidArgument(f"{given} is a directory; name a file to write"))

@@ -72,7 +72,7 @@ def simulate(
     ] = 3,
     full: Annotated[bool, typer.Option(help="the workload at full size")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print JSON rows only")] = False,
-    png: Annotated[Path | None, typer.Option(help="also plot the miss ratios to this PNG")] = None,
+    png: Annotated[str | None, typer.Option(help="also plot the miss ratios to this PNG")] = None,
     warmup_reads: Annotated[
         int | None,
         typer.Option(
@@ -88,7 +88,7 @@ def simulate(
     planned shards ahead of their reads: compare eviction and admission only."""
     notes: list[str] = []  # about the trace file, said after the results
     # Before the replays, which may take minutes: their results were lost to a typo.
-    png = None if png is None else checked_output_file(str(png))
+    plot = None if png is None else checked_output_file(png, "--png")
 
     def run() -> list[SweepRow]:
         request = SimulateRequest(
@@ -119,16 +119,16 @@ def simulate(
             )
 
     rows: list[SweepRow] = run_or_fail(run)
-    if png is not None:
-        run_or_fail(lambda: write_png(rows, png))
+    if plot is not None:
+        run_or_fail(lambda: write_png(rows, plot))
     # --json here or before the command (``tierstore --json simulate``) alike.
     if json_output or state.json:
         sys.stdout.write(json.dumps(rows_json(rows)) + "\n")
         sys.stdout.flush()  # before the notes on stderr, which speak of these figures
     else:
         out.print(rows_table(rows))
-        if png is not None:
-            out.print(f"miss-ratio curve written to {png}")
+        if plot is not None:
+            out.print(f"miss-ratio curve written to {plot}")
     for note in filter(None, notes):
         err.print(f"note: {note}", highlight=False, soft_wrap=True)
 
