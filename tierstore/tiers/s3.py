@@ -50,7 +50,7 @@ from tierstore.tiers.base import (
     resolve_range,
     value_chunks,
 )
-from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, new_client
+from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, aliased_path, new_client
 from tierstore.tiers.s3_parts import fixed_parts, put_multipart
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
@@ -126,10 +126,12 @@ class S3Tier:
 
         An empty, ``.`` or ``..`` segment (which includes a trailing ``/``) names
         a directory or a normalised path in SeaweedFS and S3 consoles, not an
-        object; such keys are never valid shard names either.
+        object; SeaweedFS lists a backslash as ``/``, so a listing named another key.
         """
-        if any(segment in ("", ".", "..") for segment in key.split("/")):
-            raise InvalidArgument(f"S3 tier keys may not have empty, '.' or '..' segments: {key!r}")
+        if aliased_path(key):
+            raise InvalidArgument(
+                f"S3 tier keys may not have empty, '.' or '..' segments or a backslash: {key!r}"
+            )
         return self.settings.prefix + key
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:

@@ -32,7 +32,9 @@ __all__ = [
     "MiB",
     "ProcessState",
     "S3Settings",
+    "aliased_path",
     "check_bucket_name",
+    "check_prefix",
     "new_client",
 ]
 
@@ -56,6 +58,28 @@ def check_bucket_name(bucket: str, *, strict: bool = False) -> None:
         raise InvalidArgument(
             f"bucket name {bucket!r} is not one S3 takes for a new bucket: lower-case "
             "letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+
+
+def aliased_path(path: str) -> bool:
+    """Whether a filer-backed store (SeaweedFS, the embedded archive) would keep object
+    key ``path`` under another name: one with an empty, ``.`` or ``..`` segment (a
+    leading or doubled ``/``), normalised away or refused, or a backslash, which it
+    lists as ``/``."""
+    return "\\" in path or any(segment in ("", ".", "..") for segment in path.split("/"))
+
+
+def check_prefix(prefix: str) -> None:
+    """InvalidArgument for a key prefix whose objects the store would keep under other
+    keys (:func:`aliased_path`; the trailing ``/`` aside): SeaweedFS stored
+    ``/team-a/ds/x`` as ``team-a/ds/x``, so a listing cut the prefix's length off the
+    wrong key (``s/x``) and a rebuild found no dataset, and with ``./`` in it every
+    PUT was refused."""
+    if prefix and aliased_path(prefix.removesuffix("/")):
+        raise InvalidArgument(
+            f"the archive key prefix {prefix!r} may not start with '/', hold '//', a '.' "
+            "or '..' segment, or a backslash: the store would keep its objects under other "
+            "keys (e.g. 'team-a/')"
         )
 
 
@@ -112,9 +136,9 @@ def check_endpoint_url(url: str) -> None:
 class S3Settings:
     """Where the archive lives and how hard to try. Validated on construction.
 
-    Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters,
-    ``max_attempts < 1``, a part size under 5 MiB, or non-positive sizes and
-    timeouts.
+    Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters, a
+    prefix the store would alias (:func:`check_prefix`), ``max_attempts < 1``, a part
+    size under 5 MiB, or non-positive sizes and timeouts.
     """
 
     endpoint_url: str
@@ -138,6 +162,7 @@ class S3Settings:
 
     def __post_init__(self) -> None:
         check_bucket_name(self.bucket)
+        check_prefix(self.prefix)
         check_endpoint_url(self.endpoint_url)
         if self.max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
