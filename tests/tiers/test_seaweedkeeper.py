@@ -94,3 +94,49 @@ def test_a_weed_stopped_with_its_node_is_not_started_again(tmp_path: Path) -> No
         time.sleep(0.5)  # five of the keeper's intervals, had it still been watching
         keeper.stop()
         assert keeper.restarts == 0 and not server.running
+
+
+def test_a_weed_started_again_outlives_the_keepers_thread(tmp_path: Path) -> None:
+    """Linux sends weed its parent-death signal when the thread that started it ends (not
+    its process): a weed the keeper's thread started again was sent SIGTERM as the keeper
+    stopped, at the start of a node's stop, while calls in flight and the store's close
+    still needed the archive. A wrapper records each SIGTERM it is sent."""
+    terms = tmp_path / "terms"
+    binary = tmp_path / "weed"
+    binary.write_text(
+        "#!/bin/sh\n"
+        f"trap 'echo $$ >> {terms}; kill -TERM $child; wait $child; exit 0' TERM\n"
+        f'{find_weed_binary()} "$@" &\n'
+        "child=$!\n"
+        "wait $child\n"
+    )
+    binary.chmod(0o755)
+    with SeaweedServer(tmp_path / "data", binary=binary) as server:
+        tier = S3Tier(server.s3_settings("outlives"))
+        keeper = SeaweedKeeper(server, interval_s=0.1).start()
+        try:
+            tier.ensure_bucket()
+            tier.put("k", b"kept")
+            wrapper = weed_pid(server)
+            os.kill(children_of(wrapper)[0], signal.SIGKILL)  # weed itself
+            deadline = time.monotonic() + 60
+            while keeper.restarts == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert keeper.restarts == 1
+        finally:
+            keeper.stop()
+        restarted = weed_pid(server)
+        # A signal sent as the keeper's thread ended reaches the wrapper at once; a few
+        # seconds on, none has, and the archive still serves.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert not terms.exists(), f"weed {terms.read_text().split()} was sent SIGTERM"
+            time.sleep(0.05)
+        assert server.running
+        assert held_again(tier) == b"kept"
+        tier.close()
+    assert terms.read_text().split() == [str(restarted)]  # the server's stop, and only it
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -24,16 +24,20 @@ ports the pid file records).
 
 weed does not outlive its parent: on Linux it is sent SIGTERM when the thread that
 started it ends (``PR_SET_PDEATHSIG``), so a process killed outright takes its weed
-along. And since a weed still shutting down (or left by a parent on another system)
-holds its store's lock, a server given a ``data_dir`` first stops the weed that the
+along. That thread is one of the server's own, from its start to its stop, which
+starts every weed of the server (:meth:`SeaweedServer.restart` included): a weed that
+a keeper's thread started again was sent SIGTERM as that thread ended, at the start
+of a node's stop, while calls in flight and the store's close still needed it.
+
+And since a weed still shutting down (or left by a parent on another system) holds
+its store's lock, a server given a ``data_dir`` first stops the weed that the
 pid file ``<data_dir>/weed.pid`` names, if that process is a weed serving this very
 directory: one data directory serves one SeaweedServer at a time (``tierstore
 serve`` holds a lock on its data directory to make sure).
 
-Not thread-safe: start and stop a server from one thread, one that outlives it (the
-main thread, typically). :attr:`SeaweedServer.running`, :attr:`SeaweedServer.launches`
-and :meth:`SeaweedServer.wait_until_answering` may be used from another thread while a
-keeper restarts weed.
+Not thread-safe: start and stop a server from one thread. :attr:`SeaweedServer.running`,
+:attr:`SeaweedServer.launches` and :meth:`SeaweedServer.wait_until_answering` may be
+used from another thread while a keeper restarts weed.
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
+from queue import SimpleQueue
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Final, Self
+from typing import IO, TYPE_CHECKING, Final, Self, TypeVar
 
 from tierstore.errors import ArchiveUnavailable
 from tierstore.private_files import ensure_private_dir
@@ -71,6 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["SeaweedServer", "find_weed_binary"]
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _LOOPBACK: Final = "127.0.0.1"
 _GRPC_OFFSET: Final = 10_000
@@ -269,6 +277,47 @@ def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
             process.wait()
 
 
+class _Launcher:
+    """A thread that runs what it is given, one call after another, until :meth:`stop`:
+    the parent thread of a server's weed processes, which Linux sends their
+    parent-death signal when it ends."""
+
+    def __init__(self) -> None:
+        self._calls: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        # A daemon: at exit it ends with the process, as the main thread does.
+        thread = threading.Thread(target=self._serve, name="tierstore-weed-launcher", daemon=True)
+        thread.start()
+
+    def call(self, work: Callable[[], T]) -> T:
+        """``work()``, run on the launcher's thread; its result or its exception.
+        ArchiveUnavailable once :meth:`stop` was called (a keeper's late restart)."""
+        outcome: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                outcome.set_result(work())
+            except BaseException as exc:  # raised in the caller's thread
+                outcome.set_exception(exc)
+
+        with self._lock:
+            if self._stopped:
+                raise ArchiveUnavailable("the SeaweedFS server has been stopped")
+            self._calls.put(run)
+        return outcome.result()
+
+    def _serve(self) -> None:
+        while (run := self._calls.get()) is not None:
+            run()
+
+    def stop(self) -> None:
+        """End the thread once the calls given before have run."""
+        with self._lock:
+            self._stopped = True
+            self._calls.put(None)
+
+
 class SeaweedServer:
     """One ``weed mini`` child process serving S3 on ``127.0.0.1``.
 
@@ -298,6 +347,7 @@ class SeaweedServer:
         self._socket_dir: Path | None = None
         self._ports: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._launcher: _Launcher | None = None
         self._finalizer: (
             weakref.finalize[[subprocess.Popen[bytes], float], SeaweedServer] | None
         ) = None
@@ -333,6 +383,7 @@ class SeaweedServer:
             else:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
             self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
+            self._launcher = _Launcher()
             self._write_identities()
             for attempt in range(1, _START_ATTEMPTS + 1):
                 self._ports = _pick_ports(rng)
@@ -422,10 +473,14 @@ class SeaweedServer:
         _remove_stale_sockets(self._ports.values())
         command = self._command(binary)
         log_path = self.log_path
+        launcher = self._launcher
+        if launcher is None:  # stop() ran meanwhile: a keeper restarting as the server stops
+            raise ArchiveUnavailable("the SeaweedFS server has been stopped")
         with self._open_log(f"=== tierstore: starting {' '.join(command)}") as log:
             log_offset = log.tell()
-            try:
-                process = subprocess.Popen(
+
+            def start() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
                     command,
                     cwd=self._data_dir,
                     env=_weed_environment(os.environ),
@@ -434,6 +489,9 @@ class SeaweedServer:
                     stderr=subprocess.STDOUT,
                     preexec_fn=_stop_with_parent,  # one system call: safe beside threads
                 )
+
+            try:
+                process = launcher.call(start)  # its parent thread: see the module
             except OSError as exc:
                 raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
         self._process = process
@@ -508,6 +566,9 @@ class SeaweedServer:
         Removes the data directory only if the server made it.
         """
         self._reap()
+        if self._launcher is not None:
+            self._launcher.stop()
+            self._launcher = None
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
