@@ -82,13 +82,7 @@ def test_listens_on_loopback_only_and_cleans_up(
         assert len(listeners) >= 5
         assert {address for address, _ in listeners} == {"127.0.0.1"}, listeners
         grpc_ports = [port for _, port in listeners if port >= 30_000]
-        tier = S3Tier(server.s3_settings("lifecycle"))
-        try:
-            tier.ensure_bucket()
-            tier.put("k", b"v")
-            assert bytes(tier.get("k") or b"") == b"v"
-        finally:
-            tier.close()
+        assert_round_trip(server, "lifecycle")
     assert process.poll() is not None
     assert not server.running
     with socket.socket() as probe:
@@ -99,6 +93,44 @@ def test_listens_on_loopback_only_and_cleans_up(
     assert (tmp_path / "weed" / "weed.log").stat().st_size > 0  # a given data dir is kept
     identities = tmp_path / "weed" / "config" / "s3-identities.json"
     assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+
+
+@needs_weed
+def test_an_s3_port_another_weed_serves_is_not_taken_for_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # Another node's weed took the S3 port between the check and weed's bind: its answer
+    # was taken for this weed's, which had exited for the clash. The start "succeeded"
+    # on no weed at all, and a client would have reached the other node's archive.
+    picks = 0
+    real_pick = seaweedfs._pick_ports
+
+    def pick_a_taken_port(rng: random.Random) -> dict[str, int]:
+        nonlocal picks
+        picks += 1
+        ports = real_pick(rng)
+        if picks == 1:
+            ports["s3"] = other.s3_port
+        return ports
+
+    other: SeaweedServer = request.getfixturevalue("seaweedfs")  # the session's weed
+    monkeypatch.setattr(seaweedfs, "_pick_ports", pick_a_taken_port)
+    with SeaweedServer(tmp_path / "weed") as server:
+        assert server.launches == 2 and server.s3_port != other.s3_port
+        assert "Port allocation failed" in server.log_path.read_text()
+        assert_round_trip(server, "own-port")  # our credentials: the other weed refuses them
+        assert server.running
+
+
+def assert_round_trip(server: SeaweedServer, bucket: str) -> None:
+    """A put and a get through a tier on ``server``, ``bucket`` made first."""
+    tier = S3Tier(server.s3_settings(bucket))
+    try:
+        tier.ensure_bucket()
+        tier.put("k", b"v")
+        assert bytes(tier.get("k") or b"") == b"v"
+    finally:
+        tier.close()
 
 
 def plant_stale_socket(path: Path) -> None:

@@ -6,7 +6,8 @@ the Iceberg and Lance ports are off. weed opens a gRPC port at ``port + 10000``
 for each of its HTTP ports, so ports are drawn from 20000-29999 with both
 ``p`` and ``p + 10000`` free (and passed explicitly). Should another process
 take a port between the check and weed's bind, the start is retried on new
-ports.
+ports; S3 counts as answering only once weed's own socket listens on its port
+(another node's weed answering there is not this one).
 
 S3 requests are authenticated even on loopback: the server is given one
 identity (``-s3.config``), with a random secret unless one is passed in, so
@@ -89,6 +90,8 @@ _PORT_CLASH_MARKERS: Final = ("Port allocation failed", "address already in use"
 _WEED_SOCKET_DIR: Final = Path("/tmp")  # fixed in weed, whatever TMPDIR says
 _MAX_SOCKET_DIR_LEN: Final = 70  # leaves room for weed's names under the 107-byte limit
 _PID_FILE: Final = "weed.pid"
+#: whether /proc lists a process's descendants (Linux, CONFIG_PROC_CHILDREN)
+_PROC_CHILDREN: Final = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
 _PR_SET_PDEATHSIG: Final = 1
 # Resolved here, not in the child: between fork and exec only the call itself runs.
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
@@ -171,6 +174,35 @@ def _answers_as_seaweed(port: int) -> bool:
         return False
     finally:
         connection.close()
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid``, or one it started (a ``weed`` that is a wrapper), holds
+    the socket listening on loopback ``port`` (True where /proc cannot tell). Another
+    node's weed may have taken the port between the check and this weed's bind: its
+    answer there was taken for this one's, which had exited for the clash, and a client
+    would have reached the other archive."""
+    if not _PROC_CHILDREN:
+        return True
+    address = int.from_bytes(socket.inet_aton(_LOOPBACK), sys.byteorder)
+    local = f"{address:08X}:{port:04X}"  # as /proc/net/tcp writes it
+    try:
+        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:  # gone
+        return False
+    rows = (line.split() for line in table)
+    wanted = {f"socket:[{row[9]}]" for row in rows if row[1] == local and row[3] == "0A"}
+    family = [pid]
+    for member in family:  # grows as it goes: the process, then its descendants
+        with contextlib.suppress(OSError):  # gone meanwhile
+            for descriptor in os.listdir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    if os.readlink(f"/proc/{member}/fd/{descriptor}") in wanted:
+                        return True
+            for task in os.listdir(f"/proc/{member}/task"):
+                children = Path(f"/proc/{member}/task/{task}/children").read_text()
+                family.extend(int(child) for child in children.split())
+    return False
 
 
 def _remove_pid_file(pid_file: Path) -> None:
@@ -525,7 +557,7 @@ class SeaweedServer:
                     f"weed exited with status {process.returncode} before S3 answered; "
                     f"log {log_path}:\n{self._log_tail()}"
                 )
-            if _answers_as_seaweed(self._ports["s3"]):
+            if self._serves_s3(process):
                 return True
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.1)  # the poll interval; returns early if weed dies
@@ -601,12 +633,18 @@ class SeaweedServer:
         again; False at once when ``until`` is set (the node is stopping: nothing will)."""
         deadline = time.monotonic() + timeout_s
         while not until.is_set():
-            if self.running and _answers_as_seaweed(self._ports["s3"]):
+            process = self._process  # once: a keeper's restart may swap it meanwhile
+            if process is not None and process.poll() is None and self._serves_s3(process):
                 return True
             if time.monotonic() >= deadline:
                 return False
             until.wait(0.1)
         return False
+
+    def _serves_s3(self, process: subprocess.Popen[bytes]) -> bool:
+        """Whether ``process`` listens on the S3 port and SeaweedFS answers there."""
+        port = self._ports["s3"]
+        return _listens_on(process.pid, port) and _answers_as_seaweed(port)
 
     @property
     def data_dir(self) -> Path:
