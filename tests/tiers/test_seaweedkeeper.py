@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -140,3 +141,29 @@ def test_a_weed_started_again_outlives_the_keepers_thread(tmp_path: Path) -> Non
 
 def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_port_taken_while_weed_was_down_is_replaced_on_restart(tmp_path: Path) -> None:
+    """Another program (another node's weed picking ports) may take one of weed's ports
+    while it is down: every restart then failed on it, and the archive stayed down until
+    the node was restarted. Only the S3 port, where clients reach weed, must stay."""
+    with SeaweedServer(tmp_path / "weed") as server:
+        tier = S3Tier(server.s3_settings("kept"))
+        try:
+            tier.ensure_bucket()
+            tier.put("k", b"kept")
+            s3_port, master_port = server.s3_port, server._ports["master"]
+            process = server._process
+            assert process is not None
+            process.kill()
+            process.wait()
+            with socket.socket() as holder:
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                holder.bind(("127.0.0.1", master_port))
+                holder.listen()
+                server.restart()
+                assert server.running and server.s3_port == s3_port
+                assert server._ports["master"] != master_port
+                assert held_again(tier) == b"kept"
+        finally:
+            tier.close()

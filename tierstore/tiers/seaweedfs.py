@@ -126,19 +126,21 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _pick_ports(rng: random.Random) -> dict[str, int]:
-    """One HTTP port per role, each with ``port + 10000`` also free on loopback."""
-    ports: dict[str, int] = {}
-    used: set[int] = set()
+def _pick_ports(rng: random.Random, kept: Mapping[str, int] | None = None) -> dict[str, int]:
+    """One HTTP port per role, each with ``port + 10000`` also free on loopback; the
+    roles in ``kept`` keep theirs."""
+    ports = dict(kept or {})
+    used = {number for port in ports.values() for number in (port, port + _GRPC_OFFSET)}
+    roles = [role for role in _ROLES if role not in ports]
     for _ in range(500):
+        if not roles:
+            return {role: ports[role] for role in _ROLES}
         port = rng.choice(_PORT_RANGE)
         if {port, port + _GRPC_OFFSET} & used:
             continue
         if _bindable(port) and _bindable(port + _GRPC_OFFSET):
-            ports[_ROLES[len(ports)]] = port
+            ports[roles.pop(0)] = port
             used.update((port, port + _GRPC_OFFSET))
-            if len(ports) == len(_ROLES):
-                return ports
     raise ArchiveUnavailable("no free loopback port pairs (p, p+10000) in 20000-29999")
 
 
@@ -427,10 +429,11 @@ class SeaweedServer:
         raise AssertionError("unreachable: the last attempt raises or returns")
 
     def restart(self) -> None:
-        """Start weed again after its process exited on its own, on the ports it had,
-        so that clients keep their endpoint; a no-op while it runs. Raises
-        ArchiveUnavailable as :meth:`start` does (a port taken meanwhile, say), and
-        RuntimeError if it was never started."""
+        """Start weed again after its process exited on its own, on the S3 port it had,
+        so that clients keep their endpoint (and on its other ports, unless one was
+        taken meanwhile); a no-op while it runs. Raises ArchiveUnavailable as
+        :meth:`start` does (the S3 port taken meanwhile, say), and RuntimeError if it
+        was never started."""
         if self.running:
             return
         if not self._ports or self._data_dir is None or self._socket_dir is None:
@@ -441,7 +444,13 @@ class SeaweedServer:
         self._reap()  # the dead process, its pid file and sockets
         if not self._socket_dir.is_dir():  # a /tmp cleaner took it while weed ran
             self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
-        self._launch(binary, last_attempt=True)
+        rng = random.Random()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            if self._launch(binary, last_attempt=attempt == _START_ATTEMPTS):
+                return
+            # A port taken while weed was down (another node's weed may pick it): every
+            # restart failed on it until the node was restarted. New ones, but S3's.
+            self._ports = _pick_ports(rng, kept={"s3": self._ports["s3"]})
 
     @property
     def exit_status(self) -> int | None:

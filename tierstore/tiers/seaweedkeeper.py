@@ -6,7 +6,7 @@ If that process dies (killed, out of memory), nothing brought it back: cold read
 write-through calls failed and the journal grew until the node was restarted by hand,
 with only the mover's "unreachable, will retry" in its log (nothing at all on an idle
 node). The keeper checks the child every ``interval_s``; one that has exited is logged
-at ERROR with its status and log file, and started again on its old ports, so the
+at ERROR with its status and log file, and started again on its old S3 port, so the
 node's S3 client reaches it where it was. A failed restart is logged and tried again
 after a back-off.
 
@@ -90,7 +90,7 @@ class SeaweedKeeper:
                 continue
             self.restarts += 1
             backoff, failing = self._interval_s, False
-            log.warning("the embedded archive is running again on its old ports")
+            log.warning("the embedded archive is running again on its old S3 port")
 
 
 def _short(error: BaseException, lines: int = 3) -> str:
