@@ -802,3 +802,22 @@ def test_refused_credentials_are_named_as_such(s3_settings: S3Settings) -> None:
             assert "--s3-access-key" in message and "access_key_id" in message
     finally:
         tier.close()
+
+
+@pytest.mark.parametrize(
+    "empty", [("access_key_id",), ("secret_access_key",), ("access_key_id", "secret_access_key")]
+)
+def test_empty_credentials_are_refused_not_taken_from_the_environment(
+    s3_settings: S3Settings, monkeypatch: pytest.MonkeyPatch, empty: tuple[str, ...]
+) -> None:
+    # boto3 takes two empty keys for none given, and signed with whatever AWS credentials
+    # the environment held (a user's own, an instance's role); with none there, the
+    # error said the archive was "unreachable after 5 attempts".
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_settings.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_settings.secret_access_key)
+    with pytest.raises(InvalidArgument, match="must not be empty"):
+        S3Tier(dataclasses.replace(s3_settings, **dict.fromkeys(empty, ""))).put("k", b"v")
+    listed = raw_s3_client(s3_settings).list_objects_v2(
+        Bucket=s3_settings.bucket, Prefix=s3_settings.prefix
+    )
+    assert listed.get("Contents", []) == []

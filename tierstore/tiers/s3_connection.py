@@ -137,8 +137,9 @@ class S3Settings:
     """Where the archive lives and how hard to try. Validated on construction.
 
     Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters, a
-    prefix the store would alias (:func:`check_prefix`), ``max_attempts < 1``, a part
-    size under 5 MiB, or non-positive sizes and timeouts.
+    prefix the store would alias (:func:`check_prefix`), an empty access key or secret
+    key, ``max_attempts < 1``, a part size under 5 MiB, or non-positive sizes and
+    timeouts.
     """
 
     endpoint_url: str
@@ -164,6 +165,14 @@ class S3Settings:
         check_bucket_name(self.bucket)
         check_prefix(self.prefix)
         check_endpoint_url(self.endpoint_url)
+        if not self.access_key_id or not self.secret_access_key:
+            # boto3 takes two empty keys for none given, and signs with the environment's
+            # AWS credentials (a user's own, an instance's role) or fails as unreachable.
+            raise InvalidArgument(
+                "the archive's access key and secret key must not be empty (serve's "
+                "--s3-access-key and --s3-secret-key, or the settings' [archive] "
+                "access_key_id and secret_access_key)"
+            )
         if self.max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.multipart_part_size < _MIN_PART_SIZE:
