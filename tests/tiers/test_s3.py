@@ -821,3 +821,13 @@ def test_empty_credentials_are_refused_not_taken_from_the_environment(
         Bucket=s3_settings.bucket, Prefix=s3_settings.prefix
     )
     assert listed.get("Contents", []) == []
+
+
+@pytest.mark.parametrize("region", ["us east-1", "eu/west-1"])
+def test_a_region_botocore_refuses_is_a_bad_setting_by_name(
+    s3_settings: S3Settings, region: str
+) -> None:
+    # botocore refused it when the tier made its client, on the first request: its own
+    # InvalidRegionError came out of every call, and out of `serve` as a traceback.
+    with pytest.raises(InvalidArgument, match=f"region {region!r}"):
+        S3Tier(dataclasses.replace(s3_settings, region=region)).get("k")

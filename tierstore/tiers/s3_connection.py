@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 import boto3
 import botocore.config
-from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+from botocore.exceptions import InvalidRegionError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, validate_region_name
 
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_host
@@ -138,8 +139,8 @@ class S3Settings:
 
     Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters, a
     prefix the store would alias (:func:`check_prefix`), an empty access key or secret
-    key, ``max_attempts < 1``, a part size under 5 MiB, or non-positive sizes and
-    timeouts.
+    key, a region botocore refuses, ``max_attempts < 1``, a part size under 5 MiB, or
+    non-positive sizes and timeouts.
     """
 
     endpoint_url: str
@@ -173,6 +174,13 @@ class S3Settings:
                 "--s3-access-key and --s3-secret-key, or the settings' [archive] "
                 "access_key_id and secret_access_key)"
             )
+        try:  # else botocore refused it on the first request, by a traceback of its own
+            validate_region_name(self.region)
+        except InvalidRegionError:
+            raise InvalidArgument(
+                f"the archive's region {self.region!r} is not a region name (letters, "
+                "digits and hyphens, e.g. us-east-1)"
+            ) from None
         if self.max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.multipart_part_size < _MIN_PART_SIZE:
