@@ -96,6 +96,7 @@ def test_listens_on_loopback_only_and_cleans_up(
 
 
 @needs_weed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_an_s3_port_another_weed_serves_is_not_taken_for_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def test_a_weed_stopped_with_its_node_is_not_started_again(tmp_path: Path) -> No
         assert keeper.restarts == 0 and not server.running
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_weed_started_again_outlives_the_keepers_thread(tmp_path: Path) -> None:
     """Linux sends weed its parent-death signal when the thread that started it ends (not
     its process): a weed the keeper's thread started again was sent SIGTERM as the keeper
