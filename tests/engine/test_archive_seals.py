@@ -24,8 +24,9 @@ from tests.engine.stores import (
 )
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.records import archive_dataset_key, archive_manifest_key
-from tierstore.errors import ArchiveUnavailable, DatasetNotFound, ShardNotFound
+from tierstore.errors import ArchiveUnavailable, DatasetNotFound, InvalidArgument, ShardNotFound
 from tierstore.tiers.memory import MemoryTier
+from tierstore.tiers.s3_connection import aliased_path
 from tierstore.types import DatasetSettings
 
 
@@ -290,4 +291,41 @@ def test_a_malformed_object_is_skipped_not_the_end_of_the_rebuild(
     with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
         assert fresh.rebuild_from_archive(believe_unsealed=not sealed) == 1
     assert f"{archive_manifest_key('plain', 1)} is not believed" in caplog.text
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)
+
+
+class AliasRefusingTier(MemoryTier):
+    """A memory archive that, as the S3 tier does, refuses to read keys that a
+    filer-backed store would alias (while anyone else's objects may still sit there)."""
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        if aliased_path(key):
+            raise InvalidArgument(f"refused key {key!r}")
+        return super().get(key, byte_range)
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "plain//0000000000000001.manifest",
+        "plain\\x.manifest",
+        "plain/./_dataset.json",
+        "Not-A-Dataset/0000000000000001.manifest",
+        "plain/not-hex.manifest",
+    ],
+)
+def test_an_object_at_a_key_tierstore_never_writes_is_skipped_not_the_end_of_the_rebuild(
+    open_store: StoreFactory, foreign: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Someone else's object under the node's prefix, at a key the S3 tier refuses to
+    # read (an empty segment, a backslash), ended the rebuild with InvalidArgument.
+    archive = AliasRefusingTier()
+    writer = open_store(archive, KEYRING, datasets={"plain": DATASETS["plain"]})
+    writer.put("plain", "s", payload(FRAME, 1))
+    assert writer.drain(10)
+    MemoryTier.put(archive, foreign, b"{}")
+    fresh = open_store(archive, KEYRING)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == 1
+    assert f"{foreign} is not believed" in caplog.text
     assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)

@@ -27,6 +27,7 @@ one, comes back instead); frames and data keys are still verified on every read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from tierstore.engine.records import (
 )
 from tierstore.engine.sealing import stored_size
 from tierstore.errors import FailedPrecondition, IntegrityError, UnknownKeyId
+from tierstore.naming import is_dataset_name
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
@@ -66,6 +68,8 @@ class ArchiveContents:
     superseded: list[ShardRecord]
     unreadable: dict[str, str]
 
+
+_HEX_DIGITS = re.compile("[0-9a-f]+")
 
 #: Checks that an object read at a key carries a seal made for it (raises IntegrityError
 #: or UnknownKeyId); see :func:`tierstore.engine.archiveseal.check_seal`.
@@ -93,6 +97,19 @@ def refuse_encrypted_without_keys(contents: ArchiveContents) -> None:
         )
 
 
+def _is_metadata_key(key: str) -> bool:
+    """Whether ``key`` has the shape of a key :mod:`tierstore.engine.records` names a
+    dataset's settings or a generation's manifest with: ``<dataset>/_dataset.json`` or
+    ``<dataset>/<hex generation>.manifest``, for a valid dataset name."""
+    dataset, _, name = key.partition("/")
+    if not is_dataset_name(dataset):
+        return False
+    if name == "_dataset.json":
+        return True
+    generation = name.removesuffix(".manifest")
+    return generation != name and _HEX_DIGITS.fullmatch(generation) is not None
+
+
 def archive_keys(archive: Tier, prefix: str = "") -> list[str]:
     """Every key in ``archive`` that starts with ``prefix``, page by page. Raises
     ArchiveUnavailable if the archive cannot be listed."""
@@ -118,6 +135,11 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
     unreadable: dict[str, str] = {}
     for key in archive_keys(archive):
         if not key.endswith(("/_dataset.json", ".manifest")):
+            continue
+        if not _is_metadata_key(key):
+            # Someone else's object (a tier may even refuse to read its key: an empty
+            # segment, a backslash), which ended the rebuild: not ours to believe.
+            unreadable[key] = "not at a key tierstore writes"
             continue
         raw = archive.get(key)
         if raw is None:
