@@ -112,6 +112,40 @@ def test_a_mistyped_archive_variable_is_refused_and_engine_ones_still_taken() ->
     assert taken.archive_bandwidth_bytes_per_s == 1000
 
 
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("TIERSTORE_HOT_CAPACITY", "did you mean TIERSTORE_HOT_CAPACITY_BYTES"),
+        ("TIERSTORE_MOVER_THREAD", "did you mean TIERSTORE_MOVER_THREADS"),
+        ("TIERSTORE_NOTHING_LIKE_ANY", "TIERSTORE_HOT_CAPACITY_BYTES"),
+    ],
+)
+def test_a_mistyped_engine_variable_is_refused_by_name(variable: str, says: str) -> None:
+    # It was ignored: TIERSTORE_HOT_CAPACITY=10737418240 started a node with the 64 GiB
+    # default, which filled a smaller disk long after the start.
+    with pytest.raises(InvalidArgument, match=f"unknown setting {variable}") as refused:
+        load_settings(environ={variable: "10737418240"})
+    assert says in str(refused.value)
+    assert "10737418240" not in str(refused.value)  # a value may be a secret
+
+
+def test_the_clients_and_the_cli_s_variables_are_not_settings_and_let_be() -> None:
+    # The banner has an operator export these in the shell that may start the node.
+    client = {
+        "TIERSTORE_ADDRESS": "127.0.0.1:7443",
+        "TIERSTORE_TOKEN": "ts_x",
+        "TIERSTORE_TOKEN_FILE": "/t",
+        "TIERSTORE_CA": "/ca.pem",
+        "TIERSTORE_INSECURE": "1",
+        "TIERSTORE_CLIENT_CERT": "/c.pem",
+        "TIERSTORE_CLIENT_KEY": "/c.key",
+        "TIERSTORE_LOCAL_READS": "0",
+        "TIERSTORE_S3_ACCESS_KEY": "a",
+        "TIERSTORE_S3_SECRET_KEY": "s",
+    }
+    assert load_settings(environ=client) == load_settings(environ={})
+
+
 def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
     assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]

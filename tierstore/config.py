@@ -6,6 +6,7 @@ settings here and pass them down.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import numbers
@@ -220,6 +221,23 @@ class EngineSettings:
 
 
 _ENV_PREFIX = "TIERSTORE_"
+#: TIERSTORE_ variables that are no engine setting: the client's and the CLI's (an
+#: operator exports them, as serve's banner says, in the shell that may start a node)
+#: and serve's archive credentials. Any other is refused: a mistyped one was ignored.
+_OTHER_VARIABLES = frozenset(
+    {
+        "TIERSTORE_ADDRESS",
+        "TIERSTORE_TOKEN",
+        "TIERSTORE_TOKEN_FILE",
+        "TIERSTORE_CA",
+        "TIERSTORE_INSECURE",
+        "TIERSTORE_CLIENT_CERT",
+        "TIERSTORE_CLIENT_KEY",
+        "TIERSTORE_LOCAL_READS",
+        "TIERSTORE_S3_ACCESS_KEY",
+        "TIERSTORE_S3_SECRET_KEY",
+    }
+)
 _warned: set[object] = set()
 
 
@@ -275,6 +293,9 @@ def load_settings(
                 f"unknown setting {name} (TIERSTORE_ARCHIVE_ takes "
                 f"{', '.join(sorted(f.upper() for f in archive_fields))})"
             )
+        elif name not in _OTHER_VARIABLES:
+            # A typo (TIERSTORE_HOT_CAPACITY) left the node on the default, unsaid.
+            raise _unknown_variable(name, engine_fields)
     values.update({k: v for k, v in overrides.items() if k != "archive"})
     try:
         typed = {k: _coerce(k, engine_fields[k].type, v) for k, v in values.items()}
@@ -294,6 +315,20 @@ def load_settings(
     if "archive" in overrides:
         archive_settings = overrides["archive"]
     return EngineSettings(archive=archive_settings, **typed)
+
+
+def _unknown_variable(name: str, engine_fields: Mapping[str, object]) -> InvalidArgument:
+    """The error for ``TIERSTORE_`` variable ``name`` that names no setting (its value
+    is not shown: it may be a secret)."""
+    known = [_ENV_PREFIX + field_name.upper() for field_name in engine_fields]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    hint = (
+        f"did you mean {close[0]}?"
+        if close
+        else "a setting's variable is TIERSTORE_ and its name in capitals, as "
+        "TIERSTORE_HOT_CAPACITY_BYTES (README, Configuration)"
+    )
+    return InvalidArgument(f"unknown setting {name}: {hint}")
 
 
 def _coerce(name: str, kind: Any, value: Any, *, numbers_from_text: bool = True) -> Any:
