@@ -193,6 +193,8 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         (("--bucket", "Bad_Bucket"), {}, "is not one S3 takes for a new bucket"),
         # A typo under the archive's prefix left the node on its embedded archive.
         ((), {"TIERSTORE_ARCHIVE_PREFX": "team/"}, "unknown setting TIERSTORE_ARCHIVE_PREFX"),
+        # A name no certificate can hold was found only when the TLS files were made.
+        (("--hostname", "bad name"), {}, "'bad name' is neither a DNS name nor an IP"),
     ],
 )
 def test_a_bad_option_is_refused_before_the_node_makes_anything(

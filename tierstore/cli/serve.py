@@ -72,7 +72,7 @@ from tierstore.server.app import (
 )
 from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import ensure_tls_material
+from tierstore.server.tls import check_hostnames, ensure_tls_material
 from tierstore.server.tokens import TokenStore
 from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
@@ -150,6 +150,8 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
         ServerSettings(listen=options.listen, insecure=True)
+    else:
+        check_hostnames(options.hostnames)  # the certificate's names, checked there again
     # Read (and so checked) before anything is made: a bad settings file once left a
     # data directory behind, and its data_dir was never read. The flags win, as below.
     overrides = _setting_flags(options)

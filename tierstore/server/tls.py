@@ -51,6 +51,7 @@ __all__ = [
     "RENEW_BEFORE_DAYS",
     "SERVER_VALIDITY_DAYS",
     "TlsMaterial",
+    "check_hostnames",
     "client_certificate_reusable",
     "ensure_tls_material",
     "issue_client_certificate",
@@ -194,6 +195,13 @@ def principal_from_certificate(pem: bytes) -> str:
         return check_principal_name(common_names[0].value)
     except InvalidArgument as exc:
         raise Unauthenticated(reason="bad-common-name") from exc
+
+
+def check_hostnames(hostnames: Sequence[str]) -> None:
+    """Raise InvalidArgument, as :func:`ensure_tls_material` would, for a host name
+    that is neither a DNS name nor an IP address: for ``tierstore serve`` to refuse it
+    before it makes anything, not once its store and archive are up."""
+    _names(hostnames)
 
 
 def _names(hostnames: Sequence[str]) -> _Names:
