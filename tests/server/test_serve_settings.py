@@ -274,6 +274,28 @@ def test_a_busy_port_is_one_line_before_anything_is_made(tmp_path: Path, option:
     assert not (tmp_path / "node").exists()  # nothing made: no archive, no store
 
 
+@pytest.mark.parametrize(
+    ("health", "metrics", "says"),
+    [
+        ("127.0.0.1:{api}", "", "--listen and --health-listen both name port {api}"),
+        ("127.0.0.1:0", "0.0.0.0:{api}", "--listen and --metrics-listen both name port {api}"),
+        ("127.0.0.1:{other}", ":{other}", "--health-listen and --metrics-listen both name"),
+    ],
+)
+def test_two_options_on_one_port_are_refused_before_anything_is_made(
+    tmp_path: Path, health: str, metrics: str, says: str
+) -> None:
+    # Each port was free when checked, so the node made its keys, archive and hot tier,
+    # then failed to bind the second: "Address already in use", though only it used it.
+    ports = {"api": free_port(), "other": free_port()}
+    code, error = failed_start(
+        *("--data-dir", str(tmp_path / "node"), "--listen", f"127.0.0.1:{ports['api']}"),
+        *("--health-listen", health.format(**ports), "--metrics-listen", metrics.format(**ports)),
+    )
+    assert code == 2 and says.format(**ports) in error, error
+    assert not (tmp_path / "node").exists()
+
+
 def test_an_archive_prefix_without_a_slash_is_warned_about(tmp_path: Path) -> None:
     # "p1" stored dataset "wb" under "p1wb/": a node on prefix "p" then took those
     # objects for its own, and refused to start with a misleading key error.

@@ -154,8 +154,9 @@ def connection_cap(settings: ServerSettings) -> int:
 def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str) -> None:
     """Raise InvalidArgument unless each address is ``HOST:PORT`` with a port from 0 to
     65535 (an empty host, ``:PORT``, is every interface; the health and metrics ones
-    may be "": off). Cheap, so that a node refuses a mistyped address before it starts
-    anything."""
+    may be "": off), and no two of them share a port. Cheap, so that a node refuses a
+    mistyped address before it starts anything."""
+    bound: list[tuple[str, str, int]] = []
     for address, option, optional in (
         (listen, "--listen", False),
         (health_listen, "--health-listen", True),
@@ -163,10 +164,26 @@ def check_listen_addresses(listen: str, health_listen: str, metrics_listen: str)
     ):
         if optional and address == "":
             continue
-        if split_host_port(address) is None:
+        split = split_host_port(address)
+        if split is None:
             raise InvalidArgument(
                 f"{option} must be HOST:PORT with a port from 0 to 65535, not {address!r}"
             )
+        host, port = split
+        # Each port was free when probed alone, and the second bind failed "in use"
+        # only once the node had started everything else.
+        for other_option, other_host, other_port in bound:
+            if port and port == other_port and _overlap(host, other_host):
+                raise InvalidArgument(
+                    f"{other_option} and {option} both name port {port}: give each its own"
+                )
+        bound.append((option, host, port))
+
+
+def _overlap(host: str, other: str) -> bool:
+    """Whether listening on ``host`` and on ``other`` (as ``split_host_port`` gives them)
+    at one port clashes: the same host, or either one every interface."""
+    return host == other or bool({host, other} & {"", "0.0.0.0", "::", "[::]"})
 
 
 def check_listen_ports_free(listen: str, health_listen: str, metrics_listen: str) -> None:
