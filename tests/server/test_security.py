@@ -922,6 +922,12 @@ def test_insecure_is_allowed_on_loopback(listen: str) -> None:
     assert ServerSettings(listen=listen, insecure=True).insecure
 
 
+def test_mutual_tls_is_refused_with_plaintext() -> None:
+    # It was taken: the node served plaintext, asking no caller for a certificate.
+    with pytest.raises(InvalidArgument, match="--require-client-cert needs TLS"):
+        ServerSettings(listen="127.0.0.1:0", insecure=True, require_client_cert=True)
+
+
 def test_secure_settings_need_tls_material() -> None:
     with pytest.raises(InvalidArgument):
         ServerSettings(listen="0.0.0.0:7443")

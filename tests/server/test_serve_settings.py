@@ -195,6 +195,8 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         ((), {"TIERSTORE_ARCHIVE_PREFX": "team/"}, "unknown setting TIERSTORE_ARCHIVE_PREFX"),
         # A name no certificate can hold was found only when the TLS files were made.
         (("--hostname", "bad name"), {}, "'bad name' is neither a DNS name nor an IP"),
+        # Taken: the node served plaintext, asking no caller for a certificate.
+        (("--insecure", "--require-client-cert"), {}, "--require-client-cert needs TLS"),
     ],
 )
 def test_a_bad_option_is_refused_before_the_node_makes_anything(

@@ -149,7 +149,9 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
     if options.insecure:
         # Refuse before anything is started or written (ServerSettings checks it again).
-        ServerSettings(listen=options.listen, insecure=True)
+        ServerSettings(
+            listen=options.listen, insecure=True, require_client_cert=options.require_client_cert
+        )
     else:
         check_hostnames(options.hostnames)  # the certificate's names, checked there again
     # Read (and so checked) before anything is made: a bad settings file once left a

@@ -121,6 +121,11 @@ class ServerSettings:
         check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
         if self.insecure and not is_loopback_address(self.listen):
             raise InvalidArgument("plaintext (--insecure) serving is allowed only on loopback")
+        if self.insecure and self.require_client_cert:
+            # Taken, it served plaintext and asked no caller for a certificate.
+            raise InvalidArgument(
+                "--require-client-cert needs TLS: it cannot be given with --insecure"
+            )
         if not self.insecure and self.tls is None:
             raise InvalidArgument("TLS material is required unless insecure is set")
         if not (self.request_arrival_s > 0 and self.stream_message_s > 0):
