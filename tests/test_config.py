@@ -146,6 +146,14 @@ def test_the_clients_and_the_cli_s_variables_are_not_settings_and_let_be() -> No
     assert load_settings(environ=client) == load_settings(environ={})
 
 
+def test_an_empty_archive_endpoint_variable_is_refused_not_the_embedded_archive() -> None:
+    # An unset variable (TIERSTORE_ARCHIVE_ENDPOINT_URL=$URL) named no archive: the node
+    # started its embedded one, and the "archived" copies stayed on its own disk.
+    for empty in ("", "\t"):
+        with pytest.raises(InvalidArgument, match="TIERSTORE_ARCHIVE_ENDPOINT_URL is empty"):
+            load_settings(environ={"TIERSTORE_ARCHIVE_ENDPOINT_URL": empty})
+
+
 def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
     assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]

@@ -283,6 +283,13 @@ def load_settings(
             continue
         key = name[len(_ENV_PREFIX) :].lower()
         if key.startswith("archive_") and key[len("archive_") :] in archive_fields:
+            if key == "archive_endpoint_url" and not raw.strip():
+                # An unset variable in a script: the node took it for no archive named
+                # and started its embedded one, the "archived" copies on its own disk.
+                raise InvalidArgument(
+                    f"{name} is empty: give the archive's URL, or leave the variable out "
+                    "for the embedded archive"
+                )
             archive[key[len("archive_") :]] = raw
         elif key in engine_fields:
             values[key] = raw

@@ -197,6 +197,10 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         (("--hostname", "bad name"), {}, "'bad name' is neither a DNS name nor an IP"),
         # Taken: the node served plaintext, asking no caller for a certificate.
         (("--insecure", "--require-client-cert"), {}, "--require-client-cert needs TLS"),
+        # An unset variable in a script (--s3-endpoint "$ARCHIVE_URL") was no archive
+        # named: the node started its embedded one, the "archived" copies on its own disk.
+        (("--s3-endpoint", ""), {}, "--s3-endpoint is empty"),
+        ((), {"TIERSTORE_ARCHIVE_ENDPOINT_URL": ""}, "TIERSTORE_ARCHIVE_ENDPOINT_URL is empty"),
     ],
 )
 def test_a_bad_option_is_refused_before_the_node_makes_anything(

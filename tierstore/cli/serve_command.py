@@ -38,7 +38,10 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
     require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
-    s3_endpoint: Annotated[str, typer.Option(help="external S3 archive URL")] = "",
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(help="external S3 archive URL (none: the embedded archive)"),
+    ] = None,
     bucket: Annotated[str, typer.Option(help="archive bucket (default: tierstore)")] = "",
     prefix: Annotated[
         str | None, typer.Option(help='archive key prefix ("" for none, over a settings file)')
@@ -88,6 +91,13 @@ def serve(
 
     if data_dir is not None and not data_dir.strip():  # an unset variable in a script
         raise fail(errors.InvalidArgument("--data-dir is empty; give a directory"))
+    if s3_endpoint is not None and not s3_endpoint.strip():  # not "no archive named"
+        raise fail(
+            errors.InvalidArgument(
+                "--s3-endpoint is empty; give the archive's URL, or leave the flag out for "
+                "the embedded archive"
+            )
+        )
     if log_level.lower() not in _LOG_LEVELS:
         raise fail(
             errors.InvalidArgument(
@@ -104,7 +114,7 @@ def serve(
         insecure=insecure,
         require_client_cert=require_client_cert,
         hostnames=tuple(hostname or ()),
-        s3_endpoint=s3_endpoint,
+        s3_endpoint=s3_endpoint or "",
         bucket=bucket,
         prefix=prefix,
         s3_access_key=s3_access_key,
