@@ -169,6 +169,19 @@ def follow_the_banner(
     )
 
 
+def test_the_banners_commands_connect_to_a_node_listening_on_one_address(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # The certificate held localhost and the loopback addresses alone: a node told to
+    # listen on one address of its host (another loopback one here) printed commands
+    # that failed the certificate's host name check, and had to be restarted with
+    # --hostname for the address it had been given already.
+    node = spawn_server(tmp_path / "node", "--listen", f"127.0.0.2:{free_port()}")
+    assert "export TIERSTORE_ADDRESS=127.0.0.2:" in node.output()
+    done = follow_the_banner(node)
+    assert done.returncode == 0, (node.output(), done.stderr.decode())
+
+
 @pytest.mark.parametrize(
     "flags", [(), ("--insecure",), ("--require-client-cert",)], ids=["tls", "insecure", "mtls"]
 )

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from tierstore.cli.banner import ensure_admin_client_certificate, print_banner
+from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
@@ -263,7 +263,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             tls = None
             client_files: tuple[Path, Path] | None = None
             if not options.insecure:
-                tls = ensure_tls_material(data_dir, options.hostnames)
+                tls = ensure_tls_material(data_dir, _certificate_names(options))
                 if options.require_client_cert:
                     client_files = ensure_admin_client_certificate(data_dir, tls)
         except OSError as exc:
@@ -317,6 +317,18 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     out.write("tierstore: stopped\n")
     out.flush()
     return 0
+
+
+def _certificate_names(options: ServeOptions) -> tuple[str, ...]:
+    """The names the server certificate holds besides the loopback ones: the
+    ``--hostname`` s, and the host ``--listen`` names (the address the banner has
+    clients connect to: a certificate without it failed their host name check)."""
+    host = connect_host(options.listen.rsplit(":", 1)[0])
+    try:
+        check_hostnames((host,))
+    except InvalidArgument:  # a name no certificate may hold: the node serves as it did
+        return options.hostnames
+    return (*options.hostnames, host)
 
 
 def _kill_children() -> None:
