@@ -64,6 +64,15 @@ def test_a_settings_file_with_a_wrong_type_or_value_is_refused_by_name(
         load_settings(path, environ={})
 
 
+def test_a_settings_file_that_is_not_utf8_is_refused_by_name(tmp_path: Path) -> None:
+    # It was a UnicodeDecodeError's traceback (a file saved as UTF-16, or --config
+    # given the key file's neighbour by mistake).
+    path = tmp_path / "node.toml"
+    path.write_bytes("trace_capacity = 10\n".encode("utf-16"))
+    with pytest.raises(InvalidArgument, match=f"cannot read settings file {path}: .*utf-8"):
+        load_settings(path, environ={})
+
+
 def test_a_map_smaller_than_the_hot_tier_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -267,7 +267,7 @@ def load_settings(
     if path is not None:
         try:
             document = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"cannot read settings file {path}: {exc}") from exc
         table = document.pop("archive", {})
         if not isinstance(table, dict):
