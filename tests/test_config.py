@@ -163,6 +163,34 @@ def test_an_empty_archive_endpoint_variable_is_refused_not_the_embedded_archive(
             load_settings(environ={"TIERSTORE_ARCHIVE_ENDPOINT_URL": empty})
 
 
+@pytest.mark.parametrize(
+    "secret",
+    ['master_key_b64 = "AAAA"', '[archive]\nsecret_access_key = "s3cr3t"'],
+    ids=["master key", "archive secret"],
+)
+def test_a_settings_file_others_may_read_is_warned_of_when_it_holds_a_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, secret: str
+) -> None:
+    # A master key file others may read is warned of; the same key in a settings file
+    # others may read was not (and anyone on the host then held the node's keys).
+    path = tmp_path / "node.toml"
+    path.write_text(secret + "\n")
+    for mode, warned in ((0o644, True), (0o604, True), (0o640, False), (0o600, False)):
+        path.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tierstore.config"):
+            load_settings(path, environ={})
+        assert (f"settings file {path} holds a secret" in caplog.text) == warned, (mode, caplog)
+        assert "AAAA" not in caplog.text and "s3cr3t" not in caplog.text
+    plain = tmp_path / "plain.toml"
+    plain.write_text("trace_capacity = 10\n")
+    plain.chmod(0o644)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tierstore.config"):
+        load_settings(plain, environ={})
+    assert caplog.text == ""  # no secret in it: anyone may read it
+
+
 def test_a_data_dir_given_as_text_is_a_path(tmp_path: Path) -> None:
     # A str data_dir failed deep inside the store: "unsupported operand type(s) for /".
     assert EngineSettings(data_dir=str(tmp_path)).data_dir == tmp_path  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -266,13 +267,25 @@ def load_settings(
     archive: dict[str, Any] = {}
     if path is not None:
         try:
-            document = tomllib.loads(Path(path).read_text())
+            with Path(path).open("rb") as file:
+                mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+                document = tomllib.loads(file.read().decode())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"cannot read settings file {path}: {exc}") from exc
         table = document.pop("archive", {})
         if not isinstance(table, dict):
             raise InvalidArgument(
                 f"settings file {path}: archive must be a table ([archive]), not {table!r}"
+            )
+        if mode & 0o027 and ("master_key_b64" in document or "secret_access_key" in table):
+            # As a key file's mode is (crypto.LocalKeyring.from_file): the same key in
+            # here was read by anyone on the host, unsaid.
+            log.warning(
+                "settings file %s holds a secret (master_key_b64 or the archive's "
+                "secret_access_key) and may be used by users other than its owner and "
+                "group (mode %o): chmod 600 it (or 640 for a group of the node's own)",
+                path,
+                mode,
             )
         archive.update(table)
         values.update(document)
