@@ -123,16 +123,22 @@ def check_every_acknowledged_shard(node: ServerProcess, ledger: Ledger) -> None:
         ledger.in_flight = None
 
 
+def node_with_datasets(node: ServerProcess, durability: str) -> ServerProcess:
+    """``node``, once it holds the test's datasets (plaintext and encrypted) of ``durability``."""
+    with node.connect() as admin:
+        admin.create_dataset("plain", durability=durability)
+        admin.create_dataset("secret", encrypted=True, durability=durability)
+    return node
+
+
 @pytest.mark.timeout(400)
 def test_a_node_killed_mid_stream_loses_no_acknowledged_put_or_delete(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
+    # Write-back: acknowledged once committed here, before the archive has it.
     rng = random.Random(20261205)
     data_dir = tmp_path / "node"
-    node = spawn_server(data_dir)
-    with node.connect() as admin:
-        admin.create_dataset("plain")  # write-back: acknowledged before the archive has it
-        admin.create_dataset("secret", encrypted=True)
+    node = node_with_datasets(spawn_server(data_dir), "write-back")
     ledger = Ledger()
     for round_number in range(ROUNDS):
         kill_mid_stream(node, ledger, random.Random(rng.random()))
@@ -162,10 +168,7 @@ def test_what_write_through_acknowledged_outlives_the_node_and_its_hot_tier(
     # at its acknowledged bytes, and no acknowledged delete comes back.
     rng = random.Random(51202026)
     data_dir = tmp_path / "node"
-    node = spawn_server(data_dir)
-    with node.connect() as admin:
-        admin.create_dataset("plain", durability="write-through")
-        admin.create_dataset("secret", encrypted=True, durability="write-through")
+    node = node_with_datasets(spawn_server(data_dir), "write-through")
     ledger = Ledger()
     for round_number in range(ROUNDS):
         kill_mid_stream(node, ledger, random.Random(rng.random()))
