@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ import pytest
 from tests.server.conftest import ServerProcess, poll, unique
 from tests.server.servers import error_name
 from tierstore import errors
+from tierstore.client import failures
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
 from tierstore.client.hotmap import HotMap
@@ -339,6 +341,34 @@ def test_local_reads_turned_off_go_through_the_service(
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
         assert "turned off" in refused.value.details()  # type: ignore[attr-defined]
+
+
+def test_with_no_server_reachable_a_read_waits_no_longer_than_without_local_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The grant was asked for with the retries of a read (1.5 s of pauses) before the
+    # read itself went through the service and paused as long again: twice the wait
+    # of a client reading without local reads, for the same Unavailable.
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    pauses: list[float] = []
+    sleep = time.sleep
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(failures.time, "sleep", pause)
+    waited = []
+    for local in (False, True):
+        pauses.clear()
+        with Client(ChannelSettings(address), local=LocalReadOptions(enabled=local)) as client:
+            with pytest.raises(errors.Unavailable, match="failed to connect"):
+                client.get("d", "b")
+            assert client.read_counts == ReadCounts(grpc=1, fallbacks=int(local))
+        waited.append(list(pauses))
+    assert waited[0] and waited[1] == waited[0]
 
 
 def run_script(

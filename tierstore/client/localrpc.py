@@ -26,8 +26,11 @@ class GrpcLocalReadRpc:
         self._call = call
 
     def open_local(self, dataset: str) -> LocalGrant:
+        # Asked once, not retried: a grant that fails is the service's read to make, and
+        # that read retries an unreachable server itself (retried here first, it waited
+        # twice as long before its Unavailable).
         reply = self._call(
-            self._stub().OpenLocal, shards_pb2.OpenLocalRequest(dataset=dataset), idempotent=True
+            self._stub().OpenLocal, shards_pb2.OpenLocalRequest(dataset=dataset), idempotent=False
         )
         return grant_from_pb(reply)
 
