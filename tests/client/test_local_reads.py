@@ -505,6 +505,33 @@ def test_a_revoked_token_stops_local_reads_within_the_grant_lifetime(
     admin.close()
 
 
+def test_a_dataset_deleted_and_made_again_is_not_read_under_a_grant_of_the_old_one(
+    server: ServerProcess, admin: Client
+) -> None:
+    # The grant (60 s) named the dataset, not the one of that name it was made for:
+    # deleted with its grants and made again for others, the new one's shards were read
+    # in place by the old one's readers until the grant ran out.
+    name = unique()
+    admin.create_dataset(name)
+    admin.put(name, "a", b"theirs to read")
+    _, token = admin.create_token("reader-of-the-first", [Grant(name, Role.READER)])
+    with reader_client(server, token) as client:
+        assert client.get(name, "a").to_pybytes() == b"theirs to read"
+        # A shard written after the grant is read in place too (under a grant asked for
+        # again, as it is newer than the one held).
+        admin.put(name, "b", b"written later")
+        assert client.get(name, "b").to_pybytes() == b"written later"
+        assert client.read_counts.local == 2
+        admin.delete_dataset(name, force=True)
+        admin.create_dataset(name)
+        admin.put(name, "a", b"another team's")
+        admin.put(name, "c", b"another team's too")
+        for shard in ("a", "c"):
+            with pytest.raises(errors.DatasetNotFound):
+                client.get(name, shard)
+        assert client.read_counts.local == 2
+
+
 # Reads reach the policy.
 
 

@@ -43,7 +43,14 @@ import lmdb
 
 from tierstore.client.forkgate import while_held_at_fork
 from tierstore.client.forklocks import ForkGate
-from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, SHARDS_DB, lookup_shard
+from tierstore.engine.catalog import (
+    DB_NAMES,
+    FRAMES_DB,
+    META_DB,
+    SHARDS_DB,
+    lookup_counter,
+    lookup_shard,
+)
 from tierstore.engine.reads import LeasePool, ReadLease
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.errors import Unavailable
@@ -71,12 +78,11 @@ class HotTierReplaced(Unavailable):
 class HotSession:
     """One read transaction, open for the length of one read. Not thread-safe."""
 
-    __slots__ = ("_frames", "_leases", "_shards", "leased", "txn")
+    __slots__ = ("_frames", "_leases", "_meta", "_shards", "leased", "txn")
 
-    def __init__(self, txn: Any, frames: Any, shards: Any, leases: LeasePool) -> None:
+    def __init__(self, txn: Any, dbs: tuple[Any, Any, Any], leases: LeasePool) -> None:
         self.txn = txn
-        self._frames = frames
-        self._shards = shards
+        self._frames, self._shards, self._meta = dbs
         self._leases = leases
         #: whether a lease owns the transaction now (the session then does not end it).
         self.leased = False
@@ -84,6 +90,11 @@ class HotSession:
     def record(self, dataset: str, shard: str) -> ShardRecord | None:
         """The shard's catalog record in this snapshot. Raises IntegrityError."""
         return lookup_shard(self.txn, self._shards, dataset, shard)
+
+    def next_generation(self) -> int:
+        """One past the newest generation committed in this snapshot: every shard
+        generation written later is at least this."""
+        return lookup_counter(self.txn, self._meta, "next_generation")
 
     def frame(self, generation: int, index: int) -> memoryview | None:
         """A stored frame as a view into the map, valid while the transaction lives."""
@@ -117,7 +128,7 @@ class HotMap:
         self._open_lock = threading.Lock()
         self._gate = ForkGate()
         self._env: Any = None
-        self._dbs: tuple[Any, Any] = (None, None)
+        self._dbs: tuple[Any, Any, Any] = (None, None, None)
         #: why this process may not open the environment (a child that inherited it open).
         self._blocked: str | None = None
         #: an environment inherited through fork: kept, never used, never closed.
@@ -137,24 +148,24 @@ class HotMap:
         transaction (reader table full).
         """
         with self._gate.call():  # waits while a fork is being prepared
-            env, frames, shards = self._opened()
+            env, dbs = self._opened()
             self._check_identity()
             try:
                 txn = env.begin(buffers=True)
             except lmdb.Error as exc:
                 raise Unavailable(f"no read transaction on the hot tier: {exc}") from exc
-            session = HotSession(txn, frames, shards, self.leases)
+            session = HotSession(txn, dbs, self.leases)
             try:
                 yield session
             finally:
                 if not session.leased:
                     self._ended.end(txn)  # before the gate lets a close in
 
-    def _opened(self) -> tuple[Any, Any, Any]:
+    def _opened(self) -> tuple[Any, tuple[Any, Any, Any]]:
         with self._open_lock:
             if self._env is None:
                 self._open()
-            return self._env, *self._dbs
+            return self._env, self._dbs
 
     def _check_identity(self) -> None:
         """Raise HotTierReplaced unless ``data.mdb`` is still the file of the grant. At
@@ -197,6 +208,7 @@ class HotMap:
             dbs = (
                 env.open_db(FRAMES_DB.encode(), create=False),
                 env.open_db(SHARDS_DB.encode(), create=False),
+                env.open_db(META_DB.encode(), create=False),
             )
         except lmdb.Error as exc:
             env.close()
@@ -229,7 +241,7 @@ class HotMap:
             if self.leases.live:
                 return False
             with self._open_lock:
-                env, self._env, self._dbs = self._env, None, (None, None)
+                env, self._env, self._dbs = self._env, None, (None, None, None)
                 self._retired_and_closed = True
             if env is not None:
                 env.close()
@@ -256,7 +268,7 @@ class HotMap:
     def _before_fork(self) -> None:
         self._gate.hold(_FORK_WAIT_S)  # held until after the fork
         if self._gate.idle and not self.leases.live and self._env is not None:
-            env, self._env, self._dbs = self._env, None, (None, None)
+            env, self._env, self._dbs = self._env, None, (None, None, None)
             env.close()  # reopened on the next read
             self._ended.forget()
 
@@ -269,7 +281,7 @@ class HotMap:
         self._ended = EndedReads()  # the parent's: py-lmdb leaves them be in a child
         self.leases = LeasePool(self.max_snapshots, self._ended.end)  # (counts the parent's)
         if self._env is not None:
-            self._inherited, self._env, self._dbs = self._env, None, (None, None)
+            self._inherited, self._env, self._dbs = self._env, None, (None, None, None)
             self._blocked = (
                 "the parent process held zero-copy buffers from the hot tier when it "
                 "forked, so this process cannot map the hot tier; it reads through the service"

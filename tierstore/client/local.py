@@ -11,7 +11,9 @@ own process (docs/local-reads.md): zero copies for plaintext, exactly one
    :class:`~tierstore.client.hotmap.HotMap`;
 2. looks the shard up in one read transaction; a shard that is not hot returns
    ``None``, and so does any failure: the caller then reads through the service,
-   which promotes a cold shard and counts the miss;
+   which promotes a cold shard and counts the miss. A shard generation written since
+   the grant was asked for is read only under a grant asked for again: the dataset
+   may have been deleted (its grants with it) and made again for other readers;
 3. plaintext: verifies each frame's xxh3 trailer and hands the payload out in place
    (Arrow buffers over the map, holding the snapshot open until the last of them is
    collected; past ``max_snapshots`` open snapshots it copies, and so it does for a
@@ -194,6 +196,17 @@ class _Route:
 
     hot: HotMap | None
     until: float  # time.monotonic()
+    #: the map's next generation before the grant was asked for: a shard generation
+    #: at or past it was written since, perhaps to a dataset of the name made again
+    #: (whose roles are not the grant's), and needs a grant asked for after it.
+    ceiling: int = 0
+
+
+class _Newer:
+    """What a read in place returns for a shard newer than its grant (see _Route)."""
+
+
+_NEWER = _Newer()
 
 
 _Build = Callable[[HotSession, ShardRecord, FrameSealer], LocalShard]
@@ -278,34 +291,52 @@ class LocalReads:
     # One read.
 
     def _read(self, dataset: str, shard: str, build: _Build) -> LocalShard | None:
-        hot = self._route(dataset)
-        result = None
-        if hot is not None:
-            try:
-                result = self._read_hot(hot, dataset, shard, build)
-            except DataLoss:
-                raise
-            except HotTierReplaced as exc:
-                # The node restarted on a new hot tier: ask for a grant to it next time.
-                with self._lock:
-                    self._routes.pop(dataset, None)
-                hot.retire()
-                self._note("replaced", f"{exc}; reading through the service")
-            except Exception as exc:  # any failure: the service reads it instead
-                self._note(
-                    type(exc).__name__,
-                    f"a local read failed ({type(exc).__name__}: {exc}); reading through the "
-                    "service instead",
-                )
+        result = self._read_in(self._route(dataset), dataset, shard, build)
+        if result is _NEWER:
+            # Written since the grant was asked for: the dataset may have been deleted
+            # and made again meanwhile, its grants (ours among them) gone with it. Only
+            # a grant asked for now covers the shard. (Newer than that one too: written
+            # again at once, which the service reads.)
+            result = self._read_in(self._route(dataset, renew=True), dataset, shard, build)
+        if isinstance(result, _Newer):
+            result = None
         self.counts.bump("fallbacks" if result is None else "local")
         return result
 
-    def _read_hot(self, hot: HotMap, dataset: str, shard: str, build: _Build) -> LocalShard | None:
+    def _read_in(
+        self, route: _Route, dataset: str, shard: str, build: _Build
+    ) -> LocalShard | _Newer | None:
+        hot = route.hot
+        if hot is None:
+            return None
+        try:
+            return self._read_hot(hot, route.ceiling, dataset, shard, build)
+        except DataLoss:
+            raise
+        except HotTierReplaced as exc:
+            # The node restarted on a new hot tier: ask for a grant to it next time.
+            with self._lock:
+                self._routes.pop(dataset, None)
+            hot.retire()
+            self._note("replaced", f"{exc}; reading through the service")
+        except Exception as exc:  # any failure: the service reads it instead
+            self._note(
+                type(exc).__name__,
+                f"a local read failed ({type(exc).__name__}: {exc}); reading through the "
+                "service instead",
+            )
+        return None
+
+    def _read_hot(
+        self, hot: HotMap, ceiling: int, dataset: str, shard: str, build: _Build
+    ) -> LocalShard | _Newer | None:
         for _ in range(2):  # a data key is fetched between two snapshots; once is enough
             with hot.session() as session:
                 record = session.record(dataset, shard)
                 if record is None or not record.hot:
                     return None  # the service says it is missing, or reads and promotes it
+                if record.generation >= ceiling:
+                    return _NEWER  # not covered by the grant: ask again first
                 sealer = self._sealer(record)
                 if sealer is not None:
                     result = build(session, record, sealer)
@@ -378,42 +409,52 @@ class LocalReads:
 
     # Grants.
 
-    def _route(self, dataset: str) -> HotMap | None:
+    def _route(self, dataset: str, renew: bool = False) -> _Route:
+        """The dataset's grant, asked for again when it ran out or ``renew``."""
         now = time.monotonic()
         with self._lock:
             route = self._routes.get(dataset)
-        if route is not None and now < route.until:
-            hot = route.hot
-        else:
-            hot, until = self._renew(dataset, now)
+        if route is None or now >= route.until or renew:
+            route = self._renew(dataset, now, None if route is None else route.hot)
             with self._lock:
-                self._routes[dataset] = _Route(hot, until)
-            if hot is None:
+                self._routes[dataset] = route
+            if route.hot is None:
                 self._keys.drop_dataset(dataset)  # no grant, no keys
             else:
-                self._keys.grant(dataset, until)
+                self._keys.grant(dataset, route.until)
         # After this dataset's renewal, so that reading it keeps its keys: every other
         # dataset whose grant ran out unrenewed loses them.
         self._keys.expire()
-        return hot
+        return route
 
-    def _renew(self, dataset: str, now: float) -> tuple[HotMap | None, float]:
+    def _renew(self, dataset: str, now: float, known: HotMap | None) -> _Route:
+        """A new grant, covering the shard generations of its map before it was asked
+        for (``known``: the map the last grant named, read before asking; a grant of
+        another map is asked for again once that map was read)."""
         close_retired()  # maps of replaced files that nothing uses any more
-        try:
-            grant = self._rpc.open_local(dataset)
-        except FailedPrecondition as exc:  # turned off there, or not this host
-            self._note("refused", f"the server does not grant local reads ({exc})")
-            return None, now + _REFUSED_RETRY_S
-        except ResourceExhausted as exc:  # the server keeps its reader slots for itself
-            self._note("busy", f"the server grants no local reads for now ({exc})")
-            return None, now + _BUSY_RETRY_S
-        except TierstoreError:  # no access, no such dataset, unreachable: the service says
-            return None, now + _FAILED_RETRY_S
-        why = _unusable(grant)
-        if why is not None:
-            self._note(why, why)
-            return None, now + grant.ttl_s
-        return hot_map(grant, self.options.max_snapshots), now + grant.ttl_s
+        before = None if known is None else _next_generation(known)
+        for _ in range(2):
+            try:
+                grant = self._rpc.open_local(dataset)
+            except FailedPrecondition as exc:  # turned off there, or not this host
+                self._note("refused", f"the server does not grant local reads ({exc})")
+                return _Route(None, now + _REFUSED_RETRY_S)
+            except ResourceExhausted as exc:  # the server keeps its reader slots for itself
+                self._note("busy", f"the server grants no local reads for now ({exc})")
+                return _Route(None, now + _BUSY_RETRY_S)
+            except TierstoreError:  # no access, no such dataset, unreachable: the service says
+                return _Route(None, now + _FAILED_RETRY_S)
+            why = _unusable(grant)
+            if why is not None:
+                self._note(why, why)
+                return _Route(None, now + grant.ttl_s)
+            hot = hot_map(grant, self.options.max_snapshots)
+            if before is not None and known is hot:
+                return _Route(hot, now + grant.ttl_s, before)
+            known, before = hot, _next_generation(hot)
+        # The map could not be read (reads of it fail and go through the service), or
+        # the grants named two files: a grant that covers no shard yet.
+        return _Route(hot, now + grant.ttl_s)
 
     def _note(self, key: str, message: str) -> None:
         """Log why a read went through the service, once per kind of reason."""
@@ -433,6 +474,15 @@ def _unusable(grant: LocalGrant) -> str | None:
             f"{grant.host.pid_namespace}; here {here.hostname}, {here.pid_namespace or '?'})"
         )
     return None
+
+
+def _next_generation(hot: HotMap) -> int | None:
+    """``hot``'s next generation now, or ``None`` if it cannot be read."""
+    try:
+        with hot.session() as session:
+            return session.next_generation()
+    except Exception:  # the read that follows finds out why, and says so
+        return None
 
 
 def _frame_lookup(

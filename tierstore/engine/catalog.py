@@ -32,11 +32,20 @@ from tierstore.errors import DatasetNotFound, IntegrityError, ShardNotFound
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import DatasetSettings
 
-__all__ = ["DB_NAMES", "FRAMES_DB", "SHARDS_DB", "Catalog", "lookup_shard"]
+__all__ = [
+    "DB_NAMES",
+    "FRAMES_DB",
+    "META_DB",
+    "SHARDS_DB",
+    "Catalog",
+    "lookup_counter",
+    "lookup_shard",
+]
 
 FRAMES_DB = "frames"
 SHARDS_DB = "shards"
-DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", "meta")
+META_DB = "meta"
+DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", META_DB)
 _U64 = struct.Struct(">Q")
 #: Key prefix in ``meta`` of the markers of staged promotions (counters and notes
 #: are named in words: no counter begins so).
@@ -69,6 +78,14 @@ def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardReco
         ) from exc
     # Long names share a truncated key prefix with a hash; the record holds the full name.
     return record if record.name == name else None
+
+
+def lookup_counter(txn: Any, meta_db: Any, name: str) -> int:
+    """A counter of the ``meta`` sub-database (0 if never set), such as
+    ``next_generation``: one past the newest generation committed. Read-only, shared
+    with the client's local read path."""
+    raw = txn.get(name.encode(), db=meta_db)
+    return 0 if raw is None else int(_U64.unpack(bytes(raw))[0])
 
 
 class Catalog:
@@ -279,8 +296,7 @@ class Catalog:
         txn.put(b"note:" + name.encode(), text.encode(), db=self._db("meta"))
 
     def counter(self, txn: Any, name: str) -> int:
-        raw = txn.get(name.encode(), db=self._db("meta"))
-        return 0 if raw is None else int(_U64.unpack(bytes(raw))[0])
+        return lookup_counter(txn, self._db(META_DB), name)
 
     def set_counter(self, txn: Any, name: str, value: int) -> None:
         txn.put(name.encode(), _U64.pack(max(0, value)), db=self._db("meta"))
