@@ -343,6 +343,19 @@ def test_local_reads_turned_off_go_through_the_service(
         assert "turned off" in refused.value.details()  # type: ignore[attr-defined]
 
 
+def retry_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses between the attempts of calls retried from now on (they still pause)."""
+    pauses: list[float] = []
+    sleep = time.sleep
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(failures.time, "sleep", pause)
+    return pauses
+
+
 def test_with_no_server_reachable_a_read_waits_no_longer_than_without_local_reads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -352,14 +365,7 @@ def test_with_no_server_reachable_a_read_waits_no_longer_than_without_local_read
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    pauses: list[float] = []
-    sleep = time.sleep
-
-    def pause(seconds: float) -> None:
-        pauses.append(seconds)
-        sleep(seconds)
-
-    monkeypatch.setattr(failures.time, "sleep", pause)
+    pauses = retry_pauses(monkeypatch)
     waited = []
     for local in (False, True):
         pauses.clear()
@@ -369,6 +375,28 @@ def test_with_no_server_reachable_a_read_waits_no_longer_than_without_local_read
             assert client.read_counts == ReadCounts(grpc=1, fallbacks=int(local))
         waited.append(list(pauses))
     assert waited[0] and waited[1] == waited[0]
+
+
+def test_a_data_key_is_asked_for_once_when_the_server_has_gone(
+    spawn_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Granted, then the node went away: the key of a shard not read yet was asked for
+    # with a read's retries, and the read then went through the service and retried
+    # as long again.
+    node = spawn_server(None)
+    with node.connect(local_reads=False) as admin:
+        admin.create_dataset("d", encrypted=True)
+        admin.put("d", "a", b"a" * 5000)
+        admin.put("d", "b", b"b" * 5000)
+    with reader_client(node) as client:
+        assert client.get("d", "a").to_pybytes() == b"a" * 5000
+        assert client.read_counts.local == 1  # granted, for a minute
+        node.stop()
+        pauses = retry_pauses(monkeypatch)
+        with pytest.raises(errors.Unavailable):
+            client.get("d", "b")  # its key is not here yet
+        assert client.read_counts == ReadCounts(local=1, grpc=1, fallbacks=1)
+        assert pauses == list(failures.RETRY_DELAYS_S)  # the service's read's, only
 
 
 def run_script(

@@ -25,10 +25,11 @@ class GrpcLocalReadRpc:
         self._stub = stub
         self._call = call
 
+    # These two are asked once, not retried: a read whose grant or key fails is the
+    # service's to make, and that read retries an unreachable server itself (retried
+    # here first, it waited twice as long before its Unavailable).
+
     def open_local(self, dataset: str) -> LocalGrant:
-        # Asked once, not retried: a grant that fails is the service's read to make, and
-        # that read retries an unreachable server itself (retried here first, it waited
-        # twice as long before its Unavailable).
         reply = self._call(
             self._stub().OpenLocal, shards_pb2.OpenLocalRequest(dataset=dataset), idempotent=False
         )
@@ -38,7 +39,7 @@ class GrpcLocalReadRpc:
         request = shards_pb2.GrantDataKeyRequest(
             dataset=dataset, shard=shard, generation=generation
         )
-        reply = self._call(self._stub().GrantDataKey, request, idempotent=True)
+        reply = self._call(self._stub().GrantDataKey, request, idempotent=False)
         return DataKey(reply.data_key, reply.nonce_prefix)
 
     def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
