@@ -58,7 +58,7 @@ from tierstore.tiers.endedreads import EndedReads
 from tierstore.tiers.lmdb import MAX_READERS
 from tierstore.wire.local import LocalGrant
 
-__all__ = ["HotMap", "HotSession", "HotTierReplaced", "close_retired", "hot_map"]
+__all__ = ["HotMap", "HotSession", "HotTierReplaced", "close_retired", "hot_map", "newest_map"]
 
 #: The longest a fork waits for local reads in flight.
 _FORK_WAIT_S = 10.0
@@ -305,6 +305,12 @@ def close_retired() -> None:
             for hot in closed:
                 if hot in _RETIRED:
                     _RETIRED.remove(hot)
+
+
+def newest_map() -> HotMap | None:
+    """The map this process made last, if any (what a first grant most likely names)."""
+    with _registry_lock:
+        return next(reversed(_MAPS.values()), None)
 
 
 def hot_map(grant: LocalGrant, max_snapshots: int) -> HotMap:

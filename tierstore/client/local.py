@@ -51,6 +51,7 @@ from tierstore.client.hotmap import (
     HotTierReplaced,
     close_retired,
     hot_map,
+    newest_map,
 )
 from tierstore.client.keycache import DataKeys
 from tierstore.client.receive import open_all_frames, open_pieces_into
@@ -415,7 +416,8 @@ class LocalReads:
         with self._lock:
             route = self._routes.get(dataset)
         if route is None or now >= route.until or renew:
-            route = self._renew(dataset, now, None if route is None else route.hot)
+            known = newest_map() if route is None or route.hot is None else route.hot
+            route = self._renew(dataset, now, known)
             with self._lock:
                 self._routes[dataset] = route
             if route.hot is None:
@@ -429,8 +431,8 @@ class LocalReads:
 
     def _renew(self, dataset: str, now: float, known: HotMap | None) -> _Route:
         """A new grant, covering the shard generations of its map before it was asked
-        for (``known``: the map the last grant named, read before asking; a grant of
-        another map is asked for again once that map was read)."""
+        for (``known``: the map the grant most likely names, read before asking; a
+        grant of another map is asked for again once that map was read)."""
         close_retired()  # maps of replaced files that nothing uses any more
         before = None if known is None else _next_generation(known)
         for _ in range(2):
