@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -344,15 +345,15 @@ def test_local_reads_turned_off_go_through_the_service(
 
 
 def retry_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pauses between the attempts of calls retried from now on (they still pause)."""
+    """The pauses between the attempts of calls retried from now on (they still pause;
+    only the retries' clock is watched, not every thread's ``time.sleep``)."""
     pauses: list[float] = []
-    sleep = time.sleep
 
     def pause(seconds: float) -> None:
         pauses.append(seconds)
-        sleep(seconds)
+        time.sleep(seconds)
 
-    monkeypatch.setattr(failures.time, "sleep", pause)
+    monkeypatch.setattr(failures, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))
     return pauses
 
 
