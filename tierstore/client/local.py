@@ -66,6 +66,7 @@ from tierstore.errors import (
     InvalidArgument,
     ResourceExhausted,
     TierstoreError,
+    Unavailable,
 )
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.types import ShardKind, check_bool, seconds_up_to, whole_number
@@ -201,6 +202,11 @@ class _Route:
     #: at or past it was written since, perhaps to a dataset of the name made again
     #: (whose roles are not the grant's), and needs a grant asked for after it.
     ceiling: int = 0
+    #: refused for now, not for want of access: a busy reader table, no server reached.
+    transient: bool = False
+    #: a grant asked for again (for a newer shard) and refused for now: not asked for
+    #: again before this (the newer shards go through the service meanwhile).
+    renew_after: float = 0.0
 
 
 class _Newer:
@@ -412,21 +418,38 @@ class LocalReads:
 
     def _route(self, dataset: str, renew: bool = False) -> _Route:
         """The dataset's grant, asked for again when it ran out or ``renew``."""
-        now = time.monotonic()
-        with self._lock:
-            route = self._routes.get(dataset)
-        if route is None or now >= route.until or renew:
-            known = newest_map() if route is None or route.hot is None else route.hot
-            route = self._renew(dataset, now, known)
-            with self._lock:
-                self._routes[dataset] = route
-            if route.hot is None:
-                self._keys.drop_dataset(dataset)  # no grant, no keys
-            else:
-                self._keys.grant(dataset, route.until)
+        route = self._held_route(dataset, renew)
         # After this dataset's renewal, so that reading it keeps its keys: every other
         # dataset whose grant ran out unrenewed loses them.
         self._keys.expire()
+        return route
+
+    def _held_route(self, dataset: str, renew: bool) -> _Route:
+        """:meth:`_route` without the key sweep."""
+        now = time.monotonic()
+        with self._lock:
+            held = last = self._routes.get(dataset)
+        if held is not None and now < held.until:
+            if not renew or held.hot is None:
+                return held
+            if now < held.renew_after:
+                return _Route(None, held.renew_after)  # asked a moment ago: the service reads
+        else:
+            held = None  # ran out
+        known = last.hot if last is not None and last.hot is not None else newest_map()
+        route = self._renew(dataset, now, known)
+        if held is not None and held.hot is not None and route.hot is None and route.transient:
+            # Asked again for a newer shard, and not answered for now (the node down, its
+            # reader table busy): the grant held still covers the shards it did.
+            with self._lock:
+                self._routes[dataset] = replace(held, renew_after=route.until)
+            return route
+        with self._lock:
+            self._routes[dataset] = route
+        if route.hot is None:
+            self._keys.drop_dataset(dataset)  # no grant, no keys
+        else:
+            self._keys.grant(dataset, route.until)
         return route
 
     def _renew(self, dataset: str, now: float, known: HotMap | None) -> _Route:
@@ -443,9 +466,9 @@ class LocalReads:
                 return _Route(None, now + _REFUSED_RETRY_S)
             except ResourceExhausted as exc:  # the server keeps its reader slots for itself
                 self._note("busy", f"the server grants no local reads for now ({exc})")
-                return _Route(None, now + _BUSY_RETRY_S)
-            except TierstoreError:  # no access, no such dataset, unreachable: the service says
-                return _Route(None, now + _FAILED_RETRY_S)
+                return _Route(None, now + _BUSY_RETRY_S, transient=True)
+            except TierstoreError as exc:  # no access, no dataset, unreachable: the service says
+                return _Route(None, now + _FAILED_RETRY_S, transient=isinstance(exc, Unavailable))
             why = _unusable(grant)
             if why is not None:
                 self._note(why, why)
