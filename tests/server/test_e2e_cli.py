@@ -10,6 +10,7 @@ on the installed ``tierstore`` console script, in parallel processes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -1158,6 +1159,30 @@ def test_serve_says_what_to_do_with_a_data_directory_it_cannot_make_private(
     assert f"cannot use '{shared}' as the data directory" in line
     assert "give it a directory of its own" in line
     assert list(shared.iterdir()) == []
+
+
+def mkdir_is_not_permitted(path: Path) -> bool:
+    """Whether making ``path`` fails with EPERM (not for want of ownership)."""
+    try:
+        path.mkdir()
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    path.rmdir()
+    return False
+
+
+def test_a_data_directory_that_cannot_be_made_is_not_blamed_on_its_owner() -> None:
+    # mkdir refused with EPERM (in /sys, say) was said to be a directory that
+    # "belongs to another user", which does not exist at all.
+    target = Path("/sys/kernel/tierstore-data")
+    if not mkdir_is_not_permitted(target):
+        pytest.skip("no place here where mkdir fails with EPERM")
+    command = [tierstore_command(), "serve", "--data-dir", str(target)]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
+    assert f"cannot use '{target}' as the data directory" in line
+    assert "another user" not in line
 
 
 def test_reads_by_the_cli_are_counted_on_either_path(

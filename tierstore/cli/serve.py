@@ -120,6 +120,14 @@ class ServeOptions:
     reseal_archive: bool = False
 
 
+def _owned_by_another_user(path: Path) -> bool:
+    """Whether ``path`` exists and belongs to a user other than this process's."""
+    try:
+        return path.stat().st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
 def _restrict_secrets(data_dir: Path) -> None:
     """Take group and other bits off the secrets the data directory holds at its top.
     The directory may keep group read for local readers, and an operator's
@@ -183,7 +191,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         hint = (
             " (it belongs to another user, and the node must make its data directory "
             "private: give it a directory of its own, such as one inside this one)"
-            if exc.errno == errno.EPERM
+            if exc.errno == errno.EPERM and _owned_by_another_user(data_dir)
             else ""
         )
         raise InvalidArgument(
