@@ -255,3 +255,20 @@ def test_a_key_file_given_as_text_is_a_path(tmp_path: Path) -> None:
     settings = EngineSettings(master_key_file=str(tmp_path / "master.keys"))  # type: ignore[arg-type]
     assert settings.master_key_file == tmp_path / "master.keys"
     assert EngineSettings(trace_capacity=100_000_000, background_niceness=np.int64(3))
+
+
+def test_relative_paths_in_a_settings_file_are_taken_from_the_file(tmp_path: Path) -> None:
+    # They were taken from the working directory: the same file started from / (a
+    # service manager) and from a shell named two nodes, the second silently empty.
+    config = tmp_path / "etc" / "node.toml"
+    config.parent.mkdir()
+    config.write_text('data_dir = "node"\nmaster_key_file = "../keys/master.keys"\n')
+    settings = load_settings(config, environ={})
+    assert settings.data_dir == tmp_path / "etc" / "node"
+    assert settings.master_key_file == tmp_path / "etc" / ".." / "keys" / "master.keys"
+    # Absolute paths are kept, and a variable's or an override's path is the caller's.
+    config.write_text('data_dir = "/srv/node"\n')
+    assert load_settings(config, environ={}).data_dir == Path("/srv/node")
+    from_env = load_settings(config, environ={"TIERSTORE_DATA_DIR": "here"})
+    assert from_env.data_dir == Path("here")
+    assert load_settings(config, environ={}, data_dir=Path("flag")).data_dir == Path("flag")

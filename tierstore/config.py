@@ -288,7 +288,7 @@ def load_settings(
                 mode,
             )
         archive.update(table)
-        values.update(document)
+        values.update(_paths_from(Path(path).parent, document))
     engine_fields = {f.name: f for f in fields(EngineSettings) if f.name != "archive"}
     archive_fields = {f.name: f for f in fields(ArchiveSettings)}
     for name, raw in environ.items():
@@ -335,6 +335,22 @@ def load_settings(
     if "archive" in overrides:
         archive_settings = overrides["archive"]
     return EngineSettings(archive=archive_settings, **typed)
+
+
+#: Settings that name a file or directory.
+_PATH_SETTINGS = ("data_dir", "master_key_file")
+
+
+def _paths_from(folder: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (a settings file's) with its relative paths taken from ``folder``,
+    the file's. (From the working directory, one file started by a service manager, at
+    /, and from a shell named two nodes.)"""
+    resolved = dict(document)
+    for name in _PATH_SETTINGS:
+        value = document.get(name)
+        if isinstance(value, str) and value.strip() and not Path(value).is_absolute():
+            resolved[name] = str(folder / value)
+    return resolved
 
 
 def _unknown_variable(name: str, engine_fields: Mapping[str, object]) -> InvalidArgument:
