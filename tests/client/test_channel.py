@@ -198,8 +198,9 @@ def test_every_wording_of_a_closed_channel_is_unavailable() -> None:
 @pytest.mark.parametrize("given", ["client_cert", "client_key"])
 def test_half_a_client_certificate_pair_is_refused_not_an_abort(given: str, tmp_path: Path) -> None:
     # gRPC aborted the whole process (SIGABRT) on a key without its certificate.
-    with pytest.raises(InvalidArgument, match="both a client certificate and its key"):
+    with pytest.raises(InvalidArgument, match="both a client certificate and its key") as half:
         ChannelSettings("127.0.0.1:1", **{given: tmp_path / "half.pem"})
+    assert "the CLI's --client-cert and --client-key" in str(half.value)  # all three doors
     variable = {"client_cert": "TIERSTORE_CLIENT_CERT", "client_key": "TIERSTORE_CLIENT_KEY"}
     environ = {"TIERSTORE_ADDRESS": "127.0.0.1:1", variable[given]: str(tmp_path / "x.pem")}
     with pytest.raises(InvalidArgument, match="both a client certificate and its key"):

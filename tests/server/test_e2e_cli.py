@@ -741,9 +741,9 @@ def test_token_create_ls_revoke_and_keys_rotate(
     for ttl in ("1e300", str(MAX_TTL_S + 1), "1e-9", "0.5"):
         refused = run(env, "token", "create", "dave", "--grant", f"{dataset}=reader", "--ttl", ttl)
         assert refused.returncode == 2, (ttl, refused.stderr)
-        assert "InvalidArgument: ttl_s must be 0 (never expires) or from 1 to" in one_line_error(
-            refused
-        )
+        line = one_line_error(refused)
+        assert "InvalidArgument: ttl_s must be 0 (never expires) or from 1 to" in line
+        assert "the CLI's --ttl" in line
     longest = ok(
         env, "token", "create", "erin", "--grant", f"{dataset}=reader", "--ttl", str(MAX_TTL_S)
     )

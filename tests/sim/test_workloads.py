@@ -29,7 +29,7 @@ def test_names() -> None:
 def test_unknown_name_or_bad_seed() -> None:
     with pytest.raises(InvalidArgument, match="valid names: zipf-0"):
         generate("zipf-7", seed=0)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument, match=r"seed must not be negative \(the CLI's --seed\)"):
         generate("epochs", seed=-1)
     with pytest.raises(InvalidArgument):
         warmup_reads("nope", generate("epochs", seed=0))

@@ -71,7 +71,8 @@ class ChannelSettings:
             # gRPC would abort the whole process ("Check failed: cert_chain != nullptr").
             raise InvalidArgument(
                 "mutual TLS needs both a client certificate and its key (client_cert= and "
-                "client_key=, or TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY): one was given"
+                "client_key=, TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY, or the CLI's "
+                "--client-cert and --client-key): one was given"
             )
 
 

@@ -337,7 +337,7 @@ class TokenStore:
         if ttl_s != 0 and not MIN_TTL_S <= ttl_s <= MAX_TTL_S:  # NaN fails this too
             raise InvalidArgument(
                 f"ttl_s must be 0 (never expires) or from {MIN_TTL_S:g} to {MAX_TTL_S:.0f} "
-                f"seconds (ten years), not {ttl_s!r:.40}"
+                f"seconds (ten years; the CLI's --ttl), not {ttl_s!r:.40}"
             )
         now = self._clock()
         token_id = secrets.token_hex(_ID_BYTES)

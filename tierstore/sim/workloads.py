@@ -233,7 +233,7 @@ def generate(name: str, *, seed: int, full: bool = False) -> Trace:
     if make is None:
         raise InvalidArgument(f"no workload is called {name!r}; valid names: {', '.join(NAMES)}")
     if seed < 0:
-        raise InvalidArgument(f"seed must not be negative, got {seed}")
+        raise InvalidArgument(f"seed must not be negative (the CLI's --seed), got {seed}")
     return make(seed, full)
 
 
