@@ -69,6 +69,15 @@ class FrameSealer:
         last = 1 if index == self.frame_count - 1 else 0
         return _AAD_VERSION + self.context + struct.pack(">IB", index, last)
 
+    def payload_size(self, index: int, stored: bytes | memoryview) -> int:
+        """The payload bytes of stored frame ``index``: what :meth:`open_into` writes.
+        Raises :class:`IntegrityError` for stored bytes shorter than the checksum or
+        tag (a frame cut short), which hold no payload size to allocate."""
+        size = len(stored) - self.overhead
+        if size < 0:
+            raise IntegrityError(f"frame {index} is truncated ({len(stored)} bytes)")
+        return size
+
     def seal(self, index: int, payload: bytes | memoryview) -> bytes | bytearray:
         """Return the stored bytes of frame ``index``."""
         self._check_index(index)

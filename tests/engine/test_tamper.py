@@ -99,6 +99,10 @@ def cut_last_frame(store: Store, dataset: str, generation: int, frames: list[byt
     put_hot_frame(store, generation, FRAMES - 1, frames[-1][:-5])
 
 
+def cut_below_trailer(store: Store, dataset: str, generation: int, frames: list[bytes]) -> None:
+    put_hot_frame(store, generation, 1, frames[1][:3])  # shorter than a checksum or a tag
+
+
 def transplant(store: Store, dataset: str, generation: int, frames: list[bytes]) -> None:
     neighbour = hot_frames(store, dataset, "neighbour")[1]
     assert neighbour is not None
@@ -111,6 +115,7 @@ HOT_TAMPERS: dict[str, tuple[Tamper, list[int]]] = {
     "swap-frames": (swap_frames, [0, 3]),
     "drop-last-frame": (drop_last_frame, [0, 1, 2]),
     "cut-last-frame": (cut_last_frame, [0, 1, 2]),
+    "cut-below-trailer": (cut_below_trailer, [0, 2, 3]),
     "other-shards-frame": (transplant, [0, 2, 3]),
 }
 
@@ -126,7 +131,27 @@ def test_hot_tamper_is_data_loss(open_store: StoreFactory, dataset: str, tamper:
     change, good = HOT_TAMPERS[tamper]
     change(store, dataset, info.generation, [f for f in frames if f is not None])
     assert_data_loss(store, dataset, "victim", good)
+    with pytest.raises(IntegrityError):
+        list(store.iter_frames(dataset, "victim"))
     assert_store_still_works(store, dataset, "victim")
+
+
+@dataset_kinds
+def test_a_hot_frame_cut_below_its_trailer_is_not_archived_and_stalls_nothing(
+    open_store: StoreFactory, dataset: str
+) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    info = store.put(dataset, "victim", DATA)
+    store.put(dataset, "neighbour", OTHER)
+    frames = [f for f in hot_frames(store, dataset, "victim") if f is not None]
+    cut_below_trailer(store, dataset, info.generation, frames)
+    store.mover.drain_once()
+    assert store.mover.pending() == 0  # the damaged upload does not hold the journal
+    assert [event.split(":")[0] for event in store.stats().data_loss] == [
+        f"{dataset}/victim@{info.generation}"
+    ]
+    assert store.stat(dataset, "neighbour").archived
+    assert not store.stat(dataset, "victim").archived
 
 
 @dataset_kinds

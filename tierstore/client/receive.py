@@ -102,7 +102,7 @@ def open_frames_into(
     remaining_skip = skip
     try:
         for index, stored in stored_frames:
-            payload_size = len(stored) - sealer.overhead
+            payload_size = sealer.payload_size(index, stored)
             start = remaining_skip
             stop = min(payload_size, start + length - position)
             remaining_skip = 0
@@ -139,7 +139,7 @@ def open_pieces_into(
 
     def open_one(k: int, stored: memoryview) -> bool:
         index, start, stop = pieces[k]
-        if not 0 <= start <= stop <= len(stored) - sealer.overhead:
+        if not 0 <= start <= stop <= sealer.payload_size(index, stored):
             raise IntegrityError(f"frame {index} is shorter than the catalog says")
         _open_piece_into(sealer, index, stored, start, stop, out[positions[k] : positions[k + 1]])
         return True
@@ -161,12 +161,12 @@ def _open_piece_into(
     out: memoryview,
 ) -> None:
     """Open frame ``index`` and write payload bytes ``[start, stop)`` into ``out``."""
-    payload_size = len(stored) - sealer.overhead
+    payload_size = sealer.payload_size(index, stored)
     if start == 0 and stop == payload_size:
         # The whole frame is wanted: open it straight into place (one copy).
         sealer.open_into(index, memoryview(stored), out)
     else:
-        whole = bytearray(max(payload_size, 0))
+        whole = bytearray(payload_size)
         sealer.open_into(index, memoryview(stored), memoryview(whole))
         out[:] = whole[start:stop]
 
@@ -200,7 +200,7 @@ def open_all_frames(
 def _open_frame(
     sealer: FrameSealer, index: int, stored: bytes | memoryview, allocate: FrameAllocator
 ) -> pa.Buffer:
-    buffer = allocate(len(stored) - sealer.overhead)
+    buffer = allocate(sealer.payload_size(index, stored))
     # A pyarrow buffer's memoryview has format "b"; slice assignment from the
     # verified payload (format "B") needs matching formats.
     sealer.open_into(index, memoryview(stored), memoryview(buffer).cast("B"))

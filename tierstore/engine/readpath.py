@@ -212,7 +212,7 @@ class ShardReader:
             if lease is not None:
                 return lease.keep(payload)
             return pa.py_buffer(bytes(payload))
-        out = pa.allocate_buffer(len(stored) - sealer.overhead)  # 64-byte aligned
+        out = pa.allocate_buffer(sealer.payload_size(piece.index, stored))  # 64-byte aligned
         sealer.open_into(piece.index, stored, memoryview(out))
         if piece.start == 0 and piece.stop == out.size:
             return out

@@ -155,7 +155,8 @@ class ShardSealers:
         if sealer.cipher is None:
             sealer.open(index, stored)
         else:
-            sealer.open_into(index, stored, memoryview(bytearray(len(stored) - sealer.overhead)))
+            payload = bytearray(sealer.payload_size(index, stored))
+            sealer.open_into(index, stored, memoryview(payload))
 
 
 @dataclass(frozen=True, slots=True)
