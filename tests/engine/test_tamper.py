@@ -10,6 +10,7 @@ working. Every case runs on a plaintext (checksummed) and an encrypted dataset.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -27,9 +28,11 @@ from tests.engine.backdoor import (
     frames_object_key,
     hot_frames,
     put_hot_frame,
+    put_raw_record,
     record_of,
 )
 from tests.engine.stores import FRAME, KEYRING, OTHER_KEYRING, StoreFactory, payload
+from tierstore.engine.records import ShardRecord
 from tierstore.engine.store import Store
 from tierstore.errors import DataLoss, IntegrityError
 from tierstore.frames import FrameSealer, shard_context
@@ -152,6 +155,32 @@ def test_a_hot_frame_cut_below_its_trailer_is_not_archived_and_stalls_nothing(
     ]
     assert store.stat(dataset, "neighbour").archived
     assert not store.stat(dataset, "victim").archived
+
+
+@pytest.mark.parametrize(
+    "field, damaged",
+    [
+        ("nonce_prefix", lambda text: text[:-1] + "9"),  # one bit of its "=": 9 bytes
+        ("key_id", lambda text: 1),
+    ],
+)
+def test_a_damaged_key_record_is_data_loss_and_stalls_nothing(
+    open_store: StoreFactory, field: str, damaged: Callable[[str], object]
+) -> None:
+    store = open_store(datasets=DATASETS, start_mover=False)
+    store.put("enc", "victim", DATA)
+    store.put("enc", "neighbour", OTHER)
+    document = json.loads(record_of(store, "enc", "victim").encode())
+    document["envelope"][field] = damaged(document["envelope"][field])
+    with pytest.raises(IntegrityError):
+        ShardRecord.decode(json.dumps(document).encode())
+    put_raw_record(store, "enc", "victim", json.dumps(document).encode())
+    with pytest.raises(DataLoss):
+        store.get("enc", "victim")
+    store.mover.drain_once()
+    assert store.mover.pending() == 0  # the damaged record's upload holds nothing up
+    assert store.stat("enc", "neighbour").archived
+    assert [event.split(":")[0] for event in store.stats().data_loss] == ["enc/victim"]
 
 
 @dataset_kinds

@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tierstore.crypto import NONCE_PREFIX_BYTES
 from tierstore.errors import IntegrityError, InvalidArgument
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
@@ -251,14 +252,7 @@ class ShardRecord:
                 kind=ShardKind(document["kind"]),
                 frame_sizes=tuple(int(size) for size in document["frame_sizes"]),
                 created_at=float(document["created_at"]),
-                envelope=None
-                if envelope is None
-                else Envelope(
-                    wrapped=WrappedKey(
-                        key_id=envelope["key_id"], blob=base64.b64decode(envelope["wrapped"])
-                    ),
-                    nonce_prefix=base64.b64decode(envelope["nonce_prefix"]),
-                ),
+                envelope=None if envelope is None else _envelope(envelope),
                 hot=bool(document.get("hot", False)),
                 archived=bool(document.get("archived", True)),
                 pinned=bool(document.get("pinned", False)),
@@ -271,6 +265,20 @@ class ShardRecord:
         # RecursionError: nested too deep to decode; OverflowError: an infinite number
         except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as exc:
             raise IntegrityError(f"unreadable shard record: {exc}") from exc
+
+
+def _envelope(value: Any) -> Envelope:
+    """An envelope as a record holds it; raises ValueError for one no cipher can use (a
+    key id that is no string, a nonce prefix of another length than a cipher takes:
+    damage, which is then an unreadable record, not a caller's mistake at every read
+    and an upload retried for ever)."""
+    key_id = value["key_id"]
+    if not isinstance(key_id, str):
+        raise ValueError(f"a key id must be a string, got {type(key_id).__name__}")
+    nonce_prefix = base64.b64decode(value["nonce_prefix"], validate=True)
+    if len(nonce_prefix) != NONCE_PREFIX_BYTES:
+        raise ValueError(f"a nonce prefix of {len(nonce_prefix)} bytes")
+    return Envelope(WrappedKey(key_id, base64.b64decode(value["wrapped"])), nonce_prefix)
 
 
 def _text(value: Any) -> str:
