@@ -220,6 +220,27 @@ def test_from_file_rejects_bad_files(tmp_path: Path, content: str) -> None:
     assert "indices" not in str(refused.value)
 
 
+KEY_TEXT = base64.b64encode(KEY_A).decode()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # The key written where its id goes: as the current id, or id and key swapped.
+        '{"current": "' + KEY_TEXT + '", "keys": {"k1": "' + KEY_TEXT + '"}}',
+        '{"current": "k1", "keys": {"' + KEY_TEXT + '": "k1"}}',
+        '{"current": "' + KEY_TEXT + '", "keys": {"' + KEY_TEXT + '": "k1"}}',
+    ],
+)
+def test_a_key_in_the_place_of_an_id_is_never_shown(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(content)
+    with pytest.raises(InvalidArgument) as refused:
+        LocalKeyring.from_file(path)
+    assert str(refused.value).startswith(f"cannot load key file {path}: "), refused.value
+    assert KEY_TEXT[:12] not in str(refused.value)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o602], ids=oct)
 def test_a_key_file_others_may_read_is_used_with_a_warning_naming_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int

@@ -126,11 +126,13 @@ class LocalKeyring:
 
     def __post_init__(self) -> None:
         if self.current not in self.keys:
-            raise InvalidArgument(f"current master key id {self.current!r} is not in the keyring")
+            raise InvalidArgument(
+                f"current master key id {_shown_id(self.current)} is not in the keyring"
+            )
         for key_id, key in self.keys.items():
             if len(key) != KEY_BYTES:
                 raise InvalidArgument(
-                    f"master key {key_id!r} is {len(key)} bytes; it must be {KEY_BYTES}"
+                    f"master key {_shown_id(key_id)} is {len(key)} bytes; it must be {KEY_BYTES}"
                 )
 
     @property
@@ -168,7 +170,10 @@ class LocalKeyring:
                 )
             if "current" not in document:
                 raise InvalidArgument('it names no current key ("current": ID)')
-            keys = {str(k): _decode_key(v, f"key {k!r}") for k, v in document["keys"].items()}
+            keys = {
+                str(k): _decode_key(v, f"key {_shown_id(str(k))}")
+                for k, v in document["keys"].items()
+            }
             keyring = cls(keys=keys, current=str(document["current"]))
         except (OSError, ValueError, TypeError, InvalidArgument) as exc:
             raise InvalidArgument(f"cannot load key file {path}: {exc}") from exc
@@ -385,6 +390,19 @@ def _write_key_file(
         "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
     }
     write_private_file(path, json.dumps(document).encode(), exclusive=exclusive)
+
+
+#: the longest key id an error message shows (``k12``, ``fp-`` and 16 hex digits): a
+#: longer one may be a key written where its id goes (44 characters of base64).
+_SHOWN_ID_CHARS = 32
+
+
+def _shown_id(key_id: str) -> str:
+    """``key_id`` as an error message shows it: quoted, unless it is long enough to be
+    a key put in the place of an id, which is never shown."""
+    if len(key_id) <= _SHOWN_ID_CHARS:
+        return repr(key_id)
+    return f"of {len(key_id)} characters (not shown: a key in the place of its id?)"
 
 
 def _decode_key(text: object, what: str) -> bytes:
