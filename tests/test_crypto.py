@@ -241,6 +241,20 @@ def test_a_key_in_the_place_of_an_id_is_never_shown(tmp_path: Path, content: str
     assert KEY_TEXT[:12] not in str(refused.value)
 
 
+def test_a_key_used_as_its_own_id_is_refused(tmp_path: Path) -> None:
+    # It loaded, and every catalog record and archive manifest then named the master
+    # key in the clear as the id of the key that wrapped its data key.
+    path = tmp_path / "keys.json"
+    path.write_text(
+        '{"current": "' + KEY_TEXT + '", "keys": {"' + KEY_TEXT + '": "' + KEY_TEXT + '"}}'
+    )
+    with pytest.raises(InvalidArgument, match="a key id may not be a key") as refused:
+        LocalKeyring.from_file(path)
+    assert KEY_TEXT[:12] not in str(refused.value)
+    with pytest.raises(InvalidArgument, match="a key id may not be a key"):
+        LocalKeyring.from_base64(KEY_TEXT, key_id=KEY_TEXT)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o602], ids=oct)
 def test_a_key_file_others_may_read_is_used_with_a_warning_naming_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int

@@ -134,6 +134,12 @@ class LocalKeyring:
                 raise InvalidArgument(
                     f"master key {_shown_id(key_id)} is {len(key)} bytes; it must be {KEY_BYTES}"
                 )
+        if any(_decoded_or_none(key_id) in self.keys.values() for key_id in self.keys):
+            # Every catalog record and archive manifest names its key by id, in the clear.
+            raise InvalidArgument(
+                "a key id may not be a key of the keyring (ids are stored in the clear "
+                "beside every data key they wrap): give each key a short name, such as k1"
+            )
 
     @property
     def current_key_id(self) -> str:
@@ -403,6 +409,14 @@ def _shown_id(key_id: str) -> str:
     if len(key_id) <= _SHOWN_ID_CHARS:
         return repr(key_id)
     return f"of {len(key_id)} characters (not shown: a key in the place of its id?)"
+
+
+def _decoded_or_none(text: str) -> bytes | None:
+    """``text`` decoded as base64, or None if it is not base64."""
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        return None
 
 
 def _decode_key(text: object, what: str) -> bytes:
