@@ -831,20 +831,27 @@ def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
     assert [store.get("d", shard).source for shard in frames] == ["hot"] * 3
 
 
-def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: StoreFactory) -> None:
+def _cold_clairvoyant_store(
+    open_store: StoreFactory, count: int, **overrides: Any
+) -> tuple[Store, list[str]]:
+    """A store whose dataset "d" (clairvoyant) holds ``count`` one-frame shards, all
+    archived and cold, and their names in order (skips without the policy)."""
     try:
         make_policy("clairvoyant")
     except UnknownPolicy as exc:
         pytest.skip(str(exc))
-    store = open_store(
-        datasets={"d": DatasetSettings(policy="clairvoyant")}, hot_capacity_bytes=64 * STORED
-    )
-    names = [f"s{i:02d}" for i in range(16)]
+    store = open_store(datasets={"d": DatasetSettings(policy="clairvoyant")}, **overrides)
+    names = [f"s{i:02d}" for i in range(count)]
     for name in names:
         store.put("d", name, payload(FRAME, len(name)))
     assert store.drain(10)
     for name in names:
         store.evict("d", name)
+    return store, names
+
+
+def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: StoreFactory) -> None:
+    store, names = _cold_clairvoyant_store(open_store, 16, hot_capacity_bytes=64 * STORED)
     order = names[::-1]
     job = store.declare_plan("d", shards=order)
     wait_until(
@@ -857,6 +864,32 @@ def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: Stor
         assert store.get("d", name).source == "hot"
     store.close_plan(job)
     assert store.dataset_usage("d").misses == 0
+
+
+def test_prefetch_ahead_of_a_reader_does_not_evict_what_it_just_fetched(
+    open_store: StoreFactory,
+) -> None:
+    # A plan three times the hot tier, read in order: each shard read leaves the plan
+    # (the clairvoyant policy hands it to its unplanned fallback). Prefetching with
+    # no horizon while that fallback held a shard fetched shard after shard, each
+    # promotion evicting the one fetched before it (needed sooner): several
+    # archive fetches per shard read, the hot set ending where it would have anyway.
+    store, names = _cold_clairvoyant_store(
+        open_store,
+        30,
+        hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark
+        prefetch_interval_s=0.05,
+    )
+    job = store.declare_plan("d", shards=names)
+    for position, name in enumerate(names):
+        # The shards next in the plan that fit, prefetched ahead of the reader.
+        ahead = set(names[position : position + 8])
+        wait_until(lambda ahead=ahead: ahead <= hot(store, "d"), f"{sorted(ahead)} prefetched")
+        assert store.get("d", name).source == "hot"
+        store.report_position(job, position + 1)
+    # Each shard fetched once: never evicted before its read, never fetched again.
+    assert store.promoter.promotions == len(names)
+    store.close_plan(job)
 
 
 class _CountingArchive(MemoryTier):

@@ -19,9 +19,10 @@ job's position also advances when a read is its next plan entry.
   the fallback while unplanned shards are resident, and refused otherwise (it would
   displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
-  budget, and only those due before the farthest resident (else fetching one would
-  evict a shard needed sooner). The most urgent one is named first even when it
-  alone is larger than the budget's bytes, as
+  budget: as many as the unplanned residents' bytes make room for (they are evicted
+  first; shards on their way in count too), then only those due before the farthest
+  planned resident (else fetching one would evict a shard needed sooner). The most
+  urgent one is named first even when it alone is larger than the budget's bytes, as
   :class:`~tierstore.policy.base.PrefetchBudget` allows.
 
 Plans expire when no report arrives for ``plan_ttl_s`` of the driver's time. Reads
@@ -231,13 +232,22 @@ class ClairvoyantPolicy(Policy):
         self._tick(now)
         if budget.requests <= 0 or budget.bytes <= 0 or not len(self._plans):
             return []
+        # Fetching a shard evicts the unplanned residents first (the fallback's), then
+        # the planned one used farthest ahead: past the fallback's bytes, only shards
+        # due before that one are worth it; shards on their way in count against the
+        # fallback's bytes too. (With no horizon while the fallback held a shard, each
+        # prefetch beyond it evicted the shard fetched just before, due sooner, which
+        # the next pass fetched again: several fetches per shard a job read in order.)
         horizon = np.inf
-        if not self._fallback.resident_bytes and self._count:
+        unplanned = self._fallback.resident_bytes
+        if self._count:
             horizon = self._farthest(_always, set())[1]
+        scan_horizon = np.inf if unplanned else horizon
         slots = self._slots
         resident = slots.view("resident")
         wanted: dict[int, float] = {}
         hot: set[int] = set()  # slots found hot in this call: asked once, not per job
+        incoming = 0  # bytes of planned shards being fetched (hot to the driver)
         jobs = list(self._plans)
         first = self._scan_turn % len(jobs)
         left = _PREFETCH_SCAN_TOTAL
@@ -251,7 +261,7 @@ class ClairvoyantPolicy(Policy):
             for index in range(job.position, end):
                 left -= 1  # entries looked at, not the most that might have been
                 due = (index - job.position) / rate
-                if due >= horizon or found >= budget.requests:
+                if due >= scan_horizon or found >= budget.requests:
                     break
                 slot = job.slot_view[index]
                 if slot in hot:
@@ -260,25 +270,31 @@ class ClairvoyantPolicy(Policy):
                     wanted[slot] = min(wanted[slot], due)
                     continue
                 if resident[slot] or is_hot(slots.key(slot)):
+                    if not resident[slot]:  # on its way in: it takes unplanned room too
+                        incoming += int(slots.size[slot])
                     hot.add(slot)
                     continue
                 wanted[slot] = due
                 found += 1
         picked: list[Key] = []
-        spent = 0
+        spent, fetched = 0, incoming
         for slot in sorted(wanted, key=wanted.__getitem__):
             if len(picked) == budget.requests:
                 break
-            size = slots.size[slot]
+            size = int(slots.size[slot])
+            if wanted[slot] >= horizon and fetched + size > unplanned:
+                break  # it would evict a planned shard due sooner than itself
             if not picked and size > budget.bytes:
                 # The most urgent shard is named even when it alone is larger than the
                 # bytes, else one larger than the whole look-ahead would never be
                 # fetched. The driver takes it (alone) only when nothing else is in
                 # flight, else passes it over: the rest fills the bytes without it.
                 picked.append(slots.key(slot))
+                fetched += size
             elif spent + size <= budget.bytes:
                 picked.append(slots.key(slot))
                 spent += size
+                fetched += size
         return picked
 
     @classmethod
