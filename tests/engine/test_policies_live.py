@@ -866,6 +866,28 @@ def test_prefetch_brings_planned_shards_hot_ahead_of_the_reader(open_store: Stor
     assert store.dataset_usage("d").misses == 0
 
 
+def _small_tier_of_planned_shards(open_store: StoreFactory) -> tuple[Store, list[str]]:
+    """30 cold shards of a clairvoyant dataset, a tier with room for 9 of them."""
+    return _cold_clairvoyant_store(
+        open_store,
+        30,
+        hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark
+        prefetch_interval_s=0.05,
+    )
+
+
+def _read_in_plan_order(store: Store, names: list[str]) -> None:
+    """Declare a plan of ``names`` and read them in its order, each time the next 8
+    are hot (prefetched ahead of the reader), reporting each position."""
+    job = store.declare_plan("d", shards=names)
+    for position, name in enumerate(names):
+        ahead = set(names[position : position + 8])
+        wait_until(lambda ahead=ahead: ahead <= hot(store, "d"), f"{sorted(ahead)} prefetched")
+        assert store.get("d", name).source == "hot"
+        store.report_position(job, position + 1)
+    store.close_plan(job)
+
+
 def test_prefetch_ahead_of_a_reader_does_not_evict_what_it_just_fetched(
     open_store: StoreFactory,
 ) -> None:
@@ -874,22 +896,27 @@ def test_prefetch_ahead_of_a_reader_does_not_evict_what_it_just_fetched(
     # no horizon while that fallback held a shard fetched shard after shard, each
     # promotion evicting the one fetched before it (needed sooner): several
     # archive fetches per shard read, the hot set ending where it would have anyway.
-    store, names = _cold_clairvoyant_store(
-        open_store,
-        30,
-        hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark
-        prefetch_interval_s=0.05,
-    )
-    job = store.declare_plan("d", shards=names)
-    for position, name in enumerate(names):
-        # The shards next in the plan that fit, prefetched ahead of the reader.
-        ahead = set(names[position : position + 8])
-        wait_until(lambda ahead=ahead: ahead <= hot(store, "d"), f"{sorted(ahead)} prefetched")
-        assert store.get("d", name).source == "hot"
-        store.report_position(job, position + 1)
+    store, names = _small_tier_of_planned_shards(open_store)
+    _read_in_plan_order(store, names)
     # Each shard fetched once: never evicted before its read, never fetched again.
     assert store.promoter.promotions == len(names)
-    store.close_plan(job)
+
+
+def test_prefetch_makes_no_room_of_an_unplanned_shard_eviction_may_not_take(
+    open_store: StoreFactory,
+) -> None:
+    # A pinned shard no plan names: the clairvoyant policy counted it as room that
+    # evicting unplanned shards would make, so every pass fetched the shard after its
+    # farthest planned one, that fetch evicted the farthest (due sooner), and the next
+    # pass fetched it back: hundreds of archive fetches a second, with no reader.
+    store, names = _small_tier_of_planned_shards(open_store)
+    store.put("d", "pinned", payload(FRAME, 99))
+    store.pin("d", "pinned")
+    _read_in_plan_order(store, names)  # 8 ahead and the pinned one fill the room
+    # Each shard fetched once, but for one fetch past the farthest planned shard that
+    # evicted it (and its fetch back) before the policy learned the pinned one stays.
+    assert store.promoter.promotions <= len(names) + 2
+    assert store.stat("d", "pinned").hot
 
 
 class _CountingArchive(MemoryTier):

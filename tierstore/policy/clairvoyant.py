@@ -20,7 +20,8 @@ job's position also advances when a read is its next plan entry.
   displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
   budget: as many as the unplanned residents' bytes make room for (they are evicted
-  first; shards on their way in count too), then only those due before the farthest
+  first; shards on their way in count too, and those the driver would not evict when
+  last asked for victims, pinned say, do not), then only those due before the farthest
   planned resident (else fetching one would evict a shard needed sooner). The most
   urgent one is named first even when it alone is larger than the budget's bytes, as
   :class:`~tierstore.policy.base.PrefetchBudget` allows.
@@ -31,8 +32,8 @@ absorbed (the policy never raises for them); only a plan whose keys and sizes
 differ in length raises InvalidPlan.
 
 Per-shard numeric state: slot table 17 + plan references 4 + resident flag 1 +
-member index 4 + member array 4 = 30 bytes, plus the fallback's 30 for a shard it
-tracks: at most 60. Per plan entry 9 bytes, per job and shard 4
+held flag 1 + member index 4 + member array 4 = 31 bytes, plus the fallback's 30 for
+a shard it tracks: at most 61. Per plan entry 9 bytes, per job and shard 4
 (:mod:`~tierstore.policy.plan_index`).
 
 Not thread-safe (the driver serialises calls); deterministic for a given ``seed``.
@@ -92,6 +93,7 @@ class ClairvoyantPolicy(Policy):
         self._slots.add_array("refs", np.int32)  # live plans that will still read it
         self._slots.add_array("resident", np.uint8)
         self._slots.add_array("member", np.int32, NIL)  # index in _members, if planned
+        self._slots.add_array("held", np.uint8)  # unplanned, and not evictable when asked
         self._members = np.zeros(64, dtype=np.int32)  # planned resident slots, dense
         self._count = 0
         self._plans = PlanBook(self._on_done)
@@ -99,6 +101,9 @@ class ClairvoyantPolicy(Policy):
         self._now = 0.0
         self._expiry_check_at = 0.0
         self._chosen: int = NIL  # admit()'s would-be victim, for victims() right after
+        #: bytes of the unplanned residents the driver would not evict when last asked
+        #: (pinned, not archived yet; flagged "held"): a prefetch cannot make room there.
+        self._held_bytes = 0
 
     # --- plans --------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class ClairvoyantPolicy(Policy):
         for slot in distinct[(refs[distinct] == 1) & (resident[distinct] == 1)].tolist():
             # Unplanned until now: take it from the fallback.
             self._fallback.removed(slots.key(slot))
+            self._hold(slot, False)
             self._add_member(slot)
 
     def report_position(self, job: str, position: int, now: float) -> None:
@@ -179,6 +185,7 @@ class ClairvoyantPolicy(Policy):
         self._chosen = NIL
         slots = self._slots
         slot = slots.add(key)
+        self._hold(slot, False)  # before its size changes (it is asked again)
         slots.size[slot] = size
         if slots.view("resident")[slot] and slots.view("member")[slot] != NIL:
             return
@@ -198,6 +205,7 @@ class ClairvoyantPolicy(Policy):
             self._remove_member(slot)
         else:
             self._fallback.removed(key)
+            self._hold(slot, False)
         slots.view("resident")[slot] = 0
         if slots.view("refs")[slot] == 0:
             slots.release(slot)
@@ -206,8 +214,14 @@ class ClairvoyantPolicy(Policy):
         self, bytes_to_free: int, now: float, evictable: Callable[[Key], bool]
     ) -> list[Key]:
         self._tick(now)
-        chosen = self._fallback.victims(bytes_to_free, now, evictable)
         slots = self._slots
+
+        def unplanned_evictable(key: Key) -> bool:
+            allowed = evictable(key)
+            self._hold(slots.slot(key), not allowed)
+            return allowed
+
+        chosen = self._fallback.victims(bytes_to_free, now, unplanned_evictable)
         freed = sum(slots.size[slots.slot(key)] for key in chosen)
         taken: set[int] = set()
         if self._chosen != NIL and freed < bytes_to_free:
@@ -239,7 +253,7 @@ class ClairvoyantPolicy(Policy):
         # prefetch beyond it evicted the shard fetched just before, due sooner, which
         # the next pass fetched again: several fetches per shard a job read in order.)
         horizon = np.inf
-        unplanned = self._fallback.resident_bytes
+        unplanned = max(0, self._fallback.resident_bytes - self._held_bytes)
         if self._count:
             horizon = self._farthest(_always, set())[1]
         scan_horizon = np.inf if unplanned else horizon
@@ -299,8 +313,17 @@ class ClairvoyantPolicy(Policy):
 
     @classmethod
     def metadata_bytes_per_shard(cls) -> int:
-        own = SLOT_TABLE_BYTES + 4 + 1 + 4 + 4
+        own = SLOT_TABLE_BYTES + 4 + 1 + 1 + 4 + 4
         return own + S3FifoPolicy.metadata_bytes_per_shard()
+
+    def _hold(self, slot: int, held: bool) -> None:
+        """Flag unplanned resident ``slot`` as one the driver would not evict (or not:
+        it left the fallback, or was evictable when asked), counting its bytes."""
+        flags = self._slots.view("held")
+        if bool(flags[slot]) != held:
+            flags[slot] = int(held)
+            size = int(self._slots.size[slot])
+            self._held_bytes += size if held else -size
 
     # --- the planned residents --------------------------------------------------------
 
