@@ -22,9 +22,10 @@ job's position also advances when a read is its next plan entry.
   budget: as many as the unplanned residents' bytes make room for (they are evicted
   first; shards on their way in count too, and those the driver would not evict when
   last asked for victims, pinned say, do not), then only those due before the farthest
-  planned resident (else fetching one would evict a shard needed sooner). The most
-  urgent one is named first even when it alone is larger than the budget's bytes, as
-  :class:`~tierstore.policy.base.PrefetchBudget` allows.
+  planned resident eviction may take, as far as it knows (else fetching one would
+  evict a shard needed sooner). The most urgent one is named first even when it alone
+  is larger than the budget's bytes, as :class:`~tierstore.policy.base.PrefetchBudget`
+  allows.
 
 Plans expire when no report arrives for ``plan_ttl_s`` of the driver's time. Reads
 that follow no plan, plans naming shards never read, reports out of range: all are
@@ -93,7 +94,7 @@ class ClairvoyantPolicy(Policy):
         self._slots.add_array("refs", np.int32)  # live plans that will still read it
         self._slots.add_array("resident", np.uint8)
         self._slots.add_array("member", np.int32, NIL)  # index in _members, if planned
-        self._slots.add_array("held", np.uint8)  # unplanned, and not evictable when asked
+        self._slots.add_array("held", np.uint8)  # not evictable when last asked
         self._members = np.zeros(64, dtype=np.int32)  # planned resident slots, dense
         self._count = 0
         self._plans = PlanBook(self._on_done)
@@ -102,7 +103,8 @@ class ClairvoyantPolicy(Policy):
         self._expiry_check_at = 0.0
         self._chosen: int = NIL  # admit()'s would-be victim, for victims() right after
         #: bytes of the unplanned residents the driver would not evict when last asked
-        #: (pinned, not archived yet; flagged "held"): a prefetch cannot make room there.
+        #: (pinned, not archived yet; flagged "held", as are such planned ones): a
+        #: prefetch cannot make room there.
         self._held_bytes = 0
 
     # --- plans --------------------------------------------------------------------
@@ -127,8 +129,8 @@ class ClairvoyantPolicy(Policy):
         resident = slots.array("resident")
         for slot in distinct[(refs[distinct] == 1) & (resident[distinct] == 1)].tolist():
             # Unplanned until now: take it from the fallback.
-            self._fallback.removed(slots.key(slot))
             self._hold(slot, False)
+            self._fallback.removed(slots.key(slot))
             self._add_member(slot)
 
     def report_position(self, job: str, position: int, now: float) -> None:
@@ -145,6 +147,7 @@ class ClairvoyantPolicy(Policy):
         refs[done] -= 1
         for slot in done[refs[done] == 0].tolist():
             if slots.view("member")[slot] != NIL:
+                self._hold(slot, False)  # asked again as an unplanned one
                 self._remove_member(slot)
                 self._fallback.inserted(slots.key(slot), slots.size[slot], self._now)
             elif not slots.view("resident")[slot]:
@@ -201,11 +204,11 @@ class ClairvoyantPolicy(Policy):
         slot = slots.slot(key)
         if slot == NIL or not slots.view("resident")[slot]:
             return
+        self._hold(slot, False)
         if slots.view("member")[slot] != NIL:
             self._remove_member(slot)
         else:
             self._fallback.removed(key)
-            self._hold(slot, False)
         slots.view("resident")[slot] = 0
         if slots.view("refs")[slot] == 0:
             slots.release(slot)
@@ -216,23 +219,23 @@ class ClairvoyantPolicy(Policy):
         self._tick(now)
         slots = self._slots
 
-        def unplanned_evictable(key: Key) -> bool:
+        def asked(key: Key) -> bool:
             allowed = evictable(key)
             self._hold(slots.slot(key), not allowed)
             return allowed
 
-        chosen = self._fallback.victims(bytes_to_free, now, unplanned_evictable)
+        chosen = self._fallback.victims(bytes_to_free, now, asked)
         freed = sum(slots.size[slots.slot(key)] for key in chosen)
         taken: set[int] = set()
         if self._chosen != NIL and freed < bytes_to_free:
             key = slots.key(self._chosen)
-            if slots.view("member")[self._chosen] != NIL and evictable(key):
+            if slots.view("member")[self._chosen] != NIL and asked(key):
                 taken.add(self._chosen)
                 chosen.append(key)
                 freed += slots.size[self._chosen]
         self._chosen = NIL
         while freed < bytes_to_free and len(taken) < self._count:
-            slot, _, _ = self._farthest(evictable, taken)
+            slot, _, _ = self._farthest(asked, taken)
             if slot == NIL:
                 break
             taken.add(slot)
@@ -247,15 +250,16 @@ class ClairvoyantPolicy(Policy):
         if budget.requests <= 0 or budget.bytes <= 0 or not len(self._plans):
             return []
         # Fetching a shard evicts the unplanned residents first (the fallback's), then
-        # the planned one used farthest ahead: past the fallback's bytes, only shards
-        # due before that one are worth it; shards on their way in count against the
-        # fallback's bytes too. (With no horizon while the fallback held a shard, each
-        # prefetch beyond it evicted the shard fetched just before, due sooner, which
-        # the next pass fetched again: several fetches per shard a job read in order.)
+        # the planned one used farthest ahead that eviction may take: past the
+        # fallback's bytes, only shards due before that one are worth it; shards on
+        # their way in count against the fallback's bytes too. (With no horizon while
+        # the fallback held a shard, each prefetch beyond it evicted the shard fetched
+        # just before, due sooner, which the next pass fetched again: several fetches
+        # per shard a job read in order. A horizon set by a pinned shard did the same.)
         horizon = np.inf
         unplanned = max(0, self._fallback.resident_bytes - self._held_bytes)
         if self._count:
-            horizon = self._farthest(_always, set())[1]
+            horizon = self._farthest(self._not_held, set())[1]
         scan_horizon = np.inf if unplanned else horizon
         slots = self._slots
         resident = slots.view("resident")
@@ -317,13 +321,20 @@ class ClairvoyantPolicy(Policy):
         return own + S3FifoPolicy.metadata_bytes_per_shard()
 
     def _hold(self, slot: int, held: bool) -> None:
-        """Flag unplanned resident ``slot`` as one the driver would not evict (or not:
-        it left the fallback, or was evictable when asked), counting its bytes."""
-        flags = self._slots.view("held")
+        """Flag resident ``slot`` as one the driver would not evict (or not: it left
+        the tier or changed sides, or was evictable when asked), counting the bytes of
+        the unplanned ones."""
+        slots = self._slots
+        flags = slots.view("held")
         if bool(flags[slot]) != held:
             flags[slot] = int(held)
-            size = int(self._slots.size[slot])
-            self._held_bytes += size if held else -size
+            if slots.view("member")[slot] == NIL:
+                size = int(slots.size[slot])
+                self._held_bytes += size if held else -size
+
+    def _not_held(self, key: Key) -> bool:
+        """Whether the driver would evict ``key``, as far as the policy knows."""
+        return not self._slots.view("held")[self._slots.slot(key)]
 
     # --- the planned residents --------------------------------------------------------
 
