@@ -1,6 +1,7 @@
 """Requests whose parse would cost far more than their bytes are refused before they are
 parsed (tierstore/server/requestchecks.py): DeclarePlan's explicit shard list, Prefetch's
-shard names, ReportLocalReads' entries (that one: tests/server/test_local_read_limits.py).
+shard names, CreateToken's grants, ReportLocalReads' entries (that one:
+tests/server/test_local_read_limits.py).
 
 The field count is compiled by numba and has a plain-Python twin; they must agree on any
 bytes. The end-to-end test watches a real server's peak memory while it refuses a plan of
@@ -24,15 +25,19 @@ from tierstore.engine.planbook import MAX_PLAN_ENTRIES
 from tierstore.errors import InvalidArgument, InvalidPlan
 from tierstore.server.requestchecks import (
     MAX_PREFETCH_SHARDS,
+    MAX_TOKEN_GRANTS,
     check_plan_encoding,
     check_prefetch_encoding,
+    check_token_encoding,
     count_fields,
     count_fields_py,
 )
-from tierstore.v1 import placement_pb2
+from tierstore.types import Grant, Role
+from tierstore.v1 import admin_pb2, placement_pb2
 
 DECLARE = "/tierstore.v1.PlacementService/DeclarePlan"
 PREFETCH = "/tierstore.v1.PlacementService/Prefetch"
+CREATE_TOKEN = "/tierstore.v1.AdminService/CreateToken"
 #: One explicit-list entry: field 1, length 1, one character.
 ENTRY = b"\x0a\x01a"
 
@@ -115,6 +120,15 @@ def test_what_the_client_sends_passes_the_checks() -> None:
         check_prefetch_encoding(
             placement_pb2.PrefetchRequest(dataset="d", shards=shards).SerializeToString()
         )
+    grants = [
+        admin_pb2.Grant(dataset=f"d{i}", role=admin_pb2.ROLE_READER)
+        for i in range(MAX_TOKEN_GRANTS)
+    ]
+    token = admin_pb2.CreateTokenRequest(principal="p" * 200, grants=grants, ttl_s=3600)
+    check_token_encoding(token.SerializeToString())
+    token.grants.append(admin_pb2.Grant(dataset="one-more", role=admin_pb2.ROLE_ADMIN))
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_TOKEN_GRANTS:,} grants"):
+        check_token_encoding(token.SerializeToString())
 
 
 # End to end: the server refuses before parsing.
@@ -157,4 +171,45 @@ def test_the_server_refuses_a_huge_plan_without_parsing_it(
         invoke(channel, DECLARE, plan_request(ENTRY), server.token, raw=True)[0]
     )
     assert reply.length == 1
+    admin.close()
+
+
+def test_any_token_holder_is_refused_a_huge_token_request_without_its_parse(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # CreateToken is for admins on "*", but that is checked once the request is parsed,
+    # and any token's holder could send one: 30 million empty grants (60 MB) grew the
+    # server by some 1.6 GB, and a few such calls at once ended it.
+    server = spawn_server()
+    admin = server.connect()
+    admin.create_dataset("d")
+    _, reader = admin.create_token("reader", [Grant("d", Role.READER)])
+    channel = server.channel()
+    request = b"\x0a\x01p" + b"\x12\x00" * 30_000_000  # principal "p", then empty grants
+    reset_peak_rss(server.pid)
+    before = peak_rss_bytes(server.pid)
+    with pytest.raises(grpc.RpcError) as refused:
+        invoke(channel, CREATE_TOKEN, request, reader, raw=True, timeout=60)
+    grown = peak_rss_bytes(server.pid) - before
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert f"at most {MAX_TOKEN_GRANTS:,} grants" in (refused.value.details() or "")  # type: ignore[attr-defined]
+    # Held a few times on its way in, as the plan above.
+    assert grown < 450 << 20, f"the server grew by {grown >> 20} MiB"
+    # A token request of a few grants is still answered: refused for this caller,
+    # issued for the admin.
+    small = admin_pb2.CreateTokenRequest(
+        principal="p", grants=[admin_pb2.Grant(dataset="d", role=admin_pb2.ROLE_READER)]
+    )
+    with pytest.raises(grpc.RpcError) as denied:
+        invoke(channel, CREATE_TOKEN, small, reader)
+    assert error_name(denied.value) == "PermissionDenied"
+    assert invoke(channel, CREATE_TOKEN, small, server.token)[0].token
+    # Past the limit without a ttl_s, the request passes the count (one field fewer);
+    # the handler refuses it.
+    too_many = admin_pb2.CreateTokenRequest(principal="p", grants=[small.grants[0]])
+    too_many.grants.extend([small.grants[0]] * MAX_TOKEN_GRANTS)
+    with pytest.raises(grpc.RpcError) as refused:
+        invoke(channel, CREATE_TOKEN, too_many, server.token)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert f"at most {MAX_TOKEN_GRANTS:,} grants" in (refused.value.details() or "")  # type: ignore[attr-defined]
     admin.close()

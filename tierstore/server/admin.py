@@ -13,6 +13,7 @@ from tierstore.engine.store import Store
 from tierstore.errors import DatasetNotFound, InvalidArgument, KeyRotationRefused
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize
+from tierstore.server.requestchecks import MAX_TOKEN_GRANTS
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.tokens import TokenInfo, TokenStore
 from tierstore.v1 import admin_pb2, admin_pb2_grpc
@@ -68,6 +69,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateTokenResponse:
         self._check("CreateToken")
+        if len(request.grants) > MAX_TOKEN_GRANTS:
+            raise InvalidArgument(f"a token gives at most {MAX_TOKEN_GRANTS:,} grants")
         grants = [grant_from_pb(g) for g in request.grants]
         info, token = self._tokens.create(
             request.principal, grants, request.ttl_s, require_dataset=self._require_dataset

@@ -3,8 +3,10 @@ far more than the bytes.
 
 A protobuf parser turns each entry of a repeated field into an object, and an entry can
 be 2 or 3 bytes on the wire: parsing an 80 MiB DeclarePlan request of 1-character shard
-names grew the server by 1.07 GB (28 million entries), and a 4 MB read report of empty
-entries by some 120 MB — long before the handler's own limits could refuse them. So
+names grew the server by 1.07 GB (28 million entries), a 4 MB read report of empty
+entries by some 120 MB, and a 60 MB CreateToken request of empty grants by 1.6 GB —
+long before the handler's own limits (or, for CreateToken, the admin's role any
+token holder may lack) could refuse them. So
 the methods with a repeated field in their request get a *request check*
 (:mod:`tierstore.server.decoding`): it counts the field headers in the raw bytes and
 refuses, with INVALID_ARGUMENT, a request with more entries than the method accepts.
@@ -32,16 +34,22 @@ from tierstore.wire.local import MAX_REPORT_BYTES, MAX_REPORT_ENTRIES
 
 __all__ = [
     "MAX_PREFETCH_SHARDS",
+    "MAX_TOKEN_GRANTS",
     "REQUEST_CHECKS",
     "check_plan_encoding",
     "check_prefetch_encoding",
     "check_report_encoding",
+    "check_token_encoding",
     "count_fields",
     "count_fields_py",
 ]
 
 #: Shards one Prefetch may name.
 MAX_PREFETCH_SHARDS = 100_000
+#: Grants one CreateToken may give (a token for more datasets is one for ``*``).
+MAX_TOKEN_GRANTS = 100_000
+#: Top-level fields of a CreateToken request besides its grants: principal and ttl_s.
+_TOKEN_OTHER_FIELDS = 2
 #: Top-level fields of a valid read report: the dataset and its entries.
 _MAX_REPORT_FIELDS = 1 + MAX_REPORT_ENTRIES
 #: Top-level fields a DeclarePlan request may have. A protobuf encoder writes each of
@@ -205,9 +213,20 @@ def check_prefetch_encoding(data: bytes) -> None:
         raise InvalidArgument(f"at most {MAX_PREFETCH_SHARDS} shards per prefetch")
 
 
+def check_token_encoding(data: bytes) -> None:
+    """Refuse a CreateToken request giving more than :data:`MAX_TOKEN_GRANTS` grants
+    (more top-level fields than those, its principal and its ttl_s). Raises
+    InvalidArgument."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    cap = MAX_TOKEN_GRANTS + _TOKEN_OTHER_FIELDS
+    if _counted(raw, 0, len(raw), cap, "a token request") > cap:
+        raise InvalidArgument(f"a token gives at most {MAX_TOKEN_GRANTS:,} grants")
+
+
 #: The request checks by full method name (:class:`tierstore.server.decoding.DecodeInterceptor`).
 REQUEST_CHECKS: dict[str, Callable[[bytes], None]] = {
     "/tierstore.v1.ShardService/ReportLocalReads": check_report_encoding,
     "/tierstore.v1.PlacementService/DeclarePlan": check_plan_encoding,
     "/tierstore.v1.PlacementService/Prefetch": check_prefetch_encoding,
+    "/tierstore.v1.AdminService/CreateToken": check_token_encoding,
 }
