@@ -17,7 +17,7 @@ from tests.engine.stores import StoreFactory
 from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.engine.catalog import Catalog
-from tierstore.server.metrics import ServerMetrics
+from tierstore.server.metrics import MAX_SCRAPES, ServerMetrics
 from tierstore.types import DatasetSettings
 from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
 
@@ -193,3 +193,42 @@ def test_calls_refused_for_their_credentials_are_counted(server: ServerProcess) 
             )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     assert unauthenticated_calls(server, method) == before + 2
+
+
+def closed_by_the_server(connection: socket.socket) -> bool:
+    """Whether the server closed ``connection`` (it reads the end of the stream), within
+    the connection's timeout; a read that times out fails the test."""
+    return connection.recv(1) == b""
+
+
+def test_connections_past_the_cap_are_closed_at_once() -> None:
+    # The endpoint answers anyone who reaches the port, and each connection that sent
+    # nothing held a thread and a descriptor for ever: 500 of them took 500 threads.
+    metrics = ServerMetrics(idle_s=60)
+    port = metrics.serve("127.0.0.1:0")
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(40)]
+    try:
+        # Accepted in order: the first MAX_SCRAPES are served (they wait for a request).
+        assert all(closed_by_the_server(extra) for extra in idle[MAX_SCRAPES:])
+        assert threading.active_count() <= before + MAX_SCRAPES
+    finally:
+        for connection in idle:
+            connection.close()
+        metrics.stop_serving()
+
+
+def test_a_connection_that_sends_nothing_is_closed_and_a_scrape_is_answered_after() -> None:
+    metrics = ServerMetrics(idle_s=0.5)
+    metrics.observe_call("GetShard", "OK", 0.01)
+    port = metrics.serve("127.0.0.1:0")
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]
+        for connection in idle:
+            with connection:
+                assert closed_by_the_server(connection)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert 'tierstore_requests_total{code="OK",method="GetShard"} 1.0' in text.splitlines()
+    finally:
+        metrics.stop_serving()

@@ -9,34 +9,38 @@ around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
 misses, promotions (made and skipped), evictions — are read from the store at scrape time, so the
 read path pays nothing for them.
 
-The endpoint is plain HTTP without credentials, and dataset names are not for
-everyone who can reach it (a caller without a role on a dataset is told it does
-not exist). So hits and misses carry a ``dataset`` label only when the operator
-asks for it (``dataset_labels``, ``--metrics-dataset-labels``); by default they
-are node totals.
+The endpoint is plain HTTP without credentials, so it is served by a listener that
+anyone who reaches the port cannot make hold the node's threads or descriptors: it
+serves :data:`MAX_SCRAPES` connections at once and closes more at once, and closes a
+connection that leaves it waiting ``idle_s`` for its next bytes (prometheus_client's
+own listener kept a thread and a descriptor for every connection that sent nothing,
+for ever). Dataset names are not for everyone who can reach it (a caller without a
+role on a dataset is told it does not exist). So hits and misses carry a ``dataset``
+label only when the operator asks for it (``dataset_labels``,
+``--metrics-dataset-labels``); by default they are node totals.
 """
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import threading
 from collections.abc import Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    make_wsgi_app,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tierstore.engine.store import Store
 from tierstore.errors import Unavailable
 
-__all__ = ["ServerMetrics"]
+__all__ = ["MAX_SCRAPES", "ServerMetrics"]
+
+#: connections the /metrics listener serves at once; it closes more at once.
+MAX_SCRAPES = 8
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -44,8 +48,10 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class ServerMetrics:
     """The node's metrics registry; its ``observe_*`` methods are safe from any thread."""
 
-    def __init__(self, *, dataset_labels: bool = False) -> None:
+    def __init__(self, *, dataset_labels: bool = False, idle_s: float = 10.0) -> None:
         self.registry = CollectorRegistry()
+        #: how long a /metrics connection may keep the listener waiting for its next bytes
+        self.idle_s = idle_s
         #: whether hits and misses are labelled by dataset (names visible to scrapers).
         self.dataset_labels = dataset_labels
         self._requests = Counter(
@@ -97,14 +103,18 @@ class ServerMetrics:
             raise RuntimeError("metrics are already served")
         host, _, port = address.rpartition(":")
         try:
-            server, thread = start_http_server(int(port), addr=host, registry=self.registry)
+            family, *_, where = socket.getaddrinfo(
+                host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            server = _Listener(family, where[:2], self.idle_s)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
             raise Unavailable(
                 f"cannot listen on {address} (/metrics, --metrics-listen): {exc}"
             ) from exc
-        # Swapped in once listening: a scrape in the moment before got the metrics
-        # from prometheus_client's own app, as at /metrics.
         server.set_app(_only_metrics_path(make_wsgi_app(self.registry)))
+        thread = threading.Thread(target=server.serve_forever, name="tierstore-metrics")
+        thread.daemon = True
+        thread.start()
         self._http = (server, thread)
         return int(server.server_address[1])
 
@@ -118,6 +128,47 @@ class ServerMetrics:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class _Handler(WSGIRequestHandler):
+    """One connection's requests; it logs nothing (scrapes come every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Listener(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread for each connection, for at most :data:`MAX_SCRAPES` at once, each
+    closed once it keeps the thread waiting ``idle_s`` for its bytes."""
+
+    daemon_threads = True
+
+    def __init__(self, family: int, address: tuple[Any, ...], idle_s: float) -> None:
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        handler = type("_IdleHandler", (_Handler,), {"timeout": idle_s})
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # closed at once: no thread, no descriptor kept
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started to give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A caller that went silent (the idle time-out) or away: nothing to report, and
+        # socketserver's report is a traceback on stderr.
+        pass
 
 
 #: The one path the listener answers (with or without a trailing slash).
