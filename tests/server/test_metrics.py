@@ -232,3 +232,22 @@ def test_a_connection_that_sends_nothing_is_closed_and_a_scrape_is_answered_afte
         assert 'tierstore_requests_total{code="OK",method="GetShard"} 1.0' in text.splitlines()
     finally:
         metrics.stop_serving()
+
+
+@pytest.mark.parametrize(
+    ("address", "reach"),
+    [(":0", "127.0.0.1"), ("[::1]:0", "[::1]"), ("localhost:0", "localhost")],
+)
+def test_the_listen_address_takes_the_forms_the_other_ports_take(address: str, reach: str) -> None:
+    # An empty host (every interface) and a bracketed IPv6 address were looked up as
+    # names: "cannot listen on :7445 ... Name or service not known", and the node did
+    # not start.
+    if reach == "[::1]" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    metrics = ServerMetrics()
+    port = metrics.serve(address)
+    try:
+        with urllib.request.urlopen(f"http://{reach}:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        metrics.stop_serving()

@@ -97,14 +97,20 @@ class ServerMetrics:
         self.registry.register(_StoreCollector(store, self.dataset_labels))
 
     def serve(self, address: str) -> int:
-        """Serve ``/metrics`` over plain HTTP at ``HOST:PORT`` until :meth:`stop_serving`;
-        returns the bound port. One listener per registry."""
+        """Serve ``/metrics`` over plain HTTP at ``HOST:PORT`` (``:PORT``: every
+        interface; ``[IPV6]:PORT``) until :meth:`stop_serving`; returns the bound port.
+        One listener per registry. Raises Unavailable when it cannot listen there."""
         if self._http is not None:
             raise RuntimeError("metrics are already served")
         host, _, port = address.rpartition(":")
         try:
+            # As the other ports take it: an empty host is every interface, and an IPv6
+            # address comes in brackets.
             family, *_, where = socket.getaddrinfo(
-                host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                host.strip("[]") or None,
+                int(port),
+                type=socket.SOCK_STREAM,
+                flags=socket.AI_PASSIVE,
             )[0]
             server = _Listener(family, where[:2], self.idle_s)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
