@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tierstore.client.client import Client
 from tierstore.client.download import output_target, partial_file
 
 
@@ -87,3 +88,21 @@ def test_a_file_in_no_directory_is_named_as_given_not_by_its_partial_file(
         pass
     assert refused.value.filename == str(target)
     assert ".part" not in str(refused.value)
+
+
+def test_a_download_over_a_file_keeps_its_mode(admin: Client, dataset: str, tmp_path: Path) -> None:
+    """A file written again keeps its permissions, as ``open(path, "wb")`` keeps them:
+    a private file (0600) downloaded over became 0644, readable by every user."""
+    admin.put(dataset, "secret", b"the new secret")
+    target = tmp_path / "secret.bin"
+    target.write_bytes(b"the old secret")
+    target.chmod(0o600)
+    assert admin.download(dataset, "secret", target) == 14
+    assert target.read_bytes() == b"the new secret"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    target.chmod(0o640)  # through a link, the file it names keeps its own
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    admin.download(dataset, "secret", link, offset=4)
+    assert target.read_bytes() == b"new secret"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

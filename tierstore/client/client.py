@@ -215,8 +215,9 @@ class Client(AdminCalls, PlacementCalls):
         verified (and decrypted) straight into a mapping of the file, which the OS
         writes back as it needs. A regular file is written as a new file of its own
         beside ``path`` (``.<name>.<random>.part``, never one already there) and renamed
-        over it once whole and verified, so a failed download leaves ``path`` as it
-        was; a device or pipe is written in place (from one buffer, as ``get``).
+        over it once whole and verified (with the permissions of the file it replaces),
+        so a failed download leaves ``path`` as it was; a device or pipe is written in
+        place (from one buffer, as ``get``).
         Raises as :meth:`get`, and OSError when the file cannot be written.
         """
         target, through_partial = output_target(Path(path))

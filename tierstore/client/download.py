@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +49,10 @@ def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
     ``target`` when the block ends without an error and is removed when it raises.
 
     The file is made with ``O_EXCL`` under a random name, so no file or link already
-    there is touched. Its mode is 0600 when ``private``, else what ``open`` would give
-    a new file (0666 less the umask). A process killed while writing leaves its
+    there is touched. Its mode is 0600 when ``private``, else that of the file it
+    replaces, as ``open`` keeps it (a private file downloaded over became readable by
+    every user), or for a new file what ``open`` would give it (0666 less the
+    umask). A process killed while writing leaves its
     partial file behind (a hidden ``.<name>.<random>.part``), for whoever looks to
     remove; no later write reuses it."""
     try:
@@ -62,12 +65,23 @@ def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(descriptor, "w+b") as file:  # closes the descriptor, whatever
             if not private:
-                os.fchmod(file.fileno(), 0o666 & ~_umask())
+                os.fchmod(file.fileno(), _mode_for(target))
             yield file
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def _mode_for(target: Path) -> int:
+    """The permission bits of the regular file ``target``, or a new file's."""
+    try:
+        status = target.stat()
+    except OSError:
+        status = None
+    if status is not None and stat.S_ISREG(status.st_mode):
+        return stat.S_IMODE(status.st_mode) & 0o777  # no set-id bit on new contents
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
