@@ -275,17 +275,32 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         "insecure": lambda: server.connect(insecure="no", ca=None),
         "local_reads": lambda: server.connect(local_reads="no"),
         "pin_memory": lambda: tierstore.client.local.LocalReadOptions(pin_memory="yes"),  # type: ignore[arg-type]
+        # Each a bare TypeError or AttributeError too, or (a TTL out of range) sent.
+        "shards ": lambda: admin.prefetch(any_dataset, None),  # type: ignore[arg-type]
+        "force": lambda: admin.delete_dataset(any_dataset, force="no"),  # type: ignore[arg-type]
+        **{
+            f"ttl_s{' ' * i}": partial(admin.create_token, "p", [], ttl_s=ttl)
+            for i, ttl in enumerate(("5", True, -5, 0.5, float("nan"), 10**400), start=1)
+        },
+        "sampler": lambda: admin.declare_plan(any_dataset, sampler="x"),  # type: ignore[arg-type]
+        "position": lambda: admin.report_position(job, 1.0),  # type: ignore[arg-type]
+        "path": lambda: admin.download(any_dataset, "kept", None),  # type: ignore[arg-type]
+        "path ": lambda: admin.download(any_dataset, "kept", b"out.bin"),  # type: ignore[arg-type]
     }
     for name, call in bad_calls.items():
         with pytest.raises(errors.InvalidArgument, match=f"^{name.strip()} ") as refused:
             call()
         assert "\\udc" not in str(refused.value) or "surrogate" in str(refused.value), name
+    # Refused here, before any call: a token's TTL out of range was the server's to refuse.
+    nobody = tierstore.connect(f"127.0.0.1:{free_port()}", insecure=True, token="ts_x")
+    with nobody, pytest.raises(errors.InvalidArgument, match=r"^ttl_s "):
+        nobody.create_token("p", [], ttl_s=-5)
     # Nothing to change was an "OK" that changed nothing (the CLI refused it).
     with pytest.raises(errors.InvalidArgument, match="nothing to update"):
         admin.update_dataset(any_dataset)
     # Nothing was made, and the server and the client go on as before.
     assert [token["principal"] for token in admin.list_tokens()].count("p") == 0
-    admin.report_position(job, 0)
+    admin.report_position(job, np.int64(0))  # a numpy position was refused
     admin.close_plan(job)
     assert "sizing" in admin.stats(sizing=np.bool_(True))
     assert admin.list(any_dataset, prefix=None) == admin.list(any_dataset)  # type: ignore[arg-type]

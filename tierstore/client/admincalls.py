@@ -7,12 +7,19 @@ import builtins
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tierstore.client.arguments import checked_text, durability_named, grant_list
+from tierstore.client.arguments import checked_text, durability_named, grant_list, token_ttl
 from tierstore.client.core import ClientCore
 from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
 from tierstore.errors import InvalidArgument
 from tierstore.naming import validate_dataset_name
-from tierstore.types import DEFAULT_POLICY_NAME, DatasetSettings, Grant, TraceEvent, check_hot_quota
+from tierstore.types import (
+    DEFAULT_POLICY_NAME,
+    DatasetSettings,
+    Grant,
+    TraceEvent,
+    check_bool,
+    check_hot_quota,
+)
 from tierstore.v1 import admin_pb2, admin_pb2_grpc, datasets_pb2, datasets_pb2_grpc
 from tierstore.wire.convert import (
     dataset_settings_from_pb,
@@ -119,6 +126,7 @@ class AdminCalls(ClientCore):
         Every token's grant on it goes too (the caller's own included): returns how many
         tokens lost one."""
         validate_dataset_name(name)
+        force = check_bool("force", force)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.DeleteDataset,
@@ -135,10 +143,13 @@ class AdminCalls(ClientCore):
     ) -> tuple[str, str]:
         """Issue a token (admin on "*"); returns ``(token_id, token)`` — the token is shown once.
 
-        ``grants``: :class:`~tierstore.types.Grant` values. Raises InvalidArgument (a
-        principal that is not text, grants that are not Grants), PermissionDenied."""
+        ``grants``: :class:`~tierstore.types.Grant` values. ``ttl_s``: the token's
+        lifetime, 0 (never expires) or from 1 s to ten years. Raises InvalidArgument (a
+        principal that is not text, grants that are not Grants, a TTL out of range),
+        PermissionDenied."""
         principal = checked_text("principal", principal, "a name for whom the token is")
         grants = grant_list(grants)
+        ttl_s = token_ttl(ttl_s)
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(
             stub.CreateToken,

@@ -12,7 +12,7 @@ from typing import Generic, TypeVar, cast, overload
 
 from tierstore.client.deadlines import MAX_TIMEOUT_S, timeout_problem
 from tierstore.errors import InvalidArgument
-from tierstore.types import Durability, Grant, seconds_up_to
+from tierstore.types import MAX_TTL_S, Durability, Grant, seconds_up_to
 from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "positive_bytes",
     "positive_seconds",
     "readable_tls_file",
+    "token_ttl",
     "whole_number",
 ]
 
@@ -76,6 +77,29 @@ def positive_seconds(name: str, value: object) -> float:
     seconds = seconds_up_to(value, MAX_TIMEOUT_S)  # 10**400 overflows float()
     if seconds is None:
         raise InvalidArgument(f"{name} must be {timeout_problem(cast(float, value))}")
+    return seconds
+
+
+#: The shortest lifetime a token may be given (0 is none: it never expires), as the
+#: server's token store takes it.
+MIN_TOKEN_TTL_S = 1.0
+
+
+def token_ttl(value: object) -> float:
+    """``value`` as a token's ``ttl_s``: 0 (or None: never expires) or from
+    :data:`MIN_TOKEN_TTL_S` to ten years, else InvalidArgument (a string was a bare
+    TypeError, and a TTL out of range was sent to the server)."""
+    if value is None:
+        return 0.0
+    seconds = seconds_up_to(value, MAX_TTL_S)
+    real = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if seconds is None and real and value == 0:  # (an array is no Real: never compared)
+        return 0.0
+    if seconds is None or seconds < MIN_TOKEN_TTL_S:
+        raise InvalidArgument(
+            f"ttl_s must be 0 (never expires) or from {MIN_TOKEN_TTL_S:g} to {MAX_TTL_S:.0f} "
+            f"seconds (ten years; the CLI's --ttl), not {value!r:.40}"
+        )
     return seconds
 
 

@@ -220,6 +220,10 @@ class Client(AdminCalls, PlacementCalls):
         place (from one buffer, as ``get``).
         Raises as :meth:`get`, and OSError when the file cannot be written.
         """
+        if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+            raise InvalidArgument(
+                f"path must be a file's path (a str or os.PathLike), not {path!r:.80}"
+            )
         target, through_partial = output_target(Path(path))
         if not through_partial:
             whole = self.get(dataset, shard, offset=offset, length=length)

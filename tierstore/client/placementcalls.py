@@ -4,7 +4,7 @@ access plans (:class:`PlacementCalls`, a part of :class:`~tierstore.client.clien
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tierstore.client.arguments import checked_text
@@ -12,7 +12,7 @@ from tierstore.client.core import ClientCore
 from tierstore.errors import InvalidArgument, InvalidPlan
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan, check_plan_ttl
-from tierstore.types import check_bool, check_pin_ttl
+from tierstore.types import check_bool, check_pin_ttl, whole_number
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.plans import sampler_to_pb
 from tierstore.wire.trace import sizing_from_pb
@@ -88,6 +88,8 @@ class PlacementCalls(ClientCore):
                 f"shards must be a sequence of shard names, not one name ({shards!r:.80}): "
                 "give [name]"
             )
+        if not isinstance(shards, Iterable):
+            raise InvalidArgument(f"shards must be a sequence of shard names, not {shards!r:.80}")
         names = list(shards)  # once: a generator had nothing left after the checks
         for shard in names:
             validate_shard_name(shard)
@@ -182,6 +184,10 @@ class PlacementCalls(ClientCore):
         if (sampler is None) == (shards is None):
             raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
         if sampler is not None:
+            if not isinstance(sampler, SamplerPlan):
+                raise InvalidArgument(
+                    f"sampler must be a tierstore.plans.SamplerPlan, not {sampler!r:.80}"
+                )
             request.sampler.CopyFrom(sampler_to_pb(sampler))
         else:
             assert shards is not None
@@ -201,17 +207,18 @@ class PlacementCalls(ClientCore):
         """``job`` has read the first ``position`` entries of its plan; keeps the plan
         alive. Raises PlanNotFound (unknown, closed or expired), InvalidArgument
         (``position`` negative or past the plan's end)."""
-        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 2**64:
+        count = whole_number(position)  # numpy's integers too (a sampler's positions)
+        if count is None or not 0 <= count < 2**64:
             raise InvalidArgument(
                 "position must be a whole number from 0 to the plan's length (entries read "
-                f"so far), got {position!r}"
+                f"so far), got {position!r:.40}"
             )
         job = checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(
             stub.ReportPosition,
-            placement_pb2.ReportPositionRequest(job=job, position=position),
+            placement_pb2.ReportPositionRequest(job=job, position=count),
             idempotent=True,
         )
 
