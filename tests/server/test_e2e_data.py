@@ -7,8 +7,10 @@ through ``get``, ``read_table`` or ``read_tensor``.
 
 from __future__ import annotations
 
+import array
 import gzip
 import io
+import mmap
 import os
 import shlex
 import shutil
@@ -31,6 +33,13 @@ from .conftest import ServerProcess
 MiB = 1 << 20
 
 
+def _written_mmap(data: bytes) -> mmap.mmap:
+    """An anonymous mapping ``data`` was written into (its position at its end)."""
+    mapping = mmap.mmap(-1, len(data))
+    mapping.write(data)
+    return mapping
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -39,8 +48,10 @@ MiB = 1 << 20
         bytearray(b"a bytearray"),
         memoryview(b"0123456789abcdef")[3:11],
         np.arange(1000, dtype=np.uint8).data,  # any buffer
+        array.array("i", range(100)),  # was UnsupportedData
+        _written_mmap(b"mapped " * 100),  # has read(): was stored from its position, empty
     ],
-    ids=["empty", "one-byte", "bytearray", "memoryview-slice", "buffer"],
+    ids=["empty", "one-byte", "bytearray", "memoryview-slice", "buffer", "array", "mmap"],
 )
 def test_bytes_and_buffers(admin: Client, any_dataset: str, value: object) -> None:
     expected = bytes(value)  # type: ignore[call-overload]
@@ -196,6 +207,26 @@ def test_a_file_object_is_stored_from_where_it_stands(
         named.seek(3)
         admin.put(any_dataset, "named", named)
     assert admin.get(any_dataset, "named").to_pybytes() == data[3:]
+
+
+def test_a_file_object_that_cannot_be_read_is_invalid_argument(
+    admin: Client, any_dataset: str, tmp_path: Path
+) -> None:
+    # Each escaped as a bare error of its own: UnicodeDecodeError (text mode),
+    # io.UnsupportedOperation (opened for writing only), ValueError (closed).
+    path = tmp_path / "blob.bin"
+    path.write_bytes(bytes(range(256)))
+    with path.open(encoding="utf-8") as text, pytest.raises(errors.InvalidArgument, match="'rb'"):
+        admin.put(any_dataset, "text", text)
+    with path.open("ab") as appending, pytest.raises(errors.InvalidArgument, match="cannot read"):
+        admin.put(any_dataset, "appending", appending)
+    with path.open("rb") as file:
+        pass
+    for closed in (file, io.BytesIO(b"x")):
+        closed.close()
+        with pytest.raises(errors.InvalidArgument, match="cannot read"):
+            admin.put(any_dataset, "closed", closed)
+    assert admin.list(any_dataset) == []  # nothing was stored
 
 
 @pytest.mark.parametrize(

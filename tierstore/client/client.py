@@ -95,9 +95,10 @@ class Client(AdminCalls, PlacementCalls):
     def put(self, dataset: str, shard: str, data: Any) -> ShardInfo:
         """Store ``data`` as the new generation of ``dataset/shard``; returns its info.
 
-        ``data``: bytes or any buffer, a file path (``str``/``Path``, read a frame at
-        a time as it is sent; one that shrinks meanwhile is InvalidArgument and
-        stores nothing) or binary file object (from its position to its end), a
+        ``data``: bytes or any buffer (an mmap whole), a file path (``str``/``Path``,
+        read a frame at a time as it is sent; one that shrinks meanwhile is
+        InvalidArgument and stores nothing) or binary file object (from its position to
+        its end; one that cannot be read is InvalidArgument), a
         numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor. Raises InvalidName, UnsupportedData,
         OversizeFrame, PermissionDenied, ResourceExhausted, ArchiveUnavailable.

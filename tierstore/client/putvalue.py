@@ -5,6 +5,7 @@ value itself."""
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -54,6 +55,31 @@ class FileFrames:
         self._file.seek(self._end)
 
 
+def _read_all(file: Any) -> Any:
+    """``file.read()``, or InvalidArgument saying why it cannot be read (a file closed,
+    or opened for writing only, raised a bare ValueError or io.UnsupportedOperation)."""
+    try:
+        return file.read()
+    except (OSError, ValueError) as exc:  # UnsupportedOperation is both
+        name = getattr(file, "name", None)
+        raise InvalidArgument(f"cannot read {name or 'the file object'}: {exc}") from exc
+
+
+def _other_buffer(data: Any) -> Any:
+    """``data`` as a memoryview if it is a buffer that the framing does not know by type
+    (an array.array was UnsupportedData), else ``data``. Not numpy's, torch's or
+    pyarrow's objects: their types say how to store them (a numpy scalar exports its
+    bytes too, and is no raw shard)."""
+    if type(data).__module__.partition(".")[0] in ("numpy", "torch", "pyarrow"):
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return data
+    try:
+        return memoryview(data)
+    except TypeError:
+        return data  # the framing says what it takes
+
+
 def _is_plain_file(data: object) -> bool:
     """Whether ``data``'s bytes are its descriptor's, to be read a frame at a time: a
     FileIO, or a buffered reader over one (a tar member's reader is buffered over the
@@ -80,23 +106,34 @@ class ReadableValue:
             except OSError as exc:
                 raise InvalidArgument(f"cannot read {data}: {exc}") from exc
             data = self._file
+        if isinstance(data, mmap.mmap):
+            return memoryview(data)  # a buffer, though it reads too (from its position)
         if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
-            wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
-            if _is_plain_file(wrapped):
-                data = wrapped
-            if not _is_plain_file(data):
-                # Its bytes need not be its descriptor's: a gzip file's are decompressed,
-                # and its tell() counts them (read from the descriptor, it stored nothing).
-                return data.read()
-            try:
-                status = os.fstat(data.fileno())
-            except (OSError, AttributeError, ValueError):
-                return data.read()
-            if not stat.S_ISREG(status.st_mode):
-                return data.read()  # a pipe or a device: its bytes as they come
-            # From where the file stands, as read() would (a header skipped, say).
-            return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
-        return data
+            return self._file_value(data)
+        return _other_buffer(data)
+
+    def _file_value(self, data: Any) -> Any:
+        """A file object's bytes from its position: a regular file's as FileFrames."""
+        if isinstance(data, io.TextIOBase):
+            raise InvalidArgument(
+                f"{getattr(data, 'name', 'the file')} was opened in text mode: open it in "
+                "binary mode ('rb') to store its bytes"
+            )
+        wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
+        if _is_plain_file(wrapped):
+            data = wrapped
+        if not _is_plain_file(data):
+            # Its bytes need not be its descriptor's: a gzip file's are decompressed,
+            # and its tell() counts them (read from the descriptor, it stored nothing).
+            return _read_all(data)
+        try:
+            status = os.fstat(data.fileno())
+        except (OSError, AttributeError, ValueError):
+            return _read_all(data)
+        if not stat.S_ISREG(status.st_mode) or not data.readable():
+            return _read_all(data)  # a pipe or a device: its bytes as they come
+        # From where the file stands, as read() would (a header skipped, say).
+        return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
 
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
