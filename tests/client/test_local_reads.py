@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -345,12 +346,16 @@ def test_local_reads_turned_off_go_through_the_service(
 
 
 def retry_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pauses between the attempts of calls retried from now on (they still pause;
-    only the retries' clock is watched, not every thread's ``time.sleep``)."""
+    """The pauses between the attempts of calls retried from now on on this thread (they
+    still pause; only the retries' clock is watched, not every thread's ``time.sleep``,
+    and not the retries of the reporter's thread: a report that cannot leave the client
+    is tried again)."""
     pauses: list[float] = []
+    caller = threading.get_ident()
 
     def pause(seconds: float) -> None:
-        pauses.append(seconds)
+        if threading.get_ident() == caller:
+            pauses.append(seconds)
         time.sleep(seconds)
 
     monkeypatch.setattr(failures, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))

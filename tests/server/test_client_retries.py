@@ -147,3 +147,30 @@ def test_a_client_reaches_its_node_again_once_it_restarted(
         f"the old client read again only {took:.1f} s after the node was back; "
         f"{len(failures)} reads failed before: {failures[-1:]}"
     )
+
+
+def test_a_report_of_local_reads_does_not_wait_out_its_deadline_for_a_node_that_is_down(
+    spawn_server: Callable[..., ServerProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The report that stat() sends first waited for the channel to connect (gRPC's
+    # wait_for_ready) until its 5 s deadline ran out, then stat() retried for its own
+    # 1.5 s: 6.5 s to learn that the node is down. It is now tried again only while it
+    # cannot leave the client, as long as stat() itself is, and then dropped.
+    node = spawn_server()
+    with node.connect() as admin:
+        admin.create_dataset("ds")
+        admin.put("ds", "shard", b"x" * 10_000)
+    reader = node.connect()
+    try:
+        assert len(reader.get("ds", "shard")) == 10_000
+        reader.report_local_reads()
+        node.stop()
+        assert len(reader.get("ds", "shard")) == 10_000  # in place: its report pending
+        assert reader.read_counts.local == 2
+        caplog.set_level("INFO", logger="tierstore.client.reports")
+        with pytest.raises(errors.Unavailable, match="failed to connect"):
+            reader.stat("ds", "shard")
+        dropped = [r.getMessage() for r in caplog.records if "could not report" in r.getMessage()]
+        assert len(dropped) == 1 and "failed to connect to all addresses" in dropped[0], dropped
+    finally:
+        reader.close()

@@ -152,14 +152,15 @@ class ClientCore:
         idempotent: bool,
         timeout_s: float | None = None,
         changes: str | None = None,
-        wait_for_ready: bool = False,
+        retry_unsent: bool = False,
     ) -> T:
         """``fn(request)`` with this client's deadline and credentials, retried when the
         server is unavailable if ``idempotent``. ``changes``: what the call changes (for
         one that changes something), named in the error of a call cut off before the
-        server answered, which sets its ``outcome_unknown``. ``wait_for_ready``: wait,
-        within the deadline, for a channel that is not connected yet (gRPC's option),
-        rather than fail at once."""
+        server answered, which sets its ``outcome_unknown``. ``retry_unsent``: a call
+        that is not ``idempotent`` is retried too while it fails without having left
+        the client (its channel could not connect, as while a restarted server comes
+        back), for as long as an idempotent one would be."""
 
         def attempt() -> T:
             with GATE.call():  # a fork() waits for this call to end (see forkgate)
@@ -167,11 +168,10 @@ class ClientCore:
                     request,
                     timeout=timeout_s or self.timeout_s,
                     metadata=self._channel.metadata,
-                    wait_for_ready=wait_for_ready,
                 )
 
         with self._no_token_named():
-            return retried(attempt, idempotent, changes=changes)
+            return retried(attempt, idempotent, changes=changes, retry_unsent=retry_unsent)
 
     @contextmanager
     def _no_token_named(self) -> Iterator[None]:

@@ -96,17 +96,21 @@ def retried(
     retry: bool,
     deadline: float | None = None,
     changes: str | None = None,
+    retry_unsent: bool = False,
 ) -> T:
     """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
-    UNAVAILABLE and ``retry`` (pauses end at ``deadline``, a ``time.monotonic()``
-    reading, if given). Raises the mapped error of the failure that ends it
-    (:func:`raise_mapped`, with ``changes``: what the call changes, if anything)."""
+    UNAVAILABLE and ``retry`` — or, with ``retry_unsent``, while it fails never having
+    left the client, which a call that must not be made twice may be (pauses end at
+    ``deadline``, a ``time.monotonic()`` reading, if given). Raises the mapped error of
+    the failure that ends it (:func:`raise_mapped`, with ``changes``: what the call
+    changes, if anything)."""
     for delay in (*RETRY_DELAYS_S, None):
         try:
             with closed_channel_is_unavailable():
                 return attempt()
         except grpc.RpcError as error:
-            if delay is None or not (retry and _retryable(error)):
+            again = retry or (retry_unsent and _never_sent(error))
+            if delay is None or not (again and _retryable(error)):
                 raise_mapped(error, changes)
         if deadline is not None:
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
@@ -122,6 +126,13 @@ _CUT_OFF = (
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 )
+
+
+def _never_sent(error: grpc.RpcError) -> bool:
+    """Whether a failed call never reached a server: its channel could not connect."""
+    call: Any = error  # grpc raises objects that are both RpcError and Call
+    details = call.details() if hasattr(call, "details") else ""
+    return _NOT_CONNECTED in (details or "")
 
 
 def raise_mapped(error: grpc.RpcError, changes: str | None = None) -> NoReturn:

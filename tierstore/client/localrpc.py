@@ -12,7 +12,7 @@ from tierstore.wire.local import LocalGrant, grant_from_pb, read_counts_to_pb
 
 __all__ = ["GrpcLocalReadRpc"]
 
-#: ``call(method, request, idempotent=..., timeout_s=None, wait_for_ready=False)``: the
+#: ``call(method, request, idempotent=..., timeout_s=None, retry_unsent=False)``: the
 #: client's call plumbing.
 Call = Callable[..., Any]
 _REPORT_TIMEOUT_S = 5.0
@@ -44,12 +44,15 @@ class GrpcLocalReadRpc:
 
     def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
         # Not idempotent: a retried report that had arrived would count reads twice; but
-        # waiting for a channel still connecting sends it only once. A short deadline: a
-        # report is best effort, and close() waits for the last one.
+        # one that could not leave the client (its channel still connecting) is tried
+        # again, as long as an idempotent call would be (not gRPC's wait_for_ready: with
+        # the node down that held a stat() up for the whole deadline, then its own
+        # retries, 6.5 s). A short deadline: a report is best effort, and close() waits
+        # for the last one.
         self._call(
             self._stub().ReportLocalReads,
             read_counts_to_pb(dataset, counts),
             idempotent=False,
             timeout_s=_REPORT_TIMEOUT_S,
-            wait_for_ready=wait_for_ready,
+            retry_unsent=wait_for_ready,
         )

@@ -8,10 +8,11 @@ every ``every_reads`` reads or ``interval_s`` seconds, whichever comes first.
 :meth:`ReadReporter.flush` sends at once, on the caller's thread (the client does so
 at close and before it shows statistics, so a client sees its own reads counted).
 
-A report waits, within its deadline, for a channel that is still connecting (as
-after a node's restart) rather than fail at once: it is not retried, as one that
-arrived would count twice, and one that never left cannot have arrived. Only the
-last flush, at close, does not wait. A batch that cannot be sent, or that the
+A report that could not leave the client, its channel still connecting (as after a
+node's restart), is tried again for as long as an idempotent call would be (1.5 s)
+rather than dropped at once: no other failure is retried, as a report that arrived
+would count twice, and one that never left cannot have arrived. Only the last flush,
+at close, does not try again. A batch that cannot be sent, or that the
 server refuses, is dropped and the reason logged once: a lost report costs
 placement accuracy, never data. Reads counted but not yet sent when a process dies
 (a DataLoader worker killed at the end of an epoch) are lost the same way — at most
@@ -41,8 +42,8 @@ __all__ = ["ReadReporter", "Sender"]
 
 log = logging.getLogger(__name__)
 
-#: ``send(dataset, counts, wait_for_ready)``: one ReportLocalReads call, waiting for a
-#: channel still connecting if ``wait_for_ready``; raises on failure.
+#: ``send(dataset, counts, wait_for_ready)``: one ReportLocalReads call, tried again
+#: while its channel is still connecting if ``wait_for_ready``; raises on failure.
 Sender = Callable[[str, list[LocalReadCount], bool], None]
 #: The longest a fork waits for a report in flight.
 _FORK_WAIT_S = 5.0
