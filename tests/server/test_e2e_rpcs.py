@@ -275,6 +275,9 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         "insecure": lambda: server.connect(insecure="no", ca=None),
         "local_reads": lambda: server.connect(local_reads="no"),
         "pin_memory": lambda: tierstore.client.local.LocalReadOptions(pin_memory="yes"),  # type: ignore[arg-type]
+        # Made without a word, then an AttributeError at the first call (or its repr).
+        "settings": lambda: tierstore.Client(server.address),  # type: ignore[arg-type]
+        "local": lambda: tierstore.Client(admin._channel.settings, local=True),  # type: ignore[arg-type]
         # Each a bare TypeError or AttributeError too, or (a TTL out of range) sent.
         "shards ": lambda: admin.prefetch(any_dataset, None),  # type: ignore[arg-type]
         "force": lambda: admin.delete_dataset(any_dataset, force="no"),  # type: ignore[arg-type]

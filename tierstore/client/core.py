@@ -21,7 +21,7 @@ from tierstore.client.failures import retried
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalReads, ReadCounter, ReadCounts
 from tierstore.client.localrpc import GrpcLocalReadRpc
-from tierstore.errors import Unauthenticated, Unavailable
+from tierstore.errors import InvalidArgument, Unauthenticated, Unavailable
 from tierstore.v1 import shards_pb2_grpc
 
 __all__ = ["DEFAULT_FRAME_BYTES", "ClientCore"]
@@ -84,6 +84,16 @@ class ClientCore:
         frame_bytes: int = DEFAULT_FRAME_BYTES,
         local: LocalReadOptions | None = None,
     ) -> None:
+        if not isinstance(settings, ChannelSettings):
+            raise InvalidArgument(
+                f"settings must be a ChannelSettings, not {settings!r:.80} (for a client of "
+                "an address: tierstore.connect(address, ...))"
+            )
+        if local is not None and not isinstance(local, LocalReadOptions):
+            raise InvalidArgument(
+                f"local must be a LocalReadOptions (or None), not {local!r:.80} (connect() "
+                "takes local_reads=True or False)"
+            )
         self._channel = ProcessChannel(settings)
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
