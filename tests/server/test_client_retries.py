@@ -174,3 +174,30 @@ def test_a_report_of_local_reads_does_not_wait_out_its_deadline_for_a_node_that_
         assert len(dropped) == 1 and "failed to connect to all addresses" in dropped[0], dropped
     finally:
         reader.close()
+
+
+def test_calls_that_change_something_reach_a_restarted_node_as_reads_do(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # A read retried the ~1.2 s a client's channel may take to reconnect; a put, a
+    # delete or a create failed at once with "failed to connect to all addresses" (it
+    # is not retried once it may have reached the node, but this one never left).
+    node = spawn_server()
+    with node.connect() as admin:
+        admin.create_dataset("ds")
+        admin.put("ds", "gone", b"x")
+    client = node.connect(local_reads=False)
+    try:
+        assert client.stat("ds", "gone").size == 1
+        node.stop()
+        with pytest.raises(errors.Unavailable, match="failed to connect") as down:
+            client.put("ds", "shard", b"y" * 10_000)  # its channel now backs off
+        assert not down.value.outcome_unknown
+        node.start(same_ports=True)
+        assert client.put("ds", "shard", b"y" * 10_000).size == 10_000
+        client.delete("ds", "gone")
+        client.create_dataset("made")
+        assert client.get("ds", "shard").to_pybytes() == b"y" * 10_000
+        assert [info.name for info in client.list("ds")] == ["shard"]
+    finally:
+        client.close()

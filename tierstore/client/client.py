@@ -3,7 +3,8 @@
 ``tierstore.connect(address, token=..., ca=...)`` (:mod:`~tierstore.client.connect`)
 returns a :class:`Client`. Every
 call carries the bearer token and a deadline; calls that are safe to repeat are
-retried with back-off when the server is UNAVAILABLE, whole shard reads too when
+retried with back-off when the server is UNAVAILABLE (others only while their channel
+cannot connect: they never left the client), whole shard reads too when
 their stream fails part-way (nothing of it was returned yet). Errors come back as the
 same :mod:`tierstore.errors` class the server raised. A client is safe to share
 between threads, and keeps working in processes forked from the one that made
@@ -51,7 +52,7 @@ from tierstore.client.download import (
     stream_into_file,
     write_all,
 )
-from tierstore.client.failures import closed_channel_is_unavailable, raise_mapped, retried
+from tierstore.client.failures import retried
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
@@ -136,18 +137,24 @@ class Client(AdminCalls, PlacementCalls):
                 yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
-            with self._no_token_named():
-                try:
-                    with GATE.call(), closed_channel_is_unavailable():
-                        reply = stub.PutShard(
+
+            def attempt() -> common_pb2.ShardInfo:
+                with GATE.call():
+                    try:
+                        answer: common_pb2.ShardInfo = stub.PutShard(
                             messages(),
                             timeout=self.stream_timeout_s,
                             metadata=self._channel.metadata,
                         )
-                except grpc.RpcError as error:
-                    if failed:
-                        raise failed[0] from None
-                    raise_mapped(error, changes=f"the put of {dataset}/{shard}")
+                        return answer
+                    except grpc.RpcError:
+                        if failed:
+                            raise failed[0] from None
+                        raise
+
+            with self._no_token_named():
+                # Made again only while it cannot leave the client (see ClientCore._call).
+                reply = retried(attempt, False, changes=f"the put of {dataset}/{shard}")
         return shard_info_from_pb(reply)
 
     def _read_whole(

@@ -162,15 +162,16 @@ class ClientCore:
         idempotent: bool,
         timeout_s: float | None = None,
         changes: str | None = None,
-        retry_unsent: bool = False,
+        retry_unsent: bool = True,
     ) -> T:
         """``fn(request)`` with this client's deadline and credentials, retried when the
         server is unavailable if ``idempotent``. ``changes``: what the call changes (for
         one that changes something), named in the error of a call cut off before the
         server answered, which sets its ``outcome_unknown``. ``retry_unsent``: a call
         that is not ``idempotent`` is retried too while it fails without having left
-        the client (its channel could not connect, as while a restarted server comes
-        back), for as long as an idempotent one would be."""
+        the client (its channel could not connect, as for a second or so after a
+        server's restart: a put or a delete failed then, where a read went through), for
+        as long as an idempotent one would be."""
 
         def attempt() -> T:
             with GATE.call():  # a fork() waits for this call to end (see forkgate)

@@ -1,6 +1,7 @@
 """How a failed call becomes a :mod:`tierstore.errors` error, and which failures are
 worth another attempt: UNAVAILABLE, unless the server named ArchiveUnavailable or the
-client rejected the server's certificate (either would fail again at once)."""
+client rejected the server's certificate (either would fail again at once); for a
+call that must not be made twice, only a failure to leave the client at all."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def retried(
     retry: bool,
     deadline: float | None = None,
     changes: str | None = None,
-    retry_unsent: bool = False,
+    retry_unsent: bool = True,
 ) -> T:
     """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
     UNAVAILABLE and ``retry`` — or, with ``retry_unsent``, while it fails never having

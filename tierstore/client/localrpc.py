@@ -31,7 +31,10 @@ class GrpcLocalReadRpc:
 
     def open_local(self, dataset: str) -> LocalGrant:
         reply = self._call(
-            self._stub().OpenLocal, shards_pb2.OpenLocalRequest(dataset=dataset), idempotent=False
+            self._stub().OpenLocal,
+            shards_pb2.OpenLocalRequest(dataset=dataset),
+            idempotent=False,
+            retry_unsent=False,
         )
         return grant_from_pb(reply)
 
@@ -39,7 +42,7 @@ class GrpcLocalReadRpc:
         request = shards_pb2.GrantDataKeyRequest(
             dataset=dataset, shard=shard, generation=generation
         )
-        reply = self._call(self._stub().GrantDataKey, request, idempotent=False)
+        reply = self._call(self._stub().GrantDataKey, request, idempotent=False, retry_unsent=False)
         return DataKey(reply.data_key, reply.nonce_prefix)
 
     def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
