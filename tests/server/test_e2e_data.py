@@ -148,6 +148,42 @@ def test_a_download_to_a_full_disk_raises_and_leaves_no_partial_file(
     assert done.stdout.decode().split("\n")[0] == "True []"
 
 
+#: Downloads shard ``big`` of dataset argv[4] to the file argv[5] as the client at
+#: argv[1..3] (address, token, CA), reading in place; prints the most bytes Arrow's
+#: pool has held, and how many reads were served in place.
+_DOWNLOAD_IN_PLACE = """
+import sys
+import pyarrow as pa
+import tierstore
+with tierstore.connect(sys.argv[1], token=sys.argv[2], ca=sys.argv[3]) as client:
+    client.download(sys.argv[4], "big", sys.argv[5])
+    print(pa.default_memory_pool().max_memory(), client.read_counts.local)
+"""
+
+
+def test_a_download_read_in_place_does_not_hold_the_shard_in_memory(
+    server: ServerProcess, admin: Client, any_dataset: str, tmp_path: Path
+) -> None:
+    # Read in place (a node on this host, the default), the whole range went into one
+    # buffer of Arrow's pool first, then to the file: a shard's size in memory, where
+    # the streamed download holds a frame or two.
+    data = os.urandom(48 * MiB + 5)
+    admin.put(any_dataset, "big", data)
+    client = [server.address, server.token, str(server.ca_path)]
+    target = tmp_path / "big.bin"
+    done = subprocess.run(
+        [sys.executable, "-c", _DOWNLOAD_IN_PLACE, *client, any_dataset, str(target)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    most_held, in_place = map(int, done.stdout.split())
+    assert in_place == 1
+    assert most_held < 8 * MiB, most_held
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]  # no partial file left
+
+
 def test_files_by_path_and_object(admin: Client, any_dataset: str, tmp_path: Path) -> None:
     data = os.urandom(5 * MiB + 7)
     path = tmp_path / "blob.bin"

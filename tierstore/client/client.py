@@ -46,9 +46,9 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.core import DEFAULT_FRAME_BYTES
 from tierstore.client.download import (
+    file_allocator,
     output_target,
     partial_file,
-    rewrite_file,
     stream_into_file,
     write_all,
 )
@@ -219,14 +219,15 @@ class Client(AdminCalls, PlacementCalls):
         """Write bytes ``[offset, offset + length)`` of a shard to the file ``path``;
         returns how many.
 
-        Unlike :meth:`get`, memory does not grow with the range: streamed frames are
-        verified (and decrypted) straight into a mapping of the file, which the OS
-        writes back as it needs. A regular file is written as a new file of its own
-        beside ``path`` (``.<name>.<random>.part``, never one already there) and renamed
-        over it once whole and verified (with the permissions of the file it replaces),
-        so a failed download leaves ``path`` as it was; a device or pipe is written in
-        place (from one buffer, as ``get``).
-        Raises as :meth:`get`, and OSError when the file cannot be written.
+        Unlike :meth:`get`, memory does not grow with the range: frames, streamed or
+        read in place, are verified (and decrypted) straight into a mapping of the
+        file, which the OS writes back as it needs. A regular file is written as a new
+        file of its own beside ``path`` (``.<name>.<random>.part``, never one already
+        there) and renamed over it once whole and verified (with the permissions of the
+        file it replaces), so a failed download leaves ``path`` as it was; a device or
+        pipe is written in place (from one buffer, as ``get``). Raises as :meth:`get`,
+        InvalidArgument for a ``path`` that is no path, and OSError when the file cannot
+        be written.
         """
         if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
             raise InvalidArgument(
@@ -243,8 +244,9 @@ class Client(AdminCalls, PlacementCalls):
                 shard,
                 offset,
                 length,
-                lambda local: rewrite_file(partial, memoryview(local)),
+                lambda local: int(local.size),  # read in place straight into the file
                 lambda stream: stream_into_file(stream, partial),
+                file_allocator(partial),
             )
 
     def _read_range(
@@ -255,9 +257,11 @@ class Client(AdminCalls, PlacementCalls):
         length: int | None,
         take_local: Callable[[pa.Buffer], T],
         receive: Callable[[ShardStream], T],
+        allocate: FrameAllocator | None = None,
     ) -> T:
         """A byte range read: checked, then read locally (``take_local`` of its one
-        buffer) where the local path serves it, else streamed (``receive``)."""
+        buffer, from ``allocate`` if given) where the local path serves it, else
+        streamed (``receive``)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         offset = whole_number("offset", offset)
@@ -272,7 +276,7 @@ class Client(AdminCalls, PlacementCalls):
         # A fork() waits for the whole read, local or streamed (see forkgate).
         with GATE.call():
             if self._local is not None:
-                local = self._local.read_range(dataset, shard, offset, length)
+                local = self._local.read_range(dataset, shard, offset, length, allocate)
                 if local is not None:
                     return take_local(local.buffers[0])
             self._counts.bump("grpc")

@@ -18,15 +18,17 @@ import mmap
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:  # the CLI imports this module; the receiving side brings pyarrow
+    import pyarrow as pa
+
     from tierstore.client.receive import ShardStream
 
-__all__ = ["output_target", "partial_file", "rewrite_file", "stream_into_file", "write_all"]
+__all__ = ["file_allocator", "output_target", "partial_file", "stream_into_file", "write_all"]
 
 
 def output_target(path: Path) -> tuple[Path, bool]:
@@ -104,16 +106,12 @@ def stream_into_file(stream: ShardStream, file: BinaryIO) -> int:
     many. On IntegrityError the file's bytes are zeroed, as a buffer's are. Raises
     OSError (ENOSPC) when the file's disk has no room for the bytes, before any is
     written."""
-    file.seek(0)
-    file.truncate(0)
     if stream.length == 0:
+        _empty(file)
         for _ in stream.messages:  # nothing to write: end the call cleanly
             pass
         return 0
-    # Its blocks taken now: written through a map, a sparse file's page with no disk for
-    # it killed the process (SIGBUS), where this raises.
-    os.posix_fallocate(file.fileno(), 0, stream.length)
-    with mmap.mmap(file.fileno(), stream.length) as mapping:
+    with _mapped(file, stream.length) as mapping:
         view = memoryview(mapping)
         try:
             return stream.into(view)
@@ -121,11 +119,35 @@ def stream_into_file(stream: ShardStream, file: BinaryIO) -> int:
             view.release()  # a mapping with a view still out cannot close
 
 
-def rewrite_file(file: BinaryIO, data: memoryview) -> int:
-    """Replace ``file``'s contents with ``data``; returns its length."""
+def file_allocator(file: BinaryIO) -> Callable[[int], pa.Buffer]:
+    """A frame allocator whose buffer is ``file`` itself (open for reading and
+    writing): emptied, made ``size`` bytes long and mapped, as :func:`stream_into_file`
+    does, so that a range read in place lands straight in the file (into a buffer of
+    the shard's size first, memory grew with it). The mapping goes with the buffer."""
+
+    def allocate(size: int) -> pa.Buffer:
+        import pyarrow as pa  # as the receiving side does: not for the CLI's import
+
+        if size == 0:
+            _empty(file)
+            return pa.allocate_buffer(0)
+        return pa.py_buffer(_mapped(file, size))
+
+    return allocate
+
+
+def _empty(file: BinaryIO) -> None:
     file.seek(0)
     file.truncate(0)
-    return write_all(file, data)
+
+
+def _mapped(file: BinaryIO, size: int) -> mmap.mmap:
+    """``file`` emptied and made ``size`` (above 0) bytes long, its blocks taken now
+    (written through a map, a sparse file's page with no disk for it killed the
+    process, SIGBUS, where this raises ENOSPC): a shared mapping of it."""
+    _empty(file)
+    os.posix_fallocate(file.fileno(), 0, size)
+    return mmap.mmap(file.fileno(), size)
 
 
 def write_all(file: BinaryIO, data: memoryview) -> int:

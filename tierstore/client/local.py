@@ -272,14 +272,20 @@ class LocalReads:
         return self._read(dataset, shard, self._frames)
 
     def read_range(
-        self, dataset: str, shard: str, offset: int, length: int | None
+        self,
+        dataset: str,
+        shard: str,
+        offset: int,
+        length: int | None,
+        allocate: FrameAllocator | None = None,
     ) -> LocalShard | None:
-        """Bytes ``[offset, offset + length)`` in one 64-byte-aligned buffer from the
-        allocator (one copy, or one decryption per frame); ``None``: read them through
-        the service. Raises DataLoss."""
+        """Bytes ``[offset, offset + length)`` in one 64-byte-aligned buffer from
+        ``allocate`` (by default the allocator; a download's maps its file) — one copy,
+        or one decryption per frame; ``None``: read them through the service. Raises
+        DataLoss."""
 
         def build(session: HotSession, record: ShardRecord, sealer: FrameSealer) -> LocalShard:
-            return self._range(session, record, sealer, offset, length)
+            return self._range(session, record, sealer, offset, length, allocate)
 
         return self._read(dataset, shard, build)
 
@@ -396,13 +402,14 @@ class LocalReads:
         sealer: FrameSealer,
         offset: int,
         length: int | None,
+        allocate: FrameAllocator | None,
     ) -> LocalShard:
         # A range is one contiguous, 64-byte-aligned buffer (Client.get's promise), so it
         # costs one copy even from a plaintext frame (a frame in the map starts 16 bytes
         # into its page): verified and copied, or decrypted, straight into place.
         slices = plan_reads(record.frame_sizes, (offset, _TO_THE_END if length is None else length))
         total = sum(piece.stop - piece.start for piece in slices)
-        out = self.allocator()(total)
+        out = (allocate or self.allocator())(total)
         pieces = [(piece.index, piece.start, piece.stop) for piece in slices]
         lookup = _frame_lookup(session, record, [piece.index for piece in slices])
         open_pieces_into(sealer, pieces, lookup, memoryview(out).cast("B"))
