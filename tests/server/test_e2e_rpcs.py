@@ -69,6 +69,10 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
     assert updated == DatasetSettings(False, Durability.WRITE_THROUGH, 4096)
     assert admin.get_dataset(plain) == updated
     assert admin.update_dataset(plain, hot_quota_bytes=0).durability is Durability.WRITE_THROUGH
+    # A numpy quota was refused (InvalidArgument), as other byte counts are not.
+    assert admin.update_dataset(plain, hot_quota_bytes=np.int64(8192)).hot_quota_bytes == 8192
+    numpy_quota = admin.create_dataset(unique(), hot_quota_bytes=np.uint32(1 << 20))
+    assert numpy_quota.hot_quota_bytes == 1 << 20 and type(numpy_quota.hot_quota_bytes) is int
 
     with pytest.raises(errors.AlreadyExists):
         admin.create_dataset(plain)

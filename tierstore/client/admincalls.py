@@ -7,7 +7,13 @@ import builtins
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tierstore.client.arguments import checked_text, durability_named, grant_list, token_ttl
+from tierstore.client.arguments import (
+    checked_text,
+    durability_named,
+    grant_list,
+    hot_quota,
+    token_ttl,
+)
 from tierstore.client.core import ClientCore
 from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
 from tierstore.errors import InvalidArgument
@@ -18,7 +24,6 @@ from tierstore.types import (
     Grant,
     TraceEvent,
     check_bool,
-    check_hot_quota,
 )
 from tierstore.v1 import admin_pb2, admin_pb2_grpc, datasets_pb2, datasets_pb2_grpc
 from tierstore.wire.convert import (
@@ -58,7 +63,8 @@ class AdminCalls(ClientCore):
         """
         validate_dataset_name(name)
         policy = checked_text("policy", policy, "a placement policy's name")
-        settings = DatasetSettings(encrypted, durability_named(durability), hot_quota_bytes, policy)
+        quota = hot_quota(hot_quota_bytes)
+        settings = DatasetSettings(encrypted, durability_named(durability), quota, policy)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.CreateDataset,
@@ -102,7 +108,7 @@ class AdminCalls(ClientCore):
         if durability is not None:
             request.durability = durability_to_pb(durability_named(durability))
         if hot_quota_bytes is not None:
-            request.hot_quota_bytes = check_hot_quota(hot_quota_bytes)
+            request.hot_quota_bytes = hot_quota(hot_quota_bytes)
         if policy is not None:
             request.policy = checked_text("policy", policy, "a placement policy's name")
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)

@@ -12,7 +12,8 @@ from typing import Generic, TypeVar, cast, overload
 
 from tierstore.client.deadlines import MAX_TIMEOUT_S, timeout_problem
 from tierstore.errors import InvalidArgument
-from tierstore.types import MAX_TTL_S, Durability, Grant, seconds_up_to
+from tierstore.types import MAX_TTL_S, Durability, Grant, check_hot_quota, seconds_up_to
+from tierstore.types import whole_number as integer_of
 from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "durability_named",
     "env_flag",
     "grant_list",
+    "hot_quota",
     "optional_path",
     "positive_bytes",
     "positive_seconds",
@@ -101,6 +103,13 @@ def token_ttl(value: object) -> float:
             f"seconds (ten years; the CLI's --ttl), not {value!r:.40}"
         )
     return seconds
+
+
+def hot_quota(value: object) -> int:
+    """``value`` as a dataset's hot quota in bytes, numpy's integers too (refused as
+    not an int), else InvalidArgument (:func:`~tierstore.types.check_hot_quota`)."""
+    whole = integer_of(value)
+    return check_hot_quota(value if whole is None else whole)
 
 
 def positive_bytes(name: str, value: object) -> int:
