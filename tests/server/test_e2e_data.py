@@ -258,7 +258,7 @@ def test_a_file_object_that_cannot_be_read_is_invalid_argument(
         admin.put(any_dataset, "appending", appending)
     with path.open("rb") as file:
         pass
-    for closed in (file, io.BytesIO(b"x")):
+    for closed in (file, io.BytesIO(b"x"), _written_mmap(b"x")):
         closed.close()
         with pytest.raises(errors.InvalidArgument, match="cannot read"):
             admin.put(any_dataset, "closed", closed)

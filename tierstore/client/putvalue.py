@@ -106,8 +106,11 @@ class ReadableValue:
             except OSError as exc:
                 raise InvalidArgument(f"cannot read {data}: {exc}") from exc
             data = self._file
-        if isinstance(data, mmap.mmap):
-            return memoryview(data)  # a buffer, though it reads too (from its position)
+        if isinstance(data, mmap.mmap):  # a buffer, though it reads too (from its position)
+            try:
+                return memoryview(data)
+            except ValueError as exc:  # closed
+                raise InvalidArgument(f"cannot read the mmap: {exc}") from None
         if hasattr(data, "read") and not isinstance(data, bytes | bytearray | memoryview):
             return self._file_value(data)
         return _other_buffer(data)
