@@ -348,9 +348,9 @@ def test_local_reads_made_as_a_restarted_node_comes_back_are_counted(
     spawn_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     # The client's channel is still reconnecting when the first reads are reported:
-    # a report failed at once then, and was dropped (it is not retried, as a report
-    # that arrived would count twice). It now waits, within its deadline, for the
-    # channel to connect: a call that never left the client cannot have arrived.
+    # a report failed at once then, and was dropped (it is not retried once it may
+    # have arrived, as it would count twice). It is now tried again while it fails
+    # without having left the client (that one cannot have arrived).
     node = spawn_server(tmp_path / "node")
     reader = reader_of_one_shard(node, "a", b"x" * 1000)
     try:
