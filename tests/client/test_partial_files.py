@@ -77,6 +77,11 @@ def test_a_directory_is_refused_before_anything_is_fetched(tmp_path: Path) -> No
     link.symlink_to(tmp_path)
     with pytest.raises(IsADirectoryError):
         output_target(link)
+    # Named as a directory that does not exist: a file named "out" was written (Path
+    # drops the slash), where open() refuses.
+    with pytest.raises(IsADirectoryError, match="name a file to write"):
+        output_target(f"{tmp_path}/out/")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_in_no_directory_is_named_as_given_not_by_its_partial_file(

@@ -31,7 +31,6 @@ import builtins
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -233,7 +232,7 @@ class Client(AdminCalls, PlacementCalls):
             raise InvalidArgument(
                 f"path must be a file's path (a str or os.PathLike), not {path!r:.80}"
             )
-        target, through_partial = output_target(Path(path))
+        target, through_partial = output_target(path)
         if not through_partial:
             whole = self.get(dataset, shard, offset=offset, length=length)
             with target.open("wb") as file:

@@ -31,17 +31,19 @@ if TYPE_CHECKING:  # the CLI imports this module; the receiving side brings pyar
 __all__ = ["file_allocator", "output_target", "partial_file", "stream_into_file", "write_all"]
 
 
-def output_target(path: Path) -> tuple[Path, bool]:
+def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     """The file that output asked for at ``path`` goes to, and whether it is written
     through a partial file (:func:`partial_file`) renamed over it once whole, so that
     a failed write leaves it as it was. A link is followed, so that the file it names
     gets the output, not a file in its place; a device or a pipe is written in place
     (False: renaming a file over /dev/null would replace the device). Raises
-    IsADirectoryError for a directory (or a link to one), before anything is fetched
-    for it."""
+    IsADirectoryError for a directory (or a link to one, or a name ending in a slash,
+    as ``open`` does), before anything is fetched for it."""
+    named = os.fspath(path)
+    path = Path(named)  # (which drops a trailing slash)
     target = path.resolve() if path.is_symlink() else path
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", str(path))
+    if target.is_dir() or named.endswith(os.sep):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", named)
     return target, not (target.exists() and not target.is_file())
 
 
