@@ -209,6 +209,14 @@ MALFORMED = {
         (HEADER, '{"t": 1, "op": "position", "job": "j", "position": -1}'),
         "line 2: position must not be negative",
     ),
+    "integer too long to convert": (
+        (HEADER, READ, READ.replace('"size": 10', '"size": ' + "9" * 5000)),
+        "line 3: not valid JSON",
+    ),
+    "arrays nested too deep": (
+        (HEADER, READ.replace('"job": ""', '"job": "", "x": ' + "[" * 100_000 + "]" * 100_000)),
+        "line 2: not valid JSON",
+    ),
     "header only": ((HEADER,), "line 2: no events after the header"),
     "header and blank lines only": ((HEADER, "", "  "), "line 4: no events after the header"),
 }

@@ -314,7 +314,9 @@ def _parse(path: Path, lineno: int, line: str) -> Any:
         return None
     try:
         return json.loads(line, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, _Invalid) as exc:
+    # ValueError: JSON's errors, and an integer too long for int() (4300 digits);
+    # RecursionError: arrays or objects nested too deep to parse.
+    except (ValueError, RecursionError, _Invalid) as exc:
         # A writer ends every line with "\n": a last line without one was cut short.
         if not line.endswith("\n"):
             raise MalformedTrace(f"{path}: line {lineno}: truncated last line") from None
