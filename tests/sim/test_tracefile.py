@@ -189,6 +189,10 @@ MALFORMED = {
     ),
     "boolean size": ((HEADER, READ.replace('"size": 10', '"size": true')), "line 2: size must"),
     "string time": ((HEADER, READ.replace("1.0", '"1.0"')), "line 2: t must be a finite number"),
+    "time past a float": (
+        (HEADER, READ.replace("1.0", "1" + "0" * 400)),
+        "line 2: t must be a finite number",
+    ),
     "numeric shard": ((HEADER, READ.replace('"a"', "7")), "line 2: shard must be a string"),
     "time going back": ((HEADER, READ, READ.replace("1.0", "0.5")), "line 3: t=0.5 is before"),
     "plan length mismatch": (
@@ -273,6 +277,7 @@ def test_a_missing_file_is_an_invalid_argument_not_a_malformed_trace(tmp_path: P
         (lambda w: w.plan(1.0, "j", "d", ["a", "b"], [1]), "2 shards but 1 sizes"),
         (lambda w: w.position(1.0, "j", -2), "position must not be negative"),
         (lambda w: w.read(float("nan"), "d", "s", 1), "t must be a finite number"),
+        (lambda w: w.read(10**400, "d", "s", 1), "t must be a finite number"),
         (lambda w: w.close(0.5, "j"), "t=0.5 is before t=1.0"),
     ],
 )

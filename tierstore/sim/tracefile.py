@@ -70,8 +70,8 @@ def _check_record(record: Any) -> None:
         raise _Invalid(f"{op} record is missing {', '.join(missing)}")
     t = record["t"]
     # bool is an int subclass; "t": true is a bug in the writer, not a time.
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
-        raise _Invalid(f"t must be a finite number, got {t!r}")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not _finite(t):
+        raise _Invalid(f"t must be a finite number, got {t!r:.40}")
     for name in ("dataset", "shard", "job"):
         if name in record and not isinstance(record[name], str):
             raise _Invalid(f"{name} must be a string, got {record[name]!r}")
@@ -91,6 +91,15 @@ def _check_record(record: Any) -> None:
             _check_size("sizes entry", size)
     elif op == "position":
         _check_size("position", record["position"])
+
+
+def _finite(t: float) -> bool:
+    """Whether ``t`` is a finite float, or an int that fits one (math.isfinite raises
+    OverflowError for a larger one: 1 followed by 400 zeros)."""
+    try:
+        return math.isfinite(t)
+    except OverflowError:
+        return False
 
 
 #: the largest size or position a trace may hold.
