@@ -67,6 +67,19 @@ def test_admits_a_shard_needed_sooner_than_its_victim() -> None:
     assert set(model.hot) == {1, 3}
 
 
+def test_bypass_weighs_a_shard_against_a_victim_eviction_may_take() -> None:
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 3])  # 1 is due first, then 2, then 3
+    model = HotModel(policy, 2)
+    model.insert(1, 1)
+    model.insert(3, 1)
+    model.pinned.add(3)
+    assert model.victims(1) == [1]  # the driver said 3 may not go
+    # Admitting 2 would evict 1, due before it: 3, due after it, is not the victim.
+    model.read(2, 1)
+    assert set(model.hot) == {1, 3}
+
+
 def test_positions_advance_with_reads_between_reports() -> None:
     policy = ClairvoyantPolicy()
     declare(policy, "job", [1, 2, 1, 2])

@@ -15,7 +15,8 @@ job's position also advances when a read is its next plan entry.
   decision (sampling keeps a decision O((sample + pool) x jobs x log epochs) with a
   million shards; the error is small, see docs/policies.md).
 * **admission** — when the tier is full, a planned shard is refused if its next use
-  is later than its would-be victim's (Belady's bypass); an unplanned one is put to
+  is later than its would-be victim's (Belady's bypass; the victim is one eviction may
+  take, as far as the driver's last answers tell); an unplanned one is put to
   the fallback while unplanned shards are resident, and refused otherwise (it would
   displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
@@ -54,10 +55,6 @@ from tierstore.policy.s3fifo import S3FifoPolicy
 from tierstore.policy.slots import NIL, SLOT_TABLE_BYTES, SlotTable
 
 __all__ = ["ClairvoyantPolicy"]
-
-
-def _always(_: Key) -> bool:
-    return True
 
 
 #: plan entries looked at per job and prefetch call (bounds the call's cost).
@@ -180,7 +177,10 @@ class ClairvoyantPolicy(Policy):
             return False
         if self._fallback.resident_bytes or not self._count:
             return True  # the victims will be unplanned shards
-        victim, victim_due, due = self._farthest(_always, set(), also=slot)
+        # The would-be victim is one eviction may take, as far as the driver's last
+        # answers tell (weighed against a pinned one, a shard got in by evicting one
+        # due before it).
+        victim, victim_due, due = self._farthest(self._not_held, set(), also=slot)
         self._chosen = victim
         return due < victim_due
 
