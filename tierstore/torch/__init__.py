@@ -10,7 +10,8 @@
 Both yield ``dict[str, torch.Tensor]`` — views of the received Arrow buffers wherever the
 layout allows (see :mod:`tierstore.torch.arrow_tensors`) — and take their connection from
 ``TIERSTORE_ADDRESS`` / ``TIERSTORE_TOKEN`` / ``TIERSTORE_CA`` unless given. Needs the
-``torch`` extra (``pip install tierstore[torch]``). docs/torch.md is the user guide.
+``torch`` extra (from a checkout, ``pip install -e '.[torch]'``: tierstore is installed
+from its repository, not from a package index). docs/torch.md is the user guide.
 """
 
 from __future__ import annotations
