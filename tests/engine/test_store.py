@@ -57,6 +57,7 @@ from tierstore.engine.records import (
 from tierstore.engine.store import Store
 from tierstore.errors import (
     AlreadyExists,
+    BacklogFull,
     DatasetNotFound,
     EncryptionUnavailable,
     FailedPrecondition,
@@ -301,6 +302,40 @@ def test_overwrite_makes_a_new_generation_and_drops_the_old(
     counter, actual = catalog_hot_bytes(store)
     assert counter == actual == FRAME + overhead(dataset)
     assert [info.name for info in store.list(dataset)[0]] == ["s"]
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["one-transaction", "staged"])
+def test_an_overwrite_is_not_refused_for_the_backlog_of_the_generation_it_replaces(
+    open_store: StoreFactory, staged: bool
+) -> None:
+    # With the archive down and the only upload waiting that of the shard being
+    # overwritten, the overwrite leaves the backlog as it is (the old generation's
+    # upload never runs), yet it was refused BacklogFull whenever the cap was under two
+    # shards' worth: a checkpoint saved again and again under one name stopped saving.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    size = 2 * FRAME + 1000
+    store = open_store(
+        archive,
+        datasets={"plain": DatasetSettings()},
+        backlog_cap_bytes=size * 3 // 2,
+        put_chunk_bytes=FRAME if staged else 64 << 20,
+    )
+    store.put("plain", "ckpt", payload(size, 0))
+    waiting = store.stats().backlog_bytes
+    assert waiting > 0
+    for seed in range(1, 4):
+        store.put("plain", "ckpt", payload(size, seed))
+        assert store.stats().backlog_bytes == waiting
+    assert store.get("plain", "ckpt").to_bytes() == payload(size, 3)
+    with pytest.raises(BacklogFull):  # a second shard does add to it
+        store.put("plain", "other", payload(size, 9))
+    assert not store.list("plain", prefix="other")[0]
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+    archive.failing = False
+    assert store.drain(10)
+    assert store.stats().backlog_bytes == 0
 
 
 def test_generations_are_committed_in_the_order_they_are_numbered(

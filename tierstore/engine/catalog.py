@@ -344,6 +344,17 @@ class Catalog:
             txn.put(_UPLOAD + _U64.pack(op.generation), _U64.pack(seq), db=self._db("meta"))
         return seq
 
+    def pending_upload_bytes(self, txn: Any, generation: int) -> int:
+        """The backlog bytes ``generation``'s pending upload holds (0: none pending), which
+        :meth:`forgo_upload` would release."""
+        raw = txn.get(_UPLOAD + _U64.pack(generation), db=self._db("meta"))
+        if raw is None:
+            return 0
+        op = self.journal_entry(txn, _U64.unpack(bytes(raw))[0])
+        if op is None or op.op != "upload" or op.generation != generation:
+            return 0
+        return op.nbytes
+
     def forgo_upload(self, txn: Any, generation: int) -> None:
         """``generation`` was overwritten or deleted before its upload, which will never
         run: its bytes leave the backlog now, not when the mover passes its entry (an

@@ -221,7 +221,8 @@ class ShardWriter:
                 # What is sure to fail at the commit fails before anything is staged.
                 self._quota_now(dataset, shard, stored_total)
                 with self._env.read() as txn:
-                    self._check_backlog(txn, stored_total)
+                    previous = self._catalog.get_shard(txn, dataset, shard)
+                    self._check_backlog(txn, stored_total, previous)
                 self._hot_room.make_room(stored_total)  # best effort, before staging
                 staged = self._stage(dataset, shard, framed, settings.encrypted)
             elif isinstance(framed.frames, FramesOnDemand) and framed.frames.costly:
@@ -443,10 +444,13 @@ class ShardWriter:
             chunk = zip(run, frames, strict=True)
             stage_in(txn, self._catalog, self._frames, generation, len(sizes), chunk)
 
-    def _check_backlog(self, txn: Any, stored_total: int) -> None:
-        """Raise BacklogFull if a put of ``stored_total`` bytes would take the bytes
-        waiting for the archive past the cap (one put always goes in when none wait)."""
+    def _check_backlog(self, txn: Any, stored_total: int, previous: ShardRecord | None) -> None:
+        """Raise BacklogFull if a put of ``stored_total`` bytes, replacing ``previous``
+        (its upload, if pending, never runs then), would take the bytes waiting for the
+        archive past the cap (one put always goes in when none wait)."""
         backlog = self._catalog.counter(txn, "backlog_bytes")
+        if previous is not None and not previous.archived:
+            backlog -= self._catalog.pending_upload_bytes(txn, previous.generation)
         if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
             raise BacklogFull(
                 f"{backlog} bytes wait for the archive "
@@ -587,7 +591,7 @@ class ShardWriter:
                 record = self._staged_record(txn, staged, settings, previous)
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
-            self._check_backlog(txn, stored_total)
+            self._check_backlog(txn, stored_total, previous)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
             quota = settings.hot_quota_bytes
             if not self._hot_room.fits_quota(dataset, quota, stored_total, leaving):
