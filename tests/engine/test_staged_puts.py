@@ -329,6 +329,34 @@ def test_a_chunk_that_finds_no_room_evicts_archived_shards_and_goes_on(
     assert staged(store) == {}
 
 
+def test_a_put_of_one_transaction_that_finds_no_room_evicts_archived_shards_as_a_chunk_does(
+    open_store: StoreFactory,
+) -> None:
+    # Below the watermark, pages the hot-bytes count leaves out (a 4 KiB frame and its
+    # checksum take two) filled the map: a staged put's chunk evicted archived shards
+    # and went in, while a smaller put of one transaction failed HotTierFull, again and
+    # again, beside the same evictable shards.
+    store = open_store(
+        datasets=DATASETS,
+        put_chunk_bytes=128 * FRAME,
+        hot_capacity_bytes=64 << 20,
+        map_size_bytes=8 << 20,
+    )
+    old = {f"old/{i}": payload(1 << 20, i) for i in range(3)}
+    old["old/3"] = payload(512 << 10, 3)
+    for name, data in old.items():
+        store.put("plain", name, data)
+    assert store.drain(10)
+    small = payload(120 * FRAME, 9)  # 240 pages; fewer are free
+    assert store.put("plain", "small", small).size == len(small)
+    assert store.get("plain", "small").to_bytes() == small
+    assert any(not store.stat("plain", name).hot for name in old), "nothing was evicted"
+    for name, kept in old.items():  # every one still reads, from either tier
+        assert store.get("plain", name).to_bytes() == kept
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual
+
+
 def test_a_chunk_with_nothing_evictable_fails_hot_tier_full_and_drops_the_put(
     open_store: StoreFactory,
 ) -> None:

@@ -51,7 +51,7 @@ from tierstore.errors import (
 )
 from tierstore.frames import FrameSealer
 from tierstore.framing import FramedValue, FramesOnDemand
-from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier, MapFullOfDeadReaders
+from tierstore.tiers.lmdb import DiskFull, LmdbEnvironment, LmdbTier, MapFullOfDeadReaders
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 
 __all__ = ["ShardWriter"]
@@ -318,6 +318,7 @@ class ShardWriter:
         refused_once = False
         dead_readers_freed = False
         room_rounds = 0
+        map_rounds = 1
         while True:
             self._make_quota_room(dataset, shard, stored_total, wait)
             wait.release()  # done waiting, for now: the commit holds no place
@@ -341,6 +342,15 @@ class ShardWriter:
                 if dead_readers_freed:
                     raise HotTierFull(str(full)) from full
                 dead_readers_freed = True
+            except DiskFull:
+                raise  # the disk, not the map: see tierstore.engine.diskreserve
+            except HotTierFull:
+                # The map has no room below the watermark: pages the hot-bytes count
+                # leaves out (staged frames, a small frame's page and a half) filled it.
+                # Evict archived shards for the put, as a staged chunk does.
+                if map_rounds == _ROOM_ROUNDS or not self._evict_for(stored_total):
+                    raise
+                map_rounds += 1
             except QuotaExceeded as refused:
                 # Another put took the room meanwhile. Evict again at once (a shard
                 # may have been archived since), then only while waiting can help.
@@ -376,7 +386,7 @@ class ShardWriter:
                         partial(
                             self._write_chunk, dataset, shard, record.generation, run, frames, sizes
                         ),
-                        frames,
+                        sum(len(frame) for frame in frames),
                     )
                     del frames  # one chunk in memory at a time
         except BaseException:
@@ -385,8 +395,8 @@ class ShardWriter:
             raise
         return _StagedPut(record, data_key)
 
-    def _with_room(self, write: Callable[[], None], frames: list[bytes | bytearray]) -> None:
-        """``write()`` staged ``frames`` (one chunk, in one transaction).
+    def _with_room(self, write: Callable[[], None], nbytes: int) -> None:
+        """``write()`` staged frames of ``nbytes`` (one chunk, in one transaction).
 
         Staged frames (this put's, others', spooled promotions') are in no hot-bytes
         count, so the watermark made no room for them: a chunk the map has no room for
@@ -406,14 +416,14 @@ class ShardWriter:
                     raise HotTierFull(str(full)) from full
                 dead_readers_freed = True
             except HotTierFull:
-                if room_round == _ROOM_ROUNDS or not self._evict_for(frames):
+                if room_round == _ROOM_ROUNDS or not self._evict_for(nbytes):
                     raise
                 room_round += 1
 
-    def _evict_for(self, frames: list[bytes | bytearray]) -> bool:
-        """Evict archived shards for ``frames``' bytes, their pages reusable by the
+    def _evict_for(self, nbytes: int) -> bool:
+        """Evict archived shards for ``nbytes`` of frames, their pages reusable by the
         next transaction; whether anything was evicted."""
-        if not self._hot_room.evict(sum(len(frame) for frame in frames)):
+        if not self._hot_room.evict(nbytes):
             return False
         # LMDB reuses the pages a transaction freed only from the second transaction
         # after it (a reader may still start on the snapshot before it): one commit
