@@ -106,6 +106,17 @@ def hot_frame_counts(store: Store) -> dict[int, int]:
     return counts
 
 
+def hot_record_frame_counts(store: Store) -> dict[int, int]:
+    """How many frames each hot record's generation has (none for an empty shard): what
+    :func:`hot_frame_counts` finds when no frame is staged or left behind."""
+    with store._env.read() as txn:
+        return {
+            record.generation: len(record.frame_sizes)
+            for record in store._catalog.iter_shards(txn)
+            if record.hot and record.frame_sizes
+        }
+
+
 def frames_object_key(store: Store, dataset: str, shard: str) -> str:
     """The archive key of a shard generation's frames object."""
     return archive_frames_key(dataset, record_of(store, dataset, shard).generation)

@@ -66,6 +66,7 @@ def main(config_path: str) -> None:
         data_dir=Path(config["data_dir"]),
         hot_capacity_bytes=config["hot_capacity_bytes"],
         max_frame_bytes=MAX_FRAME_BYTES,
+        put_chunk_bytes=config.get("put_chunk_bytes", 64 << 20),
         mover_retry_initial_s=0.05,
         mover_retry_max_s=0.5,
     )

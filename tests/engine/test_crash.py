@@ -12,7 +12,10 @@ stopped, so the journal is seen as the crash left it) and checks:
 - the one operation in flight at the kill (begun, not acknowledged) shows
   either its old or its new state, nothing else;
 - nothing partial is visible: every listed shard reads whole, verified, with
-  the listed size, and every shard the catalog calls archived is in the archive.
+  the listed size, and every shard the catalog calls archived is in the archive;
+- the hot tier holds exactly the hot shards' frames, and the hot-bytes counter
+  their size: puts of more than one frame are staged a chunk per transaction, so
+  kills land between a put's chunks too, and the open drops what they staged.
 
 Then it starts the mover on the journal the kill left. In two rounds of three
 the journal must drain and the archive must then hold exactly the surviving
@@ -41,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, hot_record_frame_counts
 from tests.engine.crash_writer import DATASETS, MAX_FRAME_BYTES, NAMES, content
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
@@ -312,6 +316,19 @@ def check_drained(
     return infos
 
 
+def check_hot_tier(store: Store, context: str) -> None:
+    """LMDB holds exactly the frames of the hot records (a staged put the kill cut short
+    left none behind), and the hot-bytes counter is their stored size."""
+    counter, actual = catalog_hot_bytes(store)
+    assert counter == actual, f"{context}: hot_bytes counter {counter}, hot records {actual}"
+    with store._env.read() as txn:
+        staged = store._catalog.staged(txn)
+    assert not staged, f"{context}: staging markers left after the open: {staged}"
+    assert hot_frame_counts(store) == hot_record_frame_counts(store), (
+        f"{context}: LMDB frames differ from the hot records' (leaked or missing frames)"
+    )
+
+
 def evict_and_read_cold(store: Store, dataset: str, name: str, op_id: int, context: str) -> None:
     freed = store.evict(dataset, name)
     assert freed > 0, f"{context}: evicting archived hot {dataset}/{name} freed nothing"
@@ -334,6 +351,9 @@ def test_sigkill_write_back_loses_nothing_acknowledged(
         "key_file": str(key_file),
         "data_dir": str(data_dir),
         "hot_capacity_bytes": HOT_CAPACITY,
+        # Puts of more than one frame's payload are staged a chunk per transaction:
+        # kills land between a staged put's chunks too.
+        "put_chunk_bytes": MAX_FRAME_BYTES,
     }
     archive = S3Tier(s3_settings)
     expected: dict[Key, State] = {(ds, name): None for ds in DATASETS for name in NAMES}
@@ -359,6 +379,7 @@ def test_sigkill_write_back_loses_nothing_acknowledged(
                 if store.stats().journal_entries > 0:
                     resumed_rounds += 1
                 found = check_store(store, archive, expected, ops.in_flight, context)
+                check_hot_tier(store, context)
                 if ops.in_flight is not None:
                     op_id, kind, dataset, name = ops.in_flight
                     new_state = op_id if kind == "P" else None

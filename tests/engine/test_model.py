@@ -4,10 +4,12 @@ The model maps ``(dataset, shard)`` to the bytes last put there. Each step is
 one of: put (a new shard or an overwrite), whole read, byte-range read,
 frame-range read, delete, evict (after the mover drained) and maybe a cold
 read, a restart, and a drain that checks the archive holds exactly the live
-generations. Frames are 4 KiB, so most shards span several frames; one dataset
-is encrypted; two names are long enough for hashed catalog keys. After every
-step: the listing matches the model, ``stat`` counts every read of the current
-generation, and the hot-bytes counter matches the hot shards in the catalog.
+generations. Frames are 4 KiB, so most shards span several frames, and puts of
+more than two are staged a chunk per transaction; one dataset is encrypted; two
+names are long enough for hashed catalog keys. After every step: the listing
+matches the model, ``stat`` counts every read of the current generation, the
+hot-bytes counter matches the hot shards in the catalog, LMDB holds exactly their
+frames, and the backlog counter is the bytes of the uploads on the journal.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.engine.backdoor import catalog_hot_bytes
+from tests.engine.backdoor import (
+    catalog_hot_bytes,
+    hot_frame_counts,
+    hot_record_frame_counts,
+)
 from tests.engine.stores import FRAME, KEYRING, engine_settings
 from tierstore.engine.records import archive_dataset_key, archive_frames_key, archive_manifest_key
 from tierstore.engine.store import Store
@@ -58,7 +64,13 @@ class StoreAgainstDict(RuleBasedStateMachine):
 
     def _open(self) -> Store:
         return Store(
-            engine_settings(self.root, hot_capacity_bytes=1 << 20, access_flush_interval_s=0.05),
+            engine_settings(
+                self.root,
+                hot_capacity_bytes=1 << 20,
+                access_flush_interval_s=0.05,
+                # Puts of more than two frames are staged, a chunk per transaction.
+                put_chunk_bytes=2 * FRAME,
+            ),
             self.archive,
             KEYRING,
         )
@@ -181,6 +193,19 @@ class StoreAgainstDict(RuleBasedStateMachine):
     def hot_bytes_match_the_hot_shards(self) -> None:
         counter, actual = catalog_hot_bytes(self.store)
         assert counter == actual
+
+    @invariant()
+    def lmdb_holds_exactly_the_hot_shards_frames(self) -> None:
+        with self.store._env.read() as txn:
+            assert not self.store._catalog.staged(txn)
+        assert hot_frame_counts(self.store) == hot_record_frame_counts(self.store)
+
+    @invariant()
+    def the_backlog_is_the_pending_uploads(self) -> None:
+        with self.store._env.read() as txn:
+            backlog = self.store._catalog.counter(txn, "backlog_bytes")
+            pending = self.store._catalog.journal_entries(txn, limit=1 << 20)
+        assert backlog == sum(op.nbytes for _, op in pending if op.op == "upload")
 
 
 StoreAgainstDict.TestCase.settings = settings(
