@@ -357,6 +357,19 @@ def test_a_put_of_one_transaction_that_finds_no_room_evicts_archived_shards_as_a
     assert counter == actual
 
 
+def test_a_put_of_one_transaction_larger_than_the_map_evicts_nothing(
+    open_store: StoreFactory,
+) -> None:
+    # No eviction makes room for what the map can never hold: it fails at once.
+    store = open_store(datasets=DATASETS, hot_capacity_bytes=8 << 20, map_size_bytes=2 << 20)
+    for index in range(2):
+        store.put("plain", f"old/{index}", payload(256 << 10, index))
+    assert store.drain(10)
+    with pytest.raises(HotTierFull, match="plain/huge needs about"):
+        store.put("plain", "huge", payload(3 << 20, 9))
+    assert all(store.stat("plain", f"old/{index}").hot for index in range(2))
+
+
 def test_a_chunk_with_nothing_evictable_fails_hot_tier_full_and_drops_the_put(
     open_store: StoreFactory,
 ) -> None:

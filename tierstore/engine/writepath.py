@@ -347,8 +347,13 @@ class ShardWriter:
             except HotTierFull:
                 # The map has no room below the watermark: pages the hot-bytes count
                 # leaves out (staged frames, a small frame's page and a half) filled it.
-                # Evict archived shards for the put, as a staged chunk does.
-                if map_rounds == _ROOM_ROUNDS or not self._evict_for(stored_total):
+                # Evict archived shards for the put, as a staged chunk does (none for a
+                # put the map could never hold).
+                if (
+                    map_rounds == _ROOM_ROUNDS
+                    or stored_total > self._env.usable_bytes()
+                    or not self._evict_for(stored_total)
+                ):
                     raise
                 map_rounds += 1
             except QuotaExceeded as refused:
