@@ -17,6 +17,7 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, put_raw_record, record_of
 from tests.engine.stores import FRAME, KEY_1, KEY_2, StoreFactory, payload
+from tests.engine.test_disk_reserve import full_disk
 from tests.tiers.test_lmdb import killed_reader
 from tierstore.crypto import LocalKeyring
 from tierstore.engine.store import Store, hot_tier_dir
@@ -229,6 +230,26 @@ def test_a_store_closed_while_a_put_stages_fails_the_put_and_forgets_it(
         put.result(30)
     writer = store._writer
     assert writer.first_uncommitted_generation() == writer.next_generation()
+
+
+def test_a_put_that_finds_the_disk_full_mid_staging_drops_what_it_staged(
+    open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
+) -> None:
+    # Dropping staged frames needs new pages before it frees any, as a delete does: on
+    # a full disk the drop failed too, and the frames stayed in the map, dead, until the
+    # next open. It gives the disk reserve back and commits, as a delete does.
+    store = staging_store(open_store, disk_reserve_bytes=1 << 20)
+    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 15))
+    assert staged(store)
+    full_disk(store)  # full while the reserve is held
+    gate.release()
+    with pytest.raises(HotTierFull):
+        put.result(30)
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {}
+    assert not store.disk_reserve.held
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "big")
 
 
 def test_a_damaged_record_repaired_while_a_put_stages_does_not_purge_the_put(

@@ -120,6 +120,9 @@ class ShardWriter:
         self._generation_lock = threading.Lock()
         #: generations of staged puts not yet committed or dropped (under the lock)
         self._staging: set[int] = set()
+        #: gives the disk reserve back (whether there was one), so that dropping a failed
+        #: put's staged frames commits on a full disk (set by the store).
+        self.give_room: Callable[[], bool] = lambda: False
         #: places for puts waiting for quota room (see :mod:`tierstore.engine.quotawait`).
         self._quota_waiters = WaitingPlaces(settings.max_quota_waiters)
         #: seals a put's next frame while the writer stores the current one.
@@ -240,7 +243,7 @@ class ShardWriter:
             wait.release()
             if staged is not None:
                 if not committed:
-                    drop_staged(self._env, self._catalog, self._frames, staged.generation)
+                    self._drop_staged(staged.generation)
                 self._done_staging(staged.generation)
         if overtaken:
             assert staged is not None
@@ -395,10 +398,14 @@ class ShardWriter:
                     )
                     del frames  # one chunk in memory at a time
         except BaseException:
-            drop_staged(self._env, self._catalog, self._frames, record.generation)
+            self._drop_staged(record.generation)
             self._done_staging(record.generation)
             raise
         return _StagedPut(record, data_key)
+
+    def _drop_staged(self, generation: int) -> None:
+        """Drop the frames staged for ``generation`` (see :func:`drop_staged`)."""
+        drop_staged(self._env, self._catalog, self._frames, generation, self.give_room)
 
     def _with_room(self, write: Callable[[], None], nbytes: int) -> None:
         """``write()`` staged frames of ``nbytes`` (one chunk, in one transaction).
