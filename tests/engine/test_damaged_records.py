@@ -14,7 +14,7 @@ from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.records import JournalOp, ShardRecord, archive_manifest_key, catalog_key
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, IntegrityError, QuotaExceeded
+from tierstore.errors import ArchiveUnavailable, FailedPrecondition, IntegrityError, QuotaExceeded
 from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
@@ -296,3 +296,34 @@ def test_frame_digests_of_the_wrong_size_or_form_make_a_record_unreadable(
             ShardRecord.decode(json.dumps(document | {"frame_digests": digests}).encode())
     del document["frame_digests"]  # a generation archived before digests were kept
     assert ShardRecord.decode(json.dumps(document).encode()).frame_digests is None
+
+
+class _FramesDeleteFailsOnce(FaultyTier):
+    """An archive whose first delete of a frames object fails, as one down for a moment
+    (or a node killed between the two deletes) leaves it."""
+
+    def __init__(self, inner: MemoryTier) -> None:
+        super().__init__(inner)
+        self.failed: list[str] = []
+
+    def delete(self, key: str) -> None:
+        if key.endswith(".frames") and not self.failed:
+            self.failed.append(key)
+            raise ArchiveUnavailable(f"DELETE {key}: the archive is down (test)")
+        super().delete(key)
+
+
+def test_a_purge_retried_after_a_failed_delete_leaves_no_orphaned_frames(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    flaky = _FramesDeleteFailsOnce(archive)
+    store = filled(open_store, archive)
+    generation = f"{record_of(store, 'plain', 'a').generation:016x}"
+    store = open_store.reopen(store, flaky)
+    put_raw_record(store, "plain", "a", GARBAGE)
+
+    store.delete("plain", "a")
+
+    assert store.drain(10), store.mover.last_error
+    assert flaky.failed == [f"plain/{generation}.frames"]  # the purge's delete failed once
+    assert not {key for key in archive_keys(archive, "plain/") if generation in key}

@@ -552,9 +552,11 @@ class Mover:
                 continue
             if record.generation != generation or catalog_key(op.dataset, record.name) != key:
                 continue
-            # The manifest first: frames without one are no generation (as for a delete).
-            self._archive.delete(object_key)
+            # The frames first: the manifest is how a retry of this entry (after a
+            # failed delete or a crash between the two) finds them again. A manifest
+            # left without its frames is believed by no rebuild.
             self._archive.delete(archive_frames_key(op.dataset, generation))
+            self._archive.delete(object_key)
 
     def _archive_newer_first(self, op: JournalOp) -> ShardRecord | None:
         """For a ``supersede`` entry: an overwritten archived generation goes only once a
