@@ -17,9 +17,11 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
+from tests.engine.test_store import both_generations_archived, generation_objects
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
 from tests.tiers.test_lmdb import killed_reader
 from tierstore.engine import stallwatch
+from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import hot_tier_dir
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -199,3 +201,34 @@ def test_a_dead_readers_snapshot_never_fails_a_put(
     for round_ in range(1, 40):  # 4 MB through a 1 MiB map, well within 5 s
         store.put("plain", "s", payload(100 << 10, round_))
     assert store.get("plain", "s").to_bytes() == payload(100 << 10, 39)
+
+
+def test_a_crash_after_an_older_generation_came_back_does_not_delete_it(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A rebuild's outdated entry made the older generation the shard's again (its newer
+    # one damaged in the archive); a node killed before the entry left the journal ran
+    # it again at restart, now as a plain supersede of the older generation: it deleted
+    # the shard's only copy from the archive.
+    store = open_store(archive, datasets=DATASETS)
+    older, newer, older_objects = both_generations_archived(
+        store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
+    )
+    frames_key = archive_frames_key("plain", newer.generation)
+    damaged = bytearray(archive.get(frames_key) or b"")
+    damaged[100] ^= 1
+    archive.put(frames_key, bytes(damaged))
+    fresh = open_store(archive, start_mover=False)
+    assert fresh.rebuild_from_archive() == 1
+    with fresh._env.read() as txn:
+        [(_, outdated)] = fresh._catalog.journal_entries(txn)
+    assert outdated.op == "outdated" and outdated.generation == older.generation
+    fresh.mover._apply(outdated)  # done, and the node killed before the entry went
+
+    fresh = open_store.reopen(fresh, archive)
+
+    assert fresh.drain(10), fresh.mover.last_error
+    assert fresh.stat("plain", "s").generation == older.generation
+    assert generation_objects(archive, "plain", older.generation) == older_objects
+    fresh.evict("plain", "s")
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)

@@ -37,9 +37,10 @@ def back_to_the_older(
     progressed: Callable[[], None],
     report: Callable[[str], None],
 ) -> bool:
-    """For ``outdated`` entry ``op``: whether its older generation was made the shard's
-    current one again, because the current generation is damaged in the archive (its
-    deletion is then journaled, and the loss of its bytes ``report``-ed). False when the
+    """For ``outdated`` entry ``op``: whether its older generation is the shard's
+    current one again, made so now (or by an earlier run of the entry that a crash cut
+    short) because the current generation is damaged in the archive (its deletion is
+    then journaled, and the loss of its bytes ``report``-ed). False when the
     older generation may be deleted as a ``supersede`` would: the shard is gone or was
     overwritten, its current generation matches its digests (or has none to check, as
     an overwrite's supersede trusts it), or the older one is no believable copy either
@@ -47,6 +48,10 @@ def back_to_the_older(
     checked. Raises ArchiveUnavailable."""
     with env.read() as txn:
         current = catalog.get_shard(txn, op.dataset, op.name)
+    if current is not None and current.generation == op.generation:
+        # Made the shard's again by this entry already, which a crash (or a failure to
+        # remove it) left on the journal: deleted now, it was the shard's only copy.
+        return True
     if (
         current is None
         or not current.archived
