@@ -6,16 +6,24 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Iterable
 
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
-from tierstore.engine.records import JournalOp, ShardRecord, archive_manifest_key, catalog_key
+from tierstore.engine.records import (
+    JournalOp,
+    ShardRecord,
+    archive_frames_key,
+    archive_manifest_key,
+    catalog_key,
+)
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, IntegrityError, QuotaExceeded
 from tierstore.server.metrics import _StoreCollector
+from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -327,3 +335,38 @@ def test_a_purge_retried_after_a_failed_delete_leaves_no_orphaned_frames(
     assert store.drain(10), store.mover.last_error
     assert flaky.failed == [f"plain/{generation}.frames"]  # the purge's delete failed once
     assert not {key for key in archive_keys(archive, "plain/") if generation in key}
+
+
+class _ManifestsFail(FaultyTier):
+    """An archive that takes frames objects but fails every manifest put while
+    ``manifests_fail`` is set: an upload cut short between its two objects."""
+
+    def __init__(self, inner: MemoryTier) -> None:
+        super().__init__(inner)
+        self.manifests_fail = True
+        self.failed_manifests: list[str] = []
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        if key.endswith(".manifest") and self.manifests_fail:
+            self.failed_manifests.append(key)
+            raise ArchiveUnavailable(f"PUT {key}: the archive is down (test)")
+        super().put(key, value)
+
+
+def test_deleting_a_damaged_shard_whose_upload_was_cut_short_leaves_no_frames_object(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The purge finds a generation by its manifest: frames uploaded without one yet were
+    # left in the archive for good once the damaged shard was deleted.
+    flaky = _ManifestsFail(archive)
+    store = open_store(flaky, datasets=DATASETS)
+    generation = store.put("plain", "a", payload(2 * FRAME, 1)).generation
+    wait_until(lambda: len(flaky.failed_manifests) > 0, "an upload cut short")
+    assert archive.get(archive_frames_key("plain", generation)) is not None
+    put_raw_record(store, "plain", "a", GARBAGE)
+
+    store.delete("plain", "a")
+    flaky.manifests_fail = False
+
+    assert store.drain(10), store.mover.last_error
+    assert not {key for key in archive_keys(archive, "plain/") if f"{generation:016x}" in key}

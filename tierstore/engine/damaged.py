@@ -17,7 +17,9 @@ how an operator drops it. The record no longer says which generation it held, so
   manifest names the deleted shard and that is older than the delete (so a shard
   put again under the name meanwhile keeps its own), so a rebuild from the archive
   cannot bring it back. The entry carries the record's catalog key (in hex) rather
-  than the name: a long name's key keeps only its start and a hash.
+  than the name: a long name's key keeps only its start and a hash. A generation whose
+  upload is still on the journal may have its frames in the archive and no manifest
+  yet: its objects are deleted by name (a ``delete`` entry), as a shard's are.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.records import JournalOp, generation_of_frame_key
+from tierstore.engine.records import JournalOp, catalog_key, generation_of_frame_key
 from tierstore.tiers.lmdb import LmdbTier
 
 __all__ = ["delete_damaged_in"]
@@ -42,6 +44,13 @@ def delete_damaged_in(
     """
     if not keys:
         return 0
+    # An upload still on the journal may have put its frames and not yet its manifest,
+    # by which the purge finds a generation: each such generation's objects are deleted
+    # by name (its frames otherwise stayed in the archive for good).
+    damaged = set(keys)
+    for _, op in catalog.journal_entries(txn, limit=catalog.journal_length(txn)):
+        if op.op == "upload" and catalog_key(op.dataset, op.name) in damaged:
+            catalog.append_journal(txn, JournalOp("delete", op.dataset, op.name, op.generation))
     for key in keys:
         catalog.delete_damaged(txn, key)
         dataset, _, name_key = key.partition(b"\x00")
