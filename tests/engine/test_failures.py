@@ -232,3 +232,32 @@ def test_a_crash_after_an_older_generation_came_back_does_not_delete_it(
     assert generation_objects(archive, "plain", older.generation) == older_objects
     fresh.evict("plain", "s")
     assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)
+
+
+def test_a_rebuild_falls_back_to_the_newest_whole_generation(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # Three generations in the archive, the newest damaged: the oldest became the
+    # shard's again, and the whole generation between them was deleted for it.
+    store = open_store(archive, datasets=DATASETS)
+    _, second, first_objects = both_generations_archived(
+        store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
+    )
+    second_objects = generation_objects(archive, "plain", second.generation)
+    third = store.put("plain", "s", payload(FRAME, 3))
+    assert store.drain(10)
+    for key, value in {**first_objects, **second_objects}.items():
+        archive.put(key, value)  # both deletions lost
+    frames_key = archive_frames_key("plain", third.generation)
+    damaged = bytearray(archive.get(frames_key) or b"")
+    damaged[100] ^= 1
+    archive.put(frames_key, bytes(damaged))
+
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == 1
+    assert fresh.drain(10), fresh.mover.last_error
+
+    assert fresh.stat("plain", "s").generation == second.generation
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 2)
+    assert generation_objects(archive, "plain", second.generation) == second_objects
+    assert all(archive.get(key) is None for key in first_objects)

@@ -215,7 +215,7 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
 
     Shards of datasets the archive holds no settings for are left out. Journals the
     archive's deletion of the older generations of the shards restored (``outdated``
-    entries: see :mod:`tierstore.engine.outdated`). Raises the
+    entries, newest first: see :mod:`tierstore.engine.outdated`). Raises the
     ``next_generation`` counter past every restored generation. Returns the shards
     restored and the newest generation (0 when there is none).
     """
@@ -224,7 +224,9 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
     for record in contents.shards.values():
         if record.dataset in contents.datasets:
             catalog.put_shard(txn, record)
-    for record in contents.superseded:
+    # Newest first: should the restored generation prove damaged, the newest whole one
+    # before it becomes the shard's (tierstore.engine.outdated), not the oldest.
+    for record in sorted(contents.superseded, key=lambda r: r.generation, reverse=True):
         if record.dataset in contents.datasets:
             catalog.append_journal(
                 txn, JournalOp("outdated", record.dataset, record.name, record.generation)
