@@ -17,11 +17,14 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import DATASETS, FRAME, KEYRING, StoreFactory, payload, wait_until
-from tests.engine.test_store import both_generations_archived, generation_objects
+from tests.engine.test_store import (
+    both_generations_archived,
+    damage_archived_frames,
+    generation_objects,
+)
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
 from tests.tiers.test_lmdb import killed_reader
 from tierstore.engine import stallwatch
-from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import hot_tier_dir
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -214,10 +217,7 @@ def test_a_crash_after_an_older_generation_came_back_does_not_delete_it(
     older, newer, older_objects = both_generations_archived(
         store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
     )
-    frames_key = archive_frames_key("plain", newer.generation)
-    damaged = bytearray(archive.get(frames_key) or b"")
-    damaged[100] ^= 1
-    archive.put(frames_key, bytes(damaged))
+    damage_archived_frames(archive, "plain", newer.generation)
     fresh = open_store(archive, start_mover=False)
     assert fresh.rebuild_from_archive() == 1
     with fresh._env.read() as txn:
@@ -248,10 +248,7 @@ def test_a_rebuild_falls_back_to_the_newest_whole_generation(
     assert store.drain(10)
     for key, value in {**first_objects, **second_objects}.items():
         archive.put(key, value)  # both deletions lost
-    frames_key = archive_frames_key("plain", third.generation)
-    damaged = bytearray(archive.get(frames_key) or b"")
-    damaged[100] ^= 1
-    archive.put(frames_key, bytes(damaged))
+    damage_archived_frames(archive, "plain", third.generation)
 
     fresh = open_store(archive)
     assert fresh.rebuild_from_archive() == 1

@@ -933,6 +933,15 @@ def generation_objects(archive: MemoryTier, dataset: str, generation: int) -> di
     return {key: bytes(archive.get(key) or b"") for key in keys}
 
 
+def damage_archived_frames(archive: MemoryTier, dataset: str, generation: int) -> None:
+    """Flip one bit of a generation's frames object in the archive (its size kept, so
+    a rebuild, which reads no frames, still believes its manifest)."""
+    key = archive_frames_key(dataset, generation)
+    damaged = bytearray(archive.get(key) or b"")
+    damaged[100] ^= 1
+    archive.put(key, bytes(damaged))
+
+
 def both_generations_archived(
     store: Store, archive: MemoryTier, dataset: str, older: bytes, newer: bytes
 ) -> tuple[ShardInfo, ShardInfo, dict[str, bytes]]:
@@ -1004,10 +1013,7 @@ def test_a_rebuild_falls_back_to_the_older_generation_when_the_newest_is_damaged
     older, newer, older_objects = both_generations_archived(
         store, archive, "plain", payload(FRAME, 1), payload(FRAME, 2)
     )
-    frames_key = archive_frames_key("plain", newer.generation)
-    damaged = bytearray(archive.get(frames_key) or b"")
-    damaged[100] ^= 1
-    archive.put(frames_key, bytes(damaged))
+    damage_archived_frames(archive, "plain", newer.generation)
     fresh = open_store(archive)
     with caplog.at_level(logging.ERROR, "tierstore.engine.outdated"):
         assert fresh.rebuild_from_archive() == 1
@@ -1017,7 +1023,7 @@ def test_a_rebuild_falls_back_to_the_older_generation_when_the_newest_is_damaged
     assert fresh.stat("plain", "s").generation == older.generation
     assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 1)  # older, but whole
     assert generation_objects(archive, "plain", older.generation) == older_objects
-    assert archive.get(frames_key) is None  # the damaged one went
+    assert archive.get(archive_frames_key("plain", newer.generation)) is None  # damaged: gone
     fresh.delete("plain", "s")
     assert fresh.drain(10)
     again = open_store(archive)
