@@ -27,7 +27,9 @@ def serve(
         ),
     ] = None,
     listen: Annotated[str, typer.Option(help="API address HOST:PORT")] = "127.0.0.1:7443",
-    health_listen: Annotated[str, typer.Option(help="plaintext health port")] = "127.0.0.1:7444",
+    health_listen: Annotated[str, typer.Option(help="plaintext health port ('' = off)")] = (
+        "127.0.0.1:7444"
+    ),
     metrics_listen: Annotated[str, typer.Option(help="Prometheus /metrics ('' = off)")] = (
         "127.0.0.1:7445"
     ),
