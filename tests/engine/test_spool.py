@@ -19,6 +19,7 @@ from tests.engine.backdoor import (
 )
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tests.engine.test_disk_reserve import full_disk
 from tierstore.engine import spool
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import archive_frames_key
@@ -314,3 +315,22 @@ def test_a_cold_whole_read_fills_the_cache_a_chunk_at_a_time_from_the_frames_it_
     assert read.source == "hot" and read.to_bytes() == data
     counter, actual = catalog_hot_bytes(store)
     assert counter == actual == FRAMES * STORED_FRAME
+
+
+def test_a_promotion_that_finds_the_disk_full_mid_staging_drops_what_it_staged(
+    open_store: StoreFactory,
+) -> None:
+    # Dropping staged frames needs new pages before it frees any, as a delete does: on
+    # a full disk the drop failed too, and the frames stayed in the map, dead, until the
+    # next open. It gives the disk reserve back and commits, as a put's drop does.
+    archive = FaultyTier(MemoryTier())
+    store = staging_store(open_store, archive, disk_reserve_bytes=1 << 20)
+    generation = start_staging(store, archive, "big", payload(FRAMES * FRAME, 4))
+    assert staged(store) == {generation: FRAMES}
+    full_disk(store)  # full while the reserve is held
+    archive.release_reads()
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
+    assert staged(store) == {}
+    assert generation not in hot_frame_counts(store)
+    assert not store.disk_reserve.held
+    assert not store.stat("plain", "big").hot

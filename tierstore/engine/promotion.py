@@ -112,8 +112,9 @@ class Promoter:
         #: each holds a chunk of a shard (``promotion_chunk_bytes``) and LMDB's copy of
         #: it in memory, as a promotion thread does.
         self._caller_slots = threading.BoundedSemaphore(settings.promotion_threads)
-        #: stages the frames of large promotions a chunk at a time (see spool).
-        self._spooler = Spooler(
+        #: stages the frames of large promotions a chunk at a time (see spool); its
+        #: ``give_room`` is set by the store, as the writer's is.
+        self.spooler = Spooler(
             environment, catalog, frames, verify, self._stop, settings.promotion_chunk_bytes
         )
         #: called after each promotion that turned a shard hot (the prefetcher's wake-up;
@@ -381,7 +382,7 @@ class Promoter:
         if not self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total):
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
-        if self._spooler.spools(record):
+        if self.spooler.spools(record):
             return self._promote_spooled(record, total, pool, stored)
         if stored is None:
             stored = self._unless_superseded(record, lambda: fetch_all(self._archive, record, pool))
@@ -418,11 +419,11 @@ class Promoter:
         promoted = False
         try:
             if stored is not None:
-                staged: Staged | None = self._spooler.stage_held(record, stored)
+                staged: Staged | None = self.spooler.stage_held(record, stored)
             else:
                 fetcher = ArchivedFrames(self._archive, record)
                 staged = self._unless_superseded(
-                    record, lambda: self._spooler.stage(record, fetcher, pool)
+                    record, lambda: self.spooler.stage(record, fetcher, pool)
                 )
             if staged in (None, Staged.SUPERSEDED, Staged.STOPPED):
                 return False
@@ -434,7 +435,7 @@ class Promoter:
             return promoted
         finally:
             if not promoted:
-                self._spooler.drop(record.generation)
+                self.spooler.drop(record.generation)
 
     def _commit_promotion(
         self, record: ShardRecord, total: int, stored: list[memoryview] | None

@@ -110,6 +110,9 @@ class Spooler:
         #: promotions of more stored bytes are spooled, this much at a time (in memory
         #: at once: the chunk fetched and LMDB's uncommitted copy of it, 2-3x this).
         self.chunk_bytes = chunk_bytes
+        #: gives the disk reserve back (whether there was one), so that dropping a
+        #: failed promotion's staged frames commits on a full disk (set by the store).
+        self.give_room: Callable[[], bool] = lambda: False
 
     def spools(self, record: ShardRecord) -> bool:
         """Whether a promotion of ``record`` is spooled (see the module docstring)."""
@@ -166,7 +169,7 @@ class Spooler:
 
     def drop(self, generation: int) -> None:
         """Delete the frames staged for ``generation`` and its marker (see :func:`drop_staged`)."""
-        drop_staged(self._env, self._catalog, self._frames, generation)
+        drop_staged(self._env, self._catalog, self._frames, generation, self.give_room)
 
 
 def drop_staged(

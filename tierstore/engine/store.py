@@ -279,7 +279,7 @@ class Store:
         self.disk_reserve = DiskReserve(settings.data_dir, settings.disk_reserve_bytes)
         self.disk_reserve.ensure()
         self.mover.after_pass = self.disk_reserve.ensure
-        self._writer.give_room = self.disk_reserve.release
+        self._writer.give_room = self.promoter.spooler.give_room = self.disk_reserve.release
         self._open_policies()
 
     def start_background(self) -> None:
