@@ -37,7 +37,9 @@ __all__ = ["PrefetchModel", "SimResult", "simulate", "simulate_offline"]
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
-    """What one replay measured (reads after the warm-up only).
+    """What one replay measured: the reads and bytes after the warm-up only; the
+    stalls and prefetches of the whole replay, warm-up included (a plan's prefetch
+    started in the warm-up serves reads after it).
 
     ``stall_s``: seconds reads spent waiting for fetches still in flight, prefetches or
     earlier misses' promotions (such a read is not a hit). ``prefetches``: fetches the
