@@ -117,6 +117,12 @@ def test_declaring_a_job_again_replaces_its_plan(open_store: StoreFactory) -> No
             "exactly one",
         ),
         ({"shards": ["c"], "prefix": "a/"}, InvalidPlan, "prefix"),
+        # Taken (and kept for the plan's life), though no shard name is that long.
+        (
+            {"sampler": SamplerPlan(SamplerKind.SEQUENTIAL), "prefix": "a" * 100_000},
+            InvalidPlan,
+            "longer than any shard name",
+        ),
         (
             {
                 "sampler": SamplerPlan(

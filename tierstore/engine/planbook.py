@@ -45,7 +45,7 @@ from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
 from tierstore.errors import InvalidArgument, InvalidPlan, PlanLimitReached, PlanNotFound
-from tierstore.naming import validate_shard_name
+from tierstore.naming import MAX_SHARD_NAME_BYTES, validate_shard_name
 from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, check_plan_ttl, rank_order
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import TracedClose, TracedPlan, TracedPosition
@@ -310,6 +310,11 @@ class PlanBook:
         sampler.validate()
         if not isinstance(prefix, str):
             raise InvalidPlan("the prefix must be a string")
+        if len(prefix.encode("utf-8", "surrogatepass")) > MAX_SHARD_NAME_BYTES:
+            # It would match no shard, and was kept for the plan's life all the same.
+            raise InvalidPlan(
+                f"the prefix is longer than any shard name ({MAX_SHARD_NAME_BYTES} bytes)"
+            )
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             sizes_by_name = {
