@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.types import ShardKind
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, poll
 
 MiB = 1 << 20
 
@@ -314,6 +315,32 @@ def test_arrow_tables_and_record_batches(admin: Client, any_dataset: str) -> Non
         admin.read_table(any_dataset, "raw")
     with pytest.raises(errors.WrongShardKind):
         admin.read_tensor(any_dataset, "table")
+
+
+def metric_sum(server: ServerProcess, start: str) -> float:
+    """The sum of the node's /metrics samples whose line starts with ``start``."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(start))
+
+
+def test_a_table_read_of_raw_bytes_stops_at_the_header(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    # WrongShardKind came only once the whole raw shard had been streamed (read and
+    # dropped, to end the call): 64 MiB sent for one error.
+    size = 64 * 1024 * 1024
+    admin.put(dataset, "raw", os.urandom(size))
+    served, reads = "tierstore_served_bytes_total", "tierstore_requests_total{code="
+    before = metric_sum(server, served), metric_sum(server, reads)
+    with server.connect(local_reads=False) as reader:
+        with pytest.raises(errors.WrongShardKind):
+            reader.read_table(dataset, "raw")
+        assert reader.stat(dataset, "raw").size == size  # the connection still serves
+    # Once the node has ended both calls (each is counted as it ends), what it sent:
+    poll(lambda: metric_sum(server, reads) >= before[1] + 2, 30, "both calls to end")
+    assert metric_sum(server, served) - before[0] < size / 2
 
 
 def test_torch_tensors(admin: Client, any_dataset: str) -> None:

@@ -182,7 +182,13 @@ class Client(AdminCalls, PlacementCalls):
                 timeout=max(deadline - time.monotonic(), 0.0),
                 metadata=self._channel.metadata,
             )
-            return receive(open_stream(responses, request))
+            try:
+                return receive(open_stream(responses, request))
+            except BaseException:
+                # What receive left unread is not wanted (a raw shard's frames for a
+                # table read): the node stops sending it. (No-op on a call that ended.)
+                responses.cancel()
+                raise
 
         with self._no_token_named():
             return retried(attempt, True, deadline)
@@ -316,9 +322,7 @@ class Client(AdminCalls, PlacementCalls):
             self._counts.bump("grpc")
 
             def receive(stream: ShardStream) -> tuple[int, pa.Table]:
-                if stream.info.kind is ShardKind.RAW:
-                    for _ in stream.messages:  # drain the stream so the call ends cleanly
-                        pass
+                if stream.info.kind is ShardKind.RAW:  # the call is cancelled: see _read_whole
                     raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
                 frames = stream.frames(self._frame_allocator())
                 return stream.info.generation, arrowio.frames_to_table(frames, columns)
