@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,30 @@ def test_listens_on_loopback_only_and_cleans_up(
     assert (tmp_path / "weed" / "weed.log").stat().st_size > 0  # a given data dir is kept
     identities = tmp_path / "weed" / "config" / "s3-identities.json"
     assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+
+
+@needs_weed
+def test_a_server_dropped_without_stop_takes_its_weed_and_thread_along(tmp_path: Path) -> None:
+    # The thread that starts weed held the server (its last call's closure), so the
+    # finalizer that ends weed never ran: weed and the thread outlived the object.
+    def launchers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "tierstore-weed-launcher"}
+
+    others = launchers()  # the session server's
+    server = SeaweedServer(tmp_path / "weed").start()
+    assert server._process is not None
+    process = server._process
+    own = launchers() - others
+    assert len(own) == 1
+    del server
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is not None, "weed outlived its server"
+    for thread in own:
+        thread.join(10)
+        assert not thread.is_alive(), "the launcher thread outlived its server"
 
 
 @needs_weed

@@ -342,8 +342,14 @@ class _Launcher:
         return outcome.result()
 
     def _serve(self) -> None:
-        while (run := self._calls.get()) is not None:
+        while True:
+            run = self._calls.get()
+            if run is None:
+                return
             run()
+            # Not held while waiting for the next call: its closure holds the server,
+            # whose finalizer (ending weed when it is dropped unstopped) never ran.
+            del run
 
     def stop(self) -> None:
         """End the thread once the calls given before have run."""
@@ -418,6 +424,7 @@ class SeaweedServer:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
             self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
             self._launcher = _Launcher()
+            weakref.finalize(self, self._launcher.stop)  # dropped unstopped: no thread left
             self._write_identities()
             for attempt in range(1, _START_ATTEMPTS + 1):
                 self._ports = _pick_ports(rng)
