@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -231,6 +232,29 @@ def test_a_connection_that_sends_nothing_is_closed_and_a_scrape_is_answered_afte
             text = reply.read().decode()
         assert 'tierstore_requests_total{code="OK",method="GetShard"} 1.0' in text.splitlines()
     finally:
+        metrics.stop_serving()
+
+
+def test_a_connection_that_trickles_is_closed_too() -> None:
+    # The idle limit was per read: a connection sending a byte now and then kept its
+    # place for ever, and MAX_SCRAPES of them kept every scrape out.
+    metrics = ServerMetrics(idle_s=0.5)
+    port = metrics.serve("127.0.0.1:0")
+    tricklers = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 20
+        open_ones = list(tricklers)
+        while open_ones and time.monotonic() < deadline:
+            for connection in list(open_ones):
+                try:
+                    connection.sendall(b"G")  # never a whole request line
+                except OSError:
+                    open_ones.remove(connection)  # closed by the server
+            time.sleep(0.1)  # less than the idle limit: each read gets its byte in time
+        assert not open_ones, "a connection sending a byte each 0.1 s was never closed"
+    finally:
+        for connection in tricklers:
+            connection.close()
         metrics.stop_serving()
 
 

@@ -12,7 +12,8 @@ read path pays nothing for them.
 The endpoint is plain HTTP without credentials, so it is served by a listener that
 anyone who reaches the port cannot make hold the node's threads or descriptors: it
 serves :data:`MAX_SCRAPES` connections at once and closes more at once, and closes a
-connection that leaves it waiting ``idle_s`` for its next bytes (prometheus_client's
+connection that leaves it waiting ``idle_s`` for its next bytes, or is open that long
+(prometheus_client's
 own listener kept a thread and a descriptor for every connection that sent nothing,
 for ever). Dataset names are not for everyone who can reach it (a caller without a
 role on a dataset is told it does not exist). So hits and misses carry a ``dataset``
@@ -22,9 +23,11 @@ label only when the operator asks for it (``dataset_labels``,
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -145,13 +148,16 @@ class _Handler(WSGIRequestHandler):
 
 class _Listener(socketserver.ThreadingMixIn, WSGIServer):
     """A thread for each connection, for at most :data:`MAX_SCRAPES` at once, each
-    closed once it keeps the thread waiting ``idle_s`` for its bytes."""
+    closed once it keeps the thread waiting ``idle_s`` for its bytes, or once it has
+    been open ``idle_s`` (a scrape takes milliseconds; a connection sending a byte now
+    and then, within each read's limit, kept its place for ever)."""
 
     daemon_threads = True
 
     def __init__(self, family: int, address: tuple[Any, ...], idle_s: float) -> None:
         self.address_family = family
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self._deadlines = _Deadlines(idle_s)
         handler = type("_IdleHandler", (_Handler,), {"timeout": idle_s})
         super().__init__(address, handler)
 
@@ -166,15 +172,61 @@ class _Listener(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._deadlines.opened(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._deadlines.closed(request)
             self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._deadlines.stop()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A caller that went silent (the idle time-out) or away: nothing to report, and
         # socketserver's report is a traceback on stderr.
         pass
+
+
+class _Deadlines:
+    """One thread that ends the connections open longer than ``lifetime_s``."""
+
+    def __init__(self, lifetime_s: float) -> None:
+        self._lifetime_s = lifetime_s
+        self._open: dict[socket.socket, float] = {}  # connection -> its deadline
+        self._changed = threading.Condition()
+        self._stopped = False
+        watch = threading.Thread(target=self._watch, name="tierstore-metrics-deadlines")
+        watch.daemon = True
+        watch.start()
+
+    def opened(self, connection: socket.socket) -> None:
+        with self._changed:
+            self._open[connection] = time.monotonic() + self._lifetime_s
+            self._changed.notify()
+
+    def closed(self, connection: socket.socket) -> None:
+        with self._changed:
+            self._open.pop(connection, None)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._stopped:
+                now = time.monotonic()
+                for connection, deadline in list(self._open.items()):
+                    if deadline <= now:
+                        del self._open[connection]
+                        with contextlib.suppress(OSError):  # closed already
+                            # Its handler's read returns at once, with nothing.
+                            connection.shutdown(socket.SHUT_RDWR)
+                soonest = min(self._open.values(), default=None)
+                self._changed.wait(None if soonest is None else max(soonest - now, 0.01))
 
 
 #: The one path the listener answers (with or without a trailing slash).
