@@ -279,10 +279,13 @@ def archived_keys(s3: S3Settings) -> tuple[str, ...]:
 
 
 def children(pid: int) -> list[int]:
-    """The pids of ``pid``'s child processes."""
+    """The pids of ``pid``'s child processes (none once it has exited)."""
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            # A thread may end between the listing and the read (its file goes with it).
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                found += [int(child) for child in (task / "children").read_text().split()]
     return found
 
 
