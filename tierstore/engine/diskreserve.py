@@ -8,8 +8,9 @@ though the error said to do just that, and once stopped it could not start again
 embedded archive writes its pid file first). So the store keeps ``disk_reserve_bytes``
 (16 MiB by default; 0: none) in ``<data-dir>/disk.reserve`` and gives it back:
 
-* when a delete, an eviction or a dataset delete finds the disk full: the store runs
-  it once more, and the pages it frees serve the deletes after it;
+* when a delete, an eviction, a dataset delete or the drop of a failed put's or
+  promotion's staged frames finds the disk full: it runs once more
+  (:func:`once_more_with_room`), and the pages it frees serve the deletes after it;
 * when a node starts on a disk with less room than the reserve (``tierstore serve``).
 
 Puts are not refused meanwhile: the room given back, and the pages deletes free, are
@@ -27,11 +28,31 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["RESERVE_NAME", "DiskReserve"]
+from tierstore.tiers.lmdb import DiskFull
+
+__all__ = ["RESERVE_NAME", "DiskReserve", "once_more_with_room"]
+
+_Result = TypeVar("_Result")
 
 log = logging.getLogger(__name__)
+
+
+def once_more_with_room(commit: Callable[[], _Result], give_room: Callable[[], bool]) -> _Result:
+    """``commit()``, which frees room in the hot tier (a delete, an eviction, a drop of
+    staged frames); run once more if it found the disk full and ``give_room()`` (the
+    reserve's :meth:`DiskReserve.release`) gave room back: LMDB needs a few new pages
+    before it frees any."""
+    try:
+        return commit()
+    except DiskFull:
+        if not give_room():
+            raise
+    return commit()
+
 
 #: the reserve's file name, in the data directory.
 RESERVE_NAME = "disk.reserve"

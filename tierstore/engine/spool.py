@@ -45,8 +45,9 @@ from typing import Any
 
 from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.diskreserve import once_more_with_room
 from tierstore.engine.records import ShardRecord, frame_key
-from tierstore.tiers.lmdb import DiskFull, LmdbEnvironment, LmdbTier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
 __all__ = [
     "Spooler",
@@ -177,25 +178,23 @@ def drop_staged(
     catalog: Catalog,
     frames: LmdbTier,
     generation: int,
-    give_room: Callable[[], bool] | None = None,
+    give_room: Callable[[], bool],
 ) -> None:
     """Delete the frames staged for ``generation`` and its marker, in a write
     transaction of their own; on a full disk once more after ``give_room()`` (the disk
-    reserve given back, see :mod:`tierstore.engine.diskreserve`) said it made some.
+    reserve given back: :func:`~tierstore.engine.diskreserve.once_more_with_room`).
     Best effort, for a ``finally``: if the hot tier fails now (or is closed), they are
     dropped when a store next opens it (the caller's error comes first)."""
+
+    def drop() -> None:
+        with environment.write() as txn:
+            drop_staged_in(txn, catalog, frames, generation)
+
     try:
         with environment.read() as txn:
             if not catalog.staged_frame_count(txn, generation):
                 return  # nothing was staged (the marker comes with the first chunk)
-        for last_try in (give_room is None, True):
-            try:
-                with environment.write() as txn:
-                    drop_staged_in(txn, catalog, frames, generation)
-                return
-            except DiskFull:
-                if last_try or give_room is None or not give_room():
-                    raise
+        once_more_with_room(drop, give_room)
     except Exception as exc:
         log.warning(
             "could not drop the frames staged for generation %d (the next open will): %s",

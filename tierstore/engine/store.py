@@ -42,7 +42,7 @@ from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
-from tierstore.engine.diskreserve import DiskReserve
+from tierstore.engine.diskreserve import DiskReserve, once_more_with_room
 from tierstore.engine.eviction import HotRoom
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.masterkeys import MasterKeys, SealFailure
@@ -88,7 +88,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
-from tierstore.tiers.lmdb import DiskFull, LmdbEnvironment, LmdbTier
+from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import (
     DatasetSettings,
     Durability,
@@ -614,15 +614,9 @@ class Store:
         return settings, seq, was_hot
 
     def _with_reserve(self, commit: Callable[[], _Result]) -> _Result:
-        """``commit()``, which frees room in the hot tier (a delete, an eviction); run
-        once more if it found the disk full and the disk reserve was given back for it:
-        LMDB needs a few new pages before it frees any (engine/diskreserve.py)."""
-        try:
-            return commit()
-        except DiskFull:
-            if not self.disk_reserve.release():
-                raise
-        return commit()
+        """``commit()``, run once more on a full disk with the reserve given back
+        (:func:`~tierstore.engine.diskreserve.once_more_with_room`)."""
+        return once_more_with_room(commit, self.disk_reserve.release)
 
     def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
         """:func:`delete_damaged_in`, in a write transaction (where the generations that
