@@ -9,6 +9,7 @@ process is not allowed by LMDB), in short transactions of its own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -98,23 +99,29 @@ def catalog_hot_bytes(store: Store) -> tuple[int, int]:
 
 def hot_frame_counts(store: Store) -> dict[int, int]:
     """How many frames LMDB holds per generation (hot, staged or left behind)."""
-    counts: dict[int, int] = {}
     with store._env.read() as txn:
-        for key, _ in store._frames.sizes_in(txn):
-            generation = generation_of_frame_key(key)
-            counts[generation] = counts.get(generation, 0) + 1
+        return frame_counts_in(store, txn)
+
+
+def frame_counts_in(store: Store, txn: Any) -> dict[int, int]:
+    """:func:`hot_frame_counts` in the snapshot of ``txn``."""
+    counts: dict[int, int] = {}
+    for key, _ in store._frames.sizes_in(txn):
+        generation = generation_of_frame_key(key)
+        counts[generation] = counts.get(generation, 0) + 1
     return counts
 
 
-def hot_record_frame_counts(store: Store) -> dict[int, int]:
-    """How many frames each hot record's generation has (none for an empty shard): what
-    :func:`hot_frame_counts` finds when no frame is staged or left behind."""
-    with store._env.read() as txn:
-        return {
-            record.generation: len(record.frame_sizes)
-            for record in store._catalog.iter_shards(txn)
-            if record.hot and record.frame_sizes
-        }
+def hot_record_frame_counts_in(store: Store, txn: Any) -> dict[int, int]:
+    """How many frames each hot record's generation has (none for an empty shard), in
+    the snapshot of ``txn``: what :func:`frame_counts_in` finds there when no frame is
+    staged or left behind (read in one snapshot: a promotion committed between two
+    differs from both)."""
+    return {
+        record.generation: len(record.frame_sizes)
+        for record in store._catalog.iter_shards(txn)
+        if record.hot and record.frame_sizes
+    }
 
 
 def frames_object_key(store: Store, dataset: str, shard: str) -> str:

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.engine.backdoor import catalog_hot_bytes, hot_frame_counts, hot_record_frame_counts
+from tests.engine.backdoor import catalog_hot_bytes, frame_counts_in, hot_record_frame_counts_in
 from tests.engine.crash_writer import DATASETS, MAX_FRAME_BYTES, NAMES, content
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
@@ -321,10 +321,11 @@ def check_hot_tier(store: Store, context: str) -> None:
     left none behind), and the hot-bytes counter is their stored size."""
     counter, actual = catalog_hot_bytes(store)
     assert counter == actual, f"{context}: hot_bytes counter {counter}, hot records {actual}"
-    with store._env.read() as txn:
+    with store._env.read() as txn:  # one snapshot
         staged = store._catalog.staged(txn)
+        frames, hot = frame_counts_in(store, txn), hot_record_frame_counts_in(store, txn)
     assert not staged, f"{context}: staging markers left after the open: {staged}"
-    assert hot_frame_counts(store) == hot_record_frame_counts(store), (
+    assert frames == hot, (
         f"{context}: LMDB frames differ from the hot records' (leaked or missing frames)"
     )
 
