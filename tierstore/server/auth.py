@@ -5,12 +5,14 @@ headers, before anything else happens: a call without valid credentials is answe
 UNAUTHENTICATED by a handler that never reads its request. (grpcio reads a unary
 request on a worker thread before the handler runs, so a check inside the handler
 would let a caller with no token hold a worker by never sending its request.)
-Calls that pass have the principal recorded for the handlers (:func:`rpc.caller`)
-and get one audit line each (principal, token id, method, dataset, outcome — never the
-token). With mutual TLS on, the verified client certificate's common name (the
-calling service) is added to the audit line; the roles still come from the token,
-so a service identity alone grants nothing. Health checks without credentials are
-served on the separate health port only.
+Calls that pass have the principal recorded for the handlers (:func:`rpc.caller`,
+which checks the token again when a handler asks: the handler may run long after the
+call arrived, once a worker is free and the request has come) and get one audit line
+each (principal, token id, method, dataset, outcome — never the token). With mutual
+TLS on, the verified client certificate's common name (the calling service) is added
+to the audit line; the roles still come from the token, so a service identity alone
+grants nothing. Health checks without credentials are served on the separate health
+port only.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
             return _refusal(handler, method, exc, self._observe)
-        return _wrap(handler, principal, method, self._observe)
+        return _wrap(handler, principal, self._tokens.principal_now, method, self._observe)
 
 
 def _refusal(
@@ -132,6 +134,7 @@ def _refusal(
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     principal: Principal,
+    now: Callable[[Principal], Principal],
     method: str,
     observe: Callable[[str, str, float], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -161,7 +164,7 @@ def _wrap(
     def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.monotonic()
-            token = calling_as(principal)
+            token = calling_as(principal, now)
             error: BaseException | None = None
             try:
                 return behavior(request, context)
@@ -177,7 +180,7 @@ def _wrap(
     def streaming(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.monotonic()
-            token = calling_as(principal)
+            token = calling_as(principal, now)
             error: BaseException | None = None
             try:
                 yield from behavior(request, context)

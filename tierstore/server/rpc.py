@@ -5,7 +5,8 @@ status code of the error's class (with the class name in the
 ``tierstore-error`` trailer, so the client raises the same class). Anything
 else is a bug: it is logged with a stack trace and answered INTERNAL without
 detail. The authentication interceptor stores the caller's principal for the
-duration of the call; handlers read it with :func:`caller`.
+duration of the call; handlers read it with :func:`caller`, as its credential
+stands when they do.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class _Call:
     """What the current call's audit line says beyond the interceptor's view."""
 
     principal: Any
+    #: ``principal`` as its credential stands now (TokenStore.principal_now); None: as
+    #: it was authenticated
+    now: Callable[[Any], Any] | None = None
     #: the dataset the call was last authorized against ("": none)
     dataset: str = ""
 
@@ -43,17 +47,27 @@ _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tierstore_
 R = TypeVar("R")
 
 
-def calling_as(principal: Any) -> contextvars.Token[_Call | None]:
-    """Record the authenticated caller for the current call (used by the interceptor)."""
-    return _CALL.set(_Call(principal))
+def calling_as(
+    principal: Any, now: Callable[[Any], Any] | None = None
+) -> contextvars.Token[_Call | None]:
+    """Record the authenticated caller for the current call (used by the interceptor);
+    ``now(principal)`` gives it as its credential stands at the time :func:`caller`
+    is called."""
+    return _CALL.set(_Call(principal, now))
 
 
 def caller() -> Any:
-    """The authenticated principal of the current call; Unauthenticated if none."""
+    """The principal of the current call, as its credential stands now.
+
+    A call is authenticated as it arrives, and its handler runs once a worker is free
+    and its request has come (minutes later on a busy node): a token revoked or run
+    out meanwhile is refused here (Unauthenticated), and a grant gone with its dataset
+    is gone from the principal. Unauthenticated too if the call has no principal.
+    """
     call = _CALL.get()
     if call is None:
         raise Unauthenticated("no credentials")
-    return call.principal
+    return call.principal if call.now is None else call.now(call.principal)
 
 
 def note_dataset(dataset: str) -> None:
