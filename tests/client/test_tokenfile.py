@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,37 @@ def test_unreadable_paths_are_refused(tmp_path: Path) -> None:
         read_token_file(tmp_path / "missing")
     with pytest.raises(InvalidArgument, match=r"cannot read token file .*directory"):
         read_token_file(tmp_path)
+
+
+def test_a_pipe_is_read_like_a_file(tmp_path: Path) -> None:
+    # A shell's process substitution (--token-file <(secret-tool lookup ...)) and a
+    # token piped to /dev/stdin keep the token out of every file, not only out of the
+    # process list: both are pipes, and were refused as "not a regular file".
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+
+    def write() -> None:
+        with fifo.open("w") as writer:  # waits for the reader
+            writer.write(TOKEN + "\n")
+
+    writing = threading.Thread(target=write)
+    writing.start()
+    try:
+        assert read_token_file(fifo) == TOKEN
+    finally:
+        writing.join(10)
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write(TOKEN)
+    try:
+        assert read_token_file(f"/proc/self/fd/{read_end}") == TOKEN
+    finally:
+        os.close(read_end)
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="not a regular file or a pipe"):
+        read_token_file("/dev/null")
 
 
 def test_a_file_every_user_may_read_is_used_with_a_warning(

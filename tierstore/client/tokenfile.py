@@ -2,7 +2,9 @@
 
 A token in a file stays out of the process list (``--token`` on a command line does not)
 and out of the environment every child process inherits; it is how a Kubernetes Secret or
-the node's own ``<data-dir>/admin.token`` (mode 0600) reaches a client.
+the node's own ``<data-dir>/admin.token`` (mode 0600) reaches a client. A pipe is read
+as a file is: a shell's process substitution (``--token-file <(secret-tool lookup ...)``)
+or a token piped to ``/dev/stdin`` keeps the token out of every file too.
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ def read_token_file(path: str | Path) -> str:
     """The token in ``path``: its text without surrounding whitespace (a trailing newline
     is usual). Logs a warning when every user may read the file.
 
-    Raises InvalidArgument when the file cannot be read, is not a regular file, is
-    larger than 64 KiB, is not UTF-8 text, or holds no token or more than one line.
+    Raises InvalidArgument when the file cannot be read, is neither a regular file nor a
+    pipe (a terminal, a device), is larger than 64 KiB, is not UTF-8 text, or holds no
+    token or more than one line.
     """
     where = Path(path)
     try:
         with where.open("rb") as file:
             info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidArgument(f"token file {str(where)!r} is not a regular file")
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+                raise InvalidArgument(f"token file {str(where)!r} is not a regular file or a pipe")
             raw = file.read(_MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
         raise InvalidArgument(
