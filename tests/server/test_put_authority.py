@@ -3,10 +3,12 @@
 A put stream may last minutes (one frame a minute keeps it alive). By its end the
 dataset it was aimed at may have been deleted and made again under the same name, for
 someone else (the delete removed the writer's grant), or the writer's token revoked:
-the put must then store nothing. The test holds a put open, its header long accepted,
-with its frames spooled to disk past the spool's memory limit (an open file in the
-spool directory is the sign that the server is inside the stream), changes who may
-write, then lets the stream end.
+the put must then store nothing, and end at its next frame rather than take in the rest
+of the stream (a writer sending a frame a minute would otherwise keep a worker after its
+token was revoked). The test holds a put open, its header long accepted, with its frames
+spooled to disk past the spool's memory limit (an open file in the spool directory is
+the sign that the server is inside the stream), changes who may write, then lets the
+stream go on.
 """
 
 from __future__ import annotations
@@ -41,20 +43,29 @@ def spool_file_open(spool_dir: Path) -> bool:
     return False
 
 
-def held_put(node: RunningServer, token: str, release: threading.Event) -> grpc.Future:  # type: ignore[type-arg]
+def held_put(
+    node: RunningServer,
+    token: str,
+    release: threading.Event,
+    ending: threading.Event | None = None,
+) -> grpc.Future:  # type: ignore[type-arg]
     """A put of ``SPOOLED + 1`` frames into ``tenant/planted`` whose last frame waits
-    for ``release``."""
+    for ``release``; with ``ending``, a put of one frame more, whose stream stops after
+    the frame ``release`` lets go until ``ending`` is set."""
 
     def requests() -> Iterator[shards_pb2.PutShardRequest]:
         header = shards_pb2.PutShardHeader(
             dataset="tenant", shard="planted", kind=common_pb2.SHARD_KIND_RAW
         )
-        header.frame_count = SPOOLED + 1
+        header.frame_count = SPOOLED + (1 if ending is None else 2)
         yield shards_pb2.PutShardRequest(header=header)
         for index in range(SPOOLED):
             yield shards_pb2.PutShardRequest(frame=bytes([index]) * FRAME)
         release.wait(60)
         yield shards_pb2.PutShardRequest(frame=b"last")
+        if ending is not None:
+            ending.wait(60)
+            return
         yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
 
     put = node.channel().stream_unary(
@@ -83,27 +94,35 @@ def revoke(node: RunningServer, writer: str) -> None:
     ],
     ids=["dataset-made-again", "token-revoked"],
 )
+@pytest.mark.parametrize("stream_ends", [True, False], ids=["stream-ends", "stream-stays-open"])
 def test_a_put_whose_writer_lost_the_right_meanwhile_stores_nothing(
     tmp_path: Path,
     change: Callable[[RunningServer, str], None],
     code: grpc.StatusCode,
     error: str,
+    stream_ends: bool,
 ) -> None:
     tenant = {"tenant": DatasetSettings()}
     with serving(tmp_path, datasets=tenant, max_frame_bytes=FRAME) as node:
         writer = node.token("writer", ("tenant", Role.WRITER))
         release = threading.Event()
-        call = held_put(node, writer, release)
+        ending = None if stream_ends else threading.Event()
+        call = held_put(node, writer, release, ending)
+        spool = node.data_dir / "spool"
         try:
-            wait_until(
-                lambda: spool_file_open(node.data_dir / "spool"), "the put to spool its frames"
-            )
+            wait_until(lambda: spool_file_open(spool), "the put to spool its frames")
             assert not call.done()  # its header was accepted
             change(node, writer)
+            # One frame more, then the end or a stream that stays open: the put ends at
+            # that frame either way.
+            release.set()
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result(timeout=30)
         finally:
             release.set()
-        with pytest.raises(grpc.RpcError) as caught:
-            call.result(timeout=60)
+            if ending is not None:
+                ending.set()
         assert caught.value.code() is code, caught.value.details()
         assert error_name(caught.value) == error
+        wait_until(lambda: not spool_file_open(spool), "the put's spooled frames to go")
         assert node.store.list("tenant")[0] == []

@@ -110,13 +110,19 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self._check("PutShard", header.dataset, header.shard)
         principal = caller()
 
-        def still_allowed(settings: DatasetSettings) -> None:
-            # A stream may last minutes: by its end the dataset may have been deleted
+        def writer_now() -> None:
+            # A stream may last minutes: meanwhile the dataset may have been deleted
             # (and made again, for someone else: its grants went with it) or the token
-            # revoked. Checked inside the commit's transaction, so no delete slips in
-            # after it (a delete takes the writer); a revocation that returns while the
-            # commit runs may still see this put land.
+            # revoked or run out. Checked at every message, so such a put ends at its
+            # next one (rather than keep a worker, and spool, for a put that cannot
+            # land), and at the commit.
             authorize(self._principal_now(principal), _SERVICE + "PutShard", header.dataset)
+
+        def still_allowed(settings: DatasetSettings) -> None:
+            # Checked inside the commit's transaction, so no delete slips in after it (a
+            # delete takes the writer); a revocation that returns while the commit runs
+            # may still see this put land.
+            writer_now()
             if settings.encrypted and not encrypted:
                 # Made again encrypted while the frames were spooled in plaintext: the
                 # put belongs to the plaintext dataset it began in.
@@ -134,7 +140,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = self._store.get_dataset(header.dataset).encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
-            self._receive_frames(request_iterator, header, spool)
+            self._receive_frames(request_iterator, header, spool, writer_now)
             with self._slot_if_write_through(header.dataset, "a write-through put of"):
                 info = self._store.put_frames(
                     header.dataset,
@@ -152,21 +158,25 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         messages: Iterator[shards_pb2.PutShardRequest],
         header: shards_pb2.PutShardHeader,
         spool: FrameSpool,
+        still_allowed: Callable[[], None],
     ) -> None:
-        """Spool the frames that follow ``header``, up to the stream's end message.
+        """Spool the frames that follow ``header``, up to the stream's end message,
+        calling ``still_allowed`` (which raises once the put may not land) at each.
 
         Raises InvalidArgument for a stream that is not frames and then the end, with as
         many frames as the header announced: one that stops without its end message was
         cancelled by its client or failed part way, even with every frame received
         (gRPC may end a cancelled stream as if the client had closed it). Raises
         OversizeFrame, and what ``Store.check_put_size`` raises for a put that could
-        never be stored, as soon as its frames show it (before they fill the disk).
+        never be stored, as soon as its frames show it (before they fill the disk), and
+        what ``still_allowed`` raises (Unauthenticated, DatasetNotFound...).
         """
         limit = self._store.settings.max_frame_bytes
         largest = self._store.largest_put(header.dataset)
         received = 0
         ended = False
         for message in messages:
+            still_allowed()
             item = message.WhichOneof("item")
             if item == "end":
                 ended = True
