@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -247,6 +250,77 @@ def test_a_server_restart_mid_epoch_neither_repeats_nor_drops_samples(
     resumed = make()
     resumed.load_state_dict(state)
     assert ids_of(head + more) + ids_of(resumed) == reference
+
+
+#: A training script whose step fails while the server is away: its iterator lives on in
+#: the traceback, with a shard read ahead of it retrying (retry_s=600).
+FAILING_SCRIPT = """
+import os, sys, threading
+from tierstore.torch import IterableDataset
+from tierstore.torch.source import service_source
+
+class Told:  # the service source, telling when each read is over
+    def __init__(self, inner):
+        self.inner, self.over = inner, threading.Semaphore(0)
+    def client(self):
+        return self.inner.client()
+    def read(self, dataset, shard, stop=None):
+        try:
+            return self.inner.read(dataset, shard, stop)
+        finally:
+            self.over.release()
+
+source = Told(service_source(os.environ["ADDRESS"], os.environ["TOKEN"], os.environ["CA"], 600.0))
+dataset = IterableDataset(
+    os.environ["DATASET"], shuffle=False, read_ahead=1, declare_plan=False, source=source
+)
+iterator = iter(dataset)
+next(iterator)
+assert source.over.acquire(timeout=60) and source.over.acquire(timeout=60)  # shards 0 and 1
+print("READY", flush=True)
+sys.stdin.readline()  # the server is stopped meanwhile
+for sample in iterator:
+    if int(sample["id"]) >= 1000:  # shard 1's first row: shard 2 is read ahead, and retried
+        break
+raise RuntimeError("the training step failed")
+"""
+
+
+def test_a_script_that_fails_with_a_read_ahead_retrying_exits_at_once(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # Read-ahead threads are the interpreter's to join at exit, and nothing stopped their
+    # retries there: a failed script outlived its traceback by the whole retry_s (60 s by
+    # default), retrying a shard nobody would read.
+    running = spawn_server()
+    with running.connect() as client:
+        samples = write_samples(running, client, rows=(40, 40, 40))
+    env = {
+        **os.environ,
+        "TIERSTORE_LOCAL_READS": "0",  # the local path would read on without the server
+        "DATASET": samples.dataset,
+        "ADDRESS": samples.address,
+        "TOKEN": samples.token,
+        "CA": samples.ca,
+    }
+    script = subprocess.Popen(
+        [sys.executable, "-c", FAILING_SCRIPT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert script.stdout is not None
+        assert script.stdout.readline().strip() == "READY"
+        assert running.stop() == 0
+        output, _ = script.communicate("\n", timeout=60)
+    finally:
+        script.kill()
+        script.wait()
+    assert script.returncode == 1, output
+    assert "RuntimeError: the training step failed" in output
 
 
 @pytest.mark.parametrize("local_reads", ["0", "1"], ids=["service", "local-if-any"])

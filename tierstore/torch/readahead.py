@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,22 @@ __all__ = ["read_ahead"]
 
 K = TypeVar("K")
 T = TypeVar("T")
+
+#: the stop event of each read-ahead running its pool, and the process it runs in
+_running: weakref.WeakKeyDictionary[threading.Event, int] = weakref.WeakKeyDictionary()
+
+
+def _stop_all() -> None:
+    """Tell the fetches of this process's running read-aheads to stop (at exit)."""
+    pid = os.getpid()
+    for stop, owner in list(_running.items()):
+        if owner == pid:  # one inherited through fork may be locked by a parent thread
+            stop.set()
+
+
+# Run as the interpreter exits, before concurrent.futures joins the pools' threads (these
+# run last registered first; concurrent.futures registered its own on import, above).
+threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
 
 
 def read_ahead(
@@ -54,6 +71,7 @@ def read_ahead(
     pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix=thread_name)
     upcoming = iter(names)
     pending: deque[Future[T]] = deque()
+    _running[stop] = owner
     failure: Exception | None = None  # from `names`, raised once what precedes it is out
 
     try:
@@ -73,5 +91,6 @@ def read_ahead(
             yield pending.popleft().result()
     finally:
         if os.getpid() == owner:
+            _running.pop(stop, None)
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
