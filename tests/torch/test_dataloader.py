@@ -293,6 +293,33 @@ def test_stateful_dataloader_resumes_mid_epoch(samples: Samples, workers: int) -
     assert full == loader_order(samples, workers, 8, seed=4, epoch=1)
 
 
+def test_stateful_dataloader_resumes_after_a_shard_no_worker_is_inside_was_rewritten(
+    server: ServerProcess, admin: Client
+) -> None:
+    # A job over a dataset being rewritten: a rewrite of any shard refused every
+    # mid-epoch state (the state held a digest of every shard's generation), though only
+    # the shards the workers are inside count rows of one generation.
+    samples = write_samples(server, admin)
+
+    def loader() -> StatefulDataLoader:
+        dataset = IterableDataset(samples.dataset, seed=4, **samples.connection)
+        dataset.set_epoch(1)
+        return StatefulDataLoader(
+            dataset, batch_size=8, num_workers=2, multiprocessing_context="fork", timeout=60
+        )
+
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator)["id"].tolist() for _ in range(3)]  # each worker inside a shard
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    del iterator
+    last = worker_shards(samples.shards, True, 4, 1, Slot(0, 1, 0, 2))[-1]
+    admin.put(samples.dataset, last, sample_table(9, 20))  # worker 0 has not reached it
+    second = loader()
+    second.load_state_dict(state)
+    assert head + batch_ids(second) == batch_ids(loader())
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_resume_from_an_epochs_end_goes_on_with_the_epoch_set(
     samples: Samples, workers: int

@@ -327,24 +327,69 @@ def test_a_state_of_another_layout_is_refused(in_slot: Any) -> None:
         ds.load_state_dict({"epoch": 1})
 
 
-def test_a_state_taken_before_a_shard_was_rewritten_is_refused() -> None:
+def test_a_state_saved_before_states_named_their_shards_generation() -> None:
     ds = make(shuffle=False)
     iterator = iter(ds)
     next(iterator)
     state = ds.state_dict()
+    # Saved before states carried the generation of the shard they are inside: checked
+    # against every shard's generation as listed when the dataset object was made.
+    older = {key: value for key, value in state.items() if key != "generation"}
     rewritten = service()
     rewritten.generations["b/1"] = 2  # a shard the state has not reached yet
     again = make(rewritten, shuffle=False)
-    again.load_state_dict(state)
+    again.load_state_dict(older)
     with pytest.raises(InvalidArgument, match="a shard was rewritten since"):
         iter(again)
     unchanged = make(shuffle=False)
-    unchanged.load_state_dict(state)
+    unchanged.load_state_dict(older)
     assert len(ids(list(unchanged))) == sum(ROWS.values()) - 1
-    # A state saved before states carried the generations resumes unchecked.
-    older = {key: value for key, value in state.items() if key != "contents"}
-    again.load_state_dict(older)
+    # Saved before states carried the generations at all: resumed unchecked.
+    oldest = {key: value for key, value in older.items() if key != "contents"}
+    again.load_state_dict(oldest)
     assert len(ids(list(again))) == sum(ROWS.values()) - 1
+
+
+def test_a_state_resumes_after_a_shard_it_is_not_inside_was_rewritten() -> None:
+    # Only the shard a position is inside counts rows of one generation: the shards before
+    # it are done, the ones after it are read whole, at their generation then (as without
+    # the resume). A rewrite of any shard of the dataset refused every mid-epoch state, so
+    # a long job over a dataset being rewritten could never resume mid-epoch.
+    ds = make(shuffle=False)
+    iterator = iter(ds)
+    head = [next(iterator) for _ in range(2)]  # inside a/0, the first shard
+    state = ds.state_dict()
+    rewritten = service()
+    rewritten.rewrite("b/1", sample_table(4, 9))  # a shard the state has not reached yet
+    again = make(rewritten, shuffle=False)
+    again.load_state_dict(state)
+    assert ids(head) + ids(list(again)) == ids(list(make(rewritten, shuffle=False)))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_size": 2}, {"batch_size": 2, "batch_threads": 2}],
+    ids=["samples", "batches", "batches-from-threads"],
+)
+@pytest.mark.parametrize("same_object", [False, True], ids=["new-object", "same-object"])
+def test_a_state_inside_a_shard_rewritten_since_is_refused(
+    same_object: bool, options: dict[str, int]
+) -> None:
+    svc = service()
+    ds = make(svc, shuffle=False, **options)
+    iterator = iter(ds)
+    for _ in range(2):  # inside a/0 (2 or 4 of its 5 rows)
+        next(iterator)
+    state = ds.state_dict()
+    assert state["row"] in (2, 4) and state["generation"] == 1
+    svc.rewrite("a/0", sample_table(0, 5))  # as many rows, but not the same ones
+    # A dataset object made before the rewrite listed a/0's old generation, and resumed
+    # the new one's rows from the old position.
+    resumed = ds if same_object else make(svc, shuffle=False, **options)
+    resumed.load_state_dict(state)
+    with pytest.raises(InvalidArgument, match=r"'a/0' was rewritten since.*generation 1.*2"):
+        list(resumed)
+    assert make(svc, shuffle=False).state_dict()["epoch"] == 0  # a new epoch still reads
 
 
 def test_an_epoch_start_state_fits_any_layout(in_slot: Any) -> None:

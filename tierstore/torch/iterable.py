@@ -356,9 +356,12 @@ class _Cursor:
     pid: int
     layout: Layout
     position: Position
+    #: the generation of the shard the position is inside, as read (None: not known)
+    generation: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return ResumeState(self.position, self.layout).to_dict()
+        inside = self.generation if self.position.row else None
+        return ResumeState(self.position, self.layout, inside, tracks_generation=True).to_dict()
 
 
 class _Epoch:
@@ -395,8 +398,10 @@ class _Epoch:
             self.cursor,
             shared=shared,
             pinned=owner.pin_memory and not shared and torch.cuda.is_available(),
+            resumed=state,
         )
         self.position = position
+        self.cursor.generation = None if state is None else state.generation
         if self._steps is not None:
             self._steps.close()  # stops its read-ahead (its plan expires, as when dropped)
             self._steps = None
@@ -452,6 +457,8 @@ class _Walk:
     #: whether batches go to a DataLoader worker's shared memory / page-locked memory
     shared: bool
     pinned: bool
+    #: the state the walk resumes from, if any (its shard's generation is checked)
+    resumed: ResumeState | None = None
 
     def samples(self) -> Generator[Sample, None, None]:
         """The samples (or batches) still to yield; declares the reader's plan first."""
@@ -504,6 +511,7 @@ class _Walk:
         epoch, cursor = start.epoch, self.cursor
         if self.owner.batch_size is None:
             for index, rows, order, done in self._shard_orders(start, fetched, plan):
+                cursor.generation = rows.generation
                 for offset, row in enumerate(order.tolist(), start=1):
                     cursor.position = position_after(epoch, index, done + offset, len(rows))
                     yield rows.row(row)
@@ -514,8 +522,8 @@ class _Walk:
             with contextlib.closing(made):
                 # The position moves only when a batch is yielded: rows held for a batch
                 # (or in batches assembled ahead) are read again after a resume.
-                for position, batch in made:
-                    cursor.position = position
+                for position, generation, batch in made:
+                    cursor.position, cursor.generation = position, generation
                     yield batch
         cursor.position = Position(epoch, len(self.shards), 0)
 
@@ -529,6 +537,8 @@ class _Walk:
         if share is not None and taken >= share:
             return  # resumed with its share read: nothing more is fetched
         for (index, name), rows in zip(shards_from(self.shards, start), fetched, strict=False):
+            if index == start.shard and self.resumed is not None:
+                self.resumed.check_generation(name, rows.generation)
             order = shard_rows(index, name, len(rows), owner.shuffle, owner.seed, start)
             done = len(rows) - len(order)
             if share is not None:
@@ -590,6 +600,9 @@ class _Walk:
 
     def _assemble(
         self, job: tuple[Position, list[Part]], stop: threading.Event
-    ) -> tuple[Position, Sample]:
+    ) -> tuple[Position, int | None, Sample]:
+        """The batch, after the position it leaves and the generation of the shard that
+        position is inside (the batch's last rows are that shard's)."""
         position, parts = job
-        return position, assemble(parts, shared=self.shared, pinned=self.pinned)
+        batch = assemble(parts, shared=self.shared, pinned=self.pinned)
+        return position, parts[-1].shard.generation, batch

@@ -244,10 +244,18 @@ class Layout:
 
 @dataclass(frozen=True, slots=True)
 class ResumeState:
-    """A position and the layout it was taken in."""
+    """A position and the layout it was taken in.
+
+    ``generation``: the generation of the shard the position is inside, as it was read
+    (None at a shard boundary, or when the source cannot tell). ``tracks_generation``:
+    the state says so (states saved before they did are checked against ``contents``,
+    a digest of every shard's generation as listed when the dataset object was made).
+    """
 
     position: Position
     layout: Layout
+    generation: int | None = None
+    tracks_generation: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The state as a plain dict (the form ``state_dict()`` returns)."""
@@ -263,6 +271,7 @@ class ResumeState:
             "seed": self.layout.seed,
             "slot": None if slot is None else [slot.rank, slot.world, slot.worker, slot.workers],
             "contents": self.layout.contents,
+            "generation": self.generation,
         }
 
     @classmethod
@@ -278,6 +287,7 @@ class ResumeState:
                 raise TypeError(f"shuffle is {state['shuffle']!r}, not True or False")
             slot_value = state["slot"]
             slot = None if slot_value is None else Slot(*(_count(v) for v in slot_value))
+            generation = state.get("generation")
             return cls(
                 Position(_count(state["epoch"]), _count(state["shard"]), _count(state["row"])),
                 Layout(
@@ -288,6 +298,8 @@ class ResumeState:
                     slot=slot,
                     contents=str(state.get("contents", "")),
                 ),
+                generation=None if generation is None else _count(generation),
+                tracks_generation="generation" in state,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed tierstore.torch state ({exc!r}): {state}") from exc
@@ -296,6 +308,25 @@ class ResumeState:
     def at_epoch_start(self) -> bool:
         """True when nothing of the epoch was read yet."""
         return self.position.shard == 0 and self.position.row == 0
+
+    @property
+    def _generation_checked(self) -> bool:
+        """Whether the shard the position is inside is checked when it is read (see
+        :meth:`check_generation`) rather than every shard's generation here: only that
+        shard's rows are counted by the position (the shards before it are done, the
+        ones after it are read whole, at their generation then)."""
+        return self.tracks_generation and (self.position.row == 0 or self.generation is not None)
+
+    def check_generation(self, shard: str, read: int | None) -> None:
+        """Raise InvalidArgument when ``shard``, the one the position is inside, was read
+        at generation ``read`` but the state counted rows of another generation."""
+        if self.position.row and None not in (self.generation, read) and read != self.generation:
+            raise InvalidArgument(
+                f"this resume state does not fit this loader: shard {shard!r} was rewritten "
+                f"since the state was saved inside it (generation {self.generation} then, "
+                f"{read} now), so its position would name other rows. Restart the epoch "
+                "with set_epoch()."
+            )
 
     def check(self, layout: Layout, worker_shards: int) -> None:
         """Raise InvalidArgument unless this state can resume a worker with ``layout``
@@ -308,7 +339,12 @@ class ResumeState:
             problems.append(
                 f"the shard list changed ({saved.shards} shards then, {layout.shards} now)"
             )
-        elif saved.contents and layout.contents and saved.contents != layout.contents:
+        elif (
+            not self._generation_checked
+            and saved.contents
+            and layout.contents
+            and saved.contents != layout.contents
+        ):
             problems.append(
                 "a shard was rewritten since it was saved (its generation differs), so a "
                 "position inside it would name other rows"
