@@ -129,9 +129,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExportTraceRequest, context: grpc.ServicerContext
     ) -> Iterator[admin_pb2.ExportTraceResponse]:
         self._check("ExportTrace")
+        principal = caller()
         if request.dataset:
             validate_dataset_name(request.dataset)
         for batch in trace_events_to_pb(self._store.trace_events(request.dataset or None)):
             if not context.is_active():
                 return  # the client went away
+            # A slow reader keeps the stream open for long: checked again at each batch,
+            # so a revoked or run-out token ends it at its next one.
+            authorize(self._tokens.principal_now(principal), _SERVICE + "ExportTrace", None)
             yield batch

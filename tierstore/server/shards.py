@@ -214,6 +214,16 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
     ) -> Iterator[shards_pb2.GetShardResponse]:
         self._check("GetShard", request.dataset, request.shard)
+        principal = caller()
+
+        def reader_now() -> None:
+            # A slow reader keeps its stream for hours (a frame a minute of a shard of
+            # thousands): meanwhile its token may be revoked or run out, or the dataset
+            # deleted (taking the grant with it). A dict lookup, made before each frame
+            # is read, so such a stream ends at its next frame, with the error the call
+            # would get if it started now, rather than keep its worker to the end.
+            authorize(self._principal_now(principal), _SERVICE + "GetShard", request.dataset)
+
         which = request.WhichOneof("range")
         byte_range = frame_range = None
         if which == "byte_range":
@@ -238,7 +248,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             with in_flight:
                 if not sealed.info.hot:
                     archive_bound.take()
-                yield from self._send(sealed, archive_bound, request, context)
+                yield from self._send(sealed, archive_bound, request, context, reader_now)
         finally:
             archive_bound.give_back()
 
@@ -248,8 +258,10 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         archive_bound: HeldSlot,
         request: shards_pb2.GetShardRequest,
         context: grpc.ServicerContext,
+        still_allowed: Callable[[], None],
     ) -> Iterator[shards_pb2.GetShardResponse]:
-        """GetShard's messages: the header, then each frame of ``sealed``."""
+        """GetShard's messages: the header, then each frame of ``sealed``, each read once
+        ``still_allowed`` (which raises once the caller may not read) passed."""
         header = shards_pb2.GetShardResponse(
             header=shards_pb2.GetShardHeader(
                 info=shard_info_to_pb(sealed.info),
@@ -274,7 +286,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 log.exception("abandoning the read of %s/%s", request.dataset, request.shard)
             raise
         tier = "hot" if sealed.info.hot else "archive"
-        for index, stored in sealed.frames(archive_bound):
+        frames = sealed.frames(archive_bound)
+        while True:
+            still_allowed()
+            item = next(frames, None)
+            if item is None:
+                return
+            index, stored = item
             if not context.is_active():
                 return  # the client went away: stop reading
             self._served(tier, len(stored))
