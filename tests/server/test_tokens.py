@@ -24,7 +24,7 @@ from tierstore.errors import (
 from tierstore.server.authz import Principal
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.rpc import calling_as
-from tierstore.server.tokens import MAX_TTL_S, MIN_TTL_S, AuthFailure, TokenStore
+from tierstore.server.tokens import MAX_TTL_S, MIN_TTL_S, RETENTION_S, AuthFailure, TokenStore
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import ALL_DATASETS, DatasetSettings, Durability, Grant, Role
 from tierstore.v1.datasets_pb2 import DeleteDatasetRequest
@@ -126,7 +126,9 @@ def test_grants_on_a_deleted_dataset_are_removed_for_good(
     # A delete that failed gives them back (to the tokens still held).
     store.revoke(only.token_id)
     store.restore_grants(removed)
-    restored = {info.token_id: set(info.grants) for info in TokenStore(store.path).list()}
+    restored = {
+        info.token_id: set(info.grants) for info in TokenStore(store.path, clock=clock).list()
+    }
     assert restored[both.token_id] == {Grant("kept", Role.WRITER), Grant("gone", Role.READER)}
     assert restored[only.token_id] == {Grant("gone", Role.ADMIN)}  # revoked, still revoked
 
@@ -469,3 +471,76 @@ def test_a_write_through_delete_the_archive_has_not_done_gives_no_grant_to_the_n
     assert store.has_dataset("plain")  # the new one
     assert tokens.authenticate(token).grants == ()
     factory.close_all()
+
+
+def stored_ids(store: TokenStore) -> set[str]:
+    """The ids the store's file holds."""
+    return {item["token_id"] for item in json.loads(store.path.read_bytes())["tokens"]}
+
+
+def test_tokens_revoked_or_expired_long_ago_are_forgotten(store: TokenStore, clock: Clock) -> None:
+    revoked, _ = store.create("alice", READ_DS)
+    expiring, expiring_token = store.create("bob", READ_DS, ttl_s=3600)
+    forever, forever_token = store.create("carol", READ_DS)
+    long_lived, long_lived_token = store.create("dave", READ_DS, ttl_s=MAX_TTL_S)
+    store.revoke(revoked.token_id)
+    clock.now += 3600  # bob's token runs out now
+    assert refused(store, expiring_token) == AuthFailure.EXPIRED
+    # Within the retention, both are kept, listed and known.
+    clock.now += RETENTION_S - 3600 - 1
+    store.create("erin", READ_DS)
+    assert {revoked.token_id, expiring.token_id} <= stored_ids(store)
+    assert {revoked.token_id, expiring.token_id} <= {i.token_id for i in store.list()}
+    assert store.revoke(revoked.token_id).revoked  # again: still a no-op
+    clock.now += 3600 + 1  # bob's token ran out RETENTION_S ago, alice's was revoked then
+    # Not listed once past it, and gone from the file at the next change...
+    assert {i.token_id for i in store.list()} & {revoked.token_id, expiring.token_id} == set()
+    store.create("frank", READ_DS)
+    assert revoked.token_id not in stored_ids(store)
+    assert expiring.token_id not in stored_ids(store)
+    # ...and the answer for such an id says why it is not known.
+    with pytest.raises(NotFound, match="revoked or expired more than 30 days ago"):
+        store.revoke(revoked.token_id)
+    assert refused(store, expiring_token) == AuthFailure.UNKNOWN
+    # Live tokens are never dropped, however old.
+    clock.now += 20 * 365 * 86400 - MAX_TTL_S
+    store.create("grace", READ_DS)
+    assert store.authenticate(forever_token).name == "carol"
+    assert forever.token_id in stored_ids(store)
+    assert long_lived.token_id in stored_ids(store)  # ran out, but within the retention
+    assert refused(store, long_lived_token) == AuthFailure.EXPIRED
+
+
+def test_a_restart_forgets_tokens_revoked_long_ago(
+    tmp_path: Path, store: TokenStore, clock: Clock
+) -> None:
+    old, old_token = store.create("alice", READ_DS)
+    live, live_token = store.create("bob", READ_DS)
+    store.revoke(old.token_id)
+    clock.now += RETENTION_S + 1
+    again = TokenStore(store.path, clock=clock)
+    assert [info.token_id for info in again.list()] == [live.token_id]
+    assert refused(again, old_token) == AuthFailure.UNKNOWN
+    assert again.authenticate(live_token).name == "bob"
+    again.create("carol", READ_DS)
+    assert old.token_id not in stored_ids(again)
+
+
+def test_a_token_revoked_before_revocations_were_dated_is_kept_a_full_retention(
+    store: TokenStore, clock: Clock
+) -> None:
+    # A file written before the time of a revocation was recorded: the retention runs
+    # from the first start that reads it, never from the token's creation.
+    info, _ = store.create("alice", READ_DS)
+    store.revoke(info.token_id)
+    document = json.loads(store.path.read_bytes())
+    for item in document["tokens"]:
+        del item["revoked_at"]
+    store.path.write_text(json.dumps(document))
+    clock.now += 10 * RETENTION_S
+    again = TokenStore(store.path, clock=clock)
+    again.create("bob", READ_DS)
+    assert info.token_id in stored_ids(again)
+    clock.now += RETENTION_S
+    again.create("carol", READ_DS)
+    assert info.token_id not in stored_ids(again)

@@ -6,7 +6,10 @@ The store keeps the SHA-256 of the whole token string and never the token: with 
 of randomness in every token, a fast hash is as good as a slow one, and no salt is needed.
 
 The store is one JSON file (mode 0600, rewritten atomically on every change) owned by one
-server process. :meth:`TokenStore.authenticate` fails with one generic
+server process. It holds the live tokens and the recent past: a token revoked or run out
+:data:`RETENTION_S` ago is forgotten (dropped at the next change, and when the file is
+loaded), so the file stays as large as the live tokens make it, however many were issued.
+:meth:`TokenStore.authenticate` fails with one generic
 :class:`~tierstore.errors.Unauthenticated` message whatever went wrong; the exception's
 ``reason`` (an :class:`AuthFailure`) tells the audit log which check failed.
 
@@ -40,6 +43,7 @@ __all__ = [
     "ADMIN_PRINCIPAL",
     "MAX_TTL_S",
     "MIN_TTL_S",
+    "RETENTION_S",
     "TOKEN_PREFIX",
     "AuthFailure",
     "TokenInfo",
@@ -51,6 +55,9 @@ TOKEN_PREFIX = "ts_"
 ADMIN_PRINCIPAL = "admin"
 #: The shortest lifetime a token may be given: a shorter one would expire before use.
 MIN_TTL_S = 1.0
+#: How long a revoked or expired token is kept (listed, its id known to ``revoke``, and
+#: refused as revoked or expired in the audit log) before the store forgets it.
+RETENTION_S = 30 * 86400.0
 
 _ID_BYTES = 6
 _SECRET_BYTES = 32
@@ -84,6 +91,8 @@ class TokenInfo:
     #: seconds since the epoch; 0: never expires.
     expires_at: float
     revoked: bool = False
+    #: seconds since the epoch; 0: not revoked.
+    revoked_at: float = 0.0
 
     def expired(self, now: float) -> bool:
         """Whether the token has expired at time ``now``."""
@@ -92,6 +101,14 @@ class TokenInfo:
     def live(self, now: float) -> bool:
         """Whether the token would authenticate at time ``now``."""
         return not self.revoked and not self.expired(now)
+
+    def forgotten(self, now: float) -> bool:
+        """Whether the token was revoked, or ran out, :data:`RETENTION_S` or more before
+        ``now``: the store drops it."""
+        ended = [self.revoked_at] if self.revoked else []
+        if self.expires_at != 0:
+            ended.append(self.expires_at)
+        return bool(ended) and now >= min(ended) + RETENTION_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +222,17 @@ class TokenStore:
                 "characters (the part after 'ts_', as `tierstore token ls` shows it)"
             )
         with self._lock:
+            now = self._clock()
             record = self._records.get(token_id)
-            if record is None:
-                raise NotFound(f"no token {token_id[:16]!r}")
+            if record is None or record.info.forgotten(now):
+                raise NotFound(
+                    f"no token {token_id[:16]!r} (a token revoked or expired more than "
+                    f"{RETENTION_S / 86400:.0f} days ago is forgotten)"
+                )
             if record.info.revoked:
                 return record.info
             revoked = dataclasses.replace(
-                record, info=dataclasses.replace(record.info, revoked=True)
+                record, info=dataclasses.replace(record.info, revoked=True, revoked_at=now)
             )
             self._commit({**self._records, token_id: revoked})
             return revoked.info
@@ -252,11 +273,14 @@ class TokenStore:
                 self._commit({**self._records, **changed})
 
     def list(self) -> builtins.list[TokenInfo]:
-        """Every token ever issued (revoked and expired ones too), in the order issued."""
+        """Every token issued, in the order issued: the live ones, and those revoked or
+        run out less than :data:`RETENTION_S` ago."""
         # Records keep insertion order (in memory and in the file); the stable sort only
         # matters if the clock went backwards.
+        now = self._clock()
         return sorted(
-            (record.info for record in self._records.values()), key=lambda i: i.created_at
+            (record.info for record in self._records.values() if not record.info.forgotten(now)),
+            key=lambda i: i.created_at,
         )
 
     def authenticate(self, token: str) -> Principal:
@@ -355,7 +379,10 @@ class TokenStore:
         return info, token
 
     def _commit(self, records: dict[str, _Record]) -> None:
-        # Called with the lock held. Disk first: a failed write changes nothing.
+        # Called with the lock held. Disk first: a failed write changes nothing. Tokens
+        # revoked or run out long ago go at every change, so the file (rewritten whole)
+        # stays as large as the live tokens and the recent past make it.
+        records = _remembered(records, self._clock())
         document = {
             "format": _FORMAT,
             "tokens": [_record_to_json(record) for record in records.values()],
@@ -376,7 +403,23 @@ class TokenStore:
             records = [_record_from_json(item) for item in document["tokens"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataLoss(f"token store {self._path} is corrupt: {exc}") from exc
-        return {record.info.token_id: record for record in records}
+        now = self._clock()
+        # A revocation written without its time (by an earlier version) is dated now:
+        # kept a full retention from here, never forgotten early.
+        dated = [
+            dataclasses.replace(record, info=dataclasses.replace(record.info, revoked_at=now))
+            if record.info.revoked and not record.info.revoked_at
+            else record
+            for record in records
+        ]
+        return _remembered({record.info.token_id: record for record in dated}, now)
+
+
+def _remembered(records: Mapping[str, _Record], now: float) -> dict[str, _Record]:
+    """``records`` without the tokens forgotten at ``now`` (TokenInfo.forgotten)."""
+    return {
+        token_id: record for token_id, record in records.items() if not record.info.forgotten(now)
+    }
 
 
 def _record_to_json(record: _Record) -> dict[str, Any]:
@@ -388,6 +431,7 @@ def _record_to_json(record: _Record) -> dict[str, Any]:
         "created_at": info.created_at,
         "expires_at": info.expires_at,
         "revoked": info.revoked,
+        "revoked_at": info.revoked_at,
         "sha256": record.digest,
     }
 
@@ -404,5 +448,6 @@ def _record_from_json(item: Mapping[str, Any]) -> _Record:
         created_at=float(item["created_at"]),
         expires_at=float(item["expires_at"]),
         revoked=bool(item["revoked"]),
+        revoked_at=float(item.get("revoked_at", 0.0)),
     )
     return _Record(info, digest)
