@@ -97,13 +97,15 @@ def test_a_read_stream_ends_once_its_reader_lost_the_right(
 def test_a_trace_export_ends_once_its_token_is_revoked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Batches of about 1 KiB (4 MiB on a node), so that a short trace is many of them.
-    small = functools.partial(trace_events_to_pb, batch_bytes=1024)
+    # Batches of about 64 KiB (4 MiB on a node), so that a trace of a few MiB (one long
+    # plan) is many of them.
+    small = functools.partial(trace_events_to_pb, batch_bytes=64 << 10)
     monkeypatch.setattr(admin, "trace_events_to_pb", small)
     with serving(tmp_path, datasets={"alpha": DatasetSettings()}) as node:
-        node.store.put("alpha", "a.bin", b"x" * 100)
-        for _ in range(3000):
-            node.store.get("alpha", "a.bin")
+        names = [f"{index:03}" + "s" * 200 for index in range(320)]
+        for name in names:
+            node.store.put("alpha", name, b"x")
+        node.store.declare_plan("alpha", shards=names * 64)  # 64 epochs: 4 MiB of names
         operator = node.token("operator", ("*", Role.ADMIN))
         export = node.channel(own_connection=True).unary_stream(
             EXPORT,
