@@ -7,6 +7,6 @@ serve`` subprocess fixtures of :mod:`tests.server.conftest`.
 
 from __future__ import annotations
 
-from tests.server.conftest import admin, dataset, server, spawn_server
+from tests.server.conftest import admin, any_dataset, dataset, server, spawn_server
 
-__all__ = ["admin", "dataset", "server", "spawn_server"]
+__all__ = ["admin", "any_dataset", "dataset", "server", "spawn_server"]

@@ -57,7 +57,7 @@ from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
 from tierstore.client.putvalue import FileFrames, ReadableValue
 from tierstore.client.receive import ShardStream, open_stream
-from tierstore.errors import InvalidArgument, RangePastEnd, WrongShardKind
+from tierstore.errors import InvalidArgument, InvalidRange, RangePastEnd, WrongShardKind
 from tierstore.framing import frame_value
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.types import ShardInfo, ShardKind
@@ -269,10 +269,8 @@ class Client(AdminCalls, PlacementCalls):
         streamed (``receive``)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
-        offset = whole_number("offset", offset)
-        length = None if length is None else whole_number("length", length)
-        if offset < 0 or (length is not None and length < 0):
-            raise InvalidArgument("offset and length must not be negative")
+        offset = _byte_position("offset", offset)
+        length = None if length is None else _byte_position("length", length)
         # The wire carries both as uint64; any shard ends long before either limit.
         if offset > _MAX_U64:
             raise RangePastEnd(f"byte offset {offset} is past the end of any shard")
@@ -405,6 +403,19 @@ def _table_of(
     if local.kind is ShardKind.RAW:
         raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
     return arrowio.frames_to_table(local.buffers, columns)
+
+
+def _byte_position(name: str, value: object) -> int:
+    """``value`` as a range's offset or length: a whole number, not negative; else
+    InvalidRange naming ``name``, as the engine and the service raise for a malformed
+    range (a bare InvalidArgument slipped past an ``except InvalidRange``)."""
+    try:
+        position = whole_number(name, value)
+    except InvalidArgument as exc:
+        raise InvalidRange(str(exc)) from None
+    if position < 0:
+        raise InvalidRange(f"{name} must not be negative, got {position}")
+    return position
 
 
 _MAX_U64 = 2**64 - 1
