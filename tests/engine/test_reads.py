@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given
@@ -87,6 +88,11 @@ def test_frame_ranges(frame_range: tuple[int, int], expected: list[int]) -> None
         {"byte_range": 3},
         {"byte_range": (None, 1)},
         {"frame_range": ("0", 1)},
+        # True is no count (the client refuses it as an offset or length too)
+        {"byte_range": (0, True)},
+        {"byte_range": (False, 2)},
+        {"frame_range": (True, 1)},
+        {"frame_range": (0, np.bool_(True))},
     ],
     ids=repr,
 )
@@ -120,8 +126,6 @@ def test_a_negative_range_is_an_invalid_argument(arguments: dict[str, Any]) -> N
 
 
 def test_integer_like_range_values_are_accepted() -> None:
-    import numpy as np
-
     assert plan_reads(SIZES, byte_range=(np.int64(5), np.int32(2))) == [FrameSlice(1, 1, 3)]
 
 

@@ -28,7 +28,6 @@ client's local read path shares these leases (:mod:`tierstore.client.hotmap`).
 
 from __future__ import annotations
 
-import operator
 import os
 import threading
 import time
@@ -40,7 +39,7 @@ from typing import Any, cast
 import pyarrow as pa
 
 from tierstore.errors import InvalidRange, RangePastEnd
-from tierstore.types import ShardInfo
+from tierstore.types import ShardInfo, whole_number
 
 __all__ = ["FrameSlice", "LeasePool", "ReadLease", "ShardData", "plan_reads"]
 
@@ -108,12 +107,15 @@ def plan_reads(
 
 
 def _int_pair(what: str, pair: object) -> tuple[int, int]:
-    """``pair`` as two integers, or :class:`InvalidRange`."""
+    """``pair`` as two integers, or :class:`InvalidRange` (a bool too: True is no count,
+    as the client says of an offset or length)."""
     try:
-        first, second = cast("tuple[Any, Any]", pair)
-        return operator.index(first), operator.index(second)
+        first, second = (whole_number(n) for n in cast("tuple[Any, Any]", pair))
     except (TypeError, ValueError):
-        raise InvalidRange(f"a {what} is a pair of integers, not {pair!r:.80}") from None
+        first = second = None
+    if first is None or second is None:
+        raise InvalidRange(f"a {what} is a pair of integers, not {pair!r:.80}")
+    return first, second
 
 
 class ReadLease:
