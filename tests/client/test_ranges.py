@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+import tierstore
 from tests.server.conftest import ServerProcess, poll, unique
 from tierstore import errors
 from tierstore.client.client import Client
@@ -201,3 +204,113 @@ def test_a_range_asked_of_a_missing_shard_is_shard_not_found(
 ) -> None:
     with server.connect() as client, pytest.raises(errors.ShardNotFound):
         client.get(dataset, unique("missing"), offset=3, length=2)
+
+
+class TamperingProxy(shards_pb2_grpc.ShardServiceServicer):
+    """Passes GetShard on to the real server, changing its answer with ``tamper``:
+    ``tamper(answer, whole)`` gets the answer's messages and the whole shard's frame
+    messages (by index), and returns the messages to send. ``changed``: whether the last
+    answer sent was not the server's."""
+
+    def __init__(self, upstream: shards_pb2_grpc.ShardServiceStub) -> None:
+        self._upstream = upstream
+        self.tamper: Tampering = lambda answer, whole: answer
+        self.changed = False
+
+    def GetShard(
+        self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
+    ) -> Iterator[shards_pb2.GetShardResponse]:
+        metadata = [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+        answer = list(self._upstream.GetShard(request, metadata=metadata, timeout=30))
+        whole_request = shards_pb2.GetShardRequest(dataset=request.dataset, shard=request.shard)
+        whole = {
+            message.frame.index: message
+            for message in self._upstream.GetShard(whole_request, metadata=metadata, timeout=30)
+            if message.WhichOneof("item") == "frame"
+        }
+        sent = self.tamper(answer, whole)
+        self.changed = len(sent) != len(answer)
+        yield from sent
+
+
+Answer = list[shards_pb2.GetShardResponse]
+Tampering = Callable[[Answer, dict[int, shards_pb2.GetShardResponse]], Answer]
+
+
+def _after(answer: Answer, whole: dict[int, shards_pb2.GetShardResponse]) -> Answer:
+    """The answer, and then the shard's frame that follows the range."""
+    header = answer[0].header
+    following = whole.get(header.first_frame + header.frame_count)
+    return answer + ([following] if following is not None else [])
+
+
+def _before(answer: Answer, whole: dict[int, shards_pb2.GetShardResponse]) -> Answer:
+    """The answer with the shard's frame before the range put in front of its frames."""
+    before = whole.get(answer[0].header.first_frame - 1)
+    return answer[:1] + ([before] if before is not None else []) + answer[1:]
+
+
+def _short(answer: Answer, whole: dict[int, shards_pb2.GetShardResponse]) -> Answer:
+    """The answer without its last frame (if it has any)."""
+    return answer[:-1] if len(answer) > 1 else answer
+
+
+def _twice(answer: Answer, whole: dict[int, shards_pb2.GetShardResponse]) -> Answer:
+    """The answer with its last frame sent again (if it has any)."""
+    return answer + answer[-1:] if len(answer) > 1 else answer
+
+
+TAMPERINGS: dict[str, Tampering] = {
+    "the last frame left out": _short,
+    "the last frame twice": _twice,
+    "the frame after the range": _after,
+    "the frame before the range": _before,
+}
+
+
+@pytest.fixture
+def proxy(server: ServerProcess) -> Iterator[tuple[TamperingProxy, str]]:
+    """A plaintext proxy on 127.0.0.1 in front of the session server, and its address."""
+    tampering = TamperingProxy(shards_pb2_grpc.ShardServiceStub(server.channel()))
+    front = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    shards_pb2_grpc.add_ShardServiceServicer_to_server(tampering, front)
+    port = front.add_insecure_port("127.0.0.1:0")
+    front.start()
+    yield tampering, f"127.0.0.1:{port}"
+    front.stop(grace=None)
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_an_answer_with_frames_missing_or_added_returns_nothing(
+    server: ServerProcess,
+    any_dataset: str,
+    proxy: tuple[TamperingProxy, str],
+    tampering: str,
+    tmp_path: Path,
+) -> None:
+    # Each frame is a true frame of the shard and verifies alone: only the count of
+    # what arrived against what the header promised tells a stream cut short, or one
+    # with more than was asked, from the right one. (A download of an empty range took
+    # no notice of frames it was sent: it returned nothing, but get raised.)
+    data = bytes(range(55))
+    with server.connect(local_reads=False) as client:
+        client.frame_bytes = 10
+        client.put(any_dataset, "s", data)
+    front, address = proxy
+    front.tamper = TAMPERINGS[tampering]
+    target = tmp_path / "out"
+    changed = 0
+    with tierstore.connect(address, token=server.token, insecure=True, local_reads=False) as client:
+        for offset, length in [(0, None), (5, 10), (10, 10), (50, 5), (12, 0), (55, None)]:
+            want = data[offset:] if length is None else data[offset : offset + length]
+            for how, read in reads(client, tmp_path).items():
+                target.write_bytes(b"as it was")
+                got: bytes | type[Exception]
+                try:
+                    got = read(any_dataset, "s", offset, length)
+                except errors.DataLoss:
+                    got = errors.DataLoss
+                    assert target.read_bytes() == b"as it was"
+                assert got == (errors.DataLoss if front.changed else want), (how, offset, length)
+                changed += front.changed
+    assert changed >= 4  # the answers of two ranges at least, each read two ways
