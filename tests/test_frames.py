@@ -140,6 +140,25 @@ def test_wrong_destination_size_is_zeroed(encrypted: bool) -> None:
 
 
 @both
+def test_a_frame_of_another_size_than_the_record_says_is_refused(encrypted: bool) -> None:
+    # The identity binds a frame's place, not its size: only the record's sizes tell a
+    # frame from one cut at the wrong bytes.
+    stored = sealer(encrypted).seal(1, b"0123456789")
+    for sizes in [(4, 10, 2), (4, 11, 2), (4, 9, 2)]:
+        checked = FrameSealer(CONTEXT, 3, sealer(encrypted).cipher, sizes)
+        if sizes[1] == 10:
+            assert opened(checked, 1, stored) == b"0123456789"
+            continue
+        with pytest.raises(IntegrityError, match="record says"):
+            checked.payload_size(1, stored)
+        with pytest.raises(IntegrityError, match="record says"):
+            opened(checked, 1, stored)
+        if not encrypted:
+            with pytest.raises(IntegrityError, match="record says"):
+                checked.open(1, memoryview(stored))
+
+
+@both
 def test_stored_frame_shorter_than_its_trailer(encrypted: bool) -> None:
     s = sealer(encrypted)
     for size in range(s.overhead):

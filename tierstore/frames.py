@@ -53,12 +53,17 @@ def _shard_prefix(dataset: str, shard: str) -> bytes:
 class FrameSealer:
     """Seals and opens the frames of one shard generation.
 
-    ``cipher`` is ``None`` for plaintext datasets. Immutable and thread-safe.
+    ``cipher`` is ``None`` for plaintext datasets. ``frame_sizes``, each frame's payload
+    size as the generation's record gives it, is checked by every open when given: the
+    checksum or tag binds a frame's place, not its size, and a size damaged in the record
+    made reads cut frames at the wrong bytes (or read past them) and return other bytes,
+    verified. Immutable and thread-safe.
     """
 
     context: bytes
     frame_count: int
     cipher: FrameCipher | None = None
+    frame_sizes: tuple[int, ...] | None = None
 
     @property
     def overhead(self) -> int:
@@ -76,6 +81,7 @@ class FrameSealer:
         size = len(stored) - self.overhead
         if size < 0:
             raise IntegrityError(f"frame {index} is truncated ({len(stored)} bytes)")
+        self._check_size(index, size)
         return size
 
     def seal(self, index: int, payload: bytes | memoryview) -> bytes | bytearray:
@@ -99,6 +105,7 @@ class FrameSealer:
         if len(stored) < CHECKSUM_BYTES:
             raise IntegrityError(f"frame {index} is truncated ({len(stored)} bytes)")
         payload = stored[: len(stored) - CHECKSUM_BYTES]
+        self._check_size(index, len(payload))
         (expected,) = struct.unpack("<Q", stored[len(stored) - CHECKSUM_BYTES :])
         if xxhash.xxh3_64_intdigest(payload, seed=self._seed(index)) != expected:
             raise IntegrityError(f"frame {index} failed its checksum")
@@ -119,6 +126,11 @@ class FrameSealer:
             )
         if self.cipher is not None:
             self._check_index(index, out)
+            try:
+                self._check_size(index, len(out))
+            except IntegrityError:
+                zero(out)
+                raise
             self.cipher.decrypt_into(index, stored, self._aad(index), out)
             return
         try:
@@ -129,6 +141,15 @@ class FrameSealer:
 
     def _seed(self, index: int) -> int:
         return xxhash.xxh3_64_intdigest(self._aad(index))
+
+    def _check_size(self, index: int, size: int) -> None:
+        """Raise IntegrityError unless frame ``index`` (if in range) has the payload size
+        ``frame_sizes`` gives it."""
+        sizes = self.frame_sizes
+        if sizes is not None and 0 <= index < len(sizes) and sizes[index] != size:
+            raise IntegrityError(
+                f"frame {index} holds {size} bytes where the shard's record says {sizes[index]}"
+            )
 
     def _check_index(self, index: int, out: memoryview | None = None) -> None:
         if not 0 <= index < self.frame_count:

@@ -13,6 +13,7 @@ raises one error on every path: :class:`RangePastEnd` for a start past the end,
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -314,3 +315,46 @@ def test_an_answer_with_frames_missing_or_added_returns_nothing(
                 assert got == (errors.DataLoss if front.changed else want), (how, offset, length)
                 changed += front.changed
     assert changed >= 4  # the answers of two ranges at least, each read two ways
+
+
+def test_a_frame_size_damaged_in_the_record_is_data_loss_on_every_path(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Frames verify alone (checksum or tag binds a frame's place, not its size): a size
+    # damaged in the catalog record, the total kept, cut frames where it said, and
+    # reads returned other bytes.
+    node = spawn_server()
+    data = bytes(range(256)) * 48 + b"0123456789"  # frames of 4096, 4096, 4096 and 10
+    with node.connect(local_reads=False) as admin:
+        admin.frame_bytes = 4096
+        for encrypted in (False, True):
+            name = "secret" if encrypted else "plain"
+            admin.create_dataset(name, encrypted=encrypted, durability="write-through")
+            assert admin.put(name, "blob", data).frame_sizes == (4096, 4096, 4096, 10)
+        mdb = node.data_dir / "hot" / "data.mdb"
+        true, damaged = b'"frame_sizes":[4096,4096,4096,10]', b'"frame_sizes":[4000,4192,4096,10]'
+        image = mdb.read_bytes()
+        fd = os.open(mdb, os.O_WRONLY)
+        try:
+            where = image.find(true)
+            while where >= 0:
+                os.pwrite(fd, damaged, where)
+                where = image.find(true, where + 1)
+        finally:
+            os.close(fd)
+        for name in ("plain", "secret"):
+            assert admin.stat(name, "blob").frame_sizes == (4000, 4192, 4096, 10)
+    target = tmp_path / "out"
+    for local_reads in (True, False):
+        with node.connect(local_reads=local_reads) as client:
+            for name in ("plain", "secret"):
+                for offset, length in [(0, None), (4000, 10), (10, 10), (5000, 100)]:
+                    with pytest.raises(errors.DataLoss):
+                        client.get(name, "blob", offset=offset, length=length)
+                    with pytest.raises(errors.DataLoss):
+                        client.download(name, "blob", target, offset=offset, length=length)
+                    assert not target.exists()
+                # The frames the damage did not touch still read.
+                assert bytes(client.get(name, "blob", offset=3 * 4096 + 2, length=5)) == b"23456"
+            if local_reads:
+                assert client.read_counts.local > 0

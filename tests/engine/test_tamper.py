@@ -112,6 +112,14 @@ def transplant(store: Store, dataset: str, generation: int, frames: list[bytes])
     put_hot_frame(store, generation, 1, neighbour)  # a valid frame, of another shard
 
 
+def misrecord_sizes(store: Store, dataset: str, generation: int, frames: list[bytes]) -> None:
+    """The record's sizes of frames 0 and 1 damaged, their sum kept: every frame verifies
+    as before, but reads cut frames 0 and 1 where the record says (other bytes)."""
+    record = record_of(store, dataset, "victim")
+    sizes = (FRAME - 96, FRAME + 96, *record.frame_sizes[2:])
+    put_raw_record(store, dataset, "victim", replace(record, frame_sizes=sizes).encode())
+
+
 HOT_TAMPERS: dict[str, tuple[Tamper, list[int]]] = {
     "flip-payload": (flip_payload, [0, 2, 3]),
     "flip-trailer": (flip_trailer, [0, 2, 3]),
@@ -120,6 +128,7 @@ HOT_TAMPERS: dict[str, tuple[Tamper, list[int]]] = {
     "cut-last-frame": (cut_last_frame, [0, 1, 2]),
     "cut-below-trailer": (cut_below_trailer, [0, 2, 3]),
     "other-shards-frame": (transplant, [0, 2, 3]),
+    "sizes-in-record": (misrecord_sizes, [2, 3]),
 }
 
 

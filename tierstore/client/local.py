@@ -366,10 +366,11 @@ class LocalReads:
     def _sealer(self, record: ShardRecord) -> FrameSealer | None:
         """The record's sealer; ``None`` while an encrypted generation's key is missing."""
         context = shard_context(record.dataset, record.name, record.generation)
+        sizes = record.frame_sizes
         if record.envelope is None:
-            return FrameSealer(context, len(record.frame_sizes))
+            return FrameSealer(context, len(sizes), frame_sizes=sizes)
         cipher = self._keys.get(record.dataset, record.name, record.generation)
-        return None if cipher is None else FrameSealer(context, len(record.frame_sizes), cipher)
+        return None if cipher is None else FrameSealer(context, len(sizes), cipher, sizes)
 
     def _frames(self, session: HotSession, record: ShardRecord, sealer: FrameSealer) -> LocalShard:
         indexes = range(len(record.frame_sizes))

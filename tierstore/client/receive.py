@@ -230,7 +230,7 @@ def open_stream(
     cipher = FrameCipher(seal.data_key, seal.nonce_prefix) if seal.data_key else None
     return ShardStream(
         info=info,
-        sealer=FrameSealer(seal.context, seal.frame_count, cipher),
+        sealer=FrameSealer(seal.context, seal.frame_count, cipher, info.frame_sizes),
         first_frame=header.first_frame,
         frame_count=header.frame_count,
         skip=header.skip,

@@ -94,8 +94,9 @@ class ShardSealers:
         the keyring raises when the data key does not unwrap.
         """
         context = shard_context(record.dataset, record.name, record.generation)
+        sizes = record.frame_sizes
         if record.envelope is None:
-            return FrameSealer(context, len(record.frame_sizes))
+            return FrameSealer(context, len(sizes), frame_sizes=sizes)
         if data_key is None:
             if self._keyring is None:
                 raise EncryptionUnavailable(
@@ -103,7 +104,7 @@ class ShardSealers:
                 )
             data_key = self._keyring.unwrap(record.envelope.wrapped, context)
         cipher = FrameCipher(data_key, record.envelope.nonce_prefix)
-        return FrameSealer(context, len(record.frame_sizes), cipher)
+        return FrameSealer(context, len(sizes), cipher, sizes)
 
     def rewrapped(self, record: ShardRecord, data_key: bytes | None = None) -> ShardRecord | None:
         """``record`` with its data key rewrapped under the keyring's current master key
