@@ -238,6 +238,9 @@ class SealedReader:
                         raise IntegrityError(
                             f"frame {index} of {record.dataset}/{record.name} is in no tier"
                         )
+                    # The archived record holds the digests the upload took: the frames
+                    # fetched from here on are checked against them (fetch uses this).
+                    archived = ArchivedFrames(self._archive, record)
                 use.take()
                 hot = fetch(index)
             yield index, hot
