@@ -5,12 +5,17 @@ hold, a stream read frame by frame), never with sleeps."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 
 from tests.conftest import raw_s3_client
 from tests.engine.backdoor import frames_object_key, record_of
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload
-from tierstore.errors import IntegrityError
+from tierstore.engine.store import Store
+from tierstore.errors import IntegrityError, StoreClosed
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.tiers.s3 import S3Tier
 
@@ -50,3 +55,51 @@ def test_a_stream_whose_frames_are_archived_and_evicted_under_it_checks_their_di
     assert next(frames)[0] == 1  # the archive's copy, as uploaded
     with pytest.raises(IntegrityError, match="other bytes at frame 2 than were uploaded"):
         next(frames)
+
+
+def read_whole(store: Store) -> None:
+    store.get("plain", "s")
+
+
+def stream_whole(store: Store) -> None:
+    for _ in store.open_sealed("plain", "s").frames():
+        pass
+
+
+@pytest.mark.parametrize("read", [read_whole, stream_whole])
+def test_a_store_closed_under_a_frozen_archive_read_does_not_wait_for_it(
+    open_store: StoreFactory, s3_archive: S3Tier, read: Callable[[Store], None]
+) -> None:
+    # close() waited for every archive GET of the readers' pool in flight, and ran every
+    # one queued behind them (a stream reads 8 frames ahead): with the archive frozen,
+    # each GET waits out its read time-out and its retries (5 x 60 s), so a node's stop
+    # hung for minutes. The reads it cuts short fail StoreClosed.
+    faulty = FaultyTier(s3_archive)
+    store = open_store(faulty, datasets=DATASETS)
+    store.put("plain", "s", payload(12 * FRAME, seed=42))  # 4 GETs at once, the rest queued
+    assert store.drain(30)
+    assert store.evict("plain", "s") > 0
+    faulty.hold_reads(frames_object_key(store, "plain", "s"))
+    failures: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            read(store)
+        except BaseException as exc:
+            failures.append(exc)
+
+    reading = threading.Thread(target=reader)
+    reading.start()
+    closing = threading.Thread(target=store.close)
+    try:
+        assert faulty.read_waiting.wait(10)
+        closing.start()
+        closing.join(20)  # the archive answers only once the close is over
+        assert not closing.is_alive(), "close() waits for the frozen archive"
+    finally:
+        faulty.release_reads()
+        reading.join(30)
+        if closing.is_alive():
+            closing.join(30)
+    assert not reading.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], StoreClosed), failures

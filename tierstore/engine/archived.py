@@ -5,19 +5,34 @@ The archive holds a generation's stored frames back to back in one object
 frame's stored size, so any frame can be fetched alone. Cold reads fetch the frames
 they need this way, in parallel; promotions fetch every frame of a shard the same way
 (:func:`fetch_all`), so that one slow connection does not hold a whole shard up.
+
+A store that closes does not wait for the archive: the GETs queued on its pools are
+dropped and those under way are left to end on their own (a frozen archive's take
+minutes: each waits out its read time-out, then is retried). A read or promotion that
+needed one fails :class:`StoreClosed` (:func:`submit_fetch`, :func:`fetch_result`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError, Executor, Future
+from typing import TypeVar
 
 from tierstore.engine.records import ShardRecord, archive_frames_key, frame_digest_of
 from tierstore.engine.sealing import stored_overhead
-from tierstore.errors import IntegrityError, InvalidRange
+from tierstore.errors import IntegrityError, InvalidRange, StoreClosed
 from tierstore.tiers.base import Tier
 
-__all__ = ["ArchivedFrames", "damage_in_archive", "fetch_all"]
+__all__ = [
+    "ArchivedFrames",
+    "damage_in_archive",
+    "fetch_all",
+    "fetch_each",
+    "fetch_result",
+    "submit_fetch",
+]
+
+_T = TypeVar("_T")
 
 
 class ArchivedFrames:
@@ -73,9 +88,39 @@ class ArchivedFrames:
 
 def fetch_all(archive: Tier, record: ShardRecord, pool: Executor) -> list[memoryview]:
     """Every stored frame of ``record``'s archive object, fetched by parallel ranged GETs
-    on ``pool``, unverified. Raises as :meth:`ArchivedFrames.fetch`."""
+    on ``pool``, unverified. Raises as :meth:`ArchivedFrames.fetch`, and StoreClosed."""
     fetcher = ArchivedFrames(archive, record)
-    return list(pool.map(fetcher.fetch, range(len(record.frame_sizes))))
+    return fetch_each(pool, fetcher.fetch, range(len(record.frame_sizes)))
+
+
+def submit_fetch(pool: Executor, fetch: Callable[[int], _T], index: int) -> Future[_T]:
+    """``fetch(index)`` submitted to a store's fetch ``pool``. Raises StoreClosed when
+    the pool is shut down (the store closed)."""
+    try:
+        return pool.submit(fetch, index)
+    except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+        raise StoreClosed("the store was closed during the read") from exc
+
+
+def fetch_result(future: Future[_T]) -> _T:
+    """What a fetch of :func:`submit_fetch` returned, or raised. Raises StoreClosed
+    when the store's close dropped it before it ran."""
+    try:
+        return future.result()
+    except CancelledError as exc:  # only a close cancels them
+        raise StoreClosed("the store was closed during the read") from exc
+
+
+def fetch_each(pool: Executor, fetch: Callable[[int], _T], indices: Iterable[int]) -> list[_T]:
+    """``fetch(index)`` of each of ``indices``, in parallel on ``pool``, in order (as
+    ``pool.map``). Raises what a fetch raised (the fetches not begun are dropped then),
+    and StoreClosed as :func:`submit_fetch` and :func:`fetch_result`."""
+    futures = [submit_fetch(pool, fetch, index) for index in indices]
+    try:
+        return [fetch_result(future) for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()
 
 
 def damage_in_archive(

@@ -45,7 +45,7 @@ from tierstore.engine.pinretry import PinRetries
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.engine.spool import Spooler, Staged
-from tierstore.errors import ArchiveUnavailable, IntegrityError
+from tierstore.errors import ArchiveUnavailable, IntegrityError, StoreClosed
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -339,6 +339,8 @@ class Promoter:
                 raise
             if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback
                 log.warning("promotion of %s/%s failed: %s", record.dataset, record.name, exc)
+            elif isinstance(exc, StoreClosed):  # cut short by a close: nothing went wrong
+                log.info("promotion of %s/%s stopped: %s", record.dataset, record.name, exc)
             else:
                 log.exception("promotion of %s/%s failed", record.dataset, record.name)
         finally:

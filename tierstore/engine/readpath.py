@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tierstore.engine.archived import ArchivedFrames
+from tierstore.engine.archived import ArchivedFrames, fetch_each
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
@@ -74,9 +74,10 @@ class ShardReader:
         self.verify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-verify")
 
     def close(self) -> None:
-        """Wait for cold reads in flight and stop the fetch and verify pools. Leases may
-        outlive it."""
-        self.fetch_pool.shutdown(wait=True)
+        """Stop the fetch and verify pools, without waiting for the archive (see
+        :mod:`tierstore.engine.archived`): cold reads under way fail StoreClosed. Leases
+        may outlive it."""
+        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
         self.verify_pool.shutdown(wait=True, cancel_futures=True)
 
     def read(
@@ -228,7 +229,7 @@ class ShardReader:
                 f"{record.dataset}/{record.name} is neither in the hot tier nor archived"
             )
         fetcher = ArchivedFrames(self._archive, record)
-        blobs = list(self.fetch_pool.map(lambda piece: fetcher.fetch(piece.index), slices))
+        blobs = fetch_each(self.fetch_pool, fetcher.fetch, [piece.index for piece in slices])
         frames = tuple(
             self._open_frame(sealer, piece, blob, None)
             if sealer.cipher is not None

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tierstore.engine.archived import ArchivedFrames
+from tierstore.engine.archived import ArchivedFrames, fetch_result, submit_fetch
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
@@ -219,14 +219,15 @@ class SealedReader:
                 cold = not record.hot
                 if cold:
                     use.take()
-                ahead.append((piece.index, self._pool.submit(fetch, piece.index) if cold else None))
+                future = submit_fetch(self._pool, fetch, piece.index) if cold else None
+                ahead.append((piece.index, future))
                 if not cold:
                     break  # stop at a hot frame: nothing is read ahead of it
             if not ahead:
                 return
             index, future = ahead.popleft()
             if future is not None:
-                yield index, future.result()
+                yield index, fetch_result(future)
                 continue
             hot = self._hot_frame(record, index)
             if hot is None:  # evicted since the stream began

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from tierstore.engine.archived import ArchivedFrames
+from tierstore.engine.archived import ArchivedFrames, fetch_each
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.diskreserve import once_more_with_room
 from tierstore.engine.records import ShardRecord, frame_key
@@ -138,7 +138,7 @@ class Spooler:
         self, record: ShardRecord, fetcher: ArchivedFrames, run: range, pool: Executor
     ) -> list[memoryview]:
         """Stored frames ``run`` of ``record``, fetched on ``pool`` and verified."""
-        fetched = list(pool.map(fetcher.fetch, run))
+        fetched = fetch_each(pool, fetcher.fetch, run)
         for index, frame in zip(run, fetched, strict=True):
             self._verify(record, index, frame)
         return fetched
