@@ -6,7 +6,9 @@ hold, a stream read frame by frame), never with sleeps."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +16,9 @@ from tests.conftest import raw_s3_client
 from tests.engine.backdoor import frames_object_key, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload
+from tierstore.buffers import BytesLike, value_chunks
 from tierstore.engine.store import Store
-from tierstore.errors import IntegrityError, StoreClosed
+from tierstore.errors import FailedPrecondition, IntegrityError, StoreClosed
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.tiers.s3 import S3Tier
 
@@ -103,3 +106,62 @@ def test_a_store_closed_under_a_frozen_archive_read_does_not_wait_for_it(
             closing.join(30)
     assert not reading.is_alive()
     assert len(failures) == 1 and isinstance(failures[0], StoreClosed), failures
+
+
+class FrozenFramesPuts(FaultyTier):
+    """Each PUT of a frames object is held once its bytes are read, as by an archive
+    that froze while the request was sent, until :attr:`answer` is set."""
+
+    def __init__(self, inner: S3Tier) -> None:
+        super().__init__(inner)
+        self.sending = threading.Event()
+        self.answer = threading.Event()
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        if not key.endswith(".frames") or self.answer.is_set():
+            self.inner.put(key, value)
+            return
+        data = b"".join(value_chunks(value))
+        self.sending.set()
+        assert self.answer.wait(30), "the held PUT was never answered"
+        self.inner.put(key, data)
+
+
+def archive_keys(tier: S3Tier) -> set[str]:
+    keys: set[str] = set()
+    start_after: str | None = None
+    while True:
+        page = tier.list("", start_after=start_after)
+        keys.update(page.keys)
+        if page.next_start_after is None:
+            return keys
+        start_after = page.next_start_after
+
+
+def test_a_store_closed_under_an_upload_keeps_its_hot_tier_until_the_upload_ends(
+    open_store: StoreFactory, s3_archive: S3Tier, tmp_path: Path
+) -> None:
+    # A store closed while its mover's upload was in a request to a frozen archive (past
+    # the stop's 10 s) let go of its hot tier at once. A store opened on it again deleted
+    # the shard, the delete reached the archive, and then the old upload was answered and
+    # wrote the deleted generation's frames and manifest: a rebuild brought it back.
+    frozen = FrozenFramesPuts(s3_archive)
+    data_dir = tmp_path / "node"
+    store = open_store(frozen, data_dir=data_dir, datasets={"plain": DATASETS["plain"]})
+    store.put("plain", "s", DATA)
+    assert frozen.sending.wait(10)
+    store.close()  # waits 10 s for the mover, in vain
+    with pytest.raises(FailedPrecondition, match="open in another store"):
+        open_store(s3_archive, data_dir=data_dir)
+    frozen.answer.set()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            again = open_store(s3_archive, data_dir=data_dir)
+            break
+        except FailedPrecondition:
+            assert time.monotonic() < deadline, "the hot tier was never let go"
+            time.sleep(0.05)
+    again.delete("plain", "s")
+    assert again.drain(30)
+    assert archive_keys(s3_archive) == {"plain/_dataset.json"}

@@ -199,6 +199,26 @@ class Mover:
         """Tell the journal thread that there is new work."""
         self._wake.set()
 
+    def after_entries(self, then: Callable[[], object]) -> None:
+        """Call ``then()`` once no journal entry is under way: at once when none is,
+        else on a thread of its own when the one under way ends. For a store whose hot
+        tier is closed (no entry starts then: each reads the journal first), so that
+        nothing of it writes to the archive after ``then()``: an entry past the stop's
+        wait, in a request to a frozen archive, still writes there once it is answered
+        (a generation's frames, then its manifest)."""
+        if self._journal_lock.acquire(blocking=False):
+            try:
+                then()
+            finally:
+                self._journal_lock.release()
+            return
+
+        def when_done() -> None:
+            with self._journal_lock:
+                then()
+
+        threading.Thread(target=when_done, name="tierstore-after-journal", daemon=True).start()
+
     # The journal.
 
     def _run_journal(self) -> None:

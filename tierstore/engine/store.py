@@ -329,7 +329,11 @@ class Store:
                 "store closed while hot-tier transactions were under way; LMDB map left open"
             )
             return  # its claim too, until this store is freed: a writer may be at work
-        self._claim.release()  # nothing of this store can write any more
+        # Nothing of this store writes to the hot tier any more, but a journal entry past
+        # the mover's stop (a frozen archive's request) may still write to the archive:
+        # another store must not work the same journal (a delete of that generation,
+        # say) before it is done, or its upload lands after the delete.
+        self.mover.after_entries(self._claim.release)
 
     def _check_open(self) -> None:
         if self._closed:
