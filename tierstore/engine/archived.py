@@ -9,7 +9,8 @@ they need this way, in parallel; promotions fetch every frame of a shard the sam
 A store that closes does not wait for the archive: the GETs queued on its pools are
 dropped and those under way are left to end on their own (a frozen archive's take
 minutes: each waits out its read time-out, then is retried). A read or promotion that
-needed one fails :class:`StoreClosed` (:func:`submit_fetch`, :func:`fetch_result`).
+needed a dropped one fails :class:`StoreClosed` (:func:`submit_fetch`,
+:func:`fetch_result`); one waiting on a GET under way waits on, on its own thread.
 """
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ class ShardReader:
 
     def close(self) -> None:
         """Stop the fetch and verify pools, without waiting for the archive (see
-        :mod:`tierstore.engine.archived`): cold reads under way fail StoreClosed. Leases
-        may outlive it."""
+        :mod:`tierstore.engine.archived`): the GETs queued are dropped, and the cold
+        reads that needed them fail StoreClosed. Leases may outlive it."""
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
         self.verify_pool.shutdown(wait=True, cancel_futures=True)
 
