@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,70 @@ from tests.engine.backdoor import frames_object_key, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload
 from tierstore.buffers import BytesLike, value_chunks
+from tierstore.crypto import FrameCipher
+from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, IntegrityError, StoreClosed
+from tierstore.errors import FailedPrecondition, IntegrityError, StoreClosed, Unavailable
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.tiers.s3 import S3Tier
 
 FRAMES = 4
 DATA = payload(FRAMES * FRAME, seed=41)
+OTHER = payload(3 * FRAME, seed=43)
+
+
+def payloads(read: SealedRead) -> Iterator[bytes]:
+    """The payload of each frame of a sealed read, opened as a client opens them."""
+    cipher = FrameCipher(read.data_key, read.nonce_prefix) if read.data_key else None
+    sealer = FrameSealer(read.context, read.frame_count, cipher)
+    for index, stored in read.frames():
+        out = bytearray(len(stored) - sealer.overhead)
+        sealer.open_into(index, memoryview(stored), memoryview(out))
+        yield bytes(out)
+
+
+def change(store: Store, dataset: str, how: str) -> None:
+    if how == "overwrite":
+        store.put(dataset, "s", OTHER)
+    else:
+        store.delete(dataset, "s")
+
+
+@pytest.mark.parametrize("how", ["overwrite", "delete"])
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_stream_of_a_shard_changed_under_it_before_its_upload_fails_unavailable(
+    open_store: StoreFactory, s3_archive: S3Tier, dataset: str, how: str
+) -> None:
+    store = open_store(s3_archive, datasets=DATASETS)
+    store.mover.hold_archive("held by the test")  # the shard is never archived
+    store.put(dataset, "s", DATA)
+    stream = payloads(store.open_sealed(dataset, "s"))
+    assert next(stream) == DATA[:FRAME]
+    change(store, dataset, how)  # its frames leave the hot tier, and no tier holds them
+    with pytest.raises(Unavailable, match="changed during the read; retry"):
+        next(stream)
+
+
+@pytest.mark.parametrize("how", ["overwrite", "delete"])
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_a_stream_of_an_archived_shard_changed_under_it_is_the_old_generation_or_unavailable(
+    open_store: StoreFactory, s3_archive: S3Tier, dataset: str, how: str
+) -> None:
+    store = open_store(s3_archive, datasets=DATASETS)
+    store.put(dataset, "s", DATA)
+    assert store.drain(30)
+    whole = payloads(store.open_sealed(dataset, "s"))
+    cut = payloads(store.open_sealed(dataset, "s"))
+    first = next(whole)
+    assert next(cut) == first == DATA[:FRAME]
+    store.mover.hold_archive("held by the test")  # the archive keeps the old generation
+    change(store, dataset, how)
+    # The rest of the old generation, from the archive: no frame of the new one.
+    assert first + b"".join(whole) == DATA
+    store.mover.hold_archive(None)
+    assert store.drain(30)  # the old generation has left the archive too
+    with pytest.raises(Unavailable, match="changed during the read; retry"):
+        next(cut)
 
 
 def test_a_stream_whose_frames_are_archived_and_evicted_under_it_checks_their_digests(
