@@ -208,7 +208,9 @@ def pin(
     """Keep shards in the hot tier, whatever the placement policy says. A cold one is
     queued for promotion; where the hot tier or the dataset's quota has no room (pinned
     shards are never evicted to make it) it is tried again, up to a minute apart, and
-    at once when the quota is raised: ls shows which are hot."""
+    at once when the quota is raised: ls shows which are hot. A cold shard larger than
+    the hot tier takes (its high watermark) is refused (HotTierFull): it could never be
+    hot."""
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once, and its bytes queued counted once
     queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))

@@ -55,7 +55,8 @@ class PlacementCalls(ClientCore):
         for ``ttl_s`` seconds or, without one, until :meth:`unpin`; pinning again
         replaces the TTL. Returns bytes queued for promotion. Raises InvalidArgument
         (``ttl_s`` not a number of seconds in (0, ten years]), ShardNotFound,
-        PermissionDenied."""
+        PermissionDenied, HotTierFull (a cold shard larger than the hot tier takes below
+        its high watermark: it could never be made hot, and is not pinned)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         ttl_s = check_pin_ttl(ttl_s)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
@@ -101,11 +101,14 @@ class Placement:
         queued for promotion (pinning a cold one).
 
         Raises DatasetNotFound, ShardNotFound, InvalidArgument for a ``ttl_s`` that is
-        not a number of seconds in (0, ten years] (:func:`~tierstore.types.check_pin_ttl`).
+        not a number of seconds in (0, ten years] (:func:`~tierstore.types.check_pin_ttl`),
+        HotTierFull for a cold shard larger than the hot tier takes (nothing pinned).
         """
         ttl_s = check_pin_ttl(ttl_s)
         until = time.time() + ttl_s if ttl_s is not None else 0.0
-        record, updated = self._set_pin(dataset, shard, True, until)
+        record, updated = self._set_pin(
+            dataset, shard, True, until, check=self._promoter.check_fits_hot_tier
+        )
         if until:
             self._promoter.pins.note_pin_end(until)
         if not record.hot:
@@ -120,11 +123,19 @@ class Placement:
         return record.hot and record.pin_holds(time.time())
 
     def _set_pin(
-        self, dataset: str, shard: str, pinned: bool, until: float
+        self,
+        dataset: str,
+        shard: str,
+        pinned: bool,
+        until: float,
+        check: Callable[[ShardRecord], None] | None = None,
     ) -> tuple[ShardRecord, ShardRecord]:
-        """Set the shard's pin; returns its record before and after."""
+        """Set the shard's pin, once ``check`` (if any) passed a cold shard's record;
+        returns its record before and after."""
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
+            if check is not None and not record.hot:
+                check(record)  # what it raises leaves the pin as it was
             updated = record.with_state(pinned=pinned, pinned_until=until)
             if updated != record:
                 self._catalog.put_shard(txn, updated)

@@ -45,7 +45,7 @@ from tierstore.engine.pinretry import PinRetries
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.engine.spool import Spooler, Staged
-from tierstore.errors import ArchiveUnavailable, IntegrityError, StoreClosed
+from tierstore.errors import ArchiveUnavailable, HotTierFull, IntegrityError, StoreClosed
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -256,6 +256,20 @@ class Promoter:
         key = (record.dataset, record.generation)
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
+
+    def check_fits_hot_tier(self, record: ShardRecord) -> None:
+        """Raise HotTierFull when ``record``'s generation stores more bytes than the hot
+        tier takes below its high watermark: no promotion of it could ever go in
+        (:meth:`promote_now` skips it), so a pin of it would be tried again, and
+        skipped, for as long as it held."""
+        total = sum(record.stored_sizes(self._overhead(record)))
+        limit = self._hot_room.high_watermark_bytes()
+        if total > limit:
+            raise HotTierFull(
+                f"{record.dataset}/{record.name} stores {total:,} bytes, more than the hot "
+                f"tier takes ({limit:,} bytes, its high watermark): it could never be made "
+                "hot, and is not pinned (a larger --hot-capacity would hold it)"
+            )
 
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later

@@ -780,7 +780,9 @@ class Store:
         cold one is promoted), for ``ttl_s`` seconds or until unpinned.
 
         Returns the bytes queued for promotion. Raises InvalidName, DatasetNotFound,
-        ShardNotFound, InvalidArgument (``ttl_s`` not a positive number).
+        ShardNotFound, InvalidArgument (``ttl_s`` not a positive number), HotTierFull
+        (a cold shard larger than the hot tier takes below its high watermark, which
+        could never be promoted: nothing is pinned).
         """
         self._check_shard_call(dataset, shard)
         return self._placement.pin(dataset, shard, ttl_s)
