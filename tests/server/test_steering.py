@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tierstore import errors
+from tierstore.client.client import Client
 
 from .conftest import ServerProcess, unique
 from .test_e2e_cli import run
@@ -48,6 +49,7 @@ def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(node: ServerProces
         assert json.loads(refused.stdout) == {
             "pinned": ["small"],
             "not_pinned": ["big"],
+            "bytes_queued": 1000 + 8,
             "in_doubt": None,
         }
         said = refused.stderr.decode()
@@ -57,3 +59,39 @@ def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(node: ServerProces
         with pytest.raises(errors.HotTierFull):
             client.pin(dataset, "big", ttl_s=60)
         assert not client.stat(dataset, "big").pinned
+
+
+@pytest.fixture(scope="module")
+def env(server: ServerProcess) -> dict[str, str]:
+    """The session server's CLI environment."""
+    return server.cli_env()
+
+
+def test_pin_and_evict_stopped_by_an_error_keep_their_json_keys(
+    env: dict[str, str], admin: Client
+) -> None:
+    # pin's report lost bytes_queued when a later shard failed (what it had queued was
+    # not said), and evict's had no in_doubt, which the others' reports all hold.
+    dataset = unique()
+    admin.create_dataset(dataset, durability="write-through")
+    admin.put(dataset, "cold", b"c" * 5000)
+    assert admin.evict(dataset, "cold") > 0
+
+    pinned = run(env, "pin", dataset, "cold", "nosuch")
+    assert pinned.returncode == 3, pinned.stderr.decode()
+    assert json.loads(pinned.stdout) == {
+        "pinned": ["cold"],
+        "not_pinned": ["nosuch"],
+        "bytes_queued": 5000 + 8,
+        "in_doubt": None,
+    }
+    evicted = run(env, "evict", dataset, "nosuch")
+    assert evicted.returncode == 3, evicted.stderr.decode()
+    assert json.loads(evicted.stdout) == {
+        "evicted": [],
+        "already_cold": [],
+        "not_evicted": ["nosuch"],
+        "freed_bytes": 0,
+        "kept": {},
+        "in_doubt": None,
+    }

@@ -251,6 +251,7 @@ def stopped_partway(
     count: int,
     done: str,
     already: tuple[str, Collection[str]] | None = None,
+    totals: Mapping[str, Any] | None = None,
 ) -> typer.Exit:
     """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
     ``not_<done>`` even when none was done, and ``in_doubt``: the name whose call was
@@ -259,6 +260,8 @@ def stopped_partway(
 
     ``already``, a key and names: those of the first ``count`` that needed nothing (an
     unpin of a shard that was not pinned) are named under the key, not as ``done``.
+    ``totals``: the command's other keys, as far as it got (pin's ``bytes_queued``),
+    so that --json holds the keys it holds when all go.
 
     A write-through call that failed with NotArchivedYet was done here, though: its
     name counts as ``done``, and (with --json) ``not_archived`` names it."""
@@ -276,6 +279,7 @@ def stopped_partway(
             done: changed,
             **({key: unchanged} if key else {}),
             f"not_{done}": names[count:],
+            **(totals or {}),
             **fields,
         }
         line = f"{done} {len(changed)} of {len(names)} shards before an error"

@@ -184,17 +184,19 @@ def _shard_by_shard(
     action: Callable[[str], T],
     done: str,
     already: tuple[str, list[str]] | None = None,
+    totals: Callable[[list[T]], dict[str, Any]] | None = None,
 ) -> list[T]:
     """``action`` on each shard in order; its results. At the first error, the shards it
     was ``done`` for are reported on stdout (with --json too: ``done`` and ``not_<done>``;
-    and under ``already``'s key those of its names that needed nothing) and the command
-    ends with the error's one line."""
+    under ``already``'s key those of its names that needed nothing; and ``totals`` of
+    the results so far) and the command ends with the error's one line."""
     results: list[T] = []
     try:
         for shard in shards:
             results.append(action(shard))
     except errors.TierstoreError as exc:
-        raise stopped_partway(exc, shards, len(results), done, already) from None
+        so_far = None if totals is None else totals(results)
+        raise stopped_partway(exc, shards, len(results), done, already, so_far) from None
     return results
 
 
@@ -213,7 +215,14 @@ def pin(
     hot."""
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once, and its bytes queued counted once
-    queued = sum(_shard_by_shard(shards, lambda s: client.pin(dataset, s, ttl_s=ttl), "pinned"))
+    queued = sum(
+        _shard_by_shard(
+            shards,
+            lambda s: client.pin(dataset, s, ttl_s=ttl),
+            "pinned",
+            totals=lambda queued_each: {"bytes_queued": sum(queued_each)},
+        )
+    )
     promoting = (
         f"; {queued:,} bytes of them were cold and are queued for promotion, tried again "
         "while there is no room (ls shows which are hot)"
@@ -337,6 +346,10 @@ def evict(dataset: str, shards: list[str]) -> None:
         emit(report, Text("\n".join([f"freed {freed:,} bytes", *notes])))
         return
     if done or state.json:
+        # As the others' reports of an error say (stopped_partway): the shard whose call
+        # was cut off before the server answered, so may have been evicted all the same.
+        cut_off = failure.outcome_unknown and len(done) < len(shards)
+        report["in_doubt"] = shards[len(done)] if cut_off else None
         named = f": {', '.join(evicted)}" if evicted else ""
         head = f"evicted {len(evicted)} of {len(shards)} shards before an error{named}"
         emit(report, Text("\n".join([head, *notes])))
