@@ -18,7 +18,7 @@ import pytest
 from tierstore import errors
 from tierstore.client.client import Client
 
-from .conftest import ServerProcess, unique
+from .conftest import ServerProcess, poll, unique
 from .test_e2e_cli import run
 
 #: the hot tier of these nodes: two of the largest frames a put sends (4 MiB)
@@ -95,3 +95,30 @@ def test_pin_and_evict_stopped_by_an_error_keep_their_json_keys(
         "kept": {},
         "in_doubt": None,
     }
+
+
+def test_a_pin_waiting_for_room_is_tried_again_after_a_restart(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # The pins waiting for room (or for the archive) were held in memory alone: after a
+    # restart nothing tried them again, and the shard stayed pinned and cold for good,
+    # though the room came (the pin of a hot shard beside it ended).
+    node = spawn_server(tmp_path / "node", "--hot-capacity", str(HOT_CAPACITY))
+    dataset = unique()
+    third = HOT_CAPACITY // 3
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(dataset, durability="write-through")
+        for name in ("held-1", "held-2", "cold"):
+            client.put(dataset, name, os.urandom(third))
+        client.evict(dataset, "cold")
+        client.pin(dataset, "held-1")
+        client.pin(dataset, "held-2")
+        assert client.pin(dataset, "cold") > 0  # no room: the two others are pinned
+        assert not client.stat(dataset, "cold").hot
+    node.stop()
+    node.start(same_ports=True)
+    with node.connect(local_reads=False) as client:
+        assert client.stat(dataset, "cold").pinned
+        client.unpin(dataset, "held-1")  # room, as a pin that ended leaves it
+        poll(lambda: client.stat(dataset, "cold").hot, 30, "the pinned shard to turn hot")
+        assert not client.stat(dataset, "held-1").hot

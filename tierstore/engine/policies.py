@@ -51,6 +51,7 @@ from typing import Any, cast
 
 from tierstore.engine.access import AccessRecorder
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.errors import InvalidArgument, UnknownPolicy
 from tierstore.policy.base import Key, Policy, PrefetchBudget
@@ -385,17 +386,26 @@ def _make_available(name: str) -> Policy:
 
 
 def hot_shards(
-    txn: Any, catalog: Catalog, access: AccessRecorder, dataset: str | None = None
+    txn: Any,
+    catalog: Catalog,
+    access: AccessRecorder,
+    dataset: str | None = None,
+    *,
+    cold_pins: list[ShardRecord] | None = None,
 ) -> dict[str, list[HotShard]]:
     """The hot shards (of ``dataset``, or all) by dataset, each list oldest first: by
     last read, or by creation for a shard never read (writing a shard uses it too).
+    ``cold_pins``, given, gets the cold shards a pin holds, from the same pass.
 
     Reads the catalog in ``txn`` and the pending statistics; hold
     ``access.flush_lock`` around it to see every read exactly once.
     """
     found: dict[str, list[HotShard]] = {}
+    now = time.time()
     for record in catalog.iter_shards(txn, dataset):
         if not record.hot:
+            if cold_pins is not None and record.pin_holds(now):
+                cold_pins.append(record)
             continue
         reads = catalog.get_access(txn, record.dataset, record.name)
         pending = access.pending(record.dataset, record.name, record.generation)

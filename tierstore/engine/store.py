@@ -290,12 +290,18 @@ class Store:
         self.prefetcher.start()
 
     def _open_policies(self) -> None:
-        """Give every dataset its policy, told of the dataset's hot shards (oldest first)."""
+        """Give every dataset its policy, told of the dataset's hot shards (oldest first);
+        and have the prefetch loop's first pass queue the promotion of every cold shard a
+        pin holds: the pins a run left waiting for room or for the archive were in its
+        memory alone, and stayed cold for good."""
+        cold_pins: list[ShardRecord] = []
         with self._env.read() as txn:
             datasets = self._catalog.list_datasets(txn)
-            hot = hot_shards(txn, self._catalog, self._access)
+            hot = hot_shards(txn, self._catalog, self._access, cold_pins=cold_pins)
         for name, dataset_settings in datasets:
             self._policies.open_dataset(name, dataset_settings.policy, hot.get(name, ()))
+        for record in cold_pins:
+            self.promoter.pins.remember_unqueued(record)
 
     def __enter__(self) -> Store:
         return self
