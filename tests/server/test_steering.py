@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tierstore import errors
 from tierstore.client.client import Client
@@ -122,3 +125,45 @@ def test_a_pin_waiting_for_room_is_tried_again_after_a_restart(
         client.unpin(dataset, "held-1")  # room, as a pin that ended leaves it
         poll(lambda: client.stat(dataset, "cold").hot, 30, "the pinned shard to turn hot")
         assert not client.stat(dataset, "held-1").hot
+
+
+def skipped_promotions(node: ServerProcess) -> float:
+    """``tierstore_promotions_skipped_total`` as the node's /metrics says now."""
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "tierstore_promotions_skipped":
+            return float(family.samples[0].value)
+    raise AssertionError(f"no tierstore_promotions_skipped_total in:\n{text}")
+
+
+def test_a_planned_shard_larger_than_the_hot_tier_is_not_fetched_again_and_again(
+    node: ServerProcess,
+) -> None:
+    # The policy named it first at every prefetch pass (each second), and every
+    # promotion of it was skipped: tierstore_promotions_skipped_total counted one a
+    # second, for as long as the plan lived, with nothing short of room.
+    dataset = unique()
+    names = ["0-big", "1", "2"]
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(dataset, durability="write-through", policy="clairvoyant")
+        client.put(dataset, "0-big", os.urandom(HOT_CAPACITY + (1 << 20)))
+        for name in names[1:]:
+            client.put(dataset, name, os.urandom(1 << 20))
+        for name in names:
+            client.evict(dataset, name)
+        job = client.declare_plan(dataset, shards=names)
+        client.report_position(job, 0)
+        # The others are fetched ahead of the reader all the same.
+        poll(
+            lambda: all(client.stat(dataset, name).hot for name in names[1:]),
+            30,
+            "the planned shards that fit to turn hot",
+        )
+        deadline = time.monotonic() + 5  # five prefetch passes, at least
+        while time.monotonic() < deadline:
+            assert skipped_promotions(node) == 0
+            client.report_position(job, 0)  # a pass, at once
+            time.sleep(0.2)
+        assert not client.stat(dataset, "0-big").hot

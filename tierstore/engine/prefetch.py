@@ -111,11 +111,13 @@ class Prefetcher:
 
             def is_hot(key: Key) -> bool:
                 # "Hot" to a policy means: nothing to fetch. A shard that is gone, not
-                # archived (so hot anyway), unreadable or already on its way counts as hot.
+                # archived (so hot anyway), unreadable or already on its way counts as
+                # hot, and so does one larger than the hot tier takes (its promotion
+                # would be skipped, at every pass).
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or record.hot or not record.archived:
                     return True
-                if self._promoter.is_promoting(record):
+                if self._promoter.is_promoting(record) or not self._promoter.fits_hot_tier(record):
                     return True
                 records[key] = record
                 return False

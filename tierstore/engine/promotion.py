@@ -257,19 +257,26 @@ class Promoter:
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
+    def fits_hot_tier(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation stores no more bytes than the hot tier takes
+        below its high watermark: else no promotion of it could ever go in
+        (:meth:`promote_now` skips it), and one asked for again and again (a pin's, a
+        policy's prefetch each pass) would be skipped each time."""
+        total = sum(record.stored_sizes(self._overhead(record)))
+        return total <= self._hot_room.high_watermark_bytes()
+
     def check_fits_hot_tier(self, record: ShardRecord) -> None:
-        """Raise HotTierFull when ``record``'s generation stores more bytes than the hot
-        tier takes below its high watermark: no promotion of it could ever go in
-        (:meth:`promote_now` skips it), so a pin of it would be tried again, and
-        skipped, for as long as it held."""
+        """Raise HotTierFull unless :meth:`fits_hot_tier`: a pin of ``record`` would be
+        tried again, and skipped, for as long as it held."""
+        if self.fits_hot_tier(record):
+            return
         total = sum(record.stored_sizes(self._overhead(record)))
         limit = self._hot_room.high_watermark_bytes()
-        if total > limit:
-            raise HotTierFull(
-                f"{record.dataset}/{record.name} stores {total:,} bytes, more than the hot "
-                f"tier takes ({limit:,} bytes, its high watermark): it could never be made "
-                "hot, and is not pinned (a larger --hot-capacity would hold it)"
-            )
+        raise HotTierFull(
+            f"{record.dataset}/{record.name} stores {total:,} bytes, more than the hot "
+            f"tier takes ({limit:,} bytes, its high watermark): it could never be made "
+            "hot, and is not pinned (a larger --hot-capacity would hold it)"
+        )
 
     def promote_pinned(self, record: ShardRecord) -> None:
         """Queue the promotion of ``record``, just pinned; if the queue is full, a later
