@@ -1009,7 +1009,29 @@ def test_evict_stopped_by_a_lost_server_still_reports_what_it_did(
         "not_evicted": ["c"],
         "freed_bytes": 100,
         "kept": {"pinned": "not known (Unavailable asking)"},
+        "in_doubt": None,
     }
+
+
+def test_evict_cut_off_before_the_server_answered_names_the_shard_in_doubt(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other commands' reports name it (in_doubt); evict's had no such key.
+    client.shards = {"a", "b"}
+    evict = client.evict
+
+    def cut_off_at_b(dataset: str, shard: str) -> int:
+        if shard == "b":
+            lost = errors.Unavailable("the connection was lost")
+            lost.outcome_unknown = True
+            raise lost
+        return evict(dataset, shard)
+
+    monkeypatch.setattr(client, "evict", cut_off_at_b)
+    stopped = invoke("--json", "evict", "ds", "a", "b")
+    assert stopped.exit_code == 5
+    report = json.loads(stopped.stdout)
+    assert (report["evicted"], report["not_evicted"], report["in_doubt"]) == (["a"], ["b"], "b")
 
 
 def test_evict_stopped_part_way_still_tells_kept_shards_from_evicted_ones(
@@ -1025,6 +1047,7 @@ def test_evict_stopped_part_way_still_tells_kept_shards_from_evicted_ones(
         "not_evicted": ["nosuch", "c"],
         "freed_bytes": 100,
         "kept": {"pinned": "pinned (unpin it first)"},
+        "in_doubt": None,
     }
     told = invoke("evict", "ds", "pinned", "nosuch")
     assert told.stdout.splitlines() == [
