@@ -4,12 +4,15 @@
   script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives).
 * :func:`unreachable_endpoint`: a bound socket that never listens, so every
   connection is refused at once and no other process can take the port.
+* :class:`FreezingProxy`: a TCP forwarder to a real store that can freeze, as an
+  archive process stopped (SIGSTOP) does: connections are taken, nothing is answered.
 * :func:`fast_settings`: :class:`S3Settings` with short timeouts and back-off,
   so failure tests finish quickly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tierstore.tiers.s3 import S3Settings
 
-__all__ = ["Script", "ScriptedServer", "fast_settings", "s3_error", "unreachable_endpoint"]
+__all__ = [
+    "FreezingProxy",
+    "Script",
+    "ScriptedServer",
+    "fast_settings",
+    "s3_error",
+    "unreachable_endpoint",
+]
 
 Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
 
@@ -77,6 +87,60 @@ class ScriptedServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+class FreezingProxy:
+    """A TCP forwarder on 127.0.0.1 to ``127.0.0.1:port``. Frozen (:meth:`freeze`), it
+    passes nothing on either way and keeps every connection open; :attr:`held` counts
+    the requests (client sends) it holds, until :meth:`thaw` lets them through."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._frozen = threading.Event()
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._lock = threading.Lock()
+        self.held = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+        self._thawed.set()
+
+    def close(self) -> None:
+        self.thaw()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self._target))
+                for source, sink, asks in ((client, server, True), (server, client, False)):
+                    threading.Thread(
+                        target=self._pipe, args=(source, sink, asks), daemon=True
+                    ).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, asks: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if self._frozen.is_set():
+                    if asks:
+                        with self._lock:
+                            self.held += 1
+                    self._thawed.wait()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 @contextmanager

@@ -8,10 +8,14 @@ The full disk is an LMDB map of 512 KiB.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +26,13 @@ from tests.engine.test_store import (
     damage_archived_frames,
     generation_objects,
 )
-from tests.s3_stubs import ScriptedServer, fast_settings, s3_error, unreachable_endpoint
+from tests.s3_stubs import (
+    FreezingProxy,
+    ScriptedServer,
+    fast_settings,
+    s3_error,
+    unreachable_endpoint,
+)
 from tests.tiers.test_lmdb import killed_reader
 from tierstore.engine import stallwatch
 from tierstore.engine.store import hot_tier_dir
@@ -34,7 +44,7 @@ from tierstore.errors import (
     ShardNotFound,
 )
 from tierstore.tiers.memory import MemoryTier
-from tierstore.tiers.s3 import S3Tier
+from tierstore.tiers.s3 import S3Settings, S3Tier
 from tierstore.types import DatasetSettings
 
 # The archive fails.
@@ -128,6 +138,79 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
         release.set()
         tier.close()
         server.close()
+
+
+_CLOSE_DURING_A_COLD_READ = """
+import dataclasses, json, sys, threading
+from pathlib import Path
+from tests.engine.stores import FRAME, KEYRING, engine_settings, payload
+from tierstore.engine.store import Store
+from tierstore.tiers.s3 import S3Settings, S3Tier
+from tierstore.types import DatasetSettings
+
+settings = S3Settings(**json.loads(sys.argv[1]))
+store = Store(engine_settings(Path(sys.argv[2])), S3Tier(settings), KEYRING)
+store.create_dataset("plain", DatasetSettings())
+store.put("plain", "s", payload(6 * FRAME))
+assert store.drain(30)
+store.evict("plain", "s")
+print("evicted", flush=True)
+sys.stdin.readline()  # the archive is frozen
+outcome = []
+
+def read():
+    try:
+        store.get("plain", "s")
+        outcome.append("read")
+    except Exception as exc:
+        outcome.append(type(exc).__name__)
+
+reader = threading.Thread(target=read)
+reader.start()
+sys.stdin.readline()  # its requests are held
+store.close()
+print("closed", flush=True)
+reader.join()
+print("the read:", *outcome, flush=True)
+"""
+
+
+def test_a_store_closes_and_its_process_exits_while_a_cold_read_waits_on_a_frozen_archive(
+    s3_settings: S3Settings, tmp_path: Path
+) -> None:
+    # The ranged GETs of a cold read ran on a ThreadPoolExecutor, which close() waited
+    # for and the interpreter joins at exit: a node stopped while its archive took
+    # connections and never answered (a stopped process) lingered for the GETs'
+    # time-outs and retries, minutes, long past its stop's 35 s, and was killed.
+    proxy = FreezingProxy(int(s3_settings.endpoint_url.rsplit(":", 1)[1]))
+    settings = dataclasses.replace(
+        s3_settings, endpoint_url=proxy.endpoint_url, read_timeout_s=600, max_attempts=2
+    )
+    fields = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLOSE_DURING_A_COLD_READ, json.dumps(fields), str(tmp_path / "s")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline() == "evicted\n"
+        proxy.freeze()
+        child.stdin.write("frozen\n")
+        child.stdin.flush()
+        wait_until(lambda: proxy.held > 0, "the cold read's requests to reach the archive")
+        child.stdin.write("held\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=120)  # the GETs wait 600 s each
+        assert child.returncode == 0, err[-3000:]
+        assert out.splitlines() == ["closed", "the read: StoreClosed"]
+    finally:
+        child.kill()
+        child.wait()
+        proxy.close()
 
 
 def test_a_put_that_could_never_fit_is_named_before_it_is_collected(

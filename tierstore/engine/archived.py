@@ -6,11 +6,11 @@ frame's stored size, so any frame can be fetched alone. Cold reads fetch the fra
 they need this way, in parallel; promotions fetch every frame of a shard the same way
 (:func:`fetch_all`), so that one slow connection does not hold a whole shard up.
 
-A store that closes does not wait for the archive: the GETs queued on its pools are
-dropped and those under way are left to end on their own (a frozen archive's take
-minutes: each waits out its read time-out, then is retried). A read or promotion that
-needed a dropped one fails :class:`StoreClosed` (:func:`submit_fetch`,
-:func:`fetch_result`); one waiting on a GET under way waits on, on its own thread.
+A store that closes does not wait for the archive: its fetch pools
+(:mod:`tierstore.engine.fetchpool`) fail every GET not yet done, queued or under way,
+with :class:`StoreClosed` at once (a frozen archive's take minutes: each waits out its
+read time-out, then is retried), and so does a read or promotion that needed one
+(:func:`submit_fetch`, :func:`fetch_result`).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Literal, TypeVar
 
 from tierstore.config import EngineSettings
@@ -41,6 +41,7 @@ from tierstore.engine.archived import ArchivedFrames, fetch_all
 from tierstore.engine.background import lower_this_thread
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.eviction import HotRoom
+from tierstore.engine.fetchpool import FetchPool
 from tierstore.engine.pinretry import PinRetries
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord, frame_key
@@ -95,10 +96,9 @@ class Promoter:
         #: by one lowered thread (nobody waits for them).
         self._fills: queue.Queue[_Promotion | None] = queue.Queue(maxsize=64)
         #: ranged GETs of the frames of shards promoted from the archive (apart from the
-        #: readers' pool, so a queue of prefetches never delays a reader's frames).
-        self._fetch_pool = ThreadPoolExecutor(
-            settings.cold_read_parallelism, thread_name_prefix="tierstore-promote-fetch"
-        )
+        #: readers' pool, so a queue of prefetches never delays a reader's frames; a
+        #: stop does not wait for them: see fetchpool).
+        self._fetch_pool = FetchPool(settings.cold_read_parallelism, "tierstore-promote-fetch")
         # Promotions queued or running: (dataset, generation) -> stored bytes.
         self._promoting: dict[tuple[str, int], int] = {}
         #: the keys of ``_promoting`` that are cache fills (they fetch nothing).
@@ -154,6 +154,9 @@ class Promoter:
         """Stop the threads, waiting for them until ``deadline`` (a
         ``time.monotonic()`` reading) at most; what is still queued is forgotten."""
         self._stop.set()
+        # Fetches in flight fail (StoreClosed) at once: a promotion waiting on a frozen
+        # archive ends now, not after its requests' time-outs and retries.
+        self._fetch_pool.shutdown()
         # One stop mark per promotion thread; if the queue is full, the threads see the
         # stop flag after their current item (and wait for items with a timeout).
         marks = [self._promotions] * self._settings.promotion_threads + [self._fills]
@@ -171,7 +174,6 @@ class Promoter:
                     break
                 if item is not None:
                     self._forget_promotion((item[0].dataset, item[0].generation))
-        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     def promote(self, record: ShardRecord, stored: list[memoryview] | None) -> bool:
         """Queue ``record`` for promotion; ``stored`` = all its stored frames, if at hand.

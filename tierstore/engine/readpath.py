@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from tierstore.engine.archived import ArchivedFrames, fetch_each
 from tierstore.engine.catalog import Catalog
+from tierstore.engine.fetchpool import FetchPool
 from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.reads import FrameSlice, LeasePool, ShardData, plan_reads
@@ -65,19 +66,18 @@ class ShardReader:
         self._reads = reads
         self._promoter = promoter
         self.leases = LeasePool(max_read_leases, environment.end_read)
-        #: parallel ranged GETs of cold frames, shared with the store's sealed reads.
-        self.fetch_pool = ThreadPoolExecutor(
-            max_workers=cold_read_parallelism, thread_name_prefix="tierstore-fetch"
-        )
+        #: parallel ranged GETs of cold frames, shared with the store's sealed reads
+        #: (a close does not wait for them: see fetchpool).
+        self.fetch_pool = FetchPool(cold_read_parallelism, "tierstore-fetch")
         #: checks the next frames of streaming hot reads (:meth:`iter_frames`) ahead of
         #: their consumers; one thread, since a reader that finds it busy verifies itself.
         self.verify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierstore-verify")
 
     def close(self) -> None:
-        """Stop the fetch and verify pools, without waiting for the archive (see
-        :mod:`tierstore.engine.archived`): the GETs queued are dropped, and the cold
-        reads that needed them fail StoreClosed. Leases may outlive it."""
-        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the fetch and verify pools: archive fetches in flight fail with
+        StoreClosed, not waited for (a frozen archive holds each for minutes); hot
+        frames being verified are. Leases may outlive it."""
+        self.fetch_pool.shutdown()
         self.verify_pool.shutdown(wait=True, cancel_futures=True)
 
     def read(

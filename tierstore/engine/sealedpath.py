@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -115,7 +115,7 @@ class SealedReader:
         sealers: ShardSealers,
         reads: ReadLog,
         promoter: Promoter,
-        fetch_pool: ThreadPoolExecutor,
+        fetch_pool: Executor,
     ) -> None:
         self._env = environment
         self._catalog = catalog
