@@ -20,10 +20,12 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import botocore.auth
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -800,6 +802,35 @@ def test_refused_credentials_are_named_as_such(s3_settings: S3Settings) -> None:
             assert "refused access key 'nobody' (403" in message, message
             assert "403 403" not in message and "x" * 40 not in message
             assert "--s3-access-key" in message and "access_key_id" in message
+    finally:
+        tier.close()
+
+
+@pytest.mark.parametrize("hours", [2, -2])
+def test_a_clock_off_the_archives_is_named_not_taken_for_wrong_keys(
+    s3_settings: S3Settings, monkeypatch: pytest.MonkeyPatch, hours: int
+) -> None:
+    # The archive refuses a request signed more than 15 minutes off its clock (403
+    # RequestTimeTooSkewed; a HEAD's answer has no body, only its Date). The error said
+    # to check the access key and secret key, which were right.
+    tier = S3Tier(s3_settings)
+    try:
+        tier.put("k", b"v")
+        signing_clock = botocore.auth.get_current_datetime
+        monkeypatch.setattr(
+            botocore.auth,
+            "get_current_datetime",
+            lambda *args, **kwargs: signing_clock(*args, **kwargs) + timedelta(hours=hours),
+        )
+        operations = (lambda: tier.get("k"), lambda: tier.stat("k"), lambda: tier.put("k", b"w"))
+        for operation in operations:
+            with pytest.raises(ArchiveUnavailable) as refused:
+                operation()
+            message = str(refused.value)
+            assert "clock" in message and "NTP" in message, message
+            ahead = "ahead of" if hours > 0 else "behind"
+            assert f"this node's clock is about {abs(hours) * 60} minutes {ahead}" in message
+            assert "access key" not in message, message
     finally:
         tier.close()
 

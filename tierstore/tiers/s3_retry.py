@@ -6,7 +6,9 @@
   settings' ``max_attempts``, then raised as :class:`ArchiveUnavailable`.
 * **Anything else** is raised at once: :class:`InvalidArgument` for a key that is
   too long or bad request parameters, :class:`ArchiveUnavailable` for every other
-  answer (403, a missing bucket, ...), chained to the original error.
+  answer (403, a missing bucket, ...), chained to the original error. A 403 for a
+  request signed too far from the archive's clock (``RequestTimeTooSkewed``, or a
+  bodyless answer whose ``Date`` is over 15 minutes off) names the clock, not the keys.
 
 botocore's own retries are switched off in the tier's client: this is the one
 retry loop, so attempts are counted in one place.
@@ -14,11 +16,14 @@ retry loop, so attempts are counted in one place.
 
 from __future__ import annotations
 
+import email.utils
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
+import botocore.auth
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from tenacity import (
     Retrying,
@@ -65,6 +70,9 @@ RETRYABLE_CODES: Final = frozenset(
     }
 )
 
+#: how far from the archive's clock a request may be signed (S3's limit, SeaweedFS's too).
+SKEW_LIMIT_S: Final = 15 * 60
+
 T = TypeVar("T")
 
 
@@ -81,6 +89,27 @@ def error_code(exc: ClientError) -> str:
 def is_missing_key(exc: ClientError) -> bool:
     """A 404 about the key. (A HEAD carries no body, so a missing bucket looks the same.)"""
     return http_status(exc) == 404 and error_code(exc) != "NoSuchBucket"
+
+
+def clock_skew_s(exc: ClientError) -> float | None:
+    """For a 403 refusing a request signed too far from the archive's clock: seconds
+    the clock requests are signed with is ahead of the archive's (negative: behind),
+    from the answer's ``Date`` (0.0 when it has none). None for any other answer."""
+    if http_status(exc) != 403:
+        return None
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    skew = None
+    try:
+        theirs = email.utils.parsedate_to_datetime(headers.get("date", ""))
+        # Now by the clock requests are signed with (naive UTC; not in botocore's stubs).
+        ours: datetime = botocore.auth.get_current_datetime()  # type: ignore[attr-defined]
+        skew = (ours.replace(tzinfo=ours.tzinfo or UTC) - theirs).total_seconds()
+    except (TypeError, ValueError):  # no Date, or not one
+        pass
+    if error_code(exc) == "RequestTimeTooSkewed":
+        return 0.0 if skew is None else skew
+    # A HEAD's answer has no body, so no code: its Date says it.
+    return skew if skew is not None and abs(skew) > SKEW_LIMIT_S else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -150,6 +179,19 @@ def call_with_retries(
         request = f" to {exc.operation_name}" if exc.operation_name else ""
         # A HEAD's error has no body: its code is the status again.
         answer = f"{status}" if code in ("", str(status)) else f"{status} {code}"
+        skew = clock_skew_s(exc)
+        if skew is not None:  # the keys are fine: the clock is not
+            off = (
+                f"about {round(abs(skew) / 60)} minutes {'ahead of' if skew > 0 else 'behind'}"
+                if abs(skew) >= 60
+                else "over 15 minutes off"
+            )
+            raise ArchiveUnavailable(
+                f"{what}: archive {s.endpoint_url} refused the request for the time it was "
+                f"signed at ({answer}{request}): this node's clock is {off} the archive's, "
+                f"which takes requests signed at most {SKEW_LIMIT_S // 60} minutes off; set "
+                "the clocks right (NTP)"
+            ) from exc
         if status == 403:  # the keys, most often: say which, and where they are set
             raise ArchiveUnavailable(
                 f"{what}: archive {s.endpoint_url} refused access key {s.access_key_id!r} "
