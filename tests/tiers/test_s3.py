@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from tests.conftest import raw_s3_client
 from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
 from tests.server.conftest import poll
+from tests.server.test_archive_down import SwitchableProxy
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
 from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.engine.bootstrap import open_store
@@ -740,6 +741,51 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         s3_admin.abort_multipart_upload(
             Bucket=bucket, Key=s3_settings.prefix + "b/" + frames, UploadId=foreign
         )
+
+
+def test_an_upload_whose_abort_failed_is_aborted_once_the_archive_answers_again(
+    s3_settings: S3Settings, s3_admin: S3Client
+) -> None:
+    # An upload that failed while the archive was down failed to abort too, and its
+    # parts cost storage, unseen, until a store next opened on the prefix: a node that
+    # ran for months through archive outages piled them up.
+    target = ("127.0.0.1", int(s3_settings.endpoint_url.rsplit(":", 1)[1]))
+    proxy = SwitchableProxy(target)
+    proxy.up()
+    settings = dataclasses.replace(
+        s3_settings,
+        endpoint_url=proxy.url,
+        max_attempts=2,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        multipart_threshold=5 * MiB,
+        multipart_part_size=5 * MiB,
+    )
+    tier = S3Tier(settings)
+
+    def open_uploads() -> list[str]:
+        listed = s3_admin.list_multipart_uploads(Bucket=settings.bucket, Prefix=settings.prefix)
+        return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+    def cut_off_after_the_first_part() -> Iterator[bytes]:
+        yield pattern(5 * MiB, seed=1)
+        proxy.down()  # as the second part is sent
+        yield pattern(5 * MiB, seed=2)
+
+    try:
+        with pytest.raises(ArchiveUnavailable) as failed:
+            tier.put("big", cut_off_after_the_first_part())
+        assert "aborting multipart upload" in "".join(failed.value.__notes__)
+        assert open_uploads() == [settings.prefix + "big"]
+        proxy.up()
+        tier.put("small", b"the archive answers again")
+        assert open_uploads() == []
+        assert tier.get("big") is None
+        tier.put("big", pattern(10 * MiB, seed=3))  # and the next upload is whole
+        assert bytes(tier.get("big") or b"") == pattern(10 * MiB, seed=3)
+    finally:
+        tier.close()
+        proxy.down()
 
 
 _EXIT_DURING_UPLOAD = """

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
 __all__ = ["MiB", "S3Settings", "S3Tier"]
+
+log = logging.getLogger(__name__)
 
 _MAX_LIST_KEYS: Final = 1000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -307,13 +310,15 @@ class S3Tier:
         Raises :class:`ArchiveUnavailable`, :class:`TypeError` for a value not
         made of buffers, :class:`StoreClosed` after ``close``. Thread-safe.
         """
-        client = self._client()
+        state = self._state()
+        client = state.client
         s = self.settings
         full_key = self._key(key)
         single = byte_view(value)
         if single is not None and single.nbytes < s.multipart_threshold:
             data = value if isinstance(value, bytes) else single.tobytes()
             self._put_small(client, full_key, data)
+            self._abort_left_open(state)
             return
         parts = fixed_parts(value_chunks(value), s.multipart_part_size)
         head: list[bytes] = []
@@ -325,8 +330,42 @@ class S3Tier:
                 break
         else:
             self._put_small(client, full_key, b"".join(head))
+            self._abort_left_open(state)
             return
-        put_multipart(client, self.settings, full_key, chain(head, parts))
+
+        def left_open(key: str, upload_id: str) -> None:
+            with state.lock:
+                state.left_open.add((key, upload_id))
+
+        put_multipart(client, self.settings, full_key, chain(head, parts), left_open)
+        self._abort_left_open(state)
+
+    def _abort_left_open(self, state: ProcessState) -> None:
+        """Abort the failed multipart uploads whose abort failed too (the archive down),
+        now that a put went through: their parts cost storage, unseen, until a store
+        next opened on the prefix. One that fails again is kept for the next put."""
+        with state.lock:
+            if not state.left_open:
+                return
+            left, state.left_open = state.left_open, set()
+        bucket = self.settings.bucket
+        for full_key, upload_id in left:
+
+            def abort_once(full_key: str = full_key, upload_id: str = upload_id) -> None:
+                try:
+                    state.client.abort_multipart_upload(
+                        Bucket=bucket, Key=full_key, UploadId=upload_id
+                    )
+                except ClientError as exc:
+                    if not is_missing_key(exc):  # NoSuchUpload: the first abort landed
+                        raise
+
+            try:
+                self._call(f"ABORT upload {bucket}/{full_key}", abort_once)
+            except ArchiveUnavailable as exc:
+                log.warning("multipart upload %s left open for now: %s", upload_id, exc)
+                with state.lock:
+                    state.left_open.add((full_key, upload_id))
 
     def _put_small(self, client: S3Client, full_key: str, data: bytes) -> None:
         bucket = self.settings.bucket

@@ -205,7 +205,7 @@ class S3Settings:
 class ProcessState:
     """The boto3 client and thread pool of one process; never used after ``fork()``."""
 
-    __slots__ = ("client", "executor", "lock", "pid")
+    __slots__ = ("client", "executor", "left_open", "lock", "pid")
 
     def __init__(self, pid: int, client: S3Client) -> None:
         self.pid = pid
@@ -213,6 +213,9 @@ class ProcessState:
         # Created with the state, so a child never inherits it in a locked state.
         self.lock = threading.Lock()
         self.executor: ThreadPoolExecutor | None = None
+        #: (key, upload id) of the failed multipart uploads whose abort failed too,
+        #: aborted once the archive answers again (guarded by ``lock``).
+        self.left_open: set[tuple[str, str]] = set()
 
     def pool(self, workers: int) -> ThreadPoolExecutor:
         """The process's thread pool, created on first use with ``workers`` threads."""

@@ -8,8 +8,9 @@ than a fraction of its bandwidth. The stream is never joined in memory: the part
 flight, the part being cut and the chunks it is cut from are held, and each part's
 bytes are copied once. An upload that
 fails at any point is aborted, so no orphaned parts are left to cost storage; one
-whose process was killed (or whose archive died before the abort) is aborted when a
-store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
+whose abort failed too (the archive down) is handed to ``left_open``, and the tier
+aborts it once the archive answers again; one whose process was killed is aborted
+when a store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,11 @@ def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
 
 
 def put_multipart(
-    client: S3Client, settings: S3Settings, full_key: str, parts: Iterable[bytes]
+    client: S3Client,
+    settings: S3Settings,
+    full_key: str,
+    parts: Iterable[bytes],
+    left_open: Callable[[str, str], None] = lambda key, upload_id: None,
 ) -> None:
     """Upload ``parts``, in order, as one multipart upload of ``full_key``, sending up
     to ``settings.upload_parallelism`` of them at once. ``parts`` is consumed on the
@@ -70,7 +75,9 @@ def put_multipart(
 
     Aborts the upload on any failure (after the parts in flight end their current
     attempt: none is tried again, and no new part is sent once a failure is seen), then
-    re-raises it. Raises ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
+    re-raises it; an upload whose abort fails too is given to ``left_open(full_key,
+    upload_id)``, for an abort later. Raises ArchiveUnavailable, and InvalidArgument
+    past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
@@ -143,6 +150,7 @@ def put_multipart(
             )
         except ArchiveUnavailable as abort_exc:
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
+            left_open(full_key, upload_id)
         raise
 
 
