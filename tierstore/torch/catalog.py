@@ -8,19 +8,22 @@ of the first shard (read from its schema frame alone: one small ranged read) is 
 reference; :func:`conform` holds every shard read later to it, so schema drift between
 shards is an error naming both shards, never a silently different tensor.
 
-Resolution costs one ListShards page per 1,000 shards and one small read. A dataset that
-gains shards later is not re-listed: make a new dataset object to read them.
+Resolution costs one ListShards page per 1,000 shards and one small read, then a second
+listing of the shards read: the reads are placed by the listed frame sizes, so a shard
+rewritten in between (caught by its generation) has everything listed and read again. A
+dataset that gains shards later is not re-listed: make a new dataset
+object to read them.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import xxhash
@@ -31,6 +34,7 @@ from tierstore.errors import (
     FailedPrecondition,
     InvalidArgument,
     MalformedArrow,
+    NotFound,
     ShardNotFound,
     TierstoreError,
     WrongShardKind,
@@ -48,6 +52,8 @@ from tierstore.torch.source import ShardSource, ShardTable
 from tierstore.types import ShardInfo, ShardKind
 
 __all__ = ["ShardSet", "conform", "read_shard", "resolve", "row_counts", "survey"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,15 +242,22 @@ def row_counts(
     """Each shard's rows (in ``names`` order): as counted or recorded when the set was
     made, and for a shard written before counts were recorded, counted now from the
     metadata of its frames (a few KiB read of each, ``threads`` at a time; no schema is
-    read). Raises what :meth:`Client.list` and :meth:`Client.get` raise, MalformedArrow,
-    and ShardNotFound for such a shard deleted since."""
+    read; listed and counted again while one is rewritten in between:
+    :func:`_of_one_generation`). Raises what :meth:`Client.list` and :meth:`Client.get`
+    raise, MalformedArrow, ShardNotFound for such a shard deleted since, and
+    FailedPrecondition while they keep being rewritten."""
     known = shard_set.rows or shard_set.recorded_rows or (None,) * len(shard_set.names)
     missing = [name for name, rows in zip(shard_set.names, known, strict=True) if rows is None]
     counted: dict[str, int] = {}
     if missing:
-        infos, _ = _listed(client, shard_set.dataset, missing, "")
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
-            counted = _counted_rows(client, infos, pool)
+
+        def count(placed: list[ShardInfo]) -> dict[str, int]:
+            infos, _ = _listed(client, shard_set.dataset, missing, "")
+            placed.extend(infos)
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tierstore-rows") as pool:
+                return _counted_rows(client, infos, pool)
+
+        counted = _of_one_generation(client, shard_set.dataset, count)
     return tuple(
         counted[name] if rows is None else rows
         for name, rows in zip(shard_set.names, known, strict=True)
@@ -299,33 +312,94 @@ def resolve(
             row though it has rows (``arrow_tensors.check_tensor_rows``).
         MalformedArrow: the first shard's schema frame does not parse (with ``with_rows``,
             any shard's, or a frame's metadata).
+        FailedPrecondition: shards read kept being rewritten (or deleted) between their
+            listing and the reads it placed (:func:`_of_one_generation`).
     """
-    infos, listed_by = _listed(client, dataset, shards, prefix)
-    raw = [info.name for info in infos if info.kind is ShardKind.RAW]
-    if raw:
-        more = f" and {len(raw) - 5} more" if len(raw) > 5 else ""
-        raise WrongShardKind(
-            f"dataset {dataset!r}: shard(s) {raw[:5]}{more} hold raw bytes, not Arrow data; "
-            "tierstore.torch reads Arrow shards (choose others with shards= or prefix=; "
-            "upload Arrow IPC files with `tierstore put --kind arrow`)"
+
+    def resolved(placed: list[ShardInfo]) -> ShardSet:
+        infos, listed_by = _listed(client, dataset, shards, prefix)
+        raw = [info.name for info in infos if info.kind is ShardKind.RAW]
+        if raw:
+            more = f" and {len(raw) - 5} more" if len(raw) > 5 else ""
+            raise WrongShardKind(
+                f"dataset {dataset!r}: shard(s) {raw[:5]}{more} hold raw bytes, not Arrow "
+                "data; tierstore.torch reads Arrow shards (choose others with shards= or "
+                "prefix=; upload Arrow IPC files with `tierstore put --kind arrow`)"
+            )
+        infos.sort(key=lambda info: info.name)
+        first = infos[0]
+        placed.extend(infos if with_rows else [first])  # the shards ranges are read of
+        reference = _reference_schema(client, first)
+        check_tensor_rows(reference, first.name)
+        schema = _select(reference, columns, first.name)
+        check_schema(schema, strings)
+        return ShardSet(
+            dataset=dataset,
+            names=tuple(info.name for info in infos),
+            prefix=listed_by,
+            schema=schema,
+            reference=first.name,
+            strings=strings,
+            rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
+            generations=tuple(info.generation for info in infos),
+            recorded_rows=tuple(info.rows for info in infos),
         )
-    infos.sort(key=lambda info: info.name)
-    first = infos[0]
-    reference = _reference_schema(client, first)
-    check_tensor_rows(reference, first.name)
-    schema = _select(reference, columns, first.name)
-    check_schema(schema, strings)
-    return ShardSet(
-        dataset=dataset,
-        names=tuple(info.name for info in infos),
-        prefix=listed_by,
-        schema=schema,
-        reference=first.name,
-        strings=strings,
-        rows=survey(client, infos, schema, first.name, count_threads) if with_rows else None,
-        generations=tuple(info.generation for info in infos),
-        recorded_rows=tuple(info.rows for info in infos),
-    )
+
+    return _of_one_generation(client, dataset, resolved)
+
+
+#: How many times shards are listed and read when one read is rewritten in between.
+_LISTINGS = 3
+
+
+def _of_one_generation(client: Client, dataset: str, attempt: Callable[[list[ShardInfo]], T]) -> T:
+    """``attempt(placed)``, which lists shards, adds to ``placed`` the infos by whose frame
+    sizes it reads ranges of shards, and reads them: once those shards are listed again
+    at the generations it read them by, its result (or its error) is of that one
+    listing. A shard rewritten or deleted in between (its ranges placed by another
+    generation's frame sizes: a schema frame read cut short, a frame header read at a
+    wrong offset) is the attempt's to make again, on a new listing, up to
+    ``_LISTINGS`` times in all; then FailedPrecondition names the shards still changing.
+    """
+    changed: list[str] = []
+    failure: TierstoreError | None = None
+    for _ in range(_LISTINGS):
+        placed: list[ShardInfo] = []
+        try:
+            result = attempt(placed)
+        except (InvalidArgument, NotFound) as exc:
+            # What a read placed by stale frame sizes raises (or a shard deleted since):
+            # an error only when those shards are still as listed.
+            changed, failure = _changed(client, dataset, placed), exc
+            if not changed:
+                raise
+        else:
+            changed, failure = _changed(client, dataset, placed), None
+            if not changed:
+                return result
+    shown = ", ".join(repr(name) for name in changed[:5])
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    raise FailedPrecondition(
+        f"dataset {dataset!r}: shard(s) [{shown}{more}] were rewritten or deleted while this "
+        f"dataset object was made (listed {_LISTINGS} times): make it again once their "
+        "writers are done"
+    ) from failure
+
+
+def _changed(client: Client, dataset: str, infos: Sequence[ShardInfo]) -> list[str]:
+    """The names of ``infos`` whose shards are now at another generation, or gone
+    (generations are never reused: one listed again was not rewritten in between)."""
+    if not infos:
+        return []
+    names = [info.name for info in infos]
+    # One shard: the first name listed by its own name is its own (others extend it).
+    limit = 1 if len(names) == 1 else None
+    # A character prefix on purpose: ListShards filters names by string prefix.
+    now = {
+        info.name: info.generation
+        for info in client.list(dataset, os.path.commonprefix(names), limit=limit)  # noqa: RUF071
+    }
+    return [info.name for info in infos if now.get(info.name) != info.generation]
 
 
 def check_conforms(
