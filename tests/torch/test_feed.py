@@ -4,12 +4,14 @@ The copy tests check what a consumer can see: values, order, read-ahead, buffer 
 absence of stale data when a staging buffer is rewritten while later copies are queued. They
 run twice over: against :class:`CudaModel` (CUDA's ordering rules on the CPU, with every copy
 as late as CUDA allows, so ordering bugs always show) on machines without CUDA, and against a
-real device where there is one.
+real device where there is one. Last, resume states: a feeder in front of real DataLoaders
+(workers included) over the real server of tests/torch/conftest.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -17,8 +19,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.utils.data import DataLoader  # noqa: E402
+from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
+
 from tierstore.errors import FailedPrecondition, InvalidArgument  # noqa: E402
+from tierstore.torch import IterableDataset  # noqa: E402
 from tierstore.torch.feed import DeviceFeeder, _map_tensors  # noqa: E402
+
+from .conftest import Samples  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -330,3 +338,112 @@ def test_pinned_and_device_tensors_are_not_staged() -> None:
     assert same is on_device
     assert torch.equal(moved.cpu(), pinned)
     assert feeder.staging_buffers == 0
+
+
+# Resume states, with the plugin's datasets on the real server.
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def feed_device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each device a feeder serves: the CUDA device, or the model of one on the CPU."""
+    device: str = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        CudaModel(monkeypatch)  # inherited by forked workers; they move nothing to CUDA
+    return device
+
+
+def _taken(feeder: DeviceFeeder[Any], iterator: Iterator[Any], count: int) -> list[list[int]]:
+    """The ids of the next ``count`` batches, once their copies are done."""
+    ids = []
+    for _ in range(count):
+        batch = next(iterator)
+        if feeder.device.type == "cuda":
+            torch.cuda.synchronize()
+        ids.append(batch["id"].tolist())
+    return ids
+
+
+def _sources(samples: Samples, kind: str) -> Callable[[], Any]:
+    """A maker of fresh sources of one kind, each over a fresh dataset object."""
+
+    def source() -> Any:
+        if kind.startswith("stateful"):
+            dataset = IterableDataset(samples.dataset, seed=4, **samples.connection)
+            workers = int(kind.rsplit("-", 1)[1])
+            context = "fork" if workers else None
+            return StatefulDataLoader(
+                dataset, batch_size=8, num_workers=workers, multiprocessing_context=context
+            )
+        dataset = IterableDataset(
+            samples.dataset, seed=4, batch_size=8, batch_threads=2, **samples.connection
+        )
+        return DataLoader(dataset, batch_size=None) if kind == "dataloader" else dataset
+
+    return source
+
+
+def _all(feeder: DeviceFeeder[Any]) -> list[Any]:
+    batches = list(feeder)
+    if feeder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return batches
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["stateful-2", "stateful-0", "dataloader", "dataset"])
+def test_a_resume_from_the_feeders_state_yields_exactly_the_batches_not_consumed(
+    samples: Samples, feed_device: str, kind: str
+) -> None:
+    # The feeder reads `prefetch` batches ahead of the one the loop holds, so the source's
+    # own state counted batches the loop never saw, and a resume from it skipped them.
+    source = _sources(samples, kind)
+    full = [batch["id"].tolist() for batch in source()]
+    assert len(full) > 10
+    feeder = DeviceFeeder(source(), feed_device, prefetch=3)
+    iterator = iter(feeder)
+    head = _taken(feeder, iterator, 5)
+    state = pickle.loads(pickle.dumps(feeder.state_dict()))
+    head += _taken(feeder, iterator, 1)
+    later = feeder.state_dict()
+    del iterator  # a `break`: the source stays ahead, the state does not
+    assert feeder.state_dict() == later
+    resumed = DeviceFeeder(source(), feed_device, prefetch=3)
+    resumed.load_state_dict(state)
+    rest = [batch["id"].tolist() for batch in _all(resumed)]
+    assert head[:5] + rest == full
+    again = DeviceFeeder(source(), feed_device, prefetch=3)
+    again.load_state_dict(later)
+    assert head + [batch["id"].tolist() for batch in _all(again)] == full
+
+
+@pytest.mark.timeout(120)
+def test_a_state_taken_at_an_epochs_end_goes_on_with_the_next_epoch(
+    samples: Samples, feed_device: str
+) -> None:
+    def loader() -> tuple[IterableDataset, StatefulDataLoader]:
+        dataset = IterableDataset(samples.dataset, seed=4, **samples.connection)
+        return dataset, StatefulDataLoader(
+            dataset, batch_size=8, num_workers=2, multiprocessing_context="fork"
+        )
+
+    first = DeviceFeeder(loader()[1], feed_device, prefetch=2)
+    epoch_0 = [batch["id"].tolist() for batch in _all(first)]
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    dataset, resumed = loader()
+    second = DeviceFeeder(resumed, feed_device, prefetch=2)
+    second.load_state_dict(state)
+    dataset.set_epoch(1)
+    epoch_1 = [batch["id"].tolist() for batch in _all(second)]
+    reference_dataset, reference = loader()
+    reference_dataset.set_epoch(1)
+    assert epoch_1 != epoch_0
+    assert epoch_1 == [batch["id"].tolist() for batch in reference]
+
+
+def test_a_source_without_a_state_is_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="no state_dict"):
+        DeviceFeeder(iter([torch.zeros(1)]), "cpu").state_dict()
+    with pytest.raises(TypeError, match="StatefulDataLoader"):
+        DeviceFeeder(DataLoader([1, 2, 3], num_workers=2), "cpu").state_dict()
+    with pytest.raises(TypeError, match="StatefulDataLoader"):
+        DeviceFeeder(DataLoader([1, 2, 3], num_workers=2), "cpu").load_state_dict({})

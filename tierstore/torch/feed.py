@@ -24,6 +24,12 @@ alive until it is handed over, and when iteration ends (exhausted, ``break`` or 
 feeder waits for its outstanding copies. Device memory held ahead of the consumer: about
 ``prefetch + 1`` batches.
 
+**Resume.** Because the source is read ahead, its own ``state_dict()`` counts batches the
+consumer has not been handed yet, and a resume from it skips them. The feeder's
+:meth:`DeviceFeeder.state_dict` is the source's state as of the batch last handed over: it is
+taken right after each batch is read (tens of microseconds at most; docs/torch.md, Resume) and
+handed out with its batch.
+
 With device ``"cpu"`` the feeder passes batches through untouched.
 """
 
@@ -60,6 +66,9 @@ class DeviceFeeder(Generic[B]):
     ``prefetch`` (at least 0): how many batches are read and have their copies started ahead of
     the one the consumer holds.
 
+    A checkpoint taken inside a loop over the feeder must come from :meth:`state_dict`, not
+    from the source, which is ``prefetch`` batches ahead.
+
     Raises on construction:
         FailedPrecondition: ``device`` is a CUDA device but torch sees no CUDA device.
         InvalidArgument: ``device`` does not parse, is neither ``cpu`` nor ``cuda``, or names a
@@ -77,6 +86,9 @@ class DeviceFeeder(Generic[B]):
         self._device = _resolve_device(device)
         self._rings: dict[_Key, _StagingRing] = {}
         self._stream: torch.cuda.Stream | None = None
+        # The source's state after the batch the consumer holds, while the source is read
+        # ahead of it; None while it is not (the source's own state is then the consumer's).
+        self._handed_state: dict[str, Any] | None = None
         if self._device.type == "cuda":
             self._stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
 
@@ -99,13 +111,40 @@ class DeviceFeeder(Generic[B]):
         """The source's length; ``TypeError`` when the source has none."""
         return len(self._batches)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[B]:
-        if self._stream is None:
-            return iter(self._batches)
-        return self._feed(self._stream)
+    def state_dict(self) -> dict[str, Any]:
+        """The source's resume state as of the batch last handed to the consumer.
 
-    def _feed(self, stream: torch.cuda.Stream) -> Iterator[B]:
-        source = iter(self._batches)
+        The source's state is its ``state_dict()``: a ``StatefulDataLoader``'s, the plugin's
+        dataset's when the feeder reads it directly, or a plain ``DataLoader``'s dataset's
+        when that loader has no workers. While batches are read ahead, this is the state
+        taken right after the batch the consumer holds was read (also after a ``break``);
+        otherwise it is the source's state now. A resume from it through
+        :meth:`load_state_dict` yields exactly the batches not handed over yet.
+
+        Raises TypeError when the source has no state (a plain ``DataLoader`` with workers:
+        use torchdata's ``StatefulDataLoader``).
+        """
+        if self._handed_state is not None:
+            return self._handed_state
+        state: dict[str, Any] = _resumable(self._batches).state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Hand ``state`` (from :meth:`state_dict`) to the source: the next ``iter()``
+        continues from it. Raises TypeError as :meth:`state_dict` does; what the source's
+        ``load_state_dict`` raises, unchanged."""
+        _resumable(self._batches).load_state_dict(state)
+        self._handed_state = None
+
+    def __iter__(self) -> Iterator[B]:
+        self._handed_state = None
+        source = iter(self._batches)  # now, so that state_dict() is the new iterator's
+        if self._stream is None:
+            return source
+        return self._feed(self._stream, source)
+
+    def _feed(self, stream: torch.cuda.Stream, source: Iterator[B]) -> Iterator[B]:
+        holder = _state_holder(self._batches)
         in_flight: collections.deque[_InFlight] = collections.deque()
         exhausted = False
         try:
@@ -116,8 +155,11 @@ class DeviceFeeder(Generic[B]):
                     except StopIteration:
                         exhausted = True
                     else:
-                        in_flight.append(self._launch(batch, stream))
+                        launched = self._launch(batch, stream)
+                        launched.state = None if holder is None else holder.state_dict()
+                        in_flight.append(launched)
                 if not in_flight:
+                    self._handed_state = None  # the source stands where the consumer does
                     return
                 ready = in_flight.popleft()
                 # Taken at each hand-over: the consumer may switch streams between batches.
@@ -125,6 +167,7 @@ class DeviceFeeder(Generic[B]):
                 consumer.wait_event(ready.done)
                 for tensor in ready.device_tensors:
                     tensor.record_stream(consumer)
+                self._handed_state = ready.state
                 yield ready.batch
         finally:
             # Dropped in-flight batches release host tensors their copies may still read.
@@ -175,7 +218,7 @@ class DeviceFeeder(Generic[B]):
 class _InFlight:
     """A batch whose copies are queued: what the consumer gets and what must outlive the copies."""
 
-    __slots__ = ("batch", "device_tensors", "done", "host_tensors")
+    __slots__ = ("batch", "device_tensors", "done", "host_tensors", "state")
 
     def __init__(
         self,
@@ -190,6 +233,8 @@ class _InFlight:
         # Keeps pinned sources alive until the batch is handed over (staging buffers are also
         # kept by their ring); by then the consumer's stream is ordered after the copies.
         self.host_tensors = host_tensors
+        #: the source's state right after this batch was read (None: it has no state)
+        self.state: dict[str, Any] | None = None
 
 
 class _Staging:
@@ -240,6 +285,36 @@ class _StagingRing:
         staging.last_copy = None
         self._buffers.append(staging)
         return staging
+
+
+def _state_holder(source: object) -> Any:
+    """What holds ``source``'s resume state, or None: the source itself where it has a
+    ``state_dict`` (a StatefulDataLoader, the plugin's dataset), or for a plain DataLoader
+    without workers its dataset (the loader reads it in this process, batch by batch)."""
+    if callable(getattr(source, "state_dict", None)):
+        return source
+    if isinstance(source, torch.utils.data.DataLoader) and source.num_workers == 0:
+        dataset = source.dataset
+        if callable(getattr(dataset, "state_dict", None)):
+            return dataset
+    return None
+
+
+def _resumable(source: object) -> Any:
+    """What holds ``source``'s state; TypeError, saying why, where nothing does."""
+    holder = _state_holder(source)
+    if holder is not None:
+        return holder
+    if isinstance(source, torch.utils.data.DataLoader) and source.num_workers > 0:
+        raise TypeError(
+            "DeviceFeeder: a plain DataLoader with workers keeps no state of where its workers "
+            "stand; use torchdata's StatefulDataLoader (or num_workers=0) to resume mid-epoch"
+        )
+    raise TypeError(
+        f"DeviceFeeder: its source ({type(source).__name__}) has no state_dict(); wrap a "
+        "StatefulDataLoader, a DataLoader without workers over a dataset with one, or such "
+        "a dataset"
+    )
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
