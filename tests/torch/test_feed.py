@@ -253,6 +253,31 @@ def test_model_source_is_read_prefetch_ahead(cuda_model: CudaModel) -> None:
     _check_read_ahead(count=7, prefetch=2)
 
 
+def _check_padded_batches(prefetch: int) -> None:
+    """Padded text batches, each as long as its longest row: every shape arrives intact,
+    and the pinned staging memory stays within a few of the largest batch."""
+    lengths = [(i * 37) % 64 + 1 for i in range(64)]  # 1..64, in a scattered order
+    batches = [
+        {"tokens": torch.full((8, n), i, dtype=torch.int64), "mask": torch.ones(8, n) > 0}
+        for i, n in enumerate(lengths)
+    ]
+    feeder = DeviceFeeder(batches, "cuda", prefetch=prefetch)
+    kept = list(feeder)
+    torch.cuda.synchronize()
+    for i, (got, want) in enumerate(zip(kept, batches, strict=True)):
+        assert torch.equal(got["tokens"].cpu(), want["tokens"]), i
+        assert torch.equal(got["mask"].cpu(), want["mask"]), i
+    largest = 8 * 64 * (8 + 1)  # the longest batch's bytes, both tensors
+    # A buffer's size may be rounded up to twice what it holds.
+    assert feeder.staging_bytes <= 2 * (prefetch + 2) * largest
+
+
+def test_model_batches_of_many_shapes_reuse_their_staging_memory(cuda_model: CudaModel) -> None:
+    # A ring of pinned buffers was kept for every shape ever seen, for good: a stream of
+    # padded batches of many lengths pinned ever more host memory.
+    _check_padded_batches(prefetch=2)
+
+
 # With CUDA.
 
 
@@ -327,6 +352,11 @@ def test_stopping_early_then_iterating_again() -> None:
             break
         assert batch[0].item() == i
     assert [int(batch[0].item()) for batch in feeder] == list(range(10))
+
+
+@needs_cuda
+def test_batches_of_many_shapes_reuse_their_staging_memory() -> None:
+    _check_padded_batches(prefetch=1)
 
 
 @needs_cuda

@@ -5,8 +5,11 @@ from tierstore) and yields the same batches with every CPU tensor moved to the d
 
 * Each CPU tensor goes through a **pinned staging buffer** (one host copy, then a DMA): the GPU
   can only copy asynchronously from page-locked memory, and pinning each batch afresh costs
-  more than the copy. Buffers are kept per (position in the batch, shape, dtype) in a ring of
-  ``prefetch + 2``, so a steady stream of same-shaped batches allocates them once. A tensor that
+  more than the copy. Buffers are kept per (position in the batch, dtype) in a ring of
+  ``prefetch + 2``; each is flat, its length rounded up to a power of two, and stages any
+  shape that fits in a view of its first elements. So a stream of batches allocates them
+  once, and batches of many shapes (padded text) reuse them too: the pinned memory stays
+  under ``2 * (prefetch + 2)`` times the largest batch. A tensor that
   is already pinned and contiguous is copied from where it is, with no staging (so, as with any
   ``non_blocking`` copy, it must not be written until the consumer's work on the batch is done).
 * Copies run on the feeder's own **CUDA stream** with ``non_blocking=True``. While up to
@@ -52,7 +55,7 @@ _STAGING_SLACK: Final = 2  # ring size is prefetch + this (see _StagingRing)
 # torch leaves torch.cuda.Stream and Event untyped; the three calls carry an ignore for that.
 
 _Path = tuple[Hashable, ...]
-_Key = tuple[_Path, torch.Size, torch.dtype]
+_Key = tuple[_Path, torch.dtype]
 
 
 class DeviceFeeder(Generic[B]):
@@ -187,10 +190,10 @@ class DeviceFeeder(Generic[B]):
             if tensor.is_pinned() and tensor.is_contiguous():
                 source = tensor
             else:
-                staging = self._ring(path, tensor).claim()
-                staging.buffer.copy_(tensor)  # the host copy: reads the tensor's pages here
+                staging = self._ring(path, tensor).claim(tensor.numel())
+                source = staging.buffer[: tensor.numel()].view(tensor.shape)
+                source.copy_(tensor)  # the host copy: reads the tensor's pages here
                 used.append(staging)
-                source = staging.buffer
             host_tensors.append(source)
             moved = source.to(self._device, non_blocking=True)
             device_tensors.append(moved)
@@ -206,12 +209,10 @@ class DeviceFeeder(Generic[B]):
         return _InFlight(moved_batch, done, device_tensors, host_tensors)
 
     def _ring(self, path: _Path, tensor: torch.Tensor) -> _StagingRing:
-        key = (path, tensor.shape, tensor.dtype)
+        key = (path, tensor.dtype)
         ring = self._rings.get(key)
         if ring is None:
-            ring = self._rings[key] = _StagingRing(
-                tensor.shape, tensor.dtype, self._prefetch + _STAGING_SLACK
-            )
+            ring = self._rings[key] = _StagingRing(tensor.dtype, self._prefetch + _STAGING_SLACK)
         return ring
 
 
@@ -248,15 +249,17 @@ class _Staging:
 
 
 class _StagingRing:
-    """Pinned buffers of one shape and dtype, handed out oldest first.
+    """Flat pinned buffers of one dtype, handed out oldest first.
 
     The size bound is ``prefetch + 2``: the batches in flight (``prefetch + 1``, the one just
     handed over included) plus the one being staged, so a host that keeps ahead of the DMA
-    never waits here, and one that gets further ahead waits for the oldest copy.
+    never waits here, and one that gets further ahead waits for the oldest copy. A buffer
+    too small for a claim is replaced by a larger one, its length a power of two, so the
+    ring holds under twice the largest claim per buffer (a ring per shape kept a buffer for
+    every shape ever seen, for good).
     """
 
-    def __init__(self, shape: torch.Size, dtype: torch.dtype, size: int) -> None:
-        self._shape = shape
+    def __init__(self, dtype: torch.dtype, size: int) -> None:
         self._dtype = dtype
         self._size = size
         self._buffers: collections.deque[_Staging] = collections.deque()
@@ -268,23 +271,30 @@ class _StagingRing:
     def nbytes(self) -> int:
         return sum(s.buffer.nbytes for s in self._buffers)
 
-    def claim(self) -> _Staging:
-        """A buffer no queued copy still reads; blocks on the oldest copy if all are busy."""
+    def claim(self, length: int) -> _Staging:
+        """A buffer of at least ``length`` elements no queued copy still reads; blocks on the
+        oldest copy if all are busy."""
         oldest = self._buffers[0] if self._buffers else None
         idle = oldest is not None and (
             oldest.last_copy is None or oldest.last_copy.query()  # type: ignore[no-untyped-call]
         )
         if oldest is None or (not idle and len(self._buffers) < self._size):
-            staging = _Staging(torch.empty(self._shape, dtype=self._dtype, pin_memory=True))
+            staging = self._new(length)
         else:
             self._buffers.popleft()
             staging = oldest
             if staging.last_copy is not None:
                 # The invariant that keeps data fresh: never rewrite a buffer a DMA still reads.
                 staging.last_copy.synchronize()
+            if staging.buffer.numel() < length:
+                staging = self._new(length)  # the small one goes back to torch's pinned pool
         staging.last_copy = None
         self._buffers.append(staging)
         return staging
+
+    def _new(self, length: int) -> _Staging:
+        rounded = 1 << max(length - 1, 0).bit_length()
+        return _Staging(torch.empty(rounded, dtype=self._dtype, pin_memory=True))
 
 
 def _state_holder(source: object) -> Any:
