@@ -253,6 +253,32 @@ def test_model_source_is_read_prefetch_ahead(cuda_model: CudaModel) -> None:
     _check_read_ahead(count=7, prefetch=2)
 
 
+def _check_a_failing_source(prefetch: int) -> None:
+    """The batches read before the source failed come out, then its error, unchanged."""
+    failure = RuntimeError("shard part-003 is gone")
+
+    def source() -> Iterator[Any]:
+        yield from _numbered(5, (8,))
+        raise failure
+
+    got = []
+    with pytest.raises(RuntimeError) as raised:
+        for batch in DeviceFeeder(source(), "cuda", prefetch=prefetch):
+            torch.cuda.synchronize()
+            got.append(int(batch[0].item()))
+    assert raised.value is failure
+    assert got == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("prefetch", [0, 3, 8])
+def test_model_batches_read_before_a_failure_come_out_before_it(
+    cuda_model: CudaModel, prefetch: int
+) -> None:
+    # The error was raised as soon as the feeder read it, and the `prefetch` batches read
+    # before it, which the source had handed out whole, were dropped.
+    _check_a_failing_source(prefetch)
+
+
 def _check_padded_batches(prefetch: int) -> None:
     """Padded text batches, each as long as its longest row: every shape arrives intact,
     and the pinned staging memory stays within a few of the largest batch."""
@@ -352,6 +378,11 @@ def test_stopping_early_then_iterating_again() -> None:
             break
         assert batch[0].item() == i
     assert [int(batch[0].item()) for batch in feeder] == list(range(10))
+
+
+@needs_cuda
+def test_batches_read_before_a_failure_come_out_before_it() -> None:
+    _check_a_failing_source(prefetch=3)
 
 
 @needs_cuda

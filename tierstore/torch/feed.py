@@ -77,7 +77,8 @@ class DeviceFeeder(Generic[B]):
         InvalidArgument: ``device`` does not parse, is neither ``cpu`` nor ``cuda``, or names a
             CUDA index that does not exist; ``prefetch`` is negative.
     Raises while iterating: :class:`InvalidArgument` for a tensor on a device other than the
-    CPU or ``device``; whatever the source raises, unchanged.
+    CPU or ``device``; whatever the source raises, unchanged, once the batches it gave before
+    have been handed over.
 
     Not thread-safe: iterate one feeder from one thread at a time. It holds a CUDA stream: make
     it in the process that owns the GPU, around the DataLoader, never inside its workers.
@@ -150,6 +151,7 @@ class DeviceFeeder(Generic[B]):
         holder = _state_holder(self._batches)
         in_flight: collections.deque[_InFlight] = collections.deque()
         exhausted = False
+        failure: Exception | None = None
         try:
             while True:
                 while not exhausted and len(in_flight) <= self._prefetch:
@@ -157,11 +159,20 @@ class DeviceFeeder(Generic[B]):
                         batch = next(source)
                     except StopIteration:
                         exhausted = True
+                    except Exception as error:
+                        # Raised once the batches read before it are handed over, as the
+                        # source itself would (they were dropped unseen).
+                        exhausted, failure = True, error
                     else:
                         launched = self._launch(batch, stream)
                         launched.state = None if holder is None else holder.state_dict()
                         in_flight.append(launched)
                 if not in_flight:
+                    if failure is not None:
+                        try:
+                            raise failure
+                        finally:
+                            del failure  # no cycle through the traceback to this frame
                     self._handed_state = None  # the source stands where the consumer does
                     return
                 ready = in_flight.popleft()
