@@ -451,6 +451,22 @@ def _all(feeder: DeviceFeeder[Any]) -> list[Any]:
 
 
 @pytest.mark.timeout(120)
+def test_a_state_changed_by_its_taker_leaves_the_feeders_own_alone(
+    samples: Samples, feed_device: str
+) -> None:
+    # The feeder handed out the very dict it kept for the batch the loop holds: a caller
+    # that added to its checkpoint (a step count, say) changed every later state_dict().
+    feeder = DeviceFeeder(_sources(samples, "dataset")(), feed_device, prefetch=3)
+    iterator = iter(feeder)
+    _taken(feeder, iterator, 2)
+    taken = feeder.state_dict()
+    kept = pickle.loads(pickle.dumps(taken))
+    taken["step"] = 2
+    taken.clear()
+    assert feeder.state_dict() == kept
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["stateful-2", "stateful-0", "dataloader", "dataset"])
 def test_a_resume_from_the_feeders_state_yields_exactly_the_batches_not_consumed(
     samples: Samples, feed_device: str, kind: str

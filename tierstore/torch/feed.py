@@ -39,6 +39,7 @@ With device ``"cpu"`` the feeder passes batches through untouched.
 from __future__ import annotations
 
 import collections
+import copy
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar
 
@@ -125,11 +126,12 @@ class DeviceFeeder(Generic[B]):
         otherwise it is the source's state now. A resume from it through
         :meth:`load_state_dict` yields exactly the batches not handed over yet.
 
-        Raises TypeError when the source has no state (a plain ``DataLoader`` with workers:
-        use torchdata's ``StatefulDataLoader``).
+        Each call returns a dict of its own. Raises TypeError when the source has no
+        state (a plain ``DataLoader`` with workers: use torchdata's ``StatefulDataLoader``).
         """
         if self._handed_state is not None:
-            return self._handed_state
+            # A copy: the caller may add to its checkpoint; the kept one must not change.
+            return copy.deepcopy(self._handed_state)
         state: dict[str, Any] = _resumable(self._batches).state_dict()
         return state
 
