@@ -17,6 +17,7 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine.store import Store
+from tierstore.errors import HotTierFull, ShardNotFound
 from tierstore.types import DatasetSettings
 
 
@@ -157,3 +158,34 @@ def test_background_eviction_keeps_the_hot_tier_under_its_watermark(
     assert sum(1 for info in infos if not info.hot) >= 20
     for name, data in contents.items():
         assert store.get("enc", name).to_bytes() == data
+
+
+@pytest.mark.parametrize("chunk", [64 << 20, 4 * FRAME], ids=["one-transaction", "staged"])
+def test_a_put_larger_than_the_hot_tier_is_refused_and_evicts_nothing(
+    open_store: StoreFactory, chunk: int
+) -> None:
+    # A 500,000-byte put into a 400,000-byte hot tier holding a, b and c evicted every
+    # one of them (down to the low watermark, which it alone passed), went in past the
+    # capacity, and was evicted itself once archived: one put wiped the cache.
+    store = open_store(
+        datasets={"plain": DatasetSettings(policy="lru")},
+        start_mover=False,
+        hot_capacity_bytes=400_000,
+        put_chunk_bytes=chunk,
+    )
+    for name in "abc":
+        store.put("plain", name, payload(100_000, ord(name)))
+    assert store.mover.drain_once()  # archived: evictable
+    hot_before = catalog_hot_bytes(store)
+    with pytest.raises(HotTierFull, match=r"plain/big stores 500,\d+ bytes.*360,000 bytes"):
+        store.put("plain", "big", payload(500_000, 1))
+    assert all(store.stat("plain", name).hot for name in "abc")
+    assert store.hot_room.evictions == 0
+    assert catalog_hot_bytes(store) == hot_before
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "big")
+    with pytest.raises(HotTierFull, match="plain/big"):
+        store.check_put_size("plain", "big", 500_000)
+    assert store.largest_put("plain") == 360_000
+    store.put("plain", "fits", payload(300_000, 2))  # at most the high watermark goes in
+    assert store.get("plain", "fits").to_bytes() == payload(300_000, 2)

@@ -274,10 +274,17 @@ def test_a_shard_larger_than_the_high_watermark_is_never_fetched_for_promotion(
     open_store: StoreFactory,
 ) -> None:
     archive = FaultyTier(MemoryTier())
-    store = staging_store(open_store, archive, hot_capacity_bytes=8 * STORED_FRAME)
-    store.put("plain", "big", payload(FRAMES * FRAME, 10))  # passes the watermark: a put may
-    assert store.drain(10)
-    store.evict("plain", "big")
+    larger = staging_store(open_store, archive)
+    larger.put("plain", "big", payload(FRAMES * FRAME, 10))
+    assert larger.drain(10)
+    larger.evict("plain", "big")
+    # A put larger than the hot tier is refused: the tier shrank since.
+    store = open_store.reopen(
+        larger,
+        archive,
+        promotion_chunk_bytes=CHUNK_FRAMES * STORED_FRAME,
+        hot_capacity_bytes=8 * STORED_FRAME,
+    )
     skipped = store.promoter.promotions_skipped
     assert not store.promoter.promote_now(record_of(store, "plain", "big"), None)
     assert store.promoter.promotions_skipped == skipped + 1

@@ -33,17 +33,54 @@ def node(tmp_path: Path, spawn_server: Callable[..., ServerProcess]) -> ServerPr
     return spawn_server(tmp_path / "node", "--hot-capacity", str(HOT_CAPACITY))
 
 
-def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(node: ServerProcess) -> None:
-    # It was pinned, and said to be "queued for promotion, tried again while there is
-    # no room": each try was skipped, once a minute for as long as the pin held, and
-    # the shard never turned hot.
-    env = node.cli_env()
+def shrunk_node(
+    tmp_path: Path,
+    spawn_server: Callable[..., ServerProcess],
+    dataset: str,
+    big: str = "big",
+    **create: str,
+) -> ServerProcess:
+    """A node of HOT_CAPACITY whose write-through ``dataset`` holds the cold shard
+    ``big``, larger than its hot tier: put while the node had four times the capacity (a
+    put larger than the hot tier is refused), then started again with less."""
+    larger = spawn_server(tmp_path / "node", "--hot-capacity", str(4 * HOT_CAPACITY))
+    with larger.connect(local_reads=False) as client:
+        client.create_dataset(dataset, durability="write-through", **create)
+        client.put(dataset, big, os.urandom(HOT_CAPACITY + (1 << 20)))
+        client.evict(dataset, big)
+    larger.stop()
+    return spawn_server(tmp_path / "node", "--hot-capacity", str(HOT_CAPACITY))
+
+
+def test_a_put_larger_than_the_hot_tier_is_refused_and_evicts_nothing(
+    node: ServerProcess,
+) -> None:
+    # It evicted every archived shard to make room it could never have, went in past
+    # the hot tier's capacity, and was evicted itself once archived: the cache wiped.
     dataset = unique()
     with node.connect(local_reads=False) as client:
         client.create_dataset(dataset, durability="write-through")
+        for name in ("a", "b", "c"):
+            client.put(dataset, name, os.urandom(HOT_CAPACITY // 4))
+        with pytest.raises(errors.HotTierFull, match=r"could never be stored") as refused:
+            client.put(dataset, "big", os.urandom(HOT_CAPACITY))
+        assert f"{dataset}/big" in str(refused.value)
+        with pytest.raises(errors.ShardNotFound):
+            client.stat(dataset, "big")
+        assert all(client.stat(dataset, name).hot for name in ("a", "b", "c"))
+
+
+def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # It was pinned, and said to be "queued for promotion, tried again while there is
+    # no room": each try was skipped, once a minute for as long as the pin held, and
+    # the shard never turned hot.
+    dataset = unique()
+    node = shrunk_node(tmp_path, spawn_server, dataset)
+    env = node.cli_env()
+    with node.connect(local_reads=False) as client:
         client.put(dataset, "small", b"s" * 1000)
-        client.put(dataset, "big", os.urandom(HOT_CAPACITY + (1 << 20)))
-        client.evict(dataset, "big")
         client.evict(dataset, "small")
         assert not client.stat(dataset, "big").hot
 
@@ -139,16 +176,15 @@ def skipped_promotions(node: ServerProcess) -> float:
 
 
 def test_a_planned_shard_larger_than_the_hot_tier_is_not_fetched_again_and_again(
-    node: ServerProcess,
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
 ) -> None:
     # The policy named it first at every prefetch pass (each second), and every
     # promotion of it was skipped: tierstore_promotions_skipped_total counted one a
     # second, for as long as the plan lived, with nothing short of room.
     dataset = unique()
     names = ["0-big", "1", "2"]
+    node = shrunk_node(tmp_path, spawn_server, dataset, names[0], policy="clairvoyant")
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through", policy="clairvoyant")
-        client.put(dataset, "0-big", os.urandom(HOT_CAPACITY + (1 << 20)))
         for name in names[1:]:
             client.put(dataset, name, os.urandom(1 << 20))
         for name in names:

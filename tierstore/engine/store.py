@@ -562,22 +562,32 @@ class Store:
 
     def largest_put(self, dataset: str) -> int:
         """The most bytes (before sealing) a put into ``dataset`` could ever commit,
-        whatever were evicted: its hot-tier quota, or what the hot tier's map holds. For
+        whatever were evicted: its hot-tier quota, or what the hot tier takes below its
+        high watermark or its map holds, whichever is less. For
         a caller that collects a put's frames before handing them over (the service
         spools them to disk), so that it stops collecting at once (see
         :meth:`check_put_size`). Raises DatasetNotFound."""
         quota, usable = self._put_limits(dataset)
-        return min(quota, usable) if quota else usable
+        most = min(usable, self.hot_room.high_watermark_bytes())
+        return min(quota, most) if quota else most
 
     def check_put_size(self, dataset: str, shard: str, nbytes: int) -> None:
         """Refuse a put of ``nbytes`` into ``dataset`` past :meth:`largest_put`: more
-        than the dataset's hot-tier quota (QuotaExceeded) or than the hot tier's map
-        holds (HotTierFull). Raises DatasetNotFound too."""
+        than the dataset's hot-tier quota (QuotaExceeded), than the hot tier takes below
+        its high watermark or than its map holds (HotTierFull). Raises DatasetNotFound
+        too."""
         quota, usable = self._put_limits(dataset)
         if quota and nbytes > quota:
             raise QuotaExceeded(
                 f"{dataset}/{shard} is more than {dataset}'s whole hot-tier quota "
                 f"({quota} bytes): it could never be stored"
+            )
+        high = self.hot_room.high_watermark_bytes()
+        if high < nbytes <= usable:
+            raise HotTierFull(
+                f"{dataset}/{shard} is more than the hot tier takes ({high:,} bytes, its "
+                "high watermark): it could never be stored (a larger --hot-capacity would "
+                "hold it)"
             )
         if nbytes > usable:
             raise HotTierFull(

@@ -193,7 +193,8 @@ class ShardWriter:
         checks there that the caller may still write, and that the dataset was not made
         again with encryption while its frames were spooled in plaintext).
         Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
-        HotTierFull, ArchiveUnavailable (write-through only: the shard is then
+        HotTierFull (at once, nothing evicted, for a put larger than the hot tier takes
+        below its high watermark), ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying), FailedPrecondition (a staged
         put whose dataset was made again with the other encryption meanwhile).
 
@@ -209,6 +210,7 @@ class ShardWriter:
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
+        self._check_fits_hot_tier(dataset, shard, stored_total)
         wait_s = self._settings.quota_wait_s
         if quota_wait_s is not None:
             if isinstance(quota_wait_s, bool) or not isinstance(quota_wait_s, int | float):
@@ -495,6 +497,20 @@ class ShardWriter:
             "then take, or give the hot tier more room (hot_capacity_bytes, serve's "
             "--hot-capacity; the map is 1.5 times it and 256 MiB, or map_size_bytes)"
         )
+
+    def _check_fits_hot_tier(self, dataset: str, shard: str, stored_total: int) -> None:
+        """Raise HotTierFull, before anything is staged or evicted, when a put of
+        ``stored_total`` bytes is more than the hot tier takes below its high watermark:
+        it alone would pass the watermark, so it evicted every evictable shard to make
+        room it could never have, went in past the capacity, and was the mover's to
+        evict once archived."""
+        limit = self._hot_room.high_watermark_bytes()
+        if stored_total > limit:
+            raise HotTierFull(
+                f"{dataset}/{shard} stores {stored_total:,} bytes, more than the hot tier "
+                f"takes ({limit:,} bytes, its high watermark): it could never be stored, "
+                "and nothing was (a larger --hot-capacity would hold it)"
+            )
 
     def _quota_now(self, dataset: str, shard: str, stored_total: int) -> int:
         """``dataset``'s hot-tier quota as it is now (0: none). Raises DatasetNotFound,
