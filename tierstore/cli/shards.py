@@ -264,14 +264,28 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     """Promote shards to the hot tier ahead of use. Shards already hot (or on their way)
     are not queued again; a shard that does not exist is named, and the command exits as
     for ShardNotFound once the others are queued, so a mistyped name does not pass for
-    one already hot."""
+    one already hot. A cold shard larger than the hot tier takes (its high watermark)
+    could never be hot: none is queued then, and the command exits as for HotTierFull,
+    naming it."""
     client = command_client()
-    queued = run_or_fail(lambda: client.prefetch(dataset, shards))
+    refused: errors.HotTierFull | None = None
+
+    def queue() -> int:
+        nonlocal refused
+        try:
+            return int(client.prefetch(dataset, shards))
+        except errors.HotTierFull as exc:
+            refused = exc  # said last, once the report (and the names unknown) is out
+            return 0
+
+    queued = run_or_fail(queue)
     missing = []
     if queued < len(set(shards)):  # some were hot, or unknown: only then the stats
         missing = [shard for shard in dict.fromkeys(shards) if not _exists(client, dataset, shard)]
     lines = [f"queued {plural(queued, 'shard')}", *(f"not found: {shard}" for shard in missing)]
     emit({"queued": queued, "not_found": missing}, "\n".join(lines))
+    if refused is not None:
+        raise fail(refused)
     if missing:
         raise fail(
             errors.ShardNotFound(

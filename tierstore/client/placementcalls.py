@@ -82,7 +82,9 @@ class PlacementCalls(ClientCore):
         queued. A name of no shard is not counted, as one hot already or on its way
         is not: a prefetch is a hint, so :meth:`stat` tells a typo. ``shards`` is a
         sequence of names: one name alone is InvalidArgument (a str is a sequence of
-        its characters, each of which was asked for)."""
+        its characters, each of which was asked for). Raises HotTierFull, nothing
+        queued, when a cold shard named is larger than the hot tier takes below its
+        high watermark (it could never be made hot)."""
         validate_dataset_name(dataset)
         if isinstance(shards, str | bytes):
             raise InvalidArgument(

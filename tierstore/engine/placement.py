@@ -147,7 +147,9 @@ class Placement:
         a full queue dropped does not count: a prefetch is a hint, asked again later).
 
         Unknown names and unreadable records are skipped (a prefetch is a hint).
-        Raises DatasetNotFound.
+        Raises DatasetNotFound, HotTierFull (nothing queued) when a cold shard named is
+        larger than the hot tier takes below its high watermark: it was said to be
+        queued, and its promotion was skipped, so it never turned hot.
         """
         queued = 0
         with self._env.read() as txn:
@@ -155,9 +157,14 @@ class Placement:
             records = [
                 self._catalog.readable_shard(txn, dataset, name) for name in dict.fromkeys(shards)
             ]
-        for record in records:
-            if record is not None and not record.hot and record.archived:
-                queued += self._promoter.promote(record, None)
+        cold = [
+            record
+            for record in records
+            if record is not None and not record.hot and record.archived
+        ]
+        self._promoter.refuse_too_large(cold, "nothing was queued: prefetch the others alone")
+        for record in cold:
+            queued += self._promoter.promote(record, None)
         return queued
 
     def usage(self, dataset: str) -> DatasetUsage:

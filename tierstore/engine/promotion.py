@@ -32,7 +32,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Literal, TypeVar
 
@@ -270,14 +270,28 @@ class Promoter:
     def check_fits_hot_tier(self, record: ShardRecord) -> None:
         """Raise HotTierFull unless :meth:`fits_hot_tier`: a pin of ``record`` would be
         tried again, and skipped, for as long as it held."""
-        if self.fits_hot_tier(record):
+        self.refuse_too_large([record], "is not pinned")
+
+    def refuse_too_large(self, records: Sequence[ShardRecord], outcome: str) -> None:
+        """Raise HotTierFull naming those of ``records`` that are not
+        :meth:`fits_hot_tier` (the first five), if any; ``outcome`` says what the caller
+        did not do."""
+        too_large = [record for record in records if not self.fits_hot_tier(record)]
+        if not too_large:
             return
-        total = sum(record.stored_sizes(self._overhead(record)))
+        named = ", ".join(
+            f"{record.dataset}/{record.name} stores "
+            f"{sum(record.stored_sizes(self._overhead(record))):,} bytes"
+            for record in too_large[:5]
+        )
+        if len(too_large) > 5:
+            named += f", and {len(too_large) - 5} more shards as large"
+        it, could = ("it", "it could") if len(too_large) == 1 else ("them", "they could")
         limit = self._hot_room.high_watermark_bytes()
         raise HotTierFull(
-            f"{record.dataset}/{record.name} stores {total:,} bytes, more than the hot "
-            f"tier takes ({limit:,} bytes, its high watermark): it could never be made "
-            "hot, and is not pinned (a larger --hot-capacity would hold it)"
+            f"{named}, more than the hot tier takes ({limit:,} bytes, its high "
+            f"watermark): {could} never be made hot, and {outcome} (a larger "
+            f"--hot-capacity would hold {it})"
         )
 
     def promote_pinned(self, record: ShardRecord) -> None:

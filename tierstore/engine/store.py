@@ -823,7 +823,9 @@ class Store:
         (or were being promoted already; not those a full queue dropped).
 
         Unknown shard names are skipped. Raises InvalidName, DatasetNotFound,
-        InvalidArgument (``shards`` is no iterable of names).
+        InvalidArgument (``shards`` is no iterable of names), HotTierFull (nothing
+        queued) when a cold shard named is larger than the hot tier takes below its high
+        watermark, which could never be promoted.
         """
         self._check_open()
         validate_dataset_name(dataset)
