@@ -194,3 +194,27 @@ def test_a_node_starting_on_a_disk_with_less_room_than_the_reserve_gives_it_back
     )
     serve._give_back_the_reserve_on_a_full_disk(tmp_path, RESERVE)
     assert DiskReserve(tmp_path, RESERVE).held is kept
+
+
+def test_an_eviction_whose_commit_fails_is_not_counted(open_store: StoreFactory) -> None:
+    # The evictions counter (tierstore_evictions_total) was added to inside the write
+    # transaction: an eviction refused by a full disk counted all the same, and one
+    # committed after the reserve was given back counted twice.
+    store = open_store(datasets={"d": DatasetSettings()}, start_mover=False)  # no reserve
+    store.put("d", "s", payload(3 * FRAME))
+    assert store.mover.drain_once()
+    disk = full_disk(store, lambda: True)
+    with pytest.raises(HotTierFull):
+        store.evict("d", "s")
+    assert store.stat("d", "s").hot
+    with pytest.raises(HotTierFull):
+        store.hot_room.evict(1)  # the policies' victims, as the mover's pass asks
+    assert disk.refused == 2 and store.stat("d", "s").hot
+    assert store.hot_room.evictions == 0
+
+
+def test_an_eviction_committed_on_its_second_try_counts_once(store: Store) -> None:
+    full_disk(store)
+    assert store.evict("d", "s0") > 0  # the first try fails, the reserve goes, the second
+    assert not store.disk_reserve.held
+    assert store.hot_room.evictions == 1

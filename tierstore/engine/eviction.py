@@ -221,31 +221,41 @@ class HotRoom:
                 victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
         if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
             victims = []
-        freed = 0
+        gone: list[int] = []
         with self._policies.undone_on_failure(), self._env.write() as txn:
             for key in victims:
-                freed += self._evict_in(txn, *shard_of(key), now)
+                freed = self._evict_in(txn, *shard_of(key), now)
+                if freed is not None:
+                    gone.append(freed)
             for key in stale:
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or not record.hot:
                     self._policies.removed(key)
-        return freed
+        self.evictions += len(gone)  # committed; under the eviction lock
+        return sum(gone)
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
         (0 if it is not evictable)."""
-        with self._lock, self._policies.undone_on_failure(), self._env.write() as txn:
-            return self._evict_in(txn, dataset, name, time.time())
+        with self._lock:
+            with self._policies.undone_on_failure(), self._env.write() as txn:
+                freed = self._evict_in(txn, dataset, name, time.time())
+            if freed is None:
+                return 0
+            self.evictions += 1  # committed: a commit that failed evicted nothing
+            return freed
 
-    def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int:
+    def _evict_in(self, txn: Any, dataset: str, name: str, now: float) -> int | None:
+        """Evict ``dataset/name`` in the write transaction ``txn`` if it is evictable;
+        the bytes it frees, None if it is not. The caller counts it in
+        :attr:`evictions` once ``txn`` has committed."""
         record = self._catalog.get_shard(txn, dataset, name)
         if record is None or not record.evictable(now):
-            return 0
+            return None
         for index in range(len(record.frame_sizes)):
             self._frames.delete_in(txn, frame_key(record.generation, index))
         self._catalog.put_shard(txn, record.with_state(hot=False))
         freed = sum(record.stored_sizes(self._overhead(record)))
         self._catalog.add_counter(txn, "hot_bytes", -freed)
         self._policies.removed((dataset, name))
-        self.evictions += 1  # under the eviction lock
         return freed
