@@ -70,12 +70,13 @@ def test_a_put_larger_than_the_hot_tier_is_refused_and_evicts_nothing(
         assert all(client.stat(dataset, name).hot for name in ("a", "b", "c"))
 
 
-def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(
+def test_a_pin_or_prefetch_of_a_shard_larger_than_the_hot_tier_is_refused(
     tmp_path: Path, spawn_server: Callable[..., ServerProcess]
 ) -> None:
-    # It was pinned, and said to be "queued for promotion, tried again while there is
-    # no room": each try was skipped, once a minute for as long as the pin held, and
-    # the shard never turned hot.
+    # The pin was accepted, and said to be "queued for promotion, tried again while
+    # there is no room": each try was skipped, once a minute for as long as the pin
+    # held. The prefetch was reported "queued 1 shard", and skipped. Neither shard
+    # ever turned hot.
     dataset = unique()
     node = shrunk_node(tmp_path, spawn_server, dataset)
     env = node.cli_env()
@@ -83,6 +84,16 @@ def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(
         client.put(dataset, "small", b"s" * 1000)
         client.evict(dataset, "small")
         assert not client.stat(dataset, "big").hot
+
+        refused = run(env, "prefetch", dataset, "small", "big", "nosuch")
+        assert refused.returncode == 1, refused.stderr.decode()
+        assert json.loads(refused.stdout) == {"queued": 0, "not_found": ["nosuch"]}
+        said = refused.stderr.decode()
+        assert "HotTierFull" in said and f"{dataset}/big" in said, said
+        assert "could never be made hot" in said and "nothing was queued" in said, said
+        with pytest.raises(errors.HotTierFull, match="nothing was queued"):
+            client.prefetch(dataset, ["big"])
+        assert not client.stat(dataset, "small").hot  # nothing queued indeed
 
         refused = run(env, "pin", dataset, "small", "big")
         assert refused.returncode == 1, refused.stderr.decode()
@@ -99,29 +110,6 @@ def test_a_pin_of_a_shard_larger_than_the_hot_tier_is_refused(
         with pytest.raises(errors.HotTierFull):
             client.pin(dataset, "big", ttl_s=60)
         assert not client.stat(dataset, "big").pinned
-
-
-def test_a_prefetch_of_a_shard_larger_than_the_hot_tier_is_refused(
-    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
-) -> None:
-    # It was reported "queued 1 shard", and then skipped, never to be hot.
-    dataset = unique()
-    node = shrunk_node(tmp_path, spawn_server, dataset)
-    env = node.cli_env()
-    with node.connect(local_reads=False) as client:
-        client.put(dataset, "small", b"s" * 1000)
-        client.evict(dataset, "small")
-
-        refused = run(env, "prefetch", dataset, "small", "big", "nosuch")
-        assert refused.returncode == 1, refused.stderr.decode()
-        assert json.loads(refused.stdout) == {"queued": 0, "not_found": ["nosuch"]}
-        said = refused.stderr.decode()
-        assert "HotTierFull" in said and f"{dataset}/big" in said, said
-        assert "could never be made hot" in said and "nothing was queued" in said, said
-        with pytest.raises(errors.HotTierFull, match="nothing was queued"):
-            client.prefetch(dataset, ["big"])
-        assert not client.stat(dataset, "small").hot  # nothing queued indeed
-        assert run(env, "prefetch", dataset, "small").returncode == 0
         poll(lambda: client.stat(dataset, "small").hot, 30, "the small shard to turn hot")
         assert not client.stat(dataset, "big").hot
 
