@@ -788,6 +788,59 @@ def test_an_upload_whose_abort_failed_is_aborted_once_the_archive_answers_again(
         proxy.down()
 
 
+def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a_start(
+    tmp_path: Path, s3_settings: S3Settings, s3_admin: S3Client
+) -> None:
+    # A node restarted while its archive was unreachable (it serves its hot tier) never
+    # aborted the uploads its killed run left open: their parts cost storage, unseen,
+    # until a later start found the archive up.
+    bucket, prefix = s3_settings.bucket, s3_settings.prefix
+    target = ("127.0.0.1", int(s3_settings.endpoint_url.rsplit(":", 1)[1]))
+    proxy = SwitchableProxy(target)
+    proxy.up()
+    settings = EngineSettings(
+        data_dir=tmp_path / "node",
+        mover_retry_max_s=0.5,
+        archive=ArchiveSettings(
+            endpoint_url=proxy.url,
+            bucket=bucket,
+            prefix=prefix,
+            access_key_id=s3_settings.access_key_id,
+            secret_access_key=s3_settings.secret_access_key,
+        ),
+    )
+
+    def open_uploads() -> list[str]:
+        listed = s3_admin.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+    store = open_store(settings)
+    try:
+        store.create_dataset("ds")
+        store.put("ds", "first", b"archived before the kill")
+        assert store.drain(30)
+    finally:
+        store.close()
+    # What the killed run left: an upload of a generation's frames, one part sent.
+    left = prefix + f"ds/{9:016x}.frames"
+    upload_id = s3_admin.create_multipart_upload(Bucket=bucket, Key=left)["UploadId"]
+    s3_admin.upload_part(
+        Bucket=bucket, Key=left, UploadId=upload_id, PartNumber=1, Body=b"x" * (5 * MiB)
+    )
+    proxy.down()
+    store = open_store(settings)  # serves its hot tier; nothing aborted yet
+    try:
+        assert open_uploads() == [left]
+        store.put("ds", "second", b"archived once the archive is back")
+        proxy.up()
+        poll(lambda: store.stat("ds", "second").archived, 60, "the mover to drain")
+        poll(lambda: not open_uploads(), 30, "the killed run's upload to be aborted")
+        assert store.get("ds", "second").to_bytes() == b"archived once the archive is back"
+    finally:
+        store.close()
+        proxy.down()
+
+
 _EXIT_DURING_UPLOAD = """
 import threading, time
 from tests.s3_stubs import ScriptedServer, fast_settings, s3_error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tierstore.config import EngineSettings
@@ -94,18 +95,23 @@ def _open_claimed(
             )
         )
         try:
-            _prepare_archive(tier, settings)
-            return _store_over(settings, tier, observe_archive, keyring, start_mover, claim)
+            left_behind = _prepare_archive(tier, settings)
+            store = _store_over(settings, tier, observe_archive, keyring, start_mover, claim)
         except BaseException:
             tier.close()  # its connection pool: a start may be tried again
             raise
+        if left_behind:
+            # Once the archive answers (no upload of this store is in flight then).
+            store.mover.abort_left_behind_later(partial(_abort_uploads_left_behind, tier))
+        return store
     return _store_over(settings, archive, observe_archive, keyring, start_mover, claim)
 
 
-def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> None:
-    """Make sure the bucket is there, and abort the uploads an earlier run left behind.
-    Raises ArchiveUnavailable when the archive cannot be reached and there is no hot
-    tier yet (a new node has nothing to serve without it)."""
+def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> bool:
+    """Make sure the bucket is there, and abort the uploads an earlier run left behind;
+    returns whether those are left for the mover (the archive failed: it aborts them
+    once the archive answers). Raises ArchiveUnavailable when the archive cannot be
+    reached and there is no hot tier yet (a new node has nothing to serve without it)."""
     try:
         tier.ensure_bucket()
     except ArchiveUnavailable as exc:
@@ -113,8 +119,13 @@ def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> None:
             raise
         # A node's own hot tier serves without the archive; its mover retries.
         log.warning("the archive is unreachable; serving the hot tier: %s", exc)
-    else:
+        return True
+    try:
         _abort_uploads_left_behind(tier)
+    except ArchiveUnavailable as exc:
+        log.warning("could not abort the archive's incomplete uploads yet: %s", exc)
+        return True
+    return False
 
 
 def _store_over(
@@ -134,12 +145,8 @@ def _store_over(
 
 
 def _abort_uploads_left_behind(tier: S3Tier) -> None:
-    """Abort the multipart uploads a killed node left under its prefix (no upload of
-    this store is in flight yet). Best effort: a failure is logged, the start goes on."""
-    try:
-        aborted = tier.abort_incomplete_uploads(is_generation_object_key)
-    except ArchiveUnavailable as exc:
-        log.warning("could not abort the archive's incomplete uploads: %s", exc)
-        return
+    """Abort the multipart uploads a killed node left under its prefix (call it while no
+    upload of this store is in flight). Raises ArchiveUnavailable."""
+    aborted = tier.abort_incomplete_uploads(is_generation_object_key)
     if aborted:
         log.info("aborted %d incomplete uploads left in the archive by an earlier run", aborted)

@@ -153,6 +153,11 @@ class Mover:
         #: called after each pass of the journal thread (the store makes its disk
         #: reserve again there, once the disk has room).
         self.after_pass: Callable[[], object] = lambda: None
+        #: the start's abort of the uploads an earlier run left open in the archive,
+        #: while it has not gone through: see abort_left_behind_later.
+        self._left_behind: Callable[[], object] | None = None
+        self._left_behind_retry_at = 0.0
+        self._left_behind_delay = settings.mover_retry_initial_s
 
     def start(self) -> None:
         """Start the journal thread (it resumes any journal left by a crash) and the
@@ -199,6 +204,44 @@ class Mover:
         """Tell the journal thread that there is new work."""
         self._wake.set()
 
+    def abort_left_behind_later(self, abort: Callable[[], object]) -> None:
+        """Have the journal thread call ``abort()`` (which aborts the multipart uploads
+        an earlier run left open in the archive, raising ArchiveUnavailable when the
+        archive fails) once the journal is empty, until a call goes through: for a store
+        whose start could not reach the archive. It runs with the journal held, so no
+        upload of this store is in flight meanwhile."""
+        self._left_behind = abort
+        self.wake()
+
+    def _abort_left_behind(self) -> None:
+        """Call the pending :meth:`abort_left_behind_later`, if any and its back-off
+        has passed; a failure is tried again later (the mover's retry delays)."""
+        abort = self._left_behind
+        if abort is None or time.monotonic() < self._left_behind_retry_at:
+            return
+        # The journal held: none of this store's uploads is in flight, only an earlier
+        # run's (or one of its own whose abort failed) can be open.
+        with self._journal_turn(caller_waits=False):
+            if self._stop.is_set():  # the store closed: its claim may be released now
+                return
+            self.stall_watch.begin()  # a write-through caller need not wait on a frozen one
+            try:
+                abort()
+            except TierstoreError as exc:
+                if self._stop.is_set():
+                    return
+                # The start said so: an archive refusing it for good (no right to list
+                # uploads) would fill the log at every retry.
+                log.debug("could not abort the archive's incomplete uploads yet: %s", exc)
+                self._left_behind_retry_at = time.monotonic() + self._left_behind_delay
+                self._left_behind_delay = min(
+                    self._left_behind_delay * 2, self._settings.mover_retry_max_s
+                )
+                return
+            finally:
+                self.stall_watch.end()
+        self._left_behind = None
+
     def after_entries(self, then: Callable[[], object]) -> None:
         """Call ``then()`` once no journal entry is under way: at once when none is,
         else on a thread of its own when the one under way ends. For a store whose hot
@@ -229,6 +272,8 @@ class Mover:
             self._wake.clear()
             try:
                 progressed = self.drain_once()
+                if progressed and not self._stop.is_set():
+                    self._abort_left_behind()  # the journal empty: nothing of ours in flight
             except Exception as exc:
                 if self._stop.is_set():  # the store closed under a pass: it resumes next start
                     log.info("journal pass ended by the stop: %s", exc)
