@@ -743,12 +743,14 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         )
 
 
+@pytest.mark.parametrize("answered", ["put", "delete"])
 def test_an_upload_whose_abort_failed_is_aborted_once_the_archive_answers_again(
-    s3_settings: S3Settings, s3_admin: S3Client
+    s3_settings: S3Settings, s3_admin: S3Client, answered: str
 ) -> None:
     # An upload that failed while the archive was down failed to abort too, and its
     # parts cost storage, unseen, until a store next opened on the prefix: a node that
-    # ran for months through archive outages piled them up.
+    # ran for months through archive outages piled them up. And after a delete too (the
+    # shard deleted while its upload waited for the archive: no put follows).
     target = ("127.0.0.1", int(s3_settings.endpoint_url.rsplit(":", 1)[1]))
     proxy = SwitchableProxy(target)
     proxy.up()
@@ -778,7 +780,10 @@ def test_an_upload_whose_abort_failed_is_aborted_once_the_archive_answers_again(
         assert "aborting multipart upload" in "".join(failed.value.__notes__)
         assert open_uploads() == [settings.prefix + "big"]
         proxy.up()
-        tier.put("small", b"the archive answers again")
+        if answered == "put":
+            tier.put("small", b"the archive answers again")
+        else:
+            tier.delete("big")
         assert open_uploads() == []
         assert tier.get("big") is None
         tier.put("big", pattern(10 * MiB, seed=3))  # and the next upload is whole

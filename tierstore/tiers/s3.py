@@ -342,8 +342,8 @@ class S3Tier:
 
     def _abort_left_open(self, state: ProcessState) -> None:
         """Abort the failed multipart uploads whose abort failed too (the archive down),
-        now that a put went through: their parts cost storage, unseen, until a store
-        next opened on the prefix. One that fails again is kept for the next put."""
+        now that a put or delete went through: their parts cost storage, unseen, until a
+        store next opened on the prefix. One that fails again is kept for the next."""
         with state.lock:
             if not state.left_open:
                 return
@@ -380,7 +380,8 @@ class S3Tier:
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error. Raises :class:`ArchiveUnavailable`."""
-        client = self._client()
+        state = self._state()
+        client = state.client
         bucket, full_key = self.settings.bucket, self._key(key)
 
         def delete_once() -> None:
@@ -391,6 +392,8 @@ class S3Tier:
                     raise
 
         self._call(f"DELETE {bucket}/{full_key}", delete_once)
+        # A shard deleted while its upload waited for the archive: no put may follow.
+        self._abort_left_open(state)
 
     def stat(self, key: str) -> ObjectStat | None:
         """Return the size of ``key`` (one HEAD), or ``None`` if absent. Thread-safe.
