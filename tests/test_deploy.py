@@ -66,6 +66,18 @@ def value(key: str, lines: list[Line]) -> str:
     raise AssertionError(f"no {key} in {lines}")
 
 
+def mapping(key: str, lines: list[Line]) -> dict[str, str]:
+    """The mapping of ``key``: written in flow (``key: {a: b}``) or as a block below."""
+    for _, text in lines:
+        if text.startswith(f"{key}: {{"):
+            return dict(re.findall(r"([\w./-]+): ([^,{}]+)", text[len(key) + 2 :]))
+        if text == f"{key}:":
+            below = block(key, lines)
+            first = below[0][0]
+            return dict(line.split(": ", 1) for deeper, line in below if deeper == first)
+    raise AssertionError(f"no {key} in {lines}")
+
+
 def container_env() -> dict[str, str]:
     """The container's environment: a literal's value, or the source of one taken from
     elsewhere (``fieldRef``, ``secretKeyRef``) as its text."""
@@ -182,3 +194,11 @@ def test_the_image_runs_the_user_and_the_command_the_manifest_expects() -> None:
     for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE):
         for source in copied.split():
             assert (ROOT / source).exists(), source
+
+
+def test_the_container_requests_the_cpu_and_memory_it_runs_on() -> None:
+    # Without requests the pod is BestEffort: the first one the kubelet evicts when its
+    # host runs short of memory, and scheduled onto a host with none to spare.
+    resources = block("resources", block("containers"))
+    assert set(mapping("requests", resources)) == {"cpu", "memory"}
+    assert "memory" in mapping("limits", resources)
