@@ -63,7 +63,7 @@ def value(key: str, lines: list[Line]) -> str:
         found = re.search(rf"(?:^|[{{,]\s*|- ){re.escape(key)}: ([^,{{}}]+)", text)
         if found:
             return found.group(1).strip().strip('"')
-    raise AssertionError(f"no {key} in {lines}")
+    raise AssertionError(f"no {key} in the block looked at")
 
 
 def mapping(key: str, lines: list[Line]) -> dict[str, str]:
@@ -75,7 +75,7 @@ def mapping(key: str, lines: list[Line]) -> dict[str, str]:
             below = block(key, lines)
             first = below[0][0]
             return dict(line.split(": ", 1) for deeper, line in below if deeper == first)
-    raise AssertionError(f"no {key} in {lines}")
+    raise AssertionError(f"no {key} in the block looked at")
 
 
 def container_env() -> dict[str, str]:
@@ -202,3 +202,9 @@ def test_the_container_requests_the_cpu_and_memory_it_runs_on() -> None:
     resources = block("resources", block("containers"))
     assert set(mapping("requests", resources)) == {"cpu", "memory"}
     assert "memory" in mapping("limits", resources)
+
+
+def test_the_pod_gets_no_kubernetes_api_token() -> None:
+    # The node never calls the Kubernetes API: a token mounted in its pod would only hand
+    # whoever took over the process the service account's rights.
+    assert value("automountServiceAccountToken", block("template")) == "false"
