@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import typer
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tierstore.cli.main import app
 from tierstore.server.app import check_listen_addresses
@@ -208,3 +210,21 @@ def test_the_pod_gets_no_kubernetes_api_token() -> None:
     # The node never calls the Kubernetes API: a token mounted in its pod would only hand
     # whoever took over the process the service account's rights.
     assert value("automountServiceAccountToken", block("template")) == "false"
+
+
+def test_the_image_installs_the_tested_version_of_every_dependency() -> None:
+    # `pip install .` alone took whatever versions were newest on the day of the build:
+    # never tested together, and different from one node's image to the next.
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r"pip install .*-c deploy/constraints\.txt \.", dockerfile)
+    pins: dict[str, str] = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for written in dependencies["dependencies"]:
+        requirement = Requirement(written)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"{requirement.name} is not pinned"
+        assert requirement.specifier.contains(pinned, prereleases=True), (written, pinned)
