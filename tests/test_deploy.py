@@ -228,3 +228,11 @@ def test_the_image_installs_the_tested_version_of_every_dependency() -> None:
         pinned = pins.get(canonicalize_name(requirement.name))
         assert pinned is not None, f"{requirement.name} is not pinned"
         assert requirement.specifier.contains(pinned, prereleases=True), (written, pinned)
+
+
+def test_the_pod_gets_no_variables_for_the_namespace_s_services() -> None:
+    # The kubelet gives a pod variables naming each Service of its namespace: one named
+    # tierstore-archive (an S3 server for the archive, say) gave TIERSTORE_ARCHIVE_SERVICE_HOST
+    # and more, and the node refuses to start on a TIERSTORE_ variable that names no
+    # setting.
+    assert value("enableServiceLinks", block("template")) == "false"
