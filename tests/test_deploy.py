@@ -95,7 +95,7 @@ def container_env() -> dict[str, str]:
 
 def expand(argument: str, env: dict[str, str]) -> str:
     """``$(NAME)`` replaced as the kubelet does (a field or Secret by a stand-in)."""
-    stand_ins = {"POD_NAME": "tierstore-0"}
+    stand_ins = {"POD_NAME": "tierstore-0", "POD_NAMESPACE": "storage"}
     return re.sub(r"\$\((\w+)\)", lambda m: stand_ins.get(m[1], env[m[1]]), argument)
 
 
@@ -236,3 +236,16 @@ def test_the_pod_gets_no_variables_for_the_namespace_s_services() -> None:
     # and more, and the node refuses to start on a TIERSTORE_ variable that names no
     # setting.
     assert value("enableServiceLinks", block("template")) == "false"
+
+
+def test_the_certificate_names_the_pod_by_every_name_the_cluster_s_dns_gives_it() -> None:
+    # A client in another namespace (training jobs in theirs, the store in its own)
+    # reaches the pod as <pod>.tierstore.<namespace>[.svc[.cluster.local]]: a certificate
+    # naming only <pod>.tierstore failed its host name check.
+    params = serve_command().make_context("serve", serve_arguments()).params
+    assert {
+        "tierstore-0.tierstore",
+        "tierstore-0.tierstore.storage",
+        "tierstore-0.tierstore.storage.svc",
+        "tierstore-0.tierstore.storage.svc.cluster.local",
+    } <= set(params["hostname"])
