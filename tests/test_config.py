@@ -155,6 +155,43 @@ def test_the_clients_and_the_cli_s_variables_are_not_settings_and_let_be() -> No
     assert load_settings(environ=client) == load_settings(environ={})
 
 
+def test_kubernetes_service_links_are_not_settings_and_let_be() -> None:
+    # Kubernetes gives a pod variables for every Service of its namespace: one named
+    # tierstore-archive (an S3 server) made TIERSTORE_ARCHIVE_SERVICE_HOST and others, and
+    # a node in that namespace refused to start on "unknown setting".
+    links = {}
+    for service in ("TIERSTORE", "TIERSTORE_ARCHIVE", "TIERSTORE_METRICS"):
+        links |= {
+            f"{service}_SERVICE_HOST": "10.96.0.12",
+            f"{service}_SERVICE_PORT": "9000",
+            f"{service}_SERVICE_PORT_S3": "9000",
+            f"{service}_PORT": "tcp://10.96.0.12:9000",
+            f"{service}_PORT_9000_TCP": "tcp://10.96.0.12:9000",
+            f"{service}_PORT_9000_TCP_PROTO": "tcp",
+            f"{service}_PORT_9000_TCP_PORT": "9000",
+            f"{service}_PORT_9000_TCP_ADDR": "10.96.0.12",
+        }
+    links["TIERSTORE_ARCHIVE_PORT_53_UDP"] = "udp://[fd00::12]:53"
+    links["TIERSTORE_ARCHIVE_PORT_53_UDP_ADDR"] = "fd00::12"
+    assert load_settings(environ=links) == load_settings(environ={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TIERSTORE_METRICS_PORT", "9090"),  # not a link's value (tcp://host:port)
+        ("TIERSTORE_ARCHIVE_SERVICE_HOST", "not an address"),
+        ("TIERSTORE_HOT_SERVICE_PORT", "many"),
+        ("TIERSTORE_PORT_9000_TCP_PROTO", "carrier-pigeon"),
+    ],
+)
+def test_variables_shaped_as_service_links_with_other_values_are_still_refused(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=f"unknown setting {variable}"):
+        load_settings(environ={variable: value})
+
+
 def test_an_empty_archive_endpoint_variable_is_refused_not_the_embedded_archive() -> None:
     # An unset variable (TIERSTORE_ARCHIVE_ENDPOINT_URL=$URL) named no archive: the node
     # started its embedded one, and the "archived" copies stayed on its own disk.

@@ -11,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -239,7 +240,35 @@ _OTHER_VARIABLES = frozenset(
         "TIERSTORE_S3_SECRET_KEY",
     }
 )
+#: The variables Kubernetes gives a pod for each Service of its namespace (its "service
+#: links"), by name shape and value shape: a Service named tierstore-<x> makes
+#: TIERSTORE_<X>_SERVICE_HOST and the like, which are no setting and were refused, so a
+#: node could not start beside such a Service. A variable of a link's name whose value
+#: is not a link's (TIERSTORE_METRICS_PORT=9090) is still refused as a typo.
+_ADDRESS = r"(?:[0-9.]+|[0-9A-Fa-f:]+)"
+_SERVICE_LINKS = (
+    (re.compile(r"TIERSTORE(?:_\w+)?_SERVICE_HOST"), re.compile(_ADDRESS)),
+    (re.compile(r"TIERSTORE(?:_\w+)?_SERVICE_PORT(?:_\w+)?"), re.compile(r"\d+")),
+    (
+        re.compile(r"TIERSTORE(?:_\w+)?_PORT(?:_\d+_(?:TCP|UDP|SCTP))?"),
+        re.compile(rf"(?:tcp|udp|sctp)://(?:{_ADDRESS}|\[[0-9A-Fa-f:]+\]):\d+"),
+    ),
+    (
+        re.compile(r"TIERSTORE(?:_\w+)?_PORT_\d+_(?:TCP|UDP|SCTP)_PROTO"),
+        re.compile(r"tcp|udp|sctp"),
+    ),
+    (re.compile(r"TIERSTORE(?:_\w+)?_PORT_\d+_(?:TCP|UDP|SCTP)_PORT"), re.compile(r"\d+")),
+    (re.compile(r"TIERSTORE(?:_\w+)?_PORT_\d+_(?:TCP|UDP|SCTP)_ADDR"), re.compile(_ADDRESS)),
+)
 _warned: set[object] = set()
+
+
+def _is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is one of the variables Kubernetes gives a pod for a
+    Service (see ``_SERVICE_LINKS``)."""
+    return any(
+        named.fullmatch(name) and valued.fullmatch(value) for named, valued in _SERVICE_LINKS
+    )
 
 
 def _warn_once(about: object) -> bool:
@@ -295,6 +324,8 @@ def load_settings(
         if not name.startswith(_ENV_PREFIX):
             continue
         key = name[len(_ENV_PREFIX) :].lower()
+        if _is_service_link(name, raw):
+            continue
         if key.startswith("archive_") and key[len("archive_") :] in archive_fields:
             if key == "archive_endpoint_url" and not raw.strip():
                 # An unset variable in a script: the node took it for no archive named
