@@ -103,7 +103,9 @@ def test_a_put_whose_writer_lost_the_right_meanwhile_stores_nothing(
     stream_ends: bool,
 ) -> None:
     tenant = {"tenant": DatasetSettings()}
-    with serving(tmp_path, datasets=tenant, max_frame_bytes=FRAME) as node:
+    # A hot tier room for the put (a put larger than the tier's watermark is refused).
+    room = 4 * (SPOOLED + 2) * FRAME
+    with serving(tmp_path, datasets=tenant, max_frame_bytes=FRAME, hot_capacity_bytes=room) as node:
         writer = node.token("writer", ("tenant", Role.WRITER))
         release = threading.Event()
         ending = None if stream_ends else threading.Event()
