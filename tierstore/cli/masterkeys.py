@@ -140,10 +140,12 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     """Refuse (FailedPrecondition, one line naming where the keys came from) keys that
     would lose data if the node served with them: keys that do not unwrap a data key
     of some master key id the catalog's records use (one unwrap per id when they fit);
-    a key file created by this start while the archive holds objects; and keys under
+    a key file created by this start while the archive holds objects; an archive that
+    holds none of the node's datasets' objects (not the node's archive:
+    :meth:`Store.archive_missing_datasets`); and keys under
     which no dataset object in the archive verifies (:meth:`Store.archive_seal_failure`:
     how a node whose datasets are all plaintext tells the wrong keys). With
-    ``reseal_archive`` only the first check is made: the caller then has the archive's
+    ``reseal_archive`` only the first and the archive's are made: the caller then has the archive's
     metadata sealed again under these keys (:meth:`Store.reseal_archive`), for a node
     that lost its key file and holds no encrypted shard. Call it with the store's mover
     not yet started and before any put is accepted. Raises ArchiveUnavailable when the
@@ -169,6 +171,17 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
             "Not starting: reads of them would fail, and puts would be acknowledged under "
             f"keys the rest cannot be read with. Configure the keys they were written with"
             f"{_retired_hint(keys, failure.key_id)}{no_reseal}"
+        )
+    missing = store.archive_missing_datasets()
+    if missing:
+        raise FailedPrecondition(
+            f"the archive holds none of this node's {len(missing)} archived dataset(s) "
+            f"(no settings object of {missing[0]!r}, nor of any other): it is not this "
+            "node's archive (its --s3-endpoint, --bucket or --prefix, or the settings "
+            "file's [archive], changed), or it lost them (an embedded archive's "
+            "directory deleted). Not starting: reads of archived shards would fail, and "
+            "uploads would split the node's data between two archives. Give the node "
+            "its archive again, or restore the archive's objects"
         )
     if reseal_archive:
         return

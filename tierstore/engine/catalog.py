@@ -415,6 +415,17 @@ class Catalog:
             self.add_counter(txn, "backlog_bytes", -op.nbytes)
             txn.delete(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
 
+    def datasets_on_the_journal(self, txn: Any) -> set[str]:
+        """The datasets whose settings object a pending ``dataset`` operation writes or
+        removes (the rest are passed over undecoded)."""
+        # JournalOp.encode writes the operation first, as json.dumps writes it.
+        marker = b'["dataset",'
+        return {
+            JournalOp.decode(raw).dataset
+            for _, raw in self._journal(txn)
+            if bytes(raw[: len(marker)]) == marker
+        }
+
     def journal_length(self, txn: Any) -> int:
         return int(txn.stat(self._db("journal"))["entries"])
 

@@ -61,7 +61,7 @@ from tierstore.engine.rebuild import (
     restore_catalog,
     scan_archive,
 )
-from tierstore.engine.records import JournalOp, ShardRecord, catalog_key
+from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key, catalog_key
 from tierstore.engine.sealedpath import SealedRead, SealedReader
 from tierstore.engine.sealing import (
     ShardSealers,
@@ -1010,6 +1010,23 @@ class Store:
         listed. Raises ArchiveUnavailable when it cannot be listed."""
         self._check_open()
         return bool(self._archive.list(limit=1).keys)
+
+    def archive_missing_datasets(self) -> builtins.list[str]:
+        """The datasets whose settings object the archive should hold but does not, when
+        it holds none of them: this node was given an archive that is not its own (its
+        bucket, prefix or endpoint changed; an embedded archive's directory deleted).
+        Empty when some dataset's object is there (one GET, for a node on its own
+        archive), and when none is due yet (every dataset's object still on the journal:
+        made while the archive was down). Raises ArchiveUnavailable."""
+        self._check_open()
+        with self._env.read() as txn:
+            names = [name for name, _ in self._catalog.list_datasets(txn)]
+        for name in names:
+            if self._archive.get(archive_dataset_key(name)) is not None:
+                return []
+        with self._env.read() as txn:
+            pending = self._catalog.datasets_on_the_journal(txn)
+        return [name for name in names if name not in pending]
 
     def rebuild_from_archive(self, *, believe_unsealed: bool = False) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
