@@ -110,43 +110,51 @@ class ServerProcess:
                     free_port(),
                     free_port(),
                 )
-            command = [
-                tierstore_command(),
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--health-listen",
-                f"127.0.0.1:{self.health_port}",
-                "--metrics-listen",
-                f"127.0.0.1:{self.metrics_port}",
-                *self.extra_args,
-            ]
-            with self._out_path.open("ab") as out, self._err_path.open("ab") as err:
-                self._out_offset, self._err_offset = out.tell(), err.tell()
-                self.process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=clean_env(**self.env),
-                    start_new_session=True,  # so a SIGKILL can take the embedded weed along
-                )
+            process = self.launch()
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
                 if READY_LINE in self.output():
                     return self
-                if self.process.poll() is not None:
+                if process.poll() is not None:
                     break
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(0.05)
+                    process.wait(0.05)
             else:
                 self.kill()
                 raise AssertionError(f"the server was not ready in {START_TIMEOUT_S} s:\n{self}")
             if "cannot listen" not in self.errors() or attempt == 2 or same_ports:
-                raise AssertionError(f"the server exited with {self.process.returncode}:\n{self}")
+                raise AssertionError(f"the server exited with {process.returncode}:\n{self}")
         raise AssertionError("unreachable")
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the server process (on the ports chosen last, if any) and return it at
+        once, not waiting for it to be ready."""
+        if not self.port:
+            self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        command = [
+            tierstore_command(),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--health-listen",
+            f"127.0.0.1:{self.health_port}",
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
+            *self.extra_args,
+        ]
+        with self._out_path.open("ab") as out, self._err_path.open("ab") as err:
+            self._out_offset, self._err_offset = out.tell(), err.tell()
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=clean_env(**self.env),
+                start_new_session=True,  # so a SIGKILL can take the embedded weed along
+            )
+        return self.process
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then SIGKILL (whole process group) after ``timeout_s``; the exit code."""

@@ -52,7 +52,7 @@ from tierstore.cli.startcheck import (
     open_checked_store,
     through_embedded_restarts,
 )
-from tierstore.config import load_settings
+from tierstore.config import EngineSettings, load_settings
 from tierstore.crypto import retired_keys_path
 from tierstore.engine.diskreserve import DiskReserve
 from tierstore.engine.store import Store, hot_tier_dir
@@ -201,10 +201,16 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     _give_back_the_reserve_on_a_full_disk(data_dir, configured.disk_reserve_bytes)
     _warn_of_too_little_disk(data_dir, configured.hot_capacity_bytes)
     stop = threading.Event()
+    serving = threading.Event()  # set as the server starts: a start is cut short before
 
     def on_signal(signum: int, frame: object) -> None:
         if not stop.is_set():
             stop.set()  # the first: stop gracefully
+            if not serving.is_set():
+                # A start may wait minutes on an archive that answers nothing (its
+                # requests' time-outs and retries): end it now, through its cleanup.
+                # Nothing was served, so nothing was acknowledged.
+                raise _StoppedWhileStarting
             return
         # The second, while calls in flight have their grace: the operator will not wait.
         # What was acknowledged is on disk, and the next start takes up the journal.
@@ -215,6 +221,32 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    try:
+        _run(options, configured, data_dir, out, ready, stop, serving)
+    except _StoppedWhileStarting:
+        out.write("tierstore: stopped before it was ready\n")
+    else:
+        out.write("tierstore: stopped\n")
+    out.flush()
+    return 0
+
+
+class _StoppedWhileStarting(BaseException):
+    """Raised by serve's signal handler in a start that a signal cut short (as
+    KeyboardInterrupt would be): the start unwinds through its cleanup."""
+
+
+def _run(
+    options: ServeOptions,
+    configured: EngineSettings,
+    data_dir: Path,
+    out: TextIO,
+    ready: threading.Event | None,
+    stop: threading.Event,
+    serving: threading.Event,
+) -> None:
+    """Start the node and run it until ``stop`` is set (``serving`` set as its server
+    starts), then stop it gracefully."""
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
@@ -301,6 +333,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             KeyRotation(keys, store),
             metrics,
         )
+        serving.set()
         server.start()
         print_banner(
             out,
@@ -322,9 +355,6 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
         out.flush()
         server.stop(options.grace_s)
-    out.write("tierstore: stopped\n")
-    out.flush()
-    return 0
 
 
 def _certificate_names(options: ServeOptions) -> tuple[str, ...]:
