@@ -277,6 +277,29 @@ class ServerProcess:
         return found
 
 
+def with_flag(server: ServerProcess, flag: str, value: str) -> ServerProcess:
+    """A server (not started) on ``server``'s data directory and flags, ``flag``'s value
+    (one it was given) replaced by ``value``."""
+    args = list(server.extra_args)
+    args[args.index(flag) + 1] = value
+    return ServerProcess(server.data_dir, tuple(args), server.env)
+
+
+@contextlib.contextmanager
+def silent_archive() -> Iterator[socket.socket]:
+    """A socket listening on 127.0.0.1 for an archive that takes connections (they wait
+    in its backlog) and answers nothing."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield silent
+
+
+def endpoint(listening: socket.socket) -> str:
+    """The URL of ``listening`` as an archive endpoint."""
+    return f"http://127.0.0.1:{listening.getsockname()[1]}"
+
+
 def archived_keys(s3: S3Settings) -> tuple[str, ...]:
     """The keys the archive of ``s3`` holds under its prefix (the first listing page)."""
     tier = S3Tier(s3)

@@ -31,7 +31,17 @@ from tierstore.tiers.seaweedfs import SeaweedServer
 from tierstore.tiers.seaweedkeeper import SeaweedKeeper
 from tierstore.types import Grant, Role
 
-from .conftest import ServerProcess, archived_keys, children, free_port, poll, unique
+from .conftest import (
+    ServerProcess,
+    archived_keys,
+    children,
+    endpoint,
+    free_port,
+    poll,
+    silent_archive,
+    unique,
+    with_flag,
+)
 
 
 def scrape_metrics(node: ServerProcess) -> str:
@@ -345,6 +355,30 @@ def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
     assert archived_keys(s3) == before  # nothing written, nothing deleted
     node.stop()
     proxy.down()
+
+
+@pytest.mark.timeout(180)
+def test_a_node_whose_archive_answers_nothing_serves_its_hot_tier_at_once(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # An archive that takes connections and answers nothing held the start for each of
+    # its calls' time-outs and retries (5 minutes for the bucket, 5 for the keys).
+    data_dir = tmp_path / "node"
+    first = spawn_server(data_dir)
+    with first.connect() as client:
+        client.create_dataset("ds")
+        client.put("ds", "hot", b"on the node's own disk")
+    assert first.stop() == 0
+    with silent_archive() as silent:
+        node = with_flag(first, "--s3-endpoint", endpoint(silent))
+        try:
+            node.start()  # within START_TIMEOUT_S
+            assert "the archive is unreachable" in node.output(), node.output()
+            with node.connect() as client:
+                assert client.get("ds", "hot").to_pybytes() == b"on the node's own disk"
+            assert node.stop() == 0
+        finally:
+            node.kill()
 
 
 def test_a_new_node_whose_archive_is_unreachable_does_not_start(tmp_path: Path) -> None:

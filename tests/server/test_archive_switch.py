@@ -13,7 +13,7 @@ import pytest
 
 from tierstore.tiers.s3 import S3Settings
 
-from .conftest import ServerProcess, archived_keys, poll
+from .conftest import ServerProcess, archived_keys, poll, with_flag
 
 
 def _refused(server: ServerProcess) -> str:
@@ -37,10 +37,9 @@ def test_a_node_restarted_on_another_archive_is_refused(
         client.create_dataset("wt", durability="write-through")
         client.put("wt", "a", b"archived before the switch")
     assert first.stop() == 0
-    args = list(first.extra_args)
-    at = args.index("--prefix") + 1
-    original, args[at] = args[at], args[at] + "elsewhere/"
-    moved = ServerProcess(data_dir, tuple(args))
+    original = first.extra_args[first.extra_args.index("--prefix") + 1]
+    moved = with_flag(first, "--prefix", original + "elsewhere/")
+    args = moved.extra_args
     message = _refused(moved)
     assert "holds none of this node's 1 archived dataset(s)" in message, message
     assert "--prefix" in message

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from tierstore import errors
 from tierstore.client.receive import open_stream
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 
-from .conftest import ServerProcess, children, poll
+from .conftest import ServerProcess, children, endpoint, poll, silent_archive
 
 MiB = 1 << 20
 
@@ -138,29 +137,21 @@ def test_a_second_signal_exits_at_once_and_takes_the_embedded_archive_along(
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_stops_a_start_that_waits_on_a_silent_archive(
-    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
-) -> None:
+def test_sigterm_stops_a_start_that_waits_on_a_silent_archive(tmp_path: Path) -> None:
     # A start whose archive took connections and answered nothing went on with its
     # requests' time-outs and retries for minutes, the signal set aside until then.
-    data_dir = tmp_path / "node"
-    first = spawn_server(data_dir)
-    first.connect().create_dataset("ds")
-    assert first.stop() == 0
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    silent.settimeout(60)
-    args = list(first.extra_args)
-    args[args.index("--s3-endpoint") + 1] = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    starting = ServerProcess(data_dir, tuple(args))
-    process = starting.launch()
-    try:
-        held, _ = silent.accept()  # the start waits on the archive now (for minutes)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0, str(starting)
-        assert "tierstore: stopped before it was ready" in starting.output()
-        held.close()
-    finally:
-        starting.kill()
-        silent.close()
+    with silent_archive() as silent:
+        starting = ServerProcess(
+            tmp_path / "node",  # a new node: its start waits for its archive
+            ("--s3-endpoint", endpoint(silent), "--bucket", "silent"),
+        )
+        process = starting.launch()
+        try:
+            silent.settimeout(60)
+            held, _ = silent.accept()  # the start waits on the archive now (for minutes)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0, str(starting)
+            assert "tierstore: stopped before it was ready" in starting.output()
+            held.close()
+        finally:
+            starting.kill()

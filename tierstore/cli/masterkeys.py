@@ -50,6 +50,7 @@ from tierstore.errors import (
 __all__ = [
     "KeyRotation",
     "NodeKeys",
+    "check_keys_unwrap",
     "check_master_key_sources",
     "check_node_keys",
     "load_node_keys",
@@ -145,33 +146,13 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     :meth:`Store.archive_missing_datasets`); and keys under
     which no dataset object in the archive verifies (:meth:`Store.archive_seal_failure`:
     how a node whose datasets are all plaintext tells the wrong keys). With
-    ``reseal_archive`` only the first and the archive's are made: the caller then has the archive's
-    metadata sealed again under these keys (:meth:`Store.reseal_archive`), for a node
+    ``reseal_archive`` only the first and the archive's are made: the caller then has
+    the archive's metadata sealed again under these keys (:meth:`Store.reseal_archive`),
+    for a node
     that lost its key file and holds no encrypted shard. Call it with the store's mover
     not yet started and before any put is accepted. Raises ArchiveUnavailable when the
     archive is needed and cannot be reached (see :class:`DeferredKeyCheck`)."""
-    failure = store.master_key_failure()
-    # A reseal cannot stand in for keys encrypted shards need: say so when asked for one.
-    no_reseal = (
-        " (--reseal-archive cannot help: nothing reads these shards without their key)"
-        if reseal_archive
-        else ""
-    )
-    if failure is not None and keys.created:
-        raise FailedPrecondition(
-            f"{keys.source} did not exist (one was created, and removed again), but this "
-            f"node holds shards encrypted under master key {failure.key_id!r} (e.g. "
-            f"{failure.shard}). Restore the key file they were written with, or name it "
-            f"with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE){no_reseal}"
-        )
-    if failure is not None:
-        raise FailedPrecondition(
-            f"{keys.source} does not unwrap the data keys of this node's shards encrypted "
-            f"under master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). "
-            "Not starting: reads of them would fail, and puts would be acknowledged under "
-            f"keys the rest cannot be read with. Configure the keys they were written with"
-            f"{_retired_hint(keys, failure.key_id)}{no_reseal}"
-        )
+    check_keys_unwrap(keys, store, reseal_archive=reseal_archive)
     missing = store.archive_missing_datasets()
     if missing:
         raise FailedPrecondition(
@@ -211,6 +192,34 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
             "these are not the keys the archive was sealed with, and a rebuild from it "
             "would believe none of what was written before. Configure the keys it was "
             f"written with{retired_early}; {_RESEAL}"
+        )
+
+
+def check_keys_unwrap(keys: NodeKeys, store: Store, *, reseal_archive: bool = False) -> None:
+    """The first check of :func:`check_node_keys`, the one that needs no archive: refuse
+    (FailedPrecondition) keys that do not unwrap a data key of some master key id the
+    catalog's records use."""
+    failure = store.master_key_failure()
+    # A reseal cannot stand in for keys encrypted shards need: say so when asked for one.
+    no_reseal = (
+        " (--reseal-archive cannot help: nothing reads these shards without their key)"
+        if reseal_archive
+        else ""
+    )
+    if failure is not None and keys.created:
+        raise FailedPrecondition(
+            f"{keys.source} did not exist (one was created, and removed again), but this "
+            f"node holds shards encrypted under master key {failure.key_id!r} (e.g. "
+            f"{failure.shard}). Restore the key file they were written with, or name it "
+            f"with --master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE){no_reseal}"
+        )
+    if failure is not None:
+        raise FailedPrecondition(
+            f"{keys.source} does not unwrap the data keys of this node's shards encrypted "
+            f"under master key {failure.key_id!r} (e.g. {failure.shard}: {failure.error}). "
+            "Not starting: reads of them would fail, and puts would be acknowledged under "
+            f"keys the rest cannot be read with. Configure the keys they were written with"
+            f"{_retired_hint(keys, failure.key_id)}{no_reseal}"
         )
 
 

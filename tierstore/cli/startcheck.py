@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from tierstore.cli.masterkeys import NodeKeys, check_node_keys
+from tierstore.cli.masterkeys import NodeKeys, check_keys_unwrap, check_node_keys
 from tierstore.config import EngineSettings
-from tierstore.engine.bootstrap import open_store
+from tierstore.engine.bootstrap import archive_s3_settings, open_store
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition
 from tierstore.server.metrics import ServerMetrics
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from tierstore.tiers.seaweedfs import SeaweedServer
 
 __all__ = [
+    "ARCHIVE_PROBE_S",
     "EMBEDDED_START_WAIT_S",
     "UNCHECKED_MARK",
+    "archive_silence",
     "check_a_new_hot_tier",
     "open_checked_store",
     "through_embedded_restarts",
@@ -44,6 +46,10 @@ EMBEDDED_START_WAIT_S = 60.0
 
 _T = TypeVar("_T")
 
+
+#: how long a start with a hot tier of its own waits for the archive to answer one
+#: request before it serves that hot tier (the keys are checked once the archive answers).
+ARCHIVE_PROBE_S = 10.0
 
 #: In the data directory while a new hot tier has not been checked against the archive.
 UNCHECKED_MARK = "hot-tier.unchecked"
@@ -64,20 +70,31 @@ def open_checked_store(
     ``reseal_archive`` as serve was given them); return it and, when the archive
     could not be reached but the node may serve its own hot tier meanwhile, why. On
     any error the store is closed again."""
+    # A node that may serve its own hot tier without the archive asks it once, briefly,
+    # first: one that takes connections and answers nothing held the start for each
+    # call's time-outs and retries (minutes) before the node served.
+    own_hot_tier = not (keys.created or unchecked.exists())
+    archive_down = archive_silence(settings) if own_hot_tier else None
     # The mover starts only once the keys are checked: with the wrong ones it would
     # find every pending encrypted upload failing to unwrap.
     store = open_store(
-        settings, observe_archive=metrics.observe_archive, keyring=keys.keyring, start_mover=False
+        settings,
+        observe_archive=metrics.observe_archive,
+        keyring=keys.keyring,
+        start_mover=False,
+        prepare_archive=archive_down is None,
     )
     try:
         # Before a rebuild too: a created key believes no archived manifest.
-        archive_down: ArchiveUnavailable | None = None
-        try:
-            check_node_keys(keys, store, reseal_archive=reseal_archive)
-        except ArchiveUnavailable as unreachable:
-            if keys.created or unchecked.exists():
-                raise  # nothing checked here yet: no serving without the archive
-            archive_down = unreachable  # the node's own hot tier serves meanwhile
+        if archive_down is not None:
+            check_keys_unwrap(keys, store, reseal_archive=reseal_archive)
+        else:
+            try:
+                check_node_keys(keys, store, reseal_archive=reseal_archive)
+            except ArchiveUnavailable as unreachable:
+                if not own_hot_tier:
+                    raise  # nothing checked here yet: no serving without the archive
+                archive_down = unreachable  # the node's own hot tier serves meanwhile
         if unchecked.exists():
             check_a_new_hot_tier(store, rebuild_from_archive, out, lost_keys=reseal_archive)
             unchecked.unlink()
@@ -85,6 +102,35 @@ def open_checked_store(
         store.close()
         raise
     return store, archive_down
+
+
+def archive_silence(settings: EngineSettings) -> ArchiveUnavailable | None:
+    """Why the archive of ``settings`` does not answer one request within
+    :data:`ARCHIVE_PROBE_S` (a node's start then serves its hot tier at once), or None
+    when it answers (anything: a refusal too, which the start's own calls then meet)."""
+    if not settings.archive.endpoint_url:
+        return None  # open_store says so
+    from tierstore.tiers.s3 import S3Tier  # boto3 is heavy: import on use
+    from tierstore.tiers.s3_retry import is_transient
+
+    probe = S3Tier(
+        archive_s3_settings(
+            settings.archive,
+            max_attempts=1,
+            connect_timeout_s=ARCHIVE_PROBE_S,
+            read_timeout_s=ARCHIVE_PROBE_S,
+        )
+    )
+    try:
+        probe.ensure_bucket()
+    except ArchiveUnavailable as exc:
+        if not is_transient(exc.__cause__ or exc):
+            return None  # it answered
+        log.warning("the archive is unreachable; serving the hot tier: %s", exc)
+        return exc
+    finally:
+        probe.close()
+    return None
 
 
 def through_embedded_restarts(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tierstore.config import EngineSettings
+from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.crypto import LocalKeyring, MasterKeyProvider
 from tierstore.engine.allocator import tune_allocator
 from tierstore.engine.claim import StoreClaim
@@ -18,8 +18,9 @@ from tierstore.tiers.timed import Observer, TimedTier
 
 if TYPE_CHECKING:
     from tierstore.tiers.s3 import S3Tier
+    from tierstore.tiers.s3_connection import S3Settings
 
-__all__ = ["keyring_from_settings", "open_store"]
+__all__ = ["archive_s3_settings", "keyring_from_settings", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,16 @@ def open_store(
     *,
     keyring: MasterKeyProvider | None = None,
     start_mover: bool = True,
+    prepare_archive: bool = True,
 ) -> Store:
     """Open the store of ``settings``; the archive is S3 at ``settings.archive`` unless given.
 
     ``observe_archive`` is called with (operation, seconds, failed) after every archive
     request (for metrics). ``keyring``, given, is used instead of the master keys the
     settings name. Without ``start_mover`` the caller starts the background work
-    (:meth:`Store.start_background`). Also tunes the process's allocator for multi-MiB
+    (:meth:`Store.start_background`). Without ``prepare_archive`` the S3 archive is
+    not called at all (its bucket made, uploads left behind aborted): for a caller that
+    found it unreachable already. Also tunes the process's allocator for multi-MiB
     frames (:mod:`.allocator`).
     Raises InvalidArgument when no archive endpoint is configured, ArchiveUnavailable
     when the archive cannot be reached and there is no hot tier yet (with one, the
@@ -56,7 +60,9 @@ def open_store(
     # not touch its archive either (the start-up below aborts uploads in flight).
     claim = StoreClaim(settings.data_dir)
     try:
-        return _open_claimed(settings, archive, observe_archive, keyring, start_mover, claim)
+        return _open_claimed(
+            settings, archive, observe_archive, keyring, start_mover, prepare_archive, claim
+        )
     except BaseException:
         claim.release()
         raise
@@ -68,24 +74,19 @@ def _open_claimed(
     observe_archive: Observer | None,
     keyring: MasterKeyProvider | None,
     start_mover: bool,
+    prepare_archive: bool,
     claim: StoreClaim,
 ) -> Store:
     if archive is None:
         # boto3 is heavy: import on use
-        from tierstore.tiers.s3 import S3Settings, S3Tier
+        from tierstore.tiers.s3 import S3Tier
         from tierstore.tiers.s3_connection import DEFAULT_POOL_CONNECTIONS
 
-        config = settings.archive
-        if not config.endpoint_url:
+        if not settings.archive.endpoint_url:
             raise InvalidArgument("no archive endpoint configured (archive.endpoint_url)")
         tier = S3Tier(
-            S3Settings(
-                endpoint_url=config.endpoint_url,
-                bucket=config.bucket,
-                prefix=config.prefix,
-                access_key_id=config.access_key_id,
-                secret_access_key=config.secret_access_key,
-                region=config.region,
+            archive_s3_settings(
+                settings.archive,
                 upload_parallelism=settings.mover_threads,
                 # Room for a cold read's ranged GETs and an upload's parts at once.
                 max_pool_connections=max(
@@ -95,7 +96,9 @@ def _open_claimed(
             )
         )
         try:
-            left_behind = _prepare_archive(tier, settings)
+            # Not asked at all when the caller found it unreachable: the mover aborts
+            # what an earlier run left once it answers.
+            left_behind = _prepare_archive(tier, settings) if prepare_archive else True
             store = _store_over(settings, tier, observe_archive, keyring, start_mover, claim)
         except BaseException:
             tier.close()  # its connection pool: a start may be tried again
@@ -105,6 +108,22 @@ def _open_claimed(
             store.mover.abort_left_behind_later(partial(_abort_uploads_left_behind, tier))
         return store
     return _store_over(settings, archive, observe_archive, keyring, start_mover, claim)
+
+
+def archive_s3_settings(config: ArchiveSettings, **tuning: Any) -> S3Settings:
+    """The S3 settings of archive ``config``, with ``tuning`` (S3Settings' other
+    fields)."""
+    from tierstore.tiers.s3_connection import S3Settings
+
+    return S3Settings(
+        endpoint_url=config.endpoint_url,
+        bucket=config.bucket,
+        prefix=config.prefix,
+        access_key_id=config.access_key_id,
+        secret_access_key=config.secret_access_key,
+        region=config.region,
+        **tuning,
+    )
 
 
 def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> bool:
