@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import shutil
+import socket
 import stat
 import subprocess
 from collections.abc import Callable
@@ -1123,12 +1124,18 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
     work.mkdir()
     work.chmod(0o755)
 
+    # Each is refused before its ports are tried: with the API's port held (a node of the
+    # README's first command running on 7443, say), a data directory that is a file was
+    # refused as "cannot listen", not for what it is.
+    held = socket.create_server(("127.0.0.1", 0))
+    listen = f"127.0.0.1:{held.getsockname()[1]}"
+
     def serve(args: list[str]) -> Ran:
-        command = [tierstore_command(), "serve", *args]
+        command = [tierstore_command(), "serve", "--listen", listen, *args]
         done = subprocess.run(command, env=clean_env(), cwd=work, capture_output=True, timeout=60)
         return Ran(done.returncode, done.stdout, done.stderr)
 
-    with ThreadPoolExecutor(len(cases)) as pool:
+    with held, ThreadPoolExecutor(len(cases)) as pool:
         results = list(pool.map(serve, [args for args, _ in cases]))
     for (args, message), done in zip(cases, results, strict=True):
         assert done.returncode == 2, (args, done.stderr.decode())

@@ -180,6 +180,12 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     holder = lock_holder(data_dir / "serve.lock")
     if holder is not None:
         raise _in_use(data_dir, holder)
+    if data_dir.exists() and not data_dir.is_dir():
+        # Said for what it is, before the ports are tried: with a node of the README's
+        # first command on the default port, it was refused as "cannot listen".
+        raise InvalidArgument(
+            f"cannot use {str(data_dir)!r} as the data directory: it is not a directory"
+        )
     check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
