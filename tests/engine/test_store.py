@@ -43,6 +43,7 @@ from tests.engine.stores import (
     payload,
     wait_until,
 )
+from tests.forking import exit_code_of_child_forked_while_held
 from tierstore import arrowio
 from tierstore.crypto import TAG_BYTES
 from tierstore.engine.records import (
@@ -1237,6 +1238,37 @@ def test_a_forked_child_does_not_keep_the_hot_tier_claimed(open_store: StoreFact
         os.close(write_end)
         os.close(ready_read)
         os.waitpid(pid, 0)
+
+
+def test_a_forked_child_is_refused_the_store_of_its_parent(open_store: StoreFactory) -> None:
+    # A child forked from a process holding a store (a DataLoader worker over a dataset
+    # that read through it) hung for good on a cold read: the fetch pool's threads,
+    # counted as started, were the parent's. Its writes went past the parent's
+    # accounting of the hot tier and its policies.
+    store = open_store(datasets={"wt": DatasetSettings(durability=Durability.WRITE_THROUGH)})
+    blob = payload(6 * FRAME)
+    store.put("wt", "s", blob)
+    for _ in range(2):  # the second eviction leaves it cold for the child
+        assert store.evict("wt", "s") > 0
+        assert store.get("wt", "s").to_bytes() == blob  # cold: the fetch pool's threads
+        wait_until(lambda: store.stat("wt", "s").hot, "the promotion of the shard read")
+
+    parent = os.getpid()
+
+    def child() -> None:
+        for use in (
+            lambda: store.get("wt", "s"),
+            lambda: store.put("wt", "t", b"from the child"),
+            lambda: store.list("wt"),
+        ):
+            with pytest.raises(FailedPrecondition, match=rf"opened in process {parent}\b"):
+                use()
+        store.close()  # lets go of nothing of the parent's
+
+    assert store.evict("wt", "s") > 0
+    assert exit_code_of_child_forked_while_held(threading.Lock(), child) == 0
+    assert store.get("wt", "s").to_bytes() == blob  # the parent's store works on
+    assert [info.name for info in store.list("wt")[0]] == ["s"]  # nothing of the child
 
 
 def test_a_store_that_fails_to_open_lets_go_of_the_hot_tier_at_once(

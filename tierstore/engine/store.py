@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class Store:
         lets go of the claim."""
         self.settings = settings
         self._archive = archive
+        #: the process that opened it: its threads, pools and accounts are that process's
+        self._pid = os.getpid()
         self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
         self._env = LmdbEnvironment(  # opened at its first use, in _open
             hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
@@ -310,8 +313,13 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Stop background work and close the hot tier. Pending uploads resume on next open."""
+        """Stop background work and close the hot tier. Pending uploads resume on next open.
+        In a child forked from the process that opened it, only marks it closed there:
+        what it would stop and close is the parent's."""
         if self._closed:
+            return
+        if self._pid != os.getpid():
+            self._closed = True
             return
         self._closed = True
         self.prefetcher.stop()
@@ -342,6 +350,16 @@ class Store:
         self.mover.after_entries(self._claim.release)
 
     def _check_open(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child: the background threads and pools it would wait on are the
+            # parent's (a cold read hung for good), and its writes would go past the
+            # parent's accounting of the hot tier.
+            raise FailedPrecondition(
+                f"this store was opened in process {self._pid}, and this is process "
+                f"{os.getpid()}, forked from it: a store is used only in the process that "
+                "opened it (read through a tierstore client instead, or open the store "
+                "after the fork)"
+            )
         if self._closed:
             raise StoreClosed("the store is closed")
 
