@@ -4,7 +4,10 @@ is tried again every second or so."""
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -249,3 +252,37 @@ def test_a_tls_file_that_is_not_there_is_refused_when_connecting(tmp_path: Path)
         connect("127.0.0.1:1", token="ts_a_b", environ={"TIERSTORE_CA": str(tmp_path)})
     missing.write_text("a CA")  # read (and checked) with the first call
     assert connect("127.0.0.1:1", token="ts_a_b", ca=missing, environ={})
+
+
+@pytest.mark.parametrize(
+    ("first", "environment", "warned"),
+    [
+        ("import grpc", {}, True),
+        ("import grpc", {"GRPC_ENABLE_FORK_SUPPORT": "1"}, False),
+        ("import grpc", {"GRPC_ENABLE_FORK_SUPPORT": "0"}, False),
+        ("pass", {}, False),
+    ],
+    ids=["grpc-first", "set-before", "turned-off", "tierstore-first"],
+)
+def test_grpc_imported_before_tierstore_without_fork_support_is_warned_about(
+    first: str, environment: dict[str, str], warned: bool
+) -> None:
+    # Importing tierstore turns gRPC's fork support on, but gRPC reads the variable when
+    # it is imported: a program that imported it first (or a library that did) ran with
+    # it off, and its forked DataLoader workers' channels failed now and then, unsaid.
+    program = (
+        f"{first}\n"
+        "from tierstore.client.channel import ChannelSettings, ProcessChannel\n"
+        "ProcessChannel(ChannelSettings('127.0.0.1:1', insecure=True)).get().close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=env | environment,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    said = done.stderr.decode()
+    assert ("GRPC_ENABLE_FORK_SUPPORT=1" in said) == warned, said
+    assert ("grpc was imported before" in said) == warned, said

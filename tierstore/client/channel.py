@@ -13,11 +13,14 @@ gate too, from a finalizer.
 
 ``GRPC_ENABLE_FORK_SUPPORT=1`` must be set before grpc is first imported for a
 forked child to open channels reliably (DESIGN.md, section 5): importing
-:mod:`tierstore` sets it unless the environment already chose.
+:mod:`tierstore` sets it unless the environment already chose. gRPC reads it when it
+is imported: where grpc was imported first (by the program or a library) with the
+variable unset, fork support is off, and the first channel of the process says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # the fork support gRPC read
 
 from tierstore.addresses import connect_address_problem
 from tierstore.client.forkgate import GATE
@@ -35,6 +39,8 @@ from tierstore.loopback import is_loopback_address
 from tierstore.wire.limits import MAX_MESSAGE_BYTES
 
 __all__ = ["ChannelSettings", "ProcessChannel"]
+
+log = logging.getLogger(__name__)
 
 #: The longest wait between a channel's attempts to reconnect to a server that went
 #: away (gRPC's own grows to two minutes); jittered by up to 20 % either way.
@@ -86,6 +92,28 @@ def _check_token_characters(token: str) -> None:
                 f"{index} of {len(token)}: a token is one word of visible ASCII, "
                 "ts_<id>_<secret> (was a newline read with it?)"
             )
+
+
+#: whether gRPC's fork support was looked at (once a process tree: a forked child
+#: has the parent's gRPC, and the parent said it)
+_fork_support_checked = False
+
+
+def _say_if_fork_support_is_off() -> None:
+    """Warn (once) when gRPC runs without the fork support tierstore turned on: grpc
+    was imported before the variable was set (before tierstore, with it unset)."""
+    global _fork_support_checked
+    if _fork_support_checked:
+        return
+    _fork_support_checked = True
+    turned_on = os.environ.get("GRPC_ENABLE_FORK_SUPPORT") == "1"
+    if turned_on and getattr(cygrpc, "_GRPC_ENABLE_FORK_SUPPORT", True) is False:
+        log.warning(
+            "grpc was imported before GRPC_ENABLE_FORK_SUPPORT=1 was set (importing "
+            "tierstore sets it): its fork support is off, and the channels of processes "
+            "forked from this one (DataLoader workers) may fail; set it in the "
+            "environment, or import tierstore before anything that imports grpc"
+        )
 
 
 class _HeldChannel:
@@ -165,6 +193,7 @@ class ProcessChannel:
         return channel
 
     def _open(self) -> grpc.Channel:
+        _say_if_fork_support_is_off()
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
