@@ -83,6 +83,12 @@ def test_listens_on_loopback_only_and_cleans_up(
         assert ("127.0.0.1", server.s3_port) in listeners
         assert len(listeners) >= 5
         assert {address for address, _ in listeners} == {"127.0.0.1"}, listeners
+        # Only the ports it was given: no Iceberg (8181) or Lance (9101) catalog, no
+        # WebDAV, no metrics port of weed's own.
+        given = {n for port in server._ports.values() for n in (port, port + 10_000)}
+        assert {port for _, port in listeners} <= given, listeners
+        command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-master.telemetry=false" in command  # weed mini's only telemetry flag
         grpc_ports = [port for _, port in listeners if port >= 30_000]
         assert_round_trip(server, "lifecycle")
     assert process.poll() is not None
