@@ -1,4 +1,5 @@
-"""The plaintext health port's own lifecycle: it leaves no thread behind.
+"""The plaintext health port's own lifecycle: it leaves no thread behind; it and the
+API's port never share a port with another server.
 
 grpc.aio keeps a poller thread inside gRPC while an asyncio server exists, and gRPC
 skips its fork handlers while any thread is inside it; a stopped port must let go.
@@ -9,10 +10,15 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from concurrent import futures
+from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.server.servers import serving
+from tierstore.errors import Unavailable
 from tierstore.server.healthport import HealthPort
 
 
@@ -38,3 +44,20 @@ def test_a_stopped_health_port_leaves_no_thread_and_stops_twice() -> None:
     while thread_names() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not thread_names() - before, thread_names() - before
+
+
+def test_a_port_another_grpc_server_holds_is_refused_not_shared(tmp_path: Path) -> None:
+    # gRPC sets SO_REUSEPORT unless told not to: two servers, each with it on, bind one
+    # port and the kernel splits the connections between them (probes and calls went
+    # to whichever, a stale node or another program).
+    holder = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # SO_REUSEPORT on
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    try:
+        api = serving(tmp_path, insecure=True, listen=f"127.0.0.1:{port}")
+        with pytest.raises(Unavailable, match=rf"cannot listen on 127.0.0.1:{port} \(the API"):
+            api.__enter__()
+        with pytest.raises(Unavailable, match=rf"cannot listen on 127.0.0.1:{port} \("):
+            HealthPort(f"127.0.0.1:{port}")
+    finally:
+        holder.stop(0)
