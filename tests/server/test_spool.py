@@ -15,7 +15,7 @@ import pytest
 
 from tierstore.client.client import Client
 from tierstore.errors import DataLoss, IntegrityError
-from tierstore.server.spool import FrameSpool, SpoolMemory
+from tierstore.server.spool import FrameSpool, SpoolMemory, _SpoolCipher
 from tierstore.v1.common_pb2 import SHARD_KIND_RAW
 from tierstore.v1.shards_pb2 import PutShardEnd, PutShardHeader, PutShardRequest
 
@@ -292,3 +292,20 @@ def test_the_servers_puts_share_their_memory(tmp_path: Path) -> None:
             first.append(b"past its own limit")  # spills, giving its memory back
             assert first._file is not None and shared.held == 16 * KiB
         assert shared.held == 0
+
+
+@pytest.mark.parametrize("damage", ["flipped bit", "cut short"])
+def test_a_spool_frame_that_fails_its_tag_leaves_only_zeros(damage: str) -> None:
+    # AESGCM.decrypt_into leaves the unauthenticated plaintext in its buffer when the tag
+    # fails (DESIGN.md, section 5): the spool's frame buffer kept it.
+    cipher = _SpoolCipher()
+    frame = os.urandom(4 * KiB)
+    sealed = bytearray(cipher.seal(2, frame))
+    if damage == "flipped bit":
+        sealed[-1] ^= 1  # the tag: the plaintext itself decrypts as it was
+    else:
+        del sealed[-3:]
+    out = memoryview(bytearray(len(frame)))
+    with pytest.raises(IntegrityError):
+        cipher.open_into(2, bytes(sealed), out)
+    assert not any(out), "the failed frame's plaintext was left in its buffer"

@@ -37,7 +37,7 @@ from typing import IO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tierstore.crypto import TAG_BYTES
+from tierstore.crypto import TAG_BYTES, zero
 from tierstore.errors import IntegrityError, Unavailable
 from tierstore.framing import FramesOnDemand
 
@@ -64,10 +64,12 @@ class _SpoolCipher:
         return self._aead.encrypt(self._nonce(index), frame, None)
 
     def open_into(self, index: int, sealed: bytes, out: memoryview) -> None:
-        """Decrypt frame ``index`` into ``out``; IntegrityError if it does not verify."""
+        """Decrypt frame ``index`` into ``out``; IntegrityError, ``out`` zeroed, if it
+        does not verify (decrypt_into leaves the unauthenticated plaintext there)."""
         try:
             self._aead.decrypt_into(self._nonce(index), sealed, None, out)
         except (InvalidTag, ValueError) as exc:  # ValueError: cut short
+            zero(out)
             raise IntegrityError(
                 f"frame {index} of a put changed in its spool file on disk; "
                 "the put was not stored: send it again"
