@@ -321,9 +321,14 @@ def test_a_weed_killed_before_it_answered_is_started_again(tmp_path: Path) -> No
     assert server.launches == 1
 
 
-def test_a_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_sigterm", ["exits", "ignored"])
+def test_a_server_that_never_answers_times_out_and_is_killed(
+    tmp_path: Path, on_sigterm: str
+) -> None:
+    # A weed ignored SIGTERM for over 15 s (DESIGN.md, section 5): SIGKILL follows.
     pid_file = tmp_path / "pid"
-    binary = fake_weed(tmp_path, f"echo started; echo $$ > {pid_file}; exec sleep 60")
+    trap = "trap '' TERM; " if on_sigterm == "ignored" else ""
+    binary = fake_weed(tmp_path, f"{trap}echo started; echo $$ > {pid_file}; exec sleep 60")
     server = SeaweedServer(
         tmp_path / "data", binary=binary, startup_timeout_s=0.5, stop_timeout_s=2
     )
