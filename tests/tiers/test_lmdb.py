@@ -183,6 +183,40 @@ time.sleep(600)
 """
 
 
+def test_opening_frees_the_slots_of_readers_that_died_holding_them(tmp_path: Path) -> None:
+    # A reader killed inside its transaction (a DataLoader worker, a node's crash) keeps
+    # its slot, and the snapshot's pages from the writer, until a reader check: opening
+    # the environment makes one. (LMDB resets the table itself only when no process has
+    # the environment open: here a local reader still does.)
+    env = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+    with env.write() as txn:
+        txn.put(b"k", b"v", db=env.db("data"))
+    env.close()
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DEAD_READER, str(tmp_path / "env")], stdout=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    try:
+        for reader in readers:
+            assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+        alive, dead = readers
+        dead.kill()
+        dead.wait()
+        reopened = LmdbEnvironment(tmp_path / "env", 1 << 20, ["data"])
+        try:
+            table = reopened.env.readers().split("\n")[1:]
+            pids = [line.split()[0] for line in table if line]
+            assert str(alive.pid) in pids and str(dead.pid) not in pids, pids
+        finally:
+            reopened.close()
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+
+
 def test_a_full_reader_table_frees_dead_readers_slots_or_says_it_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
