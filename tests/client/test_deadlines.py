@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -71,10 +72,13 @@ CALLS: dict[str, Callable[[Client], object]] = {
 
 
 @pytest.mark.parametrize("local_reads", [True, False], ids=["local-reads", "grpc-only"])
-def test_every_call_ends_against_a_server_that_never_answers(local_reads: bool) -> None:
+def test_every_call_ends_against_a_server_that_never_answers(
+    local_reads: bool, tmp_path: Path
+) -> None:
+    calls = CALLS | {"download": lambda c: c.download("d", "s", tmp_path / "shard")}
     release = threading.Event()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4 * len(CALLS)),
+        futures.ThreadPoolExecutor(max_workers=4 * len(calls)),
         handlers=[_Silent(release)],
         options=[("grpc.so_reuseport", 0)],
     )
@@ -86,10 +90,10 @@ def test_every_call_ends_against_a_server_that_never_answers(local_reads: bool) 
         stream_timeout_s=DEADLINE_S,
         local=LocalReadOptions(enabled=local_reads),
     )
-    pool = futures.ThreadPoolExecutor(len(CALLS))
+    pool = futures.ThreadPoolExecutor(len(calls))
     try:
         started = time.monotonic()
-        running = {name: pool.submit(call, client) for name, call in CALLS.items()}
+        running = {name: pool.submit(call, client) for name, call in calls.items()}
         _, hung = futures.wait(running.values(), timeout=ALL_DONE_S)
         assert not hung, sorted(name for name, f in running.items() if f in hung)
         for name, future in running.items():
