@@ -318,3 +318,32 @@ def test_a_key_file_rotation_the_store_refuses_leaves_the_file_as_it_was(
         running.rotated_file(path, store.check_keyring)
     assert path.read_bytes() == before
     assert store.get("enc", "a").to_bytes() == payload(10)
+
+
+def test_retiring_a_key_a_cut_short_rotation_left_in_use_says_to_rotate(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A node killed during RotateKeys, once the key file held the new key: it restarts
+    # with k2 current and its data keys still under k1, and no rotation runs on its own.
+    # The refusal said "it must hold the old keys until the rotation has rewrapped them",
+    # which no running rotation ever would: the operator waited for nothing.
+    store = open_store(archive, datasets=DATASETS)
+    data = payload(2 * FRAME, 21)
+    store.put("enc", "a", data)
+    assert store.drain(10)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store.reopen(store, archive, both)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    with pytest.raises(KeyRotationRefused) as refused:
+        store.check_key_retirement("k1", only_new)
+    assert "enc/a" in str(refused.value)
+    assert "tierstore keys rotate" in str(refused.value)
+    assert "until the rotation has rewrapped" not in str(refused.value)
+    # Doing what it says makes the key retirable, and nothing is lost.
+    assert store.rotate_master_key() == 1
+    assert store.drain(10)
+    store.check_key_retirement("k1", only_new)
+    store = open_store.reopen(store, archive, only_new)
+    store.evict("enc", "a")
+    assert store.get("enc", "a").to_bytes() == data
+    assert open_store(archive, only_new).rebuild_from_archive() == 1

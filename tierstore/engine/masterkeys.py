@@ -157,7 +157,18 @@ class MasterKeys:
                 raise KeyRotationRefused(
                     f"master key {key_id!r} is the current key: rotate first, then retire it"
                 )
-            self.check_keyring(keyring)
+            with self._env.read() as txn:
+                failure = first_unwrap_failure(keyring, self._catalog.iter_shards(txn))
+            if failure is not None:
+                # No rotation runs on its own (one a restart cut short is not resumed):
+                # saying to wait for one would have the operator wait for nothing.
+                raise KeyRotationRefused(
+                    f"data keys of this node's shards are still wrapped with master key "
+                    f"{failure.key_id!r} (e.g. {failure.shard}: {failure.error}); a rotation "
+                    f"that did not finish (a node stopped during it) leaves them so. Run "
+                    f"`tierstore keys rotate`, which rewraps them under a new current key, "
+                    f"wait for the mover, then retire {key_id!r}. Nothing was changed"
+                ) from failure.error
             with self._env.read() as txn:
                 sealed_with = self._catalog.note(txn, _SEALED_WITH)
                 entries = self._catalog.journal_entries(
