@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import (
     DATASETS,
     FRAME,
@@ -23,10 +24,11 @@ from tests.engine.stores import (
     OTHER_KEYRING,
     StoreFactory,
     payload,
+    wait_until,
 )
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import masterkeys
-from tierstore.engine.records import Envelope, ShardRecord
+from tierstore.engine.records import Envelope, ShardRecord, archive_frames_key
 from tierstore.errors import (
     EncryptionUnavailable,
     KeyRotationRefused,
@@ -347,3 +349,30 @@ def test_retiring_a_key_a_cut_short_rotation_left_in_use_says_to_rotate(
     store.evict("enc", "a")
     assert store.get("enc", "a").to_bytes() == data
     assert open_store(archive, only_new).rebuild_from_archive() == 1
+
+
+def test_a_pin_whose_promotion_fetches_while_its_key_is_rotated_and_retired_turns_hot(
+    open_store: StoreFactory,
+) -> None:
+    # The promotion verified each fetched frame by unwrapping the data key of the record
+    # it had read before the rotation: with k1 retired meanwhile, that failed
+    # (UnknownKeyId), the promotion was dropped, and the pinned shard stayed cold.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=DATASETS)
+    data = payload(3 * FRAME, 31)
+    store.put("enc", "a", data)
+    assert store.drain(10)
+    assert store.evict("enc", "a") > 0
+    frames = archive_frames_key("enc", record_of(store, "enc", "a").generation)
+    archive.hold_reads(frames, threads_named="tierstore-promote")
+    store.pin("enc", "a")
+    assert archive.read_waiting.wait(10), "the pin's promotion never fetched"
+    store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    assert store.drain(10)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)
+    store.rotate_master_key(only_new)  # what `tierstore keys retire` does next
+    archive.release_reads()
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
+    wait_until(lambda: store.stat("enc", "a").hot, "the pinned shard to turn hot")
+    assert store.get("enc", "a").to_bytes() == data

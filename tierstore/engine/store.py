@@ -82,6 +82,7 @@ from tierstore.errors import (
     InvalidArgument,
     QuotaExceeded,
     StoreClosed,
+    UnknownKeyId,
     WrongShardKind,
 )
 from tierstore.framing import frame_prepared, frame_value
@@ -202,7 +203,7 @@ class Store:
             self._policies,
             self.hot_room,
             overhead=stored_overhead,
-            verify=self._sealers.verify_stored,
+            verify=self._verify_stored,
         )
         self.mover = Mover(
             settings,
@@ -213,7 +214,7 @@ class Store:
             self._access,
             self.hot_room,
             self.promoter,
-            verify=self._sealers.verify_stored,
+            verify=self._verify_stored,
             seal=self._sealers.seal_object,
             check_object=self._sealers.check_object,
         )
@@ -291,6 +292,25 @@ class Store:
         keys, say). Call it once. Not thread-safe."""
         self.mover.start()
         self.prefetcher.start()
+
+    def _verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
+        """Check stored frame ``index`` of ``record`` (IntegrityError if it fails), under
+        the shard's current data key envelope when ``record``'s names a master key no
+        longer held: a promotion or upload that read the record before a rotation, the
+        old key retired before it verified its frames (it failed, and a pinned shard
+        stayed cold). Thread-safe."""
+        try:
+            self._sealers.verify_stored(record, index, stored)
+        except UnknownKeyId:
+            with self._env.read() as txn:
+                now = self._catalog.get_shard(txn, record.dataset, record.name)
+            if (
+                now is None
+                or now.generation != record.generation
+                or now.envelope == record.envelope
+            ):
+                raise
+            self._sealers.verify_stored(now, index, stored)
 
     def _open_policies(self) -> None:
         """Give every dataset its policy, told of the dataset's hot shards (oldest first);
