@@ -28,7 +28,12 @@ from tests.engine.stores import (
 )
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import masterkeys
-from tierstore.engine.records import Envelope, ShardRecord, archive_frames_key
+from tierstore.engine.records import (
+    Envelope,
+    ShardRecord,
+    archive_frames_key,
+    archive_manifest_key,
+)
 from tierstore.errors import (
     EncryptionUnavailable,
     KeyRotationRefused,
@@ -376,3 +381,41 @@ def test_a_pin_whose_promotion_fetches_while_its_key_is_rotated_and_retired_turn
     wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
     wait_until(lambda: store.stat("enc", "a").hot, "the pinned shard to turn hot")
     assert store.get("enc", "a").to_bytes() == data
+
+
+def test_one_damaged_data_key_record_neither_stops_a_rotation_nor_lets_its_key_retire(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A data key record damaged on disk (its blob no longer authenticates) stopped the
+    # rotation at its batch, every time, naming no shard: no other shard of the batch or
+    # after it was rewrapped, and the old key could never be retired.
+    store = open_store(archive, datasets=DATASETS)
+    contents = {name: payload(FRAME + index, index) for index, name in enumerate("abc")}
+    for name, data in contents.items():
+        store.put("enc", name, data)
+    assert store.drain(10)
+    damaged = record_of(store, "enc", "b")
+    assert damaged.envelope is not None
+    blob = bytearray(damaged.envelope.wrapped.blob)
+    blob[20] ^= 1
+    envelope = Envelope(WrappedKey("k1", bytes(blob)), damaged.envelope.nonce_prefix)
+    put_raw_record(store, "enc", "b", damaged.with_state(envelope=envelope).encode())
+    manifest_before = archive.get(archive_manifest_key("enc", damaged.generation))
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    assert store.rotate_master_key(both) == 2
+    assert store.drain(10)
+    for name in "ac":
+        envelope_now = record_of(store, "enc", name).envelope
+        assert envelope_now is not None and envelope_now.wrapped.key_id == "k2"
+    # The archive's copy of b's key is left as it was, not replaced by the damaged one.
+    assert archive.get(archive_manifest_key("enc", damaged.generation)) == manifest_before
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    with pytest.raises(KeyRotationRefused, match="enc/b") as refused:
+        store.check_key_retirement("k1", only_new)
+    assert "tierstore rm" in str(refused.value)
+    store.delete("enc", "b")
+    assert store.drain(10)
+    store.check_key_retirement("k1", only_new)
+    store = open_store.reopen(store, archive, only_new)
+    for name in "ac":
+        assert store.get("enc", name).to_bytes() == contents[name]

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.archiveseal import UnreadableObject
@@ -32,9 +33,11 @@ from tierstore.errors import (
     EncryptionUnavailable,
     IntegrityError,
     KeyRotationRefused,
+    KeyUnwrapError,
     TierstoreError,
     UnknownKeyId,
 )
+from tierstore.frames import shard_context
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment
 
@@ -158,7 +161,15 @@ class MasterKeys:
                     f"master key {key_id!r} is the current key: rotate first, then retire it"
                 )
             with self._env.read() as txn:
+                damaged = self._damaged_key_record(txn, key_id)
                 failure = first_unwrap_failure(keyring, self._catalog.iter_shards(txn))
+            if damaged is not None:
+                raise KeyRotationRefused(
+                    f"the data key of {damaged} is wrapped with master key {key_id!r} but "
+                    f"does not unwrap with it (a damaged key record: reads of the shard fail "
+                    f"with DataLoss, and no rotation can rewrap it). Delete it (tierstore rm), "
+                    f"then retire {key_id!r}. Nothing was changed"
+                )
             if failure is not None:
                 # No rotation runs on its own (one a restart cut short is not resumed):
                 # saying to wait for one would have the operator wait for nothing.
@@ -188,6 +199,29 @@ class MasterKeys:
                     "stats shows the journal)"
                 )
 
+    def _damaged_key_record(self, txn: Any, key_id: str) -> str | None:
+        """``dataset/name`` of a shard whose data key is wrapped with ``key_id`` and does
+        not unwrap under this store's keyring, when none wrapped with it does (else a
+        rotation can still rewrap them: None). Unwraps the records of ``key_id`` until
+        one does."""
+        if self._keyring is None:
+            return None
+        damaged = None
+        for record in self._catalog.iter_shards(txn):
+            envelope = record.envelope
+            if envelope is None or envelope.wrapped.key_id != key_id:
+                continue
+            context = shard_context(record.dataset, record.name, record.generation)
+            try:
+                self._keyring.unwrap(envelope.wrapped, context)
+            except UnknownKeyId:
+                return None  # not held at all: as any key id in use
+            except KeyUnwrapError:
+                damaged = damaged or f"{record.dataset}/{record.name}"
+                continue
+            return None
+        return damaged
+
     def unwrap_failure(self) -> UnwrapFailure | None:
         """The first master key id the catalog's records use whose data keys this store's
         keyring does not unwrap (the key missing, or the wrong one under its id), else
@@ -210,7 +244,17 @@ class MasterKeys:
                 shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
                 batch = list(itertools.islice(shards, ROTATION_BATCH))
                 for record in batch:
-                    updated = self._sealers.rewrapped(record)
+                    try:
+                        updated = self._sealers.rewrapped(record)
+                    except KeyUnwrapError as exc:
+                        # Its key record is damaged (others of its key id unwrap: see
+                        # check_keyring): one shard, not the rotation. It stays as it is,
+                        # and so does the archive's copy of its key (not journaled);
+                        # check_retirement names it until it is deleted.
+                        log.error(
+                            "not rewrapping the data key of %s/%s: %s", dataset, record.name, exc
+                        )
+                        continue
                     if updated is not None:
                         self._catalog.put_shard(txn, updated)
                         rewrapped += 1
