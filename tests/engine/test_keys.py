@@ -7,6 +7,7 @@ test_tamper.py.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,8 @@ from tierstore.errors import (
 )
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability, WrappedKey
+
+KEY_3 = os.urandom(32)
 
 
 def archive_keys(archive: MemoryTier) -> set[str]:
@@ -409,7 +412,13 @@ def test_one_damaged_data_key_record_neither_stops_a_rotation_nor_lets_its_key_r
         assert envelope_now is not None and envelope_now.wrapped.key_id == "k2"
     # The archive's copy of b's key is left as it was, not replaced by the damaged one.
     assert archive.get(archive_manifest_key("enc", damaged.generation)) == manifest_before
-    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    # A later rotation is not refused over it either ("the new keyring cannot unwrap"):
+    # the keyring in use cannot unwrap it.
+    key_3 = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2, "k3": KEY_3}, current="k3")
+    assert store.rotate_master_key(key_3) == 2
+    assert store.drain(10)
+    only_new = LocalKeyring(keys={"k3": KEY_3}, current="k3")
+    store.check_key_retirement("k2", LocalKeyring(keys={"k1": KEY_1, "k3": KEY_3}, current="k3"))
     with pytest.raises(KeyRotationRefused, match="enc/b") as refused:
         store.check_key_retirement("k1", only_new)
     assert "tierstore rm" in str(refused.value)

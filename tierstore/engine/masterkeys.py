@@ -144,7 +144,7 @@ class MasterKeys:
         :meth:`rotate` checks a keyring it is given with, for a caller that
         must know before it makes the keyring durable. Thread-safe."""
         with self._env.read() as txn:
-            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn))
+            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn), self._keyring)
 
     def check_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
@@ -162,7 +162,9 @@ class MasterKeys:
                 )
             with self._env.read() as txn:
                 damaged = self._damaged_key_record(txn, key_id)
-                failure = first_unwrap_failure(keyring, self._catalog.iter_shards(txn))
+                failure = first_unwrap_failure(
+                    keyring, self._catalog.iter_shards(txn), self._keyring
+                )
             if damaged is not None:
                 raise KeyRotationRefused(
                     f"the data key of {damaged} is wrapped with master key {key_id!r} but "

@@ -33,6 +33,7 @@ from tierstore.errors import (
     UnknownKeyId,
 )
 from tierstore.frames import CHECKSUM_BYTES, FrameSealer, shard_context
+from tierstore.types import WrappedKey
 
 __all__ = [
     "ShardSealers",
@@ -125,14 +126,16 @@ class ShardSealers:
         wrapped = self._keyring.wrap(data_key, context)
         return record.with_state(envelope=Envelope(wrapped, envelope.nonce_prefix))
 
-    def check_unwraps(self, records: Iterable[ShardRecord]) -> None:
+    def check_unwraps(
+        self, records: Iterable[ShardRecord], reference: MasterKeyProvider | None = None
+    ) -> None:
         """Raise KeyRotationRefused unless this keyring unwraps, for each master key id
         ``records`` use, a data key that id wrapped (see :func:`first_unwrap_failure`):
         a keyring switched to without the old keys would leave their shards unreadable,
         and a rotation stuck, until a restart with the old keyring."""
         if self._keyring is None:
             raise EncryptionUnavailable("no master key is configured")
-        failure = first_unwrap_failure(self._keyring, records)
+        failure = first_unwrap_failure(self._keyring, records, reference)
         if failure is not None:
             raise KeyRotationRefused(
                 f"the new keyring cannot unwrap the data keys that master key "
@@ -172,7 +175,9 @@ class UnwrapFailure:
 
 
 def first_unwrap_failure(
-    keyring: MasterKeyProvider | None, records: Iterable[ShardRecord]
+    keyring: MasterKeyProvider | None,
+    records: Iterable[ShardRecord],
+    reference: MasterKeyProvider | None = None,
 ) -> UnwrapFailure | None:
     """The first master key id used by ``records`` none of whose data keys ``keyring``
     unwraps, or ``None`` when every id has one that does (plaintext records need none).
@@ -181,8 +186,11 @@ def first_unwrap_failure(
     skipped. An id whose first data key does not authenticate (the wrong key under the
     right id, or that one key record damaged) is tried on its next records, so a wrong
     key costs one unwrap per record under its id, and one damaged record is not taken
-    for a wrong key. An id the keyring does not hold fails at once. Iterates every
-    record; unwraps only. Thread-safe if ``keyring`` is.
+    for a wrong key. An id the keyring does not hold fails at once. With ``reference``
+    (the keyring in use, for a keyring to replace it), a record whose data key does not
+    authenticate under ``reference`` either is passed by: its key record is damaged,
+    and no keyring would unwrap it (a node with one such shard could never rotate
+    again). Iterates every record; unwraps only. Thread-safe if the keyrings are.
     """
     proven: set[str] = set()
     failed: dict[str, UnwrapFailure] = {}
@@ -201,8 +209,26 @@ def first_unwrap_failure(
         except UnknownKeyId as exc:
             return UnwrapFailure(key_id, shard, exc)
         except KeyUnwrapError as exc:
+            if not _authenticates(reference, envelope.wrapped, record):
+                continue  # damaged: the keyring in use cannot unwrap it either
             failed.setdefault(key_id, UnwrapFailure(key_id, shard, exc))
             continue
         proven.add(key_id)
         failed.pop(key_id, None)
     return next(iter(failed.values()), None)
+
+
+def _authenticates(
+    reference: MasterKeyProvider | None, wrapped: WrappedKey, record: ShardRecord
+) -> bool:
+    """False only when ``reference`` holds the key id of ``wrapped`` and the data key
+    does not authenticate under it (a damaged key record); True without ``reference``."""
+    if reference is None:
+        return True
+    try:
+        reference.unwrap(wrapped, shard_context(record.dataset, record.name, record.generation))
+    except KeyUnwrapError:
+        return False
+    except UnknownKeyId:
+        return True  # it cannot tell
+    return True
