@@ -311,6 +311,7 @@ class TierstoreServer:
                     principal_now=tokens.principal_now,
                     idle_trim=self._idle_trim,
                     archive_calls=archive_calls,
+                    message_bytes=MAX_MESSAGE_BYTES,
                 ),
             ),
             (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
