@@ -1,9 +1,11 @@
-"""ListShards pages stay under the message limit, whatever the shards' frame counts.
+"""Answers that grow with the data stay under the message limit: ListShards pages,
+whatever the shards' frame counts, and GetTierStats's reports of lost shards.
 
 Each ShardInfo carries every frame's size, so a page of 1,000 shards of many small
 frames could pass the 80 MiB message limit, and the dataset could not be listed at
-all. The server's limit is lowered here (to 64 KiB) so that a few shards of 1-byte
-frames show it without gigabytes of data.
+all; a node reports every unreadable record, so one with very many could not give its
+stats. The server's limit is lowered here (to 64 KiB) so that a few shards show it
+without gigabytes of data.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from tests.engine.backdoor import put_raw_record
+from tierstore.cli.main import app as cli
 from tierstore.client.connect import connect
 from tierstore.server import app
 from tierstore.types import DatasetSettings, Role, ShardKind
@@ -22,6 +27,7 @@ from .servers import invoke, serving
 LIMIT = 64 * 1024
 FRAMES = 2_000  # about 2 KB of frame sizes per shard: 32 of them fill the limit
 SHARDS = 60
+LOST = 250  # about 115 KB of reports of 400-character names
 
 
 def test_a_listing_of_shards_of_many_frames_comes_in_pages_under_the_limit(
@@ -51,3 +57,28 @@ def test_a_listing_of_shards_of_many_frames_comes_in_pages_under_the_limit(
             assert [info.name for info in client.list("many", limit=45)] == names[:45]
             after = client.list("many", start_after=names[10], limit=40)
             assert [info.name for info in after] == names[11:51]
+
+
+def test_tier_stats_of_a_node_with_many_lost_shards_stay_under_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every unreadable catalog record is reported: a dataset whose records all became
+    # unreadable made GetTierStats pass the message limit, so no stats at all.
+    monkeypatch.setattr(app, "MAX_MESSAGE_BYTES", LIMIT)
+    with serving(tmp_path, insecure=True, datasets={"lost": DatasetSettings()}) as running:
+        names = [f"{i:03d}".ljust(400, "x") for i in range(LOST)]
+        for name in names:
+            running.store.put("lost", name, b"bytes")
+            put_raw_record(running.store, "lost", name, b'{"v":1,"na')
+        running.store.list("lost")  # a walk notes the damage (opening the store would)
+        admin = running.token("admin", ("*", Role.ADMIN))
+        with connect(running.address, token=admin, insecure=True) as client:
+            stats = client.stats()
+            shown = [entry.split(":")[0] for entry in stats["data_loss"]]
+            assert 0 < len(shown) < LOST
+            assert shown == [f"lost/{name}" for name in names[: len(shown)]]
+            assert stats["data_loss_omitted"] == LOST - len(shown)
+        env = {"TIERSTORE_ADDRESS": running.address, "TIERSTORE_TOKEN": admin, "COLUMNS": "200"}
+        printed = CliRunner().invoke(cli, ["--insecure", "stats"], env=env)
+        assert printed.exit_code == 0, printed.output
+        assert f"{LOST - len(shown)} more not shown" in printed.stdout

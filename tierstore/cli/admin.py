@@ -104,7 +104,9 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
     )
     shown: list[Any] = [table, sizing]
     if figures["data_loss"]:
-        lost = Table("shard: why", title="data loss reported (the node's log has more)")
+        omitted = figures.get("data_loss_omitted", 0)
+        more = f"{omitted:,} more not shown; " if omitted else ""
+        lost = Table("shard: why", title=f"data loss reported ({more}the node's log has more)")
         for entry in figures["data_loss"]:
             lost.add_row(entry)
         shown.append(lost)

@@ -25,7 +25,8 @@ class TierStats(dict[str, Any]):
     ``backlog_bytes``, ``journal_entries``, ``archive_error`` (why the mover's last
     archive operation failed, or None; the reason itself only for a caller with a role
     on ``*``), ``data_loss`` (the shards of the datasets
-    shown that the node reports lost, ``"dataset/name: why"``), ``datasets`` (per
+    shown that the node reports lost, ``"dataset/name: why"``; the first 16 MiB of them),
+    ``data_loss_omitted`` (how many more the node reports: its log has them), ``datasets`` (per
     dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio (None before
     its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
     when asked for,
@@ -134,6 +135,7 @@ class PlacementCalls(ClientCore):
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
             data_loss=list(reply.data_loss),
+            data_loss_omitted=reply.data_loss_omitted,
             archive_error=reply.archive_error or None,
             datasets={
                 d.dataset: {

@@ -314,7 +314,10 @@ class TierstoreServer:
                     message_bytes=MAX_MESSAGE_BYTES,
                 ),
             ),
-            (placement_pb2_grpc.add_PlacementServiceServicer_to_server, PlacementServicer(store)),
+            (
+                placement_pb2_grpc.add_PlacementServiceServicer_to_server,
+                PlacementServicer(store, MAX_MESSAGE_BYTES),
+            ),
             (
                 admin_pb2_grpc.add_AdminServiceServicer_to_server,
                 AdminServicer(store, tokens, keys),

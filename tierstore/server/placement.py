@@ -25,6 +25,7 @@ from tierstore.server.requestchecks import MAX_PREFETCH_SHARDS
 from tierstore.server.rpc import caller, handler
 from tierstore.types import ALL_DATASETS
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
+from tierstore.wire.limits import ENTRY_OVERHEAD, MAX_MESSAGE_BYTES, answer_budget
 from tierstore.wire.plans import sampler_from_pb
 from tierstore.wire.trace import sizing_to_pb
 
@@ -45,8 +46,11 @@ def _scoped(principal: Principal, job: str) -> str:
 class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     """Steering shards between the tiers."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._store = store
+        #: the most GetTierStats's reports of lost shards carry: a node reports every
+        #: unreadable record, and with very many its stats passed the message limit
+        self._data_loss_bytes = answer_budget(message_bytes)
 
     def _check_shard(
         self, method: str, request: placement_pb2.ShardRef | placement_pb2.PinRequest
@@ -115,9 +119,17 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             journal_entries=stats.journal_entries,
             datasets=self._dataset_stats(names, listed=not request.dataset),
             # Of the datasets shown only: an entry names its shard.
-            data_loss=[entry for entry in stats.data_loss if entry.split("/", 1)[0] in names],
             archive_error=_archive_error_for(principal, stats.mover_error),
         )
+        # Of the datasets shown only: an entry names its shard.
+        lost = [entry for entry in stats.data_loss if entry.split("/", 1)[0] in names]
+        room = self._data_loss_bytes
+        for entry in lost:
+            room -= len(entry.encode("utf-8", "surrogateescape")) + ENTRY_OVERHEAD
+            if room < 0:
+                break
+            reply.data_loss.append(entry)
+        reply.data_loss_omitted = len(lost) - len(reply.data_loss)
         if request.sizing:
             # Over the listed datasets only: a caller learns nothing of others' reads.
             points, reads = self._store.sizing_curve(set(names))

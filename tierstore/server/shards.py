@@ -36,7 +36,7 @@ from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
 from tierstore.types import DatasetSettings, Durability
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
-from tierstore.wire.limits import MAX_MESSAGE_BYTES
+from tierstore.wire.limits import ENTRY_OVERHEAD, MAX_MESSAGE_BYTES, answer_budget
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
 
 __all__ = ["ShardServicer"]
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 _SERVICE = "/tierstore.v1.ShardService/"
 _DEFAULT_LIST_LIMIT = 1000
 _MAX_LIST_LIMIT = 10_000
-#: a shard's entry in a page past its own size: its field's tag and length
-_LIST_ENTRY_OVERHEAD = 6
 #: of a put's remaining deadline, what is kept for its commit after a quota wait.
 _COMMIT_MARGIN_S = 1.0
 
@@ -78,7 +76,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         #: the most a ListShards page carries: a shard's info holds every frame's size
         #: (a page of 1,000 shards of many small frames passed the message limit, and
         #: the dataset could not be listed at all); well under the limit, for the rest
-        self._list_page_bytes = message_bytes // 5
+        self._list_page_bytes = answer_budget(message_bytes)
         #: bounds the calls that wait on the archive (cold reads, write-through puts
         #: and deletes), so that a frozen archive leaves workers for the hot tier
         self._archive_calls = archive_calls or ArchiveCalls.for_workers(32)
@@ -330,7 +328,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         room = self._list_page_bytes
         for info in page:
             entry = shard_info_to_pb(info)
-            room -= entry.ByteSize() + _LIST_ENTRY_OVERHEAD
+            room -= entry.ByteSize() + ENTRY_OVERHEAD
             if room < 0 and response.shards:
                 # Fewer than asked, never more: the next page starts at this shard.
                 next_start = response.shards[-1].name

@@ -97,7 +97,7 @@ class SizingPoint(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class TierStats(_message.Message):
     TRACED_READS_FIELD_NUMBER: _ClassVar[int]
     DATA_LOSS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DATA_LOSS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
@@ -116,7 +117,8 @@ class TierStats(_message.Message):
     traced_reads: int
     data_loss: _containers.RepeatedScalarFieldContainer[str]
     archive_error: str
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ...) -> None: ...
+    data_loss_omitted: int
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
     __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch")
