@@ -56,6 +56,7 @@ from tierstore.engine.promotion import Promoter
 from tierstore.engine.readlog import ReadLog
 from tierstore.engine.readpath import ShardReader, copy_frames_into, writable_view
 from tierstore.engine.reads import ShardData
+from tierstore.engine.rearchive import Rearchived, archive_again_in
 from tierstore.engine.rebuild import (
     believe_any_seal,
     refuse_encrypted_without_keys,
@@ -1065,6 +1066,17 @@ class Store:
         with self._env.read() as txn:
             pending = self._catalog.datasets_on_the_journal(txn)
         return [name for name in names if name not in pending]
+
+    def archive_again(self) -> Rearchived:
+        """For a node whose archive was lost for good (``serve --archive-lost``): in one
+        write transaction, journal the upload of every hot shard again (marked not
+        archived, so not evicted before it is in the new archive) and the writing of
+        every dataset's settings object, and drop every shard only the lost archive
+        held (reads of it then raise ShardNotFound); see :mod:`tierstore.engine.rearchive`.
+        Call it before the mover starts."""
+        self._check_open()
+        with self._env.write() as txn:
+            return archive_again_in(txn, self._catalog)
 
     def rebuild_from_archive(self, *, believe_unsealed: bool = False) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
