@@ -137,7 +137,9 @@ def _cannot_create(key_file: Path, why: str) -> InvalidArgument:
     )
 
 
-def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = False) -> None:
+def check_node_keys(
+    keys: NodeKeys, store: Store, *, reseal_archive: bool = False, archive_lost: bool = False
+) -> None:
     """Refuse (FailedPrecondition, one line naming where the keys came from) keys that
     would lose data if the node served with them: keys that do not unwrap a data key
     of some master key id the catalog's records use (one unwrap per id when they fit);
@@ -150,10 +152,23 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
     the archive's metadata sealed again under these keys (:meth:`Store.reseal_archive`),
     for a node
     that lost its key file and holds no encrypted shard. Call it with the store's mover
-    not yet started and before any put is accepted. Raises ArchiveUnavailable when the
+    not yet started and before any put is accepted. With ``archive_lost``
+    (``serve --archive-lost``), an archive that holds none of the node's datasets'
+    objects is taken for lost for good: the hot tier is archived again
+    (:meth:`Store.archive_again`, the shards only it held dropped, each named in the
+    log) instead of the start refused; on an archive that holds them it is ignored,
+    with a warning. Raises ArchiveUnavailable when the
     archive is needed and cannot be reached (see :class:`DeferredKeyCheck`)."""
     check_keys_unwrap(keys, store, reseal_archive=reseal_archive)
     missing = store.archive_missing_datasets()
+    if missing and archive_lost:
+        archive_again(store)
+        return  # the archive holds nothing of the node's to check the keys against
+    if archive_lost:
+        log.warning(
+            "--archive-lost is ignored: the archive holds this node's datasets' objects "
+            "(or they are on the journal), so it is not lost; drop the flag"
+        )
     if missing:
         raise FailedPrecondition(
             f"the archive holds none of this node's {len(missing)} archived dataset(s) "
@@ -162,7 +177,9 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
             "file's [archive], changed), or it lost them (an embedded archive's "
             "directory deleted). Not starting: reads of archived shards would fail, and "
             "uploads would split the node's data between two archives. Give the node "
-            "its archive again, or restore the archive's objects"
+            "its archive again, or restore the archive's objects; if they are lost for "
+            "good, start with --archive-lost to archive again what the hot tier holds "
+            "(the shards it does not hold are dropped)"
         )
     if reseal_archive:
         return
@@ -193,6 +210,22 @@ def check_node_keys(keys: NodeKeys, store: Store, *, reseal_archive: bool = Fals
             "would believe none of what was written before. Configure the keys it was "
             f"written with{retired_early}; {_RESEAL}"
         )
+
+
+def archive_again(store: Store) -> None:
+    """:meth:`Store.archive_again`, for ``serve --archive-lost``, logging each shard it
+    dropped (its only copy was in the lost archive) and what it journaled."""
+    done = store.archive_again()
+    for name in done.lost:
+        log.warning("--archive-lost: shard %s was only in the lost archive: dropped", name)
+    log.warning(
+        "--archive-lost: the archive holds none of this node's datasets' objects; "
+        "archiving again %d hot shard(s) and %d dataset(s); %d shard(s) only the lost "
+        "archive held were dropped",
+        done.uploads,
+        done.datasets,
+        len(done.lost),
+    )
 
 
 def check_keys_unwrap(keys: NodeKeys, store: Store, *, reseal_archive: bool = False) -> None:

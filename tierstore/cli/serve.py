@@ -118,6 +118,9 @@ class ServeOptions:
     #: the key file was lost and no dataset is encrypted: seal the archive's metadata
     #: under the keys given now (masterkeys.check_node_keys).
     reseal_archive: bool = False
+    #: the archive is lost for good (or replaced by an empty one): archive again what
+    #: the hot tier holds (masterkeys.check_node_keys).
+    archive_lost: bool = False
 
 
 def _owned_by_another_user(path: Path) -> bool:
@@ -281,6 +284,7 @@ def _run(
                     unchecked,
                     rebuild_from_archive=options.rebuild_from_archive,
                     reseal_archive=options.reseal_archive,
+                    archive_lost=options.archive_lost,
                 )
 
             store, archive_down = through_embedded_restarts(open_checked, embedded, stop)

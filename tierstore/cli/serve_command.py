@@ -78,6 +78,15 @@ def serve(
             "archive's metadata without its seals (refused if any of it is encrypted)"
         ),
     ] = False,
+    archive_lost: Annotated[
+        bool,
+        typer.Option(
+            help="the archive is lost for good (or replaced by an empty one): start anyway, "
+            "archive again what the hot tier holds and drop the shards only the lost archive "
+            "held (each named in the log); ignored, with a warning, where the archive holds "
+            "the node's datasets"
+        ),
+    ] = False,
     rebuild_from_archive: Annotated[
         bool,
         typer.Option(
@@ -129,5 +138,6 @@ def serve(
         max_connections=max_connections,
         rebuild_from_archive=rebuild_from_archive,
         reseal_archive=reseal_archive,
+        archive_lost=archive_lost,
     )
     raise typer.Exit(run_or_fail(lambda: run(options, sys.stdout)))

@@ -64,12 +64,14 @@ def open_checked_store(
     *,
     rebuild_from_archive: bool,
     reseal_archive: bool,
+    archive_lost: bool = False,
 ) -> tuple[Store, ArchiveUnavailable | None]:
     """Open the node's store (its mover not started) and check its keys, and a hot tier
-    this start made, against the archive (with ``rebuild_from_archive`` and
-    ``reseal_archive`` as serve was given them); return it and, when the archive
-    could not be reached but the node may serve its own hot tier meanwhile, why. On
-    any error the store is closed again."""
+    this start made, against the archive (with ``rebuild_from_archive``,
+    ``reseal_archive`` and ``archive_lost`` as serve was given them); return it and,
+    when the archive could not be reached but the node may serve its own hot tier
+    meanwhile, why (refused with ``archive_lost``). On any error the store is closed
+    again."""
     # A node that may serve its own hot tier without the archive asks it once, briefly,
     # first: one that takes connections and answers nothing held the start for each
     # call's time-outs and retries (minutes) before the node served.
@@ -90,11 +92,18 @@ def open_checked_store(
             check_keys_unwrap(keys, store, reseal_archive=reseal_archive)
         else:
             try:
-                check_node_keys(keys, store, reseal_archive=reseal_archive)
+                check_node_keys(
+                    keys, store, reseal_archive=reseal_archive, archive_lost=archive_lost
+                )
             except ArchiveUnavailable as unreachable:
                 if not own_hot_tier:
                     raise  # nothing checked here yet: no serving without the archive
                 archive_down = unreachable  # the node's own hot tier serves meanwhile
+        if archive_down is not None and archive_lost:
+            # Whether the archive lost the node's objects cannot be told without it.
+            raise FailedPrecondition(
+                f"--archive-lost needs the archive to answer, and it does not ({archive_down})"
+            )
         if unchecked.exists():
             check_a_new_hot_tier(store, rebuild_from_archive, out, lost_keys=reseal_archive)
             unchecked.unlink()
