@@ -1077,6 +1077,11 @@ def test_serve_errors_exit_codes(
     assert server.health() == 1  # the session server did not notice
 
 
+#: Ports of the system's choosing, for a serve refused before it listens: on the default
+#: ports, a node running here (the README's first command) failed it as "cannot listen".
+ANY_PORTS = ("--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
+
+
 def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_bytes(b"not a directory")
@@ -1159,7 +1164,7 @@ def test_serve_says_what_to_do_with_a_data_directory_it_cannot_make_private(
     shared.mkdir()
     os.chown(shared, 65534, -1)
     no_fowner = ["setpriv", "--inh-caps=-fowner", "--bounding-set=-fowner"]
-    command = [*no_fowner, tierstore_command(), "serve", "--data-dir", str(shared)]
+    command = [*no_fowner, tierstore_command(), "serve", *ANY_PORTS, "--data-dir", str(shared)]
     done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
     assert done.returncode == 2, done.stderr.decode()
     line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
@@ -1184,7 +1189,7 @@ def test_a_data_directory_that_cannot_be_made_is_not_blamed_on_its_owner() -> No
     target = Path("/sys/kernel/tierstore-data")
     if not mkdir_is_not_permitted(target):
         pytest.skip("no place here where mkdir fails with EPERM")
-    command = [tierstore_command(), "serve", "--data-dir", str(target)]
+    command = [tierstore_command(), "serve", *ANY_PORTS, "--data-dir", str(target)]
     done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
     assert done.returncode == 2, done.stderr.decode()
     line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
