@@ -35,6 +35,8 @@ from tierstore.engine.records import (
     archive_frames_key,
     archive_manifest_key,
 )
+from tierstore.engine.sealing import ShardSealers
+from tierstore.engine.store import Store
 from tierstore.errors import (
     EncryptionUnavailable,
     KeyRotationRefused,
@@ -42,6 +44,7 @@ from tierstore.errors import (
     UnknownKeyId,
 )
 from tierstore.tiers.memory import MemoryTier
+from tierstore.tiers.s3 import S3Tier
 from tierstore.types import DatasetSettings, Durability, WrappedKey
 
 KEY_3 = os.urandom(32)
@@ -130,8 +133,7 @@ def test_key_rotation_rewraps_keys_and_never_frames(
     objects_before = {key: bytes(archive.get(key) or b"") for key in archive_keys(archive)}
 
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
-    store = open_store.reopen(store, archive, both)
-    assert store.rotate_master_key() == 4  # the encrypted generations
+    assert store.rotate_master_key(both) == 4  # the encrypted generations
     assert store.rotate_master_key() == 0  # nothing left under k1
     assert store.drain(10)
     assert {key: hot_frames(store, *key) for key in contents} == frames_before
@@ -334,15 +336,15 @@ def test_retiring_a_key_a_cut_short_rotation_left_in_use_says_to_rotate(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
     # A node killed during RotateKeys, once the key file held the new key: it restarts
-    # with k2 current and its data keys still under k1, and no rotation runs on its own.
-    # The refusal said "it must hold the old keys until the rotation has rewrapped them",
-    # which no running rotation ever would: the operator waited for nothing.
+    # with k2 current and its data keys still under k1 (before its start resumes the
+    # rotation). The refusal said "it must hold the old keys until the rotation has
+    # rewrapped them", naming no shard and no way out.
     store = open_store(archive, datasets=DATASETS)
     data = payload(2 * FRAME, 21)
     store.put("enc", "a", data)
     assert store.drain(10)
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
-    store = open_store.reopen(store, archive, both)
+    store = open_store.reopen(store, archive, both, start_mover=False)
     only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
     with pytest.raises(KeyRotationRefused) as refused:
         store.check_key_retirement("k1", only_new)
@@ -351,6 +353,7 @@ def test_retiring_a_key_a_cut_short_rotation_left_in_use_says_to_rotate(
     assert "until the rotation has rewrapped" not in str(refused.value)
     # Doing what it says makes the key retirable, and nothing is lost.
     assert store.rotate_master_key() == 1
+    store.start_background()
     assert store.drain(10)
     store.check_key_retirement("k1", only_new)
     store = open_store.reopen(store, archive, only_new)
@@ -428,3 +431,55 @@ def test_one_damaged_data_key_record_neither_stops_a_rotation_nor_lets_its_key_r
     store = open_store.reopen(store, archive, only_new)
     for name in "ac":
         assert store.get("enc", name).to_bytes() == contents[name]
+
+
+def test_a_rotation_a_restart_cut_short_resumes_at_start(
+    open_store: StoreFactory, s3_archive: S3Tier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node stopped during RotateKeys (between two batches) restarted with k2 current
+    # and most data keys still under k1, and nothing rewrapped them: k1 could not be
+    # retired until an operator rotated again (adding yet another key).
+    shards = {f"s{i:03d}": payload(300 + i, i) for i in range(240)}
+    store = open_store(s3_archive, datasets={"enc": DatasetSettings(encrypted=True)})
+    for name, data in shards.items():
+        store.put("enc", name, data)
+    assert store.drain(60)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    with monkeypatch.context() as patched:
+        patched.setattr(masterkeys, "ROTATION_BATCH", 20)
+        real = ShardSealers.rewrapped
+        calls = iter(range(50))
+
+        def stopping(sealers: ShardSealers, record: ShardRecord) -> ShardRecord | None:
+            if next(calls, None) is None:
+                raise RuntimeError("the node stops here")
+            return real(sealers, record)
+
+        patched.setattr(ShardSealers, "rewrapped", stopping)
+        with pytest.raises(RuntimeError):
+            store.rotate_master_key(both)
+    assert {key_id_of(store, name) for name in shards} == {"k1", "k2"}
+
+    store = open_store.reopen(store, s3_archive, both)
+    wait_until(
+        lambda: all(key_id_of(store, name) == "k2" for name in shards),
+        "the rotation to resume",
+        timeout=60,
+    )
+    assert store.drain(60)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)
+    store = open_store.reopen(store, s3_archive, only_new)
+    for name, data in shards.items():
+        store.evict("enc", name)
+        assert store.get("enc", name).to_bytes() == data
+    rebuilt = open_store(s3_archive, only_new)
+    assert rebuilt.rebuild_from_archive() == len(shards)
+    for name, data in shards.items():
+        assert rebuilt.get("enc", name).to_bytes() == data
+
+
+def key_id_of(store: Store, name: str) -> str:
+    envelope = record_of(store, "enc", name).envelope
+    assert envelope is not None
+    return envelope.wrapped.key_id

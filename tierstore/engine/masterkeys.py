@@ -91,6 +91,9 @@ class MasterKeys:
         self._wake_mover = wake_mover
         # Held for a whole rotate: see there. Taken before any LMDB transaction.
         self._rotation_lock = threading.Lock()
+        #: set by stop: a rotation ends after its batch in hand (the rest on next start).
+        self._stopping = threading.Event()
+        self._resumer: threading.Thread | None = None
 
     @property
     def keyring(self) -> MasterKeyProvider | None:
@@ -134,9 +137,74 @@ class MasterKeys:
                 # a rotation that changes nothing leaves the journal alone.
                 reseal = self._catalog.note(txn, _SEALED_WITH) != current
             rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
+            if self._stopping.is_set():
+                return rewrapped  # cut short: the next start resumes it
             with self._env.write() as txn:
                 self._catalog.set_note(txn, _SEALED_WITH, current)
             return rewrapped
+
+    def resume_rotation(self) -> None:
+        """Finish, in a background thread, a rotation that a stop (or a crash) cut short:
+        when the last rotation did not finish (the archive's metadata not resealed under
+        the current key) and some record's data key is wrapped with a master key the
+        keyring still holds other than the current one, :meth:`rotate`. Returns at once;
+        :meth:`stop` ends it. Call it once, after the keys were checked."""
+        self._resumer = threading.Thread(
+            target=self._resume, name="tierstore-rotation-resume", daemon=True
+        )
+        self._resumer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End a rotation under way after its current batch and wait for the thread of
+        :meth:`resume_rotation` (a store closing). Thread-safe."""
+        self._stopping.set()
+        if self._resumer is not None:
+            self._resumer.join(timeout)
+
+    def _resume(self) -> None:
+        try:
+            old = self._cut_short()
+            if old is None:
+                return
+            log.warning(
+                "resuming a key rotation cut short: rewrapping the data keys still under "
+                "master key %r under the current key %r",
+                old,
+                self.current_key_id,
+            )
+            self.rotate()
+        except Exception:  # logged; running `tierstore keys rotate` finishes it
+            log.exception("resuming a key rotation cut short failed")
+
+    def _cut_short(self) -> str | None:
+        """The id of a master key other than the current one that the keyring holds and
+        a record's data key is wrapped with, when the last rotation did not finish; else
+        ``None``. One catalog note read when it finished; else one unwrap per key id."""
+        keyring = self._keyring
+        if keyring is None:
+            return None
+        current = keyring.current_key_id
+        with self._env.read() as txn:
+            if self._catalog.note(txn, _SEALED_WITH) == current:
+                return None  # the last rotation finished (what is left under: damaged)
+            tried: set[str] = set()
+            for record in self._catalog.iter_shards(txn):
+                if self._stopping.is_set():
+                    return None
+                envelope = record.envelope
+                if envelope is None or envelope.wrapped.key_id in (current, *tried):
+                    continue
+                key_id = envelope.wrapped.key_id
+                context = shard_context(record.dataset, record.name, record.generation)
+                try:
+                    keyring.unwrap(envelope.wrapped, context)
+                except UnknownKeyId:
+                    tried.add(key_id)  # retired: no rotation can rewrap it
+                    continue
+                except KeyUnwrapError:
+                    continue  # this record damaged: another of its key id may unwrap
+                return key_id
+        return None
 
     def check_keyring(self, keyring: MasterKeyProvider) -> None:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
@@ -173,14 +241,15 @@ class MasterKeys:
                     f"then retire {key_id!r}. Nothing was changed"
                 )
             if failure is not None:
-                # No rotation runs on its own (one a restart cut short is not resumed):
-                # saying to wait for one would have the operator wait for nothing.
+                # A rotation a restart cut short resumes at start, while the keyring
+                # still holds the key; else nothing rewraps them but a rotation.
                 raise KeyRotationRefused(
                     f"data keys of this node's shards are still wrapped with master key "
                     f"{failure.key_id!r} (e.g. {failure.shard}: {failure.error}); a rotation "
-                    f"that did not finish (a node stopped during it) leaves them so. Run "
-                    f"`tierstore keys rotate`, which rewraps them under a new current key, "
-                    f"wait for the mover, then retire {key_id!r}. Nothing was changed"
+                    f"that did not finish (a node stopped during it) leaves them so, until "
+                    f"the node's start resumes it (its log says so) or `tierstore keys "
+                    f"rotate` runs again. Wait for it and the mover, then retire "
+                    f"{key_id!r}. Nothing was changed"
                 ) from failure.error
             with self._env.read() as txn:
                 sealed_with = self._catalog.note(txn, _SEALED_WITH)
@@ -241,7 +310,7 @@ class MasterKeys:
         rewrapped."""
         rewrapped = 0
         start_after: str | None = None
-        while True:
+        while not self._stopping.is_set():
             with self._env.write() as txn:
                 shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
                 batch = list(itertools.islice(shards, ROTATION_BATCH))
@@ -273,6 +342,7 @@ class MasterKeys:
             if done:
                 return rewrapped
             start_after = batch[-1].name
+        return rewrapped
 
     def archive_seal_failure(self) -> SealFailure | None:
         """Whether this store's master keys are those the archive was sealed with: ``None``

@@ -288,11 +288,13 @@ class Store:
         self._open_policies()
 
     def start_background(self) -> None:
-        """Start the mover and the prefetcher, for a store made with ``start_mover=False``
-        (once its caller has checked what it must before the journal runs: the master
-        keys, say). Call it once. Not thread-safe."""
+        """Start the mover and the prefetcher, and the resumption of a key rotation a
+        stop cut short (:meth:`MasterKeys.resume_rotation`), for a store made with
+        ``start_mover=False`` (once its caller has checked what it must before the
+        journal runs: the master keys, say). Call it once. Not thread-safe."""
         self.mover.start()
         self.prefetcher.start()
+        self.master_keys.resume_rotation()
 
     def _verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
         """Check stored frame ``index`` of ``record`` (IntegrityError if it fails), under
@@ -343,6 +345,7 @@ class Store:
             self._closed = True
             return
         self._closed = True
+        self.master_keys.stop()  # a rotation under way: the rest on next start
         self.prefetcher.stop()
         self.mover.stop()
         self._reader.close()
