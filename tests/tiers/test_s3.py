@@ -820,12 +820,13 @@ def test_an_upload_whose_abort_failed_is_aborted_once_the_archive_answers_again(
         proxy.down()
 
 
-def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a_start(
-    tmp_path: Path, s3_settings: S3Settings, s3_admin: S3Client
-) -> None:
-    # A node restarted while its archive was unreachable (it serves its hot tier) never
-    # aborted the uploads its killed run left open: their parts cost storage, unseen,
-    # until a later start found the archive up.
+def _node_a_killed_run_left_an_upload(
+    tmp_path: Path, s3_settings: S3Settings, s3_admin: S3Client, backlog: int = 0
+) -> tuple[SwitchableProxy, EngineSettings, str, Callable[[], list[str]]]:
+    """A proxy to the archive (left down), a node's settings (its archive behind the
+    proxy), the key of the multipart upload its killed run left open (one part sent),
+    and a listing of the uploads open under its prefix. The killed run also left
+    ``backlog`` shards on its journal, put while the archive was down."""
     bucket, prefix = s3_settings.bucket, s3_settings.prefix
     target = ("127.0.0.1", int(s3_settings.endpoint_url.rsplit(":", 1)[1]))
     proxy = SwitchableProxy(target)
@@ -851,6 +852,9 @@ def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a
         store.create_dataset("ds")
         store.put("ds", "first", b"archived before the kill")
         assert store.drain(30)
+        proxy.down()
+        for n in range(backlog):
+            store.put("ds", f"backlog-{n}", b"put while the archive was down")
     finally:
         store.close()
     # What the killed run left: an upload of a generation's frames, one part sent.
@@ -859,7 +863,18 @@ def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a
     s3_admin.upload_part(
         Bucket=bucket, Key=left, UploadId=upload_id, PartNumber=1, Body=b"x" * (5 * MiB)
     )
-    proxy.down()
+    return proxy, settings, left, open_uploads
+
+
+def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a_start(
+    tmp_path: Path, s3_settings: S3Settings, s3_admin: S3Client
+) -> None:
+    # A node restarted while its archive was unreachable (it serves its hot tier) never
+    # aborted the uploads its killed run left open: their parts cost storage, unseen,
+    # until a later start found the archive up.
+    proxy, settings, left, open_uploads = _node_a_killed_run_left_an_upload(
+        tmp_path, s3_settings, s3_admin
+    )
     store = open_store(settings)  # serves its hot tier; nothing aborted yet
     try:
         assert open_uploads() == [left]
@@ -869,6 +884,45 @@ def test_uploads_a_killed_node_left_are_aborted_once_the_archive_answers_after_a
         poll(lambda: not open_uploads(), 30, "the killed run's upload to be aborted")
         assert store.get("ds", "second").to_bytes() == b"archived once the archive is back"
     finally:
+        store.close()
+        proxy.down()
+
+
+def test_uploads_a_killed_node_left_are_aborted_under_a_steady_write_load(
+    tmp_path: Path, s3_settings: S3Settings, s3_admin: S3Client
+) -> None:
+    # The mover aborted them only once its journal was empty, which a node under a
+    # steady write-back load never has: they stayed open until it went idle.
+    proxy, settings, left, open_uploads = _node_a_killed_run_left_an_upload(
+        tmp_path, s3_settings, s3_admin, backlog=200
+    )
+    store = open_store(settings)  # its journal never empty from here on
+    stop = threading.Event()
+    written: list[str] = []
+
+    def write() -> None:  # faster than the mover uploads: the journal never empties
+        while not stop.is_set():
+            name = f"load-{len(written)}"
+            store.put("ds", name, name.encode())
+            written.append(name)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        assert open_uploads() == [left]
+        writer.start()
+        proxy.up()
+        poll(lambda: not open_uploads(), 30, "the killed run's upload to be aborted")
+        assert store.mover.pending() > 0  # aborted while the journal was not empty
+        stop.set()
+        writer.join(30)
+        # This run's own uploads went through: none was aborted under it.
+        assert store.drain(120)
+        for name in written[:50]:
+            assert store.stat("ds", name).archived
+            assert store.get("ds", name).to_bytes() == name.encode()
+    finally:
+        stop.set()
+        writer.join(30)
         store.close()
         proxy.down()
 

@@ -207,9 +207,11 @@ class Mover:
     def abort_left_behind_later(self, abort: Callable[[], object]) -> None:
         """Have the journal thread call ``abort()`` (which aborts the multipart uploads
         an earlier run left open in the archive, raising ArchiveUnavailable when the
-        archive fails) once the journal is empty, until a call goes through: for a store
-        whose start could not reach the archive. It runs with the journal held, so no
-        upload of this store is in flight meanwhile."""
+        archive fails) once the journal is empty or a batch of its entries has gone
+        through (a journal under a steady write load is never empty), until a call goes
+        through: for a store whose start could not reach the archive. It runs with the
+        journal held, so no upload of this store is in flight meanwhile (each runs as a
+        journal entry, a write-through put's too)."""
         self._left_behind = abort
         self.wake()
 
@@ -361,6 +363,9 @@ class Mover:
             for seq, _ in entries:
                 if not self.run_entry(seq):
                     return False
+            # The batch went through (the archive answers): between entries, none of
+            # ours in flight.
+            self._abort_left_behind()
         return False
 
     def archive_failure(self) -> str | None:
