@@ -55,9 +55,22 @@ def tierstore_command() -> str:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now: each probe is held open
+    until all are picked (one closed before the next was bound could be handed out
+    again, and a node given one port twice was refused)."""
+    with contextlib.ExitStack() as probes:
+        sockets = [
+            probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return tuple(int(probe.getsockname()[1]) for probe in sockets)
 
 
 def poll(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.02) -> T:
@@ -105,11 +118,7 @@ class ServerProcess:
         last start if ``same_ports``: a restart its clients reach at the same address)."""
         for attempt in range(3):
             if not (same_ports and self.port):
-                self.port, self.health_port, self.metrics_port = (
-                    free_port(),
-                    free_port(),
-                    free_port(),
-                )
+                self.port, self.health_port, self.metrics_port = free_ports(3)
             process = self.launch()
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -130,7 +139,7 @@ class ServerProcess:
         """Start the server process (on the ports chosen last, if any) and return it at
         once, not waiting for it to be ready."""
         if not self.port:
-            self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+            self.port, self.health_port, self.metrics_port = free_ports(3)
         command = [
             tierstore_command(),
             "serve",

@@ -39,7 +39,15 @@ from tierstore.sim.tracefile import load_trace
 from tierstore.tiers.seaweedfs import SeaweedServer
 from tierstore.types import MAX_TTL_S, Grant, Role
 
-from .conftest import ServerProcess, clean_env, free_port, poll, tierstore_command, unique
+from .conftest import (
+    ServerProcess,
+    clean_env,
+    free_port,
+    free_ports,
+    poll,
+    tierstore_command,
+    unique,
+)
 
 TIMEOUT_S = 60
 
@@ -1037,10 +1045,11 @@ def test_serve_errors_exit_codes(
     taken.append(f"127.0.0.1:{server.metrics_port}")
 
     def ports(api: str = "", health: str = "", metrics: str = "") -> list[str]:
+        free = [f"127.0.0.1:{port}" for port in free_ports(3)]
         return [
-            *("--listen", api or f"127.0.0.1:{free_port()}"),
-            *("--health-listen", health or f"127.0.0.1:{free_port()}"),
-            *("--metrics-listen", metrics or f"127.0.0.1:{free_port()}"),
+            *("--listen", api or free[0]),
+            *("--health-listen", health or free[1]),
+            *("--metrics-listen", metrics or free[2]),
         ]
 
     cases = [

@@ -28,6 +28,7 @@ from .conftest import (
     archived_keys,
     clean_env,
     free_port,
+    free_ports,
     tierstore_command,
     unique,
 )
@@ -232,9 +233,10 @@ def test_a_data_dir_file_the_node_cannot_use_is_one_line_not_a_traceback(
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('files')}/")
     data_dir = tmp_path / "node"
     (data_dir / "tokens.json").mkdir(parents=True)
+    api, health = free_ports(2)
     code, error = failed_start(
-        *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"),
-        *("--health-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", ""),
+        *("--data-dir", str(data_dir), "--listen", f"127.0.0.1:{api}"),
+        *("--health-listen", f"127.0.0.1:{health}", "--metrics-listen", ""),
         *("--s3-endpoint", s3.endpoint_url, "--bucket", s3.bucket, "--prefix", s3.prefix),
         *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
     )
@@ -269,11 +271,9 @@ def test_a_busy_port_is_one_line_before_anything_is_made(tmp_path: Path, option:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = f"127.0.0.1:{holder.getsockname()[1]}"
-        ports = {
-            "--listen": f"127.0.0.1:{free_port()}",
-            "--health-listen": f"127.0.0.1:{free_port()}",
-            "--metrics-listen": f"127.0.0.1:{free_port()}",
-        } | {option: busy}
+        names = ("--listen", "--health-listen", "--metrics-listen")
+        free = zip(names, free_ports(3), strict=True)
+        ports = {name: f"127.0.0.1:{port}" for name, port in free} | {option: busy}
         pairs = (word for pair in ports.items() for word in pair)
         code, error = failed_start("--data-dir", str(tmp_path / "node"), *pairs)
     assert code != 0 and f"cannot listen on {busy} ({option})" in error
@@ -293,7 +293,7 @@ def test_two_options_on_one_port_are_refused_before_anything_is_made(
 ) -> None:
     # Each port was free when checked, so the node made its keys, archive and hot tier,
     # then failed to bind the second: "Address already in use", though only it used it.
-    ports = {"api": free_port(), "other": free_port()}
+    ports = dict(zip(("api", "other"), free_ports(2), strict=True))
     code, error = failed_start(
         *("--data-dir", str(tmp_path / "node"), "--listen", f"127.0.0.1:{ports['api']}"),
         *("--health-listen", health.format(**ports), "--metrics-listen", metrics.format(**ports)),
