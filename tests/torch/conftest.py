@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.server import conftest as server_conftest
 from tests.server.conftest import ServerProcess, admin, server, spawn_server  # noqa: F401
 from tierstore.client.client import Client
 
@@ -117,13 +116,11 @@ def samples(server: ServerProcess, admin: Client) -> Samples:  # noqa: F811
 
 
 @pytest.fixture
-def restart_in_place(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def restart_in_place() -> Iterator[object]:
     """``restart_in_place(server)``: start a stopped server again on its old ports, so
     clients made before the restart reach it again."""
 
     def restart(running: ServerProcess) -> None:
-        ports = iter([running.port, running.health_port, running.metrics_port])
-        monkeypatch.setattr(server_conftest, "free_port", lambda: next(ports))
-        running.start()
+        running.start(same_ports=True)
 
     yield restart
