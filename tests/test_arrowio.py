@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tierstore import arrowio
 from tierstore.arrowio import (
     frames_to_table,
     read_ipc_table,
+    reader_to_frames,
     table_to_frames,
     validate_arrow_frames,
 )
@@ -389,6 +391,138 @@ def test_bad_max_frame_bytes(limit: Any) -> None:
 def test_not_a_table() -> None:
     with pytest.raises(UnsupportedData):
         table_to_frames({"a": [1]}, 4 * KIB)
+
+
+# ---------------------------------------------------------------- record batch readers
+
+
+def reader_cases() -> dict[str, pa.Table]:
+    different_dictionaries = pa.table(
+        {
+            "d": pa.chunked_array(
+                [pa.array(["a", "b"]).dictionary_encode(), pa.array(["c"]).dictionary_encode()]
+            )
+        }
+    )
+    small_batches = pa.Table.from_batches(
+        [pa.record_batch({"i": [k], "s": [str(k)]}) for k in range(3000)]
+    )
+    return {
+        **TABLES,
+        "big": big_table().drop_columns(["d"]),
+        "big_dictionary": big_table(),
+        "different_dictionaries": different_dictionaries,
+        "small_batches": small_batches,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(reader_cases()))
+def test_a_reader_is_framed_as_its_table_is(name: str) -> None:
+    # Byte for byte: the schema once, a message a frame, big batches cut, small ones
+    # joined, dictionaries before the batches that use them.
+    table = reader_cases()[name].replace_schema_metadata({"owner": "tests"})
+    limit = 64 * KIB
+    frames = list(reader_to_frames(table.to_reader(), limit))
+    assert [f.to_pybytes() for f in frames] == [
+        f.to_pybytes() for f in table_to_frames(table, limit)
+    ]
+    back = frames_to_table(detached(frames))
+    assert back.equals(table, check_metadata=True)
+
+
+def test_an_empty_reader_is_the_schema_frame_alone() -> None:
+    schema = pa.schema([("a", pa.int64()), ("d", pa.dictionary(pa.int8(), pa.string()))])
+    schema = schema.with_metadata({"k": "v"})
+    frames = list(reader_to_frames(pa.RecordBatchReader.from_batches(schema, []), 4 * KIB))
+    assert len(frames) == 1
+    back = frames_to_table(frames)
+    assert back.num_rows == 0 and back.schema.equals(schema, check_metadata=True)
+
+
+def test_a_readers_frames_are_cut_as_its_batches_arrive() -> None:
+    # 40 batches of about 200 KB: a frame each, made as each batch is read, and no
+    # batch kept once framed (a Table put's frames were all made first).
+    made = 0
+    alive: set[int] = set()
+    most_alive = 0
+
+    def batches() -> Any:
+        nonlocal made, most_alive
+        for k in range(40):
+            batch = pa.record_batch({"i": np.full(25_000, k, np.int64)})
+            made += 1
+            alive.add(k)
+            weakref.finalize(batch, alive.discard, k)
+            most_alive = max(most_alive, len(alive))
+            yield batch
+
+    schema = pa.schema([("i", pa.int64())])
+    frames = reader_to_frames(pa.RecordBatchReader.from_batches(schema, batches()), 1 << 20)
+    assert made == 0
+    got = [next(frames), next(frames)]  # the schema, then the first batch's frame
+    assert made <= 2
+    got.extend(frames)
+    assert made == 40 and len(got) == 41
+    assert most_alive <= 3
+    back = frames_to_table(got)
+    assert back.column("i").to_pylist() == [k for k in range(40) for _ in range(25_000)]
+
+
+def test_a_dataset_scanners_reader_is_framed(tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    table = big_table(20_000).drop_columns(["d"])
+    ds.write_dataset(
+        table, tmp_path, format="arrow", max_rows_per_file=6000, max_rows_per_group=6000
+    )
+    scanner = ds.dataset(tmp_path, format="arrow").scanner()
+    reader = scanner.to_reader()
+    assert isinstance(reader, pa.RecordBatchReader)
+    back = frames_to_table(list(reader_to_frames(reader, 64 * KIB)))
+    assert back.sort_by("i").equals(table.replace_schema_metadata(None), check_metadata=False)
+
+
+def test_a_reader_whose_schema_changes_is_unsupported_data() -> None:
+    schema = pa.schema([("a", pa.int64())])
+    good = pa.record_batch({"a": [1, 2]})
+    for other in (pa.record_batch({"a": ["x"]}), pa.record_batch({"b": [3]})):
+        reader = pa.RecordBatchReader.from_batches(schema, [good, other])
+        with pytest.raises(UnsupportedData, match=r"batch 1 .*schema"):
+            list(reader_to_frames(reader, 4 * KIB))
+    # A batch without the reader's schema metadata is one of its batches.
+    reader = pa.RecordBatchReader.from_batches(schema.with_metadata({"k": "v"}), [good])
+    assert len(list(reader_to_frames(reader, 4 * KIB))) == 2
+
+
+def test_a_reader_that_fails_is_malformed_arrow(tmp_path: Path) -> None:
+    def failing() -> Any:
+        yield pa.record_batch({"a": [1, 2]})
+        raise ValueError("the source went away")
+
+    reader = pa.RecordBatchReader.from_batches(pa.schema([("a", pa.int64())]), failing())
+    with pytest.raises(MalformedArrow, match="the source went away") as caught:
+        list(reader_to_frames(reader, 4 * KIB))
+    assert isinstance(caught.value.__cause__, ValueError)
+    # An IPC stream cut short fails as it is read.
+    path = tmp_path / "cut.arrows"
+    table = big_table(5000)
+    with pa.ipc.new_stream(path, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1000):
+            writer.write_batch(batch)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pa.ipc.open_stream(path) as cut, pytest.raises(MalformedArrow):
+        list(reader_to_frames(cut, 64 * KIB))
+
+
+def test_a_reader_is_checked_before_anything_is_read() -> None:
+    reader = pa.RecordBatchReader.from_batches(pa.schema([("a", pa.int64())]), [])
+    with pytest.raises(InvalidArgument, match="max_frame_bytes"):
+        reader_to_frames(reader, 0)
+    with pytest.raises(UnsupportedData):
+        reader_to_frames(pa.table({"a": [1]}), 4 * KIB)  # type: ignore[arg-type]
+    big_schema = pa.schema([("a", pa.int64())], metadata={"blob": "x" * 10 * KIB})
+    with pytest.raises(OversizeFrame, match="schema message"):
+        reader_to_frames(pa.RecordBatchReader.from_batches(big_schema, []), 4 * KIB)
 
 
 # ---------------------------------------------------------------- malformed frames

@@ -19,6 +19,7 @@ such as an encrypted put's, may read a file when asked for) and therefore thread
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "message_is_delta",
     "message_rows",
     "read_ipc_table",
+    "reader_to_frames",
     "table_to_frames",
     "validate_arrow_frames",
 ]
@@ -255,6 +257,21 @@ def _split_messages(stream: pa.Buffer) -> list[pa.Buffer]:
     return messages
 
 
+def _checked_frame_limit(max_frame_bytes: int) -> None:
+    if not isinstance(max_frame_bytes, int) or max_frame_bytes <= 0:
+        raise InvalidArgument(f"max_frame_bytes must be a positive int, got {max_frame_bytes!r}")
+
+
+def _schema_frame(schema: pa.Schema, max_frame_bytes: int) -> pa.Buffer:
+    """Frame 0: ``schema``'s message. Raises OversizeFrame past ``max_frame_bytes``."""
+    frame = schema.serialize()
+    if frame.size > max_frame_bytes:
+        raise OversizeFrame(
+            f"the schema message is {frame.size} bytes, over max_frame_bytes={max_frame_bytes}"
+        )
+    return frame
+
+
 def table_to_frames(
     data: pa.Table | pa.RecordBatch, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> list[pa.Buffer]:
@@ -266,7 +283,7 @@ def table_to_frames(
     zero-row table yields the schema frame alone; ``frames_to_table`` returns it with its
     schema and metadata intact.
     Record-batch frames are the serialized bytes themselves (no further copy); with dictionary
-    fields the frames are slices of one written stream.
+    fields they are slices of what a stream writer wrote.
 
     Raises:
         InvalidArgument: ``max_frame_bytes`` is not a positive int.
@@ -274,46 +291,184 @@ def table_to_frames(
         OversizeFrame: the schema message, a single row, or a dictionary message is larger
             than ``max_frame_bytes`` (the message says which, and the sizes).
     """
-    if not isinstance(max_frame_bytes, int) or max_frame_bytes <= 0:
-        raise InvalidArgument(f"max_frame_bytes must be a positive int, got {max_frame_bytes!r}")
+    _checked_frame_limit(max_frame_bytes)
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     if not isinstance(data, pa.Table):
         raise UnsupportedData(f"expected a pyarrow Table or RecordBatch, got {type(data)!r}")
-    schema_frame = data.schema.serialize()
-    if schema_frame.size > max_frame_bytes:
-        raise OversizeFrame(
-            f"the schema message is {schema_frame.size} bytes, over "
-            f"max_frame_bytes={max_frame_bytes}"
+    schema_frame = _schema_frame(data.schema, max_frame_bytes)
+    return [schema_frame, *_batch_frames(data.schema, data.to_batches(), max_frame_bytes)]
+
+
+def reader_to_frames(
+    source: pa.RecordBatchReader | Iterable[pa.RecordBatch],
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Iterator[pa.Buffer]:
+    """Frame a record-batch reader (or an iterable of record batches, of the first one's
+    schema) as :func:`table_to_frames` frames the table of all its batches, byte for
+    byte, each frame made as the batches it holds are read: the schema frame first
+    (the reader's schema, metadata included), then a frame at a time, so that a stream
+    larger than memory is never held whole (a run of small batches, joined, up to about
+    ``COALESCED_BATCH_BYTES``). A reader of no batches yields the schema frame alone.
+
+    ``max_frame_bytes`` and the schema frame are checked here (a reader's schema is
+    known before its batches); its batches as the frames are taken.
+
+    Raises:
+        InvalidArgument: ``max_frame_bytes`` is not a positive int.
+        UnsupportedData: ``source`` is neither, an iterable holds something other than
+            record batches or none at all (no schema: pass a reader), or a batch has
+            another schema (a shard holds one).
+        MalformedArrow: the reader failed as it was read (a file cut short, an error of
+            its source: the cause is chained).
+        OversizeFrame: as for :func:`table_to_frames`.
+    """
+    _checked_frame_limit(max_frame_bytes)
+    schema, batches = _batch_source(source)
+    schema_frame = _schema_frame(schema, max_frame_bytes)
+    frames = _batch_frames(schema, _checked_batches(schema, batches), max_frame_bytes)
+    return itertools.chain([schema_frame], frames)
+
+
+def _next_batch(batches: Iterator[Any], index: int) -> Any:
+    """The next of ``batches`` (batch ``index``); StopIteration past the last.
+    Raises MalformedArrow for any other error of the reader's (chained)."""
+    try:
+        return next(batches)
+    except StopIteration:
+        raise
+    except Exception as exc:
+        raise MalformedArrow(
+            f"reading record batch {index} of the stream failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _batch_source(source: Any) -> tuple[pa.Schema, Iterator[Any]]:
+    """``source``'s schema and its batches, one pass (see :func:`reader_to_frames`)."""
+    if isinstance(source, pa.RecordBatchReader):
+        return source.schema, iter(source)
+    if not isinstance(source, list | tuple | Iterator):
+        raise UnsupportedData(
+            f"expected a pyarrow RecordBatchReader or an iterable of RecordBatches, "
+            f"got {type(source).__name__}"
         )
-    overhead = _message_overhead(data.schema)
-    pieces: list[tuple[pa.RecordBatch, pa.Buffer]] = []
-    has_dictionaries = any(pa.types.is_dictionary(field.type) for field in _all_fields(data.schema))
+    batches = iter(source)
+    try:
+        first = _next_batch(batches, 0)
+    except StopIteration:
+        raise UnsupportedData(
+            "no record batches, so no schema: pass a pyarrow.RecordBatchReader (an "
+            "empty one stores a zero-row table of its schema)"
+        ) from None
+    if not isinstance(first, pa.RecordBatch):
+        raise UnsupportedData(f"an iterable of {type(first).__name__}, not of RecordBatches")
+    return first.schema, itertools.chain([first], batches)
+
+
+def _checked_batches(schema: pa.Schema, batches: Iterator[Any]) -> Iterator[pa.RecordBatch]:
+    """``batches`` as they are read, each checked to be a record batch of ``schema``
+    (its metadata aside: the shard keeps ``schema``'s)."""
+    for index in itertools.count():
+        try:
+            batch = _next_batch(batches, index)
+        except StopIteration:
+            return
+        if not isinstance(batch, pa.RecordBatch):
+            raise UnsupportedData(f"item {index} of the stream is a {type(batch).__name__}")
+        if not batch.schema.equals(schema):
+            raise UnsupportedData(
+                f"record batch {index} has another schema than the stream's (a shard holds "
+                f"one): {batch.schema.to_string(show_schema_metadata=False)!r} against "
+                f"{schema.to_string(show_schema_metadata=False)!r}"
+            )
+        yield batch
+
+
+def _batch_frames(
+    schema: pa.Schema, batches: Iterable[pa.RecordBatch], max_frame_bytes: int
+) -> Iterator[pa.Buffer]:
+    """The frames after the schema frame of ``batches`` (of ``schema``), each made as
+    the batches it holds are taken (see :func:`table_to_frames`)."""
+    overhead = _message_overhead(schema)
+    has_dictionaries = any(pa.types.is_dictionary(field.type) for field in _all_fields(schema))
     # Compacted first, as their sizes lead the joining and the cutting (see _compacted).
-    batches = [_compacted(batch) for batch in data.to_batches() if batch.num_rows > 0]
+    compacted = (_compacted(batch) for batch in batches if batch.num_rows > 0)
     # Dictionary batches are left as they come: joining them would unify their
     # dictionaries, and their messages are cut from a stream writer's output below.
-    for batch in batches if has_dictionaries else _coalesced(batches, data.schema):
-        rows = _rows_per_piece(batch, max_frame_bytes, overhead)
-        for start in range(0, batch.num_rows, rows):
-            pieces.extend(_fit_batch(batch.slice(start, rows), max_frame_bytes))
+    whole = compacted if has_dictionaries else _coalesced(compacted, schema)
+    pieces = (
+        piece
+        for batch in whole
+        for start, rows in _row_runs(batch, max_frame_bytes, overhead)
+        for piece in _fit_batch(batch.slice(start, rows), max_frame_bytes)
+    )
     if not has_dictionaries:
-        return [schema_frame, *(message for _, message in pieces)]
-    # Dictionary batches exist only inside a stream writer's state: write the pieces through
-    # one writer (it emits a dictionary message when a piece's dictionary changes) and cut.
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
-        for piece, _ in pieces:
+        return (message for _, message in pieces)
+    return _dictionary_frames(schema, (piece for piece, _ in pieces), max_frame_bytes)
+
+
+def _row_runs(batch: pa.RecordBatch, limit: int, overhead: int) -> Iterator[tuple[int, int]]:
+    """(start, rows) of the runs of ``batch``'s rows estimated to fit a frame each."""
+    rows = _rows_per_piece(batch, limit, overhead)
+    return ((start, rows) for start in range(0, batch.num_rows, rows))
+
+
+class _Collected:
+    """A write-only file for a stream writer: what it was given since :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.position = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.chunks.append(chunk)
+        self.position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> pa.Buffer:
+        taken = pa.py_buffer(b"".join(self.chunks))
+        self.chunks.clear()
+        return taken
+
+
+def _dictionary_frames(
+    schema: pa.Schema, pieces: Iterable[pa.RecordBatch], max_frame_bytes: int
+) -> Iterator[pa.Buffer]:
+    """The frames after the schema frame of ``pieces`` (each fit to a frame) of a
+    schema with dictionary fields: dictionary batches exist only inside a stream
+    writer's state, so the pieces go through one writer (it emits a dictionary message
+    when a piece's dictionary changes), and its messages are cut out as each piece is
+    written. Raises OversizeFrame for a message over ``max_frame_bytes``."""
+    sink = _Collected()
+    index = 1
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for piece in pieces:
             writer.write_batch(piece)
-    frames = _split_messages(sink.getvalue())
-    for index, frame in enumerate(frames):
-        if frame.size > max_frame_bytes:
-            kind = pa.ipc.read_message(frame).type
-            raise OversizeFrame(
-                f"frame {index} ({kind} message) is {frame.size} bytes, over "
-                f"max_frame_bytes={max_frame_bytes}"
-            )
-    return frames
+            messages = _split_messages(sink.take())
+            # The writer writes the schema's message with the first piece: frame 0 already.
+            for frame in messages[1:] if index == 1 else messages:
+                if frame.size > max_frame_bytes:
+                    kind = pa.ipc.read_message(frame).type
+                    raise OversizeFrame(
+                        f"frame {index} ({kind} message) is {frame.size} bytes, over "
+                        f"max_frame_bytes={max_frame_bytes}"
+                    )
+                yield frame
+                index += 1
 
 
 class _FrameStream:

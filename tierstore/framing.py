@@ -1,15 +1,17 @@
 """Turning what a caller puts into payload frames (pure: no I/O).
 
 Accepted values: bytes-like objects (raw shards, cut into fixed-size frames
-without copying), Arrow tables and record batches, numpy arrays and torch
-tensors (stored as Arrow ``fixed_shape_tensor``), and pre-framed Arrow messages
-as they arrive from the network (validated here).
+without copying), Arrow tables and record batches, Arrow record-batch readers
+(and iterables of record batches: framed as the table of their batches, as they
+are read), numpy arrays and torch tensors (stored as Arrow ``fixed_shape_tensor``),
+and pre-framed Arrow messages as they arrive from the network (validated here).
 """
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -20,7 +22,13 @@ from tierstore.buffers import byte_view
 from tierstore.errors import InvalidArgument, OversizeFrame, UnsupportedData
 from tierstore.types import MAX_ROWS, ShardKind
 
-__all__ = ["FramedValue", "FramesOnDemand", "frame_prepared", "frame_value"]
+__all__ = [
+    "FramedValue",
+    "FramesOnDemand",
+    "frame_prepared",
+    "frame_value",
+    "frames_streamed",
+]
 
 
 class FramesOnDemand(Sequence[memoryview], ABC):
@@ -121,17 +129,47 @@ def _is_tensor(value: Any) -> bool:
     return module.startswith("numpy") or module.startswith("torch")
 
 
-def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
-    """Cut ``value`` into frames; the kind follows from its type.
-
-    Raises :class:`UnsupportedData` for other types, :class:`OversizeFrame`
-    for Arrow data with a row (or schema) larger than a frame, and
-    :class:`InvalidArgument` for a ``max_frame_bytes`` that is not a positive int
-    (raw bytes cut by a negative size made no frames: an empty shard).
-    """
+def _check_frame_limit(max_frame_bytes: int) -> None:
     bad_type = isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int)
     if bad_type or max_frame_bytes <= 0:
         raise InvalidArgument(f"max_frame_bytes must be a positive int, got {max_frame_bytes!r}")
+
+
+def _is_batch_stream(value: Any) -> bool:
+    """Whether ``value`` is framed as a stream of record batches: a RecordBatchReader,
+    or a list, tuple or iterator (of record batches, or refused as it is read) other
+    than a file (whose lines are no batches: refused with the other types, unread)."""
+    if isinstance(value, io.IOBase):
+        return False
+    return isinstance(value, pa.RecordBatchReader | list | tuple | Iterator)
+
+
+def frames_streamed(value: Any, max_frame_bytes: int) -> Iterator[memoryview] | None:
+    """The Arrow frames of a record-batch reader (or a list, tuple or iterator of record
+    batches), each made as the batches it holds are read
+    (:func:`tierstore.arrowio.reader_to_frames`); None for any other value.
+
+    Raises :class:`InvalidArgument` for a bad ``max_frame_bytes``, and at once or as
+    the frames are taken what ``reader_to_frames`` raises (UnsupportedData,
+    MalformedArrow, OversizeFrame)."""
+    _check_frame_limit(max_frame_bytes)
+    if not _is_batch_stream(value):
+        return None
+    return (_byte_view(frame) for frame in arrowio.reader_to_frames(value, max_frame_bytes))
+
+
+def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
+    """Cut ``value`` into frames; the kind follows from its type (a record-batch
+    reader's frames are all made here, as its batches are read: see
+    :func:`frames_streamed` to take them one at a time).
+
+    Raises :class:`UnsupportedData` for other types, :class:`OversizeFrame`
+    for Arrow data with a row (or schema) larger than a frame,
+    :class:`~tierstore.errors.MalformedArrow` for a reader that fails as it is read,
+    and :class:`InvalidArgument` for a ``max_frame_bytes`` that is not a positive int
+    (raw bytes cut by a negative size made no frames: an empty shard).
+    """
+    _check_frame_limit(max_frame_bytes)
     if isinstance(value, bytes | bytearray | memoryview):
         view = memoryview(value)
         if not view.c_contiguous:
@@ -145,9 +183,12 @@ def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
     if _is_tensor(value):
         frames = tensors.tensor_to_frames(value, max_frame_bytes)
         return _arrow(ShardKind.TENSOR, tuple(_byte_view(f) for f in frames))
+    streamed = frames_streamed(value, max_frame_bytes)
+    if streamed is not None:
+        return _arrow(ShardKind.ARROW, tuple(streamed))
     raise UnsupportedData(
-        f"cannot store a {type(value).__name__}: use bytes-like data, a pyarrow Table or "
-        "RecordBatch, a numpy array or a torch tensor"
+        f"cannot store a {type(value).__name__}: use bytes-like data, a pyarrow Table, "
+        "RecordBatch or RecordBatchReader, a numpy array or a torch tensor"
     )
 
 

@@ -55,10 +55,10 @@ from tierstore.client.failures import retried
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
-from tierstore.client.putvalue import FileFrames, ReadableValue
+from tierstore.client.putvalue import FileFrames, OnePassFrames, ReadableValue
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.errors import InvalidArgument, InvalidRange, RangePastEnd, WrongShardKind
-from tierstore.framing import frame_value
+from tierstore.framing import frame_value, frames_streamed
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.types import ShardInfo, ShardKind
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
@@ -100,19 +100,28 @@ class Client(AdminCalls, PlacementCalls):
         InvalidArgument and stores nothing) or binary file object (from its position to
         its end; one that cannot be read is InvalidArgument), a
         numpy array, a pyarrow Table or
-        RecordBatch, or a torch tensor. Raises InvalidName, UnsupportedData,
-        OversizeFrame, PermissionDenied, ResourceExhausted, ArchiveUnavailable.
+        RecordBatch, or a torch tensor; or a pyarrow RecordBatchReader (or a list,
+        tuple or iterator of RecordBatches of one schema), read and sent a frame at a
+        time, stored as the table of its batches (none: a zero-row table of its
+        schema); one that fails as it is read is MalformedArrow, a batch of another
+        schema UnsupportedData, and either stores nothing. Raises InvalidName,
+        UnsupportedData, OversizeFrame, PermissionDenied, ResourceExhausted,
+        ArchiveUnavailable.
         """
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         with ReadableValue(data, self.frame_bytes) as value:
-            frames: FileFrames | Sequence[memoryview]
+            frames: FileFrames | OnePassFrames | Sequence[memoryview]
+            streamed = frames_streamed(value, self.frame_bytes)
             if isinstance(value, FileFrames):
-                kind, frames = ShardKind.RAW, value
+                kind, frames, count = ShardKind.RAW, value, len(value)
+            elif streamed is not None:
+                # Not counted before they are sent: the header announces none (0).
+                kind, frames, count = ShardKind.ARROW, OnePassFrames(streamed), 0
             else:
                 framed = frame_value(value, self.frame_bytes)
-                kind, frames = framed.kind, framed.frames
-            failed: list[InvalidArgument] = []
+                kind, frames, count = framed.kind, framed.frames, len(framed.frames)
+            failed: list[Exception] = []
 
             def messages() -> Iterator[shards_pb2.PutShardRequest]:
                 yield shards_pb2.PutShardRequest(
@@ -120,17 +129,17 @@ class Client(AdminCalls, PlacementCalls):
                         dataset=dataset,
                         shard=shard,
                         kind=shard_kind_to_pb(kind),
-                        frame_count=len(frames),
+                        frame_count=count,
                     )
                 )
                 try:
                     for frame in frames:
                         yield shards_pb2.PutShardRequest(frame=bytes(frame))
-                except InvalidArgument as exc:
-                    # End the stream short of the frames its header announced and
-                    # without its end: the server refuses it and stores nothing.
-                    # (Raising here would have grpc log a stack trace.) The caller gets
-                    # this error instead.
+                except Exception as exc:
+                    # End the stream without its end message: the server refuses it
+                    # and stores nothing. (Raising here would have grpc log a stack
+                    # trace.) The caller gets this error instead: a file that shrank,
+                    # a reader that failed or changed schema.
                     failed.append(exc)
                     return
                 yield shards_pb2.PutShardRequest(end=shards_pb2.PutShardEnd())
@@ -138,6 +147,8 @@ class Client(AdminCalls, PlacementCalls):
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
 
             def attempt() -> common_pb2.ShardInfo:
+                if isinstance(frames, OnePassFrames):
+                    frames.check_unread(f"the put of {dataset}/{shard}")
                 with GATE.call():
                     try:
                         answer: common_pb2.ShardInfo = stub.PutShard(

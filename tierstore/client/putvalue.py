@@ -1,6 +1,6 @@
 """What a put reads: a file path or a regular file's frames read one at a time as
 they are sent (memory does not grow with the file), another readable's bytes, or the
-value itself."""
+value itself; and frames that can be sent once only (a record-batch reader's)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import io
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tierstore.errors import InvalidArgument
+from tierstore.errors import InvalidArgument, Unavailable
 
-__all__ = ["FileFrames", "ReadableValue"]
+__all__ = ["FileFrames", "OnePassFrames", "ReadableValue"]
 
 
 class FileFrames:
@@ -53,6 +53,31 @@ class FileFrames:
                 )
             yield frame
         self._file.seek(self._end)
+
+
+class OnePassFrames:
+    """Frames made as they are sent, which cannot be made again (a record-batch
+    reader's: its batches are read once). A put's attempt that failed before any frame
+    left the client may be made again; one that took a frame may not."""
+
+    def __init__(self, frames: Iterable[memoryview]) -> None:
+        self._frames = iter(frames)
+        self._taken = False
+
+    def check_unread(self, what: str) -> None:
+        """Raise Unavailable (the failure the put is made again for) once a frame was
+        taken: ``what`` (the put) failed, and its reader cannot be read again."""
+        if self._taken:
+            raise Unavailable(
+                f"{what} failed to reach the server after its record-batch reader was "
+                "read from, which cannot be read again: nothing was stored; put it again "
+                "with a new reader"
+            )
+
+    def __iter__(self) -> Iterator[memoryview]:
+        for frame in self._frames:
+            self._taken = True
+            yield frame
 
 
 def _read_all(file: Any) -> Any:

@@ -567,14 +567,17 @@ class Store:
     ) -> ShardInfo:
         """Store ``value`` as the new generation of ``dataset/shard``.
 
-        ``value``: bytes-like (raw), a pyarrow Table or RecordBatch (arrow), or a
-        numpy array / torch tensor (tensor). Returns once the dataset's durability
+        ``value``: bytes-like (raw), a pyarrow Table or RecordBatch (arrow), a pyarrow
+        RecordBatchReader or a list, tuple or iterator of RecordBatches (arrow: the
+        table of its batches, framed as they are read, every frame held until the
+        commit), or a numpy array / torch tensor (tensor). Returns once the dataset's durability
         is met. At its dataset's hot-tier quota a put evicts the dataset's archived
         shards to make room, and waits for uploads that would make more for at most
         ``quota_wait_s`` (the setting, or this argument if shorter). Raises
         InvalidName, DatasetNotFound, UnsupportedData, OversizeFrame, BacklogFull,
         QuotaExceeded, HotTierFull, ArchiveUnavailable (write-through only: the
-        shard is then committed locally and the mover keeps trying).
+        shard is then committed locally and the mover keeps trying); MalformedArrow
+        for a reader that fails as it is read (nothing is stored).
         """
         self._check_shard_call(dataset, shard)
         framed = frame_value(value, self.settings.max_frame_bytes)

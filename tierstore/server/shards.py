@@ -170,7 +170,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         calling ``still_allowed`` (which raises once the put may not land) at each.
 
         Raises InvalidArgument for a stream that is not frames and then the end, with as
-        many frames as the header announced: one that stops without its end message was
+        many frames as the header announced (an Arrow or tensor put announcing 0 was
+        not counted first, streamed from a record-batch reader: up to the server's frame
+        limit, as the end message says): one that stops without its end message was
         cancelled by its client or failed part way, even with every frame received
         (gRPC may end a cancelled stream as if the client had closed it). Raises
         OversizeFrame, and what ``Store.check_put_size`` raises for a put that could
@@ -179,6 +181,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         """
         limit = self._store.settings.max_frame_bytes
         largest = self._store.largest_put(header.dataset)
+        # An Arrow or tensor shard has at least its schema frame: 0 is "not announced".
+        announced = bool(header.frame_count) or header.kind == common_pb2.SHARD_KIND_RAW
+        most = header.frame_count if announced else self._max_frames
         received = 0
         ended = False
         for message in messages:
@@ -196,16 +201,18 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                     f"(max_frame_bytes) is {limit}: cut frames no larger (the Python "
                     "client's frame_bytes, 4 MiB unless set)"
                 )
-            if spool.count == header.frame_count:
+            if spool.count == most:
                 raise InvalidArgument(
                     f"more frames than the {header.frame_count} the header announced"
+                    if announced
+                    else f"more frames than the server's limit of {self._max_frames}"
                 )
             received += len(frame)
             if received > largest:  # read again: the quota may have been raised
                 self._store.check_put_size(header.dataset, header.shard, received)
                 largest = self._store.largest_put(header.dataset)
             spool.append(frame)
-        if spool.count != header.frame_count:
+        if announced and spool.count != header.frame_count:
             raise InvalidArgument(
                 f"the stream ended after {spool.count} of {header.frame_count} frames"
             )
