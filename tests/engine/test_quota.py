@@ -499,3 +499,54 @@ def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
 def test_bad_quota_wait_settings_are_refused(tmp_path: Path, setting: str, value: float) -> None:
     with pytest.raises(InvalidArgument, match=setting):
         engine_settings(tmp_path, **{setting: value})
+
+
+def test_a_pin_or_prefetch_of_a_shard_larger_than_its_quota_is_refused(
+    open_store: StoreFactory,
+) -> None:
+    # A shard put before its dataset's quota was lowered below it was pinned (said to be
+    # queued for promotion, tried again for as long as the pin held) or prefetched, and
+    # each promotion was skipped: it could never turn hot.
+    store = quota_store(open_store, MemoryTier())
+    store.put("capped", "big", payload(2 * SIZE, 1))
+    store.put("capped", "small", payload(SIZE, 2))
+    assert store.drain(10)
+    store.update_dataset("capped", hot_quota_bytes=STORED)  # below big, not small
+    wait_until(lambda: not store.stat("capped", "big").hot, "big to leave the hot tier")
+    store.evict("capped", "small")
+    big = 2 * SIZE + 4 * CHECKSUM_BYTES
+    with pytest.raises(QuotaExceeded, match=rf"capped/big stores {big:,} bytes.*{STORED:,} bytes"):
+        store.pin("capped", "big")
+    assert not store.stat("capped", "big").pinned  # nothing promised
+    with pytest.raises(QuotaExceeded, match="nothing was queued"):
+        store.prefetch("capped", ["small", "big"])
+    assert store.promoter.promotions_pending() == 0
+    assert store.pin("capped", "small") == STORED  # one that fits is pinned and promoted
+    wait_until(lambda: store.stat("capped", "small").hot, "the pinned shard to turn hot")
+    assert not store.stat("capped", "big").hot
+
+
+def test_the_prefetch_loop_passes_over_a_shard_larger_than_its_quota(
+    open_store: StoreFactory,
+) -> None:
+    # A plan naming one had the policy name it first at every pass, and each pass's
+    # promotion of it skipped, as for one larger than the hot tier.
+    store = open_store(
+        MemoryTier(),
+        datasets={"capped": DatasetSettings(policy="clairvoyant", hot_quota_bytes=QUOTA)},
+        start_mover=False,  # the test runs the prefetch pass itself
+    )
+    store.put("capped", "big", payload(2 * SIZE, 1))
+    store.put("capped", "small", payload(SIZE, 2))
+    assert store.mover.drain_once()
+    store.update_dataset("capped", hot_quota_bytes=STORED)  # below big, not small
+    for name in ("big", "small"):
+        store.evict("capped", name)
+    store.declare_plan("capped", shards=["big", "small"])
+    skipped = store.promoter.promotions_skipped
+    assert store.prefetcher.run_once() == 1  # small alone
+    store.mover.start()
+    wait_until(lambda: store.stat("capped", "small").hot, "the prefetch of small")
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotions to end")
+    assert store.promoter.promotions_skipped == skipped
+    assert not store.stat("capped", "big").hot

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
@@ -102,13 +102,13 @@ class Placement:
 
         Raises DatasetNotFound, ShardNotFound, InvalidArgument for a ``ttl_s`` that is
         not a number of seconds in (0, ten years] (:func:`~tierstore.types.check_pin_ttl`),
-        HotTierFull for a cold shard larger than the hot tier takes (nothing pinned).
+        HotTierFull for a cold shard larger than the hot tier takes, QuotaExceeded for
+        one larger than its dataset's hot-tier quota (nothing pinned: it could never be
+        made hot, and would be tried again, and skipped, for as long as the pin held).
         """
         ttl_s = check_pin_ttl(ttl_s)
         until = time.time() + ttl_s if ttl_s is not None else 0.0
-        record, updated = self._set_pin(
-            dataset, shard, True, until, check=self._promoter.check_fits_hot_tier
-        )
+        record, updated = self._set_pin(dataset, shard, True, until, refuse_too_large=True)
         if until:
             self._promoter.pins.note_pin_end(until)
         if not record.hot:
@@ -128,14 +128,17 @@ class Placement:
         shard: str,
         pinned: bool,
         until: float,
-        check: Callable[[ShardRecord], None] | None = None,
+        *,
+        refuse_too_large: bool = False,
     ) -> tuple[ShardRecord, ShardRecord]:
-        """Set the shard's pin, once ``check`` (if any) passed a cold shard's record;
-        returns its record before and after."""
+        """Set the shard's pin; returns its record before and after. With
+        ``refuse_too_large``, a cold shard that could never be made hot is refused
+        (:meth:`Promoter.refuse_too_large`), its pin left as it was."""
         with self._env.write() as txn:
             record = self._catalog.require_shard(txn, dataset, shard)
-            if check is not None and not record.hot:
-                check(record)  # what it raises leaves the pin as it was
+            if refuse_too_large and not record.hot:
+                quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
+                self._promoter.refuse_too_large([record], "is not pinned", quota)
             updated = record.with_state(pinned=pinned, pinned_until=until)
             if updated != record:
                 self._catalog.put_shard(txn, updated)
@@ -147,13 +150,14 @@ class Placement:
         a full queue dropped does not count: a prefetch is a hint, asked again later).
 
         Unknown names and unreadable records are skipped (a prefetch is a hint).
-        Raises DatasetNotFound, HotTierFull (nothing queued) when a cold shard named is
-        larger than the hot tier takes below its high watermark: it was said to be
-        queued, and its promotion was skipped, so it never turned hot.
+        Raises DatasetNotFound; HotTierFull or QuotaExceeded (nothing queued) when a
+        cold shard named is larger than the hot tier takes below its high watermark or
+        than the dataset's hot-tier quota: it was said to be queued, and its promotion
+        was skipped, so it never turned hot.
         """
         queued = 0
         with self._env.read() as txn:
-            self._catalog.require_dataset(txn, dataset)
+            quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
             records = [
                 self._catalog.readable_shard(txn, dataset, name) for name in dict.fromkeys(shards)
             ]
@@ -162,7 +166,9 @@ class Placement:
             for record in records
             if record is not None and not record.hot and record.archived
         ]
-        self._promoter.refuse_too_large(cold, "nothing was queued: prefetch the others alone")
+        self._promoter.refuse_too_large(
+            cold, "nothing was queued: prefetch the others alone", quota
+        )
         for record in cold:
             queued += self._promoter.promote(record, None)
         return queued

@@ -107,17 +107,26 @@ class Prefetcher:
         if budget.requests <= 0 or budget.bytes <= 0 or self._hot_room.over_high_watermark():
             return 0
         records: dict[Key, ShardRecord] = {}
+        quotas: dict[str, int] = {}
         with self._env.read() as txn:
+
+            def quota(dataset: str) -> int:
+                if dataset not in quotas:
+                    settings = self._catalog.get_dataset(txn, dataset)
+                    quotas[dataset] = 0 if settings is None else settings.hot_quota_bytes
+                return quotas[dataset]
 
             def is_hot(key: Key) -> bool:
                 # "Hot" to a policy means: nothing to fetch. A shard that is gone, not
                 # archived (so hot anyway), unreadable or already on its way counts as
-                # hot, and so does one larger than the hot tier takes (its promotion
-                # would be skipped, at every pass).
+                # hot, and so does one larger than the hot tier or its dataset's quota
+                # takes (its promotion would be skipped, at every pass).
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or record.hot or not record.archived:
                     return True
-                if self._promoter.is_promoting(record) or not self._promoter.fits_hot_tier(record):
+                if self._promoter.is_promoting(record) or not self._promoter.fits_hot_tier(
+                    record, quota(record.dataset)
+                ):
                     return True
                 records[key] = record
                 return False

@@ -46,7 +46,14 @@ from tierstore.engine.pinretry import PinRetries
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.records import ShardRecord, frame_key
 from tierstore.engine.spool import Spooler, Staged
-from tierstore.errors import ArchiveUnavailable, HotTierFull, IntegrityError, StoreClosed
+from tierstore.errors import (
+    ArchiveUnavailable,
+    HotTierFull,
+    IntegrityError,
+    QuotaExceeded,
+    ResourceExhausted,
+    StoreClosed,
+)
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -259,39 +266,54 @@ class Promoter:
         with self._promoting_lock:
             return self._promoting_lock.wait_for(lambda: key not in self._promoting, timeout)
 
-    def fits_hot_tier(self, record: ShardRecord) -> bool:
+    def fits_hot_tier(self, record: ShardRecord, quota: int = 0) -> bool:
         """Whether ``record``'s generation stores no more bytes than the hot tier takes
-        below its high watermark: else no promotion of it could ever go in
-        (:meth:`promote_now` skips it), and one asked for again and again (a pin's, a
-        policy's prefetch each pass) would be skipped each time."""
+        below its high watermark, nor than ``quota`` (its dataset's hot-tier quota, 0:
+        none): else no promotion of it could ever go in (:meth:`promote_now` skips it),
+        and one asked for again and again (a pin's, a policy's prefetch each pass) would
+        be skipped each time."""
         total = sum(record.stored_sizes(self._overhead(record)))
-        return total <= self._hot_room.high_watermark_bytes()
+        return total <= self._hot_room.high_watermark_bytes() and not 0 < quota < total
 
-    def check_fits_hot_tier(self, record: ShardRecord) -> None:
-        """Raise HotTierFull unless :meth:`fits_hot_tier`: a pin of ``record`` would be
-        tried again, and skipped, for as long as it held."""
-        self.refuse_too_large([record], "is not pinned")
+    def refuse_too_large(
+        self, records: Sequence[ShardRecord], outcome: str, quota: int = 0
+    ) -> None:
+        """Raise, naming those of ``records`` (the first five) that are not
+        :meth:`fits_hot_tier`, if any: HotTierFull for those larger than the hot tier
+        takes, else QuotaExceeded for those larger than ``quota`` (their dataset's
+        hot-tier quota, 0: none). ``outcome`` says what the caller did not do."""
+        limit = self._hot_room.high_watermark_bytes()
+        what = f"the hot tier takes ({limit:,} bytes, its high watermark)"
+        self._refuse(records, limit, what, outcome, "a larger --hot-capacity", HotTierFull)
+        if quota > 0:
+            what = f"the hot-tier quota of {records[0].dataset} ({quota:,} bytes)"
+            self._refuse(records, quota, what, outcome, "a larger --hot-quota", QuotaExceeded)
 
-    def refuse_too_large(self, records: Sequence[ShardRecord], outcome: str) -> None:
-        """Raise HotTierFull naming those of ``records`` that are not
-        :meth:`fits_hot_tier` (the first five), if any; ``outcome`` says what the caller
-        did not do."""
-        too_large = [record for record in records if not self.fits_hot_tier(record)]
+    def _refuse(
+        self,
+        records: Sequence[ShardRecord],
+        limit: int,
+        what: str,
+        outcome: str,
+        remedy: str,
+        error: type[ResourceExhausted],
+    ) -> None:
+        """Raise ``error`` naming those of ``records`` (the first five) that store more
+        than ``limit`` bytes, what ``what`` takes, if any."""
+        sized = [(record, sum(record.stored_sizes(self._overhead(record)))) for record in records]
+        too_large = [(record, size) for record, size in sized if size > limit]
         if not too_large:
             return
         named = ", ".join(
-            f"{record.dataset}/{record.name} stores "
-            f"{sum(record.stored_sizes(self._overhead(record))):,} bytes"
-            for record in too_large[:5]
+            f"{record.dataset}/{record.name} stores {size:,} bytes"
+            for record, size in too_large[:5]
         )
         if len(too_large) > 5:
             named += f", and {len(too_large) - 5} more shards as large"
         it, could = ("it", "it could") if len(too_large) == 1 else ("them", "they could")
-        limit = self._hot_room.high_watermark_bytes()
-        raise HotTierFull(
-            f"{named}, more than the hot tier takes ({limit:,} bytes, its high "
-            f"watermark): {could} never be made hot, and {outcome} (a larger "
-            f"--hot-capacity would hold {it})"
+        raise error(
+            f"{named}, more than {what}: {could} never be made hot, and {outcome} "
+            f"({remedy} would hold {it})"
         )
 
     def promote_pinned(self, record: ShardRecord) -> None:

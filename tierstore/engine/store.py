@@ -842,8 +842,9 @@ class Store:
 
         Returns the bytes queued for promotion. Raises InvalidName, DatasetNotFound,
         ShardNotFound, InvalidArgument (``ttl_s`` not a positive number), HotTierFull
-        (a cold shard larger than the hot tier takes below its high watermark, which
-        could never be promoted: nothing is pinned).
+        or QuotaExceeded (a cold shard larger than the hot tier takes below its high
+        watermark, or than its dataset's hot-tier quota, which could never be promoted:
+        nothing is pinned).
         """
         self._check_shard_call(dataset, shard)
         return self._placement.pin(dataset, shard, ttl_s)
@@ -868,9 +869,10 @@ class Store:
         (or were being promoted already; not those a full queue dropped).
 
         Unknown shard names are skipped. Raises InvalidName, DatasetNotFound,
-        InvalidArgument (``shards`` is no iterable of names), HotTierFull (nothing
-        queued) when a cold shard named is larger than the hot tier takes below its high
-        watermark, which could never be promoted.
+        InvalidArgument (``shards`` is no iterable of names), HotTierFull or
+        QuotaExceeded (nothing queued) when a cold shard named is larger than the hot
+        tier takes below its high watermark or than the dataset's hot-tier quota, which
+        could never be promoted.
         """
         self._check_open()
         validate_dataset_name(dataset)
