@@ -449,6 +449,63 @@ def test_list_pages_prefixes_and_start_after(store: Store) -> None:
     assert store.list("enc")[0] == []
 
 
+def old_page(
+    listed: list[ShardInfo], start_after: str | None, limit: int, budget: int
+) -> tuple[list[str], str | None]:
+    """A page as the service cut it before the store did: ``limit`` shards after
+    ``start_after``, then cut before the shard whose entry passes ``budget`` bytes."""
+    after = [info for info in listed if start_after is None or info.name > start_after]
+    page, next_start = after[:limit], (after[limit - 1].name if len(after) > limit else None)
+    kept: list[str] = []
+    for info in page:
+        budget -= entry_bytes(info)
+        if budget < 0 and kept:
+            return kept, kept[-1]
+        kept.append(info.name)
+    return kept, next_start
+
+
+def entry_bytes(info: ShardInfo) -> int:
+    """A stand-in for a page entry's size: grows with the shard's frames."""
+    return 10 + 4 * len(info.frame_sizes)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 100])
+@pytest.mark.parametrize("budget", [1, 30, 61, 100, 10_000])
+def test_a_page_bounded_in_bytes_stops_reading_at_its_budget(
+    store: Store, limit: int, budget: int
+) -> None:
+    # The service had the store build a whole page of up to 10,000 shards, each with
+    # every frame's size, only to cut it to its answer's budget: memory grew with the
+    # page asked for. The pages and their continuations are as they were.
+    names = [f"s{i:02d}" for i in range(20)]
+    for index, name in enumerate(names):
+        store.put("plain", name, payload(FRAME * (1 + index % 4), index))
+    listed = store.list("plain", limit=100)[0]
+    seen: list[str] = []
+    sized: list[str] = []
+
+    def size_of(info: ShardInfo) -> int:
+        sized.append(info.name)
+        return entry_bytes(info)
+
+    after: str | None = None
+    while True:
+        sized.clear()
+        page, next_start = store.list(
+            "plain", start_after=after, limit=limit, max_bytes=budget, size_of=size_of
+        )
+        names_of_page = [info.name for info in page]
+        assert (names_of_page, next_start) == old_page(listed, after, limit, budget)
+        # Each shard of the page sized, in order, and at most the one that ended it.
+        assert sized[: len(page)] == names_of_page and len(sized) <= len(page) + 1
+        seen.extend(names_of_page)
+        after = next_start
+        if after is None:
+            break
+    assert seen == names
+
+
 def test_a_listing_shows_each_shards_reads_as_stat_does(store: Store) -> None:
     for name in ("read", "unread"):
         store.put("plain", name, name.encode())

@@ -711,11 +711,22 @@ class Store:
         return record.to_info(now, flushed.merged(pending, half_life).valued_at(now, half_life))
 
     def list(
-        self, dataset: str, prefix: str = "", start_after: str | None = None, limit: int = 1000
+        self,
+        dataset: str,
+        prefix: str = "",
+        start_after: str | None = None,
+        limit: int = 1000,
+        *,
+        max_bytes: int = 0,
+        size_of: Callable[[ShardInfo], int] | None = None,
     ) -> tuple[builtins.list[ShardInfo], str | None]:
         """Up to ``limit`` shards whose names start with ``prefix``, after ``start_after``,
         each with its reads as :meth:`stat` gives them (a page read while the mover
         flushes reads may miss those being flushed: it does not wait for the flush).
+        With ``size_of``, the page also ends before the shard whose ``size_of`` takes the
+        page's total past ``max_bytes`` (never before its first shard), and nothing past
+        that shard is read: ``size_of`` is called once for each shard of the page, in
+        order, and for at most one more.
 
         Returns the page and the ``start_after`` of the next page (``None`` at the end).
         """
@@ -724,6 +735,7 @@ class Store:
         _check_listing(prefix, start_after, limit)
         limit = max(1, limit)
         now = time.time()
+        used = 0
         # Not under the flush lock: listings would queue behind each other and hold up
         # stat and the flush, for figures that are only for show.
         with self._env.read() as txn:
@@ -732,7 +744,14 @@ class Store:
             for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
                 if len(page) == limit:
                     return page, page[-1].name
-                page.append(self._info_with_reads(txn, record, now))
+                info = self._info_with_reads(txn, record, now)
+                if size_of is not None:
+                    used += size_of(info)
+                    if used > max_bytes and page:
+                        # Stopped here, not cut after a page of ``limit`` shards was
+                        # built: each holds every frame's size.
+                        return page, page[-1].name
+                page.append(info)
         return page, None
 
     # Reads.

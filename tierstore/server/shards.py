@@ -33,7 +33,7 @@ from tierstore.server.authz import Principal, authorize
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
-from tierstore.types import DatasetSettings, Durability
+from tierstore.types import DatasetSettings, Durability, ShardInfo
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
 from tierstore.wire.limits import ENTRY_OVERHEAD, MAX_MESSAGE_BYTES, answer_budget
@@ -328,21 +328,26 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     ) -> shards_pb2.ListShardsResponse:
         self._check("ListShards", request.dataset)
         limit = min(request.limit or _DEFAULT_LIST_LIMIT, _MAX_LIST_LIMIT)
-        page, next_start = self._store.list(
-            request.dataset, request.prefix, request.start_after or None, limit
-        )
-        response = shards_pb2.ListShardsResponse()
-        room = self._list_page_bytes
-        for info in page:
+        entries: list[common_pb2.ShardInfo] = []
+
+        def size_of(info: ShardInfo) -> int:
             entry = shard_info_to_pb(info)
-            room -= entry.ByteSize() + ENTRY_OVERHEAD
-            if room < 0 and response.shards:
-                # Fewer than asked, never more: the next page starts at this shard.
-                next_start = response.shards[-1].name
-                break
-            response.shards.append(entry)
-        response.next_start_after = next_start or ""
-        return response
+            entries.append(entry)
+            return int(entry.ByteSize()) + ENTRY_OVERHEAD
+
+        # Fewer than asked, never more: a page that passes its bytes ends before the
+        # shard that passed them (sized, not listed), where the next page starts.
+        page, next_start = self._store.list(
+            request.dataset,
+            request.prefix,
+            request.start_after or None,
+            limit,
+            max_bytes=self._list_page_bytes,
+            size_of=size_of,
+        )
+        return shards_pb2.ListShardsResponse(
+            shards=entries[: len(page)], next_start_after=next_start or ""
+        )
 
     @handler
     def DeleteShard(
