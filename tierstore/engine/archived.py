@@ -104,11 +104,16 @@ def submit_fetch(pool: Executor, fetch: Callable[[int], _T], index: int) -> Futu
 
 
 def fetch_result(future: Future[_T]) -> _T:
-    """What a fetch of :func:`submit_fetch` returned, or raised. Raises StoreClosed
-    when the store's close dropped it before it ran."""
+    """What a fetch of :func:`submit_fetch` returned, or raised: IntegrityError and
+    ArchiveUnavailable as :meth:`ArchivedFrames.fetch`, StoreClosed when the store
+    closed before it was done (a :class:`~tierstore.engine.fetchpool.FetchPool`'s
+    shutdown fails it so)."""
     try:
         return future.result()
-    except CancelledError as exc:  # only a close cancels them
+    except CancelledError as exc:
+        # Not a FetchPool's close, which fails the fetch with StoreClosed itself, nor
+        # this module's own cancels (fetch_each drops the fetches it no longer waits
+        # for): another executor's shutdown(cancel_futures=True) dropped it unrun.
         raise StoreClosed("the store was closed during the read") from exc
 
 
