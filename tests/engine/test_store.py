@@ -58,6 +58,7 @@ from tierstore.engine.records import (
 from tierstore.engine.store import Store
 from tierstore.errors import (
     AlreadyExists,
+    ArchiveUnavailable,
     BacklogFull,
     DatasetNotFound,
     EncryptionUnavailable,
@@ -1108,6 +1109,41 @@ def test_a_rebuild_refuses_when_a_dataset_is_created_while_it_scans(
         fresh.rebuild_from_archive()
     # The acknowledged put survived; the archive's older state did not replace it.
     assert fresh.get("plain", "a").to_bytes() == b"written during the rebuild"
+
+
+def test_a_rebuild_cut_short_by_the_archive_writes_nothing_and_is_tried_again_whole(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All or nothing, so the next try scans the archive again from its start: a rebuild
+    # that wrote what it had scanned would leave a catalog that is no longer empty, which
+    # every later rebuild refuses.
+    store = open_store(archive, datasets={"plain": DatasetSettings()})
+    names = [f"s{i}" for i in range(6)]
+    for index, name in enumerate(names):
+        store.put("plain", name, payload(FRAME, index))
+    assert store.drain(10)
+    faulty = FaultyTier(archive)
+    fresh = open_store(faulty, start_mover=False)
+    read = faulty.get
+
+    def failing_at_the_fourth_manifest(key: str, byte_range: Any = None) -> Any:
+        manifests = sum(1 for got, _ in faulty.gets if got.endswith(".manifest"))
+        faulty.failing = key.endswith(".manifest") and manifests >= 3
+        return read(key, byte_range)
+
+    monkeypatch.setattr(faulty, "get", failing_at_the_fourth_manifest)
+    with pytest.raises(ArchiveUnavailable):
+        fresh.rebuild_from_archive()
+    # Three manifests were read, and the fourth failed: none of it was written.
+    assert sum(1 for got, _ in faulty.gets if got.endswith(".manifest")) == 4
+    assert fresh.list_datasets() == [] and fresh.stats().journal_entries == 0
+    monkeypatch.undo()
+    faulty.failing = False
+    faulty.gets.clear()
+    assert fresh.rebuild_from_archive() == len(names)
+    assert sum(1 for got, _ in faulty.gets if got.endswith(".manifest")) == len(names)
+    for index, name in enumerate(names):
+        assert fresh.get("plain", name).to_bytes() == payload(FRAME, index)
 
 
 def test_a_rebuild_refuses_while_the_journal_holds_a_deleted_datasets_entries(
