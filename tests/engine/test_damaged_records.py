@@ -13,6 +13,7 @@ import pytest
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import unreadable
 from tierstore.engine.records import (
     JournalOp,
     ShardRecord,
@@ -370,3 +371,43 @@ def test_deleting_a_damaged_shard_whose_upload_was_cut_short_leaves_no_frames_ob
 
     assert store.drain(10), store.mover.last_error
     assert not {key for key in archive_keys(archive, "plain/") if f"{generation:016x}" in key}
+
+
+def test_a_node_with_many_damaged_records_names_some_and_counts_them_all(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each was kept in memory, with its name and why, for as long as the node ran: a
+    # dataset whose records had all become unreadable held millions of them.
+    monkeypatch.setattr(unreadable, "NAMED_AT_MOST", 3)
+    store = open_store(archive, datasets={"plain": DatasetSettings(), "other": DatasetSettings()})
+    names = [f"s{i}" for i in range(6)]
+    for name in names:
+        store.put("plain", name, b"x")
+    for name in ("o1", "o2"):
+        store.put("other", name, b"y")
+        put_raw_record(store, "other", name, GARBAGE)
+    for name in names[:5]:
+        put_raw_record(store, "plain", name, GARBAGE)
+    store = open_store.reopen(store, archive)  # seeding the policies walks every record
+
+    def reported() -> tuple[list[str], dict[str, int], float]:
+        stats = store.stats()
+        gauges = {family.name: family.samples for family in _StoreCollector(store).collect()}
+        (gauge,) = [sample.value for sample in gauges["tierstore_data_loss_reports"]]
+        return [entry.split(":")[0] for entry in stats.data_loss], stats.data_loss_unnamed, gauge
+
+    assert reported() == (["other/o1", "other/o2", "plain/s0"], {"plain": 4}, 7)
+    for _ in range(3):  # met again and again: counted once
+        for name in names[1:5]:
+            with pytest.raises(IntegrityError):
+                store.stat("plain", name)
+        assert [info.name for info in store.list("plain")[0]] == ["s5"]
+    assert reported() == (["other/o1", "other/o2", "plain/s0"], {"plain": 4}, 7)
+    # The delete's walk of every record meets s1, one of those counted: named now, in
+    # the room left.
+    store.delete("plain", "s0")
+    assert reported() == (["other/o1", "other/o2", "plain/s1"], {"plain": 3}, 6)
+    store.delete("plain", "s4")  # one not named
+    assert reported() == (["other/o1", "other/o2", "plain/s1"], {"plain": 2}, 5)
+    store.delete_dataset("plain", force=True)
+    assert reported() == (["other/o1", "other/o2"], {}, 2)

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from tierstore.engine.records import (
     encode_dataset,
     shard_of_key,
 )
+from tierstore.engine.unreadable import UnreadableRecords
 from tierstore.errors import DatasetNotFound, IntegrityError, ShardNotFound
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import DatasetSettings
@@ -92,16 +92,16 @@ class Catalog:
     """Typed access to the catalog sub-databases.
 
     Its one state beyond the environment: the shard records it found unreadable
-    (:meth:`damaged_records`). LMDB keeps no checksum, so a record can be damaged on
+    (:attr:`unreadable`). LMDB keeps no checksum, so a record can be damaged on
     disk; walks over records pass such a record by (one bad record must not stop the
-    node from opening, evicting or listing the rest) and note it here, where the
+    node from opening, evicting or listing the rest) and note it there, where the
     store's statistics report it, and point lookups of it raise IntegrityError.
     """
 
     def __init__(self, environment: LmdbEnvironment) -> None:
         self._env = environment
-        self._damaged: dict[bytes, str] = {}
-        self._damaged_lock = threading.Lock()
+        #: the unreadable records found and not since deleted: some named, all counted.
+        self.unreadable = UnreadableRecords()
 
     def _db(self, name: str) -> Any:
         return self._env.db(name)
@@ -251,18 +251,33 @@ class Catalog:
             return None
 
     def _note_damaged(self, key: bytes, exc: BaseException) -> None:
-        shown = "/".join(shard_of_key(key))
-        with self._damaged_lock:
-            known = key in self._damaged
-            self._damaged[key] = f"{shown}: {exc}"
-        if not known:
-            log.error("catalog record %s is unreadable: %s", shown, exc)
+        dataset, name = shard_of_key(key)
+        if self.unreadable.note(key, dataset, f"{dataset}/{name}: {exc}"):
+            log.error("catalog record %s/%s is unreadable: %s", dataset, name, exc)
 
     def damaged_records(self) -> list[str]:
         """The shard records found unreadable (``"dataset/name: why"``) and not since
-        deleted, by key. Filled by walks and lookups (opening a store walks them all)."""
-        with self._damaged_lock:
-            return [self._damaged[key] for key in sorted(self._damaged)]
+        deleted, by key, a bounded number of them (:attr:`unreadable` counts the
+        rest). Filled by walks and lookups (opening a store walks them all)."""
+        return self.unreadable.named()
+
+    def count_unreadable(self, txn: Any) -> None:
+        """Walk every shard record to count the unreadable ones anew
+        (:attr:`unreadable`), logging each that is not named. For a store that opens,
+        before any other thread runs: a note or delete meanwhile would be lost."""
+        named: dict[bytes, str] = {}
+        unnamed: dict[str, int] = {}
+        for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
+            try:
+                ShardRecord.decode(raw)
+            except IntegrityError as exc:
+                dataset, name = shard_of_key(bytes(key))
+                if len(named) < self.unreadable.named_at_most:
+                    named[bytes(key)] = f"{dataset}/{name}: {exc}"
+                else:
+                    unnamed[dataset] = unnamed.get(dataset, 0) + 1
+                    log.error("catalog record %s/%s is unreadable: %s", dataset, name, exc)
+        self.unreadable.reset(named, unnamed)
 
     def damaged_keys_of(self, txn: Any, dataset: str) -> list[bytes]:
         """Keys of ``dataset``'s unreadable shard records, found by reading them all."""
@@ -282,8 +297,7 @@ class Catalog:
         until a walk finds it again)."""
         txn.delete(key, db=self._db(SHARDS_DB))
         txn.delete(key, db=self._db("access"))
-        with self._damaged_lock:
-            self._damaged.pop(key, None)
+        self.unreadable.forget(key, shard_of_key(key)[0])
 
     # Counters and notes.
 

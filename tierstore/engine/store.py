@@ -122,10 +122,13 @@ class StoreStats:
     slow_read_leases: int
     mover_error: str | None
     #: shards the mover could not archive because their hot copy failed verification,
-    #: then shards whose catalog record is unreadable (until deleted).
+    #: then shards whose catalog record is unreadable (until deleted; at most 1,000).
     data_loss: tuple[str, ...] = ()
     #: puts waiting for room in their dataset's hot-tier quota (``max_quota_waiters`` at most).
     quota_waiting_puts: int = 0
+    #: by dataset, the shards whose catalog record is unreadable beyond those named in
+    #: ``data_loss`` (which names at most 1,000; the log names every one).
+    data_loss_unnamed: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _check_listing(prefix: object, start_after: object, limit: object) -> None:
@@ -286,6 +289,11 @@ class Store:
         self.mover.after_pass = self.disk_reserve.ensure
         self._writer.give_room = self.promoter.spooler.give_room = self.disk_reserve.release
         self._open_policies()
+        if self._catalog.unreadable.recount:
+            # The walk of every record just made met more unreadable ones than are named
+            # (tierstore.engine.unreadable): counted exactly once, before anything runs.
+            with self._env.read() as txn:
+                self._catalog.count_unreadable(txn)
 
     def start_background(self) -> None:
         """Start the mover and the prefetcher, and the resumption of a key rotation a
@@ -1182,4 +1190,5 @@ class Store:
             mover_error=self.mover.archive_failure(),
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
+            data_loss_unnamed=self._catalog.unreadable.unnamed(),
         )

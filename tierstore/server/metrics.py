@@ -291,7 +291,7 @@ class _StoreCollector(Collector):
             "tierstore_data_loss_reports",
             "shards reported lost (the log names them): hot copies that failed "
             "verification before their upload, and unreadable catalog records",
-            len(stats.data_loss),
+            len(stats.data_loss) + sum(stats.data_loss_unnamed.values()),
         )
         yield CounterMetricFamily(
             "tierstore_promotions",

@@ -129,7 +129,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             if room < 0:
                 break
             reply.data_loss.append(entry)
-        reply.data_loss_omitted = len(lost) - len(reply.data_loss)
+        unnamed = sum(stats.data_loss_unnamed.get(name, 0) for name in names)
+        reply.data_loss_omitted = len(lost) - len(reply.data_loss) + unnamed
         if request.sizing:
             # Over the listed datasets only: a caller learns nothing of others' reads.
             points, reads = self._store.sizing_curve(set(names))
