@@ -521,6 +521,7 @@ def test_a_pin_or_prefetch_of_a_shard_larger_than_its_quota_is_refused(
     with pytest.raises(QuotaExceeded, match="nothing was queued"):
         store.prefetch("capped", ["small", "big"])
     assert store.promoter.promotions_pending() == 0
+    assert store.prefetch("capped", ["nothing-of-that-name"]) == 0  # nothing cold to check
     assert store.pin("capped", "small") == STORED  # one that fits is pinned and promoted
     wait_until(lambda: store.stat("capped", "small").hot, "the pinned shard to turn hot")
     assert not store.stat("capped", "big").hot

@@ -286,7 +286,7 @@ class Promoter:
         what = f"the hot tier takes ({limit:,} bytes, its high watermark)"
         self._refuse(records, limit, what, outcome, "a larger --hot-capacity", HotTierFull)
         if quota > 0:
-            what = f"the hot-tier quota of {records[0].dataset} ({quota:,} bytes)"
+            what = f"the hot-tier quota of its dataset ({quota:,} bytes)"
             self._refuse(records, quota, what, outcome, "a larger --hot-quota", QuotaExceeded)
 
     def _refuse(
