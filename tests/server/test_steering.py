@@ -216,3 +216,32 @@ def test_a_planned_shard_larger_than_the_hot_tier_is_not_fetched_again_and_again
             client.report_position(job, 0)  # a pass, at once
             time.sleep(0.2)
         assert not client.stat(dataset, "0-big").hot
+
+
+def test_a_prefetch_or_pin_of_a_shard_larger_than_its_quota_is_refused_by_the_cli(
+    node: ServerProcess,
+) -> None:
+    # The engine refuses it with QuotaExceeded; the command caught HotTierFull only,
+    # so its report (what was queued, the names not found) was never printed.
+    dataset = unique()
+    env = node.cli_env()
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(dataset, durability="write-through")
+        client.put(dataset, "small", b"s" * 1000)
+        client.put(dataset, "big", os.urandom(1 << 20))
+        for name in ("small", "big"):
+            client.evict(dataset, name)
+        client.update_dataset(dataset, hot_quota_bytes=1 << 19)  # below big alone
+
+        refused = run(env, "prefetch", dataset, "small", "big", "nosuch")
+        assert refused.returncode == 1, refused.stderr.decode()
+        assert json.loads(refused.stdout) == {"queued": 0, "not_found": ["nosuch"]}
+        said = refused.stderr.decode()
+        assert "QuotaExceeded" in said and "big" in said, said
+        assert not client.stat(dataset, "small").hot  # nothing queued
+
+        refused = run(env, "pin", dataset, "small", "big")
+        assert refused.returncode == 1, refused.stderr.decode()
+        assert json.loads(refused.stdout)["not_pinned"] == ["big"]
+        assert "QuotaExceeded" in refused.stderr.decode()
+        assert not client.stat(dataset, "big").pinned

@@ -211,8 +211,8 @@ def pin(
     queued for promotion; where the hot tier or the dataset's quota has no room (pinned
     shards are never evicted to make it) it is tried again, up to a minute apart, and
     at once when the quota is raised: ls shows which are hot. A cold shard larger than
-    the hot tier takes (its high watermark) is refused (HotTierFull): it could never be
-    hot."""
+    the hot tier takes (its high watermark) is refused (HotTierFull), and one larger than
+    its dataset's hot-tier quota (QuotaExceeded): it could never be hot."""
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once, and its bytes queued counted once
     queued = sum(
@@ -264,17 +264,17 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     """Promote shards to the hot tier ahead of use. Shards already hot (or on their way)
     are not queued again; a shard that does not exist is named, and the command exits as
     for ShardNotFound once the others are queued, so a mistyped name does not pass for
-    one already hot. A cold shard larger than the hot tier takes (its high watermark)
-    could never be hot: none is queued then, and the command exits as for HotTierFull,
-    naming it."""
+    one already hot. A cold shard larger than the hot tier takes (its high watermark),
+    or than its dataset's hot-tier quota, could never be hot: none is queued then, and
+    the command exits as for HotTierFull (or QuotaExceeded), naming it."""
     client = command_client()
-    refused: errors.HotTierFull | None = None
+    refused: errors.HotTierFull | errors.QuotaExceeded | None = None
 
     def queue() -> int:
         nonlocal refused
         try:
             return int(client.prefetch(dataset, shards))
-        except errors.HotTierFull as exc:
+        except (errors.HotTierFull, errors.QuotaExceeded) as exc:
             refused = exc  # said last, once the report (and the names unknown) is out
             return 0
 

@@ -57,7 +57,8 @@ class PlacementCalls(ClientCore):
         replaces the TTL. Returns bytes queued for promotion. Raises InvalidArgument
         (``ttl_s`` not a number of seconds in (0, ten years]), ShardNotFound,
         PermissionDenied, HotTierFull (a cold shard larger than the hot tier takes below
-        its high watermark: it could never be made hot, and is not pinned)."""
+        its high watermark) or QuotaExceeded (one larger than its dataset's hot-tier
+        quota): it could never be made hot, and is not pinned."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         ttl_s = check_pin_ttl(ttl_s)
@@ -85,7 +86,8 @@ class PlacementCalls(ClientCore):
         sequence of names: one name alone is InvalidArgument (a str is a sequence of
         its characters, each of which was asked for). Raises HotTierFull, nothing
         queued, when a cold shard named is larger than the hot tier takes below its
-        high watermark (it could never be made hot)."""
+        high watermark, and QuotaExceeded when one is larger than its dataset's hot-tier
+        quota (it could never be made hot)."""
         validate_dataset_name(dataset)
         if isinstance(shards, str | bytes):
             raise InvalidArgument(
