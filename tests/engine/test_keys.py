@@ -43,6 +43,7 @@ from tierstore.errors import (
     KeyUnwrapError,
     UnknownKeyId,
 )
+from tierstore.frames import FrameSealer, shard_context
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Tier
 from tierstore.types import DatasetSettings, Durability, WrappedKey
@@ -483,3 +484,60 @@ def key_id_of(store: Store, name: str) -> str:
     envelope = record_of(store, "enc", name).envelope
     assert envelope is not None
     return envelope.wrapped.key_id
+
+
+@pytest.mark.parametrize("read", ["get", "cold-get", "iter-frames", "open-sealed", "data-key"])
+def test_a_read_of_a_record_from_before_a_rotation_and_retirement_succeeds(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    # A read that had loaded the shard's record (its data key under k1) when a rotation
+    # rewrapped that key under k2 and k1 was retired failed once with UnknownKeyId,
+    # for a healthy shard. The hook runs both between the read's record and its unwrap.
+    store = open_store(archive, datasets=DATASETS)
+    data = payload(2 * FRAME + 5, 41)
+    store.put("enc", "a", data)
+    assert store.drain(10)
+    if read == "cold-get":
+        assert store.evict("enc", "a") > 0
+    generation = record_of(store, "enc", "a").generation
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+
+    def rotate_and_retire() -> None:
+        store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+        assert store.drain(10)
+        store.check_key_retirement("k1", only_new)
+        store.rotate_master_key(only_new)  # what `tierstore keys retire` does next
+
+    real = ShardSealers.sealer
+    reader = threading.get_ident()
+    done: list[bool] = []
+
+    def rotated_first(
+        sealers: ShardSealers, record: ShardRecord, data_key: bytes | None = None
+    ) -> FrameSealer:
+        if not done and threading.get_ident() == reader:
+            assert record.envelope is not None and record.envelope.wrapped.key_id == "k1"
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(rotate_and_retire).result()
+            done.append(True)
+        return real(sealers, record, data_key)
+
+    monkeypatch.setattr(ShardSealers, "sealer", rotated_first)
+    if read in ("get", "cold-get"):
+        assert store.get("enc", "a").to_bytes() == data
+    elif read == "iter-frames":
+        assert b"".join(frame.to_pybytes() for frame in store.iter_frames("enc", "a")) == data
+    elif read == "open-sealed":
+        assert store.open_sealed("enc", "a").data_key == data_key_of(store, only_new)
+    else:
+        key = store.local_reads.data_key("enc", "a", generation)
+        assert key.key == data_key_of(store, only_new)
+    assert done, "the rotation never ran between the record's read and its unwrap"
+    assert key_id_of(store, "a") == "k2"
+
+
+def data_key_of(store: Store, keyring: LocalKeyring) -> bytes:
+    record = record_of(store, "enc", "a")
+    assert record.envelope is not None
+    context = shard_context(record.dataset, record.name, record.generation)
+    return keyring.unwrap(record.envelope.wrapped, context)

@@ -7,13 +7,13 @@ turns a record (and, for encrypted ones, the keyring) into the sealer that
 writes, opens and verifies its stored frames, and creates and rewraps data keys.
 It also seals and checks the archive's metadata objects under the same keyring.
 
-Thread safety: :class:`ShardSealers` holds nothing but the keyring; it is safe to
-share between threads as long as the keyring is.
+Thread safety: :class:`ShardSealers` holds nothing but the keyring (and a lookup of
+current records); it is safe to share between threads as long as the keyring is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tierstore.crypto import (
@@ -62,10 +62,20 @@ def stored_size(record: ShardRecord) -> int:
 
 
 class ShardSealers:
-    """Builds the sealer of each shard generation from its record and the keyring."""
+    """Builds the sealer of each shard generation from its record and the keyring.
 
-    def __init__(self, keyring: MasterKeyProvider | None) -> None:
+    ``current``, given, returns the catalog's record of a shard as it is now (``None``
+    when there is none): :meth:`sealer` looks a record up again with it when the
+    record's data key names a master key the keyring no longer holds (see there).
+    """
+
+    def __init__(
+        self,
+        keyring: MasterKeyProvider | None,
+        current: Callable[[ShardRecord], ShardRecord | None] | None = None,
+    ) -> None:
         self._keyring = keyring
+        self._current = current
 
     def use_keyring(self, keyring: MasterKeyProvider) -> None:
         """Switch to another keyring (one holding the old keys too, during rotation)."""
@@ -91,21 +101,43 @@ class ShardSealers:
     def sealer(self, record: ShardRecord, data_key: bytes | None = None) -> FrameSealer:
         """The sealer of ``record``'s generation; ``data_key`` skips unwrapping its envelope.
 
-        Raises EncryptionUnavailable (encrypted, no master key configured) and what
-        the keyring raises when the data key does not unwrap.
+        A record read before a rotation rewrapped its data key, the old master key
+        retired since, names a key the keyring no longer holds: the data key is then
+        unwrapped from the envelope of the record of the same generation the catalog
+        holds now (looked up once, with ``current``), so that a read of a healthy shard
+        does not fail over when it read its record. Raises EncryptionUnavailable
+        (encrypted, no master key configured) and what the keyring raises when the data
+        key does not unwrap.
         """
         context = shard_context(record.dataset, record.name, record.generation)
         sizes = record.frame_sizes
         if record.envelope is None:
             return FrameSealer(context, len(sizes), frame_sizes=sizes)
         if data_key is None:
-            if self._keyring is None:
-                raise EncryptionUnavailable(
-                    f"{record.dataset}/{record.name} is encrypted but no master key is configured"
-                )
-            data_key = self._keyring.unwrap(record.envelope.wrapped, context)
+            data_key = self._unwrapped(record, record.envelope, context)
         cipher = FrameCipher(data_key, record.envelope.nonce_prefix)
         return FrameSealer(context, len(sizes), cipher, sizes)
+
+    def _unwrapped(self, record: ShardRecord, envelope: Envelope, context: bytes) -> bytes:
+        """The data key of ``record`` (see :meth:`sealer`)."""
+        if self._keyring is None:
+            raise EncryptionUnavailable(
+                f"{record.dataset}/{record.name} is encrypted but no master key is configured"
+            )
+        try:
+            return self._keyring.unwrap(envelope.wrapped, context)
+        except UnknownKeyId:
+            now = None if self._current is None else self._current(record)
+            rewrapped = None if now is None else now.envelope
+            if (
+                now is None
+                or now.generation != record.generation
+                or rewrapped is None
+                or rewrapped.nonce_prefix != envelope.nonce_prefix
+                or rewrapped.wrapped == envelope.wrapped
+            ):
+                raise
+            return self._keyring.unwrap(rewrapped.wrapped, context)
 
     def rewrapped(self, record: ShardRecord, data_key: bytes | None = None) -> ShardRecord | None:
         """``record`` with its data key rewrapped under the keyring's current master key

@@ -83,7 +83,6 @@ from tierstore.errors import (
     InvalidArgument,
     QuotaExceeded,
     StoreClosed,
-    UnknownKeyId,
     WrongShardKind,
 )
 from tierstore.framing import frame_prepared, frame_value
@@ -189,7 +188,7 @@ class Store:
         # Before any promotion runs: frames a crash left half-promoted are nobody's.
         drop_abandoned(self._env, self._catalog, self._frames)
         self._access = AccessRecorder(settings.access_half_life_s)
-        self._sealers = ShardSealers(keyring)
+        self._sealers = ShardSealers(keyring, self._current_record)
         self._policies = PolicyDriver()
         self._trace = TraceRing(settings.trace_capacity)
         self._closed = False
@@ -207,7 +206,7 @@ class Store:
             self._policies,
             self.hot_room,
             overhead=stored_overhead,
-            verify=self._verify_stored,
+            verify=self._sealers.verify_stored,
         )
         self.mover = Mover(
             settings,
@@ -218,7 +217,7 @@ class Store:
             self._access,
             self.hot_room,
             self.promoter,
-            verify=self._verify_stored,
+            verify=self._sealers.verify_stored,
             seal=self._sealers.seal_object,
             check_object=self._sealers.check_object,
         )
@@ -304,24 +303,13 @@ class Store:
         self.prefetcher.start()
         self.master_keys.resume_rotation()
 
-    def _verify_stored(self, record: ShardRecord, index: int, stored: memoryview) -> None:
-        """Check stored frame ``index`` of ``record`` (IntegrityError if it fails), under
-        the shard's current data key envelope when ``record``'s names a master key no
-        longer held: a promotion or upload that read the record before a rotation, the
-        old key retired before it verified its frames (it failed, and a pinned shard
-        stayed cold). Thread-safe."""
-        try:
-            self._sealers.verify_stored(record, index, stored)
-        except UnknownKeyId:
-            with self._env.read() as txn:
-                now = self._catalog.get_shard(txn, record.dataset, record.name)
-            if (
-                now is None
-                or now.generation != record.generation
-                or now.envelope == record.envelope
-            ):
-                raise
-            self._sealers.verify_stored(now, index, stored)
+    def _current_record(self, record: ShardRecord) -> ShardRecord | None:
+        """The catalog's record of ``record``'s shard now (``None``: none, or unreadable):
+        for the sealers to unwrap a data key a rotation rewrapped since ``record`` was
+        read, its old master key retired meanwhile (a read, a promotion or an upload
+        that read the record before the rotation)."""
+        with self._env.read() as txn:
+            return self._catalog.readable_shard(txn, record.dataset, record.name)
 
     def _open_policies(self) -> None:
         """Give every dataset its policy, told of the dataset's hot shards (oldest first);
