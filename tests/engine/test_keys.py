@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,7 @@ from tests.engine.stores import (
 )
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import masterkeys
+from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import (
     Envelope,
     ShardRecord,
@@ -448,17 +451,7 @@ def test_a_rotation_a_restart_cut_short_resumes_at_start(
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     with monkeypatch.context() as patched:
         patched.setattr(masterkeys, "ROTATION_BATCH", 20)
-        real = ShardSealers.rewrapped
-        calls = iter(range(50))
-
-        def stopping(sealers: ShardSealers, record: ShardRecord) -> ShardRecord | None:
-            if next(calls, None) is None:
-                raise RuntimeError("the node stops here")
-            return real(sealers, record)
-
-        patched.setattr(ShardSealers, "rewrapped", stopping)
-        with pytest.raises(RuntimeError):
-            store.rotate_master_key(both)
+        rotate_cut_short(store, both, 50, patched)
     assert {key_id_of(store, name) for name in shards} == {"k1", "k2"}
 
     store = open_store.reopen(store, s3_archive, both)
@@ -480,8 +473,25 @@ def test_a_rotation_a_restart_cut_short_resumes_at_start(
         assert rebuilt.get("enc", name).to_bytes() == data
 
 
-def key_id_of(store: Store, name: str) -> str:
-    envelope = record_of(store, "enc", name).envelope
+def rotate_cut_short(
+    store: Store, keyring: LocalKeyring, rewraps: int, patched: pytest.MonkeyPatch
+) -> None:
+    """Rotate ``store`` to ``keyring``, the node stopping after ``rewraps`` data keys."""
+    real = ShardSealers.rewrapped
+    calls = iter(range(rewraps))
+
+    def stopping(sealers: ShardSealers, record: ShardRecord) -> ShardRecord | None:
+        if next(calls, None) is None:
+            raise RuntimeError("the node stops here")
+        return real(sealers, record)
+
+    patched.setattr(ShardSealers, "rewrapped", stopping)
+    with pytest.raises(RuntimeError):
+        store.rotate_master_key(keyring)
+
+
+def key_id_of(store: Store, name: str, dataset: str = "enc") -> str:
+    envelope = record_of(store, dataset, name).envelope
     assert envelope is not None
     return envelope.wrapped.key_id
 
@@ -541,3 +551,49 @@ def data_key_of(store: Store, keyring: LocalKeyring) -> bytes:
     assert record.envelope is not None
     context = shard_context(record.dataset, record.name, record.generation)
     return keyring.unwrap(record.envelope.wrapped, context)
+
+
+def test_resuming_a_rotation_scans_the_catalog_a_batch_per_read_transaction(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start's look for a rotation cut short walked every record it passed in one
+    # read transaction: on a big catalog, rewrapped up to near its end, that snapshot
+    # pinned the pages every write meanwhile replaced, and the map grew under writes.
+    datasets = {name: DatasetSettings(encrypted=True) for name in ("enc", "enc2")}
+    store = open_store(archive, datasets=datasets)
+    shards = [(dataset, f"s{i:03d}") for dataset in datasets for i in range(60)]
+    for dataset, name in shards:
+        store.put(dataset, name, payload(100, len(name)))
+    assert store.drain(30)
+    monkeypatch.setattr(masterkeys, "ROTATION_BATCH", 10)
+    monkeypatch.setattr(masterkeys, "SCAN_BATCH", 10)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    with monkeypatch.context() as patched:
+        rotate_cut_short(store, both, 100, patched)  # stopped in enc2, its last 20 under k1
+    assert [key_id_of(store, name, dataset) for dataset, name in shards].count("k1") == 20
+
+    # [txn, records it yielded] of the resuming thread (holding each txn: no id reused)
+    read_per_txn: list[list[Any]] = []
+    real_iter = Catalog.iter_shards
+
+    def counting(catalog: Catalog, txn: Any, *args: Any, **kwargs: Any) -> Iterator[ShardRecord]:
+        if threading.current_thread().name != "tierstore-rotation-resume":
+            yield from real_iter(catalog, txn, *args, **kwargs)
+            return
+        entry = next((e for e in read_per_txn if e[0] is txn), None)
+        if entry is None:
+            entry = [txn, 0]
+            read_per_txn.append(entry)
+        for record in real_iter(catalog, txn, *args, **kwargs):
+            entry[1] += 1
+            yield record
+
+    monkeypatch.setattr(Catalog, "iter_shards", counting)
+    store = open_store.reopen(store, archive, both)
+    wait_until(
+        lambda: all(key_id_of(store, name, dataset) == "k2" for dataset, name in shards),
+        "the rotation to resume",
+    )
+    assert store.drain(30)
+    assert read_per_txn and max(count for _, count in read_per_txn) <= 10
+    store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))

@@ -19,14 +19,14 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.records import JournalOp, archive_dataset_key
+from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key
 from tierstore.engine.sealing import ShardSealers, UnwrapFailure, first_unwrap_failure
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: shards a key rotation handles per write transaction.
 ROTATION_BATCH = 1000
+#: records the start's look for a rotation cut short reads per read transaction.
+SCAN_BATCH = 1000
 #: the catalog note naming the master key the archive's metadata was last resealed
 #: under (by a finished rotation); see :meth:`MasterKeys.rotate`.
 _SEALED_WITH = "archive_metadata_sealed_with"
@@ -179,7 +181,8 @@ class MasterKeys:
     def _cut_short(self) -> str | None:
         """The id of a master key other than the current one that the keyring holds and
         a record's data key is wrapped with, when the last rotation did not finish; else
-        ``None``. One catalog note read when it finished; else one unwrap per key id."""
+        ``None``. One catalog note read when it finished; else one unwrap per key id,
+        the records read ``SCAN_BATCH`` per read transaction (:meth:`_records_of`)."""
         keyring = self._keyring
         if keyring is None:
             return None
@@ -187,24 +190,40 @@ class MasterKeys:
         with self._env.read() as txn:
             if self._catalog.note(txn, _SEALED_WITH) == current:
                 return None  # the last rotation finished (what is left under: damaged)
-            tried: set[str] = set()
-            for record in self._catalog.iter_shards(txn):
-                if self._stopping.is_set():
-                    return None
-                envelope = record.envelope
-                if envelope is None or envelope.wrapped.key_id in (current, *tried):
-                    continue
-                key_id = envelope.wrapped.key_id
-                context = shard_context(record.dataset, record.name, record.generation)
-                try:
-                    keyring.unwrap(envelope.wrapped, context)
-                except UnknownKeyId:
-                    tried.add(key_id)  # retired: no rotation can rewrap it
-                    continue
-                except KeyUnwrapError:
-                    continue  # this record damaged: another of its key id may unwrap
-                return key_id
+            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+        tried: set[str] = set()
+        for record in itertools.chain.from_iterable(map(self._records_of, datasets)):
+            if self._stopping.is_set():
+                return None
+            envelope = record.envelope
+            if envelope is None or envelope.wrapped.key_id in (current, *tried):
+                continue
+            key_id = envelope.wrapped.key_id
+            context = shard_context(record.dataset, record.name, record.generation)
+            try:
+                keyring.unwrap(envelope.wrapped, context)
+            except UnknownKeyId:
+                tried.add(key_id)  # retired: no rotation can rewrap it
+                continue
+            except KeyUnwrapError:
+                continue  # this record damaged: another of its key id may unwrap
+            return key_id
         return None
+
+    def _records_of(self, dataset: str) -> Iterator[ShardRecord]:
+        """The records of ``dataset`` in name order, ``SCAN_BATCH`` per read transaction,
+        each a fresh one that goes on after the last name read: a walk of a large
+        catalog in one snapshot, beside the writes of a serving node, keeps every page
+        they replace meanwhile from being reused (the map grows)."""
+        start_after: str | None = None
+        while True:
+            with self._env.read() as txn:
+                shards = self._catalog.iter_shards(txn, dataset, start_after=start_after)
+                batch = list(itertools.islice(shards, SCAN_BATCH))
+            yield from batch
+            if len(batch) < SCAN_BATCH:
+                return
+            start_after = batch[-1].name
 
     def check_keyring(self, keyring: MasterKeyProvider) -> None:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
