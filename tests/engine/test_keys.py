@@ -597,3 +597,24 @@ def test_resuming_a_rotation_scans_the_catalog_a_batch_per_read_transaction(
     assert store.drain(30)
     assert read_per_txn and max(count for _, count in read_per_txn) <= 10
     store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
+
+
+def test_master_key_use_counts_the_shards_each_key_id_wraps(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    assert store.master_key_use() == {}
+    store.put("plain", "p", payload(10))
+    for index in range(3):
+        store.put("enc", f"a{index}", payload(10, index))
+    store.put("wt-enc", "b", payload(10))
+    assert store.master_key_use() == {"k1": 4}
+    store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    store.put("enc", "c", payload(10))
+    assert store.master_key_use() == {"k2": 5}
+    # A record under an id the node does not hold is counted too (its reads fail).
+    first = record_of(store, "enc", "a0")
+    assert first.envelope is not None
+    foreign = Envelope(WrappedKey("k9", first.envelope.wrapped.blob), first.envelope.nonce_prefix)
+    put_raw_record(store, "enc", "a0", first.with_state(envelope=foreign).encode())
+    assert store.master_key_use() == {"k2": 4, "k9": 1}

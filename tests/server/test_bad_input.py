@@ -72,6 +72,7 @@ UNARY = [
     ADMIN + "ListTokens",
     ADMIN + "RotateKeys",
     ADMIN + "RetireKey",
+    ADMIN + "ListKeys",
 ]
 
 

@@ -8,6 +8,7 @@ the archive, and a catalog rebuilt from the archive's manifests reads it too.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
 from tierstore import errors
+from tierstore.cli.main import app
 from tierstore.client.client import Client
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring
@@ -143,3 +146,48 @@ def test_a_rotation_that_would_drop_a_key_is_refused_by_name(node: ServerProcess
             client.rotate_keys()
         assert key_file.read_bytes() == first_start
         assert client.get(DATASET, "s").to_pybytes() == b"secret"
+
+
+def test_keys_ls_names_the_keys_which_is_current_and_their_shards(
+    node: ServerProcess,
+) -> None:
+    # An admin had no way to see which master key ids a node holds, which is current, or
+    # which still wrap data keys: `keys retire` takes an id, and the key file itself
+    # shows the keys.
+    key_file = node.data_dir / "master.keys"
+    env = node.cli_env()
+    with node.connect(local_reads=False) as client:
+        assert client.list_keys() == [{"key_id": "k1", "current": True, "held": True, "shards": 0}]
+        client.create_dataset(DATASET, encrypted=True)
+        client.create_dataset("plain")
+        for index in range(3):
+            client.put(DATASET, f"s{index}", os.urandom(100))
+        client.put("plain", "p", b"not encrypted")
+        assert client.list_keys() == [{"key_id": "k1", "current": True, "held": True, "shards": 3}]
+        assert client.rotate_keys() == (3, "k2")
+        client.put(DATASET, "new", b"under k2")
+        assert client.list_keys() == [
+            {"key_id": "k1", "current": False, "held": True, "shards": 0},
+            {"key_id": "k2", "current": True, "held": True, "shards": 4},
+        ]
+        keys = LocalKeyring.from_file(key_file).keys
+        shown = cli(env, "keys", "ls")
+        assert shown.exit_code == 0, shown.stderr
+        rows = [
+            [cell for cell in line.split() if cell != "│"] for line in shown.stdout.splitlines()
+        ]
+        assert ["k1", "no", "yes", "0"] in rows and ["k2", "yes", "yes", "4"] in rows
+        as_json = cli(env, "--json", "keys", "ls")
+        assert json.loads(as_json.stdout) == client.list_keys()
+        for key in keys.values():  # never a key, in any form
+            for form in (base64.b64encode(key).decode(), key.hex()):
+                assert form not in shown.stdout + as_json.stdout
+
+        poll(lambda: drained(client), 60, "the manifest rewrites")
+        assert client.retire_key("k1") == (["k2"], "k2")
+        assert client.list_keys() == [{"key_id": "k2", "current": True, "held": True, "shards": 4}]
+
+
+def cli(env: dict[str, str], *args: str) -> Result:
+    """``tierstore ARGS`` run in this process with ``env``."""
+    return CliRunner().invoke(app, list(args), env=env)

@@ -106,6 +106,7 @@ def request_for(method: str, dataset: str = "alpha", shard: str | None = None) -
         "ListTokens": admin_pb2.ListTokensRequest(),
         "RotateKeys": admin_pb2.RotateKeysRequest(),
         "RetireKey": admin_pb2.RetireKeyRequest(key_id="k1"),
+        "ListKeys": admin_pb2.ListKeysRequest(),
         "ExportTrace": admin_pb2.ExportTraceRequest(),
     }
     return requests[name]
@@ -478,6 +479,7 @@ ADMIN_RPCS = [
         "ListTokens",
         "RotateKeys",
         "RetireKey",
+        "ListKeys",
         "ExportTrace",
     )
 ]

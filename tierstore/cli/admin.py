@@ -36,6 +36,7 @@ from tierstore.naming import validate_dataset_name
 from tierstore.types import ALL_DATASETS, Grant, Role
 
 __all__ = [
+    "keys_ls",
     "keys_retire",
     "keys_rotate",
     "stats",
@@ -298,6 +299,21 @@ def token_ls() -> None:
             expires += " (expired)"
         table.add_row(t["token_id"], t["principal"], grants, expires, yes_no(t["revoked"]))
     emit(tokens, table)
+
+
+def keys_ls() -> None:
+    """List the master key ids the node holds and those its shards' data keys are
+    wrapped with: which is current, and how many shards each wraps (never the keys)."""
+    keys = run_or_fail(lambda: command_client().list_keys())
+    table = Table("key id", "current", "held", "shards")
+    for k in keys:
+        table.add_row(k["key_id"], yes_no(k["current"]), yes_no(k["held"]), f"{k['shards']:,}")
+    if any(not k["held"] for k in keys):
+        table.caption = (
+            "shards under a key the node does not hold cannot be read: give the key back "
+            "(in the key file; a retired key is in <key file>.retired)"
+        )
+    emit(keys, table)
 
 
 def keys_rotate() -> None:

@@ -71,6 +71,7 @@ token_app.command("revoke", cls=ClientCommand)(admin.token_revoke)
 token_app.command("ls", cls=ClientCommand)(admin.token_ls)
 keys_app.command("rotate", cls=ClientCommand)(admin.keys_rotate)
 keys_app.command("retire", cls=ClientCommand)(admin.keys_retire)
+keys_app.command("ls", cls=ClientCommand)(admin.keys_ls)
 app.command("simulate", cls=Command)(simulate)
 
 

@@ -380,6 +380,11 @@ class KeyRotation:
             self._store.rotate_master_key(retired)  # nothing to rewrap: switches keyrings
             return tuple(sorted(retired.keys))
 
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of the master keys the node holds now (never the keys). Does not wait
+        for a rotation under way (the keyring is replaced whole, never changed)."""
+        return tuple(sorted(self._keyring.keys))
+
 
 def _retired_hint(keys: NodeKeys, key_id: str) -> str:
     """Where ``key_id`` is, if a ``keys retire`` of a node sharing the key file put it

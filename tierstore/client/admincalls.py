@@ -222,6 +222,18 @@ class AdminCalls(ClientCore):
         )
         return list(reply.key_ids), reply.current
 
+    def list_keys(self) -> builtins.list[dict[str, Any]]:
+        """The master key ids the node holds and those its shards' data keys are wrapped
+        with, by id (admin on "*"): each ``{"key_id", "current", "held", "shards"}``,
+        ``held`` false for an id shards use that the node lacks, ``shards`` how many
+        shards' data keys it wraps. Never key material."""
+        stub = self._stub(admin_pb2_grpc.AdminServiceStub)
+        reply = self._call(stub.ListKeys, admin_pb2.ListKeysRequest(), idempotent=True)
+        return [
+            {"key_id": k.key_id, "current": k.current, "held": k.held, "shards": int(k.shards)}
+            for k in reply.keys
+        ]
+
     def export_trace(self, dataset: str | None = None) -> Iterator[TraceEvent]:
         """The server's recent reads and plan events (of ``dataset``, or all), oldest
         first, as :class:`~tierstore.types.TracedRead` / ``TracedPlan`` /

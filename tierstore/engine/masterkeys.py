@@ -182,7 +182,7 @@ class MasterKeys:
         """The id of a master key other than the current one that the keyring holds and
         a record's data key is wrapped with, when the last rotation did not finish; else
         ``None``. One catalog note read when it finished; else one unwrap per key id,
-        the records read ``SCAN_BATCH`` per read transaction (:meth:`_records_of`)."""
+        the records read ``SCAN_BATCH`` per read transaction (:meth:`_all_records`)."""
         keyring = self._keyring
         if keyring is None:
             return None
@@ -190,9 +190,8 @@ class MasterKeys:
         with self._env.read() as txn:
             if self._catalog.note(txn, _SEALED_WITH) == current:
                 return None  # the last rotation finished (what is left under: damaged)
-            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
         tried: set[str] = set()
-        for record in itertools.chain.from_iterable(map(self._records_of, datasets)):
+        for record in self._all_records():
             if self._stopping.is_set():
                 return None
             envelope = record.envelope
@@ -209,6 +208,12 @@ class MasterKeys:
                 continue  # this record damaged: another of its key id may unwrap
             return key_id
         return None
+
+    def _all_records(self) -> Iterator[ShardRecord]:
+        """Every record, by dataset and name, :meth:`_records_of` each dataset."""
+        with self._env.read() as txn:
+            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+        return itertools.chain.from_iterable(map(self._records_of, datasets))
 
     def _records_of(self, dataset: str) -> Iterator[ShardRecord]:
         """The records of ``dataset`` in name order, ``SCAN_BATCH`` per read transaction,
@@ -320,6 +325,17 @@ class MasterKeys:
         before it starts the mover and accepts puts. Thread-safe."""
         with self._env.read() as txn:
             return first_unwrap_failure(self._keyring, self._catalog.iter_shards(txn))
+
+    def key_use(self) -> dict[str, int]:
+        """How many shards' data keys each master key id wraps (ids no record uses are
+        not in it), for an admin to see which keys are still in use: every record read,
+        ``SCAN_BATCH`` per read transaction (:meth:`_all_records`). Thread-safe."""
+        use: dict[str, int] = {}
+        for record in self._all_records():
+            if record.envelope is not None:
+                key_id = record.envelope.wrapped.key_id
+                use[key_id] = use.get(key_id, 0) + 1
+        return use
 
     def _rotate_dataset(self, dataset: str, reseal: bool) -> int:
         """:meth:`rotate` for one dataset, ``ROTATION_BATCH`` shards per write

@@ -1048,6 +1048,12 @@ class Store:
         self._check_open()
         self.master_keys.check_retirement(key_id, keyring)
 
+    def master_key_use(self) -> dict[str, int]:
+        """:meth:`MasterKeys.key_use`: how many shards' data keys each master key id
+        wraps (a walk of the catalog)."""
+        self._check_open()
+        return self.master_keys.key_use()
+
     def master_key_failure(self) -> UnwrapFailure | None:
         """:meth:`MasterKeys.unwrap_failure`: the first master key id in use whose data
         keys this store's keyring does not unwrap, else None."""

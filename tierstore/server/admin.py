@@ -1,5 +1,5 @@
-"""AdminService: tokens, master-key rotation and retirement, and trace export (admin on
-every dataset)."""
+"""AdminService: tokens, master-key rotation, retirement and listing, and trace export
+(admin on every dataset)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ class NodeKeyAdmin(Protocol):
     def retire(self, key_id: str) -> tuple[str, ...]:
         """Drop master key ``key_id``, once nothing needs it; the ids of the keys left.
         Raises KeyRotationRefused."""
+        ...  # pragma: no cover - a protocol
+
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of the master keys the node holds (never the keys)."""
         ...  # pragma: no cover - a protocol
 
 
@@ -123,6 +127,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             left = self._keys.retire(request.key_id)
             current = self._store.master_key_id
         return admin_pb2.RetireKeyResponse(key_ids=left, current=current)
+
+    @handler
+    def ListKeys(
+        self, request: admin_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListKeysResponse:
+        self._check("ListKeys")
+        # Not under the rotation lock: an admin may watch a long rotation go.
+        current = self._store.master_key_id
+        held = set(self._keys.key_ids()) if self._keys is not None else set()
+        held |= {current} - {""}
+        use = self._store.master_key_use()
+        return admin_pb2.ListKeysResponse(
+            keys=[
+                admin_pb2.MasterKeyInfo(
+                    key_id=key_id,
+                    current=key_id == current,
+                    held=key_id in held,
+                    shards=use.get(key_id, 0),
+                )
+                for key_id in sorted(held | set(use))
+            ]
+        )
 
     @stream_handler
     def ExportTrace(

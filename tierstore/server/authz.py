@@ -153,6 +153,7 @@ _RULES: dict[str, Rule] = {
     "/tierstore.v1.AdminService/ListTokens": _SERVER_ADMIN,
     "/tierstore.v1.AdminService/RotateKeys": _SERVER_ADMIN,
     "/tierstore.v1.AdminService/RetireKey": _SERVER_ADMIN,
+    "/tierstore.v1.AdminService/ListKeys": _SERVER_ADMIN,
     # Traces name every dataset's shards and every job: server admins only.
     "/tierstore.v1.AdminService/ExportTrace": _SERVER_ADMIN,
     # On the API port health needs a credential too: grpcio reads a unary request on a

@@ -106,6 +106,28 @@ class RetireKeyResponse(_message.Message):
     current: str
     def __init__(self, key_ids: _Optional[_Iterable[str]] = ..., current: _Optional[str] = ...) -> None: ...
 
+class ListKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MasterKeyInfo(_message.Message):
+    __slots__ = ("key_id", "current", "held", "shards")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    current: bool
+    held: bool
+    shards: int
+    def __init__(self, key_id: _Optional[str] = ..., current: _Optional[bool] = ..., held: _Optional[bool] = ..., shards: _Optional[int] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[MasterKeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[MasterKeyInfo, _Mapping]]] = ...) -> None: ...
+
 class ExportTraceRequest(_message.Message):
     __slots__ = ("dataset",)
     DATASET_FIELD_NUMBER: _ClassVar[int]

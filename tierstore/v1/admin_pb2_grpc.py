@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.FromString,
                 _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/tierstore.v1.AdminService/ListKeys',
+                request_serializer=tierstore_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
         self.ExportTrace = channel.unary_stream(
                 '/tierstore.v1.AdminService/ExportTrace',
                 request_serializer=tierstore_dot_v1_dot_admin__pb2.ExportTraceRequest.SerializeToString,
@@ -100,6 +105,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKeys(self, request, context):
+        """The master key ids the node holds and those its shards' data keys are wrapped
+        with, which one is current, and how many shards each wraps. Never key material.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportTrace(self, request, context):
         """The node's recent reads and plan events, oldest first, in batches.
         """
@@ -134,6 +147,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RetireKey,
                     request_deserializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=tierstore_dot_v1_dot_admin__pb2.ListKeysRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_admin__pb2.ListKeysResponse.SerializeToString,
             ),
             'ExportTrace': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportTrace,
@@ -276,6 +294,33 @@ class AdminService:
             '/tierstore.v1.AdminService/RetireKey',
             tierstore_dot_v1_dot_admin__pb2.RetireKeyRequest.SerializeToString,
             tierstore_dot_v1_dot_admin__pb2.RetireKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.AdminService/ListKeys',
+            tierstore_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+            tierstore_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
