@@ -572,31 +572,69 @@ def test_resuming_a_rotation_scans_the_catalog_a_batch_per_read_transaction(
         rotate_cut_short(store, both, 100, patched)  # stopped in enc2, its last 20 under k1
     assert [key_id_of(store, name, dataset) for dataset, name in shards].count("k1") == 20
 
-    # [txn, records it yielded] of the resuming thread (holding each txn: no id reused)
-    read_per_txn: list[list[Any]] = []
-    real_iter = Catalog.iter_shards
-
-    def counting(catalog: Catalog, txn: Any, *args: Any, **kwargs: Any) -> Iterator[ShardRecord]:
-        if threading.current_thread().name != "tierstore-rotation-resume":
-            yield from real_iter(catalog, txn, *args, **kwargs)
-            return
-        entry = next((e for e in read_per_txn if e[0] is txn), None)
-        if entry is None:
-            entry = [txn, 0]
-            read_per_txn.append(entry)
-        for record in real_iter(catalog, txn, *args, **kwargs):
-            entry[1] += 1
-            yield record
-
-    monkeypatch.setattr(Catalog, "iter_shards", counting)
+    read_per_txn = count_reads_per_txn(monkeypatch, "tierstore-rotation-resume")
     store = open_store.reopen(store, archive, both)
     wait_until(
         lambda: all(key_id_of(store, name, dataset) == "k2" for dataset, name in shards),
         "the rotation to resume",
     )
     assert store.drain(30)
-    assert read_per_txn and max(count for _, count in read_per_txn) <= 10
+    assert read_per_txn and max(read_per_txn.values()) <= 10
     store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
+
+
+def test_the_key_checks_scan_the_catalog_a_batch_per_read_transaction(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checks before a rotation and a retirement (each walks every record, while the
+    # node serves) did so in one read transaction: the same pinned pages.
+    store = open_store(archive, datasets=DATASETS)
+    for index in range(45):
+        store.put("enc", f"s{index:02d}", payload(100, index))
+    assert store.drain(30)
+    monkeypatch.setattr(masterkeys, "SCAN_BATCH", 10)
+    read_per_txn = count_reads_per_txn(monkeypatch, threading.current_thread().name)
+    assert store.master_key_failure() is None
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store.check_keyring(both)
+    assert max(read_per_txn.values()) <= 10
+    assert store.rotate_master_key(both) == 45
+    assert store.drain(30)
+    read_per_txn.clear()
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)
+    with pytest.raises(KeyRotationRefused, match="current key"):
+        store.check_key_retirement("k2", only_new)
+    assert read_per_txn and max(read_per_txn.values()) <= 10
+    # Still refused for a record under the key, found in the last batch.
+    last = record_of(store, "enc", "s44")
+    assert last.envelope is not None
+    context = shard_context(last.dataset, last.name, last.generation)
+    data_key = both.unwrap(last.envelope.wrapped, context)
+    under_k1 = LocalKeyring(keys={"k1": KEY_1}, current="k1").wrap(data_key, context)
+    envelope = Envelope(under_k1, last.envelope.nonce_prefix)
+    put_raw_record(store, "enc", "s44", last.with_state(envelope=envelope).encode())
+    with pytest.raises(KeyRotationRefused, match="enc/s44"):
+        store.check_key_retirement("k1", only_new)
+
+
+def count_reads_per_txn(monkeypatch: pytest.MonkeyPatch, thread: str) -> dict[Any, int]:
+    """From now on, how many records each read transaction of the thread named ``thread``
+    walks (Catalog.iter_shards), by transaction (each held: no id is reused)."""
+    counts: dict[Any, int] = {}
+    real = Catalog.iter_shards
+
+    def counting(catalog: Catalog, txn: Any, *args: Any, **kwargs: Any) -> Iterator[ShardRecord]:
+        if threading.current_thread().name != thread:
+            yield from real(catalog, txn, *args, **kwargs)
+            return
+        counts.setdefault(txn, 0)
+        for record in real(catalog, txn, *args, **kwargs):
+            counts[txn] += 1
+            yield record
+
+    monkeypatch.setattr(Catalog, "iter_shards", counting)
+    return counts
 
 
 def test_master_key_use_counts_the_shards_each_key_id_wraps(

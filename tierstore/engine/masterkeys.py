@@ -21,7 +21,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.archiveseal import UnreadableObject
@@ -235,8 +234,7 @@ class MasterKeys:
         key of each master key id the catalog's records use: what
         :meth:`rotate` checks a keyring it is given with, for a caller that
         must know before it makes the keyring durable. Thread-safe."""
-        with self._env.read() as txn:
-            ShardSealers(keyring).check_unwraps(self._catalog.iter_shards(txn), self._keyring)
+        ShardSealers(keyring).check_unwraps(self._all_records(), self._keyring)
 
     def check_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
@@ -252,11 +250,10 @@ class MasterKeys:
                 raise KeyRotationRefused(
                     f"master key {key_id!r} is the current key: rotate first, then retire it"
                 )
-            with self._env.read() as txn:
-                damaged = self._damaged_key_record(txn, key_id)
-                failure = first_unwrap_failure(
-                    keyring, self._catalog.iter_shards(txn), self._keyring
-                )
+            # New records are wrapped with the current key alone (rotations wait for
+            # the lock held here): records read a batch at a time tell as a snapshot.
+            damaged = self._damaged_key_record(key_id)
+            failure = first_unwrap_failure(keyring, self._all_records(), self._keyring)
             if damaged is not None:
                 raise KeyRotationRefused(
                     f"the data key of {damaged} is wrapped with master key {key_id!r} but "
@@ -294,7 +291,7 @@ class MasterKeys:
                     "stats shows the journal)"
                 )
 
-    def _damaged_key_record(self, txn: Any, key_id: str) -> str | None:
+    def _damaged_key_record(self, key_id: str) -> str | None:
         """``dataset/name`` of a shard whose data key is wrapped with ``key_id`` and does
         not unwrap under this store's keyring, when none wrapped with it does (else a
         rotation can still rewrap them: None). Unwraps the records of ``key_id`` until
@@ -302,7 +299,7 @@ class MasterKeys:
         if self._keyring is None:
             return None
         damaged = None
-        for record in self._catalog.iter_shards(txn):
+        for record in self._all_records():
             envelope = record.envelope
             if envelope is None or envelope.wrapped.key_id != key_id:
                 continue
@@ -323,8 +320,7 @@ class MasterKeys:
         ``None``: one unwrap per key id when the keyring fits, every record read
         (:func:`~tierstore.engine.sealing.first_unwrap_failure`). For a node to check
         before it starts the mover and accepts puts. Thread-safe."""
-        with self._env.read() as txn:
-            return first_unwrap_failure(self._keyring, self._catalog.iter_shards(txn))
+        return first_unwrap_failure(self._keyring, self._all_records())
 
     def key_use(self) -> dict[str, int]:
         """How many shards' data keys each master key id wraps (ids no record uses are
