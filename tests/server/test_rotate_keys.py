@@ -191,3 +191,21 @@ def test_keys_ls_names_the_keys_which_is_current_and_their_shards(
 def cli(env: dict[str, str], *args: str) -> Result:
     """``tierstore ARGS`` run in this process with ``env``."""
     return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_the_key_calls_wait_as_long_as_a_transfer(node: ServerProcess) -> None:
+    # RotateKeys rewraps every data key, and RetireKey and ListKeys walk the catalog:
+    # on a catalog of a million shards they take longer than a unary call's deadline
+    # (30 s by default). The caller was told DeadlineExceeded while the rotation went
+    # on, and a retry minted one more key. They now have the transfers' deadline; a
+    # unary deadline too short for any of them stands in for the large catalog here.
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(DATASET, encrypted=True)
+        for index in range(20):
+            client.put(DATASET, f"s{index}", os.urandom(100))
+        with node.connect(local_reads=False, timeout_s=1e-4) as hurried:
+            assert hurried.rotate_keys() == (20, "k2")
+            assert [k["shards"] for k in hurried.list_keys()] == [0, 20]
+            poll(lambda: drained(client), 60, "the manifest rewrites")
+            assert hurried.retire_key("k1") == (["k2"], "k2")
+        assert key_ids_on_file(node.data_dir / "master.keys") == ["k2"]

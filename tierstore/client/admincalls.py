@@ -195,12 +195,16 @@ class AdminCalls(ClientCore):
         ]
 
     def rotate_keys(self) -> tuple[int, str]:
-        """Rotate the master key (admin on "*"); returns ``(rewrapped, new key id)``."""
+        """Rotate the master key (admin on "*"); returns ``(rewrapped, new key id)``.
+        It rewraps every data key, which on a large catalog takes minutes: the call has
+        the transfers' deadline (``stream_timeout_s``), as :meth:`retire_key` and
+        :meth:`list_keys` have, which walk the catalog too."""
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         reply = self._call(
             stub.RotateKeys,
             admin_pb2.RotateKeysRequest(),
             idempotent=False,
+            timeout_s=self.stream_timeout_s,
             changes="the rotation of the master key",
         )
         return int(reply.rewrapped), reply.key_id
@@ -218,7 +222,11 @@ class AdminCalls(ClientCore):
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         request = admin_pb2.RetireKeyRequest(key_id=key_id)
         reply = self._call(
-            stub.RetireKey, request, idempotent=False, changes=f"the retirement of key {key_id}"
+            stub.RetireKey,
+            request,
+            idempotent=False,
+            timeout_s=self.stream_timeout_s,  # see rotate_keys
+            changes=f"the retirement of key {key_id}",
         )
         return list(reply.key_ids), reply.current
 
@@ -228,7 +236,12 @@ class AdminCalls(ClientCore):
         ``held`` false for an id shards use that the node lacks, ``shards`` how many
         shards' data keys it wraps. Never key material."""
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
-        reply = self._call(stub.ListKeys, admin_pb2.ListKeysRequest(), idempotent=True)
+        reply = self._call(
+            stub.ListKeys,
+            admin_pb2.ListKeysRequest(),
+            idempotent=True,
+            timeout_s=self.stream_timeout_s,  # see rotate_keys
+        )
         return [
             {"key_id": k.key_id, "current": k.current, "held": k.held, "shards": int(k.shards)}
             for k in reply.keys
