@@ -34,6 +34,7 @@ from tierstore.engine import masterkeys
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import (
     Envelope,
+    JournalOp,
     ShardRecord,
     archive_frames_key,
     archive_manifest_key,
@@ -656,3 +657,31 @@ def test_master_key_use_counts_the_shards_each_key_id_wraps(
     foreign = Envelope(WrappedKey("k9", first.envelope.wrapped.blob), first.envelope.nonce_prefix)
     put_raw_record(store, "enc", "a0", first.with_state(envelope=foreign).encode())
     assert store.master_key_use() == {"k2": 4, "k9": 1}
+
+
+def test_a_retirement_check_counts_the_reseals_on_the_journal_without_loading_it(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A retirement refused while the mover still resealed the archive decoded every
+    # journal entry into one list to count them: after a rotation of a large catalog
+    # (an entry per shard, and every upload still pending), hundreds of megabytes.
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    for index in range(30):
+        store.put("enc", f"s{index:02d}", payload(100, index))
+    store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    decoded: list[bytes] = []
+    real = JournalOp.decode.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[JournalOp], raw: bytes | memoryview) -> JournalOp:
+        decoded.append(bytes(raw))
+        return real(cls, raw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(JournalOp, "decode", classmethod(counting))
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    # 30 manifests and 4 dataset objects to reseal, and the 4 their creation journaled
+    with pytest.raises(KeyRotationRefused, match="38 archive metadata objects"):
+        store.check_key_retirement("k1", only_new)
+    assert decoded == []
+    store.start_background()
+    assert store.drain(10)
+    store.check_key_retirement("k1", only_new)

@@ -14,7 +14,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tierstore.engine.records import (
@@ -439,6 +439,14 @@ class Catalog:
             for _, raw in self._journal(txn)
             if bytes(raw[: len(marker)]) == marker
         }
+
+    def count_journal_ops(self, txn: Any, ops: Iterable[str]) -> int:
+        """How many pending operations are one of ``ops`` (every entry walked, none
+        decoded: a journal of millions of entries is never held in memory)."""
+        # JournalOp.encode writes the operation first, as json.dumps writes it.
+        markers = tuple(b"[" + json.dumps(op).encode() + b"," for op in ops)
+        longest = max(map(len, markers), default=0)
+        return sum(bytes(raw[:longest]).startswith(markers) for _, raw in self._journal(txn))
 
     def journal_length(self, txn: Any) -> int:
         return int(txn.stat(self._db("journal"))["entries"])

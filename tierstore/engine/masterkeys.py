@@ -274,16 +274,13 @@ class MasterKeys:
                 ) from failure.error
             with self._env.read() as txn:
                 sealed_with = self._catalog.note(txn, _SEALED_WITH)
-                entries = self._catalog.journal_entries(
-                    txn, limit=self._catalog.journal_length(txn)
-                )
+                resealing = self._catalog.count_journal_ops(txn, _RESEAL_OPS)
             if sealed_with != current:
                 raise KeyRotationRefused(
                     f"the archive's metadata has not been resealed under the current key "
                     f"{current!r}: rotate (tierstore keys rotate), wait for the mover, then "
                     f"retire {key_id!r}"
                 )
-            resealing = sum(op.op in _RESEAL_OPS for _, op in entries)
             if resealing:
                 raise KeyRotationRefused(
                     f"{resealing} archive metadata objects are still to be resealed under "
