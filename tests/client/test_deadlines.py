@@ -59,6 +59,7 @@ CALLS: dict[str, Callable[[Client], object]] = {
     "list_tokens": lambda c: c.list_tokens(),
     "rotate_keys": lambda c: c.rotate_keys(),
     "retire_key": lambda c: c.retire_key("k"),
+    "list_keys": lambda c: c.list_keys(),
     "export_trace": lambda c: list(c.export_trace()),
     "pin": lambda c: c.pin("d", "s"),
     "unpin": lambda c: c.unpin("d", "s"),
