@@ -12,7 +12,7 @@ import grpc
 from tierstore.engine.store import Store
 from tierstore.errors import DatasetNotFound, InvalidArgument, KeyRotationRefused
 from tierstore.naming import validate_dataset_name
-from tierstore.server.authz import authorize
+from tierstore.server.authz import authorize, reauthorizer
 from tierstore.server.requestchecks import MAX_TOKEN_GRANTS
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.tokens import TokenInfo, TokenStore
@@ -155,13 +155,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExportTraceRequest, context: grpc.ServicerContext
     ) -> Iterator[admin_pb2.ExportTraceResponse]:
         self._check("ExportTrace")
-        principal = caller()
+        # Checked again at each batch: a slow reader keeps the stream open for long.
+        still_allowed = reauthorizer(
+            caller(), self._tokens.principal_now, _SERVICE + "ExportTrace", None
+        )
         if request.dataset:
             validate_dataset_name(request.dataset)
         for batch in trace_events_to_pb(self._store.trace_events(request.dataset or None)):
             if not context.is_active():
                 return  # the client went away
-            # A slow reader keeps the stream open for long: checked again at each batch,
-            # so a revoked or run-out token ends it at its next one.
-            authorize(self._tokens.principal_now(principal), _SERVICE + "ExportTrace", None)
+            still_allowed()
             yield batch

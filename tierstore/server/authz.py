@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -40,6 +40,7 @@ __all__ = [
     "Scope",
     "authorize",
     "check_principal_name",
+    "reauthorizer",
     "visible",
 ]
 
@@ -221,3 +222,27 @@ def authorize(principal: Principal, method: str, dataset: str | None) -> None:
             f"principal {principal.name!r} may not call {method} on dataset {dataset!r}: "
             f"it needs the {rule.role} role"
         )
+
+
+def reauthorizer(
+    principal: Principal,
+    now: Callable[[Principal], Principal],
+    method: str,
+    dataset: str | None,
+) -> Callable[[], None]:
+    """The check a long call (a put or read stream) makes again at each message it takes
+    or sends: it raises what :func:`authorize` would for ``method`` on ``dataset`` if the
+    call started then, with ``principal`` as ``now`` gives it (its credential as it
+    stands then: ``TokenStore.principal_now``).
+
+    A stream may last hours (a reader taking a frame a minute): meanwhile its token may
+    be revoked or run out (``now`` raises Unauthenticated), or its dataset deleted,
+    taking the grant with it (DatasetNotFound, as for a dataset never seen). Calling the
+    check before each message ends such a stream at its next one rather than keep its
+    worker to the end. It is a lookup in memory, no I/O, cheap enough for every message.
+    """
+
+    def check() -> None:
+        authorize(now(principal), method, dataset)
+
+    return check

@@ -29,7 +29,7 @@ from tierstore.engine.store import Store
 from tierstore.errors import FailedPrecondition, InvalidArgument, OversizeFrame
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
-from tierstore.server.authz import Principal, authorize
+from tierstore.server.authz import Principal, authorize, reauthorizer
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
@@ -114,15 +114,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument("a put stream starts with its header")
         header = first.header
         self._check("PutShard", header.dataset, header.shard)
-        principal = caller()
-
-        def writer_now() -> None:
-            # A stream may last minutes: meanwhile the dataset may have been deleted
-            # (and made again, for someone else: its grants went with it) or the token
-            # revoked or run out. Checked at every message, so such a put ends at its
-            # next one (rather than keep a worker, and spool, for a put that cannot
-            # land), and at the commit.
-            authorize(self._principal_now(principal), _SERVICE + "PutShard", header.dataset)
+        # Checked at every message, so a put whose right went (the dataset deleted, and
+        # perhaps made again for someone else; the token revoked or run out) ends at its
+        # next one rather than keep a worker, and spool, for a put that cannot land, and
+        # at the commit.
+        writer_now = reauthorizer(
+            caller(), self._principal_now, _SERVICE + "PutShard", header.dataset
+        )
 
         def still_allowed(settings: DatasetSettings) -> None:
             # Checked inside the commit's transaction, so no delete slips in after it (a
@@ -227,15 +225,10 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
     ) -> Iterator[shards_pb2.GetShardResponse]:
         self._check("GetShard", request.dataset, request.shard)
-        principal = caller()
-
-        def reader_now() -> None:
-            # A slow reader keeps its stream for hours (a frame a minute of a shard of
-            # thousands): meanwhile its token may be revoked or run out, or the dataset
-            # deleted (taking the grant with it). A dict lookup, made before each frame
-            # is read, so such a stream ends at its next frame, with the error the call
-            # would get if it started now, rather than keep its worker to the end.
-            authorize(self._principal_now(principal), _SERVICE + "GetShard", request.dataset)
+        # Checked before each frame is read.
+        reader_now = reauthorizer(
+            caller(), self._principal_now, _SERVICE + "GetShard", request.dataset
+        )
 
         which = request.WhichOneof("range")
         byte_range = frame_range = None
