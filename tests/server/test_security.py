@@ -226,7 +226,8 @@ def _malformed(node: Node) -> dict[str, tuple[tuple[str, str], ...]]:
         "garbage": (("authorization", "Bearer garbage"),),
         "no-scheme": (("authorization", good),),
         "basic-scheme": (("authorization", f"Basic {good}"),),
-        "lowercase-scheme": (("authorization", f"bearer {good}"),),
+        "no-space": (("authorization", f"Bearer{good}"),),
+        "scheme-only": (("authorization", "bearer"),),
         "double-space": (("authorization", f"Bearer  {good}"),),
         "trailing-junk": (("authorization", f"Bearer {good}x"),),
         "truncated": (("authorization", f"Bearer {good[:-1]}"),),
@@ -242,7 +243,8 @@ MALFORMED = [
     "garbage",
     "no-scheme",
     "basic-scheme",
-    "lowercase-scheme",
+    "no-space",
+    "scheme-only",
     "double-space",
     "trailing-junk",
     "truncated",
@@ -266,6 +268,28 @@ def test_malformed_credentials_are_refused(node: Node, method: str, variant: str
         call_metadata=metadata,
     )
     assert_intact(node)
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_auth_scheme_is_taken_in_any_case(node: Node, scheme: str) -> None:
+    # RFC 7235: the scheme is case-insensitive (some HTTP/2 proxies and clients lowercase it).
+    reader = node.running.token("scheme-reader", ("alpha", Role.READER))
+    got = invoke(
+        node.channel,
+        SHARD + "StatShard",
+        request_for(SHARD + "StatShard"),
+        call_metadata=(("authorization", f"{scheme} {reader}"),),
+    )
+    assert got[0].name == SHARDS["alpha"][0]
+    # Only the scheme's case: the token still has to match exactly.
+    expect_refused(
+        node.channel,
+        SHARD + "StatShard",
+        request_for(SHARD + "StatShard"),
+        None,
+        grpc.StatusCode.UNAUTHENTICATED,
+        call_metadata=(("authorization", f"{scheme} {reader.upper()}"),),
+    )
 
 
 def _wrong_secret(token: str) -> str:

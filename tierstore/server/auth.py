@@ -34,17 +34,22 @@ __all__ = ["AuthInterceptor"]
 
 audit = logging.getLogger("tierstore.audit")
 
+#: an authorization header's start, the scheme lowercased
+_SCHEME = "bearer "
+
 
 def _bearer(metadata: Any) -> str:
-    """The token of the call's one ``authorization: Bearer`` header. Two authorization
-    headers are refused rather than one picked: a proxy that adds its own in front of
-    the caller's would otherwise decide whose call this is."""
+    """The token of the call's one ``authorization: Bearer <token>`` header, the scheme
+    in any case (RFC 7235: ``bearer`` and ``BEARER`` are ``Bearer``), one space after it.
+    Two authorization headers are refused rather than one picked: a proxy that adds its
+    own in front of the caller's would otherwise decide whose call this is."""
     values = [value for key, value in metadata or () if key == "authorization"]
     if len(values) > 1:
         raise Unauthenticated(reason=AuthFailure.SEVERAL_HEADERS)
-    if not values or not isinstance(values[0], str) or not values[0].startswith("Bearer "):
+    value = values[0] if values else None
+    if not isinstance(value, str) or value[: len(_SCHEME)].lower() != _SCHEME:
         raise Unauthenticated(reason=AuthFailure.NO_TOKEN)
-    return values[0][len("Bearer ") :]
+    return value[len(_SCHEME) :]
 
 
 def _audit(event: str, **fields: str | float) -> None:
