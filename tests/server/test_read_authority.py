@@ -59,23 +59,26 @@ def read_on(stream: Any, received: list[Any]) -> grpc.RpcError:
 
 
 @pytest.mark.parametrize(
-    ("change", "code", "error"),
+    ("change", "code", "error", "grant"),
     [
-        (revoke, grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated"),
-        (run_out, grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated"),
-        (delete_dataset, grpc.StatusCode.NOT_FOUND, "DatasetNotFound"),
+        (revoke, grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated", "alpha"),
+        (run_out, grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated", "alpha"),
+        (delete_dataset, grpc.StatusCode.NOT_FOUND, "DatasetNotFound", "alpha"),
+        # A grant on "*" outlives the dataset: its reader is told the same all the same.
+        (delete_dataset, grpc.StatusCode.NOT_FOUND, "DatasetNotFound", "*"),
     ],
-    ids=["token-revoked", "token-ran-out", "dataset-deleted"],
+    ids=["token-revoked", "token-ran-out", "dataset-deleted", "dataset-deleted-star-grant"],
 )
 def test_a_read_stream_ends_once_its_reader_lost_the_right(
     tmp_path: Path,
     change: Callable[[RunningServer, str], None],
     code: grpc.StatusCode,
     error: str,
+    grant: str,
 ) -> None:
     with serving(tmp_path, datasets={"alpha": DatasetSettings()}) as node:
         node.store.put("alpha", "big.bin", payload(FRAMES * 4096, seed=3))
-        reader = node.token("reader", ("alpha", Role.READER), ttl_s=3600)
+        reader = node.token("reader", (grant, Role.READER), ttl_s=3600)
         get = node.channel(own_connection=True).unary_stream(
             GET,
             request_serializer=shards_pb2.GetShardRequest.SerializeToString,
@@ -90,6 +93,8 @@ def test_a_read_stream_ends_once_its_reader_lost_the_right(
         failure = read_on(stream, received)
     assert failure.code() is code, failure.details()  # type: ignore[attr-defined]
     assert error_name(failure) == error
+    if error == "DatasetNotFound":
+        assert failure.details() == "no dataset 'alpha'"  # type: ignore[attr-defined]
     # The frames already on their way when the right went arrive; the rest never do.
     assert len(received) < FRAMES // 2
 

@@ -26,7 +26,13 @@ import grpc
 from tierstore.engine.allocator import IdleTrim
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
-from tierstore.errors import FailedPrecondition, InvalidArgument, OversizeFrame
+from tierstore.errors import (
+    DatasetNotFound,
+    FailedPrecondition,
+    InvalidArgument,
+    OversizeFrame,
+    Unavailable,
+)
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
 from tierstore.server.authz import Principal, authorize, reauthorizer
@@ -295,7 +301,15 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         frames = sealed.frames(archive_bound)
         while True:
             still_allowed()
-            item = next(frames, None)
+            try:
+                item = next(frames, None)
+            except Unavailable:
+                # The frames went. A grant on "*" outlives a deleted dataset, so such a
+                # reader is not stopped by still_allowed: it is told what a reader with
+                # a grant on the dataset is (not to retry a read of a dataset gone).
+                if not self._store.has_dataset(request.dataset):
+                    raise DatasetNotFound(f"no dataset {request.dataset!r}") from None
+                raise
             if item is None:
                 return
             index, stored = item
