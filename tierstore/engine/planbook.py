@@ -123,6 +123,8 @@ class _Plan:
     ttl_s: float
     deadline: float  # on the monotonic clock
     position: int = 0
+    #: who keeps it alive: the declaration's or last report's ``keeper``
+    keeper: str = ""
 
 
 class PlanBook:
@@ -159,10 +161,12 @@ class PlanBook:
         job: str | None,
         ttl_s: float,
         owner: str = "",
+        keeper: str = "",
     ) -> str:
         """Declare (or replace) ``job``'s plan over ``dataset`` (a valid name); returns
         the job id (a new random one when ``job`` is None). ``owner``: whose plan it
-        is, for the per-owner bounds (a replaced plan is counted as gone).
+        is, for the per-owner bounds (a replaced plan is counted as gone); ``keeper``:
+        who keeps it alive (:meth:`close_kept_by`).
 
         Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
         ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
@@ -180,7 +184,9 @@ class PlanBook:
             if prefix:
                 raise InvalidPlan("a prefix applies to sampler plans only")
             names, sizes = self._listed(dataset, shards)
-        plan = _Plan(owner, dataset, names, sizes, float(ttl_s), self._clock() + ttl_s)
+        plan = _Plan(
+            owner, dataset, names, sizes, float(ttl_s), self._clock() + ttl_s, keeper=keeper
+        )
         with self._lock:
             self._expire_locked()
             self._check_room(job, plan)
@@ -193,9 +199,10 @@ class PlanBook:
             self._trace.plan_event(TracedPlan(0.0, job, dataset, names, sizes))
         return job
 
-    def report(self, job: str, position: int) -> None:
-        """``job`` has read the first ``position`` entries of its plan; keeps it alive.
-        A position behind the last one reported moves the plan back nowhere.
+    def report(self, job: str, position: int, keeper: str = "") -> None:
+        """``job`` has read the first ``position`` entries of its plan; keeps it alive,
+        kept by ``keeper`` from now on (:meth:`close_kept_by`). A position behind the
+        last one reported moves the plan back nowhere.
 
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument for a
         position outside ``[0, len(plan)]``.
@@ -214,6 +221,7 @@ class PlanBook:
             # has it: redeclared to a new policy, it named entries read as still to come.
             plan.position = max(plan.position, position)
             plan.deadline = self._clock() + plan.ttl_s
+            plan.keeper = keeper
             self._policies.report_position(plan.dataset, job, position)
             self._trace.plan_event(TracedPosition(0.0, job, plan.dataset, position))
 
@@ -233,6 +241,17 @@ class PlanBook:
         """End every plan past its deadline; returns how many."""
         with self._lock:
             return self._expire_locked()
+
+    def close_kept_by(self, keeper: str) -> int:
+        """End every plan ``keeper`` (not "") declared or last reported on: in the
+        service, the plans of a token being revoked. Returns how many."""
+        if not keeper:
+            return 0
+        with self._lock:
+            ended = [job for job, plan in self._plans.items() if plan.keeper == keeper]
+            for job in ended:
+                self._end(job)
+            return len(ended)
 
     def close_dataset(self, dataset: str) -> None:
         """End every plan over ``dataset`` (it was deleted)."""

@@ -929,11 +929,13 @@ class Store:
         job: str | None = None,
         ttl_s: float = DEFAULT_PLAN_TTL_S,
         owner: str = "",
+        keeper: str = "",
     ) -> str:
         """Declare the order in which ``job`` will read ``dataset``; returns the job id
         (a new one when ``job`` is None; declaring a job again replaces its plan).
         ``owner`` (the declaring principal, in the service) is counted against the plan
-        book's per-owner bounds (:mod:`tierstore.engine.planbook`).
+        book's per-owner bounds (:mod:`tierstore.engine.planbook`); ``keeper`` (the
+        declaring token, in the service) keeps it (:meth:`close_plans_kept_by`).
 
         Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
         over the dataset's shard names under ``prefix``, in catalog order) and
@@ -953,19 +955,27 @@ class Store:
             job=job,
             ttl_s=ttl_s,
             owner=owner,
+            keeper=keeper,
         )
         self.prefetcher.wake()
         return job
 
-    def report_position(self, job: str, position: int) -> None:
-        """``job`` has read the first ``position`` entries of its plan (keeps it alive).
+    def report_position(self, job: str, position: int, keeper: str = "") -> None:
+        """``job`` has read the first ``position`` entries of its plan (keeps it alive,
+        kept by ``keeper`` from now on: see :meth:`declare_plan`).
 
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument
         (``position`` negative or past the plan's end).
         """
         self._check_open()
-        self._plans.report(job, position)
+        self._plans.report(job, position, keeper)
         self.prefetcher.wake()
+
+    def close_plans_kept_by(self, keeper: str) -> int:
+        """End every plan ``keeper`` (not "") declared or last reported on (the service:
+        a revoked token's), so they steer placement no more; returns how many."""
+        self._check_open()
+        return self._plans.close_kept_by(keeper)
 
     def close_plan(self, job: str) -> None:
         """End ``job``'s plan. Raises PlanNotFound (unknown, closed or expired job)."""

@@ -93,7 +93,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RevokeTokenResponse:
         self._check("RevokeToken")
-        self._tokens.revoke(request.token_id)
+        revoked = self._tokens.revoke(request.token_id)
+        # The work done on the token's behalf stops too: its calls are refused from now
+        # on, its streams end at their next message, and the access plans it keeps
+        # (steering the prefetcher for up to their TTL past its last report) end here.
+        self._store.close_plans_kept_by(revoked.token_id)
         return admin_pb2.RevokeTokenResponse()
 
     @handler

@@ -7,6 +7,12 @@ job ``b/c``), so two callers may use the same job id without meeting,
 and one caller can never report on, or close, another's plan (it is unknown to
 it: PlanNotFound). Reporting and closing also need the reader role on the plan's
 dataset; a caller without any role there hears PlanNotFound too.
+
+A plan is kept by the token that declared it or reported on it last: revoking that
+token ends it (``AdminServicer.RevokeToken``), so a revoked job's plan no longer
+steers the prefetcher and the evictions for the rest of its TTL. A declaration or
+report whose token is revoked while it runs ends the plan itself (and is refused),
+so none slips past the revocation.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ import grpc
 
 from tierstore.engine.planbook import MAX_PLAN_ENTRIES
 from tierstore.engine.store import Store
-from tierstore.errors import DatasetNotFound, InvalidArgument, InvalidPlan, PlanNotFound
+from tierstore.errors import (
+    DatasetNotFound,
+    InvalidArgument,
+    InvalidPlan,
+    PlanNotFound,
+    Unauthenticated,
+)
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S
 from tierstore.server.authz import Principal, authorize, visible
@@ -193,7 +205,9 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             job=scoped,
             ttl_s=ttl_s,
             owner=principal.name,
+            keeper=principal.token_id,
         )
+        self._still_kept(principal)
         try:
             info = self._store.plan_info(scoped)
         except PlanNotFound:  # in the caller's words, not the engine's scoped id
@@ -202,6 +216,16 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                 f"(ttl_s {ttl_s:g} s): give it a ttl_s of seconds, not less"
             ) from None
         return placement_pb2.DeclarePlanResponse(job=job, length=info.length)
+
+    def _still_kept(self, principal: Principal) -> None:
+        """After ``principal`` declared or reported on a plan: if its token was revoked
+        meanwhile (the revocation may have ended the token's plans before this one was
+        kept by it), end the token's plans and raise Unauthenticated."""
+        try:
+            caller()
+        except Unauthenticated:
+            self._store.close_plans_kept_by(principal.token_id)
+            raise
 
     def _own_plan(self, method: str, job: str) -> str:
         """The engine's id of the caller's ``job``, once the caller may touch it."""
@@ -219,8 +243,10 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     def ReportPosition(
         self, request: placement_pb2.ReportPositionRequest, context: grpc.ServicerContext
     ) -> placement_pb2.ReportPositionResponse:
+        principal = caller()
         scoped = self._own_plan("ReportPosition", request.job)
-        self._store.report_position(scoped, request.position)
+        self._store.report_position(scoped, request.position, keeper=principal.token_id)
+        self._still_kept(principal)
         return placement_pb2.ReportPositionResponse()
 
     @handler
