@@ -142,6 +142,14 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                     "stored; put it again"
                 )
 
+        def receiving() -> None:
+            writer_now()
+            # A grant on "*" outlives a deleted dataset: such a writer's put ends at its
+            # next message too, rather than spool the rest for a commit with no dataset
+            # (one made again meanwhile takes it, as at the commit).
+            if not self._store.has_dataset(header.dataset):
+                raise DatasetNotFound(f"no dataset {header.dataset!r}")
+
         kind = shard_kind_from_pb(header.kind)
         if header.frame_count > self._max_frames:
             raise InvalidArgument(
@@ -150,7 +158,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = self._store.get_dataset(header.dataset).encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
-            self._receive_frames(request_iterator, header, spool, writer_now)
+            self._receive_frames(request_iterator, header, spool, receiving)
             with self._slot_if_write_through(header.dataset, "a write-through put of"):
                 info = self._store.put_frames(
                     header.dataset,
