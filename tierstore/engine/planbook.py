@@ -162,11 +162,13 @@ class PlanBook:
         ttl_s: float,
         owner: str = "",
         keeper: str = "",
+        keeper_left_s: float | None = None,
     ) -> str:
         """Declare (or replace) ``job``'s plan over ``dataset`` (a valid name); returns
         the job id (a new random one when ``job`` is None). ``owner``: whose plan it
         is, for the per-owner bounds (a replaced plan is counted as gone); ``keeper``:
-        who keeps it alive (:meth:`close_kept_by`).
+        who keeps it alive (:meth:`close_kept_by`), for ``keeper_left_s`` seconds more
+        (None: for good): the plan expires then at the latest.
 
         Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
         ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
@@ -184,9 +186,8 @@ class PlanBook:
             if prefix:
                 raise InvalidPlan("a prefix applies to sampler plans only")
             names, sizes = self._listed(dataset, shards)
-        plan = _Plan(
-            owner, dataset, names, sizes, float(ttl_s), self._clock() + ttl_s, keeper=keeper
-        )
+        deadline = _deadline(self._clock(), ttl_s, keeper_left_s)
+        plan = _Plan(owner, dataset, names, sizes, float(ttl_s), deadline, keeper=keeper)
         with self._lock:
             self._expire_locked()
             self._check_room(job, plan)
@@ -199,10 +200,12 @@ class PlanBook:
             self._trace.plan_event(TracedPlan(0.0, job, dataset, names, sizes))
         return job
 
-    def report(self, job: str, position: int, keeper: str = "") -> None:
+    def report(
+        self, job: str, position: int, keeper: str = "", keeper_left_s: float | None = None
+    ) -> None:
         """``job`` has read the first ``position`` entries of its plan; keeps it alive,
-        kept by ``keeper`` from now on (:meth:`close_kept_by`). A position behind the
-        last one reported moves the plan back nowhere.
+        kept by ``keeper`` from now on (for ``keeper_left_s``, as :meth:`declare` has
+        it). A position behind the last one reported moves the plan back nowhere.
 
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument for a
         position outside ``[0, len(plan)]``.
@@ -220,7 +223,7 @@ class PlanBook:
             # keeps the plan alive but moves it back nowhere, as the policies' contract
             # has it: redeclared to a new policy, it named entries read as still to come.
             plan.position = max(plan.position, position)
-            plan.deadline = self._clock() + plan.ttl_s
+            plan.deadline = _deadline(self._clock(), plan.ttl_s, keeper_left_s)
             plan.keeper = keeper
             self._policies.report_position(plan.dataset, job, position)
             self._trace.plan_event(TracedPosition(0.0, job, plan.dataset, position))
@@ -375,6 +378,12 @@ class PlanBook:
                     )
                 sizes_by_name[name] = stored_size(record)
         return names, tuple(sizes_by_name[name] for name in names)
+
+
+def _deadline(now: float, ttl_s: float, keeper_left_s: float | None) -> float:
+    """When a plan declared or reported on at ``now`` expires: ``ttl_s`` later, or when
+    its keeper ends (``keeper_left_s``, None: never), whichever comes first."""
+    return now + (ttl_s if keeper_left_s is None else min(ttl_s, keeper_left_s))
 
 
 def _check_job(job: object) -> str:

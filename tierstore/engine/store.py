@@ -930,12 +930,15 @@ class Store:
         ttl_s: float = DEFAULT_PLAN_TTL_S,
         owner: str = "",
         keeper: str = "",
+        keeper_left_s: float | None = None,
     ) -> str:
         """Declare the order in which ``job`` will read ``dataset``; returns the job id
         (a new one when ``job`` is None; declaring a job again replaces its plan).
         ``owner`` (the declaring principal, in the service) is counted against the plan
         book's per-owner bounds (:mod:`tierstore.engine.planbook`); ``keeper`` (the
-        declaring token, in the service) keeps it (:meth:`close_plans_kept_by`).
+        declaring token, in the service) keeps it (:meth:`close_plans_kept_by`), for
+        ``keeper_left_s`` seconds more (None: for good; the token's time left, in the
+        service): the plan expires then at the latest.
 
         Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
         over the dataset's shard names under ``prefix``, in catalog order) and
@@ -956,19 +959,22 @@ class Store:
             ttl_s=ttl_s,
             owner=owner,
             keeper=keeper,
+            keeper_left_s=keeper_left_s,
         )
         self.prefetcher.wake()
         return job
 
-    def report_position(self, job: str, position: int, keeper: str = "") -> None:
+    def report_position(
+        self, job: str, position: int, keeper: str = "", keeper_left_s: float | None = None
+    ) -> None:
         """``job`` has read the first ``position`` entries of its plan (keeps it alive,
-        kept by ``keeper`` from now on: see :meth:`declare_plan`).
+        kept by ``keeper`` from now on, for ``keeper_left_s``: see :meth:`declare_plan`).
 
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument
         (``position`` negative or past the plan's end).
         """
         self._check_open()
-        self._plans.report(job, position, keeper)
+        self._plans.report(job, position, keeper, keeper_left_s)
         self.prefetcher.wake()
 
     def close_plans_kept_by(self, keeper: str) -> int:

@@ -9,14 +9,16 @@ it: PlanNotFound). Reporting and closing also need the reader role on the plan's
 dataset; a caller without any role there hears PlanNotFound too.
 
 A plan is kept by the token that declared it or reported on it last: revoking that
-token ends it (``AdminServicer.RevokeToken``), so a revoked job's plan no longer
-steers the prefetcher and the evictions for the rest of its TTL. A declaration or
+token ends it (``AdminServicer.RevokeToken``), and it expires when the token runs out
+at the latest, so a revoked or run-out job's plan no longer steers the prefetcher and
+the evictions for the rest of its TTL. A declaration or
 report whose token is revoked while it runs ends the plan itself (and is refused),
 so none slips past the revocation.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -206,6 +208,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             ttl_s=ttl_s,
             owner=principal.name,
             keeper=principal.token_id,
+            keeper_left_s=_time_left(principal),
         )
         self._still_kept(principal)
         try:
@@ -245,7 +248,9 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
     ) -> placement_pb2.ReportPositionResponse:
         principal = caller()
         scoped = self._own_plan("ReportPosition", request.job)
-        self._store.report_position(scoped, request.position, keeper=principal.token_id)
+        self._store.report_position(
+            scoped, request.position, principal.token_id, _time_left(principal)
+        )
         self._still_kept(principal)
         return placement_pb2.ReportPositionResponse()
 
@@ -256,6 +261,12 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
         scoped = self._own_plan("ClosePlan", request.job)
         self._store.close_plan(scoped)
         return placement_pb2.ClosePlanResponse()
+
+
+def _time_left(principal: Principal) -> float | None:
+    """How long ``principal``'s credential lasts from now (None: it never runs out): a
+    plan it keeps ends with it, as it would with its revocation."""
+    return principal.expires_at - time.time() if principal.expires_at else None
 
 
 def _archive_error_for(principal: Principal, error: str | None) -> str:
