@@ -19,7 +19,7 @@ from tests.buffers import KIB, detached, within
 from tierstore import arrowio
 from tierstore.arrowio import (
     frames_to_table,
-    read_ipc_table,
+    open_ipc_file,
     reader_to_frames,
     table_to_frames,
     validate_arrow_frames,
@@ -897,16 +897,37 @@ def test_message_rows_never_reads_outside_the_metadata() -> None:
         arrowio.message_rows(header)
 
 
+@pytest.mark.parametrize("new_writer", [pa.ipc.new_file, pa.ipc.new_stream], ids=["file", "stream"])
+def test_an_arrow_ipc_file_is_read_a_batch_at_a_time(tmp_path: Path, new_writer: Any) -> None:
+    table = pa.table({"x": list(range(1000)), "s": pa.array(["a", "b"] * 500).dictionary_encode()})
+    path = tmp_path / "whole.arrow"
+    with pa.OSFile(str(path), "wb") as sink, new_writer(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=100)
+    with open_ipc_file(path) as reader:
+        assert reader.schema.equals(table.schema, check_metadata=True)
+        assert [batch.num_rows for batch in reader] == [100] * 10  # as written, one by one
+    with open_ipc_file(path) as reader:
+        assert reader.read_all().equals(table)
+    with open_ipc_file(path) as reader:
+        framed = [bytes(frame) for frame in reader_to_frames(reader)]
+    with open_ipc_file(path) as reader:  # framed as the table read whole was
+        assert framed == [frame.to_pybytes() for frame in table_to_frames(reader.read_all())]
+
+
 @pytest.mark.parametrize("cut", [0, 8, -16])
 def test_an_arrow_file_cut_short_or_not_arrow_is_malformed_arrow(tmp_path: Path, cut: int) -> None:
     table = pa.table({"x": list(range(1000))})
     whole = tmp_path / "whole.arrows"
     with pa.OSFile(str(whole), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    assert read_ipc_table(whole).equals(table)
     cut_short = tmp_path / "cut.arrows"
     cut_short.write_bytes(whole.read_bytes()[:cut] if cut else b"not arrow at all")
-    with pytest.raises(MalformedArrow, match="neither an Arrow IPC file nor an IPC stream"):
-        read_ipc_table(cut_short)
-    with pytest.raises(OSError):
-        read_ipc_table(tmp_path / "missing.arrow")
+    if cut < 0:  # its schema whole: refused as its batches are read, a put of it too
+        with open_ipc_file(cut_short) as reader, pytest.raises(MalformedArrow, match="batch 0"):
+            list(reader_to_frames(reader))
+    else:
+        neither = "neither an Arrow IPC file nor an IPC stream"
+        with pytest.raises(MalformedArrow, match=neither), open_ipc_file(cut_short):
+            pass
+    with pytest.raises(OSError), open_ipc_file(tmp_path / "missing.arrow"):
+        pass

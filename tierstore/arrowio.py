@@ -19,6 +19,7 @@ such as an encrypted put's, may read a file when asked for) and therefore thread
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ __all__ = [
     "message_is_compressed",
     "message_is_delta",
     "message_rows",
-    "read_ipc_table",
+    "open_ipc_file",
     "reader_to_frames",
     "table_to_frames",
     "validate_arrow_frames",
@@ -910,32 +911,38 @@ def fixed_list_values(array: pa.FixedSizeListArray) -> pa.Array:
     return array.values.slice(array.offset * size, len(array) * size)
 
 
-def read_ipc_table(path: Path) -> pa.Table:
-    """The table an Arrow IPC file (``.arrow``/Feather v2) or IPC stream at ``path``
-    holds, read into memory: not mapped, as a file cut short under a map kills the
-    process. Raises :class:`MalformedArrow` for a file that is neither,
-    :class:`OSError` for one that cannot be read."""
-    table: pa.Table = _with_ipc_reader(path, lambda reader: reader.read_all())
-    return table
-
-
-def check_ipc_file(path: Path) -> None:
-    """Raise as :func:`read_ipc_table` would for a file that is not an Arrow IPC file
-    or stream, reading only its schema (and a file's footer): for a command to refuse
-    before it uploads anything. Its record batches are read, and checked, only then."""
-    _with_ipc_reader(path, lambda reader: reader.schema)
-
-
-def _with_ipc_reader(path: Path, use: Callable[[Any], Any]) -> Any:
-    """``use(reader)`` of the IPC file or, failing that, IPC stream at ``path``."""
+@contextlib.contextmanager
+def open_ipc_file(path: Path) -> Iterator[pa.RecordBatchReader]:
+    """A reader of the record batches of the Arrow IPC file (``.arrow``/Feather v2) or
+    IPC stream at ``path``, open while the block runs, each batch read from the file
+    only as it is taken: a put of the reader (``Client.put`` takes one) holds a few
+    batches at a time, never the file whole. Not mapped, as a file cut short under a
+    map kills the process. Its schema (and a file's footer) are read on entry: raises
+    :class:`MalformedArrow` for a file that is neither, :class:`OSError` for one that
+    cannot be read; a batch that cannot be read raises pyarrow's error (an OSError or
+    ArrowInvalid: a stream cut short) as it is taken, which a put makes MalformedArrow.
+    """
     with pa.OSFile(str(path)) as source:
         try:
-            return use(pa.ipc.open_file(source))
+            file = pa.ipc.open_file(source)
         except pa.ArrowInvalid:
             source.seek(0)  # not the file format: perhaps a stream
+        else:
+            batches = (file.get_batch(i) for i in range(file.num_record_batches))
+            yield pa.RecordBatchReader.from_batches(file.schema, batches)
+            return
         try:
-            return use(pa.ipc.open_stream(source))
+            stream = pa.ipc.open_stream(source)
         except _ARROW_ERRORS as exc:  # a stream cut short is an OSError here
             raise MalformedArrow(
                 f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"
             ) from None
+        yield stream
+
+
+def check_ipc_file(path: Path) -> None:
+    """Raise as :func:`open_ipc_file` would for a file that is not an Arrow IPC file
+    or stream, reading only its schema (and a file's footer): for a command to refuse
+    before it uploads anything. Its record batches are read, and checked, only then."""
+    with open_ipc_file(path):
+        pass

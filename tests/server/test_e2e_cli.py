@@ -19,12 +19,14 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
@@ -453,6 +455,80 @@ def test_put_kind_arrow_stores_arrow_files_as_tables(
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "again/00001.arrow")
     assert run(env, "put", dataset, str(shards), "--kind", "csv").returncode == 2
+
+
+MiB = 1 << 20
+#: runs the tierstore command in a child that prints, last on stderr, the most Arrow
+#: memory it ever held (what a file read into memory whole is held in)
+PEAK_ARROW_MEMORY = """
+import atexit, sys
+import pyarrow as pa
+atexit.register(lambda: print(pa.default_memory_pool().max_memory(), file=sys.stderr))
+from tierstore.cli.entry import main
+main()
+"""
+
+
+def write_ipc(path: Path, new_writer: Any, count: int) -> pa.Table:
+    """An Arrow IPC file (``pa.ipc.new_file``) or stream (``pa.ipc.new_stream``) of
+    ``count`` record batches of 800 KB, written a batch at a time; its table."""
+    schema = pa.schema([("i", pa.int64()), ("v", pa.float64())], metadata={"owner": "tests"})
+    written = []
+    with pa.OSFile(str(path), "wb") as sink, new_writer(sink, schema) as writer:
+        for k in range(count):
+            ids = np.arange(k * 50_000, (k + 1) * 50_000)
+            batch = pa.record_batch([pa.array(ids), pa.array(ids * 0.5)], schema=schema)
+            writer.write_batch(batch)
+            written.append(batch)
+    return pa.Table.from_batches(written, schema=schema)
+
+
+@pytest.mark.parametrize("new_writer", [pa.ipc.new_file, pa.ipc.new_stream], ids=["file", "stream"])
+def test_put_kind_arrow_streams_a_file_larger_than_memory(
+    env: dict[str, str], dataset: str, admin: Client, tmp_path: Path, new_writer: Any
+) -> None:
+    # 32 MB: the command holds a few of its batches at a time, never the file whole
+    # (it read the whole table into memory first, so a file larger than memory could
+    # not go up).
+    table = write_ipc(tmp_path / "big.arrow", new_writer, 40)
+    command = [sys.executable, "-c", PEAK_ARROW_MEMORY, "--json", "put", dataset]
+    done = subprocess.run(
+        [*command, str(tmp_path / "big.arrow"), "--kind", "arrow"],
+        env=env,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["uploaded"] == ["big.arrow"]
+    peak = int(done.stderr.splitlines()[-1])
+    assert peak < 8 * MiB, peak
+    info = admin.stat(dataset, "big.arrow")
+    assert (info.kind, info.rows) == ("arrow", table.num_rows)
+    assert admin.read_table(dataset, "big.arrow").equals(table, check_metadata=True)
+
+
+def test_put_kind_arrow_of_a_stream_cut_short_keeps_the_shard_as_it_was(
+    env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
+) -> None:
+    # Cut in its fourth batch, past the schema the check before the upload reads.
+    whole = tmp_path / "whole.arrows"
+    write_ipc(whole, pa.ipc.new_stream, 6)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.arrows").write_bytes(whole.read_bytes())
+    cut = shards / "b.arrows"
+    cut.write_bytes(whole.read_bytes()[: 3 * 800_000 + 400_000])
+    kept = pa.table({"x": [1, 2, 3]})
+    before = admin.put(dataset, "b.arrows", kept)
+    stopped = run(env, "put", dataset, str(shards), "--kind", "arrow")
+    assert stopped.returncode == 2, stopped.stderr
+    report = json.loads(stopped.stdout)
+    assert (report["uploaded"], report["not_uploaded"]) == (["a.arrows"], ["b.arrows"])
+    said = one_line_error(stopped)
+    assert said.startswith(f"error: MalformedArrow: {cut}: "), said
+    assert "record batch 3" in said, said
+    assert admin.stat(dataset, "b.arrows").generation == before.generation
+    assert admin.read_table(dataset, "b.arrows").equals(kept)
 
 
 def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin: Client) -> None:

@@ -4,8 +4,10 @@ after Ctrl-C)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,10 +97,10 @@ def put(
             for file, name in files:
                 try:
                     size = file.stat().st_size
-                    value = _put_value(file, kind)
-                    sending = name
-                    uploaded.append(client.put(dataset, name, value))
-                    sending = None
+                    with _put_value(file, kind) as value:
+                        sending = name
+                        uploaded.append(client.put(dataset, name, value))
+                        sending = None
                 except OSError as exc:  # unreadable, or gone since it was listed
                     raise errors.InvalidArgument(
                         f"cannot read {file}: {exc.strerror or exc}"
@@ -196,14 +198,21 @@ def _check_arrow_files(files: list[Path]) -> None:
             ) from None
 
 
-def _put_value(file: Path, kind: str) -> Any:
-    """What ``put --kind`` uploads of ``file``: the file itself (raw), or the table it
-    holds (arrow; MalformedArrow if it holds none)."""
+@contextlib.contextmanager
+def _put_value(file: Path, kind: str) -> Iterator[Any]:
+    """What ``put --kind`` uploads of ``file``: the file itself (raw), or a reader of
+    the record batches it holds (arrow; MalformedArrow if it holds none), which the put
+    reads a batch at a time: a file larger than memory goes up all the same."""
     if kind == "raw":
-        return file
-    from tierstore.arrowio import read_ipc_table  # pyarrow only when it is needed
+        yield file
+        return
+    from tierstore.arrowio import open_ipc_file  # pyarrow only when it is needed
 
-    return read_ipc_table(file)
+    with open_ipc_file(file) as reader:
+        try:
+            yield reader
+        except errors.MalformedArrow as exc:  # a batch past its schema: name the file
+            raise errors.MalformedArrow(f"{file}: {exc}") from None
 
 
 class Interrupted(Exception):
