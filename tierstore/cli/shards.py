@@ -93,7 +93,9 @@ def get(
     """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
     to stdout as they are, --json or not (with -o FILE, --json prints what was written).
     Without -o, a stdout that is a terminal is refused before any call: a shard's bytes
-    would garble it (-o - writes them there all the same)."""
+    would garble it (-o - writes them there all the same). To a file, the shard is
+    streamed into it; to stdout (or a pipe or device) it is held in memory whole first,
+    so give -o FILE for a shard larger than memory."""
     if given is None and sys.stdout.isatty():
         raise fail(
             errors.InvalidArgument(
