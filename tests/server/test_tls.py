@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import socket
@@ -15,14 +16,18 @@ from typing import cast
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tierstore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from tierstore.server.tls import (
+    ServerCertificateRenewal,
     TlsMaterial,
     ensure_tls_material,
     issue_client_certificate,
     principal_from_certificate,
+    renew_server_certificate,
 )
 
 FILES = ("ca.pem", "ca.key", "server.pem", "server.key")
@@ -136,6 +141,108 @@ def test_loose_modes_are_tightened(tmp_path: Path, material: TlsMaterial) -> Non
     ensure_tls_material(tmp_path / "data", ["node-1.example"])
     assert mode(material.server_key_path) == 0o600
     assert mode(material.directory) == 0o700
+
+
+# -- reissued while serving ---------------------------------------------------------------
+
+
+def near_its_end(material: TlsMaterial, days_left: int = 10) -> TlsMaterial:
+    """``material`` with its server certificate (on disk too) made again by its CA for
+    the same key and names, ending ``days_left`` days from now."""
+    served = x509.load_pem_x509_certificate(material.server_cert_pem)
+    ca = x509.load_pem_x509_certificate(material.ca_pem)
+    ca_key = serialization.load_pem_private_key(material.ca_key_path.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(served.subject)
+        .issuer_name(ca.subject)
+        .public_key(served.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=800))
+        .not_valid_after(now + dt.timedelta(days=days_left))
+    )
+    for extension in served.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    material.server_cert_path.write_bytes(pem)
+    return dataclasses.replace(material, server_cert_pem=pem)
+
+
+def test_renewal_reissues_for_the_same_names_under_the_same_ca(material: TlsMaterial) -> None:
+    before = snapshot(material.directory)
+    assert renew_server_certificate(material) == material  # not near its end: kept
+    assert snapshot(material.directory) == before
+    old = near_its_end(material)
+    renewed = renew_server_certificate(old)
+    after = snapshot(material.directory)
+    assert after["ca.pem"] == before["ca.pem"] and after["ca.key"] == before["ca.key"]
+    assert renewed.server_cert_pem == after["server.pem"] != old.server_cert_pem
+    assert renewed.server_key_pem == after["server.key"] != before["server.key"]
+    assert sans(renewed.server_cert_pem) == sans(material.server_cert_pem)
+    cert = x509.load_pem_x509_certificate(renewed.server_cert_pem)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(material.ca_pem))
+    assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=800)
+    for name in FILES:
+        assert mode(material.directory / name) == 0o600
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_renewal_never_makes_or_takes_another_ca(
+    tmp_path: Path, material: TlsMaterial, change: str
+) -> None:
+    # A start would make a new CA where ca.pem is gone; a serving node must not: its
+    # clients trust the one it started with.
+    old = near_its_end(material)
+    if change == "removed":
+        material.ca_cert_path.unlink()
+    else:
+        other = ensure_tls_material(tmp_path / "other")
+        material.ca_cert_path.write_bytes(other.ca_pem)
+        material.ca_key_path.write_bytes(other.ca_key_path.read_bytes())
+    before = {path.name: path.read_bytes() for path in material.directory.glob("*.*")}
+    with pytest.raises(FailedPrecondition, match=r"ca\.pem"):
+        renew_server_certificate(old)
+    assert {path.name: path.read_bytes() for path in material.directory.glob("*.*")} == before
+
+
+def test_a_renewal_is_handed_out_once(material: TlsMaterial) -> None:
+    assert ServerCertificateRenewal(material).renewed() is None  # not due
+    old = near_its_end(material)
+    renewal = ServerCertificateRenewal(old)
+    results: list[TlsMaterial | None] = []
+    start = threading.Barrier(8)
+
+    def handshake() -> None:
+        start.wait()
+        results.append(renewal.renewed())
+
+    threads = [threading.Thread(target=handshake) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    renewed = [found for found in results if found is not None]
+    assert len(renewed) == 1  # the others kept the certificate they had
+    assert renewed[0].server_cert_pem == material.server_cert_path.read_bytes()
+    assert renewed[0].server_cert_pem != old.server_cert_pem
+    assert renewal.renewed() is None  # the new one is far from its end
+
+
+def test_a_failed_renewal_is_logged_and_tried_again_later(
+    material: TlsMaterial, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = near_its_end(material)
+    material.ca_key_path.rename(material.directory / "ca.key.away")
+    renewal = ServerCertificateRenewal(old, retry_s=3600)
+    assert renewal.renewed() is None
+    assert "could not reissue the server certificate" in caplog.text
+    assert "ca.key" in caplog.text
+    (material.directory / "ca.key.away").rename(material.ca_key_path)
+    assert renewal.renewed() is None  # not tried again at once: each handshake asks
+    assert caplog.text.count("could not reissue") == 1
+    assert ServerCertificateRenewal(old, retry_s=0).renewed() is not None
 
 
 @pytest.mark.parametrize("bad", ["", "bad host", "-x.example", "a..b", "x" * 64, "ünï.example"])

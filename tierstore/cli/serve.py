@@ -72,13 +72,18 @@ from tierstore.server.app import (
 )
 from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import check_hostnames, ensure_tls_material
+from tierstore.server.tls import RENEW_BEFORE_DAYS, check_hostnames, ensure_tls_material
 from tierstore.server.tokens import TokenStore
 from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
 __all__ = ["ServeOptions", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: For tests only, and no setting: how long before its end (seconds) a serving node
+#: reissues its certificate instead of RENEW_BEFORE_DAYS, for a test to see it happen
+#: without waiting days. (Not TIERSTORE_*: the settings refuse names they do not know.)
+RENEW_CERTIFICATE_BEFORE_VARIABLE = "_TIERSTORE_TEST_RENEW_CERTIFICATE_BEFORE_S"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +342,7 @@ def _run(
                 local_reads=options.local_reads,
                 local_grant_ttl_s=options.local_grant_ttl_s,
                 max_connections=options.max_connections,
+                renew_certificate_before_s=_renew_certificate_before_s(),
             ),
             store,
             tokens,
@@ -365,6 +371,14 @@ def _run(
         out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
         out.flush()
         server.stop(options.grace_s)
+
+
+def _renew_certificate_before_s() -> float:
+    raw = os.environ.get(RENEW_CERTIFICATE_BEFORE_VARIABLE, "")
+    try:
+        return float(raw) if raw else RENEW_BEFORE_DAYS * 86400.0
+    except ValueError:
+        raise InvalidArgument(f"{RENEW_CERTIFICATE_BEFORE_VARIABLE} is not a number") from None
 
 
 def _certificate_names(options: ServeOptions) -> tuple[str, ...]:

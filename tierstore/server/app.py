@@ -16,6 +16,7 @@ and every bound port is checked, so two servers never share a port silently.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import resource
 import socket
@@ -47,7 +48,12 @@ from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
 from tierstore.server.requestchecks import REQUEST_CHECKS
 from tierstore.server.shards import ShardServicer
-from tierstore.server.tls import TlsMaterial
+from tierstore.server.tls import (
+    RENEW_BEFORE_DAYS,
+    SERVER_VALIDITY_DAYS,
+    ServerCertificateRenewal,
+    TlsMaterial,
+)
 from tierstore.server.tokens import TokenStore
 from tierstore.v1 import (
     admin_pb2,
@@ -116,6 +122,10 @@ class ServerSettings:
     #: which the server closes it: gRPC's default of 120 s let anyone who opened
     #: connections and sent nothing hold every place under ``max_connections``.
     handshake_timeout_s: float = 10.0
+    #: how long before its end the server certificate is reissued while the node serves
+    #: (seconds); internal: only tests shorten it (``tierstore serve`` takes it from no
+    #: flag or setting).
+    renew_certificate_before_s: float = RENEW_BEFORE_DAYS * 86400.0
 
     def __post_init__(self) -> None:
         check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
@@ -134,6 +144,12 @@ class ServerSettings:
             value = getattr(self, name)
             if not 0 < value < float("inf"):
                 raise InvalidArgument(f"{name} must be a positive number, got {value}")
+        if not 0 < self.renew_certificate_before_s < SERVER_VALIDITY_DAYS * 86400:
+            # Else every certificate made would be due at once, and made again at once.
+            raise InvalidArgument(
+                "renew_certificate_before_s must be above 0 and below the certificate's "
+                f"validity, not {self.renew_certificate_before_s}"
+            )
         if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
             raise InvalidArgument(f"max_connections must be an int, got {self.max_connections!r}")
         if not 0 <= self.max_connections <= _MAX_CONNECTIONS_CAP:
@@ -243,6 +259,32 @@ def _options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
+def _renewing_credentials(settings: ServerSettings) -> grpc.ServerCredentials:
+    """TLS (mutual TLS if ``require_client_cert``) with the node's certificate, reissued
+    while it serves as it nears its end: gRPC asks before each new connection's
+    handshake, and connections already open keep the certificate they were shown."""
+    assert settings.tls is not None  # checked by ServerSettings
+    renewal = ServerCertificateRenewal(
+        settings.tls, dt.timedelta(seconds=settings.renew_certificate_before_s)
+    )
+
+    def configuration(tls: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+        # The CA verifies client certificates; it is never replaced.
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.server_key_pem, tls.server_cert_pem)], root_certificates=tls.ca_pem
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        renewed = renewal.renewed()
+        return None if renewed is None else configuration(renewed)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(settings.tls),
+        fetch,  # type: ignore[arg-type]  # None means no change (gRPC's docs; not its stubs)
+        require_client_authentication=settings.require_client_cert,
+    )
+
+
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
         if credentials is None:
@@ -329,14 +371,7 @@ class TierstoreServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        credentials = None
-        if not settings.insecure:
-            assert settings.tls is not None  # checked by ServerSettings
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls.server_key_pem, settings.tls.server_cert_pem)],
-                root_certificates=settings.tls.ca_pem,
-                require_client_auth=settings.require_client_cert,
-            )
+        credentials = None if settings.insecure else _renewing_credentials(settings)
         self.port = _bind(self._server, settings.listen, credentials)
         #: the plaintext health port, for probes (asyncio: see tierstore.server.healthport).
         self._health_port = HealthPort(settings.health_listen) if settings.health_listen else None

@@ -12,6 +12,11 @@ server certificate alone is reissued when it does not cover the requested names,
 end (30 days), or no longer matches its key or the CA. The CA is never replaced silently:
 clients and issued client certificates trust it.
 
+A node that keeps serving past that point reissues it while it serves:
+:class:`ServerCertificateRenewal` says, at each new connection, whether a new certificate
+is due (a clock read until it is), and :func:`renew_server_certificate` makes it, for the
+same names and under the same CA, which it never creates or replaces.
+
 :func:`issue_client_certificate` signs client certificates (clientAuth) for mutual TLS;
 the certificate's common name is the principal name, which
 :func:`principal_from_certificate` reads back from a certificate the handshake verified.
@@ -21,10 +26,14 @@ Private keys stay out of ``repr``: :class:`TlsMaterial` hides its key bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
+import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,22 +59,30 @@ __all__ = [
     "DEFAULT_HOSTNAMES",
     "RENEW_BEFORE_DAYS",
     "SERVER_VALIDITY_DAYS",
+    "ServerCertificateRenewal",
     "TlsMaterial",
     "check_hostnames",
     "client_certificate_reusable",
     "ensure_tls_material",
     "issue_client_certificate",
     "principal_from_certificate",
+    "renew_server_certificate",
 ]
+
+log = logging.getLogger(__name__)
 
 CA_VALIDITY_DAYS = 3650
 SERVER_VALIDITY_DAYS = 825
 CLIENT_VALIDITY_DAYS = 365
-#: A server certificate with less left than this is reissued at start.
+#: A server certificate with less left than this is reissued (at start, and while serving).
 RENEW_BEFORE_DAYS = 30
+#: How long a serving node waits before it tries again to reissue its certificate after
+#: a try failed (seconds): it serves the one it has meanwhile.
+RENEWAL_RETRY_S = 60.0
 #: Names every server certificate covers.
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
 
+_RENEW_BEFORE = dt.timedelta(days=RENEW_BEFORE_DAYS)
 # Tolerates clocks a little behind ours.
 _BACKDATE = dt.timedelta(minutes=5)
 _DNS_RE = re.compile(
@@ -124,7 +141,7 @@ def ensure_tls_material(data_dir: Path, hostnames: Sequence[str] = ()) -> TlsMat
         now = dt.datetime.now(dt.UTC)
         ca_cert, ca_key = _load_or_create_ca(paths["ca.pem"], paths["ca.key"], now)
         server_cert_pem, server_key_pem = _load_or_create_server(
-            paths["server.pem"], paths["server.key"], ca_cert, ca_key, names, now
+            paths["server.pem"], paths["server.key"], ca_cert, ca_key, names, now, _RENEW_BEFORE
         )
         for name, path in paths.items():
             restrict_mode(path, secret=name.endswith(".key"))
@@ -138,6 +155,107 @@ def ensure_tls_material(data_dir: Path, hostnames: Sequence[str] = ()) -> TlsMat
         server_cert_pem=server_cert_pem,
         server_key_pem=server_key_pem,
     )
+
+
+def renew_server_certificate(
+    material: TlsMaterial, renew_before: dt.timedelta = _RENEW_BEFORE
+) -> TlsMaterial:
+    """``material`` with its server certificate reissued, for the names it holds, if it
+    has ``renew_before`` or less left (else as on disk: one another process reissued).
+
+    For a serving node (:class:`ServerCertificateRenewal`): the CA on disk must be the
+    one ``material`` holds, which clients trust; it is never created or replaced here.
+    Raises :class:`~tierstore.errors.FailedPrecondition` when it is missing, another
+    one, or unusable, :class:`OSError` for file system errors. Takes the same lock as
+    :func:`ensure_tls_material`; thread-safe.
+    """
+    served = x509.load_pem_x509_certificate(material.server_cert_pem)
+    sans = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    names = _names([*sans.get_values_for_type(x509.DNSName), *ips])
+    with exclusive_lock(material.directory / ".lock"):
+        now = dt.datetime.now(dt.UTC)
+        if not material.ca_cert_path.exists():
+            raise FailedPrecondition(f"{material.ca_cert_path} is gone")
+        ca_cert, ca_key = _load_ca(material.ca_cert_path, material.ca_key_path, now)
+        if ca_cert != x509.load_pem_x509_certificate(material.ca_pem):
+            raise FailedPrecondition(
+                f"{material.ca_cert_path} is not the CA this node started with"
+            )
+        cert_pem, key_pem = _load_or_create_server(
+            material.server_cert_path,
+            material.server_key_path,
+            ca_cert,
+            ca_key,
+            names,
+            now,
+            renew_before,
+        )
+        restrict_mode(material.server_key_path, secret=True)
+        restrict_mode(material.server_cert_path, secret=False)
+    return dataclasses.replace(material, server_cert_pem=cert_pem, server_key_pem=key_pem)
+
+
+class ServerCertificateRenewal:
+    """When a serving node's certificate is due to be reissued, and the reissuing.
+
+    :meth:`renewed` is meant to run before each TLS handshake (gRPC's certificate
+    fetcher): a clock read until the certificate has ``renew_before`` left, then one
+    caller reissues it (:func:`renew_server_certificate`) while the others go on with
+    the one they have. A failed try is logged and tried again ``retry_s`` later.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        material: TlsMaterial,
+        renew_before: dt.timedelta = _RENEW_BEFORE,
+        retry_s: float = RENEWAL_RETRY_S,
+    ) -> None:
+        self._material = material
+        self._renew_before = renew_before
+        self._retry_s = retry_s
+        self._lock = threading.Lock()
+        self._due = self._due_time(material)
+
+    def renewed(self) -> TlsMaterial | None:
+        """The material with the new server certificate, once, when one was just made;
+        None otherwise (almost always)."""
+        if time.time() < self._due or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if time.time() < self._due:
+                return None
+            self._due = time.time() + self._retry_s  # whatever happens below
+            try:
+                material = renew_server_certificate(self._material, self._renew_before)
+            except (FailedPrecondition, InvalidArgument, OSError, ValueError) as exc:
+                log.warning(
+                    "could not reissue the server certificate (valid until %s): %s; "
+                    "trying again in %.0f s",
+                    self._not_after(self._material).isoformat(),
+                    exc,
+                    self._retry_s,
+                )
+                return None
+            self._due = self._due_time(material)
+            if material.server_cert_pem == self._material.server_cert_pem:
+                return None  # not due after all: the clock went back
+            self._material = material
+            log.info(
+                "reissued the server certificate (valid until %s)",
+                self._not_after(material).isoformat(),
+            )
+            return material
+        finally:
+            self._lock.release()
+
+    def _due_time(self, material: TlsMaterial) -> float:
+        return (self._not_after(material) - self._renew_before).timestamp()
+
+    @staticmethod
+    def _not_after(material: TlsMaterial) -> dt.datetime:
+        return x509.load_pem_x509_certificate(material.server_cert_pem).not_valid_after_utc
 
 
 def issue_client_certificate(
@@ -228,24 +346,7 @@ def _load_or_create_ca(
     cert_path: Path, key_path: Path, now: dt.datetime
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if cert_path.exists():
-        if not key_path.exists():
-            raise FailedPrecondition(
-                f"{cert_path} exists but {key_path} does not; delete {cert_path.parent} "
-                "to create a new CA (clients must then trust the new ca.pem)"
-            )
-        try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        except ValueError as exc:
-            raise FailedPrecondition(f"{cert_path} is not a PEM certificate") from exc
-        key = _load_key(key_path.read_bytes(), key_path)
-        if key.public_key() != cert.public_key():
-            raise FailedPrecondition(f"{key_path} does not match {cert_path}")
-        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
-            raise FailedPrecondition(
-                f"the CA certificate {cert_path} is not valid now; delete {cert_path.parent} "
-                "to create a new CA"
-            )
-        return cert, key
+        return _load_ca(cert_path, key_path, now)
     # No certificate: a first start, or a crash before the certificate was written (a key
     # alone was never trusted by anyone), so a new CA is safe.
     key = ec.generate_private_key(ec.SECP256R1())
@@ -268,6 +369,29 @@ def _load_or_create_ca(
     return cert, key
 
 
+def _load_ca(
+    cert_path: Path, key_path: Path, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not key_path.exists():
+        raise FailedPrecondition(
+            f"{cert_path} exists but {key_path} does not; delete {cert_path.parent} "
+            "to create a new CA (clients must then trust the new ca.pem)"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as exc:
+        raise FailedPrecondition(f"{cert_path} is not a PEM certificate") from exc
+    key = _load_key(key_path.read_bytes(), key_path)
+    if key.public_key() != cert.public_key():
+        raise FailedPrecondition(f"{key_path} does not match {cert_path}")
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise FailedPrecondition(
+            f"the CA certificate {cert_path} is not valid now; delete {cert_path.parent} "
+            "to create a new CA"
+        )
+    return cert, key
+
+
 def _load_or_create_server(
     cert_path: Path,
     key_path: Path,
@@ -275,10 +399,11 @@ def _load_or_create_server(
     ca_key: ec.EllipticCurvePrivateKey,
     names: _Names,
     now: dt.datetime,
+    renew_before: dt.timedelta,
 ) -> tuple[bytes, bytes]:
     if cert_path.exists() and key_path.exists():
         cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
-        if _server_cert_reusable(cert_pem, key_pem, ca_cert, names, now):
+        if _server_cert_reusable(cert_pem, key_pem, ca_cert, names, now, renew_before):
             return cert_pem, key_pem
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
@@ -303,8 +428,9 @@ def _server_cert_reusable(
     ca_cert: x509.Certificate,
     names: _Names,
     now: dt.datetime,
+    renew_before: dt.timedelta,
 ) -> bool:
-    cert = _reusable(cert_pem, key_pem, ca_cert, now)
+    cert = _reusable(cert_pem, key_pem, ca_cert, now, renew_before)
     if cert is None:
         return False
     try:
@@ -321,14 +447,19 @@ def client_certificate_reusable(material: TlsMaterial, cert_pem: bytes, key_pem:
     (a new CA makes every old one useless), valid for more than ``RENEW_BEFORE_DAYS``,
     and matching its key (a crash between writing the two leaves them apart)."""
     ca_cert = x509.load_pem_x509_certificate(material.ca_pem)
-    return _reusable(cert_pem, key_pem, ca_cert, dt.datetime.now(dt.UTC)) is not None
+    now = dt.datetime.now(dt.UTC)
+    return _reusable(cert_pem, key_pem, ca_cert, now, _RENEW_BEFORE) is not None
 
 
 def _reusable(
-    cert_pem: bytes, key_pem: bytes, ca_cert: x509.Certificate, now: dt.datetime
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_cert: x509.Certificate,
+    now: dt.datetime,
+    renew_before: dt.timedelta,
 ) -> x509.Certificate | None:
     """The certificate of ``cert_pem``, if ``ca_cert`` issued it, ``key_pem`` is its
-    key, and it is valid now and for more than ``RENEW_BEFORE_DAYS``; else None."""
+    key, and it is valid now and for more than ``renew_before``; else None."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -339,7 +470,7 @@ def _reusable(
         return None
     if not cert.not_valid_before_utc <= now:
         return None
-    if cert.not_valid_after_utc - now < dt.timedelta(days=RENEW_BEFORE_DAYS):
+    if cert.not_valid_after_utc - now < renew_before:
         return None
     return cert
 
