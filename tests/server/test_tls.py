@@ -146,26 +146,31 @@ def test_loose_modes_are_tightened(tmp_path: Path, material: TlsMaterial) -> Non
 # -- reissued while serving ---------------------------------------------------------------
 
 
-def near_its_end(material: TlsMaterial, days_left: int = 10) -> TlsMaterial:
-    """``material`` with its server certificate (on disk too) made again by its CA for
-    the same key and names, ending ``days_left`` days from now."""
-    served = x509.load_pem_x509_certificate(material.server_cert_pem)
-    ca = x509.load_pem_x509_certificate(material.ca_pem)
-    ca_key = serialization.load_pem_private_key(material.ca_key_path.read_bytes(), None)
+def resigned(pem: bytes, tls_dir: Path, days_left: int = 10) -> bytes:
+    """Certificate ``pem`` made again by the CA in ``tls_dir``, for the same key, names
+    and usages, ending ``days_left`` days from now."""
+    cert = x509.load_pem_x509_certificate(pem)
+    ca = x509.load_pem_x509_certificate((tls_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(served.subject)
+        .subject_name(cert.subject)
         .issuer_name(ca.subject)
-        .public_key(served.public_key())
+        .public_key(cert.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=800))
         .not_valid_after(now + dt.timedelta(days=days_left))
     )
-    for extension in served.extensions:
+    for extension in cert.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
-    pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def near_its_end(material: TlsMaterial) -> TlsMaterial:
+    """``material`` with its server certificate (on disk too) 10 days from its end."""
+    pem = resigned(material.server_cert_pem, material.directory)
     material.server_cert_path.write_bytes(pem)
     return dataclasses.replace(material, server_cert_pem=pem)
 

@@ -1,13 +1,16 @@
-"""A serving node reissues its server certificate as it nears its end (tls.py, app.py).
+"""A serving node reissues its certificates as they near their end (tls.py, app.py,
+serve.py): its server certificate, and with mutual TLS its admin CLI's.
 
 The certificate lasts 825 days and was checked only at start: a node left running past
 its end served an expired certificate, and every new connection's handshake failed.
-Here the node is told (by a variable for tests only) to reissue a certificate a few
-seconds after it was made, instead of 30 days before its end.
+Here the node is told (by variables for tests only) to reissue a certificate a few
+seconds after it was made, instead of 30 days before its end, and to look for a due
+admin CLI certificate often, instead of each hour.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import ssl
 from collections.abc import Callable
@@ -17,7 +20,8 @@ import pytest
 from cryptography import x509
 
 from tests.server.conftest import ServerProcess, poll, unique
-from tierstore.cli.serve import RENEW_CERTIFICATE_BEFORE_VARIABLE
+from tests.server.test_tls import resigned
+from tierstore.cli.serve import CHECK_VARIABLE, RENEW_CERTIFICATE_BEFORE_VARIABLE
 from tierstore.server.tls import SERVER_VALIDITY_DAYS
 
 # Due 3 s after it was issued.
@@ -83,3 +87,26 @@ def test_a_serving_node_reissues_its_certificate(
         assert bytes(after.get(dataset, "b")) == b"second"
     assert "reissued the server certificate" in node.errors()
     assert node.process.poll() is None and node.pid == pid
+
+
+def test_a_serving_node_reissues_the_admin_clis_certificate(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # With --require-client-cert the node makes tls/admin-cli.pem (365 days) for the
+    # banner's exports, and made it again only at start: a year on, the CLI on the
+    # node's own host could not connect.
+    node = spawn_server(tmp_path / "node", "--require-client-cert", env={CHECK_VARIABLE: "0.2"})
+    tls_dir = node.data_dir / "tls"
+    pem, key = tls_dir / "admin-cli.pem", tls_dir / "admin-cli.key"
+    pem.write_bytes(resigned(pem.read_bytes(), tls_dir))  # as if a year had gone by
+    a_month_on = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+
+    def reissued() -> x509.Certificate | None:
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        return cert if cert.not_valid_after_utc > a_month_on else None
+
+    cert = poll(reissued, 30, "the node to reissue admin-cli.pem")
+    assert cert is not None
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(node.ca_path.read_bytes()))
+    with node.connect(client_cert=pem, client_key=key) as admin:
+        assert admin.list_datasets() == []

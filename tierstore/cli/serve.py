@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,7 +73,12 @@ from tierstore.server.app import (
 )
 from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
-from tierstore.server.tls import RENEW_BEFORE_DAYS, check_hostnames, ensure_tls_material
+from tierstore.server.tls import (
+    RENEW_BEFORE_DAYS,
+    TlsMaterial,
+    check_hostnames,
+    ensure_tls_material,
+)
 from tierstore.server.tokens import TokenStore
 from tierstore.tiers.s3_connection import check_bucket_name, check_endpoint_url
 
@@ -84,6 +90,12 @@ log = logging.getLogger(__name__)
 #: reissues its certificate instead of RENEW_BEFORE_DAYS, for a test to see it happen
 #: without waiting days. (Not TIERSTORE_*: the settings refuse names they do not know.)
 RENEW_CERTIFICATE_BEFORE_VARIABLE = "_TIERSTORE_TEST_RENEW_CERTIFICATE_BEFORE_S"
+#: For tests only, likewise: how often (seconds) a serving node looks whether the admin
+#: CLI's certificate is due to be reissued, instead of ADMIN_CERTIFICATE_CHECK_S.
+CHECK_VARIABLE = "_TIERSTORE_TEST_TLS_CHECK_S"
+#: How often a node serving mutual TLS looks whether the admin CLI's certificate
+#: (tls/admin-cli.pem, 365 days) is due to be reissued (seconds).
+ADMIN_CERTIFICATE_CHECK_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +354,9 @@ def _run(
                 local_reads=options.local_reads,
                 local_grant_ttl_s=options.local_grant_ttl_s,
                 max_connections=options.max_connections,
-                renew_certificate_before_s=_renew_certificate_before_s(),
+                renew_certificate_before_s=_test_seconds(
+                    RENEW_CERTIFICATE_BEFORE_VARIABLE, RENEW_BEFORE_DAYS * 86400.0
+                ),
             ),
             store,
             tokens,
@@ -366,19 +380,34 @@ def _run(
             ready.set()
         # Wait in short slices: the kernel may deliver SIGTERM to one of gRPC's threads,
         # and then Python runs the handler only when the main thread next wakes up.
+        check_s = _test_seconds(CHECK_VARIABLE, ADMIN_CERTIFICATE_CHECK_S)
+        next_check = time.monotonic() + check_s
         while not stop.wait(0.1):
-            pass
+            if client_files is not None and time.monotonic() >= next_check:
+                assert tls is not None  # client files are made for TLS only
+                _renew_admin_client_certificate(data_dir, tls)
+                next_check = time.monotonic() + check_s
         out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
         out.flush()
         server.stop(options.grace_s)
 
 
-def _renew_certificate_before_s() -> float:
-    raw = os.environ.get(RENEW_CERTIFICATE_BEFORE_VARIABLE, "")
+def _test_seconds(variable: str, default: float) -> float:
+    """The seconds an internal variable for tests gives, else ``default``."""
+    raw = os.environ.get(variable, "")
     try:
-        return float(raw) if raw else RENEW_BEFORE_DAYS * 86400.0
+        return float(raw) if raw else default
     except ValueError:
-        raise InvalidArgument(f"{RENEW_CERTIFICATE_BEFORE_VARIABLE} is not a number") from None
+        raise InvalidArgument(f"{variable} is not a number") from None
+
+
+def _renew_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> None:
+    """Reissue the admin CLI's certificate if it nears its end, as a start does: it
+    lasts a year, and a node serving longer left the CLI on its host unable to connect."""
+    try:
+        ensure_admin_client_certificate(data_dir, tls)
+    except (FailedPrecondition, InvalidArgument, OSError, ValueError) as exc:
+        log.warning("could not reissue the admin CLI's certificate: %s", exc)
 
 
 def _certificate_names(options: ServeOptions) -> tuple[str, ...]:
