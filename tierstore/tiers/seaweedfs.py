@@ -7,7 +7,9 @@ for each of its HTTP ports, so ports are drawn from 20000-29999 with both
 ``p`` and ``p + 10000`` free (and passed explicitly). Should another process
 take a port between the check and weed's bind, the start is retried on new
 ports; S3 counts as answering only once weed's own socket listens on its port
-(another node's weed answering there is not this one).
+(another node's weed answering there is not this one) and a file written through its
+filer reads back (S3 answers before the volume server is back with the master, and
+fails reads and writes until then: for seconds after a restart).
 
 S3 requests are authenticated even on loopback: the server is given one
 identity (``-s3.config``), with a random secret unless one is passed in, so
@@ -90,6 +92,9 @@ _PORT_CLASH_MARKERS: Final = ("Port allocation failed", "address already in use"
 _WEED_SOCKET_DIR: Final = Path("/tmp")  # fixed in weed, whatever TMPDIR says
 _MAX_SOCKET_DIR_LEN: Final = 70  # leaves room for weed's names under the 107-byte limit
 _PID_FILE: Final = "weed.pid"
+#: where the readiness probe writes its file (in the filer, outside S3's /buckets)
+_PROBE_DIR: Final = "/.tierstore-ready"
+_PROBE_TIMEOUT_S: Final = 2.0
 #: whether /proc lists a process's descendants (Linux, CONFIG_PROC_CHILDREN)
 _PROC_CHILDREN: Final = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
 _PR_SET_PDEATHSIG: Final = 1
@@ -164,18 +169,43 @@ def _remove_stale_sockets(ports: Iterable[int]) -> None:
                         path.unlink()
 
 
-def _answers_as_seaweed(port: int) -> bool:
-    """True when an HTTP GET / on ``port`` is answered by SeaweedFS (any status)."""
-    connection = http.client.HTTPConnection(_LOOPBACK, port, timeout=1.0)
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout_s: float = 1.0
+) -> tuple[int, bytes, str] | None:
+    """An HTTP request to loopback ``port``: the status, body and Server header of its
+    answer, or None when there was none."""
+    connection = http.client.HTTPConnection(_LOOPBACK, port, timeout=timeout_s)
     try:
-        connection.request("GET", "/")
+        connection.request(method, path, body=body)
         response = connection.getresponse()
-        response.read()
-        return (response.getheader("Server") or "").startswith("SeaweedFS")
+        return response.status, response.read(), response.getheader("Server") or ""
     except (OSError, http.client.HTTPException):
-        return False
+        return None
     finally:
         connection.close()
+
+
+def _answers_as_seaweed(port: int) -> bool:
+    """True when an HTTP GET / on ``port`` is answered by SeaweedFS (any status)."""
+    answer = _request(port, "GET", "/")
+    return answer is not None and answer[2].startswith("SeaweedFS")
+
+
+def _stores_and_reads(filer_port: int) -> bool:
+    """Whether a file written through weed's filer on ``filer_port`` reads back (it is
+    removed after). S3 answers as soon as its gateway runs, and until the volume server
+    is back with the master its reads and writes fail, 500 or stalled, for seconds after
+    a restart; the file, outside ``/buckets``, is no S3 object."""
+    path = f"{_PROBE_DIR}/{secrets.token_hex(8)}"
+    body = secrets.token_bytes(1024)  # in a chunk of a volume: the filer inlines nothing
+    try:
+        written = _request(filer_port, "PUT", path, body, timeout_s=_PROBE_TIMEOUT_S)
+        if written is None or written[0] not in (200, 201):
+            return False
+        read = _request(filer_port, "GET", path, timeout_s=_PROBE_TIMEOUT_S)
+        return read is not None and read[:2] == (200, body)
+    finally:
+        _request(filer_port, "DELETE", path, timeout_s=_PROBE_TIMEOUT_S)
 
 
 def _listens_on(pid: int, port: int) -> bool:
@@ -644,9 +674,10 @@ class SeaweedServer:
         return process is not None and process.poll() is None
 
     def wait_until_answering(self, timeout_s: float, until: threading.Event) -> bool:
-        """Whether weed runs and its S3 port answers within ``timeout_s`` (polled every
-        0.1 s), for a caller whose weed exited, once something (its keeper) starts it
-        again; False at once when ``until`` is set (the node is stopping: nothing will)."""
+        """Whether weed runs and its S3 port answers (and a write reads back: see
+        :meth:`_serves_s3`) within ``timeout_s`` (polled every 0.1 s), for a caller whose
+        weed exited, once something (its keeper) starts it again; False at once when
+        ``until`` is set (the node is stopping: nothing will)."""
         deadline = time.monotonic() + timeout_s
         while not until.is_set():
             process = self._process  # once: a keeper's restart may swap it meanwhile
@@ -658,9 +689,15 @@ class SeaweedServer:
         return False
 
     def _serves_s3(self, process: subprocess.Popen[bytes]) -> bool:
-        """Whether ``process`` listens on the S3 port and SeaweedFS answers there."""
-        port = self._ports["s3"]
-        return _listens_on(process.pid, port) and _answers_as_seaweed(port)
+        """Whether ``process`` listens on the S3 port and SeaweedFS answers there, and
+        a write through its filer reads back (:func:`_stores_and_reads`)."""
+        s3, filer = self._ports["s3"], self._ports["filer"]
+        return (
+            _listens_on(process.pid, s3)
+            and _answers_as_seaweed(s3)
+            and _listens_on(process.pid, filer)
+            and _stores_and_reads(filer)
+        )
 
     @property
     def data_dir(self) -> Path:
