@@ -18,7 +18,7 @@ from tests.engine.stores import StoreFactory
 from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.engine.catalog import Catalog
-from tierstore.server.metrics import MAX_SCRAPES, ServerMetrics
+from tierstore.server.metrics import MAX_SCRAPES, MAX_WAITING, ServerMetrics
 from tierstore.types import DatasetSettings
 from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
 
@@ -202,21 +202,52 @@ def closed_by_the_server(connection: socket.socket) -> bool:
     return connection.recv(1) == b""
 
 
-def test_connections_past_the_cap_are_closed_at_once() -> None:
+def test_connections_past_the_cap_are_closed_oldest_first_and_hold_no_thread() -> None:
     # The endpoint answers anyone who reaches the port, and each connection that sent
     # nothing held a thread and a descriptor for ever: 500 of them took 500 threads.
     metrics = ServerMetrics(idle_s=60)
     port = metrics.serve("127.0.0.1:0")
     before = threading.active_count()
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(40)]
+    extra = 10
+    idle = []
     try:
-        # Accepted in order: the first MAX_SCRAPES are served (they wait for a request).
-        assert all(closed_by_the_server(extra) for extra in idle[MAX_SCRAPES:])
-        assert threading.active_count() <= before + MAX_SCRAPES
+        for _ in range(MAX_WAITING + extra):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=20))
+        # A new connection closes the oldest: held ones do not keep a scrape out.
+        assert all(closed_by_the_server(oldest) for oldest in idle[:extra])
+        assert threading.active_count() <= before  # none waits on a thread
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+        # The scrape closed the next oldest; the newer ones are still held.
+        assert closed_by_the_server(idle[extra])
+        idle[-1].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            idle[-1].recv(1)
     finally:
         for connection in idle:
             connection.close()
         metrics.stop_serving()
+
+
+def test_a_node_answers_a_scrape_while_connections_that_send_nothing_are_held(
+    server: ServerProcess,
+) -> None:
+    # Each connection held a thread from its accept until its request came: eight that
+    # sent nothing (or a request a byte at a time) kept every scrape out, closed at
+    # once, for as long as they were held (10 s each, then again).
+    address = ("127.0.0.1", server.metrics_port)
+    held = [socket.create_connection(address, timeout=20) for _ in range(4 * MAX_SCRAPES)]
+    try:
+        for connection in held[::2]:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ended
+        for _ in range(3):
+            url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert reply.status == 200
+                assert "tierstore_hot_bytes " in reply.read().decode()
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_a_connection_that_sends_nothing_is_closed_and_a_scrape_is_answered_after() -> None:

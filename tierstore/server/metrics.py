@@ -10,13 +10,17 @@ misses, promotions (made and skipped), evictions — are read from the store at 
 read path pays nothing for them.
 
 The endpoint is plain HTTP without credentials, so it is served by a listener that
-anyone who reaches the port cannot make hold the node's threads or descriptors: it
-serves :data:`MAX_SCRAPES` connections at once and closes more at once, and closes a
-connection that leaves it waiting ``idle_s`` for its next bytes, or is open that long
-(prometheus_client's
-own listener kept a thread and a descriptor for every connection that sent nothing,
-for ever). Dataset names are not for everyone who can reach it (a caller without a
-role on a dataset is told it does not exist). So hits and misses carry a ``dataset``
+anyone who reaches the port cannot make hold the node's threads or descriptors, nor
+keep scrapes out by holding connections: one thread reads every connection's request
+(:class:`_Gate`), holding at most :data:`MAX_WAITING` of them (a new one closes the
+oldest) and closing one whose request has not come ``idle_s`` after it connected; a
+request read whole is answered on a thread of its own, :data:`MAX_SCRAPES` at once
+(more are closed at once), which a connection holds for ``idle_s`` at most
+(prometheus_client's own listener kept a thread and a descriptor for every
+connection that sent nothing, for ever; and while a thread waited for each request,
+8 connections that sent nothing kept every scrape out). Dataset names are not for
+everyone who can reach it (a caller without a role on a dataset is told it does not
+exist). So hits and misses carry a ``dataset``
 label only when the operator asks for it (``dataset_labels``,
 ``--metrics-dataset-labels``); by default they are node totals.
 """
@@ -24,11 +28,13 @@ label only when the operator asks for it (``dataset_labels``,
 from __future__ import annotations
 
 import contextlib
+import io
+import selectors
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -40,10 +46,14 @@ from prometheus_client.registry import Collector
 from tierstore.engine.store import Store
 from tierstore.errors import Unavailable
 
-__all__ = ["MAX_SCRAPES", "ServerMetrics"]
+__all__ = ["MAX_SCRAPES", "MAX_WAITING", "ServerMetrics"]
 
-#: connections the /metrics listener serves at once; it closes more at once.
+#: requests the /metrics listener answers at once; it closes more at once.
 MAX_SCRAPES = 8
+#: connections it holds while their request comes; a new one closes the oldest.
+MAX_WAITING = 64
+#: the most bytes a request line and its headers may take.
+_MAX_REQUEST_HEAD = 16 * 1024
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -140,17 +150,24 @@ class ServerMetrics:
 
 
 class _Handler(WSGIRequestHandler):
-    """One connection's requests; it logs nothing (scrapes come every few seconds)."""
+    """One connection's request, read already (:class:`_Gate`); it logs nothing (scrapes
+    come every few seconds)."""
+
+    server: _Listener
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # else it keeps the socket's descriptor open past its close
+        self.rfile = io.BytesIO(self.server.take_head(self.request))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 class _Listener(socketserver.ThreadingMixIn, WSGIServer):
-    """A thread for each connection, for at most :data:`MAX_SCRAPES` at once, each
-    closed once it keeps the thread waiting ``idle_s`` for its bytes, or once it has
-    been open ``idle_s`` (a scrape takes milliseconds; a connection sending a byte now
-    and then, within each read's limit, kept its place for ever)."""
+    """Each connection's request read by the gate's thread, then answered on a thread
+    of its own, for at most :data:`MAX_SCRAPES` at once, each connection closed once
+    it has held its thread ``idle_s`` (a reader that takes the answer a byte at a time)."""
 
     daemon_threads = True
 
@@ -158,18 +175,29 @@ class _Listener(socketserver.ThreadingMixIn, WSGIServer):
         self.address_family = family
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
         self._deadlines = _Deadlines(idle_s)
+        self._heads: dict[socket.socket, bytes] = {}
+        self._gate = _Gate(idle_s, self._answer)
         handler = type("_IdleHandler", (_Handler,), {"timeout": idle_s})
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        self._gate.admit(request, client_address)
+
+    def _answer(self, request: socket.socket, client_address: Any, head: bytes) -> None:
+        """On the gate's thread: answer ``request``, whose ``head`` was read."""
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # closed at once: no thread, no descriptor kept
             return
+        self._heads[request] = head
         try:
             super().process_request(request, client_address)
-        except BaseException:  # no thread started to give the slot back
+        except Exception:  # no thread started (none to be had): the gate goes on
+            self._heads.pop(request, None)
             self._slots.release()
-            raise
+            self.shutdown_request(request)
+
+    def take_head(self, request: socket.socket) -> bytes:
+        return self._heads.pop(request, b"")
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         self._deadlines.opened(request)
@@ -181,12 +209,121 @@ class _Listener(socketserver.ThreadingMixIn, WSGIServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self._gate.stop()
         self._deadlines.stop()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A caller that went silent (the idle time-out) or away: nothing to report, and
         # socketserver's report is a traceback on stderr.
         pass
+
+
+class _Gate:
+    """One thread that reads each connection's request line and headers, without a
+    thread per connection, and hands the connection and those bytes to ``ready``. It
+    holds at most :data:`MAX_WAITING` connections (a new one closes the oldest, so
+    that connections held open do not keep a scrape out), and closes one that closes,
+    sends more than :data:`_MAX_REQUEST_HEAD` bytes, or has not sent its request
+    ``lifetime_s`` after it was admitted."""
+
+    def __init__(
+        self, lifetime_s: float, ready: Callable[[socket.socket, Any, bytes], None]
+    ) -> None:
+        self._lifetime_s = lifetime_s
+        self._ready = ready
+        self._selector = selectors.DefaultSelector()
+        self._wake_up, self._waker = socket.socketpair()
+        for end in (self._wake_up, self._waker):
+            end.setblocking(False)
+        self._selector.register(self._wake_up, selectors.EVENT_READ)
+        self._lock = threading.Lock()
+        self._admitted: list[tuple[socket.socket, Any]] = []
+        self._stopped = False
+        # On the gate's thread only: each connection's address, deadline and bytes so
+        # far, the oldest first.
+        self._waiting: dict[socket.socket, tuple[Any, float, bytearray]] = {}
+        self._thread = threading.Thread(target=self._run, name="tierstore-metrics-gate")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def admit(self, connection: socket.socket, address: Any) -> None:
+        with self._lock:
+            if self._stopped:
+                connection.close()
+                return
+            self._admitted.append((connection, address))
+        self._wake()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        self._wake()
+        self._thread.join(10)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # its buffer full: a wake-up is pending already
+            self._waker.send(b"\0")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._stopped:
+                        return
+                    admitted, self._admitted = self._admitted, []
+                for connection, address in admitted:
+                    self._wait_for(connection, address)
+                now = time.monotonic()
+                for connection, (_, deadline, _) in list(self._waiting.items()):
+                    if deadline <= now:
+                        self._drop(connection)
+                soonest = min((entry[1] for entry in self._waiting.values()), default=None)
+                timeout = None if soonest is None else max(soonest - now, 0.01)
+                for key, _ in self._selector.select(timeout):
+                    if key.fileobj is self._wake_up:
+                        with contextlib.suppress(OSError):
+                            self._wake_up.recv(4096)
+                    else:
+                        self._read(key.fileobj)  # type: ignore[arg-type]
+        finally:
+            with self._lock:
+                self._stopped = True
+                left = [connection for connection, _ in self._admitted]
+            for connection in [*self._waiting, *left]:
+                connection.close()
+            self._waiting.clear()
+            self._selector.close()
+            self._wake_up.close()
+            self._waker.close()
+
+    def _wait_for(self, connection: socket.socket, address: Any) -> None:
+        while len(self._waiting) >= MAX_WAITING:
+            self._drop(next(iter(self._waiting)))  # the oldest
+        connection.setblocking(False)
+        self._selector.register(connection, selectors.EVENT_READ)
+        self._waiting[connection] = (address, time.monotonic() + self._lifetime_s, bytearray())
+
+    def _read(self, connection: socket.socket) -> None:
+        address, _, head = self._waiting[connection]
+        try:
+            data = connection.recv(_MAX_REQUEST_HEAD + 1 - len(head))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        head += data
+        if not data or len(head) > _MAX_REQUEST_HEAD:
+            self._drop(connection)  # gone, or not a scrape
+        elif b"\n\r\n" in head or b"\n\n" in head:  # the blank line after the headers
+            self._selector.unregister(connection)
+            del self._waiting[connection]
+            connection.setblocking(True)
+            self._ready(connection, address, bytes(head))
+
+    def _drop(self, connection: socket.socket) -> None:
+        self._selector.unregister(connection)
+        del self._waiting[connection]
+        connection.close()
 
 
 class _Deadlines:
