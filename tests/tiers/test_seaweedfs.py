@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import os
 import random
+import re
 import signal
 import socket
 import stat
@@ -365,6 +366,34 @@ def test_a_restarted_weed_takes_writes_and_reads_once_restart_returns(tmp_path: 
             tier.close()
 
 
+@needs_weed
+def test_a_run_leaves_no_master_directory_of_its_own_in_the_data_dir(tmp_path: Path) -> None:
+    # weed keeps its master's metadata in <dir>/m<master port>, and the master port is
+    # drawn anew at each start: each run left one more there, for good.
+    data_dir = tmp_path / "weed"
+
+    def master_dirs() -> set[str]:
+        return {p.name for p in data_dir.iterdir() if p.name[:1] == "m" and p.is_dir()}
+
+    with SeaweedServer(data_dir) as server:
+        assert master_dirs() == {f"m{server._ports['master']}"}
+        tier = S3Tier(server.s3_settings("kept"))
+        tier.ensure_bucket()
+        tier.put("k", b"stored")
+        tier.close()
+    assert master_dirs() == set()
+    # As a run killed outright leaves it: the next start removes it.
+    for part in ("conf", "log", "snapshot"):
+        (data_dir / "m29999" / part).mkdir(parents=True)
+    (data_dir / "mine").mkdir()  # not weed's: kept
+    with SeaweedServer(data_dir) as server:
+        assert master_dirs() == {"mine", f"m{server._ports['master']}"}
+        tier = S3Tier(server.s3_settings("kept"))
+        assert bytes(tier.get("k") or b"") == b"stored"  # the archive's data is kept
+        tier.close()
+    assert master_dirs() == {"mine"}
+
+
 def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     server = SeaweedServer(tmp_path / "data", binary=tmp_path / "no-such-weed")
     with pytest.raises(ArchiveUnavailable, match="cannot run"):
@@ -404,7 +433,8 @@ def weed_of_a_killed_parent(data_dir: Path, mode: str) -> int:
 
 def recorded_ports(data_dir: Path) -> list[int]:
     """The HTTP ports a weed.pid file records after the process id."""
-    _, *ports = (int(word) for word in (data_dir / "weed.pid").read_text().split())
+    first_line = (data_dir / "weed.pid").read_text().splitlines()[0]
+    _, *ports = (int(word) for word in first_line.split())
     assert len(ports) == 5
     return ports
 
@@ -437,8 +467,13 @@ def test_weed_goes_with_a_parent_killed_outright(tmp_path: Path) -> None:
         # Stopped by the signal, weed leaves some of its /tmp sockets; the next start
         # in its data directory removes them, by the ports the pid file records.
         ports = recorded_ports(tmp_path / "data")
+        # And the directory of the sockets it was told to place (it stayed in /tmp).
+        log = (tmp_path / "data" / "weed.log").read_text()
+        socket_dir = Path(re.findall(r"-s3\.localSocket=(\S+)/s3\.sock", log)[-1])
+        assert socket_dir.is_dir()
         seaweedfs._stop_leftover(tmp_path / "data", 5.0)
         assert sockets_of(ports) == []
+        assert not socket_dir.exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(weed, signal.SIGKILL)

@@ -23,7 +23,10 @@ weed writes its logs (``-logtostderr``) to ``<data_dir>/weed.log``. It keeps
 unix sockets of its own: the two it lets us place go into a private temporary
 directory; the gRPC ones it always puts in ``/tmp`` are removed after it exits (or,
 for a weed that went without us, by the next start in its data directory, from the
-ports the pid file records).
+ports the pid file records, with that directory, whose path it records too). Its
+master keeps its metadata in ``<data_dir>/m<master port>``, a run's own (the port is
+drawn at each start; the master learns the volumes from the volume server): removed
+by a stop, or by the next start.
 
 weed does not outlive its parent: on Linux it is sent SIGTERM when the thread that
 started it ends (``PR_SET_PDEATHSIG``), so a process killed outright takes its weed
@@ -53,6 +56,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -92,6 +96,9 @@ _PORT_CLASH_MARKERS: Final = ("Port allocation failed", "address already in use"
 _WEED_SOCKET_DIR: Final = Path("/tmp")  # fixed in weed, whatever TMPDIR says
 _MAX_SOCKET_DIR_LEN: Final = 70  # leaves room for weed's names under the 107-byte limit
 _PID_FILE: Final = "weed.pid"
+_SOCKET_DIR_PREFIX: Final = "tsweed-"
+#: what weed's master writes in its metadata directory, <data_dir>/m<master port>
+_MASTER_FILES: Final = frozenset({"conf", "log", "snapshot"})
 #: where the readiness probe writes its file (in the filer, outside S3's /buckets)
 _PROBE_DIR: Final = "/.tierstore-ready"
 _PROBE_TIMEOUT_S: Final = 2.0
@@ -237,6 +244,43 @@ def _listens_on(pid: int, port: int) -> bool:
     return False
 
 
+def _remove_master_dirs(data_dir: Path) -> None:
+    """Remove the directories weed's master keeps its metadata in, ``m<master port>``,
+    from ``data_dir``, which no weed serves. They are a run's own: the master port is
+    drawn anew at each start, so each start made one more, and its master learns the
+    volumes (the archive's data, kept) from the volume server. Only directories that
+    hold nothing but what weed's master writes there are removed."""
+    with contextlib.suppress(OSError):
+        for path in data_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if (
+                    re.fullmatch(r"m\d+", path.name)
+                    and stat.S_ISDIR(path.lstat().st_mode)
+                    and set(os.listdir(path)) <= _MASTER_FILES
+                ):
+                    shutil.rmtree(path)
+
+
+def _remove_socket_dir(path: Path) -> None:
+    """Remove a socket directory a server made (``tsweed-*`` in the temporary
+    directory, ours) whose weed is gone: its sockets, then itself; anything else in it
+    keeps it there."""
+    with contextlib.suppress(OSError):
+        status = path.lstat()
+        if not (
+            path.parent == Path(tempfile.gettempdir())
+            and path.name.startswith(_SOCKET_DIR_PREFIX)
+            and stat.S_ISDIR(status.st_mode)
+            and status.st_uid == os.getuid()
+        ):
+            return
+        for entry in path.iterdir():
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(entry.lstat().st_mode):
+                    entry.unlink()
+        path.rmdir()
+
+
 def _remove_pid_file(pid_file: Path) -> None:
     """Remove weed's pid file, if there. It is advisory (a start checks the process it
     names): one that cannot be removed (a directory in its place, say) stops nothing;
@@ -251,16 +295,20 @@ def _stop_leftover(data_dir: Path, timeout_s: float) -> None:
     then SIGKILL after ``timeout_s``. Anything else the pid now names is left alone."""
     pid_file = data_dir / _PID_FILE
     try:
-        pid, *ports = (int(word) for word in pid_file.read_text().split())
+        first_line, *more = pid_file.read_text().splitlines()
+        pid, *ports = (int(word) for word in first_line.split())
     except (OSError, ValueError):
         _remove_pid_file(pid_file)
         return
 
     def gone() -> None:
         # It may have left gRPC sockets in /tmp (weed removes only some of its own
-        # when it is stopped by a signal): the ports it was started with name them.
+        # when it is stopped by a signal): the ports it was started with name them;
+        # and the directory of those it was told to place, named on the second line.
         _remove_pid_file(pid_file)
         _remove_stale_sockets(ports)
+        if more:
+            _remove_socket_dir(Path(more[0]))
 
     if not _alive(pid):
         # Gone, or exited and still tearing down: its main thread a zombie (whose
@@ -450,9 +498,10 @@ class SeaweedServer:
                 # a node's data directory for local reads must not reach the archive.
                 ensure_private_dir(self._data_dir)
                 _stop_leftover(self._data_dir, self._stop_timeout_s)
+                _remove_master_dirs(self._data_dir)  # a run killed outright left its own
             else:
                 self._data_dir = Path(tempfile.mkdtemp(prefix="tierstore-weed-"))
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX))
             self._launcher = _Launcher()
             weakref.finalize(self, self._launcher.stop)  # dropped unstopped: no thread left
             self._write_identities()
@@ -480,7 +529,7 @@ class SeaweedServer:
             raise ArchiveUnavailable("the SeaweedFS 'weed' binary is gone from where it was")
         self._reap()  # the dead process, its pid file and sockets
         if not self._socket_dir.is_dir():  # a /tmp cleaner took it while weed ran
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="tsweed-"))
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX))
         rng = random.Random()
         for attempt in range(1, _START_ATTEMPTS + 1):
             if self._launch(binary, last_attempt=attempt == _START_ATTEMPTS):
@@ -574,12 +623,13 @@ class SeaweedServer:
                 raise ArchiveUnavailable(f"cannot run {binary}: {exc}") from exc
         self._process = process
         self.launches += 1
-        # With the ports weed names its /tmp sockets by, for a later start to clean up.
+        # With the ports weed names its /tmp sockets by, and the directory of the ones
+        # it was told to place, for a later start to clean up.
         ports = " ".join(str(port) for port in self._ports.values())
         self._finalizer = weakref.finalize(self, _terminate, process, self._stop_timeout_s)
         pid_file = self.data_dir / _PID_FILE
         try:
-            pid_file.write_text(f"{process.pid} {ports}\n")
+            pid_file.write_text(f"{process.pid} {ports}\n{self._socket_dir}\n")
         except OSError as exc:
             self._reap()  # stopped: with no pid file, no later start could find it
             raise _unwritable(pid_file, exc) from exc
@@ -641,9 +691,12 @@ class SeaweedServer:
     def stop(self) -> None:
         """Stop weed (SIGTERM, then SIGKILL after ``stop_timeout_s``) and clean up. Idempotent.
 
-        Removes the data directory only if the server made it.
+        Removes the data directory only if the server made it; from a given one, only
+        what belonged to this run (its master's directory).
         """
         self._reap()
+        if self._requested_dir is not None and self._data_dir is not None:
+            _remove_master_dirs(self._data_dir)
         if self._launcher is not None:
             self._launcher.stop()
             self._launcher = None
