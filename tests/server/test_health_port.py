@@ -8,6 +8,8 @@ skips its fork handlers while any thread is inside it; a stopped port must let g
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import threading
 import time
 from concurrent import futures
@@ -17,9 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.server.conftest import ServerProcess, poll
 from tests.server.servers import serving
 from tierstore.errors import Unavailable
-from tierstore.server.healthport import HealthPort
+from tierstore.server.healthport import MAX_CONNECTIONS, HealthPort
 
 
 def thread_names() -> set[str]:
@@ -61,3 +64,37 @@ def test_a_port_another_grpc_server_holds_is_refused_not_shared(tmp_path: Path) 
             HealthPort(f"127.0.0.1:{port}")
     finally:
         holder.stop(0)
+
+
+def test_connections_past_the_cap_are_closed_and_hold_no_descriptor(
+    server: ServerProcess,
+) -> None:
+    # The port took every connection anyone opened, each a descriptor of the node's
+    # for 12 s: 1,000 of them, opened again as they were closed, took a node with the
+    # usual limit of 1,024 open files out of descriptors (probes timed out, and the
+    # node's own files could not be opened).
+    before = len(os.listdir(f"/proc/{server.pid}/fd"))
+    extra = 50
+    held = [
+        socket.create_connection(("127.0.0.1", server.health_port), timeout=20)
+        for _ in range(MAX_CONNECTIONS + extra)
+    ]
+    try:
+        for connection in held:
+            connection.setblocking(False)
+
+        def closed(connection: socket.socket) -> bool:
+            try:
+                return connection.recv(1) == b""
+            except BlockingIOError:
+                return False
+
+        poll(lambda: all(closed(late) for late in held[-extra:]), 20, "the late ones closed")
+        # Closed for the cap, not for their age: the first ones are still open.
+        assert not closed(held[0])
+        assert len(os.listdir(f"/proc/{server.pid}/fd")) <= before + MAX_CONNECTIONS + 5
+    finally:
+        for connection in held:
+            connection.close()
+    # And a probe is answered once they are gone.
+    poll(lambda: server.health() == health_pb2.HealthCheckResponse.SERVING, 30, "a probe")

@@ -7,7 +7,12 @@ hold every worker and the probes would time out. An asyncio server holds no thre
 per call: a stalled call costs a little memory until its connection ends (every
 connection ends within ``_MAX_CONNECTION_AGE_MS`` plus a grace, with at most
 ``_MAX_STREAMS`` calls at once on each), and a probe is answered at once whatever
-other callers do.
+other callers' calls do. It keeps :data:`MAX_CONNECTIONS` connections open at once,
+closing one past them at once and one that has not sent its HTTP/2 preface within
+``_HANDSHAKE_TIMEOUT_MS``: it took every connection anyone opened, each a descriptor
+of the node's for 12 s, and a thousand of them left a node with the usual 1,024-file
+limit none for its probes or its own files. (That many held open keep probes out
+while they last.)
 
 It serves ``Check`` and ``List`` of the standard ``grpc.health.v1`` service from
 statuses the server sets (:meth:`HealthPort.set`), decodes requests itself (bytes
@@ -34,7 +39,7 @@ from tierstore.errors import Unavailable
 from tierstore.server.decoding import refuse_undecodable
 from tierstore.server.healthcheck import UNKNOWN_SERVICE, WATCH_REFUSED, list_reply
 
-__all__ = ["HealthPort"]
+__all__ = ["MAX_CONNECTIONS", "HealthPort"]
 
 _T = TypeVar("_T")
 _SERVICE = "grpc.health.v1.Health"
@@ -44,6 +49,10 @@ _ROLE = "the plaintext health port, --health-listen"
 _MAX_STREAMS = 16
 _MAX_CONNECTION_AGE_MS = 10_000
 _MAX_CONNECTION_AGE_GRACE_MS = 2_000
+#: connections open at once (a new one past it is closed at once), and how long one
+#: may take to send its HTTP/2 preface.
+MAX_CONNECTIONS = 64
+_HANDSHAKE_TIMEOUT_MS = 5_000
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -111,6 +120,8 @@ class HealthPort:
                 ("grpc.max_concurrent_streams", _MAX_STREAMS),
                 ("grpc.max_connection_age_ms", _MAX_CONNECTION_AGE_MS),
                 ("grpc.max_connection_age_grace_ms", _MAX_CONNECTION_AGE_GRACE_MS),
+                ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+                ("grpc.server_handshake_timeout_ms", _HANDSHAKE_TIMEOUT_MS),
                 ("grpc.max_receive_message_length", 64 * 1024),
             ]
         )
