@@ -367,6 +367,20 @@ def test_a_restarted_weed_takes_writes_and_reads_once_restart_returns(tmp_path: 
 
 
 @needs_weed
+def test_a_weed_that_takes_no_write_is_served_all_the_same_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As on a disk too full for weed's volume server, which then takes no write: the
+    # archive's reads still work, and a node must start on it (a start that waited for
+    # a write to pass refused to).
+    monkeypatch.setattr(seaweedfs, "_stores_and_reads", lambda port: False)
+    monkeypatch.setattr(seaweedfs, "_WRITABLE_WAIT_S", 0.5)
+    with SeaweedServer(tmp_path / "weed", startup_timeout_s=10) as server:
+        assert server.running
+    assert "takes no write" in caplog.text
+
+
+@needs_weed
 def test_a_run_leaves_no_master_directory_of_its_own_in_the_data_dir(tmp_path: Path) -> None:
     # weed keeps its master's metadata in <dir>/m<master port>, and the master port is
     # drawn anew at each start: each run left one more there, for good.

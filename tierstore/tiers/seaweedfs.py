@@ -7,9 +7,11 @@ for each of its HTTP ports, so ports are drawn from 20000-29999 with both
 ``p`` and ``p + 10000`` free (and passed explicitly). Should another process
 take a port between the check and weed's bind, the start is retried on new
 ports; S3 counts as answering only once weed's own socket listens on its port
-(another node's weed answering there is not this one) and a file written through its
-filer reads back (S3 answers before the volume server is back with the master, and
-fails reads and writes until then: for seconds after a restart).
+(another node's weed answering there is not this one), and a start waits on until a
+file written through its filer reads back (S3 answers before the volume server is
+back with the master, and fails reads and writes until then: for seconds after a
+restart), for up to ``_WRITABLE_WAIT_S``: a weed that takes no write then (its disk
+too full) is served all the same, with a warning, for its reads.
 
 S3 requests are authenticated even on loopback: the server is given one
 identity (``-s3.config``), with a random secret unless one is passed in, so
@@ -102,6 +104,9 @@ _MASTER_FILES: Final = frozenset({"conf", "log", "snapshot"})
 #: where the readiness probe writes its file (in the filer, outside S3's /buckets)
 _PROBE_DIR: Final = "/.tierstore-ready"
 _PROBE_TIMEOUT_S: Final = 2.0
+#: how long a start waits, once S3 answers, for a write to read back; then it goes on,
+#: with a warning (a disk too full for weed's volumes: reads still work)
+_WRITABLE_WAIT_S = 30.0
 #: whether /proc lists a process's descendants (Linux, CONFIG_PROC_CHILDREN)
 _PROC_CHILDREN: Final = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
 _PR_SET_PDEATHSIG: Final = 1
@@ -634,6 +639,7 @@ class SeaweedServer:
             self._reap()  # stopped: with no pid file, no later start could find it
             raise _unwritable(pid_file, exc) from exc
         deadline = time.monotonic() + self._startup_timeout_s
+        answered: float | None = None  # when S3 first answered
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 output = self._log_since(log_offset)
@@ -654,7 +660,20 @@ class SeaweedServer:
                     f"log {log_path}:\n{self._log_tail()}"
                 )
             if self._serves_s3(process):
-                return True
+                if _stores_and_reads(self._ports["filer"]):
+                    return True
+                now = time.monotonic()
+                if answered is None:  # S3 answers: weed has _WRITABLE_WAIT_S more
+                    answered = now
+                    deadline = max(deadline, now + _WRITABLE_WAIT_S)
+                elif now - answered >= _WRITABLE_WAIT_S:
+                    _log.warning(
+                        "SeaweedFS answers but takes no write %.0f s after it started (a "
+                        "disk too full for its volumes?): serving it all the same; log %s",
+                        now - answered,
+                        log_path,
+                    )
+                    return True
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.1)  # the poll interval; returns early if weed dies
         self._reap()
@@ -727,10 +746,11 @@ class SeaweedServer:
         return process is not None and process.poll() is None
 
     def wait_until_answering(self, timeout_s: float, until: threading.Event) -> bool:
-        """Whether weed runs and its S3 port answers (and a write reads back: see
-        :meth:`_serves_s3`) within ``timeout_s`` (polled every 0.1 s), for a caller whose
-        weed exited, once something (its keeper) starts it again; False at once when
-        ``until`` is set (the node is stopping: nothing will)."""
+        """Whether weed runs and its S3 port answers within ``timeout_s`` (polled every
+        0.1 s), for a caller whose weed exited, once something (its keeper) starts it
+        again; False at once when ``until`` is set (the node is stopping: nothing will).
+        Its reads and writes may fail for a few seconds more (a start waits for a write
+        to read back: :meth:`_launch`)."""
         deadline = time.monotonic() + timeout_s
         while not until.is_set():
             process = self._process  # once: a keeper's restart may swap it meanwhile
@@ -742,14 +762,13 @@ class SeaweedServer:
         return False
 
     def _serves_s3(self, process: subprocess.Popen[bytes]) -> bool:
-        """Whether ``process`` listens on the S3 port and SeaweedFS answers there, and
-        a write through its filer reads back (:func:`_stores_and_reads`)."""
+        """Whether ``process`` listens on the S3 port and SeaweedFS answers there (and
+        on the filer port, which :func:`_stores_and_reads` writes to)."""
         s3, filer = self._ports["s3"], self._ports["filer"]
         return (
             _listens_on(process.pid, s3)
             and _answers_as_seaweed(s3)
             and _listens_on(process.pid, filer)
-            and _stores_and_reads(filer)
         )
 
     @property
