@@ -208,8 +208,8 @@ class _Listener(socketserver.ThreadingMixIn, WSGIServer):
             self._slots.release()
 
     def server_close(self) -> None:
+        self._gate.stop()  # first: it hands on no request once the answers are waited for
         super().server_close()
-        self._gate.stop()
         self._deadlines.stop()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
