@@ -54,6 +54,12 @@ def put_raw_record(store: Store, dataset: str, shard: str, raw: bytes) -> None:
         txn.put(catalog_key(dataset, shard), raw, db=store._env.db(SHARDS_DB))
 
 
+def set_note(store: Store, name: str, text: str) -> None:
+    """Set catalog note ``name`` to ``text`` ("": as one never set)."""
+    with store._env.write() as txn:
+        store._catalog.set_note(txn, name, text)
+
+
 def hot_frames(store: Store, dataset: str, shard: str) -> list[bytes | None]:
     """The stored bytes of every frame of a shard's generation in LMDB (None where absent)."""
     record = record_of(store, dataset, shard)

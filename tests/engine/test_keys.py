@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
+from tests.engine.backdoor import (
+    catalog_hot_bytes,
+    hot_frames,
+    put_raw_record,
+    record_of,
+    set_note,
+)
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import (
     DATASETS,
@@ -685,3 +691,42 @@ def test_a_retirement_check_counts_the_reseals_on_the_journal_without_loading_it
     store.start_background()
     assert store.drain(10)
     store.check_key_retirement("k1", only_new)
+
+
+def test_a_node_that_never_rotated_walks_its_catalog_at_no_start(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start's look for a rotation cut short walked every record unless a rotation
+    # had finished (its note of the key the archive was resealed under): a node that
+    # never rotated its keys walked its whole catalog, in the background, at each start.
+    store = open_store(archive, datasets=DATASETS)
+    for index in range(30):
+        store.put("enc", f"s{index:02d}", payload(100, index))
+    assert store.drain(30)
+    read_per_txn = count_reads_per_txn(monkeypatch, "tierstore-rotation-resume")
+    for _ in range(3):
+        store = open_store.reopen(store, archive)
+        wait_until(lambda: not resuming(), "the start's look for a rotation to end")
+    assert sum(read_per_txn.values()) == 0
+    # A rotation cut short still resumes at the next start, also where the catalog
+    # was written by a node that kept no note of the starts' walks (an upgrade).
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    with monkeypatch.context() as patched:
+        patched.setattr(masterkeys, "ROTATION_BATCH", 10)
+        rotate_cut_short(store, both, 10, patched)
+    set_note(store, masterkeys._WALKED_UNDER, "")  # as an older node left it
+    store = open_store.reopen(store, archive, both)
+    wait_until(
+        lambda: all(key_id_of(store, f"s{i:02d}") == "k2" for i in range(30)),
+        "the rotation to resume",
+    )
+    assert sum(read_per_txn.values()) > 0
+    read_per_txn.clear()
+    store = open_store.reopen(store, archive, both)
+    wait_until(lambda: not resuming(), "the start's look for a rotation to end")
+    assert sum(read_per_txn.values()) == 0
+
+
+def resuming() -> bool:
+    """Whether a store's look for a rotation cut short (or its resumption) runs."""
+    return any(t.name == "tierstore-rotation-resume" for t in threading.enumerate())

@@ -53,6 +53,10 @@ SCAN_BATCH = 1000
 _SEALED_WITH = "archive_metadata_sealed_with"
 #: journal operations that rewrite archive metadata under the current master key
 _RESEAL_OPS = ("manifest", "dataset")
+#: the current master key under which a start's look for a rotation cut short walked
+#: the catalog and found none to resume (:meth:`MasterKeys._cut_short`): until the
+#: current key changes (a rotation, cut short or not), no start walks it again.
+_WALKED_UNDER = "rotation_looked_for_under"
 #: the key a reseal of the archive's metadata was asked for under
 #: (:meth:`MasterKeys.reseal_archive`), until a start finds the journal empty.
 _RESEALING = "archive_metadata_resealing_under"
@@ -180,8 +184,12 @@ class MasterKeys:
     def _cut_short(self) -> str | None:
         """The id of a master key other than the current one that the keyring holds and
         a record's data key is wrapped with, when the last rotation did not finish; else
-        ``None``. One catalog note read when it finished; else one unwrap per key id,
-        the records read ``SCAN_BATCH`` per read transaction (:meth:`_all_records`)."""
+        ``None``. Catalog notes read when it finished, or when an earlier start under
+        the same current key looked and found none (a node that never rotated: its
+        first start looks, or the first start after a rotation cut short, or after an
+        upgrade from a node that kept no such note); else one unwrap per key id, the
+        records read ``SCAN_BATCH`` per read transaction (:meth:`_all_records`), and
+        when none is found and the walk went to the end, a note that it did."""
         keyring = self._keyring
         if keyring is None:
             return None
@@ -189,6 +197,19 @@ class MasterKeys:
         with self._env.read() as txn:
             if self._catalog.note(txn, _SEALED_WITH) == current:
                 return None  # the last rotation finished (what is left under: damaged)
+            if self._catalog.note(txn, _WALKED_UNDER) == current:
+                return None  # looked for under this key already: no rotation since
+        old = self._first_resumable(keyring)
+        if old is None and not self._stopping.is_set():
+            with self._rotation_lock, self._env.write() as txn:
+                if self.current_key_id == current:  # not rotated meanwhile
+                    self._catalog.set_note(txn, _WALKED_UNDER, current)
+        return old
+
+    def _first_resumable(self, keyring: MasterKeyProvider) -> str | None:
+        """:meth:`_cut_short`'s walk: the first key id other than the current one that
+        ``keyring`` holds and unwraps a record's data key with, else ``None``."""
+        current = keyring.current_key_id
         tried: set[str] = set()
         for record in self._all_records():
             if self._stopping.is_set():
