@@ -12,12 +12,15 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload
 from tests.engine.test_archive_seals import CutShort
+from tierstore import crypto
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
@@ -28,6 +31,7 @@ from tierstore.cli.masterkeys import (
 )
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, retired_keys_path
+from tierstore.engine.catalog import Catalog
 from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -36,6 +40,7 @@ from tierstore.errors import (
     KeyRotationRefused,
     NotFound,
 )
+from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.tiers.memory import MemoryTier
 
 
@@ -229,6 +234,72 @@ def test_a_key_is_retired_only_once_nothing_needs_it(
     check_node_keys(NodeKeys(LocalKeyring.from_file(path), path), store)
     store.evict("enc", "s")
     assert store.get("enc", "s").to_bytes() == secret
+
+
+def test_a_retirement_switches_the_keyring_without_a_pass_over_the_catalog(
+    open_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its checks passed, `keys retire` switched the node to the keys left through a
+    # whole rotation: one more check of them, and a pass over every record in write
+    # transactions, a batch at a time, that rewrapped none (on a big catalog, the
+    # writer held batch after batch for nothing).
+    archive = MemoryTier()
+    store = open_store(archive, datasets=DATASETS)
+    shards = {f"s{index:02d}": payload(100, index) for index in range(25)}
+    for name, data in shards.items():
+        store.put("enc", name, data)
+    path = key_file_of(KEYRING, tmp_path / "master.keys")
+    keys = KeyRotation(NodeKeys(KEYRING, path), store)
+    assert keys() == 25
+    assert store.drain(10)
+    in_writes = records_read_in_write_transactions(monkeypatch)
+    real_write = crypto._write_key_file
+
+    def put_then_write(*args: Any, **kwargs: Any) -> None:
+        # A put between the retirement's checks and the key file's rewrite is
+        # acknowledged under the current key, which stays.
+        shards["late"] = payload(100, 99)
+        store.put("enc", "late", shards["late"])
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(crypto, "_write_key_file", put_then_write)
+    assert keys.retire("k1") == ("k2",)
+    assert sum(in_writes) == 0
+    assert store.master_key_id == "k2"
+    assert store.master_keys.keyring == LocalKeyring.from_file(path)
+    store = open_store.reopen(store, archive, LocalKeyring.from_file(path))
+    check_node_keys(NodeKeys(LocalKeyring.from_file(path), path), store)
+    for name, data in shards.items():
+        assert store.get("enc", name).to_bytes() == data
+
+
+def records_read_in_write_transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, how many records each write transaction (of any thread) reads
+    (Catalog.iter_shards), in the order they began."""
+    counts: list[int] = []
+    writes: list[Any] = []
+    real_write = LmdbEnvironment.write
+    real_iter = Catalog.iter_shards
+
+    @contextmanager
+    def write(env: LmdbEnvironment) -> Iterator[Any]:
+        with real_write(env) as txn:
+            writes.append(txn)
+            counts.append(0)
+            try:
+                yield txn
+            finally:
+                writes.pop()
+
+    def iter_shards(catalog: Catalog, txn: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for record in real_iter(catalog, txn, *args, **kwargs):
+            if writes and txn is writes[-1]:
+                counts[-1] += 1
+            yield record
+
+    monkeypatch.setattr(LmdbEnvironment, "write", write)
+    monkeypatch.setattr(Catalog, "iter_shards", iter_shards)
+    return counts
 
 
 def test_a_node_sharing_the_key_file_is_pointed_to_the_retired_key(

@@ -393,7 +393,7 @@ def test_a_pin_whose_promotion_fetches_while_its_key_is_rotated_and_retired_turn
     assert store.drain(10)
     only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
     store.check_key_retirement("k1", only_new)
-    store.rotate_master_key(only_new)  # what `tierstore keys retire` does next
+    store.use_retired_keys("k1", only_new)  # what `tierstore keys retire` does next
     archive.release_reads()
     wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
     wait_until(lambda: store.stat("enc", "a").hot, "the pinned shard to turn hot")
@@ -523,7 +523,7 @@ def test_a_read_of_a_record_from_before_a_rotation_and_retirement_succeeds(
         store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
         assert store.drain(10)
         store.check_key_retirement("k1", only_new)
-        store.rotate_master_key(only_new)  # what `tierstore keys retire` does next
+        store.use_retired_keys("k1", only_new)  # what `tierstore keys retire` does next
 
     real = ShardSealers.sealer
     reader = threading.get_ident()
@@ -730,3 +730,25 @@ def test_a_node_that_never_rotated_walks_its_catalog_at_no_start(
 def resuming() -> bool:
     """Whether a store's look for a rotation cut short (or its resumption) runs."""
     return any(t.name == "tierstore-rotation-resume" for t in threading.enumerate())
+
+
+def test_the_keys_left_by_a_retirement_are_refused_after_a_rotation_meanwhile(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The switch after a retirement's checks reads no record: a rotation between the two
+    # must not be undone by a keyring whose current key is the one rotated from.
+    store = open_store(archive, datasets=DATASETS)
+    store.put("enc", "a", payload(100))
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store.rotate_master_key(both)
+    assert store.drain(10)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)
+    three = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2, "k3": KEY_3}, current="k3")
+    assert store.rotate_master_key(three) == 1
+    with pytest.raises(KeyRotationRefused, match="'k2' as current, not 'k3'"):
+        store.use_retired_keys("k1", only_new)
+    assert store.master_keys.keyring is three
+    assert store.get("enc", "a").to_bytes() == payload(100)
+    with pytest.raises(KeyRotationRefused):
+        store.use_retired_keys("k3", LocalKeyring(keys={"k3": KEY_3}, current="k3"))

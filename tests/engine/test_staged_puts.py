@@ -289,7 +289,7 @@ def test_a_key_rotated_and_retired_while_a_put_stages_does_not_fail_the_put(
     assert store.drain(10)
     left = LocalKeyring(keys={"k2": KEY_2}, current="k2")
     store.check_key_retirement("k1", left)
-    store.rotate_master_key(left)  # what `tierstore keys retire` does next
+    store.use_retired_keys("k1", left)  # what `tierstore keys retire` does next
     gate.release()
     put.result(30)
     envelope = record_of(store, "enc", "big").envelope

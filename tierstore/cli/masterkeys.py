@@ -377,7 +377,7 @@ class KeyRotation:
                 key_file, key_id, lambda left: self._store.check_key_retirement(key_id, left)
             )
             self._keyring = retired
-            self._store.rotate_master_key(retired)  # nothing to rewrap: switches keyrings
+            self._store.use_retired_keys(key_id, retired)  # nothing to rewrap: checked
             return tuple(sorted(retired.keys))
 
     def key_ids(self) -> tuple[str, ...]:

@@ -309,6 +309,24 @@ class MasterKeys:
                     "stats shows the journal)"
                 )
 
+    def use_retired(self, key_id: str, keyring: MasterKeyProvider) -> None:
+        """Switch to ``keyring``, the keys less ``key_id``, once :meth:`check_retirement`
+        passed and ``key_id`` left where keys live: no record to rewrap, so neither a
+        check of ``keyring`` nor a pass over the catalog. A put meanwhile wraps its data
+        key with the current key, which the check proved is not ``key_id``; a rotation
+        meanwhile made another current: KeyRotationRefused, nothing switched, unless
+        ``keyring``'s current key is this store's and not ``key_id``. Thread-safe."""
+        with self._rotation_lock:
+            current = self.current_key_id
+            if keyring.current_key_id != current or key_id == current:
+                raise KeyRotationRefused(
+                    f"the keys left once {key_id!r} is retired name {keyring.current_key_id!r} "
+                    f"as current, not {current!r} as this node holds it (a rotation ran "
+                    "meanwhile): nothing was switched; rotate, then retire the key again"
+                )
+            self._keyring = keyring
+            self._sealers.use_keyring(keyring)
+
     def _damaged_key_record(self, key_id: str) -> str | None:
         """``dataset/name`` of a shard whose data key is wrapped with ``key_id`` and does
         not unwrap under this store's keyring, when none wrapped with it does (else a

@@ -1064,6 +1064,12 @@ class Store:
         self._check_open()
         self.master_keys.check_retirement(key_id, keyring)
 
+    def use_retired_keys(self, key_id: str, keyring: MasterKeyProvider) -> None:
+        """:meth:`MasterKeys.use_retired`: switch to ``keyring``, the keys less ``key_id``,
+        after :meth:`check_key_retirement` passed (no pass over the catalog)."""
+        self._check_open()
+        self.master_keys.use_retired(key_id, keyring)
+
     def master_key_use(self) -> dict[str, int]:
         """:meth:`MasterKeys.key_use`: how many shards' data keys each master key id
         wraps (a walk of the catalog)."""
