@@ -54,6 +54,7 @@ from tierstore.errors import (
     UnknownKeyId,
 )
 from tierstore.frames import FrameSealer, shard_context
+from tierstore.tiers.lmdb import DiskFull
 from tierstore.tiers.memory import MemoryTier
 from tierstore.tiers.s3 import S3Tier
 from tierstore.types import DatasetSettings, Durability, WrappedKey
@@ -752,3 +753,34 @@ def test_the_keys_left_by_a_retirement_are_refused_after_a_rotation_meanwhile(
     assert store.get("enc", "a").to_bytes() == payload(100)
     with pytest.raises(KeyRotationRefused):
         store.use_retired_keys("k3", LocalKeyring(keys={"k3": KEY_3}, current="k3"))
+
+
+def test_a_note_of_the_look_that_cannot_be_written_is_no_failed_resumption(
+    open_store: StoreFactory,
+    archive: MemoryTier,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A full disk refusing the note that the start's look found no rotation cut short
+    # must not be logged as a resumption that failed: nothing was to be resumed.
+    store = open_store(archive, datasets=DATASETS)
+    store.put("enc", "a", payload(100))
+    assert store.drain(10)
+    set_note(store, masterkeys._WALKED_UNDER, "")
+    real = Catalog.set_note
+
+    def full(catalog: Catalog, txn: Any, name: str, text: str) -> None:
+        if threading.current_thread().name == "tierstore-rotation-resume":
+            raise DiskFull("the disk is full")
+        real(catalog, txn, name, text)
+
+    monkeypatch.setattr(Catalog, "set_note", full)
+    store = open_store.reopen(store, archive)
+    wait_until(lambda: not resuming(), "the start's look for a rotation to end")
+    assert "could not note it" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    monkeypatch.undo()
+    read_per_txn = count_reads_per_txn(monkeypatch, "tierstore-rotation-resume")
+    store = open_store.reopen(store, archive)  # looks again, and notes it
+    wait_until(lambda: not resuming(), "the start's look for a rotation to end")
+    assert sum(read_per_txn.values()) == 1

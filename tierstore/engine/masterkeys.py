@@ -201,9 +201,12 @@ class MasterKeys:
                 return None  # looked for under this key already: no rotation since
         old = self._first_resumable(keyring)
         if old is None and not self._stopping.is_set():
-            with self._rotation_lock, self._env.write() as txn:
-                if self.current_key_id == current:  # not rotated meanwhile
-                    self._catalog.set_note(txn, _WALKED_UNDER, current)
+            try:
+                with self._rotation_lock, self._env.write() as txn:
+                    if self.current_key_id == current:  # not rotated meanwhile
+                        self._catalog.set_note(txn, _WALKED_UNDER, current)
+            except TierstoreError as exc:  # a full disk, say: nothing is lost
+                log.warning("found no rotation cut short, but could not note it: %s", exc)
         return old
 
     def _first_resumable(self, keyring: MasterKeyProvider) -> str | None:
