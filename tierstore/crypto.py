@@ -224,7 +224,9 @@ class LocalKeyring:
 
         Raises :class:`KeyRotationRefused`, with the file unchanged, when it cannot be
         read, locked or written, or no longer holds every key of this keyring with the
-        same bytes (a key some record may be wrapped with would be dropped).
+        same bytes (a key some record may be wrapped with would be dropped), but for a
+        key a node sharing the file retired (kept in memory, not written back: see
+        :meth:`_rewritten_file`).
         Thread-safe.
         """
 
@@ -300,7 +302,13 @@ class LocalKeyring:
         doing: str,
     ) -> LocalKeyring:
         """Replace the key file at ``path`` with ``change`` of what it holds, under its
-        lock, after ``check``: :meth:`rotated_file` and :meth:`retired_file`."""
+        lock, after ``check``: :meth:`rotated_file` and :meth:`retired_file`.
+
+        A key of this keyring that the file no longer holds but that its retired keys
+        (:func:`retired_keys_path`) hold with the same bytes, retired by a node sharing
+        the file, is kept in the keyring returned (this node's records may still need
+        it: ``check`` decides, and :meth:`retired_file` can retire it here too) but not
+        written back to the file: that node's retirement is not undone."""
         path = path.resolve()
         try:
             with exclusive_lock(path.with_name(path.name + ".lock")):
@@ -308,7 +316,10 @@ class LocalKeyring:
                     on_file = LocalKeyring.from_file(path)
                 except InvalidArgument as exc:
                     raise KeyRotationRefused(f"cannot {doing} key file: {exc}") from exc
-                missing = sorted(k for k, key in self.keys.items() if on_file.keys.get(k) != key)
+                aside = _retired_keys(path) if set(self.keys) - set(on_file.keys) else {}
+                missing = sorted(
+                    k for k, key in self.keys.items() if on_file.keys.get(k, aside.get(k)) != key
+                )
                 if missing:
                     raise KeyRotationRefused(
                         f"key file {path} no longer holds master key(s) {missing} as this "
@@ -316,10 +327,13 @@ class LocalKeyring:
                         "be wrapped with, so nothing was changed: put those keys back in "
                         "the file"
                     )
-                changed = change(on_file)
+                carried = {k: key for k, key in self.keys.items() if k not in on_file.keys}
+                held = LocalKeyring(keys={**carried, **on_file.keys}, current=on_file.current)
+                changed = change(held)
                 if check is not None:
                     check(changed)
-                _write_key_file(path, changed.keys, changed.current)
+                kept = {k: key for k, key in changed.keys.items() if k not in carried}
+                _write_key_file(path, kept, changed.current)
                 return changed
         except OSError as exc:
             raise KeyRotationRefused(f"cannot {doing} key file {path}: {exc}") from exc
@@ -365,6 +379,18 @@ def retired_keys_path(key_file: Path) -> Path:
     """Where :meth:`LocalKeyring.retired_file` keeps the keys it took out of
     ``key_file``: ``<key file>.retired``, a key file of the same format."""
     return key_file.with_name(key_file.name + ".retired")
+
+
+def _retired_keys(key_file: Path) -> Mapping[str, bytes]:
+    """The keys retired from ``key_file`` (:func:`retired_keys_path`); none when there is
+    no such file or it cannot be loaded."""
+    aside = retired_keys_path(key_file)
+    if not aside.exists():
+        return {}
+    try:
+        return LocalKeyring.from_file(aside).keys
+    except InvalidArgument:
+        return {}
 
 
 def _keep_retired_key(path: Path, key_id: str, key: bytes) -> None:

@@ -326,6 +326,38 @@ def test_a_node_sharing_the_key_file_is_pointed_to_the_retired_key(
     assert other.get("enc", "s").to_bytes() == payload(10)
 
 
+def test_a_node_sharing_the_key_file_rotates_and_retires_after_the_other_retired_a_key(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # Once one node had retired k1 from a shared key file, the other, which still held
+    # k1 in memory, was refused every rotation and retirement ("put those keys back in
+    # the file"), and putting k1 back undid the first node's retirement: the two kept
+    # blocking each other until a restart.
+    path = key_file_of(KEYRING, tmp_path / "shared.keys")
+    mine = open_store(datasets=DATASETS)
+    other = open_store(datasets=DATASETS)
+    mine.put("enc", "s", payload(10, 1))
+    other.put("enc", "s", payload(10, 2))
+    my_keys = KeyRotation(NodeKeys(KEYRING, path), mine)
+    other_keys = KeyRotation(NodeKeys(KEYRING, path), other)
+    assert my_keys() == 1  # k2
+    assert other_keys() == 1  # k3, taking up k2
+    assert my_keys() == 1  # k4, taking up k3
+    assert mine.drain(10) and other.drain(10)
+    assert my_keys.retire("k1") == ("k2", "k3", "k4")
+    # The other node rotates, keeping k1 (retired from the file) in memory alone ...
+    assert other_keys() == 1
+    assert sorted(LocalKeyring.from_file(path).keys) == ["k2", "k3", "k4", "k5"]
+    assert other.master_key_id == "k5"
+    assert other.drain(10)
+    # ... and retires it too, the file left without it.
+    assert other_keys.retire("k1") == ("k2", "k3", "k4", "k5")
+    assert sorted(LocalKeyring.from_file(path).keys) == ["k2", "k3", "k4", "k5"]
+    assert LocalKeyring.from_file(retired_keys_path(path)).keys == {"k1": KEYRING.keys["k1"]}
+    for store, seed in ((mine, 1), (other, 2)):
+        assert store.get("enc", "s").to_bytes() == payload(10, seed)
+
+
 def test_a_key_file_whose_current_key_changed_behind_the_node_is_not_retired_from(
     open_store: StoreFactory, tmp_path: Path
 ) -> None:
