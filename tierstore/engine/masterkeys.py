@@ -200,14 +200,21 @@ class MasterKeys:
             if self._catalog.note(txn, _WALKED_UNDER) == current:
                 return None  # looked for under this key already: no rotation since
         old = self._first_resumable(keyring)
-        if old is None and not self._stopping.is_set():
-            try:
-                with self._rotation_lock, self._env.write() as txn:
-                    if self.current_key_id == current:  # not rotated meanwhile
-                        self._catalog.set_note(txn, _WALKED_UNDER, current)
-            except TierstoreError as exc:  # a full disk, say: nothing is lost
-                log.warning("found no rotation cut short, but could not note it: %s", exc)
+        if old is None:
+            self._note_walked(current)
         return old
+
+    def _note_walked(self, current: str) -> None:
+        """Note that a walk under ``current`` found no rotation to resume, unless the
+        store is stopping (the walk may have ended early) or was rotated meanwhile."""
+        try:
+            with self._rotation_lock:
+                if self._stopping.is_set() or self.current_key_id != current:
+                    return
+                with self._env.write() as txn:
+                    self._catalog.set_note(txn, _WALKED_UNDER, current)
+        except TierstoreError as exc:  # a full disk, say: nothing is lost
+            log.warning("found no rotation cut short, but could not note it: %s", exc)
 
     def _first_resumable(self, keyring: MasterKeyProvider) -> str | None:
         """:meth:`_cut_short`'s walk: the first key id other than the current one that
