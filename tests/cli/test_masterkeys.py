@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import pytest
 
 from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload
 from tests.engine.test_archive_seals import CutShort
+from tests.engine.test_keys import count_reads_per_txn
 from tierstore import crypto
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
@@ -168,6 +170,24 @@ def test_a_base64_key_is_not_rotated(open_store: StoreFactory) -> None:
     with pytest.raises(KeyRotationRefused, match=f'"current": "{keyring.current}"'):
         KeyRotation(NodeKeys(keyring, None), store)()
     assert store.master_key_id == keyring.current
+
+
+def test_a_rotation_checks_the_new_keyring_once(
+    open_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `keys rotate` checked the new keyring against every record before writing the key
+    # file, and the store's rotation checked the same keyring again: one more walk of
+    # the whole catalog before the rewrap pass.
+    store = open_store(datasets=DATASETS, start_mover=False)
+    for index in range(25):
+        store.put("enc", f"s{index:02d}", payload(100, index))
+    path = key_file_of(KEYRING, tmp_path / "master.keys")
+    keys = KeyRotation(NodeKeys(KEYRING, path), store)
+    read = count_reads_per_txn(monkeypatch, threading.current_thread().name)
+    assert keys() == 25
+    assert sum(read.values()) == 2 * 25  # the check, and the rewrap pass
+    assert store.master_key_id == "k2"
+    assert store.master_key_use() == {"k2": 25}
 
 
 def test_a_rotation_the_store_refuses_leaves_the_key_file_as_it_was(

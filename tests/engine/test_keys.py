@@ -784,3 +784,22 @@ def test_a_note_of_the_look_that_cannot_be_written_is_no_failed_resumption(
     store = open_store.reopen(store, archive)  # looks again, and notes it
     wait_until(lambda: not resuming(), "the start's look for a rotation to end")
     assert sum(read_per_txn.values()) == 1
+
+
+def test_a_rotation_to_a_keyring_checked_before_a_put_under_a_key_it_lacks_is_refused(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A rotation to the keyring checked last does not walk the catalog again, but only
+    # while that check still holds: here a put after it wraps its data key with k1,
+    # which the checked keyring lacks.
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    without_k1 = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_keyring(without_k1)  # nothing encrypted yet: it passes
+    store.put("enc", "a", payload(100))
+    with pytest.raises(KeyRotationRefused, match="'k1'"):
+        store.rotate_master_key(without_k1)
+    assert store.master_key_id == "k1"
+    assert store.get("enc", "a").to_bytes() == payload(100)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store.check_keyring(both)
+    assert store.rotate_master_key(both) == 1

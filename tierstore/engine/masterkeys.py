@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tierstore.crypto import MasterKeyProvider
+from tierstore.crypto import MasterKeyProvider, new_data_key
 from tierstore.engine.archiveseal import UnreadableObject
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import JournalOp, ShardRecord, archive_dataset_key
@@ -99,6 +99,9 @@ class MasterKeys:
         #: set by stop: a rotation ends after its batch in hand (the rest on next start).
         self._stopping = threading.Event()
         self._resumer: threading.Thread | None = None
+        #: the keyring :meth:`check_keyring` last passed, and the keyring in use then
+        #: (:meth:`rotate` need not walk the catalog again for it: see there).
+        self._checked: tuple[MasterKeyProvider, MasterKeyProvider | None] | None = None
 
     @property
     def keyring(self) -> MasterKeyProvider | None:
@@ -130,8 +133,9 @@ class MasterKeys:
         """
         with self._rotation_lock:
             if keyring is not None:
-                self.check_keyring(keyring)  # refuse a keyring without the old keys
-                self._keyring = keyring
+                if not self._checked_already(keyring):
+                    self.check_keyring(keyring)  # refuse a keyring without the old keys
+                self._keyring, self._checked = keyring, None
                 self._sealers.use_keyring(keyring)
             if self._keyring is None:
                 raise EncryptionUnavailable("no master key is configured")
@@ -264,8 +268,28 @@ class MasterKeys:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` unwraps a data
         key of each master key id the catalog's records use: what
         :meth:`rotate` checks a keyring it is given with, for a caller that
-        must know before it makes the keyring durable. Thread-safe."""
-        ShardSealers(keyring).check_unwraps(self._all_records(), self._keyring)
+        must know before it makes the keyring durable (a rotation to the keyring
+        checked last then walks the catalog no more: see :meth:`_checked_already`).
+        Thread-safe."""
+        in_use = self._keyring
+        ShardSealers(keyring).check_unwraps(self._all_records(), in_use)
+        self._checked = (keyring, in_use)
+
+    def _checked_already(self, keyring: MasterKeyProvider) -> bool:
+        """Whether ``keyring`` is the one :meth:`check_keyring` last passed, the keyring
+        in use is still the one it was checked beside, and ``keyring`` unwraps a data
+        key that keyring's current key wraps: records written since the check are
+        wrapped with that key alone, so the check still holds. Under the rotation
+        lock."""
+        checked, in_use = self._checked or (None, None)
+        if checked is not keyring or in_use is not self._keyring or in_use is None:
+            return False
+        probe = b"\x02tierstore keyring probe"  # no shard's context (see frames.py)
+        try:
+            keyring.unwrap(in_use.wrap(new_data_key(), probe), probe)
+        except (UnknownKeyId, KeyUnwrapError):
+            return False
+        return True
 
     def check_retirement(self, key_id: str, keyring: MasterKeyProvider) -> None:
         """Raise KeyRotationRefused, nothing changed, unless ``keyring`` (the keys less
@@ -334,7 +358,7 @@ class MasterKeys:
                     f"as current, not {current!r} as this node holds it (a rotation ran "
                     "meanwhile): nothing was switched; rotate, then retire the key again"
                 )
-            self._keyring = keyring
+            self._keyring, self._checked = keyring, None
             self._sealers.use_keyring(keyring)
 
     def _damaged_key_record(self, key_id: str) -> str | None:
