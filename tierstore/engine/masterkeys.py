@@ -193,7 +193,8 @@ class MasterKeys:
         first start looks, or the first start after a rotation cut short, or after an
         upgrade from a node that kept no such note); else one unwrap per key id, the
         records read ``SCAN_BATCH`` per read transaction (:meth:`_all_records`), and
-        when none is found and the walk went to the end, a note that it did."""
+        when none is found and the walk read records to the end, a note that it did (not
+        for an empty catalog: a rebuild from the archive may fill it next)."""
         keyring = self._keyring
         if keyring is None:
             return None
@@ -203,8 +204,8 @@ class MasterKeys:
                 return None  # the last rotation finished (what is left under: damaged)
             if self._catalog.note(txn, _WALKED_UNDER) == current:
                 return None  # looked for under this key already: no rotation since
-        old = self._first_resumable(keyring)
-        if old is None:
+        old, walked = self._first_resumable(keyring)
+        if old is None and walked:
             self._note_walked(current)
         return old
 
@@ -220,14 +221,17 @@ class MasterKeys:
         except TierstoreError as exc:  # a full disk, say: nothing is lost
             log.warning("found no rotation cut short, but could not note it: %s", exc)
 
-    def _first_resumable(self, keyring: MasterKeyProvider) -> str | None:
+    def _first_resumable(self, keyring: MasterKeyProvider) -> tuple[str | None, bool]:
         """:meth:`_cut_short`'s walk: the first key id other than the current one that
-        ``keyring`` holds and unwraps a record's data key with, else ``None``."""
+        ``keyring`` holds and unwraps a record's data key with, else ``None``; and
+        whether the walk read any record."""
         current = keyring.current_key_id
         tried: set[str] = set()
+        walked = False
         for record in self._all_records():
+            walked = True
             if self._stopping.is_set():
-                return None
+                return None, walked
             envelope = record.envelope
             if envelope is None or envelope.wrapped.key_id in (current, *tried):
                 continue
@@ -240,8 +244,8 @@ class MasterKeys:
                 continue
             except KeyUnwrapError:
                 continue  # this record damaged: another of its key id may unwrap
-            return key_id
-        return None
+            return key_id, walked
+        return None, walked
 
     def _all_records(self) -> Iterator[ShardRecord]:
         """Every record, by dataset and name, :meth:`_records_of` each dataset."""
