@@ -724,6 +724,7 @@ def test_a_node_that_never_rotated_walks_its_catalog_at_no_start(
         lambda: all(key_id_of(store, f"s{i:02d}") == "k2" for i in range(30)),
         "the rotation to resume",
     )
+    wait_until(lambda: not resuming(), "the resumed rotation to end")
     assert sum(read_per_txn.values()) > 0
     read_per_txn.clear()
     store = open_store.reopen(store, archive, both)
