@@ -827,3 +827,18 @@ def test_a_catalog_rebuilt_after_a_start_looked_at_it_empty_is_looked_at_again(
     store = open_store.reopen(store, archive, both)
     wait_until(lambda: key_id_of(store, "a") == "k2", "the rotation to resume")
     assert store.get("enc", "a").to_bytes() == payload(100)
+
+
+def test_a_retirement_check_that_passes_walks_the_catalog_once(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check walked every record twice: once for a damaged record under the key,
+    # once for a record any key left could not unwrap.
+    store = open_store(archive, datasets=DATASETS)
+    for index in range(20):
+        store.put("enc", f"s{index:02d}", payload(100, index))
+    store.rotate_master_key(LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2"))
+    assert store.drain(10)
+    read_per_txn = count_reads_per_txn(monkeypatch, threading.current_thread().name)
+    store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
+    assert sum(read_per_txn.values()) == 20

@@ -311,8 +311,10 @@ class MasterKeys:
                 )
             # New records are wrapped with the current key alone (rotations wait for
             # the lock held here): records read a batch at a time tell as a snapshot.
-            damaged = self._damaged_key_record(key_id)
-            failure = first_unwrap_failure(keyring, self._all_records(), self._keyring)
+            under_key: list[bool] = []
+            failure = first_unwrap_failure(keyring, self._watched(key_id, under_key), self._keyring)
+            # A walk to the end that met no record under the key found none damaged.
+            damaged = self._damaged_key_record(key_id) if failure is not None or under_key else None
             if damaged is not None:
                 raise KeyRotationRefused(
                     f"the data key of {damaged} is wrapped with master key {key_id!r} but "
@@ -364,6 +366,15 @@ class MasterKeys:
                 )
             self._keyring, self._checked = keyring, None
             self._sealers.use_keyring(keyring)
+
+    def _watched(self, key_id: str, met: list[bool]) -> Iterator[ShardRecord]:
+        """:meth:`_all_records`, ``met`` made non-empty once a record whose data key is
+        wrapped with ``key_id`` has been read."""
+        for record in self._all_records():
+            envelope = record.envelope
+            if not met and envelope is not None and envelope.wrapped.key_id == key_id:
+                met.append(True)
+            yield record
 
     def _damaged_key_record(self, key_id: str) -> str | None:
         """``dataset/name`` of a shard whose data key is wrapped with ``key_id`` and does
