@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -127,3 +128,38 @@ def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_envir
         connect("", token="direct", environ=given)
     with pytest.raises(InvalidArgument, match="cannot read token file"):
         connect(environ={**env, "TIERSTORE_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_a_drained_pipe_gives_its_token_again_here_and_in_forked_children() -> None:
+    # TIERSTORE_TOKEN_FILE=/dev/stdin with the token piped in (or <(...)): every
+    # connect() reads the file, the dataset's of tierstore.torch in the main process and
+    # again in each DataLoader worker. The first read drained the pipe, and every later
+    # one failed "token file '/dev/stdin' is empty", so a loader with workers could not
+    # read a thing.
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write(TOKEN + "\n")
+    path = f"/proc/self/fd/{read_end}"
+    try:
+        assert read_token_file(path) == TOKEN
+        assert read_token_file(path) == TOKEN
+        with multiprocessing.get_context("fork").Pool(1) as workers:
+            assert workers.apply(read_token_file, (path,)) == TOKEN
+    finally:
+        os.close(read_end)
+
+
+def test_a_pipe_that_never_held_a_token_is_still_empty(tmp_path: Path) -> None:
+    # Only a pipe read before answers from memory; a regular file is read every time.
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    try:
+        with pytest.raises(InvalidArgument, match="is empty"):
+            read_token_file(f"/proc/self/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    path = token_file(tmp_path, TOKEN)
+    assert read_token_file(path) == TOKEN
+    path.write_text("")
+    with pytest.raises(InvalidArgument, match="is empty"):
+        read_token_file(path)

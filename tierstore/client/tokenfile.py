@@ -4,7 +4,10 @@ A token in a file stays out of the process list (``--token`` on a command line d
 and out of the environment every child process inherits; it is how a Kubernetes Secret or
 the node's own ``<data-dir>/admin.token`` (mode 0600) reaches a client. A pipe is read
 as a file is: a shell's process substitution (``--token-file <(secret-tool lookup ...)``)
-or a token piped to ``/dev/stdin`` keeps the token out of every file too.
+or a token piped to ``/dev/stdin`` keeps the token out of every file too. A pipe can be
+read only once, yet each ``connect()`` reads the file, as do the DataLoader workers of
+``tierstore.torch``: so the token a pipe held is remembered in memory (inherited by
+forked processes), and a later read that finds that pipe drained gets it again.
 """
 
 from __future__ import annotations
@@ -23,10 +26,16 @@ _log = logging.getLogger(__name__)
 #: A token file is a few hundred bytes; anything far larger is the wrong file.
 _MAX_TOKEN_FILE_BYTES = 64 * 1024
 
+#: The token each pipe held, by the pipe's (device, inode), for reads after it drained.
+_piped: dict[tuple[int, int], str] = {}
+
 
 def read_token_file(path: str | Path) -> str:
     """The token in ``path``: its text without surrounding whitespace (a trailing newline
     is usual). Logs a warning when every user may read the file.
+
+    A pipe this process (or the one it was forked from) read a token from already, and
+    that is drained now, gives that token again.
 
     Raises InvalidArgument when the file cannot be read, is neither a regular file nor a
     pipe (a terminal, a device), is larger than 64 KiB, is not UTF-8 text, or holds no
@@ -49,6 +58,9 @@ def read_token_file(path: str | Path) -> str:
         token = raw.decode().strip()
     except UnicodeDecodeError:
         raise InvalidArgument(f"token file {str(where)!r} is not UTF-8 text") from None
+    pipe = (info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+    if not token and pipe is not None and pipe in _piped:
+        return _piped[pipe]  # read before, here or in the process this one forked from
     if not token:
         raise InvalidArgument(f"token file {str(where)!r} is empty")
     if any(char in token for char in "\r\n"):
@@ -59,4 +71,6 @@ def read_token_file(path: str | Path) -> str:
             where,
             stat.S_IMODE(info.st_mode),
         )
+    if pipe is not None:
+        _piped[pipe] = token
     return token
