@@ -425,6 +425,31 @@ def test_connection_from_the_environment(samples: Samples, monkeypatch: pytest.M
     assert ids_of(dataset) == [1000 + i for i in range(57)]
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_token_piped_in_reaches_every_worker(
+    samples: Samples, monkeypatch: pytest.MonkeyPatch, context: str
+) -> None:
+    # TIERSTORE_TOKEN_FILE naming a pipe (/dev/stdin with the token piped in, or <(...)),
+    # as the README offers: a pipe is read once, and every worker's connect() read it
+    # again, finding it drained (forked: "token file '/dev/stdin' is empty") or gone
+    # (spawned: a pipe's descriptor is not passed on).
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write(samples.token + "\n")
+    monkeypatch.setenv("TIERSTORE_ADDRESS", samples.address)
+    monkeypatch.setenv("TIERSTORE_CA", samples.ca)
+    monkeypatch.delenv("TIERSTORE_TOKEN", raising=False)
+    monkeypatch.setenv("TIERSTORE_TOKEN_FILE", f"/proc/self/fd/{read_end}")
+    try:
+        dataset = IterableDataset(samples.dataset, shards=["part-001"], shuffle=False)
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=1, multiprocessing_context=context
+        )
+        assert ids_of(loader_batches(loader)) == [1000 + i for i in range(57)]
+    finally:
+        os.close(read_end)
+
+
 def test_pickles_without_client_threads_or_iterator(samples: Samples) -> None:
     dataset = IterableDataset(samples.dataset, **samples.connection)
     iterator = iter(dataset)

@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ import tenacity
 from tierstore.client.client import Client
 from tierstore.client.connect import connect
 from tierstore.client.forkgate import GATE
+from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
 __all__ = ["GrpcShardSource", "ShardSource", "ShardTable", "given_source", "service_source"]
@@ -165,5 +167,23 @@ def service_source(
     address: str | None, token: str | None, ca: str | Path | None, retry_s: float
 ) -> GrpcShardSource:
     """The default source: the service at ``address`` with ``token`` and ``ca`` (each from
-    ``TIERSTORE_*`` when None, read by :func:`tierstore.connect` in each process)."""
+    ``TIERSTORE_*`` when None, read by :func:`tierstore.connect` in each process). A token
+    that ``TIERSTORE_TOKEN_FILE`` names a pipe for is read here, and travels to the workers
+    as a given ``token`` does: a spawned worker cannot read the pipe again."""
+    if token is None:
+        token = _piped_token()
     return GrpcShardSource(functools.partial(connect, address, token=token, ca=ca), retry_s)
+
+
+def _piped_token() -> str | None:
+    """The token of ``TIERSTORE_TOKEN_FILE`` if that is a pipe and ``TIERSTORE_TOKEN`` (which
+    wins) is unset; else None, for :func:`tierstore.connect` to read (and say what is wrong
+    with) in each process."""
+    path = os.environ.get("TIERSTORE_TOKEN_FILE")
+    if not path or os.environ.get("TIERSTORE_TOKEN"):
+        return None
+    try:
+        piped = stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return read_token_file(path) if piped else None
