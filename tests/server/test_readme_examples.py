@@ -5,26 +5,42 @@ that changes is run as it now reads, or this test says what it no longer finds."
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.server.conftest import ServerProcess, unique
+from tests.server.conftest import ServerProcess, poll, unique
+from tests.server.test_e2e_cli import Ran, run
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def example(section: str, index: int = 0) -> str:
-    """The ``index``-th ```python block of the README section headed ``section``."""
+def section_text(section: str) -> str:
+    """The README's section headed ``section``."""
     text = README.read_text()
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
-    blocks = re.findall(r"```python\n(.*?)```", text[start : end if end > 0 else None], re.S)
-    return str(blocks[index])
+    return text[start : end if end > 0 else None]
+
+
+def example(section: str, index: int = 0) -> str:
+    """The ``index``-th ```python block of the README section headed ``section``."""
+    return str(re.findall(r"```python\n(.*?)```", section_text(section), re.S)[index])
+
+
+def succeeded(env: dict[str, str], args: list[str]) -> Ran | None:
+    """What ``tierstore ARGS`` did, if it succeeded."""
+    ran = run(env, *args)
+    return ran if ran.returncode == 0 else None
 
 
 def swapped(code: str, swaps: dict[str, str]) -> str:
@@ -99,3 +115,56 @@ def test_the_embedded_engine_example_runs_as_written(tmp_path: Path) -> None:
         {},
     )
     assert (tmp_path / "data" / "hot").is_dir()
+
+
+def test_the_cli_examples_run_as_written(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node of its own: the example rotates and retires the node's master keys.
+    node = spawn_server(tmp_path / "node")
+    env = node.cli_env()
+    monkeypatch.chdir(tmp_path)
+    for index in (1, 2, 3):
+        table = pa.table({"label": np.arange(1000, dtype=np.int64) + index})
+        (tmp_path / "shards" / "train").mkdir(parents=True, exist_ok=True)
+        with pa.ipc.new_file(
+            tmp_path / "shards" / "train" / f"0000{index}.arrow", table.schema
+        ) as w:
+            w.write_table(table)
+    name = unique("readme")
+    cli, placement = (
+        [
+            re.sub(r"\s+#.*", "", line).replace("imagenet", name)
+            for line in re.findall(r"```sh\n(.*?)```", section_text(section), re.S)[0].splitlines()
+            if not line.startswith("tierstore simulate")  # seconds each; tests/cli runs it
+        ]
+        for section in ("The CLI", "Placement: policies, plans, simulation")
+    )
+    # The placement example works on the CLI example's shards, before they are deleted.
+    assert cli[-2:] == [
+        f"tierstore rm {name} train/00001.arrow",
+        f"tierstore dataset rm {name} --force",
+    ]
+    lines = cli[:-2] + placement + cli[-2:]
+    assert len(lines) > 20
+    created: dict[str, Any] = {}
+    for line in lines:
+        args = shlex.split(line.replace("<token-id>", str(created.get("token_id"))))
+        stdout_to = None
+        if ">" in args:
+            stdout_to = Path(args[args.index(">") + 1])
+            args = args[: args.index(">")]
+        assert args[0] == "tierstore"
+        if args[1:3] == ["keys", "retire"]:  # "once resealed": the mover reseals the archive
+            ran = poll(functools.partial(succeeded, env, args[1:]), 60, "the key's retirement")
+        else:
+            ran = run(env, *args[1:])
+        assert ran.returncode == 0, f"{line}: {ran.stderr.decode()}"
+        if args[1:3] == ["token", "create"]:
+            created = json.loads(ran.stdout)
+        if stdout_to is not None:
+            stdout_to.write_bytes(ran.stdout)
+    assert len((tmp_path / "part.bin").read_bytes()) == 1024
+    with pa.ipc.open_stream(tmp_path / "shard.arrow") as shard:
+        assert shard.read_all().column("label").to_pylist()[:2] == [1, 2]
+    assert (tmp_path / "trace.jsonl.gz").stat().st_size > 0
