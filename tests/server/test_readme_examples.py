@@ -1,7 +1,8 @@
-"""The README's Python examples, run as written against the real server (the client
-library's and the access plan's) and an embedded store (the engine's): only names and
-paths are swapped for the test's own, and every swap must find its text, so an example
-that changes is run as it now reads, or this test says what it no longer finds."""
+"""The README's examples, run as written: the client library's, the access plan's, the
+PyTorch loop's and the CLI's against real servers, the engine's on an embedded store. Only
+names, paths and sizes are swapped for the test's own (and "cuda" for "cpu" without a
+GPU), and every swap must find its text, so an example that changes is run as it now
+reads, or this test says what it no longer finds."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.server.conftest import ServerProcess, poll, unique
 from tests.server.test_e2e_cli import Ran, run
+from tierstore.client.client import Client
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -168,3 +170,36 @@ def test_the_cli_examples_run_as_written(
     with pa.ipc.open_stream(tmp_path / "shard.arrow") as shard:
         assert shard.read_all().column("label").to_pylist()[:2] == [1, 2]
     assert (tmp_path / "trace.jsonl.gz").stat().st_size > 0
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # no GPU here
+def test_the_pytorch_example_runs_as_written(
+    admin: Client, server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TIERSTORE_ADDRESS", server.address)
+    monkeypatch.setenv("TIERSTORE_TOKEN", server.token)
+    monkeypatch.setenv("TIERSTORE_CA", str(server.ca_path))
+    monkeypatch.delenv("TIERSTORE_TOKEN_FILE", raising=False)
+    name = unique("readme")
+    admin.create_dataset(name)
+    for index in range(4):
+        rows = np.arange(300, dtype=np.int64) + 1000 * index
+        admin.put(name, f"train/{index:05d}", pa.table({"id": rows}))
+    code = swapped(
+        example("PyTorch"),
+        {
+            '"imagenet"': repr(name),
+            "num_workers=8": "num_workers=2",  # twice: the dataset's and the loader's
+            '"cuda"': repr("cuda" if torch.cuda.is_available() else "cpu"),
+            "        ...\n": "        seen.append((epoch, batch['id'].tolist(), len(loader)))\n",
+        },
+    )
+    scope: dict[str, object] = {"seen": (seen := [])}
+    exec(compile(code, f"{README}: PyTorch", "exec"), scope)
+    for epoch in range(3):
+        batches = [ids for read, ids, _ in seen if read == epoch]
+        assert sorted(row for ids in batches for row in ids) == sorted(
+            1000 * index + row for index in range(4) for row in range(300)
+        )
+        assert all(length == len(batches) for read, _, length in seen if read == epoch)
