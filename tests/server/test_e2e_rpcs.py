@@ -117,6 +117,21 @@ def test_deleting_a_dataset_ends_the_grants_on_it(server: ServerProcess, admin: 
     assert admin.delete_dataset(dataset, force=True) == 0
 
 
+def test_a_delete_counts_only_live_tokens_among_those_that_lost_a_grant(
+    admin: Client,
+) -> None:
+    # A revoked token's grant on the dataset was counted: "grants on it removed from
+    # 1 token(s)" for a token that could no longer be used anyway.
+    dataset = unique()
+    admin.create_dataset(dataset)
+    revoked_id, _ = admin.create_token("gone", [Grant(dataset, Role.READER)])
+    admin.revoke_token(revoked_id)
+    admin.create_token("live", [Grant(dataset, Role.WRITER)])
+    assert admin.delete_dataset(dataset) == 1  # the live token's grant alone
+    grants = {info["token_id"]: info["grants"] for info in admin.list_tokens()}
+    assert grants[revoked_id] == []  # its grant goes all the same
+
+
 def test_put_and_get_whole_and_byte_ranges(
     server: ServerProcess, small_frames: Client, any_dataset: str
 ) -> None:

@@ -138,4 +138,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             log.info(
                 "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)
             )
-        return datasets_pb2.DeleteDatasetResponse(grants_removed=len(removed))
+        # Revoked and run-out tokens lose their grants too (they are listed), but only
+        # the live ones are news to the caller.
+        live = self._tokens.count_live(removed) if self._tokens is not None else 0
+        return datasets_pb2.DeleteDatasetResponse(grants_removed=live)

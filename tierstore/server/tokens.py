@@ -272,6 +272,13 @@ class TokenStore:
             if changed:
                 self._commit({**self._records, **changed})
 
+    def count_live(self, token_ids: Iterable[str]) -> int:
+        """How many of ``token_ids`` name a token that would authenticate now."""
+        now = self._clock()
+        with self._lock:
+            records = [self._records.get(token_id) for token_id in token_ids]
+        return sum(1 for record in records if record is not None and record.info.live(now))
+
     def list(self) -> builtins.list[TokenInfo]:
         """Every token issued, in the order issued: the live ones, and those revoked or
         run out less than :data:`RETENTION_S` ago."""
