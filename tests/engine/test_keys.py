@@ -842,3 +842,41 @@ def test_a_retirement_check_that_passes_walks_the_catalog_once(
     read_per_txn = count_reads_per_txn(monkeypatch, threading.current_thread().name)
     store.check_key_retirement("k1", LocalKeyring(keys={"k2": KEY_2}, current="k2"))
     assert sum(read_per_txn.values()) == 20
+
+
+def test_a_catalog_rebuilt_from_an_archive_under_an_older_key_keeps_that_key_until_resealed(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A catalog emptied (every dataset deleted) kept the note that the archive was
+    # resealed under the current key, and a rebuild into it from an archive sealed
+    # under an older key kept it too: the older key was retired after a rotation that
+    # resealed only rewrapped manifests, and the archive's dataset objects, still
+    # sealed under it, were believed by no rebuild after.
+    old = open_store(archive, datasets=DATASETS)
+    old.put("plain", "p", payload(100, 1))
+    old.put("enc", "a", payload(100, 2))
+    assert old.drain(10)
+    old.close()
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store(MemoryTier(), datasets=DATASETS)
+    store.put("enc", "b", payload(100, 3))
+    store.rotate_master_key(both)
+    for name in DATASETS:
+        store.delete_dataset(name, force=True)
+    assert store.drain(10)
+    store = open_store.reopen(store, archive, both, start_mover=False)
+    assert store.rebuild_from_archive() == 2
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    with pytest.raises(KeyRotationRefused):
+        store.check_key_retirement("k1", only_new)  # enc/a's data key is under k1
+    store.rotate_master_key()
+    store.start_background()
+    assert store.drain(10)
+    store.check_key_retirement("k1", only_new)
+    for key in archive_keys(archive):
+        if not key.endswith(".frames"):
+            assert json.loads(bytes(archive.get(key) or b""))["seal"]["key_id"] == "k2", key
+    rebuilt = open_store(archive, only_new)
+    assert rebuilt.rebuild_from_archive() == 2
+    assert rebuilt.get("plain", "p").to_bytes() == payload(100, 1)
+    assert rebuilt.get("enc", "a").to_bytes() == payload(100, 2)

@@ -16,11 +16,13 @@ time (the rotation lock, taken before any LMDB transaction).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tierstore.crypto import MasterKeyProvider, new_data_key
 from tierstore.engine.archiveseal import UnreadableObject
@@ -208,6 +210,22 @@ class MasterKeys:
         if old is None and walked:
             self._note_walked(current)
         return old
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[Callable[[Any], None]]:
+        """For a rebuild from the archive: no rotation runs while it is held, and the
+        function it gives, called in the transaction that restores the catalog, forgets
+        that the archive was resealed under the current key and that a start found no
+        rotation to resume (notes an emptied catalog keeps): the archive rebuilt from
+        may be sealed, and its data keys wrapped, under an older key, which is then
+        retired only after a rotation reseals everything, and a start looks again."""
+
+        def forget(txn: Any) -> None:
+            self._catalog.set_note(txn, _SEALED_WITH, "")
+            self._catalog.set_note(txn, _WALKED_UNDER, "")
+
+        with self._rotation_lock:
+            yield forget
 
     def _note_walked(self, current: str) -> None:
         """Note that a walk under ``current`` found no rotation to resume, unless the

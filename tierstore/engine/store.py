@@ -1160,11 +1160,12 @@ class Store:
             )
         for key, why in contents.unreadable.items():
             log.warning("archive object %s is not believed, skipped: %s", key, why)
-        with self._env.write() as txn:
+        with self.master_keys.restoring() as forget_seals, self._env.write() as txn:
             # Again, in the transaction that restores: a dataset created while the
             # archive was scanned would otherwise be overwritten by older state.
             self._require_empty_catalog(txn)
             recovered, newest = restore_catalog(txn, self._catalog, contents)
+            forget_seals(txn)  # the archive may be under an older key: a rotation reseals
             # Before the commit: a put numbers its generation in its own write
             # transaction, so none can take a restored generation's number.
             self._writer.skip_generations_through(newest)
