@@ -35,6 +35,7 @@ from tests.engine.stores import (
     payload,
     wait_until,
 )
+from tests.engine.test_store import both_generations_archived, damage_archived_frames
 from tierstore.crypto import LocalKeyring
 from tierstore.engine import masterkeys
 from tierstore.engine.catalog import Catalog
@@ -880,3 +881,38 @@ def test_a_catalog_rebuilt_from_an_archive_under_an_older_key_keeps_that_key_unt
     assert rebuilt.rebuild_from_archive() == 2
     assert rebuilt.get("plain", "p").to_bytes() == payload(100, 1)
     assert rebuilt.get("enc", "a").to_bytes() == payload(100, 2)
+
+
+@pytest.mark.parametrize("dataset", ["plain", "enc"])
+def test_an_older_generation_made_the_shards_again_after_a_rotation_is_under_the_new_key(
+    open_store: StoreFactory, archive: MemoryTier, dataset: str
+) -> None:
+    # A rebuild's outdated entry made an older generation the shard's again (the newer
+    # one damaged in the archive) after the rotation that followed the rebuild had
+    # passed over the shard: the older manifest stayed sealed under the old key, and
+    # its data key wrapped with it. For a plaintext shard the old key could then be
+    # retired, and no rebuild after believed the shard's only copy; for an encrypted
+    # one the retirement was refused until an operator rotated once more.
+    old = open_store(archive, datasets=DATASETS)
+    older, newer, _ = both_generations_archived(
+        old, archive, dataset, payload(FRAME, 1), payload(FRAME, 2)
+    )
+    old.close()
+    damage_archived_frames(archive, dataset, newer.generation)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store(archive, both, start_mover=False)
+    assert store.rebuild_from_archive() == 1
+    store.rotate_master_key()  # journaled after the outdated entry, as a rotation is
+    store.start_background()
+    assert store.drain(10), store.mover.last_error
+    assert store.stat(dataset, "s").generation == older.generation
+    for key in archive_keys(archive):
+        if not key.endswith(".frames"):
+            assert json.loads(bytes(archive.get(key) or b""))["seal"]["key_id"] == "k2", key
+    envelope = record_of(store, dataset, "s").envelope
+    assert envelope is None or envelope.wrapped.key_id == "k2"
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)
+    rebuilt = open_store(archive, only_new)
+    assert rebuilt.rebuild_from_archive() == 1
+    assert rebuilt.get(dataset, "s").to_bytes() == payload(FRAME, 1)

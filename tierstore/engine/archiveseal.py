@@ -93,6 +93,16 @@ def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryv
         ) from exc
 
 
+def seal_key_id(raw: bytes | memoryview) -> str | None:
+    """The id of the master key ``raw``'s seal names (``None``: no seal, or ``raw`` no
+    sealed object); nothing is checked (:func:`check_seal` does)."""
+    try:
+        seal = _document(raw).get(SEAL_FIELD)
+    except UnreadableObject:
+        return None
+    return str(seal["key_id"]) if isinstance(seal, dict) and "key_id" in seal else None
+
+
 def _document(raw: bytes | memoryview) -> dict[str, Any]:
     try:
         document = json.loads(bytes(raw))

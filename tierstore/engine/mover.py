@@ -114,6 +114,7 @@ class Mover:
         verify: FrameVerifier,
         seal: Callable[[str, bytes], bytes],
         check_object: Callable[[str, bytes | memoryview], None],
+        under_current: Callable[[ShardRecord, bytes | memoryview], ShardRecord | None],
     ) -> None:
         self._settings = settings
         self._env = environment
@@ -129,6 +130,9 @@ class Mover:
         #: checks a metadata object read at an archive key (raises IntegrityError,
         #: UnknownKeyId; see archiveseal).
         self._check_object = check_object
+        #: an older generation made a shard's again, under the current master key (see
+        #: outdated.back_to_the_older).
+        self._under_current = under_current
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._journal_lock = threading.Lock()  # one journal entry is worked at a time
@@ -561,6 +565,7 @@ class Mover:
                 self._catalog,
                 self._archive,
                 self._check_object,
+                self._under_current,
                 op,
                 self.stall_watch.progressed,
                 self.data_loss.append,

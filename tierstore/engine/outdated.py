@@ -18,7 +18,7 @@ from collections.abc import Callable
 from tierstore.engine.archived import damage_in_archive
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.rebuild import SealCheck, believed_manifest
-from tierstore.engine.records import JournalOp, archive_manifest_key
+from tierstore.engine.records import JournalOp, ShardRecord, archive_manifest_key
 from tierstore.errors import IntegrityError, UnknownKeyId
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment
@@ -33,6 +33,7 @@ def back_to_the_older(
     catalog: Catalog,
     archive: Tier,
     check_object: SealCheck,
+    under_current: Callable[[ShardRecord, bytes | memoryview], ShardRecord | None],
     op: JournalOp,
     progressed: Callable[[], None],
     report: Callable[[str], None],
@@ -45,7 +46,11 @@ def back_to_the_older(
     overwritten, its current generation matches its digests (or has none to check, as
     an overwrite's supersede trusts it), or the older one is no believable copy either
     (the damage is reported then too). ``progressed()`` is called after each frame
-    checked. Raises ArchiveUnavailable."""
+    checked. The older generation comes back under the current master key
+    (``under_current``: the record, its data key rewrapped, when it or its manifest's
+    seal is under another key), its manifest's rewrite journaled: a rotation that
+    passed over the shard before left them under an older key, which could then be
+    retired. Raises ArchiveUnavailable."""
     with env.read() as txn:
         current = catalog.get_shard(txn, op.dataset, op.name)
     if current is not None and current.generation == op.generation:
@@ -85,8 +90,13 @@ def back_to_the_older(
             or (older.dataset, older.name) != (op.dataset, op.name)
         ):
             return False  # changed meanwhile, or no copy of this shard: as a supersede
-        catalog.put_shard(txn, older.with_state(pinned=now.pinned, pinned_until=now.pinned_until))
+        restored = under_current(older, raw)
+        catalog.put_shard(
+            txn, (restored or older).with_state(pinned=now.pinned, pinned_until=now.pinned_until)
+        )
         catalog.append_journal(txn, JournalOp("delete", op.dataset, op.name, now.generation))
+        if restored is not None:
+            catalog.append_journal(txn, JournalOp("manifest", op.dataset, op.name, op.generation))
     log.error("%s; generation %d, older, is the shard's again", lost, op.generation)
     report(f"{lost}; generation {op.generation}, older, is the shard's again")
     return True

@@ -23,7 +23,7 @@ from tierstore.crypto import (
     new_data_key,
     new_nonce_prefix,
 )
-from tierstore.engine.archiveseal import check_seal, sealed
+from tierstore.engine.archiveseal import check_seal, seal_key_id, sealed
 from tierstore.engine.records import Envelope, ShardRecord
 from tierstore.errors import (
     EncryptionUnavailable,
@@ -174,6 +174,28 @@ class ShardSealers:
                 f"{failure.key_id!r} wrapped ({failure.shard}: {failure.error}); it must "
                 "hold the old keys until the rotation has rewrapped them. Nothing was changed"
             ) from failure.error
+
+    def restored_under_current(
+        self, record: ShardRecord, manifest: bytes | memoryview
+    ) -> ShardRecord | None:
+        """For ``record`` restored from its archived ``manifest`` (an older generation
+        made a shard's again): ``record``, its data key rewrapped under the current
+        master key if it unwraps, when its data key or the manifest's seal is under
+        another key (its manifest is then to be sealed anew: a rotation that passed
+        over the shard before did neither, and the old key could be retired); ``None``
+        when both are under the current key, or there is no keyring."""
+        if self._keyring is None:
+            return None
+        current = self._keyring.current_key_id
+        envelope = record.envelope
+        if (envelope is None or envelope.wrapped.key_id == current) and seal_key_id(
+            manifest
+        ) == current:
+            return None
+        try:
+            return self.rewrapped(record) or record
+        except (UnknownKeyId, KeyUnwrapError):
+            return record  # its data key as it is (reads say why); resealed all the same
 
     def seal_object(self, key: str, body: bytes) -> bytes:
         """Metadata object ``body`` sealed for archive key ``key`` under the current

@@ -220,6 +220,7 @@ class Store:
             verify=self._sealers.verify_stored,
             seal=self._sealers.seal_object,
             check_object=self._sealers.check_object,
+            under_current=self._sealers.restored_under_current,
         )
         self._writer = ShardWriter(
             settings,
