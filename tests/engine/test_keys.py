@@ -916,3 +916,25 @@ def test_an_older_generation_made_the_shards_again_after_a_rotation_is_under_the
     rebuilt = open_store(archive, only_new)
     assert rebuilt.rebuild_from_archive() == 1
     assert rebuilt.get(dataset, "s").to_bytes() == payload(FRAME, 1)
+
+
+def test_a_rotation_to_a_keyring_checked_before_a_rebuild_walks_the_rebuilt_catalog(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # A rotation to the keyring checked last did not walk the catalog again while the
+    # keyring in use was unchanged, and a rebuild between the two filled the catalog
+    # with data keys under a key the checked keyring lacks: switched to, it left them
+    # unreadable.
+    old = open_store(archive, datasets=DATASETS)
+    old.put("enc", "a", payload(100))
+    assert old.drain(10)
+    old.close()
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store(archive, both, start_mover=False)
+    without_k1 = LocalKeyring(keys={"k2": KEY_2, "k3": KEY_3}, current="k3")
+    store.check_keyring(without_k1)  # nothing in the catalog yet: it passes
+    assert store.rebuild_from_archive() == 1
+    with pytest.raises(KeyRotationRefused, match="'k1'"):
+        store.rotate_master_key(without_k1)
+    assert store.master_key_id == "k2"
+    assert store.get("enc", "a").to_bytes() == payload(100)

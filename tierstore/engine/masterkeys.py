@@ -218,13 +218,16 @@ class MasterKeys:
         that the archive was resealed under the current key and that a start found no
         rotation to resume (notes an emptied catalog keeps): the archive rebuilt from
         may be sealed, and its data keys wrapped, under an older key, which is then
-        retired only after a rotation reseals everything, and a start looks again."""
+        retired only after a rotation reseals everything, and a start looks again. A
+        keyring :meth:`check_keyring` passed before is checked again by a rotation to it
+        (its check read none of those data keys)."""
 
         def forget(txn: Any) -> None:
             self._catalog.set_note(txn, _SEALED_WITH, "")
             self._catalog.set_note(txn, _WALKED_UNDER, "")
 
         with self._rotation_lock:
+            self._checked = None
             yield forget
 
     def _note_walked(self, current: str) -> None:
