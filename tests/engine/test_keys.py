@@ -883,6 +883,32 @@ def test_a_catalog_rebuilt_from_an_archive_under_an_older_key_keeps_that_key_unt
     assert rebuilt.get("enc", "a").to_bytes() == payload(100, 2)
 
 
+def test_a_retirement_checked_before_a_rebuild_is_refused_at_its_switch(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The check passed on an emptied catalog; a rebuild then filled it with data keys
+    # under the key being retired, and the switch went ahead without that key: the
+    # rebuilt shards could not be read until it was put back by hand.
+    old = open_store(archive, datasets=DATASETS)
+    old.put("enc", "a", payload(100, 2))
+    assert old.drain(10)
+    old.close()
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store(MemoryTier(), datasets=DATASETS)
+    store.put("enc", "b", payload(100, 3))
+    store.rotate_master_key(both)
+    for name in DATASETS:
+        store.delete_dataset(name, force=True)
+    assert store.drain(10)
+    store = open_store.reopen(store, archive, both, start_mover=False)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+    store.check_key_retirement("k1", only_new)  # nothing under k1 yet
+    assert store.rebuild_from_archive() == 1
+    with pytest.raises(KeyRotationRefused, match="resealed"):
+        store.use_retired_keys("k1", only_new)
+    assert store.get("enc", "a").to_bytes() == payload(100, 2)
+
+
 @pytest.mark.parametrize("dataset", ["plain", "enc"])
 def test_an_older_generation_made_the_shards_again_after_a_rotation_is_under_the_new_key(
     open_store: StoreFactory, archive: MemoryTier, dataset: str

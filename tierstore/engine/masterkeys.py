@@ -376,7 +376,10 @@ class MasterKeys:
         check of ``keyring`` nor a pass over the catalog. A put meanwhile wraps its data
         key with the current key, which the check proved is not ``key_id``; a rotation
         meanwhile made another current: KeyRotationRefused, nothing switched, unless
-        ``keyring``'s current key is this store's and not ``key_id``. Thread-safe."""
+        ``keyring``'s current key is this store's and not ``key_id``. A rebuild from the
+        archive meanwhile (which may bring back data keys under ``key_id``) forgets the
+        note that the archive is resealed under the current key: refused too, nothing
+        switched. Thread-safe."""
         with self._rotation_lock:
             current = self.current_key_id
             if keyring.current_key_id != current or key_id == current:
@@ -384,6 +387,14 @@ class MasterKeys:
                     f"the keys left once {key_id!r} is retired name {keyring.current_key_id!r} "
                     f"as current, not {current!r} as this node holds it (a rotation ran "
                     "meanwhile): nothing was switched; rotate, then retire the key again"
+                )
+            with self._env.read() as txn:
+                sealed_with = self._catalog.note(txn, _SEALED_WITH)
+            if sealed_with != current:
+                raise KeyRotationRefused(
+                    f"the archive's metadata is no longer known to be resealed under "
+                    f"{current!r} (a rebuild from the archive ran meanwhile): nothing was "
+                    f"switched; rotate, wait for the mover, then retire {key_id!r} again"
                 )
             self._keyring, self._checked = keyring, None
             self._sealers.use_keyring(keyring)
