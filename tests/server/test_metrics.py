@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import Gauge
 
 from tests.engine.stores import StoreFactory
 from tests.server.conftest import ServerProcess
@@ -306,3 +307,35 @@ def test_the_listen_address_takes_the_forms_the_other_ports_take(address: str, r
             assert reply.status == 200
     finally:
         metrics.stop_serving()
+
+
+def test_a_stop_ends_the_answers_under_way_and_waits_for_their_threads() -> None:
+    # The answering threads were daemon threads, which socketserver does not wait for:
+    # the stop returned while answers to readers that took nothing went on, each with
+    # its thread and the node's descriptor for up to idle_s more per write, the watch
+    # that ends them at idle_s stopped already.
+    metrics = ServerMetrics(idle_s=60)
+    padding = Gauge("padding", "makes a page larger than the sockets buffer", ["key"])
+    metrics.registry.register(padding)
+    for key in range(100_000):
+        padding.labels(f"{key:064d}").set(key)  # a page of about 10 MB
+    before = set(threading.enumerate())
+    port = metrics.serve("127.0.0.1:0")
+    readers = []
+    try:
+        for _ in range(2):
+            reader = socket.socket()
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.settimeout(20)
+            reader.connect(("127.0.0.1", port))
+            reader.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            readers.append(reader)
+        for reader in readers:
+            assert reader.recv(1) == b"H"  # its answer is under way, and read no further
+    finally:
+        metrics.stop_serving()
+    try:  # (each answer's thread closes its connection as it ends)
+        assert [thread for thread in threading.enumerate() if thread not in before] == []
+    finally:
+        for reader in readers:
+            reader.close()

@@ -31,7 +31,6 @@ import contextlib
 import io
 import selectors
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -138,8 +137,9 @@ class ServerMetrics:
         return int(server.server_address[1])
 
     def stop_serving(self) -> None:
-        """Close the listener and wait for its thread (a scrape in progress finishes
-        first). Idempotent; nothing to do when metrics were never served."""
+        """Close the listener, end the answers under way (a reader that takes its answer
+        slowly is cut off) and wait for every thread of it. Idempotent; nothing to do
+        when metrics were never served."""
         if self._http is None:
             return
         server, thread = self._http
@@ -164,15 +164,17 @@ class _Handler(WSGIRequestHandler):
         pass
 
 
-class _Listener(socketserver.ThreadingMixIn, WSGIServer):
+class _Listener(WSGIServer):
     """Each connection's request read by the gate's thread, then answered on a thread
     of its own, for at most :data:`MAX_SCRAPES` at once, each connection closed once
-    it has held its thread ``idle_s`` (a reader that takes the answer a byte at a time)."""
-
-    daemon_threads = True
+    it has held its thread ``idle_s`` (a reader that takes the answer a byte at a time).
+    Its close ends the answers under way and waits for their threads (daemon threads,
+    which socketserver's ThreadingMixIn does not wait for)."""
 
     def __init__(self, family: int, address: tuple[Any, ...], idle_s: float) -> None:
         self.address_family = family
+        self._idle_s = idle_s
+        self._answering: list[threading.Thread] = []  # on the gate's thread only
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
         self._deadlines = _Deadlines(idle_s)
         self._heads: dict[socket.socket, bytes] = {}
@@ -189,28 +191,41 @@ class _Listener(socketserver.ThreadingMixIn, WSGIServer):
             self.shutdown_request(request)  # closed at once: no thread, no descriptor kept
             return
         self._heads[request] = head
+        thread = threading.Thread(
+            target=self._answer_thread,
+            args=(request, client_address),
+            name="tierstore-metrics-answer",
+            daemon=True,
+        )
         try:
-            super().process_request(request, client_address)
+            thread.start()
         except Exception:  # no thread started (none to be had): the gate goes on
             self._heads.pop(request, None)
             self._slots.release()
             self.shutdown_request(request)
+            return
+        self._answering = [*(t for t in self._answering if t.is_alive()), thread]
 
     def take_head(self, request: socket.socket) -> bytes:
         return self._heads.pop(request, b"")
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _answer_thread(self, request: socket.socket, client_address: Any) -> None:
         self._deadlines.opened(request)
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self._deadlines.closed(request)
+            self._deadlines.closed(request)  # before its close: never ended once closed
+            self.shutdown_request(request)
             self._slots.release()
 
     def server_close(self) -> None:
         self._gate.stop()  # first: it hands on no request once the answers are waited for
+        self._deadlines.stop()  # ends the answers under way, and any that start now
         super().server_close()
-        self._deadlines.stop()
+        for thread in self._answering:
+            thread.join(self._idle_s)  # a scrape being collected finishes, unsent
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A caller that went silent (the idle time-out) or away: nothing to report, and
@@ -334,12 +349,15 @@ class _Deadlines:
         self._open: dict[socket.socket, float] = {}  # connection -> its deadline
         self._changed = threading.Condition()
         self._stopped = False
-        watch = threading.Thread(target=self._watch, name="tierstore-metrics-deadlines")
-        watch.daemon = True
-        watch.start()
+        self._watcher = threading.Thread(target=self._watch, name="tierstore-metrics-deadlines")
+        self._watcher.daemon = True
+        self._watcher.start()
 
     def opened(self, connection: socket.socket) -> None:
         with self._changed:
+            if self._stopped:
+                _end(connection)
+                return
             self._open[connection] = time.monotonic() + self._lifetime_s
             self._changed.notify()
 
@@ -348,9 +366,15 @@ class _Deadlines:
             self._open.pop(connection, None)
 
     def stop(self) -> None:
+        """End the connections open now, and any opened from now on, at once; wait for
+        the watching thread."""
         with self._changed:
             self._stopped = True
+            for connection in self._open:
+                _end(connection)
+            self._open.clear()
             self._changed.notify()
+        self._watcher.join()
 
     def _watch(self) -> None:
         with self._changed:
@@ -359,11 +383,15 @@ class _Deadlines:
                 for connection, deadline in list(self._open.items()):
                     if deadline <= now:
                         del self._open[connection]
-                        with contextlib.suppress(OSError):  # closed already
-                            # Its handler's read returns at once, with nothing.
-                            connection.shutdown(socket.SHUT_RDWR)
+                        _end(connection)
                 soonest = min(self._open.values(), default=None)
                 self._changed.wait(None if soonest is None else max(soonest - now, 0.01))
+
+
+def _end(connection: socket.socket) -> None:
+    """End ``connection`` (not yet closed): its handler's writes fail at once."""
+    with contextlib.suppress(OSError):  # the peer gone already
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 #: The one path the listener answers (with or without a trailing slash).
