@@ -110,3 +110,15 @@ def test_a_serving_node_reissues_the_admin_clis_certificate(
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(node.ca_path.read_bytes()))
     with node.connect(client_cert=pem, client_key=key) as admin:
         assert admin.list_datasets() == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "nan", "-1"])
+def test_a_bad_value_of_a_variable_for_tests_is_refused_before_the_node_is_up(
+    value: str, tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # It was read after the banner: "abc" ended a node that had said it was serving,
+    # "0" made it look every 0.1 s, and "nan" made it never look.
+    with pytest.raises(AssertionError, match="the server exited with 2") as refused:
+        spawn_server(tmp_path / "node", env={CHECK_VARIABLE: value})
+    said = str(refused.value)
+    assert CHECK_VARIABLE in said and "serving" not in said.split("stderr:")[0], said

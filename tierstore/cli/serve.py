@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import shutil
 import signal
@@ -342,6 +343,8 @@ def _run(
             raise InvalidArgument(
                 f"cannot use {exc.filename or data_dir}: {exc.strerror or exc}{owner}"
             ) from None
+        # Read before the node is up: a bad value is refused before any banner.
+        check_s = _test_seconds(CHECK_VARIABLE, ADMIN_CERTIFICATE_CHECK_S)
         server, port = create_server(
             ServerSettings(
                 listen=options.listen,
@@ -380,7 +383,6 @@ def _run(
             ready.set()
         # Wait in short slices: the kernel may deliver SIGTERM to one of gRPC's threads,
         # and then Python runs the handler only when the main thread next wakes up.
-        check_s = _test_seconds(CHECK_VARIABLE, ADMIN_CERTIFICATE_CHECK_S)
         next_check = time.monotonic() + check_s
         while not stop.wait(0.1):
             if client_files is not None and time.monotonic() >= next_check:
@@ -393,12 +395,18 @@ def _run(
 
 
 def _test_seconds(variable: str, default: float) -> float:
-    """The seconds an internal variable for tests gives, else ``default``."""
+    """The seconds an internal variable for tests gives, else ``default``;
+    InvalidArgument unless a positive finite number."""
     raw = os.environ.get(variable, "")
+    if not raw:
+        return default
     try:
-        return float(raw) if raw else default
+        seconds = float(raw)
     except ValueError:
         raise InvalidArgument(f"{variable} is not a number") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidArgument(f"{variable} must be a positive number of seconds, not {raw}")
+    return seconds
 
 
 def _renew_admin_client_certificate(data_dir: Path, tls: TlsMaterial) -> None:
