@@ -175,3 +175,22 @@ def test_a_plan_ttl_outside_a_week_is_refused_naming_the_argument(ttl: object) -
     with pytest.raises(InvalidArgument, match=r"^plan_ttl_s must be a number of seconds"):
         check_plan_ttl(ttl, "plan_ttl_s")
     assert check_plan_ttl(0.5) == 0.5 and check_plan_ttl(MAX_PLAN_TTL_S) == MAX_PLAN_TTL_S
+
+
+def test_a_kind_given_by_its_name_orders_as_the_kind() -> None:
+    # The wire maps "shuffle" to the shuffle sampler (a StrEnum is its value), so an
+    # embedded store's caller writing the name must get the same order, not draws.
+    names = [f"shard-{i:03d}" for i in range(10)]
+    for kind in SamplerKind:
+        by_name = SamplerPlan(kind.value, seed=3, epochs=2)  # type: ignore[arg-type]
+        assert by_name.kind is kind
+        assert rank_order(by_name, names) == rank_order(SamplerPlan(kind, seed=3, epochs=2), names)
+        assert epoch_order(10, kind.value, 3, 0).tolist() == epoch_order(10, kind, 3, 0).tolist()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["bogus", 1, None])
+def test_an_unknown_kind_is_refused(kind: object) -> None:
+    with pytest.raises(InvalidArgument, match="sampler kind"):
+        SamplerPlan(kind).validate()  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="sampler kind"):
+        epoch_order(10, kind, 0, 0)  # type: ignore[arg-type]

@@ -75,6 +75,11 @@ class SamplerPlan:
     epochs: int = 1
     samples_per_epoch: int = 0
 
+    def __post_init__(self) -> None:
+        # A kind given by its name ("shuffle") is that kind, as on the wire: left a
+        # plain string, it matched no kind below and ordered as draws with replacement.
+        object.__setattr__(self, "kind", _sampler_kind(self.kind))
+
     def validate(self) -> None:
         """Raise InvalidArgument if the fields do not describe a plan."""
         if self.world_size < 1:
@@ -91,6 +96,16 @@ class SamplerPlan:
             raise InvalidArgument("samples_per_epoch must not be negative")
         if self.samples_per_epoch and self.kind is not SamplerKind.REPLACEMENT:
             raise InvalidArgument("samples_per_epoch applies only to the replacement sampler")
+
+
+def _sampler_kind(kind: object) -> SamplerKind:
+    """``kind`` as a :class:`SamplerKind` (a member or its name). Raises InvalidArgument."""
+    try:
+        return SamplerKind(kind)  # type: ignore[arg-type]  # checked here
+    except ValueError:
+        raise InvalidArgument(
+            f"unknown sampler kind {kind!r:.40}: one of {', '.join(SamplerKind)}"
+        ) from None
 
 
 def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -129,7 +144,9 @@ def _draws(
 def epoch_order(
     count: int, kind: SamplerKind, seed: int, epoch: int, samples: int = 0
 ) -> npt.NDArray[np.int64]:
-    """The global order of one epoch over ``count`` shards, as indices into them."""
+    """The global order of one epoch over ``count`` shards, as indices into them.
+    Raises InvalidArgument for an unknown ``kind``."""
+    kind = _sampler_kind(kind)
     if kind is SamplerKind.SEQUENTIAL:
         return np.arange(count, dtype=np.int64)
     if kind is SamplerKind.SHUFFLE:
