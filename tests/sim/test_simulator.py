@@ -129,6 +129,14 @@ def test_plans_naming_shards_outside_the_trace_are_a_malformed_trace() -> None:
         simulate(trace, make_policy("clairvoyant"), 20)
 
 
+@pytest.mark.parametrize("key", [-1, 2, 2**70])
+def test_reads_of_shards_outside_the_trace_are_a_malformed_trace(key: int) -> None:
+    # -1 was read as shard 1 by the tier and as another key by the policy: wrong hits.
+    trace = Trace("t", (10, 10), [Read(0.0, key), Read(1.0, key), Read(2.0, 1)])
+    with pytest.raises(InvalidArgument, match="does not have"):
+        simulate(trace, make_policy("lru"), 20)
+
+
 def test_victims_that_are_not_hot_are_a_broken_policy() -> None:
     class Liar(LruPolicy):
         def victims(self, b: int, now: float, e: Callable[[Key], bool]) -> list[Key]:

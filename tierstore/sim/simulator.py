@@ -267,8 +267,8 @@ def simulate(
 
     The first ``warmup_reads`` reads drive the policy but are not counted. Raises
     InvalidArgument if the capacity is smaller than the largest shard (no policy
-    could ever hold it), ``warmup_reads`` is negative, or a plan names a shard id the
-    trace does not have (a malformed trace); RuntimeError if the policy breaks its
+    could ever hold it), ``warmup_reads`` is negative, or a read or a plan names a shard
+    id the trace does not have (a malformed trace); RuntimeError if the policy breaks its
     contract (a victim that is not hot).
     """
     largest = max(trace.sizes, default=0)
@@ -279,10 +279,17 @@ def simulate(
         )
     if warmup_reads < 0:
         raise InvalidArgument(f"warmup_reads must not be negative, got {warmup_reads}")
+    count = len(trace.sizes)
     for event in trace.events:
-        if isinstance(event, PlanDeclared) and any(
-            not 0 <= key < len(trace.sizes) for key in event.keys
-        ):
+        if type(event) is Read:
+            # A negative id read the shard counted from the end, which the policy took
+            # for another key (hits it never saw inserted); one past the end, an IndexError.
+            if not 0 <= event.key < count:
+                raise InvalidArgument(
+                    f"{trace.name!r}: a read at t={event.t:g} names shard {event.key!r:.40}, "
+                    "which the trace does not have"
+                )
+        elif isinstance(event, PlanDeclared) and any(not 0 <= key < count for key in event.keys):
             raise InvalidArgument(
                 f"{trace.name!r}: the plan of {event.job!r} names shards the trace does not have"
             )
