@@ -194,3 +194,27 @@ def test_an_unknown_kind_is_refused(kind: object) -> None:
         SamplerPlan(kind).validate()  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="sampler kind"):
         epoch_order(10, kind, 0, 0)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_order_as_the_same_python_integers() -> None:
+    # A seed or epoch from numpy (a generator's draw, an np.arange loop) raised
+    # OverflowError in the SplitMix64 mask, where the wire took it as the int it is.
+    names = [f"shard-{i:03d}" for i in range(10)]
+    for kind in SamplerKind:
+        fields = {"seed": 5, "epoch": 3, "rank": 1, "world_size": 2, "epochs": 2}
+        as_numpy = {name: np.int64(value) for name, value in fields.items()}
+        plan = SamplerPlan(kind, **as_numpy)  # type: ignore[arg-type]
+        assert rank_order(plan, names) == rank_order(SamplerPlan(kind, **fields), names)
+        assert type(plan.seed) is int
+    shuffle = SamplerKind.SHUFFLE
+    assert epoch_order(10, shuffle, np.uint64(7), np.int32(2)).tolist() == (  # type: ignore[arg-type]
+        epoch_order(10, shuffle, 7, 2).tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    "fields", [{"seed": 1.5}, {"epoch": "1"}, {"epochs": 2.0}, {"world_size": 2.0}, {"rank": True}]
+)
+def test_fields_that_are_not_whole_numbers_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument, match="whole number"):
+        SamplerPlan(SamplerKind.SHUFFLE, **fields).validate()  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ union over ranks is the global order, each entry exactly once).
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierstore.errors import InvalidArgument
-from tierstore.types import seconds_up_to
+from tierstore.types import seconds_up_to, whole_number
 
 __all__ = [
     "DEFAULT_PLAN_TTL_S",
@@ -79,6 +80,14 @@ class SamplerPlan:
         # A kind given by its name ("shuffle") is that kind, as on the wire: left a
         # plain string, it matched no kind below and ordered as draws with replacement.
         object.__setattr__(self, "kind", _sampler_kind(self.kind))
+        # Numpy integers become the ints they are (a numpy seed overflowed the
+        # SplitMix64 mask); a float or a string is refused here, not deep in numpy.
+        for name in ("seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch"):
+            value = getattr(self, name)
+            number = whole_number(value)
+            if number is None:
+                raise InvalidArgument(f"{name} must be a whole number, got {value!r:.40}")
+            object.__setattr__(self, name, number)
 
     def validate(self) -> None:
         """Raise InvalidArgument if the fields do not describe a plan."""
@@ -123,6 +132,9 @@ def _stream(
     """Pseudo-random uint64 values determined by (seed, epoch) alone: those at positions
     ``start, start + step, ...`` below ``count`` of one stream (each value depends on its
     position only, so a rank's share costs its own length, not the whole stream's)."""
+    # operator.index: a numpy seed or epoch is masked as the int it is (np.int64 & 2**64 - 1
+    # overflowed).
+    seed, epoch = operator.index(seed), operator.index(epoch)
     base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
     base = _splitmix64(np.array([base ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF)], dtype=np.uint64))[0]
     positions = np.arange(start, count, step, dtype=np.uint64)
