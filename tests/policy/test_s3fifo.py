@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.policy.conformance import HotModel, PolicyConformance
 from tierstore.policy.base import Policy
-from tierstore.policy.s3fifo import GHOST, MAIN, S3FifoPolicy
+from tierstore.policy.s3fifo import GHOST, MAIN, SMALL, S3FifoPolicy
 
 
 class TestS3FifoConformance(PolicyConformance):
@@ -86,3 +86,24 @@ def test_resident_bytes_and_size_aware_small_queue() -> None:
     assert policy.resident_bytes == 1000
     # small holds 100% of the bytes, over its 10% target: it gives the first victims.
     assert model.victims(100) == ["big"]
+
+
+def test_a_returning_ghost_goes_to_main_when_its_promotion_lands_after_other_reads() -> None:
+    # The engine queues an admitted miss's promotion and inserts the shard when it is
+    # written, by then after other readers' reads: the ghost rule must not depend on
+    # the shard's read being the last one (it went to small, as a newcomer, instead).
+    policy = S3FifoPolicy()
+    for key in range(4):
+        policy.record_access(key, 1, 0.0, False)
+        policy.inserted(key, 1, 0.0)
+    policy.removed(0)
+    policy.record_access(0, 1, 1.0, False)  # a ghost read, admitted: room is free
+    assert policy.admit(0, 1, 1.0, 1)
+    policy.record_access(1, 1, 1.0, True)  # another reader's hit meanwhile
+    policy.record_access(9, 1, 1.0, False)  # and a newcomer's miss, refused
+    policy.inserted(0, 1, 2.0)  # the promotion lands
+    slots = policy._slots  # backdoor: which queue each shard is in
+    assert slots.queue_of(slots.slot(0)) == MAIN
+    # A newcomer inserted late is no returning ghost: it starts in small.
+    policy.inserted(9, 1, 2.0)
+    assert slots.queue_of(slots.slot(9)) == SMALL

@@ -73,10 +73,9 @@ class S3FifoPolicy(Policy):
         self._slots.add_array("tick", np.float64)
         self._tick = 0
         # The key of the last record_access and its decayed count before that read;
-        # admit() and inserted() act on it (the driver calls them right after).
+        # admit() acts on it (the driver calls it right after).
         self._last_key: Key | None = None
         self._last_prior = 0.0
-        self._last_was_ghost = False
         # admit()'s walk (bytes, victim slots), valid until the next read.
         self._chosen: tuple[int, list[int]] | None = None
 
@@ -96,15 +95,18 @@ class S3FifoPolicy(Policy):
                 slot = slots.add(key)
                 slots.push(GHOST, slot)
             slots.resize(slot, size)
-            self._last_was_ghost = False
             prior = 0.0
         else:
-            self._last_was_ghost = slots.queue[slot] == GHOST
             prior = self._decayed(slot)
-            if not self._last_was_ghost:
-                freq = slots.view("freq")
-                if freq[slot] < _MAX_FREQ:
-                    freq[slot] += 1
+            freq = slots.view("freq")
+            if slots.queue[slot] == GHOST:
+                # A ghost's freq (0 since it left the tier) marks a read while a ghost:
+                # its insertion, whenever the driver makes it, goes to main. The engine
+                # writes a promotion after other readers' reads, so "the last read was
+                # this ghost's" missed nearly every return there.
+                freq[slot] = 1
+            elif freq[slot] < _MAX_FREQ:
+                freq[slot] += 1
         slots.view("count")[slot] = prior + 1.0
         slots.view("tick")[slot] = self._tick
         self._last_key, self._last_prior = key, prior
@@ -141,7 +143,7 @@ class S3FifoPolicy(Policy):
         if queue in (SMALL, MAIN):
             slots.resize(slot, size)
             return
-        to_main = queue == GHOST and key == self._last_key and self._last_was_ghost
+        to_main = queue == GHOST and slots.view("freq")[slot] > 0  # read while a ghost
         if queue != NIL:
             slots.unlink(slot)
         slots.size[slot] = size
@@ -155,7 +157,8 @@ class S3FifoPolicy(Policy):
         if slot == NIL or slots.queue_of(slot) == GHOST:
             return
         # Keep its read history: if it comes back soon, the gate and the ghost rule
-        # remember it was popular.
+        # remember it was popular. Its freq now marks a read while a ghost.
+        slots.view("freq")[slot] = 0
         slots.move_to_head(GHOST, slot)
         self._trim_ghosts()
 
