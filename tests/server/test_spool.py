@@ -260,7 +260,17 @@ def test_a_put_whose_dataset_was_made_again_encrypted_meanwhile_stores_nothing(
     # mapped, and the refusal's traceback held them.
     name = unique()
     admin.create_dataset(name)
-    with put_held_open(server, name, os.urandom(4 * MiB), SPOOLED_FRAMES + 1) as future:
+    chunk = os.urandom(4 * MiB)
+    with put_held_open(server, name, chunk, SPOOLED_FRAMES + 1) as future:
+        # Every frame sent is received first: a frame still on its way when the dataset
+        # is gone ends the put there (DatasetNotFound), before the commit this tests.
+        poll(
+            lambda: any(
+                size >= SPOOLED_FRAMES * len(chunk) for size in spool_files(server).values()
+            ),
+            60,
+            "the server to receive the frames sent",
+        )
         admin.delete_dataset(name, force=True)
         admin.create_dataset(name, encrypted=True)
     with pytest.raises(grpc.RpcError) as refused:
