@@ -146,6 +146,12 @@ class PinRetries:
             pin.due = self._room_backoff(pin, now) if for_room else now + pin.backoff()
             self._waiting[key] = pin
 
+    def waits_for_archive(self) -> bool:
+        """Whether a pin's promotion failed for want of the archive and waits to be
+        tried again."""
+        with self._lock:
+            return any(pin.failures and not pin.for_room for pin in self._waiting.values())
+
     def remember_unqueued(self, record: ShardRecord) -> None:
         """Note that the promotion of ``record``, just pinned, found the queue full, or
         its generation's promotion under way (on a copy of the record without the pin):

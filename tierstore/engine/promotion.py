@@ -138,6 +138,17 @@ class Promoter:
         #: promotions skipped since start because eviction could not make room for them
         #: below the high watermark, within the dataset's quota or in the LMDB map.
         self.promotions_skipped = 0
+        #: why the last pinned shard's promotion failed for want of the archive, until a
+        #: promotion succeeds (see :meth:`archive_failure`).
+        self._archive_error: str | None = None
+
+    def archive_failure(self) -> str | None:
+        """Why pinned shards stay cold for want of the archive, or None: the last such
+        failure while a pin waits to be tried again. With nothing to upload, the
+        mover's error says nothing of an archive gone away, and stats showed no reason.
+        Names a shard: for callers with a role on every dataset only."""
+        error = self._archive_error
+        return error if error is not None and self.pins.waits_for_archive() else None
 
     def start(self) -> None:
         """Start the promotion threads and the fill thread."""
@@ -394,6 +405,8 @@ class Promoter:
                 # back (PinRetries.retry), not left cold until someone pins it again.
                 # (A damaged archive copy is not: trying again would only fail again.)
                 self.pins.remember(record)
+                where = f"{record.dataset}/{record.name}@{record.generation}"
+                self._archive_error = f"promote pinned {where}: {exc}"
             if raise_unavailable and isinstance(exc, ArchiveUnavailable):
                 raise
             if isinstance(exc, ArchiveUnavailable):  # said in stats too: no traceback
@@ -405,6 +418,7 @@ class Promoter:
         finally:
             self._forget_promotion((record.dataset, record.generation))
             if promoted:
+                self._archive_error = None  # the archive answers again
                 self.after_promotion()
 
     def promote_now(

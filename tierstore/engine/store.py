@@ -119,6 +119,7 @@ class StoreStats:
     lmdb_file_bytes: int
     live_read_leases: int
     slow_read_leases: int
+    #: why the archive fails: the mover's last error, else a pinned shard's promotion's
     mover_error: str | None
     #: shards the mover could not archive because their hot copy failed verification,
     #: then shards whose catalog record is unreadable (until deleted; at most 1,000).
@@ -1205,7 +1206,7 @@ class Store:
             lmdb_file_bytes=self._env.file_size(),
             live_read_leases=self._reader.leases.live,
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
-            mover_error=self.mover.archive_failure(),
+            mover_error=self.mover.archive_failure() or self.promoter.archive_failure(),
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
             data_loss_unnamed=self._catalog.unreadable.unnamed(),
