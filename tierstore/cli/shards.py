@@ -211,8 +211,9 @@ def pin(
 ) -> None:
     """Keep shards in the hot tier, whatever the placement policy says. A cold one is
     queued for promotion; where the hot tier or the dataset's quota has no room (pinned
-    shards are never evicted to make it) it is tried again, up to a minute apart, and
-    at once when the quota is raised: ls shows which are hot. A cold shard larger than
+    shards are never evicted to make it), or the archive does not answer, it is tried
+    again, up to a minute apart, and at once when the quota is raised: ls shows which
+    are hot, stats the archive's error. A cold shard larger than
     the hot tier takes (its high watermark) is refused (HotTierFull), and one larger than
     its dataset's hot-tier quota (QuotaExceeded): it could never be hot."""
     client = command_client()
@@ -227,7 +228,8 @@ def pin(
     )
     promoting = (
         f"; {queued:,} bytes of them were cold and are queued for promotion, tried again "
-        "while there is no room (ls shows which are hot)"
+        "while there is no room or the archive does not answer (ls shows which are hot, "
+        "stats the archive's error)"
         if queued
         else ""
     )
