@@ -40,6 +40,7 @@ class FakeClient:
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     archive_error: str | None = None
     journal_entries: int = 0
+    backlog_shards: int = 0
     tokens: list[dict[str, Any]] = field(default_factory=list)
     shards: set[str] = field(default_factory=set)
 
@@ -123,12 +124,14 @@ class FakeClient:
         self.calls.append(("stats", (dataset,)))
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
         usage |= {"archived_shards": 0, "archived_bytes": 0}
+        usage |= {"backlog_shards": self.backlog_shards, "backlog_bytes": 7 * self.backlog_shards}
         return {
             "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": None}},
             "hot_bytes": 9,
             "hot_capacity_bytes": 100,
             "backlog_bytes": 0,
             "journal_entries": self.journal_entries,
+            "oldest_journal_age_s": 3600.0 if self.journal_entries else 0.0,
             "data_loss": [],
             "archive_error": self.archive_error,
             "traced_reads": 0,
@@ -568,6 +571,21 @@ def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None
     assert "0 bytes waiting for the archive; 55 journal entries pending" in shown.stdout
     client.journal_entries = 1
     assert "1 journal entry pending" in invoke("stats").stdout
+
+
+def test_stats_show_each_datasets_backlog_and_the_oldest_entrys_wait(
+    client: FakeClient,
+) -> None:
+    # Only the node-wide backlog showed: which dataset waited for the archive, and for
+    # how long, was nowhere.
+    client.journal_entries, client.backlog_shards = 3, 2
+    shown = invoke("stats")
+    assert shown.exit_code == 0, shown.output
+    assert "backlog" in shown.stdout and "the oldest for 3,600 s" in shown.stdout
+    scripted = json.loads(invoke("--json", "stats").stdout)
+    assert scripted["oldest_journal_age_s"] == 3600.0
+    idle = scripted["datasets"]["idle"]
+    assert (idle["backlog_shards"], idle["backlog_bytes"]) == (2, 14)
 
 
 def test_one_shard_is_one_shard(client: FakeClient) -> None:

@@ -129,6 +129,70 @@ def test_overwritten_and_deleted_puts_leave_the_backlog(open_store: StoreFactory
     assert store.drain(10) and store.stats().backlog_bytes == 0
 
 
+def test_each_datasets_backlog_and_the_oldest_entrys_wait_survive_a_restart(
+    open_store: StoreFactory,
+) -> None:
+    # Only the node-wide backlog was counted: which dataset waited for the archive, and
+    # since when, was known nowhere.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    store = open_store(archive, datasets=PLAIN)
+    store.put("plain", "a", payload(2 * FRAME + 7, 1))
+    store.put("plain", "b", payload(FRAME, 2))
+    store.put("enc", "c", payload(3 * FRAME, 3))
+    store.put("plain", "b", payload(FRAME + 9, 4))  # the upload it replaces is forgone
+    store.put("enc", "gone", payload(100))
+    store.delete("enc", "gone")
+
+    def backlog(dataset: str) -> tuple[int, int]:
+        usage = store.dataset_usage(dataset)
+        return usage.backlog_shards, usage.backlog_bytes
+
+    def expected(dataset: str) -> tuple[int, int]:
+        usage = store.dataset_usage(dataset)  # all hot: its stored bytes, as counted
+        return usage.shards, usage.hot_bytes
+
+    assert backlog("plain") == expected("plain") and backlog("plain")[0] == 2
+    assert backlog("enc") == expected("enc") and backlog("enc")[0] == 1
+    assert store.stats().backlog_bytes == backlog("plain")[1] + backlog("enc")[1]
+    wait_until(lambda: store.stats().oldest_journal_age_s >= 1.0, "the oldest entry to age")
+    waited = store.stats().oldest_journal_age_s
+    store.close()
+
+    # A restart keeps both: the commit times are in the hot tier.
+    store = open_store(archive, data_dir=store.settings.data_dir)
+    assert store.stats().oldest_journal_age_s >= waited
+    assert backlog("plain") == expected("plain") and backlog("enc") == expected("enc")
+    # A hot tier journaled by a release that kept neither: counted once on opening.
+    with store._env.write() as txn:
+        meta = store._env.db("meta")
+        for prefix in (b"backlog\x00", b"journaled\x00"):
+            keys = []
+            cursor = txn.cursor(db=meta)
+            positioned = cursor.set_range(prefix)
+            while positioned and bytes(cursor.key()).startswith(prefix):
+                keys.append(bytes(cursor.key()))
+                positioned = cursor.next()
+            assert keys
+            for key in keys:
+                txn.delete(key, db=meta)
+        txn.delete(b"backlog_by_dataset", db=meta)
+    store.close()
+    store = open_store(archive, data_dir=store.settings.data_dir)
+    assert backlog("plain") == expected("plain") and backlog("enc") == expected("enc")
+    assert store.stats().oldest_journal_age_s < waited  # counted from the opening
+    # A dataset deleted with its shards takes its backlog along, and a namesake starts
+    # with none.
+    store.delete_dataset("enc", force=True)
+    store.create_dataset("enc", PLAIN["enc"])
+    assert backlog("enc") == (0, 0) and backlog("plain") == expected("plain")
+
+    archive.failing = False
+    assert store.drain(10)
+    assert backlog("plain") == backlog("enc") == (0, 0)
+    assert store.stats().oldest_journal_age_s == 0.0
+
+
 def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:
     inner = MemoryTier()
     archive = FaultyTier(inner)

@@ -64,6 +64,8 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
         "hot bytes",
         "archived shards",
         "archived bytes",
+        "backlog shards",
+        "backlog bytes",
         "hits",
         "misses",
         "hit ratio",
@@ -78,6 +80,8 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
             f"{d['hot_bytes']:,}",
             str(d["archived_shards"]),
             f"{d['archived_bytes']:,}",
+            str(d["backlog_shards"]),
+            f"{d['backlog_bytes']:,}",
             str(d["hits"]),
             str(d["misses"]),
             hit_ratio_text(d),
@@ -86,7 +90,7 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
     table.caption = (
         f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
         f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
-        f"{_journal_text(figures['journal_entries'])}"
+        f"{_journal_text(figures['journal_entries'], figures['oldest_journal_age_s'])}"
         + (f"; the archive is failing: {failing}" if failing else "")
     )
     capacity = figures["hot_capacity_bytes"]
@@ -121,12 +125,16 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
     return {**figures, "sizing": sizing}
 
 
-def _journal_text(entries: int) -> str:
-    """The journal's size for an operator: deletes and reseals carry no bytes, so a
-    journal of them shows only here (waits such as ``--reseal-archive``'s end on it)."""
+def _journal_text(entries: int, oldest_age_s: float) -> str:
+    """The journal's size for an operator, and how long its oldest entry has waited:
+    deletes and reseals carry no bytes, so a journal of them shows only here (waits
+    such as ``--reseal-archive``'s end on it)."""
     if entries == 0:
         return "journal empty"
-    return f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending"
+    return (
+        f"{entries:,} journal {'entry' if entries == 1 else 'entries'} pending, "
+        f"the oldest for {oldest_age_s:,.0f} s"
+    )
 
 
 # traces

@@ -22,15 +22,18 @@ __all__ = ["PlacementCalls", "TierStats"]
 
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
-    ``backlog_bytes``, ``journal_entries``, ``archive_error`` (why the mover's last
-    archive operation failed, or None; the reason itself only for a caller with a role
-    on ``*``), ``data_loss`` (the shards of the datasets
-    shown that the node reports lost, ``"dataset/name: why"``; the first 16 MiB of them),
-    ``data_loss_omitted`` (how many more the node reports: its log has them), ``datasets`` (per
-    dataset: shards, bytes, hot_shards, hot_bytes, hits, misses, hit_ratio (None before
+    ``backlog_bytes``, ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
+    oldest pending journal entry committed; 0 when none is pending), ``archive_error``
+    (why the mover's last archive operation failed, or None; the reason itself only for
+    a caller with a role on ``*``), ``data_loss`` (the shards of the datasets shown that
+    the node reports lost, ``"dataset/name: why"``; the first 16 MiB of them),
+    ``data_loss_omitted`` (how many more the node reports: its log has them),
+    ``datasets`` (per dataset: shards, bytes, hot_shards, hot_bytes, archived_shards,
+    archived_bytes, backlog_shards and backlog_bytes (its uploads waiting for the
+    archive, stored bytes as hot_bytes counts them), hits, misses, hit_ratio (None before
     its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
-    when asked for,
-    ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and ``traced_reads``."""
+    when asked for, ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and
+    ``traced_reads``."""
 
 
 class PlacementCalls(ClientCore):
@@ -136,6 +139,7 @@ class PlacementCalls(ClientCore):
             hot_capacity_bytes=reply.hot_capacity_bytes,
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
+            oldest_journal_age_s=reply.oldest_journal_age_s,
             data_loss=list(reply.data_loss),
             data_loss_omitted=reply.data_loss_omitted,
             archive_error=reply.archive_error or None,
@@ -147,6 +151,8 @@ class PlacementCalls(ClientCore):
                     "hot_bytes": d.hot_bytes,
                     "archived_shards": d.archived_shards,
                     "archived_bytes": d.archived_bytes,
+                    "backlog_shards": d.backlog_shards,
+                    "backlog_bytes": d.backlog_bytes,
                     "hits": d.hits,
                     "misses": d.misses,
                     "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else None,

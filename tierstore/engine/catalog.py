@@ -52,6 +52,14 @@ _U64 = struct.Struct(">Q")
 _STAGING = b"staging\x00"
 #: Key prefix in ``meta`` of the journal entry of a generation's pending upload.
 _UPLOAD = b"upload\x00"
+#: Key prefix in ``meta`` of a dataset's backlog: the stored bytes and the number of
+#: its pending uploads (two u64), kept with ``backlog_bytes``.
+_BACKLOG = b"backlog\x00"
+#: Key prefix in ``meta`` of a journal entry's commit time (f64, seconds since the
+#: epoch), by sequence number.
+_JOURNALED_AT = b"journaled\x00"
+_F64 = struct.Struct(">d")
+_PAIR = struct.Struct(">QQ")
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +361,58 @@ class Catalog:
         seq = self.counter(txn, "journal_seq") + 1
         self.set_counter(txn, "journal_seq", seq)
         txn.put(_U64.pack(seq), op.encode(), db=self._db("journal"))
+        txn.put(_JOURNALED_AT + _U64.pack(seq), _F64.pack(time.time()), db=self._db("meta"))
         if op.op == "upload":
             self.add_counter(txn, "backlog_bytes", op.nbytes)
+            self._add_backlog(txn, op.dataset, op.nbytes, 1)
             txn.put(_UPLOAD + _U64.pack(op.generation), _U64.pack(seq), db=self._db("meta"))
         return seq
+
+    def dataset_backlog(self, txn: Any, dataset: str) -> tuple[int, int]:
+        """``dataset``'s stored bytes waiting for the archive and its uploads pending
+        (those not forgone): its share of ``backlog_bytes``."""
+        raw = txn.get(_BACKLOG + dataset.encode(), db=self._db("meta"))
+        return (0, 0) if raw is None else _PAIR.unpack(bytes(raw))
+
+    def _add_backlog(self, txn: Any, dataset: str, nbytes: int, shards: int) -> None:
+        size, count = self.dataset_backlog(txn, dataset)
+        size, count = max(0, size + nbytes), max(0, count + shards)
+        key = _BACKLOG + dataset.encode()
+        if size or count:
+            txn.put(key, _PAIR.pack(size, count), db=self._db("meta"))
+        else:
+            txn.delete(key, db=self._db("meta"))
+
+    def oldest_journaled_at(self, txn: Any) -> float | None:
+        """When the oldest pending journal entry committed (seconds since the epoch;
+        None: the journal is empty)."""
+        for seq, _ in self._journal(txn, 1):
+            raw = txn.get(_JOURNALED_AT + _U64.pack(seq), db=self._db("meta"))
+            return None if raw is None else float(_F64.unpack(bytes(raw))[0])
+        return None
+
+    def count_backlog(self, txn: Any) -> None:
+        """Once, on a hot tier journaled by a release that kept neither: each dataset's
+        backlog, from the pending uploads, and a commit time (now) for each pending
+        entry."""
+        if self.counter(txn, "backlog_by_dataset"):
+            return
+        now = _F64.pack(time.time())
+        for seq, raw in self._journal(txn):
+            op = JournalOp.decode(raw)
+            at = _JOURNALED_AT + _U64.pack(seq)
+            if txn.get(at, db=self._db("meta")) is None:
+                txn.put(at, now, db=self._db("meta"))
+            if op.op == "upload" and self._counted(txn, seq, op):
+                self._add_backlog(txn, op.dataset, op.nbytes, 1)
+        self.set_counter(txn, "backlog_by_dataset", 1)
+
+    def _counted(self, txn: Any, seq: int, op: JournalOp) -> bool:
+        """Whether upload ``op`` (entry ``seq``) counts in its dataset's backlog: it is
+        its generation's pending upload, or was journaled before uploads were indexed
+        and still holds bytes (one forgone holds none and is no longer indexed)."""
+        raw = txn.get(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
+        return op.nbytes > 0 if raw is None else _U64.unpack(bytes(raw))[0] == seq
 
     def pending_upload_bytes(self, txn: Any, generation: int) -> int:
         """The backlog bytes ``generation``'s pending upload holds (0: none pending), which
@@ -382,7 +438,10 @@ class Catalog:
         txn.delete(index, db=self._db("meta"))
         seq = _U64.unpack(bytes(raw))[0]
         op = self.journal_entry(txn, seq)
-        if op is None or op.op != "upload" or op.generation != generation or not op.nbytes:
+        if op is None or op.op != "upload" or op.generation != generation:
+            return
+        self._add_backlog(txn, op.dataset, -op.nbytes, -1)
+        if not op.nbytes:
             return
         txn.put(_U64.pack(seq), dataclasses.replace(op, nbytes=0).encode(), db=self._db("journal"))
         self.add_counter(txn, "backlog_bytes", -op.nbytes)
@@ -425,8 +484,12 @@ class Catalog:
         if op is None:
             return
         txn.delete(_U64.pack(seq), db=self._db("journal"))
+        txn.delete(_JOURNALED_AT + _U64.pack(seq), db=self._db("meta"))
         if op.op == "upload":
             self.add_counter(txn, "backlog_bytes", -op.nbytes)
+            # Not an upload forgone (its shard was counted off then).
+            if self._counted(txn, seq, op):
+                self._add_backlog(txn, op.dataset, -op.nbytes, -1)
             txn.delete(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
 
     def datasets_on_the_journal(self, txn: Any) -> set[str]:

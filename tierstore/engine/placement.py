@@ -45,6 +45,10 @@ class DatasetUsage:
     #: bytes there (as ``hot_bytes`` counts them; each object's small index aside).
     archived_shards: int = 0
     archived_bytes: int = 0
+    #: the pending uploads of its shards and their stored bytes (as ``hot_bytes``
+    #: counts them): its share of the node's backlog.
+    backlog_shards: int = 0
+    backlog_bytes: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -191,8 +195,18 @@ class Placement:
                 if record.archived:
                     archived_shards += 1
                     archived_bytes += stored_size(record)
+            backlog_bytes, backlog_shards = self._catalog.dataset_backlog(txn, dataset)
         with self._lock:
             hits, misses = self._reads.get(dataset, (0, 0))
         return DatasetUsage(
-            shards, size, hot_shards, hot_bytes, hits, misses, archived_shards, archived_bytes
+            shards,
+            size,
+            hot_shards,
+            hot_bytes,
+            hits,
+            misses,
+            archived_shards,
+            archived_bytes,
+            backlog_shards,
+            backlog_bytes,
         )

@@ -129,6 +129,8 @@ class StoreStats:
     #: by dataset, the shards whose catalog record is unreadable beyond those named in
     #: ``data_loss`` (which names at most 1,000; the log names every one).
     data_loss_unnamed: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: seconds since the oldest pending journal entry committed (0: the journal is empty).
+    oldest_journal_age_s: float = 0.0
 
 
 def _check_listing(prefix: object, start_after: object, limit: object) -> None:
@@ -188,6 +190,8 @@ class Store:
         self._catalog = Catalog(self._env)
         # Before any promotion runs: frames a crash left half-promoted are nobody's.
         drop_abandoned(self._env, self._catalog, self._frames)
+        with self._env.write() as txn:
+            self._catalog.count_backlog(txn)
         self._access = AccessRecorder(settings.access_half_life_s)
         self._sealers = ShardSealers(keyring, self._current_record)
         self._policies = PolicyDriver()
@@ -1198,6 +1202,7 @@ class Store:
             hot = self._catalog.counter(txn, "hot_bytes")
             backlog = self._catalog.counter(txn, "backlog_bytes")
             journal = self._catalog.journal_length(txn)
+            oldest = self._catalog.oldest_journaled_at(txn)
         return StoreStats(
             hot_bytes=hot,
             hot_capacity_bytes=self.settings.hot_capacity_bytes,
@@ -1210,4 +1215,6 @@ class Store:
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
             data_loss_unnamed=self._catalog.unreadable.unnamed(),
+            # A clock stepped back reads 0, not a negative wait.
+            oldest_journal_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
         )

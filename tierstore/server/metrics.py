@@ -440,6 +440,11 @@ class _StoreCollector(Collector):
             "tierstore_journal_entries", "archive operations pending", stats.journal_entries
         )
         yield GaugeMetricFamily(
+            "tierstore_journal_oldest_age_seconds",
+            "seconds since the oldest pending archive operation committed (0: none pending)",
+            stats.oldest_journal_age_s,
+        )
+        yield GaugeMetricFamily(
             "tierstore_archive_failing",
             "1 while the mover's last archive operation failed (the archive down or "
             "failing, or uploads held; stats and the log say why), or the one in progress "

@@ -131,6 +131,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             hot_capacity_bytes=stats.hot_capacity_bytes,
             backlog_bytes=stats.backlog_bytes,
             journal_entries=stats.journal_entries,
+            oldest_journal_age_s=stats.oldest_journal_age_s,
             datasets=self._dataset_stats(names, listed=not request.dataset),
             # Of the datasets shown only: an entry names its shard.
             archive_error=_archive_error_for(principal, stats.mover_error),
@@ -176,6 +177,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     policy=self._store.policy_name(name),
                     archived_shards=usage.archived_shards,
                     archived_bytes=usage.archived_bytes,
+                    backlog_shards=usage.backlog_shards,
+                    backlog_bytes=usage.backlog_bytes,
                 )
             )
         return figures

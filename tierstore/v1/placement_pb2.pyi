@@ -65,7 +65,7 @@ class GetTierStatsRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., sizing: _Optional[bool] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes")
+    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class DatasetStats(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_SHARDS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shards: int
     bytes: int
@@ -86,7 +88,9 @@ class DatasetStats(_message.Message):
     policy: str
     archived_shards: int
     archived_bytes: int
-    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ...) -> None: ...
+    backlog_shards: int
+    backlog_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ..., backlog_shards: _Optional[int] = ..., backlog_bytes: _Optional[int] = ...) -> None: ...
 
 class SizingPoint(_message.Message):
     __slots__ = ("capacity_bytes", "miss_ratio")
@@ -97,7 +101,7 @@ class SizingPoint(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +112,7 @@ class TierStats(_message.Message):
     DATA_LOSS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
     DATA_LOSS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_JOURNAL_AGE_S_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
@@ -118,7 +123,8 @@ class TierStats(_message.Message):
     data_loss: _containers.RepeatedScalarFieldContainer[str]
     archive_error: str
     data_loss_omitted: int
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ...) -> None: ...
+    oldest_journal_age_s: float
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
     __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch")
