@@ -3,7 +3,7 @@
 Against the real ``tierstore serve`` process (its embedded SeaweedFS archive), each
 range of a grid — offsets and lengths at 0, at every frame boundary and one either
 side, at the shard's end and past it, and at the edges of what the wire carries — is
-read with ``get`` and ``download``, in place (the local path) and through the
+read with ``get``, ``download`` and ``iter_bytes``, in place (the local path) and through the
 service, from the hot tier and from the archive alone, plaintext and encrypted, and
 compared with the same slice of the bytes that were put. A range that cannot be read
 raises one error on every path: :class:`RangePastEnd` for a start past the end,
@@ -123,7 +123,12 @@ def reads(client: Client, tmp_path: Path) -> dict[str, Callable[..., bytes]]:
         assert written == len(data)
         return data
 
-    return {"get": get, "download": download}
+    def iter_bytes(dataset: str, shard: str, offset: int, length: int | None) -> bytes:
+        pieces = list(client.iter_bytes(dataset, shard, offset=offset, length=length))
+        assert all(pieces), "an empty piece was handed on"
+        return b"".join(pieces)
+
+    return {"get": get, "download": download, "iter_bytes": iter_bytes}
 
 
 @pytest.mark.parametrize("local_reads", [True, False], ids=["local", "grpc"])
@@ -195,6 +200,8 @@ def test_a_malformed_range_is_invalid_range_on_every_path(
         assert not isinstance(caught.value, errors.RangePastEnd)
         with pytest.raises(errors.InvalidRange, match=named):
             client.download(dataset, "blob", tmp_path / "out", **arguments)
+        with pytest.raises(errors.InvalidRange, match=named):
+            client.iter_bytes(dataset, "blob", **arguments)  # at the call, not its first piece
         assert not (tmp_path / "out").exists()
         with pytest.raises(errors.RangePastEnd, match="past the end"):
             client.get(dataset, "blob", offset=11)

@@ -88,6 +88,8 @@ def test_the_client_library_example_runs_as_written(
     assert array.shape == (1024, 768) and array.dtype == np.float16
     assert scope["part"] == pa.py_buffer(b"bytes")  # b"any bytes"[4:9]
     assert copy.read_bytes() == source.read_bytes()
+    last = scope["sink"]  # iter_bytes's last piece: the file's end
+    assert isinstance(last, bytearray) and len(last) > 0 and source.read_bytes().endswith(last)
     big = client.read_table(name, "train/big")  # type: ignore[attr-defined]
     assert sorted(big.column("x").to_pylist()) == list(range(200))
     assert [info.name for info in client.list(name)] == [  # type: ignore[attr-defined]

@@ -94,8 +94,9 @@ def get(
     to stdout as they are, --json or not (with -o FILE, --json prints what was written).
     Without -o, a stdout that is a terminal is refused before any call: a shard's bytes
     would garble it (-o - writes them there all the same). To a file, the shard is
-    streamed into it; to stdout (or a pipe or device) it is held in memory whole first,
-    so give -o FILE for a shard larger than memory."""
+    streamed into it (and written whole or not at all); to stdout (or a pipe or device)
+    it is written a frame at a time as it arrives, so a stream cut off part way leaves
+    part of it written, and the command fails."""
     if given is None and sys.stdout.isatty():
         raise fail(
             errors.InvalidArgument(
@@ -106,10 +107,16 @@ def get(
     # "-" is the usual spelling of stdout (a file named "-": its full path).
     output = None if given in (None, "-") else checked_output_file(given)
     if output is None:
-        data = run_or_fail(
-            lambda: command_client().get(dataset, shard, offset=offset, length=length)
+        # Handed on a frame at a time as it arrives: memory does not grow with the shard.
+        pieces = run_or_fail(
+            lambda: command_client().iter_bytes(dataset, shard, offset=offset, length=length)
         )
-        write_all(sys.stdout.buffer, memoryview(data))
+
+        def write_pieces() -> None:
+            for piece in pieces:
+                write_all(sys.stdout.buffer, memoryview(piece))
+
+        run_or_fail(write_pieces)
         sys.stdout.buffer.flush()
         return
     # To a file: streamed into it, so memory does not grow with the shard.

@@ -28,6 +28,7 @@ beside it: :mod:`~tierstore.client.failures` (a failed call's error, and retries
 from __future__ import annotations
 
 import builtins
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,7 +52,7 @@ from tierstore.client.download import (
     stream_into_file,
     write_all,
 )
-from tierstore.client.failures import retried
+from tierstore.client.failures import closed_channel_is_unavailable, raise_mapped, retried
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
@@ -278,15 +279,7 @@ class Client(AdminCalls, PlacementCalls):
         """A byte range read: checked, then read locally (``take_local`` of its one
         buffer, from ``allocate`` if given) where the local path serves it, else
         streamed (``receive``)."""
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
-        offset = _byte_position("offset", offset)
-        length = None if length is None else _byte_position("length", length)
-        # The wire carries both as uint64; any shard ends long before either limit.
-        if offset > _MAX_U64:
-            raise RangePastEnd(f"byte offset {offset} is past the end of any shard")
-        if length is not None and length > _MAX_U64:
-            length = None  # a range is cut at the shard's end: this one reaches it
+        offset, length = _checked_range(dataset, shard, offset, length)
         # A fork() waits for the whole read, local or streamed (see forkgate).
         with GATE.call():
             if self._local is not None:
@@ -294,13 +287,45 @@ class Client(AdminCalls, PlacementCalls):
                 if local is not None:
                     return take_local(local.buffers[0])
             self._counts.bump("grpc")
-            byte_range = common_pb2.ByteRange(offset=offset)
-            if length is not None:
-                byte_range.length = length
-            return self._read_whole(
-                shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range),
-                receive,
+            return self._read_whole(_range_request(dataset, shard, offset, length), receive)
+
+    def iter_bytes(
+        self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
+    ) -> Iterator[bytearray]:
+        """Bytes ``[offset, offset + length)`` of a shard, handed on a frame at a time as
+        they arrive (each piece verified, and decrypted, into a ``bytearray`` of its own),
+        so memory does not grow with the range. Always streamed from the service.
+
+        The call opens the stream and receives the first piece before it returns: its
+        failures (raised as :meth:`get`'s) are retried as a whole read's are, and nothing
+        was handed out. Once the first piece is handed out nothing is retried: a stream
+        cut off, or a shard overwritten or deleted under it, raises (Unavailable,
+        DataLoss) from the iteration, and the pieces already taken are then only part
+        of the range. Every piece comes from one generation. All of it shares the one
+        deadline, ``stream_timeout_s`` from the call; close the iterator to stop early.
+        Do not fork while one is open (its stream is outside the fork gate).
+        """
+        request = _range_request(dataset, shard, *_checked_range(dataset, shard, offset, length))
+        stub = self._stub(shards_pb2_grpc.ShardServiceStub)
+        deadline = time.monotonic() + self.stream_timeout_s
+
+        def attempt() -> tuple[Any, Iterator[bytearray], builtins.list[bytearray]]:
+            responses = stub.GetShard(
+                request,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                metadata=self._channel.metadata,
             )
+            try:
+                pieces = open_stream(responses, request).pieces()
+                return responses, pieces, builtins.list(itertools.islice(pieces, 1))
+            except BaseException:
+                responses.cancel()
+                raise
+
+        with GATE.call(), self._no_token_named():
+            self._counts.bump("grpc")
+            responses, pieces, first = retried(attempt, True, deadline)
+        return _handed_on(responses, first, pieces)
 
     def read_table(
         self, dataset: str, shard: str, columns: Iterable[str] | None = None
@@ -406,6 +431,48 @@ class Client(AdminCalls, PlacementCalls):
             idempotent=False,
             changes=f"the delete of {dataset}/{shard}",
         )
+
+
+def _checked_range(
+    dataset: str, shard: str, offset: object, length: object
+) -> tuple[int, int | None]:
+    """A byte range read's arguments, checked: ``(offset, length)`` (None: to the end)."""
+    validate_dataset_name(dataset)
+    validate_shard_name(shard)
+    start = _byte_position("offset", offset)
+    size = None if length is None else _byte_position("length", length)
+    # The wire carries both as uint64; any shard ends long before either limit.
+    if start > _MAX_U64:
+        raise RangePastEnd(f"byte offset {start} is past the end of any shard")
+    if size is not None and size > _MAX_U64:
+        size = None  # a range is cut at the shard's end: this one reaches it
+    return start, size
+
+
+def _range_request(
+    dataset: str, shard: str, offset: int, length: int | None
+) -> shards_pb2.GetShardRequest:
+    byte_range = common_pb2.ByteRange(offset=offset)
+    if length is not None:
+        byte_range.length = length
+    return shards_pb2.GetShardRequest(dataset=dataset, shard=shard, byte_range=byte_range)
+
+
+def _handed_on(
+    responses: Any, first: builtins.list[bytearray], rest: Iterator[bytearray]
+) -> Iterator[bytearray]:
+    """:meth:`Client.iter_bytes`'s pieces: ``first`` (received already), then ``rest``
+    as it arrives, its failures raised as the tierstore errors they stand for; the
+    stream is cancelled if the caller stops early."""
+    try:
+        yield from first
+        try:
+            with closed_channel_is_unavailable():
+                yield from rest
+        except grpc.RpcError as error:
+            raise_mapped(error)
+    finally:
+        responses.cancel()  # a no-op on a stream that ended
 
 
 def _table_of(

@@ -78,6 +78,25 @@ class ShardStream:
         """
         return open_frames_into(self.sealer, self._stored_frames(), self.skip, self.length, out)
 
+    def pieces(self) -> Iterator[bytearray]:
+        """The requested bytes a frame at a time, each verified (and decrypted) into a
+        buffer of its own as it arrives (none empty); ``length`` bytes in all. A stream that ends
+        short, or sends other frames than the header promised, raises IntegrityError
+        after the pieces before it were handed out."""
+        position = 0
+        skip = self.skip
+        for index, stored in self._stored_frames():
+            start = skip
+            stop = min(self.sealer.payload_size(index, stored), start + self.length - position)
+            skip = 0
+            piece = bytearray(stop - start)
+            _open_piece_into(self.sealer, index, stored, start, stop, memoryview(piece))
+            position += stop - start
+            if piece:  # an empty frame hands on nothing
+                yield piece
+        if position != self.length:
+            raise IntegrityError(f"received {position} of {self.length} bytes")
+
     def frames(self, allocate: FrameAllocator = aligned_buffer) -> list[pa.Buffer]:
         """Every received frame's payload in its own buffer from ``allocate`` (whole frames)."""
         return open_frames(self.sealer, self._stored_frames(), allocate)
