@@ -44,6 +44,7 @@ CALLS: dict[str, Callable[[Client], object]] = {
     "put": lambda c: c.put("d", "s", b"bytes"),
     "get": lambda c: c.get("d", "s"),
     "get-range": lambda c: c.get("d", "s", offset=1, length=2),
+    "iter_bytes": lambda c: list(c.iter_bytes("d", "s")),
     "read_table": lambda c: c.read_table("d", "s"),
     "read_tensor": lambda c: c.read_tensor("d", "s"),
     "stat": lambda c: c.stat("d", "s"),
