@@ -405,6 +405,52 @@ def test_put_get_ls_stat_rm(
     assert table.returncode == 0 and b"one.bin" in table.stdout and b"archived" in table.stdout
 
 
+#: Runs its arguments and prints their peak resident set (KiB) as its last line on
+#: stderr. (A process started straight from the test's inherits the test's larger
+#: peak across exec; one forked from this small one starts afresh.)
+PEAK_RSS = """
+import os, subprocess, sys
+command = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(command.pid, 0)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss_of_get(env: dict[str, str], dataset: str, shard: str, out: Path) -> int:
+    """The peak resident set, in KiB, of the installed ``tierstore get DATASET SHARD``
+    writing to stdout (redirected to ``out``)."""
+    with out.open("wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, tierstore_command(), "get", dataset, shard],
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    return int(done.stderr.split()[-1])
+
+
+def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
+    env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    # It received the whole shard into memory before writing any of it, so a shard
+    # larger than memory could not be read to a pipe at all. Its peak now grows far
+    # less than the shard does (what grows is the allocator's and gRPC's buffers).
+    rng = np.random.default_rng(7)
+    sizes = {"medium": 32 << 20, "large": 160 << 20}
+    peaks = {}
+    for name, size in sizes.items():
+        data = rng.bytes(size)
+        admin.put(dataset, name, data)  # 4 MiB frames
+        peaks[name] = peak_rss_of_get(env, dataset, name, tmp_path / name)
+        assert (tmp_path / name).read_bytes() == data
+        (tmp_path / name).unlink()
+    grown = (peaks["large"] - peaks["medium"]) << 10
+    assert grown < (sizes["large"] - sizes["medium"]) // 2, (peaks, grown)
+
+
 def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
     env: dict[str, str], dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
