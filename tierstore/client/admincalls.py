@@ -257,7 +257,7 @@ class AdminCalls(ClientCore):
         self.report_local_reads()
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         # Not in the fork gate: the gate cannot be held across the caller's iteration.
-        # Do not fork while a trace stream is open (the only client stream so left).
+        # Do not fork while a trace stream is open (nor an iter_bytes one: see forkgate).
         with closed_channel_is_unavailable():
             responses = stub.ExportTrace(
                 admin_pb2.ExportTraceRequest(dataset=dataset or ""),

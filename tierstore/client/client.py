@@ -15,6 +15,7 @@ take the *local path* when the server runs on this host and grants it: frames ar
 read in place from the hot tier's LMDB map (:mod:`tierstore.client.local`,
 docs/local-reads.md), and anything else — a cold shard, a refusal, any failure —
 goes through the service. :attr:`Client.read_counts` tells which path served them.
+:meth:`Client.iter_bytes` always streams, handing each frame on as it arrives.
 
 The :class:`Client`'s shard calls are here; the rest of it is beside this module:
 :mod:`~tierstore.client.core` (the connection, and what every call goes through),

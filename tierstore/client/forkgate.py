@@ -21,8 +21,9 @@ forked still hung a worker now and then. Then the DataLoader plugin's reads were
 but not the client's own: a thread making a dataset, which reads a shard's first frame
 for its schema, while a loader forked left a worker hung in the after-fork handler,
 waiting for a channel lock that the parent's reading thread held at the fork — 2 runs
-in 4.) The one stream left outside is :meth:`~tierstore.client.Client.export_trace`'s,
-which the caller iterates: do not fork while one is open.
+in 4.) The streams left outside are :meth:`~tierstore.client.Client.export_trace`'s and
+:meth:`~tierstore.client.Client.iter_bytes`'s (after its first piece), which the caller
+iterates: do not fork while one is open.
 
 Order matters: gRPC's own ``before`` handler pauses its polling threads, after which our
 calls in flight could never finish. ``before`` handlers run in the reverse order of
