@@ -95,8 +95,9 @@ def get(
     Without -o, a stdout that is a terminal is refused before any call: a shard's bytes
     would garble it (-o - writes them there all the same). To a file, the shard is
     streamed into it (and written whole or not at all); to stdout (or a pipe or device)
-    it is written a frame at a time as it arrives, so a stream cut off part way leaves
-    part of it written, and the command fails."""
+    it is written a frame at a time as it arrives, so a stream cut off part way (or by a
+    reader that stops taking bytes for a minute) leaves part of it written, and the
+    command fails."""
     if given is None and sys.stdout.isatty():
         raise fail(
             errors.InvalidArgument(
