@@ -56,16 +56,7 @@ def test_a_cold_read_of_a_node_whose_archive_is_gone_is_tried_once(
     spawn_server: Callable[..., ServerProcess],
 ) -> None:
     # (The archive is taken away behind a proxy: an embedded one killed is started again.)
-    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique('gone')}/")
-    target = urlsplit(s3.endpoint_url)
-    proxy = SwitchableProxy((target.hostname or "127.0.0.1", target.port or 80))
-    proxy.up()
-    node = spawn_server(
-        tmp_path / "node",
-        *("--s3-endpoint", proxy.url, "--bucket", s3.bucket, "--prefix", s3.prefix),
-        *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
-        embedded=True,  # (no archive flags of the fixture's own)
-    )
+    node, proxy = node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "gone")
     dataset = unique()
     with node.connect(local_reads=False) as client:
         client.create_dataset(dataset, durability="write-through")
@@ -215,6 +206,27 @@ def is_weed(pid: int) -> bool:
     except OSError:
         return False
     return bool(words) and Path(words[0]).name == "weed" and "mini" in words
+
+
+def node_behind_a_switch(
+    tmp_path: Path,
+    seaweedfs: SeaweedServer,
+    s3_bucket: str,
+    spawn_server: Callable[..., ServerProcess],
+    name: str,
+) -> tuple[ServerProcess, SwitchableProxy]:
+    """A node whose archive is reached through a proxy the test can take down (up now)."""
+    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique(name)}/")
+    target = urlsplit(s3.endpoint_url)
+    proxy = SwitchableProxy((target.hostname or "127.0.0.1", target.port or 80))
+    proxy.up()
+    node = spawn_server(
+        tmp_path / "node",
+        *("--s3-endpoint", proxy.url, "--bucket", s3.bucket, "--prefix", s3.prefix),
+        *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
+        embedded=True,  # (no archive flags of the fixture's own)
+    )
+    return node, proxy
 
 
 class SwitchableProxy:

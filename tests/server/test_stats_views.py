@@ -9,33 +9,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from tierstore.tiers.seaweedfs import SeaweedServer
 
 from .conftest import ServerProcess, poll, tierstore_command, unique
-from .test_archive_down import SwitchableProxy
-
-
-def _node_behind_a_switch(
-    tmp_path: Path,
-    seaweedfs: SeaweedServer,
-    s3_bucket: str,
-    spawn_server: Callable[..., ServerProcess],
-    name: str,
-) -> tuple[ServerProcess, SwitchableProxy]:
-    """A node whose archive is reached through a proxy the test can take down (up now)."""
-    s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"{unique(name)}/")
-    target = urlsplit(s3.endpoint_url)
-    proxy = SwitchableProxy((target.hostname or "127.0.0.1", target.port or 80))
-    proxy.up()
-    node = spawn_server(
-        tmp_path / "node",
-        *("--s3-endpoint", proxy.url, "--bucket", s3.bucket, "--prefix", s3.prefix),
-        *("--s3-access-key", s3.access_key_id, "--s3-secret-key", s3.secret_access_key),
-        embedded=True,  # (no archive flags of the fixture's own)
-    )
-    return node, proxy
+from .test_archive_down import node_behind_a_switch
 
 
 def _stats(node: ServerProcess) -> dict[str, Any]:
@@ -58,7 +36,7 @@ def test_a_pin_the_archive_cannot_promote_says_so_in_stats(
 ) -> None:
     # A pinned shard left cold because the archive is unreachable: with no upload
     # pending, stats said nothing was wrong (the reason was in the log alone).
-    node, proxy = _node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "pinview")
+    node, proxy = node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "pinview")
     dataset = unique()
 
     def stats() -> dict[str, Any]:
@@ -87,7 +65,7 @@ def test_stats_show_each_datasets_backlog_and_how_long_the_oldest_waits(
 ) -> None:
     # Only the node-wide backlog showed: which dataset's writes waited for the archive,
     # and for how long the oldest had, was nowhere.
-    node, proxy = _node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "backlogview")
+    node, proxy = node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "backlogview")
     first, second = unique(), unique()
     proxy.down()  # the archive off: every write waits
 
