@@ -3,10 +3,13 @@
 Frames are verified against the identity the header gives, so a header naming
 another shard than the one asked for must be refused before any frame is read:
 its frames would verify. So must a header promising fewer frames than the read
-covers: each frame verifies alone.
+covers: each frame verifies alone. And a stream whose skip runs past its first frame
+is refused as damaged, not left to fail on a negative size.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -75,3 +78,17 @@ def test_a_header_naming_another_shard_is_refused(context: bytes) -> None:
     # Its frames verify against its own context: only the name check catches it.
     with pytest.raises(IntegrityError, match="another shard"):
         open_stream(iter(answer(context, b"payload!")), WHOLE)
+
+
+def test_a_skip_past_the_first_frame_is_refused_as_damaged() -> None:
+    # The header check ties the skip to the shard's frame sizes; the receiving itself
+    # must hold too, and name a damaged answer, not fail on a negative buffer size.
+    whole = answer(shard_context("d", "s", 7), b"one", b"two")
+    stream = dataclasses.replace(open_stream(iter(whole), WHOLE), skip=4, length=2)
+    with pytest.raises(IntegrityError, match="frame 0"):
+        list(stream.pieces())
+    stream = dataclasses.replace(open_stream(iter(whole), WHOLE), skip=4, length=2)
+    out = bytearray(b"\xff" * 2)
+    with pytest.raises(IntegrityError, match="frame 0"):
+        stream.into(memoryview(out))
+    assert out == bytes(2), "a refused answer left bytes behind"

@@ -81,13 +81,12 @@ class ShardStream:
     def pieces(self) -> Iterator[bytearray]:
         """The requested bytes a frame at a time, each verified (and decrypted) into a
         buffer of its own as it arrives (none empty); ``length`` bytes in all. A stream that ends
-        short, or sends other frames than the header promised, raises IntegrityError
-        after the pieces before it were handed out."""
+        short, sends other frames than the header promised, or skips past its first frame
+        raises IntegrityError after the pieces before it were handed out."""
         position = 0
         skip = self.skip
         for index, stored in self._stored_frames():
-            start = skip
-            stop = min(self.sealer.payload_size(index, stored), start + self.length - position)
+            start, stop = _piece_of(self.sealer, index, stored, skip, self.length - position)
             skip = 0
             piece = bytearray(stop - start)
             _open_piece_into(self.sealer, index, stored, start, stop, memoryview(piece))
@@ -121,9 +120,7 @@ def open_frames_into(
     remaining_skip = skip
     try:
         for index, stored in stored_frames:
-            payload_size = sealer.payload_size(index, stored)
-            start = remaining_skip
-            stop = min(payload_size, start + length - position)
+            start, stop = _piece_of(sealer, index, stored, remaining_skip, length - position)
             remaining_skip = 0
             _open_piece_into(
                 sealer, index, stored, start, stop, out[position : position + stop - start]
@@ -169,6 +166,20 @@ def open_pieces_into(
         zero(out)
         raise
     return positions[-1]
+
+
+def _piece_of(
+    sealer: FrameSealer, index: int, stored: bytes | memoryview, skip: int, wanted: int
+) -> tuple[int, int]:
+    """``(start, stop)`` of frame ``index``'s payload for a stream: from ``skip`` on, at
+    most ``wanted`` bytes. Raises IntegrityError for a skip past the frame's end (a
+    malformed answer)."""
+    payload_size = sealer.payload_size(index, stored)
+    if skip > payload_size:
+        raise IntegrityError(
+            f"the server said to skip {skip} bytes of frame {index}, which holds {payload_size}"
+        )
+    return skip, min(payload_size, skip + wanted)
 
 
 def _open_piece_into(
