@@ -301,9 +301,10 @@ class Client(AdminCalls, PlacementCalls):
         failures (raised as :meth:`get`'s) are retried as a whole read's are, and nothing
         was handed out. Once the first piece is handed out nothing is retried: a stream
         cut off, or a shard overwritten or deleted under it, raises (Unavailable,
-        DataLoss) from the iteration, and the pieces already taken are then only part
-        of the range. Every piece comes from one generation. All of it shares the one
-        deadline, ``stream_timeout_s`` from the call; close the iterator to stop early.
+        DataLoss; DatasetNotFound for its dataset deleted under it) from the iteration,
+        and the pieces already taken are then only part of the range. Every piece comes
+        from one generation. All of it shares the one deadline, ``stream_timeout_s`` from
+        the call; close the iterator to stop early.
         Do not fork while one is open (its stream is outside the fork gate).
         """
         request = _range_request(dataset, shard, *_checked_range(dataset, shard, offset, length))
