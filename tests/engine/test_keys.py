@@ -964,3 +964,33 @@ def test_a_rotation_to_a_keyring_checked_before_a_rebuild_walks_the_rebuilt_cata
         store.rotate_master_key(without_k1)
     assert store.master_key_id == "k2"
     assert store.get("enc", "a").to_bytes() == payload(100)
+
+
+def test_a_keyring_check_that_walked_the_catalog_before_a_rebuild_is_not_kept(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same, but the rebuild runs after the check's walk read the still empty
+    # catalog and before the check noted its pass: the note came after the rebuild had
+    # voided the checks, so the rotation to that keyring took it as holding.
+    old = open_store(archive, datasets=DATASETS)
+    old.put("enc", "a", payload(100))
+    assert old.drain(10)
+    old.close()
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    store = open_store(archive, both, start_mover=False)
+    without_k1 = LocalKeyring(keys={"k2": KEY_2, "k3": KEY_3}, current="k3")
+    walk = ShardSealers.check_unwraps
+    rebuilt: list[int] = []
+
+    def walk_then_rebuild(sealers: ShardSealers, *args: Any, **kwargs: Any) -> None:
+        walk(sealers, *args, **kwargs)  # nothing in the catalog yet: it passes
+        if not rebuilt:
+            rebuilt.append(store.rebuild_from_archive())
+
+    monkeypatch.setattr(ShardSealers, "check_unwraps", walk_then_rebuild)
+    store.check_keyring(without_k1)
+    assert rebuilt == [1]
+    with pytest.raises(KeyRotationRefused, match="'k1'"):
+        store.rotate_master_key(without_k1)
+    assert store.master_key_id == "k2"
+    assert store.get("enc", "a").to_bytes() == payload(100)

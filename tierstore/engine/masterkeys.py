@@ -104,6 +104,9 @@ class MasterKeys:
         #: the keyring :meth:`check_keyring` last passed, and the keyring in use then
         #: (:meth:`rotate` need not walk the catalog again for it: see there).
         self._checked: tuple[MasterKeyProvider, MasterKeyProvider | None] | None = None
+        #: rebuilds finished (under the rotation lock): a check whose walk began before
+        #: one ended may have read the catalog as it was before, and is not kept.
+        self._rebuilds = 0
 
     @property
     def keyring(self) -> MasterKeyProvider | None:
@@ -136,7 +139,7 @@ class MasterKeys:
         with self._rotation_lock:
             if keyring is not None:
                 if not self._checked_already(keyring):
-                    self.check_keyring(keyring)  # refuse a keyring without the old keys
+                    self._check(keyring)  # refuse a keyring without the old keys
                 self._keyring, self._checked = keyring, None
                 self._sealers.use_keyring(keyring)
             if self._keyring is None:
@@ -219,16 +222,18 @@ class MasterKeys:
         rotation to resume (notes an emptied catalog keeps): the archive rebuilt from
         may be sealed, and its data keys wrapped, under an older key, which is then
         retired only after a rotation reseals everything, and a start looks again. A
-        keyring :meth:`check_keyring` passed before is checked again by a rotation to it
-        (its check read none of those data keys)."""
+        keyring :meth:`check_keyring` passed before, or while, it is held is checked
+        again by a rotation to it (its check may have read none of those data keys)."""
 
         def forget(txn: Any) -> None:
             self._catalog.set_note(txn, _SEALED_WITH, "")
             self._catalog.set_note(txn, _WALKED_UNDER, "")
 
         with self._rotation_lock:
-            self._checked = None
-            yield forget
+            try:
+                yield forget
+            finally:
+                self._checked, self._rebuilds = None, self._rebuilds + 1
 
     def _note_walked(self, current: str) -> None:
         """Note that a walk under ``current`` found no rotation to resume, unless the
@@ -295,10 +300,19 @@ class MasterKeys:
         :meth:`rotate` checks a keyring it is given with, for a caller that
         must know before it makes the keyring durable (a rotation to the keyring
         checked last then walks the catalog no more: see :meth:`_checked_already`).
-        Thread-safe."""
+        Thread-safe: a check whose walk a rebuild (:meth:`restoring`) ended during is
+        not kept (it may have read the catalog from before the rebuild)."""
+        rebuilds = self._rebuilds
+        in_use = self._check(keyring)
+        with self._rotation_lock:
+            if self._rebuilds == rebuilds:
+                self._checked = (keyring, in_use)
+
+    def _check(self, keyring: MasterKeyProvider) -> MasterKeyProvider | None:
+        """:meth:`check_keyring`'s walk; returns the keyring in use it checked beside."""
         in_use = self._keyring
         ShardSealers(keyring).check_unwraps(self._all_records(), in_use)
-        self._checked = (keyring, in_use)
+        return in_use
 
     def _checked_already(self, keyring: MasterKeyProvider) -> bool:
         """Whether ``keyring`` is the one :meth:`check_keyring` last passed, the keyring
