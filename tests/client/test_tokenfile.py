@@ -163,3 +163,38 @@ def test_a_pipe_that_never_held_a_token_is_still_empty(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(InvalidArgument, match="is empty"):
         read_token_file(path)
+
+
+def test_another_fifo_given_the_inode_of_one_read_before_is_still_empty(tmp_path: Path) -> None:
+    # The token a pipe held was remembered by the pipe's (device, inode) alone; a FIFO
+    # made after the first was removed is often given the same inode, and one that a
+    # writer opened and closed without a token gave the first FIFO's token.
+    def fifo_written(path: Path, content: str) -> threading.Thread:
+        os.mkfifo(path, 0o600)
+
+        def write() -> None:
+            with path.open("w") as writer:  # waits for the reader
+                writer.write(content)
+
+        writing = threading.Thread(target=write)
+        writing.start()
+        return writing
+
+    first = tmp_path / "first"
+    writing = fifo_written(first, TOKEN + "\n")
+    try:
+        assert read_token_file(first) == TOKEN
+    finally:
+        writing.join(10)
+    inode = first.stat().st_ino
+    first.unlink()
+    second = tmp_path / "second"
+    writing = fifo_written(second, "")
+    try:
+        if second.stat().st_ino != inode:
+            second.open("rb").close()  # let the writer go
+            pytest.skip("this file system gave the new FIFO another inode")
+        with pytest.raises(InvalidArgument, match="is empty"):
+            read_token_file(second)
+    finally:
+        writing.join(10)

@@ -7,7 +7,8 @@ as a file is: a shell's process substitution (``--token-file <(secret-tool looku
 or a token piped to ``/dev/stdin`` keeps the token out of every file too. A pipe can be
 read only once, yet each ``connect()`` reads the file, as do the DataLoader workers of
 ``tierstore.torch``: so the token a pipe held is remembered in memory (inherited by
-forked processes), and a later read that finds that pipe drained gets it again.
+forked processes), and a later read of the same path that finds that pipe drained gets it
+again.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ _log = logging.getLogger(__name__)
 #: A token file is a few hundred bytes; anything far larger is the wrong file.
 _MAX_TOKEN_FILE_BYTES = 64 * 1024
 
-#: The token each pipe held, by the pipe's (device, inode), for reads after it drained.
-_piped: dict[tuple[int, int], str] = {}
+#: The token each pipe held, by the path read and the pipe's (device, inode), for reads
+#: after it drained.
+_piped: dict[tuple[str, int, int], str] = {}
 
 
 def read_token_file(path: str | Path) -> str:
     """The token in ``path``: its text without surrounding whitespace (a trailing newline
     is usual). Logs a warning when every user may read the file.
 
-    A pipe this process (or the one it was forked from) read a token from already, and
-    that is drained now, gives that token again.
+    A pipe this process (or the one it was forked from) read a token from already, at
+    the same ``path``, and that is drained now, gives that token again. The path is part
+    of what names the pipe: a FIFO made after another was removed is often given its
+    (device, inode), and is another pipe.
 
     Raises InvalidArgument when the file cannot be read, is neither a regular file nor a
     pipe (a terminal, a device), is larger than 64 KiB, is not UTF-8 text, or holds no
@@ -58,7 +62,7 @@ def read_token_file(path: str | Path) -> str:
         token = raw.decode().strip()
     except UnicodeDecodeError:
         raise InvalidArgument(f"token file {str(where)!r} is not UTF-8 text") from None
-    pipe = (info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+    pipe = (str(where), info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
     if not token and pipe is not None and pipe in _piped:
         return _piped[pipe]  # read before, here or in the process this one forked from
     if not token:
