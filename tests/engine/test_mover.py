@@ -193,6 +193,35 @@ def test_each_datasets_backlog_and_the_oldest_entrys_wait_survive_a_restart(
     assert store.stats().oldest_journal_age_s == 0.0
 
 
+def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
+    open_store: StoreFactory,
+) -> None:
+    # A shard uploaded ahead of its turn (its overwritten generation's supersede entry
+    # ran first) and then journaled again (--archive-lost) had two uploads pending:
+    # its dataset's backlog was counted up twice and down once, for good.
+    store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
+    store.put("plain", "x", payload(FRAME, 1))
+    assert store.mover.drain_once()
+    store.put("plain", "x", payload(FRAME, 2))
+    store.put("plain", "x", payload(FRAME + 5, 3))  # the upload of 2 is forgone
+    with store._env.read() as txn:
+        ops = store._catalog.journal_entries(txn)
+    supersede = next(seq for seq, op in ops if op.op == "supersede")
+    for seq, _ in ops:
+        if seq <= supersede:
+            assert store.mover.run_entry(seq)
+    assert store.stat("plain", "x").archived  # ahead of its turn: its upload is pending
+    assert store.dataset_usage("plain").backlog_shards == 1
+    assert store.archive_again().uploads == 1
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (1, usage.hot_bytes)
+    assert store.stats().backlog_bytes == usage.hot_bytes
+    assert store.mover.drain_once()
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
+    assert store.stats().backlog_bytes == 0
+
+
 def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:
     inner = MemoryTier()
     archive = FaultyTier(inner)

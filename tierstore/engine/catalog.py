@@ -363,6 +363,10 @@ class Catalog:
         txn.put(_U64.pack(seq), op.encode(), db=self._db("journal"))
         txn.put(_JOURNALED_AT + _U64.pack(seq), _F64.pack(time.time()), db=self._db("meta"))
         if op.op == "upload":
+            # A generation journaled again (archive_again_in) while its upload is still
+            # pending (it was uploaded ahead of its turn): the older entry's count goes
+            # to the new one, which the index names from now on.
+            self.forgo_upload(txn, op.generation)
             self.add_counter(txn, "backlog_bytes", op.nbytes)
             self._add_backlog(txn, op.dataset, op.nbytes, 1)
             txn.put(_UPLOAD + _U64.pack(op.generation), _U64.pack(seq), db=self._db("meta"))
@@ -382,6 +386,13 @@ class Catalog:
             txn.put(key, _PAIR.pack(size, count), db=self._db("meta"))
         else:
             txn.delete(key, db=self._db("meta"))
+
+    def _drop_keys(self, txn: Any, prefix: bytes) -> None:
+        """Delete every key of ``meta`` that starts with ``prefix``."""
+        cursor = txn.cursor(db=self._db("meta"))
+        positioned = cursor.set_range(prefix)
+        while positioned and bytes(cursor.key()).startswith(prefix):
+            positioned = cursor.delete()
 
     def oldest_journaled_at(self, txn: Any) -> float | None:
         """When the oldest pending journal entry committed (seconds since the epoch;
@@ -490,7 +501,15 @@ class Catalog:
             # Not an upload forgone (its shard was counted off then).
             if self._counted(txn, seq, op):
                 self._add_backlog(txn, op.dataset, -op.nbytes, -1)
-            txn.delete(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
+            index = _UPLOAD + _U64.pack(op.generation)
+            raw = txn.get(index, db=self._db("meta"))
+            if raw is not None and _U64.unpack(bytes(raw))[0] == seq:
+                txn.delete(index, db=self._db("meta"))
+        if not self.journal_length(txn):
+            # Nothing is pending: whatever drift the backlog's counts took (an older
+            # release's entries, counted by none) ends here.
+            self.set_counter(txn, "backlog_bytes", 0)
+            self._drop_keys(txn, _BACKLOG)
 
     def datasets_on_the_journal(self, txn: Any) -> set[str]:
         """The datasets whose settings object a pending ``dataset`` operation writes or
