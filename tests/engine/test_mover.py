@@ -47,6 +47,25 @@ def archived_bytes(archive: MemoryTier, store: Store, dataset: str, name: str) -
     return None if value is None else bytes(value)
 
 
+def forget_backlog_and_commit_times(store: Store, *counters: bytes) -> None:
+    """Delete every dataset's backlog count, every journal entry's commit time and
+    ``counters`` from the catalog, as a release that kept none of them left it."""
+    with store._env.write() as txn:
+        meta = store._env.db("meta")
+        for prefix in (b"backlog\x00", b"journaled\x00"):
+            keys = []
+            cursor = txn.cursor(db=meta)
+            positioned = cursor.set_range(prefix)
+            while positioned and bytes(cursor.key()).startswith(prefix):
+                keys.append(bytes(cursor.key()))
+                positioned = cursor.next()
+            assert keys
+            for key in keys:
+                txn.delete(key, db=meta)
+        for counter in counters:
+            txn.delete(counter, db=meta)
+
+
 # The journal and back-pressure.
 
 
@@ -164,19 +183,7 @@ def test_each_datasets_backlog_and_the_oldest_entrys_wait_survive_a_restart(
     assert store.stats().oldest_journal_age_s >= waited
     assert backlog("plain") == expected("plain") and backlog("enc") == expected("enc")
     # A hot tier journaled by a release that kept neither: counted once on opening.
-    with store._env.write() as txn:
-        meta = store._env.db("meta")
-        for prefix in (b"backlog\x00", b"journaled\x00"):
-            keys = []
-            cursor = txn.cursor(db=meta)
-            positioned = cursor.set_range(prefix)
-            while positioned and bytes(cursor.key()).startswith(prefix):
-                keys.append(bytes(cursor.key()))
-                positioned = cursor.next()
-            assert keys
-            for key in keys:
-                txn.delete(key, db=meta)
-        txn.delete(b"backlog_by_dataset", db=meta)
+    forget_backlog_and_commit_times(store, b"backlog_by_dataset")
     store.close()
     store = open_store(archive, data_dir=store.settings.data_dir)
     assert backlog("plain") == expected("plain") and backlog("enc") == expected("enc")
@@ -220,6 +227,29 @@ def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
     usage = store.dataset_usage("plain")
     assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
     assert store.stats().backlog_bytes == 0
+
+
+def test_entries_an_older_release_journaled_still_show_the_oldest_wait(
+    open_store: StoreFactory,
+) -> None:
+    # Entries journaled by a release that kept no commit time (a downgrade after the
+    # upgrade) made stats say the oldest had waited 0 s, "the journal is empty", while
+    # it was not; the older release counted none of their backlog either.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    store = open_store(archive, datasets=PLAIN)
+    store.put("plain", "a", payload(FRAME, 1))
+    store.put("enc", "b", payload(2 * FRAME, 2))
+    forget_backlog_and_commit_times(store)
+    store.close()
+    store = open_store(archive, data_dir=store.settings.data_dir)
+    assert store.stats().journal_entries > 0
+    wait_until(lambda: store.stats().oldest_journal_age_s > 0.0, "a wait counted from opening")
+    for dataset in PLAIN:
+        usage = store.dataset_usage(dataset)
+        assert (usage.backlog_shards, usage.backlog_bytes) == (usage.shards, usage.hot_bytes)
+    archive.failing = False
+    assert store.drain(10) and store.stats().oldest_journal_age_s == 0.0
 
 
 def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:

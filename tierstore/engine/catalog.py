@@ -108,6 +108,8 @@ class Catalog:
 
     def __init__(self, environment: LmdbEnvironment) -> None:
         self._env = environment
+        #: when this catalog was opened: the commit time of a journal entry without one.
+        self._opened_at = time.time()
         #: the unreadable records found and not since deleted: some named, all counted.
         self.unreadable = UnreadableRecords()
 
@@ -396,19 +398,22 @@ class Catalog:
 
     def oldest_journaled_at(self, txn: Any) -> float | None:
         """When the oldest pending journal entry committed (seconds since the epoch;
-        None: the journal is empty)."""
+        None: the journal is empty). One journaled by a release that kept no commit
+        time, since this catalog was opened: never None while an entry is pending."""
         for seq, _ in self._journal(txn, 1):
             raw = txn.get(_JOURNALED_AT + _U64.pack(seq), db=self._db("meta"))
-            return None if raw is None else float(_F64.unpack(bytes(raw))[0])
+            return self._opened_at if raw is None else float(_F64.unpack(bytes(raw))[0])
         return None
 
     def count_backlog(self, txn: Any) -> None:
-        """Once, on a hot tier journaled by a release that kept neither: each dataset's
-        backlog, from the pending uploads, and a commit time (now) for each pending
-        entry."""
-        if self.counter(txn, "backlog_by_dataset"):
+        """On opening a hot tier whose journal a release that kept neither wrote to
+        (its oldest or newest entry has no commit time, or it was never counted): each
+        dataset's backlog, counted again from the pending uploads, and a commit time
+        (the opening's) for each pending entry without one."""
+        if self.counter(txn, "backlog_by_dataset") and not self._untimed_ends(txn):
             return
-        now = _F64.pack(time.time())
+        now = _F64.pack(self._opened_at)
+        self._drop_keys(txn, _BACKLOG)
         for seq, raw in self._journal(txn):
             op = JournalOp.decode(raw)
             at = _JOURNALED_AT + _U64.pack(seq)
@@ -417,6 +422,15 @@ class Catalog:
             if op.op == "upload" and self._counted(txn, seq, op):
                 self._add_backlog(txn, op.dataset, op.nbytes, 1)
         self.set_counter(txn, "backlog_by_dataset", 1)
+
+    def _untimed_ends(self, txn: Any) -> bool:
+        """Whether the journal's oldest or newest entry has no commit time."""
+        cursor = txn.cursor(db=self._db("journal"))
+        for move in (cursor.first, cursor.last):
+            at = _JOURNALED_AT + bytes(cursor.key()) if move() else None
+            if at is not None and txn.get(at, db=self._db("meta")) is None:
+                return True
+        return False
 
     def _counted(self, txn: Any, seq: int, op: JournalOp) -> bool:
         """Whether upload ``op`` (entry ``seq``) counts in its dataset's backlog: it is
