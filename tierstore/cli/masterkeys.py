@@ -376,8 +376,10 @@ class KeyRotation:
             retired = self._keyring.retired_file(
                 key_file, key_id, lambda left: self._store.check_key_retirement(key_id, left)
             )
-            self._keyring = retired
+            # Switched first: a switch refused (a rebuild meanwhile, embedded callers
+            # only) leaves this keyring, and the store's, still holding the key.
             self._store.use_retired_keys(key_id, retired)  # nothing to rewrap: checked
+            self._keyring = retired
             return tuple(sorted(retired.keys))
 
     def key_ids(self) -> tuple[str, ...]:
