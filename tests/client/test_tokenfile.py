@@ -198,3 +198,40 @@ def test_another_fifo_given_the_inode_of_one_read_before_is_still_empty(tmp_path
             read_token_file(second)
     finally:
         writing.join(10)
+
+
+def test_a_named_fifo_read_before_is_read_again_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    # The token in memory was looked up only after the FIFO was opened, and opening a
+    # named FIFO waits for a writer: the second connect() with TIERSTORE_TOKEN_FILE
+    # naming a FIFO written once (and a torch dataset made after a connect()) hung.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+
+    def write() -> None:
+        with fifo.open("w") as writer:  # waits for the reader
+            writer.write(TOKEN + "\n")
+
+    writing = threading.Thread(target=write)
+    writing.start()
+    try:
+        assert read_token_file(fifo) == TOKEN
+    finally:
+        writing.join(10)
+    read: list[str | BaseException] = []
+
+    def read_again() -> None:
+        try:
+            read.append(read_token_file(fifo))
+        except BaseException as exc:  # reported below
+            read.append(exc)
+
+    reading = threading.Thread(target=read_again, daemon=True)
+    reading.start()
+    reading.join(10)
+    if reading.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the reader go
+        reading.join(10)
+        pytest.fail("a second read of a drained FIFO waited for a writer")
+    assert read == [TOKEN]

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from tierstore.errors import InvalidArgument
 
@@ -39,7 +40,8 @@ def read_token_file(path: str | Path) -> str:
     A pipe this process (or the one it was forked from) read a token from already, at
     the same ``path``, and that is drained now, gives that token again. The path is part
     of what names the pipe: a FIFO made after another was removed is often given its
-    (device, inode), and is another pipe.
+    (device, inode), and is another pipe. Such a read does not wait for a writer to open
+    a named FIFO (one that never comes would hang it); a FIFO read for the first time does.
 
     Raises InvalidArgument when the file cannot be read, is neither a regular file nor a
     pipe (a terminal, a device), is larger than 64 KiB, is not UTF-8 text, or holds no
@@ -47,11 +49,11 @@ def read_token_file(path: str | Path) -> str:
     """
     where = Path(path)
     try:
-        with where.open("rb") as file:
+        with _opened(where) as file:
             info = os.fstat(file.fileno())
             if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
                 raise InvalidArgument(f"token file {str(where)!r} is not a regular file or a pipe")
-            raw = file.read(_MAX_TOKEN_FILE_BYTES + 1)
+            raw = _read(file)
     except OSError as exc:
         raise InvalidArgument(
             f"cannot read token file {str(where)!r}: {exc.strerror or exc}"
@@ -78,3 +80,32 @@ def read_token_file(path: str | Path) -> str:
     if pipe is not None:
         _piped[pipe] = token
     return token
+
+
+def _opened(where: Path) -> BinaryIO:
+    """``where`` opened for reading; without waiting for a writer when it is a named FIFO
+    read before (opening a FIFO waits for one, and a drained one may never get another).
+    That FIFO is left non-blocking, for :func:`_read`."""
+    try:
+        info = os.stat(where)
+    except OSError:
+        info = None
+    if info is None or (str(where), info.st_dev, info.st_ino) not in _piped:
+        return where.open("rb")
+    return os.fdopen(os.open(where, os.O_RDONLY | os.O_NONBLOCK), "rb")
+
+
+def _read(file: BinaryIO) -> bytes:
+    """Up to one byte over the limit from ``file``. A non-blocking one (see
+    :func:`_opened`) with nothing in it reads as drained (empty); one a writer is
+    writing to is read to its end as any other."""
+    if os.get_blocking(file.fileno()):
+        return file.read(_MAX_TOKEN_FILE_BYTES + 1)
+    try:
+        first = os.read(file.fileno(), _MAX_TOKEN_FILE_BYTES + 1)
+    except BlockingIOError:
+        return b""  # a writer has it open and wrote nothing yet: drained
+    if not first:
+        return b""
+    os.set_blocking(file.fileno(), True)  # a writer is there: wait for the rest
+    return first + file.read(_MAX_TOKEN_FILE_BYTES + 1 - len(first))
