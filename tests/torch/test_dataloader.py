@@ -425,6 +425,19 @@ def test_connection_from_the_environment(samples: Samples, monkeypatch: pytest.M
     assert ids_of(dataset) == [1000 + i for i in range(57)]
 
 
+def token_piped_in(samples: Samples, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The read end of a pipe holding the token, which TIERSTORE_TOKEN_FILE names (with
+    the server's address and CA in the environment and no TIERSTORE_TOKEN)."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write(samples.token + "\n")
+    monkeypatch.setenv("TIERSTORE_ADDRESS", samples.address)
+    monkeypatch.setenv("TIERSTORE_CA", samples.ca)
+    monkeypatch.delenv("TIERSTORE_TOKEN", raising=False)
+    monkeypatch.setenv("TIERSTORE_TOKEN_FILE", f"/proc/self/fd/{read_end}")
+    return read_end
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_a_token_piped_in_reaches_every_worker(
     samples: Samples, monkeypatch: pytest.MonkeyPatch, context: str
@@ -433,13 +446,7 @@ def test_a_token_piped_in_reaches_every_worker(
     # as the README offers: a pipe is read once, and every worker's connect() read it
     # again, finding it drained (forked: "token file '/dev/stdin' is empty") or gone
     # (spawned: a pipe's descriptor is not passed on).
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "w") as writer:
-        writer.write(samples.token + "\n")
-    monkeypatch.setenv("TIERSTORE_ADDRESS", samples.address)
-    monkeypatch.setenv("TIERSTORE_CA", samples.ca)
-    monkeypatch.delenv("TIERSTORE_TOKEN", raising=False)
-    monkeypatch.setenv("TIERSTORE_TOKEN_FILE", f"/proc/self/fd/{read_end}")
+    read_end = token_piped_in(samples, monkeypatch)
     try:
         dataset = IterableDataset(samples.dataset, shards=["part-001"], shuffle=False)
         loader = DataLoader(
@@ -448,6 +455,31 @@ def test_a_token_piped_in_reaches_every_worker(
         assert ids_of(loader_batches(loader)) == [1000 + i for i in range(57)]
     finally:
         os.close(read_end)
+
+
+def test_a_piped_token_stays_out_of_reprs_and_of_pickles_but_a_workers(
+    samples: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token read from a pipe was carried as functools.partial(connect, ...,
+    # token=...): its repr showed the token, and a dataset pickled to a file (torch.save)
+    # stored the token that was piped in precisely to keep it out of every file. Only a
+    # worker being started (spawn, forkserver) gets it now; test_a_token_piped_in_reaches_
+    # every_worker[spawn] reads through one.
+    read_end = token_piped_in(samples, monkeypatch)
+    try:
+        dataset = IterableDataset(samples.dataset, shards=["part-001"], shuffle=False)
+    finally:
+        os.close(read_end)
+    connecting = dataset._source._connect  # type: ignore[attr-defined]
+    for shown in (repr(connecting), str(connecting), repr(dataset._source), repr(dataset)):
+        assert samples.token not in shown
+    assert samples.token.encode() not in pickle.dumps(dataset)
+    # A token given in code travels as it did: the dataset's pickle carries it.
+    given = IterableDataset(
+        samples.dataset, shards=["part-001"], shuffle=False, **samples.connection
+    )
+    assert samples.token not in repr(given._source._connect)  # type: ignore[attr-defined]
+    assert ids_of(pickle.loads(pickle.dumps(given))) == [1000 + i for i in range(57)]
 
 
 def test_pickles_without_client_threads_or_iterator(samples: Samples) -> None:

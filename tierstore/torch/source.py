@@ -16,9 +16,9 @@ PermissionDenied — propagates at once, with the shard named in a note.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
+import multiprocessing.context
 import os
 import stat
 import threading
@@ -70,8 +70,8 @@ class ShardSource(Protocol):
 class GrpcShardSource:
     """Reads shards through the tierstore service with this process's own client.
 
-    ``connect`` makes a client (``functools.partial(tierstore.connect, ...)``: it must
-    pickle for spawned workers). ``retry_s``: how long one shard read keeps retrying while
+    ``connect`` makes a client (such as ``functools.partial(tierstore.connect, ...)``: it
+    must pickle for spawned workers). ``retry_s``: how long one shard read keeps retrying while
     the service is unavailable (a rejected server certificate is raised at once).
     Thread-safe; fork- and pickle-safe (the client is made
     again in each process and never pickled).
@@ -168,11 +168,38 @@ def service_source(
 ) -> GrpcShardSource:
     """The default source: the service at ``address`` with ``token`` and ``ca`` (each from
     ``TIERSTORE_*`` when None, read by :func:`tierstore.connect` in each process). A token
-    that ``TIERSTORE_TOKEN_FILE`` names a pipe for is read here, and travels to the workers
-    as a given ``token`` does: a spawned worker cannot read the pipe again."""
-    if token is None:
-        token = _piped_token()
-    return GrpcShardSource(functools.partial(connect, address, token=token, ca=ca), retry_s)
+    that ``TIERSTORE_TOKEN_FILE`` names a pipe for is read here, and travels to the workers:
+    a spawned worker cannot read the pipe again."""
+    piped = _piped_token() if token is None else None
+    given = token if piped is None else piped
+    return GrpcShardSource(_ServiceConnect(address, given, ca, piped is not None), retry_s)
+
+
+class _ServiceConnect:
+    """``connect(address, token=token, ca=ca)``, picklable, with the token masked in its
+    repr. A token read from a pipe (``piped``) is pickled only for a process being started
+    (a spawned or forkserver DataLoader worker): a dataset pickled to a file keeps it out,
+    as the pipe was meant to, and where it is loaded reads ``TIERSTORE_TOKEN_FILE`` there.
+    A token given in code is pickled as it was given."""
+
+    def __init__(
+        self, address: str | None, token: str | None, ca: str | Path | None, piped: bool
+    ) -> None:
+        self.address, self.token, self.ca, self.piped = address, token, ca, piped
+
+    def __call__(self) -> Client:
+        return connect(self.address, token=self.token, ca=self.ca)
+
+    def __repr__(self) -> str:
+        token = None if self.token is None else "<hidden>"
+        return f"connect({self.address!r}, token={token}, ca={self.ca!r})"
+
+    def __reduce__(self) -> tuple[type[_ServiceConnect], tuple[object, ...]]:
+        # multiprocessing sets the spawning Popen while it pickles a process it starts.
+        starting = multiprocessing.context.get_spawning_popen() is not None
+        if self.piped and not starting:
+            return (_ServiceConnect, (self.address, None, self.ca, False))
+        return (_ServiceConnect, (self.address, self.token, self.ca, self.piped))
 
 
 def _piped_token() -> str | None:
