@@ -200,13 +200,9 @@ def test_each_datasets_backlog_and_the_oldest_entrys_wait_survive_a_restart(
     assert store.stats().oldest_journal_age_s == 0.0
 
 
-def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
-    open_store: StoreFactory,
-) -> None:
-    # A shard uploaded ahead of its turn (its overwritten generation's supersede entry
-    # ran first) and then journaled again (--archive-lost) had two uploads pending:
-    # its dataset's backlog was counted up twice and down once, for good.
-    store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
+def _upload_ahead_of_its_turn(store: Store) -> None:
+    """Have ``plain/x``'s current generation uploaded ahead of its turn, by its
+    overwritten generation's supersede entry: its own upload entry stays on the journal."""
     store.put("plain", "x", payload(FRAME, 1))
     assert store.mover.drain_once()
     store.put("plain", "x", payload(FRAME, 2))
@@ -217,9 +213,52 @@ def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
     for seq, _ in ops:
         if seq <= supersede:
             assert store.mover.run_entry(seq)
-    assert store.stat("plain", "x").archived  # ahead of its turn: its upload is pending
-    assert store.dataset_usage("plain").backlog_shards == 1
+    assert store.stat("plain", "x").archived
+
+
+def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
+    open_store: StoreFactory,
+) -> None:
+    # A shard uploaded ahead of its turn (its overwritten generation's supersede entry
+    # ran first) and then journaled again (--archive-lost) had two uploads pending:
+    # its dataset's backlog was counted up twice and down once, for good.
+    store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
+    _upload_ahead_of_its_turn(store)  # its upload is pending
+    assert store.dataset_usage("plain").backlog_shards == 0  # but its bytes are archived
     assert store.archive_again().uploads == 1
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (1, usage.hot_bytes)
+    assert store.stats().backlog_bytes == usage.hot_bytes
+    assert store.mover.drain_once()
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
+    assert store.stats().backlog_bytes == 0
+
+
+def test_a_shard_uploaded_ahead_of_its_turn_leaves_the_backlog_then(
+    open_store: StoreFactory,
+) -> None:
+    # Its own upload entry stayed counted: deleted (being archived, its upload was not
+    # forgone), a dataset made again under its name showed a shard waiting for the
+    # archive, until the mover passed the old entry (never while the archive was down).
+    store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
+    _upload_ahead_of_its_turn(store)
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
+    assert store.stats().backlog_bytes == 0
+    store.delete_dataset("plain", force=True)
+    store.create_dataset("plain")
+    usage = store.dataset_usage("plain")
+    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
+    assert store.stats().backlog_bytes == 0
+
+
+def test_an_overwrite_of_a_shard_uploaded_ahead_of_its_turn_counts_its_own_upload(
+    open_store: StoreFactory,
+) -> None:
+    store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
+    _upload_ahead_of_its_turn(store)
+    store.put("plain", "x", payload(3 * FRAME, 4))
     usage = store.dataset_usage("plain")
     assert (usage.backlog_shards, usage.backlog_bytes) == (1, usage.hot_bytes)
     assert store.stats().backlog_bytes == usage.hot_bytes

@@ -50,6 +50,7 @@ def delete_damaged_in(
     damaged = set(keys)
     for _, op in catalog.journal_entries(txn, limit=catalog.journal_length(txn)):
         if op.op == "upload" and catalog_key(op.dataset, op.name) in damaged:
+            catalog.forgo_upload(txn, op.generation)
             catalog.append_journal(txn, JournalOp("delete", op.dataset, op.name, op.generation))
     for key in keys:
         catalog.delete_damaged(txn, key)

@@ -527,6 +527,11 @@ class Mover:
                     )
                     self._catalog.put_shard(txn, archived)
                     evictable = archived.evictable(time.time())
+                if op.op != "upload":
+                    # Uploaded ahead of its turn: its own entry, still pending, holds
+                    # bytes the archive has (a delete or overwrite of the archived
+                    # record forgoes nothing, and the count outlived the shard).
+                    self._catalog.forgo_upload(txn, uploaded.generation)
             self._catalog.remove_journal(txn, seq)
         self._retry_delay = self._settings.mover_retry_initial_s
         self.last_error = None

@@ -51,6 +51,7 @@ def archive_again_in(txn: Any, catalog: Catalog) -> Rearchived:
     done = Rearchived()
     for record in list(catalog.iter_shards(txn)):
         if not record.hot:
+            catalog.forgo_upload(txn, record.generation)
             catalog.delete_shard(txn, record.dataset, record.name)
             done.lost.append(f"{record.dataset}/{record.name}")
         elif record.archived:

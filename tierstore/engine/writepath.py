@@ -752,8 +752,8 @@ class ShardWriter:
             for index in range(len(record.frame_sizes)):
                 self._frames.delete_in(txn, frame_key(record.generation, index))
             self._catalog.add_counter(txn, "hot_bytes", -stored_size(record))
-        if not record.archived:
-            self._catalog.forgo_upload(txn, record.generation)
+        # Archived or not: one uploaded ahead of its turn may still have its entry.
+        self._catalog.forgo_upload(txn, record.generation)
         self._catalog.delete_shard(txn, record.dataset, record.name)
         seq = None
         if journal:
