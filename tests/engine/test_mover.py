@@ -47,23 +47,30 @@ def archived_bytes(archive: MemoryTier, store: Store, dataset: str, name: str) -
     return None if value is None else bytes(value)
 
 
+def meta_keys(store: Store, prefix: bytes) -> list[bytes]:
+    """The catalog's ``meta`` keys that begin with ``prefix``."""
+    with store._env.read() as txn:
+        cursor = txn.cursor(db=store._env.db("meta"))
+        keys = []
+        positioned = cursor.set_range(prefix)
+        while positioned and bytes(cursor.key()).startswith(prefix):
+            keys.append(bytes(cursor.key()))
+            positioned = cursor.next()
+        return keys
+
+
 def forget_backlog_and_commit_times(store: Store, *counters: bytes) -> None:
     """Delete every dataset's backlog count, every journal entry's commit time and
     ``counters`` from the catalog, as a release that kept none of them left it."""
-    with store._env.write() as txn:
-        meta = store._env.db("meta")
-        for prefix in (b"backlog\x00", b"journaled\x00"):
-            keys = []
-            cursor = txn.cursor(db=meta)
-            positioned = cursor.set_range(prefix)
-            while positioned and bytes(cursor.key()).startswith(prefix):
-                keys.append(bytes(cursor.key()))
-                positioned = cursor.next()
-            assert keys
+    for prefix in (b"backlog\x00", b"journaled\x00"):
+        keys = meta_keys(store, prefix)
+        assert keys
+        with store._env.write() as txn:
             for key in keys:
-                txn.delete(key, db=meta)
+                txn.delete(key, db=store._env.db("meta"))
+    with store._env.write() as txn:
         for counter in counters:
-            txn.delete(counter, db=meta)
+            txn.delete(counter, db=store._env.db("meta"))
 
 
 # The journal and back-pressure.
@@ -289,6 +296,36 @@ def test_entries_an_older_release_journaled_still_show_the_oldest_wait(
         assert (usage.backlog_shards, usage.backlog_bytes) == (usage.shards, usage.hot_bytes)
     archive.failing = False
     assert store.drain(10) and store.stats().oldest_journal_age_s == 0.0
+
+
+def test_entries_an_older_release_ran_leave_no_commit_time_or_index_behind(
+    open_store: StoreFactory,
+) -> None:
+    # A release that kept neither removed the entries it ran, not their commit times
+    # nor their uploads' index: each stayed in the catalog for good.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    store = open_store(archive, datasets=PLAIN)
+    for name in "abc":
+        store.put("plain", name, payload(FRAME, ord(name)))
+    with store._env.write() as txn:  # the older release runs both datasets' and a's
+        cursor = txn.cursor(db=store._env.db("journal"))
+        for _ in range(3):
+            assert cursor.first() and cursor.delete()
+    archive.failing = False
+    assert store.drain(10)
+    assert meta_keys(store, b"journaled\x00") == meta_keys(store, b"upload\x00") == []
+    # And on opening a hot tier whose journal the older release emptied.
+    archive.failing = True
+    store.put("plain", "d", payload(FRAME, 4))
+    assert meta_keys(store, b"journaled\x00") and meta_keys(store, b"upload\x00")
+    with store._env.write() as txn:
+        txn.drop(store._env.db("journal"), delete=False)
+    store.close()
+    store = open_store(archive, data_dir=store.settings.data_dir)
+    assert meta_keys(store, b"journaled\x00") == meta_keys(store, b"upload\x00") == []
+    assert store.dataset_usage("plain").backlog_shards == 0
+    assert store.stats().backlog_bytes == 0
 
 
 def test_restart_resumes_the_journal(open_store: StoreFactory) -> None:

@@ -409,7 +409,12 @@ class Catalog:
         """On opening a hot tier whose journal a release that kept neither wrote to
         (its oldest or newest entry has no commit time, or it was never counted): each
         dataset's backlog, counted again from the pending uploads, and a commit time
-        (the opening's) for each pending entry without one."""
+        (the opening's) for each pending entry without one. An empty journal: what the
+        entries an older release ran left behind goes (:meth:`_journal_emptied`)."""
+        if not self.journal_length(txn):
+            self._journal_emptied(txn)
+            self.set_counter(txn, "backlog_by_dataset", 1)
+            return
         if self.counter(txn, "backlog_by_dataset") and not self._untimed_ends(txn):
             return
         now = _F64.pack(self._opened_at)
@@ -520,10 +525,15 @@ class Catalog:
             if raw is not None and _U64.unpack(bytes(raw))[0] == seq:
                 txn.delete(index, db=self._db("meta"))
         if not self.journal_length(txn):
-            # Nothing is pending: whatever drift the backlog's counts took (an older
-            # release's entries, counted by none) ends here.
-            self.set_counter(txn, "backlog_bytes", 0)
-            self._drop_keys(txn, _BACKLOG)
+            self._journal_emptied(txn)
+
+    def _journal_emptied(self, txn: Any) -> None:
+        """Nothing is pending: whatever drift the backlog's counts took (an older
+        release's entries, counted by none) ends here, and so do the commit times and
+        upload index of the entries an older release ran (it removed neither)."""
+        self.set_counter(txn, "backlog_bytes", 0)
+        for prefix in (_BACKLOG, _JOURNALED_AT, _UPLOAD):
+            self._drop_keys(txn, prefix)
 
     def datasets_on_the_journal(self, txn: Any) -> set[str]:
         """The datasets whose settings object a pending ``dataset`` operation writes or
