@@ -436,8 +436,10 @@ def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
     env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
 ) -> None:
     # It received the whole shard into memory before writing any of it, so a shard
-    # larger than memory could not be read to a pipe at all. Its peak now grows far
-    # less than the shard does (what grows is the allocator's and gRPC's buffers).
+    # larger than memory could not be read to a pipe at all: its peak grew by twice
+    # the larger shard's extra bytes (268 MB for 128 MiB). It now grows by less than
+    # those bytes once (40-70 MB in runs: the allocator's and gRPC's buffers, more
+    # under load), which a get holding the shard whole could not.
     rng = np.random.default_rng(7)
     sizes = {"medium": 32 << 20, "large": 160 << 20}
     peaks = {}
@@ -448,7 +450,7 @@ def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
         assert (tmp_path / name).read_bytes() == data
         (tmp_path / name).unlink()
     grown = (peaks["large"] - peaks["medium"]) << 10
-    assert grown < (sizes["large"] - sizes["medium"]) // 2, (peaks, grown)
+    assert grown < sizes["large"] - sizes["medium"], (peaks, grown)
 
 
 def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
