@@ -517,13 +517,11 @@ class Catalog:
         txn.delete(_JOURNALED_AT + _U64.pack(seq), db=self._db("meta"))
         if op.op == "upload":
             self.add_counter(txn, "backlog_bytes", -op.nbytes)
-            # Not an upload forgone (its shard was counted off then).
+            # Not an upload forgone (its shard was counted off then) nor one a newer
+            # entry took over: its count, and its index if it has one, go with it.
             if self._counted(txn, seq, op):
                 self._add_backlog(txn, op.dataset, -op.nbytes, -1)
-            index = _UPLOAD + _U64.pack(op.generation)
-            raw = txn.get(index, db=self._db("meta"))
-            if raw is not None and _U64.unpack(bytes(raw))[0] == seq:
-                txn.delete(index, db=self._db("meta"))
+                txn.delete(_UPLOAD + _U64.pack(op.generation), db=self._db("meta"))
         if not self.journal_length(txn):
             self._journal_emptied(txn)
 
