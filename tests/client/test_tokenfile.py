@@ -57,10 +57,9 @@ def test_unreadable_paths_are_refused(tmp_path: Path) -> None:
         read_token_file(tmp_path)
 
 
-def test_a_pipe_is_read_like_a_file(tmp_path: Path) -> None:
-    # A shell's process substitution (--token-file <(secret-tool lookup ...)) and a
-    # token piped to /dev/stdin keep the token out of every file, not only out of the
-    # process list: both are pipes, and were refused as "not a regular file".
+def fifo_read_once(tmp_path: Path) -> Path:
+    """A named FIFO under ``tmp_path`` that a writer thread wrote TOKEN to once, read
+    (and checked) through it."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
 
@@ -74,6 +73,14 @@ def test_a_pipe_is_read_like_a_file(tmp_path: Path) -> None:
         assert read_token_file(fifo) == TOKEN
     finally:
         writing.join(10)
+    return fifo
+
+
+def test_a_pipe_is_read_like_a_file(tmp_path: Path) -> None:
+    # A shell's process substitution (--token-file <(secret-tool lookup ...)) and a
+    # token piped to /dev/stdin keep the token out of every file, not only out of the
+    # process list: both are pipes, and were refused as "not a regular file".
+    fifo_read_once(tmp_path)
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "w") as writer:
         writer.write(TOKEN)
@@ -206,19 +213,7 @@ def test_a_named_fifo_read_before_is_read_again_without_waiting_for_a_writer(
     # The token in memory was looked up only after the FIFO was opened, and opening a
     # named FIFO waits for a writer: the second connect() with TIERSTORE_TOKEN_FILE
     # naming a FIFO written once (and a torch dataset made after a connect()) hung.
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo, 0o600)
-
-    def write() -> None:
-        with fifo.open("w") as writer:  # waits for the reader
-            writer.write(TOKEN + "\n")
-
-    writing = threading.Thread(target=write)
-    writing.start()
-    try:
-        assert read_token_file(fifo) == TOKEN
-    finally:
-        writing.join(10)
+    fifo = fifo_read_once(tmp_path)
     read: list[str | BaseException] = []
 
     def read_again() -> None:
