@@ -810,16 +810,25 @@ def test_a_rotation_to_a_keyring_checked_before_a_put_under_a_key_it_lacks_is_re
     assert store.rotate_master_key(both) == 1
 
 
+def archived_by_a_node_gone(
+    open_store: StoreFactory, archive: MemoryTier, *shards: tuple[str, str, bytes]
+) -> None:
+    """``archive`` as a node under k1 alone left it: ``shards`` (dataset, name, data)
+    put, uploaded, and the node closed."""
+    old = open_store(archive, datasets=DATASETS)
+    for dataset, name, data in shards:
+        old.put(dataset, name, data)
+    assert old.drain(10)
+    old.close()
+
+
 def test_a_catalog_rebuilt_after_a_start_looked_at_it_empty_is_looked_at_again(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
     # A start that found the catalog empty noted that no rotation was cut short, and a
     # rebuild from the archive then filled it with data keys under an older key the
     # keyring holds: no start resumed the rotation that would rewrap them.
-    old = open_store(archive, datasets=DATASETS)
-    old.put("enc", "a", payload(100))
-    assert old.drain(10)
-    old.close()
+    archived_by_a_node_gone(open_store, archive, ("enc", "a", payload(100)))
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     store = open_store(archive, both)
     wait_until(lambda: not resuming(), "the start's look for a rotation to end")
@@ -853,11 +862,9 @@ def test_a_catalog_rebuilt_from_an_archive_under_an_older_key_keeps_that_key_unt
     # under an older key kept it too: the older key was retired after a rotation that
     # resealed only rewrapped manifests, and the archive's dataset objects, still
     # sealed under it, were believed by no rebuild after.
-    old = open_store(archive, datasets=DATASETS)
-    old.put("plain", "p", payload(100, 1))
-    old.put("enc", "a", payload(100, 2))
-    assert old.drain(10)
-    old.close()
+    archived_by_a_node_gone(
+        open_store, archive, ("plain", "p", payload(100, 1)), ("enc", "a", payload(100, 2))
+    )
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     store = open_store(MemoryTier(), datasets=DATASETS)
     store.put("enc", "b", payload(100, 3))
@@ -889,10 +896,7 @@ def test_a_retirement_checked_before_a_rebuild_is_refused_at_its_switch(
     # The check passed on an emptied catalog; a rebuild then filled it with data keys
     # under the key being retired, and the switch went ahead without that key: the
     # rebuilt shards could not be read until it was put back by hand.
-    old = open_store(archive, datasets=DATASETS)
-    old.put("enc", "a", payload(100, 2))
-    assert old.drain(10)
-    old.close()
+    archived_by_a_node_gone(open_store, archive, ("enc", "a", payload(100, 2)))
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     store = open_store(MemoryTier(), datasets=DATASETS)
     store.put("enc", "b", payload(100, 3))
@@ -951,10 +955,7 @@ def test_a_rotation_to_a_keyring_checked_before_a_rebuild_walks_the_rebuilt_cata
     # keyring in use was unchanged, and a rebuild between the two filled the catalog
     # with data keys under a key the checked keyring lacks: switched to, it left them
     # unreadable.
-    old = open_store(archive, datasets=DATASETS)
-    old.put("enc", "a", payload(100))
-    assert old.drain(10)
-    old.close()
+    archived_by_a_node_gone(open_store, archive, ("enc", "a", payload(100)))
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     store = open_store(archive, both, start_mover=False)
     without_k1 = LocalKeyring(keys={"k2": KEY_2, "k3": KEY_3}, current="k3")
@@ -972,10 +973,7 @@ def test_a_keyring_check_that_walked_the_catalog_before_a_rebuild_is_not_kept(
     # The same, but the rebuild runs after the check's walk read the still empty
     # catalog and before the check noted its pass: the note came after the rebuild had
     # voided the checks, so the rotation to that keyring took it as holding.
-    old = open_store(archive, datasets=DATASETS)
-    old.put("enc", "a", payload(100))
-    assert old.drain(10)
-    old.close()
+    archived_by_a_node_gone(open_store, archive, ("enc", "a", payload(100)))
     both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
     store = open_store(archive, both, start_mover=False)
     without_k1 = LocalKeyring(keys={"k2": KEY_2, "k3": KEY_3}, current="k3")
