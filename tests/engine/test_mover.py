@@ -171,8 +171,7 @@ def test_each_datasets_backlog_and_the_oldest_entrys_wait_survive_a_restart(
     store.delete("enc", "gone")
 
     def backlog(dataset: str) -> tuple[int, int]:
-        usage = store.dataset_usage(dataset)
-        return usage.backlog_shards, usage.backlog_bytes
+        return backlog_of(store, dataset)  # the store open now
 
     def expected(dataset: str) -> tuple[int, int]:
         usage = store.dataset_usage(dataset)  # all hot: its stored bytes, as counted
@@ -223,6 +222,26 @@ def _upload_ahead_of_its_turn(store: Store) -> None:
     assert store.stat("plain", "x").archived
 
 
+def backlog_of(store: Store, dataset: str) -> tuple[int, int]:
+    """``dataset``'s uploads waiting for the archive, and their stored bytes."""
+    usage = store.dataset_usage(dataset)
+    return usage.backlog_shards, usage.backlog_bytes
+
+
+def assert_nothing_waits(store: Store, dataset: str = "plain") -> None:
+    """Neither ``dataset`` nor the node counts an upload waiting for the archive."""
+    assert backlog_of(store, dataset) == (0, 0)
+    assert store.stats().backlog_bytes == 0
+
+
+def assert_one_shard_waits(store: Store, dataset: str = "plain") -> None:
+    """``dataset``, the node's only one with hot bytes, has one upload waiting for
+    the archive: all its hot bytes."""
+    hot_bytes = store.dataset_usage(dataset).hot_bytes
+    assert backlog_of(store, dataset) == (1, hot_bytes)
+    assert store.stats().backlog_bytes == hot_bytes
+
+
 def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
     open_store: StoreFactory,
 ) -> None:
@@ -233,13 +252,9 @@ def test_an_upload_journaled_again_while_its_first_is_pending_is_counted_once(
     _upload_ahead_of_its_turn(store)  # its upload is pending
     assert store.dataset_usage("plain").backlog_shards == 0  # but its bytes are archived
     assert store.archive_again().uploads == 1
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (1, usage.hot_bytes)
-    assert store.stats().backlog_bytes == usage.hot_bytes
+    assert_one_shard_waits(store)
     assert store.mover.drain_once()
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
-    assert store.stats().backlog_bytes == 0
+    assert_nothing_waits(store)
 
 
 def test_a_shard_uploaded_ahead_of_its_turn_leaves_the_backlog_then(
@@ -250,14 +265,10 @@ def test_a_shard_uploaded_ahead_of_its_turn_leaves_the_backlog_then(
     # archive, until the mover passed the old entry (never while the archive was down).
     store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
     _upload_ahead_of_its_turn(store)
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
-    assert store.stats().backlog_bytes == 0
+    assert_nothing_waits(store)
     store.delete_dataset("plain", force=True)
     store.create_dataset("plain")
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
-    assert store.stats().backlog_bytes == 0
+    assert_nothing_waits(store)
 
 
 def test_an_overwrite_of_a_shard_uploaded_ahead_of_its_turn_counts_its_own_upload(
@@ -266,13 +277,9 @@ def test_an_overwrite_of_a_shard_uploaded_ahead_of_its_turn_counts_its_own_uploa
     store = open_store(MemoryTier(), datasets=PLAIN, start_mover=False)
     _upload_ahead_of_its_turn(store)
     store.put("plain", "x", payload(3 * FRAME, 4))
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (1, usage.hot_bytes)
-    assert store.stats().backlog_bytes == usage.hot_bytes
+    assert_one_shard_waits(store)
     assert store.mover.drain_once()
-    usage = store.dataset_usage("plain")
-    assert (usage.backlog_shards, usage.backlog_bytes) == (0, 0)
-    assert store.stats().backlog_bytes == 0
+    assert_nothing_waits(store)
 
 
 def test_entries_an_older_release_journaled_still_show_the_oldest_wait(
