@@ -81,3 +81,27 @@ def test_the_thread_trims_after_the_puts_and_stops_on_close() -> None:
     finally:
         idle.close()
     assert not any(thread.name == "idle-trim" for thread in threading.enumerate())
+
+
+def test_work_that_owes_a_trim_never_puts_one_off() -> None:
+    # The mover's uploads: a trim falls due after each, but an archive retried without
+    # end must not keep the node from ever trimming (as work in flight would).
+    clock, trims = Clock(), []
+    idle = IdleTrim(2.0, lambda: trims.append(clock.now), clock, background=False)
+    idle.owe()
+    for _ in range(2):  # ended again and again, sooner than idle_s apart
+        clock.now += 1.0
+        idle.owe()
+    assert idle.trim_if_due() is None
+    assert trims == [102.0]  # idle_s after the first: the later ones did not put it off
+    clock.now += 1.5
+    assert idle.trim_if_due() is None and trims == [102.0]  # nothing owed since
+    idle.owe()
+    with idle.busy():  # a put in flight still puts the trim off
+        clock.now += 5.0
+        assert idle.trim_if_due() is None
+    assert trims == [102.0]
+    clock.now += 2.0
+    idle.trim_if_due()
+    assert trims == [102.0, 110.5]
+

@@ -84,7 +84,8 @@ class IdleTrim:
     """Runs ``trim`` once no put has been in flight for ``idle_s``, after puts ran.
 
     "Puts" here is any work that fills the heap with frames: the server wraps puts,
-    cold reads and the promoter's promotions. Wrap each in :meth:`busy`. With
+    cold reads and the promoter's promotions. Wrap each in :meth:`busy`; work that
+    must not put the trim off calls :meth:`owe` when it ends instead. With
     ``background`` a thread, started with the first put, waits on a condition for the
     trim to fall due (no wake-ups while nothing is owed; one per ``idle_s`` at most
     while puts keep coming); without it the caller calls :meth:`trim_if_due`.
@@ -124,6 +125,17 @@ class IdleTrim:
                     self._idle_since = self._clock()
                     self._start()
                     self._changed.notify_all()
+
+    def owe(self) -> None:
+        """Owe a trim for heap work that ended without :meth:`busy` (the mover's
+        archive operations): one falls due ``idle_s`` from now, or when one owed
+        already does. Unlike a put in flight, such work never puts a trim off: an
+        archive retried without end would keep the node from ever trimming."""
+        with self._changed:
+            if self._idle_since is None:
+                self._idle_since = self._clock()
+                self._start()
+                self._changed.notify_all()
 
     def trim_if_due(self) -> float | None:
         """Trim if a trim is owed and no put has run for ``idle_s``; else the seconds

@@ -157,6 +157,10 @@ class Mover:
         #: called after each pass of the journal thread (the store makes its disk
         #: reserve again there, once the disk has room).
         self.after_pass: Callable[[], object] = lambda: None
+        #: called after each archive operation: an upload copies frames and part
+        #: buffers into the heap, and the server owes the OS their freed memory once
+        #: idle (tierstore.engine.allocator.IdleTrim.owe).
+        self.after_heap_work: Callable[[], object] = lambda: None
         #: the start's abort of the uploads an earlier run left open in the archive,
         #: while it has not gone through: see abort_left_behind_later.
         self._left_behind: Callable[[], object] | None = None
@@ -546,6 +550,7 @@ class Mover:
             return self._apply(op)
         finally:
             self.stall_watch.end()
+            self.after_heap_work()
 
     def _apply(self, op: JournalOp) -> ShardRecord | None:
         """Carry ``op`` out in the archive; returns the generation it put there, if any

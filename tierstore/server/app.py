@@ -318,8 +318,9 @@ class TierstoreServer:
         self.health = CheckOnlyHealth()
         #: gives freed heap memory back to the OS once puts stop (tierstore.engine.allocator)
         self._idle_trim = IdleTrim()
-        # Promotions and cache fills hold shards' frames in the heap too.
+        # Promotions, cache fills and uploads hold shards' frames in the heap too.
         store.promoter.work_in_flight = self._idle_trim.busy
+        store.mover.after_heap_work = self._idle_trim.owe
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.
