@@ -577,31 +577,24 @@ class MemoryResult:
 def _stream_worker(
     address: str, token: str, ca: str, dataset: str, shard: str, go: Any, results: Any
 ) -> None:
-    """One client process: open the shard's stream, verify each frame into a reused
-    4 MiB sink (so the client holds one frame, not the shard).
+    """One client process: stream the shard a verified frame at a time (so the client
+    holds one frame, not the shard).
 
     Puts ``("ready", 0, 0.0, None)`` once connected, waits for ``go``, then puts
     ``("done", bytes, seconds, error or None)``.
     """
     try:
-        from tierstore.v1 import shards_pb2
-
         client = connect(address, token=token, ca=ca)
         client.stat(dataset, shard)  # connected and authorized before the clock starts
-        sink = memoryview(bytearray(FRAME_BYTES))
         results.put(("ready", 0, 0.0, None))
         if not go.wait(START_TIMEOUT_S):
             raise TimeoutError("the parent never said go")
         began = time.perf_counter()
-        # Client.get would allocate the whole shard; there is no public per-frame
-        # iterator, hence the private _open (benchmark code only).
-        stream = client._open(shards_pb2.GetShardRequest(dataset=dataset, shard=shard))
         received = 0
-        for message in stream.messages:
-            stored = message.frame.data
-            size = len(stored) - stream.sealer.overhead
-            stream.sealer.open_into(message.frame.index, memoryview(stored), sink[:size])
-            received += size
+        # Client.get would allocate the whole shard; iter_bytes hands on a frame at a
+        # time, each verified into a buffer of its own.
+        for piece in client.iter_bytes(dataset, shard):
+            received += len(piece)
         results.put(("done", received, time.perf_counter() - began, None))
         client.close()
     except Exception as exc:  # reported to the parent, which fails the case
