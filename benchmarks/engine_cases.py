@@ -584,7 +584,8 @@ class ColdRead:
         if not self.promotion and self._saved_promote is None:
             promoter = _live(self.bench).promoter
             self._saved_promote = promoter.promote
-            promoter.promote = lambda record, stored: None  # type: ignore[method-assign]  # a what-if patch
+            # A what-if patch: every promotion dropped, as a full queue drops one.
+            promoter.promote = lambda record, stored: False  # type: ignore[method-assign]
 
     def _settle(self) -> None:
         """After an engine run with promotion on, wait until every shard read is hot again."""

@@ -440,10 +440,10 @@ class CudaAccelerator:
     def submit(self, batch: Any) -> None:
         while len(self._launched) > self._depth:
             self._retire()
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         start.record()
-        torch.cuda._sleep(self._cycles)
+        torch.cuda._sleep(self._cycles)  # type: ignore[no-untyped-call]
         end.record()
         self._launched.append((start, end, batch))
 
@@ -461,11 +461,11 @@ class CudaAccelerator:
 def _spin_cycles(seconds: float) -> int:
     """GPU clock cycles that ``torch.cuda._sleep`` spins for ``seconds`` (measured here)."""
     probe = 20_000_000
-    torch.cuda._sleep(probe)  # warm-up: clocks up, module loaded
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(probe)  # type: ignore[no-untyped-call]  # warm-up: clocks up, module loaded
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
     start.record()
-    torch.cuda._sleep(probe)
+    torch.cuda._sleep(probe)  # type: ignore[no-untyped-call]
     end.record()
     end.synchronize()
     per_s = probe / (start.elapsed_time(end) / 1e3)

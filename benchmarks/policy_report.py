@@ -201,13 +201,13 @@ def main() -> int:
         lru, _ = latencies(build(LruPolicy(), args.latency_shards, jobs=0), args.decisions)
         print(f"\nDecision latency, {JOBS} jobs, {args.latency_shards:,} shards, 1/4 hot (us)")
         print(f"{'call':36s} {'p50':>8s} {'p99':>8s}  {'p99 / LRU':>9s}")
-        for label, value in (
+        for label, latency in (
             ("clairvoyant victims()", evict),
             ("clairvoyant record_access()+admit()", admit),
             ("lru victims() (reference)", lru),
         ):
-            relative = value.p99_us / lru.p99_us
-            print(f"{label:36s} {value.p50_us:8.1f} {value.p99_us:8.1f}  {relative:9.1f}")
+            relative = latency.p99_us / lru.p99_us
+            print(f"{label:36s} {latency.p50_us:8.1f} {latency.p99_us:8.1f}  {relative:9.1f}")
         verdict = "PASS" if evict.p99_us <= TARGET_P99_US else "MISS"
         missed += verdict == "MISS"
         print(f"target: victims() p99 <= {TARGET_P99_US:.0f} us: {verdict}")

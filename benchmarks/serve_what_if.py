@@ -77,7 +77,7 @@ def _stream_hot_lazily(original: Any) -> Any:
 
 def patch() -> None:
     """Apply both what-if patches to this process."""
-    shards.shards_pb2 = _InPlaceMessages()  # type: ignore[assignment]
+    shards.shards_pb2 = _InPlaceMessages()  # type: ignore[attr-defined,assignment]
     reader = sealedpath.SealedReader
     reader.stream = _stream_hot_lazily(reader.stream)  # type: ignore[method-assign]
 
@@ -87,4 +87,4 @@ if __name__ == "__main__":
     from tierstore.cli.main import main
 
     sys.argv[0] = "tierstore"
-    sys.exit(main())
+    main()
