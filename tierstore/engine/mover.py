@@ -550,7 +550,10 @@ class Mover:
             return self._apply(op)
         finally:
             self.stall_watch.end()
-            self.after_heap_work()
+            try:
+                self.after_heap_work()
+            except Exception:  # never mask the operation's outcome
+                log.exception("owing the heap trim after an archive operation failed")
 
     def _apply(self, op: JournalOp) -> ShardRecord | None:
         """Carry ``op`` out in the archive; returns the generation it put there, if any
