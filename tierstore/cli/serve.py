@@ -56,7 +56,7 @@ from tierstore.cli.startcheck import (
 )
 from tierstore.config import EngineSettings, load_settings
 from tierstore.crypto import retired_keys_path
-from tierstore.engine.allocator import tune_allocator
+from tierstore.engine.allocator import ARENAS, tune_allocator
 from tierstore.engine.diskreserve import DiskReserve
 from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition, InvalidArgument
@@ -277,7 +277,7 @@ def _run(
     starts), then stop it gracefully."""
     # Before any thread of the node's starts: threads that allocated before it keep
     # arenas of their own (tierstore.engine.allocator).
-    tune_allocator(configured.max_frame_bytes)
+    tune_allocator(configured.max_frame_bytes, arenas=ARENAS)
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all

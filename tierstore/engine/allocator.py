@@ -20,9 +20,8 @@ inside each arena, but shrinks the top of the main arena only. Freed frames that
 merged into the top of a thread's arena (up to 64 MiB each, never shrunk below the
 raised trim threshold) stayed resident: a CI run's idle server kept 300 MiB of a
 burst of six 32 MiB puts, and eight threads that freed 32 MiB each kept all
-256 MiB after a trim. So the process gets :data:`ARENAS` arenas, the main one and
-one more for the threads to share: what only the trim could not give back is one
-arena's top at most.
+256 MiB after a trim. So a node gets :data:`ARENAS` arenas, which its threads take
+in turn: what the trim cannot give back is one thread arena's top at most.
 
 This changes the whole process, so the library never does it on its own: the
 server and :func:`tierstore.engine.bootstrap.open_store` call it, and embedders
@@ -35,6 +34,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,10 +65,14 @@ def _glibc_function(name: str) -> Callable[..., int] | None:
         return None
 
 
-def tune_allocator(max_frame_bytes: int) -> bool:
-    """Keep buffers of up to a few frames in the heap, in :data:`ARENAS` arenas;
-    returns False where not glibc.
+def tune_allocator(max_frame_bytes: int, *, arenas: int | None = None) -> bool:
+    """Keep buffers of up to a few frames in the heap and, with ``arenas``, cap glibc at
+    that many arenas (:data:`ARENAS` for a node); returns False where not glibc.
 
+    The cap holds only for threads that first allocate after this call, so a process
+    calls it before it starts any (serve does; ``open_store`` leaves the arenas alone:
+    an embedding process has threads of its own, and no :class:`IdleTrim`). An
+    operator's ``MALLOC_ARENA_MAX`` or ``glibc.malloc.arena_max`` tunable wins.
     Safe to call more than once; never raises.
     """
     mallopt = _glibc_function("mallopt")
@@ -80,11 +84,15 @@ def tune_allocator(max_frame_bytes: int) -> bool:
     # at once, and giving it back each time costs the page faults we are avoiding.
     trim = min(max(8 * threshold, 256 << 20), 1 << 30)
     ok = bool(mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim))) and ok
-    # Threads that allocated before this call keep their arenas: serve calls it first.
-    ok = bool(mallopt(_M_ARENA_MAX, ctypes.c_int(ARENAS))) and ok
+    if arenas is not None and not _arenas_set_by_operator():
+        ok = bool(mallopt(_M_ARENA_MAX, ctypes.c_int(arenas))) and ok
     if not ok:
         log.warning("mallopt refused the allocator thresholds; puts will be slower")
     return ok
+
+
+def _arenas_set_by_operator() -> bool:
+    return "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def trim_heap() -> bool:
