@@ -43,7 +43,7 @@ import grpc
 import pyarrow as pa
 from google.protobuf import wrappers_pb2
 
-from tierstore.engine.allocator import tune_allocator
+from tierstore.engine.allocator import ARENAS, tune_allocator
 
 __all__ = ["GET_METHOD", "PUT_METHOD", "BareClient", "main"]
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
     args = parser.parse_args(argv)
-    tune_allocator(args.frame_bytes)
+    tune_allocator(args.frame_bytes, arenas=ARENAS)
     shards = _shards(args.total_bytes, args.seed, args.shard_bytes, args.frame_bytes)
     server = grpc.server(ThreadPoolExecutor(max_workers=SERVER_WORKERS), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((_handlers(shards),))

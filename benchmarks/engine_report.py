@@ -56,7 +56,7 @@ from engine_cases import (
     measure,
 )
 
-from tierstore.engine.allocator import tune_allocator
+from tierstore.engine.allocator import ARENAS, tune_allocator
 from tierstore.tiers.seaweedfs import find_weed_binary
 
 CaseFactory = Callable[[EngineBench], Case]
@@ -241,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.no_tune_malloc:
-        tune_allocator(4 * MiB)  # as `tierstore serve` and open_store() do
+        tune_allocator(4 * MiB, arenas=ARENAS)  # as `tierstore serve` does
     parent = args.workdir or Path(os.environ.get("TMPDIR", "/tmp"))
     parent.mkdir(parents=True, exist_ok=True)  # df had nothing to say of a missing one
     fstype = check_not_tmpfs(parent)
