@@ -64,7 +64,7 @@ def read_token_file(path: str | Path) -> str:
         token = raw.decode().strip()
     except UnicodeDecodeError:
         raise InvalidArgument(f"token file {str(where)!r} is not UTF-8 text") from None
-    pipe = (str(where), info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+    pipe = _pipe_key(where, info) if stat.S_ISFIFO(info.st_mode) else None
     if not token and pipe is not None and pipe in _piped:
         return _piped[pipe]  # read before, here or in the process this one forked from
     if not token:
@@ -82,6 +82,11 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
+def _pipe_key(where: Path, info: os.stat_result) -> tuple[str, int, int]:
+    """What names a pipe in ``_piped``: the path read, and the pipe's (device, inode)."""
+    return str(where), info.st_dev, info.st_ino
+
+
 def _opened(where: Path) -> BinaryIO:
     """``where`` opened for reading; without waiting for a writer when it is a named FIFO
     read before (opening a FIFO waits for one, and a drained one may never get another).
@@ -90,7 +95,7 @@ def _opened(where: Path) -> BinaryIO:
         info = os.stat(where)
     except OSError:
         info = None
-    if info is None or (str(where), info.st_dev, info.st_ino) not in _piped:
+    if info is None or _pipe_key(where, info) not in _piped:
         return where.open("rb")
     return os.fdopen(os.open(where, os.O_RDONLY | os.O_NONBLOCK), "rb")
 

@@ -147,9 +147,7 @@ class IdleTrim:
             with self._changed:
                 self._in_flight -= 1
                 if self._in_flight == 0:
-                    self._idle_since = self._clock()
-                    self._start()
-                    self._changed.notify_all()
+                    self._owe_from_now()
 
     def owe(self) -> None:
         """Owe a trim for heap work that ended without :meth:`busy` (the mover's
@@ -158,9 +156,7 @@ class IdleTrim:
         archive retried without end would keep the node from ever trimming."""
         with self._changed:
             if self._idle_since is None:
-                self._idle_since = self._clock()
-                self._start()
-                self._changed.notify_all()
+                self._owe_from_now()
 
     def trim_if_due(self) -> float | None:
         """Trim if a trim is owed and no put has run for ``idle_s``; else the seconds
@@ -181,6 +177,12 @@ class IdleTrim:
             thread = self._thread
         if thread is not None:
             thread.join()
+
+    def _owe_from_now(self) -> None:
+        # Called holding the lock: a trim falls due idle_s from now.
+        self._idle_since = self._clock()
+        self._start()
+        self._changed.notify_all()
 
     def _due_in(self) -> float | None:
         # Called holding the lock.
