@@ -922,7 +922,11 @@ def test_an_arrow_file_cut_short_or_not_arrow_is_malformed_arrow(tmp_path: Path,
         writer.write_table(table)
     cut_short = tmp_path / "cut.arrows"
     cut_short.write_bytes(whole.read_bytes()[:cut] if cut else b"not arrow at all")
-    if cut < 0:  # its schema whole: refused as its batches are read, a put of it too
+    if cut < 0:  # its schema whole, but no end-of-stream marker: refused on opening
+        with pytest.raises(MalformedArrow, match="without its end-of-stream marker"):
+            arrowio.check_ipc_file(cut_short)
+        # Cut in its batch, then bytes that read as a marker: refused as it is read.
+        cut_short.write_bytes(whole.read_bytes()[: cut - 8] + b"\xff\xff\xff\xff" + bytes(4))
         with open_ipc_file(cut_short) as reader, pytest.raises(MalformedArrow, match="batch 0"):
             list(reader_to_frames(reader))
     else:
@@ -931,3 +935,78 @@ def test_an_arrow_file_cut_short_or_not_arrow_is_malformed_arrow(tmp_path: Path,
             pass
     with pytest.raises(OSError), open_ipc_file(tmp_path / "missing.arrow"):
         pass
+
+
+def _stream_of_batches(path: Path, *, legacy: bool = False) -> tuple[pa.Table, list[int]]:
+    """An IPC stream at ``path`` of four 250-row batches (a dictionary column too); its
+    table, and where in the file each message before the end-of-stream marker ends."""
+    table = pa.table({"x": list(range(1000)), "s": pa.array(["a", "b"] * 500).dictionary_encode()})
+    options = pa.ipc.IpcWriteOptions(use_legacy_format=legacy)
+    with (
+        pa.OSFile(str(path), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema, options=options) as writer,
+    ):
+        writer.write_table(table, max_chunksize=250)
+    ends = []
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        ends.append(source.tell())  # the schema's (and nothing else: no batch read yet)
+        for _ in reader:
+            ends.append(source.tell())
+    return table, ends
+
+
+@pytest.mark.parametrize("batches_left", [4, 2, 0])
+def test_a_stream_cut_at_a_message_boundary_is_refused_not_read_short(
+    tmp_path: Path, batches_left: int
+) -> None:
+    # pyarrow ends a stream at the end of its file as it does at its end-of-stream
+    # marker: a stream that lost its marker, or its marker and its last batches, read
+    # as a shorter table, and a put of it stored that without a word. Its last bytes
+    # are no marker: refused on opening, before anything is uploaded.
+    whole = tmp_path / "whole.arrows"
+    _, ends = _stream_of_batches(whole)
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(whole.read_bytes()[: ends[batches_left]])
+    with pytest.raises(MalformedArrow, match=f"{cut}: the IPC stream ends without its end-of"):
+        arrowio.check_ipc_file(cut)
+    with pytest.raises(MalformedArrow, match="end-of-stream marker"), open_ipc_file(cut):
+        pass
+
+
+def test_a_stream_whose_last_bytes_look_like_a_marker_is_still_refused(tmp_path: Path) -> None:
+    # A batch whose body ends in four zero bytes (the marker of the legacy format) or in
+    # the whole marker: the check before the upload passes it, the read does not.
+    table = pa.table({"x": pa.array([1, 0xFFFFFFFF], pa.int64())})
+    whole = tmp_path / "whole.arrows"
+    with pa.OSFile(str(whole), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(whole.read_bytes()[:-8])  # the marker gone
+    assert cut.read_bytes()[-8:] == b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the value 2**32-1
+    arrowio.check_ipc_file(cut)
+    with open_ipc_file(cut) as reader, pytest.raises(MalformedArrow, match="end-of-stream marker"):
+        list(reader_to_frames(reader))
+
+
+def test_bytes_after_a_streams_marker_are_refused(tmp_path: Path) -> None:
+    # Two streams one after the other (a second put appended to the file, say): only
+    # the first was read, and the rest was dropped without a word.
+    path = tmp_path / "twice.arrows"
+    _stream_of_batches(path)
+    once = path.read_bytes()
+    path.write_bytes(once + once)
+    with (
+        open_ipc_file(path) as reader,
+        pytest.raises(MalformedArrow, match="after its end-of-stream"),
+    ):
+        list(reader_to_frames(reader))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["marker", "legacy-marker"])
+def test_a_whole_stream_reads_to_its_marker(tmp_path: Path, legacy: bool) -> None:
+    path = tmp_path / "whole.arrows"
+    table, _ = _stream_of_batches(path, legacy=legacy)
+    arrowio.check_ipc_file(path)
+    with open_ipc_file(path) as reader:
+        assert reader.read_all().equals(table)

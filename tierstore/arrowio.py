@@ -918,9 +918,15 @@ def open_ipc_file(path: Path) -> Iterator[pa.RecordBatchReader]:
     only as it is taken: a put of the reader (``Client.put`` takes one) holds a few
     batches at a time, never the file whole. Not mapped, as a file cut short under a
     map kills the process. Its schema (and a file's footer) are read on entry: raises
-    :class:`MalformedArrow` for a file that is neither, :class:`OSError` for one that
-    cannot be read; a batch that cannot be read raises pyarrow's error (an OSError or
-    ArrowInvalid: a stream cut short) as it is taken, which a put makes MalformedArrow.
+    :class:`MalformedArrow` for a file that is neither, or a stream whose last bytes
+    are no end-of-stream marker, :class:`OSError` for one that cannot be read; a batch
+    that cannot be read raises pyarrow's error (an OSError or ArrowInvalid: a stream
+    cut short) as it is taken, which a put makes MalformedArrow.
+
+    A stream must end at its end-of-stream marker, and its file there: pyarrow ends a
+    stream at the end of its file as it does at the marker, so a stream cut between
+    two messages would read as a shorter table, and a second stream after the marker
+    would be dropped. Both raise MalformedArrow once the last batch has been taken.
     """
     with pa.OSFile(str(path)) as source:
         try:
@@ -937,7 +943,57 @@ def open_ipc_file(path: Path) -> Iterator[pa.RecordBatchReader]:
             raise MalformedArrow(
                 f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"
             ) from None
-        yield stream
+        # Messages since Arrow 0.15 start with the continuation marker, and so does
+        # their stream's end.
+        marker = (
+            _END_OF_STREAM
+            if _bytes_from(source, 0, 4) == _END_OF_STREAM[:4]
+            else _LEGACY_END_OF_STREAM
+        )
+        if not _bytes_from(source, source.size() - len(marker)).endswith(marker):
+            # no marker ends the file: refuse before a batch is read
+            raise MalformedArrow(f"{path}: {_NO_MARKER}")
+        yield pa.RecordBatchReader.from_batches(stream.schema, _up_to_the_marker(stream, source))
+
+
+#: how an IPC stream ends (a continuation marker, then a metadata length of 0), and how
+#: it ended before Arrow 0.15 (the length alone)
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_LEGACY_END_OF_STREAM = b"\x00\x00\x00\x00"
+_NO_MARKER = (
+    "the IPC stream ends without its end-of-stream marker: it was cut short, or its "
+    "writer was never closed"
+)
+
+
+def _up_to_the_marker(
+    stream: pa.RecordBatchStreamReader, source: pa.NativeFile
+) -> Iterator[pa.RecordBatch]:
+    """``stream``'s batches, read from ``source`` as they are taken; then MalformedArrow
+    unless the bytes after the last batch are one end-of-stream marker and the file's
+    last (pyarrow reads messages without reading ahead, so the file's position after a
+    batch is where that batch ends)."""
+    end = source.tell()
+    for batch in stream:
+        yield batch
+        end = source.tell()
+    if source.tell() < source.size():
+        raise MalformedArrow(
+            f"{source.size() - source.tell()} bytes after its end-of-stream marker "
+            "(a second stream written after the first, say): write one stream per file"
+        )
+    if _bytes_from(source, end) not in (_END_OF_STREAM, _LEGACY_END_OF_STREAM):
+        raise MalformedArrow(_NO_MARKER)
+
+
+def _bytes_from(source: pa.NativeFile, offset: int, count: int | None = None) -> bytes:
+    """``count`` of ``source``'s bytes (all up to its end when None) from ``offset`` (0
+    if negative), its position kept."""
+    here = source.tell()
+    offset = max(offset, 0)
+    tail = source.read_at(source.size() - offset if count is None else count, offset)
+    source.seek(here)  # pyarrow asks for a seek after a read_at before the next read
+    return bytes(tail)
 
 
 def check_ipc_file(path: Path) -> None:

@@ -502,6 +502,26 @@ def test_put_kind_arrow_stores_arrow_files_as_tables(
     assert b"nothing uploaded" in stopped.stderr
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "again/00001.arrow")
+    # So is a stream cut where a message ends (here: its end-of-stream marker lost),
+    # which pyarrow would read to its end as a shorter table.
+    (shards / "00004.arrows").write_bytes((shards / "00002.arrows").read_bytes()[:-8])
+    stopped = run(
+        env,
+        "put",
+        dataset,
+        str(shards / "00001.arrow"),
+        str(shards / "00004.arrows"),
+        "--kind",
+        "arrow",
+        "--prefix",
+        "again/",
+    )
+    assert stopped.returncode == 2 and b"MalformedArrow" in stopped.stderr
+    said = one_line_error(stopped)
+    assert "00004.arrows: the IPC stream ends without its end-of-stream marker" in said, said
+    assert said.endswith("nothing uploaded"), said
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(dataset, "again/00001.arrow")
     assert run(env, "put", dataset, str(shards), "--kind", "csv").returncode == 2
 
 
@@ -558,14 +578,15 @@ def test_put_kind_arrow_streams_a_file_larger_than_memory(
 def test_put_kind_arrow_of_a_stream_cut_short_keeps_the_shard_as_it_was(
     env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
 ) -> None:
-    # Cut in its fourth batch, past the schema the check before the upload reads.
+    # Cut in its fourth batch, past the schema the check before the upload reads, and
+    # ending in what reads as an end-of-stream marker, as the check wants.
     whole = tmp_path / "whole.arrows"
     write_ipc(whole, pa.ipc.new_stream, 6)
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "a.arrows").write_bytes(whole.read_bytes())
     cut = shards / "b.arrows"
-    cut.write_bytes(whole.read_bytes()[: 3 * 800_000 + 400_000])
+    cut.write_bytes(whole.read_bytes()[: 3 * 800_000 + 400_000] + b"\xff\xff\xff\xff" + bytes(4))
     kept = pa.table({"x": [1, 2, 3]})
     before = admin.put(dataset, "b.arrows", kept)
     stopped = run(env, "put", dataset, str(shards), "--kind", "arrow")
