@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,57 @@ def test_a_download_over_a_file_keeps_its_mode(admin: Client, dataset: str, tmp_
     admin.download(dataset, "secret", link, offset=4)
     assert target.read_bytes() == b"new secret"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_a_descriptor_of_this_process_is_written_in_place(tmp_path: Path) -> None:
+    # /dev/stdout, /dev/fd/N and /proc/self/fd/N name one of the process's descriptors.
+    # Through the links, a pipe's resolved to "/proc/<pid>/fd/pipe:[...]", a path to
+    # nothing, so a partial file was made in /proc; a file's to that file, which was
+    # then replaced by rename, whatever the descriptor's mode (a shell's >> appends).
+    read_end, write_end = os.pipe()
+    try:
+        for named in (f"/proc/self/fd/{write_end}", f"/dev/fd/{write_end}"):
+            assert output_target(named) == (Path(named), False)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with (tmp_path / "log").open("ab") as log:
+        named = f"/proc/self/fd/{log.fileno()}"
+        assert output_target(named) == (Path(named), False)
+
+
+def test_a_download_to_a_pipe_named_by_its_descriptor_reaches_the_pipe(
+    admin: Client, dataset: str
+) -> None:
+    data = os.urandom(9 << 20)  # three frames
+    admin.put(dataset, "piped", data)
+    read_end, write_end = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            while chunk := pipe.read(1 << 16):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        assert admin.download(dataset, "piped", f"/dev/fd/{write_end}") == len(data)
+    finally:
+        os.close(write_end)
+        reader.join(timeout=60)
+    assert bytes(received) == data
+
+
+def test_a_download_to_a_descriptor_open_for_appending_appends(
+    admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    # As `tierstore get DS SHARD -o /dev/stdout >> log` would: the log was replaced.
+    admin.put(dataset, "entry", b"the shard's bytes\n")
+    log = tmp_path / "log"
+    log.write_bytes(b"kept\n")
+    with log.open("ab") as appending:
+        named = f"/proc/self/fd/{appending.fileno()}"
+        assert admin.download(dataset, "entry", named, offset=4) == 14
+        assert admin.download(dataset, "entry", named) == 18
+    assert log.read_bytes() == b"kept\nshard's bytes\nthe shard's bytes\n"

@@ -417,12 +417,13 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def peak_rss_of_get(env: dict[str, str], dataset: str, shard: str, out: Path) -> int:
-    """The peak resident set, in KiB, of the installed ``tierstore get DATASET SHARD``
-    writing to stdout (redirected to ``out``)."""
+def peak_rss_of_get(env: dict[str, str], dataset: str, shard: str, out: Path, *options: str) -> int:
+    """The peak resident set, in KiB, of the installed ``tierstore get DATASET SHARD
+    [OPTIONS]`` with its stdout redirected to ``out``."""
+    command = [tierstore_command(), "get", dataset, shard, *options]
     with out.open("wb") as stdout:
         done = subprocess.run(
-            [sys.executable, "-c", PEAK_RSS, tierstore_command(), "get", dataset, shard],
+            [sys.executable, "-c", PEAK_RSS, *command],
             env=env,
             stdout=stdout,
             stderr=subprocess.PIPE,
@@ -432,22 +433,24 @@ def peak_rss_of_get(env: dict[str, str], dataset: str, shard: str, out: Path) ->
     return int(done.stderr.split()[-1])
 
 
+@pytest.mark.parametrize("options", [(), ("-o", "/dev/null")], ids=["stdout", "device"])
 def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
-    env: dict[str, str], admin: Client, dataset: str, tmp_path: Path
+    env: dict[str, str], admin: Client, dataset: str, tmp_path: Path, options: tuple[str, ...]
 ) -> None:
     # It received the whole shard into memory before writing any of it, so a shard
     # larger than memory could not be read to a pipe at all: its peak grew by twice
     # the larger shard's extra bytes (268 MB for 128 MiB). It now grows by less than
     # those bytes once (40-70 MB in runs: the allocator's and gRPC's buffers, more
-    # under load), which a get holding the shard whole could not.
+    # under load), which a get holding the shard whole could not. A device given as
+    # -o was written from the whole shard in memory too.
     rng = np.random.default_rng(7)
     sizes = {"medium": 32 << 20, "large": 160 << 20}
     peaks = {}
     for name, size in sizes.items():
         data = rng.bytes(size)
         admin.put(dataset, name, data)  # 4 MiB frames
-        peaks[name] = peak_rss_of_get(env, dataset, name, tmp_path / name)
-        assert (tmp_path / name).read_bytes() == data
+        peaks[name] = peak_rss_of_get(env, dataset, name, tmp_path / name, *options)
+        assert (tmp_path / name).read_bytes() == (b"" if options else data)
         (tmp_path / name).unlink()
     grown = (peaks["large"] - peaks["medium"]) << 10
     assert grown < sizes["large"] - sizes["medium"], (peaks, grown)
@@ -789,6 +792,12 @@ def test_trace_export_and_the_sizing_curve(
         ok(env, "trace", "export", "-o", str(fifo), "--dataset", dataset)
         assert drained.result(timeout=30).count(b"\n") == 1 + 9  # a header line, the events
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    # So is a descriptor named as a file: a pipe's was taken for a file in /proc.
+    named = run_process(
+        env, "trace", "export", "-o", "/dev/stdout", "--dataset", dataset, json_output=False
+    )
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.startswith(piped.stdout), (named.stdout[:200], named.stderr[:2000])
     for made in (link, real, fifo):
         made.unlink()
     real.parent.rmdir()

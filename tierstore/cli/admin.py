@@ -31,7 +31,7 @@ from tierstore.cli.output import (
     yes_no,
 )
 from tierstore.cli.state import state
-from tierstore.client.download import output_target, partial_file
+from tierstore.client.download import open_in_place, output_target, partial_file
 from tierstore.naming import validate_dataset_name
 from tierstore.types import ALL_DATASETS, Grant, Role
 
@@ -178,8 +178,8 @@ def trace_export(
             counts[type(event).__name__.removeprefix("Traced").lower()] += 1
 
     def export() -> None:
-        if not through_partial:  # a device or a pipe
-            with target.open("w", encoding="utf-8") as stream:
+        if not through_partial:  # a device, a pipe or one of our descriptors
+            with open_in_place(target) as file, io.TextIOWrapper(file, encoding="utf-8") as stream:
                 write(stream)
             return
         # Private (0600), and renamed over the target only when complete.

@@ -48,6 +48,7 @@ from tierstore.client.arguments import (
 from tierstore.client.core import DEFAULT_FRAME_BYTES
 from tierstore.client.download import (
     file_allocator,
+    open_in_place,
     output_target,
     partial_file,
     stream_into_file,
@@ -242,10 +243,13 @@ class Client(AdminCalls, PlacementCalls):
         file, which the OS writes back as it needs. A regular file is written as a new
         file of its own beside ``path`` (``.<name>.<random>.part``, never one already
         there) and renamed over it once whole and verified (with the permissions of the
-        file it replaces), so a failed download leaves ``path`` as it was; a device or
-        pipe is written in place (from one buffer, as ``get``). Raises as :meth:`get`,
-        InvalidArgument for a ``path`` that is no path, and OSError when the file cannot
-        be written.
+        file it replaces), so a failed download leaves ``path`` as it was. A device, a
+        pipe or one of this process's descriptors (``/dev/stdout``, ``/dev/fd/N``: the
+        descriptor itself, at its own position, so ``>>`` appends) is written in place
+        a frame at a time as each arrives, as :meth:`iter_bytes` hands them on: a
+        stream cut off part way leaves a part written there, and raises. Raises as
+        :meth:`get`, InvalidArgument for a ``path`` that is no path, and OSError when
+        the file cannot be written.
         """
         if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
             raise InvalidArgument(
@@ -253,9 +257,9 @@ class Client(AdminCalls, PlacementCalls):
             )
         target, through_partial = output_target(path)
         if not through_partial:
-            whole = self.get(dataset, shard, offset=offset, length=length)
-            with target.open("wb") as file:
-                return write_all(file, memoryview(whole))
+            with open_in_place(target) as file:
+                pieces = self.iter_bytes(dataset, shard, offset=offset, length=length)
+                return sum(write_all(file, memoryview(piece)) for piece in pieces)
         with partial_file(target) as partial:
             return self._read_range(
                 dataset,

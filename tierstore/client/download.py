@@ -28,7 +28,14 @@ if TYPE_CHECKING:  # the CLI imports this module; the receiving side brings pyar
 
     from tierstore.client.receive import ShardStream
 
-__all__ = ["file_allocator", "output_target", "partial_file", "stream_into_file", "write_all"]
+__all__ = [
+    "file_allocator",
+    "open_in_place",
+    "output_target",
+    "partial_file",
+    "stream_into_file",
+    "write_all",
+]
 
 
 def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
@@ -36,15 +43,52 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     through a partial file (:func:`partial_file`) renamed over it once whole, so that
     a failed write leaves it as it was. A link is followed, so that the file it names
     gets the output, not a file in its place; a device or a pipe is written in place
-    (False: renaming a file over /dev/null would replace the device). Raises
+    (False: renaming a file over /dev/null would replace the device), and so is one of
+    this process's descriptors (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``),
+    named as given: :func:`open_in_place` writes to the descriptor itself. Raises
     IsADirectoryError for a directory (or a link to one, or a name ending in a slash,
     as ``open`` does), before anything is fetched for it."""
     named = os.fspath(path)
     path = Path(named)  # (which drops a trailing slash)
+    if _descriptor_named(path) is not None:
+        # A pipe's link reads "pipe:[...]", a path to nothing; a file's names the file,
+        # which a rename would replace whatever the descriptor's mode (>> appends).
+        return path, False
     target = path.resolve() if path.is_symlink() else path
     if target.is_dir() or named.endswith(os.sep):
         raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", named)
     return target, not (target.exists() and not target.is_file())
+
+
+@contextmanager
+def open_in_place(target: Path) -> Iterator[BinaryIO]:
+    """``target``, an :func:`output_target` written in place, open for writing
+    (buffered: a frame-sized write goes straight through). One of this process's
+    descriptors is written through a duplicate of it, at the descriptor's own position
+    (a shell's ``>>`` appends), neither truncated nor opened again; a device or a pipe
+    is opened by its name (a named pipe with no reader waits for one)."""
+    descriptor = _descriptor_named(target)
+    if descriptor is None:
+        with target.open("wb") as file:
+            yield file
+        return
+    with os.fdopen(os.dup(descriptor), "wb") as file:
+        yield file
+
+
+def _descriptor_named(path: Path) -> int | None:
+    """The descriptor of this process that ``path`` names, itself or through links
+    (``/dev/stdout`` → ``/proc/self/fd/1``), or None. Linux: a name in ``/proc/<this
+    process>/fd``; elsewhere always None."""
+    own = Path(f"/proc/{os.getpid()}/fd")
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # as many links as the kernel follows
+        if current.name.isdigit() and os.path.realpath(current.parent) == str(own):
+            return int(current.name)
+        if not current.is_symlink():
+            return None
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return None
 
 
 @contextmanager
