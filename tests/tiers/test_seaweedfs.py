@@ -218,6 +218,16 @@ def test_only_stale_sockets_of_the_given_ports_are_removed(
     assert other_port.exists() and plain_file.exists() and served.exists()
 
 
+def test_weed_is_out_of_reach_of_a_terminals_ctrl_c(seaweedfs: SeaweedServer) -> None:
+    # A terminal sends Ctrl-C's SIGINT to its foreground process group: weed, in its
+    # node's group, stopped at once, while the node's stop still needed the archive
+    # (write-through puts in flight, the store's close). Its node stops it in turn; the
+    # parent-death signal still ends it if the node dies first.
+    weed = int((seaweedfs.data_dir / "weed.pid").read_text().split()[0])
+    assert os.getpgid(weed) != os.getpgrp()
+    assert os.getpgid(weed) == weed  # a group of its own, not another process's
+
+
 def test_requests_need_the_servers_credentials(seaweedfs: SeaweedServer, s3_bucket: str) -> None:
     good = seaweedfs.s3_settings(s3_bucket, prefix="auth-check/")
     for wrong in (

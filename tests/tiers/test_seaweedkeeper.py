@@ -87,7 +87,7 @@ def test_a_weed_stopped_with_its_node_is_not_started_again(tmp_path: Path) -> No
     stopping = threading.Event()
     with SeaweedServer(tmp_path / "weed") as server:
         keeper = SeaweedKeeper(server, interval_s=0.1, until=stopping).start()
-        stopping.set()  # the node stops (a Ctrl-C reaches weed too)
+        stopping.set()  # the node stops, and weed with it
         os.kill(weed_pid(server), signal.SIGINT)
         deadline = time.monotonic() + 30
         while server.running and time.monotonic() < deadline:

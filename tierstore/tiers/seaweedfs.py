@@ -620,6 +620,10 @@ class SeaweedServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_stop_with_parent,  # one system call: safe beside threads
+                    # A group of its own: a terminal's Ctrl-C (sent to the foreground
+                    # group) stopped weed at once, while its node's stop still needed
+                    # the archive. The node stops it; the death signal, if the node dies.
+                    process_group=0,
                 )
 
             try:
