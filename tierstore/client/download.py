@@ -85,9 +85,11 @@ def _descriptor_named(path: Path) -> int | None:
     for _ in range(40):  # as many links as the kernel follows
         if current.name.isdigit() and os.path.realpath(current.parent) == str(own):
             return int(current.name)
-        if not current.is_symlink():
+        try:
+            link = os.readlink(current)
+        except OSError:  # not a link (EINVAL), or not one we may read
             return None
-        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+        current = Path(os.path.abspath(current.parent / link))
     return None
 
 
