@@ -1,10 +1,17 @@
-"""Child process of the crash test (``tests/engine/test_crash.py``); killed with SIGKILL.
+"""Child process of the crash tests (``tests/engine/test_crash.py``,
+``test_crash_ops.py``); killed with SIGKILL.
 
 Run as ``python tests/engine/crash_writer.py CONFIG.json``. It opens a
 :class:`~tierstore.engine.store.Store` over the S3 archive named in the config,
-creates the test's datasets if missing, then writes, overwrites and deletes
-shards in ``write-back`` mode until it is killed (or, past ``max_ops``, blocks
-on stdin until its parent goes away).
+creates the test's datasets if missing, then works on shards until it is killed
+(or, past ``max_ops``, blocks on stdin until its parent goes away). What it does is
+the config's ``mode`` (see :func:`choose`): ``write-back`` (the default) and
+``write-through`` write, overwrite and delete shards in datasets of that
+durability; ``cache`` also evicts, reads (whole and ranged: cache fills and
+promotions) and prefetches; ``keys`` also rotates the master key file and the
+store, and retires the oldest key. Every read's bytes are checked against what the
+shard must hold (the config's ``expected``, then the writer's own puts): a
+mismatch ends the writer before the kill, which fails the test.
 
 Every operation is logged to the ack file twice: a ``B`` (begin) line before
 the call and an ``A`` (ack) line after it returned. Both are flushed; the ack
@@ -24,6 +31,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 #: The datasets the crash test writes to: name -> encrypted?
 DATASETS = {"plain": False, "enc": True}
@@ -31,6 +39,9 @@ DATASETS = {"plain": False, "enc": True}
 NAMES = tuple(f"dir{i % 3}/shard-{i:02d}.bin" for i in range(10))
 #: Frame size of the store under test: most shards span several frames.
 MAX_FRAME_BYTES = 64 * 1024
+#: Operations that change a shard's bytes: put (P) and delete (D). The others: evict
+#: (E), read (R), prefetch (F), rotate the master key (K), retire the oldest key (T).
+STATE_KINDS = ("P", "D")
 
 
 def _seed(dataset: str, name: str, op_id: int) -> int:
@@ -51,6 +62,40 @@ def content(dataset: str, name: str, op_id: int) -> bytes:
     return rng.randbytes(size)
 
 
+def choose(rng: random.Random, mode: str, live: bool) -> str:
+    """The kind of the next operation on a shard (``live``: it exists) in ``mode``."""
+    draw = rng.random()
+    if not live:
+        return "K" if mode == "keys" and draw < 0.15 else "P"
+    if mode == "cache":  # mostly reads and evictions: promotions, cache fills
+        kinds = ((0.15, "P"), (0.22, "D"), (0.5, "E"), (0.8, "R"), (1.0, "F"))
+    elif mode == "keys":  # rotations and retirements among writes and cold reads
+        kinds = ((0.12, "K"), (0.2, "T"), (0.45, "P"), (0.55, "D"), (0.75, "E"), (1.0, "R"))
+    else:
+        kinds = ((0.25, "D"), (1.0, "P"))
+    return next(kind for bound, kind in kinds if draw < bound)
+
+
+def retire_oldest(store: Any, keyring: Any, key_file: Path) -> Any:
+    """Retire ``keyring``'s oldest key once the mover has resealed the archive, as
+    `tierstore keys retire` does; returns the keyring in use after it."""
+    from tierstore.errors import KeyRotationRefused
+
+    store.drain(30.0)
+    old = set(keyring.keys) - {keyring.current}
+    if not old:
+        return keyring
+    oldest = min(old, key=lambda key_id: int(key_id[1:]))
+    try:
+        left = keyring.retired_file(
+            key_file, oldest, lambda left: store.check_key_retirement(oldest, left)
+        )
+    except KeyRotationRefused:
+        return keyring  # still needed (a rotation's reseal on the journal, say)
+    store.use_retired_keys(oldest, left)
+    return left
+
+
 def main(config_path: str) -> None:
     config = json.loads(Path(config_path).read_text())
     # Heavy imports after the config is read: a kill may land anywhere in start-up.
@@ -60,16 +105,20 @@ def main(config_path: str) -> None:
     from tierstore.tiers.s3 import S3Settings, S3Tier
     from tierstore.types import DatasetSettings, Durability
 
+    mode = config.get("mode", "write-back")
     archive = S3Tier(S3Settings(**config["s3"]))
-    keyring = LocalKeyring.from_file(Path(config["key_file"]))
+    key_file = Path(config["key_file"])
+    keyring = LocalKeyring.from_file(key_file)
     settings = EngineSettings(
         data_dir=Path(config["data_dir"]),
         hot_capacity_bytes=config["hot_capacity_bytes"],
         max_frame_bytes=MAX_FRAME_BYTES,
         put_chunk_bytes=config.get("put_chunk_bytes", 64 << 20),
+        promotion_chunk_bytes=config.get("promotion_chunk_bytes", 64 << 20),
         mover_retry_initial_s=0.05,
         mover_retry_max_s=0.5,
     )
+    durability = Durability.WRITE_THROUGH if mode == "write-through" else Durability.WRITE_BACK
     rng = random.Random(config["seed"])
     op_id = config["first_op_id"]
     acks = open(config["ack_file"], "a", buffering=1)  # noqa: SIM115 - lives until the kill
@@ -78,25 +127,47 @@ def main(config_path: str) -> None:
     for dataset, encrypted in DATASETS.items():
         if dataset not in existing:
             store.create_dataset(
-                dataset, DatasetSettings(encrypted=encrypted, durability=Durability.WRITE_BACK)
+                dataset, DatasetSettings(encrypted=encrypted, durability=durability)
             )
-    live: dict[str, set[str]] = {}
-    for dataset in DATASETS:
-        page, _ = store.list(dataset, limit=len(NAMES) + 1)
-        live[dataset] = {info.name for info in page}
+    # What each shard holds (the op id of its put), as the parent last found it.
+    holds: dict[tuple[str, str], int] = {}
+    for key, held in config.get("expected", {}).items():
+        dataset, name = key.split("/", 1)
+        holds[(dataset, name)] = held
 
     for _ in range(config["max_ops"]):
         dataset = rng.choice(sorted(DATASETS))
         name = rng.choice(NAMES)
-        kind = "D" if name in live[dataset] and rng.random() < 0.25 else "P"
-        acks.write(f"B {op_id} {kind} {dataset} {name}\n")
+        kind = choose(rng, mode, (dataset, name) in holds)
+        where = "- -" if kind in "KT" else f"{dataset} {name}"
+        acks.write(f"B {op_id} {kind} {where}\n")
         acks.flush()
         if kind == "P":
             store.put(dataset, name, content(dataset, name, op_id))
-            live[dataset].add(name)
-        else:
+            holds[(dataset, name)] = op_id
+        elif kind == "D":
             store.delete(dataset, name)
-            live[dataset].discard(name)
+            del holds[(dataset, name)]
+        elif kind == "E":
+            store.evict(dataset, name)
+        elif kind == "F":
+            store.prefetch(dataset, [name])
+        elif kind == "R":
+            # A whole cold read fills the cache; a ranged one queues a promotion.
+            want = content(dataset, name, holds[(dataset, name)])
+            if rng.random() < 0.5:
+                got = store.get(dataset, name).to_bytes()
+            else:
+                offset = rng.randrange(len(want))
+                got = store.get(dataset, name, byte_range=(offset, 1)).to_bytes()
+                want = want[offset : offset + 1]
+            if got != want:
+                raise AssertionError(f"{dataset}/{name} read back other bytes")
+        elif kind == "K":  # as `tierstore keys rotate` does
+            keyring = keyring.rotated_file(key_file, store.check_keyring)
+            store.rotate_master_key(keyring)
+        else:  # "T"
+            keyring = retire_oldest(store, keyring, key_file)
         acks.write(f"A {op_id}\n")
         acks.flush()
         os.fsync(acks.fileno())
