@@ -482,6 +482,45 @@ def test_a_rotation_a_restart_cut_short_resumes_at_start(
         assert rebuilt.get("enc", name).to_bytes() == data
 
 
+def test_a_rotation_cut_short_after_its_last_data_key_still_resumes_at_start(
+    open_store: StoreFactory, archive: MemoryTier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node killed during a rotation once every data key was rewrapped, before the
+    # plaintext dataset's manifests and dataset object were resealed (datasets go in
+    # name order: enc, then plain): the start looked only for data keys under the old
+    # key, found none and resumed nothing, so k1 sealed half the archive and could
+    # not be retired until an operator rotated again (adding yet another key).
+    shards = {f"s{i:02d}": payload(300 + i, i) for i in range(6)}
+    datasets = {"enc": DatasetSettings(encrypted=True), "plain": DatasetSettings()}
+    store = open_store(archive, datasets=datasets)
+    for dataset in datasets:
+        for name, data in shards.items():
+            store.put(dataset, name, data)
+    assert store.drain(10)
+    both = LocalKeyring(keys={"k1": KEY_1, "k2": KEY_2}, current="k2")
+    with monkeypatch.context() as patched:
+        rotate_cut_short(store, both, len(shards), patched)  # the first plain record
+    assert {key_id_of(store, name) for name in shards} == {"k2"}
+
+    store = open_store.reopen(store, archive, both)
+    only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
+
+    def retirable() -> bool:
+        try:
+            store.check_key_retirement("k1", only_new)
+        except KeyRotationRefused:
+            return False
+        return True
+
+    wait_until(retirable, "the rotation to resume and the mover to reseal the archive")
+    store.close()
+    rebuilt = open_store(archive, only_new)
+    assert rebuilt.rebuild_from_archive() == 2 * len(shards)
+    for dataset in datasets:
+        for name, data in shards.items():
+            assert rebuilt.get(dataset, name).to_bytes() == data
+
+
 def rotate_cut_short(
     store: Store, keyring: LocalKeyring, rewraps: int, patched: pytest.MonkeyPatch
 ) -> None:

@@ -62,6 +62,12 @@ _WALKED_UNDER = "rotation_looked_for_under"
 #: the key a reseal of the archive's metadata was asked for under
 #: (:meth:`MasterKeys.reseal_archive`), until a start finds the journal empty.
 _RESEALING = "archive_metadata_resealing_under"
+#: the current master key under which a rotation began to reseal the archive's
+#: metadata, until it finished (then ``_SEALED_WITH`` names the key): a start finding
+#: it resumes the rotation, whatever data keys are left under an older key (none, once
+#: a kill came after the last was rewrapped, before the later datasets' metadata was
+#: journaled).
+_ROTATING_UNDER = "rotation_resealing_under"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,9 @@ class MasterKeys:
         in the archive is rewritten (by the mover), sealed under the current master
         key, so that the old key can be retired and a rebuild still believes them;
         when the last finished rotation resealed them under the current key already,
-        only the manifests of rewrapped shards are. Works in batches of
+        only the manifests of rewrapped shards are (a rotation that reseals them notes
+        so first: one a stop or a crash cut short is resumed by the next start, see
+        :meth:`resume_rotation`). Works in batches of
         ``ROTATION_BATCH`` shards, each its own transaction: an error stops it with
         the earlier batches done, and running it again finishes the rest. Returns how
         many generations' data keys were rewrapped.
@@ -145,23 +153,27 @@ class MasterKeys:
             if self._keyring is None:
                 raise EncryptionUnavailable("no master key is configured")
             current = self._keyring.current_key_id
-            with self._env.read() as txn:
+            with self._env.write() as txn:
                 datasets = [name for name, _ in self._catalog.list_datasets(txn)]
                 # Reseal every object only when some may be under another key (or none):
                 # a rotation that changes nothing leaves the journal alone.
                 reseal = self._catalog.note(txn, _SEALED_WITH) != current
+                if reseal:  # until it finishes, a start resumes it (see _cut_short)
+                    self._catalog.set_note(txn, _ROTATING_UNDER, current)
             rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
             if self._stopping.is_set():
                 return rewrapped  # cut short: the next start resumes it
             with self._env.write() as txn:
                 self._catalog.set_note(txn, _SEALED_WITH, current)
+                self._catalog.set_note(txn, _ROTATING_UNDER, "")
             return rewrapped
 
     def resume_rotation(self) -> None:
         """Finish, in a background thread, a rotation that a stop (or a crash) cut short:
         when the last rotation did not finish (the archive's metadata not resealed under
-        the current key) and some record's data key is wrapped with a master key the
-        keyring still holds other than the current one, :meth:`rotate`. Returns at once;
+        the current key) and either a rotation under the current key began to reseal it,
+        or some record's data key is wrapped with a master key the keyring still holds
+        other than the current one, :meth:`rotate`. Returns at once;
         :meth:`stop` ends it. Call it once, after the keys were checked."""
         self._resumer = threading.Thread(
             target=self._resume, name="tierstore-rotation-resume", daemon=True
@@ -177,13 +189,12 @@ class MasterKeys:
 
     def _resume(self) -> None:
         try:
-            old = self._cut_short()
-            if old is None:
+            left = self._cut_short()
+            if left is None:
                 return
             log.warning(
-                "resuming a key rotation cut short: rewrapping the data keys still under "
-                "master key %r under the current key %r",
-                old,
+                "resuming a key rotation cut short: %s, under the current key %r",
+                left,
                 self.current_key_id,
             )
             self.rotate()
@@ -191,9 +202,12 @@ class MasterKeys:
             log.exception("resuming a key rotation cut short failed")
 
     def _cut_short(self) -> str | None:
-        """The id of a master key other than the current one that the keyring holds and
-        a record's data key is wrapped with, when the last rotation did not finish; else
-        ``None``. Catalog notes read when it finished, or when an earlier start under
+        """What the last rotation left to do when it did not finish (for the log), else
+        ``None``: the archive's metadata still to reseal under the current key, when a
+        rotation under it began to and did not finish (every data key may be rewrapped
+        by then, and a later dataset's metadata not journaled yet); else a master key
+        other than the current one that the keyring holds and a record's data key is
+        wrapped with. Catalog notes read when it finished, or when an earlier start under
         the same current key looked and found none (a node that never rotated: its
         first start looks, or the first start after a rotation cut short, or after an
         upgrade from a node that kept no such note); else one unwrap per key id, the
@@ -207,27 +221,30 @@ class MasterKeys:
         with self._env.read() as txn:
             if self._catalog.note(txn, _SEALED_WITH) == current:
                 return None  # the last rotation finished (what is left under: damaged)
+            if self._catalog.note(txn, _ROTATING_UNDER) == current:
+                return "the archive's metadata is not all resealed yet"
             if self._catalog.note(txn, _WALKED_UNDER) == current:
                 return None  # looked for under this key already: no rotation since
         old, walked = self._first_resumable(keyring)
         if old is None and walked:
             self._note_walked(current)
-        return old
+        return None if old is None else f"data keys are still under master key {old!r}"
 
     @contextlib.contextmanager
     def restoring(self) -> Iterator[Callable[[Any], None]]:
         """For a rebuild from the archive: no rotation runs while it is held, and the
         function it gives, called in the transaction that restores the catalog, forgets
-        that the archive was resealed under the current key and that a start found no
-        rotation to resume (notes an emptied catalog keeps): the archive rebuilt from
+        that the archive was resealed under the current key, that a rotation under it
+        began, and that a start found no rotation to resume (notes an emptied catalog
+        keeps): the archive rebuilt from
         may be sealed, and its data keys wrapped, under an older key, which is then
         retired only after a rotation reseals everything, and a start looks again. A
         keyring :meth:`check_keyring` passed before, or while, it is held is checked
         again by a rotation to it (its check may have read none of those data keys)."""
 
         def forget(txn: Any) -> None:
-            self._catalog.set_note(txn, _SEALED_WITH, "")
-            self._catalog.set_note(txn, _WALKED_UNDER, "")
+            for note in (_SEALED_WITH, _WALKED_UNDER, _ROTATING_UNDER):
+                self._catalog.set_note(txn, note, "")
 
         with self._rotation_lock:
             try:
