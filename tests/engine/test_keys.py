@@ -504,21 +504,54 @@ def test_a_rotation_cut_short_after_its_last_data_key_still_resumes_at_start(
 
     store = open_store.reopen(store, archive, both)
     only_new = LocalKeyring(keys={"k2": KEY_2}, current="k2")
-
-    def retirable() -> bool:
-        try:
-            store.check_key_retirement("k1", only_new)
-        except KeyRotationRefused:
-            return False
-        return True
-
-    wait_until(retirable, "the rotation to resume and the mover to reseal the archive")
+    wait_until_retirable(store, "k1", only_new)
     store.close()
     rebuilt = open_store(archive, only_new)
     assert rebuilt.rebuild_from_archive() == 2 * len(shards)
     for dataset in datasets:
         for name, data in shards.items():
             assert rebuilt.get(dataset, name).to_bytes() == data
+
+
+def test_a_node_killed_between_its_key_file_rotation_and_the_store_s_resumes_at_start(
+    open_store: StoreFactory, archive: MemoryTier, tmp_path: Path
+) -> None:
+    # `tierstore keys rotate` writes the key file (after the store checked the new
+    # keyring), then rotates the store. Killed in between, a node of plaintext
+    # datasets restarted with k2 current, its archive all sealed under k1 and no data
+    # key to tell it a rotation was cut short: nothing was resumed, and k1 was refused
+    # retirement until an operator rotated again.
+    path = tmp_path / "master.keys"
+    keyring = LocalKeyring.generate_file(path)
+    store = open_store(archive, keyring, datasets={"plain": DatasetSettings()})
+    for i in range(3):
+        store.put("plain", f"s{i}", payload(300 + i, i))
+    assert store.drain(10)
+    rotated = keyring.rotated_file(path, store.check_keyring)  # then the kill
+    store.close()
+
+    store = open_store.reopen(store, archive, LocalKeyring.from_file(path))
+    only_new = LocalKeyring({rotated.current: rotated.keys[rotated.current]}, rotated.current)
+    wait_until_retirable(store, keyring.current, only_new)
+    store.close()
+    rebuilt = open_store(archive, only_new)
+    assert rebuilt.rebuild_from_archive() == 3
+    for i in range(3):
+        assert rebuilt.get("plain", f"s{i}").to_bytes() == payload(300 + i, i)
+
+
+def wait_until_retirable(store: Store, key_id: str, left: LocalKeyring) -> None:
+    """Poll until ``store`` lets ``key_id`` be retired, ``left`` being the keys left: a
+    start's resumption of a rotation cut short, and the mover's reseals, are done."""
+
+    def retirable() -> bool:
+        try:
+            store.check_key_retirement(key_id, left)
+        except KeyRotationRefused:
+            return False
+        return True
+
+    wait_until(retirable, f"{key_id} to be retirable: the rotation resumed, the archive resealed")
 
 
 def rotate_cut_short(

@@ -62,11 +62,13 @@ _WALKED_UNDER = "rotation_looked_for_under"
 #: the key a reseal of the archive's metadata was asked for under
 #: (:meth:`MasterKeys.reseal_archive`), until a start finds the journal empty.
 _RESEALING = "archive_metadata_resealing_under"
-#: the current master key under which a rotation began to reseal the archive's
-#: metadata, until it finished (then ``_SEALED_WITH`` names the key): a start finding
-#: it resumes the rotation, whatever data keys are left under an older key (none, once
-#: a kill came after the last was rewrapped, before the later datasets' metadata was
-#: journaled).
+#: the master key a rotation began to reseal the archive's metadata under, or that a
+#: keyring checked for a rotation (:meth:`MasterKeys.check_keyring`) made current, until
+#: a rotation finished (then ``_SEALED_WITH`` names the key): a start finding it the
+#: current key resumes the rotation, whatever data keys are left under an older key
+#: (none, once a kill came after the last was rewrapped, before the later datasets'
+#: metadata was journaled; or before the rotation began, on a node of plaintext
+#: datasets).
 _ROTATING_UNDER = "rotation_resealing_under"
 
 
@@ -317,13 +319,23 @@ class MasterKeys:
         :meth:`rotate` checks a keyring it is given with, for a caller that
         must know before it makes the keyring durable (a rotation to the keyring
         checked last then walks the catalog no more: see :meth:`_checked_already`).
-        Thread-safe: a check whose walk a rebuild (:meth:`restoring`) ended during is
-        not kept (it may have read the catalog from before the rebuild)."""
+        A check of a keyring with another current key that passes notes that a
+        rotation to it may follow: the caller writes it where keys live next, and a
+        start that finds it current with the archive not yet resealed under it resumes
+        the rotation (see :meth:`_cut_short`), though a kill came before the rotation
+        began. Thread-safe: a check whose walk a rebuild (:meth:`restoring`) ended
+        during is not kept (it may have read the catalog from before the rebuild)."""
         rebuilds = self._rebuilds
         in_use = self._check(keyring)
         with self._rotation_lock:
             if self._rebuilds == rebuilds:
                 self._checked = (keyring, in_use)
+            if keyring.current_key_id != self.current_key_id:
+                try:
+                    with self._env.write() as txn:
+                        self._catalog.set_note(txn, _ROTATING_UNDER, keyring.current_key_id)
+                except TierstoreError as exc:  # a full disk, say: the rotation may still go
+                    log.warning("could not note the rotation that may follow: %s", exc)
 
     def _check(self, keyring: MasterKeyProvider) -> MasterKeyProvider | None:
         """:meth:`check_keyring`'s walk; returns the keyring in use it checked beside."""
