@@ -44,6 +44,7 @@ __all__ = [
     "check_drained",
     "check_hot_tier",
     "check_store",
+    "effects",
     "engine_settings",
     "list_all",
     "new_state",
@@ -75,6 +76,15 @@ def new_state(op: Op) -> State:
     """The state operation ``op`` leaves its shard in (a put's id; a delete: None)."""
     op_id, kind, _, _ = op
     return op_id if kind == "P" else None
+
+
+def effects(op: Op) -> dict[Key, State]:
+    """The state operation ``op`` leaves each shard it changes in: its own (a put, a
+    delete), or every shard of its dataset (deleted and made again: none left)."""
+    _, kind, dataset, name = op
+    if kind == "X":
+        return {(dataset, each): None for each in NAMES}
+    return {(dataset, name): new_state(op)}
 
 
 def parse_ack_file(path: Path) -> Ops:
@@ -229,15 +239,16 @@ def check_store(
     """
     allowed: dict[Key, set[State]] = {key: {state} for key, state in expected.items()}
     if in_flight is not None:
-        _, _, dataset, name = in_flight
-        allowed[(dataset, name)].add(new_state(in_flight))
+        for key, state in effects(in_flight).items():
+            allowed[key].add(state)
     datasets = {name for name, _ in store.list_datasets()}
     archived_keys = archive_keys(archive)
     found: dict[Key, State] = {}
     for dataset, encrypted in DATASETS.items():
         if dataset not in datasets:
-            # Killed before the writer created it: then nothing was ever begun in it.
-            assert all(allowed[(dataset, name)] == {None} for name in NAMES), context
+            # Killed before the writer created it (nothing was ever begun in it), or
+            # between deleting it and making it again.
+            assert all(None in allowed[(dataset, name)] for name in NAMES), context
             found.update(((dataset, name), None) for name in NAMES)
             continue
         listed = list_all(store, dataset)

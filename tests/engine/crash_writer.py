@@ -39,9 +39,10 @@ DATASETS = {"plain": False, "enc": True}
 NAMES = tuple(f"dir{i % 3}/shard-{i:02d}.bin" for i in range(10))
 #: Frame size of the store under test: most shards span several frames.
 MAX_FRAME_BYTES = 64 * 1024
-#: Operations that change a shard's bytes: put (P) and delete (D). The others: evict
-#: (E), read (R), prefetch (F), rotate the master key (K), retire the oldest key (T).
-STATE_KINDS = ("P", "D")
+#: Operations that change a shard's bytes: put (P), delete (D), and delete the shard's
+#: whole dataset and make it again (X). The others: evict (E), read (R), prefetch (F),
+#: rotate the master key (K), retire the oldest key (T).
+STATE_KINDS = ("P", "D", "X")
 
 
 def _seed(dataset: str, name: str, op_id: int) -> int:
@@ -64,6 +65,8 @@ def content(dataset: str, name: str, op_id: int) -> bytes:
 
 def choose(rng: random.Random, mode: str, live: bool) -> str:
     """The kind of the next operation on a shard (``live``: it exists) in ``mode``."""
+    if mode in ("write-through", "cache") and rng.random() < 0.04:
+        return "X"
     draw = rng.random()
     if not live:
         return "K" if mode == "keys" and draw < 0.15 else "P"
@@ -139,7 +142,7 @@ def main(config_path: str) -> None:
         dataset = rng.choice(sorted(DATASETS))
         name = rng.choice(NAMES)
         kind = choose(rng, mode, (dataset, name) in holds)
-        where = "- -" if kind in "KT" else f"{dataset} {name}"
+        where = "- -" if kind in "KT" else f"{dataset} {'-' if kind == 'X' else name}"
         acks.write(f"B {op_id} {kind} {where}\n")
         acks.flush()
         if kind == "P":
@@ -148,6 +151,12 @@ def main(config_path: str) -> None:
         elif kind == "D":
             store.delete(dataset, name)
             del holds[(dataset, name)]
+        elif kind == "X":
+            store.delete_dataset(dataset, force=True)
+            store.create_dataset(
+                dataset, DatasetSettings(encrypted=DATASETS[dataset], durability=durability)
+            )
+            holds = {key: held for key, held in holds.items() if key[0] != dataset}
         elif kind == "E":
             store.evict(dataset, name)
         elif kind == "F":

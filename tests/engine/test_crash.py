@@ -44,6 +44,7 @@ from tests.engine.crash_harness import (
     check_drained,
     check_hot_tier,
     check_store,
+    effects,
     list_all,
     new_state,
     parse_ack_file,
@@ -104,7 +105,7 @@ def test_sigkill_write_back_loses_nothing_acknowledged(
             ops = parse_ack_file(ack_file)
             context = f"seed {seed}, round {round_no} (killed {how})"
             for op in ops.acked:
-                expected[(op[2], op[3])] = new_state(op)
+                expected.update(effects(op))
             acked_total += len(ops.acked)
             working_rounds += bool(ops.acked)
             if not data_dir.exists():
