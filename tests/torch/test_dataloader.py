@@ -320,31 +320,70 @@ def test_stateful_dataloader_resumes_after_a_shard_no_worker_is_inside_was_rewri
     assert head + batch_ids(second) == batch_ids(loader())
 
 
+@pytest.mark.parametrize("saved", ["after-the-loop", "at-the-last-batch"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_resume_from_an_epochs_end_goes_on_with_the_epoch_set(
-    samples: Samples, workers: int
+    samples: Samples, workers: int, saved: str
 ) -> None:
     # StatefulDataLoader hands the dataset its state only at the next iter(), after
     # the set_epoch() that follows load_state_dict() in a training loop: the state's
     # epoch 0 overrode it, and epoch 0 was read again, in the same order.
+    # A checkpoint taken inside the loop at the epoch's last batch is a mid-epoch state
+    # whose readers are all at their end. The loader hands it to the dataset's new
+    # iterator too, which went on with epoch 0's end: epoch 1 yielded no batch at all.
     def loader(dataset: IterableDataset) -> StatefulDataLoader:
         context = "fork" if workers else None
         return StatefulDataLoader(
-            dataset, batch_size=8, num_workers=workers, multiprocessing_context=context
+            dataset, batch_size=None, num_workers=workers, multiprocessing_context=context
         )
 
     def dataset() -> IterableDataset:
-        return IterableDataset(samples.dataset, seed=4, **samples.connection)
+        # Batches made in the dataset: with the loader batching and no workers, a short
+        # last batch leaves torchdata's fetcher marked as ended in the state (docs/torch.md).
+        return IterableDataset(samples.dataset, seed=4, batch_size=8, **samples.connection)
 
-    first = loader(dataset())
-    assert batch_ids(first) == loader_order(samples, workers, 8, seed=4, epoch=0)
-    state = pickle.loads(pickle.dumps(first.state_dict()))  # at the end of epoch 0
+    epoch_0 = loader_order(samples, workers, 8, seed=4, epoch=0)
+    first, batches = loader(dataset()), []
+    for batch in first:
+        batches.append(batch["id"].tolist())
+        if saved == "at-the-last-batch" and len(batches) == len(epoch_0):
+            state = pickle.loads(pickle.dumps(first.state_dict()))
+    assert batches == epoch_0
+    if saved == "after-the-loop":
+        state = pickle.loads(pickle.dumps(first.state_dict()))
     resumed = dataset()
     second = loader(resumed)
     second.load_state_dict(state)
     resumed.set_epoch(1)
-    assert batch_ids(second) == loader_order(samples, workers, 8, seed=4, epoch=1)
+    read, epoch_1 = batch_ids(second), loader_order(samples, workers, 8, seed=4, epoch=1)
+    if saved == "after-the-loop":
+        assert read == epoch_1
+    else:  # the round-robin goes on after the worker of the checkpoint's batch (torchdata's)
+        assert sorted(read) == sorted(epoch_1)
     assert resumed.state_dict()["epoch"] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rollback_to_an_earlier_epoch_resumes_its_state(samples: Samples, workers: int) -> None:
+    # A job that rolls back to a checkpoint of the epoch before (a loss spike) loads it
+    # into its loader and reads on, naming no epoch: the set_epoch(1) that began the
+    # epoch it leaves must not discard the state, though its DataLoader workers were the
+    # only ones to iterate since (the main process's dataset never does).
+    dataset = IterableDataset(samples.dataset, seed=4, batch_size=8, **samples.connection)
+    context = "fork" if workers else None
+    loader = StatefulDataLoader(
+        dataset, batch_size=None, num_workers=workers, multiprocessing_context=context
+    )
+    iterator = iter(loader)
+    head = [next(iterator)["id"].tolist() for _ in range(3)]
+    state = pickle.loads(pickle.dumps(loader.state_dict()))
+    del iterator
+    dataset.set_epoch(1)
+    iterator = iter(loader)
+    next(iterator)
+    del iterator
+    loader.load_state_dict(state)
+    assert head + batch_ids(loader) == loader_order(samples, workers, 8, seed=4, epoch=0)
 
 
 def test_plain_dataloader_resumes_from_the_dataset_state_without_workers(

@@ -7,7 +7,13 @@ ones (``persistent_workers=True``): they read epoch 0's order again and again. S
 epoch lives in shared memory, set in the main process and read by every worker made
 from it, however started.
 
-A plain pickle of the dataset (not one made to start a process) carries the number:
+Beside it lives the epoch ``set_epoch()`` named that no iteration has begun reading yet
+(a resume state of another epoch is then discarded: docs/torch.md, Resume). It is
+cleared by the first ``next()`` of an iteration in whichever process iterates — with
+workers, a worker; the main process's copy never iterates, so a mark of its own would
+never be cleared there, and a state loaded later (a rollback) would be discarded.
+
+A plain pickle of the dataset (not one made to start a process) carries the numbers:
 shared memory travels only to processes started from this one.
 """
 
@@ -19,31 +25,50 @@ from typing import Any
 
 __all__ = ["SharedEpoch"]
 
+_NONE = -1  # no epoch named and not begun
+
 
 class SharedEpoch:
-    """An epoch number in shared memory. Reads and writes of one 64-bit integer are
-    whole; no lock (one inherited through fork could be held for good)."""
+    """An epoch number in shared memory, and the epoch named but not begun (or None).
+    Reads and writes of one 64-bit integer are whole; no lock (one inherited through
+    fork could be held for good)."""
 
-    def __init__(self, epoch: int = 0) -> None:
-        self._cell: Any = multiprocessing.RawValue("q", epoch)
+    def __init__(self, epoch: int = 0, named: int | None = None) -> None:
+        self._cells: Any = multiprocessing.RawArray("q", [epoch, _NONE if named is None else named])
 
     @property
     def value(self) -> int:
-        return int(self._cell.value)
+        return int(self._cells[0])
 
     @value.setter
     def value(self, epoch: int) -> None:
         # ctypes wraps silently (2**64 + 5 is stored as 5): callers check the range.
         assert 0 <= epoch < 1 << 63, epoch
-        self._cell.value = epoch
+        self._cells[0] = epoch
+
+    @property
+    def named(self) -> int | None:
+        """The epoch :meth:`name` set, until an iteration began (:meth:`begun`)."""
+        named = int(self._cells[1])
+        return None if named == _NONE else named
+
+    def name(self, epoch: int) -> None:
+        """Read ``epoch`` from now on, and mark it named and not begun."""
+        self.value = epoch
+        self._cells[1] = epoch
+
+    def begun(self) -> None:
+        """An iteration began reading: the epoch named is no longer pending."""
+        if self._cells[1] != _NONE:  # a read, not a write, on every iteration after
+            self._cells[1] = _NONE
 
     def __getstate__(self) -> dict[str, Any]:
-        if get_spawning_popen() is None:  # not starting a process: the number only
-            return {"epoch": self.value}
-        return {"cell": self._cell}
+        if get_spawning_popen() is None:  # not starting a process: the numbers only
+            return {"epoch": self.value, "named": self.named}
+        return {"cells": self._cells}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if "cell" in state:
-            self._cell = state["cell"]
+        if "cells" in state:
+            self._cells = state["cells"]
         else:
-            self.__init__(state["epoch"])  # type: ignore[misc]
+            self.__init__(state["epoch"], state.get("named"))  # type: ignore[misc]

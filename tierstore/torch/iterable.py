@@ -173,8 +173,6 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self._rows: tuple[int, ...] | None = self.shards.rows
         self._shared_epoch = SharedEpoch(0)  # reaches persistent workers too
         self._resume: ResumeState | None = None
-        #: the epoch set_epoch() named last, until a state or an iteration takes over
-        self._epoch_named: int | None = None
         #: where this process's newest epoch iterator stands; the iterator itself (with its
         #: read-ahead threads and the shards they hold) belongs to its loader alone
         self._live: _Cursor | None = None
@@ -264,14 +262,14 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` on the next ``iter()`` (call it before each epoch, in the main
         process). A resume state of another epoch, loaded before or after it and before
-        that ``iter()``, is discarded: ``StatefulDataLoader`` hands the dataset its state
-        only at the ``iter()``, after a training loop's ``set_epoch()``.
+        an iteration begins reading it, is discarded: ``StatefulDataLoader`` hands the
+        dataset its state only at the ``iter()``, after a training loop's ``set_epoch()``.
 
         Raises InvalidArgument unless ``epoch`` is an int in ``[0, 2**63)`` (the epoch is
         kept in 64 signed bits, shared with the workers).
         """
         epoch = check_int("epoch", epoch, 0, EPOCH_LIMIT)
-        self._shared_epoch.value = self._epoch_named = epoch
+        self._shared_epoch.name(epoch)
         if self._resume is not None and self._resume.position.epoch != epoch:
             self._resume = None
         if self._live is not None and self._live.position.epoch != epoch:
@@ -290,15 +288,15 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state`` (its epoch included), unless
-        :meth:`set_epoch` named another epoch since the last ``iter()``: the state is then
-        discarded (a state saved at the end of epoch 0, resumed with ``set_epoch(1)``,
-        reads epoch 1).
+        :meth:`set_epoch` named another epoch that no iteration has begun reading yet (in
+        this process or a DataLoader worker of it): the state is then discarded (a state
+        saved at the end of epoch 0, resumed with ``set_epoch(1)``, reads epoch 1).
 
         Raises InvalidArgument for a malformed state; one that does not fit the iterating
         worker's layout raises InvalidArgument when iteration starts.
         """
         parsed = ResumeState.from_dict(state)
-        if self._epoch_named is not None and self._epoch_named != parsed.position.epoch:
+        if self._named_other_than(parsed):
             return
         self._resume = parsed
         self._shared_epoch.value = parsed.position.epoch
@@ -306,7 +304,6 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 
     def __iter__(self) -> _Epoch:
         start, self._resume = self._resume, None
-        self._epoch_named = None
         epoch = self._epoch if start is None else start.position.epoch
         if start is None and self.shuffle and epoch in self._completed:
             warnings.warn(
@@ -318,6 +315,12 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         live = _Epoch(self, epoch, start)
         self._live = live.cursor
         return live
+
+    def _named_other_than(self, state: ResumeState) -> bool:
+        """Whether :meth:`set_epoch` named another epoch than ``state``'s that no
+        iteration has begun reading yet (the state is then discarded)."""
+        named = self._shared_epoch.named
+        return named is not None and named != state.position.epoch
 
     # Called by the epoch iterators.
 
@@ -420,6 +423,10 @@ class _Epoch:
 
     def __next__(self) -> Sample:
         if self._steps is None:
+            # From here on, a state of another epoch than set_epoch() named is taken. Not
+            # at iter(): StatefulDataLoader loads the state into each worker after its
+            # iter(), and holds every worker's first next() until all have loaded it.
+            self._owner._shared_epoch.begun()
             self._steps = self._walk.samples()
         return next(self._steps)
 
@@ -428,8 +435,14 @@ class _Epoch:
         return self.cursor.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state`` (it must fit this worker's layout: InvalidArgument)."""
+        """Continue from ``state`` (it must fit this worker's layout: InvalidArgument),
+        unless it is discarded as :meth:`IterableDataset.load_state_dict` discards it.
+        ``StatefulDataLoader`` restores a state into the dataset and then into its new
+        iterator: a checkpoint taken at an epoch's last batch, resumed with the next epoch
+        set, went on here with the old epoch's end and yielded nothing for the new one."""
         parsed = ResumeState.from_dict(state)
+        if self._owner._named_other_than(parsed):
+            return
         self._reset(parsed.position, parsed)
 
     def _even_share(self, epoch: int) -> int | None:
