@@ -603,6 +603,24 @@ def test_persistent_workers_read_each_epoch_set_in_the_main_process(
     assert orders[0] != orders[1] != orders[2]
 
 
+def test_workers_made_afresh_warn_that_an_epoch_is_read_again(samples: Samples) -> None:
+    # Workers made afresh each epoch (the default) are new copies of the main process's
+    # dataset, which finished no epoch: a loop without set_epoch() read epoch 0's order
+    # every epoch, silently. The warning is made an error here, so that it reaches the
+    # main process from the worker that warns.
+    dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
+    loader = DataLoader(
+        dataset, batch_size=16, num_workers=2, multiprocessing_context="fork", timeout=60
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "epoch .* is read again", UserWarning)
+        first = batch_ids(loader)  # a first read of the epoch: no warning
+        with pytest.raises(UserWarning, match="epoch 0 is read again"):
+            batch_ids(loader)
+        dataset.set_epoch(1)
+        assert batch_ids(loader) != first  # a new epoch: no warning either
+
+
 def test_a_plain_pickle_of_a_dataset_carries_its_epoch_as_a_number(samples: Samples) -> None:
     dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
     dataset.set_epoch(7)

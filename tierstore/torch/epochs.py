@@ -13,8 +13,13 @@ cleared by the first ``next()`` of an iteration in whichever process iterates â€
 workers, a worker; the main process's copy never iterates, so a mark of its own would
 never be cleared there, and a state loaded later (a rollback) would be discarded.
 
-A plain pickle of the dataset (not one made to start a process) carries the numbers:
-shared memory travels only to processes started from this one.
+The last epoch a reader read to its end lives there too, with the DataLoader iteration
+that read it (its workers' base seed): a worker made afresh each epoch is a new copy of
+the main process's dataset, which finished no epoch, and could not tell that a loop
+without ``set_epoch()`` read the same epoch again.
+
+A plain pickle of the dataset (not one made to start a process) carries the epoch and
+the epoch named: shared memory travels only to processes started from this one.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ from typing import Any
 
 __all__ = ["SharedEpoch"]
 
-_NONE = -1  # no epoch named and not begun
+_NONE = -1  # no epoch (named and not begun, or finished)
 
 
 class SharedEpoch:
-    """An epoch number in shared memory, and the epoch named but not begun (or None).
-    Reads and writes of one 64-bit integer are whole; no lock (one inherited through
-    fork could be held for good)."""
+    """An epoch number in shared memory, the epoch named but not begun (or None), and
+    the last epoch finished with the iteration that finished it. Reads and writes of one
+    64-bit integer are whole; no lock (one inherited through fork could be held for
+    good)."""
 
     def __init__(self, epoch: int = 0, named: int | None = None) -> None:
-        self._cells: Any = multiprocessing.RawArray("q", [epoch, _NONE if named is None else named])
+        named_cell = _NONE if named is None else named
+        # epoch, named and not begun, last finished, the iteration that finished it
+        self._cells: Any = multiprocessing.RawArray("q", [epoch, named_cell, _NONE, 0])
 
     @property
     def value(self) -> int:
@@ -61,6 +69,17 @@ class SharedEpoch:
         """An iteration began reading: the epoch named is no longer pending."""
         if self._cells[1] != _NONE:  # a read, not a write, on every iteration after
             self._cells[1] = _NONE
+
+    def finish(self, epoch: int, iteration: int) -> None:
+        """A reader of DataLoader iteration ``iteration`` read ``epoch`` to its end."""
+        # The iteration first: a reader that sees the epoch then sees its iteration.
+        self._cells[3] = iteration
+        self._cells[2] = epoch
+
+    def finished_by_another(self, epoch: int, iteration: int) -> bool:
+        """Whether a reader of another DataLoader iteration than ``iteration`` read
+        ``epoch`` to its end, the last epoch finished."""
+        return bool(self._cells[2] == epoch and self._cells[3] != iteration)
 
     def __getstate__(self) -> dict[str, Any]:
         if get_spawning_popen() is None:  # not starting a process: the numbers only

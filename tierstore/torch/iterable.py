@@ -305,7 +305,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def __iter__(self) -> _Epoch:
         start, self._resume = self._resume, None
         epoch = self._epoch if start is None else start.position.epoch
-        if start is None and self.shuffle and epoch in self._completed:
+        if start is None and self.shuffle and self._read_before(epoch):
             warnings.warn(
                 f"epoch {epoch} is read again in the same order: call set_epoch() before each "
                 "epoch",
@@ -315,6 +315,22 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         live = _Epoch(self, epoch, start)
         self._live = live.cursor
         return live
+
+    def _read_before(self, epoch: int) -> bool:
+        """Whether ``epoch`` was read to its end before: in this process, or by a
+        DataLoader worker of another iteration of the loader (a worker made afresh each
+        epoch is a new copy of the main process's dataset, which finished no epoch)."""
+        if epoch in self._completed:
+            return True
+        iteration = _loader_iteration()
+        return iteration is not None and self._shared_epoch.finished_by_another(epoch, iteration)
+
+    def _finished(self, epoch: int) -> None:
+        """This process's reader read ``epoch`` to its end."""
+        self._completed.add(epoch)
+        iteration = _loader_iteration()
+        if iteration is not None:
+            self._shared_epoch.finish(epoch, iteration)
 
     def _named_other_than(self, state: ResumeState) -> bool:
         """Whether :meth:`set_epoch` named another epoch than ``state``'s that no
@@ -332,6 +348,18 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         if not self.declare_plan:
             return None
         return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
+
+
+def _loader_iteration() -> int | None:
+    """Which iteration of its DataLoader this process is a worker of, or None outside
+    DataLoader workers: the base seed the loader drew for that iteration's workers (each
+    worker's seed is it plus the worker's id). Persistent workers keep theirs."""
+    info = torch.utils.data.get_worker_info()
+    return None if info is None else (info.seed - info.id) & _ITERATION_MASK
+
+
+#: a loader iteration's base seed is kept in 64 signed bits
+_ITERATION_MASK = (1 << 63) - 1
 
 
 def _warn_if_other_workers(owner: IterableDataset, slot: Slot) -> None:
@@ -508,7 +536,7 @@ class _Walk:
             raise
         if plan is not None:
             plan.close()
-        owner._completed.add(start.epoch)
+        owner._finished(start.epoch)
 
     def _context(self) -> str:
         slot, position = self.slot, self.cursor.position
