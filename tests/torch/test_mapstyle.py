@@ -141,3 +141,13 @@ def test_rows_counts_may_be_numpy_integers() -> None:
     rows = {"a": np.int64(2), "b": np.uint32(4)}
     dataset = MapDataset("ds", source=MemorySource(svc), rows=rows)  # type: ignore[arg-type]
     assert len(dataset) == 6 and type(len(dataset)) is int
+
+
+@pytest.mark.parametrize("rows", [6, ["a", "b"], [2, 4], "ab"], ids=repr)
+def test_rows_that_map_no_name_to_a_count_are_refused_by_name(rows: Any) -> None:
+    # rows=6 raised a bare TypeError ('int' object is not iterable), and a list of the
+    # shard names one from indexing the list with a name; a list of counts was refused
+    # as naming shards not read ("not read [2, 4]").
+    svc = MemoryService("ds", {"a": sample_table(0, 2), "b": sample_table(1, 4)})
+    with pytest.raises(InvalidArgument, match="rows= must map each shard's name to its row"):
+        MapDataset("ds", source=MemorySource(svc), rows=rows)

@@ -51,7 +51,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
 
     ``address``/``token``/``ca``, ``shards``/``prefix``, ``columns``, ``strings``,
     ``retry_s`` and ``source`` as for :class:`~tierstore.torch.IterableDataset`.
-    ``rows``: row count of every shard, to skip counting them (must name exactly the
+    ``rows``: each shard's row count by name, to skip counting them (must name exactly the
     shards read). ``cache_shards``: converted shards kept per process. ``count_threads``:
     parallel small reads while checking schemas (and counting rows not recorded).
 
@@ -128,6 +128,11 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         return f"MapDataset({self.shards.dataset!r}, {shards} shards, {len(self)} rows)"
 
     def _given(self, rows: Mapping[str, int]) -> dict[str, int]:
+        if not isinstance(rows, Mapping):  # a list of counts or names, a count, a str
+            raise InvalidArgument(
+                "rows= must map each shard's name to its row count (such as a MapDataset's "
+                f".rows), not a {type(rows).__name__}"
+            )
         names = set(self.shards.names)
         if set(rows) != names:
             missing, extra = sorted(names - set(rows)), sorted(set(rows) - names)
