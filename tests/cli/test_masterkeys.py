@@ -12,16 +12,16 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload
+from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload, wait_until
 from tests.engine.test_archive_seals import CutShort
-from tests.engine.test_keys import count_reads_per_txn
+from tests.engine.test_keys import count_reads_per_txn, resuming
 from tierstore import crypto
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
@@ -33,6 +33,7 @@ from tierstore.cli.masterkeys import (
 )
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, retired_keys_path
+from tierstore.engine import masterkeys
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.store import Store
 from tierstore.errors import (
@@ -505,3 +506,81 @@ def test_other_keys_with_uploads_pending_get_no_hint_of_a_retired_key(
     with pytest.raises(FailedPrecondition, match="does not verify the seal") as refused:
         check_node_keys(NodeKeys(other, tmp_path / "master.keys"), wrong)
     assert "taken out of the file" not in str(refused.value)
+
+
+class Killed(BaseException):
+    """The node killed (not an error any code under test handles)."""
+
+
+def killed_after_commit(cut: int) -> Callable[[LmdbEnvironment], Any]:
+    """:meth:`LmdbEnvironment.write` for this thread to be killed right after its write
+    transaction number ``cut`` commits (those of other threads, the mover's, go on)."""
+    real = LmdbEnvironment.write
+    caller = threading.current_thread()
+    commits = iter(range(cut))
+
+    @contextmanager
+    def write(env: LmdbEnvironment) -> Iterator[Any]:
+        with real(env) as txn:
+            yield txn
+        if threading.current_thread() is caller and next(commits, None) == cut - 1:
+            raise Killed  # committed: nothing after it runs
+
+    return write
+
+
+def test_a_node_killed_anywhere_in_a_reseal_starts_without_the_flag_and_finishes_it(
+    open_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node that lost its key file, started with --reseal-archive, and killed during
+    # the reseal (after its write transaction number ``cut``), with the mover having
+    # uploaded all it had journaled by then. Its archive is all sealed under the lost
+    # key but for what the reseal reached, so the start's seal check must not be made
+    # against it; and the start must finish the reseal.
+    monkeypatch.setattr(masterkeys, "ROTATION_BATCH", 2)
+    plain = {name: DATASETS[name] for name in ("plain", "wt")}
+    shards = {(dataset, f"s{i}"): payload(100 + i, i) for dataset in plain for i in range(3)}
+    new = LocalKeyring(keys={"k1": os.urandom(32)}, current="k1")  # the key file made anew
+    refused: dict[int, str] = {}
+    cut = 0
+    while True:
+        cut += 1
+        archive = MemoryTier()
+        store = open_store(archive, datasets=plain)
+        for (dataset, name), data in shards.items():
+            store.put(dataset, name, data)
+        assert store.drain(10)
+        # serve --reseal-archive: no seal check, the background started, then the reseal.
+        store = open_store.reopen(store, archive, new)
+        wait_until(lambda: not resuming(), "the start's look for a rotation cut short")
+        with monkeypatch.context() as patched:
+            patched.setattr(LmdbEnvironment, "write", killed_after_commit(cut))
+            try:
+                store.reseal_archive()
+            except Killed:
+                finished = False
+            else:
+                finished = True
+        assert store.drain(10), store.stats().mover_error
+
+        store = open_store.reopen(store, archive, new, start_mover=False)
+        try:
+            check_node_keys(NodeKeys(new, tmp_path / "master.keys"), store)
+        except FailedPrecondition as exc:
+            refused[cut] = str(exc)
+            continue
+        store.start_background()
+        wait_until(lambda: not resuming(), "the start's resumption of the reseal")
+        assert store.drain(10), store.stats().mover_error
+        # Done: a start checks the seals again, and they verify; a rebuild believes all.
+        store = open_store.reopen(store, archive, new, start_mover=False)
+        check_node_keys(NodeKeys(new, tmp_path / "master.keys"), store)
+        assert not store.archive_seal_failure()
+        rebuilt = open_store(archive, new, start_mover=False)
+        assert rebuilt.rebuild_from_archive() == len(shards), f"killed after commit {cut}"
+        for (dataset, name), data in shards.items():
+            assert rebuilt.get(dataset, name).to_bytes() == data
+        if finished:
+            break
+    assert cut > 2  # the reseal commits more than its notes
+    assert not refused, f"starts refused after a kill at these commits of the reseal: {refused}"

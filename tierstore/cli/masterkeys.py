@@ -25,8 +25,9 @@ and keys that do not verify the seal of a dataset object in the archive (the wro
 file on a node whose datasets are all plaintext). A start that refuses removes the key
 file it created: it is no node's key. A node whose key file is lost for good, and that
 holds no encrypted shard, starts with ``--reseal-archive``: the mover then rewrites the
-archive's metadata sealed under the new key (restarts before it is done are let be;
-the flag, while given, skips the seal check, so it is to be dropped once it is done).
+archive's metadata sealed under the new key (a start after a stop or a kill before it
+is done, with the flag or without, finishes it; the flag, while given, skips the seal
+check, so it is to be dropped once it is done).
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ _RESEAL_OPS = ("manifest", "dataset")
 #: current key changes (a rotation, cut short or not), no start walks it again.
 _WALKED_UNDER = "rotation_looked_for_under"
 #: the key a reseal of the archive's metadata was asked for under
-#: (:meth:`MasterKeys.reseal_archive`), until a start finds the journal empty.
+#: (:meth:`MasterKeys.reseal_archive`), until a start finds its rotation finished and the
+#: journal empty.
 _RESEALING = "archive_metadata_resealing_under"
 #: the master key a rotation began to reseal the archive's metadata under, or that a
 #: keyring checked for a rotation (:meth:`MasterKeys.check_keyring`) made current, until
@@ -152,23 +153,27 @@ class MasterKeys:
                     self._check(keyring)  # refuse a keyring without the old keys
                 self._keyring, self._checked = keyring, None
                 self._sealers.use_keyring(keyring)
-            if self._keyring is None:
-                raise EncryptionUnavailable("no master key is configured")
-            current = self._keyring.current_key_id
-            with self._env.write() as txn:
-                datasets = [name for name, _ in self._catalog.list_datasets(txn)]
-                # Reseal every object only when some may be under another key (or none):
-                # a rotation that changes nothing leaves the journal alone.
-                reseal = self._catalog.note(txn, _SEALED_WITH) != current
-                if reseal:  # until it finishes, a start resumes it (see _cut_short)
-                    self._catalog.set_note(txn, _ROTATING_UNDER, current)
-            rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
-            if self._stopping.is_set():
-                return rewrapped  # cut short: the next start resumes it
-            with self._env.write() as txn:
-                self._catalog.set_note(txn, _SEALED_WITH, current)
-                self._catalog.set_note(txn, _ROTATING_UNDER, "")
-            return rewrapped
+            return self._rotate()
+
+    def _rotate(self) -> int:
+        """:meth:`rotate` under the current keyring, the rotation lock held."""
+        if self._keyring is None:
+            raise EncryptionUnavailable("no master key is configured")
+        current = self._keyring.current_key_id
+        with self._env.write() as txn:
+            datasets = [name for name, _ in self._catalog.list_datasets(txn)]
+            # Reseal every object only when some may be under another key (or none):
+            # a rotation that changes nothing leaves the journal alone.
+            reseal = self._catalog.note(txn, _SEALED_WITH) != current
+            if reseal:  # until it finishes, a start resumes it (see _cut_short)
+                self._catalog.set_note(txn, _ROTATING_UNDER, current)
+        rewrapped = sum(self._rotate_dataset(name, reseal) for name in datasets)
+        if self._stopping.is_set():
+            return rewrapped  # cut short: the next start resumes it
+        with self._env.write() as txn:
+            self._catalog.set_note(txn, _SEALED_WITH, current)
+            self._catalog.set_note(txn, _ROTATING_UNDER, "")
+        return rewrapped
 
     def resume_rotation(self) -> None:
         """Finish, in a background thread, a rotation that a stop (or a crash) cut short:
@@ -540,7 +545,7 @@ class MasterKeys:
         when the seal of some dataset object in the archive verifies under them (the
         first that does ends the check: usually one GET), or when there is nothing to
         tell by (no keyring, no dataset object archived yet, or a :meth:`reseal_archive`
-        under these keys still on the journal);
+        under these keys not finished: its rotation not done, or the journal not empty);
         else a :class:`SealFailure` for the first object that did not verify. Plaintext
         datasets hold no data key to unwrap, so this is how a node tells the wrong keys
         (a rebuild would believe none of its objects). One damaged or edited object among
@@ -555,9 +560,12 @@ class MasterKeys:
         with self._env.read() as txn:
             names = [name for name, _ in self._catalog.list_datasets(txn)]
             resealing = self._catalog.note(txn, _RESEALING) == current
+            # Not all journaled yet (a kill cut it short: this start resumes it), or
+            # the mover is rewriting them: an empty journal alone tells nothing.
+            unfinished = self._catalog.note(txn, _ROTATING_UNDER) == current
             pending = self._catalog.journal_length(txn)
-        if resealing and pending:
-            return None  # the mover is rewriting them under these keys
+        if resealing and (unfinished or pending):
+            return None  # being rewritten under these keys
         if resealing:
             with self._env.write() as txn:
                 self._catalog.set_note(txn, _RESEALING, "")  # done: check from now on
@@ -590,12 +598,22 @@ class MasterKeys:
     def reseal_archive(self) -> None:
         """Have the mover rewrite every manifest and dataset object in the archive,
         sealed under the current master key, whatever key sealed them last (a lost key
-        file replaced, on a node whose datasets are all plaintext). Until the journal is
-        empty, :meth:`archive_seal_failure` takes these keys for the archive's.
-        EncryptionUnavailable without a keyring."""
-        if self._keyring is None:
-            raise EncryptionUnavailable("no master key is configured")
-        with self._env.write() as txn:
-            self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
-            self._catalog.set_note(txn, _RESEALING, self._keyring.current_key_id)
-        self.rotate()
+        file replaced, on a node whose datasets are all plaintext). Its first write
+        transaction notes the reseal as a rotation under the current key that began to
+        reseal: from then on, until the rotation has journaled every rewrite and the
+        journal is empty, :meth:`archive_seal_failure` takes these keys for the
+        archive's, and the next start resumes it (:meth:`resume_rotation`), so a
+        node killed at any point of it starts again, without asking for the reseal
+        again, and finishes it. EncryptionUnavailable without a keyring. Thread-safe
+        (a rotation: see :meth:`rotate`)."""
+        with self._rotation_lock:
+            if self._keyring is None:
+                raise EncryptionUnavailable("no master key is configured")
+            current = self._keyring.current_key_id
+            with self._env.write() as txn:
+                self._catalog.set_note(txn, _SEALED_WITH, "")  # "under another key": reseal
+                self._catalog.set_note(txn, _RESEALING, current)
+                # In this transaction, not the rotation's first: a kill in between left
+                # a reseal that no start resumed (and that the seal check refused).
+                self._catalog.set_note(txn, _ROTATING_UNDER, current)
+            self._rotate()
