@@ -956,22 +956,29 @@ def _stream_of_batches(path: Path, *, legacy: bool = False) -> tuple[pa.Table, l
     return table, ends
 
 
+def _put_refusal(path: Path) -> str:
+    """What a put of the stream file at ``path`` is refused with (MalformedArrow), on
+    opening it or as its batches are read."""
+    with pytest.raises(MalformedArrow) as refused, open_ipc_file(path) as reader:
+        list(reader_to_frames(reader))
+    return str(refused.value)
+
+
 @pytest.mark.parametrize("batches_left", [4, 2, 0])
 def test_a_stream_cut_at_a_message_boundary_is_refused_not_read_short(
     tmp_path: Path, batches_left: int
 ) -> None:
     # pyarrow ends a stream at the end of its file as it does at its end-of-stream
     # marker: a stream that lost its marker, or its marker and its last batches, read
-    # as a shorter table, and a put of it stored that without a word. Its last bytes
-    # are no marker: refused on opening, before anything is uploaded.
+    # as a shorter table, and a put of it stored that without a word.
     whole = tmp_path / "whole.arrows"
     _, ends = _stream_of_batches(whole)
     cut = tmp_path / "cut.arrows"
     cut.write_bytes(whole.read_bytes()[: ends[batches_left]])
-    with pytest.raises(MalformedArrow, match=f"{cut}: the IPC stream ends without its end-of"):
+    assert "without its end-of-stream marker" in _put_refusal(cut)
+    # Its last bytes are no marker: refused on opening, before anything is uploaded.
+    with pytest.raises(MalformedArrow, match=f"{cut}: the IPC stream ends without its"):
         arrowio.check_ipc_file(cut)
-    with pytest.raises(MalformedArrow, match="end-of-stream marker"), open_ipc_file(cut):
-        pass
 
 
 def test_a_stream_whose_last_bytes_look_like_a_marker_is_still_refused(tmp_path: Path) -> None:
@@ -1001,6 +1008,17 @@ def test_bytes_after_a_streams_marker_are_refused(tmp_path: Path) -> None:
         pytest.raises(MalformedArrow, match="after its end-of-stream"),
     ):
         list(reader_to_frames(reader))
+
+
+def test_a_stream_ends_in_the_marker_of_its_own_format(tmp_path: Path) -> None:
+    # Its messages in today's format, its end in the one before Arrow 0.15 (four zero
+    # bytes), as no writer makes it (pyarrow would read it): refused, as a stream whose
+    # last batch ends in four zero bytes and lost its marker must be.
+    path = tmp_path / "mixed.arrows"
+    _stream_of_batches(path)
+    path.write_bytes(path.read_bytes()[:-8] + bytes(4))
+    with pytest.raises(MalformedArrow, match="without its end-of-stream marker"):
+        arrowio.check_ipc_file(path)
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["marker", "legacy-marker"])

@@ -338,6 +338,8 @@ def _next_batch(batches: Iterator[Any], index: int) -> Any:
         return next(batches)
     except StopIteration:
         raise
+    except MalformedArrow as exc:  # the reader's own (open_ipc_file's): no batch is named
+        raise MalformedArrow(f"after {index} record batches: {exc}") from exc
     except Exception as exc:
         raise MalformedArrow(
             f"reading record batch {index} of the stream failed: {type(exc).__name__}: {exc}"
@@ -943,17 +945,16 @@ def open_ipc_file(path: Path) -> Iterator[pa.RecordBatchReader]:
             raise MalformedArrow(
                 f"{path} is neither an Arrow IPC file nor an IPC stream: {exc}"
             ) from None
-        # Messages since Arrow 0.15 start with the continuation marker, and so does
-        # their stream's end.
-        marker = (
-            _END_OF_STREAM
-            if _bytes_from(source, 0, 4) == _END_OF_STREAM[:4]
-            else _LEGACY_END_OF_STREAM
-        )
-        if not _bytes_from(source, source.size() - len(marker)).endswith(marker):
-            # no marker ends the file: refuse before a batch is read
+        # Messages since Arrow 0.15 start with the continuation marker, and so does their
+        # stream's end marker; before, the end was a length of 0 alone. A file whose last
+        # bytes are not its format's marker is refused before a batch is read (most cut
+        # files); the read checks that the marker follows the last batch.
+        modern = _bytes_from(source, 0, 4) == _END_OF_STREAM[:4]
+        marker = _END_OF_STREAM if modern else _LEGACY_END_OF_STREAM
+        if _bytes_from(source, source.size() - len(marker)) != marker:
             raise MalformedArrow(f"{path}: {_NO_MARKER}")
-        yield pa.RecordBatchReader.from_batches(stream.schema, _up_to_the_marker(stream, source))
+        to_the_marker = _up_to_the_marker(stream, source, marker)
+        yield pa.RecordBatchReader.from_batches(stream.schema, to_the_marker)
 
 
 #: how an IPC stream ends (a continuation marker, then a metadata length of 0), and how
@@ -967,12 +968,12 @@ _NO_MARKER = (
 
 
 def _up_to_the_marker(
-    stream: pa.RecordBatchStreamReader, source: pa.NativeFile
+    stream: pa.RecordBatchStreamReader, source: pa.NativeFile, marker: bytes
 ) -> Iterator[pa.RecordBatch]:
     """``stream``'s batches, read from ``source`` as they are taken; then MalformedArrow
-    unless the bytes after the last batch are one end-of-stream marker and the file's
-    last (pyarrow reads messages without reading ahead, so the file's position after a
-    batch is where that batch ends)."""
+    unless the bytes after the last batch are ``marker`` and the file's last (pyarrow
+    reads messages without reading ahead, so the file's position after a batch is where
+    that batch ends)."""
     end = source.tell()
     for batch in stream:
         yield batch
@@ -982,13 +983,13 @@ def _up_to_the_marker(
             f"{source.size() - source.tell()} bytes after its end-of-stream marker "
             "(a second stream written after the first, say): write one stream per file"
         )
-    if _bytes_from(source, end) not in (_END_OF_STREAM, _LEGACY_END_OF_STREAM):
+    if _bytes_from(source, end) != marker:
         raise MalformedArrow(_NO_MARKER)
 
 
 def _bytes_from(source: pa.NativeFile, offset: int, count: int | None = None) -> bytes:
-    """``count`` of ``source``'s bytes (all up to its end when None) from ``offset`` (0
-    if negative), its position kept."""
+    """``count`` of ``source``'s bytes from ``offset`` (0 if negative; None: to its end),
+    its position kept."""
     here = source.tell()
     offset = max(offset, 0)
     tail = source.read_at(source.size() - offset if count is None else count, offset)
