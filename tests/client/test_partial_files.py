@@ -11,6 +11,7 @@ import pytest
 
 from tierstore.client.client import Client
 from tierstore.client.download import output_target, partial_file
+from tierstore.errors import ShardNotFound
 
 
 def _tree(root: Path) -> dict[str, bytes | str]:
@@ -166,3 +167,13 @@ def test_a_download_to_a_descriptor_open_for_appending_appends(
         assert admin.download(dataset, "entry", named, offset=4) == 14
         assert admin.download(dataset, "entry", named) == 18
     assert log.read_bytes() == b"kept\nshard's bytes\nthe shard's bytes\n"
+
+
+def test_a_download_of_no_shard_to_a_named_pipe_is_refused_without_waiting_for_a_reader(
+    admin: Client, dataset: str, tmp_path: Path
+) -> None:
+    # The pipe was opened first, which waits for a reader: with none, the call hung.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ShardNotFound):
+        admin.download(dataset, "no-such-shard", fifo)

@@ -456,6 +456,22 @@ def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
     assert grown < sizes["large"] - sizes["medium"], (peaks, grown)
 
 
+def test_get_to_dev_stdout_writes_the_shard_alone_there(
+    env: dict[str, str], admin: Client, dataset: str
+) -> None:
+    # --json's report went to stdout after the shard's bytes, into the same file.
+    data = os.urandom(5 << 20)
+    admin.put(dataset, "named", data)
+    done = run_process(env, "get", dataset, "named", "-o", "/dev/stdout")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data
+    assert json.loads(done.stderr) == {
+        "shard": "named",
+        "bytes": len(data),
+        "output": "/dev/stdout",
+    }
+
+
 def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
     env: dict[str, str], dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -797,7 +813,9 @@ def test_trace_export_and_the_sizing_curve(
         env, "trace", "export", "-o", "/dev/stdout", "--dataset", dataset, json_output=False
     )
     assert named.returncode == 0, named.stderr
-    assert named.stdout.startswith(piped.stdout), (named.stdout[:200], named.stderr[:2000])
+    # The trace alone: the summary goes to stderr, as for -o - (it ended the trace).
+    assert named.stdout == piped.stdout, named.stdout[-200:]
+    assert b"wrote 9 events (6 reads) to /dev/stdout" in named.stderr
     for made in (link, real, fifo):
         made.unlink()
     real.parent.rmdir()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
-import json
 import sys
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from tierstore.cli.app import command_client
 from tierstore.cli.output import (
     checked_output_file,
     emit,
+    emit_report,
     err,
     fail,
     hit_ratio_text,
@@ -207,10 +207,7 @@ def trace_export(
     summary.update({kind: counts[kind] for kind in kinds})
     where = "stdout" if to_stdout else str(output)
     line = f"wrote {plural(total, 'event')} ({plural(counts['read'], 'read')}) to {where}"
-    if to_stdout:  # stdout holds the trace
-        sys.stderr.write((json.dumps(summary) if state.json else line) + "\n")
-    else:
-        emit(summary, line)
+    emit_report(summary, line, None if to_stdout else output)
 
 
 # tokens and keys

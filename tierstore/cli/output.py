@@ -100,6 +100,26 @@ def emit(value: Any, table: RenderableType | None = None) -> None:
         out.print(table)
 
 
+def emit_report(value: Any, line: str, output: Path | None) -> None:
+    """Print the report of a command that wrote its output to ``output`` (None: to
+    stdout, ``-o -``): ``value`` as JSON with --json, else ``line``. On stdout, unless
+    stdout is where the output went (``-o -``, or stdout under another name: ``-o
+    /dev/stdout``), where it would end up in the output: on stderr then."""
+    if output is not None and not _names_stdout(output):
+        emit(value, Text(line))
+        return
+    sys.stderr.write((json.dumps(jsonable(value), default=str) if state.json else line) + "\n")
+
+
+def _names_stdout(path: Path) -> bool:
+    """Whether ``path`` is this process's stdout under another name (``/dev/stdout``,
+    ``/dev/fd/1``, the terminal's device, the pipe's descriptor)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file; no stdout (closed, or not a file)
+        return False
+
+
 #: what gRPC says when TLS did not come up: most often the wrong CA file, or a port
 #: that is not the API's (the health port is plaintext)
 _TLS_FAILURE = re.compile(r"CERTIFICATE_VERIFY_FAILED|handshake|WRONG_VERSION_NUMBER", re.I)

@@ -18,6 +18,7 @@ from tierstore.cli.output import (
     already_text,
     checked_output_file,
     emit,
+    emit_report,
     err,
     fail,
     plural,
@@ -128,7 +129,8 @@ def get(
     except OSError as exc:
         raise write_failed(output, exc) from None
     if state.json:
-        emit({"shard": shard, "bytes": written, "output": str(output)})
+        report = {"shard": shard, "bytes": written, "output": str(output)}
+        emit_report(report, "", output)
 
 
 def ls(

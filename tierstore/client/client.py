@@ -29,10 +29,11 @@ beside it: :mod:`~tierstore.client.failures` (a failed call's error, and retries
 from __future__ import annotations
 
 import builtins
+import contextlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -257,9 +258,14 @@ class Client(AdminCalls, PlacementCalls):
             )
         target, through_partial = output_target(path)
         if not through_partial:
-            with open_in_place(target) as file:
-                pieces = self.iter_bytes(dataset, shard, offset=offset, length=length)
-                return sum(write_all(file, memoryview(piece)) for piece in pieces)
+            pieces = self.iter_bytes(dataset, shard, offset=offset, length=length)
+            with contextlib.closing(pieces):
+                # Its refusal (no such shard) before the target is opened: a named pipe
+                # waits there for a reader. Begun, it ends its stream when closed.
+                first = builtins.list(itertools.islice(pieces, 1))
+                with open_in_place(target) as file:
+                    rest = itertools.chain(first, pieces)
+                    return sum(write_all(file, memoryview(piece)) for piece in rest)
         with partial_file(target) as partial:
             return self._read_range(
                 dataset,
@@ -296,7 +302,7 @@ class Client(AdminCalls, PlacementCalls):
 
     def iter_bytes(
         self, dataset: str, shard: str, *, offset: int = 0, length: int | None = None
-    ) -> Iterator[bytearray]:
+    ) -> Generator[bytearray, None, None]:
         """Bytes ``[offset, offset + length)`` of a shard, handed on a frame at a time as
         they arrive (each piece verified, and decrypted, into a ``bytearray`` of its own),
         so memory does not grow with the range. Always streamed from the service.
@@ -466,7 +472,7 @@ def _range_request(
 
 def _handed_on(
     responses: Any, first: builtins.list[bytearray], rest: Iterator[bytearray]
-) -> Iterator[bytearray]:
+) -> Generator[bytearray, None, None]:
     """:meth:`Client.iter_bytes`'s pieces: ``first`` (received already), then ``rest``
     as it arrives, its failures raised as the tierstore errors they stand for; the
     stream is cancelled if the caller stops early."""

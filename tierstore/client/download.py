@@ -80,10 +80,10 @@ def _descriptor_named(path: Path) -> int | None:
     """The descriptor of this process that ``path`` names, itself or through links
     (``/dev/stdout`` → ``/proc/self/fd/1``), or None. Linux: a name in ``/proc/<this
     process>/fd``; elsewhere always None."""
-    own = Path(f"/proc/{os.getpid()}/fd")
+    own = os.path.realpath("/proc/self/fd")  # this process's, in its own /proc
     current = Path(os.path.abspath(path))
     for _ in range(40):  # as many links as the kernel follows
-        if current.name.isdigit() and os.path.realpath(current.parent) == str(own):
+        if current.name.isdigit() and os.path.realpath(current.parent) == own:
             return int(current.name)
         try:
             link = os.readlink(current)
