@@ -36,7 +36,7 @@ from tests.engine.stores import (
     wait_until,
 )
 from tests.engine.test_store import both_generations_archived, damage_archived_frames
-from tierstore.crypto import LocalKeyring
+from tierstore.crypto import LocalKeyring, MasterKeyProvider
 from tierstore.engine import masterkeys
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.records import (
@@ -538,6 +538,30 @@ def test_a_node_killed_between_its_key_file_rotation_and_the_store_s_resumes_at_
     assert rebuilt.rebuild_from_archive() == 3
     for i in range(3):
         assert rebuilt.get("plain", f"s{i}").to_bytes() == payload(300 + i, i)
+
+
+def test_a_rotation_under_the_old_key_after_the_check_keeps_the_new_key_s_note(
+    open_store: StoreFactory, archive: MemoryTier, tmp_path: Path
+) -> None:
+    # The note a keyring check leaves for the rotation to its key, and the note of a
+    # rotation under way, were one: a rotation under the old key run between the check
+    # and the key file (the start's resumption of one cut short, say) cleared it as it
+    # finished, and a kill before the store's rotation left nothing to resume again.
+    path = tmp_path / "master.keys"
+    keyring = LocalKeyring.generate_file(path)
+    store = open_store(archive, keyring, datasets={"plain": DatasetSettings()})
+    store.put("plain", "s", payload(300, 0))
+    assert store.drain(10)
+
+    def checked_then_rotated_under_the_old_key(new: MasterKeyProvider) -> None:
+        store.check_keyring(new)
+        store.rotate_master_key()
+
+    rotated = keyring.rotated_file(path, checked_then_rotated_under_the_old_key)  # the kill
+    store.close()
+    store = open_store.reopen(store, archive, LocalKeyring.from_file(path))
+    only_new = LocalKeyring({rotated.current: rotated.keys[rotated.current]}, rotated.current)
+    wait_until_retirable(store, keyring.current, only_new)
 
 
 def wait_until_retirable(store: Store, key_id: str, left: LocalKeyring) -> None:

@@ -63,14 +63,18 @@ _WALKED_UNDER = "rotation_looked_for_under"
 #: (:meth:`MasterKeys.reseal_archive`), until a start finds its rotation finished and the
 #: journal empty.
 _RESEALING = "archive_metadata_resealing_under"
-#: the master key a rotation began to reseal the archive's metadata under, or that a
-#: keyring checked for a rotation (:meth:`MasterKeys.check_keyring`) made current, until
-#: a rotation finished (then ``_SEALED_WITH`` names the key): a start finding it the
-#: current key resumes the rotation, whatever data keys are left under an older key
-#: (none, once a kill came after the last was rewrapped, before the later datasets'
-#: metadata was journaled; or before the rotation began, on a node of plaintext
-#: datasets).
+#: the master key a rotation began to reseal the archive's metadata under, until it
+#: finished (then ``_SEALED_WITH`` names the key): a start finding it the current key
+#: resumes the rotation, whatever data keys are left under an older key (none, once a
+#: kill came after the last was rewrapped, before the later datasets' metadata was
+#: journaled).
 _ROTATING_UNDER = "rotation_resealing_under"
+#: the current key of the last keyring a check for a rotation passed
+#: (:meth:`MasterKeys.check_keyring`), until a rotation under it finished: a start
+#: finding it the current key resumes the rotation, though a kill came before it began
+#: (on a node of plaintext datasets, no data key tells). A note of its own: a rotation
+#: under the old key, run between the check and the key file, clears only its own.
+_ROTATION_CHECKED_TO = "rotation_checked_to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,8 @@ class MasterKeys:
         with self._env.write() as txn:
             self._catalog.set_note(txn, _SEALED_WITH, current)
             self._catalog.set_note(txn, _ROTATING_UNDER, "")
+            if self._catalog.note(txn, _ROTATION_CHECKED_TO) == current:
+                self._catalog.set_note(txn, _ROTATION_CHECKED_TO, "")
         return rewrapped
 
     def resume_rotation(self) -> None:
@@ -228,7 +234,10 @@ class MasterKeys:
         with self._env.read() as txn:
             if self._catalog.note(txn, _SEALED_WITH) == current:
                 return None  # the last rotation finished (what is left under: damaged)
-            if self._catalog.note(txn, _ROTATING_UNDER) == current:
+            if current in (
+                self._catalog.note(txn, _ROTATING_UNDER),
+                self._catalog.note(txn, _ROTATION_CHECKED_TO),
+            ):
                 return "the archive's metadata is not all resealed yet"
             if self._catalog.note(txn, _WALKED_UNDER) == current:
                 return None  # looked for under this key already: no rotation since
@@ -250,7 +259,7 @@ class MasterKeys:
         again by a rotation to it (its check may have read none of those data keys)."""
 
         def forget(txn: Any) -> None:
-            for note in (_SEALED_WITH, _WALKED_UNDER, _ROTATING_UNDER):
+            for note in (_SEALED_WITH, _WALKED_UNDER, _ROTATING_UNDER, _ROTATION_CHECKED_TO):
                 self._catalog.set_note(txn, note, "")
 
         with self._rotation_lock:
@@ -338,7 +347,7 @@ class MasterKeys:
             if keyring.current_key_id != self.current_key_id:
                 try:
                     with self._env.write() as txn:
-                        self._catalog.set_note(txn, _ROTATING_UNDER, keyring.current_key_id)
+                        self._catalog.set_note(txn, _ROTATION_CHECKED_TO, keyring.current_key_id)
                 except TierstoreError as exc:  # a full disk, say: the rotation may still go
                     log.warning("could not note the rotation that may follow: %s", exc)
 
