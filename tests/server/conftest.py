@@ -34,6 +34,7 @@ import tierstore
 from tierstore.client.client import Client
 from tierstore.tiers.s3 import S3Settings, S3Tier
 from tierstore.tiers.seaweedfs import SeaweedServer, find_weed_binary
+from tierstore.tiers.seaweedfs import _stop_leftover as stop_leftover_weed
 
 READY_LINE = "tierstore: ready"
 START_TIMEOUT_S = 90.0
@@ -161,7 +162,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=err,
                 env=clean_env(**self.env),
-                start_new_session=True,  # so a SIGKILL can take the embedded weed along
+                start_new_session=True,  # a SIGKILL of its group takes all it started
             )
         return self.process
 
@@ -181,13 +182,17 @@ class ServerProcess:
         return process.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server and everything it started."""
+        """SIGKILL the server and everything it started: its process group, and its
+        embedded archive's weed, which runs in a group of its own (the parent-death
+        signal it gets is a SIGTERM, which weed may take its time over), the sockets
+        it leaves behind removed."""
         process = self.process
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        stop_leftover_weed(self.data_dir / "archive", timeout_s=0)
 
     def __repr__(self) -> str:
         return f"ServerProcess({self.address}, {self.data_dir})"

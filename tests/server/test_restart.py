@@ -26,6 +26,7 @@ from tierstore import errors
 from tierstore.client.client import Client
 from tierstore.config import EngineSettings
 from tierstore.engine.records import frame_key
+from tierstore.tiers.seaweedfs import _alive
 
 from .conftest import ServerProcess, poll
 
@@ -143,6 +144,19 @@ def test_a_node_killed_outright_starts_again_with_its_embedded_archive(
         poll(lambda: client.stat("d", "s").archived, 60, "the journal to reach the archive")
         assert client.evict("d", "s") > 0
         assert client.get("d", "s").to_pybytes() == blob  # from the embedded archive
+
+
+def test_a_test_nodes_kill_takes_its_weed_along_at_once(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Weed runs in a process group of its own (out of reach of a terminal's Ctrl-C), so
+    # the fixture's SIGKILL of the node's group no longer reached it: only the parent-
+    # death SIGTERM did, which weed may take its time over, between tests.
+    node = spawn_server(tmp_path / "node", embedded=True)
+    weed = int((tmp_path / "node" / "archive" / "weed.pid").read_text().split()[0])
+    assert _alive(weed)
+    node.kill()
+    assert not _alive(weed)
 
 
 @pytest.mark.timeout(120)

@@ -40,7 +40,7 @@ class SeaweedKeeper:
         until: threading.Event | None = None,
     ) -> None:
         """``until``: an event that, once set, stops the keeper as :meth:`stop` does
-        (a node's own stop: a Ctrl-C reaches weed too, and is no crash)."""
+        (a node's own stop, which stops weed too, and is no crash)."""
         self._server = server
         self._interval_s = interval_s
         self._stop = until if until is not None else threading.Event()
