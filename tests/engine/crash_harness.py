@@ -55,7 +55,9 @@ __all__ = [
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 HOT_CAPACITY = 256 << 20
-ACK_DEADLINE_S = 30.0
+#: how long the writer may take to reach the acks a kill waits for: a failure's bound,
+#: not a pace (the keys mode's retirements each wait up to 30 s for the mover)
+ACK_DEADLINE_S = 120.0
 DRAIN_TIMEOUT_S = 60.0
 POLL_S = 0.002
 

@@ -350,16 +350,19 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         return PlanReporter(self._source.client(), self.shards.dataset, ttl_s=self.plan_ttl_s)
 
 
+#: a loader iteration's base seed is kept in 64 signed bits
+_ITERATION_MASK = (1 << 63) - 1
+
+
 def _loader_iteration() -> int | None:
     """Which iteration of its DataLoader this process is a worker of, or None outside
     DataLoader workers: the base seed the loader drew for that iteration's workers (each
-    worker's seed is it plus the worker's id). Persistent workers keep theirs."""
+    worker's seed is it plus the worker's id). Persistent workers keep theirs. Loaders
+    that draw the same base seed each iteration (a generator seeded alike before each,
+    ``torch.manual_seed(s)`` before each epoch) look like one iteration: an epoch read
+    again is then not warned of (never warned of wrongly)."""
     info = torch.utils.data.get_worker_info()
     return None if info is None else (info.seed - info.id) & _ITERATION_MASK
-
-
-#: a loader iteration's base seed is kept in 64 signed bits
-_ITERATION_MASK = (1 << 63) - 1
 
 
 def _warn_if_other_workers(owner: IterableDataset, slot: Slot) -> None:
