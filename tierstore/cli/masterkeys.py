@@ -27,7 +27,8 @@ file it created: it is no node's key. A node whose key file is lost for good, an
 holds no encrypted shard, starts with ``--reseal-archive``: the mover then rewrites the
 archive's metadata sealed under the new key (a start after a stop or a kill before it
 is done, with the flag or without, finishes it; the flag, while given, skips the seal
-check, so it is to be dropped once it is done).
+check, so it is to be dropped from the next start on, which checks the keys once the
+reseal is done).
 """
 
 from __future__ import annotations

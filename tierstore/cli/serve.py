@@ -326,8 +326,9 @@ def _run(
             store.reseal_archive()  # journalled: the mover rewrites them from now on
             out.write(
                 "tierstore: the archive's metadata is being sealed under these keys; drop "
-                "--reseal-archive once `tierstore stats` shows no journal entries (while "
-                "it is given, a start does not check the keys against the archive)\n"
+                "--reseal-archive from the next start on: a start without it finishes a "
+                "reseal cut short, and checks the keys against the archive once it is "
+                "done (while the flag is given, no start checks them)\n"
             )
         try:  # a file of another user's (a first start as root): one line, no traceback
             tokens = TokenStore(data_dir / "tokens.json")
