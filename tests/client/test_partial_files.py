@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.server.servers import serving
+from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
 from tierstore.client.download import output_target, partial_file
 from tierstore.errors import ShardNotFound
+from tierstore.types import DatasetSettings, Role
 
 
 def _tree(root: Path) -> dict[str, bytes | str]:
@@ -177,3 +182,28 @@ def test_a_download_of_no_shard_to_a_named_pipe_is_refused_without_waiting_for_a
     os.mkfifo(fifo)
     with pytest.raises(ShardNotFound):
         admin.download(dataset, "no-such-shard", fifo)
+
+
+def test_a_download_to_a_named_pipe_whose_reader_comes_late_is_whole(tmp_path: Path) -> None:
+    # The shard's stream was opened before the pipe, whose open waits for a reader: the
+    # server, taking each message within stream_message_s (1 s here, 60 s by default),
+    # gave up on a reader that came later, and the pipe got part of the shard.
+    with serving(
+        tmp_path, insecure=True, datasets={"d": DatasetSettings()}, stream_message_s=1.0
+    ) as node:
+        settings = ChannelSettings(address=node.address, token=node.token("t", ("d", Role.ADMIN)))
+        with Client(dataclasses.replace(settings, insecure=True), frame_bytes=4096) as client:
+            data = os.urandom(8 << 20)  # in the node's 4 KiB frames: more than its window holds
+            client.put("d", "s", data)
+            fifo = tmp_path / "fifo"
+            os.mkfifo(fifo)
+            with ThreadPoolExecutor(1) as pool:
+                came = threading.Event()
+
+                def late_reader() -> bytes:
+                    came.wait(3.0)  # never set: the reader comes 3 s late
+                    return fifo.read_bytes()
+
+                received = pool.submit(late_reader)
+                assert client.download("d", "s", fifo) == len(data)
+                assert received.result(timeout=60) == data

@@ -127,8 +127,7 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
 
 def _journal_text(entries: int, oldest_age_s: float) -> str:
     """The journal's size for an operator, and how long its oldest entry has waited:
-    deletes and reseals carry no bytes, so a journal of them shows only here (waits
-    such as ``--reseal-archive``'s end on it)."""
+    deletes and reseals carry no bytes, so a journal of them shows only here."""
     if entries == 0:
         return "journal empty"
     return (

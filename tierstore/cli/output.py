@@ -26,6 +26,7 @@ __all__ = [
     "already_text",
     "checked_output_file",
     "emit",
+    "emit_report",
     "err",
     "fail",
     "hit_ratio_text",

@@ -258,14 +258,17 @@ class Client(AdminCalls, PlacementCalls):
             )
         target, through_partial = output_target(path)
         if not through_partial:
-            pieces = self.iter_bytes(dataset, shard, offset=offset, length=length)
-            with contextlib.closing(pieces):
-                # Its refusal (no such shard) before the target is opened: a named pipe
-                # waits there for a reader. Begun, it ends its stream when closed.
-                first = builtins.list(itertools.islice(pieces, 1))
-                with open_in_place(target) as file:
-                    rest = itertools.chain(first, pieces)
-                    return sum(write_all(file, memoryview(piece)) for piece in rest)
+            # A refusal (no such shard, no right to it) before the target is opened, as a
+            # named pipe waits there for a reader; the stream only after: the node gives
+            # up on a reader that takes no message for stream_message_s.
+            self.stat(dataset, shard)
+            with (
+                open_in_place(target) as file,
+                contextlib.closing(
+                    self.iter_bytes(dataset, shard, offset=offset, length=length)
+                ) as pieces,
+            ):
+                return sum(write_all(file, memoryview(piece)) for piece in pieces)
         with partial_file(target) as partial:
             return self._read_range(
                 dataset,

@@ -185,8 +185,9 @@ class MasterKeys:
         """Finish, in a background thread, a rotation that a stop (or a crash) cut short:
         when the last rotation did not finish (the archive's metadata not resealed under
         the current key) and either a rotation under the current key began to reseal it,
-        or some record's data key is wrapped with a master key the keyring still holds
-        other than the current one, :meth:`rotate`. Returns at once;
+        or a keyring check passed for a rotation to it (:meth:`check_keyring`), or some
+        record's data key is wrapped with a master key the keyring still holds other
+        than the current one, :meth:`rotate`. Returns at once;
         :meth:`stop` ends it. Call it once, after the keys were checked."""
         self._resumer = threading.Thread(
             target=self._resume, name="tierstore-rotation-resume", daemon=True
@@ -218,7 +219,9 @@ class MasterKeys:
         """What the last rotation left to do when it did not finish (for the log), else
         ``None``: the archive's metadata still to reseal under the current key, when a
         rotation under it began to and did not finish (every data key may be rewrapped
-        by then, and a later dataset's metadata not journaled yet); else a master key
+        by then, and a later dataset's metadata not journaled yet), or a check for a
+        rotation to it passed and none finished (a kill between the key file and the
+        store's rotation); else a master key
         other than the current one that the keyring holds and a record's data key is
         wrapped with. Catalog notes read when it finished, or when an earlier start under
         the same current key looked and found none (a node that never rotated: its
