@@ -9,7 +9,10 @@ way (45 MiB after six 32 MiB uploads, measured).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.engine.stores import FRAME, KEYRING, engine_settings, payload, wait_until
 from tests.server.test_stream_abandoned import _OpenCall
@@ -39,67 +42,60 @@ def read_through_servicer(servicer: ShardServicer, dataset: str, shard: str) -> 
     return b"".join(m.frame.data for m in messages if m.HasField("frame"))
 
 
-def test_a_cold_read_owes_a_trim_and_a_hot_read_none(tmp_path: Path) -> None:
-    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A store on a memory archive, closed after the test."""
+    opened = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
     try:
-        store.create_dataset("d", DatasetSettings(policy="lru"))
-        store.put("d", "s", payload(3 * FRAME, 1))
-        trim, trims = counting_trim()
-        servicer = ShardServicer(store, tmp_path / "spool", idle_trim=trim)
-        assert read_through_servicer(servicer, "d", "s")  # hot
-        assert trim.trim_if_due() is None and trims == []
-        assert store.drain(10)
-        store.evict("d", "s")
-        assert read_through_servicer(servicer, "d", "s")  # cold
-        trim.trim_if_due()
-        assert len(trims) == 1
+        yield opened
     finally:
-        store.close()
+        opened.close()
 
 
-def test_a_promotion_owes_a_trim(tmp_path: Path) -> None:
-    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
-    try:
-        store.create_dataset("d", DatasetSettings(policy="lru"))
-        store.put("d", "s", payload(3 * FRAME, 2))
-        assert store.drain(10)
-        store.evict("d", "s")
-        trim, trims = counting_trim()
-        store.promoter.work_in_flight = trim.busy
-        assert store.get("d", "s", byte_range=(0, 10)).nbytes == 10  # queues a promotion
-        wait_until(lambda: store.stat("d", "s").hot, "the promotion")
-        wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
-        trim.trim_if_due()
-        assert len(trims) == 1
-    finally:
-        store.close()
+def test_a_cold_read_owes_a_trim_and_a_hot_read_none(store: Store, tmp_path: Path) -> None:
+    store.create_dataset("d", DatasetSettings(policy="lru"))
+    store.put("d", "s", payload(3 * FRAME, 1))
+    trim, trims = counting_trim()
+    servicer = ShardServicer(store, tmp_path / "spool", idle_trim=trim)
+    assert read_through_servicer(servicer, "d", "s")  # hot
+    assert trim.trim_if_due() is None and trims == []
+    assert store.drain(10)
+    store.evict("d", "s")
+    assert read_through_servicer(servicer, "d", "s")  # cold
+    trim.trim_if_due()
+    assert len(trims) == 1
 
 
-def test_an_upload_owes_a_trim(tmp_path: Path) -> None:
-    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
-    try:
-        store.create_dataset("d", DatasetSettings(durability="write-back"))
-        assert store.drain(10)  # the dataset's own journal entry, if any, is not counted
-        trim, trims = counting_trim()
-        store.mover.after_heap_work = trim.owe
-        store.put("d", "s", payload(3 * FRAME, 3))  # the put itself is the server's to count
-        assert store.drain(10) and store.stat("d", "s").archived
-        trim.trim_if_due()
-        assert len(trims) == 1
-    finally:
-        store.close()
+def test_a_promotion_owes_a_trim(store: Store) -> None:
+    store.create_dataset("d", DatasetSettings(policy="lru"))
+    store.put("d", "s", payload(3 * FRAME, 2))
+    assert store.drain(10)
+    store.evict("d", "s")
+    trim, trims = counting_trim()
+    store.promoter.work_in_flight = trim.busy
+    assert store.get("d", "s", byte_range=(0, 10)).nbytes == 10  # queues a promotion
+    wait_until(lambda: store.stat("d", "s").hot, "the promotion")
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "the promotion to end")
+    trim.trim_if_due()
+    assert len(trims) == 1
 
 
-def test_an_upload_is_archived_though_owing_its_trim_fails(tmp_path: Path) -> None:
-    store = Store(engine_settings(tmp_path / "node"), MemoryTier(), KEYRING)
-    try:
+def test_an_upload_owes_a_trim(store: Store) -> None:
+    store.create_dataset("d", DatasetSettings(durability="write-back"))
+    assert store.drain(10)  # the dataset's own journal entry, if any, is not counted
+    trim, trims = counting_trim()
+    store.mover.after_heap_work = trim.owe
+    store.put("d", "s", payload(3 * FRAME, 3))  # the put itself is the server's to count
+    assert store.drain(10) and store.stat("d", "s").archived
+    trim.trim_if_due()
+    assert len(trims) == 1
 
-        def failing_owe() -> None:
-            raise RuntimeError("can't start new thread")
 
-        store.mover.after_heap_work = failing_owe
-        store.create_dataset("d", DatasetSettings(durability="write-back"))
-        store.put("d", "s", payload(3 * FRAME, 4))
-        assert store.drain(10) and store.stat("d", "s").archived
-    finally:
-        store.close()
+def test_an_upload_is_archived_though_owing_its_trim_fails(store: Store) -> None:
+    def failing_owe() -> None:
+        raise RuntimeError("can't start new thread")
+
+    store.mover.after_heap_work = failing_owe
+    store.create_dataset("d", DatasetSettings(durability="write-back"))
+    store.put("d", "s", payload(3 * FRAME, 4))
+    assert store.drain(10) and store.stat("d", "s").archived
