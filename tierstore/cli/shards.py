@@ -93,8 +93,9 @@ def get(
 ) -> None:
     """Download a shard (or a byte range of it). Without -o (or with -o -) the bytes go
     to stdout as they are, --json or not (with -o FILE, --json prints what was written:
-    on stderr when FILE is stdout by another name, -o /dev/stdout). Without -o, a stdout that is a terminal is refused before any call: a shard's bytes
-    would garble it (-o - writes them there all the same). To a file, the shard is
+    on stderr when FILE is stdout by another name, -o /dev/stdout). Without -o, a stdout
+    that is a terminal is refused before any call: a shard's bytes would garble it (-o -
+    writes them there all the same). To a file, the shard is
     streamed into it (and written whole or not at all); to stdout (or a pipe or device)
     it is written a frame at a time as it arrives, so a stream cut off part way (or by a
     reader that stops taking bytes for a minute) leaves part of it written, and the
