@@ -513,9 +513,9 @@ def test_a_rotation_cut_short_after_its_last_data_key_still_resumes_at_start(
             assert rebuilt.get(dataset, name).to_bytes() == data
 
 
-@pytest.mark.parametrize("rotated_meanwhile", [False, True], ids=["killed", "old-key-rotation"])
+@pytest.mark.parametrize("meanwhile", ["nothing", "rotation", "rebuild"])
 def test_a_node_killed_between_its_key_file_rotation_and_the_store_s_resumes_at_start(
-    open_store: StoreFactory, archive: MemoryTier, tmp_path: Path, rotated_meanwhile: bool
+    open_store: StoreFactory, archive: MemoryTier, tmp_path: Path, meanwhile: str
 ) -> None:
     # `tierstore keys rotate` writes the key file (after the store checked the new
     # keyring), then rotates the store. Killed in between, a node of plaintext
@@ -524,18 +524,25 @@ def test_a_node_killed_between_its_key_file_rotation_and_the_store_s_resumes_at_
     # retirement until an operator rotated again. The check now leaves a note; it was
     # the note of a rotation under way too, which a rotation under the old key run
     # between the check and the key file (the start's resumption of one cut short,
-    # say) cleared as it finished.
+    # say) cleared as it finished. A rebuild from the archive, run between the check
+    # and the key file on a new node, cleared it too (with the notes about the catalog
+    # it replaced, though this one is about the key file).
     path = tmp_path / "master.keys"
     keyring = LocalKeyring.generate_file(path)
     store = open_store(archive, keyring, datasets={"plain": DatasetSettings()})
     for i in range(3):
         store.put("plain", f"s{i}", payload(300 + i, i))
     assert store.drain(10)
+    if meanwhile == "rebuild":  # a new node, to rebuild from the archive
+        store.close()
+        store = open_store(archive, keyring)
 
     def check(new: MasterKeyProvider) -> None:
         store.check_keyring(new)
-        if rotated_meanwhile:
+        if meanwhile == "rotation":
             store.rotate_master_key()
+        elif meanwhile == "rebuild":
+            assert store.rebuild_from_archive() == 3
 
     rotated = keyring.rotated_file(path, check)  # then the kill
     store.close()

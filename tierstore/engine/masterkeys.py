@@ -259,10 +259,13 @@ class MasterKeys:
         may be sealed, and its data keys wrapped, under an older key, which is then
         retired only after a rotation reseals everything, and a start looks again. A
         keyring :meth:`check_keyring` passed before, or while, it is held is checked
-        again by a rotation to it (its check may have read none of those data keys)."""
+        again by a rotation to it (its check may have read none of those data keys),
+        but its note is kept: it tells of the key file, which the rebuild leaves as it
+        is (a kill after the key file names that keyring current still leaves a
+        rotation for the start to resume)."""
 
         def forget(txn: Any) -> None:
-            for note in (_SEALED_WITH, _WALKED_UNDER, _ROTATING_UNDER, _ROTATION_CHECKED_TO):
+            for note in (_SEALED_WITH, _WALKED_UNDER, _ROTATING_UNDER):
                 self._catalog.set_note(txn, note, "")
 
         with self._rotation_lock:
