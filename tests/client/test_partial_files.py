@@ -121,13 +121,17 @@ def test_a_download_over_a_file_keeps_its_mode(admin: Client, dataset: str, tmp_
 
 
 def test_a_descriptor_of_this_process_is_written_in_place(tmp_path: Path) -> None:
-    # /dev/stdout, /dev/fd/N and /proc/self/fd/N name one of the process's descriptors.
+    # /dev/stdout, /dev/fd/N and /proc/self/fd/N name one of the process's descriptors
+    # (and so do /proc/thread-self/fd/N and the task directories of its threads).
     # Through the links, a pipe's resolved to "/proc/<pid>/fd/pipe:[...]", a path to
     # nothing, so a partial file was made in /proc; a file's to that file, which was
     # then replaced by rename, whatever the descriptor's mode (a shell's >> appends).
     read_end, write_end = os.pipe()
+    names = [f"/proc/self/fd/{write_end}", f"/dev/fd/{write_end}"]
+    names += [f"/proc/thread-self/fd/{write_end}"]
+    names += [f"/proc/{os.getpid()}/task/{threading.get_native_id()}/fd/{write_end}"]
     try:
-        for named in (f"/proc/self/fd/{write_end}", f"/dev/fd/{write_end}"):
+        for named in names:
             assert output_target(named) == (Path(named), False)
     finally:
         os.close(read_end)

@@ -44,8 +44,9 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     a failed write leaves it as it was. A link is followed, so that the file it names
     gets the output, not a file in its place; a device or a pipe is written in place
     (False: renaming a file over /dev/null would replace the device), and so is one of
-    this process's descriptors (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``),
-    named as given: :func:`open_in_place` writes to the descriptor itself. Raises
+    this process's descriptors (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``,
+    ``/proc/thread-self/fd/N``), named as given: :func:`open_in_place` writes to the
+    descriptor itself. Raises
     IsADirectoryError for a directory (or a link to one, or a name ending in a slash,
     as ``open`` does), before anything is fetched for it."""
     named = os.fspath(path)
@@ -79,11 +80,13 @@ def open_in_place(target: Path) -> Iterator[BinaryIO]:
 def _descriptor_named(path: Path) -> int | None:
     """The descriptor of this process that ``path`` names, itself or through links
     (``/dev/stdout`` → ``/proc/self/fd/1``), or None. Linux: a name in ``/proc/<this
-    process>/fd``; elsewhere always None."""
-    own = os.path.realpath("/proc/self/fd")  # this process's, in its own /proc
+    process>/fd``, or in ``/proc/<this process>/task/<one of its threads>/fd`` (as
+    ``/proc/thread-self/fd`` is: a process's threads share its descriptors); elsewhere
+    always None."""
+    own = os.path.realpath("/proc/self")  # this process's, in its own /proc
     current = Path(os.path.abspath(path))
     for _ in range(40):  # as many links as the kernel follows
-        if current.name.isdigit() and os.path.realpath(current.parent) == own:
+        if current.name.isdigit() and _lists_own_descriptors(current.parent, own):
             return int(current.name)
         try:
             link = os.readlink(current)
@@ -91,6 +94,16 @@ def _descriptor_named(path: Path) -> int | None:
             return None
         current = Path(os.path.abspath(current.parent / link))
     return None
+
+
+def _lists_own_descriptors(directory: Path, own: str) -> bool:
+    """Whether ``directory`` is (or links to) the ``fd`` directory of the process whose
+    /proc directory is ``own``, or of one of its threads."""
+    resolved = Path(os.path.realpath(directory))
+    if resolved == Path(own, "fd"):
+        return True
+    task = resolved.parent
+    return resolved.name == "fd" and task.name.isdigit() and task.parent == Path(own, "task")
 
 
 @contextmanager
