@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from tierstore import errors
 from tierstore.cli import admin, main, shards, uploads
+from tierstore.cli import app as app_module
 from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
 from tierstore.types import Grant, Role, ShardInfo, ShardKind
@@ -231,6 +232,40 @@ def leaf_commands(command: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         return
     for name, child in children.items():
         yield from leaf_commands(child, f"{path} {name}".strip())
+
+
+def test_each_command_is_summed_up_in_its_group_s_list_by_its_first_sentence() -> None:
+    # The list showed a command's whole first paragraph: `get`'s and `pin`'s caveats,
+    # eight lines each, buried the list. Its own --help still shows them all.
+    commands = dict(leaf_commands(typer.main.get_command(app)))
+    for path, command in commands.items():
+        summary, whole = command.short_help, " ".join(command.help.split())
+        assert whole.startswith(summary) and summary.endswith("."), path
+        assert len(summary) <= 120 and ". " not in summary, (path, summary)
+    assert commands["get"].short_help == "Download a shard (or a byte range of it)."
+    listed = invoke("--help")
+    assert "Download a shard (or a byte range of it)." in listed.output
+    # A docstring's line breaks were kept in the list, falling mid-sentence.
+    summary = (
+        "Upload files (directories recursively) as shards named by their relative paths, in order."
+    )
+    assert summary in listed.output
+    assert "garble" not in listed.output
+    assert "garble" in invoke("get", "--help").output
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("One. Two.", "One."),
+        ("One (see x. Y) here. Two.", "One (see x. Y) here."),
+        ("Use it, e.g. with care. Then more.", "Use it, e.g. with care."),
+        ("Version 1.5 of it! More.", "Version 1.5 of it!"),
+        ("No full stop", "No full stop"),
+    ],
+)
+def test_a_summary_ends_at_the_first_full_stop_outside_parentheses(text: str, first: str) -> None:
+    assert app_module._first_sentence(text) == first
 
 
 def test_every_command_that_calls_a_server_takes_the_connection_options() -> None:
@@ -1121,14 +1156,3 @@ def test_a_revoke_refused_names_the_revoke_not_the_listing_before_it(
     assert result.exit_code == 4
     line = one_error_line(result)
     assert "RevokeToken" in line and "ListTokens" not in line
-
-
-def test_command_lists_join_the_lines_of_each_summary() -> None:
-    # A docstring's line breaks were kept in the list, falling mid-sentence.
-    listing = invoke("token", "--help")
-    assert listing.exit_code == 0, listing.output
-    assert "Revoking the last live admin token is allowed, with a warning" in listing.stdout
-    top = invoke("--help").stdout
-    assert (
-        "as shards named by their relative paths, in order. In a directory, links to files" in top
-    )

@@ -48,7 +48,8 @@ __all__ = [
 
 
 def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
-    """Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
+    """Show what each tier holds, per dataset, and how well the hot tier serves reads.
+    Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
     hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
     hot-tier sizes, from an empty hot tier (a shard's first read is a miss there, though
     a put leaves the shard hot: at 1x the curve can read worse than the live ratio)."""
@@ -306,8 +307,8 @@ def token_ls() -> None:
 
 
 def keys_ls() -> None:
-    """List the master key ids the node holds and those its shards' data keys are
-    wrapped with: which is current, and how many shards each wraps (never the keys)."""
+    """List the master key ids the node holds and those its shards' data keys use.
+    It shows which is current, and how many shards each wraps (never the keys)."""
     keys = run_or_fail(lambda: command_client().list_keys())
     table = Table("key id", "current", "held", "shards")
     for k in keys:
@@ -330,8 +331,8 @@ def keys_rotate() -> None:
 
 
 def keys_retire(key_id: str) -> None:
-    """Drop an old master key from the node's key file, once nothing of the node needs
-    it: after a rotation, when the mover has resealed the archive under the new key.
+    """Drop an old master key from the node's key file, once nothing needs it. That is
+    after a rotation, when the mover has resealed the archive under the new key.
     Refused, with nothing changed, before that, and for the current key. The key is
     kept aside in <key file>.retired (nodes sharing the file may need it)."""
     left, current = run_or_fail(lambda: command_client().retire_key(key_id))

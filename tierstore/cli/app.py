@@ -117,14 +117,29 @@ def connection_options() -> list[Any]:
 
 
 class Command(TyperCommand):
-    """A command whose summary in its group's list is its help's first paragraph as one
-    line: the list keeps a docstring's line breaks, which then fall mid-sentence."""
+    """A command whose summary in its group's list is its help's first sentence, as one
+    line: the list keeps a docstring's line breaks, which then fall mid-sentence, and
+    a whole paragraph of caveats there buried the list (``--help`` of the command
+    itself shows them all)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.short_help is None and self.help:
-            first = inspect.cleandoc(self.help).split("\n\n")[0]
-            self.short_help = " ".join(first.split())
+            first = " ".join(inspect.cleandoc(self.help).split("\n\n")[0].split())
+            self.short_help = _first_sentence(first)
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to the end of its first sentence: a full stop (or ! or ?) outside
+    parentheses, followed by a space and a capital, or by nothing."""
+    depth = 0
+    for at, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        after = text[at + 1 : at + 3]
+        ends = not after or (after[:1] == " " and after[1:].isupper())
+        if char in ".!?" and depth <= 0 and ends:
+            return text[: at + 1]
+    return text
 
 
 #: connection options whose every value given, "" included, counts as given

@@ -144,8 +144,8 @@ def ls(
         str, typer.Option(help="list only names after this one (to page on from the last)")
     ] = "",
 ) -> None:
-    """List a dataset's shards, in name order (over 1,000 of them: as plain aligned
-    columns, quicker to print than a table). A large dataset can be listed a page at
+    """List a dataset's shards, in name order. Over 1,000 of them are printed as plain
+    aligned columns, quicker to print than a table. A large dataset can be listed a page at
     a time: --limit N, then --after the last name printed (a page that leaves shards
     out says so on stderr). With --limit, --json prints {"shards": [...], "next_after":
     the name to give --after for the next page, or null after the last page}."""
