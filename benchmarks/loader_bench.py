@@ -454,6 +454,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(default_phases),
         help="subset of " + ",".join(PHASES) + " (gpu: default where CUDA is available)",
     )
+    parser.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="an encrypted dataset (the default of dataset create; the figures of record "
+        "are plaintext's)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the work directory")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -480,10 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({spec.shard_bytes / MiB:.1f} MiB), {spec.rows} samples, "
         f"{spec.payload_bytes / GiB:.2f} GiB; "
         f"batch {args.batch_size}, {args.workers} workers; proxy {args.ttfb_ms:g} ms to first "
-        f"byte, {args.mb_per_s:g} MB/s per connection; load average {start_machine['load_average']}"
+        f"byte, {args.mb_per_s:g} MB/s per connection; "
+        f"{'encrypted' if args.encrypted else 'plaintext'} dataset; "
+        f"load average {start_machine['load_average']}"
     )
     began = time.perf_counter()
-    with Testbed(spec, throttle, args.workdir) as bed:
+    with Testbed(spec, throttle, args.workdir, encrypted=args.encrypted) as bed:
         cases = run(args, bed)
     summary = report(cases, args)
     end_machine = machine()

@@ -52,8 +52,18 @@ class Testbed:
     (SeaweedFS directly, or through the proxy) or its hot capacity.
     """
 
-    def __init__(self, spec: DataSpec, throttle: ThrottleSettings, parent: Path | None = None):
+    def __init__(
+        self,
+        spec: DataSpec,
+        throttle: ThrottleSettings,
+        parent: Path | None = None,
+        *,
+        encrypted: bool = False,
+    ):
         self.spec = spec
+        #: whether the tierstore dataset is encrypted at rest (the clients' default):
+        #: its readers then decrypt each frame.
+        self.encrypted = encrypted
         self.workdir = Path(tempfile.mkdtemp(prefix="tierstore-loader-bench-", dir=parent))
         self.files = self.workdir / "files"
         self.fstype = ""
@@ -120,7 +130,7 @@ class Testbed:
         self.files.mkdir()
         self._s3.create_bucket(Bucket=OBJECT_BUCKET)
         client = self.client
-        client.create_dataset(DATASET)
+        client.create_dataset(DATASET, encrypted=self.encrypted)
         began = time.perf_counter()
         for index, name in enumerate(self.spec.names):
             table = shard_table(self.spec, index)
