@@ -389,7 +389,7 @@ class Testbed:
         archive backlog whenever it passes half the hot tier, then wait until the archive
         holds everything."""
         client = self.client
-        client.create_dataset(dataset)
+        client.create_dataset(dataset, encrypted=False)
         for index, name in enumerate(names):
             client.put(dataset, name, payload(index))
             if client.stats()["backlog_bytes"] > self.node.capacity_bytes // 2:

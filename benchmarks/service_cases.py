@@ -131,9 +131,9 @@ class ServiceBench:
         self.hot_capacity = max(16 * self.total_bytes, 16 * GiB)
         self.start_server()
         client = self.client
-        client.create_dataset("plain")
+        client.create_dataset("plain", encrypted=False)
         client.create_dataset("enc", encrypted=True)
-        client.create_dataset("put")
+        client.create_dataset("put", encrypted=False)
         for dataset in ("plain", "enc"):
             for name, shard in zip(self.names, self.shards(), strict=True):
                 client.put(dataset, name, shard)
@@ -638,7 +638,7 @@ def _load_large_shard(bench: ServiceBench, shard_bytes: int) -> None:
         if client.stat("large", "large-0").size == shard_bytes:
             return
     else:
-        client.create_dataset("large")
+        client.create_dataset("large", encrypted=False)
     source = bench.workdir / "large.bin"
     _write_large_file(source, bench.payload, shard_bytes)
     try:

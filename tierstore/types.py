@@ -119,6 +119,8 @@ class DatasetSettings:
     (``"write-through"``) becomes the enum member.
     """
 
+    #: plaintext unless set, here (the engine's settings); the client's create_dataset
+    #: and the CLI's dataset create ask for an encrypted dataset unless told otherwise.
     encrypted: bool = False
     durability: Durability = Durability.WRITE_BACK
     #: bytes this dataset may hold in the hot tier (0: no per-dataset quota).

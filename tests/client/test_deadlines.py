@@ -50,7 +50,7 @@ CALLS: dict[str, Callable[[Client], object]] = {
     "stat": lambda c: c.stat("d", "s"),
     "list": lambda c: c.list("d"),
     "delete": lambda c: c.delete("d", "s"),
-    "create_dataset": lambda c: c.create_dataset("d"),
+    "create_dataset": lambda c: c.create_dataset("d", encrypted=False),
     "get_dataset": lambda c: c.get_dataset("d"),
     "list_datasets": lambda c: c.list_datasets(),
     "update_dataset": lambda c: c.update_dataset("d", hot_quota_bytes=1 << 20),

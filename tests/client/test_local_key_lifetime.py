@@ -83,7 +83,7 @@ def test_a_local_read_of_any_dataset_drops_the_keys_of_expired_grants(
     admin = server.connect(local_reads=False)
     secret, plain = unique("secret"), unique("plain")
     admin.create_dataset(secret, encrypted=True)
-    admin.create_dataset(plain)
+    admin.create_dataset(plain, encrypted=False)
     generation = admin.put(secret, "a", os.urandom(20_000)).generation
     admin.put(plain, "b", b"b" * 5000)
     grants = [Grant(secret, Role.READER), Grant(plain, Role.READER)]

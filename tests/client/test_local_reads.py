@@ -241,7 +241,7 @@ def test_a_damaged_frame_is_data_loss_never_other_bytes(
     server = short_grants(spawn_server)
     admin = server.connect(local_reads=False)
     plain, secret = unique(), unique()
-    admin.create_dataset(plain, durability="write-through")
+    admin.create_dataset(plain, encrypted=False, durability="write-through")
     admin.create_dataset(secret, encrypted=True, durability="write-through")
     blob = os.urandom(3 * FRAME)
     allocations: list[pa.Buffer] = []
@@ -300,7 +300,7 @@ def test_a_cold_shard_goes_through_the_service_and_is_promoted(
     server: ServerProcess, admin: Client
 ) -> None:
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through", policy="lru")
+    admin.create_dataset(dataset, encrypted=False, durability="write-through", policy="lru")
     blob = os.urandom(2 * FRAME)
     with reader_client(server) as client:
         client.put(dataset, "cold", blob)
@@ -332,7 +332,7 @@ def test_local_reads_turned_off_go_through_the_service(
     # A server with local reads off refuses the grant: the client reads through it.
     closed = spawn_server(None, "--no-local-reads")
     with closed.connect() as client:
-        client.create_dataset("d")
+        client.create_dataset("d", encrypted=False)
         client.put("d", "b", blob)
         assert client.get("d", "b").to_pybytes() == blob
         assert client.get("d", "b").to_pybytes() == blob
@@ -413,7 +413,7 @@ def test_a_shard_newer_than_the_grant_leaves_the_grant_to_the_others_while_the_n
     # read in place with the node down before, failed with Unavailable as well.
     node = spawn_server(None)
     with node.connect(local_reads=False) as admin:
-        admin.create_dataset("d")
+        admin.create_dataset("d", encrypted=False)
         admin.put("d", "old", b"o" * 5000)
         with reader_client(node) as client:
             assert client.get("d", "old").to_pybytes() == b"o" * 5000
@@ -506,7 +506,7 @@ def test_no_role_no_grant(server: ServerProcess, admin: Client, dataset: str) ->
     """A caller without a role on the dataset hears what it hears for a missing one."""
     admin.put(dataset, "b", b"secret")
     other = unique()
-    admin.create_dataset(other)
+    admin.create_dataset(other, encrypted=False)
     _, token = admin.create_token("other-team", [Grant(other, Role.READER)])
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())
     answers = []
@@ -530,7 +530,7 @@ def test_a_revoked_token_stops_local_reads_within_the_grant_lifetime(
     server = short_grants(spawn_server)
     admin = server.connect(local_reads=False)
     dataset = unique()
-    admin.create_dataset(dataset)
+    admin.create_dataset(dataset, encrypted=False)
     admin.put(dataset, "b", b"x" * 5000)
     token_id, token = admin.create_token("revoked-reader", [Grant(dataset, Role.READER)])
     with reader_client(server, token) as client:
@@ -566,7 +566,7 @@ def test_a_dataset_deleted_and_made_again_is_not_read_under_a_grant_of_the_old_o
     # deleted with its grants and made again for others, the new one's shards were read
     # in place by the old one's readers until the grant ran out.
     name = unique()
-    admin.create_dataset(name)
+    admin.create_dataset(name, encrypted=False)
     admin.put(name, "a", b"theirs to read")
     _, token = admin.create_token("reader-of-the-first", [Grant(name, Role.READER)])
     with reader_client(server, token) as client:
@@ -577,7 +577,7 @@ def test_a_dataset_deleted_and_made_again_is_not_read_under_a_grant_of_the_old_o
         assert client.get(name, "b").to_pybytes() == b"written later"
         assert client.read_counts.local == 2
         admin.delete_dataset(name, force=True)
-        admin.create_dataset(name)
+        admin.create_dataset(name, encrypted=False)
         admin.put(name, "a", b"another team's")
         admin.put(name, "c", b"another team's too")
         for shard in ("a", "c"):

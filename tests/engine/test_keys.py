@@ -88,6 +88,9 @@ def test_unknown_key_id_and_missing_keyring(open_store: StoreFactory, archive: M
         store.put("enc", "new", b"x")
     with pytest.raises(EncryptionUnavailable):
         store.rotate_master_key()
+    # Encrypted is the clients' default: the refusal says how to have a plaintext one.
+    with pytest.raises(EncryptionUnavailable, match="--no-encrypted"):
+        store.create_dataset("enc2", DatasetSettings(encrypted=True))
     assert store.get("plain", "open").to_bytes() == b"plain"
     store = open_store.reopen(store, archive, KEYRING)
     assert store.get("enc", "secret").to_bytes() == data

@@ -387,7 +387,7 @@ def admin(server: ServerProcess) -> Iterator[Client]:
 def dataset(admin: Client) -> str:
     """A fresh plaintext dataset on the session server."""
     name = unique()
-    admin.create_dataset(name)
+    admin.create_dataset(name, encrypted=False)
     return name
 
 

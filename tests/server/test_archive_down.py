@@ -59,7 +59,7 @@ def test_a_cold_read_of_a_node_whose_archive_is_gone_is_tried_once(
     node, proxy = node_behind_a_switch(tmp_path, seaweedfs, s3_bucket, spawn_server, "gone")
     dataset = unique()
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         client.put(dataset, "s", os.urandom(3 << 20))
         client.evict(dataset, "s")
         assert not client.stat(dataset, "s").hot
@@ -84,7 +84,7 @@ def test_an_embedded_archive_that_dies_is_started_again(
     dataset = unique()
     data = os.urandom(3 << 20)
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         client.put(dataset, "s", data)
         client.evict(dataset, "s")
         (archive,) = children(node.pid)  # the embedded SeaweedFS
@@ -191,7 +191,7 @@ def test_a_new_node_whose_embedded_archive_is_killed_as_it_starts_starts_all_the
         assert "weed was stopped (status -9) before S3 answered" in node.errors()
         dataset = unique()
         with node.connect(local_reads=False) as client:
-            client.create_dataset(dataset, durability="write-through")
+            client.create_dataset(dataset, encrypted=False, durability="write-through")
             assert client.put(dataset, "s", b"archived").archived
             client.evict(dataset, "s")
             assert client.get(dataset, "s").to_pybytes() == b"archived"
@@ -304,8 +304,8 @@ def test_a_node_whose_archive_is_unreachable_starts_and_serves_its_hot_tier(
     node = spawn_server(tmp_path / "node", *archive, embedded=True)
     dataset, through = unique(), unique()
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset)
-        client.create_dataset(through, durability="write-through")
+        client.create_dataset(dataset, encrypted=False)
+        client.create_dataset(through, encrypted=False, durability="write-through")
         client.put(through, "first", b"archived as it is put")
         client.put(dataset, "archived", b"in both tiers")
         poll(lambda: client.stat(dataset, "archived").archived, 30, "the first upload")
@@ -378,7 +378,7 @@ def test_a_node_whose_archive_answers_nothing_serves_its_hot_tier_at_once(
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir)
     with first.connect() as client:
-        client.create_dataset("ds")
+        client.create_dataset("ds", encrypted=False)
         client.put("ds", "hot", b"on the node's own disk")
     assert first.stop() == 0
     with silent_archive() as silent:

@@ -39,7 +39,7 @@ def test_a_forged_plaintext_frame_is_data_loss_for_readers_and_promotions(
 ) -> None:
     node = spawn_server()
     with node.connect(local_reads=False) as client:
-        client.create_dataset("plain", durability="write-through")
+        client.create_dataset("plain", encrypted=False, durability="write-through")
         generation = client.put("plain", "victim", ORIGINAL).generation
         client.put("plain", "intact", b"untouched" * 1000)
         assert client.evict("plain", "victim") > 0

@@ -27,8 +27,8 @@ def test_a_node_whose_archive_was_lost_archives_its_hot_tier_again(
     hot = {"h1": os.urandom(5000), "dir/h2": os.urandom(70_000)}
     cold = {"c1": os.urandom(3000), "dir/c2": os.urandom(9000)}
     with first.connect() as client:
-        client.create_dataset("wb")  # write-back: archived by the mover
-        client.create_dataset("other", durability="write-through")
+        client.create_dataset("wb", encrypted=False)  # write-back: archived by the mover
+        client.create_dataset("other", encrypted=False, durability="write-through")
         for name, blob in {**hot, **cold}.items():
             client.put("wb", name, blob)
         client.put("other", "h3", b"write-through, still hot")

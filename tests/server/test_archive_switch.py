@@ -34,7 +34,7 @@ def test_a_node_restarted_on_another_archive_is_refused(
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir)
     with first.connect() as client:
-        client.create_dataset("wt", durability="write-through")
+        client.create_dataset("wt", encrypted=False, durability="write-through")
         client.put("wt", "a", b"archived before the switch")
     assert first.stop() == 0
     original = first.extra_args[first.extra_args.index("--prefix") + 1]
@@ -69,7 +69,7 @@ def test_a_node_whose_embedded_archive_was_deleted_is_refused(
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir, embedded=True)
     with first.connect() as client:
-        client.create_dataset("wb")  # write-back: archived by the mover
+        client.create_dataset("wb", encrypted=False)  # write-back: archived by the mover
         client.put("wb", "a", b"archived, then the archive went")
         poll(lambda: client.stats()["journal_entries"] == 0, 60, "the upload")
     assert first.stop() == 0

@@ -157,7 +157,7 @@ def still_serving(server: ServerProcess, admin: Client) -> None:
     assert server.process is not None and server.process.poll() is None
     assert server.health() == health_pb2.HealthCheckResponse.SERVING
     canary = unique()
-    admin.create_dataset(canary)
+    admin.create_dataset(canary, encrypted=False)
     payload = os.urandom(1000)
     admin.put(canary, "canary", payload)
     assert admin.get(canary, "canary").to_pybytes() == payload
@@ -429,7 +429,7 @@ def test_oversize_frame(raw: Raw, server: ServerProcess, admin: Client, dataset:
 
 def test_put_past_the_datasets_hot_quota(server: ServerProcess, admin: Client) -> None:
     capped = unique()
-    admin.create_dataset(capped, hot_quota_bytes=64 * 1024)
+    admin.create_dataset(capped, encrypted=False, hot_quota_bytes=64 * 1024)
     with pytest.raises(errors.QuotaExceeded, match="quota") as caught:
         admin.put(capped, "huge", os.urandom(64 * 1024 + 1))
     assert isinstance(caught.value, errors.ResourceExhausted)  # RESOURCE_EXHAUSTED on the wire
@@ -447,7 +447,7 @@ def test_a_put_bigger_than_its_quota_is_refused_before_it_is_all_sent(
     # The frames of a put are spooled to disk until the last one is in: one that could
     # never be stored must not get to fill the disk first.
     capped = unique()
-    admin.create_dataset(capped, hot_quota_bytes=64 * 1024)
+    admin.create_dataset(capped, encrypted=False, hot_quota_bytes=64 * 1024)
     release = threading.Event()
 
     def messages() -> Iterator[Any]:

@@ -63,7 +63,7 @@ def node_with_writer(spawn_server: Callable[..., ServerProcess]) -> tuple[Server
     node = spawn_server()
     writer = node.connect(local_reads=False)
     writer.frame_bytes = FRAME_BYTES
-    writer.create_dataset("ds")
+    writer.create_dataset("ds", encrypted=False)
     return node, writer
 
 
@@ -122,7 +122,7 @@ def test_a_client_reaches_its_node_again_once_it_restarted(
 ) -> None:
     node = spawn_server()
     admin = node.connect()
-    admin.create_dataset("ds")
+    admin.create_dataset("ds", encrypted=False)
     admin.put("ds", "shard", b"x" * 10_000)
     client = node.connect(local_reads=False)
     assert len(client.get("ds", "shard")) == 10_000
@@ -164,7 +164,7 @@ def test_a_report_of_local_reads_does_not_wait_out_its_deadline_for_a_node_that_
     # cannot leave the client, as long as stat() itself is, and then dropped.
     node = spawn_server()
     with node.connect() as admin:
-        admin.create_dataset("ds")
+        admin.create_dataset("ds", encrypted=False)
         admin.put("ds", "shard", b"x" * 10_000)
     reader = node.connect()
     try:
@@ -190,7 +190,7 @@ def test_calls_that_change_something_reach_a_restarted_node_as_reads_do(
     # is not retried once it may have reached the node, but this one never left).
     node = spawn_server()
     with node.connect() as admin:
-        admin.create_dataset("ds")
+        admin.create_dataset("ds", encrypted=False)
         admin.put("ds", "gone", b"x")
     client = node.connect(local_reads=False)
     try:
@@ -202,7 +202,7 @@ def test_calls_that_change_something_reach_a_restarted_node_as_reads_do(
         node.start(same_ports=True)
         assert client.put("ds", "shard", b"y" * 10_000).size == 10_000
         client.delete("ds", "gone")
-        client.create_dataset("made")
+        client.create_dataset("made", encrypted=False)
         assert client.get("ds", "shard").to_pybytes() == b"y" * 10_000
         assert [info.name for info in client.list("ds")] == ["shard"]
     finally:

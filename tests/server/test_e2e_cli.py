@@ -245,12 +245,14 @@ def test_the_banners_commands_connect_after_a_new_ca_from_a_path_with_a_space(
 
 
 def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
-    plain, secret = unique(), unique()
+    # Encrypted at rest unless asked otherwise: the default was plaintext.
+    plain, secret, unsaid = unique(), unique(), unique()
     created = all_of(
         env,
         [
-            ("dataset", "create", plain),
+            ("dataset", "create", plain, "--no-encrypted"),
             ("dataset", "create", secret, "--encrypted", "--durability", "write-through"),
+            ("dataset", "create", unsaid),
         ],
     )
     assert created[0] == {
@@ -261,8 +263,11 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
         "policy": DEFAULT_POLICY,
     }
     assert created[1]["encrypted"] is True and created[1]["durability"] == "write-through"
+    assert created[2] == {**created[0], "name": unsaid, "encrypted": True}
     listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
     assert listed[plain] == created[0] and listed[secret] == created[1]
+    assert listed[unsaid] == created[2]
+    ok(env, "dataset", "rm", unsaid)
 
     admin.put(secret, "s", b"x")
     refused = run(env, "dataset", "rm", secret)
@@ -621,7 +626,7 @@ def test_put_kind_arrow_of_a_stream_cut_short_keeps_the_shard_as_it_was(
 
 def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin: Client) -> None:
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through")
+    admin.create_dataset(dataset, encrypted=False, durability="write-through")
     admin.put(dataset, "kept", b"k" * 30_000)
     admin.put(dataset, "gone", b"g" * 30_000)
     admin.pin(dataset, "kept")
@@ -639,7 +644,7 @@ def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin
 
 def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through")
+    admin.create_dataset(dataset, encrypted=False, durability="write-through")
     admin.put(dataset, "a", b"a" * 10_000)
     admin.put(dataset, "b", b"b" * 20_000)
 
@@ -756,7 +761,7 @@ def test_trace_export_and_the_sizing_curve(
     env: dict[str, str], server: ServerProcess, admin: Client, tmp_path: Path
 ) -> None:
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through", policy="lru")
+    admin.create_dataset(dataset, encrypted=False, durability="write-through", policy="lru")
     for name in ("a", "b"):
         admin.put(dataset, name, name.encode() * 4000)
     for _ in range(3):
@@ -871,7 +876,7 @@ def test_reads_a_local_reader_reported_are_marked_in_the_trace(
     # A local reader's reads reach the node as counts, later: the trace says which
     # reads those are, so that a replay of it can be read with that in mind.
     dataset = unique()
-    admin.create_dataset(dataset, policy="lru")
+    admin.create_dataset(dataset, encrypted=False, policy="lru")
     admin.put(dataset, "a", b"a" * 5000)
     with server.connect(local_reads=True) as local, server.connect(local_reads=False) as remote:
         local.get(dataset, "a")

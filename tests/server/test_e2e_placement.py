@@ -21,7 +21,7 @@ from .conftest import ServerProcess, poll, unique
 def cold_dataset(admin: Client, names: list[str], policy: str = "lru") -> str:
     """A write-through dataset holding ``names`` (a few KB each), every one evicted."""
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through", policy=policy)
+    admin.create_dataset(dataset, encrypted=False, durability="write-through", policy=policy)
     for index, name in enumerate(names):
         admin.put(dataset, name, bytes([index]) * 5000)
         assert admin.evict(dataset, name) > 0
@@ -30,7 +30,7 @@ def cold_dataset(admin: Client, names: list[str], policy: str = "lru") -> str:
 
 def test_policies_are_set_shown_and_kept(admin: Client) -> None:
     dataset = unique()
-    created = admin.create_dataset(dataset, policy="lru")
+    created = admin.create_dataset(dataset, encrypted=False, policy="lru")
     assert created.policy == "lru" == admin.get_dataset(dataset).policy
     assert admin.stats(dataset)["datasets"][dataset]["policy"] == "lru"
     assert admin.set_policy(dataset, "s3fifo").policy == "s3fifo"
@@ -38,12 +38,12 @@ def test_policies_are_set_shown_and_kept(admin: Client) -> None:
     assert admin.stats(dataset)["datasets"][dataset]["policy"] == "s3fifo"
     assert dict(admin.list_datasets())[dataset].policy == "s3fifo"
     other = unique()
-    assert admin.create_dataset(other).policy == DEFAULT_POLICY
+    assert admin.create_dataset(other, encrypted=False).policy == DEFAULT_POLICY
     for bad in ("no-such-policy", "belady", ""):  # belady needs the future: offline only
         with pytest.raises(errors.InvalidArgument):
             admin.set_policy(dataset, bad)
     with pytest.raises(errors.UnknownPolicy):
-        admin.create_dataset(unique(), policy="no-such-policy")
+        admin.create_dataset(unique(), encrypted=False, policy="no-such-policy")
     assert admin.get_dataset(dataset).policy == "s3fifo"
     with pytest.raises(errors.DatasetNotFound):
         admin.set_policy(unique(), "lru")

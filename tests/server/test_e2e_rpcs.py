@@ -53,12 +53,20 @@ def small_frames(server: ServerProcess) -> Iterator[Client]:
 
 def test_datasets_create_get_list_update_delete(admin: Client) -> None:
     plain, secret = unique(), unique()
-    assert admin.create_dataset(plain) == DatasetSettings(False, Durability.WRITE_BACK, 0)
+    assert admin.create_dataset(plain, encrypted=False) == DatasetSettings(
+        False, Durability.WRITE_BACK, 0
+    )
     created = admin.create_dataset(
         secret, encrypted=True, durability="write-through", hot_quota_bytes=1 << 30
     )
     assert created == DatasetSettings(True, Durability.WRITE_THROUGH, 1 << 30)
     assert admin.get_dataset(secret) == created
+    # Encrypted at rest unless asked otherwise: the default was plaintext.
+    unsaid = unique()
+    assert admin.create_dataset(unsaid).encrypted is True
+    admin.put(unsaid, "s", b"secret bytes")
+    assert admin.stat(unsaid, "s").encrypted is True
+    admin.delete_dataset(unsaid, force=True)
     listed = dict(admin.list_datasets())
     assert listed[plain] == DatasetSettings()
     assert listed[secret] == created
@@ -71,11 +79,13 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
     assert admin.update_dataset(plain, hot_quota_bytes=0).durability is Durability.WRITE_THROUGH
     # A numpy quota was refused (InvalidArgument), as other byte counts are not.
     assert admin.update_dataset(plain, hot_quota_bytes=np.int64(8192)).hot_quota_bytes == 8192
-    numpy_quota = admin.create_dataset(unique(), hot_quota_bytes=np.uint32(1 << 20))
+    numpy_quota = admin.create_dataset(
+        unique(), encrypted=False, hot_quota_bytes=np.uint32(1 << 20)
+    )
     assert numpy_quota.hot_quota_bytes == 1 << 20 and type(numpy_quota.hot_quota_bytes) is int
 
     with pytest.raises(errors.AlreadyExists):
-        admin.create_dataset(plain)
+        admin.create_dataset(plain, encrypted=False)
     admin.put(plain, "x", b"payload")
     with pytest.raises(errors.FailedPrecondition):
         admin.delete_dataset(plain)  # not empty
@@ -92,7 +102,7 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
 def test_deleting_a_dataset_ends_the_grants_on_it(server: ServerProcess, admin: Client) -> None:
     dataset, other = unique(), unique()
     for name in (dataset, other):
-        admin.create_dataset(name)
+        admin.create_dataset(name, encrypted=False)
         admin.put(name, "s", b"first tenant")
     _, tenant = admin.create_token(
         "tenant-a", [Grant(dataset, Role.READER), Grant(other, Role.READER)]
@@ -123,7 +133,7 @@ def test_a_delete_counts_only_live_tokens_among_those_that_lost_a_grant(
     # A revoked token's grant on the dataset was counted: "grants on it removed from
     # 1 token(s)" for a token that could no longer be used anyway.
     dataset = unique()
-    admin.create_dataset(dataset)
+    admin.create_dataset(dataset, encrypted=False)
     revoked_id, _ = admin.create_token("gone", [Grant(dataset, Role.READER)])
     admin.revoke_token(revoked_id)
     admin.create_token("live", [Grant(dataset, Role.WRITER)])
@@ -278,7 +288,7 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         "token_id": lambda: admin.revoke_token("k\udcff"),
         "token_id ": lambda: admin.revoke_token(5),  # type: ignore[arg-type]
         "policy": lambda: admin.set_policy(any_dataset, "lru\udcff"),
-        "policy ": lambda: admin.create_dataset(unique(), policy=5),  # type: ignore[arg-type]
+        "policy ": lambda: admin.create_dataset(unique(), encrypted=False, policy=5),  # type: ignore[arg-type]
         # None was update_dataset's "unchanged": a silent no-op.
         "policy  ": lambda: admin.set_policy(any_dataset, None),  # type: ignore[arg-type]
         # A raw protobuf ValueError or TypeError each, as create_dataset's were not.
@@ -503,7 +513,8 @@ def test_stat_list_with_pagination_and_delete(
 
 def test_placement_pin_unpin_evict_prefetch_and_stats(admin: Client) -> None:
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through")  # archived when acknowledged
+    # archived when acknowledged
+    admin.create_dataset(dataset, encrypted=False, durability="write-through")
     data = os.urandom(300_000)
     assert admin.put(dataset, "a", data).archived
     admin.put(dataset, "b", b"b" * 1000)
@@ -716,7 +727,7 @@ def test_a_file_that_shrinks_while_it_is_put_is_refused_and_stores_nothing(
 ) -> None:
     # A memory map of it killed the client with SIGBUS at the first page past its new end.
     dataset = unique()
-    admin.create_dataset(dataset)
+    admin.create_dataset(dataset, encrypted=False)
     path = tmp_path / "shrinking.bin"
     path.write_bytes(os.urandom(3 * admin.frame_bytes))
     pread = os.pread

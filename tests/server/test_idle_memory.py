@@ -83,7 +83,7 @@ def test_an_idle_server_gives_back_the_memory_of_a_burst_of_puts_and_of_their_up
     source.write_bytes(os.urandom(PUT_BYTES))
     dataset = unique()
     with server.connect() as admin:
-        admin.create_dataset(dataset, durability="write-back")
+        admin.create_dataset(dataset, encrypted=False, durability="write-back")
         archive.down()
         before = anonymous_resident(server.pid)
         put_at_once(server, dataset, source)

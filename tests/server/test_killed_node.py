@@ -126,7 +126,7 @@ def check_every_acknowledged_shard(node: ServerProcess, ledger: Ledger) -> None:
 def node_with_datasets(node: ServerProcess, durability: str) -> ServerProcess:
     """``node``, once it holds the test's datasets (plaintext and encrypted) of ``durability``."""
     with node.connect() as admin:
-        admin.create_dataset("plain", durability=durability)
+        admin.create_dataset("plain", encrypted=False, durability=durability)
         admin.create_dataset("secret", encrypted=True, durability=durability)
     return node
 

@@ -184,7 +184,7 @@ def test_the_pytorch_example_runs_as_written(
     monkeypatch.setenv("TIERSTORE_CA", str(server.ca_path))
     monkeypatch.delenv("TIERSTORE_TOKEN_FILE", raising=False)
     name = unique("readme")
-    admin.create_dataset(name)
+    admin.create_dataset(name, encrypted=False)
     for index in range(4):
         rows = np.arange(300, dtype=np.int64) + 1000 * index
         admin.put(name, f"train/{index:05d}", pa.table({"id": rows}))

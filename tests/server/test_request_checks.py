@@ -150,7 +150,7 @@ def test_the_server_refuses_a_huge_plan_without_parsing_it(
 ) -> None:
     server = spawn_server()
     admin = server.connect()
-    admin.create_dataset("d")
+    admin.create_dataset("d", encrypted=False)
     admin.put("d", "a", b"x" * 100)
     channel = server.channel()
     request = plan_request(ENTRY * 22_000_000)  # 63 MiB, under both ends' message limits
@@ -182,7 +182,7 @@ def test_any_token_holder_is_refused_a_huge_token_request_without_its_parse(
     # server by some 1.6 GB, and a few such calls at once ended it.
     server = spawn_server()
     admin = server.connect()
-    admin.create_dataset("d")
+    admin.create_dataset("d", encrypted=False)
     _, reader = admin.create_token("reader", [Grant("d", Role.READER)])
     channel = server.channel()
     request = b"\x0a\x01p" + b"\x12\x00" * 30_000_000  # principal "p", then empty grants

@@ -133,7 +133,8 @@ def test_a_node_killed_outright_starts_again_with_its_embedded_archive(
     first = spawn_server(data_dir, embedded=True)
     blob = os.urandom(3 * 1024 * 1024)
     with first.connect() as client:
-        client.create_dataset("d")  # write-back: acknowledged before the archive has it
+        # write-back: acknowledged before the archive has it
+        client.create_dataset("d", encrypted=False)
         client.put("d", "s", blob)
     os.kill(first.pid, signal.SIGKILL)
     first.process.wait()  # type: ignore[union-attr]
@@ -167,7 +168,7 @@ def test_a_second_node_on_a_data_directory_in_use_is_refused(
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir)
     with first.connect() as client:
-        client.create_dataset("d")
+        client.create_dataset("d", encrypted=False)
         client.put("d", "s", b"kept")
     second = ServerProcess(data_dir, first.extra_args)
     if same_ports:
@@ -199,9 +200,9 @@ def test_a_lost_hot_tier_is_refused_until_asked_to_rebuild_from_the_archive(
     assert "rebuilt" not in first.output()
     blobs = {"a": os.urandom(3000), "b/c": os.urandom(70_000)}
     with first.connect() as client:
-        client.create_dataset("plain", durability="write-through")
+        client.create_dataset("plain", encrypted=False, durability="write-through")
         client.create_dataset("secret", encrypted=True, durability="write-through")
-        client.create_dataset("empty")
+        client.create_dataset("empty", encrypted=False)
         for dataset in ("plain", "secret"):
             for name, blob in blobs.items():
                 client.put(dataset, name, blob)
@@ -262,7 +263,7 @@ def test_a_local_reader_leaves_a_hot_tier_the_node_replaced(
     data_dir = tmp_path / "node"
     first = spawn_server(data_dir, "--rebuild-from-archive")
     with first.connect() as admin:
-        admin.create_dataset("d", durability="write-through")
+        admin.create_dataset("d", encrypted=False, durability="write-through")
         admin.put("d", "x", b"version 1")
         admin.put("d", "gone", b"deleted later")
     reader, other = first.connect(), first.connect()  # two clients, one map per process
@@ -324,7 +325,7 @@ def test_local_reads_go_on_when_a_restart_with_a_larger_map_grows_the_file(
     large.write_text(f"map_size_bytes = {512 << 20}\nhot_capacity_bytes = {400 << 20}\n")
     first = spawn_server(data_dir, "--config", str(small))
     with first.connect() as admin:
-        admin.create_dataset("d")
+        admin.create_dataset("d", encrypted=False)
         admin.put("d", "a", b"first")
     reader = first.connect()
     try:
@@ -352,7 +353,7 @@ def reader_of_one_shard(node: ServerProcess, shard: str, value: bytes, **setting
     """Dataset ``d`` made on ``node`` (with ``settings``) holding ``shard`` = ``value``;
     a new client of the node, for the caller to close."""
     with node.connect() as admin:
-        admin.create_dataset("d", **settings)
+        admin.create_dataset("d", **{"encrypted": False, **settings})
         admin.put("d", shard, value)
     return node.connect()
 

@@ -159,7 +159,7 @@ def test_keys_ls_names_the_keys_which_is_current_and_their_shards(
     with node.connect(local_reads=False) as client:
         assert client.list_keys() == [{"key_id": "k1", "current": True, "held": True, "shards": 0}]
         client.create_dataset(DATASET, encrypted=True)
-        client.create_dataset("plain")
+        client.create_dataset("plain", encrypted=False)
         for index in range(3):
             client.put(DATASET, f"s{index}", os.urandom(100))
         client.put("plain", "p", b"not encrypted")

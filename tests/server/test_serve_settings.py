@@ -50,7 +50,7 @@ def write_archive_section(path: Path, s3: S3Settings, **changes: str) -> Path:
 def put_through(node: ServerProcess, dataset: str) -> None:
     """A write-through put into a new ``dataset``: in the archive when it returns."""
     with node.connect() as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         client.put(dataset, "a", b"archived as it is put")
 
 

@@ -33,7 +33,7 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
 ) -> None:
     server = spawn_server()
     client = server.connect()
-    client.create_dataset("ds")
+    client.create_dataset("ds", encrypted=False)
     big = os.urandom(12 * MiB)  # three 4 MiB frames
     client.put("ds", "big", big)
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())
@@ -106,7 +106,7 @@ def test_a_second_signal_exits_at_once_and_takes_the_embedded_archive_along(
     server = spawn_server(tmp_path / "node", embedded=True)
     assert server.process is not None
     (archive,) = children(server.process.pid)
-    server.connect().create_dataset("ds")
+    server.connect().create_dataset("ds", encrypted=False)
     stub = shards_pb2_grpc.ShardServiceStub(server.channel())
     held = threading.Event()
     chunk = os.urandom(4 * MiB)

@@ -259,7 +259,7 @@ def test_a_put_whose_dataset_was_made_again_encrypted_meanwhile_stores_nothing(
     # kept its spool file, and its 84 MiB, until a garbage collection: its frames were
     # mapped, and the refusal's traceback held them.
     name = unique()
-    admin.create_dataset(name)
+    admin.create_dataset(name, encrypted=False)
     chunk = os.urandom(4 * MiB)
     with put_held_open(server, name, chunk, SPOOLED_FRAMES + 1) as future:
         # Every frame sent is received first: a frame still on its way when the dataset

@@ -43,7 +43,7 @@ def test_a_pin_the_archive_cannot_promote_says_so_in_stats(
         return _stats(node)
 
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         client.put(dataset, "s", os.urandom(30_000))
         client.evict(dataset, "s")
         proxy.down()
@@ -80,8 +80,8 @@ def test_stats_show_each_datasets_backlog_and_how_long_the_oldest_waits(
         return float(line.split()[-1])
 
     with node.connect(local_reads=False) as client:
-        client.create_dataset(first)
-        client.create_dataset(second)
+        client.create_dataset(first, encrypted=False)
+        client.create_dataset(second, encrypted=False)
         for name in ("a", "b", "c"):
             client.put(first, name, os.urandom(20_000))
         client.put(second, "z", os.urandom(50_000))

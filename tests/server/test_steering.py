@@ -45,7 +45,7 @@ def shrunk_node(
     put larger than the hot tier is refused), then started again with less."""
     larger = spawn_server(tmp_path / "node", "--hot-capacity", str(4 * HOT_CAPACITY))
     with larger.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through", **create)
+        client.create_dataset(dataset, encrypted=False, durability="write-through", **create)
         client.put(dataset, big, os.urandom(HOT_CAPACITY + (1 << 20)))
         client.evict(dataset, big)
     larger.stop()
@@ -59,7 +59,7 @@ def test_a_put_larger_than_the_hot_tier_is_refused_and_evicts_nothing(
     # the hot tier's capacity, and was evicted itself once archived: the cache wiped.
     dataset = unique()
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         for name in ("a", "b", "c"):
             client.put(dataset, name, os.urandom(HOT_CAPACITY // 4))
         with pytest.raises(errors.HotTierFull, match=r"could never be stored") as refused:
@@ -126,7 +126,7 @@ def test_pin_and_evict_stopped_by_an_error_keep_their_json_keys(
     # pin's report lost bytes_queued when a later shard failed (what it had queued was
     # not said), and evict's had no in_doubt, which the others' reports all hold.
     dataset = unique()
-    admin.create_dataset(dataset, durability="write-through")
+    admin.create_dataset(dataset, encrypted=False, durability="write-through")
     admin.put(dataset, "cold", b"c" * 5000)
     assert admin.evict(dataset, "cold") > 0
 
@@ -160,7 +160,7 @@ def test_a_pin_waiting_for_room_is_tried_again_after_a_restart(
     dataset = unique()
     third = HOT_CAPACITY // 3
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         for name in ("held-1", "held-2", "cold"):
             client.put(dataset, name, os.urandom(third))
         client.evict(dataset, "cold")
@@ -226,7 +226,7 @@ def test_a_prefetch_or_pin_of_a_shard_larger_than_its_quota_is_refused_by_the_cl
     dataset = unique()
     env = node.cli_env()
     with node.connect(local_reads=False) as client:
-        client.create_dataset(dataset, durability="write-through")
+        client.create_dataset(dataset, encrypted=False, durability="write-through")
         client.put(dataset, "small", b"s" * 1000)
         client.put(dataset, "big", os.urandom(1 << 20))
         for name in ("small", "big"):

@@ -60,7 +60,7 @@ def test_a_serving_node_reissues_its_certificate(
     files = {"client_cert": client_files[0], "client_key": client_files[1]} if client_files else {}
     dataset = unique()
     with node.connect(**files) as before:  # a connection made before the renewal
-        before.create_dataset(dataset)
+        before.create_dataset(dataset, encrypted=False)
         before.put(dataset, "a", b"first")
         first = served_certificate(node, client_files)
 

@@ -92,7 +92,7 @@ def write_samples(
 ) -> Samples:
     """A fresh dataset of ``len(rows)`` Arrow shards ``part-000``... of those row counts."""
     dataset = f"torch-{uuid.uuid4().hex[:12]}"
-    client.create_dataset(dataset)
+    client.create_dataset(dataset, encrypted=False)
     client.frame_bytes = FRAME_BYTES
     names = []
     for index, count in enumerate(rows):

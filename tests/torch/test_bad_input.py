@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def fresh_dataset(client: Client, shards: dict[str, Any]) -> str:
     name = f"torch-bad-{uuid.uuid4().hex[:10]}"
-    client.create_dataset(name)
+    client.create_dataset(name, encrypted=False)
     for shard, value in shards.items():
         client.put(name, shard, value)
     return name

@@ -646,7 +646,7 @@ def test_tensor_shards_of_every_dtype_read_tensor_gives_back(
     # bfloat16 and float8 raised TypeError (numpy has no such dtype) in both datasets, in
     # the conversion every shard goes through, while Client.read_tensor read them fine.
     dataset = f"torch-dtypes-{uuid.uuid4().hex[:12]}"
-    admin.create_dataset(dataset)
+    admin.create_dataset(dataset, encrypted=False)
     admin.frame_bytes = 2048  # several record batches a shard: the multi-frame gathers run
     generator = torch.Generator().manual_seed(7)
     for index, rows in enumerate((37, 52)):
@@ -693,7 +693,7 @@ def test_a_vector_shard_gives_scalar_samples_and_a_tensor_of_too_wide_rows_is_re
     # A label vector batched to (B, 1); a (3, 600) tensor whose rows were too wide to
     # store one per row was read as 1,800 samples of one number each, silently.
     dataset = f"torch-vectors-{uuid.uuid4().hex[:12]}"
-    admin.create_dataset(dataset)
+    admin.create_dataset(dataset, encrypted=False)
     admin.frame_bytes = 4096  # rows over 1 KiB are stored one element per row
     labels = np.arange(10, dtype=np.int64) * 3
     admin.put(dataset, "labels", labels)

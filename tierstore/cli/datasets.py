@@ -45,14 +45,20 @@ def _check_hot_quota(hot_quota: int | None) -> None:
 
 def dataset_create(
     name: str,
-    encrypted: Annotated[bool, typer.Option(help="encrypt at rest")] = False,
+    encrypted: Annotated[
+        bool,
+        typer.Option(
+            help="encrypt at rest in both tiers (--no-encrypted: plaintext, faster reads)"
+        ),
+    ] = True,
     durability: Annotated[str, typer.Option(help="write-back | write-through")] = "write-back",
     policy: Annotated[
         str | None, typer.Option(help="placement policy (default: the server's)")
     ] = None,
     hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
 ) -> None:
-    """Create a dataset."""
+    """Create a dataset: encrypted at rest unless --no-encrypted is given (fixed at
+    creation)."""
     _check_hot_quota(hot_quota)
     if policy == "":  # "$POLICY" of an unset variable: not the server's default instead
         raise fail(

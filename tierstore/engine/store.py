@@ -400,7 +400,9 @@ class Store:
         self._policies.check(settings.policy)  # UnknownPolicy before anything is written
         if settings.encrypted and self.master_keys.keyring is None:
             raise EncryptionUnavailable(
-                f"dataset {name!r} asks for encryption but no master key is configured"
+                f"dataset {name!r} asks for encryption but no master key is configured "
+                "(configure one, or create the dataset plaintext: encrypted=False, "
+                "--no-encrypted)"
             )
         with self._env.write() as txn:
             if self._catalog.get_dataset(txn, name) is not None:
