@@ -701,6 +701,35 @@ def test_workers_made_afresh_warn_that_an_epoch_is_read_again(samples: Samples) 
         assert batch_ids(loader) != first  # a new epoch: no warning either
 
 
+@pytest.mark.parametrize("again", ["no-set-epoch", "the-same-epoch-set"])
+def test_a_loader_seeded_alike_each_epoch_is_warned_that_an_epoch_is_read_again(
+    samples: Samples, again: str
+) -> None:
+    # Workers are told one iteration of the loader from another by the base seed the
+    # loader draws for them; seeded alike before each epoch (torch.manual_seed(s), or the
+    # same seeded generator), the loader drew the same one, every iteration looked like
+    # the first, and an epoch read again in the same order was not warned of.
+    dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
+    loader = DataLoader(
+        dataset, batch_size=16, num_workers=2, multiprocessing_context="fork", timeout=60
+    )
+
+    def epoch() -> list[list[int]]:
+        torch.manual_seed(5)
+        if again == "the-same-epoch-set":
+            dataset.set_epoch(0)
+        return batch_ids(loader)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "epoch .* is read again", UserWarning)
+        first = epoch()  # a first read of the epoch: no warning
+        with pytest.raises(UserWarning, match="epoch 0 is read again"):
+            epoch()
+        torch.manual_seed(5)
+        dataset.set_epoch(1)
+        assert batch_ids(loader) != first  # a new epoch: no warning either
+
+
 def test_a_plain_pickle_of_a_dataset_carries_its_epoch_as_a_number(samples: Samples) -> None:
     dataset = IterableDataset(samples.dataset, seed=3, **samples.connection)
     dataset.set_epoch(7)

@@ -14,9 +14,13 @@ workers, a worker; the main process's copy never iterates, so a mark of its own 
 never be cleared there, and a state loaded later (a rollback) would be discarded.
 
 The last epoch a reader read to its end lives there too, with the DataLoader iteration
-that read it (its workers' base seed): a worker made afresh each epoch is a new copy of
-the main process's dataset, which finished no epoch, and could not tell that a loop
-without ``set_epoch()`` read the same epoch again.
+that read it (its workers' base seed) and which of its workers did: a worker made afresh
+each epoch is a new copy of the main process's dataset, which finished no epoch, and
+could not tell that a loop without ``set_epoch()`` read the same epoch again. A worker
+id marks an iteration seeded alike again (``torch.manual_seed(s)`` before each epoch
+draws the same base seed): each id begins reading once per iteration, so a worker that
+finds its own id among those that finished the epoch in "its" iteration is of a later
+one, while one that starts after another worker of its iteration finished is not.
 
 A plain pickle of the dataset (not one made to start a process) carries the epoch and
 the epoch named: shared memory travels only to processes started from this one.
@@ -31,18 +35,28 @@ from typing import Any
 __all__ = ["SharedEpoch"]
 
 _NONE = -1  # no epoch (named and not begun, or finished)
+#: worker ids kept in the 64-bit signed mask of those that finished; the higher ones
+#: are not kept (their epochs read again are told by the base seed alone)
+_MASK_WORKERS = 63
+
+
+def _worker_bit(worker: int) -> int:
+    """``worker``'s bit in the mask of workers that finished (0 for the ids not kept)."""
+    return 1 << worker if 0 <= worker < _MASK_WORKERS else 0
 
 
 class SharedEpoch:
     """An epoch number in shared memory, the epoch named but not begun (or None), and
-    the last epoch finished with the iteration that finished it. Reads and writes of one
-    64-bit integer are whole; no lock (one inherited through fork could be held for
-    good)."""
+    the last epoch finished with the iteration and the workers that finished it. Reads
+    and writes of one 64-bit integer are whole; no lock (one inherited through fork could
+    be held for good): two workers that finish at once may lose one's mark, which can
+    only leave an epoch read again unwarned, never warn of one wrongly."""
 
     def __init__(self, epoch: int = 0, named: int | None = None) -> None:
         named_cell = _NONE if named is None else named
-        # epoch, named and not begun, last finished, the iteration that finished it
-        self._cells: Any = multiprocessing.RawArray("q", [epoch, named_cell, _NONE, 0])
+        # epoch, named and not begun, last finished, the iteration that finished it, and
+        # a mask of the ids of its workers that did
+        self._cells: Any = multiprocessing.RawArray("q", [epoch, named_cell, _NONE, 0, 0])
 
     @property
     def value(self) -> int:
@@ -70,16 +84,27 @@ class SharedEpoch:
         if self._cells[1] != _NONE:  # a read, not a write, on every iteration after
             self._cells[1] = _NONE
 
-    def finish(self, epoch: int, iteration: int) -> None:
-        """A reader of DataLoader iteration ``iteration`` read ``epoch`` to its end."""
-        # The iteration first: a reader that sees the epoch then sees its iteration.
+    def finish(self, epoch: int, iteration: int, worker: int) -> None:
+        """Worker ``worker`` of DataLoader iteration ``iteration`` read ``epoch`` to its
+        end."""
+        bit = _worker_bit(worker)
+        if self._cells[2] == epoch and self._cells[3] == iteration:
+            self._cells[4] |= bit
+            return
+        # The mask, then the iteration, then the epoch: a reader that sees the epoch
+        # sees its iteration, and one that sees the iteration sees its mask.
+        self._cells[4] = bit
         self._cells[3] = iteration
         self._cells[2] = epoch
 
-    def finished_by_another(self, epoch: int, iteration: int) -> bool:
-        """Whether a reader of another DataLoader iteration than ``iteration`` read
-        ``epoch`` to its end, the last epoch finished."""
-        return bool(self._cells[2] == epoch and self._cells[3] != iteration)
+    def finished_before(self, epoch: int, iteration: int, worker: int) -> bool:
+        """Whether ``epoch``, the last epoch finished, was read to its end by a worker of
+        another DataLoader iteration than ``iteration``, or by worker ``worker`` of an
+        iteration that drew the same base seed (which is then a later one: a worker id
+        begins reading once per iteration)."""
+        if self._cells[2] != epoch:
+            return False
+        return bool(self._cells[3] != iteration or self._cells[4] & _worker_bit(worker))
 
     def __getstate__(self) -> dict[str, Any]:
         if get_spawning_popen() is None:  # not starting a process: the numbers only

@@ -322,15 +322,15 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         epoch is a new copy of the main process's dataset, which finished no epoch)."""
         if epoch in self._completed:
             return True
-        iteration = _loader_iteration()
-        return iteration is not None and self._shared_epoch.finished_by_another(epoch, iteration)
+        reader = _loader_reader()
+        return reader is not None and self._shared_epoch.finished_before(epoch, *reader)
 
     def _finished(self, epoch: int) -> None:
         """This process's reader read ``epoch`` to its end."""
         self._completed.add(epoch)
-        iteration = _loader_iteration()
-        if iteration is not None:
-            self._shared_epoch.finish(epoch, iteration)
+        reader = _loader_reader()
+        if reader is not None:
+            self._shared_epoch.finish(epoch, *reader)
 
     def _named_other_than(self, state: ResumeState) -> bool:
         """Whether :meth:`set_epoch` named another epoch than ``state``'s that no
@@ -354,15 +354,15 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
 _ITERATION_MASK = (1 << 63) - 1
 
 
-def _loader_iteration() -> int | None:
-    """Which iteration of its DataLoader this process is a worker of, or None outside
-    DataLoader workers: the base seed the loader drew for that iteration's workers (each
-    worker's seed is it plus the worker's id). Persistent workers keep theirs. Loaders
-    that draw the same base seed each iteration (a generator seeded alike before each,
-    ``torch.manual_seed(s)`` before each epoch) look like one iteration: an epoch read
-    again is then not warned of (never warned of wrongly)."""
+def _loader_reader() -> tuple[int, int] | None:
+    """Which iteration of its DataLoader this process is a worker of, and which worker,
+    or None outside DataLoader workers. The iteration is the base seed the loader drew for
+    its workers (each worker's seed is it plus the worker's id); persistent workers keep
+    theirs. Loaders that draw the same base seed each iteration (a generator seeded alike
+    before each, ``torch.manual_seed(s)`` before each epoch) are told apart by the worker
+    id: :meth:`SharedEpoch.finished_before`."""
     info = torch.utils.data.get_worker_info()
-    return None if info is None else (info.seed - info.id) & _ITERATION_MASK
+    return None if info is None else ((info.seed - info.id) & _ITERATION_MASK, info.id)
 
 
 def _warn_if_other_workers(owner: IterableDataset, slot: Slot) -> None:
