@@ -114,6 +114,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._check("RotateKeys")
         # Held until the key id is read: the next rotation would make another current.
         with self._rotation:
+            self._check("RotateKeys")  # again, after the wait: a token revoked meanwhile
             rewrapped = self._keys() if self._keys is not None else self._store.rotate_master_key()
             key_id = self._store.master_key_id
         return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=key_id)
@@ -128,6 +129,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if self._keys is None:
             raise KeyRotationRefused("this node's master keys are not in a file it can rewrite")
         with self._rotation:
+            self._check("RetireKey")  # again, after the wait: a token revoked meanwhile
             left = self._keys.retire(request.key_id)
             current = self._store.master_key_id
         return admin_pb2.RetireKeyResponse(key_ids=left, current=current)

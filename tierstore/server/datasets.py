@@ -116,6 +116,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # Every delete takes an archive slot: a write-through one waits on the archive,
         # and the others wait behind it for the lock.
         with self._archive_calls.slot(f"a delete of dataset {name}"), self._deleting:
+            # Again, after the wait: a token revoked meanwhile, or a grant gone with a
+            # dataset of the name deleted meanwhile (and perhaps made again for someone
+            # else), deletes nothing.
+            self._check("DeleteDataset", name)
             removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
             deleted = False
 

@@ -280,8 +280,11 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         context: grpc.ServicerContext,
         still_allowed: Callable[[], None],
     ) -> Iterator[shards_pb2.GetShardResponse]:
-        """GetShard's messages: the header, then each frame of ``sealed``, each read once
-        ``still_allowed`` (which raises once the caller may not read) passed."""
+        """GetShard's messages: the header, then each frame of ``sealed``, each sent once
+        ``still_allowed`` (which raises once the caller may not read) passed after it
+        was opened or read: opening unwraps the data key the header carries, and a frame
+        may wait on the archive, so a check made before either may be stale by then."""
+        still_allowed()
         header = shards_pb2.GetShardResponse(
             header=shards_pb2.GetShardHeader(
                 info=shard_info_to_pb(sealed.info),
@@ -308,7 +311,6 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         tier = "hot" if sealed.info.hot else "archive"
         frames = sealed.frames(archive_bound)
         while True:
-            still_allowed()
             try:
                 item = next(frames, None)
             except Unavailable:
@@ -320,6 +322,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 raise
             if item is None:
                 return
+            still_allowed()
             index, stored = item
             if not context.is_active():
                 return  # the client went away: stop reading
@@ -397,6 +400,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     ) -> shards_pb2.DataKeyGrant:
         self._check("GrantDataKey", request.dataset, request.shard)
         key = self._local.data_key(request.dataset, request.shard, request.generation)
+        # Again, after the unwrap (a KMS's network call, say): a token revoked meanwhile
+        # gets no key.
+        self._check("GrantDataKey", request.dataset, request.shard)
         return shards_pb2.DataKeyGrant(data_key=key.key, nonce_prefix=key.nonce_prefix)
 
     @handler
