@@ -23,6 +23,7 @@ from tests.server.servers import RunningServer, invoke, serving
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.server import admin as admin_service
 from tierstore.server import datasets as dataset_service
+from tierstore.server import shards as shard_service
 from tierstore.server.localreads import LocalReadService
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import admin_pb2, datasets_pb2, shards_pb2
@@ -107,6 +108,24 @@ def test_a_dataset_delete_queued_while_the_name_changed_hands_deletes_nothing(
     assert isinstance(outcome, grpc.RpcError), outcome
     assert outcome.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
     assert node.store.get("alpha", "team-b.bin").to_bytes() == payload(500)
+
+
+def test_a_shard_delete_queued_while_its_token_was_revoked_deletes_nothing(
+    node: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write-through delete waits for an archive slot after its check.
+    writer = node.token("writer", ("alpha", Role.WRITER))
+    node.store.put("alpha", "kept", payload(300))
+    passed, go = held_after_first_check(monkeypatch, shard_service, "DeleteShard")
+    request = shards_pb2.DeleteShardRequest(dataset="alpha", shard="kept")
+    queued = in_thread(lambda: invoke(node.channel(), SHARDS + "DeleteShard", request, writer))
+    assert passed.wait(WAIT_S)
+    revoke(node, writer)
+    go.set()
+    outcome = queued()
+    assert isinstance(outcome, grpc.RpcError), outcome
+    assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert node.store.get("alpha", "kept").to_bytes() == payload(300)
 
 
 def test_a_key_rotation_queued_while_its_token_was_revoked_rotates_nothing(

@@ -373,6 +373,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     ) -> shards_pb2.DeleteShardResponse:
         self._check("DeleteShard", request.dataset, request.shard)
         with self._slot_if_write_through(request.dataset, "a write-through delete in"):
+            # Again, after the wait for a slot: a token revoked meanwhile, or a grant
+            # gone with its dataset (made again since for someone else?), deletes nothing.
+            self._check("DeleteShard", request.dataset, request.shard)
             self._store.delete(request.dataset, request.shard)
         return shards_pb2.DeleteShardResponse()
 
