@@ -32,6 +32,7 @@ import errno
 import logging
 import math
 import os
+import resource
 import shutil
 import signal
 import threading
@@ -278,6 +279,7 @@ def _run(
     # Before any thread of the node's starts: threads that allocated before it keep
     # arenas of their own (tierstore.engine.allocator).
     tune_allocator(configured.max_frame_bytes, arenas=ARENAS)
+    no_core_dumps()
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
@@ -454,6 +456,19 @@ def _setting_flags(options: ServeOptions) -> dict[str, Any]:
     if options.hot_capacity_bytes is not None:  # 0 too: refused by name, not ignored
         overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
     return overrides
+
+
+def no_core_dumps() -> None:
+    """Turn off this process's core dumps (its soft RLIMIT_CORE to 0): a node's memory
+    holds its master keys, the data keys it unwraps and the plaintext of puts it spools,
+    which a crash would otherwise write into a core file (or hand to a crash reporter)
+    for anyone who may read it. The hard limit is left as it is: ``prlimit --core=...
+    --pid`` turns them on again, to debug a crash."""
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    except (OSError, ValueError) as exc:  # not where dumps are up to the process
+        log.warning("could not turn off core dumps: %s", exc)
 
 
 def _claim(data_dir: Path, cleanup: ExitStack) -> None:
