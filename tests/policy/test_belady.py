@@ -95,3 +95,18 @@ def test_keys_outside_the_future_are_never_needed() -> None:
     policy.record_access(1, 1, 0.0, False)
     policy.inserted(1, 1, 0.0)
     assert policy.victims(1, 0.0, lambda key: True) == ["stranger"]
+
+
+@pytest.mark.parametrize("again", ["size update", "removed first"])
+def test_a_key_inserted_again_is_named_once_among_the_victims(again: str) -> None:
+    # Inserted again with the same next use (a size update, or an overwrite: removed,
+    # then inserted), the key's old heap entry passed for current again beside the new
+    # one, and a walk past it named the key twice: a driver evicting both freed its
+    # bytes twice (the simulator's tier found a victim that was not hot).
+    policy = BeladyPolicy(future=["a", "b", "a", "b"])
+    policy.inserted("a", 10, 0.0)
+    policy.inserted("b", 10, 0.0)
+    if again == "removed first":
+        policy.removed("a")
+    policy.inserted("a", 10, 0.0)
+    assert sorted(policy.victims(30, 0.0, lambda key: True)) == ["a", "b"]

@@ -99,6 +99,10 @@ class BeladyPolicy(Policy):
         self._sizes: dict[Key, int] = {}
         self._heap: list[tuple[int, int, Key]] = []  # (-next use, tiebreak, key)
         self._pushes = 0
+        # resident key -> the tiebreak of its one current heap entry: an entry is stale
+        # unless it is the key's last one (a next use alone cannot tell: a key inserted
+        # again with the same one had its old entry pass for current beside the new).
+        self._entry: dict[Key, int] = {}
 
     def record_access(self, key: Key, size: int, now: float, hit: bool) -> None:
         upcoming = self._future.advance(key)
@@ -118,6 +122,7 @@ class BeladyPolicy(Policy):
 
     def removed(self, key: Key) -> None:
         self._next.pop(key, None)  # its heap entries are now stale
+        self._entry.pop(key, None)
         self._sizes.pop(key, None)
 
     def victims(
@@ -143,23 +148,25 @@ class BeladyPolicy(Policy):
     def _set_next(self, key: Key, upcoming: int) -> None:
         self._next[key] = upcoming
         self._pushes += 1
+        self._entry[key] = self._pushes
         heapq.heappush(self._heap, (-upcoming, self._pushes, key))
 
     def _peek(self) -> Key | None:
         """The resident key with the farthest next use, dropping stale heap entries."""
         heap = self._heap
         while heap:
-            negative, _, key = heap[0]
-            if self._next.get(key) == -negative:
+            _, tiebreak, key = heap[0]
+            if self._entry.get(key) == tiebreak:
                 return key
             heapq.heappop(heap)
         return None
 
     @classmethod
     def metadata_bytes_per_shard(cls) -> int:
-        # next use (8) + size (8) per resident, one heap entry (~3 words) each, and
-        # the CSR index: 8 bytes per future read, counted here per shard read once.
-        return 8 + 8 + 24 + 8
+        # next use (8) + size (8) + current entry (8) per resident, one heap entry
+        # (~3 words) each, and the CSR index: 8 bytes per future read, counted here
+        # per shard read once.
+        return 8 + 8 + 8 + 24 + 8
 
 
 class BeladySizePolicy(Policy):
