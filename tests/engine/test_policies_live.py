@@ -1244,3 +1244,34 @@ def test_a_promotion_takes_its_room_from_the_largest_dataset_not_one_shard_of_ea
     assert store.promoter.promote_now(record_of(store, "d0", "cold"), None)
     assert store.hot_room.evictions - evictions == 1
     assert [len(hot(store, name)) for name in names] == [5, 4, 4, 4, 4]  # d0 gave the room
+
+
+@pytest.mark.parametrize("policy", ["s3fifo", "clairvoyant"])
+def test_a_dataset_with_nothing_hot_gets_its_reused_shards_in_past_another_datasets(
+    open_store: StoreFactory, policy: str
+) -> None:
+    # The tier at its high watermark with another dataset's shards, read never again: a
+    # frequency-gated policy weighed a miss only against shards of its own to displace,
+    # found none, and refused every miss, however often the shard was read, though
+    # its promotion would have taken the other dataset's room (largest first).
+    try:
+        make_policy(policy)
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    store = open_store(
+        datasets={"a": DatasetSettings(policy=policy), "b": DatasetSettings(policy="lru")},
+        hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark
+    )
+    fill(store, "a", ["x"])
+    store.evict("a", "x")
+    fill(store, "b", [f"b{index}" for index in range(9)])
+    assert store.hot_room.hot_bytes() == store.hot_room.high_watermark_bytes()
+    # One read is no reuse: a one-pass scan of "a" still bypasses the tier.
+    assert store.get("a", "x").source == "archive"
+    wait_until(lambda: store.promoter.promotions_pending() == 0, "a promotion, if any")
+    assert not store.stat("a", "x").hot
+    for _ in range(5):
+        store.get("a", "x")
+        wait_until(lambda: store.promoter.promotions_pending() == 0, "a promotion, if any")
+    assert store.stat("a", "x").hot
+    assert len(hot(store, "b")) == 8  # its room came from "b"

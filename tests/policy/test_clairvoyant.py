@@ -244,6 +244,22 @@ def test_redeclaring_replaces_the_plan() -> None:
     assert policy.victims(1, 0.0, always) == [1]
 
 
+def test_an_unplanned_shard_with_no_shard_hot_at_all_goes_to_the_fallbacks_gate() -> None:
+    # Nothing hot of its own (the tier full of other datasets' shards): no planned shard
+    # would be displaced, yet every unplanned miss was refused, however often read.
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2])  # planned, not hot
+    admitted = []
+    for now in range(1, 5):
+        policy.record_access(9, 1, float(now), False)
+        admitted.append(policy.admit(9, 1, float(now), 0))
+    assert admitted[:2] == [False, False]  # no reuse yet: a scan still bypasses
+    assert admitted[-1]
+    policy.inserted(1, 1, 5.0)  # a planned shard hot: it is not displaced for 9
+    policy.record_access(9, 1, 6.0, False)
+    assert not policy.admit(9, 1, 6.0, 0)
+
+
 def test_without_plans_it_behaves_as_its_s3fifo_fallback() -> None:
     clairvoyant = HotModel(ClairvoyantPolicy(), 10)
     s3fifo = HotModel(S3FifoPolicy(), 10)

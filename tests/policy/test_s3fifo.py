@@ -56,6 +56,19 @@ def test_a_newcomer_gets_in_once_read_more_than_what_it_displaces() -> None:
     assert 5 <= reads <= 6
 
 
+def test_a_shard_with_nothing_of_its_own_to_displace_gets_in_once_reused() -> None:
+    # A tier shared with other datasets' policies, full of their shards: the gate had
+    # none of this policy's own to weigh a miss against, and refused every one.
+    policy = S3FifoPolicy()
+    admitted = []
+    for now in range(1, 5):
+        policy.record_access("x", 10, float(now), False)
+        admitted.append(policy.admit("x", 10, float(now), 0))
+    # Scan-resistant still: not on its first reads, once read more than the margin.
+    assert admitted[:2] == [False, False]
+    assert admitted[-1]
+
+
 def test_read_in_small_moves_to_main_instead_of_leaving() -> None:
     policy = S3FifoPolicy()
     model = HotModel(policy, 20)

@@ -17,8 +17,8 @@ job's position also advances when a read is its next plan entry.
 * **admission** — when the tier is full, a planned shard is refused if its next use
   is later than its would-be victim's (Belady's bypass; the victim is one eviction may
   take, as far as the driver's last answers tell); an unplanned one is put to
-  the fallback while unplanned shards are resident, and refused otherwise (it would
-  displace a shard a job said it needs).
+  the fallback while unplanned shards are resident or none is, and refused otherwise
+  (it would displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
   budget: as many as the unplanned residents' bytes make room for (they are evicted
   first; shards on their way in count too, and those the driver would not evict when
@@ -172,7 +172,9 @@ class ClairvoyantPolicy(Policy):
             return True
         slot = self._slots.slot(key)
         if slot == NIL or self._slots.view("refs")[slot] == 0:
-            if self._fallback.resident_bytes:
+            if self._fallback.resident_bytes or not self._count:
+                # No planned shard would be displaced (with none hot at all, the room
+                # is other datasets' in a shared tier): the fallback's gate decides.
                 return self._fallback.admit(key, size, now, free_bytes)
             return False
         if self._fallback.resident_bytes or not self._count:

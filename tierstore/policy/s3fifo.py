@@ -133,7 +133,11 @@ class S3FifoPolicy(Policy):
                     self._half_life(),
                 ).sum()
             )
-        return bool(victims) and prior > displaced + self._margin
+        # With too few shards of its own to displace (none at all: a tier shared with
+        # other datasets' policies, whose shards the driver then evicts), the shard is
+        # weighed against those it has: refusing it outright starved a dataset with
+        # nothing hot of every promotion, however often its shards were read.
+        return prior > displaced + self._margin
 
     def inserted(self, key: Key, size: int, now: float) -> None:
         self._chosen = None
