@@ -111,6 +111,34 @@ def test_open_inserts_hot_shards_oldest_read_first(open_store: StoreFactory) -> 
     assert inserted == [(("d", "b"),), (("d", "c"),), (("d", "a"),)]
 
 
+def test_a_shard_created_under_a_clock_set_ahead_does_not_stop_the_policies_clock(
+    open_store: StoreFactory,
+) -> None:
+    # A shard created while the system clock ran years ahead (then set right): seeding
+    # the policies at the next start took its creation for its last use and moved the
+    # driver's clock, which never goes back, there. Every policy call then saw the one
+    # instant until the wall clock caught up: the clairvoyant policy measured no
+    # job's read rate (reads a day ahead are refused as damaged: this was unbounded).
+    try:
+        make_policy("clairvoyant")
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"d": DatasetSettings(policy="clairvoyant")})
+    fill(store, "d", ["a", "b", "c"])
+    ahead = time.time() + 10 * 365 * 86_400.0
+    record = record_of(store, "d", "a")
+    with store._env.write() as txn:
+        store._catalog.put_shard(txn, record.with_state(created_at=ahead))
+    store = open_store.reopen(store, archive)
+    job = store.declare_plan("d", shards=["a", "b", "c"])
+    declared = time.time()
+    wait_until(lambda: time.time() > declared + 0.05, "the wall clock to move on")
+    store.report_position(job, 1)
+    (plan,) = store._policies._policies["d"]._plans  # type: ignore[attr-defined]
+    assert plan.rate > 0  # measured: the policy's clock moved between the two
+
+
 # Admission.
 
 

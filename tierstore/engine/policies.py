@@ -336,9 +336,13 @@ class PolicyDriver:
             del self._sizes[key]
         self._policies[dataset] = policy
         self._hot_bytes[dataset] = 0
+        now = time.time()
         for key, size, when in hot:
-            # Seeded in their own order, and never ahead of the driver's clock.
-            self._clock = max(self._clock, when)
+            # Seeded in their own order, and never ahead of the driver's clock; nor of
+            # the wall clock: a shard stamped while the system clock ran ahead (a
+            # creation time, which nothing bounds) stopped the clock, which never goes
+            # back, until the wall clock caught up: every policy saw one instant.
+            self._clock = max(self._clock, min(when, now))
             self._insert(key, size, self._clock)
 
     def _insert(self, key: Key, size: int, now: float) -> None:
