@@ -21,6 +21,7 @@ from tests.engine.backdoor import catalog_hot_bytes, prefetch_held_in_its_fetch,
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import policies as policies_module
 from tierstore.engine.pinretry import MAX_PIN_ENDS
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
@@ -1303,3 +1304,47 @@ def test_a_dataset_with_nothing_hot_gets_its_reused_shards_in_past_another_datas
         wait_until(lambda: store.promoter.promotions_pending() == 0, "a promotion, if any")
     assert store.stat("a", "x").hot
     assert len(hot(store, "b")) == 8  # its room came from "b"
+
+
+class _SteppedClocks:
+    """Stands in for the ``time`` module of tierstore.engine.policies: a wall clock the
+    test steps, and a monotonic one it moves on."""
+
+    def __init__(self) -> None:
+        self.wall = 2_000_000_000.0
+        self.elapsed = 100.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def pass_(self, seconds: float) -> None:
+        self.wall += seconds
+        self.elapsed += seconds
+
+
+def test_the_policies_clock_moves_on_when_the_system_clock_is_set_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The driver's clock was the wall clock, never going back: set back an hour (an
+    # NTP step), it stood still for that hour, every policy call seeing one instant,
+    # so the clairvoyant policy measured the read rate of no job declared meanwhile.
+    try:
+        make_policy("clairvoyant")
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    clocks = _SteppedClocks()
+    monkeypatch.setattr(policies_module, "time", clocks)
+    driver = policies_module.PolicyDriver()
+    driver.open_dataset("d", "clairvoyant")
+    driver.read(("d", "z"), 1, False, 10)  # the clock read before the step
+    clocks.pass_(10.0)
+    clocks.wall -= 3600.0  # set back
+    keys = [("d", name) for name in ("a", "b", "c")]
+    driver.declare_plan("d", "job", keys, [1, 1, 1])
+    clocks.pass_(1.0)
+    driver.report_position("d", "job", 2)
+    (plan,) = driver._policies["d"]._plans  # type: ignore[attr-defined]
+    assert plan.rate == pytest.approx(2.0)  # two entries in the second since it began

@@ -15,8 +15,9 @@ happens, in the order :mod:`tierstore.policy.base` asks for:
 * access plans: ``declare_plan`` / ``report_position`` / ``close_plan``.
 
 Keys are ``(dataset, shard name)``; sizes are stored bytes (what the hot tier
-holds). ``now`` is the wall clock made monotonic (it never goes back, even when
-the system clock does).
+holds). ``now`` is the monotonic clock, on the wall clock's scale as of the
+driver's start (it never goes back, nor stands still when the system clock is set
+back).
 
 **Eviction across datasets.** The hot tier is shared, so bytes to free are split
 among the datasets in proportion to the bytes each holds hot (rounded up): a
@@ -76,6 +77,9 @@ class PolicyDriver:
         self._sizes: dict[Key, int] = {}  # hot keys the policies were told of, and sizes
         self._hot_bytes: dict[str, int] = {}  # per dataset: the sum of its _sizes
         self._clock = 0.0
+        #: the wall clock's reading at monotonic time 0, as of the driver's start: its
+        #: clock runs on the monotonic one (see :meth:`_tick`).
+        self._epoch = time.time() - time.monotonic()
         self._rotation = 0
         #: per thread: the changes recorded by each open :meth:`undone_on_failure`.
         self._undo = threading.local()
@@ -322,7 +326,10 @@ class PolicyDriver:
     # Internals (called with the lock held).
 
     def _tick(self) -> float:
-        self._clock = max(self._clock, time.time())
+        # The monotonic clock, on the wall clock's scale as of the start: on the wall
+        # clock made monotonic, a system clock set back an hour (an NTP step) had the
+        # driver's stand still for that hour, every policy call seeing one instant.
+        self._clock = max(self._clock, self._epoch + time.monotonic())
         return self._clock
 
     def _policy(self, dataset: str) -> Policy:
@@ -336,7 +343,7 @@ class PolicyDriver:
             del self._sizes[key]
         self._policies[dataset] = policy
         self._hot_bytes[dataset] = 0
-        now = time.time()
+        now = self._epoch + time.monotonic()
         for key, size, when in hot:
             # Seeded in their own order, and never ahead of the driver's clock; nor of
             # the wall clock: a shard stamped while the system clock ran ahead (a
