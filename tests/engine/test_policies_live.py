@@ -748,6 +748,28 @@ def test_the_policy_changes_at_run_time(open_store: StoreFactory) -> None:
     assert policy_of(store, "d").names("inserted") == [(("d", "a"),), (("d", "b"),)]  # b read
 
 
+def test_a_plan_handed_to_a_new_policy_starts_at_its_position_at_no_rate(
+    open_store: StoreFactory,
+) -> None:
+    # A policy change hands each live plan to the new policy: declared, then its
+    # position reported, a moment apart. The clairvoyant policy took the position for
+    # entries read in that moment, and rated the job at millions a second (and every
+    # job not measured yet as fast, borrowing the mean), until its reports smoothed it.
+    try:
+        make_policy("clairvoyant")
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")})
+    names = [f"s{index}" for index in range(10)]
+    fill(store, "d", names)
+    job = store.declare_plan("d", shards=names)
+    store.report_position(job, 5)
+    store.update_dataset("d", policy="clairvoyant")
+    (plan,) = store._policies._policies["d"]._plans  # type: ignore[attr-defined]
+    assert plan.position == 5
+    assert plan.rate == 0.0  # not measured yet: no read was seen
+
+
 def test_a_policy_no_release_knows_falls_back_to_the_default(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

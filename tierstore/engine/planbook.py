@@ -269,8 +269,7 @@ class PlanBook:
             for job, plan in self._plans.items():
                 if plan.dataset == dataset:
                     keys = PlanKeys(dataset, plan.names)
-                    self._policies.declare_plan(dataset, job, keys, plan.sizes)
-                    self._policies.report_position(dataset, job, plan.position)
+                    self._policies.declare_plan(dataset, job, keys, plan.sizes, plan.position)
 
     # Internals.
 

@@ -305,11 +305,24 @@ class PolicyDriver:
     # Access plans.
 
     def declare_plan(
-        self, dataset: str, job: str, keys: Sequence[Key], sizes: Sequence[int]
+        self,
+        dataset: str,
+        job: str,
+        keys: Sequence[Key],
+        sizes: Sequence[int],
+        position: int = 0,
     ) -> None:
-        """``job`` will read ``keys`` of ``dataset`` in order (replacing its earlier plan)."""
+        """``job`` will read ``keys`` of ``dataset`` in order (replacing its earlier plan),
+        having read the first ``position`` already (a plan handed to a new policy)."""
         with self._lock:
-            self._policy(dataset).declare_plan(job, keys, sizes, self._tick())
+            policy = self._policy(dataset)
+            now = self._tick()
+            policy.declare_plan(job, keys, sizes, now)
+            if position:
+                # At the declaration's instant: a rate is measured over time between
+                # reports, and none passed. Reported a moment later, the position was
+                # taken for entries read in that moment (millions a second).
+                policy.report_position(job, position, now)
 
     def report_position(self, dataset: str, job: str, position: int) -> None:
         """``job`` has read the first ``position`` entries of its plan."""
