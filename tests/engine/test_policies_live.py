@@ -55,6 +55,14 @@ def hot(store: Store, dataset: str) -> set[str]:
     return {info.name for info in store.list(dataset)[0] if info.hot}
 
 
+def skip_without_policy(name: str) -> None:
+    """Skip the test where the policy ``name`` is not available here."""
+    try:
+        make_policy(name)
+    except UnknownPolicy as exc:
+        pytest.skip(str(exc))
+
+
 def test_the_default_policy_names_agree() -> None:
     assert DEFAULT_POLICY_NAME == DEFAULT_POLICY
     assert DatasetSettings().policy == DEFAULT_POLICY
@@ -120,10 +128,7 @@ def test_a_shard_created_under_a_clock_set_ahead_does_not_stop_the_policies_cloc
     # driver's clock, which never goes back, there. Every policy call then saw the one
     # instant until the wall clock caught up: the clairvoyant policy measured no
     # job's read rate (reads a day ahead are refused as damaged: this was unbounded).
-    try:
-        make_policy("clairvoyant")
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy("clairvoyant")
     archive = MemoryTier()
     store = open_store(archive, datasets={"d": DatasetSettings(policy="clairvoyant")})
     fill(store, "d", ["a", "b", "c"])
@@ -755,10 +760,7 @@ def test_a_plan_handed_to_a_new_policy_starts_at_its_position_at_no_rate(
     # position reported, a moment apart. The clairvoyant policy took the position for
     # entries read in that moment, and rated the job at millions a second (and every
     # job not measured yet as fast, borrowing the mean), until its reports smoothed it.
-    try:
-        make_policy("clairvoyant")
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy("clairvoyant")
     store = open_store(datasets={"d": DatasetSettings(policy="lru")})
     names = [f"s{index}" for index in range(10)]
     fill(store, "d", names)
@@ -887,10 +889,7 @@ def _cold_clairvoyant_store(
 ) -> tuple[Store, list[str]]:
     """A store whose dataset "d" (clairvoyant) holds ``count`` one-frame shards, all
     archived and cold, and their names in order (skips without the policy)."""
-    try:
-        make_policy("clairvoyant")
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy("clairvoyant")
     store = open_store(datasets={"d": DatasetSettings(policy="clairvoyant")}, **overrides)
     names = [f"s{i:02d}" for i in range(count)]
     for name in names:
@@ -995,10 +994,7 @@ def test_a_prefetch_eviction_can_make_no_room_for_is_not_fetched_pass_after_pass
     # archive, then found that eviction could make it no room, and was skipped: an
     # archive fetch a pass (twenty a second here), with no reader, for as long as the
     # plan lived.
-    try:
-        make_policy("clairvoyant")
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy("clairvoyant")
     archive = _CountingArchive()
     store = open_store(
         archive,
@@ -1353,10 +1349,7 @@ def test_the_policies_clock_moves_on_when_the_system_clock_is_set_back(
     # The driver's clock was the wall clock, never going back: set back an hour (an
     # NTP step), it stood still for that hour, every policy call seeing one instant,
     # so the clairvoyant policy measured the read rate of no job declared meanwhile.
-    try:
-        make_policy("clairvoyant")
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy("clairvoyant")
     clocks = _SteppedClocks()
     monkeypatch.setattr(policies_module, "time", clocks)
     driver = policies_module.PolicyDriver()

@@ -87,6 +87,27 @@ def in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
     return result
 
 
+def revoked_while_queued(
+    node: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    service: str,
+    method: str,
+    request: Any,
+    token: str,
+) -> None:
+    """Call ``method`` of ``service`` (handled in ``module``) with ``token``, revoke the
+    token while the call waits after its first check, and see it refused."""
+    passed, go = held_after_first_check(monkeypatch, module, method)
+    queued = in_thread(lambda: invoke(node.channel(), service + method, request, token))
+    assert passed.wait(WAIT_S)
+    revoke(node, token)
+    go.set()
+    outcome = queued()
+    assert isinstance(outcome, grpc.RpcError), outcome
+    assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_a_dataset_delete_queued_while_the_name_changed_hands_deletes_nothing(
     node: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,15 +137,8 @@ def test_a_shard_delete_queued_while_its_token_was_revoked_deletes_nothing(
     # A write-through delete waits for an archive slot after its check.
     writer = node.token("writer", ("alpha", Role.WRITER))
     node.store.put("alpha", "kept", payload(300))
-    passed, go = held_after_first_check(monkeypatch, shard_service, "DeleteShard")
     request = shards_pb2.DeleteShardRequest(dataset="alpha", shard="kept")
-    queued = in_thread(lambda: invoke(node.channel(), SHARDS + "DeleteShard", request, writer))
-    assert passed.wait(WAIT_S)
-    revoke(node, writer)
-    go.set()
-    outcome = queued()
-    assert isinstance(outcome, grpc.RpcError), outcome
-    assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+    revoked_while_queued(node, monkeypatch, shard_service, SHARDS, "DeleteShard", request, writer)
     assert node.store.get("alpha", "kept").to_bytes() == payload(300)
 
 
@@ -133,15 +147,8 @@ def test_a_key_rotation_queued_while_its_token_was_revoked_rotates_nothing(
 ) -> None:
     admin = node.token("ops", ("*", Role.ADMIN))
     before = node.store.master_key_id
-    passed, go = held_after_first_check(monkeypatch, admin_service, "RotateKeys")
     request = admin_pb2.RotateKeysRequest()
-    queued = in_thread(lambda: invoke(node.channel(), ADMIN + "RotateKeys", request, admin))
-    assert passed.wait(WAIT_S)
-    revoke(node, admin)
-    go.set()
-    outcome = queued()
-    assert isinstance(outcome, grpc.RpcError), outcome
-    assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+    revoked_while_queued(node, monkeypatch, admin_service, ADMIN, "RotateKeys", request, admin)
     assert node.store.master_key_id == before
 
 
