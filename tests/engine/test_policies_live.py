@@ -986,47 +986,6 @@ def test_prefetch_takes_no_pinned_planned_shard_for_the_one_it_would_evict(
     assert store.promoter.promotions <= 1 + 3 * len(names)
 
 
-def test_a_prefetch_eviction_can_make_no_room_for_is_not_fetched_pass_after_pass(
-    open_store: StoreFactory,
-) -> None:
-    # The hot tier at its high watermark with another dataset's pinned shards: every
-    # prefetch pass queued the planned shard, whose promotion fetched it whole from the
-    # archive, then found that eviction could make it no room, and was skipped: an
-    # archive fetch a pass (twenty a second here), with no reader, for as long as the
-    # plan lived.
-    skip_without_policy("clairvoyant")
-    archive = _CountingArchive()
-    store = open_store(
-        archive,
-        datasets={"d": DatasetSettings(policy="clairvoyant"), "p": DatasetSettings(policy="lru")},
-        hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark
-        prefetch_interval_s=3600.0,  # the test runs the passes
-    )
-    names = ["s0", "s1"]
-    fill(store, "d", names)
-    for name in names:
-        store.evict("d", name)
-    for index in range(9):
-        store.put("p", f"p{index}", payload(FRAME, 100 + index))
-        store.pin("p", f"p{index}")
-    assert store.hot_room.hot_bytes() == store.hot_room.high_watermark_bytes()
-    archive.reads.clear()
-    store.declare_plan("d", shards=names)
-    skipped = store.promoter.promotions_skipped
-    for _ in range(5):
-        store.prefetcher.run_once()
-        wait_until(lambda: store.promoter.promotions_pending() == 0, "the pass's promotions")
-    assert store.promoter.promotions_skipped >= skipped + 5  # each pass asked for s0
-    fetched = sum(count for (key, _), count in archive.reads.items() if key.startswith("d/"))
-    assert fetched == 0
-    assert hot(store, "d") == set()
-    # Once eviction may take a shard, the prefetch goes in.
-    store.unpin("p", "p0")
-    wait_until(lambda: store.mover.pending() == 0, "the pinned shards archived")
-    store.prefetcher.run_once()
-    wait_until(lambda: bool(hot(store, "d")), "a planned shard prefetched")
-
-
 class _CountingArchive(MemoryTier):
     """A memory archive that counts reads of each key and range (``None``: whole), and
     notes the threads that made them."""

@@ -80,21 +80,6 @@ class HotRoom:
             return False
         return self.evict(need, only_if_enough=True, spread=False) >= need
 
-    def could_make_room_for_promotion(self, incoming: int) -> bool:
-        """Whether :meth:`make_room_for_promotion` could make room for ``incoming`` bytes
-        now, as the policies would choose its victims, evicting nothing: a promotion
-        asks before it fetches, so that one eviction can make no room for (the tier at
-        its high watermark with pinned or unarchived shards) is skipped without
-        fetching it, not fetched whole only to be dropped, at every prefetch pass.
-        Best effort, as :meth:`make_room_for_promotion` is."""
-        need = self.hot_bytes() + incoming - self.high_watermark_bytes()
-        if need <= 0:
-            return True
-        if need > incoming:
-            return False
-        victims, sizes, _ = self._choose(need, None, spread=False)
-        return sum(sizes.get(key, 0) for key in victims) >= need
-
     def over_high_watermark(self) -> bool:
         """Whether the hot tier holds more than its high watermark: no promotion fits
         until eviction (or archiving, then eviction) brings it down."""
@@ -214,7 +199,26 @@ class HotRoom:
     ) -> int:
         """:meth:`evict`, with the eviction lock held."""
         now = time.time()
-        victims, sizes, stale = self._choose(bytes_to_free, dataset, spread, now)
+        stale: list[Key] = []
+        sizes: dict[Key, int] = {}
+        with self._env.read() as txn:
+
+            def evictable(key: Key) -> bool:
+                dataset, name = shard_of(key)
+                # An unreadable record cannot be evicted: the policy forgets it.
+                record = self._catalog.readable_shard(txn, dataset, name)
+                if record is None or not record.hot:
+                    stale.append(key)
+                    return False
+                if not record.evictable(now):
+                    return False
+                sizes[key] = sum(record.stored_sizes(self._overhead(record)))
+                return True
+
+            if dataset is None:
+                victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
+            else:
+                victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
         if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
             victims = []
         gone: list[int] = []
@@ -229,36 +233,6 @@ class HotRoom:
                     self._policies.removed(key)
         self.evictions += len(gone)  # committed; under the eviction lock
         return sum(gone)
-
-    def _choose(
-        self, bytes_to_free: int, dataset: str | None, spread: bool, now: float | None = None
-    ) -> tuple[list[Key], dict[Key, int], list[Key]]:
-        """The victims the policies choose to free ``bytes_to_free`` (of ``dataset``
-        only, if given), evicting nothing: the keys, the stored sizes of those found
-        evictable at ``now`` (default: the time now), and the keys the policies hold
-        hot that the catalog does not."""
-        when = time.time() if now is None else now
-        stale: list[Key] = []
-        sizes: dict[Key, int] = {}
-        with self._env.read() as txn:
-
-            def evictable(key: Key) -> bool:
-                dataset, name = shard_of(key)
-                # An unreadable record cannot be evicted: the policy forgets it.
-                record = self._catalog.readable_shard(txn, dataset, name)
-                if record is None or not record.hot:
-                    stale.append(key)
-                    return False
-                if not record.evictable(when):
-                    return False
-                sizes[key] = sum(record.stored_sizes(self._overhead(record)))
-                return True
-
-            if dataset is None:
-                victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
-            else:
-                victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
-        return victims, sizes, stale
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed

@@ -433,10 +433,9 @@ class Promoter:
         Frames passed in ``stored`` were verified by the caller; frames fetched here
         are verified before they are written. Optional work (see the module
         docstring): it evicts at most its own size, to fit within the dataset's quota
-        (before fetching) and below the high watermark (once the frames are in hand,
-        if eviction could make that room before they were fetched), and is skipped,
-        counted in :attr:`promotions_skipped`, when that room cannot be made; the room
-        is checked again in the write transaction. Thread-safe.
+        (before fetching) and below the high watermark (once the frames are in hand),
+        and is skipped, counted in :attr:`promotions_skipped`, when that room cannot
+        be made; the room is checked again in the write transaction. Thread-safe.
         """
         if not self._still_cold(record):
             return False  # promoted, superseded or deleted meanwhile: evict and fetch nothing
@@ -454,12 +453,8 @@ class Promoter:
             return self._skipped()
         # Room in the dataset's quota is made before fetching (and checked again after),
         # room below the high watermark once the frames are in hand (when the simulator
-        # makes it, too), though only if it could be made before they are fetched.
+        # makes it, too).
         if not self._hot_room.make_quota_room_for_promotion(record.dataset, quota, total):
-            return self._skipped()
-        if stored is None and not self._hot_room.could_make_room_for_promotion(total):
-            # Eviction could make it no room below the high watermark now: skipped
-            # before it is fetched, as a prefetch pass would ask for it again next time.
             return self._skipped()
         pool = fetch_pool or self._fetch_pool
         if self.spooler.spools(record):
