@@ -23,7 +23,6 @@ from tests.server.servers import RunningServer, invoke, serving
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.server import admin as admin_service
 from tierstore.server import datasets as dataset_service
-from tierstore.server import shards as shard_service
 from tierstore.server.localreads import LocalReadService
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import admin_pb2, datasets_pb2, shards_pb2
@@ -131,15 +130,32 @@ def test_a_dataset_delete_queued_while_the_name_changed_hands_deletes_nothing(
     assert node.store.get("alpha", "team-b.bin").to_bytes() == payload(500)
 
 
-def test_a_shard_delete_queued_while_its_token_was_revoked_deletes_nothing(
+def test_a_dataset_update_queued_behind_another_while_its_token_was_revoked_changes_nothing(
     node: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A write-through delete waits for an archive slot after its check.
-    writer = node.token("writer", ("alpha", Role.WRITER))
-    node.store.put("alpha", "kept", payload(300))
-    request = shards_pb2.DeleteShardRequest(dataset="alpha", shard="kept")
-    revoked_while_queued(node, monkeypatch, shard_service, SHARDS, "DeleteShard", request, writer)
-    assert node.store.get("alpha", "kept").to_bytes() == payload(300)
+    # An update waits on the store's lock while another changes a policy (a scan of
+    # the dataset's hot shards): it changed the settings on the check made before.
+    owner = node.token("owner", ("alpha", Role.ADMIN))
+    real = dataset_service.authorize
+    checked = threading.Event()
+
+    def authorize(principal: Any, full_method: str, dataset: str | None) -> Any:
+        result = real(principal, full_method, dataset)
+        checked.set()
+        return result
+
+    monkeypatch.setattr(dataset_service, "authorize", authorize)
+    request = datasets_pb2.UpdateDatasetRequest(name="alpha", hot_quota_bytes=4096)
+    with node.store._access.flush_lock:  # the other update's
+        queued = in_thread(
+            lambda: invoke(node.channel(), DATASETS + "UpdateDataset", request, owner)
+        )
+        assert checked.wait(WAIT_S)
+        revoke(node, owner)
+    outcome = queued()
+    assert isinstance(outcome, grpc.RpcError), outcome
+    assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert node.store.get_dataset("alpha").hot_quota_bytes == 0
 
 
 def test_a_key_rotation_queued_while_its_token_was_revoked_rotates_nothing(

@@ -176,6 +176,7 @@ def _restrict_secrets(data_dir: Path) -> None:
 
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
+    no_core_dumps()  # first: the settings read next may hold a master key
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
     check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
     if options.insecure:
@@ -279,7 +280,6 @@ def _run(
     # Before any thread of the node's starts: threads that allocated before it keep
     # arenas of their own (tierstore.engine.allocator).
     tune_allocator(configured.max_frame_bytes, arenas=ARENAS)
-    no_core_dumps()
     with ExitStack() as cleanup:
         _claim(data_dir, cleanup)
         settings = replace(configured, data_dir=data_dir)  # read above, flags and all
@@ -459,11 +459,15 @@ def _setting_flags(options: ServeOptions) -> dict[str, Any]:
 
 
 def no_core_dumps() -> None:
-    """Turn off this process's core dumps (its soft RLIMIT_CORE to 0): a node's memory
+    """Turn off this process's core files (its soft RLIMIT_CORE to 0): a node's memory
     holds its master keys, the data keys it unwraps and the plaintext of puts it spools,
-    which a crash would otherwise write into a core file (or hand to a crash reporter)
-    for anyone who may read it. The hard limit is left as it is: ``prlimit --core=...
-    --pid`` turns them on again, to debug a crash."""
+    which a crash would otherwise write into a core file for anyone who may read it.
+    Where the kernel pipes dumps to a crash handler instead (``core_pattern`` starting
+    with ``|``), the handler still receives the dump and decides: systemd-coredump
+    keeps none under a limit of 0; others may (a dumpable flag of 0 would stop those
+    too, but also keep the node's own user from /proc/<pid>/fd and debuggers).
+    The hard limit is left as it is: ``prlimit --core=... --pid`` turns them on again,
+    to debug a crash."""
     try:
         _, hard = resource.getrlimit(resource.RLIMIT_CORE)
         resource.setrlimit(resource.RLIMIT_CORE, (0, hard))

@@ -443,13 +443,18 @@ class Store:
         durability: Durability | None = None,
         hot_quota_bytes: int | None = None,
         policy: str | None = None,
+        *,
+        still_allowed: Callable[[], None] | None = None,
     ) -> DatasetSettings:
         """Change the settings that may change after creation; returns the new settings.
 
         A new ``policy`` takes over at once: a fresh policy object, told of the
         dataset's hot shards (oldest read first) and of its live plans. Encryption is
-        fixed at creation (existing shards could not follow). Raises InvalidName,
-        DatasetNotFound, InvalidArgument, UnknownPolicy.
+        fixed at creation (existing shards could not follow). ``still_allowed`` is
+        called in the write transaction, before anything changes, and what it raises
+        ends the update with nothing changed (a caller's authority, checked again after
+        the wait for another update). Raises InvalidName, DatasetNotFound,
+        InvalidArgument, UnknownPolicy.
         """
         self._check_open()
         validate_dataset_name(name)
@@ -460,6 +465,8 @@ class Store:
         # one cannot give the dataset its policy before this one does.
         with self._access.flush_lock:
             with self._env.write() as txn:
+                if still_allowed is not None:
+                    still_allowed()
                 settings = self._catalog.require_dataset(txn, name)
                 old_quota = settings.hot_quota_bytes
                 if durability is not None:

@@ -102,7 +102,18 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             durability = durability_from_pb(request.durability)
         quota = request.hot_quota_bytes if request.HasField("hot_quota_bytes") else None
         policy = request.policy if request.HasField("policy") else None
-        return _dataset(name, self._store.update_dataset(name, durability, quota, policy))
+
+        def still_allowed() -> None:
+            # Again once the update has the store's lock (it waits for another's policy
+            # change): a token revoked meanwhile, or a grant gone with a dataset of the
+            # name deleted meanwhile (perhaps made again for someone else), changes
+            # nothing.
+            self._check("UpdateDataset", name)
+
+        settings = self._store.update_dataset(
+            name, durability, quota, policy, still_allowed=still_allowed
+        )
+        return _dataset(name, settings)
 
     @handler
     def DeleteDataset(

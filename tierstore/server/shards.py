@@ -283,7 +283,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         """GetShard's messages: the header, then each frame of ``sealed``, each sent once
         ``still_allowed`` (which raises once the caller may not read) passed after it
         was opened or read: opening unwraps the data key the header carries, and a frame
-        may wait on the archive, so a check made before either may be stale by then."""
+        may wait on the archive, so a check made before either may be stale by then. A
+        frame is read only after a check too (a read may fetch the whole shard)."""
         still_allowed()
         header = shards_pb2.GetShardResponse(
             header=shards_pb2.GetShardHeader(
@@ -311,6 +312,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         tier = "hot" if sealed.info.hot else "archive"
         frames = sealed.frames(archive_bound)
         while True:
+            still_allowed()  # before the read too: it may fetch (and promote) from the archive
             try:
                 item = next(frames, None)
             except Unavailable:
@@ -372,10 +374,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.DeleteShardRequest, context: grpc.ServicerContext
     ) -> shards_pb2.DeleteShardResponse:
         self._check("DeleteShard", request.dataset, request.shard)
+        # (No wait before the delete: a slot is taken or refused at once, and the local
+        # delete commits before a write-through one waits on the archive.)
         with self._slot_if_write_through(request.dataset, "a write-through delete in"):
-            # Again, after the wait for a slot: a token revoked meanwhile, or a grant
-            # gone with its dataset (made again since for someone else?), deletes nothing.
-            self._check("DeleteShard", request.dataset, request.shard)
             self._store.delete(request.dataset, request.shard)
         return shards_pb2.DeleteShardResponse()
 
