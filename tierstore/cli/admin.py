@@ -49,10 +49,11 @@ __all__ = [
 
 def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
     """Show what each tier holds, per dataset, and how well the hot tier serves reads.
-    Hot-tier usage; per dataset shards, bytes, what each tier holds, policy and live
-    hit ratio; and the sizing curve: the miss ratio recent reads would have had at other
-    hot-tier sizes, from an empty hot tier (a shard's first read is a miss there, though
-    a put leaves the shard hot: at 1x the curve can read worse than the live ratio)."""
+    The hot tier's usage; per dataset its shards and bytes, the hot and archived ones,
+    the backlog, its policy and live hit ratio; and the sizing curve: the miss ratio
+    recent reads would have had at other hot-tier sizes, from an empty hot tier (a
+    shard's first read is a miss there, though a put leaves the shard hot: at 1x the
+    curve can read worse than the live ratio)."""
     if dataset is not None:  # "" too ("$DATASET" unset): not every dataset's instead
         run_or_fail(lambda: validate_dataset_name(dataset))
     figures = run_or_fail(lambda: command_client().stats(dataset or "", sizing=True))
