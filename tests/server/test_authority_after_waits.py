@@ -5,7 +5,10 @@ key rotation, for a data key's unwrap, for a frame from the archive) and then ac
 sent on that first check: a token revoked meanwhile, or a grant gone with its dataset,
 still deleted a dataset of the name made since for someone else, rotated the master key,
 or received a data key or a frame. Each test makes the wait happen at that point and
-changes the caller's authority during it.
+changes the caller's authority during it: the delete and the update wait on the real
+lock (a write-through delete held on the archive, the store's lock held by the test);
+the rotation's wait is made inside its first check, so its test tells only that a
+second check comes later.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tierstore.engine.sealedpath import SealedRead
 from tierstore.server import admin as admin_service
 from tierstore.server import datasets as dataset_service
 from tierstore.server.localreads import LocalReadService
+from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import admin_pb2, datasets_pb2, shards_pb2
 
@@ -107,27 +111,69 @@ def revoked_while_queued(
     assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+class _ArchiveHoldingDeletes(MemoryTier):
+    """A memory archive whose deletes wait until ``go`` is set (``waiting`` set meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting, self.go = threading.Event(), threading.Event()
+
+    def delete(self, key: str) -> None:
+        self.waiting.set()
+        assert self.go.wait(WAIT_S), "the test did not let the archive delete go on"
+        super().delete(key)
+
+
 def test_a_dataset_delete_queued_while_the_name_changed_hands_deletes_nothing(
-    node: RunningServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Team A's delete was authorized, then queued behind another delete; meanwhile the
-    # operator deleted alpha (team A's grant went with it) and made it again for team
-    # B, who wrote to it. Team A's delete then deleted team B's dataset.
-    team_a = node.token("team-a", ("alpha", Role.ADMIN))
-    passed, go = held_after_first_check(monkeypatch, dataset_service, "DeleteDataset")
-    request = datasets_pb2.DeleteDatasetRequest(name="alpha", force=True)
-    queued = in_thread(lambda: invoke(node.channel(), DATASETS + "DeleteDataset", request, team_a))
-    assert passed.wait(WAIT_S)
-    node.tokens.remove_grants_on("alpha")  # as the operator's delete does first
-    node.store.delete_dataset("alpha", force=True)
-    node.store.create_dataset("alpha", DatasetSettings())
-    node.token("team-b", ("alpha", Role.WRITER))
-    node.store.put("alpha", "team-b.bin", payload(500))
-    go.set()
-    outcome = queued()
-    assert isinstance(outcome, grpc.RpcError), outcome
-    assert outcome.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
-    assert node.store.get("alpha", "team-b.bin").to_bytes() == payload(500)
+    # Team A's delete was authorized, then queued behind the operator's delete of a
+    # write-through dataset (which waits on the archive); meanwhile alpha was deleted
+    # (team A's grant went with it) and made again for team B, who wrote to it. Team
+    # A's delete then deleted team B's dataset.
+    archive = _ArchiveHoldingDeletes()
+    settings = {"alpha": DatasetSettings(), "slow": DatasetSettings(durability="write-through")}
+    with serving(tmp_path, datasets=settings, archive=archive) as node:
+        node.store.put("slow", "s", payload(200))
+        operator = node.token("ops", ("*", Role.ADMIN))
+        team_a = node.token("team-a", ("alpha", Role.ADMIN))
+        slow = datasets_pb2.DeleteDatasetRequest(name="slow", force=True)
+        first = in_thread(
+            lambda: invoke(node.channel(), DATASETS + "DeleteDataset", slow, operator)
+        )
+        assert archive.waiting.wait(WAIT_S)  # the operator's delete holds the lock
+        passed = checks_of(monkeypatch, dataset_service, "team-a")
+        request = datasets_pb2.DeleteDatasetRequest(name="alpha", force=True)
+        queued = in_thread(
+            lambda: invoke(node.channel(), DATASETS + "DeleteDataset", request, team_a)
+        )
+        assert passed.wait(WAIT_S)  # team A's delete was authorized; it waits for the lock
+        node.tokens.remove_grants_on("alpha")  # as a delete of alpha does first
+        node.store.delete_dataset("alpha", force=True)
+        node.store.create_dataset("alpha", DatasetSettings())
+        node.token("team-b", ("alpha", Role.WRITER))
+        node.store.put("alpha", "team-b.bin", payload(500))
+        archive.go.set()
+        assert not isinstance(first(), grpc.RpcError)
+        outcome = queued()
+        assert isinstance(outcome, grpc.RpcError), outcome
+        assert outcome.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND)
+        assert node.store.get("alpha", "team-b.bin").to_bytes() == payload(500)
+
+
+def checks_of(monkeypatch: pytest.MonkeyPatch, module: Any, principal: str) -> threading.Event:
+    """An event set once a check ``module`` makes for ``principal`` passed."""
+    real = module.authorize
+    passed = threading.Event()
+
+    def authorize(who: Any, full_method: str, dataset: str | None) -> Any:
+        result = real(who, full_method, dataset)
+        if getattr(who, "name", None) == principal:
+            passed.set()
+        return result
+
+    monkeypatch.setattr(module, "authorize", authorize)
+    return passed
 
 
 def test_a_dataset_update_queued_behind_another_while_its_token_was_revoked_changes_nothing(
@@ -136,15 +182,7 @@ def test_a_dataset_update_queued_behind_another_while_its_token_was_revoked_chan
     # An update waits on the store's lock while another changes a policy (a scan of
     # the dataset's hot shards): it changed the settings on the check made before.
     owner = node.token("owner", ("alpha", Role.ADMIN))
-    real = dataset_service.authorize
-    checked = threading.Event()
-
-    def authorize(principal: Any, full_method: str, dataset: str | None) -> Any:
-        result = real(principal, full_method, dataset)
-        checked.set()
-        return result
-
-    monkeypatch.setattr(dataset_service, "authorize", authorize)
+    checked = checks_of(monkeypatch, dataset_service, "owner")
     request = datasets_pb2.UpdateDatasetRequest(name="alpha", hot_quota_bytes=4096)
     with node.store._access.flush_lock:  # the other update's
         queued = in_thread(
