@@ -405,7 +405,10 @@ def test_a_node_with_many_damaged_records_names_some_and_counts_them_all(
         put_raw_record(store, "other", name, GARBAGE)
     for name in names[:5]:
         put_raw_record(store, "plain", name, GARBAGE)
-    store = open_store.reopen(store, archive)  # seeding the policies walks every record
+    # Seeding the policies walks every record. No mover: its journal pass, retrying the
+    # damaged records' uploads, could note one from a snapshot older than the delete
+    # below after the delete forgot it (a race of its own, not what is counted here).
+    store = open_store.reopen(store, archive, start_mover=False)
 
     def reported() -> tuple[list[str], dict[str, int], float]:
         stats = store.stats()
