@@ -520,10 +520,7 @@ def test_a_pin_whose_archive_copy_is_damaged_is_not_fetched_again_and_again(
 def test_pinned_shards_are_never_evicted_under_any_policy(
     open_store: StoreFactory, name: str
 ) -> None:
-    try:
-        make_policy(name)
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy(name)
     store = open_store(
         datasets={"d": DatasetSettings(policy=name)},
         start_mover=False,
@@ -1260,10 +1257,7 @@ def test_a_dataset_with_nothing_hot_gets_its_reused_shards_in_past_another_datas
     # frequency-gated policy weighed a miss only against shards of its own to displace,
     # found none, and refused every miss, however often the shard was read, though
     # its promotion would have taken the other dataset's room (largest first).
-    try:
-        make_policy(policy)
-    except UnknownPolicy as exc:
-        pytest.skip(str(exc))
+    skip_without_policy(policy)
     store = open_store(
         datasets={"a": DatasetSettings(policy=policy), "b": DatasetSettings(policy="lru")},
         hot_capacity_bytes=10 * STORED,  # room for 9 shards below the high watermark

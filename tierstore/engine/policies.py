@@ -342,8 +342,12 @@ class PolicyDriver:
         # The monotonic clock, on the wall clock's scale as of the start: on the wall
         # clock made monotonic, a system clock set back an hour (an NTP step) had the
         # driver's stand still for that hour, every policy call seeing one instant.
-        self._clock = max(self._clock, self._epoch + time.monotonic())
+        self._clock = max(self._clock, self._wall_now())
         return self._clock
+
+    def _wall_now(self) -> float:
+        """The monotonic clock now, on the wall clock's scale as of the driver's start."""
+        return self._epoch + time.monotonic()
 
     def _policy(self, dataset: str) -> Policy:
         policy = self._policies.get(dataset)
@@ -356,7 +360,7 @@ class PolicyDriver:
             del self._sizes[key]
         self._policies[dataset] = policy
         self._hot_bytes[dataset] = 0
-        now = self._epoch + time.monotonic()
+        now = self._wall_now()
         for key, size, when in hot:
             # Seeded in their own order, and never ahead of the driver's clock; nor of
             # the wall clock: a shard stamped while the system clock ran ahead (a
