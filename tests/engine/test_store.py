@@ -1062,6 +1062,67 @@ def test_a_rebuild_deletes_the_older_generations_of_the_shards_it_restores(
         again.stat("plain", "s")
 
 
+def test_a_rebuild_does_not_give_a_dataset_made_again_its_namesakes_shards(
+    open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A dataset deleted and made again under its name, perhaps for someone else, whose
+    # deletes had not reached the archive when the catalog was lost: the rebuild gave
+    # the new dataset the deleted one's shards (bytes and names it never held).
+    store = open_store(archive, datasets=DATASETS)
+    secret = store.put("plain", "secret", payload(FRAME, 1))
+    kept = store.put("plain", "s", payload(FRAME, 2))  # overwritten by the namesake's
+    assert store.drain(10)
+    deleted = {
+        **generation_objects(archive, "plain", secret.generation),
+        **generation_objects(archive, "plain", kept.generation),
+    }
+    store.delete_dataset("plain", force=True)
+    store.create_dataset("plain", DATASETS["plain"])
+    mine = store.put("plain", "s", payload(FRAME, 3))
+    assert store.drain(10)
+    for key, value in deleted.items():  # as if the delete had not reached the archive
+        archive.put(key, value)
+
+    fresh = open_store(archive)
+    with caplog.at_level(logging.WARNING, "tierstore.engine.store"):
+        assert fresh.rebuild_from_archive() == 1
+    assert "2 shard generations in the archive belong to datasets deleted" in caplog.text
+    assert [info.name for info in fresh.list("plain")[0]] == ["s"]
+    assert fresh.stat("plain", "s").generation == mine.generation
+    assert fresh.get("plain", "s").to_bytes() == payload(FRAME, 3)
+    assert fresh.drain(10)
+    assert all(archive.get(key) is None for key in deleted)  # their deletes ran at last
+    assert fresh.put("plain", "next", b"x").generation > mine.generation
+    again = open_store(archive)  # the first generation survives a second rebuild
+    assert again.rebuild_from_archive() == 2
+    with pytest.raises(ShardNotFound):
+        again.stat("plain", "secret")
+
+
+def test_a_rebuild_keeps_a_plaintext_dataset_made_after_an_encrypted_namesake(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The namesake's encrypted manifests, still in the archive, made the rebuild take
+    # the new dataset's plaintext settings for a replayed object and leave it out.
+    store = open_store(archive, datasets={"d": DatasetSettings(encrypted=True)})
+    old = store.put("d", "old", payload(FRAME, 4))
+    assert store.drain(10)
+    deleted = generation_objects(archive, "d", old.generation)
+    store.delete_dataset("d", force=True)
+    store.create_dataset("d", DatasetSettings(encrypted=False))
+    store.put("d", "new", payload(FRAME, 5))
+    assert store.drain(10)
+    for key, value in deleted.items():
+        archive.put(key, value)
+
+    fresh = open_store(archive)
+    assert fresh.rebuild_from_archive() == 1
+    assert not fresh.get_dataset("d").encrypted
+    assert fresh.get("d", "new").to_bytes() == payload(FRAME, 5)
+    with pytest.raises(ShardNotFound):
+        fresh.stat("d", "old")
+
+
 def test_a_rebuild_falls_back_to_the_older_generation_when_the_newest_is_damaged(
     open_store: StoreFactory, archive: MemoryTier, caplog: pytest.LogCaptureFixture
 ) -> None:

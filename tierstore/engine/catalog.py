@@ -25,6 +25,7 @@ from tierstore.engine.records import (
     catalog_key,
     decode_dataset,
     encode_dataset,
+    first_generation_of,
     shard_of_key,
 )
 from tierstore.engine.unreadable import UnreadableRecords
@@ -122,8 +123,27 @@ class Catalog:
         raw = txn.get(name.encode(), db=self._db("datasets"))
         return None if raw is None else decode_dataset(raw)
 
-    def put_dataset(self, txn: Any, name: str, settings: DatasetSettings) -> None:
-        txn.put(name.encode(), encode_dataset(settings), db=self._db("datasets"))
+    def put_dataset(
+        self, txn: Any, name: str, settings: DatasetSettings, first_generation: int | None = None
+    ) -> None:
+        """Store a dataset's settings, with the first generation it may hold
+        (:func:`~tierstore.engine.records.first_generation_of`; ``None``: as stored, for
+        a change of settings)."""
+        if first_generation is None:
+            first_generation = self.dataset_first_generation(txn, name)
+        txn.put(name.encode(), encode_dataset(settings, first_generation), db=self._db("datasets"))
+
+    def dataset_first_generation(self, txn: Any, name: str) -> int:
+        """The first generation dataset ``name`` may hold (0 if it has none recorded, or
+        does not exist): an older one is an earlier namesake's."""
+        raw = txn.get(name.encode(), db=self._db("datasets"))
+        return 0 if raw is None else first_generation_of(raw)
+
+    def dataset_object(self, txn: Any, name: str) -> bytes | None:
+        """The bytes the archive's settings object of dataset ``name`` holds (a copy),
+        or ``None`` when there is no such dataset."""
+        raw = txn.get(name.encode(), db=self._db("datasets"))
+        return None if raw is None else bytes(raw)
 
     def delete_dataset(self, txn: Any, name: str) -> None:
         txn.delete(name.encode(), db=self._db("datasets"))

@@ -42,7 +42,6 @@ from tierstore.engine.records import (
     archive_frames_key,
     archive_manifest_key,
     catalog_key,
-    encode_dataset,
     frame_digest_of,
     frame_key,
 )
@@ -605,12 +604,12 @@ class Mover:
             self._purge(op)
         elif op.op == "dataset":
             with self._env.read() as txn:
-                settings = self._catalog.get_dataset(txn, op.dataset)
+                settings = self._catalog.dataset_object(txn, op.dataset)
             if settings is None:
                 self._archive.delete(archive_dataset_key(op.dataset))
             else:
                 key = archive_dataset_key(op.dataset)
-                self._archive.put(key, self._seal(key, encode_dataset(settings)))
+                self._archive.put(key, self._seal(key, settings))
         else:
             raise TierstoreError(f"unknown journal operation {op.op!r}")
         return uploaded

@@ -8,12 +8,18 @@ every shard; :func:`restore_catalog` writes them into an empty catalog (for
 :meth:`tierstore.engine.store.Store.rebuild_from_archive`).
 
 A generation whose deletion had not reached the archive before the catalog was
-lost comes back; that is the one thing a rebuild cannot know. Older generations of a
-shard it restores go, as an overwrite's do: the restore journals their deletion (else
-they stayed for good, and a rebuild after a delete of the shard brought it back with
-their bytes), which the mover carries out once the restored generation's frames in the
-archive match their digests (else the older one, the only good copy, becomes the
-shard's current generation again: tierstore.engine.outdated).
+lost comes back; that is the one thing a rebuild cannot know, but for one case: a
+dataset's settings object records the first generation it may hold (generations are
+numbered store-wide), so the shards of an earlier dataset of the same name, deleted
+before this one was made, are told apart. They are not restored into the dataset
+made since (for someone else, perhaps), and the restore journals their deletion.
+
+Older generations of a shard it restores go, as an overwrite's do: the restore
+journals their deletion (else they stayed for good, and a rebuild after a delete of
+the shard brought it back with their bytes), which the mover carries out once the
+restored generation's frames in the archive match their digests (else the older one,
+the only good copy, becomes the shard's current generation again:
+tierstore.engine.outdated).
 
 The archive is untrusted (DESIGN 3.4). With a master key configured, every dataset
 object and manifest must carry a seal made for it at its key
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tierstore.engine.catalog import Catalog
@@ -40,6 +46,7 @@ from tierstore.engine.records import (
     archive_frames_key,
     archive_manifest_key,
     decode_dataset,
+    first_generation_of,
 )
 from tierstore.engine.sealing import stored_size
 from tierstore.errors import FailedPrecondition, IntegrityError, UnknownKeyId
@@ -61,12 +68,18 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class ArchiveContents:
     """What the archive holds: datasets, newest shard generations, the older believed
-    generations of those shards, and the objects not believed (key -> why)."""
+    generations of those shards, and the objects not believed (key -> why).
+
+    ``first_generations``: by dataset, the first generation it may hold (0: not
+    recorded). ``former``: believed generations older than that, which belonged to an
+    earlier dataset of the same name."""
 
     datasets: dict[str, DatasetSettings]
     shards: dict[tuple[str, str], ShardRecord]
     superseded: list[ShardRecord]
     unreadable: dict[str, str]
+    first_generations: dict[str, int] = field(default_factory=dict)
+    former: list[ShardRecord] = field(default_factory=list)
 
 
 _HEX_DIGITS = re.compile("[0-9a-f]+")
@@ -131,6 +144,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
     reported in ``unreadable``, not raised.
     """
     datasets: dict[str, DatasetSettings] = {}
+    first_generations: dict[str, int] = {}
     generations: dict[tuple[str, str], list[ShardRecord]] = {}
     unreadable: dict[str, str] = {}
     for key in archive_keys(archive):
@@ -147,13 +161,16 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         try:
             if key.endswith("/_dataset.json"):
                 check_seal(key, raw)
-                datasets[key.rsplit("/", 1)[0]] = decode_dataset(raw)
+                name = key.rsplit("/", 1)[0]
+                datasets[name] = decode_dataset(raw)
+                first_generations[name] = first_generation_of(raw)
                 continue
             record = believed_manifest(archive, key, raw, check_seal)
         except (IntegrityError, UnknownKeyId) as exc:
             unreadable[key] = str(exc)
             continue
         generations.setdefault((record.dataset, record.name), []).append(record)
+    former = _take_former(generations, first_generations)
     # A seal does not stop an old sealed object from being put back. A settings object
     # saying "plaintext" where sealed encrypted manifests of the dataset exist is stale
     # or replayed (a dataset deleted and created again): never downgrade on its word,
@@ -184,7 +201,26 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         if believed:
             newest[slot] = max(believed, key=lambda record: record.generation)
             superseded += [r for r in believed if r.generation < newest[slot].generation]
-    return ArchiveContents(datasets, newest, superseded, unreadable)
+    return ArchiveContents(datasets, newest, superseded, unreadable, first_generations, former)
+
+
+def _take_former(
+    generations: dict[tuple[str, str], list[ShardRecord]], first_generations: dict[str, int]
+) -> list[ShardRecord]:
+    """Take out of ``generations`` (by shard) and return those older than their
+    dataset's first generation: an earlier namesake's. Before anything else is judged
+    by them: an earlier namesake's encrypted shards say nothing against the settings of
+    a plaintext dataset made since."""
+    former: list[ShardRecord] = []
+    for slot in list(generations):
+        first = first_generations.get(slot[0], 0)
+        kept = [record for record in generations[slot] if record.generation >= first]
+        former += [record for record in generations[slot] if record.generation < first]
+        if kept:
+            generations[slot] = kept
+        else:
+            del generations[slot]
+    return former
 
 
 def believed_manifest(
@@ -215,12 +251,13 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
 
     Shards of datasets the archive holds no settings for are left out. Journals the
     archive's deletion of the older generations of the shards restored (``outdated``
-    entries, newest first: see :mod:`tierstore.engine.outdated`). Raises the
-    ``next_generation`` counter past every restored generation. Returns the shards
-    restored and the newest generation (0 when there is none).
+    entries, newest first: see :mod:`tierstore.engine.outdated`), and of the earlier
+    namesakes' generations (``delete``). Raises the ``next_generation`` counter past
+    every generation scanned and to every dataset's first. Returns the shards restored
+    and the newest generation the counter is now past (0 when there is none).
     """
     for name, settings in contents.datasets.items():
-        catalog.put_dataset(txn, name, settings)
+        catalog.put_dataset(txn, name, settings, contents.first_generations.get(name, 0))
     for record in contents.shards.values():
         if record.dataset in contents.datasets:
             catalog.put_shard(txn, record)
@@ -231,7 +268,18 @@ def restore_catalog(txn: Any, catalog: Catalog, contents: ArchiveContents) -> tu
             catalog.append_journal(
                 txn, JournalOp("outdated", record.dataset, record.name, record.generation)
             )
-    newest = max((r.generation for r in contents.shards.values()), default=0)
+    for record in contents.former:
+        if record.dataset in contents.datasets:
+            catalog.append_journal(
+                txn, JournalOp("delete", record.dataset, record.name, record.generation)
+            )
+    # Past every generation seen, not only those restored: a former one's number taken
+    # again would have its pending delete remove the new generation's objects.
+    scanned = [*contents.shards.values(), *contents.superseded, *contents.former]
+    newest = max(
+        max((r.generation for r in scanned), default=0),
+        max(contents.first_generations.values(), default=0) - 1,
+    )
     if catalog.counter(txn, "next_generation") <= newest:
         catalog.set_counter(txn, "next_generation", newest + 1)
     return sum(1 for r in contents.shards.values() if r.dataset in contents.datasets), newest

@@ -43,6 +43,7 @@ __all__ = [
     "catalog_key",
     "decode_dataset",
     "encode_dataset",
+    "first_generation_of",
     "frame_digest_of",
     "frame_key",
     "generation_of_frame_key",
@@ -350,17 +351,34 @@ class JournalOp:
         return cls(op=op, dataset=dataset, name=name, generation=generation, nbytes=nbytes)
 
 
-def encode_dataset(settings: DatasetSettings) -> bytes:
-    """JSON bytes of a dataset's settings."""
-    return json.dumps(
-        {
-            "v": FORMAT_VERSION,
-            "encrypted": settings.encrypted,
-            "durability": settings.durability.value,
-            "hot_quota_bytes": settings.hot_quota_bytes,
-            "policy": settings.policy,
-        }
-    ).encode()
+def encode_dataset(settings: DatasetSettings, first_generation: int = 0) -> bytes:
+    """JSON bytes of a dataset's settings, and of the first generation it may hold
+    (see :func:`first_generation_of`; 0, for none, is left out)."""
+    document: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "encrypted": settings.encrypted,
+        "durability": settings.durability.value,
+        "hot_quota_bytes": settings.hot_quota_bytes,
+        "policy": settings.policy,
+    }
+    if first_generation:
+        document["first_generation"] = first_generation
+    return json.dumps(document).encode()
+
+
+def first_generation_of(raw: bytes | memoryview) -> int:
+    """The first generation the dataset whose :func:`encode_dataset` bytes are ``raw``
+    may hold: generations are numbered store-wide in the order they are taken, so a
+    shard generation older than it belongs to an earlier dataset of the same name
+    (deleted, its archive objects perhaps not yet). 0 for a dataset made before
+    this was recorded. Raises IntegrityError for an unreadable value."""
+    try:
+        value = json.loads(bytes(raw)).get("first_generation", 0)
+    except (ValueError, AttributeError, RecursionError) as exc:
+        raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise IntegrityError(f"unreadable dataset settings: first_generation {value!r:.40}")
+    return value
 
 
 def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:

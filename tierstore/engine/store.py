@@ -407,7 +407,14 @@ class Store:
         with self._env.write() as txn:
             if self._catalog.get_dataset(txn, name) is not None:
                 raise AlreadyExists(f"dataset {name!r} already exists")
-            self._catalog.put_dataset(txn, name, settings)
+            # In the transaction, which a put takes its generation in (a staged put
+            # older than it is refused at its commit): every generation the dataset
+            # holds is at least this one, every one an earlier namesake held older, and
+            # a rebuild from the archive tells the two apart by it.
+            first = self._writer.next_generation()
+            if self._catalog.counter(txn, "next_generation") < first:
+                self._catalog.set_counter(txn, "next_generation", first)  # past restarts
+            self._catalog.put_dataset(txn, name, settings, first)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
             # In the transaction: a put that follows its commit finds the policy. (A
             # failed commit leaves it to a name without a dataset, where nothing reads it
@@ -1175,6 +1182,12 @@ class Store:
             )
         for key, why in contents.unreadable.items():
             log.warning("archive object %s is not believed, skipped: %s", key, why)
+        if contents.former:
+            log.warning(
+                "%d shard generations in the archive belong to datasets deleted before "
+                "a namesake was made: not restored, and deleted from the archive",
+                len(contents.former),
+            )
         with self.master_keys.restoring() as forget_seals, self._env.write() as txn:
             # Again, in the transaction that restores: a dataset created while the
             # archive was scanned would otherwise be overwritten by older state.

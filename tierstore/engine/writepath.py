@@ -196,7 +196,7 @@ class ShardWriter:
         HotTierFull (at once, nothing evicted, for a put larger than the hot tier takes
         below its high watermark), ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying), FailedPrecondition (a staged
-        put whose dataset was made again with the other encryption meanwhile).
+        put whose dataset was deleted and made again meanwhile).
 
         A put of more payload than ``put_chunk_bytes`` is *staged*: its frames are
         written a chunk per transaction (:meth:`_stage`), invisible until the record
@@ -615,9 +615,9 @@ class ShardWriter:
         ``staged``: a generation whose frames :meth:`_stage` wrote; its record is
         committed instead (its frames' marker goes). Its generation was taken before
         this transaction: raises :class:`_Overtaken`, nothing written, when the shard's
-        current generation is newer, and FailedPrecondition when its dataset was made
-        again with the other encryption meanwhile (its frames are sealed as the old one
-        was).
+        current generation is newer, and FailedPrecondition when its dataset was deleted
+        and made again meanwhile (its generation is older than the new dataset's first,
+        and its frames may be sealed as the old one was).
         """
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)  # deleted meanwhile?
@@ -699,11 +699,17 @@ class ShardWriter:
         old master key may be retired by now). Raises _Overtaken, FailedPrecondition."""
         record = staged.record
         where = f"{record.dataset}/{record.name}"
-        if (record.envelope is not None) != settings.encrypted:
+        other_encryption = (record.envelope is not None) != settings.encrypted
+        if other_encryption or record.generation < self._catalog.dataset_first_generation(
+            txn, record.dataset
+        ):
+            # Its generation was taken for the dataset's namesake, deleted since: it must
+            # not land in a dataset made since for someone else, nor be taken for the
+            # namesake's by a rebuild from the archive.
+            how = f" {'with' if settings.encrypted else 'without'} encryption"
             raise FailedPrecondition(
-                f"{record.dataset} was deleted and made again "
-                f"{'with' if settings.encrypted else 'without'} encryption while {where} "
-                "was being written: nothing was stored; put it again"
+                f"{record.dataset} was deleted and made again{how if other_encryption else ''} "
+                f"while {where} was being written: nothing was stored; put it again"
             )
         if previous is not None and previous.generation > record.generation:
             raise _Overtaken()
