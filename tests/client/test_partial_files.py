@@ -120,6 +120,27 @@ def test_a_download_over_a_file_keeps_its_mode(admin: Client, dataset: str, tmp_
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
 
+def test_a_new_file_for_an_encrypted_shard_is_the_owners_alone(
+    admin: Client, any_dataset: str, tmp_path: Path
+) -> None:
+    """The plaintext of an encrypted shard went into a file the umask left readable by
+    every user (0644): a new one is 0600 now. A plaintext shard's new file gets the
+    umask's mode, as ``open`` gives it, and a file written over keeps its own."""
+    admin.put(any_dataset, "s", b"kept encrypted at rest")
+    encrypted = admin.stat(any_dataset, "s").encrypted
+    mask = os.umask(0o022)
+    try:
+        admin.download(any_dataset, "s", tmp_path / "new.bin")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "new.bin").read_bytes() == b"kept encrypted at rest"
+    expected = 0o600 if encrypted else 0o644
+    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == expected
+    (tmp_path / "new.bin").chmod(0o640)
+    admin.download(any_dataset, "s", tmp_path / "new.bin")
+    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o640
+
+
 def test_a_descriptor_of_this_process_is_written_in_place(tmp_path: Path) -> None:
     # /dev/stdout, /dev/fd/N and /proc/self/fd/N name one of the process's descriptors
     # (and so do /proc/thread-self/fd/N and the task directories of its threads).

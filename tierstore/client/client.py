@@ -225,7 +225,9 @@ class Client(AdminCalls, PlacementCalls):
             stream.into(memoryview(out).cast("B"))
             return out
 
-        return self._read_range(dataset, shard, offset, length, lambda local: local, receive)
+        return self._read_range(
+            dataset, shard, offset, length, lambda local: local.buffers[0], receive
+        )
 
     def download(
         self,
@@ -244,7 +246,8 @@ class Client(AdminCalls, PlacementCalls):
         file, which the OS writes back as it needs. A regular file is written as a new
         file of its own beside ``path`` (``.<name>.<random>.part``, never one already
         there) and renamed over it once whole and verified (with the permissions of the
-        file it replaces), so a failed download leaves ``path`` as it was. A device, a
+        file it replaces; a new file for an encrypted shard is made 0600, the others
+        as ``open`` would), so a failed download leaves ``path`` as it was. A device, a
         pipe or one of this process's descriptors (``/dev/stdout``, ``/dev/fd/N``: the
         descriptor itself, at its own position, so ``>>`` appends) is written in place
         a frame at a time as each arrives, as :meth:`iter_bytes` hands them on: a
@@ -269,15 +272,24 @@ class Client(AdminCalls, PlacementCalls):
                 ) as pieces,
             ):
                 return sum(write_all(file, memoryview(piece)) for piece in pieces)
-        with partial_file(target) as partial:
+        # A new file for an encrypted shard's plaintext is the owner's alone (0600), not
+        # the umask's (most often readable by every user); one written over keeps its
+        # mode, which its owner chose. Told by the read itself, at no extra call.
+        encrypted = False
+
+        def take_local(local: LocalShard) -> int:
+            nonlocal encrypted
+            encrypted = local.encrypted
+            return int(local.buffers[0].size)  # read in place straight into the file
+
+        def receive(stream: ShardStream) -> int:
+            nonlocal encrypted
+            encrypted = stream.info.encrypted
+            return stream_into_file(stream, partial)
+
+        with partial_file(target, private_if_new=lambda: encrypted) as partial:
             return self._read_range(
-                dataset,
-                shard,
-                offset,
-                length,
-                lambda local: int(local.size),  # read in place straight into the file
-                lambda stream: stream_into_file(stream, partial),
-                file_allocator(partial),
+                dataset, shard, offset, length, take_local, receive, file_allocator(partial)
             )
 
     def _read_range(
@@ -286,12 +298,12 @@ class Client(AdminCalls, PlacementCalls):
         shard: str,
         offset: int,
         length: int | None,
-        take_local: Callable[[pa.Buffer], T],
+        take_local: Callable[[LocalShard], T],
         receive: Callable[[ShardStream], T],
         allocate: FrameAllocator | None = None,
     ) -> T:
-        """A byte range read: checked, then read locally (``take_local`` of its one
-        buffer, from ``allocate`` if given) where the local path serves it, else
+        """A byte range read: checked, then read locally (``take_local`` of what it
+        read, one buffer, from ``allocate`` if given) where the local path serves it, else
         streamed (``receive``)."""
         offset, length = _checked_range(dataset, shard, offset, length)
         # A fork() waits for the whole read, local or streamed (see forkgate).
@@ -299,7 +311,7 @@ class Client(AdminCalls, PlacementCalls):
             if self._local is not None:
                 local = self._local.read_range(dataset, shard, offset, length, allocate)
                 if local is not None:
-                    return take_local(local.buffers[0])
+                    return take_local(local)
             self._counts.bump("grpc")
             return self._read_whole(_range_request(dataset, shard, offset, length), receive)
 

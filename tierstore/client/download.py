@@ -107,15 +107,19 @@ def _lists_own_descriptors(directory: Path, own: str) -> bool:
 
 
 @contextmanager
-def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
+def partial_file(
+    target: Path, *, private: bool = False, private_if_new: Callable[[], bool] = lambda: False
+) -> Iterator[BinaryIO]:
     """A new file beside ``target``, open for reading and writing, that replaces
     ``target`` when the block ends without an error and is removed when it raises.
 
     The file is made with ``O_EXCL`` under a random name, so no file or link already
     there is touched. Its mode is 0600 when ``private``, else that of the file it
     replaces, as ``open`` keeps it (a private file downloaded over became readable by
-    every user), or for a new file what ``open`` would give it (0666 less the
-    umask). A process killed while writing leaves its
+    every user), or for a new file 0600 when ``private_if_new()`` (the plaintext of
+    what was kept encrypted: asked once the block has written it), else what ``open``
+    would give it (0666 less the umask). The mode is set once the file is whole: it is
+    0600 until then. A process killed while writing leaves its
     partial file behind (a hidden ``.<name>.<random>.part``), for whoever looks to
     remove; no later write reuses it."""
     try:
@@ -127,24 +131,25 @@ def partial_file(target: Path, *, private: bool = False) -> Iterator[BinaryIO]:
     partial = Path(name)
     try:
         with os.fdopen(descriptor, "w+b") as file:  # closes the descriptor, whatever
-            if not private:
-                os.fchmod(file.fileno(), _mode_for(target))
             yield file
+            if not private:
+                os.fchmod(file.fileno(), _mode_for(target, private_if_new()))
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
 
 
-def _mode_for(target: Path) -> int:
-    """The permission bits of the regular file ``target``, or a new file's."""
+def _mode_for(target: Path, private_if_new: bool = False) -> int:
+    """The permission bits of the regular file ``target``, or a new file's (0600 when
+    ``private_if_new``)."""
     try:
         status = target.stat()
     except OSError:
         status = None
     if status is not None and stat.S_ISREG(status.st_mode):
         return stat.S_IMODE(status.st_mode) & 0o777  # no set-id bit on new contents
-    return 0o666 & ~_umask()
+    return 0o600 if private_if_new else 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -190,6 +190,8 @@ class LocalShard:
     buffers: tuple[pa.Buffer, ...]
     #: whether the buffers point into the LMDB map (and hold a snapshot open).
     zero_copy: bool
+    #: whether the shard is kept encrypted (its buffers hold the plaintext).
+    encrypted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +379,9 @@ class LocalReads:
         lookup = _frame_lookup(session, record, indexes)
         if sealer.cipher is not None:
             buffers = open_all_frames(sealer, indexes, lookup, self.allocator())
-            return LocalShard(record.kind, record.generation, tuple(buffers), False)
+            return LocalShard(
+                record.kind, record.generation, tuple(buffers), False, record.envelope is not None
+            )
         lease = session.lease()
         if lease is None:
             self.counts.bump("copies")
@@ -394,7 +398,9 @@ class LocalReads:
                 # address, and Arrow wants 8-byte-aligned buffers: it is copied. Larger
                 # frames have pages of their own and start 16 bytes in: never copied.
                 out.append(_copy(payload))
-        return LocalShard(record.kind, record.generation, tuple(out), in_place)
+        return LocalShard(
+            record.kind, record.generation, tuple(out), in_place, record.envelope is not None
+        )
 
     def _range(
         self,
@@ -414,7 +420,9 @@ class LocalReads:
         pieces = [(piece.index, piece.start, piece.stop) for piece in slices]
         lookup = _frame_lookup(session, record, [piece.index for piece in slices])
         open_pieces_into(sealer, pieces, lookup, memoryview(out).cast("B"))
-        return LocalShard(record.kind, record.generation, (out,), False)
+        return LocalShard(
+            record.kind, record.generation, (out,), False, record.envelope is not None
+        )
 
     def allocator(self) -> FrameAllocator:
         """Where decrypted frames land (decided on first use in this client)."""
