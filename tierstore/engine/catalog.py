@@ -112,7 +112,7 @@ class Catalog:
         #: when this catalog was opened: the commit time of a journal entry without one.
         self._opened_at = time.time()
         #: the unreadable records found and not since deleted: some named, all counted.
-        self.unreadable = UnreadableRecords()
+        self.unreadable = UnreadableRecords(environment.oldest_snapshot)
 
     def _db(self, name: str) -> Any:
         return self._env.db(name)
@@ -166,7 +166,7 @@ class Catalog:
         try:
             return lookup_shard(txn, self._db(SHARDS_DB), dataset, name)
         except IntegrityError as exc:
-            self._note_damaged(catalog_key(dataset, name), exc.__cause__ or exc)
+            self._note_damaged(txn, catalog_key(dataset, name), exc.__cause__ or exc)
             raise
 
     def readable_shard(self, txn: Any, dataset: str, name: str) -> ShardRecord | None:
@@ -215,7 +215,7 @@ class Catalog:
                 start = max(start, head + start_after.encode()[:KEPT_NAME_BYTES])
             positioned = cursor.set_range(start)
         raw_prefix = prefix.encode()
-        for record in self._in_name_order(cursor, positioned, head):
+        for record in self._in_name_order(txn, cursor, positioned, head):
             raw_name = record.name.encode()
             if raw_prefix and not raw_name.startswith(raw_prefix):
                 if raw_name[: len(raw_prefix)] > raw_prefix:
@@ -228,7 +228,7 @@ class Catalog:
         noted in :meth:`damaged_records`."""
         generations: set[int] = set()
         for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
-            record = self._readable(key, raw)
+            record = self._readable(txn, key, raw)
             if record is not None:
                 generations.add(record.generation)
         return generations
@@ -244,7 +244,9 @@ class Catalog:
             positioned = cursor.next()
         return count
 
-    def _in_name_order(self, cursor: Any, positioned: bool, head: bytes) -> Iterator[ShardRecord]:
+    def _in_name_order(
+        self, txn: Any, cursor: Any, positioned: bool, head: bytes
+    ) -> Iterator[ShardRecord]:
         """Readable records from the cursor on, while keys start with ``head``, sorted by
         name (unreadable ones are noted and passed by).
 
@@ -254,7 +256,7 @@ class Catalog:
         run: list[ShardRecord] = []
         run_head = ("", b"")
         while positioned and bytes(cursor.key()).startswith(head):
-            record = self._readable(cursor.key(), cursor.value())
+            record = self._readable(txn, cursor.key(), cursor.value())
             if record is None:
                 positioned = cursor.next()
                 continue
@@ -272,17 +274,21 @@ class Catalog:
 
     # Damaged records.
 
-    def _readable(self, key: Any, raw: Any) -> ShardRecord | None:
-        """The record ``raw`` stored at ``key``, or ``None`` (noted) if it does not decode."""
+    def _readable(self, txn: Any, key: Any, raw: Any) -> ShardRecord | None:
+        """The record ``raw`` stored at ``key`` in ``txn``, or ``None`` (noted) if it
+        does not decode."""
         try:
             return ShardRecord.decode(raw)
         except IntegrityError as exc:
-            self._note_damaged(bytes(key), exc)
+            self._note_damaged(txn, bytes(key), exc)
             return None
 
-    def _note_damaged(self, key: bytes, exc: BaseException) -> None:
+    def _note_damaged(self, txn: Any, key: bytes, exc: BaseException) -> None:
+        """Note the record at ``key``, read in ``txn``, as unreadable: a read in a
+        snapshot older than the record's delete is not (see
+        :mod:`tierstore.engine.unreadable`)."""
         dataset, name = shard_of_key(key)
-        if self.unreadable.note(key, dataset, f"{dataset}/{name}: {exc}"):
+        if self.unreadable.note(key, dataset, f"{dataset}/{name}: {exc}", txn.id()):
             log.error("catalog record %s/%s is unreadable: %s", dataset, name, exc)
 
     def damaged_records(self) -> list[str]:
@@ -316,18 +322,19 @@ class Catalog:
         positioned = cursor.set_range(head)
         damaged = []
         while positioned and bytes(cursor.key()).startswith(head):
-            if self._readable(cursor.key(), cursor.value()) is None:
+            if self._readable(txn, cursor.key(), cursor.value()) is None:
                 damaged.append(bytes(cursor.key()))
             positioned = cursor.next()
         return damaged
 
     def delete_damaged(self, txn: Any, key: bytes) -> None:
-        """Delete an unreadable record (and its access statistics) by key; it is no
-        longer reported once ``txn`` commits (a failed commit leaves it unreported
-        until a walk finds it again)."""
+        """Delete an unreadable record (and its access statistics) by key, in write
+        transaction ``txn``; it is no longer reported, nor noted by a read older than
+        ``txn`` (a failed commit leaves it unreported until a read newer than a later
+        commit finds it again)."""
         txn.delete(key, db=self._db(SHARDS_DB))
         txn.delete(key, db=self._db("access"))
-        self.unreadable.forget(key, shard_of_key(key)[0])
+        self.unreadable.forget(key, shard_of_key(key)[0], txn.id())
 
     # Counters and notes.
 

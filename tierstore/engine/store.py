@@ -291,7 +291,7 @@ class Store:
         #: full (engine/diskreserve.py): made now, and again by the mover's passes.
         self.disk_reserve = DiskReserve(settings.data_dir, settings.disk_reserve_bytes)
         self.disk_reserve.ensure()
-        self.mover.after_pass = self.disk_reserve.ensure
+        self.mover.after_pass = self._after_mover_pass
         self._writer.give_room = self.promoter.spooler.give_room = self.disk_reserve.release
         self._open_policies()
         if self._catalog.unreadable.recount:
@@ -299,6 +299,13 @@ class Store:
             # (tierstore.engine.unreadable): counted exactly once, before anything runs.
             with self._env.read() as txn:
                 self._catalog.count_unreadable(txn)
+
+    def _after_mover_pass(self) -> None:
+        """The mover's housekeeping after each pass: the disk reserve made again, and
+        the deletes of unreadable records that no read is older than let go
+        (tierstore.engine.unreadable)."""
+        self.disk_reserve.ensure()
+        self._catalog.unreadable.prune()
 
     def start_background(self) -> None:
         """Start the mover and the prefetcher, and the resumption of a key rotation a

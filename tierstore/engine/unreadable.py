@@ -17,12 +17,35 @@ other thread runs. So the counts are exact, but for a record that became unreada
 while the store ran, in a dataset with records counted unnamed already: it is
 counted from the next start.
 
+A note comes from a read, and a read may be older than a delete: the mover's journal
+pass, retrying a damaged record's upload, read the record in a snapshot taken before
+the shard's delete committed and noted it once the delete had forgotten it, and the
+deleted shard stayed reported until the next start. So a note carries the snapshot it
+was read in, and a delete the write transaction it is made in (LMDB's transaction
+ids: a read sees a write's changes exactly when its id is at least the write's,
+:mod:`tierstore.tiers.snapshots`); a note from a snapshot older than the delete that
+forgot its key is ignored. A record made again under the key since is noted by any
+read that sees it: one new enough to see it is no older than the delete.
+
+Each delete (of an unreadable record: no other is forgotten here) is kept, by key,
+only while a read older than it may still note. It cannot go when it commits: a read
+that began just before is older, and a read lease's read may last. The catalog's
+:meth:`~tierstore.tiers.lmdb.LmdbEnvironment.oldest_snapshot` bounds every read of
+the process under way or yet to begin; the deletes no read can be older than are let
+go, oldest first (write ids never go back), at the next delete or note of another
+transaction, and at each :meth:`UnreadableRecords.prune` (the mover's, after each
+pass). A dataset of millions of damaged records deleted at once keeps their keys in
+memory that long: until the reads under way then have ended, and the next of those
+comes. An account made without ``oldest_snapshot`` keeps every delete, for tests.
+
 Thread safety: every method may be called from any thread.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 __all__ = ["NAMED_AT_MOST", "UnreadableRecords"]
 
@@ -33,9 +56,13 @@ NAMED_AT_MOST = 1_000
 class UnreadableRecords:
     """Unreadable shard records by catalog key: some named (with why), all counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, oldest_snapshot: Callable[[], int] = lambda: 0) -> None:
+        """``oldest_snapshot()``: a lower bound on the snapshot (LMDB's transaction id)
+        of every read under way or yet to begin that may note a record (the catalog's
+        :meth:`~tierstore.tiers.lmdb.LmdbEnvironment.oldest_snapshot`)."""
         #: records named at most (NAMED_AT_MOST).
         self.named_at_most = NAMED_AT_MOST
+        self._oldest_snapshot = oldest_snapshot
         self._lock = threading.Lock()
         #: catalog key -> "dataset/name: why", for at most ``named_at_most`` records.
         self._named: dict[bytes, str] = {}
@@ -44,11 +71,22 @@ class UnreadableRecords:
         #: whether a record was counted unnamed since the last count: the records of its
         #: dataset found after it were taken for it, so the counts may be short.
         self.recount = False
+        #: catalog key -> the write transaction that forgot it, in that order (ids never
+        #: go back): kept while a read older than it may note the key.
+        self._deleted: OrderedDict[bytes, int] = OrderedDict()
+        #: the transaction whose delete or note last let deletes go (once each, not
+        #: once per record of a dataset deleted whole).
+        self._pruned_for = -1
 
-    def note(self, key: bytes, dataset: str, why: str) -> bool:
-        """Note the unreadable record at ``key`` of ``dataset``; returns whether it was
-        counted now (else it was counted before, or is taken to have been)."""
+    def note(self, key: bytes, dataset: str, why: str, seen_in: int) -> bool:
+        """Note the unreadable record at ``key`` of ``dataset``, read in snapshot
+        ``seen_in`` (the reading transaction's id); returns whether it was counted now
+        (else it was counted before, or is taken to have been, or it was read before
+        a delete that forgot it)."""
+        self._prune_for(seen_in)
         with self._lock:
+            if seen_in < self._deleted.get(key, seen_in):
+                return False  # read before its delete: that record is gone
             if key in self._named:
                 self._named[key] = why
                 return False
@@ -65,11 +103,41 @@ class UnreadableRecords:
                 self.recount = True
             return True
 
-    def forget(self, key: bytes, dataset: str) -> None:
-        """The record at ``key`` of ``dataset`` was deleted: it is no longer counted."""
+    def forget(self, key: bytes, dataset: str, deleted_in: int) -> None:
+        """The record at ``key`` of ``dataset`` is deleted by write transaction
+        ``deleted_in`` (its id): it is no longer counted, and no longer noted from a
+        snapshot older than that transaction."""
+        self._prune_for(deleted_in)
         with self._lock:
             if self._named.pop(key, None) is None:
                 self._take_unnamed(dataset)
+            self._deleted[key] = deleted_in
+            self._deleted.move_to_end(key)
+
+    def prune(self) -> None:
+        """Let go of the deletes that no read under way or yet to begin is older than
+        (the module docstring says when this runs). Raises what ``oldest_snapshot``
+        raises."""
+        # Outside the lock: the bound takes the environment's own locks.
+        oldest = self._oldest_snapshot()
+        with self._lock:
+            while self._deleted:
+                if next(iter(self._deleted.values())) > oldest:
+                    return
+                self._deleted.popitem(last=False)
+
+    def _prune_for(self, txn: int) -> None:
+        """:meth:`prune`, once per transaction ``txn`` and only with deletes kept."""
+        with self._lock:
+            if not self._deleted or txn == self._pruned_for:
+                return
+            self._pruned_for = txn
+        self.prune()
+
+    def deletes_kept(self) -> int:
+        """How many deletes are kept to refuse notes older than them."""
+        with self._lock:
+            return len(self._deleted)
 
     def _take_unnamed(self, dataset: str) -> None:
         left = self._unnamed.get(dataset, 0) - 1
