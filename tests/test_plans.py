@@ -150,6 +150,10 @@ def test_rank_order_names_shards() -> None:
         ({"epochs": MAX_PLAN_EPOCHS + 1}, "epochs"),
         ({"seed": -1}, "negative"),
         ({"epoch": -1}, "negative"),
+        # Past uint64 (the wire's), a seed or an epoch ordered as another one: 2**64 as 0.
+        ({"seed": 1 << 64}, "seed must be below 2\\*\\*64"),
+        ({"epoch": 1 << 64}, "epoch"),
+        ({"epoch": (1 << 64) - 1, "epochs": 2}, "epoch"),
         ({"samples_per_epoch": -1}, "samples_per_epoch"),
         ({"samples_per_epoch": 5}, "replacement"),
     ],

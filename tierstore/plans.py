@@ -101,6 +101,15 @@ class SamplerPlan:
             raise InvalidArgument(f"epochs must be in [1, {MAX_PLAN_EPOCHS}], got {self.epochs}")
         if self.epoch < 0 or self.seed < 0:
             raise InvalidArgument("seed and epoch must not be negative")
+        # Both are uint64 on the wire and in the hash: a larger one ordered as another
+        # (a seed of 2**64 as 0), and the last epoch of a plan must be one too.
+        if self.seed >= 1 << 64:
+            raise InvalidArgument(f"seed must be below 2**64, got {self.seed}")
+        if self.epoch + self.epochs > 1 << 64:
+            raise InvalidArgument(
+                f"epoch must leave room for the plan's {self.epochs} epochs below 2**64, "
+                f"got {self.epoch}"
+            )
         if self.samples_per_epoch < 0:
             raise InvalidArgument("samples_per_epoch must not be negative")
         if self.samples_per_epoch and self.kind is not SamplerKind.REPLACEMENT:
