@@ -265,3 +265,18 @@ def test_without_plans_it_behaves_as_its_s3fifo_fallback() -> None:
     s3fifo = HotModel(S3FifoPolicy(), 10)
     keys = [(k * 7919) % 37 for k in range(400)]
     assert [clairvoyant.read(k, 1) for k in keys] == [s3fifo.read(k, 1) for k in keys]
+
+
+def test_prefetch_goes_on_when_no_planned_resident_may_be_evicted() -> None:
+    # The horizon is the next use of the farthest planned resident eviction may take;
+    # with every one held (pinned, say) there was none, the horizon was -inf and no
+    # pass named anything again, however much room the tier had. A fetch then evicts
+    # no planned shard at all, as when none is hot.
+    policy = ClairvoyantPolicy()
+    declare(policy, "job", [1, 2, 3, 4])
+    model = HotModel(policy, 10)
+    model.insert(2, 1)
+    model.pinned.add(2)
+    assert model.victims(1) == []  # the driver said 2 may not go
+    wanted = policy.prefetch(0.0, PrefetchBudget(10, 10), model.hot.__contains__)
+    assert wanted == [1, 3, 4]

@@ -24,9 +24,9 @@ job's position also advances when a read is its next plan entry.
   first; shards on their way in count too, and those the driver would not evict when
   last asked for victims, pinned say, do not), then only those due before the farthest
   planned resident eviction may take, as far as it knows (else fetching one would
-  evict a shard needed sooner). The most urgent one is named first even when it alone
-  is larger than the budget's bytes, as :class:`~tierstore.policy.base.PrefetchBudget`
-  allows.
+  evict a shard needed sooner); with no such resident, no bound. The most urgent one
+  is named first even when it alone is larger than the budget's bytes, as
+  :class:`~tierstore.policy.base.PrefetchBudget` allows.
 
 Plans expire when no report arrives for ``plan_ttl_s`` of the driver's time. Reads
 that follow no plan, plans naming shards never read, reports out of range: all are
@@ -258,10 +258,15 @@ class ClairvoyantPolicy(Policy):
         # the fallback held a shard, each prefetch beyond it evicted the shard fetched
         # just before, due sooner, which the next pass fetched again: several fetches
         # per shard a job read in order. A horizon set by a pinned shard did the same.)
+        # With no planned resident eviction may take (none hot, or every one held), a
+        # fetch displaces no planned shard: no horizon. (Taken from the search's "none"
+        # answer, -inf, it stopped every pass before its first entry.)
         horizon = np.inf
         unplanned = max(0, self._fallback.resident_bytes - self._held_bytes)
         if self._count:
-            horizon = self._farthest(self._not_held, set())[1]
+            farthest, due, _ = self._farthest(self._not_held, set())
+            if farthest != NIL:
+                horizon = due
         scan_horizon = np.inf if unplanned else horizon
         slots = self._slots
         resident = slots.view("resident")
