@@ -67,7 +67,12 @@ class RecordingPolicy(LruPolicy):
         return chosen
 
     def prefetch(
-        self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
+        self,
+        now: float,
+        budget: PrefetchBudget,
+        is_hot: Callable[[Key], bool],
+        *,
+        arriving: Callable[[Key], bool] | None = None,
     ) -> list[Key]:
         wanted = [key for key in self.plan[self.position :] if not is_hot(key)]
         wanted = wanted[: budget.requests]

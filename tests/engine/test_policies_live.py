@@ -983,6 +983,26 @@ def test_prefetch_takes_no_pinned_planned_shard_for_the_one_it_would_evict(
     assert store.promoter.promotions <= 1 + 3 * len(names)
 
 
+def test_prefetch_counts_no_shard_too_large_to_come_as_on_its_way_in(
+    open_store: StoreFactory,
+) -> None:
+    # "big", larger than the dataset's quota, is nothing to fetch, and it never comes;
+    # the clairvoyant policy counted it as on its way in all the same, and its bytes
+    # took the room that evicting the unplanned u0 and u1 makes: the shard after the
+    # farthest planned resident (r) was not fetched, pass after pass.
+    skip_without_policy("clairvoyant")
+    store = open_store(datasets={"d": DatasetSettings(policy="clairvoyant")}, start_mover=False)
+    store.put("d", "big", payload(8 * FRAME, 0))
+    fill(store, "d", ["u0", "u1", "r", "a", "b", "c"])
+    for name in ("big", "a", "b", "c"):
+        store.evict("d", name)
+    store.update_dataset("d", hot_quota_bytes=6 * STORED)  # 3 hot: room for 3 more
+    store.declare_plan("d", shards=["big", "a", "r", "b", "c"])
+    assert store.prefetcher.run_once() == 2  # a, due before r; b, in u0's and u1's room
+    assert store.promoter.in_flight() == (2, 2 * STORED)
+    assert store.prefetcher.run_once() == 0  # c is due after r; a and b, coming, take the room
+
+
 class _CountingArchive(MemoryTier):
     """A memory archive that counts reads of each key and range (``None``: whole), and
     notes the threads that made them."""

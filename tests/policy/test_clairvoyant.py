@@ -280,3 +280,24 @@ def test_prefetch_goes_on_when_no_planned_resident_may_be_evicted() -> None:
     assert model.victims(1) == []  # the driver said 2 may not go
     wanted = policy.prefetch(0.0, PrefetchBudget(10, 10), model.hot.__contains__)
     assert wanted == [1, 3, 4]
+
+
+def test_prefetch_counts_only_shards_on_their_way_in_against_the_unplanned_room() -> None:
+    # Shard 1 is nothing to fetch, yet not on its way in (larger than the tier takes:
+    # it never comes). It was counted as coming all the same, and its 50 bytes took
+    # the room that evicting the unplanned 8 and 9 makes from shards that can come.
+    policy = ClairvoyantPolicy()
+    policy.inserted(8, 10, 0.0)
+    policy.inserted(9, 10, 0.0)  # unplanned: 20 bytes of room
+    policy.declare_plan("job", [1, 2, 3, 4, 5], [50, 10, 10, 10, 10], 0.0)
+    policy.inserted(3, 10, 0.0)  # the farthest planned resident: 4 and 5 are due after it
+    budget = PrefetchBudget(requests=10, bytes=1000)
+
+    def nothing_to_fetch(key: object) -> bool:
+        return key == 1
+
+    never_comes = policy.prefetch(0.0, budget, nothing_to_fetch, arriving=never)
+    assert never_comes == [2, 4]
+    coming = policy.prefetch(0.0, budget, nothing_to_fetch, arriving=nothing_to_fetch)
+    assert coming == [2]  # 1 on its way in fills the room
+    assert policy.prefetch(0.0, budget, nothing_to_fetch) == [2]  # untold: taken as coming

@@ -30,8 +30,8 @@ Thread safety and lock order: every policy call runs under the driver's one lock
 the LMDB write transaction that changes it, as its last steps, so they reach the
 policies in commit order; so the order is **LMDB write transaction → driver
 lock**, and the driver lock is never held while a write transaction is begun.
-The ``evictable``, ``is_hot`` and ``size_of`` callbacks run under the driver
-lock and must not call back into the driver.
+The ``evictable``, ``is_hot``, ``arriving`` and ``size_of`` callbacks run under the
+driver lock and must not call back into the driver.
 
 Invariant, and its one gap: the policies hold hot exactly the shards the catalog
 does. A transaction that fails after telling the policies (at its commit, or at a
@@ -264,10 +264,13 @@ class PolicyDriver:
         size_of: Callable[[Key], int],
         *,
         idle: bool = False,
+        arriving: Callable[[Key], bool] | None = None,
     ) -> list[Key]:
         """Cold keys to fetch next within ``budget``, asking each dataset's policy in turn
         (starting one further each call, so no dataset always goes first) with what the
-        earlier ones left. ``size_of`` gives a key's stored size.
+        earlier ones left. ``size_of`` gives a key's stored size; ``arriving``, which of
+        the keys ``is_hot`` accepts are on their way in (see
+        :meth:`~tierstore.policy.base.Policy.prefetch`).
 
         A key larger than the bytes left is taken only as the first and only key, and
         only when ``idle`` (nothing is in flight, so ``budget.bytes`` is the whole
@@ -288,7 +291,7 @@ class PolicyDriver:
                 if requests <= 0 or room <= 0:
                     break
                 offered = self._policies[dataset].prefetch(
-                    now, PrefetchBudget(requests, room), is_hot
+                    now, PrefetchBudget(requests, room), is_hot, arriving=arriving
                 )
                 for key in offered[:requests]:
                     if key in seen:

@@ -107,6 +107,8 @@ class Prefetcher:
         if budget.requests <= 0 or budget.bytes <= 0 or self._hot_room.over_high_watermark():
             return 0
         records: dict[Key, ShardRecord] = {}
+        #: keys found to be nothing to fetch, each saying whether it is on its way in.
+        settled: dict[Key, bool] = {}
         quotas: dict[str, int] = {}
         with self._env.read() as txn:
 
@@ -121,15 +123,23 @@ class Prefetcher:
                 # archived (so hot anyway), unreadable or already on its way counts as
                 # hot, and so does one larger than the hot tier or its dataset's quota
                 # takes (its promotion would be skipped, at every pass).
+                if key in records or key in settled:
+                    return key in settled
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is None or record.hot or not record.archived:
-                    return True
-                if self._promoter.is_promoting(record) or not self._promoter.fits_hot_tier(
-                    record, quota(record.dataset)
-                ):
-                    return True
-                records[key] = record
-                return False
+                    settled[key] = False
+                elif self._promoter.is_promoting(record):
+                    settled[key] = True
+                elif not self._promoter.fits_hot_tier(record, quota(record.dataset)):
+                    settled[key] = False
+                else:
+                    records[key] = record
+                return key in settled
+
+            def arriving(key: Key) -> bool:
+                # Of the keys above, only a queued or running promotion brings one in: a
+                # shard too large never comes, and must take no room in a policy's sums.
+                return is_hot(key) and settled[key]
 
             def size_of(key: Key) -> int:
                 record = records.get(key)
@@ -137,7 +147,9 @@ class Prefetcher:
                     record = records[key]
                 return 0 if record is None else stored_size(record)
 
-            wanted = self._policies.prefetch(budget, is_hot, size_of, idle=count == 0)
+            wanted = self._policies.prefetch(
+                budget, is_hot, size_of, idle=count == 0, arriving=arriving
+            )
         queued = 0
         for key in wanted:
             record = records.get(key)

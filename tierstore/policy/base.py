@@ -114,9 +114,21 @@ class Policy(ABC):
         """
 
     def prefetch(
-        self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
+        self,
+        now: float,
+        budget: PrefetchBudget,
+        is_hot: Callable[[Key], bool],
+        *,
+        arriving: Callable[[Key], bool] | None = None,
     ) -> list[Key]:
-        """Cold keys to fetch next, most urgent first, within ``budget``. Default: none."""
+        """Cold keys to fetch next, most urgent first, within ``budget``. Default: none.
+
+        ``is_hot`` is true for the keys there is nothing to fetch for: hot, on their way
+        in, or never to be hot (larger than the tier takes, say). ``arriving``, when the
+        driver gives it, is true for those of them that are on their way in (they take
+        room when they land); without it, every key ``is_hot`` accepts that the policy
+        does not hold hot is taken to be on its way in.
+        """
         return []
 
     def declare_plan(self, job: str, keys: Sequence[Key], sizes: Sequence[int], now: float) -> None:

@@ -21,8 +21,9 @@ job's position also advances when a read is its next plan entry.
   (it would displace a shard a job said it needs).
 * **prefetch** — cold planned shards in order of earliest next use, within the
   budget: as many as the unplanned residents' bytes make room for (they are evicted
-  first; shards on their way in count too, and those the driver would not evict when
-  last asked for victims, pinned say, do not), then only those due before the farthest
+  first; shards on their way in count too, not those that never come, as ``arriving``
+  tells, and those the driver would not evict when last asked for victims, pinned
+  say, do not), then only those due before the farthest
   planned resident eviction may take, as far as it knows (else fetching one would
   evict a shard needed sooner); with no such resident, no bound. The most urgent one
   is named first even when it alone is larger than the budget's bytes, as
@@ -246,7 +247,12 @@ class ClairvoyantPolicy(Policy):
         return chosen
 
     def prefetch(
-        self, now: float, budget: PrefetchBudget, is_hot: Callable[[Key], bool]
+        self,
+        now: float,
+        budget: PrefetchBudget,
+        is_hot: Callable[[Key], bool],
+        *,
+        arriving: Callable[[Key], bool] | None = None,
     ) -> list[Key]:
         self._tick(now)
         if budget.requests <= 0 or budget.bytes <= 0 or not len(self._plans):
@@ -295,7 +301,9 @@ class ClairvoyantPolicy(Policy):
                     wanted[slot] = min(wanted[slot], due)
                     continue
                 if resident[slot] or is_hot(slots.key(slot)):
-                    if not resident[slot]:  # on its way in: it takes unplanned room too
+                    # On its way in, it takes unplanned room too; one that never comes
+                    # (larger than the tier takes) takes none.
+                    if not resident[slot] and (arriving is None or arriving(slots.key(slot))):
                         incoming += int(slots.size[slot])
                     hot.add(slot)
                     continue
