@@ -26,7 +26,7 @@ from tierstore.engine.pinretry import MAX_PIN_ENDS
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, HotTierFull, InvalidArgument, UnknownPolicy
-from tierstore.policy.base import PrefetchBudget
+from tierstore.policy.base import MAX_LOOK_AHEAD_BYTES, PrefetchBudget
 from tierstore.policy.lru import LruPolicy
 from tierstore.policy.registry import (
     DEFAULT_POLICY,
@@ -819,6 +819,25 @@ def test_the_prefetcher_promotes_what_the_policy_asks_within_the_budget(
     wait_until(lambda: {"s4", "s5"} <= hot(store, "d"), "the next prefetches")
     assert "s3" not in hot(store, "d")
     assert store.prefetcher.queued == 5
+
+
+def test_a_look_ahead_too_large_for_a_float_is_capped_not_an_error(
+    open_store: StoreFactory,
+) -> None:
+    # Each setting finite, their product overflowed to infinity, and every prefetch
+    # pass failed converting it to whole bytes (OverflowError), logged once a second.
+    store = open_store(
+        datasets={"d": DatasetSettings(policy="recording")},
+        start_mover=False,  # the test runs the prefetch pass itself
+        archive_bandwidth_bytes_per_s=1e300,
+        prefetch_horizon_s=1e10,
+        prefetch_depth=3,
+    )
+    assert store.prefetcher.budget() == PrefetchBudget(requests=3, bytes=MAX_LOOK_AHEAD_BYTES)
+    fill(store, "d", ["s0"])
+    store.evict("d", "s0")
+    store.declare_plan("d", shards=["s0"])
+    assert store.prefetcher.run_once() == 1
 
 
 def test_a_prefetch_counts_each_shard_once(open_store: StoreFactory) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from tierstore.errors import InvalidArgument, UnknownPolicy
-from tierstore.policy.base import Key, PrefetchBudget
+from tierstore.policy.base import MAX_LOOK_AHEAD_BYTES, Key, PrefetchBudget
 from tierstore.policy.lru import LruPolicy
 from tierstore.policy.registry import make_policy
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read, Trace
@@ -303,6 +303,22 @@ def test_prefetch_model_validation() -> None:
         PrefetchModel(1.0, 1, 1.0, latency_s=-0.1)
     with pytest.raises(InvalidArgument):
         PrefetchModel(1.0, 1, 1.0, latency_s=float("nan"))
+    # Not finite: an infinite budget was an OverflowError at the first prefetch, and a
+    # bandwidth that is not a number made every fetch time one too.
+    for bandwidth, horizon in [(float("nan"), 1.0), (float("inf"), 1.0), (1.0, float("inf"))]:
+        with pytest.raises(InvalidArgument):
+            PrefetchModel(bandwidth, 1, horizon)
+
+
+def test_a_look_ahead_too_large_for_a_float_is_capped() -> None:
+    # Each finite, the product overflowed to infinity: OverflowError at the first offer.
+    model = PrefetchModel(bandwidth_bytes_per_s=1e300, io_depth=2, horizon_s=1e10)
+    policy = Prefetching([1])
+    trace = Trace("t", (10, 10), [Read(0.0, 0), Read(1.0, 1)])
+    result = simulate(trace, policy, 30, prefetch=model)
+    assert result.hits == 1
+    # Offered first with the missed read of 0 on its way in (a request, 10 bytes).
+    assert policy.budgets[0] == PrefetchBudget(requests=1, bytes=MAX_LOOK_AHEAD_BYTES - 10)
 
 
 def test_clairvoyant_prefetch_turns_planned_misses_into_hits() -> None:

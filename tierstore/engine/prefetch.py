@@ -8,9 +8,10 @@ cold shard they name (a prefetch bypasses admission: the policy itself asked).
 
 The budget: ``requests`` = ``prefetch_depth`` minus the promotions queued or
 running (the free I/O depth); ``bytes`` = what the archive can deliver within the
-look-ahead horizon (``archive_bandwidth_bytes_per_s`` times ``prefetch_horizon_s``)
-minus the bytes already on their way — the whole horizon when nothing is, which
-is when one shard larger than it is taken (alone) if a policy names it first.
+look-ahead horizon (``archive_bandwidth_bytes_per_s`` times ``prefetch_horizon_s``,
+capped by :func:`~tierstore.policy.base.look_ahead_bytes`) minus the bytes already on
+their way — the whole horizon when nothing is, which is when one shard larger than it
+is taken (alone) if a policy names it first.
 
 No pass asks the policies while the hot tier is above its high watermark: a
 promotion there would be skipped anyway (see :mod:`tierstore.engine.promotion`), and a
@@ -34,7 +35,7 @@ from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.promotion import Promoter
 from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
-from tierstore.policy.base import Key, PrefetchBudget
+from tierstore.policy.base import Key, PrefetchBudget, look_ahead_bytes
 from tierstore.tiers.lmdb import LmdbEnvironment
 
 __all__ = ["Prefetcher"]
@@ -91,7 +92,9 @@ class Prefetcher:
     def _budget(self, count: int, in_flight: int) -> PrefetchBudget:
         """The budget with ``count`` fetching promotions of ``in_flight`` bytes on their way."""
         settings = self._settings
-        horizon = int(settings.archive_bandwidth_bytes_per_s * settings.prefetch_horizon_s)
+        horizon = look_ahead_bytes(
+            settings.archive_bandwidth_bytes_per_s, settings.prefetch_horizon_s
+        )
         return PrefetchBudget(
             requests=max(0, settings.prefetch_depth - count),
             bytes=horizon if count == 0 else max(0, horizon - in_flight),

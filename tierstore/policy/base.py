@@ -40,10 +40,12 @@ from typing import ClassVar
 from tierstore.errors import InvalidPlan
 
 __all__ = [
+    "MAX_LOOK_AHEAD_BYTES",
     "Key",
     "Policy",
     "PrefetchBudget",
     "check_plan",
+    "look_ahead_bytes",
 ]
 
 #: A shard's identity as the driver names it.
@@ -55,6 +57,21 @@ def check_plan(job: str, keys: Sequence[Key], sizes: Sequence[int]) -> None:
     plan error of the policies' contract, whether or not a policy uses plans."""
     if len(keys) != len(sizes):
         raise InvalidPlan(f"plan of {job!r}: {len(keys)} keys but {len(sizes)} sizes")
+
+
+#: the most bytes :func:`look_ahead_bytes` gives: more than any tier holds.
+MAX_LOOK_AHEAD_BYTES = 1 << 62
+
+
+def look_ahead_bytes(bytes_per_s: float, seconds: float) -> int:
+    """The whole bytes ``bytes_per_s`` moves in ``seconds``, at most
+    :data:`MAX_LOOK_AHEAD_BYTES`: a product of two finite settings can overflow to
+    infinity, which no whole number holds. 0 for a product that is not a positive
+    number (nan included). Never raises."""
+    product = bytes_per_s * seconds
+    if not product > 0:
+        return 0
+    return int(min(product, MAX_LOOK_AHEAD_BYTES))
 
 
 @dataclass(frozen=True, slots=True)

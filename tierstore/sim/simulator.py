@@ -24,10 +24,11 @@ policy object (policies are not thread-safe).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from tierstore.errors import InvalidArgument
-from tierstore.policy.base import Key, Policy, PrefetchBudget
+from tierstore.policy.base import Key, Policy, PrefetchBudget, look_ahead_bytes
 from tierstore.policy.registry import make_policy
 from tierstore.sim.events import PlanClosed, PlanDeclared, PositionReported, Read, Trace
 from tierstore.sim.links import Channels, SharedLink
@@ -105,15 +106,15 @@ class PrefetchModel:
 
     def __post_init__(self) -> None:
         if (
-            self.bandwidth_bytes_per_s <= 0
+            not 0 < self.bandwidth_bytes_per_s < math.inf
             or self.io_depth < 1
-            or self.horizon_s <= 0
+            or not 0 < self.horizon_s < math.inf
             or self.burst_bytes < 0
             or not self.latency_s >= 0
         ):
             raise InvalidArgument(
-                "a PrefetchModel needs bandwidth_bytes_per_s > 0, io_depth >= 1, "
-                "horizon_s > 0, burst_bytes >= 0 and latency_s >= 0"
+                "a PrefetchModel needs a finite bandwidth_bytes_per_s > 0, io_depth >= 1, "
+                "a finite horizon_s > 0, burst_bytes >= 0 and latency_s >= 0"
             )
 
 
@@ -239,7 +240,7 @@ class _Prefetcher:
         model, tier = self.model, self.tier
         requests = model.io_depth - len(self.fetches_on_link)
         channels = 1 if model.shared_link else model.io_depth
-        room = int(model.bandwidth_bytes_per_s * channels * model.horizon_s)
+        room = look_ahead_bytes(model.bandwidth_bytes_per_s * channels, model.horizon_s)
         budget = PrefetchBudget(requests=requests, bytes=room - self.in_flight_bytes)
         if requests <= 0 or budget.bytes <= 0:
             return
