@@ -869,6 +869,29 @@ def test_a_prefetch_counts_only_what_the_promotion_queue_took(open_store: StoreF
         thaw.set()
 
 
+def test_the_prefetcher_counts_only_what_the_promotion_queue_took(
+    open_store: StoreFactory,
+) -> None:
+    # The queue holds 64: the prefetches past it were dropped, and counted as queued
+    # all the same (in what a pass returns and in the running total).
+    names = [f"s{k:03}" for k in range(100)]
+    store = open_store(
+        datasets={"d": DatasetSettings(policy="recording")},
+        start_mover=False,  # no promotion thread takes from the queue
+        prefetch_depth=len(names),
+        archive_bandwidth_bytes_per_s=len(names) * STORED,
+        prefetch_horizon_s=1.0,
+    )
+    fill(store, "d", names)
+    for name in names:
+        store.evict("d", name)
+    store.declare_plan("d", shards=names)
+    queued = store.prefetcher.run_once()
+    assert len(policy_of(store, "d").prefetches[-1][1]) == len(names)  # all asked for
+    assert queued == store.promoter.promotions_pending() < len(names)
+    assert store.prefetcher.queued == queued
+
+
 @pytest.mark.parametrize("name", ["recording", DEFAULT_POLICY])
 def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
     open_store: StoreFactory, name: str

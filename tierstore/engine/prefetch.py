@@ -66,7 +66,8 @@ class Prefetcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: promotions this prefetcher queued since start.
+        #: promotions this prefetcher queued since start (those a full queue dropped
+        #: not counted).
         self.queued = 0
 
     def start(self) -> None:
@@ -102,7 +103,8 @@ class Prefetcher:
 
     def run_once(self) -> int:
         """One pass: end expired plans, ask the policies, queue promotions. Returns how
-        many promotions were queued (pins whose promotion failed not counted)."""
+        many promotions were queued (pins whose promotion failed not counted, nor
+        promotions a full queue dropped)."""
         self._plans.expire()
         self._promoter.pins.retry()
         count, in_flight = self._promoter.in_flight()
@@ -156,8 +158,8 @@ class Prefetcher:
         queued = 0
         for key in wanted:
             record = records.get(key)
-            if record is not None:
-                self._promoter.promote(record, None)
+            # One a full promotion queue drops is not counted: a later pass asks again.
+            if record is not None and self._promoter.promote(record, None):
                 queued += 1
         self.queued += queued
         return queued
