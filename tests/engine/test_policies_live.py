@@ -1289,6 +1289,27 @@ def test_a_dataset_created_again_right_after_its_deletion_keeps_its_policy_state
     assert ("inserted", ("d", "new")) in [call[:2] for call in policy_of(store, "d").calls]
 
 
+def test_a_read_racing_its_datasets_deletion_leaves_no_policy_behind(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The read found the shard, the dataset was deleted (its policy forgotten), and
+    # then the read told the driver, which made the gone dataset a default policy:
+    # kept for good, one more for every dataset deleted under a read.
+    store = open_store(datasets={"d": DatasetSettings(policy="lru")}, start_mover=False)
+    fill(store, "d", ["s"], archive=False)
+    real_read = store._policies.read
+
+    def deleted_first(key: Any, size: int, hit: bool, free_bytes: int) -> bool:
+        monkeypatch.setattr(store._policies, "read", real_read)
+        store.delete_dataset("d", force=True)
+        return real_read(key, size, hit, free_bytes)
+
+    monkeypatch.setattr(store._policies, "read", deleted_first)
+    store.get("d", "s")
+    assert "d" not in store._policies._policies
+    assert store.policy_name("d") == DEFAULT_POLICY  # as for any dataset without one
+
+
 def test_a_promotion_takes_its_room_from_the_largest_dataset_not_one_shard_of_each(
     open_store: StoreFactory,
 ) -> None:

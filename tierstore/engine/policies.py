@@ -183,10 +183,16 @@ class PolicyDriver:
         """One read of ``key``; on a miss, whether the policy admits it to the hot tier.
 
         ``free_bytes``: room left below the high watermark. Returns True for a hit.
+        A read of a dataset with no policy (deleted since the read found its shard) is
+        not told to any, and a miss of it is not admitted.
         """
         with self._lock:
+            # Never made here: a policy made for a dataset its deletion forgot would be
+            # kept for good (see _policy).
+            policy = self._policies.get(_dataset_of(key))
+            if policy is None:
+                return hit
             now = self._tick()
-            policy = self._policy(_dataset_of(key))
             policy.record_access(key, size, now, hit)
             return hit or policy.admit(key, size, now, free_bytes)
 
@@ -316,9 +322,12 @@ class PolicyDriver:
         position: int = 0,
     ) -> None:
         """``job`` will read ``keys`` of ``dataset`` in order (replacing its earlier plan),
-        having read the first ``position`` already (a plan handed to a new policy)."""
+        having read the first ``position`` already (a plan handed to a new policy).
+        Nothing happens for a dataset with no policy (deleted meanwhile)."""
         with self._lock:
-            policy = self._policy(dataset)
+            policy = self._policies.get(dataset)
+            if policy is None:
+                return
             now = self._tick()
             policy.declare_plan(job, keys, sizes, now)
             if position:
@@ -328,9 +337,12 @@ class PolicyDriver:
                 policy.report_position(job, position, now)
 
     def report_position(self, dataset: str, job: str, position: int) -> None:
-        """``job`` has read the first ``position`` entries of its plan."""
+        """``job`` has read the first ``position`` entries of its plan (nothing happens
+        for a dataset with no policy: deleted meanwhile)."""
         with self._lock:
-            self._policy(dataset).report_position(job, position, self._tick())
+            policy = self._policies.get(dataset)
+            if policy is not None:
+                policy.report_position(job, position, self._tick())
 
     def close_plan(self, dataset: str, job: str) -> None:
         """``job``'s plan over ``dataset`` is over."""
@@ -353,8 +365,13 @@ class PolicyDriver:
         return self._epoch + time.monotonic()
 
     def _policy(self, dataset: str) -> Policy:
+        """``dataset``'s policy, made (the default) if it has none: for a shard turning
+        hot, whose write transaction holds the dataset, so no deletion's is between.
+        Reads and plan calls, which hold no such transaction, never make one: one of a
+        dataset whose deletion (its transaction, then :meth:`drop_dataset`) came between
+        the call's look-up and the call put back a policy nothing would ever forget."""
         policy = self._policies.get(dataset)
-        if policy is None:  # a dataset not opened here (e.g. restored by a rebuild)
+        if policy is None:  # a dataset opened by no path here
             policy = self._policies[dataset] = _make_available(DEFAULT_POLICY)
         return policy
 
