@@ -923,6 +923,39 @@ def test_a_shard_larger_than_the_prefetch_budget_is_fetched_alone(
     assert [store.get("d", shard).source for shard in frames] == ["hot"] * 3
 
 
+def test_the_prefetcher_fetches_nothing_eviction_could_make_no_room_for(
+    open_store: StoreFactory,
+) -> None:
+    # The tier at its high watermark with shards eviction may not take (not archived
+    # yet, then pinned): each pass queued the planned shard, whose promotion fetched
+    # it whole from the archive, found no room and dropped it.
+    store = open_store(
+        datasets={
+            "d": DatasetSettings(policy="recording"),
+            "w": DatasetSettings(policy="recording"),
+        },
+        start_mover=False,  # archive and prefetch exactly when the test says so
+        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
+    )
+    fill(store, "d", ["s0"])
+    store.evict("d", "s0")
+    writes = [f"w{i}" for i in range(10)]
+    fill(store, "w", writes, archive=False)  # the high watermark, nothing evictable
+    assert catalog_hot_bytes(store) == (10 * STORED, 10 * STORED)
+    store.declare_plan("d", shards=["s0"])
+    assert store.prefetcher.run_once() == 0
+    assert store.mover.drain_once()  # archived: evictable, but for pins
+    for name in writes:
+        store.pin("w", name)
+    assert store.prefetcher.run_once() == 0
+    assert store.promoter.in_flight() == (0, 0) and store.promoter.promotions_skipped == 0
+    store.unpin("w", "w3")  # room once w3 goes
+    assert store.prefetcher.run_once() == 1
+    assert store.promoter.in_flight() == (1, STORED)
+    # Probed without asking a policy for victims (which uses up or ages their state).
+    assert policy_of(store, "w").names("victims") == []
+
+
 def _cold_clairvoyant_store(
     open_store: StoreFactory, count: int, **overrides: Any
 ) -> tuple[Store, list[str]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tierstore.config import EngineSettings
@@ -30,6 +31,22 @@ from tierstore.policy.base import Key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
 __all__ = ["HotRoom"]
+
+#: how long a count of the evictable bytes stands while the hot and backlog bytes do.
+_PROBE_REUSE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """A count of the bytes eviction may take: at ``counters`` (hot bytes, backlog
+    bytes, room events seen), at ``at`` (monotonic), ``found`` bytes; ``complete`` if
+    every hot shard was looked at (else the count stopped once it had what it was
+    asked for)."""
+
+    counters: tuple[int, int, int]
+    at: float
+    found: int
+    complete: bool
 
 
 class HotRoom:
@@ -51,6 +68,12 @@ class HotRoom:
         self._policies = policies
         self._overhead = overhead
         self._lock = threading.Lock()  # one eviction at a time
+        #: the last count of evictable bytes (see _evictable_bytes), under _probe_lock.
+        self._probe: _Probe | None = None
+        #: calls of room_may_have_come so far, under _probe_lock: a count begun before
+        #: one is not reused after it.
+        self._room_events = 0
+        self._probe_lock = threading.Lock()
         #: shards evicted from the hot tier since start (for metrics).
         self.evictions = 0
 
@@ -79,6 +102,65 @@ class HotRoom:
         if need > incoming:
             return False
         return self.evict(need, only_if_enough=True, spread=False) >= need
+
+    def could_make_room_for_promotion(self, incoming: int) -> bool:
+        """Whether :meth:`make_room_for_promotion` could make room for ``incoming`` bytes:
+        there is room below the high watermark, or hot shards eviction may take
+        (archived, no pin holding) hold enough bytes. A probe, for before a fetch: it
+        evicts nothing and asks no policy for victims (which would use up the victim an
+        admission chose, and age a policy's statistics), only the catalog. Best effort,
+        as every figure here; a walk of the hot shards at worst, remembered for a few
+        seconds while the hot and backlog bytes stay the same (see
+        :meth:`_evictable_bytes`)."""
+        with self._env.read() as txn:
+            hot = self._catalog.counter(txn, "hot_bytes")
+            backlog = self._catalog.counter(txn, "backlog_bytes")
+        need = hot + incoming - self.high_watermark_bytes()
+        if need <= 0:
+            return True
+        if need > incoming:
+            return False  # above the high watermark already: no promotion goes in
+        return self._evictable_bytes((hot, backlog), need) >= need
+
+    def _evictable_bytes(self, counters: tuple[int, int], wanted: int) -> int:
+        """Stored bytes of the hot shards eviction may take, counted until ``wanted``
+        are found (or all of them). A result is reused for :data:`_PROBE_REUSE_S` while
+        ``counters`` (the hot and backlog bytes) stay the same: with nothing evictable,
+        every prefetch pass would walk the whole hot set again. Room that may have come
+        (:meth:`room_may_have_come`) drops it; a pin set meanwhile, or a TTL pin run
+        out, is missed for that long (costing a fetch the probe would have saved, or
+        delaying one)."""
+        now = time.monotonic()
+        with self._probe_lock:
+            seen = (*counters, self._room_events)
+            last = self._probe
+            if (
+                last is not None
+                and last.counters == seen
+                and now - last.at < _PROBE_REUSE_S
+                and (last.complete or last.found >= wanted)
+            ):
+                return last.found
+        found, complete = 0, True
+        wall = time.time()
+        with self._env.read() as txn:
+            for key in self._policies.hot_keys():
+                record = self._catalog.readable_shard(txn, *shard_of(key))
+                if record is not None and record.hot and record.evictable(wall):
+                    found += sum(record.stored_sizes(self._overhead(record)))
+                    if found >= wanted:
+                        complete = False
+                        break
+        with self._probe_lock:
+            self._probe = _Probe(seen, now, found, complete)
+        return found
+
+    def room_may_have_come(self) -> None:
+        """A hot shard's pin ended, or one was evicted, deleted or archived: the next
+        :meth:`could_make_room_for_promotion` counts the evictable bytes afresh."""
+        with self._probe_lock:
+            self._room_events += 1
+            self._probe = None
 
     def over_high_watermark(self) -> bool:
         """Whether the hot tier holds more than its high watermark: no promotion fits

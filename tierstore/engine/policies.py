@@ -204,6 +204,12 @@ class PolicyDriver:
         with self._lock:
             return self._hot_bytes.get(dataset, 0)
 
+    def hot_keys(self) -> list[Key]:
+        """The keys the policies hold hot, in no set order: those eviction may reach.
+        O(hot shards); asks no policy."""
+        with self._lock:
+            return list(self._sizes)
+
     def dataset_victims(
         self, dataset: str, bytes_to_free: int, evictable: Callable[[Key], bool]
     ) -> list[Key]:

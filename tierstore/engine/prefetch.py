@@ -16,7 +16,10 @@ is taken (alone) if a policy names it first.
 No pass asks the policies while the hot tier is above its high watermark: a
 promotion there would be skipped anyway (see :mod:`tierstore.engine.promotion`), and a
 skipped promotion does not wake this loop, so nothing spins while, say, writes the
-archive has not taken yet fill the tier.
+archive has not taken yet fill the tier. Below it, a shard named is not queued when
+eviction could make it no room (too few bytes hot that the archive holds and no pin
+keeps): its promotion makes that room only once it has fetched the shard whole, and
+would drop it, at every pass.
 
 Thread safety: :meth:`Prefetcher.run_once` may run from any thread; the loop is
 one thread (:meth:`start` / :meth:`stop`).
@@ -158,8 +161,16 @@ class Prefetcher:
         queued = 0
         for key in wanted:
             record = records.get(key)
+            if record is None:
+                continue
+            # Nor one eviction could make no room for (the rest of the tier pinned or
+            # not archived yet): its promotion would fetch it whole, then drop it, at
+            # every pass. Probed without asking the policies for victims (see
+            # HotRoom.could_make_room_for_promotion), and outside their lock.
+            if not self._hot_room.could_make_room_for_promotion(stored_size(record)):
+                continue
             # One a full promotion queue drops is not counted: a later pass asks again.
-            if record is not None and self._promoter.promote(record, None):
+            if self._promoter.promote(record, None):
                 queued += 1
         self.queued += queued
         return queued

@@ -905,6 +905,7 @@ class Store:
         want of room are tried at once, not after their back-off (up to a minute). Not
         after a cold shard's: a bulk delete would have the prefetch loop try them, and
         find no room, at every delete."""
+        self.hot_room.room_may_have_come()
         if self.promoter.pins.due_now():
             self.prefetcher.wake()
 
