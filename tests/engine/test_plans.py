@@ -184,6 +184,43 @@ def test_bad_positions_are_refused(planned: Store, position: Any) -> None:
     assert planned.plan_info(job).position == 0
 
 
+def test_a_plan_declared_at_a_position_starts_there(planned: Store) -> None:
+    # A resumed epoch declared its plan from the start and reported its position a
+    # round trip later, which the clairvoyant policy rated as entries read in those
+    # milliseconds (tests/engine/test_policies_live.py). Declared with its position,
+    # the policy hears the plan and the position together.
+    job = planned.declare_plan("d", shards=["c", "b/0", "a/0"], position=2)
+    assert planned.plan_info(job).position == 2
+    told = [c for c in policy_of(planned, "d").calls if c[0] in ("declare_plan", "report_position")]
+    assert [c[0] for c in told] == ["declare_plan", "report_position"]
+    assert told[1] == ("report_position", job, 2)
+    # Position 0 is the start, as before: no position told.
+    planned.declare_plan("d", shards=["c"], job=job)
+    assert planned.plan_info(job).position == 0
+    assert policy_of(planned, "d").names("report_position") == [(job, 2)]
+    # The whole plan read already is a position too (an epoch resumed at its end).
+    planned.declare_plan("d", shards=["c"], job=job, position=1)
+    assert planned.plan_info(job).position == 1
+
+
+@pytest.mark.parametrize("position", [-1, 4, 1 << 64, 1.5, True, "3", None], ids=repr)
+def test_bad_declared_positions_are_refused_and_keep_the_plan(
+    planned: Store, position: Any
+) -> None:
+    job = planned.declare_plan("d", shards=["c", "c"], position=1)
+    with pytest.raises(InvalidArgument, match="position"):
+        planned.declare_plan("d", shards=["c", "b/0", "a/0"], job=job, position=position)
+    info = planned.plan_info(job)
+    assert (info.length, info.position) == (2, 1)
+    assert len(declared(planned)) == 1
+
+
+def test_a_declared_position_past_the_end_says_so(planned: Store) -> None:
+    with pytest.raises(InvalidArgument, match=r"position 4 is past the end of the plan \(3 "):
+        planned.declare_plan("d", shards=["c", "b/0", "a/0"], position=4)
+    assert declared(planned) == []
+
+
 def test_a_position_behind_the_last_one_moves_the_plan_back_nowhere(planned: Store) -> None:
     # It moved the plan back: a change of policy then handed the new one the older
     # position, which counted the entries read since as still to come.

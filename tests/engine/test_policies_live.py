@@ -1432,3 +1432,26 @@ def test_the_policies_clock_moves_on_when_the_system_clock_is_set_back(
     driver.report_position("d", "job", 2)
     (plan,) = driver._policies["d"]._plans  # type: ignore[attr-defined]
     assert plan.rate == pytest.approx(2.0)  # two entries in the second since it began
+
+
+def test_a_plan_declared_at_a_position_is_rated_from_there(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resumed epoch declared its plan, then reported its start position a round trip
+    # later: the clairvoyant policy took the jump for entries read in those
+    # milliseconds, rated the job at millions a second, and planned its prefetch for
+    # that until later reports smoothed it away (seconds). Declared with its position,
+    # the jump is no sample: the first is the second's two entries.
+    skip_without_policy("clairvoyant")
+    clocks = _SteppedClocks()
+    monkeypatch.setattr(policies_module, "time", clocks)  # before the driver starts
+    store = open_store(datasets={"d": DatasetSettings(policy="clairvoyant")})
+    names = [f"s{index}" for index in range(10)]
+    fill(store, "d", names, archive=False)
+    clocks.pass_(1.0)
+    job = store.declare_plan("d", shards=names, position=5)
+    (plan,) = store._policies._policies["d"]._plans  # type: ignore[attr-defined]
+    assert (plan.position, plan.rate) == (5, 0.0)
+    clocks.pass_(1.0)
+    store.report_position(job, 7)
+    assert plan.rate == pytest.approx(2.0)

@@ -64,6 +64,21 @@ def test_reads_and_plan_events_are_traced_in_order(open_store: StoreFactory) -> 
         store.trace_events("nope")
 
 
+def test_a_declared_position_is_traced_at_the_declarations_instant(
+    open_store: StoreFactory,
+) -> None:
+    # The simulator replays the trace: a position a moment after the declaration is a
+    # rate of entries read in that moment, as the node's policy would have had it.
+    store = open_store(datasets=LRU)
+    store.put("d", "a", payload(FRAME))
+    store.declare_plan("d", shards=["a", "a", "a"], job="j", position=2)
+    store.declare_plan("d", shards=["a"], job="k")  # from its start: no position
+    events = list(store.trace_events("d"))
+    assert [type(e) for e in events] == [TracedPlan, TracedPosition, TracedPlan]
+    plan, position, _ = events
+    assert position == TracedPosition(plan.t, "j", "d", 2)
+
+
 def test_a_deleted_datasets_events_stay_exportable_and_an_empty_one_has_none(
     open_store: StoreFactory,
 ) -> None:

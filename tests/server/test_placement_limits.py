@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.server.servers import RunningServer, error_name, invoke, serving
+from tierstore.client.connect import connect
 from tierstore.engine import planbook
+from tierstore.errors import InvalidArgument
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import placement_pb2
 
@@ -88,3 +91,49 @@ def test_a_position_past_the_end_is_refused_without_the_servers_id_of_the_job(
     details = refused.value.details() or ""
     assert "position 2 is past the end of the plan (1 entries)" in details
     assert "reader/" not in details  # the engine's id of the job: "6:reader/mine"
+
+
+def test_a_plan_is_declared_at_its_position_and_one_past_its_end_is_refused(
+    node: RunningServer,
+) -> None:
+    # A resumed epoch declared its plan, then reported its start position a round trip
+    # later, which the clairvoyant policy rated as entries read in those milliseconds:
+    # DeclarePlan carries the position now.
+    node.store.put("d", "t", b"y" * 100)
+    reader = node.token("reader", ("d", Role.READER))
+    request = placement_pb2.DeclarePlanRequest(
+        dataset="d", explicit=placement_pb2.ShardList(shards=["s", "t"]), job="mine", position=2
+    )
+    (reply,) = invoke(node.channel(), DECLARE, request, reader)
+    assert reply.length == 2
+    assert node.store.plan_info("6:reader/mine").position == 2
+    for position in (3, (1 << 64) - 1):
+        request.position, request.explicit.shards[:] = position, ["t"]
+        with pytest.raises(grpc.RpcError) as refused:
+            invoke(node.channel(), DECLARE, request, reader)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_name(refused.value) == "InvalidArgument"
+        details = refused.value.details() or ""
+        assert f"position {position} is past the end of the plan (1 entries)" in details
+        assert "reader/" not in details  # the engine's id of the job
+    info = node.store.plan_info("6:reader/mine")  # the plan declared before stays
+    assert (info.length, info.position) == (2, 2)
+
+
+def test_the_client_declares_a_plan_at_its_position(tmp_path: Path) -> None:
+    with serving(tmp_path, insecure=True, datasets={"d": DatasetSettings()}) as running:
+        running.store.put("d", "s", b"x" * 100)
+        token = running.token("reader", ("d", Role.READER))
+        with connect(running.address, token=token, insecure=True, local_reads=False) as client:
+            job = client.declare_plan("d", shards=["s", "s", "s"], job="mine", position=2)
+            assert running.store.plan_info(f"6:reader/{job}").position == 2
+            client.declare_plan("d", shards=["s"], job="mine")  # from the start
+            assert running.store.plan_info("6:reader/mine").position == 0
+            client.declare_plan("d", shards=["s"], job="mine", position=np.int64(1))
+            assert running.store.plan_info("6:reader/mine").position == 1
+            with pytest.raises(InvalidArgument, match=r"past the end of the plan \(1 entries\)"):
+                client.declare_plan("d", shards=["s"], job="mine", position=2)
+            for bad in (-1, 1 << 64, 1.0, True, "1", None):
+                with pytest.raises(InvalidArgument, match=r"^position "):
+                    client.declare_plan("d", shards=["s"], job="mine", position=bad)
+            assert running.store.plan_info("6:reader/mine").position == 1

@@ -106,6 +106,7 @@ def test_what_the_client_sends_passes_the_checks() -> None:
         prefix="p/",
         job="j" * 256,
         ttl_s=30.5,
+        position=2**64 - 1,
     )
     explicit = placement_pb2.DeclarePlanRequest(
         dataset="d", explicit=placement_pb2.ShardList(shards=["s" * 1024] * 1000)

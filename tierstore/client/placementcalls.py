@@ -173,6 +173,7 @@ class PlacementCalls(ClientCore):
         prefix: str = "",
         job: str | None = None,
         ttl_s: float = DEFAULT_PLAN_TTL_S,
+        position: int = 0,
     ) -> str:
         """Tell the server the order in which this reader will read ``dataset``, so its
         placement policy can fetch shards just ahead of need; returns the job id.
@@ -183,16 +184,26 @@ class PlacementCalls(ClientCore):
         reading order). ``job``: your id for the plan (declaring it again replaces the
         plan; other callers' ids never clash with yours); a random one if None.
         ``ttl_s``: the plan ends this long after the last :meth:`report_position`.
+        ``position``: entries of the plan already read (a resumed epoch; 0: none), at
+        most its length. Give it here rather than report it right after: the policy
+        measures the reader's rate between reports, and took a start reported a moment
+        after the declaration for entries read in that moment.
         Needs the reader role. Raises InvalidPlan (unknown shard, too long, not exactly
-        one of sampler and shards), InvalidArgument, DatasetNotFound.
+        one of sampler and shards), InvalidArgument (``position`` past the plan's end
+        among others), DatasetNotFound.
         """
         validate_dataset_name(dataset)
         ttl_s = check_plan_ttl(ttl_s)
+        start = _plan_position(position)
         prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
         job = "" if job is None else checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
-            dataset=dataset, prefix=prefix, job=job or uuid.uuid4().hex, ttl_s=float(ttl_s)
+            dataset=dataset,
+            prefix=prefix,
+            job=job or uuid.uuid4().hex,
+            ttl_s=float(ttl_s),
+            position=start,
         )
         if (sampler is None) == (shards is None):
             raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
@@ -220,12 +231,7 @@ class PlacementCalls(ClientCore):
         """``job`` has read the first ``position`` entries of its plan; keeps the plan
         alive. Raises PlanNotFound (unknown, closed or expired), InvalidArgument
         (``position`` negative or past the plan's end)."""
-        count = whole_number(position)  # numpy's integers too (a sampler's positions)
-        if count is None or not 0 <= count < 2**64:
-            raise InvalidArgument(
-                "position must be a whole number from 0 to the plan's length (entries read "
-                f"so far), got {position!r:.40}"
-            )
+        count = _plan_position(position)
         job = checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the reads come before the position that covers them
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
@@ -241,3 +247,15 @@ class PlacementCalls(ClientCore):
         self.report_local_reads()
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         self._call(stub.ClosePlan, placement_pb2.ClosePlanRequest(job=job), idempotent=False)
+
+
+def _plan_position(position: object) -> int:
+    """``position`` as entries of a plan read (what the wire carries), else
+    InvalidArgument; the server checks it against the plan's length."""
+    count = whole_number(position)  # numpy's integers too (a sampler's positions)
+    if count is None or not 0 <= count < 2**64:
+        raise InvalidArgument(
+            "position must be a whole number from 0 to the plan's length (entries read "
+            f"so far), got {position!r:.40}"
+        )
+    return count

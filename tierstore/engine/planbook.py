@@ -163,19 +163,26 @@ class PlanBook:
         owner: str = "",
         keeper: str = "",
         keeper_left_s: float | None = None,
+        position: int = 0,
     ) -> str:
         """Declare (or replace) ``job``'s plan over ``dataset`` (a valid name); returns
         the job id (a new random one when ``job`` is None). ``owner``: whose plan it
         is, for the per-owner bounds (a replaced plan is counted as gone); ``keeper``:
         who keeps it alive (:meth:`close_kept_by`), for ``keeper_left_s`` seconds more
-        (None: for good): the plan expires then at the latest.
+        (None: for good): the plan expires then at the latest. ``position``: entries
+        of the plan already read (a resumed epoch), told to the policy at the
+        declaration's instant, so no read rate is measured from them (reported a
+        moment later, they were taken for entries read in that moment).
 
         Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
         ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
         InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
-        job id or ``ttl_s``; PlanLimitReached past one of the book's bounds.
+        job id, ``ttl_s`` or ``position`` (not a whole number from 0 to the plan's
+        length); PlanLimitReached past one of the book's bounds. A refused declaration
+        leaves ``job``'s earlier plan as it was.
         """
         ttl_s = check_plan_ttl(ttl_s)
+        _check_position(position)
         job = _check_job(job) if job is not None else uuid.uuid4().hex
         if (sampler is None) == (shards is None):
             raise InvalidPlan("a plan is either a sampler or a list of shards (exactly one)")
@@ -186,8 +193,11 @@ class PlanBook:
             if prefix:
                 raise InvalidPlan("a prefix applies to sampler plans only")
             names, sizes = self._listed(dataset, shards)
+        _check_within(position, len(names))
         deadline = _deadline(self._clock(), ttl_s, keeper_left_s)
-        plan = _Plan(owner, dataset, names, sizes, float(ttl_s), deadline, keeper=keeper)
+        plan = _Plan(
+            owner, dataset, names, sizes, float(ttl_s), deadline, position=position, keeper=keeper
+        )
         with self._lock:
             self._expire_locked()
             self._check_room(job, plan)
@@ -195,9 +205,15 @@ class PlanBook:
             if previous is not None and previous.dataset != dataset:
                 self._policies.close_plan(previous.dataset, job)
             self._plans[job] = plan
-            self._policies.declare_plan(dataset, job, PlanKeys(dataset, names), sizes)
-            # (The trace ring stamps every event with its own clock: t=0 here.)
-            self._trace.plan_event(TracedPlan(0.0, job, dataset, names, sizes))
+            keys = PlanKeys(dataset, names)
+            self._policies.declare_plan(dataset, job, keys, sizes, position)
+            # (The trace ring stamps every event with its own clock: t=0 here; these
+            # two with one instant, so a replay measures no rate from the position.)
+            declared = TracedPlan(0.0, job, dataset, names, sizes)
+            if position:
+                self._trace.plan_event(declared, TracedPosition(0.0, job, dataset, position))
+            else:
+                self._trace.plan_event(declared)
         return job
 
     def report(
@@ -210,15 +226,10 @@ class PlanBook:
         Raises PlanNotFound (unknown, closed or expired job), InvalidArgument for a
         position outside ``[0, len(plan)]``.
         """
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise InvalidArgument(f"position must be a whole number >= 0, got {position!r}")
+        _check_position(position)
         with self._lock:
             plan = self._live(job)
-            if position > len(plan.names):
-                # Not naming the job: the service knows it by an id its caller never sees.
-                raise InvalidArgument(
-                    f"position {position} is past the end of the plan ({len(plan.names)} entries)"
-                )
+            _check_within(position, len(plan.names))
             # A report behind the last one (a reader that fell behind, a late message)
             # keeps the plan alive but moves it back nowhere, as the policies' contract
             # has it: redeclared to a new policy, it named entries read as still to come.
@@ -383,6 +394,17 @@ def _deadline(now: float, ttl_s: float, keeper_left_s: float | None) -> float:
     """When a plan declared or reported on at ``now`` expires: ``ttl_s`` later, or when
     its keeper ends (``keeper_left_s``, None: never), whichever comes first."""
     return now + (ttl_s if keeper_left_s is None else min(ttl_s, keeper_left_s))
+
+
+def _check_position(position: object) -> None:
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise InvalidArgument(f"position must be a whole number >= 0, got {position!r:.40}")
+
+
+def _check_within(position: int, length: int) -> None:
+    if position > length:
+        # Not naming the job: the service knows it by an id its caller never sees.
+        raise InvalidArgument(f"position {position} is past the end of the plan ({length} entries)")
 
 
 def _check_job(job: object) -> str:

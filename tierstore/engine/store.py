@@ -961,6 +961,7 @@ class Store:
         owner: str = "",
         keeper: str = "",
         keeper_left_s: float | None = None,
+        position: int = 0,
     ) -> str:
         """Declare the order in which ``job`` will read ``dataset``; returns the job id
         (a new one when ``job`` is None; declaring a job again replaces its plan).
@@ -974,9 +975,13 @@ class Store:
         over the dataset's shard names under ``prefix``, in catalog order) and
         ``shards`` (explicit names). The plan steers the dataset's policy (prefetch,
         eviction); it lives ``ttl_s`` seconds past the last :meth:`report_position`.
+        ``position``: entries of it already read (a resumed epoch; 0: none), set at the
+        declaration's instant: the policy measures no read rate from them, as it did
+        from a start reported a moment after the declaration.
         Raises InvalidName, DatasetNotFound, InvalidPlan (unknown shard, too long, not
-        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl),
-        PlanLimitReached.
+        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl,
+        a position below 0 or past the plan's end), PlanLimitReached; a refused
+        declaration leaves the job's earlier plan as it was.
         """
         self._check_open()
         validate_dataset_name(dataset)
@@ -990,6 +995,7 @@ class Store:
             owner=owner,
             keeper=keeper,
             keeper_left_s=keeper_left_s,
+            position=position,
         )
         self.prefetcher.wake()
         return job

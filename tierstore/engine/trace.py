@@ -170,34 +170,15 @@ class TraceRing:
             self._sizes[slot] = size
             self._kinds[slot] = _REPORTED if reported else _HIT if hit else _MISS
 
-    def plan_event(self, event: TracedPlan | TracedPosition | TracedClose) -> None:
-        """Record a plan event, now (its ``t`` is replaced by the ring's clock)."""
+    def plan_event(self, *events: TracedPlan | TracedPosition | TracedClose) -> None:
+        """Record plan events, now: in this order, all at one instant (their ``t`` is
+        replaced by the ring's clock), with no other event between them."""
         if not self.capacity:
             return
         with self._lock:
-            seq = self._written
-            slot = self._claim()
-            self._times[slot] = now = self._now()
-            self._kinds[slot] = _OTHER
-            if isinstance(event, TracedPlan):
-                # One declaration past the bound alone is not kept (its slot stays, as
-                # for one that left early): packing it would copy every name, 10 GB
-                # for a 64-epoch plan over 1 KiB names. (Its length is a lower bound
-                # of its bytes, known before anything is copied.)
-                if sum(map(len, event.shards)) + 8 * len(event.sizes) > MAX_TRACED_PLAN_BYTES:
-                    self._drop_job(event.job)
-                    return
-                packed = _PackedPlan.of(event, now)
-                if packed.nbytes > MAX_TRACED_PLAN_BYTES:
-                    self._drop_job(event.job)
-                    return
-                self._others[seq] = packed
-                self._declarations.append(seq)
-                self._declared_bytes += packed.nbytes
-                while self._declared_bytes > MAX_TRACED_PLAN_BYTES and len(self._declarations) > 1:
-                    self._forget(self._declarations.popleft())
-            else:
-                self._others[seq] = dataclasses.replace(event, t=now)
+            now = self._now()
+            for event in events:
+                self._record_plan_event(event, now)
 
     def retire_dataset(self, dataset: str) -> None:
         """Leave ``dataset``'s reads so far out of sizing curves from now on: a dataset
@@ -291,6 +272,34 @@ class TraceRing:
         return points, len(accesses)
 
     # Internals (called with the lock held).
+
+    def _record_plan_event(
+        self, event: TracedPlan | TracedPosition | TracedClose, now: float
+    ) -> None:
+        """Record one plan event at ``now`` (lock held)."""
+        seq = self._written
+        slot = self._claim()
+        self._times[slot] = now
+        self._kinds[slot] = _OTHER
+        if isinstance(event, TracedPlan):
+            # One declaration past the bound alone is not kept (its slot stays, as for
+            # one that left early): packing it would copy every name, 10 GB for a
+            # 64-epoch plan over 1 KiB names. (Its length is a lower bound of its
+            # bytes, known before anything is copied.)
+            if sum(map(len, event.shards)) + 8 * len(event.sizes) > MAX_TRACED_PLAN_BYTES:
+                self._drop_job(event.job)
+                return
+            packed = _PackedPlan.of(event, now)
+            if packed.nbytes > MAX_TRACED_PLAN_BYTES:
+                self._drop_job(event.job)
+                return
+            self._others[seq] = packed
+            self._declarations.append(seq)
+            self._declared_bytes += packed.nbytes
+            while self._declared_bytes > MAX_TRACED_PLAN_BYTES and len(self._declarations) > 1:
+                self._forget(self._declarations.popleft())
+        else:
+            self._others[seq] = dataclasses.replace(event, t=now)
 
     def _now(self) -> float:
         self._last_t = max(self._last_t, time.time())

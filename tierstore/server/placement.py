@@ -212,6 +212,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             owner=principal.name,
             keeper=principal.token_id,
             keeper_left_s=_time_left(principal),
+            # Checked against the plan's length there (InvalidArgument past its end).
+            position=request.position,
         )
         self._still_kept(principal)
         try:

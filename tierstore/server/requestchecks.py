@@ -53,7 +53,8 @@ _TOKEN_OTHER_FIELDS = 2
 #: Top-level fields of a valid read report: the dataset and its entries.
 _MAX_REPORT_FIELDS = 1 + MAX_REPORT_ENTRIES
 #: Top-level fields a DeclarePlan request may have. A protobuf encoder writes each of
-#: its five fields at most once; the margin is for encoders that split a message.
+#: its six fields (the plan's oneof counted once) at most once; the margin is for
+#: encoders that split a message.
 _MAX_PLAN_REQUEST_FIELDS = 32
 #: DeclarePlanRequest's field number of its explicit shard list (placement.proto).
 _EXPLICIT_LIST_FIELD = 3

@@ -28,7 +28,9 @@ class Read:
 
 @dataclass(frozen=True, slots=True)
 class PlanDeclared:
-    """``job`` declares it will read ``keys`` in this order, from position 0."""
+    """``job`` declares it will read ``keys`` in this order, from position 0 (a plan
+    declared partway, as a resumed epoch's, is followed by its position at the same
+    ``t``: no read rate is measured over no time)."""
 
     t: float
     job: str

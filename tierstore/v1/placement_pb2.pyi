@@ -151,20 +151,22 @@ class ShardList(_message.Message):
     def __init__(self, shards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeclarePlanRequest(_message.Message):
-    __slots__ = ("dataset", "sampler", "explicit", "prefix", "job", "ttl_s")
+    __slots__ = ("dataset", "sampler", "explicit", "prefix", "job", "ttl_s", "position")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     EXPLICIT_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     sampler: SamplerSpec
     explicit: ShardList
     prefix: str
     job: str
     ttl_s: float
-    def __init__(self, dataset: _Optional[str] = ..., sampler: _Optional[_Union[SamplerSpec, _Mapping]] = ..., explicit: _Optional[_Union[ShardList, _Mapping]] = ..., prefix: _Optional[str] = ..., job: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+    position: int
+    def __init__(self, dataset: _Optional[str] = ..., sampler: _Optional[_Union[SamplerSpec, _Mapping]] = ..., explicit: _Optional[_Union[ShardList, _Mapping]] = ..., prefix: _Optional[str] = ..., job: _Optional[str] = ..., ttl_s: _Optional[float] = ..., position: _Optional[int] = ...) -> None: ...
 
 class DeclarePlanResponse(_message.Message):
     __slots__ = ("job", "length")
