@@ -494,7 +494,7 @@ def test_even_ranks_reads_no_shard_beyond_the_share(
     assert svc.reads == ["s1", "s3", "s5"]
 
 
-def test_named_shards_declare_the_workers_list_and_resume_reports_its_start() -> None:
+def test_named_shards_declare_the_workers_list_and_resume_declares_its_start() -> None:
     svc = service()
     ds = make(svc, shards=["b/1", "a/0", "a/2"], shuffle=False, batch_size=100)
     iterator = iter(ds)
@@ -511,10 +511,22 @@ def test_named_shards_declare_the_workers_list_and_resume_reports_its_start() ->
     resumed.load_state_dict({**state, "shard": 1})
     list(resumed)
     kinds = [kind for kind, _ in svc.calls]
-    # The resumed start is reported at once; later reports are paced (at most one a shard).
-    assert kinds[0] == "declare" and kinds[-1] == "close"
-    assert set(kinds[1:-1]) == {"report"} and 1 <= len(kinds) - 2 <= 3
-    assert svc.calls[1] == ("report", ("job-1", 1))
+    # The resumed start is declared with the plan: reported a round trip later, the
+    # policy took it for shards read in that moment. Later reports are paced (at most
+    # one a shard), and only past the start.
+    assert svc.calls[0] == (
+        "declare",
+        {
+            "sampler": None,
+            "shards": ["a/0", "a/2", "b/1"],
+            "prefix": "",
+            "ttl_s": 300.0,
+            "position": 1,
+        },
+    )
+    assert kinds[-1] == "close" and set(kinds[1:-1]) <= {"report"}
+    reported = [args[1] for kind, args in svc.calls if kind == "report"]
+    assert reported == sorted(set(reported)) and set(reported) <= {2, 3}
 
 
 def test_a_failing_or_missing_plan_api_is_logged_once_and_reading_goes_on(

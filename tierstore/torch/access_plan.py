@@ -4,8 +4,9 @@ The clairvoyant placement policy prefetches just ahead of a declared plan and ev
 it needs furthest in the future (DESIGN.md 3.3). Each worker declares its own order at the
 start of its epoch — compactly as a :class:`~tierstore.plans.SamplerPlan` when it reads a
 prefix (or all) of the dataset, since the server regenerates the same order from it, or as
-the explicit shard list when the user named the shards — reports how many shards it has
-finished as it goes, and closes the plan at the end.
+the explicit shard list when the user named the shards, with the shards a resumed epoch
+has done already — reports how many shards it has finished as it goes, and closes the
+plan at the end.
 
 The plan is advisory: it must never break reading. A client without the plan calls yet
 (AttributeError), a server that does not know the plan or the dataset (NotFound), one that
@@ -69,8 +70,16 @@ class PlanReporter:
         position: int = 0,
     ) -> None:
         """Declare the order (``sampler`` over ``prefix``'s shards, or the explicit
-        ``shards``); ``position`` shards of it are already done (a resumed epoch)."""
+        ``shards``); ``position`` shards of it are already done (a resumed epoch).
+
+        The position goes with the declaration, not in a report right after it: the
+        policy rates the reader by its reports over time, and took a start reported a
+        round trip after the declaration for shards read in that moment (the first
+        report past it is paced from the declaration, as from a report).
+        """
         self._job = None
+        # Sent only when there is one, so a declaration from the start is as it was.
+        start = {"position": position} if position else {}
         job = self._call(
             "declare_plan",
             self._dataset,
@@ -78,10 +87,11 @@ class PlanReporter:
             shards=list(shards) if shards is not None else None,
             prefix=prefix,
             ttl_s=self._ttl_s,
+            **start,
         )
         self._job = job if isinstance(job, str) and job else None
-        if position:
-            self.report(position)
+        if self._job is not None and position:
+            self._reported, self._reported_at = position, time.monotonic()
 
     def report(self, position: int) -> None:
         """``position`` shards of the declared order are finished: sent when it moved and
