@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,22 @@ def test_a_trace_file_is_one_run_named_after_the_file(trace_file: Path, tmp_path
     assert at["lru", 1.0]["hit_ratio"] == pytest.approx(27 / 31)
     assert at["belady", 0.4]["hit_ratio"] > 0.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_trace_dash_reads_the_trace_from_stdin(
+    trace_file: Path, tmp_path: Path, compressed: bool
+) -> None:
+    # `trace export -o -` writes to stdout; `simulate --trace -` read a file named "-".
+    data = trace_file.read_bytes()
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--trace", "-", "--policy", "lru", "--capacity", "1", "--json"],
+        input=gzip.compress(data) if compressed else data,
+    )
+    rows = json_rows(result)
+    assert {(r["policy"], r["workload"]) for r in rows} == {("lru", "stdin"), ("belady", "stdin")}
+    assert [r["hit_ratio"] for r in rows if r["policy"] == "lru"] == [pytest.approx(27 / 31)]
 
 
 def test_a_trace_with_reads_local_readers_reported_gets_a_note(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -85,6 +87,56 @@ def test_gzip_files_are_read_transparently(tmp_path: Path) -> None:
     trace = load_trace(path)
     assert trace.sizes == (1, 2)
     assert list(trace.events) == [Read(0.0, 0), Read(1.0, 1)]
+
+
+def trace_bytes(*, compressed: bool) -> bytes:
+    body = "\n".join([HEADER, READ, READ.replace('"a"', '"b"')]) + "\n"
+    return gzip.compress(body.encode()) if compressed else body.encode()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_pipe_is_read_once_from_its_start(compressed: bool) -> None:
+    # /dev/stdin, <(cat f) or a pipe's /dev/fd/N can be read only once: the file was
+    # opened twice (once to look for the gzip magic), and that first look had read
+    # the whole (short) trace, so the second found it empty.
+    readable, writable = os.pipe()
+    try:
+        os.write(writable, trace_bytes(compressed=compressed))
+        os.close(writable)
+        trace = load_trace(Path(f"/dev/fd/{readable}"))
+    finally:
+        os.close(readable)
+    assert trace.sizes == (10, 10)
+    assert list(trace.events) == [Read(1.0, 0), Read(1.0, 1)]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_binary_stream_is_read_and_left_open(compressed: bool) -> None:
+    stream = io.BytesIO(trace_bytes(compressed=compressed))
+    trace = load_trace(stream)
+    assert list(trace.events) == [Read(1.0, 0), Read(1.0, 1)]
+    assert trace.name == "stream"  # a stream without a name
+    assert not stream.closed  # stdin, say: the caller's to close
+
+
+def test_a_stream_that_yields_a_byte_at_a_time_is_read_whole() -> None:
+    # A pipe may deliver the gzip magic's two bytes in two reads.
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            if not self.data:
+                return 0
+            buffer[0] = self.data[0]
+            self.data = self.data[1:]
+            return 1
+
+    trace = load_trace(Trickle(trace_bytes(compressed=True)))  # type: ignore[arg-type]
+    assert list(trace.events) == [Read(1.0, 0), Read(1.0, 1)]
 
 
 def test_dump_then_load_keeps_every_event_of_a_workload_trace(tmp_path: Path) -> None:

@@ -56,7 +56,11 @@ class SimulateRequest:
 
 def simulate(
     trace: Annotated[
-        Path | None, typer.Option(help="a recorded trace file (JSON Lines, may be gzip)")
+        Path | None,
+        typer.Option(
+            help="a recorded trace file (JSON Lines, may be gzip; read once, so a pipe "
+            "will do); -: read it from stdin, as `trace export -o -` writes it"
+        ),
     ] = None,
     workload: Annotated[str | None, typer.Option(help="a built-in workload by name")] = None,
     policy: Annotated[
@@ -168,9 +172,13 @@ def run_request(
         raise InvalidArgument("give one of --trace FILE and --workload NAME, not both")
     if request.trace is not None:
         path = request.trace
+        # "-" is stdin, as trace export's "-o -" is stdout (a file named "-" is given
+        # by a longer path: /full/path/-).
+        from_stdin = path == Path("-")
+        label = "stdin" if from_stdin else path.name
 
         def load(_seed: int) -> Trace:
-            loaded = load_trace(path)
+            loaded = load_trace(sys.stdin.buffer, "stdin") if from_stdin else load_trace(path)
             if on_trace is not None:
                 on_trace(loaded)
             return loaded
@@ -182,7 +190,7 @@ def run_request(
             policies,
             request.capacities,
             [request.seed],
-            workload=path.name,
+            workload=label,
             progress=progress,
             warmup=lambda _trace: given or 0,
         )

@@ -12,7 +12,9 @@ The format, one JSON object a line, the first line a header::
 (it means ""); ``"reported": true`` marks a read a local reader reported later with
 others, as a count (:class:`~tierstore.types.TracedRead`: its order and frequency are
 not the reader's); unknown extra fields are ignored so later writers can add some. A
-file may be gzip-compressed (recognised by its magic bytes, whatever its name).
+file may be gzip-compressed (recognised by its magic bytes, whatever its name). It is
+read once, from start to end, so a pipe (``/dev/stdin``, ``<(zcat f)``) or a binary
+stream does as well as a file.
 
 :func:`load_trace` names shards by dense ints in order of first appearance, as
 :class:`~tierstore.sim.events.Trace` wants; a shard's size is the latest one seen.
@@ -22,13 +24,18 @@ Shards that no event names are not in a file, so :func:`dump_trace` followed by
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import math
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 from tierstore.errors import InvalidArgument, MalformedTrace
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
@@ -221,8 +228,12 @@ def dump_trace(trace: Trace, stream: TextIO, dataset: str = "sim") -> None:
             writer.close(event.t, event.job)
 
 
-def load_trace(path: Path) -> Trace:
-    """Read a trace file (plain or gzip) into a :class:`Trace` named after the file.
+def load_trace(source: Path | BinaryIO, name: str | None = None) -> Trace:
+    """Read a trace file (plain or gzip) into a :class:`Trace` named ``name`` (default:
+    the file's name).
+
+    ``source`` is a path, or a binary stream (stdin's buffer, say) read from where it
+    stands and left open; either is read once, so it may be a pipe.
 
     Raises MalformedTrace, naming the line and what is wrong with it, for a missing
     or wrong header, a line that is not JSON (or a last line cut short), an unknown
@@ -231,6 +242,10 @@ def load_trace(path: Path) -> Trace:
     or a gzip stream that is cut short or corrupt. Raises InvalidArgument if the
     file cannot be opened or read.
     """
+    if name is None:
+        given = source.name if isinstance(source, Path) else getattr(source, "name", None)
+        name = Path(given).name if isinstance(given, str) else "stream"
+    where = str(source) if isinstance(source, Path) else name  # what errors call it
     keys: dict[tuple[str, str], int] = {}
     sizes: list[int] = []
 
@@ -244,10 +259,10 @@ def load_trace(path: Path) -> Trace:
 
     events: list[Event] = []
     last_t = -math.inf
-    for lineno, record in _records(path):
+    for lineno, record in _records(source, where):
         t = record["t"]
         if t < last_t:
-            raise MalformedTrace(f"{path}: line {lineno}: t={t} is before t={last_t}")
+            raise MalformedTrace(f"{where}: line {lineno}: t={t} is before t={last_t}")
         last_t = t
         op = record["op"]
         if op == "read":
@@ -261,63 +276,108 @@ def load_trace(path: Path) -> Trace:
             events.append(PositionReported(t, record["job"], record["position"]))
         else:
             events.append(PlanClosed(t, record["job"]))
-    return Trace(path.name, tuple(sizes), events)
+    return Trace(name, tuple(sizes), events)
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, checked record) for each event line; raises MalformedTrace.
+    ``where`` is what error messages call ``source``.
 
     Also the one place that translates I/O and decoding errors (see load_trace).
     """
     lineno = 0
     try:
         events = 0
-        with _open_text(path) as lines:
+        with _open_text(source) as lines:
             for lineno, line in enumerate(lines, start=1):
-                record = _parse(path, lineno, line)
+                record = _parse(where, lineno, line)
                 if lineno == 1:
-                    _check_header(path, record, line)
+                    _check_header(where, record, line)
                 elif record is not None:
                     try:
                         _check_record(record)
                     except _Invalid as exc:
-                        raise MalformedTrace(f"{path}: line {lineno}: {exc}") from None
+                        raise MalformedTrace(f"{where}: line {lineno}: {exc}") from None
                     events += 1
                     yield lineno, record
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise MalformedTrace(f"{path}: line {lineno + 1}: corrupt gzip stream ({exc})") from None
+        raise MalformedTrace(f"{where}: line {lineno + 1}: corrupt gzip stream ({exc})") from None
     except UnicodeDecodeError:
-        raise MalformedTrace(f"{path}: line {lineno + 1}: not UTF-8 text") from None
+        raise MalformedTrace(f"{where}: line {lineno + 1}: not UTF-8 text") from None
     except OSError as exc:
-        raise InvalidArgument(f"cannot read trace {path}: {exc.strerror or exc}") from None
+        raise InvalidArgument(f"cannot read trace {where}: {exc.strerror or exc}") from None
     if lineno == 0:
-        raise MalformedTrace(f"{path}: line 1: empty file (expected the header)")
+        raise MalformedTrace(f"{where}: line 1: empty file (expected the header)")
     if events == 0:
-        raise MalformedTrace(f"{path}: line {lineno + 1}: no events after the header")
+        raise MalformedTrace(f"{where}: line {lineno + 1}: no events after the header")
 
 
-def _open_text(path: Path) -> TextIO:
-    with path.open("rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-    if compressed:
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return path.open("rt", encoding="utf-8", newline="\n")
+@contextlib.contextmanager
+def _open_text(source: Path | BinaryIO) -> Iterator[TextIO]:
+    """``source``'s text, gunzipped if it starts with the gzip magic.
+
+    Opened once and read once from its start: a pipe cannot be opened again, nor its
+    first bytes read twice, so they are read and then given back in front of the rest.
+    A stream given is not closed.
+    """
+    with contextlib.ExitStack() as stack:
+        stream: BinaryIO = (
+            stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
+        )
+        head = b""
+        while len(head) < len(_GZIP_MAGIC):  # a pipe's read may return a byte at a time
+            more = stream.read(len(_GZIP_MAGIC) - len(head))
+            if not more:
+                break
+            head += more
+        plain = stack.enter_context(
+            io.BufferedReader(_Replayed(head, stream), buffer_size=_READ_BYTES)
+        )
+        binary = gzip.GzipFile(fileobj=plain, mode="rb") if head == _GZIP_MAGIC else plain
+        yield stack.enter_context(io.TextIOWrapper(binary, encoding="utf-8", newline="\n"))
 
 
-def _check_header(path: Path, record: Any, line: str) -> None:
+#: bytes asked of the file at a time.
+_READ_BYTES = 1 << 16
+
+
+class _Replayed(io.RawIOBase):
+    """``head``, bytes already read from ``rest``, then the rest of ``rest``; closing it
+    leaves ``rest`` open (its opener closes it)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _check_header(where: str, record: Any, line: str) -> None:
     # Extra header fields are allowed (a recorder may say who it is); the version is not.
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise MalformedTrace(
-            f"{path}: line 1: expected the header {json.dumps(_HEADER)}, got {line.strip()[:80]!r}"
+            f"{where}: line 1: expected the header {json.dumps(_HEADER)}, got {line.strip()[:80]!r}"
         )
     if record.get("version") != VERSION or isinstance(record.get("version"), bool):
         raise MalformedTrace(
-            f"{path}: line 1: unsupported trace version {record.get('version')!r} "
+            f"{where}: line 1: unsupported trace version {record.get('version')!r} "
             f"(this reader knows version {VERSION})"
         )
 
 
-def _parse(path: Path, lineno: int, line: str) -> Any:
+def _parse(where: str, lineno: int, line: str) -> Any:
     """The JSON value of one line (None for a blank line); raises MalformedTrace."""
     if not line.strip():
         return None
@@ -328,8 +388,8 @@ def _parse(path: Path, lineno: int, line: str) -> Any:
     except (ValueError, RecursionError, _Invalid) as exc:
         # A writer ends every line with "\n": a last line without one was cut short.
         if not line.endswith("\n"):
-            raise MalformedTrace(f"{path}: line {lineno}: truncated last line") from None
-        raise MalformedTrace(f"{path}: line {lineno}: not valid JSON ({exc})") from None
+            raise MalformedTrace(f"{where}: line {lineno}: truncated last line") from None
+        raise MalformedTrace(f"{where}: line {lineno}: not valid JSON ({exc})") from None
 
 
 def _reject_constant(name: str) -> Any:
