@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tempfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tierstore.engine.trace import MAX_TRACED_PLAN_BYTES
 from tierstore.errors import InvalidArgument, MalformedTrace
+from tierstore.sim import tracefile
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
 from tierstore.sim.tracefile import TraceWriter, dump_trace, load_trace
 
@@ -313,6 +317,89 @@ def test_a_gzip_stream_cut_short_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(packed[: len(packed) // 2])
     with pytest.raises(MalformedTrace, match="corrupt gzip stream"):
+        load_trace(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_line_longer_than_the_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
+    # A line was read whole, however long: a 400 KB gzip file holding one 400 MiB
+    # line took 818 MB.
+    monkeypatch.setattr(tracefile, "MAX_LINE_BYTES", 1000)
+    long_read = READ.replace('"job": ""', '"job": "", "x": "' + "x" * 2000 + '"')
+    body = "\n".join([HEADER, READ, long_read]) + "\n"
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(gzip.compress(body.encode()) if compressed else body.encode())
+    with pytest.raises(MalformedTrace, match="line 3: longer than 1,000 bytes"):
+        load_trace(path)
+    # A line of the limit, its newline included, is read.
+    fits = READ.replace('"job": ""', '"job": "", "x": "' + "x" * (999 - len(READ) - 9) + '"')
+    assert len(fits) + 1 == 1000
+    assert load_trace(write_lines(tmp_path / "fits.jsonl", HEADER, fits)).events == [Read(1.0, 0)]
+
+
+def test_a_long_line_takes_about_its_own_size_to_read(tmp_path: Path) -> None:
+    # 400 MiB of blanks took 818 MB: decoded text beside its bytes, or (readline with
+    # a limit) the line's chunks beside their join.
+    size = 64 << 20
+    path = tmp_path / "blank.jsonl.gz"
+    with gzip.open(path, "wb", compresslevel=1) as stream:
+        stream.write(f"{HEADER}\n{READ}\n".encode())
+        stream.write(b" " * size + b"\n")
+    tracemalloc.start()
+    try:
+        assert load_trace(path).events == [Read(1.0, 0)]  # a blank line
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * size
+
+
+def test_the_line_limit_holds_the_longest_line_an_export_writes() -> None:
+    # The longest: one plan declaration the node's trace keeps, MAX_TRACED_PLAN_BYTES of
+    # entries (a name's UTF-8 bytes, a separator and 8 bytes of size each). In JSON an
+    # entry is its escaped name (at most 3 characters a byte: "\u00e9" for two bytes,
+    # a surrogate pair of 12 for four), two quotes, two separators and up to 19 digits:
+    # at most 3 times its bytes in the ring, plus the event's other fields.
+    assert tracefile.MAX_LINE_BYTES >= 3 * MAX_TRACED_PLAN_BYTES + (1 << 20)
+    entry = ["é" * 512]  # 1,024 bytes of name: 3,072 characters escaped
+    line = json.dumps({"shards": entry, "sizes": [2**63 - 1]})
+    assert len(line) - len('{"shards": [], "sizes": []}') <= 3 * (1024 + 1 + 8)
+
+
+def test_a_bad_byte_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    # The text was decoded in chunks: a bad byte on line 15001 was reported at 14959.
+    lines = [HEADER.encode()] + [READ.replace("1.0", f"{i}.0").encode() for i in range(1, 1000)]
+    lines[900] = lines[900].replace(b'"a"', b'"\xe9"')
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(MalformedTrace, match="line 901: not UTF-8 text"):
+        load_trace(path)
+    gz = tmp_path / "bad.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(MalformedTrace, match="line 901: not UTF-8 text"):
+        load_trace(gz)
+
+
+def test_a_corrupt_gzip_stream_is_placed_near_its_line(tmp_path: Path) -> None:
+    body = "\n".join([HEADER, *[READ.replace("1.0", f"{i}.0") for i in range(1, 3000)]]) + "\n"
+    # A second gzip member whose deflate data is bad from its first byte (block type 3).
+    bad_member = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\x07" + bytes(64)
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(gzip.compress(body.encode()) + bad_member)
+    with pytest.raises(MalformedTrace, match="near line 3001: corrupt gzip stream"):
+        load_trace(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_two_traces_joined_are_named_as_such(tmp_path: Path, compressed: bool) -> None:
+    # `cat a.jsonl.gz b.jsonl.gz` is one gzip stream of both: the second header was
+    # refused as "unknown op None".
+    one = ("\n".join([HEADER, READ]) + "\n").encode()
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(gzip.compress(one) * 2 if compressed else one * 2)
+    with pytest.raises(MalformedTrace, match=r"line 3: a second header \(traces joined\?\)"):
         load_trace(path)
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 from tierstore.errors import InvalidArgument, MalformedTrace
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
 
-__all__ = ["FORMAT", "VERSION", "TraceWriter", "dump_trace", "load_trace"]
+__all__ = ["FORMAT", "MAX_LINE_BYTES", "VERSION", "TraceWriter", "dump_trace", "load_trace"]
 
 FORMAT = "tierstore-trace"
 VERSION = 1
@@ -108,6 +108,14 @@ def _finite(t: float) -> bool:
     except OverflowError:
         return False
 
+
+#: the most bytes a line may hold, its newline included. Far above the longest line an
+#: export writes: one plan declaration, which the node's trace keeps only up to
+#: MAX_TRACED_PLAN_BYTES (512 MiB) of entries (name bytes, a separator and 8 bytes of
+#: size each), and which JSON writes in at most 3 times that (a name's byte as up to 3
+#: characters of "\u00e9", 2 quotes, 2 separators, at most 19 digits): about 1.5 GiB.
+#: It bounds what one line of a file that is no trace (a gzip bomb of one line) takes.
+MAX_LINE_BYTES = 2 << 30
 
 #: the largest size or position a trace may hold.
 MAX_SIZE = 2**63 - 1
@@ -236,7 +244,8 @@ def load_trace(source: Path | BinaryIO, name: str | None = None) -> Trace:
     stands and left open; either is read once, so it may be a pipe.
 
     Raises MalformedTrace, naming the line and what is wrong with it, for a missing
-    or wrong header, a line that is not JSON (or a last line cut short), an unknown
+    or wrong header, a line longer than :data:`MAX_LINE_BYTES` or not UTF-8 or not JSON
+    (or a last line cut short), a second header (two traces joined), an unknown
     op, missing or mistyped fields, a negative size, a time before the previous
     event's, a plan whose shards and sizes differ in length, a file with no events,
     or a gzip stream that is cut short or corrupt. Raises InvalidArgument if the
@@ -285,25 +294,37 @@ def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[st
 
     Also the one place that translates I/O and decoding errors (see load_trace).
     """
-    lineno = 0
+    lineno = 0  # of the last line read whole
     try:
         events = 0
-        with _open_text(source) as lines:
-            for lineno, line in enumerate(lines, start=1):
+        with _open_binary(source) as binary:
+            # A line at a time, each decoded alone, so an error names its own line.
+            while raw := _next_line(binary):
+                lineno += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise MalformedTrace(
+                        f"{where}: line {lineno}: longer than {MAX_LINE_BYTES:,} bytes, "
+                        "the most a trace line may hold"
+                    )
+                line = "" if raw.isspace() else _decoded(where, lineno, raw)
+                del raw  # a long line's bytes need not outlive its text
                 record = _parse(where, lineno, line)
                 if lineno == 1:
                     _check_header(where, record, line)
                 elif record is not None:
+                    _check_not_header(where, lineno, record)
                     try:
                         _check_record(record)
                     except _Invalid as exc:
                         raise MalformedTrace(f"{where}: line {lineno}: {exc}") from None
                     events += 1
                     yield lineno, record
+    # Found while reading the next line; its damage may lie a little further on (the
+    # decompressor runs ahead of the lines by a buffer).
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise MalformedTrace(f"{where}: line {lineno + 1}: corrupt gzip stream ({exc})") from None
-    except UnicodeDecodeError:
-        raise MalformedTrace(f"{where}: line {lineno + 1}: not UTF-8 text") from None
+        raise MalformedTrace(
+            f"{where}: near line {lineno + 1}: corrupt gzip stream ({exc})"
+        ) from None
     except OSError as exc:
         raise InvalidArgument(f"cannot read trace {where}: {exc.strerror or exc}") from None
     if lineno == 0:
@@ -312,9 +333,44 @@ def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[st
         raise MalformedTrace(f"{where}: line {lineno + 1}: no events after the header")
 
 
+def _next_line(binary: io.BufferedIOBase) -> bytes | bytearray:
+    """The next line, its newline included (empty at the end), cut after
+    MAX_LINE_BYTES + 1 bytes if it is longer."""
+    line = binary.readline(_READ_BYTES)
+    if len(line) < _READ_BYTES or line.endswith(b"\n"):
+        return line  # nearly every line
+    # A long line grows in place: readline(limit) joins a list of chunks at the end,
+    # twice the line's size for a moment.
+    grown = bytearray(line)
+    while len(grown) <= MAX_LINE_BYTES:
+        more = binary.readline(min(_LONG_READ_BYTES, MAX_LINE_BYTES + 1 - len(grown)))
+        grown += more
+        if not more or more.endswith(b"\n"):
+            break
+    return grown
+
+
+def _decoded(where: str, lineno: int, raw: bytes | bytearray) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedTrace(
+            f"{where}: line {lineno}: not UTF-8 text (byte {exc.start + 1} of the line)"
+        ) from None
+
+
+def _check_not_header(where: str, lineno: int, record: Any) -> None:
+    # `cat a.jsonl.gz b.jsonl.gz > c.jsonl.gz` makes one stream of both (gzip reads
+    # its members as one): their times would go back at the join, or worse, not.
+    if isinstance(record, dict) and "op" not in record and record.get("format") == FORMAT:
+        raise MalformedTrace(
+            f"{where}: line {lineno}: a second header (traces joined?): a file holds one trace"
+        )
+
+
 @contextlib.contextmanager
-def _open_text(source: Path | BinaryIO) -> Iterator[TextIO]:
-    """``source``'s text, gunzipped if it starts with the gzip magic.
+def _open_binary(source: Path | BinaryIO) -> Iterator[io.BufferedIOBase]:
+    """``source``'s bytes, gunzipped if it starts with the gzip magic.
 
     Opened once and read once from its start: a pipe cannot be opened again, nor its
     first bytes read twice, so they are read and then given back in front of the rest.
@@ -333,12 +389,15 @@ def _open_text(source: Path | BinaryIO) -> Iterator[TextIO]:
         plain = stack.enter_context(
             io.BufferedReader(_Replayed(head, stream), buffer_size=_READ_BYTES)
         )
-        binary = gzip.GzipFile(fileobj=plain, mode="rb") if head == _GZIP_MAGIC else plain
-        yield stack.enter_context(io.TextIOWrapper(binary, encoding="utf-8", newline="\n"))
+        if head == _GZIP_MAGIC:
+            yield stack.enter_context(gzip.GzipFile(fileobj=plain, mode="rb"))
+        else:
+            yield plain
 
 
-#: bytes asked of the file at a time.
+#: bytes asked of the file at a time, and of a long line's rest.
 _READ_BYTES = 1 << 16
+_LONG_READ_BYTES = 1 << 20
 
 
 class _Replayed(io.RawIOBase):
