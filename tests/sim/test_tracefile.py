@@ -291,6 +291,48 @@ def test_malformed_files_are_refused_naming_the_line(
         load_trace(path)
 
 
+LONG = "[" + ", ".join(["123456789"] * 20_000) + "]"  # 220 KB of one value
+ECHOED = {
+    "op": (READ.replace('"read"', LONG), "line 2: unknown op [123456789, "),
+    "job": (READ.replace('""', LONG), "line 2: job must be a string, got [123456789, "),
+    "reported": (
+        READ.replace('"job": ""', f'"job": "", "reported": {LONG}'),
+        "line 2: reported must be true or false, got [123456789, ",
+    ),
+    "size": (READ.replace("10", LONG), "line 2: size must be an integer, got [123456789, "),
+    "negative size": (
+        READ.replace("10", "-" + "9" * 4000),
+        "line 2: size must not be negative, got -99999999",
+    ),
+    "huge size": (READ.replace("10", "9" * 4000), "line 2: size must be at most 2"),
+    "time going back": (
+        READ.replace("1.0", "1" + "0" * 300),
+        "line 3: t=1.0 is before t=" + "1" + "0" * 30,
+    ),
+}
+
+
+@pytest.mark.parametrize("line, message", ECHOED.values(), ids=ECHOED.keys())
+def test_a_refusal_quotes_at_most_the_start_of_a_value(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    # A value was quoted whole: an error of 220 KB for a long list of an op.
+    lines = (HEADER, line, READ) if message.startswith("line 3") else (HEADER, line)
+    path = write_lines(tmp_path / "long.jsonl", *lines)
+    with pytest.raises(MalformedTrace) as caught:
+        load_trace(path)
+    text = str(caught.value).removeprefix(f"{path}: ")
+    assert text.startswith(message)
+    assert len(text) < 200
+
+
+def test_a_header_of_a_long_version_is_quoted_in_part(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "v.jsonl", HEADER.replace("1}", LONG + "}"), READ)
+    with pytest.raises(MalformedTrace, match="unsupported trace version") as caught:
+        load_trace(path)
+    assert len(str(caught.value)) < 300
+
+
 def test_a_last_line_cut_short_is_reported_as_truncated(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "cut.jsonl", HEADER, READ, READ[:30], newline_at_end=False)
     with pytest.raises(MalformedTrace, match="line 3: truncated last line"):

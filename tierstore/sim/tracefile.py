@@ -70,8 +70,8 @@ def _check_record(record: Any) -> None:
     if not isinstance(record, dict):
         raise _Invalid(f"expected a JSON object, got {type(record).__name__}")
     op = record.get("op")
-    if op not in _REQUIRED:
-        raise _Invalid(f"unknown op {op!r} (expected one of {', '.join(_REQUIRED)})")
+    if not isinstance(op, str) or op not in _REQUIRED:  # a list is no key of a dict
+        raise _Invalid(f"unknown op {op!r:.40} (expected one of {', '.join(_REQUIRED)})")
     missing = [f for f in ("t", *_REQUIRED[op]) if f not in record]
     if missing:
         raise _Invalid(f"{op} record is missing {', '.join(missing)}")
@@ -81,11 +81,11 @@ def _check_record(record: Any) -> None:
         raise _Invalid(f"t must be a finite number, got {t!r:.40}")
     for name in ("dataset", "shard", "job"):
         if name in record and not isinstance(record[name], str):
-            raise _Invalid(f"{name} must be a string, got {record[name]!r}")
+            raise _Invalid(f"{name} must be a string, got {record[name]!r:.40}")
     if op == "read":
         _check_size("size", record["size"])
         if not isinstance(record.get("reported", False), bool):
-            raise _Invalid(f"reported must be true or false, got {record['reported']!r}")
+            raise _Invalid(f"reported must be true or false, got {record['reported']!r:.40}")
     elif op == "plan":
         shards, sizes = record["shards"], record["sizes"]
         if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
@@ -123,11 +123,11 @@ MAX_SIZE = 2**63 - 1
 
 def _check_size(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f"{name} must be an integer, got {value!r}")
+        raise _Invalid(f"{name} must be an integer, got {value!r:.40}")
     if value < 0:
-        raise _Invalid(f"{name} must not be negative, got {value}")
+        raise _Invalid(f"{name} must not be negative, got {value!r:.40}")
     if value > MAX_SIZE:  # the simulator keeps sizes and positions as 64-bit integers
-        raise _Invalid(f"{name} must be at most 2**63 - 1, got {value}")
+        raise _Invalid(f"{name} must be at most 2**63 - 1, got {value!r:.40}")
 
 
 class TraceWriter:
@@ -198,7 +198,7 @@ class TraceWriter:
             raise InvalidArgument(f"trace event not written: {exc}") from None
         if record["t"] < self._last_t:
             raise InvalidArgument(
-                f"trace event not written: t={record['t']} is before t={self._last_t}"
+                f"trace event not written: t={record['t']!r:.40} is before t={self._last_t!r:.40}"
             )
         self._last_t = record["t"]
         self._stream.write(json.dumps(record) + "\n")
@@ -271,7 +271,7 @@ def load_trace(source: Path | BinaryIO, name: str | None = None) -> Trace:
     for lineno, record in _records(source, where):
         t = record["t"]
         if t < last_t:
-            raise MalformedTrace(f"{where}: line {lineno}: t={t} is before t={last_t}")
+            raise MalformedTrace(f"{where}: line {lineno}: t={t!r:.40} is before t={last_t!r:.40}")
         last_t = t
         op = record["op"]
         if op == "read":
@@ -431,7 +431,7 @@ def _check_header(where: str, record: Any, line: str) -> None:
         )
     if record.get("version") != VERSION or isinstance(record.get("version"), bool):
         raise MalformedTrace(
-            f"{where}: line 1: unsupported trace version {record.get('version')!r} "
+            f"{where}: line 1: unsupported trace version {record.get('version')!r:.40} "
             f"(this reader knows version {VERSION})"
         )
 
