@@ -25,7 +25,7 @@ from tierstore.cli import admin, main, shards, uploads
 from tierstore.cli import app as app_module
 from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
-from tierstore.types import Grant, Role, ShardInfo, ShardKind
+from tierstore.types import Grant, Role, ShardInfo, ShardKind, TracedRead
 
 CONNECTION = {
     *("address", "token", "token_file", "ca", "client_cert", "client_key"),
@@ -647,6 +647,39 @@ def test_trace_export_json_counts_every_kind_of_event_even_none(
         "position": 0,
         "close": 0,
     }
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("to_stdout", [False, True], ids=["file", "stdout"])
+def test_trace_export_of_no_events_warns_that_there_is_nothing_to_replay(
+    client: FakeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    json_output: bool,
+    to_stdout: bool,
+) -> None:
+    # It said "wrote 0 events" and exited 0, and simulate then refused the file.
+    monkeypatch.setattr(client, "export_trace", lambda dataset: iter(()), raising=False)
+    output = "-" if to_stdout else str(tmp_path / "t.jsonl")
+    done = invoke(*(["--json"] if json_output else []), "trace", "export", "-o", output)
+    assert done.exit_code == 0, done.output
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert "no events" in warnings[0] and "nothing to replay" in warnings[0]
+    if to_stdout:  # the trace, its header alone
+        assert done.stdout == '{"format": "tierstore-trace", "version": 1}\n'
+    elif json_output:  # the report, alone
+        assert json.loads(done.stdout)["events"] == 0
+
+
+def test_trace_export_of_some_events_does_not_warn(
+    client: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = TracedRead(1.0, "d", "s", 10, False)
+    monkeypatch.setattr(client, "export_trace", lambda dataset: iter([read]), raising=False)
+    done = invoke("trace", "export", "-o", str(tmp_path / "t.jsonl"))
+    assert done.exit_code == 0, done.output
+    assert "warning" not in done.stderr
 
 
 def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -215,6 +215,15 @@ def test_a_malformed_trace_file_is_refused(tmp_path: Path) -> None:
     assert_refused(invoke("--trace", str(path)), "MalformedTrace", "line 2", "unknown op")
 
 
+def test_a_trace_of_no_events_is_refused_as_nothing_to_replay(tmp_path: Path) -> None:
+    path = tmp_path / "idle.jsonl"
+    with path.open("w") as stream:
+        TraceWriter(stream)  # the header alone: what an idle node's export holds
+    result = invoke("--trace", str(path))
+    assert_refused(result, "InvalidArgument", "holds no events: nothing to replay")
+    assert "MalformedTrace" not in result.stderr
+
+
 def test_a_missing_trace_file_is_refused(tmp_path: Path) -> None:
     assert_refused(invoke("--trace", str(tmp_path / "none.jsonl")), "cannot read trace")
 

@@ -277,8 +277,6 @@ MALFORMED = {
         (HEADER, READ.replace('"job": ""', '"job": "", "x": ' + "[" * 100_000 + "]" * 100_000)),
         "line 2: not valid JSON",
     ),
-    "header only": ((HEADER,), "line 2: no events after the header"),
-    "header and blank lines only": ((HEADER, "", "  "), "line 4: no events after the header"),
 }
 
 
@@ -331,6 +329,21 @@ def test_a_header_of_a_long_version_is_quoted_in_part(tmp_path: Path) -> None:
     with pytest.raises(MalformedTrace, match="unsupported trace version") as caught:
         load_trace(path)
     assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("lines", [(HEADER,), (HEADER, "", "  ")], ids=["header", "blanks"])
+def test_a_trace_of_no_events_is_refused_as_empty_not_as_malformed(
+    tmp_path: Path, lines: tuple[str, ...]
+) -> None:
+    # What `trace export` writes for a node that traced nothing: it said "wrote 0
+    # events", and simulate called the file malformed ("no events after the header").
+    path = write_lines(tmp_path / "idle.jsonl", *lines)
+    with pytest.raises(
+        InvalidArgument, match=r"idle\.jsonl holds no events: nothing to replay"
+    ) as caught:
+        load_trace(path)
+    assert not isinstance(caught.value, MalformedTrace)
+    assert "malformed" not in str(caught.value).lower()
 
 
 def test_a_last_line_cut_short_is_reported_as_truncated(tmp_path: Path) -> None:

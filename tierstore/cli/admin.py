@@ -149,7 +149,9 @@ def trace_export(
 ) -> None:
     """Save the node's recent reads and plan events as a trace file for the simulator
     (admin on every dataset). The file is private (mode 0600): it names every dataset
-    and shard read. With -o - the trace goes to stdout and the summary to stderr."""
+    and shard read. With -o - the trace goes to stdout and the summary to stderr. No
+    events to export is not an error, but a warning says so: simulate has nothing to
+    replay then."""
     from tierstore.sim.tracefile import TraceWriter
     from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead
 
@@ -209,6 +211,16 @@ def trace_export(
     where = "stdout" if to_stdout else str(output)
     line = f"wrote {plural(total, 'event')} ({plural(counts['read'], 'read')}) to {where}"
     emit_report(summary, line, None if to_stdout else output)
+    if not total:  # not an error (an idle node), but no trace simulate can replay
+        of = f" of {dataset}" if dataset is not None else ""
+        err.print(
+            f"warning: the node had no events{of} to export (none traced since it started, "
+            "or its trace_capacity is 0): the trace holds its header alone, and simulate "
+            "has nothing to replay",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 # tokens and keys

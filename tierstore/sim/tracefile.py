@@ -247,9 +247,9 @@ def load_trace(source: Path | BinaryIO, name: str | None = None) -> Trace:
     or wrong header, a line longer than :data:`MAX_LINE_BYTES` or not UTF-8 or not JSON
     (or a last line cut short), a second header (two traces joined), an unknown
     op, missing or mistyped fields, a negative size, a time before the previous
-    event's, a plan whose shards and sizes differ in length, a file with no events,
-    or a gzip stream that is cut short or corrupt. Raises InvalidArgument if the
-    file cannot be opened or read.
+    event's, a plan whose shards and sizes differ in length, or a gzip stream that is
+    cut short or corrupt. Raises InvalidArgument if the file cannot be opened or
+    read, or holds no events (a header alone: what an idle node exports).
     """
     if name is None:
         given = source.name if isinstance(source, Path) else getattr(source, "name", None)
@@ -330,7 +330,11 @@ def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[st
     if lineno == 0:
         raise MalformedTrace(f"{where}: line 1: empty file (expected the header)")
     if events == 0:
-        raise MalformedTrace(f"{where}: line {lineno + 1}: no events after the header")
+        # Not malformed: what `trace export` writes for a node that traced nothing.
+        raise InvalidArgument(
+            f"{where} holds no events: nothing to replay (the header alone, as a node "
+            "that traced nothing exports)"
+        )
 
 
 def _next_line(binary: io.BufferedIOBase) -> bytes | bytearray:
