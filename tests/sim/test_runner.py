@@ -148,6 +148,14 @@ def test_capacities_are_checked_on_every_trace_before_the_first_replay() -> None
     assert replays == []
 
 
+def test_a_trace_of_plans_alone_is_refused_for_its_reads_not_its_capacity() -> None:
+    # A plan's shards have sizes but no read: 1% of 30 bytes is smaller than the
+    # 20-byte shard, and the capacity was refused first, as if a larger one would do.
+    plans = Trace("plans", (10, 20), [PlanDeclared(0.0, "j", (0, 1)), PlanClosed(1.0, "j")])
+    with pytest.raises(InvalidArgument, match="'plans' holds no reads"):
+        sweep([plans], ["lru"], [0.01])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -75,17 +75,19 @@ def sweep(
 
     Raises UnknownPolicy for an unknown policy name; InvalidArgument for no
     policies, no capacities, a fraction outside (0, 1], no seeds or traces, seeds
-    given with a sequence of traces, or a capacity smaller than the trace's
-    largest shard (such a tier could never hold that shard).
+    given with a sequence of traces, a trace without reads (checked before its
+    capacities) or a warm-up that leaves none to count, or a capacity smaller than
+    the trace's largest shard (such a tier could never hold that shard).
     """
     if not policies:
         raise InvalidArgument("no policies to simulate")
     names = sweep_policies(policies)
     fractions = _checked_fractions(capacity_fractions)
     traces = _traces(source, seeds)
+    # Reads first: a trace without any (plan events alone) needs no other capacity.
+    skips = [_warmup_reads(trace, warmup) for trace in traces]
     # capacities[trace index][fraction index], all checked before the first replay.
     capacities = [[_capacity(trace, f) for f in fractions] for trace in traces]
-    skips = [_warmup_reads(trace, warmup) for trace in traces]
     runs = len(traces) * len(fractions) * len(names)
     done = 0
     # results[fraction index][policy]: one result per trace
