@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tierstore.errors import InvalidArgument
 from tierstore.types import TracedClose, TracedPlan, TracedPosition, TracedRead, TraceEvent
+from tierstore.v1 import admin_pb2
 from tierstore.wire.trace import trace_events_from_pb, trace_events_to_pb
 
 
@@ -39,3 +41,31 @@ def test_a_batch_is_sized_in_bytes_not_characters(name: str) -> None:
     entry = len(shards[0].encode()) + 64  # one more name and its fields at most
     assert max(batch.ByteSize() for batch in batches) <= limit + entry
     assert list(trace_events_from_pb(batches)) == [plan, *reads]
+
+
+def plan_message(
+    dataset: str, shards: list[str], sizes: list[int], *, continued: bool
+) -> admin_pb2.TraceEvent:
+    plan = admin_pb2.TracedPlan(
+        job="j", dataset=dataset, shards=shards, sizes=sizes, continued=continued
+    )
+    return admin_pb2.TraceEvent(t=1.0, plan=plan)
+
+
+def test_a_continued_piece_of_another_dataset_is_refused() -> None:
+    # Joined by job alone: dataset B's shards were made dataset A's.
+    first = plan_message("a", ["x"], [1], continued=False)
+    other = plan_message("b", ["y"], [2], continued=True)
+    batch = admin_pb2.ExportTraceResponse(events=[first, other])
+    with pytest.raises(InvalidArgument, match="no plan of its job and dataset"):
+        list(trace_events_from_pb([batch]))
+
+
+@pytest.mark.parametrize("continued", [False, True], ids=["first", "continued"])
+def test_a_piece_whose_shards_and_sizes_differ_in_length_is_refused(continued: bool) -> None:
+    # It passed through: export_trace yielded a plan of 2 shards and 1 size.
+    bad = plan_message("a", ["y", "z"], [2], continued=continued)
+    events = [plan_message("a", ["x"], [1], continued=False), bad] if continued else [bad]
+    batch = admin_pb2.ExportTraceResponse(events=events)
+    with pytest.raises(InvalidArgument, match="a plan piece has 2 shards but 1 sizes"):
+        list(trace_events_from_pb([batch]))

@@ -107,8 +107,9 @@ def trace_events_from_pb(
 ) -> Iterator[TraceEvent]:
     """The events of a stream of batches, plan pieces put together again.
 
-    Raises InvalidArgument for an event of no known kind or a ``continued`` piece
-    that follows no plan of its job.
+    Raises InvalidArgument for an event of no known kind, a plan piece whose shards
+    and sizes differ in length, or a ``continued`` piece that follows no plan of its
+    job and dataset.
     """
     plan: admin_pb2.TraceEvent | None = None  # a plan whose pieces may still come
     shards: list[str] = []
@@ -116,9 +117,7 @@ def trace_events_from_pb(
     for response in responses:
         for message in response.events:
             which = message.WhichOneof("event")
-            if which == "plan" and message.plan.continued:
-                if plan is None or plan.plan.job != message.plan.job:
-                    raise InvalidArgument("a continued plan piece follows no plan of its job")
+            if which == "plan" and _piece_continues(plan, message.plan):
                 shards.extend(message.plan.shards)
                 sizes.extend(message.plan.sizes)
                 continue
@@ -140,6 +139,21 @@ def trace_events_from_pb(
                 raise InvalidArgument(f"a trace event of no known kind ({which})")
     if plan is not None:
         yield TracedPlan(plan.t, plan.plan.job, plan.plan.dataset, (*shards,), (*sizes,))
+
+
+def _piece_continues(plan: admin_pb2.TraceEvent | None, piece: admin_pb2.TracedPlan) -> bool:
+    """Whether ``piece`` continues ``plan`` (the plan whose pieces may still come) rather
+    than starting a plan; InvalidArgument if it is not a piece of one."""
+    if len(piece.shards) != len(piece.sizes):
+        raise InvalidArgument(
+            f"a plan piece has {len(piece.shards):,} shards but {len(piece.sizes):,} sizes"
+        )
+    if not piece.continued:
+        return False
+    # Job and dataset: one job's plans of two datasets must not run together.
+    if plan is None or (plan.plan.job, plan.plan.dataset) != (piece.job, piece.dataset):
+        raise InvalidArgument("a continued plan piece follows no plan of its job and dataset")
+    return True
 
 
 def sizing_to_pb(points: Iterable[SizingPoint]) -> list[placement_pb2.SizingPoint]:
