@@ -24,21 +24,17 @@ Shards that no event names are not in a file, so :func:`dump_trace` followed by
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import math
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from typing import Any, BinaryIO, TextIO
 
 from tierstore.errors import InvalidArgument, MalformedTrace
 from tierstore.sim.events import Event, PlanClosed, PlanDeclared, PositionReported, Read, Trace
+from tierstore.sim.linereader import next_line, opened
 
 __all__ = ["FORMAT", "MAX_LINE_BYTES", "VERSION", "TraceWriter", "dump_trace", "load_trace"]
 
@@ -46,7 +42,6 @@ FORMAT = "tierstore-trace"
 VERSION = 1
 
 _HEADER = {"format": FORMAT, "version": VERSION}
-_GZIP_MAGIC = b"\x1f\x8b"
 
 #: the fields each op must carry, besides ``t`` and ``op``.
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -297,9 +292,9 @@ def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[st
     lineno = 0  # of the last line read whole
     try:
         events = 0
-        with _open_binary(source) as binary:
+        with opened(source) as binary:
             # A line at a time, each decoded alone, so an error names its own line.
-            while raw := _next_line(binary):
+            while raw := next_line(binary, MAX_LINE_BYTES):
                 lineno += 1
                 if len(raw) > MAX_LINE_BYTES:
                     raise MalformedTrace(
@@ -337,23 +332,6 @@ def _records(source: Path | BinaryIO, where: str) -> Iterator[tuple[int, dict[st
         )
 
 
-def _next_line(binary: io.BufferedIOBase) -> bytes | bytearray:
-    """The next line, its newline included (empty at the end), cut after
-    MAX_LINE_BYTES + 1 bytes if it is longer."""
-    line = binary.readline(_READ_BYTES)
-    if len(line) < _READ_BYTES or line.endswith(b"\n"):
-        return line  # nearly every line
-    # A long line grows in place: readline(limit) joins a list of chunks at the end,
-    # twice the line's size for a moment.
-    grown = bytearray(line)
-    while len(grown) <= MAX_LINE_BYTES:
-        more = binary.readline(min(_LONG_READ_BYTES, MAX_LINE_BYTES + 1 - len(grown)))
-        grown += more
-        if not more or more.endswith(b"\n"):
-            break
-    return grown
-
-
 def _decoded(where: str, lineno: int, raw: bytes | bytearray) -> str:
     try:
         return raw.decode("utf-8")
@@ -370,61 +348,6 @@ def _check_not_header(where: str, lineno: int, record: Any) -> None:
         raise MalformedTrace(
             f"{where}: line {lineno}: a second header (traces joined?): a file holds one trace"
         )
-
-
-@contextlib.contextmanager
-def _open_binary(source: Path | BinaryIO) -> Iterator[io.BufferedIOBase]:
-    """``source``'s bytes, gunzipped if it starts with the gzip magic.
-
-    Opened once and read once from its start: a pipe cannot be opened again, nor its
-    first bytes read twice, so they are read and then given back in front of the rest.
-    A stream given is not closed.
-    """
-    with contextlib.ExitStack() as stack:
-        stream: BinaryIO = (
-            stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-        )
-        head = b""
-        while len(head) < len(_GZIP_MAGIC):  # a pipe's read may return a byte at a time
-            more = stream.read(len(_GZIP_MAGIC) - len(head))
-            if not more:
-                break
-            head += more
-        plain = stack.enter_context(
-            io.BufferedReader(_Replayed(head, stream), buffer_size=_READ_BYTES)
-        )
-        if head == _GZIP_MAGIC:
-            yield stack.enter_context(gzip.GzipFile(fileobj=plain, mode="rb"))
-        else:
-            yield plain
-
-
-#: bytes asked of the file at a time, and of a long line's rest.
-_READ_BYTES = 1 << 16
-_LONG_READ_BYTES = 1 << 20
-
-
-class _Replayed(io.RawIOBase):
-    """``head``, bytes already read from ``rest``, then the rest of ``rest``; closing it
-    leaves ``rest`` open (its opener closes it)."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            count = min(len(view), len(self._head))
-            view[:count] = self._head[:count]
-            self._head = self._head[count:]
-            return count
-        data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
 
 def _check_header(where: str, record: Any, line: str) -> None:
