@@ -184,33 +184,26 @@ def test_a_dataset_deleted_while_a_put_stages_leaves_nothing_behind(
         put.result(30)
     assert staged(store) == {}
     assert hot_frame_counts(store) == {}
-    # Made again with encryption: a put staged for the plaintext one cannot land in it.
+    # Made again, with encryption or as it was: a put staged for the dataset deleted
+    # lands in neither (a staged plaintext put cannot land in an encrypted dataset; the
+    # new one may be someone else's, and a rebuild would take its generation, older
+    # than the new dataset's first, for the deleted one's).
     store.create_dataset("plain")
-    gate.hold_again()
-    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 7))
-    store.delete_dataset("plain", force=True)
-    store.create_dataset("plain", DatasetSettings(encrypted=True))
-    gate.release()
-    with pytest.raises(FailedPrecondition, match="made again with encryption"):
-        put.result(30)
-    assert staged(store) == {}
-    assert hot_frame_counts(store) == {}
-    with pytest.raises(ShardNotFound):
-        store.stat("plain", "big")
-    # Made again as it was: the put, aimed at the dataset deleted, lands in neither
-    # (the new one may be someone else's, and a rebuild would take its generation,
-    # older than the new dataset's first, for the deleted one's).
-    gate.hold_again()
-    put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, 8))
-    store.delete_dataset("plain", force=True)
-    store.create_dataset("plain", DatasetSettings(encrypted=True))
-    gate.release()
-    with pytest.raises(FailedPrecondition, match="deleted and made again while plain/big"):
-        put.result(30)
-    assert staged(store) == {}
-    assert hot_frame_counts(store) == {}
-    with pytest.raises(ShardNotFound):
-        store.stat("plain", "big")
+    for seed, refusal in [
+        (7, "made again with encryption"),  # from plaintext
+        (8, "deleted and made again while plain/big"),  # encrypted, as it was
+    ]:
+        gate.hold_again()
+        put = held_put(store, gate, pool, "plain", payload(FRAMES * FRAME, seed))
+        store.delete_dataset("plain", force=True)
+        store.create_dataset("plain", DatasetSettings(encrypted=True))
+        gate.release()
+        with pytest.raises(FailedPrecondition, match=refusal):
+            put.result(30)
+        assert staged(store) == {}
+        assert hot_frame_counts(store) == {}
+        with pytest.raises(ShardNotFound):
+            store.stat("plain", "big")
 
 
 def test_an_overtaken_put_is_acknowledged_even_when_its_quota_is_full_by_then(
