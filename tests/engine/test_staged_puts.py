@@ -206,6 +206,30 @@ def test_a_dataset_deleted_while_a_put_stages_leaves_nothing_behind(
             store.stat("plain", "big")
 
 
+def test_a_dataset_made_again_before_a_put_stages_its_first_chunk_gets_nothing(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made again after the put read the dataset's settings but before it took its
+    # generation (while it made room): that generation was newer than the new
+    # dataset's first, and the put committed into the dataset made since.
+    store = staging_store(open_store)
+    make_room = store.hot_room.make_room
+
+    def made_again_meanwhile(need: int) -> None:
+        monkeypatch.setattr(store.hot_room, "make_room", make_room)  # once
+        store.delete_dataset("plain", force=True)
+        store.create_dataset("plain")
+        make_room(need)
+
+    monkeypatch.setattr(store.hot_room, "make_room", made_again_meanwhile)
+    with pytest.raises(FailedPrecondition, match="deleted and made again while plain/big"):
+        store.put("plain", "big", payload(FRAMES * FRAME, 9))
+    assert staged(store) == {}
+    assert hot_frame_counts(store) == {}
+    with pytest.raises(ShardNotFound):
+        store.stat("plain", "big")
+
+
 def test_an_overtaken_put_is_acknowledged_even_when_its_quota_is_full_by_then(
     open_store: StoreFactory, gate: SealGate, pool: ThreadPoolExecutor
 ) -> None:

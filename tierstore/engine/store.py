@@ -414,13 +414,14 @@ class Store:
         with self._env.write() as txn:
             if self._catalog.get_dataset(txn, name) is not None:
                 raise AlreadyExists(f"dataset {name!r} already exists")
-            # In the transaction, which a put takes its generation in (a staged put
-            # older than it is refused at its commit): every generation the dataset
-            # holds is at least this one, every one an earlier namesake held older, and
-            # a rebuild from the archive tells the two apart by it.
-            first = self._writer.next_generation()
-            if self._catalog.counter(txn, "next_generation") < first:
-                self._catalog.set_counter(txn, "next_generation", first)  # past restarts
+            # Taken in the transaction, which a put takes its generation in: every
+            # generation the dataset holds is newer, every one an earlier namesake held
+            # older, and a rebuild from the archive tells the two apart by it. Taken,
+            # not read: each dataset made has its own, so a staged put that read its
+            # dataset's before a delete and a make again is refused at its commit.
+            first = self._writer.take_generation()
+            if self._catalog.counter(txn, "next_generation") <= first:
+                self._catalog.set_counter(txn, "next_generation", first + 1)  # past restarts
             self._catalog.put_dataset(txn, name, settings, first)
             self._catalog.append_journal(txn, JournalOp("dataset", name))
             # In the transaction: a put that follows its commit finds the policy. (A

@@ -85,10 +85,13 @@ class _Overtaken(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _StagedPut:
-    """A generation whose frames are staged: its record, and its data key (encrypted)."""
+    """A generation whose frames are staged: its record, its data key (encrypted), and
+    the first generation of its dataset as the put found it (each dataset made has
+    its own: one made again since is not the one the put was for)."""
 
     record: ShardRecord
     data_key: bytes | None
+    dataset_first: int
 
     @property
     def generation(self) -> int:
@@ -161,6 +164,10 @@ class ShardWriter:
         with self._generation_lock:
             return min(self._staging, default=self._next_generation)
 
+    def take_generation(self) -> int:
+        """A generation no put will take (a dataset's first: see Store.create_dataset)."""
+        return self._new_generation()
+
     def next_generation(self) -> int:
         """The generation the next put will take (every one taken is older)."""
         with self._generation_lock:
@@ -207,6 +214,7 @@ class ShardWriter:
         """
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
+            dataset_first = self._catalog.dataset_first_generation(txn, dataset)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
@@ -229,7 +237,7 @@ class ShardWriter:
                     previous = self._catalog.get_shard(txn, dataset, shard)
                     self._check_backlog(txn, stored_total, previous)
                 self._hot_room.make_room(stored_total)  # best effort, before staging
-                staged = self._stage(dataset, shard, framed, settings.encrypted)
+                staged = self._stage(dataset, shard, framed, settings.encrypted, dataset_first)
             elif isinstance(framed.frames, FramesOnDemand) and framed.frames.costly:
                 # Made now (a chunk at most), not while the transaction holds the writer
                 # (an encrypted spool's frames are read from disk and decrypted).
@@ -373,8 +381,12 @@ class ShardWriter:
                     self._wait_for_progress(tries, wait)
                 refused_once = True
 
-    def _stage(self, dataset: str, shard: str, framed: FramedValue, encrypted: bool) -> _StagedPut:
-        """Write the sealed frames of a new generation of ``dataset/shard`` into the hot
+    def _stage(
+        self, dataset: str, shard: str, framed: FramedValue, encrypted: bool, dataset_first: int
+    ) -> _StagedPut:
+        """Write the sealed frames of a new generation of ``dataset/shard`` (whose
+        dataset had first generation ``dataset_first`` when the put read its settings)
+        into the hot
         tier, ``put_chunk_bytes`` of payload per transaction, as *staged* frames (see
         :mod:`tierstore.engine.spool`): no record names them yet, and a marker accounts
         for them until :meth:`_commit_locally` commits the record (or they are dropped).
@@ -403,7 +415,7 @@ class ShardWriter:
             self._drop_staged(record.generation)
             self._done_staging(record.generation)
             raise
-        return _StagedPut(record, data_key)
+        return _StagedPut(record, data_key, dataset_first)
 
     def _drop_staged(self, generation: int) -> None:
         """Drop the frames staged for ``generation`` (see :func:`drop_staged`)."""
@@ -700,12 +712,13 @@ class ShardWriter:
         record = staged.record
         where = f"{record.dataset}/{record.name}"
         other_encryption = (record.envelope is not None) != settings.encrypted
-        if other_encryption or record.generation < self._catalog.dataset_first_generation(
+        if other_encryption or staged.dataset_first != self._catalog.dataset_first_generation(
             txn, record.dataset
         ):
-            # Its generation was taken for the dataset's namesake, deleted since: it must
-            # not land in a dataset made since for someone else, nor be taken for the
-            # namesake's by a rebuild from the archive.
+            # It was for the dataset's namesake, deleted since (every dataset made takes
+            # a first generation of its own): it must not land in a dataset made since
+            # for someone else, nor, were its generation older than the new dataset's
+            # first, be taken for the namesake's by a rebuild from the archive.
             how = f" {'with' if settings.encrypted else 'without'} encryption"
             raise FailedPrecondition(
                 f"{record.dataset} was deleted and made again{how if other_encryption else ''} "
