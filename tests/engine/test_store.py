@@ -47,12 +47,14 @@ from tests.forking import exit_code_of_child_forked_while_held
 from tierstore import arrowio
 from tierstore.crypto import TAG_BYTES
 from tierstore.engine.records import (
+    JournalOp,
     ShardRecord,
     archive_dataset_key,
     archive_frames_key,
     archive_manifest_key,
     decode_dataset,
     encode_dataset,
+    first_generation_of,
     frame_key,
 )
 from tierstore.engine.store import Store
@@ -1350,6 +1352,28 @@ def test_unreadable_dataset_settings_are_an_integrity_error() -> None:
             decode_dataset(json.dumps({**good, **changes}).encode())
     with pytest.raises(IntegrityError, match="unreadable dataset settings"):
         decode_dataset(b"{")
+    assert first_generation_of(json.dumps(good).encode()) == 0  # before it was kept
+    assert first_generation_of(encode_dataset(DatasetSettings(), 17)) == 17
+    for bad in ("17", -1, 1.5, True, 1 << 64):
+        with pytest.raises(IntegrityError, match="first_generation"):
+            first_generation_of(json.dumps({**good, "first_generation": bad}).encode())
+
+
+def test_a_dataset_record_that_does_not_read_never_replaces_its_archive_object(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # The mover uploads the catalog's bytes as they are (they carry the first
+    # generation): a damaged record would have replaced the archive's good copy, and
+    # a rebuild would then leave the dataset out.
+    store = open_store(archive, datasets=DATASETS, start_mover=False)
+    assert store.mover.drain_once()
+    key = archive_dataset_key("plain")
+    good = bytes(archive.get(key) or b"")
+    with store._env.write() as txn:
+        txn.put(b"plain", b'{"v": 1, "encrypted": "no"}', db=store._env.db("datasets"))
+        store._catalog.append_journal(txn, JournalOp("dataset", "plain"))
+    assert store.mover.drain_once()  # dropped, not retried: no retry mends the record
+    assert bytes(archive.get(key) or b"") == good
 
 
 def test_a_second_store_on_one_hot_tier_is_refused_until_the_first_closes(

@@ -141,9 +141,15 @@ class Catalog:
 
     def dataset_object(self, txn: Any, name: str) -> bytes | None:
         """The bytes the archive's settings object of dataset ``name`` holds (a copy),
-        or ``None`` when there is no such dataset."""
+        or ``None`` when there is no such dataset. Raises IntegrityError for a record
+        that does not read (it must not replace a good copy in the archive)."""
         raw = txn.get(name.encode(), db=self._db("datasets"))
-        return None if raw is None else bytes(raw)
+        if raw is None:
+            return None
+        stored = bytes(raw)
+        decode_dataset(stored)
+        first_generation_of(stored)
+        return stored
 
     def delete_dataset(self, txn: Any, name: str) -> None:
         txn.delete(name.encode(), db=self._db("datasets"))
