@@ -1,7 +1,8 @@
 """Misbehaving S3 endpoints on 127.0.0.1, shared by the tier and the engine tests.
 
 * :class:`ScriptedServer`: a tiny HTTP server that answers every request from a
-  script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives).
+  script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives), and
+  :func:`cut_short`, an answer whose body ends early, the connection closed.
 * :func:`unreachable_endpoint`: a bound socket that never listens, so every
   connection is refused at once and no other process can take the port.
 * :class:`FreezingProxy`: a TCP forwarder to a real store that can freeze, as an
@@ -25,6 +26,7 @@ __all__ = [
     "FreezingProxy",
     "Script",
     "ScriptedServer",
+    "cut_short",
     "fast_settings",
     "s3_error",
     "unreachable_endpoint",
@@ -32,11 +34,25 @@ __all__ = [
 
 Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], bytes]]
 
+#: a scripted answer's header, not sent: the Content-Length to send in place of the
+#: body's own ("" for none), the connection closed after the body (see cut_short)
+_DECLARED_LENGTH = "X-Scripted-Declared-Length"
+
 
 def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
     """An S3-style XML error answer."""
     body = f"<Error><Code>{code}</Code><Message>scripted</Message></Error>".encode()
     return status, {"Content-Type": "application/xml"}, body
+
+
+def cut_short(
+    status: int, headers: dict[str, str], body: bytes = b"", declared: int | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """An answer cut on the way, as a store or proxy that died mid-answer leaves it:
+    ``body`` (often nothing) sent under a Content-Length of ``declared`` (None: no
+    Content-Length, the body ending with the connection), then the connection closed."""
+    marked = {**headers, _DECLARED_LENGTH: "" if declared is None else str(declared)}
+    return status, marked, body
 
 
 class ScriptedServer:
@@ -59,13 +75,23 @@ class ScriptedServer:
                     outer.methods.append(self.command)
                     number = outer.requests
                 status, headers, body = script(number, self)
+                headers = dict(headers)
+                declared = headers.pop(_DECLARED_LENGTH, None)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
+                if declared is None:
+                    self.send_header("Content-Length", str(len(body)))
+                elif declared:
+                    self.send_header("Content-Length", declared)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
+                if declared is not None:  # cut short: the rest never comes
+                    self.close_connection = True
+                    self.wfile.flush()
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_WR)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
 

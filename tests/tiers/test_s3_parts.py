@@ -1,10 +1,19 @@
-"""Re-cutting an upload stream into multipart parts: exact sizes, every byte once."""
+"""Multipart uploads: re-cutting a stream into parts (exact sizes, every byte once), and
+what a store's answers to an upload must hold before a put returns."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.s3_stubs import Script, ScriptedServer, cut_short, fast_settings, s3_error
+from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers.s3 import MiB, S3Tier
 from tierstore.tiers.s3_parts import fixed_parts
 
 
@@ -28,3 +37,117 @@ def test_a_part_does_not_change_when_its_chunks_do() -> None:
     first[:] = b"xxxx"
     assert part == b"abcdef"
     assert list(parts) == [b"gh"]
+
+
+# A scripted store (tests/s3_stubs.py) for the answers a healthy SeaweedFS never gives.
+
+_CREATED = (
+    b"<InitiateMultipartUploadResult><Bucket>scripted</Bucket><Key>k</Key>"
+    b"<UploadId>u1</UploadId></InitiateMultipartUploadResult>"
+)
+_COMPLETED = (
+    b"<CompleteMultipartUploadResult><Location>http://scripted/k</Location>"
+    b"<Bucket>scripted</Bucket><Key>k</Key><ETag>&quot;e-2&quot;</ETag>"
+    b"</CompleteMultipartUploadResult>"
+)
+_XML = {"Content-Type": "application/xml"}
+_SIZE = 6 * MiB  # two parts of 5 MiB and 1 MiB
+
+
+def multipart_store(
+    complete: Callable[[int], tuple[int, dict[str, str], bytes]], size: int | None = _SIZE
+) -> Script:
+    """A store taking one multipart upload, whose ``complete(n)`` answers its n-th
+    completion (from 1) and whose HEAD finds ``size`` bytes (None: no such key)."""
+    completions = 0
+
+    def script(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        nonlocal completions
+        if request.command == "POST" and request.path.endswith("?uploads"):
+            return 200, _XML, _CREATED
+        if request.command == "PUT":
+            return 200, {"ETag": '"p"'}, b""
+        if request.command == "POST":
+            completions += 1
+            return complete(completions)
+        if request.command == "HEAD" and size is None:
+            status, headers, body = s3_error(404, "NoSuchKey")
+            return status, {**headers, "x-amz-request-id": "r1"}, body
+        if request.command == "HEAD":  # a body only to set the Content-Length; not sent
+            return 200, {}, bytes(size)
+        return 204, {}, b""  # the abort
+
+    return script
+
+
+@pytest.fixture
+def scripted_tier() -> Iterator[Callable[[Script], tuple[ScriptedServer, S3Tier]]]:
+    made: list[tuple[ScriptedServer, S3Tier]] = []
+
+    def start(script: Script) -> tuple[ScriptedServer, S3Tier]:
+        server = ScriptedServer(script)
+        settings = fast_settings(server.endpoint_url, max_attempts=3)
+        settings = dataclasses.replace(
+            settings, multipart_threshold=5 * MiB, multipart_part_size=5 * MiB
+        )
+        made.append((server, S3Tier(settings)))
+        return made[-1]
+
+    yield start
+    for server, tier in made:
+        tier.close()
+        server.close()
+
+
+EMPTY_COMPLETIONS = {
+    # The store's 200 headers, then the connection lost: botocore parses no body as {}.
+    "cut after the headers": cut_short(200, _XML, b"", declared=300),
+    "an empty body": (200, _XML, b""),
+}
+
+
+@pytest.mark.parametrize("answer", list(EMPTY_COMPLETIONS))
+def test_a_completion_answered_without_its_result_is_asked_for_again(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]], answer: str
+) -> None:
+    # A 200 whose body was lost was taken for a completed upload: the put returned
+    # though the object might not exist, and a write-through put was acknowledged,
+    # its shard evicted, and its frames object then missing.
+    server, tier = scripted_tier(
+        multipart_store(lambda n: EMPTY_COMPLETIONS[answer] if n == 1 else (200, _XML, _COMPLETED))
+    )
+    tier.put("k", b"x" * _SIZE)
+    assert server.methods.count("POST") == 3  # the create and two completions
+
+
+@pytest.mark.parametrize("answer", list(EMPTY_COMPLETIONS))
+def test_a_completion_never_answered_with_its_result_fails_the_put(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]], answer: str
+) -> None:
+    server, tier = scripted_tier(multipart_store(lambda n: EMPTY_COMPLETIONS[answer]))
+    with pytest.raises(ArchiveUnavailable, match="complete"):
+        tier.put("k", b"x" * _SIZE)
+    assert server.methods.count("POST") == 1 + 3  # the create and every attempt
+    assert server.methods[-1] == "DELETE"  # aborted
+
+
+def test_a_completion_the_store_forgot_counts_once_the_object_is_there(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    # The first completion landed, its answer lost; the store then forgets the upload.
+    def complete(n: int) -> tuple[int, dict[str, str], bytes]:
+        return cut_short(200, _XML, b"", declared=300) if n == 1 else s3_error(404, "NoSuchUpload")
+
+    server, tier = scripted_tier(multipart_store(complete))
+    tier.put("k", b"x" * _SIZE)
+    assert server.methods[-2:] == ["POST", "HEAD"]
+
+
+@pytest.mark.parametrize("size", [None, _SIZE - 1])
+def test_a_completed_upload_whose_object_is_not_all_there_fails_the_put(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]], size: int | None
+) -> None:
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=size))
+    with pytest.raises(ArchiveUnavailable, match="completed, but the object"):
+        tier.put("k", b"x" * _SIZE)
+    assert server.methods.count("HEAD") == 3  # asked again: a store may lag

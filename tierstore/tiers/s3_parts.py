@@ -11,6 +11,11 @@ fails at any point is aborted, so no orphaned parts are left to cost storage; on
 whose abort failed too (the archive down) is handed to ``left_open``, and the tier
 aborts it once the archive answers again; one whose process was killed is aborted
 when a store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
+
+A completion counts only once the store has said so and the object is there: an
+answer without the upload's result (a 200 whose body was lost after its headers
+parses as an empty result) is asked for again, and a HEAD must then find the key
+holding every byte sent before the put returns (see :func:`put_multipart`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from botocore.exceptions import ClientError
+
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
-from tierstore.tiers.s3_retry import call_with_retries
+from tierstore.tiers.s3_retry import WrongAnswer, call_with_retries, error_code, is_missing_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -76,8 +83,9 @@ def put_multipart(
     Aborts the upload on any failure (after the parts in flight end their current
     attempt: none is tried again, and no new part is sent once a failure is seen), then
     re-raises it; an upload whose abort fails too is given to ``left_open(full_key,
-    upload_id)``, for an abort later. Raises ArchiveUnavailable, and InvalidArgument
-    past 10,000 parts. Thread-safe.
+    upload_id)``, for an abort later. Returns once the completion was answered with
+    its result and a HEAD found the key holding every byte of ``parts``. Raises
+    ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
@@ -100,6 +108,27 @@ def put_multipart(
     in_flight: set[Future[CompletedPartTypeDef]] = set()
     #: set once the upload fails: the parts in flight stop retrying
     failed = threading.Event()
+    total = 0  # bytes sent, which the completed object must hold
+    completions = 0
+
+    def complete(parts: list[CompletedPartTypeDef]) -> None:
+        nonlocal completions
+        completions += 1
+        try:
+            answer = client.complete_multipart_upload(
+                Bucket=bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as exc:
+            # A completion tried again after one whose answer was lost: the first may
+            # have landed, and the store then forgets the upload (the HEAD decides).
+            if completions > 1 and error_code(exc) == "NoSuchUpload":
+                return
+            raise
+        # botocore reads an error only from a body: a 200 whose body was lost after
+        # its headers parses as an empty result, the object perhaps never made.
+        if not answer.get("ETag"):
+            raise WrongAnswer(f"{what} complete: a 200 answer without the upload's result")
+
     try:
         done: list[CompletedPartTypeDef] = []
 
@@ -112,6 +141,7 @@ def put_multipart(
         for number, part in enumerate(parts, start=1):
             if number > _MAX_PARTS:
                 raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
+            total += len(part)
             if settings.upload_parallelism == 1:
                 done.append(send(number, part))  # on this thread: no second one cutting
                 continue
@@ -123,17 +153,7 @@ def put_multipart(
         while in_flight:
             collect(FIRST_EXCEPTION)  # every part sent, or the first that failed
         done.sort(key=lambda item: item["PartNumber"])
-        call_with_retries(
-            settings,
-            f"{what} complete",
-            partial(
-                client.complete_multipart_upload,
-                Bucket=bucket,
-                Key=full_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": done},
-            ),
-        )
+        call_with_retries(settings, f"{what} complete", partial(complete, done))
     except BaseException as exc:
         failed.set()  # no part in flight starts another attempt
         wait(in_flight)  # a part still being sent would otherwise land after the abort
@@ -152,6 +172,27 @@ def put_multipart(
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
             left_open(full_key, upload_id)
         raise
+    # Completed: nothing to abort any more, whatever the HEAD finds.
+    call_with_retries(
+        settings, f"{what} HEAD", partial(_check_size, client, bucket, full_key, total)
+    )
+
+
+def _check_size(client: S3Client, bucket: str, full_key: str, expected: int) -> None:
+    """WrongAnswer unless ``full_key`` holds ``expected`` bytes (one HEAD): a completion
+    whose answer was lost, then forgotten by the store, may or may not have landed."""
+    try:
+        size: int | None = int(client.head_object(Bucket=bucket, Key=full_key)["ContentLength"])
+    except ClientError as exc:
+        if not is_missing_key(exc):
+            raise
+        size = None
+    if size != expected:
+        found = "is missing" if size is None else f"holds {size} bytes"
+        raise WrongAnswer(
+            f"multipart PUT {bucket}/{full_key}: completed, but the object {found}, "
+            f"not the {expected} bytes sent"
+        )
 
 
 def _in_background(work: Callable[[], T], name: str) -> Future[T]:
