@@ -30,7 +30,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import raw_s3_client
-from tests.s3_stubs import Script, ScriptedServer, fast_settings, s3_error
+from tests.s3_stubs import Script, ScriptedServer, cut_short, fast_settings, s3_error
 from tests.server.conftest import poll
 from tests.server.test_archive_down import SwitchableProxy
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
@@ -589,6 +589,54 @@ def test_a_failing_head_behind_a_whole_object_answer_is_named(
     try:
         with pytest.raises(ArchiveUnavailable, match=r"500 .*to HeadObject after 2 attempts"):
             tier.get("k", (4, 4))
+    finally:
+        tier.close()
+
+
+_XML = {"Content-Type": "application/xml"}
+_LISTED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>scripted</Name>'
+    b"<Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys>"
+    b"<IsTruncated>false</IsTruncated><Contents><Key>a</Key><Size>1</Size></Contents>"
+    b"</ListBucketResult>"
+)
+LOST_LISTINGS = {
+    # The store's 200 headers, then the connection lost: botocore parses no body as {}.
+    "cut after the headers": cut_short(200, _XML, b"", declared=600),
+    "cut after a whole document": cut_short(200, _XML, _LISTED, declared=len(_LISTED) + 50),
+    "an empty body": (200, _XML, b""),
+    "a page that is not the store's": (200, {"Content-Type": "text/html"}, b"<html>hi</html>"),
+}
+
+
+@pytest.mark.parametrize("answer", list(LOST_LISTINGS))
+def test_a_listing_answer_without_its_body_is_not_an_empty_last_page(
+    scripted: Callable[[Script], ScriptedServer], answer: str
+) -> None:
+    # Parsed as {}, it read as a last page with no keys: a rebuild restored part of the
+    # catalog, and a start took a lost hot tier over an archive it found empty.
+    server = scripted(lambda n, request: LOST_LISTINGS[answer])
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="3 attempts"):
+            tier.list()
+        assert server.requests == 3
+        with pytest.raises(ArchiveUnavailable, match="3 attempts"):
+            tier.abort_incomplete_uploads(lambda key: True)
+        assert server.requests == 6
+    finally:
+        tier.close()
+
+
+def test_a_listing_answer_cut_short_is_asked_for_again(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    cut = LOST_LISTINGS["cut after the headers"]
+    server = scripted(lambda n, request: cut if n == 1 else (200, _XML, _LISTED))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert tier.list().keys == ("a",)
+        assert server.requests == 2
     finally:
         tier.close()
 

@@ -56,6 +56,7 @@ from tierstore.tiers.s3_parts import fixed_parts, put_multipart
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
     call_with_retries,
+    check_body_length,
     error_code,
     http_status,
     is_missing_key,
@@ -117,7 +118,9 @@ class S3Tier:
             # Two threads racing here may both build a client; one is kept and
             # the other dropped, which is harmless. No lock: a lock held by
             # another thread at fork() time would stay held in the child.
-            state = ProcessState(os.getpid(), new_client(self.settings))
+            client = new_client(self.settings)
+            client.meta.events.register("before-parse.s3", check_body_length)
+            state = ProcessState(os.getpid(), client)
             self._process = state
         return state
 
@@ -229,7 +232,7 @@ class S3Tier:
         if size != received:
             found = "is gone" if size is None else f"has {size}"
             raise WrongAnswer(
-                f"GET {bucket}/{full_key}: asked for range {byte_range}, the store sent "
+                f"asked for range {byte_range}, the store sent "
                 f"{received} bytes of the whole object, and the object {found}"
             )
 
@@ -248,8 +251,7 @@ class S3Tier:
             if first == offset and last == expected_last and received == last - first + 1:
                 return
         raise WrongAnswer(
-            f"GET {self.settings.bucket}/{full_key}: asked for range {byte_range}, "
-            f"got Content-Range {header!r} with {received} bytes"
+            f"asked for range {byte_range}, got Content-Range {header!r} with {received} bytes"
         )
 
     def get_many(
@@ -435,7 +437,7 @@ class S3Tier:
         if start_after is not None:
             request["StartAfter"] = s.prefix + start_after
         what = f"LIST {s.bucket}/{request['Prefix']}"
-        response = self._call(what, partial(client.list_objects_v2, **request))
+        response = self._call(what, partial(_listed, client.list_objects_v2, request))
         keys = tuple(item["Key"][len(s.prefix) :] for item in response.get("Contents", []))
         if not response.get("IsTruncated", False):
             return ListPage(keys, None)
@@ -496,15 +498,15 @@ class S3Tier:
         aborted = 0
         key_marker = upload_marker = ""
         while True:
+            request = {
+                "Bucket": s.bucket,
+                "Prefix": s.prefix,
+                "KeyMarker": key_marker,
+                "UploadIdMarker": upload_marker,
+            }
             page = self._call(
                 f"LIST uploads {s.bucket}/{s.prefix}",
-                partial(
-                    client.list_multipart_uploads,
-                    Bucket=s.bucket,
-                    Prefix=s.prefix,
-                    KeyMarker=key_marker,
-                    UploadIdMarker=upload_marker,
-                ),
+                partial(_listed, client.list_multipart_uploads, request),
             )
             for upload in page.get("Uploads", []):
                 key, upload_id = upload["Key"], upload["UploadId"]
@@ -536,3 +538,19 @@ class S3Tier:
             if state.executor is not None:
                 state.executor.shutdown(wait=True, cancel_futures=True)
             state.client.close()
+
+
+def _listed(list_once: Callable[..., Any], request: dict[str, Any]) -> Any:
+    """``list_once(**request)``'s page, WrongAnswer unless it has the fields every
+    listing has: an answer whose body was lost parses as ``{}``, which read as a last
+    page with no keys (a rebuild restored part of a catalog, and a start took a lost hot
+    tier for a new node's over an archive it found empty)."""
+    page = list_once(**request)
+    if "IsTruncated" not in page or not ({"Name", "Bucket"} & page.keys()):
+        raise WrongAnswer("a listing answer without its IsTruncated and bucket name")
+    if "KeyCount" in page and page["KeyCount"] != len(page.get("Contents", [])):
+        raise WrongAnswer(
+            f"a listing answer counting {page['KeyCount']} keys and holding "
+            f"{len(page.get('Contents', []))}"
+        )
+    return page

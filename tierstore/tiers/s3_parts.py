@@ -127,7 +127,7 @@ def put_multipart(
         # botocore reads an error only from a body: a 200 whose body was lost after
         # its headers parses as an empty result, the object perhaps never made.
         if not answer.get("ETag"):
-            raise WrongAnswer(f"{what} complete: a 200 answer without the upload's result")
+            raise WrongAnswer("a 200 answer without the upload's result (no ETag)")
 
     try:
         done: list[CompletedPartTypeDef] = []
@@ -189,10 +189,7 @@ def _check_size(client: S3Client, bucket: str, full_key: str, expected: int) -> 
         size = None
     if size != expected:
         found = "is missing" if size is None else f"holds {size} bytes"
-        raise WrongAnswer(
-            f"multipart PUT {bucket}/{full_key}: completed, but the object {found}, "
-            f"not the {expected} bytes sent"
-        )
+        raise WrongAnswer(f"completed, but the object {found}, not the {expected} bytes sent")
 
 
 def _in_background(work: Callable[[], T], name: str) -> Future[T]:

@@ -1,7 +1,10 @@
 """How S3 failures are classified and retried, and how they become tierstore errors.
 
 * **Missing**: only a 404 about the key; a missing bucket never reads as missing.
-* **Transient**: connection errors, timeouts, 5xx, 408/429 and throttling codes.
+* **Transient**: connection errors, timeouts, 5xx, 408/429 and throttling codes, and
+  answers that are not what was asked for (:class:`WrongAnswer`): one whose body is
+  not as long as its Content-Length (:func:`check_body_length`), a listing or a
+  completion without the fields every real one has.
   They are retried with exponential backoff and jitter (``tenacity``) up to the
   settings' ``max_attempts``, then raised as :class:`ArchiveUnavailable`.
 * **Anything else** is raised at once: :class:`InvalidArgument` for a key that is
@@ -21,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import botocore.auth
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -40,6 +43,7 @@ __all__ = [
     "GaveUp",
     "WrongAnswer",
     "call_with_retries",
+    "check_body_length",
     "error_code",
     "http_status",
     "is_missing_key",
@@ -54,7 +58,8 @@ class GaveUp(Exception):
 
 class WrongAnswer(Exception):
     """An answer that is not what was asked for, such as a range cut short on the way
-    (with a Content-Length to match): never handed out, and worth another try."""
+    (with a Content-Length to match): never handed out, and worth another try. Its
+    message says what is wrong with the answer; ``call_with_retries`` names the request."""
 
 
 RETRYABLE_CODES: Final = frozenset(
@@ -110,6 +115,33 @@ def clock_skew_s(exc: ClientError) -> float | None:
         return 0.0 if skew is None else skew
     # A HEAD's answer has no body, so no code: its Date says it.
     return skew if skew is not None and abs(skew) > SKEW_LIMIT_S else None
+
+
+def check_body_length(response_dict: dict[str, Any], operation_model: Any, **_: Any) -> None:
+    """A botocore ``before-parse`` handler: WrongAnswer for an answer read whole whose
+    body is not as long as its Content-Length says.
+
+    botocore opens answers with ``enforce_content_length=False`` and checks the length
+    only of a streaming body (a GET's): an answer lost after its headers reached the
+    parser as an empty body, which reads as an empty result (a last page of a listing
+    with no keys). A HEAD's Content-Length is the object's, and an answer without one
+    (chunked, or ended by the connection's close) has nothing to check here.
+    """
+    if operation_model.http.get("method") == "HEAD":
+        return
+    body = response_dict.get("body")
+    declared = response_dict.get("headers", {}).get("content-length")
+    if not isinstance(body, bytes) or declared is None:
+        return
+    try:
+        expected = int(declared)
+    except ValueError:
+        return  # not a length: urllib3 refuses it before this is called
+    if len(body) != expected:
+        raise WrongAnswer(
+            f"the answer to {operation_model.name} has {len(body)} bytes of the {expected} "
+            "its Content-Length says (cut short on the way)"
+        )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -205,7 +237,7 @@ def call_with_retries(
     except ParamValidationError as exc:
         raise InvalidArgument(f"{what}: {exc}") from exc
     except WrongAnswer as exc:
-        raise ArchiveUnavailable(f"{exc} ({s.max_attempts} attempts)") from exc
+        raise ArchiveUnavailable(f"{what}: {exc} ({s.max_attempts} attempts)") from exc
     except (BotoCoreError, ConnectionError, TimeoutError) as exc:
         raise ArchiveUnavailable(
             f"{what}: archive {s.endpoint_url} unreachable after {s.max_attempts} attempts: {exc}"
