@@ -40,9 +40,10 @@ _DECLARED_LENGTH = "X-Scripted-Declared-Length"
 
 
 def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
-    """An S3-style XML error answer."""
+    """An S3-style XML error answer, with the request id a store sends on every answer
+    (which alone marks a HEAD's bodyless 404 as the store's)."""
     body = f"<Error><Code>{code}</Code><Message>scripted</Message></Error>".encode()
-    return status, {"Content-Type": "application/xml"}, body
+    return status, {"Content-Type": "application/xml", "x-amz-request-id": "scripted"}, body
 
 
 def cut_short(

@@ -490,6 +490,45 @@ def test_client_errors_are_not_retried(
         tier.close()
 
 
+_XML = {"Content-Type": "application/xml"}
+#: a 404 that is not the store's: a gateway's or proxy's page, with no S3 code
+_GATEWAY_404 = (404, {"Content-Type": "text/plain"}, b"404 page not found\n")
+
+
+@pytest.mark.parametrize("operation", ["get", "get-range", "get-empty-range", "stat", "delete"])
+def test_a_404_that_is_not_the_stores_is_unavailable_never_missing(
+    scripted: Callable[[Script], ScriptedServer], operation: str
+) -> None:
+    # Any 404 read as a missing key: a GET returned None, a DELETE reported done with
+    # nothing deleted, a HEAD found no object, behind a gateway answering for the store.
+    server = scripted(lambda n, request: _GATEWAY_404)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match=r"404 .*after 3 attempts"):
+            OPERATIONS[operation](tier)
+    finally:
+        tier.close()
+
+
+def test_a_bodyless_404_without_the_stores_mark_is_asked_for_again_as_a_get(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # A HEAD's 404 has no body, so no S3 code: the store's request id marks it as the
+    # store's. Without one, a GET of the key tells a missing key from a gateway's page.
+    def answer(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "HEAD":
+            return 404, {}, b""
+        return 404, _XML, b"<Error><Code>NoSuchKey</Code></Error>"
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert tier.stat("k") is None
+        assert server.methods == ["HEAD", "GET"]
+    finally:
+        tier.close()
+
+
 def test_unreachable_archive_is_unavailable_never_missing() -> None:
     # A bound socket that never listens: connections are refused, and no other
     # process can take the port while the test runs.
@@ -593,7 +632,6 @@ def test_a_failing_head_behind_a_whole_object_answer_is_named(
         tier.close()
 
 
-_XML = {"Content-Type": "application/xml"}
 _LISTED = (
     b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>scripted</Name>'
     b"<Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys>"

@@ -2,7 +2,8 @@
 
 Contract highlights (beyond :class:`tierstore.tiers.base.Tier`):
 
-* **Missing vs unavailable.** Only a 404 for the key is "missing" (``None``).
+* **Missing vs unavailable.** Only the store saying the key does not exist
+  (``NoSuchKey``, or a HEAD's 404 that is the store's) is "missing" (``None``).
   Connection errors, timeouts, 5xx, 408/429 and throttling answers are retried
   with exponential backoff and jitter (``tenacity``); when ``max_attempts`` are
   spent they raise :class:`ArchiveUnavailable` chained to the last error. Any
@@ -58,8 +59,10 @@ from tierstore.tiers.s3_retry import (
     call_with_retries,
     check_body_length,
     error_code,
+    head_size,
     http_status,
     is_missing_key,
+    is_missing_upload,
 )
 
 if TYPE_CHECKING:
@@ -222,13 +225,7 @@ class S3Tier:
         """Refuse a whole-object answer shorter than the object (one HEAD): a body cut
         short on the way, with a Content-Length to match, would otherwise clip the
         range as if the object ended there. WrongAnswer, which the retries try again."""
-        bucket = self.settings.bucket
-        try:
-            size = int(client.head_object(Bucket=bucket, Key=full_key)["ContentLength"])
-        except ClientError as exc:
-            if not is_missing_key(exc):
-                raise
-            size = None  # gone since the GET: the retry finds out
+        size = head_size(client, self.settings.bucket, full_key)  # None: gone since the GET
         if size != received:
             found = "is gone" if size is None else f"has {size}"
             raise WrongAnswer(
@@ -359,7 +356,7 @@ class S3Tier:
                         Bucket=bucket, Key=full_key, UploadId=upload_id
                     )
                 except ClientError as exc:
-                    if not is_missing_key(exc):  # NoSuchUpload: the first abort landed
+                    if not is_missing_upload(exc):  # the first abort landed
                         raise
 
             try:
@@ -390,7 +387,9 @@ class S3Tier:
             try:
                 client.delete_object(Bucket=bucket, Key=full_key)
             except ClientError as exc:
-                if not is_missing_key(exc):  # some stores answer 404 instead of 204
+                # S3 answers 204 for a missing key; some stores 404 NoSuchKey. Any other
+                # 404 (a gateway's page) is not the store's: nothing was deleted.
+                if not is_missing_key(exc):
                     raise
 
         self._call(f"DELETE {bucket}/{full_key}", delete_once)
@@ -407,13 +406,8 @@ class S3Tier:
         bucket, full_key = self.settings.bucket, self._key(key)
 
         def head_once() -> ObjectStat | None:
-            try:
-                response = client.head_object(Bucket=bucket, Key=full_key)
-            except ClientError as exc:
-                if is_missing_key(exc):
-                    return None
-                raise
-            return ObjectStat(key=key, size=int(response["ContentLength"]))
+            size = head_size(client, bucket, full_key)
+            return None if size is None else ObjectStat(key=key, size=size)
 
         return self._call(f"HEAD {bucket}/{full_key}", head_once)
 

@@ -30,7 +30,12 @@ from botocore.exceptions import ClientError
 
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
-from tierstore.tiers.s3_retry import WrongAnswer, call_with_retries, error_code, is_missing_key
+from tierstore.tiers.s3_retry import (
+    WrongAnswer,
+    call_with_retries,
+    head_size,
+    is_missing_upload,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -121,7 +126,7 @@ def put_multipart(
         except ClientError as exc:
             # A completion tried again after one whose answer was lost: the first may
             # have landed, and the store then forgets the upload (the HEAD decides).
-            if completions > 1 and error_code(exc) == "NoSuchUpload":
+            if completions > 1 and is_missing_upload(exc):
                 return
             raise
         # botocore reads an error only from a body: a 200 whose body was lost after
@@ -181,12 +186,7 @@ def put_multipart(
 def _check_size(client: S3Client, bucket: str, full_key: str, expected: int) -> None:
     """WrongAnswer unless ``full_key`` holds ``expected`` bytes (one HEAD): a completion
     whose answer was lost, then forgotten by the store, may or may not have landed."""
-    try:
-        size: int | None = int(client.head_object(Bucket=bucket, Key=full_key)["ContentLength"])
-    except ClientError as exc:
-        if not is_missing_key(exc):
-            raise
-        size = None
+    size = head_size(client, bucket, full_key)
     if size != expected:
         found = "is missing" if size is None else f"holds {size} bytes"
         raise WrongAnswer(f"completed, but the object {found}, not the {expected} bytes sent")

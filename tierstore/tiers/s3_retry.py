@@ -1,6 +1,9 @@
 """How S3 failures are classified and retried, and how they become tierstore errors.
 
-* **Missing**: only a 404 about the key; a missing bucket never reads as missing.
+* **Missing**: only the store saying so: S3's ``NoSuchKey`` (``NoSuchUpload`` for an
+  upload), or a HEAD's bodyless 404 carrying the store's request id
+  (:func:`head_size`); a missing bucket never reads as missing. A 404 without an S3
+  code (a gateway's or proxy's page) is transient, never missing.
 * **Transient**: connection errors, timeouts, 5xx, 408/429 and throttling codes, and
   answers that are not what was asked for (:class:`WrongAnswer`): one whose body is
   not as long as its Content-Length (:func:`check_body_length`), a listing or a
@@ -24,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import botocore.auth
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -39,14 +42,19 @@ from tenacity import (
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers.s3_connection import S3Settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 __all__ = [
     "GaveUp",
     "WrongAnswer",
     "call_with_retries",
     "check_body_length",
     "error_code",
+    "head_size",
     "http_status",
     "is_missing_key",
+    "is_missing_upload",
     "is_transient",
 ]
 
@@ -92,8 +100,51 @@ def error_code(exc: ClientError) -> str:
 
 
 def is_missing_key(exc: ClientError) -> bool:
-    """A 404 about the key. (A HEAD carries no body, so a missing bucket looks the same.)"""
-    return http_status(exc) == 404 and error_code(exc) != "NoSuchBucket"
+    """The store saying the key does not exist (``NoSuchKey``, in a GET's error body, or
+    a DELETE's on stores that answer 404 there). Any other 404, such as a gateway's or
+    proxy's page with no S3 code, is not: the key may well be there. For a HEAD's
+    bodyless answer, see :func:`head_size`."""
+    return error_code(exc) == "NoSuchKey"
+
+
+def is_missing_upload(exc: ClientError) -> bool:
+    """The store saying the multipart upload does not exist (``NoSuchUpload``): aborted
+    or completed already."""
+    return error_code(exc) == "NoSuchUpload"
+
+
+def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
+    """The size of ``full_key`` (one HEAD); None when the store says it does not exist.
+
+    A HEAD's answer has no body, so no S3 code: its 404 counts as missing when it
+    carries the store's request id (``x-amz-request-id``, on every answer of AWS S3 and
+    SeaweedFS). One without it (a gateway's page, or a store that sends no id) is asked
+    again as a GET of the key's first byte, whose ``NoSuchKey`` decides. Raises
+    ClientError and WrongAnswer, for :func:`call_with_retries`. Thread-safe.
+    """
+    try:
+        response = client.head_object(Bucket=bucket, Key=full_key)
+    except ClientError as exc:
+        if http_status(exc) != 404:
+            raise
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if "x-amz-request-id" not in headers:
+            _confirm_missing(client, bucket, full_key)
+        return None
+    return int(response["ContentLength"])
+
+
+def _confirm_missing(client: S3Client, bucket: str, full_key: str) -> None:
+    """Return if a GET of ``full_key``'s first byte is answered ``NoSuchKey``; raise
+    what else it is answered (WrongAnswer when it finds the key)."""
+    try:
+        client.get_object(Bucket=bucket, Key=full_key, Range="bytes=0-0")["Body"].close()
+    except ClientError as exc:
+        if is_missing_key(exc):
+            return
+        if http_status(exc) != 416:  # 416: an empty object, there after all
+            raise
+    raise WrongAnswer("a HEAD answered 404 without the store's request id; a GET found the key")
 
 
 def clock_skew_s(exc: ClientError) -> float | None:
@@ -147,8 +198,10 @@ def check_body_length(response_dict: dict[str, Any], operation_model: Any, **_: 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that may pass on retry: the network, timeouts, 5xx, throttling."""
     if isinstance(exc, ClientError):
-        status = http_status(exc)
-        return status >= 500 or status in (408, 429) or error_code(exc) in RETRYABLE_CODES
+        status, code = http_status(exc), error_code(exc)
+        # A 404 without an S3 code is not the store's answer: a gateway's or proxy's page.
+        unmarked_404 = status == 404 and code in ("", "404")
+        return status >= 500 or status in (408, 429) or code in RETRYABLE_CODES or unmarked_404
     if isinstance(exc, BotoCoreError):
         # HTTPClientError covers read timeouts, dropped connections and broken
         # bodies; ConnectionError covers refused connections and connect timeouts.
