@@ -529,6 +529,48 @@ def test_a_bodyless_404_without_the_stores_mark_is_asked_for_again_as_a_get(
         tier.close()
 
 
+def test_a_head_answered_without_a_size_is_asked_for_again(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # A bare KeyError escaped the tier, from stat and from the HEAD behind a whole-object
+    # answer to a ranged GET.
+    def answer(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "HEAD":
+            return cut_short(200, {}, b"", declared=None)  # no Content-Length
+        return 200, {}, b"012345"
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="without its Content-Length"):
+            tier.stat("k")
+        assert server.methods == ["HEAD"] * 3
+        with pytest.raises(ArchiveUnavailable, match="without its Content-Length"):
+            tier.get("k", (4, 4))
+    finally:
+        tier.close()
+
+
+def test_a_listing_of_keys_without_their_names_is_asked_for_again(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    nameless = _LISTED.replace(b"<Key>a</Key>", b"")
+    uploads = (
+        b"<ListMultipartUploadsResult><Bucket>scripted</Bucket><IsTruncated>false"
+        b"</IsTruncated><Upload><Key>a</Key></Upload></ListMultipartUploadsResult>"
+    )
+    server = scripted(lambda n, request: (200, _XML, nameless if n <= 3 else uploads))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="without its Key"):
+            tier.list()
+        with pytest.raises(ArchiveUnavailable, match="without its Key or UploadId"):
+            tier.abort_incomplete_uploads(lambda key: True)
+        assert server.requests == 6
+    finally:
+        tier.close()
+
+
 def test_unreachable_archive_is_unavailable_never_missing() -> None:
     # A bound socket that never listens: connections are refused, and no other
     # process can take the port while the test runs.

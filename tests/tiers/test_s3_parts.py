@@ -55,18 +55,22 @@ _SIZE = 6 * MiB  # two parts of 5 MiB and 1 MiB
 
 
 def multipart_store(
-    complete: Callable[[int], tuple[int, dict[str, str], bytes]], size: int | None = _SIZE
+    complete: Callable[[int], tuple[int, dict[str, str], bytes]],
+    size: int | None = _SIZE,
+    created: bytes = _CREATED,
+    part_etag: str | None = '"p"',
 ) -> Script:
     """A store taking one multipart upload, whose ``complete(n)`` answers its n-th
-    completion (from 1) and whose HEAD finds ``size`` bytes (None: no such key)."""
+    completion (from 1) and whose HEAD finds ``size`` bytes (None: no such key); it
+    answers a create with ``created`` and a part with ``part_etag`` (None: no ETag)."""
     completions = 0
 
     def script(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
         nonlocal completions
         if request.command == "POST" and request.path.endswith("?uploads"):
-            return 200, _XML, _CREATED
+            return 200, _XML, created
         if request.command == "PUT":
-            return 200, {"ETag": '"p"'}, b""
+            return 200, {} if part_etag is None else {"ETag": part_etag}, b""
         if request.command == "POST":
             completions += 1
             return complete(completions)
@@ -150,3 +154,25 @@ def test_a_completed_upload_whose_object_is_not_all_there_fails_the_put(
     with pytest.raises(ArchiveUnavailable, match="completed, but the object"):
         tier.put("k", b"x" * _SIZE)
     assert server.methods.count("HEAD") == 3  # asked again: a store may lag
+
+
+def test_a_create_answered_without_an_upload_id_is_asked_for_again(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    # A bare KeyError escaped the tier (the mover took it for a bug, not the archive).
+    created = b"<InitiateMultipartUploadResult></InitiateMultipartUploadResult>"
+    server, tier = scripted_tier(
+        multipart_store(lambda n: (200, _XML, _COMPLETED), created=created)
+    )
+    with pytest.raises(ArchiveUnavailable, match="without its UploadId"):
+        tier.put("k", b"x" * _SIZE)
+    assert server.methods == ["POST"] * 3
+
+
+def test_a_part_answered_without_an_etag_is_sent_again(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), part_etag=None))
+    with pytest.raises(ArchiveUnavailable, match="without its ETag"):
+        tier.put("k", b"x" * _SIZE)
+    assert server.methods == ["POST", "PUT", "PUT", "PUT", "DELETE"]  # the part, then the abort

@@ -431,7 +431,7 @@ class S3Tier:
         if start_after is not None:
             request["StartAfter"] = s.prefix + start_after
         what = f"LIST {s.bucket}/{request['Prefix']}"
-        response = self._call(what, partial(_listed, client.list_objects_v2, request))
+        response = self._call(what, partial(_listed, client.list_objects_v2, request, "Contents"))
         keys = tuple(item["Key"][len(s.prefix) :] for item in response.get("Contents", []))
         if not response.get("IsTruncated", False):
             return ListPage(keys, None)
@@ -500,7 +500,7 @@ class S3Tier:
             }
             page = self._call(
                 f"LIST uploads {s.bucket}/{s.prefix}",
-                partial(_listed, client.list_multipart_uploads, request),
+                partial(_listed, client.list_multipart_uploads, request, "Uploads", "UploadId"),
             )
             for upload in page.get("Uploads", []):
                 key, upload_id = upload["Key"], upload["UploadId"]
@@ -534,17 +534,23 @@ class S3Tier:
             state.client.close()
 
 
-def _listed(list_once: Callable[..., Any], request: dict[str, Any]) -> Any:
+def _listed(
+    list_once: Callable[..., Any], request: dict[str, Any], items: str, *fields: str
+) -> Any:
     """``list_once(**request)``'s page, WrongAnswer unless it has the fields every
-    listing has: an answer whose body was lost parses as ``{}``, which read as a last
-    page with no keys (a rebuild restored part of a catalog, and a start took a lost hot
-    tier for a new node's over an archive it found empty)."""
+    listing has, and each of its ``items`` a ``Key`` and ``fields``: an answer whose
+    body was lost parses as ``{}``, which read as a last page with no keys (a rebuild
+    restored part of a catalog, and a start took a lost hot tier for a new node's over
+    an archive it found empty)."""
     page = list_once(**request)
     if "IsTruncated" not in page or not ({"Name", "Bucket"} & page.keys()):
         raise WrongAnswer("a listing answer without its IsTruncated and bucket name")
-    if "KeyCount" in page and page["KeyCount"] != len(page.get("Contents", [])):
+    listed = page.get(items, [])
+    if "KeyCount" in page and page["KeyCount"] != len(listed):
         raise WrongAnswer(
-            f"a listing answer counting {page['KeyCount']} keys and holding "
-            f"{len(page.get('Contents', []))}"
+            f"a listing answer counting {page['KeyCount']} keys and holding {len(listed)}"
         )
+    needed = ("Key", *fields)
+    if any(name not in item for item in listed for name in needed):
+        raise WrongAnswer(f"a listing answer with an entry without its {' or '.join(needed)}")
     return page

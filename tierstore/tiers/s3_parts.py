@@ -94,21 +94,29 @@ def put_multipart(
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
-    create = partial(client.create_multipart_upload, Bucket=bucket, Key=full_key)
-    created = call_with_retries(settings, what, create)
-    upload_id = created["UploadId"]
+
+    def create() -> str:
+        # An upload made whose answer was lost is left open: aborted when a store next
+        # opens on the prefix, as a killed node's are.
+        created = client.create_multipart_upload(Bucket=bucket, Key=full_key)
+        if "UploadId" not in created:
+            raise WrongAnswer("a 200 answer without its UploadId")
+        return created["UploadId"]
+
+    upload_id = call_with_retries(settings, what, create)
+
+    def upload(number: int, part: bytes) -> str:
+        answer = client.upload_part(
+            Bucket=bucket, Key=full_key, UploadId=upload_id, PartNumber=number, Body=part
+        )
+        if "ETag" not in answer:  # the completion needs it: send the part again
+            raise WrongAnswer("a 200 answer without its ETag")
+        return answer["ETag"]
 
     def send(number: int, part: bytes) -> CompletedPartTypeDef:
-        upload = partial(
-            client.upload_part,
-            Bucket=bucket,
-            Key=full_key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=part,
-        )
-        answer = call_with_retries(settings, f"{what} part {number}", upload, give_up=failed)
-        return {"ETag": answer["ETag"], "PartNumber": number}
+        sent = partial(upload, number, part)
+        etag = call_with_retries(settings, f"{what} part {number}", sent, give_up=failed)
+        return {"ETag": etag, "PartNumber": number}
 
     in_flight: set[Future[CompletedPartTypeDef]] = set()
     #: set once the upload fails: the parts in flight stop retrying

@@ -120,7 +120,8 @@ def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
     carries the store's request id (``x-amz-request-id``, on every answer of AWS S3 and
     SeaweedFS). One without it (a gateway's page, or a store that sends no id) is asked
     again as a GET of the key's first byte, whose ``NoSuchKey`` decides. Raises
-    ClientError and WrongAnswer, for :func:`call_with_retries`. Thread-safe.
+    ClientError and WrongAnswer (also for a 200 without a Content-Length), for
+    :func:`call_with_retries`. Thread-safe.
     """
     try:
         response = client.head_object(Bucket=bucket, Key=full_key)
@@ -131,6 +132,8 @@ def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
         if "x-amz-request-id" not in headers:
             _confirm_missing(client, bucket, full_key)
         return None
+    if "ContentLength" not in response:
+        raise WrongAnswer("a HEAD answer without its Content-Length")
     return int(response["ContentLength"])
 
 
