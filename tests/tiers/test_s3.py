@@ -657,6 +657,32 @@ def test_a_whole_object_answer_cut_short_is_asked_for_again(
         tier.close()
 
 
+def test_a_whole_object_read_to_the_connections_close_is_checked_against_its_size(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # Without a Content-Length a body ends where the connection does: one cut on the
+    # way was handed out short, as the whole object.
+    def answer(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "HEAD":
+            return 200, {}, b"0123456789"
+        return cut_short(200, {}, b"0123" if n == 1 else b"0123456789", declared=None)
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert bytes(tier.get("k") or b"") == b"0123456789"
+        assert server.methods == ["GET", "HEAD", "GET", "HEAD"]
+    finally:
+        tier.close()
+    cut = scripted(lambda n, request: answer(1, request))
+    tier = S3Tier(fast_settings(cut.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="the object has 10"):
+            tier.get("k")
+    finally:
+        tier.close()
+
+
 def test_a_failing_head_behind_a_whole_object_answer_is_named(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:

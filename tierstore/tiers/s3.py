@@ -153,9 +153,10 @@ class S3Tier:
         """Return the value or ``byte_range`` = ``(offset, length)`` of it; ``None`` if absent.
 
         One GET (ranged when ``byte_range`` is given); a HEAD is added for a
-        zero-length range, when the store answers 416, and when it ignores the range and
-        sends a whole object that ends before the range does (a body cut short on the
-        way is asked for again, not taken for the object's end). Raises
+        zero-length range, when the store answers 416, when it ignores the range and
+        sends a whole object that ends before the range does, and when a whole object
+        comes without a Content-Length (a body cut short on the way is asked for again,
+        not taken for the object's end). Raises
         :class:`InvalidRange` as :func:`resolve_range` does,
         :class:`ArchiveUnavailable` when the archive fails, and
         :class:`StoreClosed` after ``close``. Thread-safe.
@@ -209,6 +210,10 @@ class S3Tier:
             raise
         body = response["Body"].read()
         if byte_range is None:
+            if response.get("ContentLength") is None:
+                # No length to check the body against (botocore checks one it has): a
+                # body ended by the connection's close looks whole when cut short.
+                self._check_whole_body(client, full_key, None, len(body))
             return memoryview(body)
         if response["ResponseMetadata"]["HTTPStatusCode"] != 206:
             # The store ignored the Range header and sent the whole object.
@@ -220,16 +225,18 @@ class S3Tier:
         return memoryview(body)
 
     def _check_whole_body(
-        self, client: S3Client, full_key: str, byte_range: tuple[int, int], received: int
+        self, client: S3Client, full_key: str, byte_range: tuple[int, int] | None, received: int
     ) -> None:
         """Refuse a whole-object answer shorter than the object (one HEAD): a body cut
-        short on the way, with a Content-Length to match, would otherwise clip the
-        range as if the object ended there. WrongAnswer, which the retries try again."""
+        short on the way, with a Content-Length to match (or none), would otherwise clip
+        the range as if the object ended there, or be handed out as the whole object
+        (``byte_range`` None). WrongAnswer, which the retries try again."""
         size = head_size(client, self.settings.bucket, full_key)  # None: gone since the GET
         if size != received:
             found = "is gone" if size is None else f"has {size}"
+            asked = "the whole object" if byte_range is None else f"range {byte_range}"
             raise WrongAnswer(
-                f"asked for range {byte_range}, the store sent "
+                f"asked for {asked}, the store sent "
                 f"{received} bytes of the whole object, and the object {found}"
             )
 
