@@ -4,6 +4,7 @@ what a store's answers to an upload must hold before a put returns."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 
 from tests.s3_stubs import Script, ScriptedServer, cut_short, fast_settings, s3_error
 from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers import s3_parts
 from tierstore.tiers.s3 import MiB, S3Tier
-from tierstore.tiers.s3_parts import fixed_parts
+from tierstore.tiers.s3_parts import cut_parts, fixed_parts, part_sizes
 
 
 @given(
@@ -27,6 +29,38 @@ def test_parts_are_the_stream_recut_to_the_part_size(chunks: list[bytes], size: 
     assert all(len(part) == size for part in parts[:-1])
     assert all(0 < len(part) <= size for part in parts)  # never an empty part
     assert all(isinstance(part, bytes) for part in parts)
+
+
+@given(
+    chunks=st.lists(st.binary(max_size=64), max_size=12),
+    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+)
+def test_parts_are_the_stream_recut_to_each_size_in_turn(
+    chunks: list[bytes], sizes: list[int]
+) -> None:
+    endless = iter(sizes + [sizes[-1]] * 1000)
+    parts = list(cut_parts((memoryview(chunk) for chunk in chunks), endless))
+    assert b"".join(parts) == b"".join(chunks)
+    expected = sizes + [sizes[-1]] * 1000
+    assert [len(part) for part in parts[:-1]] == expected[: len(parts)][:-1]
+    assert all(0 < len(part) <= expected[i] for i, part in enumerate(parts))
+
+
+def test_part_sizes_take_an_object_s3_takes_in_parts_s3_takes() -> None:
+    for first in (5 * MiB, 8 * MiB, 64 * MiB, 5 * 1024 * MiB):
+        sizes = list(itertools.islice(part_sizes(first), 10_000))
+        assert sizes[:1000] == [first] * 1000  # one size, for objects of 1,000 parts
+        assert sizes == sorted(sizes)
+        assert all(first <= size <= max(first, 5 * 1024 * MiB) for size in sizes)
+        if first >= 8 * MiB:
+            assert sum(sizes) >= 5 * 1024**4  # S3's largest object
+    # 78.125 GiB of 8 MiB parts, the most fixed parts held, fit well inside the limit.
+    sizes = part_sizes(8 * MiB)
+    held = parts = 0
+    while held < 10_000 * 8 * MiB + 1:
+        held += next(sizes)
+        parts += 1
+    assert parts < 4000
 
 
 def test_a_part_does_not_change_when_its_chunks_do() -> None:
@@ -176,3 +210,18 @@ def test_a_part_answered_without_an_etag_is_sent_again(
     with pytest.raises(ArchiveUnavailable, match="without its ETag"):
         tier.put("k", b"x" * _SIZE)
     assert server.methods == ["POST", "PUT", "PUT", "PUT", "DELETE"]  # the part, then the abort
+
+
+def test_a_stream_longer_than_the_part_limit_of_parts_of_the_set_size_is_uploaded(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Parts were all multipart_part_size: a shard over 10,000 of them (78.125 GiB of
+    # 8 MiB parts) could never be archived, and failed only after sending 10,000
+    # parts, holding the journal. S3's limit shrunk to 20 parts, so that the test
+    # sends MiBs, not 78 GiB.
+    monkeypatch.setattr(s3_parts, "_MAX_PARTS", 20)
+    size = 21 * 5 * MiB
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=size))
+    tier.put("k", (memoryview(bytes(MiB)) for _ in range(size // MiB)))
+    assert server.methods.count("PUT") <= 20

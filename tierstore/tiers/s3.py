@@ -13,8 +13,8 @@ Contract highlights (beyond :class:`tierstore.tiers.base.Tier`):
 * **Ranges** follow :func:`resolve_range` exactly; the store's 416 answer is
   turned into the same result with one HEAD.
 * **Large writes** stream as multipart uploads of ``multipart_part_size`` parts
-  (aborted on any failure), so an iterable of buffers is never joined in memory
-  (:mod:`tierstore.tiers.s3_parts`).
+  (larger past the first 1,000; aborted on any failure), so an iterable of buffers
+  is never joined in memory (:mod:`tierstore.tiers.s3_parts`).
 * **Fork and thread safety.** boto3 clients are thread-safe but must not cross
   ``fork()`` (a child sharing the parent's pooled connections can read the
   other's bytes). The client and the thread pool are therefore created lazily
@@ -53,7 +53,7 @@ from tierstore.tiers.base import (
     value_chunks,
 )
 from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, aliased_path, new_client
-from tierstore.tiers.s3_parts import fixed_parts, put_multipart
+from tierstore.tiers.s3_parts import cut_parts, part_sizes, put_multipart
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
     call_with_retries,
@@ -311,8 +311,9 @@ class S3Tier:
 
         A single buffer under ``multipart_threshold`` (or an iterable that ends
         before it) is one PUT; anything larger streams as a multipart upload of
-        ``multipart_part_size`` parts, holding about one threshold of bytes in
-        memory. A failed multipart upload is aborted. Durable when it returns.
+        ``multipart_part_size`` parts (larger past the first 1,000), holding about one
+        threshold of bytes in memory. A failed multipart upload is aborted. Durable
+        when it returns.
         Raises :class:`ArchiveUnavailable`, :class:`TypeError` for a value not
         made of buffers, :class:`StoreClosed` after ``close``. Thread-safe.
         """
@@ -326,7 +327,7 @@ class S3Tier:
             self._put_small(client, full_key, data)
             self._abort_left_open(state)
             return
-        parts = fixed_parts(value_chunks(value), s.multipart_part_size)
+        parts = cut_parts(value_chunks(value), part_sizes(s.multipart_part_size))
         head: list[bytes] = []
         size = 0
         for part in parts:

@@ -1,7 +1,11 @@
-"""Multipart uploads: a stream of buffers re-cut into fixed-size parts and sent as one upload.
+"""Multipart uploads: a stream of buffers re-cut into parts and sent as one upload.
 
-Every part but the last is exactly ``multipart_part_size`` bytes (S3 wants at
-least 5 MiB; an upload has at most 10,000 parts). Up to ``upload_parallelism`` parts
+S3 wants every part but the last to be at least 5 MiB and at most 5 GiB, and an
+upload to have at most 10,000 parts; the stream's length is not known up front. The
+first 1,000 parts are ``multipart_part_size`` bytes, and the size doubles for each
+next 1,000 (:func:`part_sizes`): an object of up to 1,000 parts has parts of one size
+(which some stores want), and 10,000 parts of 8 MiB and up reach 8 TiB (S3 takes
+objects of up to 5 TiB). Up to ``upload_parallelism`` parts
 are sent at once (one request each, on threads of the upload's own), while the
 caller's thread cuts the next: one connection to an object store rarely carries more
 than a fraction of its bandwidth. The stream is never joined in memory: the parts in
@@ -24,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
 from functools import partial
+from itertools import repeat
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from botocore.exceptions import ClientError
@@ -41,15 +46,38 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["fixed_parts", "put_multipart"]
+__all__ = ["cut_parts", "fixed_parts", "part_sizes", "put_multipart"]
 
 _MAX_PARTS: Final = 10_000
+_MAX_PART_SIZE: Final = 5 * 1024**3
+#: how many times the part size may double before an upload runs out of parts
+_GROWTH_STEPS: Final = 10
 
 T = TypeVar("T")
 
 
+def part_sizes(first: int) -> Iterator[int]:
+    """The size of each part of an upload of unknown length, in order: ``first`` for the
+    first tenth of S3's 10,000 parts, doubled for each next tenth, never above 5 GiB
+    (nor below ``first``). From 8 MiB, 10,000 parts hold 8 TiB; a part is held in
+    memory while it is sent, so a shard of hundreds of GiB holds parts of up to
+    hundreds of MiB. Endless; pure."""
+    step = max(1, _MAX_PARTS // _GROWTH_STEPS)
+    size = first
+    while True:
+        yield from repeat(size, step)
+        size = max(first, min(2 * size, _MAX_PART_SIZE))
+
+
 def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be shorter).
+    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be
+    shorter): :func:`cut_parts` with one size."""
+    return cut_parts(chunks, repeat(size))
+
+
+def cut_parts(chunks: Iterable[memoryview], sizes: Iterator[int]) -> Iterator[bytes]:
+    """Re-cut a stream of chunks into parts of exactly the next of ``sizes`` bytes each
+    (the last may be shorter; ``sizes`` must not run out before the stream does).
 
     Each part is built with one copy of its bytes (a join of views into the chunks,
     which also skips the zero-fill a preallocated buffer would need). Holds the
@@ -58,6 +86,7 @@ def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
     """
     pieces: list[memoryview] = []
     filled = 0
+    size = next(sizes)
     for chunk in chunks:
         position = 0
         while len(chunk) - position >= size - filled:
@@ -67,6 +96,7 @@ def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
             yield b"".join(pieces)
             pieces.clear()
             filled = 0
+            size = next(sizes)
         if position < len(chunk):
             pieces.append(chunk[position:])
             filled += len(chunk) - position
