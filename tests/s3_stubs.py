@@ -2,7 +2,8 @@
 
 * :class:`ScriptedServer`: a tiny HTTP server that answers every request from a
   script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives), and
-  :func:`cut_short`, an answer whose body ends early, the connection closed.
+  :func:`cut_short`, an answer whose body ends early, the connection closed; and
+  :func:`forwarded`, for a script that passes a request on to a real store.
 * :func:`unreachable_endpoint`: a bound socket that never listens, so every
   connection is refused at once and no other process can take the port.
 * :class:`FreezingProxy`: a TCP forwarder to a real store that can freeze, as an
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ __all__ = [
     "ScriptedServer",
     "cut_short",
     "fast_settings",
+    "forwarded",
     "s3_error",
     "unreachable_endpoint",
 ]
@@ -57,7 +60,10 @@ def cut_short(
 
 
 class ScriptedServer:
-    """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``."""
+    """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``.
+
+    The request's body is its handler's ``body``. An answer whose headers hold a
+    Content-Length is sent with it as is (a HEAD's, passed on from a store)."""
 
     def __init__(self, script: Script) -> None:
         self.requests = 0
@@ -70,7 +76,7 @@ class ScriptedServer:
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                self.body = self.rfile.read(length)
                 with outer._lock:
                     outer.requests += 1
                     outer.methods.append(self.command)
@@ -81,7 +87,7 @@ class ScriptedServer:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                if declared is None:
+                if declared is None and "content-length" not in map(str.lower, headers):
                     self.send_header("Content-Length", str(len(body)))
                 elif declared:
                     self.send_header("Content-Length", declared)
@@ -168,6 +174,31 @@ class FreezingProxy:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+def forwarded(request: BaseHTTPRequestHandler, port: int) -> tuple[int, dict[str, str], bytes]:
+    """``request`` (a ScriptedServer's) passed on to the store at ``127.0.0.1:port``,
+    headers as sent (so its signature holds), and the store's answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(
+            request.command, request.path, skip_host=True, skip_accept_encoding=True
+        )
+        for name, value in request.headers.items():
+            if name.lower() != "expect":  # the body goes with the headers
+                connection.putheader(name, value)
+        body: bytes = getattr(request, "body", b"")
+        connection.endheaders(body or None)
+        answer = connection.getresponse()
+        data = answer.read()
+    finally:
+        connection.close()
+    # The server sends its own Date, Server and framing headers.
+    dropped = {"transfer-encoding", "connection", "date", "server"}
+    if request.command != "HEAD":
+        dropped.add("content-length")
+    headers = {name: value for name, value in answer.getheaders() if name.lower() not in dropped}
+    return answer.status, headers, data
 
 
 @contextmanager

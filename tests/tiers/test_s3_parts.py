@@ -12,10 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.s3_stubs import Script, ScriptedServer, cut_short, fast_settings, s3_error
+from tests.s3_stubs import (
+    Script,
+    ScriptedServer,
+    cut_short,
+    fast_settings,
+    forwarded,
+    s3_error,
+)
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers import s3_parts
-from tierstore.tiers.s3 import MiB, S3Tier
+from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
 from tierstore.tiers.s3_parts import cut_parts, fixed_parts, part_sizes
 
 
@@ -225,3 +232,43 @@ def test_a_stream_longer_than_the_part_limit_of_parts_of_the_set_size_is_uploade
     server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=size))
     tier.put("k", (memoryview(bytes(MiB)) for _ in range(size // MiB)))
     assert server.methods.count("PUT") <= 20
+
+
+@pytest.mark.parametrize("store_completes", [False, True])
+def test_a_completion_whose_answer_is_lost_leaves_the_object_whole_in_a_real_store(
+    s3_settings: S3Settings, store_completes: bool
+) -> None:
+    # Between the tier and SeaweedFS, the first completion's answer is cut after its
+    # 200 headers: before the store sees the request (no object made), or after it
+    # completed the upload. Either way the put returns only with the object there.
+    port = int(s3_settings.endpoint_url.rsplit(":", 1)[1])
+    cut: list[str] = []
+
+    def script(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        completion = request.command == "POST" and "uploadId=" in request.path
+        if completion and not cut:
+            cut.append(request.path)
+            if store_completes:
+                forwarded(request, port)
+            return cut_short(200, _XML, b"", declared=400)
+        return forwarded(request, port)
+
+    server = ScriptedServer(script)
+    settings = dataclasses.replace(
+        s3_settings,
+        endpoint_url=server.endpoint_url,
+        multipart_threshold=5 * MiB,
+        multipart_part_size=5 * MiB,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
+    tier, direct = S3Tier(settings), S3Tier(s3_settings)
+    value = bytes(range(256)) * (_SIZE // 256)
+    try:
+        tier.put("k", value)
+        assert cut
+        assert bytes(direct.get("k") or b"") == value
+    finally:
+        tier.close()
+        direct.close()
+        server.close()
