@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,8 @@ Script = Callable[[int, BaseHTTPRequestHandler], tuple[int, dict[str, str], byte
 #: a scripted answer's header, not sent: the Content-Length to send in place of the
 #: body's own ("" for none), the connection closed after the body (see cut_short)
 _DECLARED_LENGTH = "X-Scripted-Declared-Length"
+#: a scripted answer's header, not sent: the connection is reset after the body
+_RESET = "X-Scripted-Reset"
 
 
 def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
@@ -50,12 +53,20 @@ def s3_error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def cut_short(
-    status: int, headers: dict[str, str], body: bytes = b"", declared: int | None = None
+    status: int,
+    headers: dict[str, str],
+    body: bytes = b"",
+    declared: int | None = None,
+    *,
+    reset: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
     """An answer cut on the way, as a store or proxy that died mid-answer leaves it:
     ``body`` (often nothing) sent under a Content-Length of ``declared`` (None: no
-    Content-Length, the body ending with the connection), then the connection closed."""
+    Content-Length, the body ending with the connection), then the connection closed,
+    or reset if ``reset``."""
     marked = {**headers, _DECLARED_LENGTH: "" if declared is None else str(declared)}
+    if reset:
+        marked[_RESET] = "1"
     return status, marked, body
 
 
@@ -84,6 +95,7 @@ class ScriptedServer:
                 status, headers, body = script(number, self)
                 headers = dict(headers)
                 declared = headers.pop(_DECLARED_LENGTH, None)
+                reset = headers.pop(_RESET, None) is not None
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -98,7 +110,12 @@ class ScriptedServer:
                     self.close_connection = True
                     self.wfile.flush()
                     with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_WR)
+                        if reset:  # an RST, not a FIN
+                            linger = struct.pack("ii", 1, 0)
+                            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                            self.connection.close()
+                        else:
+                            self.connection.shutdown(socket.SHUT_WR)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
 

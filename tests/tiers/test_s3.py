@@ -510,6 +510,23 @@ def test_a_404_that_is_not_the_stores_is_unavailable_never_missing(
         tier.close()
 
 
+@pytest.mark.parametrize("status", [404, 500])
+def test_an_error_answer_whose_body_breaks_off_is_unavailable(
+    scripted: Callable[[Script], ScriptedServer], status: int
+) -> None:
+    # botocore reads a GET's error body outside its own error handling: urllib3's
+    # ProtocolError escaped the tier, neither retried nor an ArchiveUnavailable.
+    broken = cut_short(status, _XML, b"<Error><Co", declared=200, reset=True)
+    server = scripted(lambda n, request: broken)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match="after 3 attempts"):
+            tier.get("k")
+        assert server.requests == 3
+    finally:
+        tier.close()
+
+
 def test_a_bodyless_404_without_the_stores_mark_is_asked_for_again_as_a_get(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:

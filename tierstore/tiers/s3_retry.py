@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import botocore.auth
+import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from tenacity import (
     Retrying,
@@ -82,6 +83,11 @@ RETRYABLE_CODES: Final = frozenset(
         "TooManyRequests",
     }
 )
+
+#: urllib3's errors for an answer's body that broke off or stalled: botocore reads the
+#: error body of a streaming operation (a GET's) outside its own error handling, so
+#: these reach the tier as they are.
+_BODY_BROKEN: Final = (urllib3.exceptions.ProtocolError, urllib3.exceptions.TimeoutError)
 
 #: how far from the archive's clock a request may be signed (S3's limit, SeaweedFS's too).
 SKEW_LIMIT_S: Final = 15 * 60
@@ -212,7 +218,7 @@ def is_transient(exc: BaseException) -> bool:
         from botocore.exceptions import HTTPClientError, IncompleteReadError
 
         return isinstance(exc, HTTPClientError | BotoConnectionError | IncompleteReadError)
-    return isinstance(exc, ConnectionError | TimeoutError | WrongAnswer)
+    return isinstance(exc, (ConnectionError, TimeoutError, WrongAnswer, *_BODY_BROKEN))
 
 
 def call_with_retries(
@@ -294,7 +300,7 @@ def call_with_retries(
         raise InvalidArgument(f"{what}: {exc}") from exc
     except WrongAnswer as exc:
         raise ArchiveUnavailable(f"{what}: {exc} ({s.max_attempts} attempts)") from exc
-    except (BotoCoreError, ConnectionError, TimeoutError) as exc:
+    except (BotoCoreError, ConnectionError, TimeoutError, *_BODY_BROKEN) as exc:
         raise ArchiveUnavailable(
             f"{what}: archive {s.endpoint_url} unreachable after {s.max_attempts} attempts: {exc}"
         ) from exc
