@@ -751,6 +751,33 @@ def test_a_listing_answer_without_its_body_is_not_an_empty_last_page(
         tier.close()
 
 
+_UPLOADS = (
+    b'<?xml version="1.0" encoding="UTF-8"?><ListMultipartUploadsResult>'
+    b"<Bucket>scripted</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"
+    b"<IsTruncated>false</IsTruncated><Upload><Key>k</Key><UploadId>u1</UploadId></Upload>"
+    b"</ListMultipartUploadsResult>"
+)
+
+
+def test_an_abort_whose_answer_was_lost_is_done_when_the_store_has_no_such_upload(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # The retry of an abort that landed met NoSuchUpload, and the start's pass over the
+    # uploads a killed node left open failed (ArchiveUnavailable) on a store saying so.
+    answers = {
+        1: (200, _XML, _UPLOADS),
+        2: cut_short(204, {}, b"", declared=10),  # the abort landed; its answer did not
+        3: s3_error(404, "NoSuchUpload"),
+    }
+    server = scripted(lambda n, request: answers[n])
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert tier.abort_incomplete_uploads(lambda key: True) == 1
+        assert server.methods == ["GET", "DELETE", "DELETE"]
+    finally:
+        tier.close()
+
+
 def test_a_listing_answer_cut_short_is_asked_for_again(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:

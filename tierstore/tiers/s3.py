@@ -357,18 +357,11 @@ class S3Tier:
             left, state.left_open = state.left_open, set()
         bucket = self.settings.bucket
         for full_key, upload_id in left:
-
-            def abort_once(full_key: str = full_key, upload_id: str = upload_id) -> None:
-                try:
-                    state.client.abort_multipart_upload(
-                        Bucket=bucket, Key=full_key, UploadId=upload_id
-                    )
-                except ClientError as exc:
-                    if not is_missing_upload(exc):  # the first abort landed
-                        raise
-
             try:
-                self._call(f"ABORT upload {bucket}/{full_key}", abort_once)
+                self._call(
+                    f"ABORT upload {bucket}/{full_key}",
+                    partial(_abort_upload, state.client, bucket, full_key, upload_id),
+                )
             except ArchiveUnavailable as exc:
                 log.warning("multipart upload %s left open for now: %s", upload_id, exc)
                 with state.lock:
@@ -516,9 +509,7 @@ class S3Tier:
                     continue
                 self._call(
                     f"ABORT upload {s.bucket}/{key}",
-                    partial(
-                        client.abort_multipart_upload, Bucket=s.bucket, Key=key, UploadId=upload_id
-                    ),
+                    partial(_abort_upload, client, s.bucket, key, upload_id),
                 )
                 aborted += 1
             if not page.get("IsTruncated"):
@@ -540,6 +531,18 @@ class S3Tier:
             if state.executor is not None:
                 state.executor.shutdown(wait=True, cancel_futures=True)
             state.client.close()
+
+
+def _abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Abort multipart upload ``upload_id`` of ``key``; one the store no longer has
+    (NoSuchUpload) is done: a retry after an abort whose answer was lost meets that
+    (the start's pass failed for it, on a store that says so), and so does an upload
+    another aborted or completed since it was listed."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if not is_missing_upload(exc):
+            raise
 
 
 def _listed(
