@@ -21,6 +21,7 @@ from tests.engine.backdoor import catalog_hot_bytes, prefetch_held_in_its_fetch,
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.recording import policy_of
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import eviction
 from tierstore.engine import policies as policies_module
 from tierstore.engine.pinretry import MAX_PIN_ENDS
 from tierstore.engine.records import archive_frames_key
@@ -954,6 +955,38 @@ def test_the_prefetcher_fetches_nothing_eviction_could_make_no_room_for(
     assert store.promoter.in_flight() == (1, STORED)
     # Probed without asking a policy for victims (which uses up or ages their state).
     assert policy_of(store, "w").names("victims") == []
+
+
+def test_the_prefetch_room_probe_is_bounded_and_not_repeated_for_each_put(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review measured a walk of every hot shard (10-15 µs each) at nearly every
+    # prefetch pass while writes went on: any put dropped the last count.
+    store = open_store(
+        datasets={"w": DatasetSettings(policy="recording")},
+        start_mover=False,
+        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
+    )
+    fill(store, "w", [f"w{i}" for i in range(10)], archive=False)  # nothing evictable
+    looked: list[str] = []
+    readable_shard = store._catalog.readable_shard
+
+    def counted(txn: Any, dataset: str, name: str) -> Any:
+        looked.append(name)
+        return readable_shard(txn, dataset, name)
+
+    monkeypatch.setattr(store._catalog, "readable_shard", counted)
+    room = store.hot_room
+    assert not room.could_make_room_for_promotion(STORED)
+    assert len(looked) == 10
+    store.put("w", "w0", payload(FRAME // 2, 99))  # an overwrite: the hot bytes change
+    looked.clear()  # (the put's own eviction looks too)
+    assert not room.could_make_room_for_promotion(STORED)
+    assert looked == []  # the count stands
+    room.room_may_have_come()
+    monkeypatch.setattr(eviction, "PROBE_SHARDS_AT_MOST", 4)
+    assert room.could_make_room_for_promotion(STORED)  # gave up: taken to, as before
+    assert len(looked) == 4
 
 
 def _cold_clairvoyant_store(

@@ -32,18 +32,24 @@ from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
 __all__ = ["HotRoom"]
 
-#: how long a count of the evictable bytes stands while the hot and backlog bytes do.
-_PROBE_REUSE_S = 5.0
+#: How long a probe's "enough" (or "gave up") stands, whatever happens meanwhile: a
+#: pin set, or an overwrite of an evictable shard, costs at most a fetch that finds no
+#: room, as before the probe.
+_ENOUGH_REUSE_S = 1.0
+#: How long a probe's "too few" stands unless room may have come (see
+#: HotRoom.room_may_have_come): with nothing evictable, every prefetch pass asks.
+_TOO_FEW_REUSE_S = 5.0
+#: Hot shards one probe looks at, at most (each a catalog lookup, some 10 µs): past
+#: them it gives up, and takes room to be there (the promotion finds out, as before).
+PROBE_SHARDS_AT_MOST = 1_000
 
 
 @dataclass(frozen=True, slots=True)
 class _Probe:
-    """A count of the bytes eviction may take: at ``counters`` (hot bytes, backlog
-    bytes, room events seen), at ``at`` (monotonic), ``found`` bytes; ``complete`` if
-    every hot shard was looked at (else the count stopped once it had what it was
-    asked for)."""
+    """A count of the bytes eviction may take, at ``at`` (monotonic): ``found`` bytes;
+    ``complete`` if every hot shard was looked at (else the count stopped once it had
+    what it was asked for, or gave up)."""
 
-    counters: tuple[int, int, int]
     at: float
     found: int
     complete: bool
@@ -68,10 +74,10 @@ class HotRoom:
         self._policies = policies
         self._overhead = overhead
         self._lock = threading.Lock()  # one eviction at a time
-        #: the last count of evictable bytes (see _evictable_bytes), under _probe_lock.
+        #: the last count of evictable bytes (see _could_free), under _probe_lock.
         self._probe: _Probe | None = None
         #: calls of room_may_have_come so far, under _probe_lock: a count begun before
-        #: one is not reused after it.
+        #: one is not kept after it.
         self._room_events = 0
         self._probe_lock = threading.Lock()
         #: shards evicted from the hot tier since start (for metrics).
@@ -109,51 +115,50 @@ class HotRoom:
         (archived, no pin holding) hold enough bytes. A probe, for before a fetch: it
         evicts nothing and asks no policy for victims (which would use up the victim an
         admission chose, and age a policy's statistics), only the catalog. Best effort,
-        as every figure here; a walk of the hot shards at worst, remembered for a few
-        seconds while the hot and backlog bytes stay the same (see
-        :meth:`_evictable_bytes`)."""
+        as every figure here: see :meth:`_could_free`."""
         with self._env.read() as txn:
             hot = self._catalog.counter(txn, "hot_bytes")
-            backlog = self._catalog.counter(txn, "backlog_bytes")
         need = hot + incoming - self.high_watermark_bytes()
         if need <= 0:
             return True
         if need > incoming:
             return False  # above the high watermark already: no promotion goes in
-        return self._evictable_bytes((hot, backlog), need) >= need
+        return self._could_free(need)
 
-    def _evictable_bytes(self, counters: tuple[int, int], wanted: int) -> int:
-        """Stored bytes of the hot shards eviction may take, counted until ``wanted``
-        are found (or all of them). A result is reused for :data:`_PROBE_REUSE_S` while
-        ``counters`` (the hot and backlog bytes) stay the same: with nothing evictable,
-        every prefetch pass would walk the whole hot set again. Room that may have come
-        (:meth:`room_may_have_come`) drops it; a pin set meanwhile, or a TTL pin run
-        out, is missed for that long (costing a fetch the probe would have saved, or
-        delaying one)."""
+    def _could_free(self, wanted: int) -> bool:
+        """Whether the hot shards eviction may take hold ``wanted`` bytes, counted in
+        the order they went hot (the oldest, most often archived, first) until that
+        many are found, at most :data:`PROBE_SHARDS_AT_MOST` of them (past those: taken
+        to, unknown). An answer is reused for a while (:data:`_ENOUGH_REUSE_S`,
+        :data:`_TOO_FEW_REUSE_S`; a "too few" until room may have come): a review
+        measured a walk per pass, 10-15 µs a hot shard, where writes went on."""
         now = time.monotonic()
         with self._probe_lock:
-            seen = (*counters, self._room_events)
             last = self._probe
-            if (
-                last is not None
-                and last.counters == seen
-                and now - last.at < _PROBE_REUSE_S
-                and (last.complete or last.found >= wanted)
-            ):
-                return last.found
-        found, complete = 0, True
+        if last is not None:
+            age = now - last.at
+            if last.found >= wanted or not last.complete:
+                if age < _ENOUGH_REUSE_S:
+                    return True
+            elif age < _TOO_FEW_REUSE_S:
+                return False
+        with self._probe_lock:
+            events = self._room_events
+        found = 0
         wall = time.time()
+        keys = self._policies.hot_keys(PROBE_SHARDS_AT_MOST)
         with self._env.read() as txn:
-            for key in self._policies.hot_keys():
+            for key in keys:
                 record = self._catalog.readable_shard(txn, *shard_of(key))
                 if record is not None and record.hot and record.evictable(wall):
                     found += sum(record.stored_sizes(self._overhead(record)))
                     if found >= wanted:
-                        complete = False
                         break
+        complete = found < wanted and len(keys) < PROBE_SHARDS_AT_MOST
         with self._probe_lock:
-            self._probe = _Probe(seen, now, found, complete)
-        return found
+            if self._room_events == events:  # else it may be stale already
+                self._probe = _Probe(now, found, complete)
+        return found >= wanted or not complete
 
     def room_may_have_come(self) -> None:
         """A hot shard's pin ended, or one was evicted, deleted or archived: the next

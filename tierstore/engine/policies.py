@@ -42,6 +42,7 @@ not, and the next start seeds the policies afresh.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -204,11 +205,11 @@ class PolicyDriver:
         with self._lock:
             return self._hot_bytes.get(dataset, 0)
 
-    def hot_keys(self) -> list[Key]:
-        """The keys the policies hold hot, in no set order: those eviction may reach.
-        O(hot shards); asks no policy."""
+    def hot_keys(self, at_most: int) -> list[Key]:
+        """Up to ``at_most`` of the keys the policies hold hot (those eviction may
+        reach), in the order they went hot. O(at_most); asks no policy."""
         with self._lock:
-            return list(self._sizes)
+            return list(itertools.islice(self._sizes, at_most))
 
     def dataset_victims(
         self, dataset: str, bytes_to_free: int, evictable: Callable[[Key], bool]
