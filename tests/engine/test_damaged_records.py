@@ -488,10 +488,21 @@ def test_the_deletes_kept_against_older_reads_go_once_no_read_is_older(
     store = filled(open_store, archive)
     for name in "abc":
         put_raw_record(store, "plain", name, GARBAGE)
-    with store._env.read():
+    passes: list[int] = []
+    after_pass = store.mover.after_pass
+
+    def counted() -> None:
+        after_pass()
+        passes.append(store._catalog.unreadable.deletes_kept())
+
+    store.mover.after_pass = counted
+    with store._env.read():  # older than the deletes, as LMDB's reader table shows
         store.delete_dataset("plain", force=True)
+        deleted_after = len(passes)
         store.mover.wake()
-        assert store._catalog.unreadable.deletes_kept() == 3
+        wait_until(lambda: len(passes) > deleted_after, "a mover's pass after the delete")
+        assert store._catalog.unreadable.deletes_kept() == 3  # kept by that pass
+    store.mover.wake()
     wait_until(
         lambda: store._catalog.unreadable.deletes_kept() == 0, "the mover's pass letting them go"
     )

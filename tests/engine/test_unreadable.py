@@ -93,3 +93,18 @@ def test_an_account_without_a_bound_keeps_every_delete() -> None:
     records.prune()
     assert records.deletes_kept() == 1
     assert not records.note(KEY, "plain", "why", seen_in=0)
+
+
+def test_nothing_kept_asks_for_no_bound() -> None:
+    # The bound costs a read transaction and a scan of LMDB's reader table: the mover
+    # asks after every pass, almost always with no delete kept.
+    snapshots = Snapshots()
+    records = UnreadableRecords(snapshots)
+    records.prune()
+    records.note(KEY, "plain", "why", seen_in=3)
+    assert snapshots.asked == 0
+    records.forget(KEY, "plain", deleted_in=5)
+    snapshots.oldest = 5
+    records.prune()
+    records.prune()
+    assert (snapshots.asked, records.deletes_kept()) == (1, 0)

@@ -23,7 +23,7 @@ the shard's delete committed and noted it once the delete had forgotten it, and 
 deleted shard stayed reported until the next start. So a note carries the snapshot it
 was read in, and a delete the write transaction it is made in (LMDB's transaction
 ids: a read sees a write's changes exactly when its id is at least the write's,
-:mod:`tierstore.tiers.snapshots`); a note from a snapshot older than the delete that
+:mod:`tierstore.tiers.readertable`); a note from a snapshot older than the delete that
 forgot its key is ignored. A record made again under the key since is noted by any
 read that sees it: one new enough to see it is no older than the delete.
 
@@ -31,12 +31,14 @@ Each delete (of an unreadable record: no other is forgotten here) is kept, by ke
 only while a read older than it may still note. It cannot go when it commits: a read
 that began just before is older, and a read lease's read may last. The catalog's
 :meth:`~tierstore.tiers.lmdb.LmdbEnvironment.oldest_snapshot` bounds every read of
-the process under way or yet to begin; the deletes no read can be older than are let
-go, oldest first (write ids never go back), at the next delete or note of another
-transaction, and at each :meth:`UnreadableRecords.prune` (the mover's, after each
-pass). A dataset of millions of damaged records deleted at once keeps their keys in
-memory that long: until the reads under way then have ended, and the next of those
-comes. An account made without ``oldest_snapshot`` keeps every delete, for tests.
+the environment under way or yet to begin, in any process, read from LMDB's reader
+table when asked (reads pay nothing for it); the deletes no read can be older than
+are let go, oldest first (write ids never go back), at the next delete or note of
+another transaction, and at each :meth:`UnreadableRecords.prune` (the mover's, after
+each pass), each asking for the bound only while deletes are kept. A dataset of
+millions of damaged records deleted at once keeps their keys in memory that long:
+until the reads under way then have ended, and the next of those comes. An account
+made without ``oldest_snapshot`` keeps every delete, for tests.
 
 Thread safety: every method may be called from any thread.
 """
@@ -118,6 +120,9 @@ class UnreadableRecords:
         """Let go of the deletes that no read under way or yet to begin is older than
         (the module docstring says when this runs). Raises what ``oldest_snapshot``
         raises."""
+        with self._lock:
+            if not self._deleted:
+                return  # the bound costs a read transaction and a reader table scan
         # Outside the lock: the bound takes the environment's own locks.
         oldest = self._oldest_snapshot()
         with self._lock:

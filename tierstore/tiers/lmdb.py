@@ -54,7 +54,7 @@ from tierstore.errors import (
 )
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 from tierstore.tiers.endedreads import EndedReads
-from tierstore.tiers.snapshots import ReadSnapshots
+from tierstore.tiers.readertable import oldest_snapshot_in
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -156,8 +156,6 @@ class LmdbEnvironment:
         #: read transactions ended, kept until no one else holds them (py-lmdb 1.x
         #: would free one in a reader's thread while close unmaps the environment).
         self._ended = EndedReads()
-        #: the snapshots of the read transactions under way in process ``_users_pid``.
-        self._snapshots = ReadSnapshots()
         #: when clear_dead_readers() last ran (monotonic seconds)
         self._readers_checked_at = float("-inf")
         _ENVIRONMENTS.add(self)
@@ -360,7 +358,6 @@ class LmdbEnvironment:
             self._active = 0
             self._writer = threading.Lock()
             self._ended = EndedReads()  # the parent's: py-lmdb leaves them be in a child
-            self._snapshots = ReadSnapshots()
             self._users_pid = os.getpid()
         return self._users
 
@@ -368,48 +365,45 @@ class LmdbEnvironment:
         """A read transaction that outlives a ``with`` block (a read lease's), which
         the caller ends with :meth:`end_read`, not ``abort()``: it counts as under way
         until then, so :meth:`close` waits for it rather than unmap the map under it
-        (a store closed under a running read crashed the process), and its snapshot
-        counts in :meth:`oldest_snapshot`. Raises StoreClosed, and ReaderTableFull as
-        :meth:`read`."""
+        (a store closed under a running read crashed the process). Raises
+        StoreClosed, and ReaderTableFull as :meth:`read`."""
         self._enter()
-        placeholder = self._snapshots.beginning()
         try:
-            txn = self._begin_read()
+            return self._begin_read()
         except BaseException:
-            self._snapshots.ended(placeholder)
             self._leave()
             raise
-        self._snapshots.began(placeholder, txn.id())
-        return txn
 
     def end_read(self, txn: Any) -> None:
-        """End a transaction of :meth:`begin_read`."""
-        try:
-            snapshot: int | None = txn.id()
-        except lmdb.Error:  # ended before, and counted off then
-            snapshot = None
+        """End a transaction of :meth:`begin_read`, once: each call counts one read
+        off (a second call for the same transaction would let :meth:`close` unmap the
+        map under another read)."""
         try:
             self._ended.end(txn)
         finally:
-            if snapshot is not None:
-                self._snapshots.ended(snapshot)
             self._leave()
 
     def oldest_snapshot(self) -> int:
-        """A lower bound on the snapshot of every read transaction of this process
-        under way or yet to begin, as LMDB names it (the id of the last write
-        committed when the read began; see :mod:`tierstore.tiers.snapshots`): no such
-        read is older than a write whose id is at most this. Thread-safe."""
-        self._users_here()  # a forked child counts its own reads, from none
-        return self._snapshots.oldest(self._last_committed)
-
-    def _last_committed(self) -> int:
-        """The id of the last write transaction committed; 0 (nothing learnt) once
-        the environment is closed."""
+        """A lower bound on the snapshot of every read transaction of the environment
+        under way or yet to begin, in any process that maps it, as LMDB names it (the
+        id of the last write committed when the read began): no such read is older
+        than a write whose id is at most this. Read from LMDB's reader table (see
+        :mod:`tierstore.tiers.readertable`), so it costs a read transaction and a
+        scan of the table: for housekeeping, not for every read. 0 (no read is known
+        to be newer than anything) when it cannot be told: the environment closed,
+        its reader table full, or the table's text not understood. Thread-safe."""
         try:
-            return int(self.env.info()["last_txnid"])
-        except (StoreClosed, lmdb.Error):
+            with self.read() as txn:
+                # Begun before the table is read: a read the scan misses is no older.
+                newest = int(txn.id())
+                table = self.env.readers()
+        except (StoreClosed, ReaderTableFull, lmdb.Error):
             return 0
+        oldest = oldest_snapshot_in(table, newest) if isinstance(table, str) else None
+        if oldest is None:
+            log.warning("LMDB's reader table of %s not understood: %.200r", self.path, table)
+            return 0
+        return oldest
 
     def reserve_pages(self) -> int:
         """Pages that puts leave free: a delete, an eviction or the mover's bookkeeping
