@@ -187,7 +187,11 @@ class PlacementCalls(ClientCore):
         ``position``: entries of the plan already read (a resumed epoch; 0: none), at
         most its length. Give it here rather than report it right after: the policy
         measures the reader's rate between reports, and took a start reported a moment
-        after the declaration for entries read in that moment.
+        after the declaration for entries read in that moment. A server older than the
+        field starts the plan at 0 and says no position in its answer: then the position
+        is reported at once (:meth:`report_position`, whose errors it raises), as before
+        the field, rather than leave the server fetching entries already read until the
+        next report.
         Needs the reader role. Raises InvalidPlan (unknown shard, too long, not exactly
         one of sampler and shards), InvalidArgument (``position`` past the plan's end
         among others), DatasetNotFound.
@@ -225,7 +229,10 @@ class PlacementCalls(ClientCore):
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         # Idempotent: the job id is chosen here, and declaring it again replaces the plan.
         reply = self._call(stub.DeclarePlan, request, idempotent=True)
-        return str(reply.job)
+        job = str(reply.job)
+        if start and not reply.position:  # a server that dropped the field: from 0
+            self.report_position(job, start)
+        return job
 
     def report_position(self, job: str, position: int) -> None:
         """``job`` has read the first ``position`` entries of its plan; keeps the plan

@@ -223,7 +223,11 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                 f"job {job[:200]!r}'s access plan expired before its declaration returned "
                 f"(ttl_s {ttl_s:g} s): give it a ttl_s of seconds, not less"
             ) from None
-        return placement_pb2.DeclarePlanResponse(job=job, length=info.length)
+        # The position echoed says the plan starts there: a client that asked for one
+        # and reads 0 (a server older than the field) reports it instead.
+        return placement_pb2.DeclarePlanResponse(
+            job=job, length=info.length, position=info.position
+        )
 
     def _still_kept(self, principal: Principal) -> None:
         """After ``principal`` declared or reported on a plan: if its token was revoked

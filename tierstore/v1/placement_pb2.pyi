@@ -169,12 +169,14 @@ class DeclarePlanRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., sampler: _Optional[_Union[SamplerSpec, _Mapping]] = ..., explicit: _Optional[_Union[ShardList, _Mapping]] = ..., prefix: _Optional[str] = ..., job: _Optional[str] = ..., ttl_s: _Optional[float] = ..., position: _Optional[int] = ...) -> None: ...
 
 class DeclarePlanResponse(_message.Message):
-    __slots__ = ("job", "length")
+    __slots__ = ("job", "length", "position")
     JOB_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     job: str
     length: int
-    def __init__(self, job: _Optional[str] = ..., length: _Optional[int] = ...) -> None: ...
+    position: int
+    def __init__(self, job: _Optional[str] = ..., length: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
 
 class ReportPositionRequest(_message.Message):
     __slots__ = ("job", "position")
