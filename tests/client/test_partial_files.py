@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
@@ -120,25 +121,30 @@ def test_a_download_over_a_file_keeps_its_mode(admin: Client, dataset: str, tmp_
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
 
+@pytest.mark.parametrize("local_reads", [True, False], ids=["local read", "streamed"])
 def test_a_new_file_for_an_encrypted_shard_is_the_owners_alone(
-    admin: Client, any_dataset: str, tmp_path: Path
+    server: ServerProcess, admin: Client, any_dataset: str, tmp_path: Path, local_reads: bool
 ) -> None:
     """The plaintext of an encrypted shard went into a file the umask left readable by
-    every user (0644): a new one is 0600 now. A plaintext shard's new file gets the
-    umask's mode, as ``open`` gives it, and a file written over keeps its own."""
+    every user (0644): a new one is 0600 now, whichever path reads it (each tells the
+    encryption its own way). A plaintext shard's new file gets the umask's mode, as
+    ``open`` gives it, and a file written over keeps its own."""
     admin.put(any_dataset, "s", b"kept encrypted at rest")
     encrypted = admin.stat(any_dataset, "s").encrypted
-    mask = os.umask(0o022)
-    try:
-        admin.download(any_dataset, "s", tmp_path / "new.bin")
-    finally:
-        os.umask(mask)
-    assert (tmp_path / "new.bin").read_bytes() == b"kept encrypted at rest"
-    expected = 0o600 if encrypted else 0o644
-    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == expected
-    (tmp_path / "new.bin").chmod(0o640)
-    admin.download(any_dataset, "s", tmp_path / "new.bin")
-    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o640
+    with server.connect(local_reads=local_reads) as client:
+        mask = os.umask(0o022)
+        try:
+            client.download(any_dataset, "s", tmp_path / "new.bin")
+        finally:
+            os.umask(mask)
+        counts = client.read_counts
+        assert (counts.local, counts.grpc) == ((1, 0) if local_reads else (0, 1))
+        assert (tmp_path / "new.bin").read_bytes() == b"kept encrypted at rest"
+        expected = 0o600 if encrypted else 0o644
+        assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == expected
+        (tmp_path / "new.bin").chmod(0o640)
+        client.download(any_dataset, "s", tmp_path / "new.bin")
+        assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o640
 
 
 def test_a_descriptor_of_this_process_is_written_in_place(tmp_path: Path) -> None:

@@ -193,6 +193,13 @@ class LocalShard:
     #: whether the shard is kept encrypted (its buffers hold the plaintext).
     encrypted: bool = False
 
+    @classmethod
+    def of(
+        cls, record: ShardRecord, buffers: tuple[pa.Buffer, ...], *, zero_copy: bool
+    ) -> LocalShard:
+        """What a local read of ``record`` returns: ``buffers``."""
+        return cls(record.kind, record.generation, buffers, zero_copy, record.envelope is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class _Route:
@@ -379,9 +386,7 @@ class LocalReads:
         lookup = _frame_lookup(session, record, indexes)
         if sealer.cipher is not None:
             buffers = open_all_frames(sealer, indexes, lookup, self.allocator())
-            return LocalShard(
-                record.kind, record.generation, tuple(buffers), False, record.envelope is not None
-            )
+            return LocalShard.of(record, tuple(buffers), zero_copy=False)
         lease = session.lease()
         if lease is None:
             self.counts.bump("copies")
@@ -398,9 +403,7 @@ class LocalReads:
                 # address, and Arrow wants 8-byte-aligned buffers: it is copied. Larger
                 # frames have pages of their own and start 16 bytes in: never copied.
                 out.append(_copy(payload))
-        return LocalShard(
-            record.kind, record.generation, tuple(out), in_place, record.envelope is not None
-        )
+        return LocalShard.of(record, tuple(out), zero_copy=in_place)
 
     def _range(
         self,
@@ -420,9 +423,7 @@ class LocalReads:
         pieces = [(piece.index, piece.start, piece.stop) for piece in slices]
         lookup = _frame_lookup(session, record, [piece.index for piece in slices])
         open_pieces_into(sealer, pieces, lookup, memoryview(out).cast("B"))
-        return LocalShard(
-            record.kind, record.generation, (out,), False, record.envelope is not None
-        )
+        return LocalShard.of(record, (out,), zero_copy=False)
 
     def allocator(self) -> FrameAllocator:
         """Where decrypted frames land (decided on first use in this client)."""
