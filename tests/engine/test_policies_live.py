@@ -987,6 +987,13 @@ def test_the_prefetch_room_probe_is_bounded_and_not_repeated_for_each_put(
     monkeypatch.setattr(eviction, "PROBE_SHARDS_AT_MOST", 4)
     assert room.could_make_room_for_promotion(STORED)  # gave up: taken to, as before
     assert len(looked) == 4
+    # A count that stopped once it had enough for one need says nothing of a larger.
+    store.mover.drain_once()  # every shard archived: evictable
+    looked.clear()
+    room.room_may_have_come()
+    assert room._could_free(STORED)
+    assert room._could_free(3 * STORED)
+    assert len(looked) == 1 + 3
 
 
 def _cold_clairvoyant_store(

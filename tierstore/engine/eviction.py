@@ -47,12 +47,14 @@ PROBE_SHARDS_AT_MOST = 1_000
 @dataclass(frozen=True, slots=True)
 class _Probe:
     """A count of the bytes eviction may take, at ``at`` (monotonic): ``found`` bytes;
-    ``complete`` if every hot shard was looked at (else the count stopped once it had
-    what it was asked for, or gave up)."""
+    ``complete`` if every hot shard was looked at, ``gave_up`` if it stopped at
+    :data:`PROBE_SHARDS_AT_MOST` short of what it was asked for (neither: it stopped
+    once it had that)."""
 
     at: float
     found: int
     complete: bool
+    gave_up: bool
 
 
 class HotRoom:
@@ -137,11 +139,12 @@ class HotRoom:
             last = self._probe
         if last is not None:
             age = now - last.at
-            if last.found >= wanted or not last.complete:
+            if last.found >= wanted or last.gave_up:
                 if age < _ENOUGH_REUSE_S:
                     return True
-            elif age < _TOO_FEW_REUSE_S:
+            elif last.complete and age < _TOO_FEW_REUSE_S:
                 return False
+            # (else it stopped at a smaller need than this one's: count again)
         with self._probe_lock:
             events = self._room_events
         found = 0
@@ -154,11 +157,13 @@ class HotRoom:
                     found += sum(record.stored_sizes(self._overhead(record)))
                     if found >= wanted:
                         break
-        complete = found < wanted and len(keys) < PROBE_SHARDS_AT_MOST
+        enough = found >= wanted
+        looked_at_all = len(keys) < PROBE_SHARDS_AT_MOST
+        complete, gave_up = not enough and looked_at_all, not enough and not looked_at_all
         with self._probe_lock:
             if self._room_events == events:  # else it may be stale already
-                self._probe = _Probe(now, found, complete)
-        return found >= wanted or not complete
+                self._probe = _Probe(now, found, complete, gave_up)
+        return enough or gave_up
 
     def room_may_have_come(self) -> None:
         """A hot shard's pin ended, or one was evicted, deleted or archived: the next
