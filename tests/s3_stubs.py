@@ -2,8 +2,9 @@
 
 * :class:`ScriptedServer`: a tiny HTTP server that answers every request from a
   script (5xx, 403, odd ranges: answers a healthy SeaweedFS never gives), and
-  :func:`cut_short`, an answer whose body ends early, the connection closed; and
-  :func:`forwarded`, for a script that passes a request on to a real store.
+  :func:`cut_short`, an answer whose body ends early, the connection closed;
+  :func:`chunked_answer`, an answer sent in chunks; and :func:`forwarded`, for a
+  script that passes a request on to a real store.
 * :func:`unreachable_endpoint`: a bound socket that never listens, so every
   connection is refused at once and no other process can take the port.
 * :class:`FreezingProxy`: a TCP forwarder to a real store that can freeze, as an
@@ -29,6 +30,7 @@ __all__ = [
     "FreezingProxy",
     "Script",
     "ScriptedServer",
+    "chunked_answer",
     "cut_short",
     "fast_settings",
     "forwarded",
@@ -70,11 +72,37 @@ def cut_short(
     return status, marked, body
 
 
+def chunked_answer(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    chunk: int = 1000,
+    *,
+    stale_length: int | None = None,
+    cut: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    """An answer sent with ``Transfer-Encoding: chunked``, ``body`` in chunks of
+    ``chunk`` bytes; with a Content-Length of ``stale_length`` too (a proxy that
+    re-chunked an answer and kept its length), and, if ``cut``, the connection closed
+    after the chunks, before the last (empty) one."""
+    encoded = b"".join(
+        b"%x\r\n" % len(body[i : i + chunk]) + body[i : i + chunk] + b"\r\n"
+        for i in range(0, len(body), chunk)
+    )
+    marked = {**headers, "Transfer-Encoding": "chunked"}
+    if stale_length is not None:
+        marked["Content-Length"] = str(stale_length)
+    if cut:
+        return cut_short(status, marked, encoded, declared=None)
+    return status, marked, encoded + b"0\r\n\r\n"
+
+
 class ScriptedServer:
     """An HTTP server on 127.0.0.1 answering every request from ``script(n, request)``.
 
     The request's body is its handler's ``body``. An answer whose headers hold a
-    Content-Length is sent with it as is (a HEAD's, passed on from a store)."""
+    Content-Length is sent with it as is (a HEAD's, passed on from a store); one sent
+    chunked (see :func:`chunked_answer`) gets none of its own."""
 
     def __init__(self, script: Script) -> None:
         self.requests = 0
@@ -99,7 +127,8 @@ class ScriptedServer:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                if declared is None and "content-length" not in map(str.lower, headers):
+                framed = {"content-length", "transfer-encoding"} & set(map(str.lower, headers))
+                if declared is None and not framed:
                     self.send_header("Content-Length", str(len(body)))
                 elif declared:
                     self.send_header("Content-Length", declared)

@@ -30,7 +30,14 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.conftest import raw_s3_client
-from tests.s3_stubs import Script, ScriptedServer, cut_short, fast_settings, s3_error
+from tests.s3_stubs import (
+    Script,
+    ScriptedServer,
+    chunked_answer,
+    cut_short,
+    fast_settings,
+    s3_error,
+)
 from tests.server.conftest import poll
 from tests.server.test_archive_down import SwitchableProxy
 from tests.tiers.conformance import LARGE_SIZE, TierConformance, chunked, pattern
@@ -696,6 +703,30 @@ def test_a_whole_object_read_to_the_connections_close_is_checked_against_its_siz
     try:
         with pytest.raises(ArchiveUnavailable, match="the object has 10"):
             tier.get("k")
+    finally:
+        tier.close()
+
+
+def test_a_whole_object_sent_chunked_needs_no_head(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # A chunked body ends with its last (empty) chunk, which urllib3 insists on: one cut
+    # short is refused without asking the size. Each such GET cost a HEAD as well.
+    value = bytes(range(256)) * 40
+
+    def answer(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "HEAD":
+            return 200, {}, value
+        return chunked_answer(200, {}, value, cut=n == 2)
+
+    server = scripted(answer)
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert bytes(tier.get("k") or b"") == value
+        assert server.methods == ["GET"]
+        # Cut before its last chunk: asked for again, never handed out short.
+        assert bytes(tier.get("k") or b"") == value
+        assert server.methods == ["GET", "GET", "GET"]
     finally:
         tier.close()
 

@@ -155,8 +155,9 @@ class S3Tier:
         One GET (ranged when ``byte_range`` is given); a HEAD is added for a
         zero-length range, when the store answers 416, when it ignores the range and
         sends a whole object that ends before the range does, and when a whole object
-        comes without a Content-Length (a body cut short on the way is asked for again,
-        not taken for the object's end). Raises
+        comes neither with a Content-Length nor chunked, its body ended only by the
+        connection's close (one cut short on the way is asked for again, not taken for
+        the object's end). Raises
         :class:`InvalidRange` as :func:`resolve_range` does,
         :class:`ArchiveUnavailable` when the archive fails, and
         :class:`StoreClosed` after ``close``. Thread-safe.
@@ -210,9 +211,12 @@ class S3Tier:
             raise
         body = response["Body"].read()
         if byte_range is None:
-            if response.get("ContentLength") is None:
+            headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+            if "content-length" not in headers and not chunked:
                 # No length to check the body against (botocore checks one it has): a
-                # body ended by the connection's close looks whole when cut short.
+                # body ended by the connection's close looks whole when cut short. A
+                # chunked one ends with its last, empty chunk, which urllib3 insists on.
                 self._check_whole_body(client, full_key, None, len(body))
             return memoryview(body)
         if response["ResponseMetadata"]["HTTPStatusCode"] != 206:
