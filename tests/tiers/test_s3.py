@@ -822,6 +822,21 @@ def test_a_listing_answer_cut_short_is_asked_for_again(
         tier.close()
 
 
+def test_a_chunked_answer_with_a_stale_content_length_is_read_by_its_chunks(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # HTTP reads a body sent chunked by its chunks, whatever Content-Length comes with
+    # it (a proxy that re-chunked an answer may keep the origin's): such a listing was
+    # refused as cut short, every attempt, and the archive read as unavailable.
+    server = scripted(lambda n, request: chunked_answer(200, _XML, _LISTED, 100, stale_length=999))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        assert tier.list().keys == ("a",)
+        assert server.requests == 1
+    finally:
+        tier.close()
+
+
 @pytest.mark.parametrize(
     ("endpoint", "signed"),
     [
