@@ -553,6 +553,27 @@ def test_a_bodyless_404_without_the_stores_mark_is_asked_for_again_as_a_get(
         tier.close()
 
 
+def test_a_bodyless_404_to_a_delete_is_missing_only_with_the_stores_mark(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # Some stores answer a DELETE of a missing key 404 without a body: with the
+    # store's request id it is the store's answer (nothing to delete), as a HEAD's is.
+    server = scripted(lambda n, request: (404, {"x-amz-request-id": "r"}, b""))
+    tier = S3Tier(fast_settings(server.endpoint_url, max_attempts=3))
+    try:
+        tier.delete("k")
+        assert server.methods == ["DELETE"]
+    finally:
+        tier.close()
+    unmarked = scripted(lambda n, request: (404, {}, b""))
+    tier = S3Tier(fast_settings(unmarked.endpoint_url, max_attempts=3))
+    try:
+        with pytest.raises(ArchiveUnavailable, match=r"404 .*after 3 attempts"):
+            tier.delete("k")
+    finally:
+        tier.close()
+
+
 def test_a_head_answered_without_a_size_is_asked_for_again(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:

@@ -3,7 +3,8 @@
 Contract highlights (beyond :class:`tierstore.tiers.base.Tier`):
 
 * **Missing vs unavailable.** Only the store saying the key does not exist
-  (``NoSuchKey``, or a HEAD's 404 that is the store's) is "missing" (``None``).
+  (``NoSuchKey``, or a bodyless 404 that is the store's, to a HEAD or a DELETE) is
+  "missing" (``None``; a DELETE is done).
   Connection errors, timeouts, 5xx, 408/429 and throttling answers are retried
   with exponential backoff and jitter (``tenacity``); when ``max_attempts`` are
   spent they raise :class:`ArchiveUnavailable` chained to the last error. Any
@@ -61,6 +62,7 @@ from tierstore.tiers.s3_retry import (
     error_code,
     head_size,
     http_status,
+    is_marked_404,
     is_missing_key,
     is_missing_upload,
 )
@@ -392,9 +394,10 @@ class S3Tier:
             try:
                 client.delete_object(Bucket=bucket, Key=full_key)
             except ClientError as exc:
-                # S3 answers 204 for a missing key; some stores 404 NoSuchKey. Any other
-                # 404 (a gateway's page) is not the store's: nothing was deleted.
-                if not is_missing_key(exc):
+                # S3 answers 204 for a missing key; some stores 404 NoSuchKey, or a
+                # bodyless 404 with their request id. Any other 404 (a gateway's page)
+                # is not the store's: nothing was deleted.
+                if not (is_missing_key(exc) or is_marked_404(exc)):
                     raise
 
         self._call(f"DELETE {bucket}/{full_key}", delete_once)

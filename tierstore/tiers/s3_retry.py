@@ -1,9 +1,14 @@
 """How S3 failures are classified and retried, and how they become tierstore errors.
 
 * **Missing**: only the store saying so: S3's ``NoSuchKey`` (``NoSuchUpload`` for an
-  upload), or a HEAD's bodyless 404 carrying the store's request id
-  (:func:`head_size`); a missing bucket never reads as missing. A 404 without an S3
-  code (a gateway's or proxy's page) is transient, never missing.
+  upload), or a bodyless 404 carrying the store's request id (:func:`is_marked_404`)
+  to a HEAD (:func:`head_size`) or a DELETE (some stores answer a DELETE of a missing
+  key so). A 404 without an S3 code or that mark (a gateway's or proxy's page) is
+  transient, never missing. Caveat: a HEAD's 404 for a missing bucket carries the
+  request id too and cannot be told from a missing key's, so a stat reads a missing
+  bucket as a missing key (the tier's ``ensure_bucket`` at start-up rules that out; a
+  GET, which has a body, says ``NoSuchBucket``). A DELETE's so read is harmless: a
+  missing bucket holds no key either.
 * **Transient**: connection errors, timeouts, 5xx, 408/429 and throttling codes, and
   answers that are not what was asked for (:class:`WrongAnswer`): one whose body is
   not as long as its Content-Length (:func:`check_body_length`), a listing or a
@@ -54,6 +59,7 @@ __all__ = [
     "error_code",
     "head_size",
     "http_status",
+    "is_marked_404",
     "is_missing_key",
     "is_missing_upload",
     "is_transient",
@@ -113,6 +119,16 @@ def is_missing_key(exc: ClientError) -> bool:
     return error_code(exc) == "NoSuchKey"
 
 
+def is_marked_404(exc: ClientError) -> bool:
+    """A 404 without a body (no S3 code: a HEAD's, or a DELETE's on some stores) that
+    carries the store's request id (``x-amz-request-id``, on every answer of AWS S3 and
+    SeaweedFS): the store's own "not found", not a gateway's or proxy's page."""
+    if http_status(exc) != 404 or error_code(exc) not in ("", "404"):
+        return False
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return "x-amz-request-id" in headers
+
+
 def is_missing_upload(exc: ClientError) -> bool:
     """The store saying the multipart upload does not exist (``NoSuchUpload``): aborted
     or completed already."""
@@ -134,8 +150,7 @@ def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
     except ClientError as exc:
         if http_status(exc) != 404:
             raise
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        if "x-amz-request-id" not in headers:
+        if not is_marked_404(exc):
             _confirm_missing(client, bucket, full_key)
         return None
     if "ContentLength" not in response:
