@@ -17,9 +17,11 @@ aborts it once the archive answers again; one whose process was killed is aborte
 when a store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 
 A completion counts only once the store has said so and the object is there: an
-answer without the upload's result (a 200 whose body was lost after its headers
-parses as an empty result) is asked for again, and a HEAD must then find the key
-holding every byte sent before the put returns (see :func:`put_multipart`).
+answer cut short is asked for again; a 200 without the upload's result (an empty
+body, or a store that leaves the ETag out) is not, and a HEAD must then find the key
+holding every byte sent before the put returns (see :func:`put_multipart`). An upload
+whose completion may have landed is not aborted at once when the put fails: it goes
+to ``left_open``, for an abort once a later request goes through.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tierstore.tiers.s3_retry import (
     call_with_retries,
     head_size,
     is_missing_upload,
+    is_transient,
 )
 
 if TYPE_CHECKING:
@@ -117,10 +120,11 @@ def put_multipart(
 
     Aborts the upload on any failure (after the parts in flight end their current
     attempt: none is tried again, and no new part is sent once a failure is seen), then
-    re-raises it; an upload whose abort fails too is given to ``left_open(full_key,
-    upload_id)``, for an abort later. Returns once the completion was answered with
-    its result and a HEAD found the key holding every byte of ``parts``. Raises
-    ArchiveUnavailable, and InvalidArgument past 10,000 parts. Thread-safe.
+    re-raises it; an upload whose abort fails too, or whose completion may have landed
+    (an abort now could race it), is given to ``left_open(full_key, upload_id)``, for
+    an abort later. Returns once the store answered the completion 200 and a HEAD
+    found the key holding every byte of ``parts``. Raises ArchiveUnavailable, and
+    InvalidArgument past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
@@ -153,12 +157,15 @@ def put_multipart(
     failed = threading.Event()
     total = 0  # bytes sent, which the completed object must hold
     completions = 0
+    #: a completion was sent and not refused outright: the upload may be completed, and
+    #: an abort sent now could race a completion the store is still carrying out
+    maybe_completed = False
 
     def complete(parts: list[CompletedPartTypeDef]) -> None:
-        nonlocal completions
+        nonlocal completions, maybe_completed
         completions += 1
         try:
-            answer = client.complete_multipart_upload(
+            client.complete_multipart_upload(
                 Bucket=bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except ClientError as exc:
@@ -166,11 +173,17 @@ def put_multipart(
             # have landed, and the store then forgets the upload (the HEAD decides).
             if completions > 1 and is_missing_upload(exc):
                 return
+            maybe_completed = maybe_completed or is_transient(exc)
             raise
-        # botocore reads an error only from a body: a 200 whose body was lost after
-        # its headers parses as an empty result, the object perhaps never made.
-        if not answer.get("ETag"):
-            raise WrongAnswer("a 200 answer without the upload's result (no ETag)")
+        except BaseException:  # no answer, or one cut short: it may have landed
+            maybe_completed = True
+            raise
+        maybe_completed = True
+        # botocore reads an error only from a body: a 200 whose body was lost after its
+        # headers parses as an empty result (a cut body is refused before that, and
+        # asked again: the body may have held an error). One with no result at all, or
+        # without the ETag (a store that leaves it out), is the store's 200, the upload
+        # likely completed: not asked again, nor aborted; the HEAD below decides.
 
     try:
         done: list[CompletedPartTypeDef] = []
@@ -200,6 +213,12 @@ def put_multipart(
     except BaseException as exc:
         failed.set()  # no part in flight starts another attempt
         wait(in_flight)  # a part still being sent would otherwise land after the abort
+        if maybe_completed:
+            exc.add_note(
+                f"multipart upload {upload_id} is aborted later: its completion may have landed"
+            )
+            left_open(full_key, upload_id)
+            raise
         try:
             call_with_retries(
                 settings,
@@ -215,10 +234,15 @@ def put_multipart(
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
             left_open(full_key, upload_id)
         raise
-    # Completed: nothing to abort any more, whatever the HEAD finds.
-    call_with_retries(
-        settings, f"{what} HEAD", partial(_check_size, client, bucket, full_key, total)
-    )
+    try:
+        call_with_retries(
+            settings, f"{what} HEAD", partial(_check_size, client, bucket, full_key, total)
+        )
+    except ArchiveUnavailable:
+        # The completion may yet land, or may never have: an abort once a later request
+        # goes through ends the upload either way (a completed one is NoSuchUpload).
+        left_open(full_key, upload_id)
+        raise
 
 
 def _check_size(client: S3Client, bucket: str, full_key: str, expected: int) -> None:
