@@ -4,6 +4,7 @@ what a store's answers to an upload must hold before a put returns."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import raw_s3_client
 from tests.s3_stubs import (
     Script,
     ScriptedServer,
@@ -23,7 +25,7 @@ from tests.s3_stubs import (
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers import s3_parts
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
-from tierstore.tiers.s3_parts import cut_parts, fixed_parts, part_sizes
+from tierstore.tiers.s3_parts import cut_parts, fixed_parts, multipart_etag, part_sizes
 
 
 @given(
@@ -100,10 +102,12 @@ def multipart_store(
     size: int | None = _SIZE,
     created: bytes = _CREATED,
     part_etag: str | None = '"p"',
+    head_etag: str | None = None,
 ) -> Script:
     """A store taking one multipart upload, whose ``complete(n)`` answers its n-th
-    completion (from 1) and whose HEAD finds ``size`` bytes (None: no such key); it
-    answers a create with ``created`` and a part with ``part_etag`` (None: no ETag)."""
+    completion (from 1) and whose HEAD finds ``size`` bytes (None: no such key) under
+    ``head_etag`` (None: no ETag); it answers a create with ``created`` and a part with
+    ``part_etag`` (None: no ETag)."""
     completions = 0
 
     def script(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
@@ -118,7 +122,7 @@ def multipart_store(
         if request.command == "HEAD" and size is None:
             return s3_error(404, "NoSuchKey")
         if request.command == "HEAD":  # a body only to set the Content-Length; not sent
-            return 200, {}, bytes(size)
+            return 200, {} if head_etag is None else {"ETag": head_etag}, bytes(size)
         return 204, {}, b""  # the abort
 
     return script
@@ -208,23 +212,68 @@ def test_a_completion_never_answered_whole_is_not_aborted_at_once(
     assert server.methods[-2:] == ["PUT", "DELETE"]
 
 
+def test_a_completion_answered_with_its_result_needs_no_head(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    # Every multipart upload was followed by a HEAD: a request more per upload, and on
+    # a store that lags after a completion, a completed upload failed.
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=None))
+    tier.put("k", b"x" * _SIZE)
+    assert server.methods == ["POST", "PUT", "PUT", "POST"]
+
+
+def _forgotten(n: int) -> tuple[int, dict[str, str], bytes]:
+    """The first completion landed, its answer lost; the store then forgot the upload."""
+    return cut_short(200, _XML, b"", declared=300) if n == 1 else s3_error(404, "NoSuchUpload")
+
+
 def test_a_completion_the_store_forgot_counts_once_the_object_is_there(
     scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
 ) -> None:
-    # The first completion landed, its answer lost; the store then forgets the upload.
-    def complete(n: int) -> tuple[int, dict[str, str], bytes]:
-        return cut_short(200, _XML, b"", declared=300) if n == 1 else s3_error(404, "NoSuchUpload")
-
-    server, tier = scripted_tier(multipart_store(complete))
+    server, tier = scripted_tier(multipart_store(_forgotten))
     tier.put("k", b"x" * _SIZE)
     assert server.methods[-2:] == ["POST", "HEAD"]
+
+
+_PART_MD5 = hashlib.md5(b"part", usedforsecurity=False).hexdigest()
+#: the ETag S3 gives an object of two parts whose ETags are both _PART_MD5
+_TWO_PART_ETAG = hashlib.md5(bytes.fromhex(_PART_MD5) * 2, usedforsecurity=False).hexdigest() + "-2"
+
+
+@pytest.mark.parametrize(
+    ("part_etag", "head_etag", "ours"),
+    [
+        (f'"{_PART_MD5}"', f'"{_TWO_PART_ETAG}"', True),
+        (f'"{_PART_MD5}"', f'"{_TWO_PART_ETAG.upper()}"', True),
+        (f'"{_PART_MD5}"', f'"{_PART_MD5}-2"', False),  # another upload of two parts
+        (f'"{_PART_MD5}"', f'"{_PART_MD5}"', False),  # a single PUT's object
+        (f'"{_PART_MD5}"', None, False),
+        ('"p"', '"older-3"', False),  # opaque part ETags: the count of parts still tells
+        ('"p"', '"older-2"', True),  # ... and the size, nothing more
+        ('"p"', None, True),
+    ],
+)
+def test_a_completion_the_store_forgot_counts_only_for_the_uploads_own_object(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+    part_etag: str,
+    head_etag: str | None,
+    ours: bool,
+) -> None:
+    # Any object of the size sent counted as the upload's, an older one at the key too.
+    _, tier = scripted_tier(multipart_store(_forgotten, part_etag=part_etag, head_etag=head_etag))
+    if ours:
+        tier.put("k", b"x" * _SIZE)
+    else:
+        with pytest.raises(ArchiveUnavailable, match="not the upload's"):
+            tier.put("k", b"x" * _SIZE)
 
 
 @pytest.mark.parametrize("size", [None, _SIZE - 1])
 def test_a_completed_upload_whose_object_is_not_all_there_fails_the_put(
     scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]], size: int | None
 ) -> None:
-    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=size))
+    no_etag = _NO_RESULT["a result without its ETag"]
+    server, tier = scripted_tier(multipart_store(lambda n: no_etag, size=size))
     with pytest.raises(ArchiveUnavailable, match="completed, but the object"):
         tier.put("k", b"x" * _SIZE)
     assert server.methods.count("HEAD") == 3  # asked again: a store may lag
@@ -301,6 +350,14 @@ def test_a_completion_whose_answer_is_lost_leaves_the_object_whole_in_a_real_sto
         tier.put("k", value)
         assert cut
         assert bytes(direct.get("k") or b"") == value
+        # The completion sent again does not settle it: the object's ETag is checked
+        # against the one its parts' ETags make (SeaweedFS makes it as S3 does).
+        assert server.methods[-2:] == ["POST", "HEAD"]
+        client = raw_s3_client(s3_settings)
+        head = client.head_object(Bucket=s3_settings.bucket, Key=s3_settings.prefix + "k")
+        digest = hashlib.md5(value[: 5 * MiB], usedforsecurity=False).hexdigest()
+        rest = hashlib.md5(value[5 * MiB :], usedforsecurity=False).hexdigest()
+        assert head["ETag"].strip('"') == multipart_etag([digest, rest])
     finally:
         tier.close()
         direct.close()

@@ -18,16 +18,19 @@ when a store next opens on the prefix (``S3Tier.abort_incomplete_uploads``).
 
 A completion counts only once the store has said so and the object is there: an
 answer cut short is asked for again; a 200 without the upload's result (an empty
-body, or a store that leaves the ETag out) is not, and a HEAD must then find the key
-holding every byte sent before the put returns (see :func:`put_multipart`). An upload
+body, or a store that leaves the ETag out) is not. An answer that does not settle it
+(that 200, or any to a completion sent again) is checked with a HEAD before the put
+returns: the key must hold the upload's object (:func:`_check_object`). An upload
 whose completion may have landed is not aborted at once when the put fails: it goes
 to ``left_open``, for an abort once a later request goes through.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
 from functools import partial
 from itertools import repeat
@@ -40,7 +43,7 @@ from tierstore.tiers.s3_connection import S3Settings
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
     call_with_retries,
-    head_size,
+    head_object,
     is_missing_upload,
     is_transient,
 )
@@ -49,10 +52,13 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["cut_parts", "fixed_parts", "part_sizes", "put_multipart"]
+__all__ = ["cut_parts", "fixed_parts", "multipart_etag", "part_sizes", "put_multipart"]
 
 _MAX_PARTS: Final = 10_000
 _MAX_PART_SIZE: Final = 5 * 1024**3
+_MD5_HEX: Final = re.compile(r"[0-9a-f]{32}")
+#: a multipart object's ETag on most stores: ``-`` and the count of its parts at the end
+_PART_COUNT: Final = re.compile(r".+-([0-9]+)")
 #: how many times the part size may double before an upload runs out of parts
 _GROWTH_STEPS: Final = 10
 
@@ -122,8 +128,9 @@ def put_multipart(
     attempt: none is tried again, and no new part is sent once a failure is seen), then
     re-raises it; an upload whose abort fails too, or whose completion may have landed
     (an abort now could race it), is given to ``left_open(full_key, upload_id)``, for
-    an abort later. Returns once the store answered the completion 200 and a HEAD
-    found the key holding every byte of ``parts``. Raises ArchiveUnavailable, and
+    an abort later. Returns once the store answered the completion 200 with its ETag
+    at the first try, or else a HEAD found the upload's object at the key, holding
+    every byte of ``parts``. Raises ArchiveUnavailable, and
     InvalidArgument past 10,000 parts. Thread-safe.
     """
     bucket = settings.bucket
@@ -161,18 +168,19 @@ def put_multipart(
     #: an abort sent now could race a completion the store is still carrying out
     maybe_completed = False
 
-    def complete(parts: list[CompletedPartTypeDef]) -> None:
+    def complete(parts: list[CompletedPartTypeDef]) -> bool:
+        """Whether the store's answer settles it (else a HEAD must)."""
         nonlocal completions, maybe_completed
         completions += 1
         try:
-            client.complete_multipart_upload(
+            answer = client.complete_multipart_upload(
                 Bucket=bucket, Key=full_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except ClientError as exc:
             # A completion tried again after one whose answer was lost: the first may
             # have landed, and the store then forgets the upload (the HEAD decides).
             if completions > 1 and is_missing_upload(exc):
-                return
+                return False
             maybe_completed = maybe_completed or is_transient(exc)
             raise
         except BaseException:  # no answer, or one cut short: it may have landed
@@ -183,7 +191,9 @@ def put_multipart(
         # headers parses as an empty result (a cut body is refused before that, and
         # asked again: the body may have held an error). One with no result at all, or
         # without the ETag (a store that leaves it out), is the store's 200, the upload
-        # likely completed: not asked again, nor aborted; the HEAD below decides.
+        # likely completed: not asked again, nor aborted; the HEAD below decides. So
+        # does one answering a completion sent again (the first's answer lost).
+        return completions == 1 and bool(answer.get("ETag"))
 
     try:
         done: list[CompletedPartTypeDef] = []
@@ -209,7 +219,7 @@ def put_multipart(
         while in_flight:
             collect(FIRST_EXCEPTION)  # every part sent, or the first that failed
         done.sort(key=lambda item: item["PartNumber"])
-        call_with_retries(settings, f"{what} complete", partial(complete, done))
+        settled = call_with_retries(settings, f"{what} complete", partial(complete, done))
     except BaseException as exc:
         failed.set()  # no part in flight starts another attempt
         wait(in_flight)  # a part still being sent would otherwise land after the abort
@@ -234,10 +244,12 @@ def put_multipart(
             exc.add_note(f"aborting multipart upload {upload_id} also failed: {abort_exc}")
             left_open(full_key, upload_id)
         raise
+    if settled:
+        return
+    etags = [part["ETag"] for part in done]
+    check = partial(_check_object, client, bucket, full_key, total, etags)
     try:
-        call_with_retries(
-            settings, f"{what} HEAD", partial(_check_size, client, bucket, full_key, total)
-        )
+        call_with_retries(settings, f"{what} HEAD", check)
     except ArchiveUnavailable:
         # The completion may yet land, or may never have: an abort once a later request
         # goes through ends the upload either way (a completed one is NoSuchUpload).
@@ -245,13 +257,49 @@ def put_multipart(
         raise
 
 
-def _check_size(client: S3Client, bucket: str, full_key: str, expected: int) -> None:
-    """WrongAnswer unless ``full_key`` holds ``expected`` bytes (one HEAD): a completion
-    whose answer was lost, then forgotten by the store, may or may not have landed."""
-    size = head_size(client, bucket, full_key)
-    if size != expected:
-        found = "is missing" if size is None else f"holds {size} bytes"
+def multipart_etag(part_etags: Sequence[str]) -> str | None:
+    """The ETag S3 gives the object an upload of parts with ``part_etags`` (as the store
+    answered them) makes: the hex MD5 of their binary digests back to back, then ``-``
+    and their count. None unless every part's ETag is an MD5 in hex (a store whose part
+    ETags are something else may well make its objects' otherwise). Pure."""
+    digests = [etag.strip('"').lower() for etag in part_etags]
+    if not digests or not all(_MD5_HEX.fullmatch(digest) for digest in digests):
+        return None
+    joined = b"".join(bytes.fromhex(digest) for digest in digests)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+def _check_object(
+    client: S3Client, bucket: str, full_key: str, expected: int, part_etags: Sequence[str]
+) -> None:
+    """WrongAnswer unless ``full_key`` (one HEAD) is the object the upload of parts with
+    ``part_etags``, ``expected`` bytes in all, made: for a completion whose answer did
+    not settle it (a 200 without its result, or a completion sent again, perhaps
+    answered NoSuchUpload), the upload may or may not have landed, and an older object
+    may be at the key.
+
+    Compared: the size; where the store's part ETags are MD5s (S3's, and most stores'),
+    the object's ETag with :func:`multipart_etag` (an older object at the key, or a
+    single PUT's, has another); else, where the object's ETag ends in ``-N`` (a
+    multipart object's on most stores), N with the count of parts. An opaque ETag is
+    not compared: a store that makes them would fail every such check.
+    """
+    head = head_object(client, bucket, full_key)
+    if head is None or head.size != expected:
+        found = "is missing" if head is None else f"holds {head.size} bytes"
         raise WrongAnswer(f"completed, but the object {found}, not the {expected} bytes sent")
+    etag = head.etag.strip('"').lower()
+    ours = multipart_etag(part_etags)
+    if ours is not None:
+        matches = etag == ours
+    else:
+        count = _PART_COUNT.fullmatch(etag)
+        matches = count is None or int(count[1]) == len(part_etags)
+    if not matches:
+        raise WrongAnswer(
+            f"completed, but the object's ETag {head.etag or 'none'} is not the upload's "
+            f"({ours or f'-{len(part_etags)}'}): another object at the key"
+        )
 
 
 def _in_background(work: Callable[[], T], name: str) -> Future[T]:

@@ -31,6 +31,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -53,10 +54,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GaveUp",
+    "Head",
     "WrongAnswer",
     "call_with_retries",
     "check_body_length",
     "error_code",
+    "head_object",
     "head_size",
     "http_status",
     "is_marked_404",
@@ -135,8 +138,25 @@ def is_missing_upload(exc: ClientError) -> bool:
     return error_code(exc) == "NoSuchUpload"
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What a HEAD found of an object: its size, and its ETag as sent (quotes and all;
+    empty when the store sent none)."""
+
+    size: int
+    etag: str
+
+
 def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
-    """The size of ``full_key`` (one HEAD); None when the store says it does not exist.
+    """The size of ``full_key`` (one HEAD, as :func:`head_object`); None when the store
+    says it does not exist."""
+    head = head_object(client, bucket, full_key)
+    return None if head is None else head.size
+
+
+def head_object(client: S3Client, bucket: str, full_key: str) -> Head | None:
+    """The size and ETag of ``full_key`` (one HEAD); None when the store says it does
+    not exist.
 
     A HEAD's answer has no body, so no S3 code: its 404 counts as missing when it
     carries the store's request id (``x-amz-request-id``, on every answer of AWS S3 and
@@ -155,7 +175,7 @@ def head_size(client: S3Client, bucket: str, full_key: str) -> int | None:
         return None
     if "ContentLength" not in response:
         raise WrongAnswer("a HEAD answer without its Content-Length")
-    return int(response["ContentLength"])
+    return Head(int(response["ContentLength"]), str(response.get("ETag", "")))
 
 
 def _confirm_missing(client: S3Client, bucket: str, full_key: str) -> None:
