@@ -190,7 +190,8 @@ class EngineSettings:
         for name, count in at_least_one.items():
             if count < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {count}")
-        if self.mover_threads > MAX_MOVER_THREADS:  # each holds a part (8 MiB) in memory
+        # Each holds a part in memory: 8 MiB, or a 10,000th of a shard over 78.125 GiB.
+        if self.mover_threads > MAX_MOVER_THREADS:
             raise InvalidArgument(
                 f"mover_threads must be at most {MAX_MOVER_THREADS}, got {self.mover_threads}"
             )

@@ -34,6 +34,7 @@ from tests.engine.stores import (
 from tierstore.engine.records import archive_frames_key, archive_manifest_key
 from tierstore.engine.store import Store
 from tierstore.errors import BacklogFull, IntegrityError, ResourceExhausted
+from tierstore.tiers.base import SizedStream
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -608,6 +609,28 @@ def test_an_upload_overtaken_by_an_overwrite_is_not_data_loss(open_store: StoreF
     assert store.stats().data_loss == ()
     assert store.get("plain", "raced").to_bytes() == payload(2 * FRAME, 8)
     assert store.stat("plain", "raced").archived
+
+
+def test_a_shard_goes_to_the_archive_with_its_length(open_store: StoreFactory) -> None:
+    # The S3 tier sizes every part of an upload by the object's length (some stores
+    # refuse parts of two sizes): the mover knows it, and says so.
+    sent: list[tuple[int, int]] = []  # each frames object's declared and actual length
+
+    class Sizes(FaultyTier):
+        def put(self, key: str, value: object) -> None:  # type: ignore[override]
+            if key.endswith(".frames"):
+                assert isinstance(value, SizedStream)
+                chunks = [bytes(chunk) for chunk in value]
+                sent.append((value.size, sum(map(len, chunks))))
+                value = chunks
+            super().put(key, value)  # type: ignore[arg-type]
+
+    archive = Sizes(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    store.put("plain", "s", payload(3 * FRAME + 5, 3))
+    assert store.drain(10)
+    ((declared, held),) = sent
+    assert declared == held > 3 * FRAME
 
 
 def test_stop_waits_once_for_all_its_threads_not_once_per_thread(

@@ -14,6 +14,8 @@ from tests.engine.stores import wait_until
 from tierstore.engine import stallwatch
 from tierstore.engine.stallwatch import StallWatch
 
+MiB = 1024 * 1024
+
 
 def test_a_slow_attempt_stalls_after_the_stall_time_per_part_in_flight(
     monkeypatch: pytest.MonkeyPatch,
@@ -34,6 +36,31 @@ def test_a_slow_attempt_stalls_after_the_stall_time_per_part_in_flight(
     watch._since = time.monotonic() - 45
     watch.end()  # between attempts: nothing in progress
     assert watch.stalled_for() is None
+
+
+def test_the_stall_time_grows_with_the_parts_of_a_large_upload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An object too large for 10,000 parts of 8 MiB goes up in larger parts, one of
+    # which hands the archive no new data for as long as it takes to send: a part of
+    # 100 MiB at 1 MB/s is healthy, and took 100 s, past the 30 s stall time.
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 10.0)
+    watch = StallWatch(parts_in_flight=2)
+    watch.begin()
+    watch.uploading(10_000 * 40 * MiB)  # parts of 40 MiB: 5 times 8 MiB
+    watch._since = time.monotonic() - 90  # within 2 x 10 s x 5
+    assert watch.stalled_for() is None
+    watch._since = time.monotonic() - 110
+    assert (watch.stalled_for() or 0) >= 110
+    watch.uploading(0)  # the upload done (its manifest next): back to 8 MiB parts
+    assert watch.stalled_for() is not None
+    watch.uploading(10_000 * 8 * MiB)  # fits 8 MiB parts: no more time than those
+    watch._since = time.monotonic() - 25
+    assert watch.stalled_for() is not None
+    watch.uploading(10_000 * 40 * MiB)
+    watch.begin()  # a new attempt starts from 8 MiB parts
+    watch._since = time.monotonic() - 25
+    assert watch.stalled_for() is not None
 
 
 def test_a_stall_is_logged_once_and_so_is_the_data_going_again(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 
@@ -22,10 +21,14 @@ from tests.s3_stubs import (
     forwarded,
     s3_error,
 )
-from tierstore.errors import ArchiveUnavailable
-from tierstore.tiers import s3_parts
+from tierstore.errors import ArchiveUnavailable, InvalidArgument
+from tierstore.tiers import s3_limits
+from tierstore.tiers.base import SizedStream
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
-from tierstore.tiers.s3_parts import cut_parts, fixed_parts, multipart_etag, part_sizes
+from tierstore.tiers.s3_parts import cut_parts, fixed_parts, multipart_etag
+
+GiB = 1024 * MiB
+TiB = 1024 * GiB
 
 
 @given(
@@ -55,21 +58,29 @@ def test_parts_are_the_stream_recut_to_each_size_in_turn(
     assert all(0 < len(part) <= expected[i] for i, part in enumerate(parts))
 
 
-def test_part_sizes_take_an_object_s3_takes_in_parts_s3_takes() -> None:
-    for first in (5 * MiB, 8 * MiB, 64 * MiB, 5 * 1024 * MiB):
-        sizes = list(itertools.islice(part_sizes(first), 10_000))
-        assert sizes[:1000] == [first] * 1000  # one size, for objects of 1,000 parts
-        assert sizes == sorted(sizes)
-        assert all(first <= size <= max(first, 5 * 1024 * MiB) for size in sizes)
-        if first >= 8 * MiB:
-            assert sum(sizes) >= 5 * 1024**4  # S3's largest object
-    # 78.125 GiB of 8 MiB parts, the most fixed parts held, fit well inside the limit.
-    sizes = part_sizes(8 * MiB)
-    held = parts = 0
-    while held < 10_000 * 8 * MiB + 1:
-        held += next(sizes)
-        parts += 1
-    assert parts < 4000
+@pytest.mark.parametrize(
+    "total",
+    [0, 1, 78 * GiB, 10_000 * 8 * MiB, 10_000 * 8 * MiB + 1, 9 * GiB, 100 * GiB, TiB, 5 * TiB],
+)
+@pytest.mark.parametrize("configured", [5 * MiB, 8 * MiB, 64 * MiB + 3])
+def test_an_object_of_known_length_has_one_part_size_within_s3s_limits(
+    total: int, configured: int
+) -> None:
+    from tierstore.tiers.s3_limits import MAX_PARTS, part_size_for
+
+    size = part_size_for(total, configured)
+    assert -(-total // size) <= MAX_PARTS
+    assert configured <= size <= 5 * GiB
+    if size > configured:  # grown only as far as needed, to a MiB
+        assert size % MiB == 0 and -(-total // (size - MiB)) > MAX_PARTS
+
+
+def test_an_object_past_s3s_limits_is_refused_up_front() -> None:
+    from tierstore.tiers.s3_limits import part_size_for
+
+    assert part_size_for(10_000 * 5 * GiB, 8 * MiB) == 5 * GiB
+    with pytest.raises(InvalidArgument, match="over 10,000 parts of 5 GiB"):
+        part_size_for(10_000 * 5 * GiB + 1, 8 * MiB)
 
 
 def test_a_part_does_not_change_when_its_chunks_do() -> None:
@@ -301,19 +312,82 @@ def test_a_part_answered_without_an_etag_is_sent_again(
     assert server.methods == ["POST", "PUT", "PUT", "PUT", "DELETE"]  # the part, then the abort
 
 
-def test_a_stream_longer_than_the_part_limit_of_parts_of_the_set_size_is_uploaded(
+def recording_store(size: int) -> tuple[Script, list[int]]:
+    """A multipart_store whose object holds ``size`` bytes, and the length of every
+    part sent to it, in order."""
+    lengths: list[int] = []
+    store = multipart_store(lambda n: (200, _XML, _COMPLETED), size=size)
+
+    def script(n: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if request.command == "PUT":
+            lengths.append(len(getattr(request, "body", b"")))
+        return store(n, request)
+
+    return script, lengths
+
+
+@pytest.mark.parametrize("sized", ["one buffer", "a sized stream"])
+def test_an_object_of_more_parts_than_the_limit_goes_in_parts_of_one_size(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+    monkeypatch: pytest.MonkeyPatch,
+    sized: str,
+) -> None:
+    # Past 1,000 parts the part size doubled every 1,000 parts: Cloudflare R2 refuses an
+    # upload whose parts (but the last) differ in size, so shards of 8-78 GiB that went
+    # up there in 8 MiB parts failed. S3's limit shrunk to 20 parts, so that the test
+    # sends MiBs, not 78 GiB.
+    monkeypatch.setattr(s3_limits, "MAX_PARTS", 20)
+    size = 21 * 5 * MiB + 3
+    script, lengths = recording_store(size)
+    _, tier = scripted_tier(script)
+    data = bytes(size)
+    if sized == "one buffer":
+        tier.put("k", data)
+    else:
+        chunks = (memoryview(data)[i : i + MiB] for i in range(0, size, MiB))
+        tier.put("k", SizedStream(chunks, size))
+    assert len(lengths) <= 20 and sum(lengths) == size
+    assert len(set(lengths[:-1])) == 1 and lengths[-1] <= lengths[0]
+    assert lengths[0] == 6 * MiB  # a 20th of the object, up to a MiB
+
+
+def test_a_stream_of_unknown_length_past_the_part_limit_is_refused(
     scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Parts were all multipart_part_size: a shard over 10,000 of them (78.125 GiB of
-    # 8 MiB parts) could never be archived, and failed only after sending 10,000
-    # parts, holding the journal. S3's limit shrunk to 20 parts, so that the test
-    # sends MiBs, not 78 GiB.
-    monkeypatch.setattr(s3_parts, "_MAX_PARTS", 20)
+    # One part size for every upload: a stream that does not say its length gets the
+    # set part size, and past the limit it is refused (its upload aborted), not sent on
+    # in larger parts some stores refuse.
+    monkeypatch.setattr(s3_limits, "MAX_PARTS", 20)
     size = 21 * 5 * MiB
-    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED), size=size))
-    tier.put("k", (memoryview(bytes(MiB)) for _ in range(size // MiB)))
-    assert server.methods.count("PUT") <= 20
+    script, lengths = recording_store(size)
+    server, tier = scripted_tier(script)
+    with pytest.raises(InvalidArgument, match="SizedStream"):
+        tier.put("k", (memoryview(bytes(MiB)) for _ in range(size // MiB)))
+    assert lengths == [5 * MiB] * 20
+    assert server.methods[-1] == "DELETE"  # aborted
+
+
+def test_a_sized_stream_too_large_for_s3_is_refused_before_any_request(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED)))
+    with pytest.raises(InvalidArgument, match="over 10,000 parts"):
+        tier.put("k", SizedStream([b"x" * 6 * MiB], 10_000 * 5 * GiB + 1))
+    assert server.requests == 0
+
+
+@pytest.mark.parametrize("actual", [_SIZE - 1, _SIZE + 1, 4 * MiB])
+def test_a_sized_stream_that_does_not_hold_its_size_is_refused(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]], actual: int
+) -> None:
+    # Its parts were sized by a length it does not have: a caller's mistake, never an
+    # object of another size than the one promised.
+    server, tier = scripted_tier(multipart_store(lambda n: (200, _XML, _COMPLETED)))
+    with pytest.raises(InvalidArgument, match="holds"):
+        tier.put("k", SizedStream([b"x" * actual], _SIZE))
+    assert "DELETE" in server.methods or server.methods.count("POST") == 0
+    assert server.methods.count("POST") <= 1  # never completed
 
 
 @pytest.mark.parametrize("store_completes", [False, True])

@@ -45,6 +45,7 @@ from tierstore.engine.records import (
     frame_digest_of,
     frame_key,
 )
+from tierstore.engine.sealing import stored_size
 from tierstore.engine.stallwatch import StallWatch
 from tierstore.errors import (
     IntegrityError,
@@ -53,7 +54,7 @@ from tierstore.errors import (
     Unavailable,
     UnknownKeyId,
 )
-from tierstore.tiers.base import Tier
+from tierstore.tiers.base import SizedStream, Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
 __all__ = ["Mover"]
@@ -686,10 +687,14 @@ class Mover:
         record with the frames' digests (:attr:`ShardRecord.frame_digests`), which the
         manifest holds too."""
         digests: list[bytes] = []
-        self._archive.put(
-            archive_frames_key(record.dataset, record.generation),
-            self._stored_frames(record, digests),
-        )
+        size = stored_size(record)
+        # Its length up front: the S3 tier sizes every part by it, one size for all.
+        frames = SizedStream(self._stored_frames(record, digests), size)
+        self.stall_watch.uploading(size)  # a larger part takes longer to send
+        try:
+            self._archive.put(archive_frames_key(record.dataset, record.generation), frames)
+        finally:
+            self.stall_watch.uploading(0)
         record = record.with_state(frame_digests=b"".join(digests))
         self._put_manifest(record)  # after the frames: a manifest means they are whole
         return record

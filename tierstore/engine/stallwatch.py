@@ -13,15 +13,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Final
+
+from tierstore.errors import InvalidArgument
+from tierstore.tiers.s3_limits import MAX_PART_SIZE, MiB, part_size_for
 
 __all__ = ["STALL_REPORT_S", "StallWatch"]
 
 log = logging.getLogger(__name__)
 
 #: seconds a journal entry may hand the archive no data before it counts as stalled,
-#: per part in flight (mover_threads): a part of 8 MiB slower than that, about
-#: 280 KB/s, is as good as no answer
+#: per part in flight (mover_threads) of 8 MiB: a part slower than that, about
+#: 280 KB/s, is as good as no answer. A larger part gets proportionally more.
 STALL_REPORT_S = 30.0
+#: the part size STALL_REPORT_S is meant for (the S3 tier's default)
+_PART_BYTES: Final = 8 * MiB
 
 
 class StallWatch:
@@ -29,10 +35,15 @@ class StallWatch:
     journal thread (or a write-through caller holding the journal) marks an attempt's
     :meth:`begin`, each frame it hands over (:meth:`progressed`) and its :meth:`end`;
     any thread may ask :meth:`stalled_for`. ``parts_in_flight``: the parts of one
-    upload sent at once (``mover_threads``)."""
+    upload sent at once (``mover_threads``). An upload of an object too large for
+    10,000 parts of 8 MiB goes in larger parts (:func:`part_size_for
+    <tierstore.tiers.s3_limits.part_size_for>`), each of which hands no new data for
+    as long as it takes to send: the journal thread says so (:meth:`uploading`)."""
 
     def __init__(self, parts_in_flight: int) -> None:
         self._parts_in_flight = parts_in_flight
+        #: the size of the parts the attempt now sends
+        self._part_bytes = _PART_BYTES
         #: when the attempt in progress began or last handed data; None between them.
         self._since: float | None = None
         #: attempts begun so far: tells a stall of one attempt from the next's.
@@ -40,8 +51,18 @@ class StallWatch:
 
     def begin(self) -> None:
         """An attempt at a journal entry starts."""
+        self._part_bytes = _PART_BYTES
         self._since = time.monotonic()
         self._attempts += 1
+
+    def uploading(self, size: int) -> None:
+        """The attempt now uploads an object of ``size`` bytes (0: that upload ended),
+        in parts of 8 MiB or, for one too large for 10,000 of them, larger: a stall is
+        then that much longer per part."""
+        try:
+            self._part_bytes = part_size_for(size, _PART_BYTES)
+        except InvalidArgument:  # refused before a byte is sent
+            self._part_bytes = MAX_PART_SIZE
 
     def progressed(self) -> None:
         """The attempt in progress handed the archive data (a frame was asked for)."""
@@ -60,7 +81,8 @@ class StallWatch:
         idle = time.monotonic() - since
         # The next frame is asked for as a part completes, and the parts in flight share
         # the link: at that many parts, completions come that many times apart.
-        return idle if idle >= STALL_REPORT_S * self._parts_in_flight else None
+        allowed = STALL_REPORT_S * self._parts_in_flight * self._part_bytes / _PART_BYTES
+        return idle if idle >= allowed else None
 
     def describe(self) -> str | None:
         """What a stall means, for stats and the log; None when there is none."""

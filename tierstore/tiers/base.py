@@ -11,7 +11,7 @@ backend lazily when they find themselves in a new process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ __all__ = [
     "BytesLike",
     "ListPage",
     "ObjectStat",
+    "SizedStream",
     "Tier",
     "byte_view",
     "resolve_range",
@@ -35,6 +36,21 @@ class ObjectStat:
 
     key: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SizedStream:
+    """A tier value of many buffers whose total length is known before they are read:
+    ``chunks``, back to back, hold ``size`` bytes. Any tier takes it as the iterable it
+    is; one that writes in pieces may size them by it (the S3 tier's multipart parts:
+    one size for every part, though the object is too large for its set part size).
+    A tier may refuse a stream that does not hold ``size`` bytes."""
+
+    chunks: Iterable[BytesLike]
+    size: int
+
+    def __iter__(self) -> Iterator[BytesLike]:
+        return iter(self.chunks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,11 @@ Contract highlights (beyond :class:`tierstore.tiers.base.Tier`):
   The policy lives in :mod:`tierstore.tiers.s3_retry`.
 * **Ranges** follow :func:`resolve_range` exactly; the store's 416 answer is
   turned into the same result with one HEAD.
-* **Large writes** stream as multipart uploads of ``multipart_part_size`` parts
-  (larger past the first 1,000; aborted on any failure), so an iterable of buffers
-  is never joined in memory (:mod:`tierstore.tiers.s3_parts`).
+* **Large writes** stream as multipart uploads of parts of one size (aborted on any
+  failure), so an iterable of buffers is never joined in memory
+  (:mod:`tierstore.tiers.s3_parts`): ``multipart_part_size``, or for a value of known
+  length (one buffer, a :class:`SizedStream`) too large for 10,000 such parts, a
+  10,000th of it (:func:`tierstore.tiers.s3_limits.part_size_for`).
 * **Fork and thread safety.** boto3 clients are thread-safe but must not cross
   ``fork()`` (a child sharing the parent's pooled connections can read the
   other's bytes). The client and the thread pool are therefore created lazily
@@ -49,12 +51,14 @@ from tierstore.tiers.base import (
     BytesLike,
     ListPage,
     ObjectStat,
+    SizedStream,
     byte_view,
     resolve_range,
     value_chunks,
 )
 from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, aliased_path, new_client
-from tierstore.tiers.s3_parts import cut_parts, part_sizes, put_multipart
+from tierstore.tiers.s3_limits import part_size_for
+from tierstore.tiers.s3_parts import fixed_parts, put_multipart
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
     call_with_retries,
@@ -316,12 +320,18 @@ class S3Tier:
         """Store ``value`` (one buffer or an iterable of buffers, back to back) under ``key``.
 
         A single buffer under ``multipart_threshold`` (or an iterable that ends
-        before it) is one PUT; anything larger streams as a multipart upload of
-        ``multipart_part_size`` parts (larger past the first 1,000), holding about one
-        threshold of bytes in memory. A failed multipart upload is aborted. Durable
-        when it returns.
-        Raises :class:`ArchiveUnavailable`, :class:`TypeError` for a value not
-        made of buffers, :class:`StoreClosed` after ``close``. Thread-safe.
+        before it) is one PUT; anything larger streams as a multipart upload whose
+        parts (but the last) are all one size: ``multipart_part_size``, or for a value
+        whose length is known up front (one buffer, or a :class:`SizedStream`) and
+        that needs more than 10,000 such parts, the least whole number of MiB that
+        fits it in 10,000 (at most 5 GiB). It holds about one threshold of bytes, or
+        ``upload_parallelism`` + 1 parts, in memory. A failed multipart upload is
+        aborted. Durable when it returns.
+        Raises :class:`ArchiveUnavailable`; :class:`InvalidArgument` up front for a
+        value of known length over 10,000 parts of 5 GiB, for an iterable of unknown
+        length once it runs past 10,000 parts (give its length: a SizedStream), and
+        for a SizedStream that does not hold its size; :class:`TypeError` for a
+        value not made of buffers; :class:`StoreClosed` after ``close``. Thread-safe.
         """
         state = self._state()
         client = state.client
@@ -333,7 +343,20 @@ class S3Tier:
             self._put_small(client, full_key, data)
             self._abort_left_open(state)
             return
-        parts = cut_parts(value_chunks(value), part_sizes(s.multipart_part_size))
+        length = (
+            single.nbytes
+            if single is not None
+            else value.size
+            if isinstance(value, SizedStream)
+            else None
+        )
+        # One part size for the whole upload (some stores refuse parts of two sizes).
+        part_size = (
+            s.multipart_part_size
+            if length is None
+            else part_size_for(length, s.multipart_part_size)
+        )
+        parts = fixed_parts(value_chunks(value), part_size)
         head: list[bytes] = []
         size = 0
         for part in parts:
@@ -342,6 +365,10 @@ class S3Tier:
             if size >= s.multipart_threshold:
                 break
         else:
+            if length is not None and size != length:
+                raise InvalidArgument(
+                    f"PUT {s.bucket}/{full_key}: the value holds {size:,} bytes, not its {length:,}"
+                )
             self._put_small(client, full_key, b"".join(head))
             self._abort_left_open(state)
             return
@@ -350,7 +377,7 @@ class S3Tier:
             with state.lock:
                 state.left_open.add((key, upload_id))
 
-        put_multipart(client, self.settings, full_key, chain(head, parts), left_open)
+        put_multipart(client, self.settings, full_key, chain(head, parts), left_open, length)
         self._abort_left_open(state)
 
     def _abort_left_open(self, state: ProcessState) -> None:

@@ -1,11 +1,8 @@
 """Multipart uploads: a stream of buffers re-cut into parts and sent as one upload.
 
-S3 wants every part but the last to be at least 5 MiB and at most 5 GiB, and an
-upload to have at most 10,000 parts; the stream's length is not known up front. The
-first 1,000 parts are ``multipart_part_size`` bytes, and the size doubles for each
-next 1,000 (:func:`part_sizes`): an object of up to 1,000 parts has parts of one size
-(which some stores want), and 10,000 parts of 8 MiB and up reach 8 TiB (S3 takes
-objects of up to 5 TiB). Up to ``upload_parallelism`` parts
+Every part of an upload but the last has one size, as some stores want
+(:mod:`tierstore.tiers.s3_limits`): the caller picks it, from the object's length when
+known. An upload is refused past S3's 10,000 parts. Up to ``upload_parallelism`` parts
 are sent at once (one request each, on threads of the upload's own), while the
 caller's thread cuts the next: one connection to an object store rarely carries more
 than a fraction of its bandwidth. The stream is never joined in memory: the parts in
@@ -39,6 +36,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from botocore.exceptions import ClientError
 
 from tierstore.errors import ArchiveUnavailable, InvalidArgument
+from tierstore.tiers import s3_limits
 from tierstore.tiers.s3_connection import S3Settings
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
@@ -52,30 +50,13 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["cut_parts", "fixed_parts", "multipart_etag", "part_sizes", "put_multipart"]
+__all__ = ["cut_parts", "fixed_parts", "multipart_etag", "put_multipart"]
 
-_MAX_PARTS: Final = 10_000
-_MAX_PART_SIZE: Final = 5 * 1024**3
 _MD5_HEX: Final = re.compile(r"[0-9a-f]{32}")
 #: a multipart object's ETag on most stores: ``-`` and the count of its parts at the end
 _PART_COUNT: Final = re.compile(r".+-([0-9]+)")
-#: how many times the part size may double before an upload runs out of parts
-_GROWTH_STEPS: Final = 10
 
 T = TypeVar("T")
-
-
-def part_sizes(first: int) -> Iterator[int]:
-    """The size of each part of an upload of unknown length, in order: ``first`` for the
-    first tenth of S3's 10,000 parts, doubled for each next tenth, never above 5 GiB
-    (nor below ``first``). From 8 MiB, 10,000 parts hold 8 TiB; a part is held in
-    memory while it is sent, so a shard of hundreds of GiB holds parts of up to
-    hundreds of MiB. Endless; pure."""
-    step = max(1, _MAX_PARTS // _GROWTH_STEPS)
-    size = first
-    while True:
-        yield from repeat(size, step)
-        size = max(first, min(2 * size, _MAX_PART_SIZE))
 
 
 def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
@@ -119,6 +100,7 @@ def put_multipart(
     full_key: str,
     parts: Iterable[bytes],
     left_open: Callable[[str, str], None] = lambda key, upload_id: None,
+    size: int | None = None,
 ) -> None:
     """Upload ``parts``, in order, as one multipart upload of ``full_key``, sending up
     to ``settings.upload_parallelism`` of them at once. ``parts`` is consumed on the
@@ -131,7 +113,10 @@ def put_multipart(
     an abort later. Returns once the store answered the completion 200 with its ETag
     at the first try, or else a HEAD found the upload's object at the key, holding
     every byte of ``parts``. Raises ArchiveUnavailable, and
-    InvalidArgument past 10,000 parts. Thread-safe.
+    InvalidArgument past 10,000 parts (naming :class:`SizedStream
+    <tierstore.tiers.base.SizedStream>`, which sizes the parts to fit) and when
+    ``parts`` do not hold ``size`` bytes (given: the length the parts were sized by).
+    Thread-safe.
     """
     bucket = settings.bucket
     what = f"multipart PUT {bucket}/{full_key}"
@@ -205,8 +190,11 @@ def put_multipart(
                 done.append(future.result())  # a failed part raises here
 
         for number, part in enumerate(parts, start=1):
-            if number > _MAX_PARTS:
-                raise InvalidArgument(f"{what}: over {_MAX_PARTS} parts; raise the part size")
+            if number > s3_limits.MAX_PARTS:
+                raise InvalidArgument(
+                    f"{what}: over {s3_limits.MAX_PARTS:,} parts of {len(part):,} bytes; "
+                    "give its length (a SizedStream) or raise the part size"
+                )
             total += len(part)
             if settings.upload_parallelism == 1:
                 done.append(send(number, part))  # on this thread: no second one cutting
@@ -218,6 +206,8 @@ def put_multipart(
             in_flight.add(_in_background(partial(send, number, part), f"s3-part-{number}"))
         while in_flight:
             collect(FIRST_EXCEPTION)  # every part sent, or the first that failed
+        if size is not None and total != size:  # the parts were sized by a wrong length
+            raise InvalidArgument(f"{what}: the value holds {total:,} bytes, not its {size:,}")
         done.sort(key=lambda item: item["PartNumber"])
         settled = call_with_retries(settings, f"{what} complete", partial(complete, done))
     except BaseException as exc:
