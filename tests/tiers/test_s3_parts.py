@@ -223,6 +223,23 @@ def test_a_completion_never_answered_whole_is_not_aborted_at_once(
     assert server.methods[-2:] == ["PUT", "DELETE"]
 
 
+def test_a_put_of_a_key_first_aborts_its_earlier_upload_that_may_still_land(
+    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
+) -> None:
+    # The earlier upload was aborted only after the next put went through: a late
+    # completion of it could replace that put's object.
+    server, tier = scripted_tier(multipart_store(lambda n: cut_short(200, _XML, b"", declared=300)))
+    with pytest.raises(ArchiveUnavailable, match="complete"):
+        tier.put("k", b"x" * _SIZE)
+    tier.put("other", b"v")  # another key's put goes through first: aborted after it
+    assert server.methods[-2:] == ["PUT", "DELETE"]
+    with pytest.raises(ArchiveUnavailable, match="complete"):
+        tier.put("k", b"x" * _SIZE)
+    before = len(server.methods)
+    tier.put("k", b"v")
+    assert server.methods[before:] == ["DELETE", "PUT"]  # the abort, then the put
+
+
 def test_a_completion_answered_with_its_result_needs_no_head(
     scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
 ) -> None:
@@ -256,6 +273,7 @@ _TWO_PART_ETAG = hashlib.md5(bytes.fromhex(_PART_MD5) * 2, usedforsecurity=False
     [
         (f'"{_PART_MD5}"', f'"{_TWO_PART_ETAG}"', True),
         (f'"{_PART_MD5}"', f'"{_TWO_PART_ETAG.upper()}"', True),
+        (f'"{_PART_MD5}"', f'W/"{_TWO_PART_ETAG}"', True),  # marked weak by a proxy
         (f'"{_PART_MD5}"', f'"{_PART_MD5}-2"', False),  # another upload of two parts
         (f'"{_PART_MD5}"', f'"{_PART_MD5}"', False),  # a single PUT's object
         (f'"{_PART_MD5}"', None, False),

@@ -337,6 +337,9 @@ class S3Tier:
         client = state.client
         s = self.settings
         full_key = self._key(key)
+        # An earlier put of this key whose completion may still land (its answer lost)
+        # is aborted first, or it could replace this put's object after it.
+        self._abort_left_open(state, only=full_key)
         single = byte_view(value)
         if single is not None and single.nbytes < s.multipart_threshold:
             data = value if isinstance(value, bytes) else single.tobytes()
@@ -380,14 +383,20 @@ class S3Tier:
         put_multipart(client, self.settings, full_key, chain(head, parts), left_open, length)
         self._abort_left_open(state)
 
-    def _abort_left_open(self, state: ProcessState) -> None:
-        """Abort the failed multipart uploads whose abort failed too (the archive down),
-        now that a put or delete went through: their parts cost storage, unseen, until a
-        store next opened on the prefix. One that fails again is kept for the next."""
+    def _abort_left_open(self, state: ProcessState, only: str | None = None) -> None:
+        """Abort the failed multipart uploads left open (their abort failed, the archive
+        down, or their completion may still land), now that a put or delete went
+        through, or (``only``: those of that key) before a put of their key: their
+        parts cost storage, unseen, until a store next opened on the prefix. One that
+        fails again is kept for the next."""
         with state.lock:
-            if not state.left_open:
-                return
-            left, state.left_open = state.left_open, set()
+            if only is None:
+                left, state.left_open = state.left_open, set()
+            else:
+                left = {entry for entry in state.left_open if entry[0] == only}
+                state.left_open -= left
+        if not left:
+            return
         bucket = self.settings.bucket
         for full_key, upload_id in left:
             try:
