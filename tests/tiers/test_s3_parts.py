@@ -25,7 +25,7 @@ from tierstore.errors import ArchiveUnavailable, InvalidArgument
 from tierstore.tiers import s3_limits
 from tierstore.tiers.base import SizedStream
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
-from tierstore.tiers.s3_parts import cut_parts, fixed_parts, multipart_etag
+from tierstore.tiers.s3_parts import fixed_parts, multipart_etag
 
 GiB = 1024 * MiB
 TiB = 1024 * GiB
@@ -41,21 +41,6 @@ def test_parts_are_the_stream_recut_to_the_part_size(chunks: list[bytes], size: 
     assert all(len(part) == size for part in parts[:-1])
     assert all(0 < len(part) <= size for part in parts)  # never an empty part
     assert all(isinstance(part, bytes) for part in parts)
-
-
-@given(
-    chunks=st.lists(st.binary(max_size=64), max_size=12),
-    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
-)
-def test_parts_are_the_stream_recut_to_each_size_in_turn(
-    chunks: list[bytes], sizes: list[int]
-) -> None:
-    endless = iter(sizes + [sizes[-1]] * 1000)
-    parts = list(cut_parts((memoryview(chunk) for chunk in chunks), endless))
-    assert b"".join(parts) == b"".join(chunks)
-    expected = sizes + [sizes[-1]] * 1000
-    assert [len(part) for part in parts[:-1]] == expected[: len(parts)][:-1]
-    assert all(0 < len(part) <= expected[i] for i, part in enumerate(parts))
 
 
 @pytest.mark.parametrize(
@@ -213,25 +198,15 @@ def test_a_completion_never_answered_whole_is_not_aborted_at_once(
     scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
 ) -> None:
     # Every completion's answer lost after its 200 headers: one of them may have landed,
-    # and an abort sent at once could race it. It waits for a later put to go through.
+    # and an abort sent at once could race it. It waits for a later put to go through,
+    # or for a put of its own key, which aborts it first (aborted only after that put,
+    # its late completion could replace the newer object).
     server, tier = scripted_tier(multipart_store(lambda n: cut_short(200, _XML, b"", declared=300)))
     with pytest.raises(ArchiveUnavailable, match="complete"):
         tier.put("k", b"x" * _SIZE)
     assert server.methods.count("POST") == 1 + 3  # the create and every attempt
     assert "DELETE" not in server.methods
-    tier.put("small", b"v")
-    assert server.methods[-2:] == ["PUT", "DELETE"]
-
-
-def test_a_put_of_a_key_first_aborts_its_earlier_upload_that_may_still_land(
-    scripted_tier: Callable[[Script], tuple[ScriptedServer, S3Tier]],
-) -> None:
-    # The earlier upload was aborted only after the next put went through: a late
-    # completion of it could replace that put's object.
-    server, tier = scripted_tier(multipart_store(lambda n: cut_short(200, _XML, b"", declared=300)))
-    with pytest.raises(ArchiveUnavailable, match="complete"):
-        tier.put("k", b"x" * _SIZE)
-    tier.put("other", b"v")  # another key's put goes through first: aborted after it
+    tier.put("small", b"v")  # another key's put goes through first: aborted after it
     assert server.methods[-2:] == ["PUT", "DELETE"]
     with pytest.raises(ArchiveUnavailable, match="complete"):
         tier.put("k", b"x" * _SIZE)

@@ -30,7 +30,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
 from functools import partial
-from itertools import repeat
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from botocore.exceptions import ClientError
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["cut_parts", "fixed_parts", "multipart_etag", "put_multipart"]
+__all__ = ["fixed_parts", "multipart_etag", "put_multipart"]
 
 _MD5_HEX: Final = re.compile(r"[0-9a-f]{32}")
 #: a multipart object's ETag on most stores: ``-`` and the count of its parts at the end
@@ -60,14 +59,7 @@ T = TypeVar("T")
 
 
 def fixed_parts(chunks: Iterable[memoryview], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be
-    shorter): :func:`cut_parts` with one size."""
-    return cut_parts(chunks, repeat(size))
-
-
-def cut_parts(chunks: Iterable[memoryview], sizes: Iterator[int]) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into parts of exactly the next of ``sizes`` bytes each
-    (the last may be shorter; ``sizes`` must not run out before the stream does).
+    """Re-cut a stream of chunks into parts of exactly ``size`` bytes (the last may be shorter).
 
     Each part is built with one copy of its bytes (a join of views into the chunks,
     which also skips the zero-fill a preallocated buffer would need). Holds the
@@ -76,7 +68,6 @@ def cut_parts(chunks: Iterable[memoryview], sizes: Iterator[int]) -> Iterator[by
     """
     pieces: list[memoryview] = []
     filled = 0
-    size = next(sizes)
     for chunk in chunks:
         position = 0
         while len(chunk) - position >= size - filled:
@@ -86,7 +77,6 @@ def cut_parts(chunks: Iterable[memoryview], sizes: Iterator[int]) -> Iterator[by
             yield b"".join(pieces)
             pieces.clear()
             filled = 0
-            size = next(sizes)
         if position < len(chunk):
             pieces.append(chunk[position:])
             filled += len(chunk) - position
