@@ -403,6 +403,12 @@ class TestS3Tier(TierConformance):
         for bad in ({"bucket": "ab"}, {"max_attempts": 0}, {"multipart_part_size": MiB}):
             with pytest.raises(InvalidArgument):
                 dataclasses.replace(s, **bad)
+        # S3 takes parts, and single PUTs, of at most 5 GiB: a larger setting failed
+        # only at the first upload that large, at every retry of the mover's journal.
+        for name in ("multipart_part_size", "multipart_threshold"):
+            with pytest.raises(InvalidArgument, match=f"{name} must be at most 5 GiB"):
+                dataclasses.replace(s, **{name: 5 * 1024 * MiB + 1})
+            assert getattr(dataclasses.replace(s, **{name: 5 * 1024 * MiB}), name) > 0
         for url in (
             "http://me:hunter2@127.0.0.1:1",
             "http://hunter2@127.0.0.1:1",

@@ -24,6 +24,7 @@ from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, va
 
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_host
+from tierstore.tiers.s3_limits import MAX_PART_SIZE, MiB
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,7 +40,6 @@ __all__ = [
     "new_client",
 ]
 
-MiB: Final = 1024 * 1024
 _MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
 #: connections a process keeps to the archive, unless its settings ask for more
 DEFAULT_POOL_CONNECTIONS: Final = 32
@@ -139,8 +139,8 @@ class S3Settings:
 
     Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters, a
     prefix the store would alias (:func:`check_prefix`), an empty access key or secret
-    key, a region botocore refuses, ``max_attempts < 1``, a part size under 5 MiB, or
-    non-positive sizes and timeouts.
+    key, a region botocore refuses, ``max_attempts < 1``, a part size under 5 MiB, a part size or
+    multipart threshold over 5 GiB, or non-positive sizes and timeouts.
     """
 
     endpoint_url: str
@@ -185,6 +185,14 @@ class S3Settings:
             raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.multipart_part_size < _MIN_PART_SIZE:
             raise InvalidArgument(f"multipart_part_size must be at least {_MIN_PART_SIZE} bytes")
+        # S3 refuses a part, and a single PUT, of over 5 GiB: found here, not at the
+        # first upload that large (and at every retry of the mover's journal after it).
+        for name, size in (
+            ("multipart_part_size", self.multipart_part_size),
+            ("multipart_threshold", self.multipart_threshold),
+        ):
+            if size > MAX_PART_SIZE:
+                raise InvalidArgument(f"{name} must be at most 5 GiB, got {size:,} bytes")
         positive = {
             "connect_timeout_s": self.connect_timeout_s,
             "read_timeout_s": self.read_timeout_s,
