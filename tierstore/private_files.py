@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tierstore.errors import FailedPrecondition
+
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
@@ -26,6 +28,7 @@ __all__ = [
     "ensure_private_dir",
     "exclusive_lock",
     "hold_lock_or_name_holder",
+    "refuse_dangling_link",
     "restrict_mode",
     "write_private_file",
 ]
@@ -51,6 +54,21 @@ def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     kept = stat.S_IMODE(path.stat().st_mode) & GROUP_READ_BITS if keep_group_read else 0
     os.chmod(path, DIR_MODE | kept)
+
+
+def refuse_dangling_link(path: Path, what: str) -> None:
+    """Raise :class:`FailedPrecondition` when ``path`` is a symbolic link to nothing.
+
+    For a file whose absence means "first start, make a new one" (the CA, the token
+    store): one kept elsewhere and linked in (a secret mount, say) whose target is
+    missing for now must not be taken for absent. Else a new one would be written over
+    the link, and everything the old one vouched for would stop working, even once the
+    target came back."""
+    if path.is_symlink() and not path.exists():
+        raise FailedPrecondition(
+            f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not "
+            "exist: bring the file it names back, or remove the link to start afresh"
+        )
 
 
 def restrict_mode(path: Path, mode: int = FILE_MODE, *, secret: bool = True) -> None:

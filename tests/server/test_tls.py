@@ -135,6 +135,26 @@ def test_ca_key_without_certificate_starts_a_new_ca(tmp_path: Path, material: Tl
     assert again.server_cert_pem != material.server_cert_pem
 
 
+@pytest.mark.parametrize("linked", ["ca.pem", "ca.key"])
+def test_a_ca_file_linked_to_nothing_is_refused_not_replaced(
+    tmp_path: Path, material: TlsMaterial, linked: str
+) -> None:
+    # The CA kept elsewhere (a secret mount, say) and linked in: while the link's target
+    # is missing, a start must not take it for a first start and make a new CA over it.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    link = material.directory / linked
+    link.rename(kept / linked)
+    link.symlink_to(kept / linked)
+    assert ensure_tls_material(tmp_path / "data").ca_pem == material.ca_pem
+    kept.rename(tmp_path / "unmounted")
+    with pytest.raises(FailedPrecondition, match=f"{linked}.*link to .*which does not exist"):
+        ensure_tls_material(tmp_path / "data")
+    assert link.is_symlink()
+    (tmp_path / "unmounted").rename(kept)
+    assert ensure_tls_material(tmp_path / "data").ca_pem == material.ca_pem
+
+
 def test_loose_modes_are_tightened(tmp_path: Path, material: TlsMaterial) -> None:
     material.server_key_path.chmod(0o644)
     material.directory.chmod(0o755)

@@ -336,6 +336,24 @@ def test_corrupt_file_is_refused(tmp_path: Path) -> None:
             TokenStore(path)
 
 
+def test_a_token_store_linked_to_nothing_is_refused_not_emptied(
+    tmp_path: Path, store: TokenStore, clock: Clock
+) -> None:
+    # A token store kept elsewhere and linked in: while the link's target is missing, it
+    # must not load as empty (and be written over, with a new admin token issued).
+    _, token = store.create("alice", READ_DS)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (tmp_path / "tokens.json").rename(kept / "tokens.json")
+    (tmp_path / "tokens.json").symlink_to(kept / "tokens.json")
+    kept.rename(tmp_path / "unmounted")
+    with pytest.raises(FailedPrecondition, match=r"tokens\.json.*link to .*which does not exist"):
+        TokenStore(tmp_path / "tokens.json", clock=clock)
+    assert (tmp_path / "tokens.json").is_symlink()
+    (tmp_path / "unmounted").rename(kept)
+    assert TokenStore(tmp_path / "tokens.json", clock=clock).authenticate(token).name == "alice"
+
+
 def test_loose_file_mode_is_tightened(store: TokenStore, clock: Clock) -> None:
     store.create("alice", READ_DS)
     store.path.chmod(0o644)

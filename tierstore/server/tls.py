@@ -48,6 +48,7 @@ from tierstore.errors import FailedPrecondition, InvalidArgument, Unauthenticate
 from tierstore.private_files import (
     ensure_private_dir,
     exclusive_lock,
+    refuse_dangling_link,
     restrict_mode,
     write_private_file,
 )
@@ -345,6 +346,8 @@ def _names(hostnames: Sequence[str]) -> _Names:
 def _load_or_create_ca(
     cert_path: Path, key_path: Path, now: dt.datetime
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    refuse_dangling_link(cert_path, "the CA certificate")
+    refuse_dangling_link(key_path, "the CA key")
     if cert_path.exists():
         return _load_ca(cert_path, key_path, now)
     # No certificate: a first start, or a crash before the certificate was written (a key

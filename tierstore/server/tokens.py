@@ -35,7 +35,7 @@ from typing import Any
 
 from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
 from tierstore.naming import validate_dataset_name
-from tierstore.private_files import restrict_mode, write_private_file
+from tierstore.private_files import refuse_dangling_link, restrict_mode, write_private_file
 from tierstore.server.authz import Principal, check_principal_name
 from tierstore.types import ALL_DATASETS, MAX_TTL_S, Grant, Role
 
@@ -401,6 +401,7 @@ class TokenStore:
         try:
             raw = self._path.read_bytes()
         except FileNotFoundError:
+            refuse_dangling_link(self._path, "the token store")
             return {}
         restrict_mode(self._path)
         try:
