@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tierstore.config import ArchiveSettings, EngineSettings
 from tierstore.crypto import (
     KEY_BYTES,
     NONCE_PREFIX_BYTES,
@@ -372,3 +373,16 @@ def test_any_frame_roundtrips(plaintext: bytes, aad: bytes, index: int) -> None:
     out = bytearray(len(plaintext))
     cipher().decrypt_into(index, sealed, aad, memoryview(out))
     assert out == plaintext
+
+
+def test_repr_shows_key_ids_never_keys() -> None:
+    # A keyring (or the settings that hold the archive's secret) printed by a failing
+    # test, a debugger or a log line must not print the secret itself.
+    key = bytes(range(32))
+    shown = repr(LocalKeyring(keys={"k1": key, "k2": bytes(32)}, current="k2"))
+    assert "'k1'" in shown and "'k2'" in shown
+    assert repr(key)[2:-1] not in shown and "\\x00\\x01" not in shown
+    secret = "SUPERSECRET-S3-KEY"
+    settings = EngineSettings(archive=ArchiveSettings(secret_access_key=secret))
+    assert secret not in repr(settings)
+    assert "access_key_id='tierstore'" in repr(settings)

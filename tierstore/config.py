@@ -47,7 +47,7 @@ class ArchiveSettings:
     bucket: str = "tierstore"
     prefix: str = ""
     access_key_id: str = "tierstore"
-    secret_access_key: str = "tierstore"
+    secret_access_key: str = field(default="tierstore", repr=False)
     region: str = "us-east-1"
 
 

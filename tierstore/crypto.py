@@ -124,6 +124,9 @@ class LocalKeyring:
     keys: Mapping[str, bytes]
     current: str
 
+    def __repr__(self) -> str:  # the ids, never the keys
+        return f"LocalKeyring(key_ids={sorted(self.keys)!r}, current={self.current!r})"
+
     def __post_init__(self) -> None:
         if self.current not in self.keys:
             raise InvalidArgument(
