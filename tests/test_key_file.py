@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tierstore.crypto import LocalKeyring
+from tierstore.crypto import LocalKeyring, retired_keys_path
 from tierstore.errors import KeyRotationRefused
 
 # A child process: load the key file, say "ready", wait for a line, rotate ROUNDS times,
@@ -22,7 +23,7 @@ from tierstore.errors import KeyRotationRefused
 _ROTATOR = """
 import sys
 from pathlib import Path
-from tierstore.crypto import LocalKeyring
+from tierstore.crypto import LocalKeyring, retired_keys_path
 
 path, rounds = Path(sys.argv[1]), int(sys.argv[2])
 ring = LocalKeyring.from_file(path)
@@ -177,3 +178,22 @@ def test_a_rotation_through_a_symbolic_link_rewrites_the_file_it_names(tmp_path:
     assert link.is_symlink() and link.resolve() == kept
     assert LocalKeyring.from_file(kept).keys == rotated.keys
     assert set(rotated.keys) == {start.current, rotated.current}
+
+
+def test_rewrites_keep_the_key_file_group_and_its_read_bit(tmp_path: Path) -> None:
+    # Nodes sharing a key file may read it through a group of their own (mode 640, which
+    # the node accepts): a rotation or a retirement must leave it so, and the retired
+    # keys beside it too, or the other nodes could not load the keys at their next start.
+    path = tmp_path / "master.keys"
+    ring = LocalKeyring.generate_file(path)
+    group = 4321 if os.geteuid() == 0 else os.getegid()  # another group, where allowed
+    os.chown(path, -1, group)
+    path.chmod(0o640)
+    ring = ring.rotated_file(path)
+    ring.retired_file(path, "k1")
+    for written in (path, retired_keys_path(path)):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o640, written
+        assert written.stat().st_gid == group, written
+    path.chmod(0o600)  # an owner-only file stays owner-only
+    LocalKeyring.from_file(path).rotated_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -218,8 +218,9 @@ class LocalKeyring:
         The file is re-read and rewritten under an exclusive lock on ``<path>.lock``,
         so rotations of one file (by threads or processes) run one at a time and the
         new key id is never one the file already holds. The file is replaced
-        atomically (mode 0600; written, fsynced, renamed, the directory fsynced): a
-        crash leaves the whole old file or the whole new one.
+        atomically (mode 0600, or 0640 with its group where its group could read it;
+        written, fsynced, renamed, the directory fsynced): a crash leaves the whole old
+        file or the whole new one.
 
         A ``path`` that is a symbolic link is followed: the file it names is rewritten
         and the link stays (replacing the link would leave the file it names, perhaps
@@ -250,9 +251,9 @@ class LocalKeyring:
         ``check`` and atomic replace): for a key no record is wrapped with any more,
         which ``check`` (the store's) makes sure of. The current key is never retired.
 
-        The key is not destroyed: it is added to :func:`retired_keys_path` (mode 0600)
-        first, for a node that shares the key file and still needs it, until an operator
-        deletes that file.
+        The key is not destroyed: it is added to :func:`retired_keys_path` (the key
+        file's mode and group) first, for a node that shares the key file and still
+        needs it, until an operator deletes that file.
 
         Raises :class:`NotFound` for an id the file does not hold, and
         :class:`KeyRotationRefused`, with the file unchanged, for the current key, for a
@@ -293,7 +294,8 @@ class LocalKeyring:
             # Before the key leaves the key file: another node sharing the file may
             # still need it, and this node cannot know (a crash between the two writes
             # leaves the key in both files, never in neither).
-            _keep_retired_key(retired_keys_path(path.resolve()), key_id, taken[key_id])
+            key_file = path.resolve()
+            _keep_retired_key(retired_keys_path(key_file), key_id, taken[key_id], key_file)
 
         return self._rewritten_file(path, retire, keep_aside, "retire a key of")
 
@@ -336,7 +338,8 @@ class LocalKeyring:
                 if check is not None:
                     check(changed)
                 kept = {k: key for k, key in changed.keys.items() if k not in carried}
-                _write_key_file(path, kept, changed.current)
+                # Nodes sharing the file through their group keep reading it.
+                _write_key_file(path, kept, changed.current, group_of=path)
                 return changed
         except OSError as exc:
             raise KeyRotationRefused(f"cannot {doing} key file {path}: {exc}") from exc
@@ -396,8 +399,9 @@ def _retired_keys(key_file: Path) -> Mapping[str, bytes]:
         return {}
 
 
-def _keep_retired_key(path: Path, key_id: str, key: bytes) -> None:
-    """Add ``key_id`` to the retired keys at ``path`` (made if missing). Raises
+def _keep_retired_key(path: Path, key_id: str, key: bytes, key_file: Path) -> None:
+    """Add ``key_id`` to the retired keys at ``path`` (made if missing; readable by the
+    group that may read ``key_file``, as the key file is). Raises
     KeyRotationRefused for a file there that is not a key file, or holds another key
     under that id; OSError when it cannot be written."""
     kept: dict[str, bytes] = {}
@@ -411,20 +415,26 @@ def _keep_retired_key(path: Path, key_id: str, key: bytes) -> None:
             f"{path} holds another key under the id {key_id!r}: move that file away first"
         )
     kept[key_id] = key
-    _write_key_file(path, kept, key_id)
+    _write_key_file(path, kept, key_id, group_of=key_file)
 
 
 def _write_key_file(
-    path: Path, keys: Mapping[str, bytes], current: str, *, exclusive: bool = False
+    path: Path,
+    keys: Mapping[str, bytes],
+    current: str,
+    *,
+    exclusive: bool = False,
+    group_of: Path | None = None,
 ) -> None:
     """Replace (or with ``exclusive``, create) the key file at ``path`` atomically (mode
-    0600; see :func:`~tierstore.private_files.write_private_file`). Raises OSError,
-    leaving ``path`` unchanged."""
+    0600, or 0640 with the group of a ``group_of`` its group may read; see
+    :func:`~tierstore.private_files.write_private_file`). Raises OSError, leaving
+    ``path`` unchanged."""
     document = {
         "current": current,
         "keys": {name: base64.b64encode(value).decode() for name, value in keys.items()},
     }
-    write_private_file(path, json.dumps(document).encode(), exclusive=exclusive)
+    write_private_file(path, json.dumps(document).encode(), exclusive=exclusive, group_of=group_of)
 
 
 #: the longest key id an error message shows (``k12``, ``fp-`` and 16 hex digits): a

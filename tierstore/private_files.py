@@ -110,9 +110,17 @@ def _warn_of_an_open_link(path: Path) -> None:
         )
 
 
-def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+def write_private_file(
+    path: Path, data: bytes, *, exclusive: bool = False, group_of: Path | None = None
+) -> None:
     """Replace ``path`` with ``data`` atomically; the file has mode 0600. With
     ``exclusive``, create it: FileExistsError (``path`` untouched) if it exists.
+
+    With ``group_of`` (a file, perhaps ``path`` itself) that its group may read, the
+    file written gets that group and group read too (never group write, nothing for
+    other users): nodes sharing a key file through a group of their own still read it
+    after a rotation. Where that group cannot be given (not one of this process's), the
+    file is left owner-only, and a warning says so.
 
     The parent directory must exist. Raises :class:`OSError` on failure, in which case
     ``path`` is unchanged and no temporary file is left behind. Thread-safe (each call
@@ -127,7 +135,8 @@ def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> N
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, FILE_MODE)
+            shared = _group_read_like(group_of, out.fileno()) if group_of else 0
+        os.chmod(tmp, FILE_MODE | shared)
         if exclusive:
             os.link(tmp, path)  # fails if path exists, unlike a rename
             tmp.unlink()
@@ -137,6 +146,29 @@ def write_private_file(path: Path, data: bytes, *, exclusive: bool = False) -> N
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _group_read_like(source: Path, fd: int) -> int:
+    """Give the file open at ``fd`` the group of ``source`` if that group may read
+    ``source``, and return the group read bit to set; 0 when ``source`` is missing,
+    owner-only, or its group cannot be given."""
+    try:
+        seen = source.stat()
+    except FileNotFoundError:
+        return 0
+    if not seen.st_mode & stat.S_IRGRP:
+        return 0
+    try:
+        os.fchown(fd, -1, seen.st_gid)
+    except PermissionError:
+        log.warning(
+            "%s is readable by its group (gid %d), which this process cannot give the "
+            "file it writes: that file is owner-only",
+            source,
+            seen.st_gid,
+        )
+        return 0
+    return stat.S_IRGRP
 
 
 @contextmanager
