@@ -525,6 +525,45 @@ def test_a_reader_is_checked_before_anything_is_read() -> None:
         reader_to_frames(pa.RecordBatchReader.from_batches(big_schema, []), 4 * KIB)
 
 
+def invalid_batches() -> dict[str, pa.RecordBatch]:
+    """Batches that pass pyarrow's cheap checks but not ``validate(full=True)``."""
+    rows = 10
+    far = np.array([0, 5, 1 << 30] + [10] * (rows - 2), np.int32)
+    offsets = pa.Array.from_buffers(
+        pa.string(), rows, [None, pa.py_buffer(far.tobytes()), pa.py_buffer(b"abcdefghij")]
+    )
+    utf8 = pa.Array.from_buffers(
+        pa.string(),
+        rows,
+        [
+            None,
+            pa.py_buffer(np.arange(rows + 1, dtype=np.int32).tobytes()),
+            pa.py_buffer(b"\xff" * rows),
+        ],
+    )
+    indices = pa.array(np.full(rows, 1000, np.int32))
+    dictionary = pa.DictionaryArray.from_arrays(indices, pa.array(["a", "b"]), safe=False)
+    return {
+        "string offset out of range": pa.record_batch([offsets], names=["c"]),
+        "bad utf-8": pa.record_batch([utf8], names=["c"]),
+        "dictionary index out of range": pa.record_batch([dictionary], names=["c"]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(invalid_batches()))
+@pytest.mark.parametrize("source", ["table", "reader"])
+def test_an_invalid_batch_is_refused_before_it_is_framed(case: str, source: str) -> None:
+    # Stored as they were, their reads segfaulted (an offset of 2**30 into 10 bytes)
+    # or returned bad strings; two of them are joined before framing (small batches).
+    batch = invalid_batches()[case]
+    with pytest.raises(MalformedArrow, match="record batch 1: invalid"):
+        if source == "table":
+            table_to_frames(pa.Table.from_batches([batch.slice(0, 0), batch, batch]))
+        else:
+            reader = pa.RecordBatchReader.from_batches(batch.schema, [batch.slice(0, 0), batch])
+            list(reader_to_frames(reader))
+
+
 # ---------------------------------------------------------------- malformed frames
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from tierstore.arrowio import frames_to_table
-from tierstore.errors import InvalidArgument, UnsupportedData
+from tierstore.errors import InvalidArgument, MalformedArrow, UnsupportedData
 from tierstore.framing import frame_value, frames_streamed
 from tierstore.types import ShardKind
 
@@ -103,3 +103,16 @@ def test_a_file_object_is_not_taken_for_a_stream_of_batches(tmp_path: Any) -> No
         with pytest.raises(UnsupportedData, match="cannot store a BufferedReader"):
             frame_value(file, 4096)
         assert file.read() == b"first\nsecond\n"  # nothing of it was read
+
+
+@pytest.mark.parametrize("as_reader", [False, True])
+def test_an_invalid_batch_is_refused_at_put(as_reader: bool) -> None:
+    # An in-process put stored it unchecked; reading its strings segfaulted.
+    far = np.array([0, 5, 1 << 30, 10], np.int32)
+    strings = pa.Array.from_buffers(
+        pa.string(), 3, [None, pa.py_buffer(far.tobytes()), pa.py_buffer(b"abcdefghij")]
+    )
+    batch = pa.record_batch([strings], names=["c"])
+    value = pa.RecordBatchReader.from_batches(batch.schema, [batch]) if as_reader else batch
+    with pytest.raises(MalformedArrow, match="record batch 0: invalid"):
+        frame_value(value, 4096)

@@ -278,6 +278,8 @@ def table_to_frames(
 ) -> list[pa.Buffer]:
     """Frame a table (or record batch): the schema message, then one message per frame.
 
+    Each record batch is fully validated first, once: frames made here are stored as
+    they are, unlike frames from elsewhere (:func:`checked_arrow_frames`).
     Record batches are split by rows until each serialized message fits in ``max_frame_bytes``
     (estimated first, then measured); runs of small ones are joined first (see
     :func:`_coalesced`; not with dictionary fields). Zero-row batches are dropped, so a
@@ -289,6 +291,8 @@ def table_to_frames(
     Raises:
         InvalidArgument: ``max_frame_bytes`` is not a positive int.
         UnsupportedData: ``data`` is neither a ``pa.Table`` nor a ``pa.RecordBatch``.
+        MalformedArrow: a record batch fails ``validate(full=True)`` (an offset past its
+            data, bad UTF-8, a dictionary index past its dictionary).
         OversizeFrame: the schema message, a single row, or a dictionary message is larger
             than ``max_frame_bytes`` (the message says which, and the sizes).
     """
@@ -321,7 +325,8 @@ def reader_to_frames(
             record batches or none at all (no schema: pass a reader), or a batch has
             another schema (a shard holds one).
         MalformedArrow: the reader failed as it was read (a file cut short, an error of
-            its source: the cause is chained).
+            its source: the cause is chained), or a batch is invalid (as for
+            :func:`table_to_frames`).
         OversizeFrame: as for :func:`table_to_frames`.
     """
     _checked_frame_limit(max_frame_bytes)
@@ -394,8 +399,14 @@ def _batch_frames(
     the batches it holds are taken (see :func:`table_to_frames`)."""
     overhead = _message_overhead(schema)
     has_dictionaries = any(pa.types.is_dictionary(field.type) for field in _all_fields(schema))
+    # Validated before anything reads their data (the joining copies by their offsets),
+    # and only here: these frames are not checked again before they are stored.
     # Compacted first, as their sizes lead the joining and the cutting (see _compacted).
-    compacted = (_compacted(batch) for batch in batches if batch.num_rows > 0)
+    compacted = (
+        _compacted(_valid_batch(index, batch))
+        for index, batch in enumerate(batches)
+        if batch.num_rows > 0
+    )
     # Dictionary batches are left as they come: joining them would unify their
     # dictionaries, and their messages are cut from a stream writer's output below.
     whole = compacted if has_dictionaries else _coalesced(compacted, schema)
@@ -408,6 +419,18 @@ def _batch_frames(
     if not has_dictionaries:
         return (message for _, message in pieces)
     return _dictionary_frames(schema, (piece for piece, _ in pieces), max_frame_bytes)
+
+
+def _valid_batch(index: int, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` (batch ``index`` of those framed) once it passes
+    ``validate(full=True)``: offsets within their data, UTF-8 strings, dictionary
+    indices within their dictionary. Raises MalformedArrow otherwise (a put of it was
+    stored, and a read of a string offset past its data segfaulted)."""
+    try:
+        batch.validate(full=True)
+    except _ARROW_ERRORS as exc:
+        raise MalformedArrow(f"record batch {index}: invalid: {exc}") from exc
+    return batch
 
 
 def _row_runs(batch: pa.RecordBatch, limit: int, overhead: int) -> Iterator[tuple[int, int]]:

@@ -165,7 +165,9 @@ def frame_value(value: Any, max_frame_bytes: int) -> FramedValue:
 
     Raises :class:`UnsupportedData` for other types, :class:`OversizeFrame`
     for Arrow data with a row (or schema) larger than a frame,
-    :class:`~tierstore.errors.MalformedArrow` for a reader that fails as it is read,
+    :class:`~tierstore.errors.MalformedArrow` for a reader that fails as it is read
+    or a record batch that fails ``validate(full=True)`` (checked here, once: these
+    frames are not validated again),
     and :class:`InvalidArgument` for a ``max_frame_bytes`` that is not a positive int
     (raw bytes cut by a negative size made no frames: an empty shard).
     """

@@ -603,7 +603,8 @@ class Store:
         InvalidName, DatasetNotFound, UnsupportedData, OversizeFrame, BacklogFull,
         QuotaExceeded, HotTierFull, ArchiveUnavailable (write-through only: the
         shard is then committed locally and the mover keeps trying); MalformedArrow
-        for a reader that fails as it is read (nothing is stored).
+        for a reader that fails as it is read, or an invalid record batch (an offset
+        past its data, bad UTF-8: nothing is stored).
         """
         self._check_shard_call(dataset, shard)
         framed = frame_value(value, self.settings.max_frame_bytes)
