@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.buffers import KIB, detached, within
+from tests.buffers import KIB, detached, misaligned_body, within
 from tierstore import arrowio
 from tierstore.arrowio import (
     frames_to_table,
@@ -726,6 +726,14 @@ def test_validate_names_the_frame() -> None:
     bad = [*frames[:3], frames[3].to_pybytes()[:-16], *frames[4:]]
     with pytest.raises(MalformedArrow, match="frame 3"):
         validate_arrow_frames(bad)
+
+
+def test_a_batch_whose_buffers_are_not_8_byte_aligned_is_refused() -> None:
+    # Metadata 4 bytes longer than the writer's puts the body 4 bytes past an 8-byte
+    # boundary: it was stored, and numpy and torch views of it were misaligned.
+    frames = table_to_frames(pa.table({"a": np.arange(10), "s": ["x"] * 10}))
+    with pytest.raises(MalformedArrow, match=r"frame 1: .*not 8-byte aligned"):
+        validate_arrow_frames([frames[0], misaligned_body(frames[1])])
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.buffers import KIB, detached, within
+from tests.buffers import KIB, detached, misaligned_body, within
 from tierstore import tensors
 from tierstore.arrowio import frames_to_table, validate_arrow_frames
 from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
@@ -47,6 +47,13 @@ def test_numpy_tensor_roundtrip(dtype: str, shape: tuple[int, ...]) -> None:
     schema = validate_arrow_frames(frames)
     assert is_tensor_schema(schema)
     assert_same(array, table_to_tensor(frames_to_table(frames)))
+
+
+def test_a_tensor_whose_body_is_not_8_byte_aligned_is_refused() -> None:
+    # It was stored, and read back as an array whose flags.aligned was False.
+    frames = tensor_to_frames(np.arange(64, dtype=np.float64).reshape(8, 8))
+    with pytest.raises(MalformedArrow, match="not 8-byte aligned"):
+        validate_arrow_frames([frames[0], misaligned_body(frames[1])])
 
 
 def test_tensor_layouts() -> None:

@@ -812,19 +812,25 @@ def _field(data: bytes, table: int, index: int, layout: str) -> int:
 
 def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
     """Refuse a batch (frame ``index``) with a buffer outside its frame: decoded, not
-    served in place. (Dictionaries are not checked here: compressed and delta ones
-    were refused from their metadata.)"""
+    served in place; or one not 8-byte aligned (frames are: see :func:`_as_buffer`):
+    metadata padded to other than a multiple of 8 shifts the whole body, and numpy and
+    torch views of it were misaligned. (Dictionaries are not checked here: compressed
+    and delta ones were refused from their metadata.)"""
     low, high = frame.address, frame.address + frame.size
     for column in batch.columns:
         for buffer in column.buffers():
-            if (
-                buffer is not None
-                and buffer.size
-                and not (low <= buffer.address and buffer.address + buffer.size <= high)
-            ):
+            if buffer is None or not buffer.size:
+                continue
+            if not (low <= buffer.address and buffer.address + buffer.size <= high):
                 raise MalformedArrow(
                     f"frame {index}: record batch does not decode in place "
                     "(compressed body or foreign byte order?)"
+                )
+            if buffer.address % _ARROW_ALIGNMENT:
+                raise MalformedArrow(
+                    f"frame {index}: a record batch buffer at {buffer.address - low} bytes "
+                    f"into its frame is not {_ARROW_ALIGNMENT}-byte aligned (metadata not "
+                    "padded to a multiple of 8 bytes?)"
                 )
 
 
@@ -877,8 +883,9 @@ def checked_arrow_frames(
     Checks: frame 0 is exactly one schema message; every later frame is exactly one record
     batch (or dictionary batch) message with no trailing bytes; everything decodes against
     that schema; every record batch passes ``RecordBatch.validate(full=True)`` and decodes in
-    place (uncompressed, native byte order). Caveat: a batch written for another schema with
-    the same physical layout (say int64 vs float64) cannot be told apart and passes.
+    place (uncompressed, native byte order, 8-byte aligned buffers). Caveat: a batch
+    written for another schema with the same physical layout (say int64 vs float64)
+    cannot be told apart and passes.
 
     Raises:
         MalformedArrow: anything else; the message names the frame and what was wrong.
