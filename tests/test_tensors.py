@@ -15,7 +15,13 @@ from tests.buffers import KIB, detached, misaligned_body, within
 from tierstore import tensors
 from tierstore.arrowio import frames_to_table, validate_arrow_frames
 from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
-from tierstore.tensors import is_tensor_schema, table_to_tensor, tensor_to_frames, tensor_to_table
+from tierstore.tensors import (
+    check_tensor_schema,
+    is_tensor_schema,
+    table_to_tensor,
+    tensor_to_frames,
+    tensor_to_table,
+)
 
 # ---------------------------------------------------------------- tensors
 
@@ -184,6 +190,18 @@ def test_table_to_tensor_rejects_inconsistent_metadata() -> None:
         bad = table.replace_schema_metadata({**metadata, key: value})
         with pytest.raises(MalformedArrow):
             table_to_tensor(bad)
+
+
+def test_a_tensor_of_more_axes_than_numpy_allows_is_refused() -> None:
+    # 71 axes (all of size 1 but the last): declared a tensor, it was stored and every
+    # read raised ValueError from numpy's reshape.
+    table = tensor_to_table(np.arange(6, dtype=np.int64))
+    shape = b"[" + b"1, " * 70 + b"6]"
+    bad = table.replace_schema_metadata({**table.schema.metadata, b"tierstore.tensor.shape": shape})
+    with pytest.raises(MalformedArrow, match="71 axes"):
+        check_tensor_schema(bad.schema, bad.num_rows)
+    with pytest.raises(MalformedArrow, match="71 axes"):
+        table_to_tensor(bad)
 
 
 # ---------------------------------------------------------------- torch

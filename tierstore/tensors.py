@@ -21,6 +21,8 @@ Framing the resulting tables is :mod:`tierstore.arrowio`'s job. Every function h
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import math
 from typing import Any
@@ -62,6 +64,19 @@ _STORAGE["complex128"] = (np.dtype(np.float64), 2)
 # torch dtypes numpy lacks, kept as their raw bits
 _TORCH_BITS = {"bfloat16": "uint16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8"}
 _STORAGE.update({name: (np.dtype(bits), 1) for name, bits in _TORCH_BITS.items()})
+
+
+def _numpy_max_dims() -> int:
+    """The most axes a numpy array may have, numpy's own constant: 64 since numpy 2.0
+    (where it moved), 32 before."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        with contextlib.suppress(ImportError, AttributeError):
+            return int(importlib.import_module(module).MAXDIMS)
+    return 32  # numpy's limit for as long as it has had one
+
+
+#: a tensor of more axes was stored, but no read could reshape it
+_MAX_DIMS = _numpy_max_dims()
 
 
 def _torch_to_numpy(tensor: Any) -> tuple[str, npt.NDArray[Any]]:
@@ -182,6 +197,10 @@ def _tensor_metadata(schema: pa.Schema) -> tuple[tuple[int, ...], str, str]:
         raise MalformedArrow(f"unreadable tierstore.tensor metadata: {exc}") from exc
     if not all(type(n) is int and n >= 0 for n in shape) or name not in _STORAGE:  # no bools
         raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
+    if len(shape) > _MAX_DIMS:
+        raise MalformedArrow(
+            f"a tensor of {len(shape)} axes; numpy arrays have at most {_MAX_DIMS}"
+        )
     return shape, name, framework
 
 
@@ -235,7 +254,8 @@ def table_to_tensor(table: pa.Table) -> Any:
 
     Raises:
         WrongShardKind: the table has no tierstore tensor metadata.
-        MalformedArrow: the metadata and the column disagree (type, size, nulls).
+        MalformedArrow: the metadata and the column disagree (type, size, nulls), or
+            the metadata is unreadable or records more axes than numpy allows.
         UnsupportedData: a torch-only dtype (bfloat16, float8) and torch is not importable.
     """
     shape, name, framework = _tensor_metadata(table.schema)
