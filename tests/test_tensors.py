@@ -186,6 +186,9 @@ def test_table_to_tensor_rejects_inconsistent_metadata() -> None:
         (b"tierstore.tensor.dtype", b"object"),
         (b"tierstore.tensor.shape", b"[true, 6]"),  # True is no dimension (a TypeError)
         (b"tierstore.tensor.shape", b"[2.0, 3]"),
+        (b"tierstore.tensor.shape", b"[2, 1e400]"),  # a float: inf
+        (b"tierstore.tensor.shape", b"[" * 100_000),  # RecursionError from json
+        (b"tierstore.tensor.shape", b'{"2": 3}'),
     ]:
         bad = table.replace_schema_metadata({**metadata, key: value})
         with pytest.raises(MalformedArrow):

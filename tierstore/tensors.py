@@ -39,6 +39,7 @@ __all__ = [
     "check_tensor_schema",
     "is_tensor_schema",
     "table_to_tensor",
+    "tensor_shape",
     "tensor_to_frames",
     "tensor_to_table",
 ]
@@ -185,22 +186,38 @@ def is_tensor_schema(schema: pa.Schema) -> bool:
     return _KEY_SHAPE in metadata and TENSOR_COLUMN in schema.names
 
 
+def tensor_shape(recorded: bytes) -> tuple[int, ...]:
+    """The shape that ``recorded``, a tensor schema's ``tierstore.tensor.shape`` value,
+    records: a JSON list of sizes (ints >= 0; not bools, floats or lists), at most as
+    many as numpy allows axes. Metadata is anyone's to write (any Arrow shard may carry
+    these keys), so anything else raises MalformedArrow, never what ``json`` or the
+    conversions raise. Pure and thread-safe."""
+    try:
+        shape = json.loads(recorded)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; nesting past the stack
+        raise MalformedArrow(f"unreadable tierstore.tensor.shape: {exc}") from exc
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise MalformedArrow(f"bad tierstore.tensor.shape {recorded!r:.200}: not a list of sizes")
+    if len(shape) > _MAX_DIMS:
+        raise MalformedArrow(
+            f"tierstore.tensor.shape records {len(shape)} axes; numpy arrays have at "
+            f"most {_MAX_DIMS}"
+        )
+    return tuple(shape)
+
+
 def _tensor_metadata(schema: pa.Schema) -> tuple[tuple[int, ...], str, str]:
     if not is_tensor_schema(schema):
         raise WrongShardKind("the table holds no tierstore tensor (no tierstore.tensor.* metadata)")
     metadata = schema.metadata
+    shape = tensor_shape(metadata[_KEY_SHAPE])
     try:
-        shape = tuple(json.loads(metadata[_KEY_SHAPE]))
         name = metadata[_KEY_DTYPE].decode()
         framework = metadata.get(_KEY_FRAMEWORK, b"numpy").decode()
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError) as exc:  # no dtype recorded, or not UTF-8
         raise MalformedArrow(f"unreadable tierstore.tensor metadata: {exc}") from exc
-    if not all(type(n) is int and n >= 0 for n in shape) or name not in _STORAGE:  # no bools
-        raise MalformedArrow(f"bad tierstore.tensor metadata: shape {shape}, dtype {name!r}")
-    if len(shape) > _MAX_DIMS:
-        raise MalformedArrow(
-            f"a tensor of {len(shape)} axes; numpy arrays have at most {_MAX_DIMS}"
-        )
+    if name not in _STORAGE:
+        raise MalformedArrow(f"bad tierstore.tensor metadata: dtype {name!r:.100}")
     return shape, name, framework
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tierstore.arrowio import frames_to_table, table_to_frames
-from tierstore.errors import InvalidArgument, UnsupportedData
+from tierstore.errors import InvalidArgument, MalformedArrow, UnsupportedData
 from tierstore.tensors import tensor_to_table
 from tierstore.torch.arrow_tensors import (
     batch_to_tensors,
@@ -195,3 +195,26 @@ def test_a_tensor_shard_of_rows_wider_than_a_quarter_frame_is_refused_by_name() 
     check_tensor_rows(tensor_to_table(np.zeros((3, 4), np.float32)).schema, "rows")  # rows: fine
     check_tensor_rows(tensor_to_table(np.arange(5)).schema, "vector")  # flat, but a vector
     check_tensor_rows(pa.schema([pa.field("x", pa.int64())]), "no tensor")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        b'["x"]',
+        b"[null]",
+        b"[[1]]",
+        b'{"a": 1}',
+        b"[1e400]",
+        b"[3, 1e400]",
+        b"\xff",
+        b"[" * 100_000,
+    ],
+    ids=lambda shape: repr(shape[:12]),
+)
+def test_hostile_tensor_metadata_is_malformed_arrow(shape: bytes) -> None:
+    # An Arrow shard may carry any schema metadata: a shape that is no list of sizes
+    # raised ValueError, TypeError or OverflowError out of the error tree.
+    metadata = {b"tierstore.tensor.layout": b"flat", b"tierstore.tensor.shape": shape}
+    schema = pa.schema([pa.field("tensor", pa.int64())], metadata=metadata)
+    with pytest.raises(MalformedArrow, match=r"tierstore\.tensor\.shape"):
+        check_tensor_rows(schema, "s")

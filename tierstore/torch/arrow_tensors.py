@@ -31,7 +31,6 @@ Every function here is pure and thread-safe; torch is imported when this module 
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Literal, TypeAlias
 
@@ -41,7 +40,7 @@ import torch.utils.dlpack
 
 from tierstore.arrowio import fixed_list_values
 from tierstore.errors import InvalidArgument, UnsupportedData
-from tierstore.tensors import TENSOR_COLUMN
+from tierstore.tensors import TENSOR_COLUMN, tensor_shape
 
 __all__ = [
     "Column",
@@ -168,17 +167,14 @@ _LOGICAL: dict[bytes, torch.dtype] = {
 }
 
 
-def _flat_shape(schema: pa.Schema) -> list[int] | None:
+def _flat_shape(schema: pa.Schema) -> tuple[int, ...] | None:
     """The shape of the tensor a tensor shard's ``schema`` says it stores one element
-    per row (layout "flat"), else None (rows layout, or no tensor shard)."""
+    per row (layout "flat"), else None (rows layout, or no tensor shard). Raises
+    MalformedArrow for a recorded shape that is no list of sizes (:func:`tensor_shape`)."""
     metadata = schema.metadata or {}
     if metadata.get(_KEY_LAYOUT) != b"flat":
         return None
-    try:
-        shape = json.loads(metadata.get(_KEY_SHAPE, b"[]"))
-    except ValueError:
-        return []
-    return [int(n) for n in shape] if isinstance(shape, list) else []
+    return tensor_shape(metadata.get(_KEY_SHAPE, b"[]"))
 
 
 def scalar_samples(schema: pa.Schema) -> bool:
@@ -203,11 +199,12 @@ def check_tensor_rows(schema: pa.Schema, shard: str) -> None:
     tensor has rows (two axes or more) but is stored one element per row, as
     :mod:`tierstore.tensors` stores a tensor whose rows are wider than a quarter of a
     frame: a dataset reads one sample per stored row, so each number would be a
-    sample (a tensor of shape (3, 300000) read as 900,000 samples)."""
+    sample (a tensor of shape (3, 300000) read as 900,000 samples). Raises
+    MalformedArrow when its recorded shape is unreadable."""
     shape = _flat_shape(schema)
     if shape is not None and len(shape) >= 2 and math.prod(shape) > 0:
         raise UnsupportedData(
-            f"shard {shard!r} is a tensor of shape {shape} whose rows are too wide to store "
+            f"shard {shard!r} is a tensor of shape {list(shape)} whose rows are too wide to store "
             "one per row (over a quarter of a frame), so it is stored one element per row "
             "and has no samples to read here: put it with narrower rows (split each row, or "
             "put it with a larger frame size), or read it whole with Client.read_tensor"
