@@ -341,6 +341,15 @@ def test_a_column_name_that_is_not_a_string_is_refused() -> None:
         frames_to_table(frames, columns=["s", 0])  # type: ignore[list-item]
 
 
+def test_a_selection_naming_a_column_the_shard_has_twice_is_refused_naming_it() -> None:
+    # It raised a bare KeyError; the shard's other columns are still selectable.
+    table = pa.table([pa.array([1]), pa.array(["x"]), pa.array([2.0])], names=["a", "a", "b"])
+    frames = table_to_frames(table)
+    with pytest.raises(InvalidArgument, match=r"\['a'\].*more than once"):
+        frames_to_table(frames, columns=["b", "a"])
+    assert frames_to_table(frames, columns=["b"]).to_pydict() == {"b": [2.0]}
+
+
 def test_frames_to_table_is_zero_copy() -> None:
     table = pa.table({"i": np.arange(1000), "s": [str(i) for i in range(1000)]})
     frames = detached(table_to_frames(table, 4 * KIB))

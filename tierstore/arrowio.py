@@ -611,6 +611,14 @@ def _selection(columns: Iterable[str], schema: pa.Schema) -> list[str]:
     unknown = [name for name in names if name not in schema.names]
     if unknown:
         raise InvalidArgument(f"unknown columns {unknown}; the shard has {schema.names}")
+    # A name is no way to pick one of several columns of that name (table.select()
+    # raised a bare KeyError for it).
+    ambiguous = sorted({name for name in names if schema.names.count(name) > 1})
+    if ambiguous:
+        raise InvalidArgument(
+            f"columns {ambiguous} appear more than once in the shard, so a name cannot "
+            "select them; read the shard without columns= and pick them by position"
+        )
     return names
 
 
@@ -625,7 +633,7 @@ def frames_to_table(frames: Sequence[BufferLike], columns: Iterable[str] | None 
 
     Raises:
         InvalidArgument: ``columns`` is not such an iterable, or names a column that is
-            not in the schema.
+            not in the schema or is in it more than once.
         MalformedArrow: the frames do not decode as an Arrow shard.
     """
     check_columns(columns)
