@@ -730,6 +730,62 @@ def test_uncompressed_messages_are_told_apart() -> None:
     assert len(frames) >= 3  # schema, dictionary, batch
 
 
+def test_a_batch_of_more_columns_than_its_schema_is_refused() -> None:
+    # Arrow decodes the schema's columns and ignores the rest: it was stored, and read
+    # back without its last column.
+    schema_frame = table_to_frames(pa.table({"a": [1, 2], "s": ["x", "y"]}))[0]
+    wider = table_to_frames(pa.table({"a": [1, 2], "s": ["x", "y"], "t": [1.0, 2.0]}))
+    with pytest.raises(
+        MalformedArrow, match=r"frame 1: .*3 field nodes and 7 buffers.*2 field nodes and 5 buffers"
+    ):
+        validate_arrow_frames([schema_frame, wider[1]])
+    deeper = table_to_frames(pa.table({"s": [{"x": 1, "y": 2}]}))
+    narrower = table_to_frames(pa.table({"s": [{"x": 1}]}))
+    with pytest.raises(MalformedArrow, match="field nodes"):
+        validate_arrow_frames([narrower[0], deeper[1]])
+
+
+def every_layout() -> pa.Table:
+    """A column of each layout whose IPC buffer count is not its type's ``num_buffers``
+    alone (nulls, unions, run-end encoded, views) and of the usual ones."""
+    strings = pa.array(["a", "a much longer string than a view inlines", None])
+    return pa.table(
+        {
+            "null": pa.nulls(3),
+            "int": [1, None, 3],
+            "str": strings,
+            "view": strings.cast(pa.string_view()),
+            "list_view": pa.array([[1], [], None], pa.list_view(pa.int8())),
+            "sparse": pa.UnionArray.from_sparse(
+                pa.array([0, 1, 0], pa.int8()), [pa.array([1, 2, 3]), strings]
+            ),
+            "dense": pa.UnionArray.from_dense(
+                pa.array([0, 1, 0], pa.int8()),
+                pa.array([0, 0, 1], pa.int32()),
+                [pa.array([1, 2]), pa.array(["x"])],
+            ),
+            "ree": pa.RunEndEncodedArray.from_arrays([2, 3], ["a", "b"]),
+            "map": pa.array([[("a", 1)], [], None], pa.map_(pa.string(), pa.int64())),
+            "struct": [{"a": 1, "b": [1.0]}, None, {"a": None, "b": []}],
+            "dictionary": strings.dictionary_encode(),
+            "tensor": pa.FixedShapeTensorArray.from_numpy_ndarray(np.zeros((3, 2, 2))),
+        }
+    )
+
+
+@pytest.mark.parametrize("version", ["V4", "V5"])
+def test_batches_of_every_layout_pass_the_count_check(version: str) -> None:
+    # In a V4 message unions and run-end encoded arrays have a validity buffer too.
+    table = every_layout()
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(metadata_version=getattr(pa.ipc.MetadataVersion, version))
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    frames = arrowio._split_messages(sink.getvalue())
+    assert validate_arrow_frames(frames).equals(table.schema)
+    assert frames_to_table(frames).equals(table)
+
+
 def test_validate_names_the_frame() -> None:
     frames = good_frames()
     bad = [*frames[:3], frames[3].to_pybytes()[:-16], *frames[4:]]

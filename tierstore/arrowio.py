@@ -667,6 +667,12 @@ _BATCH_COMPRESSION = 3
 _MESSAGE_CUSTOM_METADATA = 4
 _DICTIONARY_IS_DELTA = 2  # DictionaryBatch's field number of isDelta
 _V4 = 3  # MetadataVersion of Arrow 0.15 to 0.17
+_V5 = 4  # MetadataVersion since Arrow 1.0
+# RecordBatch's field numbers of its field nodes, its buffers and its variadic buffer
+# counts (one per string or binary view array: its data buffers)
+_BATCH_NODES = 1
+_BATCH_BUFFERS = 2
+_BATCH_VARIADIC_COUNTS = 4
 _LEGACY_COMPRESSION = b"ARROW:experimental_compression"
 
 
@@ -741,6 +747,75 @@ def _custom_metadata_keys(data: bytes) -> list[bytes]:
                 raise MalformedArrow("IPC message metadata points outside itself")
             keys.append(data[text + 4 : text + 4 + size])
     return keys
+
+
+class _Layout(NamedTuple):
+    """How many field nodes and buffers a record batch message declares."""
+
+    nodes: int
+    #: buffers, the views' variadic data buffers left out
+    buffers: int
+    #: string and binary view arrays (each declares a variadic buffer count)
+    views: int
+
+    def __str__(self) -> str:
+        views = f" and {self.views} view arrays" if self.views else ""
+        return f"{self.nodes} field nodes and {self.buffers} buffers{views}"
+
+
+def _declared_layout(header: BufferLike) -> tuple[int, _Layout]:
+    """The metadata version of the record batch message that starts with ``header``,
+    and the layout it declares. Raises MalformedArrow for metadata that does not parse."""
+    data = _metadata(header)
+    _, batch = _batch_table(data)
+    counts = [
+        _unpack("<q", data, at)
+        for at in _vector_items(data, batch, _BATCH_VARIADIC_COUNTS, item_bytes=8)
+    ]
+    if any(count < 0 for count in counts):
+        raise MalformedArrow(f"a record batch declares variadic buffer counts {counts!r:.200}")
+    nodes = len(_vector_items(data, batch, _BATCH_NODES, item_bytes=16))
+    buffers = len(_vector_items(data, batch, _BATCH_BUFFERS, item_bytes=16))
+    return _message_version(data), _Layout(nodes, buffers - sum(counts), len(counts))
+
+
+def _vector_items(data: bytes, table: int, index: int, item_bytes: int) -> range:
+    """Where each item of the vector in field ``index`` of the table at ``table`` is
+    (none when the field is absent). Raises MalformedArrow for a vector that runs past
+    the metadata."""
+    at = _field_position(data, table, index)
+    if at is None:
+        return range(0)
+    vector = at + _u32(data, at)
+    first = vector + 4
+    end = first + _u32(data, vector) * item_bytes
+    if end > len(data):
+        raise MalformedArrow("IPC message metadata points outside itself")
+    return range(first, end, item_bytes)
+
+
+def _schema_layout(fields: Iterable[pa.Field], version: int) -> _Layout:
+    """The layout a record batch of ``fields`` declares in a message of metadata
+    ``version``, as Arrow's writer makes it: a field node for each field and each
+    field it nests (a dictionary's values are in dictionary batches), and the buffers
+    of each field's type's layout but a validity slot that is always null and left out
+    (a null array's; a union's or run-end encoded array's since V5)."""
+    nodes = buffers = views = 0
+    for field in fields:
+        dtype = field.type
+        if isinstance(dtype, pa.BaseExtensionType):
+            dtype = dtype.storage_type
+        unions_or_runs = pa.types.is_union(dtype) or pa.types.is_run_end_encoded(dtype)
+        left_out = pa.types.is_null(dtype) or (unions_or_runs and version >= _V5)
+        nodes += 1
+        buffers += dtype.num_buffers - int(left_out)
+        views += int(pa.types.is_string_view(dtype) or pa.types.is_binary_view(dtype))
+        if not pa.types.is_dictionary(dtype):
+            inner = _schema_layout((dtype.field(i) for i in range(dtype.num_fields)), version)
+            nodes += inner.nodes
+            buffers += inner.buffers
+            views += inner.views
+    return _Layout(nodes, buffers, views)
 
 
 def message_is_delta(header: BufferLike) -> bool:
@@ -842,6 +917,18 @@ def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None
                 )
 
 
+def _check_layout(index: int, declared: _Layout, expected: _Layout) -> None:
+    """Refuse (MalformedArrow) a record batch (frame ``index``) that declares other
+    field nodes or buffers than its schema's: Arrow decodes the schema's columns from
+    the first ones and ignores the rest (a batch of an extra column was stored, and
+    read back without it)."""
+    if declared != expected:
+        raise MalformedArrow(
+            f"frame {index}: the record batch declares {declared}; the schema's columns "
+            f"make {expected} (a batch written for another schema?)"
+        )
+
+
 def _check_batch(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
     """Refuse (MalformedArrow) a decoded batch that is invalid or not decoded in place."""
     try:
@@ -890,7 +977,8 @@ def checked_arrow_frames(
 
     Checks: frame 0 is exactly one schema message; every later frame is exactly one record
     batch (or dictionary batch) message with no trailing bytes; everything decodes against
-    that schema; every record batch passes ``RecordBatch.validate(full=True)`` and decodes in
+    that schema; every record batch message declares the field nodes and buffers of that
+    schema's columns, passes ``RecordBatch.validate(full=True)`` and decodes in
     place (uncompressed, native byte order, 8-byte aligned buffers). Caveat: a batch
     written for another schema with the same physical layout (say int64 vs float64)
     cannot be told apart and passes.
@@ -929,9 +1017,15 @@ def checked_arrow_frames(
                 "dictionaries, served in place (write with emit_dictionary_deltas off)"
             )
     rows = 0
+    # What the schema's record batches declare, by metadata version: made once a shard.
+    layouts: dict[int, _Layout] = {}
 
     def check(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
         nonlocal rows
+        version, declared = _declared_layout(frame)
+        if version not in layouts:
+            layouts[version] = _schema_layout(batch.schema, version)
+        _check_layout(index, declared, layouts[version])
         _check_batch(index, batch, frame)
         rows += batch.num_rows
 
