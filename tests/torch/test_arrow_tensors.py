@@ -218,3 +218,16 @@ def test_hostile_tensor_metadata_is_malformed_arrow(shape: bytes) -> None:
     schema = pa.schema([pa.field("tensor", pa.int64())], metadata=metadata)
     with pytest.raises(MalformedArrow, match=r"tierstore\.tensor\.shape"):
         check_tensor_rows(schema, "s")
+
+
+def test_a_tensor_column_of_bool_elements_is_refused_by_name() -> None:
+    # It raised KeyError: DataType(bool) when converted directly.
+    tensor_type = pa.fixed_shape_tensor(pa.bool_(), [2])
+    storage = pa.array([[True, False], [False, True]], pa.list_(pa.bool_(), 2))
+    array = pa.ExtensionArray.from_storage(tensor_type, storage)
+    with pytest.raises(UnsupportedData, match=r"'flags'.*bool elements"):
+        column_to_tensor("flags", array)
+    with pytest.raises(UnsupportedData, match=r"'flags'.*bool elements"):
+        batch_to_tensors(pa.record_batch([array], names=["flags"]))
+    with pytest.raises(UnsupportedData, match=r"'flags'.*bool elements"):
+        check_schema(pa.schema([pa.field("flags", tensor_type)]), "error")

@@ -107,6 +107,14 @@ def check_schema(schema: pa.Schema, strings: Strings) -> None:
         element = _element_type(dtype)
         if dtype in _NUMERIC or pa.types.is_boolean(dtype) or element in _NUMERIC:
             continue
+        if element is not None:
+            # Packed bits, nested lists and the like: no view of a flat buffer of numbers.
+            raise UnsupportedData(
+                f"column {field.name!r} of type {dtype} holds {element} elements, which "
+                "have no tensor form: tierstore.torch reads fixed_shape_tensor and "
+                "fixed_size_list columns of fixed-width numeric elements (store bool "
+                "elements as uint8); leave it out with columns="
+            )
         if _is_string(dtype):
             if strings == "list":
                 continue
@@ -219,7 +227,7 @@ def column_to_tensor(name: str, array: pa.Array) -> torch.Tensor:
     dtype = array.type
     if dtype in _NUMERIC:
         return _flat_tensor(name, array)
-    if isinstance(dtype, pa.FixedShapeTensorType):
+    if isinstance(dtype, pa.FixedShapeTensorType) and dtype.value_type in _NUMERIC:
         return _tensor_column(name, array)
     if pa.types.is_fixed_size_list(dtype) and dtype.value_type in _NUMERIC:
         _refuse_nulls(name, array)
