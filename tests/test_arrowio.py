@@ -799,6 +799,11 @@ def test_a_batch_whose_buffers_are_not_8_byte_aligned_is_refused() -> None:
     frames = table_to_frames(pa.table({"a": np.arange(10), "s": ["x"] * 10}))
     with pytest.raises(MalformedArrow, match=r"frame 1: .*not 8-byte aligned"):
         validate_arrow_frames([frames[0], misaligned_body(frames[1])])
+    # A dictionary batch's too: its values are served in place like a batch's columns.
+    frames = table_to_frames(pa.table({"d": pa.array(["red", "green"]).dictionary_encode()}))
+    assert [pa.ipc.read_message(f).type for f in frames] == ["schema", "dictionary", "record batch"]
+    with pytest.raises(MalformedArrow, match=r"frame 1: .*not 8-byte aligned"):
+        validate_arrow_frames([frames[0], misaligned_body(frames[1]), frames[2]])
 
 
 @pytest.mark.parametrize(

@@ -898,7 +898,7 @@ def _check_in_place(index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None
     served in place; or one not 8-byte aligned (frames are: see :func:`_as_buffer`):
     metadata padded to other than a multiple of 8 shifts the whole body, and numpy and
     torch views of it were misaligned. (Dictionaries are not checked here: compressed
-    and delta ones were refused from their metadata.)"""
+    and delta ones, and those of misaligned bodies, were refused from their metadata.)"""
     low, high = frame.address, frame.address + frame.size
     for column in batch.columns:
         for buffer in column.buffers():
@@ -1010,6 +1010,14 @@ def checked_arrow_frames(
                 f"frame {index}: the {kind} message's body is compressed; tierstore "
                 "stores batches uncompressed, to serve them in place (write without "
                 "compression)"
+            )
+        if index and message_header_bytes(frame) % _ARROW_ALIGNMENT:
+            # The body follows the metadata: every buffer of it would be misaligned (a
+            # dictionary batch's too, whose buffers the in-place check does not see).
+            raise MalformedArrow(
+                f"frame {index}: the {kind} message's body starts "
+                f"{message_header_bytes(frame)} bytes in, so its buffers are not "
+                f"{_ARROW_ALIGNMENT}-byte aligned (metadata not padded to a multiple of 8)"
             )
         if index and message_is_delta(frame):
             raise MalformedArrow(
