@@ -8,6 +8,9 @@ process is not allowed by LMDB), in short transactions of its own.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +159,25 @@ def prefetch_held_in_its_fetch(store: Store, archive: FaultyTier, dataset: str, 
     archive.hold_reads(frames, threads_named="tierstore-promote")
     assert store.prefetch(dataset, [shard]) == 1
     assert archive.read_waiting.wait(10), "the prefetch's promotion never fetched"
+
+
+@contextlib.contextmanager
+def holding_the_writer(store: Store) -> Iterator[None]:
+    """Hold the hot tier's write transaction (from a thread of its own, as LMDB wants
+    a transaction used by the thread that began it) while the block runs: every commit
+    of the store waits until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._env.write():
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, name="test-writer-holder")
+    holder.start()
+    try:
+        assert held.wait(10), "the writer was not taken"
+        yield
+    finally:
+        release.set()
+        holder.join()

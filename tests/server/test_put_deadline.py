@@ -1,24 +1,27 @@
 """A put's wait for quota room ends before its caller's deadline (the computation, and
-the servicer passing it on to the engine in a real server)."""
+the servicer passing it on to the engine in a real server); a put or delete whose
+caller gave up while it waited for the writer changes nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from tests.engine.backdoor import holding_the_writer
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, payload, wait_until
-from tests.server.servers import RunningServer, error_name, metadata, serving
+from tests.server.servers import RunningServer, error_name, invoke, metadata, serving
 from tierstore.server.shards import _wait_within
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Role
-from tierstore.v1 import common_pb2, shards_pb2
+from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2
 
 
 class Deadline:
@@ -119,3 +122,52 @@ def test_a_cancelled_put_stops_waiting_for_room(tmp_path: Path) -> None:
         wait_until(lambda: node.store.stats().quota_waiting_puts == 0, "the wait to end")
         assert not archive.hold_timed_out
         assert not node.store.list("capped", prefix="s3")[0]
+
+
+SHARDS = "/tierstore.v1.ShardService/"
+DATASETS = "/tierstore.v1.DatasetService/"
+#: each change a caller may give up on while it waits for the writer: its method, what
+#: it sends, and the role it needs
+CHANGES: dict[str, tuple[str, Callable[[], Any], Role]] = {
+    "put": (SHARDS + "PutShard", lambda: put_requests("s", b"v1, given up on"), Role.WRITER),
+    "delete": (
+        SHARDS + "DeleteShard",
+        lambda: shards_pb2.DeleteShardRequest(dataset="capped", shard="s"),
+        Role.WRITER,
+    ),
+    "dataset delete": (
+        DATASETS + "DeleteDataset",
+        lambda: datasets_pb2.DeleteDatasetRequest(name="capped", force=True),
+        Role.ADMIN,
+    ),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_change_whose_caller_gave_up_while_it_waited_for_the_writer_changes_nothing(
+    tmp_path: Path, change: str
+) -> None:
+    # A caller told DEADLINE_EXCEEDED takes the change for failed, and may put or delete
+    # again: the change must not land after, when the writer comes free, or it could undo
+    # what the caller did next (a put deleted by the delete it had given up on).
+    method, request, role = CHANGES[change]
+    with serving(tmp_path, insecure=True, datasets={"capped": DatasetSettings()}) as node:
+        token = node.token("caller", ("capped", role))
+        node.store.put("capped", "s", b"v0")
+        registry = node.server.metrics.registry
+
+        def answered() -> float:
+            return sum(
+                registry.get_sample_value(
+                    "tierstore_requests_total", {"method": method, "code": code}
+                )
+                or 0.0
+                for code in grpc.StatusCode.__members__
+            )
+
+        with holding_the_writer(node.store):
+            with pytest.raises(grpc.RpcError) as caught:
+                invoke(node.channel(), method, request(), token, timeout=2.0)
+            assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: answered() == 1, f"the given-up {change}'s handler to end")
+        assert b"".join(bytes(frame) for frame in node.store.get("capped", "s").frames) == b"v0"

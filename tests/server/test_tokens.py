@@ -379,6 +379,16 @@ class HeldDeletes:
         return getattr(self._store, attribute)
 
 
+class _CallerWaiting:
+    """The one method of a ServicerContext a delete reads: its caller still waits."""
+
+    def is_active(self) -> bool:
+        return True
+
+
+WAITING = _CallerWaiting()
+
+
 def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None:
     # One delete is refused (its dataset holds a shard), another lands meanwhile: the
     # grants the first removed must not come back onto a dataset that is gone.
@@ -396,7 +406,9 @@ def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None
     def run(force: bool) -> None:
         calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
         try:
-            outcomes.append(delete(servicer, DeleteDatasetRequest(name="plain", force=force), None))
+            outcomes.append(
+                delete(servicer, DeleteDatasetRequest(name="plain", force=force), WAITING)
+            )
         except Exception as exc:
             outcomes.append(exc)
 
@@ -446,7 +458,7 @@ def test_a_token_made_while_its_dataset_is_deleted_keeps_no_grant_on_it(tmp_path
 
     def run() -> None:
         calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
-        delete(servicer, DeleteDatasetRequest(name="plain"), None)
+        delete(servicer, DeleteDatasetRequest(name="plain"), WAITING)
 
     deleting = threading.Thread(target=run)
     deleting.start()
@@ -485,7 +497,7 @@ def test_a_write_through_delete_the_archive_has_not_done_gives_no_grant_to_the_n
     servicer = DatasetServicer(store, tokens)
     delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
     with pytest.raises(ArchiveUnavailable):
-        delete(servicer, DeleteDatasetRequest(name="plain", force=True), None)
+        delete(servicer, DeleteDatasetRequest(name="plain", force=True), WAITING)
     assert store.has_dataset("plain")  # the new one
     assert tokens.authenticate(token).grants == ()
     factory.close_all()

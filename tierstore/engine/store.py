@@ -525,16 +525,24 @@ class Store:
         return settings
 
     def delete_dataset(
-        self, name: str, *, force: bool = False, committed: Callable[[], None] | None = None
+        self,
+        name: str,
+        *,
+        force: bool = False,
+        committed: Callable[[], None] | None = None,
+        admit: Callable[[DatasetSettings], None] | None = None,
     ) -> None:
         """Delete a dataset; with shards in it only when ``force`` (they are deleted too).
         Write-through: returns once the archive holds none of it, else ArchiveUnavailable
         (deleted here; the mover keeps trying the archive). ``committed`` is called once
         the delete is committed here, before a write-through one waits for the archive:
-        an error after it leaves the dataset deleted (and its name free to reuse)."""
+        an error after it leaves the dataset deleted (and its name free to reuse).
+        ``admit(settings)`` runs inside the write transaction, before anything is
+        deleted: what it raises ends the delete with nothing changed (the service checks
+        there that its caller is still waiting for the answer)."""
         self._check_open()
         validate_dataset_name(name)
-        settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force))
+        settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force, admit))
         self._plans.close_dataset(name)
         self._retire_reads(name)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
@@ -553,7 +561,7 @@ class Store:
         self._trace.retire_dataset(name)
 
     def _drop_dataset(
-        self, name: str, force: bool
+        self, name: str, force: bool, admit: Callable[[DatasetSettings], None] | None
     ) -> tuple[DatasetSettings, builtins.list[ShardRecord], int]:
         """Commit the delete of dataset ``name`` (see :meth:`delete_dataset`); returns its
         settings, the shards it held and the journal entry that deletes it from the
@@ -563,6 +571,8 @@ class Store:
             try:
                 with self._env.write() as txn:
                     settings = self._catalog.require_dataset(txn, name)
+                    if admit is not None:
+                        admit(settings)
                     records = list(self._catalog.iter_shards(txn, name))
                     damaged = self._catalog.damaged_keys_of(txn, name)
                     if (records or damaged) and not force:
@@ -674,20 +684,29 @@ class Store:
             quota = self._catalog.require_dataset(txn, dataset).hot_quota_bytes
         return quota, self._env.usable_bytes()
 
-    def delete(self, dataset: str, shard: str) -> None:
+    def delete(
+        self,
+        dataset: str,
+        shard: str,
+        *,
+        admit: Callable[[DatasetSettings], None] | None = None,
+    ) -> None:
         """Delete a shard (every tier). In a write-through dataset it returns once the
         archive has deleted it too. Raises InvalidName, DatasetNotFound, ShardNotFound,
         ArchiveUnavailable (write-through only: deleted here, and the mover keeps
-        trying the archive)."""
+        trying the archive), and what ``admit(settings)`` raises: it runs inside the
+        write transaction, before anything is deleted (see :meth:`delete_dataset`)."""
         self._check_shard_call(dataset, shard)
-        settings, seq, was_hot = self._with_reserve(lambda: self._drop_shard(dataset, shard))
+        settings, seq, was_hot = self._with_reserve(lambda: self._drop_shard(dataset, shard, admit))
         if was_hot:  # before a write-through delete waits for the archive
             self._room_may_have_come()
         if seq is not None and settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, dataset, f"{dataset}/{shard}", shard)
         self.mover.wake()
 
-    def _drop_shard(self, dataset: str, shard: str) -> tuple[DatasetSettings, int | None, bool]:
+    def _drop_shard(
+        self, dataset: str, shard: str, admit: Callable[[DatasetSettings], None] | None
+    ) -> tuple[DatasetSettings, int | None, bool]:
         """Commit the delete of ``dataset/shard`` (see :meth:`delete`); returns its
         dataset's settings, the journal entry that deletes it from the archive (None for
         a shard whose record was unreadable) and whether it was hot."""
@@ -695,6 +714,8 @@ class Store:
         was_hot = False
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
+            if admit is not None:
+                admit(settings)
             try:
                 record = self._catalog.require_shard(txn, dataset, shard)
             except IntegrityError:  # its record is unreadable: see tierstore.engine.damaged

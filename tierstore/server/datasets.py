@@ -12,7 +12,7 @@ from tierstore.errors import InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.authz import authorize, visible
-from tierstore.server.rpc import caller, handler
+from tierstore.server.rpc import caller, handler, refuse_if_caller_gone
 from tierstore.server.tokens import TokenStore
 from tierstore.types import DatasetSettings
 from tierstore.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
@@ -141,7 +141,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
                     removed.update(self._tokens.remove_grants_on(name))
 
             try:
-                self._store.delete_dataset(name, force=request.force, committed=after_commit)
+                self._store.delete_dataset(
+                    name,
+                    force=request.force,
+                    committed=after_commit,
+                    admit=lambda _: refuse_if_caller_gone(context, f"the delete of {name}"),
+                )
             except BaseException:
                 # Only a delete that did not happen gives the grants back: one the archive
                 # has not done yet (write-through) is done here, and a dataset of the

@@ -21,11 +21,24 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tierstore.errors import ResourceExhausted, TierstoreError, Unauthenticated
+from tierstore.errors import (
+    FailedPrecondition,
+    ResourceExhausted,
+    TierstoreError,
+    Unauthenticated,
+)
 from tierstore.naming import is_dataset_name
 from tierstore.wire.status import ERROR_HEADER, error_name, status_details, status_for_error
 
-__all__ = ["called_on", "caller", "calling_as", "handler", "note_dataset", "stream_handler"]
+__all__ = [
+    "called_on",
+    "caller",
+    "calling_as",
+    "handler",
+    "note_dataset",
+    "refuse_if_caller_gone",
+    "stream_handler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +96,19 @@ def called_on() -> str:
     """The dataset :func:`note_dataset` recorded for the current call ("" if none)."""
     call = _CALL.get()
     return call.dataset if call is not None else ""
+
+
+def refuse_if_caller_gone(context: grpc.ServicerContext, change: str) -> None:
+    """Raise FailedPrecondition, for ``change`` (a put or delete, named), when the
+    caller is no longer waiting for its answer: for a check inside the change's own
+    write transaction. A caller told DEADLINE_EXCEEDED or CANCELLED takes the change
+    for failed, and may have put or deleted again since: a change that waited for the
+    writer and landed after that could undo what the caller did next."""
+    if not context.is_active():
+        raise FailedPrecondition(
+            f"the caller of {change} gave up (cancelled, or past its deadline) before it "
+            "could commit: nothing was changed"
+        )
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:

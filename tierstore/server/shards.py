@@ -37,7 +37,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
 from tierstore.server.authz import Principal, authorize, reauthorizer
 from tierstore.server.localreads import LocalReadService
-from tierstore.server.rpc import caller, handler, stream_handler
+from tierstore.server.rpc import caller, handler, refuse_if_caller_gone, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
@@ -133,6 +133,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             # delete takes the writer); a revocation that returns while the commit runs
             # may still see this put land.
             writer_now()
+            refuse_if_caller_gone(context, f"the put of {header.dataset}/{header.shard}")
             if settings.encrypted and not encrypted:
                 # Made again encrypted while the frames were spooled in plaintext: the
                 # put belongs to the plaintext dataset it began in.
@@ -377,7 +378,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         # (No wait before the delete: a slot is taken or refused at once, and the local
         # delete commits before a write-through one waits on the archive.)
         with self._slot_if_write_through(request.dataset, "a write-through delete in"):
-            self._store.delete(request.dataset, request.shard)
+            self._store.delete(
+                request.dataset,
+                request.shard,
+                admit=lambda _: refuse_if_caller_gone(
+                    context, f"the delete of {request.dataset}/{request.shard}"
+                ),
+            )
         return shards_pb2.DeleteShardResponse()
 
     def _slot_if_write_through(self, dataset: str, what: str) -> AbstractContextManager[None]:
