@@ -228,7 +228,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def epoch_length(self, num_workers: int = 0, epoch: int | None = None) -> int:
         """Samples (or batches, with ``batch_size``) this rank yields in the whole of
         ``epoch`` (default: the current one) when read by a DataLoader with
-        ``num_workers`` workers; a resumed epoch yields only what its state has left.
+        ``num_workers`` workers. After a mid-epoch resume it is still the whole epoch's
+        count, not what the resumed state has left of it.
 
         Exact for the shards as listed when the object was made (a shard rewritten since
         with other rows is not seen). With ``shuffle`` and in-worker batches it varies
