@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias
@@ -49,6 +50,7 @@ __all__ = [
     "message_rows",
     "open_ipc_file",
     "reader_to_frames",
+    "repeated_columns",
     "table_to_frames",
     "validate_arrow_frames",
 ]
@@ -601,6 +603,15 @@ def check_columns(columns: object) -> None:
         )
 
 
+def repeated_columns(schema: pa.Schema, names: Iterable[str] | None = None) -> list[str]:
+    """The names (sorted, each once) that ``schema`` gives to more than one column: of
+    ``names`` only, when given. Arrow allows such a schema; no name selects one of those
+    columns. Pure and thread-safe."""
+    counts = Counter(schema.names)
+    among = counts if names is None else set(names)
+    return sorted(name for name in among if counts[name] > 1)
+
+
 def _selection(columns: Iterable[str], schema: pa.Schema) -> list[str]:
     """``columns`` as a list, taken once (a generator has nothing left for a second
     pass), checked against ``schema``. Raises InvalidArgument."""
@@ -613,7 +624,7 @@ def _selection(columns: Iterable[str], schema: pa.Schema) -> list[str]:
         raise InvalidArgument(f"unknown columns {unknown}; the shard has {schema.names}")
     # A name is no way to pick one of several columns of that name (table.select()
     # raised a bare KeyError for it).
-    ambiguous = sorted({name for name in names if schema.names.count(name) > 1})
+    ambiguous = repeated_columns(schema, names)
     if ambiguous:
         raise InvalidArgument(
             f"columns {ambiguous} appear more than once in the shard, so a name cannot "

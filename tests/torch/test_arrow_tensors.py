@@ -231,3 +231,12 @@ def test_a_tensor_column_of_bool_elements_is_refused_by_name() -> None:
         batch_to_tensors(pa.record_batch([array], names=["flags"]))
     with pytest.raises(UnsupportedData, match=r"'flags'.*bool elements"):
         check_schema(pa.schema([pa.field("flags", tensor_type)]), "error")
+
+
+def test_columns_of_one_name_are_refused_not_collapsed_into_one() -> None:
+    # Samples are dicts keyed by column name: the second 'a' silently replaced the first.
+    batch = pa.record_batch([pa.array([1]), pa.array([2.0]), pa.array([3])], names=["a", "b", "a"])
+    with pytest.raises(UnsupportedData, match=r"\['a'\].*more than once"):
+        batch_to_tensors(batch)
+    with pytest.raises(UnsupportedData, match=r"\['a'\].*more than once"):
+        check_schema(batch.schema, "error")

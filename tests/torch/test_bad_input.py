@@ -184,6 +184,25 @@ def test_schema_drift_stops_the_loader_with_both_shards_named(
         MapDataset(name, **samples.connection)  # found while counting rows
 
 
+def test_a_column_a_shard_has_twice_is_refused_by_name(admin: Client, samples: Samples) -> None:
+    # Selecting it raised a bare KeyError; taking every column made samples of one 'id'.
+    ids = pa.array(np.arange(5, dtype=np.int64))
+    twice = pa.table([ids, pa.array(np.arange(5) * 2), ids], names=["id", "label", "id"])
+    name = fresh_dataset(admin, {"a": twice})
+    with pytest.raises(errors.InvalidArgument, match=r"\['id'\].*more than once in shard 'a'"):
+        IterableDataset(name, columns=["label", "id"], **samples.connection)
+    with pytest.raises(errors.UnsupportedData, match=r"\['id'\].*more than once"):
+        IterableDataset(name, **samples.connection)
+    assert MapDataset(name, columns=["label"], **samples.connection)[1] == {"label": 2}
+    # A later shard with a selected column twice is schema drift, named as such.
+    later = fresh_dataset(admin, {"a": sample_table(0, 5), "b": twice})
+    with pytest.raises(errors.InvalidArgument, match=r"shard 'b' has column\(s\) \['id'\] more"):
+        MapDataset(later, columns=["id"], **samples.connection)
+    streamed = IterableDataset(later, columns=["id"], shuffle=False, **samples.connection)
+    with pytest.raises(errors.InvalidArgument, match=r"shard 'b' has column\(s\) \['id'\] more"):
+        list(streamed)
+
+
 def test_more_workers_than_shards(admin: Client, samples: Samples) -> None:
     name = fresh_dataset(admin, {"a": sample_table(0, 7), "b": sample_table(1, 4)})
     dataset = IterableDataset(name, **samples.connection)

@@ -38,7 +38,7 @@ import pyarrow as pa
 import torch
 import torch.utils.dlpack
 
-from tierstore.arrowio import fixed_list_values
+from tierstore.arrowio import fixed_list_values, repeated_columns
 from tierstore.errors import InvalidArgument, UnsupportedData
 from tierstore.tensors import TENSOR_COLUMN, tensor_shape
 
@@ -98,10 +98,12 @@ def check_schema(schema: pa.Schema, strings: Strings) -> None:
 
     Raises:
         InvalidArgument: ``strings`` is neither ``"error"`` nor ``"list"``.
-        UnsupportedData: a column of another type, named with its type and what to do.
+        UnsupportedData: a column of another type, named with its type and what to do;
+            columns of one name (:func:`batch_to_tensors` keys columns by name).
     """
     if strings not in ("error", "list"):
         raise InvalidArgument(f"strings must be 'error' or 'list', not {strings!r}")
+    _refuse_repeated_names(schema)
     for field in schema:
         dtype = field.type
         element = _element_type(dtype)
@@ -126,6 +128,16 @@ def check_schema(schema: pa.Schema, strings: Strings) -> None:
             f"column {field.name!r} of type {dtype} cannot become a tensor: tierstore.torch "
             "reads fixed-width numeric, bool, fixed_shape_tensor and fixed_size_list columns "
             "(and strings with strings='list'); leave it out with columns="
+        )
+
+
+def _refuse_repeated_names(schema: pa.Schema) -> None:
+    repeated = repeated_columns(schema)
+    if repeated:
+        # A sample is a dict keyed by column name: one such column would replace the others.
+        raise UnsupportedData(
+            f"columns {repeated} appear more than once in the schema, and samples are "
+            "keyed by column name: choose columns of unique names with columns="
         )
 
 
@@ -245,8 +257,10 @@ def batch_to_tensors(batch: pa.RecordBatch, strings: Strings = "error") -> dict[
     """Every column of ``batch`` by name: a tensor (a view of the batch where possible), or
     for string and binary columns with ``strings="list"`` a list of ``str``/``bytes``.
 
-    Raises UnsupportedData as :func:`column_to_tensor` and :func:`check_schema`.
+    Raises UnsupportedData as :func:`column_to_tensor` and :func:`check_schema`, and for
+    columns of one name.
     """
+    _refuse_repeated_names(batch.schema)
     out: dict[str, Column] = {}
     for name, array in zip(batch.schema.names, batch.columns, strict=True):
         if _is_string(array.type) and strings == "list":

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import xxhash
 
-from tierstore.arrowio import message_header_bytes, message_rows
+from tierstore.arrowio import message_header_bytes, message_rows, repeated_columns
 from tierstore.client.client import Client
 from tierstore.errors import (
     FailedPrecondition,
@@ -281,6 +281,12 @@ def _select(schema: pa.Schema, given: Iterable[str] | None, reference: str) -> p
         raise InvalidArgument(
             f"unknown column(s) {unknown}: shard {reference!r} has columns {schema.names}"
         )
+    ambiguous = repeated_columns(schema, columns)
+    if ambiguous:  # schema.field() raised a bare KeyError for them
+        raise InvalidArgument(
+            f"columns {ambiguous} appear more than once in shard {reference!r}, so a name "
+            "cannot select them: choose other columns with columns="
+        )
     # The schema's metadata stays: a tensor shard's says what its samples are.
     return pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
 
@@ -419,6 +425,13 @@ def check_conforms(
         had = f"it had {since}" if rewritten else f"shard {reference!r} has"
         raise InvalidArgument(
             f"schema drift in {dataset!r}: shard {shard!r} has no column(s) {missing}, which {had}"
+        )
+    repeated = repeated_columns(schema, expected.names)
+    if repeated:
+        had = f"it had them once {since}" if rewritten else f"shard {reference!r} has them once"
+        raise InvalidArgument(
+            f"schema drift in {dataset!r}: shard {shard!r} has column(s) {repeated} more "
+            f"than once, and {had}"
         )
     for field in expected:
         found = schema.field(field.name).type
