@@ -31,6 +31,7 @@ so the service and the client can share one table later.
     │   ├── EncryptionUnavailable        encrypted dataset, but no master key configured
     │   ├── KeyRotationRefused           key file unusable, or a rotation would drop a key
     │   ├── WrongShardKind               e.g. read_table() on a raw-bytes shard
+    │   ├── PlanShardsChanged            a sampler plan's shards are no longer the prefix's
     │   └── StoreClosed
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     │   ├── BacklogFull                  un-archived bytes passed the configured cap
@@ -75,6 +76,7 @@ __all__ = [
     "PermissionDenied",
     "PlanLimitReached",
     "PlanNotFound",
+    "PlanShardsChanged",
     "QuotaExceeded",
     "RangePastEnd",
     "ReaderTableFull",
@@ -226,6 +228,12 @@ class KeyRotationRefused(FailedPrecondition):
 
 class WrongShardKind(FailedPrecondition):
     """The shard holds another kind of data than the call asks for."""
+
+
+class PlanShardsChanged(FailedPrecondition):
+    """A sampler plan was made over other shard names than the dataset has under its
+    prefix now (shards were added or deleted since its reader listed them): the order
+    regenerated from it would not be the reader's. Declare the explicit shard list."""
 
 
 class StoreClosed(FailedPrecondition):

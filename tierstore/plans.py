@@ -12,13 +12,19 @@ by a library's random stream (whose output may change between versions).
 The global order of an epoch is independent of rank and worker counts; a rank takes
 every ``world_size``-th entry of it starting at ``rank`` (so ranks interleave and the
 union over ranks is the global order, each entry exactly once).
+
+The order is of the shard list, so a reader that lists its shards once and a server that
+lists them at the declaration disagree once shards are added or deleted in between: a
+plan may carry :func:`shard_list_digest` of the names its reader listed, and the server
+refuses it (PlanShardsChanged) when its own list differs.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +37,14 @@ __all__ = [
     "DEFAULT_PLAN_TTL_S",
     "MAX_PLAN_EPOCHS",
     "MAX_PLAN_TTL_S",
+    "SHARD_LIST_DIGEST_BYTES",
     "SamplerKind",
     "SamplerPlan",
     "check_plan_ttl",
     "epoch_order",
     "plan_indices",
     "rank_order",
+    "shard_list_digest",
 ]
 
 #: the most epochs one plan may declare (a longer job declares again).
@@ -47,6 +55,8 @@ MAX_PLAN_TTL_S = 7 * 86400.0
 DEFAULT_PLAN_TTL_S = 300.0
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: the length of :func:`shard_list_digest` (SHA-256)
+SHARD_LIST_DIGEST_BYTES = 32
 
 
 class SamplerKind(enum.StrEnum):
@@ -65,7 +75,10 @@ class SamplerPlan:
     """A reader's plan, from which the order is regenerated.
 
     ``samples_per_epoch`` is only for :attr:`SamplerKind.REPLACEMENT` (0 = as many
-    draws as there are shards). Raises InvalidArgument from :meth:`validate`.
+    draws as there are shards). ``shards_digest``: :func:`shard_list_digest` of the
+    sorted names the reader's order is made over, which the server checks against the
+    names it regenerates from (empty: not checked). Raises InvalidArgument from
+    :meth:`validate`.
     """
 
     kind: SamplerKind
@@ -75,6 +88,7 @@ class SamplerPlan:
     world_size: int = 1
     epochs: int = 1
     samples_per_epoch: int = 0
+    shards_digest: bytes = b""
 
     def __post_init__(self) -> None:
         # A kind given by its name ("shuffle") is that kind, as on the wire: left a
@@ -88,6 +102,11 @@ class SamplerPlan:
             if number is None:
                 raise InvalidArgument(f"{name} must be a whole number, got {value!r:.40}")
             object.__setattr__(self, name, number)
+        if not isinstance(self.shards_digest, bytes | bytearray | memoryview):
+            raise InvalidArgument(
+                f"shards_digest must be bytes, got {type(self.shards_digest).__name__}"
+            )
+        object.__setattr__(self, "shards_digest", bytes(self.shards_digest))
 
     def validate(self) -> None:
         """Raise InvalidArgument if the fields do not describe a plan."""
@@ -114,6 +133,11 @@ class SamplerPlan:
             raise InvalidArgument("samples_per_epoch must not be negative")
         if self.samples_per_epoch and self.kind is not SamplerKind.REPLACEMENT:
             raise InvalidArgument("samples_per_epoch applies only to the replacement sampler")
+        if self.shards_digest and len(self.shards_digest) != SHARD_LIST_DIGEST_BYTES:
+            raise InvalidArgument(
+                f"shards_digest is {SHARD_LIST_DIGEST_BYTES} bytes (shard_list_digest) or "
+                f"empty, got {len(self.shards_digest)}"
+            )
 
 
 def _sampler_kind(kind: object) -> SamplerKind:
@@ -199,6 +223,21 @@ def rank_order(plan: SamplerPlan, shards: Sequence[str]) -> list[str]:
     """The shard names ``plan``'s rank reads, in order. ``shards`` must be sorted by
     name (the catalog's order). Raises InvalidArgument."""
     return [shards[int(index)] for index in plan_indices(plan, len(shards))]
+
+
+def shard_list_digest(names: Iterable[str]) -> bytes:
+    """SHA-256 of ``names`` in their order and of their count: each name's UTF-8 length
+    (8 bytes, big-endian) then the name, then the count, so no two lists share one by
+    where their names' joins fall. What a :class:`SamplerPlan` carries as
+    ``shards_digest``. Pure and thread-safe."""
+    digest = hashlib.sha256()
+    count = 0
+    for name in names:
+        encoded = name.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        count += 1
+    digest.update(count.to_bytes(8, "big"))
+    return digest.digest()
 
 
 def check_plan_ttl(ttl_s: object, name: str = "ttl_s") -> float:

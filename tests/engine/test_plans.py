@@ -7,6 +7,7 @@ changes nothing; plans expire without reports; off-plan reads are served as usua
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,8 +24,15 @@ from tierstore.errors import (
     InvalidPlan,
     PlanLimitReached,
     PlanNotFound,
+    PlanShardsChanged,
 )
-from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, rank_order
+from tierstore.plans import (
+    MAX_PLAN_EPOCHS,
+    SamplerKind,
+    SamplerPlan,
+    rank_order,
+    shard_list_digest,
+)
 from tierstore.types import DatasetSettings, TracedClose, TracedPlan
 
 pytestmark = pytest.mark.usefixtures("recording")
@@ -61,6 +69,43 @@ def test_a_sampler_plan_is_regenerated_over_the_sorted_shard_names(planned: Stor
     under_a = planned.declare_plan("d", sampler=SamplerPlan(SamplerKind.SEQUENTIAL), prefix="a/")
     assert declared(planned)[-1][1] == (("d", "a/0"), ("d", "a/1"), ("d", "a/2"))
     assert under_a != job
+
+
+def test_a_sampler_plan_over_other_shards_than_the_prefix_has_now_is_refused(
+    planned: Store,
+) -> None:
+    # A reader lists its shards once, and the server regenerated its sampler's order over
+    # the prefix's shards as they were at the declaration: with a shard added since, it
+    # prepared a shard never read, and every position reported after it was off by one.
+    listed = ["a/0", "a/1", "a/2"]
+    sampler = SamplerPlan(SamplerKind.SHUFFLE, seed=7, shards_digest=shard_list_digest(listed))
+    planned.declare_plan("d", sampler=sampler, prefix="a/")  # as listed: taken
+    assert declared(planned)[-1][1] == tuple(("d", n) for n in rank_order(sampler, listed))
+    planned.put("d", "a/3", payload(FRAME, 3))  # one more
+    with pytest.raises(PlanShardsChanged, match=r"under prefix 'a/' .*changed since"):
+        planned.declare_plan("d", sampler=sampler, prefix="a/", job="added")
+    planned.delete("d", "a/1")  # as many as listed, but others
+    with pytest.raises(PlanShardsChanged, match="not that of the 3 shards there now"):
+        planned.declare_plan("d", sampler=sampler, prefix="a/", job="swapped")
+    assert len(declared(planned)) == 1  # neither refused plan reached the policy
+    with pytest.raises(PlanNotFound):
+        planned.plan_info("added")
+    # Without a digest (a client older than it), the order is the prefix's as it is now.
+    now = ["a/0", "a/2", "a/3"]
+    planned.declare_plan("d", sampler=replace(sampler, shards_digest=b""), prefix="a/")
+    assert declared(planned)[-1][1] == tuple(("d", n) for n in rank_order(sampler, now))
+    over_now = replace(sampler, shards_digest=shard_list_digest(now))
+    planned.declare_plan("d", sampler=over_now, prefix="a/")
+    assert declared(planned)[-1][1] == tuple(("d", n) for n in rank_order(sampler, now))
+
+
+def test_the_shard_list_digest_tells_lists_apart() -> None:
+    # Length-prefixed names: no two lists of names share one by where their joins fall.
+    lists = [[], [""], ["", ""], ["a"], ["ab"], ["a", "b"], ["b", "a"], ["a\0b"], ["a", "\0b"]]
+    digests = [shard_list_digest(names) for names in lists]
+    assert len(set(digests)) == len(lists)
+    assert all(len(digest) == 32 for digest in digests)
+    assert shard_list_digest(("a", "b")) == shard_list_digest(iter(["a", "b"]))
 
 
 def test_an_explicit_plan_keeps_its_order_and_repeats(planned: Store) -> None:
@@ -146,6 +191,11 @@ def test_declaring_a_job_again_replaces_its_plan(open_store: StoreFactory) -> No
             {"sampler": SamplerPlan(SamplerKind.SHUFFLE, rank=2, world_size=2)},
             InvalidArgument,
             "rank",
+        ),
+        (
+            {"sampler": SamplerPlan(SamplerKind.SHUFFLE, shards_digest=b"\x01" * 31)},
+            InvalidArgument,
+            "shards_digest",
         ),
         ({"shards": ["c"], "ttl_s": 0}, InvalidArgument, "ttl_s"),
         ({"shards": ["c"], "ttl_s": -1.0}, InvalidArgument, "ttl_s"),

@@ -11,7 +11,7 @@ import pytest
 
 from tierstore import errors
 from tierstore.client.client import Client
-from tierstore.plans import SamplerKind, SamplerPlan, rank_order
+from tierstore.plans import SamplerKind, SamplerPlan, rank_order, shard_list_digest
 from tierstore.policy.registry import DEFAULT_POLICY, make_policy
 from tierstore.types import Grant, Role, TracedClose, TracedPlan, TracedPosition, TracedRead
 
@@ -99,6 +99,24 @@ def test_access_plans_declare_report_close(admin: Client) -> None:
     assert plans[0].shards == tuple(rank_order(sampler, names))
     assert plans[0].sizes == (5008,) * 6
     assert plans[0].job.endswith(job)  # the server keeps plans per principal
+
+
+def test_a_sampler_plan_over_shards_the_prefix_no_longer_has_is_refused(admin: Client) -> None:
+    listed = ["s0", "s1", "s2"]
+    dataset = cold_dataset(admin, listed)
+    sampler = SamplerPlan(SamplerKind.SHUFFLE, seed=3, shards_digest=shard_list_digest(listed))
+    admin.close_plan(admin.declare_plan(dataset, sampler=sampler))  # the digest travels
+    admin.put(dataset, "s3", b"x")
+    # The engine's class comes back: a reader tells it from other refusals by it.
+    with pytest.raises(errors.PlanShardsChanged, match="changed since the reader listed"):
+        admin.declare_plan(dataset, sampler=sampler, prefix="s")
+    older = SamplerPlan(SamplerKind.SHUFFLE, seed=3)  # no digest: as a client older than it
+    admin.close_plan(admin.declare_plan(dataset, sampler=older, prefix="s"))
+    plans = [e.shards for e in admin.export_trace(dataset) if isinstance(e, TracedPlan)]
+    assert plans == [
+        tuple(rank_order(sampler, listed)),
+        tuple(rank_order(older, [*listed, "s3"])),
+    ]
 
 
 @pytest.mark.parametrize(

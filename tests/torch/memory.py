@@ -68,10 +68,13 @@ class MemoryService:
         self._lock = threading.Lock()
 
     def rewrite(self, name: str, table: pa.Table, frame_bytes: int = 4096) -> None:
-        """Put a new generation of Arrow shard ``name``."""
+        """Put a new generation of Arrow shard ``name`` (or its first: a shard added)."""
+        if name not in self._frames:
+            self._kinds[name] = ShardKind.ARROW
+        else:
+            self.generations[name] = self.generations.get(name, 1) + 1
         self._frames[name] = table_to_frames(table, frame_bytes)
         self._rows[name] = table.num_rows
-        self.generations[name] = self.generations.get(name, 1) + 1
 
     def _info(self, name: str) -> ShardInfo:
         sizes = tuple(frame.size for frame in self._frames[name])

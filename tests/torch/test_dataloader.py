@@ -32,6 +32,7 @@ from tierstore.client.forkgate import GATE
 from tierstore.errors import FailedPrecondition, UnsupportedData
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
+from tierstore.types import TracedPlan
 
 from .conftest import Samples, loader_batches, sample_table, write_samples
 
@@ -658,6 +659,52 @@ def test_the_access_plan_reaches_the_service(samples: Samples) -> None:
         assert names[0] == "declare_plan" and set(names[1:]) == {"report_position"}
         assert 1 <= len(names) - 1 <= shards
     assert isinstance(answers[0][1], str) and answers[0][1]  # the server's job id
+
+
+def test_the_declared_plan_is_what_each_reader_reads_after_the_prefix_gains_a_shard(
+    server: ServerProcess, admin: Client
+) -> None:
+    # The server regenerated a reader's sampler plan over the prefix's shards as they
+    # were at the declaration, while the reader reads those listed when its dataset
+    # object was made: with part-100 added between, the server prepared a shard never
+    # read, and every position reported after it was off by one.
+    rows = (5, 7, 3, 6, 4, 2, 8)
+    fresh = write_samples(server, admin, rows)
+    made = IterableDataset(fresh.dataset, prefix="part-", seed=3, **fresh.connection)
+    made.set_epoch(2)
+    admin.put(fresh.dataset, "part-100", sample_table(100, 4))
+    after = IterableDataset(fresh.dataset, prefix="part-", seed=3, **fresh.connection)
+    after.set_epoch(2)  # made over the shards as they are: its sampler plan is taken
+    declarations: list[dict[str, Any]] = []
+    original = Client.declare_plan
+
+    def declare(self: Client, dataset: str, **kwargs: Any) -> str:
+        declarations.append(kwargs)
+        return original(self, dataset, **kwargs)
+
+    with mock.patch.object(Client, "declare_plan", declare):
+        listed = sorted(
+            1000 * shard + row for shard, count in enumerate(rows) for row in range(count)
+        )
+        assert sorted(ids_of(made)) == listed
+        assert len(ids_of(after)) == len(listed) + 4
+        made.set_epoch(3)
+        loader = DataLoader(made, batch_size=None, num_workers=2, multiprocessing_context="fork")
+        assert sorted(ids_of(loader)) == listed
+    # In the main process: the sampler plan first, then (refused) the explicit list.
+    kinds = [("sampler" if k.get("sampler") else "shards") for k in declarations]
+    assert kinds == ["sampler", "shards", "sampler"]
+    plans = [e.shards for e in admin.export_trace(fresh.dataset) if isinstance(e, TracedPlan)]
+    names = made.shards.names
+    assert "part-100" not in names and "part-100" in after.shards.names
+    assert plans[:2] == [
+        tuple(worker_shards(names, True, 3, 2, Slot())),
+        tuple(worker_shards(after.shards.names, True, 3, 2, Slot())),
+    ]
+    # Each DataLoader worker declared the shards it reads, in its order.
+    assert sorted(plans[2:]) == sorted(
+        tuple(worker_shards(names, True, 3, 3, Slot(worker=w, workers=2))) for w in range(2)
+    )
 
 
 @pytest.mark.parametrize("context", ["fork", "forkserver", "spawn"])

@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader
 from tierstore.errors import (
     DatasetNotFound,
     InvalidArgument,
+    PlanShardsChanged,
     ShardNotFound,
     Unavailable,
     UnsupportedData,
     WrongShardKind,
 )
-from tierstore.plans import rank_order
+from tierstore.plans import rank_order, shard_list_digest
 from tierstore.tensors import tensor_to_table
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch import iterable as iterable_module
@@ -527,6 +528,61 @@ def test_named_shards_declare_the_workers_list_and_resume_declares_its_start() -
     assert kinds[-1] == "close" and set(kinds[1:-1]) <= {"report"}
     reported = [args[1] for kind, args in svc.calls if kind == "report"]
     assert reported == sorted(set(reported)) and set(reported) <= {2, 3}
+
+
+class CheckingDigests(MemoryService):
+    """Refuses a sampler plan made over other shards than its prefix has, as the server
+    does; ``down`` refuses every plan of explicit shards as unavailable."""
+
+    down = False
+
+    def declare_plan(self, dataset: str, **kwargs: Any) -> str:
+        sampler = kwargs["sampler"]
+        if sampler is not None:
+            names = [info.name for info in self.list(dataset, kwargs["prefix"])]
+            if sampler.shards_digest != shard_list_digest(names):
+                with self._lock:
+                    self.calls.append(("refused", kwargs))
+                raise PlanShardsChanged("the shards under the prefix changed")
+        elif self.down:
+            raise Unavailable("plans are down")
+        return super().declare_plan(dataset, **kwargs)
+
+
+def test_a_prefix_that_gained_shards_since_listed_declares_the_workers_list() -> None:
+    svc = CheckingDigests("ds", {f"p/{i}": sample_table(i, 4) for i in range(5)})
+    ds, resumed = make(svc, prefix="p/", seed=3), make(svc, prefix="p/", seed=3)
+    ds.set_epoch(2)
+    iterator = iter(ds)
+    for _ in range(4):  # the epoch's first shard
+        next(iterator)
+    state = ds.state_dict()
+    assert state["shard"] == 1
+    assert len(ids(list(iterator))) == 16
+    # As listed: the sampler plan, carrying their digest, is taken.
+    kind, declared = svc.calls[0]
+    assert kind == "declare"
+    assert declared["sampler"].shards_digest == shard_list_digest(ds.shards.names)
+    svc.rewrite("p/9", sample_table(9, 4))  # a shard added under the prefix since
+    svc.calls.clear()
+    resumed.load_state_dict(state)
+    assert len(ids(list(resumed))) == 16  # p/9 is not read: it was not listed
+    assert [kind for kind, _ in svc.calls[:2]] == ["refused", "declare"]
+    assert svc.calls[1][1] == {
+        "sampler": None,
+        "shards": worker_shards(ds.shards.names, True, 3, 2, Slot()),
+        "prefix": "",
+        "ttl_s": 300.0,
+        "position": 1,
+    }
+    assert svc.calls[-1][0] == "close"
+    # The list refused as well: the plan is dropped (and logged), and reading goes on.
+    stale = make(svc, prefix="p/", seed=3)
+    svc.rewrite("p/8", sample_table(8, 4))
+    svc.down = True
+    svc.calls.clear()
+    assert len(ids(list(stale))) == 24
+    assert [kind for kind, _ in svc.calls] == ["refused"]
 
 
 def test_a_failing_or_missing_plan_api_is_logged_once_and_reading_goes_on(

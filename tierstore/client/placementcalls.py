@@ -192,9 +192,12 @@ class PlacementCalls(ClientCore):
         is reported at once (:meth:`report_position`, whose errors it raises), as before
         the field, rather than leave the server fetching entries already read until the
         next report.
+        A sampler with ``shards_digest`` (:func:`~tierstore.plans.shard_list_digest` of
+        the names you listed) is refused as PlanShardsChanged when the names under
+        ``prefix`` are others now: declare your order as ``shards`` then.
         Needs the reader role. Raises InvalidPlan (unknown shard, too long, not exactly
         one of sampler and shards), InvalidArgument (``position`` past the plan's end
-        among others), DatasetNotFound.
+        among others), DatasetNotFound, PlanShardsChanged.
         """
         validate_dataset_name(dataset)
         ttl_s = check_plan_ttl(ttl_s)

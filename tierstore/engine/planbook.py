@@ -2,8 +2,9 @@
 
 A loader declares its plan — a sampler spec (:class:`~tierstore.plans.SamplerPlan`,
 regenerated here with :func:`~tierstore.plans.rank_order` over the dataset's
-shard names in catalog order, optionally only those under a prefix) or an
-explicit list of shard names — and then reports how far it has read. The plan
+shard names in catalog order, optionally only those under a prefix, and refused
+when it carries a digest of other names than those) or an explicit list of shard
+names — and then reports how far it has read. The plan
 goes to the dataset's placement policy (keys ``(dataset, name)``, stored sizes),
 which may prefetch just ahead of the reader and evict what is needed furthest in
 the future.
@@ -44,9 +45,22 @@ from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.sealing import stored_size
 from tierstore.engine.trace import TraceRing
-from tierstore.errors import InvalidArgument, InvalidPlan, PlanLimitReached, PlanNotFound
+from tierstore.errors import (
+    InvalidArgument,
+    InvalidPlan,
+    PlanLimitReached,
+    PlanNotFound,
+    PlanShardsChanged,
+)
 from tierstore.naming import MAX_SHARD_NAME_BYTES, validate_shard_name
-from tierstore.plans import MAX_PLAN_EPOCHS, SamplerKind, SamplerPlan, check_plan_ttl, rank_order
+from tierstore.plans import (
+    MAX_PLAN_EPOCHS,
+    SamplerKind,
+    SamplerPlan,
+    check_plan_ttl,
+    rank_order,
+    shard_list_digest,
+)
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.types import TracedClose, TracedPlan, TracedPosition
 
@@ -174,8 +188,10 @@ class PlanBook:
         declaration's instant, so no read rate is measured from them (reported a
         moment later, they were taken for entries read in that moment).
 
-        Raises DatasetNotFound; InvalidPlan for both or neither of ``sampler`` and
-        ``shards``, a prefix with explicit shards, an unknown shard, or a plan too long;
+        Raises DatasetNotFound; PlanShardsChanged for a sampler whose ``shards_digest``
+        is not that of the shard names under ``prefix`` now; InvalidPlan for both or
+        neither of ``sampler`` and ``shards``, a prefix with explicit shards, an unknown
+        shard, or a plan too long;
         InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
         job id, ``ttl_s`` or ``position`` (not a whole number from 0 to the plan's
         length); PlanLimitReached past one of the book's bounds. A refused declaration
@@ -355,6 +371,14 @@ class PlanBook:
             }
         names = list(sizes_by_name)  # catalog order: the sorted order rank_order wants
         count = len(names)
+        if sampler.shards_digest and shard_list_digest(names) != sampler.shards_digest:
+            # The reader reads the shards it listed: an order regenerated over others
+            # would prepare shards it never reads, and put its reports off by as many.
+            raise PlanShardsChanged(
+                f"the shards under prefix {prefix!r} of {dataset!r} changed since the reader "
+                f"listed them (the plan's digest of their names is not that of the {count} "
+                "shards there now): declare the shards it reads as an explicit list"
+            )
         draws = count
         if sampler.kind is SamplerKind.REPLACEMENT and count:
             draws = sampler.samples_per_epoch or count

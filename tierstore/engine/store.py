@@ -995,16 +995,18 @@ class Store:
         service): the plan expires then at the latest.
 
         Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
-        over the dataset's shard names under ``prefix``, in catalog order) and
-        ``shards`` (explicit names). The plan steers the dataset's policy (prefetch,
-        eviction); it lives ``ttl_s`` seconds past the last :meth:`report_position`.
-        ``position``: entries of it already read (a resumed epoch; 0: none), set at the
-        declaration's instant: the policy measures no read rate from them, as it did
-        from a start reported a moment after the declaration.
-        Raises InvalidName, DatasetNotFound, InvalidPlan (unknown shard, too long, not
-        exactly one of sampler and shards), InvalidArgument (bad sampler, job id, ttl,
-        a position below 0 or past the plan's end), PlanLimitReached; a refused
-        declaration leaves the job's earlier plan as it was.
+        over the dataset's shard names under ``prefix``, in catalog order; refused when
+        its ``shards_digest`` is not theirs) and ``shards`` (explicit names). The plan
+        steers the dataset's policy (prefetch, eviction); it lives ``ttl_s`` seconds
+        past the last :meth:`report_position`. ``position``: entries of it already read
+        (a resumed epoch; 0: none), set at the declaration's instant: the policy
+        measures no read rate from them, as it did from a start reported a moment after
+        the declaration.
+        Raises InvalidName, DatasetNotFound, PlanShardsChanged (the sampler was made
+        over other shard names than ``prefix`` lists now), InvalidPlan (unknown shard,
+        too long, not exactly one of sampler and shards), InvalidArgument (bad sampler,
+        job id, ttl, a position below 0 or past the plan's end), PlanLimitReached; a
+        refused declaration leaves the job's earlier plan as it was.
         """
         self._check_open()
         validate_dataset_name(dataset)

@@ -6,7 +6,10 @@ start of its epoch — compactly as a :class:`~tierstore.plans.SamplerPlan` when
 prefix (or all) of the dataset, since the server regenerates the same order from it, or as
 the explicit shard list when the user named the shards, with the shards a resumed epoch
 has done already — reports how many shards it has finished as it goes, and closes the
-plan at the end.
+plan at the end. A sampler plan carries a digest of the shard names the dataset object
+listed; a server that lists others under the prefix now (shards added or deleted since)
+refuses it (PlanShardsChanged), and the worker's order is declared as its explicit list
+instead, so the plan is what the worker reads.
 
 The plan is advisory: it must never break reading. A client without the plan calls yet
 (AttributeError), a server that does not know the plan or the dataset (NotFound), one that
@@ -23,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tierstore.errors import TierstoreError
+from tierstore.errors import PlanShardsChanged, TierstoreError
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 
 __all__ = ["REPORT_INTERVAL_S", "PlanReporter"]
@@ -68,9 +71,12 @@ class PlanReporter:
         shards: Sequence[str] | None = None,
         prefix: str = "",
         position: int = 0,
+        order: Sequence[str] | None = None,
     ) -> None:
         """Declare the order (``sampler`` over ``prefix``'s shards, or the explicit
         ``shards``); ``position`` shards of it are already done (a resumed epoch).
+        ``order``, with ``sampler``: the shards it orders, declared instead when the
+        server refuses the sampler as made over other shards than the prefix has now.
 
         The position goes with the declaration, not in a report right after it: the
         policy rates the reader by its reports over time, and took a start reported a
@@ -79,16 +85,32 @@ class PlanReporter:
         """
         self._job = None
         # Sent only when there is one, so a declaration from the start is as it was.
-        start = {"position": position} if position else {}
-        job = self._call(
-            "declare_plan",
-            self._dataset,
-            sampler=sampler,
-            shards=list(shards) if shards is not None else None,
-            prefix=prefix,
-            ttl_s=self._ttl_s,
-            **start,
-        )
+        start: dict[str, Any] = {"position": position} if position else {}
+        changed = (PlanShardsChanged,) if order is not None else ()
+        try:
+            job = self._call(
+                "declare_plan",
+                self._dataset,
+                sampler=sampler,
+                shards=list(shards) if shards is not None else None,
+                prefix=prefix,
+                ttl_s=self._ttl_s,
+                passing=changed,
+                **start,
+            )
+        except PlanShardsChanged:
+            # Shards were added under the prefix (or deleted) since the dataset object
+            # listed them: the server's order over them is not the one read here.
+            assert order is not None
+            job = self._call(
+                "declare_plan",
+                self._dataset,
+                sampler=None,
+                shards=list(order),
+                prefix="",
+                ttl_s=self._ttl_s,
+                **start,
+            )
         self._job = job if isinstance(job, str) and job else None
         if self._job is not None and position:
             self._reported, self._reported_at = position, time.monotonic()
@@ -115,8 +137,15 @@ class PlanReporter:
             self._call("close_plan", self._job)
         self._job = None
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.method(*args, **kwargs)``, or None — and the plan dropped — on failure."""
+    def _call(
+        self,
+        method: str,
+        *args: Any,
+        passing: tuple[type[TierstoreError], ...] = (),
+        **kwargs: Any,
+    ) -> Any:
+        """``client.method(*args, **kwargs)``, or None — and the plan dropped — on failure
+        (an error of a class in ``passing`` is raised, for the caller to handle)."""
         function = getattr(self._client, method, None)
         if function is None:
             _warn_once(
@@ -128,6 +157,8 @@ class PlanReporter:
             return None
         try:
             return function(*args, **kwargs)
+        except passing:
+            raise
         except Exception as exc:  # advisory: nothing here may stop the reads
             _warn_once(
                 f"{method} {type(exc).__name__}",

@@ -513,10 +513,12 @@ class _Walk:
             if owner.shards.prefix is None:
                 plan.declare(shards=self.shards, position=start.shard)
             else:
+                listed = owner.shards.names
                 plan.declare(
-                    sampler=sampler_plan(owner.shuffle, owner.seed, start.epoch, self.slot),
+                    sampler=sampler_plan(owner.shuffle, owner.seed, start.epoch, self.slot, listed),
                     prefix=owner.shards.prefix,
                     position=start.shard,
+                    order=self.shards,  # when the prefix's shards changed since they were listed
                 )
         counted, beyond = self._to_read(start)
         # The plan is closed when the epoch ends or fails. An iterator abandoned mid-epoch

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import xxhash
 
 from tierstore.errors import InvalidArgument
-from tierstore.plans import SamplerKind, SamplerPlan, epoch_order
+from tierstore.plans import SamplerKind, SamplerPlan, epoch_order, shard_list_digest
 from tierstore.types import whole_number
 
 __all__ = [
@@ -124,10 +124,19 @@ def _kind(shuffle: bool) -> SamplerKind:
     return SamplerKind.SHUFFLE if shuffle else SamplerKind.SEQUENTIAL
 
 
-def sampler_plan(shuffle: bool, seed: int, epoch: int, slot: Slot) -> SamplerPlan:
-    """The access plan from which the server regenerates ``slot``'s shard order."""
+def sampler_plan(
+    shuffle: bool, seed: int, epoch: int, slot: Slot, shards: Sequence[str] = ()
+) -> SamplerPlan:
+    """The access plan from which the server regenerates ``slot``'s shard order over
+    ``shards`` (sorted by name), which it carries the digest of when given: the server
+    refuses it once the shards under its prefix are others."""
     return SamplerPlan(
-        _kind(shuffle), seed=seed, epoch=epoch, rank=slot.index, world_size=slot.count
+        _kind(shuffle),
+        seed=seed,
+        epoch=epoch,
+        rank=slot.index,
+        world_size=slot.count,
+        shards_digest=shard_list_digest(shards) if shards else b"",
     )
 
 

@@ -127,7 +127,7 @@ class TierStats(_message.Message):
     def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
-    __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch")
+    __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch", "shards_digest")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class SamplerSpec(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     kind: SamplerKind
     seed: int
     epoch: int
@@ -142,7 +143,8 @@ class SamplerSpec(_message.Message):
     world_size: int
     epochs: int
     samples_per_epoch: int
-    def __init__(self, kind: _Optional[_Union[SamplerKind, str]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., samples_per_epoch: _Optional[int] = ...) -> None: ...
+    shards_digest: bytes
+    def __init__(self, kind: _Optional[_Union[SamplerKind, str]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epochs: _Optional[int] = ..., samples_per_epoch: _Optional[int] = ..., shards_digest: _Optional[bytes] = ...) -> None: ...
 
 class ShardList(_message.Message):
     __slots__ = ("shards",)

@@ -2,7 +2,8 @@
 
 The server regenerates a sampler's order itself (:mod:`tierstore.plans`), so only
 the spec travels. Unset numbers read as proto3 zeros: ``world_size`` and
-``epochs`` of 0 count as 1. Every field is validated on the way in.
+``epochs`` of 0 count as 1, and an empty ``shards_digest`` is none (a client older than
+the field). Every field is validated on the way in.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def sampler_from_pb(message: pb.SamplerSpec) -> SamplerPlan:
         world_size=message.world_size or 1,
         epochs=message.epochs or 1,
         samples_per_epoch=message.samples_per_epoch,
+        shards_digest=message.shards_digest,
     )
     plan.validate()
     return plan
@@ -52,6 +54,7 @@ def sampler_to_pb(plan: SamplerPlan) -> pb.SamplerSpec:
             world_size=plan.world_size,
             epochs=plan.epochs,
             samples_per_epoch=plan.samples_per_epoch,
+            shards_digest=plan.shards_digest,
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"the sampler plan does not fit the wire: {exc}") from None
