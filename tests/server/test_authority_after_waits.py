@@ -8,7 +8,8 @@ or received a data key or a frame. Each test makes the wait happen at that point
 changes the caller's authority during it: the delete and the update wait on the real
 lock (a write-through delete held on the archive, the store's lock held by the test);
 the rotation's wait is made inside its first check, so its test tells only that a
-second check comes later.
+second check comes later. A rotation whose caller gave up while it was queued rotates
+nothing either (its caller may have rotated again).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.engine.stores import payload
+from tests.engine.stores import payload, wait_until
 from tests.server.servers import RunningServer, invoke, serving
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.server import admin as admin_service
@@ -204,6 +205,37 @@ def test_a_key_rotation_queued_while_its_token_was_revoked_rotates_nothing(
     request = admin_pb2.RotateKeysRequest()
     revoked_while_queued(node, monkeypatch, admin_service, ADMIN, "RotateKeys", request, admin)
     assert node.store.master_key_id == before
+
+
+def test_a_key_rotation_whose_caller_gave_up_while_it_was_queued_rotates_nothing(
+    node: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queued behind a long rotation past its deadline, the caller was told
+    # DEADLINE_EXCEEDED (and may rotate again): the queued call rotated all the same.
+    admin = node.token("ops", ("*", Role.ADMIN))
+    rotations: list[object] = []
+    monkeypatch.setattr(node.store, "rotate_master_key", lambda *_: rotations.append(1) or 0)
+    passed, go = held_after_first_check(monkeypatch, admin_service, "RotateKeys")
+    request = admin_pb2.RotateKeysRequest()
+    queued = in_thread(
+        lambda: invoke(node.channel(), ADMIN + "RotateKeys", request, admin, timeout=1.0)
+    )
+    assert passed.wait(WAIT_S)
+    outcome = queued()  # the caller gives up while its call waits
+    assert (
+        isinstance(outcome, grpc.RpcError) and outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    )
+    registry = node.server.metrics.registry
+
+    def ended(code: str) -> float:
+        labels = {"method": ADMIN + "RotateKeys", "code": code}
+        return registry.get_sample_value("tierstore_requests_total", labels) or 0.0
+
+    go.set()
+    codes = grpc.StatusCode.__members__
+    wait_until(lambda: sum(map(ended, codes)) == 1, "the queued rotation's handler to end")
+    assert rotations == []
+    assert ended("FAILED_PRECONDITION") == 1
 
 
 def revoked_during(

@@ -14,7 +14,7 @@ from tierstore.errors import DatasetNotFound, InvalidArgument, KeyRotationRefuse
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, reauthorizer
 from tierstore.server.requestchecks import MAX_TOKEN_GRANTS
-from tierstore.server.rpc import caller, handler, stream_handler
+from tierstore.server.rpc import caller, handler, refuse_if_caller_gone, stream_handler
 from tierstore.server.tokens import TokenInfo, TokenStore
 from tierstore.v1 import admin_pb2, admin_pb2_grpc
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
@@ -115,6 +115,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Held until the key id is read: the next rotation would make another current.
         with self._rotation:
             self._check("RotateKeys")  # again, after the wait: a token revoked meanwhile
+            # A caller who gave up while a long rotation went on is told nothing, and
+            # may rotate again: this one would make one more key nobody asked for.
+            refuse_if_caller_gone(context, "the key rotation")
             rewrapped = self._keys() if self._keys is not None else self._store.rotate_master_key()
             key_id = self._store.master_key_id
         return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=key_id)
@@ -130,6 +133,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise KeyRotationRefused("this node's master keys are not in a file it can rewrite")
         with self._rotation:
             self._check("RetireKey")  # again, after the wait: a token revoked meanwhile
+            refuse_if_caller_gone(context, f"the retirement of key {request.key_id!r:.40}")
             left = self._keys.retire(request.key_id)
             current = self._store.master_key_id
         return admin_pb2.RetireKeyResponse(key_ids=left, current=current)
