@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from tests.engine.faulty_tier import FaultyTier
-from tests.engine.stores import FRAME, payload
+from tests.engine.stores import FRAME, payload, wait_until
 from tests.server.servers import error_name, invoke, serving
 from tierstore.engine.records import archive_frames_key
 from tierstore.frames import CHECKSUM_BYTES
@@ -61,8 +61,10 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
         cold_data, hot_data = payload(2 * FRAME, 1), payload(FRAME, 2)
         generation = store.put("d", "cold", cold_data).generation
         store.put("d", "hot", hot_data)
+        store.put("d", "cold2", cold_data)
         assert store.drain(10)
         store.evict("d", "cold")
+        store.evict("d", "cold2")
         token = node.token("t", ("d", Role.WRITER), ("wt", Role.WRITER))
         admin = node.token("a", ("*", Role.ADMIN))
         channel = node.channel()
@@ -89,6 +91,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             # One more call that needs the archive: refused at once, not queued.
             for method, request, caller in (
                 (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), token),
+                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold2"), token),
                 (PUT, put_request("wt", "new", b"x" * 100), token),
                 (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new"), token),
                 (DELETE_DATASET, datasets_pb2.DeleteDatasetRequest(name="wt"), admin),
@@ -103,6 +106,9 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             # The workers left serve the hot tier.
             got = invoke(channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="hot"), token)
             assert payload_of(got) == hot_data
+            # A refused miss the policy admitted is promoted in the background (its
+            # object is not the frozen one), so a retry finds it hot.
+            wait_until(lambda: store.stat("d", "cold2").hot, "the refused miss's promotion")
         finally:
             archive.release_reads()  # the archive thaws: the waiting reads complete
             for reader in readers:

@@ -268,7 +268,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         try:
             with in_flight:
                 if not sealed.info.hot:
-                    archive_bound.take()
+                    try:
+                        archive_bound.take()
+                    except Unavailable:
+                        # Refused for want of a slot: a miss the policy admitted is still
+                        # promoted, in the background, so the caller's retry finds it hot.
+                        sealed.abandon()
+                        raise
                 yield from self._send(sealed, archive_bound, request, context, reader_now)
         finally:
             archive_bound.give_back()
