@@ -170,10 +170,14 @@ def test_ports_probes_and_the_network_policy_agree_with_serve_s_addresses() -> N
         metrics,
     ]
     ingress = block("ingress")
-    assert sorted(int(value("port", [line])) for line in block("ports", ingress)) == [
+    assert sorted(int(value("port", [line])) for line in ingress if "{port:" in line[1]) == [
         api,
         metrics,
     ]
+    # The unauthenticated /metrics only to the monitoring namespace, not every pod.
+    rules = [text for _, text in ingress]
+    assert rules.index(f"- {{port: {metrics}}}") < rules.index("from:")
+    assert "matchLabels: {kubernetes.io/metadata.name: monitoring}" in rules
     assert any(f'prometheus.io/port: "{metrics}"' in text for _, text in block("template"))
 
 
