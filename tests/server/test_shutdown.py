@@ -8,7 +8,9 @@ exits 0 well within 25 s.
 from __future__ import annotations
 
 import os
+import select
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,17 @@ from tierstore import errors
 from tierstore.client.receive import open_stream
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 
-from .conftest import ServerProcess, children, endpoint, poll, silent_archive
+from .conftest import (
+    READY_LINE,
+    ServerProcess,
+    children,
+    clean_env,
+    endpoint,
+    free_ports,
+    poll,
+    silent_archive,
+    tierstore_command,
+)
 
 MiB = 1 << 20
 
@@ -155,3 +167,45 @@ def test_sigterm_stops_a_start_that_waits_on_a_silent_archive(tmp_path: Path) ->
             held.close()
         finally:
             starting.kill()
+
+
+@pytest.mark.timeout(120)
+def test_a_node_whose_stdout_went_away_still_stops_gracefully(tmp_path: Path) -> None:
+    # Its stdout a pipe whose reader went away (a `| tee` or log shipper restarted): the
+    # "stopping" line raised BrokenPipeError before the server's graceful stop, and the
+    # node exited 1 without a word, its calls in flight cut.
+    port, health, metrics = free_ports(3)
+    command = [
+        tierstore_command(),
+        *("serve", "--data-dir", str(tmp_path / "node"), "--listen", f"127.0.0.1:{port}"),
+        *("--health-listen", f"127.0.0.1:{health}", "--metrics-listen", f"127.0.0.1:{metrics}"),
+    ]
+    errors = tmp_path / "serve.err"
+    with errors.open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=clean_env(),
+            start_new_session=True,
+        )
+    assert process.stdout is not None
+    try:
+        printed = b""
+        deadline = time.monotonic() + 90
+        while READY_LINE.encode() not in printed:
+            assert time.monotonic() < deadline, printed.decode(errors="replace")
+            readable, _, _ = select.select([process.stdout], [], [], 1.0)
+            if readable:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                assert chunk, f"the node exited first:\n{errors.read_text()}"
+                printed += chunk
+        process.stdout.close()  # the reader goes away
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, errors.read_text()
+        assert "stdout is gone" in errors.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -40,7 +40,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
 from tierstore.cli.masterkeys import (
@@ -177,6 +177,7 @@ def _restrict_secrets(data_dir: Path) -> None:
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     no_core_dumps()  # first: the settings read next may hold a master key
+    out = cast(TextIO, _StatusLines(out))
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
     check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
     if options.insecure:
@@ -399,6 +400,51 @@ def _run(
         out.write(f"tierstore: stopping (in-flight calls get {options.grace_s:.0f} s)\n")
         out.flush()
         server.stop(options.grace_s)
+
+
+class _StatusLines:
+    """The node's stdout for its status lines (banner, "stopping", "stopped"), whose
+    reader may go away while it runs (a ``| tee`` or log shipper restarted): a write or
+    flush that fails with an OSError is logged once, and the rest are dropped, so that
+    the node still stops gracefully and exits 0. (A BrokenPipeError from the "stopping"
+    line skipped the server's stop: calls in flight were cut, exit 1, not a word.)"""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._out.write(text)
+            except OSError as exc:
+                self._went_away(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._out.flush()
+            except OSError as exc:
+                self._went_away(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+    def _went_away(self, exc: OSError) -> None:
+        self._gone = True
+        log.warning(
+            "stdout is gone (%s): the node runs on, its status lines no longer written",
+            exc.strerror or exc,
+        )
+        # What the stream still buffers would fail again as the interpreter exits (and
+        # make the exit code 120): its descriptor writes to nothing from here on.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._out.fileno())
+            finally:
+                os.close(devnull)
 
 
 def _test_seconds(variable: str, default: float) -> float:
