@@ -202,6 +202,16 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         # named: the node started its embedded one, the "archived" copies on its own disk.
         (("--s3-endpoint", ""), {}, "--s3-endpoint is empty"),
         ((), {"TIERSTORE_ARCHIVE_ENDPOINT_URL": ""}, "TIERSTORE_ARCHIVE_ENDPOINT_URL is empty"),
+        # An empty bucket ("$BUCKET" unset) was the default one, perhaps a shared bucket.
+        (("--bucket", ""), {}, "--bucket is empty"),
+        (("--s3-secret-key", ""), {}, "--s3-secret-key (or TIERSTORE_S3_SECRET_KEY) is empty"),
+        # An external archive's keys with no endpoint: ignored, the node started its
+        # embedded archive, and what it "archived" stayed on its own disk.
+        (
+            ("--s3-access-key", "AK", "--s3-secret-key", "SK"),
+            {},
+            "are an external archive's, and none is named",
+        ),
     ],
 )
 def test_a_bad_option_is_refused_before_the_node_makes_anything(
@@ -320,3 +330,13 @@ def test_a_hot_tier_larger_than_the_disk_is_warned_about(tmp_path: Path) -> None
         assert ("but the disk of" in said) == warned, said
         if warned:
             assert f"{1 << 46:,}" in said and "lower the hot tier's capacity" in said
+
+
+def test_an_archive_secret_key_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    # Every user of the host reads a process's arguments for as long as it runs.
+    keys = ("--s3-access-key", "AK")
+    on_argv = served_in(tmp_path, "--data-dir", "a", *keys, "--s3-secret-key", "SK")
+    assert "secret key was given on the command line" in on_argv.stderr.decode()
+    in_env = served_in(tmp_path, "--data-dir", "b", *keys, env={"TIERSTORE_S3_SECRET_KEY": "SK"})
+    assert in_env.returncode == on_argv.returncode != 0  # the archive is dead
+    assert "given on the command line" not in in_env.stderr.decode()

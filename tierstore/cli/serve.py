@@ -194,6 +194,15 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
     archive = archive_with_flags(options, configured.archive)
     check_endpoint_url(archive.endpoint_url)  # the settings file's or the environment's too
+    if not archive.endpoint_url and (options.s3_access_key or options.s3_secret_key):
+        # Ignored: the node started its embedded archive, and what it "archived" stayed
+        # on its own disk, for an operator who only forgot the endpoint.
+        raise InvalidArgument(
+            "--s3-access-key and --s3-secret-key (or TIERSTORE_S3_ACCESS_KEY and "
+            "TIERSTORE_S3_SECRET_KEY) are an external archive's, and none is named: give "
+            "--s3-endpoint (or the settings' [archive] endpoint_url), or leave the keys out "
+            "for the embedded archive"
+        )
     # The embedded archive makes its bucket: S3's rules for a new one apply.
     check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
     warn_of_an_open_prefix(archive.prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +14,14 @@ from tierstore.cli.output import fail, run_or_fail
 
 __all__ = ["serve"]
 
+log = logging.getLogger(__name__)
+
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def serve(
+    context: typer.Context,
     data_dir: Annotated[
         str | None,
         typer.Option(
@@ -44,7 +48,9 @@ def serve(
         str | None,
         typer.Option(help="external S3 archive URL (none: the embedded archive)"),
     ] = None,
-    bucket: Annotated[str, typer.Option(help="archive bucket (default: tierstore)")] = "",
+    bucket: Annotated[
+        str | None, typer.Option(help="archive bucket (default: tierstore)", show_default=False)
+    ] = None,
     prefix: Annotated[
         str | None, typer.Option(help='archive key prefix ("" for none, over a settings file)')
     ] = None,
@@ -109,6 +115,14 @@ def serve(
                 "the embedded archive"
             )
         )
+    if bucket is not None and not bucket.strip():  # "$BUCKET" unset: not the default one
+        raise fail(
+            errors.InvalidArgument(
+                "--bucket is empty; name the archive's bucket, or leave the flag out for "
+                "the default (tierstore)"
+            )
+        )
+    _refuse_empty_archive_keys(context)
     if log_level.lower() not in _LOG_LEVELS:
         raise fail(
             errors.InvalidArgument(
@@ -116,6 +130,12 @@ def serve(
             )
         )
     configure_logging(log_level)
+    if _source_of(context, "s3_secret_key") == "COMMANDLINE":
+        log.warning(
+            "the archive's secret key was given on the command line, where every user of "
+            "this host reads it (ps, /proc/PID/cmdline) for as long as the node runs: give "
+            "it in TIERSTORE_S3_SECRET_KEY or a settings file's [archive] secret_access_key"
+        )
     options = ServeOptions(
         data_dir=Path(data_dir) if data_dir is not None else None,
         listen=listen,
@@ -126,7 +146,7 @@ def serve(
         require_client_cert=require_client_cert,
         hostnames=tuple(hostname or ()),
         s3_endpoint=s3_endpoint or "",
-        bucket=bucket,
+        bucket=bucket or "",
         prefix=prefix,
         s3_access_key=s3_access_key,
         s3_secret_key=s3_secret_key,
@@ -141,3 +161,21 @@ def serve(
         archive_lost=archive_lost,
     )
     raise typer.Exit(run_or_fail(lambda: run(options, sys.stdout)))
+
+
+def _source_of(context: typer.Context, parameter: str) -> str:
+    """Where serve's ``parameter`` came from: COMMANDLINE, ENVIRONMENT or DEFAULT."""
+    source = context.get_parameter_source(parameter)
+    return "DEFAULT" if source is None else source.name
+
+
+def _refuse_empty_archive_keys(context: typer.Context) -> None:
+    """Refuse an archive key given empty (an unset variable in a script): the node
+    signed with empty keys, or the settings file's were taken without a word."""
+    for parameter, flag, variable in (
+        ("s3_access_key", "--s3-access-key", "TIERSTORE_S3_ACCESS_KEY"),
+        ("s3_secret_key", "--s3-secret-key", "TIERSTORE_S3_SECRET_KEY"),
+    ):
+        given = _source_of(context, parameter) in ("COMMANDLINE", "ENVIRONMENT")
+        if given and not str(context.params[parameter]).strip():
+            raise fail(errors.InvalidArgument(f"{flag} (or {variable}) is empty; give the key"))
