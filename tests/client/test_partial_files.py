@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import stat
 import threading
@@ -238,3 +239,81 @@ def test_a_download_to_a_named_pipe_whose_reader_comes_late_is_whole(tmp_path: P
                 received = pool.submit(late_reader)
                 assert client.download("d", "s", fifo) == len(data)
                 assert received.result(timeout=60) == data
+
+
+def _syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Each ``os.fsync`` (with the path its descriptor names) and ``os.replace`` made
+    from now on, in order."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        fsync(descriptor)
+
+    def renamed(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        events.append(("rename", os.fspath(source)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    return events
+
+
+def _assert_made_durable(events: list[tuple[str, str]], target: Path) -> None:
+    """The partial file was synced before its rename over ``target``, and the
+    directory after it."""
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    assert len(renames) == 1, events
+    (at,) = renames
+    partial = events[at][1]
+    assert Path(partial).parent == target.parent
+    assert ("fsync", partial) in events[:at], events
+    assert ("fsync", str(target.parent)) in events[at + 1 :], events
+
+
+def test_a_partial_file_is_made_durable_before_and_after_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was renamed over its target with its bytes still only in memory (and
+    the rename itself not synced): a crash after the write returned could leave the
+    target empty or torn, its old contents gone."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old contents")
+    events = _syncs_and_renames(monkeypatch)
+    with partial_file(target) as file:
+        file.write(b"written through the buffer")  # not flushed by the block
+    assert target.read_bytes() == b"written through the buffer"
+    _assert_made_durable(events, target)
+    # A block that closes the file itself (a text wrapper closes what it wraps), as
+    # the CLI's trace export does: it is synced all the same.
+    events.clear()
+    with partial_file(target, private=True) as file, io.TextIOWrapper(file) as text:
+        text.write("written through a wrapper")
+    assert target.read_text() == "written through a wrapper"
+    _assert_made_durable(events, target)
+
+
+@pytest.mark.parametrize("local_reads", [True, False], ids=["local read", "streamed"])
+def test_a_download_is_durable_before_it_replaces_the_file(
+    server: ServerProcess,
+    admin: Client,
+    dataset: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    local_reads: bool,
+) -> None:
+    """A download's bytes, written through a shared mapping of its partial file, are
+    synced before the rename over the target, and the rename after it: a download
+    that returned is written whole or not at all, whatever happens to the host next."""
+    data = os.urandom(100_000)
+    admin.put(dataset, "durable", data)
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old contents")
+    with server.connect(local_reads=local_reads) as client:
+        events = _syncs_and_renames(monkeypatch)
+        assert client.download(dataset, "durable", target) == len(data)
+        counts = client.read_counts
+        assert (counts.local, counts.grpc) == ((1, 0) if local_reads else (0, 1))
+    assert target.read_bytes() == data
+    _assert_made_durable(events, target)

@@ -119,7 +119,10 @@ def partial_file(
     every user), or for a new file 0600 when ``private_if_new()`` (the plaintext of
     what was kept encrypted: asked once the block has written it), else what ``open``
     would give it (0666 less the umask). The mode is set once the file is whole: it is
-    0600 until then. A process killed while writing leaves its
+    0600 until then. The file is synced to disk before the rename, and its directory
+    after it, so that once the block has ended ``target`` holds the new bytes whole or,
+    after a crash before then, the old ones (renamed unsynced, a crash could leave it
+    empty or torn, its old contents gone). A process killed while writing leaves its
     partial file behind (a hidden ``.<name>.<random>.part``), for whoever looks to
     remove; no later write reuses it."""
     try:
@@ -130,14 +133,37 @@ def partial_file(
         raise type(exc)(exc.errno, exc.strerror, str(target)) from None
     partial = Path(name)
     try:
-        with os.fdopen(descriptor, "w+b") as file:  # closes the descriptor, whatever
-            yield file
+        try:
+            # The descriptor outlives the file object, which the block may close itself
+            # (a text wrapper closes what it wraps): closing it flushes its buffer.
+            with os.fdopen(descriptor, "w+b", closefd=False) as file:
+                yield file
             if not private:
-                os.fchmod(file.fileno(), _mode_for(target, private_if_new()))
+                os.fchmod(descriptor, _mode_for(target, private_if_new()))
+            # Writes through a shared mapping of the file (a download's) are in the
+            # page cache as the file's own dirty pages: fsync writes them too, whether
+            # or not the mapping is still open.
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    _sync_directory(target.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable. A file system
+    whose directories cannot be synced (EINVAL) is left as it is."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def _mode_for(target: Path, private_if_new: bool = False) -> int:
