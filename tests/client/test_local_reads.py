@@ -262,11 +262,30 @@ def test_a_damaged_frame_is_data_loss_never_other_bytes(
             client.get(plain, "blob")
         with pytest.raises(errors.DataLoss):
             client.get(plain, "blob", offset=FRAME + 50, length=100)
+        _download_fails_leaving_the_file(client, plain, server.data_dir.parent, FRAME + 50)
         assert info.encrypted and sealed[:64] not in data_file(server).read_bytes()
         with pytest.raises(errors.DataLoss):
             _damage_and_read_encrypted(server, client, secret, allocations)
+        _download_fails_leaving_the_file(client, secret, server.data_dir.parent, 50)
         assert client.read_counts.grpc == before.grpc, "the local path itself found the damage"
     admin.close()
+
+
+def _download_fails_leaving_the_file(
+    client: Client, dataset: str, directory: Path, damaged_at: int
+) -> None:
+    """A download of the damaged "blob", whole or a range from its damaged frame (at
+    ``damaged_at``), raises IntegrityError, leaving its target as it was and no
+    partial file."""
+    target = directory / "out.bin"
+    target.write_bytes(b"as it was")
+    before = sorted(p.name for p in directory.iterdir())
+    for offset, length in [(0, None), (damaged_at, 100)]:
+        with pytest.raises(errors.IntegrityError):
+            client.download(dataset, "blob", target, offset=offset, length=length)
+        assert target.read_bytes() == b"as it was"
+        assert sorted(p.name for p in directory.iterdir()) == before
+    target.unlink()
 
 
 def _damage_and_read_encrypted(

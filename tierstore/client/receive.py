@@ -122,9 +122,11 @@ def open_frames_into(
         for index, stored in stored_frames:
             start, stop = _piece_of(sealer, index, stored, remaining_skip, length - position)
             remaining_skip = 0
-            _open_piece_into(
-                sealer, index, stored, start, stop, out[position : position + stop - start]
-            )
+            # Each slice of ``out`` is released here, error or not: one held by an
+            # error's traceback kept ``out``'s buffer exported, so the mapping of a
+            # download's file could not be closed, and BufferError replaced the error.
+            with out[position : position + stop - start] as place:
+                _open_piece_into(sealer, index, stored, start, stop, place)
             position += stop - start
         if position != length:
             raise IntegrityError(f"received {position} of {length} bytes")
@@ -157,7 +159,8 @@ def open_pieces_into(
         index, start, stop = pieces[k]
         if not 0 <= start <= stop <= sealer.payload_size(index, stored):
             raise IntegrityError(f"frame {index} is shorter than the catalog says")
-        _open_piece_into(sealer, index, stored, start, stop, out[positions[k] : positions[k + 1]])
+        with out[positions[k] : positions[k + 1]] as place:  # released, error or not
+            _open_piece_into(sealer, index, stored, start, stop, place)
         return True
 
     try:
