@@ -4,6 +4,7 @@ is tried again every second or so."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -286,3 +287,70 @@ def test_grpc_imported_before_tierstore_without_fork_support_is_warned_about(
     said = done.stderr.decode()
     assert ("GRPC_ENABLE_FORK_SUPPORT=1" in said) == warned, said
     assert ("grpc was imported before" in said) == warned, said
+
+
+_CLOSE_UNDER_CALLS = """
+import collections, json, sys, threading, time
+import tierstore
+from tierstore.errors import Unavailable
+
+address, ca, token, dataset, seconds = sys.argv[1:6]
+sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: a wide race
+client = tierstore.connect(address, token=token, ca=ca, local_reads=False)
+seen = collections.Counter()
+stop = threading.Event()
+
+def closer():
+    while not stop.is_set():
+        client.close()
+
+def caller():
+    while not stop.is_set():
+        try:
+            client.stat(dataset, "s")
+            seen["result"] += 1
+        except Unavailable:
+            seen["Unavailable"] += 1
+        except BaseException as error:
+            seen[f"{type(error).__name__}: {error}"[:120]] += 1
+
+def getter():  # the channel itself, as a stub is made on it
+    while not stop.is_set():
+        try:
+            seen["channel" if client._channel.get() is not None else "None"] += 1
+        except BaseException as error:
+            seen[f"{type(error).__name__}: {error}"[:120]] += 1
+
+threads = [threading.Thread(target=closer), threading.Thread(target=getter)]
+threads += [threading.Thread(target=caller) for _ in range(4)]
+for thread in threads:
+    thread.start()
+time.sleep(float(seconds))
+stop.set()
+for thread in threads:
+    thread.join()
+client.close()
+print(json.dumps(seen))
+"""
+
+
+def test_calls_while_another_thread_closes_the_client_end_in_a_result_or_unavailable(
+    server: ServerProcess, admin: Client, dataset: str
+) -> None:
+    """close() racing with calls on other threads crashed the process (SIGSEGV: a stub
+    registered its methods on a channel closed under it) or raised AssertionError (a
+    closed channel seen as this process's); a call in flight when the client is closed
+    ends with Unavailable, as documented. Run in a child, so a crash fails the test."""
+    admin.put(dataset, "s", b"x" * 100)
+    root = Path(__file__).resolve().parents[2]
+    arguments = [server.address, str(server.ca_path), server.token, dataset, "3"]
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _CLOSE_UNDER_CALLS, *arguments],
+        env=os.environ | {"PYTHONPATH": str(root)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    seen = json.loads(done.stdout.decode().splitlines()[-1])
+    assert set(seen) <= {"result", "Unavailable", "channel"}, seen
+    assert seen.get("result", 0) > 0, seen

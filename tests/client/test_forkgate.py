@@ -198,7 +198,7 @@ def test_a_channel_dropped_while_a_fork_is_prepared_never_waits_for_it() -> None
         # never take the lock.
         assert lock.acquire(timeout=10), "the dropping thread kept the lock"
         lock.release()
-        assert dropped.is_set() and held.channel is None
+        assert dropped.is_set() and held.current is None
         assert GATE._deferred  # closed after the fork, not during it
     finally:
         GATE.release()

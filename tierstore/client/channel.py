@@ -23,8 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
 
@@ -41,6 +43,8 @@ from tierstore.wire.limits import MAX_MESSAGE_BYTES
 __all__ = ["ChannelSettings", "ProcessChannel"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The longest wait between a channel's attempts to reconnect to a server that went
 #: away (gRPC's own grows to two minutes); jittered by up to 20 % either way.
@@ -118,20 +122,24 @@ def _say_if_fork_support_is_off() -> None:
 
 class _HeldChannel:
     """The grpc channel a :class:`ProcessChannel` holds and the process that made it:
-    apart from the ProcessChannel, so that its finalizer can close the channel."""
+    apart from the ProcessChannel, so that its finalizer can close the channel.
 
-    __slots__ = ("channel", "pid")
+    The two are one attribute, replaced whole, so that a thread that reads it without
+    the lock sees both of one moment: kept apart and cleared one after the other by
+    close(), a reader saw this process's pid beside no channel (AssertionError)."""
+
+    __slots__ = ("current",)
 
     def __init__(self) -> None:
-        self.channel: grpc.Channel | None = None
-        self.pid = -1
+        self.current: tuple[grpc.Channel, int] | None = None
 
     def close(self) -> None:
         """Close this process's channel and drop it, inside the fork gate (a channel
         inherited through fork is only dropped: it belongs to the parent)."""
-        channel, self.channel = self.channel, None
-        mine, self.pid = self.pid == os.getpid(), -1
-        if channel is not None and mine:
+        current, self.current = self.current, None
+        if current is not None and current[1] == os.getpid():
+            channel = current[0]
+            del current
             with GATE.call():
                 channel.close()
                 del channel  # the last reference: freeing it calls into gRPC too
@@ -141,12 +149,11 @@ class _HeldChannel:
         after a fork being prepared. For garbage collection, which may run this on a
         thread holding a lock that a fork handler takes (see ForkGate.run_or_defer):
         seen as a DataLoader fork that hung for good, 1 run in about 80."""
-        channel, self.channel = self.channel, None
-        mine, self.pid = self.pid == os.getpid(), -1
-        if channel is None or not mine:
+        current, self.current = self.current, None
+        if current is None or current[1] != os.getpid():
             return
-        held = [channel]
-        del channel
+        held = [current[0]]
+        del current
 
         def close() -> None:
             last = held.pop()
@@ -180,17 +187,34 @@ class ProcessChannel:
         return (("authorization", f"Bearer {token}"),) if token else ()
 
     def get(self) -> grpc.Channel:
-        """This process's channel (opened on first use)."""
-        held = self._held
-        if held.pid != os.getpid():
-            with self._lock:
-                if held.pid != os.getpid():
-                    with GATE.call():
-                        held.channel = self._open()
-                    held.pid = os.getpid()
-        channel = held.channel
-        assert channel is not None
-        return channel
+        """This process's channel (opened on first use, and again after :meth:`close`).
+        A call made on it after another thread closed it raises ValueError, which the
+        client's calls turn into Unavailable."""
+        current = self._held.current  # one read: the channel and its process together
+        if current is not None and current[1] == os.getpid():
+            return current[0]
+        with self._lock:
+            return self._opened()
+
+    def stub(self, factory: Callable[[grpc.Channel], T]) -> T:
+        """``factory(channel)`` (a stub) on this process's channel, made under the lock
+        that :meth:`close` takes: a stub registers its methods with the channel in
+        gRPC's core, which crashed the process (SIGSEGV) on a channel another thread
+        had just closed. A call made on the stub once the channel is closed ends with
+        Unavailable. Thread-safe."""
+        with self._lock:  # then the fork gate, as get() and close() take them
+            channel = self._opened()
+            with GATE.call():
+                return factory(channel)
+
+    def _opened(self) -> grpc.Channel:
+        """This process's channel, opened if it has none; with ``_lock`` held."""
+        current = self._held.current
+        if current is None or current[1] != os.getpid():
+            with GATE.call():
+                channel = self._open()
+            current = self._held.current = (channel, os.getpid())
+        return current[0]
 
     def _open(self) -> grpc.Channel:
         _say_if_fork_support_is_off()

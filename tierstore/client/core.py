@@ -129,8 +129,8 @@ class ClientCore:
 
     def close(self) -> None:
         """Report pending local reads, zero data keys, and close this process's channel
-        (the client reopens one if used again). Calls still in flight on it, in other
-        threads, end with Unavailable."""
+        (the client reopens one if used again). Thread-safe: calls still in flight on
+        it, in other threads, end with their result or with Unavailable."""
         if self._local is not None:
             self._local.close()
         self._channel.close()
@@ -151,8 +151,9 @@ class ClientCore:
     # Plumbing.
 
     def _stub(self, factory: Callable[[grpc.Channel], T]) -> T:
-        with GATE.call():  # a stub registers its methods with gRPC's core
-            return factory(self._channel.get())
+        # Under the channel's lock: close() on another thread cannot close the channel
+        # while the stub registers its methods with it (gRPC's core crashed).
+        return self._channel.stub(factory)
 
     def _call(
         self,
