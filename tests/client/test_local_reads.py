@@ -315,6 +315,26 @@ def _damage_and_read_encrypted(
         assert not any(memoryview(allocations[0]).cast("B")), "the failed buffer was not zeroed"
 
 
+def test_read_table_of_a_raw_shard_is_refused_before_any_frame_is_read(
+    server: ServerProcess, admin: Client, any_dataset: str
+) -> None:
+    """The local path read (and decrypted) the whole raw shard, and counted a local
+    read, before it raised WrongShardKind; the stream raises at its header. The
+    record's kind is looked at first now: nothing is read, in place or through the
+    service."""
+    admin.put(any_dataset, "raw", os.urandom(3 * FRAME))
+    with reader_client(server) as client:
+        with pytest.raises(errors.WrongShardKind, match="raw bytes, not Arrow data"):
+            client.read_table(any_dataset, "raw")
+        assert client.read_counts == ReadCounts()
+        assert client.get(any_dataset, "raw", length=1).size == 1  # in place: it is hot
+        before = client.read_counts
+        assert before == ReadCounts(local=1)
+        with pytest.raises(errors.WrongShardKind):
+            client.read_table(any_dataset, "raw")
+        assert client.read_counts == before
+
+
 def test_a_cold_shard_goes_through_the_service_and_is_promoted(
     server: ServerProcess, admin: Client
 ) -> None:

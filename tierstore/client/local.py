@@ -24,7 +24,9 @@ own process (docs/local-reads.md): zero copies for plaintext, exactly one
 
 :class:`DataLoss` is the one error that propagates: nothing unverified is returned
 (a failed tag leaves its buffer zeroed), and the service would read the same
-damaged bytes.
+damaged bytes. So does :class:`WrongShardKind` for an Arrow read of a raw shard,
+told by the record before any frame is read (the whole shard was read, and
+decrypted, first), as the stream's header tells it.
 
 Thread safety: a :class:`LocalReads` is safe to share between threads. Fork safety:
 it may be inherited by forked children, which read with their own environment
@@ -67,6 +69,7 @@ from tierstore.errors import (
     ResourceExhausted,
     TierstoreError,
     Unavailable,
+    WrongShardKind,
 )
 from tierstore.frames import FrameSealer, shard_context
 from tierstore.types import ShardKind, check_bool, seconds_up_to, whole_number
@@ -274,11 +277,13 @@ class LocalReads:
     # What the client calls.
 
     def read_frames(self, dataset: str, shard: str) -> LocalShard | None:
-        """The whole shard, one buffer per frame; ``None``: read it through the service.
+        """The whole Arrow shard, one buffer per frame; ``None``: read it through the
+        service.
 
-        Raises DataLoss (a frame failed verification) and nothing else.
+        Raises DataLoss (a frame failed verification), WrongShardKind for a raw shard
+        (before any frame is read, no key asked for, no read counted) and nothing else.
         """
-        return self._read(dataset, shard, self._frames)
+        return self._read(dataset, shard, self._frames, arrow=True)
 
     def read_range(
         self,
@@ -312,28 +317,33 @@ class LocalReads:
 
     # One read.
 
-    def _read(self, dataset: str, shard: str, build: _Build) -> LocalShard | None:
-        result = self._read_in(self._route(dataset), dataset, shard, build)
+    def _read(
+        self, dataset: str, shard: str, build: _Build, arrow: bool = False
+    ) -> LocalShard | None:
+        """A read through ``build``; ``arrow``: of an Arrow shard only (else
+        WrongShardKind)."""
+        result = self._read_in(self._route(dataset), dataset, shard, build, arrow)
         if result is _NEWER:
             # Written since the grant was asked for: the dataset may have been deleted
             # and made again meanwhile, its grants (ours among them) gone with it. Only
             # a grant asked for now covers the shard. (Newer than that one too: written
             # again at once, which the service reads.)
-            result = self._read_in(self._route(dataset, renew=True), dataset, shard, build)
+            route = self._route(dataset, renew=True)
+            result = self._read_in(route, dataset, shard, build, arrow)
         if isinstance(result, _Newer):
             result = None
         self.counts.bump("fallbacks" if result is None else "local")
         return result
 
     def _read_in(
-        self, route: _Route, dataset: str, shard: str, build: _Build
+        self, route: _Route, dataset: str, shard: str, build: _Build, arrow: bool
     ) -> LocalShard | _Newer | None:
         hot = route.hot
         if hot is None:
             return None
         try:
-            return self._read_hot(hot, route.ceiling, dataset, shard, build)
-        except DataLoss:
+            return self._read_hot(hot, route.ceiling, dataset, shard, build, arrow)
+        except (DataLoss, WrongShardKind):
             raise
         except HotTierReplaced as exc:
             # The node restarted on a new hot tier: ask for a grant to it next time.
@@ -350,7 +360,7 @@ class LocalReads:
         return None
 
     def _read_hot(
-        self, hot: HotMap, ceiling: int, dataset: str, shard: str, build: _Build
+        self, hot: HotMap, ceiling: int, dataset: str, shard: str, build: _Build, arrow: bool
     ) -> LocalShard | _Newer | None:
         for _ in range(2):  # a data key is fetched between two snapshots; once is enough
             with hot.session() as session:
@@ -359,6 +369,8 @@ class LocalReads:
                     return None  # the service says it is missing, or reads and promotes it
                 if record.generation >= ceiling:
                     return _NEWER  # not covered by the grant: ask again first
+                if arrow and record.kind is ShardKind.RAW:  # before any frame is read
+                    raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
                 sealer = self._sealer(record)
                 if sealer is not None:
                     result = build(session, record, sealer)
