@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from tierstore import errors
 from tierstore.cli import admin, main, shards, uploads
 from tierstore.cli import app as app_module
+from tierstore.cli import output as cli_output
 from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
 from tierstore.types import Grant, Role, ShardInfo, ShardKind, TracedRead
@@ -1189,3 +1191,53 @@ def test_a_revoke_refused_names_the_revoke_not_the_listing_before_it(
     assert result.exit_code == 4
     line = one_error_line(result)
     assert "RevokeToken" in line and "ListTokens" not in line
+
+
+# tables at a terminal
+
+
+@pytest.fixture
+def narrow(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Tables printed as at a terminal of ``width`` columns."""
+
+    def at(width: int) -> None:
+        monkeypatch.setattr(cli_output, "out", Console(width=width, markup=False, emoji=False))
+
+    return at
+
+
+LONG_NAME = "train/" + "x" * 174  # 180 characters
+
+
+def test_a_table_at_a_narrow_terminal_never_cuts_a_name(client: FakeClient, narrow: Any) -> None:
+    # At 80 columns ls printed "train/x…", and stat did not show which shard it was.
+    narrow(80)
+    client.shards = {LONG_NAME, "a b, c"}
+    listed = invoke("ls", "ds")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert [line for line in lines if LONG_NAME in line] and "…" not in listed.stdout
+    assert [line for line in lines if "a b, c" in line]  # on one line
+    shown = invoke("stat", "ds", LONG_NAME)
+    assert shown.exit_code == 0 and LONG_NAME in shown.stdout
+    # A name with a space and a comma wrapped onto two rows of the table.
+    client.shards = {"a b, c", "d"}
+    table = invoke("ls", "ds").stdout
+    assert "a b, c" in table and "─" in table  # it fits: still a table
+
+
+def test_stats_at_a_narrow_terminal_never_cut_a_name_or_a_number(
+    client: FakeClient, narrow: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 100 columns: "anal…", "96.…", "arch…".
+    figures = client.stats("")
+    usage = figures["datasets"].pop("idle") | {"hits": 9612, "misses": 388, "hit_ratio": 0.9612}
+    figures["datasets"]["analytics-eu-west"] = usage
+    monkeypatch.setattr(client, "stats", lambda dataset, sizing=False: figures)
+    for width in (100, 160, 200):
+        narrow(width)
+        shown = invoke("stats")
+        assert shown.exit_code == 0, shown.output
+        assert "…" not in shown.stdout, shown.stdout
+        assert "analytics-eu-west" in shown.stdout and "96.1%" in shown.stdout
+        assert "archived" in shown.stdout and "miss ratio (LRU)" in shown.stdout

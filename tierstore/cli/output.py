@@ -20,6 +20,7 @@ from rich.text import Text
 
 from tierstore import errors
 from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_plaintext, state
+from tierstore.cli.tables import plain_lines, print_whole
 from tierstore.types import ShardInfo
 
 __all__ = [
@@ -94,11 +95,11 @@ def jsonable(value: Any) -> Any:
 
 def emit(value: Any, table: RenderableType | None = None) -> None:
     """Print a command's result: ``value`` as one line of JSON with --json, else
-    ``table`` (if any) for people."""
+    ``table`` (if any) for people, with no name or number in it cut (:func:`print_whole`)."""
     if state.json:
         sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
     elif table is not None:
-        out.print(table)
+        print_whole(out, table)
 
 
 def emit_report(value: Any, line: str, output: Path | None) -> None:
@@ -251,14 +252,7 @@ def run_or_fail(action: Any) -> Any:
 def print_plain(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     """``rows`` under ``columns``, each column as wide as its widest cell, written as
     they are (no markup: names are anyone's)."""
-    widths = [
-        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
-    ]
-    lines = (
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [columns, *rows]
-    )
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.write("".join(line + "\n" for line in plain_lines(columns, rows)))
 
 
 def yes_no(flag: bool) -> str:
