@@ -1241,3 +1241,92 @@ def test_stats_at_a_narrow_terminal_never_cut_a_name_or_a_number(
         assert "…" not in shown.stdout, shown.stdout
         assert "analytics-eu-west" in shown.stdout and "96.1%" in shown.stdout
         assert "archived" in shown.stdout and "miss ratio (LRU)" in shown.stdout
+
+
+# Ctrl-C part way through the shards
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+@pytest.mark.parametrize(
+    ("command", "call", "done"),
+    [
+        ("rm", "delete", "deleted"),
+        ("pin", "pin", "pinned"),
+        ("unpin", "unpin", "unpinned"),
+        ("evict", "evict", "evicted"),
+    ],
+)
+def test_ctrl_c_part_way_reports_what_was_done_and_what_is_in_doubt(
+    client: FakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    call: str,
+    done: str,
+    as_json: bool,
+) -> None:
+    # 214 of 300 shards were deleted, and nothing said so: stdout and stderr empty.
+    first = "pinned" if command == "unpin" else "a"  # the fake's "a" is not pinned
+    client.shards = {first, "b", "c"}
+    made = getattr(client, call)
+
+    def until_ctrl_c(dataset: str, shard: str, **options: Any) -> Any:
+        if shard == "b":
+            raise KeyboardInterrupt  # while its call was on its way
+        return made(dataset, shard, **options)
+
+    monkeypatch.setattr(client, call, until_ctrl_c)
+    stopped = invoke(*(["--json"] if as_json else []), command, "ds", first, "b", "c")
+    assert stopped.exit_code == 130
+    line = one_error_line(stopped)
+    assert "Interrupted: stopped by Ctrl-C; 'b' was on its way" in line
+    assert f"the rest were not {done}" in line
+    assert (call, ("ds", "c")) not in client.calls
+    if as_json:
+        report = json.loads(stopped.stdout)
+        assert (report[done], report[f"not_{done}"], report["in_doubt"]) == (
+            [first],
+            ["b", "c"],
+            "b",
+        )
+    else:
+        assert stopped.stdout.splitlines()[0] == f"{done} 1 of 3 shards before Ctrl-C: {first}"
+
+
+def test_ctrl_c_before_the_first_shard_is_done_still_says_so(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.shards = {"a", "b"}
+
+    def interrupted(dataset: str, shard: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "delete", interrupted)
+    stopped = invoke("--json", "rm", "ds", "a", "b")
+    assert stopped.exit_code == 130
+    assert json.loads(stopped.stdout) == {"deleted": [], "not_deleted": ["a", "b"], "in_doubt": "a"}
+    told = invoke("rm", "ds", "a", "b")
+    assert told.exit_code == 130
+    assert told.stdout.strip() == "deleted 0 of 2 shards before Ctrl-C"
+    assert "'a' was on its way" in one_error_line(told)
+
+
+def test_ctrl_c_while_evict_asks_why_a_shard_stayed_hot_still_reports(
+    client: FakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.shards = {"a", "pinned", "b"}
+
+    def interrupted(dataset: str, shard: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "stat", interrupted)
+    stopped = invoke("--json", "evict", "ds", "a", "pinned", "b")
+    assert stopped.exit_code == 130
+    assert json.loads(stopped.stdout) == {
+        "evicted": ["a", "b"],
+        "already_cold": [],
+        "not_evicted": [],
+        "freed_bytes": 200,
+        "kept": {"pinned": "not known (stopped by Ctrl-C before asking)"},
+        "in_doubt": None,
+    }
+    assert "stopped by Ctrl-C; the rest were not evicted" in one_error_line(stopped)

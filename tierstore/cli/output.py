@@ -24,6 +24,7 @@ from tierstore.cli.tables import plain_lines, print_whole
 from tierstore.types import ShardInfo
 
 __all__ = [
+    "Interrupted",
     "already_text",
     "checked_output_file",
     "emit",
@@ -31,6 +32,8 @@ __all__ = [
     "err",
     "fail",
     "hit_ratio_text",
+    "interrupted",
+    "interrupted_partway",
     "jsonable",
     "out",
     "plural",
@@ -302,6 +305,60 @@ def stopped_partway(
         line += already_text(key, unchanged)
         emit({**fields, "in_doubt": in_doubt}, Text(line))
     return fail(exc)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command part way (exit 130)."""
+
+
+#: the exit status of a command stopped by Ctrl-C, as a shell's for SIGINT
+_INTERRUPTED_EXIT = 130
+
+
+def interrupted(in_doubt: str | None, done: str, maybe: str | None = None) -> typer.Exit:
+    """Print the one error line of a command stopped by Ctrl-C: the rest were not
+    ``done``, and ``in_doubt`` (if any), the shard whose call was on its way, may have
+    been ``maybe`` (default: ``done``) all the same, as the server carries out a call
+    it received whole even when its answer finds nobody. Return the exit, 130."""
+    doubt = (
+        f"; {in_doubt!r} was on its way and may have been {maybe or done} all the same "
+        "(see tierstore stat)"
+        if in_doubt is not None
+        else ""
+    )
+    fail(Interrupted(f"stopped by Ctrl-C{doubt}; the rest were not {done}"))
+    return typer.Exit(_INTERRUPTED_EXIT)
+
+
+def interrupted_partway(
+    names: list[str],
+    count: int,
+    done: str,
+    in_doubt: str | None,
+    already: tuple[str, Collection[str]] | None = None,
+    totals: Mapping[str, Any] | None = None,
+    maybe: str | None = None,
+) -> typer.Exit:
+    """Report the first ``count`` of ``names`` as ``done`` before Ctrl-C stopped the
+    command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
+    :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
+    ``totals``, ``in_doubt``), even when none was done. Return the exit, 130."""
+    key, given = already or ("", ())
+    needed_nothing = set(given)
+    unchanged = [name for name in names[:count] if name in needed_nothing]
+    changed = [name for name in names[:count] if name not in needed_nothing]
+    line = f"{done} {len(changed)} of {len(names)} shards before Ctrl-C"
+    line += f": {', '.join(changed)}" if changed else ""
+    line += already_text(key, unchanged)
+    report = {
+        done: changed,
+        **({key: unchanged} if key else {}),
+        f"not_{done}": names[count:],
+        **(totals or {}),
+        "in_doubt": in_doubt,
+    }
+    emit(report, Text(line))
+    return interrupted(in_doubt, done, maybe)
 
 
 def already_text(key: str, names: list[str]) -> str:

@@ -21,6 +21,8 @@ from tierstore.cli.output import (
     emit_report,
     err,
     fail,
+    interrupted,
+    interrupted_partway,
     plural,
     print_plain,
     run_or_fail,
@@ -202,7 +204,9 @@ def _shard_by_shard(
     """``action`` on each shard in order; its results. At the first error, the shards it
     was ``done`` for are reported on stdout (with --json too: ``done`` and ``not_<done>``;
     under ``already``'s key those of its names that needed nothing; and ``totals`` of
-    the results so far) and the command ends with the error's one line."""
+    the results so far) and the command ends with the error's one line. Ctrl-C is
+    reported so too, the shard whose call was on its way named as in doubt, and the
+    command exits 130."""
     results: list[T] = []
     try:
         for shard in shards:
@@ -210,6 +214,10 @@ def _shard_by_shard(
     except errors.TierstoreError as exc:
         so_far = None if totals is None else totals(results)
         raise stopped_partway(exc, shards, len(results), done, already, so_far) from None
+    except KeyboardInterrupt:
+        so_far = None if totals is None else totals(results)
+        in_doubt = shards[len(results)] if len(results) < len(shards) else None
+        raise interrupted_partway(shards, len(results), done, in_doubt, already, so_far) from None
     return results
 
 
@@ -335,20 +343,28 @@ def evict(dataset: str, shards: list[str]) -> None:
     shards = list(dict.fromkeys(shards))  # each once: a second evict frees nothing
     freed_each: list[int] = []
     failure: errors.TierstoreError | None = None
+    stopped = False  # by Ctrl-C
     try:
         for shard in shards:
             freed_each.append(client.evict(dataset, shard))
     except errors.TierstoreError as exc:
         failure = exc  # the ones before it are reported, kept ones with why
+    except KeyboardInterrupt:
+        stopped = True
     done = shards[: len(freed_each)]
     kept: dict[str, str] = {}
     already_cold: list[str] = []
-    unknown = ""  # after an error that stopped it, the first failed stat ends the asking
+    # After an error that stopped it, the first failed stat ends the asking; after
+    # Ctrl-C none is asked.
+    unknown = _NOT_ASKED if stopped else ""
     for shard, freed in zip(done, freed_each, strict=True):
         if freed:
             continue
         try:
             why = unknown or _why_still_hot(client, dataset, shard)
+        except KeyboardInterrupt:
+            stopped = True
+            why = unknown = _NOT_ASKED
         except errors.TierstoreError as exc:
             if failure is None:
                 raise fail(exc) from None
@@ -371,6 +387,12 @@ def evict(dataset: str, shards: list[str]) -> None:
     notes = [f"kept {shard}: {why}" for shard, why in kept.items()]
     if already_cold:
         notes.append(f"already cold: {', '.join(already_cold)}")
+    named = f": {', '.join(evicted)}" if evicted else ""
+    if stopped:  # as interrupted_partway reports the others'
+        in_flight = shards[len(done)] if len(done) < len(shards) else None
+        head = f"evicted {len(evicted)} of {len(shards)} shards before Ctrl-C{named}"
+        emit({**report, "in_doubt": in_flight}, Text("\n".join([head, *notes])))
+        raise interrupted(in_flight, "evicted")
     if failure is None:
         emit(report, Text("\n".join([f"freed {freed:,} bytes", *notes])))
         return
@@ -379,7 +401,6 @@ def evict(dataset: str, shards: list[str]) -> None:
         # was cut off before the server answered, so may have been evicted all the same.
         cut_off = failure.outcome_unknown and len(done) < len(shards)
         report["in_doubt"] = shards[len(done)] if cut_off else None
-        named = f": {', '.join(evicted)}" if evicted else ""
         head = f"evicted {len(evicted)} of {len(shards)} shards before an error{named}"
         emit(report, Text("\n".join([head, *notes])))
     raise fail(failure)
@@ -387,6 +408,8 @@ def evict(dataset: str, shards: list[str]) -> None:
 
 #: what :func:`_why_still_hot` says of a cold shard, and of a cold empty one
 _COLD, _EMPTY_AND_COLD = "", "empty"
+#: why a shard whose evict freed nothing stayed, once Ctrl-C stopped the asking
+_NOT_ASKED = "not known (stopped by Ctrl-C before asking)"
 
 
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:

@@ -13,15 +13,22 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.text import Text
 
 from tierstore import errors
 from tierstore.cli.app import command_client
-from tierstore.cli.output import emit, err, fail, plural, rate_text, stopped_partway
+from tierstore.cli.output import (
+    emit,
+    err,
+    fail,
+    interrupted_partway,
+    plural,
+    rate_text,
+    stopped_partway,
+)
 from tierstore.cli.state import state
 from tierstore.naming import validate_shard_name
 
-__all__ = ["Interrupted", "put"]
+__all__ = ["put"]
 
 
 def _warn(text: str) -> None:
@@ -112,7 +119,8 @@ def put(
             interrupted = True
     names = [name for _, name in files]
     if interrupted:
-        raise _put_interrupted(names, len(uploaded), sending)
+        # the server stores a stream it received whole even when its answer finds nobody
+        raise interrupted_partway(names, len(uploaded), "uploaded", sending, maybe="stored")
     if failure is not None:
         raise stopped_partway(failure, names, len(uploaded), "uploaded")
     elapsed = max(time.monotonic() - started, 1e-9)
@@ -213,25 +221,3 @@ def _put_value(file: Path, kind: str) -> Iterator[Any]:
             yield reader
         except errors.MalformedArrow as exc:  # a batch past its schema: name the file
             raise errors.MalformedArrow(f"{file}: {exc}") from None
-
-
-class Interrupted(Exception):
-    """Ctrl-C stopped a command part way (exit 130)."""
-
-
-def _put_interrupted(names: list[str], count: int, in_doubt: str | None) -> typer.Exit:
-    """Ctrl-C stopped a put after ``count`` of ``names``: report those, and ``in_doubt``,
-    the one whose put was under way, if any: the server stores a stream it received
-    whole even when its answer finds nobody. Exit 130, as a shell does for SIGINT."""
-    before = f": {', '.join(names[:count])}" if count else ""
-    emit(
-        {"uploaded": names[:count], "not_uploaded": names[count:], "in_doubt": in_doubt},
-        Text(f"uploaded {count} of {len(names)} shards before Ctrl-C{before}"),
-    )
-    doubt = (
-        f"; {in_doubt!r} was on its way and may have been stored all the same (see tierstore stat)"
-        if in_doubt is not None
-        else ""
-    )
-    fail(Interrupted(f"stopped by Ctrl-C{doubt}; the rest were not uploaded"))
-    return typer.Exit(130)
