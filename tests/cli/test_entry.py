@@ -53,3 +53,34 @@ def test_the_entry_runs_the_command() -> None:
 def test_the_console_script_is_the_entry() -> None:
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["tierstore"] == "tierstore.cli.entry:main"
+
+
+def run_closed(fd: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The entry run with descriptor ``fd`` (1: stdout, 2: stderr) closed, as ``>&-``
+    leaves it; the other one captured."""
+    return subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *argv],
+        env={key: value for key, value in os.environ.items() if key != "CUT_SHORT"},
+        stdout=subprocess.DEVNULL if fd == 1 else subprocess.PIPE,
+        stderr=subprocess.DEVNULL if fd == 2 else subprocess.PIPE,
+        preexec_fn=lambda: os.close(fd),
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_closed_stdout_is_refused_in_one_line_before_any_call() -> None:
+    # It died at import with an AttributeError traceback (sys.stdout is None).
+    done = run_closed(1, "--json", "dataset", "ls", "--address", "127.0.0.1:1", "--insecure")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "stdout is closed" in lines[0], done.stderr
+
+
+def test_serve_and_a_closed_stderr_go_on() -> None:
+    # A node needs no stdout: its banner goes nowhere.
+    assert run_closed(1, "serve", "--help").returncode == 0
+    # A closed stderr: the error line goes nowhere, the exit code tells (5: unavailable).
+    done = run_closed(2, "--json", "dataset", "ls", "--address", "127.0.0.1:1", "--insecure")
+    assert (done.returncode, done.stdout) == (5, "")

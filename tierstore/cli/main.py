@@ -28,6 +28,7 @@ import sys
 import typer
 from rich.text import Text
 
+from tierstore import errors
 from tierstore.cli import admin, datasets, serve_command, shards, uploads
 from tierstore.cli.app import (
     ClientCommand,
@@ -40,7 +41,7 @@ from tierstore.cli.app import (
     token_app,
     trace_app,
 )
-from tierstore.cli.output import err
+from tierstore.cli.output import err, fail
 from tierstore.cli.simulate import simulate
 
 __all__ = ["app", "main"]
@@ -83,6 +84,7 @@ def main() -> None:
     # gRPC's errors in its log. GRPC_VERBOSITY set by the user wins.
     serving = _command_name(sys.argv[1:]) == "serve"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
+    _stand_in_for_closed_streams(serving)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
@@ -95,6 +97,25 @@ def main() -> None:
             raise  # not the output's: a bug to see whole
         code = _output_failed(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stand_in_for_closed_streams(serving: bool) -> None:
+    """Make do with a stdout or stderr closed (``>&-``), which Python gives as None (it
+    failed with an AttributeError traceback). A closed stderr is /dev/null: the error
+    lines go nowhere, the exit code tells. A closed stdout is /dev/null for serve (a
+    node prints only its banner there); any other command is refused, before any
+    call, with its one error line (exit 2): what it did would go unsaid (a token
+    printed once, shards deleted), and /dev/null discards output on purpose."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for good)
+    if sys.stdout is None and serving:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for good)
+    elif sys.stdout is None:
+        closed = errors.InvalidArgument(
+            "stdout is closed: the command has nowhere to print what it does; nothing "
+            "was done (redirect it to /dev/null to discard the output)"
+        )
+        sys.exit(fail(closed).exit_code)
 
 
 #: what writing a command's output fails with: a full disk or quota, a file past its

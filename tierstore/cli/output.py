@@ -60,8 +60,9 @@ def _literal_console(*, stderr: bool = False, width: int | None = None) -> Conso
 
 def _stdout_console() -> Console:
     """At a terminal (or with COLUMNS set), its width; piped, as wide as the content, so
-    a shard name is never cut to "…" on its way to grep (rich assumes 80 columns)."""
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+    a shard name is never cut to "…" on its way to grep (rich assumes 80 columns).
+    A closed stdout (``>&-``: None) as a pipe: the command refuses to run then (main)."""
+    if (sys.stdout is not None and sys.stdout.isatty()) or os.environ.get("COLUMNS"):
         return _literal_console()
     return _literal_console(width=_PIPED_WIDTH)
 
