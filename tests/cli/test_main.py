@@ -7,15 +7,19 @@ against the real server are in tests/server/test_e2e_cli.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import typer
 from rich.console import Console
@@ -1330,3 +1334,53 @@ def test_ctrl_c_while_evict_asks_why_a_shard_stayed_hot_still_reports(
         "in_doubt": None,
     }
     assert "stopped by Ctrl-C; the rest were not evicted" in one_error_line(stopped)
+
+
+# a server that does not answer
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """The address of a listener that accepts connections and never answers: a
+    stopped (SIGSTOP) or overloaded server."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept, as close does not
+        listener.close()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+
+
+def test_a_server_that_never_answers_is_not_called_a_ca_problem(
+    silent_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Handshake read failed (Endpoint closing) (TLS failed: is --ca / TIERSTORE_CA the
+    # server's tls/ca.pem...)": the server took the connection and never answered.
+    secure_channel = grpc.secure_channel
+
+    def quick_to_give_up(target: str, credentials: Any, options: Any = ()) -> Any:
+        # gRPC gives a connection 20 s for its handshake; here half a second.
+        options = [*options, ("grpc.min_reconnect_backoff_ms", 500)]
+        return secure_channel(target, credentials, options=options)
+
+    monkeypatch.setattr(grpc, "secure_channel", quick_to_give_up)
+    monkeypatch.delenv("TIERSTORE_CA", raising=False)
+    stopped = invoke("--address", silent_server, "--token", "t", "--timeout", "10", "dataset", "ls")
+    assert stopped.exit_code == 5
+    line = one_error_line(stopped)
+    assert "Endpoint closing" in line, line
+    assert "accepted the connection but did not answer" in line
+    assert "--ca" not in line

@@ -134,6 +134,13 @@ _TLS_HINT = (
     "TIERSTORE_ADDRESS its API port? A server started with --insecure speaks "
     "plaintext: then give --insecure too"
 )
+#: what gRPC says when this side gave up on a handshake the server never answered (it
+#: took the connection: a stopped or overloaded process), which says nothing of a CA
+_NO_ANSWER = re.compile(r"Endpoint closing|handshake (timed out|timeout)", re.I)
+_NO_ANSWER_HINT = (
+    "the server at --address / TIERSTORE_ADDRESS accepted the connection but did not "
+    "answer: is it stopped or overloaded? (not a CA problem: a wrong CA file fails at once)"
+)
 #: what gRPC says of a call the server does not have: most often a port that is not the
 #: API's (the health port speaks plaintext, and has the health calls alone)
 _NO_SUCH_CALL = re.compile(r"UNIMPLEMENTED: Method not found")
@@ -200,6 +207,8 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
     text = message or str(exc)
     if isinstance(exc, errors.Unavailable) and _NO_HANDSHAKER.search(text):
         text += f" ({_no_handshaker_hint()})"
+    elif isinstance(exc, errors.Unavailable) and _NO_ANSWER.search(text):
+        text += f" ({_NO_ANSWER_HINT})"
     elif isinstance(exc, errors.Unavailable) and _closed_in_handshake(text):
         text += f" ({_closed_in_handshake_hint()})"
     elif isinstance(exc, errors.Unavailable) and _TLS_FAILURE.search(text):
