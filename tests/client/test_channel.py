@@ -22,6 +22,7 @@ from tierstore.client.channel import ChannelSettings, ProcessChannel
 from tierstore.client.client import Client
 from tierstore.client.connect import connect
 from tierstore.client.failures import closed_channel_is_unavailable
+from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions
 from tierstore.errors import InvalidArgument, Unavailable
 from tierstore.v1 import (
@@ -354,3 +355,37 @@ def test_calls_while_another_thread_closes_the_client_end_in_a_result_or_unavail
     seen = json.loads(done.stdout.decode().splitlines()[-1])
     assert set(seen) <= {"result", "Unavailable", "channel"}, seen
     assert seen.get("result", 0) > 0, seen
+
+
+def test_a_stub_made_while_a_fork_waits_never_holds_up_the_calls_in_flight() -> None:
+    # A stub made outside any call took the channel's lock, then waited for the fork
+    # gate a fork held; a call in flight that needed a stub then waited for that lock,
+    # and the fork waited for the call: the fork went ahead at its deadline with the
+    # call in flight (a child that may hang). The gate comes first, then the lock.
+    channel = ProcessChannel(ChannelSettings("127.0.0.1:1", insecure=True))
+    inside, go, made = threading.Event(), threading.Event(), []
+
+    def call_in_flight() -> None:
+        with GATE.call():
+            inside.set()
+            assert go.wait(30)
+            made.append(channel.stub(lambda ch: ch))
+
+    in_flight = threading.Thread(target=call_in_flight)
+    in_flight.start()
+    assert inside.wait(30)
+    left: list[int] = []
+    fork = threading.Thread(target=lambda: (left.append(GATE.hold(10.0)), GATE.release()))
+    fork.start()
+    poll(lambda: GATE._holding, 10, "the fork to wait for the call in flight")
+    outside = threading.Thread(target=lambda: made.append(channel.stub(lambda ch: ch)))
+    outside.start()
+    waiters = GATE._condition._waiters  # type: ignore[attr-defined]
+    poll(lambda: len(waiters) >= 2, 10, "the stub made outside to wait for the fork")
+    go.set()
+    fork.join(30)
+    assert left == [0]  # no call was still in flight when the fork went ahead
+    for thread in (in_flight, outside):
+        thread.join(30)
+    assert len(made) == 2
+    channel.close()

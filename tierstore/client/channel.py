@@ -168,8 +168,9 @@ class ProcessChannel:
 
     def __init__(self, settings: ChannelSettings) -> None:
         self.settings = settings
-        # Fork-safe: a thread opening the channel holds it while it waits for the fork
-        # gate, which a forking thread may hold; a plain lock would stay held in the child.
+        # Taken only inside the fork gate (see stub()), so no fork waits for a holder;
+        # fork-safe all the same, for a fork that went ahead at its gate's deadline (a
+        # plain lock would stay held in the child).
         self._lock = ForkSafeLock()
         self._held = _HeldChannel()
         weakref.finalize(self, self._held.close_soon)
@@ -193,7 +194,7 @@ class ProcessChannel:
         current = self._held.current  # one read: the channel and its process together
         if current is not None and current[1] == os.getpid():
             return current[0]
-        with self._lock:
+        with GATE.call(), self._lock:  # the gate first: see stub()
             return self._opened()
 
     def stub(self, factory: Callable[[grpc.Channel], T]) -> T:
@@ -201,19 +202,21 @@ class ProcessChannel:
         that :meth:`close` takes: a stub registers its methods with the channel in
         gRPC's core, which crashed the process (SIGSEGV) on a channel another thread
         had just closed. A call made on the stub once the channel is closed ends with
-        Unavailable. Thread-safe."""
-        with self._lock:  # then the fork gate, as get() and close() take them
-            channel = self._opened()
-            with GATE.call():
-                return factory(channel)
+        Unavailable. Thread-safe.
+
+        The fork gate is entered before the lock is taken (here, in get() and close()),
+        never the other way: a thread holding the lock while it waited for a fork
+        would hold up every call in flight that needs the lock, and the fork waits for
+        those calls (it went ahead at its deadline with one in flight)."""
+        with GATE.call(), self._lock:
+            return factory(self._opened())
 
     def _opened(self) -> grpc.Channel:
-        """This process's channel, opened if it has none; with ``_lock`` held."""
+        """This process's channel, opened if it has none; inside the fork gate, with
+        ``_lock`` held."""
         current = self._held.current
         if current is None or current[1] != os.getpid():
-            with GATE.call():
-                channel = self._open()
-            current = self._held.current = (channel, os.getpid())
+            current = self._held.current = (self._open(), os.getpid())
         return current[0]
 
     def _open(self) -> grpc.Channel:
@@ -261,5 +264,5 @@ class ProcessChannel:
 
     def close(self) -> None:
         """Close this process's channel (a channel inherited through fork is left alone)."""
-        with self._lock:
+        with GATE.call(), self._lock:  # the gate first: see stub()
             self._held.close()
