@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,6 +294,28 @@ def test_a_partial_file_is_made_durable_before_and_after_its_rename(
         text.write("written through a wrapper")
     assert target.read_text() == "written through a wrapper"
     _assert_made_durable(events, target)
+
+
+@pytest.mark.parametrize("errno_code", [errno.EACCES, errno.EOPNOTSUPP, errno.EINVAL])
+def test_a_directory_that_cannot_be_synced_fails_no_write_that_replaced_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_code: int
+) -> None:
+    # The file was synced and renamed over its target: a directory that cannot be
+    # opened (write and search only) or synced (some network and FUSE mounts) raised
+    # from a write that had replaced the target all the same.
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old contents")
+    real_open = os.open
+
+    def refusing_directories(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY:
+            raise OSError(errno_code, os.strerror(errno_code))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing_directories)
+    with partial_file(target) as file:
+        file.write(b"new contents")
+    assert target.read_bytes() == b"new contents"
 
 
 @pytest.mark.parametrize("local_reads", [True, False], ids=["local read", "streamed"])

@@ -14,6 +14,7 @@ and on failure deleted, a user's file of that name, and followed a link placed t
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import stat
@@ -36,6 +37,8 @@ __all__ = [
     "stream_into_file",
     "write_all",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
@@ -154,14 +157,19 @@ def partial_file(
 
 
 def _sync_directory(directory: Path) -> None:
-    """Make the entries of ``directory`` (a rename into it) durable. A file system
-    whose directories cannot be synced (EINVAL) is left as it is."""
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the entries of ``directory`` (a rename into it) durable, as far as it can
+    be: a directory that cannot be opened (write and search only) or synced (some
+    network and FUSE mounts) is left as it is, logged, since the file renamed into it
+    is whole and in place already, and raising would call a done write failed."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.debug("cannot open %s to sync the rename into it: %s", directory, exc)
+        return
     try:
         os.fsync(descriptor)
     except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
+        log.debug("cannot sync directory %s: %s", directory, exc)
     finally:
         os.close(descriptor)
 
