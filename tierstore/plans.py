@@ -76,9 +76,9 @@ class SamplerPlan:
 
     ``samples_per_epoch`` is only for :attr:`SamplerKind.REPLACEMENT` (0 = as many
     draws as there are shards). ``shards_digest``: :func:`shard_list_digest` of the
-    sorted names the reader's order is made over, which the server checks against the
-    names it regenerates from (empty: not checked). Raises InvalidArgument from
-    :meth:`validate`.
+    names the reader's order is made over, in catalog order (as the service lists them),
+    which the server checks against the names it regenerates from (empty: not
+    checked). Raises InvalidArgument from :meth:`validate`.
     """
 
     kind: SamplerKind

@@ -38,7 +38,7 @@ import signal
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -122,7 +122,7 @@ class ServeOptions:
     #: None = not given; "" = no prefix, even where the settings file names one.
     prefix: str | None = None
     s3_access_key: str = ""
-    s3_secret_key: str = ""
+    s3_secret_key: str = field(default="", repr=False)
     master_key_file: Path | None = None
     config_file: Path | None = None
     hot_capacity_bytes: int | None = None

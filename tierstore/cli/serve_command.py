@@ -172,10 +172,10 @@ def _source_of(context: typer.Context, parameter: str) -> str:
 def _refuse_empty_archive_keys(context: typer.Context) -> None:
     """Refuse an archive key given empty (an unset variable in a script): the node
     signed with empty keys, or the settings file's were taken without a word."""
-    for parameter, flag, variable in (
-        ("s3_access_key", "--s3-access-key", "TIERSTORE_S3_ACCESS_KEY"),
-        ("s3_secret_key", "--s3-secret-key", "TIERSTORE_S3_SECRET_KEY"),
+    for parameter, flag in (
+        ("s3_access_key", "--s3-access-key"),
+        ("s3_secret_key", "--s3-secret-key"),
     ):
         given = _source_of(context, parameter) in ("COMMANDLINE", "ENVIRONMENT")
         if given and not str(context.params[parameter]).strip():
-            raise fail(errors.InvalidArgument(f"{flag} (or {variable}) is empty; give the key"))
+            raise fail(errors.InvalidArgument(f"{flag} is empty; give the key"))
