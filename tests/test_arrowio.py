@@ -573,6 +573,28 @@ def test_an_invalid_batch_is_refused_before_it_is_framed(case: str, source: str)
             list(reader_to_frames(reader))
 
 
+def test_a_dictionary_shared_by_batches_is_checked_for_each_batch_s_indices() -> None:
+    # A dictionary many batches share is validated once (300 batches of one dictionary
+    # of a million strings took 40 times as long to frame, validated in each batch):
+    # the indices of every batch are still checked against it.
+    dictionary = pa.array([f"value {i}" for i in range(100)])
+    good = pa.DictionaryArray.from_arrays(pa.array([0, 5, 99], pa.int32()), dictionary)
+    past = pa.DictionaryArray.from_arrays(pa.array([1, 100, 2], pa.int32()), dictionary, safe=False)
+    schema = pa.schema([("d", good.type), ("n", pa.int64())])
+    batches = [
+        pa.record_batch([column, pa.array([1, 2, 3])], schema=schema)
+        for column in (good, good, past)
+    ]
+    assert frames_to_table(table_to_frames(pa.Table.from_batches(batches[:2]))).num_rows == 6
+    with pytest.raises(MalformedArrow, match="record batch 2: invalid"):
+        table_to_frames(pa.Table.from_batches(batches))
+    offsets = pa.py_buffer(np.array([0, 1, 2], np.int32).tobytes())
+    bad_strings = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"\xff\xfe")])
+    bad_dictionary = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), bad_strings)
+    with pytest.raises(MalformedArrow, match="record batch 0: invalid"):
+        table_to_frames(pa.table({"d": bad_dictionary}))
+
+
 # ---------------------------------------------------------------- malformed frames
 
 
