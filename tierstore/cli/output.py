@@ -299,22 +299,40 @@ def stopped_partway(
         count += 1
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
-        key, given = already or ("", ())
-        needed_nothing = set(given)
-        unchanged = [name for name in names[:count] if name in needed_nothing]
-        changed = [name for name in names[:count] if name not in needed_nothing]
-        fields = {
-            done: changed,
-            **({key: unchanged} if key else {}),
-            f"not_{done}": names[count:],
-            **(totals or {}),
-            **fields,
-        }
-        line = f"{done} {len(changed)} of {len(names)} shards before an error"
-        line += f": {', '.join(changed)}" if changed else ""
-        line += already_text(key, unchanged)
-        emit({**fields, "in_doubt": in_doubt}, Text(line))
+        _report_partway(
+            names, count, done, "an error", in_doubt, already, {**(totals or {}), **fields}
+        )
     return fail(exc)
+
+
+def _report_partway(
+    names: list[str],
+    count: int,
+    done: str,
+    stopped_by: str,
+    in_doubt: str | None,
+    already: tuple[str, Collection[str]] | None,
+    totals: Mapping[str, Any],
+) -> None:
+    """Emit what a command stopped part way (by ``stopped_by``) did: the first
+    ``count`` of ``names`` as ``done`` (those in ``already``'s names under its key),
+    the rest as ``not_<done>``, ``totals`` and ``in_doubt``; for :func:`stopped_partway`
+    and :func:`interrupted_partway`."""
+    key, given = already or ("", ())
+    needed_nothing = set(given)
+    unchanged = [name for name in names[:count] if name in needed_nothing]
+    changed = [name for name in names[:count] if name not in needed_nothing]
+    line = f"{done} {len(changed)} of {len(names)} shards before {stopped_by}"
+    line += f": {', '.join(changed)}" if changed else ""
+    line += already_text(key, unchanged)
+    report = {
+        done: changed,
+        **({key: unchanged} if key else {}),
+        f"not_{done}": names[count:],
+        **totals,
+        "in_doubt": in_doubt,
+    }
+    emit(report, Text(line))
 
 
 class Interrupted(Exception):
@@ -353,21 +371,7 @@ def interrupted_partway(
     command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
     :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
     ``totals``, ``in_doubt``), even when none was done. Return the exit, 130."""
-    key, given = already or ("", ())
-    needed_nothing = set(given)
-    unchanged = [name for name in names[:count] if name in needed_nothing]
-    changed = [name for name in names[:count] if name not in needed_nothing]
-    line = f"{done} {len(changed)} of {len(names)} shards before Ctrl-C"
-    line += f": {', '.join(changed)}" if changed else ""
-    line += already_text(key, unchanged)
-    report = {
-        done: changed,
-        **({key: unchanged} if key else {}),
-        f"not_{done}": names[count:],
-        **(totals or {}),
-        "in_doubt": in_doubt,
-    }
-    emit(report, Text(line))
+    _report_partway(names, count, done, "Ctrl-C", in_doubt, already, totals or {})
     return interrupted(in_doubt, done, maybe)
 
 
