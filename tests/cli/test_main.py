@@ -1384,3 +1384,11 @@ def test_a_server_that_never_answers_is_not_called_a_ca_problem(
     assert "Endpoint closing" in line, line
     assert "accepted the connection but did not answer" in line
     assert "--ca" not in line
+
+
+def test_a_server_certificate_the_ca_rejects_exits_2_not_the_retry_code() -> None:
+    # Exit 5 says "unavailable, try again": a script retrying on it retried a wrong CA
+    # file for ever (the same CA rejects the same certificate every time).
+    rejected = errors.ServerCertificateRejected("CERTIFICATE_VERIFY_FAILED")
+    assert cli_output.fail(rejected).exit_code == 2
+    assert cli_output.fail(errors.Unavailable("connection refused")).exit_code == 5

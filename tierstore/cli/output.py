@@ -76,6 +76,8 @@ _EXIT_CODES: list[tuple[type[errors.TierstoreError], int]] = [
     (errors.AlreadyExists, 2),
     (errors.Unauthenticated, 4),
     (errors.PermissionDenied, 4),
+    # A setup to mend (the CA file, the address's name), not an outage to wait out.
+    (errors.ServerCertificateRejected, 2),
     (errors.Unavailable, 5),
     (errors.DataLoss, 6),
 ]
