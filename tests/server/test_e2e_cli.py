@@ -156,7 +156,10 @@ def test_banner_tells_how_to_connect(server: ServerProcess) -> None:
     banner = server.output()
     assert f"export TIERSTORE_ADDRESS={server.address}" in banner
     assert f"export TIERSTORE_CA={server.data_dir.resolve() / 'tls' / 'ca.pem'}" in banner
-    assert f"$(cat {server.data_dir.resolve() / 'admin.token'})" in banner
+    # The token's file, not the token: every child of the shell would inherit it, and
+    # `ps e` shows a process's environment.
+    assert f"export TIERSTORE_TOKEN_FILE={server.data_dir.resolve() / 'admin.token'}" in banner
+    assert "export TIERSTORE_TOKEN=" not in banner
     assert f"health checks (plaintext) on port {server.health_port}" in banner
     assert server.token not in banner + server.errors()  # the token itself is never printed
 

@@ -89,7 +89,9 @@ def print_banner(
         if insecure
         else f"  export TIERSTORE_CA={shlex.quote(str(data_dir / 'tls' / 'ca.pem'))}",
         *client_lines,
-        f"  export TIERSTORE_TOKEN=$(cat {shlex.quote(str(token_file))})",
+        # The token's file, not the token: out of the environment every child of the
+        # shell inherits (and `ps e` shows).
+        f"  export TIERSTORE_TOKEN_FILE={shlex.quote(str(token_file))}",
         "  tierstore dataset ls",
         "tierstore: a new admin token was written to " + str(token_file) if token else "",
         "tierstore: ready",
