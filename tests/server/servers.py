@@ -302,3 +302,20 @@ def error_name(error: grpc.RpcError) -> str | None:
         if key == ERROR_HEADER:
             return value if isinstance(value, str) else bytes(value).decode()
     return None
+
+
+def once_the_server_sees_the_caller_gone(monkeypatch: Any, *modules: Any) -> None:
+    """Make the handlers of ``modules`` check that their caller gave up
+    (``refuse_if_caller_gone``) only once the server has seen it too: the caller's
+    deadline passes a moment before the server's (which counts from the call's arrival),
+    and a check in between would find the caller still there."""
+    from tierstore.server import rpc
+
+    def checked_once_gone(context: grpc.ServicerContext, change: str) -> None:
+        deadline = time.monotonic() + 30
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rpc.refuse_if_caller_gone(context, change)
+
+    for module in modules:
+        monkeypatch.setattr(module, "refuse_if_caller_gone", checked_once_gone)

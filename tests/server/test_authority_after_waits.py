@@ -23,7 +23,12 @@ import grpc
 import pytest
 
 from tests.engine.stores import payload, wait_until
-from tests.server.servers import RunningServer, invoke, serving
+from tests.server.servers import (
+    RunningServer,
+    invoke,
+    once_the_server_sees_the_caller_gone,
+    serving,
+)
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.server import admin as admin_service
 from tierstore.server import datasets as dataset_service
@@ -215,6 +220,7 @@ def test_a_key_rotation_whose_caller_gave_up_while_it_was_queued_rotates_nothing
     admin = node.token("ops", ("*", Role.ADMIN))
     rotations: list[object] = []
     monkeypatch.setattr(node.store, "rotate_master_key", lambda *_: rotations.append(1) or 0)
+    once_the_server_sees_the_caller_gone(monkeypatch, admin_service)
     passed, go = held_after_first_check(monkeypatch, admin_service, "RotateKeys")
     request = admin_pb2.RotateKeysRequest()
     queued = in_thread(

@@ -17,7 +17,16 @@ import pytest
 from tests.engine.backdoor import holding_the_writer
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, payload, wait_until
-from tests.server.servers import RunningServer, error_name, invoke, metadata, serving
+from tests.server.servers import (
+    RunningServer,
+    error_name,
+    invoke,
+    metadata,
+    once_the_server_sees_the_caller_gone,
+    serving,
+)
+from tierstore.server import datasets as dataset_service
+from tierstore.server import shards as shard_service
 from tierstore.server.shards import _wait_within
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Role
@@ -145,12 +154,13 @@ CHANGES: dict[str, tuple[str, Callable[[], Any], Role]] = {
 
 @pytest.mark.parametrize("change", CHANGES)
 def test_a_change_whose_caller_gave_up_while_it_waited_for_the_writer_changes_nothing(
-    tmp_path: Path, change: str
+    tmp_path: Path, change: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A caller told DEADLINE_EXCEEDED takes the change for failed, and may put or delete
     # again: the change must not land after, when the writer comes free, or it could undo
     # what the caller did next (a put deleted by the delete it had given up on).
     method, request, role = CHANGES[change]
+    once_the_server_sees_the_caller_gone(monkeypatch, shard_service, dataset_service)
     with serving(tmp_path, insecure=True, datasets={"capped": DatasetSettings()}) as node:
         token = node.token("caller", ("capped", role))
         node.store.put("capped", "s", b"v0")
