@@ -461,7 +461,9 @@ def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
         assert (tmp_path / name).read_bytes() == (b"" if options else data)
         (tmp_path / name).unlink()
     grown = (peaks["large"] - peaks["medium"]) << 10
-    assert grown < sizes["large"] - sizes["medium"], (peaks, grown)
+    # Under 1.5 times the extra bytes: holding the shard whole grew by twice them; one
+    # CI run measured 155 MB for 128 MiB (the allocator's and gRPC's buffers vary).
+    assert grown < 1.5 * (sizes["large"] - sizes["medium"]), (peaks, grown)
 
 
 def test_get_to_dev_stdout_writes_the_shard_alone_there(
