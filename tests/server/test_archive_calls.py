@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -50,6 +51,16 @@ def put_request(dataset: str, shard: str, data: bytes) -> list[shards_pb2.PutSha
     ]
 
 
+def held_after_header(
+    requests: list[shards_pb2.PutShardRequest], held: threading.Event
+) -> Iterator[shards_pb2.PutShardRequest]:
+    """``requests``, with the messages after the header sent only once ``held`` is set
+    (or 20 s have passed)."""
+    yield requests[0]
+    held.wait(20)
+    yield from requests[1:]
+
+
 def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_many(
     tmp_path: Path,
 ) -> None:
@@ -81,6 +92,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
                 cold_reads.append(error)
 
         readers = [threading.Thread(target=read_cold) for _ in range(SLOTS)]
+        sender_held = threading.Event()
         try:
             for reader in readers:
                 reader.start()
@@ -88,11 +100,12 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             deadline = time.monotonic() + 10
             while len(archive.gets) < SLOTS and time.monotonic() < deadline:
                 time.sleep(0.02)  # every slot's read is waiting on the archive
-            # One more call that needs the archive: refused at once, not queued.
+            # One more call that needs the archive: refused at once, not queued; a
+            # write-through put before its sender has sent more than its header.
             for method, request, caller in (
                 (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), token),
                 (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold2"), token),
-                (PUT, put_request("wt", "new", b"x" * 100), token),
+                (PUT, held_after_header(put_request("wt", "new", b"x" * 100), sender_held), token),
                 (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new"), token),
                 (DELETE_DATASET, datasets_pb2.DeleteDatasetRequest(name="wt"), admin),
             ):
@@ -103,6 +116,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert error_name(refused.value) == "Unavailable"
                 assert "calls are waiting on it already" in refused.value.details()
+            assert not sender_held.is_set()  # the put's frames were never sent
             # The workers left serve the hot tier.
             got = invoke(channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="hot"), token)
             assert payload_of(got) == hot_data
@@ -110,6 +124,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             # object is not the frozen one), so a retry finds it hot.
             wait_until(lambda: store.stat("d", "cold2").hot, "the refused miss's promotion")
         finally:
+            sender_held.set()
             archive.release_reads()  # the archive thaws: the waiting reads complete
             for reader in readers:
                 reader.join(30)

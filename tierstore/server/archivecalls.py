@@ -54,6 +54,13 @@ class ArchiveCalls:
         finally:
             held.give_back()
 
+    def refuse_if_none_free(self, what: str) -> None:
+        """Unavailable at once if no slot is free now; takes none. For a call that will
+        need one only after a long wait of its own (a write-through put, before its
+        stream is received): a sure refusal then comes before that wait, not after."""
+        self._take(what)
+        self._give_back()
+
     def held(self, what: str) -> HeldSlot:
         """A slot for one call that takes it only while it waits on the archive (a
         read that turns hot, or falls to the archive, part way): see :class:`HeldSlot`."""

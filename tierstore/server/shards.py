@@ -156,8 +156,14 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument(
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
             )
+        settings = self._store.get_dataset(header.dataset)
+        if settings.durability is Durability.WRITE_THROUGH:
+            # Its archive slot is taken at the commit, once the stream is received (its
+            # sender may be slow); with none free now it is refused before its sender
+            # sends the whole shard for the same refusal.
+            self._archive_calls.refuse_if_none_free(f"a write-through put of {header.dataset}")
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
-        encrypted = self._store.get_dataset(header.dataset).encrypted
+        encrypted = settings.encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
             self._receive_frames(request_iterator, header, spool, receiving)
             with self._slot_if_write_through(header.dataset, "a write-through put of"):
