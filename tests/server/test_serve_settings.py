@@ -198,6 +198,8 @@ def test_a_bad_settings_file_is_refused_before_anything_is_made(tmp_path: Path) 
         (("--hostname", "bad name"), {}, "'bad name' is neither a DNS name nor an IP"),
         # Taken: the node served plaintext, asking no caller for a certificate.
         (("--insecure", "--require-client-cert"), {}, "--require-client-cert needs TLS"),
+        # Taken without a word: no certificate holds the names.
+        (("--insecure", "--hostname", "node.example"), {}, "--hostname names the TLS"),
         # An unset variable in a script (--s3-endpoint "$ARCHIVE_URL") was no archive
         # named: the node started its embedded one, the "archived" copies on its own disk.
         (("--s3-endpoint", ""), {}, "--s3-endpoint is empty"),

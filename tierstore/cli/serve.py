@@ -185,6 +185,11 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         ServerSettings(
             listen=options.listen, insecure=True, require_client_cert=options.require_client_cert
         )
+        if options.hostnames:
+            raise InvalidArgument(
+                "--hostname names the TLS certificate's names: it cannot be given with "
+                "--insecure, which serves no certificate"
+            )
     else:
         check_hostnames(options.hostnames)  # the certificate's names, checked there again
     # Read (and so checked) before anything is made: a bad settings file once left a
