@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import numbers
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -16,6 +17,7 @@ __all__ = [
     "ALL_DATASETS",
     "DEFAULT_POLICY_NAME",
     "MAX_TTL_S",
+    "TOKEN_PATTERN",
     "DatasetSettings",
     "Durability",
     "Grant",
@@ -31,6 +33,7 @@ __all__ = [
     "WrappedKey",
     "check_bool",
     "check_pin_ttl",
+    "token_id_of",
 ]
 
 #: The placement policy a dataset gets unless it names one. The same name as
@@ -46,6 +49,16 @@ MAX_ROWS = 2**63 - 1
 #: (0 or no TTL means "never"), and times far enough out break date formatting in
 #: every client that shows them.
 MAX_TTL_S = 10 * 365.25 * 86_400
+
+#: A token as the node issues it: ``ts_``, its id (12 hex characters, what ``token ls``
+#: shows and ``token revoke`` takes) and its secret.
+TOKEN_PATTERN = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+def token_id_of(token: str | None) -> str | None:
+    """The id of ``token``, or None if it is not a token the node could have issued."""
+    match = TOKEN_PATTERN.fullmatch(token) if token else None
+    return match.group(1) if match else None
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -50,6 +50,7 @@ class FakeClient:
     backlog_shards: int = 0
     tokens: list[dict[str, Any]] = field(default_factory=list)
     shards: set[str] = field(default_factory=set)
+    token_id: str | None = None  # of the token it calls with
 
     def list_datasets(self) -> list[Any]:
         self.calls.append(("list_datasets", ()))
@@ -1171,6 +1172,7 @@ def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: Fak
         "revoked": "aaaaaaaaaaaa",
         "already_revoked": False,
         "last_admin": True,
+        "own_token": False,
     }
     assert "last live admin token" in last.stderr and "restarts" in last.stderr
     client.tokens.append(admin_token("dddddddddddd"))

@@ -917,6 +917,7 @@ def test_token_create_ls_revoke_and_keys_rotate(
         "revoked": token_id,
         "already_revoked": False,
         "last_admin": False,
+        "own_token": False,
     }
     assert {t["token_id"]: t for t in ok(env, "token", "ls")}[token_id]["revoked"] is True
     # Again: nothing changes, and it says so (it said "revoked ..." as if it had), exit 0.
@@ -953,6 +954,15 @@ def test_token_create_ls_revoke_and_keys_rotate(
     assert table.returncode == 0 and longest["token_id"].encode() in table.stdout
     for made in (longest, shortest):
         ok(env, "token", "revoke", made["token_id"])
+
+    # An admin revoking the token it runs with is told that its next command fails
+    # (it was not: only the last admin token was warned of).
+    ops = ok(env, "token", "create", "ops", "--grant", "*=admin")
+    ops_env = server.cli_env(TIERSTORE_TOKEN=ops["token"])
+    own = run(ops_env, "token", "revoke", ops["token_id"])
+    assert own.returncode == 0 and json.loads(own.stdout)["own_token"] is True
+    assert "warning: that was the token this command ran with" in own.stderr.decode()
+    assert run(ops_env, "token", "ls").returncode == 4
 
     first = ok(env, "keys", "rotate")
     second = ok(env, "keys", "rotate")

@@ -272,11 +272,24 @@ def token_revoke(token_id: str) -> None:
         raise fail(exc) from None
     last_admin = _live_admin_tokens(tokens) == [token_id]
     already = any(t["token_id"] == token_id and t["revoked"] for t in tokens)
+    own = client.token_id == token_id
     run_or_fail(lambda: client.revoke_token(token_id))
     emit(
-        {"revoked": token_id, "already_revoked": already, "last_admin": last_admin},
+        {
+            "revoked": token_id,
+            "already_revoked": already,
+            "last_admin": last_admin,
+            "own_token": own,
+        },
         f"{token_id} was revoked already" if already else f"revoked {token_id}",
     )
+    if own and not already:
+        err.print(
+            "warning: that was the token this command ran with: the next command with it "
+            "is refused (Unauthenticated)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if last_admin:
         err.print(
             "warning: that was the last live admin token: admin calls fail until the node "

@@ -22,6 +22,7 @@ from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalReads, ReadCounter, ReadCounts
 from tierstore.client.localrpc import GrpcLocalReadRpc
 from tierstore.errors import InvalidArgument, Unauthenticated, Unavailable
+from tierstore.types import token_id_of
 from tierstore.v1 import shards_pb2_grpc
 
 __all__ = ["DEFAULT_FRAME_BYTES", "ClientCore"]
@@ -134,6 +135,12 @@ class ClientCore:
         if self._local is not None:
             self._local.close()
         self._channel.close()
+
+    @property
+    def token_id(self) -> str | None:
+        """The id of the token this client calls with (as ``list_tokens`` shows it),
+        or None without one, or with one the node could not have issued."""
+        return token_id_of(self._channel.settings.token)
 
     @property
     def read_counts(self) -> ReadCounts:

@@ -37,7 +37,7 @@ from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticate
 from tierstore.naming import validate_dataset_name
 from tierstore.private_files import refuse_dangling_link, restrict_mode, write_private_file
 from tierstore.server.authz import Principal, check_principal_name
-from tierstore.types import ALL_DATASETS, MAX_TTL_S, Grant, Role
+from tierstore.types import ALL_DATASETS, MAX_TTL_S, TOKEN_PATTERN, Grant, Role
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -61,7 +61,7 @@ RETENTION_S = 30 * 86400.0
 
 _ID_BYTES = 6
 _SECRET_BYTES = 32
-_TOKEN_RE = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_TOKEN_RE = TOKEN_PATTERN
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
 _FORMAT = "tierstore-tokens/v1"
 # Compared against when the token id is unknown, so that path costs what a known one does.
