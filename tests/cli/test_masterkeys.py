@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload, wait_until
 from tests.engine.test_archive_seals import CutShort
 from tests.engine.test_keys import count_reads_per_txn, resuming
@@ -488,6 +490,30 @@ def test_uploads_held_for_metadata_cut_short_run_once_it_comes_whole(
         assert len(archive.cut) >= 3 and store.stats().journal_entries > 0
         archive.cutting = False
         assert store.drain(10), store.stats().mover_error
+    finally:
+        waiting.stop()
+
+
+def test_a_node_with_no_dataset_is_not_told_its_archive_answers_before_it_does(
+    open_store: StoreFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With no dataset, the key check makes no archive request: the first check after a
+    # start with the archive down passed, and the log said "the archive answers and
+    # its seals verify", uploads let run, with nothing listening at the endpoint.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={}, start_mover=False)
+    archive.failing = True
+    waiting = DeferredKeyCheck(NodeKeys(KEYRING, tmp_path / "master.keys"), store, interval_s=0.05)
+    caplog.set_level(logging.WARNING, logger="tierstore.cli.masterkeys")
+    waiting.start()
+    try:
+        wait_until(
+            lambda: "the keys are not checked against the archive yet" in caplog.text,
+            "a check to meet the archive down",
+        )
+        assert "uploads run" not in caplog.text
+        archive.failing = False
+        wait_until(lambda: "uploads run" in caplog.text, "the check once the archive answers")
     finally:
         waiting.stop()
 
