@@ -23,11 +23,17 @@ from tierstore.engine.records import (
     catalog_key,
 )
 from tierstore.engine.store import Store
-from tierstore.errors import ArchiveUnavailable, FailedPrecondition, IntegrityError, QuotaExceeded
+from tierstore.errors import (
+    ArchiveUnavailable,
+    FailedPrecondition,
+    IntegrityError,
+    NotArchivedYet,
+    QuotaExceeded,
+)
 from tierstore.server.metrics import _StoreCollector
 from tierstore.tiers.base import BytesLike
 from tierstore.tiers.memory import MemoryTier
-from tierstore.types import DatasetSettings
+from tierstore.types import DatasetSettings, Durability
 
 GARBAGE = b'{"v":1,"dataset":"plain","na'  # a record cut short
 
@@ -236,6 +242,40 @@ def test_a_dataset_deleted_with_a_damaged_shard_does_not_bring_it_back_in_a_rebu
     rebuilt = open_store(archive)
     rebuilt.rebuild_from_archive()
     assert [info.name for info in rebuilt.list("plain")[0]] == ["new"]
+
+
+def test_a_write_through_delete_of_a_damaged_shard_returns_once_the_archive_purged_it(
+    open_store: StoreFactory, archive: MemoryTier
+) -> None:
+    # It returned at once, the archive down, as if done: a rebuild then brought the
+    # deleted shard back. A readable shard's delete raises NotArchivedYet there.
+    faulty = FaultyTier(archive)
+    store = open_store(
+        faulty, datasets={"wt": DatasetSettings(durability=Durability.WRITE_THROUGH)}
+    )
+    store.put("wt", "bad", payload(FRAME, 1))
+    store.put("wt", "kept", payload(FRAME, 2))
+    put_raw_record(store, "wt", "bad", GARBAGE)
+    faulty.failing = True
+    with pytest.raises(NotArchivedYet, match="wt/bad is deleted here"):
+        store.delete("wt", "bad")
+    store.close()  # the node is lost before the mover gets through
+    faulty.failing = False
+    rebuilt = open_store(archive)
+    rebuilt.rebuild_from_archive()
+    assert [info.name for info in rebuilt.list("wt")[0]] == ["bad", "kept"]  # not acknowledged
+    # With the archive up, the delete returns once the archive no longer holds it.
+    store = open_store(
+        faulty, datasets={"wt": DatasetSettings(durability=Durability.WRITE_THROUGH)}
+    )
+    store.put("wt", "bad", payload(FRAME, 1))
+    store.put("wt", "kept", payload(FRAME, 2))
+    put_raw_record(store, "wt", "bad", GARBAGE)
+    store.delete("wt", "bad")
+    store.close()
+    rebuilt = open_store(archive)
+    rebuilt.rebuild_from_archive()
+    assert [info.name for info in rebuilt.list("wt")[0]] == ["kept"]
 
 
 def test_a_put_is_not_failed_by_another_shards_damaged_record(

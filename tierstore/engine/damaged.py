@@ -35,15 +35,17 @@ __all__ = ["delete_damaged_in"]
 
 def delete_damaged_in(
     txn: Any, catalog: Catalog, frames: LmdbTier, keys: list[bytes], next_generation: int
-) -> int:
+) -> int | None:
     """Delete the unreadable records ``keys`` in the caller's write transaction, with
     every hot frame no readable record claims, and journal the purge of their archived
     generations older than ``next_generation`` (the first generation not yet handed
-    out); returns the bytes of frames deleted. The caller tells the policies. Costs a
+    out); returns the sequence number of the last journal entry it made (a purge;
+    None for no keys): once the mover has done it and the entries before it on the
+    dataset, the archive holds none of them. The caller tells the policies. Costs a
     walk of every record and every frame key: for repairs, not the data path.
     """
     if not keys:
-        return 0
+        return None
     # An upload still on the journal may have put its frames and not yet its manifest,
     # by which the purge finds a generation: each such generation's objects are deleted
     # by name (its frames otherwise stayed in the archive for good).
@@ -52,11 +54,12 @@ def delete_damaged_in(
         if op.op == "upload" and catalog_key(op.dataset, op.name) in damaged:
             catalog.forgo_upload(txn, op.generation)
             catalog.append_journal(txn, JournalOp("delete", op.dataset, op.name, op.generation))
+    last = None
     for key in keys:
         catalog.delete_damaged(txn, key)
         dataset, _, name_key = key.partition(b"\x00")
         purge = JournalOp("purge", dataset.decode(), name_key.hex(), next_generation)
-        catalog.append_journal(txn, purge)
+        last = catalog.append_journal(txn, purge)
     # Frames staged by a promotion under way are its own (see tierstore.engine.spool).
     claimed = catalog.claimed_generations(txn) | catalog.staged(txn).keys()
     unclaimed = [
@@ -66,6 +69,5 @@ def delete_damaged_in(
     ]
     for frame, _ in unclaimed:
         frames.delete_in(txn, frame)
-    freed = sum(size for _, size in unclaimed)
-    catalog.add_counter(txn, "hot_bytes", -freed)
-    return freed
+    catalog.add_counter(txn, "hot_bytes", -sum(size for _, size in unclaimed))
+    return last

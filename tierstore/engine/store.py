@@ -708,9 +708,9 @@ class Store:
         self, dataset: str, shard: str, admit: Callable[[DatasetSettings], None] | None
     ) -> tuple[DatasetSettings, int | None, bool]:
         """Commit the delete of ``dataset/shard`` (see :meth:`delete`); returns its
-        dataset's settings, the journal entry that deletes it from the archive (None for
-        a shard whose record was unreadable) and whether it was hot."""
-        seq = None
+        dataset's settings, the journal entry that deletes it from the archive (for a
+        shard whose record was unreadable, the purge of its archived generations) and
+        whether it was hot."""
         was_hot = False
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
@@ -719,7 +719,7 @@ class Store:
             try:
                 record = self._catalog.require_shard(txn, dataset, shard)
             except IntegrityError:  # its record is unreadable: see tierstore.engine.damaged
-                self._delete_damaged_in(txn, [catalog_key(dataset, shard)])
+                seq = self._delete_damaged_in(txn, [catalog_key(dataset, shard)])
                 self._policies.removed((dataset, shard))
             else:
                 seq = self._writer.delete_in(txn, record)
@@ -731,12 +731,12 @@ class Store:
         (:func:`~tierstore.engine.diskreserve.once_more_with_room`)."""
         return once_more_with_room(commit, self.disk_reserve.release)
 
-    def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> None:
+    def _delete_damaged_in(self, txn: Any, keys: builtins.list[bytes]) -> int | None:
         """:func:`delete_damaged_in`, in a write transaction (where the generations that
         may still commit are exactly those from the writer's first uncommitted one on:
         a staged put's, taken before, or the next to be handed out)."""
         first_open = self._writer.first_uncommitted_generation()
-        delete_damaged_in(txn, self._catalog, self._frames, keys, first_open)
+        return delete_damaged_in(txn, self._catalog, self._frames, keys, first_open)
 
     # Metadata.
 
