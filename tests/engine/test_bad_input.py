@@ -374,14 +374,56 @@ def test_bad_dataset_settings_are_refused_before_anything_is_written(
         (lambda store: store.put("plain", "q", b"x", quota_wait_s="1"), "quota_wait_s must be"),
         (lambda store: store.prefetch("plain", "abc"), "shards must be a list of shard names"),
         (lambda store: store.prefetch("plain", None), "shards must be a list of shard names"),
+        # A raw TypeError ('int' object is not iterable); a str was taken as the names
+        # of one-letter datasets, and its curve counted no reads.
+        (lambda store: store.sizing_curve(5), "datasets must be a collection of dataset"),
+        (lambda store: store.sizing_curve("plain"), "datasets must be a collection of"),
+        (lambda store: store.sizing_curve([["plain"]]), "datasets must be a collection of"),
+        # A raw AttributeError ('str' object has no attribute 'policy').
+        (
+            lambda store: store.create_dataset("zz", "x"),
+            "settings must be a tierstore.types.DatasetSettings",
+        ),
+        (
+            lambda store: store.create_dataset("zz", {"encrypted": False}),
+            "settings must be a tierstore.types.DatasetSettings",
+        ),
+        # None was a raw TypeError; NaN returned at once, infinity waited for good.
+        (lambda store: store.drain(None), "timeout must be a number of seconds"),
+        (lambda store: store.drain("1"), "timeout must be a number of seconds"),
+        (lambda store: store.drain(True), "timeout must be a number of seconds"),
+        (lambda store: store.drain(0), "timeout must be a number of seconds"),
+        (lambda store: store.drain(-1.0), "timeout must be a number of seconds"),
+        (lambda store: store.drain(float("nan")), "timeout must be a number of seconds"),
+        (lambda store: store.drain(float("inf")), "timeout must be a number of seconds"),
     ],
-    ids=["prefix", "start_after", "limit", "quota_wait_s", "prefetch", "prefetch None"],
+    ids=[
+        "prefix",
+        "start_after",
+        "limit",
+        "quota_wait_s",
+        "prefetch",
+        "prefetch None",
+        "sizing_curve int",
+        "sizing_curve str",
+        "sizing_curve list of lists",
+        "create_dataset str",
+        "create_dataset dict",
+        "drain None",
+        "drain str",
+        "drain bool",
+        "drain 0",
+        "drain negative",
+        "drain nan",
+        "drain inf",
+    ],
 )
 def test_arguments_of_the_wrong_type_are_invalid_arguments(
     store: Store, known: dict[tuple[str, str], bytes], call: Callable[[Store], object], match: str
 ) -> None:
     with pytest.raises(InvalidArgument, match=match):
         call(store)
+    assert "zz" not in dict(store.list_datasets())
     assert_intact(store, known)
 
 

@@ -7,6 +7,7 @@ changes nothing; plans expire without reports; off-plan reads are served as usua
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -125,6 +126,14 @@ def test_an_explicit_plan_keeps_its_order_and_repeats(planned: Store) -> None:
         planned.close_plan(job)
 
 
+def test_an_explicit_plan_may_be_any_iterable_of_names(planned: Store) -> None:
+    # A generator was a raw TypeError (no len()); prefetch took one already.
+    order = ["c", "a/0", "c"]
+    job = planned.declare_plan("d", shards=(name for name in order))
+    assert declared(planned) == [(job, tuple(("d", n) for n in order), (STORED,) * 3)]
+    assert planned.plan_info(job).length == 3
+
+
 def test_declaring_a_job_again_replaces_its_plan(open_store: StoreFactory) -> None:
     store = open_store(
         datasets={
@@ -155,6 +164,10 @@ def test_declaring_a_job_again_replaces_its_plan(open_store: StoreFactory) -> No
         ({"shards": ["c", "/abs"]}, InvalidName, "/abs"),
         ({"shards": ["c"] * (MAX_PLAN_EPOCHS * len(NAMES) + 1)}, InvalidPlan, "at most"),
         ({"shards": "c"}, InvalidPlan, "not one string"),
+        # Raw TypeErrors: object of type 'int' has no len(), unhashable type: 'list'.
+        ({"shards": 5}, InvalidPlan, "shards must be a sequence of shard names, not 5"),
+        ({"shards": [["c"]]}, InvalidName, "must be a string"),
+        ({"shards": itertools.repeat("c")}, InvalidPlan, "at most"),  # endless: not taken
         ({}, InvalidPlan, "exactly one"),
         (
             {"shards": ["c"], "sampler": SamplerPlan(SamplerKind.SEQUENTIAL)},

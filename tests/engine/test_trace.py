@@ -187,6 +187,10 @@ def test_the_sizing_curve_is_the_lru_miss_ratio_of_the_traced_reads(
         assert ratios[factor] == pytest.approx(4 / 20)  # only the first pass misses
     only_e, none = store.sizing_curve({"e"})
     assert none == 0 and all(p.miss_ratio == 1.0 for p in only_e)
+    # Any iterable of names: a generator was used up by the curve's cache key, and
+    # the curve counted no reads.
+    assert store.sizing_curve(name for name in ["d", "e"]) == (points, 20)
+    assert store.sizing_curve(["d"]) == (points, 20)
 
 
 def test_a_dataset_made_again_starts_its_sizing_curve_with_no_reads(

@@ -34,10 +34,11 @@ begun while the plan book's lock is held.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -170,7 +171,7 @@ class PlanBook:
         dataset: str,
         *,
         sampler: SamplerPlan | None,
-        shards: Sequence[str] | None,
+        shards: Iterable[str] | None,
         prefix: str,
         job: str | None,
         ttl_s: float,
@@ -190,7 +191,8 @@ class PlanBook:
 
         Raises DatasetNotFound; PlanShardsChanged for a sampler whose ``shards_digest``
         is not that of the shard names under ``prefix`` now; InvalidPlan for both or
-        neither of ``sampler`` and ``shards``, a prefix with explicit shards, an unknown
+        neither of ``sampler`` and ``shards``, a prefix with explicit shards, ``shards``
+        that is no iterable of names (a str; any other iterable is taken), an unknown
         shard, or a plan too long;
         InvalidName for a malformed shard name; InvalidArgument for a bad sampler,
         job id, ``ttl_s`` or ``position`` (not a whole number from 0 to the plan's
@@ -389,14 +391,28 @@ class PlanBook:
         return order, tuple(sizes_by_name[name] for name in order)
 
     def _listed(
-        self, dataset: str, shards: Sequence[str]
+        self, dataset: str, shards: Iterable[str]
     ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """``shards`` (any iterable of names but a str) as the plan's names and sizes.
+        InvalidPlan for a str (the names of its one-letter shards), a non-iterable, an
+        unknown name or a plan too long; InvalidName for an entry that is no name."""
         if isinstance(shards, str):
-            raise InvalidPlan("shards must be a sequence of shard names, not one string")
-        if len(shards) > MAX_PLAN_ENTRIES:
+            raise InvalidPlan(
+                f"shards must be a sequence of shard names, not one string: {shards!r:.40}"
+            )
+        if not isinstance(shards, Iterable):  # was a raw TypeError (no len())
+            raise InvalidPlan(f"shards must be a sequence of shard names, not {shards!r:.40}")
+        # Taken once (a generator has no len(), and nothing left after a pass), and one
+        # entry past the bound at most: an endless generator is refused too.
+        names = tuple(itertools.islice(shards, MAX_PLAN_ENTRIES + 1))
+        if len(names) > MAX_PLAN_ENTRIES:
             raise InvalidPlan(f"a plan has at most {MAX_PLAN_ENTRIES:,} entries")
-        names = tuple(shards)
-        unique = dict.fromkeys(names)
+        try:
+            unique = dict.fromkeys(names)
+        except TypeError:  # an unhashable entry (a list): InvalidName says which
+            for name in names:
+                validate_shard_name(name)
+            raise
         for name in unique:
             validate_shard_name(name)
         sizes_by_name: dict[str, int] = {}

@@ -29,7 +29,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,7 @@ from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 from tierstore.types import (
+    MAX_TTL_S,
     DatasetSettings,
     Durability,
     ShardInfo,
@@ -99,6 +100,7 @@ from tierstore.types import (
     SizingPoint,
     TraceEvent,
     check_policy_name,
+    seconds_up_to,
 )
 
 __all__ = ["Store", "StoreStats", "hot_tier_dir"]
@@ -142,6 +144,25 @@ def _check_listing(prefix: object, start_after: object, limit: object) -> None:
         raise InvalidArgument(f"start_after must be a shard name or None, not {start_after!r:.40}")
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise InvalidArgument(f"limit must be a whole number of shards, not {limit!r:.40}")
+
+
+def _name_set(datasets: object) -> frozenset[str] | None:
+    """``datasets`` (None, or an iterable of dataset names) as a set, taken once: a
+    generator has nothing left for a second pass. InvalidArgument for a str (the names
+    of its one-letter datasets), a non-iterable or a name that is no str."""
+    if datasets is None:
+        return None
+    if isinstance(datasets, str) or not isinstance(datasets, Iterable):
+        raise InvalidArgument(
+            f"datasets must be a collection of dataset names or None, not {datasets!r:.40}"
+        )
+    names = tuple(datasets)
+    for name in names:
+        if not isinstance(name, str):  # an unhashable one was a raw TypeError
+            raise InvalidArgument(
+                f"datasets must be a collection of dataset names (str), not one of {name!r:.40}"
+            )
+    return frozenset(names)
 
 
 def hot_tier_dir(data_dir: Path) -> Path:
@@ -399,11 +420,18 @@ class Store:
     # Datasets.
 
     def create_dataset(self, name: str, settings: DatasetSettings | None = None) -> None:
-        """Create a dataset. Raises InvalidName, AlreadyExists, EncryptionUnavailable,
-        UnknownPolicy (``settings.policy`` names no placement policy)."""
+        """Create a dataset with ``settings`` (None: the defaults). Raises InvalidName,
+        InvalidArgument (``settings`` is no DatasetSettings), AlreadyExists,
+        EncryptionUnavailable, UnknownPolicy (``settings.policy`` names no placement
+        policy)."""
         self._check_open()
         validate_dataset_name(name)
-        settings = settings or DatasetSettings()
+        if settings is None:
+            settings = DatasetSettings()
+        elif not isinstance(settings, DatasetSettings):  # a str was a raw AttributeError
+            raise InvalidArgument(
+                f"settings must be a tierstore.types.DatasetSettings or None, not {settings!r:.40}"
+            )
         self._policies.check(settings.policy)  # UnknownPolicy before anything is written
         if settings.encrypted and self.master_keys.keyring is None:
             raise EncryptionUnavailable(
@@ -977,7 +1005,7 @@ class Store:
         dataset: str,
         *,
         sampler: SamplerPlan | None = None,
-        shards: Sequence[str] | None = None,
+        shards: Iterable[str] | None = None,
         prefix: str = "",
         job: str | None = None,
         ttl_s: float = DEFAULT_PLAN_TTL_S,
@@ -996,17 +1024,18 @@ class Store:
 
         Exactly one of ``sampler`` (regenerated with :func:`tierstore.plans.rank_order`
         over the dataset's shard names under ``prefix``, in catalog order; refused when
-        its ``shards_digest`` is not theirs) and ``shards`` (explicit names). The plan
-        steers the dataset's policy (prefetch, eviction); it lives ``ttl_s`` seconds
-        past the last :meth:`report_position`. ``position``: entries of it already read
-        (a resumed epoch; 0: none), set at the declaration's instant: the policy
-        measures no read rate from them, as it did from a start reported a moment after
-        the declaration.
+        its ``shards_digest`` is not theirs) and ``shards`` (explicit names: any iterable
+        of them, a generator too, but not one str). The plan steers the dataset's policy
+        (prefetch, eviction); it lives ``ttl_s`` seconds past the last
+        :meth:`report_position`. ``position``: entries of it already read (a resumed
+        epoch; 0: none), set at the declaration's instant: the policy measures no read
+        rate from them, as it did from a start reported a moment after the declaration.
         Raises InvalidName, DatasetNotFound, PlanShardsChanged (the sampler was made
         over other shard names than ``prefix`` lists now), InvalidPlan (unknown shard,
-        too long, not exactly one of sampler and shards), InvalidArgument (bad sampler,
-        job id, ttl, a position below 0 or past the plan's end), PlanLimitReached; a
-        refused declaration leaves the job's earlier plan as it was.
+        too long, not exactly one of sampler and shards, ``shards`` no iterable of
+        names), InvalidArgument (bad sampler, job id, ttl, a position below 0 or past
+        the plan's end), PlanLimitReached; a refused declaration leaves the job's
+        earlier plan as it was.
         """
         self._check_open()
         validate_dataset_name(dataset)
@@ -1072,12 +1101,14 @@ class Store:
         return itertools.chain((first,), events)
 
     def sizing_curve(
-        self, datasets: Collection[str] | None = None
+        self, datasets: Iterable[str] | None = None
     ) -> tuple[builtins.list[SizingPoint], int]:
-        """The LRU miss ratio the traced reads (of ``datasets``, or all) would have had at
-        1/8 to 4 times the hot tier's capacity, and how many reads that is."""
+        """The LRU miss ratio the traced reads (of ``datasets``: any iterable of dataset
+        names, a generator too, but not one str; None: all) would have had at 1/8 to 4
+        times the hot tier's capacity, and how many reads that is. Raises
+        InvalidArgument for a ``datasets`` that is no iterable of str."""
         self._check_open()
-        return self._trace.sizing_curve(self.settings.hot_capacity_bytes, datasets)
+        return self._trace.sizing_curve(self.settings.hot_capacity_bytes, _name_set(datasets))
 
     def policy_name(self, dataset: str) -> str:
         """The placement policy in force for ``dataset`` (its setting, unless that policy
@@ -1091,8 +1122,17 @@ class Store:
         validate_shard_name(shard)
 
     def drain(self, timeout: float = 60.0) -> bool:
-        """Wait (polling) until the upload journal is empty; False on timeout."""
-        deadline = time.monotonic() + timeout
+        """Wait (polling) up to ``timeout`` seconds (a number above 0, at most ten
+        years) until the upload journal is empty; False on timeout. Raises
+        InvalidArgument for any other ``timeout``."""
+        # None was a raw TypeError; NaN returned at once and infinity waited for good.
+        seconds = seconds_up_to(timeout, MAX_TTL_S)
+        if seconds is None:
+            raise InvalidArgument(
+                "timeout must be a number of seconds above 0 and at most ten years, got "
+                f"{timeout!r:.40}"
+            )
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.mover.pending() == 0:
                 return True
