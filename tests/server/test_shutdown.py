@@ -111,6 +111,32 @@ def test_sigterm_finishes_in_flight_calls_and_exits_0(
 
 
 @pytest.mark.timeout(120)
+def test_a_hangup_stops_the_node_gracefully_unless_it_was_started_to_ignore_it(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # Its terminal closed (SIGHUP): the node died at once, calls in flight cut, its
+    # embedded archive taken along, and not a word in its output.
+    server = spawn_server(tmp_path / "node")
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    assert server.process.wait(25) == 0, str(server)
+    assert "tierstore: stopping" in server.output() and "tierstore: stopped" in server.output()
+    # Started under nohup (SIGHUP ignored, as the child inherits it): a hangup is
+    # dropped as it is sent, and the node serves on.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        ignoring = spawn_server(tmp_path / "nohup")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert ignoring.process is not None
+    ignoring.process.send_signal(signal.SIGHUP)
+    assert ignoring.health() == health_pb2.HealthCheckResponse.SERVING
+    assert ignoring.stop() == 0
+    assert "second signal" not in ignoring.output()
+    assert ignoring.output().count("tierstore: stopping") == 1
+
+
+@pytest.mark.timeout(120)
 def test_a_second_signal_exits_at_once_and_takes_the_embedded_archive_along(
     tmp_path: Path, spawn_server: Callable[..., ServerProcess]
 ) -> None:

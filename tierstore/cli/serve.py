@@ -262,9 +262,13 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
         out.write("tierstore: second signal: exiting now, calls in flight are cut\n")
         out.flush()
         _kill_children()  # the embedded archive: no cleanup runs after this
-        os._exit(130 if signum == signal.SIGINT else 143)
+        os._exit(128 + signum)  # as a shell reports a death by the signal: 130, 143, 129
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # A hangup (its terminal closed) killed the node at once, no graceful stop, not a
+    # word; one started under nohup (the hangup ignored) keeps ignoring it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+            continue
         signal.signal(signum, on_signal)
     try:
         _run(options, configured, data_dir, out, ready, stop, serving)
