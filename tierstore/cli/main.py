@@ -41,8 +41,10 @@ from tierstore.cli.app import (
     token_app,
     trace_app,
 )
+from tierstore.cli.entry import INTERRUPTED_EXIT
 from tierstore.cli.output import err, fail
 from tierstore.cli.simulate import simulate
+from tierstore.cli.stopsignal import stop_exit, stop_on_sigterm
 
 __all__ = ["app", "main"]
 
@@ -85,6 +87,8 @@ def main() -> None:
     serving = _command_name(sys.argv[1:]) == "serve"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
     _stand_in_for_closed_streams(serving)
+    if not serving:  # serve stops gracefully on SIGTERM, its own way
+        stop_on_sigterm()
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
@@ -96,6 +100,8 @@ def main() -> None:
         if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
             raise  # not the output's: a bug to see whole
         code = _output_failed(exc)
+    if code == INTERRUPTED_EXIT:  # typer's exit for a KeyboardInterrupt it was handed
+        code = stop_exit()  # 143 if it came of SIGTERM
     sys.exit(code if isinstance(code, int) else 0)
 
 

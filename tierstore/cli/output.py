@@ -20,6 +20,7 @@ from rich.text import Text
 
 from tierstore import errors
 from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_plaintext, state
+from tierstore.cli.stopsignal import stop_exit, stopped_by
 from tierstore.cli.tables import plain_lines, print_whole
 from tierstore.types import ShardInfo
 
@@ -311,12 +312,12 @@ def _report_partway(
     names: list[str],
     count: int,
     done: str,
-    stopped_by: str,
+    cause: str,
     in_doubt: str | None,
     already: tuple[str, Collection[str]] | None,
     totals: Mapping[str, Any],
 ) -> None:
-    """Emit what a command stopped part way (by ``stopped_by``) did: the first
+    """Emit what a command stopped part way (by ``cause``) did: the first
     ``count`` of ``names`` as ``done`` (those in ``already``'s names under its key),
     the rest as ``not_<done>``, ``totals`` and ``in_doubt``; for :func:`stopped_partway`
     and :func:`interrupted_partway`."""
@@ -324,7 +325,7 @@ def _report_partway(
     needed_nothing = set(given)
     unchanged = [name for name in names[:count] if name in needed_nothing]
     changed = [name for name in names[:count] if name not in needed_nothing]
-    line = f"{done} {len(changed)} of {len(names)} shards before {stopped_by}"
+    line = f"{done} {len(changed)} of {len(names)} shards before {cause}"
     line += f": {', '.join(changed)}" if changed else ""
     line += already_text(key, unchanged)
     report = {
@@ -338,26 +339,24 @@ def _report_partway(
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a command part way (exit 130)."""
-
-
-#: the exit status of a command stopped by Ctrl-C, as a shell's for SIGINT
-_INTERRUPTED_EXIT = 130
+    """Ctrl-C (or SIGTERM: :mod:`tierstore.cli.stopsignal`) stopped a command part way
+    (exit 130, or 143)."""
 
 
 def interrupted(in_doubt: str | None, done: str, maybe: str | None = None) -> typer.Exit:
     """Print the one error line of a command stopped by Ctrl-C: the rest were not
     ``done``, and ``in_doubt`` (if any), the shard whose call was on its way, may have
     been ``maybe`` (default: ``done``) all the same, as the server carries out a call
-    it received whole even when its answer finds nobody. Return the exit, 130."""
+    it received whole even when its answer finds nobody. Return the exit, 130 (143
+    after SIGTERM)."""
     doubt = (
         f"; {in_doubt!r} was on its way and may have been {maybe or done} all the same "
         "(see tierstore stat)"
         if in_doubt is not None
         else ""
     )
-    fail(Interrupted(f"stopped by Ctrl-C{doubt}; the rest were not {done}"))
-    return typer.Exit(_INTERRUPTED_EXIT)
+    fail(Interrupted(f"stopped by {stopped_by()}{doubt}; the rest were not {done}"))
+    return typer.Exit(stop_exit())
 
 
 def interrupted_partway(
@@ -373,7 +372,7 @@ def interrupted_partway(
     command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
     :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
     ``totals``, ``in_doubt``), even when none was done. Return the exit, 130."""
-    _report_partway(names, count, done, "Ctrl-C", in_doubt, already, totals or {})
+    _report_partway(names, count, done, stopped_by(), in_doubt, already, totals or {})
     return interrupted(in_doubt, done, maybe)
 
 

@@ -32,6 +32,7 @@ from tierstore.cli.output import (
     yes_no,
 )
 from tierstore.cli.state import state
+from tierstore.cli.stopsignal import stopped_by
 from tierstore.client.download import write_all
 
 __all__ = ["evict", "get", "ls", "pin", "prefetch", "rm", "stat", "unpin"]
@@ -356,7 +357,7 @@ def evict(dataset: str, shards: list[str]) -> None:
     already_cold: list[str] = []
     # After an error that stopped it, the first failed stat ends the asking; after
     # Ctrl-C none is asked.
-    unknown = _NOT_ASKED if stopped else ""
+    unknown = _not_asked() if stopped else ""
     for shard, freed in zip(done, freed_each, strict=True):
         if freed:
             continue
@@ -364,7 +365,7 @@ def evict(dataset: str, shards: list[str]) -> None:
             why = unknown or _why_still_hot(client, dataset, shard)
         except KeyboardInterrupt:
             stopped = True
-            why = unknown = _NOT_ASKED
+            why = unknown = _not_asked()
         except errors.TierstoreError as exc:
             if failure is None:
                 raise fail(exc) from None
@@ -390,7 +391,7 @@ def evict(dataset: str, shards: list[str]) -> None:
     named = f": {', '.join(evicted)}" if evicted else ""
     if stopped:  # as interrupted_partway reports the others'
         in_flight = shards[len(done)] if len(done) < len(shards) else None
-        head = f"evicted {len(evicted)} of {len(shards)} shards before Ctrl-C{named}"
+        head = f"evicted {len(evicted)} of {len(shards)} shards before {stopped_by()}{named}"
         emit({**report, "in_doubt": in_flight}, Text("\n".join([head, *notes])))
         raise interrupted(in_flight, "evicted")
     if failure is None:
@@ -408,8 +409,11 @@ def evict(dataset: str, shards: list[str]) -> None:
 
 #: what :func:`_why_still_hot` says of a cold shard, and of a cold empty one
 _COLD, _EMPTY_AND_COLD = "", "empty"
-#: why a shard whose evict freed nothing stayed, once Ctrl-C stopped the asking
-_NOT_ASKED = "not known (stopped by Ctrl-C before asking)"
+
+
+def _not_asked() -> str:
+    """Why a shard whose evict freed nothing stayed, once Ctrl-C stopped the asking."""
+    return f"not known (stopped by {stopped_by()} before asking)"
 
 
 def _why_still_hot(client: Any, dataset: str, shard: str) -> str:

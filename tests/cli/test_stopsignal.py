@@ -1,0 +1,63 @@
+"""SIGTERM stops a command as Ctrl-C does (tierstore/cli/stopsignal.py): what it did is
+reported, its partial download removed, and it exits 143. SIGTERM's default killed it
+where it stood: a hidden ``.part`` file left behind, and nothing said."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.server.conftest import clean_env, tierstore_command
+
+A_TOKEN = "ts_" + "a" * 12 + "_" + "b" * 43
+
+
+def test_sigterm_reports_what_a_command_did_and_exits_143() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes calls, answers none
+        silent.settimeout(60)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        connection = ("--address", address, "--insecure", "--token", A_TOKEN)
+        command = subprocess.Popen(
+            [tierstore_command(), "--json", *connection, "rm", "ds", "a", "b"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+        )
+        try:
+            held, _ = silent.accept()  # the first delete is on its way
+            command.send_signal(signal.SIGTERM)
+            out, err = command.communicate(timeout=60)
+            held.close()
+        finally:
+            command.kill()
+    assert command.returncode == 143, err
+    assert json.loads(out) == {"deleted": [], "not_deleted": ["a", "b"], "in_doubt": "a"}
+    assert "stopped by SIGTERM; 'a' was on its way" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+_DOWNLOAD = """
+import os, signal, sys, time
+from pathlib import Path
+from tierstore.cli.stopsignal import stop_on_sigterm
+from tierstore.client.download import partial_file
+stop_on_sigterm()
+with partial_file(Path(sys.argv[1])) as file:
+    file.write(b"half a shard")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+"""
+
+
+def test_a_download_stopped_by_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "shard.bin"
+    done = subprocess.run(
+        [sys.executable, "-c", _DOWNLOAD, str(target)], capture_output=True, timeout=120
+    )
+    assert done.returncode != 0 and b"KeyboardInterrupt" in done.stderr
+    assert os.listdir(tmp_path) == []
