@@ -1160,13 +1160,21 @@ def admin_token(token_id: str, **state: Any) -> dict[str, Any]:
     } | state
 
 
-def test_revoking_the_last_live_admin_token_warns_how_to_get_another(client: FakeClient) -> None:
+def test_revoking_the_last_live_admin_token_takes_force_and_warns_how_to_get_another(
+    client: FakeClient,
+) -> None:
     client.tokens = [
         admin_token("aaaaaaaaaaaa"),
         admin_token("bbbbbbbbbbbb", revoked=True),
         admin_token("cccccccccccc", expires_at=2.0),  # long expired
     ]
-    last = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
+    # It was revoked at the first word, every admin locked out until a restart.
+    refused = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
+    assert refused.exit_code != 0 and not [c for c in client.calls if c[0] == "revoke_token"]
+    line = one_error_line(refused)
+    assert "FailedPrecondition: aaaaaaaaaaaa is the last live admin token" in line
+    assert "give --force" in line
+    last = invoke("--json", "token", "revoke", "aaaaaaaaaaaa", "--force")
     assert last.exit_code == 0 and ("revoke_token", ("aaaaaaaaaaaa",)) in client.calls
     assert json.loads(last.stdout) == {
         "revoked": "aaaaaaaaaaaa",
