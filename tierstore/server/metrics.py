@@ -479,11 +479,15 @@ class _StoreCollector(Collector):
             self._store.hot_room.evictions,
         )
         labels = ["dataset"] if self._dataset_labels else []
+        # Counted as a read starts (the policies' access record), served or not: a read
+        # that then fails (the archive down) still counts.
         hits = CounterMetricFamily(
-            "tierstore_hits", "reads served from the hot tier", labels=labels
+            "tierstore_hits", "reads that found their shard hot, as they started", labels=labels
         )
         misses = CounterMetricFamily(
-            "tierstore_misses", "reads served from the archive", labels=labels
+            "tierstore_misses",
+            "reads that found their shard cold (the archive asked), as they started",
+            labels=labels,
         )
         # From memory: a scrape must not walk the catalog's shard records (dataset_usage
         # does, for its shard and byte counts), which took seconds over millions of shards.
