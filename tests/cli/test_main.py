@@ -902,6 +902,12 @@ def test_a_write_through_put_stored_here_but_not_archived_counts_as_uploaded(
         "not_archived": ["not-archived"],
         "in_doubt": None,
     }
+    # It said "uploaded 2 of 3 shards before an error", as if the second had failed.
+    told = invoke("put", "ds", *(str(tmp_path / n) for n in names))
+    assert told.stdout.strip() == (
+        "uploaded 2 of 3 shards, the last on this node only, not yet in the archive: "
+        "a, not-archived"
+    )
 
 
 def test_a_failed_put_leaves_its_error_line_alone_on_a_piped_stderr(

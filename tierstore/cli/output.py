@@ -297,14 +297,15 @@ def stopped_partway(
     A write-through call that failed with NotArchivedYet was done here, though: its
     name counts as ``done``, and (with --json) ``not_archived`` names it."""
     fields: dict[str, Any] = {}
+    cause = " before an error"
     if isinstance(exc, errors.NotArchivedYet) and count < len(names):
         fields["not_archived"] = [names[count]]
         count += 1
+        # "deleted 1 of 1 shards before an error" read as if nothing had been deleted.
+        cause = ", the last on this node only, not yet in the archive"
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
-        _report_partway(
-            names, count, done, "an error", in_doubt, already, {**(totals or {}), **fields}
-        )
+        _report_partway(names, count, done, cause, in_doubt, already, {**(totals or {}), **fields})
     return fail(exc)
 
 
@@ -317,7 +318,7 @@ def _report_partway(
     already: tuple[str, Collection[str]] | None,
     totals: Mapping[str, Any],
 ) -> None:
-    """Emit what a command stopped part way (by ``cause``) did: the first
+    """Emit what a command stopped part way (``cause``: " before Ctrl-C"...) did: the first
     ``count`` of ``names`` as ``done`` (those in ``already``'s names under its key),
     the rest as ``not_<done>``, ``totals`` and ``in_doubt``; for :func:`stopped_partway`
     and :func:`interrupted_partway`."""
@@ -325,7 +326,7 @@ def _report_partway(
     needed_nothing = set(given)
     unchanged = [name for name in names[:count] if name in needed_nothing]
     changed = [name for name in names[:count] if name not in needed_nothing]
-    line = f"{done} {len(changed)} of {len(names)} shards before {cause}"
+    line = f"{done} {len(changed)} of {len(names)} shards{cause}"
     line += f": {', '.join(changed)}" if changed else ""
     line += already_text(key, unchanged)
     report = {
@@ -372,7 +373,8 @@ def interrupted_partway(
     command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
     :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
     ``totals``, ``in_doubt``), even when none was done. Return the exit, 130."""
-    _report_partway(names, count, done, stopped_by(), in_doubt, already, totals or {})
+    cause = f" before {stopped_by()}"
+    _report_partway(names, count, done, cause, in_doubt, already, totals or {})
     return interrupted(in_doubt, done, maybe)
 
 
