@@ -1029,7 +1029,7 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         )
         store = open_store(dataclasses.replace(settings, mover_threads=5), start_mover=False)
         # The setting reaches the archive: parts of one upload in flight at once.
-        assert store._archive.settings.upload_parallelism == 5  # type: ignore[attr-defined]
+        assert store._archive.inner.settings.upload_parallelism == 5  # type: ignore[attr-defined]
         store.close()
         assert open_uploads(s3_settings.prefix) == [foreign]
         assert open_uploads(other_prefix) == [kept]

@@ -24,9 +24,12 @@ class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
     ``backlog_bytes``, ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
     oldest pending journal entry committed; 0 when none is pending), ``archive_error``
-    (why the mover's last archive operation failed, or None; the reason itself only for
-    a caller with a role on ``*``), ``data_loss`` (the shards of the datasets shown that
-    the node reports lost, ``"dataset/name: why"``; the first 16 MiB of them),
+    (why the archive is failing, or None: the mover's last archive operation's error,
+    else the last archive request of any kind, a cold read's or a promotion's, that
+    failed for want of the archive, with when, until one answers again; the reason
+    itself only for a caller with a role on ``*``), ``data_loss`` (the shards of the
+    datasets shown that the node reports lost, ``"dataset/name: why"``; the first 16 MiB
+    of them),
     ``data_loss_omitted`` (how many more the node reports: its log has them),
     ``datasets`` (per dataset: shards, bytes, hot_shards, hot_bytes, archived_shards,
     archived_bytes, backlog_shards and backlog_bytes (its uploads waiting for the

@@ -40,6 +40,7 @@ from tierstore import arrowio, tensors
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
+from tierstore.engine.archivewatch import ArchiveWatch, WatchedTier
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
@@ -121,7 +122,9 @@ class StoreStats:
     lmdb_file_bytes: int
     live_read_leases: int
     slow_read_leases: int
-    #: why the archive fails: the mover's last error, else a pinned shard's promotion's
+    #: why the archive fails: the mover's last error, else a pinned shard's promotion's,
+    #: else the last archive request of any kind (a cold read's, a promotion's) that
+    #: failed for want of the archive, until a later one answers (engine/archivewatch.py)
     mover_error: str | None
     #: shards the mover could not archive because their hot copy failed verification,
     #: then shards whose catalog record is unreadable (until deleted; at most 1,000).
@@ -187,6 +190,11 @@ class Store:
         FailedPrecondition when another open store holds it; a store that fails to open
         lets go of the claim."""
         self.settings = settings
+        #: the last archive request that failed for want of the archive, whatever made it
+        #: (a cold read, a promotion, the mover), until one answers: every request of
+        #: this store goes through ``_archive``, which tells it.
+        self.archive_watch = ArchiveWatch()
+        archive = WatchedTier(archive, self.archive_watch)
         self._archive = archive
         #: the process that opened it: its threads, pools and accounts are that process's
         self._pid = os.getpid()
@@ -1312,7 +1320,11 @@ class Store:
             lmdb_file_bytes=self._env.file_size(),
             live_read_leases=self._reader.leases.live,
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
-            mover_error=self.mover.archive_failure() or self.promoter.archive_failure(),
+            mover_error=(
+                self.mover.archive_failure()
+                or self.promoter.archive_failure()
+                or self.archive_watch.failure()
+            ),
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
             data_loss_unnamed=self._catalog.unreadable.unnamed(),

@@ -449,7 +449,9 @@ class _StoreCollector(Collector):
             "1 while the mover's last archive operation failed (the archive down or "
             "failing, or uploads held; stats and the log say why), or the one in progress "
             "has handed the archive no data for 30 s per part in flight (a frozen archive), "
-            "or a pinned shard's promotion from the archive failed and waits, else 0",
+            "or a pinned shard's promotion from the archive failed and waits, or the last "
+            "archive request of any kind (a cold read's, a promotion's) failed for want of "
+            "the archive and none has answered since, else 0",
             1 if stats.mover_error else 0,
         )
         yield GaugeMetricFamily(

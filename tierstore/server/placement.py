@@ -279,9 +279,9 @@ def _time_left(principal: Principal) -> float | None:
 
 
 def _archive_error_for(principal: Principal, error: str | None) -> str:
-    """The mover's last error as ``principal`` may see it: whole for a caller with a
-    role on every dataset (it may name any dataset's shard), else only that there is
-    one."""
+    """Why the archive is failing (the engine's ``StoreStats.mover_error``) as
+    ``principal`` may see it: whole for a caller with a role on every dataset (it may
+    name any dataset's shard), else only that there is one."""
     if not error:
         return ""
     if principal.role_on(ALL_DATASETS) is not None:

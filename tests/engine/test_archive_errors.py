@@ -1,0 +1,88 @@
+"""An archive that fails shows in stats (``mover_error``, the service's ``archive_error``
+and ``tierstore_archive_failing``) whatever the engine was doing when it failed.
+
+Only the mover's errors, and a pinned shard's failed promotion, were reported: with the
+journal empty, cold reads and prefetches failing against an archive gone away left
+stats saying nothing was wrong. The archive is a MemoryTier in a FaultyTier, whose
+``failing`` switch makes every request raise ArchiveUnavailable.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.records import archive_frames_key
+from tierstore.engine.store import Store
+from tierstore.errors import ArchiveUnavailable, IntegrityError
+from tierstore.tiers.memory import MemoryTier
+from tierstore.types import DatasetSettings
+
+PLAIN = {"plain": DatasetSettings(), "enc": DatasetSettings(encrypted=True)}
+
+
+def cold_shard(store: Store, dataset: str, shard: str, seed: int = 1) -> int:
+    """Put a shard, let the mover archive it, evict it; returns its generation."""
+    info = store.put(dataset, shard, payload(3 * FRAME, seed))
+    assert store.drain(10)
+    store.evict(dataset, shard)
+    return info.generation
+
+
+def test_a_cold_read_that_fails_for_want_of_the_archive_shows_until_it_answers(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    generation = cold_shard(store, "enc", "s")
+    assert store.stats().mover_error is None
+    archive.failing = True
+    with pytest.raises(ArchiveUnavailable):
+        store.get("enc", "s", byte_range=(FRAME, 10))
+    stats = store.stats()
+    assert stats.journal_entries == 0  # nothing for the mover to fail at
+    failing = stats.mover_error or ""
+    assert archive_frames_key("enc", generation) in failing, failing
+    assert "the archive is down" in failing and " ago" in failing  # the reason and when
+    # The archive answers again: the next request that succeeds clears it.
+    archive.failing = False
+    assert store.get("enc", "s", byte_range=(FRAME, 10)).to_bytes()
+    assert store.stats().mover_error is None
+
+
+def test_a_prefetch_that_fails_shows_and_any_later_answer_clears_it(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    generation = cold_shard(store, "plain", "s")
+    archive.failing = True
+    assert store.prefetch("plain", ["s"]) > 0
+    wait_until(lambda: store.stats().mover_error is not None, "the failed prefetch to show")
+    assert archive_frames_key("plain", generation) in (store.stats().mover_error or "")
+    assert not store.stat("plain", "s").hot
+    # Not a read this time: the mover's upload is what finds the archive back.
+    archive.failing = False
+    store.put("plain", "other", b"uploaded once the archive is back")
+    assert store.drain(10)
+    assert store.stats().mover_error is None
+
+
+def test_a_missing_or_damaged_archive_object_is_no_archive_outage(
+    open_store: StoreFactory,
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    missing = cold_shard(store, "plain", "gone", 1)
+    damaged = cold_shard(store, "plain", "bad", 2)
+    archive.inner.delete(archive_frames_key("plain", missing))
+    key = archive_frames_key("plain", damaged)
+    stored = bytearray(bytes(archive.inner.get(key) or b""))
+    stored[10] ^= 0xFF
+    archive.inner.put(key, bytes(stored))
+    for shard in ("gone", "bad"):
+        with pytest.raises(IntegrityError):
+            store.get("plain", shard)
+    # The archive answered each time: one shard's copy is lost (DataLoss), not the archive.
+    assert store.stats().mover_error is None

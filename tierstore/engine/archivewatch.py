@@ -1,0 +1,102 @@
+"""Whether the archive answers: the last request of any kind that failed for want of it.
+
+The mover reports its own failures (:meth:`Mover.archive_failure
+<tierstore.engine.mover.Mover.archive_failure>`), but with nothing to upload it makes no
+request, and an archive gone away showed nowhere while cold reads and promotions failed
+against it. Every archive request of a store goes through a :class:`WatchedTier`, which
+tells its :class:`ArchiveWatch` of each that raised :class:`ArchiveUnavailable` (the
+archive unreachable, answering 5xx through its retries, timing out, refusing the keys)
+and of each that returned. Stats and /metrics show the last failure, with when it
+happened, until a later request of any kind returns: the archive answers again.
+
+A missing object or a damaged one is an answer (the tier returns None, or bytes the
+caller finds wrong: DataLoss of one shard), not an outage. Nothing here makes a request
+of its own; a request costs one attribute read, and a lock only when it changes what
+is shown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from tierstore.errors import ArchiveUnavailable
+from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, Tier
+
+__all__ = ["ArchiveWatch", "WatchedTier"]
+
+_T = TypeVar("_T")
+
+
+class ArchiveWatch:
+    """The last archive request that failed for want of the archive, until one answers.
+    Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: the failure's message and when it was recorded (``time.time()``); None while
+        #: the archive answers.
+        self._failure: tuple[str, float] | None = None
+
+    def failed(self, error: ArchiveUnavailable) -> None:
+        """A request raised ``error``: shown until a later request answers."""
+        with self._lock:
+            self._failure = (str(error), time.time())
+
+    def answered(self) -> None:
+        """A request returned: the archive answers, whatever failed before."""
+        if self._failure is None:  # the usual case: no lock taken
+            return
+        with self._lock:
+            self._failure = None
+
+    def failure(self) -> str | None:
+        """The last failure with when it happened, or None when the archive answered
+        since (or never failed). May name a shard's archive object: for callers with a
+        role on every dataset only."""
+        with self._lock:
+            failure = self._failure
+        if failure is None:
+            return None
+        message, at = failure
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        ago = max(time.time() - at, 0.0)
+        return f"{message} (last archive request failed at {when}, {ago:.0f} s ago)"
+
+
+class WatchedTier:
+    """Delegates to ``inner``, telling ``watch`` of each request's outcome (composition,
+    no I/O of its own)."""
+
+    def __init__(self, inner: Tier, watch: ArchiveWatch) -> None:
+        self.inner = inner
+        self._watch = watch
+
+    def _watched(self, call: Callable[[], _T]) -> _T:
+        try:
+            result = call()
+        except ArchiveUnavailable as exc:
+            self._watch.failed(exc)
+            raise
+        self._watch.answered()
+        return result
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
+        return self._watched(lambda: self.inner.get(key, byte_range))
+
+    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
+        self._watched(lambda: self.inner.put(key, value))
+
+    def delete(self, key: str) -> None:
+        self._watched(lambda: self.inner.delete(key))
+
+    def stat(self, key: str) -> ObjectStat | None:
+        return self._watched(lambda: self.inner.stat(key))
+
+    def list(self, prefix: str = "", start_after: str | None = None, limit: int = 1000) -> ListPage:
+        return self._watched(lambda: self.inner.list(prefix, start_after, limit))
+
+    def close(self) -> None:
+        self.inner.close()
