@@ -11,6 +11,7 @@ dataset's settings object, so a rebuild left out the dataset and the acknowledge
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -24,7 +25,7 @@ from tierstore.engine import mover as mover_module
 from tierstore.engine import stallwatch
 from tierstore.engine.records import archive_dataset_key, archive_frames_key, archive_manifest_key
 from tierstore.engine.store import Store
-from tierstore.errors import ArchiveUnavailable
+from tierstore.errors import ArchiveUnavailable, NotArchivedYet
 from tierstore.tiers.base import Tier
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability, ShardInfo
@@ -33,19 +34,30 @@ WRITE_THROUGH = DatasetSettings(durability=Durability.WRITE_THROUGH)
 
 
 class GatedArchive(MemoryTier):
-    """A MemoryTier whose puts of keys that ``gate`` picks wait until :attr:`release`."""
+    """A MemoryTier whose puts of keys that ``gate`` picks, and deletes of keys that
+    ``delete_gate`` picks, wait until :attr:`release` (a frozen archive: no answer).
+    ``puts`` counts the puts of each key."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate: Callable[[str], bool] = lambda key: False
+        self.delete_gate: Callable[[str], bool] = lambda key: False
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.puts: collections.Counter[str] = collections.Counter()
 
     def put(self, key: str, value: object) -> None:  # type: ignore[override]
+        self.puts[key] += 1
         if self.gate(key):
             self.entered.set()
             assert self.release.wait(30), "the test never released the gated put"
         super().put(key, value)  # type: ignore[arg-type]
+
+    def delete(self, key: str) -> None:
+        if self.delete_gate(key):
+            self.entered.set()
+            assert self.release.wait(30), "the test never released the gated delete"
+        super().delete(key)
 
 
 def rebuilt_store(open_store: StoreFactory, archive: Tier) -> Store:
@@ -329,3 +341,86 @@ def test_an_earlier_archive_failure_does_not_refuse_a_write_through_put_that_wai
         threading.Timer(3.0, archive.release.set).start()  # within STALL_REPORT_S
         info = store.put("wt", "s", payload(FRAME, 2))  # waits its turn, then uploads
         assert info.archived
+
+
+def frozen_write_through_call(
+    store: Store, archive: GatedArchive, call: str
+) -> Callable[[], object]:
+    """Freeze ``archive`` (no answer) for the archive request of a write-through
+    ``call`` ("put", "delete" or "delete_dataset") made next, with the journal empty;
+    returns the call."""
+    store.put("wt", "s", payload(FRAME, 1))
+    store.put("gone", "s", payload(FRAME, 2))
+    assert store.mover.pending() == 0  # the normal case: the call runs its own entry
+    if call == "put":
+        archive.gate = lambda key: key.endswith(".frames")
+        return lambda: store.put("wt", "s", payload(FRAME, 3))
+    if call == "delete":
+        manifest = archive_manifest_key("wt", store.stat("wt", "s").generation)
+        archive.delete_gate = lambda key: key == manifest
+        return lambda: store.delete("wt", "s")
+    archive.delete_gate = lambda key: key == archive_dataset_key("gone")
+    return lambda: store.delete_dataset("gone", force=True)
+
+
+@pytest.mark.parametrize("call", ["put", "delete", "delete_dataset"])
+def test_a_write_through_call_running_its_own_entry_gives_up_once_the_archive_stalls(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    # With the journal empty (the normal case), a write-through put, delete or dataset
+    # delete ran its own entry and waited out the frozen archive's time-outs and retries
+    # (minutes): the client's deadline came first, and said the change may or may not
+    # have been made, though it was committed here. Only a call waiting behind the
+    # mover's entry gave up once the archive stalled.
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 0.5)
+    monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 1.0)
+    archive = GatedArchive()
+    datasets = {"wt": WRITE_THROUGH, "gone": WRITE_THROUGH}
+    store = open_store(archive, datasets=datasets, start_mover=False)
+    run_call = frozen_write_through_call(store, archive, call)
+    answers = threading.Timer(10.0, archive.release.set)  # the archive's late answer
+    answers.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(NotArchivedYet):
+            run_call()
+        assert time.monotonic() - started < 6, "the call waited for the archive's answer"
+        assert archive.entered.is_set()
+        # Its attempt, still in flight, keeps the journal: the mover waits for it rather
+        # than run the entry a second time at once, and it is not lost.
+        assert store.mover.pending() >= 1
+        mover = threading.Thread(target=store.mover.drain_once)
+        mover.start()
+        mover.join(0.5)
+        assert mover.is_alive(), "the mover ran the journal beside the call's attempt"
+    finally:
+        answers.cancel()
+        archive.release.set()
+    mover.join(10)
+    assert not mover.is_alive() and store.mover.pending() == 0
+    assert store.mover.last_error is None
+    if call == "put":
+        record = store.stat("wt", "s")
+        assert record.archived and store.get("wt", "s").to_bytes() == payload(FRAME, 3)
+        assert archive.puts[archive_frames_key("wt", record.generation)] == 1  # once
+        assert rebuilt(open_store, archive, "wt") == {"s": payload(FRAME, 3)}
+    elif call == "delete":
+        assert rebuilt(open_store, archive, "wt") == {}
+    else:
+        names = [name for name, _ in rebuilt_store(open_store, archive).list_datasets()]
+        assert "gone" not in names and "wt" in names
+
+
+def test_a_write_through_put_waits_for_its_own_upload_while_the_archive_takes_it(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slow is not stalled: a caller gives up on its own entry only once the archive has
+    # taken no data of it for the stall time (30 s here), not after the grace alone.
+    monkeypatch.setattr(mover_module, "JOURNAL_TURN_GRACE_S", 0.5)
+    archive = GatedArchive()
+    store = open_store(archive, datasets=WT_AND_WB, start_mover=False)
+    archive.gate = lambda key: key.endswith(".frames")
+    threading.Timer(2.0, archive.release.set).start()
+    info = store.put("wt", "s", payload(FRAME, 2))
+    assert info.archived and store.stat("wt", "s").archived
+    assert archive.puts[archive_frames_key("wt", info.generation)] == 1

@@ -20,7 +20,6 @@ The journal thread runs ``background_niceness`` below the threads serving caller
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -71,6 +70,61 @@ _CATCH_UP_ATTEMPTS = 4
 #: attempt on a frozen archive may keep the journal for minutes (its time-outs and
 #: retries), and the caller's put or delete is committed locally either way.
 JOURNAL_TURN_GRACE_S = 10.0
+
+
+#: how often a write-through caller looks whether to give up its wait (see above).
+_CALLER_POLL_S = 0.5
+
+
+class _CallerAttempt:
+    """A write-through caller's attempt at a journal entry (``attempt()``, which says
+    whether it did it), on a thread of its own that holds the journal lock from the
+    caller's turn until the attempt ends, then calls ``ended()`` (which releases it).
+    The caller may give up waiting for it (:meth:`abandon`) on a frozen archive, whose
+    requests end only with their time-outs and retries."""
+
+    def __init__(self, what: str, attempt: Callable[[], bool], ended: Callable[[], None]) -> None:
+        self._what = what
+        self._attempt = attempt
+        self._ended = ended
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._result = False
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        """The attempt, on its thread."""
+        result, error = False, None
+        try:
+            result = self._attempt()
+        except BaseException as exc:  # the caller's to hear, if it still waits
+            error = exc
+        finally:
+            self._ended()
+            with self._lock:
+                self._result, self._error, abandoned = result, error, self._abandoned
+                self.done.set()
+        if abandoned and error is not None:
+            # The caller was told NotArchivedYet; the entry stays for the mover.
+            log.warning("%s, left to the mover by its caller, failed: %r", self._what, error)
+
+    def abandon(self) -> bool:
+        """The caller stops waiting (True), unless the attempt has ended (False: its
+        :meth:`outcome` is known)."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self._abandoned = True
+            return True
+
+    def outcome(self) -> bool:
+        """Whether the ended attempt did the entry; raises what it raised."""
+        with self._lock:
+            error, result = self._error, self._result
+        if error is not None:
+            raise error
+        return result
 
 
 class _NewerDamaged(IntegrityError):
@@ -231,7 +285,7 @@ class Mover:
             return
         # The journal held: none of this store's uploads is in flight, only an earlier
         # run's (or one of its own whose abort failed) can be open.
-        with self._journal_turn(caller_waits=False):
+        with self._journal_lock:
             if self._stop.is_set():  # the store closed: its claim may be released now
                 return
             self.stall_watch.begin()  # a write-through caller need not wait on a frozen one
@@ -412,34 +466,56 @@ class Mover:
         Returns True when the entry is done (or was already done by someone else),
         False when the archive failed (or is held: :meth:`hold_archive`) and the entry
         stays for a retry. ``caller_waits`` (a write-through put or delete): also False,
-        with the entry left to the mover, when another holds the journal for over
-        :data:`JOURNAL_TURN_GRACE_S` while its entry has handed the archive no data for
-        ``stallwatch.STALL_REPORT_S`` (a frozen archive). An earlier failure (``last_error``) is
-        not enough: the archive may be back, and the entry in progress going well.
+        with the entry left to the mover, once the caller has waited
+        :data:`JOURNAL_TURN_GRACE_S` while the entry that holds the journal, another's
+        or its own, has handed the archive no data for ``stallwatch.STALL_REPORT_S`` (a
+        frozen archive): see :meth:`_run_entry_for_caller`. An earlier failure
+        (``last_error``) is not enough: the archive may be back, and the entry in
+        progress going well.
         """
+        if caller_waits:
+            return self._run_entry_for_caller(seq)
         try:
-            with self._journal_turn(caller_waits) as turn:
-                return turn and self._run_entry(seq)
+            with self._journal_lock:
+                return self._run_entry(seq)
         finally:
             self.progressed()
 
-    @contextlib.contextmanager
-    def _journal_turn(self, caller_waits: bool) -> Iterator[bool]:
-        """Hold the journal lock (True), or, for a waiting caller, give up (False) as
-        :meth:`run_entry` says."""
-        if not caller_waits:
-            self._journal_lock.acquire()
-        else:
-            waiting_since = time.monotonic()
-            while not self._journal_lock.acquire(timeout=0.5):
-                waited = time.monotonic() - waiting_since
-                if waited >= JOURNAL_TURN_GRACE_S and self.stall_watch.stalled_for() is not None:
-                    yield False
-                    return
-        try:
-            yield True
-        finally:
+    def _run_entry_for_caller(self, seq: int) -> bool:
+        """:meth:`run_entry` for a waiting caller. The entry runs on a thread of its own
+        (:class:`_CallerAttempt`), which holds the journal lock from the caller's turn
+        until the attempt ends, done or failed, and releases it then: a caller that gave
+        up on a frozen archive leaves the attempt to end in the background (with the
+        archive's time-outs and retries, minutes), meanwhile the mover and later callers
+        wait for the journal as they would behind the mover's own attempt, and the
+        entry, still journaled, is never run twice at once."""
+        waiting_since = time.monotonic()
+
+        def give_up() -> bool:
+            waited = time.monotonic() - waiting_since
+            return waited >= JOURNAL_TURN_GRACE_S and self.stall_watch.stalled_for() is not None
+
+        while not self._journal_lock.acquire(timeout=_CALLER_POLL_S):
+            if give_up():
+                self.progressed()
+                return False
+
+        def ended() -> None:
             self._journal_lock.release()
+            self.progressed()
+
+        attempt = _CallerAttempt(f"journal entry {seq}", lambda: self._run_entry(seq), ended)
+        try:
+            threading.Thread(
+                target=attempt.run, name="tierstore-write-through", daemon=True
+            ).start()
+        except BaseException:
+            ended()
+            raise
+        while not attempt.done.wait(_CALLER_POLL_S):
+            if give_up() and attempt.abandon():
+                return False
+        return attempt.outcome()
 
     def run_entry_in_order(self, seq: int, dataset: str, shard: str) -> bool:
         """Do the earlier journal entries on ``dataset``'s settings object, its deletes

@@ -5,7 +5,8 @@ requests' time-outs and retries take minutes to end (``read_timeout_s`` x
 ``max_attempts``). Meanwhile the only sign is that the entry hands the archive no data:
 :class:`StallWatch` tells how long it has not, for stats and /metrics
 (:meth:`Mover.archive_failure <tierstore.engine.mover.Mover.archive_failure>`), for a
-write-through caller deciding whether to wait its turn, and for the log.
+write-through caller deciding whether to wait on, for its turn or for its own entry
+(:meth:`Mover.run_entry <tierstore.engine.mover.Mover.run_entry>`), and for the log.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ _PART_BYTES: Final = 8 * MiB
 
 class StallWatch:
     """When the journal entry in progress last handed the archive data. The mover's
-    journal thread (or a write-through caller holding the journal) marks an attempt's
-    :meth:`begin`, each frame it hands over (:meth:`progressed`) and its :meth:`end`;
-    any thread may ask :meth:`stalled_for`. ``parts_in_flight``: the parts of one
-    upload sent at once (``mover_threads``). An upload of an object too large for
+    journal thread (or a write-through caller's attempt, holding the journal) marks an
+    attempt's :meth:`begin`, each frame it hands over (:meth:`progressed`) and its
+    :meth:`end`; any thread may ask :meth:`stalled_for`. ``parts_in_flight``: the parts
+    of one upload sent at once (``mover_threads``). An upload of an object too large for
     10,000 parts of 8 MiB goes in larger parts (:func:`part_size_for
     <tierstore.tiers.s3_limits.part_size_for>`), each of which hands no new data for
     as long as it takes to send: the journal thread says so (:meth:`uploading`)."""
