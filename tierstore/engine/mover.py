@@ -240,9 +240,15 @@ class Mover:
     @property
     def running(self) -> bool:
         """Whether any of its threads or the promoter's is still alive (after
-        :meth:`stop`: one that did not end in time, inside an archive request, say)."""
+        :meth:`stop`: one that did not end in time, inside an archive request, say), or
+        a journal entry is still being worked (a write-through caller's attempt, left to
+        end in the background on a frozen archive, holds the journal until it ends)."""
         journal = self._journal_thread
-        return (journal is not None and journal.is_alive()) or self._promoter.running
+        return (
+            (journal is not None and journal.is_alive())
+            or self._promoter.running
+            or self._journal_lock.locked()
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the journal and promotion threads, waiting at most ``timeout`` seconds
