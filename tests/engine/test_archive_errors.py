@@ -86,3 +86,24 @@ def test_a_missing_or_damaged_archive_object_is_no_archive_outage(
             store.get("plain", shard)
     # The archive answered each time: one shard's copy is lost (DataLoss), not the archive.
     assert store.stats().mover_error is None
+
+
+def test_uploads_held_for_an_unchecked_archive_show_why_it_cannot_be_checked(
+    open_store: StoreFactory,
+) -> None:
+    # A node started with its archive down holds its uploads until its keys are checked
+    # there; stats said only that ("the master keys are not checked against the archive
+    # yet"), never why: the archive's own failure, which the checks meet every few
+    # seconds, was hidden behind the hold.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN)
+    store.mover.hold_archive("the master keys are not checked against the archive yet")
+    archive.failing = True
+    with pytest.raises(ArchiveUnavailable):
+        store.archive_holds_objects()  # as the deferred key check asks
+    failing = store.stats().mover_error or ""
+    assert "the archive is down" in failing, failing
+    assert "the master keys are not checked against the archive yet" in failing
+    archive.failing = False
+    store.archive_holds_objects()  # answers: the request's failure is cleared
+    assert store.stats().mover_error == "the master keys are not checked against the archive yet"

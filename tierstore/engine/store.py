@@ -1129,6 +1129,19 @@ class Store:
         validate_dataset_name(dataset)
         validate_shard_name(shard)
 
+    def _archive_failure(self) -> str | None:
+        """Why the archive fails, for stats: the mover's last error, else a pinned
+        shard's promotion's, else the last archive request that failed. Uploads held
+        (keys not yet checked against an archive down at the start) say why too: the
+        archive's own failure, which the checks meet, was hidden behind the hold."""
+        failure = self.mover.archive_failure() or self.promoter.archive_failure()
+        request = self.archive_watch.failure()
+        if failure is None:
+            return request
+        if request is not None and failure == self.mover.archive_hold:
+            return f"{request}; {failure}"
+        return failure
+
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait (polling) up to ``timeout`` seconds (a number above 0, at most ten
         years) until the upload journal is empty; False on timeout. Raises
@@ -1320,11 +1333,7 @@ class Store:
             lmdb_file_bytes=self._env.file_size(),
             live_read_leases=self._reader.leases.live,
             slow_read_leases=self._reader.leases.older_than(self.settings.read_lease_warn_s),
-            mover_error=(
-                self.mover.archive_failure()
-                or self.promoter.archive_failure()
-                or self.archive_watch.failure()
-            ),
+            mover_error=self._archive_failure(),
             data_loss=(*self.mover.data_loss, *self._catalog.damaged_records()),
             quota_waiting_puts=self._writer.quota_waiting(),
             data_loss_unnamed=self._catalog.unreadable.unnamed(),
