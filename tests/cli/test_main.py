@@ -49,6 +49,8 @@ class FakeClient:
     journal_entries: int = 0
     backlog_shards: int = 0
     tokens: list[dict[str, Any]] = field(default_factory=list)
+    hot_bytes: int = 9
+    watermarks: tuple[int, int] | None = None  # high, low; None: a node that sends none
     shards: set[str] = field(default_factory=set)
     token_id: str | None = None  # of the token it calls with
 
@@ -135,8 +137,16 @@ class FakeClient:
         usage |= {"backlog_shards": self.backlog_shards, "backlog_bytes": 7 * self.backlog_shards}
         return {
             "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": None}},
-            "hot_bytes": 9,
+            "hot_bytes": self.hot_bytes,
             "hot_capacity_bytes": 100,
+            **(
+                {}
+                if self.watermarks is None
+                else {
+                    "high_watermark_bytes": self.watermarks[0],
+                    "low_watermark_bytes": self.watermarks[1],
+                }
+            ),
             "backlog_bytes": 0,
             "journal_entries": self.journal_entries,
             "oldest_journal_age_s": 3600.0 if self.journal_entries else 0.0,
@@ -601,6 +611,22 @@ def test_stats_say_why_the_archive_backlog_does_not_drain(client: FakeClient) ->
     assert "the archive is failing: put ds/s@1: the archive is down" in shown.stdout
     scripted = json.loads(invoke("--json", "stats").stdout)
     assert scripted["archive_error"] == "put ds/s@1: the archive is down"
+
+
+def test_stats_show_the_watermarks_and_a_hot_tier_past_its_capacity(client: FakeClient) -> None:
+    # Where eviction starts and stops showed nowhere, and a hot tier held past its
+    # capacity by un-archived writes (its archive down) read "160,000,640 of 67,108,864
+    # bytes" with no word of it.
+    assert "hot tier 9 of 100 bytes; " in invoke("stats").stdout  # a node without them
+    client.watermarks = (90, 75)
+    assert "hot tier 9 of 100 bytes (eviction from 90 down to 75); " in invoke("stats").stdout
+    client.hot_bytes = 160
+    shown = invoke("stats")
+    assert "hot tier 160 of 100 bytes (eviction from 90 down to 75), OVER CAPACITY by 60" in (
+        shown.stdout
+    )
+    scripted = json.loads(invoke("--json", "stats").stdout)
+    assert (scripted["high_watermark_bytes"], scripted["low_watermark_bytes"]) == (90, 75)
 
 
 def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None:

@@ -866,6 +866,9 @@ def test_trace_export_and_the_sizing_curve(
     assert sorted(tmp_path.iterdir()) == before  # neither the trace nor a partial one
 
     figures = ok(env, "stats", dataset)
+    capacity = figures["hot_capacity_bytes"]  # and the default watermarks, 0.9 and 0.75
+    assert figures["high_watermark_bytes"] == int(capacity * 0.9)
+    assert figures["low_watermark_bytes"] == int(capacity * 0.75)
     assert figures["traced_reads"] == 6
     assert [p["miss_ratio"] for p in figures["sizing"]] == [pytest.approx(2 / 6)] * 6
     table = run(env, "stats", dataset, json_output=False)

@@ -90,7 +90,7 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
         )
     failing = figures.get("archive_error")
     table.caption = (
-        f"hot tier {figures['hot_bytes']:,} of {figures['hot_capacity_bytes']:,} bytes; "
+        f"{_hot_tier_text(figures)}; "
         f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
         f"{_journal_text(figures['journal_entries'], figures['oldest_journal_age_s'])}"
         + (f"; the archive is failing: {failing}" if failing else "")
@@ -125,6 +125,21 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
     100 % misses. (A dataset not yet read has a null hit ratio, from the client.)"""
     sizing = figures["sizing"] if figures["traced_reads"] else []
     return {**figures, "sizing": sizing}
+
+
+def _hot_tier_text(figures: dict[str, Any]) -> str:
+    """The hot tier's fill against its capacity and watermarks (a node that does not
+    send these, 0, is shown without them), and whether it is past its capacity."""
+    hot, capacity = figures["hot_bytes"], figures["hot_capacity_bytes"]
+    text = f"hot tier {hot:,} of {capacity:,} bytes"
+    high, low = figures.get("high_watermark_bytes", 0), figures.get("low_watermark_bytes", 0)
+    if high:
+        text += f" (eviction from {high:,} down to {low:,})"
+    if capacity and hot > capacity:
+        # Only archived shards are evicted: un-archived writes (an archive down) and
+        # pins can hold it past its capacity, towards the disk's end.
+        text += f", OVER CAPACITY by {hot - capacity:,} (un-archived writes or pins)"
+    return text
 
 
 def _journal_text(entries: int, oldest_age_s: float) -> str:

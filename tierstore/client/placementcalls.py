@@ -22,7 +22,9 @@ __all__ = ["PlacementCalls", "TierStats"]
 
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
-    ``backlog_bytes``, ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
+    ``high_watermark_bytes`` and ``low_watermark_bytes`` (where eviction starts and
+    stops; 0 from a node that does not send them), ``backlog_bytes``,
+    ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
     oldest pending journal entry committed; 0 when none is pending), ``archive_error``
     (why the archive is failing, or None: the mover's last archive operation's error,
     else the last archive request of any kind, a cold read's or a promotion's, that
@@ -140,6 +142,8 @@ class PlacementCalls(ClientCore):
             **extra,
             hot_bytes=reply.hot_bytes,
             hot_capacity_bytes=reply.hot_capacity_bytes,
+            high_watermark_bytes=reply.high_watermark_bytes,
+            low_watermark_bytes=reply.low_watermark_bytes,
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
             oldest_journal_age_s=reply.oldest_journal_age_s,

@@ -117,6 +117,9 @@ class StoreStats:
 
     hot_bytes: int
     hot_capacity_bytes: int
+    #: where eviction starts, and where it stops (the watermarks times the capacity)
+    high_watermark_bytes: int
+    low_watermark_bytes: int
     backlog_bytes: int
     journal_entries: int
     lmdb_file_bytes: int
@@ -1328,6 +1331,8 @@ class Store:
         return StoreStats(
             hot_bytes=hot,
             hot_capacity_bytes=self.settings.hot_capacity_bytes,
+            high_watermark_bytes=self.hot_room.high_watermark_bytes(),
+            low_watermark_bytes=self.hot_room.low_watermark_bytes(),
             backlog_bytes=backlog,
             journal_entries=journal,
             lmdb_file_bytes=self._env.file_size(),

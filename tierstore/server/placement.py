@@ -129,6 +129,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
         reply = placement_pb2.TierStats(
             hot_bytes=stats.hot_bytes,
             hot_capacity_bytes=stats.hot_capacity_bytes,
+            high_watermark_bytes=stats.high_watermark_bytes,
+            low_watermark_bytes=stats.low_watermark_bytes,
             backlog_bytes=stats.backlog_bytes,
             journal_entries=stats.journal_entries,
             oldest_journal_age_s=stats.oldest_journal_age_s,

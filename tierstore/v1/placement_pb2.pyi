@@ -101,7 +101,7 @@ class SizingPoint(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s", "high_watermark_bytes", "low_watermark_bytes")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,8 @@ class TierStats(_message.Message):
     ARCHIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
     DATA_LOSS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     OLDEST_JOURNAL_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOW_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
@@ -124,7 +126,9 @@ class TierStats(_message.Message):
     archive_error: str
     data_loss_omitted: int
     oldest_journal_age_s: float
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ...) -> None: ...
+    high_watermark_bytes: int
+    low_watermark_bytes: int
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
     __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch", "shards_digest")
