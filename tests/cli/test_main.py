@@ -51,6 +51,7 @@ class FakeClient:
     tokens: list[dict[str, Any]] = field(default_factory=list)
     hot_bytes: int = 9
     watermarks: tuple[int, int] | None = None  # high, low; None: a node that sends none
+    movement: tuple[int, int, int] | None = None  # promotions, skipped, evictions
     shards: set[str] = field(default_factory=set)
     token_id: str | None = None  # of the token it calls with
 
@@ -139,6 +140,17 @@ class FakeClient:
             "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": None}},
             "hot_bytes": self.hot_bytes,
             "hot_capacity_bytes": 100,
+            **(
+                {}
+                if self.movement is None
+                else dict(
+                    zip(
+                        ("promotions", "promotions_skipped", "evictions"),
+                        self.movement,
+                        strict=True,
+                    )
+                )
+            ),
             **(
                 {}
                 if self.watermarks is None
@@ -627,6 +639,19 @@ def test_stats_show_the_watermarks_and_a_hot_tier_past_its_capacity(client: Fake
     )
     scripted = json.loads(invoke("--json", "stats").stdout)
     assert (scripted["high_watermark_bytes"], scripted["low_watermark_bytes"]) == (90, 75)
+
+
+def test_stats_say_why_a_prefetch_or_pin_that_was_queued_stayed_cold(
+    client: FakeClient,
+) -> None:
+    # Promotions skipped for want of room showed only on /metrics: "queued 2 shards",
+    # and then neither turned hot, with no word anywhere the CLI looks.
+    assert "promoted" not in invoke("stats").stdout  # a node that sends none
+    client.movement = (5, 0, 3)
+    assert "; since start 5 promoted, 3 evicted; " in invoke("stats").stdout
+    client.movement = (5, 2, 3)
+    shown = " ".join(invoke("stats").stdout.split())
+    assert "5 promoted, 3 evicted, 2 promotions skipped for want of room" in shown
 
 
 def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None:

@@ -711,8 +711,11 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     assert one["hot_bytes"] >= figures["hot_bytes"] >= 30_000
     assert dataset in every["datasets"]
     assert {"hot_capacity_bytes", "backlog_bytes", "journal_entries"} <= set(every)
+    # Since the node started (other tests' too): the two evicted, then prefetched.
+    assert every["evictions"] >= 2 and every["promotions"] >= 2
     table = run(env, "stats", dataset, json_output=False)
     assert table.returncode == 0 and b"hit" in table.stdout and b"ratio" in table.stdout
+    assert b"promoted" in table.stdout and b"evicted" in table.stdout
     assert b"waiting for the archive" in table.stdout
     assert b"archived" in table.stdout
 

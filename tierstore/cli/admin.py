@@ -90,7 +90,7 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
         )
     failing = figures.get("archive_error")
     table.caption = (
-        f"{_hot_tier_text(figures)}; "
+        f"{_hot_tier_text(figures)}; {_movement_text(figures)}"
         f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
         f"{_journal_text(figures['journal_entries'], figures['oldest_journal_age_s'])}"
         + (f"; the archive is failing: {failing}" if failing else "")
@@ -140,6 +140,19 @@ def _hot_tier_text(figures: dict[str, Any]) -> str:
         # pins can hold it past its capacity, towards the disk's end.
         text += f", OVER CAPACITY by {hot - capacity:,} (un-archived writes or pins)"
     return text
+
+
+def _movement_text(figures: dict[str, Any]) -> str:
+    """Promotions, skipped ones and evictions since the node started, then "; " (none
+    from a node that does not send them)."""
+    if "promotions" not in figures:
+        return ""
+    skipped = figures["promotions_skipped"]
+    text = f"since start {figures['promotions']:,} promoted, {figures['evictions']:,} evicted"
+    if skipped:
+        # A prefetch or pin that said "queued" and never turned hot: this is why.
+        text += f", {skipped:,} promotions skipped for want of room (watermark or quota)"
+    return text + "; "
 
 
 def _journal_text(entries: int, oldest_age_s: float) -> str:

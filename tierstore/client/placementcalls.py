@@ -23,7 +23,9 @@ __all__ = ["PlacementCalls", "TierStats"]
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
     ``high_watermark_bytes`` and ``low_watermark_bytes`` (where eviction starts and
-    stops; 0 from a node that does not send them), ``backlog_bytes``,
+    stops; 0 from a node that does not send them), ``promotions``,
+    ``promotions_skipped`` (no room could be made below the high watermark or the
+    dataset's quota) and ``evictions`` (since the node started), ``backlog_bytes``,
     ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
     oldest pending journal entry committed; 0 when none is pending), ``archive_error``
     (why the archive is failing, or None: the mover's last archive operation's error,
@@ -144,6 +146,9 @@ class PlacementCalls(ClientCore):
             hot_capacity_bytes=reply.hot_capacity_bytes,
             high_watermark_bytes=reply.high_watermark_bytes,
             low_watermark_bytes=reply.low_watermark_bytes,
+            promotions=reply.promotions,
+            promotions_skipped=reply.promotions_skipped,
+            evictions=reply.evictions,
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
             oldest_journal_age_s=reply.oldest_journal_age_s,

@@ -120,6 +120,11 @@ class StoreStats:
     #: where eviction starts, and where it stops (the watermarks times the capacity)
     high_watermark_bytes: int
     low_watermark_bytes: int
+    #: since the store opened: shards promoted, promotions skipped for want of room
+    #: (eviction could not make it below the high watermark or the quota), evictions
+    promotions: int
+    promotions_skipped: int
+    evictions: int
     backlog_bytes: int
     journal_entries: int
     lmdb_file_bytes: int
@@ -1333,6 +1338,9 @@ class Store:
             hot_capacity_bytes=self.settings.hot_capacity_bytes,
             high_watermark_bytes=self.hot_room.high_watermark_bytes(),
             low_watermark_bytes=self.hot_room.low_watermark_bytes(),
+            promotions=self.promoter.promotions,
+            promotions_skipped=self.promoter.promotions_skipped,
+            evictions=self.hot_room.evictions,
             backlog_bytes=backlog,
             journal_entries=journal,
             lmdb_file_bytes=self._env.file_size(),

@@ -101,7 +101,7 @@ class SizingPoint(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s", "high_watermark_bytes", "low_watermark_bytes")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s", "high_watermark_bytes", "low_watermark_bytes", "promotions", "promotions_skipped", "evictions")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,9 @@ class TierStats(_message.Message):
     OLDEST_JOURNAL_AGE_S_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOW_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
@@ -128,7 +131,10 @@ class TierStats(_message.Message):
     oldest_journal_age_s: float
     high_watermark_bytes: int
     low_watermark_bytes: int
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ...) -> None: ...
+    promotions: int
+    promotions_skipped: int
+    evictions: int
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ..., promotions: _Optional[int] = ..., promotions_skipped: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
     __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch", "shards_digest")
