@@ -72,7 +72,7 @@ class SealedRead:
     info: ShardInfo
     context: bytes
     frame_count: int
-    data_key: bytes | None
+    data_key: bytes | None = field(repr=False)  # never in a traceback's locals
     nonce_prefix: bytes | None
     slices: tuple[FrameSlice, ...]
     _reader: SealedReader = field(repr=False)

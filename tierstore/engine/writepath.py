@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -90,7 +90,7 @@ class _StagedPut:
     its own: one made again since is not the one the put was for)."""
 
     record: ShardRecord
-    data_key: bytes | None
+    data_key: bytes | None = field(repr=False)  # never in a traceback's locals
     dataset_first: int
 
     @property
