@@ -43,6 +43,12 @@ class OlderPlacement(placement_pb2_grpc.PlacementServiceServicer):
         self.calls.append(("report", request.job, request.position))
         return placement_pb2.ReportPositionResponse()
 
+    def GetTierStats(
+        self, request: placement_pb2.GetTierStatsRequest, context: grpc.ServicerContext
+    ) -> placement_pb2.TierStats:
+        # Before the watermarks and the promotion and eviction counts (fields 12-16).
+        return placement_pb2.TierStats(hot_bytes=9, hot_capacity_bytes=100)
+
 
 @pytest.fixture
 def older() -> Iterator[tuple[OlderPlacement, Client]]:
@@ -100,3 +106,20 @@ def test_a_server_that_applied_the_position_hears_no_report(
             assert reported == []
             client.report_position(job, 3)  # the store's reports are seen
             assert len(reported) == 1
+
+
+def test_figures_an_older_server_does_not_send_are_left_out_not_zero(
+    older: tuple[OlderPlacement, Client], tmp_path: Path
+) -> None:
+    # Read as 0, they showed as "since start 0 promoted, 0 evicted" and a watermark of 0.
+    _, client = older
+    figures = client.stats()
+    assert (figures["hot_bytes"], figures["hot_capacity_bytes"]) == (9, 100)
+    newer = {"high_watermark_bytes", "low_watermark_bytes", "promotions", "evictions"}
+    assert not newer & set(figures)
+    with serving(tmp_path, insecure=True, datasets={"d": DatasetSettings()}) as running:
+        token = running.token("admin", ("*", Role.ADMIN))
+        with connect(running.address, token=token, insecure=True, local_reads=False) as client:
+            figures = client.stats()
+    assert newer <= set(figures) and figures["promotions_skipped"] == 0
+    assert figures["high_watermark_bytes"] > figures["low_watermark_bytes"] > 0

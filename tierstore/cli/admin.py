@@ -128,12 +128,12 @@ def _stats_for_scripts(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hot_tier_text(figures: dict[str, Any]) -> str:
-    """The hot tier's fill against its capacity and watermarks (a node that does not
-    send these, 0, is shown without them), and whether it is past its capacity."""
+    """The hot tier's fill against its capacity and watermarks (from a node that sends
+    them), and whether it is past its capacity."""
     hot, capacity = figures["hot_bytes"], figures["hot_capacity_bytes"]
     text = f"hot tier {hot:,} of {capacity:,} bytes"
-    high, low = figures.get("high_watermark_bytes", 0), figures.get("low_watermark_bytes", 0)
-    if high:
+    if "high_watermark_bytes" in figures:  # not from a node older than them
+        high, low = figures["high_watermark_bytes"], figures["low_watermark_bytes"]
         text += f" (eviction from {high:,} down to {low:,})"
     if capacity and hot > capacity:
         # Only archived shards are evicted: un-archived writes (an archive down) and

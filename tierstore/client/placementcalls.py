@@ -20,12 +20,22 @@ from tierstore.wire.trace import sizing_from_pb
 __all__ = ["PlacementCalls", "TierStats"]
 
 
+#: TierStats figures a node older than them does not send (absent, not 0).
+_NEWER_FIGURES = (
+    "high_watermark_bytes",
+    "low_watermark_bytes",
+    "promotions",
+    "promotions_skipped",
+    "evictions",
+)
+
+
 class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
     ``high_watermark_bytes`` and ``low_watermark_bytes`` (where eviction starts and
-    stops; 0 from a node that does not send them), ``promotions``,
-    ``promotions_skipped`` (no room could be made below the high watermark or the
-    dataset's quota) and ``evictions`` (since the node started), ``backlog_bytes``,
+    stops), ``promotions``, ``promotions_skipped`` (no room could be made below the
+    high watermark or the dataset's quota) and ``evictions`` (since the node started)
+    (these five left out by a node older than them), ``backlog_bytes``,
     ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
     oldest pending journal entry committed; 0 when none is pending), ``archive_error``
     (why the archive is failing, or None: the mover's last archive operation's error,
@@ -140,15 +150,13 @@ class PlacementCalls(ClientCore):
                 for p in sizing_from_pb(reply.sizing)
             ]
             extra["traced_reads"] = reply.traced_reads
+        for name in _NEWER_FIGURES:  # left out when the node sends none (an older one)
+            if reply.HasField(name):
+                extra[name] = getattr(reply, name)
         return TierStats(
             **extra,
             hot_bytes=reply.hot_bytes,
             hot_capacity_bytes=reply.hot_capacity_bytes,
-            high_watermark_bytes=reply.high_watermark_bytes,
-            low_watermark_bytes=reply.low_watermark_bytes,
-            promotions=reply.promotions,
-            promotions_skipped=reply.promotions_skipped,
-            evictions=reply.evictions,
             backlog_bytes=reply.backlog_bytes,
             journal_entries=reply.journal_entries,
             oldest_journal_age_s=reply.oldest_journal_age_s,
