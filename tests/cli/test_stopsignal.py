@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tests.server.conftest import clean_env, tierstore_command
+from tierstore.cli.stopsignal import stopping_on_sigterm
 
 A_TOKEN = "ts_" + "a" * 12 + "_" + "b" * 43
 
@@ -44,14 +45,22 @@ def test_sigterm_reports_what_a_command_did_and_exits_143() -> None:
 _DOWNLOAD = """
 import os, signal, sys, time
 from pathlib import Path
-from tierstore.cli.stopsignal import stop_on_sigterm
+from tierstore.cli.stopsignal import stopping_on_sigterm
 from tierstore.client.download import partial_file
-stop_on_sigterm()
-with partial_file(Path(sys.argv[1])) as file:
+with stopping_on_sigterm(), partial_file(Path(sys.argv[1])) as file:
     file.write(b"half a shard")
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
 """
+
+
+def test_the_handler_before_it_is_put_back() -> None:
+    # main() run in a test's own process left its handler there: a SIGTERM for the
+    # test run (a CI time-out) raised KeyboardInterrupt wherever the run was.
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping_on_sigterm():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_download_stopped_by_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:

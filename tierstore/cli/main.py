@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import sys
+from typing import Any
 
 import typer
 from rich.text import Text
@@ -44,7 +45,7 @@ from tierstore.cli.app import (
 from tierstore.cli.entry import INTERRUPTED_EXIT
 from tierstore.cli.output import err, fail
 from tierstore.cli.simulate import simulate
-from tierstore.cli.stopsignal import stop_exit, stop_on_sigterm
+from tierstore.cli.stopsignal import stop_exit, stopping_on_sigterm
 
 __all__ = ["app", "main"]
 
@@ -87,22 +88,27 @@ def main() -> None:
     serving = _command_name(sys.argv[1:]) == "serve"
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
     _stand_in_for_closed_streams(serving)
-    if not serving:  # serve stops gracefully on SIGTERM, its own way
-        stop_on_sigterm()
+    # serve stops gracefully on SIGTERM, its own way.
+    with contextlib.nullcontext() if serving else stopping_on_sigterm():
+        code = _run_command()
+        if code == INTERRUPTED_EXIT:  # typer's exit for a KeyboardInterrupt it was handed
+            code = stop_exit()  # 143 if it came of SIGTERM
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run_command() -> Any:
+    """Run the command line; its exit code (typer's return, or that of an error)."""
     try:
-        code = app(standalone_mode=False)
+        return app(standalone_mode=False)
     except typer.Abort:
         err.print("Aborted!", highlight=False)
-        code = 1
+        return 1
     except typer.TyperException as exc:  # a usage error: an option's value, a command...
-        code = _usage_error(exc)
+        return _usage_error(exc)
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
             raise  # not the output's: a bug to see whole
-        code = _output_failed(exc)
-    if code == INTERRUPTED_EXIT:  # typer's exit for a KeyboardInterrupt it was handed
-        code = stop_exit()  # 143 if it came of SIGTERM
-    sys.exit(code if isinstance(code, int) else 0)
+        return _output_failed(exc)
 
 
 def _stand_in_for_closed_streams(serving: bool) -> None:

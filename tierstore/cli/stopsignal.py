@@ -11,22 +11,33 @@ SIGTERM), and it exits 143 (128 + SIGTERM, as a shell reports the signal), not 1
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["stop_exit", "stop_on_sigterm", "stopped_by"]
+__all__ = ["stop_exit", "stopped_by", "stopping_on_sigterm"]
 
 #: the signal that stopped the command (SIGINT until a SIGTERM came)
 _received = signal.SIGINT
 
 
-def stop_on_sigterm() -> None:
-    """From now on, SIGTERM raises KeyboardInterrupt in the main thread (call it there)."""
+@contextmanager
+def stopping_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM raises KeyboardInterrupt in the main thread (enter
+    it there); the handler before it is put back after (a test calling the command in
+    its own process keeps its own)."""
+    global _received
+    _received = signal.SIGINT
 
     def on_sigterm(signum: int, frame: object) -> None:
         global _received
         _received = signal.Signals(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stopped_by() -> str:
