@@ -36,7 +36,8 @@ class ArchiveCalls:
         if slots < 1:
             raise InvalidArgument(f"archive call slots must be at least 1, got {slots}")
         self.slots = slots
-        self._free = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._taken = 0
 
     @classmethod
     def for_workers(cls, workers: int) -> ArchiveCalls:
@@ -57,9 +58,13 @@ class ArchiveCalls:
     def refuse_if_none_free(self, what: str) -> None:
         """Unavailable at once if no slot is free now; takes none. For a call that will
         need one only after a long wait of its own (a write-through put, before its
-        stream is received): a sure refusal then comes before that wait, not after."""
-        self._take(what)
-        self._give_back()
+        stream is received): a sure refusal then comes before that wait, not after.
+        (Looked at, not taken and given back: a call needing the last slot in that
+        instant was refused.)"""
+        with self._lock:
+            free = self._taken < self.slots
+        if not free:
+            self._refuse(what)
 
     def held(self, what: str) -> HeldSlot:
         """A slot for one call that takes it only while it waits on the archive (a
@@ -67,15 +72,24 @@ class ArchiveCalls:
         return HeldSlot(self, what)
 
     def _take(self, what: str) -> None:
-        if not self._free.acquire(blocking=False):
-            raise Unavailable(
-                f"{what} needs the archive, and {self.slots} calls are waiting on it "
-                "already (it may be slow or down): the node keeps its other workers for "
-                "hot reads and admin calls; retry shortly"
-            )
+        with self._lock:
+            taken = self._taken < self.slots
+            if taken:
+                self._taken += 1
+        if not taken:
+            self._refuse(what)
+
+    def _refuse(self, what: str) -> None:
+        raise Unavailable(
+            f"{what} needs the archive, and {self.slots} calls are waiting on it "
+            "already (it may be slow or down): the node keeps its other workers for "
+            "hot reads and admin calls; retry shortly"
+        )
 
     def _give_back(self) -> None:
-        self._free.release()
+        with self._lock:
+            assert self._taken > 0, "a slot given back that was not taken"
+            self._taken -= 1
 
 
 class HeldSlot:
