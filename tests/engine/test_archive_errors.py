@@ -13,6 +13,7 @@ import pytest
 
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.archivewatch import ArchiveWatch
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, IntegrityError
@@ -107,3 +108,20 @@ def test_uploads_held_for_an_unchecked_archive_show_why_it_cannot_be_checked(
     archive.failing = False
     store.archive_holds_objects()  # answers: the request's failure is cleared
     assert store.stats().mover_error == "the master keys are not checked against the archive yet"
+
+
+def test_requests_count_in_the_order_they_began_not_ended() -> None:
+    watch = ArchiveWatch()
+    down = ArchiveUnavailable("GET k: the archive is down")
+    watch.failed(down, began=2.0)
+    # Sent before the failure, answered after it: the archive may have failed since.
+    watch.answered(began=1.0)
+    assert watch.failure() is not None
+    watch.answered(began=3.0)  # sent after it, and answered: the archive is back
+    assert watch.failure() is None
+    # Hung through an outage, failing after newer requests answered: over already (it
+    # stayed shown on an idle node, the archive working).
+    watch.failed(down, began=2.5)
+    assert watch.failure() is None
+    watch.failed(down, began=4.0)
+    assert "the archive is down" in (watch.failure() or "")

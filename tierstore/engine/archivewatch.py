@@ -11,8 +11,7 @@ happened, until a later request of any kind returns: the archive answers again.
 
 A missing object or a damaged one is an answer (the tier returns None, or bytes the
 caller finds wrong: DataLoss of one shard), not an outage. Nothing here makes a request
-of its own; a request costs one attribute read, and a lock only when it changes what
-is shown.
+of its own; a request costs a clock read and an uncontended lock.
 """
 
 from __future__ import annotations
@@ -31,26 +30,39 @@ _T = TypeVar("_T")
 
 
 class ArchiveWatch:
-    """The last archive request that failed for want of the archive, until one answers.
-    Thread-safe."""
+    """The last archive request that failed for want of the archive, until one that
+    began after it answers. Thread-safe.
+
+    Requests are ordered by when they began, not when they ended: one that began
+    before an outage and answers after a failure was recorded does not clear it (the
+    archive may have failed since it was sent), and one that hung through an outage
+    and fails after newer requests have answered is not recorded (the archive answers
+    again; on an idle node it stayed shown until the next request)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: the failure's message and when it was recorded (``time.time()``); None while
-        #: the archive answers.
-        self._failure: tuple[str, float] | None = None
+        #: the failure's message, when it was recorded (``time.time()``) and when its
+        #: request began (``time.monotonic()``); None while the archive answers.
+        self._failure: tuple[str, float, float] | None = None
+        #: when the latest-begun request that answered began (``time.monotonic()``)
+        self._answered_began = float("-inf")
 
-    def failed(self, error: ArchiveUnavailable) -> None:
-        """A request raised ``error``: shown until a later request answers."""
+    def failed(self, error: ArchiveUnavailable, began: float) -> None:
+        """A request begun at ``began`` (``time.monotonic()``) raised ``error``: shown
+        until a request begun later answers; not if one begun later has answered."""
         with self._lock:
-            self._failure = (str(error), time.time())
+            if began < self._answered_began:
+                return
+            self._failure = (str(error), time.time(), began)
 
-    def answered(self) -> None:
-        """A request returned: the archive answers, whatever failed before."""
-        if self._failure is None:  # the usual case: no lock taken
-            return
+    def answered(self, began: float) -> None:
+        """A request begun at ``began`` returned: the archive answers, and a failure of
+        a request begun before it is over."""
         with self._lock:
-            self._failure = None
+            if began > self._answered_began:
+                self._answered_began = began
+            if self._failure is not None and began > self._failure[2]:
+                self._failure = None
 
     def failure(self) -> str | None:
         """The last failure with when it happened, or None when the archive answered
@@ -60,7 +72,7 @@ class ArchiveWatch:
             failure = self._failure
         if failure is None:
             return None
-        message, at = failure
+        message, at, _ = failure
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
         ago = max(time.time() - at, 0.0)
         return f"{message} (last archive request failed at {when}, {ago:.0f} s ago)"
@@ -75,12 +87,13 @@ class WatchedTier:
         self._watch = watch
 
     def _watched(self, call: Callable[[], _T]) -> _T:
+        began = time.monotonic()
         try:
             result = call()
         except ArchiveUnavailable as exc:
-            self._watch.failed(exc)
+            self._watch.failed(exc, began)
             raise
-        self._watch.answered()
+        self._watch.answered(began)
         return result
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
