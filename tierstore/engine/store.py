@@ -1151,15 +1151,16 @@ class Store:
         return failure
 
     def drain(self, timeout: float = 60.0) -> bool:
-        """Wait (polling) up to ``timeout`` seconds (a number above 0, at most ten
-        years) until the upload journal is empty; False on timeout. Raises
+        """Wait (polling) up to ``timeout`` seconds (a number from 0, which only looks,
+        to ten years) until the upload journal is empty; False on timeout. Raises
         InvalidArgument for any other ``timeout``."""
-        # None was a raw TypeError; NaN returned at once and infinity waited for good.
-        seconds = seconds_up_to(timeout, MAX_TTL_S)
+        # 0 looks once, as before the check; None was a raw TypeError; NaN returned at
+        # once and infinity waited for good.
+        looks_only = type(timeout) in (int, float) and timeout == 0
+        seconds = 0.0 if looks_only else seconds_up_to(timeout, MAX_TTL_S)
         if seconds is None:
             raise InvalidArgument(
-                "timeout must be a number of seconds above 0 and at most ten years, got "
-                f"{timeout!r:.40}"
+                f"timeout must be a number of seconds from 0 to ten years, got {timeout!r:.40}"
             )
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
