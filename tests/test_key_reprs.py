@@ -1,6 +1,8 @@
-"""No object of tierstore prints key material in its ``repr``: a traceback tool that
+"""No dataclass of tierstore prints key material in its ``repr``: a traceback tool that
 shows local variables (rich's ``show_locals``, an error tracker) prints the ``repr`` of
-every object in reach. Two engine records carrying a shard's data key printed it."""
+every object in reach. Two engine records carrying a shard's data key printed it. (The
+generated protobuf messages that carry a data key, ``Seal`` and ``DataKeyGrant``,
+print theirs; they are not held here.)"""
 
 from __future__ import annotations
 

@@ -956,8 +956,8 @@ def test_a_write_through_put_stored_here_but_not_archived_counts_as_uploaded(
     # It said "uploaded 2 of 3 shards before an error", as if the second had failed.
     told = invoke("put", "ds", *(str(tmp_path / n) for n in names))
     assert told.stdout.strip() == (
-        "uploaded 2 of 3 shards, the last on this node only, not yet in the archive: "
-        "a, not-archived"
+        "uploaded 2 of 3 shards, the last uploaded on this node only: the archive has not "
+        "taken it yet: a, not-archived"
     )
 
 

@@ -129,7 +129,7 @@ def test_a_frozen_archive_shows_as_failing_before_its_retries_end(
         store.put("plain", "s", b"acknowledged before the archive froze")
         wait_until(lambda: store.stats().mover_error is not None, "the mover to report the freeze")
         stalled = store.stats().mover_error or ""
-        assert "taken no data" in stalled and "still trying" in stalled
+        assert "taken no data" in stalled and "still being tried" in stalled
         wait_until(lambda: "taken no data" in caplog.text, "the stall to be logged")
         assert not release.is_set()  # seen while the first request still waited
         warned = [r for r in caplog.records if "taken no data" in r.getMessage()]

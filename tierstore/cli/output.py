@@ -302,7 +302,7 @@ def stopped_partway(
         fields["not_archived"] = [names[count]]
         count += 1
         # "deleted 1 of 1 shards before an error" read as if nothing had been deleted.
-        cause = ", the last on this node only, not yet in the archive"
+        cause = f", the last {done} on this node only: the archive has not taken it yet"
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
         _report_partway(names, count, done, cause, in_doubt, already, {**(totals or {}), **fields})

@@ -65,10 +65,11 @@ _UPLOADS_SCANNED = 10_000
 #: how often a write-through put overtaken by newer ones runs their entries before it
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
-#: how long a write-through caller waits for the journal while another holds it
-#: before it gives up, if that entry has meanwhile stalled (stallwatch): the mover's
-#: attempt on a frozen archive may keep the journal for minutes (its time-outs and
-#: retries), and the caller's put or delete is committed locally either way.
+#: how long a write-through caller waits, for the journal while another holds it or
+#: for its own entry's attempt, before it gives up, if the entry in progress has
+#: meanwhile stalled (stallwatch): an attempt on a frozen archive may take minutes
+#: (its time-outs and retries), and the caller's put or delete is committed locally
+#: either way.
 JOURNAL_TURN_GRACE_S = 10.0
 
 
@@ -101,10 +102,12 @@ class _CallerAttempt:
         except BaseException as exc:  # the caller's to hear, if it still waits
             error = exc
         finally:
-            self._ended()
+            # Its outcome first: a caller looking in the moment before would give up on
+            # an attempt already done. Then the journal, for the next entry.
             with self._lock:
                 self._result, self._error, abandoned = result, error, self._abandoned
                 self.done.set()
+            self._ended()
         if abandoned and error is not None:
             # The caller was told NotArchivedYet; the entry stays for the mover.
             log.warning("%s, left to the mover by its caller, failed: %r", self._what, error)

@@ -92,7 +92,7 @@ class StallWatch:
             return None
         return (
             f"the archive has taken no data of the current journal entry for {idle:.0f} s "
-            "(no answer yet; the mover is still trying)"
+            "(no answer yet; it is still being tried)"
         )
 
     def log_stalls(self, stop: threading.Event) -> None:

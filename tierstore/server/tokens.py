@@ -61,7 +61,6 @@ RETENTION_S = 30 * 86400.0
 
 _ID_BYTES = 6
 _SECRET_BYTES = 32
-_TOKEN_RE = TOKEN_PATTERN
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
 _FORMAT = "tierstore-tokens/v1"
 # Compared against when the token id is unknown, so that path costs what a known one does.
@@ -210,7 +209,7 @@ class TokenStore:
         """
         if not token_id:
             raise InvalidArgument("no token id given: the 12 hex characters after 'ts_'")
-        if _TOKEN_RE.fullmatch(token_id):
+        if TOKEN_PATTERN.fullmatch(token_id):
             # A whole token was given: never echo its secret part (errors reach logs).
             raise InvalidArgument(
                 "that is a whole token, not a token id: give only its id, the 12 hex "
@@ -297,7 +296,7 @@ class TokenStore:
         malformed, unknown, wrong, revoked or expired token; its ``reason`` says which.
         The secret is compared in constant time.
         """
-        match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+        match = TOKEN_PATTERN.fullmatch(token) if isinstance(token, str) else None
         if match is None:
             raise Unauthenticated(reason=AuthFailure.MALFORMED)
         token_id = match.group(1)
