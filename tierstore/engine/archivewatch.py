@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 from tierstore.errors import ArchiveUnavailable
-from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, Tier
+from tierstore.tiers.base import Tier
+from tierstore.tiers.forwarding import ForwardingTier
 
 __all__ = ["ArchiveWatch", "WatchedTier"]
 
@@ -78,15 +79,15 @@ class ArchiveWatch:
         return f"{message} (last archive request failed at {when}, {ago:.0f} s ago)"
 
 
-class WatchedTier:
+class WatchedTier(ForwardingTier):
     """Delegates to ``inner``, telling ``watch`` of each request's outcome (composition,
     no I/O of its own)."""
 
     def __init__(self, inner: Tier, watch: ArchiveWatch) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._watch = watch
 
-    def _watched(self, call: Callable[[], _T]) -> _T:
+    def _request(self, operation: str, call: Callable[[], _T]) -> _T:
         began = time.monotonic()
         try:
             result = call()
@@ -95,21 +96,3 @@ class WatchedTier:
             raise
         self._watch.answered(began)
         return result
-
-    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
-        return self._watched(lambda: self.inner.get(key, byte_range))
-
-    def put(self, key: str, value: BytesLike | Iterable[BytesLike]) -> None:
-        self._watched(lambda: self.inner.put(key, value))
-
-    def delete(self, key: str) -> None:
-        self._watched(lambda: self.inner.delete(key))
-
-    def stat(self, key: str) -> ObjectStat | None:
-        return self._watched(lambda: self.inner.stat(key))
-
-    def list(self, prefix: str = "", start_after: str | None = None, limit: int = 1000) -> ListPage:
-        return self._watched(lambda: self.inner.list(prefix, start_after, limit))
-
-    def close(self) -> None:
-        self.inner.close()
