@@ -11,13 +11,16 @@ one given.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
+from collections.abc import Iterable
 
-from tierstore.errors import InvalidName
+from tierstore.errors import InvalidArgument, InvalidName
 
 __all__ = [
     "MAX_SHARD_NAME_BYTES",
+    "given_names",
     "is_dataset_name",
     "validate_dataset_name",
     "validate_shard_name",
@@ -70,3 +73,23 @@ def validate_shard_name(name: object) -> str:
         if segment in ("", ".", ".."):
             raise InvalidName(f"shard name {name[:80]!r} has an empty, '.' or '..' path segment")
     return name
+
+
+def given_names(
+    value: object,
+    must_be: str,
+    *,
+    error: type[InvalidArgument] = InvalidArgument,
+    most: int | None = None,
+) -> tuple[object, ...]:
+    """``value``, names given as any iterable (a generator too), as a tuple: taken once,
+    since a generator has nothing left for a second pass, and with ``most`` at most
+    ``most`` + 1 of them (an endless one is taken no further; the caller refuses past
+    ``most``). Raises ``error`` ("``must_be``, not ...") for a str, which would be the
+    names of its one-letter items, and for what is no iterable (None, a number). The
+    entries themselves are the caller's to check."""
+    if isinstance(value, str):
+        raise error(f"{must_be}, not one string: {value!r:.40}")
+    if not isinstance(value, Iterable):
+        raise error(f"{must_be}, not {value!r:.40}")
+    return tuple(value if most is None else itertools.islice(value, most + 1))

@@ -34,13 +34,12 @@ begun while the plan book's lock is held.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver
@@ -53,7 +52,7 @@ from tierstore.errors import (
     PlanNotFound,
     PlanShardsChanged,
 )
-from tierstore.naming import MAX_SHARD_NAME_BYTES, validate_shard_name
+from tierstore.naming import MAX_SHARD_NAME_BYTES, given_names, validate_shard_name
 from tierstore.plans import (
     MAX_PLAN_EPOCHS,
     SamplerKind,
@@ -396,17 +395,17 @@ class PlanBook:
         """``shards`` (any iterable of names but a str) as the plan's names and sizes.
         InvalidPlan for a str (the names of its one-letter shards), a non-iterable, an
         unknown name or a plan too long; InvalidName for an entry that is no name."""
-        if isinstance(shards, str):
-            raise InvalidPlan(
-                f"shards must be a sequence of shard names, not one string: {shards!r:.40}"
-            )
-        if not isinstance(shards, Iterable):  # was a raw TypeError (no len())
-            raise InvalidPlan(f"shards must be a sequence of shard names, not {shards!r:.40}")
-        # Taken once (a generator has no len(), and nothing left after a pass), and one
-        # entry past the bound at most: an endless generator is refused too.
-        names = tuple(itertools.islice(shards, MAX_PLAN_ENTRIES + 1))
-        if len(names) > MAX_PLAN_ENTRIES:
+        # A non-iterable was a raw TypeError (no len()); an endless generator is taken
+        # one entry past the bound, and refused.
+        given = given_names(
+            shards,
+            "shards must be a sequence of shard names",
+            error=InvalidPlan,
+            most=MAX_PLAN_ENTRIES,
+        )
+        if len(given) > MAX_PLAN_ENTRIES:
             raise InvalidPlan(f"a plan has at most {MAX_PLAN_ENTRIES:,} entries")
+        names = cast(tuple[str, ...], given)  # each checked below: InvalidName if not
         try:
             unique = dict.fromkeys(names)
         except TypeError:  # an unhashable entry (a list): InvalidName says which

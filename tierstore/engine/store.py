@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pyarrow as pa
 
@@ -87,7 +87,7 @@ from tierstore.errors import (
     WrongShardKind,
 )
 from tierstore.framing import frame_prepared, frame_value
-from tierstore.naming import validate_dataset_name, validate_shard_name
+from tierstore.naming import given_names, validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 from tierstore.policy.base import Policy
 from tierstore.tiers.base import Tier
@@ -163,17 +163,13 @@ def _name_set(datasets: object) -> frozenset[str] | None:
     of its one-letter datasets), a non-iterable or a name that is no str."""
     if datasets is None:
         return None
-    if isinstance(datasets, str) or not isinstance(datasets, Iterable):
-        raise InvalidArgument(
-            f"datasets must be a collection of dataset names or None, not {datasets!r:.40}"
-        )
-    names = tuple(datasets)
+    names = given_names(datasets, "datasets must be a collection of dataset names or None")
     for name in names:
         if not isinstance(name, str):  # an unhashable one was a raw TypeError
             raise InvalidArgument(
                 f"datasets must be a collection of dataset names (str), not one of {name!r:.40}"
             )
-    return frozenset(names)
+    return frozenset(cast(tuple[str, ...], names))
 
 
 def hot_tier_dir(data_dir: Path) -> Path:
@@ -989,12 +985,8 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         # A str is a sequence of its characters; None was a raw TypeError.
-        if isinstance(shards, str) or not isinstance(shards, Iterable):
-            raise InvalidArgument(f"shards must be a list of shard names, not {shards!r:.40}")
-        shards = list(shards)  # once: a generator was used up by the checks below
-        for shard in shards:
-            validate_shard_name(shard)
-        return self._placement.prefetch(dataset, shards)
+        names = given_names(shards, "shards must be a list of shard names")
+        return self._placement.prefetch(dataset, [validate_shard_name(n) for n in names])
 
     def dataset_usage(self, dataset: str) -> DatasetUsage:
         """Shards and bytes per tier, and hits and misses since start. Raises DatasetNotFound."""
