@@ -17,7 +17,6 @@ __all__ = [
     "ALL_DATASETS",
     "DEFAULT_POLICY_NAME",
     "MAX_TTL_S",
-    "TOKEN_PATTERN",
     "DatasetSettings",
     "Durability",
     "Grant",
@@ -52,12 +51,12 @@ MAX_TTL_S = 10 * 365.25 * 86_400
 
 #: A token as the node issues it: ``ts_``, its id (12 hex characters, what ``token ls``
 #: shows and ``token revoke`` takes) and its secret.
-TOKEN_PATTERN = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_TOKEN_PATTERN = re.compile(r"ts_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
 def token_id_of(token: str | None) -> str | None:
     """The id of ``token``, or None if it is not a token the node could have issued."""
-    match = TOKEN_PATTERN.fullmatch(token) if token else None
+    match = _TOKEN_PATTERN.fullmatch(token) if token else None
     return match.group(1) if match else None
 
 

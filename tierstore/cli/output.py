@@ -372,7 +372,8 @@ def interrupted_partway(
     """Report the first ``count`` of ``names`` as ``done`` before Ctrl-C stopped the
     command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
     :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
-    ``totals``, ``in_doubt``), even when none was done. Return the exit, 130."""
+    ``totals``, ``in_doubt``), even when none was done. Return the exit, 130 (143
+    after SIGTERM)."""
     cause = f" before {stopped_by()}"
     _report_partway(names, count, done, cause, in_doubt, already, totals or {})
     return interrupted(in_doubt, done, maybe)

@@ -37,7 +37,7 @@ from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticate
 from tierstore.naming import validate_dataset_name
 from tierstore.private_files import refuse_dangling_link, restrict_mode, write_private_file
 from tierstore.server.authz import Principal, check_principal_name
-from tierstore.types import ALL_DATASETS, MAX_TTL_S, TOKEN_PATTERN, Grant, Role
+from tierstore.types import ALL_DATASETS, MAX_TTL_S, Grant, Role, token_id_of
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -209,7 +209,7 @@ class TokenStore:
         """
         if not token_id:
             raise InvalidArgument("no token id given: the 12 hex characters after 'ts_'")
-        if TOKEN_PATTERN.fullmatch(token_id):
+        if token_id_of(token_id) is not None:
             # A whole token was given: never echo its secret part (errors reach logs).
             raise InvalidArgument(
                 "that is a whole token, not a token id: give only its id, the 12 hex "
@@ -296,10 +296,9 @@ class TokenStore:
         malformed, unknown, wrong, revoked or expired token; its ``reason`` says which.
         The secret is compared in constant time.
         """
-        match = TOKEN_PATTERN.fullmatch(token) if isinstance(token, str) else None
-        if match is None:
+        token_id = token_id_of(token) if isinstance(token, str) else None
+        if token_id is None:
             raise Unauthenticated(reason=AuthFailure.MALFORMED)
-        token_id = match.group(1)
         record = self._records.get(token_id)
         expected = _DUMMY_DIGEST if record is None else record.digest
         matches = hmac.compare_digest(_digest(token), expected)
