@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -230,3 +231,67 @@ def test_a_named_fifo_read_before_is_read_again_without_waiting_for_a_writer(
         reading.join(10)
         pytest.fail("a second read of a drained FIFO waited for a writer")
     assert read == [TOKEN]
+
+
+def test_a_pickled_client_carries_a_file_token_as_its_file_not_the_token(
+    tmp_path: Path,
+) -> None:
+    # A client made with token_file= (the node's admin.token, say), pickled with an
+    # application object (torch.save, a checkpoint), wrote the token itself into the
+    # pickle: the file's mode 0600 kept it from no one who could read the checkpoint.
+    path = token_file(tmp_path, TOKEN)
+    env = {"TIERSTORE_ADDRESS": "127.0.0.1:1"}
+    for made in (
+        lambda: connect(token_file=path, environ=env),
+        lambda: connect(environ={**env, "TIERSTORE_TOKEN_FILE": str(path)}),
+    ):
+        with made() as client:
+            pickled = pickle.dumps({"client": client})
+        assert TOKEN.encode() not in pickled
+        with pickle.loads(pickled)["client"] as loaded:  # read from its file again here
+            assert loaded._channel.settings.token == TOKEN
+    replaced = "ts_fedcba987654_" + "B" * 43
+    path.write_text(replaced)
+    assert pickle.loads(pickled)["client"]._channel.settings.token == replaced
+    path.unlink()
+    with pytest.raises(InvalidArgument, match=r"cannot read token file .*No such file"):
+        pickle.loads(pickled)
+
+
+def test_a_client_given_its_token_pickles_it_as_given(tmp_path: Path) -> None:
+    with connect("127.0.0.1:1", token=TOKEN) as client:
+        loaded = pickle.loads(pickle.dumps(client))
+    assert loaded._channel.settings.token == TOKEN
+
+
+def test_a_client_whose_token_came_from_a_pipe_is_pickled_only_for_a_process_started(
+    tmp_path: Path,
+) -> None:
+    # The pipe was chosen to keep the token out of every file: a pickle could put it in
+    # one, and cannot read the pipe again where it is loaded. A process being started
+    # (a spawned worker) is given it, as the torch datasets' workers are.
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as writer:
+        writer.write(TOKEN + "\n")
+    try:
+        client = connect("127.0.0.1:1", token_file=f"/proc/self/fd/{read_end}")
+        with pytest.raises(InvalidArgument, match="read from a pipe") as caught:
+            pickle.dumps(client)
+        assert TOKEN not in str(caught.value)
+        # A pool's initargs travel with each worker process as it is started.
+        spawning = multiprocessing.get_context("spawn")
+        with spawning.Pool(1, initializer=_keep, initargs=(client,)) as workers:
+            assert workers.apply(_kept_token) == TOKEN
+    finally:
+        os.close(read_end)
+
+
+_kept: list[object] = []
+
+
+def _keep(client: object) -> None:
+    _kept.append(client)
+
+
+def _kept_token() -> str | None:
+    return _kept[0]._channel.settings.token  # type: ignore[attr-defined, no-any-return]

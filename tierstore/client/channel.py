@@ -25,6 +25,7 @@ import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,6 +37,7 @@ from grpc._cython import cygrpc  # type: ignore[attr-defined]  # the fork suppor
 from tierstore.addresses import connect_address_problem
 from tierstore.client.forkgate import GATE
 from tierstore.client.forklocks import ForkSafeLock
+from tierstore.client.tokenfile import TokenFile, read_token_file
 from tierstore.errors import InvalidArgument
 from tierstore.loopback import is_loopback_address
 from tierstore.wire.limits import MAX_MESSAGE_BYTES
@@ -56,10 +58,13 @@ CLIENT_IDLE_MS = 240_000
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
-    """Where and how to connect. ``ca`` is a PEM file; ``insecure`` only for loopback."""
+    """Where and how to connect. ``ca`` is a PEM file; ``insecure`` only for loopback.
+    ``token_file``: where ``token`` was read from, if from a file: pickled in its place
+    (see :class:`~tierstore.client.tokenfile.TokenFile`)."""
 
     address: str
     token: str | None = field(default=None, repr=False)
+    token_file: TokenFile | None = None
     ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = field(default=None, repr=False)
@@ -84,6 +89,31 @@ class ChannelSettings:
                 "client_key=, TIERSTORE_CLIENT_CERT and TIERSTORE_CLIENT_KEY, or the CLI's "
                 "--client-cert and --client-key): one was given"
             )
+
+    def __reduce__(self) -> tuple[Callable[..., ChannelSettings], tuple[object, ...]]:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        source = self.token_file
+        if source is None or get_spawning_popen() is not None:
+            return (_settings_of, (values,))  # given in code, or for a process started
+        if source.pipe:
+            raise InvalidArgument(
+                f"a client whose token was read from a pipe ({source.path}) is pickled "
+                "only for a process being started: the pipe kept the token out of every "
+                "file, and cannot be read again where the pickle is loaded (pickle what "
+                "connect() needs instead, and call it there)"
+            )
+        return (_settings_reading_token, ({**values, "token": None},))
+
+
+def _settings_of(values: dict[str, object]) -> ChannelSettings:
+    return ChannelSettings(**values)  # type: ignore[arg-type]
+
+
+def _settings_reading_token(values: dict[str, object]) -> ChannelSettings:
+    """Unpickled settings whose token is read again from its file, where they are loaded."""
+    source = values["token_file"]
+    assert isinstance(source, TokenFile)
+    return ChannelSettings(**{**values, "token": read_token_file(source.path)})  # type: ignore[arg-type]
 
 
 def _check_token_characters(token: str) -> None:

@@ -16,7 +16,7 @@ from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
 from tierstore.client.deadlines import DEFAULT_TIMEOUT_S
 from tierstore.client.local import LocalReadOptions
-from tierstore.client.tokenfile import read_token_file
+from tierstore.client.tokenfile import TokenFile
 from tierstore.errors import InvalidArgument
 from tierstore.types import check_bool
 
@@ -88,11 +88,12 @@ def connect(
                 f"{name}= is empty: give a path, or leave it out (None) to use {variable}"
             )
     token_path = optional_path("token_file", token_file)
+    if token_path is None and not token and not env.get("TIERSTORE_TOKEN"):
+        token_path = optional_path("TIERSTORE_TOKEN_FILE", env.get("TIERSTORE_TOKEN_FILE"))
+    source: TokenFile | None = None
     if token_path is not None:
-        token = read_token_file(token_path)
+        token, source = TokenFile.read(token_path)
     token = token or env.get("TIERSTORE_TOKEN") or None
-    if token is None and env.get("TIERSTORE_TOKEN_FILE"):
-        token = read_token_file(env["TIERSTORE_TOKEN_FILE"])
     tls_variables = {
         "ca": (ca, "TIERSTORE_CA"),
         "client_cert": (client_cert, "TIERSTORE_CLIENT_CERT"),
@@ -107,6 +108,7 @@ def connect(
     settings = ChannelSettings(
         address=address,
         token=token,
+        token_file=source,
         ca=tls_files["ca"],
         client_cert=tls_files["client_cert"],
         client_key=tls_files["client_key"],

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from tierstore.errors import InvalidArgument
 
-__all__ = ["read_token_file"]
+__all__ = ["TokenFile", "read_token_file"]
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +32,31 @@ _MAX_TOKEN_FILE_BYTES = 64 * 1024
 #: The token each pipe held, by the path read and the pipe's (device, inode), for reads
 #: after it drained.
 _piped: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFile:
+    """Where a client's token was read from: the file's path, and whether it was a pipe.
+
+    A client pickles this in place of a token read from a file, so a pickle (a
+    checkpoint holding a client, say) carries no token the file's mode kept from its
+    readers; where it is loaded, the file is read again. A pipe cannot be read again,
+    and was chosen to keep the token out of every file: a client with a piped token is
+    pickled only for a process being started (a spawned worker), token and all.
+    """
+
+    path: Path
+    pipe: bool
+
+    @classmethod
+    def read(cls, path: str | Path) -> tuple[str, TokenFile]:
+        """The token in ``path`` (:func:`read_token_file`), and where it came from."""
+        token = read_token_file(path)
+        try:
+            pipe = stat.S_ISFIFO(os.stat(path).st_mode)
+        except OSError:
+            pipe = True  # gone since: never read again, as a pipe is not
+        return token, cls(Path(path), pipe)
 
 
 def read_token_file(path: str | Path) -> str:
