@@ -441,6 +441,37 @@ def test_put_past_the_datasets_hot_quota(server: ServerProcess, admin: Client) -
     still_serving(server, admin)
 
 
+def test_a_pipe_bigger_than_its_quota_is_refused_as_it_is_sent(
+    server: ServerProcess, admin: Client
+) -> None:
+    # A pipe or device was read whole before a byte was sent: /dev/zero into a 10 MiB
+    # quota took the client to 10 GB and MemoryError, and the server never got to
+    # refuse it. Sent as it comes, the quota stops it after about the quota's bytes.
+    capped = unique()
+    admin.create_dataset(capped, encrypted=False, hot_quota_bytes=1 * MiB)
+    offered = 64 * MiB
+    written = 0
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        nonlocal written
+        with contextlib.suppress(BrokenPipeError), os.fdopen(write_end, "wb") as writer:
+            for _ in range(offered // MiB):
+                writer.write(b"\0" * MiB)
+                written += MiB
+
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(write)
+        with os.fdopen(read_end, "rb") as reader, pytest.raises(errors.QuotaExceeded):
+            admin.put(capped, "endless", reader)
+        writing.result(timeout=30)  # the reader's end closed: the writer stops
+    assert written < offered / 2, written
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(capped, "endless")
+    admin.delete_dataset(capped, force=True)
+    still_serving(server, admin)
+
+
 def test_a_put_bigger_than_its_quota_is_refused_before_it_is_all_sent(
     raw: Raw, server: ServerProcess, admin: Client
 ) -> None:

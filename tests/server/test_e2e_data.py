@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,34 @@ def test_a_file_object_is_stored_from_where_it_stands(
         named.seek(3)
         admin.put(any_dataset, "named", named)
     assert admin.get(any_dataset, "named").to_pybytes() == data[3:]
+
+
+def test_a_pipe_is_stored_as_it_comes(admin: Client, any_dataset: str, tmp_path: Path) -> None:
+    # A pipe (or a device, or a compressed file's reader) was read whole into memory
+    # before a byte was sent: a 300 MB FIFO took the client up by 328 MiB.
+    data = os.urandom(9 * MiB + 5)
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as writer:
+            for start in range(0, len(data), 1_000_003):  # writes that split the frames
+                writer.write(data[start : start + 1_000_003])
+
+    with ThreadPoolExecutor(1) as pool, os.fdopen(read_end, "rb") as reader:
+        writing = pool.submit(write)
+        info = admin.put(any_dataset, "piped", reader)
+        writing.result(timeout=30)
+    assert info.size == len(data)
+    assert admin.get(any_dataset, "piped").to_pybytes() == data
+    assert (
+        admin.get(any_dataset, "piped", offset=4 * MiB + 1, length=5).to_pybytes()
+        == (data[4 * MiB + 1 : 4 * MiB + 6])
+    )
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as empty:
+        assert admin.put(any_dataset, "piped-empty", empty).size == 0
+    assert admin.get(any_dataset, "piped-empty").size == 0
 
 
 def test_a_file_object_that_cannot_be_read_is_invalid_argument(

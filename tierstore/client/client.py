@@ -59,7 +59,7 @@ from tierstore.client.failures import closed_channel_is_unavailable, raise_mappe
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
-from tierstore.client.putvalue import FileFrames, OnePassFrames, ReadableValue
+from tierstore.client.putvalue import FileFrames, OnePassFrames, ReadableValue, StreamFrames
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.errors import InvalidArgument, InvalidRange, RangePastEnd, WrongShardKind
 from tierstore.framing import frame_value, frames_streamed
@@ -102,7 +102,9 @@ class Client(AdminCalls, PlacementCalls):
         ``data``: bytes or any buffer (an mmap whole), a file path (``str``/``Path``,
         read a frame at a time as it is sent; one that shrinks meanwhile is
         InvalidArgument and stores nothing) or binary file object (from its position to
-        its end; one that cannot be read is InvalidArgument), a
+        its end, a frame at a time as it is sent, a pipe's as it comes; one that cannot
+        be read is InvalidArgument; a pipe's put is made again only if it failed before
+        its first frame was sent), a
         numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor; or a pyarrow RecordBatchReader (or a list,
         tuple or iterator of RecordBatches of one schema), read and sent a frame at a
@@ -119,6 +121,8 @@ class Client(AdminCalls, PlacementCalls):
             streamed = frames_streamed(value, self.frame_bytes)
             if isinstance(value, FileFrames):
                 kind, frames, count = ShardKind.RAW, value, len(value)
+            elif isinstance(value, StreamFrames):  # not counted: the header says so
+                kind, frames, count = ShardKind.RAW, OnePassFrames(value), 0
             elif streamed is not None:
                 # Not counted before they are sent: the header announces none (0).
                 kind, frames, count = ShardKind.ARROW, OnePassFrames(streamed), 0
@@ -134,6 +138,7 @@ class Client(AdminCalls, PlacementCalls):
                         shard=shard,
                         kind=shard_kind_to_pb(kind),
                         frame_count=count,
+                        uncounted=isinstance(value, StreamFrames),
                     )
                 )
                 try:

@@ -1,6 +1,7 @@
 """What a put reads: a file path or a regular file's frames read one at a time as
-they are sent (memory does not grow with the file), another readable's bytes, or the
-value itself; and frames that can be sent once only (a record-batch reader's)."""
+they are sent (memory does not grow with the file), another readable's frames read as
+they come (a pipe's, a device's, a compressed file's), or the value itself; and frames
+that can be sent once only (a record-batch reader's, a pipe's)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import IO, Any
 
 from tierstore.errors import InvalidArgument, Unavailable
 
-__all__ = ["FileFrames", "OnePassFrames", "ReadableValue"]
+__all__ = ["FileFrames", "OnePassFrames", "ReadableValue", "StreamFrames"]
 
 
 class FileFrames:
@@ -55,12 +56,63 @@ class FileFrames:
         self._file.seek(self._end)
 
 
+class StreamFrames:
+    """A readable's bytes from its position to its end, as raw frames read as they are
+    sent (a pipe's, a device's, a compressed file's: memory does not grow with them),
+    not counted first: every frame but the last is full. Readable once; the first frame
+    is read here, so a file that cannot be read at all is InvalidArgument before the
+    put begins. A read that fails later is InvalidArgument too (the put is then
+    cancelled and stores nothing)."""
+
+    def __init__(self, file: Any, frame_bytes: int) -> None:
+        self._file = file
+        self._frame_bytes = frame_bytes
+        self._first: bytes | None = self._frame()
+
+    def __iter__(self) -> Iterator[bytes]:
+        frame, self._first = self._first, None
+        while frame:
+            yield frame
+            if len(frame) < self._frame_bytes:
+                return  # the end came before the frame was full
+            frame = self._frame()
+
+    def _frame(self) -> bytes:
+        """The next ``frame_bytes`` bytes, fewer only at the end (a pipe reads what its
+        writer wrote so far)."""
+        parts: list[bytes] = []
+        wanted = self._frame_bytes
+        while wanted:
+            part = _read(self._file, wanted)
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+
+def _read(file: Any, size: int) -> bytes:
+    """``file.read(size)``, or InvalidArgument saying why it cannot be read (a file
+    closed, or opened for writing only, raised a bare ValueError or
+    io.UnsupportedOperation; a non-blocking one with nothing to read gave None)."""
+    name = getattr(file, "name", None) or "the file object"
+    try:
+        part = file.read(size)
+    except (OSError, ValueError) as exc:  # UnsupportedOperation is both
+        raise InvalidArgument(f"cannot read {name}: {exc}") from exc
+    if part is None:
+        raise InvalidArgument(f"cannot read {name}: it is non-blocking and had nothing to read")
+    if not isinstance(part, bytes | bytearray | memoryview):
+        raise InvalidArgument(f"cannot read {name}: it read {type(part).__name__}, not bytes")
+    return bytes(part)
+
+
 class OnePassFrames:
     """Frames made as they are sent, which cannot be made again (a record-batch
     reader's: its batches are read once). A put's attempt that failed before any frame
     left the client may be made again; one that took a frame may not."""
 
-    def __init__(self, frames: Iterable[memoryview]) -> None:
+    def __init__(self, frames: Iterable[bytes | memoryview]) -> None:
         self._frames = iter(frames)
         self._taken = False
 
@@ -74,20 +126,10 @@ class OnePassFrames:
                 "with a new reader"
             )
 
-    def __iter__(self) -> Iterator[memoryview]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for frame in self._frames:
             self._taken = True
             yield frame
-
-
-def _read_all(file: Any) -> Any:
-    """``file.read()``, or InvalidArgument saying why it cannot be read (a file closed,
-    or opened for writing only, raised a bare ValueError or io.UnsupportedOperation)."""
-    try:
-        return file.read()
-    except (OSError, ValueError) as exc:  # UnsupportedOperation is both
-        name = getattr(file, "name", None)
-        raise InvalidArgument(f"cannot read {name or 'the file object'}: {exc}") from exc
 
 
 def _other_buffer(data: Any) -> Any:
@@ -116,7 +158,7 @@ def _is_plain_file(data: object) -> bool:
 
 class ReadableValue:
     """Context manager: a file path or file object as :class:`FileFrames` (a regular
-    file) or its bytes (anything else readable), or ``data`` itself."""
+    file) or :class:`StreamFrames` (anything else readable), or ``data`` itself."""
 
     def __init__(self, data: Any, frame_bytes: int) -> None:
         self._data = data
@@ -153,13 +195,13 @@ class ReadableValue:
         if not _is_plain_file(data):
             # Its bytes need not be its descriptor's: a gzip file's are decompressed,
             # and its tell() counts them (read from the descriptor, it stored nothing).
-            return _read_all(data)
+            return StreamFrames(data, self._frame_bytes)
         try:
             status = os.fstat(data.fileno())
         except (OSError, AttributeError, ValueError):
-            return _read_all(data)
+            return StreamFrames(data, self._frame_bytes)
         if not stat.S_ISREG(status.st_mode) or not data.readable():
-            return _read_all(data)  # a pipe or a device: its bytes as they come
+            return StreamFrames(data, self._frame_bytes)  # a pipe or a device: as they come
         # From where the file stands, as read() would (a header skipped, say).
         return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
 

@@ -190,8 +190,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
 
         Raises InvalidArgument for a stream that is not frames and then the end, with as
         many frames as the header announced (an Arrow or tensor put announcing 0 was
-        not counted first, streamed from a record-batch reader: up to the server's frame
-        limit, as the end message says): one that stops without its end message was
+        not counted first, streamed from a record-batch reader, and so was one marked
+        ``uncounted``, a raw shard read from a pipe: up to the server's frame limit, as
+        the end message says): one that stops without its end message was
         cancelled by its client or failed part way, even with every frame received
         (gRPC may end a cancelled stream as if the client had closed it). Raises
         OversizeFrame, and what ``Store.check_put_size`` raises for a put that could
@@ -201,7 +202,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         limit = self._store.settings.max_frame_bytes
         largest = self._store.largest_put(header.dataset)
         # An Arrow or tensor shard has at least its schema frame: 0 is "not announced".
-        announced = bool(header.frame_count) or header.kind == common_pb2.SHARD_KIND_RAW
+        announced = not header.uncounted and (
+            bool(header.frame_count) or header.kind == common_pb2.SHARD_KIND_RAW
+        )
         most = header.frame_count if announced else self._max_frames
         received = 0
         ended = False

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PutShardHeader(_message.Message):
-    __slots__ = ("dataset", "shard", "kind", "frame_count")
+    __slots__ = ("dataset", "shard", "kind", "frame_count", "uncounted")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNCOUNTED_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shard: str
     kind: _common_pb2.ShardKind
     frame_count: int
-    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ShardKind, str]] = ..., frame_count: _Optional[int] = ...) -> None: ...
+    uncounted: bool
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ShardKind, str]] = ..., frame_count: _Optional[int] = ..., uncounted: _Optional[bool] = ...) -> None: ...
 
 class PutShardEnd(_message.Message):
     __slots__ = ()
