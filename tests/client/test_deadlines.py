@@ -16,6 +16,7 @@ import pytest
 from tierstore import errors
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
+from tierstore.client.connect import connect
 from tierstore.client.local import LocalReadOptions
 from tierstore.types import Grant, Role
 
@@ -73,21 +74,31 @@ CALLS: dict[str, Callable[[Client], object]] = {
 }
 
 
-@pytest.mark.parametrize("local_reads", [True, False], ids=["local-reads", "grpc-only"])
-def test_every_call_ends_against_a_server_that_never_answers(
-    local_reads: bool, tmp_path: Path
-) -> None:
-    calls = CALLS | {"download": lambda c: c.download("d", "s", tmp_path / "shard")}
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """The port of a server on 127.0.0.1 that takes every call and never answers."""
     release = threading.Event()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4 * len(calls)),
+        futures.ThreadPoolExecutor(max_workers=4 * (len(CALLS) + 1)),
         handlers=[_Silent(release)],
         options=[("grpc.so_reuseport", 0)],
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    try:
+        yield port
+    finally:
+        release.set()
+        server.stop(0)
+
+
+@pytest.mark.parametrize("local_reads", [True, False], ids=["local-reads", "grpc-only"])
+def test_every_call_ends_against_a_server_that_never_answers(
+    local_reads: bool, tmp_path: Path, silent_port: int
+) -> None:
+    calls = CALLS | {"download": lambda c: c.download("d", "s", tmp_path / "shard")}
     client = Client(
-        ChannelSettings(f"127.0.0.1:{port}", insecure=True),
+        ChannelSettings(f"127.0.0.1:{silent_port}", insecure=True),
         timeout_s=DEADLINE_S,
         stream_timeout_s=DEADLINE_S,
         local=LocalReadOptions(enabled=local_reads),
@@ -103,7 +114,21 @@ def test_every_call_ends_against_a_server_that_never_answers(
             assert isinstance(failure, errors.TierstoreError), (name, failure)
         assert time.monotonic() - started < ALL_DONE_S
     finally:
-        release.set()
         pool.shutdown(wait=False, cancel_futures=True)
         client.close()
-        server.stop(0)
+
+
+def test_connect_sets_the_deadline_of_transfers_too(silent_port: int) -> None:
+    # connect() took timeout_s (unary calls) only: a transfer from a node that stopped
+    # answering waited out the default hour, with no way to ask for less but to set
+    # the attribute after. The CLI's --timeout sets both.
+    with pytest.raises(errors.InvalidArgument, match="stream_timeout_s"):
+        connect("127.0.0.1:1", insecure=True, stream_timeout_s=0)
+    with connect(
+        f"127.0.0.1:{silent_port}", insecure=True, local_reads=False, stream_timeout_s=DEADLINE_S
+    ) as client:
+        assert client.stream_timeout_s == DEADLINE_S
+        started = time.monotonic()
+        with pytest.raises(errors.Unavailable):
+            client.get("d", "s")
+        assert time.monotonic() - started < ALL_DONE_S

@@ -14,7 +14,7 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
-from tierstore.client.deadlines import DEFAULT_TIMEOUT_S
+from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.client.local import LocalReadOptions
 from tierstore.client.tokenfile import TokenFile
 from tierstore.errors import InvalidArgument
@@ -33,6 +33,7 @@ def connect(
     client_key: str | Path | None = None,
     insecure: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    stream_timeout_s: float = DEFAULT_STREAM_TIMEOUT_S,
     environ: dict[str, str] | None = None,
     local_reads: bool | None = None,
 ) -> Client:
@@ -48,8 +49,12 @@ def connect(
     PEM files for mutual TLS. ``insecure`` (or ``TIERSTORE_INSECURE=1``): plaintext,
     allowed only to loopback addresses. ``local_reads``: read hot shards in place when
     the server is on this host (docs/local-reads.md); unset, on unless
-    ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. Nothing connects until
-    the first call. Raises InvalidArgument for a bad address or
+    ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. ``timeout_s`` (default
+    30): each attempt's deadline for a call that moves no shard (stat, list, the admin
+    calls); ``stream_timeout_s`` (default 3600): a transfer's (get, put, download, the
+    table and tensor reads) — the longest a node that stopped answering can hold one.
+    Both are positive seconds, and may be set on the client later too. Nothing
+    connects until the first call. Raises InvalidArgument for a bad address or
     ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
     ``token_file``, an empty ``token``, ``token_file`` or TLS file name (an unset
     variable in a script: never the environment's instead), an unreadable token
@@ -117,4 +122,9 @@ def connect(
     for name, path in tls_files.items():
         if path is not None and not insecure:  # plaintext reads none of them
             readable_tls_file(name, tls_variables[name][1], path)
-    return Client(settings, timeout_s=timeout_s, local=LocalReadOptions(enabled=local_reads))
+    return Client(
+        settings,
+        timeout_s=timeout_s,
+        stream_timeout_s=stream_timeout_s,
+        local=LocalReadOptions(enabled=local_reads),
+    )
