@@ -1113,7 +1113,7 @@ class Store:
     ) -> tuple[builtins.list[SizingPoint], int]:
         """The LRU miss ratio the traced reads (of ``datasets``: any iterable of dataset
         names, a generator too, but not one str; None: all) would have had at 1/8 to 4
-        times the hot tier's capacity, and how many reads that is. Raises
+        times the hot tier's capacity, and how many reads that is (none: no points). Raises
         InvalidArgument for a ``datasets`` that is no iterable of str."""
         self._check_open()
         return self._trace.sizing_curve(self.settings.hot_capacity_bytes, _name_set(datasets))

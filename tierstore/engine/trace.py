@@ -227,8 +227,8 @@ class TraceRing:
     ) -> tuple[list[SizingPoint], int]:
         """The LRU miss ratio the traced reads (of ``datasets``, default all) would have
         had with hot tiers of :data:`SIZING_FACTORS` times ``capacity_bytes``, and how many
-        reads that is. Keys are sampled (SHARDS) above 50,000 reads. A dataset's reads
-        before its :meth:`retire_dataset` do not count.
+        reads that is (none: no points). Keys are sampled (SHARDS) above 50,000 reads. A
+        dataset's reads before its :meth:`retire_dataset` do not count.
 
         A full ring takes seconds of CPU (under the GIL), and any reader may ask: one
         curve is made at a time, and one made in the last :data:`SIZING_REUSE_S` seconds
@@ -265,6 +265,8 @@ class TraceRing:
                     name[0], 0
                 ):
                     accesses.append((name, snapshot.sizes[slot]))
+        if not accesses:
+            return [], 0  # no reads, no curve: not a miss ratio of 1 at every size
         capacities = [int(capacity_bytes * factor) for factor in SIZING_FACTORS]
         rate = min(1.0, max(_MIN_SAMPLE_RATE, _SIZING_SAMPLES / max(1, len(accesses))))
         ratios = miss_ratio_curve(accesses, capacities, sample_rate=rate)
