@@ -655,6 +655,38 @@ def test_a_promotion_evicts_only_its_own_size(open_store: StoreFactory) -> None:
     assert store.promoter.promotions == 1 and store.promoter.promotions_skipped == 0
 
 
+@pytest.mark.parametrize(("busy_reads", "giver"), [(2, "busy"), (12, "idle")])
+def test_a_promotion_takes_its_room_from_a_dataset_no_longer_read_first(
+    open_store: StoreFactory, busy_reads: int, giver: str
+) -> None:
+    # A promotion's room came from the dataset holding the most hot bytes, whatever
+    # was read: a dataset read once and never again kept half the tier for good, while
+    # the one being read evicted its own shards to promote others (hit ratio 0.47
+    # where the whole tier gave 0.71). One none of whose shards was read in the last
+    # tier's worth of reads (as many reads as shards are hot) gives first.
+    store = open_store(
+        datasets={"idle": DatasetSettings(policy="lru"), "busy": DatasetSettings(policy="lru")},
+        start_mover=False,
+        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
+    )
+    fill(store, "idle", [f"i{n}" for n in range(4)])
+    fill(store, "busy", [f"b{n}" for n in range(6)])
+    store.evict("busy", "b5")
+    fill(store, "busy", ["b6"])
+    assert catalog_hot_bytes(store) == (10 * STORED, 10 * STORED)  # at the high watermark
+    for n in range(4):
+        store.get("idle", f"i{n}")
+    read = ["b0", "b1", "b2", "b3", "b4", "b6"]
+    for n in range(busy_reads):
+        store.get("busy", read[n % len(read)])
+    assert store.promoter.promote_now(record_of(store, "busy", "b5"), None)
+    kept = {"idle": 4, "busy": 6}
+    kept[giver] -= 1  # its least recently read shard went
+    assert len(hot(store, "idle")) == kept["idle"]
+    assert len(hot(store, "busy")) == kept["busy"] + 1  # and b5 came in
+    assert ("i0" in hot(store, "idle")) == (giver == "busy")
+
+
 def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     open_store: StoreFactory,
 ) -> None:

@@ -23,7 +23,12 @@ back).
 among the datasets in proportion to the bytes each holds hot (rounded up): a
 dataset holding 60 % of the hot bytes frees 60 % of them, chosen by its own
 policy. Whatever a dataset cannot free (everything else of it is pinned or not
-archived yet) is asked of the others, largest first.
+archived yet) is asked of the others, largest first. A promotion's room (one
+shard's) is asked of one dataset at a time: first of those no longer read (none of
+their shards read in the last tier's worth of reads), least recently read first,
+then of the others, largest first. Largest first alone kept a dataset read once and
+never again holding half the tier for good, while the one being read evicted its own
+shards to promote others.
 
 Thread safety and lock order: every policy call runs under the driver's one lock
 (policies are not thread-safe). Calls that change the hot set are made *inside*
@@ -82,6 +87,10 @@ class PolicyDriver:
         #: clock runs on the monotonic one (see :meth:`_tick`).
         self._epoch = time.time() - time.monotonic()
         self._rotation = 0
+        #: reads told so far, and per dataset the count at its last read: which
+        #: datasets are idle (see :meth:`_promotion_order`).
+        self._reads = 0
+        self._last_read: dict[str, int] = {}
         #: per thread: the changes recorded by each open :meth:`undone_on_failure`.
         self._undo = threading.local()
 
@@ -120,6 +129,7 @@ class PolicyDriver:
             for key in [k for k in self._sizes if _dataset_of(k) == dataset]:
                 del self._sizes[key]  # drift only: removing its shards cleared the rest
             self._hot_bytes.pop(dataset, None)
+            self._last_read.pop(dataset, None)
             return self._policies.pop(dataset, None)
 
     def restore_dataset(self, dataset: str, policy: Policy | None) -> None:
@@ -190,9 +200,12 @@ class PolicyDriver:
         with self._lock:
             # Never made here: a policy made for a dataset its deletion forgot would be
             # kept for good (see _policy).
-            policy = self._policies.get(_dataset_of(key))
+            dataset = _dataset_of(key)
+            policy = self._policies.get(dataset)
             if policy is None:
                 return hit
+            self._reads += 1
+            self._last_read[dataset] = self._reads
             now = self._tick()
             policy.record_access(key, size, now, hit)
             return hit or policy.admit(key, size, now, free_bytes)
@@ -229,9 +242,10 @@ class PolicyDriver:
     ) -> list[Key]:
         """Hot keys to evict, freeing at least ``bytes_to_free`` if enough are evictable,
         split across datasets by their hot bytes (see the module docstring); without
-        ``spread``, taken from the datasets holding the most hot bytes first, each asked
-        only for what is still needed (a promotion's room: a share of at least one byte
-        each would cost every dataset a whole shard). The keys stay hot for the policies
+        ``spread``, taken from the idle datasets first, then from those holding the
+        most hot bytes (:meth:`_promotion_order`), each asked only for what is still
+        needed (a promotion's room: a share of at least one byte each would cost every
+        dataset a whole shard). The keys stay hot for the policies
         until :meth:`removed` is called for each."""
         if bytes_to_free <= 0:
             return []
@@ -261,12 +275,33 @@ class PolicyDriver:
                 share = math.ceil(bytes_to_free * hot / total)
                 if hot > 0 and dataset in self._policies:
                     freed += take(self._policies[dataset], share)
-            for dataset, hot in largest_first:
+            for dataset, hot in largest_first if spread else self._promotion_order():
                 if freed >= bytes_to_free:
                     break
                 if hot > 0 and dataset in self._policies:
                     freed += take(self._policies[dataset], bytes_to_free - freed)
             return chosen
+
+    def _promotion_order(self) -> list[tuple[str, int]]:
+        """Under the lock: the datasets (and hot bytes) a promotion's room is asked of,
+        in turn. First the idle ones, least recently read first: none of their shards
+        was read in the last tier's worth of reads (as many as shards are hot), so
+        they give way to the datasets being read, as one LRU over the whole tier would
+        have them do. Then the others, the most hot bytes first. (A dataset not read
+        since the start is idle once that many reads were made.)"""
+        window = max(1, len(self._sizes))
+
+        def idle_since(dataset: str) -> int | None:
+            last = self._last_read.get(dataset, 0)
+            return last if self._reads - last >= window else None
+
+        idle: list[tuple[int, str, int]] = []
+        active: list[tuple[int, str, int]] = []
+        for dataset, hot in sorted(self._hot_bytes.items(), key=lambda item: -item[1]):
+            since = idle_since(dataset)
+            (active if since is None else idle).append((since or 0, dataset, hot))
+        idle.sort(key=lambda item: item[0])  # stable: the most hot bytes first on a tie
+        return [(dataset, hot) for _, dataset, hot in idle + active]
 
     # Prefetch.
 
