@@ -125,6 +125,16 @@ def test_a_token_no_header_can_carry_is_refused_without_showing_it(
     ChannelSettings("127.0.0.1:1", token="ts_0123456789ab_A-z_09")  # what tokens look like
 
 
+def test_a_token_too_long_for_a_header_is_refused_by_its_length() -> None:
+    # A 20 KB word passed, and every call failed "received metadata size exceeds hard
+    # limit" (ResourceExhausted), which named no token.
+    long = "x" * 20_000
+    with pytest.raises(InvalidArgument, match="token is 20000 characters") as refused:
+        ChannelSettings("127.0.0.1:1", token=long)
+    assert long not in str(refused.value)
+    ChannelSettings("127.0.0.1:1", token="x" * 1024)
+
+
 def test_a_channel_whose_server_went_away_tries_to_reconnect_every_second_or_so() -> None:
     # gRPC's own back-off spaces the attempts 1, 1.6, 2.6, 4.1 s ... apart (up to two
     # minutes), so a client kept failing for seconds after its restarted node was back.

@@ -116,9 +116,22 @@ def _settings_reading_token(values: dict[str, object]) -> ChannelSettings:
     return ChannelSettings(**{**values, "token": read_token_file(source.path)})  # type: ignore[arg-type]
 
 
+#: The longest token a client sends: a node's are about 60 characters, and gRPC
+#: refuses every call whose headers pass 8 KiB or so ("received metadata size exceeds
+#: hard limit", which named no token).
+MAX_TOKEN_CHARACTERS = 1024
+
+
 def _check_token_characters(token: str) -> None:
     """Refuse a token no header can carry (gRPC would fail every call with a bare
-    "Invalid metadata"), naming where the bad character is and never the token."""
+    "Invalid metadata"), naming where the bad character is and never the token, or
+    one far longer than a token is."""
+    if len(token) > MAX_TOKEN_CHARACTERS:
+        raise InvalidArgument(
+            f"the token is {len(token)} characters: a token is one word of about 60, "
+            f"ts_<id>_<secret>, and none over {MAX_TOKEN_CHARACTERS} is sent (was the "
+            "wrong file or variable given?)"
+        )
     for index, character in enumerate(token):
         if not (character.isascii() and character.isprintable()) or character.isspace():
             raise InvalidArgument(
