@@ -127,6 +127,15 @@ def test_a_bad_reader_stores_nothing(
     assert [info.name for info in admin.list(any_dataset)] == ["kept"]
 
 
+def test_the_error_of_a_failing_batch_iterator_is_chained(admin: Client, any_dataset: str) -> None:
+    # Its MalformedArrow kept the message but lost the cause, and its traceback with it:
+    # where in the caller's own generator it failed.
+    with pytest.raises(errors.MalformedArrow, match="went away") as caught:
+        admin.put(any_dataset, "chained", failing())
+    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.__cause__.__traceback__ is not None
+
+
 def test_a_put_stream_whose_header_counts_no_arrow_frames_ends_at_its_end(
     server: ServerProcess, dataset: str
 ) -> None:

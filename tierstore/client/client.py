@@ -168,7 +168,9 @@ class Client(AdminCalls, PlacementCalls):
                         return answer
                     except grpc.RpcError:
                         if failed:
-                            raise failed[0] from None
+                            # Not the RpcError it caused, but its own cause: where
+                            # the caller's reader or file failed.
+                            raise failed[0] from failed[0].__cause__
                         raise
 
             with self._no_token_named():
