@@ -498,6 +498,20 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
         assert "-o is empty" in one_line_error(empty)  # it said " is a directory"
 
 
+def test_put_cuts_frames_as_the_frame_bytes_option_says(
+    env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
+) -> None:
+    # A node whose hot tier is under 4 MiB takes smaller frames: the CLI cut 4 MiB ones
+    # whatever it was told, so every put to such a node was OversizeFrame.
+    path = tmp_path / "three"
+    path.write_bytes(os.urandom(3 * MiB))
+    ok(env, "put", dataset, str(path), "--frame-bytes", str(MiB))
+    assert admin.stat(dataset, "three").frame_sizes == (MiB, MiB, MiB)
+    refused = run(env, "put", dataset, str(path), "--frame-bytes", "0")
+    assert refused.returncode == 2
+    assert "frame_bytes" in one_line_error(refused)
+
+
 def test_put_kind_arrow_stores_arrow_files_as_tables(
     env: dict[str, str], dataset: str, admin: Client, tmp_path: Path
 ) -> None:

@@ -47,6 +47,14 @@ def put(
             "file or stream, stored as an Arrow shard (what the DataLoader plugin reads)"
         ),
     ] = "raw",
+    frame_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--frame-bytes",
+            help="the most bytes of one frame sent (4 MiB unless given): at most the "
+            "node's max_frame_bytes, which is smaller on a node whose hot tier is",
+        ),
+    ] = None,
 ) -> None:
     """Upload files (directories recursively) as shards named by their relative paths, in
     order. In a directory, links to files are followed; a link to a directory or to
@@ -58,6 +66,11 @@ def put(
     if kind not in ("raw", "arrow"):
         raise fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))
     client = command_client()
+    if frame_bytes is not None:
+        try:
+            client.frame_bytes = frame_bytes
+        except errors.InvalidArgument as exc:
+            raise fail(exc, f"--frame-bytes: {exc}") from None
     files: list[tuple[Path, str]] = []
     for given in paths:
         if not given:  # "$DIR" of an unset variable: not the working directory (".")

@@ -14,6 +14,7 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.channel import ChannelSettings
 from tierstore.client.client import Client
+from tierstore.client.core import DEFAULT_FRAME_BYTES
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
 from tierstore.client.local import LocalReadOptions
 from tierstore.client.tokenfile import TokenFile
@@ -34,6 +35,7 @@ def connect(
     insecure: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     stream_timeout_s: float = DEFAULT_STREAM_TIMEOUT_S,
+    frame_bytes: int = DEFAULT_FRAME_BYTES,
     environ: dict[str, str] | None = None,
     local_reads: bool | None = None,
 ) -> Client:
@@ -53,7 +55,9 @@ def connect(
     30): each attempt's deadline for a call that moves no shard (stat, list, the admin
     calls); ``stream_timeout_s`` (default 3600): a transfer's (get, put, download, the
     table and tensor reads) — the longest a node that stopped answering can hold one.
-    Both are positive seconds, and may be set on the client later too. Nothing
+    Both are positive seconds, and may be set on the client later too, as may
+    ``frame_bytes``: the most bytes of one frame a put sends (4 MiB; at most the
+    node's ``max_frame_bytes``, smaller on a node whose hot tier is). Nothing
     connects until the first call. Raises InvalidArgument for a bad address or
     ``TIERSTORE_LOCAL_READS`` or ``TIERSTORE_INSECURE`` value, both ``token`` and
     ``token_file``, an empty ``token``, ``token_file`` or TLS file name (an unset
@@ -126,5 +130,6 @@ def connect(
         settings,
         timeout_s=timeout_s,
         stream_timeout_s=stream_timeout_s,
+        frame_bytes=frame_bytes,
         local=LocalReadOptions(enabled=local_reads),
     )

@@ -221,7 +221,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 raise OversizeFrame(
                     f"frame {spool.count} is {len(frame)} bytes; this node's limit "
                     f"(max_frame_bytes) is {limit}: cut frames no larger (the Python "
-                    "client's frame_bytes, 4 MiB unless set)"
+                    "client's frame_bytes, 4 MiB unless set; the CLI's put --frame-bytes)"
                 )
             if spool.count == most:
                 raise InvalidArgument(
