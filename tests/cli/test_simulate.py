@@ -173,13 +173,13 @@ def test_a_trace_with_reads_local_readers_reported_gets_a_note(tmp_path: Path) -
 
 
 def test_the_note_on_reported_reads_follows_the_figures_it_speaks_of(tmp_path: Path) -> None:
-    # It says "the figures above", and came before them.
+    # It says "the hit ratios above", and came before them.
     path = tmp_path / "reported.jsonl"
     with path.open("w") as stream:
         TraceWriter(stream).read(0.0, "d", "s", 10, reported=True)
     result = invoke("--trace", str(path), "--policy", "lru", "--capacity", "1")
     assert result.exit_code == 0, result.output
-    assert "the figures above" in result.output
+    assert "the hit ratios above" in result.output
     assert result.output.index("belady") < result.output.index("note: ")
 
 

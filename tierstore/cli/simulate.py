@@ -147,8 +147,10 @@ def reported_reads_note(trace: Trace) -> str:
     return (
         f"{reported:,} of the trace's {len(reads):,} reads were reported by local readers "
         "in batches: traced at most 3 of a shard a batch, one after the other, so their "
-        "order and frequency are not the readers' and the figures above lean towards "
-        "recency (docs/local-reads.md)"
+        "order and frequency are not the readers'. The reads past 3 are missing, and were "
+        "hits: the hit ratios above can be far below the node's (half of it, in one run "
+        "of Zipf reads served mostly in place), and lean towards recency; compare the "
+        "node's own hit ratio (tierstore stats) (docs/local-reads.md)"
     )
 
 
