@@ -687,6 +687,29 @@ def test_a_promotion_takes_its_room_from_a_dataset_no_longer_read_first(
     assert ("i0" in hot(store, "idle")) == (giver == "busy")
 
 
+def test_shards_prefetched_ahead_of_their_readers_do_not_make_room_for_each_other(
+    open_store: StoreFactory,
+) -> None:
+    # A dataset not read yet is idle, but one whose shards are going hot is in use:
+    # each prefetched shard evicted the one prefetched before it.
+    store = open_store(
+        datasets={"ahead": DatasetSettings(policy="lru"), "busy": DatasetSettings(policy="lru")},
+        start_mover=False,
+        hot_capacity_bytes=int(10 * STORED / 0.9) + 64,  # 10 shards below the high watermark
+    )
+    ahead = ["a0", "a1", "a2"]
+    fill(store, "ahead", ahead)
+    for name in ahead:
+        store.evict("ahead", name)
+    fill(store, "busy", [f"b{n}" for n in range(10)])
+    for n in range(20):
+        store.get("busy", f"b{n % 10}")
+    for name in ahead:
+        assert store.promoter.promote_now(record_of(store, "ahead", name), None)
+    assert hot(store, "ahead") == set(ahead)
+    assert len(hot(store, "busy")) == 7
+
+
 def test_a_promotion_with_no_room_below_the_high_watermark_is_skipped(
     open_store: StoreFactory,
 ) -> None:

@@ -24,8 +24,9 @@ among the datasets in proportion to the bytes each holds hot (rounded up): a
 dataset holding 60 % of the hot bytes frees 60 % of them, chosen by its own
 policy. Whatever a dataset cannot free (everything else of it is pinned or not
 archived yet) is asked of the others, largest first. A promotion's room (one
-shard's) is asked of one dataset at a time: first of those no longer read (none of
-their shards read in the last tier's worth of reads), least recently read first,
+shard's) is asked of one dataset at a time: first of those no longer in use (none
+of their shards read or gone hot in the last tier's worth of reads), least recently
+used first,
 then of the others, largest first. Largest first alone kept a dataset read once and
 never again holding half the tier for good, while the one being read evicted its own
 shards to promote others.
@@ -87,10 +88,10 @@ class PolicyDriver:
         #: clock runs on the monotonic one (see :meth:`_tick`).
         self._epoch = time.time() - time.monotonic()
         self._rotation = 0
-        #: reads told so far, and per dataset the count at its last read: which
-        #: datasets are idle (see :meth:`_promotion_order`).
+        #: reads told so far, and per dataset the count at its last read or shard
+        #: gone hot: which datasets are idle (see :meth:`_promotion_order`).
         self._reads = 0
-        self._last_read: dict[str, int] = {}
+        self._last_used: dict[str, int] = {}
         #: per thread: the changes recorded by each open :meth:`undone_on_failure`.
         self._undo = threading.local()
 
@@ -129,7 +130,7 @@ class PolicyDriver:
             for key in [k for k in self._sizes if _dataset_of(k) == dataset]:
                 del self._sizes[key]  # drift only: removing its shards cleared the rest
             self._hot_bytes.pop(dataset, None)
-            self._last_read.pop(dataset, None)
+            self._last_used.pop(dataset, None)
             return self._policies.pop(dataset, None)
 
     def restore_dataset(self, dataset: str, policy: Policy | None) -> None:
@@ -152,6 +153,9 @@ class PolicyDriver:
         with self._lock:
             self._note(key)
             self._insert(key, size, self._tick())
+            # A dataset whose shards go hot is in use, read yet or not (prefetched
+            # ahead of its readers, written): not idle.
+            self._last_used[_dataset_of(key)] = self._reads
 
     def removed(self, key: Key) -> None:
         """``key`` left the hot tier. Nothing happens for a key the driver holds cold."""
@@ -205,7 +209,7 @@ class PolicyDriver:
             if policy is None:
                 return hit
             self._reads += 1
-            self._last_read[dataset] = self._reads
+            self._last_used[dataset] = self._reads
             now = self._tick()
             policy.record_access(key, size, now, hit)
             return hit or policy.admit(key, size, now, free_bytes)
@@ -284,15 +288,15 @@ class PolicyDriver:
 
     def _promotion_order(self) -> list[tuple[str, int]]:
         """Under the lock: the datasets (and hot bytes) a promotion's room is asked of,
-        in turn. First the idle ones, least recently read first: none of their shards
-        was read in the last tier's worth of reads (as many as shards are hot), so
-        they give way to the datasets being read, as one LRU over the whole tier would
-        have them do. Then the others, the most hot bytes first. (A dataset not read
-        since the start is idle once that many reads were made.)"""
+        in turn. First the idle ones, least recently used first: none of their shards
+        was read or went hot in the last tier's worth of reads (as many as shards are
+        hot), so they give way to the datasets in use, as one LRU over the whole tier
+        would have them do. Then the others, the most hot bytes first. (A dataset
+        unused since the start is idle once that many reads were made.)"""
         window = max(1, len(self._sizes))
 
         def idle_since(dataset: str) -> int | None:
-            last = self._last_read.get(dataset, 0)
+            last = self._last_used.get(dataset, 0)
             return last if self._reads - last >= window else None
 
         idle: list[tuple[int, str, int]] = []
