@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -340,6 +341,80 @@ def test_a_script_that_fails_with_a_read_ahead_retrying_exits_at_once(
         script.wait()
     assert script.returncode == 1, output
     assert "RuntimeError: the training step failed" in output
+
+
+#: A loader without workers (``num_workers=0``) reading ahead from a node that stops
+#: answering, its reads blocked, and Ctrl-C.
+INTERRUPTED_SCRIPT = """
+import os, sys
+from torch.utils.data import DataLoader
+from tierstore.torch import IterableDataset
+from tierstore.torch.source import service_source
+
+class Told:  # the service source, telling when each read starts
+    def __init__(self, inner):
+        self.inner = inner
+    def client(self):
+        return self.inner.client()
+    def read(self, dataset, shard, stop=None):
+        print("READING", shard, flush=True)
+        return self.inner.read(dataset, shard, stop)
+
+source = Told(service_source(os.environ["ADDRESS"], os.environ["TOKEN"], os.environ["CA"], 600.0))
+dataset = IterableDataset(
+    os.environ["DATASET"], shuffle=False, read_ahead=2, declare_plan=False, source=source
+)
+print("MADE", flush=True)
+sys.stdin.readline()  # the node is frozen meanwhile
+for batch in DataLoader(dataset, batch_size=8, num_workers=0):
+    pass
+"""
+
+
+def test_ctrl_c_exits_at_once_while_reads_ahead_wait_on_a_frozen_node(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # A read blocked on a node that stopped answering (SIGSTOP: its connections stay open)
+    # is not reached by the read-ahead's stop event; the interpreter joined the pool's
+    # threads at exit, so Ctrl-C took until the channel's keepalive gave up (about 78 s).
+    running = spawn_server()
+    with running.connect() as client:
+        samples = write_samples(running, client, rows=(40, 40, 40, 40))
+    env = {
+        **os.environ,
+        "TIERSTORE_LOCAL_READS": "0",  # the local path would read on without the server
+        "DATASET": samples.dataset,
+        "ADDRESS": samples.address,
+        "TOKEN": samples.token,
+        "CA": samples.ca,
+    }
+    script = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SCRIPT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    frozen = False
+    try:
+        assert script.stdin is not None and script.stdout is not None
+        assert script.stdout.readline().strip() == "MADE"
+        os.kill(running.pid, signal.SIGSTOP)
+        frozen = True
+        script.stdin.write("\n")
+        script.stdin.flush()
+        # Nothing can answer a read that has started: it is blocked on the frozen node.
+        assert script.stdout.readline().startswith("READING")
+        script.send_signal(signal.SIGINT)
+        poll(lambda: script.poll() is not None, 15, "the interrupted script to exit")
+        output = script.stdout.read()
+    finally:
+        script.kill()
+        script.wait()
+        if frozen:
+            os.kill(running.pid, signal.SIGCONT)
+    assert "KeyboardInterrupt" in output, output
 
 
 @pytest.mark.parametrize("local_reads", ["0", "1"], ids=["service", "local-if-any"])
