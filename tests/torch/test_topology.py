@@ -24,6 +24,22 @@ def test_bad_rank_settings_are_refused(env: dict[str, str]) -> None:
         distributed_rank(env)
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "4"}, r"WORLD_SIZE=4 is set but RANK is not"),
+        ({"RANK": "1"}, r"RANK=1 is set but WORLD_SIZE is not"),
+        ({"RANK": "1", "WORLD_SIZE": ""}, r"RANK=1 is set but WORLD_SIZE is not"),
+    ],
+)
+def test_one_rank_variable_without_the_other_is_refused(env: dict[str, str], message: str) -> None:
+    # WORLD_SIZE alone read as rank 0 of N, silently: every process read rank 0's share.
+    # RANK alone was refused as "RANK=1 and WORLD_SIZE=1", naming a WORLD_SIZE never set.
+    with pytest.raises(InvalidArgument, match=message) as caught:
+        distributed_rank(env)
+    assert "rank= and world_size=" in str(caught.value)  # the way out when they are unset
+
+
 def test_idle_slots_are_warned_about() -> None:
     with pytest.warns(UserWarning, match="2 of them get no shard"):
         warn_if_idle(2, Slot(0, 2, 0, 2))

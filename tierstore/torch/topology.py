@@ -2,7 +2,8 @@
 
 The rank and world size come from ``torch.distributed`` when a process group is
 initialized, else from the ``RANK`` and ``WORLD_SIZE`` environment variables that
-``torchrun`` sets (read here and nowhere else), else rank 0 of 1 — unless the dataset
+``torchrun`` sets (read here and nowhere else; one without the other is refused), else
+rank 0 of 1 — unless the dataset
 object was given ``rank=`` and ``world_size=`` (the data-parallel rank, under tensor or
 pipeline parallelism, where it is not the global one). The worker comes from
 ``torch.utils.data.get_worker_info()`` (worker 0 of 1 outside DataLoader workers).
@@ -34,10 +35,8 @@ __all__ = [
 ]
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = environ.get(name, "")
-    if not value:
-        return default
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    value = environ[name]
     try:
         return int(value)
     except ValueError:
@@ -59,8 +58,9 @@ def distributed_rank(
     DataLoader worker, which has no process group of its own), else ``RANK`` and
     ``WORLD_SIZE``.
 
-    Raises InvalidArgument when ``RANK``/``WORLD_SIZE`` are not integers or the rank is
-    outside ``[0, WORLD_SIZE)``.
+    Rank 0 of 1 when neither is set (an empty value counts as unset). Raises
+    InvalidArgument when only one of them is set, when they are not integers, or when
+    the rank is outside ``[0, WORLD_SIZE)``.
     """
     live = live_distributed_rank()
     if live is not None:
@@ -68,8 +68,21 @@ def distributed_rank(
     if carried is not None:
         return carried
     env = os.environ if environ is None else environ
-    world = _env_int(env, "WORLD_SIZE", 1)
-    rank = _env_int(env, "RANK", 0)
+    named = {name: env.get(name, "") for name in ("RANK", "WORLD_SIZE")}
+    unset = [name for name, value in named.items() if not value]
+    if len(unset) == 2:
+        return 0, 1
+    if unset:
+        # Either default would be a guess: WORLD_SIZE alone read as rank 0 of N in every
+        # process, so they all read rank 0's share.
+        (missing,) = unset
+        (present,) = (name for name in named if name != missing)
+        raise InvalidArgument(
+            f"{present}={named[present]} is set but {missing} is not: set both (as torchrun "
+            "does) or neither, or give the dataset object rank= and world_size="
+        )
+    world = _env_int(env, "WORLD_SIZE")
+    rank = _env_int(env, "RANK")
     if world < 1 or not 0 <= rank < world:
         raise InvalidArgument(f"RANK={rank} and WORLD_SIZE={world} do not name a rank")
     return rank, world
