@@ -204,6 +204,25 @@ def test_a_column_a_shard_has_twice_is_refused_by_name(admin: Client, samples: S
         list(streamed)
 
 
+def test_a_shard_deleted_after_the_object_was_made_says_so(admin: Client, samples: Samples) -> None:
+    # It failed every later epoch with a bare "no shard 'b' in dataset ...", as if the
+    # name had been mistyped, though the object listed it.
+    name = fresh_dataset(admin, {name: sample_table(i, 5) for i, name in enumerate("abc")})
+    streamed = IterableDataset(name, shuffle=False, columns=["id"], **samples.connection)
+    mapped = MapDataset(name, columns=["id"], **samples.connection)
+    admin.delete(name, "b")
+    deleted = r"shard 'b' of dataset '.*' was deleted after this dataset object was made"
+    for epoch in range(2):
+        streamed.set_epoch(epoch)
+        loader = DataLoader(streamed, batch_size=None, num_workers=0)
+        with pytest.raises(errors.ShardNotFound, match=deleted) as caught:
+            list(loader)
+        assert "make a new dataset object" in str(caught.value)
+    with pytest.raises(errors.ShardNotFound, match=deleted):
+        mapped[7]
+    assert int(mapped[12]["id"]) == 2002  # the other shards still read
+
+
 def test_more_workers_than_shards(admin: Client, samples: Samples) -> None:
     name = fresh_dataset(admin, {"a": sample_table(0, 7), "b": sample_table(1, 4)})
     dataset = IterableDataset(name, **samples.connection)

@@ -484,9 +484,23 @@ def read_shard(
     """Read ``shard`` from ``source``, hold it to the reference schema and convert it.
 
     Raises what :meth:`ShardSource.read`, :func:`conform` and :class:`ShardRows` raise,
-    with a note naming the shard. Thread-safe (read-ahead threads call it).
+    with a note naming the shard; ShardNotFound saying that the shard was deleted after
+    the dataset object was made (``shard_set`` lists it). Thread-safe (read-ahead threads
+    call it).
     """
-    read = source.read(shard_set.dataset, shard, stop)
+    try:
+        read = source.read(shard_set.dataset, shard, stop)
+    except ShardNotFound as exc:
+        # The service's "no shard 's' in dataset 'd'" reads as a mistyped name, and was
+        # raised again every epoch: the name was listed, and only a new listing helps.
+        deleted = ShardNotFound(
+            f"shard {shard!r} of dataset {shard_set.dataset!r} was deleted after this "
+            "dataset object was made (it was listed then): make a new dataset object to "
+            "read the shards the dataset has now"
+        )
+        for note in getattr(exc, "__notes__", ()):
+            deleted.add_note(note)
+        raise deleted from None
     if not isinstance(read, ShardTable):  # a table would unpack as two of its columns
         raise InvalidArgument(
             f"{type(source).__name__}.read returned a {type(read).__name__}, not a "

@@ -110,7 +110,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     (columns with no tensor form), Unauthenticated, PermissionDenied, Unavailable.
     While iterating: DataLoss (a frame failed verification: nothing unverified is ever
     turned into a tensor), InvalidArgument (schema drift), UnsupportedData (nulls),
-    Unavailable (after ``retry_s``) — each with a note naming the shard and the worker.
+    Unavailable (after ``retry_s``), ShardNotFound (a shard deleted after the object was
+    made: make a new one) — each with a note naming the shard and the worker.
     """
 
     def __init__(

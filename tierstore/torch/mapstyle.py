@@ -61,7 +61,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
     raises IndexError outside ``[-len, len)``, FailedPrecondition when a shard no longer
     has the rows it was counted with or was rewritten since the shards were listed (its
     generation differs: indexes would name other rows), and DataLoss / UnsupportedData /
-    Unavailable as the iterable dataset does.
+    Unavailable / ShardNotFound (a shard deleted since) as the iterable dataset does.
     """
 
     def __init__(
