@@ -6,6 +6,8 @@
   ``torchdata.stateful_dataloader.StatefulDataLoader``).
 - :class:`MapDataset` gives random access to sample ``i`` (for any sampler, e.g.
   ``DistributedSampler``).
+- :class:`tierstore.torch.feed.DeviceFeeder` (imported from there) moves a loader's
+  batches to a CUDA device, each copy overlapped with reading the next batch.
 
 Both yield ``dict[str, torch.Tensor]`` — views of the received Arrow buffers wherever the
 layout allows (see :mod:`tierstore.torch.arrow_tensors`) — and take their connection from

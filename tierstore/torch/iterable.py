@@ -100,14 +100,17 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     launches where it is not the process group's rank (tensor or pipeline parallelism:
     peers that must see the same data pass the same rank); default: found when
     iteration starts (docs/torch.md).
-    ``retry_s``: how long a shard read retries while the service is unavailable.
+    ``retry_s``: how long a shard read retries while the service is unavailable (making
+    the object is not retried).
     ``source``: where shards are read from (default: the service, over gRPC).
     ``num_workers``: the DataLoader's ``num_workers``, which ``len()`` needs when it
     depends on it (in-worker batches, ``even_ranks``): see :meth:`epoch_length`.
 
-    Raises (here, at construction): DatasetNotFound, ShardNotFound, WrongShardKind (raw
+    Raises (here, at construction): DatasetNotFound (also for a token with no role on the
+    dataset: by design it learns nothing of it), ShardNotFound, WrongShardKind (raw
     shards), InvalidArgument (no shards, bad arguments or columns), UnsupportedData
-    (columns with no tensor form), Unauthenticated, PermissionDenied, Unavailable.
+    (columns with no tensor form), Unauthenticated, PermissionDenied (a role too weak),
+    Unavailable (at once: ``retry_s`` is for shard reads).
     While iterating: DataLoss (a frame failed verification: nothing unverified is ever
     turned into a tensor), InvalidArgument (schema drift), UnsupportedData (nulls),
     Unavailable (after ``retry_s``), ShardNotFound (a shard deleted after the object was
