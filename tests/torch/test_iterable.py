@@ -223,8 +223,11 @@ def test_a_dataloader_with_workers_has_the_length_it_yields() -> None:
 
 def test_a_worker_count_other_than_the_loaders_is_warned_of() -> None:
     ds = make(batch_size=2, num_workers=2)
-    with pytest.warns(UserWarning, match=r"num_workers=2, but is read by 1 worker"):
+    # Without workers it said "read by 1 worker(s)", of a loader made with num_workers=0.
+    with pytest.warns(UserWarning, match=r"num_workers=2, but is read without") as caught:
         list(DataLoader(ds, batch_size=None, num_workers=0))
+    message = str(caught[0].message)
+    assert "DataLoader workers (num_workers=0)" in message and "1 worker" not in message
     # Samples: len() is the same whatever the worker count, so nothing to warn of.
     samples = make(num_workers=2)
     with warnings.catch_warnings():

@@ -375,9 +375,16 @@ def _warn_if_other_workers(owner: IterableDataset, slot: Slot) -> None:
     ``len()`` depends on it: it then counts for a loader that is not the one reading."""
     declared = owner.num_workers
     if declared is not None and owner._length_needs_workers and max(1, declared) != slot.workers:
+        # Outside workers the slot counts the iterating process as the one worker: "read
+        # by 1 worker(s)" described a loader made with num_workers=0.
+        readers = (
+            "without DataLoader workers (num_workers=0)"
+            if torch.utils.data.get_worker_info() is None
+            else f"by {slot.workers} DataLoader worker(s)"
+        )
         warnings.warn(
-            f"the dataset was made with num_workers={declared}, but is read by "
-            f"{slot.workers} worker(s): its len() is not this loader's",
+            f"the dataset was made with num_workers={declared}, but is read {readers}: "
+            "its len() is not this loader's",
             UserWarning,
             stacklevel=4,
         )
