@@ -325,6 +325,27 @@ raise RuntimeError("the training step failed")
 """
 
 
+def started_script(code: str, samples: Samples) -> subprocess.Popen[str]:
+    """A Python process running ``code`` on ``samples``' dataset over gRPC (its address,
+    token and CA in the environment), its stdin and output piped, as text."""
+    env = {
+        **os.environ,
+        "TIERSTORE_LOCAL_READS": "0",  # the local path would read on without the server
+        "DATASET": samples.dataset,
+        "ADDRESS": samples.address,
+        "TOKEN": samples.token,
+        "CA": samples.ca,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_a_script_that_fails_with_a_read_ahead_retrying_exits_at_once(
     spawn_server: Callable[..., ServerProcess],
 ) -> None:
@@ -334,22 +355,7 @@ def test_a_script_that_fails_with_a_read_ahead_retrying_exits_at_once(
     running = spawn_server()
     with running.connect() as client:
         samples = write_samples(running, client, rows=(40, 40, 40))
-    env = {
-        **os.environ,
-        "TIERSTORE_LOCAL_READS": "0",  # the local path would read on without the server
-        "DATASET": samples.dataset,
-        "ADDRESS": samples.address,
-        "TOKEN": samples.token,
-        "CA": samples.ca,
-    }
-    script = subprocess.Popen(
-        [sys.executable, "-c", FAILING_SCRIPT],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    script = started_script(FAILING_SCRIPT, samples)
     try:
         assert script.stdout is not None
         assert script.stdout.readline().strip() == "READY"
@@ -399,22 +405,7 @@ def test_ctrl_c_exits_at_once_while_reads_ahead_wait_on_a_frozen_node(
     running = spawn_server()
     with running.connect() as client:
         samples = write_samples(running, client, rows=(40, 40, 40, 40))
-    env = {
-        **os.environ,
-        "TIERSTORE_LOCAL_READS": "0",  # the local path would read on without the server
-        "DATASET": samples.dataset,
-        "ADDRESS": samples.address,
-        "TOKEN": samples.token,
-        "CA": samples.ca,
-    }
-    script = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_SCRIPT],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    script = started_script(INTERRUPTED_SCRIPT, samples)
     frozen = False
     try:
         assert script.stdin is not None and script.stdout is not None
