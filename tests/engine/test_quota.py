@@ -472,6 +472,31 @@ def test_a_pin_skipped_for_want_of_room_turns_hot_once_the_quota_is_raised(
     assert {info.name for info in store.list("capped")[0] if info.hot} == {"s0", "s1", "s2", "s3"}
 
 
+def test_pins_skipped_for_want_of_room_are_counted_and_logged(
+    open_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pinning more than the quota holds left the rest pinned and cold with no reason
+    # anywhere: stats showed only the node's running count of skipped promotions, and
+    # the log said nothing.
+    store = full_and_archived(open_store)
+    store.put("capped", "s3", payload(SIZE, 3))  # evicts one of s0..s2 for its room
+    cold = next(name for name in ("s0", "s1", "s2") if not store.stat("capped", name).hot)
+    for name in sorted({"s0", "s1", "s2", "s3"} - {cold}):
+        store.pin("capped", name)  # the quota is full of pinned shards
+    assert store.pin("capped", cold) == STORED
+    waiting, key = backdoor_failed_pins(store), ("capped", cold)
+    wait_until(lambda: key in waiting and waiting[key].for_room, "the skip to be remembered")
+    stats = store.stats()
+    assert (stats.pins_waiting_for_room, stats.pins_waiting_for_room_bytes) == (1, STORED)
+    usage = store.dataset_usage("capped")
+    assert (usage.pinned_shards, usage.pinned_bytes) == (4, 4 * STORED)
+    assert (usage.pinned_cold_shards, usage.pinned_cold_bytes) == (1, STORED)
+    assert f"pinned capped/{cold} ({STORED} stored bytes) stays cold" in caplog.text
+    store.unpin("capped", cold)  # no longer pinned: no longer counted
+    assert store.stats().pins_waiting_for_room == 0
+    assert store.dataset_usage("capped").pinned_cold_shards == 0
+
+
 def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
     open_store: StoreFactory,
 ) -> None:

@@ -245,3 +245,55 @@ def test_a_prefetch_or_pin_of_a_shard_larger_than_its_quota_is_refused_by_the_cl
         assert json.loads(refused.stdout)["not_pinned"] == ["big"]
         assert "QuotaExceeded" in refused.stderr.decode()
         assert not client.stat(dataset, "big").pinned
+
+
+def metric(node: ServerProcess, name: str) -> float:
+    """Gauge or counter ``name`` (its first sample) as the node's /metrics says now."""
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return float(family.samples[0].value)
+    raise AssertionError(f"no {name} in:\n{text}")
+
+
+def test_pins_left_cold_for_want_of_room_are_shown_with_their_reason(
+    env: dict[str, str], admin: Client, server: ServerProcess
+) -> None:
+    # Pinning more than the quota (or the hot tier) holds left the rest pinned and cold:
+    # stats showed only the node's running count of skipped promotions, stats --json
+    # and /metrics no pinned figure at all.
+    dataset = unique()
+    stored = 10_000 + 8  # one frame, its checksum
+    admin.create_dataset(
+        dataset, encrypted=False, durability="write-through", hot_quota_bytes=2 * stored
+    )
+    for name in ("a", "b", "c"):
+        admin.put(dataset, name, os.urandom(10_000))
+    for name in ("a", "b", "c"):
+        admin.evict(dataset, name)
+    for name in ("a", "b"):
+        admin.pin(dataset, name)
+        poll(lambda n=name: admin.stat(dataset, n).hot, 30, f"{name} to turn hot")
+    assert admin.pin(dataset, "c") == stored  # no room: a and b are pinned
+
+    figures = poll(
+        lambda: (stats := admin.stats()).get("pins_waiting_for_room") and stats,
+        30,
+        "the pin to wait for room",
+    )
+    assert figures["pins_waiting_for_room_bytes"] >= stored
+    mine = figures["datasets"][dataset]
+    assert (mine["pinned_shards"], mine["pinned_bytes"]) == (3, 3 * stored)
+    assert (mine["pinned_cold_shards"], mine["pinned_cold_bytes"]) == (1, stored)
+    shown = json.loads(run(env, "stats", dataset).stdout)
+    assert shown["pins_waiting_for_room"] >= 1
+    assert shown["datasets"][dataset]["pinned_cold_shards"] == 1
+    told = run(env, "stats", dataset, json_output=False).stdout.decode()
+    assert "cold for want of room" in told, told
+    assert metric(server, "tierstore_pins_waiting_for_room") >= 1
+    assert metric(server, "tierstore_pins_waiting_for_room_bytes") >= stored
+    for name in ("a", "b", "c"):
+        admin.unpin(dataset, name)
+    admin.delete_dataset(dataset, force=True)

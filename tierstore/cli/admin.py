@@ -68,6 +68,7 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
         "archived bytes",
         "backlog shards",
         "backlog bytes",
+        "pinned",
         "hits",
         "misses",
         "hit ratio",
@@ -84,13 +85,14 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
             f"{d['archived_bytes']:,}",
             str(d["backlog_shards"]),
             f"{d['backlog_bytes']:,}",
+            _pinned_text(d),
             str(d["hits"]),
             str(d["misses"]),
             hit_ratio_text(d),
         )
     failing = figures.get("archive_error")
     table.caption = (
-        f"{_hot_tier_text(figures)}; {_movement_text(figures)}"
+        f"{_hot_tier_text(figures)}; {_movement_text(figures)}{_pins_waiting_text(figures)}"
         f"{figures['backlog_bytes']:,} bytes waiting for the archive; "
         f"{_journal_text(figures['journal_entries'], figures['oldest_journal_age_s'])}"
         + (f"; the archive is failing: {failing}" if failing else "")
@@ -153,6 +155,29 @@ def _movement_text(figures: dict[str, Any]) -> str:
         # A prefetch or pin that said "queued" and never turned hot: this is why.
         text += f", {skipped:,} promotions skipped for want of room (watermark or quota)"
     return text + "; "
+
+
+def _pinned_text(dataset: dict[str, Any]) -> str:
+    """A dataset's pinned shards, and how many of them are cold ("-" from a node that
+    does not send them)."""
+    if "pinned_shards" not in dataset:
+        return "-"
+    cold = dataset["pinned_cold_shards"]
+    text = str(dataset["pinned_shards"])
+    return f"{text} ({cold} cold, {dataset['pinned_cold_bytes']:,} bytes)" if cold else text
+
+
+def _pins_waiting_text(figures: dict[str, Any]) -> str:
+    """The pinned shards the node left cold for want of room, then "; " (nothing when
+    none, or from a node that does not send them)."""
+    waiting = figures.get("pins_waiting_for_room", 0)
+    if not waiting:
+        return ""
+    return (
+        f"{plural(waiting, 'pinned shard')} ({figures['pins_waiting_for_room_bytes']:,} bytes) "
+        "cold for want of room (the quota or the high watermark, held by other pins or "
+        "un-archived writes): hot once other pins end or the room grows; "
+    )
 
 
 def _journal_text(entries: int, oldest_age_s: float) -> str:

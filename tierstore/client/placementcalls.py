@@ -27,6 +27,15 @@ _NEWER_FIGURES = (
     "promotions",
     "promotions_skipped",
     "evictions",
+    "pins_waiting_for_room",
+    "pins_waiting_for_room_bytes",
+)
+#: DatasetStats figures a node older than them does not send (absent, not 0).
+_NEWER_DATASET_FIGURES = (
+    "pinned_shards",
+    "pinned_bytes",
+    "pinned_cold_shards",
+    "pinned_cold_bytes",
 )
 
 
@@ -34,8 +43,10 @@ class TierStats(dict[str, Any]):
     """Tier statistics as a plain mapping: ``hot_bytes``, ``hot_capacity_bytes``,
     ``high_watermark_bytes`` and ``low_watermark_bytes`` (where eviction starts and
     stops), ``promotions``, ``promotions_skipped`` (no room could be made below the
-    high watermark or the dataset's quota) and ``evictions`` (since the node started)
-    (these five left out by a node older than them), ``backlog_bytes``,
+    high watermark or the dataset's quota) and ``evictions`` (since the node started),
+    ``pins_waiting_for_room`` and ``pins_waiting_for_room_bytes`` (node-wide: pinned
+    shards left cold because no room could be made for them, and their stored bytes)
+    (these seven left out by a node older than them), ``backlog_bytes``,
     ``journal_entries``, ``oldest_journal_age_s`` (seconds since the
     oldest pending journal entry committed; 0 when none is pending), ``archive_error``
     (why the archive is failing, or None: the mover's last archive operation's error,
@@ -47,8 +58,11 @@ class TierStats(dict[str, Any]):
     ``data_loss_omitted`` (how many more the node reports: its log has them),
     ``datasets`` (per dataset: shards, bytes, hot_shards, hot_bytes, archived_shards,
     archived_bytes, backlog_shards and backlog_bytes (its uploads waiting for the
-    archive, stored bytes as hot_bytes counts them), hits, misses, hit_ratio (None before
-    its first read: no ratio, rather than a 0 % that looks like all misses), policy) and,
+    archive, stored bytes as hot_bytes counts them), pinned_shards, pinned_bytes,
+    pinned_cold_shards and pinned_cold_bytes (its shards whose pin holds, and of those
+    the cold ones; left out by a node older than them), hits, misses, hit_ratio (None
+    before its first read: no ratio, rather than a 0 % that looks like all misses),
+    policy) and,
     when asked for, ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and
     ``traced_reads``."""
 
@@ -165,6 +179,11 @@ class PlacementCalls(ClientCore):
             archive_error=reply.archive_error or None,
             datasets={
                 d.dataset: {
+                    **{
+                        name: getattr(d, name)
+                        for name in _NEWER_DATASET_FIGURES
+                        if d.HasField(name)
+                    },
                     "shards": d.shards,
                     "bytes": d.bytes,
                     "hot_shards": d.hot_shards,

@@ -19,6 +19,11 @@ unpinned, evicted, deleted or archived) makes them due at once
 (:meth:`PinRetries.due_now`), and a TTL pin that runs out before their back-off ends
 makes them due then (:meth:`PinRetries.note_pin_end`).
 
+The pins skipped for want of room and still cold are counted for stats and metrics
+(:meth:`PinRetries.waiting_for_room`), and the first skip of each is logged: an
+operator who pinned more than the tier or the quota holds saw pins stay cold with
+no reason given.
+
 Thread-safe. Its lock is never held while it calls the promoter or the hot room, and
 the promoter calls in here holding none of its own.
 """
@@ -38,7 +43,7 @@ from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
 
-__all__ = ["MAX_PIN_ENDS", "PIN_RETRY_MAX_S", "PinRetries"]
+__all__ = ["MAX_PIN_ENDS", "PIN_RETRY_MAX_S", "PinRetries", "PinsWaiting"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,16 @@ MAX_PIN_ENDS = 4096
 
 #: (dataset, shard name) of a pin.
 _PinKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PinsWaiting:
+    """The pinned shards that are cold because their promotion was skipped for want of
+    room (their dataset's quota, or the high watermark: the tier full of pinned or
+    un-archived shards), and their stored bytes (as ``hot_bytes`` counts them)."""
+
+    shards: int = 0
+    bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -145,6 +160,18 @@ class PinRetries:
             now = time.monotonic()
             pin.due = self._room_backoff(pin, now) if for_room else now + pin.backoff()
             self._waiting[key] = pin
+        if for_room and failures == 1:
+            # Once per pin's generation: an operator who pinned more than the tier or the
+            # quota holds was told nothing, and saw the pins stay cold.
+            log.warning(
+                "pinned %s/%s (%d stored bytes) stays cold: no room below the hot tier's "
+                "high watermark or in its dataset's quota (the rest is pinned or not yet "
+                "archived); tried again when room may have come (a pin ended, a shard "
+                "evicted, a quota raised)",
+                record.dataset,
+                record.name,
+                stored_size(record),
+            )
 
     def waits_for_archive(self) -> bool:
         """Whether a pin's promotion failed for want of the archive and waits to be
@@ -209,6 +236,30 @@ class PinRetries:
                 else:
                     pin.due = now  # the queue is full, or a promotion is in flight: next pass
         return queued
+
+    def waiting_for_room(self) -> PinsWaiting:
+        """The pins skipped for want of room that are still pinned, cold and of the
+        generation skipped: one catalog lookup per pin remembered so (none per shard of
+        the catalog), for stats and metrics. A pin whose room was made and whose
+        promotion is under way counts until it is hot."""
+        with self._lock:
+            room = [(key, pin.generation) for key, pin in self._waiting.items() if pin.for_room]
+        if not room:
+            return PinsWaiting()
+        shards = nbytes = 0
+        wall = time.time()
+        with self._env.read() as txn:
+            for (dataset, name), generation in room:
+                record = self._catalog.readable_shard(txn, dataset, name)
+                if (
+                    record is not None
+                    and record.generation == generation
+                    and record.pin_holds(wall)
+                    and not record.hot
+                ):
+                    shards += 1
+                    nbytes += stored_size(record)
+        return PinsWaiting(shards, nbytes)
 
     def due_now(self, dataset: str | None = None) -> bool:
         """Make the pins skipped for want of room due at once — of ``dataset``, or of

@@ -49,6 +49,13 @@ class DatasetUsage:
     #: counts them): its share of the node's backlog.
     backlog_shards: int = 0
     backlog_bytes: int = 0
+    #: its shards whose pin holds, and their stored bytes (as ``hot_bytes`` counts
+    #: them); of those, the ones that are cold (queued for promotion, or waiting for
+    #: room or for the archive), and theirs.
+    pinned_shards: int = 0
+    pinned_bytes: int = 0
+    pinned_cold_shards: int = 0
+    pinned_cold_bytes: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -179,11 +186,13 @@ class Placement:
 
     def usage(self, dataset: str) -> DatasetUsage:
         """Shards and bytes of ``dataset`` in total, in the hot tier and in the archive,
-        with read counts.
+        pinned (and of those, cold), with read counts.
 
         Raises DatasetNotFound. Walks the dataset's records: O(shards).
         """
         shards = size = hot_shards = hot_bytes = archived_shards = archived_bytes = 0
+        pinned_shards = pinned_bytes = pinned_cold_shards = pinned_cold_bytes = 0
+        now = time.time()
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             for record in self._catalog.iter_shards(txn, dataset):
@@ -195,6 +204,12 @@ class Placement:
                 if record.archived:
                     archived_shards += 1
                     archived_bytes += stored_size(record)
+                if record.pin_holds(now):
+                    pinned_shards += 1
+                    pinned_bytes += stored_size(record)
+                    if not record.hot:
+                        pinned_cold_shards += 1
+                        pinned_cold_bytes += stored_size(record)
             backlog_bytes, backlog_shards = self._catalog.dataset_backlog(txn, dataset)
         with self._lock:
             hits, misses = self._reads.get(dataset, (0, 0))
@@ -209,4 +224,8 @@ class Placement:
             archived_bytes,
             backlog_shards,
             backlog_bytes,
+            pinned_shards=pinned_shards,
+            pinned_bytes=pinned_bytes,
+            pinned_cold_shards=pinned_cold_shards,
+            pinned_cold_bytes=pinned_cold_bytes,
         )

@@ -144,6 +144,11 @@ class StoreStats:
     data_loss_unnamed: dict[str, int] = dataclasses.field(default_factory=dict)
     #: seconds since the oldest pending journal entry committed (0: the journal is empty).
     oldest_journal_age_s: float = 0.0
+    #: pinned shards left cold because their promotion was skipped for want of room (a
+    #: quota, or the high watermark), and their stored bytes: tried again when room may
+    #: have come (:meth:`PinRetries.waiting_for_room`).
+    pins_waiting_for_room: int = 0
+    pins_waiting_for_room_bytes: int = 0
 
 
 def _check_listing(prefix: object, start_after: object, limit: object) -> None:
@@ -1326,6 +1331,7 @@ class Store:
             backlog = self._catalog.counter(txn, "backlog_bytes")
             journal = self._catalog.journal_length(txn)
             oldest = self._catalog.oldest_journaled_at(txn)
+        waiting = self.promoter.pins.waiting_for_room()
         return StoreStats(
             hot_bytes=hot,
             hot_capacity_bytes=self.settings.hot_capacity_bytes,
@@ -1345,4 +1351,6 @@ class Store:
             data_loss_unnamed=self._catalog.unreadable.unnamed(),
             # A clock stepped back reads 0, not a negative wait.
             oldest_journal_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
+            pins_waiting_for_room=waiting.shards,
+            pins_waiting_for_room_bytes=waiting.bytes,
         )

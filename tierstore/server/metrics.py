@@ -6,8 +6,8 @@ their credentials too; not those grpc itself refuses past its concurrency limit,
 RESOURCE_EXHAUSTED before any interceptor runs); bytes served by
 tier from the GetShard handler; archive request latency from a timing wrapper
 around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
-misses, promotions (made and skipped), evictions — are read from the store at scrape time, so the
-read path pays nothing for them.
+misses, promotions (made and skipped), evictions, pins waiting for room — are read
+from the store at scrape time, so the read path pays nothing for them.
 
 The endpoint is plain HTTP without credentials, so it is served by a listener that
 anyone who reaches the port cannot make hold the node's threads or descriptors, nor
@@ -458,6 +458,18 @@ class _StoreCollector(Collector):
             "tierstore_puts_waiting_for_quota",
             "puts waiting for the mover to make room in their dataset's quota",
             stats.quota_waiting_puts,
+        )
+        yield GaugeMetricFamily(
+            "tierstore_pins_waiting_for_room",
+            "pinned shards left cold because their promotion was skipped for want of room "
+            "(their dataset's quota, or the high watermark: the tier full of pinned or "
+            "un-archived shards); they turn hot once other pins end or the room grows",
+            stats.pins_waiting_for_room,
+        )
+        yield GaugeMetricFamily(
+            "tierstore_pins_waiting_for_room_bytes",
+            "stored bytes of the pinned shards left cold for want of room",
+            stats.pins_waiting_for_room_bytes,
         )
         yield GaugeMetricFamily(
             "tierstore_data_loss_reports",

@@ -134,6 +134,8 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
             promotions=stats.promotions,
             promotions_skipped=stats.promotions_skipped,
             evictions=stats.evictions,
+            pins_waiting_for_room=stats.pins_waiting_for_room,
+            pins_waiting_for_room_bytes=stats.pins_waiting_for_room_bytes,
             backlog_bytes=stats.backlog_bytes,
             journal_entries=stats.journal_entries,
             oldest_journal_age_s=stats.oldest_journal_age_s,
@@ -184,6 +186,10 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     archived_bytes=usage.archived_bytes,
                     backlog_shards=usage.backlog_shards,
                     backlog_bytes=usage.backlog_bytes,
+                    pinned_shards=usage.pinned_shards,
+                    pinned_bytes=usage.pinned_bytes,
+                    pinned_cold_shards=usage.pinned_cold_shards,
+                    pinned_cold_bytes=usage.pinned_cold_bytes,
                 )
             )
         return figures

@@ -65,7 +65,7 @@ class GetTierStatsRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., sizing: _Optional[bool] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes")
+    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes", "pinned_shards", "pinned_bytes", "pinned_cold_shards", "pinned_cold_bytes")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,10 @@ class DatasetStats(_message.Message):
     ARCHIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_SHARDS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_COLD_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_COLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shards: int
     bytes: int
@@ -90,7 +94,11 @@ class DatasetStats(_message.Message):
     archived_bytes: int
     backlog_shards: int
     backlog_bytes: int
-    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ..., backlog_shards: _Optional[int] = ..., backlog_bytes: _Optional[int] = ...) -> None: ...
+    pinned_shards: int
+    pinned_bytes: int
+    pinned_cold_shards: int
+    pinned_cold_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ..., backlog_shards: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., pinned_shards: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., pinned_cold_shards: _Optional[int] = ..., pinned_cold_bytes: _Optional[int] = ...) -> None: ...
 
 class SizingPoint(_message.Message):
     __slots__ = ("capacity_bytes", "miss_ratio")
@@ -101,7 +109,7 @@ class SizingPoint(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., miss_ratio: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s", "high_watermark_bytes", "low_watermark_bytes", "promotions", "promotions_skipped", "evictions")
+    __slots__ = ("hot_bytes", "hot_capacity_bytes", "backlog_bytes", "journal_entries", "datasets", "sizing", "traced_reads", "data_loss", "archive_error", "data_loss_omitted", "oldest_journal_age_s", "high_watermark_bytes", "low_watermark_bytes", "promotions", "promotions_skipped", "evictions", "pins_waiting_for_room", "pins_waiting_for_room_bytes")
     HOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOT_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +126,8 @@ class TierStats(_message.Message):
     PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
     PROMOTIONS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    PINS_WAITING_FOR_ROOM_FIELD_NUMBER: _ClassVar[int]
+    PINS_WAITING_FOR_ROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
     hot_bytes: int
     hot_capacity_bytes: int
     backlog_bytes: int
@@ -134,7 +144,9 @@ class TierStats(_message.Message):
     promotions: int
     promotions_skipped: int
     evictions: int
-    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ..., promotions: _Optional[int] = ..., promotions_skipped: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
+    pins_waiting_for_room: int
+    pins_waiting_for_room_bytes: int
+    def __init__(self, hot_bytes: _Optional[int] = ..., hot_capacity_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., journal_entries: _Optional[int] = ..., datasets: _Optional[_Iterable[_Union[DatasetStats, _Mapping]]] = ..., sizing: _Optional[_Iterable[_Union[SizingPoint, _Mapping]]] = ..., traced_reads: _Optional[int] = ..., data_loss: _Optional[_Iterable[str]] = ..., archive_error: _Optional[str] = ..., data_loss_omitted: _Optional[int] = ..., oldest_journal_age_s: _Optional[float] = ..., high_watermark_bytes: _Optional[int] = ..., low_watermark_bytes: _Optional[int] = ..., promotions: _Optional[int] = ..., promotions_skipped: _Optional[int] = ..., evictions: _Optional[int] = ..., pins_waiting_for_room: _Optional[int] = ..., pins_waiting_for_room_bytes: _Optional[int] = ...) -> None: ...
 
 class SamplerSpec(_message.Message):
     __slots__ = ("kind", "seed", "epoch", "rank", "world_size", "epochs", "samples_per_epoch", "shards_digest")
