@@ -297,3 +297,35 @@ def test_pins_left_cold_for_want_of_room_are_shown_with_their_reason(
     for name in ("a", "b", "c"):
         admin.unpin(dataset, name)
     admin.delete_dataset(dataset, force=True)
+
+
+def test_pin_warns_when_the_pins_hold_more_than_the_room(node: ServerProcess) -> None:
+    # Pinning 8 MB on a 4 MiB hot tier said only that the bytes were queued for
+    # promotion; the shards that found no room stayed pinned and cold, unexplained.
+    env = node.cli_env()
+    capped, wide = unique(), unique()
+    third = HOT_CAPACITY // 3 + 1000  # three of them pass the high watermark
+    with node.connect(local_reads=False) as client:
+        client.create_dataset(
+            capped, encrypted=False, durability="write-through", hot_quota_bytes=25_000
+        )
+        client.create_dataset(wide, encrypted=False, durability="write-through")
+        for name in ("a", "b", "c"):
+            client.put(capped, name, b"q" * 10_000)
+            client.put(wide, name, os.urandom(third))
+
+        fits = run(env, "pin", capped, "a", "b")
+        assert fits.returncode == 0 and b"warning" not in fits.stderr, fits.stderr
+        assert "warning" not in json.loads(fits.stdout)
+        over = run(env, "pin", capped, "c")
+        assert over.returncode == 0, over.stderr.decode()
+        said = over.stderr.decode()
+        assert f"warning: {capped}'s pins hold 30,024 bytes, more than its hot-tier" in said
+        assert "quota (25,000 bytes): some pins will stay cold until others are unpinned" in said
+        assert json.loads(over.stdout)["warning"] == said.strip().replace("\n", " ")
+
+        over = run(env, "pin", wide, "a", "b", "c", json_output=False)
+        assert over.returncode == 0, over.stderr.decode()
+        said = over.stderr.decode()
+        assert "more than the hot tier takes below its high watermark" in said, said
+        assert "some pins will stay cold until others are unpinned" in said, said

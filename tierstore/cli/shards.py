@@ -233,7 +233,10 @@ def pin(
     queued for promotion; where the hot tier or the dataset's quota has no room (pinned
     shards are never evicted to make it), or the archive does not answer, it is tried
     again, up to a minute apart, and at once when the quota is raised: ls shows which
-    are hot, stats the archive's error. A cold shard larger than
+    are hot, stats the archive's error and the pins waiting for room. A warning says
+    when the dataset's pins hold more than its quota, or the pins more than the hot
+    tier takes below its high watermark: some will stay cold until others are
+    unpinned. A cold shard larger than
     the hot tier takes (its high watermark) is refused (HotTierFull), and one larger than
     its dataset's hot-tier quota (QuotaExceeded): it could never be hot."""
     client = command_client()
@@ -253,10 +256,46 @@ def pin(
         if queued
         else ""
     )
-    emit(
-        {"pinned": shards, "not_pinned": [], "bytes_queued": queued},
-        f"pinned {plural(len(shards), 'shard')}{promoting}",
-    )
+    report: dict[str, Any] = {"pinned": shards, "not_pinned": [], "bytes_queued": queued}
+    warning = _pins_past_room(client, dataset)
+    if warning is not None:
+        report["warning"] = warning
+    emit(report, f"pinned {plural(len(shards), 'shard')}{promoting}")
+    if warning is not None:
+        err.print(warning, highlight=False, soft_wrap=True)
+
+
+def _pins_past_room(client: Any, dataset: str) -> str | None:
+    """A warning when the pins hold more than the room they can have, so that some will
+    stay cold until others are unpinned: ``dataset``'s pins more than its hot-tier
+    quota, or the pins of the datasets the caller sees more than the hot tier takes
+    below its high watermark. None otherwise, from a node that does not send the
+    pinned figures, and when the figures cannot be had (the pins are made). Asks for
+    what ``tierstore stats`` shows: a walk of those datasets' shard records."""
+    try:
+        figures = client.stats("")
+        mine = figures["datasets"].get(dataset, {})
+        if "pinned_bytes" not in mine or "high_watermark_bytes" not in figures:
+            return None
+        quota = client.get_dataset(dataset).hot_quota_bytes
+    except errors.TierstoreError:
+        return None
+    later = "some pins will stay cold until others are unpinned"
+    pinned = mine["pinned_bytes"]
+    if quota and pinned > quota:
+        return (
+            f"warning: {dataset}'s pins hold {pinned:,} bytes, more than its hot-tier quota "
+            f"({quota:,} bytes): {later} (or the quota is raised)"
+        )
+    high = figures["high_watermark_bytes"]
+    everyone = sum(d.get("pinned_bytes", 0) for d in figures["datasets"].values())
+    if everyone > high:
+        whose = f"{dataset}'s pins hold" if everyone == pinned else "the pins hold"
+        return (
+            f"warning: {whose} {everyone:,} bytes, more than the hot tier takes below its "
+            f"high watermark ({high:,} bytes): {later}"
+        )
+    return None
 
 
 def unpin(dataset: str, shards: list[str]) -> None:
