@@ -552,6 +552,15 @@ def test_a_pin_or_prefetch_of_a_shard_larger_than_its_quota_is_refused(
     assert not store.stat("capped", "big").hot
 
 
+def test_the_usage_names_the_largest_shards_stored_size(open_store: StoreFactory) -> None:
+    # What a quota set below it keeps cold for good: the CLI warns of it.
+    store = quota_store(open_store, MemoryTier())
+    assert store.dataset_usage("capped").largest_shard_bytes == 0
+    store.put("capped", "big", payload(2 * SIZE, 1))
+    store.put("capped", "small", payload(SIZE, 2))
+    assert store.dataset_usage("capped").largest_shard_bytes == 2 * SIZE + 4 * CHECKSUM_BYTES
+
+
 def test_the_prefetch_loop_passes_over_a_shard_larger_than_its_quota(
     open_store: StoreFactory,
 ) -> None:

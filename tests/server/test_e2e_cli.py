@@ -661,6 +661,29 @@ def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin
     ok(env, "dataset", "rm", dataset, "--force")
 
 
+def test_a_quota_below_a_shards_size_is_warned_of(env: dict[str, str], admin: Client) -> None:
+    # A quota of 100,000 bytes on a dataset whose every shard stores 200,032 printed only
+    # "updated dataset q2": every shard was evicted, and puts, pins and prefetches of
+    # them were refused (QuotaExceeded) from then on, unexplained.
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=False, durability="write-through")
+    admin.put(dataset, "small", b"s" * 1000)
+    admin.put(dataset, "big", os.urandom(200_000))
+    largest = admin.stats(dataset)["datasets"][dataset]["hot_bytes"] - (1000 + 8)
+    told = run(env, "dataset", "update", dataset, "--hot-quota", "100000", json_output=False)
+    assert told.returncode == 0, told.stderr
+    said = told.stderr.decode()
+    assert (
+        f"warning: the largest shard of {dataset} stores {largest:,} bytes, more than the "
+        "quota (100,000 bytes)"
+    ) in said, said
+    assert "refused (QuotaExceeded)" in said, said
+    shown = ok(env, "dataset", "update", dataset, "--hot-quota", "100000")
+    assert shown["warning"] == said.strip()
+    assert "warning" not in ok(env, "dataset", "update", dataset, "--hot-quota", "300000")
+    ok(env, "dataset", "rm", dataset, "--force")
+
+
 def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:
     dataset = unique()
     admin.create_dataset(dataset, encrypted=False, durability="write-through")

@@ -10,7 +10,15 @@ from rich.table import Table
 
 from tierstore import errors
 from tierstore.cli.app import command_client
-from tierstore.cli.output import emit, fail, hit_ratio_text, jsonable, run_or_fail, yes_no
+from tierstore.cli.output import (
+    emit,
+    err,
+    fail,
+    hit_ratio_text,
+    jsonable,
+    run_or_fail,
+    yes_no,
+)
 from tierstore.naming import validate_dataset_name
 from tierstore.types import check_hot_quota
 
@@ -85,7 +93,8 @@ def dataset_update(
 ) -> None:
     """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
     quota evicts the dataset's archived, unpinned shards down to it, and says how many
-    hot bytes (pinned, or not archived yet) stay above it."""
+    hot bytes (pinned, or not archived yet) stay above it; a warning says when its
+    largest shard stores more than the quota: that shard stays cold for good."""
     if durability is None and hot_quota is None:
         raise fail(
             errors.InvalidArgument("nothing to update: give --durability and/or --hot-quota")
@@ -96,27 +105,42 @@ def dataset_update(
         lambda: client.update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
     )
     shown = {"name": name, **jsonable(settings)}
-    above = _hot_bytes_above_quota(client, name, hot_quota) if hot_quota else None
+    figures = _dataset_figures(client, name) if hot_quota else {}
+    above = int(figures.get("hot_bytes", 0))
     note = ""
-    if above:
+    if hot_quota and above > hot_quota:
         shown["hot_bytes"] = above
         note = (
             f"; {above:,} bytes of it are still hot, above the quota: pinned shards stay "
             "(unpin them to let them go), and shards not archived yet go as the mover "
             "uploads them"
         )
+    largest = int(figures.get("largest_shard_bytes", 0))
+    warning = None
+    if hot_quota and largest > hot_quota:
+        # Warned of, not refused: lowering a quota is the admin's call, and the shards
+        # stay readable from the archive (docs/service.md, hot-tier quotas).
+        warning = (
+            f"warning: the largest shard of {name} stores {largest:,} bytes, more than the "
+            f"quota ({hot_quota:,} bytes): it, and any shard as large, stays cold for good "
+            "(read from the archive), and its puts, pins and prefetches are refused "
+            "(QuotaExceeded) until the quota is raised past it"
+        )
+        shown["warning"] = warning
     emit(shown, f"updated dataset {name}{note}")
+    if warning is not None:
+        err.print(warning, highlight=False, soft_wrap=True)
 
 
-def _hot_bytes_above_quota(client: Any, name: str, quota: int) -> int | None:
-    """The dataset's hot bytes when a quota just set left them above it, else None.
-    Only a hint for the caller: a stats call that fails (no read grant) gives None."""
+def _dataset_figures(client: Any, name: str) -> dict[str, Any]:
+    """The dataset's figures as ``tierstore stats`` shows them (a walk of its shard
+    records), for what a quota just set leaves. Only a hint for the caller: a stats
+    call that fails (no read grant) gives none."""
     try:
         figures = client.stats(name)["datasets"].get(name)
     except (errors.TierstoreError, OSError):
-        return None
-    hot = int(figures["hot_bytes"]) if figures else 0
-    return hot if quota and hot > quota else None
+        return {}
+    return dict(figures) if figures else {}
 
 
 def dataset_ls() -> None:

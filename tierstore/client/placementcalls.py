@@ -36,6 +36,7 @@ _NEWER_DATASET_FIGURES = (
     "pinned_bytes",
     "pinned_cold_shards",
     "pinned_cold_bytes",
+    "largest_shard_bytes",
 )
 
 
@@ -60,7 +61,8 @@ class TierStats(dict[str, Any]):
     archived_bytes, backlog_shards and backlog_bytes (its uploads waiting for the
     archive, stored bytes as hot_bytes counts them), pinned_shards, pinned_bytes,
     pinned_cold_shards and pinned_cold_bytes (its shards whose pin holds, and of those
-    the cold ones; left out by a node older than them), hits, misses, hit_ratio (None
+    the cold ones), largest_shard_bytes (its largest shard's stored bytes) (these five
+    left out by a node older than them), hits, misses, hit_ratio (None
     before its first read: no ratio, rather than a 0 % that looks like all misses),
     policy) and,
     when asked for, ``sizing`` (a list of ``{"capacity_bytes", "miss_ratio"}``) and

@@ -56,6 +56,9 @@ class DatasetUsage:
     pinned_bytes: int = 0
     pinned_cold_shards: int = 0
     pinned_cold_bytes: int = 0
+    #: the stored bytes of its largest shard (as ``hot_bytes`` counts them; 0: none): a
+    #: hot-tier quota below it keeps that shard cold for good.
+    largest_shard_bytes: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -186,18 +189,19 @@ class Placement:
 
     def usage(self, dataset: str) -> DatasetUsage:
         """Shards and bytes of ``dataset`` in total, in the hot tier and in the archive,
-        pinned (and of those, cold), with read counts.
+        pinned (and of those, cold), its largest shard's stored size, with read counts.
 
         Raises DatasetNotFound. Walks the dataset's records: O(shards).
         """
         shards = size = hot_shards = hot_bytes = archived_shards = archived_bytes = 0
-        pinned_shards = pinned_bytes = pinned_cold_shards = pinned_cold_bytes = 0
+        pinned_shards = pinned_bytes = pinned_cold_shards = pinned_cold_bytes = largest = 0
         now = time.time()
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
             for record in self._catalog.iter_shards(txn, dataset):
                 shards += 1
                 size += record.size
+                largest = max(largest, stored_size(record))
                 if record.hot:
                     hot_shards += 1
                     hot_bytes += stored_size(record)
@@ -228,4 +232,5 @@ class Placement:
             pinned_bytes=pinned_bytes,
             pinned_cold_shards=pinned_cold_shards,
             pinned_cold_bytes=pinned_cold_bytes,
+            largest_shard_bytes=largest,
         )

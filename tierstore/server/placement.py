@@ -190,6 +190,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
                     pinned_bytes=usage.pinned_bytes,
                     pinned_cold_shards=usage.pinned_cold_shards,
                     pinned_cold_bytes=usage.pinned_cold_bytes,
+                    largest_shard_bytes=usage.largest_shard_bytes,
                 )
             )
         return figures

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctierstore/v1/placement.proto\x12\x0ctierstore.v1\"*\n\x08ShardRef\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\";\n\nPinRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"\"\n\x11PlacementResponse\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"2\n\x0fPrefetchRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\"\"\n\x10PrefetchResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"6\n\x13GetTierStatsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06sizing\x18\x02 \x01(\x08\"\xbb\x03\n\x0c\x44\x61tasetStats\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x12\n\nhot_shards\x18\x04 \x01(\x04\x12\x11\n\thot_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x0e\n\x06misses\x18\x07 \x01(\x04\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x17\n\x0f\x61rchived_shards\x18\t \x01(\x04\x12\x16\n\x0e\x61rchived_bytes\x18\n \x01(\x04\x12\x16\n\x0e\x62\x61\x63klog_shards\x18\x0b \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x0c \x01(\x04\x12\x1a\n\rpinned_shards\x18\r \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x0cpinned_bytes\x18\x0e \x01(\x04H\x01\x88\x01\x01\x12\x1f\n\x12pinned_cold_shards\x18\x0f \x01(\x04H\x02\x88\x01\x01\x12\x1e\n\x11pinned_cold_bytes\x18\x10 \x01(\x04H\x03\x88\x01\x01\x42\x10\n\x0e_pinned_shardsB\x0f\n\r_pinned_bytesB\x15\n\x13_pinned_cold_shardsB\x14\n\x12_pinned_cold_bytes\"9\n\x0bSizingPoint\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x04\x12\x12\n\nmiss_ratio\x18\x02 \x01(\x01\"\xc0\x05\n\tTierStats\x12\x11\n\thot_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12hot_capacity_bytes\x18\x02 \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fjournal_entries\x18\x04 \x01(\x04\x12,\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32\x1a.tierstore.v1.DatasetStats\x12)\n\x06sizing\x18\x06 \x03(\x0b\x32\x19.tierstore.v1.SizingPoint\x12\x14\n\x0ctraced_reads\x18\x07 \x01(\x04\x12\x11\n\tdata_loss\x18\x08 \x03(\t\x12\x15\n\rarchive_error\x18\t \x01(\t\x12\x19\n\x11\x64\x61ta_loss_omitted\x18\n \x01(\x04\x12\x1c\n\x14oldest_journal_age_s\x18\x0b \x01(\x01\x12!\n\x14high_watermark_bytes\x18\x0c \x01(\x04H\x00\x88\x01\x01\x12 \n\x13low_watermark_bytes\x18\r \x01(\x04H\x01\x88\x01\x01\x12\x17\n\npromotions\x18\x0e \x01(\x04H\x02\x88\x01\x01\x12\x1f\n\x12promotions_skipped\x18\x0f \x01(\x04H\x03\x88\x01\x01\x12\x16\n\tevictions\x18\x10 \x01(\x04H\x04\x88\x01\x01\x12\"\n\x15pins_waiting_for_room\x18\x11 \x01(\x04H\x05\x88\x01\x01\x12(\n\x1bpins_waiting_for_room_bytes\x18\x12 \x01(\x04H\x06\x88\x01\x01\x42\x17\n\x15_high_watermark_bytesB\x16\n\x14_low_watermark_bytesB\r\n\x0b_promotionsB\x15\n\x13_promotions_skippedB\x0c\n\n_evictionsB\x18\n\x16_pins_waiting_for_roomB\x1e\n\x1c_pins_waiting_for_room_bytes\"\xb7\x01\n\x0bSamplerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.tierstore.v1.SamplerKind\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x12\n\nworld_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\r\x12\x19\n\x11samples_per_epoch\x18\x07 \x01(\x04\x12\x15\n\rshards_digest\x18\x08 \x01(\x0c\"\x1b\n\tShardList\x12\x0e\n\x06shards\x18\x01 \x03(\t\"\xc6\x01\n\x12\x44\x65\x63larePlanRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12,\n\x07sampler\x18\x02 \x01(\x0b\x32\x19.tierstore.v1.SamplerSpecH\x00\x12+\n\x08\x65xplicit\x18\x03 \x01(\x0b\x32\x17.tierstore.v1.ShardListH\x00\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x0b\n\x03job\x18\x05 \x01(\t\x12\r\n\x05ttl_s\x18\x06 \x01(\x01\x12\x10\n\x08position\x18\x07 \x01(\x04\x42\x06\n\x04plan\"D\n\x13\x44\x65\x63larePlanResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08position\x18\x03 \x01(\x04\"6\n\x15ReportPositionRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\"\x18\n\x16ReportPositionResponse\"\x1f\n\x10\x43losePlanRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"\x13\n\x11\x43losePlanResponse*\x80\x01\n\x0bSamplerKind\x12\x1c\n\x18SAMPLER_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17SAMPLER_KIND_SEQUENTIAL\x10\x01\x12\x18\n\x14SAMPLER_KIND_SHUFFLE\x10\x02\x12\x1c\n\x18SAMPLER_KIND_REPLACEMENT\x10\x03\x32\xee\x04\n\x10PlacementService\x12@\n\x03Pin\x12\x18.tierstore.v1.PinRequest\x1a\x1f.tierstore.v1.PlacementResponse\x12@\n\x05Unpin\x12\x16.tierstore.v1.ShardRef\x1a\x1f.tierstore.v1.PlacementResponse\x12I\n\x08Prefetch\x12\x1d.tierstore.v1.PrefetchRequest\x1a\x1e.tierstore.v1.PrefetchResponse\x12@\n\x05\x45vict\x12\x16.tierstore.v1.ShardRef\x1a\x1f.tierstore.v1.PlacementResponse\x12J\n\x0cGetTierStats\x12!.tierstore.v1.GetTierStatsRequest\x1a\x17.tierstore.v1.TierStats\x12R\n\x0b\x44\x65\x63larePlan\x12 .tierstore.v1.DeclarePlanRequest\x1a!.tierstore.v1.DeclarePlanResponse\x12[\n\x0eReportPosition\x12#.tierstore.v1.ReportPositionRequest\x1a$.tierstore.v1.ReportPositionResponse\x12L\n\tClosePlan\x12\x1e.tierstore.v1.ClosePlanRequest\x1a\x1f.tierstore.v1.ClosePlanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctierstore/v1/placement.proto\x12\x0ctierstore.v1\"*\n\x08ShardRef\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\";\n\nPinRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"\"\n\x11PlacementResponse\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"2\n\x0fPrefetchRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\"\"\n\x10PrefetchResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"6\n\x13GetTierStatsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06sizing\x18\x02 \x01(\x08\"\xf5\x03\n\x0c\x44\x61tasetStats\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x12\n\nhot_shards\x18\x04 \x01(\x04\x12\x11\n\thot_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x0e\n\x06misses\x18\x07 \x01(\x04\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12\x17\n\x0f\x61rchived_shards\x18\t \x01(\x04\x12\x16\n\x0e\x61rchived_bytes\x18\n \x01(\x04\x12\x16\n\x0e\x62\x61\x63klog_shards\x18\x0b \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x0c \x01(\x04\x12\x1a\n\rpinned_shards\x18\r \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x0cpinned_bytes\x18\x0e \x01(\x04H\x01\x88\x01\x01\x12\x1f\n\x12pinned_cold_shards\x18\x0f \x01(\x04H\x02\x88\x01\x01\x12\x1e\n\x11pinned_cold_bytes\x18\x10 \x01(\x04H\x03\x88\x01\x01\x12 \n\x13largest_shard_bytes\x18\x11 \x01(\x04H\x04\x88\x01\x01\x42\x10\n\x0e_pinned_shardsB\x0f\n\r_pinned_bytesB\x15\n\x13_pinned_cold_shardsB\x14\n\x12_pinned_cold_bytesB\x16\n\x14_largest_shard_bytes\"9\n\x0bSizingPoint\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x01 \x01(\x04\x12\x12\n\nmiss_ratio\x18\x02 \x01(\x01\"\xc0\x05\n\tTierStats\x12\x11\n\thot_bytes\x18\x01 \x01(\x04\x12\x1a\n\x12hot_capacity_bytes\x18\x02 \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fjournal_entries\x18\x04 \x01(\x04\x12,\n\x08\x64\x61tasets\x18\x05 \x03(\x0b\x32\x1a.tierstore.v1.DatasetStats\x12)\n\x06sizing\x18\x06 \x03(\x0b\x32\x19.tierstore.v1.SizingPoint\x12\x14\n\x0ctraced_reads\x18\x07 \x01(\x04\x12\x11\n\tdata_loss\x18\x08 \x03(\t\x12\x15\n\rarchive_error\x18\t \x01(\t\x12\x19\n\x11\x64\x61ta_loss_omitted\x18\n \x01(\x04\x12\x1c\n\x14oldest_journal_age_s\x18\x0b \x01(\x01\x12!\n\x14high_watermark_bytes\x18\x0c \x01(\x04H\x00\x88\x01\x01\x12 \n\x13low_watermark_bytes\x18\r \x01(\x04H\x01\x88\x01\x01\x12\x17\n\npromotions\x18\x0e \x01(\x04H\x02\x88\x01\x01\x12\x1f\n\x12promotions_skipped\x18\x0f \x01(\x04H\x03\x88\x01\x01\x12\x16\n\tevictions\x18\x10 \x01(\x04H\x04\x88\x01\x01\x12\"\n\x15pins_waiting_for_room\x18\x11 \x01(\x04H\x05\x88\x01\x01\x12(\n\x1bpins_waiting_for_room_bytes\x18\x12 \x01(\x04H\x06\x88\x01\x01\x42\x17\n\x15_high_watermark_bytesB\x16\n\x14_low_watermark_bytesB\r\n\x0b_promotionsB\x15\n\x13_promotions_skippedB\x0c\n\n_evictionsB\x18\n\x16_pins_waiting_for_roomB\x1e\n\x1c_pins_waiting_for_room_bytes\"\xb7\x01\n\x0bSamplerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.tierstore.v1.SamplerKind\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x12\n\nworld_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\r\x12\x19\n\x11samples_per_epoch\x18\x07 \x01(\x04\x12\x15\n\rshards_digest\x18\x08 \x01(\x0c\"\x1b\n\tShardList\x12\x0e\n\x06shards\x18\x01 \x03(\t\"\xc6\x01\n\x12\x44\x65\x63larePlanRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12,\n\x07sampler\x18\x02 \x01(\x0b\x32\x19.tierstore.v1.SamplerSpecH\x00\x12+\n\x08\x65xplicit\x18\x03 \x01(\x0b\x32\x17.tierstore.v1.ShardListH\x00\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x0b\n\x03job\x18\x05 \x01(\t\x12\r\n\x05ttl_s\x18\x06 \x01(\x01\x12\x10\n\x08position\x18\x07 \x01(\x04\x42\x06\n\x04plan\"D\n\x13\x44\x65\x63larePlanResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08position\x18\x03 \x01(\x04\"6\n\x15ReportPositionRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\"\x18\n\x16ReportPositionResponse\"\x1f\n\x10\x43losePlanRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"\x13\n\x11\x43losePlanResponse*\x80\x01\n\x0bSamplerKind\x12\x1c\n\x18SAMPLER_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17SAMPLER_KIND_SEQUENTIAL\x10\x01\x12\x18\n\x14SAMPLER_KIND_SHUFFLE\x10\x02\x12\x1c\n\x18SAMPLER_KIND_REPLACEMENT\x10\x03\x32\xee\x04\n\x10PlacementService\x12@\n\x03Pin\x12\x18.tierstore.v1.PinRequest\x1a\x1f.tierstore.v1.PlacementResponse\x12@\n\x05Unpin\x12\x16.tierstore.v1.ShardRef\x1a\x1f.tierstore.v1.PlacementResponse\x12I\n\x08Prefetch\x12\x1d.tierstore.v1.PrefetchRequest\x1a\x1e.tierstore.v1.PrefetchResponse\x12@\n\x05\x45vict\x12\x16.tierstore.v1.ShardRef\x1a\x1f.tierstore.v1.PlacementResponse\x12J\n\x0cGetTierStats\x12!.tierstore.v1.GetTierStatsRequest\x1a\x17.tierstore.v1.TierStats\x12R\n\x0b\x44\x65\x63larePlan\x12 .tierstore.v1.DeclarePlanRequest\x1a!.tierstore.v1.DeclarePlanResponse\x12[\n\x0eReportPosition\x12#.tierstore.v1.ReportPositionRequest\x1a$.tierstore.v1.ReportPositionResponse\x12L\n\tClosePlan\x12\x1e.tierstore.v1.ClosePlanRequest\x1a\x1f.tierstore.v1.ClosePlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierstore.v1.placement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLERKIND']._serialized_start=2166
-  _globals['_SAMPLERKIND']._serialized_end=2294
+  _globals['_SAMPLERKIND']._serialized_start=2224
+  _globals['_SAMPLERKIND']._serialized_end=2352
   _globals['_SHARDREF']._serialized_start=46
   _globals['_SHARDREF']._serialized_end=88
   _globals['_PINREQUEST']._serialized_start=90
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTIERSTATSREQUEST']._serialized_start=275
   _globals['_GETTIERSTATSREQUEST']._serialized_end=329
   _globals['_DATASETSTATS']._serialized_start=332
-  _globals['_DATASETSTATS']._serialized_end=775
-  _globals['_SIZINGPOINT']._serialized_start=777
-  _globals['_SIZINGPOINT']._serialized_end=834
-  _globals['_TIERSTATS']._serialized_start=837
-  _globals['_TIERSTATS']._serialized_end=1541
-  _globals['_SAMPLERSPEC']._serialized_start=1544
-  _globals['_SAMPLERSPEC']._serialized_end=1727
-  _globals['_SHARDLIST']._serialized_start=1729
-  _globals['_SHARDLIST']._serialized_end=1756
-  _globals['_DECLAREPLANREQUEST']._serialized_start=1759
-  _globals['_DECLAREPLANREQUEST']._serialized_end=1957
-  _globals['_DECLAREPLANRESPONSE']._serialized_start=1959
-  _globals['_DECLAREPLANRESPONSE']._serialized_end=2027
-  _globals['_REPORTPOSITIONREQUEST']._serialized_start=2029
-  _globals['_REPORTPOSITIONREQUEST']._serialized_end=2083
-  _globals['_REPORTPOSITIONRESPONSE']._serialized_start=2085
-  _globals['_REPORTPOSITIONRESPONSE']._serialized_end=2109
-  _globals['_CLOSEPLANREQUEST']._serialized_start=2111
-  _globals['_CLOSEPLANREQUEST']._serialized_end=2142
-  _globals['_CLOSEPLANRESPONSE']._serialized_start=2144
-  _globals['_CLOSEPLANRESPONSE']._serialized_end=2163
-  _globals['_PLACEMENTSERVICE']._serialized_start=2297
-  _globals['_PLACEMENTSERVICE']._serialized_end=2919
+  _globals['_DATASETSTATS']._serialized_end=833
+  _globals['_SIZINGPOINT']._serialized_start=835
+  _globals['_SIZINGPOINT']._serialized_end=892
+  _globals['_TIERSTATS']._serialized_start=895
+  _globals['_TIERSTATS']._serialized_end=1599
+  _globals['_SAMPLERSPEC']._serialized_start=1602
+  _globals['_SAMPLERSPEC']._serialized_end=1785
+  _globals['_SHARDLIST']._serialized_start=1787
+  _globals['_SHARDLIST']._serialized_end=1814
+  _globals['_DECLAREPLANREQUEST']._serialized_start=1817
+  _globals['_DECLAREPLANREQUEST']._serialized_end=2015
+  _globals['_DECLAREPLANRESPONSE']._serialized_start=2017
+  _globals['_DECLAREPLANRESPONSE']._serialized_end=2085
+  _globals['_REPORTPOSITIONREQUEST']._serialized_start=2087
+  _globals['_REPORTPOSITIONREQUEST']._serialized_end=2141
+  _globals['_REPORTPOSITIONRESPONSE']._serialized_start=2143
+  _globals['_REPORTPOSITIONRESPONSE']._serialized_end=2167
+  _globals['_CLOSEPLANREQUEST']._serialized_start=2169
+  _globals['_CLOSEPLANREQUEST']._serialized_end=2200
+  _globals['_CLOSEPLANRESPONSE']._serialized_start=2202
+  _globals['_CLOSEPLANRESPONSE']._serialized_end=2221
+  _globals['_PLACEMENTSERVICE']._serialized_start=2355
+  _globals['_PLACEMENTSERVICE']._serialized_end=2977
 # @@protoc_insertion_point(module_scope)

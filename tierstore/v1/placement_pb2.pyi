@@ -65,7 +65,7 @@ class GetTierStatsRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., sizing: _Optional[bool] = ...) -> None: ...
 
 class DatasetStats(_message.Message):
-    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes", "pinned_shards", "pinned_bytes", "pinned_cold_shards", "pinned_cold_bytes")
+    __slots__ = ("dataset", "shards", "bytes", "hot_shards", "hot_bytes", "hits", "misses", "policy", "archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes", "pinned_shards", "pinned_bytes", "pinned_cold_shards", "pinned_cold_bytes", "largest_shard_bytes")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class DatasetStats(_message.Message):
     PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     PINNED_COLD_SHARDS_FIELD_NUMBER: _ClassVar[int]
     PINNED_COLD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_SHARD_BYTES_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     shards: int
     bytes: int
@@ -98,7 +99,8 @@ class DatasetStats(_message.Message):
     pinned_bytes: int
     pinned_cold_shards: int
     pinned_cold_bytes: int
-    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ..., backlog_shards: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., pinned_shards: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., pinned_cold_shards: _Optional[int] = ..., pinned_cold_bytes: _Optional[int] = ...) -> None: ...
+    largest_shard_bytes: int
+    def __init__(self, dataset: _Optional[str] = ..., shards: _Optional[int] = ..., bytes: _Optional[int] = ..., hot_shards: _Optional[int] = ..., hot_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., policy: _Optional[str] = ..., archived_shards: _Optional[int] = ..., archived_bytes: _Optional[int] = ..., backlog_shards: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., pinned_shards: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., pinned_cold_shards: _Optional[int] = ..., pinned_cold_bytes: _Optional[int] = ..., largest_shard_bytes: _Optional[int] = ...) -> None: ...
 
 class SizingPoint(_message.Message):
     __slots__ = ("capacity_bytes", "miss_ratio")
