@@ -652,12 +652,20 @@ def test_a_lowered_quota_says_what_stays_hot_above_it(env: dict[str, str], admin
     lowered = ok(env, "dataset", "update", dataset, "--hot-quota", "1000")
     # The unpinned shard went; the pinned one stays, and the answer says how much is left.
     assert not admin.stat(dataset, "gone").hot and admin.stat(dataset, "kept").hot
-    assert 30_000 <= lowered["hot_bytes"] < 60_000 and lowered["hot_quota_bytes"] == 1000
+    hot = lowered["hot_bytes"]
+    assert 30_000 <= hot < 60_000 and lowered["hot_quota_bytes"] == 1000
+    # It said the whole of the hot bytes were above the quota: only what passes it is.
+    assert lowered["above_quota_bytes"] == hot - 1000
     told = run(env, "dataset", "update", dataset, "--hot-quota", "1000", json_output=False)
     assert told.returncode == 0, told.stderr
-    assert b"still hot, above the quota: pinned shards stay" in told.stdout
+    said = told.stdout.decode()
+    assert (
+        f"{hot:,} bytes of it are still hot, {hot - 1000:,} of them above the quota: "
+        "pinned shards stay"
+    ) in " ".join(said.split()), said
     # Room enough: no note, and no hot_bytes in the answer.
-    assert "hot_bytes" not in ok(env, "dataset", "update", dataset, "--hot-quota", "10000000")
+    roomy = ok(env, "dataset", "update", dataset, "--hot-quota", "10000000")
+    assert "hot_bytes" not in roomy and "above_quota_bytes" not in roomy
     ok(env, "dataset", "rm", dataset, "--force")
 
 

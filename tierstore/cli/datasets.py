@@ -106,14 +106,16 @@ def dataset_update(
     )
     shown = {"name": name, **jsonable(settings)}
     figures = _dataset_figures(client, name) if hot_quota else {}
-    above = int(figures.get("hot_bytes", 0))
+    hot = int(figures.get("hot_bytes", 0))
     note = ""
-    if hot_quota and above > hot_quota:
-        shown["hot_bytes"] = above
+    if hot_quota and hot > hot_quota:
+        # Both: it said the whole of the hot bytes were above the quota.
+        shown["hot_bytes"] = hot
+        shown["above_quota_bytes"] = hot - hot_quota
         note = (
-            f"; {above:,} bytes of it are still hot, above the quota: pinned shards stay "
-            "(unpin them to let them go), and shards not archived yet go as the mover "
-            "uploads them"
+            f"; {hot:,} bytes of it are still hot, {hot - hot_quota:,} of them above the "
+            "quota: pinned shards stay (unpin them to let them go), and shards not "
+            "archived yet go as the mover uploads them"
         )
     largest = int(figures.get("largest_shard_bytes", 0))
     warning = None
