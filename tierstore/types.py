@@ -210,6 +210,10 @@ class ShardInfo:
     #: rows in an Arrow or tensor shard's record batches, recorded at put time; None for
     #: raw bytes and for shards written before rows were recorded.
     rows: int | None = None
+    #: pinned and cold because its promotion was skipped for want of room (its
+    #: dataset's quota, or the high watermark), waiting to be tried again: it turns hot
+    #: once other pins end or the room grows.
+    waiting_for_room: bool = False
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

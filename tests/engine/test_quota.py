@@ -497,6 +497,23 @@ def test_pins_skipped_for_want_of_room_are_counted_and_logged(
     assert store.dataset_usage("capped").pinned_cold_shards == 0
 
 
+def test_stat_says_a_pinned_cold_shard_waits_for_room(open_store: StoreFactory) -> None:
+    # stat showed only "hot no, pinned yes": not why, nor that it would stay so.
+    store = full_and_archived(open_store)
+    store.evict("capped", "s2")
+    store.put("capped", "s3", payload(SIZE, 3))
+    for name in ("s0", "s1", "s3"):
+        store.pin("capped", name)  # the quota is full of pinned shards
+    store.pin("capped", "s2")
+    waiting, key = backdoor_failed_pins(store), ("capped", "s2")
+    wait_until(lambda: key in waiting and waiting[key].for_room, "the skip to be remembered")
+    assert store.stat("capped", "s2").waiting_for_room
+    listed = {info.name: info.waiting_for_room for info in store.list("capped")[0]}
+    assert listed == {"s0": False, "s1": False, "s2": True, "s3": False}
+    store.unpin("capped", "s2")
+    assert not store.stat("capped", "s2").waiting_for_room
+
+
 def test_an_overwrite_evicts_again_when_its_old_generation_was_the_victim(
     open_store: StoreFactory,
 ) -> None:

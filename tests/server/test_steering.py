@@ -294,6 +294,12 @@ def test_pins_left_cold_for_want_of_room_are_shown_with_their_reason(
     assert "cold for want of room" in told, told
     assert metric(server, "tierstore_pins_waiting_for_room") >= 1
     assert metric(server, "tierstore_pins_waiting_for_room_bytes") >= stored
+    assert admin.stat(dataset, "c").waiting_for_room
+    # stat said only "hot no, pinned yes".
+    told = run(env, "stat", dataset, "c", json_output=False).stdout.decode()
+    assert "waiting for room" in told, told
+    assert json.loads(run(env, "stat", dataset, "c").stdout)["waiting_for_room"] is True
+    assert json.loads(run(env, "stat", dataset, "a").stdout)["waiting_for_room"] is False
     for name in ("a", "b", "c"):
         admin.unpin(dataset, name)
     admin.delete_dataset(dataset, force=True)

@@ -64,7 +64,7 @@ def _shard_row(s: Any) -> tuple[str, ...]:
         str(s.frame_count),
         s.kind.value,
         yes_no(s.hot),
-        _pin_state(s.pinned, s.pinned_until),
+        _pin_state(s.pinned, s.pinned_until, s.waiting_for_room),
         yes_no(s.archived),
         yes_no(s.encrypted),
         str(s.access_count),
@@ -78,11 +78,13 @@ def _shard_table(shards: list[Any]) -> Table:
     return table
 
 
-def _pin_state(pinned: bool, until: float) -> str:
-    """ "no", "yes" (until unpinned), or "until <UTC minute>" for a pin with a TTL."""
+def _pin_state(pinned: bool, until: float, waiting_for_room: bool = False) -> str:
+    """ "no", "yes" (until unpinned), or "until <UTC minute>" for a pin with a TTL; then
+    ", waiting for room" for a pinned shard left cold for want of room."""
     if not pinned:
         return "no"
-    return f"until {utc_minute(until)}" if until else "yes"
+    state = f"until {utc_minute(until)}" if until else "yes"
+    return f"{state}, waiting for room" if waiting_for_room else state
 
 
 def get(
@@ -181,7 +183,15 @@ def ls(
 def stat(dataset: str, shard: str) -> None:
     """Show what the server knows of a shard."""
     info = run_or_fail(lambda: command_client().stat(dataset, shard))
-    emit(info, _shard_table([info]))
+    table = _shard_table([info])
+    if info.waiting_for_room:
+        # It said only "hot no, pinned yes": not why, nor that it would stay so.
+        table.caption = (
+            "pinned, waiting for room: its dataset's quota or the hot tier (below its high "
+            "watermark) is held by other pins or writes not archived yet; it turns hot once "
+            "other pins end or the room grows (tierstore stats counts the pins waiting)"
+        )
+    emit(info, table)
 
 
 def rm(dataset: str, shards: list[str]) -> None:

@@ -237,6 +237,13 @@ class PinRetries:
                     pin.due = now  # the queue is full, or a promotion is in flight: next pass
         return queued
 
+    def waits_for_room(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation was skipped for want of room while pinned and
+        waits to be tried again (the caller checks it is still pinned and cold). O(1)."""
+        with self._lock:
+            pin = self._waiting.get((record.dataset, record.name))
+            return pin is not None and pin.for_room and pin.generation == record.generation
+
     def waiting_for_room(self) -> PinsWaiting:
         """The pins skipped for want of room that are still pinned, cold and of the
         generation skipped: one catalog lookup per pin remembered so (none per shard of

@@ -801,7 +801,10 @@ class Store:
         half_life = self.settings.access_half_life_s
         flushed = self._catalog.get_access(txn, record.dataset, record.name)
         pending = self._access.pending(record.dataset, record.name, record.generation)
-        return record.to_info(now, flushed.merged(pending, half_life).valued_at(now, half_life))
+        info = record.to_info(now, flushed.merged(pending, half_life).valued_at(now, half_life))
+        if info.pinned and not info.hot and self.promoter.pins.waits_for_room(record):
+            return dataclasses.replace(info, waiting_for_room=True)
+        return info
 
     def list(
         self,

@@ -48,7 +48,7 @@ class Dataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[DatasetSettings, _Mapping]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
-    __slots__ = ("dataset", "name", "generation", "kind", "frame_sizes", "size", "created_at", "encrypted", "hot", "archived", "access_count", "last_access", "access_frequency", "pinned", "pinned_until", "rows")
+    __slots__ = ("dataset", "name", "generation", "kind", "frame_sizes", "size", "created_at", "encrypted", "hot", "archived", "access_count", "last_access", "access_frequency", "pinned", "pinned_until", "rows", "waiting_for_room")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class ShardInfo(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     PINNED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_ROOM_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     name: str
     generation: int
@@ -81,7 +82,8 @@ class ShardInfo(_message.Message):
     pinned: bool
     pinned_until: float
     rows: int
-    def __init__(self, dataset: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[ShardKind, str]] = ..., frame_sizes: _Optional[_Iterable[int]] = ..., size: _Optional[int] = ..., created_at: _Optional[float] = ..., encrypted: _Optional[bool] = ..., hot: _Optional[bool] = ..., archived: _Optional[bool] = ..., access_count: _Optional[int] = ..., last_access: _Optional[float] = ..., access_frequency: _Optional[float] = ..., pinned: _Optional[bool] = ..., pinned_until: _Optional[float] = ..., rows: _Optional[int] = ...) -> None: ...
+    waiting_for_room: bool
+    def __init__(self, dataset: _Optional[str] = ..., name: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[_Union[ShardKind, str]] = ..., frame_sizes: _Optional[_Iterable[int]] = ..., size: _Optional[int] = ..., created_at: _Optional[float] = ..., encrypted: _Optional[bool] = ..., hot: _Optional[bool] = ..., archived: _Optional[bool] = ..., access_count: _Optional[int] = ..., last_access: _Optional[float] = ..., access_frequency: _Optional[float] = ..., pinned: _Optional[bool] = ..., pinned_until: _Optional[float] = ..., rows: _Optional[int] = ..., waiting_for_room: _Optional[bool] = ...) -> None: ...
 
 class ByteRange(_message.Message):
     __slots__ = ("offset", "length")

@@ -101,6 +101,7 @@ def shard_info_to_pb(info: ShardInfo) -> pb.ShardInfo:
         pinned=info.pinned,
         pinned_until=info.pinned_until,
         rows=info.rows,
+        waiting_for_room=info.waiting_for_room,
     )
 
 
@@ -121,4 +122,5 @@ def shard_info_from_pb(message: pb.ShardInfo) -> ShardInfo:
         pinned=message.pinned,
         pinned_until=message.pinned_until,
         rows=message.rows if message.HasField("rows") else None,
+        waiting_for_room=message.waiting_for_room,
     )
