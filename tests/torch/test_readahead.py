@@ -3,10 +3,12 @@ and a generator inherited through fork left alone in the child."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -52,6 +54,34 @@ def test_depth_bounds_what_is_fetched_ahead() -> None:
     wait_for(lambda: len(fetch.started) == 4)
     generator.close()
     assert all(stop.is_set() for stop in fetch.stops)  # fetches may give up their retries
+
+
+class Shard:
+    """A result whose collection a weak reference sees."""
+
+
+def test_a_result_the_consumer_dropped_is_not_kept_alive() -> None:
+    # The threads that replaced the pool's kept each its last result while it fetched
+    # the next or waited: up to ``depth`` shard tables more than the bound per worker.
+    made: list[weakref.ref[Shard]] = []
+    gate = threading.Event()
+
+    def fetch(name: str, stop: threading.Event) -> Shard:
+        if name != "s0":
+            gate.wait(10)  # the fetches ahead hold on until the test has looked
+        shard = Shard()
+        made.append(weakref.ref(shard))
+        return shard
+
+    generator = read_ahead(fetch, [f"s{i}" for i in range(6)], 1)
+    first = next(generator)
+    del first
+    gc.collect()
+    try:
+        assert made[0]() is None  # only the fetch ahead (s1, waiting) is running
+    finally:
+        gate.set()
+        generator.close()
 
 
 def test_inline_fetches_only_when_asked() -> None:

@@ -69,16 +69,20 @@ class _DaemonThreads:
 
     def _run(self) -> None:
         while (item := self._calls.get()) is not None:
-            future, call = item
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            try:
-                result = call()
-            except BaseException as exc:  # the consumer's to raise, as an executor does
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-            del item, future, call  # the result is the consumer's alone to keep alive
+            _settle(*item)
+            del item  # the result is the consumer's alone to keep alive
+
+
+def _settle(future: Future[object], call: Callable[[], object]) -> None:
+    """Run ``call`` into ``future`` (unless it was cancelled while queued). A function of
+    its own, so that nothing of the result outlives it on the thread: a local of the
+    thread's loop kept each thread's last shard while it fetched the next."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call())
+    except BaseException as exc:  # the consumer's to raise, as an executor does
+        future.set_exception(exc)
 
 
 #: How long the consumer waits for a result at a time, in seconds. Between two waits the
