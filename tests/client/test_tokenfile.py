@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -258,6 +259,29 @@ def test_a_pickled_client_carries_a_file_token_as_its_file_not_the_token(
         pickle.loads(pickled)
 
 
+def test_a_pickled_client_reads_its_token_file_again_by_its_whole_path_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative path was read again from wherever the pickle was loaded; and a
+    # descriptor's name (/dev/stdin redirected from a file, /proc/self/fd/N) was read
+    # again there too, so the loading process's own input became its bearer token.
+    path = token_file(tmp_path, TOKEN)
+    monkeypatch.chdir(tmp_path)
+    with connect("127.0.0.1:1", token_file="token") as client:
+        pickled = pickle.dumps(client)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    token_file(elsewhere, "ts_ffffffffffff_" + "F" * 43)
+    monkeypatch.chdir(elsewhere)
+    assert pickle.loads(pickled)._channel.settings.token == TOKEN
+    with path.open("rb") as opened:
+        descriptor = f"/proc/self/fd/{opened.fileno()}"
+        with connect("127.0.0.1:1", token_file=descriptor) as client:
+            with pytest.raises(InvalidArgument, match="read from a pipe or a descriptor"):
+                pickle.dumps(client)
+            assert copy.deepcopy(client)._channel.settings.token == TOKEN  # no file read
+
+
 def test_a_client_given_its_token_pickles_it_as_given(tmp_path: Path) -> None:
     with connect("127.0.0.1:1", token=TOKEN) as client:
         loaded = pickle.loads(pickle.dumps(client))
@@ -275,7 +299,7 @@ def test_a_client_whose_token_came_from_a_pipe_is_pickled_only_for_a_process_sta
         writer.write(TOKEN + "\n")
     try:
         client = connect("127.0.0.1:1", token_file=f"/proc/self/fd/{read_end}")
-        with pytest.raises(InvalidArgument, match="read from a pipe") as caught:
+        with pytest.raises(InvalidArgument, match="read from a pipe or a descriptor") as caught:
             pickle.dumps(client)
         assert TOKEN not in str(caught.value)
         # A pool's initargs travel with each worker process as it is started.

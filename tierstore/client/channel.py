@@ -90,17 +90,23 @@ class ChannelSettings:
                 "--client-cert and --client-key): one was given"
             )
 
+    def __copy__(self) -> ChannelSettings:
+        return self  # frozen: and a copy reads no token file again
+
+    def __deepcopy__(self, memo: dict[int, object]) -> ChannelSettings:
+        return self
+
     def __reduce__(self) -> tuple[Callable[..., ChannelSettings], tuple[object, ...]]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         source = self.token_file
         if source is None or get_spawning_popen() is not None:
             return (_settings_of, (values,))  # given in code, or for a process started
-        if source.pipe:
+        if not source.rereadable:
             raise InvalidArgument(
-                f"a client whose token was read from a pipe ({source.path}) is pickled "
-                "only for a process being started: the pipe kept the token out of every "
-                "file, and cannot be read again where the pickle is loaded (pickle what "
-                "connect() needs instead, and call it there)"
+                f"a client whose token was read from a pipe or a descriptor "
+                f"({source.path}) is pickled only for a process being started: it cannot "
+                "be read again where the pickle is loaded, and a pipe kept the token out "
+                "of every file (pickle what connect() needs instead, and call it there)"
             )
         return (_settings_reading_token, ({**values, "token": None},))
 

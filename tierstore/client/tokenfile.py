@@ -36,27 +36,32 @@ _piped: dict[tuple[str, int, int], str] = {}
 
 @dataclass(frozen=True, slots=True)
 class TokenFile:
-    """Where a client's token was read from: the file's path, and whether it was a pipe.
+    """Where a client's token was read from: the file's absolute path, and whether it
+    may be read again there.
 
     A client pickles this in place of a token read from a file, so a pickle (a
     checkpoint holding a client, say) carries no token the file's mode kept from its
-    readers; where it is loaded, the file is read again. A pipe cannot be read again,
-    and was chosen to keep the token out of every file: a client with a piped token is
-    pickled only for a process being started (a spawned worker), token and all.
+    readers; where it is loaded, the file is read again. A pipe or a descriptor's name
+    (``/dev/stdin``, ``/dev/fd/N``, ``/proc/self/fd/N``) cannot be: read where the
+    pickle is loaded, it is that process's own input. And a pipe was chosen to keep the
+    token out of every file. A client with such a token is pickled only for a process
+    being started (a spawned worker), token and all.
     """
 
     path: Path
-    pipe: bool
+    rereadable: bool
 
     @classmethod
     def read(cls, path: str | Path) -> tuple[str, TokenFile]:
         """The token in ``path`` (:func:`read_token_file`), and where it came from."""
         token = read_token_file(path)
+        where = Path(os.path.abspath(path))  # not resolved: a Secret's links may move on
         try:
-            pipe = stat.S_ISFIFO(os.stat(path).st_mode)
+            regular = stat.S_ISREG(os.stat(where).st_mode)
         except OSError:
-            pipe = True  # gone since: never read again, as a pipe is not
-        return token, cls(Path(path), pipe)
+            regular = False  # gone since: never read again
+        descriptor = where.parts[1:2] in (("dev",), ("proc",))
+        return token, cls(where, regular and not descriptor)
 
 
 def read_token_file(path: str | Path) -> str:
