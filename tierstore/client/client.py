@@ -103,8 +103,9 @@ class Client(AdminCalls, PlacementCalls):
         read a frame at a time as it is sent; one that shrinks meanwhile is
         InvalidArgument and stores nothing) or binary file object (from its position to
         its end, a frame at a time as it is sent, a pipe's as it comes; one that cannot
-        be read is InvalidArgument; a pipe's put is made again only if it failed before
-        its first frame was sent), a
+        be read is InvalidArgument; the put of a stream longer than a frame (a pipe, a
+        compressed file's reader) is made again only if it failed before its first
+        frame was sent, and needs a node of this release), a
         numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor; or a pyarrow RecordBatchReader (or a list,
         tuple or iterator of RecordBatches of one schema), read and sent a frame at a
@@ -119,10 +120,14 @@ class Client(AdminCalls, PlacementCalls):
         with ReadableValue(data, self.frame_bytes) as value:
             frames: FileFrames | OnePassFrames | Sequence[memoryview]
             streamed = frames_streamed(value, self.frame_bytes)
+            whole = value.whole() if isinstance(value, StreamFrames) else None
+            uncounted = False
             if isinstance(value, FileFrames):
                 kind, frames, count = ShardKind.RAW, value, len(value)
+            elif whole is not None:  # a stream that ended within its first frame
+                kind, frames, count = ShardKind.RAW, [memoryview(f) for f in whole], len(whole)
             elif isinstance(value, StreamFrames):  # not counted: the header says so
-                kind, frames, count = ShardKind.RAW, OnePassFrames(value), 0
+                kind, frames, count, uncounted = ShardKind.RAW, OnePassFrames(value), 0, True
             elif streamed is not None:
                 # Not counted before they are sent: the header announces none (0).
                 kind, frames, count = ShardKind.ARROW, OnePassFrames(streamed), 0
@@ -138,7 +143,7 @@ class Client(AdminCalls, PlacementCalls):
                         shard=shard,
                         kind=shard_kind_to_pb(kind),
                         frame_count=count,
-                        uncounted=isinstance(value, StreamFrames),
+                        uncounted=uncounted,
                     )
                 )
                 try:

@@ -69,6 +69,14 @@ class StreamFrames:
         self._frame_bytes = frame_bytes
         self._first: bytes | None = self._frame()
 
+    def whole(self) -> list[bytes] | None:
+        """Every frame, when the bytes ended within the first (read already): such a
+        put is counted, as every node takes it, and may be sent again. Else None."""
+        first = self._first
+        if first is None or len(first) == self._frame_bytes:
+            return None
+        return [first] if first else []
+
     def __iter__(self) -> Iterator[bytes]:
         frame, self._first = self._first, None
         while frame:
@@ -189,6 +197,8 @@ class ReadableValue:
                 f"{getattr(data, 'name', 'the file')} was opened in text mode: open it in "
                 "binary mode ('rb') to store its bytes"
             )
+        if isinstance(data, io.BytesIO):  # in memory already: counted, sent again if need be
+            return _read(data, -1)
         wrapped = getattr(data, "file", None)  # a tempfile's wrapper: the file in it
         if _is_plain_file(wrapped):
             data = wrapped
