@@ -497,6 +497,33 @@ def test_pins_skipped_for_want_of_room_are_counted_and_logged(
     assert store.dataset_usage("capped").pinned_cold_shards == 0
 
 
+def test_pins_skipped_for_room_are_logged_once_a_minute_a_dataset(
+    open_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One warning per pin skipped: pinning a whole dataset past its quota logged a
+    # line for every shard of it.
+    store = full_and_archived(open_store)
+    for index in range(3, 6):
+        store.put("capped", f"s{index}", payload(SIZE, index))  # each evicts for its room
+    assert store.drain(10)
+    names = [f"s{index}" for index in range(6)]
+    hot_now = [name for name in names if store.stat("capped", name).hot]
+    cold = [name for name in names if name not in hot_now]
+    assert len(cold) >= 2
+    for name in hot_now:
+        store.pin("capped", name)  # the quota is full of pinned shards
+    for name in cold:
+        store.pin("capped", name)
+    waiting = backdoor_failed_pins(store)
+    wait_until(
+        lambda: all(("capped", n) in waiting and waiting[("capped", n)].for_room for n in cold),
+        "every skip to be remembered",
+    )
+    warned = [r for r in caplog.records if "stays cold" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert store.stats().pins_waiting_for_room == len(cold)
+
+
 def test_stat_says_a_pinned_cold_shard_waits_for_room(open_store: StoreFactory) -> None:
     # stat showed only "hot no, pinned yes": not why, nor that it would stay so.
     store = full_and_archived(open_store)

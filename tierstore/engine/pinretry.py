@@ -20,9 +20,9 @@ unpinned, evicted, deleted or archived) makes them due at once
 makes them due then (:meth:`PinRetries.note_pin_end`).
 
 The pins skipped for want of room and still cold are counted for stats and metrics
-(:meth:`PinRetries.waiting_for_room`), and the first skip of each is logged: an
-operator who pinned more than the tier or the quota holds saw pins stay cold with
-no reason given.
+(:meth:`PinRetries.waiting_for_room`), and the first skip of each is logged, at most
+once a minute a dataset: an operator who pinned more than the tier or the quota holds
+saw pins stay cold with no reason given.
 
 Thread-safe. Its lock is never held while it calls the promoter or the hot room, and
 the promoter calls in here holding none of its own.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,9 @@ MAX_PIN_ENDS = 4096
 
 #: (dataset, shard name) of a pin.
 _PinKey = tuple[str, str]
+
+#: The least time between two warnings of a dataset's pins skipped for want of room.
+ROOM_WARNING_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,9 @@ class PinRetries:
         #: when TTL pins set since the store opened run out (``time.time()``
         #: readings, a heap); guarded by ``_lock``.
         self._pin_ends: list[float] = []
+        #: per dataset: when a pin of it skipped for room was last logged, and how many
+        #: were skipped since; guarded by ``_lock``.
+        self._room_warned: dict[str, tuple[float, int]] = {}
 
     def note_pin_end(self, until: float) -> None:
         """Note that a TTL pin runs out at ``until`` (a ``time.time()`` reading): a pin
@@ -161,17 +168,31 @@ class PinRetries:
             pin.due = self._room_backoff(pin, now) if for_room else now + pin.backoff()
             self._waiting[key] = pin
         if for_room and failures == 1:
-            # Once per pin's generation: an operator who pinned more than the tier or the
-            # quota holds was told nothing, and saw the pins stay cold.
-            log.warning(
-                "pinned %s/%s (%d stored bytes) stays cold: no room below the hot tier's "
-                "high watermark or in its dataset's quota (the rest is pinned or not yet "
-                "archived); tried again when room may have come (a pin ended, a shard "
-                "evicted, a quota raised)",
-                record.dataset,
-                record.name,
-                stored_size(record),
-            )
+            self._warn_skipped_for_room(record)
+
+    def _warn_skipped_for_room(self, record: ShardRecord) -> None:
+        """Log that pinned ``record`` stays cold for want of room: an operator who pinned
+        more than the tier or the quota holds was told nothing. At most once a minute a
+        dataset, with how many more of its pins were skipped since (a line a shard,
+        for a whole dataset pinned past its quota, flooded the log)."""
+        now = time.monotonic()
+        with self._lock:
+            last, unsaid = self._room_warned.get(record.dataset, (-math.inf, 0))
+            if now - last < ROOM_WARNING_EVERY_S:
+                self._room_warned[record.dataset] = (last, unsaid + 1)
+                return
+            self._room_warned[record.dataset] = (now, 0)
+        more = f" ({unsaid} more of its pins skipped so since the last such warning)"
+        log.warning(
+            "pinned %s/%s (%d stored bytes) stays cold: no room below the hot tier's "
+            "high watermark or in its dataset's quota (the rest is pinned or not yet "
+            "archived); tried again when room may have come (a pin ended, a shard "
+            "evicted, a quota raised)%s; tierstore stats counts the pins waiting so",
+            record.dataset,
+            record.name,
+            stored_size(record),
+            more if unsaid else "",
+        )
 
     def waits_for_archive(self) -> bool:
         """Whether a pin's promotion failed for want of the archive and waits to be
