@@ -40,6 +40,15 @@ def test_one_rank_variable_without_the_other_is_refused(env: dict[str, str], mes
     assert "rank= and world_size=" in str(caught.value)  # the way out when they are unset
 
 
+@pytest.mark.parametrize(
+    "env", [{"WORLD_SIZE": "1"}, {"RANK": "0"}, {"RANK": "0", "WORLD_SIZE": ""}]
+)
+def test_one_variable_that_can_only_mean_one_process_is_taken(env: dict[str, str]) -> None:
+    # An environment that exports WORLD_SIZE=1 (or RANK=0) alone for a one-process run
+    # read as it always had; refusing it broke such a run for nothing.
+    assert distributed_rank(env) == (0, 1)
+
+
 def test_idle_slots_are_warned_about() -> None:
     with pytest.warns(UserWarning, match="2 of them get no shard"):
         warn_if_idle(2, Slot(0, 2, 0, 2))

@@ -58,9 +58,10 @@ def distributed_rank(
     DataLoader worker, which has no process group of its own), else ``RANK`` and
     ``WORLD_SIZE``.
 
-    Rank 0 of 1 when neither is set (an empty value counts as unset). Raises
-    InvalidArgument when only one of them is set, when they are not integers, or when
-    the rank is outside ``[0, WORLD_SIZE)``.
+    Rank 0 of 1 when neither is set (an empty value counts as unset), or only
+    ``WORLD_SIZE=1`` or only ``RANK=0``. Raises InvalidArgument when only one of them is
+    set otherwise, when they are not integers, or when the rank is outside
+    ``[0, WORLD_SIZE)``.
     """
     live = live_distributed_rank()
     if live is not None:
@@ -74,9 +75,13 @@ def distributed_rank(
         return 0, 1
     if unset:
         # Either default would be a guess: WORLD_SIZE alone read as rank 0 of N in every
-        # process, so they all read rank 0's share.
+        # process, so they all read rank 0's share. But WORLD_SIZE=1 or RANK=0 alone can
+        # only be one process (rank 0 of N alone would leave the other ranks nothing to
+        # read by, and they would be refused here), as they always read.
         (missing,) = unset
         (present,) = (name for name in named if name != missing)
+        if (present, named[present].strip()) in (("WORLD_SIZE", "1"), ("RANK", "0")):
+            return 0, 1
         raise InvalidArgument(
             f"{present}={named[present]} is set but {missing} is not: set both (as torchrun "
             "does) or neither, or give the dataset object rank= and world_size="
