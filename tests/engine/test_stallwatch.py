@@ -27,6 +27,7 @@ def test_a_slow_attempt_stalls_after_the_stall_time_per_part_in_flight(
     watch = StallWatch(parts_in_flight=4)
     assert watch.stalled_for() is None and watch.describe() is None  # none in progress
     watch.begin()
+    watch.uploading(100 * MiB)  # 13 parts of 8 MiB: 4 in flight at once
     watch._since = time.monotonic() - 35  # within 4 x 10 s
     assert watch.stalled_for() is None and watch.describe() is None
     watch._since = time.monotonic() - 45
@@ -36,6 +37,27 @@ def test_a_slow_attempt_stalls_after_the_stall_time_per_part_in_flight(
     watch._since = time.monotonic() - 45
     watch.end()  # between attempts: nothing in progress
     assert watch.stalled_for() is None
+
+
+def test_an_upload_of_fewer_parts_than_may_be_in_flight_gets_their_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stall time was 30 s for every part that *may* be in flight: with 8 mover
+    # threads (the Kubernetes manifest's), a frozen archive under a one-request upload
+    # went unseen for 240 s, a write-through put was told NotArchivedYet only then, and
+    # a node's stop waited as long for it.
+    monkeypatch.setattr(stallwatch, "STALL_REPORT_S", 10.0)
+    watch = StallWatch(parts_in_flight=8)
+    watch.begin()
+    watch._since = time.monotonic() - 15  # reading frames, a manifest: one request
+    assert watch.stalled_for() is not None
+    watch.uploading(MiB)  # one part
+    assert watch.stalled_for() is not None
+    watch.uploading(20 * MiB)  # three parts: three in flight
+    watch._since = time.monotonic() - 25
+    assert watch.stalled_for() is None
+    watch._since = time.monotonic() - 35
+    assert watch.stalled_for() is not None
 
 
 def test_the_stall_time_grows_with_the_parts_of_a_large_upload(

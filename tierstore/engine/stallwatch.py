@@ -24,8 +24,9 @@ __all__ = ["STALL_REPORT_S", "StallWatch"]
 log = logging.getLogger(__name__)
 
 #: seconds a journal entry may hand the archive no data before it counts as stalled,
-#: per part in flight (mover_threads) of 8 MiB: a part slower than that, about
-#: 280 KB/s, is as good as no answer. A larger part gets proportionally more.
+#: per part in flight of 8 MiB (as many as the upload has, up to mover_threads; one
+#: for any other request): a part slower than that, about 280 KB/s, is as good as no
+#: answer. A larger part gets proportionally more.
 STALL_REPORT_S = 30.0
 #: the part size STALL_REPORT_S is meant for (the S3 tier's default)
 _PART_BYTES: Final = 8 * MiB
@@ -43,8 +44,10 @@ class StallWatch:
 
     def __init__(self, parts_in_flight: int) -> None:
         self._parts_in_flight = parts_in_flight
-        #: the size of the parts the attempt now sends
+        #: the size of the parts the attempt now sends, and how many go at once (one
+        #: but for an upload of several parts)
         self._part_bytes = _PART_BYTES
+        self._in_flight = 1
         #: when the attempt in progress began or last handed data; None between them.
         self._since: float | None = None
         #: attempts begun so far: tells a stall of one attempt from the next's.
@@ -53,6 +56,7 @@ class StallWatch:
     def begin(self) -> None:
         """An attempt at a journal entry starts."""
         self._part_bytes = _PART_BYTES
+        self._in_flight = 1
         self._since = time.monotonic()
         self._attempts += 1
 
@@ -64,6 +68,10 @@ class StallWatch:
             self._part_bytes = part_size_for(size, _PART_BYTES)
         except InvalidArgument:  # refused before a byte is sent
             self._part_bytes = MAX_PART_SIZE
+        # No more at once than it has: an upload of one part is one request, whatever
+        # mover_threads (a frozen archive under it went unseen for 30 s a thread).
+        parts = -(-size // self._part_bytes)
+        self._in_flight = max(1, min(self._parts_in_flight, parts))
 
     def progressed(self) -> None:
         """The attempt in progress handed the archive data (a frame was asked for)."""
@@ -75,14 +83,16 @@ class StallWatch:
 
     def stalled_for(self) -> float | None:
         """Seconds the attempt in progress has handed the archive no data, once that is
-        ``STALL_REPORT_S`` per part in flight; None before, or with none in progress."""
+        ``STALL_REPORT_S`` per part in flight (of the upload under way, up to
+        ``parts_in_flight``; one between uploads); None before, or with none in
+        progress."""
         since = self._since
         if since is None:
             return None
         idle = time.monotonic() - since
         # The next frame is asked for as a part completes, and the parts in flight share
         # the link: at that many parts, completions come that many times apart.
-        allowed = STALL_REPORT_S * self._parts_in_flight * self._part_bytes / _PART_BYTES
+        allowed = STALL_REPORT_S * self._in_flight * self._part_bytes / _PART_BYTES
         return idle if idle >= allowed else None
 
     def describe(self) -> str | None:
