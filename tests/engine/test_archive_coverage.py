@@ -411,6 +411,40 @@ def test_a_write_through_call_running_its_own_entry_gives_up_once_the_archive_st
         assert "gone" not in names and "wt" in names
 
 
+def test_a_write_through_call_gives_up_at_once_when_its_store_closes(
+    open_store: StoreFactory,
+) -> None:
+    # A node stopping with a write-through put on a frozen archive: the put's thread
+    # waited on for the stall time and the grace, and the process, which joins the
+    # service's threads as it exits, with it (240 s with 8 mover threads; the node's
+    # supervisor allows 60).
+    archive = GatedArchive()
+    store = open_store(archive, datasets={"wt": WRITE_THROUGH}, start_mover=False)
+    archive.gate = lambda key: key.endswith(".frames")
+    ended: list[BaseException | None] = []
+
+    def put() -> None:
+        try:
+            store.put("wt", "s", payload(FRAME, 3))
+            ended.append(None)
+        except BaseException as exc:  # checked below
+            ended.append(exc)
+
+    putting = threading.Thread(target=put)
+    putting.start()
+    try:
+        assert archive.entered.wait(10)
+        started = time.monotonic()
+        store.close()
+        putting.join(15)
+        assert not putting.is_alive(), "the put waited on after its store closed"
+        assert time.monotonic() - started < 15
+        assert len(ended) == 1 and isinstance(ended[0], NotArchivedYet), ended
+    finally:
+        archive.release.set()
+        putting.join(30)
+
+
 def test_a_write_through_put_waits_for_its_own_upload_while_the_archive_takes_it(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -478,7 +478,8 @@ class Mover:
         with the entry left to the mover, once the caller has waited
         :data:`JOURNAL_TURN_GRACE_S` while the entry that holds the journal, another's
         or its own, has handed the archive no data for ``stallwatch.STALL_REPORT_S`` (a
-        frozen archive): see :meth:`_run_entry_for_caller`. An earlier failure
+        frozen archive), and at once once the store closes: see
+        :meth:`_run_entry_for_caller`. An earlier failure
         (``last_error``) is not enough: the archive may be back, and the entry in
         progress going well.
         """
@@ -501,6 +502,11 @@ class Mover:
         waiting_since = time.monotonic()
 
         def give_up() -> bool:
+            if self._stop.is_set():
+                # The store is closing (a node stopping): its entry stays journaled for
+                # the next start, and the caller's thread, which the process joins as
+                # it exits, must not wait on a frozen archive for minutes.
+                return True
             waited = time.monotonic() - waiting_since
             return waited >= JOURNAL_TURN_GRACE_S and self.stall_watch.stalled_for() is not None
 
