@@ -61,3 +61,33 @@ def test_a_plain_line_has_only_the_common_keys(json_lines: io.StringIO) -> None:
     (document,) = _documents(json_lines)
     assert set(document) == {"ts", "level", "logger", "msg"}
     assert document["msg"] == "plain words"
+
+
+@pytest.fixture
+def root_restored() -> Iterator[None]:
+    """The root logger's handlers and level, the S3 client's loggers' levels and whether
+    errors go out as JSON lines, put back after the test."""
+    root = logging.getLogger()
+    handlers, level, as_json = root.handlers[:], root.level, logs._as_json
+    quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LIBRARIES}
+    try:
+        yield
+    finally:
+        logs._as_json = as_json  # else every later command's error is a JSON line
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, old in quiet.items():
+            logging.getLogger(name).setLevel(old)
+
+
+@pytest.mark.usefixtures("root_restored")
+def test_debug_logs_are_tierstores_not_the_s3_clients() -> None:
+    # --log-level debug turned on botocore's debug lines: every archive request's
+    # Authorization header (access key id and signature), its canonical request and
+    # string to sign, which anyone reading the log could replay for 15 minutes.
+    logs.configure_logging("debug")
+    assert logging.getLogger("tierstore.engine").isEnabledFor(logging.DEBUG)
+    for name in ("botocore", "botocore.auth", "boto3", "s3transfer", "urllib3"):
+        logger = logging.getLogger(name)
+        assert not logger.isEnabledFor(logging.DEBUG), name
+        assert logger.isEnabledFor(logging.WARNING), name

@@ -14,6 +14,7 @@ Servers are stopped with SIGTERM, then SIGKILL for the whole process group
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -93,6 +94,22 @@ def poll(check: Callable[[], T], timeout_s: float, what: str, interval_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def serve_error_lines(stderr: str) -> list[str]:
+    """The error lines a ``tierstore serve`` wrote to ``stderr``, each as ``error: Type:
+    message``: the plain line of a start refused before its options were read, or the
+    JSON log line of one refused after (its log is JSON lines by then)."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                document = json.loads(line)
+                if document.get("logger") == "tierstore.cli" and document["level"] == "error":
+                    found.append(f"error: {document['msg']}")
+        elif "error:" in line:
+            found.append(line)
+    return found
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import pytest
 from tierstore import errors
 from tierstore.crypto import LocalKeyring
 
-from .conftest import ServerProcess, poll
+from .conftest import ServerProcess, poll, serve_error_lines
 
 DATASET = "secret"
 
@@ -34,7 +34,7 @@ def refused_start(
     """Start a node that must refuse; its one error line."""
     with pytest.raises(AssertionError, match="the server exited with 1") as refused:
         spawn_server(data_dir, *args, **kwargs)
-    lines = str(refused.value).split("stderr:\n", 1)[1].strip().splitlines()
+    lines = serve_error_lines(str(refused.value).split("stderr:\n", 1)[1])
     assert lines and lines[-1].startswith("error: FailedPrecondition: "), lines
     return lines[-1]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import socket
 import subprocess
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .conftest import (
     clean_env,
     free_port,
     free_ports,
+    serve_error_lines,
     tierstore_command,
     unique,
 )
@@ -134,7 +136,7 @@ def failed_start(*args: str) -> tuple[int, str]:
     done = subprocess.run(
         [tierstore_command(), "serve", *args], env=clean_env(), capture_output=True, timeout=120
     )
-    errors = [line for line in done.stderr.decode().splitlines() if "error:" in line]
+    errors = serve_error_lines(done.stderr.decode())
     assert len(errors) == 1 and b"Traceback" not in done.stderr, done.stderr.decode()[-2000:]
     return done.returncode, errors[0]
 
@@ -290,6 +292,27 @@ def test_a_busy_port_is_one_line_before_anything_is_made(tmp_path: Path, option:
         code, error = failed_start("--data-dir", str(tmp_path / "node"), *pairs)
     assert code != 0 and f"cannot listen on {busy} ({option})" in error
     assert not (tmp_path / "node").exists()  # nothing made: no archive, no store
+
+
+def test_a_start_refused_after_its_options_are_read_says_so_in_a_json_line(
+    tmp_path: Path,
+) -> None:
+    # The node's log is JSON lines, but its refusal was a plain "error: ..." line among
+    # them, which a log pipeline could not parse.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        done = subprocess.run(
+            [tierstore_command(), "serve", "--data-dir", str(tmp_path / "n"), "--listen", busy],
+            env=clean_env(),
+            capture_output=True,
+            timeout=120,
+        )
+    assert done.returncode == 5, done.stderr
+    lines = [json.loads(line) for line in done.stderr.decode().splitlines() if line.strip()]
+    (refusal,) = [line for line in lines if line["level"] == "error"]
+    assert refusal["error"] == "Unavailable" and f"cannot listen on {busy}" in refusal["msg"]
 
 
 @pytest.mark.parametrize(

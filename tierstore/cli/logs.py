@@ -14,7 +14,24 @@ import json
 import logging
 import sys
 
-__all__ = ["configure_logging"]
+__all__ = ["QUIET_LIBRARIES", "configure_logging", "logging_as_json"]
+
+#: Libraries whose lines are kept at INFO and above whatever the level asked for:
+#: botocore's debug lines carry every archive request's Authorization header (the
+#: access key id and signature), canonical request and string to sign, which anyone
+#: reading the log could replay while the signature holds (15 minutes).
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+#: Whether :func:`configure_logging` ran in this process (``tierstore serve``).
+_as_json = False
+
+
+def logging_as_json() -> bool:
+    """Whether this process logs JSON lines (``tierstore serve``, once its options are
+    read): its error line then goes out as one of them too (:func:`tierstore.cli.output.fail`),
+    not as text a log pipeline cannot parse."""
+    return _as_json
 
 
 class _JsonFormatter(logging.Formatter):
@@ -34,9 +51,15 @@ class _JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info") -> None:
-    """Send every log record of the process to stderr as JSON lines."""
+    """Send every log record of the process to stderr as JSON lines, at ``level``; the
+    S3 client's libraries (:data:`QUIET_LIBRARIES`) at INFO at the most detailed."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    global _as_json
+    _as_json = True
+    floor = max(root.level, logging.INFO)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(floor)
