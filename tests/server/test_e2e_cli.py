@@ -47,6 +47,7 @@ from .conftest import (
     free_port,
     free_ports,
     poll,
+    serve_error_lines,
     tierstore_command,
     unique,
 )
@@ -1041,7 +1042,8 @@ def one_line_error(done: Ran) -> str:
     """The command's one error line (grpc's own log lines aside)."""
     stderr = done.stderr.decode()
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    # serve's own, once its options are read, is a JSON log line: given in plain form
+    lines = [line for line in serve_error_lines(stderr) if line.startswith("error:")]
     assert len(lines) == 1, stderr
     return lines[0]
 
@@ -1339,6 +1341,7 @@ def test_serve_errors_exit_codes(
 #: Ports of the system's choosing, for a serve refused before it listens: on the default
 #: ports, a node running here (the README's first command) failed it as "cannot listen".
 ANY_PORTS = ("--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
+ANY_PORTS += ("--metrics-listen", "127.0.0.1:0")
 
 
 def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> None:

@@ -153,8 +153,12 @@ def served_in(
     """:func:`serve_in`'s run, whole; ``archive``: flags naming it instead of the dead one."""
     if archive is None:
         archive = ("--s3-endpoint", f"http://127.0.0.1:{free_port()}")
+    # Every port free: a node on the defaults (a developer's, the README's) failed these
+    # runs with "cannot listen on 127.0.0.1:7444 (--health-listen)".
+    ports = ("--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
+    ports += ("--metrics-listen", "127.0.0.1:0")
     return subprocess.run(
-        [tierstore_command(), "serve", *archive, "--listen", "127.0.0.1:0", *args],
+        [tierstore_command(), "serve", *archive, *ports, *args],
         cwd=cwd,
         env=clean_env(**(env or {})),
         capture_output=True,
