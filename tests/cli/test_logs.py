@@ -91,3 +91,19 @@ def test_debug_logs_are_tierstores_not_the_s3_clients() -> None:
         logger = logging.getLogger(name)
         assert not logger.isEnabledFor(logging.DEBUG), name
         assert logger.isEnabledFor(logging.WARNING), name
+
+
+def test_an_error_is_a_json_line_only_while_serve_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # Once serve had run in a process, every later command's error went through the
+    # logging set up for it: a CLI called in-process after it (a test, a library
+    # user) lost its error line to a "--- Logging error ---" of a closed stream.
+    from tierstore import errors
+    from tierstore.cli.output import fail
+
+    with logs.errors_as_json():
+        fail(errors.Unavailable("cannot listen on 127.0.0.1:1 (--listen)"))
+    line = json.loads(capsys.readouterr().err)
+    assert line["level"] == "error" and line["error"] == "Unavailable"
+    assert line["msg"] == "Unavailable: cannot listen on 127.0.0.1:1 (--listen)"
+    fail(errors.Unavailable("no node at 127.0.0.1:1"))
+    assert capsys.readouterr().err.startswith("error: Unavailable: no node at 127.0.0.1:1")

@@ -10,11 +10,20 @@ pipeline need not parse ``msg``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 
-__all__ = ["QUIET_LIBRARIES", "configure_logging", "logging_as_json"]
+__all__ = [
+    "QUIET_LIBRARIES",
+    "configure_logging",
+    "errors_as_json",
+    "json_error_line",
+    "logging_as_json",
+]
 
 #: Libraries whose lines are kept at INFO and above whatever the level asked for:
 #: botocore's debug lines carry every archive request's Authorization header (the
@@ -23,15 +32,40 @@ __all__ = ["QUIET_LIBRARIES", "configure_logging", "logging_as_json"]
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
-#: Whether :func:`configure_logging` ran in this process (``tierstore serve``).
+#: Whether the command running is a node's (inside :func:`errors_as_json`).
 _as_json = False
 
 
+@contextlib.contextmanager
+def errors_as_json() -> Iterator[None]:
+    """While ``tierstore serve`` runs, once its options are read and its log is JSON
+    lines: its error line goes out as one of them too (:func:`json_error_line`), not
+    as text a log pipeline cannot parse. Only for that call: a CLI called in-process
+    after it (a test, a library user) writes its own plain line."""
+    global _as_json
+    before, _as_json = _as_json, True
+    try:
+        yield
+    finally:
+        _as_json = before
+
+
 def logging_as_json() -> bool:
-    """Whether this process logs JSON lines (``tierstore serve``, once its options are
-    read): its error line then goes out as one of them too (:func:`tierstore.cli.output.fail`),
-    not as text a log pipeline cannot parse."""
+    """Whether errors go out as JSON lines now (see :func:`errors_as_json`)."""
     return _as_json
+
+
+def json_error_line(name: str, text: str) -> str:
+    """The JSON log line of an error of class ``name`` saying ``text``: what the log's
+    own error lines hold, and ``error``, the class."""
+    document = {
+        "ts": round(time.time(), 3),
+        "level": "error",
+        "logger": "tierstore.cli",
+        "msg": f"{name}: {text}",
+        "error": name,
+    }
+    return json.dumps(document, ensure_ascii=False)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -58,8 +92,6 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    global _as_json
-    _as_json = True
     floor = max(root.level, logging.INFO)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(floor)

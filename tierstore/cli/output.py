@@ -5,7 +5,6 @@ words mislead, and the checks of a file a command is to write."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -20,7 +19,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from tierstore import errors
-from tierstore.cli.logs import logging_as_json
+from tierstore.cli.logs import json_error_line, logging_as_json
 from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_plaintext, state
 from tierstore.cli.stopsignal import stop_exit, stopped_by
 from tierstore.cli.tables import plain_lines, print_whole
@@ -48,8 +47,6 @@ __all__ = [
     "write_failed",
     "yes_no",
 ]
-
-_log = logging.getLogger("tierstore.cli")
 
 
 #: the width of tables written to a pipe: wide enough never to cut a column
@@ -232,7 +229,7 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
     code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)
     name = type(exc).__name__
     if logging_as_json():  # tierstore serve: its log is JSON lines, and so is this one
-        _log.error("%s: %s", name, text, extra={"fields": {"error": name}})
+        print(json_error_line(name, text), file=sys.stderr, flush=True)
         return typer.Exit(code)
     # soft_wrap: one line whatever the terminal width, so scripts can read it.
     err.print(Text.assemble(("error:", "red"), f" {name}: {text}"), highlight=False, soft_wrap=True)

@@ -102,7 +102,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
-    from tierstore.cli.logs import configure_logging
+    from tierstore.cli.logs import configure_logging, errors_as_json
     from tierstore.cli.serve import ServeOptions
     from tierstore.cli.serve import serve as run
 
@@ -160,7 +160,9 @@ def serve(
         reseal_archive=reseal_archive,
         archive_lost=archive_lost,
     )
-    raise typer.Exit(run_or_fail(lambda: run(options, sys.stdout)))
+    with errors_as_json():
+        code = run_or_fail(lambda: run(options, sys.stdout))
+    raise typer.Exit(code)
 
 
 def _source_of(context: typer.Context, parameter: str) -> str:
