@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tierstore.client.connect import connect
-from tierstore.client.tokenfile import read_token_file
+from tierstore.client.tokenfile import TokenFile, names_a_descriptor, read_token_file
 from tierstore.errors import InvalidArgument
 
 TOKEN = "ts_0123456789ab_" + "A" * 43
@@ -280,6 +280,15 @@ def test_a_pickled_client_reads_its_token_file_again_by_its_whole_path_or_not_at
             with pytest.raises(InvalidArgument, match="read from a pipe or a descriptor"):
                 pickle.dumps(client)
             assert copy.deepcopy(client)._channel.settings.token == TOKEN  # no file read
+    # A link to a descriptor's name is one too; a file under /dev/shm is a file.
+    linked = tmp_path / "linked"
+    linked.symlink_to("/dev/stdin")
+    assert names_a_descriptor(linked) and names_a_descriptor(Path("/dev/fd/0"))
+    assert names_a_descriptor(Path("/proc/self/fd/0"))
+    assert not names_a_descriptor(path) and not names_a_descriptor(Path("/dev/shm/token"))
+    hop = tmp_path / "hop"
+    hop.symlink_to(path)
+    assert TokenFile.read(hop)[1] == TokenFile(hop, rereadable=True)
 
 
 def test_a_client_given_its_token_pickles_it_as_given(tmp_path: Path) -> None:

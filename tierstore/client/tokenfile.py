@@ -60,8 +60,44 @@ class TokenFile:
             regular = stat.S_ISREG(os.stat(where).st_mode)
         except OSError:
             regular = False  # gone since: never read again
-        descriptor = where.parts[1:2] in (("dev",), ("proc",))
-        return token, cls(where, regular and not descriptor)
+        return token, cls(where, regular and not names_a_descriptor(where))
+
+
+#: Names that stand for a process's descriptors: read in another process, they are its.
+_DESCRIPTOR_DIRECTORIES = ("/proc", "/dev/fd")
+_DESCRIPTOR_FILES = ("/dev/stdin", "/dev/stdout", "/dev/stderr")
+#: The most links followed before a name counts as a descriptor's (a loop, say).
+_MOST_LINKS = 40
+
+
+def names_a_descriptor(path: Path) -> bool:
+    """Whether absolute ``path``, or a link on the way to its file, goes through a
+    descriptor's name (``/dev/stdin``, ``/dev/fd/N``, ``/proc/PID/fd/N``): a token file
+    ``token -> /dev/stdin`` is the input of whichever process reads it. Each link is
+    followed a step at a time (resolving the whole name would follow ``/proc/self/fd/0``
+    on to the file the descriptor has open here, and hide it). A file under ``/dev/shm``
+    is a file."""
+    pending = list(path.parts[1:])
+    current = Path("/")
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            current = current.parent
+            continue
+        current = current / part
+        if str(current) in _DESCRIPTOR_DIRECTORIES or str(current) in _DESCRIPTOR_FILES:
+            return True
+        try:
+            target = Path(os.readlink(current))
+        except OSError:
+            continue  # not a link
+        links += 1
+        if links > _MOST_LINKS:
+            return True
+        pending = list(target.parts[1:] if target.is_absolute() else target.parts) + pending
+        current = Path("/") if target.is_absolute() else current.parent
+    return False
 
 
 def read_token_file(path: str | Path) -> str:
