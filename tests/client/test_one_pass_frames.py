@@ -70,19 +70,32 @@ def test_a_stream_that_ends_within_its_first_frame_is_counted(
     # Every file object that is not a plain file was sent uncounted: an older node,
     # which knows no such header field, took it for an empty shard and refused the
     # first frame; and a put that lost its connection could not be made again. A
-    # BytesIO is in memory already; a stream that ended within the first frame (read
-    # before the put starts) is whole.
+    # BytesIO is in memory already; a stream that ended within its first two frames
+    # (read before the put starts) is whole.
     client, handler = recorded
     with gzip.open(tmp_path / "small.gz", "wb") as packed:
         packed.write(b"z" * 1000)
     bigger = tmp_path / "bigger.gz"
     with gzip.open(bigger, "wb") as packed:
         packed.write(b"z" * 3000)
-    with gzip.open(tmp_path / "small.gz", "rb") as small, gzip.open(bigger, "rb") as large:
+    one = tmp_path / "one.gz"
+    with gzip.open(one, "wb") as packed:
+        packed.write(b"o" * 1024)  # one whole frame: the second read finds the end
+    exact = tmp_path / "exact.gz"
+    with gzip.open(exact, "wb") as packed:
+        packed.write(b"x" * 2048)  # two whole frames: only a third read finds the end
+    with (
+        gzip.open(tmp_path / "small.gz", "rb") as small,
+        gzip.open(bigger, "rb") as large,
+        gzip.open(exact, "rb") as two,
+        gzip.open(one, "rb") as whole_frame,
+    ):
         for value, frames, uncounted, data in (
             (io.BytesIO(b"b" * 3000), 3, False, b"b" * 3000),
             (small, 1, False, b"z" * 1000),
             (io.BytesIO(b""), 0, False, b""),
+            (whole_frame, 1, False, b"o" * 1024),
+            (two, 0, True, b"x" * 2048),
             (large, 0, True, b"z" * 3000),
         ):
             handler.messages.clear()

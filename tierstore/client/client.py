@@ -103,8 +103,8 @@ class Client(AdminCalls, PlacementCalls):
         read a frame at a time as it is sent; one that shrinks meanwhile is
         InvalidArgument and stores nothing) or binary file object (from its position to
         its end, a frame at a time as it is sent, a pipe's as it comes; one that cannot
-        be read is InvalidArgument; the put of a stream longer than a frame (a pipe, a
-        compressed file's reader) is made again only if it failed before its first
+        be read is InvalidArgument; the put of a stream longer than two frames (a pipe,
+        a compressed file's reader) is made again only if it failed before its first
         frame was sent, and needs a node of this release), a
         numpy array, a pyarrow Table or
         RecordBatch, or a torch tensor; or a pyarrow RecordBatchReader (or a list,
@@ -124,7 +124,7 @@ class Client(AdminCalls, PlacementCalls):
             uncounted = False
             if isinstance(value, FileFrames):
                 kind, frames, count = ShardKind.RAW, value, len(value)
-            elif whole is not None:  # a stream that ended within its first frame
+            elif whole is not None:  # a stream that ended within its first two frames
                 kind, frames, count = ShardKind.RAW, [memoryview(f) for f in whole], len(whole)
             elif isinstance(value, StreamFrames):  # not counted: the header says so
                 kind, frames, count, uncounted = ShardKind.RAW, OnePassFrames(value), 0, True

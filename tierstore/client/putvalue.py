@@ -59,31 +59,35 @@ class FileFrames:
 class StreamFrames:
     """A readable's bytes from its position to its end, as raw frames read as they are
     sent (a pipe's, a device's, a compressed file's: memory does not grow with them),
-    not counted first: every frame but the last is full. Readable once; the first frame
-    is read here, so a file that cannot be read at all is InvalidArgument before the
-    put begins. A read that fails later is InvalidArgument too (the put is then
+    not counted first: every frame but the last is full. Readable once. Up to two
+    frames are read here, before the put begins: a file that cannot be read at all is
+    InvalidArgument at once, and a stream that ends within them is whole
+    (:meth:`whole`). A read that fails later is InvalidArgument too (the put is then
     cancelled and stores nothing)."""
 
     def __init__(self, file: Any, frame_bytes: int) -> None:
         self._file = file
         self._frame_bytes = frame_bytes
-        self._first: bytes | None = self._frame()
+        #: the frames read ahead, and whether the bytes ended within them
+        self._ahead = [self._frame()]
+        self._ended = len(self._ahead[0]) < frame_bytes
+        if not self._ended:  # a full first frame: only the next tells whether it is all
+            self._ahead.append(self._frame())
+            self._ended = len(self._ahead[1]) < frame_bytes
 
     def whole(self) -> list[bytes] | None:
-        """Every frame, when the bytes ended within the first (read already): such a
-        put is counted, as every node takes it, and may be sent again. Else None."""
-        first = self._first
-        if first is None or len(first) == self._frame_bytes:
-            return None
-        return [first] if first else []
+        """Every frame, when the bytes ended within the two read already: such a put is
+        counted, as every node takes it, and may be sent again. Else None."""
+        return [frame for frame in self._ahead if frame] if self._ended else None
 
     def __iter__(self) -> Iterator[bytes]:
-        frame, self._first = self._first, None
-        while frame:
-            yield frame
-            if len(frame) < self._frame_bytes:
-                return  # the end came before the frame was full
+        ahead, self._ahead = self._ahead, []
+        yield from (frame for frame in ahead if frame)
+        while not self._ended:
             frame = self._frame()
+            self._ended = len(frame) < self._frame_bytes  # the end came before it was full
+            if frame:
+                yield frame
 
     def _frame(self) -> bytes:
         """The next ``frame_bytes`` bytes, fewer only at the end (a pipe reads what its
