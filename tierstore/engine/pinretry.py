@@ -181,6 +181,13 @@ class PinRetries:
             if now - last < ROOM_WARNING_EVERY_S:
                 self._room_warned[record.dataset] = (last, unsaid + 1)
                 return
+            # Those whose minute has passed with nothing left unsaid are done with:
+            # deleted datasets, a run's short-lived names, would stay for good.
+            self._room_warned = {
+                dataset: (at, count)
+                for dataset, (at, count) in self._room_warned.items()
+                if count or now - at < ROOM_WARNING_EVERY_S
+            }
             self._room_warned[record.dataset] = (now, 0)
         more = f" ({unsaid} more of its pins skipped so since the last such warning)"
         log.warning(
