@@ -102,11 +102,13 @@ def serve_error_lines(stderr: str) -> list[str]:
     JSON log line of one refused after (its log is JSON lines by then)."""
     found = []
     for line in stderr.splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                document = json.loads(line)
-                if document.get("logger") == "tierstore.cli" and document["level"] == "error":
-                    found.append(f"error: {document['msg']}")
+        try:
+            document = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            document = None  # not ours (gRPC's own lines): read as text
+        if isinstance(document, dict):
+            if document.get("logger") == "tierstore.cli" and document.get("level") == "error":
+                found.append(f"error: {document.get('msg')}")
         elif "error:" in line:
             found.append(line)
     return found
