@@ -12,7 +12,7 @@ from tierstore import errors
 from tierstore.cli.app import command_client
 from tierstore.cli.output import (
     emit,
-    err,
+    emit_warned,
     fail,
     hit_ratio_text,
     jsonable,
@@ -128,10 +128,7 @@ def dataset_update(
             "(read from the archive), and its puts, pins and prefetches are refused "
             "(QuotaExceeded) until the quota is raised past it"
         )
-        shown["warning"] = warning
-    emit(shown, f"updated dataset {name}{note}")
-    if warning is not None:
-        err.print(warning, highlight=False, soft_wrap=True)
+    emit_warned(shown, f"updated dataset {name}{note}", warning)
 
 
 def _dataset_figures(client: Any, name: str) -> dict[str, Any]:

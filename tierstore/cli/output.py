@@ -31,6 +31,7 @@ __all__ = [
     "checked_output_file",
     "emit",
     "emit_report",
+    "emit_warned",
     "err",
     "fail",
     "hit_ratio_text",
@@ -108,6 +109,16 @@ def emit(value: Any, table: RenderableType | None = None) -> None:
         sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
     elif table is not None:
         print_whole(out, table)
+
+
+def emit_warned(value: dict[str, Any], table: RenderableType, warning: str | None) -> None:
+    """:func:`emit` ``value`` and ``table``, with ``warning`` (if any) as ``value``'s
+    ``"warning"`` and as a line on stderr: the command did what it was asked."""
+    if warning is not None:
+        value["warning"] = warning
+    emit(value, table)
+    if warning is not None:
+        err.print(warning, highlight=False, soft_wrap=True)
 
 
 def emit_report(value: Any, line: str, output: Path | None) -> None:

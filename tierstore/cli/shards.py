@@ -19,6 +19,7 @@ from tierstore.cli.output import (
     checked_output_file,
     emit,
     emit_report,
+    emit_warned,
     err,
     fail,
     interrupted,
@@ -268,11 +269,7 @@ def pin(
     )
     report: dict[str, Any] = {"pinned": shards, "not_pinned": [], "bytes_queued": queued}
     warning = _pins_past_room(client, dataset)
-    if warning is not None:
-        report["warning"] = warning
-    emit(report, f"pinned {plural(len(shards), 'shard')}{promoting}")
-    if warning is not None:
-        err.print(warning, highlight=False, soft_wrap=True)
+    emit_warned(report, f"pinned {plural(len(shards), 'shard')}{promoting}", warning)
 
 
 def _pins_past_room(client: Any, dataset: str) -> str | None:
