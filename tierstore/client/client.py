@@ -120,12 +120,9 @@ class Client(AdminCalls, PlacementCalls):
         with ReadableValue(data, self.frame_bytes) as value:
             frames: FileFrames | OnePassFrames | Sequence[memoryview]
             streamed = frames_streamed(value, self.frame_bytes)
-            whole = value.whole() if isinstance(value, StreamFrames) else None
             uncounted = False
             if isinstance(value, FileFrames):
                 kind, frames, count = ShardKind.RAW, value, len(value)
-            elif whole is not None:  # a stream that ended within its first two frames
-                kind, frames, count = ShardKind.RAW, [memoryview(f) for f in whole], len(whole)
             elif isinstance(value, StreamFrames):  # not counted: the header says so
                 kind, frames, count, uncounted = ShardKind.RAW, OnePassFrames(value), 0, True
             elif streamed is not None:

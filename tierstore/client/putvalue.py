@@ -76,8 +76,7 @@ class StreamFrames:
             self._ended = len(self._ahead[1]) < frame_bytes
 
     def whole(self) -> list[bytes] | None:
-        """Every frame, when the bytes ended within the two read already: such a put is
-        counted, as every node takes it, and may be sent again. Else None."""
+        """Every frame, when the bytes ended within the two read already; else None."""
         return [frame for frame in self._ahead if frame] if self._ended else None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -101,6 +100,15 @@ class StreamFrames:
             parts.append(part)
             wanted -= len(part)
         return b"".join(parts)
+
+
+def _streamed(file: Any, frame_bytes: int) -> bytes | StreamFrames:
+    """``file``'s bytes as :class:`StreamFrames`, or as the bytes themselves when they
+    ended within the frames read ahead: those are put counted, as every node takes
+    them, and may be sent again."""
+    frames = StreamFrames(file, frame_bytes)
+    whole = frames.whole()
+    return frames if whole is None else b"".join(whole)
 
 
 def _read(file: Any, size: int) -> bytes:
@@ -170,7 +178,8 @@ def _is_plain_file(data: object) -> bool:
 
 class ReadableValue:
     """Context manager: a file path or file object as :class:`FileFrames` (a regular
-    file) or :class:`StreamFrames` (anything else readable), or ``data`` itself."""
+    file) or :class:`StreamFrames` (anything else readable, its bytes when they end
+    within two frames), or ``data`` itself."""
 
     def __init__(self, data: Any, frame_bytes: int) -> None:
         self._data = data
@@ -209,13 +218,13 @@ class ReadableValue:
         if not _is_plain_file(data):
             # Its bytes need not be its descriptor's: a gzip file's are decompressed,
             # and its tell() counts them (read from the descriptor, it stored nothing).
-            return StreamFrames(data, self._frame_bytes)
+            return _streamed(data, self._frame_bytes)
         try:
             status = os.fstat(data.fileno())
         except (OSError, AttributeError, ValueError):
-            return StreamFrames(data, self._frame_bytes)
+            return _streamed(data, self._frame_bytes)
         if not stat.S_ISREG(status.st_mode) or not data.readable():
-            return StreamFrames(data, self._frame_bytes)  # a pipe or a device: as they come
+            return _streamed(data, self._frame_bytes)  # a pipe or a device: as they come
         # From where the file stands, as read() would (a header skipped, say).
         return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
 
