@@ -26,10 +26,9 @@ policy. Whatever a dataset cannot free (everything else of it is pinned or not
 archived yet) is asked of the others, largest first. A promotion's room (one
 shard's) is asked of one dataset at a time: first of those no longer in use (none
 of their shards read or gone hot in the last tier's worth of reads), least recently
-used first,
-then of the others, largest first. Largest first alone kept a dataset read once and
-never again holding half the tier for good, while the one being read evicted its own
-shards to promote others.
+used first, then of the others, largest first. Largest first alone kept a dataset
+read once and never again holding half the tier for good, while the one being read
+evicted its own shards to promote others.
 
 Thread safety and lock order: every policy call runs under the driver's one lock
 (policies are not thread-safe). Calls that change the hot set are made *inside*
@@ -295,17 +294,14 @@ class PolicyDriver:
         unused since the start is idle once that many reads were made.)"""
         window = max(1, len(self._sizes))
 
-        def idle_since(dataset: str) -> int | None:
+        def turn(item: tuple[str, int]) -> tuple[int, int, int]:
+            dataset, hot = item
             last = self._last_used.get(dataset, 0)
-            return last if self._reads - last >= window else None
+            if self._reads - last >= window:  # idle
+                return (0, last, -hot)
+            return (1, 0, -hot)
 
-        idle: list[tuple[int, str, int]] = []
-        active: list[tuple[int, str, int]] = []
-        for dataset, hot in sorted(self._hot_bytes.items(), key=lambda item: -item[1]):
-            since = idle_since(dataset)
-            (active if since is None else idle).append((since or 0, dataset, hot))
-        idle.sort(key=lambda item: item[0])  # stable: the most hot bytes first on a tie
-        return [(dataset, hot) for _, dataset, hot in idle + active]
+        return sorted(self._hot_bytes.items(), key=turn)
 
     # Prefetch.
 
