@@ -201,19 +201,20 @@ class Placement:
             for record in self._catalog.iter_shards(txn, dataset):
                 shards += 1
                 size += record.size
-                largest = max(largest, stored_size(record))
+                stored = stored_size(record)
+                largest = max(largest, stored)
                 if record.hot:
                     hot_shards += 1
-                    hot_bytes += stored_size(record)
+                    hot_bytes += stored
                 if record.archived:
                     archived_shards += 1
-                    archived_bytes += stored_size(record)
+                    archived_bytes += stored
                 if record.pin_holds(now):
                     pinned_shards += 1
-                    pinned_bytes += stored_size(record)
+                    pinned_bytes += stored
                     if not record.hot:
                         pinned_cold_shards += 1
-                        pinned_cold_bytes += stored_size(record)
+                        pinned_cold_bytes += stored
             backlog_bytes, backlog_shards = self._catalog.dataset_backlog(txn, dataset)
         with self._lock:
             hits, misses = self._reads.get(dataset, (0, 0))
