@@ -16,6 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -421,28 +422,17 @@ def test_a_write_through_call_gives_up_at_once_when_its_store_closes(
     archive = GatedArchive()
     store = open_store(archive, datasets={"wt": WRITE_THROUGH}, start_mover=False)
     archive.gate = lambda key: key.endswith(".frames")
-    ended: list[BaseException | None] = []
-
-    def put() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        putting = pool.submit(store.put, "wt", "s", payload(FRAME, 3))
         try:
-            store.put("wt", "s", payload(FRAME, 3))
-            ended.append(None)
-        except BaseException as exc:  # checked below
-            ended.append(exc)
-
-    putting = threading.Thread(target=put)
-    putting.start()
-    try:
-        assert archive.entered.wait(10)
-        started = time.monotonic()
-        store.close()
-        putting.join(15)
-        assert not putting.is_alive(), "the put waited on after its store closed"
-        assert time.monotonic() - started < 15
-        assert len(ended) == 1 and isinstance(ended[0], NotArchivedYet), ended
-    finally:
-        archive.release.set()
-        putting.join(30)
+            assert archive.entered.wait(10)
+            started = time.monotonic()
+            store.close()
+            ended = putting.exception(timeout=15)  # TimeoutError: it waited on after the close
+            assert time.monotonic() - started < 15
+            assert isinstance(ended, NotArchivedYet), ended
+        finally:
+            archive.release.set()
 
 
 def test_a_write_through_put_waits_for_its_own_upload_while_the_archive_takes_it(
