@@ -83,7 +83,7 @@ def delete_and_make_again(node: RunningServer, writer: str) -> None:
 
 
 def revoke(node: RunningServer, writer: str) -> None:
-    node.tokens.revoke(writer.split("_")[1])
+    node.tokens.revoke(writer.split("_")[1], force=True)
 
 
 def delete(node: RunningServer, writer: str) -> None:

@@ -35,7 +35,7 @@ WAIT_S = 30.0
 
 
 def revoke(node: RunningServer, token: str) -> None:
-    node.tokens.revoke(token.split("_")[1])
+    node.tokens.revoke(token.split("_")[1], force=True)
 
 
 def run_out(node: RunningServer, token: str) -> None:

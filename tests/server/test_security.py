@@ -350,7 +350,7 @@ def test_an_expired_token_is_refused(node: Node) -> None:
 
 def test_every_authentication_failure_reads_alike(node: Node) -> None:
     revoked = node.running.token("revoked-reader", ("alpha", Role.READER))
-    node.running.tokens.revoke(revoked.split("_")[1])
+    node.running.tokens.revoke(revoked.split("_")[1], force=True)
     expired = node.running.token("expired-reader", ("alpha", Role.READER), ttl_s=1)
     node.running.clock.offset = 10.0
     try:
@@ -663,7 +663,7 @@ def test_an_encrypted_shards_key_reaches_only_its_readers(
         token = None
     elif who == "revoked vault reader":
         token = node.running.token("revoked-vault", ("vault", Role.READER))
-        node.running.tokens.revoke(token.split("_")[1])
+        node.running.tokens.revoke(token.split("_")[1], force=True)
     else:
         token = node.tokens[who]
     for ranged in (
@@ -873,7 +873,7 @@ def test_the_audit_log_records_denials_and_never_a_token(
         secrets_seen.append(made.token)
         wrong = _wrong_secret(node.tokens["writer_a"])
         revoked = node.running.token("revoked-audit", ("alpha", Role.READER))
-        node.running.tokens.revoke(revoked.split("_")[1])
+        node.running.tokens.revoke(revoked.split("_")[1], force=True)
         secrets_seen += [wrong, revoked, *node.tokens.values()]
         invoke(node.channel, GET, request_for(GET), made.token)
         for token in (None, "garbage-token-value", wrong, revoked):

@@ -196,6 +196,56 @@ def test_revoke(store: TokenStore, clock: Clock) -> None:
     assert store.authenticate(other).name == "bob"  # and not revoked
 
 
+def test_the_last_live_admin_token_is_revoked_only_with_force(
+    store: TokenStore, clock: Clock, tmp_path: Path
+) -> None:
+    # The guard stood in the CLI alone: a client library's revoke (or two CLIs at
+    # once) locked every admin out until the node restarted.
+    everything = [Grant(ALL_DATASETS, Role.ADMIN)]
+    first, first_token = store.create("root", everything)
+    reader, _ = store.create("alice", READ_DS)
+    dataset_admin, _ = store.create("dsadmin", [Grant("ds", Role.ADMIN)])
+    store.create("old-root", everything, ttl_s=10)
+    clock.now += 11  # an admin token run out is no admin to fall back on
+    for token_id in (reader.token_id, dataset_admin.token_id):
+        assert store.revoke(token_id).revoked  # not admins on "*": no guard
+    with pytest.raises(FailedPrecondition, match="is the last live admin token") as caught:
+        store.revoke(first.token_id)
+    assert "--grant '*=admin'" in str(caught.value) and "force" in str(caught.value)
+    assert store.authenticate(first_token).name == "root"  # still works
+    assert not TokenStore(store.path, clock=clock).list()[0].revoked  # on disk too
+    second, _ = store.create("root2", everything)
+    assert store.revoke(first.token_id).revoked  # another admin holds on
+    with pytest.raises(FailedPrecondition, match=second.token_id):
+        store.revoke(second.token_id)
+    assert store.revoke(second.token_id, force=True).revoked
+    assert refused(store, first_token) == AuthFailure.REVOKED
+    assert store.revoke(second.token_id).revoked  # a revoked one again: still a no-op
+
+
+def test_two_admins_revoking_each_other_at_once_leave_one(store: TokenStore) -> None:
+    everything = [Grant(ALL_DATASETS, Role.ADMIN)]
+    ids = [store.create(f"root{i}", everything)[0].token_id for i in range(2)]
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def revoke(token_id: str) -> None:
+        start.wait()
+        try:
+            store.revoke(token_id)
+            outcomes.append("revoked")
+        except FailedPrecondition:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=revoke, args=(token_id,)) for token_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused", "revoked"]
+    assert [info.revoked for info in store.list()].count(False) == 1
+
+
 def test_expiry(store: TokenStore, clock: Clock) -> None:
     info, token = store.create("alice", READ_DS, ttl_s=10)
     forever, token_forever = store.create("bob", READ_DS)
@@ -295,7 +345,7 @@ def test_admin_token_reissued_when_every_admin_token_is_revoked(
 ) -> None:
     first = store.ensure_admin_token(tmp_path / "admin.token")
     assert first is not None
-    store.revoke(store.list()[0].token_id)
+    store.revoke(store.list()[0].token_id, force=True)  # the last one
     second = store.ensure_admin_token(tmp_path / "admin.token")
     assert second is not None and second != first
     assert (tmp_path / "admin.token").read_text() == second + "\n"

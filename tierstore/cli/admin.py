@@ -319,9 +319,9 @@ def token_revoke(
     ] = False,
 ) -> None:
     """Revoke a token for good. The last live admin token is revoked only with --force
-    (admin calls then fail until the node restarts and writes a new admin.token): it
-    was revoked at the first word, every admin locked out, and only a warning said so.
-    A token revoked already is left as it is, and said to be (no error)."""
+    (admin calls then fail until the node restarts and writes a new admin.token): the
+    node refuses it otherwise, whichever client asks. A token revoked already is left
+    as it is, and said to be (no error)."""
     client = command_client()
     try:
         tokens = client.list_tokens()
@@ -330,18 +330,9 @@ def token_revoke(
     except errors.TierstoreError as exc:
         raise fail(exc) from None
     last_admin = _live_admin_tokens(tokens) == [token_id]
-    if last_admin and not force:
-        raise fail(
-            errors.FailedPrecondition(
-                f"{token_id} is the last live admin token: revoked, every admin call fails "
-                "until the node restarts and writes a new admin.token in its data "
-                "directory. Create another admin token first (token create NAME --grant "
-                "'*=admin'), or give --force"
-            )
-        )
     already = any(t["token_id"] == token_id and t["revoked"] for t in tokens)
     own = client.token_id == token_id
-    run_or_fail(lambda: client.revoke_token(token_id))
+    run_or_fail(lambda: client.revoke_token(token_id, force=force))
     emit(
         {
             "revoked": token_id,

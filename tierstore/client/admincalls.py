@@ -170,13 +170,17 @@ class AdminCalls(ClientCore):
         )
         return reply.token_id, reply.token
 
-    def revoke_token(self, token_id: str) -> None:
-        """Revoke a token for good (admin on "*")."""
+    def revoke_token(self, token_id: str, *, force: bool = False) -> None:
+        """Revoke a token for good (admin on "*"). The last live token with the admin
+        role on "*" is revoked only with ``force`` (FailedPrecondition without): every
+        admin call would then fail until the node restarts and writes a new
+        admin.token."""
         token_id = checked_text("token_id", token_id, "a token's id")
+        force = check_bool("force", force)
         stub = self._stub(admin_pb2_grpc.AdminServiceStub)
         self._call(
             stub.RevokeToken,
-            admin_pb2.RevokeTokenRequest(token_id=token_id),
+            admin_pb2.RevokeTokenRequest(token_id=token_id, force=force),
             idempotent=True,
             changes=f"the revocation of token {token_id}",
         )

@@ -93,7 +93,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeTokenRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RevokeTokenResponse:
         self._check("RevokeToken")
-        revoked = self._tokens.revoke(request.token_id)
+        revoked = self._tokens.revoke(request.token_id, force=request.force)
         # The work done on the token's behalf stops too: its calls are refused from now
         # on, its streams end at their next message, and the access plans it keeps
         # (steering the prefetcher for up to their TTL past its last report) end here.

@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierstore.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated
+from tierstore.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from tierstore.naming import validate_dataset_name
 from tierstore.private_files import refuse_dangling_link, restrict_mode, write_private_file
 from tierstore.server.authz import Principal, check_principal_name
@@ -63,6 +69,7 @@ _ID_BYTES = 6
 _SECRET_BYTES = 32
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{12}")
 _FORMAT = "tierstore-tokens/v1"
+_ADMIN_ON_ALL = Grant(ALL_DATASETS, Role.ADMIN)
 # Compared against when the token id is unknown, so that path costs what a known one does.
 _DUMMY_DIGEST = hashlib.sha256(b"tierstore: no such token").hexdigest()
 
@@ -199,13 +206,20 @@ class TokenStore:
             self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
         return info, token
 
-    def revoke(self, token_id: str) -> TokenInfo:
+    def revoke(self, token_id: str, *, force: bool = False) -> TokenInfo:
         """Revoke a token for good; revoking a revoked token again is a no-op.
+
+        The last live token with the admin role on every dataset is revoked only with
+        ``force``: without one, every admin call fails until the node restarts and
+        writes a new admin token. The check is made here, under the store's lock, so
+        that it holds for every client and two revokes at once cannot each leave the
+        other's token as the last.
 
         Returns the token's updated info. Raises :class:`~tierstore.errors.NotFound` for
         an unknown id, InvalidArgument for an empty or malformed id or a whole token
-        given as the id (its secret is never echoed), :class:`OSError` if the store
-        cannot be written.
+        given as the id (its secret is never echoed),
+        :class:`~tierstore.errors.FailedPrecondition` for the last live admin token
+        without ``force``, :class:`OSError` if the store cannot be written.
         """
         if not token_id:
             raise InvalidArgument("no token id given: the 12 hex characters after 'ts_'")
@@ -230,11 +244,28 @@ class TokenStore:
                 )
             if record.info.revoked:
                 return record.info
+            if not force and self._last_live_admin(record.info, now):
+                raise FailedPrecondition(
+                    f"{token_id} is the last live admin token: revoked, every admin call "
+                    "fails until the node restarts and writes a new admin.token in its "
+                    "data directory. Create another admin token first (tierstore token "
+                    "create NAME --grant '*=admin'), or revoke it with force (the CLI's "
+                    "--force)"
+                )
             revoked = dataclasses.replace(
                 record, info=dataclasses.replace(record.info, revoked=True, revoked_at=now)
             )
             self._commit({**self._records, token_id: revoked})
             return revoked.info
+
+    def _last_live_admin(self, info: TokenInfo, now: float) -> bool:
+        """Whether ``info`` is a live admin token on every dataset and no other is."""
+        admins = [
+            record.info.token_id
+            for record in self._records.values()
+            if _ADMIN_ON_ALL in record.info.grants and record.info.live(now)
+        ]
+        return admins == [info.token_id]
 
     def remove_grants_on(self, dataset: str) -> dict[str, tuple[Grant, ...]]:
         """Remove every token's grant on ``dataset`` by name (grants on ``*`` stay), as
@@ -346,13 +377,12 @@ class TokenStore:
         The file is written before the store, so a crash in between leaves no admin token
         that nobody knows. Raises :class:`OSError` if either file cannot be written.
         """
-        admin = Grant(ALL_DATASETS, Role.ADMIN)
         with self._lock:
             now = self._clock()
             for record in self._records.values():
-                if record.info.live(now) and admin in record.info.grants:
+                if record.info.live(now) and _ADMIN_ON_ALL in record.info.grants:
                     return None
-            info, token = self._new(ADMIN_PRINCIPAL, [admin], 0)
+            info, token = self._new(ADMIN_PRINCIPAL, [_ADMIN_ON_ALL], 0)
             write_private_file(token_file, (token + "\n").encode("ascii"))
             self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
             return token

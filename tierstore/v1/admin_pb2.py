@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tierstore/v1/admin.proto\x12\x0ctierstore.v1\":\n\x05Grant\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.tierstore.v1.Role\"[\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12#\n\x06grants\x18\x02 \x03(\x0b\x32\x13.tierstore.v1.Grant\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"6\n\x13\x43reateTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"&\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x15\n\x13RevokeTokenResponse\"\x13\n\x11ListTokensRequest\"\x8e\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12#\n\x06grants\x18\x03 \x03(\x0b\x32\x13.tierstore.v1.Grant\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"=\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.tierstore.v1.TokenInfo\"\x13\n\x11RotateKeysRequest\"7\n\x12RotateKeysResponse\x12\x11\n\trewrapped\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10RetireKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"5\n\x11RetireKeyResponse\x12\x0f\n\x07key_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"N\n\rMasterKeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x0c\n\x04held\x18\x03 \x01(\x08\x12\x0e\n\x06shards\x18\x04 \x01(\x04\"=\n\x10ListKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.tierstore.v1.MasterKeyInfo\"%\n\x12\x45xportTraceRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"Y\n\nTracedRead\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0b\n\x03hit\x18\x04 \x01(\x08\x12\x10\n\x08reported\x18\x05 \x01(\x08\"\\\n\nTracedPlan\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06shards\x18\x03 \x03(\t\x12\r\n\x05sizes\x18\x04 \x03(\x04\x12\x11\n\tcontinued\x18\x05 \x01(\x08\"@\n\x0eTracedPosition\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x04\"+\n\x0bTracedClose\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\xd2\x01\n\nTraceEvent\x12\t\n\x01t\x18\x01 \x01(\x01\x12(\n\x04read\x18\x02 \x01(\x0b\x32\x18.tierstore.v1.TracedReadH\x00\x12(\n\x04plan\x18\x03 \x01(\x0b\x32\x18.tierstore.v1.TracedPlanH\x00\x12\x30\n\x08position\x18\x04 \x01(\x0b\x32\x1c.tierstore.v1.TracedPositionH\x00\x12*\n\x05\x63lose\x18\x05 \x01(\x0b\x32\x19.tierstore.v1.TracedCloseH\x00\x42\x07\n\x05\x65vent\"?\n\x13\x45xportTraceResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.tierstore.v1.TraceEvent*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x0f\n\x0bROLE_WRITER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xc7\x04\n\x0c\x41\x64minService\x12R\n\x0b\x43reateToken\x12 .tierstore.v1.CreateTokenRequest\x1a!.tierstore.v1.CreateTokenResponse\x12R\n\x0bRevokeToken\x12 .tierstore.v1.RevokeTokenRequest\x1a!.tierstore.v1.RevokeTokenResponse\x12O\n\nListTokens\x12\x1f.tierstore.v1.ListTokensRequest\x1a .tierstore.v1.ListTokensResponse\x12O\n\nRotateKeys\x12\x1f.tierstore.v1.RotateKeysRequest\x1a .tierstore.v1.RotateKeysResponse\x12L\n\tRetireKey\x12\x1e.tierstore.v1.RetireKeyRequest\x1a\x1f.tierstore.v1.RetireKeyResponse\x12I\n\x08ListKeys\x12\x1d.tierstore.v1.ListKeysRequest\x1a\x1e.tierstore.v1.ListKeysResponse\x12T\n\x0b\x45xportTrace\x12 .tierstore.v1.ExportTraceRequest\x1a!.tierstore.v1.ExportTraceResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tierstore/v1/admin.proto\x12\x0ctierstore.v1\":\n\x05Grant\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.tierstore.v1.Role\"[\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12#\n\x06grants\x18\x02 \x03(\x0b\x32\x13.tierstore.v1.Grant\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"6\n\x13\x43reateTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"5\n\x12RevokeTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x15\n\x13RevokeTokenResponse\"\x13\n\x11ListTokensRequest\"\x8e\x01\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12#\n\x06grants\x18\x03 \x03(\x0b\x32\x13.tierstore.v1.Grant\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"=\n\x12ListTokensResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.tierstore.v1.TokenInfo\"\x13\n\x11RotateKeysRequest\"7\n\x12RotateKeysResponse\x12\x11\n\trewrapped\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10RetireKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"5\n\x11RetireKeyResponse\x12\x0f\n\x07key_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"N\n\rMasterKeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x0c\n\x04held\x18\x03 \x01(\x08\x12\x0e\n\x06shards\x18\x04 \x01(\x04\"=\n\x10ListKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.tierstore.v1.MasterKeyInfo\"%\n\x12\x45xportTraceRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"Y\n\nTracedRead\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0b\n\x03hit\x18\x04 \x01(\x08\x12\x10\n\x08reported\x18\x05 \x01(\x08\"\\\n\nTracedPlan\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06shards\x18\x03 \x03(\t\x12\r\n\x05sizes\x18\x04 \x03(\x04\x12\x11\n\tcontinued\x18\x05 \x01(\x08\"@\n\x0eTracedPosition\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x04\"+\n\x0bTracedClose\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\xd2\x01\n\nTraceEvent\x12\t\n\x01t\x18\x01 \x01(\x01\x12(\n\x04read\x18\x02 \x01(\x0b\x32\x18.tierstore.v1.TracedReadH\x00\x12(\n\x04plan\x18\x03 \x01(\x0b\x32\x18.tierstore.v1.TracedPlanH\x00\x12\x30\n\x08position\x18\x04 \x01(\x0b\x32\x1c.tierstore.v1.TracedPositionH\x00\x12*\n\x05\x63lose\x18\x05 \x01(\x0b\x32\x19.tierstore.v1.TracedCloseH\x00\x42\x07\n\x05\x65vent\"?\n\x13\x45xportTraceResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.tierstore.v1.TraceEvent*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x0f\n\x0bROLE_WRITER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xc7\x04\n\x0c\x41\x64minService\x12R\n\x0b\x43reateToken\x12 .tierstore.v1.CreateTokenRequest\x1a!.tierstore.v1.CreateTokenResponse\x12R\n\x0bRevokeToken\x12 .tierstore.v1.RevokeTokenRequest\x1a!.tierstore.v1.RevokeTokenResponse\x12O\n\nListTokens\x12\x1f.tierstore.v1.ListTokensRequest\x1a .tierstore.v1.ListTokensResponse\x12O\n\nRotateKeys\x12\x1f.tierstore.v1.RotateKeysRequest\x1a .tierstore.v1.RotateKeysResponse\x12L\n\tRetireKey\x12\x1e.tierstore.v1.RetireKeyRequest\x1a\x1f.tierstore.v1.RetireKeyResponse\x12I\n\x08ListKeys\x12\x1d.tierstore.v1.ListKeysRequest\x1a\x1e.tierstore.v1.ListKeysResponse\x12T\n\x0b\x45xportTrace\x12 .tierstore.v1.ExportTraceRequest\x1a!.tierstore.v1.ExportTraceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierstore.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1487
-  _globals['_ROLE']._serialized_end=1565
+  _globals['_ROLE']._serialized_start=1502
+  _globals['_ROLE']._serialized_end=1580
   _globals['_GRANT']._serialized_start=42
   _globals['_GRANT']._serialized_end=100
   _globals['_CREATETOKENREQUEST']._serialized_start=102
@@ -40,43 +40,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATETOKENRESPONSE']._serialized_start=195
   _globals['_CREATETOKENRESPONSE']._serialized_end=249
   _globals['_REVOKETOKENREQUEST']._serialized_start=251
-  _globals['_REVOKETOKENREQUEST']._serialized_end=289
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=291
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=312
-  _globals['_LISTTOKENSREQUEST']._serialized_start=314
-  _globals['_LISTTOKENSREQUEST']._serialized_end=333
-  _globals['_TOKENINFO']._serialized_start=336
-  _globals['_TOKENINFO']._serialized_end=478
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=480
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=541
-  _globals['_ROTATEKEYSREQUEST']._serialized_start=543
-  _globals['_ROTATEKEYSREQUEST']._serialized_end=562
-  _globals['_ROTATEKEYSRESPONSE']._serialized_start=564
-  _globals['_ROTATEKEYSRESPONSE']._serialized_end=619
-  _globals['_RETIREKEYREQUEST']._serialized_start=621
-  _globals['_RETIREKEYREQUEST']._serialized_end=655
-  _globals['_RETIREKEYRESPONSE']._serialized_start=657
-  _globals['_RETIREKEYRESPONSE']._serialized_end=710
-  _globals['_LISTKEYSREQUEST']._serialized_start=712
-  _globals['_LISTKEYSREQUEST']._serialized_end=729
-  _globals['_MASTERKEYINFO']._serialized_start=731
-  _globals['_MASTERKEYINFO']._serialized_end=809
-  _globals['_LISTKEYSRESPONSE']._serialized_start=811
-  _globals['_LISTKEYSRESPONSE']._serialized_end=872
-  _globals['_EXPORTTRACEREQUEST']._serialized_start=874
-  _globals['_EXPORTTRACEREQUEST']._serialized_end=911
-  _globals['_TRACEDREAD']._serialized_start=913
-  _globals['_TRACEDREAD']._serialized_end=1002
-  _globals['_TRACEDPLAN']._serialized_start=1004
-  _globals['_TRACEDPLAN']._serialized_end=1096
-  _globals['_TRACEDPOSITION']._serialized_start=1098
-  _globals['_TRACEDPOSITION']._serialized_end=1162
-  _globals['_TRACEDCLOSE']._serialized_start=1164
-  _globals['_TRACEDCLOSE']._serialized_end=1207
-  _globals['_TRACEEVENT']._serialized_start=1210
-  _globals['_TRACEEVENT']._serialized_end=1420
-  _globals['_EXPORTTRACERESPONSE']._serialized_start=1422
-  _globals['_EXPORTTRACERESPONSE']._serialized_end=1485
-  _globals['_ADMINSERVICE']._serialized_start=1568
-  _globals['_ADMINSERVICE']._serialized_end=2151
+  _globals['_REVOKETOKENREQUEST']._serialized_end=304
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=306
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=327
+  _globals['_LISTTOKENSREQUEST']._serialized_start=329
+  _globals['_LISTTOKENSREQUEST']._serialized_end=348
+  _globals['_TOKENINFO']._serialized_start=351
+  _globals['_TOKENINFO']._serialized_end=493
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=495
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=556
+  _globals['_ROTATEKEYSREQUEST']._serialized_start=558
+  _globals['_ROTATEKEYSREQUEST']._serialized_end=577
+  _globals['_ROTATEKEYSRESPONSE']._serialized_start=579
+  _globals['_ROTATEKEYSRESPONSE']._serialized_end=634
+  _globals['_RETIREKEYREQUEST']._serialized_start=636
+  _globals['_RETIREKEYREQUEST']._serialized_end=670
+  _globals['_RETIREKEYRESPONSE']._serialized_start=672
+  _globals['_RETIREKEYRESPONSE']._serialized_end=725
+  _globals['_LISTKEYSREQUEST']._serialized_start=727
+  _globals['_LISTKEYSREQUEST']._serialized_end=744
+  _globals['_MASTERKEYINFO']._serialized_start=746
+  _globals['_MASTERKEYINFO']._serialized_end=824
+  _globals['_LISTKEYSRESPONSE']._serialized_start=826
+  _globals['_LISTKEYSRESPONSE']._serialized_end=887
+  _globals['_EXPORTTRACEREQUEST']._serialized_start=889
+  _globals['_EXPORTTRACEREQUEST']._serialized_end=926
+  _globals['_TRACEDREAD']._serialized_start=928
+  _globals['_TRACEDREAD']._serialized_end=1017
+  _globals['_TRACEDPLAN']._serialized_start=1019
+  _globals['_TRACEDPLAN']._serialized_end=1111
+  _globals['_TRACEDPOSITION']._serialized_start=1113
+  _globals['_TRACEDPOSITION']._serialized_end=1177
+  _globals['_TRACEDCLOSE']._serialized_start=1179
+  _globals['_TRACEDCLOSE']._serialized_end=1222
+  _globals['_TRACEEVENT']._serialized_start=1225
+  _globals['_TRACEEVENT']._serialized_end=1435
+  _globals['_EXPORTTRACERESPONSE']._serialized_start=1437
+  _globals['_EXPORTTRACERESPONSE']._serialized_end=1500
+  _globals['_ADMINSERVICE']._serialized_start=1583
+  _globals['_ADMINSERVICE']._serialized_end=2166
 # @@protoc_insertion_point(module_scope)

@@ -45,10 +45,12 @@ class CreateTokenResponse(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class RevokeTokenRequest(_message.Message):
-    __slots__ = ("token_id",)
+    __slots__ = ("token_id", "force")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     token_id: str
-    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, token_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RevokeTokenResponse(_message.Message):
     __slots__ = ()
