@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from tests.buffers import KIB, detached, misaligned_body, within
 from tierstore import tensors
-from tierstore.arrowio import frames_to_table, validate_arrow_frames
+from tierstore.arrowio import LettingGo, frames_to_table, table_to_frames, validate_arrow_frames
 from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
 from tierstore.tensors import (
     check_tensor_schema,
@@ -315,3 +315,22 @@ def test_property_tensor_roundtrip(array: np.ndarray, limit: int) -> None:
     frames = tensor_to_frames(array, limit)
     assert all(frame.size <= limit for frame in frames)
     assert_same(array, table_to_tensor(frames_to_table(detached(frames))))
+    # The read that copies each frame's values into place as it goes: the same
+    # tensor, and every frame taken out of the list it was given.
+    taken = detached(frames)
+    assert_same(array, tensors.frames_to_tensor(LettingGo(taken)))
+    assert taken == [None] * len(frames)
+
+
+def test_frames_to_tensor_refuses_what_table_to_tensor_refuses() -> None:
+    array = np.arange(2400, dtype=np.float32).reshape(600, 4)
+    table = tensor_to_table(array)
+    metadata = dict(table.schema.metadata)
+    for shape in (b"[599, 4]", b"[601, 4]", b"[2, 2]"):  # fewer or more values than stored
+        bad = table.replace_schema_metadata({**metadata, b"tierstore.tensor.shape": shape})
+        frames = table_to_frames(bad, 1024)  # several record batches
+        assert len(frames) > 3
+        with pytest.raises(MalformedArrow, match="values for shape"):
+            tensors.frames_to_tensor(LettingGo(frames))
+    with pytest.raises(WrongShardKind):
+        tensors.frames_to_tensor(LettingGo(table_to_frames(pa.table({"x": [1, 2]}))))

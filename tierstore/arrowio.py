@@ -40,6 +40,7 @@ from tierstore.errors import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "ArrowFrames",
+    "LettingGo",
     "check_columns",
     "checked_arrow_frames",
     "fixed_list_values",
@@ -49,6 +50,7 @@ __all__ = [
     "message_is_delta",
     "message_rows",
     "open_ipc_file",
+    "read_batches",
     "reader_to_frames",
     "repeated_columns",
     "table_to_frames",
@@ -692,6 +694,40 @@ def frames_to_table(frames: Sequence[BufferLike], columns: Iterable[str] | None 
     if columns is None:
         return table
     return table.select(_selection(columns, schema))
+
+
+def read_batches(frames: Sequence[pa.Buffer], on_batch: BatchCheck) -> pa.Schema:
+    """Decode an Arrow shard's frames as :func:`frames_to_table` does (trusting them as
+    it does), but hand each record batch to ``on_batch(frame index, batch, frame)`` as
+    it is decoded and keep none; return the schema.
+
+    Each frame is asked of ``frames`` once, in order, as the stream reaches it, and held
+    here only until the stream moves past it. With a sequence that lets go of what it
+    handed out (:class:`LettingGo` over a list, or frames made as they arrive), the read
+    holds what ``on_batch`` keeps plus a frame or two, not the whole shard.
+
+    Raises MalformedArrow as :func:`frames_to_table`, and what ``on_batch`` raises.
+    """
+    return _read_stream(frames, on_batch)[0]
+
+
+class LettingGo(Sequence[pa.Buffer]):
+    """A list of frames read once each, in order: an item asked for is taken out of
+    the list (set to None), so that it is freed once its reader lets go of it (as
+    long as nothing else refers to it). Asking for it again is IndexError."""
+
+    def __init__(self, frames: list[pa.Buffer]) -> None:
+        self._frames: list[pa.Buffer | None] = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> pa.Buffer:  # type: ignore[override]  # no slices
+        frame = self._frames[index]
+        if frame is None:
+            raise IndexError(f"frame {index} was read already")
+        self._frames[index] = None
+        return frame
 
 
 def _message_type(index: int, frame: pa.Buffer) -> str:

@@ -25,18 +25,25 @@ import contextlib
 import importlib
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from tierstore.arrowio import DEFAULT_MAX_FRAME_BYTES, fixed_list_values, table_to_frames
+from tierstore.arrowio import (
+    DEFAULT_MAX_FRAME_BYTES,
+    fixed_list_values,
+    read_batches,
+    table_to_frames,
+)
 from tierstore.errors import MalformedArrow, UnsupportedData, WrongShardKind
 
 __all__ = [
     "TENSOR_COLUMN",
     "check_tensor_schema",
+    "frames_to_tensor",
     "is_tensor_schema",
     "table_to_tensor",
     "tensor_shape",
@@ -276,22 +283,104 @@ def table_to_tensor(table: pa.Table) -> Any:
         UnsupportedData: a torch-only dtype (bfloat16, float8) and torch is not importable.
     """
     shape, name, framework = _tensor_metadata(table.schema)
-    storage_dtype, width = _STORAGE[name]
+    storage_dtype, _ = _STORAGE[name]
     column = table.column(_tensor_column_index(table.schema, name))
-    if column.null_count:
-        raise MalformedArrow("tensor column has null rows")
-    chunks = [fixed_list_values(chunk.storage) for chunk in column.chunks]
+    chunks = [_tensor_values(chunk) for chunk in column.chunks]
     if len(chunks) == 1:
         values = chunks[0]
     else:  # the one copy a multi-frame tensor costs
         values = pa.concat_arrays(chunks) if chunks else pa.array(np.empty(0, storage_dtype))
+    _check_value_count(len(values), shape, name)
+    return _as_tensor(values.to_numpy(zero_copy_only=True), shape, name, framework)
+
+
+def frames_to_tensor(frames: Sequence[pa.Buffer]) -> Any:
+    """``table_to_tensor(frames_to_table(frames))``, copying each frame's values into
+    place as it is decoded (:func:`~tierstore.arrowio.read_batches`: each frame asked
+    for once, in order). With frames that are let go of once read, a multi-frame
+    tensor's read holds the tensor and a frame or two, not every frame and a tensor
+    made from them as well. A one-frame tensor stays zero-copy over its frame.
+    Raises what those two raise.
+    """
+    assembly = _TensorAssembly()
+    schema = read_batches(frames, assembly.add)
+    return assembly.tensor(schema)
+
+
+class _TensorAssembly:
+    """A tensor's values gathered from its record batches as they are decoded."""
+
+    def __init__(self) -> None:
+        self._layout: tuple[tuple[int, ...], str, str, int] | None = None
+        #: the first batch's values (zero-copy), until a second batch comes
+        self._first: pa.Array | None = None
+        self._out: npt.NDArray[Any] | None = None
+        self._filled = 0
+
+    def add(self, index: int, batch: pa.RecordBatch, frame: pa.Buffer) -> None:
+        """Take one batch's values (an ``arrowio`` batch callback)."""
+        if self._layout is None:
+            shape, name, framework = _tensor_metadata(batch.schema)
+            column = _tensor_column_index(batch.schema, name)
+            self._layout = shape, name, framework, column
+        shape, name, _, column = self._layout
+        values = _tensor_values(batch.column(column))
+        if self._out is None and self._first is None:
+            self._first = values  # the whole tensor, if no batch follows
+            return
+        if self._out is None:
+            assert self._first is not None
+            storage_dtype, width = _STORAGE[name]
+            self._out = np.empty(math.prod(shape) * width, storage_dtype)
+            first, self._first = self._first, None
+            self._copy(first, shape, name)
+        self._copy(values, shape, name)
+
+    def _copy(self, values: pa.Array, shape: tuple[int, ...], name: str) -> None:
+        assert self._out is not None
+        end = self._filled + len(values)
+        if end > len(self._out):
+            _check_value_count(end, shape, name)  # raises: more values than the shape
+        self._out[self._filled : end] = values.to_numpy(zero_copy_only=True)
+        self._filled = end
+
+    def tensor(self, schema: pa.Schema) -> Any:
+        """The tensor, once every batch was added; ``schema`` is the shard's."""
+        if self._layout is None:  # no batch at all
+            shape, name, framework = _tensor_metadata(schema)
+            _tensor_column_index(schema, name)
+            storage_dtype, _ = _STORAGE[name]
+            flat = np.empty(0, storage_dtype)
+        else:
+            shape, name, framework, _ = self._layout
+            flat = (
+                self._out[: self._filled]
+                if self._out is not None
+                else self._first.to_numpy(zero_copy_only=True)  # type: ignore[union-attr]
+            )
+        _check_value_count(len(flat), shape, name)
+        return _as_tensor(flat, shape, name, framework)
+
+
+def _tensor_values(chunk: pa.Array) -> pa.Array:
+    """The values under one chunk of a tensor column (zero-copy); MalformedArrow if it
+    holds nulls."""
+    if chunk.null_count:
+        raise MalformedArrow("tensor column has null rows")
+    values = fixed_list_values(chunk.storage)
     if values.null_count:
         raise MalformedArrow(
             f"tensor column holds {values.null_count} null value(s); a tensor has none "
             "(was a numpy masked array stored?)"
         )
-    _check_value_count(len(values), shape, name)
-    flat = values.to_numpy(zero_copy_only=True)
+    return values
+
+
+def _as_tensor(flat: npt.NDArray[Any], shape: tuple[int, ...], name: str, framework: str) -> Any:
+    """The tensor of ``shape`` and logical dtype ``name`` over ``flat``, its storage
+    values in C order: a numpy array, or a torch tensor when ``framework`` says torch
+    and torch imports."""
+    _, width = _STORAGE[name]
     if name == "bool":
         flat = flat != 0
     elif width > 1:

@@ -380,26 +380,59 @@ class Client(AdminCalls, PlacementCalls):
     ) -> tuple[int, pa.Table]:
         """:meth:`read_table`, with the generation its rows were read from (all of them
         from that one: a shard overwritten during the read is read again whole)."""
-        validate_dataset_name(dataset)
-        validate_shard_name(shard)
         arrowio.check_columns(columns)
         if columns is not None:  # once: a read tried again must select them again
             columns = list(columns)
+        chosen = columns
+        return self._read_arrow(
+            dataset, shard, lambda frames: arrowio.frames_to_table(frames, chosen)
+        )
+
+    def _read_arrow(
+        self,
+        dataset: str,
+        shard: str,
+        build: Callable[[Sequence[pa.Buffer]], T],
+        *,
+        one_pass: bool = False,
+    ) -> tuple[int, T]:
+        """The generation of an Arrow shard read whole, and ``build(frames)`` of its
+        frames, read locally or streamed (a stream broken by an overwrite is read again:
+        see :meth:`_read_whole`). ``one_pass``: ``build`` asks for each frame once, in
+        order, and is given frames let go of once asked for (streamed ones received as
+        asked for), so that it need not hold every frame at once. Raises WrongShardKind
+        for a raw shard, and as :meth:`get`."""
+        validate_dataset_name(dataset)
+        validate_shard_name(shard)
         with GATE.call():  # a fork() waits for the whole read, local or streamed
-            local = self._local.read_frames(dataset, shard) if self._local is not None else None
+            local = self._local_frames(dataset, shard)
             if local is not None:
-                return local.generation, _table_of(local, dataset, shard, columns)
+                generation, frames = local
+                return generation, build(arrowio.LettingGo(frames) if one_pass else frames)
             self._counts.bump("grpc")
 
-            def receive(stream: ShardStream) -> tuple[int, pa.Table]:
+            def receive(stream: ShardStream) -> tuple[int, T]:
                 if stream.info.kind is ShardKind.RAW:  # the call is cancelled: see _read_whole
                     raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-                frames = stream.frames(self._frame_allocator())
-                return stream.info.generation, arrowio.frames_to_table(frames, columns)
+                allocate = self._frame_allocator()
+                frames = stream.arriving_frames(allocate) if one_pass else stream.frames(allocate)
+                return stream.info.generation, build(frames)
 
             return self._read_whole(
                 shards_pb2.GetShardRequest(dataset=dataset, shard=shard), receive
             )
+
+    def _local_frames(
+        self, dataset: str, shard: str
+    ) -> tuple[int, builtins.list[pa.Buffer]] | None:
+        """A local read's generation and frames (a list nothing else refers to), or None
+        when the shard is to be read through the service."""
+        local = self._local.read_frames(dataset, shard) if self._local is not None else None
+        if local is None:
+            return None
+        if local.kind is ShardKind.RAW:
+            raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
+        return local.generation, builtins.list(local.buffers)
 
     def _frame_allocator(self) -> FrameAllocator:
         """Where received frames land: the local path's allocator (aligned, or pinned when
@@ -407,8 +440,18 @@ class Client(AdminCalls, PlacementCalls):
         return self._local.allocator() if self._local is not None else aligned_buffer
 
     def read_tensor(self, dataset: str, shard: str) -> Any:
-        """A tensor shard as a numpy array (a torch tensor if it was stored from torch)."""
-        return tensors.table_to_tensor(self.read_table(dataset, shard))
+        """A tensor shard as a numpy array (a torch tensor if it was stored from torch).
+
+        A tensor of several frames is copied into place a frame at a time as the frames
+        arrive, each let go of once copied: the read holds the tensor and a frame or
+        two, not twice the tensor (read locally from an encrypted shard, its frames are
+        decrypted at once, on two threads, and then copied: up to twice, for a moment).
+        One of one frame points into its frame (no copy): read locally from a plaintext
+        shard, into the hot tier's read-only map, where an in-place op on a torch tensor
+        ends the process with SIGSEGV (numpy flags its array read-only; clone a tensor
+        to write into it). Raises WrongShardKind for a raw shard or a table that holds
+        no tensor, and as :meth:`get`."""
+        return self._read_arrow(dataset, shard, tensors.frames_to_tensor, one_pass=True)[1]
 
     def stat(self, dataset: str, shard: str) -> ShardInfo:
         """What the server knows of a shard (size, frames, tiers, access counts — this
@@ -509,14 +552,6 @@ def _handed_on(
             raise_mapped(error)
     finally:
         responses.cancel()  # a no-op on a stream that ended
-
-
-def _table_of(
-    local: LocalShard, dataset: str, shard: str, columns: Iterable[str] | None
-) -> pa.Table:
-    if local.kind is ShardKind.RAW:
-        raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
-    return arrowio.frames_to_table(local.buffers, columns)
 
 
 def _byte_position(name: str, value: object) -> int:

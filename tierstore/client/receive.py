@@ -100,6 +100,34 @@ class ShardStream:
         """Every received frame's payload in its own buffer from ``allocate`` (whole frames)."""
         return open_frames(self.sealer, self._stored_frames(), allocate)
 
+    def arriving_frames(self, allocate: FrameAllocator = aligned_buffer) -> Sequence[pa.Buffer]:
+        """The frames as :meth:`frames` gives them, each received and opened when it is
+        asked for (in order, once each: :func:`tierstore.arrowio.read_batches`), and
+        held by its reader alone: a whole shard is never held at once."""
+        opened = (
+            _open_frame(self.sealer, index, stored, allocate)
+            for index, stored in self._stored_frames()
+        )
+        return _Arriving(opened, self.frame_count)
+
+
+class _Arriving(Sequence[pa.Buffer]):
+    """``count`` frames from ``frames``, an iterator, asked for in order, once each."""
+
+    def __init__(self, frames: Iterator[pa.Buffer], count: int) -> None:
+        self._frames = frames
+        self._count = count
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> pa.Buffer:  # type: ignore[override]  # no slices
+        if index != self._next or index >= self._count:
+            raise IndexError(f"frame {index} asked for where frame {self._next} was due")
+        self._next += 1
+        return next(self._frames)  # a stream ending short raises IntegrityError itself
+
 
 def open_frames_into(
     sealer: FrameSealer,
