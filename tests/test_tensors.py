@@ -149,6 +149,17 @@ def test_a_matrix_is_stored_as_its_plain_data() -> None:
         assert_same(np.asarray(array), back)
 
 
+def test_a_numpy_scalar_is_stored_as_a_0d_array() -> None:
+    # What arr.sum() gives was refused ("expected a numpy ndarray"), where a 0-d
+    # array of the same value was stored.
+    for scalar in (np.float64(1.5), np.int8(-3), np.bool_(True), np.complex64(1 - 2j)):
+        back = table_to_tensor(tensor_to_table(scalar))
+        assert isinstance(back, np.ndarray) and back.shape == () and back.dtype == scalar.dtype
+        assert back.item() == scalar.item()
+    with pytest.raises(UnsupportedData, match="not supported"):
+        tensor_to_table(np.str_("text"))
+
+
 def test_a_memory_map_is_stored_as_its_plain_data(tmp_path: Any) -> None:
     array = np.memmap(tmp_path / "map", np.float32, "w+", shape=(3, 4))
     array[:] = np.arange(12).reshape(3, 4)

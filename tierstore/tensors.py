@@ -129,13 +129,16 @@ def tensor_to_table(array: Any, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) 
     layout (see the module docstring); torch is imported only for torch tensors.
 
     Other ndarray subclasses (``np.matrix``, ``np.memmap``) are stored as their plain
-    data, and read back as an ndarray.
+    data, and read back as an ndarray; a numpy scalar (``np.float64(1.5)``) as the 0-d
+    array it is the value of, and read back as that array.
 
     Raises:
         UnsupportedData: not an ndarray or tensor, a numpy masked array or torch
             MaskedTensor (a tensor has no nulls), or a dtype outside the supported set
             (object, strings, datetimes, long double, torch complex32 or quantized, ...).
     """
+    if isinstance(array, np.generic):  # a numpy scalar (what arr.sum() gives): 0-d
+        array = np.asarray(array)
     if type(array).__module__.split(".")[0] == "torch":
         framework = "torch"
         name, values = _torch_to_numpy(array)
