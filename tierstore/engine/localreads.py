@@ -156,13 +156,6 @@ class LocalReadSupport:
         return self._env.clear_dead_readers(force)
 
     def reader_table(self) -> ReaderTable:
-        """How many slots of the reader table are taken, by every process on this host.
-
-        py-lmdb has no count of taken slots (``info()["num_readers"]`` is the most ever
-        taken at once), so this counts the lines of LMDB's reader list: O(slots)."""
-        env = self._env.env
-        listing: str = env.readers()
-        # One line per taken slot, each starting with its pid; the header does not.
-        used = sum(1 for line in listing.splitlines() if line.lstrip()[:1].isdigit())
-        size: int = env.info()["max_readers"]
-        return ReaderTable(used, size)
+        """How many slots of the reader table are taken, by every process on this host
+        (read from the lock file: py-lmdb's own count leaked at every grant)."""
+        return ReaderTable(*self._env.reader_slots())

@@ -54,6 +54,7 @@ from tierstore.errors import (
 )
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 from tierstore.tiers.endedreads import EndedReads
+from tierstore.tiers.readerslots import ReaderSlots
 from tierstore.tiers.readertable import oldest_snapshot_in
 
 __all__ = [
@@ -158,6 +159,8 @@ class LmdbEnvironment:
         self._ended = EndedReads()
         #: when clear_dead_readers() last ran (monotonic seconds)
         self._readers_checked_at = float("-inf")
+        #: counts the reader table's taken slots for this process's environment
+        self._reader_slots: ReaderSlots | None = None
         _ENVIRONMENTS.add(self)
 
     @property
@@ -297,6 +300,18 @@ class LmdbEnvironment:
             self._readers_checked_at = now
         freed: int = self.env.reader_check()
         return freed
+
+    def reader_slots(self) -> tuple[int, int]:
+        """``(taken, size)``: how many slots of the reader table are taken now, by every
+        process that maps the environment, and how many it has. Read from the lock
+        file (:mod:`tierstore.tiers.readerslots`), O(slots ever taken): py-lmdb's own
+        ``readers()`` and ``info()`` leak memory at every call."""
+        env = self.env
+        with self._lock:
+            slots = self._reader_slots
+            if slots is None or slots.env is not env:  # first use, or reopened after a fork
+                slots = self._reader_slots = ReaderSlots(env, self.path / "lock.mdb")
+        return slots.taken(), slots.size
 
     @contextmanager
     def read(self) -> Iterator[Any]:
