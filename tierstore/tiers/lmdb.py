@@ -447,10 +447,19 @@ class LmdbEnvironment:
         page = self._page_size
         held = 2 + _pages(env.stat())  # the two meta pages and the main database
         held += sum(_pages(txn.stat(db)) for db in self._dbs.values())
-        allocated = env.info()["last_pgno"] + 1
+        allocated = self.allocated_pages()
         free = (self.map_size // page - allocated) + max(0, allocated - held)
         needed = 8 + sum(-(-(size + _PAGE_HEADER_BYTES) // page) for size in value_sizes)
         return needed, free - self.reserve_pages()
+
+    def allocated_pages(self) -> int:
+        """The pages LMDB has allocated as of the last commit (its last page number and
+        one), from the data file's size: without ``writemap`` LMDB writes every page
+        it allocates at its commit and never grows the file past them. Not
+        ``info()["last_pgno"]``: py-lmdb's ``info()`` keeps some memory at every call,
+        and this is asked at every put and promotion."""
+        self.env  # noqa: B018 - opens the environment, which sets the page size
+        return self.file_size() // self._page_size
 
     def file_size(self) -> int:
         """Size of the data file on disk, in bytes."""
