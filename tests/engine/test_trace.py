@@ -123,6 +123,17 @@ def test_interned_names_are_compacted_without_losing_any() -> None:
     assert len(ring._names) <= 2 * 4 + 1024
 
 
+def test_the_names_a_ring_keeps_are_bounded_near_its_capacity_and_share_datasets() -> None:
+    # Names were compacted only past twice the ring (2,001,024 by default, 587 MB of
+    # 36-character names), each holding its own copy of its dataset's name.
+    ring = TraceRing(10_000)
+    for index in range(50_000):  # every read a new name, each with a fresh dataset string
+        ring.read("".join(["data", "set"]), f"shard-{index:030d}", 1, True)
+        assert len(ring._names) <= 10_000 + 2_500
+    assert len({id(dataset) for dataset, _ in ring._names}) == 1
+    assert [e.shard for e in ring.events()][-1] == f"shard-{49_999:030d}"  # type: ignore[union-attr]
+
+
 def test_plan_declarations_hold_a_bounded_number_of_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
 import threading
 import time
 from array import array
@@ -338,16 +339,20 @@ class TraceRing:
                 self._declarations.popleft()
 
     def _intern(self, name: _Name) -> int:
-        if len(self._names) >= 2 * self.capacity + 1024:
+        if len(self._names) >= self.capacity + max(1024, self.capacity // 4):
             self._compact_names()
         ident = len(self._names)
+        # One string per dataset, not one per name: each request brings its own.
+        name = (sys.intern(name[0]), name[1])
         self._names.append(name)
         self._name_ids[name] = ident
         return ident
 
     def _compact_names(self) -> None:
         # Names of reads that left the ring pile up; keep only those still referenced.
-        # Runs after at least `capacity` new names, so it costs O(1) per name amortised.
+        # Runs after at least a quarter of `capacity` new names (it walks the ring: O(4)
+        # per name amortised), so names past the ring's hold at most a quarter more:
+        # it waited for `capacity` more, and a ring of distinct names held twice them.
         live: dict[_Name, int] = {}
         names: list[_Name] = []
         for slot, kind in enumerate(self._kinds):
