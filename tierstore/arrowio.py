@@ -53,6 +53,8 @@ __all__ = [
     "read_batches",
     "reader_to_frames",
     "repeated_columns",
+    "schema_difference",
+    "schema_of_message",
     "table_to_frames",
     "validate_arrow_frames",
 ]
@@ -694,6 +696,35 @@ def frames_to_table(frames: Sequence[BufferLike], columns: Iterable[str] | None 
     if columns is None:
         return table
     return table.select(_selection(columns, schema))
+
+
+def schema_of_message(message: BufferLike) -> pa.Schema:
+    """The schema in ``message``, an Arrow IPC schema message (an Arrow shard's first
+    frame, or ``pyarrow.Schema.serialize()``). Raises MalformedArrow for anything else."""
+    try:
+        return pa.ipc.read_schema(_as_buffer(message))
+    except _ARROW_ERRORS as exc:
+        raise MalformedArrow(f"not an Arrow IPC schema message: {exc}") from exc
+
+
+def schema_difference(got: pa.Schema, expected: pa.Schema) -> str:
+    """What first tells ``got`` from ``expected`` (field names, types and nullability,
+    in order; schema and field metadata aside), or "" when nothing does."""
+    if got.equals(expected, check_metadata=False):
+        return ""
+    if got.names != expected.names:
+        return f"its columns are {got.names!r:.300}, the dataset's {expected.names!r:.300}"
+    for field, wanted in zip(got, expected, strict=True):
+        if not field.equals(wanted, check_metadata=False):
+            return (
+                f"column {field.name!r} is {_field_type(field)}, the dataset's is "
+                f"{_field_type(wanted)}"
+            )
+    return "the schemas differ"  # pragma: no cover - equals() and the fields agree
+
+
+def _field_type(field: pa.Field) -> str:
+    return f"{field.type}{'' if field.nullable else ' not null'}"[:300]
 
 
 def read_batches(frames: Sequence[pa.Buffer], on_batch: BatchCheck) -> pa.Schema:

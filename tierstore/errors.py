@@ -16,6 +16,7 @@ so the service and the client can share one table later.
     │   ├── OversizeFrame                a frame (or one Arrow row) over the frame limit
     │   ├── MalformedArrow               bytes that are not the Arrow data they claim to be
     │   ├── UnsupportedData              a value the shard format cannot store
+    │   ├── SchemaMismatch               a shard without its dataset's Arrow schema
     │   ├── UnknownPolicy                a placement-policy name no policy answers to
     │   ├── InvalidPlan                  an access plan that names unknown shards, or is too long
     │   └── MalformedTrace               an access-trace file that does not parse
@@ -81,6 +82,7 @@ __all__ = [
     "RangePastEnd",
     "ReaderTableFull",
     "ResourceExhausted",
+    "SchemaMismatch",
     "ServerCertificateRejected",
     "ShardNotFound",
     "StoreClosed",
@@ -139,6 +141,11 @@ class MalformedArrow(InvalidArgument):
 
 class UnsupportedData(InvalidArgument):
     """A value of a type (or dtype) that the shard format cannot store."""
+
+
+class SchemaMismatch(InvalidArgument):
+    """A shard put into a dataset with an Arrow schema does not have that schema (or
+    is raw bytes)."""
 
 
 class UnknownPolicy(InvalidArgument):

@@ -139,6 +139,10 @@ class DatasetSettings:
     hot_quota_bytes: int = 0
     #: the placement policy of its shards (changeable at run time).
     policy: str = DEFAULT_POLICY_NAME
+    #: the Arrow schema every shard of the dataset must have (metadata aside), as an
+    #: Arrow IPC schema message (``pyarrow.Schema.serialize()``); empty: any shard of
+    #: any kind. Raw bytes go only into a dataset without one.
+    arrow_schema: bytes = b""
 
     def __post_init__(self) -> None:
         # Settings are committed to the catalog as they are: a value of another type
@@ -154,6 +158,11 @@ class DatasetSettings:
             ) from None
         check_hot_quota(self.hot_quota_bytes)
         check_policy_name(self.policy)
+        if not isinstance(self.arrow_schema, bytes):
+            raise InvalidArgument(
+                "arrow_schema must be the bytes of an Arrow IPC schema message "
+                f"(pyarrow.Schema.serialize()), got {type(self.arrow_schema).__name__}"
+            )
 
 
 def check_policy_name(policy: object) -> str:

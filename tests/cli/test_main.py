@@ -31,7 +31,7 @@ from tierstore.cli import app as app_module
 from tierstore.cli import output as cli_output
 from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
-from tierstore.types import Grant, Role, ShardInfo, ShardKind, TracedRead
+from tierstore.types import DatasetSettings, Grant, Role, ShardInfo, ShardKind, TracedRead
 
 CONNECTION = {
     *("address", "token", "token_file", "ca", "client_cert", "client_key"),
@@ -69,13 +69,13 @@ class FakeClient:
     def revoke_token(self, token_id: str, *, force: bool = False) -> None:
         self.calls.append(("revoke_token", (token_id, force)))
 
-    def create_dataset(self, name: str, **options: Any) -> dict[str, Any]:
+    def create_dataset(self, name: str, **options: Any) -> DatasetSettings:
         self.calls.append(("create_dataset", (name, options["hot_quota_bytes"])))
-        return {"hot_quota_bytes": options["hot_quota_bytes"]}
+        return DatasetSettings(hot_quota_bytes=options["hot_quota_bytes"])
 
-    def update_dataset(self, name: str, **options: Any) -> dict[str, Any]:
+    def update_dataset(self, name: str, **options: Any) -> DatasetSettings:
         self.calls.append(("update_dataset", (name, options["hot_quota_bytes"])))
-        return {"hot_quota_bytes": options["hot_quota_bytes"]}
+        return DatasetSettings(hot_quota_bytes=options["hot_quota_bytes"])
 
     def delete(self, dataset: str, shard: str) -> None:
         self.calls.append(("delete", (dataset, shard)))

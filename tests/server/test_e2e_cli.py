@@ -265,6 +265,7 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
         "durability": "write-back",
         "hot_quota_bytes": 0,
         "policy": DEFAULT_POLICY,
+        "schema": None,  # any shard
     }
     assert created[1]["encrypted"] is True and created[1]["durability"] == "write-through"
     assert created[2] == {**created[0], "name": unsaid, "encrypted": True}

@@ -3,12 +3,15 @@ placement policy."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
+import pyarrow as pa
 import typer
 from rich.table import Table
 
 from tierstore import errors
+from tierstore.arrowio import open_ipc_file, schema_of_message
 from tierstore.cli.app import command_client
 from tierstore.cli.output import (
     emit,
@@ -20,7 +23,7 @@ from tierstore.cli.output import (
     yes_no,
 )
 from tierstore.naming import validate_dataset_name
-from tierstore.types import check_hot_quota
+from tierstore.types import DatasetSettings, check_hot_quota
 
 __all__ = [
     "dataset_create",
@@ -64,9 +67,17 @@ def dataset_create(
         str | None, typer.Option(help="placement policy (default: the server's)")
     ] = None,
     hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="an Arrow IPC file or stream, or a Parquet file (.parquet), whose schema "
+            "every shard must have (fixed at creation)"
+        ),
+    ] = None,
 ) -> None:
     """Create a dataset: encrypted at rest unless --no-encrypted is given (fixed at
-    creation)."""
+    creation). With --schema, every shard put into it must have that file's Arrow
+    schema (metadata aside); raw bytes are refused there."""
     _check_hot_quota(hot_quota)
     if policy == "":  # "$POLICY" of an unset variable: not the server's default instead
         raise fail(
@@ -82,8 +93,36 @@ def dataset_create(
     }
     if policy is not None:
         options["policy"] = policy
+    if schema is not None:
+        options["schema"] = run_or_fail(lambda: _schema_of_file(schema))
     settings = run_or_fail(lambda: command_client().create_dataset(name, **options))
-    emit({"name": name, **jsonable(settings)}, f"created dataset {name}")
+    emit({"name": name, **_shown(settings)}, f"created dataset {name}")
+
+
+def _schema_of_file(path: Path) -> pa.Schema:
+    """The schema of the Arrow IPC file or stream, or Parquet file (``.parquet``), at
+    ``path``. Raises MalformedArrow for a file that is none of them, OSError."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_schema(path)
+        except pa.ArrowException as exc:
+            raise errors.MalformedArrow(f"{path} is not a Parquet file: {exc}") from None
+    with open_ipc_file(path) as reader:
+        return reader.schema
+
+
+def _shown(settings: DatasetSettings) -> dict[str, Any]:
+    """A dataset's settings as ``--json`` shows them: its schema as its columns
+    ("name: type"), or null."""
+    shown = jsonable(settings)
+    del shown["arrow_schema"]
+    columns = None
+    if settings.arrow_schema:
+        schema = schema_of_message(settings.arrow_schema)
+        columns = [f"{field.name}: {field.type}" for field in schema]
+    return {**shown, "schema": columns}
 
 
 def dataset_update(
@@ -104,7 +143,7 @@ def dataset_update(
     settings = run_or_fail(
         lambda: client.update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
     )
-    shown = {"name": name, **jsonable(settings)}
+    shown = {"name": name, **_shown(settings)}
     figures = _dataset_figures(client, name) if hot_quota else {}
     hot = int(figures.get("hot_bytes", 0))
     note = ""
@@ -145,13 +184,20 @@ def _dataset_figures(client: Any, name: str) -> dict[str, Any]:
 def dataset_ls() -> None:
     """List the datasets you may see."""
     datasets = run_or_fail(lambda: command_client().list_datasets())
-    table = Table("name", "encrypted", "durability", "hot quota", "policy")
-    for name, settings in datasets:
+    table = Table("name", "encrypted", "durability", "hot quota", "policy", "schema")
+    shown = [{"name": n, **_shown(s)} for n, s in datasets]
+    for (name, settings), dataset in zip(datasets, shown, strict=True):
         quota = f"{settings.hot_quota_bytes:,}" if settings.hot_quota_bytes else "none"
+        columns = dataset["schema"]
         table.add_row(
-            name, yes_no(settings.encrypted), settings.durability.value, quota, settings.policy
+            name,
+            yes_no(settings.encrypted),
+            settings.durability.value,
+            quota,
+            settings.policy,
+            f"{len(columns)} columns" if columns is not None else "any",
         )
-    emit([{"name": n, **jsonable(s)} for n, s in datasets], table)
+    emit(shown, table)
 
 
 # placement policies

@@ -7,6 +7,8 @@ import builtins
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from tierstore.client.arguments import (
     checked_text,
     durability_named,
@@ -51,6 +53,7 @@ class AdminCalls(ClientCore):
         durability: str = "write-back",
         hot_quota_bytes: int = 0,
         policy: str = DEFAULT_POLICY_NAME,
+        schema: pa.Schema | None = None,
     ) -> DatasetSettings:
         """Create a dataset.
 
@@ -61,13 +64,19 @@ class AdminCalls(ClientCore):
         ``durability``: ``"write-back"`` (acknowledged after the local commit) or
         ``"write-through"`` (after the archive holds it too). ``hot_quota_bytes``: 0
         for none. ``policy``: the placement policy of its shards (see
-        :meth:`set_policy`). Raises InvalidName, AlreadyExists, PermissionDenied,
-        UnknownPolicy.
+        :meth:`set_policy`). ``schema``: the Arrow schema every shard put into it
+        must have, metadata aside (fixed at creation; raw bytes are refused there:
+        SchemaMismatch); the returned settings hold it as an IPC message
+        (``pyarrow.ipc.read_schema`` reads it). Raises InvalidName, AlreadyExists,
+        PermissionDenied, UnknownPolicy.
         """
         validate_dataset_name(name)
         policy = checked_text("policy", policy, "a placement policy's name")
         quota = hot_quota(hot_quota_bytes)
-        settings = DatasetSettings(encrypted, durability_named(durability), quota, policy)
+        if schema is not None and not isinstance(schema, pa.Schema):
+            raise InvalidArgument(f"schema must be a pyarrow.Schema or None, not {schema!r:.60}")
+        message = schema.serialize().to_pybytes() if schema is not None else b""
+        settings = DatasetSettings(encrypted, durability_named(durability), quota, policy, message)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.CreateDataset,

@@ -361,6 +361,8 @@ def encode_dataset(settings: DatasetSettings, first_generation: int = 0) -> byte
         "hot_quota_bytes": settings.hot_quota_bytes,
         "policy": settings.policy,
     }
+    if settings.arrow_schema:
+        document["arrow_schema"] = base64.b64encode(settings.arrow_schema).decode("ascii")
     if first_generation:
         document["first_generation"] = first_generation
     return json.dumps(document).encode()
@@ -395,6 +397,7 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
             durability=document["durability"],
             hot_quota_bytes=quota,
             policy=document.get("policy", DEFAULT_POLICY_NAME),
+            arrow_schema=base64.b64decode(document.get("arrow_schema", ""), validate=True),
         )
     except (ValueError, KeyError, TypeError, InvalidArgument, RecursionError, OverflowError) as exc:
         raise IntegrityError(f"unreadable dataset settings: {exc}") from exc

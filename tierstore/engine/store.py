@@ -37,6 +37,7 @@ from typing import Any, TypeVar, cast
 import pyarrow as pa
 
 from tierstore import arrowio, tensors
+from tierstore.arrowio import schema_of_message
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
@@ -438,7 +439,8 @@ class Store:
 
     def create_dataset(self, name: str, settings: DatasetSettings | None = None) -> None:
         """Create a dataset with ``settings`` (None: the defaults). Raises InvalidName,
-        InvalidArgument (``settings`` is no DatasetSettings), AlreadyExists,
+        InvalidArgument (``settings`` is no DatasetSettings), MalformedArrow (an
+        ``arrow_schema`` that is no Arrow IPC schema message), AlreadyExists,
         EncryptionUnavailable, UnknownPolicy (``settings.policy`` names no placement
         policy)."""
         self._check_open()
@@ -450,6 +452,8 @@ class Store:
                 f"settings must be a tierstore.types.DatasetSettings or None, not {settings!r:.40}"
             )
         self._policies.check(settings.policy)  # UnknownPolicy before anything is written
+        if settings.arrow_schema:
+            schema_of_message(settings.arrow_schema)  # MalformedArrow for anything else
         if settings.encrypted and self.master_keys.keyring is None:
             raise EncryptionUnavailable(
                 f"dataset {name!r} asks for encryption but no master key is configured "

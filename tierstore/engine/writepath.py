@@ -36,6 +36,7 @@ from tierstore.engine.mover import Mover
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.quotawait import QuotaWait, WaitingPlaces
 from tierstore.engine.records import JournalOp, ShardRecord, frame_key
+from tierstore.engine.schemas import schema_check
 from tierstore.engine.sealahead import sealed_ahead
 from tierstore.engine.sealing import ShardSealers, sealing_overhead, stored_size
 from tierstore.engine.spool import chunks, drop_staged, stage_in
@@ -199,7 +200,9 @@ class ShardWriter:
         is written: whatever it raises ends the put with nothing stored (the service
         checks there that the caller may still write, and that the dataset was not made
         again with encryption while its frames were spooled in plaintext).
-        Raises DatasetNotFound, EncryptionUnavailable, BacklogFull, QuotaExceeded,
+        Raises DatasetNotFound, SchemaMismatch (a dataset with an Arrow schema the
+        frames do not have: :mod:`tierstore.engine.schemas`), EncryptionUnavailable,
+        BacklogFull, QuotaExceeded,
         HotTierFull (at once, nothing evicted, for a put larger than the hot tier takes
         below its high watermark), ArchiveUnavailable (write-through only: the shard is then
         committed locally and the mover keeps trying), FailedPrecondition (a staged
@@ -215,6 +218,10 @@ class ShardWriter:
         with self._env.read() as txn:
             settings = self._catalog.require_dataset(txn, dataset)
             dataset_first = self._catalog.dataset_first_generation(txn, dataset)
+        # Before anything is staged, and again in the commit's transaction, against the
+        # settings read there (the dataset may be made again meanwhile).
+        admit = _also(schema_check(dataset, shard, framed), admit)
+        admit(settings)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
         stored_total = sum(_stored_sizes(framed, settings.encrypted))
@@ -796,3 +803,16 @@ class ShardWriter:
                 f"({self._archive_trouble()}); the mover keeps retrying, and until it has, "
                 "a rebuild from the archive would bring it back"
             )
+
+
+def _also(
+    first: Callable[[DatasetSettings], None], then: Callable[[DatasetSettings], None] | None
+) -> Callable[[DatasetSettings], None]:
+    """A check of a dataset's settings that runs ``first`` and then ``then``, if any."""
+
+    def both(settings: DatasetSettings) -> None:
+        first(settings)
+        if then is not None:
+            then(settings)
+
+    return both

@@ -28,16 +28,18 @@ SHARD_KIND_ARROW: ShardKind
 SHARD_KIND_TENSOR: ShardKind
 
 class DatasetSettings(_message.Message):
-    __slots__ = ("encrypted", "durability", "hot_quota_bytes", "policy")
+    __slots__ = ("encrypted", "durability", "hot_quota_bytes", "policy", "arrow_schema")
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     HOT_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    ARROW_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     encrypted: bool
     durability: Durability
     hot_quota_bytes: int
     policy: str
-    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    arrow_schema: bytes
+    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ..., arrow_schema: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("name", "settings")

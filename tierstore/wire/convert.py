@@ -71,6 +71,7 @@ def dataset_settings_from_pb(message: pb.DatasetSettings) -> DatasetSettings:
         durability=durability_from_pb(message.durability),
         hot_quota_bytes=message.hot_quota_bytes,
         policy=message.policy or DEFAULT_POLICY_NAME,
+        arrow_schema=message.arrow_schema,
     )
 
 
@@ -80,6 +81,7 @@ def dataset_settings_to_pb(settings: DatasetSettings) -> pb.DatasetSettings:
         durability=durability_to_pb(settings.durability),
         hot_quota_bytes=settings.hot_quota_bytes,
         policy=settings.policy,
+        arrow_schema=settings.arrow_schema,
     )
 
 

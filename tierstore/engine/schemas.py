@@ -1,0 +1,52 @@
+"""A dataset's Arrow schema: every shard put into a dataset that has one must have it.
+
+A dataset may be made with an Arrow schema (:attr:`tierstore.types.DatasetSettings.arrow_schema`,
+fixed at creation, like its encryption): then every shard put into it is an Arrow
+table or a tensor whose schema equals it, field names, types and nullability, schema
+and field metadata aside (a tensor's shape is metadata: tensors of one row shape and
+dtype share a schema). Raw bytes are refused there. The check reads a put's first
+frame, its schema message, and is made when the put starts and again in its commit's
+transaction, against the settings it reads there (a dataset deleted and made again
+with another schema meanwhile refuses it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from tierstore import arrowio
+from tierstore.errors import SchemaMismatch
+from tierstore.framing import FramedValue
+from tierstore.types import DatasetSettings, ShardKind
+
+__all__ = ["schema_check"]
+
+
+def schema_check(
+    dataset: str, shard: str, framed: FramedValue
+) -> Callable[[DatasetSettings], None]:
+    """A check of ``framed``, the frames of a put of ``dataset/shard``, against the
+    dataset's settings: raises SchemaMismatch when the settings name an Arrow schema
+    the frames do not have. Reads the put's schema frame once, at its first use."""
+    found: list[pa.Schema] = []
+
+    def check(settings: DatasetSettings) -> None:
+        if not settings.arrow_schema:
+            return
+        expected = arrowio.schema_of_message(settings.arrow_schema)
+        if framed.kind is ShardKind.RAW:
+            raise SchemaMismatch(
+                f"dataset {dataset!r} takes Arrow shards of its schema only, and "
+                f"{shard!r} is raw bytes"
+            )
+        if not found:
+            found.append(arrowio.schema_of_message(framed.frames[0]))
+        difference = arrowio.schema_difference(found[0], expected)
+        if difference:
+            raise SchemaMismatch(
+                f"{dataset}/{shard} does not have dataset {dataset!r}'s Arrow schema: {difference}"
+            )
+
+    return check
