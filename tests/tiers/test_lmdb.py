@@ -484,3 +484,51 @@ def test_room_for_counts_the_pages_lmdb_allocated_without_holding_memory(tmp_pat
         assert grown < 256 << 10, grown
     finally:
         environment.close()
+
+
+def _lock_holder(lock: Path) -> int:
+    """The pid of a process holding an fcntl lock on ``lock`` (0: none), as LMDB asks
+    when it opens an environment (asked from another process: a process never sees
+    its own locks)."""
+    code = (
+        "import fcntl, os, struct, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "r = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 1, 0)); "
+        "kind, _, _, _, pid = struct.unpack('hhqqi', r); "
+        "print(0 if kind == fcntl.F_UNLCK else pid)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_forked_child_keeps_the_lock_of_the_environment_it_opens_again(tmp_path: Path) -> None:
+    # The inherited py-lmdb handle was let go of in the child, and freeing it closed its
+    # descriptor of lock.mdb: POSIX then dropped the child's own environment's lock on
+    # the file, and the next process to open the environment would think itself alone
+    # (and wipe the reader table under every reader).
+    import gc
+
+    environment = LmdbEnvironment(tmp_path / "env", 1 << 24, ["frames"])
+    environment.env  # noqa: B018 - opened in the parent
+    environment.reader_slots()  # keeps the parent's handle too, as a node's grants do
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            environment.env  # noqa: B018 - opened again in the child
+            taken, _ = environment.reader_slots()
+            gc.collect()
+            os.write(ready_w, b"x")
+            os.read(go_r, 1)
+            code = 0 if taken >= 0 else 1
+        finally:
+            os._exit(code)
+    os.read(ready_r, 1)
+    environment.close()  # the parent lets go of its own
+    try:
+        assert _lock_holder(environment.path / "lock.mdb") == pid
+    finally:
+        os.write(go_w, b"x")
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

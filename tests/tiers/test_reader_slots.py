@@ -17,6 +17,7 @@ import lmdb
 import pytest
 
 from tests.engine.stores import StoreFactory
+from tierstore.tiers import readerslots
 from tierstore.tiers.lmdb import LmdbEnvironment
 from tierstore.tiers.readerslots import ReaderSlots, count_listed_slots
 
@@ -66,16 +67,23 @@ def test_the_count_is_the_one_readers_lists_in_this_process_and_another(
         txn.abort()
 
 
-def test_a_lock_file_of_another_layout_falls_back_to_readers(tmp_path: Path) -> None:
-    env = lmdb.open(str(tmp_path / "env"), max_dbs=2)
-    held = env.begin()
-    foreign = tmp_path / "foreign.mdb"
-    foreign.write_bytes(b"\0" * 4096)  # no LMDB magic
-    slots = ReaderSlots(env, foreign)
-    assert not slots.from_lock_file and slots.taken() == 1
-    assert not ReaderSlots(env, tmp_path / "missing.mdb").from_lock_file
-    held.abort()
-    env.close()
+def test_a_lock_file_of_another_layout_falls_back_to_readers(
+    environment: LmdbEnvironment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = environment.env
+    held = [env.begin() for _ in range(3)]
+    # A platform whose mutex is none of the sizes known: no layout agrees (with no
+    # slot taken, a wrong one that reads 0 agreed with an empty listing).
+    monkeypatch.setattr(readerslots, "_MUTEX_SIZES", (72, 136))
+    slots = ReaderSlots(env, environment.path / "lock.mdb")
+    assert not slots.from_lock_file and slots.taken() == 3
+    assert "not laid out as expected" in caplog.text
+    monkeypatch.undo()
+    for txn in held:
+        txn.abort()
+    released = ReaderSlots(env, environment.path / "lock.mdb")
+    assert released.from_lock_file  # the check holds a slot of its own: not 0 == 0
+    assert not ReaderSlots(env, environment.path / "missing.mdb").from_lock_file
 
 
 def test_counting_the_reader_table_for_local_read_grants_holds_no_memory(

@@ -116,6 +116,12 @@ def _no_other_users(path: Path) -> None:
 
 #: the environments of this process, whose locks a forked child makes anew
 _ENVIRONMENTS: weakref.WeakSet[LmdbEnvironment] = weakref.WeakSet()
+#: py-lmdb handles a forked child inherited, kept for the child's life: freeing one
+#: closes its descriptor of the lock file, and POSIX then drops every fcntl lock the
+#: child holds on that file, its own environment's too (LMDB's sign to the next
+#: process that opens it that it is not alone: without it, that process wipes the
+#: reader table under every reader).
+_INHERITED_HANDLES: list[Any] = []
 
 
 def _new_locks_in_the_child() -> None:
@@ -175,8 +181,11 @@ class LmdbEnvironment:
         return self._env
 
     def _open(self) -> None:
-        # A handle inherited through fork() is dropped, never closed: closing it
-        # in the child could release state the parent still uses.
+        # A handle inherited through fork() is never closed nor freed: closing it in the
+        # child could release state the parent still uses, and freeing it closes its
+        # descriptors (see _INHERITED_HANDLES).
+        if self._env is not None and self._pid != os.getpid():
+            _INHERITED_HANDLES.append(self._env)
         self._dbs = {}
         if not self._readonly:
             self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)

@@ -130,13 +130,16 @@ class ReaderSlots:
         if magic is None or struct.unpack("=I", magic)[0] != _MAGIC:
             return None
         layouts = [_Layout.for_mutex(size) for size in _MUTEX_SIZES]
-        for _ in range(_CHECK_TRIES):
-            before = [self._count(layout) for layout in layouts]
-            listed = count_listed_slots(self.env.readers())
-            after = [self._count(layout) for layout in layouts]
-            for layout, first, second in zip(layouts, before, after, strict=True):
-                if first == second == listed:
-                    return layout
+        # A read of its own holds a slot meanwhile: with none taken, a layout that
+        # reads a 0 where mti_numreaders is not would agree with the listing.
+        with self.env.begin():
+            for _ in range(_CHECK_TRIES):
+                before = [self._count(layout) for layout in layouts]
+                listed = count_listed_slots(self.env.readers())
+                after = [self._count(layout) for layout in layouts]
+                for layout, first, second in zip(layouts, before, after, strict=True):
+                    if first == second == listed > 0:
+                        return layout
         return None
 
     def _count(self, layout: _Layout) -> int | None:
@@ -147,6 +150,8 @@ class ReaderSlots:
         numreaders = struct.unpack("=I", field)[0]
         if numreaders == 0:
             return 0
+        if numreaders > self.size:  # not mti_numreaders: this is not the layout
+            return None
         table = self._read(layout.slots_at, numreaders * _CACHE_LINE)
         if table is None:
             return None
@@ -164,6 +169,12 @@ class ReaderSlots:
             counted = self._count(self._layout)
             if counted is not None:
                 return counted
+            # LMDB's descriptor went (the environment closed): say so once.
+            log.warning(
+                "LMDB's lock file can no longer be read here: counting reader slots with "
+                "py-lmdb's readers(), which leaks memory"
+            )
+            self._layout = None
         return count_listed_slots(self.env.readers())
 
 
