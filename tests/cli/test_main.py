@@ -1217,18 +1217,21 @@ def admin_token(token_id: str, **state: Any) -> dict[str, Any]:
     } | state
 
 
-def test_revoking_the_last_live_admin_token_passes_force_and_warns_how_to_get_another(
+def test_revoking_the_last_live_admin_token_takes_force_and_warns_how_to_get_another(
     client: FakeClient,
 ) -> None:
-    # The node refuses the last live admin token's revoke without force (its own test
-    # runs against a real node: tests/server/test_last_admin_token.py).
+    # The node refuses it too (tests/server/test_last_admin_token.py); the command
+    # refuses it itself as well, for a node older than that guard.
     client.tokens = [
         admin_token("aaaaaaaaaaaa"),
         admin_token("bbbbbbbbbbbb", revoked=True),
         admin_token("cccccccccccc", expires_at=2.0),  # long expired
     ]
-    invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
-    assert ("revoke_token", ("aaaaaaaaaaaa", False)) in client.calls
+    refused = invoke("--json", "token", "revoke", "aaaaaaaaaaaa")
+    assert refused.exit_code != 0 and not [c for c in client.calls if c[0] == "revoke_token"]
+    line = one_error_line(refused)
+    assert "FailedPrecondition: aaaaaaaaaaaa is the last live admin token" in line
+    assert "give --force" in line
     last = invoke("--json", "token", "revoke", "aaaaaaaaaaaa", "--force")
     assert last.exit_code == 0 and ("revoke_token", ("aaaaaaaaaaaa", True)) in client.calls
     assert json.loads(last.stdout) == {

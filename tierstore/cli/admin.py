@@ -320,7 +320,8 @@ def token_revoke(
 ) -> None:
     """Revoke a token for good. The last live admin token is revoked only with --force
     (admin calls then fail until the node restarts and writes a new admin.token): the
-    node refuses it otherwise, whichever client asks. A token revoked already is left
+    node refuses it otherwise, whichever client asks, and so does this command (a node
+    older than that guard would not). A token revoked already is left
     as it is, and said to be (no error)."""
     client = command_client()
     try:
@@ -330,6 +331,15 @@ def token_revoke(
     except errors.TierstoreError as exc:
         raise fail(exc) from None
     last_admin = _live_admin_tokens(tokens) == [token_id]
+    if last_admin and not force:  # the node refuses it too; one older than the guard does not
+        raise fail(
+            errors.FailedPrecondition(
+                f"{token_id} is the last live admin token: revoked, every admin call fails "
+                "until the node restarts and writes a new admin.token in its data "
+                "directory. Create another admin token first (token create NAME --grant "
+                "'*=admin'), or give --force"
+            )
+        )
     already = any(t["token_id"] == token_id and t["revoked"] for t in tokens)
     own = client.token_id == token_id
     run_or_fail(lambda: client.revoke_token(token_id, force=force))
