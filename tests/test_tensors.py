@@ -345,3 +345,12 @@ def test_frames_to_tensor_refuses_what_table_to_tensor_refuses() -> None:
             tensors.frames_to_tensor(LettingGo(frames))
     with pytest.raises(WrongShardKind):
         tensors.frames_to_tensor(LettingGo(table_to_frames(pa.table({"x": [1, 2]}))))
+    # A shape far past the shard's bytes (metadata is anyone's to write) is refused as
+    # such, before anything is allocated: it was a MemoryError asking for 7 TiB.
+    huge = table.replace_schema_metadata(
+        {**metadata, b"tierstore.tensor.shape": b"[1000000000000]"}
+    )
+    frames = table_to_frames(huge, 1024)
+    size = sum(frame.size for frame in frames)
+    with pytest.raises(MalformedArrow, match=f"more than the shard's {size} bytes hold"):
+        tensors.frames_to_tensor(LettingGo(frames), size)

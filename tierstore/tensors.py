@@ -46,6 +46,7 @@ __all__ = [
     "frames_to_tensor",
     "is_tensor_schema",
     "table_to_tensor",
+    "tensor_kind",
     "tensor_shape",
     "tensor_to_frames",
     "tensor_to_table",
@@ -250,6 +251,20 @@ def _check_value_count(count: int, shape: tuple[int, ...], name: str) -> None:
         raise MalformedArrow(f"tensor column has {count} values for shape {shape} {name}")
 
 
+def tensor_kind(schema: pa.Schema) -> str | None:
+    """What tensors of ``schema`` are, as a dataset's tensor schema compares them: the
+    dtype, and the shape past the first axis ("float32 (N, 4, 4)"; a 0-d tensor "int8
+    ()"), from its ``tierstore.tensor.*`` metadata, not its Arrow type (whose row
+    layout depends on the frame size the tensor was cut with); None for a schema
+    without tensor metadata. Raises MalformedArrow for unreadable metadata."""
+    if not is_tensor_schema(schema):
+        return None
+    shape, name, _ = _tensor_metadata(schema)
+    if not shape:
+        return f"{name} ()"
+    return f"{name} ({', '.join(['N', *map(str, shape[1:])])})"
+
+
 def check_tensor_schema(schema: pa.Schema, rows: int) -> None:
     """Raise as :func:`table_to_tensor` would for a table of ``schema`` and ``rows``
     rows, but for null rows (its data is not looked at): for frames that a put
@@ -297,15 +312,17 @@ def table_to_tensor(table: pa.Table) -> Any:
     return _as_tensor(values.to_numpy(zero_copy_only=True), shape, name, framework)
 
 
-def frames_to_tensor(frames: Sequence[pa.Buffer]) -> Any:
+def frames_to_tensor(frames: Sequence[pa.Buffer], payload_bytes: int | None = None) -> Any:
     """``table_to_tensor(frames_to_table(frames))``, copying each frame's values into
     place as it is decoded (:func:`~tierstore.arrowio.read_batches`: each frame asked
     for once, in order). With frames that are let go of once read, a multi-frame
     tensor's read holds the tensor and a frame or two, not every frame and a tensor
     made from them as well. A one-frame tensor stays zero-copy over its frame.
-    Raises what those two raise.
+    ``payload_bytes``, the frames' bytes in all when known, bounds what the recorded
+    shape may ask to be allocated (MalformedArrow past it, not a MemoryError: the
+    metadata is anyone's to write). Raises what those two raise.
     """
-    assembly = _TensorAssembly()
+    assembly = _TensorAssembly(payload_bytes)
     schema = read_batches(frames, assembly.add)
     return assembly.tensor(schema)
 
@@ -313,7 +330,8 @@ def frames_to_tensor(frames: Sequence[pa.Buffer]) -> Any:
 class _TensorAssembly:
     """A tensor's values gathered from its record batches as they are decoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, payload_bytes: int | None) -> None:
+        self._payload_bytes = payload_bytes
         self._layout: tuple[tuple[int, ...], str, str, int] | None = None
         #: the first batch's values (zero-copy), until a second batch comes
         self._first: pa.Array | None = None
@@ -334,7 +352,15 @@ class _TensorAssembly:
         if self._out is None:
             assert self._first is not None
             storage_dtype, width = _STORAGE[name]
-            self._out = np.empty(math.prod(shape) * width, storage_dtype)
+            count = math.prod(shape) * width
+            if self._payload_bytes is not None and count * storage_dtype.itemsize > (
+                self._payload_bytes
+            ):
+                raise MalformedArrow(
+                    f"tensor metadata records shape {shape} {name}, more than the shard's "
+                    f"{self._payload_bytes} bytes hold"
+                )
+            self._out = np.empty(count, storage_dtype)
             first, self._first = self._first, None
             self._copy(first, shape, name)
         self._copy(values, shape, name)

@@ -59,18 +59,32 @@ def test_a_dataset_takes_only_shards_of_its_schema(
     store.put("any", "a", b"bytes")  # a dataset without a schema takes anything
 
 
-def test_a_tensor_dataset_takes_tensors_of_one_row_shape_and_dtype(
+def test_a_tensor_dataset_takes_tensors_of_one_dtype_and_shape_past_the_first_axis(
     open_store: StoreFactory,
 ) -> None:
     schema = tensor_to_table(np.zeros((1, 4, 4), np.float32)).schema
-    store = open_store(
-        datasets={"emb": DatasetSettings(arrow_schema=schema.serialize().to_pybytes())}
-    )
+    settings = DatasetSettings(arrow_schema=schema.serialize().to_pybytes())
+    store = open_store(datasets={"emb": settings})
     store.put("emb", "a", np.ones((10, 4, 4), np.float32))  # another count of rows
     np.testing.assert_array_equal(store.read_tensor("emb", "a"), np.ones((10, 4, 4), np.float32))
-    for other in (np.ones((10, 4, 5), np.float32), np.ones((10, 4, 4), np.float64)):
-        with pytest.raises(SchemaMismatch, match="column 'tensor'"):
-            store.put("emb", "b", other)
+    # The same tensor cut at another frame size has another row layout in its Arrow
+    # type (a row must fit a quarter of a frame): it was refused, naming shape=[1].
+    wide = np.ones((8, 64, 64), np.float32)  # 16 KiB rows: this store's 4 KiB frames cut
+    wide_schema = tensor_to_table(wide[:1]).schema  # them "flat", 4 MiB ones in "rows"
+    assert tensor_to_table(wide, 4096).schema != wide_schema
+    store.create_dataset("wide", DatasetSettings(arrow_schema=wide_schema.serialize().to_pybytes()))
+    store.put("wide", "small-frames", wide)
+    np.testing.assert_array_equal(store.read_tensor("wide", "small-frames"), wide)
+    cases = {
+        "row shape": (np.ones((10, 4, 5), np.float32), "is a float32 (N, 4, 5) tensor"),
+        "dtype": (np.ones((10, 4, 4), np.float64), "is a float64 (N, 4, 4) tensor"),
+        "axes": (np.ones(16, np.float32), "is a float32 (N) tensor"),
+        "table": (pa.table({"x": [1]}), "is no tensor"),
+    }
+    for name, (value, said) in cases.items():
+        with pytest.raises(SchemaMismatch, match="takes float32 \\(N, 4, 4\\) tensors") as caught:
+            store.put("emb", "b", value)
+        assert said in str(caught.value), name
 
 
 def test_a_staged_put_of_another_schema_stages_nothing(

@@ -66,3 +66,6 @@ def test_the_cli_makes_a_dataset_of_a_files_schema(
     assert "SchemaMismatch" in one_line_error(refused) and "raw bytes" in one_line_error(refused)
     not_arrow = run(env, "dataset", "create", unique(), "--schema", str(raw))
     assert not_arrow.returncode == 2 and "MalformedArrow" in one_line_error(not_arrow)
+    missing = run(env, "dataset", "create", unique(), "--schema", str(tmp_path / "nope.arrow"))
+    assert missing.returncode == 2  # was a traceback
+    assert "--schema" in one_line_error(missing) and "cannot read it" in one_line_error(missing)

@@ -102,15 +102,20 @@ def dataset_create(
 def _schema_of_file(path: Path) -> pa.Schema:
     """The schema of the Arrow IPC file or stream, or Parquet file (``.parquet``), at
     ``path``. Raises MalformedArrow for a file that is none of them, OSError."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
 
-        try:
-            return pq.read_schema(path)
-        except pa.ArrowException as exc:
-            raise errors.MalformedArrow(f"{path} is not a Parquet file: {exc}") from None
-    with open_ipc_file(path) as reader:
-        return reader.schema
+            try:
+                return pq.read_schema(path)
+            except pa.ArrowException as exc:
+                raise errors.MalformedArrow(f"{path} is not a Parquet file: {exc}") from None
+        with open_ipc_file(path) as reader:
+            return reader.schema
+    except OSError as exc:
+        raise errors.InvalidArgument(
+            f"--schema {path}: cannot read it ({exc.strerror or exc})"
+        ) from None
 
 
 def _shown(settings: DatasetSettings) -> dict[str, Any]:
@@ -121,7 +126,9 @@ def _shown(settings: DatasetSettings) -> dict[str, Any]:
     columns = None
     if settings.arrow_schema:
         schema = schema_of_message(settings.arrow_schema)
-        columns = [f"{field.name}: {field.type}" for field in schema]
+        columns = [
+            f"{field.name}: {field.type}{'' if field.nullable else ' not null'}" for field in schema
+        ]
     return {**shown, "schema": columns}
 
 

@@ -18,7 +18,7 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.core import ClientCore
 from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
-from tierstore.errors import InvalidArgument
+from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
@@ -84,7 +84,14 @@ class AdminCalls(ClientCore):
             idempotent=False,
             changes=f"the creation of dataset {name}",
         )
-        return dataset_settings_from_pb(reply.settings)
+        made = dataset_settings_from_pb(reply.settings)
+        if made.arrow_schema != message:  # a node older than dataset schemas drops it
+            raise FailedPrecondition(
+                f"the node made dataset {name!r} without its schema: it is older than "
+                "this client, and has no dataset schemas. Delete the dataset, or make it "
+                "without schema="
+            )
+        return made
 
     def get_dataset(self, name: str) -> DatasetSettings:
         """A dataset's settings. Raises DatasetNotFound (also for datasets you may not see)."""

@@ -385,30 +385,31 @@ class Client(AdminCalls, PlacementCalls):
             columns = list(columns)
         chosen = columns
         return self._read_arrow(
-            dataset, shard, lambda frames: arrowio.frames_to_table(frames, chosen)
+            dataset, shard, lambda frames, _: arrowio.frames_to_table(frames, chosen)
         )
 
     def _read_arrow(
         self,
         dataset: str,
         shard: str,
-        build: Callable[[Sequence[pa.Buffer]], T],
+        build: Callable[[Sequence[pa.Buffer], int], T],
         *,
         one_pass: bool = False,
     ) -> tuple[int, T]:
-        """The generation of an Arrow shard read whole, and ``build(frames)`` of its
-        frames, read locally or streamed (a stream broken by an overwrite is read again:
-        see :meth:`_read_whole`). ``one_pass``: ``build`` asks for each frame once, in
-        order, and is given frames let go of once asked for (streamed ones received as
-        asked for), so that it need not hold every frame at once. Raises WrongShardKind
-        for a raw shard, and as :meth:`get`."""
+        """The generation of an Arrow shard read whole, and ``build(frames, payload
+        bytes)`` of its frames, read locally or streamed (a stream broken by an
+        overwrite is read again: see :meth:`_read_whole`). ``one_pass``: ``build``
+        asks for each frame once, in order, and is given frames let go of once asked
+        for (streamed ones received as asked for), so that it need not hold every
+        frame at once. Raises WrongShardKind for a raw shard, and as :meth:`get`."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         with GATE.call():  # a fork() waits for the whole read, local or streamed
             local = self._local_frames(dataset, shard)
             if local is not None:
                 generation, frames = local
-                return generation, build(arrowio.LettingGo(frames) if one_pass else frames)
+                size = sum(frame.size for frame in frames)
+                return generation, build(arrowio.LettingGo(frames) if one_pass else frames, size)
             self._counts.bump("grpc")
 
             def receive(stream: ShardStream) -> tuple[int, T]:
@@ -416,7 +417,7 @@ class Client(AdminCalls, PlacementCalls):
                     raise WrongShardKind(f"{dataset}/{shard} holds raw bytes, not Arrow data")
                 allocate = self._frame_allocator()
                 frames = stream.arriving_frames(allocate) if one_pass else stream.frames(allocate)
-                return stream.info.generation, build(frames)
+                return stream.info.generation, build(frames, stream.info.size)
 
             return self._read_whole(
                 shards_pb2.GetShardRequest(dataset=dataset, shard=shard), receive

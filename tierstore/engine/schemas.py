@@ -2,9 +2,11 @@
 
 A dataset may be made with an Arrow schema (:attr:`tierstore.types.DatasetSettings.arrow_schema`,
 fixed at creation, like its encryption): then every shard put into it is an Arrow
-table or a tensor whose schema equals it, field names, types and nullability, schema
-and field metadata aside (a tensor's shape is metadata: tensors of one row shape and
-dtype share a schema). Raw bytes are refused there. The check reads a put's first
+table whose schema equals it, field names, types and nullability, schema and field
+metadata aside. A schema of a tensor (tierstore's tensor metadata) makes a tensor
+dataset: it takes tensors of that dtype and of that shape past the first axis, as the
+metadata records them (the Arrow type's row layout depends on the frame size a tensor
+was cut with). Raw bytes are refused there. The check reads a put's first
 frame, its schema message, and is made when the put starts and again in its commit's
 transaction, against the settings it reads there (a dataset deleted and made again
 with another schema meanwhile refuses it).
@@ -19,6 +21,7 @@ import pyarrow as pa
 from tierstore import arrowio
 from tierstore.errors import SchemaMismatch
 from tierstore.framing import FramedValue
+from tierstore.tensors import tensor_kind
 from tierstore.types import DatasetSettings, ShardKind
 
 __all__ = ["schema_check"]
@@ -43,6 +46,15 @@ def schema_check(
             )
         if not found:
             found.append(arrowio.schema_of_message(framed.frames[0]))
+        wanted = tensor_kind(expected)
+        if wanted is not None:  # a tensor dataset: dtype and shape past the first axis
+            got = tensor_kind(found[0])
+            if got != wanted:
+                what = f"a {got} tensor" if got is not None else "no tensor"
+                raise SchemaMismatch(
+                    f"{dataset}/{shard} is {what}; dataset {dataset!r} takes {wanted} tensors only"
+                )
+            return
         difference = arrowio.schema_difference(found[0], expected)
         if difference:
             raise SchemaMismatch(

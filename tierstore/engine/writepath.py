@@ -195,11 +195,12 @@ class ShardWriter:
         journal could make that room, the put waits for them, up to the setting
         ``quota_wait_s`` or the argument, whichever is shorter, while
         ``caller_gone()`` is false and a waiting place is free
-        (:mod:`tierstore.engine.quotawait`). ``admit(settings)`` is called inside the
-        write transaction with the dataset's settings as it sees them, before anything
-        is written: whatever it raises ends the put with nothing stored (the service
-        checks there that the caller may still write, and that the dataset was not made
-        again with encryption while its frames were spooled in plaintext).
+        (:mod:`tierstore.engine.quotawait`). ``admit(settings)`` is called as the put
+        starts and again inside the write transaction, with the dataset's settings as
+        each sees them, before anything is written: whatever it raises ends the put
+        with nothing stored (the service checks there that the caller may still write,
+        and that the dataset was not made again with encryption while its frames were
+        spooled in plaintext).
         Raises DatasetNotFound, SchemaMismatch (a dataset with an Arrow schema the
         frames do not have: :mod:`tierstore.engine.schemas`), EncryptionUnavailable,
         BacklogFull, QuotaExceeded,
@@ -219,8 +220,9 @@ class ShardWriter:
             settings = self._catalog.require_dataset(txn, dataset)
             dataset_first = self._catalog.dataset_first_generation(txn, dataset)
         # Before anything is staged, and again in the commit's transaction, against the
-        # settings read there (the dataset may be made again meanwhile).
-        admit = _also(schema_check(dataset, shard, framed), admit)
+        # settings read there (the dataset may be made again meanwhile). The caller's
+        # own check first: a caller who may no longer write is told so, not the schema.
+        admit = _also(admit, schema_check(dataset, shard, framed))
         admit(settings)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)
@@ -806,13 +808,13 @@ class ShardWriter:
 
 
 def _also(
-    first: Callable[[DatasetSettings], None], then: Callable[[DatasetSettings], None] | None
+    first: Callable[[DatasetSettings], None] | None, then: Callable[[DatasetSettings], None]
 ) -> Callable[[DatasetSettings], None]:
-    """A check of a dataset's settings that runs ``first`` and then ``then``, if any."""
+    """A check of a dataset's settings that runs ``first``, if any, and then ``then``."""
 
     def both(settings: DatasetSettings) -> None:
-        first(settings)
-        if then is not None:
-            then(settings)
+        if first is not None:
+            first(settings)
+        then(settings)
 
     return both
