@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2
 
@@ -472,6 +473,24 @@ def test_a_pipe_bigger_than_its_quota_is_refused_as_it_is_sent(
     still_serving(server, admin)
 
 
+def refused_before_the_rest(raw: Raw, first: list[Any]) -> tuple[grpc.StatusCode, str]:
+    """A put that sends the messages ``first`` and then waits: it must be refused before
+    the rest is sent (see :func:`refused`)."""
+    release = threading.Event()
+
+    def messages() -> Iterator[Any]:
+        yield from first
+        release.wait(CALL_TIMEOUT_S)  # the rest never comes before the answer
+        yield frame(b"\0")
+
+    try:
+        answer = refused(raw.put, messages())
+        assert not release.is_set()
+    finally:
+        release.set()
+    return answer
+
+
 def test_a_put_bigger_than_its_quota_is_refused_before_it_is_all_sent(
     raw: Raw, server: ServerProcess, admin: Client
 ) -> None:
@@ -479,24 +498,37 @@ def test_a_put_bigger_than_its_quota_is_refused_before_it_is_all_sent(
     # never be stored must not get to fill the disk first.
     capped = unique()
     admin.create_dataset(capped, encrypted=False, hot_quota_bytes=64 * 1024)
-    release = threading.Event()
-
-    def messages() -> Iterator[Any]:
-        yield header(capped, "endless", 1_000_000)
-        for _ in range(3):  # 96 KiB: past the quota
-            yield frame(b"\0" * 32 * 1024)
-        release.wait(CALL_TIMEOUT_S)  # the rest never comes before the answer
-        yield frame(b"\0")
-
-    try:
-        code, name = refused(raw.put, messages())
-        assert not release.is_set()
-    finally:
-        release.set()
+    first = [header(capped, "endless", 1_000_000)]
+    first += [frame(b"\0" * 32 * 1024)] * 3  # 96 KiB: past the quota
+    code, name = refused_before_the_rest(raw, first)
     assert (code, name) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QuotaExceeded")
     with pytest.raises(errors.ShardNotFound):
         admin.stat(capped, "endless")
     admin.delete_dataset(capped, force=True)
+    still_serving(server, admin)
+
+
+@pytest.mark.parametrize("kind", ["raw", "other schema"])
+def test_a_put_of_another_schema_is_refused_at_its_first_frame(
+    raw: Raw, server: ServerProcess, admin: Client, kind: str
+) -> None:
+    # A dataset with an Arrow schema refuses the shard at its first frame, not once its
+    # sender has sent (and the node spooled) the whole of it.
+    schema = pa.schema([pa.field("label", pa.int64())])
+    typed = unique()
+    admin.create_dataset(typed, encrypted=False, schema=schema)
+    if kind == "raw":
+        first, shard_kind = b"\0" * 1024, common_pb2.SHARD_KIND_RAW
+    else:
+        other = pa.schema([pa.field("label", pa.string())])
+        first, shard_kind = other.serialize().to_pybytes(), common_pb2.SHARD_KIND_ARROW
+    code, name = refused_before_the_rest(
+        raw, [header(typed, "other", 1_000, shard_kind), frame(first)]
+    )
+    assert (code, name) == (grpc.StatusCode.INVALID_ARGUMENT, "SchemaMismatch")
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(typed, "other")
+    admin.delete_dataset(typed, force=True)
     still_serving(server, admin)
 
 

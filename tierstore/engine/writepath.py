@@ -222,7 +222,7 @@ class ShardWriter:
         # Before anything is staged, and again in the commit's transaction, against the
         # settings read there (the dataset may be made again meanwhile). The caller's
         # own check first: a caller who may no longer write is told so, not the schema.
-        admit = _also(admit, schema_check(dataset, shard, framed))
+        admit = _also(admit, schema_check(dataset, shard, framed.kind, lambda: framed.frames[0]))
         admit(settings)
         if settings.encrypted:
             self._sealers.require_keyring(dataset)

@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from tierstore.engine.allocator import IdleTrim
+from tierstore.engine.schemas import schema_check
 from tierstore.engine.sealedpath import SealedRead
 from tierstore.engine.store import Store
 from tierstore.errors import (
@@ -152,6 +153,13 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 raise DatasetNotFound(f"no dataset {header.dataset!r}")
 
         kind = shard_kind_from_pb(header.kind)
+
+        def first_frame(frame: bytes) -> None:
+            # A shard without its dataset's Arrow schema is refused at its first frame,
+            # not once its sender has sent the rest; the commit checks again.
+            check = schema_check(header.dataset, header.shard, kind, lambda: frame)
+            check(self._store.get_dataset(header.dataset))
+
         if header.frame_count > self._max_frames:
             raise InvalidArgument(
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
@@ -165,7 +173,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = settings.encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
-            self._receive_frames(request_iterator, header, spool, receiving)
+            self._receive_frames(request_iterator, header, spool, receiving, first_frame)
             with self._slot_if_write_through(header.dataset, "a write-through put of"):
                 info = self._store.put_frames(
                     header.dataset,
@@ -184,9 +192,12 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         header: shards_pb2.PutShardHeader,
         spool: FrameSpool,
         still_allowed: Callable[[], None],
+        first_frame: Callable[[bytes], None],
     ) -> None:
         """Spool the frames that follow ``header``, up to the stream's end message,
-        calling ``still_allowed`` (which raises once the put may not land) at each.
+        calling ``still_allowed`` (which raises once the put may not land) at each, and
+        ``first_frame`` (which raises for a shard that may not land, such as one of
+        another schema) with the first before it is spooled.
 
         Raises InvalidArgument for a stream that is not frames and then the end, with as
         many frames as the header announced (an Arrow or tensor put announcing 0 was
@@ -197,7 +208,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         (gRPC may end a cancelled stream as if the client had closed it). Raises
         OversizeFrame, and what ``Store.check_put_size`` raises for a put that could
         never be stored, as soon as its frames show it (before they fill the disk), and
-        what ``still_allowed`` raises (Unauthenticated, DatasetNotFound...).
+        what ``still_allowed`` and ``first_frame`` raise (Unauthenticated,
+        DatasetNotFound, SchemaMismatch...).
         """
         limit = self._store.settings.max_frame_bytes
         largest = self._store.largest_put(header.dataset)
@@ -233,6 +245,8 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             if received > largest:  # read again: the quota may have been raised
                 self._store.check_put_size(header.dataset, header.shard, received)
                 largest = self._store.largest_put(header.dataset)
+            if not spool.count:
+                first_frame(frame)
             spool.append(frame)
         if announced and spool.count != header.frame_count:
             raise InvalidArgument(
