@@ -33,6 +33,7 @@ so the service and the client can share one table later.
     │   ├── KeyRotationRefused           key file unusable, or a rotation would drop a key
     │   ├── WrongShardKind               e.g. read_table() on a raw-bytes shard
     │   ├── PlanShardsChanged            a sampler plan's shards are no longer the prefix's
+    │   ├── NewerFormat                  a store or record a newer release wrote, in its format
     │   └── StoreClosed
     ├── ResourceExhausted            RESOURCE_EXHAUSTED
     │   ├── BacklogFull                  un-archived bytes passed the configured cap
@@ -71,6 +72,7 @@ __all__ = [
     "KeyUnwrapError",
     "MalformedArrow",
     "MalformedTrace",
+    "NewerFormat",
     "NotArchivedYet",
     "NotFound",
     "OversizeFrame",
@@ -241,6 +243,12 @@ class PlanShardsChanged(FailedPrecondition):
     """A sampler plan was made over other shard names than the dataset has under its
     prefix now (shards were added or deleted since its reader listed them): the order
     regenerated from it would not be the reader's. Declare the explicit shard list."""
+
+
+class NewerFormat(FailedPrecondition):
+    """A hot tier, catalog record or archive object written by a newer tierstore
+    release, in a format newer than this release reads: read as if older, its newer
+    fields would be dropped when it is written again."""
 
 
 class StoreClosed(FailedPrecondition):

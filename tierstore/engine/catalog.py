@@ -18,11 +18,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tierstore.engine.records import (
+    FORMAT_VERSION,
     KEPT_NAME_BYTES,
     AccessStats,
     JournalOp,
     ShardRecord,
     catalog_key,
+    check_format,
     decode_dataset,
     encode_dataset,
     first_generation_of,
@@ -48,6 +50,8 @@ SHARDS_DB = "shards"
 META_DB = "meta"
 DB_NAMES = (FRAMES_DB, "datasets", SHARDS_DB, "journal", "access", META_DB)
 _U64 = struct.Struct(">Q")
+#: Key in ``meta`` of the hot tier's format mark (:meth:`Catalog.mark_format`).
+_FORMAT = b"format\x00"
 #: Key prefix in ``meta`` of the markers of staged promotions (counters and notes
 #: are named in words: no counter begins so).
 _STAGING = b"staging\x00"
@@ -341,6 +345,26 @@ class Catalog:
         txn.delete(key, db=self._db(SHARDS_DB))
         txn.delete(key, db=self._db("access"))
         self.unreadable.forget(key, shard_of_key(key)[0], txn.id())
+
+    # The hot tier's format.
+
+    def mark_format(self, txn: Any) -> None:
+        """Refuse a hot tier of a newer format than this release's FORMAT_VERSION
+        (NewerFormat), else mark it with this release's: the newest format a release
+        has written into it, so that an older release that checks refuses it rather
+        than drop what a newer one recorded (releases before the mark do not check).
+        Raises IntegrityError for a mark that does not read as one."""
+        raw = txn.get(_FORMAT, db=self._db(META_DB))
+        where = f"the hot tier at {self._env.path}"
+        if raw is not None:
+            try:
+                version = int(bytes(raw).decode("ascii"))
+                check_format(version, where)
+            except ValueError as exc:  # UnicodeDecodeError is one
+                raise IntegrityError(f"{where} has an unreadable format mark: {exc}") from exc
+            if version == FORMAT_VERSION:
+                return
+        txn.put(_FORMAT, str(FORMAT_VERSION).encode(), db=self._db(META_DB))
 
     # Counters and notes.
 

@@ -49,6 +49,7 @@ from tierstore.engine.stallwatch import StallWatch
 from tierstore.errors import (
     IntegrityError,
     KeyUnwrapError,
+    NewerFormat,
     TierstoreError,
     Unavailable,
     UnknownKeyId,
@@ -727,7 +728,7 @@ class Mover:
             try:
                 self._check_object(object_key, raw)
                 record = ShardRecord.decode(raw)
-            except (IntegrityError, UnknownKeyId):
+            except (IntegrityError, UnknownKeyId, NewerFormat):
                 continue
             if record.generation != generation or catalog_key(op.dataset, record.name) != key:
                 continue

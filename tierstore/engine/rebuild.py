@@ -49,7 +49,7 @@ from tierstore.engine.records import (
     first_generation_of,
 )
 from tierstore.engine.sealing import stored_size
-from tierstore.errors import FailedPrecondition, IntegrityError, UnknownKeyId
+from tierstore.errors import FailedPrecondition, IntegrityError, NewerFormat, UnknownKeyId
 from tierstore.naming import is_dataset_name
 from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
@@ -166,7 +166,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
                 first_generations[name] = first_generation_of(raw)
                 continue
             record = believed_manifest(archive, key, raw, check_seal)
-        except (IntegrityError, UnknownKeyId) as exc:
+        except (IntegrityError, UnknownKeyId, NewerFormat) as exc:
             unreadable[key] = str(exc)
             continue
         generations.setdefault((record.dataset, record.name), []).append(record)

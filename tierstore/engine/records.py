@@ -3,8 +3,13 @@
 A :class:`ShardRecord` is what the catalog holds per shard; the same fields,
 minus local state, form the shard generation's archive manifest, so the catalog
 can be rebuilt from the archive alone. Journal operations are
-:class:`JournalOp` values. Encodings are JSON with a format version, so records
-stay readable by later releases.
+:class:`JournalOp` values. Encodings are JSON with a format version (``"v"``), so
+records stay readable by later releases. A release reads records of its own
+:data:`FORMAT_VERSION` and older, and refuses a newer one (NewerFormat): read as an
+older one, its newer fields would be dropped when it is written again. A release that
+adds a field whose loss would matter raises FORMAT_VERSION (and so the hot tier's
+format mark, :meth:`tierstore.engine.catalog.Catalog.mark_format`); one whose loss is
+harmless may be added without.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tierstore.crypto import NONCE_PREFIX_BYTES
-from tierstore.errors import IntegrityError, InvalidArgument
+from tierstore.errors import IntegrityError, InvalidArgument, NewerFormat
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
     MAX_ROWS,
@@ -41,6 +46,7 @@ __all__ = [
     "archive_frames_key",
     "archive_manifest_key",
     "catalog_key",
+    "check_format",
     "decode_dataset",
     "encode_dataset",
     "first_generation_of",
@@ -56,6 +62,31 @@ DIGEST_BYTES = 32
 _MAX_PLAIN_NAME_BYTES = 440
 #: Bytes of a long name that its catalog key keeps (before 0xff and a hash).
 KEPT_NAME_BYTES = 400
+
+
+def check_format(version: Any, what: str) -> None:
+    """Refuse ``version``, a record's or a store's format version, when this release
+    does not read it: NewerFormat for a newer one, ValueError for one that is no
+    positive int (damage)."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"format version {version!r:.40}")
+    if version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{what} was written by a newer tierstore release, in format {version}; "
+            f"this release reads format {FORMAT_VERSION} and older: run a release that "
+            "reads it (an older one would drop what the newer one recorded)"
+        )
+
+
+def _document(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    """The JSON object of an encoded record, of a format this release reads (a record
+    of before format versions counts as format 1). Raises NewerFormat, and ValueError
+    for anything but a JSON object of a format version."""
+    document = json.loads(bytes(raw))
+    if not isinstance(document, dict):
+        raise ValueError(f"a record is a JSON object, not {type(document).__name__}")
+    check_format(document.get("v", 1), what)
+    return document
 
 
 def frame_digest_of(stored: bytes | memoryview) -> bytes:
@@ -244,7 +275,7 @@ class ShardRecord:
     def decode(cls, raw: bytes | memoryview) -> ShardRecord:
         """Inverse of :meth:`encode`; a manifest decodes as archived and not hot."""
         try:
-            document = json.loads(bytes(raw))
+            document = _document(raw, "a shard record")
             envelope = document["envelope"]
             return cls(
                 dataset=_text(document["dataset"]),
@@ -375,7 +406,7 @@ def first_generation_of(raw: bytes | memoryview) -> int:
     (deleted, its archive objects perhaps not yet). 0 for a dataset made before
     this was recorded. Raises IntegrityError for an unreadable value."""
     try:
-        value = json.loads(bytes(raw)).get("first_generation", 0)
+        value = _document(raw, "a dataset's settings").get("first_generation", 0)
     except (ValueError, AttributeError, RecursionError) as exc:
         raise IntegrityError(f"unreadable dataset settings: {exc}") from exc
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
@@ -386,7 +417,7 @@ def first_generation_of(raw: bytes | memoryview) -> int:
 def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
     """Inverse of :func:`encode_dataset`. Raises IntegrityError for an unreadable one."""
     try:
-        document = json.loads(bytes(raw))
+        document = _document(raw, "a dataset's settings")
         # Each value as written (DatasetSettings refuses one of the wrong type), except
         # a whole-number float quota: earlier releases stored what update_dataset got.
         quota = document.get("hot_quota_bytes", 0)

@@ -227,6 +227,9 @@ class Store:
     ) -> None:
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
+        # Before anything else is written: a newer release's hot tier is refused.
+        with self._env.write() as txn:
+            self._catalog.mark_format(txn)
         # Before any promotion runs: frames a crash left half-promoted are nobody's.
         drop_abandoned(self._env, self._catalog, self._frames)
         with self._env.write() as txn:
