@@ -552,6 +552,10 @@ def test_frame_count_differs_from_header(
         assert code == grpc.StatusCode.INVALID_ARGUMENT, what
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "s")
+    # ...and so does a client of a release before end messages: it is told to upgrade.
+    with pytest.raises(grpc.RpcError) as no_end:
+        raw.put(streams["no end"])
+    assert "a client of a release before put end messages" in no_end.value.details()  # type: ignore[attr-defined]
     raw.put([header(dataset, "s", 2), frame(b"a"), frame(b"b"), end()])
     assert admin.get(dataset, "s").to_pybytes() == b"ab"
     still_serving(server, admin)

@@ -253,9 +253,16 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 f"the stream ended after {spool.count} of {header.frame_count} frames"
             )
         if not ended:
+            # Every frame announced and no end message: what a client of a release
+            # before end messages sends, as well as what a cancelled stream may look like.
+            older = (
+                "; a client of a release before put end messages sends none: upgrade it"
+                if announced
+                else ""
+            )
             raise InvalidArgument(
-                "the put stream stopped without its end message (cancelled by the client?); "
-                "nothing was stored"
+                "the put stream stopped without its end message (cancelled by the client?"
+                f"{older}); nothing was stored"
             )
 
     @stream_handler
