@@ -18,6 +18,7 @@ from tierstore.errors import (
     DatasetNotFound,
     FailedPrecondition,
     InvalidArgument,
+    NewerFormat,
     NotFound,
     Unauthenticated,
 )
@@ -379,11 +380,21 @@ def test_corrupt_file_is_refused(tmp_path: Path) -> None:
         "{",
         "[]",
         json.dumps({"format": "other", "tokens": []}),
+        json.dumps({"format": "tierstore-tokens/v0", "tokens": []}),
+        json.dumps({"format": "tierstore-tokens/vx", "tokens": []}),
         json.dumps({"format": "tierstore-tokens/v1", "tokens": [{"token_id": "x"}]}),
     ):
         path.write_text(content)
         with pytest.raises(DataLoss):
             TokenStore(path)
+    # A newer release's: not damage, and left as it is.
+    newer = json.dumps({"format": "tierstore-tokens/v2", "tokens": []})
+    path.write_text(newer)
+    with pytest.raises(
+        NewerFormat, match=r"newer tierstore release, in format 'tierstore-tokens/v2'"
+    ):
+        TokenStore(path)
+    assert path.read_text() == newer
 
 
 def test_a_token_store_linked_to_nothing_is_refused_not_emptied(

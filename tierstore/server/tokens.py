@@ -37,6 +37,7 @@ from tierstore.errors import (
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
+    NewerFormat,
     NotFound,
     Unauthenticated,
 )
@@ -434,8 +435,18 @@ class TokenStore:
         restrict_mode(self._path)
         try:
             document = json.loads(raw)
-            if document.get("format") != _FORMAT:
-                raise ValueError(f"format is {document.get('format')!r}, not {_FORMAT!r}")
+            written_as = document.get("format")
+        except (ValueError, AttributeError) as exc:
+            raise DataLoss(f"token store {self._path} is corrupt: {exc}") from exc
+        if isinstance(written_as, str) and _is_newer_format(written_as):
+            raise NewerFormat(
+                f"token store {self._path} was written by a newer tierstore release, in "
+                f"format {written_as!r}; this release reads {_FORMAT!r}: run a release "
+                "that reads it"
+            )
+        try:
+            if written_as != _FORMAT:
+                raise ValueError(f"format is {written_as!r}, not {_FORMAT!r}")
             records = [_record_from_json(item) for item in document["tokens"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataLoss(f"token store {self._path} is corrupt: {exc}") from exc
@@ -449,6 +460,14 @@ class TokenStore:
             for record in records
         ]
         return _remembered({record.info.token_id: record for record in dated}, now)
+
+
+def _is_newer_format(written_as: str) -> bool:
+    """Whether ``written_as`` names a token store format newer than this release's
+    (``tierstore-tokens/v<n>``, ``n`` past ours)."""
+    prefix, _, version = _FORMAT.rpartition("/v")
+    name, _, theirs = written_as.rpartition("/v")
+    return name == prefix and theirs.isdigit() and int(theirs) > int(version)
 
 
 def _remembered(records: Mapping[str, _Record], now: float) -> dict[str, _Record]:
