@@ -463,6 +463,37 @@ def test_a_key_retired_before_the_archive_was_sealed_again_is_named_as_such(
     check_node_keys(NodeKeys(only_new, tmp_path / "master.keys"), done)
 
 
+def test_an_archive_of_a_release_before_seals_is_told_from_the_wrong_keys(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # An encrypted node's archive whose metadata carries no seal (written before archive
+    # seals): the keys read the node's shards, so the refusal says what the archive
+    # lacks and how to seal it, not that these are not the archive's keys.
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"enc": DATASETS["enc"]})
+    store.put("enc", "s", payload(10))
+    assert store.drain(10)
+    store = open_store.reopen(store, archive, start_mover=False)
+    for key in archive.list("enc/", limit=100).keys:
+        if key.endswith(("_dataset.json", ".manifest")):
+            document = json.loads(bytes(archive.get(key) or b""))
+            del document["seal"]
+            archive.put(key, json.dumps(document).encode())
+    keys = NodeKeys(KEYRING, tmp_path / "master.keys")
+    with pytest.raises(FailedPrecondition, match=r"enc/_dataset\.json carries no seal") as refused:
+        check_node_keys(keys, store)
+    assert "start once with --reseal-archive" in str(refused.value)
+    assert "not the keys" not in str(refused.value)
+    # ...and so sealed, the node starts, and its shard reads back.
+    check_node_keys(keys, store, reseal_archive=True)
+    store.reseal_archive()
+    store.start_background()
+    assert store.drain(10)
+    resealed = open_store.reopen(store, archive, start_mover=False)
+    check_node_keys(keys, resealed)
+    assert resealed.get("enc", "s").to_bytes() == payload(10)
+
+
 def test_uploads_held_for_metadata_cut_short_run_once_it_comes_whole(
     open_store: StoreFactory, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from tierstore.config import EngineSettings
 from tierstore.crypto import LocalKeyring, retired_keys_path
+from tierstore.engine.archiveseal import Unsealed
 from tierstore.engine.store import Store
 from tierstore.errors import (
     ArchiveUnavailable,
@@ -194,6 +195,17 @@ def check_node_keys(
             f"--master-key-file (or master_key_file, TIERSTORE_MASTER_KEY_FILE); {_RESEAL}"
         )
     seal = store.archive_seal_failure()
+    if seal is not None and isinstance(seal.error, Unsealed):
+        # Not the wrong keys: those read the node's shards (checked above), and the
+        # object has no seal to disagree with them.
+        raise FailedPrecondition(
+            f"the archive's {seal.object_key} carries no seal: it was written by a release "
+            "before archive seals, or by a node without a master key. Not starting: a node "
+            "with master keys believes only metadata sealed under them. These keys read "
+            "the shards this node holds: if they are the keys the archive was written "
+            "with, and nothing but this node wrote to it, start once with "
+            "--reseal-archive to seal its metadata under them"
+        )
     if seal is not None:
         pending = store.stats().journal_entries
         # Sealed under a key id these keys lack, with uploads pending: most likely a

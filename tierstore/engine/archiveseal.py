@@ -31,7 +31,7 @@ from tierstore.crypto import KEY_BYTES, MasterKeyProvider
 from tierstore.errors import IntegrityError
 from tierstore.types import WrappedKey
 
-__all__ = ["SEAL_FIELD", "UnreadableObject", "check_seal", "sealed"]
+__all__ = ["SEAL_FIELD", "UnreadableObject", "Unsealed", "check_seal", "sealed"]
 
 #: the JSON field of a metadata object that holds its seal.
 SEAL_FIELD = "seal"
@@ -62,11 +62,17 @@ class UnreadableObject(IntegrityError):
     about the keys it was sealed with."""
 
 
+class Unsealed(IntegrityError):
+    """A metadata object that carries no seal at all: written by a release before
+    archive seals, or by a node without a master key (or a seal stripped off)."""
+
+
 def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryview) -> None:
     """Check that ``raw``, read at archive key ``key``, carries a seal made for it.
 
     Without a keyring there is nothing to check against and this returns at once.
-    Raises IntegrityError when ``raw`` carries no seal, or its seal does not unwrap for
+    Raises Unsealed (an IntegrityError) when ``raw`` carries no seal, IntegrityError
+    when its seal does not unwrap for
     these fields at this key (edited, moved or forged); UnreadableObject (an
     IntegrityError) when it is not a JSON object or its seal is malformed; and
     UnknownKeyId when the seal is under a master key the keyring does not hold.
@@ -76,7 +82,7 @@ def check_seal(keyring: MasterKeyProvider | None, key: str, raw: bytes | memoryv
     document = _document(raw)
     seal = document.pop(SEAL_FIELD, None)
     if seal is None:
-        raise IntegrityError(
+        raise Unsealed(
             f"archive object {key} carries no seal; a store with a master key believes "
             "only metadata sealed under it (rotate the master key once to seal objects "
             "written without one)"
