@@ -48,6 +48,7 @@ class FakeClient:
     archive_error: str | None = None
     journal_entries: int = 0
     backlog_shards: int = 0
+    archive_figures: bool = True  # False: a node older than a dataset's archive figures
     tokens: list[dict[str, Any]] = field(default_factory=list)
     hot_bytes: int = 9
     watermarks: tuple[int, int] | None = None  # high, low; None: a node that sends none
@@ -134,8 +135,12 @@ class FakeClient:
     def stats(self, dataset: str, sizing: bool = False) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))
         usage = {"policy": "lru", "shards": 1, "bytes": 9, "hot_shards": 1, "hot_bytes": 9}
-        usage |= {"archived_shards": 0, "archived_bytes": 0}
-        usage |= {"backlog_shards": self.backlog_shards, "backlog_bytes": 7 * self.backlog_shards}
+        if self.archive_figures:
+            usage |= {"archived_shards": 0, "archived_bytes": 0}
+            usage |= {
+                "backlog_shards": self.backlog_shards,
+                "backlog_bytes": 7 * self.backlog_shards,
+            }
         return {
             "datasets": {"idle": {**usage, "hits": 0, "misses": 0, "hit_ratio": None}},
             "hot_bytes": self.hot_bytes,
@@ -664,6 +669,19 @@ def test_stats_show_a_journal_of_deletes_and_reseals(client: FakeClient) -> None
     assert "0 bytes waiting for the archive; 55 journal entries pending" in shown.stdout
     client.journal_entries = 1
     assert "1 journal entry pending" in invoke("stats").stdout
+
+
+def test_stats_show_figures_an_older_node_does_not_send_as_unknown(client: FakeClient) -> None:
+    # Shown as 0, they said "nothing archived" of a node whose shards were all archived.
+    client.backlog_shards = 1200
+    row = next(line for line in invoke("stats").stdout.splitlines() if "idle" in line)
+    assert "1200" in row and "8,400" in row
+    client.archive_figures = False
+    shown = invoke("stats")
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.stdout.splitlines() if "idle" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells[6:10] == ["-"] * 4, cells
 
 
 def test_stats_show_each_datasets_backlog_and_the_oldest_entrys_wait(

@@ -47,7 +47,17 @@ class OlderPlacement(placement_pb2_grpc.PlacementServiceServicer):
         self, request: placement_pb2.GetTierStatsRequest, context: grpc.ServicerContext
     ) -> placement_pb2.TierStats:
         # Before the watermarks and the promotion and eviction counts (fields 12-16).
-        return placement_pb2.TierStats(hot_bytes=9, hot_capacity_bytes=100)
+        # A dataset's archive figures were plain fields, left out when 0: "older" is a
+        # dataset of a node before them (or one holding none), "then" one of a node
+        # that sends the pinned figures, and so knows the archive ones.
+        return placement_pb2.TierStats(
+            hot_bytes=9,
+            hot_capacity_bytes=100,
+            datasets=[
+                placement_pb2.DatasetStats(dataset="older", shards=2),
+                placement_pb2.DatasetStats(dataset="then", shards=2, pinned_shards=0),
+            ],
+        )
 
 
 @pytest.fixture
@@ -117,9 +127,15 @@ def test_figures_an_older_server_does_not_send_are_left_out_not_zero(
     assert (figures["hot_bytes"], figures["hot_capacity_bytes"]) == (9, 100)
     newer = {"high_watermark_bytes", "low_watermark_bytes", "promotions", "evictions"}
     assert not newer & set(figures)
+    archive = {"archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes"}
+    assert not archive & set(figures["datasets"]["older"])  # unknown: not 0
+    assert {name: figures["datasets"]["then"][name] for name in archive} == dict.fromkeys(
+        archive, 0
+    )
     with serving(tmp_path, insecure=True, datasets={"d": DatasetSettings()}) as running:
         token = running.token("admin", ("*", Role.ADMIN))
         with connect(running.address, token=token, insecure=True, local_reads=False) as client:
             figures = client.stats()
     assert newer <= set(figures) and figures["promotions_skipped"] == 0
+    assert archive <= set(figures["datasets"]["d"])
     assert figures["high_watermark_bytes"] > figures["low_watermark_bytes"] > 0

@@ -32,6 +32,7 @@ from tierstore.cli.output import (
 )
 from tierstore.cli.state import state
 from tierstore.client.download import open_in_place, output_target, partial_file
+from tierstore.client.placementcalls import ARCHIVE_DATASET_FIGURES
 from tierstore.naming import validate_dataset_name
 from tierstore.types import ALL_DATASETS, Grant, Role
 
@@ -81,10 +82,7 @@ def stats(dataset: Annotated[str | None, typer.Argument()] = None) -> None:
             f"{d['bytes']:,}",
             str(d["hot_shards"]),
             f"{d['hot_bytes']:,}",
-            str(d["archived_shards"]),
-            f"{d['archived_bytes']:,}",
-            str(d["backlog_shards"]),
-            f"{d['backlog_bytes']:,}",
+            *(_figure_text(d, name) for name in ARCHIVE_DATASET_FIGURES),
             _pinned_text(d),
             str(d["hits"]),
             str(d["misses"]),
@@ -155,6 +153,14 @@ def _movement_text(figures: dict[str, Any]) -> str:
         # A prefetch or pin that said "queued" and never turned hot: this is why.
         text += f", {skipped:,} promotions skipped for want of room (watermark or quota)"
     return text + "; "
+
+
+def _figure_text(dataset: dict[str, Any], name: str) -> str:
+    """A dataset's figure ``name`` (bytes with thousands separators); "-" when its node
+    did not send it (a node older than the figure)."""
+    if name not in dataset:
+        return "-"
+    return f"{dataset[name]:,}" if name.endswith("_bytes") else str(dataset[name])
 
 
 def _pinned_text(dataset: dict[str, Any]) -> str:

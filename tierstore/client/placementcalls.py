@@ -17,7 +17,7 @@ from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.plans import sampler_to_pb
 from tierstore.wire.trace import sizing_from_pb
 
-__all__ = ["PlacementCalls", "TierStats"]
+__all__ = ["ARCHIVE_DATASET_FIGURES", "PlacementCalls", "TierStats"]
 
 
 #: TierStats figures a node older than them does not send (absent, not 0).
@@ -38,6 +38,18 @@ _NEWER_DATASET_FIGURES = (
     "pinned_cold_bytes",
     "largest_shard_bytes",
 )
+#: A dataset's figures that were plain fields at first: a node of then left a 0 out.
+#: One that sends the pinned figures knows them all, and a figure it leaves out is 0;
+#: from one that does not, a figure left out is left out here too (unknown).
+ARCHIVE_DATASET_FIGURES = ("archived_shards", "archived_bytes", "backlog_shards", "backlog_bytes")
+
+
+def _archive_figures(d: Any) -> dict[str, int]:
+    """A dataset's archive figures (``ARCHIVE_DATASET_FIGURES``) as its node knows them."""
+    knows_all = d.HasField("pinned_shards")
+    return {
+        name: getattr(d, name) for name in ARCHIVE_DATASET_FIGURES if knows_all or d.HasField(name)
+    }
 
 
 class TierStats(dict[str, Any]):
@@ -59,7 +71,8 @@ class TierStats(dict[str, Any]):
     ``data_loss_omitted`` (how many more the node reports: its log has them),
     ``datasets`` (per dataset: shards, bytes, hot_shards, hot_bytes, archived_shards,
     archived_bytes, backlog_shards and backlog_bytes (its uploads waiting for the
-    archive, stored bytes as hot_bytes counts them), pinned_shards, pinned_bytes,
+    archive, stored bytes as hot_bytes counts them; each left out by a node older than
+    it, and a 0 by one older than the pinned figures too), pinned_shards, pinned_bytes,
     pinned_cold_shards and pinned_cold_bytes (its shards whose pin holds, and of those
     the cold ones), largest_shard_bytes (its largest shard's stored bytes) (these five
     left out by a node older than them), hits, misses, hit_ratio (None
@@ -190,10 +203,7 @@ class PlacementCalls(ClientCore):
                     "bytes": d.bytes,
                     "hot_shards": d.hot_shards,
                     "hot_bytes": d.hot_bytes,
-                    "archived_shards": d.archived_shards,
-                    "archived_bytes": d.archived_bytes,
-                    "backlog_shards": d.backlog_shards,
-                    "backlog_bytes": d.backlog_bytes,
+                    **_archive_figures(d),
                     "hits": d.hits,
                     "misses": d.misses,
                     "hit_ratio": d.hits / (d.hits + d.misses) if d.hits + d.misses else None,
