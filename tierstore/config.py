@@ -81,6 +81,11 @@ class EngineSettings:
     #: it for a remote archive, where one connection carries a fraction of the bandwidth.
     cold_read_parallelism: int = 16
     mover_threads: int = 1
+    #: archive requests: the longest one socket read of an answer may wait, and the time
+    #: after a request's first attempt past which no other starts (a frozen archive fails
+    #: a cold read in about their sum).
+    archive_read_timeout_s: float = 20.0
+    archive_retry_budget_s: float = 30.0
     #: retry back-off of the mover for a failing archive (seconds, doubled per attempt).
     mover_retry_initial_s: float = 0.2
     mover_retry_max_s: float = 30.0
@@ -149,6 +154,8 @@ class EngineSettings:
             "archive_bandwidth_bytes_per_s": self.archive_bandwidth_bytes_per_s,
             "prefetch_interval_s": self.prefetch_interval_s,
             "promotion_threads": self.promotion_threads,
+            "archive_read_timeout_s": self.archive_read_timeout_s,
+            "archive_retry_budget_s": self.archive_retry_budget_s,
             "mover_retry_initial_s": self.mover_retry_initial_s,
             "mover_retry_max_s": self.mover_retry_max_s,
             "access_flush_interval_s": self.access_flush_interval_s,

@@ -7,8 +7,10 @@ what the tier does when the archive misbehaves without waiting on timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import pickle
@@ -53,6 +55,7 @@ from tierstore.errors import (
 )
 from tierstore.tiers.base import Tier
 from tierstore.tiers.s3 import MiB, S3Settings, S3Tier
+from tierstore.tiers.s3_retry import THROTTLED_BACKOFF_S
 from tierstore.tiers.seaweedfs import SeaweedServer
 
 if TYPE_CHECKING:
@@ -461,6 +464,86 @@ def test_5xx_is_retried_then_unavailable_never_missing(
         tier.close()
     assert isinstance(caught.value.__cause__, ClientError)
     assert server.requests == 3
+
+
+def test_an_archive_asking_to_slow_down_is_given_longer_backoff(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # Retried 0.1 s, 0.2 s... apart, a few seconds of SlowDown failed a cold read (and
+    # a DataLoader) through all its attempts.
+    arrived: list[float] = []
+
+    def script(number: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        arrived.append(time.monotonic())
+        return s3_error(503, "SlowDown")
+
+    server = scripted(script)
+    settings = dataclasses.replace(
+        fast_settings(server.endpoint_url, max_attempts=3), backoff_max_s=THROTTLED_BACKOFF_S
+    )
+    tier = S3Tier(settings)
+    try:
+        with pytest.raises(ArchiveUnavailable, match=r"503 SlowDown .*after 3 attempts in"):
+            tier.get("k")
+    finally:
+        tier.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+    assert len(gaps) == 2 and min(gaps) >= THROTTLED_BACKOFF_S, gaps
+
+
+def test_an_attempt_that_ran_past_the_budget_and_broke_is_tried_once_more(
+    scripted: Callable[[Script], ScriptedServer],
+) -> None:
+    # A large GET on a slow link may take longer than the budget and then break: with
+    # no second attempt, a cold read failed where it used to be tried 4 times more.
+    def script(number: int, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
+        if number == 1:
+            time.sleep(0.5)  # the first attempt outlasts the budget, then fails
+            return s3_error(500, "InternalError")
+        return 200, {"Content-Type": "application/octet-stream"}, b"hello"
+
+    server = scripted(script)
+    settings = dataclasses.replace(
+        fast_settings(server.endpoint_url, max_attempts=5), retry_budget_s=0.2
+    )
+    tier = S3Tier(settings)
+    try:
+        assert bytes(tier.get("k") or b"") == b"hello"
+    finally:
+        tier.close()
+    assert server.requests == 2
+
+
+def test_a_frozen_archive_fails_a_request_within_its_retry_budget() -> None:
+    # An archive that takes connections and answers nothing (stopped, SIGSTOP): each
+    # attempt waits a read timeout, and no attempt starts past the retry budget. With 5
+    # attempts of 60 s a cold read held its caller (and an archive slot) 5 minutes.
+    taken: list[socket.socket] = []
+    frozen = socket.create_server(("127.0.0.1", 0))
+
+    def take() -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                taken.append(frozen.accept()[0])
+
+    threading.Thread(target=take, daemon=True).start()
+    settings = dataclasses.replace(
+        fast_settings(f"http://127.0.0.1:{frozen.getsockname()[1]}", max_attempts=5),
+        read_timeout_s=0.5,
+        retry_budget_s=1.0,
+    )
+    tier = S3Tier(settings)
+    try:
+        with pytest.raises(
+            ArchiveUnavailable, match=r"unreachable after [23] attempts in"
+        ) as caught:
+            tier.get("k")
+    finally:
+        tier.close()
+        frozen.close()
+        for connection in taken:
+            connection.close()
+    assert 2 <= len(taken) <= 3, (len(taken), str(caught.value))
 
 
 def test_transient_errors_then_success(scripted: Callable[[Script], ScriptedServer]) -> None:

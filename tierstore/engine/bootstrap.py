@@ -88,6 +88,8 @@ def _open_claimed(
             archive_s3_settings(
                 settings.archive,
                 upload_parallelism=settings.mover_threads,
+                read_timeout_s=settings.archive_read_timeout_s,
+                retry_budget_s=settings.archive_retry_budget_s,
                 # Room for a cold read's ranged GETs and an upload's parts at once.
                 max_pool_connections=max(
                     DEFAULT_POOL_CONNECTIONS,

@@ -140,7 +140,7 @@ class S3Settings:
     Raises :class:`InvalidArgument` for a bucket name outside 3-63 characters, a
     prefix the store would alias (:func:`check_prefix`), an empty access key or secret
     key, a region botocore refuses, ``max_attempts < 1``, a part size under 5 MiB, a part size or
-    multipart threshold over 5 GiB, or non-positive sizes and timeouts.
+    multipart threshold over 5 GiB, or non-positive sizes, timeouts and retry budget.
     """
 
     endpoint_url: str
@@ -151,7 +151,12 @@ class S3Settings:
     region: str = "us-east-1"
     max_attempts: int = 5
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
+    #: the longest one socket read of an answer may wait (not the whole body's time).
+    read_timeout_s: float = 20.0
+    #: no attempt of a request after its second starts once this long has passed since
+    #: its first: a frozen archive fails a request in two read timeouts (or this plus
+    #: one), not ``max_attempts`` of them (which held a cold read 5 minutes).
+    retry_budget_s: float = 30.0
     max_pool_connections: int = DEFAULT_POOL_CONNECTIONS
     multipart_threshold: int = 16 * MiB
     multipart_part_size: int = 8 * MiB
@@ -196,6 +201,7 @@ class S3Settings:
         positive = {
             "connect_timeout_s": self.connect_timeout_s,
             "read_timeout_s": self.read_timeout_s,
+            "retry_budget_s": self.retry_budget_s,
             "max_pool_connections": self.max_pool_connections,
             "upload_parallelism": self.upload_parallelism,
             "multipart_threshold": self.multipart_threshold,

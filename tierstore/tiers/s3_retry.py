@@ -14,7 +14,12 @@
   not as long as its Content-Length (:func:`check_body_length`), a listing or a
   completion without the fields every real one has.
   They are retried with exponential backoff and jitter (``tenacity``) up to the
-  settings' ``max_attempts``, then raised as :class:`ArchiveUnavailable`.
+  settings' ``max_attempts``, no attempt after the second starting past its
+  ``retry_budget_s``, then
+  raised as :class:`ArchiveUnavailable`. An archive asking to slow down (503, 429,
+  ``SlowDown`` and the other throttling codes) is given a longer backoff, from
+  :data:`THROTTLED_BACKOFF_S`: its 0.1 s start let a few seconds of throttling fail
+  a read through all its attempts.
 * **Anything else** is raised at once: :class:`InvalidArgument` for a key that is
   too long or bad request parameters, :class:`ArchiveUnavailable` for every other
   answer (403, a missing bucket, ...), chained to the original error. A 403 for a
@@ -39,9 +44,11 @@ import botocore.auth
 import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -65,6 +72,7 @@ __all__ = [
     "is_marked_404",
     "is_missing_key",
     "is_missing_upload",
+    "is_throttling",
     "is_transient",
 ]
 
@@ -92,6 +100,14 @@ RETRYABLE_CODES: Final = frozenset(
         "TooManyRequests",
     }
 )
+
+#: The codes of an archive asking its clients to slow down (with 429 and 503).
+THROTTLING_CODES: Final = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+#: The first backoff after an archive asked to slow down (doubled per attempt, up to
+#: the settings' ``backoff_max_s``).
+THROTTLED_BACKOFF_S: Final = 1.0
 
 #: urllib3's errors for an answer's body that broke off or stalled: botocore reads the
 #: error body of a streaming operation (a GET's) outside its own error handling, so
@@ -260,6 +276,31 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, WrongAnswer, *_BODY_BROKEN))
 
 
+def is_throttling(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an archive asking to slow down: 429, 503 or a throttling code."""
+    if not isinstance(exc, ClientError):
+        return False
+    return http_status(exc) in (429, 503) or error_code(exc) in THROTTLING_CODES
+
+
+def _backoff(s: S3Settings) -> Callable[[RetryCallState], float]:
+    """The wait before a request's next attempt: exponential, from the settings'
+    ``backoff_initial_s``, or from THROTTLED_BACKOFF_S after an answer asking to slow
+    down (at most ``backoff_max_s`` either way); plus jitter, so that many clients do
+    not retry in step."""
+    usual = wait_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s) + wait_random(
+        0, s.backoff_initial_s
+    )
+    initial = min(max(s.backoff_initial_s, THROTTLED_BACKOFF_S), s.backoff_max_s)
+    throttled = wait_exponential(multiplier=initial, max=s.backoff_max_s) + wait_random(0, initial)
+
+    def wait(state: RetryCallState) -> float:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        return float((throttled if is_throttling(failed) else usual)(state))
+
+    return wait
+
+
 def call_with_retries(
     settings: S3Settings,
     what: str,
@@ -289,14 +330,23 @@ def call_with_retries(
             give_up.wait(seconds)
 
     retrying = Retrying(
-        stop=stop_after_attempt(s.max_attempts),
-        # Exponential backoff plus jitter, so that many clients do not retry in step.
-        wait=wait_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s)
-        + wait_random(0, s.backoff_initial_s),
+        # The budget stops a third attempt, not a second: an attempt that ran long (a
+        # large GET on a slow link) and then broke is tried once more.
+        stop=stop_after_attempt(s.max_attempts)
+        | (stop_after_attempt(2) & stop_after_delay(s.retry_budget_s)),
+        wait=_backoff(s),
         retry=retry_if_exception(is_transient),
         sleep=pause,
         reraise=True,
     )
+    started = time.monotonic()
+
+    def tries() -> str:
+        """How many attempts were made, and for how long: fewer than max_attempts once
+        the retry budget ran out."""
+        made = int(retrying.statistics.get("attempt_number", s.max_attempts))
+        return f"{made} attempt{'s' if made != 1 else ''} in {time.monotonic() - started:.1f} s"
+
     try:
         return retrying(attempt)
     except ClientError as exc:
@@ -307,7 +357,7 @@ def call_with_retries(
             raise ArchiveUnavailable(
                 f"{what}: bucket {s.bucket!r} does not exist at {s.endpoint_url}"
             ) from exc
-        tries = f" after {s.max_attempts} attempts" if is_transient(exc) else ""
+        made = f" after {tries()}" if is_transient(exc) else ""
         # The request that failed: one of ``what``'s may be a HEAD behind its GET, say.
         request = f" to {exc.operation_name}" if exc.operation_name else ""
         # A HEAD's error has no body: its code is the status again.
@@ -333,13 +383,13 @@ def call_with_retries(
                 f"access_key_id and secret_access_key) and their rights on bucket {s.bucket!r}"
             ) from exc
         raise ArchiveUnavailable(
-            f"{what}: archive {s.endpoint_url} answered {answer}{request}{tries}"
+            f"{what}: archive {s.endpoint_url} answered {answer}{request}{made}"
         ) from exc
     except ParamValidationError as exc:
         raise InvalidArgument(f"{what}: {exc}") from exc
     except WrongAnswer as exc:
-        raise ArchiveUnavailable(f"{what}: {exc} ({s.max_attempts} attempts)") from exc
+        raise ArchiveUnavailable(f"{what}: {exc} ({tries()})") from exc
     except (BotoCoreError, ConnectionError, TimeoutError, *_BODY_BROKEN) as exc:
         raise ArchiveUnavailable(
-            f"{what}: archive {s.endpoint_url} unreachable after {s.max_attempts} attempts: {exc}"
+            f"{what}: archive {s.endpoint_url} unreachable after {tries()}: {exc}"
         ) from exc
