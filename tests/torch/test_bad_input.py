@@ -290,6 +290,34 @@ def test_a_server_restart_mid_epoch_neither_repeats_nor_drops_samples(
     resumed.load_state_dict(state)
     assert ids_of(head + more) + ids_of(resumed) == reference
 
+    # 3. A dataset made while the server is away waits for it as a read does (its
+    # listing failed at once); made while it stays away, it fails once out of retries.
+    assert running.stop() == 0
+    with (
+        ThreadPoolExecutor(2) as pool,
+        caplog.at_level(logging.WARNING, "tierstore.torch.source"),
+    ):
+        made = pool.submit(make)
+        mapped = pool.submit(lambda: MapDataset(samples.dataset, **samples.connection))
+        poll(
+            lambda: (
+                made.done()
+                or sum(
+                    f"listing dataset {samples.dataset}" in r.getMessage() for r in caplog.records
+                )
+                >= 2
+            ),
+            60,
+            "the datasets to retry their listing",
+        )
+        assert not made.done(), f"made without retrying: {made.exception()!r}"
+        restart_in_place(running)
+        assert ids_of(made.result(timeout=120)) == reference
+        assert len(mapped.result(timeout=120)) == len(reference)
+    assert running.stop() == 0
+    with pytest.raises(errors.Unavailable):
+        make(retry_s=0.5)
+
 
 #: A training script whose step fails while the server is away: its iterator lives on in
 #: the traceback, with a shard read ahead of it retrying (retry_s=600).

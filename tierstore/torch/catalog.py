@@ -48,10 +48,18 @@ from tierstore.torch.arrow_tensors import (
     scalar_samples,
 )
 from tierstore.torch.batches import ShardRows
-from tierstore.torch.source import ShardSource, ShardTable
+from tierstore.torch.source import ShardSource, ShardTable, retried_by
 from tierstore.types import ShardInfo, ShardKind
 
-__all__ = ["ShardSet", "conform", "read_shard", "resolve", "row_counts", "survey"]
+__all__ = [
+    "ShardSet",
+    "conform",
+    "read_shard",
+    "resolve",
+    "resolve_through",
+    "row_counts",
+    "survey",
+]
 
 T = TypeVar("T")
 
@@ -289,6 +297,17 @@ def _select(schema: pa.Schema, given: Iterable[str] | None, reference: str) -> p
         )
     # The schema's metadata stays: a tensor shard's says what its samples are.
     return pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
+
+
+def resolve_through(source: ShardSource, dataset: str, **options: Any) -> ShardSet:
+    """:func:`resolve` (``options`` are its keyword arguments) with ``source``'s client,
+    made again as the source makes its reads while the node is unavailable
+    (:func:`~tierstore.torch.source.retried_by`)."""
+    return retried_by(
+        source,
+        lambda client: resolve(client, dataset, **options),
+        f"listing dataset {dataset}",
+    )
 
 
 def resolve(

@@ -44,7 +44,7 @@ from tierstore.torch.access_plan import PlanReporter
 from tierstore.torch.arguments import check_bool, check_int
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import Part, ShardRows, assemble
-from tierstore.torch.catalog import ShardSet, read_shard, resolve, row_counts
+from tierstore.torch.catalog import ShardSet, read_shard, resolve_through, row_counts
 from tierstore.torch.epochs import SharedEpoch
 from tierstore.torch.length import EpochShape, checked_even_share, epoch_items
 from tierstore.torch.order import (
@@ -164,8 +164,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
         self._source = service_source(address, token, ca, retry_s) if given is None else given
         #: the shards and columns read, fixed now for every worker and resume
-        self.shards: ShardSet = resolve(
-            self._source.client(),
+        self.shards: ShardSet = resolve_through(
+            self._source,
             dataset,
             shards=shards,
             prefix=prefix,

@@ -37,7 +37,7 @@ from tierstore.errors import FailedPrecondition, InvalidArgument
 from tierstore.torch.arguments import check_int
 from tierstore.torch.arrow_tensors import Strings
 from tierstore.torch.batches import ShardRows
-from tierstore.torch.catalog import ShardSet, read_shard, resolve
+from tierstore.torch.catalog import ShardSet, read_shard, resolve_through
 from tierstore.torch.source import ShardSource, given_source, service_source
 from tierstore.types import whole_number
 
@@ -87,8 +87,8 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
         self._source = service_source(address, token, ca, retry_s) if given is None else given
         #: the shards and columns read
-        self.shards: ShardSet = resolve(
-            self._source.client(),
+        self.shards: ShardSet = resolve_through(
+            self._source,
             dataset,
             shards=shards,
             prefix=prefix,

@@ -24,7 +24,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, Protocol, TypeVar, cast
 
 import pyarrow as pa
 import tenacity
@@ -35,9 +35,17 @@ from tierstore.client.forkgate import GATE
 from tierstore.client.tokenfile import read_token_file
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
-__all__ = ["GrpcShardSource", "ShardSource", "ShardTable", "given_source", "service_source"]
+__all__ = [
+    "GrpcShardSource",
+    "ShardSource",
+    "ShardTable",
+    "given_source",
+    "retried_by",
+    "service_source",
+]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ShardTable(NamedTuple):
@@ -112,36 +120,45 @@ class GrpcShardSource:
     def read(self, dataset: str, shard: str, stop: threading.Event | None = None) -> ShardTable:
         """See :meth:`ShardSource.read`."""
         client = self.client()
+        what = f"reading {dataset}/{shard}"
+        try:
+            read: ShardTable = self._retrying(what, stop)(_gated_read, client, dataset, shard)
+        except Exception as exc:
+            exc.add_note(f"tierstore.torch: while reading shard {dataset}/{shard}")
+            raise
+        return read
+
+    def retried(self, call: Callable[[Client], T], what: str) -> T:
+        """``call(client)``, tried again as a read is while the service is unavailable
+        (for the dataset's listing and schema when it is made: a node restarting, or
+        its archive asking to slow down, failed it at once)."""
+        return self._retrying(what, None)(call, self.client())
+
+    def _retrying(self, what: str, stop: threading.Event | None) -> tenacity.Retrying:
+        """Retries for up to ``retry_s`` while the service is unavailable (a rejected
+        server certificate is not), each logged as ``what``; ``stop`` set ends them."""
         stopping = stop or threading.Event()
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             _log.warning(
-                "reading %s/%s: the service is unavailable (%s); retry %d",
-                dataset,
-                shard,
-                error,
-                state.attempt_number,
+                "%s: the service is unavailable (%s); retry %d", what, error, state.attempt_number
             )
 
         def wait(seconds: float) -> None:
             stopping.wait(seconds)  # returns at once when the consumer stops
 
-        retrying = tenacity.Retrying(
+        return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(Unavailable)
             & tenacity.retry_if_not_exception_type(ServerCertificateRejected),
             stop=tenacity.stop_after_delay(self.retry_s) | tenacity.stop_when_event_set(stopping),
-            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            # Jittered: a node's many loader workers, refused together (a busy node), do
+            # not come back in step.
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0) + tenacity.wait_random(0, 0.2),
             sleep=wait,
             before_sleep=log_retry,
             reraise=True,
         )
-        try:
-            read: ShardTable = retrying(_gated_read, client, dataset, shard)
-        except Exception as exc:
-            exc.add_note(f"tierstore.torch: while reading shard {dataset}/{shard}")
-            raise
-        return read
 
 
 def _gated_read(client: Client, dataset: str, shard: str) -> ShardTable:
@@ -149,6 +166,14 @@ def _gated_read(client: Client, dataset: str, shard: str) -> ShardTable:
     with GATE.call():
         generation, table = client.read_table_with_generation(dataset, shard)
         return ShardTable(table, generation)
+
+
+def retried_by(source: ShardSource, call: Callable[[Client], T], what: str) -> T:
+    """``call(source.client())``, retried as the source retries its reads (a
+    :class:`GrpcShardSource`; a source of one's own is called once)."""
+    if isinstance(source, GrpcShardSource):
+        return source.retried(call, what)
+    return call(source.client())
 
 
 def given_source(source: object) -> ShardSource | None:
