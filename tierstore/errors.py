@@ -46,6 +46,7 @@ so the service and the client can share one table later.
     └── Unavailable                  UNAVAILABLE
         ├── ArchiveUnavailable           the archive did not answer (or answered 5xx) after retries
         │   └── NotArchivedYet               write-through: done here, not in the archive yet
+        ├── ServerBusy                   refused before anything was done: retried, even a put
         └── ServerCertificateRejected    the server's TLS certificate did not verify: not retried
 
 A ``DataLoss`` is raised only after any destination buffer has been zeroed: no
@@ -85,6 +86,7 @@ __all__ = [
     "ReaderTableFull",
     "ResourceExhausted",
     "SchemaMismatch",
+    "ServerBusy",
     "ServerCertificateRejected",
     "ShardNotFound",
     "StoreClosed",
@@ -316,6 +318,12 @@ class NotArchivedYet(ArchiveUnavailable):
     locally, or deleted) but that the archive has not taken yet: the mover keeps trying.
     Not retried (a retry would put or delete again); a caller counts it as done here,
     and not yet durable in the archive."""
+
+
+class ServerBusy(Unavailable):
+    """The node refused the call as it came, before doing anything of it: the places
+    for such calls are all taken (:mod:`tierstore.server.streamslots`). The client
+    makes even a put again after it, as a put that never left the client is."""
 
 
 class ServerCertificateRejected(Unavailable):

@@ -30,7 +30,7 @@ GET = "/tierstore.v1.ShardService/GetShard"
 PUT = "/tierstore.v1.ShardService/PutShard"
 DELETE = "/tierstore.v1.ShardService/DeleteShard"
 DELETE_DATASET = "/tierstore.v1.DatasetService/DeleteDataset"
-WORKERS = 4  # so ArchiveCalls.for_workers gives 3 slots
+WORKERS = 4  # so ArchiveCalls.for_workers gives 2 slots, of 3 for shard streams
 SLOTS = ArchiveCalls.for_workers(WORKERS).slots
 
 

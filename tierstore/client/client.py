@@ -55,7 +55,12 @@ from tierstore.client.download import (
     stream_into_file,
     write_all,
 )
-from tierstore.client.failures import closed_channel_is_unavailable, raise_mapped, retried
+from tierstore.client.failures import (
+    closed_channel_is_unavailable,
+    raise_mapped,
+    refused_as_busy,
+    retried,
+)
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
@@ -157,9 +162,11 @@ class Client(AdminCalls, PlacementCalls):
 
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
 
+            refused: list[bool] = []  # each failed attempt: whether refused as busy
+
             def attempt() -> common_pb2.ShardInfo:
                 if isinstance(frames, OnePassFrames):
-                    frames.check_unread(f"the put of {dataset}/{shard}")
+                    frames.check_unread(f"the put of {dataset}/{shard}", any(refused[-1:]))
                 with GATE.call():
                     try:
                         answer: common_pb2.ShardInfo = stub.PutShard(
@@ -168,11 +175,12 @@ class Client(AdminCalls, PlacementCalls):
                             metadata=self._channel.metadata,
                         )
                         return answer
-                    except grpc.RpcError:
+                    except grpc.RpcError as error:
                         if failed:
                             # Not the RpcError it caused, but its own cause: where
                             # the caller's reader or file failed.
                             raise failed[0] from failed[0].__cause__
+                        refused.append(refused_as_busy(error))
                         raise
 
             with self._no_token_named():

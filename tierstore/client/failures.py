@@ -5,6 +5,7 @@ call that must not be made twice, only a failure to leave the client at all."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,10 +23,13 @@ from tierstore.wire.status import (
 )
 
 __all__ = [
+    "BUSY_PAUSES_S",
+    "BUSY_WAIT_S",
     "RETRY_DELAYS_S",
     "closed_channel_is_unavailable",
     "mapped_responses",
     "raise_mapped",
+    "refused_as_busy",
     "retried",
 ]
 
@@ -36,6 +40,12 @@ T = TypeVar("T")
 #: (``channel.MAX_RECONNECT_BACKOFF_MS``, jittered), so that a call made once a
 #: restarted server is back reaches it.
 RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
+#: How long a call the server refused as busy (ServerBusy: its shard streams' places
+#: all taken, nothing of the call done) is tried again, within the call's own deadline:
+#: streams beyond the places used to wait in the server's queue, so a refusal there
+#: is a queue here. Paused from the first of BUSY_PAUSES_S, doubling up to the second.
+BUSY_WAIT_S = 120.0
+BUSY_PAUSES_S = (0.05, 2.0)
 
 
 def _retryable(error: grpc.RpcError) -> bool:
@@ -101,22 +111,39 @@ def retried(
 ) -> T:
     """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
     UNAVAILABLE and ``retry`` — or, with ``retry_unsent``, while it fails never having
-    left the client, which a call that must not be made twice may be (pauses end at
+    left the client, which a call that must not be made twice may be; and while the
+    server refuses it as busy (ServerBusy: nothing of it done), paused as BUSY_PAUSES_S
+    say, for up to BUSY_WAIT_S, the call made again whether it may be made twice or not
+    (pauses end at
     ``deadline``, a ``time.monotonic()`` reading, if given). Raises the mapped error of
     the failure that ends it (:func:`raise_mapped`, with ``changes``: what the call
     changes, if anything)."""
-    for delay in (*RETRY_DELAYS_S, None):
+    delays = iter(RETRY_DELAYS_S)
+    busy_until = time.monotonic() + BUSY_WAIT_S
+    if deadline is not None:
+        busy_until = min(busy_until, deadline)
+    busy_pause = BUSY_PAUSES_S[0]
+    while True:
         try:
             with closed_channel_is_unavailable():
                 return attempt()
         except grpc.RpcError as error:
-            again = retry or (retry_unsent and _never_sent(error))
-            if delay is None or not (again and _retryable(error)):
+            if (retry or retry_unsent) and refused_as_busy(error):
+                # A client-side queue: tried again, paused longer each time (jittered,
+                # so that many callers do not come back in step), until BUSY_WAIT_S.
+                left = busy_until - time.monotonic()
+                pause = min(busy_pause, left) * random.uniform(0.5, 1.0) if left > 0 else None
+                busy_pause = min(busy_pause * 2, BUSY_PAUSES_S[1])
+            else:
+                pause = next(delays, None)
+                again = retry or (retry_unsent and _never_sent(error))
+                if not (again and _retryable(error)):
+                    pause = None
+            if pause is None:
                 raise_mapped(error, changes)
         if deadline is not None:
-            delay = min(delay, max(deadline - time.monotonic(), 0.0))
-        time.sleep(delay)
-    raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+            pause = min(pause, max(deadline - time.monotonic(), 0.0))
+        time.sleep(pause)
 
 
 #: what gRPC says of a call that never reached a server (nothing it asked was done)
@@ -127,6 +154,12 @@ _CUT_OFF = (
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 )
+
+
+def refused_as_busy(error: grpc.RpcError) -> bool:
+    """Whether the server refused the call as it came, having done nothing of it
+    (ServerBusy): as safe to make again as a call that never left the client."""
+    return _error_name(error) == errors.ServerBusy.__name__
 
 
 def _never_sent(error: grpc.RpcError) -> bool:

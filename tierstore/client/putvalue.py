@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tierstore.errors import InvalidArgument, Unavailable
+from tierstore.errors import InvalidArgument, ServerBusy, Unavailable
 
 __all__ = ["FileFrames", "OnePassFrames", "ReadableValue", "StreamFrames"]
 
@@ -136,15 +136,25 @@ class OnePassFrames:
         self._frames = iter(frames)
         self._taken = False
 
-    def check_unread(self, what: str) -> None:
+    def check_unread(self, what: str, busy: bool = False) -> None:
         """Raise Unavailable (the failure the put is made again for) once a frame was
-        taken: ``what`` (the put) failed, and its reader cannot be read again."""
-        if self._taken:
-            raise Unavailable(
-                f"{what} failed to reach the server after its record-batch reader was "
-                "read from, which cannot be read again: nothing was stored; put it again "
-                "with a new reader"
+        taken: ``what`` (the put) failed, and its frames cannot be made again;
+        ServerBusy with ``busy``: the node refused the put as busy (gRPC had taken
+        frames to send meanwhile)."""
+        if not self._taken:
+            return
+        if busy:
+            raise ServerBusy(
+                f"{what} was refused by a busy node (its shard streams' places all taken) "
+                "after its frames had begun to be taken (a reader's or a stream's), which "
+                "cannot be read again: nothing was stored; put it again with a new reader, "
+                "or later"
             )
+        raise Unavailable(
+            f"{what} failed to reach the server after its frames had begun to be taken (a "
+            "reader's or a stream's), which cannot be read again: nothing was stored; put "
+            "it again with a new reader"
+        )
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         for frame in self._frames:

@@ -48,6 +48,7 @@ from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
 from tierstore.server.requestchecks import REQUEST_CHECKS
 from tierstore.server.shards import ShardServicer
+from tierstore.server.streamslots import ShardStreams
 from tierstore.server.tls import (
     RENEW_BEFORE_DAYS,
     SERVER_VALIDITY_DAYS,
@@ -355,6 +356,7 @@ class TierstoreServer:
                     idle_trim=self._idle_trim,
                     archive_calls=archive_calls,
                     message_bytes=MAX_MESSAGE_BYTES,
+                    streams=ShardStreams.for_workers(settings.max_workers),
                 ),
             ),
             (

@@ -5,7 +5,8 @@ Cold reads, and write-through puts and deletes, wait on the archive; a frozen on
 time-outs and retries). The server has a fixed pool of workers: 32 such calls took
 them all, and hot reads, stats and every admin call then waited behind them (a review
 measured 41 s and a deadline for a hot read). So such a call first takes one of
-``slots`` places (fewer than the workers); finding none free, it fails at once with
+``slots`` places (three quarters of the shard streams the server serves at once,
+:func:`stream_slots_for`: 21 of 28 for 32 workers); finding none free, it fails at once with
 :class:`Unavailable`, which clients retry after a pause. The workers left over serve
 the hot tier and the admin. Dataset deletes take one too (a write-through one waits
 on the archive, the others behind it). A read holds its slot only while it waits on
@@ -20,13 +21,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 from tierstore.errors import InvalidArgument, Unavailable
 
-__all__ = ["ARCHIVE_CALL_SHARE", "ArchiveCalls", "HeldSlot"]
+__all__ = ["ARCHIVE_CALL_SHARE", "ArchiveCalls", "HeldSlot", "stream_slots_for"]
 
-#: of the server's workers, the share that calls waiting on the archive may hold.
+#: of the shard streams a server serves at once, the share that calls waiting on the
+#: archive may hold.
 ARCHIVE_CALL_SHARE = 0.75
+
+
+def stream_slots_for(workers: int) -> int:
+    """The shard streams a server of ``workers`` handler threads serves at once: all
+    but an eighth of its workers (at least one), which are kept for the calls that
+    stream no shard (:mod:`tierstore.server.streamslots`)."""
+    return max(1, workers - max(1, workers // 8))
 
 
 class ArchiveCalls:
@@ -40,9 +50,11 @@ class ArchiveCalls:
         self._taken = 0
 
     @classmethod
-    def for_workers(cls, workers: int) -> ArchiveCalls:
-        """The bound for a server of ``workers`` handler threads: a share of them."""
-        return cls(max(1, int(workers * ARCHIVE_CALL_SHARE)))
+    def for_workers(cls, workers: int) -> Self:
+        """The bound for a server of ``workers`` handler threads: a share of the shard
+        streams it serves at once (:func:`stream_slots_for`), so that streams of the
+        hot tier are served while the archive holds these."""
+        return cls(max(1, int(stream_slots_for(workers) * ARCHIVE_CALL_SHARE)))
 
     @contextmanager
     def slot(self, what: str) -> Iterator[None]:

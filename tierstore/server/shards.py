@@ -7,7 +7,7 @@ leaves no shard and no space behind.
 Gets send a header (shard info and how to verify or decrypt) and then the
 stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
-slow reader holds one frame of server memory and no LMDB pages. The local-read
+slow reader holds a few frames of server memory (docs/service.md) and no LMDB pages. The local-read
 RPCs (grant, data key, read reports) unpack here and are answered by
 :mod:`tierstore.server.localreads` (a read report is checked before it is parsed:
 :mod:`tierstore.server.requestchecks`).
@@ -40,6 +40,7 @@ from tierstore.server.authz import Principal, authorize, reauthorizer
 from tierstore.server.localreads import LocalReadService
 from tierstore.server.rpc import caller, handler, refuse_if_caller_gone, stream_handler
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
+from tierstore.server.streamslots import ShardStreams
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
@@ -78,6 +79,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         idle_trim: IdleTrim | None = None,
         archive_calls: ArchiveCalls | None = None,
         message_bytes: int = MAX_MESSAGE_BYTES,
+        streams: ShardStreams | None = None,
     ) -> None:
         self._store = store
         #: the most a ListShards page carries: a shard's info holds every frame's size
@@ -87,6 +89,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         #: bounds the calls that wait on the archive (cold reads, write-through puts
         #: and deletes), so that a frozen archive leaves workers for the hot tier
         self._archive_calls = archive_calls or ArchiveCalls.for_workers(32)
+        #: bounds the get and put streams, so that streams left unread (or unsent) leave
+        #: workers for the calls that stream no shard
+        self._streams = streams or ShardStreams.for_workers(32)
         self._spool_dir = spool_dir
         #: what the puts being received hold in memory, together
         self._spool_memory = SpoolMemory(SERVER_SPOOL_MEMORY)
@@ -110,7 +115,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
     ) -> common_pb2.ShardInfo:
         in_flight = self._idle_trim.busy() if self._idle_trim else contextlib.nullcontext()
-        with in_flight:
+        with self._streams.slot("a shard put"), in_flight:
             return self._put(request_iterator, context)
 
     def _put(
@@ -267,6 +272,12 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
 
     @stream_handler
     def GetShard(
+        self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
+    ) -> Iterator[shards_pb2.GetShardResponse]:
+        with self._streams.slot("a shard read"):
+            yield from self._get(request, context)
+
+    def _get(
         self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
     ) -> Iterator[shards_pb2.GetShardResponse]:
         self._check("GetShard", request.dataset, request.shard)
