@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.engine.backdoor import record_of
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.archived import ArchivedFrames
 from tierstore.engine.archivewatch import ArchiveWatch
 from tierstore.engine.records import archive_frames_key
 from tierstore.engine.store import Store
-from tierstore.errors import ArchiveUnavailable, IntegrityError
+from tierstore.errors import ArchiveUnavailable, FailedPrecondition, IntegrityError
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -82,11 +84,50 @@ def test_a_missing_or_damaged_archive_object_is_no_archive_outage(
     stored = bytearray(bytes(archive.inner.get(key) or b""))
     stored[10] ^= 0xFF
     archive.inner.put(key, bytes(stored))
-    for shard in ("gone", "bad"):
-        with pytest.raises(IntegrityError):
-            store.get("plain", shard)
-    # The archive answered each time: one shard's copy is lost (DataLoss), not the archive.
+    with pytest.raises(IntegrityError):
+        store.get("plain", "bad")
+    # The archive answered: one shard's copy is damaged (DataLoss), not the archive.
     assert store.stats().mover_error is None
+    with pytest.raises(IntegrityError):
+        store.get("plain", "gone")
+    # Nor is a missing one an outage; but an archived shard's object gone says the
+    # archive may have lost others, and eviction is held (shown until a start).
+    shown = store.stats().mover_error or ""
+    assert "last archive request failed" not in shown
+    assert f"object {archive_frames_key('plain', missing)} " in shown and "evicted" in shown
+
+
+def test_an_archive_found_to_have_lost_an_object_holds_eviction(
+    open_store: StoreFactory,
+) -> None:
+    # A review wiped a running node's archive: a cold read failed DataLoss, and an
+    # eviction then dropped a hot shard whose only copy it was.
+    archive = MemoryTier()
+    store = open_store(archive, datasets=PLAIN)
+    lost = cold_shard(store, "plain", "lost")
+    store.put("plain", "hot", payload(2 * FRAME, 5))
+    store.put("plain", "hot2", payload(2 * FRAME, 6))
+    assert store.drain(10) and store.stat("plain", "hot").archived
+    # A read of a generation overwritten meanwhile, whose object the mover deleted after
+    # the overwrite, finds it missing: no loss, and no hold.
+    old = record_of(store, "plain", "hot2")
+    store.put("plain", "hot2", payload(2 * FRAME, 7))
+    assert store.drain(10)
+    with pytest.raises(IntegrityError, match="is missing"):
+        ArchivedFrames(store._archive, old).fetch(0)
+    assert store.stats().mover_error is None
+    archive.delete(archive_frames_key("plain", lost))  # and so, perhaps, "hot"'s too
+    with pytest.raises(IntegrityError, match="is missing"):
+        store.get("plain", "lost")
+    with pytest.raises(FailedPrecondition, match=r"plain/hot was not evicted: .*found missing"):
+        store.evict("plain", "hot")
+    assert store.hot_room.evict(10 * FRAME) == 0  # nor does the policy evict
+    assert store.stat("plain", "hot").hot and store.stat("plain", "hot2").hot
+    assert store.get("plain", "hot").to_bytes() == payload(2 * FRAME, 5)
+    # A start checks the archive again (serve refuses one that lost the node's
+    # datasets' objects, README): the store opened again evicts.
+    store = open_store.reopen(store, archive)
+    assert store.evict("plain", "hot") > 0
 
 
 def test_uploads_held_for_an_unchecked_archive_show_why_it_cannot_be_checked(

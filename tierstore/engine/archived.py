@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Executor, Future
 from typing import TypeVar
 
+from tierstore.engine.archivewatch import report_missing
 from tierstore.engine.records import ShardRecord, archive_frames_key, frame_digest_of
 from tierstore.engine.sealing import stored_overhead
 from tierstore.errors import IntegrityError, InvalidRange, StoreClosed
@@ -62,7 +63,9 @@ class ArchivedFrames:
         if blob is not None and len(blob) != size:
             blob = self._get(index, size)
         if blob is None:
-            raise IntegrityError(f"archive object {self.key} ({self._holds}) is missing")
+            missing = f"archive object {self.key} ({self._holds}) is missing"
+            report_missing(self._archive, self._record, missing)  # holds eviction
+            raise IntegrityError(missing)
         if len(blob) != size:
             raise IntegrityError(
                 f"archive object {self.key} ({self._holds}) is truncated at frame {index} "

@@ -12,6 +12,14 @@ happened, until a later request of any kind returns: the archive answers again.
 A missing object or a damaged one is an answer (the tier returns None, or bytes the
 caller finds wrong: DataLoss of one shard), not an outage. Nothing here makes a request
 of its own; a request costs a clock read and an uncontended lock.
+
+An archived shard's frames object found missing (:func:`report_missing`) is kept apart,
+for good (until the store is opened again): an archive that lost objects it
+acknowledged (its disk wiped, the bucket made again empty) may have lost the only copy
+of other shards the catalog takes for archived, so eviction, which drops the hot copy
+of archived shards, is held from then on (:meth:`ArchiveWatch.missing_objects`). A
+review wiped a running node's archive: cold reads failed DataLoss, stats said nothing,
+and an eviction dropped a hot shard whose only copy it was.
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from tierstore.engine.records import ShardRecord
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.base import Tier
 from tierstore.tiers.forwarding import ForwardingTier
 
-__all__ = ["ArchiveWatch", "WatchedTier"]
+__all__ = ["ArchiveWatch", "WatchedTier", "report_missing"]
 
 _T = TypeVar("_T")
 
@@ -47,6 +56,11 @@ class ArchiveWatch:
         self._failure: tuple[str, float, float] | None = None
         #: when the latest-begun request that answered began (``time.monotonic()``)
         self._answered_began = float("-inf")
+        #: the first archived shard's object found missing, and how many were since
+        self._missing: tuple[str, int] | None = None
+        #: whether a record is its shard's current generation, archived (set by the
+        #: store): an older generation's object deleted after an overwrite is no loss
+        self.still_archived: Callable[[ShardRecord], bool] = lambda record: True
 
     def failed(self, error: ArchiveUnavailable, began: float) -> None:
         """A request begun at ``began`` (``time.monotonic()``) raised ``error``: shown
@@ -64,6 +78,31 @@ class ArchiveWatch:
                 self._answered_began = began
             if self._failure is not None and began > self._failure[2]:
                 self._failure = None
+
+    def object_missing(self, record: ShardRecord, message: str) -> None:
+        """The frames object of ``record``'s generation was found missing (``message``
+        says which): unless the generation is no longer its shard's current archived
+        one (overwritten or deleted meanwhile, its objects deleted after it), eviction
+        is held from now on (:meth:`missing_objects`)."""
+        if not self.still_archived(record):
+            return
+        with self._lock:
+            first, count = self._missing or (message, 0)
+            self._missing = (first, count + 1)
+
+    def missing_objects(self) -> str | None:
+        """Why eviction is held (archived shards' objects found missing), or None."""
+        with self._lock:
+            missing = self._missing
+        if missing is None:
+            return None
+        first, count = missing
+        return (
+            f"{count} archived shard object(s) found missing in the archive ({first}): it "
+            "may have lost others the catalog takes for archived, so no hot shard is "
+            "evicted until the node starts again (a start checks the archive; "
+            "--archive-lost archives the hot tier again if it lost them for good)"
+        )
 
     def failure(self) -> str | None:
         """The last failure with when it happened, or None when the archive answered
@@ -96,3 +135,11 @@ class WatchedTier(ForwardingTier):
             raise
         self._watch.answered(began)
         return result
+
+
+def report_missing(archive: Tier, record: ShardRecord, message: str) -> None:
+    """Tell the watch of ``archive``, if it is a :class:`WatchedTier`, that the frames
+    object of ``record``'s generation is missing (``message``): see
+    :meth:`ArchiveWatch.object_missing`."""
+    if isinstance(archive, WatchedTier):
+        archive._watch.object_missing(record, message)

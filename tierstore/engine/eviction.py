@@ -27,6 +27,7 @@ from tierstore.config import EngineSettings
 from tierstore.engine.catalog import Catalog
 from tierstore.engine.policies import PolicyDriver, shard_of
 from tierstore.engine.records import ShardRecord, frame_key
+from tierstore.errors import FailedPrecondition
 from tierstore.policy.base import Key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
@@ -68,8 +69,11 @@ class HotRoom:
         frames: LmdbTier,
         policies: PolicyDriver,
         overhead: Callable[[ShardRecord], int],
+        held: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
+        #: why eviction is held (the archive lost objects it had acknowledged), or None
+        self._held = held
         self._env = environment
         self._catalog = catalog
         self._frames = frames
@@ -328,7 +332,10 @@ class HotRoom:
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed
-        (0 if it is not evictable)."""
+        (0 if it is not evictable). Raises FailedPrecondition while eviction is held."""
+        held = self._held()
+        if held is not None:
+            raise FailedPrecondition(f"{dataset}/{name} was not evicted: {held}")
         with self._lock:
             with self._policies.undone_on_failure(), self._env.write() as txn:
                 freed = self._evict_in(txn, dataset, name, time.time())
@@ -342,7 +349,7 @@ class HotRoom:
         the bytes it frees, None if it is not. The caller counts it in
         :attr:`evictions` once ``txn`` has committed."""
         record = self._catalog.get_shard(txn, dataset, name)
-        if record is None or not record.evictable(now):
+        if record is None or not record.evictable(now) or self._held() is not None:
             return None
         for index in range(len(record.frame_sizes)):
             self._frames.delete_in(txn, frame_key(record.generation, index))

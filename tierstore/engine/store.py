@@ -227,6 +227,7 @@ class Store:
     ) -> None:
         self._frames = LmdbTier(self._env, FRAMES_DB)
         self._catalog = Catalog(self._env)
+        self.archive_watch.still_archived = self._still_archived
         # Before anything else is written: a newer release's hot tier is refused.
         with self._env.write() as txn:
             self._catalog.mark_format(txn)
@@ -241,7 +242,13 @@ class Store:
         self._closed = False
         #: the hot tier's watermarks and quotas, and the eviction that keeps to them.
         self.hot_room = HotRoom(
-            settings, self._env, self._catalog, self._frames, self._policies, stored_overhead
+            settings,
+            self._env,
+            self._catalog,
+            self._frames,
+            self._policies,
+            stored_overhead,
+            held=self.archive_watch.missing_objects,
         )
         #: promotions from the archive into the hot tier (threads started by the mover).
         self.promoter = Promoter(
@@ -948,7 +955,9 @@ class Store:
     def evict(self, dataset: str, shard: str) -> int:
         """Drop a shard from the hot tier if the archive holds it; returns bytes freed.
 
-        Raises InvalidName, DatasetNotFound, ShardNotFound.
+        Raises InvalidName, DatasetNotFound, ShardNotFound, FailedPrecondition while
+        eviction is held (archived shards' objects were found missing in the archive:
+        `ArchiveWatch.missing_objects`).
         """
         self._check_shard_call(dataset, shard)
         with self._env.read() as txn:
@@ -1144,18 +1153,26 @@ class Store:
         validate_dataset_name(dataset)
         validate_shard_name(shard)
 
+    def _still_archived(self, record: ShardRecord) -> bool:
+        """Whether ``record``'s generation is its shard's current one, archived."""
+        with self._env.read() as txn:
+            current = self._catalog.readable_shard(txn, record.dataset, record.name)
+        return current is not None and current.generation == record.generation and current.archived
+
     def _archive_failure(self) -> str | None:
         """Why the archive fails, for stats: the mover's last error, else a pinned
         shard's promotion's, else the last archive request that failed. Uploads held
         (keys not yet checked against an archive down at the start) say why too: the
-        archive's own failure, which the checks meet, was hidden behind the hold."""
+        archive's own failure, which the checks meet, was hidden behind the hold. Then
+        archived shards' objects found missing, which hold eviction."""
         failure = self.mover.archive_failure() or self.promoter.archive_failure()
         request = self.archive_watch.failure()
         if failure is None:
-            return request
-        if request is not None and failure == self.mover.archive_hold:
-            return f"{request}; {failure}"
-        return failure
+            failure = request
+        elif request is not None and failure == self.mover.archive_hold:
+            failure = f"{request}; {failure}"
+        missing = self.archive_watch.missing_objects()  # eviction held: shown until a start
+        return "; ".join(text for text in (failure, missing) if text) or None
 
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait (polling) up to ``timeout`` seconds (a number from 0, which only looks,
