@@ -6,8 +6,8 @@ time-outs and retries). The server has a fixed pool of workers: 32 such calls to
 them all, and hot reads, stats and every admin call then waited behind them (a review
 measured 41 s and a deadline for a hot read). So such a call first takes one of
 ``slots`` places (three quarters of the shard streams the server serves at once,
-:func:`stream_slots_for`: 21 of 28 for 32 workers); finding none free, it fails at once with
-:class:`Unavailable`, which clients retry after a pause. The workers left over serve
+:func:`stream_slots_for`: 21 of 28 for 32 workers); finding none free, it fails at
+once with :class:`Unavailable`, which clients retry after a pause. The workers left over serve
 the hot tier and the admin. Dataset deletes take one too (a write-through one waits
 on the archive, the others behind it). A read holds its slot only while it waits on
 the archive: from its start if it starts cold, from the frame it falls to the archive

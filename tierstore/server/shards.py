@@ -7,7 +7,9 @@ leaves no shard and no space behind.
 Gets send a header (shard info and how to verify or decrypt) and then the
 stored frames one message at a time, each read in its own short transaction:
 gRPC's flow control pulls the next frame only when the last one is sent, so a
-slow reader holds a few frames of server memory (docs/service.md) and no LMDB pages. The local-read
+slow reader holds a few frames of server memory (docs/service.md) and no LMDB
+pages. Each get and put stream holds one of the node's shard-stream places
+(:mod:`tierstore.server.streamslots`). The local-read
 RPCs (grant, data key, read reports) unpack here and are answered by
 :mod:`tierstore.server.localreads` (a read report is checked before it is parsed:
 :mod:`tierstore.server.requestchecks`).

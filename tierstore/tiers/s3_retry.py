@@ -15,11 +15,10 @@
   completion without the fields every real one has.
   They are retried with exponential backoff and jitter (``tenacity``) up to the
   settings' ``max_attempts``, no attempt after the second starting past its
-  ``retry_budget_s``, then
-  raised as :class:`ArchiveUnavailable`. An archive asking to slow down (503, 429,
-  ``SlowDown`` and the other throttling codes) is given a longer backoff, from
-  :data:`THROTTLED_BACKOFF_S`: its 0.1 s start let a few seconds of throttling fail
-  a read through all its attempts.
+  ``retry_budget_s``, then raised as :class:`ArchiveUnavailable`. An archive asking
+  to slow down (503, 429, ``SlowDown`` and the other throttling codes) is given a
+  longer backoff, from :data:`THROTTLED_BACKOFF_S`: its 0.1 s start let a few
+  seconds of throttling fail a read through all its attempts.
 * **Anything else** is raised at once: :class:`InvalidArgument` for a key that is
   too long or bad request parameters, :class:`ArchiveUnavailable` for every other
   answer (403, a missing bucket, ...), chained to the original error. A 403 for a
