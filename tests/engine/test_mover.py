@@ -92,6 +92,7 @@ def test_backlog_full_then_drained_without_losing_anything(open_store: StoreFact
             store.put(dataset, f"s{index}", data)
             accepted[(dataset, f"s{index}")] = data
     assert isinstance(caught.value, ResourceExhausted)
+    assert f"this put's {stored:,} bytes would take" in str(caught.value)  # it said not
     assert len(accepted) == 3
     refused = f"s{len(accepted)}"
     assert not store.list("plain", prefix=refused)[0] and not store.list("enc", prefix=refused)[0]

@@ -498,8 +498,8 @@ class ShardWriter:
             backlog -= self._catalog.pending_upload_bytes(txn, previous.generation)
         if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
             raise BacklogFull(
-                f"{backlog} bytes wait for the archive "
-                f"(cap {self._settings.backlog_cap_bytes}); "
+                f"this put's {stored_total:,} bytes would take the bytes waiting for the "
+                f"archive, {backlog:,}, past the cap ({self._settings.backlog_cap_bytes:,}); "
                 + (
                     f"the mover is failing ({self._archive_trouble()}): retry once the "
                     "archive is back and the mover has caught up"
