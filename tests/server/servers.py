@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from tests.engine.stores import KEYRING, engine_settings
 from tierstore.engine.store import Store
+from tierstore.frames import CHECKSUM_BYTES
 from tierstore.server.app import ServerSettings, TierstoreServer, create_server
 from tierstore.server.tls import TlsMaterial, ensure_tls_material
 from tierstore.server.tokens import TokenStore
@@ -283,6 +284,12 @@ def invoke(
         )
         got.append(call(request, timeout=timeout, metadata=md))
     return got
+
+
+def payload_of(responses: list[shards_pb2.GetShardResponse]) -> bytes:
+    """The plaintext shard a GetShard stream carried (each stored frame ends in its
+    checksum)."""
+    return b"".join(m.frame.data[:-CHECKSUM_BYTES] for m in responses if m.HasField("frame"))
 
 
 def varint(value: int) -> bytes:

@@ -18,9 +18,8 @@ import pytest
 
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, payload, wait_until
-from tests.server.servers import error_name, invoke, serving
+from tests.server.servers import error_name, invoke, payload_of, serving
 from tierstore.engine.records import archive_frames_key
-from tierstore.frames import CHECKSUM_BYTES
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings, Durability, Role
@@ -32,12 +31,6 @@ DELETE = "/tierstore.v1.ShardService/DeleteShard"
 DELETE_DATASET = "/tierstore.v1.DatasetService/DeleteDataset"
 WORKERS = 4  # so ArchiveCalls.for_workers gives 2 slots, of 3 for shard streams
 SLOTS = ArchiveCalls.for_workers(WORKERS).slots
-
-
-def payload_of(responses: list[shards_pb2.GetShardResponse]) -> bytes:
-    """The plaintext shard a GetShard stream carried (each stored frame ends in its
-    checksum)."""
-    return b"".join(m.frame.data[:-CHECKSUM_BYTES] for m in responses if m.HasField("frame"))
 
 
 def put_request(dataset: str, shard: str, data: bytes) -> list[shards_pb2.PutShardRequest]:
@@ -77,6 +70,9 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
         store.evict("d", "cold")
         store.evict("d", "cold2")
         token = node.token("t", ("d", Role.WRITER), ("wt", Role.WRITER))
+        # The calls past the archive's places are another caller's: t's cold reads hold
+        # all the shard streams one caller may hold.
+        other = node.token("u", ("d", Role.WRITER), ("wt", Role.WRITER))
         admin = node.token("a", ("*", Role.ADMIN))
         channel = node.channel()
         archive.hold_reads(archive_frames_key("d", generation))  # the archive freezes
@@ -103,10 +99,10 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             # One more call that needs the archive: refused at once, not queued; a
             # write-through put before its sender has sent more than its header.
             for method, request, caller in (
-                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), token),
-                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold2"), token),
-                (PUT, held_after_header(put_request("wt", "new", b"x" * 100), sender_held), token),
-                (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new"), token),
+                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), other),
+                (GET, shards_pb2.GetShardRequest(dataset="d", shard="cold2"), other),
+                (PUT, held_after_header(put_request("wt", "new", b"x" * 100), sender_held), other),
+                (DELETE, shards_pb2.DeleteShardRequest(dataset="wt", shard="new"), other),
                 (DELETE_DATASET, datasets_pb2.DeleteDatasetRequest(name="wt"), admin),
             ):
                 started = time.monotonic()
@@ -117,7 +113,7 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
                 assert error_name(refused.value) == "Unavailable"
                 assert "calls are waiting on it already" in refused.value.details()
             # The workers left serve the hot tier.
-            got = invoke(channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="hot"), token)
+            got = invoke(channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="hot"), other)
             assert payload_of(got) == hot_data
             # A refused miss the policy admitted is promoted in the background (its
             # object is not the frozen one), so a retry finds it hot.

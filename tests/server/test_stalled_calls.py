@@ -25,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.server.conftest import poll
-from tests.server.servers import RunningServer, error_name, metadata, serving
+from tests.server.servers import RunningServer, error_name, invoke, metadata, payload_of, serving
 from tierstore.errors import InvalidArgument, ShardNotFound
 from tierstore.server.app import ServerSettings, connection_cap
 from tierstore.server.streamslots import ShardStreams
@@ -34,6 +34,7 @@ from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2, shards_pb2_grpc
 
 LIST_DATASETS = "/tierstore.v1.DatasetService/ListDatasets"
 PUT_SHARD = "/tierstore.v1.ShardService/PutShard"
+GET_SHARD = "/tierstore.v1.ShardService/GetShard"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 WORKERS = 4
 #: the get and put streams a server of WORKERS serves at once
@@ -141,7 +142,8 @@ def test_a_request_that_never_arrives_ends_its_call_and_frees_its_worker(
 
 
 def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: RunningServer) -> None:
-    writer = running.token("svc:writer", ("d", Role.WRITER))
+    # As many writers as places: one caller holds at most its share of them.
+    writers = [running.token(f"svc:writer-{n}", ("d", Role.WRITER)) for n in range(STREAM_SLOTS)]
     header = shards_pb2.PutShardRequest(
         header=shards_pb2.PutShardHeader(
             dataset="d", shard="s", kind=common_pb2.SHARD_KIND_RAW, frame_count=2
@@ -149,9 +151,10 @@ def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: Runnin
     )
     first = (header.SerializeToString(), shards_pb2.PutShardRequest(frame=b"x").SerializeToString())
     with Stalls() as stalls:
-        stalls.open(running.channel(), PUT_SHARD, 2 * WORKERS, writer, first)
+        for number in range(2 * WORKERS):
+            stalls.open(running.channel(), PUT_SHARD, 1, writers[number % STREAM_SLOTS], first)
         time.sleep(0.2)  # as above: the stalls first
-        assert list_datasets(running, writer, timeout=30) < 10 * ARRIVAL_S
+        assert list_datasets(running, writers[0], timeout=30) < 10 * ARRIVAL_S
         # Those past the shard streams' places refused at once, the rest ended.
         codes = stalls.codes(timeout=10)
         assert codes.count(grpc.StatusCode.CANCELLED) == STREAM_SLOTS, codes
@@ -165,13 +168,15 @@ def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
 ) -> None:
     # grpc sends each response message on the call's worker, which waits while flow
     # control holds the message back: a reader that stops reading would keep it.
-    reader = running.token("svc:reader", ("*", Role.READER))
+    # As many readers as places: one caller holds at most its share of them.
+    readers = [running.token(f"svc:reader-{n}", ("*", Role.READER)) for n in range(STREAM_SLOTS)]
+    reader = readers[0]
     running.store.put("d", "big", bytes(32 << 20))  # far more than a flow-control window
     request = shards_pb2.GetShardRequest(dataset="d", shard="big")
     stalled = []
-    for _ in range(STREAM_SLOTS):
+    for number in range(STREAM_SLOTS):
         stub = shards_pb2_grpc.ShardServiceStub(running.channel(own_connection=True))
-        stream = stub.GetShard(request, timeout=60, metadata=metadata(reader))
+        stream = stub.GetShard(request, timeout=60, metadata=metadata(readers[number]))
         assert next(stream).HasField("header")  # started, then no longer read
         stalled.append(stream)
     # Past the shard streams' places: refused at once, saying why, however many come
@@ -192,8 +197,8 @@ def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
 
     def all_places_free() -> bool:
         probes = [
-            stub.GetShard(request, timeout=30, metadata=metadata(reader))
-            for _ in range(STREAM_SLOTS)
+            stub.GetShard(request, timeout=30, metadata=metadata(readers[number]))
+            for number in range(STREAM_SLOTS)
         ]
         try:
             return all(next(probe).HasField("header") for probe in probes)
@@ -210,6 +215,60 @@ def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
             for _ in stream:  # what grpc had taken in before the call was ended
                 pass
         assert caught.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
+    running: RunningServer,
+) -> None:
+    # A load review's one process held every place with streams it did not read, and
+    # every other caller's streams waited (in their retries) until the node ended them.
+    share = ShardStreams.for_workers(WORKERS).per_caller
+    assert 1 <= share < STREAM_SLOTS
+    greedy = running.token("svc:greedy", ("*", Role.READER))
+    other = running.token("svc:other", ("*", Role.READER))
+    data = bytes(range(256)) * (128 << 10)  # 32 MiB: far more than a flow-control window
+    running.store.put("d", "big", data)
+    request = shards_pb2.GetShardRequest(dataset="d", shard="big")
+    stalled = []
+    for _ in range(share):
+        stub = shards_pb2_grpc.ShardServiceStub(running.channel(own_connection=True))
+        stream = stub.GetShard(request, timeout=60, metadata=metadata(greedy))
+        assert next(stream).HasField("header")  # started, then no longer read
+        stalled.append(stream)
+    # Its next stream is refused at once, saying whose share is taken.
+    stub = shards_pb2_grpc.ShardServiceStub(running.channel())
+    with pytest.raises(grpc.RpcError) as refused:
+        next(stub.GetShard(request, timeout=30, metadata=metadata(greedy)))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_name(refused.value) == "ServerBusy"
+    assert (
+        f"svc:greedy holds {share} of the node's {STREAM_SLOTS} shard streams already"
+        in refused.value.details()  # type: ignore[attr-defined]
+    )
+    # Another caller reads the whole shard meanwhile, and again: the place comes back.
+    for _ in range(2):
+        got = invoke(running.channel(), GET_SHARD, request, other, timeout=30)
+        assert payload_of(got) == data
+    assert not any(stream.done() for stream in stalled)  # type: ignore[attr-defined]
+    for stream in stalled:
+        stream.cancel()  # type: ignore[attr-defined]
+    # Its streams ended, the caller's places are its own again.
+    poll(
+        lambda: invoke_or_busy(running, request, greedy),
+        30,
+        "the greedy caller's cancelled streams to give their places back",
+    )
+
+
+def invoke_or_busy(running: RunningServer, request: shards_pb2.GetShardRequest, token: str) -> bool:
+    """Whether a get of ``request`` by ``token``'s caller was served (False: refused
+    as busy)."""
+    try:
+        invoke(running.channel(), GET_SHARD, request, token, timeout=30)
+    except grpc.RpcError as exc:
+        assert error_name(exc) == "ServerBusy", exc
+        return False
+    return True
 
 
 def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_holds(

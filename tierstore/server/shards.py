@@ -117,7 +117,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
     ) -> common_pb2.ShardInfo:
         in_flight = self._idle_trim.busy() if self._idle_trim else contextlib.nullcontext()
-        with self._streams.slot("a shard put"), in_flight:
+        with self._streams.slot("a shard put", caller().name), in_flight:
             return self._put(request_iterator, context)
 
     def _put(
@@ -276,7 +276,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     def GetShard(
         self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
     ) -> Iterator[shards_pb2.GetShardResponse]:
-        with self._streams.slot("a shard read"):
+        with self._streams.slot("a shard read", caller().name):
             yield from self._get(request, context)
 
     def _get(
