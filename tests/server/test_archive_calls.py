@@ -96,6 +96,9 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
             deadline = time.monotonic() + 10
             while len(archive.gets) < SLOTS and time.monotonic() < deadline:
                 time.sleep(0.02)  # every slot's read is waiting on the archive
+            metrics = node.server.metrics.registry
+            assert metrics.get_sample_value("tierstore_archive_calls") == SLOTS
+            assert metrics.get_sample_value("tierstore_archive_calls_places") == SLOTS
             # One more call that needs the archive: refused at once, not queued; a
             # write-through put before its sender has sent more than its header.
             for method, request, caller in (

@@ -235,6 +235,9 @@ def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
         stream = stub.GetShard(request, timeout=60, metadata=metadata(greedy))
         assert next(stream).HasField("header")  # started, then no longer read
         stalled.append(stream)
+    metrics = running.server.metrics.registry
+    assert metrics.get_sample_value("tierstore_shard_streams") == share
+    assert metrics.get_sample_value("tierstore_shard_streams_places") == STREAM_SLOTS
     # Its next stream is refused at once, saying whose share is taken.
     stub = shards_pb2_grpc.ShardServiceStub(running.channel())
     with pytest.raises(grpc.RpcError) as refused:
@@ -252,23 +255,13 @@ def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
     assert not any(stream.done() for stream in stalled)  # type: ignore[attr-defined]
     for stream in stalled:
         stream.cancel()  # type: ignore[attr-defined]
-    # Its streams ended, the caller's places are its own again.
+    # Its streams ended, their places are given back, and its share is its own again.
     poll(
-        lambda: invoke_or_busy(running, request, greedy),
+        lambda: metrics.get_sample_value("tierstore_shard_streams") == 0,
         30,
         "the greedy caller's cancelled streams to give their places back",
     )
-
-
-def invoke_or_busy(running: RunningServer, request: shards_pb2.GetShardRequest, token: str) -> bool:
-    """Whether a get of ``request`` by ``token``'s caller was served (False: refused
-    as busy)."""
-    try:
-        invoke(running.channel(), GET_SHARD, request, token, timeout=30)
-    except grpc.RpcError as exc:
-        assert error_name(exc) == "ServerBusy", exc
-        return False
-    return True
+    assert payload_of(invoke(running.channel(), GET_SHARD, request, greedy, timeout=30)) == data
 
 
 def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_holds(

@@ -336,6 +336,8 @@ class TierstoreServer:
         )
         # One bound for every call that may wait on the archive, whatever its service.
         archive_calls = ArchiveCalls.for_workers(settings.max_workers)
+        streams = ShardStreams.for_workers(settings.max_workers)
+        self.metrics.watch_places(streams, archive_calls)
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
             (
                 datasets_pb2_grpc.add_DatasetServiceServicer_to_server,
@@ -356,7 +358,7 @@ class TierstoreServer:
                     idle_trim=self._idle_trim,
                     archive_calls=archive_calls,
                     message_bytes=MAX_MESSAGE_BYTES,
-                    streams=ShardStreams.for_workers(settings.max_workers),
+                    streams=streams,
                 ),
             ),
             (

@@ -56,6 +56,11 @@ class ArchiveCalls:
         hot tier are served while the archive holds these."""
         return cls(max(1, int(stream_slots_for(workers) * ARCHIVE_CALL_SHARE)))
 
+    @property
+    def in_use(self) -> int:
+        """The slots held now (for the node's metrics)."""
+        return self._taken
+
     @contextmanager
     def slot(self, what: str) -> Iterator[None]:
         """Hold a slot while the block runs ``what`` (for the error: "a cold read of

@@ -7,7 +7,9 @@ RESOURCE_EXHAUSTED before any interceptor runs); bytes served by
 tier from the GetShard handler; archive request latency from a timing wrapper
 around the archive tier. Gauges — hot-tier usage, archive backlog, hits and
 misses, promotions (made and skipped), evictions, pins waiting for room — are read
-from the store at scrape time, so the read path pays nothing for them.
+from the store at scrape time, so the read path pays nothing for them; so are the
+shard streams and archive calls served now, beside the most served at once (a node
+refuses one more as busy: :mod:`tierstore.server.streamslots`).
 
 The endpoint is plain HTTP without credentials, so it is served by a listener that
 anyone who reaches the port cannot make hold the node's threads or descriptors, nor
@@ -34,7 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -45,7 +47,7 @@ from prometheus_client.registry import Collector
 from tierstore.engine.store import Store
 from tierstore.errors import Unavailable
 
-__all__ = ["MAX_SCRAPES", "MAX_WAITING", "ServerMetrics"]
+__all__ = ["MAX_SCRAPES", "MAX_WAITING", "Places", "ServerMetrics"]
 
 #: requests the /metrics listener answers at once; it closes more at once.
 MAX_SCRAPES = 8
@@ -55,6 +57,15 @@ MAX_WAITING = 64
 _MAX_REQUEST_HEAD = 16 * 1024
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Places(Protocol):
+    """A bound on calls served at once: ``slots`` of them, ``in_use`` held now."""
+
+    slots: int
+
+    @property
+    def in_use(self) -> int: ...
 
 
 class ServerMetrics:
@@ -107,6 +118,11 @@ class ServerMetrics:
     def watch_store(self, store: Store) -> None:
         """Report the store's gauges and counters at every scrape."""
         self.registry.register(_StoreCollector(store, self.dataset_labels))
+
+    def watch_places(self, streams: Places, archive_calls: Places) -> None:
+        """Report, at every scrape, the shard streams and the calls waiting on the
+        archive that the node serves now, beside the most it serves at once."""
+        self.registry.register(_PlacesCollector(streams, archive_calls))
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` over plain HTTP at ``HOST:PORT`` (``:PORT``: every
@@ -415,6 +431,30 @@ def _only_metrics_path(metrics_app: WSGIApplication) -> WSGIApplication:
         return [body]
 
     return app
+
+
+class _PlacesCollector(Collector):
+    def __init__(self, streams: Places, archive_calls: Places) -> None:
+        self._bounds = (
+            ("shard_streams", "shard streams (gets and puts)", streams),
+            (
+                "archive_calls",
+                "calls waiting on the archive (cold reads, write-through puts and deletes)",
+                archive_calls,
+            ),
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, what, places in self._bounds:
+            yield GaugeMetricFamily(
+                f"tierstore_{name}",
+                f"{what} served now; one more than tierstore_{name}_places is refused as "
+                "busy (Unavailable), and clients retry it",
+                places.in_use,
+            )
+            yield GaugeMetricFamily(
+                f"tierstore_{name}_places", f"the most {what} served at once", places.slots
+            )
 
 
 class _StoreCollector(Collector):

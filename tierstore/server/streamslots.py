@@ -60,6 +60,11 @@ class ShardStreams:
         """The bound for a server of ``workers`` handler threads (:func:`stream_slots_for`)."""
         return cls(stream_slots_for(workers))
 
+    @property
+    def in_use(self) -> int:
+        """The places held now (for the node's metrics)."""
+        return self._taken
+
     @contextmanager
     def slot(self, what: str, who: str) -> Iterator[None]:
         """Hold a place while the block runs ``what`` (for the error: "a shard read") for
