@@ -322,8 +322,9 @@ class NotArchivedYet(ArchiveUnavailable):
 
 class ServerBusy(Unavailable):
     """The node refused the call as it came, before doing anything of it: the places
-    for such calls are all taken (:mod:`tierstore.server.streamslots`). The client
-    makes even a put again after it, as a put that never left the client is."""
+    for such calls (shard streams, calls waiting on the archive), or the caller's share
+    of them, are all taken (:mod:`tierstore.server.places`). The client makes even a put
+    again after it, as a put that never left the client is."""
 
 
 class ServerCertificateRejected(Unavailable):

@@ -2,8 +2,9 @@
 
 A frozen archive keeps each cold read, write-through put and write-through delete for
 minutes. 32 of them took every worker of a node, and hot reads, stats and admin calls
-then waited behind them. Now such calls hold at most a share of the workers; one more
-fails at once with Unavailable, and the rest of the node keeps serving.
+then waited behind them. Now such calls hold at most a share of the workers, and one
+caller at most a share of those; one more fails at once with ServerBusy (which clients
+retry for a while), and the rest of the node keeps serving.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -19,6 +21,7 @@ import pytest
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import FRAME, payload, wait_until
 from tests.server.servers import error_name, invoke, payload_of, serving
+from tierstore.client.connect import connect
 from tierstore.engine.records import archive_frames_key
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.tiers.memory import MemoryTier
@@ -69,29 +72,29 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
         assert store.drain(10)
         store.evict("d", "cold")
         store.evict("d", "cold2")
-        token = node.token("t", ("d", Role.WRITER), ("wt", Role.WRITER))
-        # The calls past the archive's places are another caller's: t's cold reads hold
-        # all the shard streams one caller may hold.
+        # A caller per place (one caller holds at most its share of them), and the calls
+        # past the places are another's.
+        readers = [node.token(f"t{n}", ("d", Role.READER)) for n in range(SLOTS)]
         other = node.token("u", ("d", Role.WRITER), ("wt", Role.WRITER))
         admin = node.token("a", ("*", Role.ADMIN))
         channel = node.channel()
         archive.hold_reads(archive_frames_key("d", generation))  # the archive freezes
         cold_reads: list[bytes | BaseException] = []
 
-        def read_cold() -> None:
+        def read_cold(reader: str) -> None:
             try:
                 got = invoke(
-                    channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), token
+                    channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="cold"), reader
                 )
                 cold_reads.append(payload_of(got))
             except BaseException as error:  # compared below
                 cold_reads.append(error)
 
-        readers = [threading.Thread(target=read_cold) for _ in range(SLOTS)]
+        threads = [threading.Thread(target=read_cold, args=(reader,)) for reader in readers]
         sender_held = threading.Event()
         try:
-            for reader in readers:
-                reader.start()
+            for thread in threads:
+                thread.start()
             assert archive.read_waiting.wait(10)
             deadline = time.monotonic() + 10
             while len(archive.gets) < SLOTS and time.monotonic() < deadline:
@@ -113,8 +116,8 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
                     invoke(channel, method, request, caller)
                 assert time.monotonic() - started < 5
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert error_name(refused.value) == "Unavailable"
-                assert "calls are waiting on it already" in refused.value.details()
+                assert error_name(refused.value) == "ServerBusy"  # nothing of it was done
+                assert "calls are waiting on the archive already" in refused.value.details()
             # The workers left serve the hot tier.
             got = invoke(channel, GET, shards_pb2.GetShardRequest(dataset="d", shard="hot"), other)
             assert payload_of(got) == hot_data
@@ -124,9 +127,70 @@ def test_a_frozen_archive_leaves_workers_for_hot_reads_and_refuses_one_call_too_
         finally:
             sender_held.set()
             archive.release_reads()  # the archive thaws: the waiting reads complete
-            for reader in readers:
-                reader.join(30)
+            for thread in threads:
+                thread.join(30)
         assert cold_reads == [cold_data] * SLOTS
         # Nothing was stored by the refused put, and the slots are free again.
-        invoke(channel, PUT, put_request("wt", "new", b"y" * 100), token)
+        invoke(channel, PUT, put_request("wt", "new", b"y" * 100), other)
         assert store.get("wt", "new").to_bytes() == b"y" * 100 and store.stat("wt", "new").archived
+
+
+def test_a_cold_read_past_the_places_waits_in_the_client_and_one_caller_holds_its_share(
+    tmp_path: Path,
+) -> None:
+    # Refused as a plain Unavailable, a read was retried for 1.5 s and failed, however
+    # healthy the archive was: a busy archive's refusal is a queue, not an outage.
+    per_caller = ArchiveCalls.for_workers(WORKERS).per_caller
+    assert per_caller < SLOTS
+    archive = FaultyTier(MemoryTier())
+    with serving(
+        tmp_path,
+        insecure=True,
+        archive=archive,
+        datasets={"d": DatasetSettings()},
+        max_workers=WORKERS,
+    ) as node:
+        store = node.store
+        data = payload(2 * FRAME, 3)
+        generation = store.put("d", "cold", data).generation
+        store.put("d", "cold2", data)
+        assert store.drain(10)
+        store.evict("d", "cold")
+        store.evict("d", "cold2")
+        readers = [node.token(f"t{n}", ("d", Role.READER)) for n in range(SLOTS)]
+        waiting = node.token("w", ("d", Role.READER))
+        channel = node.channel()
+        archive.hold_reads(archive_frames_key("d", generation))  # the archive is slow
+        request = shards_pb2.GetShardRequest(dataset="d", shard="cold")
+        with ThreadPoolExecutor(SLOTS + 1) as pool:
+            held = [pool.submit(invoke, channel, GET, request, reader) for reader in readers]
+            try:
+                wait_until(lambda: len(archive.gets) >= SLOTS, "every place's read to wait")
+                # One caller holds at most its share: t0's second cold read is refused,
+                # saying so, while it waits on the archive for its first.
+                with pytest.raises(grpc.RpcError) as refused:
+                    invoke(
+                        channel,
+                        GET,
+                        shards_pb2.GetShardRequest(dataset="d", shard="cold2"),
+                        readers[0],
+                    )
+                assert error_name(refused.value) == "ServerBusy"
+                assert (
+                    f"t0 holds {per_caller} of the node's {SLOTS} calls waiting on the archive"
+                    in refused.value.details()
+                )
+                # Another caller's cold read, through the client, waits for a place in
+                # its retries: still waiting past the 1.5 s it was once given.
+                late = pool.submit(read_through_client, node.address, waiting)
+                with pytest.raises(TimeoutError):
+                    late.result(timeout=3)
+            finally:
+                archive.release_reads()  # the archive catches up
+            assert [payload_of(reads.result(timeout=30)) for reads in held] == [data] * SLOTS
+            assert late.result(timeout=60) == data
+
+
+def read_through_client(address: str, token: str) -> bytes:
+    with connect(address, token=token, insecure=True, local_reads=False) as client:
+        return bytes(client.get("d", "cold"))

@@ -40,8 +40,9 @@ T = TypeVar("T")
 #: (``channel.MAX_RECONNECT_BACKOFF_MS``, jittered), so that a call made once a
 #: restarted server is back reaches it.
 RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
-#: How long a call the server refused as busy (ServerBusy: its shard streams' places
-#: all taken, nothing of the call done) is tried again, within the call's own deadline:
+#: How long a call the server refused as busy (ServerBusy: its places for shard streams
+#: or archive calls, or the caller's share of them, all taken; nothing of the call
+#: done) is tried again, within the call's own deadline:
 #: streams beyond the places used to wait in the server's queue, so a refusal there
 #: is a queue here. Paused from the first of BUSY_PAUSES_S, doubling up to the second.
 BUSY_WAIT_S = 120.0

@@ -145,7 +145,7 @@ class OnePassFrames:
             return
         if busy:
             raise ServerBusy(
-                f"{what} was refused by a busy node (its shard streams' places all taken) "
+                f"{what} was refused by a busy node (its places for such calls all taken) "
                 "after its frames had begun to be taken (a reader's or a stream's), which "
                 "cannot be read again: nothing was stored; put it again with a new reader, "
                 "or later"

@@ -126,7 +126,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # at a time, so another delete cannot land between a failure and the restore.
         # Every delete takes an archive slot: a write-through one waits on the archive,
         # and the others wait behind it for the lock.
-        with self._archive_calls.slot(f"a delete of dataset {name}"), self._deleting:
+        with self._archive_calls.slot(f"a delete of dataset {name}", caller().name), self._deleting:
             # Again, after the wait: a token revoked meanwhile, or a grant gone with a
             # dataset of the name deleted meanwhile (and perhaps made again for someone
             # else), deletes nothing.

@@ -176,7 +176,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             # Its archive slot is taken at the commit, once the stream is received (its
             # sender may be slow); with none free now it is refused before its sender
             # sends the whole shard for the same refusal.
-            self._archive_calls.refuse_if_none_free(f"a write-through put of {header.dataset}")
+            self._archive_calls.refuse_if_none_free(
+                f"a write-through put of {header.dataset}", caller().name
+            )
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = settings.encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
@@ -300,7 +302,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         )
         # Held only while the stream waits on the archive; a read cold from the start
         # takes it here, so that one too many is refused before its header.
-        archive_bound = self._archive_calls.held(f"a cold read of {request.dataset}")
+        archive_bound = self._archive_calls.held(f"a cold read of {request.dataset}", caller().name)
         # A read leaves memory to give back once the node is idle, as a put does: a cold
         # one holds its archive answers in the heap while it runs (a trim waits for it);
         # a hot one copies each frame into messages on its worker's arena, and owes a
@@ -448,7 +450,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         puts and deletes return only once the archive has them (write-through); else
         nothing to hold."""
         if self._store.get_dataset(dataset).durability is Durability.WRITE_THROUGH:
-            return self._archive_calls.slot(f"{what} {dataset}")
+            return self._archive_calls.slot(f"{what} {dataset}", caller().name)
         return contextlib.nullcontext()
 
     # Local reads (tierstore.server.localreads).
