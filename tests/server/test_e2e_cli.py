@@ -1436,6 +1436,33 @@ def test_serve_says_what_to_do_with_a_data_directory_it_cannot_make_private(
     assert list(shared.iterdir()) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
+@pytest.mark.parametrize("planted", ["", "tokens.json", "tls/ca.pem"])
+def test_serve_refuses_a_data_directory_where_another_user_put_things(
+    tmp_path: Path, planted: str
+) -> None:
+    # A security review, as nobody, left a tokens.json holding its own admin token in
+    # an empty directory; a node run as root there made the directory private, took
+    # the token store for its own, and the planted token was an admin's.
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    target = data_dir / planted
+    if planted:
+        target.parent.mkdir(exist_ok=True)
+        target.write_text("planted")
+    os.chown(target, 65534, -1)
+    command = [tierstore_command(), "serve", *ANY_PORTS, "--data-dir", str(data_dir)]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
+    assert f"cannot use '{data_dir}' as the data directory: '{target}' belongs to" in line
+    assert "another user (uid 65534)" in line and "give it a directory of its own" in line
+    # Nothing was made or changed in it.
+    made = sorted(str(path.relative_to(data_dir)) for path in data_dir.rglob("*"))
+    assert made == sorted({planted, str(Path(planted).parent)} - {"", "."})
+    assert not planted or target.read_text() == "planted"
+
+
 def mkdir_is_not_permitted(path: Path) -> bool:
     """Whether making ``path`` fails with EPERM (not for want of ownership)."""
     try:

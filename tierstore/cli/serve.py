@@ -151,6 +151,39 @@ def _owned_by_another_user(path: Path) -> bool:
         return False
 
 
+def _refuse_another_users_entries(data_dir: Path) -> None:
+    """InvalidArgument when the data directory, an entry in it, or an entry in one of its
+    directories belongs to a user other than this process's and root: that user could
+    plant tokens, keys or certificates for the node to trust, or swap them later. (A
+    node run as root, which may make anyone's directory private, took the token store
+    that another user had left in an empty directory for its own, and that user's
+    token as an admin's.) A link is judged by its own owner, not its target's; what
+    cannot be read is left to the steps that read it."""
+    trusted = {os.geteuid(), 0}
+    try:
+        paths = [data_dir]
+        with os.scandir(data_dir) as entries:
+            for entry in entries:
+                paths.append(Path(entry.path))
+                if entry.is_dir(follow_symlinks=False):
+                    with os.scandir(entry.path) as inner:
+                        paths.extend(Path(item.path) for item in inner)
+    except OSError:
+        pass  # not there yet (made private below), or not this user's to read
+    for path in paths:
+        try:
+            owner = os.lstat(path).st_uid
+        except OSError:
+            continue
+        if owner not in trusted:
+            raise InvalidArgument(
+                f"cannot use {str(data_dir)!r} as the data directory: {str(path)!r} "
+                f"belongs to another user (uid {owner}), who could plant tokens, keys "
+                "or certificates there for the node to trust: give it a directory of "
+                "its own, or make everything in it this user's"
+            )
+
+
 def _restrict_secrets(data_dir: Path) -> None:
     """Take group and other bits off the secrets the data directory holds at its top.
     The directory may keep group read for local readers, and an operator's
@@ -226,6 +259,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
             f"cannot use {str(data_dir)!r} as the data directory: it is not a directory"
         )
     check_listen_ports_free(options.listen, options.health_listen, options.metrics_listen)
+    _refuse_another_users_entries(data_dir)
     # Local readers of another user reach hot/ through a group search bit an
     # operator gives (docs/local-reads.md); the secrets in here stay 0600.
     try:

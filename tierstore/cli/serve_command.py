@@ -41,7 +41,9 @@ def serve(
         bool,
         typer.Option(help="label hits and misses by dataset (names visible to scrapers)"),
     ] = False,
-    insecure: Annotated[bool, typer.Option(help="plaintext API (loopback only)")] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="plaintext API (loopback only, on a host of its own)")
+    ] = False,
     require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
     s3_endpoint: Annotated[

@@ -41,6 +41,16 @@ def node_archive(
     from tierstore.tiers.seaweedkeeper import SeaweedKeeper
 
     embedded = cleanup.enter_context(SeaweedServer(data_dir / "archive"))
+    # Said at every start (a review found nothing said it where an operator looks):
+    # SeaweedFS checks credentials on its S3 port only.
+    log.warning(
+        "the embedded archive answers any process of this host on its master, volume "
+        "and filer ports (127.0.0.1, without credentials; only its S3 port checks the "
+        "node's key): another user of the host could read the archived frames of "
+        "plaintext datasets, and change or delete archive objects. On a host shared "
+        "with other users, give the node an external archive (--s3-endpoint); README, "
+        "Security model"
+    )
     # Stopped before the server is (the stack unwinds in reverse).
     cleanup.callback(SeaweedKeeper(embedded, until=stopping).start().stop)
     # (Its settings name its port, which it answers on only while it runs.)
