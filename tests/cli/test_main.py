@@ -28,6 +28,7 @@ from typer.testing import CliRunner, Result
 from tierstore import errors
 from tierstore.cli import admin, main, shards, uploads
 from tierstore.cli import app as app_module
+from tierstore.cli import argv as argv_module
 from tierstore.cli import output as cli_output
 from tierstore.cli.main import app
 from tierstore.cli.output import rate_text
@@ -878,7 +879,7 @@ def test_the_command_is_found_past_the_top_level_options(
     argv: list[str], command: str | None
 ) -> None:
     # Only `serve` keeps gRPC's error log lines; every other command prints one line.
-    assert main._command_name(argv) == command
+    assert argv_module.command_name(argv) == command
 
 
 @pytest.mark.parametrize(

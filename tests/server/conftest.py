@@ -115,8 +115,15 @@ def serve_error_lines(stderr: str) -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any TIERSTORE_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERSTORE_")}
+    """This environment without any TIERSTORE_* setting, plus ``extra``; without
+    GRPC_VERBOSITY too, which the CLI sets for itself (and in this process, where a
+    test runs its main: a child given it here hid the CLI's own setting coming too
+    late), so that a command's output is a user's."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TIERSTORE_") and k != "GRPC_VERBOSITY"
+    }
     env.update(extra)
     return env
 

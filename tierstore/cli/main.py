@@ -35,13 +35,13 @@ from tierstore.cli.app import (
     ClientCommand,
     Command,
     app,
-    connection_options,
     dataset_app,
     keys_app,
     policy_app,
     token_app,
     trace_app,
 )
+from tierstore.cli.argv import command_index, quiet_grpc_for
 from tierstore.cli.entry import INTERRUPTED_EXIT
 from tierstore.cli.output import err, fail
 from tierstore.cli.simulate import simulate
@@ -81,12 +81,9 @@ app.command("simulate", cls=Command)(simulate)
 
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
-    # gRPC's C core logs on stderr (before grpc loads, or never): a failed TLS handshake
-    # or an unreadable CA file comes out as several lines around the one-line error a
-    # command prints, so a command that calls a server keeps none of them; a node keeps
-    # gRPC's errors in its log. GRPC_VERBOSITY set by the user wins.
-    serving = _command_name(sys.argv[1:]) == "serve"
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if serving else "NONE")
+    # gRPC's log level: set here too for a command run as this module, though it
+    # counts only before grpc loads (tierstore.cli.argv), as the console script sets it.
+    serving = quiet_grpc_for(sys.argv[1:])
     _stand_in_for_closed_streams(serving)
     # serve stops gracefully on SIGTERM, its own way.
     with contextlib.nullcontext() if serving else stopping_on_sigterm():
@@ -176,37 +173,10 @@ def _usage_error(exc: typer.TyperException) -> int:
     return code if isinstance(code, int) else 2
 
 
-#: top-level options that take a value (the next argument, unless given as --opt=value):
-#: the connection options but the flags (a list of names missed --client-cert)
-_VALUED_OPTIONS = frozenset(
-    name for option in connection_options() if not option.is_flag for name in option.opts
-)
-
-
-def _command_name(argv: list[str]) -> str | None:
-    """The command ``argv`` runs: its first argument that is neither an option nor a
-    top-level option's value."""
-    index = _command_index(argv)
-    return None if index is None else argv[index]
-
-
-def _command_index(argv: list[str]) -> int | None:
-    """Where in ``argv`` the command is (see :func:`_command_name`)."""
-    skip = False
-    for index, argument in enumerate(argv):
-        if skip:
-            skip = False
-        elif argument in _VALUED_OPTIONS:
-            skip = True
-        elif not argument.startswith("-"):
-            return index
-    return None
-
-
 def _command_path(argv: list[str]) -> list[str]:
     """The words naming the command ``argv`` runs: its command, and for a group
     (``dataset``, ``token``...) the group's command after it too."""
-    index = _command_index(argv)
+    index = command_index(argv)
     if index is None:
         return []
     command = argv[index]
