@@ -147,7 +147,9 @@ class EngineSettings:
         if self.hot_capacity_bytes < self.max_frame_bytes:
             raise InvalidArgument(
                 f"hot_capacity_bytes must hold at least one frame: {self.hot_capacity_bytes} "
-                f"is less than max_frame_bytes, {self.max_frame_bytes}"
+                f"is less than max_frame_bytes, {self.max_frame_bytes} (give the hot tier "
+                "more, or lower max_frame_bytes to 4096 or more: in the settings file, or "
+                "TIERSTORE_MAX_FRAME_BYTES)"
             )
         positive = {
             "access_half_life_s": self.access_half_life_s,

@@ -319,6 +319,8 @@ def test_pin_warns_when_the_pins_hold_more_than_the_room(node: ServerProcess) ->
         for name in ("a", "b", "c"):
             client.put(capped, name, b"q" * 10_000)
             client.put(wide, name, os.urandom(third))
+        client.put(wide, "d", b"d" * 100)
+        assert client.evict(wide, "d") > 0  # to prefetch once the pins take the room
 
         fits = run(env, "pin", capped, "a", "b")
         assert fits.returncode == 0 and b"warning" not in fits.stderr, fits.stderr
@@ -335,3 +337,10 @@ def test_pin_warns_when_the_pins_hold_more_than_the_room(node: ServerProcess) ->
         said = over.stderr.decode()
         assert "more than the hot tier takes below its high watermark" in said, said
         assert "some pins will stay cold until others are unpinned" in said, said
+        # A prefetch said "queued" and nothing more, and its shard stayed cold.
+        queued = run(env, "prefetch", wide, "d")
+        assert queued.returncode == 0, queued.stderr.decode()
+        said = queued.stderr.decode()
+        assert "more than the hot tier takes below its high watermark" in said, said
+        assert "shards queued may find no room and stay cold" in said, said
+        assert json.loads(queued.stdout)["queued"] == 1

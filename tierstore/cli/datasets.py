@@ -240,5 +240,7 @@ def dataset_rm(
     """Delete a dataset. Every token's grant on it goes too (a dataset made again under
     the name is not theirs); grants on "*" stay."""
     removed = run_or_fail(lambda: command_client().delete_dataset(name, force=force))
-    note = f"; grants on it removed from {removed} token(s)" if removed else ""
+    # Revoked and run-out tokens lose theirs too (the node's log names every token),
+    # but only live ones could still use theirs.
+    note = f"; grants on it removed from {removed} live token(s)" if removed else ""
     emit({"deleted": name, "grants_removed": removed}, f"deleted dataset {name}{note}")

@@ -268,15 +268,15 @@ def pin(
         else ""
     )
     report: dict[str, Any] = {"pinned": shards, "not_pinned": [], "bytes_queued": queued}
-    warning = _pins_past_room(client, dataset)
+    warning = _pins_past_room(client, dataset, "some pins will stay cold until others are unpinned")
     emit_warned(report, f"pinned {plural(len(shards), 'shard')}{promoting}", warning)
 
 
-def _pins_past_room(client: Any, dataset: str) -> str | None:
-    """A warning when the pins hold more than the room they can have, so that some will
-    stay cold until others are unpinned: ``dataset``'s pins more than its hot-tier
-    quota, or the pins of the datasets the caller sees more than the hot tier takes
-    below its high watermark. None otherwise, from a node that does not send the
+def _pins_past_room(client: Any, dataset: str, later: str) -> str | None:
+    """A warning when the pins hold more than the room they can have, so that ``later``
+    (what follows: "some pins will stay cold ..."): ``dataset``'s pins more than its
+    hot-tier quota, or the pins of the datasets the caller sees more than the hot tier
+    takes below its high watermark. None otherwise, from a node that does not send the
     pinned figures, and when the figures cannot be had (the pins are made). Asks for
     what ``tierstore stats`` shows: a walk of those datasets' shard records."""
     try:
@@ -287,7 +287,6 @@ def _pins_past_room(client: Any, dataset: str) -> str | None:
         quota = client.get_dataset(dataset).hot_quota_bytes
     except errors.TierstoreError:
         return None
-    later = "some pins will stay cold until others are unpinned"
     pinned = mine["pinned_bytes"]
     if quota and pinned > quota:
         return (
@@ -353,7 +352,19 @@ def prefetch(dataset: str, shards: list[str]) -> None:
     if queued < len(set(shards)):  # some were hot, or unknown: only then the stats
         missing = [shard for shard in dict.fromkeys(shards) if not _exists(client, dataset, shard)]
     lines = [f"queued {plural(queued, 'shard')}", *(f"not found: {shard}" for shard in missing)]
-    emit({"queued": queued, "not_found": missing}, "\n".join(lines))
+    # A review's prefetch said "queued" on a tier full of pins, and its shard stayed
+    # cold, only stats saying why ("promotions skipped for want of room").
+    warning = (
+        _pins_past_room(
+            client,
+            dataset,
+            "shards queued may find no room and stay cold (stats counts the promotions "
+            "skipped for want of room)",
+        )
+        if queued
+        else None
+    )
+    emit_warned({"queued": queued, "not_found": missing}, "\n".join(lines), warning)
     if refused is not None:
         raise fail(refused)
     if missing:
