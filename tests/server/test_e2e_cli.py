@@ -1387,6 +1387,8 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
             f"cannot load key file {a_file}",
         ),
         (["--data-dir", "node", "--config", str(bad_base64)], "master key"),
+        (["--data-dir", "node", "--caller-share", "0"], "caller share must be a number above 0"),
+        (["--data-dir", "node", "--caller-share", "1.5"], "and at most 1 (1: none), got 1.5"),
     ]
     work = tmp_path / "cwd"
     work.mkdir()
@@ -1461,6 +1463,30 @@ def test_serve_refuses_a_data_directory_where_another_user_put_things(
     made = sorted(str(path.relative_to(data_dir)) for path in data_dir.rglob("*"))
     assert made == sorted({planted, str(Path(planted).parent)} - {"", "."})
     assert not planted or target.read_text() == "planted"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to give up the power to read any directory",
+)
+def test_a_directory_serve_cannot_read_does_not_end_the_ownership_check(tmp_path: Path) -> None:
+    # One it could not read (a root-owned lost+found at the top of a disk) ended the
+    # scan: another user's files listed after it went unchecked (a diff review).
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    for name in ("a-closed", "m-closed", "z-closed"):
+        (data_dir / name).mkdir(mode=0)
+    planted = data_dir / "tokens.json"
+    planted.write_text("planted")
+    os.chown(planted, 65534, -1)
+    no_dac = ["setpriv", "--inh-caps=-dac_override,-dac_read_search"]
+    no_dac += ["--bounding-set=-dac_override,-dac_read_search"]
+    command = [*no_dac, tierstore_command(), "serve", *ANY_PORTS, "--data-dir", str(data_dir)]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
+    assert f"'{planted}' belongs to another user (uid 65534)" in line
+    assert planted.read_text() == "planted"
 
 
 def mkdir_is_not_permitted(path: Path) -> bool:

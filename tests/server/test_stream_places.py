@@ -45,3 +45,15 @@ def test_a_node_serves_at_least_one_stream() -> None:
         ShardStreams(0)
     assert ShardStreams.for_workers(32).slots == 28
     assert ShardStreams.for_workers(32).per_caller == 21
+
+
+def test_a_share_of_one_bounds_nothing_but_the_places_and_others_are_refused() -> None:
+    # A node whose callers are one user (one token for every job) gives it every place.
+    streams = ShardStreams(8, share=1)
+    assert streams.per_caller == 8
+    with contextlib.ExitStack() as held:
+        for _ in range(8):
+            held.enter_context(streams.slot("a shard read", "a"))
+    for bad in (0, -0.5, 1.01, float("nan"), True, "0.5"):
+        with pytest.raises(InvalidArgument, match="caller share must be a number"):
+            ShardStreams(8, share=bad)  # type: ignore[arg-type]

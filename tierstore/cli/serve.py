@@ -76,6 +76,7 @@ from tierstore.server.app import (
 )
 from tierstore.server.localreads import check_grant_ttl
 from tierstore.server.metrics import ServerMetrics
+from tierstore.server.places import CALLER_SHARE, check_caller_share
 from tierstore.server.tls import (
     RENEW_BEFORE_DAYS,
     TlsMaterial,
@@ -132,6 +133,8 @@ class ServeOptions:
     local_grant_ttl_s: float = 60.0
     #: connections open at once (0: automatic, from the open-file limit).
     max_connections: int = 0
+    #: the share of the node's shard streams and archive calls one caller may hold.
+    caller_share: float = CALLER_SHARE
     #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).
     rebuild_from_archive: bool = False
@@ -160,16 +163,13 @@ def _refuse_another_users_entries(data_dir: Path) -> None:
     token as an admin's.) A link is judged by its own owner, not its target's; what
     cannot be read is left to the steps that read it."""
     trusted = {os.geteuid(), 0}
-    try:
-        paths = [data_dir]
-        with os.scandir(data_dir) as entries:
-            for entry in entries:
-                paths.append(Path(entry.path))
-                if entry.is_dir(follow_symlinks=False):
-                    with os.scandir(entry.path) as inner:
-                        paths.extend(Path(item.path) for item in inner)
-    except OSError:
-        pass  # not there yet (made private below), or not this user's to read
+    paths = [data_dir]
+    for directory in _entries(data_dir):
+        paths.append(directory)
+        if directory.is_dir() and not directory.is_symlink():
+            # Each on its own: one that cannot be read (a root-owned lost+found at the
+            # top of a disk) ended the scan, and what came after it went unchecked.
+            paths.extend(_entries(directory))
     for path in paths:
         try:
             owner = os.lstat(path).st_uid
@@ -182,6 +182,16 @@ def _refuse_another_users_entries(data_dir: Path) -> None:
                 "or certificates there for the node to trust: give it a directory of "
                 "its own, or make everything in it this user's"
             )
+
+
+def _entries(directory: Path) -> list[Path]:
+    """What ``directory`` holds; nothing if it cannot be read (not there yet, or not
+    this user's to read)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [Path(entry.path) for entry in entries]
+    except OSError:
+        return []
 
 
 def _restrict_secrets(data_dir: Path) -> None:
@@ -230,6 +240,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     overrides = _setting_flags(options)
     configured = load_settings(options.config_file, **overrides)
     check_grant_ttl(options.local_grant_ttl_s, "--local-grant-ttl")
+    check_caller_share(options.caller_share)
     archive = archive_with_flags(options, configured.archive)
     check_endpoint_url(archive.endpoint_url)  # the settings file's or the environment's too
     if not archive.endpoint_url and (options.s3_access_key or options.s3_secret_key):
@@ -417,6 +428,7 @@ def _run(
                 local_reads=options.local_reads,
                 local_grant_ttl_s=options.local_grant_ttl_s,
                 max_connections=options.max_connections,
+                caller_share=options.caller_share,
                 renew_certificate_before_s=_test_seconds(
                     RENEW_CERTIFICATE_BEFORE_VARIABLE, RENEW_BEFORE_DAYS * 86400.0
                 ),

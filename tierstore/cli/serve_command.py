@@ -11,6 +11,7 @@ import typer
 
 from tierstore import errors
 from tierstore.cli.output import fail, run_or_fail
+from tierstore.server.places import CALLER_SHARE
 
 __all__ = ["serve"]
 
@@ -76,6 +77,13 @@ def serve(
             "(0: half the open-file limit, from 16 to 4096)",
         ),
     ] = 0,
+    caller_share: Annotated[
+        float,
+        typer.Option(
+            help="the share of the node's shard streams and archive calls one caller "
+            "(principal) may hold, above 0 and at most 1 (1: none, for a node of one user)"
+        ),
+    ] = CALLER_SHARE,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     reseal_archive: Annotated[
         bool,
@@ -158,6 +166,7 @@ def serve(
         local_reads=local_reads,
         local_grant_ttl_s=local_grant_ttl,
         max_connections=max_connections,
+        caller_share=caller_share,
         rebuild_from_archive=rebuild_from_archive,
         reseal_archive=reseal_archive,
         archive_lost=archive_lost,

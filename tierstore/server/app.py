@@ -46,6 +46,7 @@ from tierstore.server.healthport import HealthPort
 from tierstore.server.localreads import DEFAULT_GRANT_TTL_S, LocalReadService
 from tierstore.server.metrics import ServerMetrics
 from tierstore.server.placement import PlacementServicer
+from tierstore.server.places import CALLER_SHARE, check_caller_share
 from tierstore.server.requestchecks import REQUEST_CHECKS
 from tierstore.server.shards import ShardServicer
 from tierstore.server.streamslots import ShardStreams
@@ -127,6 +128,9 @@ class ServerSettings:
     #: (seconds); internal: only tests shorten it (``tierstore serve`` takes it from no
     #: flag or setting).
     renew_certificate_before_s: float = RENEW_BEFORE_DAYS * 86400.0
+    #: of the shard streams and the calls waiting on the archive the node serves at
+    #: once, the share one caller (principal) may hold, in (0, 1]; 1: no share.
+    caller_share: float = CALLER_SHARE
 
     def __post_init__(self) -> None:
         check_listen_addresses(self.listen, self.health_listen, self.metrics_listen)
@@ -151,6 +155,7 @@ class ServerSettings:
                 "renew_certificate_before_s must be above 0 and below the certificate's "
                 f"validity, not {self.renew_certificate_before_s}"
             )
+        check_caller_share(self.caller_share)
         if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
             raise InvalidArgument(f"max_connections must be an int, got {self.max_connections!r}")
         if not 0 <= self.max_connections <= _MAX_CONNECTIONS_CAP:
@@ -335,8 +340,8 @@ class TierstoreServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         # One bound for every call that may wait on the archive, whatever its service.
-        archive_calls = ArchiveCalls.for_workers(settings.max_workers)
-        streams = ShardStreams.for_workers(settings.max_workers)
+        archive_calls = ArchiveCalls.for_workers(settings.max_workers, settings.caller_share)
+        streams = ShardStreams.for_workers(settings.max_workers, settings.caller_share)
         self.metrics.watch_places(streams, archive_calls)
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
             (

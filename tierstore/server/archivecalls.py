@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from tierstore.server.places import Places
+from tierstore.server.places import CALLER_SHARE, Places
 
 __all__ = ["ARCHIVE_CALL_SHARE", "ArchiveCalls", "HeldSlot", "stream_slots_for"]
 
@@ -46,11 +46,12 @@ class ArchiveCalls(Places):
     calls = "calls waiting on the archive"
 
     @classmethod
-    def for_workers(cls, workers: int) -> Self:
+    def for_workers(cls, workers: int, share: float = CALLER_SHARE) -> Self:
         """The bound for a server of ``workers`` handler threads: a share of the shard
         streams it serves at once (:func:`stream_slots_for`), so that streams of the
-        hot tier are served while the archive holds these."""
-        return cls(max(1, int(stream_slots_for(workers) * ARCHIVE_CALL_SHARE)))
+        hot tier are served while the archive holds these; one caller holding ``share``
+        of it."""
+        return cls(max(1, int(stream_slots_for(workers) * ARCHIVE_CALL_SHARE)), share)
 
     def refuse_if_none_free(self, what: str, who: str) -> None:
         """ServerBusy at once if no slot is free to ``who`` now; takes none. For a call

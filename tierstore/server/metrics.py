@@ -448,8 +448,9 @@ class _PlacesCollector(Collector):
         for name, what, places in self._bounds:
             yield GaugeMetricFamily(
                 f"tierstore_{name}",
-                f"{what} served now; one more than tierstore_{name}_places is refused as "
-                "busy (Unavailable), and clients retry it",
+                f"{what} served now; one more than tierstore_{name}_places, or than a "
+                "caller's share of them, is refused as busy (ServerBusy), and clients "
+                "retry it",
                 places.in_use,
             )
             yield GaugeMetricFamily(

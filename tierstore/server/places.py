@@ -6,12 +6,14 @@ streams (:mod:`tierstore.server.streamslots`) and calls waiting on the archive
 (:mod:`tierstore.server.archivecalls`), each first take a place of a bound smaller than
 the pool, so that the workers left serve the rest; and one caller (a principal, by
 name: every process that holds its token counts as one) holds at most ``per_caller``
-of a bound's places (three quarters, at least one), so that one that opens many calls
+of a bound's places (three quarters by default, at least one; ``serve --caller-share``),
+so that one that opens many calls
 and reads none, or just many, leaves the rest to the node's other callers. A call past
 either is refused at once with ServerBusy (an Unavailable: nothing of it was done),
 which clients make again after a pause, a put too, for up to two minutes: a refusal
 here is a queue in the client. A caller on a node of its own is bounded by its share
-too (``max_workers`` raises both). Not done: a share that shrinks as callers come, so
+too: a node whose callers are one user (one token for every job) may be given a share
+of 1, which bounds nothing but the places. Not done: a share that shrinks as callers come, so
 two callers that each take theirs can still hold every place between them.
 
 Thread safety: one bound serves every handler thread of a server.
@@ -27,10 +29,18 @@ from typing import NoReturn
 
 from tierstore.errors import InvalidArgument, ServerBusy
 
-__all__ = ["CALLER_SHARE", "Places"]
+__all__ = ["CALLER_SHARE", "Places", "check_caller_share"]
 
-#: of a bound's places, the share that one caller's calls may hold.
+#: of a bound's places, the share that one caller's calls may hold (by default).
 CALLER_SHARE = 0.75
+
+
+def check_caller_share(share: float) -> None:
+    """InvalidArgument unless ``share`` is a number in (0, 1]."""
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise InvalidArgument(
+            f"the caller share must be a number above 0 and at most 1 (1: none), got {share!r}"
+        )
 
 
 class Places:
@@ -41,11 +51,12 @@ class Places:
     #: what the places are held by, for the refusals ("shard streams")
     calls = "calls"
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, share: float = CALLER_SHARE) -> None:
         if slots < 1:
             raise InvalidArgument(f"{self.calls} places must be at least 1, got {slots}")
+        check_caller_share(share)
         self.slots = slots
-        self.per_caller = max(1, int(slots * CALLER_SHARE))
+        self.per_caller = max(1, int(slots * share))
         self._lock = threading.Lock()
         self._taken = 0
         self._by_caller: Counter[str] = Counter()

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Self
 
 from tierstore.server.archivecalls import stream_slots_for
-from tierstore.server.places import Places
+from tierstore.server.places import CALLER_SHARE, Places
 
 __all__ = ["ShardStreams"]
 
@@ -35,9 +35,10 @@ class ShardStreams(Places):
     calls = "shard streams"
 
     @classmethod
-    def for_workers(cls, workers: int) -> Self:
-        """The bound for a server of ``workers`` handler threads (:func:`stream_slots_for`)."""
-        return cls(stream_slots_for(workers))
+    def for_workers(cls, workers: int, share: float = CALLER_SHARE) -> Self:
+        """The bound for a server of ``workers`` handler threads (:func:`stream_slots_for`),
+        one caller holding ``share`` of it."""
+        return cls(stream_slots_for(workers), share)
 
     def _all_taken(self) -> str:
         return (
