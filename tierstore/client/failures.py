@@ -5,6 +5,7 @@ call that must not be made twice, only a failure to leave the client at all."""
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ __all__ = [
     "BUSY_PAUSES_S",
     "BUSY_WAIT_S",
     "RETRY_DELAYS_S",
+    "busy_wait",
     "closed_channel_is_unavailable",
     "mapped_responses",
     "raise_mapped",
@@ -47,6 +49,24 @@ RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
 #: is a queue here. Paused from the first of BUSY_PAUSES_S, doubling up to the second.
 BUSY_WAIT_S = 120.0
 BUSY_PAUSES_S = (0.05, 2.0)
+#: How long the calls made in this context wait so: BUSY_WAIT_S, unless a caller with
+#: retries of its own says otherwise (:func:`busy_wait`).
+_BUSY_WAIT_S: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "tierstore_busy_wait_s", default=BUSY_WAIT_S
+)
+
+
+@contextmanager
+def busy_wait(seconds: float) -> Iterator[None]:
+    """Within the block, calls of this thread that the server refuses as busy are made
+    again for ``seconds`` at most (0: raised at once), not BUSY_WAIT_S: for a caller
+    that retries them itself, within limits of its own (the torch plugin's ``retry_s``
+    and its stop, which the client's two minutes of waiting heeded neither)."""
+    token = _BUSY_WAIT_S.set(seconds)
+    try:
+        yield
+    finally:
+        _BUSY_WAIT_S.reset(token)
 
 
 def _retryable(error: grpc.RpcError) -> bool:
@@ -114,13 +134,13 @@ def retried(
     UNAVAILABLE and ``retry`` — or, with ``retry_unsent``, while it fails never having
     left the client, which a call that must not be made twice may be; and while the
     server refuses it as busy (ServerBusy: nothing of it done), paused as BUSY_PAUSES_S
-    say, for up to BUSY_WAIT_S, the call made again whether it may be made twice or not
-    (pauses end at
-    ``deadline``, a ``time.monotonic()`` reading, if given). Raises the mapped error of
-    the failure that ends it (:func:`raise_mapped`, with ``changes``: what the call
-    changes, if anything)."""
+    say, for up to BUSY_WAIT_S (or what :func:`busy_wait` says), the call made again
+    whether it may be made twice or not (pauses end at ``deadline``, a
+    ``time.monotonic()`` reading, if given). Raises the mapped error of the failure
+    that ends it (:func:`raise_mapped`, with ``changes``: what the call changes, if
+    anything)."""
     delays = iter(RETRY_DELAYS_S)
-    busy_until = time.monotonic() + BUSY_WAIT_S
+    busy_until = time.monotonic() + _BUSY_WAIT_S.get()
     if deadline is not None:
         busy_until = min(busy_until, deadline)
     busy_pause = BUSY_PAUSES_S[0]
