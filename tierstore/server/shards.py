@@ -285,9 +285,12 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.GetShardRequest, context: grpc.ServicerContext
     ) -> Iterator[shards_pb2.GetShardResponse]:
         self._check("GetShard", request.dataset, request.shard)
-        # Checked before each frame is read.
+        # Checked before each frame is read. (The caller is taken before the shard is
+        # opened: found revoked after, it left a cold shard opened and not abandoned,
+        # whose promotion was then never made.)
+        principal = caller()
         reader_now = reauthorizer(
-            caller(), self._principal_now, _SERVICE + "GetShard", request.dataset
+            principal, self._principal_now, _SERVICE + "GetShard", request.dataset
         )
 
         which = request.WhichOneof("range")
@@ -302,7 +305,9 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         )
         # Held only while the stream waits on the archive; a read cold from the start
         # takes it here, so that one too many is refused before its header.
-        archive_bound = self._archive_calls.held(f"a cold read of {request.dataset}", caller().name)
+        archive_bound = self._archive_calls.held(
+            f"a cold read of {request.dataset}", principal.name
+        )
         # A read leaves memory to give back once the node is idle, as a put does: a cold
         # one holds its archive answers in the heap while it runs (a trim waits for it);
         # a hot one copies each frame into messages on its worker's arena, and owes a
