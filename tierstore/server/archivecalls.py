@@ -7,14 +7,15 @@ calls took them all, and hot reads, stats and every admin call then waited behin
 (a review measured 41 s and a deadline for a hot read). So such a call first takes one
 of ``slots`` places (three quarters of the shard streams the server serves at once,
 :func:`stream_slots_for`: 21 of 28 for 32 workers), one caller at most three quarters
-of them (15), :mod:`tierstore.server.places`; past either, it fails at once with
-ServerBusy, which clients retry after a pause, for up to two minutes: a refusal is a
-queue, for an archive busy with other reads (refused as a plain Unavailable, a read
-was retried for 1.5 s and failed). The workers left over serve the hot tier and the
-admin. Dataset deletes take one too (a write-through one waits on the archive, the
-others behind it). A read holds its slot only while it waits on the archive: from its
-start if it starts cold, from the frame it falls to the archive at if its shard is
-evicted under it, until it is promoted or ends.
+of them by default (15; ``serve --caller-share``), :mod:`tierstore.server.places`;
+past either, it fails at once with ServerBusy, which clients retry after a pause, for
+up to two minutes: a refusal is a queue, for an archive busy with other reads
+(refused as a plain Unavailable, a read was retried for 1.5 s and failed). The
+workers left over serve the hot tier and the admin. Dataset deletes take one too (a
+write-through one waits on the archive, the others behind it). A read holds its slot
+only while it waits on the archive: from its start if it starts cold, from the frame
+it falls to the archive at if its shard is evicted under it, until it is promoted or
+ends.
 
 Thread safety: one :class:`ArchiveCalls` serves every handler thread of a server.
 """

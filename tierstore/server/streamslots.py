@@ -10,7 +10,8 @@ nothing in the node's log. So each get and put stream first takes one of ``slots
 places (all workers but an eighth, at least one: 28 of 32; the calls waiting on the
 archive, :mod:`tierstore.server.archivecalls`, may hold three quarters of those, so
 reads of the hot tier go on while a frozen archive holds them), one caller at most
-three quarters of them (21), :mod:`tierstore.server.places`; past either, it fails at
+three quarters of them by default (21; ``serve --caller-share``),
+:mod:`tierstore.server.places`; past either, it fails at
 once with ServerBusy, which clients retry after a pause, a put too (nothing of it was
 done), and so do the torch plugin's reads, for their ``retry_s``. The workers left
 over serve stats, listings, stat and the admin calls. (A frozen client's 28 unread
