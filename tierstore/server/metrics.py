@@ -36,7 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -46,8 +46,9 @@ from prometheus_client.registry import Collector
 
 from tierstore.engine.store import Store
 from tierstore.errors import Unavailable
+from tierstore.server.places import Places
 
-__all__ = ["MAX_SCRAPES", "MAX_WAITING", "Places", "ServerMetrics"]
+__all__ = ["MAX_SCRAPES", "MAX_WAITING", "ServerMetrics"]
 
 #: requests the /metrics listener answers at once; it closes more at once.
 MAX_SCRAPES = 8
@@ -57,15 +58,6 @@ MAX_WAITING = 64
 _MAX_REQUEST_HEAD = 16 * 1024
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-class Places(Protocol):
-    """A bound on calls served at once: ``slots`` of them, ``in_use`` held now."""
-
-    slots: int
-
-    @property
-    def in_use(self) -> int: ...
 
 
 class ServerMetrics:

@@ -160,13 +160,6 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
                 raise DatasetNotFound(f"no dataset {header.dataset!r}")
 
         kind = shard_kind_from_pb(header.kind)
-
-        def first_frame(frame: bytes) -> None:
-            # A shard without its dataset's Arrow schema is refused at its first frame,
-            # not once its sender has sent the rest; the commit checks again.
-            check = schema_check(header.dataset, header.shard, kind, lambda: frame)
-            check(self._store.get_dataset(header.dataset))
-
         if header.frame_count > self._max_frames:
             raise InvalidArgument(
                 f"{header.frame_count} frames is over the server's limit of {self._max_frames}"
@@ -179,6 +172,12 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
             self._archive_calls.refuse_if_none_free(
                 f"a write-through put of {header.dataset}", caller().name
             )
+
+        def first_frame(frame: bytes) -> None:
+            # A shard without its dataset's Arrow schema is refused at its first frame,
+            # not once its sender has sent the rest; the commit checks again.
+            schema_check(header.dataset, header.shard, kind, lambda: frame)(settings)
+
         # An encrypted dataset's frames reach the disk only encrypted, even in the spool.
         encrypted = settings.encrypted
         with FrameSpool(self._spool_dir, encrypted=encrypted, shared=self._spool_memory) as spool:
