@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
 collect_ignore = (
     [] if importlib.util.find_spec("torch") and importlib.util.find_spec("torchdata") else ["torch"]
 )
+
+# The CLI's consoles take their width when they are made, at import: a COLUMNS set
+# around the suite (a shell that exports it, a parallel runner's workers) would wrap
+# the lines that in-process CLI tests read whole. A test that wants a width sets it.
+os.environ.pop("COLUMNS", None)
 
 #: The bucket every S3 test shares; each test gets its own prefix inside it.
 SESSION_BUCKET = "tierstore-tests"
