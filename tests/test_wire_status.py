@@ -44,6 +44,9 @@ def test_a_rejected_server_certificate_is_its_own_unavailable() -> None:
     error = error_for_status(grpc.StatusCode.UNAVAILABLE, _REJECTED, None)
     assert type(error) is errors.ServerCertificateRejected
     assert isinstance(error, errors.Unavailable)  # code catching outages still catches it
+    # A client given no CA checks the system's roots: the message said "the CA file
+    # given" to a review that had given none (TIERSTORE_CA="").
+    assert "with none given, the system's trusted roots" in str(error)
     # A server that names its error is believed; other codes keep their class.
     named = error_for_status(grpc.StatusCode.UNAVAILABLE, _REJECTED, "ArchiveUnavailable")
     assert type(named) is errors.ArchiveUnavailable

@@ -101,7 +101,8 @@ def error_for_status(
     """
     if error_name is None and is_certificate_rejection(code, message):
         return errors.ServerCertificateRejected(
-            "the server's TLS certificate did not verify against the CA file given, or "
+            "the server's TLS certificate did not verify against the CA file given (or, "
+            "with none given, the system's trusted roots, which hold no node's own CA), or "
             "is not for the host name connected to (the CA file: TIERSTORE_CA, the CLI's "
             "--ca or connect()'s ca=; it should be "
             "the server's <data-dir>/tls/ca.pem; the address: a name or IP the server's "
