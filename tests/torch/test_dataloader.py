@@ -303,6 +303,33 @@ def test_stateful_dataloader_resumes_mid_epoch(samples: Samples, workers: int) -
     assert full == loader_order(samples, workers, 8, seed=4, epoch=1)
 
 
+def test_a_plain_dataloaders_state_inside_an_epoch_its_workers_read_is_warned_of(
+    samples: Samples,
+) -> None:
+    # A review took the dataset's state_dict() after 10 batches of a plain DataLoader with
+    # workers: it said "epoch 0, shard 0, row 0", silently, and a resume from it read the
+    # first rows again.
+    dataset = IterableDataset(samples.dataset, seed=4, **samples.connection)
+    dataset.set_epoch(3)
+    loader = DataLoader(dataset, batch_size=8, num_workers=2, multiprocessing_context="fork")
+    iterator = iter(loader)
+    next(iterator)
+    with pytest.warns(UserWarning, match="StatefulDataLoader") as told:
+        state = dataset.state_dict()
+    assert "epoch 3" in str(told[0].message)
+    assert (state["epoch"], state["shard"], state["row"]) == (3, 0, 0)
+    del iterator
+    dataset.set_epoch(4)  # an epoch boundary: the state is whole, and nothing is said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dataset.state_dict()["epoch"] == 4
+        single = DataLoader(dataset, batch_size=8)  # no workers: the position is here
+        head = iter(single)
+        next(head)
+        moved = dataset.state_dict()
+        assert (moved["shard"], moved["row"]) != (0, 0)
+
+
 def test_stateful_dataloader_resumes_after_a_shard_no_worker_is_inside_was_rewritten(
     server: ServerProcess, admin: Client
 ) -> None:

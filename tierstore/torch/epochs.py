@@ -22,6 +22,10 @@ draws the same base seed): each id begins reading once per iteration, so a worke
 finds its own id among those that finished the epoch in "its" iteration is of a later
 one, while one that starts after another worker of its iteration finished is not.
 
+And the last epoch a DataLoader worker began reading: where workers stand is known to
+them alone, so a main process asked for its state inside that epoch has only the
+epoch's start to give, and says so (``IterableDataset.state_dict``).
+
 A plain pickle of the dataset (not one made to start a process) carries the epoch and
 the epoch named: shared memory travels only to processes started from this one.
 """
@@ -54,9 +58,9 @@ class SharedEpoch:
 
     def __init__(self, epoch: int = 0, named: int | None = None) -> None:
         named_cell = _NONE if named is None else named
-        # epoch, named and not begun, last finished, the iteration that finished it, and
-        # a mask of the ids of its workers that did
-        self._cells: Any = multiprocessing.RawArray("q", [epoch, named_cell, _NONE, 0, 0])
+        # epoch, named and not begun, last finished, the iteration that finished it, a
+        # mask of the ids of its workers that did, and the last epoch a worker began
+        self._cells: Any = multiprocessing.RawArray("q", [epoch, named_cell, _NONE, 0, 0, _NONE])
 
     @property
     def value(self) -> int:
@@ -83,6 +87,17 @@ class SharedEpoch:
         """An iteration began reading: the epoch named is no longer pending."""
         if self._cells[1] != _NONE:  # a read, not a write, on every iteration after
             self._cells[1] = _NONE
+
+    def worker_began(self, epoch: int) -> None:
+        """A DataLoader worker began reading ``epoch``."""
+        if self._cells[5] != epoch:  # a read, not a write, for every worker after the first
+            self._cells[5] = epoch
+
+    @property
+    def begun_by_workers(self) -> int | None:
+        """The last epoch a DataLoader worker began reading, if any."""
+        began = int(self._cells[5])
+        return None if began == _NONE else began
 
     def finish(self, epoch: int, iteration: int, worker: int) -> None:
         """Worker ``worker`` of DataLoader iteration ``iteration`` read ``epoch`` to its

@@ -283,13 +283,29 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     def state_dict(self) -> dict[str, Any]:
         """This process's position: the current iterator's, else the pending resume state,
         else the start of the current epoch. A plain dict (see
-        :class:`~tierstore.torch.order.ResumeState`)."""
+        :class:`~tierstore.torch.order.ResumeState`).
+
+        In the main process of a plain DataLoader whose workers have begun reading the
+        current epoch, that start is all it knows (the workers' positions stay in the
+        workers), so a UserWarning says that a resume from it reads again what they
+        read: use StatefulDataLoader's state to resume mid-epoch with workers."""
         live = self._live
         if live is not None and live.pid == os.getpid():
             return live.state_dict()
         if self._resume is not None:
             return self._resume.to_dict()
-        return ResumeState(Position(self._epoch), self.layout(None)).to_dict()
+        epoch = self._epoch
+        if self._shared_epoch.begun_by_workers == epoch and _loader_reader() is None:
+            warnings.warn(
+                f"state_dict(): DataLoader workers have begun reading epoch {epoch}, and "
+                "where they stand is known to them alone: this is the start of the epoch, "
+                "and a resume from it reads again what they read. Resume mid-epoch with "
+                "workers through torchdata's StatefulDataLoader (its state_dict()), or "
+                "take this state after the next epoch's set_epoch()",
+                UserWarning,
+                stacklevel=2,
+            )
+        return ResumeState(Position(epoch), self.layout(None)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state`` (its epoch included), unless
@@ -470,6 +486,8 @@ class _Epoch:
             # at iter(): StatefulDataLoader loads the state into each worker after its
             # iter(), and holds every worker's first next() until all have loaded it.
             self._owner._shared_epoch.begun()
+            if _loader_reader() is not None:
+                self._owner._shared_epoch.worker_began(self.cursor.position.epoch)
             self._steps = self._walk.samples()
         return next(self._steps)
 
