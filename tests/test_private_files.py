@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,31 @@ def test_lock_holder_names_the_process_holding_the_lock_and_takes_nothing(
     fd, holder = hold_lock_or_name_holder(lock)  # the probe left it free to take
     assert fd is not None and holder == ""
     os.close(fd)
+
+
+def test_a_lock_is_taken_where_its_holders_id_cannot_be_written(tmp_path: Path) -> None:
+    # A full disk: a review's node could not start for want of the block its process
+    # id takes. A file size limit of 0 stands in for it (EFBIG; its signal ignored).
+    lock = tmp_path / "store.lock"
+    taken = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, signal, sys\n"
+            "from pathlib import Path\n"
+            "from tierstore.private_files import hold_lock_or_name_holder, lock_holder\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+            "lock = Path(sys.argv[1])\n"
+            "fd, holder = hold_lock_or_name_holder(lock)\n"
+            "print(fd is not None, repr(holder), lock_holder(lock))\n",
+            str(lock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert taken.returncode == 0, taken.stderr
+    assert taken.stdout.split() == ["True", "''", "?"]
+    assert lock.read_bytes() == b""

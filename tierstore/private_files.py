@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tierstore.errors import FailedPrecondition
@@ -192,7 +192,7 @@ def hold_lock_or_name_holder(lock_path: Path) -> tuple[int | None, str]:
     Returns ``(descriptor, "")``, or ``(None, holder)`` when another open file holds the
     lock: ``holder`` is the process id the file names (``"?"`` if unreadable). The lock
     goes with the process, however it ends. Raises :class:`OSError` if the file cannot
-    be opened."""
+    be opened; a process id that cannot be written (a full disk) is left out."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -203,8 +203,12 @@ def hold_lock_or_name_holder(lock_path: Path) -> tuple[int | None, str]:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    # The flock is the lock; the id only names its holder to whoever finds it taken.
+    # A full disk (no block for the id) must not stop a node's start: a review's node
+    # failed so, and the CLI blamed its stdout. The holder is then named "?".
+    with suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd, ""
 
 
