@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,14 @@ def test_frames_come_back_in_order_from_memory_and_file(tmp_path: Path, encrypte
         assert spool.count == len(frames) and spool.nbytes == sum(map(len, frames))
         assert [bytes(view) for view in spool.views()] == frames
         assert [bytes(view) for view in spool.views()] == frames  # again, the same
+
+
+def test_the_spool_directory_is_private(tmp_path: Path) -> None:
+    # A review found it made 0755 under the data directory, whose others are 0700.
+    with FrameSpool(tmp_path / "spool", LIMIT, encrypted=False) as spool:
+        spool.append(os.urandom(LIMIT + 1))
+        assert spool._file is not None
+        assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
 
 
 def test_a_small_put_stays_in_memory(tmp_path: Path) -> None:
