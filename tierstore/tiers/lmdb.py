@@ -279,7 +279,8 @@ class LmdbEnvironment:
                 raise DiskFull(
                     f"hot tier at {self.path}: its disk is full ({exc}; LMDB reports a write "
                     "the disk cut short as an I/O error): free space on it, or evict or "
-                    "delete shards"
+                    "delete shards (later puts reuse their pages; the file never shrinks, "
+                    "so the disk, and an embedded archive on it, get nothing back)"
                 ) from exc
             raise Unavailable(f"hot tier write failed: {exc}") from exc
 
