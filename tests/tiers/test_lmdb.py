@@ -532,3 +532,32 @@ def test_a_forked_child_keeps_the_lock_of_the_environment_it_opens_again(tmp_pat
         os.write(go_w, b"x")
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_write_cut_short_by_a_file_size_limit_says_what_may_cut_it(tmp_path: Path) -> None:
+    # LMDB reports a short write as an I/O error. With room on the disk it is not
+    # DiskFull, and a review's put under `ulimit -f` read only "Input/output error".
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tierstore.errors import Unavailable\n"
+        "from tierstore.tiers.lmdb import LmdbEnvironment\n"
+        "env = LmdbEnvironment(Path(sys.argv[1]), 1 << 26, ['data'])\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "try:\n"
+        "    with env.write() as txn:\n"
+        "        txn.put(b'k', b'x' * (4 << 20), db=env.db('data'))\n"
+        "except Unavailable as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "env")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Unavailable hot tier write failed"), done.stdout
+    assert "ulimit -f" in done.stdout

@@ -282,6 +282,12 @@ class LmdbEnvironment:
                     "delete shards (later puts reuse their pages; the file never shrinks, "
                     "so the disk, and an embedded archive on it, get nothing back)"
                 ) from exc
+            if "Input/output error" in str(exc):
+                raise Unavailable(
+                    f"hot tier write failed: {exc} (LMDB reports a write cut short so: the "
+                    "disk failing, or a disk quota or file size limit (ulimit -f) reached; "
+                    "the system log tells which)"
+                ) from exc
             raise Unavailable(f"hot tier write failed: {exc}") from exc
 
     def _disk_full(self, exc: lmdb.Error) -> bool:
