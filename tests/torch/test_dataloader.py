@@ -312,22 +312,36 @@ def test_a_plain_dataloaders_state_inside_an_epoch_its_workers_read_is_warned_of
     dataset = IterableDataset(samples.dataset, seed=4, **samples.connection)
     dataset.set_epoch(3)
     loader = DataLoader(dataset, batch_size=8, num_workers=2, multiprocessing_context="fork")
-    iterator = iter(loader)
-    next(iterator)
-    with pytest.warns(UserWarning, match="StatefulDataLoader") as told:
-        state = dataset.state_dict()
-    assert "epoch 3" in str(told[0].message)
+
+    def read_a_batch_then_state() -> dict[str, Any]:
+        iterator = iter(loader)
+        next(iterator)
+        with pytest.warns(UserWarning, match="StatefulDataLoader") as told:
+            state = dataset.state_dict()
+        assert f"epoch {state['epoch']}" in str(told[0].message)
+        del iterator
+        return state
+
+    state = read_a_batch_then_state()
     assert (state["epoch"], state["shard"], state["row"]) == (3, 0, 0)
-    del iterator
-    dataset.set_epoch(4)  # an epoch boundary: the state is whole, and nothing is said
+    loaded = dict(state, epoch=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        dataset.load_state_dict(loaded)  # a state loaded: nothing read of it yet
+        assert dataset.state_dict() == loaded
+    # The state loaded, read on by the workers, is all the main process knows: said too.
+    assert read_a_batch_then_state() == loaded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset.set_epoch(5)  # the same epoch named again: a boundary, nothing is said
+        assert dataset.state_dict()["epoch"] == 5
+        dataset.set_epoch(4)  # an epoch boundary: the state is whole
         assert dataset.state_dict()["epoch"] == 4
-        single = DataLoader(dataset, batch_size=8)  # no workers: the position is here
-        head = iter(single)
+        head = iter(DataLoader(dataset, batch_size=8))  # no workers: the position is here
         next(head)
         moved = dataset.state_dict()
         assert (moved["shard"], moved["row"]) != (0, 0)
+        del head
 
 
 def test_stateful_dataloader_resumes_after_a_shard_no_worker_is_inside_was_rewritten(

@@ -22,9 +22,10 @@ draws the same base seed): each id begins reading once per iteration, so a worke
 finds its own id among those that finished the epoch in "its" iteration is of a later
 one, while one that starts after another worker of its iteration finished is not.
 
-And the last epoch a DataLoader worker began reading: where workers stand is known to
-them alone, so a main process asked for its state inside that epoch has only the
-epoch's start to give, and says so (``IterableDataset.state_dict``).
+And the epoch a DataLoader worker began reading since the epoch was last named or a
+state loaded: where workers stand is known to them alone, so a main process asked for
+its state then has only the epoch's start (or the state loaded) to give, and says so
+(``IterableDataset.state_dict``).
 
 A plain pickle of the dataset (not one made to start a process) carries the epoch and
 the epoch named: shared memory travels only to processes started from this one.
@@ -50,8 +51,9 @@ def _worker_bit(worker: int) -> int:
 
 
 class SharedEpoch:
-    """An epoch number in shared memory, the epoch named but not begun (or None), and
-    the last epoch finished with the iteration and the workers that finished it. Reads
+    """An epoch number in shared memory, the epoch named but not begun (or None), the
+    last epoch finished with the iteration and the workers that finished it, and the
+    epoch a worker began since the epoch was named or loaded (or None). Reads
     and writes of one 64-bit integer are whole; no lock (one inherited through fork could
     be held for good): two workers that finish at once may lose one's mark, which can
     only leave an epoch read again unwarned, never warn of one wrongly."""
@@ -79,9 +81,15 @@ class SharedEpoch:
         return None if named == _NONE else named
 
     def name(self, epoch: int) -> None:
-        """Read ``epoch`` from now on, and mark it named and not begun."""
+        """Read ``epoch`` from now on, and mark it named and not begun (by workers too)."""
         self.value = epoch
         self._cells[1] = epoch
+        self._cells[5] = _NONE
+
+    def load(self, epoch: int) -> None:
+        """Read ``epoch`` from now on, from a state loaded: not begun by workers."""
+        self.value = epoch
+        self._cells[5] = _NONE
 
     def begun(self) -> None:
         """An iteration began reading: the epoch named is no longer pending."""
@@ -89,13 +97,15 @@ class SharedEpoch:
             self._cells[1] = _NONE
 
     def worker_began(self, epoch: int) -> None:
-        """A DataLoader worker began reading ``epoch``."""
+        """A DataLoader worker began reading ``epoch`` (kept until :meth:`name` or
+        :meth:`load`)."""
         if self._cells[5] != epoch:  # a read, not a write, for every worker after the first
             self._cells[5] = epoch
 
     @property
     def begun_by_workers(self) -> int | None:
-        """The last epoch a DataLoader worker began reading, if any."""
+        """The epoch a DataLoader worker began reading since the epoch was named or
+        loaded, if any."""
         began = int(self._cells[5])
         return None if began == _NONE else began
 

@@ -286,25 +286,27 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         :class:`~tierstore.torch.order.ResumeState`).
 
         In the main process of a plain DataLoader whose workers have begun reading the
-        current epoch, that start is all it knows (the workers' positions stay in the
-        workers), so a UserWarning says that a resume from it reads again what they
-        read: use StatefulDataLoader's state to resume mid-epoch with workers."""
+        current epoch since it was set (or a state loaded), inside the epoch or at its
+        end, that start (or the state loaded) is all it knows: the workers' positions
+        stay in the workers. A UserWarning then says that a resume from it reads again
+        what they read: use StatefulDataLoader's state to resume mid-epoch with workers,
+        or take the state after the next epoch's set_epoch()."""
         live = self._live
         if live is not None and live.pid == os.getpid():
             return live.state_dict()
-        if self._resume is not None:
-            return self._resume.to_dict()
         epoch = self._epoch
         if self._shared_epoch.begun_by_workers == epoch and _loader_reader() is None:
             warnings.warn(
                 f"state_dict(): DataLoader workers have begun reading epoch {epoch}, and "
-                "where they stand is known to them alone: this is the start of the epoch, "
+                "where they stand is known to them alone: this state is where they began, "
                 "and a resume from it reads again what they read. Resume mid-epoch with "
                 "workers through torchdata's StatefulDataLoader (its state_dict()), or "
                 "take this state after the next epoch's set_epoch()",
                 UserWarning,
                 stacklevel=2,
             )
+        if self._resume is not None:
+            return self._resume.to_dict()
         return ResumeState(Position(epoch), self.layout(None)).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -320,7 +322,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         if self._named_other_than(parsed):
             return
         self._resume = parsed
-        self._shared_epoch.value = parsed.position.epoch
+        self._shared_epoch.load(parsed.position.epoch)
         self._live = None
 
     def __iter__(self) -> _Epoch:
