@@ -327,7 +327,9 @@ class ServerBusy(Unavailable):
     later, after work but still before any change: a write-through put refused at its
     commit (its shard sent, nothing stored) and a read that falls to the archive part
     way (some of its bytes sent). The client makes even a put again after it, as a put
-    that never left the client is, and a read again from its start."""
+    that never left the client is (but not one from a source it can read once, a
+    reader or a stream, refused after it was read: that raises ServerBusy), and a read
+    again from its start."""
 
 
 class ServerCertificateRejected(Unavailable):

@@ -51,7 +51,7 @@ def test_a_data_directory_restored_from_its_backup_serves_the_same_clients(
                 admin.put(dataset, name, blob)
         _, reader_token = admin.create_token("trainer", [Grant("secret", Role.READER)])
         # The backup covers what the archive holds: wait for the journal to drain.
-        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads")
+        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads", interval_s=0.2)
     copy_backup(data_dir, tmp_path / "backup")
     clients_ca = tmp_path / "clients-ca.pem"  # the copy each client was handed
     shutil.copy2(data_dir / "tls" / "ca.pem", clients_ca)
@@ -100,7 +100,7 @@ def test_a_stopped_node_with_the_embedded_archive_is_backed_up_by_a_copy_of_its_
     assert "rebuilt" not in restored.output()
     with restored.connect(ca=tmp_path / "backup" / "tls" / "ca.pem") as admin:
         assert admin.get("secret", "s").to_pybytes() == blob
-        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads")
+        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads", interval_s=0.2)
         assert admin.evict("secret", "s") >= len(blob)
         assert not admin.stat("secret", "s").hot
         assert admin.get("secret", "s").to_pybytes() == blob  # from the archive

@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tierstore.crypto import TAG_BYTES, zero
 from tierstore.errors import IntegrityError, Unavailable
 from tierstore.framing import FramesOnDemand
-from tierstore.private_files import ensure_private_dir
 
 __all__ = ["SERVER_SPOOL_MEMORY", "FrameSpool", "SpoolMemory"]
 
@@ -157,7 +156,9 @@ class FrameSpool:
             self._in_memory += len(frame)
             return
         if self._file is None:
-            ensure_private_dir(self._directory)  # 0700, as the data directory's others
+            # Made 0700, as the data directory's others; one that exists is left as it
+            # is (ServerSettings.spool_dir may name a directory the operator keeps).
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Unnamed (already unlinked): the kernel frees it even if the server crashes.
             self._file = tempfile.TemporaryFile(dir=self._directory, prefix="put-")  # noqa: SIM115
             for index, held in enumerate(self._frames):

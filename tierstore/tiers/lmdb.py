@@ -285,8 +285,8 @@ class LmdbEnvironment:
             if "Input/output error" in str(exc):
                 raise Unavailable(
                     f"hot tier write failed: {exc} (LMDB reports a write cut short so: the "
-                    "disk failing, or a disk quota or file size limit (ulimit -f) reached; "
-                    "the system log tells which)"
+                    "disk failing, which the kernel log shows, or a disk quota or file "
+                    "size limit (ulimit -f) reached)"
                 ) from exc
             raise Unavailable(f"hot tier write failed: {exc}") from exc
 
