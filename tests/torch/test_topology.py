@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -49,9 +51,14 @@ def test_one_variable_that_can_only_mean_one_process_is_taken(env: dict[str, str
     assert distributed_rank(env) == (0, 1)
 
 
-def test_idle_slots_are_warned_about() -> None:
+def test_idle_slots_are_warned_about_once_a_rank() -> None:
     with pytest.warns(UserWarning, match="2 of them get no shard"):
         warn_if_idle(2, Slot(0, 2, 0, 2))
+    with pytest.warns(UserWarning, match="2 of them get no shard"):
+        warn_if_idle(2, Slot(1, 2, 0, 2))  # another rank's first worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_idle(2, Slot(0, 2, 1, 2))  # its other workers say nothing
 
 
 def test_a_given_rank_wins_over_the_environment() -> None:

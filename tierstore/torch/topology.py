@@ -130,9 +130,11 @@ def current_slot(
 def warn_if_idle(shards: int, slot: Slot) -> None:
     """Warn when there are fewer shards than slots: the surplus slots read nothing.
 
-    Every slot warns (each worker is its own process), with the same message.
+    Each rank's first worker warns (each rank is its own process, and may be on its own
+    host), the others not: every worker said the same, and a review's 8 workers printed
+    it 8 times an epoch.
     """
-    if shards < slot.count:
+    if shards < slot.count and slot.worker == 0:
         warnings.warn(
             f"{shards} shard(s) for {slot.world} rank(s) x {slot.workers} worker(s) = "
             f"{slot.count} readers: {slot.count - shards} of them get no shard and yield "
