@@ -218,6 +218,7 @@ def test_a_shard_deleted_after_the_object_was_made_says_so(admin: Client, sample
         with pytest.raises(errors.ShardNotFound, match=deleted) as caught:
             list(loader)
         assert "make a new dataset object" in str(caught.value)
+        assert "from an epoch's start" in str(caught.value)  # an old state will not fit
     with pytest.raises(errors.ShardNotFound, match=deleted):
         mapped[7]
     assert int(mapped[12]["id"]) == 2002  # the other shards still read

@@ -515,7 +515,8 @@ def read_shard(
         deleted = ShardNotFound(
             f"shard {shard!r} of dataset {shard_set.dataset!r} was deleted after this "
             "dataset object was made (it was listed then): make a new dataset object to "
-            "read the shards the dataset has now"
+            "read the shards the dataset has now, from an epoch's start (a state saved "
+            "with the old list does not fit the new one)"
         )
         for note in getattr(exc, "__notes__", ()):
             deleted.add_note(note)
