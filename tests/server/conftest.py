@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -146,6 +147,8 @@ class ServerProcess:
         self._err_path = data_dir.parent / f"{data_dir.name}.serve.err"
         self._out_offset = self._err_offset = 0
         self._channels: list[grpc.Channel] = []
+        #: the open-file limits (soft, hard) the server starts with, if not this process's
+        self.open_files: tuple[int, int] | None = None
         #: the embedded weed's pid file's process when this node last started: not its
         self._weed_before: int | None = None
 
@@ -201,8 +204,14 @@ class ServerProcess:
                 stderr=err,
                 env=clean_env(**self.env),
                 start_new_session=True,  # a SIGKILL of its group takes all it started
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         return self.process
+
+    def _limit_open_files(self) -> None:
+        """In the child, before it runs the server: its open-file limits."""
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then SIGKILL (whole process group) after ``timeout_s``; the exit code."""
@@ -430,9 +439,10 @@ def spawn_server(
     tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
 ) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers of the test's own (stopped at the end): ``spawn_server(data_dir=None,
-    *extra_args, embedded=False, env=None)``. Without ``embedded`` the archive is a fresh
-    prefix of the session SeaweedFS, the same for every server this test starts; ``env``
-    holds ``TIERSTORE_*`` settings for the server."""
+    *extra_args, embedded=False, env=None, open_files=None)``. Without ``embedded`` the
+    archive is a fresh prefix of the session SeaweedFS, the same for every server this
+    test starts; ``env`` holds ``TIERSTORE_*`` settings for the server, ``open_files``
+    its open-file limits (soft, hard)."""
     started: list[ServerProcess] = []
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"e2e-{uuid.uuid4().hex[:12]}/")
 
@@ -441,6 +451,7 @@ def spawn_server(
         *extra_args: str,
         embedded: bool = False,
         env: dict[str, str] | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> ServerProcess:
         archive_args: tuple[str, ...] = ()
         if not embedded:
@@ -457,6 +468,7 @@ def spawn_server(
                 s3.secret_access_key,
             )
         running = ServerProcess(data_dir or tmp_path / "data", (*archive_args, *extra_args), env)
+        running.open_files = open_files
         started.append(running)
         return running.start()
 

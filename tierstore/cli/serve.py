@@ -32,7 +32,6 @@ import errno
 import logging
 import math
 import os
-import resource
 import shutil
 import signal
 import threading
@@ -49,6 +48,7 @@ from tierstore.cli.masterkeys import (
     check_master_key_sources,
     load_node_keys,
 )
+from tierstore.cli.processlimits import no_core_dumps, raise_open_file_limit
 from tierstore.cli.servearchive import archive_with_flags, node_archive, warn_of_an_open_prefix
 from tierstore.cli.startcheck import (
     UNCHECKED_MARK,
@@ -220,6 +220,7 @@ def _restrict_secrets(data_dir: Path) -> None:
 def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = None) -> int:
     """Run a node until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
     no_core_dumps()  # first: the settings read next may hold a master key
+    raise_open_file_limit()  # before the embedded archive inherits it
     out = cast(TextIO, _StatusLines(out))
     check_listen_addresses(options.listen, options.health_listen, options.metrics_listen)
     check_endpoint_url(options.s3_endpoint)  # before it could be named in an error
@@ -566,23 +567,6 @@ def _setting_flags(options: ServeOptions) -> dict[str, Any]:
     if options.hot_capacity_bytes is not None:  # 0 too: refused by name, not ignored
         overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
     return overrides
-
-
-def no_core_dumps() -> None:
-    """Turn off this process's core files (its soft RLIMIT_CORE to 0): a node's memory
-    holds its master keys, the data keys it unwraps and the plaintext of puts it spools,
-    which a crash would otherwise write into a core file for anyone who may read it.
-    Where the kernel pipes dumps to a crash handler instead (``core_pattern`` starting
-    with ``|``), the handler still receives the dump and decides: systemd-coredump
-    keeps none under a limit of 0; others may (a dumpable flag of 0 would stop those
-    too, but also keep the node's own user from /proc/<pid>/fd and debuggers).
-    The hard limit is left as it is: ``prlimit --core=... --pid`` turns them on again,
-    to debug a crash."""
-    try:
-        _, hard = resource.getrlimit(resource.RLIMIT_CORE)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-    except (OSError, ValueError) as exc:  # not where dumps are up to the process
-        log.warning("could not turn off core dumps: %s", exc)
 
 
 def _claim(data_dir: Path, cleanup: ExitStack) -> None:

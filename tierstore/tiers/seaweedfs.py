@@ -659,8 +659,14 @@ class SeaweedServer:
                             process.returncode,
                         )
                     return False
+                # The tail may show it as one line among hundreds; it inherits ours.
+                hint = (
+                    " (it ran out of open files: raise the open-file limit, ulimit -n)"
+                    if "too many open files" in output
+                    else ""
+                )
                 raise ArchiveUnavailable(
-                    f"weed exited with status {process.returncode} before S3 answered; "
+                    f"weed exited with status {process.returncode} before S3 answered{hint}; "
                     f"log {log_path}:\n{self._log_tail()}"
                 )
             if self._serves_s3(process):
