@@ -29,7 +29,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tests.server.conftest import ServerProcess
 from tierstore.client.client import Client
 from tierstore.client.forkgate import GATE
-from tierstore.errors import FailedPrecondition, UnsupportedData
+from tierstore.errors import FailedPrecondition, InvalidArgument, UnsupportedData
 from tierstore.torch import IterableDataset, MapDataset
 from tierstore.torch.order import Position, Slot, worker_samples, worker_shards
 from tierstore.types import TracedPlan
@@ -641,6 +641,51 @@ def test_a_piped_token_stays_out_of_reprs_and_of_pickles_but_a_workers(
     )
     assert samples.token not in repr(given._source._connect)  # type: ignore[attr-defined]
     assert ids_of(pickle.loads(pickle.dumps(given))) == [1000 + i for i in range(57)]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_token_file_given_reaches_every_worker_as_its_path(
+    samples: Samples, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, context: str
+) -> None:
+    # Datasets took token= or TIERSTORE_TOKEN_FILE only: a script handed a Secret's path
+    # had to read the token into its code, and the dataset pickled it.
+    monkeypatch.delenv("TIERSTORE_TOKEN", raising=False)
+    monkeypatch.delenv("TIERSTORE_TOKEN_FILE", raising=False)
+    token_file = tmp_path / "reader.token"
+    token_file.write_text(samples.token + "\n")
+    token_file.chmod(0o600)
+    where = {"address": samples.address, "ca": samples.ca, "token_file": token_file}
+    dataset = IterableDataset(samples.dataset, shards=["part-001"], shuffle=False, **where)
+    assert samples.token.encode() not in pickle.dumps(dataset)  # its path, read again
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context=context)
+    assert ids_of(loader_batches(loader)) == [1000 + i for i in range(57)]
+    mapped = MapDataset(samples.dataset, rows=samples.rows, **where)
+    assert mapped[0]["id"].item() == 0
+
+
+def test_a_pipe_given_as_token_file_reaches_a_spawned_worker(
+    samples: Samples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_end = token_piped_in(samples, monkeypatch)
+    monkeypatch.delenv("TIERSTORE_TOKEN_FILE")
+    try:
+        dataset = IterableDataset(
+            samples.dataset, shards=["part-001"], shuffle=False, token_file=f"/dev/fd/{read_end}"
+        )
+    finally:
+        os.close(read_end)
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    assert ids_of(loader_batches(loader)) == [1000 + i for i in range(57)]
+    assert samples.token.encode() not in pickle.dumps(dataset)
+
+
+def test_a_token_and_a_token_file_are_refused_together(samples: Samples, tmp_path: Path) -> None:
+    token_file = tmp_path / "reader.token"
+    token_file.write_text(samples.token)
+    with pytest.raises(InvalidArgument, match="give token= or token_file=, not both"):
+        IterableDataset(samples.dataset, token_file=token_file, **samples.connection)
+    with pytest.raises(InvalidArgument, match="token_file= must be a path"):
+        MapDataset(samples.dataset, token_file=3, address=samples.address)  # type: ignore[arg-type]
 
 
 def test_pickles_without_client_threads_or_iterator(samples: Samples) -> None:

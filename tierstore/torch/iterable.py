@@ -77,7 +77,9 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     """Streams ``dataset``'s Arrow shards as ``dict[str, torch.Tensor]`` samples or batches.
 
     Connection: ``address``, ``token`` and ``ca`` default to ``TIERSTORE_ADDRESS``,
-    ``TIERSTORE_TOKEN`` and ``TIERSTORE_CA`` (through :func:`tierstore.connect`).
+    ``TIERSTORE_TOKEN`` and ``TIERSTORE_CA`` (through :func:`tierstore.connect`);
+    ``token_file`` (or ``TIERSTORE_TOKEN_FILE``) names a file holding the token, read
+    again by each worker (a pipe or ``/dev/stdin`` is read once, here).
     What to read: ``shards`` (names) or every shard whose name starts with ``prefix`` (all by
     default); ``columns`` selects and orders columns; ``strings="list"`` passes string
     columns through as lists (else they are refused). Order: ``shuffle``, ``seed``, and the
@@ -123,6 +125,7 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         *,
         address: str | None = None,
         token: str | None = None,
+        token_file: str | Path | None = None,
         ca: str | Path | None = None,
         shards: Sequence[str] | None = None,
         prefix: str = "",
@@ -162,7 +165,9 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
         self._given_rank = given_rank(rank, world_size)
         self.plan_ttl_s = check_plan_ttl(plan_ttl_s, "plan_ttl_s")
         given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
-        self._source = service_source(address, token, ca, retry_s) if given is None else given
+        self._source = (
+            service_source(address, token, ca, retry_s, token_file) if given is None else given
+        )
         #: the shards and columns read, fixed now for every worker and resume
         self.shards: ShardSet = resolve_through(
             self._source,

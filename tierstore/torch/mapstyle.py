@@ -49,7 +49,7 @@ Sample = dict[str, Any]
 class MapDataset(torch.utils.data.Dataset[Sample]):
     """``dataset``'s rows as ``dict[str, torch.Tensor]`` samples, by global index.
 
-    ``address``/``token``/``ca``, ``shards``/``prefix``, ``columns``, ``strings``,
+    ``address``/``token``/``token_file``/``ca``, ``shards``/``prefix``, ``columns``, ``strings``,
     ``retry_s`` and ``source`` as for :class:`~tierstore.torch.IterableDataset`.
     ``rows``: each shard's row count by name, to skip counting them (must name exactly the
     shards read). ``cache_shards``: converted shards kept per process. ``count_threads``:
@@ -70,6 +70,7 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         *,
         address: str | None = None,
         token: str | None = None,
+        token_file: str | Path | None = None,
         ca: str | Path | None = None,
         shards: Sequence[str] | None = None,
         prefix: str = "",
@@ -85,7 +86,9 @@ class MapDataset(torch.utils.data.Dataset[Sample]):
         self.cache_shards = check_int("cache_shards", cache_shards, 1)  # True is no count
         count_threads = check_int("count_threads", count_threads, 1)
         given = given_source(source)  # "is None": a source may be falsy (a __len__ of 0)
-        self._source = service_source(address, token, ca, retry_s) if given is None else given
+        self._source = (
+            service_source(address, token, ca, retry_s, token_file) if given is None else given
+        )
         #: the shards and columns read
         self.shards: ShardSet = resolve_through(
             self._source,

@@ -29,11 +29,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 import pyarrow as pa
 import tenacity
 
+from tierstore.client.arguments import optional_path
 from tierstore.client.client import Client
 from tierstore.client.connect import connect
 from tierstore.client.failures import busy_wait
 from tierstore.client.forkgate import GATE
-from tierstore.client.tokenfile import read_token_file
+from tierstore.client.tokenfile import names_a_descriptor, read_token_file
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
 __all__ = [
@@ -205,53 +206,91 @@ def given_source(source: object) -> ShardSource | None:
 
 
 def service_source(
-    address: str | None, token: str | None, ca: str | Path | None, retry_s: float
+    address: str | None,
+    token: str | None,
+    ca: str | Path | None,
+    retry_s: float,
+    token_file: str | Path | None = None,
 ) -> GrpcShardSource:
-    """The default source: the service at ``address`` with ``token`` and ``ca`` (each from
-    ``TIERSTORE_*`` when None, read by :func:`tierstore.connect` in each process). A token
-    that ``TIERSTORE_TOKEN_FILE`` names a pipe for is read here, and travels to the workers:
-    a spawned worker cannot read the pipe again."""
-    piped = _piped_token() if token is None else None
+    """The default source: the service at ``address`` with ``token`` or ``token_file``,
+    and ``ca`` (each from ``TIERSTORE_*`` when None, read by :func:`tierstore.connect`
+    in each process: a regular token file is read again by each worker, where it runs).
+    A token file that is a pipe or a descriptor's name (``/dev/stdin``), given or named
+    by ``TIERSTORE_TOKEN_FILE``, is read here, and its token travels to the workers: a
+    spawned worker cannot read it again. Both ``token`` and ``token_file``, or a bad
+    one, are refused by ``connect`` when the dataset first connects (at construction)."""
+    named = optional_path("token_file", token_file)
+    if named is not None and token is None and _read_once(named):
+        return GrpcShardSource(
+            _ServiceConnect(address, read_token_file(named), None, ca, True), retry_s
+        )
+    if named is not None:  # another process reads it where it runs, whatever its cwd
+        token_file = Path(os.path.abspath(named))
+    piped = _piped_token() if token is None and token_file is None else None
     given = token if piped is None else piped
-    return GrpcShardSource(_ServiceConnect(address, given, ca, piped is not None), retry_s)
+    return GrpcShardSource(
+        _ServiceConnect(address, given, token_file, ca, piped is not None), retry_s
+    )
 
 
 class _ServiceConnect:
-    """``connect(address, token=token, ca=ca)``, picklable, with the token masked in its
-    repr. A token read from a pipe (``piped``) is pickled only for a process being started
-    (a spawned or forkserver DataLoader worker): a dataset pickled to a file keeps it out,
-    as the pipe was meant to, and where it is loaded reads ``TIERSTORE_TOKEN_FILE`` there.
-    A token given in code is pickled as it was given."""
+    """``connect(address, token=token, token_file=token_file, ca=ca)``, picklable, with the
+    token masked in its repr. A token read from a pipe (``piped``) is pickled only for a
+    process being started (a spawned or forkserver DataLoader worker): a dataset pickled
+    to a file keeps it out, as the pipe was meant to, and where it is loaded reads
+    ``TIERSTORE_TOKEN_FILE`` there. A token given in code is pickled as it was given, a
+    token file as its path."""
 
     def __init__(
-        self, address: str | None, token: str | None, ca: str | Path | None, piped: bool
+        self,
+        address: str | None,
+        token: str | None,
+        token_file: str | Path | None,
+        ca: str | Path | None,
+        piped: bool,
     ) -> None:
-        self.address, self.token, self.ca, self.piped = address, token, ca, piped
+        self.address, self.token, self.token_file = address, token, token_file
+        self.ca, self.piped = ca, piped
 
     def __call__(self) -> Client:
-        return connect(self.address, token=self.token, ca=self.ca)
+        return connect(self.address, token=self.token, token_file=self.token_file, ca=self.ca)
 
     def __repr__(self) -> str:
         token = None if self.token is None else "<hidden>"
-        return f"connect({self.address!r}, token={token}, ca={self.ca!r})"
+        return (
+            f"connect({self.address!r}, token={token}, token_file={self.token_file!r}, "
+            f"ca={self.ca!r})"
+        )
 
     def __reduce__(self) -> tuple[type[_ServiceConnect], tuple[object, ...]]:
         # multiprocessing sets the spawning Popen while it pickles a process it starts.
         starting = multiprocessing.context.get_spawning_popen() is not None
         if self.piped and not starting:
-            return (_ServiceConnect, (self.address, None, self.ca, False))
-        return (_ServiceConnect, (self.address, self.token, self.ca, self.piped))
+            return (_ServiceConnect, (self.address, None, None, self.ca, False))
+        return (
+            _ServiceConnect,
+            (self.address, self.token, self.token_file, self.ca, self.piped),
+        )
 
 
 def _piped_token() -> str | None:
-    """The token of ``TIERSTORE_TOKEN_FILE`` if that is a pipe and ``TIERSTORE_TOKEN`` (which
-    wins) is unset; else None, for :func:`tierstore.connect` to read (and say what is wrong
-    with) in each process."""
+    """The token of ``TIERSTORE_TOKEN_FILE`` if that is a pipe or a descriptor's name and
+    ``TIERSTORE_TOKEN`` (which wins) is unset; else None, for :func:`tierstore.connect`
+    to read (and say what is wrong with) in each process."""
     path = os.environ.get("TIERSTORE_TOKEN_FILE")
     if not path or os.environ.get("TIERSTORE_TOKEN"):
         return None
+    return read_token_file(path) if _read_once(Path(path)) else None
+
+
+def _read_once(path: Path) -> bool:
+    """Whether the token file ``path`` can be read only here and once: a pipe, or a
+    descriptor's name (``/dev/stdin``, ``/dev/fd/N``), which in a worker is the worker's
+    own. False for what cannot be looked at: ``connect`` says what is wrong with it."""
+    where = Path(os.path.abspath(path))
+    if names_a_descriptor(where):
+        return True
     try:
-        piped = stat.S_ISFIFO(os.stat(path).st_mode)
+        return stat.S_ISFIFO(os.stat(where).st_mode)
     except OSError:
-        return None
-    return read_token_file(path) if piped else None
+        return False
