@@ -32,6 +32,7 @@ Read transactions must be short: a long-lived one keeps LMDB from reusing pages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 #: a write the filesystem cut short into EIO (mdb_page_flush), seen on a full filesystem
 #: as "mdb_txn_commit: Input/output error"; a commit writes at most a transaction's pages
 _ALMOST_FULL_BYTES = 256 << 20
+#: how py-lmdb words EIO, which LMDB gives for any write the filesystem cut short
+_SHORT_WRITE = os.strerror(errno.EIO)
 
 MAX_KEY_BYTES = 511
 #: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
@@ -282,7 +285,7 @@ class LmdbEnvironment:
                     "delete shards (later puts reuse their pages; the file never shrinks, "
                     "so the disk, and an embedded archive on it, get nothing back)"
                 ) from exc
-            if "Input/output error" in str(exc):
+            if _SHORT_WRITE in str(exc):
                 raise Unavailable(
                     f"hot tier write failed: {exc} (LMDB reports a write cut short so: the "
                     "disk failing, which the kernel log shows, or a disk quota or file "
@@ -295,9 +298,9 @@ class LmdbEnvironment:
         error for a short write while the filesystem has almost no room left (an I/O
         error with room to spare is the disk failing, not full)."""
         text = str(exc)
-        if "No space left on device" in text:
+        if os.strerror(errno.ENOSPC) in text:
             return True
-        if "Input/output error" not in text:
+        if _SHORT_WRITE not in text:
             return False
         try:
             disk = os.statvfs(self.path)
