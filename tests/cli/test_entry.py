@@ -4,13 +4,17 @@ loads ends the command as Ctrl-C does later, and otherwise the command runs."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 #: Runs the entry as the console script does, ``argv`` given; with ``CUT_SHORT`` set,
-#: the import of typer (one of the command line's first) is interrupted by Ctrl-C.
+#: the import of typer (one of the command line's first) is interrupted by Ctrl-C; with
+#: ``SIGNALLED`` set, the process sends itself that signal as typer starts to load.
 _SCRIPT = """
 import builtins, os, sys
 real_import = builtins.__import__
@@ -18,19 +22,33 @@ def import_cut_short(name, *args, **kwargs):
     if name == "typer":
         raise KeyboardInterrupt
     return real_import(name, *args, **kwargs)
+def import_signalled(name, *args, **kwargs):
+    if name == "typer":
+        os.kill(os.getpid(), int(os.environ["SIGNALLED"]))
+    return real_import(name, *args, **kwargs)
 if os.environ.get("CUT_SHORT"):
     builtins.__import__ = import_cut_short
+if os.environ.get("SIGNALLED"):
+    builtins.__import__ = import_signalled
 sys.argv = ["tierstore", *sys.argv[1:]]
 from tierstore.cli.entry import main
 main()
 """
 
+_SWITCHES = ("CUT_SHORT", "SIGNALLED")
 
-def run_entry(*argv: str, cut_short: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "CUT_SHORT"}
+
+def run_entry(
+    *argv: str, cut_short: bool = False, signalled: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key not in _SWITCHES}
+    if cut_short:
+        env["CUT_SHORT"] = "1"
+    if signalled is not None:
+        env["SIGNALLED"] = str(signalled)
     return subprocess.run(
         [sys.executable, "-c", _SCRIPT, *argv],
-        env={**env, "CUT_SHORT": "1"} if cut_short else env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,6 +60,26 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback() -> 
     done = run_entry("--help", cut_short=True)
     assert done.returncode == 130
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_a_node_loads_is_caught_and_ends_it(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    # Left at its default action, a signal to a container's process 1 is dropped by the
+    # kernel: a node whose pod was deleted as it started came up and served until it was
+    # killed. Caught, it ends the start as the default action would have, 128 + signum.
+    data_dir = tmp_path / "data"
+    done = run_entry("serve", "--data-dir", str(data_dir), signalled=signum)
+    assert done.returncode == 128 + signum, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not data_dir.exists()
+
+
+def test_a_sigterm_while_another_command_loads_ends_it_too() -> None:
+    done = run_entry("dataset", "ls", "--address", "127.0.0.1:1", signalled=signal.SIGTERM)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_the_entry_runs_the_command() -> None:
@@ -60,7 +98,7 @@ def run_closed(fd: int, *argv: str) -> subprocess.CompletedProcess[str]:
     leaves it; the other one captured."""
     return subprocess.run(
         [sys.executable, "-c", _SCRIPT, *argv],
-        env={key: value for key, value in os.environ.items() if key != "CUT_SHORT"},
+        env={key: value for key, value in os.environ.items() if key not in _SWITCHES},
         stdout=subprocess.DEVNULL if fd == 1 else subprocess.PIPE,
         stderr=subprocess.DEVNULL if fd == 2 else subprocess.PIPE,
         preexec_fn=lambda: os.close(fd),
