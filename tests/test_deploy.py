@@ -269,3 +269,11 @@ def test_the_node_uploads_several_parts_at_once_to_its_remote_archive() -> None:
     # pays a remote store's latency and one connection's bandwidth for every part: with
     # 0.3 s a request, 256 MiB took twice as long to archive as with 8 parts at once.
     assert node_settings().mover_threads > 1
+
+
+def test_no_two_nodes_are_scheduled_onto_one_host() -> None:
+    # "One tierstore node per GPU host" was said and not enforced: with replicas above 1,
+    # two pods could land on one host with two local volumes, splitting its NVMe.
+    anti = block("requiredDuringSchedulingIgnoredDuringExecution", block("podAntiAffinity"))
+    assert value("topologyKey", anti) == "kubernetes.io/hostname"
+    assert value("app", anti) == "tierstore"
