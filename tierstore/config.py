@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from tierstore.engine.background import MAX_NICENESS
 from tierstore.errors import InvalidArgument
+from tierstore.private_files import narrow_mode_hint
 from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = ["ArchiveSettings", "EngineSettings", "load_settings"]
@@ -322,9 +323,10 @@ def load_settings(
             log.warning(
                 "settings file %s holds a secret (master_key_b64 or the archive's "
                 "secret_access_key) and may be used by users other than its owner and "
-                "group (mode %o): chmod 600 it (or 640 for a group of the node's own)",
+                "group (mode %o): %s",
                 path,
                 mode,
+                narrow_mode_hint(path),
             )
         archive.update(table)
         values.update(_paths_from(Path(path).parent, document))

@@ -49,7 +49,7 @@ from tierstore.errors import (
     NotFound,
     UnknownKeyId,
 )
-from tierstore.private_files import exclusive_lock, write_private_file
+from tierstore.private_files import exclusive_lock, narrow_mode_hint, write_private_file
 from tierstore.types import WrappedKey
 
 __all__ = [
@@ -189,9 +189,10 @@ class LocalKeyring:
         if mode & 0o027 and warn_of_mode:
             log.warning(
                 "master key file %s may be used by users other than its owner and group "
-                "(mode %o): chmod 600 it (or 640 for a group of the node's own)",
+                "(mode %o): %s",
                 path,
                 mode,
+                narrow_mode_hint(path),
             )
         return keyring
 

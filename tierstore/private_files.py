@@ -28,6 +28,7 @@ __all__ = [
     "ensure_private_dir",
     "exclusive_lock",
     "hold_lock_or_name_holder",
+    "narrow_mode_hint",
     "refuse_dangling_link",
     "restrict_mode",
     "write_private_file",
@@ -54,6 +55,25 @@ def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     kept = stat.S_IMODE(path.stat().st_mode) & GROUP_READ_BITS if keep_group_read else 0
     os.chmod(path, DIR_MODE | kept)
+
+
+def narrow_mode_hint(path: str | Path, *, group_too: bool = True) -> str:
+    """How to take other users' permissions off the secret file ``path``: ``chmod 600
+    it`` (or 640 for a group, where ``group_too``). A file of a Kubernetes Secret volume
+    (a link into its ``..data``) is read-only, so chmod cannot: its volume's
+    ``defaultMode`` sets it."""
+    try:
+        secret_volume = os.readlink(path).startswith("..data/")
+    except OSError:  # not a link
+        secret_volume = False
+    if secret_volume:
+        return (
+            "it is a file of a Kubernetes Secret volume, which chmod cannot change: set "
+            "the volume's defaultMode to 0400 (or 0440 with the pod's fsGroup)"
+        )
+    if group_too:
+        return "chmod 600 it (or 640 for a group of the node's own)"
+    return "chmod 600 it"
 
 
 def refuse_dangling_link(path: Path, what: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from tierstore.client.connect import connect
 from tierstore.client.tokenfile import TokenFile, names_a_descriptor, read_token_file
 from tierstore.errors import InvalidArgument
+from tierstore.private_files import narrow_mode_hint
 
 TOKEN = "ts_0123456789ab_" + "A" * 43
 
@@ -105,6 +106,24 @@ def test_a_file_every_user_may_read_is_used_with_a_warning(
         assert not caplog.records
         assert read_token_file(token_file(tmp_path, TOKEN, 0o644)) == TOKEN
     assert "readable by every user (mode 644)" in caplog.text
+
+
+def test_a_secret_volume_s_open_file_is_told_of_its_default_mode_not_chmod(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Kubernetes Secret volume: the file is a link into ..data, itself a link to a
+    # timestamped directory, all read-only: "chmod 600 it" could not be done there.
+    timestamped = tmp_path / "..2026_12_07_04_00_00.000000001"
+    timestamped.mkdir()
+    (timestamped / "token").write_text(TOKEN)
+    (timestamped / "token").chmod(0o444)
+    (tmp_path / "..data").symlink_to(timestamped.name)
+    (tmp_path / "token").symlink_to("..data/token")
+    with caplog.at_level(logging.WARNING, logger="tierstore.client.tokenfile"):
+        assert read_token_file(tmp_path / "token") == TOKEN
+    assert "set the volume's defaultMode to 0400" in caplog.text
+    assert "chmod" not in caplog.text.replace("which chmod cannot", "")
+    assert "chmod 600 it" in narrow_mode_hint(timestamped / "token")
 
 
 def test_connect_takes_the_token_from_an_argument_before_a_file_before_the_environment(

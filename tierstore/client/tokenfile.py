@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tierstore.errors import InvalidArgument
+from tierstore.private_files import narrow_mode_hint
 
 __all__ = ["TokenFile", "read_token_file"]
 
@@ -140,9 +141,10 @@ def read_token_file(path: str | Path) -> str:
         raise InvalidArgument(f"token file {str(where)!r} holds more than one line")
     if info.st_mode & stat.S_IROTH:
         _log.warning(
-            "token file %s is readable by every user (mode %o): chmod 600 it",
+            "token file %s is readable by every user (mode %o): %s",
             where,
             stat.S_IMODE(info.st_mode),
+            narrow_mode_hint(where, group_too=False),
         )
     if pipe is not None:
         _piped[pipe] = token
