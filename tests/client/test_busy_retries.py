@@ -7,6 +7,7 @@ real server: more gets and puts at once than it has places all complete."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ def test_a_node_busy_past_the_wait_or_the_deadline_says_so(clock: Clock) -> None
     _, attempt = refused_then_answered("ServerBusy", 10_000)
     with pytest.raises(errors.ServerBusy):
         failures.retried(attempt, False, changes="the put of d/s")
-    assert failures.BUSY_WAIT_S - failures.BUSY_PAUSES_S[1] <= clock.now <= failures.BUSY_WAIT_S
+    # No pause runs into the end (the attempt after it would have no time left).
+    longest = failures.BUSY_PAUSES_S[1]
+    assert failures.BUSY_WAIT_S - 2 * longest <= clock.now <= failures.BUSY_WAIT_S - longest
     clock.now, clock.pauses = 0.0, []
     with pytest.raises(errors.ServerBusy):
         failures.retried(attempt, True, deadline=5.0)  # a read's own deadline comes first
@@ -147,3 +150,33 @@ def test_more_transfers_at_once_than_the_node_has_places_all_complete(tmp_path: 
             assert all(gets) and all(puts)
         for number in range(places):
             assert running.store.get("d", f"new-{number}").to_bytes() == data[: 1 << 20]
+
+
+def test_a_put_to_a_node_that_stays_busy_ends_at_its_stream_deadline(tmp_path: Path) -> None:
+    # The put waited out BUSY_WAIT_S (120 s) whatever its stream_timeout_s: a review's
+    # put with a 2 s deadline returned after 60 s, when the node let the held streams go.
+    workers = 4
+    places = ShardStreams.for_workers(workers).slots
+    with serving(
+        tmp_path, insecure=True, max_workers=workers, datasets={"d": DatasetSettings()}
+    ) as running:
+        running.store.put("d", "big", bytes(8 << 20))
+        tokens = [running.token(f"t{i}", ("d", Role.WRITER)) for i in range(2)]
+        clients = [
+            connect(running.address, token=token, insecure=True, local_reads=False)
+            for token in tokens
+        ]
+        share = max(1, int(places * 0.75))
+        held = [clients[0].iter_bytes("d", "big") for _ in range(share)]
+        held += [clients[1].iter_bytes("d", "big") for _ in range(places - share)]
+        try:
+            clients[1].stream_timeout_s = 2.0
+            started = time.monotonic()
+            with pytest.raises(errors.ServerBusy):
+                clients[1].put("d", "small", b"x" * 10)
+            assert time.monotonic() - started < 20  # its deadline, not the 120 s wait
+        finally:
+            for stream in held:
+                stream.close()
+            for client in clients:
+                client.close()

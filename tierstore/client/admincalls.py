@@ -149,7 +149,8 @@ class AdminCalls(ClientCore):
     def delete_dataset(self, name: str, *, force: bool = False) -> int:
         """Delete a dataset; ``force`` also deletes its shards (admin on the dataset).
         Every token's grant on it goes too (the caller's own included): returns how many
-        tokens lost one."""
+        tokens lost one. The call's deadline is the transfers' (``stream_timeout_s``), as
+        :meth:`delete`'s is: a forced delete waits on the archive for each shard."""
         validate_dataset_name(name)
         force = check_bool("force", force)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
@@ -157,6 +158,7 @@ class AdminCalls(ClientCore):
             stub.DeleteDataset,
             datasets_pb2.DeleteDatasetRequest(name=name, force=force),
             idempotent=False,
+            timeout_s=self.stream_timeout_s,
             changes=f"the delete of dataset {name}",
         )
         return int(reply.grants_removed)

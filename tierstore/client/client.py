@@ -163,6 +163,8 @@ class Client(AdminCalls, PlacementCalls):
             stub = self._stub(shards_pb2_grpc.ShardServiceStub)
 
             refused: list[bool] = []  # each failed attempt: whether refused as busy
+            # Every attempt, and the pauses while the node is busy, share one deadline.
+            deadline = time.monotonic() + self.stream_timeout_s
 
             def attempt() -> common_pb2.ShardInfo:
                 if isinstance(frames, OnePassFrames):
@@ -171,7 +173,7 @@ class Client(AdminCalls, PlacementCalls):
                     try:
                         answer: common_pb2.ShardInfo = stub.PutShard(
                             messages(),
-                            timeout=self.stream_timeout_s,
+                            timeout=max(deadline - time.monotonic(), 0.0),
                             metadata=self._channel.metadata,
                         )
                         return answer
@@ -185,7 +187,7 @@ class Client(AdminCalls, PlacementCalls):
 
             with self._no_token_named():
                 # Made again only while it cannot leave the client (see ClientCore._call).
-                reply = retried(attempt, False, changes=f"the put of {dataset}/{shard}")
+                reply = retried(attempt, False, deadline, changes=f"the put of {dataset}/{shard}")
         return shard_info_from_pb(reply)
 
     def _read_whole(
@@ -509,7 +511,11 @@ class Client(AdminCalls, PlacementCalls):
         return shards
 
     def delete(self, dataset: str, shard: str) -> None:
-        """Delete a shard from every tier. Raises ShardNotFound."""
+        """Delete a shard from every tier. Raises ShardNotFound; for a write-through
+        dataset whose archive did not take the delete, NotArchivedYet (the node waits
+        on an archive that answers nothing for 30 s: so the call's deadline is the
+        transfers', ``stream_timeout_s``, which the default ``timeout_s`` of 30 s
+        would have raced)."""
         validate_dataset_name(dataset)
         validate_shard_name(shard)
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
@@ -517,6 +523,7 @@ class Client(AdminCalls, PlacementCalls):
             stub.DeleteShard,
             shards_pb2.DeleteShardRequest(dataset=dataset, shard=shard),
             idempotent=False,
+            timeout_s=self.stream_timeout_s,
             changes=f"the delete of {dataset}/{shard}",
         )
 

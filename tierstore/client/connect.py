@@ -54,7 +54,8 @@ def connect(
     ``TIERSTORE_LOCAL_READS`` is ``0``/``false``/``no``/``off``. ``timeout_s`` (default
     30): each attempt's deadline for a call that moves no shard (stat, list, the admin
     calls); ``stream_timeout_s`` (default 3600): a transfer's (get, put, download, the
-    table and tensor reads) — the longest a node that stopped answering can hold one.
+    table and tensor reads; deletes and key rotation too, which may wait on the
+    archive) — the longest a node that stopped answering can hold one.
     Both are positive seconds, and may be set on the client later too, as may
     ``frame_bytes``: the most bytes of one frame a put sends (4 MiB; at most the
     node's ``max_frame_bytes``, smaller on a node whose hot tier is). Nothing

@@ -7,6 +7,7 @@ the plumbing every call goes through (:class:`ClientCore`). The calls themselves
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -181,16 +182,18 @@ class ClientCore:
         server's restart: a put or a delete failed then, where a read went through), for
         as long as an idempotent one would be."""
 
+        timeout = timeout_s or self.timeout_s
+
         def attempt() -> T:
             with GATE.call():  # a fork() waits for this call to end (see forkgate)
-                return fn(
-                    request,
-                    timeout=timeout_s or self.timeout_s,
-                    metadata=self._channel.metadata,
-                )
+                return fn(request, timeout=timeout, metadata=self._channel.metadata)
 
+        # Each attempt has the whole timeout; waits for a busy node end with the first's.
+        deadline = time.monotonic() + timeout
         with self._no_token_named():
-            return retried(attempt, idempotent, changes=changes, retry_unsent=retry_unsent)
+            return retried(
+                attempt, idempotent, deadline, changes=changes, retry_unsent=retry_unsent
+            )
 
     @contextmanager
     def _no_token_named(self) -> Iterator[None]:

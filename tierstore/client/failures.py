@@ -152,8 +152,11 @@ def retried(
             if (retry or retry_unsent) and refused_as_busy(error):
                 # A client-side queue: tried again, paused longer each time (jittered,
                 # so that many callers do not come back in step), until BUSY_WAIT_S.
+                # No pause that would end at the deadline: the attempt after it had no
+                # time left, and its DEADLINE_EXCEEDED ("outcome unknown") hid the
+                # refusals before it.
                 left = busy_until - time.monotonic()
-                pause = min(busy_pause, left) * random.uniform(0.5, 1.0) if left > 0 else None
+                pause = busy_pause * random.uniform(0.5, 1.0) if left > 2 * busy_pause else None
                 busy_pause = min(busy_pause * 2, BUSY_PAUSES_S[1])
             else:
                 pause = next(delays, None)
