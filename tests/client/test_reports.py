@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from unittest import mock
 
 import pytest
 
 from tests.server.conftest import poll
 from tierstore.client import reports
+from tierstore.client.localrpc import GrpcLocalReadRpc
 from tierstore.client.reports import ReadReporter
 from tierstore.engine.localreads import LocalReadCount
 from tierstore.errors import Unavailable
@@ -96,6 +98,39 @@ def test_a_failed_report_is_dropped_and_logged_once(caplog: pytest.LogCaptureFix
     reporter.flush()
     assert server.totals() == {("d", "s", 1): 1}  # the failed ones are gone, not resent
     reporter.close()
+
+
+def test_a_flush_stops_at_its_first_failed_report() -> None:
+    # Each dataset's report was sent into the same outage with its own deadline: a
+    # stat() behind five datasets' reports waited 26 s on a node that had stopped.
+    server = Server()
+    reporter = ReadReporter(server, every_reads=1000, interval_s=3600)
+    for dataset in "abcde":
+        reporter.add(dataset, "s", 1)
+    server.failing = True
+    reporter.flush()
+    assert len(server.waited) == 1  # one try, the rest dropped with it
+    server.failing = False
+    reporter.add("a", "s", 1)
+    reporter.flush()
+    assert server.totals() == {("a", "s", 1): 1}  # dropped, not kept for later
+    reporter.close()
+
+
+def test_a_report_s_deadline_is_never_past_the_client_s_own() -> None:
+    deadlines: list[float] = []
+
+    def call(fn: object, request: object, **options: float) -> None:
+        deadlines.append(options["timeout_s"])
+
+    client_timeout = [30.0]
+    rpc = GrpcLocalReadRpc(lambda: mock.Mock(), call, lambda: client_timeout[0])
+    counts = [LocalReadCount("s", 1, 1)]
+    rpc.report("d", counts, True)
+    rpc.report("d", counts, False)  # the last one, at close
+    client_timeout[0] = 0.5
+    rpc.report("d", counts, True)
+    assert deadlines == [5.0, 1.0, 0.5]
 
 
 def test_batches_fit_what_the_server_accepts() -> None:

@@ -59,7 +59,7 @@ def _weak_rpc(client: ClientCore) -> GrpcLocalReadRpc:
     def call(fn: Callable[..., T], request: Any, **options: Any) -> T:
         return live()._call(fn, request, **options)
 
-    return GrpcLocalReadRpc(stub, call)
+    return GrpcLocalReadRpc(stub, call, lambda: live().timeout_s)
 
 
 class ClientCore:

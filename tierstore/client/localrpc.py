@@ -15,15 +15,25 @@ __all__ = ["GrpcLocalReadRpc"]
 #: ``call(method, request, idempotent=..., timeout_s=None, retry_unsent=False)``: the
 #: client's call plumbing.
 Call = Callable[..., Any]
+#: A report's deadline (at most the client's own ``timeout_s``): it is best effort.
 _REPORT_TIMEOUT_S = 5.0
+#: The last report's, at close: a node that stopped answering held a close() for 5 s.
+_CLOSING_REPORT_TIMEOUT_S = 1.0
 
 
 class GrpcLocalReadRpc:
     """:class:`~tierstore.client.local.LocalReadRpc` over gRPC. Thread-safe."""
 
-    def __init__(self, stub: Callable[[], shards_pb2_grpc.ShardServiceStub], call: Call) -> None:
+    def __init__(
+        self,
+        stub: Callable[[], shards_pb2_grpc.ShardServiceStub],
+        call: Call,
+        timeout_s: Callable[[], float],
+    ) -> None:
+        """``timeout_s``: the client's own deadline for a call, now."""
         self._stub = stub
         self._call = call
+        self._timeout_s = timeout_s
 
     # These two are asked once, not retried: a read whose grant or key fails is the
     # service's to make, and that read retries an unreachable server itself (retried
@@ -50,12 +60,14 @@ class GrpcLocalReadRpc:
         # one that could not leave the client (its channel still connecting) is tried
         # again, as long as an idempotent call would be (not gRPC's wait_for_ready: with
         # the node down that held a stat() up for the whole deadline, then its own
-        # retries, 6.5 s). A short deadline: a report is best effort, and close() waits
-        # for the last one.
+        # retries, 6.5 s). A short deadline, never past the client's own: a report is
+        # best effort, and the calls that flush first (stat, the plan calls) and
+        # close() wait for it. The last one, at close (no wait_for_ready), has less.
+        limit = _REPORT_TIMEOUT_S if wait_for_ready else _CLOSING_REPORT_TIMEOUT_S
         self._call(
             self._stub().ReportLocalReads,
             read_counts_to_pb(dataset, counts),
             idempotent=False,
-            timeout_s=_REPORT_TIMEOUT_S,
+            timeout_s=min(limit, self._timeout_s()),
             retry_unsent=wait_for_ready,
         )

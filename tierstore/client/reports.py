@@ -13,8 +13,9 @@ node's restart), is tried again for as long as an idempotent call would be (1.5 
 rather than dropped at once: no other failure is retried, as a report that arrived
 would count twice, and one that never left cannot have arrived. Only the last flush,
 at close, does not try again. A batch that cannot be sent, or that the
-server refuses, is dropped and the reason logged once: a lost report costs
-placement accuracy, never data. Reads counted but not yet sent when a process dies
+server refuses, is dropped with the rest of its flush (one deadline spent on a node
+that stopped answering, not one per dataset), and the reason logged once: a lost
+report costs placement accuracy, never data. Reads counted but not yet sent when a process dies
 (a DataLoader worker killed at the end of an epoch) are lost the same way — at most
 one interval's worth.
 
@@ -122,7 +123,11 @@ class ReadReporter:
             for dataset, counts in pending.items():
                 reads = [LocalReadCount(shard, gen, n) for (shard, gen), n in counts.items()]
                 for batch in _batches(reads):
-                    self._deliver(dataset, batch, wait_for_ready)
+                    if not self._deliver(dataset, batch, wait_for_ready):
+                        # The rest are dropped too: each sent into the same outage took
+                        # its own deadline, and a stat() behind five datasets' reports
+                        # waited 26 s on a node that had stopped answering.
+                        return
 
     def close(self) -> None:
         """Send what is pending and stop the thread (the next read starts another).
@@ -135,14 +140,22 @@ class ReadReporter:
             thread.join(timeout=10)
         self.flush(wait_for_ready=False)  # a node gone for good must not hold up a close
 
-    def _deliver(self, dataset: str, batch: list[LocalReadCount], wait_for_ready: bool) -> None:
+    def _deliver(self, dataset: str, batch: list[LocalReadCount], wait_for_ready: bool) -> bool:
+        """Send one batch; whether it was taken (a failure is logged once per kind)."""
         try:
             self._send(dataset, batch, wait_for_ready)
         except Exception as exc:  # a report is best effort: log why, once per kind
             reason = type(exc).__name__
             if reason not in self._logged:
                 self._logged.add(reason)
-                log.info("tierstore: could not report local reads of %s: %s", dataset, exc)
+                log.info(
+                    "tierstore: could not report local reads of %s (the flush's other "
+                    "reports were dropped with it): %s",
+                    dataset,
+                    exc,
+                )
+            return False
+        return True
 
     def _before_fork(self) -> bool:
         return self._sending.acquire(timeout=_FORK_WAIT_S)
