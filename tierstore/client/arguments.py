@@ -12,7 +12,15 @@ from typing import Generic, TypeVar, cast, overload
 
 from tierstore.client.deadlines import MAX_TIMEOUT_S, timeout_problem
 from tierstore.errors import InvalidArgument
-from tierstore.types import MAX_TTL_S, Durability, Grant, check_hot_quota, seconds_up_to
+from tierstore.types import (
+    ALL_DATASETS,
+    MAX_TTL_S,
+    Durability,
+    Grant,
+    Role,
+    check_hot_quota,
+    seconds_up_to,
+)
 from tierstore.types import whole_number as integer_of
 from tierstore.wire.limits import MAX_FRAME_BYTES
 
@@ -67,7 +75,27 @@ def grant_list(grants: object) -> list[Grant]:
             "grants must be a sequence of tierstore.types.Grant(dataset, Role...), not "
             f"{listed!r:.80}"
         )
-    return cast(list[Grant], listed)
+    return [_checked_grant(grant) for grant in cast(list[Grant], listed)]
+
+
+def _checked_grant(grant: Grant) -> Grant:
+    """``grant`` with its role as a Role (its name, "reader", is taken too), else
+    InvalidArgument: a misspelt role was a KeyError, a dataset of another type a
+    TypeError, from deep in the request's making."""
+    if not isinstance(grant.dataset, str):
+        raise InvalidArgument(
+            f"a grant's dataset must be a str (a name, or {ALL_DATASETS!r} for every "
+            f"dataset), not {type(grant.dataset).__name__}"
+        )
+    try:
+        role = Role(grant.role)
+    except ValueError:
+        roles = ", ".join(role.value for role in Role)
+        raise InvalidArgument(
+            f"{grant.role!r:.40} is not a role (the roles are {roles}) in the grant on "
+            f"{grant.dataset!r:.80}"
+        ) from None
+    return Grant(grant.dataset, role)
 
 
 def positive_seconds(name: str, value: object) -> float:
