@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 
 import grpc
 import pytest
@@ -226,6 +227,15 @@ def test_an_insecure_argument_wins_over_the_environment() -> None:
     environ = {"TIERSTORE_ADDRESS": "127.0.0.1:1", "TIERSTORE_INSECURE": "1"}
     assert connect(environ=environ)._channel.settings.insecure
     assert not connect(insecure=False, environ=environ)._channel.settings.insecure
+
+
+def test_the_environment_may_be_any_mapping_and_nothing_else() -> None:
+    # Typed dict only: connect(environ=os.environ) failed a user's type check, though it
+    # ran; a list ran into an AttributeError.
+    environ = MappingProxyType({"TIERSTORE_ADDRESS": "127.0.0.1:1", "TIERSTORE_INSECURE": "1"})
+    assert connect(environ=environ)._channel.settings.insecure
+    with pytest.raises(InvalidArgument, match="environ= must be a mapping of variables"):
+        connect(environ=["TIERSTORE_INSECURE=1"])  # type: ignore[arg-type]
 
 
 def test_grpcs_own_schemes_reach_the_server(server: ServerProcess) -> None:

@@ -479,7 +479,12 @@ class Client(AdminCalls, PlacementCalls):
         return shard_info_from_pb(reply)
 
     def list(
-        self, dataset: str, prefix: str = "", *, limit: int | None = None, start_after: str = ""
+        self,
+        dataset: str,
+        prefix: str | None = "",
+        *,
+        limit: int | None = None,
+        start_after: str = "",
     ) -> builtins.list[ShardInfo]:
         """Shards of ``dataset`` whose names start with ``prefix`` and sort after
         ``start_after`` (to page on from the last name of an earlier listing), in name

@@ -5,6 +5,7 @@ connects."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from tierstore.client.arguments import (
@@ -36,7 +37,7 @@ def connect(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     stream_timeout_s: float = DEFAULT_STREAM_TIMEOUT_S,
     frame_bytes: int = DEFAULT_FRAME_BYTES,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     local_reads: bool | None = None,
 ) -> Client:
     """A client for the server at ``address`` (``HOST:PORT``).
@@ -65,6 +66,11 @@ def connect(
     variable in a script: never the environment's instead), an unreadable token
     file, a TLS file that is not there, or an argument of the wrong type.
     """
+    if environ is not None and not isinstance(environ, Mapping):
+        raise InvalidArgument(
+            f"environ= must be a mapping of variables (os.environ, a dict), not "
+            f"{type(environ).__name__}"
+        )
     env = os.environ if environ is None else environ
     if local_reads is None:
         local_reads = env_flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)

@@ -221,7 +221,7 @@ class PlacementCalls(ClientCore):
         *,
         sampler: SamplerPlan | None = None,
         shards: Sequence[str] | None = None,
-        prefix: str = "",
+        prefix: str | None = "",
         job: str | None = None,
         ttl_s: float = DEFAULT_PLAN_TTL_S,
         position: int = 0,
