@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.server.conftest import poll
 from tests.server.servers import RunningServer, error_name, invoke, metadata, payload_of, serving
-from tierstore.errors import InvalidArgument, ShardNotFound
+from tierstore.client.connect import connect
+from tierstore.errors import InvalidArgument, ShardNotFound, Unavailable
 from tierstore.server.app import ServerSettings, connection_cap
 from tierstore.server.streamslots import ShardStreams
 from tierstore.types import DatasetSettings, Role
@@ -476,3 +478,27 @@ def test_a_client_lets_an_idle_connection_go_before_the_server_does(
     # it watches (it did not in one CI run): only its absence is asserted.
     if not logged:
         assert "goaway" not in child.stderr.lower(), child.stderr[-2000:]
+
+
+def test_a_put_whose_data_stalls_is_ended_saying_so_and_that_nothing_was_stored(
+    tmp_path: Path,
+) -> None:
+    # The node ends a put stream whose next frame takes longer than stream_message_s:
+    # the caller saw a bare "CANCELLED", and an outcome unknown that was not (the end
+    # of the stream, which commits the put, had not been sent).
+    def slow() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch({"a": [1]})
+        time.sleep(4 * ARRIVAL_S + 2)  # past the node's 2 s for the next message
+        yield pa.record_batch({"a": [2]})
+
+    with serving(
+        tmp_path, insecure=True, datasets={"d": DatasetSettings()}, stream_message_s=2 * ARRIVAL_S
+    ) as node:
+        token = node.token("w", ("d", Role.WRITER))
+        with connect(node.address, token=token, insecure=True, local_reads=False) as client:
+            with pytest.raises(Unavailable, match="had given no next frame") as ended:
+                client.put("d", "slow", slow())
+            assert "Nothing was stored" in str(ended.value)
+            assert not ended.value.outcome_unknown
+            with pytest.raises(ShardNotFound):
+                client.stat("d", "slow")

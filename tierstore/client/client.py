@@ -66,7 +66,13 @@ from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
 from tierstore.client.putvalue import FileFrames, OnePassFrames, ReadableValue, StreamFrames
 from tierstore.client.receive import ShardStream, open_stream
-from tierstore.errors import InvalidArgument, InvalidRange, RangePastEnd, WrongShardKind
+from tierstore.errors import (
+    InvalidArgument,
+    InvalidRange,
+    RangePastEnd,
+    Unavailable,
+    WrongShardKind,
+)
 from tierstore.framing import frame_value, frames_streamed
 from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.types import ShardInfo, ShardKind
@@ -116,7 +122,9 @@ class Client(AdminCalls, PlacementCalls):
         tuple or iterator of RecordBatches of one schema), read and sent a frame at a
         time, stored as the table of its batches (none: a zero-row table of its
         schema); one that fails as it is read is MalformedArrow, a batch of another
-        schema UnsupportedData, and either stores nothing. Raises InvalidName,
+        schema UnsupportedData, and either stores nothing. A node ends a put whose data
+        gives no next frame within its ``stream_message_s`` (60 s by default):
+        Unavailable, saying so, and nothing stored. Raises InvalidName,
         UnsupportedData, OversizeFrame, PermissionDenied, ResourceExhausted,
         ArchiveUnavailable.
         """
@@ -137,6 +145,7 @@ class Client(AdminCalls, PlacementCalls):
                 framed = frame_value(value, self.frame_bytes)
                 kind, frames, count = framed.kind, framed.frames, len(framed.frames)
             failed: list[Exception] = []
+            waiting_since: list[float] = []  # while the data is asked for its next frame
 
             def messages() -> Iterator[shards_pb2.PutShardRequest]:
                 yield shards_pb2.PutShardRequest(
@@ -149,7 +158,13 @@ class Client(AdminCalls, PlacementCalls):
                     )
                 )
                 try:
-                    for frame in frames:
+                    source = iter(frames)
+                    while True:
+                        waiting_since[:] = [time.monotonic()]
+                        frame = next(source, None)
+                        waiting_since.clear()
+                        if frame is None:
+                            break
                         yield shards_pb2.PutShardRequest(frame=bytes(frame))
                 except Exception as exc:
                     # End the stream without its end message: the server refuses it
@@ -182,6 +197,7 @@ class Client(AdminCalls, PlacementCalls):
                             # Not the RpcError it caused, but its own cause: where
                             # the caller's reader or file failed.
                             raise failed[0] from failed[0].__cause__
+                        _raise_if_the_source_stalled(error, waiting_since, dataset, shard)
                         refused.append(refused_as_busy(error))
                         raise
 
@@ -531,6 +547,31 @@ class Client(AdminCalls, PlacementCalls):
             timeout_s=self.stream_timeout_s,
             changes=f"the delete of {dataset}/{shard}",
         )
+
+
+#: How long a put's data may take over its next frame before a cancelled put is
+#: put down to it: the node's stream_message_s is 60 s by default.
+_STALLED_SOURCE_S = 1.0
+
+
+def _raise_if_the_source_stalled(
+    error: grpc.RpcError, waiting_since: builtins.list[float], dataset: str, shard: str
+) -> None:
+    """Raise Unavailable, saying why and that nothing was stored, for a put the node
+    cancelled while its data was still being asked for its next frame: a node ends a
+    request stream whose next message takes longer than its ``stream_message_s``, and
+    the caller saw only "CANCELLED", with an "outcome unknown" that was not (the end
+    of the stream, which commits it, had not been sent)."""
+    if not waiting_since or error.code() is not grpc.StatusCode.CANCELLED:
+        return
+    waited = time.monotonic() - waiting_since[0]
+    if waited >= _STALLED_SOURCE_S:
+        raise Unavailable(
+            f"the node ended the put of {dataset}/{shard} while its data had given no "
+            f"next frame for {waited:.0f} s: a node ends a put whose next frame takes "
+            "longer than its stream_message_s (60 s by default). Nothing was stored: "
+            "give data that is read faster (a file, or a table read first)"
+        ) from None
 
 
 def _checked_range(
