@@ -393,6 +393,31 @@ def test_a_node_whose_archive_answers_nothing_serves_its_hot_tier_at_once(
             node.kill()
 
 
+def test_a_node_restarted_with_keys_its_archive_refuses_says_it_is_refused(
+    tmp_path: Path, spawn_server: Callable[..., ServerProcess]
+) -> None:
+    # Its archive's keys changed (a Secret updated, say), the node restarted with the
+    # old ones served its hot tier, saying the archive was "unreachable": it answers,
+    # and refuses, and only a restart with the right keys ends it.
+    first = spawn_server(tmp_path / "node")
+    with first.connect() as client:
+        client.create_dataset("ds", encrypted=False)
+        client.put("ds", "hot", b"on the node's own disk")
+    assert first.stop() == 0
+    node = with_flag(first, "--s3-secret-key", "not-the-archive-s-secret")
+    try:
+        node.start()
+        assert "the archive refuses this node" in node.output(), node.output()
+        assert "refused access key" in node.output()
+        assert "restart the node once its archive settings are right" in node.output()
+        assert "unreachable" not in node.output()
+        with node.connect() as client:
+            assert client.get("ds", "hot").to_pybytes() == b"on the node's own disk"
+        assert node.stop() == 0
+    finally:
+        node.kill()
+
+
 def test_a_new_node_whose_archive_is_unreachable_does_not_start(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     node = ServerProcess(tmp_path / "node", ("--s3-endpoint", dead, "--bucket", "bkt"))

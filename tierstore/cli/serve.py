@@ -384,7 +384,7 @@ def _run(
             cleanup.callback(waiting.stop)
             waiting.start()
             out.write(
-                f"tierstore: the archive is unreachable ({archive_down}): serving the hot "
+                f"tierstore: {_archive_down_said(archive_down)}: serving the hot "
                 "tier; cold reads and write-through puts and deletes fail until it "
                 "answers, and uploads wait until its seals verify under these keys\n"
             )
@@ -567,6 +567,21 @@ def _setting_flags(options: ServeOptions) -> dict[str, Any]:
     if options.hot_capacity_bytes is not None:  # 0 too: refused by name, not ignored
         overrides["hot_capacity_bytes"] = options.hot_capacity_bytes
     return overrides
+
+
+def _archive_down_said(archive_down: ArchiveUnavailable) -> str:
+    """What a start that serves without its archive says of it: unreachable, or, for an
+    archive that answered with a refusal (the keys, most often: a 403 after they were
+    changed), that it refuses the node, which only a restart with settings it takes
+    ends (the node reads them as it starts; a review's pod kept its old keys)."""
+    from tierstore.tiers.s3_retry import is_transient  # boto: loaded by now anyway
+
+    if is_transient(archive_down.__cause__ or archive_down):
+        return f"the archive is unreachable ({archive_down})"
+    return (
+        f"the archive refuses this node ({archive_down}; restart the node once its archive "
+        "settings are right: they are read as it starts)"
+    )
 
 
 def _claim(data_dir: Path, cleanup: ExitStack) -> None:
