@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -131,6 +133,25 @@ def test_a_report_s_deadline_is_never_past_the_client_s_own() -> None:
     client_timeout[0] = 0.5
     rpc.report("d", counts, True)
     assert deadlines == [5.0, 1.0, 0.5]
+
+
+def test_a_grant_s_deadline_is_short_and_never_past_the_client_s_own() -> None:
+    # A get on a node that stopped answering waited the client's timeout_s (30 s) for
+    # its grant, then the service read's stream_timeout_s.
+    deadlines: list[float] = []
+
+    def call(fn: object, request: object, **options: float) -> Any:
+        deadlines.append(options["timeout_s"])
+        return mock.Mock(data_key=b"k" * 32, nonce_prefix=b"n" * 4)
+
+    client_timeout = [30.0]
+    rpc = GrpcLocalReadRpc(lambda: mock.Mock(), call, lambda: client_timeout[0])
+    rpc.grant_data_key("d", "s", 1)
+    client_timeout[0] = 2.0
+    rpc.grant_data_key("d", "s", 1)
+    with contextlib.suppress(Exception):  # the fake reply is no grant: the deadline is
+        rpc.open_local("d")
+    assert deadlines == [5.0, 2.0, 2.0]
 
 
 def test_batches_fit_what_the_server_accepts() -> None:

@@ -15,6 +15,9 @@ __all__ = ["GrpcLocalReadRpc"]
 #: ``call(method, request, idempotent=..., timeout_s=None, retry_unsent=False)``: the
 #: client's call plumbing.
 Call = Callable[..., Any]
+#: A grant's or a data key's deadline (at most the client's own ``timeout_s``): a short
+#: call on the way to a read that the service makes if it fails.
+_GRANT_TIMEOUT_S = 5.0
 #: A report's deadline (at most the client's own ``timeout_s``): it is best effort.
 _REPORT_TIMEOUT_S = 5.0
 #: The last report's, at close: a node that stopped answering held a close() for 5 s.
@@ -35,15 +38,18 @@ class GrpcLocalReadRpc:
         self._call = call
         self._timeout_s = timeout_s
 
-    # These two are asked once, not retried: a read whose grant or key fails is the
-    # service's to make, and that read retries an unreachable server itself (retried
-    # here first, it waited twice as long before its Unavailable).
+    # These two are asked once, not retried, under a short deadline: a read whose grant
+    # or key fails is the service's to make, and that read retries an unreachable server
+    # itself (retried here first, it waited twice as long before its Unavailable; with
+    # the client's own deadline, a node that stopped answering held a get for timeout_s
+    # before the service read's stream_timeout_s).
 
     def open_local(self, dataset: str) -> LocalGrant:
         reply = self._call(
             self._stub().OpenLocal,
             shards_pb2.OpenLocalRequest(dataset=dataset),
             idempotent=False,
+            timeout_s=self._grant_timeout_s(),
             retry_unsent=False,
         )
         return grant_from_pb(reply)
@@ -52,8 +58,17 @@ class GrpcLocalReadRpc:
         request = shards_pb2.GrantDataKeyRequest(
             dataset=dataset, shard=shard, generation=generation
         )
-        reply = self._call(self._stub().GrantDataKey, request, idempotent=False, retry_unsent=False)
+        reply = self._call(
+            self._stub().GrantDataKey,
+            request,
+            idempotent=False,
+            timeout_s=self._grant_timeout_s(),
+            retry_unsent=False,
+        )
         return DataKey(reply.data_key, reply.nonce_prefix)
+
+    def _grant_timeout_s(self) -> float:
+        return min(_GRANT_TIMEOUT_S, self._timeout_s())
 
     def report(self, dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
         # Not idempotent: a retried report that had arrived would count reads twice; but
