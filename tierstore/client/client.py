@@ -103,6 +103,10 @@ class Client(AdminCalls, PlacementCalls):
     :class:`~tierstore.client.placementcalls.PlacementCalls`; datasets, tokens, keys
     and the trace in :class:`~tierstore.client.admincalls.AdminCalls`; the connection
     and what every call goes through in :class:`~tierstore.client.core.ClientCore`.
+
+    Thread-safe, and usable across ``fork()``: each process opens its own channel, and
+    a fork (any fork of the process) waits for calls in flight on other threads to end,
+    at most 30 s (:mod:`tierstore.client.forkgate`).
     """
 
     # Shards.
@@ -124,7 +128,10 @@ class Client(AdminCalls, PlacementCalls):
         schema); one that fails as it is read is MalformedArrow, a batch of another
         schema UnsupportedData, and either stores nothing. A node ends a put whose data
         gives no next frame within its ``stream_message_s`` (60 s by default):
-        Unavailable, saying so, and nothing stored. Raises InvalidName,
+        Unavailable, saying so, and nothing stored. A Table, RecordBatch, array or
+        tensor is framed whole before it is sent, a copy beside it (twice its size at
+        the peak); a reader (``table.to_reader()``) is framed as it is sent, and is read
+        once: a second put of the same reader stores its zero rows. Raises InvalidName,
         UnsupportedData, OversizeFrame, PermissionDenied, ResourceExhausted,
         ArchiveUnavailable.
         """
