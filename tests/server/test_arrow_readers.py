@@ -57,6 +57,20 @@ def test_a_reader_reads_back_as_the_table_of_its_batches(
     assert back.sort_by("i").equals(expected.replace_schema_metadata(None), check_metadata=False)
 
 
+def test_a_reader_or_generator_read_by_a_put_is_refused_by_the_next(
+    admin: Client, any_dataset: str
+) -> None:
+    # Its batches are gone: a second put of it stored a zero-row table over the first,
+    # without a word (the obvious retry after "put it again with a new reader").
+    for made in (lambda: pa.table({"a": [7, 8]}).to_reader(), lambda: batches(1, 2)):
+        source = made()
+        admin.put(any_dataset, "once", source)
+        with pytest.raises(errors.InvalidArgument, match="was read by an earlier put"):
+            admin.put(any_dataset, "once", source)
+        assert admin.read_table(any_dataset, "once").num_rows == 2  # the first put's
+        admin.put(any_dataset, "once", made())  # a new one goes through
+
+
 def test_an_empty_reader_is_a_zero_row_table_of_its_schema(admin: Client, any_dataset: str) -> None:
     info = admin.put(any_dataset, "empty", pa.RecordBatchReader.from_batches(SCHEMA, []))
     assert (info.kind, info.rows, len(info.frame_sizes)) == (ShardKind.ARROW, 0, 1)

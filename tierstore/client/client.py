@@ -64,7 +64,14 @@ from tierstore.client.failures import (
 from tierstore.client.forkgate import GATE
 from tierstore.client.local import LocalReadOptions, LocalShard, ReadCounts
 from tierstore.client.placementcalls import PlacementCalls, TierStats
-from tierstore.client.putvalue import FileFrames, OnePassFrames, ReadableValue, StreamFrames
+from tierstore.client.putvalue import (
+    FileFrames,
+    OnePassFrames,
+    ReadableValue,
+    StreamFrames,
+    note_a_reader_read,
+    refuse_a_reader_read_before,
+)
 from tierstore.client.receive import ShardStream, open_stream
 from tierstore.errors import (
     InvalidArgument,
@@ -131,7 +138,8 @@ class Client(AdminCalls, PlacementCalls):
         Unavailable, saying so, and nothing stored. A Table, RecordBatch, array or
         tensor is framed whole before it is sent, a copy beside it (twice its size at
         the peak); a reader (``table.to_reader()``) is framed as it is sent, and is read
-        once: a second put of the same reader stores its zero rows. Raises InvalidName,
+        once: a second put of a reader (or generator) a put read from is
+        InvalidArgument (it stored what was left of it). Raises InvalidName,
         UnsupportedData, OversizeFrame, PermissionDenied, ResourceExhausted,
         ArchiveUnavailable.
         """
@@ -139,6 +147,7 @@ class Client(AdminCalls, PlacementCalls):
         validate_shard_name(shard)
         with ReadableValue(data, self.frame_bytes) as value:
             frames: FileFrames | OnePassFrames | Sequence[memoryview]
+            refuse_a_reader_read_before(value, f"the put of {dataset}/{shard}")
             streamed = frames_streamed(value, self.frame_bytes)
             uncounted = False
             if isinstance(value, FileFrames):
@@ -209,8 +218,14 @@ class Client(AdminCalls, PlacementCalls):
                         raise
 
             with self._no_token_named():
-                # Made again only while it cannot leave the client (see ClientCore._call).
-                reply = retried(attempt, False, deadline, changes=f"the put of {dataset}/{shard}")
+                try:
+                    # Made again only while it cannot leave the client (ClientCore._call).
+                    reply = retried(
+                        attempt, False, deadline, changes=f"the put of {dataset}/{shard}"
+                    )
+                finally:
+                    if streamed is not None and isinstance(frames, OnePassFrames):
+                        note_a_reader_read(value, frames)
         return shard_info_from_pb(reply)
 
     def _read_whole(

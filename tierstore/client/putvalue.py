@@ -5,17 +5,26 @@ that can be sent once only (a record-batch reader's, a pipe's)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
 import stat
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from tierstore.errors import InvalidArgument, ServerBusy, Unavailable
 
-__all__ = ["FileFrames", "OnePassFrames", "ReadableValue", "StreamFrames"]
+__all__ = [
+    "FileFrames",
+    "OnePassFrames",
+    "ReadableValue",
+    "StreamFrames",
+    "note_a_reader_read",
+    "refuse_a_reader_read_before",
+]
 
 
 class FileFrames:
@@ -156,10 +165,44 @@ class OnePassFrames:
             "it again with a new reader"
         )
 
+    @property
+    def taken(self) -> bool:
+        """Whether a frame was taken: the source has been read from."""
+        return self._taken
+
     def __iter__(self) -> Iterator[bytes | memoryview]:
         for frame in self._frames:
             self._taken = True
             yield frame
+
+
+#: Record-batch readers and iterators a put has read from: their batches are gone, and a
+#: put of one again stored what was left (none: a zero-row table, or the rest of a failed
+#: put's) without a word.
+_READ_BY_A_PUT: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def refuse_a_reader_read_before(source: Any, what: str) -> None:
+    """InvalidArgument if ``source`` (a put's value) is a record-batch reader or iterator
+    that an earlier put read. One that cannot be referred to weakly (a list's iterator)
+    is not known, and goes through, as does any value no put reads once."""
+    try:
+        read = source in _READ_BY_A_PUT
+    except (TypeError, ValueError):  # unhashable: an array, a writable memoryview
+        return
+    if read:
+        raise InvalidArgument(
+            f"{what}: this reader (or iterator) was read by an earlier put, and its batches "
+            "are gone: a put of it would store what is left of them (none, or the rest), "
+            "not the table; make a new one (table.to_reader(), or open the source again)"
+        )
+
+
+def note_a_reader_read(source: Any, frames: OnePassFrames) -> None:
+    """Remember ``source`` as read once ``frames`` (made from it) had a frame taken."""
+    if frames.taken:
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not known
+            _READ_BY_A_PUT.add(source)
 
 
 def _other_buffer(data: Any) -> Any:
