@@ -96,13 +96,31 @@ def test_a_node_busy_past_the_wait_or_the_deadline_says_so(clock: Clock) -> None
     _, attempt = refused_then_answered("ServerBusy", 10_000)
     with pytest.raises(errors.ServerBusy):
         failures.retried(attempt, False, changes="the put of d/s")
-    # No pause runs into the end (the attempt after it would have no time left).
-    longest = failures.BUSY_PAUSES_S[1]
-    assert failures.BUSY_WAIT_S - 2 * longest <= clock.now <= failures.BUSY_WAIT_S - longest
-    clock.now, clock.pauses = 0.0, []
-    with pytest.raises(errors.ServerBusy):
-        failures.retried(attempt, True, deadline=5.0)  # a read's own deadline comes first
-    assert clock.now <= 5.0
+    # To the end, less the time the last attempt is left (with none, it failed
+    # DEADLINE_EXCEEDED, "outcome unknown", hiding the refusals before it).
+    last = failures._LAST_ATTEMPT_S
+    assert clock.now == pytest.approx(failures.BUSY_WAIT_S - last)
+    for deadline in (5.0, 1.0):  # a read's own deadline comes first, even a short one
+        clock.now, clock.pauses = 0.0, []
+        with pytest.raises(errors.ServerBusy):
+            failures.retried(attempt, True, deadline=deadline)
+        assert clock.now == pytest.approx(deadline - last)
+        clock.now, clock.pauses = 0.0, []
+        with pytest.raises(errors.ServerBusy):
+            failures.retried(attempt, True, busy_deadline=deadline)  # a unary call's
+        assert clock.now == pytest.approx(deadline - last)
+
+
+def test_a_unary_call_s_deadline_does_not_cut_its_pauses_for_an_unreachable_node(
+    clock: Clock,
+) -> None:
+    # Each attempt of a unary call has the whole timeout: its pauses for a node that
+    # could not be reached (one restarting) keep their length past the first's deadline;
+    # cut, they came back to back, with none of the 1.5 s a restart is given.
+    _, attempt = refused_then_answered("Unavailable", 10)
+    with pytest.raises(errors.Unavailable):
+        failures.retried(attempt, True, busy_deadline=0.1)
+    assert clock.pauses == list(failures.RETRY_DELAYS_S)
 
 
 def test_a_streamed_put_refused_as_busy_says_so() -> None:

@@ -502,3 +502,27 @@ def test_a_put_whose_data_stalls_is_ended_saying_so_and_that_nothing_was_stored(
             assert not ended.value.outcome_unknown
             with pytest.raises(ShardNotFound):
                 client.stat("d", "slow")
+
+
+def test_a_put_closed_under_while_its_data_is_slow_is_not_said_to_have_stalled(
+    tmp_path: Path,
+) -> None:
+    # The client's own close() cancels the call too: a review's was said to be the node
+    # ending a stalled put, and "give data that is read faster".
+    def slow() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch({"a": [1]})
+        time.sleep(4)
+        yield pa.record_batch({"a": [2]})
+
+    with serving(tmp_path, insecure=True, datasets={"d": DatasetSettings()}) as node:
+        token = node.token("w", ("d", Role.WRITER))
+        client = connect(node.address, token=token, insecure=True, local_reads=False)
+        closer = threading.Timer(1.5, client.close)
+        closer.start()
+        try:
+            with pytest.raises(Unavailable) as ended:
+                client.put("d", "slow", slow())
+        finally:
+            closer.join()
+        assert "had given no next frame" not in str(ended.value)
+        assert "the client was closed" in str(ended.value)

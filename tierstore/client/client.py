@@ -56,6 +56,7 @@ from tierstore.client.download import (
     write_all,
 )
 from tierstore.client.failures import (
+    cancelled_here,
     closed_channel_is_unavailable,
     raise_mapped,
     refused_as_busy,
@@ -585,6 +586,8 @@ def _raise_if_the_source_stalled(
     the caller saw only "CANCELLED", with an "outcome unknown" that was not (the end
     of the stream, which commits it, had not been sent)."""
     if not waiting_since or error.code() is not grpc.StatusCode.CANCELLED:
+        return
+    if cancelled_here(error):  # a close() under it: that error says so
         return
     waited = time.monotonic() - waiting_since[0]
     if waited >= _STALLED_SOURCE_S:

@@ -192,7 +192,11 @@ class ClientCore:
         deadline = time.monotonic() + timeout
         with self._no_token_named():
             return retried(
-                attempt, idempotent, deadline, changes=changes, retry_unsent=retry_unsent
+                attempt,
+                idempotent,
+                changes=changes,
+                retry_unsent=retry_unsent,
+                busy_deadline=deadline,
             )
 
     @contextmanager

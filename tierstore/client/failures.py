@@ -123,50 +123,69 @@ def closed_channel_is_unavailable() -> Iterator[None]:
         raise Unavailable(_CLOSED_UNDER_CALL) from None
 
 
+def cancelled_here(error: grpc.RpcError) -> bool:
+    """Whether gRPC says this side ended the call: its channel closed under it (another
+    thread's close()), or the call cancelled here."""
+    details = getattr(error, "details", lambda: "")() or ""
+    return any(text in details for text in (*_CLOSED_CHANNEL, "Locally cancelled"))
+
+
+#: The least time an attempt after a pause is left before the deadline: a pause that
+#: would leave less is shortened, and with no room at all the call ends with the failure
+#: before it (an attempt with no time left failed DEADLINE_EXCEEDED, "outcome unknown",
+#: which hid the refusals of a busy node, or a node that could not be reached).
+_LAST_ATTEMPT_S = 0.25
+
+
 def retried(
     attempt: Callable[[], T],
     retry: bool,
     deadline: float | None = None,
     changes: str | None = None,
     retry_unsent: bool = True,
+    busy_deadline: float | None = None,
 ) -> T:
     """``attempt()``, made again after each pause of ``RETRY_DELAYS_S`` while it fails
     UNAVAILABLE and ``retry`` — or, with ``retry_unsent``, while it fails never having
     left the client, which a call that must not be made twice may be; and while the
     server refuses it as busy (ServerBusy: nothing of it done), paused as BUSY_PAUSES_S
     say, for up to BUSY_WAIT_S (or what :func:`busy_wait` says), the call made again
-    whether it may be made twice or not (pauses end at ``deadline``, a
-    ``time.monotonic()`` reading, if given). Raises the mapped error of the failure
+    whether it may be made twice or not. ``deadline``: the ``time.monotonic()`` reading
+    the attempts share (a transfer's): no pause leaves the attempt after it less than
+    ``_LAST_ATTEMPT_S``. ``busy_deadline``: one that ends the waits for a busy node only
+    (a call whose every attempt has a deadline of its own: its pauses for a node that
+    could not be reached keep their length). Raises the mapped error of the failure
     that ends it (:func:`raise_mapped`, with ``changes``: what the call changes, if
     anything)."""
     delays = iter(RETRY_DELAYS_S)
     busy_until = time.monotonic() + _BUSY_WAIT_S.get()
-    if deadline is not None:
-        busy_until = min(busy_until, deadline)
+    for limit in (deadline, busy_deadline):
+        if limit is not None:
+            busy_until = min(busy_until, limit)
     busy_pause = BUSY_PAUSES_S[0]
     while True:
         try:
             with closed_channel_is_unavailable():
                 return attempt()
         except grpc.RpcError as error:
+            pause: float | None
             if (retry or retry_unsent) and refused_as_busy(error):
                 # A client-side queue: tried again, paused longer each time (jittered,
                 # so that many callers do not come back in step), until BUSY_WAIT_S.
-                # No pause that would end at the deadline: the attempt after it had no
-                # time left, and its DEADLINE_EXCEEDED ("outcome unknown") hid the
-                # refusals before it.
-                left = busy_until - time.monotonic()
-                pause = busy_pause * random.uniform(0.5, 1.0) if left > 2 * busy_pause else None
+                pause = busy_pause * random.uniform(0.5, 1.0)
                 busy_pause = min(busy_pause * 2, BUSY_PAUSES_S[1])
+                end: float | None = busy_until
             else:
                 pause = next(delays, None)
                 again = retry or (retry_unsent and _never_sent(error))
                 if not (again and _retryable(error)):
                     pause = None
+                end = deadline
+            if pause is not None and end is not None:
+                room = end - time.monotonic() - _LAST_ATTEMPT_S
+                pause = min(pause, room) if room > 0 else None
             if pause is None:
                 raise_mapped(error, changes)
-        if deadline is not None:
-            pause = min(pause, max(deadline - time.monotonic(), 0.0))
         time.sleep(pause)
 
 
