@@ -16,7 +16,7 @@ from tierstore.client import reports
 from tierstore.client.localrpc import GrpcLocalReadRpc
 from tierstore.client.reports import ReadReporter
 from tierstore.engine.localreads import LocalReadCount
-from tierstore.errors import Unavailable
+from tierstore.errors import PermissionDenied, Unavailable
 from tierstore.wire.local import MAX_REPORT_ENTRIES, MAX_REPORTED_READS
 
 
@@ -116,6 +116,24 @@ def test_a_flush_stops_at_its_first_failed_report() -> None:
     reporter.add("a", "s", 1)
     reporter.flush()
     assert server.totals() == {("a", "s", 1): 1}  # dropped, not kept for later
+    reporter.close()
+
+
+def test_a_report_the_node_refused_leaves_the_flush_s_others_to_be_sent() -> None:
+    # A revoked grant's PermissionDenied is that dataset's answer: the node is there,
+    # and the other datasets' reports (after it in the flush) were dropped with it.
+    sent: list[str] = []
+
+    def send(dataset: str, counts: list[LocalReadCount], wait_for_ready: bool) -> None:
+        if dataset == "revoked":
+            raise PermissionDenied("no role on revoked")
+        sent.append(dataset)
+
+    reporter = ReadReporter(send, every_reads=1000, interval_s=3600)
+    for dataset in ("revoked", "train", "val"):
+        reporter.add(dataset, "s", 1)
+    reporter.flush()
+    assert sent == ["train", "val"]
     reporter.close()
 
 

@@ -13,8 +13,9 @@ node's restart), is tried again for as long as an idempotent call would be (1.5 
 rather than dropped at once: no other failure is retried, as a report that arrived
 would count twice, and one that never left cannot have arrived. Only the last flush,
 at close, does not try again. A batch that cannot be sent, or that the
-server refuses, is dropped with the rest of its flush (one deadline spent on a node
-that stopped answering, not one per dataset), and the reason logged once: a lost
+server refuses, is dropped (one the node did not answer with the rest of its flush:
+one deadline spent on a node that stopped answering, not one per dataset), and the
+reason logged once: a lost
 report costs placement accuracy, never data. Reads counted but not yet sent when a process dies
 (a DataLoader worker killed at the end of an epoch) are lost the same way — at most
 one interval's worth.
@@ -37,6 +38,7 @@ import weakref
 from collections.abc import Callable, Iterator
 
 from tierstore.engine.localreads import LocalReadCount
+from tierstore.errors import Unavailable
 from tierstore.wire.local import MAX_REPORT_ENTRIES, MAX_REPORTED_READS
 
 __all__ = ["ReadReporter", "Sender"]
@@ -124,9 +126,9 @@ class ReadReporter:
                 reads = [LocalReadCount(shard, gen, n) for (shard, gen), n in counts.items()]
                 for batch in _batches(reads):
                     if not self._deliver(dataset, batch, wait_for_ready):
-                        # The rest are dropped too: each sent into the same outage took
-                        # its own deadline, and a stat() behind five datasets' reports
-                        # waited 26 s on a node that had stopped answering.
+                        # The node did not answer: the rest are dropped too. Each sent
+                        # into the same outage took its own deadline, and a stat()
+                        # behind five datasets' reports waited 26 s on a stopped node.
                         return
 
     def close(self) -> None:
@@ -141,20 +143,23 @@ class ReadReporter:
         self.flush(wait_for_ready=False)  # a node gone for good must not hold up a close
 
     def _deliver(self, dataset: str, batch: list[LocalReadCount], wait_for_ready: bool) -> bool:
-        """Send one batch; whether it was taken (a failure is logged once per kind)."""
+        """Send one batch (a failure is logged once per kind); False if the node did not
+        answer it (Unavailable: unreachable, busy, past the deadline). A refusal it
+        answered (a revoked grant's PermissionDenied) is the dataset's alone."""
         try:
             self._send(dataset, batch, wait_for_ready)
         except Exception as exc:  # a report is best effort: log why, once per kind
             reason = type(exc).__name__
+            unanswered = isinstance(exc, Unavailable)
             if reason not in self._logged:
                 self._logged.add(reason)
                 log.info(
-                    "tierstore: could not report local reads of %s (the flush's other "
-                    "reports were dropped with it): %s",
+                    "tierstore: could not report local reads of %s%s: %s",
                     dataset,
+                    " (the flush's other reports were dropped with it)" if unanswered else "",
                     exc,
                 )
-            return False
+            return not unanswered
         return True
 
     def _before_fork(self) -> bool:
