@@ -122,3 +122,24 @@ def test_serve_and_a_closed_stderr_go_on() -> None:
     # A closed stderr: the error line goes nowhere, the exit code tells (5: unavailable).
     done = run_closed(2, "--json", "dataset", "ls", "--address", "127.0.0.1:1", "--insecure")
     assert (done.returncode, done.stdout) == (5, "")
+
+
+def test_a_command_that_returned_leaves_the_default_actions_behind() -> None:
+    # The handler caught while the command line loaded stayed through the interpreter's
+    # shutdown: a SIGTERM then (an atexit hook's wait) was swallowed and the exit was 0.
+    script = (
+        "import signal, sys\n"
+        "sys.argv = ['tierstore', *sys.argv[1:]]\n"
+        "from tierstore.cli.entry import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(all(signal.getsignal(s) is signal.SIG_DFL "
+        "for s in (signal.SIGTERM, signal.SIGHUP)))\n"
+    )
+    for argv in (["--help"], ["serve", "--listen", "nonsense"]):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120
+        )
+        assert done.stdout.splitlines()[-1] == "True", (argv, done.stdout, done.stderr)

@@ -6,10 +6,12 @@ as it does later — exit 130, as a shell's SIGINT, and no traceback of whicheve
 it cut short; before that, it sets gRPC's log level, which counts only before grpc
 loads (:mod:`tierstore.cli.argv`). This module imports nothing heavy itself.
 
-SIGTERM (and for ``serve`` SIGHUP) is caught from the first line too, until the command
-sets its own handler (``serve`` stops gracefully; the others through
-:func:`~tierstore.cli.stopsignal.stopping_on_sigterm`): one in that window ends the
-command with 128 + its number, as the signal's default action would. Where the command
+SIGTERM and SIGHUP are caught from the first line too, while the command line loads
+and, for ``serve``, until it sets its own handlers (it stops gracefully): one in that
+window ends the command with 128 + its number, as the signal's default action would.
+The other commands then have the default actions back (a SIGTERM is theirs to handle:
+:func:`~tierstore.cli.stopsignal.stopping_on_sigterm`), as does every command once it
+returns. Where the command
 runs as a container's process 1, the kernel drops signals that a process left at their
 default action: a node being started there when its pod was deleted came up and served
 until the grace period ran out and it was killed.
@@ -41,14 +43,12 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
-    caught = [
-        signum
-        for signum in (signal.SIGTERM, signal.SIGHUP)
-        if signal.getsignal(signum) is signal.SIG_DFL  # nohup's ignored hangup stays so
-    ]
-    for signum in caught:
-        signal.signal(signum, _stop)
+    caught: list[signal.Signals] = []
     try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:  # nohup's ignored hangup stays so
+                signal.signal(signum, _stop)
+                caught.append(signum)
         try:
             from tierstore.cli.argv import quiet_grpc_for
 
@@ -56,8 +56,18 @@ def main() -> None:
             from tierstore.cli.main import main as run_command
         except KeyboardInterrupt:
             sys.exit(INTERRUPTED_EXIT)
-        if not serving and signal.SIGHUP in caught:  # a hangup kills the others, as before
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if not serving:  # the others' own handling, or the default, as before
+            _let_go(caught)
         run_command()
     except _Stopped as stopped:
         sys.exit(128 + stopped.signum)
+    finally:
+        # Not through the interpreter's shutdown: a SIGTERM there would be swallowed.
+        _let_go(caught)
+
+
+def _let_go(caught: list[signal.Signals]) -> None:
+    """Put the default action back for those of ``caught`` still at :func:`_stop`."""
+    for signum in caught:
+        if signal.getsignal(signum) is _stop:
+            signal.signal(signum, signal.SIG_DFL)
