@@ -60,16 +60,18 @@ def ensure_private_dir(path: Path, *, keep_group_read: bool = False) -> None:
 def narrow_mode_hint(path: str | Path, *, group_too: bool = True) -> str:
     """How to take other users' permissions off the secret file ``path``: ``chmod 600
     it`` (or 640 for a group, where ``group_too``). A file of a Kubernetes Secret volume
-    (a link into its ``..data``) is read-only, so chmod cannot: its volume's
-    ``defaultMode`` sets it."""
+    (a link into its ``..data``; ConfigMap and projected volumes look the same) is
+    read-only, so chmod cannot: its volume's ``defaultMode`` sets it."""
     try:
         secret_volume = os.readlink(path).startswith("..data/")
     except OSError:  # not a link
         secret_volume = False
     if secret_volume:
         return (
-            "it is a file of a Kubernetes Secret volume, which chmod cannot change: set "
-            "the volume's defaultMode to 0400 (or 0440 with the pod's fsGroup)"
+            "it is a file of a Kubernetes Secret (or ConfigMap, or projected) volume, "
+            "which chmod cannot change: set the volume's defaultMode to 0440 with the "
+            "pod's fsGroup (its files belong to root: 0400 only for a container that runs "
+            "as root)"
         )
     if group_too:
         return "chmod 600 it (or 640 for a group of the node's own)"

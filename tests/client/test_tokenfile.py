@@ -121,7 +121,7 @@ def test_a_secret_volume_s_open_file_is_told_of_its_default_mode_not_chmod(
     (tmp_path / "token").symlink_to("..data/token")
     with caplog.at_level(logging.WARNING, logger="tierstore.client.tokenfile"):
         assert read_token_file(tmp_path / "token") == TOKEN
-    assert "set the volume's defaultMode to 0400" in caplog.text
+    assert "set the volume's defaultMode to 0440 with the pod's fsGroup" in caplog.text
     assert "chmod" not in caplog.text.replace("which chmod cannot", "")
     assert "chmod 600 it" in narrow_mode_hint(timestamped / "token")
 
