@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -198,20 +197,24 @@ class ServerProcess:
         with self._out_path.open("ab") as out, self._err_path.open("ab") as err:
             self._out_offset, self._err_offset = out.tell(), err.tell()
             self.process = subprocess.Popen(
-                command,
+                self._limited(command),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env(**self.env),
                 start_new_session=True,  # a SIGKILL of its group takes all it started
-                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         return self.process
 
-    def _limit_open_files(self) -> None:
-        """In the child, before it runs the server: its open-file limits."""
-        assert self.open_files is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
+    def _limited(self, command: list[str]) -> list[str]:
+        """``command``, run under ``open_files`` if set: by a shell's ulimit, soft limit
+        first (a hard one under the soft one is refused), then exec'd in its place. (Not
+        a preexec_fn: unsafe in a process with threads, as pytest's is.)"""
+        if self.open_files is None:
+            return command
+        soft, hard = self.open_files
+        limits = f'ulimit -S -n {soft} && ulimit -H -n {hard} && exec "$@"'
+        return ["sh", "-c", limits, "sh", *command]
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then SIGKILL (whole process group) after ``timeout_s``; the exit code."""
