@@ -745,6 +745,10 @@ def test_mtls_accepts_a_certificate_from_its_ca_with_a_token(
     assert len(frames) == 1
     lines = [r.getMessage() for r in caplog.records if r.name == "tierstore.audit"]
     assert any(f"method={GET}" in line and "service=svc:trainer" in line for line in lines), lines
+    # Which shard, quoted (a name may hold spaces and "="): "who read what" needs it.
+    read = [r for r in caplog.records if r.name == "tierstore.audit" and GET in r.getMessage()]
+    assert any('dataset=alpha shard="a.bin" principal=svc-a' in r.getMessage() for r in read)
+    assert any(getattr(r, "fields", {}).get("shard") == '"a.bin"' for r in read)
 
 
 def test_mtls_certificate_alone_grants_nothing(mtls_node: RunningServer) -> None:

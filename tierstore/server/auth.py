@@ -17,6 +17,7 @@ port only.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import grpc
 
 from tierstore.errors import Unauthenticated
 from tierstore.server.authz import Principal
-from tierstore.server.rpc import called_on, calling_as
+from tierstore.server.rpc import called_on, called_on_shard, calling_as
 from tierstore.server.tokens import AuthFailure, TokenStore
 from tierstore.wire.status import ERROR_HEADER
 
@@ -146,10 +147,13 @@ def _wrap(
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str
     ) -> None:
+        shard = called_on_shard()
         _audit(
             "call",
             method=method,
             dataset=called_on(),
+            # Quoted: a shard's name may hold spaces and "=" (and be read as fields).
+            **({"shard": json.dumps(shard)} if shard else {}),
             principal=principal.name,
             token=principal.token_id,
             service=_peer_service(context),

@@ -36,7 +36,7 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.plans import DEFAULT_PLAN_TTL_S
 from tierstore.server.authz import Principal, authorize, visible
 from tierstore.server.requestchecks import MAX_PREFETCH_SHARDS
-from tierstore.server.rpc import caller, handler
+from tierstore.server.rpc import caller, handler, note_shard
 from tierstore.types import ALL_DATASETS
 from tierstore.v1 import placement_pb2, placement_pb2_grpc
 from tierstore.wire.limits import ENTRY_OVERHEAD, MAX_MESSAGE_BYTES, answer_budget
@@ -70,7 +70,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
         self, method: str, request: placement_pb2.ShardRef | placement_pb2.PinRequest
     ) -> None:
         validate_dataset_name(request.dataset)
-        validate_shard_name(request.shard)
+        note_shard(validate_shard_name(request.shard))  # for the call's audit line
         authorize(caller(), _SERVICE + method, request.dataset)
 
     @handler

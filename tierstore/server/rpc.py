@@ -32,10 +32,12 @@ from tierstore.wire.status import ERROR_HEADER, error_name, status_details, stat
 
 __all__ = [
     "called_on",
+    "called_on_shard",
     "caller",
     "calling_as",
     "handler",
     "note_dataset",
+    "note_shard",
     "refuse_if_caller_gone",
     "stream_handler",
 ]
@@ -53,6 +55,8 @@ class _Call:
     now: Callable[[Any], Any] | None = None
     #: the dataset the call was last authorized against ("": none)
     dataset: str = ""
+    #: the shard it names, a valid name ("": none)
+    shard: str = ""
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tierstore_call", default=None)
@@ -96,6 +100,20 @@ def called_on() -> str:
     """The dataset :func:`note_dataset` recorded for the current call ("" if none)."""
     call = _CALL.get()
     return call.dataset if call is not None else ""
+
+
+def note_shard(shard: str) -> None:
+    """Record the shard the current call names, once its name was validated, for its
+    audit line (no call in progress: nothing): who read or deleted which shard."""
+    call = _CALL.get()
+    if call is not None:
+        call.shard = shard
+
+
+def called_on_shard() -> str:
+    """The shard :func:`note_shard` recorded for the current call ("" if none)."""
+    call = _CALL.get()
+    return call.shard if call is not None else ""
 
 
 def refuse_if_caller_gone(context: grpc.ServicerContext, change: str) -> None:

@@ -40,7 +40,13 @@ from tierstore.naming import validate_dataset_name, validate_shard_name
 from tierstore.server.archivecalls import ArchiveCalls, HeldSlot
 from tierstore.server.authz import Principal, authorize, reauthorizer
 from tierstore.server.localreads import LocalReadService
-from tierstore.server.rpc import caller, handler, refuse_if_caller_gone, stream_handler
+from tierstore.server.rpc import (
+    caller,
+    handler,
+    note_shard,
+    refuse_if_caller_gone,
+    stream_handler,
+)
 from tierstore.server.spool import SERVER_SPOOL_MEMORY, FrameSpool, SpoolMemory
 from tierstore.server.streamslots import ShardStreams
 from tierstore.types import DatasetSettings, Durability, ShardInfo
@@ -109,7 +115,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     def _check(self, method: str, dataset: str, shard: str | None = None) -> None:
         validate_dataset_name(dataset)
         if shard is not None:
-            validate_shard_name(shard)
+            note_shard(validate_shard_name(shard))  # for the call's audit line
         authorize(caller(), _SERVICE + method, dataset)
 
     @handler
