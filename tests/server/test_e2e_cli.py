@@ -694,6 +694,20 @@ def test_a_quota_below_a_shards_size_is_warned_of(env: dict[str, str], admin: Cl
     ok(env, "dataset", "rm", dataset, "--force")
 
 
+def test_a_quota_the_hot_tier_cannot_reach_is_warned_of(env: dict[str, str], admin: Client) -> None:
+    # A review set a 500 GB quota on a 20 MB hot tier, and read it as room kept for its
+    # team: it was accepted without a word, and never bound.
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=False)
+    admin.put(dataset, "s", b"s" * 1000)
+    capacity = admin.stats()["hot_capacity_bytes"]
+    shown = ok(env, "dataset", "update", dataset, "--hot-quota", str(capacity))
+    assert f"is not below the hot tier's capacity ({capacity:,} bytes)" in shown["warning"]
+    assert "a quota is a ceiling" in shown["warning"]
+    assert "warning" not in ok(env, "dataset", "update", dataset, "--hot-quota", str(capacity // 2))
+    ok(env, "dataset", "rm", dataset, "--force")
+
+
 def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> None:
     dataset = unique()
     admin.create_dataset(dataset, encrypted=False, durability="write-through")

@@ -174,18 +174,30 @@ def dataset_update(
             "(read from the archive), and its puts, pins and prefetches are refused "
             "(QuotaExceeded) until the quota is raised past it"
         )
+    capacity = int(figures.get("hot_capacity_bytes", 0))
+    if warning is None and hot_quota and capacity and hot_quota >= capacity:
+        warning = (
+            f"warning: the quota ({hot_quota:,} bytes) is not below the hot tier's "
+            f"capacity ({capacity:,} bytes): it never binds, and keeps no room for {name} "
+            "either (a quota is a ceiling: the hot tier evicts any dataset's shards once "
+            "it passes its high watermark)"
+        )
     emit_warned(shown, f"updated dataset {name}{note}", warning)
 
 
 def _dataset_figures(client: Any, name: str) -> dict[str, Any]:
     """The dataset's figures as ``tierstore stats`` shows them (a walk of its shard
-    records), for what a quota just set leaves. Only a hint for the caller: a stats
-    call that fails (no read grant) gives none."""
+    records), with the hot tier's ``hot_capacity_bytes``, for what a quota just set
+    leaves. Only a hint for the caller: a stats call that fails (no read grant) gives
+    none."""
     try:
-        figures = client.stats(name)["datasets"].get(name)
+        stats = client.stats(name)
+        figures = stats["datasets"].get(name)
     except (errors.TierstoreError, OSError):
         return {}
-    return dict(figures) if figures else {}
+    if not figures:
+        return {}
+    return {**figures, "hot_capacity_bytes": stats.get("hot_capacity_bytes", 0)}
 
 
 def dataset_ls() -> None:
