@@ -1552,3 +1552,28 @@ def test_piped_tables_keep_whole_names(env: dict[str, str], dataset: str, tmp_pa
     listed = run_process(piped, "ls", dataset, json_output=False)
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout.decode()
+
+
+def test_token_create_warns_of_a_grant_that_adds_nothing_and_of_a_name_in_use(
+    env: dict[str, str], admin: Client
+) -> None:
+    # A multi-tenant review: ds=reader beside *=writer was taken for a read-only
+    # exception (roles add up), and a second team's token named "admin" or another
+    # team's principal went unsaid (audit lines and access plans go by the name).
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=False)
+    principal = unique()
+    first = ok(env, "token", "create", principal, "--grant", f"{dataset}=reader")
+    assert "warning" not in first
+    second = ok(
+        env, "token", "create", principal, "--grant", "*=writer", "--grant", f"{dataset}=reader"
+    )
+    assert f"the grant {dataset}=reader adds nothing" in second["warning"]
+    assert (
+        f"1 live token(s) already name principal {principal!r} ({first['token_id']})"
+        in second["warning"]
+    )
+    ok(env, "token", "revoke", first["token_id"])
+    ok(env, "token", "revoke", second["token_id"])
+    assert "warning" not in ok(env, "token", "create", principal, "--grant", f"{dataset}=writer")
+    ok(env, "dataset", "rm", dataset, "--force")

@@ -21,6 +21,7 @@ from tierstore.cli.output import (
     checked_output_file,
     emit,
     emit_report,
+    emit_warned,
     err,
     fail,
     hit_ratio_text,
@@ -304,10 +305,18 @@ def token_create(
             raise fail(
                 errors.InvalidArgument(f"grant {item!r} is not DATASET=reader|writer|admin")
             ) from None
-    token_id, token = run_or_fail(
-        lambda: command_client().create_token(principal, grants, ttl_s=ttl)
-    )
-    emit(
+    client = command_client()
+    namesakes = _live_tokens_of(client, principal)  # before: the new one is not among them
+    token_id, token = run_or_fail(lambda: client.create_token(principal, grants, ttl_s=ttl))
+    warnings = _weaker_than_every_dataset(grants)
+    if namesakes:
+        # Audit lines and shared access plans go by the principal's name.
+        warnings.append(
+            f"warning: {len(namesakes)} live token(s) already name principal {principal!r} "
+            f"({', '.join(namesakes)}): the audit log and the access plans cannot tell "
+            "them apart; give each team or job a name of its own"
+        )
+    emit_warned(
         {
             "token_id": token_id,
             "token": token,
@@ -315,7 +324,32 @@ def token_create(
             "grants": [{"dataset": g.dataset, "role": g.role.value} for g in grants],
         },
         f"token {token_id} for {principal}:\n{token}",
+        "\n".join(warnings) or None,
     )
+
+
+def _weaker_than_every_dataset(grants: list[Grant]) -> list[str]:
+    """Warnings for grants on one dataset that the grant on "*" already gives: a token's
+    roles add up, the strongest applying, so ``ds=reader`` beside ``*=writer`` still
+    writes to ds (a review took it for a read-only exception)."""
+    everywhere = max((g.role.rank for g in grants if g.dataset == ALL_DATASETS), default=0)
+    return [
+        f"warning: the grant {g.dataset}={g.role.value} adds nothing: the grant on '*' "
+        "gives as much there (a token's roles add up, the strongest applying)"
+        for g in grants
+        if g.dataset != ALL_DATASETS and g.role.rank <= everywhere
+    ]
+
+
+def _live_tokens_of(client: Any, principal: str) -> list[str]:
+    """The ids of live tokens that name ``principal`` (none if they cannot be listed:
+    the create says what is wrong)."""
+    try:
+        tokens = client.list_tokens()
+    except (errors.TierstoreError, OSError):
+        return []
+    now = time.time()
+    return [t["token_id"] for t in tokens if t["principal"] == principal and _live(t, now)]
 
 
 def token_revoke(
@@ -378,13 +412,12 @@ def _live_admin_tokens(tokens: list[dict[str, Any]]) -> list[str]:
     """The ids of tokens that hold the admin role on every dataset and still work."""
     now = time.time()
     admin = Grant(ALL_DATASETS, Role.ADMIN)
-    return [
-        t["token_id"]
-        for t in tokens
-        if admin in t["grants"]
-        and not t["revoked"]
-        and not (t["expires_at"] and t["expires_at"] <= now)
-    ]
+    return [t["token_id"] for t in tokens if admin in t["grants"] and _live(t, now)]
+
+
+def _live(token: dict[str, Any], now: float) -> bool:
+    """Whether a listed token still works at ``now``: not revoked, not expired."""
+    return not token["revoked"] and not (token["expires_at"] and token["expires_at"] <= now)
 
 
 def token_ls() -> None:
