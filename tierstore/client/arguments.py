@@ -90,7 +90,7 @@ def _checked_grant(grant: Grant) -> Grant:
     try:
         role = Role(grant.role)
     except ValueError:
-        roles = ", ".join(role.value for role in Role)
+        roles = ", ".join(known.value for known in Role)
         raise InvalidArgument(
             f"{grant.role!r:.40} is not a role (the roles are {roles}) in the grant on "
             f"{grant.dataset!r:.80}"

@@ -15,10 +15,9 @@ would count twice, and one that never left cannot have arrived. Only the last fl
 at close, does not try again. A batch that cannot be sent, or that the
 server refuses, is dropped (one the node did not answer with the rest of its flush:
 one deadline spent on a node that stopped answering, not one per dataset), and the
-reason logged once: a lost
-report costs placement accuracy, never data. Reads counted but not yet sent when a process dies
-(a DataLoader worker killed at the end of an epoch) are lost the same way — at most
-one interval's worth.
+reason logged once: a lost report costs placement accuracy, never data. Reads counted
+but not yet sent when a process dies (a DataLoader worker killed at the end of an
+epoch) are lost the same way — at most one interval's worth.
 
 Fork safety: counts belong to the process that made them. A child starts empty (the
 parent reports its own) and makes its own thread on its first read. Before a fork a

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from tierstore.errors import InvalidArgument
 from tierstore.private_files import narrow_mode_hint
 
-__all__ = ["TokenFile", "read_token_file"]
+__all__ = ["TokenFile", "read_token_file", "rereadable"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,11 +57,20 @@ class TokenFile:
         """The token in ``path`` (:func:`read_token_file`), and where it came from."""
         token = read_token_file(path)
         where = Path(os.path.abspath(path))  # not resolved: a Secret's links may move on
-        try:
-            regular = stat.S_ISREG(os.stat(where).st_mode)
-        except OSError:
-            regular = False  # gone since: never read again
-        return token, cls(where, regular and not names_a_descriptor(where))
+        return token, cls(where, rereadable(where))
+
+
+def rereadable(path: str | Path) -> bool:
+    """Whether the token file ``path`` may be read again, by another process too: a
+    regular file not reached through a descriptor's name. Not a pipe (drained once
+    read), nor ``/dev/stdin`` or ``/dev/fd/N`` (another process's are its own), nor a
+    file gone or that cannot be looked at."""
+    where = Path(os.path.abspath(path))
+    try:
+        regular = stat.S_ISREG(os.stat(where).st_mode)
+    except OSError:
+        return False
+    return regular and not names_a_descriptor(where)
 
 
 #: Names that stand for a process's descriptors: read in another process, they are its.

@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 _ALMOST_FULL_BYTES = 256 << 20
 #: how py-lmdb words EIO, which LMDB gives for any write the filesystem cut short
 _SHORT_WRITE = os.strerror(errno.EIO)
+#: and ENOSPC, a write the disk had no room for
+_NO_SPACE = os.strerror(errno.ENOSPC)
 
 MAX_KEY_BYTES = 511
 #: slots of LMDB's reader table (64 bytes each in ``lock.mdb``), for the server and every
@@ -298,7 +300,7 @@ class LmdbEnvironment:
         error for a short write while the filesystem has almost no room left (an I/O
         error with room to spare is the disk failing, not full)."""
         text = str(exc)
-        if os.strerror(errno.ENOSPC) in text:
+        if _NO_SPACE in text:
             return True
         if _SHORT_WRITE not in text:
             return False

@@ -20,7 +20,6 @@ import logging
 import math
 import multiprocessing.context
 import os
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ from tierstore.client.client import Client
 from tierstore.client.connect import connect
 from tierstore.client.failures import busy_wait
 from tierstore.client.forkgate import GATE
-from tierstore.client.tokenfile import names_a_descriptor, read_token_file
+from tierstore.client.tokenfile import read_token_file, rereadable
 from tierstore.errors import InvalidArgument, ServerCertificateRejected, Unavailable
 
 __all__ = [
@@ -220,7 +219,7 @@ def service_source(
     spawned worker cannot read it again. Both ``token`` and ``token_file``, or a bad
     one, are refused by ``connect`` when the dataset first connects (at construction)."""
     named = optional_path("token_file", token_file)
-    if named is not None and token is None and _read_once(named):
+    if named is not None and token is None and not rereadable(named):
         return GrpcShardSource(
             _ServiceConnect(address, read_token_file(named), None, ca, True), retry_s
         )
@@ -274,23 +273,12 @@ class _ServiceConnect:
 
 
 def _piped_token() -> str | None:
-    """The token of ``TIERSTORE_TOKEN_FILE`` if that is a pipe or a descriptor's name and
+    """The token of ``TIERSTORE_TOKEN_FILE`` if that cannot be read again (a pipe, a
+    descriptor's name: :func:`~tierstore.client.tokenfile.rereadable`) and
     ``TIERSTORE_TOKEN`` (which wins) is unset; else None, for :func:`tierstore.connect`
-    to read (and say what is wrong with) in each process."""
+    to read in each process. A file that cannot be read is refused here, as connect
+    would refuse it."""
     path = os.environ.get("TIERSTORE_TOKEN_FILE")
     if not path or os.environ.get("TIERSTORE_TOKEN"):
         return None
-    return read_token_file(path) if _read_once(Path(path)) else None
-
-
-def _read_once(path: Path) -> bool:
-    """Whether the token file ``path`` can be read only here and once: a pipe, or a
-    descriptor's name (``/dev/stdin``, ``/dev/fd/N``), which in a worker is the worker's
-    own. False for what cannot be looked at: ``connect`` says what is wrong with it."""
-    where = Path(os.path.abspath(path))
-    if names_a_descriptor(where):
-        return True
-    try:
-        return stat.S_ISFIFO(os.stat(where).st_mode)
-    except OSError:
-        return False
+    return None if rereadable(path) else read_token_file(path)
