@@ -143,6 +143,11 @@ class DatasetSettings:
     #: Arrow IPC schema message (``pyarrow.Schema.serialize()``); empty: any shard of
     #: any kind. Raw bytes go only into a dataset without one.
     arrow_schema: bytes = b""
+    #: stored bytes of this dataset that may wait for the archive at once (0: only the
+    #: node's ``backlog_cap_bytes`` bounds them); changeable at run time. A share of the
+    #: node's cap, so that one dataset's ingest into a slow archive leaves the rest of
+    #: the cap to the others.
+    backlog_quota_bytes: int = 0
 
     def __post_init__(self) -> None:
         # Settings are committed to the catalog as they are: a value of another type
@@ -157,6 +162,7 @@ class DatasetSettings:
                 f"durability must be one of {names}, got {self.durability!r:.40}"
             ) from None
         check_hot_quota(self.hot_quota_bytes)
+        check_backlog_quota(self.backlog_quota_bytes)
         check_policy_name(self.policy)
         if not isinstance(self.arrow_schema, bytes):
             raise InvalidArgument(
@@ -177,10 +183,18 @@ def check_hot_quota(quota: object) -> int:
     """``quota`` when it is a dataset hot quota in bytes (an int from 0, none, to
     2**64-1), else InvalidArgument. At most what the wire carries (uint64): a larger
     one was stored, and then every listing of the node's datasets failed INTERNAL."""
+    return _checked_quota(quota, "hot_quota_bytes")
+
+
+def check_backlog_quota(quota: object) -> int:
+    """``quota`` when it is a dataset backlog quota in bytes (as :func:`check_hot_quota`
+    checks a hot quota), else InvalidArgument."""
+    return _checked_quota(quota, "backlog_quota_bytes")
+
+
+def _checked_quota(quota: object, name: str) -> int:
     if not isinstance(quota, int) or isinstance(quota, bool) or not 0 <= quota < 1 << 64:
-        raise InvalidArgument(
-            f"hot_quota_bytes must be an int from 0 to 2**64-1, got {quota!r:.40}"
-        )
+        raise InvalidArgument(f"{name} must be an int from 0 to 2**64-1, got {quota!r:.40}")
     return quota
 
 

@@ -531,6 +531,7 @@ def test_an_update_with_nothing_to_update_is_refused(client: FakeClient) -> None
     refused = invoke("dataset", "update", "ds")
     assert refused.exit_code == 2
     assert "nothing to update" in one_error_line(refused)
+    assert "--backlog-quota" in one_error_line(refused)
     assert not [call for call in client.calls if call[0] == "update_dataset"]
 
 
@@ -780,18 +781,19 @@ def test_token_ls_json_builds_no_table(client: FakeClient, monkeypatch: pytest.M
     assert json.loads(listed.stdout)[0]["expires_at"] == 1.0
 
 
-# dataset --hot-quota
+# dataset --hot-quota, --backlog-quota
 
 
+@pytest.mark.parametrize("option", ["--hot-quota", "--backlog-quota"])
 @pytest.mark.parametrize("command", [["dataset", "create"], ["dataset", "update"]])
 @pytest.mark.parametrize("quota", [-1, 2**64, 10**30])
-def test_a_hot_quota_the_wire_cannot_carry_is_refused_before_any_call(
-    client: FakeClient, command: list[str], quota: int
+def test_a_quota_the_wire_cannot_carry_is_refused_before_any_call(
+    client: FakeClient, command: list[str], quota: int, option: str
 ) -> None:
-    refused = invoke(*command, "ds", "--hot-quota", str(quota))
+    refused = invoke(*command, "ds", option, str(quota))
     assert refused.exit_code == 2
     line = one_error_line(refused)
-    assert line.startswith("error: InvalidArgument: --hot-quota must be from 0 to")
+    assert line.startswith(f"error: InvalidArgument: {option} must be from 0 to")
     assert line.endswith(f"not {quota}")
     assert client.calls == []
 

@@ -131,6 +131,53 @@ def test_backlog_full_then_drained_without_losing_anything(open_store: StoreFact
     store.put("plain", "more", b"accepted again")
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["one-transaction", "staged"])
+def test_a_datasets_backlog_quota_leaves_the_rest_of_the_cap_to_the_others(
+    open_store: StoreFactory, staged: bool
+) -> None:
+    # One team's ingest into a stopped archive filled the node's whole cap, and every
+    # other team's puts failed BacklogFull with it: a backlog quota stops that dataset
+    # at its share, and the others write on.
+    archive = FaultyTier(MemoryTier())
+    archive.failing = True
+    size = 2 * FRAME + 1000
+    stored = size + 3 * 16  # an encrypted shard of 3 frames
+    datasets = {
+        "ingest": DatasetSettings(encrypted=True, backlog_quota_bytes=2 * stored),
+        "other": DatasetSettings(encrypted=True),
+    }
+    store = open_store(
+        archive,
+        datasets=datasets,
+        backlog_cap_bytes=5 * stored,
+        put_chunk_bytes=FRAME if staged else 64 << 20,
+    )
+    store.put("ingest", "a", payload(size, 1))
+    store.put("ingest", "b", payload(size, 2))
+    with pytest.raises(BacklogFull) as caught:
+        store.put("ingest", "c", payload(size, 3))
+    assert f"ingest's bytes waiting for the archive, {2 * stored:,}" in str(caught.value)
+    assert f"its backlog quota ({2 * stored:,})" in str(caught.value)
+    assert not store.list("ingest", prefix="c")[0]
+    store.put("ingest", "a", payload(size, 4))  # an overwrite adds nothing: still goes in
+    for index in range(3):  # the rest of the node's cap
+        store.put("other", f"s{index}", payload(size, 10 + index))
+    with pytest.raises(BacklogFull, match="past the cap"):  # the node's cap still holds
+        store.put("other", "s3", payload(size, 13))
+
+    # Changed at run time: a quota lifted takes effect with the next put.
+    store.update_dataset("ingest", backlog_quota_bytes=0)
+    assert store.get_dataset("ingest").backlog_quota_bytes == 0
+    with pytest.raises(BacklogFull, match="past the cap"):
+        store.put("ingest", "c", payload(size, 3))
+    archive.failing = False
+    assert store.drain(10)
+    store.update_dataset("ingest", backlog_quota_bytes=stored // 2)
+    store.put("ingest", "c", payload(size, 3))  # one put always goes in when none wait
+    assert store.get("ingest", "c").to_bytes() == payload(size, 3)
+    assert store.get("ingest", "a").to_bytes() == payload(size, 4)
+
+
 def test_overwritten_and_deleted_puts_leave_the_backlog(open_store: StoreFactory) -> None:
     # During an archive outage every overwrite of one shard added its bytes to the
     # backlog, though the generations it replaced will never be uploaded: a node

@@ -1339,6 +1339,9 @@ def test_a_record_keeps_its_row_count_and_older_records_have_none() -> None:
 def test_unreadable_dataset_settings_are_an_integrity_error() -> None:
     good = json.loads(encode_dataset(DatasetSettings(hot_quota_bytes=5)))
     assert decode_dataset(json.dumps(good).encode()) == DatasetSettings(hot_quota_bytes=5)
+    assert "backlog_quota_bytes" not in good  # unset: written as earlier releases wrote it
+    quota = DatasetSettings(backlog_quota_bytes=7)
+    assert decode_dataset(encode_dataset(quota)) == quota
     # A whole-number float quota, as earlier releases could store, still reads.
     older = json.dumps({**good, "hot_quota_bytes": 5e11}).encode()
     assert decode_dataset(older).hot_quota_bytes == 500_000_000_000
@@ -1346,6 +1349,8 @@ def test_unreadable_dataset_settings_are_an_integrity_error() -> None:
         {"durability": "sometimes"},
         {"hot_quota_bytes": "x"},
         {"hot_quota_bytes": 1.5},
+        {"backlog_quota_bytes": -1},
+        {"backlog_quota_bytes": "7"},
         {"encrypted": None},
     ):
         with pytest.raises(IntegrityError, match="unreadable dataset settings"):

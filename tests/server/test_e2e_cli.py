@@ -265,6 +265,7 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
         "durability": "write-back",
         "hot_quota_bytes": 0,
         "policy": DEFAULT_POLICY,
+        "backlog_quota_bytes": 0,
         "schema": None,  # any shard
     }
     assert created[1]["encrypted"] is True and created[1]["durability"] == "write-through"
@@ -305,6 +306,27 @@ def test_dataset_hot_quota_create_and_update(env: dict[str, str], admin: Client)
     listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
     assert listed[capped]["hot_quota_bytes"] == 2_000_000 and never not in listed
     ok(env, "dataset", "rm", capped)
+
+
+def test_dataset_backlog_quota_create_and_update(env: dict[str, str], admin: Client) -> None:
+    ingest = unique()
+    created = ok(env, "dataset", "create", ingest, "--backlog-quota", "1000000")
+    assert created["backlog_quota_bytes"] == 1_000_000 and created["hot_quota_bytes"] == 0
+    updated = ok(env, "dataset", "update", ingest, "--backlog-quota", "3000000")
+    assert updated["backlog_quota_bytes"] == 3_000_000
+    assert admin.get_dataset(ingest).backlog_quota_bytes == 3_000_000
+    hot = ok(env, "dataset", "update", ingest, "--hot-quota", "5000000")  # the other kept
+    assert hot["hot_quota_bytes"] == 5_000_000 and hot["backlog_quota_bytes"] == 3_000_000
+    refused = run(env, "dataset", "update", ingest, "--backlog-quota", "-1")
+    assert refused.returncode == 2, refused.stderr  # refused by the CLI before any call
+    assert b"InvalidArgument: --backlog-quota must be from 0 to" in refused.stderr
+    listed = {d["name"]: d for d in ok(env, "dataset", "ls")}
+    assert listed[ingest]["backlog_quota_bytes"] == 3_000_000
+    table = run(env, "dataset", "ls", json_output=False).stdout.decode()
+    assert "backlog quota" in table and "3,000,000" in table
+    lifted = ok(env, "dataset", "update", ingest, "--backlog-quota", "0")
+    assert lifted["backlog_quota_bytes"] == 0 and lifted["hot_quota_bytes"] == 5_000_000
+    ok(env, "dataset", "rm", ingest)
 
 
 def test_put_get_ls_stat_rm(

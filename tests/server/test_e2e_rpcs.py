@@ -83,6 +83,16 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
         unique(), encrypted=False, hot_quota_bytes=np.uint32(1 << 20)
     )
     assert numpy_quota.hot_quota_bytes == 1 << 20 and type(numpy_quota.hot_quota_bytes) is int
+    # A backlog quota, set at creation and changed later; the other settings stay.
+    ingest = unique()
+    made = admin.create_dataset(ingest, encrypted=False, backlog_quota_bytes=np.int64(1 << 20))
+    assert made == DatasetSettings(backlog_quota_bytes=1 << 20) == admin.get_dataset(ingest)
+    changed = admin.update_dataset(ingest, backlog_quota_bytes=2 << 20)
+    assert changed == DatasetSettings(backlog_quota_bytes=2 << 20) == admin.get_dataset(ingest)
+    quota_too = admin.update_dataset(ingest, hot_quota_bytes=4096)
+    assert quota_too == DatasetSettings(hot_quota_bytes=4096, backlog_quota_bytes=2 << 20)
+    assert dict(admin.list_datasets())[ingest] == quota_too
+    admin.delete_dataset(ingest)
 
     with pytest.raises(errors.AlreadyExists):
         admin.create_dataset(plain, encrypted=False)
@@ -298,6 +308,16 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
             )
             for i, q in enumerate((-1, 1 << 64, 1.5, "100", True))
         },
+        **{
+            f"backlog_quota_bytes{' ' * i}": partial(
+                admin.update_dataset, any_dataset, backlog_quota_bytes=q
+            )
+            for i, q in enumerate((-1, 1 << 64, 1.5))
+        },
+        "backlog_quota_bytes   ": lambda: admin.create_dataset(
+            unique(),
+            backlog_quota_bytes="100",  # type: ignore[arg-type]
+        ),
         # A str is a sequence of its characters: each was prefetched.
         "shards": lambda: admin.prefetch(any_dataset, "kept"),
         "key_id": lambda: admin.retire_key("k\udcff"),

@@ -41,17 +41,25 @@ _HOT_QUOTA_HELP = (
 )
 
 
-def _check_hot_quota(hot_quota: int | None) -> None:
-    """Refuse (exit 2, one line, naming the option) a ``--hot-quota`` the wire cannot
-    carry, before any call."""
-    if hot_quota is None:
-        return
-    try:
-        check_hot_quota(hot_quota)
-    except errors.InvalidArgument:
-        raise fail(
-            errors.InvalidArgument(f"--hot-quota must be from 0 to 2**64-1 bytes, not {hot_quota}")
-        ) from None
+_BACKLOG_QUOTA_HELP = (
+    "most stored bytes of the dataset waiting for the archive at once, its share of the "
+    "node's backlog cap (0: only that cap; at most 2**64-1); past it its puts fail "
+    "RESOURCE_EXHAUSTED until the mover catches up"
+)
+
+
+def _check_quotas(hot_quota: int | None, backlog_quota: int | None) -> None:
+    """Refuse (exit 2, one line, naming the option) a ``--hot-quota`` or
+    ``--backlog-quota`` the wire cannot carry, before any call."""
+    for option, quota in (("--hot-quota", hot_quota), ("--backlog-quota", backlog_quota)):
+        if quota is None:
+            continue
+        try:
+            check_hot_quota(quota)
+        except errors.InvalidArgument:
+            raise fail(
+                errors.InvalidArgument(f"{option} must be from 0 to 2**64-1 bytes, not {quota}")
+            ) from None
 
 
 def dataset_create(
@@ -67,6 +75,7 @@ def dataset_create(
         str | None, typer.Option(help="placement policy (default: the server's)")
     ] = None,
     hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
+    backlog_quota: Annotated[int, typer.Option(help=_BACKLOG_QUOTA_HELP)] = 0,
     schema: Annotated[
         Path | None,
         typer.Option(
@@ -78,7 +87,7 @@ def dataset_create(
     """Create a dataset: encrypted at rest unless --no-encrypted is given (fixed at
     creation). With --schema, every shard put into it must have that file's Arrow
     schema (metadata aside); raw bytes are refused there."""
-    _check_hot_quota(hot_quota)
+    _check_quotas(hot_quota, backlog_quota)
     if policy == "":  # "$POLICY" of an unset variable: not the server's default instead
         raise fail(
             errors.InvalidArgument(
@@ -90,6 +99,7 @@ def dataset_create(
         "encrypted": encrypted,
         "durability": durability,
         "hot_quota_bytes": hot_quota,
+        "backlog_quota_bytes": backlog_quota,
     }
     if policy is not None:
         options["policy"] = policy
@@ -136,19 +146,29 @@ def dataset_update(
     name: str,
     durability: Annotated[str | None, typer.Option(help="write-back | write-through")] = None,
     hot_quota: Annotated[int | None, typer.Option(help=_HOT_QUOTA_HELP)] = None,
+    backlog_quota: Annotated[int | None, typer.Option(help=_BACKLOG_QUOTA_HELP)] = None,
 ) -> None:
-    """Change a dataset's durability or hot-tier quota (admin on the dataset). A lower
-    quota evicts the dataset's archived, unpinned shards down to it, and says how many
-    hot bytes (pinned, or not archived yet) stay above it; a warning says when its
-    largest shard stores more than the quota: that shard stays cold for good."""
-    if durability is None and hot_quota is None:
+    """Change a dataset's durability, hot-tier quota or backlog quota (admin on the
+    dataset). A lower backlog quota refuses the dataset's puts until the mover has
+    uploaded its backlog below it. A lower hot quota evicts the dataset's archived,
+    unpinned shards down to it, and says how many hot bytes (pinned, or not archived
+    yet) stay above it; a warning says when its largest shard stores more than the
+    quota: that shard stays cold for good."""
+    if durability is None and hot_quota is None and backlog_quota is None:
         raise fail(
-            errors.InvalidArgument("nothing to update: give --durability and/or --hot-quota")
+            errors.InvalidArgument(
+                "nothing to update: give --durability, --hot-quota and/or --backlog-quota"
+            )
         )
-    _check_hot_quota(hot_quota)
+    _check_quotas(hot_quota, backlog_quota)
     client = command_client()
     settings = run_or_fail(
-        lambda: client.update_dataset(name, durability=durability, hot_quota_bytes=hot_quota)
+        lambda: client.update_dataset(
+            name,
+            durability=durability,
+            hot_quota_bytes=hot_quota,
+            backlog_quota_bytes=backlog_quota,
+        )
     )
     shown = {"name": name, **_shown(settings)}
     figures = _dataset_figures(client, name) if hot_quota else {}
@@ -203,20 +223,26 @@ def _dataset_figures(client: Any, name: str) -> dict[str, Any]:
 def dataset_ls() -> None:
     """List the datasets you may see."""
     datasets = run_or_fail(lambda: command_client().list_datasets())
-    table = Table("name", "encrypted", "durability", "hot quota", "policy", "schema")
+    table = Table(
+        "name", "encrypted", "durability", "hot quota", "backlog quota", "policy", "schema"
+    )
     shown = [{"name": n, **_shown(s)} for n, s in datasets]
     for (name, settings), dataset in zip(datasets, shown, strict=True):
-        quota = f"{settings.hot_quota_bytes:,}" if settings.hot_quota_bytes else "none"
         columns = dataset["schema"]
         table.add_row(
             name,
             yes_no(settings.encrypted),
             settings.durability.value,
-            quota,
+            _quota_shown(settings.hot_quota_bytes),
+            _quota_shown(settings.backlog_quota_bytes),
             settings.policy,
             f"{len(columns)} columns" if columns is not None else "any",
         )
     emit(shown, table)
+
+
+def _quota_shown(quota: int) -> str:
+    return f"{quota:,}" if quota else "none"
 
 
 # placement policies

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from tierstore.client.arguments import (
+    backlog_quota,
     checked_text,
     durability_named,
     grant_list,
@@ -54,6 +55,7 @@ class AdminCalls(ClientCore):
         hot_quota_bytes: int = 0,
         policy: str = DEFAULT_POLICY_NAME,
         schema: pa.Schema | None = None,
+        backlog_quota_bytes: int = 0,
     ) -> DatasetSettings:
         """Create a dataset.
 
@@ -67,16 +69,21 @@ class AdminCalls(ClientCore):
         :meth:`set_policy`). ``schema``: the Arrow schema every shard put into it
         must have, metadata aside (fixed at creation; raw bytes are refused there:
         SchemaMismatch); the returned settings hold it as an IPC message
-        (``pyarrow.ipc.read_schema`` reads it). Raises InvalidName, AlreadyExists,
-        PermissionDenied, UnknownPolicy.
+        (``pyarrow.ipc.read_schema`` reads it). ``backlog_quota_bytes``: the most
+        stored bytes of it that may wait for the archive at once, a share of the
+        node's backlog cap (0: only that cap; puts past it fail BacklogFull). Raises
+        InvalidName, AlreadyExists, PermissionDenied, UnknownPolicy.
         """
         validate_dataset_name(name)
         policy = checked_text("policy", policy, "a placement policy's name")
         quota = hot_quota(hot_quota_bytes)
+        most_waiting = backlog_quota(backlog_quota_bytes)
         if schema is not None and not isinstance(schema, pa.Schema):
             raise InvalidArgument(f"schema must be a pyarrow.Schema or None, not {schema!r:.60}")
         message = schema.serialize().to_pybytes() if schema is not None else b""
-        settings = DatasetSettings(encrypted, durability_named(durability), quota, policy, message)
+        settings = DatasetSettings(
+            encrypted, durability_named(durability), quota, policy, message, most_waiting
+        )
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.CreateDataset,
@@ -91,6 +98,7 @@ class AdminCalls(ClientCore):
                 "this client, and has no dataset schemas. Delete the dataset, or make it "
                 "without schema="
             )
+        _check_backlog_quota_kept(name, made, most_waiting)
         return made
 
     def get_dataset(self, name: str) -> DatasetSettings:
@@ -115,14 +123,20 @@ class AdminCalls(ClientCore):
         durability: str | None = None,
         hot_quota_bytes: int | None = None,
         policy: str | None = None,
+        backlog_quota_bytes: int | None = None,
     ) -> DatasetSettings:
-        """Change a dataset's durability, hot quota or placement policy (admin on the
-        dataset); None leaves one as it is. Raises DatasetNotFound, UnknownPolicy,
-        PermissionDenied, and InvalidArgument when all three are None (nothing to
-        update: a silent success would hide a forgotten argument)."""
+        """Change a dataset's durability, hot quota, placement policy or backlog quota
+        (admin on the dataset); None leaves one as it is. A backlog quota below what
+        the dataset has waiting for the archive refuses its puts (BacklogFull) until
+        the mover has uploaded it down. Raises DatasetNotFound, UnknownPolicy,
+        PermissionDenied, and InvalidArgument when all are None (nothing to update: a
+        silent success would hide a forgotten argument)."""
         validate_dataset_name(name)
-        if durability is None and hot_quota_bytes is None and policy is None:
-            raise InvalidArgument("nothing to update: give durability, hot_quota_bytes or policy")
+        changes = (durability, hot_quota_bytes, policy, backlog_quota_bytes)
+        if all(change is None for change in changes):
+            raise InvalidArgument(
+                "nothing to update: give durability, hot_quota_bytes, policy or backlog_quota_bytes"
+            )
         request = datasets_pb2.UpdateDatasetRequest(name=name)
         if durability is not None:
             request.durability = durability_to_pb(durability_named(durability))
@@ -130,11 +144,16 @@ class AdminCalls(ClientCore):
             request.hot_quota_bytes = hot_quota(hot_quota_bytes)
         if policy is not None:
             request.policy = checked_text("policy", policy, "a placement policy's name")
+        if backlog_quota_bytes is not None:
+            request.backlog_quota_bytes = backlog_quota(backlog_quota_bytes)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
         reply = self._call(
             stub.UpdateDataset, request, idempotent=True, changes=f"the update of dataset {name}"
         )
-        return dataset_settings_from_pb(reply.settings)
+        updated = dataset_settings_from_pb(reply.settings)
+        if request.HasField("backlog_quota_bytes"):
+            _check_backlog_quota_kept(name, updated, request.backlog_quota_bytes)
+        return updated
 
     def set_policy(self, dataset: str, name: str) -> DatasetSettings:
         """Switch ``dataset`` to the placement policy ``name`` (``lru``, ``s3fifo``,
@@ -290,3 +309,15 @@ class AdminCalls(ClientCore):
                 metadata=self._channel.metadata,
             )
         return trace_events_from_pb(mapped_responses(responses))
+
+
+def _check_backlog_quota_kept(name: str, settings: DatasetSettings, wanted: int) -> None:
+    """FailedPrecondition when a node answered a create or update that set dataset
+    ``name``'s backlog quota to ``wanted`` with ``settings`` that lack it: a node older
+    than backlog quotas drops the field, and the caller would believe it holds."""
+    if settings.backlog_quota_bytes != wanted:
+        raise FailedPrecondition(
+            f"the node left dataset {name!r} without the backlog quota asked for "
+            f"({wanted:,} bytes): it is older than this client, and has no dataset "
+            "backlog quotas (its node-wide backlog cap still holds)"
+        )

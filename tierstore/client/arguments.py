@@ -18,6 +18,7 @@ from tierstore.types import (
     Durability,
     Grant,
     Role,
+    check_backlog_quota,
     check_hot_quota,
     seconds_up_to,
 )
@@ -26,6 +27,7 @@ from tierstore.wire.limits import MAX_FRAME_BYTES
 
 __all__ = [
     "Checked",
+    "backlog_quota",
     "checked_text",
     "durability_named",
     "env_flag",
@@ -136,8 +138,20 @@ def token_ttl(value: object) -> float:
 def hot_quota(value: object) -> int:
     """``value`` as a dataset's hot quota in bytes, numpy's integers too (refused as
     not an int), else InvalidArgument (:func:`~tierstore.types.check_hot_quota`)."""
+    return check_hot_quota(_as_int(value))
+
+
+def backlog_quota(value: object) -> int:
+    """``value`` as a dataset's backlog quota in bytes, as :func:`hot_quota` takes a
+    hot quota (:func:`~tierstore.types.check_backlog_quota`)."""
+    return check_backlog_quota(_as_int(value))
+
+
+def _as_int(value: object) -> object:
+    """``value`` as an int when it is a whole number of another type (numpy's), else
+    itself, for the check to refuse."""
     whole = integer_of(value)
-    return check_hot_quota(value if whole is None else whole)
+    return value if whole is None else whole
 
 
 def positive_bytes(name: str, value: object) -> int:

@@ -392,6 +392,8 @@ def encode_dataset(settings: DatasetSettings, first_generation: int = 0) -> byte
         "hot_quota_bytes": settings.hot_quota_bytes,
         "policy": settings.policy,
     }
+    if settings.backlog_quota_bytes:  # left out when unset: as earlier releases wrote it
+        document["backlog_quota_bytes"] = settings.backlog_quota_bytes
     if settings.arrow_schema:
         document["arrow_schema"] = base64.b64encode(settings.arrow_schema).decode("ascii")
     if first_generation:
@@ -427,6 +429,7 @@ def decode_dataset(raw: bytes | memoryview) -> DatasetSettings:
             encrypted=document["encrypted"],
             durability=document["durability"],
             hot_quota_bytes=quota,
+            backlog_quota_bytes=document.get("backlog_quota_bytes", 0),
             policy=document.get("policy", DEFAULT_POLICY_NAME),
             arrow_schema=base64.b64decode(document.get("arrow_schema", ""), validate=True),
         )

@@ -518,9 +518,12 @@ class Store:
         hot_quota_bytes: int | None = None,
         policy: str | None = None,
         *,
+        backlog_quota_bytes: int | None = None,
         still_allowed: Callable[[], None] | None = None,
     ) -> DatasetSettings:
         """Change the settings that may change after creation; returns the new settings.
+        A backlog quota takes effect with the next put (one below the dataset's
+        backlog refuses its puts until the mover brings the backlog under it).
 
         A new ``policy`` takes over at once: a fresh policy object, told of the
         dataset's hot shards (oldest read first) and of its live plans. Encryption is
@@ -549,6 +552,10 @@ class Store:
                     settings = dataclasses.replace(settings, hot_quota_bytes=hot_quota_bytes)
                 if policy is not None:
                     settings = dataclasses.replace(settings, policy=policy)
+                if backlog_quota_bytes is not None:
+                    settings = dataclasses.replace(
+                        settings, backlog_quota_bytes=backlog_quota_bytes
+                    )
                 self._catalog.put_dataset(txn, name, settings)
                 self._catalog.append_journal(txn, JournalOp("dataset", name))
             if policy is not None:

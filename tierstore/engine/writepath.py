@@ -244,7 +244,7 @@ class ShardWriter:
                 self._quota_now(dataset, shard, stored_total)
                 with self._env.read() as txn:
                     previous = self._catalog.get_shard(txn, dataset, shard)
-                    self._check_backlog(txn, stored_total, previous)
+                    self._check_backlog(txn, dataset, settings, stored_total, previous)
                 self._hot_room.make_room(stored_total)  # best effort, before staging
                 staged = self._stage(dataset, shard, framed, settings.encrypted, dataset_first)
             elif isinstance(framed.frames, FramesOnDemand) and framed.frames.costly:
@@ -489,24 +489,48 @@ class ShardWriter:
             chunk = zip(run, frames, strict=True)
             stage_in(txn, self._catalog, self._frames, generation, len(sizes), chunk)
 
-    def _check_backlog(self, txn: Any, stored_total: int, previous: ShardRecord | None) -> None:
-        """Raise BacklogFull if a put of ``stored_total`` bytes, replacing ``previous``
-        (its upload, if pending, never runs then), would take the bytes waiting for the
-        archive past the cap (one put always goes in when none wait)."""
-        backlog = self._catalog.counter(txn, "backlog_bytes")
+    def _check_backlog(
+        self,
+        txn: Any,
+        dataset: str,
+        settings: DatasetSettings,
+        stored_total: int,
+        previous: ShardRecord | None,
+    ) -> None:
+        """Raise BacklogFull if a put of ``stored_total`` bytes into ``dataset``,
+        replacing ``previous`` (its upload, if pending, never runs then), would take the
+        bytes waiting for the archive past the node's cap, or the dataset's own past
+        its backlog quota (one put always goes in when none wait, in the node or the
+        dataset: a shard larger than the cap is not refused for good)."""
+        replaced = 0
         if previous is not None and not previous.archived:
-            backlog -= self._catalog.pending_upload_bytes(txn, previous.generation)
-        if backlog + stored_total > self._settings.backlog_cap_bytes and backlog > 0:
+            replaced = self._catalog.pending_upload_bytes(txn, previous.generation)
+        backlog = self._catalog.counter(txn, "backlog_bytes") - replaced
+        cap = self._settings.backlog_cap_bytes
+        if backlog + stored_total > cap and backlog > 0:
             raise BacklogFull(
                 f"this put's {stored_total:,} bytes would take the bytes waiting for the "
-                f"archive, {backlog:,}, past the cap ({self._settings.backlog_cap_bytes:,}); "
-                + (
-                    f"the mover is failing ({self._archive_trouble()}): retry once the "
-                    "archive is back and the mover has caught up"
-                    if self._mover.archive_failure()
-                    else "retry when the mover has caught up"
-                )
+                f"archive, {backlog:,}, past the cap ({cap:,}); " + self._backlog_advice()
             )
+        quota = settings.backlog_quota_bytes
+        if not quota:
+            return
+        own = self._catalog.dataset_backlog(txn, dataset)[0] - replaced
+        if own + stored_total > quota and own > 0:
+            raise BacklogFull(
+                f"this put's {stored_total:,} bytes would take {dataset}'s bytes waiting "
+                f"for the archive, {own:,}, past its backlog quota ({quota:,}); "
+                + self._backlog_advice()
+            )
+
+    def _backlog_advice(self) -> str:
+        """What a put refused for the backlog should do next, and why the backlog stands."""
+        if self._mover.archive_failure():
+            return (
+                f"the mover is failing ({self._archive_trouble()}): retry once the archive "
+                "is back and the mover has caught up"
+            )
+        return "retry when the mover has caught up"
 
     def _full(self, dataset: str, shard: str, needed: int, free: int) -> str:
         """HotTierFull's message for a put that needs ``needed`` pages, ``free`` free."""
@@ -650,7 +674,7 @@ class ShardWriter:
                 record = self._staged_record(txn, staged, settings, previous)
             sizes = _stored_sizes(framed, settings.encrypted)
             stored_total = sum(sizes)
-            self._check_backlog(txn, stored_total, previous)
+            self._check_backlog(txn, dataset, settings, stored_total, previous)
             leaving = stored_size(previous) if previous is not None and previous.hot else 0
             quota = settings.hot_quota_bytes
             if not self._hot_room.fits_quota(dataset, quota, stored_total, leaving):

@@ -102,6 +102,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             durability = durability_from_pb(request.durability)
         quota = request.hot_quota_bytes if request.HasField("hot_quota_bytes") else None
         policy = request.policy if request.HasField("policy") else None
+        backlog_quota = (
+            request.backlog_quota_bytes if request.HasField("backlog_quota_bytes") else None
+        )
 
         def still_allowed() -> None:
             # Again once the update has the store's lock (it waits for another's policy
@@ -111,7 +114,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             self._check("UpdateDataset", name)
 
         settings = self._store.update_dataset(
-            name, durability, quota, policy, still_allowed=still_allowed
+            name,
+            durability,
+            quota,
+            policy,
+            backlog_quota_bytes=backlog_quota,
+            still_allowed=still_allowed,
         )
         return _dataset(name, settings)
 

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tierstore/v1/common.proto\x12\x0ctierstore.v1\"\x91\x01\n\x0f\x44\x61tasetSettings\x12\x11\n\tencrypted\x18\x01 \x01(\x08\x12,\n\ndurability\x18\x02 \x01(\x0e\x32\x18.tierstore.v1.Durability\x12\x17\n\x0fhot_quota_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x14\n\x0c\x61rrow_schema\x18\x05 \x01(\x0c\"H\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.tierstore.v1.DatasetSettings\"\xef\x02\n\tShardInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.tierstore.v1.ShardKind\x12\x13\n\x0b\x66rame_sizes\x18\x05 \x03(\x04\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x11\n\tencrypted\x18\x08 \x01(\x08\x12\x0b\n\x03hot\x18\t \x01(\x08\x12\x10\n\x08\x61rchived\x18\n \x01(\x08\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x0b \x01(\x04\x12\x13\n\x0blast_access\x18\x0c \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65ss_frequency\x18\r \x01(\x01\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x14\n\x0cpinned_until\x18\x0f \x01(\x01\x12\x11\n\x04rows\x18\x10 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10waiting_for_room\x18\x11 \x01(\x08\x42\x07\n\x05_rows\";\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x13\n\x06length\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\t\n\x07_length\"*\n\nFrameRange\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r*a\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44URABILITY_WRITE_BACK\x10\x01\x12\x1c\n\x18\x44URABILITY_WRITE_THROUGH\x10\x02*h\n\tShardKind\x12\x1a\n\x16SHARD_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSHARD_KIND_RAW\x10\x01\x12\x14\n\x10SHARD_KIND_ARROW\x10\x02\x12\x15\n\x11SHARD_KIND_TENSOR\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tierstore/v1/common.proto\x12\x0ctierstore.v1\"\xae\x01\n\x0f\x44\x61tasetSettings\x12\x11\n\tencrypted\x18\x01 \x01(\x08\x12,\n\ndurability\x18\x02 \x01(\x0e\x32\x18.tierstore.v1.Durability\x12\x17\n\x0fhot_quota_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x14\n\x0c\x61rrow_schema\x18\x05 \x01(\x0c\x12\x1b\n\x13\x62\x61\x63klog_quota_bytes\x18\x06 \x01(\x04\"H\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.tierstore.v1.DatasetSettings\"\xef\x02\n\tShardInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.tierstore.v1.ShardKind\x12\x13\n\x0b\x66rame_sizes\x18\x05 \x03(\x04\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x11\n\tencrypted\x18\x08 \x01(\x08\x12\x0b\n\x03hot\x18\t \x01(\x08\x12\x10\n\x08\x61rchived\x18\n \x01(\x08\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x0b \x01(\x04\x12\x13\n\x0blast_access\x18\x0c \x01(\x01\x12\x18\n\x10\x61\x63\x63\x65ss_frequency\x18\r \x01(\x01\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x14\n\x0cpinned_until\x18\x0f \x01(\x01\x12\x11\n\x04rows\x18\x10 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10waiting_for_room\x18\x11 \x01(\x08\x42\x07\n\x05_rows\";\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x13\n\x06length\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\t\n\x07_length\"*\n\nFrameRange\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r*a\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44URABILITY_WRITE_BACK\x10\x01\x12\x1c\n\x18\x44URABILITY_WRITE_THROUGH\x10\x02*h\n\tShardKind\x12\x1a\n\x16SHARD_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSHARD_KIND_RAW\x10\x01\x12\x14\n\x10SHARD_KIND_ARROW\x10\x02\x12\x15\n\x11SHARD_KIND_TENSOR\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierstore.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DURABILITY']._serialized_start=740
-  _globals['_DURABILITY']._serialized_end=837
-  _globals['_SHARDKIND']._serialized_start=839
-  _globals['_SHARDKIND']._serialized_end=943
+  _globals['_DURABILITY']._serialized_start=769
+  _globals['_DURABILITY']._serialized_end=866
+  _globals['_SHARDKIND']._serialized_start=868
+  _globals['_SHARDKIND']._serialized_end=972
   _globals['_DATASETSETTINGS']._serialized_start=44
-  _globals['_DATASETSETTINGS']._serialized_end=189
-  _globals['_DATASET']._serialized_start=191
-  _globals['_DATASET']._serialized_end=263
-  _globals['_SHARDINFO']._serialized_start=266
-  _globals['_SHARDINFO']._serialized_end=633
-  _globals['_BYTERANGE']._serialized_start=635
-  _globals['_BYTERANGE']._serialized_end=694
-  _globals['_FRAMERANGE']._serialized_start=696
-  _globals['_FRAMERANGE']._serialized_end=738
+  _globals['_DATASETSETTINGS']._serialized_end=218
+  _globals['_DATASET']._serialized_start=220
+  _globals['_DATASET']._serialized_end=292
+  _globals['_SHARDINFO']._serialized_start=295
+  _globals['_SHARDINFO']._serialized_end=662
+  _globals['_BYTERANGE']._serialized_start=664
+  _globals['_BYTERANGE']._serialized_end=723
+  _globals['_FRAMERANGE']._serialized_start=725
+  _globals['_FRAMERANGE']._serialized_end=767
 # @@protoc_insertion_point(module_scope)

@@ -28,18 +28,20 @@ SHARD_KIND_ARROW: ShardKind
 SHARD_KIND_TENSOR: ShardKind
 
 class DatasetSettings(_message.Message):
-    __slots__ = ("encrypted", "durability", "hot_quota_bytes", "policy", "arrow_schema")
+    __slots__ = ("encrypted", "durability", "hot_quota_bytes", "policy", "arrow_schema", "backlog_quota_bytes")
     ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     HOT_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ARROW_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     encrypted: bool
     durability: Durability
     hot_quota_bytes: int
     policy: str
     arrow_schema: bytes
-    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ..., arrow_schema: _Optional[bytes] = ...) -> None: ...
+    backlog_quota_bytes: int
+    def __init__(self, encrypted: _Optional[bool] = ..., durability: _Optional[_Union[Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ..., arrow_schema: _Optional[bytes] = ..., backlog_quota_bytes: _Optional[int] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("name", "settings")

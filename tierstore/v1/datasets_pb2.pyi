@@ -32,16 +32,18 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[_common_pb2.Dataset, _Mapping]]] = ...) -> None: ...
 
 class UpdateDatasetRequest(_message.Message):
-    __slots__ = ("name", "durability", "hot_quota_bytes", "policy")
+    __slots__ = ("name", "durability", "hot_quota_bytes", "policy", "backlog_quota_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     HOT_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     durability: _common_pb2.Durability
     hot_quota_bytes: int
     policy: str
-    def __init__(self, name: _Optional[str] = ..., durability: _Optional[_Union[_common_pb2.Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    backlog_quota_bytes: int
+    def __init__(self, name: _Optional[str] = ..., durability: _Optional[_Union[_common_pb2.Durability, str]] = ..., hot_quota_bytes: _Optional[int] = ..., policy: _Optional[str] = ..., backlog_quota_bytes: _Optional[int] = ...) -> None: ...
 
 class DeleteDatasetRequest(_message.Message):
     __slots__ = ("name", "force")

@@ -72,6 +72,7 @@ def dataset_settings_from_pb(message: pb.DatasetSettings) -> DatasetSettings:
         hot_quota_bytes=message.hot_quota_bytes,
         policy=message.policy or DEFAULT_POLICY_NAME,
         arrow_schema=message.arrow_schema,
+        backlog_quota_bytes=message.backlog_quota_bytes,
     )
 
 
@@ -82,6 +83,7 @@ def dataset_settings_to_pb(settings: DatasetSettings) -> pb.DatasetSettings:
         hot_quota_bytes=settings.hot_quota_bytes,
         policy=settings.policy,
         arrow_schema=settings.arrow_schema,
+        backlog_quota_bytes=settings.backlog_quota_bytes,
     )
 
 
