@@ -104,3 +104,40 @@ def test_a_stopped_node_with_the_embedded_archive_is_backed_up_by_a_copy_of_its_
         assert admin.evict("secret", "s") >= len(blob)
         assert not admin.stat("secret", "s").hot
         assert admin.get("secret", "s").to_pybytes() == blob  # from the archive
+
+
+@pytest.mark.timeout(240)
+def test_a_restored_token_file_gives_no_role_on_a_namesake_made_since(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The token file of a backup taken before a dataset was deleted holds the old
+    # tenant's grant on it; restored once someone else had made a dataset of the name,
+    # it let the old tenant read the new one's shards. The node drops it as it starts.
+    data_dir = tmp_path / "node"
+    node = spawn_server(data_dir)
+    with node.connect() as admin:
+        admin.create_dataset("team", encrypted=False)
+        _, old_tenant = admin.create_token("team-a", [Grant("team", Role.READER)])
+        admin.create_dataset("other", encrypted=False)
+        _, keeps = admin.create_token("team-c", [Grant("other", Role.READER)])
+        admin.put("other", "s", b"still readable")
+    shutil.copy2(data_dir / "tokens.json", tmp_path / "tokens.backup")
+    with node.connect() as admin:
+        admin.delete_dataset("team")  # takes team-a's grant
+        admin.create_dataset("team", encrypted=False)  # someone else's now
+        admin.put("team", "b", b"team b's own bytes")
+    assert node.stop() == 0
+    shutil.copy2(tmp_path / "tokens.backup", data_dir / "tokens.json")  # restored
+
+    restarted = spawn_server(data_dir)
+    assert "removed 1 grant(s) made for datasets deleted since" in restarted.output()
+    poll(lambda: "removed a stale grant" in restarted.errors(), 10, "the node's warning")
+    assert "its reader grant on 'team'" in restarted.errors()
+    ca = data_dir / "tls" / "ca.pem"
+    with (
+        tierstore.connect(restarted.address, token=old_tenant, ca=ca) as a,
+        pytest.raises((errors.DatasetNotFound, errors.PermissionDenied)),
+    ):
+        a.get("team", "b")
+    with tierstore.connect(restarted.address, token=keeps, ca=ca) as c:
+        assert c.get("other", "s").to_pybytes() == b"still readable"  # its dataset is the same

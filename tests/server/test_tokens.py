@@ -134,6 +134,54 @@ def test_grants_on_a_deleted_dataset_are_removed_for_good(
     assert restored[only.token_id] == {Grant("gone", Role.ADMIN)}  # revoked, still revoked
 
 
+def test_a_grant_made_for_an_earlier_dataset_of_its_name_is_dropped_at_start(
+    store: TokenStore, clock: Clock
+) -> None:
+    # A token file copied before a delete, restored after a namesake was made for
+    # someone else, gave the old tenant's token a role on the new dataset (and a
+    # write-back delete that a rebuild undid gave the new tenant's token the old data).
+    incarnations = {"team": 7, "kept": 3}
+    old, old_token = store.create(
+        "old-tenant",
+        [Grant("team", Role.READER), Grant("kept", Role.WRITER)],
+        require_dataset=incarnations.__getitem__,
+    )
+    ops, _ = store.create("ops", [Grant(ALL_DATASETS, Role.READER)])
+    written = json.loads(store.path.read_text())["tokens"]
+    grants = next(t["grants"] for t in written if t["token_id"] == old.token_id)
+    assert {g["dataset"]: g["incarnation"] for g in grants} == incarnations
+    # Now "team" is another dataset (made since, incarnation 9), "kept" the same one.
+    now = {"team": 9, "kept": 3}
+    reopened = TokenStore(store.path, clock=clock)
+    removed = reopened.drop_stale_grants(now.get)
+    assert len(removed) == 1 and old.token_id in removed[0] and "'team'" in removed[0]
+    for reloaded in (reopened, TokenStore(store.path, clock=clock)):
+        held = {info.token_id: info.grants for info in reloaded.list()}
+        assert held[old.token_id] == (Grant("kept", Role.WRITER),)
+        assert held[ops.token_id] == (Grant(ALL_DATASETS, Role.READER),)
+    assert reopened.authenticate(old_token).role_on("team") is None
+    assert reopened.drop_stale_grants(now.get) == []  # nothing more to drop
+    # A dataset gone altogether takes its grants too.
+    assert len(reopened.drop_stale_grants({"team": 9}.get)) == 1
+    assert reopened.authenticate(old_token).grants == ()
+
+
+def test_a_grant_written_without_its_incarnation_is_bound_at_the_next_start(
+    store: TokenStore, clock: Clock
+) -> None:
+    # Token files written by an earlier release hold no incarnations: bound to the
+    # dataset of the name at the first start that can, dropped where there is none.
+    legacy, token = store.create("tenant", [Grant("ds", Role.READER), Grant("gone", Role.READER)])
+    assert "incarnation" not in store.path.read_text()
+    assert len(store.drop_stale_grants({"ds": 4}.get)) == 1  # "gone": no such dataset
+    assert store.authenticate(token).grants == (Grant("ds", Role.READER),)
+    reopened = TokenStore(store.path, clock=clock)
+    assert reopened.drop_stale_grants({"ds": 4}.get) == []
+    assert len(reopened.drop_stale_grants({"ds": 5}.get)) == 1  # made again since
+    assert reopened.authenticate(token).grants == ()
+    assert [info.token_id for info in reopened.list()] == [legacy.token_id]
+
+
 def test_wrong_secret(store: TokenStore) -> None:
     _, token = store.create("alice", READ_DS)
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
@@ -374,6 +422,15 @@ def test_nothing_shows_a_token(store: TokenStore, tmp_path: Path) -> None:
     assert "sha256" not in repr(record) and record.digest not in repr(record)
 
 
+def bad_incarnation(tmp_path: Path, value: object) -> str:
+    """A token file whose one grant's incarnation is ``value``."""
+    made = TokenStore(tmp_path / "made.json")
+    made.create("alice", READ_DS, require_dataset=lambda name: 1)
+    document = json.loads(made.path.read_text())
+    document["tokens"][0]["grants"][0]["incarnation"] = value
+    return json.dumps(document)
+
+
 def test_corrupt_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     for content in (
@@ -383,6 +440,8 @@ def test_corrupt_file_is_refused(tmp_path: Path) -> None:
         json.dumps({"format": "tierstore-tokens/v0", "tokens": []}),
         json.dumps({"format": "tierstore-tokens/vx", "tokens": []}),
         json.dumps({"format": "tierstore-tokens/v1", "tokens": [{"token_id": "x"}]}),
+        bad_incarnation(tmp_path, "7"),
+        bad_incarnation(tmp_path, -1),
     ):
         path.write_text(content)
         with pytest.raises(DataLoss):
@@ -524,9 +583,14 @@ def test_a_token_made_while_its_dataset_is_deleted_keeps_no_grant_on_it(tmp_path
     deleting = threading.Thread(target=run)
     deleting.start()
     assert held.inside.wait(10)
-    _, token = tokens.create(
-        "late", [Grant("plain", Role.READER)], require_dataset=store.get_dataset
-    )
+
+    def require_dataset(name: str) -> int:
+        store.get_dataset(name)  # DatasetNotFound
+        incarnation = store.dataset_incarnation(name)
+        assert incarnation is not None
+        return incarnation
+
+    _, token = tokens.create("late", [Grant("plain", Role.READER)], require_dataset=require_dataset)
     held.release.set()
     deleting.join(10)
     assert not deleting.is_alive()

@@ -399,6 +399,17 @@ def _run(
             )
         try:  # a file of another user's (a first start as root): one line, no traceback
             tokens = TokenStore(data_dir / "tokens.json")
+            # Before the node serves: a grant a restored token file or a rebuild gave
+            # to another dataset of its name (grants end with their dataset).
+            stale = tokens.drop_stale_grants(store.dataset_incarnation)
+            for line in stale:
+                log.warning("removed a stale grant: %s", line)
+            if stale:
+                out.write(
+                    f"tierstore: removed {len(stale)} grant(s) made for datasets deleted "
+                    "since (the token file, or the dataset, came back from before the "
+                    "delete); the log names them\n"
+                )
             admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
             tls = None
             client_files: tuple[Path, Path] | None = None

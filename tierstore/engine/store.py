@@ -500,10 +500,18 @@ class Store:
 
     def has_dataset(self, name: str) -> bool:
         """Whether a dataset of that name exists. Raises InvalidName."""
+        return self.dataset_incarnation(name) is not None
+
+    def dataset_incarnation(self, name: str) -> int | None:
+        """Which dataset of that name exists: the first generation it may hold, which
+        no earlier or later namesake shares (0 for one made before these were
+        recorded), or None when there is none. Raises InvalidName."""
         self._check_open()
         validate_dataset_name(name)
         with self._env.read() as txn:
-            return self._catalog.get_dataset(txn, name) is not None
+            if self._catalog.get_dataset(txn, name) is None:
+                return None
+            return self._catalog.dataset_first_generation(txn, name)
 
     def list_datasets(self) -> list[tuple[str, DatasetSettings]]:
         """All datasets, sorted by name."""

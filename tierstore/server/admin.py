@@ -81,12 +81,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return admin_pb2.CreateTokenResponse(token_id=info.token_id, token=token)
 
-    def _require_dataset(self, name: str) -> None:
-        if not self._store.has_dataset(name):
+    def _require_dataset(self, name: str) -> int:
+        incarnation = self._store.dataset_incarnation(name)
+        if incarnation is None:
             raise DatasetNotFound(
                 f"no dataset {name!r} to grant a role on: create it first "
                 "(grants end with their dataset, and none starts before it)"
             )
+        return incarnation
 
     @handler
     def RevokeToken(

@@ -123,6 +123,10 @@ class _Record:
     info: TokenInfo
     #: hex SHA-256 of the token string.
     digest: str = dataclasses.field(repr=False)
+    #: by dataset a grant names, the incarnation of the dataset it was made for (its
+    #: first generation, Store.dataset_incarnation); absent: made by an earlier
+    #: release, bound at the next start (:meth:`TokenStore.drop_stale_grants`).
+    incarnations: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _digest(token: str) -> str:
@@ -182,7 +186,7 @@ class TokenStore:
         grants: Iterable[Grant],
         ttl_s: float = 0,
         *,
-        require_dataset: Callable[[str], object] | None = None,
+        require_dataset: Callable[[str], int] | None = None,
     ) -> tuple[TokenInfo, str]:
         """Issue a token for ``principal`` with ``grants``, valid ``ttl_s`` seconds (0: ever).
 
@@ -190,7 +194,8 @@ class TokenStore:
         (not ``*``) under the lock that :meth:`remove_grants_on` takes, and raises if
         there is no such dataset: grants end with their dataset, so none may start
         before it either (a grant on a name nobody has made yet would be honoured by a
-        dataset made later under it, for someone else).
+        dataset made later under it, for someone else). It returns the dataset's
+        incarnation, which the grant is bound to (:meth:`drop_stale_grants`).
 
         Returns the token's info and the token itself — the only time the token exists
         outside the caller's hands. Raises :class:`~tierstore.errors.InvalidArgument` for a
@@ -200,11 +205,13 @@ class TokenStore:
         """
         with self._lock:
             info, token = self._new(principal, grants, ttl_s)
+            incarnations = {}
             if require_dataset is not None:
                 for grant in info.grants:
                     if grant.dataset != ALL_DATASETS:
-                        require_dataset(grant.dataset)
-            self._commit({**self._records, info.token_id: _Record(info, _digest(token))})
+                        incarnations[grant.dataset] = require_dataset(grant.dataset)
+            record = _Record(info, _digest(token), incarnations)
+            self._commit({**self._records, info.token_id: record})
         return info, token
 
     def revoke(self, token_id: str, *, force: bool = False) -> TokenInfo:
@@ -285,6 +292,46 @@ class TokenStore:
                     info = dataclasses.replace(record.info, grants=kept)
                     changed[token_id] = dataclasses.replace(record, info=info)
                     removed[token_id] = gone
+            if changed:
+                self._commit({**self._records, **changed})
+            return removed
+
+    def drop_stale_grants(self, incarnation_of: Callable[[str], int | None]) -> list[str]:
+        """Remove every grant made for another dataset than the one its name names now
+        (``incarnation_of(name)``: the dataset's incarnation, None for none), as a node
+        starts: the dataset was deleted since, and what holds the name now came back
+        from the archive (a write-back delete a hot-tier loss undid) or was made by
+        someone else, while this grant came from a token file copied before the
+        delete, or was made after it. Grants end with their dataset; a delete removes
+        them as it runs, and this catches those a restore or a rebuild brought back.
+        A grant an earlier release made (no incarnation recorded) is bound to the
+        dataset of its name now, or removed when there is none. Returns one line per
+        grant removed (for the node's log). Raises OSError if the store cannot be
+        written (then nothing changed)."""
+        with self._lock:
+            changed: dict[str, _Record] = {}
+            removed: list[str] = []
+            for token_id, record in self._records.items():
+                kept: list[Grant] = []
+                bound = dict(record.incarnations)
+                for grant in record.info.grants:
+                    if grant.dataset == ALL_DATASETS:
+                        kept.append(grant)
+                        continue
+                    now = incarnation_of(grant.dataset)
+                    made_for = bound.setdefault(grant.dataset, now) if now is not None else None
+                    if now is not None and made_for == now:
+                        kept.append(grant)
+                    else:
+                        bound.pop(grant.dataset, None)
+                        removed.append(
+                            f"token {token_id} ({record.info.principal}): its "
+                            f"{grant.role.value} grant on {grant.dataset!r}, made for a "
+                            "dataset of that name deleted since"
+                        )
+                if tuple(kept) != record.info.grants or bound != record.incarnations:
+                    info = dataclasses.replace(record.info, grants=tuple(kept))
+                    changed[token_id] = dataclasses.replace(record, info=info, incarnations=bound)
             if changed:
                 self._commit({**self._records, **changed})
             return removed
@@ -482,7 +529,7 @@ def _record_to_json(record: _Record) -> dict[str, Any]:
     return {
         "token_id": info.token_id,
         "principal": info.principal,
-        "grants": [{"dataset": g.dataset, "role": g.role.value} for g in info.grants],
+        "grants": [_grant_to_json(g, record.incarnations.get(g.dataset)) for g in info.grants],
         "created_at": info.created_at,
         "expires_at": info.expires_at,
         "revoked": info.revoked,
@@ -491,11 +538,23 @@ def _record_to_json(record: _Record) -> dict[str, Any]:
     }
 
 
+def _grant_to_json(grant: Grant, incarnation: int | None) -> dict[str, Any]:
+    written: dict[str, Any] = {"dataset": grant.dataset, "role": grant.role.value}
+    if incarnation is not None:
+        written["incarnation"] = incarnation
+    return written
+
+
 def _record_from_json(item: Mapping[str, Any]) -> _Record:
     digest = item["sha256"]
     if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ValueError("a token hash is not 64 hex digits")
     grants = tuple(Grant(str(g["dataset"]), Role(g["role"])) for g in item["grants"])
+    incarnations = {
+        str(g["dataset"]): _incarnation(g["incarnation"])
+        for g in item["grants"]
+        if "incarnation" in g
+    }
     info = TokenInfo(
         token_id=str(item["token_id"]),
         principal=str(item["principal"]),
@@ -505,4 +564,10 @@ def _record_from_json(item: Mapping[str, Any]) -> _Record:
         revoked=bool(item["revoked"]),
         revoked_at=float(item.get("revoked_at", 0.0)),
     )
-    return _Record(info, digest)
+    return _Record(info, digest, incarnations)
+
+
+def _incarnation(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a grant's incarnation is {value!r:.40}, not a generation number")
+    return value
