@@ -478,3 +478,11 @@ def spawn_server(
     yield spawn
     for running in started:
         running.stop()
+
+
+def archive_of(node: ServerProcess, seaweedfs: SeaweedServer) -> S3Settings:
+    """The archive settings ``node`` was started with on the session's SeaweedFS (its
+    prefix is the test's own)."""
+    args = list(node.extra_args)
+    bucket, prefix = args[args.index("--bucket") + 1], args[args.index("--prefix") + 1]
+    return seaweedfs.s3_settings(bucket, prefix)

@@ -16,21 +16,13 @@ import pytest
 from tests.conftest import raw_s3_client
 from tierstore import errors
 from tierstore.frames import FrameSealer, shard_context
-from tierstore.tiers.s3 import S3Settings
 from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, poll
+from .conftest import ServerProcess, archive_of, poll
 
 MiB = 1024 * 1024
 FRAMES = 3
 ORIGINAL = bytes(range(256)) * (FRAMES * 4 * MiB // 256)  # three full 4 MiB frames
-
-
-def archive_of(node: ServerProcess, seaweedfs: SeaweedServer) -> S3Settings:
-    """The archive settings the node was started with (its prefix is the test's own)."""
-    args = list(node.extra_args)
-    bucket, prefix = args[args.index("--bucket") + 1], args[args.index("--prefix") + 1]
-    return seaweedfs.s3_settings(bucket, prefix)
 
 
 @pytest.mark.timeout(120)

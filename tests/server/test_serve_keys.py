@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import raw_s3_client
 from tierstore import errors
 from tierstore.crypto import LocalKeyring
+from tierstore.tiers.seaweedfs import SeaweedServer
 
-from .conftest import ServerProcess, poll, serve_error_lines
+from .conftest import ServerProcess, archive_of, poll, serve_error_lines
 
 DATASET = "secret"
 
@@ -302,3 +304,47 @@ def test_a_key_file_linked_into_the_data_directory_keeps_its_own_mode(
     assert node.stop() == 0
     assert kept.stat().st_mode & 0o777 == 0o640
     assert (data_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.timeout(300)
+def test_a_rebuild_that_would_leave_a_dataset_out_is_refused_unless_accepted(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path, seaweedfs: SeaweedServer
+) -> None:
+    # One damaged _dataset.json: the rebuild skipped the whole dataset with a warning,
+    # said "ready", and the dataset made again under the name (it was missing) had the
+    # old one's archived, acknowledged shards deleted by the next rebuild.
+    data_dir = tmp_path / "node"
+    node = spawn_server(data_dir)
+    with node.connect(local_reads=False) as client:
+        for dataset in ("wt", "other"):
+            client.create_dataset(dataset, encrypted=False, durability="write-through")
+            client.put(dataset, "s", dataset.encode() * 1000)
+    settings = archive_of(node, seaweedfs)
+    assert node.stop() == 0
+    shutil.rmtree(data_dir / "hot")
+    s3 = raw_s3_client(settings)
+    key = f"{settings.prefix}wt/_dataset.json"
+    whole = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=whole[: len(whole) // 2])
+
+    line = refused_start(spawn_server, data_dir, "--rebuild-from-archive")
+    assert "would leave out 1 archive objects it does not believe, of datasets 'wt'" in line
+    assert "nothing was rebuilt" in line and "--accept-partial-rebuild" in line
+
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=whole)  # repaired: all of it back
+    again = rebuilt(spawn_server, data_dir, "2 shards of 2 datasets")
+    with again.connect(local_reads=False) as client:
+        assert client.get("wt", "s").to_pybytes() == b"wt" * 1000
+    assert again.stop() == 0
+
+    shutil.rmtree(data_dir / "hot")  # lost again, and this time accepted without "wt"
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=whole[: len(whole) // 2])
+    partial = rebuilt(spawn_server, data_dir, "1 shards of 1 datasets", "--accept-partial-rebuild")
+    assert "left out of the rebuild (--accept-partial-rebuild): 1 archive objects" in (
+        partial.output()
+    )
+    assert "of datasets 'wt'" in partial.output() and "Make no dataset of" in partial.output()
+    with partial.connect(local_reads=False) as client:
+        assert client.get("other", "s").to_pybytes() == b"other" * 1000
+        with pytest.raises(errors.DatasetNotFound):
+            client.get("wt", "s")

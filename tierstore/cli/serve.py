@@ -138,6 +138,8 @@ class ServeOptions:
     #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).
     rebuild_from_archive: bool = False
+    #: a rebuild may leave out archive objects it does not believe (without: refused).
+    accept_partial_rebuild: bool = False
     #: the key file was lost and no dataset is encrypted: seal the archive's metadata
     #: under the keys given now (masterkeys.check_node_keys).
     reseal_archive: bool = False
@@ -372,6 +374,7 @@ def _run(
                     out,
                     unchecked,
                     rebuild_from_archive=options.rebuild_from_archive,
+                    accept_partial_rebuild=options.accept_partial_rebuild,
                     reseal_archive=options.reseal_archive,
                     archive_lost=options.archive_lost,
                 )

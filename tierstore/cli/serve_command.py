@@ -110,6 +110,14 @@ def serve(
             "lost hot tier), rebuild the catalog from the archive instead of refusing to start"
         ),
     ] = False,
+    accept_partial_rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="with --rebuild-from-archive: rebuild even when some archive objects are "
+            "not believed (damaged, or sealed under keys not given), leaving their datasets "
+            "or shards out; without it such a rebuild is refused, with nothing changed"
+        ),
+    ] = False,
 ) -> None:
     """Run a node: hot tier, archive (embedded SeaweedFS by default), TLS, tokens."""
     from tierstore.cli.logs import configure_logging, errors_as_json
@@ -168,6 +176,7 @@ def serve(
         max_connections=max_connections,
         caller_share=caller_share,
         rebuild_from_archive=rebuild_from_archive,
+        accept_partial_rebuild=accept_partial_rebuild,
         reseal_archive=reseal_archive,
         archive_lost=archive_lost,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
@@ -65,10 +65,12 @@ def open_checked_store(
     rebuild_from_archive: bool,
     reseal_archive: bool,
     archive_lost: bool = False,
+    accept_partial_rebuild: bool = False,
 ) -> tuple[Store, ArchiveUnavailable | None]:
     """Open the node's store (its mover not started) and check its keys, and a hot tier
     this start made, against the archive (with ``rebuild_from_archive``,
-    ``reseal_archive`` and ``archive_lost`` as serve was given them); return it and,
+    ``accept_partial_rebuild``, ``reseal_archive`` and ``archive_lost`` as serve was
+    given them); return it and,
     when the archive could not be reached but the node may serve its own hot tier
     meanwhile, why (refused with ``archive_lost``). On any error the store is closed
     again."""
@@ -105,7 +107,13 @@ def open_checked_store(
                 f"--archive-lost needs the archive to answer, and it does not ({archive_down})"
             )
         if unchecked.exists():
-            check_a_new_hot_tier(store, rebuild_from_archive, out, lost_keys=reseal_archive)
+            check_a_new_hot_tier(
+                store,
+                rebuild_from_archive,
+                out,
+                lost_keys=reseal_archive,
+                accept_partial=accept_partial_rebuild,
+            )
             unchecked.unlink()
     except BaseException:
         store.close()
@@ -174,14 +182,18 @@ def through_embedded_restarts(
             )
 
 
-def check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool) -> None:
+def check_a_new_hot_tier(
+    store: Store, rebuild: bool, out: TextIO, *, lost_keys: bool, accept_partial: bool = False
+) -> None:
     """For a hot tier made by this start (or by one that stopped before this check
     passed). Over an archive that holds objects, the hot tier was lost (or this node was
     given another node's archive): with ``rebuild``, rebuild the catalog from the
     archive (with ``lost_keys``, --reseal-archive, believing metadata the keys given now
     did not seal, for plaintext datasets only); without, refuse to start
     (FailedPrecondition), since writes accepted now would make the archive's shards
-    unreachable. Raises ArchiveUnavailable when the
+    unreachable. A rebuild that would leave out archive objects it does not believe is
+    refused (FailedPrecondition, nothing changed) unless ``accept_partial``
+    (--accept-partial-rebuild). Raises ArchiveUnavailable when the
     archive cannot be listed (a new node cannot be told apart from a lost hot tier
     then). A hot tier that passed the check is never checked again: a node whose
     datasets were all deleted restarts as it is."""
@@ -196,7 +208,15 @@ def check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys:
             "--rebuild-from-archive to rebuild the catalog from the archive, or give "
             "this node an archive --bucket/--prefix of its own"
         )
-    recovered = store.rebuild_from_archive(believe_unsealed=lost_keys)
+    skipped: dict[str, str] = {}
+
+    def partial(unbelieved: Mapping[str, str], datasets: int) -> None:
+        skipped.update(unbelieved)
+        # Believing nothing is refused below, with its own advice (--reseal-archive).
+        if datasets and not accept_partial:
+            raise FailedPrecondition(_partial_rebuild_refused(unbelieved))
+
+    recovered = store.rebuild_from_archive(believe_unsealed=lost_keys, on_skipped=partial)
     datasets = len(store.list_datasets())
     if not datasets:
         # An empty catalog served over an archive that holds objects would hide them
@@ -213,4 +233,35 @@ def check_a_new_hot_tier(store: Store, rebuild: bool, out: TextIO, *, lost_keys:
         f"tierstore: the hot tier was new; rebuilt the catalog from the archive: "
         f"{recovered} shards of {datasets} datasets (read from the archive until promoted)\n"
     )
+    if skipped:
+        out.write(
+            f"tierstore: left out of the rebuild (--accept-partial-rebuild): "
+            f"{len(skipped)} archive objects not believed, of datasets "
+            f"{_names(_datasets_of(skipped))}; the log names each. Make no dataset of "
+            "those names: a later rebuild would take their archived shards for an "
+            "earlier namesake's and delete them\n"
+        )
     out.flush()
+
+
+def _partial_rebuild_refused(unbelieved: Mapping[str, str]) -> str:
+    return (
+        f"the rebuild would leave out {len(unbelieved)} archive objects it does not "
+        f"believe, of datasets {_names(_datasets_of(unbelieved))} (the warnings above "
+        "name each and why: sealed under master keys this node does not hold, such as "
+        "a key file copied before the last rotation, or damaged); nothing was rebuilt. "
+        "Give the node the master key file the archive was last written with and start "
+        "again; to rebuild without them, add --accept-partial-rebuild (their datasets "
+        "or shards are then missing, and a dataset made again under a missing name has "
+        "the archived shards of the old one deleted by a later rebuild)"
+    )
+
+
+def _datasets_of(keys: Iterable[str]) -> list[str]:
+    """The datasets whose archive objects ``keys`` are (each key is DATASET/OBJECT)."""
+    return sorted({key.rpartition("/")[0] for key in keys})
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(repr(name) for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

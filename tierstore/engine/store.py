@@ -29,7 +29,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -1299,8 +1299,22 @@ class Store:
         with self._env.write() as txn:
             return archive_again_in(txn, self._catalog)
 
-    def rebuild_from_archive(self, *, believe_unsealed: bool = False) -> int:
+    def rebuild_from_archive(
+        self,
+        *,
+        believe_unsealed: bool = False,
+        on_skipped: Callable[[Mapping[str, str], int], None] | None = None,
+    ) -> int:
         """Fill an empty catalog from the archive alone; returns the shards recovered.
+
+        ``on_skipped``, when some archive objects are not believed (damaged, or sealed
+        under keys this store lacks), is called with them (key: why) and the number of
+        datasets that would be restored, before anything is: what it raises ends the
+        rebuild with nothing changed. A rebuild
+        without those objects leaves their datasets or shards out, and a dataset left
+        out and made again under its name has its archived generations taken for an
+        earlier namesake's (deleted) by a later rebuild: the node refuses a partial
+        rebuild unless told otherwise.
 
         Every dataset and the newest generation of every shard come back as
         archived and not hot (reads fetch and promote them); the older generations
@@ -1330,6 +1344,8 @@ class Store:
             )
         for key, why in contents.unreadable.items():
             log.warning("archive object %s is not believed, skipped: %s", key, why)
+        if contents.unreadable and on_skipped is not None:
+            on_skipped(contents.unreadable, len(contents.datasets))
         if contents.former:
             log.warning(
                 "%d shard generations in the archive belong to datasets deleted before "
