@@ -509,12 +509,39 @@ class _CallerWaiting:
 WAITING = _CallerWaiting()
 
 
-def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None:
-    # One delete is refused (its dataset holds a shard), another lands meanwhile: the
-    # grants the first removed must not come back onto a dataset that is gone.
+def test_a_delete_refused_for_the_shards_it_holds_leaves_every_grant_in_place(
+    tmp_path: Path,
+) -> None:
+    # The grants went first and came back after the engine refused: meanwhile every
+    # call of a token with a grant on the dataset was told it did not exist, and its
+    # readers, writers and DataLoaders failed, for a delete that changed nothing.
     factory = StoreFactory(tmp_path / "stores")
     store = factory(MemoryTier(), datasets={"plain": DatasetSettings()})
     store.put("plain", "s", b"tenant one")
+    tokens = TokenStore(tmp_path / "tokens.json")
+    _, token = tokens.create("tenant", [Grant("plain", Role.READER)])
+    taken: list[str] = []
+    take = tokens.remove_grants_on
+    tokens.remove_grants_on = lambda name: taken.append(name) or take(name)  # type: ignore[method-assign]
+    calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
+    servicer = DatasetServicer(store, tokens)
+    delete = DatasetServicer.DeleteDataset.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(FailedPrecondition, match="'plain' holds 1 shard; delete them"):
+        delete(servicer, DeleteDatasetRequest(name="plain"), WAITING)
+    assert taken == []  # never taken, so never missing
+    assert tokens.authenticate(token).grants == (Grant("plain", Role.READER),)
+    with pytest.raises(DatasetNotFound):
+        delete(servicer, DeleteDatasetRequest(name="nothing"), WAITING)
+    assert store.get("plain", "s").to_bytes() == b"tenant one"
+    factory.close_all()
+
+
+def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None:
+    # One delete is refused (a shard was put after its first check), another lands
+    # meanwhile: the grants the first removed must not come back onto a dataset that
+    # is gone.
+    factory = StoreFactory(tmp_path / "stores")
+    store = factory(MemoryTier(), datasets={"plain": DatasetSettings()})
     tokens = TokenStore(tmp_path / "tokens.json")
     _, token = tokens.create("tenant", [Grant("plain", Role.READER)])
     calling_as(Principal("admin", (Grant(ALL_DATASETS, Role.ADMIN),), via="token"))
@@ -535,6 +562,7 @@ def test_two_deletes_of_one_dataset_leave_no_grant_on_it(tmp_path: Path) -> None
     refused = threading.Thread(target=run, args=(False,))
     refused.start()
     assert held.inside.wait(10)
+    store.put("plain", "s", b"tenant one")  # lands after the service's check
     forced = threading.Thread(target=run, args=(True,))
     forced.start()
     held.release.set()

@@ -634,6 +634,21 @@ class Store:
         self._placement.retire_reads(name)
         self._trace.retire_dataset(name)
 
+    def check_deletable(self, name: str) -> None:
+        """Raise what :meth:`delete_dataset` without force would, before anything is
+        done: DatasetNotFound, or FailedPrecondition while ``name`` holds shards. A
+        read, so a put may still land before a delete (which checks again), but a
+        delete sure to be refused is refused without a write transaction, and before
+        the service takes the dataset's grants."""
+        self._check_open()
+        validate_dataset_name(name)
+        with self._env.read() as txn:
+            self._catalog.require_dataset(txn, name)
+            held = sum(1 for _ in self._catalog.iter_shards(txn, name))
+            held += len(self._catalog.damaged_keys_of(txn, name))
+        if held:
+            raise _holds_shards(name, held)
+
     def _drop_dataset(
         self, name: str, force: bool, admit: Callable[[DatasetSettings], None] | None
     ) -> tuple[DatasetSettings, builtins.list[ShardRecord], int]:
@@ -650,11 +665,7 @@ class Store:
                     records = list(self._catalog.iter_shards(txn, name))
                     damaged = self._catalog.damaged_keys_of(txn, name)
                     if (records or damaged) and not force:
-                        held = len(records) + len(damaged)
-                        raise FailedPrecondition(
-                            f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
-                            "delete them, or delete it with force (the CLI's --force)"
-                        )
+                        raise _holds_shards(name, len(records) + len(damaged))
                     for record in records:
                         self._writer.delete_in(txn, record)
                     self._delete_damaged_in(txn, damaged)
@@ -1412,3 +1423,11 @@ class Store:
             pins_waiting_for_room=waiting.shards,
             pins_waiting_for_room_bytes=waiting.bytes,
         )
+
+
+def _holds_shards(dataset: str, held: int) -> FailedPrecondition:
+    """Why a delete of ``dataset`` without force is refused: it holds ``held`` shards."""
+    return FailedPrecondition(
+        f"dataset {dataset!r} holds {held} shard{'' if held == 1 else 's'}; "
+        "delete them, or delete it with force (the CLI's --force)"
+    )

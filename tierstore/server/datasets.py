@@ -139,6 +139,11 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             # dataset of the name deleted meanwhile (and perhaps made again for someone
             # else), deletes nothing.
             self._check("DeleteDataset", name)
+            if not request.force:
+                # Refused before the grants go: meanwhile every call of a token with a
+                # grant on it was told the dataset did not exist, and its readers,
+                # writers and DataLoaders failed, for a delete that changed nothing.
+                self._store.check_deletable(name)
             removed = self._tokens.remove_grants_on(name) if self._tokens is not None else {}
             deleted = False
 
