@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -170,14 +171,18 @@ def test_deleting_a_dataset_keeps_the_node_totals_and_a_new_one_starts_at_zero(
         metrics.stop_serving()
 
 
-def unauthenticated_calls(server: ServerProcess, method: str) -> float:
-    """The node's ``tierstore_requests_total`` of ``method`` answered UNAUTHENTICATED."""
+def sample(server: ServerProcess, series: str) -> float:
+    """The value of the node's ``series`` (name and labels, as exposed), 0 if absent."""
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
-    wanted = f'tierstore_requests_total{{code="UNAUTHENTICATED",method="{method}"}} '
-    lines = [line for line in text.splitlines() if line.startswith(wanted)]
+    lines = [line for line in text.splitlines() if line.startswith(f"{series} ")]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def unauthenticated_calls(server: ServerProcess, method: str) -> float:
+    """The node's ``tierstore_requests_total`` of ``method`` answered UNAUTHENTICATED."""
+    return sample(server, f'tierstore_requests_total{{code="UNAUTHENTICATED",method="{method}"}}')
 
 
 def test_calls_refused_for_their_credentials_are_counted(server: ServerProcess) -> None:
@@ -185,6 +190,8 @@ def test_calls_refused_for_their_credentials_are_counted(server: ServerProcess) 
     # credentials saw nothing.
     method = "/tierstore.v1.DatasetService/ListDatasets"
     before = unauthenticated_calls(server, method)
+    timed = f'tierstore_request_seconds_count{{method="{method}"}}'
+    timed_before = sample(server, timed)
     stub = datasets_pb2_grpc.DatasetServiceStub(server.channel())
     for token in ("ts_000000000000_nope", "garbage"):
         with pytest.raises(grpc.RpcError) as refused:
@@ -195,6 +202,19 @@ def test_calls_refused_for_their_credentials_are_counted(server: ServerProcess) 
             )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     assert unauthenticated_calls(server, method) == before + 2
+    # Counted, not timed: a flood of refusals pulled the method's latency toward zero.
+    assert sample(server, timed) == timed_before
+
+
+def test_the_backlog_cap_and_the_free_disk_are_exported(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    # Neither was: "backlog / cap" could not be computed, and a full disk showed only
+    # as puts failing.
+    assert sample(server, "tierstore_archive_backlog_cap_bytes") > 0
+    free = sample(server, "tierstore_data_disk_free_bytes")
+    assert free > 0
+    assert abs(free - shutil.disk_usage(server.data_dir).free) < 256 << 20  # the same disk
 
 
 def closed_by_the_server(connection: socket.socket) -> bool:

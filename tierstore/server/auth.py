@@ -76,7 +76,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates every call and audits it."""
 
     def __init__(
-        self, tokens: TokenStore, observe: Callable[[str, str, float], None] | None = None
+        self, tokens: TokenStore, observe: Callable[[str, str, float | None], None] | None = None
     ) -> None:
         self._tokens = tokens
         #: called with (method, status code name, seconds) after every authenticated call
@@ -102,7 +102,7 @@ def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
     refused: Unauthenticated,
-    observe: Callable[[str, str, float], None],
+    observe: Callable[[str, str, float | None], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once
     (counted by ``observe``, as every call is, so refusals show in the metrics). Its
@@ -114,7 +114,7 @@ def _refusal(
     """
 
     def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        observe(method, "UNAUTHENTICATED", 0.0)
+        observe(method, "UNAUTHENTICATED", None)  # counted, not timed
         _audit(
             "denied",
             method=method,
@@ -142,7 +142,7 @@ def _wrap(
     principal: Principal,
     now: Callable[[Principal], Principal],
     method: str,
-    observe: Callable[[str, str, float], None],
+    observe: Callable[[str, str, float | None], None],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import selectors
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -44,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_a
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tierstore.engine.store import Store
+from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import Unavailable
 from tierstore.server.places import Places
 
@@ -97,9 +100,13 @@ class ServerMetrics:
         )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
-    def observe_call(self, method: str, code: str, seconds: float) -> None:
+    def observe_call(self, method: str, code: str, seconds: float | None) -> None:
+        """Count a call; ``seconds`` (its latency) None for a call refused before it ran
+        (its credentials): counted, but not timed, or a flood of refusals would pull
+        the method's latency toward zero."""
         self._requests.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+        if seconds is not None:
+            self._latency.labels(method).observe(seconds)
 
     def observe_served(self, tier: str, nbytes: int) -> None:
         self._served.labels(tier).inc(nbytes)
@@ -470,6 +477,17 @@ class _StoreCollector(Collector):
             "tierstore_archive_backlog_bytes", "bytes waiting for the archive", stats.backlog_bytes
         )
         yield GaugeMetricFamily(
+            "tierstore_archive_backlog_cap_bytes",
+            "the backlog past which puts fail RESOURCE_EXHAUSTED (backlog_cap_bytes)",
+            self._store.settings.backlog_cap_bytes,
+        )
+        yield GaugeMetricFamily(
+            "tierstore_data_disk_free_bytes",
+            "bytes free to the node on the hot tier's file system (the disk reserve not "
+            "counted); puts fail RESOURCE_EXHAUSTED when it runs out",
+            _disk_free(hot_tier_dir(self._store.settings.data_dir)),
+        )
+        yield GaugeMetricFamily(
             "tierstore_journal_entries", "archive operations pending", stats.journal_entries
         )
         yield GaugeMetricFamily(
@@ -549,3 +567,12 @@ class _StoreCollector(Collector):
             misses.add_metric([], total_misses)
         yield hits
         yield misses
+
+
+def _disk_free(path: Path) -> float:
+    """Bytes free to unprivileged users on ``path``'s file system (NaN if it cannot be
+    read: a scrape must not fail for it)."""
+    try:
+        return float(shutil.disk_usage(path).free)
+    except OSError:
+        return math.nan
