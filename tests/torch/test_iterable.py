@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tierstore.errors import (
     DatasetNotFound,
     InvalidArgument,
+    PermissionDenied,
     PlanShardsChanged,
     ShardNotFound,
     Unavailable,
@@ -608,6 +609,24 @@ def test_a_failing_or_missing_plan_api_is_logged_once_and_reading_goes_on(
     assert len([m for m in messages if "Unavailable: plans are down" in m]) <= 1
     assert len([m for m in messages if "no declare_plan()" in m]) <= 1
     assert any("access plan" in m for m in messages)
+    assert all("reading is unaffected" in m for m in messages if "access plan" in m)
+
+
+def test_a_plan_refused_for_the_callers_authority_does_not_promise_the_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "(reading is unaffected)" was logged just before the reads failed with the same
+    # error: a revoked token, a grant gone, a dataset deleted.
+    class Revoked(MemoryService):
+        def declare_plan(self, dataset: str, **kwargs: Any) -> str:
+            raise PermissionDenied("no reader role on ds")
+
+    svc = Revoked("ds", {name: sample_table(i, n) for i, (name, n) in enumerate(ROWS.items())})
+    with caplog.at_level(logging.WARNING, "tierstore.torch.access_plan"):
+        list(make(svc, shuffle=False))
+    messages = [r.getMessage() for r in caplog.records if "access plan" in r.getMessage()]
+    assert messages and all("the reads will likely fail with it too" in m for m in messages)
+    assert not any("reading is unaffected" in m for m in messages)
 
 
 def test_declare_plan_false_sends_nothing() -> None:

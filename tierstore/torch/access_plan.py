@@ -26,7 +26,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tierstore.errors import PlanShardsChanged, TierstoreError
+from tierstore.errors import (
+    DatasetNotFound,
+    PermissionDenied,
+    PlanShardsChanged,
+    TierstoreError,
+    Unauthenticated,
+)
 from tierstore.plans import DEFAULT_PLAN_TTL_S, SamplerPlan
 
 __all__ = ["REPORT_INTERVAL_S", "PlanReporter"]
@@ -160,10 +166,17 @@ class PlanReporter:
         except passing:
             raise
         except Exception as exc:  # advisory: nothing here may stop the reads
+            # An error of the caller's authority or of the dataset fails the reads too:
+            # "unaffected" was said just before they failed with the same error.
+            reads = (
+                "the reads will likely fail with it too"
+                if isinstance(exc, Unauthenticated | PermissionDenied | DatasetNotFound)
+                else "reading is unaffected"
+            )
             _warn_once(
                 f"{method} {type(exc).__name__}",
                 f"{method} failed ({type(exc).__name__}: {exc}); the access plan is dropped "
-                "for this epoch (reading is unaffected)",
+                f"for this epoch ({reads})",
                 # A foreign exception may be a bug worth its stack; ours say what they mean.
                 exc_info=not isinstance(exc, TierstoreError),
             )
