@@ -87,6 +87,9 @@ class EngineSettings:
     #: a cold read in about their sum).
     archive_read_timeout_s: float = 20.0
     archive_retry_budget_s: float = 30.0
+    #: with no archive request begun for this long, the node asks the archive for one
+    #: dataset's settings object, so an outage (and its end) shows on an idle node too.
+    archive_probe_s: float = 30.0
     #: retry back-off of the mover for a failing archive (seconds, doubled per attempt).
     mover_retry_initial_s: float = 0.2
     mover_retry_max_s: float = 30.0
@@ -159,6 +162,7 @@ class EngineSettings:
             "promotion_threads": self.promotion_threads,
             "archive_read_timeout_s": self.archive_read_timeout_s,
             "archive_retry_budget_s": self.archive_retry_budget_s,
+            "archive_probe_s": self.archive_probe_s,
             "mover_retry_initial_s": self.mover_retry_initial_s,
             "mover_retry_max_s": self.mover_retry_max_s,
             "access_flush_interval_s": self.access_flush_interval_s,

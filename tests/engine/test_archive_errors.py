@@ -166,3 +166,30 @@ def test_requests_count_in_the_order_they_began_not_ended() -> None:
     assert watch.failure() is None
     watch.failed(down, began=4.0)
     assert "the archive is down" in (watch.failure() or "")
+
+
+def test_an_idle_node_asks_the_archive_so_an_outage_and_its_end_show(
+    open_store: StoreFactory,
+) -> None:
+    # With nothing to upload and nobody reading, nothing asked the archive: a frozen
+    # one showed nowhere, and once it answered again, the failure a cold read had
+    # recorded stayed shown until the next request.
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets=PLAIN, archive_probe_s=0.2)
+    store.put("plain", "s", b"archived")
+    assert store.drain(10)
+    assert store.stats().mover_error is None
+    archive.failing = True  # no request from here on but the node's own
+    wait_until(lambda: store.stats().mover_error is not None, "the outage to show")
+    assert "the archive is down" in (store.stats().mover_error or "")
+    archive.failing = False
+    wait_until(lambda: store.stats().mover_error is None, "the archive's answer to show")
+
+
+def test_a_node_without_datasets_asks_the_archive_nothing(open_store: StoreFactory) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, archive_probe_s=0.05)
+    archive.failing = True
+    watch = store.archive_watch
+    wait_until(lambda: watch.quiet_for() > 0.5, "a quiet half second")
+    assert store.stats().mover_error is None  # nothing was asked, so nothing failed

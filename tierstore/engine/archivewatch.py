@@ -10,8 +10,12 @@ and of each that returned. Stats and /metrics show the last failure, with when i
 happened, until a later request of any kind returns: the archive answers again.
 
 A missing object or a damaged one is an answer (the tier returns None, or bytes the
-caller finds wrong: DataLoss of one shard), not an outage. Nothing here makes a request
-of its own; a request costs a clock read and an uncontended lock.
+caller finds wrong: DataLoss of one shard), not an outage. A request costs a clock read
+and an uncontended lock. An idle node makes one of its own (:class:`ArchiveProbe`):
+with no request begun for ``archive_probe_s``, it asks for one dataset's settings
+object. An observability review froze the archive of an idle node for a minute with
+nothing shown, and once it answered again, a failure stayed shown until the next cold
+read.
 
 An archived shard's frames object found missing (:func:`report_missing`) is kept apart,
 for good (until the store is opened again): an archive that lost objects it
@@ -24,6 +28,7 @@ and an eviction dropped a hot shard whose only copy it was.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -34,9 +39,11 @@ from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.base import Tier
 from tierstore.tiers.forwarding import ForwardingTier
 
-__all__ = ["ArchiveWatch", "WatchedTier", "report_missing"]
+__all__ = ["ArchiveProbe", "ArchiveWatch", "WatchedTier", "report_missing"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 
 class ArchiveWatch:
@@ -56,11 +63,24 @@ class ArchiveWatch:
         self._failure: tuple[str, float, float] | None = None
         #: when the latest-begun request that answered began (``time.monotonic()``)
         self._answered_began = float("-inf")
+        #: when the latest request of any outcome began (``time.monotonic()``); made
+        #: counts as one, so a probe waits its interval after a store opens
+        self._last_began = time.monotonic()
         #: the first archived shard's object found missing, and how many were since
         self._missing: tuple[str, int] | None = None
         #: whether a record is its shard's current generation, archived (set by the
         #: store): an older generation's object deleted after an overwrite is no loss
         self.still_archived: Callable[[ShardRecord], bool] = lambda record: True
+
+    def began(self, began: float) -> None:
+        """A request began at ``began`` (``time.monotonic()``)."""
+        with self._lock:
+            self._last_began = max(self._last_began, began)
+
+    def quiet_for(self) -> float:
+        """Seconds since the latest archive request began (or the watch was made)."""
+        with self._lock:
+            return time.monotonic() - self._last_began
 
     def failed(self, error: ArchiveUnavailable, began: float) -> None:
         """A request begun at ``began`` (``time.monotonic()``) raised ``error``: shown
@@ -128,6 +148,7 @@ class WatchedTier(ForwardingTier):
 
     def _request(self, operation: str, call: Callable[[], _T]) -> _T:
         began = time.monotonic()
+        self._watch.began(began)
         try:
             result = call()
         except ArchiveUnavailable as exc:
@@ -143,3 +164,49 @@ def report_missing(archive: Tier, record: ShardRecord, message: str) -> None:
     :meth:`ArchiveWatch.object_missing`."""
     if isinstance(archive, WatchedTier):
         archive._watch.object_missing(record, message)
+
+
+class ArchiveProbe:
+    """A daemon thread that, whenever no archive request has begun for ``interval_s``,
+    makes one through the watched tier: the ``stat`` of an object the node wrote
+    (``key()``, a dataset's settings object; None: no dataset, nothing to ask). The
+    node's own object, not the bucket: credentials allowed only the node's prefix
+    answer it, and a missing one is an answer too. What it raises is the watch's to
+    show (ArchiveUnavailable) or ignored: it is only a question."""
+
+    def __init__(
+        self,
+        archive: WatchedTier,
+        watch: ArchiveWatch,
+        key: Callable[[], str | None],
+        interval_s: float,
+    ) -> None:
+        self._archive, self._watch, self._key = archive, watch, key
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="tierstore-archive-probe", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop asking; returns without waiting for a question under way (its answer
+        goes to the watch, which outlives it)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            quiet = self._watch.quiet_for()
+            if quiet < self._interval_s:  # a request began since: it answers for it
+                delay = self._interval_s - quiet
+                continue
+            delay = self._interval_s
+            try:
+                key = self._key()
+                if key is not None:
+                    self._archive.stat(key)
+            except Exception:  # the watch has what matters; the next round asks again
+                log.debug("the archive probe failed", exc_info=True)

@@ -165,6 +165,11 @@ class Catalog:
             raise DatasetNotFound(f"no dataset {name!r}")
         return settings
 
+    def first_dataset(self, txn: Any) -> str | None:
+        """The name of the first dataset in byte order, or None when there is none."""
+        cursor = txn.cursor(db=self._db("datasets"))
+        return bytes(cursor.key()).decode() if cursor.first() else None
+
     def list_datasets(self, txn: Any) -> list[tuple[str, DatasetSettings]]:
         cursor = txn.cursor(db=self._db("datasets"))
         return [(bytes(k).decode(), decode_dataset(v)) for k, v in cursor]

@@ -41,7 +41,7 @@ from tierstore.arrowio import schema_of_message
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archivewatch import ArchiveWatch, WatchedTier
+from tierstore.engine.archivewatch import ArchiveProbe, ArchiveWatch, WatchedTier
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
 from tierstore.engine.damaged import delete_damaged_in
@@ -206,6 +206,9 @@ class Store:
         self.archive_watch = ArchiveWatch()
         archive = WatchedTier(archive, self.archive_watch)
         self._archive = archive
+        self._archive_probe = ArchiveProbe(
+            archive, self.archive_watch, self._probe_key, settings.archive_probe_s
+        )
         #: the process that opened it: its threads, pools and accounts are that process's
         self._pid = os.getpid()
         self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
@@ -363,7 +366,15 @@ class Store:
         journal runs: the master keys, say). Call it once. Not thread-safe."""
         self.mover.start()
         self.prefetcher.start()
+        self._archive_probe.start()
         self.master_keys.resume_rotation()
+
+    def _probe_key(self) -> str | None:
+        """The archive object an idle node's probe asks for: the settings of its first
+        dataset (None: it has none, and nothing to lose to an outage)."""
+        with self._env.read() as txn:
+            name = self._catalog.first_dataset(txn)
+        return None if name is None else archive_dataset_key(name)
 
     def _current_record(self, record: ShardRecord) -> ShardRecord | None:
         """The catalog's record of ``record``'s shard now (``None``: none, or unreadable):
@@ -404,6 +415,7 @@ class Store:
             return
         self._closed = True
         self.master_keys.stop()  # a rotation under way: the rest on next start
+        self._archive_probe.stop()
         self.prefetcher.stop()
         self.mover.stop()
         self._reader.close()
