@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import threading
@@ -359,3 +360,25 @@ def test_a_stop_ends_the_answers_under_way_and_waits_for_their_threads() -> None
     finally:
         for reader in readers:
             reader.close()
+
+
+def test_a_flood_of_refused_calls_is_counted_whole_and_audited_once(
+    server: ServerProcess,
+) -> None:
+    # Each refusal was an audit line of its own: a client without a valid token grew
+    # the node's log by 1.3 GB an hour. The first of its kind is audited; the count
+    # stays whole in the metrics.
+    method = "/tierstore.v1.DatasetService/ListDatasets"
+    token_id = secrets.token_hex(6)  # a kind of refusal no other test makes
+    before = unauthenticated_calls(server, method)
+    stub = datasets_pb2_grpc.DatasetServiceStub(server.channel())
+    for _ in range(50):
+        with pytest.raises(grpc.RpcError):
+            stub.ListDatasets(
+                datasets_pb2.ListDatasetsRequest(),
+                metadata=(("authorization", f"Bearer ts_{token_id}_{'x' * 43}"),),
+                timeout=10,
+            )
+    assert unauthenticated_calls(server, method) == before + 50
+    lines = [line for line in server.errors().splitlines() if f"token={token_id}" in line]
+    assert len(lines) == 1 and "denied" in lines[0], lines

@@ -327,11 +327,13 @@ class TierstoreServer:
         # Promotions, cache fills and uploads hold shards' frames in the heap too.
         store.promoter.work_in_flight = self._idle_trim.busy
         store.mover.after_heap_work = self._idle_trim.owe
+        #: authenticates and audits every call
+        self.auth = AuthInterceptor(tokens, self.metrics.observe_call)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.
             interceptors=[
-                AuthInterceptor(tokens, self.metrics.observe_call),
+                self.auth,
                 DecodeInterceptor(
                     settings.request_arrival_s, settings.stream_message_s, REQUEST_CHECKS
                 ),

@@ -27,6 +27,7 @@ import grpc
 
 from tierstore.errors import Unauthenticated
 from tierstore.server.authz import Principal
+from tierstore.server.refusallog import RefusalLog, peer_host
 from tierstore.server.rpc import called_on, called_on_shard, calling_as
 from tierstore.server.tokens import AuthFailure, TokenStore
 from tierstore.wire.status import ERROR_HEADER
@@ -81,6 +82,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._tokens = tokens
         #: called with (method, status code name, seconds) after every authenticated call
         self._observe = observe or (lambda method, code, seconds: None)
+        #: which refused calls get an audit line (the first of each kind in a window)
+        self.refusals = RefusalLog()
 
     def intercept_service(
         self,
@@ -94,7 +97,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         try:
             principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
-            return _refusal(handler, method, exc, self._observe)
+            return _refusal(handler, method, exc, self._observe, self.refusals)
         return _wrap(handler, principal, self._tokens.principal_now, method, self._observe)
 
 
@@ -103,11 +106,14 @@ def _refusal(
     method: str,
     refused: Unauthenticated,
     observe: Callable[[str, str, float | None], None],
+    refusals: RefusalLog,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of ``handler``'s response shape that answers UNAUTHENTICATED at once
     (counted by ``observe``, as every call is, so refusals show in the metrics). Its
     audit line says why (``refused``'s reason) and, for a token of the right shape,
     which token: an operator can see which revoked or expired token is still in use.
+    Only the first refusal of its kind in a window is audited (``refusals``), with how
+    many went unaudited before it: a client without credentials filled the log.
 
     It takes its requests as a stream and never reads them, so no worker waits for
     the request of a caller without credentials.
@@ -115,14 +121,18 @@ def _refusal(
 
     def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         observe(method, "UNAUTHENTICATED", None)  # counted, not timed
-        _audit(
-            "denied",
-            method=method,
-            reason=refused.reason,
-            token=refused.token_id,
-            peer=context.peer(),
-            service=_peer_service(context),
-        )
+        peer = context.peer()
+        repeats = refusals.admit((peer_host(peer), refused.reason, refused.token_id))
+        if repeats is not None:  # else one of its kind was audited this window
+            _audit(
+                "denied",
+                method=method,
+                reason=refused.reason,
+                token=refused.token_id,
+                peer=peer,
+                service=_peer_service(context),
+                **({"repeats": str(repeats)} if repeats else {}),
+            )
         context.set_trailing_metadata(((ERROR_HEADER, "Unauthenticated"),))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
 
