@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -859,6 +859,52 @@ def test_reflection_needs_a_token(node: Node) -> None:
 # Audit.
 
 
+def reader_of_alpha(node: Node, principal: str) -> admin_pb2.CreateTokenResponse:
+    """A token made through the API for ``principal``, a reader of dataset alpha."""
+    (made,) = invoke(
+        node.channel,
+        ADMIN + "CreateToken",
+        admin_pb2.CreateTokenRequest(
+            principal=principal,
+            grants=[admin_pb2.Grant(dataset="alpha", role=admin_pb2.ROLE_READER)],
+        ),
+        node.tokens["admin"],
+    )
+    return cast(admin_pb2.CreateTokenResponse, made)
+
+
+def test_the_audit_log_says_what_an_admin_call_changed(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The trail said who called RevokeToken, CreateToken or UpdateDataset, and nothing
+    # of which token, which grants or which setting.
+    admin = node.tokens["admin"]
+    with caplog.at_level(logging.INFO, "tierstore.audit"):
+        made = reader_of_alpha(node, "changes")
+        invoke(
+            node.channel,
+            ADMIN + "RevokeToken",
+            admin_pb2.RevokeTokenRequest(token_id=made.token_id),
+            admin,
+        )
+        invoke(
+            node.channel,
+            DATASET + "UpdateDataset",
+            datasets_pb2.UpdateDatasetRequest(name="beta", hot_quota_bytes=1 << 30),
+            admin,
+        )
+    lines = {
+        record.getMessage().split()[1]: record.getMessage()
+        for record in caplog.records
+        if record.name == "tierstore.audit"
+    }
+    created = lines[f"method={ADMIN}CreateToken"]
+    assert f"token {made.token_id} of 'changes' with alpha=reader" in created
+    assert made.token not in created and made.token[16:] not in created
+    assert f"revoked token {made.token_id} of 'changes'" in lines[f"method={ADMIN}RevokeToken"]
+    assert 'change="hot_quota_bytes=1073741824"' in lines[f"method={DATASET}UpdateDataset"]
+
+
 def test_the_audit_log_records_denials_and_never_a_token(
     node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -867,17 +913,8 @@ def test_the_audit_log_records_denials_and_never_a_token(
     # once a window (tierstore.server.refusallog), and this test reads each one's line.
     node.running.server.auth.refusals = RefusalLog()
     with caplog.at_level(logging.DEBUG):
-        admin = node.tokens["admin"]
         # A token made through the API appears in its response only.
-        (made,) = invoke(
-            node.channel,
-            ADMIN + "CreateToken",
-            admin_pb2.CreateTokenRequest(
-                principal="audited",
-                grants=[admin_pb2.Grant(dataset="alpha", role=admin_pb2.ROLE_READER)],
-            ),
-            admin,
-        )
+        made = reader_of_alpha(node, "audited")
         secrets_seen.append(made.token)
         wrong = _wrong_secret(node.tokens["writer_a"])
         revoked = node.running.token("revoked-audit", ("alpha", Role.READER))

@@ -14,7 +14,7 @@ from tierstore.errors import DatasetNotFound, InvalidArgument, KeyRotationRefuse
 from tierstore.naming import validate_dataset_name
 from tierstore.server.authz import authorize, reauthorizer
 from tierstore.server.requestchecks import MAX_TOKEN_GRANTS
-from tierstore.server.rpc import caller, handler, refuse_if_caller_gone, stream_handler
+from tierstore.server.rpc import caller, handler, note_change, refuse_if_caller_gone, stream_handler
 from tierstore.server.tokens import TokenInfo, TokenStore
 from tierstore.v1 import admin_pb2, admin_pb2_grpc
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
@@ -79,6 +79,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         info, token = self._tokens.create(
             request.principal, grants, request.ttl_s, require_dataset=self._require_dataset
         )
+        given = ",".join(f"{grant.dataset}={grant.role.value}" for grant in info.grants)
+        note_change(
+            f"created token {info.token_id} of {info.principal!r} with {given or 'no grant'}"
+        )
         return admin_pb2.CreateTokenResponse(token_id=info.token_id, token=token)
 
     def _require_dataset(self, name: str) -> int:
@@ -96,6 +100,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeTokenResponse:
         self._check("RevokeToken")
         revoked = self._tokens.revoke(request.token_id, force=request.force)
+        note_change(f"revoked token {revoked.token_id} of {revoked.principal!r}")
         # The work done on the token's behalf stops too: its calls are refused from now
         # on, its streams end at their next message, and the access plans it keeps
         # (steering the prefetcher for up to their TTL past its last report) end here.
@@ -122,6 +127,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             refuse_if_caller_gone(context, "the key rotation")
             rewrapped = self._keys() if self._keys is not None else self._store.rotate_master_key()
             key_id = self._store.master_key_id
+        note_change(f"rotated the master key to {key_id!r}")
         return admin_pb2.RotateKeysResponse(rewrapped=rewrapped, key_id=key_id)
 
     @handler
@@ -138,6 +144,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             refuse_if_caller_gone(context, f"the retirement of key {request.key_id!r:.40}")
             left = self._keys.retire(request.key_id)
             current = self._store.master_key_id
+        note_change(f"retired master key {request.key_id!r}")
         return admin_pb2.RetireKeyResponse(key_ids=left, current=current)
 
     @handler

@@ -28,7 +28,7 @@ import grpc
 from tierstore.errors import Unauthenticated
 from tierstore.server.authz import Principal
 from tierstore.server.refusallog import RefusalLog, peer_host
-from tierstore.server.rpc import called_on, called_on_shard, calling_as
+from tierstore.server.rpc import called_on, called_on_shard, calling_as, noted_change
 from tierstore.server.tokens import AuthFailure, TokenStore
 from tierstore.wire.status import ERROR_HEADER
 
@@ -157,13 +157,14 @@ def _wrap(
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str
     ) -> None:
-        shard = called_on_shard()
+        shard, change = called_on_shard(), noted_change()
         _audit(
             "call",
             method=method,
             dataset=called_on(),
             # Quoted: a shard's name may hold spaces and "=" (and be read as fields).
             **({"shard": json.dumps(shard)} if shard else {}),
+            **({"change": json.dumps(change)} if change else {}),
             principal=principal.name,
             token=principal.token_id,
             service=_peer_service(context),

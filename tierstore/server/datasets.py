@@ -12,7 +12,7 @@ from tierstore.errors import InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.authz import authorize, visible
-from tierstore.server.rpc import caller, handler, refuse_if_caller_gone
+from tierstore.server.rpc import caller, handler, note_change, refuse_if_caller_gone
 from tierstore.server.tokens import TokenStore
 from tierstore.types import DatasetSettings
 from tierstore.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc
@@ -121,6 +121,13 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             backlog_quota_bytes=backlog_quota,
             still_allowed=still_allowed,
         )
+        asked = {
+            "durability": None if durability is None else settings.durability.value,
+            "hot_quota_bytes": quota,
+            "policy": None if policy is None else settings.policy,
+            "backlog_quota_bytes": backlog_quota,
+        }
+        note_change(" ".join(f"{key}={value}" for key, value in asked.items() if value is not None))
         return _dataset(name, settings)
 
     @handler
@@ -167,6 +174,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
                 if self._tokens is not None and not deleted:
                     self._tokens.restore_grants(removed)
                 raise
+        note_change(
+            ("deleted with force" if request.force else "deleted")
+            + (f"; grants on it removed from tokens {','.join(sorted(removed))}" if removed else "")
+        )
         if removed:
             log.info(
                 "dataset %s deleted: grants on it removed from tokens %s", name, sorted(removed)

@@ -36,8 +36,10 @@ __all__ = [
     "caller",
     "calling_as",
     "handler",
+    "note_change",
     "note_dataset",
     "note_shard",
+    "noted_change",
     "refuse_if_caller_gone",
     "stream_handler",
 ]
@@ -57,6 +59,8 @@ class _Call:
     dataset: str = ""
     #: the shard it names, a valid name ("": none)
     shard: str = ""
+    #: what an admin call changed, as it did it ("": nothing said)
+    change: str = ""
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tierstore_call", default=None)
@@ -108,6 +112,22 @@ def note_shard(shard: str) -> None:
     call = _CALL.get()
     if call is not None:
         call.shard = shard
+
+
+def note_change(change: str) -> None:
+    """Record what the current admin call changed (a token made or revoked, a
+    dataset's settings, a key), once it is done, for its audit line: the trail said
+    who called RevokeToken, not which token it revoked. Only text the node made or
+    checked (ids, valid names, numbers), never a secret."""
+    call = _CALL.get()
+    if call is not None:
+        call.change = change
+
+
+def noted_change() -> str:
+    """What :func:`note_change` recorded for the current call ("" if nothing)."""
+    call = _CALL.get()
+    return call.change if call is not None else ""
 
 
 def called_on_shard() -> str:
