@@ -77,7 +77,10 @@ class FakeClient:
 
     def update_dataset(self, name: str, **options: Any) -> DatasetSettings:
         self.calls.append(("update_dataset", (name, options["hot_quota_bytes"])))
-        return DatasetSettings(hot_quota_bytes=options["hot_quota_bytes"])
+        return DatasetSettings(
+            durability=options.get("durability") or "write-back",
+            hot_quota_bytes=options["hot_quota_bytes"] or 0,
+        )
 
     def delete(self, dataset: str, shard: str) -> None:
         self.calls.append(("delete", (dataset, shard)))
@@ -796,6 +799,25 @@ def test_a_quota_the_wire_cannot_carry_is_refused_before_any_call(
     assert line.startswith(f"error: InvalidArgument: {option} must be from 0 to")
     assert line.endswith(f"not {quota}")
     assert client.calls == []
+
+
+@pytest.mark.parametrize("durability", ["write-through", "write-back"])
+def test_a_durability_change_says_what_still_waits_for_the_archive(
+    client: FakeClient, durability: str
+) -> None:
+    # "updated dataset" alone: an operator who switched to write-through so that
+    # everything is archived had no hint that the shards put before still waited.
+    client.backlog_shards = 6
+    done = invoke("dataset", "update", "idle", "--durability", durability)
+    assert done.exit_code == 0, done.output
+    assert "6 shards (42 bytes)" in done.stdout
+    if durability == "write-through":
+        assert "a later put's success says nothing of them" in done.stdout
+    else:
+        assert "write-through puts already under way still wait" in done.stdout
+    client.backlog_shards = 0
+    quiet = invoke("dataset", "update", "idle", "--durability", durability)
+    assert quiet.stdout.strip() == "updated dataset idle"
 
 
 @pytest.mark.parametrize("command", ["create", "update"])

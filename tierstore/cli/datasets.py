@@ -23,7 +23,7 @@ from tierstore.cli.output import (
     yes_no,
 )
 from tierstore.naming import validate_dataset_name
-from tierstore.types import DatasetSettings, check_hot_quota
+from tierstore.types import DatasetSettings, Durability, check_hot_quota
 
 __all__ = [
     "dataset_create",
@@ -171,9 +171,9 @@ def dataset_update(
         )
     )
     shown = {"name": name, **_shown(settings)}
-    figures = _dataset_figures(client, name) if hot_quota else {}
+    figures = _dataset_figures(client, name) if hot_quota or durability else {}
     hot = int(figures.get("hot_bytes", 0))
-    note = ""
+    note = _backlog_note(settings, figures) if durability else ""
     if hot_quota and hot > hot_quota:
         # Both: it said the whole of the hot bytes were above the quota.
         shown["hot_bytes"] = hot
@@ -203,6 +203,24 @@ def dataset_update(
             "it passes its high watermark)"
         )
     emit_warned(shown, f"updated dataset {name}{note}", warning)
+
+
+def _backlog_note(settings: DatasetSettings, figures: dict[str, Any]) -> str:
+    """What a durability just set leaves as it was: the dataset's shards still waiting
+    for the archive ("" when none do, or its figures are not known)."""
+    shards, size = int(figures.get("backlog_shards", 0)), int(figures.get("backlog_bytes", 0))
+    if not shards:
+        return ""
+    if settings.durability is Durability.WRITE_THROUGH:
+        return (
+            f"; {shards:,} shards ({size:,} bytes) put before wait for the archive still: "
+            "write-through holds for puts from now on, and a later put's success says "
+            "nothing of them (tierstore stats shows the backlog drain)"
+        )
+    return (
+        f"; {shards:,} shards ({size:,} bytes) wait for the archive, and write-through "
+        "puts already under way still wait for it"
+    )
 
 
 def _dataset_figures(client: Any, name: str) -> dict[str, Any]:
