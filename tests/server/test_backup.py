@@ -141,3 +141,35 @@ def test_a_restored_token_file_gives_no_role_on_a_namesake_made_since(
         a.get("team", "b")
     with tierstore.connect(restarted.address, token=keeps, ca=ca) as c:
         assert c.get("other", "s").to_pybytes() == b"still readable"  # its dataset is the same
+
+
+@pytest.mark.timeout(240)
+def test_a_restore_without_the_admin_token_or_the_ca_says_so_and_gets_an_admin_back(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The banner told the operator to export an admin.token that was not there (the
+    # token file held a live admin token, so none was written), gave no way back but
+    # editing tokens.json, and made a new CA without a word to hand the clients.
+    data_dir = tmp_path / "node"
+    node = spawn_server(data_dir)
+    with node.connect() as admin:
+        admin.create_dataset("kept", encrypted=False)
+        admin.put("kept", "s", b"still here")
+        old_admin = node.token
+    assert node.stop() == 0
+    (data_dir / "admin.token").unlink()
+    shutil.rmtree(data_dir / "tls")
+
+    restarted = spawn_server(data_dir)
+    banner = restarted.output()
+    assert "admin.token is missing, and tokens.json holds a live admin token" in banner
+    assert "--new-admin-token" in banner
+    assert "made a new TLS CA (tls/ca.pem was missing): hand every client" in banner
+    assert restarted.stop() == 0
+    again = spawn_server(data_dir, "--new-admin-token")
+    assert "a new admin token was written to" in again.output()
+    with again.connect() as admin:
+        assert admin.get("kept", "s").to_pybytes() == b"still here"
+    assert again.token != old_admin  # another token
+    with again.connect(token=old_admin) as old:  # the lost one stays live until revoked
+        assert old.get("kept", "s").to_pybytes() == b"still here"

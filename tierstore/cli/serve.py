@@ -140,12 +140,44 @@ class ServeOptions:
     rebuild_from_archive: bool = False
     #: a rebuild may leave out archive objects it does not believe (without: refused).
     accept_partial_rebuild: bool = False
+    #: write another admin token to admin.token, whatever live one exists.
+    new_admin_token: bool = False
     #: the key file was lost and no dataset is encrypted: seal the archive's metadata
     #: under the keys given now (masterkeys.check_node_keys).
     reseal_archive: bool = False
     #: the archive is lost for good (or replaced by an empty one): archive again what
     #: the hot tier holds (masterkeys.check_node_keys).
     archive_lost: bool = False
+
+
+def _open_tokens(
+    store: Store, data_dir: Path, out: TextIO, *, new_admin_token: bool = False
+) -> tuple[TokenStore, str | None]:
+    """The node's token store, with the grants made for datasets deleted since dropped
+    (a grant a restored token file or a rebuild gave to another dataset of its name:
+    grants end with their dataset), and the admin token this start wrote (None: a live
+    one exists). Says on ``out`` what it dropped, and when ``admin.token`` is missing
+    although a live admin token exists (a restore without it); ``new_admin_token``
+    writes another whatever exists. Raises OSError."""
+    tokens = TokenStore(data_dir / "tokens.json")
+    stale = tokens.drop_stale_grants(store.dataset_incarnation)
+    for line in stale:
+        log.warning("removed a stale grant: %s", line)
+    if stale:
+        out.write(
+            f"tierstore: removed {len(stale)} grant(s) made for datasets deleted since (the "
+            "token file, or the dataset, came back from before the delete); the log names "
+            "them\n"
+        )
+    token_file = data_dir / "admin.token"
+    admin_token = tokens.ensure_admin_token(token_file, another=new_admin_token)
+    if admin_token is None and not token_file.exists():
+        out.write(
+            f"tierstore: {token_file} is missing, and tokens.json holds a live admin token, "
+            "so none was written: use a copy of that token (a backup's admin.token), or "
+            "start the node once with --new-admin-token\n"
+        )
+    return tokens, admin_token
 
 
 def _owned_by_another_user(path: Path) -> bool:
@@ -401,23 +433,20 @@ def _run(
                 "done (while the flag is given, no start checks them)\n"
             )
         try:  # a file of another user's (a first start as root): one line, no traceback
-            tokens = TokenStore(data_dir / "tokens.json")
-            # Before the node serves: a grant a restored token file or a rebuild gave
-            # to another dataset of its name (grants end with their dataset).
-            stale = tokens.drop_stale_grants(store.dataset_incarnation)
-            for line in stale:
-                log.warning("removed a stale grant: %s", line)
-            if stale:
-                out.write(
-                    f"tierstore: removed {len(stale)} grant(s) made for datasets deleted "
-                    "since (the token file, or the dataset, came back from before the "
-                    "delete); the log names them\n"
-                )
-            admin_token = tokens.ensure_admin_token(data_dir / "admin.token")
+            tokens, admin_token = _open_tokens(
+                store, data_dir, out, new_admin_token=options.new_admin_token
+            )
             tls = None
             client_files: tuple[Path, Path] | None = None
             if not options.insecure:
+                ca_was_made = (data_dir / "tls" / "ca.pem").exists()
                 tls = ensure_tls_material(data_dir, _certificate_names(options))
+                if not ca_was_made and admin_token is None:  # a node with tokens already
+                    out.write(
+                        "tierstore: made a new TLS CA (tls/ca.pem was missing): hand every "
+                        "client the new ca.pem; the copy they hold no longer verifies "
+                        "this node\n"
+                    )
                 if options.require_client_cert:
                     client_files = ensure_admin_client_certificate(data_dir, tls)
         except OSError as exc:

@@ -110,6 +110,14 @@ def serve(
             "lost hot tier), rebuild the catalog from the archive instead of refusing to start"
         ),
     ] = False,
+    new_admin_token: Annotated[
+        bool,
+        typer.Option(
+            help="write another admin token to <data-dir>/admin.token, replacing the file, "
+            "even though a live one exists (a node restored without its admin.token); the "
+            "token the file held stays live until revoked"
+        ),
+    ] = False,
     accept_partial_rebuild: Annotated[
         bool,
         typer.Option(
@@ -177,6 +185,7 @@ def serve(
         caller_share=caller_share,
         rebuild_from_archive=rebuild_from_archive,
         accept_partial_rebuild=accept_partial_rebuild,
+        new_admin_token=new_admin_token,
         reseal_archive=reseal_archive,
         archive_lost=archive_lost,
     )

@@ -199,7 +199,15 @@ def check_a_new_hot_tier(
     datasets were all deleted restarts as it is."""
     if store.list_datasets():
         return  # a rebuild that committed before its start was stopped
-    if not store.archive_holds_objects():
+    try:
+        holds_objects = store.archive_holds_objects()
+    except ArchiveUnavailable as exc:
+        raise ArchiveUnavailable(
+            f"{exc}; a new hot tier is checked against the archive before the node serves "
+            "(and rebuilt from it with --rebuild-from-archive): nothing was changed, start "
+            "the node again once the archive answers"
+        ) from None
+    if not holds_objects:
         return  # a new node over an empty archive
     if not rebuild:
         raise FailedPrecondition(

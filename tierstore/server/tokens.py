@@ -415,20 +415,23 @@ class TokenStore:
             expires_at=info.expires_at,
         )
 
-    def ensure_admin_token(self, token_file: Path) -> str | None:
+    def ensure_admin_token(self, token_file: Path, *, another: bool = False) -> str | None:
         """On first start, issue an admin token and write it to ``token_file`` (mode 0600).
 
         Issues a token for principal ``"admin"`` with the admin role on ``"*"`` unless the
         store already holds a live (unrevoked, unexpired) token with that grant; returns it,
         or ``None`` when one existed. Restarting after every admin token was revoked or
         expired thus issues a fresh one: whoever can read the data directory is admin anyway.
+        With ``another``, issues one whatever exists (a node restored without its
+        ``admin.token``: the live admin token's holder is gone); the file is replaced,
+        and a token it held stays live until revoked.
         The file is written before the store, so a crash in between leaves no admin token
         that nobody knows. Raises :class:`OSError` if either file cannot be written.
         """
         with self._lock:
             now = self._clock()
             for record in self._records.values():
-                if record.info.live(now) and _ADMIN_ON_ALL in record.info.grants:
+                if record.info.live(now) and _ADMIN_ON_ALL in record.info.grants and not another:
                     return None
             info, token = self._new(ADMIN_PRINCIPAL, [_ADMIN_ON_ALL], 0)
             write_private_file(token_file, (token + "\n").encode("ascii"))
