@@ -281,6 +281,10 @@ def test_what_was_taken_before_is_still_taken() -> None:
         # Taken, then the prefetcher's byte budget overflowed int() on every round.
         ({"prefetch_horizon_s": float("inf")}, "prefetch_horizon_s must be a finite"),
         ({"prefetch_horizon_s": 10**400}, "prefetch_horizon_s must be a finite"),
+        # Past a day the probe thread's timer overflowed and the thread died; below
+        # 0.01 s it asked the archive back to back.
+        ({"archive_probe_s": 1e300}, "archive_probe_s must be 0.01 to 86,400 seconds"),
+        ({"archive_probe_s": 1e-9}, "archive_probe_s must be 0.01 to 86,400 seconds"),
     ],
 )
 def test_settings_made_in_code_are_checked_by_type_and_name(

@@ -36,6 +36,10 @@ MAX_MOVER_THREADS = 64
 #: name, size and kind), and the most events it may be made for (about 2.3 GiB)
 TRACE_EVENT_BYTES = 25
 MAX_TRACE_CAPACITY = 100_000_000
+#: how often an idle node may ask its archive (archive_probe_s): not back to back, and
+#: at least daily (a larger wait overflowed the probe thread's timer and ended it)
+MIN_PROBE_S = 0.01
+MAX_PROBE_S = 86_400.0
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,6 @@ class EngineSettings:
             "promotion_threads": self.promotion_threads,
             "archive_read_timeout_s": self.archive_read_timeout_s,
             "archive_retry_budget_s": self.archive_retry_budget_s,
-            "archive_probe_s": self.archive_probe_s,
             "mover_retry_initial_s": self.mover_retry_initial_s,
             "mover_retry_max_s": self.mover_retry_max_s,
             "access_flush_interval_s": self.access_flush_interval_s,
@@ -171,6 +174,11 @@ class EngineSettings:
         for name, value in positive.items():
             if not value > 0 or value == float("inf"):
                 raise InvalidArgument(f"{name} must be a positive finite number, got {value}")
+        if not MIN_PROBE_S <= self.archive_probe_s <= MAX_PROBE_S:
+            raise InvalidArgument(
+                f"archive_probe_s must be {MIN_PROBE_S} to {MAX_PROBE_S:,.0f} seconds (a day), "
+                f"got {self.archive_probe_s}"
+            )
         if self.max_quota_waiters < 0:
             raise InvalidArgument(
                 f"max_quota_waiters must not be negative, got {self.max_quota_waiters}"

@@ -166,8 +166,10 @@ def test_a_restore_without_the_admin_token_or_the_ca_says_so_and_gets_an_admin_b
     assert "--new-admin-token" in banner
     assert "made a new TLS CA (tls/ca.pem was missing): hand every client" in banner
     assert restarted.stop() == 0
+    shutil.rmtree(data_dir / "tls")  # and again: the start that writes a token says so too
     again = spawn_server(data_dir, "--new-admin-token")
     assert "a new admin token was written to" in again.output()
+    assert "made a new TLS CA" in again.output()
     with again.connect() as admin:
         assert admin.get("kept", "s").to_pybytes() == b"still here"
     assert again.token != old_admin  # another token

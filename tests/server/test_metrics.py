@@ -368,17 +368,18 @@ def test_a_flood_of_refused_calls_is_counted_whole_and_audited_once(
     # Each refusal was an audit line of its own: a client without a valid token grew
     # the node's log by 1.3 GB an hour. The first of its kind is audited; the count
     # stays whole in the metrics.
+    # A token id made up for every call (one the node does not know) is no new kind.
     method = "/tierstore.v1.DatasetService/ListDatasets"
-    token_id = secrets.token_hex(6)  # a kind of refusal no other test makes
     before = unauthenticated_calls(server, method)
+    logged = len(server.errors().splitlines())
     stub = datasets_pb2_grpc.DatasetServiceStub(server.channel())
     for _ in range(50):
         with pytest.raises(grpc.RpcError):
             stub.ListDatasets(
                 datasets_pb2.ListDatasetsRequest(),
-                metadata=(("authorization", f"Bearer ts_{token_id}_{'x' * 43}"),),
+                metadata=(("authorization", f"Bearer ts_{secrets.token_hex(6)}_{'x' * 43}"),),
                 timeout=10,
             )
     assert unauthenticated_calls(server, method) == before + 50
-    lines = [line for line in server.errors().splitlines() if f"token={token_id}" in line]
-    assert len(lines) == 1 and "denied" in lines[0], lines
+    lines = [line for line in server.errors().splitlines()[logged:] if "reason=unknown" in line]
+    assert len(lines) <= 2, lines  # one a 10 s window, and the flood takes well under 10 s

@@ -30,11 +30,15 @@ def test_a_flood_of_one_kind_is_one_line_a_window_saying_how_many_it_stood_for()
     assert refusals.admit(flood) == 1
 
 
-def test_the_kinds_remembered_are_bounded() -> None:
-    refusals = RefusalLog(max_kinds=3, clock=Clock())
+def test_the_kinds_remembered_are_bounded_and_a_forgotten_kinds_count_is_said() -> None:
+    unsaid: list[tuple[tuple[str, ...], int]] = []
+    refusals = RefusalLog(max_kinds=3, clock=Clock(), forgotten=lambda k, n: unsaid.append((k, n)))
+    assert refusals.admit(("ipv4:10.0.0.9", "revoked", "0123456789ab")) == 0
+    assert refusals.admit(("ipv4:10.0.0.9", "revoked", "0123456789ab")) is None
     for host in range(5):
         assert refusals.admit((f"ipv4:10.0.0.{host}", "no-token", "")) == 0
     assert len(refusals._kinds) == 3
+    assert unsaid == [(("ipv4:10.0.0.9", "revoked", "0123456789ab"), 1)]  # not lost
     assert refusals.admit(("ipv4:10.0.0.0", "no-token", "")) == 0  # forgotten: afresh
     assert refusals.admit(("ipv4:10.0.0.4", "no-token", "")) is None  # remembered
 

@@ -332,6 +332,8 @@ def test_a_rebuild_that_would_leave_a_dataset_out_is_refused_unless_accepted(
     assert "nothing was rebuilt" in line and "--accept-partial-rebuild" in line
 
     s3.put_object(Bucket=settings.bucket, Key=key, Body=whole)  # repaired: all of it back
+    # Someone else's object beside them is warned of, and refuses nothing.
+    s3.put_object(Bucket=settings.bucket, Key=f"{settings.prefix}notes/readme.manifest", Body=b"hi")
     again = rebuilt(spawn_server, data_dir, "2 shards of 2 datasets")
     with again.connect(local_reads=False) as client:
         assert client.get("wt", "s").to_pybytes() == b"wt" * 1000

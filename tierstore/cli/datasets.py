@@ -178,7 +178,7 @@ def dataset_update(
         # Both: it said the whole of the hot bytes were above the quota.
         shown["hot_bytes"] = hot
         shown["above_quota_bytes"] = hot - hot_quota
-        note = (
+        note += (
             f"; {hot:,} bytes of it are still hot, {hot - hot_quota:,} of them above the "
             "quota: pinned shards stay (unpin them to let them go), and shards not "
             "archived yet go as the mover uploads them"

@@ -165,9 +165,9 @@ def _open_tokens(
         log.warning("removed a stale grant: %s", line)
     if stale:
         out.write(
-            f"tierstore: removed {len(stale)} grant(s) made for datasets deleted since (the "
-            "token file, or the dataset, came back from before the delete); the log names "
-            "them\n"
+            f"tierstore: removed {len(stale)} grant(s) made for datasets deleted since, or "
+            "left out of a rebuild (the token file, or the dataset, came back from before "
+            "the delete); the log names them\n"
         )
     token_file = data_dir / "admin.token"
     admin_token = tokens.ensure_admin_token(token_file, another=new_admin_token)
@@ -433,15 +433,16 @@ def _run(
                 "done (while the flag is given, no start checks them)\n"
             )
         try:  # a file of another user's (a first start as root): one line, no traceback
+            had_tokens = (data_dir / "tokens.json").exists()  # not a first start
             tokens, admin_token = _open_tokens(
                 store, data_dir, out, new_admin_token=options.new_admin_token
             )
             tls = None
             client_files: tuple[Path, Path] | None = None
             if not options.insecure:
-                ca_was_made = (data_dir / "tls" / "ca.pem").exists()
+                ca_existed = (data_dir / "tls" / "ca.pem").exists()
                 tls = ensure_tls_material(data_dir, _certificate_names(options))
-                if not ca_was_made and admin_token is None:  # a node with tokens already
+                if not ca_existed and had_tokens:
                     out.write(
                         "tierstore: made a new TLS CA (tls/ca.pem was missing): hand every "
                         "client the new ca.pem; the copy they hold no longer verifies "

@@ -115,7 +115,8 @@ def serve(
         typer.Option(
             help="write another admin token to <data-dir>/admin.token, replacing the file, "
             "even though a live one exists (a node restored without its admin.token); the "
-            "token the file held stays live until revoked"
+            "token the file held stays live until revoked; give it for one start only: each "
+            "start with it makes one more"
         ),
     ] = False,
     accept_partial_rebuild: Annotated[

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 from tierstore.cli.masterkeys import NodeKeys, check_keys_unwrap, check_node_keys
 from tierstore.config import EngineSettings
 from tierstore.engine.bootstrap import archive_s3_settings, open_store
+from tierstore.engine.rebuild import NOT_OURS
 from tierstore.engine.store import Store
 from tierstore.errors import ArchiveUnavailable, FailedPrecondition
 from tierstore.server.metrics import ServerMetrics
@@ -219,10 +220,12 @@ def check_a_new_hot_tier(
     skipped: dict[str, str] = {}
 
     def partial(unbelieved: Mapping[str, str], datasets: int) -> None:
-        skipped.update(unbelieved)
+        # Objects at keys tierstore never writes are someone else's: warned of, no more.
+        ours = {key: why for key, why in unbelieved.items() if why != NOT_OURS}
+        skipped.update(ours)
         # Believing nothing is refused below, with its own advice (--reseal-archive).
-        if datasets and not accept_partial:
-            raise FailedPrecondition(_partial_rebuild_refused(unbelieved))
+        if ours and datasets and not accept_partial:
+            raise FailedPrecondition(_partial_rebuild_refused(ours))
 
     recovered = store.rebuild_from_archive(believe_unsealed=lost_keys, on_skipped=partial)
     datasets = len(store.list_datasets())

@@ -319,5 +319,6 @@ def _check_backlog_quota_kept(name: str, settings: DatasetSettings, wanted: int)
         raise FailedPrecondition(
             f"the node left dataset {name!r} without the backlog quota asked for "
             f"({wanted:,} bytes): it is older than this client, and has no dataset "
-            "backlog quotas (its node-wide backlog cap still holds)"
+            "backlog quotas (its node-wide backlog cap still holds). The rest of the call "
+            "was done: a dataset created stays, other settings given are set"
         )

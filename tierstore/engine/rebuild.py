@@ -55,6 +55,7 @@ from tierstore.tiers.base import Tier
 from tierstore.types import DatasetSettings
 
 __all__ = [
+    "NOT_OURS",
     "ArchiveContents",
     "archive_keys",
     "believe_any_seal",
@@ -63,6 +64,9 @@ __all__ = [
     "restore_catalog",
     "scan_archive",
 ]
+
+#: why an archive object at no key tierstore writes is not believed (someone else's)
+NOT_OURS = "not at a key tierstore writes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ def scan_archive(archive: Tier, check_seal: SealCheck) -> ArchiveContents:
         if not _is_metadata_key(key):
             # Someone else's object (a tier may even refuse to read its key: an empty
             # segment, a backslash), which ended the rebuild: not ours to believe.
-            unreadable[key] = "not at a key tierstore writes"
+            unreadable[key] = NOT_OURS
             continue
         raw = archive.get(key)
         if raw is None:

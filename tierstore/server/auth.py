@@ -65,6 +65,13 @@ def _audit(event: str, **fields: str | float) -> None:
     audit.info("%s %s", event, text, extra={"fields": {"event": event, **fields}})
 
 
+def _audit_unsaid(kind: tuple[str, ...], count: int) -> None:
+    """The audit line of ``count`` refusals of ``kind`` (host, reason, token id) that went
+    without one, their kind forgotten (RefusalLog)."""
+    host, reason, token = kind
+    _audit("denied", reason=reason, token=token, peer=host, repeats=str(count))
+
+
 def _peer_service(context: grpc.ServicerContext) -> str:
     names = context.auth_context().get("x509_common_name")
     if isinstance(names, bytes):
@@ -83,7 +90,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         #: called with (method, status code name, seconds) after every authenticated call
         self._observe = observe or (lambda method, code, seconds: None)
         #: which refused calls get an audit line (the first of each kind in a window)
-        self.refusals = RefusalLog()
+        self.refusals = RefusalLog(forgotten=_audit_unsaid)
 
     def intercept_service(
         self,
@@ -122,7 +129,10 @@ def _refusal(
     def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         observe(method, "UNAUTHENTICATED", None)  # counted, not timed
         peer = context.peer()
-        repeats = refusals.admit((peer_host(peer), refused.reason, refused.token_id))
+        # A token id the node does not know is the caller's to make up: no part of the kind.
+        known = refused.reason not in (AuthFailure.UNKNOWN, AuthFailure.MALFORMED)
+        kind = (peer_host(peer), refused.reason, refused.token_id if known else "")
+        repeats = refusals.admit(kind)
         if repeats is not None:  # else one of its kind was audited this window
             _audit(
                 "denied",

@@ -3,10 +3,12 @@
 Every call refused for its credentials was audited, one line (about 330 bytes) each:
 an observability review's client without a token grew the node's log by 1.3 GB an hour.
 A :class:`RefusalLog` lets through the first refusal of each kind (peer host, reason,
-token id) in a window and counts the rest, which the next line of that kind gives as
-``repeats``. Every refusal is still counted in ``tierstore_requests_total``; only the
-lines are thinned, and a flood that stops leaves its last window's count unsaid (the
-metric has it).
+and for a token the node knows, its id) in a window and counts the rest, which the next
+line of that kind gives as ``repeats``, or a line of their own when the kind is
+forgotten. A token id the node does not know is no part of the kind: a client making
+one up for every call would have had a line for each. Every refusal is still counted
+in ``tierstore_requests_total``; only the lines are thinned, and a flood that stops
+leaves its last window's count unsaid (the metric has it).
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ class RefusalLog:
         window_s: float = WINDOW_S,
         max_kinds: int = MAX_KINDS,
         clock: Callable[[], float] = time.monotonic,
+        forgotten: Callable[[tuple[str, ...], int], None] = lambda kind, count: None,
     ) -> None:
+        """``forgotten(kind, count)`` is called for a kind forgotten (past ``max_kinds``)
+        with ``count`` refusals not audited, so that none goes unsaid."""
         self._window_s, self._max_kinds, self._clock = window_s, max_kinds, clock
+        self._forgotten = forgotten
         self._lock = threading.Lock()
         #: by kind: when its window began, and the refusals not audited since
         self._kinds: OrderedDict[tuple[str, ...], tuple[float, int]] = OrderedDict()
@@ -51,7 +57,9 @@ class RefusalLog:
             self._kinds[kind] = (now, 0)
             self._kinds.move_to_end(kind)
             while len(self._kinds) > self._max_kinds:
-                self._kinds.popitem(last=False)
+                old, (_, count) = self._kinds.popitem(last=False)
+                if count:
+                    self._forgotten(old, count)
             return 0 if seen is None else seen[1]
 
 

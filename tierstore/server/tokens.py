@@ -327,7 +327,7 @@ class TokenStore:
                         removed.append(
                             f"token {token_id} ({record.info.principal}): its "
                             f"{grant.role.value} grant on {grant.dataset!r}, made for a "
-                            "dataset of that name deleted since"
+                            "dataset of that name deleted since (or left out of a rebuild)"
                         )
                 if tuple(kept) != record.info.grants or bound != record.incarnations:
                     info = dataclasses.replace(record.info, grants=tuple(kept))
