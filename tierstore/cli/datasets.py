@@ -23,7 +23,7 @@ from tierstore.cli.output import (
     yes_no,
 )
 from tierstore.naming import validate_dataset_name
-from tierstore.types import DatasetSettings, Durability, check_hot_quota
+from tierstore.types import DatasetSettings, Durability, check_backlog_quota, check_hot_quota
 
 __all__ = [
     "dataset_create",
@@ -51,11 +51,15 @@ _BACKLOG_QUOTA_HELP = (
 def _check_quotas(hot_quota: int | None, backlog_quota: int | None) -> None:
     """Refuse (exit 2, one line, naming the option) a ``--hot-quota`` or
     ``--backlog-quota`` the wire cannot carry, before any call."""
-    for option, quota in (("--hot-quota", hot_quota), ("--backlog-quota", backlog_quota)):
+    given = (
+        ("--hot-quota", hot_quota, check_hot_quota),
+        ("--backlog-quota", backlog_quota, check_backlog_quota),
+    )
+    for option, quota, check in given:
         if quota is None:
             continue
         try:
-            check_hot_quota(quota)
+            check(quota)
         except errors.InvalidArgument:
             raise fail(
                 errors.InvalidArgument(f"{option} must be from 0 to 2**64-1 bytes, not {quota}")

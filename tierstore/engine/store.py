@@ -656,10 +656,22 @@ class Store:
         validate_dataset_name(name)
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, name)
-            held = sum(1 for _ in self._catalog.iter_shards(txn, name))
-            held += len(self._catalog.damaged_keys_of(txn, name))
-        if held:
-            raise _holds_shards(name, held)
+            self._shards_held(txn, name, force=False)
+
+    def _shards_held(
+        self, txn: Any, name: str, force: bool
+    ) -> tuple[builtins.list[ShardRecord], builtins.list[bytes]]:
+        """Dataset ``name``'s shard records and damaged records' keys, in ``txn``;
+        without ``force``, FailedPrecondition when there is any (a delete refused)."""
+        records = list(self._catalog.iter_shards(txn, name))
+        damaged = self._catalog.damaged_keys_of(txn, name)
+        if (records or damaged) and not force:
+            held = len(records) + len(damaged)
+            raise FailedPrecondition(
+                f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
+                "delete them, or delete it with force (the CLI's --force)"
+            )
+        return records, damaged
 
     def _drop_dataset(
         self, name: str, force: bool, admit: Callable[[DatasetSettings], None] | None
@@ -674,10 +686,7 @@ class Store:
                     settings = self._catalog.require_dataset(txn, name)
                     if admit is not None:
                         admit(settings)
-                    records = list(self._catalog.iter_shards(txn, name))
-                    damaged = self._catalog.damaged_keys_of(txn, name)
-                    if (records or damaged) and not force:
-                        raise _holds_shards(name, len(records) + len(damaged))
+                    records, damaged = self._shards_held(txn, name, force)
                     for record in records:
                         self._writer.delete_in(txn, record)
                     self._delete_damaged_in(txn, damaged)
@@ -1435,11 +1444,3 @@ class Store:
             pins_waiting_for_room=waiting.shards,
             pins_waiting_for_room_bytes=waiting.bytes,
         )
-
-
-def _holds_shards(dataset: str, held: int) -> FailedPrecondition:
-    """Why a delete of ``dataset`` without force is refused: it holds ``held`` shards."""
-    return FailedPrecondition(
-        f"dataset {dataset!r} holds {held} shard{'' if held == 1 else 's'}; "
-        "delete them, or delete it with force (the CLI's --force)"
-    )

@@ -319,8 +319,8 @@ class TokenStore:
                         kept.append(grant)
                         continue
                     now = incarnation_of(grant.dataset)
-                    made_for = bound.setdefault(grant.dataset, now) if now is not None else None
-                    if now is not None and made_for == now:
+                    # Unbound (an earlier release's): bound to the dataset there is now.
+                    if now is not None and bound.setdefault(grant.dataset, now) == now:
                         kept.append(grant)
                     else:
                         bound.pop(grant.dataset, None)
