@@ -442,10 +442,11 @@ def spawn_server(
     tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
 ) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers of the test's own (stopped at the end): ``spawn_server(data_dir=None,
-    *extra_args, embedded=False, env=None, open_files=None)``. Without ``embedded`` the
-    archive is a fresh prefix of the session SeaweedFS, the same for every server this
-    test starts; ``env`` holds ``TIERSTORE_*`` settings for the server, ``open_files``
-    its open-file limits (soft, hard)."""
+    *extra_args, embedded=False, own_prefix=False, env=None, open_files=None)``. Without
+    ``embedded`` the archive is a fresh prefix of the session SeaweedFS, the same for
+    every server this test starts but one started with ``own_prefix`` (a prefix belongs
+    to one node's hot tier: another is refused it); ``env`` holds ``TIERSTORE_*``
+    settings for the server, ``open_files`` its open-file limits (soft, hard)."""
     started: list[ServerProcess] = []
     s3 = seaweedfs.s3_settings(s3_bucket, prefix=f"e2e-{uuid.uuid4().hex[:12]}/")
 
@@ -453,18 +454,20 @@ def spawn_server(
         data_dir: Path | None = None,
         *extra_args: str,
         embedded: bool = False,
+        own_prefix: bool = False,
         env: dict[str, str] | None = None,
         open_files: tuple[int, int] | None = None,
     ) -> ServerProcess:
         archive_args: tuple[str, ...] = ()
         if not embedded:
+            prefix = f"e2e-{uuid.uuid4().hex[:12]}/" if own_prefix else s3.prefix
             archive_args = (
                 "--s3-endpoint",
                 s3.endpoint_url,
                 "--bucket",
                 s3.bucket,
                 "--prefix",
-                s3.prefix,
+                prefix,
                 "--s3-access-key",
                 s3.access_key_id,
                 "--s3-secret-key",

@@ -125,7 +125,7 @@ def test_a_hangup_stops_the_node_gracefully_unless_it_was_started_to_ignore_it(
     # dropped as it is sent, and the node serves on.
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        ignoring = spawn_server(tmp_path / "nohup")
+        ignoring = spawn_server(tmp_path / "nohup", own_prefix=True)  # another node
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert ignoring.process is not None

@@ -283,9 +283,11 @@ class DeferredKeyCheck:
     store's journal (:meth:`Mover.hold_archive`: no upload, delete or write-through
     put reaches the archive, so nothing is sealed there under keys it was not written
     with) and, every ``interval_s``, checks the keys against the archive again
-    (:func:`check_node_keys`). Once the archive answers and the check passes, it lets
-    the journal run. If the check fails, the journal stays held, with why as the
-    mover's last error (logged; restart with the right keys). Thread-safe; :meth:`stop`
+    (:func:`check_node_keys`), and that no other node claimed it
+    (:mod:`tierstore.engine.archiveclaim`). Once the archive answers and the checks
+    pass, it claims the archive and lets the journal run. If a check fails, the
+    journal stays held, with why as the mover's last error (logged; restart with the
+    right keys, or on the node's own archive). Thread-safe; :meth:`stop`
     before the store is closed."""
 
     def __init__(self, keys: NodeKeys, store: Store, interval_s: float = 5.0) -> None:
@@ -315,7 +317,9 @@ class DeferredKeyCheck:
                 # One listing first: a node with no dataset's objects to check makes no
                 # archive request in the check, which then passed with the archive down.
                 self._store.archive_holds_objects()
+                self._store.check_archive_claim()
                 check_node_keys(self._keys, self._store)
+                self._store.claim_archive()  # the start could not (tierstore.cli.startcheck)
             except ArchiveUnavailable as unreachable:
                 if str(unreachable) != last:  # a refusal (403) looks the same: say it
                     log.warning("the keys are not checked against the archive yet: %s", unreachable)

@@ -78,7 +78,8 @@ def open_checked_store(
     # A node that may serve its own hot tier without the archive asks it once, briefly,
     # first: one that takes connections and answers nothing held the start for each
     # call's time-outs and retries (minutes) before the node served.
-    own_hot_tier = not (keys.created or unchecked.exists())
+    new_hot_tier = unchecked.exists()
+    own_hot_tier = not (keys.created or new_hot_tier)
     archive_down = archive_silence(settings) if own_hot_tier else None
     # The mover starts only once the keys are checked: with the wrong ones it would
     # find every pending encrypted upload failing to unwrap.
@@ -95,6 +96,9 @@ def open_checked_store(
             check_keys_unwrap(keys, store, reseal_archive=reseal_archive)
         else:
             try:
+                if not new_hot_tier:  # a rebuild takes the archive over (below)
+                    # First: --archive-lost drops shards from the catalog on its word.
+                    store.check_archive_claim()
                 check_node_keys(
                     keys, store, reseal_archive=reseal_archive, archive_lost=archive_lost
                 )
@@ -107,7 +111,7 @@ def open_checked_store(
             raise FailedPrecondition(
                 f"--archive-lost needs the archive to answer, and it does not ({archive_down})"
             )
-        if unchecked.exists():
+        if new_hot_tier:
             check_a_new_hot_tier(
                 store,
                 rebuild_from_archive,
@@ -115,11 +119,39 @@ def open_checked_store(
                 lost_keys=reseal_archive,
                 accept_partial=accept_partial_rebuild,
             )
+        if archive_down is None:
+            archive_down = _claim_the_archive(
+                store, out, new_hot_tier=new_hot_tier, serve_meanwhile=own_hot_tier
+            )
+        if new_hot_tier:
             unchecked.unlink()
     except BaseException:
         store.close()
         raise
     return store, archive_down
+
+
+def _claim_the_archive(
+    store: Store, out: TextIO, *, new_hot_tier: bool, serve_meanwhile: bool
+) -> ArchiveUnavailable | None:
+    """Claim the archive for the node, last in its start, once nothing refused it (and
+    say so when it took it over). When the archive stopped answering meanwhile, a node
+    that may serve its own hot tier (``serve_meanwhile``) gets why (it claims the
+    archive once that answers: :class:`~tierstore.cli.masterkeys.DeferredKeyCheck`);
+    any other start is refused (ArchiveUnavailable)."""
+    # A new hot tier with datasets was rebuilt from the archive (by this start, or by
+    # one stopped before this line): it replaces the node that held the archive.
+    take_over = new_hot_tier and bool(store.list_datasets())
+    try:
+        taken_from = store.claim_archive(take_over=take_over)
+    except ArchiveUnavailable as unreachable:
+        if not serve_meanwhile:
+            raise
+        return unreachable
+    if taken_from is not None:
+        out.write(f"tierstore: this node took the archive over from {taken_from.describe()}\n")
+        out.flush()
+    return None
 
 
 def archive_silence(settings: EngineSettings) -> ArchiveUnavailable | None:

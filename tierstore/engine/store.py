@@ -28,6 +28,7 @@ import gc
 import itertools
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from tierstore.arrowio import schema_of_message
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
+from tierstore.engine.archiveclaim import CLAIM_KEY, ArchiveClaim, check_claim, claim_archive
 from tierstore.engine.archivewatch import ArchiveProbe, ArchiveWatch, WatchedTier
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
@@ -108,6 +110,9 @@ from tierstore.types import (
 __all__ = ["Store", "StoreStats", "hot_tier_dir"]
 
 log = logging.getLogger(__name__)
+
+#: The catalog note holding the hot tier's node id (its claim on an archive).
+NODE_ID_NOTE = "node-id"
 
 _Result = TypeVar("_Result")
 
@@ -1298,10 +1303,35 @@ class Store:
         self.master_keys.reseal_archive()
 
     def archive_holds_objects(self) -> bool:
-        """Whether the archive (its bucket and prefix) holds any object at all: one key
-        listed. Raises ArchiveUnavailable when it cannot be listed."""
+        """Whether the archive (its bucket and prefix) holds any object but a node's claim
+        on it (:mod:`tierstore.engine.archiveclaim`): at most two keys listed. Raises
+        ArchiveUnavailable when it cannot be listed."""
         self._check_open()
-        return bool(self._archive.list(limit=1).keys)
+        return any(key != CLAIM_KEY for key in self._archive.list(limit=2).keys)
+
+    def check_archive_claim(self) -> None:
+        """:func:`~tierstore.engine.archiveclaim.check_claim` for this store's hot tier,
+        writing nothing to the archive: FailedPrecondition when another node holds it;
+        ArchiveUnavailable."""
+        self._check_open()
+        check_claim(self._archive, self._node_id(), take_over=False)
+
+    def claim_archive(self, *, take_over: bool = False) -> ArchiveClaim | None:
+        """:func:`~tierstore.engine.archiveclaim.claim_archive` for this store's hot tier:
+        the claim taken over, or None. FailedPrecondition when another node holds it and
+        ``take_over`` is false; ArchiveUnavailable."""
+        self._check_open()
+        mine = ArchiveClaim.for_this_host(self._node_id(), self.settings.data_dir)
+        return claim_archive(self._archive, mine, take_over=take_over)
+
+    def _node_id(self) -> str:
+        """The hot tier's node id, made at its first use and kept in the catalog."""
+        with self._env.write() as txn:
+            node = self._catalog.note(txn, NODE_ID_NOTE)
+            if not node:
+                node = secrets.token_hex(16)
+                self._catalog.set_note(txn, NODE_ID_NOTE, node)
+        return node
 
     def archive_missing_datasets(self) -> builtins.list[str]:
         """The datasets whose settings object the archive should hold but does not, when

@@ -1,0 +1,120 @@
+"""A node's claim on its archive prefix (tierstore/engine/archiveclaim.py), and the
+deferred key check of a node that started with its archive down, which claims it
+too (tierstore/cli/masterkeys.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.engine.faulty_tier import FaultyTier
+from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload, wait_until
+from tierstore.cli.masterkeys import DeferredKeyCheck, NodeKeys
+from tierstore.engine.archiveclaim import CLAIM_KEY, ArchiveClaim
+from tierstore.errors import FailedPrecondition
+from tierstore.tiers.memory import MemoryTier
+
+
+def claim_in(archive: MemoryTier) -> ArchiveClaim:
+    raw = archive.get(CLAIM_KEY)
+    assert raw is not None
+    claim = ArchiveClaim.decode(raw)
+    assert claim is not None
+    return claim
+
+
+def test_a_hot_tier_claims_its_archive_and_another_is_refused_it(
+    open_store: StoreFactory,
+) -> None:
+    archive = MemoryTier()
+    first = open_store(archive, datasets={"plain": DATASETS["plain"]})
+    assert first.claim_archive() is None  # unclaimed before
+    claim = claim_in(archive)
+    assert claim.data_dir == str(first.settings.data_dir.resolve())
+    first.put("plain", "s", payload(100))
+    assert first.drain(10)
+
+    second = open_store(archive)
+    with pytest.raises(FailedPrecondition, match="belongs to another node") as refused:
+        second.check_archive_claim()
+    assert str(first.settings.data_dir.resolve()) in str(refused.value)
+    with pytest.raises(FailedPrecondition, match="belongs to another node"):
+        second.claim_archive()
+    assert claim_in(archive) == claim  # nothing was changed
+
+    # The same hot tier, opened again, is the same node; the claim is not a dataset
+    # object for a new hot tier's check.
+    again = open_store.reopen(first, archive)
+    again.check_archive_claim()
+    assert again.claim_archive() is None
+    assert claim_in(archive).node == claim.node
+    taken = second.claim_archive(take_over=True)
+    assert taken is not None and taken.node == claim.node
+    with pytest.raises(FailedPrecondition, match=str(second.settings.data_dir.resolve())):
+        again.check_archive_claim()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps({"format": 2, "node": "from-the-future"}).encode(),
+        b"\xff not json",
+        b"[1, 2]",
+        json.dumps({"format": 1, "node": ""}).encode(),
+    ],
+)
+def test_a_claim_this_release_cannot_read_is_refused_unless_taken_over(
+    open_store: StoreFactory, raw: bytes
+) -> None:
+    archive = MemoryTier()
+    archive.put(CLAIM_KEY, raw)
+    store = open_store(archive)
+    with pytest.raises(FailedPrecondition, match="a claim this release cannot read"):
+        store.check_archive_claim()
+    assert store.claim_archive(take_over=True) is None
+    assert claim_in(archive).data_dir == str(store.settings.data_dir.resolve())
+
+
+def test_a_claim_with_odd_fields_still_names_its_node() -> None:
+    raw = {"format": 1, "node": "n1", "claimed_at": 1e400, "added_later": True}
+    claim = ArchiveClaim.decode(json.dumps(raw).encode())
+    assert claim is not None and claim.node == "n1"
+    assert "n1" in claim.describe() and "1970" in claim.describe()
+
+
+def test_only_a_claim_is_no_object_for_a_new_hot_tier(open_store: StoreFactory) -> None:
+    archive = MemoryTier()
+    open_store(archive).claim_archive()
+    assert not open_store(archive).archive_holds_objects()
+    archive.put("plain/_dataset.json", b"{}")
+    assert open_store(archive).archive_holds_objects()
+
+
+def test_a_node_that_started_with_its_archive_down_holds_uploads_if_another_claimed_it(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    archive = FaultyTier(MemoryTier())
+    store = open_store(archive, datasets={"plain": DATASETS["plain"]})
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    store.claim_archive()
+    store = open_store.reopen(store, archive, start_mover=False)
+    # While it was down, another hot tier was rebuilt on the archive and claimed it.
+    open_store(archive).claim_archive(take_over=True)
+    archive.failing = True
+    waiting = DeferredKeyCheck(NodeKeys(KEYRING, tmp_path / "master.keys"), store, interval_s=0.05)
+    store.start_background()
+    waiting.start()
+    try:
+        store.put("plain", "t", payload(20))
+        archive.failing = False
+        wait_until(
+            lambda: "belongs to another node" in (store.stats().mover_error or ""),
+            "the deferred check to find the archive claimed",
+        )
+        assert store.stats().journal_entries > 0  # held: nothing uploaded
+        assert archive.inner.get("plain/_dataset.json") is not None
+    finally:
+        waiting.stop()

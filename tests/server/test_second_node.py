@@ -1,0 +1,70 @@
+"""Two nodes on one archive prefix are refused (tierstore/engine/archiveclaim.py).
+
+Each would delete the generations the other overwrote, so the shards of one fail
+``DATA_LOSS``. The slips that lead there: a node thought lost starting again after its
+hot tier was rebuilt elsewhere from the archive, and a second node given the first
+one's archive settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerProcess, poll
+from .test_backup import copy_backup
+
+
+@pytest.mark.timeout(240)
+def test_a_node_whose_archive_was_rebuilt_elsewhere_is_refused_it(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    lost_dir, new_dir = tmp_path / "lost", tmp_path / "new"
+    lost = spawn_server(lost_dir)
+    before, after = os.urandom(3000), os.urandom(4000)
+    with lost.connect() as admin:
+        admin.create_dataset("plain", encrypted=False)
+        admin.put("plain", "s", before)
+        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads", interval_s=0.2)
+    copy_backup(lost_dir, tmp_path / "backup")
+    assert lost.stop() == 0  # thought lost: its hot tier is in fact still there
+
+    shutil.copytree(tmp_path / "backup", new_dir)
+    rebuilt = spawn_server(new_dir, "--rebuild-from-archive")
+    assert "took the archive over from node" in rebuilt.output()
+    assert str(lost_dir.resolve()) in rebuilt.output()
+    with rebuilt.connect() as admin:
+        admin.put("plain", "s", after)  # its mover deletes the generation `lost` holds
+        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the uploads", interval_s=0.2)
+
+    with pytest.raises(AssertionError, match="the server exited") as refused:
+        spawn_server(lost_dir)
+    assert "belongs to another node's hot tier" in str(refused.value)
+    assert str(new_dir.resolve()) in str(refused.value)
+    with rebuilt.connect() as admin:  # the refused start changed nothing
+        assert admin.get("plain", "s").to_pybytes() == after
+    assert rebuilt.stop() == 0
+    restarted = spawn_server(new_dir)
+    with restarted.connect() as admin:
+        assert admin.get("plain", "s").to_pybytes() == after
+        assert admin.evict("plain", "s") >= len(after)
+        assert admin.get("plain", "s").to_pybytes() == after  # from the archive
+
+
+@pytest.mark.timeout(120)
+def test_a_second_new_node_on_an_archive_prefix_in_use_is_refused(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    first = spawn_server(tmp_path / "first")  # nothing archived yet but its claim
+    with pytest.raises(AssertionError, match="the server exited") as refused:
+        spawn_server(tmp_path / "second")
+    assert "belongs to another node's hot tier" in str(refused.value)
+    assert str((tmp_path / "first").resolve()) in str(refused.value)
+    with first.connect() as admin:
+        admin.create_dataset("plain", encrypted=False)
+        admin.put("plain", "s", b"the first node serves on")
+        assert admin.get("plain", "s").to_pybytes() == b"the first node serves on"

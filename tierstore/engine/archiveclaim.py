@@ -1,0 +1,115 @@
+"""Which node an archive prefix belongs to: ``_node.json``, beside the datasets' objects.
+
+Two nodes on one archive prefix each delete the generations the other overwrote (its
+shards then fail ``DATA_LOSS``), and each uploads what the other's catalog never
+learns of. The way into that is an operator's slip, not an attack: a node thought
+lost starting again after its hot tier was rebuilt elsewhere from the archive, or a
+second node given the first one's archive settings. So a node's start claims the
+archive for its hot tier (a random id kept in the catalog, made with the hot tier:
+a copy of the hot tier is the same node, a rebuilt one a new node) and refuses an
+archive another hot tier claimed. A rebuild from the archive (``tierstore serve
+--rebuild-from-archive``) and ``--archive-lost`` take it over: they replace the node
+that had it. Nothing else does: a hot tier whose catalog is behind the archive's
+would number new generations at keys the other node wrote.
+
+The claim is checked as a node starts (once its archive answers), not afterwards: a
+node still running when another takes its archive over is not stopped by it, and
+two first starts at the same moment can both claim it. It is not sealed: it guards
+against a slip, and whoever can write the bucket can delete the archive anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tierstore.errors import FailedPrecondition
+from tierstore.tiers.base import Tier
+
+__all__ = ["CLAIM_KEY", "ArchiveClaim", "check_claim", "claim_archive"]
+
+#: The claim's key under the archive prefix (no dataset name starts with "_").
+CLAIM_KEY = "_node.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveClaim:
+    """A hot tier's claim on an archive prefix: its ``node`` id, and where and when it
+    was made (``host``, ``data_dir``, ``claimed_at`` in seconds since the epoch), for
+    the operator a refusal names them to."""
+
+    node: str
+    host: str
+    data_dir: str
+    claimed_at: float
+
+    @classmethod
+    def for_this_host(cls, node: str, data_dir: Path) -> ArchiveClaim:
+        return cls(node, socket.gethostname(), str(data_dir.resolve()), time.time())
+
+    def encode(self) -> bytes:
+        return json.dumps({"format": 1, **asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> ArchiveClaim | None:
+        """The claim in ``raw``, or None when it is not one this release reads (another
+        format, or damaged): a node that takes the archive over replaces such a claim,
+        and any other is refused it."""
+        try:
+            fields = json.loads(bytes(raw))
+            if not isinstance(fields, dict) or fields.get("format") != 1:
+                return None
+            node, claimed_at = fields["node"], float(fields.get("claimed_at", 0.0))
+        except (ValueError, TypeError, KeyError, OverflowError):
+            return None
+        if not isinstance(node, str) or not node:
+            return None
+        if not 0 <= claimed_at < 1e11:  # within time.gmtime's reach
+            claimed_at = 0.0
+        # Fields a later release adds are passed over: only the node id decides.
+        return cls(node, str(fields.get("host", "?")), str(fields.get("data_dir", "?")), claimed_at)
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.claimed_at))
+        return (
+            f"node {self.node} (data directory {self.data_dir} on host {self.host}, since {when})"
+        )
+
+
+def check_claim(archive: Tier, node: str, *, take_over: bool) -> ArchiveClaim | None:
+    """The claim another node holds on ``archive`` that this one (``node``) may take
+    over (``take_over``); None when it is unclaimed, this node's, or holds a claim this
+    release cannot read.
+
+    Raises FailedPrecondition, naming the other node, when another node's claim (or
+    one this release cannot read) is there and ``take_over`` is false; ArchiveUnavailable
+    when the archive cannot be read."""
+    raw = archive.get(CLAIM_KEY)
+    theirs = None if raw is None else ArchiveClaim.decode(raw)
+    if theirs is not None and theirs.node == node:
+        return None
+    if raw is not None and not take_over:
+        holder = "a claim this release cannot read" if theirs is None else theirs.describe()
+        raise FailedPrecondition(
+            f"the archive belongs to another node's hot tier: {holder}. Not starting: two "
+            "nodes on one archive prefix delete each other's overwritten generations "
+            "(their shards then fail DATA_LOSS). Give this node an archive prefix of its "
+            "own; or, if that node is stopped for good and this one is to carry on its "
+            "archive, start this one on a new, empty data directory (with this one's "
+            "backup files) with --rebuild-from-archive: this hot tier's catalog does not "
+            f"hold what that node wrote. Nothing was changed (the claim is {CLAIM_KEY} "
+            "under the archive prefix)"
+        )
+    return theirs
+
+
+def claim_archive(archive: Tier, mine: ArchiveClaim, *, take_over: bool) -> ArchiveClaim | None:
+    """:func:`check_claim`, then make ``archive`` this node's (``mine``, written again
+    at each start: the claim names where and when the node last started). Returns
+    the claim of the node it was taken over from, or None."""
+    theirs = check_claim(archive, mine.node, take_over=take_over)
+    archive.put(CLAIM_KEY, mine.encode())
+    return theirs
