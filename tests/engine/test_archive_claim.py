@@ -1,6 +1,7 @@
-"""A node's claim on its archive prefix (tierstore/engine/archiveclaim.py), and the
+"""A node's claim on its archive prefix (tierstore/engine/archiveclaim.py); the
 deferred key check of a node that started with its archive down, which claims it
-too (tierstore/cli/masterkeys.py)."""
+too (tierstore/cli/masterkeys.py); and a serving node's watch on it
+(tierstore/cli/claimwatch.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 
 from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import DATASETS, KEYRING, StoreFactory, payload, wait_until
+from tierstore.cli.claimwatch import ClaimWatch
 from tierstore.cli.masterkeys import DeferredKeyCheck, NodeKeys
-from tierstore.engine.archiveclaim import CLAIM_KEY, ArchiveClaim
+from tierstore.engine.archiveclaim import CLAIM_KEY, UNREADABLE, ArchiveClaim
 from tierstore.errors import FailedPrecondition
 from tierstore.tiers.memory import MemoryTier
 
@@ -73,7 +75,7 @@ def test_a_claim_this_release_cannot_read_is_refused_unless_taken_over(
     store = open_store(archive)
     with pytest.raises(FailedPrecondition, match="a claim this release cannot read"):
         store.check_archive_claim()
-    assert store.claim_archive(take_over=True) is None
+    assert store.claim_archive(take_over=True) is UNREADABLE  # what it took over
     assert claim_in(archive).data_dir == str(store.settings.data_dir.resolve())
 
 
@@ -118,3 +120,29 @@ def test_a_node_that_started_with_its_archive_down_holds_uploads_if_another_clai
         assert archive.inner.get("plain/_dataset.json") is not None
     finally:
         waiting.stop()
+
+
+def test_a_serving_node_whose_archive_was_taken_over_holds_its_journal(
+    open_store: StoreFactory,
+) -> None:
+    archive = MemoryTier()
+    store = open_store(archive, datasets={"plain": DATASETS["plain"]})
+    store.claim_archive()
+    store.put("plain", "s", payload(10))
+    assert store.drain(10)
+    watch = ClaimWatch(store, interval_s=0.05)
+    watch.start()
+    try:
+        # Thought lost, the node was only cut off: its hot tier is rebuilt elsewhere.
+        open_store(archive).claim_archive(take_over=True)
+        wait_until(
+            lambda: "took this node's archive over" in (store.stats().mover_error or ""),
+            "the watch to find the archive taken over",
+        )
+        keys_before = set(archive.list(limit=1000).keys)
+        store.put("plain", "s", payload(20))  # an overwrite: its upload and delete wait
+        assert not store.drain(0.5)
+        assert store.stats().journal_entries > 0
+        assert set(archive.list(limit=1000).keys) == keys_before
+    finally:
+        watch.stop()

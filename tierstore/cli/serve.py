@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from tierstore.cli.banner import connect_host, ensure_admin_client_certificate, print_banner
+from tierstore.cli.claimwatch import ClaimWatch
 from tierstore.cli.masterkeys import (
     DeferredKeyCheck,
     KeyRotation,
@@ -424,6 +425,9 @@ def _run(
                 "answers, and uploads wait until its seals verify under these keys\n"
             )
         store.start_background()
+        watch = ClaimWatch(store)  # a rebuild elsewhere while this node runs holds its journal
+        cleanup.callback(watch.stop)
+        watch.start()
         if options.reseal_archive:
             store.reseal_archive()  # journalled: the mover rewrites them from now on
             out.write(

@@ -12,9 +12,10 @@ archive another hot tier claimed. A rebuild from the archive (``tierstore serve
 that had it. Nothing else does: a hot tier whose catalog is behind the archive's
 would number new generations at keys the other node wrote.
 
-The claim is checked as a node starts (once its archive answers), not afterwards: a
-node still running when another takes its archive over is not stopped by it, and
-two first starts at the same moment can both claim it. It is not sealed: it guards
+The claim is checked as a node starts (once its archive answers), and read again
+while it serves (:mod:`tierstore.cli.claimwatch`): a node still running when another
+takes its archive over holds its journal once it sees that. Two first starts at the
+same moment can both claim it. It is not sealed: it guards
 against a slip, and whoever can write the bucket can delete the archive anyway.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from tierstore.errors import FailedPrecondition
 from tierstore.tiers.base import Tier
 
-__all__ = ["CLAIM_KEY", "ArchiveClaim", "check_claim", "claim_archive"]
+__all__ = ["CLAIM_KEY", "UNREADABLE", "ArchiveClaim", "check_claim", "claim_archive", "read_claim"]
 
 #: The claim's key under the archive prefix (no dataset name starts with "_").
 CLAIM_KEY = "_node.json"
@@ -73,35 +74,47 @@ class ArchiveClaim:
         return cls(node, str(fields.get("host", "?")), str(fields.get("data_dir", "?")), claimed_at)
 
     def describe(self) -> str:
+        if self is UNREADABLE:
+            return "a claim this release cannot read"
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.claimed_at))
         return (
             f"node {self.node} (data directory {self.data_dir} on host {self.host}, since {when})"
         )
 
 
+#: Stands for a claim this release cannot read (no node's id is empty).
+UNREADABLE = ArchiveClaim("", "?", "?", 0.0)
+
+
+def read_claim(archive: Tier) -> ArchiveClaim | None:
+    """The claim on ``archive`` (:data:`UNREADABLE` for one this release cannot read),
+    None when there is none. Raises ArchiveUnavailable when the archive cannot be read."""
+    raw = archive.get(CLAIM_KEY)
+    if raw is None:
+        return None
+    return ArchiveClaim.decode(raw) or UNREADABLE
+
+
 def check_claim(archive: Tier, node: str, *, take_over: bool) -> ArchiveClaim | None:
     """The claim another node holds on ``archive`` that this one (``node``) may take
-    over (``take_over``); None when it is unclaimed, this node's, or holds a claim this
-    release cannot read.
+    over (``take_over``); None when it is unclaimed or this node's.
 
     Raises FailedPrecondition, naming the other node, when another node's claim (or
     one this release cannot read) is there and ``take_over`` is false; ArchiveUnavailable
     when the archive cannot be read."""
-    raw = archive.get(CLAIM_KEY)
-    theirs = None if raw is None else ArchiveClaim.decode(raw)
-    if theirs is not None and theirs.node == node:
+    theirs = read_claim(archive)
+    if theirs is None or theirs.node == node:
         return None
-    if raw is not None and not take_over:
-        holder = "a claim this release cannot read" if theirs is None else theirs.describe()
+    if not take_over:
         raise FailedPrecondition(
-            f"the archive belongs to another node's hot tier: {holder}. Not starting: two "
-            "nodes on one archive prefix delete each other's overwritten generations "
-            "(their shards then fail DATA_LOSS). Give this node an archive prefix of its "
-            "own; or, if that node is stopped for good and this one is to carry on its "
-            "archive, start this one on a new, empty data directory (with this one's "
-            "backup files) with --rebuild-from-archive: this hot tier's catalog does not "
-            f"hold what that node wrote. Nothing was changed (the claim is {CLAIM_KEY} "
-            "under the archive prefix)"
+            f"the archive belongs to another node's hot tier: {theirs.describe()}. Not "
+            "starting: two nodes on one archive prefix delete each other's overwritten "
+            "generations (their shards then fail DATA_LOSS). Give this node an archive "
+            "prefix of its own; or, if that node is stopped for good and this one is to "
+            "carry on its archive, start this one on a new, empty data directory (with "
+            "this one's backup files) with --rebuild-from-archive: this hot tier's "
+            "catalog does not hold what that node wrote. Nothing was changed (the claim "
+            f"is {CLAIM_KEY} under the archive prefix)"
         )
     return theirs
 

@@ -42,7 +42,13 @@ from tierstore.arrowio import schema_of_message
 from tierstore.config import EngineSettings
 from tierstore.crypto import MasterKeyProvider
 from tierstore.engine.access import AccessRecorder
-from tierstore.engine.archiveclaim import CLAIM_KEY, ArchiveClaim, check_claim, claim_archive
+from tierstore.engine.archiveclaim import (
+    CLAIM_KEY,
+    ArchiveClaim,
+    check_claim,
+    claim_archive,
+    read_claim,
+)
 from tierstore.engine.archivewatch import ArchiveProbe, ArchiveWatch, WatchedTier
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
 from tierstore.engine.claim import StoreClaim
@@ -1315,6 +1321,14 @@ class Store:
         ArchiveUnavailable."""
         self._check_open()
         check_claim(self._archive, self._node_id(), take_over=False)
+
+    def archive_claimed_by_another(self) -> ArchiveClaim | None:
+        """The claim on the archive when it is another node's (or one this release
+        cannot read: :data:`~tierstore.engine.archiveclaim.UNREADABLE`), else None.
+        Raises ArchiveUnavailable."""
+        self._check_open()
+        theirs = read_claim(self._archive)
+        return None if theirs is None or theirs.node == self._node_id() else theirs
 
     def claim_archive(self, *, take_over: bool = False) -> ArchiveClaim | None:
         """:func:`~tierstore.engine.archiveclaim.claim_archive` for this store's hot tier:
