@@ -192,6 +192,33 @@ def test_a_damaged_key_record_is_data_loss_and_stalls_nothing(
     assert [event.split(":")[0] for event in store.stats().data_loss] == ["enc/victim"]
 
 
+def test_a_record_copied_to_another_datasets_key_is_data_loss_and_hands_out_no_key(
+    open_store: StoreFactory,
+) -> None:
+    # Whoever can write the LMDB file copies a secret dataset's record under a public
+    # dataset's key: reads of the public shard served the secret one, and GetShard and
+    # the local-read grant handed its data key to a reader of the public dataset.
+    store = open_store(
+        datasets={"secret": DatasetSettings(encrypted=True), "public": DatasetSettings()}
+    )
+    store.put("secret", "x", DATA)
+    store.put("public", "x", OTHER)
+    put_raw_record(store, "public", "x", record_of(store, "secret", "x").encode())
+    for read in (
+        lambda: store.get("public", "x"),
+        lambda: store.open_sealed("public", "x"),
+        lambda: store.stat("public", "x"),
+        lambda: store.local_reads.data_key(
+            "public", "x", record_of(store, "secret", "x").generation
+        ),
+    ):
+        with pytest.raises(IntegrityError, match="copied or moved to this key"):
+            read()
+    assert store.list("public")[0] == []  # listed as damaged, not as the secret shard
+    assert any(event.startswith("public/x:") for event in store.stats().data_loss)
+    assert store.get("secret", "x").to_bytes() == DATA
+
+
 @dataset_kinds
 def test_replayed_frame_of_an_older_generation_is_data_loss(
     open_store: StoreFactory, dataset: str

@@ -72,6 +72,20 @@ log = logging.getLogger(__name__)
 _CLOCK_SLACK_S = 86_400.0
 
 
+def record_at(key: bytes, raw: bytes | memoryview) -> ShardRecord:
+    """The shard record ``raw`` stored at ``key``. Raises IntegrityError when it does not
+    decode, or names a shard whose key is not ``key``: a record copied or moved there
+    (whoever can write the LMDB file), which would serve another dataset's shard, and
+    hand its data key out, to a reader of this one."""
+    record = ShardRecord.decode(raw)
+    if catalog_key(record.dataset, record.name) != key:
+        raise IntegrityError(
+            f"the record names another shard ({record.dataset}/{record.name[:80]}): it was "
+            "copied or moved to this key"
+        )
+    return record
+
+
 def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardRecord | None:
     """The record of ``dataset/name`` in the ``shards`` sub-database, or ``None``.
 
@@ -79,11 +93,12 @@ def lookup_shard(txn: Any, shards_db: Any, dataset: str, name: str) -> ShardReco
     tier read-only in its own process), so both sides decode records alike.
     Raises IntegrityError for an undecodable record.
     """
-    raw = txn.get(catalog_key(dataset, name), db=shards_db)
+    key = catalog_key(dataset, name)
+    raw = txn.get(key, db=shards_db)
     if raw is None:
         return None
     try:
-        record = ShardRecord.decode(raw)
+        record = record_at(key, raw)
     except IntegrityError as exc:
         raise IntegrityError(
             f"{dataset}/{name}: {exc}; its data cannot be read. Delete the shard (and put "
@@ -293,7 +308,7 @@ class Catalog:
         """The record ``raw`` stored at ``key`` in ``txn``, or ``None`` (noted) if it
         does not decode."""
         try:
-            return ShardRecord.decode(raw)
+            return record_at(bytes(key), raw)
         except IntegrityError as exc:
             self._note_damaged(txn, bytes(key), exc)
             return None
@@ -320,7 +335,7 @@ class Catalog:
         unnamed: dict[str, int] = {}
         for key, raw in txn.cursor(db=self._db(SHARDS_DB)):
             try:
-                ShardRecord.decode(raw)
+                record_at(bytes(key), raw)
             except IntegrityError as exc:
                 dataset, name = shard_of_key(bytes(key))
                 if len(named) < self.unreadable.named_at_most:
