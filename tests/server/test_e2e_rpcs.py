@@ -766,3 +766,17 @@ def test_a_file_that_shrinks_while_it_is_put_is_refused_and_stores_nothing(
         admin.stat(dataset, "s")
     admin.put(dataset, "s", str(path))  # the file as it is now
     assert admin.get(dataset, "s").to_pybytes() == path.read_bytes()
+
+
+def test_a_file_whose_size_says_less_than_it_holds_is_put_whole(admin: Client) -> None:
+    # A /proc file's size is 0: sized by it, the put stored an empty shard and said
+    # nothing (the CLI printed "uploaded", 0 bytes).
+    dataset = unique()
+    admin.create_dataset(dataset, encrypted=False)
+    cmdline = Path("/proc/self/cmdline")  # this process's: the same for the put
+    assert cmdline.stat().st_size == 0 and cmdline.read_bytes()
+    admin.put(dataset, "cmdline", cmdline)
+    assert admin.get(dataset, "cmdline").to_pybytes() == cmdline.read_bytes()
+    with open(cmdline, "rb") as opened:
+        admin.put(dataset, "opened", opened)
+    assert admin.get(dataset, "opened").to_pybytes() == cmdline.read_bytes()

@@ -278,6 +278,11 @@ class ReadableValue:
             return _streamed(data, self._frame_bytes)
         if not stat.S_ISREG(status.st_mode) or not data.readable():
             return _streamed(data, self._frame_bytes)  # a pipe or a device: as they come
+        if status.st_size < 2 * self._frame_bytes:
+            # Read to its end: a /proc file's size says 0 and a sysfs file's 4096,
+            # whatever they hold (sized by that, one stored nothing, the other was
+            # refused as shrinking). Two frames at most are read ahead.
+            return _streamed(data, self._frame_bytes)
         # From where the file stands, as read() would (a header skipped, say).
         return FileFrames(data, data.tell(), status.st_size, self._frame_bytes)
 
