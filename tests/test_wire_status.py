@@ -73,3 +73,11 @@ def test_a_longer_message_is_cut_at_a_character_and_says_so() -> None:
     assert sent.startswith("no policy €")
     kept = sent.split("...")[0]
     assert sent.endswith(f"({len(message.encode()) - len(kept.encode())} more bytes cut)")
+
+
+def test_a_call_the_server_does_not_have_says_what_to_check() -> None:
+    # The health port (plaintext) has the health calls alone: a library user reaching
+    # it got the bare root class and gRPC's "Method not found!".
+    error = error_for_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!", None)
+    assert type(error) is errors.FailedPrecondition
+    assert "Method not found!" in str(error) and "not its plaintext health port" in str(error)

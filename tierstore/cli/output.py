@@ -156,13 +156,6 @@ _NO_ANSWER_HINT = (
     "the server at --address / TIERSTORE_ADDRESS accepted the connection but did not "
     "answer: is it stopped or overloaded? (not a CA problem: a wrong CA file fails at once)"
 )
-#: what gRPC says of a call the server does not have: most often a port that is not the
-#: API's (the health port speaks plaintext, and has the health calls alone)
-_NO_SUCH_CALL = re.compile(r"UNIMPLEMENTED: Method not found")
-_NO_SUCH_CALL_HINT = (
-    "the server at --address / TIERSTORE_ADDRESS has no such call: is it the node's API "
-    "port, not its plaintext health port, and the same release of tierstore?"
-)
 #: what gRPC says when a TLS server drops a plaintext connection
 _CLOSED = re.compile(r"Socket closed|Connection reset|end of stream|EOF", re.I)
 _INSECURE_HINT = (
@@ -233,8 +226,6 @@ def fail(exc: Exception, message: str | None = None) -> typer.Exit:
             text += f" ({_INSECURE_HINT})"
         elif not gives_client_certificate():
             text += f" ({_CLIENT_CERT_HINT})"
-    if _NO_SUCH_CALL.search(text):
-        text += f" ({_NO_SUCH_CALL_HINT})"
     if isinstance(exc, errors.Unavailable) and "DEADLINE_EXCEEDED" in text:
         text += f" (a call may take {deadline_text()}; --timeout changes it)"
     code = next((c for cls, c in _EXIT_CODES if isinstance(exc, cls)), 1)

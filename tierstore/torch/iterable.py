@@ -102,8 +102,8 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     launches where it is not the process group's rank (tensor or pipeline parallelism:
     peers that must see the same data pass the same rank); default: found when
     iteration starts (docs/torch.md).
-    ``retry_s``: how long a shard read retries while the service is unavailable (making
-    the object is not retried).
+    ``retry_s``: how long a shard read retries while the service is unavailable, and,
+    on its own, making the object (its listing and the first shard's schema).
     ``source``: where shards are read from (default: the service, over gRPC).
     ``num_workers``: the DataLoader's ``num_workers``, which ``len()`` needs when it
     depends on it (in-worker batches, ``even_ranks``): see :meth:`epoch_length`.
@@ -112,7 +112,9 @@ class IterableDataset(torch.utils.data.IterableDataset[Sample]):
     dataset: by design it learns nothing of it), ShardNotFound, WrongShardKind (raw
     shards), InvalidArgument (no shards, bad arguments or columns), UnsupportedData
     (columns with no tensor form), Unauthenticated, PermissionDenied (a role too weak),
-    Unavailable (at once: ``retry_s`` is for shard reads).
+    Unavailable (after ``retry_s``: a wrong address or port too, or a plaintext
+    ``insecure`` client of a TLS node, which closes its connections; a server
+    certificate that does not verify is ServerCertificateRejected at once).
     While iterating: DataLoss (a frame failed verification: nothing unverified is ever
     turned into a tensor), InvalidArgument (schema drift), UnsupportedData (nulls),
     Unavailable (after ``retry_s``), ShardNotFound (a shard deleted after the object was

@@ -89,6 +89,14 @@ def is_certificate_rejection(code: grpc.StatusCode, message: str) -> bool:
     )
 
 
+#: what a call the server does not have most often means: an address that is not the
+#: node's API port (its health port speaks plaintext, and has the health calls alone)
+NO_SUCH_CALL = (
+    "the server has no such call: is the address the node's API port, not its plaintext "
+    "health port, and the node the same release of tierstore?"
+)
+
+
 def error_for_status(
     code: grpc.StatusCode, message: str, error_name: str | None
 ) -> errors.TierstoreError:
@@ -96,7 +104,8 @@ def error_for_status(
 
     ``error_name`` is the class name the server sent; an unknown or missing one
     falls back to the general class of ``code``, and codes outside the table
-    (e.g. CANCELLED, DEADLINE_EXCEEDED, INTERNAL) to :class:`Unavailable` or the root.
+    (e.g. CANCELLED, DEADLINE_EXCEEDED, INTERNAL) to :class:`Unavailable` or the root;
+    UNIMPLEMENTED, a call the server does not have, is FailedPrecondition.
     A rejected server certificate is :class:`ServerCertificateRejected`.
     """
     if error_name is None and is_certificate_rejection(code, message):
@@ -116,4 +125,6 @@ def error_for_status(
         return fallback(message)
     if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return errors.Unavailable(f"{code.name}: {message}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # a setup to mend, not an outage
+        return errors.FailedPrecondition(f"{code.name}: {message} ({NO_SUCH_CALL})")
     return errors.TierstoreError(f"{code.name}: {message}")
