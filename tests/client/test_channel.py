@@ -265,6 +265,19 @@ def test_connect_refuses_arguments_of_the_wrong_type_by_name(
         connect(**arguments, environ={})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "variable",
+    ["TIERSTORE_ADDRESS", "TIERSTORE_TOKEN", "TIERSTORE_INSECURE", "TIERSTORE_LOCAL_READS"],
+)
+def test_connect_refuses_a_variable_of_environ_that_is_no_str(variable: str) -> None:
+    # A mapping loaded from YAML or JSON may hold numbers: each was a bare AttributeError
+    # or TypeError.
+    environ: dict[str, object] = {"TIERSTORE_ADDRESS": "127.0.0.1:1", "TIERSTORE_TOKEN": "ts_a_b"}
+    environ[variable] = 1
+    with pytest.raises(InvalidArgument, match=f"^{variable} must be a str, not int"):
+        connect(environ=environ)  # type: ignore[arg-type]
+
+
 def test_a_tls_file_that_is_not_there_is_refused_when_connecting(tmp_path: Path) -> None:
     # Taken until the first call, unlike the DataLoader datasets, which refused it at once.
     missing = tmp_path / "ca.pem"

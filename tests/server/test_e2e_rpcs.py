@@ -338,6 +338,15 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
         "position": lambda: admin.report_position(job, 1.0),  # type: ignore[arg-type]
         "path": lambda: admin.download(any_dataset, "kept", None),  # type: ignore[arg-type]
         "path ": lambda: admin.download(any_dataset, "kept", b"out.bin"),  # type: ignore[arg-type]
+        # Each was taken: a falsy prefix for every shard, a falsy dataset for every
+        # dataset, bytes as a plan's shard name; "" a directory, and None protobuf's words.
+        "prefix   ": lambda: admin.list(any_dataset, prefix=0),  # type: ignore[arg-type]
+        "prefix    ": lambda: admin.declare_plan(any_dataset, shards=[], prefix=[]),  # type: ignore[arg-type]
+        "dataset name": lambda: admin.stats(0),  # type: ignore[arg-type]
+        "dataset name ": lambda: admin.stats(b""),  # type: ignore[arg-type]
+        "shard name": lambda: admin.declare_plan(any_dataset, shards=[b"kept"]),  # type: ignore[list-item]
+        "shard name ": lambda: admin.declare_plan(any_dataset, shards=[None]),  # type: ignore[list-item]
+        "path  ": lambda: admin.download(any_dataset, "kept", ""),
     }
     for name, call in bad_calls.items():
         with pytest.raises(errors.InvalidArgument, match=f"^{name.strip()} ") as refused:

@@ -28,6 +28,7 @@ from tierstore.wire.limits import MAX_FRAME_BYTES
 __all__ = [
     "Checked",
     "backlog_quota",
+    "checked_prefix",
     "checked_text",
     "durability_named",
     "env_flag",
@@ -244,3 +245,9 @@ def env_flag(text: str, name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise InvalidArgument(f"{name} must be 0 or 1 (or false/true, no/yes, off/on), not {text!r}")
+
+
+def checked_prefix(prefix: object) -> str:
+    """A shard-name ``prefix`` (None: "", every shard) as :func:`checked_text` checks it:
+    a falsy non-string (0, False, []) is refused, not taken for every shard."""
+    return checked_text("prefix", "" if prefix is None else prefix, "the start of shard names")

@@ -43,6 +43,7 @@ from tierstore import arrowio, tensors
 from tierstore.client.admincalls import AdminCalls
 from tierstore.client.allocation import FrameAllocator, aligned_buffer
 from tierstore.client.arguments import (
+    checked_prefix,
     checked_text,
     whole_number,
 )
@@ -317,6 +318,8 @@ class Client(AdminCalls, PlacementCalls):
             raise InvalidArgument(
                 f"path must be a file's path (a str or os.PathLike), not {path!r:.80}"
             )
+        if os.fspath(path) == "":  # an unset variable, say: never the working directory
+            raise InvalidArgument("path is empty: name the file to write")
         target, through_partial = output_target(path)
         if not through_partial:
             # A refusal (no such shard, no right to it) before the target is opened, as a
@@ -533,7 +536,7 @@ class Client(AdminCalls, PlacementCalls):
             limit = whole_number("limit", limit, "shards")
             if limit < 0:  # it listed nothing, as if the dataset were empty
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
-        prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
+        prefix = checked_prefix(prefix)
         start_after = checked_text("start_after", start_after, "a shard name")
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
         shards: builtins.list[ShardInfo] = []

@@ -25,6 +25,19 @@ from tierstore.types import check_bool
 __all__ = ["connect"]
 
 
+#: the variables :func:`connect` reads
+_VARIABLES = (
+    "TIERSTORE_ADDRESS",
+    "TIERSTORE_TOKEN",
+    "TIERSTORE_TOKEN_FILE",
+    "TIERSTORE_CA",
+    "TIERSTORE_CLIENT_CERT",
+    "TIERSTORE_CLIENT_KEY",
+    "TIERSTORE_INSECURE",
+    "TIERSTORE_LOCAL_READS",
+)
+
+
 def connect(
     address: str | None = None,
     *,
@@ -72,6 +85,11 @@ def connect(
             f"{type(environ).__name__}"
         )
     env = os.environ if environ is None else environ
+    for variable in _VARIABLES:  # a mapping loaded from YAML or JSON may hold numbers
+        if variable in env and not isinstance(env[variable], str):
+            raise InvalidArgument(
+                f"{variable} must be a str, not {type(env[variable]).__name__} (in environ=)"
+            )
     if local_reads is None:
         local_reads = env_flag(env.get("TIERSTORE_LOCAL_READS", ""), "TIERSTORE_LOCAL_READS", True)
     local_reads = check_bool("local_reads", local_reads)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tierstore.client.arguments import checked_text
+from tierstore.client.arguments import checked_prefix, checked_text
 from tierstore.client.core import ClientCore
 from tierstore.errors import InvalidArgument, InvalidPlan
 from tierstore.naming import validate_dataset_name, validate_shard_name
@@ -138,16 +138,7 @@ class PlacementCalls(ClientCore):
         high watermark, and QuotaExceeded when one is larger than its dataset's hot-tier
         quota (it could never be made hot)."""
         validate_dataset_name(dataset)
-        if isinstance(shards, str | bytes):
-            raise InvalidArgument(
-                f"shards must be a sequence of shard names, not one name ({shards!r:.80}): "
-                "give [name]"
-            )
-        if not isinstance(shards, Iterable):
-            raise InvalidArgument(f"shards must be a sequence of shard names, not {shards!r:.80}")
-        names = list(shards)  # once: a generator had nothing left after the checks
-        for shard in names:
-            validate_shard_name(shard)
+        names = _shard_names(shards, InvalidArgument)
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         reply = self._call(
             stub.Prefetch,
@@ -162,7 +153,7 @@ class PlacementCalls(ClientCore):
         sizing curve: the miss ratio the server's recently traced reads (of the datasets
         shown) would have had with a hot tier of 1/8 to 4 times its capacity (costs the
         server a pass over its trace: up to a second or two)."""
-        if dataset:
+        if dataset != "":  # "": every dataset; anything else must be a dataset's name
             validate_dataset_name(dataset)
         sizing = check_bool("sizing", sizing)
         self.report_local_reads()
@@ -253,7 +244,7 @@ class PlacementCalls(ClientCore):
         validate_dataset_name(dataset)
         ttl_s = check_plan_ttl(ttl_s)
         start = _plan_position(position)
-        prefix = checked_text("prefix", prefix or "", "the start of shard names")  # None: all
+        prefix = checked_prefix(prefix)
         job = "" if job is None else checked_text("job", job, "a plan's id")
         self.report_local_reads()  # the server hears this reader's reads before its plan
         request = placement_pb2.DeclarePlanRequest(
@@ -273,13 +264,8 @@ class PlacementCalls(ClientCore):
             request.sampler.CopyFrom(sampler_to_pb(sampler))
         else:
             assert shards is not None
-            if isinstance(shards, str):
-                raise InvalidPlan("shards must be a sequence of shard names, not one string")
             request.explicit.SetInParent()
-            try:
-                request.explicit.shards.extend(shards)
-            except (TypeError, ValueError) as exc:  # not strings (the server checks names)
-                raise InvalidPlan(f"shards must be shard names: {exc}") from None
+            request.explicit.shards.extend(_shard_names(shards, InvalidPlan))
         stub = self._stub(placement_pb2_grpc.PlacementServiceStub)
         # Idempotent: the job id is chosen here, and declaring it again replaces the plan.
         reply = self._call(stub.DeclarePlan, request, idempotent=True)
@@ -320,3 +306,19 @@ def _plan_position(position: object) -> int:
             f"so far), got {position!r:.40}"
         )
     return count
+
+
+def _shard_names(shards: object, error: type[InvalidArgument]) -> list[str]:
+    """``shards`` read once into a list of shard names (a generator has nothing left
+    after a check). Raises ``error`` for one name, or anything but a sequence of them,
+    and InvalidName for an entry that is no shard name (bytes, None)."""
+    if isinstance(shards, str | bytes):
+        raise error(
+            f"shards must be a sequence of shard names, not one name ({shards!r:.80}): give [name]"
+        )
+    if not isinstance(shards, Iterable):
+        raise error(f"shards must be a sequence of shard names, not {shards!r:.80}")
+    names = list(shards)
+    for shard in names:
+        validate_shard_name(shard)
+    return names
