@@ -40,12 +40,17 @@ def serve(
     ),
     metrics_dataset_labels: Annotated[
         bool,
-        typer.Option(help="label hits and misses by dataset (names visible to scrapers)"),
+        typer.Option(
+            "--metrics-dataset-labels",
+            help="label hits and misses by dataset (names visible to scrapers)",
+        ),
     ] = False,
     insecure: Annotated[
-        bool, typer.Option(help="plaintext API (loopback only, on a host of its own)")
+        bool, typer.Option("--insecure", help="plaintext API (loopback only, on a host of its own)")
     ] = False,
-    require_client_cert: Annotated[bool, typer.Option(help="mutual TLS")] = False,
+    require_client_cert: Annotated[
+        bool, typer.Option("--require-client-cert", help="mutual TLS")
+    ] = False,
     hostname: Annotated[list[str] | None, typer.Option(help="extra certificate names")] = None,
     s3_endpoint: Annotated[
         str | None,
@@ -62,9 +67,10 @@ def serve(
     master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
     config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
     hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
-    local_reads: Annotated[
-        bool, typer.Option(help="let readers on this host read the hot tier in place")
-    ] = True,
+    no_local_reads: Annotated[
+        bool,
+        typer.Option("--no-local-reads", help="no reader on this host reads the hot tier in place"),
+    ] = False,
     local_grant_ttl: Annotated[
         float, typer.Option(help="seconds a local-read grant holds (revocation delay)")
     ] = 60.0,
@@ -88,43 +94,48 @@ def serve(
     reseal_archive: Annotated[
         bool,
         typer.Option(
+            "--reseal-archive",
             help="the master key file was lost for good and no dataset is encrypted: seal "
             "the archive's metadata under the keys given now (refused while the node holds "
-            "encrypted shards); with --rebuild-from-archive, the rebuild believes the "
-            "archive's metadata without its seals (refused if any of it is encrypted)"
+            "encrypted shards); in a rebuild from the archive, the rebuild believes the "
+            "archive's metadata without its seals (refused if any of it is encrypted)",
         ),
     ] = False,
     archive_lost: Annotated[
         bool,
         typer.Option(
+            "--archive-lost",
             help="the archive is lost for good (or replaced by an empty one): start anyway, "
             "archive again what the hot tier holds and drop the shards only the lost archive "
             "held (each named in the log); ignored, with a warning, where the archive holds "
-            "the node's datasets"
+            "the node's datasets",
         ),
     ] = False,
     rebuild_from_archive: Annotated[
         bool,
         typer.Option(
+            "--rebuild-from-archive",
             help="if this start makes a new hot tier while the archive holds objects (a "
-            "lost hot tier), rebuild the catalog from the archive instead of refusing to start"
+            "lost hot tier), rebuild the catalog from the archive instead of refusing to start",
         ),
     ] = False,
     new_admin_token: Annotated[
         bool,
         typer.Option(
-            help="write another admin token to <data-dir>/admin.token, replacing the file, "
+            "--new-admin-token",
+            help="write another admin token to admin.token in the data directory, replacing it, "
             "even though a live one exists (a node restored without its admin.token); the "
             "token the file held stays live until revoked; give it for one start only: each "
-            "start with it makes one more"
+            "start with it makes one more",
         ),
     ] = False,
     accept_partial_rebuild: Annotated[
         bool,
         typer.Option(
-            help="with --rebuild-from-archive: rebuild even when some archive objects are "
+            "--accept-partial-rebuild",
+            help="in a rebuild from the archive: rebuild even when some archive objects are "
             "not believed (damaged, or sealed under keys not given), leaving their datasets "
-            "or shards out; without it such a rebuild is refused, with nothing changed"
+            "or shards out; without it such a rebuild is refused, with nothing changed",
         ),
     ] = False,
 ) -> None:
@@ -180,7 +191,7 @@ def serve(
         master_key_file=master_key_file,
         config_file=config,
         hot_capacity_bytes=hot_capacity,
-        local_reads=local_reads,
+        local_reads=not no_local_reads,
         local_grant_ttl_s=local_grant_ttl,
         max_connections=max_connections,
         caller_share=caller_share,
