@@ -130,6 +130,19 @@ def test_the_banner_says_a_wildcard_serves_every_interface(tmp_path: Path) -> No
     assert "metrics on http://[::1]:7445/metrics" in banner
 
 
+def test_the_banner_says_a_token_file_to_export_is_missing(tmp_path: Path) -> None:
+    # A node restored without its admin.token printed the export as if the file were
+    # there: copied into a shell, the next command failed to read it.
+    ports = SimpleNamespace(health_port=0, metrics_port=0)
+    for present in (False, True):
+        out = io.StringIO()
+        print_banner(out, "127.0.0.1", 7443, ports, tmp_path, None, False)  # type: ignore[arg-type]
+        export = next(line for line in out.getvalue().splitlines() if "TOKEN_FILE" in line)
+        assert export.endswith("admin.token") == present, export
+        assert ("# missing" in export) != present
+        (tmp_path / "admin.token").write_text("ts_a_b\n")
+
+
 def failed_start(*args: str) -> tuple[int, str]:
     """Run ``tierstore serve ARGS``, which must fail with one error line and no
     traceback; its exit code and that line."""

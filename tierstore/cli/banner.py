@@ -91,7 +91,8 @@ def print_banner(
         *client_lines,
         # The token's file, not the token: out of the environment every child of the
         # shell inherits (and `ps e` shows).
-        f"  export TIERSTORE_TOKEN_FILE={shlex.quote(str(token_file))}",
+        f"  export TIERSTORE_TOKEN_FILE={shlex.quote(str(token_file))}"
+        + ("" if token_file.exists() else "  # missing: put an admin token there first"),
         "  tierstore dataset ls",
         "tierstore: a new admin token was written to " + str(token_file) if token else "",
         "tierstore: ready",
