@@ -46,6 +46,10 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
+#: how many missing generations are told apart; beyond, "or more"
+_MISSING_COUNTED = 10_000
+
+
 class ArchiveWatch:
     """The last archive request that failed for want of the archive, until one that
     began after it answers. Thread-safe.
@@ -66,8 +70,10 @@ class ArchiveWatch:
         #: when the latest request of any outcome began (``time.monotonic()``); made
         #: counts as one, so a probe waits its interval after a store opens
         self._last_began = time.monotonic()
-        #: the first archived shard's object found missing, and how many were since
-        self._missing: tuple[str, int] | None = None
+        #: why the first archived shard's object found missing was, and the generations
+        #: (dataset, generation) found so (a shard read again is counted once)
+        self._missing: str | None = None
+        self._missing_generations: set[tuple[str, int]] = set()
         #: whether a record is its shard's current generation, archived (set by the
         #: store): an older generation's object deleted after an overwrite is no loss
         self.still_archived: Callable[[ShardRecord], bool] = lambda record: True
@@ -107,18 +113,19 @@ class ArchiveWatch:
         if not self.still_archived(record):
             return
         with self._lock:
-            first, count = self._missing or (message, 0)
-            self._missing = (first, count + 1)
+            self._missing = self._missing or message
+            if len(self._missing_generations) < _MISSING_COUNTED:
+                self._missing_generations.add((record.dataset, record.generation))
 
     def missing_objects(self) -> str | None:
         """Why eviction is held (archived shards' objects found missing), or None."""
         with self._lock:
-            missing = self._missing
-        if missing is None:
+            first, count = self._missing, len(self._missing_generations)
+        if first is None:
             return None
-        first, count = missing
+        counted = f"{count:,}" if count < _MISSING_COUNTED else f"{count:,} or more"
         return (
-            f"{count} archived shard object(s) found missing in the archive ({first}): it "
+            f"{counted} archived shard object(s) found missing in the archive ({first}): it "
             "may have lost others the catalog takes for archived, so no hot shard is "
             "evicted until the node starts again (a start checks the archive; "
             "--archive-lost archives the hot tier again if it lost them for good)"
