@@ -445,6 +445,24 @@ def test_the_environment_is_no_other_users(tmp_path: Path) -> None:
             assert stat.S_IMODE((directory / name).stat().st_mode) == 0o640, name
 
 
+def test_a_group_keeps_no_write_but_on_the_lock_file(tmp_path: Path) -> None:
+    # A `chmod -R 777` of a stopped data directory left hot/ and data.mdb group
+    # writable at the next start: a group let read in place could change the map.
+    path = tmp_path / "hot"
+    made = LmdbEnvironment(path, 1 << 20, ["data"])
+    made.db("data")
+    made.close()
+    for target in (path, path / "data.mdb", path / "lock.mdb"):
+        target.chmod(0o777)
+    again = LmdbEnvironment(path, 1 << 20, ["data"])
+    again.db("data")
+    again.close()
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode) for p in (path, path / "data.mdb", path / "lock.mdb")
+    }
+    assert modes == {"hot": 0o750, "data.mdb": 0o750, "lock.mdb": 0o770}
+
+
 def test_room_for_counts_the_pages_lmdb_allocated_without_holding_memory(tmp_path: Path) -> None:
     # Every put and promotion asks room_for once; it asked py-lmdb's info(), which
     # keeps about 48 bytes a call for good (py-lmdb 1.8.1): a busy node's puts and

@@ -110,13 +110,16 @@ _FILE_MODE = 0o640
 
 def _no_other_users(path: Path) -> None:
     """Take other users' bits off ``path`` and its LMDB files (an environment made
-    before they were made without: 0755 and 0644); the owner's and the group's stay.
-    A mode that cannot be changed (another user's file) is let be."""
-    for target in (path, path / "data.mdb", path / "lock.mdb"):
+    before they were made without: 0755 and 0644), and the group's write off ``path``
+    and ``data.mdb`` (a ``chmod -R g+w``): a group let read in place needs to write
+    ``lock.mdb`` alone (its reader table), and one that could write the map, or swap
+    it in the directory, could change what every reader gets. A mode that cannot be
+    changed (another user's file) is let be."""
+    for target, taken in ((path, 0o027), (path / "data.mdb", 0o027), (path / "lock.mdb", 0o007)):
         with contextlib.suppress(OSError):
             mode = stat.S_IMODE(target.stat().st_mode)
-            if mode & 0o007:
-                os.chmod(target, mode & ~0o007)
+            if mode & taken:
+                os.chmod(target, mode & ~taken)
 
 
 #: the environments of this process, whose locks a forked child makes anew
