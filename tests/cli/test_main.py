@@ -815,9 +815,17 @@ def test_a_durability_change_says_what_still_waits_for_the_archive(
         assert "a later put's success says nothing of them" in done.stdout
     else:
         assert "write-through puts already under way still wait" in done.stdout
+    as_json = json.loads(
+        invoke("--json", "dataset", "update", "idle", "--durability", durability).stdout
+    )
+    assert (as_json["backlog_shards"], as_json["backlog_bytes"]) == (6, 42)  # the text's alone
     client.backlog_shards = 0
     quiet = invoke("dataset", "update", "idle", "--durability", durability)
     assert quiet.stdout.strip() == "updated dataset idle"
+    assert (
+        "backlog_shards"
+        not in invoke("--json", "dataset", "update", "idle", "--durability", durability).stdout
+    )
 
 
 @pytest.mark.parametrize("command", ["create", "update"])

@@ -178,6 +178,9 @@ def dataset_update(
     figures = _dataset_figures(client, name) if hot_quota or durability else {}
     hot = int(figures.get("hot_bytes", 0))
     note = _backlog_note(settings, figures) if durability else ""
+    if note:  # with --json too: the text alone said how many still wait
+        shown["backlog_shards"] = int(figures["backlog_shards"])
+        shown["backlog_bytes"] = int(figures.get("backlog_bytes", 0))
     if hot_quota and hot > hot_quota:
         # Both: it said the whole of the hot bytes were above the quota.
         shown["hot_bytes"] = hot
