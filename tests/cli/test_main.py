@@ -580,6 +580,7 @@ def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> Non
         "evicted": ["a"],  # the kept ones stayed hot; "cold" was cold before
         "already_cold": ["cold"],
         "not_evicted": [],
+        "in_doubt": None,
         "freed_bytes": 100,
         "kept": {
             "pinned": "pinned (unpin it first)",
@@ -605,6 +606,7 @@ def test_evict_names_each_shard_once_and_an_empty_one_as_evicted(client: FakeCli
         "evicted": ["a", "empty"],
         "already_cold": ["cold"],
         "not_evicted": [],
+        "in_doubt": None,
         "freed_bytes": 100,
         "kept": {},
     }
@@ -893,7 +895,11 @@ def test_rm_reports_what_it_deleted_before_an_error(client: FakeClient) -> None:
     assert client.shards == {"d"}
 
     done = invoke("--json", "rm", "ds", "d")
-    assert done.exit_code == 0 and json.loads(done.stdout) == {"deleted": ["d"], "not_deleted": []}
+    assert done.exit_code == 0 and json.loads(done.stdout) == {
+        "deleted": ["d"],
+        "not_deleted": [],
+        "in_doubt": None,
+    }
 
 
 @pytest.mark.parametrize(

@@ -346,6 +346,7 @@ def test_put_get_ls_stat_rm(
     )
     assert put_files["shards"] == put_files["uploaded"] == ["one.bin", "two.txt"]
     assert put_files["not_uploaded"] == []
+    assert put_files["in_doubt"] is None
     assert put_files["bytes"] == one.stat().st_size + two.stat().st_size
     assert put_files["bytes_per_s"] > 0
     assert put_tree["shards"] == ["t/a.txt", "t/sub/b.txt", "t/sub/deeper/c.txt"]
@@ -428,6 +429,7 @@ def test_put_get_ls_stat_rm(
     assert ok(env, "rm", dataset, "two.txt", "t/a.txt") == {
         "deleted": ["two.txt", "t/a.txt"],
         "not_deleted": [],
+        "in_doubt": None,
     }
     remaining = [s["name"] for s in ok(env, "ls", dataset)]
     assert remaining == ["one.bin", "t/sub/b.txt", "t/sub/deeper/c.txt"]
@@ -739,6 +741,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
     assert ok(env, "pin", dataset, "a", "b") == {
         "pinned": ["a", "b"],
         "not_pinned": [],
+        "in_doubt": None,
         "bytes_queued": 0,
     }
     pinned = "pinned (unpin it first)"
@@ -746,6 +749,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
         "evicted": [],  # both kept, pinned
         "already_cold": [],
         "not_evicted": [],
+        "in_doubt": None,
         "freed_bytes": 0,
         "kept": {"a": pinned, "b": pinned},
     }
@@ -753,6 +757,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
         "unpinned": ["a", "b"],
         "already_unpinned": [],
         "not_unpinned": [],
+        "in_doubt": None,
     }
     # Not pinned any more: nothing is unpinned, and it says so (it said "unpinned 1
     # shard"), with exit 0 all the same (an unpin is idempotent).
@@ -760,6 +765,7 @@ def test_pin_unpin_evict_prefetch_stats(env: dict[str, str], admin: Client) -> N
         "unpinned": [],
         "already_unpinned": ["a"],
         "not_unpinned": [],
+        "in_doubt": None,
     }
     again = run(env, "unpin", dataset, "a", json_output=False)
     assert (again.returncode, again.stdout) == (0, b"unpinned 0 shards; already unpinned: a\n")
@@ -833,6 +839,7 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
     assert ok(env, "pin", dataset, "a", "--ttl", "3600") == {
         "pinned": ["a"],
         "not_pinned": [],
+        "in_doubt": None,
         "bytes_queued": 0,
     }
     info = admin.stat(dataset, "a")
@@ -841,6 +848,7 @@ def test_policy_set_show_and_pin_with_a_ttl(env: dict[str, str], admin: Client) 
         "evicted": [],
         "already_cold": [],
         "not_evicted": [],
+        "in_doubt": None,
         "freed_bytes": 0,
         "kept": {"a": "pinned (unpin it first)"},
     }
@@ -1214,7 +1222,7 @@ def test_rm_reports_what_it_deleted_before_an_error(
     admin.put(dataset, "d", b"d")
     twice = run(env, "rm", dataset, "c", "d", "c")
     assert twice.returncode == 0, twice.stderr.decode()
-    assert json.loads(twice.stdout) == {"deleted": ["c", "d"], "not_deleted": []}
+    assert json.loads(twice.stdout) == {"deleted": ["c", "d"], "not_deleted": [], "in_doubt": None}
     assert admin.list(dataset) == []
 
 

@@ -203,7 +203,10 @@ def rm(dataset: str, shards: list[str]) -> None:
     client = command_client()
     shards = list(dict.fromkeys(shards))  # each once: the second of two was ShardNotFound
     _shard_by_shard(shards, lambda shard: client.delete(dataset, shard), "deleted")
-    emit({"deleted": shards, "not_deleted": []}, f"deleted {plural(len(shards), 'shard')}")
+    emit(
+        {"deleted": shards, "not_deleted": [], "in_doubt": None},
+        f"deleted {plural(len(shards), 'shard')}",
+    )
 
 
 def _shard_by_shard(
@@ -267,7 +270,12 @@ def pin(
         if queued
         else ""
     )
-    report: dict[str, Any] = {"pinned": shards, "not_pinned": [], "bytes_queued": queued}
+    report: dict[str, Any] = {
+        "pinned": shards,
+        "not_pinned": [],
+        "in_doubt": None,
+        "bytes_queued": queued,
+    }
     warning = _pins_past_room(client, dataset, "some pins will stay cold until others are unpinned")
     emit_warned(report, f"pinned {plural(len(shards), 'shard')}{promoting}", warning)
 
@@ -322,7 +330,12 @@ def unpin(dataset: str, shards: list[str]) -> None:
     needed_nothing = set(already)
     unpinned = [shard for shard in shards if shard not in needed_nothing]
     emit(
-        {"unpinned": unpinned, "already_unpinned": already, "not_unpinned": []},
+        {
+            "unpinned": unpinned,
+            "already_unpinned": already,
+            "not_unpinned": [],
+            "in_doubt": None,
+        },
         Text(
             f"unpinned {plural(len(unpinned), 'shard')}" + already_text("already_unpinned", already)
         ),
@@ -435,10 +448,11 @@ def evict(dataset: str, shards: list[str]) -> None:
             kept[shard] = why
     freed = sum(freed_each)
     evicted = [shard for shard in done if shard not in kept and shard not in already_cold]
-    report = {
+    report: dict[str, Any] = {
         "evicted": evicted,
         "already_cold": already_cold,
         "not_evicted": shards[len(done) :],
+        "in_doubt": None,
         "freed_bytes": freed,
         "kept": kept,
     }

@@ -142,6 +142,7 @@ def put(
             "shards": [i.name for i in uploaded],
             "uploaded": [i.name for i in uploaded],
             "not_uploaded": [],
+            "in_doubt": None,
             "bytes": total,
             "bytes_per_s": total / elapsed,
         },
