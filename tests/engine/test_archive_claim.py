@@ -146,3 +146,20 @@ def test_a_serving_node_whose_archive_was_taken_over_holds_its_journal(
         assert set(archive.list(limit=1000).keys) == keys_before
     finally:
         watch.stop()
+
+
+def test_uploads_left_behind_are_not_aborted_while_the_archive_is_held(
+    open_store: StoreFactory,
+) -> None:
+    # Held for an archive another node holds (or not checked yet), the uploads under
+    # the prefix may be that node's, in flight: a node whose start found the archive
+    # down aborted them once it answered, held or not.
+    store = open_store(start_mover=False)
+    aborted: list[bool] = []
+    store.mover.abort_left_behind_later(lambda: aborted.append(True))
+    store.mover.hold_archive("another node took this node's archive over")
+    store.mover._abort_left_behind()  # as the journal thread calls it, the journal empty
+    assert aborted == []
+    store.mover.hold_archive(None)
+    store.mover._abort_left_behind()
+    assert aborted == [True]

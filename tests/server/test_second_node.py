@@ -12,11 +12,17 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .conftest import ServerProcess, poll
+from tierstore.tiers.seaweedfs import SeaweedServer
+
+from .conftest import ServerProcess, archive_of, poll
 from .test_backup import copy_backup
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.mark.timeout(240)
@@ -57,14 +63,34 @@ def test_a_node_whose_archive_was_rebuilt_elsewhere_is_refused_it(
 
 @pytest.mark.timeout(120)
 def test_a_second_new_node_on_an_archive_prefix_in_use_is_refused(
-    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+    spawn_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    seaweedfs: SeaweedServer,
+    s3_admin: S3Client,
 ) -> None:
     first = spawn_server(tmp_path / "first")  # nothing archived yet but its claim
+    archive = archive_of(first, seaweedfs)
+    # One of the first node's uploads in flight: a start refused the archive aborted it
+    # (a start aborts the uploads an earlier run of its own left behind) all the same.
+    in_flight = s3_admin.create_multipart_upload(
+        Bucket=archive.bucket, Key=f"{archive.prefix}plain/00000000000000ff.frames"
+    )["UploadId"]
     with pytest.raises(AssertionError, match="the server exited") as refused:
         spawn_server(tmp_path / "second")
     assert "belongs to another node's hot tier" in str(refused.value)
     assert str((tmp_path / "first").resolve()) in str(refused.value)
+    listed = s3_admin.list_multipart_uploads(Bucket=archive.bucket, Prefix=archive.prefix)
+    assert [upload["UploadId"] for upload in listed.get("Uploads", [])] == [in_flight]
     with first.connect() as admin:
+        assert admin.list_datasets() == []  # it serves on
+    assert first.stop() == 0
+
+    # Its disk lost before it made a dataset, the archive holds its claim alone: a
+    # rebuild has nothing to read, and takes the archive over all the same (it was
+    # refused for good, its advice, --rebuild-from-archive, included).
+    rebuilt = spawn_server(tmp_path / "third", "--rebuild-from-archive")
+    assert "took the archive over from node" in rebuilt.output()
+    with rebuilt.connect() as admin:
         admin.create_dataset("plain", encrypted=False)
-        admin.put("plain", "s", b"the first node serves on")
-        assert admin.get("plain", "s").to_pybytes() == b"the first node serves on"
+        admin.put("plain", "s", b"the new node serves")
+        assert admin.get("plain", "s").to_pybytes() == b"the new node serves"

@@ -1113,6 +1113,11 @@ def test_uploads_a_killed_node_left_are_aborted_under_its_prefix_only(
         store = open_store(dataclasses.replace(settings, mover_threads=5), start_mover=False)
         # The setting reaches the archive: parts of one upload in flight at once.
         assert store._archive.inner.settings.upload_parallelism == 5  # type: ignore[attr-defined]
+        # Not before its background work runs (tierstore serve checks the archive's
+        # claim first: the uploads may be another node's), then by its mover.
+        assert len(open_uploads(s3_settings.prefix)) == 2
+        store.start_background()
+        poll(lambda: open_uploads(s3_settings.prefix) == [foreign], 30, "the mover's abort")
         store.close()
         assert open_uploads(s3_settings.prefix) == [foreign]
         assert open_uploads(other_prefix) == [kept]

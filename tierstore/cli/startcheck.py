@@ -121,7 +121,10 @@ def open_checked_store(
             )
         if archive_down is None:
             archive_down = _claim_the_archive(
-                store, out, new_hot_tier=new_hot_tier, serve_meanwhile=own_hot_tier
+                store,
+                out,
+                take_over=new_hot_tier and (rebuild_from_archive or bool(store.list_datasets())),
+                serve_meanwhile=own_hot_tier,
             )
         if new_hot_tier:
             unchecked.unlink()
@@ -132,16 +135,17 @@ def open_checked_store(
 
 
 def _claim_the_archive(
-    store: Store, out: TextIO, *, new_hot_tier: bool, serve_meanwhile: bool
+    store: Store, out: TextIO, *, take_over: bool, serve_meanwhile: bool
 ) -> ArchiveUnavailable | None:
-    """Claim the archive for the node, last in its start, once nothing refused it (and
-    say so when it took it over). When the archive stopped answering meanwhile, a node
+    """Claim the archive for the node, last in its start, once nothing refused it,
+    taking it over from another node with ``take_over`` (and saying so). A new hot
+    tier takes it over when it was rebuilt from the archive (by this start, or by one
+    stopped before the claim: its catalog then holds datasets), or with
+    --rebuild-from-archive over an archive that held nothing to rebuild but a claim (a
+    node that had no dataset). When the archive stopped answering meanwhile, a node
     that may serve its own hot tier (``serve_meanwhile``) gets why (it claims the
     archive once that answers: :class:`~tierstore.cli.masterkeys.DeferredKeyCheck`);
     any other start is refused (ArchiveUnavailable)."""
-    # A new hot tier with datasets was rebuilt from the archive (by this start, or by
-    # one stopped before this line): it replaces the node that held the archive.
-    take_over = new_hot_tier and bool(store.list_datasets())
     try:
         taken_from = store.claim_archive(take_over=take_over)
     except ArchiveUnavailable as unreachable:

@@ -48,7 +48,8 @@ def open_store(
     ``observe_archive`` is called with (operation, seconds, failed) after every archive
     request (for metrics). ``keyring``, given, is used instead of the master keys the
     settings name. Without ``start_mover`` the caller starts the background work
-    (:meth:`Store.start_background`). Without ``prepare_archive`` the S3 archive is
+    (:meth:`Store.start_background`), and the uploads an earlier run left in the
+    archive are aborted once it has (by the mover). Without ``prepare_archive`` the S3 archive is
     not called at all (its bucket made, uploads left behind aborted): for a caller that
     found it unreachable already. Also tunes the process's allocator for multi-MiB
     frames (:mod:`.allocator`).
@@ -100,7 +101,9 @@ def _open_claimed(
         try:
             # Not asked at all when the caller found it unreachable: the mover aborts
             # what an earlier run left once it answers.
-            left_behind = _prepare_archive(tier, settings) if prepare_archive else True
+            left_behind = (
+                _prepare_archive(tier, settings, abort_now=start_mover) if prepare_archive else True
+            )
             store = _store_over(settings, tier, observe_archive, keyring, start_mover, claim)
         except BaseException:
             tier.close()  # its connection pool: a start may be tried again
@@ -128,11 +131,14 @@ def archive_s3_settings(config: ArchiveSettings, **tuning: Any) -> S3Settings:
     )
 
 
-def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> bool:
-    """Make sure the bucket is there, and abort the uploads an earlier run left behind;
-    returns whether those are left for the mover (the archive failed: it aborts them
-    once the archive answers). Raises ArchiveUnavailable when the archive cannot be
-    reached and there is no hot tier yet (a new node has nothing to serve without it)."""
+def _prepare_archive(tier: S3Tier, settings: EngineSettings, *, abort_now: bool) -> bool:
+    """Make sure the bucket is there, and (``abort_now``) abort the uploads an earlier
+    run left behind; returns whether those are left for the mover, which aborts them
+    once it runs and the archive answers (not ``abort_now``: a caller that checks the
+    archive first, as ``tierstore serve`` checks its claim, for an archive claimed by
+    another node holds uploads in flight of that node's; or the archive failed).
+    Raises ArchiveUnavailable when the archive cannot be reached and there is no hot
+    tier yet (a new node has nothing to serve without it)."""
     try:
         tier.ensure_bucket()
     except ArchiveUnavailable as exc:
@@ -140,6 +146,8 @@ def _prepare_archive(tier: S3Tier, settings: EngineSettings) -> bool:
             raise
         # A node's own hot tier serves without the archive; its mover retries.
         log.warning("the archive is unreachable; serving the hot tier: %s", exc)
+        return True
+    if not abort_now:
         return True
     try:
         _abort_uploads_left_behind(tier)

@@ -288,10 +288,15 @@ class Mover:
         self.wake()
 
     def _abort_left_behind(self) -> None:
-        """Call the pending :meth:`abort_left_behind_later`, if any and its back-off
-        has passed; a failure is tried again later (the mover's retry delays)."""
+        """Call the pending :meth:`abort_left_behind_later`, if any, its back-off has
+        passed and the archive is not held (:meth:`hold_archive`); a failure is tried
+        again later (the mover's retry delays)."""
         abort = self._left_behind
         if abort is None or time.monotonic() < self._left_behind_retry_at:
+            return
+        if self._archive_hold is not None:
+            # Held: not checked against the archive yet, or another node holds it now
+            # (tierstore.cli.claimwatch), whose uploads in flight those may be.
             return
         # The journal held: none of this store's uploads is in flight, only an earlier
         # run's (or one of its own whose abort failed) can be open.
