@@ -351,6 +351,11 @@ def test_put_get_ls_stat_rm(
     assert put_files["bytes_per_s"] > 0
     assert put_tree["shards"] == ["t/a.txt", "t/sub/b.txt", "t/sub/deeper/c.txt"]
     assert put_tree["bytes"] == 6
+    # A /proc file says it holds 0 bytes: stored whole, it was reported as 0 bytes.
+    proc = ok(env, "put", dataset, "/proc/self/status", "--prefix", "proc/")
+    stored = ok(env, "stat", dataset, "proc/status")
+    assert proc["bytes"] == stored["size"] > 0
+    ok(env, "rm", dataset, "proc/status")
 
     out = tmp_path / "out.bin"
     got, listed, prefixed, stat = all_of(

@@ -365,6 +365,7 @@ def test_arguments_of_a_wrong_type_or_not_utf8_are_invalid_argument(
     admin.close_plan(job)
     assert "sizing" in admin.stats(sizing=np.bool_(True))
     assert admin.list(any_dataset, prefix=None) == admin.list(any_dataset)  # type: ignore[arg-type]
+    assert admin.stats(None)["datasets"].keys() == admin.stats()["datasets"].keys()  # type: ignore[arg-type]
     # A generator of grants made a token with none: the check had used it up.
     token_id, _ = admin.create_token("gen", (g for g in [Grant(any_dataset, Role.READER)]))
     made = next(t for t in admin.list_tokens() if t["token_id"] == token_id)

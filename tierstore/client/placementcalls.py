@@ -153,7 +153,7 @@ class PlacementCalls(ClientCore):
         sizing curve: the miss ratio the server's recently traced reads (of the datasets
         shown) would have had with a hot tier of 1/8 to 4 times its capacity (costs the
         server a pass over its trace: up to a second or two)."""
-        if dataset != "":  # "": every dataset; anything else must be a dataset's name
+        if dataset not in ("", None):  # every dataset; anything else must be a name
             validate_dataset_name(dataset)
         sizing = check_bool("sizing", sizing)
         self.report_local_reads()

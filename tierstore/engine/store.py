@@ -223,6 +223,7 @@ class Store:
         #: the process that opened it: its threads, pools and accounts are that process's
         self._pid = os.getpid()
         self._claim = claim or StoreClaim(settings.data_dir)  # before the hot tier opens
+        self._node = ""  # the hot tier's node id, once read (_node_id)
         self._env = LmdbEnvironment(  # opened at its first use, in _open
             hot_tier_dir(settings.data_dir), settings.effective_map_size, DB_NAMES
         )
@@ -1339,13 +1340,16 @@ class Store:
         return claim_archive(self._archive, mine, take_over=take_over)
 
     def _node_id(self) -> str:
-        """The hot tier's node id, made at its first use and kept in the catalog."""
-        with self._env.write() as txn:
-            node = self._catalog.note(txn, NODE_ID_NOTE)
-            if not node:
-                node = secrets.token_hex(16)
-                self._catalog.set_note(txn, NODE_ID_NOTE, node)
-        return node
+        """The hot tier's node id, made at its first use and kept in the catalog (read
+        once: a serving node's claim watch asks for it every minute)."""
+        if not self._node:
+            with self._env.write() as txn:
+                node = self._catalog.note(txn, NODE_ID_NOTE)
+                if not node:
+                    node = secrets.token_hex(16)
+                    self._catalog.set_note(txn, NODE_ID_NOTE, node)
+            self._node = node
+        return self._node
 
     def archive_missing_datasets(self) -> builtins.list[str]:
         """The datasets whose settings object the archive should hold but does not, when
