@@ -426,6 +426,8 @@ def test_a_multi_frame_tensor_is_read_without_holding_it_twice(
         assert float(done.stdout) == float(tensor.sum(dtype=np.float64))
         peaks[name] = int(done.stderr.split()[-1]) << 10
     grown = peaks["large"] - peaks["medium"]
-    # Under 1.5 times the extra bytes (gRPC's own buffers take 40-70 MB, as for a get
-    # to stdout): holding the frames and the tensor at once grew by twice them.
-    assert grown < 1.5 * (sizes["large"] - sizes["medium"]), (peaks, grown)
+    # Under 1.75 times the extra bytes: holding the frames and the tensor at once grew
+    # by about twice them (2.0-2.3 times). gRPC's own buffers take the rest: 1.0-1.13
+    # times with the test run alone, 1.53 in two whole-suite runs (the server busier,
+    # more in flight), which failed the 1.5 this test had.
+    assert grown < 1.75 * (sizes["large"] - sizes["medium"]), (peaks, grown)
