@@ -90,6 +90,10 @@ def test_a_second_new_node_on_an_archive_prefix_in_use_is_refused(
     # refused for good, its advice, --rebuild-from-archive, included).
     rebuilt = spawn_server(tmp_path / "third", "--rebuild-from-archive")
     assert "took the archive over from node" in rebuilt.output()
+    # Its own now: the upload the first node left open is aborted at its start, by the
+    # time it serves (before, only once its mover ran).
+    listed = s3_admin.list_multipart_uploads(Bucket=archive.bucket, Prefix=archive.prefix)
+    assert listed.get("Uploads", []) == []
     with rebuilt.connect() as admin:
         admin.create_dataset("plain", encrypted=False)
         admin.put("plain", "s", b"the new node serves")

@@ -155,6 +155,9 @@ def _claim_the_archive(
     if taken_from is not None:
         out.write(f"tierstore: this node took the archive over from {taken_from.describe()}\n")
         out.flush()
+    # The archive is this node's: the uploads its killed runs left open go now (before,
+    # they might have been another node's, in flight).
+    store.mover.abort_left_behind_now()
     return None
 
 

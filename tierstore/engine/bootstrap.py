@@ -49,10 +49,11 @@ def open_store(
     request (for metrics). ``keyring``, given, is used instead of the master keys the
     settings name. Without ``start_mover`` the caller starts the background work
     (:meth:`Store.start_background`), and the uploads an earlier run left in the
-    archive are aborted once it has (by the mover). Without ``prepare_archive`` the S3 archive is
-    not called at all (its bucket made, uploads left behind aborted): for a caller that
-    found it unreachable already. Also tunes the process's allocator for multi-MiB
-    frames (:mod:`.allocator`).
+    archive are aborted by :meth:`Mover.abort_left_behind_now
+    <tierstore.engine.mover.Mover.abort_left_behind_now>`, or once the mover runs.
+    Without ``prepare_archive`` the S3 archive is not called at all (its bucket made,
+    uploads left behind aborted): for a caller that found it unreachable already. Also
+    tunes the process's allocator for multi-MiB frames (:mod:`.allocator`).
     Raises InvalidArgument when no archive endpoint is configured, ArchiveUnavailable
     when the archive cannot be reached and there is no hot tier yet (with one, the
     store opens and its mover retries the archive).

@@ -287,6 +287,12 @@ class Mover:
         self._left_behind = abort
         self.wake()
 
+    def abort_left_behind_now(self) -> None:
+        """Call the pending :meth:`abort_left_behind_later` now: for a start that has
+        found the archive its own (``tierstore serve`` checks its claim first), before
+        the journal thread runs. A failure leaves it to that thread."""
+        self._abort_left_behind()
+
     def _abort_left_behind(self) -> None:
         """Call the pending :meth:`abort_left_behind_later`, if any, its back-off has
         passed and the archive is not held (:meth:`hold_archive`); a failure is tried
