@@ -5,18 +5,19 @@ shards then fail ``DATA_LOSS``), and each uploads what the other's catalog never
 learns of. The way into that is an operator's slip, not an attack: a node thought
 lost starting again after its hot tier was rebuilt elsewhere from the archive, or a
 second node given the first one's archive settings. So a node's start claims the
-archive for its hot tier (a random id kept in the catalog, made with the hot tier:
-a copy of the hot tier is the same node, a rebuilt one a new node) and refuses an
-archive another hot tier claimed. A rebuild from the archive (``tierstore serve
---rebuild-from-archive``) and ``--archive-lost`` take it over: they replace the node
-that had it. Nothing else does: a hot tier whose catalog is behind the archive's
-would number new generations at keys the other node wrote.
+archive for its hot tier (a random id kept in the hot tier's catalog, made at its
+first claim: a copy of the hot tier is the same node, a rebuilt one a new node) and
+refuses an archive another hot tier claimed. A new hot tier started with ``tierstore
+serve --rebuild-from-archive`` takes it over: it replaces the node that had it.
+Nothing else does (``--archive-lost`` neither: an archive lost for good lost its
+claim too): a hot tier whose catalog is behind the archive's would number new
+generations at keys the other node wrote.
 
 The claim is checked as a node starts (once its archive answers), and read again
 while it serves (:mod:`tierstore.cli.claimwatch`): a node still running when another
 takes its archive over holds its journal once it sees that. Two first starts at the
-same moment can both claim it. It is not sealed: it guards
-against a slip, and whoever can write the bucket can delete the archive anyway.
+same moment can both claim it. It is not sealed: it guards against a slip, and
+whoever can write the bucket can delete the archive anyway.
 """
 
 from __future__ import annotations
