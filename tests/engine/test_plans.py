@@ -230,6 +230,32 @@ def test_bad_plans_are_refused(
     assert not [e for e in planned.trace_events() if isinstance(e, TracedPlan)]
 
 
+class _Counted:
+    """Shard names that say how many they are and may not be walked."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the names were taken in before their number was checked")
+
+
+def test_a_plan_too_long_for_its_dataset_is_refused_before_its_names_are_taken_in(
+    planned: Store,
+) -> None:
+    # A review's DeclarePlan of 9 million names, over a dataset of a few shards, grew
+    # the server by 1.3 GB (a list, a tuple and a dict of them) before it was refused.
+    longest = MAX_PLAN_EPOCHS * len(NAMES)
+    with pytest.raises(InvalidPlan, match=f"at most {longest:,} are allowed"):
+        planned.declare_plan("d", shards=_Counted(longest + 1))
+    with pytest.raises(DatasetNotFound):
+        planned.declare_plan("nope", shards=_Counted(1))
+    assert declared(planned) == []
+
+
 def test_the_longest_plans_allowed_are_accepted(planned: Store) -> None:
     longest = MAX_PLAN_EPOCHS * len(NAMES)
     planned.declare_plan("d", shards=["c"] * longest)

@@ -126,10 +126,17 @@ def refused(action: Any, *args: Any) -> tuple[grpc.StatusCode, str]:
     return error.code(), names[0] if names else ""
 
 
-def header(dataset: str, shard: str, frames: int, kind: int = common_pb2.SHARD_KIND_RAW) -> Any:
+def header(
+    dataset: str,
+    shard: str,
+    frames: int,
+    kind: int = common_pb2.SHARD_KIND_RAW,
+    *,
+    uncounted: bool = False,
+) -> Any:
     return shards_pb2.PutShardRequest(
         header=shards_pb2.PutShardHeader(
-            dataset=dataset, shard=shard, kind=kind, frame_count=frames
+            dataset=dataset, shard=shard, kind=kind, frame_count=frames, uncounted=uncounted
         )
     )
 
@@ -546,6 +553,8 @@ def test_frame_count_differs_from_header(
         "nothing": [],
         "two headers": [header(dataset, "s", 1), header(dataset, "s", 1), frame(b"a")],
         "empty message": [shards_pb2.PutShardRequest(), frame(b"a")],
+        # Uncounted, yet announcing a count: one or the other.
+        "uncounted with a count": [header(dataset, "s", 1, uncounted=True), frame(b"a"), end()],
     }
     for what, messages in streams.items():
         code, _ = refused(raw.put, messages)

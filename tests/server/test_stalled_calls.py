@@ -30,6 +30,7 @@ from tests.server.servers import RunningServer, error_name, invoke, metadata, pa
 from tierstore.client.connect import connect
 from tierstore.errors import InvalidArgument, ShardNotFound, Unavailable
 from tierstore.server.app import ServerSettings, connection_cap
+from tierstore.server.callerworkers import CallerWorkers
 from tierstore.server.streamslots import ShardStreams
 from tierstore.types import DatasetSettings, Role
 from tierstore.v1 import common_pb2, datasets_pb2, shards_pb2, shards_pb2_grpc
@@ -41,6 +42,8 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 WORKERS = 4
 #: the get and put streams a server of WORKERS serves at once
 STREAM_SLOTS = ShardStreams.for_workers(WORKERS).slots
+#: the workers one caller's calls may hold at once
+WORKER_SHARE = CallerWorkers(WORKERS).per_caller
 ARRIVAL_S = 1.0
 
 
@@ -132,15 +135,51 @@ def test_calls_without_a_token_are_refused_before_their_request_is_read(
 def test_a_request_that_never_arrives_ends_its_call_and_frees_its_worker(
     running: RunningServer,
 ) -> None:
-    # A caller with a token (a widely handed-out reader's, say) holds a worker for
-    # the arrival deadline at most; the calls queued behind it then run.
-    reader = running.token("svc:reader", ("*", Role.READER))
+    # Callers with a token (widely handed-out readers', say) hold a worker for the
+    # arrival deadline at most; the calls queued behind them then run. (Two of them:
+    # one caller holds at most its share of the workers.)
+    readers = [running.token(f"svc:reader-{n}", ("*", Role.READER)) for n in range(3)]
     with Stalls() as stalls:
-        stalls.open(running.channel(), LIST_DATASETS, 2 * WORKERS, token=reader)
-        time.sleep(0.2)  # not a wait for a condition: lets the stalls take the workers first
-        took = list_datasets(running, reader, timeout=30)
+        for reader in readers[:2]:
+            stalls.open(running.channel(), LIST_DATASETS, WORKER_SHARE, token=reader)
+        workers = running.server.auth.workers
+        assert workers is not None
+        poll(lambda: workers.in_use == WORKERS, 10, "the stalls to take every worker")
+        took = list_datasets(running, readers[2], timeout=30)
         assert took < 10 * ARRIVAL_S
         assert set(stalls.codes(timeout=10)) == {grpc.StatusCode.CANCELLED}
+
+
+def test_one_caller_holds_at_most_its_share_of_the_workers_and_the_admin_is_served_at_once(
+    running: RunningServer,
+) -> None:
+    # A review's token of no grant at all kept every worker with calls whose request
+    # never came, opened again as the node ended them: the admin's calls, RevokeToken
+    # (the way to stop it) too, timed out.
+    greedy = running.token("svc:nothing")
+    admin = running.token("admin", ("*", Role.ADMIN))
+    workers = running.server.auth.workers
+    assert workers is not None and workers.per_caller == WORKER_SHARE
+    with Stalls() as stalls:
+        stalls.open(running.channel(), LIST_DATASETS, 2 * WORKERS, token=greedy)
+        poll(lambda: workers.in_use == WORKER_SHARE, 10, "the stalls to take their share")
+        assert list_datasets(running, admin, timeout=30) < ARRIVAL_S
+        # Past its share: refused at once, saying whose share is taken; the rest ended
+        # at their deadline.
+        codes = stalls.codes(timeout=10)
+        assert codes.count(grpc.StatusCode.CANCELLED) == WORKER_SHARE, codes
+        assert codes.count(grpc.StatusCode.UNAVAILABLE) == 2 * WORKERS - WORKER_SHARE, codes
+    with pytest.raises(grpc.RpcError) as refused, Stalls() as more:
+        more.open(running.channel(), LIST_DATASETS, WORKER_SHARE, token=greedy)
+        poll(lambda: workers.in_use == WORKER_SHARE, 10, "the second stalls to start")
+        list_datasets(running, greedy, timeout=30)
+    assert error_name(refused.value) == "ServerBusy"
+    assert (
+        f"a ListDatasets call: svc:nothing holds {WORKER_SHARE} of the node's {WORKERS} "
+        "calls in progress already" in refused.value.details()  # type: ignore[attr-defined]
+    )
+    poll(lambda: workers.in_use == 0, 10, "the places to be given back")
+    assert list_datasets(running, admin, timeout=30) < ARRIVAL_S
 
 
 def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: RunningServer) -> None:
@@ -155,7 +194,12 @@ def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: Runnin
     with Stalls() as stalls:
         for number in range(2 * WORKERS):
             stalls.open(running.channel(), PUT_SHARD, 1, writers[number % STREAM_SLOTS], first)
-        time.sleep(0.2)  # as above: the stalls first
+        metrics = running.server.metrics.registry
+        poll(
+            lambda: metrics.get_sample_value("tierstore_shard_streams") == STREAM_SLOTS,
+            10,
+            "the stalls to take every shard stream's place",
+        )
         assert list_datasets(running, writers[0], timeout=30) < 10 * ARRIVAL_S
         # Those past the shard streams' places refused at once, the rest ended.
         codes = stalls.codes(timeout=10)
@@ -163,6 +207,28 @@ def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: Runnin
         assert codes.count(grpc.StatusCode.UNAVAILABLE) == 2 * WORKERS - STREAM_SLOTS, codes
     with pytest.raises(ShardNotFound):
         running.store.stat("d", "s")
+
+
+def test_a_put_takes_no_shard_streams_place_before_its_caller_s_right_is_checked(
+    running: RunningServer,
+) -> None:
+    # A review's token of no grant at all held 21 of 28 places with puts that sent
+    # nothing: a put took its place before its header said where it puts.
+    nothing = running.token("svc:nothing")
+    workers = running.server.auth.workers
+    assert workers is not None
+    streams = running.server.metrics.registry
+    with Stalls() as stalls:
+        stalls.open(running.channel(), PUT_SHARD, WORKER_SHARE, token=nothing)
+        poll(lambda: workers.in_use == WORKER_SHARE, 10, "the puts to start")
+        assert streams.get_sample_value("tierstore_shard_streams") == 0
+    header = shards_pb2.PutShardRequest(
+        header=shards_pb2.PutShardHeader(dataset="d", shard="s", kind=common_pb2.SHARD_KIND_RAW)
+    )
+    with Stalls() as stalls:
+        stalls.open(running.channel(), PUT_SHARD, 1, nothing, (header.SerializeToString(),))
+        # Refused at once: the dataset is none of the caller's (so it is not found).
+        assert stalls.codes(timeout=ARRIVAL_S) == [grpc.StatusCode.NOT_FOUND]
 
 
 def test_a_caller_that_stops_reading_its_shard_frees_its_worker(
@@ -228,9 +294,14 @@ def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
     assert 1 <= share < STREAM_SLOTS
     greedy = running.token("svc:greedy", ("*", Role.READER))
     other = running.token("svc:other", ("*", Role.READER))
-    data = bytes(range(256)) * (128 << 10)  # 32 MiB: far more than a flow-control window
-    running.store.put("d", "big", data)
+    # 32 MiB: far more than a flow-control window, for the streams left unread; the
+    # reads taken whole are of a small shard (this node cancels a reader that took no
+    # message for 2 s, and a whole 32 MiB read on a busy machine was cancelled so).
+    running.store.put("d", "big", bytes(32 << 20))
     request = shards_pb2.GetShardRequest(dataset="d", shard="big")
+    data = bytes(range(256)) * 64
+    running.store.put("d", "small", data)
+    small = shards_pb2.GetShardRequest(dataset="d", shard="small")
     stalled = []
     for _ in range(share):
         stub = shards_pb2_grpc.ShardServiceStub(running.channel(own_connection=True))
@@ -252,7 +323,7 @@ def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
     )
     # Another caller reads the whole shard meanwhile, and again: the place comes back.
     for _ in range(2):
-        got = invoke(running.channel(), GET_SHARD, request, other, timeout=30)
+        got = invoke(running.channel(), GET_SHARD, small, other, timeout=30)
         assert payload_of(got) == data
     assert not any(stream.done() for stream in stalled)  # type: ignore[attr-defined]
     for stream in stalled:
@@ -263,7 +334,7 @@ def test_one_caller_holds_at_most_its_share_of_the_places_and_others_are_served(
         30,
         "the greedy caller's cancelled streams to give their places back",
     )
-    assert payload_of(invoke(running.channel(), GET_SHARD, request, greedy, timeout=30)) == data
+    assert payload_of(invoke(running.channel(), GET_SHARD, small, greedy, timeout=30)) == data
 
 
 def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_holds(
@@ -293,13 +364,15 @@ def test_probes_are_answered_at_once_whatever_stalled_calls_the_health_port_hold
 
 def test_watch_is_not_served_so_it_holds_no_worker(running: RunningServer) -> None:
     admin = running.token("admin", ("*", Role.ADMIN))
+    # A caller each on the API port: one caller holds at most its share of the workers.
+    callers = [running.token(f"svc:watcher-{n}") for n in range(4 * WORKERS)]
     health_port = running.channel(address=running.health_address, plaintext=True)
-    for channel, token in ((health_port, None), (running.channel(), admin)):
+    for channel, tokens in ((health_port, [None] * len(callers)), (running.channel(), callers)):
         watches = [
             health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest(), timeout=10, metadata=metadata(token)
             )
-            for _ in range(4 * WORKERS)
+            for token in tokens
         ]
         for watch in watches:
             with pytest.raises(grpc.RpcError) as caught:

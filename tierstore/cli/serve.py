@@ -134,7 +134,7 @@ class ServeOptions:
     local_grant_ttl_s: float = 60.0
     #: connections open at once (0: automatic, from the open-file limit).
     max_connections: int = 0
-    #: the share of the node's shard streams and archive calls one caller may hold.
+    #: the share of the node's workers, shard streams and archive calls one caller may hold.
     caller_share: float = CALLER_SHARE
     #: a new hot tier over an archive with objects: rebuild the catalog from it
     #: (without: refuse to start).

@@ -86,8 +86,8 @@ def serve(
     caller_share: Annotated[
         float,
         typer.Option(
-            help="the share of the node's shard streams and archive calls one caller "
-            "(principal) may hold, above 0 and at most 1 (1: none, for a node of one user)"
+            help="the share of the node's workers, shard streams and archive calls one "
+            "caller (principal) may hold, above 0 and at most 1 (1: none, for a node of one user)"
         ),
     ] = CALLER_SHARE,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",

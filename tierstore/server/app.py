@@ -39,6 +39,7 @@ from tierstore.loopback import is_loopback_address
 from tierstore.server.admin import AdminServicer, NodeKeyAdmin
 from tierstore.server.archivecalls import ArchiveCalls
 from tierstore.server.auth import AuthInterceptor
+from tierstore.server.callerworkers import CallerWorkers
 from tierstore.server.datasets import DatasetServicer
 from tierstore.server.decoding import DecodeInterceptor
 from tierstore.server.healthcheck import CheckOnlyHealth
@@ -128,8 +129,8 @@ class ServerSettings:
     #: (seconds); internal: only tests shorten it (``tierstore serve`` takes it from no
     #: flag or setting).
     renew_certificate_before_s: float = RENEW_BEFORE_DAYS * 86400.0
-    #: of the shard streams and the calls waiting on the archive the node serves at
-    #: once, the share one caller (principal) may hold, in (0, 1]; 1: no share.
+    #: of the workers, the shard streams and the calls waiting on the archive the node
+    #: serves at once, the share one caller (principal) may hold, in (0, 1]; 1: no share.
     caller_share: float = CALLER_SHARE
 
     def __post_init__(self) -> None:
@@ -328,7 +329,11 @@ class TierstoreServer:
         store.promoter.work_in_flight = self._idle_trim.busy
         store.mover.after_heap_work = self._idle_trim.owe
         #: authenticates and audits every call
-        self.auth = AuthInterceptor(tokens, self.metrics.observe_call)
+        self.auth = AuthInterceptor(
+            tokens,
+            self.metrics.observe_call,
+            CallerWorkers(settings.max_workers, settings.caller_share),
+        )
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
             # Authenticate first, then decode: see tierstore.server.decoding.

@@ -90,11 +90,11 @@ class HeldSlot:
     def take(self) -> None:
         """Take a slot unless held; ServerBusy at once if none is free."""
         if not self._held:
-            self._calls._take(self._what, self._who)
+            self._calls.take(self._what, self._who)
             self._held = True
 
     def give_back(self) -> None:
         """Give the slot back if held."""
         if self._held:
             self._held = False
-            self._calls._give_back(self._who)
+            self._calls.give_back(self._who)

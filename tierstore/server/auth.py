@@ -21,14 +21,16 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
-from tierstore.errors import Unauthenticated
+from tierstore.errors import ServerBusy, Unauthenticated
 from tierstore.server.authz import Principal
+from tierstore.server.callerworkers import CallerWorkers
 from tierstore.server.refusallog import RefusalLog, peer_host
-from tierstore.server.rpc import called_on, called_on_shard, calling_as, noted_change
+from tierstore.server.rpc import abort_with, called_on, called_on_shard, calling_as, noted_change
 from tierstore.server.tokens import AuthFailure, TokenStore
 from tierstore.wire.status import ERROR_HEADER
 
@@ -81,12 +83,19 @@ def _peer_service(context: grpc.ServicerContext) -> str:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates every call and audits it."""
+    """Authenticates every call and audits it; with ``workers``, each call holds one of
+    its places for its caller while it runs (refused with ServerBusy past the caller's
+    share)."""
 
     def __init__(
-        self, tokens: TokenStore, observe: Callable[[str, str, float | None], None] | None = None
+        self,
+        tokens: TokenStore,
+        observe: Callable[[str, str, float | None], None] | None = None,
+        workers: CallerWorkers | None = None,
     ) -> None:
         self._tokens = tokens
+        #: the places its calls hold while they run (None: none taken)
+        self.workers = workers
         #: called with (method, status code name, seconds) after every authenticated call
         self._observe = observe or (lambda method, code, seconds: None)
         #: which refused calls get an audit line (the first of each kind in a window)
@@ -105,7 +114,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             principal = self._tokens.authenticate(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
             return _refusal(handler, method, exc, self._observe, self.refusals)
-        return _wrap(handler, principal, self._tokens.principal_now, method, self._observe)
+        return _wrap(
+            handler, principal, self._tokens.principal_now, method, self._observe, self.workers
+        )
 
 
 def _refusal(
@@ -163,7 +174,21 @@ def _wrap(
     now: Callable[[Principal], Principal],
     method: str,
     observe: Callable[[str, str, float | None], None],
+    workers: CallerWorkers | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    what = f"a {method.rsplit('/', 1)[-1]} call"
+
+    def hold_a_worker(context: grpc.ServicerContext) -> bool:
+        """Take the call's place for its caller (False: none to take); refuse the call
+        (ServerBusy) when its caller holds its share of them."""
+        if workers is None:
+            return False
+        try:
+            workers.take(what, principal.name)
+        except ServerBusy as exc:
+            abort_with(context, exc)
+        return True
+
     def finish(
         principal: Principal, context: grpc.ServicerContext, started: float, outcome: str
     ) -> None:
@@ -191,35 +216,38 @@ def _wrap(
         code = getattr(context, "code", lambda: None)()  # set by the handler's abort
         return code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
 
+    @contextmanager
+    def running(context: grpc.ServicerContext) -> Iterator[None]:
+        """The call's run: its caller recorded and its worker's place held while the
+        block runs, then its audit line and metrics."""
+        started = time.monotonic()
+        token = calling_as(principal, now)
+        error: BaseException | None = None
+        held = False
+        try:
+            held = hold_a_worker(context)
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if held:
+                assert workers is not None
+                workers.give_back(principal.name)
+            finish(principal, context, started, outcome_of(error, context))
+            token.var.reset(token)
+
     def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.monotonic()
-            token = calling_as(principal, now)
-            error: BaseException | None = None
-            try:
+            with running(context):
                 return behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                finish(principal, context, started, outcome_of(error, context))
-                token.var.reset(token)
 
         return call
 
     def streaming(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started = time.monotonic()
-            token = calling_as(principal, now)
-            error: BaseException | None = None
-            try:
+            with running(context):
                 yield from behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                finish(principal, context, started, outcome_of(error, context))
-                token.var.reset(token)
 
         return call
 

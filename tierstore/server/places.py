@@ -4,7 +4,8 @@ and on one caller's share of them.
 The server has a fixed pool of workers. The calls that may hold one for long, shard
 streams (:mod:`tierstore.server.streamslots`) and calls waiting on the archive
 (:mod:`tierstore.server.archivecalls`), each first take a place of a bound smaller than
-the pool, so that the workers left serve the rest; and one caller (a principal, by
+the pool, so that the workers left serve the rest; every call takes a place of the
+workers themselves (:mod:`tierstore.server.callerworkers`); and one caller (a principal, by
 name: every process that holds its token counts as one) holds at most ``per_caller``
 of a bound's places (three quarters by default, at least one; ``serve --caller-share``),
 so that one that opens many calls
@@ -70,11 +71,16 @@ class Places:
     def slot(self, what: str, who: str) -> Iterator[None]:
         """Hold a place while the block runs ``what`` (for the error: "a shard read")
         for the caller named ``who``; ServerBusy at once if none is free to it."""
-        self._take(what, who)
+        self.take(what, who)
         try:
             yield
         finally:
-            self._give_back(who)
+            self.give_back(who)
+
+    def take(self, what: str, who: str) -> None:
+        """Take a place for ``who`` until :meth:`give_back`; ServerBusy if none is free to
+        it (:meth:`slot` for a block)."""
+        self._take(what, who)
 
     def _take(self, what: str, who: str, *, keep: bool = True) -> None:
         """Take a place for ``who`` (without ``keep``, only look that one is free to it);
@@ -88,7 +94,8 @@ class Places:
         if not free:
             self._refuse(what, who, held)
 
-    def _give_back(self, who: str) -> None:
+    def give_back(self, who: str) -> None:
+        """Give back a place :meth:`take` took for ``who``."""
         with self._lock:
             assert self._by_caller[who] > 0, "a place given back that was not taken"
             self._taken -= 1

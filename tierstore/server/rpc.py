@@ -17,7 +17,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -31,6 +31,7 @@ from tierstore.naming import is_dataset_name
 from tierstore.wire.status import ERROR_HEADER, error_name, status_details, status_for_error
 
 __all__ = [
+    "abort_with",
     "called_on",
     "called_on_shard",
     "caller",
@@ -149,6 +150,14 @@ def refuse_if_caller_gone(context: grpc.ServicerContext, change: str) -> None:
         )
 
 
+def abort_with(context: grpc.ServicerContext, exc: TierstoreError) -> NoReturn:
+    """End the call with ``exc``'s status code and message, its class named in the
+    ``tierstore-error`` trailer (so the client raises the same class); raises."""
+    name = error_name(exc)
+    context.set_trailing_metadata(((ERROR_HEADER, name),))
+    context.abort(status_for_error(exc), status_details(str(exc) or name))
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, grpc.RpcError):
         # grpc's own request iterator raises this when the client cancelled or went
@@ -159,9 +168,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         # A token or spool file that did not fit: the caller's retry may fit later.
         exc = ResourceExhausted(f"the node's data disk is full: {exc}")
     if isinstance(exc, TierstoreError):
-        name = error_name(exc)
-        context.set_trailing_metadata(((ERROR_HEADER, name),))
-        context.abort(status_for_error(exc), status_details(str(exc) or name))
+        abort_with(context, exc)
     log.exception("internal error in an RPC handler", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

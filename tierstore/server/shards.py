@@ -122,18 +122,29 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
     def PutShard(
         self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
     ) -> common_pb2.ShardInfo:
-        in_flight = self._idle_trim.busy() if self._idle_trim else contextlib.nullcontext()
-        with self._streams.slot("a shard put", caller().name), in_flight:
-            return self._put(request_iterator, context)
-
-    def _put(
-        self, request_iterator: Iterator[shards_pb2.PutShardRequest], context: grpc.ServicerContext
-    ) -> common_pb2.ShardInfo:
+        # The header is read and the caller's right checked before the put takes a
+        # stream's place: a caller with no right to put held them (a review's token of
+        # no grant at all opened puts and sent nothing).
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidArgument("a put stream starts with its header")
         header = first.header
         self._check("PutShard", header.dataset, header.shard)
+        if header.uncounted and header.frame_count:
+            raise InvalidArgument(
+                f"the put's header is marked uncounted and announces {header.frame_count} "
+                "frames: an uncounted put announces none (frame_count 0)"
+            )
+        in_flight = self._idle_trim.busy() if self._idle_trim else contextlib.nullcontext()
+        with self._streams.slot("a shard put", caller().name), in_flight:
+            return self._put(header, request_iterator, context)
+
+    def _put(
+        self,
+        header: shards_pb2.PutShardHeader,
+        request_iterator: Iterator[shards_pb2.PutShardRequest],
+        context: grpc.ServicerContext,
+    ) -> common_pb2.ShardInfo:
         # Checked at every message, so a put whose right went (the dataset deleted, and
         # perhaps made again for someone else; the token revoked or run out) ends at its
         # next one rather than keep a worker, and spool, for a put that cannot land, and

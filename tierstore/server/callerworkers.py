@@ -1,0 +1,37 @@
+"""One caller's share of the node's workers, whatever its calls do.
+
+Shard streams and the calls that wait on the archive each take a place of a bound of
+their own (:mod:`tierstore.server.streamslots`, :mod:`tierstore.server.archivecalls`);
+a caller's other calls took none. A review held a node with one reader's token, and
+with a token of no grant at all: 64 ListDatasets calls that sent their headers and
+never their request, each opened again as the node ended it (``request_arrival_s``,
+10 s), kept all 32 workers, and every other caller's calls timed out, the admin's
+RevokeToken (the way to stop it) too. So every authenticated call holds one of
+:class:`CallerWorkers`'s places, one per worker, for as long as it runs (its request
+read, its handler, its response stream sent), and one caller (a principal, by name)
+holds at most its share of them (three quarters by default: 24 of 32; ``serve
+--caller-share``, where 1 bounds nothing); past it a call is refused at once with
+ServerBusy, which clients retry after a pause. A caller that stalls its calls then
+holds up only its own: the node's other callers, the admin among them, have the
+rest. As with the other bounds, two callers that each take their share can still
+hold every worker between them (:mod:`tierstore.server.places`).
+
+Thread safety: one bound serves every handler thread of a server.
+"""
+
+from __future__ import annotations
+
+from tierstore.server.places import Places
+
+__all__ = ["CallerWorkers"]
+
+
+class CallerWorkers(Places):
+    """A place per worker (``slots``: the server's pool), ``per_caller`` of them for one
+    caller; taken by each authenticated call while it runs."""
+
+    calls = "calls in progress"
+
+    def _all_taken(self) -> str:
+        # Not reached while places match workers: a call runs only on a free worker.
+        return f"the node runs {self.slots} calls at once, and every worker is busy"
