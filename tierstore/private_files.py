@@ -89,7 +89,7 @@ def refuse_dangling_link(path: Path, what: str) -> None:
     if path.is_symlink() and not path.exists():
         raise FailedPrecondition(
             f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not "
-            "exist: bring the file it names back, or remove the link to start afresh"
+            "exist: bring back what it names, or remove the link to start afresh"
         )
 
 

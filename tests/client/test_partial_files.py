@@ -243,6 +243,30 @@ def test_a_download_to_a_named_pipe_whose_reader_comes_late_is_whole(tmp_path: P
                 assert received.result(timeout=60) == data
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a link to another user")
+def test_a_link_another_user_planted_in_a_shared_sticky_directory_is_not_followed(
+    tmp_path: Path,
+) -> None:
+    # Resolved and renamed over, such a link had root's get -o /tmp/out replace a file
+    # only root may write, where the kernel (fs.protected_symlinks) refuses > /tmp/out.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"root's")
+    link = shared / "out"
+    link.symlink_to(precious)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(PermissionError, match=r"link of another user's \(uid 65534\)"):
+        output_target(link)
+    assert precious.read_bytes() == b"root's"
+    os.lchown(link, 0, 0)  # one's own link there is followed
+    assert output_target(link) == (precious, True)
+    shared.chmod(0o777)  # and so is anyone's where the directory is not sticky
+    os.lchown(link, 65534, 65534)
+    assert output_target(link) == (precious, True)
+
+
 def _syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Each ``os.fsync`` (with the path its descriptor names) and ``os.replace`` made
     from now on, in order."""

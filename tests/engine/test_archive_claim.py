@@ -6,6 +6,7 @@ too (tierstore/cli/masterkeys.py); and a serving node's watch on it
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,28 @@ def test_a_hot_tier_claims_its_archive_and_another_is_refused_it(
     assert taken is not None and taken.node == claim.node
     with pytest.raises(FailedPrecondition, match=str(second.settings.data_dir.resolve())):
         again.check_archive_claim()
+
+
+def test_a_lost_hot_tier_is_told_the_claim_is_its_own_data_directory_s_not_another_node_s(
+    open_store: StoreFactory,
+) -> None:
+    # A review's hot/, linked into a tmpfs, was gone after a reboot: the start was told
+    # of "another node's hot tier" (its own data directory, on its own host) and to
+    # rebuild on "a new, empty data directory".
+    archive = MemoryTier()
+    first = open_store(archive)
+    first.claim_archive()
+    data_dir = first.settings.data_dir
+    first.close()
+    shutil.rmtree(data_dir / "hot")
+    again = open_store(archive, data_dir=data_dir)
+    with pytest.raises(FailedPrecondition) as refused:
+        again.claim_archive()
+    said = str(refused.value)
+    assert "claimed by this data directory's earlier hot tier" in said
+    assert "--rebuild-from-archive (on this data directory" in said
+    assert "another node" not in said
+    assert again.claim_archive(take_over=True) is not None  # what such a rebuild does
 
 
 @pytest.mark.parametrize(

@@ -1381,21 +1381,49 @@ def test_a_dataset_record_that_does_not_read_never_replaces_its_archive_object(
     assert bytes(archive.get(key) or b"") == good
 
 
+@pytest.mark.parametrize("second", ["the same data directory", "a data directory linked to it"])
 def test_a_second_store_on_one_hot_tier_is_refused_until_the_first_closes(
-    open_store: StoreFactory,
+    open_store: StoreFactory, tmp_path: Path, second: str
 ) -> None:
     # Both opened (LMDB lets them), and two movers raced over one journal; so did an
-    # embedding script against a running node.
-    first = open_store()
+    # embedding script against a running node. A review linked two data directories'
+    # hot/ to one directory (a tmpfs mount): both nodes started on one LMDB environment,
+    # and the second deleted the first's dataset.
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    refusal = rf"open in another store \(process {os.getpid()}"
+    if second == "a data directory linked to it":
+        shared = tmp_path / "shared-hot"
+        shared.mkdir()
+        for data_dir in (first_dir, second_dir):
+            data_dir.mkdir()
+            (data_dir / "hot").symlink_to(shared)
+        refusal = rf"leads to {shared}, which another store \(process {os.getpid()}"
+    else:
+        second_dir = first_dir
+    first = open_store(data_dir=first_dir)
     first.create_dataset("d")
     first.put("d", "kept", b"acknowledged")
-    data_dir = first.settings.data_dir
-    with pytest.raises(FailedPrecondition, match=rf"open in another store \(process {os.getpid()}"):
-        open_store(data_dir=data_dir)
+    with pytest.raises(FailedPrecondition, match=refusal):
+        open_store(data_dir=second_dir)
     assert first.get("d", "kept").to_bytes() == b"acknowledged"  # the first is untouched
     first.close()
-    second = open_store(data_dir=data_dir)
-    assert second.get("d", "kept").to_bytes() == b"acknowledged"
+    again = open_store(data_dir=second_dir)  # one at a time: one hot tier
+    assert again.get("d", "kept").to_bytes() == b"acknowledged"
+
+
+def test_a_hot_tier_linked_to_nothing_is_refused_not_made_anew(
+    open_store: StoreFactory, tmp_path: Path
+) -> None:
+    # A hot/ linked into a tmpfs mount gone with a reboot: a start crashed with
+    # FileExistsError's traceback.
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    (data_dir / "hot").symlink_to(tmp_path / "gone")
+    with pytest.raises(FailedPrecondition, match=r"is a symbolic link to .*gone, which does not"):
+        open_store(data_dir=data_dir)
+    assert not (tmp_path / "gone").exists()
+    (tmp_path / "gone").mkdir()  # the mount is back: the store opens (a new hot tier)
+    open_store(data_dir=data_dir).close()
 
 
 def test_a_forked_child_does_not_keep_the_hot_tier_claimed(open_store: StoreFactory) -> None:

@@ -1394,6 +1394,25 @@ ANY_PORTS = ("--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
 ANY_PORTS += ("--metrics-listen", "127.0.0.1:0")
 
 
+def test_serve_in_a_deleted_working_directory_says_so(tmp_path: Path) -> None:
+    # A relative --data-dir there was FileNotFoundError's traceback (os.getcwd).
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    command = [tierstore_command(), "serve", *ANY_PORTS, "--data-dir", "relative"]
+    in_gone = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    done = subprocess.run(
+        ["sh", "-c", in_gone, "sh", str(gone), *command],
+        env=clean_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    line = one_line_error(Ran(done.returncode, done.stdout, done.stderr))
+    assert "cannot tell where the data directory 'relative' is" in line
+    assert "the working directory was deleted" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_bytes(b"not a directory")

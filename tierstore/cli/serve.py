@@ -291,7 +291,7 @@ def serve(options: ServeOptions, out: TextIO, ready: threading.Event | None = No
     # The embedded archive makes its bucket: S3's rules for a new one apply.
     check_bucket_name(archive.bucket, strict=not archive.endpoint_url)
     warn_of_an_open_prefix(archive.prefix)
-    data_dir = (options.data_dir or configured.data_dir).resolve()
+    data_dir = _absolute(options.data_dir or configured.data_dir)
     # Likewise keys that would be refused only after the embedded archive had started
     # (and the node's token was made: the next start would not say where it came from).
     check_master_key_sources(configured, data_dir)
@@ -658,13 +658,29 @@ def _give_back_the_reserve_on_a_full_disk(data_dir: Path, reserve_bytes: int) ->
         DiskReserve(data_dir, reserve_bytes).release()
 
 
+def _absolute(data_dir: Path) -> Path:
+    """``data_dir`` resolved; FailedPrecondition for a relative one when the working
+    directory is gone (it was FileNotFoundError's traceback)."""
+    try:
+        return data_dir.resolve()
+    except FileNotFoundError as exc:  # only the working directory can be missing here
+        raise FailedPrecondition(
+            f"cannot tell where the data directory {str(data_dir)!r} is: the working "
+            f"directory was deleted ({exc.strerror}); give --data-dir an absolute path, "
+            "or start from a directory that exists"
+        ) from None
+
+
 def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
-    """Warn when the disk of ``data_dir`` has less room than the hot tier may still
-    take: LMDB's file grows as it fills, so nothing fails at the start, but puts and
-    promotions fail with HotTierFull once the disk is full, below the capacity set."""
-    hot_file = hot_tier_dir(data_dir) / "data.mdb"
+    """Warn when the disk of the hot tier (``data_dir``'s, or that of the device its
+    ``hot`` directory links to) has less room than the hot tier may still take: LMDB's
+    file grows as it fills, so nothing fails at the start, but puts and promotions fail
+    with HotTierFull once the disk is full, below the capacity set."""
+    hot = hot_tier_dir(data_dir)
+    hot_file = hot / "data.mdb"
     in_use = hot_file.stat().st_blocks * 512 if hot_file.exists() else 0
-    free = shutil.disk_usage(data_dir).free
+    # (A hot directory not made yet will be made on the data directory's disk.)
+    free = shutil.disk_usage(hot if hot.is_dir() else data_dir).free
     if free + in_use < hot_capacity_bytes:
         log.warning(
             "the hot tier may hold %s bytes (--hot-capacity, or hot_capacity_bytes), but "
@@ -672,7 +688,7 @@ def _warn_of_too_little_disk(data_dir: Path, hot_capacity_bytes: int) -> None:
             "eviction starts, and then puts and promotions fail with HotTierFull; lower "
             "the hot tier's capacity",
             f"{hot_capacity_bytes:,}",
-            data_dir,
+            hot if hot.is_dir() else data_dir,
             f"{free:,}",
             f"{in_use:,}",
         )

@@ -51,17 +51,40 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     ``/proc/thread-self/fd/N``), named as given: :func:`open_in_place` writes to the
     descriptor itself. Raises
     IsADirectoryError for a directory (or a link to one, or a name ending in a slash,
-    as ``open`` does), before anything is fetched for it."""
+    as ``open`` does), and PermissionError for a link that the kernel's
+    ``fs.protected_symlinks`` would not follow (:func:`_refuse_a_planted_link`),
+    before anything is fetched for it."""
     named = os.fspath(path)
     path = Path(named)  # (which drops a trailing slash)
     if _descriptor_named(path) is not None:
         # A pipe's link reads "pipe:[...]", a path to nothing; a file's names the file,
         # which a rename would replace whatever the descriptor's mode (>> appends).
         return path, False
+    if path.is_symlink():
+        _refuse_a_planted_link(path, named)
     target = path.resolve() if path.is_symlink() else path
     if target.is_dir() or named.endswith(os.sep):
         raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", named)
     return target, not (target.exists() and not target.is_file())
+
+
+def _refuse_a_planted_link(link: Path, named: str) -> None:
+    """Refuse, as the kernel's ``fs.protected_symlinks`` refuses ``open``, to follow a
+    link in a sticky directory that every user may write (``/tmp``) unless it is this
+    user's or the directory owner's: resolved here and renamed over, a link another
+    user planted there had root's ``get -o /tmp/out`` replace a file only root may
+    write (a review), where the shell's ``> /tmp/out`` is refused."""
+    directory = (link.parent if link.parent != Path() else Path.cwd()).stat()
+    shared = directory.st_mode & stat.S_ISVTX and directory.st_mode & stat.S_IWOTH
+    owner = link.lstat().st_uid
+    if shared and owner not in (os.geteuid(), directory.st_uid):
+        raise PermissionError(
+            errno.EACCES,
+            f"is a link of another user's (uid {owner}) in a directory every user may "
+            "write to: not followed, as the kernel does not (its fs.protected_symlinks); "
+            "name another file",
+            named,
+        )
 
 
 @contextmanager

@@ -96,34 +96,51 @@ def read_claim(archive: Tier) -> ArchiveClaim | None:
     return ArchiveClaim.decode(raw) or UNREADABLE
 
 
-def check_claim(archive: Tier, node: str, *, take_over: bool) -> ArchiveClaim | None:
-    """The claim another node holds on ``archive`` that this one (``node``) may take
-    over (``take_over``); None when it is unclaimed or this node's.
+def check_claim(archive: Tier, mine: ArchiveClaim, *, take_over: bool) -> ArchiveClaim | None:
+    """The claim another node holds on ``archive`` that this one (``mine``: its node id,
+    host and data directory) may take over (``take_over``); None when it is unclaimed
+    or this node's.
 
     Raises FailedPrecondition, naming the other node, when another node's claim (or
     one this release cannot read) is there and ``take_over`` is false; ArchiveUnavailable
     when the archive cannot be read."""
     theirs = read_claim(archive)
-    if theirs is None or theirs.node == node:
+    if theirs is None or theirs.node == mine.node:
         return None
     if not take_over:
-        raise FailedPrecondition(
-            f"the archive belongs to another node's hot tier: {theirs.describe()}. Not "
-            "starting: two nodes on one archive prefix delete each other's overwritten "
-            "generations (their shards then fail DATA_LOSS). Give this node an archive "
-            "prefix of its own; or, if that node is stopped for good and this one is to "
-            "carry on its archive, start this one on a new, empty data directory (with "
-            "this one's backup files) with --rebuild-from-archive: this hot tier's "
-            "catalog does not hold what that node wrote. Nothing was changed (the claim "
-            f"is {CLAIM_KEY} under the archive prefix)"
-        )
+        raise FailedPrecondition(_refusal(theirs, mine))
     return theirs
+
+
+def _refusal(theirs: ArchiveClaim, mine: ArchiveClaim) -> str:
+    nothing_changed = f"Nothing was changed (the claim is {CLAIM_KEY} under the archive prefix)"
+    if (theirs.host, theirs.data_dir) == (mine.host, mine.data_dir):
+        # Not another node at all: this data directory's hot tier is not the one that
+        # claimed the archive (a review's hot/, linked into a tmpfs, was gone after a
+        # reboot and told of "another node's hot tier" and "a new data directory").
+        return (
+            f"the archive was claimed by this data directory's earlier hot tier "
+            f"({theirs.describe()}), and the hot tier in {mine.data_dir} now is another "
+            "one: that one was lost, or another was put in its place. Not starting: "
+            "this one's catalog does not hold what that one wrote. If it was lost, start "
+            "again with --rebuild-from-archive (on this data directory: the hot tier it "
+            "rebuilds takes the archive over); if it is elsewhere, put it back. " + nothing_changed
+        )
+    return (
+        f"the archive belongs to another node's hot tier: {theirs.describe()}. Not "
+        "starting: two nodes on one archive prefix delete each other's overwritten "
+        "generations (their shards then fail DATA_LOSS). Give this node an archive "
+        "prefix of its own; or, if that node is stopped for good and this one is to "
+        "carry on its archive, start this one on a new, empty data directory (with "
+        "this one's backup files) with --rebuild-from-archive: this hot tier's "
+        "catalog does not hold what that node wrote. " + nothing_changed
+    )
 
 
 def claim_archive(archive: Tier, mine: ArchiveClaim, *, take_over: bool) -> ArchiveClaim | None:
     """:func:`check_claim`, then make ``archive`` this node's (``mine``, written again
     at each start: the claim names where and when the node last started). Returns
     the claim of the node it was taken over from, or None."""
-    theirs = check_claim(archive, mine.node, take_over=take_over)
+    theirs = check_claim(archive, mine, take_over=take_over)
     archive.put(CLAIM_KEY, mine.encode())
     return theirs

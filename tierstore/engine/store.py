@@ -32,7 +32,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pyarrow as pa
@@ -51,7 +50,7 @@ from tierstore.engine.archiveclaim import (
 )
 from tierstore.engine.archivewatch import ArchiveProbe, ArchiveWatch, WatchedTier
 from tierstore.engine.catalog import DB_NAMES, FRAMES_DB, Catalog
-from tierstore.engine.claim import StoreClaim
+from tierstore.engine.claim import StoreClaim, hot_tier_dir
 from tierstore.engine.damaged import delete_damaged_in
 from tierstore.engine.diskreserve import DiskReserve, once_more_with_room
 from tierstore.engine.eviction import HotRoom
@@ -187,11 +186,6 @@ def _name_set(datasets: object) -> frozenset[str] | None:
                 f"datasets must be a collection of dataset names (str), not one of {name!r:.40}"
             )
     return frozenset(cast(tuple[str, ...], names))
-
-
-def hot_tier_dir(data_dir: Path) -> Path:
-    """Where a store in ``data_dir`` keeps its LMDB hot tier (frames and catalog)."""
-    return data_dir / "hot"
 
 
 class Store:
@@ -1321,7 +1315,7 @@ class Store:
         writing nothing to the archive: FailedPrecondition when another node holds it;
         ArchiveUnavailable."""
         self._check_open()
-        check_claim(self._archive, self._node_id(), take_over=False)
+        check_claim(self._archive, self._claim_of_this_node(), take_over=False)
 
     def archive_claimed_by_another(self) -> ArchiveClaim | None:
         """The claim on the archive when it is another node's (or one this release
@@ -1336,8 +1330,10 @@ class Store:
         the claim taken over, or None. FailedPrecondition when another node holds it and
         ``take_over`` is false; ArchiveUnavailable."""
         self._check_open()
-        mine = ArchiveClaim.for_this_host(self._node_id(), self.settings.data_dir)
-        return claim_archive(self._archive, mine, take_over=take_over)
+        return claim_archive(self._archive, self._claim_of_this_node(), take_over=take_over)
+
+    def _claim_of_this_node(self) -> ArchiveClaim:
+        return ArchiveClaim.for_this_host(self._node_id(), self.settings.data_dir)
 
     def _node_id(self) -> str:
         """The hot tier's node id, made at its first use and kept in the catalog (read
