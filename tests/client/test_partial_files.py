@@ -220,10 +220,10 @@ def test_a_download_of_no_shard_to_a_named_pipe_is_refused_without_waiting_for_a
 
 def test_a_download_to_a_named_pipe_whose_reader_comes_late_is_whole(tmp_path: Path) -> None:
     # The shard's stream was opened before the pipe, whose open waits for a reader: the
-    # server, taking each message within stream_message_s (1 s here, 60 s by default),
+    # server, taking each message within stream_message_s (2 s here, 60 s by default),
     # gave up on a reader that came later, and the pipe got part of the shard.
     with serving(
-        tmp_path, insecure=True, datasets={"d": DatasetSettings()}, stream_message_s=1.0
+        tmp_path, insecure=True, datasets={"d": DatasetSettings()}, stream_message_s=2.0
     ) as node:
         settings = ChannelSettings(address=node.address, token=node.token("t", ("d", Role.ADMIN)))
         with Client(dataclasses.replace(settings, insecure=True), frame_bytes=4096) as client:
@@ -235,7 +235,7 @@ def test_a_download_to_a_named_pipe_whose_reader_comes_late_is_whole(tmp_path: P
                 came = threading.Event()
 
                 def late_reader() -> bytes:
-                    came.wait(3.0)  # never set: the reader comes 3 s late
+                    came.wait(6.0)  # never set: the reader comes 6 s late
                     return fifo.read_bytes()
 
                 received = pool.submit(late_reader)

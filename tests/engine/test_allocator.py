@@ -4,6 +4,7 @@ puts stop, never while one is in flight."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -26,9 +27,11 @@ class Clock:
         return self.now
 
 
-def test_tuning_and_trimming_never_raise() -> None:
-    assert tune_allocator(4 << 20) in (True, False)  # False where not glibc
-    assert trim_heap() in (True, False)
+def test_tuning_and_trimming_never_raise_and_tune_glibc_only() -> None:
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert tune_allocator(4 << 20) is glibc  # mallopt took the thresholds, where glibc
+    # Whether a trim gave memory back depends on the heap's state; off glibc it is none.
+    assert trim_heap() in ((True, False) if glibc else (False,))
 
 
 def test_the_trim_waits_for_the_last_put_in_flight_to_end() -> None:

@@ -616,7 +616,7 @@ def test_concurrent_writers_of_one_shard(server: ServerProcess, dataset: str) ->
         return client.put(dataset, "contended", payload).size
 
     def read() -> None:
-        while not stop.is_set():
+        while not stop.is_set() or not seen:  # at least one read, so the check below holds one
             # Not written yet, or replaced mid-read (the client then retries).
             with contextlib.suppress(errors.ShardNotFound, errors.Unavailable):
                 seen.append(client.get(dataset, "contended").to_pybytes())
@@ -632,7 +632,7 @@ def test_concurrent_writers_of_one_shard(server: ServerProcess, dataset: str) ->
     assert sizes == [len(p) for p in payloads * 3]  # every writer succeeded
     final = client.get(dataset, "contended").to_pybytes()
     assert final in payloads
-    assert all(got in payloads for got in seen)  # never a mix of generations
+    assert seen and all(got in payloads for got in seen)  # never a mix of generations
     assert [s.name for s in client.list(dataset)] == ["contended"]
     client.close()
 

@@ -51,7 +51,7 @@ from tierstore.engine.store import Store, hot_tier_dir
 from tierstore.errors import Unavailable
 from tierstore.server.places import Places
 
-__all__ = ["MAX_SCRAPES", "MAX_WAITING", "ServerMetrics"]
+__all__ = ["MAX_SCRAPES", "MAX_WAITING", "ServerMetrics", "listen_address"]
 
 #: requests the /metrics listener answers at once; it closes more at once.
 MAX_SCRAPES = 8
@@ -61,6 +61,17 @@ MAX_WAITING = 64
 _MAX_REQUEST_HEAD = 16 * 1024
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def listen_address(address: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """The address family and socket address to bind for ``HOST:PORT``, as the other
+    ports take it: an empty host is every interface, and an IPv6 address comes in
+    brackets. Raises OSError (a name that does not resolve) or ValueError (no port)."""
+    host, _, port = address.rpartition(":")
+    family, *_, where = socket.getaddrinfo(
+        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, tuple(where[:2])
 
 
 class ServerMetrics:
@@ -129,17 +140,9 @@ class ServerMetrics:
         One listener per registry. Raises Unavailable when it cannot listen there."""
         if self._http is not None:
             raise RuntimeError("metrics are already served")
-        host, _, port = address.rpartition(":")
         try:
-            # As the other ports take it: an empty host is every interface, and an IPv6
-            # address comes in brackets.
-            family, *_, where = socket.getaddrinfo(
-                host.strip("[]") or None,
-                int(port),
-                type=socket.SOCK_STREAM,
-                flags=socket.AI_PASSIVE,
-            )[0]
-            server = _Listener(family, where[:2], self.idle_s)
+            family, where = listen_address(address)
+            server = _Listener(family, where, self.idle_s)
         except (OSError, ValueError) as exc:  # in use, not ours to bind, or not HOST:PORT
             raise Unavailable(
                 f"cannot listen on {address} (/metrics, --metrics-listen): {exc}"
