@@ -497,6 +497,17 @@ def test_get_to_stdout_hands_a_shard_on_without_holding_it_whole(
     assert grown < 1.5 * (sizes["large"] - sizes["medium"]), (peaks, grown)
 
 
+def test_a_listing_to_an_ascii_output_escapes_what_it_cannot_show(
+    env: dict[str, str], admin: Client, dataset: str
+) -> None:
+    # With an ASCII output (LC_ALL=C without Python's UTF-8 mode, PYTHONIOENCODING=ascii)
+    # a shard named in another script ended the listing in UnicodeEncodeError's traceback.
+    admin.put(dataset, "ünï cödé.txt", b"x")
+    done = run_process({**env, "PYTHONIOENCODING": "ascii"}, "ls", dataset, json_output=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"\\xfcn\\xef c\\xf6d\\xe9.txt" in done.stdout
+
+
 def test_get_to_dev_stdout_writes_the_shard_alone_there(
     env: dict[str, str], admin: Client, dataset: str
 ) -> None:

@@ -41,8 +41,19 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
+def _print_what_the_terminal_cannot_show() -> None:
+    """Write characters the output's encoding lacks as escapes (``\xfc``): with an ASCII
+    one (``LC_ALL=C`` without Python's UTF-8 mode, ``PYTHONIOENCODING=ascii``) a listing
+    of a shard named in another script ended in UnicodeEncodeError's traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a TextIOWrapper's
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
+    _print_what_the_terminal_cannot_show()
     caught: list[signal.Signals] = []
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP):
