@@ -260,8 +260,14 @@ def test_a_link_another_user_planted_in_a_shared_sticky_directory_is_not_followe
     with pytest.raises(PermissionError, match=r"link of another user's \(uid 65534\)"):
         output_target(link)
     assert precious.read_bytes() == b"root's"
+    # ...and so is one reached through one's own link (the kernel checks each link).
+    own = shared / "own"
+    own.symlink_to(link)
+    with pytest.raises(PermissionError, match=f"leads through {link}, a link of another"):
+        output_target(own)
     os.lchown(link, 0, 0)  # one's own link there is followed
     assert output_target(link) == (precious, True)
+    assert output_target(own) == (precious, True)
     shared.chmod(0o777)  # and so is anyone's where the directory is not sticky
     os.lchown(link, 65534, 65534)
     assert output_target(link) == (precious, True)

@@ -59,7 +59,7 @@ def test_a_hot_tier_claims_its_archive_and_another_is_refused_it(
         again.check_archive_claim()
 
 
-def test_a_lost_hot_tier_is_told_the_claim_is_its_own_data_directory_s_not_another_node_s(
+def test_a_lost_hot_tier_is_told_the_claim_is_its_own_data_directory_s_most_likely(
     open_store: StoreFactory,
 ) -> None:
     # A review's hot/, linked into a tmpfs, was gone after a reboot: the start was told
@@ -75,9 +75,10 @@ def test_a_lost_hot_tier_is_told_the_claim_is_its_own_data_directory_s_not_anoth
     with pytest.raises(FailedPrecondition) as refused:
         again.claim_archive()
     said = str(refused.value)
-    assert "claimed by this data directory's earlier hot tier" in said
-    assert "--rebuild-from-archive (on this data directory" in said
-    assert "another node" not in said
+    assert "claimed by a hot tier at this data directory's path on a host of this" in said
+    assert "was lost (or replaced), and no other node of this host name and path" in said
+    assert "--rebuild-from-archive on this data directory" in said
+    assert "belongs to another node's hot tier" not in said
     assert again.claim_archive(take_over=True) is not None  # what such a rebuild does
 
 

@@ -98,3 +98,51 @@ def test_a_second_new_node_on_an_archive_prefix_in_use_is_refused(
         admin.create_dataset("plain", encrypted=False)
         admin.put("plain", "s", b"the new node serves")
         assert admin.get("plain", "s").to_pybytes() == b"the new node serves"
+
+
+@pytest.mark.timeout(300)
+def test_a_node_whose_linked_hot_tier_was_away_is_not_taken_for_new_once_it_is_back(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # hot/ linked to a device's mount: a start while the device was away left the mark
+    # of a new hot tier, and once it was back the node took its archive back from the
+    # node rebuilt meanwhile (its catalog behind the archive), without a word.
+    lost_dir, new_dir = tmp_path / "lost", tmp_path / "new"
+    device, unmounted = tmp_path / "device", tmp_path / "mount-point"
+    device.mkdir()
+    unmounted.mkdir()
+    lost_dir.mkdir(mode=0o700)
+    hot = lost_dir / "hot"
+    hot.symlink_to(device)
+    lost = spawn_server(lost_dir)
+    with lost.connect() as admin:
+        admin.create_dataset("plain", encrypted=False)
+        admin.put("plain", "s", b"archived")
+        poll(lambda: admin.stats()["journal_entries"] == 0, 60, "the upload", interval_s=0.2)
+    copy_backup(lost_dir, tmp_path / "backup")
+    assert lost.stop() == 0
+    unchecked = lost_dir / "hot-tier.unchecked"
+
+    def link_hot_to(target: Path) -> None:
+        hot.unlink()
+        hot.symlink_to(target)
+
+    link_hot_to(tmp_path / "nothing")  # the device gone, its link dangling
+    with pytest.raises(AssertionError, match="the server exited") as refused:
+        spawn_server(lost_dir)
+    assert "is a symbolic link to" in str(refused.value)
+    assert not unchecked.exists()  # nothing said the hot tier is new
+    link_hot_to(unmounted)  # an empty mount point: a new hot tier, refused as lost
+    with pytest.raises(AssertionError, match="the hot tier was lost"):
+        spawn_server(lost_dir)
+    assert unchecked.exists()
+
+    shutil.copytree(tmp_path / "backup", new_dir)  # thought lost: rebuilt elsewhere
+    rebuilt = spawn_server(new_dir, "--rebuild-from-archive")
+    assert "took the archive over from node" in rebuilt.output()
+    assert rebuilt.stop() == 0
+    link_hot_to(device)  # the device is back: the node's own hot tier, not a new one
+    with pytest.raises(AssertionError, match="the server exited") as refused:
+        spawn_server(lost_dir)
+    assert "belongs to another node's hot tier" in str(refused.value)
+    assert str(new_dir.resolve()) in str(refused.value)

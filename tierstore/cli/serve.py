@@ -66,6 +66,7 @@ from tierstore.private_files import (
     ensure_private_dir,
     hold_lock_or_name_holder,
     lock_holder,
+    refuse_dangling_link,
     restrict_mode,
     write_private_file,
 )
@@ -394,6 +395,9 @@ def _run(
         # makes the hot tier and goes only once the check has passed, so a start killed
         # in between (mid-rebuild, say) leaves the check to the next start.
         unchecked = data_dir / UNCHECKED_MARK
+        # A link to nothing (a device not mounted yet) is refused before the mark: the
+        # hot tier it names is not new.
+        refuse_dangling_link(hot_tier_dir(data_dir), "the hot tier's directory")
         if not (hot_tier_dir(data_dir) / "data.mdb").exists():
             write_private_file(unchecked, b"hot tier not yet checked against the archive\n")
         with ExitStack() as refused:

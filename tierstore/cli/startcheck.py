@@ -123,7 +123,7 @@ def open_checked_store(
             archive_down = _claim_the_archive(
                 store,
                 out,
-                take_over=new_hot_tier and (rebuild_from_archive or bool(store.list_datasets())),
+                take_over=new_hot_tier and (rebuild_from_archive or _rebuilt_unclaimed(store)),
                 serve_meanwhile=own_hot_tier,
             )
         if new_hot_tier:
@@ -132,6 +132,16 @@ def open_checked_store(
         store.close()
         raise
     return store, archive_down
+
+
+def _rebuilt_unclaimed(store: Store) -> bool:
+    """Whether ``store``, a hot tier a start took for new, was filled by a rebuild that
+    stopped before its claim: it holds datasets and has no node id. A node's own hot
+    tier that came back (a device mounted again, a link's target restored) after a
+    start took it for new has one (it claimed the archive before): it takes nothing
+    over, and is refused an archive that another node, rebuilt meanwhile, claimed (a
+    review's node took the archive back from the node that replaced it)."""
+    return bool(store.list_datasets()) and not store.has_node_id()
 
 
 def _claim_the_archive(

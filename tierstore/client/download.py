@@ -71,20 +71,26 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
 def _refuse_a_planted_link(link: Path, named: str) -> None:
     """Refuse, as the kernel's ``fs.protected_symlinks`` refuses ``open``, to follow a
     link in a sticky directory that every user may write (``/tmp``) unless it is this
-    user's or the directory owner's: resolved here and renamed over, a link another
-    user planted there had root's ``get -o /tmp/out`` replace a file only root may
-    write (a review), where the shell's ``> /tmp/out`` is refused."""
-    directory = (link.parent if link.parent != Path() else Path.cwd()).stat()
-    shared = directory.st_mode & stat.S_ISVTX and directory.st_mode & stat.S_IWOTH
-    owner = link.lstat().st_uid
-    if shared and owner not in (os.geteuid(), directory.st_uid):
-        raise PermissionError(
-            errno.EACCES,
-            f"is a link of another user's (uid {owner}) in a directory every user may "
-            "write to: not followed, as the kernel does not (its fs.protected_symlinks); "
-            "name another file",
-            named,
-        )
+    user's or the directory owner's, at each link of the chain from ``link``: resolved
+    here and renamed over, a link another user planted there had root's ``get -o
+    /tmp/out`` replace a file only root may write (a review), where the shell's
+    ``> /tmp/out`` is refused."""
+    current = Path(os.path.abspath(link))
+    for _ in range(40):  # as many links as the kernel follows
+        if not current.is_symlink():
+            return
+        directory = current.parent.stat()
+        shared = directory.st_mode & stat.S_ISVTX and directory.st_mode & stat.S_IWOTH
+        owner = current.lstat().st_uid
+        if shared and owner not in (os.geteuid(), directory.st_uid):
+            raise PermissionError(
+                errno.EACCES,
+                f"leads through {current}, a link of another user's (uid {owner}) in a "
+                "directory every user may write to: not followed, as the kernel does not "
+                "(its fs.protected_symlinks); name another file",
+                named,
+            )
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
 
 
 @contextmanager

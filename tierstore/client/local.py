@@ -67,6 +67,7 @@ from tierstore.errors import (
     IntegrityError,
     InvalidArgument,
     ResourceExhausted,
+    ServerBusy,
     TierstoreError,
     Unavailable,
     WrongShardKind,
@@ -93,7 +94,8 @@ _REFUSED_RETRY_S = 60.0
 #: service answers the read itself, and says why.
 _FAILED_RETRY_S = 1.0
 #: After the server refused a grant for now (its reader table is more than half
-#: taken): the service answers the reads, and the grant is asked for again this late.
+#: taken, or this caller holds its share of the node's workers): the service answers
+#: the reads, and the grant is asked for again this late.
 _BUSY_RETRY_S = 5.0
 #: A byte range without a length reaches to the end (as the server reads it).
 _TO_THE_END = 1 << 62
@@ -493,7 +495,9 @@ class LocalReads:
             except FailedPrecondition as exc:  # turned off there, or not this host
                 self._note("refused", f"the server does not grant local reads ({exc})")
                 return _Route(None, now + _REFUSED_RETRY_S)
-            except ResourceExhausted as exc:  # the server keeps its reader slots for itself
+            except (ResourceExhausted, ServerBusy) as exc:
+                # The server keeps its reader slots for itself, or this caller holds its
+                # share of the node's workers: the service reads meanwhile.
                 self._note("busy", f"the server grants no local reads for now ({exc})")
                 return _Route(None, now + _BUSY_RETRY_S, transient=True)
             except TierstoreError as exc:  # no access, no dataset, unreachable: the service says

@@ -115,16 +115,21 @@ def check_claim(archive: Tier, mine: ArchiveClaim, *, take_over: bool) -> Archiv
 def _refusal(theirs: ArchiveClaim, mine: ArchiveClaim) -> str:
     nothing_changed = f"Nothing was changed (the claim is {CLAIM_KEY} under the archive prefix)"
     if (theirs.host, theirs.data_dir) == (mine.host, mine.data_dir):
-        # Not another node at all: this data directory's hot tier is not the one that
-        # claimed the archive (a review's hot/, linked into a tmpfs, was gone after a
-        # reboot and told of "another node's hot tier" and "a new data directory").
+        # Most likely not another node: this data directory's hot tier is not the one
+        # that claimed the archive (a review's hot/, linked into a tmpfs, was gone after
+        # a reboot, and it was told of "another node" and "a new data directory"). But
+        # a host name and a path are not unique (a pod of the same name in another
+        # cluster, say), so the way out is given with its condition.
         return (
-            f"the archive was claimed by this data directory's earlier hot tier "
-            f"({theirs.describe()}), and the hot tier in {mine.data_dir} now is another "
-            "one: that one was lost, or another was put in its place. Not starting: "
-            "this one's catalog does not hold what that one wrote. If it was lost, start "
-            "again with --rebuild-from-archive (on this data directory: the hot tier it "
-            "rebuilds takes the archive over); if it is elsewhere, put it back. " + nothing_changed
+            f"the archive was claimed by a hot tier at this data directory's path on a "
+            f"host of this name ({theirs.describe()}), and the hot tier here is not that "
+            f"one. Not starting: this one's catalog does not hold what that one wrote. If "
+            f"the hot tier of {mine.data_dir} was lost (or replaced), and no other node of "
+            "this host name and path (a pod of another cluster, say) serves this "
+            "archive, start again with --rebuild-from-archive on this data directory: "
+            "the hot tier it rebuilds takes the archive over. Otherwise give this node an "
+            "archive prefix of its own: two nodes on one archive prefix delete each "
+            "other's overwritten generations. " + nothing_changed
         )
     return (
         f"the archive belongs to another node's hot tier: {theirs.describe()}. Not "

@@ -1335,6 +1335,15 @@ class Store:
     def _claim_of_this_node(self) -> ArchiveClaim:
         return ArchiveClaim.for_this_host(self._node_id(), self.settings.data_dir)
 
+    def has_node_id(self) -> bool:
+        """Whether the hot tier has its node id: made by its first check or claim of the
+        archive (a hot tier a rebuild filled has none until its claim)."""
+        self._check_open()
+        if self._node:
+            return True
+        with self._env.read() as txn:
+            return bool(self._catalog.note(txn, NODE_ID_NOTE))
+
     def _node_id(self) -> str:
         """The hot tier's node id, made at its first use and kept in the catalog (read
         once: a serving node's claim watch asks for it every minute)."""
