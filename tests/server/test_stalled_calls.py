@@ -163,6 +163,9 @@ def test_one_caller_holds_at_most_its_share_of_the_workers_and_the_admin_is_serv
     with Stalls() as stalls:
         stalls.open(running.channel(), LIST_DATASETS, 2 * WORKERS, token=greedy)
         poll(lambda: workers.in_use == WORKER_SHARE, 10, "the stalls to take their share")
+        scraped = running.server.metrics.registry.get_sample_value
+        assert scraped("tierstore_worker_calls") == WORKER_SHARE
+        assert scraped("tierstore_worker_calls_places") == WORKERS
         assert list_datasets(running, admin, timeout=30) < ARRIVAL_S
         # Past its share: refused at once, saying whose share is taken; the rest ended
         # at their deadline.

@@ -349,7 +349,7 @@ class TierstoreServer:
         # One bound for every call that may wait on the archive, whatever its service.
         archive_calls = ArchiveCalls.for_workers(settings.max_workers, settings.caller_share)
         streams = ShardStreams.for_workers(settings.max_workers, settings.caller_share)
-        self.metrics.watch_places(streams, archive_calls)
+        self.metrics.watch_places(streams, archive_calls, self.auth.workers)
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
             (
                 datasets_pb2_grpc.add_DatasetServiceServicer_to_server,

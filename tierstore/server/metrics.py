@@ -129,10 +129,13 @@ class ServerMetrics:
         """Report the store's gauges and counters at every scrape."""
         self.registry.register(_StoreCollector(store, self.dataset_labels))
 
-    def watch_places(self, streams: Places, archive_calls: Places) -> None:
+    def watch_places(
+        self, streams: Places, archive_calls: Places, workers: Places | None = None
+    ) -> None:
         """Report, at every scrape, the shard streams and the calls waiting on the
-        archive that the node serves now, beside the most it serves at once."""
-        self.registry.register(_PlacesCollector(streams, archive_calls))
+        archive that the node serves now, and with ``workers`` the calls running on its
+        workers, each beside the most it serves at once."""
+        self.registry.register(_PlacesCollector(streams, archive_calls, workers))
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` over plain HTTP at ``HOST:PORT`` (``:PORT``: every
@@ -435,24 +438,32 @@ def _only_metrics_path(metrics_app: WSGIApplication) -> WSGIApplication:
     return app
 
 
+#: what is refused as busy, by bound: past the workers a call waits in gRPC's queue
+_PAST_ALL = "one more than tierstore_{name}_places, or than a caller's share of them,"
+_PAST_SHARE = "one more than a caller's share of tierstore_{name}_places"
+
+
 class _PlacesCollector(Collector):
-    def __init__(self, streams: Places, archive_calls: Places) -> None:
-        self._bounds = (
-            ("shard_streams", "shard streams (gets and puts)", streams),
+    def __init__(self, streams: Places, archive_calls: Places, workers: Places | None) -> None:
+        self._bounds = [
+            ("shard_streams", "shard streams (gets and puts)", streams, _PAST_ALL),
             (
                 "archive_calls",
                 "calls waiting on the archive (cold reads, write-through puts and deletes)",
                 archive_calls,
+                _PAST_ALL,
             ),
-        )
+        ]
+        if workers is not None:
+            what = "authenticated calls running on the node's workers"
+            self._bounds.append(("worker_calls", what, workers, _PAST_SHARE))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, what, places in self._bounds:
+        for name, what, places, past in self._bounds:
             yield GaugeMetricFamily(
                 f"tierstore_{name}",
-                f"{what} served now; one more than tierstore_{name}_places, or than a "
-                "caller's share of them, is refused as busy (ServerBusy), and clients "
-                "retry it",
+                f"{what} served now; {past.format(name=name)} is refused as busy "
+                "(ServerBusy), and clients retry it",
                 places.in_use,
             )
             yield GaugeMetricFamily(
