@@ -7,6 +7,8 @@ import errno
 import io
 import os
 import stat
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.permissions import bound_by_permissions
 from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.client.channel import ChannelSettings
@@ -371,3 +374,33 @@ def test_a_download_is_durable_before_it_replaces_the_file(
         assert (counts.local, counts.grpc) == ((1, 0) if local_reads else (0, 1))
     assert target.read_bytes() == data
     _assert_made_durable(events, target)
+
+
+def _as_an_ordinary_user(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new interpreter that files' permission bits bind."""
+    command = bound_by_permissions([sys.executable, "-c", code])
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_file_this_user_may_not_write_is_refused_before_anything_is_fetched(
+    tmp_path: Path,
+) -> None:
+    # The rename over it needs only the directory's write: get -o replaced a
+    # read-only file, where the shell's > and cp refuse it (a filesystem review).
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"read-only")
+    kept.chmod(0o444)
+    refused = _as_an_ordinary_user(
+        "import sys; from tierstore.client.download import output_target\n"
+        f"try: output_target({str(kept)!r})\n"
+        "except PermissionError as exc: print(exc.filename, exc.strerror); sys.exit(3)"
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stdout.strip() == f"{kept} is a file this user may not write: not replaced"
+    assert kept.read_bytes() == b"read-only" and stat.S_IMODE(kept.stat().st_mode) == 0o444
+    kept.chmod(0o644)  # once writable, it is written through a partial file
+    allowed = _as_an_ordinary_user(
+        "from tierstore.client.download import output_target\n"
+        f"print(output_target({str(kept)!r})[1])"
+    )
+    assert allowed.stdout.strip() == "True", allowed.stderr

@@ -59,7 +59,7 @@ def put(
     """Upload files (directories recursively) as shards named by their relative paths, in
     order. In a directory, links to files are followed; a link to a directory or to
     nothing, or a pipe, is refused before anything is uploaded, and so is a file that
-    is not Arrow with --kind arrow. Stops at the first one
+    cannot be opened for reading or is not Arrow with --kind arrow. Stops at the first one
     it cannot upload; the ones uploaded before it are still
     reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
     stderr."""
@@ -96,6 +96,8 @@ def put(
         )
     if kind == "arrow":
         _check_arrow_files([file for file, _ in files])
+    else:
+        _check_readable([file for file, _ in files])
     total = sum(f.stat().st_size for f, _ in files)
     uploaded = []
     started = time.monotonic()
@@ -204,6 +206,17 @@ def _checked_uploads(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     return list(dict.fromkeys(files))
 
 
+def _check_readable(files: list[Path]) -> None:
+    """Refuse (InvalidArgument, nothing uploaded) a file this user cannot open for
+    reading: found only when its turn came, it stopped the upload part way, after the
+    files before it had gone up (a filesystem review)."""
+    for file in files:
+        try:
+            os.close(os.open(file, os.O_RDONLY))
+        except OSError as exc:
+            raise _unreadable(file, exc) from None
+
+
 def _check_arrow_files(files: list[Path]) -> None:
     """Refuse (MalformedArrow or InvalidArgument, nothing uploaded) a file that is not
     an Arrow IPC file or stream, or cannot be read, reading only its schema."""
@@ -215,11 +228,14 @@ def _check_arrow_files(files: list[Path]) -> None:
         except errors.MalformedArrow as exc:
             raise fail(exc, f"{exc}; nothing uploaded") from None
         except OSError as exc:
-            raise fail(
-                errors.InvalidArgument(
-                    f"cannot read {file}: {exc.strerror or exc}; nothing uploaded"
-                )
-            ) from None
+            raise _unreadable(file, exc) from None
+
+
+def _unreadable(file: Path, exc: OSError) -> typer.Exit:
+    """The refusal (InvalidArgument, nothing uploaded) of a file that cannot be read."""
+    return fail(
+        errors.InvalidArgument(f"cannot read {file}: {exc.strerror or exc}; nothing uploaded")
+    )
 
 
 @contextlib.contextmanager

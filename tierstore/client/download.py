@@ -52,8 +52,10 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     descriptor itself. Raises
     IsADirectoryError for a directory (or a link to one, or a name ending in a slash,
     as ``open`` does), and PermissionError for a link that the kernel's
-    ``fs.protected_symlinks`` would not follow (:func:`_refuse_a_planted_link`),
-    before anything is fetched for it."""
+    ``fs.protected_symlinks`` would not follow (:func:`_refuse_a_planted_link`) or
+    for a file this user may not write (the shell's ``>`` and ``cp`` refuse it; the
+    rename needs only the directory's write, so it replaced a read-only file), before
+    anything is fetched for it."""
     named = os.fspath(path)
     path = Path(named)  # (which drops a trailing slash)
     if _descriptor_named(path) is not None:
@@ -65,7 +67,17 @@ def output_target(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     target = path.resolve() if path.is_symlink() else path
     if target.is_dir() or named.endswith(os.sep):
         raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", named)
+    if target.is_file() and not _writable(target):
+        raise PermissionError(
+            errno.EACCES, "is a file this user may not write: not replaced", named
+        )
     return target, not (target.exists() and not target.is_file())
+
+
+def _writable(file: Path) -> bool:
+    """Whether this process may write ``file``, by its effective user and groups, as
+    ``open`` decides (root may write any file but one on a read-only mount)."""
+    return os.access(file, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def _refuse_a_planted_link(link: Path, named: str) -> None:
