@@ -323,7 +323,8 @@ class NotArchivedYet(ArchiveUnavailable):
 class ServerBusy(Unavailable):
     """The node refused the call before changing anything: the places for such calls
     (shard streams, calls waiting on the archive), or the caller's share of them or of
-    the node's workers, are all taken (:mod:`tierstore.server.places`,
+    the node's workers, or the workers that callers other than the node's admins may
+    hold, are all taken (:mod:`tierstore.server.places`,
     :mod:`tierstore.server.callerworkers`). Most come as the call does; two come
     later, after work but still before any change: a write-through put refused at its
     commit (its shard sent, nothing stored) and a read that falls to the archive part

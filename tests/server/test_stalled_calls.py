@@ -185,6 +185,40 @@ def test_one_caller_holds_at_most_its_share_of_the_workers_and_the_admin_is_serv
     assert list_datasets(running, admin, timeout=30) < ARRIVAL_S
 
 
+def test_callers_who_are_not_the_node_s_admins_leave_it_the_workers_kept_for_its_admins(
+    tmp_path: Path,
+) -> None:
+    # Two callers that each took their share held every worker between them, the
+    # admin's way in (RevokeToken) too.
+    pool = 16  # the smallest pool that keeps a worker for the admins
+    with serving(tmp_path, max_workers=pool, request_arrival_s=ARRIVAL_S) as running:
+        greedy = [running.token(f"svc:greedy-{n}", ("*", Role.READER)) for n in range(3)]
+        admin = running.token("admin", ("*", Role.ADMIN))
+        workers = running.server.auth.workers
+        assert workers is not None and workers.kept_for_admins == 1
+        others, share = pool - 1, workers.per_caller
+        with Stalls() as stalls:
+            stalls.open(running.channel(), LIST_DATASETS, share, token=greedy[0])
+            poll(lambda: workers.in_use == share, 10, "the first caller's stalls to start")
+            stalls.open(running.channel(), LIST_DATASETS, others - share + 1, token=greedy[1])
+            poll(lambda: workers.in_use == others, 10, "the second caller's stalls to start")
+            # The admin is served at once; a third caller is refused at once, told why.
+            assert list_datasets(running, admin, timeout=30) < ARRIVAL_S
+            with pytest.raises(grpc.RpcError) as refused:
+                list_datasets(running, greedy[2], timeout=30)
+            assert error_name(refused.value) == "ServerBusy"
+            said = refused.value.details()  # type: ignore[attr-defined]
+            assert (
+                f"a ListDatasets call: the node's callers hold {others} of its {pool} calls "
+                "in progress, all but the 1 kept for its admins" in said
+            )
+            codes = stalls.codes(timeout=10)
+            assert codes.count(grpc.StatusCode.CANCELLED) == others, codes
+            assert codes.count(grpc.StatusCode.UNAVAILABLE) == 1, codes
+        poll(lambda: workers.in_use == 0, 10, "the places to be given back")
+        assert list_datasets(running, greedy[2], timeout=30) < ARRIVAL_S
+
+
 def test_a_put_stream_that_stops_sending_ends_and_stores_nothing(running: RunningServer) -> None:
     # As many writers as places: one caller holds at most its share of them.
     writers = [running.token(f"svc:writer-{n}", ("d", Role.WRITER)) for n in range(STREAM_SLOTS)]

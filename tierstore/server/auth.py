@@ -32,6 +32,7 @@ from tierstore.server.callerworkers import CallerWorkers
 from tierstore.server.refusallog import RefusalLog, peer_host
 from tierstore.server.rpc import abort_with, called_on, called_on_shard, calling_as, noted_change
 from tierstore.server.tokens import AuthFailure, TokenStore
+from tierstore.types import ALL_DATASETS, Role
 from tierstore.wire.status import ERROR_HEADER
 
 __all__ = ["AuthInterceptor"]
@@ -177,6 +178,7 @@ def _wrap(
     workers: CallerWorkers | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     what = f"a {method.rsplit('/', 1)[-1]} call"
+    node_admin = principal.role_on(ALL_DATASETS) is Role.ADMIN
 
     def hold_a_worker(context: grpc.ServicerContext) -> bool:
         """Take the call's place for its caller (False: none to take); refuse the call
@@ -184,7 +186,7 @@ def _wrap(
         if workers is None:
             return False
         try:
-            workers.take(what, principal.name)
+            workers.take_for(what, principal.name, node_admin=node_admin)
         except ServerBusy as exc:
             abort_with(context, exc)
         return True
@@ -233,7 +235,7 @@ def _wrap(
         finally:
             if held:
                 assert workers is not None
-                workers.give_back(principal.name)
+                workers.give_back_for(principal.name, node_admin=node_admin)
             finish(principal, context, started, outcome_of(error, context))
             token.var.reset(token)
 

@@ -15,7 +15,8 @@ which clients make again after a pause, a put too, for up to two minutes: a refu
 here is a queue in the client. A caller on a node of its own is bounded by its share
 too: a node whose callers are one user (one token for every job) may be given a share
 of 1, which bounds nothing but the places. Not done: a share that shrinks as callers come, so
-two callers that each take theirs can still hold every place between them.
+two callers that each take theirs can still hold every place between them (the workers
+keep a few places for the node's admins, :mod:`tierstore.server.callerworkers`).
 
 Thread safety: one bound serves every handler thread of a server.
 """
