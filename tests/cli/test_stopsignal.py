@@ -1,9 +1,10 @@
-"""SIGTERM stops a command as Ctrl-C does (tierstore/cli/stopsignal.py): what it did is
-reported, its partial download removed, and it exits 143. SIGTERM's default killed it
-where it stood: a hidden ``.part`` file left behind, and nothing said."""
+"""SIGTERM and SIGHUP stop a command as Ctrl-C does (tierstore/cli/stopsignal.py): what
+it did is reported, its partial download removed, and it exits 143 or 129. Their
+default killed it where it stood: a hidden ``.part`` file left behind, and nothing said."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,13 +13,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.server.conftest import clean_env, tierstore_command
 from tierstore.cli.stopsignal import stopping_on_sigterm
 
 A_TOKEN = "ts_" + "a" * 12 + "_" + "b" * 43
 
 
-def test_sigterm_reports_what_a_command_did_and_exits_143() -> None:
+def _stopped_rm(
+    signum: signal.Signals, *, hangup_ignored: bool = False
+) -> tuple[int, bytes, bytes]:
+    """Run ``rm ds a b`` against a server that answers no call, send it ``signum`` once
+    its first delete is on its way (then SIGTERM, if ``signum`` left it running), and
+    return its exit status, stdout and stderr."""
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes calls, answers none
         silent.settimeout(60)
         address = f"127.0.0.1:{silent.getsockname()[1]}"
@@ -28,18 +36,42 @@ def test_sigterm_reports_what_a_command_did_and_exits_143() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=clean_env(),
+            # as nohup starts it
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+            if hangup_ignored
+            else None,
         )
         try:
             held, _ = silent.accept()  # the first delete is on its way
-            command.send_signal(signal.SIGTERM)
+            command.send_signal(signum)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                command.wait(timeout=2)
+            if command.returncode is None:
+                command.send_signal(signal.SIGTERM)
             out, err = command.communicate(timeout=60)
             held.close()
         finally:
             command.kill()
-    assert command.returncode == 143, err
+    return command.returncode, out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_report_what_a_command_did_and_exit_128_plus_the_signal(
+    signum: signal.Signals,
+) -> None:
+    # SIGHUP (a dropped ssh session) killed it where it stood, as SIGTERM had (a review).
+    code, out, err = _stopped_rm(signum)
+    assert code == 128 + signum, err
     assert json.loads(out) == {"deleted": [], "not_deleted": ["a", "b"], "in_doubt": "a"}
-    assert "stopped by SIGTERM; 'a' was on its way" in err.decode()
+    assert f"stopped by {signum.name}; 'a' was on its way" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+def test_a_hangup_ignored_as_nohup_ignores_it_stays_ignored() -> None:
+    code, _, err = _stopped_rm(signal.SIGHUP, hangup_ignored=True)
+    # Still running after the hangup: stopped by the SIGTERM that followed.
+    assert code == 143, err
+    assert "stopped by SIGTERM" in err.decode()
 
 
 _DOWNLOAD = """

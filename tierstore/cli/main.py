@@ -89,7 +89,7 @@ def main() -> None:
     with contextlib.nullcontext() if serving else stopping_on_sigterm():
         code = _run_command()
         if code == INTERRUPTED_EXIT:  # typer's exit for a KeyboardInterrupt it was handed
-            code = stop_exit()  # 143 if it came of SIGTERM
+            code = stop_exit()  # 143 or 129 if it came of SIGTERM or SIGHUP
     sys.exit(code if isinstance(code, int) else 0)
 
 
