@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from tests.server.conftest import clean_env, tierstore_command
 from tierstore.cli.simulate import simulate
 from tierstore.policy.registry import POLICY_NAMES
 from tierstore.sim.tracefile import TraceWriter
@@ -269,3 +272,19 @@ def test_a_capacity_smaller_than_one_shard_is_refused(trace_file: Path) -> None:
 )
 def test_trace_source_and_seed_mistakes_are_refused(args: tuple[str, ...], message: str) -> None:
     assert_refused(invoke(*args), message)
+
+
+def test_trace_dash_with_stdin_closed_is_refused_in_one_line() -> None:
+    # Python gives a closed stdin (<&-) as None: an AttributeError's traceback (a review).
+    done = subprocess.run(
+        [tierstore_command(), "simulate", "--trace", "-", "--capacity", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        preexec_fn=lambda: os.close(0),
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "error: InvalidArgument: --trace -: stdin is closed, so there is no trace to read"
+    )

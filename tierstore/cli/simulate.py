@@ -177,6 +177,8 @@ def run_request(
         # "-" is stdin, as trace export's "-o -" is stdout (a file named "-" is given
         # by a longer path: /full/path/-).
         from_stdin = path == Path("-")
+        if from_stdin and sys.stdin is None:  # closed (<&-): Python gives it as None
+            raise InvalidArgument("--trace -: stdin is closed, so there is no trace to read")
         label = "stdin" if from_stdin else path.name
 
         def load(_seed: int) -> Trace:
