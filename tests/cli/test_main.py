@@ -920,6 +920,13 @@ def test_the_command_is_found_past_the_top_level_options(
     assert argv_module.command_name(argv) == command
 
 
+def put_report(result: Result) -> dict[str, Any]:
+    """The --json report of a put, less its rate (checked to be a rate)."""
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report.pop("bytes_per_s") >= 0
+    return report
+
+
 @pytest.mark.parametrize(
     ("bad", "code", "error"), [("unreadable", 2, "cannot read"), ("refused", 4, "PermissionDenied")]
 )
@@ -932,9 +939,11 @@ def test_put_reports_what_it_uploaded_before_an_error(
     stopped = invoke("--json", "put", "ds", *files)
     assert stopped.exit_code == code  # before: a traceback for the unreadable file
     assert error in one_error_line(stopped)
-    assert json.loads(stopped.stdout) == {
+    assert put_report(stopped) == {
         "uploaded": ["a"],
         "not_uploaded": [bad, "b"],
+        "shards": ["a"],  # the keys of a put that stopped nowhere, for what went up
+        "bytes": 1,
         "in_doubt": None,
     }
     assert ("put", ("ds", "b")) not in client.calls  # it stopped at the error
@@ -986,9 +995,11 @@ def test_a_put_cut_off_before_the_answer_is_reported_in_doubt(
         (tmp_path / name).write_bytes(b"x")
     stopped = invoke("--json", "put", "ds", *(str(tmp_path / n) for n in ("a", "cut-off", "b")))
     assert stopped.exit_code == 5
-    assert json.loads(stopped.stdout) == {
+    assert put_report(stopped) == {
         "uploaded": ["a"],
         "not_uploaded": ["cut-off", "b"],
+        "shards": ["a"],
+        "bytes": 1,
         "in_doubt": "cut-off",
     }
 
@@ -1004,10 +1015,12 @@ def test_a_write_through_put_stored_here_but_not_archived_counts_as_uploaded(
     stopped = invoke("--json", "put", "ds", *(str(tmp_path / n) for n in names))
     assert stopped.exit_code == 5  # still an error: not durable in the archive yet
     assert "NotArchivedYet" in one_error_line(stopped)
-    assert json.loads(stopped.stdout) == {
+    assert put_report(stopped) == {
         "uploaded": ["a", "not-archived"],
         "not_uploaded": ["b"],
         "not_archived": ["not-archived"],
+        "shards": ["a", "not-archived"],
+        "bytes": 1,  # of the shards whose put returned
         "in_doubt": None,
     }
     # It said "uploaded 2 of 3 shards before an error", as if the second had failed.
@@ -1057,9 +1070,11 @@ def test_ctrl_c_during_a_put_reports_what_was_uploaded_and_what_is_in_doubt(
     line = one_error_line(stopped)
     assert "Interrupted" in line and "'interrupted' was on its way and may have been" in line
     if as_json:
-        assert json.loads(stopped.stdout) == {
+        assert put_report(stopped) == {
             "uploaded": ["a"],
             "not_uploaded": ["interrupted", "b"],
+            "shards": ["a"],
+            "bytes": 1,
             "in_doubt": "interrupted",
         }
     else:
@@ -1080,7 +1095,13 @@ def test_ctrl_c_after_the_last_put_leaves_nothing_in_doubt(
     monkeypatch.setattr(uploads.Progress, "advance", interrupted)
     stopped = invoke("--json", "put", "ds", str(tmp_path / "a"))
     assert stopped.exit_code == 130  # before: IndexError and a traceback
-    assert json.loads(stopped.stdout) == {"uploaded": ["a"], "not_uploaded": [], "in_doubt": None}
+    assert put_report(stopped) == {
+        "uploaded": ["a"],
+        "not_uploaded": [],
+        "shards": ["a"],
+        "bytes": 1,
+        "in_doubt": None,
+    }
     assert "stopped by Ctrl-C; the rest" in one_error_line(stopped)
 
 

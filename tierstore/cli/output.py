@@ -286,6 +286,7 @@ def stopped_partway(
     done: str,
     already: tuple[str, Collection[str]] | None = None,
     totals: Mapping[str, Any] | None = None,
+    done_also_as: str | None = None,
 ) -> typer.Exit:
     """Report the first ``count`` of ``names`` as ``done`` (with --json, ``done`` and
     ``not_<done>`` even when none was done, and ``in_doubt``: the name whose call was
@@ -295,7 +296,8 @@ def stopped_partway(
     ``already``, a key and names: those of the first ``count`` that needed nothing (an
     unpin of a shard that was not pinned) are named under the key, not as ``done``.
     ``totals``: the command's other keys, as far as it got (pin's ``bytes_queued``),
-    so that --json holds the keys it holds when all go.
+    so that --json holds the keys it holds when all go; ``done_also_as``, a key that
+    names the ``done`` ones again (put's ``shards``), for the same reason.
 
     A write-through call that failed with NotArchivedYet was done here, though: its
     name counts as ``done``, and (with --json) ``not_archived`` names it."""
@@ -308,7 +310,16 @@ def stopped_partway(
         cause = f", the last {done} on this node only: the archive has not taken it yet"
     in_doubt = names[count] if exc.outcome_unknown and count < len(names) else None
     if count or state.json:
-        _report_partway(names, count, done, cause, in_doubt, already, {**(totals or {}), **fields})
+        _report_partway(
+            names,
+            count,
+            done,
+            cause,
+            in_doubt,
+            already,
+            {**(totals or {}), **fields},
+            done_also_as,
+        )
     return fail(exc)
 
 
@@ -320,11 +331,12 @@ def _report_partway(
     in_doubt: str | None,
     already: tuple[str, Collection[str]] | None,
     totals: Mapping[str, Any],
+    done_also_as: str | None = None,
 ) -> None:
     """Emit what a command stopped part way (``cause``: " before Ctrl-C"...) did: the first
-    ``count`` of ``names`` as ``done`` (those in ``already``'s names under its key),
-    the rest as ``not_<done>``, ``totals`` and ``in_doubt``; for :func:`stopped_partway`
-    and :func:`interrupted_partway`."""
+    ``count`` of ``names`` as ``done`` (those in ``already``'s names under its key) and
+    under ``done_also_as`` too, the rest as ``not_<done>``, ``totals`` and
+    ``in_doubt``; for :func:`stopped_partway` and :func:`interrupted_partway`."""
     key, given = already or ("", ())
     needed_nothing = set(given)
     unchanged = [name for name in names[:count] if name in needed_nothing]
@@ -337,6 +349,7 @@ def _report_partway(
         **({key: unchanged} if key else {}),
         f"not_{done}": names[count:],
         **totals,
+        **({done_also_as: changed} if done_also_as else {}),
         "in_doubt": in_doubt,
     }
     emit(report, Text(line))
@@ -371,14 +384,15 @@ def interrupted_partway(
     already: tuple[str, Collection[str]] | None = None,
     totals: Mapping[str, Any] | None = None,
     maybe: str | None = None,
+    done_also_as: str | None = None,
 ) -> typer.Exit:
     """Report the first ``count`` of ``names`` as ``done`` before Ctrl-C stopped the
     command, and ``in_doubt`` (:func:`interrupted`); with --json the keys
     :func:`stopped_partway` prints (``done``, ``not_<done>``, ``already``'s key,
-    ``totals``, ``in_doubt``), even when none was done. Return the exit, 130 (143
-    after SIGTERM)."""
+    ``totals``, ``done_also_as``, ``in_doubt``), even when none was done. Return the
+    exit, 130 (143 after SIGTERM, 129 after SIGHUP)."""
     cause = f" before {stopped_by()}"
-    _report_partway(names, count, done, cause, in_doubt, already, totals or {})
+    _report_partway(names, count, done, cause, in_doubt, already, totals or {}, done_also_as)
     return interrupted(in_doubt, done, maybe)
 
 

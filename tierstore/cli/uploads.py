@@ -61,7 +61,8 @@ def put(
     nothing, or a pipe, is refused before anything is uploaded, and so is a file that
     cannot be opened for reading or is not Arrow with --kind arrow. Stops at the first one
     it cannot upload; the ones uploaded before it are still
-    reported on stdout (with --json too: "uploaded" and "not_uploaded"), the error on
+    reported on stdout (with --json too: "uploaded" and "not_uploaded", and "shards",
+    "bytes" and "bytes_per_s" for those uploaded, as when all go), the error on
     stderr."""
     if kind not in ("raw", "arrow"):
         raise fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))
@@ -133,24 +134,31 @@ def put(
         except KeyboardInterrupt:
             interrupted = True
     names = [name for _, name in files]
-    if interrupted:
-        # the server stores a stream it received whole even when its answer finds nobody
-        raise interrupted_partway(names, len(uploaded), "uploaded", sending, maybe="stored")
-    if failure is not None:
-        raise stopped_partway(failure, names, len(uploaded), "uploaded")
-    elapsed = max(time.monotonic() - started, 1e-9)
     # What was stored: a /proc file says it holds 0 bytes, a sysfs one 4096.
     total = sum(info.size for info in uploaded)
+    bytes_per_s = total / max(time.monotonic() - started, 1e-9)
+    # --json holds these keys (and "shards") when the put stops part way too: the
+    # bytes of the shards whose put returned.
+    totals = {"bytes": total, "bytes_per_s": bytes_per_s}
+    if interrupted:
+        # the server stores a stream it received whole even when its answer finds nobody
+        raise interrupted_partway(
+            names,
+            len(uploaded),
+            "uploaded",
+            sending,
+            totals=totals,
+            maybe="stored",
+            done_also_as="shards",
+        )
+    if failure is not None:
+        raise stopped_partway(
+            failure, names, len(uploaded), "uploaded", totals=totals, done_also_as="shards"
+        )
+    shards = [info.name for info in uploaded]
     emit(
-        {
-            "shards": [i.name for i in uploaded],
-            "uploaded": [i.name for i in uploaded],
-            "not_uploaded": [],
-            "in_doubt": None,
-            "bytes": total,
-            "bytes_per_s": total / elapsed,
-        },
-        f"uploaded {plural(len(uploaded), 'shard')}, {total:,} bytes, {rate_text(total / elapsed)}",
+        {"shards": shards, "uploaded": shards, "not_uploaded": [], "in_doubt": None, **totals},
+        f"uploaded {plural(len(uploaded), 'shard')}, {total:,} bytes, {rate_text(bytes_per_s)}",
     )
 
 
