@@ -1362,6 +1362,47 @@ def test_output_to_a_full_disk_is_one_error_line(
     assert admin.get(dataset, "big").size == 1 << 20  # the node is as it was
 
 
+def _with_stdout_gone(env: dict[str, str], *args: str) -> Ran:
+    """Run the installed ``tierstore ARGS`` with its stdout a pipe nobody reads (its
+    reader gone, as after ``| true``)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [tierstore_command(), *args],
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S,
+        )
+    finally:
+        os.close(write_end)
+    return Ran(done.returncode, b"", done.stderr)
+
+
+def test_a_command_whose_report_is_lost_says_what_it_did_stands(
+    env: dict[str, str], admin: Client, dataset: str
+) -> None:
+    # `tierstore rm ... | true` and `token create ... | true` exited 1 without a word,
+    # though the shard was deleted and the token made: a script that ran them again
+    # made a second token, or got ShardNotFound (a scriptability review).
+    admin.put(dataset, "gone", b"x")
+    deleted = _with_stdout_gone(env, "rm", dataset, "gone")
+    assert deleted.returncode == 1, deleted.stderr.decode()
+    line = one_line_error(deleted)
+    assert "cannot write the output (stdout): Broken pipe; what the command did stands" in line
+    with pytest.raises(errors.ShardNotFound):
+        admin.stat(dataset, "gone")
+    principal = f"svc:{unique('lost')}"
+    made = _with_stdout_gone(env, "--json", "token", "create", principal, "--grant", "*=reader")
+    assert made.returncode == 1, made.stderr.decode()
+    (token_id,) = [t["token_id"] for t in admin.list_tokens() if t["principal"] == principal]
+    assert f"token {token_id} was created: revoke it" in one_line_error(made)
+    # A listing whose reader went away (| head) ends quietly, as ever.
+    listed = _with_stdout_gone(env, "ls", dataset)
+    assert (listed.returncode, listed.stderr) == (1, b"")
+
+
 def test_serve_errors_exit_codes(
     server: ServerProcess, seaweedfs: SeaweedServer, s3_bucket: str, tmp_path: Path
 ) -> None:

@@ -170,6 +170,16 @@ class ClientCommand(Command):
         return super().invoke(ctx)
 
 
+class ChangingCommand(ClientCommand):
+    """A :class:`ClientCommand` that changes what the node holds (creates, deletes,
+    uploads, pins, tokens, keys): a report of what it did that cannot be written is
+    said on stderr (:func:`tierstore.cli.output.emit`), not lost without a word."""
+
+    def invoke(self, ctx: Any) -> Any:
+        state.changes = True
+        return super().invoke(ctx)
+
+
 def command_client() -> Any:
     """A client for this command, closed when the command ends, error or not: closing
     reports the reads it served in place (from this host's hot tier), which were never

@@ -21,7 +21,6 @@ given). This module puts the commands into the tree and runs it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
 from typing import Any
@@ -32,6 +31,7 @@ from rich.text import Text
 from tierstore import errors
 from tierstore.cli import admin, datasets, serve_command, shards, uploads
 from tierstore.cli.app import (
+    ChangingCommand,
     ClientCommand,
     Command,
     app,
@@ -43,7 +43,7 @@ from tierstore.cli.app import (
 )
 from tierstore.cli.argv import command_index, quiet_grpc_for
 from tierstore.cli.entry import INTERRUPTED_EXIT
-from tierstore.cli.output import err, fail
+from tierstore.cli.output import OUTPUT_ERRNOS, err, fail, output_lost
 from tierstore.cli.simulate import simulate
 from tierstore.cli.stopsignal import stop_exit, stopping_on_sigterm
 
@@ -53,28 +53,28 @@ __all__ = ["app", "main"]
 # holds its function (whose name is the command's, unless given here), and this is the
 # one place that puts it in the tree.
 app.command(cls=Command)(serve_command.serve)
-dataset_app.command("create", cls=ClientCommand)(datasets.dataset_create)
-dataset_app.command("update", cls=ClientCommand)(datasets.dataset_update)
+dataset_app.command("create", cls=ChangingCommand)(datasets.dataset_create)
+dataset_app.command("update", cls=ChangingCommand)(datasets.dataset_update)
 dataset_app.command("ls", cls=ClientCommand)(datasets.dataset_ls)
-policy_app.command("set", cls=ClientCommand)(datasets.policy_set)
+policy_app.command("set", cls=ChangingCommand)(datasets.policy_set)
 policy_app.command("show", cls=ClientCommand)(datasets.policy_show)
-dataset_app.command("rm", cls=ClientCommand)(datasets.dataset_rm)
-app.command(cls=ClientCommand)(uploads.put)
+dataset_app.command("rm", cls=ChangingCommand)(datasets.dataset_rm)
+app.command(cls=ChangingCommand)(uploads.put)
 app.command(cls=ClientCommand)(shards.get)
 app.command("ls", cls=ClientCommand)(shards.ls)
 app.command(cls=ClientCommand)(shards.stat)
-app.command(cls=ClientCommand)(shards.rm)
-app.command(cls=ClientCommand)(shards.pin)
-app.command(cls=ClientCommand)(shards.unpin)
-app.command(cls=ClientCommand)(shards.prefetch)
-app.command(cls=ClientCommand)(shards.evict)
+app.command(cls=ChangingCommand)(shards.rm)
+app.command(cls=ChangingCommand)(shards.pin)
+app.command(cls=ChangingCommand)(shards.unpin)
+app.command(cls=ChangingCommand)(shards.prefetch)
+app.command(cls=ChangingCommand)(shards.evict)
 app.command(cls=ClientCommand)(admin.stats)
 trace_app.command("export", cls=ClientCommand)(admin.trace_export)
-token_app.command("create", cls=ClientCommand)(admin.token_create)
-token_app.command("revoke", cls=ClientCommand)(admin.token_revoke)
+token_app.command("create", cls=ChangingCommand)(admin.token_create)
+token_app.command("revoke", cls=ChangingCommand)(admin.token_revoke)
 token_app.command("ls", cls=ClientCommand)(admin.token_ls)
-keys_app.command("rotate", cls=ClientCommand)(admin.keys_rotate)
-keys_app.command("retire", cls=ClientCommand)(admin.keys_retire)
+keys_app.command("rotate", cls=ChangingCommand)(admin.keys_rotate)
+keys_app.command("retire", cls=ChangingCommand)(admin.keys_retire)
 keys_app.command("ls", cls=ClientCommand)(admin.keys_ls)
 app.command("simulate", cls=Command)(simulate)
 
@@ -103,9 +103,12 @@ def _run_command() -> Any:
     except typer.TyperException as exc:  # a usage error: an option's value, a command...
         return _usage_error(exc)
     except OSError as exc:
-        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+        if exc.filename is not None or exc.errno not in OUTPUT_ERRNOS:
             raise  # not the output's: a bug to see whole
-        return _output_failed(exc)
+        # stdout redirected to a full disk, say (get ... > file), which printed a
+        # traceback. (Commands catch what they read and the files they write
+        # themselves, naming them.)
+        return output_lost(exc)
 
 
 def _stand_in_for_closed_streams(serving: bool) -> None:
@@ -125,33 +128,6 @@ def _stand_in_for_closed_streams(serving: bool) -> None:
             "was done (redirect it to /dev/null to discard the output)"
         )
         sys.exit(fail(closed).exit_code)
-
-
-#: what writing a command's output fails with: a full disk or quota, a file past its
-#: size limit, a failing device (a reader that went away, EPIPE, is click's: it exits
-#: 1 quietly)
-_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-
-
-def _output_failed(exc: OSError) -> int:
-    """Print the one error line of a command whose output could not be written, and
-    return its exit code (1): stdout redirected to a full disk, say (``get ... >
-    file``), which printed a traceback. (Commands catch what they read and the files
-    they write themselves, naming them.) stdout then points at /dev/null, so that
-    Python's last flush of what is left in its buffer does not fail again at exit."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    err.print(
-        Text.assemble(
-            ("error:", "red"),
-            f" OSError: cannot write the output (stdout): {exc.strerror or exc}",
-        ),
-        highlight=False,
-        soft_wrap=True,
-    )
-    return 1
 
 
 def _usage_error(exc: typer.TyperException) -> int:

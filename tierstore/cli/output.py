@@ -4,6 +4,8 @@ words mislead, and the checks of a file a command is to write."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -54,11 +56,20 @@ __all__ = [
 _PIPED_WIDTH = 10_000
 
 
+class _StdoutConsole(Console):
+    """A console whose reader gone (EPIPE) raises BrokenPipeError, as a plain write
+    does, where rich exits 1 on its own (SystemExit): :func:`emit` has to see it."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def _literal_console(*, stderr: bool = False, width: int | None = None) -> Console:
     """A console with no markup or emoji codes: what is printed holds names users chose
     (a shard named "x[/]y" or ":fire:" is printed as it is, not styled, changed or
     refused)."""
-    return Console(stderr=stderr, width=width, markup=False, emoji=False)
+    console = Console if stderr else _StdoutConsole
+    return console(stderr=stderr, width=width, markup=False, emoji=False)
 
 
 def _stdout_console() -> Console:
@@ -104,11 +115,57 @@ def jsonable(value: Any) -> Any:
 
 def emit(value: Any, table: RenderableType | None = None) -> None:
     """Print a command's result: ``value`` as one line of JSON with --json, else
-    ``table`` (if any) for people, with no name or number in it cut (:func:`print_whole`)."""
-    if state.json:
-        sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
-    elif table is not None:
-        print_whole(out, table)
+    ``table`` (if any) for people, with no name or number in it cut (:func:`print_whole`).
+
+    A command that changes what the node holds (``state.changes``) whose report cannot
+    be written (a full disk, or a reader gone: ``| true``) exits 1 with one error line
+    saying that what it did stands (:func:`output_lost`): it exited 1 without a word
+    (the reader gone), or as if it had failed, and a script made a second token."""
+    try:
+        if state.json:
+            sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
+        elif table is not None:
+            print_whole(out, table)
+        sys.stdout.flush()
+    except OSError as exc:
+        if not state.changes or exc.errno not in OUTPUT_ERRNOS | {errno.EPIPE}:
+            raise  # a listing's reader gone (| head): click ends it quietly, exit 1
+        raise typer.Exit(output_lost(exc, _what_stands(value))) from None
+
+
+def _what_stands(report: Any) -> str:
+    """What the error line of a changing command's lost ``report`` adds."""
+    said = "; what the command did stands: look (ls, stat, token ls) before running it again"
+    if isinstance(report, dict) and "token_id" in report:
+        token = report["token_id"]
+        said += f"; token {token} was created: revoke it (token revoke {token}), its secret unseen"
+    return said
+
+
+#: what writing a command's output fails with: a full disk or quota, a file past its
+#: size limit, a failing device (a reader that went away, EPIPE, is click's: it exits
+#: 1 quietly, except from a command that changes what the node holds, :func:`emit`)
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def output_lost(exc: OSError, after: str = "") -> int:
+    """Print the one error line of a command whose output (stdout) could not be
+    written, ending in ``after``, and return its exit code (1). stdout then points at
+    /dev/null, so that Python's last flush of what is left in its buffer does not fail
+    again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    err.print(
+        Text.assemble(
+            ("error:", "red"),
+            f" OSError: cannot write the output (stdout): {exc.strerror or exc}{after}",
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 def emit_warned(value: dict[str, Any], table: RenderableType, warning: str | None) -> None:

@@ -38,6 +38,8 @@ class State:
     #: seconds any one call may take (None: the client's defaults)
     timeout: float | None = None
     json: bool = False
+    #: whether the command changes what the node holds (a report of it lost is said)
+    changes: bool = False
     #: clients this command made, closed when it ends (see command_client)
     clients: list[Any] = field(default_factory=list)
 
