@@ -186,7 +186,7 @@ def _wrap(
         if workers is None:
             return False
         try:
-            workers.take_for(what, principal.name, node_admin=node_admin)
+            workers.take(what, principal.name, in_group=not node_admin)
         except ServerBusy as exc:
             abort_with(context, exc)
         return True
@@ -235,7 +235,7 @@ def _wrap(
         finally:
             if held:
                 assert workers is not None
-                workers.give_back_for(principal.name, node_admin=node_admin)
+                workers.give_back(principal.name, in_group=not node_admin)
             finish(principal, context, started, outcome_of(error, context))
             token.var.reset(token)
 

@@ -26,7 +26,6 @@ Thread safety: one bound serves every handler thread of a server.
 
 from __future__ import annotations
 
-from tierstore.errors import ServerBusy
 from tierstore.server.places import CALLER_SHARE, Places
 
 __all__ = ["KEPT_FOR_ADMINS", "CallerWorkers"]
@@ -37,45 +36,22 @@ KEPT_FOR_ADMINS = 2
 
 class CallerWorkers(Places):
     """A place per worker (``slots``: the server's pool), ``per_caller`` of them for one
-    caller, and all but ``kept_for_admins`` of them for the calls of callers who are
-    not the node's admins; taken by each authenticated call while it runs."""
+    caller, and all but ``kept_for_admins`` of them (``group_bound``) for the calls of
+    callers who are not the node's admins (the group: taken ``in_group``); taken by
+    each authenticated call while it runs."""
 
     calls = "calls in progress"
 
     def __init__(self, slots: int, share: float = CALLER_SHARE) -> None:
-        super().__init__(slots, share)
-        self.kept_for_admins = min(KEPT_FOR_ADMINS, slots // 16)
-        #: the places the calls of callers who are not node admins hold at most
-        self.others_bound = slots - self.kept_for_admins
-        self._held_by_others = 0  # places held by callers who are not node admins
+        kept = min(KEPT_FOR_ADMINS, slots // 16)
+        super().__init__(slots, share, group_bound=slots - kept)
+        self.kept_for_admins = kept
 
-    def take_for(self, what: str, who: str, *, node_admin: bool) -> None:
-        """Take a place for the caller ``who`` (a node admin or not) until
-        :meth:`give_back_for`; ServerBusy if none is free to it: its own share is
-        named first, as what it can change."""
-        with self._lock:
-            held = self._by_caller[who]
-            its_share_full = held >= self.per_caller or self._taken >= self.slots
-            others_full = not node_admin and self._held_by_others >= self.others_bound
-            if not (its_share_full or others_full):
-                self._taken += 1
-                self._by_caller[who] += 1
-                self._held_by_others += not node_admin
-        if its_share_full:
-            self._refuse(what, who, held)
-        if others_full:
-            raise ServerBusy(
-                f"{what}: the node's callers hold {self.others_bound} of its {self.slots} "
-                f"calls in progress, all but the {self.kept_for_admins} kept for its "
-                "admins; retry shortly"
-            )
-
-    def give_back_for(self, who: str, *, node_admin: bool) -> None:
-        """Give back a place :meth:`take_for` took for ``who``."""
-        self.give_back(who)
-        if not node_admin:
-            with self._lock:
-                self._held_by_others -= 1
+    def _group_full(self) -> str:
+        return (
+            f"the node's callers hold {self.group_bound} of its {self.slots} calls in "
+            f"progress, all but the {self.kept_for_admins} kept for its admins"
+        )
 
     def _all_taken(self) -> str:
         # Not reached while places match workers: a call runs only on a free worker.

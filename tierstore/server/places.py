@@ -53,14 +53,18 @@ class Places:
     #: what the places are held by, for the refusals ("shard streams")
     calls = "calls"
 
-    def __init__(self, slots: int, share: float = CALLER_SHARE) -> None:
+    def __init__(self, slots: int, share: float = CALLER_SHARE, group_bound: int = 0) -> None:
+        """``group_bound``: the places the calls of a group of callers (those taken
+        with ``in_group``) hold at most together; 0: no such bound."""
         if slots < 1:
             raise InvalidArgument(f"{self.calls} places must be at least 1, got {slots}")
         check_caller_share(share)
         self.slots = slots
         self.per_caller = max(1, int(slots * share))
+        self.group_bound = group_bound or slots
         self._lock = threading.Lock()
         self._taken = 0
+        self._in_group = 0
         self._by_caller: Counter[str] = Counter()
 
     @property
@@ -78,28 +82,34 @@ class Places:
         finally:
             self.give_back(who)
 
-    def take(self, what: str, who: str) -> None:
-        """Take a place for ``who`` until :meth:`give_back`; ServerBusy if none is free to
-        it (:meth:`slot` for a block)."""
-        self._take(what, who)
+    def take(self, what: str, who: str, *, in_group: bool = False) -> None:
+        """Take a place for ``who`` (one of the group's callers when ``in_group``) until
+        :meth:`give_back`; ServerBusy if none is free to it (:meth:`slot` for a block)."""
+        self._take(what, who, in_group=in_group)
 
-    def _take(self, what: str, who: str, *, keep: bool = True) -> None:
+    def _take(self, what: str, who: str, *, keep: bool = True, in_group: bool = False) -> None:
         """Take a place for ``who`` (without ``keep``, only look that one is free to it);
-        ServerBusy if none is."""
+        ServerBusy if none is: the caller's own share is named first, as what it can
+        change."""
         with self._lock:
             held = self._by_caller[who]
-            free = self._taken < self.slots and held < self.per_caller
-            if free and keep:
+            its_share_taken = held >= self.per_caller or self._taken >= self.slots
+            group_full = in_group and self._in_group >= self.group_bound
+            if not (its_share_taken or group_full) and keep:
                 self._taken += 1
                 self._by_caller[who] += 1
-        if not free:
+                self._in_group += in_group
+        if its_share_taken:
             self._refuse(what, who, held)
+        if group_full:
+            raise ServerBusy(f"{what}: {self._group_full()}; retry shortly")
 
-    def give_back(self, who: str) -> None:
-        """Give back a place :meth:`take` took for ``who``."""
+    def give_back(self, who: str, *, in_group: bool = False) -> None:
+        """Give back a place :meth:`take` took for ``who`` (``in_group`` as it was taken)."""
         with self._lock:
             assert self._by_caller[who] > 0, "a place given back that was not taken"
             self._taken -= 1
+            self._in_group -= in_group
             self._by_caller[who] -= 1
             if not self._by_caller[who]:
                 del self._by_caller[who]
@@ -117,3 +127,7 @@ class Places:
     def _all_taken(self) -> str:
         """Why a call is refused when every place is taken."""
         return f"the node serves {self.slots} {self.calls} at once, and every place is taken"
+
+    def _group_full(self) -> str:
+        """Why a call of the group is refused when the group holds its bound."""
+        return f"its callers hold {self.group_bound} of the node's {self.slots} {self.calls}"
