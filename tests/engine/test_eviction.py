@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.store import Store
 from tierstore.errors import HotTierFull, ShardNotFound
 from tierstore.types import DatasetSettings
@@ -189,3 +191,58 @@ def test_a_put_larger_than_the_hot_tier_is_refused_and_evicts_nothing(
     assert store.largest_put("plain") == 360_000
     store.put("plain", "fits", payload(300_000, 2))  # at most the high watermark goes in
     assert store.get("plain", "fits").to_bytes() == payload(300_000, 2)
+
+
+def counted_walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets an item at each eviction walk (PolicyDriver.victims) from now on."""
+    walks: list[int] = []
+    victims = PolicyDriver.victims
+
+    def counted(self: PolicyDriver, *args: Any, **kwargs: Any) -> Any:
+        walks.append(1)
+        return victims(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyDriver, "victims", counted)
+    return walks
+
+
+def test_an_eviction_walk_that_found_too_little_is_not_walked_again_until_a_shard_may_go(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With thousands of shards not archived yet, each put past the high watermark
+    # walked them all, a record read each, under the policy lock that every read
+    # takes: 40-120 ms a put, and reads stalled (a policy review).
+    walks = counted_walks(monkeypatch)
+    store = ten_shard_tier(open_store, archived=0)
+    for index in range(9):  # at the high watermark, none archived
+        store.put("plain", f"new{index}", payload(FRAME, index))
+    assert walks == []
+    for index in range(9, 14):  # past it: one walk finds nothing evictable
+        store.put("plain", f"new{index}", payload(FRAME, index))
+    assert len(walks) == 1
+    assert all(store.stat("plain", f"new{i}").hot for i in range(14))  # nothing lost
+    # Archived, they may go: the next put walks again, and evicts down to the low
+    # watermark.
+    assert store.mover.drain_once()
+    store.put("plain", "after", payload(FRAME, 99))
+    assert len(walks) == 2
+    assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME
+    assert store.get("plain", "new0").to_bytes() == payload(FRAME, 0)
+
+
+def test_a_ttl_pin_that_runs_out_has_its_shard_walked_again(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walks = counted_walks(monkeypatch)
+    store = ten_shard_tier(open_store, archived=9)  # at the high watermark
+    for index in range(9):
+        store.pin("plain", f"old{index}", ttl_s=1.0)
+    until = time.time() + 1.0
+    for name in ("x", "y"):  # past it: one walk finds every shard pinned
+        store.put("plain", name, payload(FRAME, ord(name)))
+    assert len(walks) == 1
+    while time.time() <= until:  # the pins' time runs out (on the wall clock)
+        time.sleep(0.05)
+    store.put("plain", "z", payload(FRAME, ord("z")))
+    assert len(walks) == 2
+    assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME

@@ -17,6 +17,7 @@ policy driver lock.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from tierstore.errors import FailedPrecondition
 from tierstore.policy.base import Key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
-__all__ = ["HotRoom"]
+__all__ = ["MAX_PIN_ENDS", "HotRoom"]
 
 #: How long a probe's "enough" (or "gave up") stands, whatever happens meanwhile: a
 #: pin set, or an overwrite of an evictable shard, costs at most a fetch that finds no
@@ -40,6 +41,15 @@ _ENOUGH_REUSE_S = 1.0
 #: How long a probe's "too few" stands unless room may have come (see
 #: HotRoom.room_may_have_come): with nothing evictable, every prefetch pass asks.
 _TOO_FEW_REUSE_S = 5.0
+#: How long an eviction walk that found too little stands for its scope (a dataset, or
+#: the whole tier) unless evictable shards may have come (room_may_have_come,
+#: evictables_may_have_come, a TTL pin's end): a change not told (a TTL pin of before
+#: the node's start running out) is seen at most this late.
+_BARE_WALK_REUSE_S = 10.0
+#: the most TTL pin ends kept (by PinRetries.note_pin_end and HotRoom.note_pin_end):
+#: past it, a pin waiting for room may wait out its back-off when a TTL pin runs out,
+#: and an eviction walk that found too little stand until _BARE_WALK_REUSE_S.
+MAX_PIN_ENDS = 4096
 #: Hot shards one probe looks at, at most (each a catalog lookup, some 10 µs): past
 #: them it gives up, and takes room to be there (the promotion finds out, as before).
 PROBE_SHARDS_AT_MOST = 1_000
@@ -58,8 +68,32 @@ class _Probe:
     gave_up: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _BareWalk:
+    """An eviction walk that found fewer evictable bytes than it was asked for (so it
+    looked at every hot shard of its scope), at ``at`` (monotonic; ``wall``:
+    ``time.time()``), begun after ``events`` evictable-shard events: ``left`` evictable
+    bytes it did not evict."""
+
+    at: float
+    wall: float
+    events: int
+    left: int
+
+
 class HotRoom:
-    """The hot tier's room (watermarks, quotas) and the eviction that makes it."""
+    """The hot tier's room (watermarks, quotas) and the eviction that makes it.
+
+    An eviction walks the policies' hot shards and reads each one's record to see if
+    it may go (archived, no pin holding it). Shards that may not are walked again at
+    every eviction: with a few thousand not archived yet (the archive lagging an
+    ingest) or pinned, each put past the high watermark took 40-120 ms, and the
+    mover's pass every second held the policy lock, and with it every read, for up
+    to 0.4 s (a policy review). So a walk that found too little is remembered for its
+    scope, and the next eviction there that it could not help is not walked, until an
+    evictable shard may have come (:meth:`room_may_have_come`,
+    :meth:`evictables_may_have_come`) or :data:`_BARE_WALK_REUSE_S` has passed.
+    """
 
     def __init__(
         self,
@@ -86,6 +120,14 @@ class HotRoom:
         #: one is not kept after it.
         self._room_events = 0
         self._probe_lock = threading.Lock()
+        #: events after which a shard may be evictable that was not (room_may_have_come,
+        #: evictables_may_have_come), under _probe_lock
+        self._evictable_events = 0
+        #: when TTL pins run out (time.time() heap, at most MAX_PIN_ENDS), under _probe_lock
+        self._pin_ends: list[float] = []
+        #: by scope (a dataset, None: every dataset), the last walk that found too
+        #: little, under _lock
+        self._bare_walks: dict[str | None, _BareWalk] = {}
         #: shards evicted from the hot tier since start (for metrics).
         self.evictions = 0
 
@@ -174,7 +216,28 @@ class HotRoom:
         :meth:`could_make_room_for_promotion` counts the evictable bytes afresh."""
         with self._probe_lock:
             self._room_events += 1
+            self._evictable_events += 1
             self._probe = None
+
+    def note_pin_end(self, until: float) -> None:
+        """A TTL pin runs out at ``until`` (``time.time()``): eviction may take its
+        shard then, so a walk that found too little before then is walked again."""
+        wall = time.time()
+        with self._probe_lock:
+            self._drop_old_pin_ends(wall)
+            if until > wall and len(self._pin_ends) < MAX_PIN_ENDS:
+                heapq.heappush(self._pin_ends, until)
+
+    def _drop_old_pin_ends(self, wall: float) -> None:
+        """Forget the pin ends no kept walk began before (with _probe_lock held)."""
+        while self._pin_ends and self._pin_ends[0] < wall - 2 * _BARE_WALK_REUSE_S:
+            heapq.heappop(self._pin_ends)
+
+    def evictables_may_have_come(self) -> None:
+        """A shard went hot that eviction may take (a promotion: archived already): the
+        next eviction walks its scope again."""
+        with self._probe_lock:
+            self._evictable_events += 1
 
     def over_high_watermark(self) -> bool:
         """Whether the hot tier holds more than its high watermark: no promotion fits
@@ -294,6 +357,10 @@ class HotRoom:
         spread: bool = True,
     ) -> int:
         """:meth:`evict`, with the eviction lock held."""
+        if self._walk_would_find_too_little(dataset, bytes_to_free, only_if_enough):
+            return 0
+        with self._probe_lock:
+            events = self._evictable_events
         now = time.time()
         stale: list[Key] = []
         sizes: dict[Key, int] = {}
@@ -315,7 +382,8 @@ class HotRoom:
                 victims = self._policies.victims(bytes_to_free, evictable, spread=spread)
             else:
                 victims = self._policies.dataset_victims(dataset, bytes_to_free, evictable)
-        if only_if_enough and sum(sizes.get(key, 0) for key in victims) < bytes_to_free:
+        chosen = sum(sizes.get(key, 0) for key in victims)
+        if only_if_enough and chosen < bytes_to_free:
             victims = []
         gone: list[int] = []
         with self._policies.undone_on_failure(), self._env.write() as txn:
@@ -328,7 +396,30 @@ class HotRoom:
                 if record is None or not record.hot:
                     self._policies.removed(key)
         self.evictions += len(gone)  # committed; under the eviction lock
+        if chosen < bytes_to_free:
+            left = sum(sizes.values()) - sum(gone)
+            self._bare_walks[dataset] = _BareWalk(time.monotonic(), now, events, left)
+        else:
+            self._bare_walks.pop(dataset, None)
         return sum(gone)
+
+    def _walk_would_find_too_little(
+        self, dataset: str | None, bytes_to_free: int, only_if_enough: bool
+    ) -> bool:
+        """Whether the last walk of ``dataset``'s scope found too little to free
+        ``bytes_to_free`` (all or nothing when ``only_if_enough``), and nothing that
+        may be evictable has come since (with the eviction lock held)."""
+        last = self._bare_walks.get(dataset)
+        if last is None or time.monotonic() - last.at >= _BARE_WALK_REUSE_S:
+            return False
+        wall = time.time()
+        with self._probe_lock:
+            if self._evictable_events != last.events:
+                return False
+            self._drop_old_pin_ends(wall)
+            if any(last.wall <= end <= wall for end in self._pin_ends):
+                return False  # a pin ran out since the walk
+        return last.left == 0 or (only_if_enough and bytes_to_free > last.left)
 
     def evict_shard(self, dataset: str, name: str) -> int:
         """Evict one shard if the archive holds it and no pin holds it; returns bytes freed

@@ -339,7 +339,7 @@ class Store:
             self.promoter,
             self.hot_room,
         )
-        self.promoter.after_promotion = self.prefetcher.wake
+        self.promoter.after_promotion = self._promoted
         self.mover.after_archive = self._room_may_have_come
         #: master-key rotation and the checks on keys and on the archive's seals.
         self.master_keys = MasterKeys(
@@ -1038,6 +1038,12 @@ class Store:
         self._check_shard_call(dataset, shard)
         if self._placement.unpin(dataset, shard):
             self._room_may_have_come()
+
+    def _promoted(self) -> None:
+        """After a promotion: the prefetch loop looks for more to fetch, and eviction
+        may take the shard (archived) that went hot."""
+        self.hot_room.evictables_may_have_come()
+        self.prefetcher.wake()
 
     def _room_may_have_come(self) -> None:
         """After a hot shard's pin ended, it was evicted or deleted (or its dataset),
