@@ -4,7 +4,6 @@ default killed it where it stood: a hidden ``.part`` file left behind, and nothi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -24,9 +23,12 @@ A_TOKEN = "ts_" + "a" * 12 + "_" + "b" * 43
 def _stopped_rm(
     signum: signal.Signals, *, hangup_ignored: bool = False
 ) -> tuple[int, bytes, bytes]:
-    """Run ``rm ds a b`` against a server that answers no call, send it ``signum`` once
-    its first delete is on its way (then SIGTERM, if ``signum`` left it running), and
-    return its exit status, stdout and stderr."""
+    """Run ``rm ds a b`` against a server that answers no call, with SIGHUP ignored as
+    ``nohup`` starts it or at its default (whatever this test run's is), send it
+    ``signum`` once its first delete is on its way, and return its exit status,
+    stdout and stderr. With the hangup ignored, it must still be running a second
+    later: a SIGTERM then stops it."""
+    hangup = signal.SIG_IGN if hangup_ignored else signal.SIG_DFL
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes calls, answers none
         silent.settimeout(60)
         address = f"127.0.0.1:{silent.getsockname()[1]}"
@@ -36,17 +38,14 @@ def _stopped_rm(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=clean_env(),
-            # as nohup starts it
-            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-            if hangup_ignored
-            else None,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup),
         )
         try:
             held, _ = silent.accept()  # the first delete is on its way
             command.send_signal(signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                command.wait(timeout=2)
-            if command.returncode is None:
+            if hangup_ignored:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    command.wait(timeout=1)
                 command.send_signal(signal.SIGTERM)
             out, err = command.communicate(timeout=60)
             held.close()

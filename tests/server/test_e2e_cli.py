@@ -1390,9 +1390,16 @@ def test_a_command_whose_report_is_lost_says_what_it_did_stands(
     deleted = _with_stdout_gone(env, "rm", dataset, "gone")
     assert deleted.returncode == 1, deleted.stderr.decode()
     line = one_line_error(deleted)
-    assert "cannot write the output (stdout): Broken pipe; what the command did stands" in line
+    assert "cannot write the output (stdout): Broken pipe; what the command did is not" in line
     with pytest.raises(errors.ShardNotFound):
         admin.stat(dataset, "gone")
+    # One that stops at an error says that error too, with its own exit code.
+    admin.put(dataset, "gone-too", b"x")
+    stopped = _with_stdout_gone(env, "rm", dataset, "gone-too", "no-such-shard")
+    assert stopped.returncode == 3, stopped.stderr.decode()
+    said = stopped.stderr.decode()
+    assert "Broken pipe; what the command did is not shown" in said
+    assert "error: ShardNotFound:" in said and "Traceback" not in said
     principal = f"svc:{unique('lost')}"
     made = _with_stdout_gone(env, "--json", "token", "create", principal, "--grant", "*=reader")
     assert made.returncode == 1, made.stderr.decode()

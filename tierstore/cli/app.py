@@ -106,6 +106,7 @@ def _options(
     state.address, state.token, state.token_file, state.ca = address, token, token_file, ca
     state.client_cert, state.client_key = client_cert, client_key
     state.insecure, state.timeout, state.json = insecure, timeout, json_output
+    state.changes, state.report_lost = False, False  # the command's own say (ChangingCommand)
 
 
 def connection_options() -> list[Any]:

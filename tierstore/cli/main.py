@@ -45,6 +45,7 @@ from tierstore.cli.argv import command_index, quiet_grpc_for
 from tierstore.cli.entry import INTERRUPTED_EXIT
 from tierstore.cli.output import OUTPUT_ERRNOS, err, fail, output_lost
 from tierstore.cli.simulate import simulate
+from tierstore.cli.state import state
 from tierstore.cli.stopsignal import stop_exit, stopping_on_sigterm
 
 __all__ = ["app", "main"]
@@ -90,7 +91,8 @@ def main() -> None:
         code = _run_command()
         if code == INTERRUPTED_EXIT:  # typer's exit for a KeyboardInterrupt it was handed
             code = stop_exit()  # 143 or 129 if it came of SIGTERM or SIGHUP
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    sys.exit(1 if code == 0 and state.report_lost else code)  # done, but not said
 
 
 def _run_command() -> Any:

@@ -118,9 +118,13 @@ def emit(value: Any, table: RenderableType | None = None) -> None:
     ``table`` (if any) for people, with no name or number in it cut (:func:`print_whole`).
 
     A command that changes what the node holds (``state.changes``) whose report cannot
-    be written (a full disk, or a reader gone: ``| true``) exits 1 with one error line
-    saying that what it did stands (:func:`output_lost`): it exited 1 without a word
-    (the reader gone), or as if it had failed, and a script made a second token."""
+    be written (a full disk, or a reader gone: ``| true``) says so in an error line
+    (:func:`output_lost`) and goes on, so that its own error line, warnings and exit
+    code follow as they would; it exits 1 at least (``state.report_lost``). It exited
+    1 without a word (the reader gone), or as if it had failed, and a script made a
+    second token."""
+    if state.report_lost:
+        return  # said once; stdout is /dev/null since
     try:
         if state.json:
             sys.stdout.write(json.dumps(jsonable(value), indent=None, default=str) + "\n")
@@ -130,12 +134,13 @@ def emit(value: Any, table: RenderableType | None = None) -> None:
     except OSError as exc:
         if not state.changes or exc.errno not in OUTPUT_ERRNOS | {errno.EPIPE}:
             raise  # a listing's reader gone (| head): click ends it quietly, exit 1
-        raise typer.Exit(output_lost(exc, _what_stands(value))) from None
+        state.report_lost = True
+        output_lost(exc, _what_is_unsaid(value))
 
 
-def _what_stands(report: Any) -> str:
+def _what_is_unsaid(report: Any) -> str:
     """What the error line of a changing command's lost ``report`` adds."""
-    said = "; what the command did stands: look (ls, stat, token ls) before running it again"
+    said = "; what the command did is not shown: look (ls, stat, token ls) before running it again"
     if isinstance(report, dict) and "token_id" in report:
         token = report["token_id"]
         said += f"; token {token} was created: revoke it (token revoke {token}), its secret unseen"
@@ -157,14 +162,16 @@ def output_lost(exc: OSError, after: str = "") -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    err.print(
-        Text.assemble(
-            ("error:", "red"),
-            f" OSError: cannot write the output (stdout): {exc.strerror or exc}{after}",
-        ),
-        highlight=False,
-        soft_wrap=True,
-    )
+    # stderr may be gone too (a terminal closed under a SIGHUP): the exit code tells.
+    with contextlib.suppress(OSError):
+        err.print(
+            Text.assemble(
+                ("error:", "red"),
+                f" OSError: cannot write the output (stdout): {exc.strerror or exc}{after}",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
     return 1
 
 

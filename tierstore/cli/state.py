@@ -40,6 +40,8 @@ class State:
     json: bool = False
     #: whether the command changes what the node holds (a report of it lost is said)
     changes: bool = False
+    #: whether such a command's report could not be written (it then exits 1 at least)
+    report_lost: bool = False
     #: clients this command made, closed when it ends (see command_client)
     clients: list[Any] = field(default_factory=list)
 
