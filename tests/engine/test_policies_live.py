@@ -255,6 +255,16 @@ def test_a_pinned_shard_whose_promotion_failed_is_promoted_once_the_archive_is_b
     assert store.promoter.pins.retry() == 0 and len(archive.gets) == gets
 
 
+def test_a_pin_that_has_run_out_when_it_is_set_fetches_nothing(open_store: StoreFactory) -> None:
+    # `pin --ttl 1e-9` was said to queue the cold shard's promotion, and fetched it.
+    store, archive = evicted(open_store, ["s"])
+    gets = len(archive.gets)
+    assert store.pin("d", "s", ttl_s=1e-9) == 0
+    assert store.promoter.in_flight() == (0, 0) and len(archive.gets) == gets
+    assert store.pin("d", "s", ttl_s=60.0) > 0  # one that holds is fetched
+    wait_until(lambda: store.stat("d", "s").hot, "the pinned shard to be promoted")
+
+
 def test_every_failed_pin_is_promoted_once_the_archive_is_back_with_a_back_off(
     open_store: StoreFactory,
 ) -> None:

@@ -62,7 +62,8 @@ def put(
     cannot be opened for reading or is not Arrow with --kind arrow. Stops at the first one
     it cannot upload; the ones uploaded before it are still
     reported on stdout (with --json too: "uploaded" and "not_uploaded", and "shards",
-    "bytes" and "bytes_per_s" for those uploaded, as when all go), the error on
+    "bytes" and "bytes_per_s" for those uploaded, as when all go: bytes of the puts
+    that returned, not of a write-through one the archive has not taken), the error on
     stderr."""
     if kind not in ("raw", "arrow"):
         raise fail(errors.InvalidArgument(f"--kind must be raw or arrow, not {kind!r}"))

@@ -125,7 +125,8 @@ class Placement:
         record, updated = self._set_pin(dataset, shard, True, until, refuse_too_large=True)
         if until:
             self._promoter.pins.note_pin_end(until)
-        if not record.hot:
+        # A pin run out already (a TTL of a nanosecond) fetches nothing (a review).
+        if not record.hot and (not until or until > time.time()):
             self._promoter.promote_pinned(updated)  # now, or by a later prefetch pass
             return stored_size(record)
         return 0
