@@ -1347,19 +1347,25 @@ def test_output_to_a_full_disk_is_one_error_line(
     admin.put(dataset, "big", os.urandom(1 << 20))
     for args in (["get", dataset, "big"], ["ls", dataset], ["--json", "stats"]):
         with open("/dev/full", "wb") as full:
-            done = subprocess.run(
-                [tierstore_command(), *args],
-                env=env,
-                stdout=full,
-                stderr=subprocess.PIPE,
-                timeout=TIMEOUT_S,
-            )
-        ran = Ran(done.returncode, b"", done.stderr)
+            done = run_into(full.fileno(), env, *args)
         assert done.returncode == 1, (args, done.stderr.decode())
-        line = one_line_error(ran)
+        line = one_line_error(done)
         assert "cannot write the output (stdout): No space left on device" in line, args
         assert len(done.stderr.decode().strip().splitlines()) == 1, (args, done.stderr.decode())
     assert admin.get(dataset, "big").size == 1 << 20  # the node is as it was
+
+
+def run_into(stdout: int, env: dict[str, str], *args: str) -> Ran:
+    """Run the installed ``tierstore ARGS`` with its stdout the descriptor ``stdout``
+    (what it wrote there is not kept)."""
+    done = subprocess.run(
+        [tierstore_command(), *args],
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=TIMEOUT_S,
+    )
+    return Ran(done.returncode, b"", done.stderr)
 
 
 def _with_stdout_gone(env: dict[str, str], *args: str) -> Ran:
@@ -1368,16 +1374,9 @@ def _with_stdout_gone(env: dict[str, str], *args: str) -> Ran:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        done = subprocess.run(
-            [tierstore_command(), *args],
-            env=env,
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            timeout=TIMEOUT_S,
-        )
+        return run_into(write_end, env, *args)
     finally:
         os.close(write_end)
-    return Ran(done.returncode, b"", done.stderr)
 
 
 def test_a_command_whose_report_is_lost_says_what_it_did_stands(
