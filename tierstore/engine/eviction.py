@@ -17,7 +17,7 @@ policy driver lock.
 
 from __future__ import annotations
 
-import heapq
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +32,7 @@ from tierstore.errors import FailedPrecondition
 from tierstore.policy.base import Key
 from tierstore.tiers.lmdb import LmdbEnvironment, LmdbTier
 
-__all__ = ["MAX_PIN_ENDS", "HotRoom"]
+__all__ = ["HotRoom"]
 
 #: How long a probe's "enough" (or "gave up") stands, whatever happens meanwhile: a
 #: pin set, or an overwrite of an evictable shard, costs at most a fetch that finds no
@@ -43,13 +43,9 @@ _ENOUGH_REUSE_S = 1.0
 _TOO_FEW_REUSE_S = 5.0
 #: How long an eviction walk that found too little stands for its scope (a dataset, or
 #: the whole tier) unless evictable shards may have come (room_may_have_come,
-#: evictables_may_have_come, a TTL pin's end): a change not told (a TTL pin of before
-#: the node's start running out) is seen at most this late.
+#: evictables_may_have_come, the end of a TTL pin that held a shard it walked): a
+#: change not told is seen at most this late.
 _BARE_WALK_REUSE_S = 10.0
-#: the most TTL pin ends kept (by PinRetries.note_pin_end and HotRoom.note_pin_end):
-#: past it, a pin waiting for room may wait out its back-off when a TTL pin runs out,
-#: and an eviction walk that found too little stand until _BARE_WALK_REUSE_S.
-MAX_PIN_ENDS = 4096
 #: Hot shards one probe looks at, at most (each a catalog lookup, some 10 µs): past
 #: them it gives up, and takes room to be there (the promotion finds out, as before).
 PROBE_SHARDS_AT_MOST = 1_000
@@ -71,14 +67,15 @@ class _Probe:
 @dataclass(frozen=True, slots=True)
 class _BareWalk:
     """An eviction walk that found fewer evictable bytes than it was asked for (so it
-    looked at every hot shard of its scope), at ``at`` (monotonic; ``wall``:
-    ``time.time()``), begun after ``events`` evictable-shard events: ``left`` evictable
-    bytes it did not evict."""
+    looked at every hot shard of its scope), at ``at`` (monotonic), begun after
+    ``events`` evictable-shard events: ``left`` evictable bytes it did not evict;
+    ``pins_end``: when the first TTL pin that held back a shard it walked runs out
+    (``time.time()``; infinity: none)."""
 
     at: float
-    wall: float
     events: int
     left: int
+    pins_end: float
 
 
 class HotRoom:
@@ -92,7 +89,8 @@ class HotRoom:
     to 0.4 s (a policy review). So a walk that found too little is remembered for its
     scope, and the next eviction there that it could not help is not walked, until an
     evictable shard may have come (:meth:`room_may_have_come`,
-    :meth:`evictables_may_have_come`) or :data:`_BARE_WALK_REUSE_S` has passed.
+    :meth:`evictables_may_have_come`, a TTL pin that held one back running out) or
+    :data:`_BARE_WALK_REUSE_S` has passed.
     """
 
     def __init__(
@@ -123,8 +121,6 @@ class HotRoom:
         #: events after which a shard may be evictable that was not (room_may_have_come,
         #: evictables_may_have_come), under _probe_lock
         self._evictable_events = 0
-        #: when TTL pins run out (time.time() heap, at most MAX_PIN_ENDS), under _probe_lock
-        self._pin_ends: list[float] = []
         #: by scope (a dataset, None: every dataset), the last walk that found too
         #: little, under _lock
         self._bare_walks: dict[str | None, _BareWalk] = {}
@@ -219,23 +215,10 @@ class HotRoom:
             self._evictable_events += 1
             self._probe = None
 
-    def note_pin_end(self, until: float) -> None:
-        """A TTL pin runs out at ``until`` (``time.time()``): eviction may take its
-        shard then, so a walk that found too little before then is walked again."""
-        wall = time.time()
-        with self._probe_lock:
-            self._drop_old_pin_ends(wall)
-            if until > wall and len(self._pin_ends) < MAX_PIN_ENDS:
-                heapq.heappush(self._pin_ends, until)
-
-    def _drop_old_pin_ends(self, wall: float) -> None:
-        """Forget the pin ends no kept walk began before (with _probe_lock held)."""
-        while self._pin_ends and self._pin_ends[0] < wall - 2 * _BARE_WALK_REUSE_S:
-            heapq.heappop(self._pin_ends)
-
     def evictables_may_have_come(self) -> None:
-        """A shard went hot that eviction may take (a promotion: archived already): the
-        next eviction walks its scope again."""
+        """A shard went hot that eviction may take (a promotion: archived already), or a
+        pin got an end (a TTL, perhaps past already): the next eviction walks its scope
+        again."""
         with self._probe_lock:
             self._evictable_events += 1
 
@@ -364,9 +347,11 @@ class HotRoom:
         now = time.time()
         stale: list[Key] = []
         sizes: dict[Key, int] = {}
+        pins_end = math.inf  # the first TTL pin's end of the shards it held back
         with self._env.read() as txn:
 
             def evictable(key: Key) -> bool:
+                nonlocal pins_end
                 dataset, name = shard_of(key)
                 # An unreadable record cannot be evicted: the policy forgets it.
                 record = self._catalog.readable_shard(txn, dataset, name)
@@ -374,6 +359,8 @@ class HotRoom:
                     stale.append(key)
                     return False
                 if not record.evictable(now):
+                    if record.archived and record.pinned_until:
+                        pins_end = min(pins_end, record.pinned_until)
                     return False
                 sizes[key] = sum(record.stored_sizes(self._overhead(record)))
                 return True
@@ -396,9 +383,11 @@ class HotRoom:
                 if record is None or not record.hot:
                     self._policies.removed(key)
         self.evictions += len(gone)  # committed; under the eviction lock
+        # Walks of other scopes that events have voided go too (a dataset deleted).
+        self._bare_walks = {k: w for k, w in self._bare_walks.items() if w.events == events}
         if chosen < bytes_to_free:
             left = sum(sizes.values()) - sum(gone)
-            self._bare_walks[dataset] = _BareWalk(time.monotonic(), now, events, left)
+            self._bare_walks[dataset] = _BareWalk(time.monotonic(), events, left, pins_end)
         else:
             self._bare_walks.pop(dataset, None)
         return sum(gone)
@@ -412,13 +401,11 @@ class HotRoom:
         last = self._bare_walks.get(dataset)
         if last is None or time.monotonic() - last.at >= _BARE_WALK_REUSE_S:
             return False
-        wall = time.time()
+        if time.time() >= last.pins_end:
+            return False  # a pin that held a shard back has run out
         with self._probe_lock:
             if self._evictable_events != last.events:
                 return False
-            self._drop_old_pin_ends(wall)
-            if any(last.wall <= end <= wall for end in self._pin_ends):
-                return False  # a pin ran out since the walk
         return last.left == 0 or (only_if_enough and bytes_to_free > last.left)
 
     def evict_shard(self, dataset: str, name: str) -> int:

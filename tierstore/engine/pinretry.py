@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tierstore.engine.catalog import Catalog
-from tierstore.engine.eviction import MAX_PIN_ENDS, HotRoom
+from tierstore.engine.eviction import HotRoom
 from tierstore.engine.records import ShardRecord
 from tierstore.engine.sealing import stored_size
 from tierstore.tiers.lmdb import LmdbEnvironment
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 #: the longest pause between two tries of a failed pin's promotion (seconds).
 PIN_RETRY_MAX_S = 60.0
 
+#: the most TTL pin ends kept (see :meth:`PinRetries.note_pin_end`): past it, a pin
+#: waiting for room may wait out its back-off when a TTL pin runs out.
+MAX_PIN_ENDS = 4096
 
 #: (dataset, shard name) of a pin.
 _PinKey = tuple[str, str]
@@ -122,7 +125,7 @@ class PinRetries:
         waiting for room is tried again then, if its back-off would end later, since
         eviction may take that shard once its pin ran out: the pins waiting now, and
         those whose back-off is worked out before then."""
-        self._hot_room.note_pin_end(until)
+        self._hot_room.evictables_may_have_come()  # an end sooner, or past already
         wall, now = time.time(), time.monotonic()
         due = now + until - wall
         with self._lock:
