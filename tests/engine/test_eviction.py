@@ -230,38 +230,27 @@ def test_an_eviction_walk_that_found_too_little_is_not_walked_again_until_a_shar
     assert store.get("plain", "new0").to_bytes() == payload(FRAME, 0)
 
 
-def test_a_ttl_pin_that_runs_out_has_its_shard_walked_again(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("ended", ["its TTL runs out", "it is given an end past already"])
+def test_a_pin_that_ends_has_its_shard_walked_again(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, ended: str
 ) -> None:
+    # Pinned again with a TTL past already, a shard pinned for good was evictable at
+    # once, and eviction stayed off for 10 s (a diff review).
     walks = counted_walks(monkeypatch)
     store = ten_shard_tier(open_store, archived=9)  # at the high watermark
+    runs_out = ended == "its TTL runs out"
     for index in range(9):
-        store.pin("plain", f"old{index}", ttl_s=1.0)
+        store.pin("plain", f"old{index}", ttl_s=1.0 if runs_out else None)
     until = time.time() + 1.0
     for name in ("x", "y"):  # past it: one walk finds every shard pinned
         store.put("plain", name, payload(FRAME, ord(name)))
     assert len(walks) == 1
-    while time.time() <= until:  # the pins' time runs out (on the wall clock)
-        time.sleep(0.05)
-    store.put("plain", "z", payload(FRAME, ord("z")))
-    assert len(walks) == 2
-    assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME
-
-
-def test_a_pin_given_an_end_already_past_has_its_shard_walked_again(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Pinned for good, then pinned again with a TTL past already: evictable at once,
-    # and eviction stayed off for 10 s (a diff review).
-    walks = counted_walks(monkeypatch)
-    store = ten_shard_tier(open_store, archived=9)  # at the high watermark
-    for index in range(9):
-        store.pin("plain", f"old{index}")
-    for name in ("x", "y"):  # past it: one walk finds every shard pinned
-        store.put("plain", name, payload(FRAME, ord(name)))
-    assert len(walks) == 1
-    for index in range(9):
-        store.pin("plain", f"old{index}", ttl_s=1e-9)
+    if runs_out:
+        while time.time() <= until:  # the pins' time runs out (on the wall clock)
+            time.sleep(0.05)
+    else:
+        for index in range(9):
+            store.pin("plain", f"old{index}", ttl_s=1e-9)
     store.put("plain", "z", payload(FRAME, ord("z")))
     assert len(walks) == 2
     assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME
