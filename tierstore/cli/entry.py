@@ -64,6 +64,10 @@ def main() -> None:
             from tierstore.cli.argv import quiet_grpc_for
 
             serving = quiet_grpc_for(sys.argv[1:])  # before grpc loads, with the command line
+            if serving:
+                from tierstore.engine.allocator import cap_arenas
+
+                cap_arenas()  # before any thread starts: gRPC's start as grpc loads
             from tierstore.cli.main import main as run_command
         except KeyboardInterrupt:
             sys.exit(INTERRUPTED_EXIT)

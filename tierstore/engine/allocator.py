@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["IdleTrim", "trim_heap", "tune_allocator"]
+__all__ = ["IdleTrim", "cap_arenas", "trim_heap", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def _glibc_function(name: str) -> Callable[..., int] | None:
 
 def tune_allocator(max_frame_bytes: int, *, arenas: int | None = None) -> bool:
     """Keep buffers of up to a few frames in the heap and, with ``arenas``, cap glibc at
-    that many arenas (:data:`ARENAS` for a node); returns False where not glibc.
+    that many arenas (:data:`ARENAS` for a node: :func:`cap_arenas`); returns False
+    where not glibc.
 
-    The cap holds only for threads that first allocate after this call, so a process
-    calls it before it starts any (serve does; ``open_store`` leaves the arenas alone:
-    an embedding process has threads of its own, and no :class:`IdleTrim`). An
-    operator's ``MALLOC_ARENA_MAX`` or ``glibc.malloc.arena_max`` tunable wins.
+    The cap holds only for threads that first allocate after it, so a process sets it
+    before it starts any (serve's console script does; ``open_store`` leaves the arenas
+    alone: an embedding process has threads of its own, and no :class:`IdleTrim`).
     Safe to call more than once; never raises.
     """
     mallopt = _glibc_function("mallopt")
@@ -84,11 +84,31 @@ def tune_allocator(max_frame_bytes: int, *, arenas: int | None = None) -> bool:
     # at once, and giving it back each time costs the page faults we are avoiding.
     trim = min(max(8 * threshold, 256 << 20), 1 << 30)
     ok = bool(mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim))) and ok
-    if arenas is not None and not _arenas_set_by_operator():
-        ok = bool(mallopt(_M_ARENA_MAX, ctypes.c_int(arenas))) and ok
+    if arenas is not None:
+        ok = cap_arenas(arenas) and ok
     if not ok:
         log.warning("mallopt refused the allocator thresholds; puts will be slower")
     return ok
+
+
+def cap_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc at ``arenas`` arenas, unless an operator's ``MALLOC_ARENA_MAX`` or
+    ``glibc.malloc.arena_max`` tunable set a number (theirs wins); False where glibc
+    refused or is not there. Safe to call more than once; never raises.
+
+    Only threads that first allocate afterwards are held to it: each earlier one took an
+    arena of its own (while fewer than eight exist, glibc makes a new one for each new
+    thread), and later threads share all the arenas there are. So ``serve``'s console
+    script calls it first, before grpc loads: the client's fork gate makes a channel as
+    it is imported, whose threads took seven arenas before the node capped them, and
+    the node kept glibc's nine.
+    """
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
+        return False
+    if _arenas_set_by_operator():
+        return True
+    return bool(mallopt(_M_ARENA_MAX, ctypes.c_int(arenas)))
 
 
 def _arenas_set_by_operator() -> bool:
