@@ -372,6 +372,47 @@ def test_an_empty_token_is_refused_not_taken_from_the_environment(
     assert client.connected == {}  # no connection was made
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize(
+    ("option", "variable"),
+    [
+        ("--token-file", "TIERSTORE_TOKEN_FILE"),
+        ("--ca", "TIERSTORE_CA"),
+        ("--client-cert", "TIERSTORE_CLIENT_CERT"),
+        ("--client-key", "TIERSTORE_CLIENT_KEY"),
+    ],
+)
+def test_an_empty_file_option_is_refused_as_empty(
+    client: FakeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str,
+    variable: str,
+    where: str,
+) -> None:
+    # `--token-file "$TOKEN_FILE"` with the variable unset read "." and said "cannot
+    # read token file '.': Is a directory" (the others, the current directory's name).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, str(tmp_path / "the-environments.pem"))
+    argv = [option, "", "dataset", "ls"] if where == "before" else ["dataset", "ls", option, ""]
+    refused = invoke(*argv)
+    assert refused.exit_code == 2
+    assert one_error_line(refused).endswith(
+        f"{option} is empty: give a path, or leave {option} out to use {variable}"
+    )
+    assert client.connected == {}
+
+
+def test_an_empty_schema_file_is_refused_as_empty(client: FakeClient) -> None:
+    # It said "--schema .: cannot read it (... . is a directory)".
+    refused = invoke("dataset", "create", "d", "--schema", "")
+    assert refused.exit_code == 2
+    assert one_error_line(refused).endswith(
+        "--schema is empty: give an Arrow or Parquet file, or leave --schema out"
+    )
+    assert client.connected == {}
+
+
 def test_timeout_bounds_every_call_and_must_be_positive(client: FakeClient) -> None:
     assert invoke("--timeout", "2.5", "dataset", "ls").exit_code == 0
     assert (client.timeout_s, client.stream_timeout_s) == (2.5, 2.5)  # type: ignore[attr-defined]

@@ -268,6 +268,8 @@ def test_a_capacity_smaller_than_one_shard_is_refused(trace_file: Path) -> None:
         ((), "give one of --trace FILE and --workload NAME"),
         (("--workload", "epochs", "--trace", "x.jsonl"), "not both"),
         (("--workload", "epochs", "--seeds", "0"), "--seeds must be at least 1"),
+        # An unset variable's "": it said "cannot read trace .: Is a directory".
+        (("--trace", ""), "--trace is empty"),
     ],
 )
 def test_trace_source_and_seed_mistakes_are_refused(args: tuple[str, ...], message: str) -> None:

@@ -1532,6 +1532,10 @@ def test_serve_refuses_bad_options_before_touching_anything(tmp_path: Path) -> N
             f"cannot load key file {a_file}",
         ),
         (["--data-dir", "node", "--config", str(bad_base64)], "master key"),
+        # An unset variable's "" read the working directory: "cannot read settings
+        # file .: Is a directory".
+        (["--data-dir", "node", "--config", ""], "--config is empty"),
+        (["--data-dir", "node", "--master-key-file", ""], "--master-key-file is empty"),
         (["--data-dir", "node", "--caller-share", "0"], "caller share must be a number above 0"),
         (["--data-dir", "node", "--caller-share", "1.5"], "and at most 1 (1: none), got 1.5"),
     ]

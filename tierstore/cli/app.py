@@ -56,28 +56,33 @@ def _options(
         str | None, typer.Option(help="bearer token [TIERSTORE_TOKEN]", rich_help_panel=_CONNECTION)
     ] = None,
     token_file: Annotated[
-        Path | None,
+        str | None,  # (a Path would make "" the current directory)
         typer.Option(
+            metavar="PATH",
             help="file holding the bearer token, kept out of the process list "
             "[TIERSTORE_TOKEN_FILE]",
             rich_help_panel=_CONNECTION,
         ),
     ] = None,
     ca: Annotated[
-        Path | None,
-        typer.Option(help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION),
+        str | None,  # (a Path would make "" the current directory)
+        typer.Option(
+            metavar="PATH", help="server CA PEM file [TIERSTORE_CA]", rich_help_panel=_CONNECTION
+        ),
     ] = None,
     client_cert: Annotated[
-        Path | None,
+        str | None,  # (a Path would make "" the current directory)
         typer.Option(
+            metavar="PATH",
             help="client certificate PEM file, for a server that requires one "
             "[TIERSTORE_CLIENT_CERT]",
             rich_help_panel=_CONNECTION,
         ),
     ] = None,
     client_key: Annotated[
-        Path | None,
+        str | None,  # (a Path would make "" the current directory)
         typer.Option(
+            metavar="PATH",
             help="the client certificate's key PEM file [TIERSTORE_CLIENT_KEY]",
             rich_help_panel=_CONNECTION,
         ),
@@ -181,6 +186,19 @@ class ChangingCommand(ClientCommand):
         return super().invoke(ctx)
 
 
+#: the connection options that name a file: (option, its name in the state, variable)
+_FILE_OPTIONS = (
+    ("--token-file", "token_file", "TIERSTORE_TOKEN_FILE"),
+    ("--ca", "ca", "TIERSTORE_CA"),
+    ("--client-cert", "client_cert", "TIERSTORE_CLIENT_CERT"),
+    ("--client-key", "client_key", "TIERSTORE_CLIENT_KEY"),
+)
+
+
+def _path(given: str | None) -> Path | None:
+    return None if given is None else Path(given)
+
+
 def command_client() -> Any:
     """A client for this command, closed when the command ends, error or not: closing
     reports the reads it served in place (from this host's hot tier), which were never
@@ -201,6 +219,13 @@ def command_client() -> Any:
                 "TIERSTORE_TOKEN or TIERSTORE_TOKEN_FILE"
             )
         )
+    for option, given, variable in _FILE_OPTIONS:
+        if getattr(state, given) == "":  # as for --token: never the environment's instead
+            raise fail(
+                errors.InvalidArgument(
+                    f"{option} is empty: give a path, or leave {option} out to use {variable}"
+                )
+            )
     if state.token and state.token_file:
         raise fail(errors.InvalidArgument("give --token or --token-file, not both"))
     problem = None if state.timeout is None else timeout_problem(state.timeout)
@@ -210,10 +235,10 @@ def command_client() -> Any:
         client = connect(
             state.address,
             token=state.token,
-            token_file=state.token_file,
-            ca=state.ca,
-            client_cert=state.client_cert,
-            client_key=state.client_key,
+            token_file=_path(state.token_file),
+            ca=_path(state.ca),
+            client_cert=_path(state.client_cert),
+            client_key=_path(state.client_key),
             insecure=state.insecure,  # None, not given: TIERSTORE_INSECURE decides
         )
     except errors.TierstoreError as exc:  # no address, an unreadable CA file...

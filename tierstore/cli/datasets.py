@@ -81,10 +81,11 @@ def dataset_create(
     hot_quota: Annotated[int, typer.Option(help=_HOT_QUOTA_HELP)] = 0,
     backlog_quota: Annotated[int, typer.Option(help=_BACKLOG_QUOTA_HELP)] = 0,
     schema: Annotated[
-        Path | None,
+        str | None,  # (a Path would make "" the current directory)
         typer.Option(
+            metavar="PATH",
             help="an Arrow IPC file or stream, or a Parquet file (.parquet), whose schema "
-            "every shard must have (fixed at creation)"
+            "every shard must have (fixed at creation)",
         ),
     ] = None,
 ) -> None:
@@ -107,8 +108,14 @@ def dataset_create(
     }
     if policy is not None:
         options["policy"] = policy
+    if schema == "":  # an unset variable, say
+        raise fail(
+            errors.InvalidArgument(
+                "--schema is empty: give an Arrow or Parquet file, or leave --schema out"
+            )
+        )
     if schema is not None:
-        options["schema"] = run_or_fail(lambda: _schema_of_file(schema))
+        options["schema"] = run_or_fail(lambda: _schema_of_file(Path(schema)))
     settings = run_or_fail(lambda: command_client().create_dataset(name, **options))
     emit({"name": name, **_shown(settings)}, f"created dataset {name}")
 

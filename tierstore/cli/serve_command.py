@@ -64,8 +64,13 @@ def serve(
     ] = None,
     s3_access_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_ACCESS_KEY")] = "",
     s3_secret_key: Annotated[str, typer.Option(envvar="TIERSTORE_S3_SECRET_KEY")] = "",
-    master_key_file: Annotated[Path | None, typer.Option(help="master key file")] = None,
-    config: Annotated[Path | None, typer.Option(help="engine settings TOML file")] = None,
+    # (str: a Path would make "" the current directory)
+    master_key_file: Annotated[
+        str | None, typer.Option(metavar="PATH", help="master key file")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option(metavar="PATH", help="engine settings TOML file")
+    ] = None,
     hot_capacity: Annotated[int | None, typer.Option(help="hot tier bytes")] = None,
     no_local_reads: Annotated[
         bool,
@@ -146,6 +151,9 @@ def serve(
 
     if data_dir is not None and not data_dir.strip():  # an unset variable in a script
         raise fail(errors.InvalidArgument("--data-dir is empty; give a directory"))
+    for option, given in (("--config", config), ("--master-key-file", master_key_file)):
+        if given == "":  # likewise: not the working directory
+            raise fail(errors.InvalidArgument(f"{option} is empty; give a file, or leave it out"))
     if s3_endpoint is not None and not s3_endpoint.strip():  # not "no archive named"
         raise fail(
             errors.InvalidArgument(
@@ -188,8 +196,8 @@ def serve(
         prefix=prefix,
         s3_access_key=s3_access_key,
         s3_secret_key=s3_secret_key,
-        master_key_file=master_key_file,
-        config_file=config,
+        master_key_file=None if master_key_file is None else Path(master_key_file),
+        config_file=None if config is None else Path(config),
         hot_capacity_bytes=hot_capacity,
         local_reads=not no_local_reads,
         local_grant_ttl_s=local_grant_ttl,

@@ -27,7 +27,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 from rich.progress import Progress as ProgressBar
 
-from tierstore.cli.output import checked_output_file, err, out, run_or_fail
+from tierstore.cli.output import checked_output_file, err, fail, out, run_or_fail
 from tierstore.cli.state import state
 from tierstore.errors import InvalidArgument
 from tierstore.policy.registry import POLICY_NAMES
@@ -56,10 +56,11 @@ class SimulateRequest:
 
 def simulate(
     trace: Annotated[
-        Path | None,
+        str | None,  # (a Path would make "" the current directory)
         typer.Option(
+            metavar="PATH",
             help="a recorded trace file (JSON Lines, may be gzip; read once, so a pipe "
-            "will do); -: read it from stdin, as `trace export -o -` writes it"
+            "will do); -: read it from stdin, as `trace export -o -` writes it",
         ),
     ] = None,
     workload: Annotated[str | None, typer.Option(help="a built-in workload by name")] = None,
@@ -92,11 +93,13 @@ def simulate(
     planned shards ahead of their reads: compare eviction and admission only."""
     notes: list[str] = []  # about the trace file, said after the results
     # Before the replays, which may take minutes: their results were lost to a typo.
+    if trace == "":  # an unset variable, say: not the working directory
+        raise fail(InvalidArgument("--trace is empty: give a trace file, or - for stdin"))
     plot = None if png is None else checked_output_file(png, "--png")
 
     def run() -> list[SweepRow]:
         request = SimulateRequest(
-            trace=trace,
+            trace=None if trace is None else Path(trace),
             workload=workload,
             policies=_names(policy, "--policy") if policy is not None else (),
             capacities=tuple(_fraction(text) for text in _names(capacity, "--capacity")),

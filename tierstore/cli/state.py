@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tierstore.client.deadlines import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S
@@ -29,10 +28,11 @@ class State:
 
     address: str | None = None
     token: str | None = None
-    token_file: Path | None = None
-    ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
+    #: the files' options as given ("" kept: refused as empty, not read as ".")
+    token_file: str | None = None
+    ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
     #: --insecure (True) or --no-insecure (False); None: TIERSTORE_INSECURE decides
     insecure: bool | None = None
     #: seconds any one call may take (None: the client's defaults)
