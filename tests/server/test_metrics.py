@@ -21,7 +21,9 @@ from tests.engine.stores import StoreFactory
 from tests.server.conftest import ServerProcess
 from tests.server.servers import serving
 from tierstore.engine.catalog import Catalog
+from tierstore.server.callerworkers import CallerWorkers
 from tierstore.server.metrics import MAX_SCRAPES, MAX_WAITING, ServerMetrics, listen_address
+from tierstore.server.places import Places
 from tierstore.types import DatasetSettings
 from tierstore.v1 import datasets_pb2, datasets_pb2_grpc
 
@@ -83,6 +85,23 @@ def test_only_the_metrics_path_answers(path: str) -> None:
         assert 'tierstore_requests_total{code="OK",method="GetShard"} 1.0' in text.splitlines()
     finally:
         metrics.stop_serving()
+
+
+def test_the_worker_calls_help_names_the_places_kept_for_the_nodes_admins() -> None:
+    # It named a caller's share only: an operator seeing ServerBusy at 30 of 32 calls
+    # found no word of the 2 kept for admins.
+    metrics = ServerMetrics()
+    metrics.watch_places(Places(8), Places(8), CallerWorkers(32))
+    helps = {
+        family.name: family.documentation
+        for family in metrics.registry.collect()
+        if family.name.startswith("tierstore_worker_calls")
+    }
+    assert (
+        "than the 30 of them that callers other than the node's admins"
+        in helps["tierstore_worker_calls"]
+    )
+    assert "2 are kept for callers with the admin role on *" in helps["tierstore_worker_calls"]
 
 
 def test_a_stopped_server_closes_its_metrics_port(tmp_path: Path) -> None:

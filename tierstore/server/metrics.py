@@ -456,7 +456,14 @@ class _PlacesCollector(Collector):
         ]
         if workers is not None:
             what = "authenticated calls running on the node's workers"
-            self._bounds.append(("worker_calls", what, workers, _PAST_SHARE))
+            past = _PAST_SHARE
+            if workers.group_bound < workers.slots:
+                past += (
+                    f", or than the {workers.group_bound} of them that callers other than "
+                    f"the node's admins may hold together ({workers.slots - workers.group_bound}"
+                    " are kept for callers with the admin role on *),"
+                )
+            self._bounds.append(("worker_calls", what, workers, past))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, what, places, past in self._bounds:
