@@ -289,6 +289,30 @@ def test_dataset_create_ls_rm(env: dict[str, str], admin: Client) -> None:
     assert not {plain, secret} & names
 
 
+def test_dataset_create_exist_ok_takes_a_dataset_made_as_asked(env: dict[str, str]) -> None:
+    # A setup script run again: it failed with AlreadyExists (exit 2), like a mistake.
+    name = unique()
+    made = ok(env, "dataset", "create", name, "--hot-quota", "4096")
+    again = ok(env, "dataset", "create", name, "--hot-quota", "4096", "--exist-ok")
+    assert again == {**made, "created": False}
+    said = run(
+        env, "dataset", "create", name, "--hot-quota", "4096", "--exist-ok", json_output=False
+    )
+    assert said.returncode == 0 and said.stdout.decode().startswith(
+        f"dataset {name} exists already, as asked"
+    )
+    fresh = unique()
+    assert ok(env, "dataset", "create", fresh, "--exist-ok")["created"] is True
+    # Asked otherwise: refused, naming what differs; the dataset is left as it was.
+    refused = run(env, "dataset", "create", name, "--no-encrypted", "--exist-ok")
+    assert refused.returncode == 2
+    assert (
+        "encrypted True (asked False), hot_quota_bytes 4096 (asked 0); --exist-ok takes it "
+        "only as asked"
+    ) in refused.stderr.decode()
+    assert {d["name"]: d for d in ok(env, "dataset", "ls")}[name] == made
+
+
 def test_dataset_hot_quota_create_and_update(env: dict[str, str], admin: Client) -> None:
     capped = unique()
     created = ok(env, "dataset", "create", capped, "--hot-quota", "1000000")

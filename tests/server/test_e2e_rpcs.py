@@ -96,6 +96,27 @@ def test_datasets_create_get_list_update_delete(admin: Client) -> None:
 
     with pytest.raises(errors.AlreadyExists):
         admin.create_dataset(plain, encrypted=False)
+    # exist_ok: the dataset as it is, if it is as asked; else which settings differ.
+    again = unique()
+    made = admin.create_dataset(again, encrypted=False, hot_quota_bytes=4096)
+    assert admin.create_dataset(again, encrypted=False, hot_quota_bytes=4096, exist_ok=True) == made
+    with pytest.raises(errors.AlreadyExists) as other:
+        admin.create_dataset(again, exist_ok=True, durability="write-through")
+    assert str(other.value) == (
+        f"dataset {again!r} exists with other settings: encrypted False (asked True), "
+        "durability write-back (asked write-through), hot_quota_bytes 4096 (asked 0); "
+        "exist_ok takes it only as asked"
+    )
+    with pytest.raises(errors.AlreadyExists, match=r"no schema \(asked one\); exist_ok"):
+        admin.create_dataset(
+            again,
+            encrypted=False,
+            hot_quota_bytes=4096,
+            schema=pa.schema([("x", pa.int64())]),
+            exist_ok=True,
+        )
+    assert admin.get_dataset(again) == made  # left as it was
+    admin.delete_dataset(again)
     admin.put(plain, "x", b"payload")
     with pytest.raises(errors.FailedPrecondition):
         admin.delete_dataset(plain)  # not empty

@@ -22,6 +22,7 @@ from tierstore.cli.output import (
     run_or_fail,
     yes_no,
 )
+from tierstore.client.admincalls import check_as_asked, dataset_settings_asked
 from tierstore.naming import validate_dataset_name
 from tierstore.types import DatasetSettings, Durability, check_backlog_quota, check_hot_quota
 
@@ -88,10 +89,20 @@ def dataset_create(
             "every shard must have (fixed at creation)",
         ),
     ] = None,
+    exist_ok: Annotated[
+        bool,
+        typer.Option(
+            "--exist-ok",
+            help="succeed if the dataset exists already with these very settings "
+            "(a setup run again); one of other settings is still refused",
+        ),
+    ] = False,
 ) -> None:
     """Create a dataset: encrypted at rest unless --no-encrypted is given (fixed at
     creation). With --schema, every shard put into it must have that file's Arrow
-    schema (metadata aside); raw bytes are refused there."""
+    schema (metadata aside); raw bytes are refused there. With --exist-ok, one that
+    exists as asked is taken (exit 0, "created": false with --json); one of other
+    settings is refused (exit 2), naming those that differ."""
     _check_quotas(hot_quota, backlog_quota)
     if policy == "":  # "$POLICY" of an unset variable: not the server's default instead
         raise fail(
@@ -116,8 +127,27 @@ def dataset_create(
         )
     if schema is not None:
         options["schema"] = run_or_fail(lambda: _schema_of_file(Path(schema)))
-    settings = run_or_fail(lambda: command_client().create_dataset(name, **options))
-    emit({"name": name, **_shown(settings)}, f"created dataset {name}")
+    if not exist_ok:
+        settings = run_or_fail(lambda: command_client().create_dataset(name, **options))
+        emit({"name": name, **_shown(settings)}, f"created dataset {name}")
+        return
+    settings, created = run_or_fail(lambda: _create_or_take(name, options))
+    emit(
+        {"name": name, **_shown(settings), "created": created},
+        f"created dataset {name}" if created else f"dataset {name} exists already, as asked",
+    )
+
+
+def _create_or_take(name: str, options: dict[str, Any]) -> tuple[DatasetSettings, bool]:
+    """Dataset ``name`` made with ``options``, or as it is if it exists with just those
+    settings (AlreadyExists otherwise); whether it was made."""
+    client = command_client()
+    try:
+        return client.create_dataset(name, **options), True
+    except errors.AlreadyExists:
+        existing = client.get_dataset(name)
+        check_as_asked(name, existing, dataset_settings_asked(**options), "--exist-ok")
+        return existing, False
 
 
 def _schema_of_file(path: Path) -> pa.Schema:

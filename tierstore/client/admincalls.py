@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from tierstore.arrowio import schema_of_message
 from tierstore.client.arguments import (
     backlog_quota,
     checked_text,
@@ -19,7 +20,7 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.core import ClientCore
 from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
-from tierstore.errors import FailedPrecondition, InvalidArgument
+from tierstore.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
@@ -37,7 +38,7 @@ from tierstore.wire.convert import (
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.trace import trace_events_from_pb
 
-__all__ = ["AdminCalls"]
+__all__ = ["AdminCalls", "check_as_asked", "dataset_settings_asked"]
 
 
 class AdminCalls(ClientCore):
@@ -56,6 +57,7 @@ class AdminCalls(ClientCore):
         policy: str = DEFAULT_POLICY_NAME,
         schema: pa.Schema | None = None,
         backlog_quota_bytes: int = 0,
+        exist_ok: bool = False,
     ) -> DatasetSettings:
         """Create a dataset.
 
@@ -71,34 +73,48 @@ class AdminCalls(ClientCore):
         SchemaMismatch); the returned settings hold it as an IPC message
         (``pyarrow.ipc.read_schema`` reads it). ``backlog_quota_bytes``: the most
         stored bytes of it that may wait for the archive at once, a share of the
-        node's backlog cap (0: only that cap; puts past it fail BacklogFull). Raises
-        InvalidName, AlreadyExists, PermissionDenied, UnknownPolicy.
+        node's backlog cap (0: only that cap; puts past it fail BacklogFull).
+        ``exist_ok``: a dataset of that name made with these very settings (schema
+        metadata aside) is taken as it is, and its settings returned (a setup run
+        again); one of other settings is still AlreadyExists, naming those that differ
+        (it is left as it is: the changeable ones change with :meth:`update_dataset`
+        and :meth:`set_policy`). Raises InvalidName, AlreadyExists, PermissionDenied,
+        UnknownPolicy.
         """
         validate_dataset_name(name)
-        policy = checked_text("policy", policy, "a placement policy's name")
-        quota = hot_quota(hot_quota_bytes)
-        most_waiting = backlog_quota(backlog_quota_bytes)
-        if schema is not None and not isinstance(schema, pa.Schema):
-            raise InvalidArgument(f"schema must be a pyarrow.Schema or None, not {schema!r:.60}")
-        message = schema.serialize().to_pybytes() if schema is not None else b""
-        settings = DatasetSettings(
-            encrypted, durability_named(durability), quota, policy, message, most_waiting
+        settings = dataset_settings_asked(
+            encrypted=encrypted,
+            durability=durability,
+            hot_quota_bytes=hot_quota_bytes,
+            policy=policy,
+            schema=schema,
+            backlog_quota_bytes=backlog_quota_bytes,
         )
+        exist_ok = check_bool("exist_ok", exist_ok)
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
-        reply = self._call(
-            stub.CreateDataset,
-            datasets_pb2.CreateDatasetRequest(name=name, settings=dataset_settings_to_pb(settings)),
-            idempotent=False,
-            changes=f"the creation of dataset {name}",
-        )
+        try:
+            reply = self._call(
+                stub.CreateDataset,
+                datasets_pb2.CreateDatasetRequest(
+                    name=name, settings=dataset_settings_to_pb(settings)
+                ),
+                idempotent=False,
+                changes=f"the creation of dataset {name}",
+            )
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            existing = self.get_dataset(name)
+            check_as_asked(name, existing, settings)
+            return existing
         made = dataset_settings_from_pb(reply.settings)
-        if made.arrow_schema != message:  # a node older than dataset schemas drops it
+        if made.arrow_schema != settings.arrow_schema:  # a node older than dataset schemas drops it
             raise FailedPrecondition(
                 f"the node made dataset {name!r} without its schema: it is older than "
                 "this client, and has no dataset schemas. Delete the dataset, or make it "
                 "without schema="
             )
-        _check_backlog_quota_kept(name, made, most_waiting)
+        _check_backlog_quota_kept(name, made, settings.backlog_quota_bytes)
         return made
 
     def get_dataset(self, name: str) -> DatasetSettings:
@@ -309,6 +325,64 @@ class AdminCalls(ClientCore):
                 metadata=self._channel.metadata,
             )
         return trace_events_from_pb(mapped_responses(responses))
+
+
+def dataset_settings_asked(
+    *,
+    encrypted: bool = True,
+    durability: str = "write-back",
+    hot_quota_bytes: int = 0,
+    policy: str = DEFAULT_POLICY_NAME,
+    schema: pa.Schema | None = None,
+    backlog_quota_bytes: int = 0,
+) -> DatasetSettings:
+    """The settings :meth:`AdminCalls.create_dataset` asks for with these arguments (its
+    defaults); InvalidArgument for a bad one."""
+    policy = checked_text("policy", policy, "a placement policy's name")
+    quota = hot_quota(hot_quota_bytes)
+    most_waiting = backlog_quota(backlog_quota_bytes)
+    if schema is not None and not isinstance(schema, pa.Schema):
+        raise InvalidArgument(f"schema must be a pyarrow.Schema or None, not {schema!r:.60}")
+    message = schema.serialize().to_pybytes() if schema is not None else b""
+    return DatasetSettings(
+        encrypted, durability_named(durability), quota, policy, message, most_waiting
+    )
+
+
+def check_as_asked(
+    name: str, existing: DatasetSettings, asked: DatasetSettings, option: str = "exist_ok"
+) -> None:
+    """AlreadyExists unless dataset ``name``'s ``existing`` settings are those ``asked``
+    for (its schema's metadata aside, as a put's schema is checked), naming each that
+    differs: ``option`` (``exist_ok``, ``--exist-ok``) takes a dataset only as asked."""
+    differences = [
+        f"{field} {getattr(existing, field)} (asked {getattr(asked, field)})"
+        for field in _FIELDS_ASKED
+        if getattr(existing, field) != getattr(asked, field)
+    ]
+    schema = _schema_difference(existing.arrow_schema, asked.arrow_schema)
+    if schema:
+        differences.append(schema)
+    if differences:
+        raise AlreadyExists(
+            f"dataset {name!r} exists with other settings: {', '.join(differences)}; "
+            f"{option} takes it only as asked"
+        )
+
+
+#: the settings check_as_asked compares as they are (the schema apart)
+_FIELDS_ASKED = ("encrypted", "durability", "hot_quota_bytes", "policy", "backlog_quota_bytes")
+
+
+def _schema_difference(existing: bytes, asked: bytes) -> str:
+    """How a dataset's schema differs from the one asked for ("": it does not)."""
+    if not existing and not asked:
+        return ""
+    if not existing or not asked:
+        return "no schema (asked one)" if asked else "a schema (asked none)"
+    if schema_of_message(existing).equals(schema_of_message(asked), check_metadata=False):
+        return ""
+    return "another schema than the one asked"
 
 
 def _check_backlog_quota_kept(name: str, settings: DatasetSettings, wanted: int) -> None:
