@@ -331,7 +331,7 @@ class Testbed:
         command = [
             sys.executable,
             "-m",
-            "tierstore.cli.main",
+            "tierstore",
             "serve",
             f"--data-dir={data_dir}",
             "--listen=127.0.0.1:0",

@@ -18,18 +18,19 @@ spots of the get path cost, without changing the package:
    Patched: a hot shard's frames are read one at a time as they are consumed
    (cold shards keep the read-ahead, which overlaps archive GETs).
 
-Nothing else differs from ``python -m tierstore.cli.main``.
+Nothing else differs from ``python -m tierstore``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tierstore.engine import sealedpath
-from tierstore.server import shards
-from tierstore.v1 import shards_pb2
+from tierstore.v1 import shards_pb2  # (protobuf only: grpc is not loaded yet)
+
+if TYPE_CHECKING:
+    from tierstore.engine import sealedpath
 
 __all__ = ["patch"]
 
@@ -76,15 +77,18 @@ def _stream_hot_lazily(original: Any) -> Any:
 
 
 def patch() -> None:
-    """Apply both what-if patches to this process."""
+    """Apply both what-if patches to this process (it loads grpc: call it once the
+    console script's first steps are done, as ``main`` below does)."""
+    from tierstore.engine import sealedpath
+    from tierstore.server import shards
+
     shards.shards_pb2 = _InPlaceMessages()  # type: ignore[attr-defined,assignment]
     reader = sealedpath.SealedReader
     reader.stream = _stream_hot_lazily(reader.stream)  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
-    patch()
-    from tierstore.cli.main import main
+    from tierstore.cli.entry import main
 
     sys.argv[0] = "tierstore"
-    main()
+    main(prepare=patch)

@@ -120,9 +120,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the server and return once its banner says ready."""
-        program = (
-            [str(BENCH_DIR / "serve_what_if.py")] if self.what_if else ["-m", "tierstore.cli.main"]
-        )
+        program = [str(BENCH_DIR / "serve_what_if.py")] if self.what_if else ["-m", "tierstore"]
         command = [
             sys.executable,
             *program,

@@ -17,6 +17,14 @@ import pytest
 #: ``SIGNALLED`` set, the process sends itself that signal as typer starts to load.
 _SCRIPT = """
 import builtins, os, sys
+if os.environ.get("CUT_SHORT_AS_BUILT"):
+    import typer.main
+    real_get_command = typer.main.get_command
+    def built_cut_short(typer_instance):
+        if typer_instance.registered_groups:  # the command tree's (the options' have none)
+            raise KeyboardInterrupt
+        return real_get_command(typer_instance)
+    typer.main.get_command = built_cut_short
 real_import = builtins.__import__
 def import_cut_short(name, *args, **kwargs):
     if name == "typer":
@@ -35,15 +43,17 @@ from tierstore.cli.entry import main
 main()
 """
 
-_SWITCHES = ("CUT_SHORT", "SIGNALLED")
+_SWITCHES = ("CUT_SHORT", "SIGNALLED", "CUT_SHORT_AS_BUILT")
 
 
 def run_entry(
-    *argv: str, cut_short: bool = False, signalled: int | None = None
+    *argv: str, cut_short: bool = False, signalled: int | None = None, as_built: bool = False
 ) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key not in _SWITCHES}
     if cut_short:
         env["CUT_SHORT"] = "1"
+    if as_built:
+        env["CUT_SHORT_AS_BUILT"] = "1"
     if signalled is not None:
         env["SIGNALLED"] = str(signalled)
     return subprocess.run(
@@ -60,6 +70,38 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback() -> 
     done = run_entry("--help", cut_short=True)
     assert done.returncode == 130
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_ctrl_c_as_the_command_tree_is_built_exits_130_without_a_traceback() -> None:
+    # Past the entry's guard, typer builds the tree outside click's own handling: a
+    # traceback and exit -2, in a window of some 50 ms (a review's probe).
+    done = run_entry("--help", as_built=True)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_python_dash_m_tierstore_is_the_console_script() -> None:
+    # The package had no __main__; the benchmarks ran `python -m tierstore.cli.main`,
+    # which loads grpc before any of the entry's first steps (the node's arena cap
+    # among them: its node kept glibc's nine arenas).
+    done = subprocess.run(
+        [sys.executable, "-m", "tierstore", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m tierstore serve" in done.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "tierstore.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert module.returncode == 2
+    assert module.stderr.strip() == (
+        "tierstore: run the tierstore command, or python -m tierstore, not this module"
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 __all__ = ["main"]
@@ -51,8 +52,9 @@ def _print_what_the_terminal_cannot_show() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def main() -> None:
-    """Entry point of the ``tierstore`` command."""
+def main(prepare: Callable[[], object] | None = None) -> None:
+    """Entry point of the ``tierstore`` command. ``prepare`` runs after the first steps,
+    before the command line loads (a benchmark's patches, which load grpc)."""
     _print_what_the_terminal_cannot_show()
     caught: list[signal.Signals] = []
     try:
@@ -68,6 +70,8 @@ def main() -> None:
                 from tierstore.engine.allocator import cap_arenas
 
                 cap_arenas()  # before any thread starts: gRPC's start as grpc loads
+            if prepare is not None:
+                prepare()
             from tierstore.cli.main import main as run_command
         except KeyboardInterrupt:
             sys.exit(INTERRUPTED_EXIT)

@@ -82,8 +82,8 @@ app.command("simulate", cls=Command)(simulate)
 
 def main() -> None:
     """Entry point of the ``tierstore`` command."""
-    # gRPC's log level: set here too for a command run as this module, though it
-    # counts only before grpc loads (tierstore.cli.argv), as the console script sets it.
+    # Set by the console script already (tierstore.cli.entry), before grpc loaded; a
+    # caller of this function (a test's runner) gets the same level, late as it is.
     serving = quiet_grpc_for(sys.argv[1:])
     _stand_in_for_closed_streams(serving)
     # serve stops gracefully on SIGTERM, its own way.
@@ -99,6 +99,8 @@ def _run_command() -> Any:
     """Run the command line; its exit code (typer's return, or that of an error)."""
     try:
         return app(standalone_mode=False)
+    except KeyboardInterrupt:  # as typer builds the command tree, before click's handling
+        return INTERRUPTED_EXIT
     except typer.Abort:
         err.print("Aborted!", highlight=False)
         return 1
@@ -167,4 +169,10 @@ def _command_path(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    # Too late for the entry's first steps: this module has loaded grpc, and with it
+    # gRPC's threads, before the node's arena cap or gRPC's log level could be set.
+    print(
+        "tierstore: run the tierstore command, or python -m tierstore, not this module",
+        file=sys.stderr,
+    )
+    sys.exit(2)  # a usage mistake, as the command's
