@@ -6,10 +6,9 @@ import enum
 import numbers
 import operator
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import cast
-
-import numpy as np
 
 from tierstore.errors import InvalidArgument
 
@@ -64,16 +63,25 @@ def check_bool(name: str, value: object) -> bool:
     """``value`` as a bool if it is one (numpy's too), else InvalidArgument naming
     ``name``. Not its truth: ``shuffle="no"`` shuffled, ``insecure="no"`` connected in
     plaintext, and 0 or None passed for False."""
-    if not isinstance(value, bool | np.bool_):
+    if not _is_bool(value):
         raise InvalidArgument(f"{name} must be True or False, got {value!r:.40}")
     return bool(value)
+
+
+def _is_bool(value: object) -> bool:
+    """Whether ``value`` is a bool, numpy's too. numpy is not imported for it (this
+    module loads only the standard library): without numpy loaded, none is numpy's."""
+    if isinstance(value, bool):
+        return True
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.bool_)
 
 
 def whole_number(value: object) -> int | None:
     """``value`` as an int if it is a whole number: an int or a numpy integer (anything
     with ``__index__``), but not a bool (True is no count); else None. Not ``int()``: a
     float's fraction or a string's digits would pass as a count."""
-    if isinstance(value, bool | np.bool_):
+    if _is_bool(value):
         return None
     try:
         return operator.index(value)  # type: ignore[arg-type]
