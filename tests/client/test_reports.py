@@ -235,3 +235,14 @@ def test_close_while_reads_start_the_thread_raises_nothing_and_loses_nothing() -
     reporter.close()
     assert failures == []
     assert server.totals() == {("d", "s", 1): sum(added)}  # every read reported once
+
+
+def test_the_thread_of_a_reporter_dropped_without_close_ends_at_once() -> None:
+    # It ended at its next wake-up only: a loop of clients dropped without close(), a
+    # hundred a second, held some hundred threads at once (a review's probe).
+    reporter = ReadReporter(Server(), every_reads=10**9, interval_s=3600)
+    reporter.add("d", "s", 1)
+    thread = reporter._thread
+    assert thread is not None and thread.is_alive()
+    del reporter
+    poll(lambda: not thread.is_alive(), 10, "the dropped reporter's thread to end")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -79,7 +80,10 @@ class ReadReporter:
         self._sending = threading.Lock()
         self._pending: dict[str, dict[tuple[str, int], int]] = {}
         self._count = 0
-        self._wake = threading.Event()
+        #: wake-ups of the thread: a queue, not an Event, as the reporter's collection
+        #: wakes it from a weakref callback, which may run wherever the garbage
+        #: collector does (SimpleQueue.put is safe there; an Event's lock is not)
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,7 +96,7 @@ class ReadReporter:
             due = self._count >= self.every_reads
         self.start()
         if due:
-            self._wake.set()
+            self._wake.put(None)
 
     def start(self) -> None:
         """Start the background thread if it is not running: it reports, and calls
@@ -103,10 +107,17 @@ class ReadReporter:
         with self._lock:
             if self._thread is not None:
                 return
-            self._wake, self._stop = threading.Event(), threading.Event()
+            wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+            stop = threading.Event()
+            self._wake, self._stop = wake, stop
+            # Woken as the reporter is collected (a client dropped without close()), so
+            # its thread ends then, not at its next wake-up: a loop of dropped clients
+            # held a thread each for up to interval_s. (The callback holds the queue,
+            # not the reporter.)
+            gone = weakref.ref(self, lambda _ref: wake.put(None))
             thread = threading.Thread(
                 target=_report_loop,
-                args=(weakref.ref(self), self._wake, self._stop, self.interval_s),
+                args=(gone, wake, stop, self.interval_s),
                 name="tierstore-read-reports",
                 daemon=True,
             )
@@ -136,7 +147,7 @@ class ReadReporter:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
-            self._wake.set()
+            self._wake.put(None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         self.flush(wait_for_ready=False)  # a node gone for good must not hold up a close
@@ -167,15 +178,14 @@ class ReadReporter:
 
 def _report_loop(
     reporter: weakref.ref[ReadReporter],
-    wake: threading.Event,
+    wake: queue.SimpleQueue[None],
     stop: threading.Event,
     interval_s: float,
 ) -> None:
     # Holds the reporter only while sending, so a client dropped without close() is
-    # collected (its thread then ends at the next wake-up).
+    # collected (its thread then ends: the collection wakes it).
     while True:
-        wake.wait(interval_s)
-        wake.clear()
+        _wait_and_drain(wake, interval_s)
         current = reporter()
         if current is None or stop.is_set():
             return
@@ -183,6 +193,20 @@ def _report_loop(
         if current._on_wake is not None:
             current._on_wake()
         del current
+
+
+def _wait_and_drain(wake: queue.SimpleQueue[None], timeout_s: float) -> None:
+    """Wait for a wake-up or ``timeout_s``, then take every wake-up queued: one round of
+    sending answers them all."""
+    try:
+        wake.get(timeout=timeout_s)
+    except queue.Empty:
+        return
+    while True:
+        try:
+            wake.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _batches(reads: list[LocalReadCount]) -> Iterator[list[LocalReadCount]]:
