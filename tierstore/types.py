@@ -73,8 +73,8 @@ def _is_bool(value: object) -> bool:
     module loads only the standard library): without numpy loaded, none is numpy's."""
     if isinstance(value, bool):
         return True
-    numpy = sys.modules.get("numpy")
-    return numpy is not None and isinstance(value, numpy.bool_)
+    numpy_bool = getattr(sys.modules.get("numpy"), "bool_", None)  # (numpy half loaded)
+    return numpy_bool is not None and isinstance(value, numpy_bool)
 
 
 def whole_number(value: object) -> int | None:

@@ -22,7 +22,7 @@ from tierstore.cli.output import (
     run_or_fail,
     yes_no,
 )
-from tierstore.client.admincalls import check_as_asked, dataset_settings_asked
+from tierstore.client.admincalls import create_or_take, dataset_settings_asked
 from tierstore.naming import validate_dataset_name
 from tierstore.types import DatasetSettings, Durability, check_backlog_quota, check_hot_quota
 
@@ -142,12 +142,13 @@ def _create_or_take(name: str, options: dict[str, Any]) -> tuple[DatasetSettings
     """Dataset ``name`` made with ``options``, or as it is if it exists with just those
     settings (AlreadyExists otherwise); whether it was made."""
     client = command_client()
-    try:
-        return client.create_dataset(name, **options), True
-    except errors.AlreadyExists:
-        existing = client.get_dataset(name)
-        check_as_asked(name, existing, dataset_settings_asked(**options), "--exist-ok")
-        return existing, False
+    return create_or_take(
+        name,
+        dataset_settings_asked(**options),
+        lambda: client.create_dataset(name, **options),
+        lambda: client.get_dataset(name),
+        "--exist-ok",
+    )
 
 
 def _schema_of_file(path: Path) -> pa.Schema:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from tierstore.client.arguments import (
 )
 from tierstore.client.core import ClientCore
 from tierstore.client.failures import closed_channel_is_unavailable, mapped_responses
-from tierstore.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from tierstore.errors import AlreadyExists, DatasetNotFound, FailedPrecondition, InvalidArgument
 from tierstore.naming import validate_dataset_name
 from tierstore.types import (
     DEFAULT_POLICY_NAME,
@@ -38,7 +38,7 @@ from tierstore.wire.convert import (
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.trace import trace_events_from_pb
 
-__all__ = ["AdminCalls", "check_as_asked", "dataset_settings_asked"]
+__all__ = ["AdminCalls", "check_as_asked", "create_or_take", "dataset_settings_asked"]
 
 
 class AdminCalls(ClientCore):
@@ -90,23 +90,24 @@ class AdminCalls(ClientCore):
             schema=schema,
             backlog_quota_bytes=backlog_quota_bytes,
         )
-        exist_ok = check_bool("exist_ok", exist_ok)
-        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
-        try:
-            reply = self._call(
-                stub.CreateDataset,
-                datasets_pb2.CreateDatasetRequest(
-                    name=name, settings=dataset_settings_to_pb(settings)
-                ),
-                idempotent=False,
-                changes=f"the creation of dataset {name}",
+        if check_bool("exist_ok", exist_ok):
+            made, _ = create_or_take(
+                name,
+                settings,
+                lambda: self._create_dataset(name, settings),
+                lambda: self.get_dataset(name),
             )
-        except AlreadyExists:
-            if not exist_ok:
-                raise
-            existing = self.get_dataset(name)
-            check_as_asked(name, existing, settings)
-            return existing
+            return made
+        return self._create_dataset(name, settings)
+
+    def _create_dataset(self, name: str, settings: DatasetSettings) -> DatasetSettings:
+        stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
+        reply = self._call(
+            stub.CreateDataset,
+            datasets_pb2.CreateDatasetRequest(name=name, settings=dataset_settings_to_pb(settings)),
+            idempotent=False,
+            changes=f"the creation of dataset {name}",
+        )
         made = dataset_settings_from_pb(reply.settings)
         if made.arrow_schema != settings.arrow_schema:  # a node older than dataset schemas drops it
             raise FailedPrecondition(
@@ -338,7 +339,8 @@ def dataset_settings_asked(
 ) -> DatasetSettings:
     """The settings :meth:`AdminCalls.create_dataset` asks for with these arguments (its
     defaults); InvalidArgument for a bad one."""
-    policy = checked_text("policy", policy, "a placement policy's name")
+    # "" is the node's default, as the wire reads it: asked again, it is that one.
+    policy = checked_text("policy", policy, "a placement policy's name") or DEFAULT_POLICY_NAME
     quota = hot_quota(hot_quota_bytes)
     most_waiting = backlog_quota(backlog_quota_bytes)
     if schema is not None and not isinstance(schema, pa.Schema):
@@ -347,6 +349,31 @@ def dataset_settings_asked(
     return DatasetSettings(
         encrypted, durability_named(durability), quota, policy, message, most_waiting
     )
+
+
+def create_or_take(
+    name: str,
+    asked: DatasetSettings,
+    create: Callable[[], DatasetSettings],
+    get: Callable[[], DatasetSettings],
+    option: str = "exist_ok",
+) -> tuple[DatasetSettings, bool]:
+    """Dataset ``name`` made by ``create``, or, if it exists already, read by ``get``
+    and taken if it is as ``asked`` (:func:`check_as_asked`, naming ``option``); whether
+    it was made. One deleted between the two is made again (at most twice more): a
+    create must not say the dataset is not found."""
+    for _ in range(2):
+        try:
+            return create(), True
+        except AlreadyExists:
+            pass
+        try:
+            existing = get()
+        except DatasetNotFound:
+            continue
+        check_as_asked(name, existing, asked, option)
+        return existing, False
+    return create(), True
 
 
 def check_as_asked(
