@@ -428,7 +428,8 @@ def test_other_calls_cut_off_before_the_answer_say_their_outcome_is_unknown(
             "unpin": lambda: client.unpin(any_dataset, "kept"),
             "evict": lambda: client.evict(any_dataset, "kept"),
         }
-        client.timeout_s = 0.5
+        # A delete's deadline is the transfers' (a write-through one waits on its archive).
+        client.timeout_s = client.stream_timeout_s = 0.5
         os.kill(server.pid, signal.SIGSTOP)
         try:
             for name, call in calls.items():
