@@ -128,10 +128,20 @@ class AdminCalls(ClientCore):
         return dataset_settings_from_pb(reply.settings)
 
     def list_datasets(self) -> builtins.list[tuple[str, DatasetSettings]]:
-        """The datasets you hold a role on, sorted by name."""
+        """The datasets you hold a role on, sorted by name (fetched page by page)."""
         stub = self._stub(datasets_pb2_grpc.DatasetServiceStub)
-        reply = self._call(stub.ListDatasets, datasets_pb2.ListDatasetsRequest(), idempotent=True)
-        return [(d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets]
+        datasets: builtins.list[tuple[str, DatasetSettings]] = []
+        start_after = ""
+        while True:
+            reply = self._call(
+                stub.ListDatasets,
+                datasets_pb2.ListDatasetsRequest(start_after=start_after),
+                idempotent=True,
+            )
+            datasets.extend((d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets)
+            if not reply.next_start_after:  # the last page (a node before pages sends one)
+                return datasets
+            start_after = reply.next_start_after
 
     def update_dataset(
         self,

@@ -186,8 +186,21 @@ class Catalog:
         return bytes(cursor.key()).decode() if cursor.first() else None
 
     def list_datasets(self, txn: Any) -> list[tuple[str, DatasetSettings]]:
+        return list(self.iter_datasets(txn))
+
+    def iter_datasets(
+        self, txn: Any, start_after: str | None = None
+    ) -> Iterator[tuple[str, DatasetSettings]]:
+        """Datasets and their settings in name order, after ``start_after`` if given.
+        Raises IntegrityError for unreadable settings."""
         cursor = txn.cursor(db=self._db("datasets"))
-        return [(bytes(k).decode(), decode_dataset(v)) for k, v in cursor]
+        # The next key after a name is the name and a NUL, which no name holds.
+        positioned = (
+            cursor.set_range(start_after.encode() + b"\x00") if start_after else cursor.first()
+        )
+        while positioned:
+            yield bytes(cursor.key()).decode(), decode_dataset(cursor.value())
+            positioned = cursor.next()
 
     # Shard records.
 

@@ -57,6 +57,7 @@ from tierstore.engine.eviction import HotRoom
 from tierstore.engine.localreads import LocalReadSupport
 from tierstore.engine.masterkeys import MasterKeys, SealFailure
 from tierstore.engine.mover import Mover
+from tierstore.engine.pages import take_page
 from tierstore.engine.placement import DatasetUsage, Placement
 from tierstore.engine.planbook import PlanBook, PlanInfo
 from tierstore.engine.policies import PolicyDriver, hot_shards
@@ -537,6 +538,30 @@ class Store:
         with self._env.read() as txn:
             return self._catalog.list_datasets(txn)
 
+    def dataset_page(
+        self,
+        start_after: str | None,
+        limit: int,
+        *,
+        shown: Callable[[str], bool],
+        max_bytes: int = 0,
+        size_of: Callable[[tuple[str, DatasetSettings]], int] | None = None,
+    ) -> tuple[builtins.list[tuple[str, DatasetSettings]], str | None]:
+        """Up to ``limit`` of the datasets whose names ``shown`` takes, by name, after
+        ``start_after``: a page as :meth:`list` cuts one (``max_bytes``, ``size_of``).
+        Returns the page and the ``start_after`` of the next page (``None`` at the end).
+        """
+        self._check_open()
+        with self._env.read() as txn:
+            entries = (
+                (name, settings)
+                for name, settings in self._catalog.iter_datasets(txn, start_after)
+                if shown(name)
+            )
+            return take_page(
+                entries, limit, lambda entry: entry[0], max_bytes=max_bytes, size_of=size_of
+            )
+
     def update_dataset(
         self,
         name: str,
@@ -896,26 +921,20 @@ class Store:
         self._check_open()
         validate_dataset_name(dataset)
         _check_listing(prefix, start_after, limit)
-        limit = max(1, limit)
         now = time.time()
-        used = 0
         # Not under the flush lock: listings would queue behind each other and hold up
         # stat and the flush, for figures that are only for show.
         with self._env.read() as txn:
             self._catalog.require_dataset(txn, dataset)
-            page: builtins.list[ShardInfo] = []
-            for record in self._catalog.iter_shards(txn, dataset, prefix, start_after):
-                if len(page) == limit:
-                    return page, page[-1].name
-                info = self._info_with_reads(txn, record, now)
-                if size_of is not None:
-                    used += size_of(info)
-                    if used > max_bytes and page:
-                        # Stopped here, not cut after a page of ``limit`` shards was
-                        # built: each holds every frame's size.
-                        return page, page[-1].name
-                page.append(info)
-        return page, None
+            # Sized as they are read, not cut after a page of ``limit`` shards was built:
+            # each holds every frame's size.
+            infos = (
+                self._info_with_reads(txn, record, now)
+                for record in self._catalog.iter_shards(txn, dataset, prefix, start_after)
+            )
+            return take_page(
+                infos, limit, lambda info: info.name, max_bytes=max_bytes, size_of=size_of
+            )
 
     # Reads.
 

@@ -353,7 +353,7 @@ class TierstoreServer:
         registrations: list[tuple[Callable[[Any, grpc.Server], None], Any]] = [
             (
                 datasets_pb2_grpc.add_DatasetServiceServicer_to_server,
-                DatasetServicer(store, tokens, archive_calls),
+                DatasetServicer(store, tokens, archive_calls, MAX_MESSAGE_BYTES),
             ),
             (
                 shards_pb2_grpc.add_ShardServiceServicer_to_server,

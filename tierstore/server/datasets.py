@@ -21,6 +21,13 @@ from tierstore.wire.convert import (
     dataset_settings_to_pb,
     durability_from_pb,
 )
+from tierstore.wire.limits import (
+    DEFAULT_PAGE_ENTRIES,
+    ENTRY_OVERHEAD,
+    MAX_MESSAGE_BYTES,
+    MAX_PAGE_ENTRIES,
+    answer_budget,
+)
 
 __all__ = ["DatasetServicer"]
 
@@ -35,15 +42,18 @@ def _dataset(name: str, settings: DatasetSettings) -> common_pb2.Dataset:
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     """Create, read, list, update and delete datasets. Deleting one removes every
-    token's grant on it from ``tokens`` (when given)."""
+    token's grant on it from ``tokens`` (when given). A page of datasets is kept to
+    :func:`answer_budget` of ``message_bytes``."""
 
     def __init__(
         self,
         store: Store,
         tokens: TokenStore | None = None,
         archive_calls: ArchiveCalls | None = None,
+        message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._store = store
+        self._page_bytes = answer_budget(message_bytes)
         self._tokens = tokens
         self._deleting = threading.Lock()
         #: bounds the calls that may wait on the archive (see ShardServicer)
@@ -76,12 +86,25 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     ) -> datasets_pb2.ListDatasetsResponse:
         principal = caller()
         authorize(principal, _SERVICE + "ListDatasets", None)
+        if request.start_after:
+            validate_dataset_name(request.start_after)
+        entries: list[common_pb2.Dataset] = []
+
+        def size_of(entry: tuple[str, DatasetSettings]) -> int:
+            message = _dataset(*entry)
+            entries.append(message)
+            return int(message.ByteSize()) + ENTRY_OVERHEAD
+
+        # Paged by bytes as well: each entry holds its dataset's Arrow schema.
+        page, next_start = self._store.dataset_page(
+            request.start_after or None,
+            min(request.limit or DEFAULT_PAGE_ENTRIES, MAX_PAGE_ENTRIES),
+            shown=lambda name: visible(principal, name),
+            max_bytes=self._page_bytes,
+            size_of=size_of,
+        )
         return datasets_pb2.ListDatasetsResponse(
-            datasets=[
-                _dataset(name, settings)
-                for name, settings in self._store.list_datasets()
-                if visible(principal, name)
-            ]
+            datasets=entries[: len(page)], next_start_after=next_start or ""
         )
 
     @handler

@@ -52,7 +52,13 @@ from tierstore.server.streamslots import ShardStreams
 from tierstore.types import DatasetSettings, Durability, ShardInfo
 from tierstore.v1 import common_pb2, shards_pb2, shards_pb2_grpc
 from tierstore.wire.convert import shard_info_to_pb, shard_kind_from_pb
-from tierstore.wire.limits import ENTRY_OVERHEAD, MAX_MESSAGE_BYTES, answer_budget
+from tierstore.wire.limits import (
+    DEFAULT_PAGE_ENTRIES,
+    ENTRY_OVERHEAD,
+    MAX_MESSAGE_BYTES,
+    MAX_PAGE_ENTRIES,
+    answer_budget,
+)
 from tierstore.wire.local import grant_to_pb, read_counts_from_pb
 
 __all__ = ["ShardServicer"]
@@ -60,8 +66,6 @@ __all__ = ["ShardServicer"]
 log = logging.getLogger(__name__)
 
 _SERVICE = "/tierstore.v1.ShardService/"
-_DEFAULT_LIST_LIMIT = 1000
-_MAX_LIST_LIMIT = 10_000
 #: of a put's remaining deadline, what is kept for its commit after a quota wait.
 _COMMIT_MARGIN_S = 1.0
 
@@ -427,7 +431,7 @@ class ShardServicer(shards_pb2_grpc.ShardServiceServicer):
         self, request: shards_pb2.ListShardsRequest, context: grpc.ServicerContext
     ) -> shards_pb2.ListShardsResponse:
         self._check("ListShards", request.dataset)
-        limit = min(request.limit or _DEFAULT_LIST_LIMIT, _MAX_LIST_LIMIT)
+        limit = min(request.limit or DEFAULT_PAGE_ENTRIES, MAX_PAGE_ENTRIES)
         entries: list[common_pb2.ShardInfo] = []
 
         def size_of(info: ShardInfo) -> int:

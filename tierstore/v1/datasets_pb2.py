@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tierstore.v1 import common_pb2 as tierstore_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btierstore/v1/datasets.proto\x12\x0ctierstore.v1\x1a\x19tierstore/v1/common.proto\"U\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.tierstore.v1.DatasetSettings\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13ListDatasetsRequest\"?\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.tierstore.v1.Dataset\"\xf2\x01\n\x14UpdateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\ndurability\x18\x02 \x01(\x0e\x32\x18.tierstore.v1.DurabilityH\x00\x88\x01\x01\x12\x1c\n\x0fhot_quota_bytes\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x06policy\x18\x04 \x01(\tH\x02\x88\x01\x01\x12 \n\x13\x62\x61\x63klog_quota_bytes\x18\x05 \x01(\x04H\x03\x88\x01\x01\x42\r\n\x0b_durabilityB\x12\n\x10_hot_quota_bytesB\t\n\x07_policyB\x16\n\x14_backlog_quota_bytes\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"/\n\x15\x44\x65leteDatasetResponse\x12\x16\n\x0egrants_removed\x18\x01 \x01(\r2\x9f\x03\n\x0e\x44\x61tasetService\x12J\n\rCreateDataset\x12\".tierstore.v1.CreateDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12\x44\n\nGetDataset\x12\x1f.tierstore.v1.GetDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12U\n\x0cListDatasets\x12!.tierstore.v1.ListDatasetsRequest\x1a\".tierstore.v1.ListDatasetsResponse\x12J\n\rUpdateDataset\x12\".tierstore.v1.UpdateDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12X\n\rDeleteDataset\x12\".tierstore.v1.DeleteDatasetRequest\x1a#.tierstore.v1.DeleteDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btierstore/v1/datasets.proto\x12\x0ctierstore.v1\x1a\x19tierstore/v1/common.proto\"U\n\x14\x43reateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x08settings\x18\x02 \x01(\x0b\x32\x1d.tierstore.v1.DatasetSettings\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13ListDatasetsRequest\x12\x13\n\x0bstart_after\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"Y\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.tierstore.v1.Dataset\x12\x18\n\x10next_start_after\x18\x02 \x01(\t\"\xf2\x01\n\x14UpdateDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\ndurability\x18\x02 \x01(\x0e\x32\x18.tierstore.v1.DurabilityH\x00\x88\x01\x01\x12\x1c\n\x0fhot_quota_bytes\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x06policy\x18\x04 \x01(\tH\x02\x88\x01\x01\x12 \n\x13\x62\x61\x63klog_quota_bytes\x18\x05 \x01(\x04H\x03\x88\x01\x01\x42\r\n\x0b_durabilityB\x12\n\x10_hot_quota_bytesB\t\n\x07_policyB\x16\n\x14_backlog_quota_bytes\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"/\n\x15\x44\x65leteDatasetResponse\x12\x16\n\x0egrants_removed\x18\x01 \x01(\r2\x9f\x03\n\x0e\x44\x61tasetService\x12J\n\rCreateDataset\x12\".tierstore.v1.CreateDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12\x44\n\nGetDataset\x12\x1f.tierstore.v1.GetDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12U\n\x0cListDatasets\x12!.tierstore.v1.ListDatasetsRequest\x1a\".tierstore.v1.ListDatasetsResponse\x12J\n\rUpdateDataset\x12\".tierstore.v1.UpdateDatasetRequest\x1a\x15.tierstore.v1.Dataset\x12X\n\rDeleteDataset\x12\".tierstore.v1.DeleteDatasetRequest\x1a#.tierstore.v1.DeleteDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDATASETREQUEST']._serialized_start=159
   _globals['_GETDATASETREQUEST']._serialized_end=192
   _globals['_LISTDATASETSREQUEST']._serialized_start=194
-  _globals['_LISTDATASETSREQUEST']._serialized_end=215
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=217
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=280
-  _globals['_UPDATEDATASETREQUEST']._serialized_start=283
-  _globals['_UPDATEDATASETREQUEST']._serialized_end=525
-  _globals['_DELETEDATASETREQUEST']._serialized_start=527
-  _globals['_DELETEDATASETREQUEST']._serialized_end=578
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=580
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=627
-  _globals['_DATASETSERVICE']._serialized_start=630
-  _globals['_DATASETSERVICE']._serialized_end=1045
+  _globals['_LISTDATASETSREQUEST']._serialized_end=251
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=253
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=342
+  _globals['_UPDATEDATASETREQUEST']._serialized_start=345
+  _globals['_UPDATEDATASETREQUEST']._serialized_end=587
+  _globals['_DELETEDATASETREQUEST']._serialized_start=589
+  _globals['_DELETEDATASETREQUEST']._serialized_end=640
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=642
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=689
+  _globals['_DATASETSERVICE']._serialized_start=692
+  _globals['_DATASETSERVICE']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)

@@ -22,14 +22,20 @@ class GetDatasetRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("start_after", "limit")
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    start_after: str
+    limit: int
+    def __init__(self, start_after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListDatasetsResponse(_message.Message):
-    __slots__ = ("datasets",)
+    __slots__ = ("datasets", "next_start_after")
     DATASETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_START_AFTER_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[_common_pb2.Dataset]
-    def __init__(self, datasets: _Optional[_Iterable[_Union[_common_pb2.Dataset, _Mapping]]] = ...) -> None: ...
+    next_start_after: str
+    def __init__(self, datasets: _Optional[_Iterable[_Union[_common_pb2.Dataset, _Mapping]]] = ..., next_start_after: _Optional[str] = ...) -> None: ...
 
 class UpdateDatasetRequest(_message.Message):
     __slots__ = ("name", "durability", "hot_quota_bytes", "policy", "backlog_quota_bytes")

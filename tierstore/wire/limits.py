@@ -4,7 +4,14 @@ that cannot be read back."""
 
 from __future__ import annotations
 
-__all__ = ["ENTRY_OVERHEAD", "MAX_FRAME_BYTES", "MAX_MESSAGE_BYTES", "answer_budget"]
+__all__ = [
+    "DEFAULT_PAGE_ENTRIES",
+    "ENTRY_OVERHEAD",
+    "MAX_FRAME_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_PAGE_ENTRIES",
+    "answer_budget",
+]
 
 MiB = 1 << 20
 #: The largest frame: the most a node's ``max_frame_bytes`` and a client's
@@ -15,6 +22,10 @@ MAX_MESSAGE_BYTES = 80 * MiB
 #: What an entry of a repeated field costs on the wire past its own bytes, at most:
 #: its tag and its length.
 ENTRY_OVERHEAD = 6
+#: The entries of a listing's page (ListShards, ListDatasets) when the caller asks no
+#: limit (0), and the most it may ask.
+DEFAULT_PAGE_ENTRIES = 1000
+MAX_PAGE_ENTRIES = 10_000
 
 
 def answer_budget(message_bytes: int = MAX_MESSAGE_BYTES) -> int:
