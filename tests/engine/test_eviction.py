@@ -17,6 +17,7 @@ import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes
 from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
+from tierstore.engine import eviction
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.store import Store
 from tierstore.errors import HotTierFull, ShardNotFound
@@ -254,3 +255,44 @@ def test_a_pin_that_ends_has_its_shard_walked_again(
     store.put("plain", "z", payload(FRAME, ord("z")))
     assert len(walks) == 2
     assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME
+
+
+def test_a_long_eviction_lets_other_puts_commit_between_its_transactions(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One write transaction dropped every victim of a pass: 3,370 small shards kept
+    # each put of any dataset waiting 0.5 s (at the default capacity, minutes).
+    monkeypatch.setattr(eviction, "EVICTED_PER_COMMIT", 2)
+    store = open_store(
+        datasets={"plain": DatasetSettings(policy="lru"), "other": DatasetSettings()},
+        start_mover=False,
+        hot_capacity_bytes=100 * STORED_FRAME,
+    )
+    names = [f"old{index}" for index in range(8)]
+    for index, name in enumerate(names):
+        store.put("plain", name, payload(FRAME, index))
+    assert store.mover.drain_once()
+    room = store.hot_room
+    writer = store._env._writer  # the hot tier's write lock, first come first served
+    evict_in = room._evict_in
+    evicted: list[str] = []
+    put_done = threading.Event()
+    other_put = threading.Thread(
+        target=lambda: (store.put("other", "new", b"bytes"), put_done.set()), daemon=True
+    )
+
+    def evict_one(txn: Any, dataset: str, name: str, now: float) -> int | None:
+        evicted.append(name)
+        if len(evicted) == 1:
+            other_put.start()
+            wait_until(lambda: writer.waiting() == 1, what="the put to wait for the lock")
+        if len(evicted) == 3:  # in the second transaction: the put came in between
+            assert put_done.wait(10), "the put waited for the whole eviction"
+        return evict_in(txn, dataset, name, now)
+
+    monkeypatch.setattr(room, "_evict_in", evict_one)
+    assert room.evict(8 * STORED_FRAME) == 8 * STORED_FRAME
+    other_put.join(10)
+    assert sorted(evicted) == sorted(names) and room.evictions == 8
+    assert not any(store.stat("plain", name).hot for name in names)
+    assert store.get("other", "new").to_bytes() == b"bytes"

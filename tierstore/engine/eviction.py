@@ -49,6 +49,9 @@ _BARE_WALK_REUSE_S = 10.0
 #: Hot shards one probe looks at, at most (each a catalog lookup, some 10 µs): past
 #: them it gives up, and takes room to be there (the promotion finds out, as before).
 PROBE_SHARDS_AT_MOST = 1_000
+#: The most shards one write transaction of an eviction drops (about 0.15 s of the
+#: hot tier's write lock); a pass of more commits as it goes.
+EVICTED_PER_COMMIT = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,16 +376,23 @@ class HotRoom:
         if only_if_enough and chosen < bytes_to_free:
             victims = []
         gone: list[int] = []
-        with self._policies.undone_on_failure(), self._env.write() as txn:
-            for key in victims:
-                freed = self._evict_in(txn, *shard_of(key), now)
-                if freed is not None:
-                    gone.append(freed)
-            for key in stale:
-                record = self._catalog.readable_shard(txn, *shard_of(key))
-                if record is None or not record.hot:
-                    self._policies.removed(key)
-        self.evictions += len(gone)  # committed; under the eviction lock
+        # A commit every EVICTED_PER_COMMIT victims: one transaction held the hot tier's
+        # write lock for all of them, and a pass of 3,370 1 KiB shards kept every other
+        # put waiting 0.5 s (one at the default capacity, minutes).
+        for start in range(0, max(len(victims), 1), EVICTED_PER_COMMIT):
+            with self._policies.undone_on_failure(), self._env.write() as txn:
+                freed_here = [
+                    freed
+                    for key in victims[start : start + EVICTED_PER_COMMIT]
+                    if (freed := self._evict_in(txn, *shard_of(key), now)) is not None
+                ]
+                if start + EVICTED_PER_COMMIT >= len(victims):
+                    for key in stale:
+                        record = self._catalog.readable_shard(txn, *shard_of(key))
+                        if record is None or not record.hot:
+                            self._policies.removed(key)
+            gone.extend(freed_here)
+            self.evictions += len(freed_here)  # committed; under the eviction lock
         # Walks of other scopes that events have voided go too (a dataset deleted).
         self._bare_walks = {k: w for k, w in self._bare_walks.items() if w.events == events}
         if chosen < bytes_to_free:

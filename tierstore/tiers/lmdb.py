@@ -55,6 +55,7 @@ from tierstore.errors import (
 )
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
 from tierstore.tiers.endedreads import EndedReads
+from tierstore.tiers.fairlock import FairLock
 from tierstore.tiers.readerslots import ReaderSlots
 from tierstore.tiers.readertable import oldest_snapshot_in
 
@@ -167,7 +168,7 @@ class LmdbEnvironment:
         self._users = threading.Condition()
         self._users_pid = os.getpid()
         #: held through each write transaction of this process: see write().
-        self._writer = threading.Lock()
+        self._writer = FairLock()
         #: read transactions ended, kept until no one else holds them (py-lmdb 1.x
         #: would free one in a reader's thread while close unmaps the environment).
         self._ended = EndedReads()
@@ -395,7 +396,7 @@ class LmdbEnvironment:
         if self._users_pid != os.getpid():
             self._users = threading.Condition()
             self._active = 0
-            self._writer = threading.Lock()
+            self._writer = FairLock()
             self._ended = EndedReads()  # the parent's: py-lmdb leaves them be in a child
             self._users_pid = os.getpid()
         return self._users
