@@ -21,6 +21,7 @@ from tierstore.engine import eviction
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.store import Store
 from tierstore.errors import HotTierFull, ShardNotFound
+from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
 
@@ -295,4 +296,54 @@ def test_a_long_eviction_lets_other_puts_commit_between_its_transactions(
     other_put.join(10)
     assert sorted(evicted) == sorted(names) and room.evictions == 8
     assert not any(store.stat("plain", name).hot for name in names)
+    assert store.get("other", "new").to_bytes() == b"bytes"
+
+
+def test_a_put_that_came_during_a_pass_goes_on_once_the_pass_made_its_room(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A put that found the hot tier past its high watermark waited for the eviction
+    # under way to end, though the pass's first commit had made its room.
+    monkeypatch.setattr(eviction, "EVICTED_PER_COMMIT", 2)
+    datasets = {"plain": DatasetSettings(policy="lru"), "other": DatasetSettings()}
+    archive = MemoryTier()
+    roomy = open_store(
+        archive, datasets=datasets, start_mover=False, hot_capacity_bytes=1000 * FRAME
+    )
+    names = [f"old{index:02d}" for index in range(12)]
+    for index, name in enumerate(names):
+        roomy.put("plain", name, payload(FRAME, index))
+    assert roomy.mover.drain_once()
+    # Twelve shards and a high watermark of nine: the pass frees down to five.
+    store = open_store.reopen(
+        roomy,
+        archive,
+        start_mover=False,
+        hot_capacity_bytes=10 * STORED_FRAME,
+        high_watermark=0.9,
+        low_watermark=0.5,
+    )
+    room = store.hot_room
+    writer = store._env._writer
+    evict_in = room._evict_in
+    evicted: list[str] = []
+    put_done = threading.Event()
+    other_put = threading.Thread(
+        target=lambda: (store.put("other", "new", b"bytes"), put_done.set()), daemon=True
+    )
+
+    def evict_one(txn: Any, dataset: str, name: str, now: float) -> int | None:
+        evicted.append(name)
+        if len(evicted) == 1:
+            other_put.start()  # it finds the tier past the high watermark
+        if len(evicted) == 5:  # the third commit: two have brought the tier under it
+            wait_until(lambda: writer.waiting() == 1, what="the put to wait for the write lock")
+        if len(evicted) == 7:
+            assert put_done.wait(10), "the put waited for the whole pass"
+        return evict_in(txn, dataset, name, now)
+
+    monkeypatch.setattr(room, "_evict_in", evict_one)
+    room.evict_if_needed()
+    other_put.join(10)
+    assert len(evicted) == 7 and put_done.is_set()
     assert store.get("other", "new").to_bytes() == b"bytes"

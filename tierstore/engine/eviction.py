@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +115,10 @@ class HotRoom:
         self._frames = frames
         self._policies = policies
         self._overhead = overhead
-        self._lock = threading.Lock()  # one eviction at a time
+        self._lock = threading.Lock()  # one eviction at a time: see _evicting
+        #: notified, under it, as an eviction commits victims and as _lock is let go:
+        #: a put waiting for _lock goes on once an eviction under way made its room.
+        self._room_changed = threading.Condition()
         #: the last count of evictable bytes (see _could_free), under _probe_lock.
         self._probe: _Probe | None = None
         #: calls of room_may_have_come so far, under _probe_lock: a count begun before
@@ -303,12 +307,45 @@ class HotRoom:
             return False  # the usual case, without queueing behind an eviction
         # Read again under the eviction lock: puts making room at once each evicted down
         # to the low watermark from the same figure, together far below it.
-        with self._lock:
+        if not self._take_lock(room_for=incoming):
+            return False  # an eviction under way made the room
+        try:
             hot = self.hot_bytes()
             if not self._passes_high_watermark(hot, incoming):
                 return False
             need = hot + incoming - self.low_watermark_bytes()
             return self._evict_locked(need) < need
+        finally:
+            self._let_go()
+
+    def _take_lock(self, room_for: int | None = None) -> bool:
+        """Take the eviction lock (True). With ``room_for``, give up waiting for it
+        (False) as soon as an eviction under way has brought the hot tier low enough
+        for ``room_for`` more bytes below the high watermark: a put that came during
+        a pass waited for all of it, though its room was made by the first commit."""
+        with self._room_changed:
+            while not self._lock.acquire(blocking=False):
+                if room_for is not None and not self._passes_high_watermark(
+                    self.hot_bytes(), room_for
+                ):
+                    return False
+                self._room_changed.wait()
+        return True
+
+    def _let_go(self) -> None:
+        """Release the eviction lock, waking those waiting in :meth:`_take_lock`."""
+        with self._room_changed:
+            self._lock.release()
+            self._room_changed.notify_all()
+
+    @contextmanager
+    def _evicting(self) -> Iterator[None]:
+        """The eviction lock, held: one eviction at a time."""
+        self._take_lock()
+        try:
+            yield
+        finally:
+            self._let_go()
 
     def passes_high_watermark(self, txn: Any, incoming: int) -> bool:
         """Whether ``incoming`` more hot bytes pass the high watermark, as of ``txn``
@@ -332,7 +369,7 @@ class HotRoom:
         :meth:`PolicyDriver.victims`. A key the policies hold hot
         that the catalog does not (it can drift after a failed commit) is forgotten on
         the way."""
-        with self._lock:
+        with self._evicting():
             return self._evict_locked(bytes_to_free, dataset, only_if_enough, spread)
 
     def _evict_locked(
@@ -393,6 +430,8 @@ class HotRoom:
                             self._policies.removed(key)
             gone.extend(freed_here)
             self.evictions += len(freed_here)  # committed; under the eviction lock
+            with self._room_changed:  # puts waiting for this pass may have their room
+                self._room_changed.notify_all()
         # Walks of other scopes that events have voided go too (a dataset deleted).
         self._bare_walks = {k: w for k, w in self._bare_walks.items() if w.events == events}
         if chosen < bytes_to_free:
@@ -424,7 +463,7 @@ class HotRoom:
         held = self._held()
         if held is not None:
             raise FailedPrecondition(f"{dataset}/{name} was not evicted: {held}")
-        with self._lock:
+        with self._evicting():
             with self._policies.undone_on_failure(), self._env.write() as txn:
                 freed = self._evict_in(txn, dataset, name, time.time())
             if freed is None:
