@@ -100,6 +100,11 @@ def test_datasets_are_created_listed_and_deleted(open_store: StoreFactory) -> No
     assert store.get_dataset("b-set") == settings
     assert store.get_dataset("a-set") == DatasetSettings()
     assert [name for name, _ in store.list_datasets()] == ["a-set", "b-set"]
+    assert store.dataset_names() == ["a-set", "b-set"]
+    page, after = store.dataset_page(None, 1, shown=lambda name: True)
+    assert page == [("a-set", DatasetSettings())] and after == "a-set"
+    assert store.dataset_page(after, 1, shown=lambda name: True) == ([("b-set", settings)], None)
+    assert store.dataset_page(None, 5, shown=lambda name: name != "a-set")[0][0][0] == "b-set"
     with pytest.raises(AlreadyExists):
         store.create_dataset("a-set", settings)
     assert store.get_dataset("a-set") == DatasetSettings()  # unchanged by the failed create
@@ -116,6 +121,7 @@ def test_datasets_are_created_listed_and_deleted(open_store: StoreFactory) -> No
     with pytest.raises(DatasetNotFound):
         store.delete_dataset("a-set")
     assert [name for name, _ in store.list_datasets()] == ["b-set"]
+    assert store.dataset_names() == ["b-set"]
     assert store.drain(10)
     assert not any(key.startswith("a-set/") for key in archive_keys(archive))
     assert catalog_hot_bytes(store) == (0, 0)

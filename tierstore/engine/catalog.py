@@ -188,6 +188,11 @@ class Catalog:
     def list_datasets(self, txn: Any) -> list[tuple[str, DatasetSettings]]:
         return list(self.iter_datasets(txn))
 
+    def dataset_names(self, txn: Any) -> list[str]:
+        """The datasets' names in name order, their settings not decoded."""
+        cursor = txn.cursor(db=self._db("datasets"))
+        return [bytes(key).decode() for key in cursor.iternext(keys=True, values=False)]
+
     def iter_datasets(
         self, txn: Any, start_after: str | None = None
     ) -> Iterator[tuple[str, DatasetSettings]]:

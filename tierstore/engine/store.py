@@ -538,6 +538,13 @@ class Store:
         with self._env.read() as txn:
             return self._catalog.list_datasets(txn)
 
+    def dataset_names(self) -> builtins.list[str]:
+        """Every dataset's name, sorted (their settings are not read: each holds its
+        Arrow schema, and a metrics scrape of 1,500 wide ones decoded 84 MB)."""
+        self._check_open()
+        with self._env.read() as txn:
+            return self._catalog.dataset_names(txn)
+
     def dataset_page(
         self,
         start_after: str | None,
@@ -1101,7 +1108,7 @@ class Store:
         from memory: what :meth:`dataset_usage` counts, without walking any shard
         record — for a metrics scrape. O(datasets)."""
         counts = self._placement.read_counts()
-        return {name: counts.get(name, (0, 0)) for name, _ in self.list_datasets()}
+        return {name: counts.get(name, (0, 0)) for name in self.dataset_names()}
 
     def read_totals(self) -> tuple[int, int]:
         """The node's hits and misses since start, from memory; deleted datasets'

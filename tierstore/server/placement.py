@@ -122,7 +122,7 @@ class PlacementServicer(placement_pb2_grpc.PlacementServiceServicer):
         names = (
             [request.dataset]
             if request.dataset
-            else [name for name, _ in self._store.list_datasets() if visible(principal, name)]
+            else [name for name in self._store.dataset_names() if visible(principal, name)]
         )
         reply = placement_pb2.TierStats(
             hot_bytes=stats.hot_bytes,
