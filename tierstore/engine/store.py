@@ -700,16 +700,17 @@ class Store:
         self, txn: Any, name: str, force: bool
     ) -> tuple[builtins.list[ShardRecord], builtins.list[bytes]]:
         """Dataset ``name``'s shard records and damaged records' keys, in ``txn``;
-        without ``force``, FailedPrecondition when there is any (a delete refused)."""
-        records = list(self._catalog.iter_shards(txn, name))
-        damaged = self._catalog.damaged_keys_of(txn, name)
-        if (records or damaged) and not force:
-            held = len(records) + len(damaged)
-            raise FailedPrecondition(
-                f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
-                "delete them, or delete it with force (the CLI's --force)"
-            )
-        return records, damaged
+        without ``force``, FailedPrecondition when there is any (a delete refused),
+        counted without decoding them (decoding 50,000 took 1.6 s)."""
+        if not force:
+            held = self._catalog.count_shards(txn, name)
+            if held:
+                raise FailedPrecondition(
+                    f"dataset {name!r} holds {held} shard{'' if held == 1 else 's'}; "
+                    "delete them, or delete it with force (the CLI's --force)"
+                )
+            return [], []
+        return list(self._catalog.iter_shards(txn, name)), self._catalog.damaged_keys_of(txn, name)
 
     def _drop_dataset(
         self, name: str, force: bool, admit: Callable[[DatasetSettings], None] | None
