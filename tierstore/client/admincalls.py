@@ -38,7 +38,7 @@ from tierstore.wire.convert import (
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
 from tierstore.wire.trace import trace_events_from_pb
 
-__all__ = ["AdminCalls", "check_as_asked", "create_or_take", "dataset_settings_asked"]
+__all__ = ["AdminCalls", "create_or_take", "dataset_settings_asked"]
 
 
 class AdminCalls(ClientCore):
@@ -369,7 +369,7 @@ def create_or_take(
     option: str = "exist_ok",
 ) -> tuple[DatasetSettings, bool]:
     """Dataset ``name`` made by ``create``, or, if it exists already, read by ``get``
-    and taken if it is as ``asked`` (:func:`check_as_asked`, naming ``option``); whether
+    and taken if it is as ``asked`` (:func:`_check_as_asked`, naming ``option``); whether
     it was made. One deleted between the two is made again (at most twice more): a
     create must not say the dataset is not found."""
     for _ in range(2):
@@ -381,12 +381,12 @@ def create_or_take(
             existing = get()
         except DatasetNotFound:
             continue
-        check_as_asked(name, existing, asked, option)
+        _check_as_asked(name, existing, asked, option)
         return existing, False
     return create(), True
 
 
-def check_as_asked(
+def _check_as_asked(
     name: str, existing: DatasetSettings, asked: DatasetSettings, option: str = "exist_ok"
 ) -> None:
     """AlreadyExists unless dataset ``name``'s ``existing`` settings are those ``asked``
@@ -407,7 +407,7 @@ def check_as_asked(
         )
 
 
-#: the settings check_as_asked compares as they are (the schema apart)
+#: the settings _check_as_asked compares as they are (the schema apart)
 _FIELDS_ASKED = ("encrypted", "durability", "hot_quota_bytes", "policy", "backlog_quota_bytes")
 
 
