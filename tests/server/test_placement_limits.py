@@ -62,14 +62,14 @@ def test_tier_stats_leave_out_a_dataset_deleted_while_they_are_gathered(
     node: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = node.store
-    listed = store.list_datasets
+    listed = store.dataset_names
 
-    def listed_then_one_deleted() -> list[tuple[str, DatasetSettings]]:
-        datasets = listed()
+    def listed_then_one_deleted() -> list[str]:
+        names = listed()
         store.delete_dataset("e")  # as another caller's delete landing just then
-        return datasets
+        return names
 
-    monkeypatch.setattr(store, "list_datasets", listed_then_one_deleted)
+    monkeypatch.setattr(store, "dataset_names", listed_then_one_deleted)
     admin = node.token("ops", ("*", Role.ADMIN))
     (stats,) = invoke(node.channel(), STATS, placement_pb2.GetTierStatsRequest(), admin)
     assert [figures.dataset for figures in stats.datasets] == ["d"]
