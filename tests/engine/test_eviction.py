@@ -20,7 +20,7 @@ from tests.engine.stores import FRAME, StoreFactory, payload, wait_until
 from tierstore.engine import eviction
 from tierstore.engine.policies import PolicyDriver
 from tierstore.engine.store import Store
-from tierstore.errors import HotTierFull, ShardNotFound
+from tierstore.errors import HotTierFull, ShardNotFound, Unavailable
 from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
@@ -347,3 +347,32 @@ def test_a_put_that_came_during_a_pass_goes_on_once_the_pass_made_its_room(
     other_put.join(10)
     assert len(evicted) == 7 and put_done.is_set()
     assert store.get("other", "new").to_bytes() == b"bytes"
+
+
+def test_an_all_or_nothing_eviction_whose_commit_fails_evicts_nothing(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A put's eviction for its quota is all or nothing; in commits of a few victims,
+    # one that failed after another had committed left that one's shards evicted.
+    monkeypatch.setattr(eviction, "EVICTED_PER_COMMIT", 2)
+    names = [f"s{index}" for index in range(6)]
+    store = open_store(datasets={"q": DatasetSettings(policy="lru")}, start_mover=False)
+    for index, name in enumerate(names):
+        store.put("q", name, payload(FRAME, index))
+    assert store.mover.drain_once()
+    room = store.hot_room
+    evict_in = room._evict_in
+    asked: list[str] = []
+
+    def failing_third(txn: Any, dataset: str, name: str, now: float) -> int | None:
+        asked.append(name)
+        if len(asked) == 3:
+            raise Unavailable("the disk failed the commit")
+        return evict_in(txn, dataset, name, now)
+
+    monkeypatch.setattr(room, "_evict_in", failing_third)
+    held = 6 * STORED_FRAME
+    with pytest.raises(Unavailable):
+        room.make_room_in_quota("q", held // 2, held // 2, all_or_nothing=True)
+    assert all(store.stat("q", name).hot for name in names) and room.evictions == 0
+    assert catalog_hot_bytes(store) == (held, held)

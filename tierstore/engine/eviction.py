@@ -415,15 +415,17 @@ class HotRoom:
         gone: list[int] = []
         # A commit every EVICTED_PER_COMMIT victims: one transaction held the hot tier's
         # write lock for all of them, and a pass of 3,370 1 KiB shards kept every other
-        # put waiting 0.5 s (one at the default capacity, minutes).
-        for start in range(0, max(len(victims), 1), EVICTED_PER_COMMIT):
+        # put waiting 0.5 s (one at the default capacity, minutes). All or nothing stays
+        # one transaction: a failed commit then evicted none (only a put's room, at most).
+        per_commit = max(len(victims), 1) if only_if_enough else EVICTED_PER_COMMIT
+        for start in range(0, max(len(victims), 1), per_commit):
             with self._policies.undone_on_failure(), self._env.write() as txn:
                 freed_here = [
                     freed
-                    for key in victims[start : start + EVICTED_PER_COMMIT]
+                    for key in victims[start : start + per_commit]
                     if (freed := self._evict_in(txn, *shard_of(key), now)) is not None
                 ]
-                if start + EVICTED_PER_COMMIT >= len(victims):
+                if start + per_commit >= len(victims):
                     for key in stale:
                         record = self._catalog.readable_shard(txn, *shard_of(key))
                         if record is None or not record.hot:
