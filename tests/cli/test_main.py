@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +57,8 @@ class FakeClient:
     movement: tuple[int, int, int] | None = None  # promotions, skipped, evictions
     shards: set[str] = field(default_factory=set)
     token_id: str | None = None  # of the token it calls with
+    #: lines and JSON entries printed when iter_list fetched each page past the first
+    printed_at_page: list[tuple[int, int]] = field(default_factory=list)
 
     def list_datasets(self) -> list[Any]:
         self.calls.append(("list_datasets", ()))
@@ -135,6 +138,17 @@ class FakeClient:
         self.calls.append(("list", (dataset, prefix)))
         names = [shard for shard in sorted(self.shards) if shard > start_after]
         return [self.stat(dataset, shard) for shard in names[:limit]]
+
+    def iter_list(
+        self, dataset: str, prefix: str, *, limit: int | None = None, start_after: str = ""
+    ) -> Iterator[ShardInfo]:
+        listed = self.list(dataset, prefix, limit=limit, start_after=start_after)
+        for index, info in enumerate(listed):
+            if index and index % 1000 == 0:  # a page fetched: what was printed so far
+                sys.stdout.flush()
+                printed = sys.stdout.buffer.getvalue()  # type: ignore[attr-defined]
+                self.printed_at_page.append((printed.count(b"\n"), printed.count(b'"name"')))
+            yield info
 
     def stats(self, dataset: str, sizing: bool = False) -> dict[str, Any]:
         self.calls.append(("stats", (dataset,)))
@@ -611,6 +625,25 @@ def test_a_long_listing_prints_plain_aligned_columns(client: FakeClient) -> None
     assert len({line.index(" 1 ") for line in lines[1:]}) == 1  # the size column lines up
     client.shards = {"a", "b"}
     assert "─" in invoke("ls", "ds").stdout  # few: the table
+
+
+def test_a_long_listing_is_printed_as_it_is_fetched(client: FakeClient) -> None:
+    # Every page was fetched before the first line: 70,000 shards waited 6.6 s and
+    # held 182 MB.
+    names = [f"s{i:04d}" for i in range(2500)] + ["a-name-wider-than-the-first-page"]
+    client.shards = set(names)
+    listed = invoke("ls", "ds")
+    assert listed.exit_code == 0, listed.output
+    # The header and the first 1,001 shards were out before the third page was asked.
+    assert [lines for lines, _ in client.printed_at_page] == [0, 1002]
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == sorted(names)
+    assert len({line.index(" 1 ") for line in lines[2:]}) == 1  # the first page's widths
+    client.printed_at_page.clear()
+    as_json = invoke("--json", "ls", "ds")
+    assert as_json.exit_code == 0, as_json.output
+    assert [entry["name"] for entry in json.loads(as_json.stdout)] == sorted(names)
+    assert as_json.stdout.count("\n") == 1 and client.printed_at_page == [(0, 0), (0, 1001)]
 
 
 def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> None:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -24,7 +25,7 @@ from tierstore import errors
 from tierstore.cli.logs import json_error_line, logging_as_json
 from tierstore.cli.state import deadline_text, gives_client_certificate, speaks_plaintext, state
 from tierstore.cli.stopsignal import stop_exit, stopped_by
-from tierstore.cli.tables import plain_lines, print_whole
+from tierstore.cli.tables import plain_lines, plain_widths, print_whole
 from tierstore.types import ShardInfo
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "jsonable",
     "out",
     "plural",
+    "print_as_fetched",
     "print_plain",
     "rate_text",
     "run_or_fail",
@@ -51,6 +53,8 @@ __all__ = [
     "yes_no",
 ]
 
+
+T = TypeVar("T")
 
 #: the width of tables written to a pipe: wide enough never to cut a column
 _PIPED_WIDTH = 10_000
@@ -336,6 +340,34 @@ def print_plain(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     """``rows`` under ``columns``, each column as wide as its widest cell, written as
     they are (no markup: names are anyone's)."""
     sys.stdout.write("".join(line + "\n" for line in plain_lines(columns, rows)))
+
+
+def print_as_fetched(
+    columns: tuple[str, ...],
+    row_of: Callable[[T], tuple[str, ...]],
+    first: list[T],
+    rest: Iterator[T],
+    page: int,
+) -> None:
+    """A listing too long to hold whole, printed as it is fetched: ``first``, then
+    ``rest`` ``page`` entries at a time, each written once it has come. With --json one
+    array, as :func:`emit` prints a list; else plain columns as wide as ``first``'s
+    widest cells (a wider cell later pushes the rest of its line)."""
+    widths = plain_widths(columns, [row_of(entry) for entry in first])
+    batch, opened = first, False
+    while batch:
+        if state.json:
+            entries = ", ".join(json.dumps(jsonable(entry), default=str) for entry in batch)
+            sys.stdout.write((", " if opened else "[") + entries)
+        else:
+            rows = [row_of(entry) for entry in batch]
+            lines = plain_lines(columns, rows, widths, header=not opened)
+            sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        opened = True
+        batch = run_or_fail(lambda: list(itertools.islice(rest, page)))
+    if state.json:
+        sys.stdout.write("]\n" if opened else "[]\n")
 
 
 def yes_no(flag: bool) -> str:

@@ -11,7 +11,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["plain_lines", "print_whole"]
+__all__ = ["plain_lines", "plain_widths", "print_whole"]
 
 
 def print_whole(console: Console, renderable: RenderableType) -> None:
@@ -35,16 +35,26 @@ def print_whole(console: Console, renderable: RenderableType) -> None:
     console.print(renderable)
 
 
-def plain_lines(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """``rows`` under ``columns``, each column as wide as its widest cell, as they are
-    (no markup: names are anyone's)."""
-    widths = [
-        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
-    ]
+def plain_lines(
+    columns: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    widths: list[int] | None = None,
+    *,
+    header: bool = True,
+) -> list[str]:
+    """``rows`` under ``columns`` (unless not ``header``), each column as wide as its
+    widest cell, or as ``widths`` (:func:`plain_widths` of earlier rows: a wider cell
+    then pushes the rest of its line), as they are (no markup: names are anyone's)."""
+    widths = widths or plain_widths(columns, rows)
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [columns, *rows]
+        for row in ([columns] if header else []) + rows
     ]
+
+
+def plain_widths(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[int]:
+    """The width of each of ``columns``: its header's or its widest cell's in ``rows``."""
+    return [max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)]
 
 
 def _text(cell: object) -> str:

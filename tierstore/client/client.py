@@ -531,6 +531,19 @@ class Client(AdminCalls, PlacementCalls):
         """Shards of ``dataset`` whose names start with ``prefix`` and sort after
         ``start_after`` (to page on from the last name of an earlier listing), in name
         order (all of them, fetched page by page, unless ``limit`` caps the count)."""
+        return builtins.list(self.iter_list(dataset, prefix, limit=limit, start_after=start_after))
+
+    def iter_list(
+        self,
+        dataset: str,
+        prefix: str | None = "",
+        *,
+        limit: int | None = None,
+        start_after: str = "",
+    ) -> Iterator[ShardInfo]:
+        """:meth:`list`'s shards, fetched a page (up to 1,000) at a time as they are
+        iterated: a listing of a million shards need not be held whole. The arguments
+        are checked at once; a page's failure is raised where it is reached."""
         validate_dataset_name(dataset)
         if limit is not None:
             limit = whole_number("limit", limit, "shards")
@@ -538,24 +551,29 @@ class Client(AdminCalls, PlacementCalls):
                 raise InvalidArgument(f"limit must not be negative, got {limit}")
         prefix = checked_prefix(prefix)
         start_after = checked_text("start_after", start_after, "a shard name")
+        return self._pages_of_shards(dataset, prefix, limit, start_after)
+
+    def _pages_of_shards(
+        self, dataset: str, prefix: str, limit: int | None, start_after: str
+    ) -> Iterator[ShardInfo]:
         stub = self._stub(shards_pb2_grpc.ShardServiceStub)
-        shards: builtins.list[ShardInfo] = []
-        while limit is None or len(shards) < limit:
+        listed = 0
+        while limit is None or listed < limit:
             reply = self._call(
                 stub.ListShards,
                 shards_pb2.ListShardsRequest(
                     dataset=dataset,
                     prefix=prefix,
                     start_after=start_after,
-                    limit=min(1000, limit - len(shards)) if limit is not None else 1000,
+                    limit=min(1000, limit - listed) if limit is not None else 1000,
                 ),
                 idempotent=True,
             )
-            shards.extend(shard_info_from_pb(s) for s in reply.shards)
+            listed += len(reply.shards)
+            yield from (shard_info_from_pb(s) for s in reply.shards)
             if not reply.next_start_after:
-                break
+                return
             start_after = reply.next_start_after
-        return shards
 
     def delete(self, dataset: str, shard: str) -> None:
         """Delete a shard from every tier. Raises ShardNotFound; for a write-through
