@@ -108,7 +108,7 @@ def test_a_listing_of_datasets_with_large_schemas_comes_in_pages_under_the_limit
             (page,) = invoke(
                 running.channel(),
                 "/tierstore.v1.DatasetService/ListDatasets",
-                datasets_pb2.ListDatasetsRequest(),
+                datasets_pb2.ListDatasetsRequest(limit=DATASETS),
                 admin,
             )
             assert 0 < len(page.datasets) < DATASETS
@@ -134,6 +134,23 @@ def test_a_listing_of_datasets_with_large_schemas_comes_in_pages_under_the_limit
             listed = client.list_datasets()
             assert [name for name, _ in listed] == names
             assert all(pa.ipc.read_schema(pa.py_buffer(s.arrow_schema)) == wide for _, s in listed)
+            # A client before pages asks with no limit, and takes its answer for all of
+            # them: it gets all of them, or the error it got before, never a first page.
+            with pytest.raises(grpc.RpcError) as whole:
+                invoke(
+                    running.channel(),
+                    "/tierstore.v1.DatasetService/ListDatasets",
+                    datasets_pb2.ListDatasetsRequest(),
+                    admin,
+                )
+            assert whole.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        (everything,) = invoke(
+            running.channel(),
+            "/tierstore.v1.DatasetService/ListDatasets",
+            datasets_pb2.ListDatasetsRequest(),
+            reader,
+        )
+        assert [d.name for d in everything.datasets] == seen and not everything.next_start_after
         with connect(running.address, token=reader, insecure=True) as client:
             assert [name for name, _ in client.list_datasets()] == seen
         env = {"TIERSTORE_ADDRESS": running.address, "TIERSTORE_TOKEN": admin}

@@ -36,6 +36,7 @@ from tierstore.wire.convert import (
     durability_to_pb,
 )
 from tierstore.wire.grants import grant_from_pb, grant_to_pb
+from tierstore.wire.limits import DEFAULT_PAGE_ENTRIES
 from tierstore.wire.trace import trace_events_from_pb
 
 __all__ = ["AdminCalls", "create_or_take", "dataset_settings_asked"]
@@ -135,7 +136,10 @@ class AdminCalls(ClientCore):
         while True:
             reply = self._call(
                 stub.ListDatasets,
-                datasets_pb2.ListDatasetsRequest(start_after=start_after),
+                # A limit asks for pages: without one a node answers all at once.
+                datasets_pb2.ListDatasetsRequest(
+                    start_after=start_after, limit=DEFAULT_PAGE_ENTRIES
+                ),
                 idempotent=True,
             )
             datasets.extend((d.name, dataset_settings_from_pb(d.settings)) for d in reply.datasets)

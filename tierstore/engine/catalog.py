@@ -14,7 +14,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tierstore.engine.records import (
@@ -194,17 +194,23 @@ class Catalog:
         return [bytes(key).decode() for key in cursor.iternext(keys=True, values=False)]
 
     def iter_datasets(
-        self, txn: Any, start_after: str | None = None
+        self,
+        txn: Any,
+        start_after: str | None = None,
+        shown: Callable[[str], bool] | None = None,
     ) -> Iterator[tuple[str, DatasetSettings]]:
-        """Datasets and their settings in name order, after ``start_after`` if given.
-        Raises IntegrityError for unreadable settings."""
+        """Datasets and their settings in name order, after ``start_after`` if given,
+        those whose names ``shown`` takes (if given; the others' settings, each with
+        its schema, are not decoded). Raises IntegrityError for unreadable settings."""
         cursor = txn.cursor(db=self._db("datasets"))
         # The next key after a name is the name and a NUL, which no name holds.
         positioned = (
             cursor.set_range(start_after.encode() + b"\x00") if start_after else cursor.first()
         )
         while positioned:
-            yield bytes(cursor.key()).decode(), decode_dataset(cursor.value())
+            name = bytes(cursor.key()).decode()
+            if shown is None or shown(name):
+                yield name, decode_dataset(cursor.value())
             positioned = cursor.next()
 
     # Shard records.

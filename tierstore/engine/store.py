@@ -560,11 +560,7 @@ class Store:
         """
         self._check_open()
         with self._env.read() as txn:
-            entries = (
-                (name, settings)
-                for name, settings in self._catalog.iter_datasets(txn, start_after)
-                if shown(name)
-            )
+            entries = self._catalog.iter_datasets(txn, start_after, shown)
             return take_page(
                 entries, limit, lambda entry: entry[0], max_bytes=max_bytes, size_of=size_of
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import grpc
@@ -22,7 +23,6 @@ from tierstore.wire.convert import (
     durability_from_pb,
 )
 from tierstore.wire.limits import (
-    DEFAULT_PAGE_ENTRIES,
     ENTRY_OVERHEAD,
     MAX_MESSAGE_BYTES,
     MAX_PAGE_ENTRIES,
@@ -88,6 +88,18 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         authorize(principal, _SERVICE + "ListDatasets", None)
         if request.start_after:
             validate_dataset_name(request.start_after)
+        start_after = request.start_after or None
+
+        def shown(name: str) -> bool:
+            return visible(principal, name)
+
+        if not request.limit:
+            # As a client before pages asks (and takes the one answer for all): every
+            # dataset at once, not silently its first page.
+            everything, _ = self._store.dataset_page(start_after, sys.maxsize, shown=shown)
+            return datasets_pb2.ListDatasetsResponse(
+                datasets=[_dataset(name, settings) for name, settings in everything]
+            )
         entries: list[common_pb2.Dataset] = []
 
         def size_of(entry: tuple[str, DatasetSettings]) -> int:
@@ -97,9 +109,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
 
         # Paged by bytes as well: each entry holds its dataset's Arrow schema.
         page, next_start = self._store.dataset_page(
-            request.start_after or None,
-            min(request.limit or DEFAULT_PAGE_ENTRIES, MAX_PAGE_ENTRIES),
-            shown=lambda name: visible(principal, name),
+            start_after,
+            min(request.limit, MAX_PAGE_ENTRIES),
+            shown=shown,
             max_bytes=self._page_bytes,
             size_of=size_of,
         )
