@@ -376,3 +376,28 @@ def test_an_all_or_nothing_eviction_whose_commit_fails_evicts_nothing(
         room.make_room_in_quota("q", held // 2, held // 2, all_or_nothing=True)
     assert all(store.stat("q", name).hot for name in names) and room.evictions == 0
     assert catalog_hot_bytes(store) == (held, held)
+
+
+def test_an_all_or_nothing_eviction_short_of_room_at_its_commit_evicts_nothing(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A victim pinned (or deleted, overwritten) between the walk and the commit is not
+    # evicted there; the others went all the same, for a put then refused its room.
+    names = [f"s{index}" for index in range(6)]
+    store = open_store(datasets={"q": DatasetSettings(policy="lru")}, start_mover=False)
+    for index, name in enumerate(names):
+        store.put("q", name, payload(FRAME, index))
+    assert store.mover.drain_once()
+    room = store.hot_room
+    evict_in = room._evict_in
+
+    def one_pinned_meanwhile(txn: Any, dataset: str, name: str, now: float) -> int | None:
+        return None if name == "s1" else evict_in(txn, dataset, name, now)
+
+    monkeypatch.setattr(room, "_evict_in", one_pinned_meanwhile)
+    held = 6 * STORED_FRAME
+    assert room.evict(held, dataset="q", only_if_enough=True) == 0
+    assert all(store.stat("q", name).hot for name in names) and room.evictions == 0
+    assert catalog_hot_bytes(store) == (held, held)
+    # Without all or nothing, what can go goes.
+    assert room.evict(held, dataset="q") == 5 * STORED_FRAME

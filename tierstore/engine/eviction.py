@@ -55,6 +55,10 @@ PROBE_SHARDS_AT_MOST = 1_000
 EVICTED_PER_COMMIT = 1_000
 
 
+class _TooLittle(Exception):
+    """Aborts an all-or-nothing eviction whose victims no longer free enough."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Probe:
     """A count of the bytes eviction may take, at ``at`` (monotonic): ``found`` bytes;
@@ -419,17 +423,24 @@ class HotRoom:
         # one transaction: a failed commit then evicted none (only a put's room, at most).
         per_commit = max(len(victims), 1) if only_if_enough else EVICTED_PER_COMMIT
         for start in range(0, max(len(victims), 1), per_commit):
-            with self._policies.undone_on_failure(), self._env.write() as txn:
-                freed_here = [
-                    freed
-                    for key in victims[start : start + per_commit]
-                    if (freed := self._evict_in(txn, *shard_of(key), now)) is not None
-                ]
-                if start + per_commit >= len(victims):
-                    for key in stale:
-                        record = self._catalog.readable_shard(txn, *shard_of(key))
-                        if record is None or not record.hot:
-                            self._policies.removed(key)
+            try:
+                with self._policies.undone_on_failure(), self._env.write() as txn:
+                    freed_here = [
+                        freed
+                        for key in victims[start : start + per_commit]
+                        if (freed := self._evict_in(txn, *shard_of(key), now)) is not None
+                    ]
+                    if only_if_enough and victims and sum(freed_here) < bytes_to_free:
+                        # A victim pinned, deleted or overwritten since the walk: the
+                        # rest would not make the room, so none goes.
+                        raise _TooLittle
+                    if start + per_commit >= len(victims):
+                        for key in stale:
+                            record = self._catalog.readable_shard(txn, *shard_of(key))
+                            if record is None or not record.hot:
+                                self._policies.removed(key)
+            except _TooLittle:
+                return 0
             gone.extend(freed_here)
             self.evictions += len(freed_here)  # committed; under the eviction lock
             with self._room_changed:  # puts waiting for this pass may have their room
