@@ -59,6 +59,7 @@ class FakeClient:
     token_id: str | None = None  # of the token it calls with
     #: lines and JSON entries printed when iter_list fetched each page past the first
     printed_at_page: list[tuple[int, int]] = field(default_factory=list)
+    listing_fails_at: int | None = None  # iter_list's entry whose page fails
 
     def list_datasets(self) -> list[Any]:
         self.calls.append(("list_datasets", ()))
@@ -144,6 +145,8 @@ class FakeClient:
     ) -> Iterator[ShardInfo]:
         listed = self.list(dataset, prefix, limit=limit, start_after=start_after)
         for index, info in enumerate(listed):
+            if index == self.listing_fails_at:
+                raise errors.Unavailable("the node went away")
             if index and index % 1000 == 0:  # a page fetched: what was printed so far
                 sys.stdout.flush()
                 printed = sys.stdout.buffer.getvalue()  # type: ignore[attr-defined]
@@ -644,6 +647,24 @@ def test_a_long_listing_is_printed_as_it_is_fetched(client: FakeClient) -> None:
     assert as_json.exit_code == 0, as_json.output
     assert [entry["name"] for entry in json.loads(as_json.stdout)] == sorted(names)
     assert as_json.stdout.count("\n") == 1 and client.printed_at_page == [(0, 0), (0, 1001)]
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["plain", "json"])
+def test_a_long_listing_cut_short_prints_what_came_and_says_where_it_stopped(
+    client: FakeClient, json_flag: list[str]
+) -> None:
+    names = [f"s{i:04d}" for i in range(2500)]
+    client.shards = set(names)
+    client.listing_fails_at = 1500  # the second page came in part
+    listed = invoke(*json_flag, "ls", "ds")
+    assert listed.exit_code == 5, listed.output  # Unavailable
+    assert "the listing stopped after s1499 (1,500 printed)" in listed.stderr
+    assert "the node went away" in listed.stderr
+    if json_flag:  # left open: a cut listing must not parse as a whole one
+        assert listed.stdout.startswith("[") and not listed.stdout.rstrip().endswith("]")
+        assert listed.stdout.count('"name"') == 1500
+    else:
+        assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == names[:1500]
 
 
 def test_evict_reports_the_hot_shards_it_kept_and_why(client: FakeClient) -> None:

@@ -348,26 +348,46 @@ def print_as_fetched(
     first: list[T],
     rest: Iterator[T],
     page: int,
+    name_of: Callable[[T], str],
 ) -> None:
-    """A listing too long to hold whole, printed as it is fetched: ``first``, then
-    ``rest`` ``page`` entries at a time, each written once it has come. With --json one
-    array, as :func:`emit` prints a list; else plain columns as wide as ``first``'s
-    widest cells (a wider cell later pushes the rest of its line)."""
+    """A listing too long to hold whole, printed as it is fetched: ``first`` (not
+    empty), then ``rest`` ``page`` entries at a time, each written once it has come.
+    With --json one array, as :func:`emit` prints a list; else plain columns as wide as
+    ``first``'s widest cells (a wider cell later pushes the rest of its line). An
+    error part way is the command's error once what came before it is printed (a
+    --json array is left open), after a line naming the last entry printed
+    (``name_of``), to go on from."""
     widths = plain_widths(columns, [row_of(entry) for entry in first])
-    batch, opened = first, False
-    while batch:
-        if state.json:
-            entries = ", ".join(json.dumps(jsonable(entry), default=str) for entry in batch)
-            sys.stdout.write((", " if opened else "[") + entries)
-        else:
-            rows = [row_of(entry) for entry in batch]
-            lines = plain_lines(columns, rows, widths, header=not opened)
-            sys.stdout.write("".join(line + "\n" for line in lines))
-        sys.stdout.flush()
-        opened = True
-        batch = run_or_fail(lambda: list(itertools.islice(rest, page)))
+    batch: list[T] = first
+    failure: errors.TierstoreError | None = None
+    printed = 0
+    last = first[-1]
+    while batch or failure is not None:
+        if batch:
+            if state.json:
+                entries = ", ".join(json.dumps(jsonable(entry), default=str) for entry in batch)
+                sys.stdout.write(("[" if not printed else ", ") + entries)
+            else:
+                rows = [row_of(entry) for entry in batch]
+                lines = plain_lines(columns, rows, widths, header=not printed)
+                sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+            printed, last = printed + len(batch), batch[-1]
+        if failure is not None:
+            err.print(
+                f"the listing stopped after {name_of(last)} ({printed:,} printed)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            raise fail(failure)
+        batch = []
+        try:
+            batch.extend(itertools.islice(rest, page))
+        except errors.TierstoreError as exc:  # what came of the page is printed first
+            failure = exc
     if state.json:
-        sys.stdout.write("]\n" if opened else "[]\n")
+        sys.stdout.write("]\n")
 
 
 def yes_no(flag: bool) -> str:

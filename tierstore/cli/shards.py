@@ -171,7 +171,9 @@ def ls(
     shards = run_or_fail(lambda: list(itertools.islice(listing, PLAIN_LISTING_ROWS + 1)))
     if limit is None and len(shards) > PLAIN_LISTING_ROWS:
         # Printed as it comes: 70,000 shards waited 6.6 s and 182 MB for the first line.
-        print_as_fetched(SHARD_COLUMNS, _shard_row, shards, listing, LISTING_PAGE)
+        print_as_fetched(
+            SHARD_COLUMNS, _shard_row, shards, listing, LISTING_PAGE, lambda info: info.name
+        )
         return
     shards += run_or_fail(lambda: list(listing))
     next_after = None
