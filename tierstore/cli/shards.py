@@ -158,8 +158,9 @@ def ls(
     aligned columns, quicker to print than a table, a page at a time as they come
     (columns as wide as the first page's; with --json, one array all the same). A
     large dataset can also be listed a page at a time: --limit N, then --after the
-    last name printed (a page that leaves shards out says so on stderr). With --limit, --json prints {"shards": [...], "next_after":
-    the name to give --after for the next page, or null after the last page}."""
+    last name printed (a page that leaves shards out says so on stderr). With --limit,
+    --json prints {"shards": [...], "next_after": the name to give --after for the
+    next page, or null after the last page}."""
     if limit is not None and limit < 1:  # 0 listed nothing, as if the dataset were empty
         raise fail(errors.InvalidArgument(f"--limit must be at least 1, not {limit}"))
     # One more than asked for tells whether any follow.
