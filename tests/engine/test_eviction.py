@@ -258,6 +258,41 @@ def test_a_pin_that_ends_has_its_shard_walked_again(
     assert catalog_hot_bytes(store)[0] <= 7.5 * STORED_FRAME
 
 
+class PutBeside:
+    """A put of ``other/new`` on a thread of its own, started while an eviction of
+    ``store`` runs: :meth:`hook` makes the store's eviction call ``steps[n]`` as it
+    comes to its n-th victim (from 1), before evicting it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writer = store._env._writer  # the hot tier's write lock, first come first served
+        self.evicted: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._put, daemon=True)
+
+    def _put(self) -> None:
+        self.store.put("other", "new", b"bytes")
+        self.done.set()
+
+    def wait_for_the_write_lock(self) -> None:
+        wait_until(lambda: self.writer.waiting() == 1, what="the put to wait for the write lock")
+
+    def hook(self, monkeypatch: pytest.MonkeyPatch, steps: dict[int, Callable[[], None]]) -> None:
+        room = self.store.hot_room
+        evict_in = room._evict_in
+
+        def evict_one(txn: Any, dataset: str, name: str, now: float) -> int | None:
+            self.evicted.append(name)
+            steps.get(len(self.evicted), lambda: None)()
+            return evict_in(txn, dataset, name, now)
+
+        monkeypatch.setattr(room, "_evict_in", evict_one)
+
+    def finished(self) -> bool:
+        """Whether the put came in, waiting for it up to 10 s."""
+        return self.done.wait(10)
+
+
 def test_a_long_eviction_lets_other_puts_commit_between_its_transactions(
     open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,27 +309,19 @@ def test_a_long_eviction_lets_other_puts_commit_between_its_transactions(
         store.put("plain", name, payload(FRAME, index))
     assert store.mover.drain_once()
     room = store.hot_room
-    writer = store._env._writer  # the hot tier's write lock, first come first served
-    evict_in = room._evict_in
-    evicted: list[str] = []
-    put_done = threading.Event()
-    other_put = threading.Thread(
-        target=lambda: (store.put("other", "new", b"bytes"), put_done.set()), daemon=True
-    )
+    beside = PutBeside(store)
 
-    def evict_one(txn: Any, dataset: str, name: str, now: float) -> int | None:
-        evicted.append(name)
-        if len(evicted) == 1:
-            other_put.start()
-            wait_until(lambda: writer.waiting() == 1, what="the put to wait for the lock")
-        if len(evicted) == 3:  # in the second transaction: the put came in between
-            assert put_done.wait(10), "the put waited for the whole eviction"
-        return evict_in(txn, dataset, name, now)
+    def put_came_in() -> None:  # in the second transaction: the put came in between
+        assert beside.finished(), "the put waited for the whole eviction"
 
-    monkeypatch.setattr(room, "_evict_in", evict_one)
+    def start_the_put() -> None:
+        beside.thread.start()
+        beside.wait_for_the_write_lock()
+
+    beside.hook(monkeypatch, {1: start_the_put, 3: put_came_in})
     assert room.evict(8 * STORED_FRAME) == 8 * STORED_FRAME
-    other_put.join(10)
-    assert sorted(evicted) == sorted(names) and room.evictions == 8
+    beside.thread.join(10)
+    assert sorted(beside.evicted) == sorted(names) and room.evictions == 8
     assert not any(store.stat("plain", name).hot for name in names)
     assert store.get("other", "new").to_bytes() == b"bytes"
 
@@ -323,29 +350,22 @@ def test_a_put_that_came_during_a_pass_goes_on_once_the_pass_made_its_room(
         high_watermark=0.9,
         low_watermark=0.5,
     )
-    room = store.hot_room
-    writer = store._env._writer
-    evict_in = room._evict_in
-    evicted: list[str] = []
-    put_done = threading.Event()
-    other_put = threading.Thread(
-        target=lambda: (store.put("other", "new", b"bytes"), put_done.set()), daemon=True
+    beside = PutBeside(store)
+
+    def put_came_in() -> None:
+        assert beside.finished(), "the put waited for the whole pass"
+
+    beside.hook(
+        monkeypatch,
+        {
+            1: beside.thread.start,  # it finds the tier past the high watermark
+            5: beside.wait_for_the_write_lock,  # the third commit: two made its room
+            7: put_came_in,
+        },
     )
-
-    def evict_one(txn: Any, dataset: str, name: str, now: float) -> int | None:
-        evicted.append(name)
-        if len(evicted) == 1:
-            other_put.start()  # it finds the tier past the high watermark
-        if len(evicted) == 5:  # the third commit: two have brought the tier under it
-            wait_until(lambda: writer.waiting() == 1, what="the put to wait for the write lock")
-        if len(evicted) == 7:
-            assert put_done.wait(10), "the put waited for the whole pass"
-        return evict_in(txn, dataset, name, now)
-
-    monkeypatch.setattr(room, "_evict_in", evict_one)
-    room.evict_if_needed()
-    other_put.join(10)
-    assert len(evicted) == 7 and put_done.is_set()
+    store.hot_room.evict_if_needed()
+    beside.thread.join(10)
+    assert len(beside.evicted) == 7 and beside.done.is_set()
     assert store.get("other", "new").to_bytes() == b"bytes"
 
 
