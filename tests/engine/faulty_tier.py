@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tierstore.errors import ArchiveUnavailable
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, Tier
@@ -104,6 +104,10 @@ class FaultyTier:
         self._check(f"DELETE {key}")
         self.inner.delete(key)
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:  # each key checked as a delete of it is
+            self.delete(key)
+
     def stat(self, key: str) -> ObjectStat | None:
         self._check(f"HEAD {key}")
         return self.inner.stat(key)
@@ -114,3 +118,18 @@ class FaultyTier:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class FramesDeleteFailsOnce(FaultyTier):
+    """An archive whose first delete of a frames object fails, as one down for a moment
+    (or a node killed between the two deletes) leaves it."""
+
+    def __init__(self, inner: Tier) -> None:
+        super().__init__(inner)
+        self.failed: list[str] = []
+
+    def delete(self, key: str) -> None:
+        if key.endswith(".frames") and not self.failed:
+            self.failed.append(key)
+            raise ArchiveUnavailable(f"DELETE {key}: the archive is down (test)")
+        super().delete(key)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import pytest
 
 from tests.engine.backdoor import catalog_hot_bytes, hot_frames, put_raw_record, record_of
-from tests.engine.faulty_tier import FaultyTier
+from tests.engine.faulty_tier import FaultyTier, FramesDeleteFailsOnce
 from tests.engine.stores import DATASETS, FRAME, StoreFactory, payload, wait_until
 from tests.engine.test_mover import assert_nothing_waits
 from tierstore.engine import unreadable
@@ -364,25 +364,10 @@ def test_frame_digests_of_the_wrong_size_or_form_make_a_record_unreadable(
     assert ShardRecord.decode(json.dumps(document).encode()).frame_digests is None
 
 
-class _FramesDeleteFailsOnce(FaultyTier):
-    """An archive whose first delete of a frames object fails, as one down for a moment
-    (or a node killed between the two deletes) leaves it."""
-
-    def __init__(self, inner: MemoryTier) -> None:
-        super().__init__(inner)
-        self.failed: list[str] = []
-
-    def delete(self, key: str) -> None:
-        if key.endswith(".frames") and not self.failed:
-            self.failed.append(key)
-            raise ArchiveUnavailable(f"DELETE {key}: the archive is down (test)")
-        super().delete(key)
-
-
 def test_a_purge_retried_after_a_failed_delete_leaves_no_orphaned_frames(
     open_store: StoreFactory, archive: MemoryTier
 ) -> None:
-    flaky = _FramesDeleteFailsOnce(archive)
+    flaky = FramesDeleteFailsOnce(archive)
     store = filled(open_store, archive)
     generation = f"{record_of(store, 'plain', 'a').generation:016x}"
     store = open_store.reopen(store, flaky)

@@ -243,6 +243,18 @@ class TierConformance:
         got = tier.get("ds/b")
         assert got is not None and bytes(got) == b"2"
 
+    def test_delete_many_removes_every_key_and_passes_over_missing_ones(self, tier: Tier) -> None:
+        for name in ("a", "b", "c", "d"):
+            tier.put(f"ds/{name}", name.encode())
+        tier.delete_many(["ds/a", "never/was", "ds/c", "ds/a"])  # a missing key, a repeat
+        assert list_all(tier) == ["ds/b", "ds/d"]
+        assert tier.get("ds/a") is None and tier.stat("ds/c") is None
+        assert self.backdoor_get(tier, "ds/c") is None
+        assert bytes(tier.get("ds/b") or b"") == b"b"
+        tier.delete_many([])
+        tier.delete_many(["ds/a", "ds/c"])  # again: done already
+        assert list_all(tier) == ["ds/b", "ds/d"]
+
     def test_put_after_delete(self, tier: Tier) -> None:
         tier.put("k", b"first")
         tier.delete("k")
@@ -499,6 +511,8 @@ class TierConformance:
             tier.put("k", b"w")
         with pytest.raises(StoreClosed):
             tier.delete("k")
+        with pytest.raises(StoreClosed):
+            tier.delete_many(["k"])
         with pytest.raises(StoreClosed):
             tier.stat("k")
         with pytest.raises(StoreClosed):

@@ -581,9 +581,12 @@ class Catalog:
         """The oldest ``limit`` pending operations, in order."""
         return [(seq, JournalOp.decode(raw)) for seq, raw in self._journal(txn, limit)]
 
-    def journal_seqs_of(self, txn: Any, dataset: str, shard: str, before: int) -> list[int]:
-        """Sequence numbers of the pending operations on ``dataset``'s settings object,
-        its deletes, and those on ``dataset/shard``, older than ``before``, in order.
+    def journal_entries_of(
+        self, txn: Any, dataset: str, shard: str, before: int
+    ) -> list[tuple[int, JournalOp]]:
+        """The pending operations on ``dataset``'s settings object, its deletes, and
+        those on ``dataset/shard``, older than ``before``, in order, with their
+        sequence numbers.
 
         Walks every older entry (a write-through put behind a long backlog must still
         find its dataset's settings object): entries of other datasets are passed over
@@ -592,11 +595,8 @@ class Catalog:
         # writes it.
         marker = b"," + json.dumps(dataset).encode() + b","
         older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn))
-        return [
-            seq
-            for seq, raw in older
-            if marker in bytes(raw) and _concerns(JournalOp.decode(raw), dataset, shard)
-        ]
+        mentioned = ((seq, JournalOp.decode(raw)) for seq, raw in older if marker in bytes(raw))
+        return [(seq, op) for seq, op in mentioned if _concerns(op, dataset, shard)]
 
     def _journal(self, txn: Any, limit: int | None = None) -> Iterator[tuple[int, Any]]:
         """The oldest ``limit`` (default: all) journal entries as ``(seq, encoded

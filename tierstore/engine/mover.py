@@ -24,7 +24,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeGuard
+from functools import partial
+from typing import TypeGuard, TypeVar
 
 from tierstore.config import EngineSettings
 from tierstore.engine.access import AccessRecorder
@@ -61,8 +62,16 @@ __all__ = ["Mover"]
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 #: journal entries looked through for a dataset's operations (quota waits, write-through).
 _UPLOADS_SCANNED = 10_000
+#: the most consecutive shard deletes done together (:meth:`Mover.run_entries`): their
+#: archive objects go in a few requests (S3's DeleteObjects takes 1,000 keys), and their
+#: entries in one commit. A forced delete of a 50,000-shard dataset journals 50,000
+#: of them; one at a time, each with two requests and a commit, they held every later
+#: upload back for minutes.
+DELETES_PER_BATCH = 1000
 #: how often a write-through put overtaken by newer ones runs their entries before it
 #: gives up waiting for one of them to reach the archive.
 _CATCH_UP_ATTEMPTS = 4
@@ -76,6 +85,24 @@ JOURNAL_TURN_GRACE_S = 10.0
 
 #: how often a write-through caller looks whether to give up its wait (see above).
 _CALLER_POLL_S = 0.5
+
+
+def _batches(entries: list[tuple[int, JournalOp]]) -> Iterator[list[int]]:
+    """The sequence numbers of ``entries``, in order: each run of consecutive shard
+    deletes as batches of at most :data:`DELETES_PER_BATCH`, every other entry alone."""
+    deletes: list[int] = []
+    for seq, op in entries:
+        if op.op == "delete":
+            deletes.append(seq)
+            if len(deletes) < DELETES_PER_BATCH:
+                continue
+        if deletes:
+            yield deletes
+            deletes = []
+        if op.op != "delete":
+            yield [seq]
+    if deletes:
+        yield deletes
 
 
 class _CallerAttempt:
@@ -440,12 +467,11 @@ class Mover:
         """
         while not self._stop.is_set():
             with self._env.read() as txn:
-                entries = self._catalog.journal_entries(txn, limit=64)
+                entries = self._catalog.journal_entries(txn, limit=DELETES_PER_BATCH)
             if not entries:
                 return True
-            for seq, _ in entries:
-                if not self.run_entry(seq):
-                    return False
+            if not self.run_entries(entries):
+                return False
             # The batch went through (the archive answers): between entries, none of
             # ours in flight.
             self._abort_left_behind()
@@ -491,19 +517,46 @@ class Mover:
         :data:`JOURNAL_TURN_GRACE_S` while the entry that holds the journal, another's
         or its own, has handed the archive no data for ``stallwatch.STALL_REPORT_S`` (a
         frozen archive), and at once once the store closes: see
-        :meth:`_run_entry_for_caller`. An earlier failure
+        :meth:`_run_for_caller`. An earlier failure
         (``last_error``) is not enough: the archive may be back, and the entry in
         progress going well.
         """
+        return self._run_locked(f"journal entry {seq}", lambda: self._run_entry(seq), caller_waits)
+
+    def run_entries(
+        self, entries: list[tuple[int, JournalOp]], *, caller_waits: bool = False
+    ) -> bool:
+        """Do ``entries`` (sequence numbers with their operations, in journal order) as
+        :meth:`run_entry` does each, until one fails (False), but a run of consecutive
+        shard deletes together, up to :data:`DELETES_PER_BATCH` at a time: their archive
+        objects in :meth:`Tier.delete_many` requests, their entries in one commit. A
+        batch is done whole or stays whole for a retry. False, the rest left, once the
+        mover stops (the store closing gives it 10 s)."""
+        for batch in _batches(entries):
+            if self._stop.is_set():
+                return False
+            if len(batch) == 1:
+                done = self.run_entry(batch[0], caller_waits=caller_waits)
+            else:
+                what = f"journal entries {batch[0]}..{batch[-1]} (deletes)"
+                done = self._run_locked(what, partial(self._run_deletes, batch), caller_waits)
+            if not done:
+                return False
+        return True
+
+    def _run_locked(self, what: str, work: Callable[[], bool], caller_waits: bool) -> bool:
+        """``work()``, which does journal entries (``what``), with the journal lock held,
+        then wake those waiting for progress: for a caller as
+        :meth:`_run_for_caller` says."""
         if caller_waits:
-            return self._run_entry_for_caller(seq)
+            return self._run_for_caller(what, work)
         try:
             with self._journal_lock:
-                return self._run_entry(seq)
+                return work()
         finally:
             self.progressed()
 
-    def _run_entry_for_caller(self, seq: int) -> bool:
+    def _run_for_caller(self, what: str, work: Callable[[], bool]) -> bool:
         """:meth:`run_entry` for a waiting caller. The entry runs on a thread of its own
         (:class:`_CallerAttempt`), which holds the journal lock from the caller's turn
         until the attempt ends, done or failed, and releases it then: a caller that gave
@@ -531,7 +584,7 @@ class Mover:
             self._journal_lock.release()
             self.progressed()
 
-        attempt = _CallerAttempt(f"journal entry {seq}", lambda: self._run_entry(seq), ended)
+        attempt = _CallerAttempt(what, work, ended)
         try:
             threading.Thread(
                 target=attempt.run, name="tierstore-write-through", daemon=True
@@ -554,8 +607,10 @@ class Mover:
         the rest).
         """
         with self._env.read() as txn:
-            earlier = self._catalog.journal_seqs_of(txn, dataset, shard, seq)
-        return all(self.run_entry(entry, caller_waits=True) for entry in [*earlier, seq])
+            earlier = self._catalog.journal_entries_of(txn, dataset, shard, seq)
+            own = self._catalog.journal_entry(txn, seq)
+        entries = earlier if own is None else [*earlier, (seq, own)]  # None: done already
+        return self.run_entries(entries, caller_waits=True)
 
     def archive_holds_since(self, dataset: str, shard: str, generation: int) -> bool:
         """Whether the archive holds ``generation`` of ``dataset/shard`` or a newer one
@@ -569,8 +624,8 @@ class Mover:
                 if not _newer_waits(current, generation):
                     return True
                 newest = self._catalog.counter(txn, "journal_seq")
-                pending = self._catalog.journal_seqs_of(txn, dataset, shard, newest + 1)
-            if not all(self.run_entry(entry, caller_waits=True) for entry in pending):
+                pending = self._catalog.journal_entries_of(txn, dataset, shard, newest + 1)
+            if not self.run_entries(pending, caller_waits=True):
                 return False
         return False
 
@@ -646,11 +701,50 @@ class Mover:
             self.after_archive()
         return True
 
+    def _run_deletes(self, seqs: list[int]) -> bool:
+        """Entries ``seqs``, all shard deletes, done together with the journal lock held:
+        their manifests in one :meth:`Tier.delete_many`, then their frames objects (the
+        order of a single delete's), then one commit that removes the entries. False,
+        with every entry kept for a retry, when the archive failed or is held."""
+        hold = self._archive_hold
+        if hold is not None:
+            self.last_error = hold
+            return False
+        with self._env.read() as txn:
+            entries = [(seq, self._catalog.journal_entry(txn, seq)) for seq in seqs]
+        ops = [(seq, op) for seq, op in entries if op is not None]  # None: done already
+        if not ops:
+            return True
+        manifests = [archive_manifest_key(op.dataset, op.generation) for _, op in ops]
+        frames = [archive_frames_key(op.dataset, op.generation) for _, op in ops]
+        try:
+            self._watched(lambda: self._archive.delete_many(manifests))
+            self._watched(lambda: self._archive.delete_many(frames))
+        except TierstoreError as exc:
+            first = ops[0][1]
+            self.last_error = (
+                f"delete of {len(ops)} shards, from {first.dataset}/{first.name}@"
+                f"{first.generation} on: {exc}"
+            )
+            log.warning("archive operation failed, will retry: %s", self.last_error)
+            return False
+        with self._env.write() as txn:
+            for seq, _ in ops:
+                self._catalog.remove_journal(txn, seq)
+        self._retry_delay = self._settings.mover_retry_initial_s
+        self.last_error = None
+        return True
+
     def _apply_watched(self, op: JournalOp) -> ShardRecord | None:
         """:meth:`_apply`, its progress watched by :meth:`archive_failure`."""
+        return self._watched(lambda: self._apply(op))
+
+    def _watched(self, request: Callable[[], _T]) -> _T:
+        """``request()``, archive work whose progress :meth:`archive_failure` watches;
+        the heap is trimmed after it, if owed."""
         self.stall_watch.begin()
         try:
-            return self._apply(op)
+            return request()
         finally:
             self.stall_watch.end()
             try:

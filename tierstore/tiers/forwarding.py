@@ -8,7 +8,7 @@ answers. Each overrides :meth:`ForwardingTier._request` alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, Tier
@@ -26,8 +26,8 @@ class ForwardingTier:
         self.inner = inner
 
     def _request(self, operation: str, call: Callable[[], _T]) -> _T:
-        """Make request ``operation`` ("get", "put", "delete", "stat", "list") by
-        ``call()``, returning what it returns; the hook the wrappers override."""
+        """Make request ``operation`` ("get", "put", "delete", "delete_many", "stat",
+        "list") by ``call()``, returning what it returns; the hook the wrappers override."""
         return call()
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> memoryview | None:
@@ -38,6 +38,9 @@ class ForwardingTier:
 
     def delete(self, key: str) -> None:
         self._request("delete", lambda: self.inner.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._request("delete_many", lambda: self.inner.delete_many(keys))
 
     def stat(self, key: str) -> ObjectStat | None:
         return self._request("stat", lambda: self.inner.stat(key))

@@ -39,7 +39,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -579,6 +579,12 @@ class LmdbTier:
     def delete(self, key: str) -> None:
         with self.environment.write() as txn:
             self.delete_in(txn, key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Every key in one transaction (one commit)."""
+        with self.environment.write() as txn:
+            for key in keys:
+                self.delete_in(txn, key)
 
     def stat(self, key: str) -> ObjectStat | None:
         with self.environment.read() as txn:

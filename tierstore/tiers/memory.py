@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tierstore.errors import InvalidArgument, StoreClosed
 from tierstore.tiers.base import BytesLike, ListPage, ObjectStat, resolve_range, value_chunks
@@ -82,6 +82,11 @@ class MemoryTier:
             if self._values.pop(key, None) is not None:
                 index = bisect.bisect_left(self._keys, key)
                 del self._keys[index]
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """:meth:`delete` of each key in turn (there is no request to save)."""
+        for key in keys:
+            self.delete(key)
 
     def stat(self, key: str) -> ObjectStat | None:
         """Return the value's size, or ``None`` if absent. Raises :class:`StoreClosed` if closed."""

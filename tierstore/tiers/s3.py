@@ -57,7 +57,7 @@ from tierstore.tiers.base import (
     value_chunks,
 )
 from tierstore.tiers.s3_connection import MiB, ProcessState, S3Settings, aliased_path, new_client
-from tierstore.tiers.s3_limits import part_size_for
+from tierstore.tiers.s3_limits import MAX_DELETE_KEYS, part_size_for
 from tierstore.tiers.s3_parts import fixed_parts, put_multipart
 from tierstore.tiers.s3_retry import (
     WrongAnswer,
@@ -69,6 +69,7 @@ from tierstore.tiers.s3_retry import (
     is_marked_404,
     is_missing_key,
     is_missing_upload,
+    refused_delete,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ _MAX_LIST_KEYS: Final = 1000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 T = TypeVar("T")
+
+
+class _NoBatchDeletes(Exception):
+    """The store does not implement DeleteObjects (it answered 501)."""
 
 
 class _Unsatisfiable:
@@ -103,6 +108,8 @@ class S3Tier:
         self.settings = settings
         self._closed = False
         self._process: ProcessState | None = None
+        #: False once the store answered DeleteObjects 501 (see delete_many)
+        self._batch_deletes = True
 
     def __getstate__(self) -> dict[str, Any]:
         # Only settings travel: a client or pool must never cross processes.
@@ -112,6 +119,7 @@ class S3Tier:
         self.settings = state["settings"]
         self._closed = state["closed"]
         self._process = None
+        self._batch_deletes = True
 
     def __repr__(self) -> str:
         s = self.settings
@@ -439,6 +447,52 @@ class S3Tier:
         self._call(f"DELETE {bucket}/{full_key}", delete_once)
         # A shard deleted while its upload waited for the archive: no put may follow.
         self._abort_left_open(state)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every key of ``keys`` (missing ones are no error) by DeleteObjects, up
+        to 1,000 keys a request, each request retried as any other. A key the store
+        refused in its answer fails the request as an error answer would: retried if
+        its code is transient (``InternalError``, ``SlowDown``), ArchiveUnavailable
+        naming it otherwise. A store that answers DeleteObjects 501 (not implemented)
+        gets one DELETE a key, from then on. Not atomic (see the protocol)."""
+        state = self._state()
+        client = state.client
+        bucket = self.settings.bucket
+        full_keys = [self._key(key) for key in keys]  # every key checked before any request
+        for start in range(0, len(full_keys), MAX_DELETE_KEYS):
+            batch = full_keys[start : start + MAX_DELETE_KEYS]
+
+            def delete_batch(batch: list[str] = batch) -> None:
+                objects: Any = [{"Key": key} for key in batch]
+                try:
+                    answer = client.delete_objects(
+                        Bucket=bucket, Delete={"Objects": objects, "Quiet": True}
+                    )
+                except ClientError as exc:
+                    if http_status(exc) == 501 or error_code(exc) == "NotImplemented":
+                        raise _NoBatchDeletes from exc  # not retried
+                    raise
+                refused = refused_delete(answer, len(batch))
+                if refused is not None:
+                    raise refused
+
+            if self._batch_deletes:
+                try:
+                    self._call(
+                        f"DELETE {len(batch)} keys from {bucket}/{batch[0]}...", delete_batch
+                    )
+                    continue
+                except _NoBatchDeletes:
+                    log.warning(
+                        "archive %s does not implement DeleteObjects: one DELETE a key",
+                        self.settings.endpoint_url,
+                    )
+                    self._batch_deletes = False
+            for key in keys[start:]:
+                self.delete(key)
+            return
+        if full_keys:
+            self._abort_left_open(state)  # as after a delete
 
     def stat(self, key: str) -> ObjectStat | None:
         """Return the size of ``key`` (one HEAD), or ``None`` if absent. Thread-safe.

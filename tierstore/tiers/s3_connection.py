@@ -10,12 +10,14 @@ cross ``fork()``, so a :class:`ProcessState` belongs to one process id.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 import botocore.config
@@ -270,4 +272,23 @@ def new_client(settings: S3Settings) -> S3Client:
         aws_secret_access_key=s.secret_access_key,
         region_name=s.region,
     )
-    return session.client("s3", endpoint_url=s.endpoint_url, config=config)
+    client = session.client("s3", endpoint_url=s.endpoint_url, config=config)
+    client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5_instead)
+    return client
+
+
+def _content_md5_instead(request: Any, **_: Any) -> None:
+    """Give a DeleteObjects request, which must carry a checksum of its body, Content-MD5
+    in place of the CRC32 that botocore (1.36 on) sends: stores that predate S3's
+    flexible checksums (older MinIO and Ceph, s3proxy) refuse a batch delete without
+    Content-MD5 or with a header they do not know; AWS takes either. Before signing,
+    so the headers signed are the headers sent."""
+    body = request.body
+    if not isinstance(body, bytes | bytearray):
+        return  # not a body botocore built whole: leave its checksum be
+    for name in list(request.headers.keys()):
+        lowered = name.lower()
+        if lowered.startswith("x-amz-checksum-") or lowered == "x-amz-sdk-checksum-algorithm":
+            del request.headers[name]
+    digest = hashlib.md5(body, usedforsecurity=False).digest()
+    request.headers["Content-MD5"] = base64.b64encode(digest).decode()

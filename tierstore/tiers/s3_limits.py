@@ -15,13 +15,15 @@ from typing import Final
 
 from tierstore.errors import InvalidArgument
 
-__all__ = ["MAX_PARTS", "MAX_PART_SIZE", "MiB", "part_size_for"]
+__all__ = ["MAX_DELETE_KEYS", "MAX_PARTS", "MAX_PART_SIZE", "MiB", "part_size_for"]
 
 MiB: Final = 1024 * 1024
 #: S3's most parts of one upload (read at call time: tests shrink it)
 MAX_PARTS = 10_000
 #: S3's largest part
 MAX_PART_SIZE: Final = 5 * 1024 * MiB
+#: S3's most keys in one DeleteObjects request
+MAX_DELETE_KEYS: Final = 1000
 
 
 def part_size_for(total: int, configured: int) -> int:

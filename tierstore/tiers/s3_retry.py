@@ -73,6 +73,7 @@ __all__ = [
     "is_missing_upload",
     "is_throttling",
     "is_transient",
+    "refused_delete",
 ]
 
 
@@ -204,6 +205,27 @@ def _confirm_missing(client: S3Client, bucket: str, full_key: str) -> None:
         if http_status(exc) != 416:  # 416: an empty object, there after all
             raise
     raise WrongAnswer("a HEAD answered 404 without the store's request id; a GET found the key")
+
+
+def refused_delete(answer: Any, asked: int) -> ClientError | None:
+    """The error of a DeleteObjects ``answer`` (to a request of ``asked`` keys) in which
+    the store refused a key, as a ClientError of that key's code, so that it is retried
+    and translated as the same code of a whole answer would be; None when every key
+    went (a missing key is gone too)."""
+    refused = [error for error in answer.get("Errors", []) if error.get("Code") != "NoSuchKey"]
+    if not refused:
+        return None
+    first = refused[0]
+    code = str(first.get("Code", ""))
+    metadata = dict(answer.get("ResponseMetadata", {}))
+    if code == "AccessDenied":  # the keys' rights, which a 403 answer names
+        metadata["HTTPStatusCode"] = 403
+    message = (
+        f"{len(refused)} of {asked} keys refused, the first {first.get('Key')!r}: "
+        f"{first.get('Message', '')}"
+    )
+    error: Any = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata}
+    return ClientError(error, "DeleteObjects")
 
 
 def clock_skew_s(exc: ClientError) -> float | None:
