@@ -287,14 +287,17 @@ class Catalog:
                 generations.add(record.generation)
         return generations
 
-    def count_shards(self, txn: Any, dataset: str) -> int:
-        """How many shards ``dataset`` holds (walks its keys; decodes no record)."""
+    def count_shards(self, txn: Any, dataset: str, *, at_most: int | None = None) -> int:
+        """How many shards ``dataset`` holds, counted up to ``at_most`` (walks its keys;
+        decodes no record)."""
         cursor = txn.cursor(db=self._db(SHARDS_DB))
         head = dataset.encode() + b"\x00"
         count = 0
         positioned = cursor.set_range(head)
         while positioned and bytes(cursor.key()).startswith(head):
             count += 1
+            if count == at_most:
+                break
             positioned = cursor.next()
         return count
 

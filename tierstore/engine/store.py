@@ -32,6 +32,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import pyarrow as pa
@@ -86,6 +87,7 @@ from tierstore.engine.writepath import ShardWriter
 from tierstore.errors import (
     AlreadyExists,
     DataLoss,
+    DatasetNotFound,
     EncryptionUnavailable,
     FailedPrecondition,
     HotTierFull,
@@ -121,6 +123,10 @@ log = logging.getLogger(__name__)
 NODE_ID_NOTE = "node-id"
 
 _Result = TypeVar("_Result")
+
+#: the most shards a forced dataset delete drops in one commit (see
+#: ``Store._drop_shards_ahead``).
+SHARDS_DROPPED_PER_COMMIT = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,17 +668,97 @@ class Store:
         there that its caller is still waiting for the answer)."""
         self._check_open()
         validate_dataset_name(name)
-        settings, records, seq = self._with_reserve(lambda: self._drop_dataset(name, force, admit))
+        dropped: builtins.list[ShardRecord] = []
+        try:
+            first_generation = self._drop_shards_ahead(name, admit, dropped) if force else None
+            if first_generation is not None:
+                admit = None  # admitted by the first commit: the delete goes on to its end
+            settings, records, seq = self._with_reserve(
+                lambda: self._drop_dataset(name, force, admit, first_generation)
+            )
+        except BaseException:
+            if dropped:  # some of its shards went before the failure
+                self._shards_went(dropped)
+            raise
         self._plans.close_dataset(name)
         self._retire_reads(name)
         self.mover.progressed()  # puts waiting for room in its quota stop (DatasetNotFound)
         if committed is not None:
             committed()
-        if any(record.hot for record in records):
+        if any(record.hot for record in [*dropped, *records]):
             self._room_may_have_come()
         if settings.durability is Durability.WRITE_THROUGH:
             self._writer.archive_delete(seq, name, f"dataset {name!r}")
         self.mover.wake()
+
+    def _shards_went(self, records: builtins.list[ShardRecord]) -> None:
+        """Tell those who wait that ``records`` were deleted: puts waiting for room (in
+        the hot tier, or their quota) look again, and the mover finds their deletes."""
+        self.mover.progressed()
+        if any(record.hot for record in records):
+            self._room_may_have_come()
+        self.mover.wake()
+
+    def _drop_shards_ahead(
+        self,
+        name: str,
+        admit: Callable[[DatasetSettings], None] | None,
+        dropped: builtins.list[ShardRecord],
+    ) -> int | None:
+        """For a forced delete of dataset ``name``: while it holds more than
+        :data:`SHARDS_DROPPED_PER_COMMIT` shards, delete that many a commit, adding
+        their records to ``dropped``, so that the hot tier's write lock is let go
+        between them (one transaction of 50,000 held every writer of every dataset for
+        8 s). The last of them go with the dataset, in :meth:`_drop_dataset`'s one
+        transaction. Returns None when no commit was made here (a dataset of fewer
+        shards, or whose record does not read, is deleted in that one transaction
+        alone, as before); else the dataset's first generation, by which
+        :meth:`_drop_dataset` tells it from a namesake another caller made between
+        two commits (DatasetNotFound then), and ``admit`` ran in the first commit.
+        Raises what :meth:`_drop_dataset` would."""
+        with self._env.read() as txn:
+            many = self._catalog.count_shards(txn, name, at_most=SHARDS_DROPPED_PER_COMMIT + 1)
+            first_generation = self._identity(txn, name)
+        if many <= SHARDS_DROPPED_PER_COMMIT or first_generation is None:
+            return None
+        while True:
+            drop = partial(self._drop_shard_chunk, name, admit, first_generation)
+            admit = None
+            chunk = self._with_reserve(drop)
+            if not chunk:
+                return first_generation
+            dropped += chunk
+
+    def _identity(self, txn: Any, name: str) -> int | None:
+        """Dataset ``name``'s first generation, which tells it from a namesake made after
+        it was deleted; None when its record does not read (or it does not exist)."""
+        try:
+            return self._catalog.dataset_first_generation(txn, name)
+        except IntegrityError:
+            return None
+
+    def _drop_shard_chunk(
+        self,
+        name: str,
+        admit: Callable[[DatasetSettings], None] | None,
+        first_generation: int,
+    ) -> builtins.list[ShardRecord]:
+        """One commit of :meth:`_drop_shards_ahead`: the first
+        :data:`SHARDS_DROPPED_PER_COMMIT` shards of dataset ``name``, the one of
+        ``first_generation``, if it holds more (else none: the rest go with it)."""
+        with self._policies.undone_on_failure(), self._env.write() as txn:
+            settings = self._catalog.require_dataset(txn, name)
+            _check_same_dataset(name, first_generation, self._identity(txn, name))
+            if admit is not None:
+                admit(settings)
+            shards = self._catalog.iter_shards(txn, name)
+            records = list(itertools.islice(shards, SHARDS_DROPPED_PER_COMMIT + 1))
+            if len(records) <= SHARDS_DROPPED_PER_COMMIT:
+                return []
+            records.pop()
+            for record in records:
+                self._writer.delete_in(txn, record)
+            return records
 
     def _retire_reads(self, name: str) -> None:
         """Count no read so far of dataset ``name`` as its namesake's: in its statistics
@@ -709,16 +795,23 @@ class Store:
         return list(self._catalog.iter_shards(txn, name)), self._catalog.damaged_keys_of(txn, name)
 
     def _drop_dataset(
-        self, name: str, force: bool, admit: Callable[[DatasetSettings], None] | None
+        self,
+        name: str,
+        force: bool,
+        admit: Callable[[DatasetSettings], None] | None,
+        first_generation: int | None,
     ) -> tuple[DatasetSettings, builtins.list[ShardRecord], int]:
         """Commit the delete of dataset ``name`` (see :meth:`delete_dataset`); returns its
         settings, the shards it held and the journal entry that deletes it from the
-        archive."""
+        archive. ``first_generation``: the dataset's as :meth:`_drop_shards_ahead`
+        found it, if that ran."""
         with self._policies.undone_on_failure():
             dropped: Policy | None = None
             try:
                 with self._env.write() as txn:
                     settings = self._catalog.require_dataset(txn, name)
+                    if first_generation is not None:
+                        _check_same_dataset(name, first_generation, self._identity(txn, name))
                     if admit is not None:
                         admit(settings)
                     records, damaged = self._shards_held(txn, name, force)
@@ -1526,3 +1619,12 @@ class Store:
             pins_waiting_for_room=waiting.shards,
             pins_waiting_for_room_bytes=waiting.bytes,
         )
+
+
+def _check_same_dataset(name: str, first_generation: int, current: int | None) -> None:
+    """Raise DatasetNotFound unless dataset ``name``, whose first generation is now
+    ``current``, is the one a delete in several commits began on (``first_generation``):
+    another caller may have deleted it between two commits, and made a namesake, whose
+    shards are not this delete's."""
+    if current != first_generation:
+        raise DatasetNotFound(f"dataset {name!r} was deleted by another caller meanwhile")
