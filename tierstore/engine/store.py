@@ -251,6 +251,7 @@ class Store:
         drop_abandoned(self._env, self._catalog, self._frames)
         with self._env.write() as txn:
             self._catalog.count_backlog(txn)
+            self._catalog.index_journal(txn)
         self._access = AccessRecorder(settings.access_half_life_s)
         self._sealers = ShardSealers(keyring, self._current_record)
         self._policies = PolicyDriver()
