@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from tests.engine.faulty_tier import FaultyTier
 from tests.engine.stores import StoreFactory
+from tierstore.engine import mover as mover_module
 from tierstore.engine.catalog import _concerns
 from tierstore.engine.records import JournalOp
 from tierstore.engine.store import Store
+from tierstore.tiers.memory import MemoryTier
 from tierstore.types import DatasetSettings
 
 DATASETS = ["a", "b", "a.b", "ab"]  # names that share a beginning
-SHARDS = ["s0", "s1"]
+SHARDS = ["s0", "a"]  # a shard named as a dataset is
 OPS = ["upload", "delete", "supersede", "manifest", "dataset"]
 
 
@@ -129,3 +134,41 @@ def test_the_catalog_keeps_the_index_of_each_new_entry(open_store: StoreFactory)
     store.delete("a", "s1")
     assert indexed(store)
     assert_found_as_walked(store)
+
+
+def assert_each_datasets_journal_is_its_entries(store: Store) -> None:
+    with store._env.read() as txn:
+        everything = store._catalog.journal_entries(txn, limit=10**6)
+        for dataset in DATASETS:
+            mine = [(seq, op) for seq, op in everything if op.dataset == dataset]
+            assert list(store._catalog.dataset_journal(txn, dataset)) == mine, dataset
+            assert mine, dataset  # the test compares something
+
+
+def test_a_datasets_journal_is_its_entries_indexed_or_walked(open_store: StoreFactory) -> None:
+    store = open_store(datasets={name: DatasetSettings() for name in DATASETS}, start_mover=False)
+    append(store, 200, seed=6)
+    assert_each_datasets_journal_is_its_entries(store)  # through the index
+    append(store, 10, seed=7, as_an_older_release=True)
+    assert not indexed(store)
+    assert_each_datasets_journal_is_its_entries(store)  # by the walk
+
+
+def test_a_quota_wait_sees_its_datasets_upload_behind_other_datasets_entries(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look for an upload that would make room in a quota took the oldest 10,000
+    # entries of every dataset: behind more of others', a put gave up waiting at once.
+    monkeypatch.setattr(mover_module, "_UPLOADS_SCANNED", 10)
+    archive = FaultyTier(MemoryTier())
+    datasets = {"backlog": DatasetSettings(), "q": DatasetSettings()}
+    store = open_store(archive, datasets=datasets)
+    archive.hold_writes()  # the mover's first upload waits: the rest stay pending
+    for index in range(20):
+        store.put("backlog", f"x{index}", b"backlog")
+    store.put("q", "hot", b"would be evicted once archived")
+    assert archive.write_waiting.wait(10)
+    try:
+        assert store.mover.uploads_would_free("q")
+    finally:
+        archive.release_writes()

@@ -605,13 +605,20 @@ class Catalog:
         long backlog of other datasets walked all of it (52 ms a put behind 20,000
         entries). Until the index is whole again (entries a release before it
         appended), through every older entry, those of other datasets undecoded."""
-        mentioned: Iterator[tuple[int, JournalOp]]
-        if self._journal_indexed(txn):
-            listed = self._journal_of(txn, dataset, before)
-            mentioned = ((seq, op) for seq, op in listed if op is not None)
-        else:
-            mentioned = self._walk_journal_for(txn, dataset, before)
+        mentioned = self.dataset_journal(txn, dataset, before)
         return [(seq, op) for seq, op in mentioned if _concerns(op, dataset, shard)]
+
+    def dataset_journal(
+        self, txn: Any, dataset: str, before: int | None = None
+    ) -> Iterator[tuple[int, JournalOp]]:
+        """``dataset``'s pending entries (older than ``before``, if given), in order,
+        lazily: through the journal's index by dataset, or, until it is whole again,
+        by a walk of the journal (see :meth:`journal_entries_of`)."""
+        end = before if before is not None else self.counter(txn, "journal_seq") + 1
+        if not self._journal_indexed(txn):
+            return self._walk_journal_for(txn, dataset, end)
+        listed = self._journal_of(txn, dataset, end)
+        return ((seq, op) for seq, op in listed if op is not None)
 
     def _walk_journal_for(
         self, txn: Any, dataset: str, before: int
@@ -621,7 +628,8 @@ class Catalog:
         # writes it.
         marker = b"," + json.dumps(dataset).encode() + b","
         older = itertools.takewhile(lambda entry: entry[0] < before, self._journal(txn))
-        return ((seq, JournalOp.decode(raw)) for seq, raw in older if marker in bytes(raw))
+        mentioned = ((seq, JournalOp.decode(raw)) for seq, raw in older if marker in bytes(raw))
+        return ((seq, op) for seq, op in mentioned if op.dataset == dataset)  # not a shard's name
 
     def _journal_indexed(self, txn: Any) -> bool:
         """Whether the journal's index by dataset holds every pending entry."""

@@ -20,6 +20,7 @@ The journal thread runs ``background_niceness`` below the threads serving caller
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -64,7 +65,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: journal entries looked through for a dataset's operations (quota waits, write-through).
+#: a dataset's journal entries looked through for an upload that would free room in
+#: its quota (a put waiting for that room).
 _UPLOADS_SCANNED = 10_000
 #: the most consecutive shard deletes done together (:meth:`Mover.run_entries`): their
 #: archive objects go in a few requests (S3's DeleteObjects takes 1,000 keys), and their
@@ -449,8 +451,9 @@ class Mover:
             return False
         now = time.time()
         with self._env.read() as txn:
-            for _, op in self._catalog.journal_entries(txn, limit=_UPLOADS_SCANNED):
-                if op.op != "upload" or op.dataset != dataset:
+            entries = self._catalog.dataset_journal(txn, dataset)
+            for _, op in itertools.islice(entries, _UPLOADS_SCANNED):
+                if op.op != "upload":
                     continue
                 record = self._catalog.readable_shard(txn, dataset, op.name)
                 if record is None or record.generation != op.generation:
