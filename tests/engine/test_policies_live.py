@@ -1560,3 +1560,30 @@ def test_a_plan_declared_at_a_position_is_rated_from_there(
     clocks.pass_(1.0)
     store.report_position(job, 7)
     assert plan.rate == pytest.approx(2.0)
+
+
+def test_opening_many_datasets_looks_at_each_hot_shard_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each dataset's seed scanned every hot shard of the datasets seeded before it: a
+    # start of 100,000 hot shards over 400 datasets spent 9 s of its 12.5 s there.
+    looked_at = Counter[str]()
+    dataset_of = policies_module._dataset_of
+
+    def counted(key: Any) -> str:
+        looked_at["key"] += 1
+        return dataset_of(key)
+
+    monkeypatch.setattr(policies_module, "_dataset_of", counted)
+    driver = policies_module.PolicyDriver()
+    datasets, per_dataset = 20, 20
+    for index in range(datasets):
+        name = f"d{index}"
+        hot = [((name, f"s{shard}"), 1, float(shard)) for shard in range(per_dataset)]
+        driver.open_dataset(name, "lru", hot)
+    assert looked_at["key"] <= 2 * datasets * per_dataset  # not ~datasets^2 * per_dataset
+    driver.open_dataset("d3", "lru", [])  # seeded again, empty: its old keys go
+    driver.drop_dataset("d4")
+    assert driver.hot_bytes("d3") == driver.hot_bytes("d4") == 0
+    assert driver.hot_bytes("d5") == per_dataset
+    assert len(driver.hot_keys(10_000)) == (datasets - 2) * per_dataset
