@@ -57,7 +57,7 @@ def before_each_commit(
     commit = store._drop_shard_chunk
     commits: list[int] = []
 
-    def stepped(*args: Any) -> list[ShardRecord]:
+    def stepped(*args: Any) -> tuple[list[ShardRecord], bool]:
         commits.append(1)
         step.get(len(commits), lambda: None)()
         return commit(*args)

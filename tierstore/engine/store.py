@@ -725,10 +725,10 @@ class Store:
         while True:
             drop = partial(self._drop_shard_chunk, name, admit, first_generation)
             admit = None
-            chunk = self._with_reserve(drop)
-            if not chunk:
-                return first_generation
+            chunk, more = self._with_reserve(drop)
             dropped += chunk
+            if not more:
+                return first_generation
 
     def _identity(self, txn: Any, name: str) -> int | None:
         """Dataset ``name``'s first generation, which tells it from a namesake made after
@@ -743,10 +743,12 @@ class Store:
         name: str,
         admit: Callable[[DatasetSettings], None] | None,
         first_generation: int,
-    ) -> builtins.list[ShardRecord]:
+    ) -> tuple[builtins.list[ShardRecord], bool]:
         """One commit of :meth:`_drop_shards_ahead`: the first
         :data:`SHARDS_DROPPED_PER_COMMIT` shards of dataset ``name``, the one of
-        ``first_generation``, if it holds more (else none: the rest go with it)."""
+        ``first_generation``, if it holds more (else none: the rest go with it), and
+        whether it still holds more than that many after them (counted by key: a commit
+        that found none to drop was one write-lock turn for nothing)."""
         with self._policies.undone_on_failure(), self._env.write() as txn:
             settings = self._catalog.require_dataset(txn, name)
             _check_same_dataset(name, first_generation, self._identity(txn, name))
@@ -755,11 +757,12 @@ class Store:
             shards = self._catalog.iter_shards(txn, name)
             records = list(itertools.islice(shards, SHARDS_DROPPED_PER_COMMIT + 1))
             if len(records) <= SHARDS_DROPPED_PER_COMMIT:
-                return []
+                return [], False
             records.pop()
             for record in records:
                 self._writer.delete_in(txn, record)
-            return records
+            left = self._catalog.count_shards(txn, name, at_most=SHARDS_DROPPED_PER_COMMIT + 1)
+            return records, left > SHARDS_DROPPED_PER_COMMIT
 
     def _retire_reads(self, name: str) -> None:
         """Count no read so far of dataset ``name`` as its namesake's: in its statistics
